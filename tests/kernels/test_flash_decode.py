@@ -1,0 +1,142 @@
+"""flash_decode against a float64 reference, on fresh random inputs with NaN-poisoned outputs.
+
+Runs under TRITON_INTERPRET=1 (tests/conftest.py), so shapes are kept modest.
+"""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_inputs
+
+from kernels import flash_decode, plan_launch, reference
+
+HEADS = [(8, 8), (8, 2), (12, 4), (9, 3), (8, 1)]
+HEAD_DIMS = [64, 80, 128]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+SEQ_LENS = [1, 63, 64, 257, 1000, 2500]
+SPLITS = [None, 1, 2, 7]
+# Relative L2 error allowed on top of twice the error of PyTorch's own attention in the same dtype.
+ABS_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+def float64_reference(q, k, v, lengths):
+    return reference.flash_decode(q.double(), k.double(), v.double(), lengths, return_lse=True)
+
+
+def same_dtype_torch_error(q, k, v, lengths, ref):
+    """Relative error of SDPA computed in the inputs' own dtype: the noise floor of that dtype."""
+    S = k.shape[2]
+    mask = torch.arange(S)[None, :] < lengths.long()[:, None]                  # (B, S)
+    out = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=mask[:, None, None],
+                                         enable_gqa=True)[:, :, 0]
+    keep = lengths.long() > 0  # SDPA gives NaN on fully masked rows; those are checked separately
+    return rel_err(out[keep], ref[keep])
+
+
+def rel_err(x, ref):
+    ref = ref.double()
+    return ((x.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def ragged_lengths(B, S, gen):
+    """Lengths covering the edges: the full cache, and (when there is room) an empty row."""
+    lengths = torch.randint(0, S + 1, (B,), generator=gen, dtype=torch.int32)
+    lengths[0] = S
+    if B > 1:
+        lengths[1] = 0
+    return lengths
+
+
+CASES = list(itertools.product(HEADS, HEAD_DIMS, DTYPES))
+
+
+@pytest.mark.parametrize("case_index", range(len(CASES)))
+def test_matches_float64_reference(case_index, poisoned_empty):
+    (Hq, Hkv), D, dtype = CASES[case_index]
+    # Cycle the remaining axes through the cases so every value meets every head layout.
+    S = SEQ_LENS[case_index % len(SEQ_LENS)]
+    num_splits = SPLITS[case_index % len(SPLITS)]
+    layout = ("bhsd", "bshd")[case_index % 2]
+    B = (1, 3)[(case_index // 2) % 2]
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    q, k, v = make_inputs(B, Hq, Hkv, S, D, dtype, layout=layout)
+    lengths = ragged_lengths(B, S, gen)
+
+    out, lse = flash_decode(q, k, v, lengths, num_splits=num_splits, return_lse=True)
+
+    assert out.shape == (B, Hq, D) and out.dtype == dtype
+    assert lse.shape == (B, Hq) and lse.dtype == torch.float32
+    assert not out.isnan().any(), "an output element was never written"
+    ref_out, ref_lse = float64_reference(q, k, v, lengths)
+    bound = 2 * same_dtype_torch_error(q, k, v, lengths, ref_out) + ABS_TOL[dtype]
+    assert rel_err(out, ref_out) <= bound
+    empty = lengths == 0
+    assert (out[empty] == 0).all() and (lse[empty] == float("-inf")).all()
+    torch.testing.assert_close(lse[~empty], ref_lse[~empty].float(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_splits", SPLITS)
+@pytest.mark.parametrize("layout", ["bhsd", "bshd"])
+def test_every_split_count_and_layout(num_splits, layout, poisoned_empty):
+    q, k, v = make_inputs(3, 8, 2, 700, 64, torch.float32, layout=layout)
+    lengths = torch.tensor([700, 0, 333], dtype=torch.int32)
+    out, lse = flash_decode(q, k, v, lengths, num_splits=num_splits, return_lse=True)
+    ref_out, ref_lse = float64_reference(q, k, v, lengths)
+    assert rel_err(out, ref_out) < 1e-5
+    torch.testing.assert_close(lse, ref_lse.float(), rtol=1e-5, atol=1e-5)
+
+
+def test_default_lengths_and_scale(poisoned_empty):
+    """No cache_seqlens means every key counts; softmax_scale is honoured."""
+    q, k, v = make_inputs(2, 8, 2, 300, 96, torch.float16)
+    out = flash_decode(q, k, v, softmax_scale=0.3)
+    ref = reference.flash_decode(q.double(), k.double(), v.double(), softmax_scale=0.3)
+    assert rel_err(out, ref) < 2e-3
+
+
+def test_long_context_heuristic_splits(poisoned_empty):
+    """Several thousand keys with the heuristic's split count (many splits, partly ragged)."""
+    q, k, v = make_inputs(1, 8, 1, 4500, 128, torch.bfloat16)
+    lengths = torch.tensor([4433], dtype=torch.int32)
+    assert plan_launch(1, 8, 1, 4500, 128).num_splits > 1
+    out = flash_decode(q, k, v, lengths)
+    ref, _ = float64_reference(q, k, v, lengths)
+    assert rel_err(out, ref) < 1e-2
+
+
+def test_lengths_mutated_in_place_like_a_graph_replay(poisoned_empty):
+    """The decode loop captures one launch and replays it while lengths grow in place: the plan may
+    depend only on shapes, and every length must come out right through the same buffers."""
+    B, S = 2, 512
+    q, k, v = make_inputs(B, 8, 2, S, 64, torch.float32)
+    lengths = torch.tensor([1, 0], dtype=torch.int32)
+    plans = set()
+    for step in range(4):
+        lengths.copy_(torch.tensor([1 + 170 * step, 3 * step * step], dtype=torch.int32))
+        plans.add(plan_launch(B, 8, 2, S, 64))
+        out = flash_decode(q, k, v, lengths)
+        ref, _ = float64_reference(q, k, v, lengths)
+        assert rel_err(out, ref) < 1e-5, f"step {step} lengths {lengths.tolist()}"
+    assert len(plans) == 1
+
+
+def test_split_kv_reference_is_the_same_function():
+    """The PyTorch twin of the kernels' algorithm agrees with plain attention for any split count."""
+    q, k, v = make_inputs(3, 12, 4, 333, 64, torch.float64)
+    lengths = torch.tensor([333, 0, 65], dtype=torch.int32)
+    ref_out, ref_lse = reference.flash_decode(q, k, v, lengths, return_lse=True)
+    for splits in (1, 2, 7):
+        out, lse = reference.split_kv_decode(q, k, v, lengths, num_splits=splits, return_lse=True)
+        assert rel_err(out, ref_out) < 1e-6
+        torch.testing.assert_close(lse, ref_lse.float())
+
+
+def test_plan_fills_the_gpu():
+    """Batch 1 at long context is split across the SMs; large batches need no split."""
+    long_single = plan_launch(1, 64, 8, 65536, 128, num_sms=132)
+    assert long_single.num_splits * 8 >= 132
+    assert plan_launch(64, 64, 8, 2048, 128, num_sms=132).num_splits < long_single.num_splits
+    assert plan_launch(1, 9, 3, 100, 64).num_splits >= 1
+    assert plan_launch(1, 32, 32, 4096, 256).block_n <= plan_launch(1, 32, 32, 4096, 128).block_n
