@@ -1,0 +1,1 @@
+"""codecomplete: a local coding assistant for the terminal (inline suggestions, chat, --bench)."""

@@ -1,0 +1,190 @@
+"""`codecomplete [REPO] --bench`: standard attention against Flash-Decoding, in one run.
+
+End to end: the loaded model decodes at several context lengths (and at the context REPO
+fills) with each attention backend on the same weights and KV cache; decode tokens/s leaves
+prefill out. Flash-Decoding is a GPU kernel: on a machine without CUDA its Triton code only
+runs in the interpreter, whose timings mean nothing, so there the CPU backends are compared
+at small contexts and the output says so.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import statistics
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from . import engine as engines
+from . import render, workspace
+
+GPU_CONTEXTS = (4096, 16384, 32768)
+CPU_CONTEXTS = (256, 1024)
+CPU_CONTEXT_LIMIT = 4096            # beyond this a CPU prefill takes minutes
+GPU_DECODE_TOKENS, CPU_DECODE_TOKENS = 64, 16
+REPEATS = 3                         # median of three runs per (context, backend)
+
+
+def backends_for(args, device: str) -> tuple[list[str], list[str]]:
+    """The attention backends to compare here, first the one the others are measured against,
+    with the notes that explain the choice."""
+    if device.startswith("cuda"):
+        return ["flash", "sdpa", "eager"], []
+    notes = ["Flash-Decoding needs a CUDA GPU: on this machine its Triton kernels run only in the "
+             "interpreter, which times nothing real. Comparing sdpa and eager on the CPU instead."]
+    if args.attention == "flash":
+        notes.append("--attention flash: timing the Triton interpreter as asked; it is not the kernel's speed.")
+        return ["flash", "sdpa", "eager"], notes
+    return ["sdpa", "eager"], notes
+
+
+def source_ids(tokenizer, root: Path | None, index, cap: int) -> list[int]:
+    """Real code as prompt tokens, up to cap (random ids make a model stop or loop at once):
+    the repository's files, or without REPO this program's own source."""
+    if index is not None:
+        paths = [root / name for name in index.files]
+    else:
+        paths = sorted(Path(__file__).resolve().parent.glob("*.py"))
+    ids: list[int] = []
+    for path in paths:
+        if len(ids) >= cap:
+            break
+        ids += tokenizer.encode(path.read_text(encoding="utf-8", errors="replace"), add_special_tokens=False)
+    return ids[:cap]
+
+
+def repeated(ids: list[int], length: int) -> list[int]:
+    """ids repeated to exactly `length` tokens: a small repository still fills a long context."""
+    return (ids * (length // max(1, len(ids)) + 1))[:length]
+
+
+def measure(engine, backends, contexts, ids, decode_tokens, progress) -> list[dict]:
+    from models import GenerationConfig
+
+    config = GenerationConfig(max_new_tokens=decode_tokens)
+    warmup = GenerationConfig(max_new_tokens=2)
+    task = progress.add_task("decoding", total=len(backends) * len(contexts) * REPEATS)
+    rows = []
+    for context in contexts:
+        prompt = ids[:context]
+        for backend in backends:
+            engine.set_attention(backend)
+            progress.update(task, description=f"{backend} at {context:,} tokens")
+            engine.generate(prompt, warmup)        # kernels compiled, caches and graphs built
+            runs = []
+            for _ in range(REPEATS):
+                runs.append(engine.generate(prompt, config))
+                progress.advance(task)
+            rows.append({"context": context, "attention": backend,
+                         "decode_tokens_per_s": statistics.median(
+                             render.as_dict(r.timings)["decode_tokens_per_s"] for r in runs),
+                         "decode_tokens": min(len(r.token_ids) for r in runs)})
+    return rows
+
+
+def speedups(rows, backends) -> list[dict]:
+    """The first backend (Flash-Decoding where it runs) against each of the others."""
+    ours, others = backends[0], backends[1:]
+    rate = {(r["context"], r["attention"]): r["decode_tokens_per_s"] for r in rows}
+    out = []
+    for context in sorted({r["context"] for r in rows}):
+        for other in others:
+            if rate.get((context, other)):
+                out.append({"context": context, "attention": ours, "over": other,
+                            "ratio": rate[(context, ours)] / rate[(context, other)]})
+    return out
+
+
+def table(result) -> Table:
+    backends = result["backends"]
+    t = Table(title=f"End-to-end decode tokens/s: {result['model']} on {result['card']}",
+              title_justify="left", header_style="bold")
+    t.add_column("context", justify="right")
+    for b in backends:
+        t.add_column(b, justify="right")
+    for other in backends[1:]:
+        t.add_column(f"{backends[0]} / {other}", justify="right")
+    rate = {(r["context"], r["attention"]): r["decode_tokens_per_s"] for r in result["end_to_end"]}
+    ratio = {(s["context"], s["over"]): s["ratio"] for s in result["speedups"]}
+    for context in sorted({r["context"] for r in result["end_to_end"]}):
+        label = f"{context:,}" + (" (repo)" if context == result.get("repo_context") else "")
+        t.add_row(label, *(f"{rate[(context, b)]:.1f}" for b in backends),
+                  *(f"{ratio[(context, o)]:.2f}x" for o in backends[1:]))
+    return t
+
+
+def plot(result, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")                  # no display needed
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for backend in result["backends"]:
+        points = sorted((r["context"], r["decode_tokens_per_s"]) for r in result["end_to_end"]
+                        if r["attention"] == backend)
+        ax.plot(*zip(*points), marker="o", label=backend, linewidth=2.5 if backend == "flash" else 1.2)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("decode tokens/s")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"{result['model']}, {result['card']}, {result['date']}", fontsize=10)
+    ax.legend()
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _card(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{platform.processor() or platform.machine()} CPU"
+
+
+def run_bench(args) -> None:
+    root = workspace.repository(args.repo) if args.repo else None
+    index = workspace.index(root) if root else None
+    device = engines.device_for(args)
+    on_gpu = device.startswith("cuda")
+    backends, notes = backends_for(args, device)
+    decode_tokens = args.max_tokens or (GPU_DECODE_TOKENS if on_gpu else CPU_DECODE_TOKENS)
+    wanted = sorted(set(args.contexts or (GPU_CONTEXTS if on_gpu else CPU_CONTEXTS)))
+    limit = max(wanted) if on_gpu else min(max(wanted), CPU_CONTEXT_LIMIT)
+    if args.context_tokens:
+        limit = min(limit, args.context_tokens)
+    left_out = [c for c in wanted if c > limit]
+    if left_out:
+        notes.append(f"left out contexts above {limit:,} tokens here: {', '.join(map(str, left_out))}")
+
+    engine = engines.load(argparse.Namespace(**{**vars(args), "context_tokens": limit}), decode_tokens)
+    ids = source_ids(engine.tokenizer, root, index, cap=limit)
+    repo_context = len(ids) if index is not None else None
+    contexts = sorted({c for c in wanted if c <= limit} | ({repo_context} if repo_context else set()))
+    ids = repeated(ids or engine.tokenizer.encode("def main():\n    pass\n"), max(contexts))
+
+    # The text goes to stdout, unless the JSON object takes it.
+    console = render.stderr_console() if args.json == "-" else render.stdout_console()
+    for note in notes:
+        console.print(Text(note, style="yellow"))
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=render.stderr_console(), transient=True) as progress:
+        rows = measure(engine, backends, contexts, ids, decode_tokens, progress)
+
+    import torch
+    result = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"), "device": engine.device,
+        "card": _card(engine.device), "model": engine.name, "dtype": engine.dtype,
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "decode_tokens": decode_tokens, "repeats": REPEATS, "backends": backends, "repo_context": repo_context,
+        "end_to_end": rows, "speedups": speedups(rows, backends), "notes": notes,
+    }
+    console.print(table(result))
+    if args.json:
+        render.emit_json(args.json, result)
+    if args.plot:
+        plot(result, args.plot)
+        console.print(Text(f"plot written to {args.plot}", style="dim"))

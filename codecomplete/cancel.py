@@ -1,0 +1,38 @@
+"""Ctrl-C during generation: a flag the engine polls, not an exception.
+
+The engine polls `should_stop` between tokens, so a cancelled answer ends cleanly with the
+text so far and a consistent KV cache (the REPL keeps the conversation going). Prefill is not
+polled: a second Ctrl-C raises KeyboardInterrupt as usual, for when the first seems ignored.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+
+
+class CancelOnSigint:
+    """`with CancelOnSigint() as cancel: engine.generate(..., should_stop=cancel)`."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self._previous = None
+
+    def __call__(self) -> bool:
+        return self.cancelled
+
+    def __enter__(self) -> "CancelOnSigint":
+        # Signal handlers can only be set from the main thread; elsewhere Ctrl-C
+        # keeps its default meaning and the flag is simply never set.
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.cancelled:
+            raise KeyboardInterrupt
+        self.cancelled = True

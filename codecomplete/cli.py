@@ -1,0 +1,191 @@
+"""Command line: parse, check the combination of options, dispatch, turn failures into exit codes.
+
+Nothing heavy is imported here: `--help` and every usage error answer in a few milliseconds,
+and torch, transformers and tree-sitter load only once a command really runs.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+
+from .errors import ExitCode, UsageError, classify
+
+PROG = "codecomplete"
+
+DESCRIPTION = """\
+A local coding assistant: repository-scale prompts, decoded with Flash-Decoding.
+
+  codecomplete REPO --file PATH [--line N --col M] [--stdin]   inline suggestion
+  codecomplete REPO                                             chat REPL over REPO
+  codecomplete REPO --ask QUESTION                              one answer, no REPL
+  codecomplete --prompt TEXT                                    raw generation
+  codecomplete [REPO] --bench [--json FILE] [--plot FILE]       standard vs Flash-Decoding
+"""
+
+EPILOG = """\
+exit codes: 0 ok, 1 runtime failure (model, memory), 2 usage or input error,
+130 interrupted, 141 the reader closed the pipe.
+environment: CODECOMPLETE_MODEL (default --model), CODECOMPLETE_CACHE_DIR, NO_COLOR."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        # One line, like every other error; the full usage is one --help away.
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 1 up, got {value}")
+    return value
+
+
+def _float_in(low: float, high: float, *, low_open: bool = False):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (low < value if low_open else low <= value) or value > high:
+            bracket = "(" if low_open else "["
+            raise argparse.ArgumentTypeError(f"expected a number in {bracket}{low}, {high}], got {value}")
+        return value
+    return parse
+
+
+def _contexts(text: str) -> list[int]:
+    return [_positive_int(part) for part in text.split(",") if part.strip()]
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version(PROG)
+    except PackageNotFoundError:     # running from a checkout that was never installed
+        return "(not installed)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("repo", nargs="?", metavar="REPO", help="the repository (a folder)")
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+
+    task = parser.add_argument_group("what to do (default with REPO: the chat REPL)")
+    modes = task.add_mutually_exclusive_group()
+    modes.add_argument("--file", metavar="PATH", help="suggest a completion at a cursor in PATH (inside REPO)")
+    modes.add_argument("--ask", metavar="QUESTION", help="answer one question about REPO, no REPL")
+    modes.add_argument("--prompt", metavar="TEXT", help="raw generation from TEXT ('-' reads standard input)")
+    modes.add_argument("--bench", action="store_true", help="standard attention against Flash-Decoding")
+    task.add_argument("--line", type=_positive_int, metavar="N", help="cursor line, 1-based (default: end of file)")
+    task.add_argument("--col", type=_positive_int, metavar="M", help="cursor column, 1-based (default: end of the line)")
+    task.add_argument("--stdin", action="store_true",
+                      help="read the buffer from standard input (an editor's unsaved text); --file names it")
+    task.add_argument("--plot", metavar="FILE", help="with --bench: write a PNG plot")
+    task.add_argument("--contexts", type=_contexts, metavar="N,N,...",
+                      help="with --bench: context lengths in tokens (default: 4096,16384,32768 on CUDA, 256,1024 on CPU)")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", metavar="SPEC",
+                       help="HF checkpoint folder, .gguf file or hub id (default: $CODECOMPLETE_MODEL or the embedded SmolLM2)")
+    model.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    model.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                       help="default: bfloat16 on CUDA, float32 on CPU")
+    model.add_argument("--attention", choices=("flash", "sdpa", "eager"),
+                       help="decode attention (default: flash on CUDA, sdpa on CPU)")
+    model.add_argument("--context-tokens", type=_positive_int, metavar="N",
+                       help="prompt budget in tokens (default: the model's context on CUDA, 2048 on CPU)")
+
+    gen = parser.add_argument_group("generation")
+    gen.add_argument("--max-tokens", type=_positive_int, metavar="N",
+                     help="tokens to generate (default: 64 for a completion, 512 for an answer, 256 for --prompt)")
+    gen.add_argument("--temperature", type=_float_in(0.0, 10.0), default=0.0, metavar="T",
+                     help="0 is greedy (default: 0)")
+    gen.add_argument("--top-p", type=_float_in(0.0, 1.0, low_open=True), default=1.0, metavar="P",
+                     help="nucleus sampling (default: 1)")
+    gen.add_argument("--seed", type=int, metavar="N", help="seed for sampling")
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                     help="the result as one JSON object, on stdout or into FILE")
+    out.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def check(args: argparse.Namespace) -> None:
+    """The combinations argparse cannot express; raises UsageError."""
+    if args.json not in (None, "-") and args.repo is None and os.path.isdir(args.json):
+        # `codecomplete --json . --file x.py`: the word after --json was the repository.
+        args.repo, args.json = args.json, "-"
+    for option in ("line", "col", "stdin"):
+        if getattr(args, option) and args.file is None:
+            raise UsageError(f"--{option} goes with --file")
+    for option in ("plot", "contexts"):
+        if getattr(args, option) and not args.bench:
+            raise UsageError(f"--{option} goes with --bench")
+    if args.col is not None and args.line is None:
+        raise UsageError("--col goes with --line")
+    if args.prompt is not None and args.repo is not None:
+        raise UsageError("--prompt takes no repository")
+    if args.repo is None and not (args.prompt is not None or args.bench):
+        raise UsageError("give a repository: codecomplete REPO (see --help for the commands)")
+
+
+def _command(args: argparse.Namespace):
+    """The function that runs this command line; each module is imported only when chosen."""
+    if args.bench:
+        from .bench import run_bench
+        return run_bench
+    if args.prompt is not None:
+        from .raw import run_prompt
+        return run_prompt
+    if args.file is not None:
+        from .complete import run_complete
+        return run_complete
+    if args.ask is not None:
+        from .chat import run_ask
+        return run_ask
+    from .repl import run_repl
+    return run_repl
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        check(args)
+        return int(_command(args)(args) or ExitCode.OK)
+    except BrokenPipeError:
+        _quiet_stdout()
+        return ExitCode.PIPE_CLOSED
+    except Exception as exc:
+        return _report(exc, args.debug)
+    except KeyboardInterrupt as exc:
+        return _report(exc, args.debug)
+
+
+def _report(exc: BaseException, debug: bool) -> int:
+    known = classify(exc)
+    if debug:
+        traceback.print_exc()
+    if known is None:
+        print(f"{PROG}: internal error: {type(exc).__name__}: {exc}"
+              + ("" if debug else " (--debug shows the traceback)"), file=sys.stderr)
+        return ExitCode.FAILURE
+    code, message = known
+    print(f"{PROG}: {'error: ' if code != ExitCode.INTERRUPTED else ''}{message}", file=sys.stderr)
+    return code
+
+
+def _quiet_stdout() -> None:
+    """The reader is gone: point stdout at /dev/null so the flush at exit cannot complain."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass

@@ -1,0 +1,67 @@
+"""`codecomplete REPO --file PATH [--line N --col M] [--stdin]`: an inline suggestion at a cursor."""
+from __future__ import annotations
+
+import sys
+
+from rich.text import Text
+
+from . import engine as engines
+from . import render, workspace
+from .errors import UsageError
+
+DEFAULT_MAX_TOKENS = 64     # a suggestion is a few lines; more is a chat answer
+
+
+def cursor(text: str, line: int | None, col: int | None) -> tuple[int, int]:
+    """The 1-based (line, col) of the cursor, checked against the buffer.
+
+    No line means the end of the file, no column the end of the line. The column counts
+    characters and may be one past the last (the cursor at the end of the line).
+    """
+    lines = text.split("\n")
+    if line is None:
+        return len(lines), len(lines[-1]) + 1
+    if line > len(lines):
+        raise UsageError(f"line {line} is out of range: the buffer has {len(lines)} lines")
+    width = len(lines[line - 1]) + 1
+    if col is None:
+        return line, width
+    if col > width:
+        raise UsageError(f"column {col} is out of range: line {line} has {width - 1} characters")
+    return line, col
+
+
+def _read(path) -> str:
+    return path.read_bytes().decode("utf-8", errors="replace")
+
+
+def run_complete(args) -> None:
+    root = workspace.repository(args.repo)
+    path = workspace.file_in(root, args.file, must_exist=not args.stdin)
+    text = sys.stdin.buffer.read().decode("utf-8", errors="replace") if args.stdin else None
+    line, col = cursor(_read(root / path) if text is None else text, args.line, args.col)
+
+    from prompts import build_completion_prompt
+
+    index = workspace.index(root)
+    max_new = args.max_tokens or DEFAULT_MAX_TOKENS
+    engine = engines.load(args, max_new)
+    packed = build_completion_prompt(index, engine.tokenizer, path=path, text=text, line=line, col=col,
+                                     budget_tokens=engines.prompt_budget(engine, args, max_new))
+
+    view = render.choose_view(args, render.code_body(path),
+                              info=f"{len(packed.ids):,} prompt tokens · {render.model_label(engine)}")
+    if isinstance(view, render.LiveView):
+        view.console.print(_summary(f"{path}:{line}:{col}", packed))
+    result = engines.generate(engine, packed.ids, engines.config(args, max_new, packed), view)
+    if args.json:
+        render.emit_json(args.json, render.result_json("completion", result, engine, packed.context))
+    engines.exit_if_cancelled(result)
+
+
+def _summary(where: str, packed, shown: int = 4) -> Text:
+    """`pkg/a.py:40:1 · 1,834 prompt tokens (left-to-right) · context: b.py:1-40, c.py:3-9, +2 more`"""
+    items = [f"{item.path}:{item.start_line}-{item.end_line}" for item in packed.context]
+    more = f", +{len(items) - shown} more" if len(items) > shown else ""
+    context = f" · context: {', '.join(items[:shown])}{more}" if items else ""
+    return Text(f"{where} · {len(packed.ids):,} prompt tokens ({packed.format}){context}", style="dim")

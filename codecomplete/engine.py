@@ -1,0 +1,74 @@
+"""The model from the app's side: load it for a command line, size its prompts, and run one
+generation that Ctrl-C and a closed pipe end cleanly."""
+from __future__ import annotations
+
+import os
+
+from .cancel import CancelOnSigint
+from .render import status, warn
+
+# On a CPU a prompt prefills at a few hundred tokens/s: a 2k-token default keeps the first
+# token within seconds. On CUDA the default is the whole context the engine was built for.
+CPU_PROMPT_BUDGET = 2048
+
+
+def device_for(args) -> str:
+    if args.device:
+        return args.device
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load(args, max_new_tokens: int):
+    """The engine the command line asks for, with a spinner on stderr while it loads."""
+    device = device_for(args)
+    on_cpu = device.startswith("cpu")
+    if on_cpu and args.attention == "flash":
+        # The Triton kernels run on CPU tensors only in the interpreter, which must be
+        # switched on before any kernel is defined, that is before models is imported.
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+        warn("--attention flash on the CPU runs the Triton kernels in the interpreter: expect it to be very slow")
+    if not args.debug:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    from models import load_model
+
+    budget = args.context_tokens or (CPU_PROMPT_BUDGET if on_cpu else None)
+    with status("Loading the model…") as progress:
+        return load_model(args.model, device=device, dtype=args.dtype, attention=args.attention,
+                          max_context=budget + max_new_tokens if budget else None, progress=progress)
+
+
+def prompt_budget(engine, args, max_new_tokens: int) -> int:
+    """Tokens the prompt may take: what the user asked for, within what the KV cache holds."""
+    room = engine.context_length - max_new_tokens
+    wanted = args.context_tokens or (CPU_PROMPT_BUDGET if engine.device.startswith("cpu") else room)
+    return max(1, min(wanted, room))
+
+
+def config(args, max_new_tokens: int, packed=None):
+    from models import GenerationConfig
+
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+        stop_token_ids=tuple(packed.stop_token_ids) if packed else (),
+        stop_strings=tuple(packed.stop_strings) if packed else ())
+
+
+def generate(engine, prompt_ids, generation_config, view):
+    """Stream one generation into a view. Ctrl-C ends it between tokens with
+    finish_reason "cancelled" and the text so far; a closed pipe raises BrokenPipeError."""
+    with CancelOnSigint() as cancel, view:
+        result = engine.generate(prompt_ids, generation_config, on_text=view.on_text,
+                                 should_stop=lambda: cancel() or view.closed)
+    if view.closed:
+        raise BrokenPipeError
+    view.finish(result, engine)
+    return result
+
+
+def exit_if_cancelled(result) -> None:
+    """One-shot commands end with 130 after Ctrl-C, once the partial result is out."""
+    if result.finish_reason == "cancelled":
+        raise KeyboardInterrupt

@@ -1,0 +1,53 @@
+"""Exit codes, and the one-line message every failure becomes.
+
+The contract (../shared/DESIGN.md): 0 success, 1 runtime failure, 2 usage or input error,
+130 interrupted. Errors are one line on stderr; tracebacks only with --debug.
+"""
+from __future__ import annotations
+
+import sys
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    FAILURE = 1          # the model, memory, anything at run time
+    USAGE = 2            # bad arguments or input: missing repo/file, position out of range
+    INTERRUPTED = 130    # 128 + SIGINT, what a shell reports for Ctrl-C
+    PIPE_CLOSED = 141    # 128 + SIGPIPE: the reader went away, as `cat | head` ends
+
+
+class AppError(Exception):
+    """A failure the app explains itself; the message is shown as it is."""
+
+    code = ExitCode.FAILURE
+
+
+class UsageError(AppError):
+    code = ExitCode.USAGE
+
+
+def classify(exc: BaseException) -> tuple[ExitCode, str] | None:
+    """The exit code and message for an expected failure; None for a bug.
+
+    prompts and models are imported lazily, so an exception can only be theirs
+    when they are already in sys.modules: looking there keeps start-up free of torch.
+    """
+    if isinstance(exc, AppError):
+        return exc.code, str(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return ExitCode.INTERRUPTED, "interrupted"
+    prompts = sys.modules.get("prompts")
+    if prompts is not None and isinstance(exc, prompts.PromptError):
+        return ExitCode.USAGE, str(exc)
+    models = sys.modules.get("models")
+    if models is not None:
+        if isinstance(exc, models.ModelNotFoundError):
+            return ExitCode.USAGE, str(exc)      # a path the user typed
+        if isinstance(exc, models.ModelError):
+            return ExitCode.FAILURE, str(exc)
+    torch = sys.modules.get("torch")
+    if isinstance(exc, MemoryError) or (
+            torch is not None and isinstance(exc, torch.OutOfMemoryError)):
+        return ExitCode.FAILURE, "out of memory: try a smaller --context-tokens"
+    return None

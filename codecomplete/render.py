@@ -1,0 +1,265 @@
+"""How results look: live in a terminal, bare text in a pipe, or one JSON object.
+
+Three views share one small interface (`on_text`, `closed`, `finish`), so a command streams
+generation the same way whatever stdout is:
+- LiveView: stdout is a terminal. The text streams in (highlighted code or Markdown) above a
+  status line with the live tokens/s; when it ends, the whole text is printed once so the
+  scrollback holds it in full.
+- PlainView: stdout is a pipe or a file (an editor). Only the generated text, flushed per
+  token; a reader that goes away (`| head -c 10`) stops generation instead of crashing it.
+- QuietView: the JSON object takes stdout, so nothing streams.
+Status and progress go to stderr, and only when stderr is a terminal: editors show stderr
+to the user, and they want only errors there. rich itself honours NO_COLOR and TERM=dumb.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, is_dataclass
+from typing import Callable, Iterator
+
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.live import Live
+from rich.markdown import Markdown
+from rich.segment import Segment
+from rich.spinner import Spinner
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.text import Text
+
+from .errors import AppError
+
+CODE_THEME = "monokai"
+
+
+def stdout_console() -> Console:
+    return Console(highlight=False)
+
+
+def stderr_console() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def warn(message: str) -> None:
+    """A warning is shown even when stderr is not a terminal: the user must see it."""
+    print(f"codecomplete: warning: {message}", file=sys.stderr)
+
+
+@contextmanager
+def status(message: str) -> Iterator[Callable[[str], None]]:
+    """A spinner on stderr while something slow runs; yields the callback that updates it."""
+    console = stderr_console()
+    if not console.is_terminal:
+        yield lambda _message: None
+        return
+    with console.status(message) as spinner:
+        yield lambda text: spinner.update(text)
+
+
+# Bodies: how the text of each kind of result is drawn in a terminal.
+
+def code_body(path: str) -> Callable[[str], RenderableType]:
+    lexer = Syntax.guess_lexer(path)
+    return lambda text: Syntax(text, lexer, theme=CODE_THEME, word_wrap=True, background_color="default")
+
+
+def markdown_body(text: str) -> RenderableType:
+    return Markdown(text, code_theme=CODE_THEME)
+
+
+def text_body(text: str) -> RenderableType:
+    return Text(text)
+
+
+class _Tail:
+    """The last lines of a renderable that fit the screen: Live cannot scroll, so a long
+    answer would otherwise be cut off at the top of the terminal while it streams."""
+
+    def __init__(self, renderable: RenderableType, reserved_lines: int) -> None:
+        self.renderable = renderable
+        self.reserved_lines = reserved_lines
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        lines = console.render_lines(self.renderable, options, pad=False)
+        keep = max(1, options.size.height - self.reserved_lines)
+        for line in lines[-keep:]:
+            yield from line
+            yield Segment.line()
+
+
+class _Meter:
+    """Counts streamed pieces as tokens (the engine sends one text delta per token) and
+    measures their rate from the first one, the way decode tokens/s leaves out prefill."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: float | None = None
+        self.last: float | None = None
+
+    def tick(self) -> None:
+        now = time.perf_counter()
+        self.first = self.first or now
+        self.last = now
+        self.count += 1
+
+    def rate(self) -> float:
+        if self.count < 2 or self.last == self.first:
+            return 0.0
+        return (self.count - 1) / (self.last - self.first)
+
+
+def summary_line(result, engine=None) -> str:
+    """`37 tokens · 14.2 tok/s · first token 180 ms · prompt 1,834 (1,700 reused)`"""
+    timings = as_dict(result.timings)
+    parts = [f"{len(result.token_ids)} tokens",
+             f"{timings.get('decode_tokens_per_s', 0.0):.1f} tok/s",
+             f"first token {timings.get('ttft_ms', 0.0):.0f} ms",
+             f"prompt {result.prompt_tokens:,}"
+             + (f" ({result.reused_prefix_tokens:,} reused)" if result.reused_prefix_tokens else "")]
+    if engine is not None:
+        parts.append(model_label(engine))
+    if result.finish_reason == "cancelled":
+        parts.append("cancelled")
+    return " · ".join(parts)
+
+
+def model_label(engine) -> str:
+    return f"{engine.name} ({engine.device}, {engine.dtype}, {engine.attention})"
+
+
+class LiveView:
+    def __init__(self, console: Console, body: Callable[[str], RenderableType], info: str) -> None:
+        self.console = console
+        self.body = body
+        self.info = info
+        self.closed = False
+        self._parts: list[str] = []
+        self._meter = _Meter()
+        self._live = Live(console=console, get_renderable=self._frame, refresh_per_second=12,
+                          transient=True, redirect_stdout=False)
+
+    @property
+    def text(self) -> str:
+        return "".join(self._parts)
+
+    def __enter__(self) -> "LiveView":
+        self._live.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._live.stop()
+
+    def on_text(self, delta: str) -> None:
+        self._parts.append(delta)
+        self._meter.tick()
+
+    def _frame(self) -> RenderableType:
+        spinner = Spinner("dots", style="cyan")
+        line = Table.grid(padding=(0, 1))
+        line.add_row(spinner, Text(f"{self._meter.rate():.1f} tok/s · {self._meter.count} tokens · {self.info}",
+                                   style="dim"))
+        return Group(_Tail(self.body(self.text), reserved_lines=2), line)
+
+    def finish(self, result, engine) -> None:
+        self._live.stop()
+        if result.text.strip():
+            self.console.print(self.body(result.text))
+        else:
+            self.console.print(Text("(nothing generated)", style="dim italic"))
+        self.console.print(Text(summary_line(result, engine), style="dim"))
+
+
+class PlainView:
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stdout
+        self.closed = False
+
+    def __enter__(self) -> "PlainView":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        pass
+
+    def on_text(self, delta: str) -> None:
+        if self.closed:
+            return
+        try:
+            self.stream.write(delta)
+            self.stream.flush()
+        except BrokenPipeError:
+            self.closed = True     # the engine's should_stop sees it and ends generation
+
+    def finish(self, result, engine) -> None:
+        # Editors insert stdout as it is: no newline is added that the model did not write.
+        pass
+
+
+class QuietView(PlainView):
+    def on_text(self, delta: str) -> None:
+        pass
+
+
+def choose_view(args, body: Callable[[str], RenderableType], info: str):
+    """The view for this command line: JSON on stdout silences streaming; a terminal gets it live."""
+    if args.json == "-":
+        return QuietView()
+    console = stdout_console()
+    if console.is_terminal:
+        return LiveView(console, body, info)
+    return PlainView()
+
+
+def context_table(items) -> Table:
+    """What the prompt carried: one row per chunk, its lines and tokens."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    table.add_column("file")
+    table.add_column("lines", justify="right")
+    table.add_column("tokens", justify="right")
+    for item in items:
+        table.add_row(item.path, f"{item.start_line}-{item.end_line}", f"{item.tokens:,}")
+    return table
+
+
+def as_dict(value) -> dict:
+    """Timings and context items may be dataclasses, named tuples or dicts."""
+    if isinstance(value, dict):
+        return dict(value)
+    if is_dataclass(value):
+        return asdict(value)
+    if hasattr(value, "_asdict"):
+        return dict(value._asdict())
+    return dict(vars(value))
+
+
+def result_json(text_key: str, result, engine, context=()) -> dict:
+    """The object DESIGN.md fixes, plus finish_reason and prefix reuse."""
+    return {
+        text_key: result.text,
+        "tokens": list(result.token_ids),
+        "model": engine.name,
+        "device": engine.device,
+        "attention": engine.attention,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": len(result.token_ids),
+        "reused_prefix_tokens": result.reused_prefix_tokens,
+        "finish_reason": result.finish_reason,
+        "context": [{"path": item.path, "start_line": item.start_line, "end_line": item.end_line,
+                     "tokens": item.tokens} for item in context],
+        "timings": as_dict(result.timings),
+    }
+
+
+def emit_json(destination: str, obj: dict) -> None:
+    """`--json` alone prints one line to stdout (JSON Lines, for jq and scripts);
+    `--json FILE` writes FILE, indented for people."""
+    if destination == "-":
+        sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+        return
+    try:
+        with open(destination, "w", encoding="utf-8") as f:
+            f.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    except OSError as exc:
+        raise AppError(f"cannot write {destination}: {exc.strerror}") from None

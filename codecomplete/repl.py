@@ -1,0 +1,202 @@
+"""`codecomplete REPO`: the chat REPL (prompt-toolkit for input, rich for answers).
+
+Keys: Enter sends, Esc Enter (or Meta Enter) starts a new line, pasted text keeps its lines;
+Tab completes slash commands and file paths; Ctrl-C clears the line, or cancels the answer
+being generated; Ctrl-D on an empty line leaves. History persists in the user state dir.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from platformdirs import user_state_dir
+from prompt_toolkit import PromptSession
+from prompt_toolkit.completion import Completer, Completion
+from prompt_toolkit.history import FileHistory
+from prompt_toolkit.key_binding import KeyBindings
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from . import chat, render
+from . import engine as engines
+from .errors import UsageError, classify
+
+COMMANDS = {
+    "/help": ("", "this help"),
+    "/context": ("", "what the last prompt carried: retrieved chunks, pinned files, tokens"),
+    "/add": ("PATH", "pin a file into every prompt"),
+    "/drop": ("[PATH]", "unpin a file, or all of them"),
+    "/reset": ("", "start a new conversation (pinned files stay)"),
+    "/model": ("[SPEC]", "show the model, or load another (checkpoint folder, .gguf, hub id)"),
+    "/exit": ("", "leave (Ctrl-D does too)"),
+}
+KEYS = "Enter sends · Esc Enter new line · Tab completes · Ctrl-C cancels · Ctrl-D leaves"
+MAX_PATH_COMPLETIONS = 200
+
+
+def history_path() -> Path:
+    path = Path(user_state_dir("codecomplete")) / "history"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class SlashCompleter(Completer):
+    """Slash commands at the start of the line; after /add the indexed files, after /drop the pinned ones."""
+
+    def __init__(self, conversation: chat.Conversation) -> None:
+        self.conversation = conversation
+
+    def get_completions(self, document, complete_event):
+        text = document.text_before_cursor
+        if not text.startswith("/") or "\n" in text:
+            return
+        command, space, word = text.partition(" ")
+        if not space:
+            for name, (arg, help_text) in COMMANDS.items():
+                if name.startswith(command):
+                    yield Completion(name, start_position=-len(command), display_meta=help_text)
+            return
+        paths = {"/add": self.conversation.index.files, "/drop": self.conversation.pinned}.get(command, ())
+        # Prefix matches first, then anywhere in the path: `/add llama` finds models/llama.py.
+        starts = [p for p in paths if p.startswith(word)]
+        inside = [p for p in paths if word in p and not p.startswith(word)]
+        for path in (starts + inside)[:MAX_PATH_COMPLETIONS]:
+            yield Completion(path, start_position=-len(word))
+
+
+def _key_bindings() -> KeyBindings:
+    bindings = KeyBindings()
+
+    @bindings.add("enter")
+    def _send(event):
+        event.current_buffer.validate_and_handle()
+
+    @bindings.add("escape", "enter")
+    def _newline(event):
+        event.current_buffer.insert_text("\n")
+
+    return bindings
+
+
+class Repl:
+    def __init__(self, conversation: chat.Conversation, console: Console, *,
+                 input=None, output=None, history: Path | None = None) -> None:
+        self.conversation = conversation
+        self.console = console
+        self.last_rate = 0.0
+        self.session = PromptSession(
+            history=FileHistory(str(history or history_path())), completer=SlashCompleter(conversation),
+            complete_while_typing=False, multiline=True, key_bindings=_key_bindings(),
+            bottom_toolbar=self._toolbar, prompt_continuation="… ", input=input, output=output)
+
+    def run(self) -> None:
+        self.console.print(self._welcome())
+        while True:
+            try:
+                text = self.session.prompt("› ").strip()
+            except KeyboardInterrupt:       # Ctrl-C at the prompt: the line is cleared
+                continue
+            except EOFError:                # Ctrl-D
+                return
+            if not text:
+                continue
+            try:
+                if text.startswith("/"):
+                    if not self.command(text):
+                        return
+                else:
+                    self.ask(text)
+            except Exception as exc:       # a bad path or a model error ends the line, not the REPL
+                known = classify(exc)
+                if known is None:
+                    raise
+                self.console.print(Text(f"error: {known[1]}", style="red"))
+
+    def ask(self, question: str) -> None:
+        engine = self.conversation.engine
+        packed = self.conversation.prompt_for(question)
+        view = render.LiveView(self.console, render.markdown_body,
+                               info=f"{len(packed.ids):,} context tokens · {render.model_label(engine)}")
+        result = self.conversation.answer(question, packed, view)
+        self.last_rate = render.as_dict(result.timings).get("decode_tokens_per_s", 0.0)
+
+    def command(self, line: str) -> bool:
+        """Run one slash command; False means leave."""
+        name, _, argument = line.partition(" ")
+        argument = argument.strip()
+        if name in ("/exit", "/quit"):
+            return False
+        handlers = {"/help": self._help, "/context": self._context, "/add": self._add, "/drop": self._drop,
+                    "/reset": self._reset, "/model": self._model}
+        if name not in handlers:
+            raise UsageError(f"unknown command {name} (/help lists them)")
+        handlers[name](argument)
+        return True
+
+    def _help(self, _argument: str) -> None:
+        table = Table(box=None, show_header=False, pad_edge=False)
+        for name, (arg, help_text) in COMMANDS.items():
+            table.add_row(Text(f"{name} {arg}".strip(), style="bold"), help_text)
+        self.console.print(table)
+        self.console.print(Text(KEYS, style="dim"))
+
+    def _context(self, _argument: str) -> None:
+        conversation = self.conversation
+        packed = conversation.last_prompt
+        if packed is None:
+            self.console.print(Text("No question asked yet: the context is retrieved for each question.", style="dim"))
+        else:
+            exchanges = len(conversation.messages) // 2
+            self.console.print(Text("Retrieved for the last question", style="bold"))
+            self.console.print(render.context_table(packed.context))
+            self.console.print(Text(f"{len(packed.ids):,} prompt tokens ({packed.format}) · "
+                                    f"{exchanges} exchange{'s' if exchanges != 1 else ''} so far", style="dim"))
+        pinned = ", ".join(conversation.pinned) or "none (/add PATH)"
+        self.console.print(Text(f"pinned: {pinned}", style="dim"))
+
+    def _add(self, argument: str) -> None:
+        if not argument:
+            raise UsageError("/add needs a file: /add PATH")
+        self.console.print(Text(f"pinned {self.conversation.pin(argument)}", style="green"))
+
+    def _drop(self, argument: str) -> None:
+        dropped = self.conversation.unpin(argument or None)
+        self.console.print(Text(f"unpinned {', '.join(dropped) or 'nothing'}", style="green"))
+
+    def _reset(self, _argument: str) -> None:
+        self.conversation.reset()
+        self.console.print(Text("new conversation", style="green"))
+
+    def _model(self, argument: str) -> None:
+        conversation = self.conversation
+        if argument:
+            args = argparse.Namespace(**{**vars(conversation.args), "model": argument})
+            conversation.engine = engines.load(args, conversation.max_new_tokens)
+            conversation.args = args
+        engine = conversation.engine
+        self.console.print(Text(f"{render.model_label(engine)} · context {engine.context_length:,} tokens"
+                                f" (model limit {engine.model_max_positions:,}) · loaded in {engine.load_s:.1f} s"))
+
+    def _welcome(self) -> Text:
+        index = self.conversation.index
+        return Text.assemble(
+            ("codecomplete", "bold"), f" · {index.root.name} ({len(index.files):,} files) · ",
+            render.model_label(self.conversation.engine), "\n",
+            ("Ask about the code. /help lists the commands. " + KEYS, "dim"))
+
+    def _toolbar(self) -> str:
+        engine = self.conversation.engine
+        packed = self.conversation.last_prompt
+        context = f"{len(packed.ids):,} context tokens" if packed else "no context yet"
+        rate = f" · {self.last_rate:.1f} tok/s" if self.last_rate else ""
+        return f" {render.model_label(engine)} · {context}{rate} · {len(self.conversation.pinned)} pinned · /help"
+
+
+def run_repl(args) -> None:
+    if args.json:
+        raise UsageError("--json goes with --file, --ask, --prompt or --bench, not the REPL")
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError("the chat REPL needs a terminal; in scripts use --ask QUESTION")
+    Repl(chat.open_conversation(args), render.stdout_console()).run()

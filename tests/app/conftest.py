@@ -1,0 +1,102 @@
+"""End-to-end fixtures: the installed console script, a small repository, and one cache dir
+for the whole session (the GGUF dequantization cache and the index are built once)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+FIXTURE_FILES = {
+    "shapes/__init__.py": '"""Plane shapes."""\n',
+    "shapes/geometry.py": '''\
+"""Areas and perimeters of plane shapes."""
+import math
+
+
+def area_of_circle(radius: float) -> float:
+    """The area of a circle of the given radius."""
+    return math.pi * radius ** 2
+
+
+class Rectangle:
+    def __init__(self, width: float, height: float) -> None:
+        self.width = width
+        self.height = height
+
+    def area(self) -> float:
+        return self.width * self.height
+''',
+    "app.py": '''\
+from shapes.geometry import Rectangle, area_of_circle
+
+
+def report(radius: float) -> str:
+    area = area_of_circle(radius)
+    return f"circle of radius {radius}: {area:.2f}"
+
+
+def total_area(rectangles: list[Rectangle]) -> float:
+    """The sum of the areas of the rectangles."""
+''',
+    "README.md": "# shapes\nA tiny geometry package used as the test repository.\n",
+}
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture(scope="session")
+def script() -> Path:
+    """The console script `pip install -e .` put beside this interpreter."""
+    return Path(sys.executable).parent / "codecomplete"
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def repo(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("repo")
+    for name, text in FIXTURE_FILES.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+@pytest.fixture(scope="session")
+def cli_env(cache_dir, tmp_path_factory) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("CODECOMPLETE_MODEL", None)        # the embedded model, whatever the shell says
+    env.update(CODECOMPLETE_CACHE_DIR=str(cache_dir), NO_COLOR="1", TOKENIZERS_PARALLELISM="false",
+               # the user's own dirs stay untouched (history, hub cache)
+               HOME=str(tmp_path_factory.mktemp("home")))
+    return env
+
+
+@pytest.fixture(scope="session")
+def codecomplete(script, cli_env, repo):
+    """Run the console script; stdout and stderr are pipes, as in an editor.
+
+    Every call checks that nothing was written inside the repository."""
+    def run(*args, input: str | None = None, timeout: float = 300) -> Run:
+        before = snapshot(repo)
+        proc = subprocess.run([str(script), *map(str, args)], input=input, capture_output=True, text=True,
+                              env=cli_env, timeout=timeout, cwd=repo.parent)
+        assert snapshot(repo) == before, "codecomplete wrote inside the repository"
+        return Run(proc.returncode, proc.stdout, proc.stderr)
+    return run

@@ -1,0 +1,68 @@
+"""The one-shot commands end to end through the console script, with the embedded model on the CPU."""
+import json
+
+import pytest
+
+CURSOR = ["--file", "app.py", "--line", "5", "--col", "5"]      # in report(), before `area = ...`
+TIMING_KEYS = {"load_s", "prefill_s", "ttft_ms", "decode_tokens_per_s"}
+
+
+@pytest.fixture(scope="module")
+def completion_json(codecomplete, repo):
+    run = codecomplete(repo, *CURSOR, "--max-tokens", "12", "--json")
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
+def check_result_object(obj, text_key):
+    assert isinstance(obj[text_key], str) and obj[text_key].strip()
+    assert obj["tokens"] and all(isinstance(t, int) for t in obj["tokens"])
+    assert obj["completion_tokens"] == len(obj["tokens"])
+    assert obj["prompt_tokens"] > 0
+    assert obj["device"] == "cpu" and obj["attention"] == "sdpa"
+    assert "SmolLM2" in obj["model"]
+    assert TIMING_KEYS <= obj["timings"].keys()
+    assert obj["timings"]["decode_tokens_per_s"] > 0
+
+
+def test_piped_completion_is_the_bare_text(codecomplete, repo, completion_json):
+    run = codecomplete(repo, *CURSOR, "--max-tokens", "12")
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == ""                       # no progress, no status: an editor shows stderr
+    assert "\x1b[" not in run.stdout              # no colour codes in a pipe
+    assert run.stdout == completion_json["completion"]   # greedy: the same text as --json
+
+
+def test_json_completion_has_the_contract_fields_and_its_context(completion_json):
+    check_result_object(completion_json, "completion")
+    context = completion_json["context"]
+    assert context and all(set(item) == {"path", "start_line", "end_line", "tokens"} for item in context)
+    # The cursor sits after a call of area_of_circle: its definition is in the prompt.
+    assert "shapes/geometry.py" in {item["path"] for item in context}
+    for item in context:
+        assert 1 <= item["start_line"] <= item["end_line"] and item["tokens"] > 0
+
+
+def test_stdin_buffer_of_an_unsaved_file(codecomplete, repo):
+    buffer = "from shapes.geometry import Rectangle\n\n\ndef square(side):\n    return Rectangle("
+    run = codecomplete(repo, "--file", "new_module.py", "--stdin", "--max-tokens", "8", "--json", input=buffer)
+    assert run.returncode == 0, run.stderr
+    obj = json.loads(run.stdout)
+    check_result_object(obj, "completion")
+    assert not (repo / "new_module.py").exists()
+
+
+def test_ask_answers_once(codecomplete, repo):
+    run = codecomplete(repo, "--ask", "What does area_of_circle return?", "--max-tokens", "16", "--json")
+    assert run.returncode == 0, run.stderr
+    obj = json.loads(run.stdout)
+    check_result_object(obj, "answer")
+    assert obj["context"]
+
+
+def test_raw_prompt_from_stdin(codecomplete):
+    run = codecomplete("--prompt", "-", "--max-tokens", "8", "--json", input="def fibonacci(n):\n")
+    assert run.returncode == 0, run.stderr
+    obj = json.loads(run.stdout)
+    check_result_object(obj, "text")
+    assert obj["context"] == []

@@ -1,0 +1,80 @@
+"""Every failure is one line on stderr with its exit code, and never a traceback."""
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+
+def check_error(run, code, *words):
+    assert run.returncode == code, (run.returncode, run.stderr)
+    assert run.stdout == ""
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    assert "Traceback" not in run.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["{missing}", "--file", "a.py"], ["repository not found"]),
+    (["{repo}", "--file", "nope.py"], ["file not found", "nope.py"]),
+    (["{repo}", "--file", "../outside.py"], ["outside the repository"]),
+    (["{repo}", "--file", "app.py", "--line", "999"], ["line 999 is out of range"]),
+    (["{repo}", "--file", "app.py", "--line", "1", "--col", "300"], ["column 300 is out of range"]),
+    (["{repo}", "--file", "app.py", "--line", "0"], ["--line"]),
+    (["{repo}", "--line", "3"], ["--line goes with --file"]),
+    (["{repo}", "--file", "app.py", "--ask", "why?"], ["not allowed with"]),
+    (["--prompt", "x", "{repo}"], ["--prompt takes no repository"]),
+    ([], ["give a repository"]),
+    (["{repo}", "--temperature", "-1"], ["--temperature"]),
+    (["{repo}"], ["needs a terminal"]),             # the REPL, with stdin not a terminal
+])
+def test_usage_and_input_errors_exit_2(codecomplete, repo, tmp_path, args, words):
+    (tmp_path.parent / "outside.py").write_text("x = 1\n")
+    args = [a.format(repo=repo, missing=tmp_path / "missing") for a in args]
+    check_error(codecomplete(*args), 2, *words)
+
+
+def test_empty_repository_exits_2(codecomplete, tmp_path):
+    (tmp_path / "empty").mkdir()
+    check_error(codecomplete(tmp_path / "empty", "--ask", "anything?"), 2, "empty")
+
+
+def test_model_not_found_exits_2(codecomplete, tmp_path):
+    check_error(codecomplete("--model", tmp_path / "nowhere.gguf", "--prompt", "x"), 2, "nowhere.gguf")
+
+
+def test_unreadable_model_exits_1(codecomplete, tmp_path):
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 64)
+    check_error(codecomplete("--model", broken, "--prompt", "x"), 1, "broken.gguf")
+
+
+def test_usage_errors_do_not_import_torch(tmp_path):
+    code = ("import sys; from codecomplete.cli import main; "
+            f"rc = main([{str(tmp_path / 'missing')!r}, '--file', 'a.py']); "
+            "assert rc == 2, rc; assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_closed_pipe_exits_quietly(script, cli_env):
+    # head takes 10 bytes and leaves; the generation must stop without a word on stderr.
+    shell = f"{script} --prompt 'def main():' --max-tokens 64 2>err | head -c 10; echo \" ${{PIPESTATUS[0]}}\""
+    proc = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, env=cli_env,
+                          cwd=cli_env["HOME"], timeout=300)
+    text, status = proc.stdout.rsplit(" ", 1)
+    assert len(text.encode()) == 10
+    assert status.strip() == "141"
+    assert open(os.path.join(cli_env["HOME"], "err")).read() == ""
+
+
+def test_ctrl_c_during_generation_exits_130(script, cli_env):
+    proc = subprocess.Popen([str(script), "--prompt", "def main():", "--max-tokens", "400"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env)
+    assert proc.stdout.read(1)                 # generation has started
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert err.decode().strip() == "codecomplete: interrupted"

@@ -1,0 +1,97 @@
+"""The chat REPL, in process, typed into through prompt-toolkit's pipe input."""
+import io
+import signal
+
+import pytest
+from prompt_toolkit.document import Document
+from prompt_toolkit.input import create_pipe_input
+from prompt_toolkit.output import DummyOutput
+from rich.console import Console
+
+from codecomplete import chat, cli, repl
+
+CTRL_C, CTRL_D = "\x03", "\x04"
+
+
+@pytest.fixture(scope="module")
+def conversation(repo, cache_dir):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CODECOMPLETE_CACHE_DIR", str(cache_dir))
+    mp.delenv("CODECOMPLETE_MODEL", raising=False)
+    args = cli.build_parser().parse_args([str(repo), "--max-tokens", "12"])
+    yield chat.open_conversation(args)
+    mp.undo()
+
+
+def drive(conversation, keystrokes, history):
+    """Run the REPL on scripted input, one entry per prompt; returns what it printed."""
+    out = io.StringIO()
+    with create_pipe_input() as pipe:
+        session = repl.Repl(conversation, Console(file=out, width=100), input=pipe, output=DummyOutput(),
+                            history=history)
+        prompt = session.session.prompt
+
+        def typed(*args, **kwargs):         # each prompt gets its line just before it reads
+            pipe.send_text(keystrokes.pop(0))
+            return prompt(*args, **kwargs)
+        session.session.prompt = typed
+        session.run()
+    assert not keystrokes, "the REPL left before reading all the input"
+    return out.getvalue()
+
+
+def interrupt_answer(engine, monkeypatch, after_pieces=3):
+    """Press Ctrl-C (a real SIGINT) once the next answer has streamed a few pieces."""
+    generate = engine.generate
+
+    def generate_then_interrupt(ids, config, on_text=None, should_stop=None):
+        seen = []
+
+        def on_piece(text):
+            seen.append(text)
+            if len(seen) == after_pieces:
+                signal.raise_signal(signal.SIGINT)
+            on_text(text)
+        return generate(ids, config, on_text=on_piece, should_stop=should_stop)
+    monkeypatch.setattr(engine, "generate", generate_then_interrupt)
+
+
+def test_a_session(conversation, tmp_path, monkeypatch):
+    conversation.reset()
+    history = tmp_path / "history"
+    printed = drive(conversation, ["What does area_of_circle compute?\r", "/context\r", "/add shapes/geometry.py\r",
+                                   "/add nowhere.py\r", "/bogus\r", "half typed" + CTRL_C, "/exit\r"], history)
+    question, answer = conversation.messages
+    assert question == {"role": "user", "content": "What does area_of_circle compute?"}
+    assert answer["role"] == "assistant" and answer["content"].strip()
+    assert "Retrieved for the last question" in printed and "shapes/geometry.py" in printed
+    assert conversation.pinned == ["shapes/geometry.py"]
+    assert "error: file not found: nowhere.py" in printed
+    assert "error: unknown command /bogus" in printed
+    assert "What does area_of_circle compute?" in history.read_text()
+    assert "half typed" not in history.read_text()        # Ctrl-C threw the line away
+
+
+def test_ctrl_c_cancels_the_answer_and_keeps_the_conversation(conversation, tmp_path, monkeypatch):
+    conversation.reset()
+    interrupt_answer(conversation.engine, monkeypatch)
+    printed = drive(conversation, ["Explain Rectangle.\r", CTRL_D], tmp_path / "history")
+    assert "cancelled" in printed
+    assert [m["role"] for m in conversation.messages] == ["user", "assistant"]
+    assert conversation.messages[1]["content"]                # the part that streamed stays
+    # The flag is gone: the handler is restored and the next answer runs to its end.
+    monkeypatch.undo()
+    printed = drive(conversation, ["And its area method?\r", "/reset\r", "/exit\r"], tmp_path / "history")
+    assert "cancelled" not in printed
+    assert conversation.messages == []
+
+
+def test_completion_of_commands_and_paths(conversation):
+    completer = repl.SlashCompleter(conversation)
+
+    def complete(text):
+        return [c.text for c in completer.get_completions(Document(text), None)]
+    assert complete("/co") == ["/context"]
+    assert complete("/add shapes/g") == ["shapes/geometry.py"]
+    assert complete("/add geometry") == ["shapes/geometry.py"]
+    assert complete("plain question") == []
