@@ -39,7 +39,12 @@ def _compile(fn, pointer_types: dict, constexprs: dict, target: GPUTarget, num_w
             signature[name] = "constexpr"
         else:
             signature[name] = pointer_types.get(name, "fp32" if name == "qk_scale" else "i32")
-    return triton.compile(ASTSource(fn, signature, constexprs), target=target,
+    # A launch specialises pointers and integers divisible by 16 (head dims, strides, lengths of the
+    # main configurations); without that the compiler cannot vectorise loads, and the binary built
+    # here would not be the one that runs.
+    attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]]
+             for name, kind in signature.items() if kind != "constexpr" and name != "qk_scale"}
+    return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
                           options={"num_warps": num_warps, "num_stages": num_stages})
 
 
@@ -48,20 +53,26 @@ def compile_config(dtype: str, Hq: int, Hkv: int, S: int, D: int, B: int = 1,
     """Compile both kernels as `flash_decode` would launch them; returns facts about the binaries."""
     plan = plan_launch(B, Hq, Hkv, S, D)
     elem = POINTER[dtype]
-    split = _compile(
-        _split_kv_kernel,
-        dict(Q=elem, K=elem, V=elem, SEQLENS="*i32", OUT=elem, LSE="*fp32", PART_OUT="*fp32", PART_LSE="*fp32"),
-        dict(HAS_SEQLENS=True, NUM_SPLITS=plan.num_splits, BLOCK_H=plan.block_h, BLOCK_N=plan.block_n,
-             BLOCK_D=plan.block_d, UPCAST=False, IEEE_DOT=dtype == "fp32"),
-        target, plan.num_warps, plan.num_stages)
-    facts = {"config": [dtype, Hq, Hkv, S, D, B], "num_splits": plan.num_splits,
-             "split_cubin_bytes": len(split.asm["cubin"]), "shared_bytes": split.metadata.shared,
-             "tensor_cores": "mma" in split.asm["ptx"]}
+    block_s = triton.next_power_of_2(plan.num_splits)
+    facts = {"config": [dtype, Hq, Hkv, S, D, B], "num_splits": plan.num_splits}
+    for fused in (True, False) if plan.num_splits > 1 else (False,):
+        split = _compile(
+            _split_kv_kernel,
+            dict(Q=elem, K=elem, V=elem, SEQLENS="*i32", OUT=elem, LSE="*fp32", PART_OUT="*fp32",
+                 PART_LSE="*fp32", SEMAPHORES="*i32"),
+            dict(GROUP=Hq // Hkv, HAS_SEQLENS=True, NUM_SPLITS=plan.num_splits, FUSED_COMBINE=fused,
+                 BLOCK_H=plan.block_h, BLOCK_N=plan.block_n, BLOCK_D=plan.block_d, BLOCK_S=block_s,
+                 UPCAST=False, IEEE_DOT=dtype == "fp32"),
+            target, plan.num_warps, plan.num_stages)
+        variant = "fused" if fused else "split"
+        facts[f"{variant}_cubin_bytes"] = len(split.asm["cubin"])
+        facts[f"{variant}_shared_bytes"] = split.metadata.shared
+        facts["tensor_cores"] = "mma" in split.asm["ptx"]
     if plan.num_splits > 1:
         combine = _compile(
             _combine_kernel,
             dict(SEQLENS="*i32", PART_OUT="*fp32", PART_LSE="*fp32", OUT=elem, LSE="*fp32"),
-            dict(HAS_SEQLENS=True, NUM_SPLITS=plan.num_splits, BLOCK_S=triton.next_power_of_2(plan.num_splits),
+            dict(HAS_SEQLENS=True, NUM_SPLITS=plan.num_splits, BLOCK_S=block_s,
                  BLOCK_N=plan.block_n, BLOCK_D=plan.block_d),
             target, 4, 2)
         facts["combine_cubin_bytes"] = len(combine.asm["cubin"])

@@ -28,6 +28,9 @@ LOG2_E = 1.4426950408889634
 PROGRAMS_PER_SM = 4          # enough resident programs to keep loads in flight on every SM
 MIN_BLOCKS_PER_SPLIT = 2     # a split shorter than this spends more on its q load and partial write
 MAX_SPLITS = 128             # bounds the combine's tile; more splits never paid off
+# The fused combine reads a whole group's partials in one program; past this many splits that tile
+# no longer fits in registers (the compiler spills) and the separate combine kernel is faster.
+MAX_FUSED_SPLITS = 32
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ class LaunchPlan:
     block_d: int      # head dim padded to a power of two
     num_warps: int
     num_stages: int
+    fused_combine: bool = True  # the last split of a group combines it (one launch less)
+
 
 
 @functools.lru_cache(maxsize=16)
@@ -57,12 +62,14 @@ def plan_launch(B: int, Hq: int, Hkv: int, S: int, D: int, *, num_sms: int = 132
     block_h = max(16, triton.next_power_of_2(Hq // Hkv))
     block_d = max(16, triton.next_power_of_2(D))
     block_n = 64 if block_d <= 128 else 32  # keeps K and V tiles plus pipelining in shared memory
+    if num_splits is None and B * Hkv >= 2 * num_sms:
+        num_splits = 1  # batch and heads alone fill every SM twice: a split only adds a combine
     if num_splits is None:
         n_blocks = max(1, math.ceil(S / block_n))
         wanted = math.ceil(PROGRAMS_PER_SM * num_sms / (B * Hkv))
         num_splits = max(1, min(wanted, n_blocks // MIN_BLOCKS_PER_SPLIT, MAX_SPLITS))
     return LaunchPlan(num_splits=num_splits, block_h=block_h, block_n=block_n, block_d=block_d,
-                      num_warps=4, num_stages=2)
+                      num_warps=4, num_stages=2, fused_combine=num_splits <= MAX_FUSED_SPLITS)
 
 
 def flash_decode(q, k_cache, v_cache, cache_seqlens=None, *, softmax_scale=None, num_splits=None,
@@ -93,6 +100,27 @@ def flash_decode(q, k_cache, v_cache, cache_seqlens=None, *, softmax_scale=None,
     return (out, lse) if return_lse else out
 
 
+_semaphores: dict = {}
+
+
+def _semaphore_buffer(device: torch.device, n: int) -> torch.Tensor:
+    """Zeroed int32 counters for the fused combine, one per (batch, KV head), reused across calls.
+
+    Each group's last program resets its counter, so the buffer is zero between calls. It is kept
+    per (device, stream): launches on one stream run in order, but two streams must not share one.
+    While a CUDA graph is being captured a new buffer is made (its zeroing becomes part of the graph)
+    rather than handing eager calls memory that belongs to the graph's pool.
+    """
+    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    key = (device, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0)
+    buffer = _semaphores.get(key)
+    if buffer is None or buffer.numel() < n:
+        if capturing:
+            return torch.zeros(n, dtype=torch.int32, device=device)
+        buffer = _semaphores[key] = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
+    return buffer
+
+
 def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scale=None):
     """Run the kernels with an explicit plan (inputs already validated). Returns (out, lse)."""
     B, Hq, D = q.shape
@@ -109,24 +137,27 @@ def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scal
     has_seqlens = cache_seqlens is not None
     seqlens = cache_seqlens if has_seqlens else lse  # any pointer; never read without HAS_SEQLENS
     upcast = not q.is_cuda  # the interpreter's 16-bit arithmetic is wrong; widen on load
+    fused = splits > 1 and plan.fused_combine
+    semaphores = _semaphore_buffer(q.device, B * Hkv) if fused else lse  # lse: unused placeholder
+    block_s = triton.next_power_of_2(splits)
 
     _split_kv_kernel[(splits, B * Hkv)](
-        q, k_cache, v_cache, seqlens, out, lse, part_out, part_lse,
+        q, k_cache, v_cache, seqlens, out, lse, part_out, part_lse, semaphores,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        S, Hkv, Hq // Hkv, D, scale * LOG2_E,
-        HAS_SEQLENS=has_seqlens, NUM_SPLITS=splits,
-        BLOCK_H=plan.block_h, BLOCK_N=plan.block_n, BLOCK_D=plan.block_d,
+        S, Hkv, D, scale * LOG2_E,
+        GROUP=Hq // Hkv, HAS_SEQLENS=has_seqlens, NUM_SPLITS=splits, FUSED_COMBINE=fused,
+        BLOCK_H=plan.block_h, BLOCK_N=plan.block_n, BLOCK_D=plan.block_d, BLOCK_S=block_s,
         UPCAST=upcast, IEEE_DOT=q.dtype == torch.float32,
         num_warps=plan.num_warps, num_stages=plan.num_stages,
     )
-    if splits > 1:
+    if splits > 1 and not fused:
         _combine_kernel[(B * Hq,)](
             seqlens, part_out, part_lse, out, lse,
             S, Hq, D,
             HAS_SEQLENS=has_seqlens, NUM_SPLITS=splits,
-            BLOCK_S=triton.next_power_of_2(splits), BLOCK_N=plan.block_n, BLOCK_D=plan.block_d,
-            num_warps=4 if plan.block_d * triton.next_power_of_2(splits) >= 4096 else 1,
+            BLOCK_S=block_s, BLOCK_N=plan.block_n, BLOCK_D=plan.block_d,
+            num_warps=4 if plan.block_d * block_s >= 4096 else 1,
         )
     return out, lse

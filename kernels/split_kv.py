@@ -6,8 +6,11 @@ group's heads are the rows of the q tile, padded to the tensor cores' minimum of
 online softmax. It writes a partial output normalised by its own softmax sum, plus that sum's
 log-sum-exp. With a single split it writes the final output directly and the combine is skipped.
 
-Stage 2, `_combine_kernel`: one program per (batch, query head) rescales the partials by
-exp2(lse_i - lse) and sums them.
+Stage 2 rescales the partials by exp2(lse_i - lse) and sums them, either in `_combine_kernel`
+(one program per (batch, query head)), or fused into stage 1: each program counts itself in on a
+per-(batch, KV head) semaphore, and the last of a group to arrive combines the group (one launch
+less, which matters when a whole decode attention takes a few microseconds). The last program
+resets the semaphore to zero, so the buffer is ready for the next call or graph replay.
 
 How a sequence is split is decided inside the kernel from its current length: the grid depends
 only on shapes, so a CUDA graph captured once stays valid while the cache fills, and every split
@@ -22,13 +25,48 @@ import triton.language as tl
 
 
 @triton.jit
+def _blocks_per_split(seqlen, NUM_SPLITS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """A sequence's BLOCK_N-key blocks, and how many of them each split takes."""
+    n_blocks = tl.cdiv(seqlen, BLOCK_N)
+    return n_blocks, tl.maximum(tl.cdiv(n_blocks, NUM_SPLITS), 1)
+
+
+@triton.jit
 def _split_range(seqlen, split, NUM_SPLITS: tl.constexpr, BLOCK_N: tl.constexpr):
     """Key range [start, end) of `split` for a sequence of `seqlen` keys, in whole blocks."""
-    n_blocks = tl.cdiv(seqlen, BLOCK_N)
-    blocks_per_split = tl.maximum(tl.cdiv(n_blocks, NUM_SPLITS), 1)
+    n_blocks, blocks_per_split = _blocks_per_split(seqlen, NUM_SPLITS, BLOCK_N)
     start = split * blocks_per_split * BLOCK_N
     end = tl.minimum(start + blocks_per_split * BLOCK_N, seqlen)
     return start, end
+
+
+@triton.jit
+def _valid_splits(seqlen, NUM_SPLITS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """How many leading splits of a `seqlen`-long sequence have keys (those are never empty)."""
+    n_blocks, blocks_per_split = _blocks_per_split(seqlen, NUM_SPLITS, BLOCK_N)
+    return tl.cdiv(n_blocks, blocks_per_split)
+
+
+@triton.jit
+def _combine_row(PART_OUT, PART_LSE, OUT, LSE, row, n_valid, D,
+                 NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Combine the first n_valid partials of one (batch, query head) row into OUT and LSE."""
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_s = offs_s < n_valid
+    # .cg: read from L2, not L1; with the fused combine other SMs wrote these moments ago.
+    lse = tl.load(PART_LSE + row * NUM_SPLITS + offs_s, mask=mask_s, other=float("-inf"),
+                  cache_modifier=".cg")                                            # (BLOCK_S,)
+    parts = tl.load(PART_OUT + (row * NUM_SPLITS + offs_s[:, None]) * D + offs_d[None, :],
+                    mask=mask_s[:, None] & (offs_d[None, :] < D), other=0.0,
+                    cache_modifier=".cg")                                          # (BLOCK_S, BLOCK_D)
+    m = tl.max(lse, axis=0)
+    m = tl.where(m == float("-inf"), 0.0, m)  # all splits empty: keep exp2 finite, weights 0
+    w = tl.exp2(lse - m)
+    denom = tl.sum(w, axis=0)
+    out = tl.sum(parts * w[:, None], axis=0) / tl.maximum(denom, 1e-30)
+    tl.store(OUT + row * D + offs_d, out.to(OUT.dtype.element_ty), mask=offs_d < D)
+    tl.store(LSE + row, (m + tl.log2(denom)) * 0.6931471805599453)
 
 
 @triton.jit
@@ -67,13 +105,13 @@ def _attend_range(q, k_ptrs, v_ptrs, stride_kn, stride_vn, start, end, offs_n, m
 
 @triton.jit
 def _split_kv_kernel(
-    Q, K, V, SEQLENS, OUT, LSE, PART_OUT, PART_LSE,
+    Q, K, V, SEQLENS, OUT, LSE, PART_OUT, PART_LSE, SEMAPHORES,
     stride_qb, stride_qh,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
-    S, HKV, GROUP, D, qk_scale,
-    HAS_SEQLENS: tl.constexpr, NUM_SPLITS: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    S, HKV, D, qk_scale,
+    GROUP: tl.constexpr, HAS_SEQLENS: tl.constexpr, NUM_SPLITS: tl.constexpr, FUSED_COMBINE: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
     UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr,
 ):
     split = tl.program_id(0)
@@ -86,7 +124,7 @@ def _split_kv_kernel(
     else:
         seqlen = S
     start, end = _split_range(seqlen, split, NUM_SPLITS, BLOCK_N)
-    if NUM_SPLITS > 1:
+    if NUM_SPLITS > 1 and not FUSED_COMBINE:  # (with the fused combine every program must count in)
         if start >= end:
             return  # past the end of this sequence; the combine does not read this split
 
@@ -124,6 +162,15 @@ def _split_kv_kernel(
         part_rows = rows * NUM_SPLITS + split                                 # (B, Hq, splits) layout
         tl.store(PART_OUT + part_rows[:, None] * D + offs_d[None, :], out, mask=row_mask)
         tl.store(PART_LSE + part_rows, lse2, mask=mask_h)
+        if FUSED_COMBINE:
+            tl.debug_barrier()  # every thread's partial stores precede the release below
+            arrived = tl.atomic_add(SEMAPHORES + bh, 1, sem="acq_rel")
+            if arrived == NUM_SPLITS - 1:  # the last program of this group: combine its rows
+                tl.atomic_xchg(SEMAPHORES + bh, 0)
+                n_valid = _valid_splits(seqlen, NUM_SPLITS, BLOCK_N)
+                for g in tl.static_range(GROUP):
+                    _combine_row(PART_OUT, PART_LSE, OUT, LSE, b * (HKV * GROUP) + h * GROUP + g, n_valid, D,
+                                 NUM_SPLITS, BLOCK_S, BLOCK_D)
 
 
 @triton.jit
@@ -134,26 +181,9 @@ def _combine_kernel(
     BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)  # b * Hq + query head
-    b = row // HQ
     if HAS_SEQLENS:
-        seqlen = tl.load(SEQLENS + b)
+        seqlen = tl.load(SEQLENS + row // HQ)
     else:
         seqlen = S
-    # The splits that had keys are the first n_valid: the same arithmetic as _split_range.
-    n_blocks = tl.cdiv(seqlen, BLOCK_N)
-    blocks_per_split = tl.maximum(tl.cdiv(n_blocks, NUM_SPLITS), 1)
-    n_valid = tl.cdiv(n_blocks, blocks_per_split)
-
-    offs_s = tl.arange(0, BLOCK_S)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_s = offs_s < n_valid
-    lse = tl.load(PART_LSE + row * NUM_SPLITS + offs_s, mask=mask_s, other=float("-inf"))  # (BLOCK_S,)
-    m = tl.max(lse, axis=0)
-    m = tl.where(m == float("-inf"), 0.0, m)  # all splits empty: keep exp2 finite, weights 0
-    w = tl.exp2(lse - m)
-    denom = tl.sum(w, axis=0)
-    parts = tl.load(PART_OUT + (row * NUM_SPLITS + offs_s[:, None]) * D + offs_d[None, :],
-                    mask=mask_s[:, None] & (offs_d[None, :] < D), other=0.0)  # (BLOCK_S, BLOCK_D)
-    out = tl.sum(parts * w[:, None], axis=0) / tl.maximum(denom, 1e-30)
-    tl.store(OUT + row * D + offs_d, out.to(OUT.dtype.element_ty), mask=offs_d < D)
-    tl.store(LSE + row, (m + tl.log2(denom)) * 0.6931471805599453)
+    n_valid = _valid_splits(seqlen, NUM_SPLITS, BLOCK_N)
+    _combine_row(PART_OUT, PART_LSE, OUT, LSE, row, n_valid, D, NUM_SPLITS, BLOCK_S, BLOCK_D)
