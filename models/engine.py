@@ -1,0 +1,383 @@
+"""The Engine: a loaded model, its KV cache, and the decode loop that streams text.
+
+    engine = load_model()                                   # the embedded SmolLM2 unless told otherwise
+    result = engine.generate(ids, GenerationConfig(max_new_tokens=64), on_text=print)
+
+A request prefills its prompt (only the part the cache does not already hold from the previous
+request), then runs one decode step per token. On CUDA each step is a replayed CUDA graph, and the
+host reads token t while the GPU already computes step t+1, so the loop never stalls the GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from time import perf_counter
+
+import torch
+
+from models.attention import BACKENDS
+from models.config import ModelConfig
+from models.errors import ContextTooLongError, ModelError
+from models.generation import GenerationConfig, GenerationResult, Timings
+from models.llama import Decode, Transformer
+from models.sampling import make_generator, sample
+from models.tokenizer import IncrementalDetokenizer, StopStringMatcher
+
+DEFAULT_MAX_CONTEXT = 16384
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+
+
+def load_model(spec=None, device=None, dtype=None, attention=None, max_context=None, progress=None,
+               cuda_graphs=None) -> Engine:
+    """Load a model (None: $CODECOMPLETE_MODEL or the embedded SmolLM2) into a ready Engine.
+
+    spec: a HF checkpoint directory, a .gguf file or a hub id. device: "cuda" if available else "cpu".
+    dtype: bf16 on CUDA, float32 on CPU. attention: "flash" on CUDA, "sdpa" on CPU.
+    max_context: KV-cache capacity in tokens, default min(model limit, 16384).
+    cuda_graphs: capture the decode step in a CUDA graph (default: on CUDA).
+    """
+    from models.loading import resolve
+    from models.loading.hf import load_hf_model, read_config
+
+    start = perf_counter()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = parse_dtype(dtype, device)
+    source = resolve(spec, progress)
+    directory = source.path
+    if source.kind == "gguf":
+        from models.loading.gguf import gguf_checkpoint
+        directory = gguf_checkpoint(source.path, dtype, progress)
+    context = context_capacity(read_config(directory), max_context, source.name)
+    if progress:
+        progress(f"Loading {source.name} on {device.type}")
+    loaded = load_hf_model(directory, device, dtype, max_len=context, name=source.name)
+    engine = Engine(loaded.model, loaded.tokenizer, name=source.name, attention=attention,
+                    context_length=context, eos_token_ids=loaded.eos_token_ids, cuda_graphs=cuda_graphs)
+    engine.load_s = perf_counter() - start
+    return engine
+
+
+def parse_dtype(dtype, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if str(dtype).lower() not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+    return DTYPES[str(dtype).lower()]
+
+
+def context_capacity(config: ModelConfig, max_context: int | None, name: str) -> int:
+    limit = config.context_limit
+    if max_context is None:
+        return min(limit, DEFAULT_MAX_CONTEXT)
+    if max_context > limit:
+        raise ContextTooLongError(
+            f"{name}: a context of {max_context} tokens exceeds the model's limit of {limit} positions")
+    if max_context < 1:
+        raise ValueError(f"max_context must be positive, got {max_context}")
+    return max_context
+
+
+class Engine:
+    """A model ready to generate; see ARCHITECTURE.md (models) for the contract."""
+
+    def __init__(self, model: Transformer, tokenizer=None, *, name: str = "model", attention: str | None = None,
+                 context_length: int | None = None, eos_token_ids: Sequence[int] = (), cuda_graphs: bool | None = None):
+        param = model.output.weight
+        self.model, self.tokenizer, self.name = model, tokenizer, name
+        self._device = param.device
+        self.device = self._device.type
+        self.dtype = str(param.dtype).removeprefix("torch.")
+        self.context_length = context_length or min(model.rope.max_len, DEFAULT_MAX_CONTEXT)
+        self.model_max_positions = model.config.context_limit
+        self.eos_token_ids = sorted(set(eos_token_ids) | set(model.config.eos_token_ids))
+        self.load_s = 0.0
+        self._graphs_enabled = self._device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        # Read token t while step t+1 runs: only pays where the device runs asynchronously.
+        self._lookahead = self._device.type == "cuda"
+        self._steps: dict[int, _DecodeStep] = {}
+        self._cache_rows = 0
+        self._cached_ids: list[int] = []       # the tokens whose K/V cache row 0 holds, in order
+        self.attention = ""
+        self.set_attention(attention or ("flash" if self._device.type == "cuda" else "sdpa"))
+        self._ensure_rows(1)
+
+    # ---- configuration -----------------------------------------------------------------------
+
+    @property
+    def attention_is_slow(self) -> bool:
+        """True when flash runs through the Triton interpreter (CPU): correct but very slow."""
+        return self.attention == "flash" and self._device.type != "cuda"
+
+    @property
+    def use_cuda_graphs(self) -> bool:
+        return self._graphs_enabled
+
+    @use_cuda_graphs.setter
+    def use_cuda_graphs(self, enabled: bool) -> None:
+        if enabled and self._device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA device")
+        self._graphs_enabled = enabled
+        self._steps.clear()
+
+    def set_attention(self, name: str) -> None:
+        """Switch the decode attention backend; the weights and the KV cache stay as they are."""
+        if name not in BACKENDS:
+            raise ValueError(f"unknown attention {name!r} (choose from {', '.join(BACKENDS)})")
+        if name == "flash" and self._device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            # Off the GPU, Triton kernels run only in its interpreter, enabled before they are defined.
+            if "kernels" in sys.modules:
+                raise ModelError("flash attention on the CPU needs TRITON_INTERPRET=1 set before `kernels` is imported")
+            os.environ["TRITON_INTERPRET"] = "1"
+        self.attention = name
+        self._steps.clear()        # captured graphs have the old backend baked in
+
+    def _ensure_rows(self, batch: int) -> None:
+        """A KV cache with at least `batch` rows of context_length tokens."""
+        if self._cache_rows < batch:
+            self._steps.clear()
+            self._cached_ids = []
+            self._cache_rows = 0
+            self.model.setup_caches(batch, self.context_length, self.name)
+            self._cache_rows = batch
+
+    def _decode_step(self, batch: int) -> _DecodeStep:
+        if batch not in self._steps:
+            self._steps[batch] = _DecodeStep(self.model, batch, self.attention, self._device, self._graphs_enabled)
+        return self._steps[batch]
+
+    # ---- generation --------------------------------------------------------------------------
+
+    def generate(self, prompt_ids: Sequence[int], config: GenerationConfig = GenerationConfig(),
+                 on_text: Callable[[str], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> GenerationResult:
+        """Generate from one prompt, streaming text deltas to on_text; reuses the cached prefix of the last request."""
+        return self._generate([list(prompt_ids)], config, on_text, should_stop, reuse=True)[0]
+
+    def generate_batch(self, prompts: Sequence[Sequence[int]], config: GenerationConfig = GenerationConfig(),
+                       should_stop: Callable[[], bool] | None = None) -> list[GenerationResult]:
+        """Generate from several prompts at once (any lengths), one result each, in order."""
+        return self._generate([list(p) for p in prompts], config, None, should_stop, reuse=False)
+
+    @torch.no_grad()
+    def _generate(self, prompts, config, on_text, should_stop, reuse) -> list[GenerationResult]:
+        t_call = perf_counter()
+        self._check_prompts(prompts)
+        B = len(prompts)
+        self._ensure_rows(B)
+        cached, self._cached_ids = self._cached_ids, []   # unknown until this request ends cleanly
+        cap = self.context_length
+        rows = [_Row(self.tokenizer, p, config, min(config.max_new_tokens, cap - len(p) + 1), on_text)
+                for p in prompts]
+        if config.max_new_tokens <= 0:
+            return [row.result(len(p), 0, Timings(load_s=self.load_s)) for row, p in zip(rows, prompts)]
+
+        # Prefill: each prompt into its own cache row, from the first token the cache does not hold.
+        t_prefill = perf_counter()
+        reused = [self._reusable_prefix(cached, prompts[0]) if reuse else 0] + [0] * (B - 1)
+        logits = torch.cat([self.model.prefill(torch.tensor([p[r:]], device=self._device), r, b)
+                            for b, (p, r) in enumerate(zip(prompts, reused))])        # (B, V)
+        generator = make_generator(self._device, config.seed) if config.temperature > 0 else None
+        tokens = sample(logits, config, generator)                                    # (B,)
+
+        state = self._decode_step(B)
+        positions = [len(p) for p in prompts]          # host mirror of state.input_pos
+        state.input_pos.copy_(torch.tensor(positions))
+        stop_ids = set(self.eos_token_ids) | set(config.stop_token_ids)
+        steps = max(row.budget for row in rows)
+        fed = list(prompts[0])                          # row 0's tokens whose K/V are in the cache
+        t_first = None
+        decode_steps = 0
+        for step in range(steps):
+            host = _HostCopy(tokens)
+            more = step + 1 < steps
+            if more and self._lookahead:               # queue step t+1 before waiting for token t
+                next_tokens = self._step(state, tokens, positions, config, generator)
+            token_list = host.wait()
+            if t_first is None:
+                t_first = perf_counter()
+            else:
+                decode_steps += 1
+            for row, token in zip(rows, token_list):
+                row.accept(token, stop_ids)
+            if more and self._lookahead:
+                fed.append(token_list[0])
+            if all(row.finish_reason for row in rows):
+                break
+            if should_stop is not None and should_stop():
+                for row in rows:
+                    row.cancel()
+                break
+            if more and not self._lookahead:
+                next_tokens = self._step(state, tokens, positions, config, generator)
+                fed.append(token_list[0])
+            tokens = next_tokens
+        t_end = perf_counter()
+        self._cached_ids = fed[:cap - 1]   # a finished row's writes clamp at slot cap - 1
+
+        prefilled = sum(len(p) - r for p, r in zip(prompts, reused))
+        prefill_s = t_first - t_prefill
+        decode_s = t_end - t_first
+        timings = Timings(load_s=self.load_s, prefill_s=prefill_s, ttft_ms=1000 * (t_first - t_call),
+                          decode_s=decode_s, decode_tokens_per_s=decode_steps / decode_s if decode_s > 0 else 0.0,
+                          prefill_tokens_per_s=prefilled / prefill_s if prefill_s > 0 else 0.0)
+        return [row.result(len(p), r, timings) for row, p, r in zip(rows, prompts, reused)]
+
+    def _step(self, state: _DecodeStep, tokens, positions: list[int], config, generator) -> torch.Tensor:
+        """Feed tokens (B,) at the current positions, advance them, and sample the next tokens (on the device)."""
+        state.tokens.copy_(tokens[:, None])
+        logits = state.run(kv_len=max(positions) + 1, exact=len(set(positions)) == 1)
+        last = self.context_length - 1
+        state.input_pos.add_(1).clamp_(max=last)
+        positions[:] = [min(p + 1, last) for p in positions]
+        return sample(logits, config, generator)
+
+    def _check_prompts(self, prompts: list[list[int]]) -> None:
+        if not prompts or any(not p for p in prompts):
+            raise ModelError(f"{self.name}: empty prompt (nothing to continue from)")
+        vocab = self.model.config.vocab_size
+        for p in prompts:
+            if len(p) > self.context_length:
+                raise ContextTooLongError(
+                    f"{self.name}: a prompt of {len(p)} tokens does not fit the context of {self.context_length} "
+                    f"tokens (the KV cache; the model allows up to {self.model_max_positions})")
+            if min(p) < 0 or max(p) >= vocab:
+                raise ModelError(f"{self.name}: token id {max(p) if max(p) >= vocab else min(p)} "
+                                 f"is outside the vocabulary (0..{vocab - 1})")
+
+    def _reusable_prefix(self, cached: list[int], prompt: list[int]) -> int:
+        """How many leading prompt tokens already sit in cache row 0 (always leaving one to prefill)."""
+        scaling = self.model.config.rope_scaling
+        if scaling and scaling.kind == "dynamic":
+            return 0   # cached keys were rotated with the frequencies of their own call's length
+        n, limit = 0, min(len(cached), len(prompt) - 1)
+        while n < limit and cached[n] == prompt[n]:
+            n += 1
+        return n
+
+    # ---- benchmarking ------------------------------------------------------------------------
+
+    def make_decode_step(self, batch_size: int = 1, context_tokens: int | None = None) -> Callable[[], torch.Tensor]:
+        """A zero-argument callable running one decode step with `context_tokens` tokens in every row's cache.
+
+        For timing what one generated token costs (the cache's contents do not change the time): each
+        call writes slot context_tokens - 1 and attends over context_tokens keys with the current backend,
+        as a CUDA-graph replay when graphs are on. Returns the logits (B, V) without synchronising.
+        """
+        context_tokens = context_tokens or self.context_length
+        if not 1 <= context_tokens <= self.context_length:
+            raise ContextTooLongError(f"{self.name}: {context_tokens} tokens do not fit the context of {self.context_length}")
+        self._ensure_rows(batch_size)
+        self._cached_ids = []
+        state = self._decode_step(batch_size)
+        state.tokens.zero_()
+        state.input_pos.fill_(context_tokens - 1)
+
+        @torch.no_grad()
+        def step() -> torch.Tensor:
+            return state.run(kv_len=context_tokens, exact=True)
+        return step
+
+
+class _DecodeStep:
+    """Static input buffers for one batch size, and the decode step on them (graph-captured if enabled)."""
+
+    def __init__(self, model: Transformer, batch: int, backend: str, device: torch.device, graphed: bool):
+        self.model, self.backend, self.graphed = model, backend, graphed
+        self.tokens = torch.zeros(batch, 1, dtype=torch.long, device=device)      # (B, 1)
+        self.input_pos = torch.zeros(batch, dtype=torch.long, device=device)      # (B,)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.logits: torch.Tensor | None = None
+
+    def _forward(self, kv_len: int | None, exact: bool) -> torch.Tensor:
+        step = Decode(self.input_pos, (self.input_pos + 1).to(torch.int32), self.backend, kv_len, exact)
+        return self.model.decode(self.tokens, step)
+
+    def run(self, kv_len: int, exact: bool) -> torch.Tensor:
+        """Logits (B, V). Eager runs attend over the first kv_len slots; the graph over the whole capacity."""
+        if not self.graphed:
+            return self._forward(kv_len, exact)
+        if self.graph is None:
+            self._capture()
+        self.graph.replay()
+        return self.logits
+
+    def _capture(self) -> None:
+        # Warm up on a side stream (Triton compiles, cuBLAS picks kernels), then record. The warm-up
+        # writes the same K/V the first replay will write, so the cache stays consistent.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._forward(None, False)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = self._forward(None, False)
+
+
+class _HostCopy:
+    """Token ids (B,) on their way to the host: on CUDA an async copy into pinned memory, read later."""
+
+    def __init__(self, tokens: torch.Tensor):
+        self.event = None
+        if tokens.is_cuda:
+            self.buffer = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+            self.buffer.copy_(tokens, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.buffer = tokens
+
+    def wait(self) -> list[int]:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.buffer.tolist()
+
+
+class _Row:
+    """One sequence's output: ids, streamed text (through the detokenizer and stop strings), finish reason."""
+
+    def __init__(self, tokenizer, prompt: list[int], config: GenerationConfig, budget: int, on_text):
+        self.detokenizer = IncrementalDetokenizer(tokenizer, prompt) if tokenizer is not None else None
+        self.stops = StopStringMatcher(config.stop_strings)
+        self.budget, self.on_text = budget, on_text
+        self.token_ids: list[int] = []
+        self.finish_reason: str | None = None
+
+    def accept(self, token: int, stop_ids: set[int]) -> None:
+        if self.finish_reason:
+            return
+        self.token_ids.append(token)
+        if token in stop_ids:
+            self._finish("stop")
+            return
+        text, hit = self.stops.feed(self.detokenizer.push(token) if self.detokenizer else "")
+        self._emit(text)
+        if hit:
+            self.finish_reason = "stop"
+        elif len(self.token_ids) >= self.budget:
+            self._finish("length")
+
+    def cancel(self) -> None:
+        if not self.finish_reason:
+            self._finish("cancelled")
+
+    def _finish(self, reason: str) -> None:
+        """End the row, releasing text held back for an incomplete character or a possible stop string."""
+        text, hit = self.stops.feed(self.detokenizer.flush() if self.detokenizer else "")
+        self._emit(text if hit else text + self.stops.flush())
+        self.finish_reason = "stop" if hit else reason
+
+    def _emit(self, text: str) -> None:
+        if text and self.on_text is not None:
+            self.on_text(text)
+
+    def result(self, prompt_tokens: int, reused: int, timings: Timings) -> GenerationResult:
+        return GenerationResult(text=self.stops.text, token_ids=self.token_ids, prompt_tokens=prompt_tokens,
+                                reused_prefix_tokens=reused, finish_reason=self.finish_reason or "length",
+                                timings=timings)

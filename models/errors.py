@@ -1,0 +1,24 @@
+"""The errors the models package raises: one line each, naming the file (or model) and the problem.
+
+The app prints `str(error)` as is and maps the class to an exit code, so messages say what to do next.
+"""
+
+
+class ModelError(Exception):
+    """Anything that stops a model from loading or generating."""
+
+
+class ModelNotFoundError(ModelError):
+    """The named path, package or hub id does not exist (or is not cached while offline)."""
+
+
+class UnsupportedModelError(ModelError):
+    """The checkpoint exists but is not something this package runs (architecture, quantization, format)."""
+
+
+class ContextTooLongError(ModelError):
+    """A prompt or a requested context does not fit the KV cache or the model's position limit."""
+
+
+class OutOfMemoryError(ModelError):
+    """The weights or the KV cache do not fit in free device memory; the message says what would fit."""

@@ -1,0 +1,36 @@
+"""What a caller asks of a generation and what it gets back (plain data: no torch here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 128
+    temperature: float = 0.0            # 0 -> greedy
+    top_p: float = 1.0                  # nucleus sampling; 1 keeps every token
+    top_k: int = 0                      # 0 keeps every token
+    seed: int | None = None             # None -> a fresh random seed
+    stop_token_ids: tuple[int, ...] = ()   # besides the model's EOS ids, which always stop
+    stop_strings: tuple[str, ...] = ()     # never part of the returned or streamed text
+
+
+@dataclass
+class Timings:
+    load_s: float = 0.0                 # the engine's load time (the same for every request)
+    prefill_s: float = 0.0              # prompt processing, up to the first token's logits
+    ttft_ms: float = 0.0                # from the call to the first token on the host
+    decode_s: float = 0.0               # from the first token to the last
+    decode_tokens_per_s: float = 0.0    # per sequence: decode steps / decode_s
+    prefill_tokens_per_s: float = 0.0   # prompt tokens actually prefilled (not reused) / prefill_s
+
+
+@dataclass
+class GenerationResult:
+    text: str                           # the completion, stop string excluded
+    token_ids: list[int]                # generated ids, including a final EOS/stop token if one ended it
+    prompt_tokens: int
+    reused_prefix_tokens: int           # prompt tokens whose KV came from the previous request
+    finish_reason: str                  # "stop" | "length" | "cancelled"
+    timings: Timings = field(default_factory=Timings)

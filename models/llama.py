@@ -1,0 +1,280 @@
+"""A lean Llama for inference, in the spirit of gpt-fast: RMSNorm, RoPE, GQA, SwiGLU, a static KV cache.
+
+Two entry points share the layers:
+    prefill(tokens (1, T), start, row)   one sequence, SDPA over its cached prefix plus the new tokens
+    decode(tokens (B, 1), Decode(...))   one token per sequence, static shapes, no host sync: capturable
+q/k/v and gate/up projections are fused (one matmul each), which matters when a decode step is a GEMV.
+Weights keep Hugging Face's names at the boundary (`hf_tensor_slots`), so every loader speaks HF.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.attention import decode_attention, prefill_attention
+from models.config import ModelConfig, preset
+from models.kv_cache import KVCache, check_kv_cache_fits
+
+
+class Prefill(NamedTuple):
+    """Where a prefill chunk goes: cache row `row`, which already holds positions [0, start)."""
+    row: int
+    start: int
+
+
+@dataclass
+class Decode:
+    """Run-time inputs of one decode step (tensors live on the device and are updated in place)."""
+    input_pos: torch.Tensor        # (B,) int64: where each sequence's new token goes
+    cache_seqlens: torch.Tensor    # (B,) int32: input_pos + 1, the lengths attention reads
+    backend: str                   # "flash" | "sdpa" | "eager"
+    kv_len: int | None = None      # attend over cache[:, :, :kv_len]; None = the whole capacity (graph mode)
+    exact: bool = False            # every row holds exactly kv_len tokens (SDPA may skip the mask)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 (as HF Llama does), scale in the activation dtype.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def rope_inv_freq(config: ModelConfig, seq_len: int | None = None) -> torch.Tensor:
+    """Rotary inverse frequencies (D/2,), float32, with the checkpoint's rope scaling applied.
+
+    `seq_len` matters only for dynamic NTK scaling, whose base grows once a call runs past max_positions.
+    """
+    D, base, s = config.head_dim, config.rope_theta, config.rope_scaling
+    if s and s.kind == "dynamic" and seq_len and seq_len > config.max_positions:
+        base = base * ((s.factor * seq_len / config.max_positions) - (s.factor - 1)) ** (D / (D - 2))
+    inv_freq = 1.0 / (base ** (torch.arange(0, D, 2, dtype=torch.int64).float() / D))
+    if s is None or s.kind == "dynamic":
+        return inv_freq
+    if s.kind == "linear":
+        return inv_freq / s.factor
+    # llama3: long wavelengths divided by the factor, short ones kept, a smooth blend between.
+    low_wavelen = s.original_max_positions / s.low_freq_factor
+    high_wavelen = s.original_max_positions / s.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq)
+    smooth = (s.original_max_positions / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return torch.where(medium, smoothed, scaled)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables (S_max, D) in float32, so a decode step only gathers rows by position."""
+
+    def __init__(self, config: ModelConfig, max_len: int):
+        super().__init__()
+        self.config, self.max_len = config, max_len
+        self.register_buffer("cos", torch.empty(max_len, config.head_dim), persistent=False)
+        self.register_buffer("sin", torch.empty(max_len, config.head_dim), persistent=False)
+        if self.cos.device.type != "meta":
+            self.reset()
+
+    def reset(self) -> None:
+        """(Re)compute the tables on the buffers' device."""
+        positions = torch.arange(self.max_len, device=self.cos.device)
+        dynamic = self.config.rope_scaling and self.config.rope_scaling.kind == "dynamic"
+        if dynamic and self.max_len > self.config.max_positions:
+            # A decode step at position p sees frequencies for length p + 1 (as HF recomputes them).
+            inv = torch.stack([rope_inv_freq(self.config, p + 1) for p in range(self.max_len)])  # (S_max, D/2)
+            freqs = positions[:, None].float() * inv.to(positions.device)
+        else:
+            freqs = torch.outer(positions.float(), rope_inv_freq(self.config).to(positions.device))
+        emb = torch.cat((freqs, freqs), dim=-1)                          # (S_max, D)
+        self.cos, self.sin = emb.cos(), emb.sin()
+
+    def forward(self, positions: torch.Tensor, seq_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin (B, T, D) for positions (B, T); `seq_len` is the call's length (dynamic scaling)."""
+        s = self.config.rope_scaling
+        if s and s.kind == "dynamic" and seq_len and seq_len > self.config.max_positions:
+            # Beyond the training length, HF's prefill rotates every position with the call's frequencies.
+            freqs = positions[..., None].float() * rope_inv_freq(self.config, seq_len).to(positions.device)
+            emb = torch.cat((freqs, freqs), dim=-1)
+            return emb.cos(), emb.sin()
+        return self.cos[positions], self.sin[positions]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, H, T, D) rotated by cos, sin (B, T, D), in HF's rotate-half layout."""
+    cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        self.wqkv = nn.Linear(config.dim, (config.n_heads + 2 * config.n_kv_heads) * config.head_dim, bias=False)
+        self.wo = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, step: Decode | Prefill):
+        B, T, _ = x.shape
+        Hq, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        q, k, v = self.wqkv(x).split([Hq * D, Hkv * D, Hkv * D], dim=-1)
+        q = apply_rotary(q.view(B, T, Hq, D).transpose(1, 2), cos, sin)    # (B, Hq, T, D)
+        k = apply_rotary(k.view(B, T, Hkv, D).transpose(1, 2), cos, sin)   # (B, Hkv, T, D)
+        v = v.view(B, T, Hkv, D).transpose(1, 2)                           # (B, Hkv, T, D)
+        if isinstance(step, Decode):
+            k_cache, v_cache = self.kv_cache.update(step.input_pos, k, v)  # (B, Hkv, S_max, D)
+            if step.kv_len is not None:
+                k_cache, v_cache = k_cache[:, :, :step.kv_len], v_cache[:, :, :step.kv_len]
+            out = decode_attention(step.backend, q[:, :, 0], k_cache, v_cache, step.cache_seqlens, step.exact)
+            out = out.reshape(B, 1, Hq * D)                                # (B, 1, Hq*D)
+        else:
+            k_all, v_all = self.kv_cache.write(step.row, step.start, k, v)  # (1, Hkv, start+T, D)
+            out = prefill_attention(q, k_all, v_all, step.start).transpose(1, 2).reshape(B, T, Hq * D)
+        return self.wo(out)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.ffn_dim = config.ffn_dim
+        self.w13 = nn.Linear(config.dim, 2 * config.ffn_dim, bias=False)   # gate and up, fused
+        self.w2 = nn.Linear(config.ffn_dim, config.dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w13(x).split(self.ffn_dim, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.attention_norm = RMSNorm(config.dim, config.norm_eps)
+        self.attention = Attention(config)
+        self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
+        self.feed_forward = FeedForward(config)
+
+    def forward(self, x, cos, sin, step):
+        h = x + self.attention(self.attention_norm(x), cos, sin, step)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig, max_len: int | None = None):
+        super().__init__()
+        self.config = config
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.rope = RotaryEmbedding(config, max_len or config.context_limit)
+        self.requires_grad_(False)
+        self._tie_weights()
+
+    def _tie_weights(self) -> None:
+        if self.config.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+
+    def materialize(self, device, dtype) -> Transformer:
+        """Turn a model built under torch.device("meta") into uninitialised storage on `device`."""
+        self.to(dtype=dtype).to_empty(device=device)
+        self._tie_weights()   # to_empty gives each module its own tensor; tie them again
+        self.rope.reset()
+        return self
+
+    @property
+    def kv_capacity(self) -> int:
+        cache = self.layers[0].attention.kv_cache
+        return 0 if cache is None else cache.capacity
+
+    def setup_caches(self, batch: int, max_len: int, name: str = "model") -> None:
+        """Allocate every layer's cache (after freeing the old one), or say how many tokens would fit."""
+        if max_len > self.rope.max_len:
+            raise ValueError(f"cache of {max_len} tokens is longer than the rotary table ({self.rope.max_len})")
+        for layer in self.layers:
+            layer.attention.kv_cache = None
+        device, dtype = self.output.weight.device, self.output.weight.dtype
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        check_kv_cache_fits(self.config, batch, max_len, dtype, device, name)
+        c = self.config
+        for layer in self.layers:
+            layer.attention.kv_cache = KVCache(batch, c.n_kv_heads, max_len, c.head_dim, dtype, device)
+
+    def prefill(self, tokens: torch.Tensor, start: int = 0, row: int = 0, all_logits: bool = False) -> torch.Tensor:
+        """Run tokens (1, T) at positions start..start+T of cache row `row` (which holds [0, start) already).
+
+        Returns float32 logits (1, T, V) with all_logits, else the last position's (1, V).
+        """
+        T = tokens.shape[1]
+        positions = torch.arange(start, start + T, device=tokens.device)[None]   # (1, T)
+        cos, sin = self.rope(positions, start + T)
+        x = self.tok_embeddings(tokens)                                          # (1, T, dim)
+        for layer in self.layers:
+            x = layer(x, cos, sin, Prefill(row, start))
+        x = x if all_logits else x[:, -1]
+        return self.output(self.norm(x)).float()
+
+    def decode(self, tokens: torch.Tensor, step: Decode) -> torch.Tensor:
+        """One token per sequence, tokens (B, 1) at positions step.input_pos (B,). Returns float32 logits (B, V)."""
+        cos, sin = self.rope(step.input_pos[:, None])                            # (B, 1, D)
+        x = self.tok_embeddings(tokens)                                          # (B, 1, dim)
+        for layer in self.layers:
+            x = layer(x, cos, sin, step)
+        return self.output(self.norm(x[:, 0])).float()
+
+
+def hf_tensor_slots(model: Transformer) -> dict[str, torch.Tensor]:
+    """Where each tensor of a Hugging Face Llama checkpoint goes: views into our (partly fused) parameters."""
+    c = model.config
+    q, kv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+    slots = {"model.embed_tokens.weight": model.tok_embeddings.weight, "model.norm.weight": model.norm.weight}
+    if not c.tie_embeddings:
+        slots["lm_head.weight"] = model.output.weight
+    for i, layer in enumerate(model.layers):
+        p = f"model.layers.{i}."
+        wqkv, w13 = layer.attention.wqkv.weight, layer.feed_forward.w13.weight
+        slots.update({
+            p + "self_attn.q_proj.weight": wqkv[:q],
+            p + "self_attn.k_proj.weight": wqkv[q:q + kv],
+            p + "self_attn.v_proj.weight": wqkv[q + kv:],
+            p + "self_attn.o_proj.weight": layer.attention.wo.weight,
+            p + "mlp.gate_proj.weight": w13[:c.ffn_dim],
+            p + "mlp.up_proj.weight": w13[c.ffn_dim:],
+            p + "mlp.down_proj.weight": layer.feed_forward.w2.weight,
+            p + "input_layernorm.weight": layer.attention_norm.weight,
+            p + "post_attention_layernorm.weight": layer.ffn_norm.weight,
+        })
+    return slots
+
+
+def build_random_model(config: ModelConfig | str, n_layers: int | None = None, device="cpu",
+                       dtype=torch.float32, max_len: int | None = None, seed: int = 0) -> Transformer:
+    """A model of a preset's (or config's) exact shapes with random weights: times exactly like the real one.
+
+    n_layers cuts the depth to fit memory; max_len sizes the rotary table (default: the model's limit),
+    e.g. 65536 to benchmark CodeLlama shapes beyond their 16k training length.
+    """
+    config = preset(config) if isinstance(config, str) else config
+    if n_layers:
+        config = config.replace(n_layers=n_layers)
+    with torch.device("meta"):
+        model = Transformer(config, max_len=max_len)
+    model.materialize(device, dtype)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    for name, param in model.named_parameters():
+        if name.endswith("norm.weight"):
+            param.fill_(1.0)
+        else:
+            param.normal_(0.0, 0.02, generator=generator)
+    return model

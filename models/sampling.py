@@ -1,0 +1,40 @@
+"""Next-token choice on the device: greedy, or temperature / top-k / top-p sampling.
+
+Everything stays on the device (no .item(), no multinomial), so the decode loop never waits
+on the host to pick a token: sampling uses the exponential-race form of the Gumbel-max trick.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from models.generation import GenerationConfig
+
+
+def sample(logits: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """Token ids (B,) int64 from float32 logits (B, V)."""
+    if config.temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits / config.temperature
+    if 0 < config.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, config.top_k, dim=-1).values[:, -1:]           # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if config.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)        # (B, V)
+        probs = sorted_logits.softmax(dim=-1)
+        # Drop a token when the tokens ranked above it already hold top_p of the mass (the first always stays).
+        drop = probs.cumsum(dim=-1) - probs > config.top_p
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = logits.softmax(dim=-1)
+    # argmax(p / E) with E ~ Exp(1) draws index i with probability p_i.
+    race = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    return (probs / race).argmax(dim=-1)
+
+
+def make_generator(device: torch.device, seed: int | None) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator

@@ -1,0 +1,42 @@
+"""Incremental detokenization: turn a growing list of token ids into correct text deltas.
+
+Decoding tokens one by one is wrong in three ways: SentencePiece drops the leading space of the
+first token it decodes ("▁world" alone is "world"), byte-fallback pieces (<0xE2><0x82><0xAC>) and
+byte-level BPE split one UTF-8 character over several tokens, and some decoders merge pieces.
+So each step decodes a short sliding window of ids twice, with and without the new token, and emits
+the difference; while the window's text ends in an incomplete character ('\ufffd'), nothing is emitted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+PROMPT_CONTEXT_TOKENS = 5   # prompt tokens seeding the window, so the first token's leading space survives
+
+
+class IncrementalDetokenizer:
+    def __init__(self, tokenizer, prompt_ids: Sequence[int] = ()):
+        self.tokenizer = tokenizer
+        self.ids = list(prompt_ids[-PROMPT_CONTEXT_TOKENS:])
+        self.prefix_offset = 0               # window start
+        self.read_offset = len(self.ids)     # ids before this have been emitted
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def push(self, token_id: int) -> str:
+        """Add one id; return the text it completes (possibly "", when a character is still incomplete)."""
+        self.ids.append(token_id)
+        emitted = self._decode(self.ids[self.prefix_offset:self.read_offset])
+        text = self._decode(self.ids[self.prefix_offset:])
+        if len(text) <= len(emitted) or text.endswith("\ufffd"):
+            return ""
+        self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+        return text[len(emitted):]
+
+    def flush(self) -> str:
+        """The held-back text (an incomplete character shows as '\ufffd'), at the end of generation."""
+        emitted = self._decode(self.ids[self.prefix_offset:self.read_offset])
+        text = self._decode(self.ids[self.prefix_offset:])
+        self.prefix_offset = self.read_offset = len(self.ids)
+        return text[len(emitted):]
