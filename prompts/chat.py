@@ -1,0 +1,154 @@
+"""The prompt for a chat turn: the conversation through the tokenizer's chat template, with repository context
+retrieved for the question (and the pinned files) in the system message.
+
+Tokenizers without a chat template get CodeLlama-Instruct's format: ``<s>[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n
+{user} [/INST]``. When the conversation alone overflows the budget, its oldest turns are dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Sequence
+
+from .chunking import Chunk, analyze_source
+from .errors import PromptError
+from .index import RepoIndex
+from .packing import Layout, PackedPrompt, select_chunks
+from .ranking import Query, rank, text_weights
+from .tokens import Encoder, encoder_for
+
+SYSTEM = (
+    "You are a coding assistant working in the repository {name}. Answer the user's questions about its code. "
+    "Excerpts of the repository that may help follow; refer to files by their paths."
+)
+PINNED_WEIGHT = 0.3  # identifiers of pinned files, next to the question's (1.0)
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
+B_INST, E_INST = "[INST]", "[/INST]"
+B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
+
+_WORD = re.compile(r"[\w./-]+")
+
+Message = dict[str, str]
+Renderer = Callable[[str, list[Message]], list[int]]
+
+
+def build_chat_prompt(
+    index: RepoIndex,
+    tokenizer,
+    messages: Sequence[Message],
+    budget_tokens: int = 4096,
+    pinned_paths: Sequence[str] = (),
+    reserve_tokens: int = 0,
+) -> PackedPrompt:
+    """The prompt for answering the last (user) message of ``messages``, within ``budget_tokens -
+    reserve_tokens``. Pinned files (paths relative to the root) are included first, as much as fits."""
+    if not messages or messages[-1].get("role") != "user":
+        raise PromptError("a chat prompt needs the user's message last")
+    encoder = encoder_for(tokenizer)
+    limit = budget_tokens - reserve_tokens
+    render = _renderer(tokenizer, encoder)
+    system = messages[0]["content"] if messages[0]["role"] == "system" else SYSTEM.format(name=index.name)
+    system += "\n"  # the context follows
+    conversation = [m for m in messages if m["role"] != "system"]
+    while len(render(system, conversation)) > limit:
+        if len(conversation) == 1:
+            raise PromptError(f"the question does not fit into {limit} tokens")
+        conversation = conversation[2:] if conversation[1]["role"] == "assistant" else conversation[1:]
+
+    pinned = [_pinned_chunks(index, path) for path in pinned_paths]
+    question = conversation[-1]["content"]
+    weights = {name: PINNED_WEIGHT for chunks in pinned for chunk in chunks for name in chunk.references}
+    weights.update(text_weights(question))
+    query = Query(weights=weights, mentioned=frozenset(_mentioned_files(index, question)))
+    candidates = _pinned_first([c for chunks in pinned for c in chunks], rank(index, query))
+
+    layout = Layout(section=lambda c: [f"\n{c.path}\n"], chunk=lambda c: [_excerpt(c)], gap=lambda c: [])
+    room = limit - len(render(system, conversation))
+    selection = select_chunks(encoder, layout, candidates, room)
+    while True:
+        ids = render(system + _context_text(selection), conversation)
+        if len(ids) <= limit:
+            break
+        selection.drop_last()  # the template joined the pieces into a few more tokens than counted
+    _, context = selection.render()
+    stops = [i for i in map(encoder.token_id, END_OF_TURN) if i is not None]
+    if tokenizer.eos_token_id is not None:
+        stops.append(tokenizer.eos_token_id)
+    return PackedPrompt(ids, context, list(dict.fromkeys(stops)), [], "chat")
+
+
+def _pinned_chunks(index: RepoIndex, path: str) -> list[Chunk]:
+    relative = index.relative_path(path)
+    numbers = index.chunk_numbers(relative)
+    if numbers:
+        return [index.chunks[n] for n in numbers]
+    try:  # pinned but not indexed (ignored, or new): read it now
+        text = (index.root / relative).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        raise PromptError(f"no such file: {path}") from None
+    return list(analyze_source(relative, text).chunks)
+
+
+def _pinned_first(pinned: list[Chunk], ranked: Iterator[tuple[float, Chunk]]) -> Iterator[tuple[float, Chunk]]:
+    for chunk in pinned:
+        yield float("inf"), chunk
+    shown = {(c.path, c.start_line) for c in pinned}
+    for score, chunk in ranked:
+        if (chunk.path, chunk.start_line) not in shown:
+            yield score, chunk
+
+
+def _mentioned_files(index: RepoIndex, question: str) -> set[str]:
+    """Files the question names, by path, file name or file name without extension ("ranking")."""
+    found = set()
+    for word in _WORD.findall(question):
+        word = word.strip("./")
+        if len(word) < 3:
+            continue
+        found.update(p for p in index.paths.by_name.get(word.rsplit("/", 1)[-1], []) if p.endswith(word))
+        found.update(index.paths.by_stem.get(word, []))
+    return found
+
+
+def _excerpt(chunk: Chunk) -> str:
+    return f"lines {chunk.start_line}-{chunk.end_line}:\n```{chunk.language}\n{chunk.text}\n```\n"
+
+
+def _context_text(selection) -> str:
+    return "".join(
+        f"\n{path}\n" + "".join(_excerpt(chunk) for chunk in chunks) for path, chunks in selection.ordered()
+    )
+
+
+def _renderer(tokenizer, encoder: Encoder) -> Renderer:
+    """A function (system text, conversation) -> ids for this tokenizer."""
+    if getattr(tokenizer, "chat_template", None):
+        return lambda system, conversation: _render_template(tokenizer, system, conversation)
+    return lambda system, conversation: _render_llama_instruct(tokenizer, encoder, system, conversation)
+
+
+def _render_template(tokenizer, system: str, conversation: list[Message]) -> list[int]:
+    from jinja2 import TemplateError
+
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "system", "content": system}, *conversation], tokenize=False, add_generation_prompt=True
+        )
+    except TemplateError:  # a template without a system role: the context goes into the first user message
+        first = {"role": "user", "content": f"{system}\n\n{conversation[0]['content']}"}
+        text = tokenizer.apply_chat_template([first, *conversation[1:]], tokenize=False, add_generation_prompt=True)
+    # The rendered text spells the template's special tokens: encode them as such, and add no others.
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _render_llama_instruct(tokenizer, encoder: Encoder, system: str, conversation: list[Message]) -> list[int]:
+    """Llama 2 / CodeLlama-Instruct's reference format, turn by turn."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    turns = [dict(m) for m in conversation]
+    turns[0]["content"] = B_SYS + system + E_SYS + turns[0]["content"]
+    ids: list[int] = []
+    for user, answer in zip(turns[:-1:2], turns[1::2]):
+        text = f"{B_INST} {user['content'].strip()} {E_INST} {answer['content'].strip()} "
+        ids += bos + encoder.encode_lead(text) + eos
+    return ids + bos + encoder.encode_lead(f"{B_INST} {turns[-1]['content'].strip()} {E_INST}")

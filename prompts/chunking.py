@@ -1,0 +1,287 @@
+"""Cutting a source file into chunks: top-level definitions, the file header, and line windows for other text.
+
+A chunk is a run of whole lines. For the eight tree-sitter languages, each top-level definition (function,
+class, struct, impl, namespace...) is a chunk together with the comments and attributes right above it; the
+statements before the first definition (imports, module docstring, constants) form the header chunk, and
+statements between definitions form code chunks. A chunk longer than the limit is cut at the start rows of its
+nested definitions or statements, recursing into whichever of them is itself too long, so a long class becomes
+groups of methods. Identifiers come from a regular expression rather than the syntax tree: it is many times
+faster, and for ranking the names in comments count as much as the names in code.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_left
+from typing import NamedTuple
+
+from .languages import LanguageSpec, language_for, language_name, load_grammar
+
+MAX_CHUNK_TOKENS = 768  # a chunk of up to ~70 lines of code: whole functions, yet not whole modules
+WINDOW_LINES = 40  # the line windows that chunk other text files
+CHARS_PER_TOKEN = 3  # a deliberately low estimate: code tokenizers average 3-4 characters per token
+NAME_DEPTH = 6  # how deep in the syntax tree defined names are looked for (methods of classes in namespaces)
+
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]+")
+_NOT_A_START = ("", " ", "\t", "}", ")", "]")  # first characters of lines that continue something
+
+
+class Chunk(NamedTuple):
+    """A run of whole lines of one file, with what it defines and uses."""
+
+    path: str  # posix, relative to the repository root
+    start_line: int  # 1-based, inclusive
+    end_line: int  # 1-based, inclusive
+    language: str  # "python", ..., or a plain-text kind such as "markdown"
+    kind: str  # "header" | "definition" | "code" | "text"
+    defines: tuple[str, ...]  # names defined in the chunk, outermost first
+    references: frozenset[str]  # identifiers it mentions (its own definitions included), minus keywords
+    text: str  # the lines, joined by "\n", without a final newline
+    approx_tokens: int  # len(text) / CHARS_PER_TOKEN; the packer counts exactly with the model's tokenizer
+
+
+class SourceAnalysis(NamedTuple):
+    """What chunking learns about one file."""
+
+    chunks: tuple[Chunk, ...]
+    imports: tuple[str, ...]  # modules, files or packages as written in the import statements
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines as tree-sitter counts rows: split at "\\n" only; a final newline does not start a line."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def analyze_source(path: str, text: str, max_tokens: int = MAX_CHUNK_TOKENS) -> SourceAnalysis:
+    """Chunk a file (``path`` is relative to the repository root and picks the language)."""
+    lines = split_lines(text)
+    spec = language_for(path)
+    if spec is None:
+        sizes = _LineSizes(lines)
+        spans = _windows(0, len(lines) - 1, sizes, max_tokens)
+        chunks = [_make_chunk(path, language_name(path), "text", span, lines, [], frozenset()) for span in spans]
+        return SourceAnalysis(tuple(c for c in chunks if c.text.strip()), ())
+    chunker = _SyntaxChunker(path, lines, spec, max_tokens)
+    return SourceAnalysis(tuple(chunker.chunks()), chunker.imports())
+
+
+def source_imports(path: str, text: str) -> tuple[str, ...]:
+    """Just the imports of a file (say, an editor buffer), as ``analyze_source`` would find them."""
+    spec = language_for(path)
+    return _SyntaxChunker(path, split_lines(text), spec, MAX_CHUNK_TOKENS).imports() if spec else ()
+
+
+class _LineSizes:
+    """Approximate token counts of line ranges, in O(1) from prefix sums of line lengths."""
+
+    def __init__(self, lines: list[str]):
+        self._ends = [0]
+        for line in lines:
+            self._ends.append(self._ends[-1] + len(line) + 1)
+
+    def tokens(self, first: int, last: int) -> int:
+        """Approximate tokens of rows first..last (0-based, inclusive)."""
+        return (self._ends[last + 1] - self._ends[first]) // CHARS_PER_TOKEN
+
+
+def _last_row(node) -> int:
+    """The last row a node has text on (a node ending at column 0 ends on the row before)."""
+    row, column = node.end_point
+    return row - 1 if column == 0 and row > node.start_point.row else row
+
+
+class _SyntaxChunker:
+    """Chunks the lines of one file (or, when recovering from a syntax error, a part of it) with a grammar."""
+
+    def __init__(self, path: str, lines: list[str], spec: LanguageSpec, max_tokens: int, first_row: int = 0):
+        self.path, self.lines, self.spec, self.max_tokens = path, lines, spec, max_tokens
+        self.first_row = first_row  # where these lines start in the file
+        self.sizes = _LineSizes(lines)
+        self.grammar = load_grammar(spec)
+        self.root = self.grammar.parser.parse("\n".join(lines).encode("utf-8")).root_node
+
+    def chunks(self, recover: bool = True) -> list[Chunk]:
+        definition_ids, names = self._definitions()
+        chunks = []
+        for kind, nodes in self._runs(definition_ids):
+            first, last = nodes[0].start_point.row, _last_row(nodes[-1])
+            if kind == "error":
+                if recover:
+                    chunks.extend(self._recover(first, last))
+                    continue
+                kind = "code"
+            for span in self._split(first, last, nodes):
+                chunk = _make_chunk(
+                    self.path, self.spec.name, kind, span, self.lines, names, self.spec.keywords, self.first_row
+                )
+                if chunk.text.strip():
+                    chunks.append(chunk)
+        return chunks
+
+    def _recover(self, first: int, last: int) -> list[Chunk]:
+        """Chunk a region tree-sitter could not parse by parsing, on its own, each part that starts with a line
+        at column 0: whatever follows a half-typed definition is usually fine again."""
+        starts = [first] + [row for row in range(first + 1, last + 1) if self.lines[row][:1] not in _NOT_A_START]
+        chunks = []
+        for start, end in zip(starts, starts[1:] + [last + 1]):
+            part = _SyntaxChunker(self.path, self.lines[start:end], self.spec, self.max_tokens, self.first_row + start)
+            chunks.extend(part.chunks(recover=False))
+        return chunks
+
+    def _definitions(self) -> tuple[set[int], list[tuple[int, str]]]:
+        """Ids of the definition nodes, and (row, name) of every defined name, in order."""
+        from tree_sitter import QueryCursor
+
+        cursor = QueryCursor(self.grammar.definitions)
+        cursor.set_max_start_depth(NAME_DEPTH)  # spares walking whole function bodies
+        definition_ids, names = set(), []
+        for _, match in cursor.matches(self.root):
+            if "definition" in match:
+                definition_ids.add(match["definition"][0].id)
+            name = match["name"][0]
+            names.append((name.start_point.row, name.text.decode("utf-8", "replace")))
+        names.sort(key=lambda row_name: row_name[0])
+        return definition_ids, names
+
+    def imports(self) -> tuple[str, ...]:
+        from tree_sitter import QueryCursor
+
+        cursor = QueryCursor(self.grammar.imports)
+        cursor.set_max_start_depth(NAME_DEPTH)
+        found = []
+        for _, match in cursor.matches(self.root):
+            module = match["module"][0].text.decode("utf-8", "replace")
+            found.append(module)
+            if "member" in match:
+                member = match["member"][0].text.decode("utf-8", "replace")
+                found.append(f"{module}.{member}" if not module.endswith(".") else module + member)
+        return tuple(dict.fromkeys(found))
+
+    def _runs(self, definition_ids: set[int]):
+        """Group the top-level nodes into (kind, nodes): definitions with their leading comments, code between."""
+        runs: list[tuple[str, list]] = []
+        pending: list = []  # comments/attributes waiting to see whether a definition follows them
+
+        def add_code(nodes):
+            if runs and runs[-1][0] in ("header", "code"):
+                runs[-1][1].extend(nodes)
+            else:
+                runs.append(("header" if not runs and self.first_row == 0 else "code", list(nodes)))
+
+        for node in self.root.named_children:
+            if runs and not pending and (
+                node.start_point.row == _last_row(runs[-1][1][-1])  # a trailing comment on the last line
+                or (runs[-1][0] == "error" and self.lines[node.start_point.row][:1] in _NOT_A_START)
+            ):
+                runs[-1][1].append(node)  # ... or the indented rest of what a syntax error cut off
+                continue
+            if node.type == "ERROR" and node.start_point.row < _last_row(node):
+                if pending:
+                    add_code(pending)
+                    pending = []
+                runs.append(("error", [node]))
+                continue
+            if node.type in self.spec.leading:
+                if pending and node.start_point.row > _last_row(pending[-1]) + 1:
+                    add_code(pending)
+                    pending = []
+                pending.append(node)
+                continue
+            is_definition = node.id in definition_ids or any(c.id in definition_ids for c in node.named_children)
+            if pending and not (is_definition and node.start_point.row <= _last_row(pending[-1]) + 1):
+                add_code(pending)
+                pending = []
+            if is_definition:
+                runs.append(("definition", pending + [node]))
+                pending = []
+            else:
+                add_code([node])
+        if pending:
+            add_code(pending)
+        return runs
+
+    def _split(self, first: int, last: int, nodes: list) -> list[tuple[int, int]]:
+        """Cut rows first..last into spans under the limit, at the starts of nested nodes, never mid-line."""
+        if self.sizes.tokens(first, last) <= self.max_tokens:
+            return [(first, last)]
+        cuts: set[int] = set()
+        self._collect_cuts(nodes, cuts)
+        return _pack(first, last, sorted(cuts), self.sizes, self.max_tokens)
+
+    def _collect_cuts(self, nodes: list, cuts: set[int]) -> None:
+        """Rows where a piece may start: each node's start (its leading comments' start, if any), recursing
+        into nodes over the limit; a node too long and without children may be cut at any of its rows."""
+        previous = None
+        for node in nodes:
+            glued = (
+                previous is not None
+                and previous.type in self.spec.leading
+                and _last_row(previous) + 1 >= node.start_point.row
+            )
+            if not glued:
+                cuts.add(node.start_point.row)
+            first, last = node.start_point.row, _last_row(node)
+            if self.sizes.tokens(first, last) > self.max_tokens:
+                children = node.named_children
+                if children:
+                    self._collect_cuts(children, cuts)
+                else:
+                    cuts.update(range(first + 1, last + 1))
+            previous = node
+
+
+def _pack(first: int, last: int, cuts: list[int], sizes: _LineSizes, limit: int) -> list[tuple[int, int]]:
+    """Greedily make spans as long as the limit allows, each ending just before a cut row."""
+    spans, start, fitting = [], first, None
+    for cut in [c for c in cuts if first < c <= last] + [last + 1]:
+        if sizes.tokens(start, cut - 1) <= limit:
+            fitting = cut
+            continue
+        if fitting is not None:
+            spans.append((start, fitting - 1))
+            start = fitting
+        if sizes.tokens(start, cut - 1) <= limit:
+            fitting = cut
+        else:  # nothing smaller to cut at: an over-long span, but whole lines
+            spans.append((start, cut - 1))
+            start, fitting = cut, None
+    if start <= last:
+        spans.append((start, last))
+    return spans
+
+
+def _windows(first: int, last: int, sizes: _LineSizes, limit: int) -> list[tuple[int, int]]:
+    """Line windows of at most WINDOW_LINES lines and, unless a single line is longer, ``limit`` tokens."""
+    spans = []
+    for start in range(first, last + 1, WINDOW_LINES):
+        end = min(start + WINDOW_LINES - 1, last)
+        spans.extend(_pack(start, end, list(range(start + 1, end + 1)), sizes, limit))
+    return spans
+
+
+def _make_chunk(path, language, kind, span, lines, names, keywords, first_row=0) -> Chunk:
+    """The chunk of rows ``span`` of ``lines``, which start at row ``first_row`` of the file."""
+    first, last = span
+    while first < last and not lines[first].strip():  # no blank lines at the edges
+        first += 1
+    while last > first and not lines[last].strip():
+        last -= 1
+    text = "\n".join(lines[first : last + 1])
+    lo = bisect_left(names, (first, ""))
+    hi = bisect_left(names, (last + 1, ""))
+    defines = tuple(dict.fromkeys(name for _, name in names[lo:hi]))
+    references = frozenset(IDENTIFIER.findall(text)).difference(keywords)
+    return Chunk(
+        path=path,
+        start_line=first_row + first + 1,
+        end_line=first_row + last + 1,
+        language=language,
+        kind=kind,
+        defines=defines,
+        references=references,
+        text=text,
+        approx_tokens=len(text) // CHARS_PER_TOKEN + 1,
+    )

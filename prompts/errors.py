@@ -1,0 +1,10 @@
+"""The one error type prompts raises for bad input."""
+
+
+class PromptError(ValueError):
+    """A problem with what the user asked for, told in one line.
+
+    Raised for a missing file, a path outside the repository, a cursor position out of range, a repository
+    with nothing to index, or a budget too small for even the prompt's fixed tokens. The app maps it to exit
+    code 2.
+    """

@@ -1,0 +1,123 @@
+"""Prompt layouts for completion, chosen from the tokens a tokenizer's vocabulary has.
+
+A layout is told as segments: an ``int`` is a special token id, a ``str`` is text that the packer encodes
+(see tokens.py). Three cursor styles, by the fill-in-the-middle tokens present:
+
+``codellama-infill``  ``<PRE>``/``<SUF>``/``<MID>``, stop at ``<EOT>``: ``[BOS, PRE] + enc(prefix) + [SUF] +
+                      enc_infill(suffix) + [MID]``, exactly CodeLlama's reference.
+``starcoder-fim``     ``<fim_prefix>``/``<fim_suffix>``/``<fim_middle>`` (also the ``<|fim_prefix|>`` and
+                      ``<fim-prefix>`` spellings of Qwen and SantaCoder).
+``left-to-right``     no FIM tokens (the embedded SmolLM2): the prompt ends at the cursor.
+
+Repository context comes as file sections: delimited by ``<file_sep>`` (or ``<filename>``) after an optional
+``<repo_name>`` where the vocabulary has them, StarCoder2's repository format; otherwise as comments in the
+current file's language, at the start of the prefix ("Path: ..." followed by the chunk's lines commented out,
+as Copilot and Tabby do), so that the prompt stays one plausible source file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+Segment = int | str
+
+# Fill-in-the-middle token spellings: (prefix, suffix, middle).
+CODELLAMA_FIM = ("▁<PRE>", "▁<SUF>", "▁<MID>")
+CODELLAMA_FIM_PLAIN = ("<PRE>", "<SUF>", "<MID>")
+CODELLAMA_EOT = ("▁<EOT>", "<EOT>")
+STARCODER_FIM = (
+    ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),
+    ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),
+    ("<fim-prefix>", "<fim-suffix>", "<fim-middle>"),
+)
+FILE_SEPARATORS = ("<file_sep>", "<|file_sep|>", "<filename>")
+REPO_NAMES = ("<repo_name>", "<|repo_name|>", "<reponame>")
+# Tokens that end a completion when the model emits them (besides its EOS).
+CONTROL_TOKENS = (
+    "<|endoftext|>", "<fim_pad>", "<|fim_pad|>", "<|im_end|>", "<|im_start|>", "<|eot_id|>", "<file_sep>",
+    "<|file_sep|>", "<filename>", "<repo_name>", "<|repo_name|>", "<reponame>",
+)
+
+
+@dataclass(frozen=True)
+class CompletionFormat:
+    """How one family of models wants repository context and the text around the cursor."""
+
+    name: str  # "codellama-infill" | "starcoder-fim" | "left-to-right"
+    start_ids: tuple[int, ...]  # what the tokenizer puts first by default (Llama's BOS)
+    fim: tuple[int, int, int] | None  # prefix, suffix, middle ids; None: left to right
+    file_sep: int | None  # a token that opens each file; None: comment headers
+    repo_name: int | None
+    stop_token_ids: tuple[int, ...]
+
+    def opening(self, repo: str, comment: str, has_context: bool) -> list[Segment]:
+        """Everything before the first context section."""
+        segments: list[Segment] = list(self.start_ids)
+        if self.file_sep is not None:
+            return segments + ([self.repo_name, repo] if self.repo_name is not None else [])
+        if self.fim is not None:
+            segments.append(self.fim[0])  # commented context lives inside the prefix
+        return segments + ([f"{comment} Repository: {repo}\n"] if has_context else [])
+
+    def section(self, path: str, comment: str) -> list[Segment]:
+        """The opening of a context file's section."""
+        if self.file_sep is not None:
+            return [self.file_sep, f"{path}\n"]
+        return [f"{comment} Path: {path}\n"]
+
+    def chunk(self, text: str, comment: str) -> list[Segment]:
+        """One chunk inside its file's section (``comment``: the current file's marker)."""
+        if self.file_sep is not None:
+            return [text + "\n"]
+        return ["".join(f"{comment} {line}\n" if line.strip() else f"{comment}\n" for line in text.split("\n"))]
+
+    def gap(self, own_comment: str, comment: str) -> list[Segment]:
+        """Between two chunks of one file that are not adjacent (``own_comment``: the marker of that file)."""
+        return [f"{own_comment if self.file_sep is not None else comment} ...\n"]
+
+    def cursor(
+        self, path: str, comment: str, prefix: str, suffix: str, has_context: bool
+    ) -> tuple[list[Segment], list[Segment]]:
+        """The current file around the cursor, the part that changes with every keystroke: what goes before the
+        cursor (with the prefix text last), and what after it."""
+        if self.file_sep is not None:
+            if self.fim is None:
+                return [self.file_sep, f"{path}\n" + prefix], []
+            return [self.file_sep, self.fim[0], f"{path}\n" + prefix], [self.fim[1], suffix, self.fim[2]]
+        before: list[Segment] = [f"{comment} Path: {path}\n"] if has_context else []
+        if self.fim is None:
+            return before + [prefix], []
+        return before + [prefix], [self.fim[1], suffix, self.fim[2]]
+
+    @property
+    def uses_suffix(self) -> bool:
+        return self.fim is not None
+
+    def stop_strings(self, mid_line: bool) -> list[str]:
+        """Left to right, the model cannot know where the code after the cursor begins: stop at the end of the
+        line when completing inside one, else at the first blank line (one block at a time)."""
+        if self.fim is not None:
+            return []
+        return ["\n"] if mid_line else ["\n\n"]
+
+
+def completion_format(encoder) -> CompletionFormat:
+    """The format the tokenizer's vocabulary supports, best first: CodeLlama infill, StarCoder FIM, left to right."""
+    token_id = encoder.token_id
+    stops = [i for i in map(token_id, CONTROL_TOKENS) if i is not None]
+    eos = encoder.tokenizer.eos_token_id
+    if eos is not None:
+        stops.append(eos)
+    file_sep = next((i for i in map(token_id, FILE_SEPARATORS) if i is not None), None)
+    repo_name = next((i for i in map(token_id, REPO_NAMES) if i is not None), None)
+    start = tuple(encoder.start_ids)
+    for spelling in (CODELLAMA_FIM, CODELLAMA_FIM_PLAIN):
+        ids = [token_id(token) for token in spelling]
+        if None not in ids:
+            eot = [i for i in map(token_id, CODELLAMA_EOT) if i is not None]
+            return CompletionFormat("codellama-infill", start, tuple(ids), None, None, tuple(dict.fromkeys(eot + stops)))
+    for spelling in STARCODER_FIM:
+        ids = [token_id(token) for token in spelling]
+        if None not in ids:
+            return CompletionFormat("starcoder-fim", start, tuple(ids), file_sep, repo_name, tuple(dict.fromkeys(ids + stops)))
+    return CompletionFormat("left-to-right", start, None, file_sep, repo_name, tuple(dict.fromkeys(stops)))

@@ -1,0 +1,249 @@
+"""The repository index: every file's chunks, cached on disk so that a warm start only reparses what changed.
+
+The cache lives in the user's cache directory (``$CODECOMPLETE_CACHE_DIR`` overrides it), one pickle per
+repository, keyed inside by path, size and modification time; nothing is ever written inside the repository.
+The first index of a large repository parses in worker processes, reporting ``progress(done, total)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import pickle
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import NamedTuple
+
+from .chunking import Chunk, analyze_source
+from .errors import PromptError
+from .imports import PathTable
+from .scan import MAX_FILE_BYTES, ScanWarning, SourceFile, read_source, scan_repository
+
+CACHE_VERSION = 1  # bump whenever chunking or the cached layout changes
+PARALLEL_MIN_BYTES = 2 * 1024 * 1024  # below this much text to parse, worker start-up costs more than it saves
+BATCH_BYTES = 256 * 1024  # text per task sent to a worker: small enough to balance, large enough to amortise
+
+Progress = Callable[[int, int], None]
+
+
+class FileEntry(NamedTuple):
+    """One file as the cache keeps it."""
+
+    size: int
+    mtime_ns: int
+    indexed: bool  # False: read once and left out (binary, minified); cached so warm runs do not reread it
+    imports: tuple[str, ...]
+    chunks: tuple[Chunk, ...]
+
+
+class RepoIndex:
+    """The chunks of one repository, with the lookups ranking needs.
+
+    ``files`` lists the indexed files (posix paths relative to ``root``), ``chunks`` all their chunks in path
+    and line order.
+    """
+
+    def __init__(self, root: Path, entries: dict[str, FileEntry]):
+        self.root = root
+        self.files = sorted(path for path, entry in entries.items() if entry.indexed)
+        self.chunks: list[Chunk] = []
+        self._file_chunks: dict[str, range] = {}
+        for path in self.files:
+            start = len(self.chunks)
+            self.chunks.extend(entries[path].chunks)
+            self._file_chunks[path] = range(start, len(self.chunks))
+        self._imports = {path: entries[path].imports for path in self.files}
+        self.paths = PathTable(self.files)
+        self.definers: dict[str, list[int]] = {}  # name -> positions in ``chunks`` of the chunks defining it
+        for number, chunk in enumerate(self.chunks):
+            for name in chunk.defines:
+                self.definers.setdefault(name, []).append(number)
+        self.mean_references = sum(len(c.references) for c in self.chunks) / max(1, len(self.chunks))
+
+    @property
+    def name(self) -> str:
+        """The repository's folder name."""
+        return self.root.name
+
+    def chunk_numbers(self, path: str) -> range:
+        """Positions in ``chunks`` of one file's chunks (empty for a file not indexed)."""
+        return self._file_chunks.get(path, range(0))
+
+    def relative_path(self, path: str | os.PathLike) -> str:
+        """A path given by the user (absolute, or relative to the root) as a posix path relative to the root.
+
+        Raises PromptError for a path outside the repository."""
+        full = Path(os.path.normpath(self.root / Path(path).expanduser()))
+        try:
+            full = full.parent.resolve() / full.name  # resolve links in the folders, keep the file's own name
+        except OSError:
+            pass
+        if not full.is_relative_to(self.root) or full == self.root:
+            raise PromptError(f"{path} is outside the repository {self.root}")
+        return full.relative_to(self.root).as_posix()
+
+    def imports(self, path: str) -> tuple[str, ...]:
+        """The imports of an indexed file as written in its source."""
+        return self._imports.get(path, ())
+
+    def __repr__(self) -> str:
+        return f"RepoIndex({str(self.root)!r}, files={len(self.files)}, chunks={len(self.chunks)})"
+
+
+def index_repository(
+    root: str | os.PathLike,
+    cache_dir: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+    *,
+    max_file_bytes: int = MAX_FILE_BYTES,
+    workers: int | None = None,
+) -> RepoIndex:
+    """Scan and chunk the repository at ``root``, reusing the on-disk cache for unchanged files.
+
+    ``progress(done, total)`` is called while files are (re)parsed, last with done == total; not at all when
+    nothing changed. ``workers`` caps the worker processes for a large first index (default: the CPU count).
+    Raises PromptError when ``root`` is not a directory or holds nothing to index.
+    """
+    root_path = Path(root).expanduser()
+    if not root_path.is_dir():
+        raise PromptError(f"not a directory: {root}")
+    root_path = root_path.resolve()
+    sources = scan_repository(root_path, max_file_bytes)
+    cache_file = _cache_file(root_path, cache_dir)
+    cached = _load_cache(cache_file, root_path)
+    entries = {}
+    stale = []
+    for source in sources:
+        entry = cached.get(source.path)
+        if entry is not None and (entry.size, entry.mtime_ns) == (source.size, source.mtime_ns):
+            entries[source.path] = entry
+        else:
+            stale.append(source)
+    names: dict[str, str] = {}
+    for source, result in _parse_all(root_path, stale, max_file_bytes, progress, workers):
+        if isinstance(result, FileEntry):
+            entries[source.path] = _share_names(result, names)
+        else:
+            warnings.warn(f"skipped {source.path}: {result}", ScanWarning, stacklevel=2)
+    if stale or len(entries) != len(cached):
+        _save_cache(cache_file, root_path, entries)
+    index = RepoIndex(root_path, entries)
+    if not index.chunks:
+        raise PromptError(f"nothing to index in {root_path}: no text files with content")
+    return index
+
+
+def _share_names(entry: FileEntry, names: dict[str, str]) -> FileEntry:
+    """The entry with every name string shared with equal ones of other files: a far smaller cache (pickle
+    stores a shared object once) that loads faster, and less memory."""
+    chunks = tuple(
+        chunk._replace(
+            defines=tuple(names.setdefault(name, name) for name in chunk.defines),
+            references=frozenset([names.setdefault(name, name) for name in chunk.references]),
+        )
+        for chunk in entry.chunks
+    )
+    return entry._replace(chunks=chunks)
+
+
+def default_cache_dir() -> Path:
+    """``$CODECOMPLETE_CACHE_DIR``, else the platform's user cache directory for codecomplete."""
+    override = os.environ.get("CODECOMPLETE_CACHE_DIR")
+    if override:
+        return Path(override).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("codecomplete"))
+
+
+def _cache_file(root: Path, cache_dir: str | os.PathLike | None) -> Path | None:
+    """Where this repository's index is cached; None if that would be inside the repository itself."""
+    folder = (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()).resolve()
+    if folder.is_relative_to(root):
+        warnings.warn(f"not caching the index: {folder} is inside the repository", ScanWarning, stacklevel=3)
+        return None
+    key = hashlib.sha256(str(root).encode("utf-8", "surrogateescape")).hexdigest()[:20]
+    return folder / f"index-v{CACHE_VERSION}" / f"{key}.pickle"
+
+
+def _load_cache(cache_file: Path | None, root: Path) -> dict[str, FileEntry]:
+    if cache_file is None:
+        return {}
+    try:
+        with open(cache_file, "rb") as file:
+            saved = pickle.load(file)
+        return saved["files"] if saved["root"] == str(root) else {}
+    except Exception:  # missing, truncated by a crash, or from an incompatible version: rebuild it
+        return {}
+
+
+def _save_cache(cache_file: Path | None, root: Path, entries: dict[str, FileEntry]) -> None:
+    """Write atomically (temporary file, then rename) so a concurrent reader never sees half a file."""
+    if cache_file is None:
+        return
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cache_file.parent, suffix=".tmp", delete=False) as file:
+            pickle.dump({"root": str(root), "files": entries}, file, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(file.name, cache_file)
+    except OSError as error:
+        warnings.warn(f"could not write the index cache {cache_file}: {error}", ScanWarning, stacklevel=3)
+
+
+def parse_file(root: Path, source: SourceFile, max_file_bytes: int) -> FileEntry | str:
+    """Read and chunk one file: its entry, or why it could not be read."""
+    try:
+        text = read_source(root, source.path, max_file_bytes)
+    except OSError as error:
+        return error.strerror or str(error)
+    if text is None:
+        return FileEntry(source.size, source.mtime_ns, False, (), ())
+    analysis = analyze_source(source.path, text)
+    return FileEntry(source.size, source.mtime_ns, True, analysis.imports, analysis.chunks)
+
+
+def _parse_batch(root: Path, sources: list[SourceFile], max_file_bytes: int) -> list[FileEntry | str]:
+    return [parse_file(root, source, max_file_bytes) for source in sources]
+
+
+def _parse_all(
+    root: Path, sources: list[SourceFile], max_file_bytes: int, progress: Progress | None, workers: int | None
+) -> Iterator[tuple[SourceFile, FileEntry | str]]:
+    """Parse files in this process, or in worker processes when there is enough to do."""
+    total = len(sources)
+    workers = workers or os.cpu_count() or 1
+    if workers > 1 and sum(s.size for s in sources) >= PARALLEL_MIN_BYTES:
+        results = _parse_in_workers(root, sources, max_file_bytes, workers)
+    else:
+        results = ([(source, parse_file(root, source, max_file_bytes))] for source in sources)
+    done = 0
+    for batch in results:
+        yield from batch
+        done += len(batch)
+        if progress is not None:
+            progress(done, total)
+
+
+def _parse_in_workers(
+    root: Path, sources: list[SourceFile], max_file_bytes: int, workers: int
+) -> Iterable[list[tuple[SourceFile, FileEntry | str]]]:
+    # Largest files first so that no worker is left with a big one at the end.
+    batches: list[list[SourceFile]] = [[]]
+    batch_bytes = 0
+    for source in sorted(sources, key=lambda s: -s.size):
+        if batch_bytes >= BATCH_BYTES:
+            batches.append([])
+            batch_bytes = 0
+        batches[-1].append(source)
+        batch_bytes += source.size
+    # "spawn": forking a process that may run threads (tokenizers, torch) is unsafe.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(batches)), mp_context=context) as pool:
+        futures = {pool.submit(_parse_batch, root, batch, max_file_bytes): batch for batch in batches}
+        for future in as_completed(futures):
+            yield list(zip(futures[future], future.result()))
+

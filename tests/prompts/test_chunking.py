@@ -1,0 +1,353 @@
+"""Chunking: expected chunks for small files in each language, long definitions, syntax errors, plain text."""
+
+import pytest
+
+from prompts.chunking import analyze_source, source_imports
+
+# name -> (source, expected chunks as (kind, first line, last line, defined names), imports)
+SAMPLES = {
+    "sample.py": (
+        '''\
+"""Shapes."""
+import math
+from .base import Shape
+
+UNIT = 1.0
+
+
+# The area of a circle.
+@cache
+def circle_area(r):
+    return math.pi * r * r
+
+
+class Square(Shape):
+    def __init__(self, side):
+        self.side = side
+
+    def area(self):
+        return self.side ** 2
+''',
+        [
+            ("header", 1, 5, ("UNIT",)),
+            ("definition", 8, 11, ("circle_area",)),  # with its comment and decorator
+            ("definition", 14, 19, ("Square", "__init__", "area")),
+        ],
+        ("math", ".base", ".base.Shape"),
+    ),
+    "sample.js": (
+        """\
+import { Shape } from "./base.js";
+const math = require("./math");
+
+// The area of a circle.
+export function circleArea(r) {
+  return Math.PI * r * r;
+}
+
+class Square extends Shape {
+  area() {
+    return this.side ** 2;
+  }
+}
+
+const double = (x) => x * 2;
+""",
+        [
+            ("header", 1, 2, ("math",)),
+            ("definition", 4, 7, ("circleArea",)),
+            ("definition", 9, 13, ("Square", "area")),
+            ("definition", 15, 15, ("double",)),
+        ],
+        ("./base.js", "./math"),
+    ),
+    "sample.ts": (
+        """\
+import { Shape } from "./base";
+
+export interface Sized {
+  size(): number;
+}
+
+/** The area of a circle. */
+export function circleArea(r: number): number {
+  return Math.PI * r * r;
+}
+
+export class Square implements Sized {
+  constructor(private side: number) {}
+  size(): number {
+    return this.side ** 2;
+  }
+}
+
+type Id = string;
+""",
+        [
+            ("header", 1, 1, ()),
+            ("definition", 3, 5, ("Sized",)),
+            ("definition", 7, 10, ("circleArea",)),
+            ("definition", 12, 17, ("Square", "constructor", "size")),
+            ("definition", 19, 19, ("Id",)),
+        ],
+        ("./base",),
+    ),
+    "sample.tsx": (
+        """\
+import React from "react";
+
+export function Greeting(props: { name: string }) {
+  return <p>Hello {props.name}</p>;
+}
+
+export const Button = () => <button>OK</button>;
+""",
+        [
+            ("header", 1, 1, ()),
+            ("definition", 3, 5, ("Greeting",)),
+            ("definition", 7, 7, ("Button",)),
+        ],
+        ("react",),
+    ),
+    "sample.go": (
+        """\
+// Package shapes computes areas.
+package shapes
+
+import (
+	"math"
+
+	"example.com/geo/base"
+)
+
+// Circle is round.
+type Circle struct {
+	R float64
+}
+
+func (c Circle) Area() float64 {
+	return math.Pi * c.R * c.R
+}
+
+func NewCircle(r float64) Circle {
+	return Circle{R: base.Check(r)}
+}
+""",
+        [
+            ("header", 1, 8, ()),
+            ("definition", 10, 13, ("Circle",)),
+            ("definition", 15, 17, ("Area",)),
+            ("definition", 19, 21, ("NewCircle",)),
+        ],
+        ("math", "example.com/geo/base"),
+    ),
+    "sample.rs": (
+        """\
+use std::f64::consts::PI;
+use crate::base::Shape;
+
+/// A circle.
+#[derive(Debug)]
+pub struct Circle {
+    r: f64,
+}
+
+impl Shape for Circle {
+    fn area(&self) -> f64 {
+        PI * self.r * self.r
+    }
+}
+
+pub fn unit() -> Circle {
+    Circle { r: 1.0 }
+}
+""",
+        [
+            ("header", 1, 2, ()),
+            ("definition", 4, 8, ("Circle",)),  # doc comment and attribute included
+            ("definition", 10, 14, ("Circle", "area")),
+            ("definition", 16, 18, ("unit",)),
+        ],
+        ("std::f64::consts::PI", "crate::base::Shape"),
+    ),
+    "sample.c": (
+        """\
+#include <math.h>
+#include "base.h"
+
+#define UNIT 1.0
+
+/* A circle. */
+struct circle {
+    double r;
+};
+
+static double square(double x) { return x * x; }
+
+double circle_area(const struct circle *c) {
+    return M_PI * square(c->r);
+}
+""",
+        [
+            ("header", 1, 4, ("UNIT",)),
+            ("definition", 6, 9, ("circle",)),
+            ("definition", 11, 11, ("square",)),
+            ("definition", 13, 15, ("circle_area",)),
+        ],
+        ("<math.h>", "base.h"),
+    ),
+    "sample.cpp": (
+        """\
+#include <cmath>
+#include "base.hpp"
+
+namespace shapes {
+
+// A circle.
+class Circle : public Shape {
+ public:
+  explicit Circle(double r) : r_(r) {}
+  double area() const override;
+
+ private:
+  double r_;
+};
+
+double Circle::area() const { return M_PI * r_ * r_; }
+
+}  // namespace shapes
+""",
+        [
+            ("header", 1, 2, ()),
+            ("definition", 4, 18, ("shapes", "Circle", "area")),  # a short namespace stays whole
+        ],
+        ("<cmath>", "base.hpp"),
+    ),
+    "Sample.java": (
+        """\
+package shapes;
+
+import java.util.List;
+import shapes.base.Shape;
+
+/** A circle. */
+public class Circle implements Shape {
+    private final double r;
+
+    public Circle(double r) {
+        this.r = r;
+    }
+
+    @Override
+    public double area() {
+        return Math.PI * r * r;
+    }
+}
+""",
+        [
+            ("header", 1, 4, ()),
+            ("definition", 6, 18, ("Circle", "r", "area")),
+        ],
+        ("java.util.List", "shapes.base.Shape"),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_each_language_chunks_into_definitions_with_a_header(name):
+    source, expected, imports = SAMPLES[name]
+    analysis = analyze_source(f"src/{name}", source)
+    assert [(c.kind, c.start_line, c.end_line, c.defines) for c in analysis.chunks] == expected
+    assert analysis.imports == imports
+    assert source_imports(f"src/{name}", source) == imports
+    lines = source.split("\n")
+    for chunk in analysis.chunks:
+        assert chunk.text == "\n".join(lines[chunk.start_line - 1 : chunk.end_line])
+        assert chunk.path == f"src/{name}"
+        assert chunk.approx_tokens > 0
+
+
+def test_chunks_carry_language_and_referenced_identifiers_without_keywords():
+    source, _, _ = SAMPLES["sample.py"]
+    chunks = analyze_source("shapes.py", source).chunks
+    assert {c.language for c in chunks} == {"python"}
+    circle = chunks[1]
+    assert {"math", "pi", "cache", "circle_area"} <= circle.references
+    assert not {"def", "return"} & circle.references
+
+
+def _long_class(methods: int, body_lines: int) -> str:
+    parts = ["import os", "", "", "class Big:", '    """Many methods."""', ""]
+    for m in range(methods):
+        parts += [f"    # Method {m}.", "    @staticmethod", f"    def method_{m}(x):"]
+        parts += [f"        x = x + {j}  # step {j}" for j in range(body_lines)]
+        parts += ["        return x", ""]
+    parts += ["", "def after():", "    return Big()", ""]
+    return "\n".join(parts)
+
+
+def test_a_long_definition_splits_at_its_methods():
+    source = _long_class(methods=12, body_lines=6)
+    lines = source.split("\n")
+    chunks = analyze_source("big.py", source, max_tokens=200).chunks
+    pieces = [c for c in chunks if c.kind == "definition" and c.start_line < lines.index("def after():")]
+    assert len(pieces) > 2
+    assert pieces[0].defines[0] == "Big" and lines[pieces[0].start_line - 1] == "class Big:"
+    for piece in pieces[1:]:  # each later piece starts at a method's comment, never mid-method
+        assert lines[piece.start_line - 1].startswith("    # Method ")
+    for before, after in zip(pieces, pieces[1:]):
+        assert before.end_line < after.start_line  # no overlap, no line lost but blank ones
+        assert all(not line.strip() for line in lines[before.end_line : after.start_line - 1])
+    for piece in pieces:
+        assert piece.approx_tokens <= 200
+    all_methods = [name for piece in pieces for name in piece.defines if name.startswith("method_")]
+    assert all_methods == [f"method_{m}" for m in range(12)]
+    assert chunks[-1].defines == ("after",)
+
+
+def test_a_definition_without_inner_structure_splits_at_lines():
+    source = "DATA = [\n" + "".join(f"    {i},\n" for i in range(400)) + "]\n"
+    chunks = analyze_source("data.py", source, max_tokens=100).chunks
+    assert len(chunks) > 3
+    assert chunks[0].start_line == 1 and chunks[-1].end_line == 402
+    assert all(a.end_line + 1 == b.start_line for a, b in zip(chunks, chunks[1:]))
+
+
+def test_a_syntax_error_still_yields_chunks_with_the_definitions_after_it():
+    source = "\n".join([
+        "import os",
+        "",
+        "def good_one(x):",
+        "    return x + 1",
+        "",
+        "def broken(x:",
+        "    return x +",
+        "",
+        "def good_two(y):",
+        "    return y * 2",
+        "",
+        "class After:",
+        "    def method(self):",
+        "        pass",
+        "",
+    ])
+    chunks = analyze_source("broken.py", source).chunks
+    spans = {c.defines: (c.start_line, c.end_line) for c in chunks}
+    assert spans[("good_one",)] == (3, 4)
+    assert spans[("good_two",)] == (9, 10)
+    assert spans[("After", "method")] == (12, 14)
+    covered = {line for c in chunks for line in range(c.start_line, c.end_line + 1)}
+    assert {6, 7} <= covered  # the broken part is kept as code
+
+
+def test_other_text_files_fall_back_to_line_windows():
+    source = "".join(f"line {i} of the notes\n" for i in range(1, 101))
+    chunks = analyze_source("docs/notes.md", source).chunks
+    assert [(c.start_line, c.end_line) for c in chunks] == [(1, 40), (41, 80), (81, 100)]
+    assert {c.kind for c in chunks} == {"text"} and {c.language for c in chunks} == {"markdown"}
+    assert "notes" in chunks[0].references
+
+
+def test_empty_and_blank_files_have_no_chunks():
+    assert analyze_source("empty.py", "").chunks == ()
+    assert analyze_source("blank.txt", "\n\n  \n").chunks == ()

@@ -1,0 +1,139 @@
+"""The index: chunks of every file, the on-disk cache, progress, warnings and errors."""
+
+import builtins
+import os
+import pickle
+
+import pytest
+
+import prompts.index
+from prompts import PromptError, ScanWarning, index_repository
+
+FILES = {
+    "pkg/__init__.py": "",
+    "pkg/util.py": "import os\n\n\ndef helper(x):\n    return x * 2\n",
+    "pkg/main.py": "from pkg.util import helper\n\n\ndef run(v):\n    return helper(v)\n",
+    "README.md": "# Demo\n",
+    "blob.txt": b"binary\0data",
+}
+
+
+def _snapshot(root):
+    return sorted((str(p.relative_to(root)), p.stat().st_mtime_ns) for p in root.rglob("*"))
+
+
+@pytest.fixture
+def count_parses(monkeypatch):
+    parsed = []
+    real = prompts.index.analyze_source
+
+    def counting(path, text, *args):
+        parsed.append(path)
+        return real(path, text, *args)
+
+    monkeypatch.setattr(prompts.index, "analyze_source", counting)
+    return parsed
+
+
+def test_first_index_chunks_every_text_file_and_reports_progress(make_repo, cache_dir):
+    root = make_repo(FILES)
+    calls = []
+    index = index_repository(root, progress=lambda done, total: calls.append((done, total)))
+    assert index.root == root.resolve()
+    assert index.files == ["README.md", "pkg/__init__.py", "pkg/main.py", "pkg/util.py"]  # not the binary one
+    assert [(c.path, c.start_line, c.end_line) for c in index.chunks] == [
+        ("README.md", 1, 1), ("pkg/main.py", 1, 1), ("pkg/main.py", 4, 5), ("pkg/util.py", 1, 1), ("pkg/util.py", 4, 5),
+    ]
+    assert calls[-1] == (5, 5) and [done for done, _ in calls] == sorted(done for done, _ in calls)
+    assert index.definers["helper"] == [4]
+    assert list(cache_dir.rglob("*.pickle"))
+
+
+def test_warm_run_reparses_only_changed_files_and_never_writes_into_the_repository(make_repo, count_parses):
+    root = make_repo(FILES, git=True)
+    index_repository(root)
+    assert sorted(count_parses) == ["README.md", "pkg/__init__.py", "pkg/main.py", "pkg/util.py"]
+    before = _snapshot(root)
+
+    count_parses.clear()
+    calls = []
+    warm = index_repository(root, progress=lambda done, total: calls.append((done, total)))
+    assert count_parses == [] and calls == []
+    assert len(warm.chunks) == 5
+
+    (root / "pkg/util.py").write_text("def helper(x):\n    return x * 3\n\n\ndef extra():\n    pass\n")
+    (root / "README.md").unlink()
+    after = index_repository(root)
+    assert count_parses == ["pkg/util.py"]
+    assert after.files == ["pkg/__init__.py", "pkg/main.py", "pkg/util.py"]
+    assert [c.defines for c in after.chunks if c.path == "pkg/util.py"] == [("helper",), ("extra",)]
+    changed = {"README.md", "pkg/util.py"}
+    assert [e for e in _snapshot(root) if e[0] not in changed] == [e for e in before if e[0] not in changed]
+
+
+def test_a_cache_inside_the_repository_is_refused(make_repo):
+    root = make_repo(FILES)
+    with pytest.warns(ScanWarning, match="inside the repository"):
+        index = index_repository(root, cache_dir=root / ".cache")
+    assert index.files and not (root / ".cache").exists()
+
+
+def test_a_corrupt_cache_is_rebuilt(make_repo, cache_dir, count_parses):
+    root = make_repo(FILES)
+    index_repository(root)
+    for cache_file in cache_dir.rglob("*.pickle"):
+        cache_file.write_bytes(b"not a pickle")
+    count_parses.clear()
+    assert len(index_repository(root).chunks) == 5
+    assert len(count_parses) == 4
+    for cache_file in cache_dir.rglob("*.pickle"):
+        assert pickle.loads(cache_file.read_bytes())["root"] == str(root.resolve())
+
+
+def test_an_unreadable_file_warns_and_the_rest_is_indexed(make_repo, monkeypatch):
+    root = make_repo(FILES)
+    real_open = builtins.open
+
+    def refusing_open(file, *args, **kwargs):
+        if str(file).endswith("main.py"):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refusing_open)
+    with pytest.warns(ScanWarning, match="skipped pkg/main.py: Permission denied"):
+        index = index_repository(root)
+    assert index.files == ["README.md", "pkg/__init__.py", "pkg/util.py"]
+
+
+def test_errors_for_a_missing_folder_and_an_empty_repository(make_repo, tmp_path):
+    with pytest.raises(PromptError, match="not a directory"):
+        index_repository(tmp_path / "nowhere")
+    root = make_repo({"empty.py": "", "image.png": b"\x89PNG"})
+    with pytest.raises(PromptError, match="nothing to index"):
+        index_repository(root)
+
+
+def test_worker_processes_give_the_same_index(make_repo, monkeypatch, cache_dir):
+    files = {f"pkg/mod_{i}.py": f"import os\n\n\ndef function_{i}(x):\n    return x + {i}\n" for i in range(40)}
+    root = make_repo(files)
+    serial = index_repository(root, workers=1, cache_dir=cache_dir / "serial")
+    monkeypatch.setattr(prompts.index, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(prompts.index, "BATCH_BYTES", 500)
+    calls = []
+    parallel = index_repository(root, workers=2, cache_dir=cache_dir / "parallel", progress=lambda d, t: calls.append(d))
+    assert parallel.chunks == serial.chunks
+    assert calls[-1] == 40 and len(calls) > 1
+
+
+def test_relative_paths_stay_inside_the_repository(make_repo):
+    root = make_repo(FILES)
+    index = index_repository(root)
+    assert index.relative_path("pkg/main.py") == "pkg/main.py"
+    assert index.relative_path(root / "pkg" / "main.py") == "pkg/main.py"
+    assert index.relative_path("pkg/../README.md") == "README.md"
+    for outside in ("../elsewhere.py", "/etc/passwd", root.parent):
+        with pytest.raises(PromptError, match="outside the repository"):
+            index.relative_path(outside)
+    os.symlink(root.parent, root / "parent")
+    with pytest.raises(PromptError, match="outside the repository"):
+        index.relative_path("parent/x.py")

@@ -1,0 +1,105 @@
+"""Scanning: which files are indexed, and that odd files never stop the scan."""
+
+import builtins
+import os
+import subprocess
+
+import pytest
+
+from prompts.scan import MAX_FILE_BYTES, ScanWarning, read_source, scan_repository
+
+FILES = {
+    "app.py": "print('hi')\n",
+    "pkg/mod.py": "x = 1\n",
+    "pkg/generated.py": "y = 2\n",
+    "notes/todo.txt": "todo\n",
+    "logs/run.log": "log\n",
+    "logs/keep.log": "keep\n",
+    "node_modules/lib/index.js": "module.exports = 1\n",
+    "build/out.py": "z = 3\n",
+    ".venv/lib/site.py": "w = 4\n",
+    "web/app.min.js": "var a=1;\n",
+    "package-lock.json": "{}\n",
+    "image.png": b"\x89PNG\r\n\x1a\n\0\0\0",
+    "data.bin.txt": b"abc\0def",
+}
+
+
+def _paths(root):
+    return [source.path for source in scan_repository(root)]
+
+
+@pytest.mark.parametrize("git", [False, True], ids=["walk", "git"])
+def test_ignore_files_vendored_folders_and_binaries_are_left_out(make_repo, git):
+    root = make_repo(
+        FILES | {".gitignore": "*.log\n!keep.log\n", "pkg/.gitignore": "generated.py\n", ".codecompleteignore": "notes/\n"},
+        git=git,
+    )
+    assert _paths(root) == [".codecompleteignore", ".gitignore", "app.py", "data.bin.txt", "logs/keep.log", "pkg/.gitignore", "pkg/mod.py"]
+    # The NUL byte is only found on reading: the file is then left out of the index (see test_index).
+    assert read_source(root, "data.bin.txt") is None
+
+
+def test_git_exclude_is_honoured_without_git(make_repo):
+    root = make_repo({"a.py": "a = 1\n", "secret.py": "s = 1\n", ".git/info/exclude": "secret.py\n"})
+    assert _paths(root) == ["a.py"]
+
+
+def test_git_lists_untracked_files_but_not_ignored_ones(make_repo):
+    root = make_repo({"tracked.py": "t = 1\n", "new.py": "n = 1\n", "skip.py": "s = 1\n", ".gitignore": "skip.py\n"}, git=True)
+    subprocess.run(["git", "-C", str(root), "add", "tracked.py"], check=True)
+    assert _paths(root) == [".gitignore", "new.py", "tracked.py"]
+
+
+def test_huge_and_minified_files_are_skipped(make_repo):
+    root = make_repo({
+        "small.py": "a = 1\n",
+        "huge.py": "# filler\n" * (MAX_FILE_BYTES // 9 + 10),
+        "bundle.js": "var x=" + "1+" * 5000 + "1;\n",
+    })
+    assert _paths(root) == ["bundle.js", "small.py"]
+    assert read_source(root, "bundle.js") is None  # minified: one very long line
+
+
+def test_non_utf8_bytes_are_replaced_and_windows_line_ends_normalised(make_repo):
+    root = make_repo({"latin1.py": b"name = 'caf\xe9'\r\nother = 1\r\n"})
+    assert read_source(root, "latin1.py") == "name = 'caf\ufffd'\nother = 1\n"
+
+
+def test_links_loops_and_special_files_warn_and_do_not_stop_the_scan(make_repo, tmp_path):
+    root = make_repo({"a.py": "a = 1\n", "z.py": "z = 1\n"})
+    outside = tmp_path / "outside.py"
+    outside.write_text("secret = 1\n")
+    os.symlink("loop_a", root / "loop_b")
+    os.symlink("loop_b", root / "loop_a")
+    os.symlink("missing.py", root / "broken.py")
+    os.symlink(outside, root / "escape.py")
+    os.symlink("a.py", root / "alias.py")
+    os.symlink("..", root / "up")  # a folder link is not followed
+    os.mkfifo(root / "pipe.py")  # reading it would block forever
+    with pytest.warns(ScanWarning) as caught:
+        paths = _paths(root)
+    assert paths == ["a.py", "alias.py", "z.py"]
+    messages = sorted(str(w.message) for w in caught)
+    assert messages == [
+        "skipped broken.py: broken symbolic link",
+        "skipped escape.py: symbolic link to outside the repository",
+        "skipped loop_a: symbolic link loop",
+        "skipped loop_b: symbolic link loop",
+        "skipped pipe.py: not a regular file",
+    ]
+
+
+def test_an_unreadable_file_raises_oserror_for_the_index_to_report(make_repo, monkeypatch):
+    # Tests run as root, for whom chmod 000 changes nothing: make open() refuse instead.
+    root = make_repo({"locked.py": "x = 1\n"})
+    real_open = builtins.open
+
+    def refusing_open(file, *args, **kwargs):
+        if str(file).endswith("locked.py"):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refusing_open)
+    with pytest.raises(PermissionError):
+        read_source(root, "locked.py")
