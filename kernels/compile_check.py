@@ -55,25 +55,22 @@ def compile_config(dtype: str, Hq: int, Hkv: int, S: int, D: int, B: int = 1,
     elem = POINTER[dtype]
     block_s = triton.next_power_of_2(plan.num_splits)
     facts = {"config": [dtype, Hq, Hkv, S, D, B], "num_splits": plan.num_splits}
-    for fused in (True, False) if plan.num_splits > 1 else (False,):
-        split = _compile(
-            _split_kv_kernel,
-            dict(Q=elem, K=elem, V=elem, SEQLENS="*i32", OUT=elem, LSE="*fp32", PART_OUT="*fp32",
-                 PART_LSE="*fp32", SEMAPHORES="*i32"),
-            dict(GROUP=Hq // Hkv, HAS_SEQLENS=True, NUM_SPLITS=plan.num_splits, FUSED_COMBINE=fused,
-                 BLOCK_H=plan.block_h, BLOCK_N=plan.block_n, BLOCK_D=plan.block_d, BLOCK_S=block_s,
-                 UPCAST=False, IEEE_DOT=dtype == "fp32"),
-            target, plan.num_warps, plan.num_stages)
-        variant = "fused" if fused else "split"
-        facts[f"{variant}_cubin_bytes"] = len(split.asm["cubin"])
-        facts[f"{variant}_shared_bytes"] = split.metadata.shared
-        facts["tensor_cores"] = "mma" in split.asm["ptx"]
+    use_pdl = plan.num_splits > 1  # as flash_decode launches on a GPU
+    split = _compile(
+        _split_kv_kernel,
+        dict(Q=elem, K=elem, V=elem, SEQLENS="*i32", OUT=elem, LSE="*fp32", PART_OUT="*fp32", PART_LSE="*fp32"),
+        dict(GROUP=Hq // Hkv, HAS_SEQLENS=True, NUM_SPLITS=plan.num_splits, BLOCK_H=plan.block_h,
+             BLOCK_N=plan.block_n, BLOCK_D=plan.block_d, UPCAST=False, IEEE_DOT=dtype == "fp32", USE_PDL=use_pdl),
+        target, plan.num_warps, plan.num_stages)
+    facts["split_cubin_bytes"] = len(split.asm["cubin"])
+    facts["split_shared_bytes"] = split.metadata.shared
+    facts["tensor_cores"] = "mma" in split.asm["ptx"]
     if plan.num_splits > 1:
         combine = _compile(
             _combine_kernel,
             dict(SEQLENS="*i32", PART_OUT="*fp32", PART_LSE="*fp32", OUT=elem, LSE="*fp32"),
             dict(HAS_SEQLENS=True, NUM_SPLITS=plan.num_splits, BLOCK_S=block_s,
-                 BLOCK_N=plan.block_n, BLOCK_D=plan.block_d),
+                 BLOCK_N=plan.block_n, BLOCK_D=plan.block_d, USE_PDL=use_pdl),
             target, 4, 2)
         facts["combine_cubin_bytes"] = len(combine.asm["cubin"])
     return facts

@@ -13,24 +13,27 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from dataclasses import dataclass
 
 import torch
 import triton
+from triton.backends.nvidia.compiler import CUDAOptions
 
 from kernels.split_kv import _combine_kernel, _split_kv_kernel
 from kernels.validation import check_decode_inputs
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 LOG2_E = 1.4426950408889634
+# Programmatic dependent launch (Hopper+): the combine starts while the split kernel runs. Off
+# with CODECOMPLETE_PDL=0, and where this Triton cannot launch that way.
+PDL_SUPPORTED = os.environ.get("CODECOMPLETE_PDL", "1") != "0" and "launch_pdl" in getattr(
+    CUDAOptions, "__dataclass_fields__", {})
 
 # Planning constants, measured on an H100 (bench/results/kernels-*.md records the sweep).
 PROGRAMS_PER_SM = 4          # enough resident programs to keep loads in flight on every SM
-MIN_BLOCKS_PER_SPLIT = 2     # a split shorter than this spends more on its q load and partial write
+MIN_BLOCKS_PER_SPLIT = 1     # even one tile per split paid off at short contexts (34B, S=1k)
 MAX_SPLITS = 128             # bounds the combine's tile; more splits never paid off
-# The fused combine reads a whole group's partials in one program; past this many splits that tile
-# no longer fits in registers (the compiler spills) and the separate combine kernel is faster.
-MAX_FUSED_SPLITS = 32
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,6 @@ class LaunchPlan:
     block_d: int      # head dim padded to a power of two
     num_warps: int
     num_stages: int
-    fused_combine: bool = True  # the last split of a group combines it (one launch less)
 
 
 
@@ -69,7 +71,7 @@ def plan_launch(B: int, Hq: int, Hkv: int, S: int, D: int, *, num_sms: int = 132
         wanted = math.ceil(PROGRAMS_PER_SM * num_sms / (B * Hkv))
         num_splits = max(1, min(wanted, n_blocks // MIN_BLOCKS_PER_SPLIT, MAX_SPLITS))
     return LaunchPlan(num_splits=num_splits, block_h=block_h, block_n=block_n, block_d=block_d,
-                      num_warps=4, num_stages=2, fused_combine=num_splits <= MAX_FUSED_SPLITS)
+                      num_warps=4, num_stages=2)
 
 
 def flash_decode(q, k_cache, v_cache, cache_seqlens=None, *, softmax_scale=None, num_splits=None,
@@ -100,27 +102,6 @@ def flash_decode(q, k_cache, v_cache, cache_seqlens=None, *, softmax_scale=None,
     return (out, lse) if return_lse else out
 
 
-_semaphores: dict = {}
-
-
-def _semaphore_buffer(device: torch.device, n: int) -> torch.Tensor:
-    """Zeroed int32 counters for the fused combine, one per (batch, KV head), reused across calls.
-
-    Each group's last program resets its counter, so the buffer is zero between calls. It is kept
-    per (device, stream): launches on one stream run in order, but two streams must not share one.
-    While a CUDA graph is being captured a new buffer is made (its zeroing becomes part of the graph)
-    rather than handing eager calls memory that belongs to the graph's pool.
-    """
-    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-    key = (device, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0)
-    buffer = _semaphores.get(key)
-    if buffer is None or buffer.numel() < n:
-        if capturing:
-            return torch.zeros(n, dtype=torch.int32, device=device)
-        buffer = _semaphores[key] = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
-    return buffer
-
-
 def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scale=None):
     """Run the kernels with an explicit plan (inputs already validated). Returns (out, lse)."""
     B, Hq, D = q.shape
@@ -137,27 +118,27 @@ def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scal
     has_seqlens = cache_seqlens is not None
     seqlens = cache_seqlens if has_seqlens else lse  # any pointer; never read without HAS_SEQLENS
     upcast = not q.is_cuda  # the interpreter's 16-bit arithmetic is wrong; widen on load
-    fused = splits > 1 and plan.fused_combine
-    semaphores = _semaphore_buffer(q.device, B * Hkv) if fused else lse  # lse: unused placeholder
+    use_pdl = q.is_cuda and PDL_SUPPORTED and splits > 1
     block_s = triton.next_power_of_2(splits)
 
     _split_kv_kernel[(splits, B * Hkv)](
-        q, k_cache, v_cache, seqlens, out, lse, part_out, part_lse, semaphores,
+        q, k_cache, v_cache, seqlens, out, lse, part_out, part_lse,
         q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         S, Hkv, D, scale * LOG2_E,
-        GROUP=Hq // Hkv, HAS_SEQLENS=has_seqlens, NUM_SPLITS=splits, FUSED_COMBINE=fused,
-        BLOCK_H=plan.block_h, BLOCK_N=plan.block_n, BLOCK_D=plan.block_d, BLOCK_S=block_s,
-        UPCAST=upcast, IEEE_DOT=q.dtype == torch.float32,
+        GROUP=Hq // Hkv, HAS_SEQLENS=has_seqlens, NUM_SPLITS=splits,
+        BLOCK_H=plan.block_h, BLOCK_N=plan.block_n, BLOCK_D=plan.block_d,
+        UPCAST=upcast, IEEE_DOT=q.dtype == torch.float32, USE_PDL=use_pdl,
         num_warps=plan.num_warps, num_stages=plan.num_stages,
     )
-    if splits > 1 and not fused:
+    if splits > 1:
         _combine_kernel[(B * Hq,)](
             seqlens, part_out, part_lse, out, lse,
             S, Hq, D,
             HAS_SEQLENS=has_seqlens, NUM_SPLITS=splits,
-            BLOCK_S=block_s, BLOCK_N=plan.block_n, BLOCK_D=plan.block_d,
+            BLOCK_S=block_s, BLOCK_N=plan.block_n, BLOCK_D=plan.block_d, USE_PDL=use_pdl,
             num_warps=4 if plan.block_d * block_s >= 4096 else 1,
+            **({"launch_pdl": True} if use_pdl else {}),
         )
     return out, lse

@@ -6,11 +6,12 @@ group's heads are the rows of the q tile, padded to the tensor cores' minimum of
 online softmax. It writes a partial output normalised by its own softmax sum, plus that sum's
 log-sum-exp. With a single split it writes the final output directly and the combine is skipped.
 
-Stage 2 rescales the partials by exp2(lse_i - lse) and sums them, either in `_combine_kernel`
-(one program per (batch, query head)), or fused into stage 1: each program counts itself in on a
-per-(batch, KV head) semaphore, and the last of a group to arrive combines the group (one launch
-less, which matters when a whole decode attention takes a few microseconds). The last program
-resets the semaphore to zero, so the buffer is ready for the next call or graph replay.
+Stage 2, `_combine_kernel`: one program per (batch, query head) rescales the partials by
+exp2(lse_i - lse) and sums them. On a GPU it is launched as a programmatic dependent launch: its
+programs start while stage 1 is still running and wait for its results at `gdc_wait`, which hides
+most of a launch (measured on an H100, bench/results/kernels-notes.md). A combine fused into stage 1,
+the last split of each group reducing it, measured 1.2-2.3x slower: one program then reads the
+whole group's partials alone.
 
 How a sequence is split is decided inside the kernel from its current length: the grid depends
 only on shapes, so a CUDA graph captured once stays valid while the cache fills, and every split
@@ -22,6 +23,7 @@ Internally scores are in base 2 (exp2 is one instruction); the lse handed out is
 
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 
 @triton.jit
@@ -54,12 +56,9 @@ def _combine_row(PART_OUT, PART_LSE, OUT, LSE, row, n_valid, D,
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
     mask_s = offs_s < n_valid
-    # .cg: read from L2, not L1; with the fused combine other SMs wrote these moments ago.
-    lse = tl.load(PART_LSE + row * NUM_SPLITS + offs_s, mask=mask_s, other=float("-inf"),
-                  cache_modifier=".cg")                                            # (BLOCK_S,)
+    lse = tl.load(PART_LSE + row * NUM_SPLITS + offs_s, mask=mask_s, other=float("-inf"))  # (BLOCK_S,)
     parts = tl.load(PART_OUT + (row * NUM_SPLITS + offs_s[:, None]) * D + offs_d[None, :],
-                    mask=mask_s[:, None] & (offs_d[None, :] < D), other=0.0,
-                    cache_modifier=".cg")                                          # (BLOCK_S, BLOCK_D)
+                    mask=mask_s[:, None] & (offs_d[None, :] < D), other=0.0)    # (BLOCK_S, BLOCK_D)
     m = tl.max(lse, axis=0)
     m = tl.where(m == float("-inf"), 0.0, m)  # all splits empty: keep exp2 finite, weights 0
     w = tl.exp2(lse - m)
@@ -105,15 +104,17 @@ def _attend_range(q, k_ptrs, v_ptrs, stride_kn, stride_vn, start, end, offs_n, m
 
 @triton.jit
 def _split_kv_kernel(
-    Q, K, V, SEQLENS, OUT, LSE, PART_OUT, PART_LSE, SEMAPHORES,
+    Q, K, V, SEQLENS, OUT, LSE, PART_OUT, PART_LSE,
     stride_qb, stride_qh,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     S, HKV, D, qk_scale,
-    GROUP: tl.constexpr, HAS_SEQLENS: tl.constexpr, NUM_SPLITS: tl.constexpr, FUSED_COMBINE: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
-    UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr,
+    GROUP: tl.constexpr, HAS_SEQLENS: tl.constexpr, NUM_SPLITS: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr, USE_PDL: tl.constexpr,
 ):
+    if USE_PDL:
+        gdc_launch_dependents()  # let the combine's programs get resident; they wait for our writes
     split = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // HKV).to(tl.int64)  # int64: offsets into large caches overflow 32 bits
@@ -124,7 +125,7 @@ def _split_kv_kernel(
     else:
         seqlen = S
     start, end = _split_range(seqlen, split, NUM_SPLITS, BLOCK_N)
-    if NUM_SPLITS > 1 and not FUSED_COMBINE:  # (with the fused combine every program must count in)
+    if NUM_SPLITS > 1:
         if start >= end:
             return  # past the end of this sequence; the combine does not read this split
 
@@ -162,15 +163,6 @@ def _split_kv_kernel(
         part_rows = rows * NUM_SPLITS + split                                 # (B, Hq, splits) layout
         tl.store(PART_OUT + part_rows[:, None] * D + offs_d[None, :], out, mask=row_mask)
         tl.store(PART_LSE + part_rows, lse2, mask=mask_h)
-        if FUSED_COMBINE:
-            tl.debug_barrier()  # every thread's partial stores precede the release below
-            arrived = tl.atomic_add(SEMAPHORES + bh, 1, sem="acq_rel")
-            if arrived == NUM_SPLITS - 1:  # the last program of this group: combine its rows
-                tl.atomic_xchg(SEMAPHORES + bh, 0)
-                n_valid = _valid_splits(seqlen, NUM_SPLITS, BLOCK_N)
-                for g in tl.static_range(GROUP):
-                    _combine_row(PART_OUT, PART_LSE, OUT, LSE, b * (HKV * GROUP) + h * GROUP + g, n_valid, D,
-                                 NUM_SPLITS, BLOCK_S, BLOCK_D)
 
 
 @triton.jit
@@ -178,12 +170,14 @@ def _combine_kernel(
     SEQLENS, PART_OUT, PART_LSE, OUT, LSE,
     S, HQ, D,
     HAS_SEQLENS: tl.constexpr, NUM_SPLITS: tl.constexpr,
-    BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)  # b * Hq + query head
     if HAS_SEQLENS:
         seqlen = tl.load(SEQLENS + row // HQ)
     else:
         seqlen = S
+    if USE_PDL:
+        gdc_wait()  # stage 1's partials are complete and visible from here on
     n_valid = _valid_splits(seqlen, NUM_SPLITS, BLOCK_N)
     _combine_row(PART_OUT, PART_LSE, OUT, LSE, row, n_valid, D, NUM_SPLITS, BLOCK_S, BLOCK_D)
