@@ -62,7 +62,13 @@ def build_chat_prompt(
     query = Query(weights=weights, mentioned=frozenset(_mentioned_files(index, question)))
     candidates = _pinned_first([c for chunks in pinned for c in chunks], rank(index, query))
 
-    layout = Layout(section=lambda c: [f"\n{c.path}\n"], chunk=lambda c: [_excerpt(c)], gap=lambda c: [])
+    layout = Layout(
+        section=lambda c: [f"\n{c.path}\n"],
+        chunk=lambda c: [_excerpt(c)],
+        gap=lambda c: [],  # every excerpt names its lines
+        blank=lambda c: [],
+        code_between=index.code_between,
+    )
     room = limit - len(render(system, conversation))
     selection = select_chunks(encoder, layout, candidates, room)
     while True:
@@ -70,7 +76,7 @@ def build_chat_prompt(
         if len(ids) <= limit:
             break
         selection.drop_last()  # the template joined the pieces into a few more tokens than counted
-    _, context = selection.render()
+    _, context = selection.segments()
     stops = [i for i in map(encoder.token_id, END_OF_TURN) if i is not None]
     if tokenizer.eos_token_id is not None:
         stops.append(tokenizer.eos_token_id)

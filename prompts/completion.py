@@ -83,6 +83,8 @@ def build_completion_prompt(
         section=lambda chunk: form.section(chunk.path, comment),
         chunk=lambda chunk: form.chunk(chunk.text, comment),
         gap=lambda chunk: form.gap(comment_marker(chunk.language), comment),
+        blank=lambda chunk: form.blank(comment),
+        code_between=index.code_between,
     )
     selection = select_chunks(encoder, layout, rank(index, query), space - share)
     window.grow(space - selection.tokens, selection.chunks(relative))
@@ -90,8 +92,8 @@ def build_completion_prompt(
     while True:
         assembler = Assembler(encoder)
         assembler.add(form.opening(index.name, comment, bool(selection)))
-        context_ids, context = selection.render()
-        assembler.add_ids(context_ids)
+        context_segments, context = selection.segments()
+        assembler.add(context_segments)
         context += _add_cursor(assembler, form, relative, comment, window, bool(selection))
         if len(assembler.ids) <= limit:
             break

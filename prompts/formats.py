@@ -75,6 +75,10 @@ class CompletionFormat:
         """Between two chunks of one file that are not adjacent (``own_comment``: the marker of that file)."""
         return [f"{own_comment if self.file_sep is not None else comment} ...\n"]
 
+    def blank(self, comment: str) -> list[Segment]:
+        """A blank line between two chunks of one file that only blank lines separate."""
+        return ["\n" if self.file_sep is not None else f"{comment}\n"]
+
     def cursor(
         self, path: str, comment: str, prefix: str, suffix: str, has_context: bool
     ) -> tuple[list[Segment], list[Segment]]:

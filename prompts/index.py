@@ -86,6 +86,13 @@ class RepoIndex:
             raise PromptError(f"{path} is outside the repository {self.root}")
         return full.relative_to(self.root).as_posix()
 
+    def code_between(self, first: Chunk, second: Chunk) -> bool:
+        """Whether the file of two chunks has other chunks between them (else only blank lines separate them:
+        every non-blank line belongs to a chunk)."""
+        return any(
+            first.end_line < self.chunks[n].start_line < second.start_line for n in self.chunk_numbers(first.path)
+        )
+
     def imports(self, path: str) -> tuple[str, ...]:
         """The imports of an indexed file as written in its source."""
         return self._imports.get(path, ())

@@ -17,6 +17,7 @@ from .formats import Segment
 from .tokens import Encoder
 
 ENCODE_BATCH = 32  # candidates encoded per call to the tokenizer
+MAX_BLANK_LINES = 2  # blank lines kept between two chunks shown together (PEP 8's two between definitions)
 GIVE_UP_AFTER = 64  # candidates in a row that did not fit: the budget is as full as it will get
 
 
@@ -43,67 +44,81 @@ class PackedPrompt:
 
 @dataclass(frozen=True)
 class Layout:
-    """How the chosen chunks are written: the segments that open a file's section, hold a chunk, and mark a gap
-    between two chunks of one file that are not adjacent."""
+    """How the chosen chunks are written: the segments that open a file's section and hold a chunk, and those
+    between two chunks of a file: ``gap`` where code was left out, else ``blank`` once per blank line."""
 
     section: Callable[[Chunk], list[Segment]]
     chunk: Callable[[Chunk], list[Segment]]
     gap: Callable[[Chunk], list[Segment]]
-
-
-@dataclass
-class _Picked:
-    chunk: Chunk
-    ids: list[int]
+    blank: Callable[[Chunk], list[Segment]]
+    code_between: Callable[[Chunk, Chunk], bool]  # whether the file has code between two of its chunks
 
 
 @dataclass
 class Selection:
-    """Chunks chosen for a budget, grouped by file in the order the files were first chosen (best first)."""
+    """Chunks chosen for a budget, grouped by file in the order the files were first chosen (best first), with
+    the tokens each took when encoded on its own."""
 
     layout: Layout
-    files: dict[str, list[_Picked]] = field(default_factory=dict)
-    section_ids: dict[str, list[int]] = field(default_factory=dict)
-    gap_ids: dict[str, list[int]] = field(default_factory=dict)
-    tokens: int = 0  # an upper bound: every chunk after a file's first is charged a gap
+    files: dict[str, list[tuple[Chunk, int]]] = field(default_factory=dict)
+    section_tokens: dict[str, int] = field(default_factory=dict)
+    separator_tokens: dict[str, int] = field(default_factory=dict)  # the longer of a gap and the blank lines
+    tokens: int = 0  # an upper bound of the whole
 
     def __bool__(self) -> bool:
         return bool(self.files)
 
     def chunks(self, path: str) -> list[Chunk]:
-        return [picked.chunk for picked in self.files.get(path, [])]
+        return [chunk for chunk, _ in self.files.get(path, [])]
+
+    def add(self, chunk: Chunk, tokens: int) -> None:
+        path = chunk.path
+        self.tokens += tokens + (self.separator_tokens[path] if path in self.files else self.section_tokens[path])
+        self.files.setdefault(path, []).append((chunk, tokens))
 
     def drop_last(self) -> None:
         """Remove the least relevant chunk (the one chosen last)."""
         path = next(reversed(self.files))
-        picked = self.files[path].pop()
-        self.tokens -= len(picked.ids) + (len(self.gap_ids[path]) if self.files[path] else len(self.section_ids[path]))
+        _, tokens = self.files[path].pop()
+        self.tokens -= tokens + (self.separator_tokens[path] if self.files[path] else self.section_tokens[path])
         if not self.files[path]:
             del self.files[path]
 
     def ordered(self) -> Iterator[tuple[str, list[Chunk]]]:
         """Files from the least to the most relevant, each with its chunks in line order."""
         for path in reversed(self.files):
-            yield path, sorted((picked.chunk for picked in self.files[path]), key=lambda c: c.start_line)
+            yield path, sorted(self.chunks(path), key=lambda c: c.start_line)
 
-    def render(self) -> tuple[list[int], list[ContextItem]]:
-        """The ids of all sections in ``ordered`` order, and what each chunk cost (its section's opening and
-        gap included)."""
-        ids: list[int] = []
+    def segments(self) -> tuple[list[Segment], list[ContextItem]]:
+        """All sections in ``ordered`` order, each file's text joined into one piece so that it is tokenized as
+        the model saw files in training (a few tokens fewer than counted, rarely more), and the items."""
+        segments: list[Segment] = []
         items = []
-        chunk_ids = {id(picked.chunk): picked.ids for pickeds in self.files.values() for picked in pickeds}
+        layout = self.layout
         for path, chunks in self.ordered():
-            cost = len(self.section_ids[path])
-            ids += self.section_ids[path]
-            previous = None
-            for chunk in chunks:
-                if previous is not None and chunk.start_line > previous.end_line + 1:
-                    ids += self.gap_ids[path]
-                    cost += len(self.gap_ids[path])
-                ids += chunk_ids[id(chunk)]
-                items.append(ContextItem(chunk.path, chunk.start_line, chunk.end_line, cost + len(chunk_ids[id(chunk)])))
-                cost, previous = 0, chunk
-        return ids, items
+            tokens = dict(self.files[path])
+            segments += layout.section(chunks[0])
+            cost = self.section_tokens[path]
+            for previous, chunk in zip([None, *chunks], chunks):
+                if previous is not None:
+                    if layout.code_between(previous, chunk):
+                        segments += layout.gap(chunk)
+                    else:
+                        segments += layout.blank(chunk) * min(chunk.start_line - previous.end_line - 1, MAX_BLANK_LINES)
+                    cost = self.separator_tokens[path]
+                segments += layout.chunk(chunk)
+                items.append(ContextItem(path, chunk.start_line, chunk.end_line, cost + tokens[chunk]))
+        return _join_texts(segments), items
+
+
+def _join_texts(segments: list[Segment]) -> list[Segment]:
+    joined: list[Segment] = []
+    for segment in segments:
+        if isinstance(segment, str) and joined and isinstance(joined[-1], str):
+            joined[-1] += segment
+        else:
+            joined.append(segment)
+    return joined
 
 
 def select_chunks(encoder: Encoder, layout: Layout, ranked: Iterable[tuple[float, Chunk]], budget: int) -> Selection:
@@ -131,17 +146,16 @@ def _take(encoder: Encoder, selection: Selection, batch: list[Chunk], budget: in
     layout = selection.layout
     for chunk, ids in zip(batch, encode_all(encoder, [layout.chunk(c) for c in batch])):
         path = chunk.path
-        opening = path not in selection.files
-        if opening and path not in selection.section_ids:
-            selection.section_ids[path] = encode_all(encoder, [layout.section(chunk)])[0]
-            selection.gap_ids[path] = encode_all(encoder, [layout.gap(chunk)])[0]
-        cost = len(ids) + len(selection.section_ids[path] if opening else selection.gap_ids[path])
-        if selection.tokens + cost > budget:
+        if path not in selection.section_tokens:
+            section, gap, blank = encode_all(encoder, [layout.section(chunk), layout.gap(chunk), layout.blank(chunk)])
+            selection.section_tokens[path] = len(section)
+            selection.separator_tokens[path] = max(len(gap), MAX_BLANK_LINES * len(blank))
+        opening = selection.section_tokens[path] if path not in selection.files else selection.separator_tokens[path]
+        if selection.tokens + len(ids) + opening > budget:
             misses += 1
             continue
         misses = 0
-        selection.files.setdefault(path, []).append(_Picked(chunk, ids))
-        selection.tokens += cost
+        selection.add(chunk, len(ids))
     return misses
 
 
@@ -154,7 +168,7 @@ def encode_all(encoder: Encoder, segment_lists: list[list[Segment]]) -> list[lis
 
 class Assembler:
     """Concatenates a prompt's ids. The first text of the prompt is encoded the tokenizer's own way (with
-    SentencePiece's leading space, as CodeLlama's reference format does); all later text as mid-prompt pieces."""
+    SentencePiece's leading space, as CodeLlama's reference format does), all later text as mid-prompt pieces."""
 
     def __init__(self, encoder: Encoder):
         self.encoder = encoder
@@ -171,8 +185,3 @@ class Assembler:
                 self.ids += self.encoder.encode(segment) if self._text_seen else self.encoder.encode_lead(segment)
                 self._text_seen = True
         return len(self.ids) - before
-
-    def add_ids(self, ids: list[int]) -> None:
-        """Append text already encoded as mid-prompt pieces."""
-        self.ids += ids
-        self._text_seen = self._text_seen or bool(ids)

@@ -2,8 +2,8 @@
 
 Four signals, summed with fixed weights:
 
-- definitions: a chunk that defines an identifier used near the cursor, shared among the chunks defining it and
-  discounted by how common the name is (``__init__`` tells little, ``parse_header`` a lot);
+- definitions: a chunk that defines an identifier used near the cursor, shared among the chunks defining it
+  (``__init__`` tells little, ``parse_header`` a lot) and somewhat discounted for names used everywhere;
 - imports: chunks of the files the current file imports;
 - lexical similarity: BM25 between the weighted identifiers of the query and those of each chunk, normalised to
   the best match;
@@ -106,7 +106,8 @@ def rank(index: RepoIndex, query: Query) -> Iterator[tuple[float, Chunk]]:
     for term, weight in weights.items():
         definers = index.definers.get(term)
         if definers:
-            bonus = DEFINITION_WEIGHT * weight * idf.get(term, rarest) / rarest / len(definers)
+            rarity = 0.5 + 0.5 * idf.get(term, rarest) / rarest
+            bonus = DEFINITION_WEIGHT * weight * rarity / len(definers)
             for number in definers:
                 scores[number] = scores.get(number, 0.0) + bonus
     for path, bonus in [(p, IMPORT_WEIGHT) for p in query.imported] + [(p, MENTION_WEIGHT) for p in query.mentioned]:

@@ -79,3 +79,20 @@ def codellama_tokenizer():
 
     vocab, merges = codellama_vocabulary()
     return CodeLlamaTokenizer(vocab=vocab, merges=merges)
+
+
+@pytest.fixture(scope="session")
+def starcoder_tokenizer():
+    """A byte-level BPE tokenizer (no merges) with StarCoder2's special tokens: exact round trips."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>", "<repo_name>", "<file_sep>"]
+    vocab = {token: i for i, token in enumerate(specials)}
+    for character in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[character] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in specials])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>")

@@ -1,0 +1,120 @@
+"""Prompt formats: CodeLlama infill ids exactly as the reference, StarCoder FIM and left-to-right layouts with
+repository sections, chat through a template or CodeLlama-Instruct's format."""
+
+import pytest
+
+from prompts import PromptError, build_chat_prompt, build_completion_prompt, index_repository
+
+BOS, EOS, PRE, SUF, MID, EOT = 1, 2, 32007, 32008, 32009, 32010
+
+UTIL = "import os\n\n\ndef helper(x):\n    return x * 2\n"
+MAIN = "from util import helper\n\n\ndef run(value):\n    result = helper(value)\n    return result\n"
+
+
+def _ids(tokenizer, tokens):
+    return tokenizer.convert_tokens_to_ids(tokens)
+
+
+def test_codellama_infill_ids_are_exactly_the_reference_format(make_repo, codellama_tokenizer):
+    root = make_repo({"add.py": "def add(x, y):\n    return x + y\n"})
+    packed = build_completion_prompt(index_repository(root), codellama_tokenizer, "add.py", line=2, col=12)
+    # [BOS, PRE] + enc(prefix) + [SUF] + enc_infill(suffix) + [MID]: the prefix gets SentencePiece's leading
+    # space ("▁def"), the suffix does not ("x", not "▁x").
+    prefix = ["▁def", "▁add", "(", "x", ",", "▁y", ")", ":", "<0x0A>", "▁", "▁", "▁", "▁return", "▁"]
+    suffix = ["x", "▁", "+", "▁y", "<0x0A>"]
+    assert packed.ids == [BOS, PRE] + _ids(codellama_tokenizer, prefix) + [SUF] + _ids(codellama_tokenizer, suffix) + [MID]
+    assert packed.format == "codellama-infill"
+    assert packed.stop_token_ids[0] == EOT and packed.stop_strings == []
+    assert packed.context[0].path == "add.py" and packed.context[0].start_line == 1
+
+
+def test_codellama_infill_carries_repository_context_as_commented_sections(make_repo, codellama_tokenizer):
+    root = make_repo({"util.py": UTIL, "main.py": MAIN})
+    packed = build_completion_prompt(index_repository(root), codellama_tokenizer, "main.py", line=5, col=26)
+    ids = packed.ids
+    assert ids[:2] == [BOS, PRE] and ids.count(SUF) == 1 and ids[-1] == MID
+    decode = codellama_tokenizer.decode
+    prefix = decode(ids[2 : ids.index(SUF)])
+    assert prefix == (
+        "# Repository: repo\n"
+        "# Path: util.py\n# import os\n#\n#\n# def helper(x):\n#     return x * 2\n"  # blank lines stay, commented
+        "# Path: main.py\n" + MAIN[: MAIN.index("helper(value") + 12]
+    )
+    assert decode(ids[ids.index(SUF) + 1 : -1]) == ")\n    return result\n"
+
+
+def test_starcoder_fim_uses_repository_tokens(make_repo, starcoder_tokenizer):
+    root = make_repo({"util.py": UTIL, "main.py": MAIN + "# a file may say <file_sep> or <fim_middle> as text\n"})
+    packed = build_completion_prompt(index_repository(root), starcoder_tokenizer, "main.py", line=5, col=26)
+    text = starcoder_tokenizer.decode(packed.ids)
+    assert text == (
+        "<repo_name>repo<file_sep>util.py\n" + UTIL
+        + "<file_sep><fim_prefix>main.py\n" + MAIN[: MAIN.index("helper(value") + 12]
+        + "<fim_suffix>)\n    return result\n# a file may say <file_sep> or <fim_middle> as text\n<fim_middle>"
+    )
+    file_sep, fim_middle = _ids(starcoder_tokenizer, ["<file_sep>", "<fim_middle>"])
+    assert packed.ids.count(file_sep) == 2 and packed.ids.count(fim_middle) == 1  # the file's own stay text
+    assert packed.format == "starcoder-fim" and file_sep in packed.stop_token_ids
+
+
+def test_the_embedded_tokenizer_gets_left_to_right_files_that_round_trip(make_repo, smollm2_tokenizer):
+    root = make_repo({"util.py": UTIL, "main.py": MAIN})
+    packed = build_completion_prompt(index_repository(root), smollm2_tokenizer, "main.py", line=5)
+    assert packed.format == "left-to-right"
+    text = smollm2_tokenizer.decode(packed.ids)
+    assert text == "<repo_name>repo<file_sep>util.py\n" + UTIL + "<file_sep>main.py\n" + MAIN[: MAIN.index("\n    return")]
+    assert smollm2_tokenizer(text, add_special_tokens=False)["input_ids"] == packed.ids  # each file one piece
+    assert packed.stop_strings == ["\n\n"]
+    assert set(_ids(smollm2_tokenizer, ["<file_sep>", "<|endoftext|>"])) <= set(packed.stop_token_ids)
+    assert [(i.path, i.start_line, i.end_line) for i in packed.context] == [("util.py", 1, 1), ("util.py", 4, 5), ("main.py", 1, 5)]
+    assert all(item.tokens > 0 for item in packed.context)
+
+
+def test_chat_through_the_tokenizer_template_with_retrieved_code(make_repo, smollm2_tokenizer):
+    root = make_repo({"util.py": UTIL, "main.py": MAIN, "notes.md": "# Notes\nNothing here.\n"})
+    index = index_repository(root)
+    messages = [{"role": "user", "content": "What does helper return?"}]
+    packed = build_chat_prompt(index, smollm2_tokenizer, messages, budget_tokens=1000)
+    text = smollm2_tokenizer.decode(packed.ids)
+    assert text.startswith("<|im_start|>system\nYou are a coding assistant working in the repository repo.")
+    assert "util.py\nlines 4-5:\n```python\ndef helper(x):\n    return x * 2\n```\n" in text
+    assert text.endswith("<|im_start|>user\nWhat does helper return?<|im_end|>\n<|im_start|>assistant\n")
+    assert packed.format == "chat" and smollm2_tokenizer.convert_tokens_to_ids("<|im_end|>") in packed.stop_token_ids
+    assert ("util.py", 4, 5) in [(i.path, i.start_line, i.end_line) for i in packed.context]
+    assert len(packed.ids) <= 1000
+
+
+def test_chat_pins_files_and_drops_old_turns_to_fit(make_repo, smollm2_tokenizer):
+    root = make_repo({"util.py": UTIL, "main.py": MAIN, "notes.md": "# Notes\nNothing about code.\n"})
+    index = index_repository(root)
+    history = [{"role": "user", "content": "Tell me a long story. " * 30}, {"role": "assistant", "content": "Once. " * 60}]
+    question = {"role": "user", "content": "And the notes?"}
+    packed = build_chat_prompt(index, smollm2_tokenizer, [*history, question], budget_tokens=150, pinned_paths=["notes.md"])
+    text = smollm2_tokenizer.decode(packed.ids)
+    assert "long story" not in text and text.endswith("And the notes?<|im_end|>\n<|im_start|>assistant\n")
+    assert "notes.md\nlines 1-2:\n```markdown\n# Notes\nNothing about code.\n```" in text
+    assert len(packed.ids) <= 150
+    with pytest.raises(PromptError, match="does not fit"):
+        build_chat_prompt(index, smollm2_tokenizer, [question], budget_tokens=20)
+    with pytest.raises(PromptError, match="no such file"):
+        build_chat_prompt(index, smollm2_tokenizer, [question], pinned_paths=["missing.md"])
+
+
+def test_chat_without_a_template_uses_codellama_instruct(make_repo, codellama_tokenizer):
+    root = make_repo({"util.py": UTIL})
+    index = index_repository(root)
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "What does helper do?"},
+    ]
+    packed = build_chat_prompt(index, codellama_tokenizer, messages, budget_tokens=2000)
+    first_turn_end = packed.ids.index(EOS)
+    assert packed.ids[0] == BOS and packed.ids[first_turn_end + 1] == BOS
+    decode = codellama_tokenizer.decode
+    first = decode(packed.ids[1:first_turn_end])
+    assert first.startswith("[INST] <<SYS>>\nBe brief.\n")
+    assert first.endswith("\n<</SYS>>\n\nHi [/INST] Hello ")
+    assert decode(packed.ids[first_turn_end + 2 :]) == "[INST] What does helper do? [/INST]"
+    assert "def helper(x):" in first and EOS in packed.stop_token_ids

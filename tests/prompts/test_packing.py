@@ -1,0 +1,107 @@
+"""Packing: the budget is never exceeded, the text before the cursor is always there, the start of the prompt
+stays put while the user types, and bad input is a PromptError."""
+
+import random
+
+import pytest
+
+from prompts import PromptError, build_completion_prompt, index_repository
+
+
+def _module(i: int) -> str:
+    body = "".join(f"    total = total + value * {j}  # step {j} of helper {i}\n" for j in range(12))
+    return f"import os\n\n\ndef helper_{i}(value):\n    total = 0\n{body}    return total\n"
+
+
+REPO = {f"lib/helpers_{i}.py": _module(i) for i in range(12)} | {
+    "app/main.py": (
+        "from lib.helpers_3 import helper_3\nfrom lib.helpers_7 import helper_7\n\n\n"
+        + "".join(f"def step_{k}(x):\n    y = helper_3(x) + helper_7(x)\n    return y * {k}\n\n\n" for k in range(40))
+        + "def main():\n    result = helper_3(1)\n    print(result)\n"
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def repo_index(tmp_path_factory):
+    root = tmp_path_factory.mktemp("packing") / "repo"
+    for path, text in REPO.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    return index_repository(root, cache_dir=tmp_path_factory.mktemp("packing-cache"))
+
+
+@pytest.mark.parametrize("tokenizer_name", ["smollm2_tokenizer", "codellama_tokenizer"])
+def test_random_budgets_are_never_exceeded_and_keep_the_text_before_the_cursor(repo_index, tokenizer_name, request):
+    tokenizer = request.getfixturevalue(tokenizer_name)
+    rows = REPO["app/main.py"].split("\n")
+    rng = random.Random(4)
+    for _ in range(25):
+        row = rng.randrange(len(rows))
+        col = rng.randint(0, len(rows[row]))
+        budget = rng.choice([48, 64, 100, 300, 700, 1500, 4000])
+        reserve = rng.choice([0, 16])
+        packed = build_completion_prompt(
+            repo_index, tokenizer, "app/main.py", line=row + 1, col=col + 1, budget_tokens=budget + reserve,
+            reserve_tokens=reserve,
+        )
+        assert len(packed.ids) <= budget
+        before_cursor = rows[row][:col][-12:].strip()
+        assert before_cursor in tokenizer.decode(packed.ids)
+        cursor_items = [item for item in packed.context if item.path == "app/main.py" and item.start_line <= row + 1 <= item.end_line]
+        assert cursor_items, packed.context
+        for item in packed.context:
+            assert 1 <= item.start_line <= item.end_line <= len(REPO[item.path].split("\n"))
+
+
+def test_a_large_budget_takes_the_whole_file_and_the_related_chunks(repo_index, smollm2_tokenizer):
+    source = REPO["app/main.py"]
+    row = source.split("\n").index("    print(result)")
+    packed = build_completion_prompt(repo_index, smollm2_tokenizer, "app/main.py", line=row + 1, col=5, budget_tokens=8000)
+    text = smollm2_tokenizer.decode(packed.ids)
+    assert text.endswith("<file_sep>app/main.py\n" + source.split("print(result)")[0])  # the whole prefix
+    paths = [item.path for item in packed.context]
+    assert paths.index("lib/helpers_3.py") < paths.index("app/main.py")
+    assert {"lib/helpers_3.py", "lib/helpers_7.py"} <= set(paths)
+    assert len(packed.ids) <= 8000
+    assert packed.format == "left-to-right"
+    assert packed.stop_strings == ["\n"]  # inside a line: complete the line
+    assert smollm2_tokenizer.convert_tokens_to_ids("<file_sep>") in packed.stop_token_ids
+
+
+def test_typing_at_the_cursor_keeps_the_start_of_the_prompt(repo_index, smollm2_tokenizer):
+    """The model reuses the cached keys and values of an unchanged prompt start: while the user types a word,
+    everything before the current file's section must stay the same."""
+    file_sep = smollm2_tokenizer.convert_tokens_to_ids("<file_sep>")
+    base = REPO["app/main.py"]
+    starts = []
+    for typed in ["", "r", "re", "res", "resu", "resul", "result"]:
+        text = base.replace("    print(result)\n", f"    print(result)\n    {typed}\n")
+        row = text.split("\n").index(f"    {typed}")
+        packed = build_completion_prompt(
+            repo_index, smollm2_tokenizer, "app/main.py", text=text, line=row + 1, col=5 + len(typed), budget_tokens=1200
+        )
+        last_section = len(packed.ids) - packed.ids[::-1].index(file_sep) - 1
+        starts.append(packed.ids[: last_section + 1])
+        assert len(packed.ids) <= 1200
+    assert all(start == starts[0] for start in starts)
+    assert len(starts[0]) > 300  # there is repository context to reuse
+
+
+def test_input_errors_are_prompt_errors(repo_index, smollm2_tokenizer):
+    def build(path="app/main.py", **kwargs):
+        return build_completion_prompt(repo_index, smollm2_tokenizer, path, **kwargs)
+
+    with pytest.raises(PromptError, match="no such file: app/missing.py"):
+        build("app/missing.py")
+    with pytest.raises(PromptError, match="outside the repository"):
+        build("../elsewhere.py")
+    with pytest.raises(PromptError, match="line 999 is out of range"):
+        build(line=999)
+    with pytest.raises(PromptError, match="column 80 is out of range"):
+        build(line=1, col=80)
+    with pytest.raises(PromptError, match="budget of 3 tokens"):
+        build(budget_tokens=3)
+    # A new, unsaved buffer is fine: its text is given.
+    packed = build("app/new.py", text="import os\nresult = helper_3(", budget_tokens=500)
+    assert smollm2_tokenizer.decode(packed.ids).endswith("<file_sep>app/new.py\nimport os\nresult = helper_3(")

@@ -1,0 +1,107 @@
+"""Ranking: what the code at the cursor uses comes first; imports resolve to repository files."""
+
+import random
+
+import pytest
+
+from prompts import build_completion_prompt, index_repository
+from prompts.imports import PathTable, resolve_imports
+from prompts.ranking import Query, cursor_weights, rank
+
+
+def _filler_files(count: int, seed: int = 0) -> dict[str, str]:
+    """Unrelated modules that still share everyday identifiers (value, result, data) with the code under test."""
+    rng = random.Random(seed)
+    files = {}
+    for i in range(count):
+        functions = []
+        for j in range(4):
+            name = "".join(rng.choice("bcdfghklmnprstvz") + rng.choice("aeiou") for _ in range(4))
+            functions.append(
+                f"def {name}_{j}(value, data):\n    result = value\n    for item in data:\n"
+                f"        result = result + item * {j}\n    return result\n"
+            )
+        files[f"misc/module_{i}.py"] = "\n\n".join(functions)
+    return files
+
+
+REPO = _filler_files(30) | {
+    "pkg/__init__.py": "",
+    "pkg/geometry.py": (
+        "import math\n\n\ndef circle_area(radius):\n    return math.pi * radius * radius\n\n\n"
+        "def square_area(side):\n    return side * side\n"
+    ),
+    "pkg/strings.py": "def shout(text):\n    return text.upper()\n\n\ndef whisper(text):\n    return text.lower()\n",
+    "pkg/app.py": (
+        "from pkg import geometry\nimport pkg.strings\n\n\ndef main(value, data):\n"
+        "    result = value\n    total = geometry.circle_area(2)\n    \n    return total\n"
+    ),
+}
+
+
+@pytest.fixture
+def repo_index(make_repo):
+    return index_repository(make_repo(REPO))
+
+
+def test_a_function_called_before_the_cursor_gets_its_definition_into_the_prompt(repo_index, smollm2_tokenizer):
+    # Cursor on the blank line after `total = geometry.circle_area(2)`; the budget holds a few chunks only.
+    packed = build_completion_prompt(repo_index, smollm2_tokenizer, "pkg/app.py", line=8, col=5, budget_tokens=200)
+    repository = [item for item in packed.context if item.path != "pkg/app.py"]
+    assert any(item.path == "pkg/geometry.py" and item.start_line <= 4 <= item.end_line for item in repository)
+    assert repository[-1].path == "pkg/geometry.py"  # the most relevant file sits nearest the cursor
+    text = smollm2_tokenizer.decode(packed.ids)
+    assert "<file_sep>pkg/geometry.py\n" in text
+    assert "def circle_area(radius):\n    return math.pi * radius * radius" in text
+
+
+def test_imported_modules_outrank_unrelated_ones(repo_index):
+    source = REPO["pkg/app.py"]
+    imported = resolve_imports(repo_index.paths, "pkg/app.py", "python", ["pkg", "pkg.geometry", "pkg.strings"])
+    assert imported == {"pkg/__init__.py", "pkg/geometry.py", "pkg/strings.py"}
+    query = Query(weights=cursor_weights(source.split("\n"), 7, 4, frozenset()), path="pkg/app.py", imported=frozenset(imported))
+    ranked = [chunk.path for _, chunk in rank(repo_index, query)]
+    first_misc = next(i for i, path in enumerate(ranked) if path.startswith("misc/"))
+    assert {"pkg/geometry.py", "pkg/strings.py"} <= set(ranked[:first_misc])
+    assert ranked[0] == "pkg/geometry.py"  # the definition of what is called, above all
+
+
+def test_the_cursor_region_and_duplicates_are_left_out(make_repo):
+    copy = "def helper(value):\n    return value + 1\n"
+    index = index_repository(make_repo({"a.py": copy, "b.py": copy, "c.py": "x = helper(1)\n\n\ndef helper_user():\n    return helper(2)\n"}))
+    query = Query(weights={"helper": 1.0}, path="c.py", shown=(4, 5))
+    ranked = [(chunk.path, chunk.start_line) for _, chunk in rank(index, query)]
+    assert ranked == [("a.py", 1), ("c.py", 1)]  # b.py is a's twin; c.py's lines 4-5 are on screen
+
+
+def test_identifiers_near_the_cursor_weigh_most_and_the_word_being_typed_not_at_all():
+    lines = ["import far_away", *["pass"] * 30, "near = compute(args)", "    total = geome"]
+    weights = cursor_weights(lines, 32, len(lines[32]), frozenset({"pass", "import"}))
+    assert weights["compute"] > weights["far_away"] > 0
+    assert "geome" not in weights and "pass" not in weights
+    assert weights["total"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "language, importer, imports, expected",
+    [
+        ("python", "pkg/sub/mod.py", [".sibling", "..top", "pkg.util", "os"],
+         {"pkg/sub/sibling.py", "pkg/top/__init__.py", "src/pkg/util.py"}),
+        ("javascript", "web/app.js", ["./lib/fmt", "../shared/api.js", "react", "@/components/button"],
+         {"web/lib/fmt.ts", "shared/api.js", "web/components/button/index.js"}),
+        ("go", "cmd/main.go", ["fmt", "example.com/proj/internal/store"], {"internal/store/db.go", "internal/store/cache.go"}),
+        ("rust", "src/main.rs", ["crate::net::client::Client", "std::io", "util"], {"src/net/client.rs", "src/util/mod.rs"}),
+        ("c", "lib/parse.c", ["parse.h", "<stdio.h>", "common/defs.h"], {"lib/parse.h", "include/common/defs.h"}),
+        ("java", "app/src/Main.java", ["com.acme.store.Store", "java.util.List"], {"app/src/com/acme/store/Store.java"}),
+    ],
+)
+def test_imports_resolve_to_repository_files(language, importer, imports, expected):
+    table = PathTable([
+        "pkg/sub/mod.py", "pkg/sub/sibling.py", "pkg/top/__init__.py", "src/pkg/util.py",
+        "web/app.js", "web/lib/fmt.ts", "shared/api.js", "web/components/button/index.js",
+        "cmd/main.go", "internal/store/db.go", "internal/store/cache.go",
+        "src/main.rs", "src/net/client.rs", "src/util/mod.rs",
+        "lib/parse.c", "lib/parse.h", "include/common/defs.h",
+        "app/src/Main.java", "app/src/com/acme/store/Store.java",
+    ])
+    assert resolve_imports(table, importer, language, imports) == expected
