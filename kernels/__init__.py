@@ -5,6 +5,6 @@
 """
 
 from kernels import reference
-from kernels.flash_decode import LaunchPlan, flash_decode, plan_launch
+from kernels.interface import LaunchPlan, flash_decode, plan_launch
 
 __all__ = ["flash_decode", "reference", "plan_launch", "LaunchPlan"]

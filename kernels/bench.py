@@ -29,8 +29,8 @@ import triton
 import triton.language as tl
 
 from kernels import reference
-import kernels.flash_decode as fd
-from kernels.flash_decode import flash_decode, launch, plan_launch
+import kernels.interface as fd
+from kernels.interface import flash_decode, launch, plan_launch
 
 L2_FLUSH_BYTES = 256 * 2**20  # rotate input sets until this many bytes separate two uses of one set
 
@@ -370,6 +370,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention (slow to compile)")
     parser.add_argument("--tune", action="store_true", help="sweep the launch plan's knobs instead")
     parser.add_argument("--check", action="store_true", help="run the GPU correctness sweep first")
+    parser.add_argument("--only", default="", help="comma-separated substrings of shape labels to run")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("kernels.bench needs a CUDA GPU: Flash-Decoding's speed is a GPU property.", file=sys.stderr)
@@ -392,10 +393,14 @@ def main(argv=None) -> int:
         return 0
     methods = contestants(with_flex=not args.no_flex)
     rows = []
+    wanted = [w for w in args.only.split(",") if w]
     for shape in shapes(args.quick):
+        if wanted and not any(w in shape.label for w in wanted):
+            continue
         log(f"{shape.label}: K+V {shape.kv_bytes / 1e6:.0f} MB")
         rows.append(bench_shape(shape, methods, bandwidth, log))
-    (args.out / "kernels.json").write_text(json.dumps({"env": env, "bandwidth": bandwidth, "rows": rows}, indent=1))
+        # Written after every shape, so a run cut short still leaves its results.
+        (args.out / "kernels.json").write_text(json.dumps({"env": env, "bandwidth": bandwidth, "rows": rows}, indent=1))
     table = markdown(env, bandwidth, rows)
     (args.out / "kernels.md").write_text(table)
     plot(rows, args.out / "kernels.png")

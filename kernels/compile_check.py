@@ -15,7 +15,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from kernels.flash_decode import plan_launch
+from kernels.interface import plan_launch
 from kernels.split_kv import _combine_kernel, _split_kv_kernel
 
 POINTER = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32"}

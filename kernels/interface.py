@@ -31,7 +31,7 @@ PDL_SUPPORTED = os.environ.get("CODECOMPLETE_PDL", "1") != "0" and "launch_pdl" 
     CUDAOptions, "__dataclass_fields__", {})
 
 # Planning constants, measured on an H100 (bench/results/kernels-*.md records the sweep).
-PROGRAMS_PER_SM = 4          # enough resident programs to keep loads in flight on every SM
+PROGRAMS_PER_SM = 2          # two resident programs per SM beat one and four (34B, 7B, paper shapes)
 MIN_BLOCKS_PER_SPLIT = 1     # even one tile per split paid off at short contexts (34B, S=1k)
 MAX_SPLITS = 128             # bounds the combine's tile; more splits never paid off
 
