@@ -14,7 +14,6 @@ import platform
 import statistics
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -66,21 +65,21 @@ def measure(engine, backends, contexts, ids, decode_tokens, progress) -> list[di
 
     config = GenerationConfig(max_new_tokens=decode_tokens)
     warmup = GenerationConfig(max_new_tokens=2)
-    task = progress.add_task("decoding", total=len(backends) * len(contexts) * REPEATS)
+    total, done = len(backends) * len(contexts) * REPEATS, 0
     rows = []
     for context in contexts:
         prompt = ids[:context]
         for backend in backends:
             engine.set_attention(backend)
-            progress.update(task, description=f"{backend} at {context:,} tokens")
+            progress(done, total, f"{backend} at {context:,} tokens")
             engine.generate(prompt, warmup)        # kernels compiled, caches and graphs built
             runs = []
             for _ in range(REPEATS):
                 runs.append(engine.generate(prompt, config))
-                progress.advance(task)
+                done += 1
+                progress(done, total)
             rows.append({"context": context, "attention": backend,
-                         "decode_tokens_per_s": statistics.median(
-                             render.as_dict(r.timings)["decode_tokens_per_s"] for r in runs),
+                         "decode_tokens_per_s": statistics.median(r.timings.decode_tokens_per_s for r in runs),
                          "decode_tokens": min(len(r.token_ids) for r in runs)})
     return rows
 
@@ -170,8 +169,7 @@ def run_bench(args) -> None:
     console = render.stderr_console() if args.json == "-" else render.stdout_console()
     for note in notes:
         console.print(Text(note, style="yellow"))
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=render.stderr_console(), transient=True) as progress:
+    with render.progress_bar("decoding") as progress:
         rows = measure(engine, backends, contexts, ids, decode_tokens, progress)
 
     import torch

@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--attention", choices=("flash", "sdpa", "eager"),
                        help="decode attention (default: flash on CUDA, sdpa on CPU)")
     model.add_argument("--context-tokens", type=_positive_int, metavar="N",
-                       help="prompt budget in tokens (default: the model's context on CUDA, 2048 on CPU)")
+                       help="prompt budget in tokens (default: the model's context on CUDA, 1024 on CPU)")
 
     gen = parser.add_argument_group("generation")
     gen.add_argument("--max-tokens", type=_positive_int, metavar="N",

@@ -7,9 +7,9 @@ import os
 from .cancel import CancelOnSigint
 from .render import status, warn
 
-# On a CPU a prompt prefills at a few hundred tokens/s: a 2k-token default keeps the first
+# On a CPU a prompt prefills at a few hundred tokens/s: a 1k-token default keeps the first
 # token within seconds. On CUDA the default is the whole context the engine was built for.
-CPU_PROMPT_BUDGET = 2048
+CPU_PROMPT_BUDGET = 1024
 
 
 def device_for(args) -> str:
@@ -21,23 +21,19 @@ def device_for(args) -> str:
 
 def load(args, max_new_tokens: int):
     """The engine the command line asks for, with a spinner on stderr while it loads."""
-    device = device_for(args)
-    on_cpu = device.startswith("cpu")
-    if on_cpu and args.attention == "flash":
-        # The Triton kernels run on CPU tensors only in the interpreter, which must be
-        # switched on before any kernel is defined, that is before models is imported.
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-        warn("--attention flash on the CPU runs the Triton kernels in the interpreter: expect it to be very slow")
     if not args.debug:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
     from models import load_model
 
-    budget = args.context_tokens or (CPU_PROMPT_BUDGET if on_cpu else None)
+    device = device_for(args)
+    budget = args.context_tokens or (CPU_PROMPT_BUDGET if device.startswith("cpu") else None)
     with status("Loading the model…") as progress:
-        return load_model(args.model, device=device, dtype=args.dtype, attention=args.attention,
-                          max_context=budget + max_new_tokens if budget else None, progress=progress)
+        engine = load_model(args.model, device=device, dtype=args.dtype, attention=args.attention,
+                            max_context=budget + max_new_tokens if budget else None, progress=progress)
+    if engine.attention_is_slow:
+        warn("--attention flash on the CPU runs the Triton kernels in their interpreter: very slow")
+    return engine
 
 
 def prompt_budget(engine, args, max_new_tokens: int) -> int:

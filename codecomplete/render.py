@@ -8,8 +8,8 @@ generation the same way whatever stdout is:
 - PlainView: stdout is a pipe or a file (an editor). Only the generated text, flushed per
   token; a reader that goes away (`| head -c 10`) stops generation instead of crashing it.
 - QuietView: the JSON object takes stdout, so nothing streams.
-Status and progress go to stderr, and only when stderr is a terminal: editors show stderr
-to the user, and they want only errors there. rich itself honours NO_COLOR and TERM=dumb.
+Status, progress and warnings go to stderr, and only when it is a terminal: editors capture
+stderr (Vim's system() mixes it into the text it inserts), so there it carries errors only. rich itself honours NO_COLOR and TERM=dumb.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.live import Live
 from rich.markdown import Markdown
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.segment import Segment
 from rich.spinner import Spinner
 from rich.syntax import Syntax
@@ -43,8 +44,9 @@ def stderr_console() -> Console:
 
 
 def warn(message: str) -> None:
-    """A warning is shown even when stderr is not a terminal: the user must see it."""
-    print(f"codecomplete: warning: {message}", file=sys.stderr)
+    console = stderr_console()
+    if console.is_terminal:
+        console.print(Text(f"warning: {message}", style="yellow"))
 
 
 @contextmanager
@@ -56,6 +58,20 @@ def status(message: str) -> Iterator[Callable[[str], None]]:
         return
     with console.status(message) as spinner:
         yield lambda text: spinner.update(text)
+
+
+@contextmanager
+def progress_bar(description: str) -> Iterator[Callable[..., None]]:
+    """A progress bar on stderr; yields the `progress(done, total, description=None)` callback."""
+    console = stderr_console()
+    if not console.is_terminal:
+        yield lambda done, total, description=None: None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda done, total, description=None: bar.update(
+            task, completed=done, total=total, description=description or bar.tasks[0].description)
 
 
 # Bodies: how the text of each kind of result is drawn in a terminal.
@@ -113,9 +129,9 @@ class _Meter:
 def summary_line(result, engine=None) -> str:
     """`37 tokens · 14.2 tok/s · first token 180 ms · prompt 1,834 (1,700 reused)`"""
     timings = as_dict(result.timings)
-    parts = [f"{len(result.token_ids)} tokens",
+    parts = [_plural(len(result.token_ids), "token"),
              f"{timings.get('decode_tokens_per_s', 0.0):.1f} tok/s",
-             f"first token {timings.get('ttft_ms', 0.0):.0f} ms",
+             f"first token {_duration(timings.get('ttft_ms', 0.0) / 1000)}",
              f"prompt {result.prompt_tokens:,}"
              + (f" ({result.reused_prefix_tokens:,} reused)" if result.reused_prefix_tokens else "")]
     if engine is not None:
@@ -123,6 +139,14 @@ def summary_line(result, engine=None) -> str:
     if result.finish_reason == "cancelled":
         parts.append("cancelled")
     return " · ".join(parts)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
 
 
 def model_label(engine) -> str:
@@ -137,6 +161,7 @@ class LiveView:
         self.closed = False
         self._parts: list[str] = []
         self._meter = _Meter()
+        self._started = time.perf_counter()
         self._live = Live(console=console, get_renderable=self._frame, refresh_per_second=12,
                           transient=True, redirect_stdout=False)
 
@@ -156,10 +181,13 @@ class LiveView:
         self._meter.tick()
 
     def _frame(self) -> RenderableType:
-        spinner = Spinner("dots", style="cyan")
+        meter = self._meter
+        if meter.count:
+            progress = f"{meter.rate():.1f} tok/s · {_plural(meter.count, 'token')}"
+        else:               # prefill: the prompt is read before the first token comes
+            progress = f"reading the prompt {_duration(time.perf_counter() - self._started)}"
         line = Table.grid(padding=(0, 1))
-        line.add_row(spinner, Text(f"{self._meter.rate():.1f} tok/s · {self._meter.count} tokens · {self.info}",
-                                   style="dim"))
+        line.add_row(Spinner("dots", style="cyan"), Text(f"{progress} · {self.info}", style="dim"))
         return Group(_Tail(self.body(self.text), reserved_lines=2), line)
 
     def finish(self, result, engine) -> None:

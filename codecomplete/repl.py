@@ -108,6 +108,8 @@ class Repl:
                         return
                 else:
                     self.ask(text)
+            except KeyboardInterrupt:      # a second Ctrl-C, in a prefill (which is not polled)
+                self.console.print(Text("interrupted", style="yellow"))
             except Exception as exc:       # a bad path or a model error ends the line, not the REPL
                 known = classify(exc)
                 if known is None:

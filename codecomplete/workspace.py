@@ -5,10 +5,11 @@ Nothing is ever written inside the repository: the index cache lives in the user
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from .errors import UsageError
-from .render import status
+from .render import progress_bar, warn
 
 
 def repository(path: str) -> Path:
@@ -40,8 +41,15 @@ def file_in(root: Path, path: str, must_exist: bool = True) -> str:
 
 
 def index(root: Path):
-    """Scan and chunk the repository (cached across runs), with a spinner on stderr."""
-    from prompts import index_repository
+    """Scan and chunk the repository (cached across runs), with a progress bar on stderr.
 
-    with status(f"Indexing {root.name}…") as progress:
-        return index_repository(root, progress=progress)
+    Files the scan skips (unreadable, broken links) become one warning line each."""
+    from prompts import ScanWarning, index_repository
+
+    with warnings.catch_warnings(record=True) as caught, progress_bar(f"Indexing {root.name}") as progress:
+        warnings.simplefilter("always", ScanWarning)
+        repo_index = index_repository(root, progress=progress)
+    for warning in caught:
+        if issubclass(warning.category, ScanWarning):
+            warn(str(warning.message))
+    return repo_index

@@ -39,7 +39,7 @@ def test_usage_and_input_errors_exit_2(codecomplete, repo, tmp_path, args, words
 
 def test_empty_repository_exits_2(codecomplete, tmp_path):
     (tmp_path / "empty").mkdir()
-    check_error(codecomplete(tmp_path / "empty", "--ask", "anything?"), 2, "empty")
+    check_error(codecomplete(tmp_path / "empty", "--ask", "anything?"), 2, "nothing to index")
 
 
 def test_model_not_found_exits_2(codecomplete, tmp_path):
