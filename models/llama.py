@@ -9,6 +9,7 @@ Weights keep Hugging Face's names at the boundary (`hf_tensor_slots`), so every 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -38,6 +39,13 @@ class Decode:
     exact: bool = False            # every row holds exactly kv_len tokens (SDPA may skip the mask)
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # Normalise in float32 (as HF Llama does), scale in the activation dtype.
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -45,10 +53,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in float32 (as HF Llama does), scale in the activation dtype.
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 def rope_inv_freq(config: ModelConfig, seq_len: int | None = None) -> torch.Tensor:
@@ -117,6 +122,35 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
+def attention_inputs(x, norm_weight, eps: float, wqkv, cos, sin, n_heads: int, n_kv_heads: int, head_dim: int):
+    """RMSNorm, the fused q/k/v projection and RoPE: x (B, T, dim) -> q (B, Hq, T, D), k and v (B, Hkv, T, D)."""
+    B, T, _ = x.shape
+    Hq, Hkv, D = n_heads, n_kv_heads, head_dim
+    q, k, v = F.linear(rms_norm(x, norm_weight, eps), wqkv).split([Hq * D, Hkv * D, Hkv * D], dim=-1)
+    q = apply_rotary(q.view(B, T, Hq, D).transpose(1, 2), cos, sin)       # (B, Hq, T, D)
+    k = apply_rotary(k.view(B, T, Hkv, D).transpose(1, 2), cos, sin)      # (B, Hkv, T, D)
+    return q, k, v.view(B, T, Hkv, D).transpose(1, 2)                     # v: (B, Hkv, T, D)
+
+
+def attention_output_and_ffn(x, attn, wo, norm_weight, eps: float, w13, w2, ffn_dim: int):
+    """The rest of a block: x (B, T, dim) + wo(attn (B, T, Hq*D)), then the SwiGLU MLP with its residual."""
+    h = x + F.linear(attn, wo)
+    gate, up = F.linear(rms_norm(h, norm_weight, eps), w13).split(ffn_dim, dim=-1)
+    return h + F.linear(F.silu(gate) * up, w2)
+
+
+def final_logits(x, norm_weight, eps: float, output_weight):
+    """Last norm and the vocabulary projection, in float32: x (B, dim) -> (B, V)."""
+    return F.linear(rms_norm(x, norm_weight, eps), output_weight).float()
+
+
+class DenseKernels(NamedTuple):
+    """The functions a decode step runs around attention; `Transformer.compile_dense` swaps in compiled ones."""
+    attention_inputs: object = attention_inputs
+    attention_output_and_ffn: object = attention_output_and_ffn
+    final_logits: object = final_logits
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -125,23 +159,17 @@ class Attention(nn.Module):
         self.wo = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, step: Decode | Prefill):
-        B, T, _ = x.shape
-        Hq, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
-        q, k, v = self.wqkv(x).split([Hq * D, Hkv * D, Hkv * D], dim=-1)
-        q = apply_rotary(q.view(B, T, Hq, D).transpose(1, 2), cos, sin)    # (B, Hq, T, D)
-        k = apply_rotary(k.view(B, T, Hkv, D).transpose(1, 2), cos, sin)   # (B, Hkv, T, D)
-        v = v.view(B, T, Hkv, D).transpose(1, 2)                           # (B, Hkv, T, D)
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, step: Decode | Prefill) -> torch.Tensor:
+        """Store k, v (B, Hkv, T, D) in the cache and attend with q (B, Hq, T, D); returns (B, T, Hq*D)."""
+        B, Hq, T, D = q.shape
         if isinstance(step, Decode):
             k_cache, v_cache = self.kv_cache.update(step.input_pos, k, v)  # (B, Hkv, S_max, D)
             if step.kv_len is not None:
                 k_cache, v_cache = k_cache[:, :, :step.kv_len], v_cache[:, :, :step.kv_len]
             out = decode_attention(step.backend, q[:, :, 0], k_cache, v_cache, step.cache_seqlens, step.exact)
-            out = out.reshape(B, 1, Hq * D)                                # (B, 1, Hq*D)
-        else:
-            k_all, v_all = self.kv_cache.write(step.row, step.start, k, v)  # (1, Hkv, start+T, D)
-            out = prefill_attention(q, k_all, v_all, step.start).transpose(1, 2).reshape(B, T, Hq * D)
-        return self.wo(out)
+            return out.reshape(B, 1, Hq * D)                               # (B, 1, Hq*D)
+        k_all, v_all = self.kv_cache.write(step.row, step.start, k, v)      # (1, Hkv, start+T, D)
+        return prefill_attention(q, k_all, v_all, step.start).transpose(1, 2).reshape(B, T, Hq * D)
 
 
 class FeedForward(nn.Module):
@@ -150,10 +178,6 @@ class FeedForward(nn.Module):
         self.ffn_dim = config.ffn_dim
         self.w13 = nn.Linear(config.dim, 2 * config.ffn_dim, bias=False)   # gate and up, fused
         self.w2 = nn.Linear(config.ffn_dim, config.dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.w13(x).split(self.ffn_dim, dim=-1)
-        return self.w2(F.silu(gate) * up)
 
 
 class TransformerBlock(nn.Module):
@@ -164,9 +188,13 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
         self.feed_forward = FeedForward(config)
 
-    def forward(self, x, cos, sin, step):
-        h = x + self.attention(self.attention_norm(x), cos, sin, step)
-        return h + self.feed_forward(self.ffn_norm(h))
+    def forward(self, x, cos, sin, step, dense: DenseKernels = DenseKernels()):
+        a, f = self.attention, self.feed_forward
+        q, k, v = dense.attention_inputs(x, self.attention_norm.weight, self.attention_norm.eps, a.wqkv.weight,
+                                         cos, sin, a.n_heads, a.n_kv_heads, a.head_dim)
+        attn = a.attend(q, k, v, step)
+        return dense.attention_output_and_ffn(x, attn, a.wo.weight, self.ffn_norm.weight, self.ffn_norm.eps,
+                                              f.w13.weight, f.w2.weight, f.ffn_dim)
 
 
 class Transformer(nn.Module):
@@ -178,6 +206,7 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
         self.rope = RotaryEmbedding(config, max_len or config.context_limit)
+        self.decode_kernels = DenseKernels()   # what decode steps run around attention
         self.requires_grad_(False)
         self._tie_weights()
 
@@ -191,6 +220,18 @@ class Transformer(nn.Module):
         self._tie_weights()   # to_empty gives each module its own tensor; tie them again
         self.rope.reset()
         return self
+
+    def compile_dense(self) -> None:
+        """torch.compile the dense parts of a decode step (norms, projections, RoPE, SwiGLU, residuals).
+
+        Attention and the cache update stay outside, so one compilation serves every layer (weights are
+        arguments), every backend and every context length. Decode only: prefill shapes vary per call.
+        Inductor fuses the elementwise chains into the matmuls' neighbours, leaving a handful of kernels
+        per layer, which is what lets a graph-replayed step approach the memory roofline.
+        """
+        compile = functools.partial(torch.compile, fullgraph=True, dynamic=False)
+        self.decode_kernels = DenseKernels(compile(attention_inputs), compile(attention_output_and_ffn),
+                                           compile(final_logits))
 
     @property
     def kv_capacity(self) -> int:
@@ -223,15 +264,16 @@ class Transformer(nn.Module):
         for layer in self.layers:
             x = layer(x, cos, sin, Prefill(row, start))
         x = x if all_logits else x[:, -1]
-        return self.output(self.norm(x)).float()
+        return final_logits(x, self.norm.weight, self.norm.eps, self.output.weight)
 
     def decode(self, tokens: torch.Tensor, step: Decode) -> torch.Tensor:
         """One token per sequence, tokens (B, 1) at positions step.input_pos (B,). Returns float32 logits (B, V)."""
         cos, sin = self.rope(step.input_pos[:, None])                            # (B, 1, D)
         x = self.tok_embeddings(tokens)                                          # (B, 1, dim)
+        dense = self.decode_kernels
         for layer in self.layers:
-            x = layer(x, cos, sin, step)
-        return self.output(self.norm(x[:, 0])).float()
+            x = layer(x, cos, sin, step, dense)
+        return dense.final_logits(x[:, 0], self.norm.weight, self.norm.eps, self.output.weight)
 
 
 def hf_tensor_slots(model: Transformer) -> dict[str, torch.Tensor]:

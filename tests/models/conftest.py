@@ -49,12 +49,13 @@ def isolated_environment(tmp_path_factory):
 
 def make_llama_tokenizer():
     """A Llama-style tokenizer: SentencePiece spaces (▁), BPE with byte fallback (<0xE2> pieces), BOS added."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     trained = Tokenizer(models.BPE())
     trained.normalizer = normalizer
+    trained.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")  # learn "▁word" pieces
     trained.train_from_iterator([CORPUS], trainers.BpeTrainer(vocab_size=200, show_progress=False))
     specials = ["<unk>", "<s>", "</s>"]
     vocab = {t: i for i, t in enumerate(specials + [f"<0x{b:02X}>" for b in range(256)])}

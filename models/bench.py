@@ -1,0 +1,297 @@
+"""End-to-end decode benchmark: our model per attention backend, Hugging Face transformers, the roofline.
+
+    python -m models.bench [--models 7B,34B] [--contexts 4096,16384,32768,65536] [--batches 1,8]
+                           [--layers-34b N] [--hf static,dynamic] [--out DIR]
+
+Needs a CUDA GPU and only torch, triton and transformers (the GPU image has no gguf or tree-sitter).
+Random weights of the presets' exact shapes: a decode step's time does not depend on the values.
+Caches are filled with random K/V (never zeros) up to the context; prefill is excluded.
+
+Per (model, batch, context) it reports decode tokens/s for:
+  ours   --attention flash | sdpa | eager: one CUDA-graph replay per token, the dense parts compiled;
+  hf     transformers' LlamaForCausalLM on the same config, StaticCache and DynamicCache, plain eager
+         decoding (what `model.generate` does without torch.compile), timed from the host;
+and the roofline: (weight bytes + KV bytes read per step) / the copy bandwidth measured in this run.
+Writes e2e.json, e2e.md and e2e.png into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from kernels.bench import copy_bandwidth, environment, graph_replay_us
+from models.config import preset
+from models.llama import Decode, build_random_model
+
+BACKENDS = ("flash", "sdpa", "eager")
+GiB = 2**30
+
+
+def weight_bytes_per_step(model) -> int:
+    """Bytes of weights a decode step reads: every matrix once; of the embedding, one row (unless tied)."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    if not model.config.tie_embeddings:
+        total -= model.tok_embeddings.weight.numel() * model.tok_embeddings.weight.element_size()
+    return total
+
+
+def kv_bytes_per_step(config, batch: int, context: int, element_size: int = 2) -> int:
+    return batch * context * config.kv_bytes_per_token(element_size)
+
+
+def fill_cache_randomly(model, context: int) -> None:
+    for layer in model.layers:
+        cache = layer.attention.kv_cache
+        cache.k[:, :, :context].normal_()
+        cache.v[:, :, :context].normal_()
+
+
+def ours_step_us(model, batch: int, context: int, backend: str, replays: int) -> float:
+    """µs per decode step (graph replay) with `context` tokens in every row, through `backend`."""
+    device = model.output.weight.device
+    tokens = torch.randint(0, model.config.vocab_size, (batch, 1), device=device)
+    input_pos = torch.full((batch,), context - 1, dtype=torch.long, device=device)
+    step = Decode(input_pos, (input_pos + 1).to(torch.int32), backend, kv_len=None, exact=True)
+    return graph_replay_us(lambda: model.decode(tokens, step), replays)
+
+
+def fits(n_bytes: int, headroom: int = 3 * GiB) -> bool:
+    return n_bytes + headroom < torch.cuda.mem_get_info()[0]
+
+
+def bench_ours(name: str, n_layers: int | None, contexts, batches, bandwidth: float, replays: int, log) -> list[dict]:
+    rows = []
+    model = build_random_model(name, n_layers=n_layers, device="cuda", dtype=torch.bfloat16, max_len=max(contexts))
+    compiled = hasattr(model, "compile_dense")
+    if compiled:
+        model.compile_dense()
+    config = model.config
+    weights = weight_bytes_per_step(model)
+    for batch in batches:
+        for context in contexts:
+            kv = kv_bytes_per_step(config, batch, context)
+            row = {"impl": "ours", "model": name, "layers": config.n_layers, "batch": batch, "context": context,
+                   "weight_gb": weights / 1e9, "kv_gb": kv / 1e9,
+                   "roofline_tok_s": batch * bandwidth / (weights + kv), "tok_s": {}, "step_us": {},
+                   "compiled": compiled}
+            for layer in model.layers:
+                layer.attention.kv_cache = None
+            torch.cuda.empty_cache()
+            if not fits(kv):
+                row["skipped"] = f"KV cache of {kv / GiB:.1f} GiB does not fit next to {weights / GiB:.1f} GiB of weights"
+                log(f"  {name} B={batch} S={context}: {row['skipped']}")
+                rows.append(row)
+                continue
+            model.setup_caches(batch, context, name)
+            fill_cache_randomly(model, context)
+            for backend in BACKENDS:
+                try:
+                    us = ours_step_us(model, batch, context, backend, replays)
+                    row["step_us"][backend] = us
+                    row["tok_s"][backend] = batch * 1e6 / us
+                except Exception as error:  # a backend that cannot run this size: record why, go on
+                    row.setdefault("errors", {})[backend] = f"{type(error).__name__}: {str(error)[:200]}"
+                torch.cuda.synchronize()
+            log(f"  ours {name} L={config.n_layers} B={batch} S={context}: " + "  ".join(
+                f"{b} {row['tok_s'].get(b, float('nan')):7.1f}" for b in BACKENDS) +
+                f"  roofline {row['roofline_tok_s']:7.1f} tok/s")
+            rows.append(row)
+    for layer in model.layers:
+        layer.attention.kv_cache = None
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    return rows
+
+
+# --- Hugging Face transformers ---------------------------------------------------------------------
+
+def build_hf_model(name: str, n_layers: int | None, max_len: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    config = preset(name)
+    if n_layers:
+        config = config.replace(n_layers=n_layers)
+    hf_config = LlamaConfig(**{k: v for k, v in config.to_hf().items() if k not in ("architectures",)})
+    hf_config.max_position_embeddings = max(max_len, config.max_positions)
+    hf_config._attn_implementation = "sdpa"
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            model = LlamaForCausalLM(hf_config)   # random init on the GPU
+    finally:
+        torch.set_default_dtype(default)
+    return model.eval()
+
+
+@torch.no_grad()
+def hf_decode_tok_s(model, cache_kind: str, batch: int, context: int, steps: int) -> float:
+    """Tokens/s of HF's own decode loop after a `context`-token prefill (prefill not timed)."""
+    from transformers import DynamicCache, StaticCache
+    config = model.config
+    if cache_kind == "static":
+        cache = StaticCache(config=config, max_cache_len=context + steps + 1)
+    else:
+        cache = DynamicCache()
+    ids = torch.randint(0, config.vocab_size, (batch, context), device="cuda")
+    chunk = 4096
+    for start in range(0, context, chunk):  # chunked prefill keeps the attention mask small
+        end = min(start + chunk, context)
+        out = model(input_ids=ids[:, start:end], past_key_values=cache,
+                    cache_position=torch.arange(start, end, device="cuda"), use_cache=True, logits_to_keep=1)
+    token = out.logits[:, -1].argmax(-1, keepdim=True)                     # (B, 1)
+
+    def run(n: int, first: int) -> float:
+        nonlocal token
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for i in range(n):
+            pos = torch.tensor([first + i], device="cuda")
+            out = model(input_ids=token, past_key_values=cache, cache_position=pos, use_cache=True, logits_to_keep=1)
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+        torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    warm = 3
+    run(warm, context)
+    elapsed = run(steps - warm, context + warm)
+    return batch * (steps - warm) / elapsed
+
+
+def bench_hf(name: str, n_layers: int | None, contexts, batches, kinds, bandwidth: float, steps: int, log) -> list[dict]:
+    rows = []
+    model = build_hf_model(name, n_layers, max(contexts) + steps + 1)
+    for batch in batches:
+        for context in contexts:
+            row = {"impl": "hf", "model": name, "layers": model.config.num_hidden_layers, "batch": batch,
+                   "context": context, "tok_s": {}}
+            for kind in kinds:
+                try:
+                    row["tok_s"][kind] = hf_decode_tok_s(model, kind, batch, context, steps)
+                except Exception as error:
+                    row.setdefault("errors", {})[kind] = f"{type(error).__name__}: {str(error)[:200]}"
+                gc.collect()
+                torch.cuda.empty_cache()
+            log(f"  hf {name} B={batch} S={context}: " + "  ".join(
+                f"{k} {row['tok_s'].get(k, float('nan')):7.1f}" for k in kinds) + " tok/s")
+            rows.append(row)
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    return rows
+
+
+# --- report --------------------------------------------------------------------------------------
+
+def markdown(env: dict, bandwidth: float, rows: list[dict]) -> str:
+    hf = {(r["model"], r["layers"], r["batch"], r["context"]): r for r in rows if r["impl"] == "hf"}
+    lines = [f"# End-to-end decode: {env['card']}, {env['date']}", "",
+             f"torch {env['torch']}, triton {env['triton']}, bf16, random weights of the real shapes, prefill excluded. "
+             f"Copy bandwidth measured in this run: {bandwidth / 1e12:.2f} TB/s. Roofline = (weights + KV read per step) "
+             "/ copy bandwidth. tok/s summed over the batch. HF = transformers' LlamaForCausalLM, eager decode loop.", "",
+             "| model | layers | B | context | roofline | flash | % roofline | sdpa | eager | flash/sdpa | flash/eager "
+             "| HF static | HF dynamic | flash/HF best |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["impl"] != "ours":
+            continue
+        if "skipped" in r:
+            lines.append(f"| {r['model']} | {r['layers']} | {r['batch']} | {r['context']} | | {r['skipped']} |"
+                         " | | | | | | | |")
+            continue
+        t = r["tok_s"]
+        nan = float("nan")
+        flash, sdpa, eager = t.get("flash", nan), t.get("sdpa", nan), t.get("eager", nan)
+        h = hf.get((r["model"], r["layers"], r["batch"], r["context"]), {"tok_s": {}})["tok_s"]
+        best_hf = max(h.values()) if h else nan
+        lines.append(
+            f"| {r['model']} | {r['layers']} | {r['batch']} | {r['context']} | {r['roofline_tok_s']:.1f} | {flash:.1f} | "
+            f"{100 * flash / r['roofline_tok_s']:.0f}% | {sdpa:.1f} | {eager:.1f} | {flash / sdpa:.2f}x | "
+            f"{flash / eager:.2f}x | {h.get('static', nan):.1f} | {h.get('dynamic', nan):.1f} | {flash / best_hf:.1f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    series = [r for r in rows if r["impl"] == "ours" and r["model"] == "7B" and r["batch"] == 1 and "skipped" not in r]
+    hf = [r for r in rows if r["impl"] == "hf" and r["model"] == "7B" and r["batch"] == 1]
+    if not series:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    xs = [r["context"] for r in series]
+    ax.plot(xs, [r["roofline_tok_s"] for r in series], "k--", label="roofline (copy bandwidth)")
+    for backend in BACKENDS:
+        ax.plot(xs, [r["tok_s"].get(backend, float("nan")) for r in series], marker="o",
+                label=f"ours, --attention {backend}", linewidth=2.5 if backend == "flash" else 1.2)
+    for kind in ("static", "dynamic"):
+        ax.plot([r["context"] for r in hf], [r["tok_s"].get(kind, float("nan")) for r in hf], marker="x",
+                label=f"transformers, {kind} cache")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("decode tokens/s (batch 1)")
+    ax.set_title("CodeLlama-7B shape, bf16, one H100")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="End-to-end decode benchmark (needs a CUDA GPU)")
+    parser.add_argument("--models", default="7B,34B")
+    parser.add_argument("--contexts", default="4096,16384,32768,65536")
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--layers-34b", type=int, default=0, help="cut CodeLlama-34B to N layers (0: all that fit)")
+    parser.add_argument("--hf", default="static,dynamic", help="HF cache kinds to time ('' to skip)")
+    parser.add_argument("--hf-contexts", default="4096,16384,32768,65536")
+    parser.add_argument("--hf-steps", type=int, default=12)
+    parser.add_argument("--replays", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("models.bench needs a CUDA GPU", file=sys.stderr)
+        return 2
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    torch.manual_seed(0)
+    env = environment()
+    bandwidth = copy_bandwidth()
+    log(f"{env['card']}: copy bandwidth {bandwidth / 1e12:.2f} TB/s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    contexts = [int(c) for c in args.contexts.split(",")]
+    batches = [int(b) for b in args.batches.split(",")]
+    kinds = [k for k in args.hf.split(",") if k]
+    rows: list[dict] = []
+
+    def save():
+        (args.out / "e2e.json").write_text(json.dumps({"env": env, "bandwidth": bandwidth, "rows": rows}, indent=1))
+
+    for name in args.models.split(","):
+        name = f"CodeLlama-{name}" if not name.startswith(("CodeLlama", "SmolLM")) else name
+        n_layers = args.layers_34b or None if "34B" in name else None
+        rows += bench_ours(name, n_layers, contexts, batches, bandwidth, args.replays, log)
+        save()
+        if kinds:
+            hf_contexts = [c for c in (int(c) for c in args.hf_contexts.split(",")) if c in contexts]
+            rows += bench_hf(name, n_layers, hf_contexts, [1], kinds, bandwidth, args.hf_steps, log)
+            save()
+    table = markdown(env, bandwidth, rows)
+    (args.out / "e2e.md").write_text(table)
+    plot(rows, args.out / "e2e.png")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

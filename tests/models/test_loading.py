@@ -1,0 +1,139 @@
+"""Hugging Face directories, hub ids and bad input: every failure is one line naming the file and the problem."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from models import (ContextTooLongError, GenerationConfig, ModelError, ModelNotFoundError, OutOfMemoryError,
+                    UnsupportedModelError, load_model)
+
+
+def greedy(engine, n=6):
+    return engine.generate(list(range(10, 30)), GenerationConfig(max_new_tokens=n)).token_ids
+
+
+def test_sharded_safetensors_and_bin_checkpoints_load_the_same_weights(tmp_path, tiny_checkpoint):
+    directory, hf = tiny_checkpoint
+    expected = greedy(load_model(directory, device="cpu", max_context=32))
+
+    sharded = tmp_path / "sharded"
+    hf.save_pretrained(sharded, max_shard_size="100KB")
+    shutil.copy(directory / "tokenizer.json", sharded)
+    shutil.copy(directory / "tokenizer_config.json", sharded)
+    assert len(json.loads((sharded / "model.safetensors.index.json").read_text())["weight_map"]) > 1
+    assert len(list(sharded.glob("*.safetensors"))) > 1
+    assert greedy(load_model(sharded, device="cpu", max_context=32)) == expected
+
+    pickled = tmp_path / "bin"
+    pickled.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(directory / name, pickled)
+    torch.save(hf.state_dict(), pickled / "pytorch_model.bin")
+    assert greedy(load_model(pickled, device="cpu", max_context=32)) == expected
+
+
+def test_hub_id_loads_from_the_huggingface_cache_offline(tmp_path, tiny_checkpoint, monkeypatch):
+    directory, _ = tiny_checkpoint
+    repo = tmp_path / "hub" / "models--tiny-org--tiny-llama"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(directory, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    engine = load_model("tiny-org/tiny-llama", device="cpu", max_context=32)
+    assert engine.name == "tiny-org/tiny-llama"
+    assert greedy(engine) == greedy(load_model(directory, device="cpu", max_context=32))
+
+
+def test_uncached_hub_id_offline_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelNotFoundError, match="not in the Hugging Face cache .* offline") as error:
+        load_model("codellama/CodeLlama-7b-hf", device="cpu")
+    assert "hf download codellama/CodeLlama-7b-hf" in str(error.value)
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="no such file or directory") as error:
+        load_model(tmp_path / "nowhere" / "model.gguf", device="cpu")
+    assert "nowhere" in str(error.value)
+
+
+def test_directory_without_config_json(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="no config.json") as error:
+        load_model(tmp_path, device="cpu")
+    assert str(tmp_path) in str(error.value)
+
+
+def test_a_file_that_is_neither_gguf_nor_a_directory(tmp_path):
+    path = tmp_path / "weights.pt"
+    path.write_bytes(b"x")
+    with pytest.raises(UnsupportedModelError, match="not a .gguf file"):
+        load_model(path, device="cpu")
+
+
+def copy_checkpoint(source, target, **config_changes):
+    shutil.copytree(source, target)
+    config = json.loads((target / "config.json").read_text())
+    (target / "config.json").write_text(json.dumps({**config, **config_changes}))
+    return target
+
+
+def test_unsupported_architecture_names_the_config(tmp_path, tiny_checkpoint):
+    target = copy_checkpoint(tiny_checkpoint[0], tmp_path / "gpt2", architectures=["GPT2LMHeadModel"],
+                             model_type="gpt2")
+    with pytest.raises(UnsupportedModelError, match="'GPT2LMHeadModel' is not supported") as error:
+        load_model(target, device="cpu")
+    assert str(target / "config.json") in str(error.value)
+
+
+def test_weights_that_do_not_match_the_config(tmp_path, tiny_checkpoint):
+    target = copy_checkpoint(tiny_checkpoint[0], tmp_path / "wide", intermediate_size=256)
+    with pytest.raises(UnsupportedModelError, match=r"mlp\.\w+_proj\.weight has shape"):
+        load_model(target, device="cpu", max_context=32)
+
+
+def test_missing_shard_and_missing_weights(tmp_path, tiny_checkpoint):
+    target = copy_checkpoint(tiny_checkpoint[0], tmp_path / "noweights")
+    (target / "model.safetensors").unlink()
+    with pytest.raises(ModelNotFoundError, match="no weights"):
+        load_model(target, device="cpu")
+    (target / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors"}}))
+    with pytest.raises(ModelNotFoundError, match="model-00001-of-00002.safetensors: listed in .* but missing"):
+        load_model(target, device="cpu")
+
+
+def test_corrupt_safetensors(tmp_path, tiny_checkpoint):
+    target = copy_checkpoint(tiny_checkpoint[0], tmp_path / "corrupt")
+    (target / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
+    with pytest.raises(ModelError, match="model.safetensors: unreadable safetensors"):
+        load_model(target, device="cpu", max_context=32)
+
+
+def test_context_larger_than_the_model_limit(tiny_checkpoint):
+    with pytest.raises(ContextTooLongError, match="a context of 65 tokens exceeds the model's limit of 64"):
+        load_model(tiny_checkpoint[0], device="cpu", max_context=65)
+
+
+def test_prompt_longer_than_the_context(tiny_checkpoint):
+    engine = load_model(tiny_checkpoint[0], device="cpu", max_context=16)
+    with pytest.raises(ContextTooLongError, match="prompt of 17 tokens does not fit the context of 16"):
+        engine.generate(list(range(10, 27)), GenerationConfig(max_new_tokens=1))
+
+
+def test_a_prompt_filling_the_cache_still_gets_its_one_token(tiny_checkpoint):
+    engine = load_model(tiny_checkpoint[0], device="cpu", max_context=16)
+    result = engine.generate(list(range(10, 24)), GenerationConfig(max_new_tokens=10))   # 14 of 16 slots
+    assert len(result.token_ids) == 3 or result.finish_reason == "stop"
+    assert result.finish_reason in ("length", "stop")
+
+
+def test_kv_cache_that_does_not_fit_says_how_many_tokens_would(tiny_checkpoint, monkeypatch):
+    # Tiny model: 2 layers x 2 KV heads x 16 dims x 2 (K, V) x 4 bytes = 512 bytes per token.
+    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + 512 * 40)
+    with pytest.raises(OutOfMemoryError, match="cache of 64 tokens .* about 40 tokens would fit"):
+        load_model(tiny_checkpoint[0], device="cpu", max_context=64)

@@ -1,0 +1,90 @@
+"""Incremental detokenization and stop strings, token by token, with real tokenizers of both kinds:
+SentencePiece-style (▁ spaces, byte-fallback pieces) and byte-level BPE (the embedded SmolLM2's)."""
+
+import pytest
+
+from models.tokenizer import IncrementalDetokenizer, StopStringMatcher
+
+TEXTS = ["def foo(x):\n    return x + 1\n", 'print("héllo 🙂 wörld")  # ünïcode ✓\n', "  two  spaces\tand tab 中文字符\n"]
+
+
+def stream(tokenizer, prompt_ids, new_ids):
+    detokenizer = IncrementalDetokenizer(tokenizer, prompt_ids)
+    deltas = [detokenizer.push(i) for i in new_ids]
+    return deltas, detokenizer.flush()
+
+
+def expected_continuation(tokenizer, prompt_ids, new_ids):
+    full = tokenizer.decode(prompt_ids + new_ids)
+    prompt = tokenizer.decode(prompt_ids)
+    assert full.startswith(prompt)
+    return full[len(prompt):]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_sentencepiece_byte_fallback_streams_exactly_the_decoded_text(llama_tokenizer, text):
+    prompt_ids = llama_tokenizer.encode("class Stack:\n")
+    new_ids = llama_tokenizer.encode(text, add_special_tokens=False)
+    deltas, rest = stream(llama_tokenizer, prompt_ids, new_ids)
+    assert "".join(deltas) + rest == expected_continuation(llama_tokenizer, prompt_ids, new_ids)
+    assert rest == "" and not any("\ufffd" in d for d in deltas)
+
+
+def test_sentencepiece_keeps_the_leading_space_of_the_first_token(llama_tokenizer):
+    prompt_ids = llama_tokenizer.encode("def")
+    new_ids = llama_tokenizer.encode(" fibonacci(n)", add_special_tokens=False)[1:]  # drop the prepended ▁
+    assert llama_tokenizer.convert_ids_to_tokens(new_ids[0]).startswith("▁")
+    deltas, _ = stream(llama_tokenizer, prompt_ids, new_ids)
+    assert "".join(deltas).startswith(" ")
+
+
+def test_multibyte_characters_are_held_back_until_complete(llama_tokenizer):
+    ids = llama_tokenizer.encode("🙂", add_special_tokens=False)
+    assert llama_tokenizer.convert_ids_to_tokens(ids) == ["▁", "<0xF0>", "<0x9F>", "<0x99>", "<0x82>"]
+    detokenizer = IncrementalDetokenizer(llama_tokenizer, llama_tokenizer.encode("x ="))
+    assert [detokenizer.push(i) for i in ids] == [" ", "", "", "", "🙂"]
+    cut = IncrementalDetokenizer(llama_tokenizer, llama_tokenizer.encode("x ="))
+    assert [cut.push(i) for i in ids[-3:-1]] == ["", ""]   # two continuation bytes alone: nothing yet
+    assert "\ufffd" in cut.flush()                          # at the end, what is left comes out as is
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_byte_level_bpe_streams_exactly_the_decoded_text(smollm_engine, text):
+    tokenizer = smollm_engine.tokenizer
+    prompt_ids = tokenizer.encode("# a comment\n")
+    new_ids = tokenizer.encode(text)
+    deltas, rest = stream(tokenizer, prompt_ids, new_ids)
+    assert "".join(deltas) + rest == expected_continuation(tokenizer, prompt_ids, new_ids) == text
+    assert not any("\ufffd" in d for d in deltas)
+    assert sum(1 for d in deltas if d == "") > 0 or text.isascii()   # some non-ASCII text spans tokens
+
+
+def feed_all(stops, pieces):
+    matcher = StopStringMatcher(stops)
+    out, hit = [], False
+    for piece in pieces:
+        text, hit = matcher.feed(piece)
+        out.append(text)
+        if hit:
+            break
+    return out, hit, matcher
+
+
+def test_stop_string_across_pieces_is_never_emitted():
+    out, hit, matcher = feed_all(["\n\n"], ["ab", "c\n", "\nd"])
+    assert hit and "".join(out) == "abc" == matcher.text
+    assert out == ["ab", "c", ""]           # "\n" was held back until the next piece settled it
+
+
+def test_held_back_text_is_released_when_the_match_fails():
+    out, hit, matcher = feed_all(["END"], ["xxE", "N", "ope"])
+    assert not hit and out == ["xx", "", "ENope"]
+    assert matcher.flush() == ""
+
+
+def test_earliest_stop_string_wins_and_flush_releases_partial_prefixes():
+    out, hit, matcher = feed_all(["</code>", "\n#"], ["a\n", "#b</code>"])
+    assert hit and matcher.text == "a"
+    matcher = StopStringMatcher(["<file_sep>"])
+    assert matcher.feed("x = 1<file") == ("x = 1", False)
+    assert matcher.flush() == "<file"       # generation ended: a partial stop string is just text
