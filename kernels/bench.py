@@ -134,22 +134,22 @@ def time_plain(fn, sets) -> float:
     return triton.testing.do_bench(call, warmup=25, rep=200, return_mode="median") * 1e3
 
 
-def time_graph(fn, sets, replays: int = 30) -> float:
-    """Median µs per call of a CUDA graph holding one call per input set, replayed many times.
+def graph_replay_us(run, replays: int = 30) -> float:
+    """Median µs of one replay of a CUDA graph that captured `run()` (any zero-argument callable).
 
-    A sleep kernel is queued first, so all replays and events are enqueued while the GPU is busy:
-    the host's graph-launch latency then never shows up as idle GPU time between the events.
+    `run` is called twice on a side stream first (compilation, workspace allocation), then captured.
+    A sleep kernel is queued before the timed replays, so all of them and their events are enqueued
+    while the GPU is busy: the host's graph-launch latency never shows up as idle GPU time.
     """
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):  # warm-up outside the capture (compilation, workspace allocation)
-        for q, k, v in sets[:2]:
-            fn(q, k, v)
+    with torch.cuda.stream(stream):
+        run()
+        run()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        for q, k, v in sets:
-            fn(q, k, v)
+        run()
     graph.replay()
     torch.cuda.synchronize()
     events = [torch.cuda.Event(enable_timing=True) for _ in range(replays + 1)]
@@ -159,9 +159,17 @@ def time_graph(fn, sets, replays: int = 30) -> float:
         graph.replay()
         events[i + 1].record()
     torch.cuda.synchronize()
-    samples = sorted(events[i].elapsed_time(events[i + 1]) * 1e3 / len(sets) for i in range(replays))
+    samples = sorted(events[i].elapsed_time(events[i + 1]) * 1e3 for i in range(replays))
     del graph
     return samples[len(samples) // 2]
+
+
+def time_graph(fn, sets, replays: int = 30) -> float:
+    """Median µs per call of a graph holding one call of fn per input set (sets rotate past L2)."""
+    def run_all():
+        for q, k, v in sets:
+            fn(q, k, v)
+    return graph_replay_us(run_all, replays) / len(sets)
 
 
 @triton.jit

@@ -62,16 +62,63 @@ def ours_step_us(model, batch: int, context: int, backend: str, replays: int) ->
     return graph_replay_us(lambda: model.decode(tokens, step), replays)
 
 
+@torch.no_grad()
+def check_backends_and_compile(model, log) -> dict:
+    """Decode logits on the GPU: flash and sdpa against eager, and compiled against uncompiled."""
+    model.setup_caches(2, 1024)
+    fill_cache_randomly(model, 1024)
+    tokens = torch.randint(0, model.config.vocab_size, (2, 1), device="cuda")
+    input_pos = torch.tensor([1000, 517], device="cuda")
+    def logits(backend):
+        return model.decode(tokens, Decode(input_pos, (input_pos + 1).to(torch.int32), backend)).float()
+    def rel(a, b):
+        return ((a - b).norm() / b.norm()).item()
+    eager = logits("eager")
+    result = {"flash_vs_eager": rel(logits("flash"), eager), "sdpa_vs_eager": rel(logits("sdpa"), eager)}
+    uncompiled = logits("flash")
+    model.compile_dense()
+    result["compiled_vs_uncompiled"] = rel(logits("flash"), uncompiled)
+    log(f"  logits check (relative L2): {result}")
+    for layer in model.layers:
+        layer.attention.kv_cache = None
+    return result
+
+
+@torch.no_grad()
+def prefix_reuse_ttft(name: str, shared: int, new: int, log) -> dict:
+    """Time to first token through the real Engine: a cold request of shared + new tokens, then a
+    second request sharing the first `shared` tokens (what consecutive completions in one repository do)."""
+    from models.engine import Engine
+    from models.generation import GenerationConfig
+    model = build_random_model(name, device="cuda", dtype=torch.bfloat16, max_len=shared + 2 * new + 64)
+    engine = Engine(model, None, name=name, attention="flash", context_length=shared + 2 * new + 64)
+    vocab = model.config.vocab_size
+    prefix = torch.randint(3, vocab, (shared,)).tolist()
+    config = GenerationConfig(max_new_tokens=4)
+    engine.generate(torch.randint(3, vocab, (256,)).tolist(), config)   # warm-up: graph capture, kernels
+    cold = engine.generate(prefix + torch.randint(3, vocab, (new,)).tolist(), config)
+    warm = engine.generate(prefix + torch.randint(3, vocab, (new,)).tolist(), config)
+    result = {"model": name, "shared_tokens": shared, "new_tokens": new, "cold_ttft_ms": cold.timings.ttft_ms,
+              "reuse_ttft_ms": warm.timings.ttft_ms, "reused_prefix_tokens": warm.reused_prefix_tokens,
+              "ratio": warm.timings.ttft_ms / cold.timings.ttft_ms}
+    log(f"  prefix reuse: cold TTFT {cold.timings.ttft_ms:.1f} ms, with {warm.reused_prefix_tokens} tokens reused "
+        f"{warm.timings.ttft_ms:.1f} ms ({result['ratio']:.3f} of cold)")
+    del engine, model
+    gc.collect()
+    torch.cuda.empty_cache()
+    return result
+
+
 def fits(n_bytes: int, headroom: int = 3 * GiB) -> bool:
     return n_bytes + headroom < torch.cuda.mem_get_info()[0]
 
 
-def bench_ours(name: str, n_layers: int | None, contexts, batches, bandwidth: float, replays: int, log) -> list[dict]:
+def bench_ours(name: str, n_layers: int | None, contexts, batches, bandwidth: float, replays: int, log,
+               checks: dict) -> list[dict]:
     rows = []
     model = build_random_model(name, n_layers=n_layers, device="cuda", dtype=torch.bfloat16, max_len=max(contexts))
-    compiled = hasattr(model, "compile_dense")
-    if compiled:
-        model.compile_dense()
+    checks[name] = check_backends_and_compile(model, log)   # also compiles the dense parts
+    compiled = True
     config = model.config
     weights = weight_bytes_per_step(model)
     for batch in batches:
@@ -258,6 +305,8 @@ def main(argv=None) -> int:
     parser.add_argument("--hf-contexts", default="4096,16384,32768,65536")
     parser.add_argument("--hf-steps", type=int, default=12)
     parser.add_argument("--replays", type=int, default=20)
+    parser.add_argument("--ttft", default="16384,300", help="shared,new tokens for the prefix-reuse TTFT ('' to skip)")
+    parser.add_argument("--tag", default="", help="suffix of the output file names")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -273,22 +322,34 @@ def main(argv=None) -> int:
     batches = [int(b) for b in args.batches.split(",")]
     kinds = [k for k in args.hf.split(",") if k]
     rows: list[dict] = []
+    checks: dict = {}
+    ttft: list[dict] = []
+    stem = f"e2e-{args.tag}" if args.tag else "e2e"
 
     def save():
-        (args.out / "e2e.json").write_text(json.dumps({"env": env, "bandwidth": bandwidth, "rows": rows}, indent=1))
+        (args.out / f"{stem}.json").write_text(json.dumps(
+            {"env": env, "bandwidth": bandwidth, "rows": rows, "checks": checks, "prefix_reuse": ttft}, indent=1))
 
     for name in args.models.split(","):
         name = f"CodeLlama-{name}" if not name.startswith(("CodeLlama", "SmolLM")) else name
         n_layers = args.layers_34b or None if "34B" in name else None
-        rows += bench_ours(name, n_layers, contexts, batches, bandwidth, args.replays, log)
+        rows += bench_ours(name, n_layers, contexts, batches, bandwidth, args.replays, log, checks)
         save()
         if kinds:
             hf_contexts = [c for c in (int(c) for c in args.hf_contexts.split(",")) if c in contexts]
             rows += bench_hf(name, n_layers, hf_contexts, [1], kinds, bandwidth, args.hf_steps, log)
             save()
+    if args.ttft:
+        shared, new = (int(x) for x in args.ttft.split(","))
+        ttft.append(prefix_reuse_ttft(f"CodeLlama-{args.models.split(',')[0]}", shared, new, log))
+        save()
     table = markdown(env, bandwidth, rows)
-    (args.out / "e2e.md").write_text(table)
-    plot(rows, args.out / "e2e.png")
+    for t in ttft:
+        table += (f"\nPrefix reuse ({t['model']}, through the Engine): cold request of {t['shared_tokens'] + t['new_tokens']} "
+                  f"tokens: TTFT {t['cold_ttft_ms']:.1f} ms; a second request sharing {t['reused_prefix_tokens']} "
+                  f"tokens: {t['reuse_ttft_ms']:.1f} ms ({t['ratio']:.3f} of cold).\n")
+    (args.out / f"{stem}.md").write_text(table)
+    plot(rows, args.out / f"{stem}.png")
     print(table)
     return 0
 
