@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import statistics
 from pathlib import Path
@@ -138,10 +139,28 @@ def plot(result, path: str) -> None:
 
 
 def _card(device: str) -> str:
+    """What ran it, for the record: the GPU's name, or the CPU's model and core count."""
     if device.startswith("cuda"):
         import torch
         return torch.cuda.get_device_name(torch.device(device))
-    return f"{platform.processor() or platform.machine()} CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        name = platform.processor() or platform.machine()
+    return f"{name} CPU, {os.cpu_count()} cores"
+
+
+def _load(args, context: int, decode_tokens: int, notes: list[str]):
+    """The engine with room for the longest context, or, where the model's positions end
+    sooner, with the context the model allows."""
+    from models import ContextTooLongError
+
+    try:
+        return engines.load(argparse.Namespace(**{**vars(args), "context_tokens": context}), decode_tokens)
+    except ContextTooLongError as exc:
+        notes.append(str(exc))
+        return engines.load(argparse.Namespace(**{**vars(args), "context_tokens": None}), decode_tokens)
 
 
 def run_bench(args) -> None:
@@ -155,14 +174,14 @@ def run_bench(args) -> None:
     limit = max(wanted) if on_gpu else min(max(wanted), CPU_CONTEXT_LIMIT)
     if args.context_tokens:
         limit = min(limit, args.context_tokens)
-    left_out = [c for c in wanted if c > limit]
-    if left_out:
-        notes.append(f"left out contexts above {limit:,} tokens here: {', '.join(map(str, left_out))}")
 
-    engine = engines.load(argparse.Namespace(**{**vars(args), "context_tokens": limit}), decode_tokens)
+    engine = _load(args, limit, decode_tokens, notes)
+    limit = min(limit, engine.context_length - decode_tokens)
     ids = source_ids(engine.tokenizer, root, index, cap=limit)
     repo_context = len(ids) if index is not None else None
     contexts = sorted({c for c in wanted if c <= limit} | ({repo_context} if repo_context else set()))
+    if left_out := [c for c in wanted if c > limit]:
+        notes.append(f"left out contexts above {limit:,} tokens here: {', '.join(map(str, left_out))}")
     ids = repeated(ids or engine.tokenizer.encode("def main():\n    pass\n"), max(contexts))
 
     # The text goes to stdout, unless the JSON object takes it.

@@ -72,7 +72,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
+    parser = _Parser(prog=PROG, usage="%(prog)s [REPO] [options]", description=DESCRIPTION, epilog=EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("repo", nargs="?", metavar="REPO", help="the repository (a folder)")
     parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
@@ -159,13 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         check(args)
-        return int(_command(args)(args) or ExitCode.OK)
+        _command(args)(args)
+        return ExitCode.OK
     except BrokenPipeError:
         _quiet_stdout()
         return ExitCode.PIPE_CLOSED
-    except Exception as exc:
-        return _report(exc, args.debug)
-    except KeyboardInterrupt as exc:
+    except (Exception, KeyboardInterrupt) as exc:
         return _report(exc, args.debug)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from rich.text import Text
 
@@ -16,9 +17,10 @@ def cursor(text: str, line: int | None, col: int | None) -> tuple[int, int]:
     """The 1-based (line, col) of the cursor, checked against the buffer.
 
     No line means the end of the file, no column the end of the line. The column counts
-    characters and may be one past the last (the cursor at the end of the line).
+    characters and may be one past the last (the cursor at the end of the line). The same
+    rules as prompts' own check, run here before the model loads, so a typo fails at once.
     """
-    lines = text.split("\n")
+    lines = text.replace("\r\n", "\n").split("\n")
     if line is None:
         return len(lines), len(lines[-1]) + 1
     if line > len(lines):
@@ -31,8 +33,11 @@ def cursor(text: str, line: int | None, col: int | None) -> tuple[int, int]:
     return line, col
 
 
-def _read(path) -> str:
-    return path.read_bytes().decode("utf-8", errors="replace")
+def _read(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8", errors="replace")
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
 
 
 def run_complete(args) -> None:

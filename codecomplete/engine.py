@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from .cancel import CancelOnSigint
+from .errors import UsageError
 from .render import status, warn
 
 # On a CPU a prompt prefills at a few hundred tokens/s: a 1k-token default keeps the first
@@ -13,10 +14,20 @@ CPU_PROMPT_BUDGET = 1024
 
 
 def device_for(args) -> str:
-    if args.device:
-        return args.device
+    """The device to run on: --device, checked here so a typo is a usage error, or CUDA if present."""
     import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
+
+    if not args.device:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise UsageError(f"--device {args.device}: not a device (cpu, cuda, cuda:1 ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: no CUDA GPU is available here")
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {args.device}: only cpu and cuda are supported")
+    return args.device
 
 
 def load(args, max_new_tokens: int):

@@ -29,6 +29,7 @@ def check_error(run, code, *words):
     (["--prompt", "x", "{repo}"], ["--prompt takes no repository"]),
     ([], ["give a repository"]),
     (["{repo}", "--temperature", "-1"], ["--temperature"]),
+    (["--prompt", "x", "--device", "tpu:0"], ["--device tpu:0"]),
     (["{repo}"], ["needs a terminal"]),             # the REPL, with stdin not a terminal
 ])
 def test_usage_and_input_errors_exit_2(codecomplete, repo, tmp_path, args, words):
