@@ -13,22 +13,20 @@ import functools
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
 
 BACKENDS = ("flash", "sdpa", "eager")
 
 
-def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int) -> torch.Tensor:
-    """Causal attention of T new queries over a cached prefix of `start` tokens plus themselves.
+def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention of T new queries over a cached prefix plus themselves.
 
-    q (1, Hq, T, D); k, v (1, Hkv, start + T, D). Returns (1, Hq, T, D).
+    q (1, Hq, T, D); k, v (1, Hkv, S, D) with S = prefix + T. Returns (1, Hq, T, D).
+    The causal triangle is aligned bottom-right (query i sees keys 0..S-T+i), which SDPA's
+    flash and efficient kernels support natively, so no (T, S) mask is ever built on the GPU.
     """
-    gqa = q.shape[1] != k.shape[1]
-    if start == 0:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-    # SDPA's is_causal aligns the triangle top-left; with a prefix, query i sees keys 0..start+i.
-    T, S = q.shape[2], k.shape[2]
-    mask = torch.arange(S, device=q.device)[None, :] <= torch.arange(start, start + T, device=q.device)[:, None]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)   # mask (T, S)
+    mask = causal_lower_right(q.shape[2], k.shape[2])
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
 def decode_attention(backend: str, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

@@ -169,7 +169,7 @@ class Attention(nn.Module):
             out = decode_attention(step.backend, q[:, :, 0], k_cache, v_cache, step.cache_seqlens, step.exact)
             return out.reshape(B, 1, Hq * D)                               # (B, 1, Hq*D)
         k_all, v_all = self.kv_cache.write(step.row, step.start, k, v)      # (1, Hkv, start+T, D)
-        return prefill_attention(q, k_all, v_all, step.start).transpose(1, 2).reshape(B, T, Hq * D)
+        return prefill_attention(q, k_all, v_all).transpose(1, 2).reshape(B, T, Hq * D)
 
 
 class FeedForward(nn.Module):
