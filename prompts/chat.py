@@ -48,7 +48,6 @@ def build_chat_prompt(
     limit = budget_tokens - reserve_tokens
     render = _renderer(tokenizer, encoder)
     system = messages[0]["content"] if messages[0]["role"] == "system" else SYSTEM.format(name=index.name)
-    system += "\n"  # the context follows
     conversation = [m for m in messages if m["role"] != "system"]
     while len(render(system, conversation)) > limit:
         if len(conversation) == 1:
@@ -156,5 +155,5 @@ def _render_llama_instruct(tokenizer, encoder: Encoder, system: str, conversatio
     ids: list[int] = []
     for user, answer in zip(turns[:-1:2], turns[1::2]):
         text = f"{B_INST} {user['content'].strip()} {E_INST} {answer['content'].strip()} "
-        ids += bos + encoder.encode_lead(text) + eos
-    return ids + bos + encoder.encode_lead(f"{B_INST} {turns[-1]['content'].strip()} {E_INST}")
+        ids += [*bos, *encoder.encode_lead(text), *eos]
+    return ids + [*bos, *encoder.encode_lead(f"{B_INST} {turns[-1]['content'].strip()} {E_INST}")]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left
+from itertools import accumulate
 from typing import NamedTuple
 
 from .languages import LanguageSpec, language_for, language_name, load_grammar
@@ -65,22 +66,20 @@ def analyze_source(path: str, text: str, max_tokens: int = MAX_CHUNK_TOKENS) -> 
         chunks = [_make_chunk(path, language_name(path), "text", span, lines, [], frozenset()) for span in spans]
         return SourceAnalysis(tuple(c for c in chunks if c.text.strip()), ())
     chunker = _SyntaxChunker(path, lines, spec, max_tokens)
-    return SourceAnalysis(tuple(chunker.chunks()), chunker.imports())
+    return SourceAnalysis(tuple(chunker.chunks()), chunker.imports)
 
 
 def source_imports(path: str, text: str) -> tuple[str, ...]:
     """Just the imports of a file (say, an editor buffer), as ``analyze_source`` would find them."""
     spec = language_for(path)
-    return _SyntaxChunker(path, split_lines(text), spec, MAX_CHUNK_TOKENS).imports() if spec else ()
+    return _SyntaxChunker(path, split_lines(text), spec, MAX_CHUNK_TOKENS).imports if spec else ()
 
 
 class _LineSizes:
     """Approximate token counts of line ranges, in O(1) from prefix sums of line lengths."""
 
     def __init__(self, lines: list[str]):
-        self._ends = [0]
-        for line in lines:
-            self._ends.append(self._ends[-1] + len(line) + 1)
+        self._ends = [0, *accumulate(len(line) + 1 for line in lines)]
 
     def tokens(self, first: int, last: int) -> int:
         """Approximate tokens of rows first..last (0-based, inclusive)."""
@@ -100,13 +99,36 @@ class _SyntaxChunker:
         self.path, self.lines, self.spec, self.max_tokens = path, lines, spec, max_tokens
         self.first_row = first_row  # where these lines start in the file
         self.sizes = _LineSizes(lines)
-        self.grammar = load_grammar(spec)
-        self.root = self.grammar.parser.parse("\n".join(lines).encode("utf-8")).root_node
+        grammar = load_grammar(spec)
+        self.root = grammar.parser.parse("\n".join(lines).encode("utf-8")).root_node
+        self.definition_ids, self.names, self.imports = self._query(grammar)
+
+    def _query(self, grammar) -> tuple[set[int], list[tuple[int, str]], tuple[str, ...]]:
+        """One walk of the tree for both queries: the ids of definition nodes, (row, name) of every defined name
+        in row order, and the imports."""
+        from tree_sitter import QueryCursor
+
+        cursor = QueryCursor(grammar.query)
+        cursor.set_max_start_depth(NAME_DEPTH)  # spares walking whole function bodies
+        definition_ids, names, imports = set(), [], []
+        for pattern, match in cursor.matches(self.root):
+            if pattern >= grammar.first_import_pattern:
+                module = match["module"][0].text.decode("utf-8", "replace")
+                imports.append(module)
+                if "member" in match:
+                    member = match["member"][0].text.decode("utf-8", "replace")
+                    imports.append(module + member if module.endswith(".") else f"{module}.{member}")
+                continue
+            if "definition" in match:
+                definition_ids.add(match["definition"][0].id)
+            name = match["name"][0]
+            names.append((name.start_point.row, name.text.decode("utf-8", "replace")))
+        names.sort(key=lambda row_name: row_name[0])
+        return definition_ids, names, tuple(dict.fromkeys(imports))
 
     def chunks(self, recover: bool = True) -> list[Chunk]:
-        definition_ids, names = self._definitions()
         chunks = []
-        for kind, nodes in self._runs(definition_ids):
+        for kind, nodes in self._runs(self.definition_ids):
             first, last = nodes[0].start_point.row, _last_row(nodes[-1])
             if kind == "error":
                 if recover:
@@ -115,7 +137,7 @@ class _SyntaxChunker:
                 kind = "code"
             for span in self._split(first, last, nodes):
                 chunk = _make_chunk(
-                    self.path, self.spec.name, kind, span, self.lines, names, self.spec.keywords, self.first_row
+                    self.path, self.spec.name, kind, span, self.lines, self.names, self.spec.keywords, self.first_row
                 )
                 if chunk.text.strip():
                     chunks.append(chunk)
@@ -130,35 +152,6 @@ class _SyntaxChunker:
             part = _SyntaxChunker(self.path, self.lines[start:end], self.spec, self.max_tokens, self.first_row + start)
             chunks.extend(part.chunks(recover=False))
         return chunks
-
-    def _definitions(self) -> tuple[set[int], list[tuple[int, str]]]:
-        """Ids of the definition nodes, and (row, name) of every defined name, in order."""
-        from tree_sitter import QueryCursor
-
-        cursor = QueryCursor(self.grammar.definitions)
-        cursor.set_max_start_depth(NAME_DEPTH)  # spares walking whole function bodies
-        definition_ids, names = set(), []
-        for _, match in cursor.matches(self.root):
-            if "definition" in match:
-                definition_ids.add(match["definition"][0].id)
-            name = match["name"][0]
-            names.append((name.start_point.row, name.text.decode("utf-8", "replace")))
-        names.sort(key=lambda row_name: row_name[0])
-        return definition_ids, names
-
-    def imports(self) -> tuple[str, ...]:
-        from tree_sitter import QueryCursor
-
-        cursor = QueryCursor(self.grammar.imports)
-        cursor.set_max_start_depth(NAME_DEPTH)
-        found = []
-        for _, match in cursor.matches(self.root):
-            module = match["module"][0].text.decode("utf-8", "replace")
-            found.append(module)
-            if "member" in match:
-                member = match["member"][0].text.decode("utf-8", "replace")
-                found.append(f"{module}.{member}" if not module.endswith(".") else module + member)
-        return tuple(dict.fromkeys(found))
 
     def _runs(self, definition_ids: set[int]):
         """Group the top-level nodes into (kind, nodes): definitions with their leading comments, code between."""

@@ -2,15 +2,20 @@
 
 The budget is shared like this: the current file's text around the cursor gets up to half (more when the
 repository has less to offer), three quarters of that before the cursor; ranked chunks fill the rest; what they
-leave goes back to the text around the cursor. The file's share grows in steps, and a cut-off prefix starts at a
-line that is a multiple of 32, so that the repository context and the start of the prompt stay the same while
-the user types, and the model's prefix cache keeps working.
+leave goes back to the text around the cursor.
+
+The current file enters the prompt in blocks of 32 lines, counted from the top of the file, plus the two partial
+blocks next to the cursor. While the user types, the blocks further away keep their text and therefore their
+tokens: the tokenizer need not see them again, and the model's cache of the prompt's start stays valid. The
+file's share of the budget grows in steps for the same reason: the repository context does not change with
+every keystroke.
 """
 
 from __future__ import annotations
 
-import re
 from bisect import bisect_left, bisect_right
+from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 
 from .chunking import Chunk, source_imports
@@ -26,10 +31,8 @@ from .tokens import Encoder, encoder_for
 FILE_SHARE = 0.5  # of the budget, for the text around the cursor while the repository has more to offer
 PREFIX_SHARE = 0.75  # of the current file's share, before the cursor
 SHARE_STEPS = 16  # the current file's share changes in steps of 1/16 of the budget
-PREFIX_STEP_LINES = 32  # a cut-off prefix starts at a multiple of this line
-MAX_CHARS_PER_TOKEN = 8  # only this many characters per token of budget are tokenized around the cursor
-
-_NEWLINE = re.compile("\n")
+BLOCK_LINES = 32  # the current file enters the prompt in blocks of this many lines
+ENCODE_AHEAD = 8  # blocks encoded per call to the tokenizer
 
 
 def build_completion_prompt(
@@ -48,35 +51,38 @@ def build_completion_prompt(
     end of the file, no column the end of the line. The ids never exceed ``budget_tokens - reserve_tokens``.
     """
     relative = index.relative_path(path)
+    imports = index.imports(relative) if text is None else None  # the file as indexed, unless it is being edited
     if text is None:
         text = _read(index.root / relative, path)
     text = text.replace("\r\n", "\n")
     rows = text.split("\n")
     row, column = _cursor(rows, line, col)
-    offset = sum(len(r) + 1 for r in rows[:row]) + column
 
     encoder = encoder_for(tokenizer)
     form = completion_format(encoder)
     language = language_name(relative)
     comment = comment_marker(language)
     limit = budget_tokens - reserve_tokens
-    before, after = form.cursor(relative, comment, "", "", True)
+    before, after = form.cursor(relative, comment, [], [], True)
     fixed = len(encode_all(encoder, [form.opening(index.name, comment, True) + before + after])[0])
     space = limit - fixed - int(encoder.leading_space)  # the first text may gain SentencePiece's leading space
     if space < 1:
         raise PromptError(f"a budget of {limit} tokens cannot hold the {form.name} prompt format ({fixed} tokens)")
 
-    window = _Window(encoder, text, offset, form.fim is not None, space)
-    share = window.need if window.need <= space * FILE_SHARE else int(space * FILE_SHARE)
+    window = _Window(encoder, text, rows, row, column, with_suffix=form.fim is not None)
+    half = int(space * FILE_SHARE)
+    need = window.need(up_to=half)
     step = max(1, space // SHARE_STEPS)
-    share = min(space, -(-share // step) * step)
+    share = min(space, -(-need // step) * step) if need <= half else half
     window.fit(share)
 
     spec = language_for(relative)
     query = Query(
         weights=cursor_weights(rows, row, column, spec.keywords if spec else frozenset()),
         path=relative,
-        imported=frozenset(resolve_imports(index.paths, relative, language, source_imports(relative, text))),
+        imported=frozenset(resolve_imports(
+            index.paths, relative, language, source_imports(relative, text) if imports is None else imports
+        )),
         shown=window.lines(),
     )
     layout = Layout(
@@ -87,7 +93,7 @@ def build_completion_prompt(
         code_between=index.code_between,
     )
     selection = select_chunks(encoder, layout, rank(index, query), space - share)
-    window.grow(space - selection.tokens, selection.chunks(relative))
+    window.fit(space - selection.tokens, avoid=selection.chunks(relative))  # what the repository left over
 
     while True:
         assembler = Assembler(encoder)
@@ -95,15 +101,16 @@ def build_completion_prompt(
         context_segments, context = selection.segments()
         assembler.add(context_segments)
         context += _add_cursor(assembler, form, relative, comment, window, bool(selection))
-        if len(assembler.ids) <= limit:
+        excess = len(assembler.ids) - limit
+        if excess <= 0:
             break
-        # The window's cost was estimated a few tokens short (rare): give up the least relevant chunk, or a line.
+        # Only a tokenizer that merges across the pieces of a prompt gets here: give up a chunk, or lines.
         if selection:
             selection.drop_last()
         else:
-            window.shrink()
+            window.fit(window.tokens - excess)
     return PackedPrompt(
-        ids=assembler.ids,
+        ids=list(assembler.ids),
         context=context,
         stop_token_ids=list(form.stop_token_ids),
         stop_strings=form.stop_strings(mid_line=bool(rows[row][column:].strip())),
@@ -145,111 +152,123 @@ def _add_cursor(
     assembler: Assembler, form: CompletionFormat, path: str, comment: str, window: _Window, has_context: bool
 ) -> list[ContextItem]:
     """Add the text around the cursor; report it as up to two items, before and after the cursor."""
-    prefix, suffix = window.prefix(), window.suffix()
-    before, after = form.cursor(path, comment, prefix, suffix, has_context)
+    before, after = form.cursor(
+        path, comment, [p.text for p in reversed(window.prefix)], [p.text for p in window.suffix], has_context
+    )
     first, last = window.lines()
-    cursor_line = window.row_of(window.offset) + 1
-    items = [ContextItem(path, first, cursor_line, assembler.add(before))]
+    items = [ContextItem(path, first, window.row + 1, assembler.add(before))]
     tokens = assembler.add(after)
-    if suffix:
-        items.append(ContextItem(path, cursor_line, last, tokens))
+    if any(p.text for p in window.suffix):
+        items.append(ContextItem(path, window.row + 1, last, tokens))
     return items
 
 
+@dataclass(frozen=True)
+class _Piece:
+    """Rows first..last (0-based) of the current file, or part of them next to the cursor."""
+
+    first: int
+    last: int
+    text: str
+
+
 class _Window:
-    """The current file's text around the cursor, where it can be cut, and roughly what each cut costs.
+    """The current file around the cursor as pieces, nearest first: the partial block up to the cursor, then
+    whole blocks upwards (the prefix); the partial block from the cursor, then whole blocks downwards (the
+    suffix). A window is a run of pieces from the cursor outwards, so it never has holes."""
 
-    Costs come from tokenizing the text once and counting the tokens that start on either side of a cut; the
-    prompt itself then encodes the chosen text exactly. Cuts fall at line boundaries, except when not even the
-    cursor's own line fits.
-    """
+    def __init__(self, encoder: Encoder, text: str, rows: list[str], row: int, column: int, with_suffix: bool):
+        self.encoder, self.text, self.row = encoder, text, row
+        self.starts = [0, *accumulate(len(r) + 1 for r in rows[:-1]), len(text)]  # offset of each row, and the end
+        self.offset = self.starts[row] + column
+        top = row // BLOCK_LINES * BLOCK_LINES
+        self.above = [_Piece(top, row, text[self.starts[top] : self.offset])] + [
+            self._block(first, len(rows)) for first in range(top - BLOCK_LINES, -1, -BLOCK_LINES)
+        ]
+        bottom = min(top + BLOCK_LINES, len(rows))
+        self.below = [_Piece(row, bottom - 1, text[self.offset : self.starts[bottom]])] + [
+            self._block(first, len(rows)) for first in range(bottom, len(rows), BLOCK_LINES)
+        ] if with_suffix else []
+        self._costs: dict[str, int] = {}
+        self._avoid: list[Chunk] = []
+        self.prefix: list[_Piece] = []
+        self.suffix: list[_Piece] = []
+        self.tokens = 0
 
-    def __init__(self, encoder: Encoder, text: str, offset: int, with_suffix: bool, space: int):
-        self.text, self.offset = text, offset
-        reach = space * MAX_CHARS_PER_TOKEN  # beyond this, text could never fit: a huge file costs no more
-        self.low = max(0, offset - reach)
-        self.high = min(len(text), offset + reach) if with_suffix else offset
-        self.before = [self.low + s for s in encoder.token_starts(text[self.low : offset])]
-        self.after = [offset + s for s in encoder.token_starts(text[offset : self.high])] if with_suffix else []
-        self.line_starts = ([0] if self.low == 0 else []) + [m.end() for m in _NEWLINE.finditer(text, self.low, offset)]
-        self.line_ends = [m.end() for m in _NEWLINE.finditer(text, offset, self.high)]
-        if not self.line_ends or self.line_ends[-1] != self.high:
-            self.line_ends.append(self.high)
-        self.start = self.end = offset
-        self.need = len(self.before) + len(self.after)
-
-    def prefix(self) -> str:
-        return self.text[self.start : self.offset]
-
-    def suffix(self) -> str:
-        return self.text[self.offset : self.end]
-
-    def row_of(self, position: int) -> int:
-        return self.text.count("\n", 0, position)
+    def _block(self, first: int, rows: int) -> _Piece:
+        last = min(first + BLOCK_LINES, rows)
+        return _Piece(first, last - 1, self.text[self.starts[first] : self.starts[last]])
 
     def lines(self) -> tuple[int, int]:
-        """First and last line (1-based) of the file shown around the cursor."""
-        last = self.end - 1 if self.end > self.offset and self.text[self.end - 1] == "\n" else self.end
-        return self.row_of(self.start) + 1, self.row_of(max(last, self.offset)) + 1
+        """First and last line (1-based) of the file the window shows."""
+        first = self.prefix[-1].first if self.prefix else self.row
+        last = self.suffix[-1].last if self.suffix else self.row
+        return first + 1, last + 1
 
-    def _prefix_cost(self, start: int) -> int:
-        return len(self.before) - bisect_left(self.before, start)
+    def need(self, up_to: int) -> int:
+        """Tokens of the whole file, or of as much of it as passes ``up_to``."""
+        total = 0
+        for pieces in (self.above, self.below):
+            for number in range(len(pieces)):
+                total += self._cost(pieces, number)
+                if total > up_to:
+                    return total
+        return total
 
-    def _suffix_cost(self, end: int) -> int:
-        return bisect_left(self.after, end)
+    def fit(self, share: int, avoid: list[Chunk] | None = None) -> None:
+        """Choose the window for ``share`` tokens: up to three quarters before the cursor, more if the text after
+        it needs less; never over rows of the chunks to ``avoid`` (in the prompt already; kept for refits)."""
+        if avoid is not None:
+            self._avoid = avoid
+        _, wanted = self._take(self.above, int(share * PREFIX_SHARE))
+        self.suffix, suffix = self._take(self.below, share - wanted)
+        self.prefix, prefix = self._take(self.above, share - suffix)
+        self.tokens = prefix + suffix
 
-    def fit(self, share: int, floor: int = 0, ceiling: int | None = None) -> None:
-        """Choose the window for ``share`` tokens: up to three quarters before the cursor, unless the text after
-        it needs less; never above ``floor`` or below ``ceiling`` (character offsets)."""
-        ceiling = self.high if ceiling is None else min(ceiling, self.high)
-        floor = max(floor, self.low)
-        prefix_need, suffix_need = self._prefix_cost(floor), self._suffix_cost(ceiling)
-        suffix_budget = min(suffix_need, share - min(prefix_need, int(share * PREFIX_SHARE)))
-        self.start = self._prefix_start(share - suffix_budget, floor)
-        self.end = self._suffix_end(share - self._prefix_cost(self.start), ceiling)
+    def _take(self, pieces: list[_Piece], budget: int) -> tuple[list[_Piece], int]:
+        """The nearest pieces that fit together into ``budget``, the first one cut down if need be."""
+        taken, tokens = [], 0
+        for number, piece in enumerate(pieces):
+            if number and any(c.start_line - 1 <= piece.last and c.end_line - 1 >= piece.first for c in self._avoid):
+                break
+            cost = self._cost(pieces, number)
+            if tokens + cost > budget:
+                if number == 0:  # the cursor's own block is too long: keep the part nearest the cursor
+                    piece = self._cut(piece, budget, keep_end=pieces is self.above)
+                    return [piece], self._cost([piece], 0)
+                break
+            taken.append(piece)
+            tokens += cost
+        return taken, tokens
 
-    def _prefix_start(self, budget: int, floor: int) -> int:
-        starts = self.line_starts[bisect_left(self.line_starts, floor) :]
-        # Costs fall as the start moves right: find the first line start that fits.
-        fitting = bisect_left(starts, True, key=lambda start: self._prefix_cost(start) <= budget)
-        if fitting == len(starts):  # not even the cursor's line fits: keep its last tokens
-            keep = min(budget, len(self.before))
-            return self.before[len(self.before) - keep] if keep > 0 else self.offset
-        if fitting == 0:
-            return starts[0]
-        row = self.row_of(starts[fitting])
-        stable_row = -(-row // PREFIX_STEP_LINES) * PREFIX_STEP_LINES
-        skip = stable_row - row  # move down to the next multiple of PREFIX_STEP_LINES, if still before the cursor
-        return starts[fitting + skip] if fitting + skip < len(starts) else starts[fitting]
+    def _cost(self, pieces: list[_Piece], number: int) -> int:
+        if pieces[number].text not in self._costs:
+            batch = [p.text for p in pieces[number : number + ENCODE_AHEAD]]
+            for piece_text, ids in zip(batch, self.encoder.encode_many(batch)):
+                self._costs[piece_text] = len(ids)
+        return self._costs[pieces[number].text]
 
-    def _suffix_end(self, budget: int, ceiling: int) -> int:
-        ends = self.line_ends[: bisect_right(self.line_ends, ceiling)]
-        fitting = bisect_right(ends, False, key=lambda end: self._suffix_cost(end) > budget)
-        if fitting == 0:  # not even the rest of the cursor's line fits: keep its first tokens
-            return self.after[budget] if budget < len(self.after) else self.offset
-        return ends[fitting - 1]
+    def _cut(self, piece: _Piece, budget: int, keep_end: bool) -> _Piece:
+        """The whole lines of ``piece`` nearest the cursor that fit into ``budget``; within the cursor's line, the
+        tokens nearest the cursor."""
+        text, starts, offset, row = self.text, self.starts, self.offset, self.row
 
-    def grow(self, share: int, same_file: list[Chunk]) -> None:
-        """Refit with a larger share, without reaching into chunks of this file already in the context."""
-        floor, ceiling = 0, None
-        line_offsets = None
-        for chunk in same_file:
-            if line_offsets is None:
-                line_offsets = [0] + [m.end() for m in _NEWLINE.finditer(self.text)]
-            if chunk.end_line <= self.row_of(self.start):
-                floor = max(floor, line_offsets[min(chunk.end_line, len(line_offsets) - 1)])
-            else:
-                start = line_offsets[min(chunk.start_line - 1, len(line_offsets) - 1)]
-                ceiling = start if ceiling is None else min(ceiling, start)
-        self.fit(share, floor, ceiling)
+        def fits(first: int, end: int) -> bool:
+            return len(self.encoder.encode(text[first:end])) <= budget
 
-    def shrink(self) -> None:
-        """Give up the first line before the cursor, else the last after it, else a token."""
-        later = bisect_right(self.line_starts, self.start)
-        if self.start < self.offset:
-            self.start = self.line_starts[later] if later < len(self.line_starts) else self.start + 1
-            self.start = min(self.start, self.offset)
-        elif self.end > self.offset:
-            self.end = max(self.offset, self.text.rfind("\n", self.offset, self.end - 1) + 1)
-        else:
-            raise PromptError("the budget is too small for this prompt")
+        if keep_end:  # a prefix piece: drop lines from its start (costs fall as the start moves down)
+            rows = range(piece.first, row + 1)
+            found = bisect_left(rows, True, key=lambda r: fits(starts[r], offset))
+            if found < len(rows):
+                return _Piece(rows[found], row, text[starts[rows[found]] : offset])
+            line = text[starts[row] : offset]
+            token_starts = self.encoder.token_starts(line)
+            keep = max(0, min(budget, len(token_starts)))
+            return _Piece(row, row, line[token_starts[len(token_starts) - keep] if keep else len(line) :])
+        ends = range(row + 1, piece.last + 2)  # a suffix piece: drop lines from its end (costs grow with it)
+        found = bisect_right(ends, False, key=lambda end: not fits(offset, starts[end]))
+        if found:
+            return _Piece(row, ends[found - 1] - 1, text[offset : starts[ends[found - 1]]])
+        line = text[offset : starts[row + 1]]
+        token_starts = self.encoder.token_starts(line)
+        return _Piece(row, row, line[: token_starts[budget]] if 0 <= budget < len(token_starts) else line)

@@ -80,22 +80,17 @@ class CompletionFormat:
         return ["\n" if self.file_sep is not None else f"{comment}\n"]
 
     def cursor(
-        self, path: str, comment: str, prefix: str, suffix: str, has_context: bool
+        self, path: str, comment: str, prefix: list[str], suffix: list[str], has_context: bool
     ) -> tuple[list[Segment], list[Segment]]:
-        """The current file around the cursor, the part that changes with every keystroke: what goes before the
-        cursor (with the prefix text last), and what after it."""
+        """The current file around the cursor, the part that changes with every keystroke, from the pieces of
+        text before and after the cursor (in file order): what goes before the cursor, and what after it."""
         if self.file_sep is not None:
-            if self.fim is None:
-                return [self.file_sep, f"{path}\n" + prefix], []
-            return [self.file_sep, self.fim[0], f"{path}\n" + prefix], [self.fim[1], suffix, self.fim[2]]
-        before: list[Segment] = [f"{comment} Path: {path}\n"] if has_context else []
+            before: list[Segment] = [self.file_sep] + ([self.fim[0]] if self.fim else []) + [f"{path}\n", *prefix]
+        else:
+            before = ([f"{comment} Path: {path}\n"] if has_context else []) + list(prefix)
         if self.fim is None:
-            return before + [prefix], []
-        return before + [prefix], [self.fim[1], suffix, self.fim[2]]
-
-    @property
-    def uses_suffix(self) -> bool:
-        return self.fim is not None
+            return before, []
+        return before, [self.fim[1], *suffix, self.fim[2]]
 
     def stop_strings(self, mid_line: bool) -> list[str]:
         """Left to right, the model cannot know where the code after the cursor begins: stop at the end of the

@@ -334,11 +334,12 @@ def comment_marker(language: str) -> str:
 
 @dataclass(frozen=True)
 class Grammar:
-    """A loaded tree-sitter grammar with its compiled queries. Not thread-safe (the parser holds state)."""
+    """A loaded tree-sitter grammar with its queries compiled into one, so that one walk of a tree runs both: the
+    patterns from ``first_import_pattern`` on are the imports. Not thread-safe (the parser holds state)."""
 
     parser: object  # tree_sitter.Parser
-    definitions: object  # tree_sitter.Query
-    imports: object  # tree_sitter.Query
+    query: object  # tree_sitter.Query
+    first_import_pattern: int
 
 
 @functools.cache
@@ -350,6 +351,6 @@ def load_grammar(spec: LanguageSpec) -> Grammar:
     language = tree_sitter.Language(getattr(importlib.import_module(module_name), function)())
     return Grammar(
         parser=tree_sitter.Parser(language),
-        definitions=tree_sitter.Query(language, spec.definitions),
-        imports=tree_sitter.Query(language, spec.imports),
+        query=tree_sitter.Query(language, spec.definitions + spec.imports),
+        first_import_pattern=tree_sitter.Query(language, spec.definitions).pattern_count,
     )

@@ -1,7 +1,8 @@
 """Filling a token budget with ranked chunks, assembling the ids, and reporting what went in.
 
 Every piece of a prompt is encoded on its own (tokens.py), so the packer knows its exact cost before choosing
-it, and the ids of the finished prompt are the concatenation of what it chose. Chosen chunks are laid out in an
+it, and the ids of the finished prompt are the concatenation of what it chose (the tokenizer remembers the
+pieces, so assembling them costs nothing more). Chosen chunks are laid out in an
 order that changes little between keystrokes, so the model can reuse the cached keys and values of the prompt's
 start: files from the least to the most relevant (the most relevant nearest the cursor), each file's chunks
 in line order, and the text around the cursor last.
@@ -90,8 +91,7 @@ class Selection:
             yield path, sorted(self.chunks(path), key=lambda c: c.start_line)
 
     def segments(self) -> tuple[list[Segment], list[ContextItem]]:
-        """All sections in ``ordered`` order, each file's text joined into one piece so that it is tokenized as
-        the model saw files in training (a few tokens fewer than counted, rarely more), and the items."""
+        """All sections in ``ordered`` order, as the pieces that were counted, and the items."""
         segments: list[Segment] = []
         items = []
         layout = self.layout
@@ -108,17 +108,7 @@ class Selection:
                     cost = self.separator_tokens[path]
                 segments += layout.chunk(chunk)
                 items.append(ContextItem(path, chunk.start_line, chunk.end_line, cost + tokens[chunk]))
-        return _join_texts(segments), items
-
-
-def _join_texts(segments: list[Segment]) -> list[Segment]:
-    joined: list[Segment] = []
-    for segment in segments:
-        if isinstance(segment, str) and joined and isinstance(joined[-1], str):
-            joined[-1] += segment
-        else:
-            joined.append(segment)
-    return joined
+        return segments, items
 
 
 def select_chunks(encoder: Encoder, layout: Layout, ranked: Iterable[tuple[float, Chunk]], budget: int) -> Selection:

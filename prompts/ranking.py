@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import posixpath
 import re
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -85,59 +84,58 @@ def _heaviest(weights: dict[str, float], keywords: frozenset[str]) -> dict[str, 
 
 def rank(index: RepoIndex, query: Query) -> Iterator[tuple[float, Chunk]]:
     """Chunks related to the query, best first, without duplicates (equal text) and without the lines the
-    prompt already shows."""
-    chunks = index.chunks
-    weights = query.weights
-    terms = frozenset(weights)
-    hits = [(n, common) for n, chunk in enumerate(chunks) if (common := chunk.references & terms)]
-    document_frequency = Counter(term for _, common in hits for term in common)
-    total = len(chunks)
-    idf = {t: math.log(1 + (total - n + 0.5) / (n + 0.5)) for t, n in document_frequency.items()}
-    rarest = math.log(1 + (total - 0.5) / 1.5)  # the idf of a name found in one chunk
+    prompt already shows. All chunks are scored at once, as vectors over the index's chunk-by-term matrix."""
+    import numpy as np
 
-    scores: dict[int, float] = {}
-    lexical = {}
-    for number, common in hits:
-        length = K1 * (1 - B + B * len(chunks[number].references) / index.mean_references)
-        lexical[number] = sum(weights[t] * idf[t] for t in common) * (K1 + 1) / (1 + length)
-    best = max(lexical.values(), default=0.0) or 1.0
-    for number, value in lexical.items():
-        scores[number] = LEXICAL_WEIGHT * value / best
-    for term, weight in weights.items():
+    total = len(index.chunks)
+    known = [(index.vocabulary[t], w) for t, w in query.weights.items() if t in index.vocabulary]
+    term_ids = np.array([i for i, _ in known], dtype=np.int64)
+    frequency = index.document_frequency[term_ids]
+    idf = np.log1p((total - frequency + 0.5) / (frequency + 0.5))
+    rarest = math.log1p((total - 0.5) / 1.5)  # the idf of a name found in a single chunk
+
+    # BM25 with presence only (a name counts once per chunk), normalised to the best match.
+    term_weight = np.zeros(len(index.vocabulary))
+    term_weight[term_ids] = np.array([w for _, w in known]) * idf
+    matched = np.bincount(index.term_owner, weights=term_weight[index.term_ids], minlength=total)
+    counts = index.reference_counts
+    length = K1 * (1 - B + B * counts / max(counts.mean(), 1.0)) if total else counts
+    lexical = matched * (K1 + 1) / (1 + length)
+    scores = LEXICAL_WEIGHT * lexical / (lexical.max() if total and lexical.max() > 0 else 1.0)
+
+    rarity = dict(zip(term_ids.tolist(), (0.5 + 0.5 * idf / rarest).tolist()))
+    for term, weight in query.weights.items():
         definers = index.definers.get(term)
         if definers:
-            rarity = 0.5 + 0.5 * idf.get(term, rarest) / rarest
-            bonus = DEFINITION_WEIGHT * weight * rarity / len(definers)
-            for number in definers:
-                scores[number] = scores.get(number, 0.0) + bonus
-    for path, bonus in [(p, IMPORT_WEIGHT) for p in query.imported] + [(p, MENTION_WEIGHT) for p in query.mentioned]:
-        for number in index.chunk_numbers(path):
-            scores[number] = scores.get(number, 0.0) + bonus
+            # (A name can be defined without being referenced anywhere: a method named like a keyword.)
+            scores[definers] += DEFINITION_WEIGHT * weight * rarity.get(index.vocabulary.get(term), 1.0) / len(definers)
+    for paths, bonus in ((query.imported, IMPORT_WEIGHT), (query.mentioned, MENTION_WEIGHT)):
+        for path in paths:
+            numbers = index.chunk_numbers(path)
+            scores[numbers.start : numbers.stop] += bonus
 
     if query.path is not None:
-        here = _folders(query.path)
-        nearness: dict[str, float] = {}
-        for number in scores:
-            path = chunks[number].path
-            if path not in nearness:
-                nearness[path] = PROXIMITY_WEIGHT * _proximity(here, _folders(path))
-            scores[number] += nearness[path]
+        here = _parts(posixpath.dirname(query.path))
+        nearness = np.array([_proximity(here, _parts(folder)) for folder in index.folders])
+        candidates = scores > 0
+        scores[candidates] += PROXIMITY_WEIGHT * nearness[index.folder_of_chunk[candidates]]
         if query.shown is not None:
             first, last = query.shown
             for number in index.chunk_numbers(query.path):
-                if chunks[number].start_line <= last and chunks[number].end_line >= first:
-                    scores.pop(number, None)
+                if index.chunks[number].start_line <= last and index.chunks[number].end_line >= first:
+                    scores[number] = 0.0
 
+    candidates = np.flatnonzero(scores > 0)
+    order = candidates[np.argsort(-scores[candidates], kind="stable")]
     seen: set[str] = set()
-    for number, score in sorted(scores.items(), key=lambda item: (-item[1], item[0])):
-        chunk = chunks[number]
+    for number, score in zip(order.tolist(), scores[order].tolist()):
+        chunk = index.chunks[number]
         if chunk.text not in seen:
             seen.add(chunk.text)
             yield score, chunk
 
 
-def _folders(path: str) -> list[str]:
-    folder = posixpath.dirname(path)
+def _parts(folder: str) -> list[str]:
     return folder.split("/") if folder else []
 
 

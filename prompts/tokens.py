@@ -11,9 +11,12 @@ Special-token strings inside text (a file that contains "<file_sep>") stay text 
 from __future__ import annotations
 
 import weakref
+from array import array
+from collections.abc import Sequence
 
 _SENTINEL = "\n"  # encoded in front of a piece and dropped again: SentencePiece's space lands on it
 _ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+CACHE_PIECES = 8192  # encoded pieces remembered per tokenizer (as 4-byte ids: a few MB)
 
 
 def encoder_for(tokenizer) -> Encoder:
@@ -28,11 +31,15 @@ def encoder_for(tokenizer) -> Encoder:
 
 
 class Encoder:
-    """Encodes prompt pieces with a transformers tokenizer so that their ids can simply be concatenated."""
+    """Encodes prompt pieces with a transformers tokenizer so that their ids can simply be concatenated.
+
+    Pieces recur from one keystroke to the next (chunks, blocks of the current file), so the ids of recent
+    pieces are remembered: only what changed is tokenized again."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        self.vocab: dict[str, int] = tokenizer.get_vocab()
+        self._cache: dict[tuple[str, bool], array] = {}
+        self._token_ids: dict[str, int | None] = {}
         first_token = tokenizer.convert_ids_to_tokens(self._plain(["a"])[0][:1])
         self.leading_space = bool(first_token) and first_token[0].startswith("\u2581")  # SentencePiece's "▁"
         self._sentinel_ids = self._plain([_SENTINEL])[0] if self.leading_space else []
@@ -42,30 +49,46 @@ class Encoder:
         self.start_ids: list[int] = with_specials[: with_specials.index(plain[0])] if plain else []
 
     def token_id(self, token: str) -> int | None:
-        """The id of a token of the vocabulary, or None."""
-        return self.vocab.get(token)
+        """The id of a token of the vocabulary, or None. (Asked token by token: reading the whole vocabulary
+        takes a tenth of a second.)"""
+        if token not in self._token_ids:
+            number = self.tokenizer.convert_tokens_to_ids(token)
+            known = number is not None and self.tokenizer.convert_ids_to_tokens(number) == token
+            self._token_ids[token] = number if known else None
+        return self._token_ids[token]
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str) -> Sequence[int]:
         """Ids of a piece inside a prompt: no implicit leading space."""
         return self.encode_many([text])[0]
 
-    def encode_many(self, texts: list[str]) -> list[list[int]]:
-        """``encode`` for many pieces in one call to the tokenizer (much faster than one at a time)."""
-        if not texts:
-            return []
+    def encode_many(self, texts: list[str], lead: bool = False) -> list[Sequence[int]]:
+        """``encode`` (or ``encode_lead``) for many pieces, the new ones in one call to the tokenizer."""
+        cache = self._cache
+        missing = list(dict.fromkeys(t for t in texts if (t, lead) not in cache))
+        if missing:
+            for text, ids in zip(missing, self._lead(missing) if lead else self._infill(missing)):
+                cache[text, lead] = array("i", ids)
+            while len(cache) > CACHE_PIECES:  # forget the oldest
+                del cache[next(iter(cache))]
+        return [cache[t, lead] for t in texts]
+
+    def encode_lead(self, text: str) -> Sequence[int]:
+        """Ids of the first text of a prompt, the tokenizer's own way (SentencePiece: with its leading space)."""
+        return self.encode_many([text], lead=True)[0]
+
+    def _infill(self, texts: list[str]) -> list[list[int]]:
         if not self.leading_space:
             return self._plain(texts)
         n = len(self._sentinel_ids)
         encoded = self._plain([_SENTINEL + text for text in texts])
         return [ids[n:] if ids[:n] == self._sentinel_ids else self._plain([text])[0] for ids, text in zip(encoded, texts)]
 
-    def encode_lead(self, text: str) -> list[int]:
-        """Ids of the first text of a prompt, the tokenizer's own way (SentencePiece: with its leading space)."""
-        return self._plain([text])[0] if text else []
+    def _lead(self, texts: list[str]) -> list[list[int]]:
+        return [ids if text else [] for ids, text in zip(self._plain(texts), texts)]
 
     def token_starts(self, text: str) -> list[int]:
-        """The character offset where each token of ``text`` starts: an estimate of where tokens fall in a
-        longer text, to choose a window before counting it exactly."""
+        """The character offset where each token of ``text`` starts: where a text too long for the budget can be
+        cut between tokens."""
         offsets = self.tokenizer(
             text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True
         )["offset_mapping"]
