@@ -32,6 +32,7 @@ from models.llama import Decode, build_random_model
 
 BACKENDS = ("flash", "sdpa", "eager")
 GiB = 2**30
+PROFILE_TO: Path | None = None   # --profile: a folder for kernel profiles of one decode step
 
 
 def weight_bytes_per_step(model) -> int:
@@ -109,6 +110,24 @@ def prefix_reuse_ttft(name: str, shared: int, new: int, log) -> dict:
     return result
 
 
+def profile_step(model, batch: int, context: int, backend: str, path: Path) -> None:
+    """Kernel-level profile of graph-replayed decode steps: where the time beyond the roofline goes."""
+    from torch.profiler import ProfilerActivity, profile
+    model.setup_caches(batch, context)
+    fill_cache_randomly(model, context)
+    device = model.output.weight.device
+    tokens = torch.randint(0, model.config.vocab_size, (batch, 1), device=device)
+    input_pos = torch.full((batch,), context - 1, dtype=torch.long, device=device)
+    step = Decode(input_pos, (input_pos + 1).to(torch.int32), backend, kv_len=None, exact=True)
+    graph_replay_us(lambda: model.decode(tokens, step), 3)          # warm-up and compile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        graph_replay_us(lambda: model.decode(tokens, step), 5)
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90)
+    path.write_text(table)
+    for layer in model.layers:
+        layer.attention.kv_cache = None
+
+
 def fits(n_bytes: int, headroom: int = 3 * GiB) -> bool:
     return n_bytes + headroom < torch.cuda.mem_get_info()[0]
 
@@ -119,6 +138,8 @@ def bench_ours(name: str, n_layers: int | None, contexts, batches, bandwidth: fl
     model = build_random_model(name, n_layers=n_layers, device="cuda", dtype=torch.bfloat16, max_len=max(contexts))
     checks[name] = check_backends_and_compile(model, log)   # also compiles the dense parts
     compiled = True
+    if PROFILE_TO is not None:
+        profile_step(model, 1, contexts[0], "flash", PROFILE_TO / f"profile-{name}-S{contexts[0]}.txt")
     config = model.config
     weights = weight_bytes_per_step(model)
     for batch in batches:
@@ -212,6 +233,25 @@ def hf_decode_tok_s(model, cache_kind: str, batch: int, context: int, steps: int
     return batch * (steps - warm) / elapsed
 
 
+@torch.no_grad()
+def hf_generate_tok_s(model, cache_kind: str, batch: int, context: int, steps: int) -> float:
+    """Decode tokens/s of `model.generate` (what most users run): the time of generating `steps`
+    tokens minus that of generating one (prefill and first token), over steps - 1 tokens."""
+    ids = torch.randint(0, model.config.vocab_size, (batch, context), device="cuda")
+    kwargs = dict(do_sample=False, min_new_tokens=steps, pad_token_id=0,
+                  cache_implementation="static" if cache_kind == "static" else "dynamic")
+
+    def timed(n: int) -> float:
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        model.generate(ids, max_new_tokens=n, **(kwargs | {"min_new_tokens": n}))
+        torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    timed(2)  # warm-up
+    return batch * (steps - 1) / (timed(steps) - timed(1))
+
+
 def bench_hf(name: str, n_layers: int | None, contexts, batches, kinds, bandwidth: float, steps: int, log) -> list[dict]:
     rows = []
     model = build_hf_model(name, n_layers, max(contexts) + steps + 1)
@@ -220,14 +260,15 @@ def bench_hf(name: str, n_layers: int | None, contexts, batches, kinds, bandwidt
             row = {"impl": "hf", "model": name, "layers": model.config.num_hidden_layers, "batch": batch,
                    "context": context, "tok_s": {}}
             for kind in kinds:
-                try:
-                    row["tok_s"][kind] = hf_decode_tok_s(model, kind, batch, context, steps)
-                except Exception as error:
-                    row.setdefault("errors", {})[kind] = f"{type(error).__name__}: {str(error)[:200]}"
-                gc.collect()
-                torch.cuda.empty_cache()
+                for label, fn in ((kind, hf_decode_tok_s), (f"generate_{kind}", hf_generate_tok_s)):
+                    try:
+                        row["tok_s"][label] = fn(model, kind, batch, context, steps)
+                    except Exception as error:
+                        row.setdefault("errors", {})[label] = f"{type(error).__name__}: {str(error)[:200]}"
+                    gc.collect()
+                    torch.cuda.empty_cache()
             log(f"  hf {name} B={batch} S={context}: " + "  ".join(
-                f"{k} {row['tok_s'].get(k, float('nan')):7.1f}" for k in kinds) + " tok/s")
+                f"{k} {v:7.1f}" for k, v in row["tok_s"].items()) + f" tok/s {row.get('errors', '')}")
             rows.append(row)
     del model
     gc.collect()
@@ -242,16 +283,18 @@ def markdown(env: dict, bandwidth: float, rows: list[dict]) -> str:
     lines = [f"# End-to-end decode: {env['card']}, {env['date']}", "",
              f"torch {env['torch']}, triton {env['triton']}, bf16, random weights of the real shapes, prefill excluded. "
              f"Copy bandwidth measured in this run: {bandwidth / 1e12:.2f} TB/s. Roofline = (weights + KV read per step) "
-             "/ copy bandwidth. tok/s summed over the batch. HF = transformers' LlamaForCausalLM, eager decode loop.", "",
+             "/ copy bandwidth. tok/s summed over the batch. HF = transformers' LlamaForCausalLM: 'loop' calls the model "
+             "once per token with the cache (the leanest eager use), 'generate' is `model.generate`; "
+             "'flash/HF best' divides by the fastest of the four.", "",
              "| model | layers | B | context | roofline | flash | % roofline | sdpa | eager | flash/sdpa | flash/eager "
-             "| HF static | HF dynamic | flash/HF best |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| HF loop static | HF loop dynamic | HF generate static | HF generate dynamic | flash/HF best |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["impl"] != "ours":
             continue
         if "skipped" in r:
             lines.append(f"| {r['model']} | {r['layers']} | {r['batch']} | {r['context']} | | {r['skipped']} |"
-                         " | | | | | | | |")
+                         " | | | | | | | | | |")
             continue
         t = r["tok_s"]
         nan = float("nan")
@@ -261,7 +304,8 @@ def markdown(env: dict, bandwidth: float, rows: list[dict]) -> str:
         lines.append(
             f"| {r['model']} | {r['layers']} | {r['batch']} | {r['context']} | {r['roofline_tok_s']:.1f} | {flash:.1f} | "
             f"{100 * flash / r['roofline_tok_s']:.0f}% | {sdpa:.1f} | {eager:.1f} | {flash / sdpa:.2f}x | "
-            f"{flash / eager:.2f}x | {h.get('static', nan):.1f} | {h.get('dynamic', nan):.1f} | {flash / best_hf:.1f}x |")
+            f"{flash / eager:.2f}x | {h.get('static', nan):.1f} | {h.get('dynamic', nan):.1f} | "
+            f"{h.get('generate_static', nan):.1f} | {h.get('generate_dynamic', nan):.1f} | {flash / best_hf:.1f}x |")
     return "\n".join(lines) + "\n"
 
 
@@ -306,6 +350,8 @@ def main(argv=None) -> int:
     parser.add_argument("--hf-steps", type=int, default=12)
     parser.add_argument("--replays", type=int, default=20)
     parser.add_argument("--ttft", default="16384,300", help="shared,new tokens for the prefix-reuse TTFT ('' to skip)")
+    parser.add_argument("--profile", action="store_true", help="write a kernel profile of one step")
+    parser.add_argument("--hf-batches", default="1")
     parser.add_argument("--tag", default="", help="suffix of the output file names")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
@@ -318,6 +364,8 @@ def main(argv=None) -> int:
     bandwidth = copy_bandwidth()
     log(f"{env['card']}: copy bandwidth {bandwidth / 1e12:.2f} TB/s")
     args.out.mkdir(parents=True, exist_ok=True)
+    global PROFILE_TO
+    PROFILE_TO = args.out if args.profile else None
     contexts = [int(c) for c in args.contexts.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     kinds = [k for k in args.hf.split(",") if k]
@@ -337,7 +385,8 @@ def main(argv=None) -> int:
         save()
         if kinds:
             hf_contexts = [c for c in (int(c) for c in args.hf_contexts.split(",")) if c in contexts]
-            rows += bench_hf(name, n_layers, hf_contexts, [1], kinds, bandwidth, args.hf_steps, log)
+            hf_batches = [int(b) for b in args.hf_batches.split(",")]
+            rows += bench_hf(name, n_layers, hf_contexts, hf_batches, kinds, bandwidth, args.hf_steps, log)
             save()
     if args.ttft:
         shared, new = (int(x) for x in args.ttft.split(","))
