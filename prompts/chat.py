@@ -71,11 +71,11 @@ def build_chat_prompt(
     room = limit - len(render(system, conversation))
     selection = select_chunks(encoder, layout, candidates, room)
     while True:
-        ids = render(system + _context_text(selection), conversation)
+        segments, context = selection.segments()  # all text: the chat layout has no special tokens
+        ids = render(system + "".join(segments), conversation)
         if len(ids) <= limit:
             break
         selection.drop_last()  # the template joined the pieces into a few more tokens than counted
-    _, context = selection.segments()
     stops = [i for i in map(encoder.token_id, END_OF_TURN) if i is not None]
     if tokenizer.eos_token_id is not None:
         stops.append(tokenizer.eos_token_id)
@@ -117,12 +117,6 @@ def _mentioned_files(index: RepoIndex, question: str) -> set[str]:
 
 def _excerpt(chunk: Chunk) -> str:
     return f"lines {chunk.start_line}-{chunk.end_line}:\n```{chunk.language}\n{chunk.text}\n```\n"
-
-
-def _context_text(selection) -> str:
-    return "".join(
-        f"\n{path}\n" + "".join(_excerpt(chunk) for chunk in chunks) for path, chunks in selection.ordered()
-    )
 
 
 def _renderer(tokenizer, encoder: Encoder) -> Renderer:

@@ -70,19 +70,15 @@ def build_completion_prompt(
         raise PromptError(f"a budget of {limit} tokens cannot hold the {form.name} prompt format ({fixed} tokens)")
 
     window = _Window(encoder, text, rows, row, column, with_suffix=form.fim is not None)
-    half = int(space * FILE_SHARE)
-    need = window.need(up_to=half)
-    step = max(1, space // SHARE_STEPS)
-    share = min(space, -(-need // step) * step) if need <= half else half
+    share = _file_share(window, space)
     window.fit(share)
-
+    if imports is None:
+        imports = source_imports(relative, text)
     spec = language_for(relative)
     query = Query(
         weights=cursor_weights(rows, row, column, spec.keywords if spec else frozenset()),
         path=relative,
-        imported=frozenset(resolve_imports(
-            index.paths, relative, language, source_imports(relative, text) if imports is None else imports
-        )),
+        imported=frozenset(resolve_imports(index.paths, relative, language, imports)),
         shown=window.lines(),
     )
     layout = Layout(
@@ -104,7 +100,8 @@ def build_completion_prompt(
         excess = len(assembler.ids) - limit
         if excess <= 0:
             break
-        # Only a tokenizer that merges across the pieces of a prompt gets here: give up a chunk, or lines.
+        # Every piece was counted exactly; only a tokenizer whose leading space defeats the infill encoding
+        # (tokens.py) gets here. Give up the least relevant chunk, or lines of the file.
         if selection:
             selection.drop_last()
         else:
@@ -116,6 +113,16 @@ def build_completion_prompt(
         stop_strings=form.stop_strings(mid_line=bool(rows[row][column:].strip())),
         format=form.name,
     )
+
+
+def _file_share(window: _Window, space: int) -> int:
+    """The current file's share of ``space``: all it needs up to half, in steps of a sixteenth."""
+    half = int(space * FILE_SHARE)
+    need = window.need(up_to=half)
+    if need > half:
+        return half
+    step = max(1, space // SHARE_STEPS)
+    return min(space, -(-need // step) * step)
 
 
 def _read(full: Path, shown: str) -> str:

