@@ -136,6 +136,10 @@ class Engine:
         self.attention = name
         self._steps.clear()        # captured graphs have the old backend baked in
 
+    def clear_prefix_cache(self) -> None:
+        """Forget which tokens the KV cache holds: the next request prefills its whole prompt."""
+        self._cached_ids = []
+
     def _ensure_rows(self, batch: int) -> None:
         """A KV cache with at least `batch` rows of context_length tokens."""
         if self._cache_rows < batch:

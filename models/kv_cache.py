@@ -26,10 +26,6 @@ class KVCache(nn.Module):
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("rows", torch.arange(batch, device=device), persistent=False)
 
-    @property
-    def capacity(self) -> int:
-        return self.k.shape[2]
-
     def write(self, row: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Prefill: store k, v (1, Hkv, T, D) at positions start..start+T of one sequence.
 

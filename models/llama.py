@@ -233,11 +233,6 @@ class Transformer(nn.Module):
         self.decode_kernels = DenseKernels(compile(attention_inputs), compile(attention_output_and_ffn),
                                            compile(final_logits))
 
-    @property
-    def kv_capacity(self) -> int:
-        cache = self.layers[0].attention.kv_cache
-        return 0 if cache is None else cache.capacity
-
     def setup_caches(self, batch: int, max_len: int, name: str = "model") -> None:
         """Allocate every layer's cache (after freeing the old one), or say how many tokens would fit."""
         if max_len > self.rope.max_len:

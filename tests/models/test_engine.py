@@ -29,7 +29,7 @@ def encode(engine, text):
 def full_run(smollm_engine):
     """A cold greedy run and its streamed deltas, the reference for the tests below."""
     prompt = encode(smollm_engine, CONTEXT + "def diameter(radius):\n    \"\"\"")
-    smollm_engine.generate(encode(smollm_engine, "Hello"), GenerationConfig(max_new_tokens=1))  # unrelated cache
+    smollm_engine.clear_prefix_cache()
     deltas = []
     result = smollm_engine.generate(prompt, GREEDY, on_text=deltas.append)
     assert result.reused_prefix_tokens == 0 and len(result.token_ids) == 16

@@ -1,0 +1,153 @@
+"""`python -m models.cpu_bench`: the embedded model on this machine's CPU, measured (never asserted).
+
+Load time cold (empty conversion cache: GGUF read, dequantized, tokenizer built, all cached) and warm
+(the cached safetensors and tokenizer), prefill and decode tokens/s at two prompt lengths, and a
+completion's latency cold against a second request that shares the prompt's context (prefix reuse).
+Writes bench/results/models-cpu.json and models-cpu.md. Imports are timed apart from loading.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+T0 = time.perf_counter()
+import torch          # noqa: E402  (timed: the import is part of every start)
+import transformers   # noqa: E402
+IMPORT_S = time.perf_counter() - T0
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def code_tokens(tokenizer, n: int) -> list[int]:
+    """Real Python (this package's source) as n prompt tokens: random ids would make the model babble."""
+    text = "".join(p.read_text() for p in sorted(Path(__file__).parent.rglob("*.py")))
+    ids = tokenizer.encode(text)
+    return (ids * (n // len(ids) + 1))[:n]
+
+
+def median(values):
+    return round(statistics.median(values), 3)
+
+
+def measure(args) -> dict:
+    from models import GenerationConfig, load_model
+
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["CODECOMPLETE_CACHE_DIR"] = cache
+        cold = load_model(max_context=args.context)
+        warm = [load_model(max_context=args.context).load_s for _ in range(args.repeats)]
+    engine = cold
+    decode = GenerationConfig(max_new_tokens=args.decode_tokens)
+    one = GenerationConfig(max_new_tokens=1)
+    speed = []
+    for n in args.prompt_tokens:
+        prompt = code_tokens(engine.tokenizer, n)
+        prefill, rate = [], []
+        for _ in range(args.repeats):
+            engine.clear_prefix_cache()
+            prefill.append(engine.generate(prompt, one).timings.prefill_tokens_per_s)
+            engine.clear_prefix_cache()
+            rate.append(engine.generate(prompt, decode).timings.decode_tokens_per_s)
+        speed.append({"prompt_tokens": n, "prefill_tokens_per_s": median(prefill), "decode_tokens_per_s": median(rate)})
+
+    # A completion request, then the next keystroke's: the same repository context, a different tail.
+    context = code_tokens(engine.tokenizer, args.reuse_context)
+    completion = GenerationConfig(max_new_tokens=args.completion_tokens)
+    tails = [engine.tokenizer.encode(f"\n\ndef helper_{i}(value):\n    return") for i in range(2 * args.repeats + 1)]
+    cold_runs, warm_runs = [], []
+    for i in range(args.repeats):
+        engine.clear_prefix_cache()
+        start = time.perf_counter()
+        result = engine.generate(context + tails[2 * i], completion)
+        cold_runs.append((time.perf_counter() - start, result))
+        start = time.perf_counter()
+        result = engine.generate(context + tails[2 * i + 1], completion)
+        warm_runs.append((time.perf_counter() - start, result))
+
+    def summary(runs):
+        return {"total_s": median(t for t, _ in runs), "ttft_ms": median(r.timings.ttft_ms for _, r in runs),
+                "reused_prefix_tokens": runs[0][1].reused_prefix_tokens, "prompt_tokens": runs[0][1].prompt_tokens}
+
+    reuse = {"completion_tokens": args.completion_tokens, "cold": summary(cold_runs), "with_prefix_reuse": summary(warm_runs)}
+    reuse["ttft_ratio"] = round(reuse["cold"]["ttft_ms"] / reuse["with_prefix_reuse"]["ttft_ms"], 2)
+    return {
+        "model": engine.name, "device": engine.device, "dtype": engine.dtype, "attention": engine.attention,
+        "import_s": round(IMPORT_S, 3),
+        "load": {"cold_s": round(cold.load_s, 3), "warm_s": median(warm)},
+        "speed": speed, "prefix_reuse": reuse,
+    }
+
+
+def machine() -> dict:
+    import gguf  # noqa: F401  (present wherever the embedded GGUF is converted)
+    from importlib.metadata import version
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "gguf": version("gguf"), "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def markdown(r: dict) -> str:
+    m, reuse = r["machine"], r["prefix_reuse"]
+    lines = [
+        f"# {r['model']} on the CPU ({m['date']})", "",
+        f"{m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), Python {m['python']}, "
+        f"torch {m['torch']}, transformers {m['transformers']}, gguf {m['gguf']}; {r['dtype']}, "
+        f"attention {r['attention']}. Load average at start {m['load_average_at_start']}, at end "
+        f"{r['load_average_at_end']} (other work on the machine slows every number here).", "",
+        "| load | seconds |", "|---|---|",
+        f"| import torch + transformers | {r['import_s']} |",
+        f"| cold (GGUF read, dequantized, tokenizer built, cached) | {r['load']['cold_s']} |",
+        f"| warm (cached safetensors + tokenizer) | {r['load']['warm_s']} |", "",
+        "| prompt tokens | prefill tokens/s | decode tokens/s |", "|---|---|---|",
+        *(f"| {s['prompt_tokens']} | {s['prefill_tokens_per_s']} | {s['decode_tokens_per_s']} |" for s in r["speed"]), "",
+        f"Completion of {reuse['completion_tokens']} tokens after a {reuse['cold']['prompt_tokens']}-token prompt:", "",
+        "| request | reused tokens | time to first token (ms) | total (s) |", "|---|---|---|---|",
+        *(f"| {name} | {reuse[key]['reused_prefix_tokens']} | {reuse[key]['ttft_ms']} | {reuse[key]['total_s']} |"
+          for name, key in (("cold", "cold"), ("same context, new tail", "with_prefix_reuse"))), "",
+        f"Prefix reuse cuts the time to first token {reuse['ttft_ratio']}x. Medians of {r['repeats']} runs.", "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out-dir", default="bench/results")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--context", type=int, default=4096, help="KV-cache capacity")
+    parser.add_argument("--prompt-tokens", type=int, nargs="+", default=[128, 1024])
+    parser.add_argument("--decode-tokens", type=int, default=64)
+    parser.add_argument("--reuse-context", type=int, default=1500)
+    parser.add_argument("--completion-tokens", type=int, default=16)
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    result = {"machine": machine(), "repeats": args.repeats}
+    result.update(measure(args))
+    result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "models-cpu.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "models-cpu.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
