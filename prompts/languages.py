@@ -18,6 +18,7 @@ and chat code fences use the right syntax.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 from dataclasses import dataclass
@@ -30,11 +31,11 @@ class LanguageSpec:
 
     name: str
     grammar: str  # "module:function" in the grammar package, e.g. "tree_sitter_typescript:language_tsx"
-    comment: str  # line comment marker
-    leading: frozenset[str]  # node types that belong to the definition right below them
     definitions: str
     imports: str
     keywords: frozenset[str]  # words that are never interesting identifiers
+    comment: str = "//"  # line comment marker
+    leading: frozenset[str] = frozenset({"comment"})  # node types that belong to the definition right below them
 
 
 def _words(text: str) -> frozenset[str]:
@@ -45,7 +46,6 @@ PYTHON = LanguageSpec(
     name="python",
     grammar="tree_sitter_python:language",
     comment="#",
-    leading=frozenset({"comment"}),
     definitions="""
         (function_definition name: (identifier) @name) @definition
         (class_definition name: (identifier) @name) @definition
@@ -73,24 +73,26 @@ _JS_KEYWORDS = """
     async await of get set null undefined true false require module exports console
 """
 
+# Variables bound to functions or classes are definitions; other top-level variables are names only.
+_JS_BINDINGS = """
+    (variable_declarator name: (identifier) @name
+      value: [(arrow_function) (function_expression) (class)]) @definition
+    (export_statement (lexical_declaration (variable_declarator name: (identifier) @name
+      value: [(arrow_function) (function_expression) (class)]))) @definition
+    (program [(lexical_declaration (variable_declarator name: (identifier) @name))
+              (variable_declaration (variable_declarator name: (identifier) @name))])
+    (program (export_statement (lexical_declaration (variable_declarator name: (identifier) @name))))
+"""
+
 JAVASCRIPT = LanguageSpec(
     name="javascript",
     grammar="tree_sitter_javascript:language",
-    comment="//",
-    leading=frozenset({"comment"}),
     definitions="""
         [(function_declaration name: (identifier) @name)
          (generator_function_declaration name: (identifier) @name)
          (class_declaration name: (identifier) @name)
          (method_definition name: (property_identifier) @name)] @definition
-        (variable_declarator name: (identifier) @name
-          value: [(arrow_function) (function_expression) (class)]) @definition
-        (export_statement (lexical_declaration (variable_declarator name: (identifier) @name
-          value: [(arrow_function) (function_expression) (class)]))) @definition
-        (program [(lexical_declaration (variable_declarator name: (identifier) @name))
-                  (variable_declaration (variable_declarator name: (identifier) @name))])
-        (program (export_statement (lexical_declaration (variable_declarator name: (identifier) @name))))
-    """,
+    """ + _JS_BINDINGS,
     imports="""
         (import_statement source: (string (string_fragment) @module))
         (export_statement source: (string (string_fragment) @module))
@@ -112,14 +114,7 @@ _TYPESCRIPT_DEFINITIONS = """
      (enum_declaration name: (identifier) @name)
      (internal_module name: (identifier) @name)
      (method_definition name: (property_identifier) @name)] @definition
-    (variable_declarator name: (identifier) @name
-      value: [(arrow_function) (function_expression) (class)]) @definition
-    (export_statement (lexical_declaration (variable_declarator name: (identifier) @name
-      value: [(arrow_function) (function_expression) (class)]))) @definition
-    (program [(lexical_declaration (variable_declarator name: (identifier) @name))
-              (variable_declaration (variable_declarator name: (identifier) @name))])
-    (program (export_statement (lexical_declaration (variable_declarator name: (identifier) @name))))
-"""
+""" + _JS_BINDINGS
 
 _TYPESCRIPT_KEYWORDS = _JS_KEYWORDS + """
     interface type enum implements private protected public readonly abstract declare namespace any number
@@ -129,28 +124,16 @@ _TYPESCRIPT_KEYWORDS = _JS_KEYWORDS + """
 TYPESCRIPT = LanguageSpec(
     name="typescript",
     grammar="tree_sitter_typescript:language_typescript",
-    comment="//",
-    leading=frozenset({"comment"}),
     definitions=_TYPESCRIPT_DEFINITIONS,
     imports=JAVASCRIPT.imports,
     keywords=_words(_TYPESCRIPT_KEYWORDS),
 )
 
-TSX = LanguageSpec(
-    name="tsx",
-    grammar="tree_sitter_typescript:language_tsx",
-    comment="//",
-    leading=frozenset({"comment"}),
-    definitions=_TYPESCRIPT_DEFINITIONS,
-    imports=JAVASCRIPT.imports,
-    keywords=_words(_TYPESCRIPT_KEYWORDS),
-)
+TSX = dataclasses.replace(TYPESCRIPT, name="tsx", grammar="tree_sitter_typescript:language_tsx")
 
 GO = LanguageSpec(
     name="go",
     grammar="tree_sitter_go:language",
-    comment="//",
-    leading=frozenset({"comment"}),
     definitions="""
         (function_declaration name: (identifier) @name) @definition
         (method_declaration name: (field_identifier) @name) @definition
@@ -172,7 +155,6 @@ GO = LanguageSpec(
 RUST = LanguageSpec(
     name="rust",
     grammar="tree_sitter_rust:language",
-    comment="//",
     leading=frozenset({"line_comment", "block_comment", "attribute_item"}),
     definitions="""
         [(function_item name: (identifier) @name)
@@ -226,8 +208,6 @@ _C_KEYWORDS = """
 C = LanguageSpec(
     name="c",
     grammar="tree_sitter_c:language",
-    comment="//",
-    leading=frozenset({"comment"}),
     definitions=_C_DEFINITIONS,
     imports="""
         (preproc_include path: [(string_literal (string_content) @module) (system_lib_string) @module])
@@ -238,8 +218,6 @@ C = LanguageSpec(
 CPP = LanguageSpec(
     name="cpp",
     grammar="tree_sitter_cpp:language",
-    comment="//",
-    leading=frozenset({"comment"}),
     definitions=_C_DEFINITIONS + """
         (function_definition declarator: (function_declarator declarator: [
           (field_identifier) @name
@@ -263,7 +241,6 @@ CPP = LanguageSpec(
 JAVA = LanguageSpec(
     name="java",
     grammar="tree_sitter_java:language",
-    comment="//",
     leading=frozenset({"line_comment", "block_comment"}),
     definitions="""
         [(class_declaration name: (identifier) @name)

@@ -1,5 +1,6 @@
 """Fixtures for the prompts tests: repositories in tmp_path, a private index cache, and tokenizers built offline."""
 
+import builtins
 import importlib.util
 import string
 import subprocess
@@ -35,6 +36,23 @@ def make_repo(tmp_path):
         return root
 
     return make
+
+
+@pytest.fixture
+def refuse_open(monkeypatch):
+    """refuse_open("name.py") makes open() fail for that file as for an unreadable one. (Tests run as root, for
+    whom chmod 000 changes nothing.)"""
+    real_open = builtins.open
+
+    def refuse(suffix: str) -> None:
+        def refusing_open(file, *args, **kwargs):
+            if str(file).endswith(suffix):
+                raise PermissionError(13, "Permission denied", str(file))
+            return real_open(file, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", refusing_open)
+
+    return refuse
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,5 @@
 """The index: chunks of every file, the on-disk cache, progress, warnings and errors."""
 
-import builtins
 import os
 import pickle
 
@@ -90,16 +89,9 @@ def test_a_corrupt_cache_is_rebuilt(make_repo, cache_dir, count_parses):
         assert pickle.loads(cache_file.read_bytes())["root"] == str(root.resolve())
 
 
-def test_an_unreadable_file_warns_and_the_rest_is_indexed(make_repo, monkeypatch):
+def test_an_unreadable_file_warns_and_the_rest_is_indexed(make_repo, refuse_open):
     root = make_repo(FILES)
-    real_open = builtins.open
-
-    def refusing_open(file, *args, **kwargs):
-        if str(file).endswith("main.py"):
-            raise PermissionError(13, "Permission denied", str(file))
-        return real_open(file, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "open", refusing_open)
+    refuse_open("main.py")
     with pytest.warns(ScanWarning, match="skipped pkg/main.py: Permission denied"):
         index = index_repository(root)
     assert index.files == ["README.md", "pkg/__init__.py", "pkg/util.py"]

@@ -1,6 +1,5 @@
 """Scanning: which files are indexed, and that odd files never stop the scan."""
 
-import builtins
 import os
 import subprocess
 
@@ -90,16 +89,8 @@ def test_links_loops_and_special_files_warn_and_do_not_stop_the_scan(make_repo, 
     ]
 
 
-def test_an_unreadable_file_raises_oserror_for_the_index_to_report(make_repo, monkeypatch):
-    # Tests run as root, for whom chmod 000 changes nothing: make open() refuse instead.
+def test_an_unreadable_file_raises_oserror_for_the_index_to_report(make_repo, refuse_open):
     root = make_repo({"locked.py": "x = 1\n"})
-    real_open = builtins.open
-
-    def refusing_open(file, *args, **kwargs):
-        if str(file).endswith("locked.py"):
-            raise PermissionError(13, "Permission denied", str(file))
-        return real_open(file, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "open", refusing_open)
+    refuse_open("locked.py")
     with pytest.raises(PermissionError):
         read_source(root, "locked.py")
