@@ -79,11 +79,11 @@ class _LineSizes:
     """Approximate token counts of line ranges, in O(1) from prefix sums of line lengths."""
 
     def __init__(self, lines: list[str]):
-        self._ends = [0, *accumulate(len(line) + 1 for line in lines)]
+        self._ends = [0, *accumulate(map(len, lines))]  # characters before each row, newlines not counted
 
     def tokens(self, first: int, last: int) -> int:
-        """Approximate tokens of rows first..last (0-based, inclusive)."""
-        return (self._ends[last + 1] - self._ends[first]) // CHARS_PER_TOKEN
+        """Approximate tokens of rows first..last (0-based, inclusive), newlines included."""
+        return (self._ends[last + 1] - self._ends[first] + last + 1 - first) // CHARS_PER_TOKEN
 
 
 def _last_row(node) -> int:

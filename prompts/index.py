@@ -171,19 +171,17 @@ def _index(root_path: Path, cache_dir, progress: Progress | None, max_file_bytes
             entries[source.path] = entry
         else:
             stale.append(source)
+    vocabulary = saved["vocabulary"]
+    term_ids = {path: saved["term_ids"][path] for path, entry in entries.items() if entry.indexed}
     names: dict[str, str] = {}
     for source, result in _parse_all(root_path, stale, max_file_bytes, progress, workers):
+        # While the workers parse on, this process shares and numbers the names of what they sent back.
         if isinstance(result, FileEntry):
-            entries[source.path] = _share_names(result, names)
+            entry = entries[source.path] = _share_names(result, names)
+            if entry.indexed:
+                term_ids[source.path] = _number_terms(entry.chunks, vocabulary)
         else:
             warnings.warn(f"skipped {source.path}: {result}", ScanWarning, stacklevel=2)
-    vocabulary = saved["vocabulary"]
-    reused = {source.path for source in sources} - {source.path for source in stale}
-    term_ids = {
-        path: saved["term_ids"][path] if path in reused else _number_terms(entry.chunks, vocabulary)
-        for path, entry in entries.items()
-        if entry.indexed
-    }
     if stale or len(entries) != len(cached):
         _save_cache(cache_file, {"root": str(root_path), "files": entries, "vocabulary": vocabulary, "term_ids": term_ids})
     index = RepoIndex(root_path, entries, vocabulary, term_ids)

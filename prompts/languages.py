@@ -21,8 +21,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import posixpath
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 
 
 @dataclass(frozen=True)
@@ -290,13 +290,17 @@ DEFAULT_PLAIN = ("text", "#")
 
 def language_for(path: str) -> LanguageSpec | None:
     """The tree-sitter language of a file, by its extension; None for other text."""
-    return TREE_SITTER_LANGUAGES.get(PurePosixPath(path).suffix.lower())
+    return TREE_SITTER_LANGUAGES.get(_extension(path))
 
 
 def language_name(path: str) -> str:
     """The name chunks of this file carry: a tree-sitter language or a plain-text kind."""
     spec = language_for(path)
-    return spec.name if spec else PLAIN_TEXT.get(PurePosixPath(path).suffix.lower(), DEFAULT_PLAIN)[0]
+    return spec.name if spec else PLAIN_TEXT.get(_extension(path), DEFAULT_PLAIN)[0]
+
+
+def _extension(path: str) -> str:
+    return posixpath.splitext(path)[1].lower()
 
 
 _COMMENTS = {spec.name: spec.comment for spec in TREE_SITTER_LANGUAGES.values()} | {

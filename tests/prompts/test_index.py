@@ -66,8 +66,18 @@ def test_warm_run_reparses_only_changed_files_and_never_writes_into_the_reposito
     assert count_parses == ["pkg/util.py"]
     assert after.files == ["pkg/__init__.py", "pkg/main.py", "pkg/util.py"]
     assert [c.defines for c in after.chunks if c.path == "pkg/util.py"] == [("helper",), ("extra",)]
+    _assert_terms_match_references(after)  # the cached numbering was extended, not mixed up
     changed = {"README.md", "pkg/util.py"}
     assert [e for e in _snapshot(root) if e[0] not in changed] == [e for e in before if e[0] not in changed]
+
+
+def _assert_terms_match_references(index):
+    names = {number: name for name, number in index.vocabulary.items()}
+    start = 0
+    for chunk, count in zip(index.chunks, index.reference_counts):
+        assert {names[number] for number in index.term_ids[start : start + count]} == chunk.references
+        start += count
+    assert start == len(index.term_ids)
 
 
 def test_a_cache_inside_the_repository_is_refused(make_repo):
