@@ -35,7 +35,7 @@ class Chunk(NamedTuple):
     end_line: int  # 1-based, inclusive
     language: str  # "python", ..., or a plain-text kind such as "markdown"
     kind: str  # "header" | "definition" | "code" | "text"
-    defines: tuple[str, ...]  # names defined in the chunk, outermost first
+    defines: tuple[str, ...]  # names defined in the chunk, in order of appearance
     references: frozenset[str]  # identifiers it mentions (its own definitions included), minus keywords
     text: str  # the lines, joined by "\n", without a final newline
     approx_tokens: int  # len(text) / CHARS_PER_TOKEN; the packer counts exactly with the model's tokenizer
@@ -123,7 +123,7 @@ class _SyntaxChunker:
                 definition_ids.add(match["definition"][0].id)
             name = match["name"][0]
             names.append((name.start_point.row, name.text.decode("utf-8", "replace")))
-        names.sort(key=lambda row_name: row_name[0])
+        names.sort(key=_row)
         return definition_ids, names, tuple(dict.fromkeys(imports))
 
     def chunks(self, recover: bool = True) -> list[Chunk]:
@@ -255,16 +255,21 @@ def _windows(first: int, last: int, sizes: _LineSizes, limit: int) -> list[tuple
     return spans
 
 
+def _row(row_and_name: tuple[int, str]) -> int:
+    return row_and_name[0]
+
+
 def _make_chunk(path, language, kind, span, lines, names, keywords, first_row=0) -> Chunk:
-    """The chunk of rows ``span`` of ``lines``, which start at row ``first_row`` of the file."""
+    """The chunk of rows ``span`` of ``lines`` (which start at row ``first_row`` of the file), naming what
+    ``names`` (row, name) in row order say is defined on its rows."""
     first, last = span
     while first < last and not lines[first].strip():  # no blank lines at the edges
         first += 1
     while last > first and not lines[last].strip():
         last -= 1
     text = "\n".join(lines[first : last + 1])
-    lo = bisect_left(names, (first, ""))
-    hi = bisect_left(names, (last + 1, ""))
+    lo = bisect_left(names, first, key=_row)
+    hi = bisect_left(names, last + 1, key=_row)
     defines = tuple(dict.fromkeys(name for _, name in names[lo:hi]))
     references = frozenset(IDENTIFIER.findall(text)).difference(keywords)
     return Chunk(
