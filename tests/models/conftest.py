@@ -180,6 +180,14 @@ def write_tiny_gguf(path: Path, *, architecture="llama", matrix_type="Q8_0", see
     return model
 
 
+def load_error(spec, error_type, match, **kwargs) -> str:
+    """load_model(spec) on the CPU must raise error_type with a message matching `match`; returns the message."""
+    from models import load_model
+    with pytest.raises(error_type, match=match) as error:
+        load_model(spec, device="cpu", **kwargs)
+    return str(error.value)
+
+
 @pytest.fixture(scope="session")
 def smollm_engine():
     """The embedded SmolLM2-135M-Instruct (Q4_1 GGUF), converted into the session's cache dir."""

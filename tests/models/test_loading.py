@@ -6,6 +6,7 @@ import shutil
 import pytest
 import torch
 
+from conftest import load_error
 from models import (ContextTooLongError, GenerationConfig, ModelError, ModelNotFoundError, OutOfMemoryError,
                     UnsupportedModelError, load_model)
 
@@ -52,28 +53,22 @@ def test_hub_id_loads_from_the_huggingface_cache_offline(tmp_path, tiny_checkpoi
 def test_uncached_hub_id_offline_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-hub"))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
-    with pytest.raises(ModelNotFoundError, match="not in the Hugging Face cache .* offline") as error:
-        load_model("codellama/CodeLlama-7b-hf", device="cpu")
-    assert "hf download codellama/CodeLlama-7b-hf" in str(error.value)
+    message = load_error("codellama/CodeLlama-7b-hf", ModelNotFoundError, "not in the Hugging Face cache .* offline")
+    assert "hf download codellama/CodeLlama-7b-hf" in message
 
 
 def test_missing_path(tmp_path):
-    with pytest.raises(ModelNotFoundError, match="no such file or directory") as error:
-        load_model(tmp_path / "nowhere" / "model.gguf", device="cpu")
-    assert "nowhere" in str(error.value)
+    assert "nowhere" in load_error(tmp_path / "nowhere" / "model.gguf", ModelNotFoundError, "no such file or directory")
 
 
 def test_directory_without_config_json(tmp_path):
-    with pytest.raises(ModelNotFoundError, match="no config.json") as error:
-        load_model(tmp_path, device="cpu")
-    assert str(tmp_path) in str(error.value)
+    assert str(tmp_path) in load_error(tmp_path, ModelNotFoundError, "no config.json")
 
 
 def test_a_file_that_is_neither_gguf_nor_a_directory(tmp_path):
     path = tmp_path / "weights.pt"
     path.write_bytes(b"x")
-    with pytest.raises(UnsupportedModelError, match="not a .gguf file"):
-        load_model(path, device="cpu")
+    load_error(path, UnsupportedModelError, "not a .gguf file")
 
 
 def copy_checkpoint(source, target, **config_changes):
@@ -86,37 +81,31 @@ def copy_checkpoint(source, target, **config_changes):
 def test_unsupported_architecture_names_the_config(tmp_path, tiny_checkpoint):
     target = copy_checkpoint(tiny_checkpoint[0], tmp_path / "gpt2", architectures=["GPT2LMHeadModel"],
                              model_type="gpt2")
-    with pytest.raises(UnsupportedModelError, match="'GPT2LMHeadModel' is not supported") as error:
-        load_model(target, device="cpu")
-    assert str(target / "config.json") in str(error.value)
+    assert str(target / "config.json") in load_error(target, UnsupportedModelError, "'GPT2LMHeadModel' is not supported")
 
 
 def test_weights_that_do_not_match_the_config(tmp_path, tiny_checkpoint):
     target = copy_checkpoint(tiny_checkpoint[0], tmp_path / "wide", intermediate_size=256)
-    with pytest.raises(UnsupportedModelError, match=r"mlp\.\w+_proj\.weight has shape"):
-        load_model(target, device="cpu", max_context=32)
+    load_error(target, UnsupportedModelError, r"mlp\.\w+_proj\.weight has shape", max_context=32)
 
 
 def test_missing_shard_and_missing_weights(tmp_path, tiny_checkpoint):
     target = copy_checkpoint(tiny_checkpoint[0], tmp_path / "noweights")
     (target / "model.safetensors").unlink()
-    with pytest.raises(ModelNotFoundError, match="no weights"):
-        load_model(target, device="cpu")
+    load_error(target, ModelNotFoundError, "no weights")
     (target / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors"}}))
-    with pytest.raises(ModelNotFoundError, match="model-00001-of-00002.safetensors: listed in .* but missing"):
-        load_model(target, device="cpu")
+    load_error(target, ModelNotFoundError, "model-00001-of-00002.safetensors: listed in .* but missing")
 
 
 def test_corrupt_safetensors(tmp_path, tiny_checkpoint):
     target = copy_checkpoint(tiny_checkpoint[0], tmp_path / "corrupt")
     (target / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
-    with pytest.raises(ModelError, match="model.safetensors: unreadable safetensors"):
-        load_model(target, device="cpu", max_context=32)
+    load_error(target, ModelError, "model.safetensors: unreadable safetensors", max_context=32)
 
 
 def test_context_larger_than_the_model_limit(tiny_checkpoint):
-    with pytest.raises(ContextTooLongError, match="a context of 65 tokens exceeds the model's limit of 64"):
-        load_model(tiny_checkpoint[0], device="cpu", max_context=65)
+    load_error(tiny_checkpoint[0], ContextTooLongError, "a context of 65 tokens exceeds the model's limit of 64",
+               max_context=65)
 
 
 def test_prompt_longer_than_the_context(tiny_checkpoint):
@@ -135,5 +124,4 @@ def test_a_prompt_filling_the_cache_still_gets_its_one_token(tiny_checkpoint):
 def test_kv_cache_that_does_not_fit_says_how_many_tokens_would(tiny_checkpoint, monkeypatch):
     # Tiny model: 2 layers x 2 KV heads x 16 dims x 2 (K, V) x 4 bytes = 512 bytes per token.
     monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + 512 * 40)
-    with pytest.raises(OutOfMemoryError, match="cache of 64 tokens .* about 40 tokens would fit"):
-        load_model(tiny_checkpoint[0], device="cpu", max_context=64)
+    load_error(tiny_checkpoint[0], OutOfMemoryError, "cache of 64 tokens .* about 40 tokens would fit", max_context=64)
