@@ -55,8 +55,6 @@ class RepoIndex:
     """
 
     def __init__(self, root: Path, entries: dict[str, FileEntry], vocabulary: dict[str, int], term_ids: dict):
-        import numpy as np
-
         self.root = root
         self.files = sorted(path for path, entry in entries.items() if entry.indexed)
         self.chunks: list[Chunk] = []
@@ -65,7 +63,19 @@ class RepoIndex:
             start = len(self.chunks)
             self.chunks.extend(entries[path].chunks)
             self._file_chunks[path] = range(start, len(self.chunks))
-        # The references of all chunks as one sparse chunk-by-term matrix, in coordinates.
+        self._imports = {path: entries[path].imports for path in self.files}
+        self.paths = PathTable(self.files)
+        self.definers: dict[str, list[int]] = {}  # name -> positions in ``chunks`` of the chunks defining it
+        for number, chunk in enumerate(self.chunks):
+            for name in chunk.defines:
+                self.definers.setdefault(name, []).append(number)
+        self._arrange_terms(vocabulary, term_ids)
+
+    def _arrange_terms(self, vocabulary: dict[str, int], term_ids: dict) -> None:
+        """The references of all chunks as one sparse chunk-by-term matrix, in coordinates, and the folder of
+        every chunk: what ranking needs as arrays."""
+        import numpy as np
+
         self.vocabulary = vocabulary  # name -> term id
         self.term_ids = np.concatenate([term_ids[path] for path in self.files] or [np.zeros(0, np.int32)])
         self.reference_counts = np.fromiter((len(c.references) for c in self.chunks), np.int64, len(self.chunks))
@@ -75,12 +85,6 @@ class RepoIndex:
         folder_number = {folder: number for number, folder in enumerate(self.folders)}
         folder_of_file = [folder_number[posixpath.dirname(path)] for path in self.files]
         self.folder_of_chunk = np.repeat(folder_of_file, [len(self._file_chunks[p]) for p in self.files])
-        self._imports = {path: entries[path].imports for path in self.files}
-        self.paths = PathTable(self.files)
-        self.definers: dict[str, list[int]] = {}  # name -> positions in ``chunks`` of the chunks defining it
-        for number, chunk in enumerate(self.chunks):
-            for name in chunk.defines:
-                self.definers.setdefault(name, []).append(number)
 
     @property
     def name(self) -> str:
@@ -98,7 +102,7 @@ class RepoIndex:
         full = Path(os.path.normpath(self.root / Path(path).expanduser()))
         try:
             full = full.parent.resolve() / full.name  # resolve links in the folders, keep the file's own name
-        except OSError:
+        except (OSError, RuntimeError):  # a link loop: judged by the path as written
             pass
         if not full.is_relative_to(self.root) or full == self.root:
             raise PromptError(f"{path} is outside the repository {self.root}")

@@ -87,33 +87,16 @@ def rank(index: RepoIndex, query: Query) -> Iterator[tuple[float, Chunk]]:
     prompt already shows. All chunks are scored at once, as vectors over the index's chunk-by-term matrix."""
     import numpy as np
 
-    total = len(index.chunks)
-    known = [(index.vocabulary[t], w) for t, w in query.weights.items() if t in index.vocabulary]
-    term_ids = np.array([i for i, _ in known], dtype=np.int64)
-    frequency = index.document_frequency[term_ids]
-    idf = np.log1p((total - frequency + 0.5) / (frequency + 0.5))
-    rarest = math.log1p((total - 0.5) / 1.5)  # the idf of a name found in a single chunk
-
-    # BM25 with presence only (a name counts once per chunk), normalised to the best match.
-    term_weight = np.zeros(len(index.vocabulary))
-    term_weight[term_ids] = np.array([w for _, w in known]) * idf
-    matched = np.bincount(index.term_owner, weights=term_weight[index.term_ids], minlength=total)
-    counts = index.reference_counts
-    length = K1 * (1 - B + B * counts / max(counts.mean(), 1.0)) if total else counts
-    lexical = matched * (K1 + 1) / (1 + length)
-    scores = LEXICAL_WEIGHT * lexical / (lexical.max() if total and lexical.max() > 0 else 1.0)
-
-    rarity = dict(zip(term_ids.tolist(), (0.5 + 0.5 * idf / rarest).tolist()))
+    scores, rarity = _lexical_scores(index, query.weights)
     for term, weight in query.weights.items():
         definers = index.definers.get(term)
         if definers:
-            # (A name can be defined without being referenced anywhere: a method named like a keyword.)
-            scores[definers] += DEFINITION_WEIGHT * weight * rarity.get(index.vocabulary.get(term), 1.0) / len(definers)
+            # (a name defined but referenced nowhere, say a method named like a keyword, counts as rare)
+            scores[definers] += DEFINITION_WEIGHT * weight * rarity.get(term, 1.0) / len(definers)
     for paths, bonus in ((query.imported, IMPORT_WEIGHT), (query.mentioned, MENTION_WEIGHT)):
         for path in paths:
             numbers = index.chunk_numbers(path)
             scores[numbers.start : numbers.stop] += bonus
-
     if query.path is not None:
         here = _parts(posixpath.dirname(query.path))
         nearness = np.array([_proximity(here, _parts(folder)) for folder in index.folders])
@@ -133,6 +116,28 @@ def rank(index: RepoIndex, query: Query) -> Iterator[tuple[float, Chunk]]:
         if chunk.text not in seen:
             seen.add(chunk.text)
             yield score, chunk
+
+
+def _lexical_scores(index: RepoIndex, weights: dict[str, float]):
+    """BM25 of every chunk, counting a name once per chunk, normalised to the best match; and each known query
+    term's rarity, from 1 (found in one chunk) down to 0.5 (found in all)."""
+    import numpy as np
+
+    total = len(index.chunks)
+    known = [(term, index.vocabulary[term], weight) for term, weight in weights.items() if term in index.vocabulary]
+    term_ids = np.array([number for _, number, _ in known], dtype=np.int64)
+    frequency = index.document_frequency[term_ids]
+    idf = np.log1p((total - frequency + 0.5) / (frequency + 0.5))
+    rarest = math.log1p((total - 0.5) / 1.5)  # the idf of a name found in a single chunk
+
+    term_weight = np.zeros(len(index.vocabulary))
+    term_weight[term_ids] = np.array([weight for _, _, weight in known]) * idf
+    matched = np.bincount(index.term_owner, weights=term_weight[index.term_ids], minlength=total)
+    counts = index.reference_counts
+    lexical = matched * (K1 + 1) / (1 + K1 * (1 - B + B * counts / max(counts.mean(), 1.0)))
+    best = lexical.max()
+    rarity = dict(zip([term for term, _, _ in known], (0.5 + 0.5 * idf / rarest).tolist()))
+    return LEXICAL_WEIGHT * lexical / (best if best > 0 else 1.0), rarity
 
 
 def _parts(folder: str) -> list[str]:
