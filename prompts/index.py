@@ -14,14 +14,12 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
-import multiprocessing
 import os
 import pickle
 import posixpath
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import NamedTuple
 
@@ -308,6 +306,9 @@ def _parse_in_workers(
             batch_bytes = 0
         batches[-1].append(source)
         batch_bytes += source.size
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
     # "spawn": forking a process that may run threads (tokenizers, torch) is unsafe.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(workers, len(batches)), mp_context=context) as pool:

@@ -15,9 +15,10 @@ import stat
 import subprocess
 import warnings
 from pathlib import Path, PurePosixPath
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import pathspec
+if TYPE_CHECKING:
+    import pathspec
 
 MAX_FILE_BYTES = 512 * 1024  # larger files are almost always generated or data
 IGNORE_FILE = ".codecompleteignore"
@@ -175,6 +176,8 @@ class IgnoreRules:
         return False
 
     def _specs_of(self, directory: str) -> list[pathspec.GitIgnoreSpec]:
+        import pathspec  # noqa: F811 (on first use: keeps `import prompts` quick)
+
         if directory not in self._specs:
             folder = self.root / directory
             names = ([".git/info/exclude"] if self.git_exclude and not directory else []) + list(self.filenames)
