@@ -1,6 +1,8 @@
 """Prompt formats: CodeLlama infill ids exactly as the reference, StarCoder FIM and left-to-right layouts with
 repository sections, chat through a template or CodeLlama-Instruct's format."""
 
+import copy
+
 import pytest
 
 from prompts import PromptError, build_chat_prompt, build_completion_prompt, index_repository
@@ -117,3 +119,17 @@ def test_chat_without_a_template_uses_codellama_instruct(make_repo, codellama_to
     assert first.endswith("\n<</SYS>>\n\nHi [/INST] Hello ")
     assert decode(packed.ids[first_turn_end + 2 :]) == "[INST] What does helper do? [/INST]"
     assert "def helper(x):" in first and EOS in packed.stop_token_ids
+
+
+def test_chat_templates_without_a_system_role_get_the_context_in_the_first_message(make_repo, starcoder_tokenizer):
+    tokenizer = copy.deepcopy(starcoder_tokenizer)
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
+        "<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}<assistant>"
+    )
+    index = index_repository(make_repo({"util.py": UTIL}))
+    packed = build_chat_prompt(index, tokenizer, [{"role": "user", "content": "What does helper do?"}])
+    text = tokenizer.decode(packed.ids)
+    assert text.startswith("<user>You are a coding assistant working in the repository repo.")
+    assert "def helper(x):" in text
+    assert text.endswith("What does helper do?</user><assistant>")
