@@ -171,14 +171,13 @@ class Engine:
     def _generate(self, prompts, config, on_text, should_stop, reuse) -> list[GenerationResult]:
         t_call = perf_counter()
         self._check_prompts(prompts)
-        B = len(prompts)
-        self._ensure_rows(B)
-        cached, self._cached_ids = self._cached_ids, []   # unknown until this request ends cleanly
-        cap = self.context_length
+        B, cap = len(prompts), self.context_length
         rows = [_Row(self.tokenizer, p, config, min(config.max_new_tokens, cap - len(p) + 1), on_text)
                 for p in prompts]
         if config.max_new_tokens <= 0:
             return [row.result(len(p), 0, Timings(load_s=self.load_s)) for row, p in zip(rows, prompts)]
+        self._ensure_rows(B)
+        cached, self._cached_ids = self._cached_ids, []   # unknown until this request ends cleanly
 
         # Prefill: each prompt into its own cache row, from the first token the cache does not hold.
         t_prefill = perf_counter()
@@ -194,29 +193,26 @@ class Engine:
         stop_ids = set(self.eos_token_ids) | set(config.stop_token_ids)
         steps = max(row.budget for row in rows)
         fed = list(prompts[0])                          # row 0's tokens whose K/V are in the cache
-        t_first = None
-        decode_steps = 0
         for step in range(steps):
             host = _HostCopy(tokens)
-            more = step + 1 < steps
-            if more and self._lookahead:               # queue step t+1 before waiting for token t
+            # With lookahead, step t+1 is queued before waiting for token t (wasted only if t is the last).
+            queued = self._lookahead and step + 1 < steps
+            if queued:
                 next_tokens = self._step(state, tokens, positions, config, generator)
             token_list = host.wait()
-            if t_first is None:
+            if step == 0:
                 t_first = perf_counter()
-            else:
-                decode_steps += 1
             for row, token in zip(rows, token_list):
                 row.accept(token, stop_ids)
-            if more and self._lookahead:
+            if queued:
                 fed.append(token_list[0])
-            if all(row.finish_reason for row in rows):
+            if all(row.finish_reason for row in rows):      # always so at the last step: budgets <= steps
                 break
             if should_stop is not None and should_stop():
                 for row in rows:
                     row.cancel()
                 break
-            if more and not self._lookahead:
+            if not queued:
                 next_tokens = self._step(state, tokens, positions, config, generator)
                 fed.append(token_list[0])
             tokens = next_tokens
@@ -224,10 +220,11 @@ class Engine:
         self._cached_ids = fed[:cap - 1]   # a finished row's writes clamp at slot cap - 1
 
         prefilled = sum(len(p) - r for p, r in zip(prompts, reused))
+        decoded = step                                  # tokens after the first: one decode step each
         prefill_s = t_first - t_prefill
         decode_s = t_end - t_first
         timings = Timings(load_s=self.load_s, prefill_s=prefill_s, ttft_ms=1000 * (t_first - t_call),
-                          decode_s=decode_s, decode_tokens_per_s=decode_steps / decode_s if decode_s > 0 else 0.0,
+                          decode_s=decode_s, decode_tokens_per_s=decoded / decode_s if decode_s > 0 else 0.0,
                           prefill_tokens_per_s=prefilled / prefill_s if prefill_s > 0 else 0.0)
         return [row.result(len(p), r, timings) for row, p, r in zip(rows, prompts, reused)]
 

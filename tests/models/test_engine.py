@@ -106,8 +106,8 @@ def test_sampling_is_seeded_and_degenerates_to_greedy(smollm_engine, full_run):
         return smollm_engine.generate(prompt, GenerationConfig(max_new_tokens=6, **kw)).token_ids
 
     hot = dict(temperature=1.5)
-    assert run(seed=1, **hot) == run(seed=1, **hot)
-    assert len({tuple(run(seed=s, **hot)) for s in (1, 2, 3)}) > 1
+    first = run(seed=1, **hot)
+    assert run(seed=1, **hot) == first and run(seed=2, **hot) != first
     assert run(seed=5, temperature=1.0, top_k=1) == cold.token_ids[:6]
     assert run(seed=5, temperature=1.0, top_p=1e-6) == cold.token_ids[:6]
 

@@ -89,3 +89,22 @@ def test_a_batch_of_different_lengths_gives_each_prompt_its_own_tokens(tiny_chec
     singles = [engine.generate(p, config) for p in prompts]
     assert [r.token_ids for r in batch] == [r.token_ids for r in singles]
     assert [r.prompt_tokens for r in batch] == [20, 7, 33]
+
+
+def test_the_cuda_loop_with_lookahead_matches_on_the_cpu(tiny_checkpoint):
+    """On CUDA the loop queues step t+1 before reading token t; run that schedule here and compare."""
+    directory, _ = tiny_checkpoint
+    plain = load_model(directory, device="cpu", max_context=48)
+    ahead = load_model(directory, device="cpu", max_context=48)
+    ahead._lookahead = True
+    prompt, config = list(range(10, 30)), GenerationConfig(max_new_tokens=8)
+    stop_id = plain.generate(prompt, config).token_ids[3]
+    for cfg in (config, GenerationConfig(max_new_tokens=8, stop_token_ids=(stop_id,))):
+        expected, got = plain.generate(prompt, cfg), ahead.generate(prompt, cfg)
+        assert got.token_ids == expected.token_ids and got.finish_reason == expected.finish_reason
+        follow_up = prompt + got.token_ids + [40, 41]
+        # A step queued before the stop was seen also fed the last token: lookahead then caches one more.
+        fed_last = got.finish_reason == "stop"
+        assert ahead.generate(follow_up, config).reused_prefix_tokens == len(prompt) + len(got.token_ids) - 1 + fed_last
+        assert plain.generate(follow_up, config).reused_prefix_tokens == len(prompt) + len(got.token_ids) - 1
+        assert ahead.generate(follow_up, config).token_ids == plain.generate(follow_up, config).token_ids
