@@ -64,8 +64,8 @@ def plan_launch(B: int, Hq: int, Hkv: int, S: int, D: int, *, num_sms: int = 132
     block_h = max(16, triton.next_power_of_2(Hq // Hkv))
     block_d = max(16, triton.next_power_of_2(D))
     block_n = 64 if block_d <= 128 else 32  # keeps K and V tiles plus pipelining in shared memory
-    if num_splits is None and B * Hkv >= 2 * num_sms:
-        num_splits = 1  # batch and heads alone fill every SM twice: a split only adds a combine
+    if num_splits is None and B * Hkv >= 0.9 * num_sms:
+        num_splits = 1  # batch x heads already give (nearly) every SM a program: a split only adds a combine
     if num_splits is None:
         n_blocks = max(1, math.ceil(S / block_n))
         wanted = math.ceil(PROGRAMS_PER_SM * num_sms / (B * Hkv))

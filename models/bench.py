@@ -227,7 +227,7 @@ def hf_decode_tok_s(model, cache_kind: str, batch: int, context: int, steps: int
         torch.cuda.synchronize()
         return time.perf_counter() - t0
 
-    warm = 3
+    warm = 5
     run(warm, context)
     elapsed = run(steps - warm, context + warm)
     return batch * (steps - warm) / elapsed
@@ -248,7 +248,8 @@ def hf_generate_tok_s(model, cache_kind: str, batch: int, context: int, steps: i
         torch.cuda.synchronize()
         return time.perf_counter() - t0
 
-    timed(2)  # warm-up
+    timed(steps)  # warm-up at this very shape: generate compiles its static-cache path per shape
+    timed(1)
     return batch * (steps - 1) / (timed(steps) - timed(1))
 
 
