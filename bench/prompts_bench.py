@@ -63,7 +63,7 @@ def main() -> None:
     index = index_repository(stdlib, cache_dir=cache)
     first = {"seconds": time.perf_counter() - start, "cpu_seconds": _cpu_seconds() - cpu}
     text_mb = sum(len(c.text) for c in index.chunks) / 1e6
-    print(f"first index: {first['seconds']:.1f} s ({len(index.files)} files, {len(index.chunks)} chunks, {text_mb:.0f} MB)")
+    print(f"first index: {first['seconds']:.1f} s ({len(index.files)} files, {len(index.chunks)} chunks)")
 
     warm_runs = [_warm_run(stdlib, cache) for _ in range(3)]
     warm = min(warm_runs, key=lambda run: run["process_s"])
@@ -146,10 +146,8 @@ def _cpu_seconds() -> float:
 
 
 def _machine() -> dict:
-    model = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line),
-        platform.processor(),
-    )
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line), platform.processor())
     return {"cpu": model, "cores": os.cpu_count(), "system": platform.platform(), "python": platform.python_version()}
 
 
@@ -159,7 +157,8 @@ def _versions() -> dict:
 
 
 def _markdown(results: dict) -> str:
-    first, warm, cursor, met = results["first_index"], results["warm_index"]["best"], results["rank_and_pack"], results["met"]
+    first, warm, cursor = results["first_index"], results["warm_index"]["best"], results["rank_and_pack"]
+    met = results["met"]
     repository = results["repository"]
     machine = results["machine"]
 
@@ -181,13 +180,15 @@ def _markdown(results: dict) -> str:
         "|---|---|---|---|",
         f"| first index (cold cache, worker processes) | {first['seconds']:.1f} s ({first['cpu_seconds']:.0f} CPU-s) | "
         f"< {BARS['first_index_s']:.0f} s | {verdict('first_index_s')} |",
-        f"| warm re-run, fresh process (index call / whole process) | {warm['index_s']:.2f} s / {warm['process_s']:.2f} s | "
+        f"| warm re-run, fresh process (index call / whole process) | "
+        f"{warm['index_s']:.2f} s / {warm['process_s']:.2f} s | "
         f"< {BARS['warm_index_s']:.0f} s | {verdict('warm_index_s')} |",
         f"| rank + pack, {cursor['budget_tokens']:,}-token budget, first call | {cursor['first_ms']:.0f} ms | "
         f"< {BARS['rank_and_pack_ms']:.0f} ms | {verdict('rank_and_pack_ms')} |",
         f"| rank + pack, next keystrokes (median) | {cursor['keystroke_median_ms']:.0f} ms | | |",
         "",
-        f"Cursor: {cursor['file']} line {cursor['line']} with {cursor['tokenizer']}: {cursor['prompt_tokens']:,} prompt "
+        f"Cursor: {cursor['file']} line {cursor['line']} with {cursor['tokenizer']}: "
+        f"{cursor['prompt_tokens']:,} prompt "
         f"tokens, {cursor['context_items']} context items from {cursor['context_files']} files.",
         "",
     ])

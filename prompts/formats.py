@@ -114,9 +114,13 @@ def completion_format(encoder) -> CompletionFormat:
         ids = [token_id(token) for token in spelling]
         if None not in ids:
             eot = [i for i in map(token_id, CODELLAMA_EOT) if i is not None]
-            return CompletionFormat("codellama-infill", start, tuple(ids), None, None, tuple(dict.fromkeys(eot + stops)))
+            return CompletionFormat("codellama-infill", start, tuple(ids), None, None, _unique(eot + stops))
     for spelling in STARCODER_FIM:
         ids = [token_id(token) for token in spelling]
         if None not in ids:
-            return CompletionFormat("starcoder-fim", start, tuple(ids), file_sep, repo_name, tuple(dict.fromkeys(ids + stops)))
-    return CompletionFormat("left-to-right", start, None, file_sep, repo_name, tuple(dict.fromkeys(stops)))
+            return CompletionFormat("starcoder-fim", start, tuple(ids), file_sep, repo_name, _unique(ids + stops))
+    return CompletionFormat("left-to-right", start, None, file_sep, repo_name, _unique(stops))
+
+
+def _unique(ids: list[int]) -> tuple[int, ...]:
+    return tuple(dict.fromkeys(ids))

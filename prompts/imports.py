@@ -87,7 +87,8 @@ def _javascript(table: PathTable, folder: str, module: str) -> list[str]:
         target = _relative(folder, module)
         if target is None:
             return []
-        return table.files(target, True, extension=True) or table.files(target, True) + table.files(target + "/index", True)
+        exact = table.files(target, True, extension=True)
+        return exact or table.files(target, True) + table.files(target + "/index", True)
     if "/" not in module:
         return []  # a package from node_modules
     target = module.split("/", 1)[1] if module[0] in "@~" else module  # "@/lib/x" or "~/lib/x": aliases of src
@@ -123,7 +124,8 @@ def _rust(table: PathTable, folder: str, module: str) -> list[str]:
 def _c(table: PathTable, folder: str, module: str) -> list[str]:
     target = module.strip('<>"')
     local = _relative(folder, target)
-    return (local is not None and table.files(local, True, extension=True)) or table.files(target, False, extension=True)
+    nearby = table.files(local, True, extension=True) if local is not None else []
+    return nearby or table.files(target, False, extension=True)
 
 
 def _java(table: PathTable, folder: str, module: str) -> list[str]:

@@ -160,7 +160,9 @@ def _collector_paused():
         gc.enable()
 
 
-def _index(root_path: Path, cache_dir, progress: Progress | None, max_file_bytes: int, workers: int | None) -> RepoIndex:
+def _index(
+    root_path: Path, cache_dir, progress: Progress | None, max_file_bytes: int, workers: int | None
+) -> RepoIndex:
     sources = scan_repository(root_path, max_file_bytes)
     cache_file = _cache_file(root_path, cache_dir)
     saved = _load_cache(cache_file, root_path)
@@ -185,7 +187,8 @@ def _index(root_path: Path, cache_dir, progress: Progress | None, max_file_bytes
         else:
             warnings.warn(f"skipped {source.path}: {result}", ScanWarning, stacklevel=2)
     if stale or len(entries) != len(cached):
-        _save_cache(cache_file, {"root": str(root_path), "files": entries, "vocabulary": vocabulary, "term_ids": term_ids})
+        saved = {"root": str(root_path), "files": entries, "vocabulary": vocabulary, "term_ids": term_ids}
+        _save_cache(cache_file, saved)
     index = RepoIndex(root_path, entries, vocabulary, term_ids)
     if not index.chunks:
         raise PromptError(f"nothing to index in {root_path}: no text files with content")

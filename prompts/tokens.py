@@ -81,7 +81,9 @@ class Encoder:
             return self._plain(texts)
         n = len(self._sentinel_ids)
         encoded = self._plain([_SENTINEL + text for text in texts])
-        return [ids[n:] if ids[:n] == self._sentinel_ids else self._plain([text])[0] for ids, text in zip(encoded, texts)]
+        return [
+            ids[n:] if ids[:n] == self._sentinel_ids else self._plain([text])[0] for ids, text in zip(encoded, texts)
+        ]
 
     def _lead(self, texts: list[str]) -> list[list[int]]:
         return [ids if text else [] for ids, text in zip(self._plain(texts), texts)]

@@ -24,7 +24,8 @@ def test_codellama_infill_ids_are_exactly_the_reference_format(make_repo, codell
     # space ("▁def"), the suffix does not ("x", not "▁x").
     prefix = ["▁def", "▁add", "(", "x", ",", "▁y", ")", ":", "<0x0A>", "▁", "▁", "▁", "▁return", "▁"]
     suffix = ["x", "▁", "+", "▁y", "<0x0A>"]
-    assert packed.ids == [BOS, PRE] + _ids(codellama_tokenizer, prefix) + [SUF] + _ids(codellama_tokenizer, suffix) + [MID]
+    expected = [BOS, PRE] + _ids(codellama_tokenizer, prefix) + [SUF] + _ids(codellama_tokenizer, suffix) + [MID]
+    assert packed.ids == expected
     assert packed.format == "codellama-infill"
     assert packed.stop_token_ids[0] == EOT and packed.stop_strings == []
     assert packed.context[0].path == "add.py" and packed.context[0].start_line == 1
@@ -64,10 +65,12 @@ def test_the_embedded_tokenizer_gets_left_to_right_files_that_round_trip(make_re
     packed = build_completion_prompt(index_repository(root), smollm2_tokenizer, "main.py", line=5)
     assert packed.format == "left-to-right"
     text = smollm2_tokenizer.decode(packed.ids)
-    assert text == "<repo_name>repo<file_sep>util.py\n" + UTIL + "<file_sep>main.py\n" + MAIN[: MAIN.index("\n    return")]
+    before_cursor = MAIN[: MAIN.index("\n    return")]
+    assert text == "<repo_name>repo<file_sep>util.py\n" + UTIL + "<file_sep>main.py\n" + before_cursor
     assert packed.stop_strings == ["\n\n"]
     assert set(_ids(smollm2_tokenizer, ["<file_sep>", "<|endoftext|>"])) <= set(packed.stop_token_ids)
-    assert [(i.path, i.start_line, i.end_line) for i in packed.context] == [("util.py", 1, 1), ("util.py", 4, 5), ("main.py", 1, 5)]
+    spans = [(item.path, item.start_line, item.end_line) for item in packed.context]
+    assert spans == [("util.py", 1, 1), ("util.py", 4, 5), ("main.py", 1, 5)]
     assert all(item.tokens > 0 for item in packed.context)
 
 
@@ -88,9 +91,14 @@ def test_chat_through_the_tokenizer_template_with_retrieved_code(make_repo, smol
 def test_chat_pins_files_and_drops_old_turns_to_fit(make_repo, smollm2_tokenizer):
     root = make_repo({"util.py": UTIL, "main.py": MAIN, "notes.md": "# Notes\nNothing about code.\n"})
     index = index_repository(root)
-    history = [{"role": "user", "content": "Tell me a long story. " * 30}, {"role": "assistant", "content": "Once. " * 60}]
+    history = [
+        {"role": "user", "content": "Tell me a long story. " * 30},
+        {"role": "assistant", "content": "Once. " * 60},
+    ]
     question = {"role": "user", "content": "And the notes?"}
-    packed = build_chat_prompt(index, smollm2_tokenizer, [*history, question], budget_tokens=150, pinned_paths=["notes.md"])
+    packed = build_chat_prompt(
+        index, smollm2_tokenizer, [*history, question], budget_tokens=150, pinned_paths=["notes.md"]
+    )
     text = smollm2_tokenizer.decode(packed.ids)
     assert "long story" not in text and text.endswith("And the notes?<|im_end|>\n<|im_start|>assistant\n")
     assert "notes.md\nlines 1-2:\n```markdown\n# Notes\nNothing about code.\n```" in text

@@ -122,7 +122,9 @@ def test_worker_processes_give_the_same_index(make_repo, monkeypatch, cache_dir)
     monkeypatch.setattr(prompts.index, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(prompts.index, "BATCH_BYTES", 500)
     calls = []
-    parallel = index_repository(root, workers=2, cache_dir=cache_dir / "parallel", progress=lambda d, t: calls.append(d))
+    parallel = index_repository(
+        root, workers=2, cache_dir=cache_dir / "parallel", progress=lambda done, total: calls.append(done)
+    )
     assert parallel.chunks == serial.chunks
     assert calls[-1] == 40 and len(calls) > 1
 

@@ -48,8 +48,8 @@ def test_random_budgets_are_never_exceeded_and_keep_the_text_before_the_cursor(r
         assert len(packed.ids) <= budget
         before_cursor = rows[row][:col][-12:].strip()
         assert before_cursor in tokenizer.decode(packed.ids)
-        cursor_items = [item for item in packed.context if item.path == "app/main.py" and item.start_line <= row + 1 <= item.end_line]
-        assert cursor_items, packed.context
+        here = [i for i in packed.context if i.path == "app/main.py" and i.start_line <= row + 1 <= i.end_line]
+        assert here, packed.context
         for item in packed.context:
             assert 1 <= item.start_line <= item.end_line <= len(REPO[item.path].split("\n"))
 
@@ -57,7 +57,9 @@ def test_random_budgets_are_never_exceeded_and_keep_the_text_before_the_cursor(r
 def test_a_large_budget_takes_the_whole_file_and_the_related_chunks(repo_index, smollm2_tokenizer):
     source = REPO["app/main.py"]
     row = source.split("\n").index("    print(result)")
-    packed = build_completion_prompt(repo_index, smollm2_tokenizer, "app/main.py", line=row + 1, col=5, budget_tokens=8000)
+    packed = build_completion_prompt(
+        repo_index, smollm2_tokenizer, "app/main.py", line=row + 1, col=5, budget_tokens=8000
+    )
     text = smollm2_tokenizer.decode(packed.ids)
     assert text.endswith("<file_sep>app/main.py\n" + source.split("print(result)")[0])  # the whole prefix
     paths = [item.path for item in packed.context]
@@ -79,7 +81,8 @@ def test_typing_at_the_cursor_keeps_the_start_of_the_prompt(repo_index, smollm2_
         text = base.replace("    print(result)\n", f"    print(result)\n    {typed}\n")
         row = text.split("\n").index(f"    {typed}")
         packed = build_completion_prompt(
-            repo_index, smollm2_tokenizer, "app/main.py", text=text, line=row + 1, col=5 + len(typed), budget_tokens=1200
+            repo_index, smollm2_tokenizer, "app/main.py",
+            text=text, line=row + 1, col=5 + len(typed), budget_tokens=1200,
         )
         last_section = len(packed.ids) - packed.ids[::-1].index(file_sep) - 1
         starts.append(packed.ids[: last_section + 1])

@@ -59,7 +59,8 @@ def test_imported_modules_outrank_unrelated_ones(repo_index):
     source = REPO["pkg/app.py"]
     imported = resolve_imports(repo_index.paths, "pkg/app.py", "python", ["pkg", "pkg.geometry", "pkg.strings"])
     assert imported == {"pkg/__init__.py", "pkg/geometry.py", "pkg/strings.py"}
-    query = Query(weights=cursor_weights(source.split("\n"), 7, 4, frozenset()), path="pkg/app.py", imported=frozenset(imported))
+    weights = cursor_weights(source.split("\n"), 7, 4, frozenset())
+    query = Query(weights=weights, path="pkg/app.py", imported=frozenset(imported))
     ranked = [chunk.path for _, chunk in rank(repo_index, query)]
     first_misc = next(i for i, path in enumerate(ranked) if path.startswith("misc/"))
     assert {"pkg/geometry.py", "pkg/strings.py"} <= set(ranked[:first_misc])
@@ -68,7 +69,8 @@ def test_imported_modules_outrank_unrelated_ones(repo_index):
 
 def test_the_cursor_region_and_duplicates_are_left_out(make_repo):
     copy = "def helper(value):\n    return value + 1\n"
-    index = index_repository(make_repo({"a.py": copy, "b.py": copy, "c.py": "x = helper(1)\n\n\ndef helper_user():\n    return helper(2)\n"}))
+    user = "x = helper(1)\n\n\ndef helper_user():\n    return helper(2)\n"
+    index = index_repository(make_repo({"a.py": copy, "b.py": copy, "c.py": user}))
     query = Query(weights={"helper": 1.0}, path="c.py", shown=(4, 5))
     ranked = [(chunk.path, chunk.start_line) for _, chunk in rank(index, query)]
     assert ranked == [("a.py", 1), ("c.py", 1)]  # b.py is a's twin; c.py's lines 4-5 are on screen
@@ -89,10 +91,13 @@ def test_identifiers_near_the_cursor_weigh_most_and_the_word_being_typed_not_at_
          {"pkg/sub/sibling.py", "pkg/top/__init__.py", "src/pkg/util.py"}),
         ("javascript", "web/app.js", ["./lib/fmt", "../shared/api.js", "react", "@/components/button"],
          {"web/lib/fmt.ts", "shared/api.js", "web/components/button/index.js"}),
-        ("go", "cmd/main.go", ["fmt", "example.com/proj/internal/store"], {"internal/store/db.go", "internal/store/cache.go"}),
-        ("rust", "src/main.rs", ["crate::net::client::Client", "std::io", "util"], {"src/net/client.rs", "src/util/mod.rs"}),
+        ("go", "cmd/main.go", ["fmt", "example.com/proj/internal/store"],
+         {"internal/store/db.go", "internal/store/cache.go"}),
+        ("rust", "src/main.rs", ["crate::net::client::Client", "std::io", "util"],
+         {"src/net/client.rs", "src/util/mod.rs"}),
         ("c", "lib/parse.c", ["parse.h", "<stdio.h>", "common/defs.h"], {"lib/parse.h", "include/common/defs.h"}),
-        ("java", "app/src/Main.java", ["com.acme.store.Store", "java.util.List"], {"app/src/com/acme/store/Store.java"}),
+        ("java", "app/src/Main.java", ["com.acme.store.Store", "java.util.List"],
+         {"app/src/com/acme/store/Store.java"}),
     ],
 )
 def test_imports_resolve_to_repository_files(language, importer, imports, expected):

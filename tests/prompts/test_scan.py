@@ -31,10 +31,14 @@ def _paths(root):
 @pytest.mark.parametrize("git", [False, True], ids=["walk", "git"])
 def test_ignore_files_vendored_folders_and_binaries_are_left_out(make_repo, git):
     root = make_repo(
-        FILES | {".gitignore": "*.log\n!keep.log\n", "pkg/.gitignore": "generated.py\n", ".codecompleteignore": "notes/\n"},
+        FILES | {
+            ".gitignore": "*.log\n!keep.log\n", "pkg/.gitignore": "generated.py\n", ".codecompleteignore": "notes/\n",
+        },
         git=git,
     )
-    assert _paths(root) == [".codecompleteignore", ".gitignore", "app.py", "data.bin.txt", "logs/keep.log", "pkg/.gitignore", "pkg/mod.py"]
+    assert _paths(root) == [
+        ".codecompleteignore", ".gitignore", "app.py", "data.bin.txt", "logs/keep.log", "pkg/.gitignore", "pkg/mod.py",
+    ]
     # The NUL byte is only found on reading: the file is then left out of the index (see test_index).
     assert read_source(root, "data.bin.txt") is None
 
@@ -45,7 +49,8 @@ def test_git_exclude_is_honoured_without_git(make_repo):
 
 
 def test_git_lists_untracked_files_but_not_ignored_ones(make_repo):
-    root = make_repo({"tracked.py": "t = 1\n", "new.py": "n = 1\n", "skip.py": "s = 1\n", ".gitignore": "skip.py\n"}, git=True)
+    files = {"tracked.py": "t = 1\n", "new.py": "n = 1\n", "skip.py": "s = 1\n", ".gitignore": "skip.py\n"}
+    root = make_repo(files, git=True)
     subprocess.run(["git", "-C", str(root), "add", "tracked.py"], check=True)
     assert _paths(root) == [".gitignore", "new.py", "tracked.py"]
 
