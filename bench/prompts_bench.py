@@ -23,7 +23,6 @@ import sys
 import sysconfig
 import tempfile
 import time
-import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -38,10 +37,9 @@ INDENT = " " * 12
 TYPED = "self._"  # typed one character at a time on a new line after CURSOR_AFTER
 
 WARM_RUN = """
-import json, sys, time, warnings
+import json, sys, time
 t0 = time.perf_counter()
 from prompts import index_repository
-warnings.simplefilter("ignore")
 t1 = time.perf_counter()
 index = index_repository(sys.argv[1], cache_dir=sys.argv[2])
 print(json.dumps({"import_s": t1 - t0, "index_s": time.perf_counter() - t1, "chunks": len(index.chunks)}))
@@ -53,7 +51,6 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/prompts-cpu", help="results path without extension")
     parser.add_argument("--budget", type=int, default=32768)
     args = parser.parse_args()
-    warnings.simplefilter("ignore")  # the standard library has a few files the scan reports
 
     stdlib = sysconfig.get_paths()["stdlib"]
     cache = tempfile.mkdtemp(prefix="prompts-bench-")
