@@ -227,6 +227,7 @@ class _Window:
         it needs less; never over rows of the chunks to ``avoid`` (in the prompt already; kept for refits)."""
         if avoid is not None:
             self._avoid = avoid
+        share = max(share, 0)
         _, wanted = self._take(self.above, int(share * PREFIX_SHARE))
         self.suffix, suffix = self._take(self.below, share - wanted)
         self.prefix, prefix = self._take(self.above, share - suffix)
