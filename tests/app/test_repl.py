@@ -10,7 +10,7 @@ from rich.console import Console
 
 from codecomplete import chat, cli, repl
 
-CTRL_C, CTRL_D = "\x03", "\x04"
+CTRL_C, CTRL_D, ESC_ENTER = "\x03", "\x04", "\x1b\r"     # Esc Enter: a new line, not send
 
 
 @pytest.fixture(scope="module")
@@ -59,16 +59,17 @@ def interrupt_answer(engine, monkeypatch, after_pieces=3):
 def test_a_session(conversation, tmp_path, monkeypatch):
     conversation.reset()
     history = tmp_path / "history"
-    printed = drive(conversation, ["What does area_of_circle compute?\r", "/context\r", "/add shapes/geometry.py\r",
+    printed = drive(conversation, ["What does area_of_circle compute?" + ESC_ENTER + "Answer briefly.\r",
+                                   "/context\r", "/add shapes/geometry.py\r",
                                    "/add nowhere.py\r", "/bogus\r", "half typed" + CTRL_C, "/exit\r"], history)
     question, answer = conversation.messages
-    assert question == {"role": "user", "content": "What does area_of_circle compute?"}
+    assert question == {"role": "user", "content": "What does area_of_circle compute?\nAnswer briefly."}
     assert answer["role"] == "assistant" and answer["content"].strip()
     assert "Retrieved for the last question" in printed and "shapes/geometry.py" in printed
     assert conversation.pinned == ["shapes/geometry.py"]
     assert "error: file not found: nowhere.py" in printed
     assert "error: unknown command /bogus" in printed
-    assert "What does area_of_circle compute?" in history.read_text()
+    assert "Answer briefly." in history.read_text()
     assert "half typed" not in history.read_text()        # Ctrl-C threw the line away
 
 
