@@ -5,8 +5,9 @@ cursor with a 32k-token budget.
 
 Bars (issue 4, on the project's 2-core CPU machines): first index < 20 s, warm re-run < 2 s, ranking plus
 packing for one cursor < 200 ms. The warm run is a fresh process, as when the app starts again. The cursor
-timing uses the embedded model's tokenizer; its first call includes setting up the tokenizer's encoder, the
-later ones are keystrokes (one more character typed at the cursor).
+timing uses the embedded model's tokenizer; its first call includes setting up the tokenizer's encoder and
+loading the Python grammar, the later ones are keystrokes (one more character typed at the cursor), then a
+cursor in another file.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from prompts import build_completion_prompt, index_repository  # noqa: E402
 
 BARS = {"first_index_s": 20.0, "warm_index_s": 2.0, "rank_and_pack_ms": 200.0}
 CURSOR_FILE = "asyncio/base_events.py"
+OTHER_CURSOR = ("asyncio/tasks.py", 300)  # then a cursor in another file: new pieces, warm process
 CURSOR_AFTER = "                raise OSError('getaddrinfo() returned empty list')"  # in create_connection()
 INDENT = " " * 12
 TYPED = "self._"  # typed one character at a time on a new line after CURSOR_AFTER
@@ -50,15 +52,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="bench/results/prompts-cpu", help="results path without extension")
     parser.add_argument("--budget", type=int, default=32768)
+    parser.add_argument("--cold-runs", type=int, default=2, help="first index runs, each with an empty cache")
     args = parser.parse_args()
 
     stdlib = sysconfig.get_paths()["stdlib"]
-    cache = tempfile.mkdtemp(prefix="prompts-bench-")
     load_before = os.getloadavg()
 
-    start, cpu = time.perf_counter(), _cpu_seconds()
-    index = index_repository(stdlib, cache_dir=cache)
-    first = {"seconds": time.perf_counter() - start, "cpu_seconds": _cpu_seconds() - cpu}
+    first_runs = []
+    for _ in range(args.cold_runs):  # other work on a shared machine slows single runs: keep the best
+        cache = tempfile.mkdtemp(prefix="prompts-bench-")
+        start, cpu = time.perf_counter(), _cpu_seconds()
+        index = index_repository(stdlib, cache_dir=cache)
+        first_runs.append({"seconds": time.perf_counter() - start, "cpu_seconds": _cpu_seconds() - cpu})
+    first = min(first_runs, key=lambda run: run["seconds"])
     text_mb = sum(len(c.text) for c in index.chunks) / 1e6
     print(f"first index: {first['seconds']:.1f} s ({len(index.files)} files, {len(index.chunks)} chunks)")
 
@@ -76,7 +82,7 @@ def main() -> None:
         "load_average_after": os.getloadavg(),
         "versions": _versions(),
         "repository": {"path": stdlib, "files": len(index.files), "chunks": len(index.chunks), "text_mb": text_mb},
-        "first_index": first,
+        "first_index": {"runs": first_runs, "best": first},
         "warm_index": {"runs": warm_runs, "best": warm},
         "rank_and_pack": cursor,
         "bars": BARS,
@@ -121,6 +127,9 @@ def _rank_and_pack(index, budget: int) -> dict:
 
     first_ms, packed = complete("")
     keystrokes = [complete(TYPED[: n + 1])[0] for n in range(len(TYPED))]
+    start = time.perf_counter()
+    build_completion_prompt(index, tokenizer, OTHER_CURSOR[0], line=OTHER_CURSOR[1], budget_tokens=budget)
+    other_file_ms = (time.perf_counter() - start) * 1e3
     return {
         "file": CURSOR_FILE,
         "line": row + 1,
@@ -132,6 +141,8 @@ def _rank_and_pack(index, budget: int) -> dict:
         "first_ms": first_ms,
         "keystroke_ms": keystrokes,
         "keystroke_median_ms": statistics.median(keystrokes),
+        "other_file": f"{OTHER_CURSOR[0]}:{OTHER_CURSOR[1]}",
+        "other_file_ms": other_file_ms,
     }
 
 
@@ -154,10 +165,13 @@ def _versions() -> dict:
 
 
 def _markdown(results: dict) -> str:
-    first, warm, cursor = results["first_index"], results["warm_index"]["best"], results["rank_and_pack"]
+    first, warm, cursor = results["first_index"]["best"], results["warm_index"]["best"], results["rank_and_pack"]
     met = results["met"]
     repository = results["repository"]
     machine = results["machine"]
+
+    first_runs = ", ".join(f"{run['seconds']:.1f}" for run in results["first_index"]["runs"])
+    warm_runs = ", ".join(f"{run['index_s']:.2f}" for run in results["warm_index"]["runs"])
 
     def verdict(key: str) -> str:
         return "met" if met[key] else "**missed**"
@@ -175,18 +189,20 @@ def _markdown(results: dict) -> str:
         "",
         "| measurement | result | bar | |",
         "|---|---|---|---|",
-        f"| first index (cold cache, worker processes) | {first['seconds']:.1f} s ({first['cpu_seconds']:.0f} CPU-s) | "
+        f"| first index, empty cache, worker processes (runs: {first_runs} s) | "
+        f"{first['seconds']:.1f} s ({first['cpu_seconds']:.0f} CPU-s) | "
         f"< {BARS['first_index_s']:.0f} s | {verdict('first_index_s')} |",
-        f"| warm re-run, fresh process (index call / whole process) | "
+        f"| warm re-run in a fresh process: index call / whole process (runs: {warm_runs} s) | "
         f"{warm['index_s']:.2f} s / {warm['process_s']:.2f} s | "
         f"< {BARS['warm_index_s']:.0f} s | {verdict('warm_index_s')} |",
         f"| rank + pack, {cursor['budget_tokens']:,}-token budget, first call | {cursor['first_ms']:.0f} ms | "
         f"< {BARS['rank_and_pack_ms']:.0f} ms | {verdict('rank_and_pack_ms')} |",
         f"| rank + pack, next keystrokes (median) | {cursor['keystroke_median_ms']:.0f} ms | | |",
+        f"| rank + pack, then a cursor in {cursor['other_file']} | {cursor['other_file_ms']:.0f} ms | | |",
         "",
         f"Cursor: {cursor['file']} line {cursor['line']} with {cursor['tokenizer']}: "
-        f"{cursor['prompt_tokens']:,} prompt "
-        f"tokens, {cursor['context_items']} context items from {cursor['context_files']} files.",
+        f"{cursor['prompt_tokens']:,} prompt tokens, {cursor['context_items']} context items from "
+        f"{cursor['context_files']} files.",
         "",
     ])
 
