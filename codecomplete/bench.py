@@ -2,7 +2,8 @@
 
 End to end: the loaded model decodes at several context lengths (and at the context REPO
 fills) with each attention backend on the same weights and KV cache; decode tokens/s leaves
-prefill out. Flash-Decoding is a GPU kernel: on a machine without CUDA its Triton code only
+prefill out. On a GPU each context also gets its roofline (models.bench's byte counts over the
+copy bandwidth measured in this run). Flash-Decoding is a GPU kernel: on a machine without CUDA its Triton code only
 runs in the interpreter, whose timings mean nothing, so there the CPU backends are compared
 at small contexts and the output says so.
 """
@@ -98,21 +99,37 @@ def speedups(rows, backends) -> list[dict]:
     return out
 
 
+def roofline(engine, contexts, bandwidth: float) -> dict[int, float]:
+    """Decode tokens/s the memory allows at each context: a step reads every weight and the
+    whole KV cache once, at `bandwidth` bytes/s (the copy bandwidth measured in the same run)."""
+    from models.bench import kv_bytes_per_step, weight_bytes_per_step
+
+    model = engine.model
+    weights = weight_bytes_per_step(model)
+    element_size = model.output.weight.element_size()
+    return {c: bandwidth / (weights + kv_bytes_per_step(model.config, 1, c, element_size)) for c in contexts}
+
+
 def table(result) -> Table:
     backends = result["backends"]
-    t = Table(title=f"End-to-end decode tokens/s: {result['model']} on {result['card']}",
-              title_justify="left", header_style="bold")
+    t = Table(header_style="bold")
     t.add_column("context", justify="right")
     for b in backends:
         t.add_column(b, justify="right")
     for other in backends[1:]:
         t.add_column(f"{backends[0]} / {other}", justify="right")
+    ceiling = result["roofline"] or {}
+    if ceiling:
+        t.add_column("roofline", justify="right")
+        t.add_column(f"{backends[0]} % of it", justify="right")
     rate = {(r["context"], r["attention"]): r["decode_tokens_per_s"] for r in result["end_to_end"]}
     ratio = {(s["context"], s["over"]): s["ratio"] for s in result["speedups"]}
     for context in sorted({r["context"] for r in result["end_to_end"]}):
-        label = f"{context:,}" + (" (repo)" if context == result.get("repo_context") else "")
-        t.add_row(label, *(f"{rate[(context, b)]:.1f}" for b in backends),
-                  *(f"{ratio[(context, o)]:.2f}x" for o in backends[1:]))
+        label = f"{context:,}" + (" (repo)" if context == result["repo_context"] else "")
+        cells = [f"{rate[(context, b)]:.1f}" for b in backends] + [f"{ratio[(context, o)]:.2f}x" for o in backends[1:]]
+        if ceiling:
+            cells += [f"{ceiling[context]:.0f}", f"{100 * rate[(context, backends[0])] / ceiling[context]:.0f}%"]
+        t.add_row(label, *cells)
     return t
 
 
@@ -190,6 +207,11 @@ def run_bench(args) -> None:
         console.print(Text(note, style="yellow"))
     with render.progress_bar("decoding") as progress:
         rows = measure(engine, backends, contexts, ids, decode_tokens, progress)
+    bandwidth = ceilings = None
+    if on_gpu:                       # the copy bandwidth is timed on the GPU, in this run
+        from models.bench import copy_bandwidth
+        bandwidth = copy_bandwidth()
+        ceilings = roofline(engine, contexts, bandwidth)
 
     import torch
     result = {
@@ -198,7 +220,10 @@ def run_bench(args) -> None:
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "decode_tokens": decode_tokens, "repeats": REPEATS, "backends": backends, "repo_context": repo_context,
         "end_to_end": rows, "speedups": speedups(rows, backends), "notes": notes,
+        "copy_bandwidth_bytes_per_s": bandwidth, "roofline": ceilings,
     }
+    console.print(Text(f"End-to-end decode tokens/s, {decode_tokens} tokens per run, median of {REPEATS}: "
+                       f"{engine.name} ({engine.dtype}) on {result['card']}", style="bold"))
     console.print(table(result))
     if args.json:
         render.emit_json(args.json, result)

@@ -100,3 +100,14 @@ def codecomplete(script, cli_env, repo):
         assert snapshot(repo) == before, "codecomplete wrote inside the repository"
         return Run(proc.returncode, proc.stdout, proc.stderr)
     return run
+
+
+@pytest.fixture(scope="session")
+def engine(cache_dir):
+    """The embedded model, loaded in this process once, for the tests that drive the app in process."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CODECOMPLETE_CACHE_DIR", str(cache_dir))
+    mp.delenv("CODECOMPLETE_MODEL", raising=False)
+    from models import load_model
+    yield load_model(device="cpu", max_context=2048)
+    mp.undo()

@@ -8,19 +8,15 @@ from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 from rich.console import Console
 
-from codecomplete import chat, cli, repl
+from codecomplete import chat, cli, repl, workspace
 
 CTRL_C, CTRL_D, ESC_ENTER = "\x03", "\x04", "\x1b\r"     # Esc Enter: a new line, not send
 
 
 @pytest.fixture(scope="module")
-def conversation(repo, cache_dir):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CODECOMPLETE_CACHE_DIR", str(cache_dir))
-    mp.delenv("CODECOMPLETE_MODEL", raising=False)
+def conversation(repo, engine):
     args = cli.build_parser().parse_args([str(repo), "--max-tokens", "12"])
-    yield chat.open_conversation(args)
-    mp.undo()
+    return chat.Conversation(engine, workspace.index(repo), args)
 
 
 def drive(conversation, keystrokes, history):
@@ -61,12 +57,15 @@ def test_a_session(conversation, tmp_path, monkeypatch):
     history = tmp_path / "history"
     printed = drive(conversation, ["What does area_of_circle compute?" + ESC_ENTER + "Answer briefly.\r",
                                    "/context\r", "/add shapes/geometry.py\r",
-                                   "/add nowhere.py\r", "/bogus\r", "half typed" + CTRL_C, "/exit\r"], history)
+                                   "/add nowhere.py\r", "/drop shapes/geometry.py\r", "/model\r", "/bogus\r",
+                                   "half typed" + CTRL_C, "/exit\r"], history)
     question, answer = conversation.messages
     assert question == {"role": "user", "content": "What does area_of_circle compute?\nAnswer briefly."}
     assert answer["role"] == "assistant" and answer["content"].strip()
     assert "Retrieved for the last question" in printed and "shapes/geometry.py" in printed
-    assert conversation.pinned == ["shapes/geometry.py"]
+    assert "pinned shapes/geometry.py" in printed and "unpinned shapes/geometry.py" in printed
+    assert conversation.pinned == []
+    assert "SmolLM2" in printed and "model limit" in printed             # /model
     assert "error: file not found: nowhere.py" in printed
     assert "error: unknown command /bogus" in printed
     assert "Answer briefly." in history.read_text()
