@@ -17,7 +17,7 @@ import json
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict
 from typing import Callable, Iterator
 
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
@@ -128,10 +128,10 @@ class _Meter:
 
 def summary_line(result, engine=None) -> str:
     """`37 tokens · 14.2 tok/s · first token 180 ms · prompt 1,834 (1,700 reused)`"""
-    timings = as_dict(result.timings)
+    timings = result.timings
     parts = [_plural(len(result.token_ids), "token"),
-             f"{timings.get('decode_tokens_per_s', 0.0):.1f} tok/s",
-             f"first token {_duration(timings.get('ttft_ms', 0.0) / 1000)}",
+             f"{timings.decode_tokens_per_s:.1f} tok/s",
+             f"first token {_duration(timings.ttft_ms / 1000)}",
              f"prompt {result.prompt_tokens:,}"
              + (f" ({result.reused_prefix_tokens:,} reused)" if result.reused_prefix_tokens else "")]
     if engine is not None:
@@ -250,17 +250,6 @@ def context_table(items) -> Table:
     return table
 
 
-def as_dict(value) -> dict:
-    """Timings and context items may be dataclasses, named tuples or dicts."""
-    if isinstance(value, dict):
-        return dict(value)
-    if is_dataclass(value):
-        return asdict(value)
-    if hasattr(value, "_asdict"):
-        return dict(value._asdict())
-    return dict(vars(value))
-
-
 def result_json(text_key: str, result, engine, context=()) -> dict:
     """The object DESIGN.md fixes, plus finish_reason and prefix reuse."""
     return {
@@ -275,7 +264,7 @@ def result_json(text_key: str, result, engine, context=()) -> dict:
         "finish_reason": result.finish_reason,
         "context": [{"path": item.path, "start_line": item.start_line, "end_line": item.end_line,
                      "tokens": item.tokens} for item in context],
-        "timings": as_dict(result.timings),
+        "timings": asdict(result.timings),
     }
 
 

@@ -122,7 +122,7 @@ class Repl:
         view = render.LiveView(self.console, render.markdown_body,
                                info=f"{len(packed.ids):,} context tokens · {render.model_label(engine)}")
         result = self.conversation.answer(question, packed, view)
-        self.last_rate = render.as_dict(result.timings).get("decode_tokens_per_s", 0.0)
+        self.last_rate = result.timings.decode_tokens_per_s
 
     def command(self, line: str) -> bool:
         """Run one slash command; False means leave."""
