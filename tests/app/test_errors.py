@@ -53,10 +53,11 @@ def test_unreadable_model_exits_1(codecomplete, tmp_path):
     check_error(codecomplete("--model", broken, "--prompt", "x"), 1, "broken.gguf")
 
 
-def test_usage_errors_do_not_import_torch(tmp_path):
-    code = ("import sys; from codecomplete.cli import main; "
-            f"rc = main([{str(tmp_path / 'missing')!r}, '--file', 'a.py']); "
-            "assert rc == 2, rc; assert 'torch' not in sys.modules, 'torch imported'")
+def test_help_and_usage_errors_do_not_import_torch(tmp_path):
+    code = ("import contextlib, io, sys; from codecomplete.cli import main\n"
+            f"assert main([{str(tmp_path / 'missing')!r}, '--file', 'a.py']) == 2\n"
+            "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()): main(['--help'])\n"
+            "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
