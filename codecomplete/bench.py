@@ -21,6 +21,7 @@ from rich.text import Text
 
 from . import engine as engines
 from . import render, workspace
+from .errors import AppError
 
 GPU_CONTEXTS = (4096, 16384, 32768)
 CPU_CONTEXTS = (256, 1024)
@@ -134,7 +135,10 @@ def table(result) -> Table:
 
 
 def plot(result, path: str) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise AppError("--plot needs matplotlib: pip install -e '.[plot]'") from None
     matplotlib.use("Agg")                  # no display needed
     import matplotlib.pyplot as plt
 
