@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import os
 import platform
 import statistics
@@ -21,7 +22,7 @@ from rich.text import Text
 
 from . import engine as engines
 from . import render, workspace
-from .errors import AppError
+from .errors import UsageError
 
 GPU_CONTEXTS = (4096, 16384, 32768)
 CPU_CONTEXTS = (256, 1024)
@@ -135,10 +136,7 @@ def table(result) -> Table:
 
 
 def plot(result, path: str) -> None:
-    try:
-        import matplotlib
-    except ImportError:
-        raise AppError("--plot needs matplotlib: pip install -e '.[plot]'") from None
+    import matplotlib
     matplotlib.use("Agg")                  # no display needed
     import matplotlib.pyplot as plt
 
@@ -185,6 +183,8 @@ def _load(args, context: int, decode_tokens: int, notes: list[str]):
 
 
 def run_bench(args) -> None:
+    if args.plot and importlib.util.find_spec("matplotlib") is None:      # say so before a long run
+        raise UsageError("--plot needs matplotlib: pip install -e '.[plot]'")
     root = workspace.repository(args.repo) if args.repo else None
     index = workspace.index(root) if root else None
     device = engines.device_for(args)
