@@ -46,52 +46,62 @@ def median(values):
 
 
 def measure(args) -> dict:
-    from models import GenerationConfig, load_model
+    from models import load_model
 
     with tempfile.TemporaryDirectory() as cache:
         os.environ["CODECOMPLETE_CACHE_DIR"] = cache
-        cold = load_model(max_context=args.context)
+        engine = load_model(max_context=args.context)
         warm = [load_model(max_context=args.context).load_s for _ in range(args.repeats)]
-    engine = cold
-    decode = GenerationConfig(max_new_tokens=args.decode_tokens)
-    one = GenerationConfig(max_new_tokens=1)
-    speed = []
+    runs = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        runs.append({"threads": threads, "speed": speed(engine, args), "prefix_reuse": prefix_reuse(engine, args)})
+    return {
+        "model": engine.name, "device": engine.device, "dtype": engine.dtype, "attention": engine.attention,
+        "import_s": round(IMPORT_S, 3),
+        "load": {"cold_s": round(engine.load_s, 3), "warm_s": median(warm)}, "runs": runs,
+    }
+
+
+def speed(engine, args) -> list[dict]:
+    from models import GenerationConfig
+
+    rows = []
     for n in args.prompt_tokens:
         prompt = code_tokens(engine.tokenizer, n)
-        prefill, rate = [], []
+        prefill, decode = [], []
         for _ in range(args.repeats):
             engine.clear_prefix_cache()
-            prefill.append(engine.generate(prompt, one).timings.prefill_tokens_per_s)
+            prefill.append(engine.generate(prompt, GenerationConfig(max_new_tokens=1)).timings.prefill_tokens_per_s)
             engine.clear_prefix_cache()
-            rate.append(engine.generate(prompt, decode).timings.decode_tokens_per_s)
-        speed.append({"prompt_tokens": n, "prefill_tokens_per_s": median(prefill), "decode_tokens_per_s": median(rate)})
+            result = engine.generate(prompt, GenerationConfig(max_new_tokens=args.decode_tokens))
+            decode.append(result.timings.decode_tokens_per_s)
+        rows.append({"prompt_tokens": n, "prefill_tokens_per_s": median(prefill), "decode_tokens_per_s": median(decode)})
+    return rows
 
-    # A completion request, then the next keystroke's: the same repository context, a different tail.
+
+def prefix_reuse(engine, args) -> dict:
+    """A completion request, then the next keystroke's: the same repository context, a different tail."""
+    from models import GenerationConfig
+
     context = code_tokens(engine.tokenizer, args.reuse_context)
     completion = GenerationConfig(max_new_tokens=args.completion_tokens)
-    tails = [engine.tokenizer.encode(f"\n\ndef helper_{i}(value):\n    return") for i in range(2 * args.repeats + 1)]
-    cold_runs, warm_runs = [], []
+    tails = [engine.tokenizer.encode(f"\n\ndef helper_{i}(value):\n    return") for i in range(2 * args.repeats)]
+    cold, warm = [], []
     for i in range(args.repeats):
         engine.clear_prefix_cache()
-        start = time.perf_counter()
-        result = engine.generate(context + tails[2 * i], completion)
-        cold_runs.append((time.perf_counter() - start, result))
-        start = time.perf_counter()
-        result = engine.generate(context + tails[2 * i + 1], completion)
-        warm_runs.append((time.perf_counter() - start, result))
+        for runs, tail in ((cold, tails[2 * i]), (warm, tails[2 * i + 1])):
+            start = time.perf_counter()
+            result = engine.generate(context + tail, completion)
+            runs.append((time.perf_counter() - start, result))
 
     def summary(runs):
         return {"total_s": median(t for t, _ in runs), "ttft_ms": median(r.timings.ttft_ms for _, r in runs),
                 "reused_prefix_tokens": runs[0][1].reused_prefix_tokens, "prompt_tokens": runs[0][1].prompt_tokens}
 
-    reuse = {"completion_tokens": args.completion_tokens, "cold": summary(cold_runs), "with_prefix_reuse": summary(warm_runs)}
+    reuse = {"completion_tokens": args.completion_tokens, "cold": summary(cold), "with_prefix_reuse": summary(warm)}
     reuse["ttft_ratio"] = round(reuse["cold"]["ttft_ms"] / reuse["with_prefix_reuse"]["ttft_ms"], 2)
-    return {
-        "model": engine.name, "device": engine.device, "dtype": engine.dtype, "attention": engine.attention,
-        "import_s": round(IMPORT_S, 3),
-        "load": {"cold_s": round(cold.load_s, 3), "warm_s": median(warm)},
-        "speed": speed, "prefix_reuse": reuse,
-    }
+    return reuse
 
 
 def machine() -> dict:
@@ -99,33 +109,39 @@ def machine() -> dict:
     from importlib.metadata import version
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_name(), "cores": os.cpu_count(),
         "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
         "gguf": version("gguf"), "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 
 
 def markdown(r: dict) -> str:
-    m, reuse = r["machine"], r["prefix_reuse"]
+    m = r["machine"]
     lines = [
         f"# {r['model']} on the CPU ({m['date']})", "",
-        f"{m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), Python {m['python']}, "
-        f"torch {m['torch']}, transformers {m['transformers']}, gguf {m['gguf']}; {r['dtype']}, "
-        f"attention {r['attention']}. Load average at start {m['load_average_at_start']}, at end "
-        f"{r['load_average_at_end']} (other work on the machine slows every number here).", "",
+        f"{m['cpu']}, {m['cores']} cores, Python {m['python']}, torch {m['torch']}, transformers "
+        f"{m['transformers']}, gguf {m['gguf']}; {r['dtype']}, attention {r['attention']}. Load average at start "
+        f"{m['load_average_at_start']}, at end {r['load_average_at_end']}: other work on the machine slows every "
+        f"number here. Medians of {r['repeats']} runs.", "",
         "| load | seconds |", "|---|---|",
         f"| import torch + transformers | {r['import_s']} |",
         f"| cold (GGUF read, dequantized, tokenizer built, cached) | {r['load']['cold_s']} |",
         f"| warm (cached safetensors + tokenizer) | {r['load']['warm_s']} |", "",
-        "| prompt tokens | prefill tokens/s | decode tokens/s |", "|---|---|---|",
-        *(f"| {s['prompt_tokens']} | {s['prefill_tokens_per_s']} | {s['decode_tokens_per_s']} |" for s in r["speed"]), "",
-        f"Completion of {reuse['completion_tokens']} tokens after a {reuse['cold']['prompt_tokens']}-token prompt:", "",
-        "| request | reused tokens | time to first token (ms) | total (s) |", "|---|---|---|---|",
-        *(f"| {name} | {reuse[key]['reused_prefix_tokens']} | {reuse[key]['ttft_ms']} | {reuse[key]['total_s']} |"
-          for name, key in (("cold", "cold"), ("same context, new tail", "with_prefix_reuse"))), "",
-        f"Prefix reuse cuts the time to first token {reuse['ttft_ratio']}x. Medians of {r['repeats']} runs.", "",
+        "| torch threads | prompt tokens | prefill tokens/s | decode tokens/s |", "|---|---|---|---|",
+        *(f"| {run['threads']} | {s['prompt_tokens']} | {s['prefill_tokens_per_s']} | {s['decode_tokens_per_s']} |"
+          for run in r["runs"] for s in run["speed"]), "",
+        "A completion, then the next request on the same context with a new tail (prefix reuse):", "",
+        "| torch threads | prompt tokens | generated tokens | reused tokens | time to first token (ms) | total (s) | TTFT ratio |",
+        "|---|---|---|---|---|---|---|",
     ]
-    return "\n".join(lines)
+    for run in r["runs"]:
+        reuse = run["prefix_reuse"]
+        for name in ("cold", "with_prefix_reuse"):
+            x = reuse[name]
+            ratio = f"{reuse['ttft_ratio']}x" if name == "with_prefix_reuse" else ""
+            lines.append(f"| {run['threads']} | {x['prompt_tokens']} | {reuse['completion_tokens']} | "
+                         f"{x['reused_prefix_tokens']} | {x['ttft_ms']} | {x['total_s']} | {ratio} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> None:
@@ -137,6 +153,8 @@ def main(argv=None) -> None:
     parser.add_argument("--decode-tokens", type=int, default=64)
     parser.add_argument("--reuse-context", type=int, default=1500)
     parser.add_argument("--completion-tokens", type=int, default=16)
+    parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads(), 1],
+                        help="torch thread counts to measure at (1 avoids stalls when other work shares the cores)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     result = {"machine": machine(), "repeats": args.repeats}
