@@ -17,9 +17,11 @@ import hashlib
 import os
 import pickle
 import posixpath
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from itertools import chain, count
 from pathlib import Path
 from typing import NamedTuple
 
@@ -177,11 +179,10 @@ def _index(
             stale.append(source)
     vocabulary = saved["vocabulary"]
     term_ids = {path: saved["term_ids"][path] for path, entry in entries.items() if entry.indexed}
-    names: dict[str, str] = {}
     for source, result in _parse_all(root_path, stale, max_file_bytes, progress, workers):
         # While the workers parse on, this process shares and numbers the names of what they sent back.
         if isinstance(result, FileEntry):
-            entry = entries[source.path] = _share_names(result, names)
+            entry = entries[source.path] = _share_names(result)
             if entry.indexed:
                 term_ids[source.path] = _number_terms(entry.chunks, vocabulary)
         else:
@@ -195,13 +196,12 @@ def _index(
     return index
 
 
-def _share_names(entry: FileEntry, names: dict[str, str]) -> FileEntry:
-    """The entry with every name string shared with equal ones of other files: a far smaller cache (pickle
-    stores a shared object once) that loads faster, and less memory."""
+def _share_names(entry: FileEntry) -> FileEntry:
+    """The entry with every name string shared (interned) with equal ones of other files: a far smaller cache
+    (pickle stores a shared object once) that loads faster, and less memory."""
     chunks = tuple(
         chunk._replace(
-            defines=tuple(names.setdefault(name, name) for name in chunk.defines),
-            references=frozenset([names.setdefault(name, name) for name in chunk.references]),
+            defines=tuple(map(sys.intern, chunk.defines)), references=frozenset(map(sys.intern, chunk.references))
         )
         for chunk in entry.chunks
     )
@@ -209,11 +209,14 @@ def _share_names(entry: FileEntry, names: dict[str, str]) -> FileEntry:
 
 
 def _number_terms(chunks: tuple[Chunk, ...], vocabulary: dict[str, int]):
-    """The term ids of the chunks' references, chunk after chunk; new names join the vocabulary."""
+    """The term ids of the chunks' references, chunk after chunk; new names join the vocabulary. (Set and map
+    operations rather than a loop: a million names take a few tenths of a second less.)"""
     import numpy as np
 
-    ids = [vocabulary.setdefault(name, len(vocabulary)) for chunk in chunks for name in chunk.references]
-    return np.array(ids, dtype=np.int32)
+    names = list(chain.from_iterable(chunk.references for chunk in chunks))
+    new = set(names).difference(vocabulary)
+    vocabulary.update(zip(new, count(len(vocabulary))))
+    return np.fromiter(map(vocabulary.__getitem__, names), dtype=np.int32, count=len(names))
 
 
 def default_cache_dir() -> Path:
