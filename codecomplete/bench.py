@@ -135,6 +135,20 @@ def table(result) -> Table:
     return t
 
 
+def kernel_table(bandwidth: float, rows: list[dict]) -> Table:
+    """One decode attention per shape, µs per call as CUDA-graph replays, ours against the peers."""
+    t = Table(header_style="bold", title=f"Attention kernels, µs per call (copy bandwidth {bandwidth / 1e12:.2f} TB/s)")
+    for name in ("shape", "K+V MB", "flash_decode", "% bandwidth", "best SDPA", "eager", "vs SDPA", "vs eager"):
+        t.add_column(name, justify="left" if name == "shape" else "right")
+    for row in rows:
+        g = row["graph_us"]
+        ours = g["flash_decode"]
+        sdpa = min(v for k, v in g.items() if k.startswith("sdpa_"))
+        t.add_row(row["shape"]["label"], f"{row['kv_mb']:.0f}", f"{ours:.1f}", f"{100 * row['floor_us'] / ours:.0f}%",
+                  f"{sdpa:.1f}", f"{g['eager']:.1f}", f"{sdpa / ours:.2f}x", f"{g['eager'] / ours:.1f}x")
+    return t
+
+
 def plot(result, path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")                  # no display needed
@@ -212,9 +226,13 @@ def run_bench(args) -> None:
     with render.progress_bar("decoding") as progress:
         rows = measure(engine, backends, contexts, ids, decode_tokens, progress)
     bandwidth = ceilings = None
+    kernels = []
     if on_gpu:                       # the copy bandwidth is timed on the GPU, in this run
-        from models.bench import copy_bandwidth
-        bandwidth = copy_bandwidth()
+        from models.bench import kernel_rows
+        with render.progress_bar("attention kernels") as progress:
+            progress(0, 1, "flash_decode against SDPA and eager")
+            bandwidth, kernels = kernel_rows(quick=True)
+            progress(1, 1)
         ceilings = roofline(engine, contexts, bandwidth)
 
     import torch
@@ -224,10 +242,12 @@ def run_bench(args) -> None:
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "decode_tokens": decode_tokens, "repeats": REPEATS, "backends": backends, "repo_context": repo_context,
         "end_to_end": rows, "speedups": speedups(rows, backends), "notes": notes,
-        "copy_bandwidth_bytes_per_s": bandwidth, "roofline": ceilings,
+        "copy_bandwidth_bytes_per_s": bandwidth, "roofline": ceilings, "kernels": kernels,
     }
     console.print(Text(f"End-to-end decode tokens/s, {decode_tokens} tokens per run, median of {REPEATS}: "
                        f"{engine.name} ({engine.dtype}) on {result['card']}", style="bold"))
+    if kernels:
+        console.print(kernel_table(bandwidth, kernels))
     console.print(table(result))
     if args.json:
         render.emit_json(args.json, result)

@@ -346,29 +346,57 @@ def markdown(env: dict, bandwidth: float, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def context_plot(path: Path, title: str, ylabel: str, draw, log_y: bool = False) -> None:
+    """A figure against context length (log2 axis): `draw(ax)` adds the lines. Needs matplotlib, else no-op."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    series = [r for r in rows if r["shape"]["model"] == "34B" and r["shape"]["B"] == 1]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    xs = [r["shape"]["S"] for r in series]
-    for name in ["flash_decode", "sdpa_flash", "sdpa_cudnn", "flex", "eager"]:
-        ys = [r["graph_us"].get(name, float("nan")) for r in series]
-        ax.plot(xs, ys, marker="o", label=name, linewidth=2.5 if name == "flash_decode" else 1.2)
-    ax.plot(xs, [r["floor_us"] for r in series], "k--", label="copy-bandwidth floor")
+    draw(ax)
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
+    if log_y:
+        ax.set_yscale("log")
     ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel("µs per decode attention (graph replay)")
-    ax.set_title("CodeLlama-34B attention shape, batch 1, bf16")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    series = [r for r in rows if r["shape"]["model"] == "34B" and r["shape"]["B"] == 1]
+    xs = [r["shape"]["S"] for r in series]
+
+    def draw(ax):
+        for name in ["flash_decode", "sdpa_flash", "sdpa_cudnn", "flex", "eager"]:
+            ys = [r["graph_us"].get(name, float("nan")) for r in series]
+            ax.plot(xs, ys, marker="o", label=name, linewidth=2.5 if name == "flash_decode" else 1.2)
+        ax.plot(xs, [r["floor_us"] for r in series], "k--", label="copy-bandwidth floor")
+    context_plot(path, "CodeLlama-34B attention shape, batch 1, bf16", "µs per decode attention (graph replay)",
+                 draw, log_y=True)
+
+
+def log_to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def begin_run(program: str, out: Path):
+    """What every GPU benchmark does first: (environment, copy bandwidth, logger), or None without CUDA."""
+    if not torch.cuda.is_available():
+        print(f"{program} needs a CUDA GPU: Flash-Decoding's speed is a GPU property.", file=sys.stderr)
+        return None
+    torch.manual_seed(0)
+    env = environment()
+    bandwidth = copy_bandwidth()
+    log_to_stderr(f"{env['card']}: copy bandwidth {bandwidth / 1e12:.2f} TB/s")
+    out.mkdir(parents=True, exist_ok=True)
+    return env, bandwidth, log_to_stderr
 
 
 def main(argv=None) -> int:
@@ -380,15 +408,9 @@ def main(argv=None) -> int:
     parser.add_argument("--check", action="store_true", help="run the GPU correctness sweep first")
     parser.add_argument("--only", default="", help="comma-separated substrings of shape labels to run")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("kernels.bench needs a CUDA GPU: Flash-Decoding's speed is a GPU property.", file=sys.stderr)
+    if (started := begin_run("kernels.bench", args.out)) is None:
         return 2
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    torch.manual_seed(0)
-    env = environment()
-    bandwidth = copy_bandwidth()
-    log(f"{env['card']}: copy bandwidth {bandwidth / 1e12:.2f} TB/s")
-    args.out.mkdir(parents=True, exist_ok=True)
+    env, bandwidth, log = started
     if args.check:
         checks = gpu_correctness_sweep(log)
         (args.out / "kernels-check.json").write_text(json.dumps({"env": env, "cases": checks}, indent=1))

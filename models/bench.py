@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from kernels.bench import copy_bandwidth, environment, graph_replay_us
+from kernels.bench import begin_run, context_plot, copy_bandwidth, graph_replay_us
 from models.config import preset
 from models.llama import Decode, build_random_model
 
@@ -179,6 +179,16 @@ def bench_ours(name: str, n_layers: int | None, contexts, batches, bandwidth: fl
     return rows
 
 
+def kernel_rows(quick: bool = True, log=None) -> tuple[float, list[dict]]:
+    """The attention micro-benchmark of `kernels.bench` for the app's `--bench` (which may not import
+    kernels itself): the copy bandwidth, then one row per shape with every contestant's graph-replay µs."""
+    from kernels import bench as kernel_bench
+    log = log or (lambda message: None)
+    bandwidth = kernel_bench.copy_bandwidth()
+    methods = kernel_bench.contestants(with_flex=False)
+    return bandwidth, [kernel_bench.bench_shape(shape, methods, bandwidth, log) for shape in kernel_bench.shapes(quick)]
+
+
 # --- Hugging Face transformers ---------------------------------------------------------------------
 
 def build_hf_model(name: str, n_layers: int | None, max_len: int):
@@ -310,34 +320,23 @@ def markdown(env: dict, bandwidth: float, rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    series = [r for r in rows if r["impl"] == "ours" and r["model"] == "7B" and r["batch"] == 1 and "skipped" not in r]
-    hf = [r for r in rows if r["impl"] == "hf" and r["model"] == "7B" and r["batch"] == 1]
+def plot(rows: list[dict], path: Path, card: str) -> None:
+    series = [r for r in rows if r["impl"] == "ours" and r["model"] == "CodeLlama-7B" and r["batch"] == 1
+              and "skipped" not in r]
+    hf = [r for r in rows if r["impl"] == "hf" and r["model"] == "CodeLlama-7B" and r["batch"] == 1]
     if not series:
         return
-    fig, ax = plt.subplots(figsize=(7, 4.5))
     xs = [r["context"] for r in series]
-    ax.plot(xs, [r["roofline_tok_s"] for r in series], "k--", label="roofline (copy bandwidth)")
-    for backend in BACKENDS:
-        ax.plot(xs, [r["tok_s"].get(backend, float("nan")) for r in series], marker="o",
-                label=f"ours, --attention {backend}", linewidth=2.5 if backend == "flash" else 1.2)
-    for kind in ("static", "dynamic"):
-        ax.plot([r["context"] for r in hf], [r["tok_s"].get(kind, float("nan")) for r in hf], marker="x",
-                label=f"transformers, {kind} cache")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel("decode tokens/s (batch 1)")
-    ax.set_title("CodeLlama-7B shape, bf16, one H100")
-    ax.legend(fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+
+    def draw(ax):
+        ax.plot(xs, [r["roofline_tok_s"] for r in series], "k--", label="roofline (copy bandwidth)")
+        for backend in BACKENDS:
+            ax.plot(xs, [r["tok_s"].get(backend, float("nan")) for r in series], marker="o",
+                    label=f"ours, --attention {backend}", linewidth=2.5 if backend == "flash" else 1.2)
+        for kind in ("static", "dynamic", "generate_static", "generate_dynamic"):
+            ax.plot([r["context"] for r in hf], [r["tok_s"].get(kind, float("nan")) for r in hf], marker="x",
+                    label=f"transformers, {kind.replace('_', ' ')} cache")
+    context_plot(path, f"CodeLlama-7B shape, bf16, batch 1, {card}", "decode tokens/s", draw)
 
 
 def main(argv=None) -> int:
@@ -356,15 +355,9 @@ def main(argv=None) -> int:
     parser.add_argument("--tag", default="", help="suffix of the output file names")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("models.bench needs a CUDA GPU", file=sys.stderr)
+    if (started := begin_run("models.bench", args.out)) is None:
         return 2
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    torch.manual_seed(0)
-    env = environment()
-    bandwidth = copy_bandwidth()
-    log(f"{env['card']}: copy bandwidth {bandwidth / 1e12:.2f} TB/s")
-    args.out.mkdir(parents=True, exist_ok=True)
+    env, bandwidth, log = started
     global PROFILE_TO
     PROFILE_TO = args.out if args.profile else None
     contexts = [int(c) for c in args.contexts.split(",")]
@@ -399,7 +392,7 @@ def main(argv=None) -> int:
                   f"tokens: TTFT {t['cold_ttft_ms']:.1f} ms; a second request sharing {t['reused_prefix_tokens']} "
                   f"tokens: {t['reuse_ttft_ms']:.1f} ms ({t['ratio']:.3f} of cold).\n")
     (args.out / f"{stem}.md").write_text(table)
-    plot(rows, args.out / f"{stem}.png")
+    plot(rows, args.out / f"{stem}.png", env["card"])
     print(table)
     return 0
 
