@@ -44,9 +44,13 @@ def backends_for(args, device: str) -> tuple[list[str], list[str]]:
     return ["sdpa", "eager"], notes
 
 
-def source_ids(tokenizer, root: Path | None, index, cap: int) -> list[int]:
+def source_ids(tokenizer, root: Path | None, index, cap: int, vocab_size: int) -> list[int]:
     """Real code as prompt tokens, up to cap (random ids make a model stop or loop at once):
-    the repository's files, or without REPO this program's own source."""
+    the repository's files, or without REPO this program's own source. A random-weight model
+    (`--model random:PRESET`) has no tokenizer and no EOS: random ids serve it as well as any."""
+    if tokenizer is None:
+        import torch
+        return torch.randint(3, vocab_size, (cap,), generator=torch.Generator().manual_seed(0)).tolist()
     if index is not None:
         paths = [root / name for name in index.files]
     else:
@@ -212,7 +216,7 @@ def run_bench(args) -> None:
 
     engine = _load(args, limit, decode_tokens, notes)
     limit = min(limit, engine.context_length - decode_tokens)
-    ids = source_ids(engine.tokenizer, root, index, cap=limit)
+    ids = source_ids(engine.tokenizer, root, index, cap=limit, vocab_size=engine.model.config.vocab_size)
     repo_context = len(ids) if index is not None else None
     contexts = sorted({c for c in wanted if c <= limit} | ({repo_context} if repo_context else set()))
     if left_out := [c for c in wanted if c > limit]:

@@ -44,6 +44,8 @@ def load(args, max_new_tokens: int):
                             max_context=budget + max_new_tokens if budget else None, progress=progress)
     if engine.attention_is_slow:
         warn("--attention flash on the CPU runs the Triton kernels in their interpreter: very slow")
+    if engine.tokenizer is None and not args.bench:
+        raise UsageError(f"--model {args.model}: random weights have no tokenizer; only --bench can use them")
     return engine
 
 

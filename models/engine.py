@@ -34,7 +34,9 @@ def load_model(spec=None, device=None, dtype=None, attention=None, max_context=N
                cuda_graphs=None) -> Engine:
     """Load a model (None: $CODECOMPLETE_MODEL or the embedded SmolLM2) into a ready Engine.
 
-    spec: a HF checkpoint directory, a .gguf file or a hub id. device: "cuda" if available else "cpu".
+    spec: a HF checkpoint directory, a .gguf file, a hub id, or "random:PRESET" (random weights of a
+    preset's exact shapes and no tokenizer: for benchmarking where no checkpoint is at hand).
+    device: "cuda" if available else "cpu".
     dtype: bf16 on CUDA, float32 on CPU. attention: "flash" on CUDA, "sdpa" on CPU.
     max_context: KV-cache capacity in tokens, default min(model limit, 16384).
     cuda_graphs: capture the decode step in a CUDA graph (default: on CUDA).
@@ -45,6 +47,8 @@ def load_model(spec=None, device=None, dtype=None, attention=None, max_context=N
     start = perf_counter()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = parse_dtype(dtype, device)
+    if isinstance(spec, str) and spec.startswith(RANDOM_PREFIX):
+        return _random_engine(spec, device, dtype, attention, max_context, cuda_graphs, start)
     source = resolve(spec, progress)
     directory = source.path
     if source.kind == "gguf":
@@ -56,6 +60,24 @@ def load_model(spec=None, device=None, dtype=None, attention=None, max_context=N
     loaded = load_hf_model(directory, device, dtype, max_len=context, name=source.name)
     engine = Engine(loaded.model, loaded.tokenizer, name=source.name, attention=attention,
                     context_length=context, eos_token_ids=loaded.eos_token_ids, cuda_graphs=cuda_graphs)
+    engine.load_s = perf_counter() - start
+    return engine
+
+
+RANDOM_PREFIX = "random:"
+
+
+def _random_engine(spec: str, device, dtype, attention, max_context, cuda_graphs, start: float) -> Engine:
+    """An Engine over random weights of a preset's shapes: times exactly like the real checkpoint."""
+    from models.config import preset
+    from models.llama import build_random_model
+
+    name = spec[len(RANDOM_PREFIX):]
+    config = preset(name)
+    context = context_capacity(config, max_context, name)
+    model = build_random_model(config, device=device, dtype=dtype, max_len=context)
+    engine = Engine(model, None, name=f"{name} (random weights)", attention=attention, context_length=context,
+                    eos_token_ids=(), cuda_graphs=cuda_graphs)
     engine.load_s = perf_counter() - start
     return engine
 

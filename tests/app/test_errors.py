@@ -80,3 +80,9 @@ def test_ctrl_c_during_generation_exits_130(script, cli_env):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
     assert err.decode().strip() == "codecomplete: interrupted"
+
+
+def test_random_weights_are_for_the_benchmark_only(codecomplete):
+    """`random:PRESET` times like the real model but has no tokenizer: any other command refuses it."""
+    check_error(codecomplete("--model", "random:SmolLM2-135M", "--prompt", "x"), 2,
+                "random weights have no tokenizer")
