@@ -30,7 +30,7 @@ LOG2_E = 1.4426950408889634
 PDL_SUPPORTED = os.environ.get("CODECOMPLETE_PDL", "1") != "0" and "launch_pdl" in getattr(
     CUDAOptions, "__dataclass_fields__", {})
 
-# Planning constants, measured on an H100 (bench/results/kernels-*.md records the sweep).
+# Planning constants, measured on an H100 (bench/results/NOTES.md records the sweeps).
 PROGRAMS_PER_SM = 2          # two resident programs per SM beat one and four (34B, 7B, paper shapes)
 MIN_BLOCKS_PER_SPLIT = 1     # even one tile per split paid off at short contexts (34B, S=1k)
 MAX_SPLITS = 128             # bounds the combine's tile; more splits never paid off
@@ -45,7 +45,6 @@ class LaunchPlan:
     block_d: int      # head dim padded to a power of two
     num_warps: int
     num_stages: int
-
 
 
 @functools.lru_cache(maxsize=16)

@@ -9,14 +9,14 @@ log-sum-exp. With a single split it writes the final output directly and the com
 Stage 2, `_combine_kernel`: one program per (batch, query head) rescales the partials by
 exp2(lse_i - lse) and sums them. On a GPU it is launched as a programmatic dependent launch: its
 programs start while stage 1 is still running and wait for its results at `gdc_wait`, which hides
-most of a launch (measured on an H100, bench/results/kernels-notes.md). A combine fused into stage 1,
+most of a launch (measured on an H100, bench/results/NOTES.md). A combine fused into stage 1,
 the last split of each group reducing it, measured 1.2-2.3x slower: one program then reads the
 whole group's partials alone.
 
 How a sequence is split is decided inside the kernel from its current length: the grid depends
-only on shapes, so a CUDA graph captured once stays valid while the cache fills, and every split
-has work whatever the length. Splits past the end of a short sequence exit at once; the combine
-counts the same splits and never reads theirs.
+only on shapes, so a CUDA graph captured once stays valid while the cache fills, and the splits
+share out whatever length the sequence has now. Splits past the end of a short sequence exit at
+once; the combine counts the same splits and never reads theirs.
 
 Internally scores are in base 2 (exp2 is one instruction); the lse handed out is natural log.
 """
