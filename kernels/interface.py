@@ -52,6 +52,7 @@ def _multiprocessor_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+@functools.lru_cache(maxsize=256)  # a pure function of shapes, asked on every launch
 def plan_launch(B: int, Hq: int, Hkv: int, S: int, D: int, *, num_sms: int = 132,
                 num_splits: int | None = None) -> LaunchPlan:
     """Pick splits and tiles from shapes alone (never from lengths, so the grid is graph-safe).
