@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from kernels.bench import begin_run, context_plot, copy_bandwidth, graph_replay_us
+from kernels.bench import begin_run, context_plot, graph_replay_us
 from models.config import preset
 from models.llama import Decode, build_random_model
 

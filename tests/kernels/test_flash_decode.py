@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_inputs
+from kernel_inputs import make_inputs
 
 from kernels import flash_decode, plan_launch, reference
 

@@ -11,7 +11,7 @@ import torch
 from models import GenerationConfig, ModelError, ModelNotFoundError, UnsupportedModelError, load_model
 from models.loading import embedded_model_path
 
-from conftest import GGUF_TOKENS, load_error, write_tiny_gguf
+from tiny_models import GGUF_TOKENS, load_error, write_tiny_gguf
 
 PROMPT = "def is_prime(n):\n"
 

@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import load_error
+from tiny_models import load_error
 from models import (ContextTooLongError, GenerationConfig, ModelError, ModelNotFoundError, OutOfMemoryError,
                     UnsupportedModelError, load_model)
 

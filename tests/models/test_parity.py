@@ -11,7 +11,7 @@ import torch
 from models import GenerationConfig, load_model
 from models.llama import Decode
 
-from conftest import save_tiny_llama
+from tiny_models import save_tiny_llama
 
 CASES = {
     "mha": dict(n_kv_heads=4),
