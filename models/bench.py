@@ -54,13 +54,18 @@ def fill_cache_randomly(model, context: int) -> None:
         cache.v[:, :, :context].normal_()
 
 
-def ours_step_us(model, batch: int, context: int, backend: str, replays: int) -> float:
-    """µs per decode step (graph replay) with `context` tokens in every row, through `backend`."""
+def steady_decode(model, batch: int, context: int, backend: str):
+    """A zero-argument decode step with `context` tokens in every row's cache, through `backend`."""
     device = model.output.weight.device
     tokens = torch.randint(0, model.config.vocab_size, (batch, 1), device=device)
     input_pos = torch.full((batch,), context - 1, dtype=torch.long, device=device)
     step = Decode(input_pos, (input_pos + 1).to(torch.int32), backend, kv_len=None, exact=True)
-    return graph_replay_us(lambda: model.decode(tokens, step), replays)
+    return lambda: model.decode(tokens, step)
+
+
+def ours_step_us(model, batch: int, context: int, backend: str, replays: int) -> float:
+    """µs per decode step (graph replay) with `context` tokens in every row, through `backend`."""
+    return graph_replay_us(steady_decode(model, batch, context, backend), replays)
 
 
 @torch.no_grad()
@@ -100,8 +105,7 @@ def check_backends_and_compile(model, log) -> dict:
     model.compile_dense()
     result["bf16_compiled_vs_uncompiled"] = rel(logits(model, "flash"), uncompiled)
     log(f"  logits check (relative L2): {result}")
-    for layer in model.layers:
-        layer.attention.kv_cache = None
+    model.free_caches()
     return result
 
 
@@ -135,17 +139,13 @@ def profile_step(model, batch: int, context: int, backend: str, path: Path) -> N
     from torch.profiler import ProfilerActivity, profile
     model.setup_caches(batch, context)
     fill_cache_randomly(model, context)
-    device = model.output.weight.device
-    tokens = torch.randint(0, model.config.vocab_size, (batch, 1), device=device)
-    input_pos = torch.full((batch,), context - 1, dtype=torch.long, device=device)
-    step = Decode(input_pos, (input_pos + 1).to(torch.int32), backend, kv_len=None, exact=True)
-    graph_replay_us(lambda: model.decode(tokens, step), 3)          # warm-up and compile
+    step = steady_decode(model, batch, context, backend)
+    graph_replay_us(step, 3)                                          # warm-up and compile
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        graph_replay_us(lambda: model.decode(tokens, step), 5)
+        graph_replay_us(step, 5)
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90)
     path.write_text(table)
-    for layer in model.layers:
-        layer.attention.kv_cache = None
+    model.free_caches()
 
 
 def fits(n_bytes: int, headroom: int = 3 * GiB) -> bool:
@@ -157,7 +157,6 @@ def bench_ours(name: str, n_layers: int | None, contexts, batches, bandwidth: fl
     rows = []
     model = build_random_model(name, n_layers=n_layers, device="cuda", dtype=torch.bfloat16, max_len=max(contexts))
     checks[name] = check_backends_and_compile(model, log)   # also compiles the dense parts
-    compiled = True
     if PROFILE_TO is not None:
         profile_step(model, 1, contexts[0], "flash", PROFILE_TO / f"profile-{name}-S{contexts[0]}.txt")
     config = model.config
@@ -168,10 +167,8 @@ def bench_ours(name: str, n_layers: int | None, contexts, batches, bandwidth: fl
             row = {"impl": "ours", "model": name, "layers": config.n_layers, "batch": batch, "context": context,
                    "weight_gb": weights / 1e9, "kv_gb": kv / 1e9,
                    "roofline_tok_s": batch * bandwidth / (weights + kv), "tok_s": {}, "step_us": {},
-                   "compiled": compiled}
-            for layer in model.layers:
-                layer.attention.kv_cache = None
-            torch.cuda.empty_cache()
+                   "compiled": True}
+            model.free_caches()
             if not fits(kv):
                 row["skipped"] = f"KV cache of {kv / GiB:.1f} GiB does not fit next to {weights / GiB:.1f} GiB of weights"
                 log(f"  {name} B={batch} S={context}: {row['skipped']}")
@@ -191,8 +188,7 @@ def bench_ours(name: str, n_layers: int | None, contexts, batches, bandwidth: fl
                 f"{b} {row['tok_s'].get(b, float('nan')):7.1f}" for b in BACKENDS) +
                 f"  roofline {row['roofline_tok_s']:7.1f} tok/s")
             rows.append(row)
-    for layer in model.layers:
-        layer.attention.kv_cache = None
+    model.free_caches()
     del model
     gc.collect()
     torch.cuda.empty_cache()
@@ -229,6 +225,16 @@ def build_hf_model(name: str, n_layers: int | None, max_len: int):
     return model.eval()
 
 
+def wall_seconds(run) -> float:
+    """Host wall-clock seconds of `run()` with the GPU idle before and drained after (HF's loops
+    synchronise on their own, so their host overhead is part of what they cost)."""
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    run()
+    torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 @torch.no_grad()
 def hf_decode_tok_s(model, cache_kind: str, batch: int, context: int, steps: int) -> float:
     """Tokens/s of HF's own decode loop after a `context`-token prefill (prefill not timed)."""
@@ -246,20 +252,16 @@ def hf_decode_tok_s(model, cache_kind: str, batch: int, context: int, steps: int
                     cache_position=torch.arange(start, end, device="cuda"), use_cache=True, logits_to_keep=1)
     token = out.logits[:, -1].argmax(-1, keepdim=True)                     # (B, 1)
 
-    def run(n: int, first: int) -> float:
+    def decode(n: int, first: int) -> None:
         nonlocal token
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
         for i in range(n):
             pos = torch.tensor([first + i], device="cuda")
             out = model(input_ids=token, past_key_values=cache, cache_position=pos, use_cache=True, logits_to_keep=1)
             token = out.logits[:, -1].argmax(-1, keepdim=True)
-        torch.cuda.synchronize()
-        return time.perf_counter() - t0
 
     warm = 5
-    run(warm, context)
-    elapsed = run(steps - warm, context + warm)
+    decode(warm, context)
+    elapsed = wall_seconds(lambda: decode(steps - warm, context + warm))
     return batch * (steps - warm) / elapsed
 
 
@@ -268,15 +270,11 @@ def hf_generate_tok_s(model, cache_kind: str, batch: int, context: int, steps: i
     """Decode tokens/s of `model.generate` (what most users run): the time of generating `steps`
     tokens minus that of generating one (prefill and first token), over steps - 1 tokens."""
     ids = torch.randint(0, model.config.vocab_size, (batch, context), device="cuda")
-    kwargs = dict(do_sample=False, min_new_tokens=steps, pad_token_id=0,
+    kwargs = dict(do_sample=False, pad_token_id=0,
                   cache_implementation="static" if cache_kind == "static" else "dynamic")
 
     def timed(n: int) -> float:
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        model.generate(ids, max_new_tokens=n, **(kwargs | {"min_new_tokens": n}))
-        torch.cuda.synchronize()
-        return time.perf_counter() - t0
+        return wall_seconds(lambda: model.generate(ids, max_new_tokens=n, min_new_tokens=n, **kwargs))
 
     timed(steps)  # warm-up at this very shape: generate compiles its static-cache path per shape
     timed(1)

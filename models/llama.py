@@ -252,15 +252,19 @@ class Transformer(nn.Module):
         self.decode_kernels = DenseKernels(compile(attention_inputs), compile(attention_output_and_ffn),
                                            compile(final_logits))
 
+    def free_caches(self) -> None:
+        """Drop every layer's KV cache and hand its memory back to the device."""
+        for layer in self.layers:
+            layer.attention.kv_cache = None
+        if self.output.weight.is_cuda:
+            torch.cuda.empty_cache()
+
     def setup_caches(self, batch: int, max_len: int, name: str = "model") -> None:
         """Allocate every layer's cache (after freeing the old one), or say how many tokens would fit."""
         if max_len > self.rope.max_len:
             raise ValueError(f"cache of {max_len} tokens is longer than the rotary table ({self.rope.max_len})")
-        for layer in self.layers:
-            layer.attention.kv_cache = None
+        self.free_caches()
         device, dtype = self.output.weight.device, self.output.weight.dtype
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
         check_kv_cache_fits(self.config, batch, max_len, dtype, device, name)
         c = self.config
         for layer in self.layers:
