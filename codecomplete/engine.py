@@ -62,7 +62,8 @@ def config(args, max_new_tokens: int, packed=None):
     return GenerationConfig(
         max_new_tokens=max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
         stop_token_ids=tuple(packed.stop_token_ids) if packed else (),
-        stop_strings=tuple(packed.stop_strings) if packed else ())
+        stop_strings=tuple(packed.stop_strings) if packed else (),
+        required_prefix=packed.heal_text if packed else "")     # token healing (prompts leaves it out)
 
 
 def generate(engine, prompt_ids, generation_config, view):

@@ -21,6 +21,7 @@ from models.attention import BACKENDS
 from models.config import ModelConfig
 from models.errors import ContextTooLongError, ModelError
 from models.generation import GenerationConfig, GenerationResult, Timings
+from models.healing import HealingConstraint, PrefixStripper, vocabulary_bytes
 from models.llama import Decode, Transformer
 from models.sampling import make_generator, sample
 from models.tokenizer import IncrementalDetokenizer, StopStringMatcher
@@ -212,7 +213,8 @@ class Engine:
         logits = torch.cat([self.model.prefill(torch.tensor([p[r:]], device=self._device), r, b)
                             for b, (p, r) in enumerate(zip(prompts, reused))])        # (B, V)
         generator = make_generator(self._device, config.seed) if config.temperature > 0 else None
-        tokens = sample(logits, config, generator)                                    # (B,)
+        healing = self._healing(config, B)
+        tokens = sample(healing.restrict(logits) if healing else logits, config, generator)   # (B,)
 
         state = self._decode_step(B)
         positions = [len(p) for p in prompts]          # host mirror of state.input_pos
@@ -222,13 +224,16 @@ class Engine:
         fed = list(prompts[0])                          # row 0's tokens whose K/V are in the cache
         for step in range(steps):
             host = _HostCopy(tokens)
-            # With lookahead, step t+1 is queued before waiting for token t (wasted only if t is the last).
-            queued = self._lookahead and step + 1 < steps
+            # With lookahead, step t+1 is queued before waiting for token t (wasted only if t is the last);
+            # not while healing, whose next choice depends on token t.
+            queued = self._lookahead and step + 1 < steps and not (healing and healing.active)
             if queued:
                 next_tokens = self._step(state, tokens, positions, config, generator)
             token_list = host.wait()
             if step == 0:
                 t_first = perf_counter()
+            if healing:
+                healing.advance(token_list)
             for row, token in zip(rows, token_list):
                 row.accept(token, stop_ids)
             if queued:
@@ -240,7 +245,7 @@ class Engine:
                     row.cancel()
                 break
             if not queued:
-                next_tokens = self._step(state, tokens, positions, config, generator)
+                next_tokens = self._step(state, tokens, positions, config, generator, healing)
                 fed.append(token_list[0])
             tokens = next_tokens
         t_end = perf_counter()
@@ -255,14 +260,23 @@ class Engine:
                           prefill_tokens_per_s=prefilled / prefill_s if prefill_s > 0 else 0.0)
         return [row.result(len(p), r, timings) for row, p, r in zip(rows, prompts, reused)]
 
-    def _step(self, state: _DecodeStep, tokens, positions: list[int], config, generator) -> torch.Tensor:
+    def _step(self, state: _DecodeStep, tokens, positions: list[int], config, generator,
+              healing: HealingConstraint | None = None) -> torch.Tensor:
         """Feed tokens (B,) at the current positions, advance them, and sample the next tokens (on the device)."""
         state.tokens.copy_(tokens[:, None])
         logits = state.run(kv_len=max(positions) + 1, exact=len(set(positions)) == 1)
         last = self.context_length - 1
         state.input_pos.add_(1).clamp_(max=last)
         positions[:] = [min(p + 1, last) for p in positions]
-        return sample(logits, config, generator)
+        return sample(healing.restrict(logits) if healing else logits, config, generator)
+
+    def _healing(self, config: GenerationConfig, batch: int) -> HealingConstraint | None:
+        """The token-healing constraint on the first sampled tokens, if the request has a required prefix."""
+        if not config.required_prefix:
+            return None
+        if self.tokenizer is None:
+            raise ModelError(f"{self.name}: a required prefix needs a tokenizer")
+        return HealingConstraint(vocabulary_bytes(self.tokenizer), config.required_prefix, batch)
 
     def _check_prompts(self, prompts: list[list[int]]) -> None:
         if not prompts or any(not p for p in prompts):
@@ -372,6 +386,7 @@ class _Row:
 
     def __init__(self, tokenizer, prompt: list[int], config: GenerationConfig, budget: int, on_text):
         self.detokenizer = IncrementalDetokenizer(tokenizer, prompt) if tokenizer is not None else None
+        self.healed = PrefixStripper(config.required_prefix)   # the generation begins with it: not shown
         self.stops = StopStringMatcher(config.stop_strings)
         self.budget, self.on_text = budget, on_text
         self.token_ids: list[int] = []
@@ -384,7 +399,7 @@ class _Row:
         if token in stop_ids:
             self._finish("stop")
             return
-        text, hit = self.stops.feed(self.detokenizer.push(token) if self.detokenizer else "")
+        text, hit = self.stops.feed(self.healed.feed(self.detokenizer.push(token) if self.detokenizer else ""))
         self._emit(text)
         if hit:
             self.finish_reason = "stop"
@@ -397,7 +412,7 @@ class _Row:
 
     def _finish(self, reason: str) -> None:
         """End the row, releasing text held back for an incomplete character or a possible stop string."""
-        text, hit = self.stops.feed(self.detokenizer.flush() if self.detokenizer else "")
+        text, hit = self.stops.feed(self.healed.feed(self.detokenizer.flush() if self.detokenizer else ""))
         self._emit(text if hit else text + self.stops.flush())
         self.finish_reason = "stop" if hit else reason
 

@@ -41,6 +41,7 @@ class PackedPrompt:
     stop_token_ids: list[int]
     stop_strings: list[str]
     format: str  # "codellama-infill" | "starcoder-fim" | "left-to-right" | "chat"
+    heal_text: str = ""  # left out of the prompt's end: the generation must begin with it (token healing)
 
 
 @dataclass(frozen=True)
