@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="decode attention (default: flash on CUDA, sdpa on CPU)")
     model.add_argument("--context-tokens", type=_positive_int, metavar="N",
                        help="prompt budget in tokens (default: the model's context on CUDA, 1024 on CPU)")
+    model.add_argument("--threads", type=_positive_int, metavar="N",
+                       help="torch CPU threads (default on a CPU: the idle cores, by the load average, at least 1; "
+                            "$OMP_NUM_THREADS if set)")
 
     gen = parser.add_argument_group("generation")
     gen.add_argument("--max-tokens", type=_positive_int, metavar="N",
