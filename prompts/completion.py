@@ -21,14 +21,15 @@ from pathlib import Path
 from .chunking import Chunk, source_imports
 from .errors import PromptError
 from .formats import CompletionFormat, completion_format
-from .imports import resolve_imports
+from .imports import follow_imports
 from .index import RepoIndex
 from .languages import comment_marker, language_for, language_name
+from .outline import outline
 from .packing import Assembler, ContextItem, Layout, PackedPrompt, encode_all, select_chunks
-from .ranking import Query, cursor_weights, rank
+from .ranking import Query, cursor_terms, rank
 from .tokens import Encoder, encoder_for
 
-FILE_SHARE = 0.5  # of the budget, for the text around the cursor while the repository has more to offer
+FILE_SHARE = 0.4  # of the budget, for the text around the cursor while the repository has more to offer
 PREFIX_SHARE = 0.75  # of the current file's share, before the cursor
 SHARE_STEPS = 16  # the current file's share changes in steps of 1/16 of the budget
 BLOCK_LINES = 32  # the current file enters the prompt in blocks of this many lines
@@ -48,11 +49,14 @@ def build_completion_prompt(
     col: int | None = None,
     budget_tokens: int = 4096,
     reserve_tokens: int = 0,
+    *,
+    heal: bool = True,
 ) -> PackedPrompt:
     """The prompt for completing ``path`` (relative to the repository root, or absolute inside it) at a cursor.
 
     ``text`` is the editor's buffer (None: read the file). ``line`` and ``col`` are 1-based; no line means the
     end of the file, no column the end of the line. The ids never exceed ``budget_tokens - reserve_tokens``.
+    ``heal``: leave the last token before the cursor to the model (``PackedPrompt.heal_text``).
     """
     relative = index.relative_path(path)
     imports = index.imports(relative) if text is None else None  # the file as indexed, unless it is being edited
@@ -73,25 +77,20 @@ def build_completion_prompt(
     if space < 1:
         raise PromptError(f"a budget of {limit} tokens cannot hold the {form.name} prompt format ({fixed} tokens)")
 
-    heal = _partial_token(encoder, rows, row, column)
-    window = _Window(encoder, text, rows, row, column, with_suffix=form.fim is not None, heal=len(heal))
+    heal_text = _partial_token(encoder, rows, row, column) if heal else ""
+    window = _Window(encoder, text, rows, row, column, with_suffix=form.fim is not None, heal=len(heal_text))
     share = _file_share(window, space)
     window.fit(share)
     if imports is None:
         imports = source_imports(relative, text)
-    spec = language_for(relative)
-    query = Query(
-        weights=cursor_weights(rows, row, column, spec.keywords if spec else frozenset()),
-        path=relative,
-        imported=frozenset(resolve_imports(index.paths, relative, language, imports)),
-        shown=window.lines(),
-    )
+    query = _query(index, relative, language, imports, rows, row, column, window.lines())
     layout = Layout(
         section=lambda chunk: form.section(chunk.path, comment),
         chunk=lambda chunk: form.chunk(chunk.text, comment),
         gap=lambda chunk: form.gap(comment_marker(chunk.language), comment),
         blank=lambda chunk: form.blank(comment),
         code_between=index.code_between,
+        outline=lambda chunk: _outlined(form, chunk, comment),
     )
     selection = select_chunks(encoder, layout, rank(index, query), space - share)
     window.fit(space - selection.tokens, avoid=selection.chunks(relative))  # what the repository left over
@@ -117,7 +116,7 @@ def build_completion_prompt(
         stop_token_ids=list(form.stop_token_ids),
         stop_strings=form.stop_strings(mid_line=bool(rows[row][column:].strip())),
         format=form.name,
-        heal_text=heal,
+        heal_text=heal_text,
     )
 
 
@@ -133,6 +132,30 @@ def _partial_token(encoder: Encoder, rows: list[str], row: int, column: int) -> 
         tail = rows[earlier][-HEAL_LOOKBACK:] + "\n" + tail
     last = encoder.last_token(tail)
     return "" if len(last) >= len(tail) else last
+
+
+def _query(index: RepoIndex, path: str, language: str, imports, rows: list[str], row: int, column: int,
+           shown: tuple[int, int]) -> Query:
+    """What the cursor's surroundings ask of the repository: the names near it, and what the file imports."""
+    spec = language_for(path)
+    terms = cursor_terms(rows, row, column, spec.keywords if spec else frozenset(), comment_marker(language))
+    imported = follow_imports(index, path, language, imports)
+    own = {name for number in index.chunk_numbers(path) for name in index.chunks[number].defines}
+    return Query(
+        weights=terms.weights,
+        path=path,
+        imported=frozenset(imported.files),
+        imported_names=imported.definitions,
+        module_at_cursor=imported.modules.get(terms.qualifier, ()),
+        local=terms.local | own,
+        uses=terms.counts,
+        shown=shown,
+    )
+
+
+def _outlined(form: CompletionFormat, chunk: Chunk, comment: str) -> list | None:
+    text = outline(chunk)
+    return None if text is None else form.chunk(text, comment)
 
 
 def _file_share(window: _Window, space: int) -> int:
