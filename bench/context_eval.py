@@ -293,6 +293,12 @@ def main() -> None:
     label = args.repos.replace(",", "-") if args.repos else args.set
     out = Path(args.out or f"bench/results/context-eval-{label}")
     warnings.simplefilter("ignore", ScanWarning)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    progress = out.with_suffix(".partial.jsonl")  # every site as it is measured, so an interrupted run resumes
+    finished = {}
+    if progress.exists():
+        finished = {r["key"]: r["results"] for r in map(json.loads, progress.read_text().splitlines())}
+        print(f"resuming: {len(finished)} sites measured already ({progress})")
 
     engine = tokenizer = None
     if args.no_model:
@@ -322,6 +328,10 @@ def main() -> None:
             rng = random.Random(f"{args.seed}:{repo}")
             sample = rng.sample(found, min(args.sites, len(found)))
             for number, site in enumerate(sample):
+                key = f"{repo}:{site.path}:{site.line}:{site.col}"
+                if key in finished:  # measured by an earlier, interrupted run of the same command
+                    site.results = finished[key]
+                    continue
                 for budget in budgets:
                     for buffer in ("file", "prefix"):
                         site.results[f"recall_{buffer}_{budget}"] = recall(index, tokenizer, site, budget,
@@ -331,6 +341,8 @@ def main() -> None:
                     for run, source, heal in (("repo_heal", index, True), ("repo_raw", index, False),
                                               ("file_heal", solo, True), ("file_raw", solo, False)):
                         site.results[run] = complete(engine, source, site, budgets[0], heal)
+                with progress.open("a") as file:
+                    file.write(json.dumps({"key": key, "results": site.results}) + "\n")
             per_repo[repo] = {"version": run_info.versions([repo.replace("_", "-")])[repo.replace("_", "-")],
                               "files": len(index.files), "chunks": len(index.chunks), "sites_found": len(found),
                               **summary(sample, budgets, engine is not None)}
@@ -341,11 +353,7 @@ def main() -> None:
         alone.close()
         shutil.rmtree(cache, ignore_errors=True)
     results = {
-        "date": run_info.now(),
-        "machine": run_info.machine(),
-        "load_average_before": load_before,
-        "load_average_after": os.getloadavg(),
-        "versions": run_info.versions(VERSIONS),
+        **run_info.header(load_before, VERSIONS),
         "model": None if engine is None else engine.name,
         "set": args.set if not args.repos else "custom",
         "seed": args.seed,
@@ -355,9 +363,9 @@ def main() -> None:
         "overall": summary(all_sites, budgets, engine is not None),
         "sites": [asdict(site) for site in all_sites],
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     out.with_suffix(".md").write_text(markdown(results))
+    progress.unlink(missing_ok=True)
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
 
 

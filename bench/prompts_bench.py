@@ -76,11 +76,7 @@ def main() -> None:
     print(f"rank+pack: first {cursor['first_ms']:.0f} ms, keystrokes median {cursor['keystroke_median_ms']:.0f} ms")
 
     results = {
-        "date": run_info.now(),
-        "machine": run_info.machine(),
-        "load_average_before": load_before,
-        "load_average_after": os.getloadavg(),
-        "versions": run_info.versions(VERSIONS),
+        **run_info.header(load_before, VERSIONS),
         "repository": {"path": stdlib, "files": len(index.files), "chunks": len(index.chunks), "text_mb": text_mb},
         "first_index": {"runs": first_runs, "best": first},
         "warm_index": {"runs": warm_runs, "best": warm},

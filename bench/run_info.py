@@ -28,3 +28,14 @@ def versions(names: list[str]) -> dict:
         except importlib.metadata.PackageNotFoundError:
             found[name] = "-"
     return found
+
+
+def header(load_average_before: tuple[float, float, float], version_names: list[str]) -> dict:
+    """The first keys of a results file: when, where, how busy, with what."""
+    return {
+        "date": now(),
+        "machine": machine(),
+        "load_average_before": load_average_before,
+        "load_average_after": os.getloadavg(),
+        "versions": versions(version_names),
+    }

@@ -33,7 +33,7 @@ def outline(chunk: Chunk) -> str | None:
 def _outline(path: str, text: str) -> str | None:
     spec = language_for(path)
     lines = text.split("\n")
-    source = textwrap.dedent(text)
+    source = textwrap.dedent(text) if text[:1] in (" ", "\t") else text
     root = load_grammar(spec).parser.parse(source.encode("utf-8")).root_node
     elision = "..." if spec.name == "python" else f"{comment_marker(spec.name)} ..."
     builder = _Builder(lines, elision, python=spec.name == "python")
@@ -97,7 +97,7 @@ class _Builder:
                 if child is docstring or "comment" in child.type or _is_docstring(child):
                     continue  # (strings after fields document them: left out with the comments)
                 self.node(child)
-        else:
+        elif node.end_point.row > head_end:  # (a one-line definition is kept as it is)
             first_row = children[0].start_point.row if children else node.start_point.row
             inner = self.indent(first_row) if first_row > head_end else self.indent(node.start_point.row, True)
             last_kept = max(head_end, docstring.start_point.row if docstring is not None and top else head_end)

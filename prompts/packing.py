@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain, islice
 
 from .chunking import Chunk
 from .formats import Segment
@@ -22,7 +23,6 @@ MAX_BLANK_LINES = 2  # blank lines kept between two chunks shown together (PEP 8
 GIVE_UP_AFTER = 64  # candidates in a row that did not fit: the budget is as full as it will get
 OUTLINE_TOKENS = 4096  # filled with the outlines of the best chunks before any goes in whole
 WHOLE_MIN_TOKENS = 64  # chunks this short always go in whole
-MAX_WHOLE_ESTIMATE = 8192  # chunks estimated longer are not encoded whole (only outlined)
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,6 @@ class Choice:
     chunk: Chunk
     tokens: int
     outline: bool = False
-    whole_tokens: int | None = None  # an outline's chunk, whole (None: not counted yet)
 
 
 @dataclass
@@ -100,10 +99,10 @@ class Selection:
         self.files.setdefault(path, []).append(choice)
         self.order.append(choice)
 
-    def make_whole(self, choice: Choice) -> None:
-        """Show an outlined chunk whole instead."""
-        self.tokens += choice.whole_tokens - choice.tokens
-        choice.tokens, choice.outline = choice.whole_tokens, False
+    def make_whole(self, choice: Choice, tokens: int) -> None:
+        """Show an outlined chunk whole instead (``tokens``: what it takes whole)."""
+        self.tokens += tokens - choice.tokens
+        choice.tokens, choice.outline = tokens, False
 
     def drop_last(self) -> None:
         """Remove the least relevant chunk (the one chosen last)."""
@@ -145,81 +144,97 @@ class Selection:
 def select_chunks(encoder: Encoder, layout: Layout, ranked: Iterable[tuple[float, Chunk]], budget: int) -> Selection:
     """Take ranked chunks, best first, while they fit into ``budget`` tokens (sections and gaps included).
 
-    First the best candidates go in as outlines (chunks shorter than WHOLE_MIN_TOKENS whole) until they fill
-    the budget or OUTLINE_TOKENS, so that a small budget holds the definitions of many names; then those
-    outlines become whole chunks, best first, as far as the budget allows; then the rest of the ranking goes
-    in whole where it fits, else outlined. A large budget so carries the bodies of the best chunks, and the
-    outlines of many more."""
+    First the best candidates go in as outlines (chunks of up to WHOLE_MIN_TOKENS whole) until they fill the
+    budget or OUTLINE_TOKENS, so that a small budget holds the definitions of many names; then those outlines
+    become whole chunks, best first, as far as the budget allows; then the rest of the ranking goes in whole
+    where it fits, else outlined. A large budget so carries the bodies of the best chunks, and the outlines of
+    many more. Candidates are encoded a batch at a time, and only in the form they are considered in."""
     selection = Selection(layout)
-    candidates = _Candidates(encoder, layout, ranked)
-    misses = 0
-    for chunk, whole in candidates:
-        if selection.tokens >= min(budget, OUTLINE_TOKENS) or misses >= GIVE_UP_AFTER:
-            candidates.put_back(chunk, whole)
+    candidates = iter(chunk for _, chunk in ranked)
+    misses, leftover = 0, []
+    while selection.tokens < min(budget, OUTLINE_TOKENS) and misses < GIVE_UP_AFTER:
+        batch = list(islice(candidates, ENCODE_BATCH))
+        if not batch:
             break
-        misses = 0 if _take(encoder, selection, chunk, whole, budget, outline_first=True) else misses + 1
-    for choice in selection.order:
-        room = budget - selection.tokens + choice.tokens
-        if choice.outline and choice.chunk.approx_tokens <= 2 * room:
-            if choice.whole_tokens is None:
-                choice.whole_tokens = len(encode_all(encoder, [layout.chunk(choice.chunk)])[0])
-            if choice.whole_tokens <= room:
-                selection.make_whole(choice)
-    for chunk, whole in candidates:
+        forms = [_short_or_outline(layout, chunk) for chunk in batch]
+        for number, (chunk, (outlined, segments), ids) in enumerate(zip(batch, forms, encode_all(encoder, [
+                segments for _, segments in forms]))):
+            if selection.tokens >= min(budget, OUTLINE_TOKENS):
+                leftover = batch[number:]
+                break
+            if _opened(encoder, selection, chunk) + len(ids) <= budget - selection.tokens:
+                selection.add(Choice(chunk, len(ids), outline=outlined))
+                misses = 0
+            else:
+                misses += 1
+    _make_whole(encoder, selection, budget)
+    for batch in _batches(chain(leftover, candidates)):
         if selection.tokens >= budget or misses >= GIVE_UP_AFTER:
             break
-        misses = 0 if _take(encoder, selection, chunk, whole, budget, outline_first=False) else misses + 1
+        left = budget - selection.tokens
+        worth = [c for c in batch if c.approx_tokens <= 2 * left]  # (longer ones are not worth encoding whole)
+        wholes = dict(zip(map(id, worth), map(len, encode_all(encoder, [layout.chunk(c) for c in worth]))))
+        hopeless = [c for c in batch if wholes.get(id(c), left + 1) > left]  # whole: neither now nor later
+        outlined = [(c, layout.outline(c)) for c in hopeless]
+        outlined = [(c, segments) for c, segments in outlined if segments is not None]
+        outlines = dict(zip([id(c) for c, _ in outlined], map(len, encode_all(encoder, [s for _, s in outlined]))))
+        for chunk in batch:
+            taken = _whole_or_outline(encoder, selection, chunk, wholes.get(id(chunk)), outlines.get(id(chunk)), budget)
+            misses = 0 if taken else misses + 1
     return selection
 
 
-class _Candidates:
-    """Ranked chunks with the tokens each takes whole (None when surely too long to be worth encoding),
-    encoded ENCODE_BATCH at a time."""
-
-    def __init__(self, encoder: Encoder, layout: Layout, ranked: Iterable[tuple[float, Chunk]]):
-        self.encoder, self.layout, self.ranked = encoder, layout, iter(ranked)
-        self.ready: list[tuple[Chunk, int | None]] = []
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> tuple[Chunk, int | None]:
-        if not self.ready:
-            batch = [chunk for _, (_, chunk) in zip(range(ENCODE_BATCH), self.ranked)]
-            if not batch:
-                raise StopIteration
-            worth = [c for c in batch if c.approx_tokens <= MAX_WHOLE_ESTIMATE]
-            costs = dict(zip(map(id, worth), map(len, encode_all(self.encoder, [self.layout.chunk(c) for c in worth]))))
-            self.ready = [(chunk, costs.get(id(chunk))) for chunk in reversed(batch)]
-        return self.ready.pop()
-
-    def put_back(self, chunk: Chunk, whole: int | None) -> None:
-        self.ready.append((chunk, whole))
+def _short_or_outline(layout: Layout, chunk: Chunk) -> tuple[bool, list[Segment]]:
+    """A chunk as the first pass considers it: whole when short or without an outline, else outlined."""
+    if chunk.approx_tokens > WHOLE_MIN_TOKENS:
+        outlined = layout.outline(chunk)
+        if outlined is not None:
+            return True, outlined
+    return False, layout.chunk(chunk)
 
 
-def _take(encoder: Encoder, selection: Selection, chunk: Chunk, whole: int | None, budget: int,
-          outline_first: bool) -> bool:
-    """Add a chunk whole or as its outline if either fits; whether it went in."""
+def _make_whole(encoder: Encoder, selection: Selection, budget: int) -> None:
+    """Outlined chunks made whole, best first, while the budget allows."""
     layout = selection.layout
+    room = budget - selection.tokens
+    worth = [c for c in selection.order if c.outline and c.chunk.approx_tokens <= 2 * (room + c.tokens)]
+    for choice, ids in zip(worth, encode_all(encoder, [layout.chunk(c.chunk) for c in worth])):
+        if len(ids) <= budget - selection.tokens + choice.tokens:
+            selection.make_whole(choice, len(ids))
+
+
+def _whole_or_outline(encoder: Encoder, selection: Selection, chunk: Chunk, whole: int | None,
+                      outline: int | None, budget: int) -> bool:
+    """Add a chunk whole if it fits, else its outline if that fits; whether it went in. (The tokens each takes,
+    if known; an outline not yet counted is counted here.)"""
+    left = budget - selection.tokens - _opened(encoder, selection, chunk)
+    if whole is not None and whole <= left:
+        selection.add(Choice(chunk, whole))
+        return True
+    if outline is None and whole is not None:  # it fitted when its batch began, no longer
+        outlined = selection.layout.outline(chunk)
+        outline = None if outlined is None else len(encode_all(encoder, [outlined])[0])
+    if outline is not None and outline <= left:
+        selection.add(Choice(chunk, outline, outline=True))
+        return True
+    return False
+
+
+def _opened(encoder: Encoder, selection: Selection, chunk: Chunk) -> int:
+    """What one more chunk of this file costs besides itself (a section, or a separator); counted once a file."""
     path = chunk.path
     if path not in selection.section_tokens:
+        layout = selection.layout
         section, gap, blank = encode_all(encoder, [layout.section(chunk), layout.gap(chunk), layout.blank(chunk)])
         selection.section_tokens[path] = len(section)
         selection.separator_tokens[path] = max(len(gap), MAX_BLANK_LINES * len(blank))
-    left = budget - selection.tokens - selection.opening(path)
-    if whole is not None and whole <= left and (not outline_first or whole <= WHOLE_MIN_TOKENS):
-        selection.add(Choice(chunk, whole))
-        return True
-    outlined = layout.outline(chunk)
-    if outlined is not None:
-        tokens = len(encode_all(encoder, [outlined])[0])
-        if tokens <= left and (whole is None or tokens < whole):
-            selection.add(Choice(chunk, tokens, outline=True, whole_tokens=whole))
-            return True
-    if whole is not None and whole <= left:  # no shorter outline: whole after all
-        selection.add(Choice(chunk, whole))
-        return True
-    return False
+    return selection.opening(path)
+
+
+def _batches(chunks: Iterable[Chunk]) -> Iterator[list[Chunk]]:
+    chunks = iter(chunks)
+    while batch := list(islice(chunks, ENCODE_BATCH)):
+        yield batch
 
 
 def encode_all(encoder: Encoder, segment_lists: list[list[Segment]]) -> list[list[int]]:
