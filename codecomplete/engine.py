@@ -18,6 +18,9 @@ def device_for(args) -> str:
     import torch
 
     if not args.device:
+        if (args.gpus or 1) > 1 and not torch.cuda.is_available():
+            raise UsageError(f"--gpus {args.gpus}: no CUDA GPU is available here "
+                             f"(--device cpu runs {args.gpus} CPU processes instead)")
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(args.device)
@@ -27,6 +30,9 @@ def device_for(args) -> str:
         raise UsageError(f"--device {args.device}: no CUDA GPU is available here")
     if device.type not in ("cpu", "cuda"):
         raise UsageError(f"--device {args.device}: only cpu and cuda are supported")
+    if (args.gpus or 1) > 1 and device.index is not None:
+        raise UsageError(f"--device {args.device} with --gpus: rank r runs on cuda:r "
+                         "(choose the GPUs with CUDA_VISIBLE_DEVICES)")
     return args.device
 
 
@@ -41,7 +47,8 @@ def load(args, max_new_tokens: int):
     budget = args.context_tokens or (CPU_PROMPT_BUDGET if device.startswith("cpu") else None)
     with status("Loading the model…") as progress:
         engine = load_model(args.model, device=device, dtype=args.dtype, attention=args.attention,
-                            max_context=budget + max_new_tokens if budget else None, progress=progress)
+                            max_context=budget + max_new_tokens if budget else None, progress=progress,
+                            gpus=args.gpus)
     if engine.attention_is_slow:
         warn("--attention flash on the CPU runs the Triton kernels in their interpreter: very slow")
     if engine.tokenizer is None and not args.bench:
