@@ -197,7 +197,7 @@ class Collectives:
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """The sum of x over the ranks (a new tensor)."""
-        if self.method == "none" or self.world == 1:
+        if self.method == "none":
             return x.clone()
         if self.method != "nccl" and self._one_shot_fits(x):
             n = x.numel()
@@ -209,7 +209,7 @@ class Collectives:
 
     def all_gather(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., n) from every rank, concatenated along the last dim in rank order: (..., world * n)."""
-        if self.method == "none" or self.world == 1:
+        if self.method == "none":
             return x.repeat(*([1] * (x.dim() - 1)), self.world)
         flat = x.contiguous().view(-1)
         out = torch.empty(self.world * flat.numel(), dtype=x.dtype, device=x.device)   # (world, ..., n) flat
@@ -227,13 +227,26 @@ class Collectives:
 
     def _setup_one_shot(self, device: torch.device) -> None:
         """Allocate and exchange the staging buffer (collective: every rank gets here at the same call)."""
+        buffer = None
         try:
             import torch.distributed._symmetric_memory as symm_mem
             buffer = symm_mem.empty(ONE_SHOT_MAX_BYTES, dtype=torch.uint8, device=device)
             symm_mem.rendezvous(buffer, self.group.group_name)
-            self._buffer = buffer
+            # A first sum that must come out exact: rank r contributes r + 1 everywhere.
+            probe = torch.full((256,), float(self.group.rank() + 1), dtype=torch.float32, device=device)
+            total = torch.ops.symm_mem.one_shot_all_reduce_copy(buffer.view(torch.float32)[:256], probe, "sum",
+                                                                self.group.group_name)
+            if not bool((total == self.world * (self.world + 1) / 2).all()):
+                raise RuntimeError(f"a test sum came out as {total[0].item()}")
         except Exception as e:  # no peer access, no driver support, multicast demanded: NCCL it is
-            self.one_shot_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            buffer, self.one_shot_error = None, f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+        # Every rank must take the same path, or their collectives would not meet.
+        agreed = torch.tensor([buffer is not None], dtype=torch.int32, device=device)
+        dist.all_reduce(agreed, op=dist.ReduceOp.MIN, group=self.group)
+        if agreed.item():
+            self._buffer = buffer
+        elif self.one_shot_error is None:
+            self.one_shot_error = "unavailable on another rank"
 
 
 def _all_gather_flat(out: torch.Tensor, flat: torch.Tensor, group) -> None:
