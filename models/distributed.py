@@ -69,8 +69,9 @@ def check_devices(world: int, device_type: str) -> None:
 class Ranks:
     """This process as one rank of a group; on rank 0 of a spawned group, also the watch over the others."""
 
-    def __init__(self, tp: TensorParallel, context=None):
+    def __init__(self, tp: TensorParallel, context=None, threads: int | None = None):
         self.tp = tp
+        self._threads = threads              # this process's torch threads before it joined (restored at close)
         self.failure: str | None = None      # one line: which rank failed and how
         self._context = context              # torch.multiprocessing's ProcessContext of the spawned ranks
         self._closed = threading.Event()
@@ -90,13 +91,15 @@ class Ranks:
         if world > 1:
             context = torch_mp.start_processes(_spawned_rank, args=(world, store.port, device_type, target, args),
                                                nprocs=world - 1, join=False, start_method="spawn")
+        threads = torch.get_num_threads()
         try:
             _wait_for_start(store, context, world)
             tp = _join(0, world, 0, store, device_type)
         except BaseException:
             _terminate(context)
+            torch.set_num_threads(threads)
             raise
-        return cls(tp, context)
+        return cls(tp, context, threads)
 
     @classmethod
     def from_torchrun(cls) -> Ranks:
@@ -126,6 +129,8 @@ class Ranks:
                 dist.destroy_process_group()
             else:
                 _abort()
+        if self._threads is not None:
+            torch.set_num_threads(self._threads)
         if self._context is not None:
             try:
                 self._context.join(CLOSE_TIMEOUT_S)
@@ -206,6 +211,8 @@ def _join(rank: int, world: int, local_rank: int, store, device_type: str) -> Te
         dist.init_process_group("nccl", store=store, rank=rank, world_size=world, device_id=device)
     else:
         device = torch.device("cpu")
+        # Ranks sharing the host's cores: more threads than cores makes every collective wait on spinning ones.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
         dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
     control = dist.new_group(backend="gloo", timeout=IDLE)
     return TensorParallel(rank, world, device, dist.group.WORLD, control,

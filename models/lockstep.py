@@ -20,17 +20,20 @@ import atexit
 import dataclasses
 import functools
 import inspect
+import os
 import secrets
 import time
 
 import torch
 import torch.distributed as dist
 
-from models.distributed import Ranks, RankFailed, under_torchrun
+from models.config import preset
+from models.distributed import RankFailed, Ranks, under_torchrun
 from models.engine import RANDOM_PREFIX, checkpoint_directory, load_model, parse_dtype
 from models.errors import ModelError
 from models.generation import GenerationConfig
-from models.tp import TensorParallel
+from models.loading.hf import read_config
+from models.tp import TensorParallel, shard_config
 
 LOAD, SET, CLOSE = "load", "__setattr__", "close"
 REPORT_TIMEOUT_S = {LOAD: 600.0}     # after rank 0 is done, how long the others may take to report
@@ -52,11 +55,14 @@ def load_on_ranks(gpus: int | None, spec=None, *, device=None, dtype=None, atten
         raise ValueError(f"device {device}: with several GPUs give cuda (rank r uses cuda:r; pick GPUs with "
                          "CUDA_VISIBLE_DEVICES) or cpu")
     # Downloads and GGUF conversion happen once, here; every rank then reads its slices of the directory.
-    name = None
-    if not (isinstance(spec, str) and spec.startswith(RANDOM_PREFIX)):
-        name, spec = checkpoint_directory(spec, parse_dtype(dtype, torch.device(device_type)), progress)
-        spec = str(spec)
-    ranks = Ranks.from_torchrun() if under_torchrun() else Ranks.start(gpus, device_type, follow)
+    if isinstance(spec, str) and spec.startswith(RANDOM_PREFIX):
+        name, config = None, preset(spec[len(RANDOM_PREFIX):])
+    else:
+        name, directory = checkpoint_directory(spec, parse_dtype(dtype, torch.device(device_type)), progress)
+        spec, config = str(directory), read_config(directory)
+    world = int(os.environ["WORLD_SIZE"]) if under_torchrun() else (gpus or 1)
+    shard_config(config, world, name or spec)      # a split that cannot work fails before any rank starts
+    ranks = Ranks.from_torchrun() if under_torchrun() else Ranks.start(world, device_type, follow)
     _active = leader = LeaderEngine(ranks)
     atexit.register(leader.close)
     if progress:

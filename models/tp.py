@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -230,6 +231,10 @@ class Collectives:
         buffer = None
         try:
             import torch.distributed._symmetric_memory as symm_mem
+            if hasattr(symm_mem, "enable_symm_mem_for_group"):   # older torch needs it; newer deprecates it
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    symm_mem.enable_symm_mem_for_group(self.group.group_name)
             buffer = symm_mem.empty(ONE_SHOT_MAX_BYTES, dtype=torch.uint8, device=device)
             symm_mem.rendezvous(buffer, self.group.group_name)
             # A first sum that must come out exact: rank r contributes r + 1 everywhere.
