@@ -11,8 +11,9 @@ product's decode step (dense parts compiled, one CUDA-graph replay per token):
                measured on that GPU in this run (the slowest rank bounds the step)
   collectives  NCCL all-reduce against the one-shot all-reduce at the decode step's message sizes,
                as plain launches and inside a CUDA graph
-  check        a 2-layer cut of the first model: N-rank prefill and decode logits (eager, then compiled
-               and graph-replayed, per all-reduce) against one GPU's; every rank's tokens must agree
+  check        a 2-layer cut of the first model through the Engine's decode step: N-rank prefill and decode
+               logits (eager, then compiled and graph-replayed, per all-reduce) against one GPU's (eager);
+               every rank's tokens must agree
 NVLink multicast stays off (models.distributed.MULTICAST_OFF). Writes tp.json and tp.md; prints the table.
 """
 
@@ -30,7 +31,8 @@ from kernels.bench import copy_bandwidth, graph_replay_us
 from models.bench import fill_cache_randomly, fits, kv_bytes_per_step, ours_step_us, weight_bytes_per_step
 from models.config import preset
 from models.distributed import MULTICAST_OFF, multicast_off, run_on_ranks
-from models.llama import Decode, build_random_model
+from models.engine import Engine
+from models.llama import build_random_model
 from models.tp import ONE_SHOT_MAX_BYTES, TensorParallel, random_shard, vocab_rows
 
 GiB = 2**30
@@ -212,8 +214,6 @@ def check_rows(tp: TensorParallel, name: str, log) -> list[dict]:
     model = random_shard(config, tp, tp.device, torch.bfloat16, max_len=2 * CHECK_PROMPT)
     rows = []
     for graphed in (False, True):
-        if graphed:
-            model.compile_dense()
         for method in ("one_shot", "nccl"):
             if method == "one_shot" and tp.collectives.one_shot_error:
                 continue
@@ -240,27 +240,13 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _logits(model, prompt: torch.Tensor, graphed: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prefill prompt[:-1] (last position's logits), then decode its last token with flash (B=1)."""
-    device = model.output.weight.device
-    model.setup_caches(1, 2 * CHECK_PROMPT)
-    prefill = model.prefill(prompt[:, :-1].to(device))
-    tokens = prompt[:, -1:].to(device)
-    position = torch.tensor([prompt.shape[1] - 1], device=device)
-    step = Decode(position, (position + 1).to(torch.int32), "flash")
-    if not graphed:
-        return prefill, model.decode(tokens, step)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            model.decode(tokens, step)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = model.decode(tokens, step)
-    graph.replay()
+    """Through the Engine's own decode step: prefill the prompt (last position's logits), then one decode
+    step of token 0 right after it, as a replayed CUDA graph of the compiled step if `graphed`."""
+    engine = Engine(model, None, name="check", attention="flash", context_length=2 * CHECK_PROMPT, cuda_graphs=graphed)
+    prefill = model.prefill(prompt.to(model.output.weight.device))
+    decode = engine.make_decode_step(1, prompt.shape[1] + 1)()
     torch.cuda.synchronize()
-    return prefill, out.clone()
+    return prefill, decode.clone()
 
 
 def tp_rows(tp: TensorParallel, name: str, contexts, replays: int, log) -> list[dict]:
