@@ -109,26 +109,26 @@ class Ranks:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         return cls(_join(rank, world, int(os.environ.get("LOCAL_RANK", rank)), None, device_type))
 
-    def wait_for_failure(self, seconds: float) -> str | None:
-        """The failure of another rank, if the watchdog sees one within `seconds` (a broken collective
-        on rank 0 is usually another rank's death, noticed a moment later)."""
-        deadline = time.monotonic() + seconds
+    def failure_behind(self, error: BaseException) -> str | None:
+        """The other rank's failure that explains `error` on this one, if any: a broken collective
+        (RuntimeError) is usually another rank's death, which the watchdog sees a moment later."""
+        deadline = time.monotonic() + (10.0 if isinstance(error, RuntimeError) else 0.0)
         while self.failure is None and self._watchdog is not None and time.monotonic() < deadline:
             time.sleep(0.05)
         return self.failure
 
-    def close(self) -> None:
-        """Leave the group and wait for the spawned ranks to exit (after they were told to)."""
+    def close(self, clean: bool = True) -> None:
+        """Leave the group and wait for the spawned ranks to exit (after they were told to).
+
+        clean=False after an error: the others may be stuck in a collective, so no goodbye, just stop them.
+        """
         if self._closed.is_set():
             return
         self._closed.set()
         if self._watchdog is not None:
             self._watchdog.join()
-        if dist.is_initialized():
-            if self.failure is None:
-                dist.destroy_process_group()
-            else:
-                _abort()
+        if dist.is_initialized() and not (clean and self.failure is None and _leave(self.tp)):
+            _abort()
         if self._threads is not None:
             torch.set_num_threads(self._threads)
         if self._context is not None:
@@ -162,8 +162,8 @@ def run_on_ranks(world: int, device_type: str, fn, *args):
     try:
         result = fn(ranks.tp, *args)
     except BaseException as e:
-        failure = None if isinstance(e, KeyboardInterrupt) else ranks.wait_for_failure(2.0)
-        ranks.close()
+        failure = ranks.failure_behind(e)
+        ranks.close(clean=False)
         if failure:
             raise RankFailed(failure) from None
         raise
@@ -181,11 +181,8 @@ def _spawned_rank(index: int, world: int, port: int, device_type: str, target, a
     store = dist.TCPStore("127.0.0.1", port, world, is_master=False)
     store.set(_started_key(index + 1), "")
     tp = _join(index + 1, world, index + 1, store, device_type)
-    try:
-        target(tp, *args)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    target(tp, *args)
+    _leave(tp)
 
 
 def _started_key(rank: int) -> str:
@@ -217,6 +214,17 @@ def _join(rank: int, world: int, local_rank: int, store, device_type: str) -> Te
     control = dist.new_group(backend="gloo", timeout=IDLE)
     return TensorParallel(rank, world, device, dist.group.WORLD, control,
                           store or dist.distributed_c10d._get_default_store())
+
+
+def _leave(tp: TensorParallel) -> bool:
+    """Every rank at once (a goodbye barrier, then destroy): no rank tears its connections down while
+    another still uses them, which made gloo abort a process at exit now and then. False: no goodbye."""
+    try:
+        dist.monitored_barrier(group=tp.control, timeout=timedelta(seconds=CLOSE_TIMEOUT_S))
+    except RuntimeError:
+        return False
+    dist.destroy_process_group()
+    return True
 
 
 def _abort() -> None:

@@ -87,17 +87,17 @@ class LeaderEngine:
         """load_model(**kwargs) on every rank, each for its own part."""
         self._call(LOAD, kwargs, functools.partial(load_model, tp=self.ranks.tp, **kwargs))
 
-    def close(self) -> None:
-        """Tell the other ranks to exit and wait for them."""
+    def close(self, clean: bool = True) -> None:
+        """Tell the other ranks to exit and wait for them (clean=False: after an error, just stop them)."""
         if self._closed:
             return
         self.__dict__["_closed"] = True
         try:
-            if self.ranks.failure is None:
+            if clean and self.ranks.failure is None:
                 _broadcast(self.ranks.tp, (self._requests + 1, CLOSE, {}))
         except Exception:   # a broken group: the ranks are stopped regardless
-            pass
-        self.ranks.close()
+            clean = False
+        self.ranks.close(clean)
 
     def __getattr__(self, name: str):
         value = getattr(self.__dict__["engine"], name)
@@ -137,8 +137,8 @@ class LeaderEngine:
         except REQUEST_ERRORS as e:
             error, result = e, None
         except BaseException as e:
-            failure = None if isinstance(e, KeyboardInterrupt) else self.ranks.wait_for_failure(2.0)
-            self.close()
+            failure = self.ranks.failure_behind(e)
+            self.close(clean=False)
             if failure:
                 raise RankFailed(failure) from None
             raise
@@ -158,14 +158,14 @@ class LeaderEngine:
                 failure = self.ranks.failure or (
                     f"another rank did not finish {method} within {REPORT_TIMEOUT_S.get(method, DEFAULT_REPORT_TIMEOUT_S):.0f} s "
                     f"of rank 0{f' (rank 0: {error})' if error else ''}")
-                self.close()
+                self.close(clean=False)
                 raise RankFailed(failure)
             time.sleep(0.001)
         for rank, key in enumerate(keys, start=1):
             report = tp.store.get(key).decode()
             tp.store.delete_key(key)
             if bool(report) != (error is not None):   # one rank failed where another went on: out of step
-                self.close()
+                self.close(clean=False)
                 raise RankFailed(f"rank {rank} failed: {report}" if report else
                                  f"rank 0 failed ({error}) where rank {rank} did not")
 
@@ -199,10 +199,8 @@ def follow(tp: TensorParallel) -> None:
 def follow_under_torchrun() -> int:
     """What ranks other than 0 do under torchrun (the app sends them here before anything else)."""
     ranks = Ranks.from_torchrun()
-    try:
-        follow(ranks.tp)
-    finally:
-        ranks.close()
+    follow(ranks.tp)        # an error ends this process, and torchrun stops the others
+    ranks.close()
     return 0
 
 

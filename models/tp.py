@@ -134,9 +134,9 @@ def load_shard(config: ModelConfig, tp: TensorParallel, read: Callable[[Callable
     model = build_shard(config, tp, device, dtype, max_len, source)
     slots = hf_tensor_slots(model)
     held = _held_vocab(config, tp)
-    slots["lm_head.weight"] = model.output.weight[:held]
-    if config.tie_embeddings:
-        del slots["lm_head.weight"]
+    del slots["lm_head.weight"]                   # the whole padded output layer: only its real rows load
+    if not config.tie_embeddings:
+        slots["lm_head.weight"] = model.output.weight[:held]
     tensors = ((n, t) for n, t in read(checkpoint_part(config, tp, source))
                if not (config.tie_embeddings and n == "lm_head.weight"))
     load_weights(model, tensors, source, slots)
