@@ -356,6 +356,8 @@ def bars(out: dict) -> list[str]:
     single = {(r["model"], r["context"]): r for r in out["single"]}
     lines = ["Bars:"]
     for r in out["tp"].get("rows", []):
+        if r["gpus"] < 2:                      # --gpus 1: the code path, no bar to meet
+            continue
         comm = r["step_us"] - r["step_us_by_method"].get("none", float("nan"))
         share = f"collectives {comm:.0f} µs of a {r['step_us']:.0f} µs step ({100 * comm / r['step_us']:.0f}%)"
         one = single.get((r["model"], r["context"]))
