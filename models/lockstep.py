@@ -67,7 +67,11 @@ def load_on_ranks(gpus: int | None, spec=None, *, device=None, dtype=None, atten
     atexit.register(leader.close)
     if progress:
         progress(f"Loading {name or spec} on {ranks.tp.world} {'GPUs' if device_type == 'cuda' else 'processes'}")
-    leader.load(spec=spec, dtype=dtype, attention=attention, max_context=max_context, cuda_graphs=cuda_graphs)
+    try:
+        leader.load(spec=spec, dtype=dtype, attention=attention, max_context=max_context, cuda_graphs=cuda_graphs)
+    except BaseException:
+        leader.close()          # nothing loaded: no reason to keep the ranks
+        raise
     if name:
         leader.engine.name = name
     return leader
