@@ -69,9 +69,11 @@ def check_devices(world: int, device_type: str) -> None:
 class Ranks:
     """This process as one rank of a group; on rank 0 of a spawned group, also the watch over the others."""
 
-    def __init__(self, tp: TensorParallel, context=None, threads: int | None = None):
+    def __init__(self, tp: TensorParallel, context=None, threads: int | None = None, excepthook=None):
         self.tp = tp
-        self._threads = threads              # this process's torch threads before it joined (restored at close)
+        # This process's torch threads and sys.excepthook before it joined (init_process_group wraps the
+        # hook, once per group), restored at close: a process may load a model on several GPUs many times.
+        self._threads, self._excepthook = threads, excepthook
         self.failure: str | None = None      # one line: which rank failed and how
         self._context = context              # torch.multiprocessing's ProcessContext of the spawned ranks
         self._closed = threading.Event()
@@ -91,15 +93,16 @@ class Ranks:
         if world > 1:
             context = torch_mp.start_processes(_spawned_rank, args=(world, store.port, device_type, target, args),
                                                nprocs=world - 1, join=False, start_method="spawn")
-        threads = torch.get_num_threads()
+        threads, excepthook = torch.get_num_threads(), sys.excepthook
         try:
             _wait_for_start(store, context, world)
             tp = _join(0, world, 0, store, device_type)
         except BaseException:
             _terminate(context)
             torch.set_num_threads(threads)
+            sys.excepthook = excepthook
             raise
-        return cls(tp, context, threads)
+        return cls(tp, context, threads, excepthook)
 
     @classmethod
     def from_torchrun(cls) -> Ranks:
@@ -131,6 +134,7 @@ class Ranks:
             _abort()
         if self._threads is not None:
             torch.set_num_threads(self._threads)
+            sys.excepthook = self._excepthook
         if self._context is not None:
             try:
                 self._context.join(CLOSE_TIMEOUT_S)
