@@ -138,10 +138,18 @@ def combine_warps(plan: LaunchPlan) -> int:
     return 4 if plan.block_d * triton.next_power_of_2(plan.num_splits) >= 4096 else 1
 
 
+def _run(kernel, grid, compile_only: bool, *args, **kwargs) -> None:
+    if compile_only:  # build (or fetch) the binary without launching; under triton.AsyncCompileMode, queue it
+        kernel.warmup(*args, grid=grid, **kwargs)
+    else:
+        kernel[grid](*args, **kwargs)
+
+
 def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scale=None, k_scale=None,
-           v_scale=None):
+           v_scale=None, compile_only=False):
     """Run the kernels with an explicit plan (inputs already validated). Returns (out, lse) with
-    out of q's shape and lse (B, Hq) or (B, Hq, T)."""
+    out of q's shape and lse (B, Hq) or (B, Hq, T). `compile_only` builds the kernels the call would
+    launch (benchmarks compile their candidate plans in parallel first) and leaves out unwritten."""
     B, Hq, D = q.shape[0], q.shape[1], q.shape[-1]
     T = q.shape[2] if q.dim() == 4 else 1
     q4 = q if q.dim() == 4 else q.unsqueeze(2)                                # (B, Hq, T, D)
@@ -166,7 +174,7 @@ def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scal
     k_scale_arg, v_scale_arg = (k_scale, v_scale) if fp8 else (lse, lse)  # never read without FP8
     scale_strides = [st for t in (k_scale, v_scale) for st in t.stride()] if fp8 else [0] * 6
 
-    _split_kv_kernel[(splits, B * Hkv * plan.row_blocks(group, T))](
+    _run(_split_kv_kernel, (splits, B * Hkv * plan.row_blocks(group, T)), compile_only,
         q4, k_arg, v_arg, k_scale_arg, v_scale_arg, seqlens, out, lse, part_out, part_lse,
         q4.stride(0), q4.stride(1), q4.stride(2),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
@@ -178,7 +186,7 @@ def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scal
         num_warps=plan.num_warps, num_stages=plan.num_stages,
     )
     if splits > 1:
-        _combine_kernel[(B * Hq * T,)](
+        _run(_combine_kernel, (B * Hq * T,), compile_only,
             seqlens, part_out, part_lse, out, lse,
             S, Hq * T, D, splits,
             **combine_constexprs(plan, has_seqlens=has_seqlens, use_pdl=use_pdl),

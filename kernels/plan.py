@@ -51,24 +51,29 @@ class LaunchPlan:
         return -(-group * T // self.block_m)
 
 
-def tiles(group: int, T: int, D: int, fp8: bool) -> tuple[int, int, int]:
-    """(block_m, block_n, block_d) by the heuristic: bf16 64 keys a tile (K and V tiles plus
-    pipelining fit shared memory), fp8 128 (the same bytes a tile)."""
+def tiles(group: int, T: int, D: int) -> tuple[int, int, int]:
+    """(block_m, block_n, block_d) by the heuristic: 64 keys a tile (K and V tiles plus pipelining fit
+    shared memory). fp8 caches too: 128 keys (the same bytes as bf16's 64) take 237 registers a thread
+    at 4 warps and 150 at 8 (sm_90 build): two or one resident programs per SM."""
     block_m = min(MAX_BLOCK_M, max(16, triton.next_power_of_2(group * T)))
     block_d = max(16, triton.next_power_of_2(D))
-    block_n = (64 if block_d <= 128 else 32) * (2 if fp8 else 1)
+    block_n = 64 if block_d <= 128 else 32
     return block_m, block_n, block_d
 
 
-def heuristic_splits(items: int, S: int, block_n: int, num_sms: int,
-                     programs_per_sm: float = PROGRAMS_PER_SM) -> int:
+def heuristic_splits(items: int, S: int, block_n: int, num_sms: int) -> int:
     """Split count for `items` = batch x KV heads x row blocks programs per split: batch and heads alone
     fill the GPU only at large batch; otherwise the sequence is split until there are about
-    `programs_per_sm` programs per SM, but never into splits shorter than MIN_BLOCKS_PER_SPLIT tiles."""
+    PROGRAMS_PER_SM programs per SM, but never into splits shorter than MIN_BLOCKS_PER_SPLIT tiles."""
     if items >= 1.5 * num_sms:
         # Batch x heads alone give most SMs two programs: a split only adds a combine. (Measured on
         # the paper's shape: 256 programs unsplit 27.5 µs vs 30.1 split in 2; 128 unsplit 33.3 vs 29.3 in 3.)
         return 1
+    return splits_for_programs(items, S, block_n, num_sms, PROGRAMS_PER_SM)
+
+
+def splits_for_programs(items: int, S: int, block_n: int, num_sms: int, programs_per_sm: float) -> int:
+    """The split count that gives about `programs_per_sm` programs per SM (whole tiles, at most MAX_SPLITS)."""
     n_blocks = max(1, math.ceil(S / block_n))
     wanted = math.ceil(programs_per_sm * num_sms / items)
     return max(1, min(wanted, n_blocks // MIN_BLOCKS_PER_SPLIT, MAX_SPLITS))
@@ -92,7 +97,7 @@ def plan_launch(B: int, Hq: int, Hkv: int, S: int, D: int, *, T: int = 1, fp8: b
                 num_sms: int = 132, num_splits: int | None = None) -> LaunchPlan:
     """The heuristic plan. The grid is num_splits x (B x Hkv x row blocks) programs."""
     group = Hq // Hkv
-    block_m, block_n, block_d = tiles(group, T, D, fp8)
+    block_m, block_n, block_d = tiles(group, T, D)
     items = B * Hkv * -(-group * T // block_m)
     if num_splits is None:
         num_splits = heuristic_splits(items, S, block_n, num_sms)
@@ -143,11 +148,10 @@ def tuned_plan(name: str, num_sms: int, B: int, Hq: int, Hkv: int, S: int, D: in
         return plan
     # Another shape of the same kind: its tile options, and its programs per SM for the split count.
     items = B * Hkv * plan.row_blocks(Hq // Hkv, T)
-    n_blocks = max(1, math.ceil(S / plan.block_n))
     if nearest["plan"]["num_splits"] == 1 and items >= nearest["items"]:
         splits = 1
     else:
-        splits = max(1, min(math.ceil(nearest["programs_per_sm"] * num_sms / items), n_blocks, MAX_SPLITS))
+        splits = splits_for_programs(items, S, plan.block_n, num_sms, nearest["programs_per_sm"])
     return dataclasses.replace(plan, num_splits=splits)
 
 
