@@ -36,7 +36,8 @@ def test_exploration_checks_times_and_picks_a_correct_plan(cpu_exploration, fp8,
     logged = []
     result = tune.measure_case(case, num_sms=4, clock=tune.Clock(600), log=logged.append)
     stages = {v["stage"] for v in result["variants"]}
-    assert {"baseline", "splits", "options", "refine"} <= stages
+    assert {"baseline", "splits", "options"} <= stages
+    assert any(line.startswith("  refine:") for line in logged)  # its candidates may all be known already
     assert all("rel_err" in v for v in result["variants"] if "error" not in v)
     assert result["best"] and result["best"]["rel_err"] < tune.TOLERANCE
     assert LaunchPlan(**result["best"]["plan"]).num_splits >= 1
