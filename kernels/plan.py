@@ -130,23 +130,29 @@ def load_table(name: str, num_sms: int, directory: Path = PLANS_DIR) -> tuple[di
 
 
 def _distance(a: dict, b: dict) -> float:
-    return abs(math.log2(a["B"] * a["Hkv"]) - math.log2(b["B"] * b["Hkv"])) + abs(math.log2(a["S"]) - math.log2(b["S"]))
+    return sum(abs(math.log2(x) - math.log2(y)) for x, y in
+               ((a["B"] * a["Hkv"], b["B"] * b["Hkv"]), (a["S"], b["S"]), (a["T"], b["T"])))
 
 
 @functools.lru_cache(maxsize=256)
 def tuned_plan(name: str, num_sms: int, B: int, Hq: int, Hkv: int, S: int, D: int, T: int, fp8: bool,
                *, directory: Path = PLANS_DIR) -> LaunchPlan | None:
-    """The measured plan for this shape on this device, or None (then the heuristic decides)."""
+    """The measured plan for this shape on this device, or None (then the heuristic decides).
+
+    Entries of the same kind (cache dtype, group, head dim, one or several query tokens) stand in for
+    each other: the nearest (batch x KV heads, length, tokens on log scales) lends its options."""
     key = shape_key(B, Hq, Hkv, S, D, T, fp8)
     same_kind = [e for e in load_table(name, num_sms, directory)
-                 if all(e["key"][k] == key[k] for k in ("kind", "group", "D", "T"))]
+                 if all(e["key"][k] == key[k] for k in ("kind", "group", "D")) and (e["key"]["T"] > 1) == (T > 1)]
     if not same_kind:
         return None
     nearest = min(same_kind, key=lambda e: _distance(e["key"], key))
     plan = LaunchPlan(**nearest["plan"])
     if nearest["key"] == key:
         return plan
-    # Another shape of the same kind: its tile options, and its programs per SM for the split count.
+    # Another shape of the same kind: its tile options, rows for this T, and its programs per SM
+    # for the split count.
+    plan = dataclasses.replace(plan, block_m=tiles(Hq // Hkv, T, D)[0])
     items = B * Hkv * plan.row_blocks(Hq // Hkv, T)
     if nearest["plan"]["num_splits"] == 1 and items >= nearest["items"]:
         splits = 1

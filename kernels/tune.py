@@ -15,7 +15,8 @@ and one-token steps at 7B 16k and 34B 64k), on input sets rotating past L2, as C
 5. the best three, the heuristic and the peers timed again, interleaved, with more replays.
 Every variant's output is checked against the reference before it is timed (an incorrect one is
 recorded and never chosen). Kernels of a stage are built in parallel first (Triton's
-AsyncCompileMode on a thread pool). Past `budget_s` a case times only its heuristic and peers.
+AsyncCompileMode on a thread pool). Each case gets an equal share of the budget left (`budget_s`
+in all); past its share a case stops exploring, so the table is always complete.
 
 Writes DIR/kernels-tune.json (every variant: plan, µs, error, ok) and the plan file
 <plans-dir>/<device>.json that `kernels.plan.tuned_plan` reads (commit it to kernels/plans/).
@@ -355,9 +356,11 @@ def explore(env: dict, out: Path, plans_dir: Path, budget_s: float, log, only=()
     results = []
     todo = [c for c in cases() if not only or any(w in c.label for w in only)]
     path = None
-    for case in todo:
-        log(f"{case.label}: {case.bytes_read / 1e6:.0f} MB read, {clock.left():.0f} s of budget left")
-        results.append(measure_case(case, num_sms, clock, log))
+    for i, case in enumerate(todo):
+        # Each case gets an equal share of what is left, so a slow early case cannot starve the rest.
+        share = Clock(max(5.0, clock.left() / (len(todo) - i)))
+        log(f"{case.label}: {case.bytes_read / 1e6:.0f} MB read, {share.left():.0f} s of {clock.left():.0f} s left")
+        results.append(measure_case(case, num_sms, share, log))
         sweep = {"env": env, "cases": results, "bars": tune_bars(results, env["read_bandwidth"])}
         (out / "kernels-tune.json").write_text(json.dumps(sweep, indent=1))  # a run cut short keeps its results
         path = plans_from_sweep(sweep, plans_dir)

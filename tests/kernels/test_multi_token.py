@@ -13,7 +13,7 @@ from kernels import flash_decode, plan_launch
 from kernels.interface import launch
 
 # (T, layout, (Hq, Hkv), dtype, forced splits, D): every T meets both layouts, and between them
-# MHA, GQA, odd groups and a group x T too large for one program (16 x 16 rows: four row blocks).
+# MHA, GQA, odd groups and a group x T too large for one program (8 x 16 rows: two row blocks).
 CASES = [
     (1, "bhsd", (8, 2), torch.bfloat16, 3, 64),
     (1, "bshd", (9, 3), torch.float32, None, 48),
@@ -21,7 +21,7 @@ CASES = [
     (2, "bshd", (8, 2), torch.bfloat16, 7, 64),
     (5, "bhsd", (9, 3), torch.float32, 3, 48),
     (5, "bshd", (8, 1), torch.bfloat16, None, 64),
-    (16, "bhsd", (16, 1), torch.float16, 3, 32),
+    (16, "bhsd", (16, 2), torch.float16, 3, 32),
     (16, "bshd", (8, 2), torch.float32, 7, 64),
 ]
 

@@ -2,11 +2,11 @@
 in place of CUDA-graph replays), the plan file it writes and how flash_decode's planner reads it
 back, and the bars the benchmark prints. The GPU run happens once; a bug found there costs it."""
 
+import dataclasses
 import json
 import time
 
 import pytest
-import torch
 
 import kernels.tune as tune
 from kernels import bench
@@ -73,6 +73,13 @@ def test_nearest_entry_lends_its_tiles_and_programs_per_sm(tmp_path):
     assert other.block_n == 128 and other.eviction == "evict_first" and other.num_splits == 8
     assert tuned_plan("GPU X", 132, 1, 32, 32, 4096, 128, 1, False, directory=tmp_path) is None  # another group
     assert tuned_plan("GPU X", 132, 1, 64, 8, 4096, 128, 1, True, directory=tmp_path) is None    # fp8: not measured
+    assert tuned_plan("GPU X", 132, 1, 64, 8, 4096, 128, 4, False, directory=tmp_path) is None   # T > 1: not measured
+    verify = tune.table_entry(1, 64, 8, 65536, 128, 8, False, dataclasses.replace(plan, block_m=64), 132, {"us": 1.0})
+    (tmp_path / "gpu-x.json").write_text(json.dumps({"device": {"name": "GPU X", "sms": 132}, "entries": [entry, verify]}))
+    load_table.cache_clear()
+    tuned_plan.cache_clear()
+    four = tuned_plan("GPU X", 132, 1, 64, 8, 65536, 128, 4, False, directory=tmp_path)  # T=8's options, rows for T=4
+    assert four.block_m == 32 and four.block_n == 128 and four.num_splits == 16
 
 
 def test_wave_splits_fill_whole_waves():
