@@ -37,6 +37,7 @@ import triton.language as tl
 
 from kernels import reference
 from kernels.interface import append_kv, flash_decode, launch, plan_for
+from kernels.plan import PLANS_DIR, device_slug, load_table
 
 DEVICE = "cuda"               # the logic runs on the CPU too (interpreter), for tests
 L2_FLUSH_BYTES = 256 * 2**20  # rotate input sets until this many bytes separate two uses of one set
@@ -606,8 +607,11 @@ def begin_run(program: str, out: Path):
     bandwidth = copy_bandwidth()
     env["read_bandwidth"], env["read_bandwidth_by_reader"] = read_bandwidth()
     env["copy_bandwidth"] = bandwidth
+    env["plans"] = {"dir": str(PLANS_DIR), "file": f"{device_slug(env['card'])}.json",
+                    "entries": len(load_table(env["card"], env["sms"]))}
     log_to_stderr(f"{env['card']}: copy bandwidth {bandwidth / 1e12:.2f} TB/s, read bandwidth "
-                  f"{env['read_bandwidth'] / 1e12:.2f} TB/s")
+                  f"{env['read_bandwidth'] / 1e12:.2f} TB/s; tuned plans: {env['plans']['entries']} entries in "
+                  f"{env['plans']['dir']}/{env['plans']['file']}")
     out.mkdir(parents=True, exist_ok=True)
     return env, bandwidth, log_to_stderr
 
@@ -662,7 +666,8 @@ def main(argv=None) -> int:
     (args.out / "kernels.md").write_text(table + "\n## Bars\n\n" + bars_table(results))
     plot(rows, args.out / "kernels.png", env["card"])
     print(table)
-    print(f"Bars ({env['card']}, copy {bandwidth / 1e12:.2f} TB/s, read {read_bw / 1e12:.2f} TB/s):")
+    print(f"Bars ({env['card']}, copy {bandwidth / 1e12:.2f} TB/s, read {read_bw / 1e12:.2f} TB/s, "
+          f"tuned plans: {env['plans']['entries']} entries from {env['plans']['dir']}):")
     print(bars_table(results))
     if checks_failed:
         print("GPU CORRECTNESS SWEEP FAILED: see kernels-check.json (cases with ok false)")

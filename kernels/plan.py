@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,9 @@ PROGRAMS_PER_SM = 2          # two resident programs per SM beat one and four (3
 MIN_BLOCKS_PER_SPLIT = 1     # even one tile per split paid off at short contexts (34B, S=1k)
 MAX_SPLITS = 128             # bounds the combine's tile; more splits never paid off
 MAX_BLOCK_M = 64             # query rows per program: beyond, the accumulator spills registers
-PLANS_DIR = Path(__file__).with_name("plans")
+# The committed tables; CODECOMPLETE_PLANS_DIR points the planner at another directory (e.g. the
+# plans an exploration just wrote, to measure them before they are committed).
+PLANS_DIR = Path(os.environ.get("CODECOMPLETE_PLANS_DIR") or Path(__file__).with_name("plans"))
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@
 #                         flash_decode uses it on that device (or regenerate it from the JSON with
 #                         `python -m kernels.bench --tune-from kernels-tune.json --plans-dir kernels/plans`)
 #   explore.log, gpu.txt  the progress log; nvidia-smi's view of the card
+# and copies the plan file to /tmp/codecomplete-plans (see the end).
 # Prints per case the best variant and the numbers for the bars, last.
 set -euo pipefail
 OUT=${OUT:-bench/results/explore}
@@ -25,3 +26,6 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv > "$OUT/gpu.txt" 2>&1 || true
 timeout 410 python -m kernels.bench --tune --budget-s 300 --out "$OUT" --plans-dir "$OUT/plans" 2> "$OUT/explore.log" \
     || { status=$?; tail -n 40 "$OUT/explore.log"; exit "$status"; }
+# Kept on the machine while it stays warm: `PLANS_DIR=/tmp/codecomplete-plans bench/gpu/kernels_final.sh`
+# measures these plans before they are committed.
+mkdir -p /tmp/codecomplete-plans && cp "$OUT"/plans/*.json /tmp/codecomplete-plans/
