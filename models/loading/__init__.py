@@ -31,7 +31,7 @@ class ModelSource:
 def cache_root() -> Path:
     """$CODECOMPLETE_CACHE_DIR, else the platform's user cache dir for codecomplete."""
     if override := os.environ.get("CODECOMPLETE_CACHE_DIR"):
-        return Path(override)
+        return Path(override).expanduser()
     import platformdirs
     return Path(platformdirs.user_cache_dir("codecomplete"))
 
@@ -52,6 +52,8 @@ def resolve(spec: str | os.PathLike | None, progress=None) -> ModelSource:
         path = embedded_model_path()
         return ModelSource(path.stem, path, "gguf")
     path = Path(spec).expanduser()
+    if path.exists() and not (path.is_dir() or path.is_file()):
+        raise ModelNotFoundError(f"{spec}: not a regular file or folder (a FIFO, socket or device)")
     if path.is_dir():
         return ModelSource(path.resolve().name, path, "hf")
     if path.is_file():

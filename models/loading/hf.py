@@ -125,9 +125,25 @@ def eos_ids(directory: Path, config: ModelConfig, tokenizer) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
+def check_special_files(directory: Path) -> None:
+    """Refuse a checkpoint folder holding a FIFO or device where a file is read: reading it would block or
+    never end (transformers opens several optional files by name)."""
+    try:
+        entries = list(directory.iterdir())
+    except OSError as e:
+        raise ModelError(f"{directory}: cannot list the checkpoint folder ({e.strerror or e})") from None
+    for entry in entries:
+        try:
+            if not (entry.is_file() or entry.is_dir()) and entry.exists():
+                raise ModelError(f"{entry}: not a regular file (a FIFO or device in the checkpoint folder)")
+        except OSError as e:
+            raise ModelError(f"{entry}: unreadable ({e.strerror or e})") from None
+
+
 def load_hf_model(directory: Path, device: torch.device, dtype: torch.dtype, max_len: int | None = None,
                   name: str | None = None) -> LoadedModel:
     """Build the model on `device` in `dtype` from a checkpoint directory; max_len sizes the rotary table."""
+    check_special_files(directory)
     config = read_config(directory)
     files = weight_files(directory)
     tokenizer = load_tokenizer(directory)
@@ -137,5 +153,9 @@ def load_hf_model(directory: Path, device: torch.device, dtype: torch.dtype, max
         model.materialize(device, dtype)
         load_weights(model, iter_tensors(files), name or str(directory))
     except torch.OutOfMemoryError:
+        raise OutOfMemoryError(f"{name or directory}: the weights do not fit in {device} memory") from None
+    except RuntimeError as e:               # the CPU allocator says so in a RuntimeError
+        if "allocate" not in str(e):
+            raise
         raise OutOfMemoryError(f"{name or directory}: the weights do not fit in {device} memory") from None
     return LoadedModel(model.eval(), tokenizer, eos_ids(directory, config, tokenizer))
