@@ -27,6 +27,9 @@ class UsageError(AppError):
     code = ExitCode.USAGE
 
 
+BUDGET_OPTIONS = "--context-tokens sets the prompt budget, --max-tokens the tokens generated after it"
+
+
 def classify(exc: BaseException) -> tuple[ExitCode, str] | None:
     """The exit code and message for an expected failure; None for a bug.
 
@@ -38,12 +41,16 @@ def classify(exc: BaseException) -> tuple[ExitCode, str] | None:
     if isinstance(exc, KeyboardInterrupt):
         return ExitCode.INTERRUPTED, "interrupted"
     prompts = sys.modules.get("prompts")
+    if prompts is not None and isinstance(exc, prompts.BudgetError):
+        return ExitCode.USAGE, f"{exc}: {BUDGET_OPTIONS}"
     if prompts is not None and isinstance(exc, prompts.PromptError):
         return ExitCode.USAGE, str(exc)
     models = sys.modules.get("models")
     if models is not None:
         if isinstance(exc, models.ModelNotFoundError):
             return ExitCode.USAGE, str(exc)      # a path the user typed
+        if isinstance(exc, models.ContextTooLongError):
+            return ExitCode.USAGE, f"{exc}: {BUDGET_OPTIONS}"
         if isinstance(exc, models.ModelError):
             return ExitCode.FAILURE, str(exc)
     torch = sys.modules.get("torch")

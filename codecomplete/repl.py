@@ -21,7 +21,7 @@ from rich.text import Text
 
 from . import chat, render
 from . import engine as engines
-from .errors import UsageError, classify
+from .errors import AppError, UsageError, classify
 
 COMMANDS = {
     "/help": ("", "this help"),
@@ -175,8 +175,13 @@ class Repl:
         conversation = self.conversation
         if argument:
             args = argparse.Namespace(**{**vars(conversation.args), "model": argument})
-            conversation.engine = engines.load(args, conversation.max_new_tokens)
-            conversation.args = args
+            try:
+                engine = engines.load(args, conversation.max_new_tokens)
+            except Exception as exc:    # whatever the checkpoint does, the REPL keeps its model and conversation
+                if classify(exc) is None:
+                    raise AppError(f"/model {argument}: cannot load it ({type(exc).__name__}: {exc})") from exc
+                raise
+            conversation.engine, conversation.args = engine, args
         engine = conversation.engine
         self.console.print(Text(f"{render.model_label(engine)} · context {engine.context_length:,} tokens"
                                 f" (model limit {engine.model_max_positions:,}) · loaded in {engine.load_s:.1f} s"))

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 
 from .chunking import Chunk, analyze_source
-from .errors import PromptError
+from .errors import BudgetError, PromptError
 from .index import RepoIndex
 from .packing import Layout, PackedPrompt, select_chunks
 from .ranking import Query, rank, text_weights
@@ -51,7 +51,7 @@ def build_chat_prompt(
     conversation = [m for m in messages if m["role"] != "system"]
     while len(render(system, conversation)) > limit:
         if len(conversation) == 1:
-            raise PromptError(f"the question does not fit into {limit} tokens")
+            raise BudgetError(f"the question does not fit into a prompt budget of {limit} tokens")
         conversation = conversation[2:] if conversation[1]["role"] == "assistant" else conversation[1:]
 
     pinned = [_pinned_chunks(index, path) for path in pinned_paths]

@@ -28,7 +28,7 @@ from typing import NamedTuple
 from .chunking import Chunk, analyze_source
 from .errors import PromptError
 from .imports import PathTable
-from .scan import MAX_FILE_BYTES, ScanWarning, SourceFile, read_source, scan_repository
+from .scan import MAX_FILE_BYTES, ScanWarning, SourceFile, count_ignored, read_source, scan_repository
 
 CACHE_VERSION = 2  # bump whenever chunking or the cached layout changes
 PARALLEL_MIN_BYTES = 2 * 1024 * 1024  # below this much text to parse, worker start-up costs more than it saves
@@ -192,7 +192,9 @@ def _index(
         _save_cache(cache_file, saved)
     index = RepoIndex(root_path, entries, vocabulary, term_ids)
     if not index.chunks:
-        raise PromptError(f"nothing to index in {root_path}: no text files with content")
+        ignored = count_ignored(root_path)
+        because = f" ({ignored:,} files are ignored by .gitignore or .codecompleteignore rules)" if ignored else ""
+        raise PromptError(f"nothing to index in {root_path}: no text files with content{because}")
     return index
 
 

@@ -70,6 +70,13 @@ def scan_repository(root: Path, max_file_bytes: int = MAX_FILE_BYTES) -> list[So
     return sorted(found)
 
 
+def count_ignored(root: Path) -> int:
+    """How many files the ignore rules leave out: said when they leave nothing to index."""
+    rules = IgnoreRules(root, (".gitignore", IGNORE_FILE), git_exclude=True)
+    kept = set(_walk(root, rules))
+    return sum(1 for path in _walk(root, IgnoreRules(root, ())) if path not in kept)
+
+
 def read_source(root: Path, path: str, max_file_bytes: int = MAX_FILE_BYTES) -> str | None:
     """The text of a file, or None when it is binary, too large or minified.
 
