@@ -10,7 +10,7 @@ import os
 import sys
 import traceback
 
-from .errors import ExitCode, UsageError, classify
+from .errors import UNENCODABLE, ExitCode, UsageError, classify
 
 PROG = "codecomplete"
 MAX_SEED = 2 ** 64 - 1     # what torch.Generator.manual_seed takes
@@ -275,10 +275,10 @@ def _standard_streams() -> frozenset[str]:
             if null != fd:
                 os.dup2(null, fd)
                 os.close(null)
-            setattr(sys, name, open(fd, mode, encoding="utf-8", errors="replace", closefd=False))
+            setattr(sys, name, open(fd, mode, encoding="utf-8", errors=UNENCODABLE, closefd=False))
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.reconfigure(errors="replace")
+            stream.reconfigure(errors=UNENCODABLE)
         except (AttributeError, ValueError):    # not a TextIOWrapper (a test's capture)
             pass
     return frozenset(closed)

@@ -5,8 +5,24 @@ The contract (../shared/DESIGN.md): 0 success, 1 runtime failure, 2 usage or inp
 """
 from __future__ import annotations
 
+import codecs
 import sys
 from enum import IntEnum
+
+# The error handler for text written out: file names that are not UTF-8 reach Python as lone surrogates,
+# and each is written as U+FFFD rather than failing the command (or becoming a bare "?").
+UNENCODABLE = "codecomplete-replace"
+
+
+def _replace_unencodable(error: UnicodeEncodeError) -> tuple[bytes, int]:
+    count = error.end - error.start
+    try:                # bytes: the UTF-8 codec takes only ASCII text from a handler
+        return ("\ufffd" * count).encode(error.encoding), error.end
+    except UnicodeEncodeError:      # an ASCII terminal
+        return b"?" * count, error.end
+
+
+codecs.register_error(UNENCODABLE, _replace_unencodable)
 
 
 class ExitCode(IntEnum):

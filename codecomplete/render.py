@@ -31,7 +31,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
-from .errors import AppError
+from .errors import UNENCODABLE, AppError
 
 CODE_THEME = "monokai"
 
@@ -286,7 +286,7 @@ def emit_json(destination: str, obj: dict) -> None:
         sys.stdout.flush()
         return
     try:
-        with open(destination, "w", encoding="utf-8", errors="replace") as f:
+        with open(destination, "w", encoding="utf-8", errors=UNENCODABLE) as f:
             f.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
     except OSError as exc:
         raise AppError(f"cannot write {destination}: {exc.strerror}") from None

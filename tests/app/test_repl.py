@@ -95,3 +95,20 @@ def test_completion_of_commands_and_paths(conversation):
     assert complete("/add shapes/g") == ["shapes/geometry.py"]
     assert complete("/add geometry") == ["shapes/geometry.py"]
     assert complete("plain question") == []
+
+
+def test_a_model_that_fails_to_load_keeps_the_repls_model_and_conversation(conversation, tmp_path):
+    conversation.reset()
+    conversation.messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    engine = conversation.engine
+    bad = tmp_path / "bad-model"
+    bad.mkdir()
+    (bad / "config.json").write_text('{"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, '
+                                     '"num_attention_heads": 4, "intermediate_size": 96, "vocab_size": 300, '
+                                     '"rope_scaling": {"type": "linear"}}')
+    printed = drive(conversation, [f"/model {bad}\r", "/model random:SmolLM2-135M\r", "/model\r", "/exit\r"],
+                    tmp_path / "history")
+    assert f"error: {bad}/config.json: config lacks factor" in " ".join(printed.split())
+    assert "random weights have no tokenizer" in printed
+    assert conversation.engine is engine and conversation.args.model is None
+    assert [m["content"] for m in conversation.messages] == ["hi", "hello"]
