@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import traceback
 
@@ -14,6 +15,7 @@ from .errors import UNENCODABLE, ExitCode, UsageError, classify
 
 PROG = "codecomplete"
 MAX_SEED = 2 ** 64 - 1     # what torch.Generator.manual_seed takes
+MAX_TOKENS = 10_000_000    # beyond any model's positions: a larger count is a typo, said at once
 
 DESCRIPTION = """\
 A local coding assistant: repository-scale prompts, decoded with Flash-Decoding.
@@ -44,14 +46,19 @@ class _Parser(argparse.ArgumentParser):
         return super()._parse_optional(arg_string)
 
 
-def _positive_int(text: str) -> int:
+def _positive_int(text: str, high: int | None = None) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number from 1 up, got {value}")
+    if value < 1 or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(
+            f"expected a number from 1 {f'to {high:,}' if high else 'up'}, got {value}")
     return value
+
+
+def _tokens(text: str) -> int:
+    return _positive_int(text, MAX_TOKENS)
 
 
 def _float_in(low: float, high: float, *, low_open: bool = False):
@@ -78,7 +85,7 @@ def _seed(text: str) -> int:
 
 
 def _contexts(text: str) -> list[int]:
-    return [_positive_int(part) for part in text.split(",") if part.strip()]
+    return [_tokens(part) for part in text.split(",") if part.strip()]
 
 
 def _version() -> str:
@@ -117,11 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="default: bfloat16 on CUDA, float32 on CPU")
     model.add_argument("--attention", choices=("flash", "sdpa", "eager"),
                        help="decode attention (default: flash on CUDA, sdpa on CPU)")
-    model.add_argument("--context-tokens", type=_positive_int, metavar="N",
+    model.add_argument("--context-tokens", type=_tokens, metavar="N",
                        help="prompt budget in tokens (default: the model's context on CUDA, 1024 on CPU)")
 
     gen = parser.add_argument_group("generation")
-    gen.add_argument("--max-tokens", type=_positive_int, metavar="N",
+    gen.add_argument("--max-tokens", type=_tokens, metavar="N",
                      help="tokens to generate (default: 64 for a completion, 512 for an answer, 256 for --prompt)")
     gen.add_argument("--temperature", type=_float_in(0.0, 10.0), default=0.0, metavar="T",
                      help="0 is greedy (default: 0)")
@@ -223,6 +230,12 @@ def _command(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     closed = _standard_streams()
+    # `kill` (SIGTERM, SIGHUP) unwinds like an exit, so temporary files and folders are removed on the way out.
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            signal.signal(number, _exit_on_signal)
+        except ValueError:      # not the main thread (an embedding program): its own handlers stand
+            pass
     args = build_parser().parse_args(argv)
     try:
         check(args, closed)
@@ -233,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.PIPE_CLOSED
     except (Exception, KeyboardInterrupt) as exc:
         return _report(exc, args.debug)
+
+
+def _exit_on_signal(number: int, _frame) -> None:
+    sys.exit(128 + number)
 
 
 def _report(exc: BaseException, debug: bool) -> int:

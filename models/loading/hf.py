@@ -38,6 +38,8 @@ def read_json(path: Path) -> dict:
 
 def read_config(directory: Path) -> ModelConfig:
     path = directory / "config.json"
+    if path.exists() and not path.is_file():
+        raise ModelError(f"{path}: not a regular file (reading a FIFO or device would block or never end)")
     if not path.is_file():
         raise ModelNotFoundError(
             f"{directory}: no config.json, so not a Hugging Face checkpoint directory "

@@ -1,5 +1,6 @@
 """The chat REPL, in process, typed into through prompt-toolkit's pipe input."""
 import io
+import os
 import signal
 
 import pytest
@@ -112,3 +113,12 @@ def test_a_model_that_fails_to_load_keeps_the_repls_model_and_conversation(conve
     assert "random weights have no tokenizer" in printed
     assert conversation.engine is engine and conversation.args.model is None
     assert [m["content"] for m in conversation.messages] == ["hi", "hello"]
+
+
+def test_history_is_never_kept_inside_the_repository_or_in_a_special_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "repo" / ".state"))     # HOME is the repository
+    assert repl.history_path(tmp_path / "repo") is None and not (tmp_path / "repo").exists()
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    (tmp_path / "state" / "codecomplete").mkdir(parents=True)
+    os.mkfifo(tmp_path / "state" / "codecomplete" / "history")         # reading it would block the REPL
+    assert repl.history_path(tmp_path / "repo") is None
