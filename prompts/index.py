@@ -320,7 +320,10 @@ def parse_file(root: Path, source: SourceFile, max_file_bytes: int) -> FileEntry
         return error.strerror or str(error)
     if text is None:
         return FileEntry(source.size, source.mtime_ns, False, (), ())
-    analysis = analyze_source(source.path, text)
+    try:
+        analysis = analyze_source(source.path, text)
+    except RecursionError:  # code nested thousands deep (generated or hostile): one file, not the whole index
+        return "nested too deeply to chunk"
     return FileEntry(source.size, source.mtime_ns, True, analysis.imports, analysis.chunks)
 
 

@@ -43,6 +43,7 @@ SKIPPED_SUFFIXES = (
 )
 SNIFF_BYTES = 8192  # a NUL byte in the first 8 KiB marks a binary file, as git decides
 MINIFIED_LINE_CHARS = 400  # text whose lines average longer than this is minified or generated
+MAX_DEPTH = 64  # folder levels walked; real repositories stay far below
 MAX_RULES_BYTES = 1024 * 1024  # an ignore or git config file larger than this is not one a person wrote
 
 
@@ -112,6 +113,9 @@ def _walk(root: Path, rules: IgnoreRules) -> list[str]:
     for directory, dirnames, filenames in os.walk(root, onerror=unreadable):
         relative = Path(directory).relative_to(root).as_posix()
         prefix = "" if relative == "." else relative + "/"
+        if prefix.count("/") >= MAX_DEPTH and dirnames:  # os.walk recurses: a hostile depth would overflow it
+            _warn(relative, f"folders nested deeper than {MAX_DEPTH} levels")
+            dirnames.clear()
         dirnames[:] = sorted(
             d for d in dirnames
             if d not in SKIPPED_DIRS and not os.path.islink(os.path.join(directory, d))

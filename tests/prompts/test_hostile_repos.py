@@ -142,3 +142,20 @@ def test_odd_file_names_are_indexed_and_their_names_tokenized(make_repo, smollm2
 def test_tokenizable_replaces_lone_surrogates_one_for_one():
     assert tokenizable("plain ünïcode") == "plain ünïcode"
     assert tokenizable(os.fsdecode(b"a\xffb\xfe")) == "a\ufffdb\ufffd"
+
+
+def test_code_or_folders_nested_thousands_deep_skip_one_file_not_the_index(make_repo):
+    root = make_repo({"a.py": "def add(a, b):\n    return a + b\n",
+                      "deep.py": "x = " + "[\n" * 3000 + "]\n" * 3000})
+    folder = str(root)
+    for _ in range(1200):  # deeper than Python's recursion limit
+        folder += "/d"
+        os.mkdir(folder)
+    with open(folder + "/bottom.py", "w") as file:
+        file.write("b = 1\n")
+    with pytest.warns(ScanWarning) as caught:
+        index = index_repository(root)
+    assert index.files == ["a.py"]
+    messages = {str(w.message) for w in caught}
+    assert "skipped deep.py: nested too deeply to chunk" in messages
+    assert any("nested deeper than" in message for message in messages)
