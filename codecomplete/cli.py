@@ -46,19 +46,23 @@ class _Parser(argparse.ArgumentParser):
         return super()._parse_optional(arg_string)
 
 
-def _positive_int(text: str, high: int | None = None) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1 or (high is not None and value > high):
-        raise argparse.ArgumentTypeError(
-            f"expected a number from 1 {f'to {high:,}' if high else 'up'}, got {value}")
-    return value
+def _whole_number(low: int, high: int | None = None):
+    """An argparse type: a whole number in [low, high] (no upper end without high)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            span = f"from {low} to {high:,}" if high is not None else f"from {low} up"
+            raise argparse.ArgumentTypeError(f"expected a number {span}, got {value}")
+        return value
+    return parse
 
 
-def _tokens(text: str) -> int:
-    return _positive_int(text, MAX_TOKENS)
+_positive_int = _whole_number(1)
+_tokens = _whole_number(1, MAX_TOKENS)
+_seed = _whole_number(0, MAX_SEED)
 
 
 def _float_in(low: float, high: float, *, low_open: bool = False):
@@ -72,16 +76,6 @@ def _float_in(low: float, high: float, *, low_open: bool = False):
             raise argparse.ArgumentTypeError(f"expected a number in {bracket}{low}, {high}], got {value}")
         return value
     return parse
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"expected a number from 0 to 2**64 - 1, got {value}")
-    return value
 
 
 def _contexts(text: str) -> list[int]:

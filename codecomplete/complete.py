@@ -5,6 +5,8 @@ from pathlib import Path
 
 from rich.text import Text
 
+from prompts.scan import SNIFF_BYTES, read_regular_file
+
 from . import engine as engines
 from . import render, workspace
 from .errors import UsageError
@@ -34,8 +36,6 @@ def cursor(text: str, line: int | None, col: int | None) -> tuple[int, int]:
 
 
 def _read(path: Path) -> str:
-    from prompts.scan import read_regular_file
-
     try:
         data = read_regular_file(path, -1)
     except OSError as exc:
@@ -49,7 +49,10 @@ def run_complete(args) -> None:
     root = workspace.repository(args.repo)
     path = workspace.file_in(root, args.file, must_exist=not args.stdin)
     text = read_stdin() if args.stdin else None
-    line, col = cursor(_read(root / path) if text is None else text, args.line, args.col)
+    buffer = _read(root / path) if text is None else text
+    if "\0" in buffer[:SNIFF_BYTES]:       # as the index decides: a binary file has nothing to complete
+        raise UsageError(f"{path} looks binary (a NUL byte near its start): nothing to complete")
+    line, col = cursor(buffer, args.line, args.col)
 
     from prompts import build_completion_prompt
 

@@ -37,9 +37,8 @@ def check_model_spec(args) -> None:
     them at once for anything but --bench."""
     spec = args.model or os.environ.get("CODECOMPLETE_MODEL") or ""
     if spec.startswith("random:") and not args.bench:
-        source = "--model" if args.model else "CODECOMPLETE_MODEL="
-        raise UsageError(f"{source}{'' if source.endswith('=') else ' '}{spec}: random weights have no "
-                         "tokenizer; only --bench can use them")
+        named = f"--model {spec}" if args.model else f"CODECOMPLETE_MODEL={spec}"
+        raise UsageError(f"{named}: random weights have no tokenizer; only --bench can use them")
 
 
 def load(args, max_new_tokens: int, default_budget: int | None = None):

@@ -74,6 +74,8 @@ REFUSED_AT_ONCE = [
     (["{repo}", "--file", "shapes"], {}, ["shapes is a folder"]),
     (["{repo}", "--file", "x" * 300 + ".py"], {}, ["File name too long"]),
     (["{repo}", "--file", "../outside.py", "--stdin"], {}, ["outside the repository"]),
+    (["{repo}", "--file", "blob.py"], {}, ["blob.py looks binary"]),
+    (["--prompt", "x", "--max-tokens", "99999999999"], {}, ["--max-tokens", "10,000,000"]),
 ]
 
 REFUSE_SCRIPT = """
@@ -96,6 +98,7 @@ print(json.dumps({"results": results, "torch": "torch" in sys.modules}))
 
 def test_bad_values_are_refused_before_any_work(make_repository, tmp_path, cli_env):
     repo = make_repository(tmp_path / "repo")
+    (repo / "blob.py").write_bytes(b"\x7fELF\x00\x01\x02 not text")
     before = snapshot(repo)
     cases = [([a.format(repo=repo) for a in argv], env) for argv, env, _ in REFUSED_AT_ONCE]
     out = subprocess.run([sys.executable, "-c", REFUSE_SCRIPT, json.dumps(cases)], capture_output=True, text=True,
