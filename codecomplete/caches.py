@@ -46,7 +46,7 @@ def _candidates() -> list[Path]:
 
     default = Path(platformdirs.user_cache_dir("codecomplete"))
     configured = os.environ.get(VARIABLE)
-    return [Path(configured).expanduser(), default] if configured else [default]
+    return [Path(os.path.expanduser(configured)), default] if configured else [default]
 
 
 def _problem(folder: Path, root: Path | None) -> str | None:

@@ -5,6 +5,7 @@ Nothing is ever written inside the repository: the index cache lives in the user
 """
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from .render import progress_bar, warn
 
 
 def repository(path: str) -> Path:
-    root = Path(path).expanduser()
+    root = Path(os.path.expanduser(path))
     if not _exists(root, path):
         raise UsageError(f"repository not found: {path}")
     if not root.is_dir():
@@ -22,6 +23,14 @@ def repository(path: str) -> Path:
     root = root.resolve()
     caches.prepare(root)        # before any work: the caches never go inside the repository
     return root
+
+
+def _cwd() -> list[Path]:
+    """The current directory, or none when it was deleted under us."""
+    try:
+        return [Path.cwd()]
+    except OSError:
+        return []
 
 
 def _exists(path: Path, shown: str) -> bool:
@@ -41,8 +50,8 @@ def file_in(root: Path, path: str, must_exist: bool = True) -> str:
     A relative path is looked up in the repository first, then in the current directory,
     so both `codecomplete ~/proj --file src/a.py` and an editor's `--file %` work.
     """
-    given = Path(path).expanduser()
-    candidates = [given] if given.is_absolute() else [root / given, Path.cwd() / given]
+    given = Path(os.path.expanduser(path))
+    candidates = [given] if given.is_absolute() else [root / given, *[folder / given for folder in _cwd()]]
     found = next((c for c in candidates if _exists(c, path)), None)
     if found is None and must_exist:
         raise UsageError(f"file not found: {path}")

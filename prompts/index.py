@@ -99,7 +99,7 @@ class RepoIndex:
         """A path given by the user (absolute, or relative to the root) as a posix path relative to the root.
 
         Raises PromptError for a path outside the repository."""
-        full = Path(os.path.normpath(self.root / Path(path).expanduser()))
+        full = Path(os.path.normpath(self.root / Path(os.path.expanduser(path))))
         try:
             full = full.parent.resolve() / full.name  # resolve links in the folders, keep the file's own name
         except (OSError, RuntimeError):  # a link loop: judged by the path as written
@@ -139,7 +139,7 @@ def index_repository(
     ``if __name__ == "__main__":`` guard. Raises PromptError when ``root`` is not a directory or holds nothing
     to index.
     """
-    root_path = Path(root).expanduser()
+    root_path = Path(os.path.expanduser(root))
     if not root_path.is_dir():
         raise PromptError(f"not a directory: {root}")
     root_path = root_path.resolve()
@@ -225,7 +225,7 @@ def default_cache_dir() -> Path:
     """``$CODECOMPLETE_CACHE_DIR``, else the platform's user cache directory for codecomplete."""
     override = os.environ.get("CODECOMPLETE_CACHE_DIR")
     if override:
-        return Path(override).expanduser()
+        return Path(os.path.expanduser(override))
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("codecomplete"))
@@ -234,7 +234,7 @@ def default_cache_dir() -> Path:
 def _cache_file(root: Path, cache_dir: str | os.PathLike | None) -> Path | None:
     """Where this repository's index is cached; None (said once, here) if that would be inside the repository
     itself or the cache folder is not a folder."""
-    folder = (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()).resolve()
+    folder = (Path(os.path.expanduser(cache_dir)) if cache_dir is not None else default_cache_dir()).resolve()
     if folder.is_relative_to(root):
         warnings.warn(f"not caching the index: {folder} is inside the repository", ScanWarning, stacklevel=3)
         return None

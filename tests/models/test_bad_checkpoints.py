@@ -112,3 +112,22 @@ def test_a_cache_dir_that_is_a_file_is_a_model_error(tmp_path, monkeypatch):
     (tmp_path / "cache-file").write_text("not a folder")
     monkeypatch.setenv("CODECOMPLETE_CACHE_DIR", str(tmp_path / "cache-file"))
     assert "cache-file" in load_error(path, ModelError, "cannot write the converted model")
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("model.safetensors.index.json", '["not", "an", "object"]', "not a JSON object"),
+    ("model.safetensors.index.json", '{"weight_map": {"a": 7}}', "weight_map must map"),
+    ("tokenizer_config.json", '"a string"', "not a JSON object"),
+])
+def test_side_files_of_the_wrong_shape_are_named(tmp_path, tiny_checkpoint, name, content, message):
+    directory = tmp_path / "side"
+    shutil.copytree(tiny_checkpoint[0], directory)
+    (directory / name).write_text(content)
+    assert name in load_error(directory, ModelError, message)
+
+
+def test_generation_config_ids_that_are_not_ids_are_ignored(tmp_path, tiny_checkpoint):
+    directory = tmp_path / "gen"
+    shutil.copytree(tiny_checkpoint[0], directory)
+    (directory / "generation_config.json").write_text('{"eos_token_id": ["2", null, 2]}')
+    assert 2 in load_model(directory, device="cpu", max_context=32).eos_token_ids
