@@ -195,9 +195,27 @@ class IgnoreRules:
             for file in files:
                 text = _read_rules(file, follow_links=not file.is_relative_to(self.root))
                 if text is not None:
-                    specs.append(pathspec.GitIgnoreSpec.from_lines(text.splitlines()))
+                    specs.append(_compile_rules(text.splitlines()))
             self._specs[directory] = specs
         return self._specs[directory]
+
+
+def _compile_rules(lines: list[str]) -> pathspec.GitIgnoreSpec:
+    """The rules of one ignore file; a line that is not a valid pattern is left out, as git leaves it out."""
+    import pathspec
+
+    try:
+        return pathspec.GitIgnoreSpec.from_lines(lines)
+    except Exception:  # pathspec raises its own errors or re.error, for the first bad line only
+
+        def valid(line: str) -> bool:
+            try:
+                pathspec.GitIgnoreSpec.from_lines([line])
+                return True
+            except Exception:
+                return False
+
+        return pathspec.GitIgnoreSpec.from_lines([line for line in lines if valid(line)])
 
 
 def read_regular_file(path: Path, limit: int, follow_links: bool = True) -> bytes | None:

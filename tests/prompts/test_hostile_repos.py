@@ -159,3 +159,9 @@ def test_code_or_folders_nested_thousands_deep_skip_one_file_not_the_index(make_
     messages = {str(w.message) for w in caught}
     assert "skipped deep.py: nested too deeply to chunk" in messages
     assert any("nested deeper than" in message for message in messages)
+
+
+def test_invalid_ignore_patterns_are_left_out_as_git_does(make_repo):
+    root = make_repo({"a.py": "a = 1\n", "b.log": "b\n", "c.py": "c = 1\n",
+                      ".gitignore": "[z-a]\n*.log\n\\\n!\nc.py\n"})
+    assert [s.path for s in scan_repository(root)] == [".gitignore", "a.py"]
