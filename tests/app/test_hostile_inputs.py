@@ -78,7 +78,7 @@ REFUSED_AT_ONCE = [
     (["--prompt", "x", "--max-tokens", "99999999999"], {}, ["--max-tokens", "10,000,000"]),
 ]
 
-REFUSE_SCRIPT = """
+MAIN_MANY_TIMES = """
 import contextlib, io, json, os, sys
 from codecomplete.cli import main
 cases, results = json.loads(sys.argv[1]), []
@@ -96,18 +96,32 @@ print(json.dumps({"results": results, "torch": "torch" in sys.modules}))
 """
 
 
+def run_main_many_times(cases, env, cwd) -> tuple[list[Run], bool]:
+    """Each (argv, environment) through the command line's main() in one fresh interpreter, which pays for
+    imports once; the runs, and whether torch got imported."""
+    out = subprocess.run([sys.executable, "-c", MAIN_MANY_TIMES, json.dumps(cases)], capture_output=True,
+                         text=True, env=env, cwd=cwd, timeout=TIMEOUT, check=True).stdout
+    report = json.loads(out)
+    return [Run(*result) for result in report["results"]], report["torch"]
+
+
 def test_bad_values_are_refused_before_any_work(make_repository, tmp_path, cli_env):
     repo = make_repository(tmp_path / "repo")
     (repo / "blob.py").write_bytes(b"\x7fELF\x00\x01\x02 not text")
     before = snapshot(repo)
     cases = [([a.format(repo=repo) for a in argv], env) for argv, env, _ in REFUSED_AT_ONCE]
-    out = subprocess.run([sys.executable, "-c", REFUSE_SCRIPT, json.dumps(cases)], capture_output=True, text=True,
-                         env=cli_env, cwd=tmp_path, timeout=TIMEOUT, check=True).stdout
-    report = json.loads(out)
-    for (argv, _, words), (code, stdout, stderr) in zip(REFUSED_AT_ONCE, report["results"]):
-        check_error(Run(code, stdout, stderr), 2, *words)
-    assert not report["torch"], "a usage error imported torch (it should fail before any work)"
+    runs, imported_torch = run_main_many_times(cases, cli_env, tmp_path)
+    for (argv, _, words), run in zip(REFUSED_AT_ONCE, runs):
+        check_error(run, 2, *words)
+    assert not imported_torch, "a usage error imported torch (it should fail before any work)"
     assert snapshot(repo) == before and not list(tmp_path.glob("*.gif"))
+
+
+def test_a_dash_leading_file_name_is_a_value_not_an_option():
+    from codecomplete import cli
+
+    assert cli.build_parser().parse_args(["r", "--file", "-dash.py", "--line", "1"]).file == "-dash.py"
+    assert cli.build_parser().parse_args(["r", "--file", "-x/y.py"]).file == "-x/y.py"
 
 
 @pytest.mark.parametrize("shell, words", [
@@ -128,11 +142,6 @@ def test_a_closed_stderr_never_sends_the_error_to_stdout(make_repository, script
     proc = subprocess.run(["bash", "-c", f"{script} {repo} --file nope.py 2>&-"], capture_output=True,
                           text=True, env=cli_env, timeout=TIMEOUT)
     assert (proc.returncode, proc.stdout) == (2, "")
-
-
-def test_bench_contexts_that_cannot_run_here_fail_before_loading(script, cli_env, tmp_path):
-    check_error(run_cli(script, cli_env, "--bench", "--contexts", "100000", "--device", "cpu", cwd=tmp_path),
-                2, "--contexts 100000", "4,096")
 
 
 def test_a_repository_whose_files_are_all_ignored_says_so(make_repository, script, cli_env, tmp_path):
@@ -162,26 +171,34 @@ def checkpoint(converted: Path, folder: Path, **config_changes) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("change, words", [
+BAD_CONFIGS = [
     ({"rope_parameters": None, "rope_scaling": {"type": "linear"}}, ["config.json", "factor"]),
     ({"hidden_size": "big"}, ["config.json", "hidden_size", "'big'"]),
     ({"num_attention_heads": 0}, ["config.json", "num_attention_heads"]),
-])
-def test_bad_config_values_are_one_line_model_errors(script, cli_env, tmp_path, converted_model, change, words):
-    model = checkpoint(converted_model, tmp_path / "bad", **change)
-    run = run_cli(script, cli_env, "--prompt", "def add(a, b):", "--model", model, "--max-tokens", "1", cwd=tmp_path)
-    check_error(run, 1, *words)       # check_error: exactly one line, so no torch warning before it
+]
 
 
-def test_a_small_model_works_with_the_defaults_and_an_explicit_budget_beyond_it_names_the_options(
-        script, cli_env, tmp_path, converted_model):
+def test_bad_checkpoints_and_sizes_fail_on_reading_the_config(tmp_path, cli_env, converted_model):
+    """Bad config values are one-line model errors (no torch warning before them); an explicit budget beyond a
+    512-position model names the options; bench contexts beyond what runs here fail before loading."""
+    cases = [(["--prompt", "def add(a, b):", "--model", str(checkpoint(converted_model, tmp_path / f"bad{n}", **change)),
+               "--max-tokens", "1"], {}) for n, (change, _) in enumerate(BAD_CONFIGS)]
+    small = checkpoint(converted_model, tmp_path / "small", max_position_embeddings=512)
+    cases += [(["--prompt", "x", "--model", str(small), "--context-tokens", "1000"], {}),
+              (["--bench", "--contexts", "100000", "--device", "cpu"], {})]
+    runs, _ = run_main_many_times(cases, cli_env, tmp_path)
+    for (_, words), run in zip(BAD_CONFIGS, runs):
+        check_error(run, 1, *words)       # exactly one line: no torch warning before it
+    check_error(runs[-2], 2, "--context-tokens 1,000", "--max-tokens 256 (the default)", "512")
+    check_error(runs[-1], 2, "--contexts 100000", "4,096")
+
+
+def test_a_small_model_works_with_the_defaults(script, cli_env, tmp_path, converted_model):
     model = checkpoint(converted_model, tmp_path / "small", max_position_embeddings=512)
     # The defaults (a 1,024-token prompt budget on a CPU, 256 new tokens) shrink to the model's 512 positions.
     run = run_cli(script, cli_env, "--prompt", "def add(a, b):", "--model", model, "--max-tokens", "2", cwd=tmp_path)
     assert run.returncode == 0 and run.stderr == "", run.stderr
     assert run.stdout
-    check_error(run_cli(script, cli_env, "--prompt", "x", "--model", model, "--context-tokens", "1000",
-                        cwd=tmp_path), 2, "--context-tokens 1,000", "--max-tokens 256 (the default)", "512")
 
 
 def test_a_budget_too_small_names_the_file_and_the_option(codecomplete, repo):
@@ -202,7 +219,8 @@ HOSTILE_GIT = {
 ODD_NAMES = [b"helpers_\xff.py", b"new\nline.py", b"-dash.py", b"l" * 240 + b".py"]
 
 
-def test_a_hostile_repository_with_odd_names_completes_and_runs_nothing(make_repository, script, cli_env, tmp_path):
+def test_a_hostile_repository_with_odd_names_completes_runs_nothing_and_writes_nothing(
+        make_repository, script, cli_env, tmp_path, cache_dir):
     repo = make_repository(tmp_path / "repo")
     marker = tmp_path / "marker"
     marker.mkdir()
@@ -214,29 +232,18 @@ def test_a_hostile_repository_with_odd_names_completes_and_runs_nothing(make_rep
         with open(os.path.join(os.fsencode(repo), name), "wb") as file:
             file.write(b"from shapes.geometry import area_of_circle\n")
     before = snapshot(repo)
-    # The name that is not UTF-8 goes through argv as its own bytes; a leading dash is not an option.
-    run = run_cli(script, cli_env, repo, "--file", os.fsdecode(ODD_NAMES[0]), "--max-tokens", "1", "--json",
-                  cwd=tmp_path)
-    assert run.returncode == 0, run.stderr
-    result = json.loads(run.stdout)
-    assert {item["path"] for item in result["context"]} >= {"helpers_\ufffd.py"}
-    dash = run_cli(script, cli_env, repo, "--file", "-dash.py", "--line", "1", "--max-tokens", "1", "--json",
-                   cwd=tmp_path)
-    assert dash.returncode == 0, dash.stderr
-    assert list(marker.iterdir()) == [] and snapshot(repo) == before
-
-
-def test_caches_pointed_inside_the_repository_go_elsewhere(make_repository, script, cli_env, tmp_path, cache_dir, engine):
-    repo = make_repository(tmp_path / "repo")
-    before = snapshot(repo)
-    # The user cache dir (XDG_CACHE_HOME/codecomplete) is the session's, so the model is already converted.
+    # The cache dir named is inside the repository: the user cache dir (XDG_CACHE_HOME/codecomplete, here the
+    # session's, where the model is already converted) serves instead.
     xdg = tmp_path / "xdg"
     xdg.mkdir()
     os.symlink(cache_dir, xdg / "codecomplete")
-    run = run_cli(script, cli_env, repo, "--file", "app.py", "--max-tokens", "1", cwd=repo,
-                  CODECOMPLETE_CACHE_DIR=".cc-cache", XDG_CACHE_HOME=str(xdg))
+    # The name that is not UTF-8 goes through argv as its own bytes.
+    run = run_cli(script, cli_env, repo, "--file", os.fsdecode(ODD_NAMES[0]), "--max-tokens", "1", "--json",
+                  cwd=repo, CODECOMPLETE_CACHE_DIR=".cc-cache", XDG_CACHE_HOME=str(xdg))
     assert run.returncode == 0 and run.stderr == "", run.stderr
-    assert snapshot(repo) == before and not (repo / ".cc-cache").exists()
+    result = json.loads(run.stdout)
+    assert {item["path"] for item in result["context"]} >= {"helpers_\ufffd.py", "-dash.py"}
+    assert list(marker.iterdir()) == [] and snapshot(repo) == before
 
 
 def test_every_unusable_cache_dir_falls_back_to_a_temporary_one(make_repository, tmp_path, monkeypatch):
