@@ -185,11 +185,13 @@ def test_bad_checkpoints_and_sizes_fail_on_reading_the_config(tmp_path, cli_env,
                "--max-tokens", "1"], {}) for n, (change, _) in enumerate(BAD_CONFIGS)]
     small = checkpoint(converted_model, tmp_path / "small", max_position_embeddings=512)
     cases += [(["--prompt", "x", "--model", str(small), "--context-tokens", "1000"], {}),
+              (["--prompt", "x", "--model", str(small), "--max-tokens", "600"], {}),
               (["--bench", "--contexts", "100000", "--device", "cpu"], {})]
     runs, _ = run_main_many_times(cases, cli_env, tmp_path)
     for (_, words), run in zip(BAD_CONFIGS, runs):
         check_error(run, 1, *words)       # exactly one line: no torch warning before it
-    check_error(runs[-2], 2, "--context-tokens 1,000", "--max-tokens 256 (the default)", "512")
+    check_error(runs[-3], 2, "--context-tokens 1,000", "--max-tokens 256 (the default)", "512")
+    check_error(runs[-2], 2, "--max-tokens 600 leaves no room for a prompt", "512")
     check_error(runs[-1], 2, "--contexts 100000", "4,096")
 
 
