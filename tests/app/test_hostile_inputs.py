@@ -5,10 +5,12 @@ succeeds), executes nothing from the repository and writes nothing into it. Most
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -265,3 +267,13 @@ def test_every_unusable_cache_dir_falls_back_to_a_temporary_one(make_repository,
     assert "a-file is not a folder" in message and "inside the repository" in message and "this run only" in message
     assert caches.prepare(repo) == chosen and len(warned) == 1      # decided and said once
     shutil.rmtree(chosen)
+
+
+def test_sigterm_unwinds_quietly_with_143(script, cli_env, tmp_path):
+    """`kill` ends the run as an exit (so `finally` blocks remove temporary files), code 128 + 15, no traceback."""
+    proc = subprocess.Popen([str(script), "--prompt", "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=cli_env, cwd=tmp_path)
+    time.sleep(5)              # it is waiting for the prompt on standard input by now
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=TIMEOUT)
+    assert (proc.returncode, out, err) == (143, b"", b"")
