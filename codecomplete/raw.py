@@ -1,16 +1,18 @@
 """`codecomplete --prompt TEXT`: the model continues TEXT, no repository, no template."""
 from __future__ import annotations
 
-import sys
-
 from . import engine as engines
 from . import render
+from .errors import UsageError
+from .workspace import read_stdin
 
 DEFAULT_MAX_TOKENS = 256
 
 
 def run_prompt(args) -> None:
-    text = sys.stdin.buffer.read().decode("utf-8", errors="replace") if args.prompt == "-" else args.prompt
+    text = read_stdin() if args.prompt == "-" else args.prompt
+    if not text:
+        raise UsageError("--prompt -: standard input is empty, nothing to continue from")
     max_new = args.max_tokens or DEFAULT_MAX_TOKENS
     engine = engines.load(args, max_new)
     ids = engine.tokenizer.encode(text)

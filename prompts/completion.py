@@ -19,7 +19,7 @@ from itertools import accumulate
 from pathlib import Path
 
 from .chunking import Chunk, source_imports
-from .errors import PromptError
+from .errors import BudgetError, PromptError
 from .formats import CompletionFormat, completion_format
 from .imports import follow_imports
 from .index import RepoIndex
@@ -27,6 +27,7 @@ from .languages import comment_marker, language_for, language_name
 from .outline import outline
 from .packing import Assembler, ContextItem, Layout, PackedPrompt, encode_all, select_chunks
 from .ranking import Query, cursor_terms, rank
+from .scan import read_regular_file
 from .tokens import Encoder, encoder_for
 
 FILE_SHARE = 0.4  # of the budget, for the text around the cursor while the repository has more to offer
@@ -75,7 +76,8 @@ def build_completion_prompt(
     fixed = len(encode_all(encoder, [form.opening(index.name, comment, True) + before + after])[0])
     space = limit - fixed - int(encoder.leading_space)  # the first text may gain SentencePiece's leading space
     if space < 1:
-        raise PromptError(f"a budget of {limit} tokens cannot hold the {form.name} prompt format ({fixed} tokens)")
+        raise BudgetError(f"a prompt budget of {limit} tokens cannot hold the {form.name} format's own tokens and "
+                          f"the file name {relative} ({fixed} tokens) and any code")
 
     heal_text = _partial_token(encoder, rows, row, column) if heal else ""
     window = _Window(encoder, text, rows, row, column, with_suffix=form.fim is not None, heal=len(heal_text))
@@ -170,13 +172,16 @@ def _file_share(window: _Window, space: int) -> int:
 
 def _read(full: Path, shown: str) -> str:
     try:
-        return full.read_text(encoding="utf-8", errors="replace")
+        data = read_regular_file(full, -1)  # never a FIFO (it would block) or a device (it would never end)
     except FileNotFoundError:
         raise PromptError(f"no such file: {shown}") from None
     except IsADirectoryError:
         raise PromptError(f"not a file: {shown}") from None
     except OSError as error:
         raise PromptError(f"cannot read {shown}: {error.strerror}") from None
+    if data is None:
+        raise PromptError(f"not a regular file: {shown}")
+    return data.decode("utf-8", errors="replace")
 
 
 def _cursor(rows: list[str], line: int | None, col: int | None) -> tuple[int, int]:

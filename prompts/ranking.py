@@ -40,6 +40,7 @@ MODULE_WEIGHT = 2.0  # the chunks of the module right before the cursor (`nodes.
 IMPORT_WEIGHT = 0.5  # every chunk of the imported files, shared among the files
 LEXICAL_WEIGHT = 1.0
 PROXIMITY_WEIGHT = 0.25
+SAME_FILE_WEIGHT = 0.0  # the current file's own chunks beyond the text around the cursor
 MENTION_WEIGHT = 2.0  # chat: a file the question names
 
 PROSE_FACTOR = 0.3  # identifiers in comments and strings
@@ -209,6 +210,8 @@ def rank(index: RepoIndex, query: Query) -> Iterator[tuple[float, Chunk]]:
         numbers = index.chunk_numbers(path)
         scores[numbers.start : numbers.stop] += MENTION_WEIGHT
     if query.path is not None:
+        numbers = index.chunk_numbers(query.path)
+        scores[numbers.start : numbers.stop] += SAME_FILE_WEIGHT
         here = _parts(posixpath.dirname(query.path))
         nearness = np.array([_proximity(here, _parts(folder)) for folder in index.folders])
         candidates = scores > 0
