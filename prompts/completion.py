@@ -1,14 +1,19 @@
 """The prompt for a completion at a cursor: the text around the cursor, plus the repository context that fits.
 
-The budget is shared like this: the current file's text around the cursor gets up to half (more when the
-repository has less to offer), three quarters of that before the cursor; ranked chunks fill the rest; what they
-leave goes back to the text around the cursor.
+The budget is shared like this: the current file's text around the cursor gets up to 40% (more when the
+repository has less to offer), three quarters of that before the cursor. Of the rest, 60% goes first to the
+definitions of the names the cursor uses (as outlines first, then whole), then what is left to the best of
+everything else: the current file's own other parts, code like the code at the cursor, the files it imports.
+What they leave goes back to the text around the cursor. (Measured with the embedded model, bench/results/
+context-eval-*.md: definitions alone crowd out the nearby code such a small model copies from best; nearby code
+alone leaves most definitions out.)
 
 The current file enters the prompt in blocks of 32 lines, counted from the top of the file, plus the two partial
 blocks next to the cursor. While the user types, the blocks further away keep their text and therefore their
 tokens: the tokenizer need not see them again, and the model's cache of the prompt's start stays valid. The
 file's share of the budget grows in steps for the same reason: the repository context does not change with
-every keystroke.
+every keystroke. The prompt ends one token before the cursor, that token's text left for the model to write
+(token healing).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from .tokens import Encoder, encoder_for
 
 FILE_SHARE = 0.4  # of the budget, for the text around the cursor while the repository has more to offer
 PREFIX_SHARE = 0.75  # of the current file's share, before the cursor
+DEFINITION_SHARE = 0.6  # of the repository's share, first for the definitions of the names the cursor uses
 SHARE_STEPS = 16  # the current file's share changes in steps of 1/16 of the budget
 BLOCK_LINES = 32  # the current file enters the prompt in blocks of this many lines
 ENCODE_AHEAD = 8  # blocks encoded per call to the tokenizer
@@ -94,7 +100,12 @@ def build_completion_prompt(
         code_between=index.code_between,
         outline=lambda chunk: _outlined(form, chunk, comment),
     )
-    selection = select_chunks(encoder, layout, rank(index, query), space - share)
+    # The definitions of what the cursor uses get their part of the repository's share first; code like the
+    # code at the cursor (the file's own other parts first) the rest.
+    repository = space - share
+    selection = select_chunks(encoder, layout, rank(index, query, definitions_only=True),
+                              int(repository * DEFINITION_SHARE))
+    selection = select_chunks(encoder, layout, rank(index, query), repository, selection)
     window.fit(space - selection.tokens, avoid=selection.chunks(relative))  # what the repository left over
 
     while True:
@@ -161,7 +172,7 @@ def _outlined(form: CompletionFormat, chunk: Chunk, comment: str) -> list | None
 
 
 def _file_share(window: _Window, space: int) -> int:
-    """The current file's share of ``space``: all it needs up to half, in steps of a sixteenth."""
+    """The current file's share of ``space``: all it needs up to FILE_SHARE, in steps of a sixteenth."""
     half = int(space * FILE_SHARE)
     need = window.need(up_to=half)
     if need > half:

@@ -141,16 +141,20 @@ class Selection:
         return segments, items
 
 
-def select_chunks(encoder: Encoder, layout: Layout, ranked: Iterable[tuple[float, Chunk]], budget: int) -> Selection:
+def select_chunks(encoder: Encoder, layout: Layout, ranked: Iterable[tuple[float, Chunk]], budget: int,
+                  selection: Selection | None = None) -> Selection:
     """Take ranked chunks, best first, while they fit into ``budget`` tokens (sections and gaps included).
 
     First the best candidates go in as outlines (chunks of up to WHOLE_MIN_TOKENS whole) until they fill the
     budget or OUTLINE_TOKENS, so that a small budget holds the definitions of many names; then those outlines
     become whole chunks, best first, as far as the budget allows; then the rest of the ranking goes in whole
     where it fits, else outlined. A large budget so carries the bodies of the best chunks, and the outlines of
-    many more. Candidates are encoded a batch at a time, and only in the form they are considered in."""
-    selection = Selection(layout)
-    candidates = iter(chunk for _, chunk in ranked)
+    many more. Candidates are encoded a batch at a time, and only in the form they are considered in.
+    Given a ``selection``, it goes on filling that one (``budget`` counts what it holds), skipping its chunks."""
+    if selection is None:
+        selection = Selection(layout)
+    chosen = {(choice.chunk.path, choice.chunk.start_line) for choice in selection.order}
+    candidates = iter(chunk for _, chunk in ranked if (chunk.path, chunk.start_line) not in chosen)
     misses, leftover = 0, []
     while selection.tokens < min(budget, OUTLINE_TOKENS) and misses < GIVE_UP_AFTER:
         batch = list(islice(candidates, ENCODE_BATCH))

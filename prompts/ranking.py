@@ -38,9 +38,9 @@ IMPORTED_NAME_BASE = 0.25  # ... and for every imported name, however far from t
 IMPORTED_FILE_BOOST = 2.0  # a definition of a name used near the cursor, in a file the current file imports
 MODULE_WEIGHT = 2.0  # the chunks of the module right before the cursor (`nodes.|`), shared among them
 IMPORT_WEIGHT = 0.5  # every chunk of the imported files, shared among the files
-LEXICAL_WEIGHT = 1.0
+LEXICAL_WEIGHT = 3.0  # code like the code at the cursor: what a small model copies from best
 PROXIMITY_WEIGHT = 0.25
-SAME_FILE_WEIGHT = 0.0  # the current file's own chunks beyond the text around the cursor
+SAME_FILE_WEIGHT = 3.0  # the current file's own chunks beyond the text around the cursor
 MENTION_WEIGHT = 2.0  # chat: a file the question names
 
 PROSE_FACTOR = 0.3  # identifiers in comments and strings
@@ -181,12 +181,41 @@ def _heaviest(weights: dict[str, float], keywords: frozenset[str]) -> dict[str, 
     return weights
 
 
-def rank(index: RepoIndex, query: Query) -> Iterator[tuple[float, Chunk]]:
+def rank(index: RepoIndex, query: Query, definitions_only: bool = False) -> Iterator[tuple[float, Chunk]]:
     """Chunks related to the query, best first, without duplicates (equal text) and without the lines the
-    prompt already shows. All chunks are scored at once, as vectors over the index's chunk-by-term matrix."""
+    prompt already shows. All chunks are scored at once, as vectors over the index's chunk-by-term matrix.
+    ``definitions_only``: score by the definition signals alone (what the names at the cursor are)."""
     import numpy as np
 
-    scores, rarity = _lexical_scores(index, query.weights)
+    scores = _definition_scores(index, query)
+    if not definitions_only:
+        scores += _context_scores(index, query)
+        if query.path is not None:  # (only where something else speaks for a chunk: proximity breaks ties)
+            here = _parts(posixpath.dirname(query.path))
+            nearness = np.array([_proximity(here, _parts(folder)) for folder in index.folders])
+            candidates = scores > 0
+            scores[candidates] += PROXIMITY_WEIGHT * nearness[index.folder_of_chunk[candidates]]
+    if query.path is not None and query.shown is not None:
+        first, last = query.shown
+        for number in index.chunk_numbers(query.path):
+            if index.chunks[number].start_line <= last and index.chunks[number].end_line >= first:
+                scores[number] = 0.0
+    candidates = np.flatnonzero(scores > 0)
+    order = candidates[np.argsort(-scores[candidates], kind="stable")]
+    seen: set[str] = set()
+    for number, score in zip(order.tolist(), scores[order].tolist()):
+        chunk = index.chunks[number]
+        if chunk.text not in seen:
+            seen.add(chunk.text)
+            yield score, chunk
+
+
+def _definition_scores(index: RepoIndex, query: Query):
+    """Per chunk: how likely it defines a name the code at the cursor uses."""
+    import numpy as np
+
+    scores = np.zeros(len(index.chunks))
+    rarity = _rarity(index, query.weights)
     imported_chunks = _in_files(index, query.imported)
     imported = np.zeros(len(index.chunks))  # a chunk defining several imported names counts the nearest
     for name, chunks in query.imported_names.items():
@@ -204,32 +233,22 @@ def rank(index: RepoIndex, query: Query) -> Iterator[tuple[float, Chunk]]:
     if query.module_at_cursor:
         numbers = [n for path in query.module_at_cursor for n in index.chunk_numbers(path)]
         scores[numbers] += MODULE_WEIGHT / math.sqrt(max(len(numbers), 1))
+    return scores
+
+
+def _context_scores(index: RepoIndex, query: Query):
+    """Per chunk: how much it resembles the code at the cursor or belongs with it (the file itself, the files it
+    imports, the files a question names)."""
+    scores = _lexical_scores(index, query.weights)
     if query.imported:
-        scores[imported_chunks] += IMPORT_WEIGHT / math.sqrt(len(query.imported))
+        scores[_in_files(index, query.imported)] += IMPORT_WEIGHT / math.sqrt(len(query.imported))
     for path in query.mentioned:
         numbers = index.chunk_numbers(path)
         scores[numbers.start : numbers.stop] += MENTION_WEIGHT
     if query.path is not None:
         numbers = index.chunk_numbers(query.path)
         scores[numbers.start : numbers.stop] += SAME_FILE_WEIGHT
-        here = _parts(posixpath.dirname(query.path))
-        nearness = np.array([_proximity(here, _parts(folder)) for folder in index.folders])
-        candidates = scores > 0
-        scores[candidates] += PROXIMITY_WEIGHT * nearness[index.folder_of_chunk[candidates]]
-        if query.shown is not None:
-            first, last = query.shown
-            for number in index.chunk_numbers(query.path):
-                if index.chunks[number].start_line <= last and index.chunks[number].end_line >= first:
-                    scores[number] = 0.0
-
-    candidates = np.flatnonzero(scores > 0)
-    order = candidates[np.argsort(-scores[candidates], kind="stable")]
-    seen: set[str] = set()
-    for number, score in zip(order.tolist(), scores[order].tolist()):
-        chunk = index.chunks[number]
-        if chunk.text not in seen:
-            seen.add(chunk.text)
-            yield score, chunk
+    return scores
 
 
 def _in_files(index: RepoIndex, paths: frozenset[str]):
@@ -244,25 +263,33 @@ def _in_files(index: RepoIndex, paths: frozenset[str]):
 
 
 def _lexical_scores(index: RepoIndex, weights: dict[str, float]):
-    """BM25 of every chunk, counting a name once per chunk, normalised to the best match; and each known query
-    term's rarity, from 1 (found in one chunk) down to 0.5 (found in all)."""
+    """BM25 of every chunk, counting a name once per chunk, normalised to the best match."""
     import numpy as np
 
     total = len(index.chunks)
-    known = [(term, index.vocabulary[term], weight) for term, weight in weights.items() if term in index.vocabulary]
-    term_ids = np.array([number for _, number, _ in known], dtype=np.int64)
+    known = [(index.vocabulary[term], weight) for term, weight in weights.items() if term in index.vocabulary]
+    term_ids = np.array([number for number, _ in known], dtype=np.int64)
     frequency = index.document_frequency[term_ids]
     idf = np.log1p((total - frequency + 0.5) / (frequency + 0.5))
-    rarest = math.log1p((total - 0.5) / 1.5)  # the idf of a name found in a single chunk
-
     term_weight = np.zeros(len(index.vocabulary))
-    term_weight[term_ids] = np.array([weight for _, _, weight in known]) * idf
+    term_weight[term_ids] = np.array([weight for _, weight in known]) * idf
     matched = np.bincount(index.term_owner, weights=term_weight[index.term_ids], minlength=total)
     counts = index.reference_counts
     lexical = matched * (K1 + 1) / (1 + K1 * (1 - B + B * counts / max(counts.mean(), 1.0)))
-    best = lexical.max()
-    rarity = dict(zip([term for term, _, _ in known], (0.5 + 0.5 * idf / rarest).tolist()))
-    return LEXICAL_WEIGHT * lexical / (best if best > 0 else 1.0), rarity
+    best = lexical.max() if total else 0.0
+    return LEXICAL_WEIGHT * lexical / (best if best > 0 else 1.0)
+
+
+def _rarity(index: RepoIndex, weights: dict[str, float]) -> dict[str, float]:
+    """Each known query term's rarity, from 1 (found in one chunk) down to 0.5 (found in all)."""
+    total = len(index.chunks)
+    rarest = math.log1p((total - 0.5) / 1.5)  # the idf of a name found in a single chunk
+    rarity = {}
+    for term in weights:
+        if term in index.vocabulary:
+            frequency = int(index.document_frequency[index.vocabulary[term]])
+            rarity[term] = 0.5 + 0.5 * math.log1p((total - frequency + 0.5) / (frequency + 0.5)) / rarest
+    return rarity
 
 
 def _parts(folder: str) -> list[str]:

@@ -122,7 +122,7 @@ def test_comment_words_and_local_names_pull_in_no_definitions(make_repo):
     found = follow_imports(index, "pkg/app.py", "python", index.imports("pkg/app.py"))
     query = Query(weights=terms.weights, path="pkg/app.py", imported=frozenset(found.files),
                   imported_names=found.definitions, local=terms.local, uses=terms.counts)
-    ranked = [chunk for _, chunk in rank(index, query)]
+    ranked = [chunk for _, chunk in rank(index, query, definitions_only=True)]
     assert ranked[0].path == "pkg/geometry.py"
     pads = [i for i, chunk in enumerate(ranked) if chunk.path == "pkg/pads.py"]
     assert not pads or pads[0] > 0
@@ -160,3 +160,18 @@ class _Tokenizer:
 
     def convert_tokens_to_ids(self, token):
         return 0
+
+
+def test_definitions_keep_their_part_of_the_budget_beside_the_files_own_code(make_repo):
+    """The repository's share goes first to the definitions of the names the cursor uses (60%), then to the
+    rest: the file's own other parts, which are many here and all alike the code at the cursor."""
+    own = "".join(f"def handler_{i}(request):\n    value = Segment(request.text)\n    return value.render({i})\n\n\n"
+                  for i in range(40))
+    app = "from .segment import Segment\n\n\n" + own + "def last(request):\n    value = \n"
+    index = index_repository(make_repo(PYTHON | {"pkg/app.py": app}))
+    rows = app.split("\n")
+    packed = build_completion_prompt(index, _Tokenizer(), "pkg/app.py", line=len(rows) - 1, col=13,
+                                     budget_tokens=700)
+    paths = [item.path for item in packed.context]
+    assert "pkg/segment.py" in paths  # the definition of Segment
+    assert paths.count("pkg/app.py") > 2  # and the file's own handlers, beyond the text around the cursor
