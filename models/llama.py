@@ -2,7 +2,8 @@
 
 Two entry points share the layers:
     prefill(tokens (1, T), start, row)   one sequence, SDPA over its cached prefix plus the new tokens
-    decode(tokens (B, 1), Decode(...))   one token per sequence, static shapes, no host sync: capturable
+    decode(tokens (B, T), Decode(...))   T tokens per sequence (1, or 1 + drafts to verify), static shapes,
+                                         no host sync: capturable
 q/k/v and gate/up projections are fused (one matmul each), which matters when a decode step is a GEMV.
 Weights keep Hugging Face's names at the boundary (`hf_tensor_slots`), so every loader speaks HF.
 """
@@ -33,8 +34,8 @@ class Prefill(NamedTuple):
 @dataclass
 class Decode:
     """Run-time inputs of one decode step (tensors live on the device and are updated in place)."""
-    input_pos: torch.Tensor        # (B,) int64: where each sequence's new token goes
-    cache_seqlens: torch.Tensor    # (B,) int32: input_pos + 1, the lengths attention reads
+    input_pos: torch.Tensor        # (B,) int64: where each sequence's first new token goes
+    cache_seqlens: torch.Tensor    # (B,) int32: input_pos + T, the lengths attention reads
     backend: str                   # "flash" | "sdpa" | "eager"
     kv_len: int | None = None      # attend over cache[:, :, :kv_len]; None = the whole capacity (graph mode)
     exact: bool = False            # every row holds exactly kv_len tokens (SDPA may skip the mask)
@@ -155,7 +156,7 @@ def attention_output_and_ffn(x, attn, wo, norm_weight, eps: float, w13, w2, ffn_
 
 
 def final_logits(x, norm_weight, eps: float, output_weight):
-    """Last norm and the vocabulary projection, in float32: x (B, dim) -> (B, V)."""
+    """Last norm and the vocabulary projection, in float32: x (B, dim) -> (B, V), or (B, T, dim) -> (B, T, V)."""
     return linear(rms_norm(x, norm_weight, eps), output_weight).float()
 
 
@@ -178,11 +179,11 @@ class Attention(nn.Module):
         """Store k, v (B, Hkv, T, D) in the cache and attend with q (B, Hq, T, D); returns (B, T, Hq*D)."""
         B, Hq, T, D = q.shape
         if isinstance(step, Decode):
-            k_cache, v_cache = self.kv_cache.update(step.input_pos, k, v)  # (B, Hkv, S_max, D)
+            cache = self.kv_cache.update(step.input_pos, k, v)               # (B, Hkv, S_max, D) (+ scales)
             if step.kv_len is not None:
-                k_cache, v_cache = k_cache[:, :, :step.kv_len], v_cache[:, :, :step.kv_len]
-            out = decode_attention(step.backend, q[:, :, 0], k_cache, v_cache, step.cache_seqlens, step.exact)
-            return out.reshape(B, 1, Hq * D)                               # (B, 1, Hq*D)
+                cache = cache.prefix(step.kv_len)
+            out = decode_attention(step.backend, q, cache, step.cache_seqlens, step.exact)  # (B, Hq, T, D)
+            return out.transpose(1, 2).reshape(B, T, Hq * D)
         k_all, v_all = self.kv_cache.write(step.row, step.start, k, v)      # (1, Hkv, start+T, D)
         return prefill_attention(q, k_all, v_all).transpose(1, 2).reshape(B, T, Hq * D)
 
@@ -259,16 +260,18 @@ class Transformer(nn.Module):
         if self.output.weight.is_cuda:
             torch.cuda.empty_cache()
 
-    def setup_caches(self, batch: int, max_len: int, name: str = "model") -> None:
-        """Allocate every layer's cache (after freeing the old one), or say how many tokens would fit."""
+    def setup_caches(self, batch: int, max_len: int, name: str = "model", quantized: bool = False) -> None:
+        """Allocate every layer's cache (after freeing the old one), or say how many tokens would fit.
+
+        quantized: fp8 (e4m3) K/V with per-token scales instead of the model dtype."""
         if max_len > self.rope.max_len:
             raise ValueError(f"cache of {max_len} tokens is longer than the rotary table ({self.rope.max_len})")
         self.free_caches()
         device, dtype = self.output.weight.device, self.output.weight.dtype
-        check_kv_cache_fits(self.config, batch, max_len, dtype, device, name)
+        check_kv_cache_fits(self.config, batch, max_len, dtype, device, name, quantized)
         c = self.config
         for layer in self.layers:
-            layer.attention.kv_cache = KVCache(batch, c.n_kv_heads, max_len, c.head_dim, dtype, device)
+            layer.attention.kv_cache = KVCache(batch, c.n_kv_heads, max_len, c.head_dim, dtype, device, quantized)
 
     def prefill(self, tokens: torch.Tensor, start: int = 0, row: int = 0, all_logits: bool = False) -> torch.Tensor:
         """Run tokens (1, T) at positions start..start+T of cache row `row` (which holds [0, start) already).
@@ -285,13 +288,18 @@ class Transformer(nn.Module):
         return final_logits(x, self.norm.weight, self.norm.eps, self.output.weight)
 
     def decode(self, tokens: torch.Tensor, step: Decode) -> torch.Tensor:
-        """One token per sequence, tokens (B, 1) at positions step.input_pos (B,). Returns float32 logits (B, V)."""
-        cos, sin = self.rope(step.input_pos[:, None])                            # (B, 1, D)
-        x = self.tok_embeddings(tokens)                                          # (B, 1, dim)
+        """T tokens per sequence, tokens (B, T) at positions step.input_pos + 0..T-1.
+
+        Returns float32 logits (B, T, V), or (B, V) for T = 1 (the plain decode step).
+        """
+        T = tokens.shape[1]
+        positions = step.input_pos[:, None] + torch.arange(T, device=tokens.device)  # (B, T)
+        cos, sin = self.rope(positions)                                          # (B, T, D)
+        x = self.tok_embeddings(tokens)                                          # (B, T, dim)
         dense = self.decode_kernels
         for layer in self.layers:
             x = layer(x, cos, sin, step, dense)
-        return dense.final_logits(x[:, 0], self.norm.weight, self.norm.eps, self.output.weight)
+        return dense.final_logits(x[:, 0] if T == 1 else x, self.norm.weight, self.norm.eps, self.output.weight)
 
 
 def hf_tensor_slots(model: Transformer) -> dict[str, torch.Tensor]:
