@@ -26,7 +26,7 @@ from models.config import ModelConfig
 from models.errors import ContextTooLongError, ModelError
 from models.generation import GenerationConfig, GenerationResult, Timings
 from models.llama import Decode, Transformer
-from models.kv_cache import cache_dtype_name
+from models.kv_cache import QUANTIZED, cache_dtype_name
 from models.sampling import make_generator, sample
 from models.speculative import PromptLookup, accept
 from models.tokenizer import IncrementalDetokenizer, StopStringMatcher
@@ -34,7 +34,6 @@ from models.tokenizer import IncrementalDetokenizer, StopStringMatcher
 DEFAULT_MAX_CONTEXT = 16384
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
-KV_CACHE_FP8 = "fp8"
 # Drafts verified per step when GenerationConfig.speculate is None, by device (bench/results/NOTES.md).
 DEFAULT_SPECULATE = {"cpu": 8, "cuda": 8}
 MAX_SPECULATE = 15     # the multi-token decode kernel takes up to 16 query tokens
@@ -50,7 +49,7 @@ def load_model(spec=None, device=None, dtype=None, attention=None, max_context=N
     dtype: bf16 on CUDA, float32 on CPU. attention: "flash" on CUDA, "sdpa" on CPU.
     max_context: KV-cache capacity in tokens, default min(model limit, 16384).
     cuda_graphs: capture the decode step in a CUDA graph (default: on CUDA).
-    kv_cache: None (the model dtype) or "fp8" (e4m3 with per-token scales: about half the bytes).
+    kv_cache: None (the model dtype), "fp8" (e4m3) or "int8": 8 bits with per-token scales, about half the bytes.
     """
     from models.loading import resolve
     from models.loading.hf import load_hf_model, read_config
@@ -58,9 +57,9 @@ def load_model(spec=None, device=None, dtype=None, attention=None, max_context=N
     start = perf_counter()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = parse_dtype(dtype, device)
-    quantized = parse_kv_cache(kv_cache, dtype)
+    quant = parse_kv_cache(kv_cache, dtype)
     if isinstance(spec, str) and spec.startswith(RANDOM_PREFIX):
-        return _random_engine(spec, device, dtype, attention, max_context, cuda_graphs, start, quantized)
+        return _random_engine(spec, device, dtype, attention, max_context, cuda_graphs, start, quant)
     source = resolve(spec, progress)
     directory = source.path
     if source.kind == "gguf":
@@ -72,7 +71,7 @@ def load_model(spec=None, device=None, dtype=None, attention=None, max_context=N
     loaded = load_hf_model(directory, device, dtype, max_len=context, name=source.name)
     engine = Engine(loaded.model, loaded.tokenizer, name=source.name, attention=attention,
                     context_length=context, eos_token_ids=loaded.eos_token_ids, cuda_graphs=cuda_graphs,
-                    kv_cache=KV_CACHE_FP8 if quantized else None)
+                    kv_cache=quant)
     engine.load_s = perf_counter() - start
     return engine
 
@@ -81,7 +80,7 @@ RANDOM_PREFIX = "random:"
 
 
 def _random_engine(spec: str, device, dtype, attention, max_context, cuda_graphs, start: float,
-                   quantized: bool) -> Engine:
+                   quant: str | None) -> Engine:
     """An Engine over random weights of a preset's shapes: times exactly like the real checkpoint."""
     from models.config import preset
     from models.llama import build_random_model
@@ -91,7 +90,7 @@ def _random_engine(spec: str, device, dtype, attention, max_context, cuda_graphs
     context = context_capacity(config, max_context, name)
     model = build_random_model(config, device=device, dtype=dtype, max_len=context)
     engine = Engine(model, None, name=f"{name} (random weights)", attention=attention, context_length=context,
-                    eos_token_ids=(), cuda_graphs=cuda_graphs, kv_cache=KV_CACHE_FP8 if quantized else None)
+                    eos_token_ids=(), cuda_graphs=cuda_graphs, kv_cache=quant)
     engine.load_s = perf_counter() - start
     return engine
 
@@ -106,17 +105,19 @@ def parse_dtype(dtype, device: torch.device) -> torch.dtype:
     return DTYPES[str(dtype).lower()]
 
 
-def parse_kv_cache(kv_cache, dtype: torch.dtype) -> bool:
-    """Whether the KV cache is quantized: None or the model's own dtype -> False, "fp8" -> True."""
-    if kv_cache is None or str(kv_cache).lower() == KV_CACHE_FP8:
-        return kv_cache is not None
+def parse_kv_cache(kv_cache, dtype: torch.dtype) -> str | None:
+    """The 8-bit cache type ("fp8", "int8"), or None for the model's own dtype (None or its name)."""
+    if kv_cache is None:
+        return None
     name = str(kv_cache).lower()
+    if name in QUANTIZED:
+        return name
     if name not in DTYPES:
-        raise ValueError(f"unknown KV cache type {kv_cache!r} (choose from {KV_CACHE_FP8} or the model dtype)")
+        raise ValueError(f"unknown KV cache type {kv_cache!r} (choose from {', '.join(QUANTIZED)} or the model dtype)")
     if DTYPES[name] != dtype:
         raise ValueError(f"a {name} KV cache needs a {name} model (an unquantized cache holds the model's dtype, "
-                         f"{str(dtype).removeprefix('torch.')} here): choose that dtype, or the fp8 cache")
-    return False
+                         f"{str(dtype).removeprefix('torch.')} here): choose that dtype, or an 8-bit cache")
+    return None
 
 
 def context_capacity(config: ModelConfig, max_context: int | None, name: str) -> int:
@@ -146,7 +147,7 @@ class Engine:
         self.model_max_positions = model.config.context_limit
         self.eos_token_ids = sorted(set(eos_token_ids) | set(model.config.eos_token_ids))
         self.load_s = 0.0
-        self._quantized = parse_kv_cache(kv_cache, param.dtype)
+        self._quant = parse_kv_cache(kv_cache, param.dtype)
         # Drafts per step when a request does not say (GenerationConfig.speculate None); 0 turns it off.
         self.speculate = DEFAULT_SPECULATE.get(self._device.type, 0)
         self._graphs_enabled = self._device.type == "cuda" if cuda_graphs is None else cuda_graphs
@@ -196,14 +197,14 @@ class Engine:
 
     @property
     def kv_cache_dtype(self) -> str:
-        """"fp8" or the model dtype's name ("bfloat16", "float32", "float16")."""
-        return cache_dtype_name(self._quantized, self.model.output.weight.dtype)
+        """"fp8", "int8" or the model dtype's name ("bfloat16", "float32", "float16")."""
+        return cache_dtype_name(self._quant, self.model.output.weight.dtype)
 
     def set_kv_cache(self, kv_cache: str | None) -> None:
-        """Switch the KV cache between the model dtype (None) and "fp8"; the cache is reallocated empty."""
-        quantized = parse_kv_cache(kv_cache, self.model.output.weight.dtype)
-        if quantized != self._quantized:
-            self._quantized = quantized
+        """Switch the KV cache between the model dtype (None), "fp8" and "int8"; the cache is reallocated empty."""
+        quant = parse_kv_cache(kv_cache, self.model.output.weight.dtype)
+        if quant != self._quant:
+            self._quant = quant
             rows, self._cache_rows = self._cache_rows, 0
             self._ensure_rows(max(rows, 1))
 
@@ -217,7 +218,7 @@ class Engine:
             self._steps.clear()
             self._cached_ids = []
             self._cache_rows = 0
-            self.model.setup_caches(batch, self.context_length, self.name, quantized=self._quantized)
+            self.model.setup_caches(batch, self.context_length, self.name, quant=self._quant)
             self._cache_rows = batch
 
     def _decode_step(self, batch: int, width: int = 1) -> _DecodeStep:
@@ -354,7 +355,6 @@ class Engine:
             emitted = accept(logits.view(1 + len(drafts), -1), drafts, config, generator)
             steps, verify_steps = steps + 1, verify_steps + bool(drafts)
             drafted, accepted = drafted + len(drafts), accepted + len(emitted) - 1
-            drafter.feedback(len(drafts), len(emitted) - 1)
             fed += [pending] + emitted[:-1]             # the K/V kept: rejected drafts lie past the length
             pos += len(emitted)
             pending = emitted[-1]

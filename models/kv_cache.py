@@ -4,9 +4,10 @@ Static shapes are what let the decode step be captured once in a CUDA graph: the
 or grows, and each step writes T slots per sequence at its own position (T = 1, or 1 + the drafts
 being verified). Rolling back rejected drafts is only a shorter length: their slots are overwritten later.
 
-fp8: K and V stored as float8_e4m3fn with one float32 scale per token and KV head (B, Hkv, S_max),
-quantized on the way in by `append_kv` (one fused pass, no separate quantize step). Every reader
-sees the same quantized values: flash_decode takes the scales, sdpa/eager and prefill dequantize.
+Quantized caches ("fp8": float8_e4m3fn, "int8"): K and V in 8 bits with one float32 scale per token and
+KV head (B, Hkv, S_max), quantized on the way in by `append_kv` (one fused pass, no separate quantize
+step). Every reader sees the same quantized values: flash_decode takes the scales, sdpa/eager and
+prefill dequantize. About half the bytes of bf16: twice the context, and half the attention reads.
 """
 
 from __future__ import annotations
@@ -20,29 +21,29 @@ from models.config import ModelConfig
 from models.errors import OutOfMemoryError
 
 HEADROOM_BYTES = 1 << 30  # left free for activations, logits and the CUDA-graph pool
-FP8 = torch.float8_e4m3fn
+QUANTIZED = {"fp8": torch.float8_e4m3fn, "int8": torch.int8}   # 8-bit cache types, by user-facing name
 SCALE_BYTES = 4           # one float32 scale per token, KV head and tensor (K and V)
 
 
-def cache_dtype_name(quantized: bool, dtype: torch.dtype) -> str:
-    """The user-facing name of a cache's storage: "fp8" or the model dtype's name."""
-    return "fp8" if quantized else str(dtype).removeprefix("torch.")
+def cache_dtype_name(quant: str | None, dtype: torch.dtype) -> str:
+    """The user-facing name of a cache's storage: "fp8", "int8" or the model dtype's name."""
+    return quant or str(dtype).removeprefix("torch.")
 
 
-def kv_cache_bytes_per_token(config: ModelConfig, dtype: torch.dtype, quantized: bool) -> int:
-    """Bytes one token occupies in the cache over all layers: K and V, plus their scales when fp8."""
-    if not quantized:
+def kv_cache_bytes_per_token(config: ModelConfig, dtype: torch.dtype, quant: str | None = None) -> int:
+    """Bytes one token occupies in the cache over all layers: K and V, plus their scales when quantized."""
+    if not quant:
         return config.kv_bytes_per_token(torch.tensor([], dtype=dtype).element_size())
     return config.kv_bytes_per_token(1) + 2 * config.n_layers * config.n_kv_heads * SCALE_BYTES
 
 
 def dequantize(cache: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """An fp8 cache (B, Hkv, S, D) with its scales (B, Hkv, S), back in `dtype`."""
+    """A quantized cache (B, Hkv, S, D) with its scales (B, Hkv, S), back in `dtype`."""
     return (cache.float() * scale[..., None]).to(dtype)
 
 
 class CacheView(NamedTuple):
-    """What attention reads: caches (B, Hkv, S, D) and, for fp8, their scales (B, Hkv, S)."""
+    """What attention reads: caches (B, Hkv, S, D) and, when quantized, their scales (B, Hkv, S)."""
     k: torch.Tensor
     v: torch.Tensor
     k_scale: torch.Tensor | None = None
@@ -53,7 +54,7 @@ class CacheView(NamedTuple):
         return CacheView(*(t if t is None else t[:, :, :length] for t in self))
 
     def dequantized(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """K and V in `dtype` (a copy for fp8, the cache itself otherwise)."""
+        """K and V in `dtype` (a copy when quantized, the cache itself otherwise)."""
         if self.k_scale is None:
             return self.k, self.v
         return dequantize(self.k, self.k_scale, dtype), dequantize(self.v, self.v_scale, dtype)
@@ -63,15 +64,15 @@ class KVCache(nn.Module):
     """One layer's keys and values for up to `batch` sequences of up to `max_len` tokens."""
 
     def __init__(self, batch: int, n_kv_heads: int, max_len: int, head_dim: int, dtype, device,
-                 quantized: bool = False):
+                 quant: str | None = None):
         super().__init__()
         shape = (batch, n_kv_heads, max_len, head_dim)
-        self.dtype, self.quantized = dtype, quantized   # dtype: what attention computes in
-        store = FP8 if quantized else dtype
+        self.dtype = dtype     # what attention computes in
+        store = QUANTIZED[quant] if quant else dtype
         # Zeros, not empty: slots past a sequence's length are masked, and 0 * NaN garbage would still be NaN.
         self.register_buffer("k", torch.zeros(shape, dtype=store, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=store, device=device), persistent=False)
-        scales = (lambda: torch.ones(shape[:3], dtype=torch.float32, device=device)) if quantized else (lambda: None)
+        scales = (lambda: torch.ones(shape[:3], dtype=torch.float32, device=device)) if quant else (lambda: None)
         self.register_buffer("k_scale", scales(), persistent=False)
         self.register_buffer("v_scale", scales(), persistent=False)
 
@@ -82,7 +83,7 @@ class KVCache(nn.Module):
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> CacheView:
         """Decode: store each sequence's new k, v (B, Hkv, T, D) at positions input_pos[b] .. + T - 1.
 
-        One fused append (quantizing for fp8), no host sync: safe inside a captured CUDA graph.
+        One fused append (quantizing an 8-bit cache), no host sync: safe inside a captured CUDA graph.
         Returns the first B rows, (B, Hkv, S_max, D) and their scales.
         """
         view = self.rows(0, k.shape[0])
@@ -93,7 +94,7 @@ class KVCache(nn.Module):
         """Prefill: store k, v (1, Hkv, T, D) at positions start..start+T of one sequence.
 
         Returns that sequence's keys and values so far, (1, Hkv, start + T, D) in the model dtype:
-        views of the cache, or for fp8 its dequantized copy (so prefill reads what decoding will).
+        views of the cache, or for an 8-bit cache its dequantized copy (so prefill reads what decoding will).
         """
         view = self.rows(row, row + 1)
         _append_kv()(k, v, view.k, view.v, torch.tensor([start], device=k.device), view.k_scale, view.v_scale)
@@ -106,23 +107,23 @@ def _append_kv():
 
 
 def check_kv_cache_fits(config: ModelConfig, batch: int, max_len: int, dtype: torch.dtype,
-                        device: torch.device, name: str, quantized: bool = False) -> None:
+                        device: torch.device, name: str, quant: str | None = None) -> None:
     """Raise OutOfMemoryError, saying how many tokens would fit, when the cache cannot be allocated."""
-    per_token = batch * kv_cache_bytes_per_token(config, dtype, quantized)
-    fit = capacity_tokens(config, batch, dtype, device, quantized)
+    per_token = batch * kv_cache_bytes_per_token(config, dtype, quant)
+    fit = capacity_tokens(config, batch, dtype, device, quant)
     if max_len > fit:
         free = fit * per_token
         raise OutOfMemoryError(
-            f"{name}: a {cache_dtype_name(quantized, dtype)} KV cache of {max_len} tokens x batch {batch} needs "
+            f"{name}: a {cache_dtype_name(quant, dtype)} KV cache of {max_len} tokens x batch {batch} needs "
             f"{per_token * max_len / 2**30:.2f} GiB but only about {free / 2**30:.2f} GiB of {device.type} memory is "
             f"free (after 1 GiB headroom); about {fit} tokens would fit: ask for a smaller context"
-            + ("" if quantized else " (or --kv-cache fp8, about half the bytes per token)"))
+            + ("" if quant else " (or an 8-bit cache, --kv-cache fp8 or int8: about half the bytes per token)"))
 
 
 def capacity_tokens(config: ModelConfig, batch: int, dtype: torch.dtype, device: torch.device,
-                    quantized: bool = False) -> int:
+                    quant: str | None = None) -> int:
     """The most tokens per sequence a cache of this kind could hold in the memory free now."""
-    per_token = batch * kv_cache_bytes_per_token(config, dtype, quantized)
+    per_token = batch * kv_cache_bytes_per_token(config, dtype, quant)
     return max(0, (free_memory_bytes(device) - HEADROOM_BYTES) // per_token)
 
 

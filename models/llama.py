@@ -260,18 +260,18 @@ class Transformer(nn.Module):
         if self.output.weight.is_cuda:
             torch.cuda.empty_cache()
 
-    def setup_caches(self, batch: int, max_len: int, name: str = "model", quantized: bool = False) -> None:
+    def setup_caches(self, batch: int, max_len: int, name: str = "model", quant: str | None = None) -> None:
         """Allocate every layer's cache (after freeing the old one), or say how many tokens would fit.
 
-        quantized: fp8 (e4m3) K/V with per-token scales instead of the model dtype."""
+        quant: "fp8" or "int8" for 8-bit K/V with per-token scales; None keeps the model dtype."""
         if max_len > self.rope.max_len:
             raise ValueError(f"cache of {max_len} tokens is longer than the rotary table ({self.rope.max_len})")
         self.free_caches()
         device, dtype = self.output.weight.device, self.output.weight.dtype
-        check_kv_cache_fits(self.config, batch, max_len, dtype, device, name, quantized)
+        check_kv_cache_fits(self.config, batch, max_len, dtype, device, name, quant)
         c = self.config
         for layer in self.layers:
-            layer.attention.kv_cache = KVCache(batch, c.n_kv_heads, max_len, c.head_dim, dtype, device, quantized)
+            layer.attention.kv_cache = KVCache(batch, c.n_kv_heads, max_len, c.head_dim, dtype, device, quant)
 
     def prefill(self, tokens: torch.Tensor, start: int = 0, row: int = 0, all_logits: bool = False) -> torch.Tensor:
         """Run tokens (1, T) at positions start..start+T of cache row `row` (which holds [0, start) already).

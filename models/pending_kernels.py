@@ -1,8 +1,8 @@
 """TEMPORARY: the kernel contract of issues 11 and 13 (ARCHITECTURE.md), until the kernels branch lands.
 
-`append_kv`, and `flash_decode` / `reference_decode` taking q (B, Hq, T, D) and fp8 caches with
-k_scale / v_scale (B, Hkv, S), written on top of what `kernels` has today: plain PyTorch for the append,
-one single-token launch per query token for T > 1, and the fp8 cache dequantized before attention.
+`append_kv`, and `flash_decode` / `reference_decode` taking q (B, Hq, T, D) and 8-bit caches (fp8 e4m3
+or int8) with k_scale / v_scale (B, Hkv, S), written on top of what `kernels` has today: plain PyTorch for
+the append, one single-token launch per query token for T > 1, and the 8-bit cache dequantized first.
 Correct, not fast. Delete this module and import from `kernels` once its versions are on main.
 """
 
@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import torch
 
-FP8_MAX = 448.0   # largest finite float8_e4m3fn
+QMAX = {torch.float8_e4m3fn: 448.0, torch.int8: 127.0}   # the largest value of each 8-bit type
 
 
 def append_kv(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None, v_scale=None):
     """Write k_new, v_new (B, Hkv, T, D) at positions input_pos[b] .. input_pos[b] + T - 1 of row b.
 
-    An fp8 cache is quantized on the way in: scale = amax / 448 per token and KV head (1 where amax is 0).
+    An 8-bit cache is quantized on the way in: scale = amax / qmax per token and KV head (1 where amax is 0),
+    qmax 448 for e4m3 (cast: round to nearest even), 127 for int8 (rounded to nearest even).
     """
     B, _, T, _ = k_new.shape
     pos = input_pos[:, None] + torch.arange(T, device=input_pos.device)        # (B, T)
@@ -27,8 +28,9 @@ def append_kv(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None, v_scale=N
             cache[rows, :, pos] = new.to(cache.dtype)
             continue
         amax = new.float().abs().amax(dim=-1)                                      # (B, T, Hkv)
-        s = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
-        cache[rows, :, pos] = (new.float() / s[..., None]).to(cache.dtype)
+        s = torch.where(amax > 0, amax / QMAX[cache.dtype], torch.ones_like(amax))
+        scaled = new.float() / s[..., None]
+        cache[rows, :, pos] = (scaled.round() if cache.dtype == torch.int8 else scaled).to(cache.dtype)
         scale[rows, :, pos] = s
 
 

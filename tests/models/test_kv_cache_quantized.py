@@ -1,6 +1,6 @@
-"""The fp8 KV cache on tiny checkpoints: real quantization, every backend reading the same values, prefill and
-decode agreeing, the engine's option, errors and the out-of-memory message. (Accuracy on real weights:
-test_fp8_accuracy.py.)"""
+"""The 8-bit KV caches (fp8 e4m3, int8) on tiny checkpoints: real quantization, every backend reading the same
+values, prefill and decode agreeing, the engine's option, errors and the out-of-memory message. (Accuracy on
+real weights: test_kv_cache_accuracy.py.)"""
 
 import pytest
 import torch
@@ -13,18 +13,18 @@ from tiny_models import load_error
 PROMPT = list(range(10, 40))
 
 
-@pytest.fixture(scope="module")
-def engines(tiny_checkpoint):
+@pytest.fixture(scope="module", params=["fp8", "int8"])
+def engines(tiny_checkpoint, request):
     directory, _ = tiny_checkpoint
     return (load_model(directory, device="cpu", max_context=48),
-            load_model(directory, device="cpu", max_context=48, kv_cache="fp8"))
+            load_model(directory, device="cpu", max_context=48, kv_cache=request.param))
 
 
 def cache_of(engine, layer=0):
     return engine.model.layers[layer].attention.kv_cache
 
 
-def test_prefill_stores_e4m3_values_with_per_token_scales(engines):
+def test_prefill_stores_8bit_values_with_per_token_scales(engines):
     plain, fp8 = engines
     with torch.no_grad():
         plain.model.prefill(torch.tensor([PROMPT]))
@@ -32,22 +32,28 @@ def test_prefill_stores_e4m3_values_with_per_token_scales(engines):
     n = len(PROMPT)
     # Layer 0 only: its keys and values come from the embeddings alone, so both caches store the same K/V.
     exact, quantized = cache_of(plain, 0), cache_of(fp8, 0)
-    assert quantized.k.dtype == torch.float8_e4m3fn and quantized.k_scale.dtype == torch.float32
+    e4m3 = fp8.kv_cache_dtype == "fp8"
+    assert quantized.k.dtype == (torch.float8_e4m3fn if e4m3 else torch.int8)
+    assert quantized.k_scale.dtype == torch.float32
+    qmax = 448 if e4m3 else 127
     for stored, scale, ref in ((quantized.k, quantized.k_scale, exact.k), (quantized.v, quantized.v_scale, exact.v)):
         ref = ref[0, :, :n]                                                   # (Hkv, n, D)
-        # One scale per token and KV head: the largest magnitude maps to e4m3's largest value, 448.
-        torch.testing.assert_close(scale[0, :, :n], ref.abs().amax(-1) / 448, rtol=1e-6, atol=0)
+        scale = scale[0, :, :n, None]                                         # (Hkv, n, 1)
+        # One scale per token and KV head: the largest magnitude maps to the type's largest value.
+        torch.testing.assert_close(scale[..., 0], ref.abs().amax(-1) / qmax, rtol=1e-6, atol=0)
         values = stored[0, :, :n].float()
-        assert values.abs().amax(-1).eq(448).all()
-        # e4m3 keeps 3 mantissa bits: relative error <= 2^-4 (subnormals below 2^-6: absolute 2^-10).
-        error = (values * scale[0, :, :n, None] - ref).abs()
-        assert (error <= ref.abs() * 2**-4 + scale[0, :, :n, None] * 2**-10).all()
+        assert values.abs().amax(-1).eq(qmax).all()
+        error = (values * scale - ref).abs()
+        if e4m3:   # 3 mantissa bits: relative error <= 2^-4 (subnormals below 2^-6: absolute 2^-10)
+            assert (error <= ref.abs() * 2**-4 + scale * 2**-10).all()
+        else:      # a uniform grid: at most half a step
+            assert (error <= scale * (0.5 + 1e-5)).all()
         assert error.max() > 0                                                # it really is quantized
 
 
 @pytest.mark.parametrize("T", [1, 3])
-def test_every_backend_reads_the_same_fp8_cache(engines, T):
-    """Flash (the interpreter), sdpa and eager over one fp8 cache, two rows of different lengths, T tokens each."""
+def test_every_backend_reads_the_same_8bit_cache(engines, T):
+    """Flash (the interpreter), sdpa and eager over one 8-bit cache, two rows of different lengths, T tokens each."""
     _, fp8 = engines
     model = fp8.model
     fp8._ensure_rows(2)
@@ -68,7 +74,7 @@ def test_every_backend_reads_the_same_fp8_cache(engines, T):
 
 
 def test_prefill_and_decode_read_the_same_quantized_values(engines):
-    """Teacher-forced prefill logits equal step-by-step decode logits with an fp8 cache (both dequantize the
+    """Teacher-forced prefill logits equal step-by-step decode logits with an 8-bit cache (both dequantize the
     same stored values), and differ from the unquantized cache's."""
     plain, fp8 = engines
     ids = torch.tensor([PROMPT])
@@ -83,16 +89,16 @@ def test_prefill_and_decode_read_the_same_quantized_values(engines):
     assert (forced - exact).abs().max() > 1e-3     # the quantization is visible (the tiny model amplifies it)
 
 
-def test_the_engine_generates_and_reuses_its_prefix_with_an_fp8_cache(engines):
+def test_the_engine_generates_and_reuses_its_prefix_with_an_8bit_cache(engines):
     plain, fp8 = engines
-    assert fp8.kv_cache_dtype == "fp8" and plain.kv_cache_dtype == "float32"
+    assert fp8.kv_cache_dtype in ("fp8", "int8") and plain.kv_cache_dtype == "float32"
     config = GenerationConfig(max_new_tokens=6, speculate=0)
     fp8.clear_prefix_cache()
     cold = fp8.generate(PROMPT, config)
     warm = fp8.generate(PROMPT[:25] + [50, 51], config)
     again = fp8.generate(PROMPT, config)
     assert warm.reused_prefix_tokens == 25 and again.token_ids == cold.token_ids
-    # The decode loop computes what a teacher-forced prefill over the same tokens with an fp8 cache does.
+    # The decode loop computes what a teacher-forced prefill over the same tokens with an 8-bit cache does.
     with torch.no_grad():
         forced = fp8.model.prefill(torch.tensor([PROMPT + cold.token_ids]), all_logits=True)[0]
     assert forced[len(PROMPT) - 1:-1].argmax(-1).tolist() == cold.token_ids
@@ -121,7 +127,7 @@ def test_out_of_memory_counts_the_smaller_cache(tiny_checkpoint, monkeypatch):
     monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + 512 * 40)
     message = load_error(tiny_checkpoint[0], OutOfMemoryError, "float32 KV cache of 64 tokens .* about 40 tokens",
                          max_context=64)
-    assert "--kv-cache fp8" in message
+    assert "--kv-cache fp8 or int8" in message
     assert load_model(tiny_checkpoint[0], device="cpu", max_context=64, kv_cache="fp8").kv_cache_dtype == "fp8"
     monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + 160 * 50)
     load_error(tiny_checkpoint[0], OutOfMemoryError, "fp8 KV cache of 64 tokens .* about 50 tokens would fit",
