@@ -35,9 +35,13 @@ def load(args, max_new_tokens: int):
     if not args.debug:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    device = device_for(args)
+    if args.attention == "flash" and not device.startswith("cuda"):
+        # Off the GPU the Triton kernels run in Triton's interpreter, which must be chosen before anything
+        # imports Triton (torch's compiler does, on importing models).
+        os.environ["TRITON_INTERPRET"] = "1"
     from models import load_model
 
-    device = device_for(args)
     budget = args.context_tokens or (CPU_PROMPT_BUDGET if device.startswith("cpu") else None)
     with status("Loading the model…") as progress:
         engine = load_model(args.model, device=device, dtype=args.dtype, attention=args.attention,
