@@ -14,6 +14,7 @@ import os
 import stat
 import subprocess
 import warnings
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -58,16 +59,32 @@ class SourceFile(NamedTuple):
 def scan_repository(root: Path, max_file_bytes: int = MAX_FILE_BYTES) -> list[SourceFile]:
     """The files of the repository at ``root`` (an absolute, resolved directory), sorted by path."""
     listed = _git_files(root)
+    if not listed:
+        return sorted(walk_sources(root, max_file_bytes))
     own_rules = IgnoreRules(root, (IGNORE_FILE,))
-    candidates = listed if listed else _walk(root, IgnoreRules(root, (".gitignore", IGNORE_FILE), git_exclude=True))
     found = []
-    for path in candidates:
-        if _skipped_by_name(path) or (listed and own_rules.ignored(path)):
+    for path in listed:
+        if _skipped_by_name(path) or own_rules.ignored(path):
             continue
         source = _stat(root, path, max_file_bytes)
         if source is not None:
             found.append(source)
     return sorted(found)
+
+
+def walk_sources(root: Path, max_file_bytes: int = MAX_FILE_BYTES) -> Iterator[SourceFile]:
+    """The repository's files as a walk that honours the ignore files finds them, lazily and unsorted: a caller can
+    take a few at a time (a server keeping its index fresh)."""
+    for path in _walk(root, IgnoreRules(root, (".gitignore", IGNORE_FILE), git_exclude=True)):
+        if not _skipped_by_name(path):
+            source = _stat(root, path, max_file_bytes)
+            if source is not None:
+                yield source
+
+
+def source_file(root: Path, path: str, max_file_bytes: int = MAX_FILE_BYTES) -> SourceFile | None:
+    """One file as the scan would list it now (its size and mtime), or None if the scan would leave it out."""
+    return None if _skipped_by_name(path) else _stat(root, path, max_file_bytes)
 
 
 def read_source(root: Path, path: str, max_file_bytes: int = MAX_FILE_BYTES) -> str | None:
@@ -107,9 +124,8 @@ def _git_files(root: Path) -> list[str] | None:
     return [p for p in result.stdout.decode("utf-8", "surrogateescape").split("\0") if p and not p.endswith("/")]
 
 
-def _walk(root: Path, rules: IgnoreRules) -> list[str]:
-    """Every file under ``root`` that the ignore rules keep, without following directory links."""
-    paths = []
+def _walk(root: Path, rules: IgnoreRules) -> Iterator[str]:
+    """Every file under ``root`` that the ignore rules keep, without following directory links, lazily."""
     for directory, dirnames, filenames in os.walk(root):
         relative = Path(directory).relative_to(root).as_posix()
         prefix = "" if relative == "." else relative + "/"
@@ -118,8 +134,7 @@ def _walk(root: Path, rules: IgnoreRules) -> list[str]:
             if d not in SKIPPED_DIRS and not os.path.islink(os.path.join(directory, d))
             and not rules.ignored(prefix + d, is_dir=True)
         )
-        paths.extend(prefix + f for f in filenames if not rules.ignored(prefix + f))
-    return paths
+        yield from (prefix + f for f in filenames if not rules.ignored(prefix + f))
 
 
 def _stat(root: Path, path: str, max_file_bytes: int) -> SourceFile | None:
