@@ -53,31 +53,28 @@ def load(args, max_new_tokens: int):
     return engine
 
 
-def prompt_budget(engine, args, max_new_tokens: int) -> int:
-    """Tokens the prompt may take: what the user asked for, within what the KV cache holds."""
+def prompt_budget(engine, context_tokens: int | None, max_new_tokens: int) -> int:
+    """Tokens the prompt may take: what the user asked for (--context-tokens), within what the KV cache holds."""
     room = engine.context_length - max_new_tokens
-    wanted = args.context_tokens or (CPU_PROMPT_BUDGET if engine.device.startswith("cpu") else room)
+    wanted = context_tokens or (CPU_PROMPT_BUDGET if engine.device.startswith("cpu") else room)
     return max(1, min(wanted, room))
 
 
-def config(args, max_new_tokens: int, packed=None):
-    from models import GenerationConfig
+def sampling(args, max_new_tokens: int):
+    """How the command line asks to generate."""
+    from .session import Sampling
 
-    return GenerationConfig(
-        max_new_tokens=max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-        stop_token_ids=tuple(packed.stop_token_ids) if packed else (),
-        stop_strings=tuple(packed.stop_strings) if packed else ())
+    return Sampling(max_tokens=max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
 
 
-def generate(engine, prompt_ids, generation_config, view):
-    """Stream one generation into a view. Ctrl-C ends it between tokens with
-    finish_reason "cancelled" and the text so far; a closed pipe raises BrokenPipeError."""
+def generate(generation, view):
+    """Stream one generation (a session's, in process or on a server) into a view. Ctrl-C ends it between tokens
+    with finish_reason "cancelled" and the text so far; a closed pipe raises BrokenPipeError."""
     with CancelOnSigint() as cancel, view:
-        result = engine.generate(prompt_ids, generation_config, on_text=view.on_text,
-                                 should_stop=lambda: cancel() or view.closed)
+        result = generation.run(on_text=view.on_text, should_stop=lambda: cancel() or view.closed)
     if view.closed:
         raise BrokenPipeError
-    view.finish(result, engine)
+    view.finish(result, generation.engine)
     return result
 
 

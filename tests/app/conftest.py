@@ -81,10 +81,12 @@ def repo(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def cli_env(cache_dir, tmp_path_factory) -> dict[str, str]:
     env = dict(os.environ)
-    env.pop("CODECOMPLETE_MODEL", None)        # the embedded model, whatever the shell says
+    for name in ("CODECOMPLETE_MODEL", "CODECOMPLETE_SERVER", "CODECOMPLETE_API_KEY"):
+        env.pop(name, None)                    # the embedded model and no server, whatever the shell says
     env.update(CODECOMPLETE_CACHE_DIR=str(cache_dir), NO_COLOR="1", TOKENIZERS_PARALLELISM="false",
-               # the user's own dirs stay untouched (history, hub cache)
-               HOME=str(tmp_path_factory.mktemp("home")))
+               # the user's own dirs stay untouched (history, hub cache), and no server of theirs is found
+               HOME=str(tmp_path_factory.mktemp("home")),
+               CODECOMPLETE_RUNTIME_DIR=str(tmp_path_factory.mktemp("runtime")))
     return env
 
 
