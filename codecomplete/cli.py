@@ -145,8 +145,11 @@ def build_serve_parser() -> argparse.ArgumentParser:
                         help="require Authorization: Bearer KEY on every route but /health (default: "
                              "$CODECOMPLETE_API_KEY)")
     _model_options(parser)
-    parser.add_argument("--max-tokens", type=_positive_int, metavar="N",
-                        help="tokens a request may generate when it sets no limit (default: 256)")
+    requests = parser.add_argument_group("requests")
+    requests.add_argument("--max-tokens", type=_positive_int, metavar="N",
+                          help="tokens a request may generate when it sets no limit (default: 256)")
+    requests.add_argument("--max-waiting", type=_positive_int, metavar="N",
+                          help="requests that may wait behind the running one; more get 503 (default: 8)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.set_defaults(bench=False)       # what the model loader asks of every command line
     return parser

@@ -77,7 +77,9 @@ def mismatch(info: dict, args, root: Path | None, max_new_tokens: int) -> str | 
         if asked and _plain(asked) != _plain(info.get(option) or engine.get(option, "")):
             return f"runs --{option} {info.get(option) or engine.get(option)}, not {asked}"
     capacity = engine.get("context_length", 0)
-    if args.context_tokens:
+    if root is None:        # raw generation: no prompt budget, only room for the new tokens
+        fits = max_new_tokens < capacity
+    elif args.context_tokens:
         fits = args.context_tokens + max_new_tokens <= capacity
     elif engine.get("device") == "cpu":
         from .engine import CPU_PROMPT_BUDGET

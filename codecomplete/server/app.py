@@ -11,7 +11,7 @@ from ..session import Generation, Sampling, Session
 from . import llama_cpp, native, ollama, openai_api
 from .errors import TYPES, ApiError
 from .streaming import Running, json_response
-from .worker import Busy, EngineWorker
+from .worker import MAX_WAITING, Busy, EngineWorker
 
 
 class Server:
@@ -20,7 +20,7 @@ class Server:
     def __init__(self, session: Session, *, max_tokens: int, api_key: str | None, info: dict,
                  max_waiting: int | None = None) -> None:
         self.session = session
-        self.worker = EngineWorker(**({"max_waiting": max_waiting} if max_waiting else {}))
+        self.worker = EngineWorker(max_waiting or MAX_WAITING)
         self.max_tokens = max_tokens            # what a request that sets no limit (or -1) gets
         # Editors' prompts keep one size whatever their n_predict, so consecutive requests share their start.
         self.prompt_budget = session.prompt_budget(max_tokens)

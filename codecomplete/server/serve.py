@@ -46,7 +46,9 @@ def run_serve(args) -> None:
             "engine": {"name": engine.name, "device": engine.device, "dtype": engine.dtype,
                        "attention": engine.attention, "context_length": engine.context_length,
                        "model_max_positions": engine.model_max_positions, "load_s": engine.load_s}}
-    server = Server(session, max_tokens=max_tokens, api_key=api_key, info={**info, "api_key": None})
+    server = Server(session, max_tokens=max_tokens, api_key=api_key, info={**info, "api_key": None},
+                    max_waiting=args.max_waiting)
+    info["prompt_budget"] = server.info["prompt_budget"] = server.prompt_budget
     config = uvicorn.Config(create_app(server), log_level="warning", access_log=False, lifespan="off",
                             timeout_graceful_shutdown=GRACE_S)
     print(f"codecomplete: serving {root} ({len(session.index.files):,} files) with {engine.name} "

@@ -1,4 +1,4 @@
-"""The engine thread: requests run one at a time, in order, from a bounded queue.
+"""The engine thread: requests run one at a time, in order; at most `max_waiting` wait behind the running one.
 
 The model, its KV cache and the index are one session's state, used by one thread only; the event loop never
 waits on them. A request becomes a `Job`: a function that starts a `Generation` on the engine thread, and the
@@ -43,6 +43,7 @@ class Job:
         self.id = f"{next(self._ids)}"
         self.start, self.label, self.stop_when = start, label, stop_when
         self.cancelled = threading.Event()
+        self.started = False             # taken from the queue by the engine thread
         self._loop = loop
         self._events: asyncio.Queue[Event] = asyncio.Queue()
 
@@ -78,11 +79,13 @@ class Job:
 
 
 class EngineWorker:
-    """Runs jobs one at a time on its own thread; `submit` refuses work beyond MAX_WAITING waiting jobs."""
+    """Runs jobs one at a time on its own thread; `submit` refuses a job when `max_waiting` already wait."""
 
     def __init__(self, max_waiting: int = MAX_WAITING, log: Callable[[str], None] | None = None) -> None:
-        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_waiting)
+        self.max_waiting = max_waiting
+        self._queue: queue.Queue[Job | None] = queue.Queue()
         self._live: dict[str, Job] = {}         # submitted and not finished, by id
+        self._lock = threading.Lock()
         self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self._thread = threading.Thread(target=self._serve, name="codecomplete-engine", daemon=True)
         self._thread.start()
@@ -90,11 +93,13 @@ class EngineWorker:
     def submit(self, start: Callable[[], Generation], label: str,
                stop_when: Callable[[str], bool] | None = None) -> Job:
         job = Job(start, label, asyncio.get_running_loop(), stop_when)
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            raise Busy(f"the server is busy: {self._queue.maxsize} requests are waiting; try again") from None
-        self._live[job.id] = job
+        with self._lock:
+            # A cancelled job still in the queue is skipped at once: it does not count.
+            waiting = sum(1 for j in self._live.values() if not j.started and not j.cancelled.is_set())
+            if waiting >= self.max_waiting:
+                raise Busy(f"the server is busy: {waiting} requests are waiting; try again")
+            self._live[job.id] = job
+        self._queue.put(job)
         return job
 
     def cancel(self, job_id: str) -> bool:
@@ -124,8 +129,9 @@ class EngineWorker:
 
     def _serve(self) -> None:
         while (job := self._queue.get()) is not None:
+            job.started = True
             if job.cancelled.is_set():      # the client left while it waited
-                self._live.pop(job.id, None)
+                self._finished(job)
                 job.send("error", ApiError(503, "cancelled before it started"))
                 continue
             started = time.perf_counter()
@@ -138,7 +144,11 @@ class EngineWorker:
                 job.send("done", result)
                 self._log(_summary(job.label, result, time.perf_counter() - started))
             finally:
-                self._live.pop(job.id, None)
+                self._finished(job)
+
+    def _finished(self, job: Job) -> None:
+        with self._lock:
+            self._live.pop(job.id, None)
 
 
 def _summary(label: str, result, seconds: float) -> str:
