@@ -9,7 +9,8 @@ from starlette.exceptions import HTTPException
 
 from ..session import Generation, Sampling, Session
 from . import llama_cpp, native, ollama, openai_api
-from .errors import TYPES, ApiError
+from ..errors import AppError
+from .errors import TYPES, ApiError, api_error
 from .streaming import Running, json_response
 from .worker import MAX_WAITING, Busy, EngineWorker
 
@@ -77,15 +78,16 @@ def create_app(server: Server) -> FastAPI:
         app.include_router(module.router, dependencies=[Depends(check_api_key)])
 
     @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError):
-        return _error_response(request, exc)
+    @app.exception_handler(AppError)          # a check the command line shares (a path outside the repository)
+    async def known_error(request: Request, exc: Exception):
+        return _error_response(request, api_error(exc))
 
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException):      # no such route, wrong method
-        message = (f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405)
-                   else str(exc.detail))
-        return _error_response(request, ApiError(404 if exc.status_code == 405 else exc.status_code, message,
-                                                 TYPES.get(exc.status_code, "invalid_request_error")))
+    async def http_error(request: Request, exc: HTTPException):      # no such route, or not with this method
+        if exc.status_code in (404, 405):
+            return _error_response(request, ApiError(404, f"no route {request.method} {request.url.path}"))
+        return _error_response(request, ApiError(exc.status_code if exc.status_code in TYPES else 400,
+                                                 str(exc.detail)))
     return app
 
 

@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request
 from pydantic import AliasChoices, Field
 
 from .errors import ApiError
-from .requests import Body, read_json
+from .requests import Body, read_json, stop_strings
 from .streaming import json_response, sse, stream
 
 router = APIRouter()
@@ -124,7 +124,7 @@ def _sampling(server, body: Options):
         raise ApiError(501, "n_probs (token probabilities) is not supported")
     return server.sampling(body.n_predict, temperature=body.temperature, top_k=max(body.top_k, 0),
                            top_p=body.top_p, seed=None if body.seed < 0 else body.seed,
-                           stop=tuple(s for s in body.stop if s), format_stops=not body.ignore_eos)
+                           stop=stop_strings(body.stop), format_stops=not body.ignore_eos)
 
 
 def _settings(server, body: Options | None) -> dict:

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from pydantic import Field
 
 from .. import engine as engines
+from .. import workspace
 from .requests import Body, read_json
 from .streaming import json_response, ndjson, stream
 
@@ -58,8 +59,11 @@ async def info(request: Request):
 @router.post("/complete")
 async def complete(request: Request):
     body = await read_json(request, CompleteRequest)
+    # As the command line checks it: inside the repository once links are resolved, so that no request makes
+    # the server read a file elsewhere (a link in the repository to /etc/passwd included).
+    path = workspace.file_in(request.app.state.server.session.index.root, body.path, must_exist=body.text is None)
     return await _run(request, body, lambda session, sampling, budget: session.complete(
-        body.path, text=body.text, line=body.line, col=body.col, sampling=sampling, budget=budget))
+        path, text=body.text, line=body.line, col=body.col, sampling=sampling, budget=budget))
 
 
 @router.post("/chat")

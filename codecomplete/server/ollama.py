@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request
 from pydantic import Field
 
 from .errors import ApiError
-from .requests import Body, read_json
+from .requests import Body, read_json, stop_strings
 from .streaming import json_response, ndjson, stream
 
 PREFIX = "/api/"
@@ -151,6 +151,5 @@ def _model(server) -> dict:
 
 
 def _sampling(server, options: Options):
-    stop = [options.stop] if isinstance(options.stop, str) else options.stop or []
     return server.sampling(options.num_predict, temperature=options.temperature, top_p=options.top_p,
-                           top_k=max(options.top_k, 0), seed=options.seed, stop=tuple(s for s in stop if s))
+                           top_k=max(options.top_k, 0), seed=options.seed, stop=stop_strings(options.stop))

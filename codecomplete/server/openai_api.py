@@ -20,7 +20,7 @@ from pydantic import AliasChoices, Field
 
 from .errors import ApiError
 from .llama_cpp import check_ids
-from .requests import Body, read_json
+from .requests import Body, read_json, stop_strings
 from .streaming import json_response, sse, stream
 
 router = APIRouter()
@@ -197,6 +197,5 @@ def _text(content) -> str:
 def _sampling(server, body: Options):
     if body.n > 1:
         raise ApiError(400, "n > 1 is not supported: one choice per request")
-    stop = [body.stop] if isinstance(body.stop, str) else body.stop or []
     return server.sampling(body.max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed,
-                           stop=tuple(s for s in stop if s))
+                           stop=stop_strings(body.stop))

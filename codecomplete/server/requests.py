@@ -58,3 +58,8 @@ def _first_problem(exc: ValidationError) -> str:
         elif part.split("[")[0] not in TYPE_TAGS and part.isidentifier():
             where += f".{part}" if where else part
     return f"{where or 'body'}: {error['msg']}"
+
+
+def stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
+    """OpenAI's and Ollama's `stop`: one string or a list; empty ones mean nothing (llama.cpp skips them too)."""
+    return tuple(s for s in ([stop] if isinstance(stop, str) else stop or []) if s)

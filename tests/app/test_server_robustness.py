@@ -53,7 +53,8 @@ INFILL = {"input_prefix": "def f():\n", "input_suffix": ""}
      400, "invalid_request_error", ["tools"]),
     ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]}, 400, "invalid_request_error",
      ["messages[0].role"]),
-    ("/codecomplete/v1/complete", {"path": "../outside.py", "max_tokens": 1}, 400, "invalid_request_error",
+    ("/codecomplete/v1/complete", {"path": "../outside.py", "text": "x = 1\n", "max_tokens": 1}, 400,
+     "invalid_request_error",
      ["outside the repository"]),
     ("/codecomplete/v1/complete", {"path": "/etc/passwd", "max_tokens": 1}, 400, "invalid_request_error",
      ["outside the repository"]),
@@ -61,6 +62,18 @@ INFILL = {"input_prefix": "def f():\n", "input_suffix": ""}
 ])
 def test_bad_requests_get_their_status_and_a_json_error(server, path, body, status, kind, words):
     check_error(server, status, kind, path, body, words)
+
+
+def test_a_link_out_of_the_repository_is_not_followed(server, served_repo, tmp_path):
+    secret = tmp_path / "secret.py"
+    secret.write_text("API_TOKEN = 'do-not-leak'\n")
+    link = served_repo / "leak.py"
+    link.symlink_to(secret)
+    try:
+        check_error(server, 400, "invalid_request_error", "/codecomplete/v1/complete",
+                    {"path": "leak.py", "max_tokens": 1}, ["outside the repository"])
+    finally:
+        link.unlink()
 
 
 def test_a_body_over_the_limit_is_413(server):

@@ -14,13 +14,9 @@ EXTRA = [("notes/first.py", "FIRST = 'oldest chunk'\n"), ("notes/second.py", "SE
          ("/abs/third.py", "THIRD = 'newest chunk'\n")]
 
 
-@pytest.fixture(scope="module")
-def repo_index(tmp_path_factory):
-    root = tmp_path_factory.mktemp("extra") / "repo"
-    for path, text in REPO.items():
-        (root / path).parent.mkdir(parents=True, exist_ok=True)
-        (root / path).write_text(text)
-    return index_repository(root, cache_dir=tmp_path_factory.mktemp("extra-cache"))
+@pytest.fixture
+def repo_index(make_repo):
+    return index_repository(make_repo(REPO))
 
 
 @pytest.mark.parametrize("tokenizer_name", ["starcoder_tokenizer", "codellama_tokenizer"])
