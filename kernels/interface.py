@@ -20,6 +20,7 @@ import torch
 import triton
 from triton.backends.nvidia.compiler import CUDAOptions
 
+from kernels import reference
 from kernels.split_kv import _combine_kernel, _split_kv_kernel
 from kernels.validation import check_decode_inputs
 
@@ -77,27 +78,36 @@ def plan_launch(B: int, Hq: int, Hkv: int, S: int, D: int, *, num_sms: int = 132
 
 
 def flash_decode(q, k_cache, v_cache, cache_seqlens=None, *, softmax_scale=None, num_splits=None,
-                 return_lse=False):
-    """Attention of one new query token per sequence over a KV cache, split along the sequence.
+                 return_lse=False, k_scale=None, v_scale=None):
+    """Attention of the newest query token(s) of each sequence over a KV cache, split along the sequence.
 
     Args:
-        q: (B, Hq, D) the new token's queries.
+        q: (B, Hq, D) the new token's queries; or (B, Hq, T, D), 1 <= T <= 16, the queries of the last
+            T tokens of each sequence, whose keys/values are already in the cache at positions
+            len-T .. len-1: query t attends keys 0 .. len-T+t (causal, aligned bottom-right).
         k_cache, v_cache: (B, Hkv, S, D) the cache; any strides but the last (so a (B, S, Hkv, D)
-            buffer passed as `.transpose(1, 2)` works). Hq must be a multiple of Hkv.
-        cache_seqlens: int32 (B,) valid lengths in 0..S, or None for S everywhere. Keys at
-            positions >= length are ignored; a length-0 row returns zeros (lse -inf).
+            buffer passed as `.transpose(1, 2)` works). Hq must be a multiple of Hkv. In q's dtype,
+            or float8_e4m3fn with k_scale and v_scale.
+        cache_seqlens: int32 (B,) valid lengths in 0..S (T..S with T query tokens; checked except
+            while a CUDA graph is captured), or None for S everywhere. Keys at positions >= length are
+            ignored; a length-0 row returns zeros (lse -inf).
         softmax_scale: defaults to D ** -0.5.
         num_splits: force the number of sequence splits (1 = no split); None lets `plan_launch` choose.
         return_lse: also return the log-sum-exp of the scores.
+        k_scale, v_scale: float32 (B, Hkv, S), only with fp8 caches: key j of (b, h) is
+            k_cache[b, h, j].float() * k_scale[b, h, j] (one scale per token and KV head).
 
     Returns:
-        out (B, Hq, D) in q.dtype, and with return_lse the lse (B, Hq) in float32.
+        out with q's shape, in q.dtype, and with return_lse the lse (B, Hq) or (B, Hq, T) in float32.
 
     The launch grid depends only on shapes, so the call can be captured in a CUDA graph and replayed
     while `cache_seqlens` changes in place.
     """
-    B, Hq, D, Hkv, S = check_decode_inputs(q, k_cache, v_cache, cache_seqlens, num_splits,
-                                           dtypes=KERNEL_DTYPES)
+    B, Hq, Hkv, S, D, T, fp8 = check_decode_inputs(q, k_cache, v_cache, cache_seqlens, num_splits,
+                                                   k_scale=k_scale, v_scale=v_scale, dtypes=KERNEL_DTYPES)
+    if T > 1 or fp8 or q.dim() == 4:  # Triton kernels for these come next; same contract meanwhile
+        return reference.flash_decode(q, k_cache, v_cache, cache_seqlens, softmax_scale=softmax_scale,
+                                      return_lse=return_lse, k_scale=k_scale, v_scale=v_scale)
     num_sms = _multiprocessor_count(q.device.index or 0) if q.is_cuda else 132
     plan = plan_launch(B, Hq, Hkv, S, D, num_sms=num_sms, num_splits=num_splits)
     out, lse = launch(q, k_cache, v_cache, cache_seqlens, plan, softmax_scale=softmax_scale)
@@ -144,3 +154,11 @@ def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scal
             **({"launch_pdl": True} if use_pdl else {}),
         )
     return out, lse
+
+
+def append_kv(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None, v_scale=None):
+    """Write k_new, v_new (B, Hkv, T, D) into the caches (B, Hkv, S, D) at positions
+    input_pos[b] .. input_pos[b] + T - 1 (input_pos int64 (B,)); an fp8 cache is quantized in the same
+    pass (scale = amax / 448 per token and KV head, 1 where amax is 0) and its scales written to
+    k_scale, v_scale float32 (B, Hkv, S). Graph-safe: no host sync while a CUDA graph is captured."""
+    reference.append_kv(k_new, v_new, k_cache, v_cache, input_pos, k_scale, v_scale)
