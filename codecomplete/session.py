@@ -102,6 +102,11 @@ class Session:
 
     # ---- helpers ------------------------------------------------------------------------------
 
+    def tidy(self) -> None:
+        """Between requests (a server's idle moments): the next slice of the index's rolling rescan."""
+        if self._index is not None:
+            self._index.sweep()
+
     def _fresh_index(self, path: str | None = None):
         if self._index is None:
             from .errors import UsageError

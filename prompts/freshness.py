@@ -1,14 +1,14 @@
 """Keeping an index up to date while a long-lived process (the server) serves from it, with bounded work per request.
 
 Files change under a server: saved from the editor, switched by git, added, deleted. Rescanning the repository on
-every keystroke would cost a stat of every file (20k files: tens of milliseconds and a cold disk's worth of
-seeks), so each ``refresh`` does a slice of the work instead:
+every keystroke would cost a stat of every file (20k files: tens of milliseconds, and a cold disk's worth of
+seeks), so the work comes in bounded slices:
 
-- the file the request is about, if the index has it: one stat, so that a file saved a moment ago is seen at once;
-- the next ``files_per_refresh`` files of a walk through the repository that each call resumes where the last one
-  stopped; a finished walk tells which files are gone, and the next one starts;
-- at most ``parses_per_refresh`` of the changed files found so far are read and chunked again (the request's own
-  file first); the rest wait for the next calls.
+- ``refresh(path)``, before a request: one stat of the file the request is about, so that a file saved a moment
+  ago is seen at once, and the parsing of what changed (at most ``parses_per_refresh`` files, that one first);
+- ``sweep()``, after a request, while the editor types the next key: the next ``files_per_refresh`` files of a
+  walk through the repository that each call resumes where the last one stopped (a finished walk tells which
+  files are gone, and the next one starts), and the parsing of what it found changed.
 
 When something changed, the index is rebuilt from the entries it holds (``RepoIndex.updated``), without reading the
 files that did not change. The walk applies the same rules as the scan that built the index.
@@ -16,6 +16,7 @@ files that did not change. The walk applies the same rules as the scan that buil
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,17 +46,23 @@ class FreshIndex:
         return self.index.root
 
     def refresh(self, path: str | None = None) -> RepoIndex:
-        """Look at ``path`` (relative to the root) and at the next slice of the repository; returns the index, a new
-        object if anything changed. Problems with single files are left to the scan's warnings at start-up."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ScanWarning)  # told once, when the index was built
-            entries = self.index.entries
-            if path is not None and path in entries:
+        """Before a request: look at ``path`` (relative to the root) and parse what changed; returns the index, a new
+        object if anything changed."""
+        with _quiet():
+            if path is not None and path in self.index.entries:
                 self._compare(path, source_file(self.root, path, self.max_file_bytes))
                 if path in self._pending:  # the request's own file goes first
                     self._pending = {path: self._pending.pop(path), **self._pending}
+            return self._update()
+
+    def sweep(self) -> RepoIndex:
+        """Between requests: the next slice of the rolling rescan, and the parsing of what it found changed."""
+        with _quiet():
             self._walk_on()
-            changed, removed = self._parse_some()
+            return self._update()
+
+    def _update(self) -> RepoIndex:
+        changed, removed = self._parse_some()
         if changed or removed:
             self.index = self.index.updated(changed, removed)
         return self.index
@@ -95,3 +102,12 @@ class FreshIndex:
             elif path in self.index.entries:  # deleted, or no longer readable
                 removed.append(path)
         return changed, removed
+
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Problems with single files were told once, as warnings, when the index was built."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ScanWarning)
+        yield

@@ -21,7 +21,7 @@ class Server:
     def __init__(self, session: Session, *, max_tokens: int, api_key: str | None, info: dict,
                  max_waiting: int | None = None) -> None:
         self.session = session
-        self.worker = EngineWorker(max_waiting or MAX_WAITING)
+        self.worker = EngineWorker(max_waiting or MAX_WAITING, between=session.tidy)
         self.max_tokens = max_tokens            # what a request that sets no limit (or -1) gets
         # Editors' prompts keep one size whatever their n_predict, so consecutive requests share their start.
         self.prompt_budget = session.prompt_budget(max_tokens)

@@ -81,8 +81,10 @@ class Job:
 class EngineWorker:
     """Runs jobs one at a time on its own thread; `submit` refuses a job when `max_waiting` already wait."""
 
-    def __init__(self, max_waiting: int = MAX_WAITING, log: Callable[[str], None] | None = None) -> None:
+    def __init__(self, max_waiting: int = MAX_WAITING, between: Callable[[], None] | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
         self.max_waiting = max_waiting
+        self._between = between                 # run after a job when none waits (the session's upkeep)
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._live: dict[str, Job] = {}         # submitted and not finished, by id
         self._lock = threading.Lock()
@@ -145,6 +147,11 @@ class EngineWorker:
                 self._log(_summary(job.label, result, time.perf_counter() - started))
             finally:
                 self._finished(job)
+            if self._between is not None and self._queue.empty():
+                try:
+                    self._between()
+                except Exception as exc:    # upkeep that failed is tried again after the next job
+                    self._log(f"between requests · error: {type(exc).__name__}: {exc}")
 
     def _finished(self, job: Job) -> None:
         with self._lock:

@@ -2,8 +2,10 @@
 alone (stdout, the --json object, exit codes); the server keeps the repository's index fresh as files change."""
 import json
 import subprocess
+import sys
 
 import pytest
+from server_process import raw_post
 
 from codecomplete.session import Sampling, Session
 
@@ -31,13 +33,16 @@ def same_output(served: str, alone: str) -> None:
 
 
 def test_a_completion_through_the_server_is_the_one_it_computes_alone(via_server, server, served_repo):
-    geometry = served_repo / "shapes" / "geometry.py"
-    original = geometry.read_text()
-    # Changed after the server indexed the repository: the server must see it, as a fresh process does (the
-    # definition is in the prompt at this cursor, and the longer docstring changes its token count).
+    geometry, app = served_repo / "shapes" / "geometry.py", served_repo / "app.py"
+    originals = geometry.read_text(), app.read_text()
+    # Files changed after the server indexed them: it must see them, as a fresh process does. The request's own
+    # file at once; another file (its definition is in the prompt at this cursor, and a longer docstring changes
+    # its token count) once a request has gone by, between requests.
     old_doc = '"""The area of a circle of the given radius."""'
-    assert old_doc in original
-    geometry.write_text(original.replace(old_doc, '"""Pi times the radius squared: the area of the disc."""'))
+    assert old_doc in originals[0]
+    geometry.write_text(originals[0].replace(old_doc, '"""Pi times the radius squared: the area of the disc."""'))
+    app.write_text(originals[1] + "\n\ndef unused_helper():\n    return report(1.0)\n")
+    assert one_request(server) == 200
     try:
         requests_before = server.log().count("/codecomplete/v1/complete")
         code, served, err = via_server(served_repo, *CURSOR, "--json")
@@ -50,7 +55,13 @@ def test_a_completion_through_the_server_is_the_one_it_computes_alone(via_server
         code, plain, _ = via_server(served_repo, *CURSOR)
         assert code == 0 and plain == json.loads(alone)["completion"]       # the bare text, as alone
     finally:
-        geometry.write_text(original)
+        geometry.write_text(originals[0])
+        app.write_text(originals[1])
+
+
+def one_request(server) -> int:
+    """Any request (this one only fills the cache): the server tidies its index after each."""
+    return raw_post(server.url, "/completion", b'{"prompt": "x", "n_predict": 0}', {})[0]
 
 
 def test_raw_generation_and_questions_through_the_server(via_server, server, served_repo):
@@ -104,3 +115,17 @@ def test_a_server_for_another_repository_is_not_used(script, server, repo):
     code, out, err = run(script, {**server.env, "CODECOMPLETE_SERVER": server.url}, repo, "--file", "app.py",
                          "--max-tokens", "2")
     assert code == 2 and "serves" in err and str(repo) in err and out == ""
+
+
+def test_the_command_line_stays_light_with_a_server(server, served_repo):
+    """Through a server, a suggestion imports neither torch nor the server's stack; --help neither, for serve too."""
+    code = ("import contextlib, io, sys\n"
+            "from codecomplete.cli import main\n"
+            f"assert main([{str(served_repo)!r}, '--file', 'app.py', '--max-tokens', '2', '--context-tokens', '300'"
+            "]) == 0\n"
+            "for argv in (['--help'], ['serve', '--help']):\n"
+            "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()): main(argv)\n"
+            "heavy = [m for m in ('torch', 'transformers', 'fastapi', 'uvicorn', 'pydantic') if m in sys.modules]\n"
+            "assert not heavy, heavy")
+    proc = subprocess.run([sys.executable, "-c", code], env=server.env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr

@@ -21,19 +21,20 @@ def test_changes_on_disk_reach_the_index(make_repo, cache_dir):
     fresh = FreshIndex(index_repository(root), files_per_refresh=8)
     first = fresh.index
 
-    # The request's own file is looked at on every call: saved just now, seen at once.
+    # The request's own file is looked at before every request: saved just now, seen at once.
     (root / "app.py").write_text("def main():\n    return run()\n\n\ndef run():\n    return 1\n")
     index = fresh.refresh("app.py")
     assert index is not first
     assert [c.defines for c in index.chunks if c.path == "app.py"] == [("main",), ("run",)]
 
-    # Others are found by the walk, a slice per call: added, changed, deleted, and an ignored one left out.
+    # Others are found by the walk between requests, a slice each time: added, changed, deleted, and an ignored
+    # one left out.
     (root / "pkg/new.py").write_text("def brand_new():\n    return 2\n")
     (root / "pkg/m3.py").write_text("def f3_renamed(x):\n    return x\n")
     (root / "pkg/m7.py").unlink()
     (root / "ignored.py").write_text("def hidden():\n    pass\n")
     for _ in range(2 * (len(files) + 3) // 8 + 2):  # two passes of the walk at most
-        index = fresh.refresh()
+        index = fresh.sweep()
     assert chunks_of(index) == chunks_of(index_repository(root))
     assert "pkg/new.py" in index.files and "pkg/m7.py" not in index.files and "ignored.py" not in index.files
     assert index.definers["f3_renamed"] and "f3" not in index.definers
@@ -81,7 +82,9 @@ def test_a_request_touches_a_bounded_number_of_files_on_a_20k_file_repository(bi
     touched = []
     for request in range(90):  # a little more than one whole pass of the walk
         before = sum(calls.values())
-        fresh.refresh("pkg000/m000.py")
+        fresh.refresh("pkg000/m000.py")  # before the request: one stat
+        assert sum(calls.values()) - before <= 2
+        fresh.sweep()  # after it
         touched.append(sum(calls.values()) - before)
     # About files_per_refresh stats, plus the folders the walk lists on the way (the first call lists the root's
     # 200 sub-folders): never a rescan of the 20,000 files.
