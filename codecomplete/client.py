@@ -68,8 +68,8 @@ def mismatch(info: dict, args, root: Path | None, max_new_tokens: int) -> str | 
     """Why this server would not print what this process would (None: it would)."""
     if root is not None and info.get("repo") != str(root):
         return f"serves {info.get('repo')}, not {root}"
-    wanted = _model_spec(args.model or os.environ.get("CODECOMPLETE_MODEL"))
-    if wanted != _model_spec(info.get("model_spec")):
+    wanted = model_spec(args.model or os.environ.get("CODECOMPLETE_MODEL"))
+    if wanted != model_spec(info.get("model_spec")):
         return f"runs {info.get('model_spec') or 'the embedded model'}, not {wanted or 'the embedded model'}"
     engine = info.get("engine", {})
     for option in ("device", "dtype", "attention"):
@@ -89,7 +89,8 @@ def mismatch(info: dict, args, root: Path | None, max_new_tokens: int) -> str | 
     return None if fits else f"holds {capacity:,} tokens of context, too few for this request"
 
 
-def _model_spec(spec: str | None) -> str | None:
+def model_spec(spec: str | None) -> str | None:
+    """A --model value as it compares: a path resolved (where it exists), anything else as given."""
     if not spec:
         return None
     path = Path(spec).expanduser()

@@ -40,15 +40,9 @@ def run_serve(args) -> None:
     engine = session.engine
     host, port = listener.getsockname()[:2]
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-    info = {"url": url, "repo": str(root), "model_spec": args.model or os.environ.get("CODECOMPLETE_MODEL"),
-            "device": args.device, "dtype": args.dtype, "attention": args.attention,
-            "context_tokens": args.context_tokens, "api_key": api_key, "version": package_version(),
-            "engine": {"name": engine.name, "device": engine.device, "dtype": engine.dtype,
-                       "attention": engine.attention, "context_length": engine.context_length,
-                       "model_max_positions": engine.model_max_positions, "load_s": engine.load_s}}
-    server = Server(session, max_tokens=max_tokens, api_key=api_key, info={**info, "api_key": None},
-                    max_waiting=args.max_waiting)
-    info["prompt_budget"] = server.info["prompt_budget"] = server.prompt_budget
+    info = _description(url, root, args, engine)
+    server = Server(session, max_tokens=max_tokens, api_key=api_key, info=info, max_waiting=args.max_waiting)
+    info["prompt_budget"] = server.prompt_budget
     config = uvicorn.Config(create_app(server), log_level="warning", access_log=False, lifespan="off",
                             timeout_graceful_shutdown=GRACE_S)
     print(f"codecomplete: serving {root} ({len(session.index.files):,} files) with {engine.name} "
@@ -56,7 +50,7 @@ def run_serve(args) -> None:
           f"tokens · Ctrl-C stops", file=sys.stderr, flush=True)
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
-        with announce(info):
+        with announce({**info, "api_key": api_key}):     # the key only into the user's private runtime dir
             _Uvicorn(config, server.worker).run(sockets=[listener])
     except (KeyboardInterrupt, _Stopped):
         pass                   # uvicorn shut down cleanly, then passed the signal on
@@ -65,6 +59,18 @@ def run_serve(args) -> None:
         server.worker.shutdown()
         listener.close()
     print("codecomplete: stopped", file=sys.stderr, flush=True)
+
+
+def _description(url: str, root, args, engine) -> dict:
+    """What clients learn about this server (/codecomplete/v1/info, the runtime file): where it is, what it serves,
+    and the options it was started with, for the command line to tell whether it answers as it would."""
+    return {"url": url, "repo": str(root), "version": package_version(),
+            "model_spec": client.model_spec(args.model or os.environ.get("CODECOMPLETE_MODEL")),
+            "device": args.device, "dtype": args.dtype, "attention": args.attention,
+            "context_tokens": args.context_tokens,
+            "engine": {"name": engine.name, "device": engine.device, "dtype": engine.dtype,
+                       "attention": engine.attention, "context_length": engine.context_length,
+                       "model_max_positions": engine.model_max_positions, "load_s": engine.load_s}}
 
 
 class _Uvicorn(uvicorn.Server):

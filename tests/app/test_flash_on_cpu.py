@@ -8,7 +8,7 @@ import subprocess
 def test_flash_attention_on_the_cpu_through_the_command_line(script, cli_env):
     env = {k: v for k, v in cli_env.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([str(script), "--prompt", "def f():", "--attention", "flash", "--device", "cpu",
-                           "--max-tokens", "3", "--json"], capture_output=True, text=True, env=env, timeout=600)
+                           "--max-tokens", "2", "--json"], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr and "InterpreterError" not in proc.stderr
     result = json.loads(proc.stdout)
