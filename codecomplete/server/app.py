@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from fastapi import Depends, FastAPI, Request
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 
 from ..session import Generation, Sampling, Session
 from . import llama_cpp, native, ollama, openai_api
@@ -81,6 +83,10 @@ def create_app(server: Server) -> FastAPI:
     @app.exception_handler(AppError)          # a check the command line shares (a path outside the repository)
     async def known_error(request: Request, exc: Exception):
         return _error_response(request, api_error(exc))
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect):     # before it sent its whole body
+        return Response(status_code=400)                                 # nobody reads it
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):      # no such route, or not with this method
