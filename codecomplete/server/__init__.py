@@ -7,7 +7,7 @@ One module per protocol over one engine, as llama.cpp's server and vLLM's OpenAI
     ollama.py      /api/generate, /api/chat, /api/tags, /api/show, /api/version (Ollama-targeting plugins)
     native.py      /codecomplete/v1/... (codecomplete's own command line, through client.py)
 
-Requests are validated at the edge (requests.py) and run one at a time on the engine thread (worker.py), which
+Requests are validated at the edge (bodies.py) and run one at a time on the engine thread (worker.py), which
 keeps the KV cache, and with it the prompt prefix, between them. Importing this package is cheap: only `serve`
 (app.py and below) imports FastAPI and uvicorn, and discovery.py, which the command line reads, neither.
 """

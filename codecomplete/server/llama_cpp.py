@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request
 from pydantic import AliasChoices, Field
 
 from .errors import ApiError
-from .requests import Body, read_json, stop_strings
+from .bodies import Body, read_json, stop_strings
 from .streaming import json_response, sse, stream
 
 router = APIRouter()

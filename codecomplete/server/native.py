@@ -17,7 +17,7 @@ from pydantic import Field
 
 from .. import engine as engines
 from .. import workspace
-from .requests import Body, read_json
+from .bodies import Body, read_json
 from .streaming import json_response, ndjson, stream
 
 router = APIRouter(prefix="/codecomplete/v1")

@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request
 from pydantic import Field
 
 from .errors import ApiError
-from .requests import Body, read_json, stop_strings
+from .bodies import Body, read_json, stop_strings
 from .streaming import json_response, ndjson, stream
 
 PREFIX = "/api/"

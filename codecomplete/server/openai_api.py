@@ -20,7 +20,7 @@ from pydantic import AliasChoices, Field
 
 from .errors import ApiError
 from .llama_cpp import check_ids
-from .requests import Body, read_json, stop_strings
+from .bodies import Body, read_json, stop_strings
 from .streaming import json_response, sse, stream
 
 router = APIRouter()
