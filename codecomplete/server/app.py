@@ -9,9 +9,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
+from ..errors import AppError
 from ..session import Generation, Sampling, Session
 from . import llama_cpp, native, ollama, openai_api
-from ..errors import AppError
 from .errors import TYPES, ApiError, api_error
 from .streaming import Running, json_response
 from .worker import MAX_WAITING, Busy, EngineWorker
@@ -57,14 +57,10 @@ class Server:
         return Running(job, request)
 
 
-def server_of(request: Request) -> Server:
-    return request.app.state.server
-
-
 def check_api_key(request: Request) -> None:
     """With --api-key, `Authorization: Bearer KEY`; without one, anything (llama.vim sends `Bearer `, Continue
     `Bearer undefined`)."""
-    key = server_of(request).api_key
+    key = request.app.state.server.api_key
     if key is None:
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -74,7 +70,7 @@ def check_api_key(request: Request) -> None:
 
 def create_app(server: Server) -> FastAPI:
     app = FastAPI(title="codecomplete", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.server = server
+    app.state.server = server          # every route finds it as request.app.state.server
     app.include_router(llama_cpp.public)
     for module in (llama_cpp, openai_api, ollama, native):
         app.include_router(module.router, dependencies=[Depends(check_api_key)])
