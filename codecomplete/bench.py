@@ -9,7 +9,6 @@ at small contexts and the output says so.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import importlib.util
 import os
@@ -188,18 +187,6 @@ def _card(device: str) -> str:
     return f"{name} CPU, {os.cpu_count()} cores"
 
 
-def _load(args, context: int, decode_tokens: int, notes: list[str]):
-    """The engine with room for the longest context, or, where the model's positions end
-    sooner, with the context the model allows."""
-    from models import ContextTooLongError
-
-    try:
-        return engines.load(argparse.Namespace(**{**vars(args), "context_tokens": context}), decode_tokens)
-    except ContextTooLongError as exc:
-        notes.append(str(exc))
-        return engines.load(argparse.Namespace(**{**vars(args), "context_tokens": None}), decode_tokens)
-
-
 def run_bench(args) -> None:
     if args.plot and importlib.util.find_spec("matplotlib") is None:      # say so before a long run
         raise UsageError("--plot needs matplotlib: pip install -e '.[plot]'")
@@ -213,12 +200,22 @@ def run_bench(args) -> None:
     limit = max(wanted) if on_gpu else min(max(wanted), CPU_CONTEXT_LIMIT)
     if args.context_tokens:
         limit = min(limit, args.context_tokens)
+    if min(wanted) > limit:             # said before the model loads
+        raise UsageError(f"--contexts {','.join(map(str, wanted))}: none is at most {limit:,} tokens, the "
+                         + ("--context-tokens given" if args.context_tokens and limit == args.context_tokens
+                            else "longest the benchmark runs on a CPU (a longer prefill takes minutes)"))
 
-    engine = _load(args, limit, decode_tokens, notes)
-    limit = min(limit, engine.context_length - decode_tokens)
+    engine = engines.load(args, decode_tokens, default_budget=limit)
+    if engine.context_length - decode_tokens < limit:
+        limit = engine.context_length - decode_tokens
+        notes.append(f"{engine.name} holds {engine.context_length:,} tokens here: "
+                     f"{limit:,} of context and {decode_tokens} to decode")
     ids = source_ids(engine.tokenizer, root, index, cap=limit, vocab_size=engine.model.config.vocab_size)
     repo_context = len(ids) if index is not None else None
     contexts = sorted({c for c in wanted if c <= limit} | ({repo_context} if repo_context else set()))
+    if not contexts:
+        raise UsageError(f"--contexts {','.join(map(str, wanted))}: none fits the {limit:,} tokens of context "
+                         f"{engine.name} has room for with --max-tokens {decode_tokens}")
     if left_out := [c for c in wanted if c > limit]:
         notes.append(f"left out contexts above {limit:,} tokens here: {', '.join(map(str, left_out))}")
     ids = repeated(ids or engine.tokenizer.encode("def main():\n    pass\n"), max(contexts))

@@ -1,17 +1,19 @@
 """`codecomplete --prompt TEXT`: the model continues TEXT, no repository, no template."""
 from __future__ import annotations
 
-import sys
-
 from . import client, render
 from . import engine as engines
+from .errors import UsageError
 from .session import open_session
+from .workspace import read_stdin
 
 DEFAULT_MAX_TOKENS = 256
 
 
 def run_prompt(args) -> None:
-    text = sys.stdin.buffer.read().decode("utf-8", errors="replace") if args.prompt == "-" else args.prompt
+    text = read_stdin() if args.prompt == "-" else args.prompt
+    if not text:
+        raise UsageError("--prompt -: standard input is empty, nothing to continue from")
     max_new = args.max_tokens or DEFAULT_MAX_TOKENS
     session = client.connect(args, max_new_tokens=max_new) or open_session(args, max_new_tokens=max_new)
     generation = session.raw(text, sampling=engines.sampling(args, max_new))

@@ -6,6 +6,7 @@
 """
 
 from kernels import reference
-from kernels.interface import LaunchPlan, append_kv, flash_decode, plan_launch
+from kernels.interface import append_kv, flash_decode
+from kernels.plan import LaunchPlan, plan_launch
 
 __all__ = ["flash_decode", "append_kv", "reference", "plan_launch", "LaunchPlan"]

@@ -20,13 +20,14 @@ from itertools import accumulate
 from pathlib import Path
 
 from .chunking import Chunk, source_imports
-from .errors import PromptError
+from .errors import BudgetError, PromptError
 from .formats import CompletionFormat, Segment, completion_format
 from .imports import resolve_imports
 from .index import RepoIndex
 from .languages import comment_marker, language_for, language_name
 from .packing import Assembler, ContextItem, Layout, PackedPrompt, encode_all, select_chunks
 from .ranking import Query, cursor_weights, rank
+from .scan import read_regular_file
 from .tokens import Encoder, encoder_for
 
 FILE_SHARE = 0.5  # of the budget, for the text around the cursor while the repository has more to offer
@@ -71,7 +72,8 @@ def build_completion_prompt(
     fixed = len(encode_all(encoder, [form.opening(index.name, comment, True) + before + after])[0])
     space = limit - fixed - int(encoder.leading_space)  # the first text may gain SentencePiece's leading space
     if space < 1:
-        raise PromptError(f"a budget of {limit} tokens cannot hold the {form.name} prompt format ({fixed} tokens)")
+        raise BudgetError(f"a prompt budget of {limit} tokens cannot hold the {form.name} format's own tokens and "
+                          f"the file name {relative} ({fixed} tokens) and any code")
 
     window = _Window(encoder, text, rows, row, column, with_suffix=form.fim is not None)
     share = _file_share(window, space)
@@ -157,13 +159,16 @@ def _file_share(window: _Window, space: int) -> int:
 
 def _read(full: Path, shown: str) -> str:
     try:
-        return full.read_text(encoding="utf-8", errors="replace")
+        data = read_regular_file(full, -1)  # never a FIFO (it would block) or a device (it would never end)
     except FileNotFoundError:
         raise PromptError(f"no such file: {shown}") from None
     except IsADirectoryError:
         raise PromptError(f"not a file: {shown}") from None
     except OSError as error:
         raise PromptError(f"cannot read {shown}: {error.strerror}") from None
+    if data is None:
+        raise PromptError(f"not a regular file: {shown}")
+    return data.decode("utf-8", errors="replace")
 
 
 def _cursor(rows: list[str], line: int | None, col: int | None) -> tuple[int, int]:
