@@ -106,7 +106,8 @@ def speedups(rows, backends) -> list[dict]:
 
 def roofline(engine, contexts, bandwidth: float) -> dict[int, float]:
     """Decode tokens/s the memory allows at each context: a step reads every weight and the
-    whole KV cache once, at `bandwidth` bytes/s (the copy bandwidth measured in the same run)."""
+    whole KV cache once, at `bandwidth` bytes/s (the copy bandwidth measured in the same run).
+    Split over GPUs (--gpus), engine.model is one GPU's part: the bound is each GPU's share."""
     from models.bench import kv_bytes_per_step, weight_bytes_per_step
 
     model = engine.model
@@ -174,11 +175,12 @@ def plot(result, path: str) -> None:
     plt.close(fig)
 
 
-def _card(device: str) -> str:
-    """What ran it, for the record: the GPU's name, or the CPU's model and core count."""
+def _card(device: str, ranks: int = 1) -> str:
+    """What ran it, for the record: the GPU's name (times the GPUs a --gpus model is split over), or the
+    CPU's model and core count."""
     if device.startswith("cuda"):
         import torch
-        return torch.cuda.get_device_name(torch.device(device))
+        return f"{ranks} x " * (ranks > 1) + torch.cuda.get_device_name(torch.device(device))
     try:
         with open("/proc/cpuinfo") as f:
             name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
@@ -239,7 +241,7 @@ def run_bench(args) -> None:
     import torch
     result = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"), "device": engine.device,
-        "card": _card(engine.device), "model": engine.name, "dtype": engine.dtype,
+        "card": _card(engine.device, getattr(engine, "gpus", 1)), "model": engine.name, "dtype": engine.dtype,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "decode_tokens": decode_tokens, "repeats": REPEATS, "backends": backends, "repo_context": repo_context,
         "end_to_end": rows, "speedups": speedups(rows, backends), "notes": notes,

@@ -149,6 +149,8 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
                        help="decode attention (default: flash on CUDA, sdpa on CPU)")
     model.add_argument("--context-tokens", type=_tokens, metavar="N",
                        help="prompt budget in tokens (default: the model's context on CUDA, 1024 on CPU)")
+    model.add_argument("--gpus", type=_positive_int, metavar="N",
+                       help="split the model over N GPUs (tensor parallelism; with --device cpu, N processes)")
 
 
 def build_serve_parser() -> argparse.ArgumentParser:
@@ -263,6 +265,11 @@ def _command(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
+    if _torchrun_follower():
+        # Under `torchrun --nproc-per-node N codecomplete ...` rank 0 runs the app; the others only
+        # repeat its model calls (models/lockstep.py), whatever the command line asks.
+        from models.lockstep import follow_under_torchrun
+        return follow_under_torchrun()
     closed = _standard_streams()
     # `kill` (SIGTERM, SIGHUP) unwinds like an exit, so temporary files and folders are removed on the way out.
     for number in (signal.SIGTERM, signal.SIGHUP):
@@ -286,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.PIPE_CLOSED
     except (Exception, KeyboardInterrupt) as exc:
         return _report(exc, args.debug)
+
+
+def _torchrun_follower() -> bool:
+    return bool(os.environ.get("TORCHELASTIC_RUN_ID")) and os.environ.get("RANK", "0") != "0"
 
 
 def _exit_on_signal(number: int, _frame) -> None:

@@ -20,6 +20,9 @@ def device_for(args) -> str:
     import torch
 
     if not args.device:
+        if (args.gpus or 1) > 1 and not torch.cuda.is_available():
+            raise UsageError(f"--gpus {args.gpus}: no CUDA GPU is available here "
+                             f"(--device cpu runs {args.gpus} CPU processes instead)")
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(args.device)
@@ -29,6 +32,9 @@ def device_for(args) -> str:
         raise UsageError(f"--device {args.device}: no CUDA GPU is available here")
     if device.type not in ("cpu", "cuda"):
         raise UsageError(f"--device {args.device}: only cpu and cuda are supported")
+    if (args.gpus or 1) > 1 and device.index is not None:
+        raise UsageError(f"--device {args.device} with --gpus: rank r runs on cuda:r "
+                         "(choose the GPUs with CUDA_VISIBLE_DEVICES)")
     return args.device
 
 
@@ -67,7 +73,7 @@ def load(args, max_new_tokens: int, default_budget: int | None = None):
             if not args.debug:      # the one-line error says what went wrong; library warnings only add noise
                 warnings.simplefilter("ignore")
             return load_model(args.model, device=device, dtype=args.dtype, attention=args.attention,
-                              max_context=max_context, progress=progress)
+                              max_context=max_context, progress=progress, gpus=args.gpus)
 
     try:
         engine = load_with(budget + max_new_tokens if budget else None)

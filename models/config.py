@@ -263,6 +263,9 @@ PRESETS: dict[str, ModelConfig] = {
                                  vocab_size=32016, **_CODELLAMA),
     "CodeLlama-34B": ModelConfig(dim=8192, n_layers=48, n_heads=64, n_kv_heads=8, ffn_dim=22016,
                                  vocab_size=32000, **_CODELLAMA),
+    # 138 GB of bf16 weights: split over GPUs (models/tp.py), e.g. `--gpus 2`.
+    "CodeLlama-70B": ModelConfig(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, ffn_dim=28672,
+                                 vocab_size=32016, **_CODELLAMA),
     "SmolLM2-135M": ModelConfig(dim=576, n_layers=30, n_heads=9, n_kv_heads=3, ffn_dim=1536, vocab_size=49152,
                                 norm_eps=1e-5, rope_theta=1e5, max_positions=8192, tie_embeddings=True,
                                 bos_token_id=1, eos_token_ids=(2,)),

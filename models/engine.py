@@ -31,7 +31,7 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 
 
 def load_model(spec=None, device=None, dtype=None, attention=None, max_context=None, progress=None,
-               cuda_graphs=None) -> Engine:
+               cuda_graphs=None, gpus=None, tp=None) -> Engine:
     """Load a model (None: $CODECOMPLETE_MODEL or the embedded SmolLM2) into a ready Engine.
 
     spec: a HF checkpoint directory, a .gguf file, a hub id, or "random:PRESET[:TOKENIZER_DIR]" (random
@@ -41,25 +41,28 @@ def load_model(spec=None, device=None, dtype=None, attention=None, max_context=N
     dtype: bf16 on CUDA, float32 on CPU. attention: "flash" on CUDA, "sdpa" on CPU.
     max_context: KV-cache capacity in tokens, default min(model limit, 16384).
     cuda_graphs: capture the decode step in a CUDA graph (default: on CUDA).
+    gpus: N > 1 splits the model over N GPUs (tensor parallelism, models/tp.py; with device "cpu", N gloo
+    processes): this process becomes rank 0 and starts the others; the engine returned runs every call on
+    all of them (models/lockstep.py). Under torchrun the ranks exist already and N is its world size.
+    tp: this process's `models.tp.TensorParallel` rank (the launcher passes it): load only its part.
     """
-    from models.loading import resolve
     from models.loading.hf import load_hf_model, read_config
 
+    if tp is None and ((gpus or 1) > 1 or "TORCHELASTIC_RUN_ID" in os.environ):
+        from models.lockstep import load_on_ranks
+        return load_on_ranks(gpus, spec, device=device, dtype=dtype, attention=attention, max_context=max_context,
+                             progress=progress, cuda_graphs=cuda_graphs)
     start = perf_counter()
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = tp.device if tp is not None else torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = parse_dtype(dtype, device)
     if isinstance(spec, str) and spec.startswith(RANDOM_PREFIX):
-        return _random_engine(spec, device, dtype, attention, max_context, cuda_graphs, start)
-    source = resolve(spec, progress)
-    directory = source.path
-    if source.kind == "gguf":
-        from models.loading.gguf import gguf_checkpoint
-        directory = gguf_checkpoint(source.path, dtype, progress)
-    context = context_capacity(read_config(directory), max_context, source.name)
+        return _random_engine(spec, device, dtype, attention, max_context, cuda_graphs, start, tp)
+    name, directory = checkpoint_directory(spec, dtype, progress)
+    context = context_capacity(read_config(directory), max_context, name)
     if progress:
-        progress(f"Loading {source.name} on {device.type}")
-    loaded = load_hf_model(directory, device, dtype, max_len=context, name=source.name)
-    engine = Engine(loaded.model, loaded.tokenizer, name=source.name, attention=attention,
+        progress(f"Loading {name} on {device.type}")
+    loaded = load_hf_model(directory, device, dtype, max_len=context, name=name, tp=tp)
+    engine = Engine(loaded.model, loaded.tokenizer, name=name, attention=attention,
                     context_length=context, eos_token_ids=loaded.eos_token_ids, cuda_graphs=cuda_graphs)
     engine.load_s = perf_counter() - start
     return engine
@@ -68,7 +71,18 @@ def load_model(spec=None, device=None, dtype=None, attention=None, max_context=N
 RANDOM_PREFIX = "random:"
 
 
-def _random_engine(spec: str, device, dtype, attention, max_context, cuda_graphs, start: float) -> Engine:
+def checkpoint_directory(spec, dtype: torch.dtype, progress=None) -> tuple[str, Path]:
+    """(the model's name, its Hugging Face style directory): a hub id downloaded, a GGUF converted once."""
+    from models.loading import resolve
+
+    source = resolve(spec, progress)
+    if source.kind != "gguf":
+        return source.name, source.path
+    from models.loading.gguf import gguf_checkpoint
+    return source.name, gguf_checkpoint(source.path, dtype, progress)
+
+
+def _random_engine(spec: str, device, dtype, attention, max_context, cuda_graphs, start: float, tp=None) -> Engine:
     """An Engine over random weights of a preset's shapes: times exactly like the real checkpoint.
 
     With a tokenizer directory (`random:CodeLlama-7B:DIR`, e.g. the embedded model's tokenizer files) the whole
@@ -87,7 +101,11 @@ def _random_engine(spec: str, device, dtype, attention, max_context, cuda_graphs
                                 eos_token_ids=() if tokenizer.eos_token_id is None else (tokenizer.eos_token_id,))
         label = f"{name} (random weights, vocabulary {len(tokenizer)})"
     context = context_capacity(config, max_context, name)
-    model = build_random_model(config, device=device, dtype=dtype, max_len=context)
+    if tp is None:
+        model = build_random_model(config, device=device, dtype=dtype, max_len=context)
+    else:
+        from models.tp import random_shard
+        model = random_shard(config, tp, device, dtype, max_len=context)
     engine = Engine(model, tokenizer, name=label, attention=attention, context_length=context,
                     eos_token_ids=(), cuda_graphs=cuda_graphs)
     engine.load_s = perf_counter() - start

@@ -66,7 +66,7 @@ def _description(url: str, root, args, engine) -> dict:
     and the options it was started with, for the command line to tell whether it answers as it would."""
     return {"url": url, "repo": str(root), "version": package_version(),
             "model_spec": client.model_spec(args.model or os.environ.get("CODECOMPLETE_MODEL")),
-            "device": args.device, "dtype": args.dtype, "attention": args.attention,
+            "device": args.device, "dtype": args.dtype, "attention": args.attention, "gpus": args.gpus,
             "context_tokens": args.context_tokens,
             "engine": {"name": engine.name, "device": engine.device, "dtype": engine.dtype,
                        "attention": engine.attention, "context_length": engine.context_length,

@@ -73,8 +73,11 @@ def weight_files(directory: Path) -> list[Path]:
     raise ModelNotFoundError(f"{directory}: no weights (model.safetensors or pytorch_model.bin)")
 
 
-def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, CPU tensor) for every tensor, one at a time (safetensors memory-mapped)."""
+def iter_tensors(files: list[Path], part=None) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, CPU tensor) for every tensor, one at a time (safetensors memory-mapped).
+
+    part(name, shape) -> index or None: read only tensor[index] (a tensor-parallel rank's slice, models/tp.py).
+    """
     from safetensors import SafetensorError, safe_open
 
     for f in files:
@@ -82,7 +85,8 @@ def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
             try:
                 with safe_open(f, framework="pt", device="cpu") as st:
                     for name in st.keys():
-                        yield name, st.get_tensor(name)
+                        index = None if part is None else part(name, st.get_slice(name).get_shape())
+                        yield name, st.get_tensor(name) if index is None else st.get_slice(name)[index]
             except (SafetensorError, OSError) as e:
                 raise ModelError(f"{f}: unreadable safetensors file ({e})") from None
         else:
@@ -90,12 +94,18 @@ def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
                 state = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
             except Exception as e:  # pickle and zip errors come in many types
                 raise ModelError(f"{f}: unreadable PyTorch weights ({e})") from None
-            yield from state.items()
+            for name, tensor in state.items():
+                index = None if part is None else part(name, tensor.shape)
+                yield name, tensor if index is None else tensor[index]
 
 
-def load_weights(model: Transformer, tensors: Iterator[tuple[str, torch.Tensor]], source: str) -> None:
-    """Copy HF-named tensors into the model (casting to its dtype and device); every slot must be filled."""
-    slots = hf_tensor_slots(model)
+def load_weights(model: Transformer, tensors: Iterator[tuple[str, torch.Tensor]], source: str,
+                 slots: dict[str, torch.Tensor] | None = None) -> None:
+    """Copy HF-named tensors into the model (casting to its dtype and device); every slot must be filled.
+
+    slots: where each tensor goes (default `hf_tensor_slots(model)`).
+    """
+    slots = dict(hf_tensor_slots(model) if slots is None else slots)
     for name, tensor in tensors:
         if name.endswith(IGNORED_TENSORS) or (name == "lm_head.weight" and model.config.tie_embeddings):
             continue
@@ -153,17 +163,25 @@ def check_special_files(directory: Path) -> None:
 
 
 def load_hf_model(directory: Path, device: torch.device, dtype: torch.dtype, max_len: int | None = None,
-                  name: str | None = None) -> LoadedModel:
-    """Build the model on `device` in `dtype` from a checkpoint directory; max_len sizes the rotary table."""
+                  name: str | None = None, tp=None) -> LoadedModel:
+    """Build the model on `device` in `dtype` from a checkpoint directory; max_len sizes the rotary table.
+
+    tp: a `models.tp.TensorParallel`: build this rank's part only, reading only its slices of the tensors.
+    """
     check_special_files(directory)
     config = read_config(directory)
     files = weight_files(directory)
     tokenizer = load_tokenizer(directory)
-    with torch.device("meta"):
-        model = Transformer(config, max_len=max_len)
     try:
-        model.materialize(device, dtype)
-        load_weights(model, iter_tensors(files), name or str(directory))
+        if tp is None:
+            with torch.device("meta"):
+                model = Transformer(config, max_len=max_len)
+            model.materialize(device, dtype)
+            load_weights(model, iter_tensors(files), name or str(directory))
+        else:
+            from models.tp import load_shard
+            model = load_shard(config, tp, lambda part: iter_tensors(files, part), device, dtype, max_len,
+                               name or str(directory))
     except torch.OutOfMemoryError:
         raise OutOfMemoryError(f"{name or directory}: the weights do not fit in {device} memory") from None
     except RuntimeError as e:               # the CPU allocator says so in a RuntimeError
