@@ -9,7 +9,6 @@ at small contexts and the output says so.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import importlib.util
 import os
@@ -107,7 +106,8 @@ def speedups(rows, backends) -> list[dict]:
 
 def roofline(engine, contexts, bandwidth: float) -> dict[int, float]:
     """Decode tokens/s the memory allows at each context: a step reads every weight and the
-    whole KV cache once, at `bandwidth` bytes/s (the copy bandwidth measured in the same run)."""
+    whole KV cache once, at `bandwidth` bytes/s (the copy bandwidth measured in the same run).
+    Split over GPUs (--gpus), engine.model is one GPU's part: the bound is each GPU's share."""
     from models.bench import kv_bytes_per_step, weight_bytes_per_step
 
     model = engine.model
@@ -175,29 +175,18 @@ def plot(result, path: str) -> None:
     plt.close(fig)
 
 
-def _card(device: str) -> str:
-    """What ran it, for the record: the GPU's name, or the CPU's model and core count."""
+def _card(device: str, ranks: int = 1) -> str:
+    """What ran it, for the record: the GPU's name (times the GPUs a --gpus model is split over), or the
+    CPU's model and core count."""
     if device.startswith("cuda"):
         import torch
-        return torch.cuda.get_device_name(torch.device(device))
+        return f"{ranks} x " * (ranks > 1) + torch.cuda.get_device_name(torch.device(device))
     try:
         with open("/proc/cpuinfo") as f:
             name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         name = platform.processor() or platform.machine()
     return f"{name} CPU, {os.cpu_count()} cores"
-
-
-def _load(args, context: int, decode_tokens: int, notes: list[str]):
-    """The engine with room for the longest context, or, where the model's positions end
-    sooner, with the context the model allows."""
-    from models import ContextTooLongError
-
-    try:
-        return engines.load(argparse.Namespace(**{**vars(args), "context_tokens": context}), decode_tokens)
-    except ContextTooLongError as exc:
-        notes.append(str(exc))
-        return engines.load(argparse.Namespace(**{**vars(args), "context_tokens": None}), decode_tokens)
 
 
 def run_bench(args) -> None:
@@ -213,12 +202,22 @@ def run_bench(args) -> None:
     limit = max(wanted) if on_gpu else min(max(wanted), CPU_CONTEXT_LIMIT)
     if args.context_tokens:
         limit = min(limit, args.context_tokens)
+    if min(wanted) > limit:             # said before the model loads
+        raise UsageError(f"--contexts {','.join(map(str, wanted))}: none is at most {limit:,} tokens, the "
+                         + ("--context-tokens given" if args.context_tokens and limit == args.context_tokens
+                            else "longest the benchmark runs on a CPU (a longer prefill takes minutes)"))
 
-    engine = _load(args, limit, decode_tokens, notes)
-    limit = min(limit, engine.context_length - decode_tokens)
+    engine = engines.load(args, decode_tokens, default_budget=limit)
+    if engine.context_length - decode_tokens < limit:
+        limit = engine.context_length - decode_tokens
+        notes.append(f"{engine.name} holds {engine.context_length:,} tokens here: "
+                     f"{limit:,} of context and {decode_tokens} to decode")
     ids = source_ids(engine.tokenizer, root, index, cap=limit, vocab_size=engine.model.config.vocab_size)
     repo_context = len(ids) if index is not None else None
     contexts = sorted({c for c in wanted if c <= limit} | ({repo_context} if repo_context else set()))
+    if not contexts:
+        raise UsageError(f"--contexts {','.join(map(str, wanted))}: none fits the {limit:,} tokens of context "
+                         f"{engine.name} has room for with --max-tokens {decode_tokens}")
     if left_out := [c for c in wanted if c > limit]:
         notes.append(f"left out contexts above {limit:,} tokens here: {', '.join(map(str, left_out))}")
     ids = repeated(ids or engine.tokenizer.encode("def main():\n    pass\n"), max(contexts))
@@ -242,7 +241,7 @@ def run_bench(args) -> None:
     import torch
     result = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"), "device": engine.device,
-        "card": _card(engine.device), "model": engine.name, "dtype": engine.dtype,
+        "card": _card(engine.device, getattr(engine, "gpus", 1)), "model": engine.name, "dtype": engine.dtype,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "decode_tokens": decode_tokens, "repeats": REPEATS, "backends": backends, "repo_context": repo_context,
         "end_to_end": rows, "speedups": speedups(rows, backends), "notes": notes,

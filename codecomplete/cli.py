@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import traceback
 
-from .errors import ExitCode, UsageError, classify
+from .errors import UNENCODABLE, ExitCode, UsageError, classify
 
 PROG = "codecomplete"
+MAX_SEED = 2 ** 64 - 1     # what torch.Generator.manual_seed takes
+MAX_TOKENS = 10_000_000    # beyond any model's positions: a larger count is a typo, said at once
 
 DESCRIPTION = """\
 A local coding assistant: repository-scale prompts, decoded with Flash-Decoding.
@@ -22,12 +25,16 @@ A local coding assistant: repository-scale prompts, decoded with Flash-Decoding.
   codecomplete REPO --ask QUESTION                              one answer, no REPL
   codecomplete --prompt TEXT                                    raw generation
   codecomplete [REPO] --bench [--json FILE] [--plot FILE]       standard vs Flash-Decoding
+  codecomplete serve [REPO] [--host H] [--port 8012] [--api-key K]   warm server for editors
+
+--file, --ask and --prompt use a running `codecomplete serve` for the repository when there is one.
 """
 
 EPILOG = """\
 exit codes: 0 ok, 1 runtime failure (model, memory), 2 usage or input error,
 130 interrupted, 141 the reader closed the pipe.
-environment: CODECOMPLETE_MODEL (default --model), CODECOMPLETE_CACHE_DIR, NO_COLOR."""
+environment: CODECOMPLETE_MODEL (default --model), CODECOMPLETE_CACHE_DIR, NO_COLOR,
+CODECOMPLETE_SERVER (default --server), CODECOMPLETE_API_KEY (the server's key)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,15 +42,31 @@ class _Parser(argparse.ArgumentParser):
         # One line, like every other error; the full usage is one --help away.
         self.exit(ExitCode.USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def _parse_optional(self, arg_string):
+        # `--file -dash.py`: no option of ours has a dot or a slash, so such a word is a value, not an option
+        # (what an editor passes for a file whose name starts with a dash).
+        if arg_string.startswith("-") and not arg_string.startswith("--") and ("." in arg_string or "/" in arg_string):
+            return None
+        return super()._parse_optional(arg_string)
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number from 1 up, got {value}")
-    return value
+
+def _whole_number(low: int, high: int | None = None):
+    """An argparse type: a whole number in [low, high] (no upper end without high)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            span = f"from {low} to {high:,}" if high is not None else f"from {low} up"
+            raise argparse.ArgumentTypeError(f"expected a number {span}, got {value}")
+        return value
+    return parse
+
+
+_positive_int = _whole_number(1)
+_tokens = _whole_number(1, MAX_TOKENS)
+_seed = _whole_number(0, MAX_SEED)
 
 
 def _float_in(low: float, high: float, *, low_open: bool = False):
@@ -60,10 +83,10 @@ def _float_in(low: float, high: float, *, low_open: bool = False):
 
 
 def _contexts(text: str) -> list[int]:
-    return [_positive_int(part) for part in text.split(",") if part.strip()]
+    return [_tokens(part) for part in text.split(",") if part.strip()]
 
 
-def _version() -> str:
+def package_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
     try:
         return version(PROG)
@@ -75,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, usage="%(prog)s [REPO] [options]", description=DESCRIPTION, epilog=EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("repo", nargs="?", metavar="REPO", help="the repository (a folder)")
-    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    parser.add_argument("--version", action="version", version=f"{PROG} {package_version()}")
 
     task = parser.add_argument_group("what to do (default with REPO: the chat REPL)")
     modes = task.add_mutually_exclusive_group()
@@ -91,38 +114,80 @@ def build_parser() -> argparse.ArgumentParser:
     task.add_argument("--contexts", type=_contexts, metavar="N,N,...",
                       help="with --bench: context lengths in tokens (default: 4096,16384,32768 on CUDA, 256,1024 on CPU)")
 
-    model = parser.add_argument_group("model")
-    model.add_argument("--model", metavar="SPEC",
-                       help="HF checkpoint folder, .gguf file, hub id, or random:PRESET (random weights of CodeLlama-7B/13B/34B or SmolLM2-135M shapes, --bench only; default: $CODECOMPLETE_MODEL or the embedded SmolLM2)")
-    model.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    model.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
-                       help="default: bfloat16 on CUDA, float32 on CPU")
-    model.add_argument("--attention", choices=("flash", "sdpa", "eager"),
-                       help="decode attention (default: flash on CUDA, sdpa on CPU)")
-    model.add_argument("--context-tokens", type=_positive_int, metavar="N",
-                       help="prompt budget in tokens (default: the model's context on CUDA, 1024 on CPU)")
+    _model_options(parser)
 
     gen = parser.add_argument_group("generation")
-    gen.add_argument("--max-tokens", type=_positive_int, metavar="N",
+    gen.add_argument("--max-tokens", type=_tokens, metavar="N",
                      help="tokens to generate (default: 64 for a completion, 512 for an answer, 256 for --prompt)")
     gen.add_argument("--temperature", type=_float_in(0.0, 10.0), default=0.0, metavar="T",
                      help="0 is greedy (default: 0)")
     gen.add_argument("--top-p", type=_float_in(0.0, 1.0, low_open=True), default=1.0, metavar="P",
                      help="nucleus sampling (default: 1)")
-    gen.add_argument("--seed", type=int, metavar="N", help="seed for sampling")
+    gen.add_argument("--seed", type=_seed, metavar="N", help="seed for sampling")
 
     out = parser.add_argument_group("output")
     out.add_argument("--json", nargs="?", const="-", metavar="FILE",
                      help="the result as one JSON object, on stdout or into FILE")
     out.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    server = parser.add_argument_group("server (for --file, --ask, --prompt)").add_mutually_exclusive_group()
+    server.add_argument("--server", metavar="URL",
+                        help="use the `codecomplete serve` at URL (default: $CODECOMPLETE_SERVER, or one running "
+                             "for REPO with the same model)")
+    server.add_argument("--no-server", action="store_true", help="run in this process even if a server runs")
     return parser
 
 
-def check(args: argparse.Namespace) -> None:
-    """The combinations argparse cannot express; raises UsageError."""
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", metavar="SPEC",
+                       help="HF checkpoint folder, .gguf file, hub id, or random:PRESET[:TOKENIZER_DIR] (random weights of CodeLlama-7B/13B/34B or SmolLM2-135M shapes; without a tokenizer --bench only; default: $CODECOMPLETE_MODEL or the embedded SmolLM2)")
+    model.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    model.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
+                       help="default: bfloat16 on CUDA, float32 on CPU")
+    model.add_argument("--attention", choices=("flash", "sdpa", "eager"),
+                       help="decode attention (default: flash on CUDA, sdpa on CPU)")
+    model.add_argument("--context-tokens", type=_tokens, metavar="N",
+                       help="prompt budget in tokens (default: the model's context on CUDA, 1024 on CPU)")
+    model.add_argument("--gpus", type=_positive_int, metavar="N",
+                       help="split the model over N GPUs (tensor parallelism; with --device cpu, N processes)")
+
+
+def build_serve_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=f"{PROG} serve", usage="%(prog)s [REPO] [options]",
+                     description="A warm server for editors over REPO (default: the current folder): llama.cpp's "
+                                 "/infill and /completion, the OpenAI API, Ollama's /api/generate.",
+                     epilog="Binds loopback by default; any other --host needs --api-key. Ctrl-C stops it.")
+    parser.add_argument("repo", nargs="?", metavar="REPO", help="the repository (a folder)")
+    listen = parser.add_argument_group("listening")
+    listen.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    listen.add_argument("--port", type=_whole_number(0, 65535), default=8012,
+                        help="port (default: 8012, where llama.vim looks; 0: any)")
+    listen.add_argument("--api-key", metavar="KEY",
+                        help="require Authorization: Bearer KEY on every route but /health (default: "
+                             "$CODECOMPLETE_API_KEY)")
+    _model_options(parser)
+    requests = parser.add_argument_group("requests")
+    requests.add_argument("--max-tokens", type=_tokens, metavar="N",
+                          help="tokens a request may generate when it sets no limit (default: 256)")
+    requests.add_argument("--max-waiting", type=_positive_int, metavar="N",
+                          help="requests that may wait behind the running one; more get 503 (default: 8)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.set_defaults(bench=False)       # what the model loader asks of every command line
+    return parser
+
+
+def check(args: argparse.Namespace, closed: frozenset[str] = frozenset()) -> None:
+    """What argparse cannot check: combinations, empty values, the standard streams, output paths and the
+    model spec; raises UsageError. Everything here runs before any work, so a mistake costs milliseconds.
+    `closed` names the standard streams that were closed when the program started."""
     if args.json not in (None, "-") and args.repo is None and os.path.isdir(args.json):
         # `codecomplete --json . --file x.py`: the word after --json was the repository.
         args.repo, args.json = args.json, "-"
+    for option in ("file", "ask", "prompt", "model", "json", "plot", "device"):
+        value = getattr(args, option)
+        if value is not None and not value.strip():
+            raise UsageError(f"--{option} is empty")
     for option in ("line", "col", "stdin"):
         if getattr(args, option) and args.file is None:
             raise UsageError(f"--{option} goes with --file")
@@ -135,6 +200,50 @@ def check(args: argparse.Namespace) -> None:
         raise UsageError("--prompt takes no repository")
     if args.repo is None and not (args.prompt is not None or args.bench):
         raise UsageError("give a repository: codecomplete REPO (see --help for the commands)")
+    if (args.server or args.no_server) and args.file is None and args.ask is None and args.prompt is None:
+        raise UsageError(f"--{'server' if args.server else 'no-server'} goes with --file, --ask or --prompt")
+    if args.contexts == []:
+        raise UsageError("--contexts lists no context length (e.g. --contexts 256,1024)")
+    from .engine import check_model_spec
+    check_model_spec(args)
+    _check_streams(args, closed)
+    for option in ("json", "plot"):
+        if getattr(args, option) not in (None, "-"):
+            check_output_path(f"--{option}", getattr(args, option))
+    if args.plot and not args.plot.lower().endswith(PLOT_SUFFIXES):
+        raise UsageError(f"--plot {args.plot}: name a {', '.join(PLOT_SUFFIXES)} file")
+    # Text typed on the command line that is not UTF-8 (lone surrogates) cannot be tokenized: replace it.
+    for option in ("prompt", "ask"):
+        if getattr(args, option) is not None:
+            from prompts.tokens import tokenizable
+            setattr(args, option, tokenizable(getattr(args, option)))
+
+
+PLOT_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".webp")
+
+
+def _check_streams(args: argparse.Namespace, closed: frozenset[str]) -> None:
+    if "stdin" in closed and (args.stdin or args.prompt == "-"):
+        raise UsageError(f"standard input is closed: nothing to read for {'--stdin' if args.stdin else '--prompt -'}")
+    if "stdout" in closed and args.json in (None, "-") and (args.file or args.ask or args.prompt is not None):
+        raise UsageError("standard output is closed: the result would go nowhere (--json FILE writes it to a file)")
+
+
+def check_output_path(option: str, path: str) -> None:
+    """That `path` can be written, tried for real (root ignores permission bits, a read-only disk does not),
+    without truncating an existing file and without leaving a new one behind."""
+    if os.path.isdir(path):
+        raise UsageError(f"{option} {path}: is a folder")
+    existed = os.path.lexists(path)
+    try:
+        if existed and not os.path.isfile(path):
+            return      # /dev/stdout, a FIFO: the user's own plumbing
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | (0 if existed else os.O_CREAT | os.O_EXCL), 0o644)
+        os.close(fd)
+        if not existed:
+            os.unlink(path)
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot write it ({exc.strerror})") from None
 
 
 def _command(args: argparse.Namespace):
@@ -156,9 +265,27 @@ def _command(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    if _torchrun_follower():
+        # Under `torchrun --nproc-per-node N codecomplete ...` rank 0 runs the app; the others only
+        # repeat its model calls (models/lockstep.py), whatever the command line asks.
+        from models.lockstep import follow_under_torchrun
+        return follow_under_torchrun()
+    closed = _standard_streams()
+    # `kill` (SIGTERM, SIGHUP) unwinds like an exit, so temporary files and folders are removed on the way out.
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            signal.signal(number, _exit_on_signal)
+        except ValueError:      # not the main thread (an embedding program): its own handlers stand
+            pass
+    argv = sys.argv[1:] if argv is None else argv
+    serving = argv[:1] == ["serve"]
+    args = build_serve_parser().parse_args(argv[1:]) if serving else build_parser().parse_args(argv)
     try:
-        check(args)
+        if serving:
+            from .server.serve import run_serve
+            run_serve(args)
+            return ExitCode.OK
+        check(args, closed)
         _command(args)(args)
         return ExitCode.OK
     except BrokenPipeError:
@@ -168,17 +295,61 @@ def main(argv: list[str] | None = None) -> int:
         return _report(exc, args.debug)
 
 
+def _torchrun_follower() -> bool:
+    return bool(os.environ.get("TORCHELASTIC_RUN_ID")) and os.environ.get("RANK", "0") != "0"
+
+
+def _exit_on_signal(number: int, _frame) -> None:
+    sys.exit(128 + number)
+
+
 def _report(exc: BaseException, debug: bool) -> int:
     known = classify(exc)
     if debug:
         traceback.print_exc()
     if known is None:
-        print(f"{PROG}: internal error: {type(exc).__name__}: {exc}"
-              + ("" if debug else " (--debug shows the traceback)"), file=sys.stderr)
+        _say(f"{PROG}: internal error: {type(exc).__name__}: {exc}"
+             + ("" if debug else " (--debug shows the traceback)"))
         return ExitCode.FAILURE
     code, message = known
-    print(f"{PROG}: {'error: ' if code != ExitCode.INTERRUPTED else ''}{message}", file=sys.stderr)
+    _say(f"{PROG}: {'error: ' if code != ExitCode.INTERRUPTED else ''}{message}")
     return code
+
+
+def _say(line: str) -> None:
+    """One line on stderr, which may be a pipe nobody reads any more: then the exit code says it all."""
+    try:
+        print(" ".join(line.split("\n")), file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+STREAMS = ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w"))
+
+
+def _standard_streams() -> frozenset[str]:
+    """Make the standard streams safe to use, and say which were closed at start (`cmd >&-`).
+
+    A closed descriptor gets /dev/null, so no file the program opens later takes its number (the completion
+    would land in it) and nothing is ever None (an error for a closed stderr would otherwise go to stdout).
+    Text that cannot be encoded (a file name that is not UTF-8) is replaced, never fatal."""
+    closed = set()
+    for fd, name, mode in STREAMS:
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.add(name)
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            setattr(sys, name, open(fd, mode, encoding="utf-8", errors=UNENCODABLE, closefd=False))
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors=UNENCODABLE)
+        except (AttributeError, ValueError):    # not a TextIOWrapper (a test's capture)
+            pass
+    return frozenset(closed)
 
 
 def _quiet_stdout() -> None:

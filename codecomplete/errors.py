@@ -5,8 +5,24 @@ The contract (../shared/DESIGN.md): 0 success, 1 runtime failure, 2 usage or inp
 """
 from __future__ import annotations
 
+import codecs
 import sys
 from enum import IntEnum
+
+# The error handler for text written out: file names that are not UTF-8 reach Python as lone surrogates,
+# and each is written as U+FFFD rather than failing the command (or becoming a bare "?").
+UNENCODABLE = "codecomplete-replace"
+
+
+def _replace_unencodable(error: UnicodeEncodeError) -> tuple[bytes, int]:
+    count = error.end - error.start
+    try:                # bytes: the UTF-8 codec takes only ASCII text from a handler
+        return ("\ufffd" * count).encode(error.encoding), error.end
+    except UnicodeEncodeError:      # an ASCII terminal
+        return b"?" * count, error.end
+
+
+codecs.register_error(UNENCODABLE, _replace_unencodable)
 
 
 class ExitCode(IntEnum):
@@ -27,6 +43,9 @@ class UsageError(AppError):
     code = ExitCode.USAGE
 
 
+BUDGET_OPTIONS = "--context-tokens sets the prompt budget, --max-tokens the tokens generated after it"
+
+
 def classify(exc: BaseException) -> tuple[ExitCode, str] | None:
     """The exit code and message for an expected failure; None for a bug.
 
@@ -38,12 +57,16 @@ def classify(exc: BaseException) -> tuple[ExitCode, str] | None:
     if isinstance(exc, KeyboardInterrupt):
         return ExitCode.INTERRUPTED, "interrupted"
     prompts = sys.modules.get("prompts")
+    if prompts is not None and isinstance(exc, prompts.BudgetError):
+        return ExitCode.USAGE, f"{exc}: {BUDGET_OPTIONS}"
     if prompts is not None and isinstance(exc, prompts.PromptError):
         return ExitCode.USAGE, str(exc)
     models = sys.modules.get("models")
     if models is not None:
         if isinstance(exc, models.ModelNotFoundError):
             return ExitCode.USAGE, str(exc)      # a path the user typed
+        if isinstance(exc, models.ContextTooLongError):
+            return ExitCode.USAGE, f"{exc}: {BUDGET_OPTIONS}"
         if isinstance(exc, models.ModelError):
             return ExitCode.FAILURE, str(exc)
     torch = sys.modules.get("torch")

@@ -9,7 +9,8 @@ generation the same way whatever stdout is:
   token; a reader that goes away (`| head -c 10`) stops generation instead of crashing it.
 - QuietView: the JSON object takes stdout, so nothing streams.
 Status, progress and warnings go to stderr, and only when it is a terminal: editors capture
-stderr (Vim's system() mixes it into the text it inserts), so there it carries errors only. rich itself honours NO_COLOR and TERM=dumb.
+stderr (Vim's system() mixes it into the text it inserts), so there it carries errors only. rich itself honours
+NO_COLOR and TERM=dumb; FORCE_COLOR and TTY_COMPATIBLE may colour stderr, never stdout when it is not a terminal.
 """
 from __future__ import annotations
 
@@ -30,13 +31,22 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
-from .errors import AppError
+from .errors import UNENCODABLE, AppError
 
 CODE_THEME = "monokai"
 
 
 def stdout_console() -> Console:
-    return Console(highlight=False)
+    # Whether stdout is a terminal is asked of stdout itself: FORCE_COLOR and TTY_COMPATIBLE would make rich
+    # draw the live view and colour into a pipe, where an editor expects the completion alone.
+    return Console(highlight=False, force_terminal=stdout_is_terminal())
+
+
+def stdout_is_terminal() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):    # closed, or replaced by something without a descriptor
+        return False
 
 
 def stderr_console() -> Console:
@@ -276,7 +286,7 @@ def emit_json(destination: str, obj: dict) -> None:
         sys.stdout.flush()
         return
     try:
-        with open(destination, "w", encoding="utf-8") as f:
+        with open(destination, "w", encoding="utf-8", errors=UNENCODABLE) as f:
             f.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
     except OSError as exc:
         raise AppError(f"cannot write {destination}: {exc.strerror}") from None

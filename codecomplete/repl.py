@@ -13,15 +13,16 @@ from pathlib import Path
 from platformdirs import user_state_dir
 from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import Completer, Completion
-from prompt_toolkit.history import FileHistory
+from prompt_toolkit.history import FileHistory, InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from . import chat, render
+from . import chat, render, workspace
 from . import engine as engines
-from .errors import UsageError, classify
+from .errors import AppError, UsageError, classify
+from .session import open_session
 
 COMMANDS = {
     "/help": ("", "this help"),
@@ -36,9 +37,18 @@ KEYS = "Enter sends · Esc Enter new line · Tab completes · Ctrl-C cancels · 
 MAX_PATH_COMPLETIONS = 200
 
 
-def history_path() -> Path:
+def history_path(root: Path | None = None) -> Path | None:
+    """The history file, or None (history kept in memory only) where no file can be: inside the repository
+    (HOME being the repository), an unwritable state dir, or something other than a regular file there."""
     path = Path(user_state_dir("codecomplete")) / "history"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if root is not None and path.resolve().is_relative_to(root):
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() and not path.is_file():
+            return None
+    except OSError:
+        return None
     return path
 
 
@@ -86,8 +96,9 @@ class Repl:
         self.conversation = conversation
         self.console = console
         self.last_rate = 0.0
+        history = history or history_path(conversation.index.root)
         self.session = PromptSession(
-            history=FileHistory(str(history or history_path())), completer=SlashCompleter(conversation),
+            history=FileHistory(str(history)) if history else InMemoryHistory(), completer=SlashCompleter(conversation),
             complete_while_typing=False, multiline=True, key_bindings=_key_bindings(),
             bottom_toolbar=self._toolbar, prompt_continuation="… ", input=input, output=output)
 
@@ -117,11 +128,10 @@ class Repl:
                 self.console.print(Text(f"error: {known[1]}", style="red"))
 
     def ask(self, question: str) -> None:
-        engine = self.conversation.engine
-        packed = self.conversation.prompt_for(question)
-        view = render.LiveView(self.console, render.markdown_body,
-                               info=f"{len(packed.ids):,} context tokens · {render.model_label(engine)}")
-        result = self.conversation.answer(question, packed, view)
+        generation = self.conversation.prompt_for(question)
+        view = render.LiveView(self.console, render.markdown_body, info=f"{len(generation.prompt.ids):,} context "
+                                                                        f"tokens · {render.model_label(generation.engine)}")
+        result = self.conversation.answer(question, generation, view)
         self.last_rate = result.timings.decode_tokens_per_s
 
     def command(self, line: str) -> bool:
@@ -175,8 +185,13 @@ class Repl:
         conversation = self.conversation
         if argument:
             args = argparse.Namespace(**{**vars(conversation.args), "model": argument})
-            conversation.engine = engines.load(args, conversation.max_new_tokens)
-            conversation.args = args
+            try:
+                engine = engines.load(args, conversation.max_new_tokens)
+            except Exception as exc:    # whatever the checkpoint does, the REPL keeps its model and conversation
+                if classify(exc) is None:
+                    raise AppError(f"/model {argument}: cannot load it ({type(exc).__name__}: {exc})") from exc
+                raise
+            conversation.session.engine, conversation.args = engine, args
         engine = conversation.engine
         self.console.print(Text(f"{render.model_label(engine)} · context {engine.context_length:,} tokens"
                                 f" (model limit {engine.model_max_positions:,}) · loaded in {engine.load_s:.1f} s"))
@@ -201,4 +216,7 @@ def run_repl(args) -> None:
         raise UsageError("--json goes with --file, --ask, --prompt or --bench, not the REPL")
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UsageError("the chat REPL needs a terminal; in scripts use --ask QUESTION")
-    Repl(chat.open_conversation(args), render.stdout_console()).run()
+    # In process: the REPL pins files from the index and can switch models, which a server cannot do for it.
+    max_new = args.max_tokens or chat.DEFAULT_MAX_TOKENS
+    session = open_session(args, workspace.repository(args.repo), max_new)
+    Repl(chat.Conversation(session, args), render.stdout_console()).run()

@@ -5,20 +5,43 @@ Nothing is ever written inside the repository: the index cache lives in the user
 """
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
+from . import caches
 from .errors import UsageError
 from .render import progress_bar, warn
 
 
 def repository(path: str) -> Path:
-    root = Path(path).expanduser()
-    if not root.exists():
+    root = Path(os.path.expanduser(path))
+    if not _exists(root, path):
         raise UsageError(f"repository not found: {path}")
     if not root.is_dir():
         raise UsageError(f"not a folder: {path} (give the repository, then --file {path})")
-    return root.resolve()
+    root = root.resolve()
+    caches.prepare(root)        # before any work: the caches never go inside the repository
+    return root
+
+
+def _cwd() -> list[Path]:
+    """The current directory, or none when it was deleted under us."""
+    try:
+        return [Path.cwd()]
+    except OSError:
+        return []
+
+
+def _exists(path: Path, shown: str) -> bool:
+    """Path.exists, with the errors it does not swallow (a name too long, a permission) as usage errors."""
+    try:
+        path.stat()
+        return True
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        raise UsageError(f"{shown}: {exc.strerror}") from None
 
 
 def file_in(root: Path, path: str, must_exist: bool = True) -> str:
@@ -27,9 +50,9 @@ def file_in(root: Path, path: str, must_exist: bool = True) -> str:
     A relative path is looked up in the repository first, then in the current directory,
     so both `codecomplete ~/proj --file src/a.py` and an editor's `--file %` work.
     """
-    given = Path(path).expanduser()
-    candidates = [given] if given.is_absolute() else [root / given, Path.cwd() / given]
-    found = next((c for c in candidates if c.exists()), None)
+    given = Path(os.path.expanduser(path))
+    candidates = [given] if given.is_absolute() else [root / given, *[folder / given for folder in _cwd()]]
+    found = next((c for c in candidates if _exists(c, path)), None)
     if found is None and must_exist:
         raise UsageError(f"file not found: {path}")
     resolved = (found or candidates[0]).resolve()
@@ -37,7 +60,26 @@ def file_in(root: Path, path: str, must_exist: bool = True) -> str:
         raise UsageError(f"{path} is outside the repository {root}")
     if resolved.is_dir():
         raise UsageError(f"{path} is a folder, not a file")
+    if found is not None and not resolved.is_file():
+        # Reading a FIFO would wait forever, a device such as /dev/zero would never end.
+        raise UsageError(f"{path} is not a regular file (a FIFO, socket or device)")
     return resolved.relative_to(root).as_posix()
+
+
+MAX_STDIN_BYTES = 64 * 1024 * 1024     # no editor buffer is this large; `< /dev/zero` would never end
+
+
+def read_stdin() -> str:
+    """Standard input as text (an editor's buffer, a prompt); bytes that are not UTF-8 become U+FFFD."""
+    import sys
+
+    try:
+        data = sys.stdin.buffer.read(MAX_STDIN_BYTES + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read standard input: {exc.strerror}") from None
+    if len(data) > MAX_STDIN_BYTES:
+        raise UsageError(f"standard input is over {MAX_STDIN_BYTES // 2 ** 20} MiB: not a buffer to complete")
+    return data.decode("utf-8", errors="replace")
 
 
 def index(root: Path):

@@ -1,10 +1,12 @@
 """Flash-Decoding attention kernels in Triton, with a plain-PyTorch reference beside them.
 
     from kernels import flash_decode          # the Triton split-KV kernels
-    from kernels import reference             # reference.flash_decode: same contract, plain PyTorch
+    from kernels import append_kv             # write new K/V into a cache (quantizing an fp8 cache)
+    from kernels import reference             # the same functions in plain PyTorch
 """
 
 from kernels import reference
-from kernels.interface import LaunchPlan, flash_decode, plan_launch
+from kernels.interface import append_kv, flash_decode
+from kernels.plan import LaunchPlan, plan_launch
 
-__all__ = ["flash_decode", "reference", "plan_launch", "LaunchPlan"]
+__all__ = ["flash_decode", "append_kv", "reference", "plan_launch", "LaunchPlan"]

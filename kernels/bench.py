@@ -1,25 +1,32 @@
 """Kernel benchmark: flash_decode against every attention path a user could pick instead.
 
-    python -m kernels.bench [--out DIR] [--quick] [--no-flex] [--tune]
+    python -m kernels.bench [--out DIR] [--quick] [--no-flex] [--check [quick]] [--only LABELS]
+    python -m kernels.bench --tune [--out DIR] [--budget-s S]    # plan exploration (kernels.tune)
+    python -m kernels.bench --tune-from FILE [--plans-dir DIR]   # plan file from a saved sweep, no GPU
 
 Needs a CUDA GPU and only torch + triton (matplotlib for the plot, if present). One run measures
-the device-to-device copy bandwidth (the ceiling), then for each shape the median time of:
-flash_decode, the eager reference (repeat_kv + matmul + softmax), SDPA under each backend (flash,
-cuDNN, efficient, math) and compiled FlexAttention, each as plain launches (triton's do_bench, L2
-flushed before each call) and as CUDA-graph replays (a graph of calls over rotating input sets
-larger than L2, replayed many times). Writes kernels.json, kernels.md and kernels.png to --out.
+the device-to-device copy bandwidth and the read bandwidth (the faster of PyTorch's and a Triton
+read-only reduction over 4 GiB, far beyond L2: the ceiling of a decode kernel, which only reads),
+then for each shape the median time of: flash_decode (bf16 cache), flash_decode over an fp8 copy of
+the cache, an 8-token verification step (q (B, Hq, 8, D)), the eager reference (repeat_kv + matmul
++ softmax), SDPA under each backend (flash, cuDNN, efficient, math), compiled FlexAttention, and a
+Triton kernel that only reads K and V once; each as plain launches (triton's do_bench, L2 flushed
+before each call) and as CUDA-graph replays (a graph of calls over rotating input sets larger than
+L2, replayed many times). Each row gets its achieved read rate (bytes read / time: K+V, plus the
+scales for fp8). Writes kernels.json, kernels.md and kernels.png to --out, each naming the card,
+and prints the bars of issues 10, 11 and 13 last.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import math
 import os
 import platform
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,10 +36,12 @@ import triton
 import triton.language as tl
 
 from kernels import reference
-import kernels.interface as fd
-from kernels.interface import flash_decode, launch, plan_launch
+from kernels.interface import append_kv, flash_decode, launch, plan_for
+from kernels.plan import PLANS_DIR, device_slug, load_table
 
+DEVICE = "cuda"               # the logic runs on the CPU too (interpreter), for tests
 L2_FLUSH_BYTES = 256 * 2**20  # rotate input sets until this many bytes separate two uses of one set
+VERIFY_TOKENS = 8             # the speculative verification step's query tokens (issue 13's bar)
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,10 @@ class Shape:
         return 2 * self.B * self.Hkv * self.S * self.D * 2  # K and V in bf16
 
     @property
+    def fp8_bytes(self) -> int:
+        return self.B * self.Hkv * self.S * (2 * self.D + 2 * 4)  # e4m3 K and V plus their fp32 scales
+
+    @property
     def label(self) -> str:
         return f"{self.model} B={self.B} S={self.S // 1024}k" if self.S >= 1024 else f"{self.model} B={self.B} S={self.S}"
 
@@ -61,18 +74,51 @@ def shapes(quick: bool = False) -> list[Shape]:
     paper = [Shape("paper", 65536 // s, s, 16, 2) for s in (256, 1024, 4096, 16384, 65536)]
     paper += [Shape("paper", 65536 // s, s, 16, 2) for s in (512, 2048, 8192, 32768)]
     paper += [Shape("paper", 1, 131072, 16, 2)]
-    if quick:
+    if quick:  # issue 10's table
         return [cl34[0], cl34[1], cl34[2], cl34[4], cl34[6], cl7[2], paper[0], paper[2], paper[4]]
     return cl34 + cl7 + smol + sorted(paper, key=lambda s: s.S)
 
 
-# --- the contestants: each takes (q, k, v) with q (B, Hq, D), k/v (B, Hkv, S, D) -------------------
+# --- inputs: one set per rotation slot, with the fp8 copy and the verification queries -----------
+
+@dataclass
+class Inputs:
+    q: torch.Tensor            # (B, Hq, D) bf16
+    k: torch.Tensor            # (B, Hkv, S, D) bf16
+    v: torch.Tensor
+    q_verify: torch.Tensor     # (B, Hq, VERIFY_TOKENS, D)
+    k8: torch.Tensor           # (B, Hkv, S, D) e4m3, quantized from k by kernels.reference
+    k_scale: torch.Tensor      # (B, Hkv, S) fp32
+    v8: torch.Tensor
+    v_scale: torch.Tensor
+
+
+def make_inputs(shape: Shape, device=None) -> Inputs:
+    device = device or DEVICE
+    q = torch.randn(shape.B, shape.Hq, shape.D, device=device, dtype=torch.bfloat16)
+    k = torch.randn(shape.B, shape.Hkv, shape.S, shape.D, device=device, dtype=torch.bfloat16)
+    v = torch.randn(shape.B, shape.Hkv, shape.S, shape.D, device=device, dtype=torch.bfloat16)
+    q_verify = torch.randn(shape.B, shape.Hq, VERIFY_TOKENS, shape.D, device=device, dtype=torch.bfloat16)
+    (k8, k_scale), (v8, v_scale) = reference.quantize_fp8(k), reference.quantize_fp8(v)
+    return Inputs(q, k, v, q_verify, k8, k_scale, v8, v_scale)
+
+
+def make_input_sets(shape: Shape, n_sets: int, device=None) -> list[Inputs]:
+    return [make_inputs(shape, device) for _ in range(n_sets)]
+
+
+def n_sets_for(shape: Shape) -> int:
+    return max(1, min(32, math.ceil(L2_FLUSH_BYTES / shape.kv_bytes)))
+
+
+# --- the contestants: each takes one Inputs -------------------------------------------------------
 
 def sdpa(backend):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     kind = getattr(SDPBackend, backend)
 
-    def run(q, k, v):
+    def run(x: Inputs):
+        q, k, v = x.q, x.k, x.v
         with sdpa_kernel(kind):
             if backend == "EFFICIENT_ATTENTION":  # no GQA path: expand K/V first (counted in the time)
                 group = q.shape[1] // k.shape[1]
@@ -91,21 +137,32 @@ def flex():
             setattr(torch._dynamo.config, knob, 256)
     compiled = torch.compile(flex_attention, dynamic=False)
 
-    def run(q, k, v):
-        return compiled(q[:, :, None], k, v, enable_gqa=True)[:, :, 0]
+    def run(x: Inputs):
+        return compiled(x.q[:, :, None], x.k, x.v, enable_gqa=True)[:, :, 0]
     return run
+
+
+def ours(x: Inputs):
+    return flash_decode(x.q, x.k, x.v)
+
+
+def ours_fp8(x: Inputs):
+    return flash_decode(x.q, x.k8, x.v8, k_scale=x.k_scale, v_scale=x.v_scale)
+
+
+def ours_verify(x: Inputs):
+    return flash_decode(x.q_verify, x.k, x.v)
+
+
+SDPA_BACKENDS = {"sdpa_flash": "FLASH_ATTENTION", "sdpa_cudnn": "CUDNN_ATTENTION",
+                 "sdpa_efficient": "EFFICIENT_ATTENTION", "sdpa_math": "MATH"}
 
 
 def contestants(with_flex: bool):
     table = {f"read_only_{i}": stream_read(*config) for i, config in enumerate(READ_ONLY_CONFIGS)}
-    table |= {
-        "flash_decode": flash_decode,
-        "eager": reference.flash_decode,
-        "sdpa_flash": sdpa("FLASH_ATTENTION"),
-        "sdpa_cudnn": sdpa("CUDNN_ATTENTION"),
-        "sdpa_efficient": sdpa("EFFICIENT_ATTENTION"),
-        "sdpa_math": sdpa("MATH"),
-    }
+    table |= {"flash_decode": ours, "flash_decode_fp8": ours_fp8, f"flash_decode_t{VERIFY_TOKENS}": ours_verify,
+              "eager": lambda x: reference.flash_decode(x.q, x.k, x.v)}
+    table |= {name: sdpa(backend) for name, backend in SDPA_BACKENDS.items()}
     if with_flex:
         table["flex"] = flex()
     return table
@@ -113,24 +170,14 @@ def contestants(with_flex: bool):
 
 # --- timing -------------------------------------------------------------------------------------
 
-def make_input_sets(shape: Shape, n_sets: int, device="cuda"):
-    sets = []
-    for _ in range(n_sets):
-        q = torch.randn(shape.B, shape.Hq, shape.D, device=device, dtype=torch.bfloat16)
-        k = torch.randn(shape.B, shape.Hkv, shape.S, shape.D, device=device, dtype=torch.bfloat16)
-        v = torch.randn(shape.B, shape.Hkv, shape.S, shape.D, device=device, dtype=torch.bfloat16)
-        sets.append((q, k, v))
-    return sets
-
-
 def time_plain(fn, sets) -> float:
     """Median µs of single launches; do_bench flushes L2 before each, sets rotate too."""
     state = {"i": 0}
 
     def call():
-        q, k, v = sets[state["i"] % len(sets)]
+        x = sets[state["i"] % len(sets)]
         state["i"] += 1
-        fn(q, k, v)
+        fn(x)
     return triton.testing.do_bench(call, warmup=25, rep=200, return_mode="median") * 1e3
 
 
@@ -167,8 +214,8 @@ def graph_replay_us(run, replays: int = 30) -> float:
 def time_graph(fn, sets, replays: int = 30) -> float:
     """Median µs per call of a graph holding one call of fn per input set (sets rotate past L2)."""
     def run_all():
-        for q, k, v in sets:
-            fn(q, k, v)
+        for x in sets:
+            fn(x)
     return graph_replay_us(run_all, replays) / len(sets)
 
 
@@ -186,14 +233,18 @@ def _stream_read_kernel(K, V, OUT, n_per_program, BLOCK: tl.constexpr):
 
 
 def stream_read(programs: int, block: int, warps: int, stages: int):
-    def run(q, k, v):
-        n, count = k.numel(), programs  # powers of two divide every benchmark shape's element count
-        while n % (count * block):
-            count //= 2
-        out = torch.empty(count, device=k.device, dtype=torch.float32)
-        _stream_read_kernel[(count,)](k, v, out, n // count, BLOCK=block, num_warps=warps, num_stages=stages)
-        return out
+    def run(x: Inputs):
+        return read_once(x.k, x.v, programs, block, warps, stages)
     return run
+
+
+def read_once(k: torch.Tensor, v: torch.Tensor, programs: int, block: int, warps: int, stages: int) -> torch.Tensor:
+    n, count = k.numel(), programs  # powers of two divide every benchmark shape's element count
+    while n % (count * block):
+        count //= 2
+    out = torch.empty(count, device=k.device, dtype=torch.float32)
+    _stream_read_kernel[(count,)](k, v, out, n // count, BLOCK=block, num_warps=warps, num_stages=stages)
+    return out
 
 
 READ_ONLY_CONFIGS = [(512, 2048, 8, 1), (1024, 4096, 8, 3), (2048, 2048, 4, 3), (264 * 2, 8192, 8, 2)]
@@ -208,114 +259,267 @@ def copy_bandwidth() -> float:
     return 2 * src.numel() * src.element_size() / (ms * 1e-3)
 
 
-def check(shape: Shape, sets) -> float:
-    q, k, v = sets[0]
-    out = flash_decode(q, k, v)
-    ref = reference.flash_decode(q, k, v).float()
-    return ((out.float() - ref).norm() / ref.norm()).item()
+def read_bandwidth() -> tuple[float, dict]:
+    """Bytes read per second by the fastest read-only reduction of a 4 GiB buffer (far beyond L2):
+    PyTorch's sum and amax, and the Triton read-only kernel in each configuration. Returns the best
+    rate and every contestant's, so the ceiling is not one implementation's weakness."""
+    half = torch.randn(2**30, device="cuda", dtype=torch.bfloat16)   # 2 GiB
+    other = torch.randn(2**30, device="cuda", dtype=torch.bfloat16)
+    whole = torch.cat([half, other])
+    readers = {"torch.sum": lambda: whole.sum(dtype=torch.float32), "torch.amax": lambda: whole.amax()}
+    for i, config in enumerate(READ_ONLY_CONFIGS):
+        readers[f"triton_read_only_{i}"] = lambda config=config: read_once(half, other, *config)
+    rates = {}
+    for name, fn in readers.items():
+        ms = triton.testing.do_bench(fn, warmup=10, rep=100, return_mode="median")
+        rates[name] = whole.numel() * whole.element_size() / (ms * 1e-3)
+    del half, other, whole
+    torch.cuda.empty_cache()
+    return max(rates.values()), rates
 
 
-def gpu_correctness_sweep(log) -> list[dict]:
-    """flash_decode on the GPU against a float64 reference: dtypes, head dims, GQA groups, ragged
-    lengths (0 and S included), strided caches, forced and planned splits. NaN-poisoned outputs are
-    impossible to see from outside, so every output is also checked for NaN."""
-    results = []
-    gen = torch.Generator(device="cuda").manual_seed(1234)
-    cases = [(dt, D, hq, hkv, S, splits, layout)
-             for dt in (torch.bfloat16, torch.float16, torch.float32)
-             for D in (64, 80, 96, 128, 256)
-             for (hq, hkv) in ((8, 8), (8, 2), (12, 4), (9, 3), (8, 1), (64, 8))
-             for (S, splits, layout) in ((4099, None, "bhsd"), (777, 7, "bshd"), (65, 1, "bhsd"))]
-    for dt, D, hq, hkv, S, splits, layout in cases:
+# --- correctness --------------------------------------------------------------------------------
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
+def check(x: Inputs) -> dict:
+    """Relative error of our three rows against the float32 eager reference of the same inputs."""
+    return {
+        "flash_decode": rel_err(ours(x), reference.flash_decode(x.q, x.k, x.v)),
+        "flash_decode_fp8": rel_err(ours_fp8(x), reference.flash_decode(x.q, x.k8, x.v8, k_scale=x.k_scale,
+                                                                        v_scale=x.v_scale)),
+        f"flash_decode_t{VERIFY_TOKENS}": rel_err(ours_verify(x), reference.flash_decode(x.q_verify, x.k, x.v)),
+    }
+
+
+def compile_in_parallel(calls, workers: int | None = None) -> float:
+    """Run compile-only launches (`launch(..., compile_only=True)`) on a thread pool under Triton's
+    AsyncCompileMode, so later launches find their binaries built; returns the seconds spent. A call
+    that fails here fails again, with its message, when it is launched for real."""
+    from concurrent.futures import ThreadPoolExecutor
+    start = time.perf_counter()
+    mode = getattr(triton, "AsyncCompileMode", None)
+    if mode is None:
+        return 0.0
+    with ThreadPoolExecutor(workers or os.cpu_count() or 4) as pool, mode(pool, ignore_errors=True):
+        for call in calls:
+            try:
+                call()
+            except Exception:
+                pass
+    return time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class CheckCase:
+    dtype: torch.dtype
+    D: int
+    Hq: int
+    Hkv: int
+    S: int
+    splits: int | None
+    layout: str
+    T: int = 1
+    fp8: bool = False
+
+    def inputs(self, gen):
+        """(q, k, v, lengths, scales): B=3 rows of lengths S, 0 (T with T tokens) and S/3 + T."""
         B = 3
-        q = torch.randn(B, hq, D, device="cuda", generator=gen).to(dt)
-        shape = (B, hkv, S, D) if layout == "bhsd" else (B, S, hkv, D)
-        k = torch.randn(shape, device="cuda", generator=gen).to(dt)
-        v = torch.randn(shape, device="cuda", generator=gen).to(dt)
-        if layout == "bshd":
+        q = torch.randn(B, self.Hq, self.T, self.D, device=DEVICE, generator=gen).to(self.dtype)
+        if self.T == 1:
+            q = q[:, :, 0]
+        shape = (B, self.Hkv, self.S, self.D) if self.layout == "bhsd" else (B, self.S, self.Hkv, self.D)
+        k = torch.randn(shape, device=DEVICE, generator=gen).to(self.dtype)
+        v = torch.randn(shape, device=DEVICE, generator=gen).to(self.dtype)
+        if self.layout == "bshd":
             k, v = k.transpose(1, 2), v.transpose(1, 2)
-        lengths = torch.tensor([S, 0, S // 3 + 1], device="cuda", dtype=torch.int32)
-        out, lse = flash_decode(q, k, v, lengths, num_splits=splits, return_lse=True)
-        ref, ref_lse = reference.flash_decode(q.double(), k.double(), v.double(), lengths, return_lse=True)
+        lengths = torch.tensor([self.S, 0 if self.T == 1 else self.T, self.S // 3 + self.T], device=DEVICE,
+                               dtype=torch.int32)
+        scales = {}
+        if self.fp8:
+            (k, ks), (v, vs) = reference.quantize_fp8(k), reference.quantize_fp8(v)
+            scales = {"k_scale": ks, "v_scale": vs}
+        return q, k, v, lengths, scales
+
+    def compile(self, gen) -> None:
+        q, k, v, lengths, scales = self.inputs(gen)
+        plan = plan_for(q, 3, self.Hq, self.Hkv, self.S, self.D, self.T, self.fp8, self.splits)
+        launch(q, k, v, lengths, plan, compile_only=True, **scales)
+
+    def run(self, gen) -> dict:
+        q, k, v, lengths, scales = self.inputs(gen)
+        out, lse = flash_decode(q, k, v, lengths, num_splits=self.splits, return_lse=True, **scales)
+        ref, ref_lse = reference.flash_decode(q.double(), k if self.fp8 else k.double(), v if self.fp8 else v.double(),
+                                              lengths, return_lse=True, **scales)
         err = ((out.double() - ref).norm() / ref.norm()).item()
-        lse_err = (lse[lengths > 0].double() - ref_lse[lengths > 0]).abs().max().item()
-        ok = (not out.isnan().any().item()) and (out[1] == 0).all().item() and err < (1e-5 if dt == torch.float32 else 1e-2) \
-            and lse_err < 1e-3 and bool((lse[1] == float("-inf")).all())
-        results.append({"dtype": str(dt), "D": D, "Hq": hq, "Hkv": hkv, "S": S, "splits": splits,
-                        "layout": layout, "rel_err": err, "lse_err": lse_err, "ok": ok})
-        if not ok:
-            log(f"  CHECK FAILED {results[-1]}")
+        has = lengths > 0
+        lse_err = (lse[has].double() - ref_lse[has]).abs().max().item()
+        tol = 2e-3 if self.fp8 and self.dtype == torch.float32 else (1e-5 if self.dtype == torch.float32 else 1e-2)
+        ok = (not out.isnan().any().item()) and err < tol and lse_err < 1e-3
+        if self.T == 1:
+            ok = ok and (out[1] == 0).all().item() and bool((lse[1] == float("-inf")).all())
+        return {"dtype": str(self.dtype), "D": self.D, "Hq": self.Hq, "Hkv": self.Hkv, "S": self.S, "T": self.T,
+                "fp8": self.fp8, "splits": self.splits, "layout": self.layout, "rel_err": err, "lse_err": lse_err,
+                "ok": ok}
+
+
+def _check_append(dt, hkv, D, T, layout, fp8, gen) -> dict:
+    """The Triton append against the PyTorch reference, byte for byte (same rounding on sm_90)."""
+    B, S = 3, 300
+    shape = (B, hkv, S, D) if layout == "bhsd" else (B, S, hkv, D)
+    k = torch.randn(shape, device=DEVICE, generator=gen).to(dt)
+    v = torch.randn(shape, device=DEVICE, generator=gen).to(dt)
+    if layout == "bshd":
+        k, v = k.transpose(1, 2), v.transpose(1, 2)
+    scales = {}
+    if fp8:
+        (k, ks), (v, vs) = reference.quantize_fp8(k), reference.quantize_fp8(v)
+        scales = {"k_scale": ks, "v_scale": vs}
+    k_new = torch.randn(B, hkv, T, D, device=DEVICE, generator=gen).to(dt) * 30
+    v_new = torch.randn(B, hkv, T, D, device=DEVICE, generator=gen).to(dt)
+    pos = torch.tensor([0, S - T, 77], device=DEVICE, dtype=torch.int64)
+    want = [t.clone() for t in (k, v, *scales.values())]
+    append_kv(k_new, v_new, k, v, pos, **scales)
+    reference.append_kv(k_new, v_new, *want[:2], pos, *want[2:])
+    raw = [t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t for t in (k, v, *scales.values())]
+    same = all(torch.equal(a, b.view(torch.uint8) if b.dtype == torch.float8_e4m3fn else b) for a, b in zip(raw, want))
+    return {"append": True, "dtype": str(dt), "Hkv": hkv, "D": D, "T": T, "layout": layout, "fp8": fp8, "ok": same}
+
+
+def gpu_correctness_sweep(log, quick: bool = False) -> list[dict]:
+    """flash_decode on the GPU against a float64 reference: dtypes, head dims, GQA groups, ragged
+    lengths (0 and S included), strided caches, forced and planned splits, then fp8 caches and
+    query tokens T in {2, 5, 16}; and append_kv byte for byte against PyTorch. NaN-poisoned outputs
+    are impossible to see from outside, so every output is also checked for NaN."""
+    mixes = ((4099, None, "bhsd"), (777, 7, "bshd"), (65, 1, "bhsd"))
+    heads = ((8, 8), (8, 2), (12, 4), (9, 3), (8, 1), (64, 8))
+    head_dims, fp8_dims, tokens = (64, 80, 96, 128, 256), (64, 80, 128), (2, 5, 16)
+    if quick:  # every feature, a third of the compilations: for runs with a time limit
+        mixes, heads, head_dims, fp8_dims, tokens = mixes[:2], ((8, 2), (9, 3), (64, 8)), (80, 128), (128,), (2, 16)
+    cases = [CheckCase(dt, D, hq, hkv, S, splits, layout)
+             for dt in (torch.bfloat16, torch.float16, torch.float32) for D in head_dims
+             for hq, hkv in heads for S, splits, layout in mixes]
+    # fp8 caches, with q in bf16 and in fp32 (then fp16 dots); query tokens, with and without fp8
+    cases += [CheckCase(dt, D, hq, hkv, S, splits, layout, fp8=True)
+              for dt in (torch.bfloat16, torch.float32) for D in fp8_dims
+              for hq, hkv in heads for S, splits, layout in mixes]
+    cases += [CheckCase(torch.bfloat16, 128, hq, hkv, S, splits, layout, T=T, fp8=fp8)
+              for T in tokens for fp8 in (False, True) for hq, hkv in heads for S, splits, layout in mixes]
+    seconds = compile_in_parallel([lambda c=c: c.compile(torch.Generator(device=DEVICE).manual_seed(0)) for c in cases])
+    log(f"GPU correctness sweep: {len(cases)} cases, kernels built in {seconds:.0f} s")
+    gen = torch.Generator(device=DEVICE).manual_seed(1234)
+    results = [c.run(gen) for c in cases]
+    for dt, hkv, D, T, layout, fp8 in ((torch.bfloat16, 8, 128, 1, "bhsd", True), (torch.bfloat16, 32, 128, 8, "bshd", True),
+                                       (torch.float16, 3, 64, 16, "bhsd", True), (torch.float32, 4, 80, 1, "bshd", True),
+                                       (torch.bfloat16, 8, 128, 1, "bshd", False)):
+        results.append(_check_append(dt, hkv, D, T, layout, fp8, gen))
+    for r in results:
+        if not r["ok"]:
+            log(f"  CHECK FAILED {r}")
     log(f"GPU correctness sweep: {sum(r['ok'] for r in results)}/{len(results)} cases within tolerance")
     return results
 
 
-def n_sets_for(shape: Shape) -> int:
-    return max(1, min(32, math.ceil(L2_FLUSH_BYTES / shape.kv_bytes)))
-
-
-def bench_shape(shape: Shape, methods: dict, bandwidth: float, log) -> dict:
+def bench_shape(shape: Shape, methods: dict, bandwidth: float, log, read_bw: float | None = None) -> dict:
     sets = make_input_sets(shape, n_sets_for(shape))
     row = {"shape": shape.__dict__ | {"label": shape.label}, "kv_mb": shape.kv_bytes / 1e6,
+           "bytes": {"bf16": shape.kv_bytes, "fp8": shape.fp8_bytes},
            "floor_us": shape.kv_bytes / bandwidth * 1e6,
-           "plan": plan_launch(shape.B, shape.Hq, shape.Hkv, shape.S, shape.D,
-                               num_sms=torch.cuda.get_device_properties(0).multi_processor_count).__dict__,
-           "rel_err_vs_eager_fp32": check(shape, sets), "plain_us": {}, "graph_us": {}, "errors": {}}
+           "read_floor_us": shape.kv_bytes / read_bw * 1e6 if read_bw else None,
+           "plans": {name: plan_for(sets[0].q, shape.B, shape.Hq, shape.Hkv, shape.S, shape.D, T, fp8).__dict__
+                     for name, T, fp8 in (("flash_decode", 1, False), ("flash_decode_fp8", 1, True),
+                                          (f"flash_decode_t{VERIFY_TOKENS}", VERIFY_TOKENS, False))},
+           "rel_err": check(sets[0]), "plain_us": {}, "graph_us": {}, "errors": {}}
+    row["rel_err_vs_eager_fp32"] = row["rel_err"]["flash_decode"]
     for name, fn in methods.items():
         try:
             row["plain_us"][name] = time_plain(fn, sets)
             row["graph_us"][name] = time_graph(fn, sets)
         except Exception as error:  # a backend that cannot run this shape: record why, go on
             row["errors"][name] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
-            torch.cuda.synchronize()
-        log(f"  {name:15s} plain {row['plain_us'].get(name, float('nan')):9.1f} µs   "
+            if DEVICE == "cuda":
+                torch.cuda.synchronize()
+        log(f"  {name:18s} plain {row['plain_us'].get(name, float('nan')):9.1f} µs   "
             f"graph {row['graph_us'].get(name, float('nan')):9.1f} µs")
     del sets
-    torch.cuda.empty_cache()
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
     # The read-only kernel's best configuration stands for the practical floor of this shape.
     for timing in (row["plain_us"], row["graph_us"]):
         reads = [timing.pop(name) for name in list(timing) if name.startswith("read_only_")]
         if reads:
             timing["read_floor"] = min(reads)
+    row["read_tb_s"] = {name: (shape.fp8_bytes if name.endswith("_fp8") else shape.kv_bytes) / (us * 1e-6) / 1e12
+                        for name, us in row["graph_us"].items()}
     return row
 
 
-# --- tuning: sweep the plan's knobs on a few shapes (graph replays) ------------------------------
+# --- the bars of issues 10, 11 and 13 -----------------------------------------------------------
 
-def tune(shape_list, bandwidth: float, log) -> list[dict]:
-    results = []
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    for shape in shape_list:
-        sets = make_input_sets(shape, n_sets_for(shape))
-        base = plan_launch(shape.B, shape.Hq, shape.Hkv, shape.S, shape.D, num_sms=sms)
-        variants = []
-        for block_n, warps, stages in ((32, 4, 2), (64, 4, 2), (64, 4, 3), (64, 8, 3), (128, 8, 2), (128, 8, 3)):
-            variants.append(dataclasses.replace(base, block_n=block_n, num_warps=warps, num_stages=stages))
-        for splits in sorted({max(1, base.num_splits // 4), max(1, base.num_splits // 2), base.num_splits,
-                              min(128, base.num_splits * 2)}):
-            variants.append(dataclasses.replace(base, num_splits=splits))
-        pdl_default = fd.PDL_SUPPORTED
-        for plan, pdl in [(p, pdl_default) for p in variants] + [(base, not pdl_default)]:
-            fd.PDL_SUPPORTED = pdl
-            try:
-                us = time_graph(lambda q, k, v, plan=plan: launch(q, k, v, None, plan), sets, replays=10)
-            except Exception as error:
-                us = float("nan")
-                log(f"  {plan} pdl={pdl}: {type(error).__name__}: {str(error)[:200]}")
-            results.append({"shape": shape.label, "plan": plan.__dict__ | {"pdl": pdl}, "graph_us": us,
-                            "floor_us": shape.kv_bytes / bandwidth * 1e6})
-        fd.PDL_SUPPORTED = pdl_default
-        best = min((r for r in results if r["shape"] == shape.label), key=lambda r: r["graph_us"])
-        base_us = next(r["graph_us"] for r in results if r["shape"] == shape.label
-                       and r["plan"] == base.__dict__ | {"pdl": pdl_default})
-        log(f"{shape.label:24s} heuristic {base_us:7.1f} µs  best {best['graph_us']:7.1f} µs  {best['plan']}")
-        del sets
-        torch.cuda.empty_cache()
-    return results
+def best_sdpa(graph_us: dict) -> float:
+    return min((graph_us[k] for k in SDPA_BACKENDS if k in graph_us), default=float("nan"))
 
+
+def bars(rows: list[dict], read_bw: float) -> list[dict]:
+    """Each bar with what was measured in this run and whether it is met (None: shape not measured)."""
+    by = {r["shape"]["label"]: r for r in rows}
+    g = {label: r["graph_us"] for label, r in by.items()}
+    out = []
+
+    def add(bar, measured, met):
+        out.append({"bar": bar, "measured": measured, "met": met})
+
+    slower = [f"{label} {best_sdpa(t) / t['flash_decode']:.2f}x" for label, t in g.items()
+              if "flash_decode" in t and t["flash_decode"] > best_sdpa(t)]
+    add("every shape at least as fast as the best SDPA backend",
+        f"{len(g) - len(slower)}/{len(g)} shapes" + (f"; slower: {', '.join(slower)}" if slower else ""),
+        not slower if g else None)
+    big = [r for r in rows if r["kv_mb"] >= 256 and "flash_decode" in r["read_tb_s"]]
+    add("K+V >= 256 MB: read rate >= 4.45 TB/s",
+        ", ".join(f"{r['shape']['label']} {r['read_tb_s']['flash_decode']:.2f}" for r in big),
+        all(r["read_tb_s"]["flash_decode"] >= 4.45 for r in big) if big else None)
+    mid = [r for r in rows if 60 <= r["kv_mb"] <= 70 and (r["shape"]["model"] == "paper"
+                                                          or (r["shape"]["model"] == "34B" and r["shape"]["S"] == 16384
+                                                              and r["shape"]["B"] == 1))]
+    add("67 MB rows (34B 16k, paper): <= 23 µs",
+        ", ".join(f"{r['shape']['label']} {r['graph_us'].get('flash_decode', float('nan')):.1f}" for r in mid),
+        all(r["graph_us"].get("flash_decode", 1e9) <= 23 for r in mid) if mid else None)
+    for label, bar, ratio in (("34B B=1 S=1k", "34B B=1 S=1k: >= 1.25x cuDNN", 1.25),
+                              ("34B B=1 S=4k", "34B B=1 S=4k: >= 1.25x cuDNN", 1.25)):
+        t = g.get(label, {})
+        r = t.get("sdpa_cudnn", float("nan")) / t.get("flash_decode", float("nan"))
+        add(bar, f"{r:.2f}x", r >= ratio if not math.isnan(r) else None)
+    for label, ratio in (("7B B=1 S=64k", 1.6), ("34B B=1 S=128k", 1.4)):
+        t = g.get(label, {})
+        r = best_sdpa(t) / t.get("flash_decode_fp8", float("nan")) if t else float("nan")
+        add(f"fp8 {label}: >= {ratio}x the best bf16 SDPA", f"{r:.2f}x", r >= ratio if label in g else None)
+    fp8_big = [r for r in rows if r["kv_mb"] >= 128 and "flash_decode_fp8" in r["read_tb_s"]]
+    add("fp8, K+V >= 128 MB: >= 80% of the read rate on bytes read (cache + scales)",
+        ", ".join(f"{r['shape']['label']} {100 * r['read_tb_s']['flash_decode_fp8'] * 1e12 / read_bw:.0f}%" for r in fp8_big),
+        all(r["read_tb_s"]["flash_decode_fp8"] * 1e12 >= 0.8 * read_bw for r in fp8_big) if fp8_big else None)
+    verify = f"flash_decode_t{VERIFY_TOKENS}"
+    for label in ("7B B=1 S=16k", "34B B=1 S=64k"):
+        t = g.get(label, {})
+        r = t.get(verify, float("nan")) / t.get("flash_decode", float("nan")) if t else float("nan")
+        add(f"{VERIFY_TOKENS}-token verification {label}: <= 1.2x one token", f"{r:.2f}x", r <= 1.2 if label in g else None)
+    return out
+
+
+def bars_table(results: list[dict]) -> str:
+    mark = {True: "met", False: "MISSED", None: "not measured"}
+    lines = ["| bar | measured | |", "|---|---|---|"]
+    lines += [f"| {b['bar']} | {b['measured']} | {mark[b['met']]} |" for b in results]
+    return "\n".join(lines) + "\n"
+
+
+# --- reports ------------------------------------------------------------------------------------
 
 def environment() -> dict:
     props = torch.cuda.get_device_properties(0)
-    return {"card": props.name, "sms": props.multi_processor_count, "date": datetime.date.today().isoformat(),
+    return {"card": props.name, "sms": props.multi_processor_count, "l2_bytes": getattr(props, "L2_cache_size", None),
+            "memory_bytes": props.total_memory, "date": datetime.date.today().isoformat(),
             "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
             "python": platform.python_version(), "dtype": "bfloat16"}
 
@@ -323,26 +527,30 @@ def environment() -> dict:
 PEERS = ["sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "sdpa_math", "flex", "eager"]
 
 
-def markdown(env: dict, bandwidth: float, rows: list[dict]) -> str:
+def markdown(env: dict, bandwidth: float, rows: list[dict], read_bw: float | None = None) -> str:
+    read_note = f", read bandwidth {read_bw / 1e12:.2f} TB/s" if read_bw else ""
+    verify = f"flash_decode_t{VERIFY_TOKENS}"
     lines = [f"# Flash-Decoding kernel benchmark: {env['card']}, {env['date']}",
-             "", f"torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, bf16, one query token. "
-             f"Copy bandwidth (read + write) measured in the same run: {bandwidth / 1e12:.2f} TB/s. "
+             "", f"torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, bf16 queries. "
+             f"Measured in the same run: copy bandwidth (read + write) {bandwidth / 1e12:.2f} TB/s{read_note}. "
              "Times are medians in µs as CUDA-graph replays (plain launches in kernels.json). "
-             "'read-only kernel' is a Triton kernel that only reads K and V once: the practical floor. "
-             "'% bw' = K+V bytes / time over the copy bandwidth; 'vs best SDPA' = best SDPA backend's time / ours.",
+             "'read-only kernel' is a Triton kernel that only reads K and V once. 'TB/s' = bytes read / time "
+             "(K+V; for fp8 the e4m3 cache plus its scales); 'vs best SDPA' = best SDPA backend's time / ours; "
+             f"'fp8' reads an e4m3 copy of the cache; 't{VERIFY_TOKENS}' attends {VERIFY_TOKENS} query tokens "
+             "(speculative verification) over the bf16 cache.",
              "",
-             "| shape | K+V MB | copy floor | read-only kernel | flash_decode | % bw | SDPA flash | cuDNN | efficient | math | flex | eager | vs best SDPA | vs eager |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"| shape | K+V MB | read-only kernel | flash_decode | TB/s | fp8 | fp8 TB/s | t{VERIFY_TOKENS} | "
+             "SDPA flash | cuDNN | efficient | math | flex | eager | vs best SDPA | fp8 vs best SDPA |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    nan = float("nan")
     for row in rows:
-        g = row["graph_us"]
-        ours = g.get("flash_decode", float("nan"))
-        best_sdpa = min((g[k] for k in ("sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "sdpa_math") if k in g),
-                        default=float("nan"))
+        g, rate = row["graph_us"], row.get("read_tb_s", {})
+        ours_us, best = g.get("flash_decode", nan), best_sdpa(g)
         cells = [f"{g[k]:.1f}" if k in g else "n/a" for k in PEERS]
-        lines.append(f"| {row['shape']['label']} | {row['kv_mb']:.0f} | {row['floor_us']:.1f} | "
-                     f"{g.get('read_floor', float('nan')):.1f} | {ours:.1f} | "
-                     f"{100 * row['floor_us'] / ours:.0f}% | " + " | ".join(cells) +
-                     f" | {best_sdpa / ours:.2f}x | {g.get('eager', float('nan')) / ours:.1f}x |")
+        lines.append(f"| {row['shape']['label']} | {row['kv_mb']:.0f} | {g.get('read_floor', nan):.1f} | {ours_us:.1f} | "
+                     f"{rate.get('flash_decode', nan):.2f} | {g.get('flash_decode_fp8', nan):.1f} | "
+                     f"{rate.get('flash_decode_fp8', nan):.2f} | {g.get(verify, nan):.1f} | " + " | ".join(cells) +
+                     f" | {best / ours_us:.2f}x | {best / g.get('flash_decode_fp8', nan):.2f}x |")
     return "\n".join(lines) + "\n"
 
 
@@ -369,16 +577,18 @@ def context_plot(path: Path, title: str, ylabel: str, draw, log_y: bool = False)
     plt.close(fig)
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, card: str = "") -> None:
     series = [r for r in rows if r["shape"]["model"] == "34B" and r["shape"]["B"] == 1]
     xs = [r["shape"]["S"] for r in series]
 
     def draw(ax):
-        for name in ["flash_decode", "sdpa_flash", "sdpa_cudnn", "flex", "eager"]:
+        for name in ["flash_decode", "flash_decode_fp8", "sdpa_flash", "sdpa_cudnn", "flex", "eager"]:
             ys = [r["graph_us"].get(name, float("nan")) for r in series]
-            ax.plot(xs, ys, marker="o", label=name, linewidth=2.5 if name == "flash_decode" else 1.2)
+            ax.plot(xs, ys, marker="o", label=name, linewidth=2.5 if name.startswith("flash_decode") else 1.2)
         ax.plot(xs, [r["floor_us"] for r in series], "k--", label="copy-bandwidth floor")
-    context_plot(path, "CodeLlama-34B attention shape, batch 1, bf16", "µs per decode attention (graph replay)",
+        if series and series[0].get("read_floor_us"):
+            ax.plot(xs, [r["read_floor_us"] for r in series], "k:", label="read-bandwidth floor")
+    context_plot(path, f"CodeLlama-34B attention shape, batch 1, {card}", "µs per decode attention (graph replay)",
                  draw, log_y=True)
 
 
@@ -387,14 +597,21 @@ def log_to_stderr(message: str) -> None:
 
 
 def begin_run(program: str, out: Path):
-    """What every GPU benchmark does first: (environment, copy bandwidth, logger), or None without CUDA."""
+    """What every GPU benchmark does first: (environment, copy bandwidth, logger), or None without CUDA.
+    The environment carries the read bandwidth too (env["read_bandwidth"], bytes/s)."""
     if not torch.cuda.is_available():
         print(f"{program} needs a CUDA GPU: Flash-Decoding's speed is a GPU property.", file=sys.stderr)
         return None
     torch.manual_seed(0)
     env = environment()
     bandwidth = copy_bandwidth()
-    log_to_stderr(f"{env['card']}: copy bandwidth {bandwidth / 1e12:.2f} TB/s")
+    env["read_bandwidth"], env["read_bandwidth_by_reader"] = read_bandwidth()
+    env["copy_bandwidth"] = bandwidth
+    env["plans"] = {"dir": str(PLANS_DIR), "file": f"{device_slug(env['card'])}.json",
+                    "entries": len(load_table(env["card"], env["sms"]))}
+    log_to_stderr(f"{env['card']}: copy bandwidth {bandwidth / 1e12:.2f} TB/s, read bandwidth "
+                  f"{env['read_bandwidth'] / 1e12:.2f} TB/s; tuned plans: {env['plans']['entries']} entries in "
+                  f"{env['plans']['dir']}/{env['plans']['file']}")
     out.mkdir(parents=True, exist_ok=True)
     return env, bandwidth, log_to_stderr
 
@@ -402,25 +619,35 @@ def begin_run(program: str, out: Path):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Flash-Decoding kernel benchmark (needs a CUDA GPU)")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/results")))
-    parser.add_argument("--quick", action="store_true", help="a few representative shapes")
+    parser.add_argument("--quick", action="store_true", help="issue 10's nine shapes")
     parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention (slow to compile)")
-    parser.add_argument("--tune", action="store_true", help="sweep the launch plan's knobs instead")
-    parser.add_argument("--check", action="store_true", help="run the GPU correctness sweep first")
+    parser.add_argument("--check", nargs="?", const="full", choices=["full", "quick"],
+                        help="run the GPU correctness sweep first (quick: every feature, fewer shapes)")
     parser.add_argument("--only", default="", help="comma-separated substrings of shape labels to run")
+    parser.add_argument("--tune", action="store_true", help="explore launch plans instead (kernels.tune)")
+    parser.add_argument("--budget-s", type=float, default=330.0, help="--tune: seconds of exploration at most")
+    parser.add_argument("--tune-from", type=Path, help="write the plan file from a saved --tune sweep (no GPU)")
+    parser.add_argument("--plans-dir", type=Path, help="--tune/--tune-from: where the plan file goes "
+                        "(default: <out>/plans; kernels/plans is the committed place)")
     args = parser.parse_args(argv)
+    if args.tune_from:
+        from kernels.tune import plans_from_sweep
+        path = plans_from_sweep(json.loads(args.tune_from.read_text()), args.plans_dir or Path("kernels/plans"))
+        print(f"wrote {path}")
+        return 0
     if (started := begin_run("kernels.bench", args.out)) is None:
         return 2
     env, bandwidth, log = started
-    if args.check:
-        checks = gpu_correctness_sweep(log)
-        (args.out / "kernels-check.json").write_text(json.dumps({"env": env, "cases": checks}, indent=1))
-        if not all(c["ok"] for c in checks):
-            return 1
+    read_bw = env["read_bandwidth"]
     if args.tune:
-        results = tune(shapes(quick=True), bandwidth, log)
-        (args.out / "kernels-tune.json").write_text(json.dumps({"env": env, "bandwidth": bandwidth,
-                                                                "results": results}, indent=1))
-        return 0
+        from kernels.tune import explore
+        return explore(env, args.out, args.plans_dir or args.out / "plans", args.budget_s, log,
+                       only=[w for w in args.only.split(",") if w])
+    checks_failed = False
+    if args.check:
+        checks = gpu_correctness_sweep(log, quick=args.check == "quick")
+        (args.out / "kernels-check.json").write_text(json.dumps({"env": env, "cases": checks}, indent=1))
+        checks_failed = not all(c["ok"] for c in checks)  # reported, then the timings still run
     methods = contestants(with_flex=not args.no_flex)
     rows = []
     wanted = [w for w in args.only.split(",") if w]
@@ -428,13 +655,23 @@ def main(argv=None) -> int:
         if wanted and not any(w in shape.label for w in wanted):
             continue
         log(f"{shape.label}: K+V {shape.kv_bytes / 1e6:.0f} MB")
-        rows.append(bench_shape(shape, methods, bandwidth, log))
+        rows.append(bench_shape(shape, methods, bandwidth, log, read_bw))
         # Written after every shape, so a run cut short still leaves its results.
-        (args.out / "kernels.json").write_text(json.dumps({"env": env, "bandwidth": bandwidth, "rows": rows}, indent=1))
-    table = markdown(env, bandwidth, rows)
-    (args.out / "kernels.md").write_text(table)
-    plot(rows, args.out / "kernels.png")
+        (args.out / "kernels.json").write_text(json.dumps({"env": env, "bandwidth": bandwidth, "read_bandwidth": read_bw,
+                                                           "rows": rows}, indent=1))
+    results = bars(rows, read_bw)
+    (args.out / "kernels.json").write_text(json.dumps({"env": env, "bandwidth": bandwidth, "read_bandwidth": read_bw,
+                                                       "rows": rows, "bars": results}, indent=1))
+    table = markdown(env, bandwidth, rows, read_bw)
+    (args.out / "kernels.md").write_text(table + "\n## Bars\n\n" + bars_table(results))
+    plot(rows, args.out / "kernels.png", env["card"])
     print(table)
+    print(f"Bars ({env['card']}, copy {bandwidth / 1e12:.2f} TB/s, read {read_bw / 1e12:.2f} TB/s, "
+          f"tuned plans: {env['plans']['entries']} entries from {env['plans']['dir']}):")
+    print(bars_table(results))
+    if checks_failed:
+        print("GPU CORRECTNESS SWEEP FAILED: see kernels-check.json (cases with ok false)")
+        return 1
     return 0
 
 

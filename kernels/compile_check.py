@@ -1,95 +1,167 @@
 """Build the kernels' cubins for a GPU target without a GPU: `python -m kernels.compile_check`.
 
 The Triton interpreter accepts programs that the GPU compiler rejects (16-bit dots with K < 16,
-layouts that do not lower), so CI compiles the main configurations for the H100 (sm_90) too.
-Must run without TRITON_INTERPRET, which replaces the jitted functions with interpreted ones.
+layouts that do not lower, fp8 dots in the wrong operand order), so CI compiles the main
+configurations, every kernel variant the plans can choose (`kernels.plan.LaunchPlan`'s options)
+and the append kernel for the H100/H200 (sm_90) too. Must run without TRITON_INTERPRET, which
+replaces the jitted functions with interpreted ones. One JSON line per configuration.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+from dataclasses import dataclass, field
 
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from kernels.interface import plan_launch
+from kernels.append import _append_kv_kernel, append_blocks
+from kernels.interface import combine_constexprs, combine_warps, split_constexprs
+from kernels.plan import plan_launch
 from kernels.split_kv import _combine_kernel, _split_kv_kernel
 
-POINTER = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32"}
+POINTER = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32", "fp8": "*fp8e4nv"}
 
-# (dtype, Hq, Hkv, S, D): CodeLlama-34B, CodeLlama-7B, SmolLM2, odd head dims, D=256, fp32.
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    dtype: str          # q's dtype
+    Hq: int
+    Hkv: int
+    S: int
+    D: int
+    B: int = 1
+    T: int = 1
+    kv: str = ""        # the caches' dtype: "" = q's, "fp8"
+    plan: dict = field(default_factory=dict)  # LaunchPlan fields that differ from the heuristic's
+
+    def __hash__(self):
+        return hash(self.name)
+
+
+# CodeLlama-34B, CodeLlama-7B, SmolLM2, odd head dims, D=256, fp32; then multi-token, fp8, and every
+# plan option the tuner may pick.
 MAIN_CONFIGS = [
-    ("bf16", 64, 8, 16384, 128),
-    ("bf16", 32, 32, 4096, 128),
-    ("fp16", 9, 3, 8192, 64),
-    ("bf16", 12, 4, 1000, 80),
-    ("fp16", 8, 8, 2048, 256),
-    ("fp32", 8, 2, 4096, 96),
-    ("bf16", 64, 8, 2048, 128),  # large batch below: a single split writing the output directly
+    Config("34B-16k", "bf16", 64, 8, 16384, 128),
+    Config("7B-4k", "bf16", 32, 32, 4096, 128),
+    Config("smollm2-8k", "fp16", 9, 3, 8192, 64),
+    Config("d80", "bf16", 12, 4, 1000, 80),
+    Config("d256", "fp16", 8, 8, 2048, 256),
+    Config("fp32", "fp32", 8, 2, 4096, 96),
+    Config("34B-b64-unsplit", "bf16", 64, 8, 2048, 128, B=64),
+    Config("34B-64k-T8", "bf16", 64, 8, 65536, 128, T=8),
+    Config("7B-16k-T8", "bf16", 32, 32, 16384, 128, T=8),
+    Config("smollm2-T16", "fp16", 9, 3, 8192, 64, T=16),
+    Config("7B-64k-fp8", "bf16", 32, 32, 65536, 128, kv="fp8"),
+    Config("34B-128k-fp8", "bf16", 64, 8, 131072, 128, kv="fp8"),
+    Config("d80-fp8", "fp16", 12, 4, 1000, 80, kv="fp8"),
+    Config("fp32-fp8", "fp32", 8, 2, 4096, 96, kv="fp8"),
+    Config("34B-64k-T8-fp8", "bf16", 64, 8, 65536, 128, T=8, kv="fp8"),
+    Config("34B-16k-tma-stages3", "bf16", 64, 8, 16384, 128, plan={"tma": True, "num_stages": 3}),
+    Config("7B-64k-fp8-tma", "bf16", 32, 32, 65536, 128, kv="fp8", plan={"tma": True}),
+    Config("34B-16k-loop3-bf16-partials", "bf16", 64, 8, 16384, 128, plan={"loop_stages": 3, "partials": "bfloat16"}),
+    Config("34B-16k-evict-cg", "bf16", 64, 8, 16384, 128,
+           plan={"eviction": "evict_first", "cache_modifier": ".cg", "num_stages": 4}),
+    Config("34B-16k-n128-w8", "bf16", 64, 8, 16384, 128, plan={"block_n": 128, "num_warps": 8, "num_stages": 3}),
+    Config("34B-128k-fp8-dot-loop3", "bf16", 64, 8, 131072, 128, kv="fp8", plan={"fp8_dot": True, "loop_stages": 3}),
 ]
+APPEND_CONFIGS = [("bf16", "bf16", 32, 128, 1), ("bf16", "fp8", 8, 128, 8), ("fp32", "fp8", 3, 80, 16)]
 
 
-def _compile(fn, pointer_types: dict, constexprs: dict, target: GPUTarget, num_warps: int, num_stages: int):
+def _compile(fn, pointer_types: dict, constexprs: dict, target: GPUTarget, num_warps: int, num_stages: int,
+             floats=("qk_scale",), not_divisible=("num_splits",)):
     signature = {}
     for name in fn.arg_names:
         if name in constexprs:
             signature[name] = "constexpr"
         else:
-            signature[name] = pointer_types.get(name, "fp32" if name == "qk_scale" else "i32")
+            signature[name] = pointer_types.get(name, "fp32" if name in floats else "i32")
     # A launch specialises pointers and integers divisible by 16 (head dims, strides, lengths of the
     # main configurations); without that the compiler cannot vectorise loads, and the binary built
     # here would not be the one that runs.
     attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]]
-             for name, kind in signature.items() if kind != "constexpr" and name != "qk_scale"}
+             for name, kind in signature.items()
+             if kind != "constexpr" and name not in floats and name not in not_divisible
+             and not kind.startswith("tensordesc")}
     return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
                           options={"num_warps": num_warps, "num_stages": num_stages})
 
 
-def compile_config(dtype: str, Hq: int, Hkv: int, S: int, D: int, B: int = 1,
-                   target: GPUTarget = GPUTarget("cuda", 90, 32)) -> dict:
-    """Compile both kernels as `flash_decode` would launch them; returns facts about the binaries."""
-    plan = plan_launch(B, Hq, Hkv, S, D)
-    elem = POINTER[dtype]
-    block_s = triton.next_power_of_2(plan.num_splits)
-    facts = {"config": [dtype, Hq, Hkv, S, D, B], "num_splits": plan.num_splits}
+def compile_config(config: Config, target: GPUTarget = GPUTarget("cuda", 90, 32)) -> dict:
+    """Compile both kernels as `flash_decode` would launch them on a GPU; returns facts about the binaries."""
+    fp8 = config.kv == "fp8"
+    plan = plan_launch(config.B, config.Hq, config.Hkv, config.S, config.D, T=config.T, fp8=fp8)
+    plan = dataclasses.replace(plan, **config.plan)
+    elem = POINTER[config.dtype]
+    cache = POINTER["fp8"] if fp8 else elem
+    facts = {"name": config.name, "config": dataclasses.asdict(config), "num_splits": plan.num_splits}
     use_pdl = plan.num_splits > 1  # as flash_decode launches on a GPU
+    if plan.tma:
+        block = f"[1, 1, {plan.block_n}, {plan.block_d}]"
+        kv_types = dict(K=f"tensordesc<{cache[1:]}{block}>", V=f"tensordesc<{cache[1:]}{block}>")
+    else:
+        kv_types = dict(K=cache, V=cache)
+    part = "*bf16" if plan.partials == "bfloat16" else "*fp32"
+    constexprs = split_constexprs(plan, group=config.Hq // config.Hkv, T=config.T, fp8=fp8, has_seqlens=True,
+                                  upcast=False, ieee_dot=config.dtype == "fp32" and not fp8,
+                                  use_pdl=use_pdl, use_tma=plan.tma)
+    if fp8:  # contiguous scales: a launch specialises their unit stride to the constant 1
+        constexprs |= {"stride_ksn": 1, "stride_vsn": 1}
     split = _compile(
         _split_kv_kernel,
-        dict(Q=elem, K=elem, V=elem, SEQLENS="*i32", OUT=elem, LSE="*fp32", PART_OUT="*fp32", PART_LSE="*fp32"),
-        dict(GROUP=Hq // Hkv, HAS_SEQLENS=True, NUM_SPLITS=plan.num_splits, BLOCK_H=plan.block_h,
-             BLOCK_N=plan.block_n, BLOCK_D=plan.block_d, UPCAST=False, IEEE_DOT=dtype == "fp32", USE_PDL=use_pdl),
-        target, plan.num_warps, plan.num_stages)
+        dict(Q=elem, **kv_types, K_SCALE="*fp32", V_SCALE="*fp32", SEQLENS="*i32", OUT=elem, LSE="*fp32",
+             PART_OUT=part, PART_LSE="*fp32"),
+        constexprs, target, plan.num_warps, plan.num_stages)
     facts["split_cubin_bytes"] = len(split.asm["cubin"])
     facts["split_shared_bytes"] = split.metadata.shared
     facts["tensor_cores"] = "mma" in split.asm["ptx"]
+    facts["tma"] = "cp.async.bulk.tensor" in split.asm["ptx"]
     if plan.num_splits > 1:
         combine = _compile(
             _combine_kernel,
-            dict(SEQLENS="*i32", PART_OUT="*fp32", PART_LSE="*fp32", OUT=elem, LSE="*fp32"),
-            dict(HAS_SEQLENS=True, NUM_SPLITS=plan.num_splits, BLOCK_S=block_s,
-                 BLOCK_N=plan.block_n, BLOCK_D=plan.block_d, USE_PDL=use_pdl),
-            target, 4, 2)
+            dict(SEQLENS="*i32", PART_OUT=part, PART_LSE="*fp32", OUT=elem, LSE="*fp32"),
+            combine_constexprs(plan, has_seqlens=True, use_pdl=use_pdl), target, combine_warps(plan), 2)
         facts["combine_cubin_bytes"] = len(combine.asm["cubin"])
     return facts
 
 
+def compile_append(new: str, cache: str, Hkv: int, D: int, T: int, target: GPUTarget) -> dict:
+    block_h, block_d = append_blocks(Hkv, D)
+    fp8 = cache == "fp8"
+    binary = _compile(
+        _append_kv_kernel,
+        dict(K_NEW=POINTER[new], V_NEW=POINTER[new], K=POINTER[cache], V=POINTER[cache], K_SCALE="*fp32",
+             V_SCALE="*fp32", POS="*i64"),
+        dict(T=T, BLOCK_H=block_h, BLOCK_D=block_d, FP8=fp8), target, 4, 2, floats=())
+    return {"name": f"append-{new}-{cache}-h{Hkv}-d{D}-t{T}", "append_cubin_bytes": len(binary.asm["cubin"]),
+            "fp8_convert": "cvt.rn.satfinite.e4m3x2.f32" in binary.asm["ptx"]}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for H100")
+    parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for H100/H200")
+    parser.add_argument("--only", default="", help="comma-separated substrings of configuration names")
     args = parser.parse_args(argv)
     target = GPUTarget("cuda", args.arch, 32)
+    wanted = [w for w in args.only.split(",") if w]
+    jobs = [(config.name, lambda c=config: compile_config(c, target)) for config in MAIN_CONFIGS]
+    jobs += [(f"append-{a}-{b}-h{h}-d{d}-t{t}", lambda a=a, b=b, h=h, d=d, t=t: compile_append(a, b, h, d, t, target))
+             for a, b, h, d, t in APPEND_CONFIGS]
     failures = 0
-    for config in MAIN_CONFIGS:
-        batch = 64 if config == MAIN_CONFIGS[-1] else 1
+    for name, job in jobs:
+        if wanted and not any(w in name for w in wanted):
+            continue
         try:
-            facts = compile_config(*config, B=batch, target=target)
+            facts = job()
         except Exception as error:  # report every configuration, then fail
             failures += 1
-            facts = {"config": list(config) + [batch], "error": f"{type(error).__name__}: {error}"}
-        print(json.dumps(facts))
+            facts = {"name": name, "error": f"{type(error).__name__}: {str(error)[-2000:]}"}
+        print(json.dumps(facts), flush=True)
     return 1 if failures else 0
 
 

@@ -1,27 +1,47 @@
-"""`flash_decode`: the launch wrapper of the split-KV kernels, and the plan that picks their blocks.
+"""`flash_decode` and `append_kv`: the launch wrappers of the Triton kernels.
 
-What is supported, and why not the rest:
-- fp16, bf16, fp32 (fp32 dots in IEEE precision, not tf32, so fp32 callers get fp32 accuracy);
+What flash_decode supports, and why not the rest:
+- q in fp16, bf16, fp32 (fp32 dots in IEEE precision, not tf32, so fp32 callers get fp32 accuracy);
   not fp64, because Triton's dot has no fp64 path on the tensor cores; `kernels.reference` does fp64.
+- caches in q's dtype, or float8_e4m3fn with float32 scales per token and KV head (below). Not
+  e5m2, because e4m3's extra mantissa bit is the accurate choice at the same bytes (vLLM measured
+  e5m2 1.8 HumanEval points worse). No int8 variant was built: it reads the same bytes, and sm_90
+  converts int8 to 16-bit floats with bit tricks where e4m3 -> fp16 is one instruction for two values,
+  so it could only win on accuracy, which the per-token scales already buy (below).
 - head dim 16..256, any value: tiles are padded to the next power of two and masked.
 - Hq a multiple of Hkv (MHA, GQA, MQA): one program reads a KV head once for its whole group.
+- 1..16 query tokens per sequence (decode, and verification of speculative drafts): the tokens are
+  packed with the group's heads into one program's rows, so K/V are still read once. Not more,
+  because that is prefill, which belongs to a prefill kernel.
 - any strides but the last dimension's, which must be 1 (rows are loaded as contiguous vectors).
-- one query token per sequence: this is the decode step; prefill belongs to a prefill kernel.
+- with an fp8 cache, q must lie within fp16's range (|q| < 65504): the scores are fp16 dots.
+
+Why one scale per token and KV head for fp8 (the contract's granularity), measured: on real keys,
+values and queries (SmolLM2-135M over 2,048 tokens of real code, bench/fp8_scales.py,
+bench/results/fp8-scales-cpu.txt) the attention output's relative error is 5.7% mean / 9.0% worst
+layer with a scale per token and KV head, 6.9% / 11.2% with one per token shared by the heads,
+8.8% / 15.4% per KV head and 8.4% / 15.1% per tensor (a bf16 cache: 0.5%). A token's keys can be
+far larger than its neighbours' (the first token, outlier channels); a shared scale spends e4m3's
+3 mantissa bits on the outlier and rounds the rest towards zero. The price is 8 bytes per token and
+KV head read next to 2 x D bytes of e4m3 (3% at D = 128, 6% at D = 64), written by the same kernel
+that quantizes, with no calibration pass; kernels.bench's fp8 rows report the read rate on cache
+plus scales, so the speed side is measured where it matters, on the GPU.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import os
-from dataclasses import dataclass
 
 import torch
 import triton
 from triton.backends.nvidia.compiler import CUDAOptions
 
+from kernels import reference
+from kernels.append import append_kv_triton
+from kernels.plan import LaunchPlan, plan_launch, tuned_plan
 from kernels.split_kv import _combine_kernel, _split_kv_kernel
-from kernels.validation import check_decode_inputs
+from kernels.validation import FP8_DTYPE, check_decode_inputs
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 LOG2_E = 1.4426950408889634
@@ -29,118 +49,164 @@ LOG2_E = 1.4426950408889634
 # with CODECOMPLETE_PDL=0, and where this Triton cannot launch that way.
 PDL_SUPPORTED = os.environ.get("CODECOMPLETE_PDL", "1") != "0" and "launch_pdl" in getattr(
     CUDAOptions, "__dataclass_fields__", {})
-
-# Planning constants, measured on an H100 (bench/results/NOTES.md records the sweeps).
-PROGRAMS_PER_SM = 2          # two resident programs per SM beat one and four (34B, 7B, paper shapes)
-MIN_BLOCKS_PER_SPLIT = 1     # even one tile per split paid off at short contexts (34B, S=1k)
-MAX_SPLITS = 128             # bounds the combine's tile; more splits never paid off
-
-
-@dataclass(frozen=True)
-class LaunchPlan:
-    """How one call is cut up: the split count and the Triton tile sizes."""
-    num_splits: int
-    block_h: int      # query heads of one KV group, padded to the tensor cores' minimum of 16
-    block_n: int      # keys per inner-loop tile
-    block_d: int      # head dim padded to a power of two
-    num_warps: int
-    num_stages: int
+# CODECOMPLETE_TUNED_PLANS=0 ignores kernels/plans/ (the heuristic plans every call).
+USE_TUNED_PLANS = os.environ.get("CODECOMPLETE_TUNED_PLANS", "1") != "0"
+PARTIAL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @functools.lru_cache(maxsize=16)
-def _multiprocessor_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
+def device_facts(device_index: int) -> tuple[str, int]:
+    """(name, SM count) of a CUDA device."""
+    props = torch.cuda.get_device_properties(device_index)
+    return props.name, props.multi_processor_count
 
 
-@functools.lru_cache(maxsize=256)  # a pure function of shapes, asked on every launch
-def plan_launch(B: int, Hq: int, Hkv: int, S: int, D: int, *, num_sms: int = 132,
-                num_splits: int | None = None) -> LaunchPlan:
-    """Pick splits and tiles from shapes alone (never from lengths, so the grid is graph-safe).
-
-    The grid is num_splits x B x Hkv programs. Batch and heads alone fill an H100 only at large
-    batch; at batch 1 the sequence is split until there are about PROGRAMS_PER_SM programs per SM,
-    but never into splits shorter than MIN_BLOCKS_PER_SPLIT tiles of keys.
-    """
-    block_h = max(16, triton.next_power_of_2(Hq // Hkv))
-    block_d = max(16, triton.next_power_of_2(D))
-    block_n = 64 if block_d <= 128 else 32  # keeps K and V tiles plus pipelining in shared memory
-    if num_splits is None and B * Hkv >= 1.5 * num_sms:
-        # Batch x heads alone give most SMs two programs: a split only adds a combine. (Measured on
-        # the paper's shape: 256 programs unsplit 27.5 µs vs 30.1 split in 2; 128 unsplit 33.3 vs 29.3 in 3.)
-        num_splits = 1
-    if num_splits is None:
-        n_blocks = max(1, math.ceil(S / block_n))
-        wanted = math.ceil(PROGRAMS_PER_SM * num_sms / (B * Hkv))
-        num_splits = max(1, min(wanted, n_blocks // MIN_BLOCKS_PER_SPLIT, MAX_SPLITS))
-    return LaunchPlan(num_splits=num_splits, block_h=block_h, block_n=block_n, block_d=block_d,
-                      num_warps=4, num_stages=2)
+def plan_for(q: torch.Tensor, B: int, Hq: int, Hkv: int, S: int, D: int, T: int, fp8: bool,
+             num_splits: int | None = None) -> LaunchPlan:
+    """The plan a call runs with: the device's tuned plan for this shape if there is one (16-bit q),
+    else the heuristic; a forced `num_splits` overrides either's split count."""
+    if not q.is_cuda:
+        return plan_launch(B, Hq, Hkv, S, D, T=T, fp8=fp8, num_splits=num_splits)
+    name, num_sms = device_facts(q.device.index if q.device.index is not None else torch.cuda.current_device())
+    plan = None
+    if USE_TUNED_PLANS and q.dtype != torch.float32:
+        plan = tuned_plan(name, num_sms, B, Hq, Hkv, S, D, T, fp8)
+    if plan is None:
+        return plan_launch(B, Hq, Hkv, S, D, T=T, fp8=fp8, num_sms=num_sms, num_splits=num_splits)
+    if num_splits is not None and num_splits != plan.num_splits:
+        return LaunchPlan(**{**plan.__dict__, "num_splits": num_splits})
+    return plan
 
 
 def flash_decode(q, k_cache, v_cache, cache_seqlens=None, *, softmax_scale=None, num_splits=None,
-                 return_lse=False):
-    """Attention of one new query token per sequence over a KV cache, split along the sequence.
+                 return_lse=False, k_scale=None, v_scale=None):
+    """Attention of the newest query token(s) of each sequence over a KV cache, split along the sequence.
 
     Args:
-        q: (B, Hq, D) the new token's queries.
+        q: (B, Hq, D) the new token's queries; or (B, Hq, T, D), 1 <= T <= 16, the queries of the last
+            T tokens of each sequence, whose keys/values are already in the cache at positions
+            len-T .. len-1: query t attends keys 0 .. len-T+t (causal, aligned bottom-right).
         k_cache, v_cache: (B, Hkv, S, D) the cache; any strides but the last (so a (B, S, Hkv, D)
-            buffer passed as `.transpose(1, 2)` works). Hq must be a multiple of Hkv.
-        cache_seqlens: int32 (B,) valid lengths in 0..S, or None for S everywhere. Keys at
-            positions >= length are ignored; a length-0 row returns zeros (lse -inf).
+            buffer passed as `.transpose(1, 2)` works). Hq must be a multiple of Hkv. In q's dtype,
+            or float8_e4m3fn with k_scale and v_scale.
+        cache_seqlens: int32 (B,) valid lengths in 0..S (T..S with T query tokens; checked except
+            while a CUDA graph is captured), or None for S everywhere. Keys at positions >= length are
+            ignored; a length-0 row returns zeros (lse -inf).
         softmax_scale: defaults to D ** -0.5.
         num_splits: force the number of sequence splits (1 = no split); None lets `plan_launch` choose.
         return_lse: also return the log-sum-exp of the scores.
+        k_scale, v_scale: float32 (B, Hkv, S), only with fp8 caches: key j of (b, h) is
+            k_cache[b, h, j].float() * k_scale[b, h, j] (one scale per token and KV head).
 
     Returns:
-        out (B, Hq, D) in q.dtype, and with return_lse the lse (B, Hq) in float32.
+        out with q's shape, in q.dtype, and with return_lse the lse (B, Hq) or (B, Hq, T) in float32.
 
     The launch grid depends only on shapes, so the call can be captured in a CUDA graph and replayed
     while `cache_seqlens` changes in place.
     """
-    B, Hq, D, Hkv, S = check_decode_inputs(q, k_cache, v_cache, cache_seqlens, num_splits,
-                                           dtypes=KERNEL_DTYPES)
-    num_sms = _multiprocessor_count(q.device.index or 0) if q.is_cuda else 132
-    plan = plan_launch(B, Hq, Hkv, S, D, num_sms=num_sms, num_splits=num_splits)
-    out, lse = launch(q, k_cache, v_cache, cache_seqlens, plan, softmax_scale=softmax_scale)
+    B, Hq, Hkv, S, D, T, fp8 = check_decode_inputs(q, k_cache, v_cache, cache_seqlens, num_splits,
+                                                   k_scale=k_scale, v_scale=v_scale, dtypes=KERNEL_DTYPES)
+    plan = plan_for(q, B, Hq, Hkv, S, D, T, fp8, num_splits)
+    out, lse = launch(q, k_cache, v_cache, cache_seqlens, plan, softmax_scale=softmax_scale,
+                      k_scale=k_scale, v_scale=v_scale)
     return (out, lse) if return_lse else out
 
 
-def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scale=None):
-    """Run the kernels with an explicit plan (inputs already validated). Returns (out, lse)."""
-    B, Hq, D = q.shape
+def tma_capable(*caches: torch.Tensor) -> bool:
+    """Tensor descriptors need a 16-byte aligned base and strides (the interpreter emulates them too)."""
+    return all(c.data_ptr() % 16 == 0 and all(st * c.element_size() % 16 == 0 for st in c.stride()[:-1])
+               for c in caches)
+
+
+def _descriptor(cache: torch.Tensor, plan: LaunchPlan):
+    from triton.tools.tensor_descriptor import TensorDescriptor
+    return TensorDescriptor(cache, list(cache.shape), list(cache.stride()), [1, 1, plan.block_n, plan.block_d])
+
+
+def split_constexprs(plan: LaunchPlan, *, group: int, T: int, fp8: bool, has_seqlens: bool, upcast: bool,
+                     ieee_dot: bool, use_pdl: bool, use_tma: bool) -> dict:
+    """The compile-time arguments of `_split_kv_kernel` for a plan (launch and compile_check share them)."""
+    return dict(GROUP=group, T=T, HAS_SEQLENS=has_seqlens, SPLIT=plan.num_splits > 1,
+                BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_D=plan.block_d,
+                FP8=fp8, FP8_DOT=fp8 and plan.fp8_dot, UPCAST=upcast, IEEE_DOT=ieee_dot,
+                USE_PDL=use_pdl, TMA=use_tma, LOOP_STAGES=plan.loop_stages,
+                CACHE_MODIFIER=plan.cache_modifier, EVICTION=plan.eviction)
+
+
+def combine_constexprs(plan: LaunchPlan, *, has_seqlens: bool, use_pdl: bool) -> dict:
+    return dict(HAS_SEQLENS=has_seqlens, BLOCK_S=triton.next_power_of_2(plan.num_splits),
+                BLOCK_N=plan.block_n, BLOCK_D=plan.block_d, USE_PDL=use_pdl)
+
+
+def combine_warps(plan: LaunchPlan) -> int:
+    return 4 if plan.block_d * triton.next_power_of_2(plan.num_splits) >= 4096 else 1
+
+
+def _run(kernel, grid, compile_only: bool, *args, **kwargs) -> None:
+    if compile_only:  # build (or fetch) the binary without launching; under triton.AsyncCompileMode, queue it
+        kernel.warmup(*args, grid=grid, **kwargs)
+    else:
+        kernel[grid](*args, **kwargs)
+
+
+def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scale=None, k_scale=None,
+           v_scale=None, compile_only=False):
+    """Run the kernels with an explicit plan (inputs already validated). Returns (out, lse) with
+    out of q's shape and lse (B, Hq) or (B, Hq, T). `compile_only` builds the kernels the call would
+    launch (benchmarks compile their candidate plans in parallel first) and leaves out unwritten."""
+    B, Hq, D = q.shape[0], q.shape[1], q.shape[-1]
+    T = q.shape[2] if q.dim() == 4 else 1
+    q4 = q if q.dim() == 4 else q.unsqueeze(2)                                # (B, Hq, T, D)
     _, Hkv, S, _ = k_cache.shape
+    group = Hq // Hkv
+    fp8 = k_cache.dtype == FP8_DTYPE
     scale = D ** -0.5 if softmax_scale is None else float(softmax_scale)
-    out = torch.empty((B, Hq, D), dtype=q.dtype, device=q.device)
-    lse = torch.empty((B, Hq), dtype=torch.float32, device=q.device)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
     splits = plan.num_splits
     if splits > 1:
-        part_out = torch.empty((B, Hq, splits, D), dtype=torch.float32, device=q.device)
-        part_lse = torch.empty((B, Hq, splits), dtype=torch.float32, device=q.device)
+        part_out = torch.empty((B, Hq, T, splits, D), dtype=PARTIAL_DTYPES[plan.partials], device=q.device)
+        part_lse = torch.empty((B, Hq, T, splits), dtype=torch.float32, device=q.device)
     else:  # the split kernel writes `out` and `lse` itself
         part_out, part_lse = out, lse
     has_seqlens = cache_seqlens is not None
     seqlens = cache_seqlens if has_seqlens else lse  # any pointer; never read without HAS_SEQLENS
     upcast = not q.is_cuda  # the interpreter's 16-bit arithmetic is wrong; widen on load
-    use_pdl = q.is_cuda and PDL_SUPPORTED and splits > 1
-    block_s = triton.next_power_of_2(splits)
+    use_pdl = q.is_cuda and PDL_SUPPORTED and plan.pdl and splits > 1
+    use_tma = plan.tma and tma_capable(k_cache, v_cache)
+    k_arg, v_arg = (_descriptor(k_cache, plan), _descriptor(v_cache, plan)) if use_tma else (k_cache, v_cache)
+    k_scale_arg, v_scale_arg = (k_scale, v_scale) if fp8 else (lse, lse)  # never read without FP8
+    scale_strides = [st for t in (k_scale, v_scale) for st in t.stride()] if fp8 else [0] * 6
 
-    _split_kv_kernel[(splits, B * Hkv)](
-        q, k_cache, v_cache, seqlens, out, lse, part_out, part_lse,
-        q.stride(0), q.stride(1),
+    _run(_split_kv_kernel, (splits, B * Hkv * plan.row_blocks(group, T)), compile_only,
+        q4, k_arg, v_arg, k_scale_arg, v_scale_arg, seqlens, out, lse, part_out, part_lse,
+        q4.stride(0), q4.stride(1), q4.stride(2),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        S, Hkv, D, scale * LOG2_E,
-        GROUP=Hq // Hkv, HAS_SEQLENS=has_seqlens, NUM_SPLITS=splits,
-        BLOCK_H=plan.block_h, BLOCK_N=plan.block_n, BLOCK_D=plan.block_d,
-        UPCAST=upcast, IEEE_DOT=q.dtype == torch.float32, USE_PDL=use_pdl,
+        *scale_strides,
+        S, Hkv, D, scale * LOG2_E, splits,
+        **split_constexprs(plan, group=group, T=T, fp8=fp8, has_seqlens=has_seqlens, upcast=upcast,
+                           ieee_dot=q.dtype == torch.float32 and not fp8, use_pdl=use_pdl, use_tma=use_tma),
         num_warps=plan.num_warps, num_stages=plan.num_stages,
     )
     if splits > 1:
-        _combine_kernel[(B * Hq,)](
+        _run(_combine_kernel, (B * Hq * T,), compile_only,
             seqlens, part_out, part_lse, out, lse,
-            S, Hq, D,
-            HAS_SEQLENS=has_seqlens, NUM_SPLITS=splits,
-            BLOCK_S=block_s, BLOCK_N=plan.block_n, BLOCK_D=plan.block_d, USE_PDL=use_pdl,
-            num_warps=4 if plan.block_d * block_s >= 4096 else 1,
+            S, Hq * T, D, splits,
+            **combine_constexprs(plan, has_seqlens=has_seqlens, use_pdl=use_pdl),
+            num_warps=combine_warps(plan),
             **({"launch_pdl": True} if use_pdl else {}),
         )
     return out, lse
+
+
+def append_kv(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None, v_scale=None):
+    """Write k_new, v_new (B, Hkv, T, D) into the caches (B, Hkv, S, D) at positions
+    input_pos[b] .. input_pos[b] + T - 1 (input_pos int64 (B,)); an fp8 cache is quantized in the same
+    pass (scale = amax / 448 per token and KV head, 1 where amax is 0) and its scales written to
+    k_scale, v_scale float32 (B, Hkv, S). One Triton kernel on CUDA, plain PyTorch elsewhere; both
+    graph-safe (no host sync while a CUDA graph is captured)."""
+    if k_cache.is_cuda:
+        append_kv_triton(k_new, v_new, k_cache, v_cache, input_pos, k_scale, v_scale)
+    else:
+        reference.append_kv(k_new, v_new, k_cache, v_cache, input_pos, k_scale, v_scale)

@@ -1,17 +1,22 @@
-"""Plain-PyTorch decode attention: the "standard attention" path and the tests' oracle.
+"""Plain-PyTorch decode attention and cache append: the "standard attention" path and the tests' oracle.
 
-Two functions with the contract of `kernels.flash_decode`:
-- `flash_decode`: repeat_kv + matmul + softmax, computed in float32 (float64 stays float64),
-  what a straightforward implementation of one decode step does;
+Functions with the contracts of their Triton twins (ARCHITECTURE.md, "Contracts added for issues 9-15"):
+- `flash_decode`: repeat_kv + matmul + softmax, computed in float32 (float64 stays float64), what a
+  straightforward implementation of one decode step does; one or T query tokens per sequence
+  (causal, aligned bottom-right); 16/32-bit caches, or fp8 caches dequantized first;
 - `split_kv_decode`: the same split-KV algorithm as the Triton kernels (partial softmax per split,
-  then a log-sum-exp combine), so each step of the kernel has a readable twin.
+  then a log-sum-exp combine), so each step of the kernel has a readable twin;
+- `append_kv`: writes new keys/values at given positions, quantizing them for an fp8 cache;
+- `quantize_fp8` / `dequantize`: the fp8 arithmetic every path shares.
 """
 
 from __future__ import annotations
 
 import torch
 
-from kernels.validation import check_decode_inputs
+from kernels.validation import FP8_DTYPE, check_append_inputs, check_decode_inputs
+
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
 
 
 def _lengths(cache_seqlens: torch.Tensor | None, B: int, S: int, device) -> torch.Tensor:
@@ -20,67 +25,131 @@ def _lengths(cache_seqlens: torch.Tensor | None, B: int, S: int, device) -> torc
     return cache_seqlens.to(device=device, dtype=torch.int64)
 
 
-def _upcast(t: torch.Tensor) -> torch.Tensor:
-    return t if t.dtype == torch.float64 else t.float()
+def _compute_dtype(q: torch.Tensor) -> torch.dtype:
+    return torch.float64 if q.dtype == torch.float64 else torch.float32
+
+
+def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """e4m3 values and float32 scales of x (..., D), one scale per row: amax / 448, 1 where amax is 0.
+
+    Returns (values (..., D) float8_e4m3fn, scale (...) float32) with x ~ values.float() * scale.
+    The kernels quantize with exactly this arithmetic (fp32 amax, IEEE divisions, clamp, round to nearest).
+    """
+    xf = x.float()
+    amax = xf.abs().amax(dim=-1)                                        # (...)
+    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    values = (xf / scale[..., None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return values, scale
+
+
+def dequantize(cache: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """cache (B, Hkv, S, D) in `dtype`; an fp8 cache is multiplied by its (B, Hkv, S) scales."""
+    if scale is None:
+        return cache.to(dtype)
+    return cache.to(dtype) * scale.to(dtype)[..., None]
+
+
+def visible_keys(lengths: torch.Tensor, T: int, S: int) -> torch.Tensor:
+    """(B, T, S) bool: key j is visible to query token t of sequence b iff j <= length_b - T + t.
+
+    The T query tokens are the last T of each sequence (causal, aligned bottom-right); T = 1 is the
+    plain decode step, which sees keys 0..length-1.
+    """
+    last = lengths[:, None] - T + torch.arange(T, device=lengths.device)   # (B, T) last visible key
+    return torch.arange(S, device=lengths.device)[None, None, :] <= last[:, :, None]
 
 
 def flash_decode(q, k_cache, v_cache, cache_seqlens=None, *, softmax_scale=None, num_splits=None,
-                 return_lse=False):
-    """Decode attention for one query token per sequence, in plain PyTorch.
+                 return_lse=False, k_scale=None, v_scale=None):
+    """Decode attention in plain PyTorch, with the contract of `kernels.flash_decode`.
 
-    q: (B, Hq, D); k_cache, v_cache: (B, Hkv, S, D); cache_seqlens: int32 (B,) or None (= S).
-    Returns out (B, Hq, D) in q.dtype, and lse (B, Hq) in float32 if return_lse.
+    q: (B, Hq, D), or (B, Hq, T, D) for the last T tokens of each sequence (causal, bottom-right);
+    k_cache, v_cache: (B, Hkv, S, D), in q's dtype or float8_e4m3fn with k_scale, v_scale float32
+    (B, Hkv, S); cache_seqlens: int32 (B,) or None (= S).
+    Returns out with q's shape and dtype, and lse (B, Hq) or (B, Hq, T) in float32 if return_lse.
     `num_splits` is accepted for signature parity and ignored: there is nothing to split here.
     """
-    B, Hq, D, Hkv, S = check_decode_inputs(q, k_cache, v_cache, cache_seqlens, num_splits)
+    B, Hq, Hkv, S, D, T, _ = check_decode_inputs(q, k_cache, v_cache, cache_seqlens, num_splits,
+                                                 k_scale=k_scale, v_scale=v_scale)
     scale = D ** -0.5 if softmax_scale is None else softmax_scale
     group = Hq // Hkv
-    qf = _upcast(q)                                                   # (B, Hq, D)
-    k = _upcast(k_cache).repeat_interleave(group, dim=1)             # (B, Hq, S, D)
-    v = _upcast(v_cache).repeat_interleave(group, dim=1)             # (B, Hq, S, D)
-    scores = torch.einsum("bhd,bhsd->bhs", qf, k) * scale             # (B, Hq, S)
-    lengths = _lengths(cache_seqlens, B, S, q.device)
-    valid = torch.arange(S, device=q.device)[None, :] < lengths[:, None]  # (B, S)
-    scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
-    lse = torch.logsumexp(scores, dim=-1)                             # (B, Hq)
-    # exp(-inf - -inf) would be NaN for empty rows; those rows get zeros instead.
+    compute = _compute_dtype(q)
+    q4 = q.to(compute).reshape(B, Hq, T, D)                                  # (B, Hq, T, D)
+    k = dequantize(k_cache, k_scale, compute).repeat_interleave(group, dim=1)  # (B, Hq, S, D)
+    v = dequantize(v_cache, v_scale, compute).repeat_interleave(group, dim=1)  # (B, Hq, S, D)
+    scores = torch.einsum("bhtd,bhsd->bhts", q4, k) * scale                  # (B, Hq, T, S)
+    visible = visible_keys(_lengths(cache_seqlens, B, S, q.device), T, S)     # (B, T, S)
+    scores = scores.masked_fill(~visible[:, None], float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)                                     # (B, Hq, T)
+    # exp(-inf - -inf) would be NaN for rows without keys; those rows get zeros instead.
     probs = torch.exp(scores - lse.masked_fill(lse == float("-inf"), 0.0)[..., None])
-    out = torch.einsum("bhs,bhsd->bhd", probs, v).to(q.dtype)
-    return (out, lse.float()) if return_lse else out
+    out = torch.einsum("bhts,bhsd->bhtd", probs, v).to(q.dtype).reshape(q.shape)
+    lse = lse.float().reshape(q.shape[:-1])
+    return (out, lse) if return_lse else out
 
 
 def split_kv_decode(q, k_cache, v_cache, cache_seqlens=None, *, softmax_scale=None, num_splits=1,
-                    block_n=64, return_lse=False):
-    """The Triton kernels' algorithm, step by step, in float32 PyTorch.
+                    block_n=64, return_lse=False, k_scale=None, v_scale=None):
+    """The Triton kernels' algorithm, step by step, in float32 PyTorch (float64 stays float64).
 
     Each sequence's valid keys are cut into `num_splits` ranges of whole `block_n` blocks (the last
     ranges may be empty, as in the kernel); each range yields a partial output normalised by its own
-    softmax sum, plus its log-sum-exp; the combine rescales the partials by exp(lse_i - lse).
+    softmax sum, plus its log-sum-exp; the combine rescales the partials by exp(lse_i - lse). With T
+    query tokens a range may hold no key visible to an early token: that partial is 0 with lse -inf.
     """
-    B, Hq, D, Hkv, S = check_decode_inputs(q, k_cache, v_cache, cache_seqlens, num_splits)
+    B, Hq, Hkv, S, D, T, _ = check_decode_inputs(q, k_cache, v_cache, cache_seqlens, num_splits,
+                                                 k_scale=k_scale, v_scale=v_scale)
     scale = D ** -0.5 if softmax_scale is None else softmax_scale
     group = Hq // Hkv
+    compute = _compute_dtype(q)
+    q4 = q.to(compute).reshape(B, Hq, T, D)                                  # (B, Hq, T, D)
+    k_all = dequantize(k_cache, k_scale, compute)                            # (B, Hkv, S, D)
+    v_all = dequantize(v_cache, v_scale, compute)
     lengths = _lengths(cache_seqlens, B, S, "cpu").tolist()
-    out = torch.zeros(B, Hq, D, dtype=torch.float32, device=q.device)
-    lse = torch.full((B, Hq), float("-inf"), dtype=torch.float32, device=q.device)
+    out = torch.zeros(B, Hq, T, D, dtype=compute, device=q.device)
+    lse = torch.full((B, Hq, T), float("-inf"), dtype=compute, device=q.device)
     for b, length in enumerate(lengths):
         n_blocks = -(-length // block_n)
         blocks_per_split = max(1, -(-n_blocks // num_splits))
+        last_key = length - T + torch.arange(T, device=q.device)                 # (T,)
         partial_out, partial_lse = [], []
         for start_block in range(0, n_blocks, blocks_per_split):
             lo, hi = start_block * block_n, min((start_block + blocks_per_split) * block_n, length)
-            k = k_cache[b, :, lo:hi].float().repeat_interleave(group, dim=0)  # (Hq, n, D)
-            v = v_cache[b, :, lo:hi].float().repeat_interleave(group, dim=0)  # (Hq, n, D)
-            s = torch.einsum("hd,hnd->hn", q[b].float(), k) * scale           # (Hq, n)
+            k = k_all[b, :, lo:hi].repeat_interleave(group, dim=0)             # (Hq, n, D)
+            v = v_all[b, :, lo:hi].repeat_interleave(group, dim=0)             # (Hq, n, D)
+            s = torch.einsum("htd,hnd->htn", q4[b], k) * scale                 # (Hq, T, n)
+            visible = torch.arange(lo, hi, device=q.device)[None, :] <= last_key[:, None]  # (T, n)
+            s = s.masked_fill(~visible, float("-inf"))
             m = s.amax(dim=-1, keepdim=True)
+            m = m.masked_fill(m == float("-inf"), 0.0)                        # no visible key: p = 0
             p = torch.exp(s - m)
-            l = p.sum(dim=-1, keepdim=True)
-            partial_out.append(torch.einsum("hn,hnd->hd", p, v) / l)          # (Hq, D)
-            partial_lse.append((m + torch.log(l)).squeeze(-1))                # (Hq,)
+            l = p.sum(dim=-1, keepdim=True)                                    # (Hq, T, 1)
+            partial_out.append(torch.einsum("htn,hnd->htd", p, v) / l.clamp_min(1e-30))
+            partial_lse.append(torch.where(l > 0, m + torch.log(l), float("-inf")).squeeze(-1))
         if partial_out:
-            lse_splits = torch.stack(partial_lse)                             # (splits, Hq)
+            lse_splits = torch.stack(partial_lse)                             # (splits, Hq, T)
             lse[b] = torch.logsumexp(lse_splits, dim=0)
-            weights = torch.exp(lse_splits - lse[b])                          # (splits, Hq)
+            weights = torch.exp(lse_splits - lse[b].masked_fill(lse[b] == float("-inf"), 0.0))
             out[b] = (weights[..., None] * torch.stack(partial_out)).sum(dim=0)
-    out = out.to(q.dtype)
+    out = out.to(q.dtype).reshape(q.shape)
+    lse = lse.float().reshape(q.shape[:-1])
     return (out, lse) if return_lse else out
+
+
+def append_kv(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None, v_scale=None):
+    """Write k_new, v_new (B, Hkv, T, D) at positions input_pos[b] .. input_pos[b] + T - 1 of each
+    cache row b (input_pos int64 (B,)). An fp8 cache is quantized with `quantize_fp8` (one scale per
+    token and KV head) and its scales written to k_scale, v_scale (B, Hkv, S). In place, no host sync
+    beyond the validation (which is skipped while a CUDA graph is captured)."""
+    B, Hkv, T, S, D, fp8 = check_append_inputs(k_new, v_new, k_cache, v_cache, input_pos, k_scale, v_scale)
+    pos = input_pos[:, None, None] + torch.arange(T, device=input_pos.device)  # (B, 1, T)
+    rows = torch.arange(B, device=input_pos.device)[:, None, None]              # (B, 1, 1)
+    heads = torch.arange(Hkv, device=input_pos.device)[None, :, None]           # (1, Hkv, 1)
+    for new, cache, scale in ((k_new, k_cache, k_scale), (v_new, v_cache, v_scale)):
+        if fp8:
+            values, row_scale = quantize_fp8(new)                   # (B, Hkv, T, D), (B, Hkv, T)
+            scale[rows, heads, pos] = row_scale
+            # index_put on the bytes: fp8 indexing kernels are missing on some builds
+            cache.view(torch.uint8)[rows, heads, pos] = values.view(torch.uint8)
+        else:
+            cache[rows, heads, pos] = new

@@ -1,22 +1,39 @@
 """Triton kernels of Flash-Decoding: split the KV cache along the sequence, then combine.
 
-Stage 1, `_split_kv_kernel`: one program per (split, batch x KV head). It streams its range of
-keys/values once and serves every query head of its group with two `tl.dot`s (GQA packing: the
-group's heads are the rows of the q tile, padded to the tensor cores' minimum of 16), keeping an
-online softmax. It writes a partial output normalised by its own softmax sum, plus that sum's
-log-sum-exp. With a single split it writes the final output directly and the combine is skipped.
+Stage 1, `_split_kv_kernel`: one program per (split, batch x KV head x row block). It streams its
+range of keys/values once and serves every query row of its KV head with two `tl.dot`s: the rows are
+the group's query heads times the T newest tokens (GQA and multi-token packing: row r is head
+r // T, token r % T, padded to the tensor cores' minimum of 16), keeping an online softmax. With
+T > 1, query token t sees keys up to len - T + t (causal, aligned bottom-right). It writes a partial
+output normalised by its own softmax sum, plus that sum's log-sum-exp. With a single split it writes
+the final output directly and the combine is skipped.
 
-Stage 2, `_combine_kernel`: one program per (batch, query head) rescales the partials by
+Stage 2, `_combine_kernel`: one program per (batch, query head, token) row rescales the partials by
 exp2(lse_i - lse) and sums them. On a GPU it is launched as a programmatic dependent launch: its
 programs start while stage 1 is still running and wait for its results at `gdc_wait`, which hides
 most of a launch (measured on an H100, bench/results/NOTES.md). A combine fused into stage 1,
 the last split of each group reducing it, measured 1.2-2.3x slower: one program then reads the
 whole group's partials alone.
 
+fp8 caches (float8_e4m3fn, one float32 scale per token and KV head): tiles are loaded as bytes and
+converted to fp16 (one `cvt` per two values on sm_90; bf16 would need a second conversion each),
+q is converted to fp16 once, the K scales multiply the scores per key column and the V scales the
+probabilities per key column. p * v_scale can fall below fp16's normal range (a probability of
+1e-5 times a scale of 1e-3), so p is multiplied by v_scale / max(v_scale of the tile), which keeps it
+in [0, 1], and the tile's product is multiplied back by that max. `FP8_DOT` instead quantizes q to
+e4m3 (a scale per row) and computes the scores with fp8 tensor-core dots, skipping K's conversion.
+
 How a sequence is split is decided inside the kernel from its current length: the grid depends
 only on shapes, so a CUDA graph captured once stays valid while the cache fills, and the splits
 share out whatever length the sequence has now. Splits past the end of a short sequence exit at
 once; the combine counts the same splits and never reads theirs.
+
+Launch options (chosen by `kernels.plan`, swept by `python -m kernels.bench --tune`): BLOCK_N keys
+per tile; LOOP_STAGES > 0 software-pipelines every load of the key loop (`tl.range(num_stages=)`),
+not only those feeding dots; CACHE_MODIFIER / EVICTION are load hints for K/V (".cg",
+"evict_first": K/V are read once, so they need not displace anything from L2); TMA loads K/V
+through host tensor descriptors (their rows past S are zero-filled, rows in [len, S) are masked
+after loading).
 
 Internally scores are in base 2 (exp2 is one instruction); the lse handed out is natural log.
 """
@@ -25,98 +42,155 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
+LN2 = tl.constexpr(0.6931471805599453)
+FP8_MAX = tl.constexpr(448.0)
+
 
 @triton.jit
-def _blocks_per_split(seqlen, NUM_SPLITS: tl.constexpr, BLOCK_N: tl.constexpr):
+def _blocks_per_split(seqlen, num_splits, BLOCK_N: tl.constexpr):
     """A sequence's BLOCK_N-key blocks, and how many of them each split takes."""
     n_blocks = tl.cdiv(seqlen, BLOCK_N)
-    return n_blocks, tl.maximum(tl.cdiv(n_blocks, NUM_SPLITS), 1)
+    return n_blocks, tl.maximum(tl.cdiv(n_blocks, num_splits), 1)
 
 
 @triton.jit
-def _split_range(seqlen, split, NUM_SPLITS: tl.constexpr, BLOCK_N: tl.constexpr):
+def _split_range(seqlen, split, num_splits, BLOCK_N: tl.constexpr):
     """Key range [start, end) of `split` for a sequence of `seqlen` keys, in whole blocks."""
-    n_blocks, blocks_per_split = _blocks_per_split(seqlen, NUM_SPLITS, BLOCK_N)
+    n_blocks, blocks_per_split = _blocks_per_split(seqlen, num_splits, BLOCK_N)
     start = split * blocks_per_split * BLOCK_N
     end = tl.minimum(start + blocks_per_split * BLOCK_N, seqlen)
     return start, end
 
 
 @triton.jit
-def _valid_splits(seqlen, NUM_SPLITS: tl.constexpr, BLOCK_N: tl.constexpr):
+def _valid_splits(seqlen, num_splits, BLOCK_N: tl.constexpr):
     """How many leading splits of a `seqlen`-long sequence have keys (those are never empty)."""
-    n_blocks, blocks_per_split = _blocks_per_split(seqlen, NUM_SPLITS, BLOCK_N)
+    n_blocks, blocks_per_split = _blocks_per_split(seqlen, num_splits, BLOCK_N)
     return tl.cdiv(n_blocks, blocks_per_split)
 
 
 @triton.jit
-def _combine_row(PART_OUT, PART_LSE, OUT, LSE, row, n_valid, D,
-                 NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Combine the first n_valid partials of one (batch, query head) row into OUT and LSE."""
+def _combine_row(PART_OUT, PART_LSE, OUT, LSE, row, n_valid, num_splits, D,
+                 BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Combine the first n_valid partials of one (batch, query head, token) row into OUT and LSE."""
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
     mask_s = offs_s < n_valid
-    lse = tl.load(PART_LSE + row * NUM_SPLITS + offs_s, mask=mask_s, other=float("-inf"))  # (BLOCK_S,)
-    parts = tl.load(PART_OUT + (row * NUM_SPLITS + offs_s[:, None]) * D + offs_d[None, :],
-                    mask=mask_s[:, None] & (offs_d[None, :] < D), other=0.0)    # (BLOCK_S, BLOCK_D)
+    lse = tl.load(PART_LSE + row * num_splits + offs_s, mask=mask_s, other=float("-inf"))  # (BLOCK_S,)
+    parts = tl.load(PART_OUT + (row * num_splits + offs_s[:, None]) * D + offs_d[None, :],
+                    mask=mask_s[:, None] & (offs_d[None, :] < D), other=0.0).to(tl.float32)  # (BLOCK_S, BLOCK_D)
     m = tl.max(lse, axis=0)
     m = tl.where(m == float("-inf"), 0.0, m)  # all splits empty: keep exp2 finite, weights 0
     w = tl.exp2(lse - m)
     denom = tl.sum(w, axis=0)
     out = tl.sum(parts * w[:, None], axis=0) / tl.maximum(denom, 1e-30)
     tl.store(OUT + row * D + offs_d, out.to(OUT.dtype.element_ty), mask=offs_d < D)
-    tl.store(LSE + row, (m + tl.log2(denom)) * 0.6931471805599453)
+    tl.store(LSE + row, (m + tl.log2(denom)) * LN2)
 
 
 @triton.jit
-def _attend_range(q, k_ptrs, v_ptrs, stride_kn, stride_vn, start, end, offs_n, mask_d,
-                  m_i, l_i, acc, qk_scale,
-                  BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr):
-    """Online softmax of the q rows over keys [start, end), one BLOCK_N tile at a time.
+def _load_tile(ptrs, desc, b, h, block_start, cols, mask_n, mask_d, stride_n,
+               TMA: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+               CACHE_MODIFIER: tl.constexpr, EVICTION: tl.constexpr):
+    """One (BLOCK_N, BLOCK_D) tile of K or V; zeros outside [start, end) x [0, D)."""
+    if TMA:
+        tile = desc.load([b.to(tl.int32), h.to(tl.int32), block_start, 0]).reshape(BLOCK_N, BLOCK_D)
+        # rows in [end, S) are whatever the cache holds there (garbage, even NaN): zero them
+        tile = tl.where(mask_n[:, None], tile, 0.0)
+    else:
+        tile = tl.load(ptrs + cols[:, None] * stride_n, mask=mask_n[:, None] & mask_d[None, :], other=0.0,
+                       cache_modifier=CACHE_MODIFIER, eviction_policy=EVICTION)
+    return tile
 
-    q: (BLOCK_H, BLOCK_D); m_i, l_i: (BLOCK_H,) running max and sum (base 2); acc: (BLOCK_H, BLOCK_D).
+
+@triton.jit
+def _attend_tile(q, q_row_scale, m_i, l_i, acc, block_start, end, last_key,
+                 k_ptrs, v_ptrs, k_desc, v_desc, ks_ptrs, vs_ptrs, b, h,
+                 stride_kn, stride_vn, stride_ksn, stride_vsn, offs_n, mask_d, qk_scale,
+                 T: tl.constexpr, FP8: tl.constexpr, FP8_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
+                 UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr, TMA: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                 CACHE_MODIFIER: tl.constexpr, EVICTION: tl.constexpr):
+    """Online softmax of the q rows over one tile of keys starting at block_start.
+
+    q: (BLOCK_M, BLOCK_D); m_i, l_i: (BLOCK_M,) running max and sum (base 2); acc: (BLOCK_M, BLOCK_D).
     """
-    for block_start in range(start, end, BLOCK_N):
-        cols = block_start + offs_n                                           # (BLOCK_N,)
-        mask_n = cols < end
-        mask_kv = mask_n[:, None] & mask_d[None, :]
-        k = tl.load(k_ptrs + cols[:, None] * stride_kn, mask=mask_kv, other=0.0)  # (BLOCK_N, BLOCK_D)
-        v = tl.load(v_ptrs + cols[:, None] * stride_vn, mask=mask_kv, other=0.0)  # (BLOCK_N, BLOCK_D)
-        if UPCAST:  # the CPU interpreter computes 16-bit floats wrongly: widen right after loading
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-        if IEEE_DOT:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(k))                                        # (BLOCK_H, BLOCK_N) fp32
-        s = tl.where(mask_n[None, :], s * qk_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        if IEEE_DOT:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
-    return m_i, l_i, acc
+    cols = block_start + offs_n                                               # (BLOCK_N,)
+    mask_n = cols < end
+    k = _load_tile(k_ptrs, k_desc, b, h, block_start, cols, mask_n, mask_d, stride_kn,
+                   TMA, BLOCK_N, BLOCK_D, CACHE_MODIFIER, EVICTION)           # (BLOCK_N, BLOCK_D)
+    v = _load_tile(v_ptrs, v_desc, b, h, block_start, cols, mask_n, mask_d, stride_vn,
+                   TMA, BLOCK_N, BLOCK_D, CACHE_MODIFIER, EVICTION)           # (BLOCK_N, BLOCK_D)
+    if FP8:
+        k_scale = tl.load(ks_ptrs + cols * stride_ksn, mask=mask_n, other=0.0)  # (BLOCK_N,) fp32
+        v_scale = tl.load(vs_ptrs + cols * stride_vsn, mask=mask_n, other=0.0)
+        if not FP8_DOT:
+            k = k.to(DOT_DTYPE)
+        v = v.to(DOT_DTYPE)
+    elif UPCAST:  # the CPU interpreter computes 16-bit floats wrongly: widen right after loading
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    if FP8_DOT and UPCAST:
+        s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)))
+    elif IEEE_DOT:
+        s = tl.dot(q, tl.trans(k), input_precision="ieee")
+    else:
+        s = tl.dot(q, tl.trans(k))                                            # (BLOCK_M, BLOCK_N) fp32
+    if FP8_DOT:
+        s = s * q_row_scale[:, None]
+    if FP8:
+        s = s * (k_scale * qk_scale)[None, :]
+    else:
+        s = s * qk_scale
+    if T > 1:  # causal: row r (token r % T) sees keys up to len - T + r % T
+        visible = mask_n[None, :] & (cols[None, :] <= last_key[:, None])
+    else:
+        visible = mask_n[None, :]
+    s = tl.where(visible, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    if T > 1:  # a row may have seen no key yet: keep exp2's argument finite (p = 0, alpha = 0)
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_use = m_new
+    alpha = tl.exp2(m_i - m_use)
+    p = tl.exp2(s - m_use[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    if FP8:
+        v_max = tl.maximum(tl.max(v_scale, axis=0), 1e-30)
+        pv = tl.dot((p * (v_scale / v_max)[None, :]).to(v.dtype), v) * v_max
+    elif IEEE_DOT:
+        pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
+    else:
+        pv = tl.dot(p.to(v.dtype), v)
+    acc = acc * alpha[:, None] + pv
+    return m_new, l_i, acc
 
 
 @triton.jit
 def _split_kv_kernel(
-    Q, K, V, SEQLENS, OUT, LSE, PART_OUT, PART_LSE,
-    stride_qb, stride_qh,
+    Q, K, V, K_SCALE, V_SCALE, SEQLENS, OUT, LSE, PART_OUT, PART_LSE,
+    stride_qb, stride_qh, stride_qt,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
-    S, HKV, D, qk_scale,
-    GROUP: tl.constexpr, HAS_SEQLENS: tl.constexpr, NUM_SPLITS: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr, USE_PDL: tl.constexpr,
+    stride_ksb, stride_ksh, stride_ksn,
+    stride_vsb, stride_vsh, stride_vsn,
+    S, HKV, D, qk_scale, num_splits,
+    GROUP: tl.constexpr, T: tl.constexpr, HAS_SEQLENS: tl.constexpr, SPLIT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    FP8: tl.constexpr, FP8_DOT: tl.constexpr, UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr,
+    USE_PDL: tl.constexpr, TMA: tl.constexpr, LOOP_STAGES: tl.constexpr,
+    CACHE_MODIFIER: tl.constexpr, EVICTION: tl.constexpr,
 ):
+    """Q (B, Hq, T, D) strided; K, V (B, Hkv, S, D) (pointers, or tensor descriptors with TMA);
+    K_SCALE, V_SCALE (B, Hkv, S) fp32 with FP8; OUT (B, Hq, T, D), LSE (B, Hq, T) contiguous;
+    PART_OUT (B, Hq, T, num_splits, D), PART_LSE (B, Hq, T, num_splits) when SPLIT."""
     if USE_PDL:
         gdc_launch_dependents()  # let the combine's programs get resident; they wait for our writes
+    ROWS: tl.constexpr = GROUP * T
+    ROW_BLOCKS: tl.constexpr = (ROWS + BLOCK_M - 1) // BLOCK_M
     split = tl.program_id(0)
-    bh = tl.program_id(1)
+    pid = tl.program_id(1)
+    bh = pid // ROW_BLOCKS
     b = (bh // HKV).to(tl.int64)  # int64: offsets into large caches overflow 32 bits
     h = (bh % HKV).to(tl.int64)
 
@@ -124,60 +198,89 @@ def _split_kv_kernel(
         seqlen = tl.load(SEQLENS + b)
     else:
         seqlen = S
-    start, end = _split_range(seqlen, split, NUM_SPLITS, BLOCK_N)
-    if NUM_SPLITS > 1:
+    start, end = _split_range(seqlen, split, num_splits, BLOCK_N)
+    if SPLIT:
         if start >= end:
             return  # past the end of this sequence; the combine does not read this split
 
-    offs_h = tl.arange(0, BLOCK_H)
+    rows = (pid % ROW_BLOCKS) * BLOCK_M + tl.arange(0, BLOCK_M)              # (BLOCK_M,) rows of this KV head
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    mask_h = offs_h < GROUP
+    mask_m = rows < ROWS
     mask_d = offs_d < D
-    heads = h * GROUP + offs_h                                                # (BLOCK_H,) query heads
+    heads = h * GROUP + rows // T                                             # (BLOCK_M,) query heads
+    tokens = rows % T                                                         # (BLOCK_M,) query tokens
+    last_key = seqlen - T + tokens                                            # (BLOCK_M,) causal limit
 
-    q_ptrs = Q + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :]
-    q = tl.load(q_ptrs, mask=mask_h[:, None] & mask_d[None, :], other=0.0)   # (BLOCK_H, BLOCK_D)
+    q_ptrs = Q + b * stride_qb + heads[:, None] * stride_qh + tokens[:, None] * stride_qt + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=mask_m[:, None] & mask_d[None, :], other=0.0)   # (BLOCK_M, BLOCK_D)
     if UPCAST:
         q = q.to(tl.float32)
-    k_ptrs = K + b * stride_kb + h * stride_kh + offs_d[None, :]
-    v_ptrs = V + b * stride_vb + h * stride_vh + offs_d[None, :]
+    q_row_scale = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if FP8_DOT:  # e4m3 q with a scale per row, like the cache's keys
+        q_amax = tl.max(tl.abs(q.to(tl.float32)), axis=1)
+        q_row_scale = tl.where(q_amax > 0, q_amax / FP8_MAX, 1.0)
+        q = tl.clamp(q.to(tl.float32) / q_row_scale[:, None], -FP8_MAX, FP8_MAX).to(tl.float8e4nv)
+    elif FP8:
+        q = q.to(tl.float32 if UPCAST else tl.float16)
+    DOT_DTYPE: tl.constexpr = tl.float32 if UPCAST else tl.float16
+    if TMA:  # K, V are descriptors, addressed by (b, h, key, 0) in _load_tile
+        k_ptrs = Q
+        v_ptrs = Q
+    else:
+        k_ptrs = K + b * stride_kb + h * stride_kh + offs_d[None, :]
+        v_ptrs = V + b * stride_vb + h * stride_vh + offs_d[None, :]
+    ks_ptrs = K_SCALE + b * stride_ksb + h * stride_ksh
+    vs_ptrs = V_SCALE + b * stride_vsb + h * stride_vsh
 
-    m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
-    m_i, l_i, acc = _attend_range(q, k_ptrs, v_ptrs, stride_kn, stride_vn, start, end, offs_n, mask_d,
-                                  m_i, l_i, acc, qk_scale, BLOCK_N, UPCAST, IEEE_DOT)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    if LOOP_STAGES > 0:
+        for block_start in tl.range(start, end, BLOCK_N, num_stages=LOOP_STAGES):
+            m_i, l_i, acc = _attend_tile(
+                q, q_row_scale, m_i, l_i, acc, block_start, end, last_key, k_ptrs, v_ptrs, K, V, ks_ptrs, vs_ptrs,
+                b, h, stride_kn, stride_vn, stride_ksn, stride_vsn, offs_n, mask_d, qk_scale,
+                T, FP8, FP8_DOT, DOT_DTYPE, UPCAST, IEEE_DOT, TMA, BLOCK_N, BLOCK_D, CACHE_MODIFIER, EVICTION)
+    else:
+        for block_start in range(start, end, BLOCK_N):
+            m_i, l_i, acc = _attend_tile(
+                q, q_row_scale, m_i, l_i, acc, block_start, end, last_key, k_ptrs, v_ptrs, K, V, ks_ptrs, vs_ptrs,
+                b, h, stride_kn, stride_vn, stride_ksn, stride_vsn, offs_n, mask_d, qk_scale,
+                T, FP8, FP8_DOT, DOT_DTYPE, UPCAST, IEEE_DOT, TMA, BLOCK_N, BLOCK_D, CACHE_MODIFIER, EVICTION)
 
-    # An empty sequence (only possible with one split) leaves l_i = 0: output zeros, lse -inf.
+    # A row without keys (an empty sequence with one split; an early token's split past its last
+    # key) leaves l_i = 0: output zeros, lse -inf.
     has_keys = l_i > 0.0
     out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
     lse2 = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
-    row_mask = mask_h[:, None] & mask_d[None, :]
-    # Rows are (b, query head); the outputs are contiguous, so b * Hq + head indexes a row.
-    rows = b * (HKV * GROUP) + heads                                          # (BLOCK_H,)
-    if NUM_SPLITS == 1:
-        tl.store(OUT + rows[:, None] * D + offs_d[None, :], out.to(OUT.dtype.element_ty), mask=row_mask)
-        tl.store(LSE + rows, lse2 * 0.6931471805599453, mask=mask_h)
+    row_mask = mask_m[:, None] & mask_d[None, :]
+    # Output rows are (b, query head, token), contiguous: (b * Hkv + h) * GROUP * T + row.
+    out_rows = bh * ROWS + rows                                               # (BLOCK_M,)
+    if SPLIT:
+        part_rows = out_rows.to(tl.int64) * num_splits + split               # (B, Hq, T, splits) layout
+        tl.store(PART_OUT + part_rows[:, None] * D + offs_d[None, :], out.to(PART_OUT.dtype.element_ty),
+                 mask=row_mask)
+        tl.store(PART_LSE + part_rows, lse2, mask=mask_m)
     else:
-        part_rows = rows * NUM_SPLITS + split                                 # (B, Hq, splits) layout
-        tl.store(PART_OUT + part_rows[:, None] * D + offs_d[None, :], out, mask=row_mask)
-        tl.store(PART_LSE + part_rows, lse2, mask=mask_h)
+        tl.store(OUT + out_rows[:, None].to(tl.int64) * D + offs_d[None, :], out.to(OUT.dtype.element_ty),
+                 mask=row_mask)
+        tl.store(LSE + out_rows, lse2 * LN2, mask=mask_m)
 
 
 @triton.jit
 def _combine_kernel(
     SEQLENS, PART_OUT, PART_LSE, OUT, LSE,
-    S, HQ, D,
-    HAS_SEQLENS: tl.constexpr, NUM_SPLITS: tl.constexpr,
-    BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, USE_PDL: tl.constexpr,
+    S, ROWS_PER_SEQ, D, num_splits,
+    HAS_SEQLENS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)  # b * Hq + query head
+    row = tl.program_id(0).to(tl.int64)  # (b * Hq + query head) * T + token
     if HAS_SEQLENS:
-        seqlen = tl.load(SEQLENS + row // HQ)
+        seqlen = tl.load(SEQLENS + row // ROWS_PER_SEQ)
     else:
         seqlen = S
     if USE_PDL:
         gdc_wait()  # stage 1's partials are complete and visible from here on
-    n_valid = _valid_splits(seqlen, NUM_SPLITS, BLOCK_N)
-    _combine_row(PART_OUT, PART_LSE, OUT, LSE, row, n_valid, D, NUM_SPLITS, BLOCK_S, BLOCK_D)
+    n_valid = _valid_splits(seqlen, num_splits, BLOCK_N)
+    _combine_row(PART_OUT, PART_LSE, OUT, LSE, row, n_valid, num_splits, D, BLOCK_S, BLOCK_D)

@@ -6,48 +6,163 @@ reaches Triton (whose own errors on bad shapes are crashes or silent garbage).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+FP8_DTYPE = torch.float8_e4m3fn
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
+MAX_QUERY_TOKENS = 16
 
 
-def check_decode_inputs(q, k_cache, v_cache, cache_seqlens, num_splits, *,
-                        dtypes=SUPPORTED_DTYPES) -> tuple[int, int, int, int, int]:
-    """Validate a decode-attention call; returns (B, Hq, D, Hkv, S)."""
-    for name, t, ndim in (("q", q, 3), ("k_cache", k_cache, 4), ("v_cache", v_cache, 4)):
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != ndim:
-            raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
-        if t.dtype not in dtypes:
-            names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
-            raise ValueError(f"{name} has dtype {t.dtype}; supported: {names}")
-    B, Hq, D = q.shape
-    _, Hkv, S, _ = k_cache.shape
+class AppendShape(NamedTuple):
+    B: int
+    Hkv: int
+    T: int         # new tokens per sequence
+    S: int
+    D: int
+    fp8: bool
+
+
+class DecodeShape(NamedTuple):
+    B: int
+    Hq: int
+    Hkv: int
+    S: int
+    D: int
+    T: int         # query tokens per sequence (1 for a 3-D q)
+    fp8: bool      # e4m3 caches with per-token scales
+
+
+def _dtype_names(dtypes) -> str:
+    return ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+
+
+def _check_tensor(name: str, t, ndims: tuple[int, ...]) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() not in ndims:
+        wanted = " or ".join(map(str, ndims))
+        raise ValueError(f"{name} must have {wanted} dimensions, got shape {tuple(t.shape)}")
+
+
+def _check_scales(k_cache, k_scale, v_scale, B: int, Hkv: int, S: int) -> None:
+    """fp8 caches need float32 (B, Hkv, S) scales; other caches take none."""
+    fp8 = k_cache.dtype == FP8_DTYPE
+    for name, scale in (("k_scale", k_scale), ("v_scale", v_scale)):
+        if not fp8:
+            if scale is not None:
+                raise ValueError(f"{name} is only for float8_e4m3fn caches; this cache is {k_cache.dtype}")
+            continue
+        if scale is None:
+            raise ValueError(f"a float8_e4m3fn cache needs k_scale and v_scale; {name} is None")
+        if not isinstance(scale, torch.Tensor) or scale.dtype != torch.float32:
+            got = scale.dtype if isinstance(scale, torch.Tensor) else type(scale).__name__
+            raise ValueError(f"{name} must be a float32 tensor, got {got}")
+        if scale.shape != (B, Hkv, S):
+            raise ValueError(f"{name} must have shape (B, Hkv, S) = {(B, Hkv, S)}, got {tuple(scale.shape)}")
+        if scale.device != k_cache.device:
+            raise ValueError(f"{name} is on {scale.device}, the cache on {k_cache.device}")
+
+
+def _check_caches(k_cache, v_cache, dtypes) -> None:
     if k_cache.shape != v_cache.shape:
         raise ValueError(f"k_cache {tuple(k_cache.shape)} and v_cache {tuple(v_cache.shape)} differ in shape")
+    if k_cache.dtype != v_cache.dtype:
+        raise ValueError(f"k_cache and v_cache must share a dtype, got {k_cache.dtype} and {v_cache.dtype}")
+    if k_cache.dtype not in dtypes + (FP8_DTYPE,):
+        raise ValueError(f"k_cache has dtype {k_cache.dtype}; supported: {_dtype_names(dtypes + (FP8_DTYPE,))}")
+    if k_cache.device != v_cache.device:
+        raise ValueError(f"k_cache and v_cache must be on one device, got {k_cache.device}, {v_cache.device}")
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must have a contiguous last dimension (stride 1), got strides {t.stride()}")
+
+
+def check_decode_inputs(q, k_cache, v_cache, cache_seqlens, num_splits, *, k_scale=None, v_scale=None,
+                        dtypes=SUPPORTED_DTYPES) -> DecodeShape:
+    """Validate a decode-attention call (one or T query tokens, 16/32-bit or fp8 caches)."""
+    _check_tensor("q", q, (3, 4))
+    _check_tensor("k_cache", k_cache, (4,))
+    _check_tensor("v_cache", v_cache, (4,))
+    if q.dtype not in dtypes:
+        raise ValueError(f"q has dtype {q.dtype}; supported: {_dtype_names(dtypes)}")
+    _check_caches(k_cache, v_cache, dtypes)
+    B, Hq, D = q.shape[0], q.shape[1], q.shape[-1]
+    T = q.shape[2] if q.dim() == 4 else 1
+    _, Hkv, S, _ = k_cache.shape
     if k_cache.shape[0] != B or k_cache.shape[3] != D:
         raise ValueError(f"q {tuple(q.shape)} does not match the cache (B, Hkv, S, D) = {tuple(k_cache.shape)}")
-    if not q.dtype == k_cache.dtype == v_cache.dtype:
-        raise ValueError(f"q, k_cache, v_cache must share a dtype, got {q.dtype}, {k_cache.dtype}, {v_cache.dtype}")
-    if not q.device == k_cache.device == v_cache.device:
+    fp8 = k_cache.dtype == FP8_DTYPE
+    if not fp8 and q.dtype != k_cache.dtype:
+        raise ValueError(f"q, k_cache, v_cache must share a dtype (or the caches be float8_e4m3fn), "
+                         f"got {q.dtype}, {k_cache.dtype}, {v_cache.dtype}")
+    if q.device != k_cache.device:
         raise ValueError(f"q, k_cache, v_cache must be on one device, got {q.device}, {k_cache.device}, {v_cache.device}")
     if Hkv == 0 or Hq % Hkv != 0:
         raise ValueError(f"query heads ({Hq}) must be a multiple of key/value heads ({Hkv})")
     if not MIN_HEAD_DIM <= D <= MAX_HEAD_DIM:
         raise ValueError(f"head dim {D} not supported: must be in {MIN_HEAD_DIM}..{MAX_HEAD_DIM}")
-    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
-        if t.stride(-1) != 1:
-            raise ValueError(f"{name} must have a contiguous last dimension (stride 1), got strides {t.stride()}")
+    if not 1 <= T <= MAX_QUERY_TOKENS:
+        raise ValueError(f"q has {T} query tokens per sequence; supported: 1..{MAX_QUERY_TOKENS}")
+    if T > S:
+        raise ValueError(f"q has {T} query tokens but the cache holds only {S} positions")
+    if q.stride(-1) != 1:
+        raise ValueError(f"q must have a contiguous last dimension (stride 1), got strides {q.stride()}")
+    _check_scales(k_cache, k_scale, v_scale, B, Hkv, S)
     if num_splits is not None and (not isinstance(num_splits, int) or num_splits < 1):
         raise ValueError(f"num_splits must be a positive int or None, got {num_splits!r}")
     if cache_seqlens is not None:
-        _check_seqlens(cache_seqlens, B, S, q.device)
-    return B, Hq, D, Hkv, S
+        _check_seqlens(cache_seqlens, B, S, q.device, min_len=T if T > 1 else 0)
+    return DecodeShape(B, Hq, Hkv, S, D, T, fp8)
 
 
-def _check_seqlens(cache_seqlens, B: int, S: int, device) -> None:
+def check_append_inputs(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None, v_scale=None,
+                        *, dtypes=SUPPORTED_DTYPES) -> AppendShape:
+    """Validate an append_kv call: k_new, v_new (B, Hkv, T, D) into (B, Hkv, S, D) caches."""
+    for name, t in (("k_new", k_new), ("v_new", v_new), ("k_cache", k_cache), ("v_cache", v_cache)):
+        _check_tensor(name, t, (4,))
+    if k_new.shape != v_new.shape:
+        raise ValueError(f"k_new {tuple(k_new.shape)} and v_new {tuple(v_new.shape)} differ in shape")
+    if not k_new.dtype == v_new.dtype or k_new.dtype not in dtypes:
+        raise ValueError(f"k_new and v_new must share a dtype among {_dtype_names(dtypes)}, "
+                         f"got {k_new.dtype}, {v_new.dtype}")
+    _check_caches(k_cache, v_cache, dtypes)
+    B, Hkv, T, D = k_new.shape
+    _, _, S, _ = k_cache.shape
+    if k_cache.shape[0] != B or k_cache.shape[1] != Hkv or k_cache.shape[3] != D:
+        raise ValueError(f"k_new {tuple(k_new.shape)} does not match the cache (B, Hkv, S, D) = {tuple(k_cache.shape)}")
+    fp8 = k_cache.dtype == FP8_DTYPE
+    if not fp8 and k_cache.dtype != k_new.dtype:
+        raise ValueError(f"the cache ({k_cache.dtype}) must have the new values' dtype ({k_new.dtype}) or be float8_e4m3fn")
+    if not k_new.device == v_new.device == k_cache.device:
+        raise ValueError(f"k_new, v_new and the caches must be on one device, got {k_new.device}, {v_new.device}, {k_cache.device}")
+    if T > S:
+        raise ValueError(f"{T} new tokens do not fit a cache of {S} positions")
+    _check_scales(k_cache, k_scale, v_scale, B, Hkv, S)
+    if not isinstance(input_pos, torch.Tensor) or input_pos.dtype != torch.int64:
+        got = input_pos.dtype if isinstance(input_pos, torch.Tensor) else type(input_pos).__name__
+        raise ValueError(f"input_pos must be an int64 tensor, got {got}")
+    if input_pos.shape != (B,):
+        raise ValueError(f"input_pos must have shape ({B},), got {tuple(input_pos.shape)}")
+    if input_pos.device != k_cache.device:
+        raise ValueError(f"input_pos is on {input_pos.device}, the cache on {k_cache.device}")
+    if not _capturing(k_cache.device):
+        lo, hi = int(input_pos.min()), int(input_pos.max())
+        if lo < 0 or hi + T > S:
+            raise ValueError(f"input_pos must lie in 0..{S - T} so that {T} tokens fit the cache of {S}, "
+                             f"got values in {lo}..{hi}")
+    return AppendShape(B, Hkv, T, S, D, fp8)
+
+
+def _capturing(device) -> bool:
+    # Reading values needs a host sync, which a CUDA graph capture forbids: the decode loop captures
+    # calls whose lengths and positions it maintains itself, so value checks are skipped only there.
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def _check_seqlens(cache_seqlens, B: int, S: int, device, min_len: int = 0) -> None:
     if not isinstance(cache_seqlens, torch.Tensor) or cache_seqlens.dtype != torch.int32:
         got = cache_seqlens.dtype if isinstance(cache_seqlens, torch.Tensor) else type(cache_seqlens).__name__
         raise ValueError(f"cache_seqlens must be an int32 tensor, got {got}")
@@ -55,10 +170,11 @@ def _check_seqlens(cache_seqlens, B: int, S: int, device) -> None:
         raise ValueError(f"cache_seqlens must have shape ({B},), got {tuple(cache_seqlens.shape)}")
     if cache_seqlens.device != device:
         raise ValueError(f"cache_seqlens is on {cache_seqlens.device}, the cache on {device}")
-    # Reading the values needs a host sync, which a CUDA graph capture forbids: the decode loop
-    # captures calls whose lengths it maintains itself, so the check is skipped only there.
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+    if _capturing(device):
         return
     lo, hi = int(cache_seqlens.min()), int(cache_seqlens.max())
     if lo < 0 or hi > S:
         raise ValueError(f"cache_seqlens must lie in 0..{S} (the cache length), got values in {lo}..{hi}")
+    if lo < min_len:
+        raise ValueError(f"cache_seqlens must be at least {min_len} (the query tokens, already in the cache), "
+                         f"got {lo}")

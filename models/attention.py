@@ -5,7 +5,8 @@
     eager  kernels.reference.flash_decode: repeat_kv + matmul + softmax, the "standard attention" baseline
 
 All three read the same (B, Hkv, S, D) cache with per-sequence lengths, so switching is free; an fp8
-cache is read by flash with its scales and dequantized for sdpa (eager's reference takes the scales).
+cache is read by flash and eager with its scales and dequantized for sdpa (an int8 one, which the kernels
+do not take yet, is dequantized for all three).
 A decode step carries T >= 1 tokens per sequence (1 + drafts under verification), causal among themselves.
 """
 
@@ -44,6 +45,8 @@ def decode_attention(backend: str, q: torch.Tensor, cache: CacheView, cache_seql
     """
     if backend in ("flash", "eager"):
         fn = _flash_decode() if backend == "flash" else _reference_decode()
+        if cache.k.dtype == torch.int8:
+            cache = CacheView(*cache.dequantized(q.dtype))
         single = q.shape[2] == 1           # the one-token kernel, exactly as before multi-token decoding
         out = fn(q[:, :, 0] if single else q, cache.k, cache.v, cache_seqlens,
                  k_scale=cache.k_scale, v_scale=cache.v_scale)
@@ -72,14 +75,14 @@ def _sdpa_decode(q, k_cache, v_cache, cache_seqlens, exact: bool) -> torch.Tenso
 
 
 # Lazy: importing kernels JIT-decorates Triton functions, and on CPU that must happen after
-# TRITON_INTERPRET=1 is set (the engine does it when flash is asked for on CPU).
+# TRITON_INTERPRET=1 is set (the codecomplete command sets it before Triton is imported).
 @functools.cache
 def _flash_decode():
-    from models.pending_kernels import flash_decode   # TEMPORARY until kernels' fp8/multi-token contract lands
+    from kernels import flash_decode
     return flash_decode
 
 
 @functools.cache
 def _reference_decode():
-    from models.pending_kernels import reference_decode   # TEMPORARY, as above
-    return reference_decode
+    from kernels.reference import flash_decode
+    return flash_decode

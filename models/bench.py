@@ -2,6 +2,7 @@
 
     python -m models.bench [--models 7B,34B] [--contexts 4096,16384,32768,65536] [--batches 1,8]
                            [--layers-34b N] [--hf static,dynamic] [--out DIR]
+    python -m models.bench --gpus N [--models 34B,70B] [--contexts 16384,65536]   # tensor parallel: models/tp_bench.py
 
 Needs a CUDA GPU and only torch, triton and transformers (the GPU image has no gguf or tree-sitter).
 Random weights of the presets' exact shapes: a decode step's time does not depend on the values.
@@ -371,11 +372,21 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", action="store_true", help="write a kernel profile of one step")
     parser.add_argument("--hf-batches", default="1")
     parser.add_argument("--tag", default="", help="suffix of the output file names")
+    parser.add_argument("--gpus", type=int, default=0,
+                        help="tensor parallelism: 1 and N GPUs in one run (models/tp_bench.py); "
+                             "default models 34B,70B at 16k and 64k")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
     if (started := begin_run("models.bench", args.out)) is None:
         return 2
     env, bandwidth, log = started
+    if args.gpus:
+        from models import tp_bench
+        if args.models == parser.get_default("models"):
+            args.models = "34B,70B"
+        if args.contexts == parser.get_default("contexts"):
+            args.contexts = "16384,65536"
+        return tp_bench.run(args, env, bandwidth, log)
     global PROFILE_TO
     PROFILE_TO = args.out if args.profile else None
     contexts = [int(c) for c in args.contexts.split(",")]

@@ -6,12 +6,19 @@ No torch here: the app can read a config (and the errors) without paying for the
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
-from models.errors import UnsupportedModelError
+from models.errors import ModelError, UnsupportedModelError
 
 ROPE_SCALING_KINDS = ("linear", "dynamic", "llama3")
+
+# The largest value each shape field may take: far beyond any real Llama, small enough that a typo
+# (or a hostile file) fails here rather than in a loop that builds a billion layers or in the allocator.
+LIMITS = {"dim": 1 << 17, "n_layers": 1024, "n_heads": 4096, "n_kv_heads": 4096, "ffn_dim": 1 << 20,
+          "vocab_size": 1 << 24, "head_dim": 2048, "max_positions": 1 << 24}
+_REQUIRED = object()
 
 
 @dataclass(frozen=True)
@@ -66,7 +73,10 @@ class ModelConfig:
     @classmethod
     def from_hf(cls, hf: dict[str, Any], source: str) -> ModelConfig:
         """Read a Llama config.json (dict); `source` names the file (or model) in error messages."""
-        arch = (hf.get("architectures") or [hf.get("model_type", "?")])[0]
+        if not isinstance(hf, dict):
+            raise ModelError(f"{source}: not a config object (a JSON {type(hf).__name__})")
+        architectures = hf.get("architectures")
+        arch = architectures[0] if isinstance(architectures, list) and architectures else hf.get("model_type", "?")
         if hf.get("model_type") != "llama" and arch != "LlamaForCausalLM":
             raise UnsupportedModelError(
                 f"{source}: architecture {arch!r} is not supported (only Llama-architecture models, LlamaForCausalLM)")
@@ -80,17 +90,37 @@ class ModelConfig:
         if missing:
             raise UnsupportedModelError(f"{source}: config lacks {', '.join(missing)}")
         theta, scaling = _hf_rope(hf, source)
-        eos = hf.get("eos_token_id", 2)
-        return cls(
-            dim=hf["hidden_size"], n_layers=hf["num_hidden_layers"], n_heads=hf["num_attention_heads"],
-            n_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
-            ffn_dim=hf["intermediate_size"], vocab_size=hf["vocab_size"], head_dim=hf.get("head_dim") or 0,
-            norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=theta, rope_scaling=scaling,
-            max_positions=hf.get("max_position_embeddings", 2048),
-            tie_embeddings=hf.get("tie_word_embeddings", False),
-            bos_token_id=hf.get("bos_token_id"),
-            eos_token_ids=tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,)),
+        n_heads = _whole(hf, "num_attention_heads", source, LIMITS["n_heads"])
+        return cls.checked(
+            source,
+            dim=_whole(hf, "hidden_size", source, LIMITS["dim"]),
+            n_layers=_whole(hf, "num_hidden_layers", source, LIMITS["n_layers"]),
+            n_heads=n_heads,
+            n_kv_heads=_whole(hf, "num_key_value_heads", source, LIMITS["n_kv_heads"], default=None) or n_heads,
+            ffn_dim=_whole(hf, "intermediate_size", source, LIMITS["ffn_dim"]),
+            vocab_size=_whole(hf, "vocab_size", source, LIMITS["vocab_size"]),
+            head_dim=_whole(hf, "head_dim", source, LIMITS["head_dim"], default=None) or 0,
+            norm_eps=_positive(hf, "rms_norm_eps", source, default=1e-6), rope_theta=theta, rope_scaling=scaling,
+            max_positions=_whole(hf, "max_position_embeddings", source, LIMITS["max_positions"], default=2048),
+            tie_embeddings=_flag(hf, "tie_word_embeddings", source),
+            bos_token_id=_token_ids(hf, "bos_token_id", source, default=None, single=True),
+            eos_token_ids=_token_ids(hf, "eos_token_id", source, default=2),
         )
+
+    @classmethod
+    def checked(cls, source: str, **fields) -> ModelConfig:
+        """A config whose fields were read from `source`, with the checks that involve several of them."""
+        n_heads, n_kv_heads, head_dim = fields["n_heads"], fields["n_kv_heads"], fields.get("head_dim") or 0
+        if n_heads % n_kv_heads:
+            raise UnsupportedModelError(
+                f"{source}: {n_heads} attention heads are not a multiple of {n_kv_heads} key/value heads")
+        if not head_dim and fields["dim"] % n_heads:
+            raise ModelError(f"{source}: the hidden size {fields['dim']} is not a multiple of "
+                             f"{n_heads} attention heads, and no head_dim is given")
+        if (head_dim or fields["dim"] // n_heads) % 2:
+            raise ModelError(f"{source}: head dimension {head_dim or fields['dim'] // n_heads} is odd "
+                             "(rotary embeddings need an even one)")
+        return cls(**fields)
 
     def to_hf(self) -> dict[str, Any]:
         """The config.json that transformers' LlamaForCausalLM (and `from_hf`) read back as this config."""
@@ -127,49 +157,102 @@ class ModelConfig:
                    if get(k) is None]
         if missing:
             raise UnsupportedModelError(f"{source}: GGUF metadata lacks llama.{', llama.'.join(missing)}")
-        n_heads = get("attention.head_count")
+
+        def whole(key: str, limit: int, default: Any = _REQUIRED) -> Any:
+            return _whole(meta, f"llama.{key}", source, limit, default=default)
+
         scaling = None
         kind = get("rope.scaling.type", "none")
         if kind == "linear":
-            scaling = RopeScaling("linear", float(get("rope.scaling.factor")))
+            scaling = RopeScaling("linear", _positive(meta, "llama.rope.scaling.factor", source))
         elif kind != "none":
             raise UnsupportedModelError(f"{source}: GGUF rope scaling {kind!r} is not supported (only linear)")
+        n_heads = whole("attention.head_count", LIMITS["n_heads"])
         vocab = get("vocab_size") or len(meta.get("tokenizer.ggml.tokens", ()))
-        eos = meta.get("tokenizer.ggml.eos_token_id")
-        return cls(
-            dim=get("embedding_length"), n_layers=get("block_count"), n_heads=n_heads,
-            n_kv_heads=get("attention.head_count_kv") or n_heads, ffn_dim=get("feed_forward_length"),
-            vocab_size=vocab, head_dim=get("attention.key_length") or 0,
-            norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
-            rope_theta=float(get("rope.freq_base", 10_000.0)), rope_scaling=scaling,
-            max_positions=get("context_length", 2048), tie_embeddings=tied,
-            bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
-            eos_token_ids=() if eos is None else (eos,),
+        return cls.checked(
+            source,
+            dim=whole("embedding_length", LIMITS["dim"]), n_layers=whole("block_count", LIMITS["n_layers"]),
+            n_heads=n_heads, n_kv_heads=whole("attention.head_count_kv", LIMITS["n_kv_heads"], None) or n_heads,
+            ffn_dim=whole("feed_forward_length", LIMITS["ffn_dim"]),
+            vocab_size=_whole({"llama.vocab_size": vocab}, "llama.vocab_size", source, LIMITS["vocab_size"]),
+            head_dim=whole("attention.key_length", LIMITS["head_dim"], None) or 0,
+            norm_eps=_positive(meta, "llama.attention.layer_norm_rms_epsilon", source, default=1e-5),
+            rope_theta=_positive(meta, "llama.rope.freq_base", source, default=10_000.0), rope_scaling=scaling,
+            max_positions=whole("context_length", LIMITS["max_positions"], 2048), tie_embeddings=tied,
+            bos_token_id=_token_ids(meta, "tokenizer.ggml.bos_token_id", source, default=None, single=True),
+            eos_token_ids=_token_ids(meta, "tokenizer.ggml.eos_token_id", source, default=None),
         )
+
+
+def _whole(fields: dict[str, Any], key: str, source: str, limit: int, default: Any = _REQUIRED) -> Any:
+    """fields[key] as a whole number in 1..limit (default when absent or null)."""
+    value = fields.get(key)
+    if value is None:
+        if default is _REQUIRED:
+            raise UnsupportedModelError(f"{source}: config lacks {key}")
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        raise ModelError(f"{source}: {key} must be a whole number from 1 to {limit:,}, not {value!r}")
+    return value
+
+
+def _positive(fields: dict[str, Any], key: str, source: str, default: Any = _REQUIRED) -> float:
+    """fields[key] as a finite number > 0 (default when absent or null)."""
+    value = fields.get(key)
+    if value is None:
+        if default is _REQUIRED:
+            raise ModelError(f"{source}: config lacks {key}")
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
+        raise ModelError(f"{source}: {key} must be a positive number, not {value!r}")
+    return float(value)
+
+
+def _flag(fields: dict[str, Any], key: str, source: str) -> bool:
+    value = fields.get(key, False)
+    if not isinstance(value, bool):
+        raise ModelError(f"{source}: {key} must be true or false, not {value!r}")
+    return value
+
+
+def _token_ids(fields: dict[str, Any], key: str, source: str, default: Any, single: bool = False):
+    """A token id (single) or a tuple of them from an id, a list of ids or null."""
+    value = fields.get(key, default)
+    values = value if isinstance(value, list) and not single else [] if value is None else [value]
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
+        raise ModelError(f"{source}: {key} must be {'a token id' if single else 'a token id or a list of them'}"
+                         f", not {value!r}")
+    return (values[0] if values else None) if single else tuple(values)
 
 
 def _hf_rope(hf: dict[str, Any], source: str) -> tuple[float, RopeScaling | None]:
     """(theta, scaling) from transformers 5's `rope_parameters` or the older rope_theta + rope_scaling."""
-    params = dict(hf.get("rope_scaling") or {})
-    params.update(hf.get("rope_parameters") or {})
-    theta = params.get("rope_theta", hf.get("rope_theta"))
-    if theta is None:
-        # Converted CodeLlama configs often omit it; CodeLlama's is 1e6, not Llama 2's 1e4.
-        theta = 1e6 if hf.get("vocab_size") == 32016 or "codellama" in source.lower() else 1e4
+    params: dict[str, Any] = {}
+    for key in ("rope_scaling", "rope_parameters"):
+        value = hf.get(key)
+        if value is not None and not isinstance(value, dict):
+            raise ModelError(f"{source}: {key} must be an object, not {value!r}")
+        params.update(value or {})
+    if "rope_theta" not in params and "rope_theta" in hf:
+        params["rope_theta"] = hf["rope_theta"]
+    # Converted CodeLlama configs often omit it; CodeLlama's is 1e6, not Llama 2's 1e4.
+    default_theta = 1e6 if hf.get("vocab_size") == 32016 or "codellama" in source.lower() else 1e4
+    theta = _positive(params, "rope_theta", source, default=default_theta)
     kind = params.get("rope_type", params.get("type", "default"))
     if kind == "default":
-        return float(theta), None
+        return theta, None
     if kind not in ROPE_SCALING_KINDS:
         raise UnsupportedModelError(
             f"{source}: rope scaling {kind!r} is not supported (only {', '.join(ROPE_SCALING_KINDS)})")
-    scaling = RopeScaling(kind, float(params["factor"]))
+    scaling = RopeScaling(kind, _positive(params, "factor", source))
     if kind == "llama3":
         scaling = dataclasses.replace(
-            scaling, low_freq_factor=float(params["low_freq_factor"]),
-            high_freq_factor=float(params["high_freq_factor"]),
-            original_max_positions=int(params.get("original_max_position_embeddings",
-                                                  hf.get("max_position_embeddings", 8192))))
-    return float(theta), scaling
+            scaling, low_freq_factor=_positive(params, "low_freq_factor", source),
+            high_freq_factor=_positive(params, "high_freq_factor", source),
+            original_max_positions=_whole(params, "original_max_position_embeddings", source, LIMITS["max_positions"],
+                                          default=_whole(hf, "max_position_embeddings", source,
+                                                         LIMITS["max_positions"], default=8192)))
+    return theta, scaling
 
 
 _CODELLAMA = dict(norm_eps=1e-5, rope_theta=1e6, max_positions=16384, bos_token_id=1, eos_token_ids=(2,))
@@ -180,6 +263,9 @@ PRESETS: dict[str, ModelConfig] = {
                                  vocab_size=32016, **_CODELLAMA),
     "CodeLlama-34B": ModelConfig(dim=8192, n_layers=48, n_heads=64, n_kv_heads=8, ffn_dim=22016,
                                  vocab_size=32000, **_CODELLAMA),
+    # 138 GB of bf16 weights: split over GPUs (models/tp.py), e.g. `--gpus 2`.
+    "CodeLlama-70B": ModelConfig(dim=8192, n_layers=80, n_heads=64, n_kv_heads=8, ffn_dim=28672,
+                                 vocab_size=32016, **_CODELLAMA),
     "SmolLM2-135M": ModelConfig(dim=576, n_layers=30, n_heads=9, n_kv_heads=3, ffn_dim=1536, vocab_size=49152,
                                 norm_eps=1e-5, rope_theta=1e5, max_positions=8192, tie_embeddings=True,
                                 bos_token_id=1, eos_token_ids=(2,)),

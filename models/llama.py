@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -148,11 +149,16 @@ def attention_inputs(x, norm_weight, eps: float, wqkv, cos, sin, n_heads: int, n
     return q, k, v.view(B, T, Hkv, D).transpose(1, 2)                     # v: (B, Hkv, T, D)
 
 
-def attention_output_and_ffn(x, attn, wo, norm_weight, eps: float, w13, w2, ffn_dim: int):
-    """The rest of a block: x (B, T, dim) + wo(attn (B, T, Hq*D)), then the SwiGLU MLP with its residual."""
-    h = x + linear(attn, wo)
+def attention_output_and_ffn(x, attn, wo, norm_weight, eps: float, w13, w2, ffn_dim: int, reduce=None):
+    """The rest of a block: x (B, T, dim) + wo(attn (B, T, Hq*D)), then the SwiGLU MLP with its residual.
+
+    `reduce` sums the partial outputs of the row-parallel wo and w2 over tensor-parallel ranks (models/tp.py).
+    """
+    out = linear(attn, wo)
+    h = x + (out if reduce is None else reduce(out))
     gate, up = linear(rms_norm(h, norm_weight, eps), w13).split(ffn_dim, dim=-1)
-    return h + linear(F.silu(gate) * up, w2)
+    out = linear(F.silu(gate) * up, w2)
+    return h + (out if reduce is None else reduce(out))
 
 
 def final_logits(x, norm_weight, eps: float, output_weight):
@@ -222,7 +228,8 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
         self.rope = RotaryEmbedding(config, max_len or config.context_limit)
-        self.decode_kernels = DenseKernels()   # what decode steps run around attention
+        self.dense = DenseKernels()            # what runs around attention (models/tp.py swaps in its own)
+        self.decode_kernels = self.dense       # what decode steps run: `compile_dense` compiles `dense`
         self.requires_grad_(False)
         self._tie_weights()
 
@@ -250,8 +257,7 @@ class Transformer(nn.Module):
             import kernels.gemv  # noqa: F401  (registers torch.ops.codecomplete.gemv)
             _gemv = torch.ops.codecomplete.gemv
         compile = functools.partial(torch.compile, fullgraph=True, dynamic=False)
-        self.decode_kernels = DenseKernels(compile(attention_inputs), compile(attention_output_and_ffn),
-                                           compile(final_logits))
+        self.decode_kernels = DenseKernels(*(compile(f) for f in self.dense))
 
     def free_caches(self) -> None:
         """Drop every layer's KV cache and hand its memory back to the device."""
@@ -283,9 +289,9 @@ class Transformer(nn.Module):
         cos, sin = self.rope(positions, start + T)
         x = self.tok_embeddings(tokens)                                          # (1, T, dim)
         for layer in self.layers:
-            x = layer(x, cos, sin, Prefill(row, start))
+            x = layer(x, cos, sin, Prefill(row, start), self.dense)
         x = x if all_logits else x[:, -1]
-        return final_logits(x, self.norm.weight, self.norm.eps, self.output.weight)
+        return self.dense.final_logits(x, self.norm.weight, self.norm.eps, self.output.weight)
 
     def decode(self, tokens: torch.Tensor, step: Decode) -> torch.Tensor:
         """T tokens per sequence, tokens (B, T) at positions step.input_pos + 0..T-1.
@@ -326,6 +332,25 @@ def hf_tensor_slots(model: Transformer) -> dict[str, torch.Tensor]:
     return slots
 
 
+def random_checkpoint(config: ModelConfig, device="cpu", dtype=torch.float32,
+                      seed: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
+    """Random weights of `config`'s shapes as a checkpoint: (Hugging Face name, full tensor), one at a time.
+
+    Norms are 1, every matrix N(0, 0.02) from one seeded generator, in a fixed order: a model and any
+    tensor-parallel rank's slices of it (models/tp.py) hold the same numbers.
+    """
+    with torch.device("meta"):
+        shapes = {name: slot.shape for name, slot in hf_tensor_slots(Transformer(config, max_len=1)).items()}
+    generator = torch.Generator(device=device).manual_seed(seed)
+    for name, shape in shapes.items():
+        tensor = torch.empty(shape, device=device, dtype=dtype)
+        if name.endswith("norm.weight"):
+            tensor.fill_(1.0)
+        else:
+            tensor.normal_(0.0, 0.02, generator=generator)
+        yield name, tensor
+
+
 def build_random_model(config: ModelConfig | str, n_layers: int | None = None, device="cpu",
                        dtype=torch.float32, max_len: int | None = None, seed: int = 0) -> Transformer:
     """A model of a preset's (or config's) exact shapes with random weights: times exactly like the real one.
@@ -339,10 +364,7 @@ def build_random_model(config: ModelConfig | str, n_layers: int | None = None, d
     with torch.device("meta"):
         model = Transformer(config, max_len=max_len)
     model.materialize(device, dtype)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    for name, param in model.named_parameters():
-        if name.endswith("norm.weight"):
-            param.fill_(1.0)
-        else:
-            param.normal_(0.0, 0.02, generator=generator)
+    slots = hf_tensor_slots(model)
+    for name, tensor in random_checkpoint(config, device, dtype, seed):
+        slots[name].copy_(tensor)
     return model

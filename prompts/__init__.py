@@ -11,7 +11,7 @@ Importing this package is cheap: tree-sitter is loaded on first use, torch never
 from .chat import build_chat_prompt
 from .chunking import Chunk
 from .completion import build_completion_prompt
-from .errors import PromptError
+from .errors import BudgetError, PromptError
 from .index import RepoIndex, index_repository
 from .packing import ContextItem, PackedPrompt
 from .scan import ScanWarning
@@ -20,6 +20,7 @@ __all__ = [
     "Chunk",
     "ContextItem",
     "PackedPrompt",
+    "BudgetError",
     "PromptError",
     "RepoIndex",
     "ScanWarning",

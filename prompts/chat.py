@@ -11,11 +11,11 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 
 from .chunking import Chunk, analyze_source
-from .errors import PromptError
+from .errors import BudgetError, PromptError
 from .index import RepoIndex
 from .packing import Layout, PackedPrompt, select_chunks
 from .ranking import Query, rank, text_weights
-from .tokens import Encoder, encoder_for
+from .tokens import Encoder, encoder_for, tokenizable
 
 SYSTEM = (
     "You are a coding assistant working in the repository {name}. Answer the user's questions about its code. "
@@ -51,7 +51,7 @@ def build_chat_prompt(
     conversation = [m for m in messages if m["role"] != "system"]
     while len(render(system, conversation)) > limit:
         if len(conversation) == 1:
-            raise PromptError(f"the question does not fit into {limit} tokens")
+            raise BudgetError(f"the question does not fit into a prompt budget of {limit} tokens")
         conversation = conversation[2:] if conversation[1]["role"] == "assistant" else conversation[1:]
 
     pinned = [_pinned_chunks(index, path) for path in pinned_paths]
@@ -137,7 +137,7 @@ def _render_template(tokenizer, system: str, conversation: list[Message]) -> lis
         first = {"role": "user", "content": f"{system}\n\n{conversation[0]['content']}"}
         text = tokenizer.apply_chat_template([first, *conversation[1:]], tokenize=False, add_generation_prompt=True)
     # The rendered text spells the template's special tokens: encode them as such, and add no others.
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(tokenizable(text), add_special_tokens=False)["input_ids"]
 
 
 def _render_llama_instruct(tokenizer, encoder: Encoder, system: str, conversation: list[Message]) -> list[int]:

@@ -8,3 +8,9 @@ class PromptError(ValueError):
     with nothing to index, or a budget too small for even the prompt's fixed tokens. The app maps it to exit
     code 2.
     """
+
+
+class BudgetError(PromptError):
+    """The token budget cannot hold even the prompt's fixed part (its format, the file name, the question).
+
+    A separate class so the app can say which of its options set the budget."""

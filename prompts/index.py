@@ -28,7 +28,7 @@ from typing import NamedTuple
 from .chunking import Chunk, analyze_source
 from .errors import PromptError
 from .imports import PathTable
-from .scan import MAX_FILE_BYTES, ScanWarning, SourceFile, read_source, scan_repository
+from .scan import MAX_FILE_BYTES, ScanWarning, SourceFile, count_ignored, read_source, scan_repository
 
 CACHE_VERSION = 2  # bump whenever chunking or the cached layout changes
 PARALLEL_MIN_BYTES = 2 * 1024 * 1024  # below this much text to parse, worker start-up costs more than it saves
@@ -47,6 +47,9 @@ class FileEntry(NamedTuple):
     chunks: tuple[Chunk, ...]
 
 
+_ABSENT = FileEntry(0, 0, False, (), ())  # what a file missing from the index counts as
+
+
 class RepoIndex:
     """The chunks of one repository, with the lookups ranking needs.
 
@@ -54,8 +57,11 @@ class RepoIndex:
     and line order.
     """
 
-    def __init__(self, root: Path, entries: dict[str, FileEntry], vocabulary: dict[str, int], term_ids: dict):
+    def __init__(self, root: Path, entries: dict[str, FileEntry], vocabulary: dict[str, int], term_ids: dict,
+                 paths: PathTable | None = None):
         self.root = root
+        self.entries = entries  # every file as the cache keeps it, left-out ones included
+        self._term_ids = term_ids
         self.files = sorted(path for path, entry in entries.items() if entry.indexed)
         self.chunks: list[Chunk] = []
         self._file_chunks: dict[str, range] = {}
@@ -64,7 +70,7 @@ class RepoIndex:
             self.chunks.extend(entries[path].chunks)
             self._file_chunks[path] = range(start, len(self.chunks))
         self._imports = {path: entries[path].imports for path in self.files}
-        self.paths = PathTable(self.files)
+        self.paths = paths or PathTable(self.files)  # ``paths``: a table of exactly these files, to reuse
         self.definers: dict[str, list[int]] = {}  # name -> positions in ``chunks`` of the chunks defining it
         for number, chunk in enumerate(self.chunks):
             for name in chunk.defines:
@@ -99,7 +105,7 @@ class RepoIndex:
         """A path given by the user (absolute, or relative to the root) as a posix path relative to the root.
 
         Raises PromptError for a path outside the repository."""
-        full = Path(os.path.normpath(self.root / Path(path).expanduser()))
+        full = Path(os.path.normpath(self.root / Path(os.path.expanduser(path))))
         try:
             full = full.parent.resolve() / full.name  # resolve links in the folders, keep the file's own name
         except (OSError, RuntimeError):  # a link loop: judged by the path as written
@@ -118,6 +124,23 @@ class RepoIndex:
     def imports(self, path: str) -> tuple[str, ...]:
         """The imports of an indexed file as written in its source."""
         return self._imports.get(path, ())
+
+    def updated(self, changed: dict[str, FileEntry], removed: Iterable[str] = ()) -> RepoIndex:
+        """A new index with some files parsed again (or added) and some gone, built from what this one holds: no
+        file is read. (The on-disk cache is left alone; the next ``index_repository`` brings it up to date.)"""
+        entries = dict(self.entries)
+        for path in removed:
+            entries.pop(path, None)
+        vocabulary = dict(self.vocabulary)  # this index keeps its own numbering
+        term_ids = {path: ids for path, ids in self._term_ids.items() if path in entries and path not in changed}
+        for path, entry in changed.items():
+            entry = entries[path] = _share_names(entry)
+            if entry.indexed:
+                term_ids[path] = _number_terms(entry.chunks, vocabulary)
+        same_files = all(self.entries.get(p, _ABSENT).indexed == entries.get(p, _ABSENT).indexed
+                         for p in [*changed, *removed])
+        with _collector_paused():
+            return RepoIndex(self.root, entries, vocabulary, term_ids, paths=self.paths if same_files else None)
 
     def __repr__(self) -> str:
         return f"RepoIndex({str(self.root)!r}, files={len(self.files)}, chunks={len(self.chunks)})"
@@ -139,7 +162,7 @@ def index_repository(
     ``if __name__ == "__main__":`` guard. Raises PromptError when ``root`` is not a directory or holds nothing
     to index.
     """
-    root_path = Path(root).expanduser()
+    root_path = Path(os.path.expanduser(root))
     if not root_path.is_dir():
         raise PromptError(f"not a directory: {root}")
     root_path = root_path.resolve()
@@ -192,7 +215,9 @@ def _index(
         _save_cache(cache_file, saved)
     index = RepoIndex(root_path, entries, vocabulary, term_ids)
     if not index.chunks:
-        raise PromptError(f"nothing to index in {root_path}: no text files with content")
+        ignored = count_ignored(root_path)
+        because = f" ({ignored:,} files are ignored by .gitignore or .codecompleteignore rules)" if ignored else ""
+        raise PromptError(f"nothing to index in {root_path}: no text files with content{because}")
     return index
 
 
@@ -223,46 +248,91 @@ def default_cache_dir() -> Path:
     """``$CODECOMPLETE_CACHE_DIR``, else the platform's user cache directory for codecomplete."""
     override = os.environ.get("CODECOMPLETE_CACHE_DIR")
     if override:
-        return Path(override).expanduser()
+        return Path(os.path.expanduser(override))
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("codecomplete"))
 
 
 def _cache_file(root: Path, cache_dir: str | os.PathLike | None) -> Path | None:
-    """Where this repository's index is cached; None if that would be inside the repository itself."""
-    folder = (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()).resolve()
+    """Where this repository's index is cached; None (said once, here) if that would be inside the repository
+    itself or the cache folder is not a folder."""
+    folder = (Path(os.path.expanduser(cache_dir)) if cache_dir is not None else default_cache_dir()).resolve()
     if folder.is_relative_to(root):
         warnings.warn(f"not caching the index: {folder} is inside the repository", ScanWarning, stacklevel=3)
+        return None
+    if folder.exists() and not folder.is_dir():
+        warnings.warn(f"not caching the index: the cache folder {folder} is not a folder", ScanWarning, stacklevel=3)
         return None
     key = hashlib.sha256(str(root).encode("utf-8", "surrogateescape")).hexdigest()[:20]
     return folder / f"index-v{CACHE_VERSION}" / f"{key}.pickle"
 
 
 def _load_cache(cache_file: Path | None, root: Path) -> dict:
-    """The saved index: {"root", "files": {path: FileEntry}, "vocabulary", "term_ids": {path: array}}."""
+    """The saved index: {"root", "files": {path: FileEntry}, "vocabulary", "term_ids": {path: array}}; an empty
+    one when there is none, or when what is there is not a well-formed index of this root (then it is rebuilt)."""
     empty = {"root": str(root), "files": {}, "vocabulary": {}, "term_ids": {}}
     if cache_file is None:
         return empty
     try:
         with open(cache_file, "rb") as file:
             saved = pickle.load(file)
-        return saved if saved["root"] == str(root) else empty
+        return saved if _well_formed(saved, root) else empty
     except Exception:  # missing, truncated by a crash, or from an incompatible version: rebuild it
         return empty
 
 
+def _well_formed(saved, root: Path) -> bool:
+    """Whether a loaded cache has the layout and types ``_index`` relies on: a damaged or foreign pickle would
+    otherwise fail the same way on every run."""
+    import numpy as np
+
+    if not isinstance(saved, dict) or saved.get("root") != str(root):
+        return False
+    files, vocabulary, term_ids = saved.get("files"), saved.get("vocabulary"), saved.get("term_ids")
+    if not (isinstance(files, dict) and isinstance(vocabulary, dict) and isinstance(term_ids, dict)):
+        return False
+    for path, entry in files.items():
+        if not (isinstance(path, str) and isinstance(entry, FileEntry) and isinstance(entry.size, int)
+                and isinstance(entry.mtime_ns, int) and isinstance(entry.imports, tuple)
+                and isinstance(entry.chunks, tuple) and all(map(_chunk_well_formed, entry.chunks))):
+            return False
+        if entry.indexed:
+            ids = term_ids.get(path)
+            references = sum(len(chunk.references) for chunk in entry.chunks)
+            if not (isinstance(ids, np.ndarray) and ids.dtype == np.int32 and ids.shape == (references,)):
+                return False
+            if references and not 0 <= ids.min() <= ids.max() < len(vocabulary):
+                return False
+    return True
+
+
+def _chunk_well_formed(chunk) -> bool:
+    return (isinstance(chunk, Chunk) and isinstance(chunk.path, str) and isinstance(chunk.text, str)
+            and isinstance(chunk.start_line, int) and isinstance(chunk.end_line, int)
+            and isinstance(chunk.defines, tuple) and isinstance(chunk.references, frozenset))
+
+
 def _save_cache(cache_file: Path | None, saved: dict) -> None:
-    """Write atomically (temporary file, then rename) so a concurrent reader never sees half a file."""
+    """Write atomically (temporary file, then rename) so a concurrent reader never sees half a file; whatever
+    stops the write (a full disk, Ctrl-C) removes the temporary file."""
     if cache_file is None:
         return
+    temporary = None
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=cache_file.parent, suffix=".tmp", delete=False) as file:
+            temporary = file.name
             pickle.dump(saved, file, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(file.name, cache_file)
+        os.replace(temporary, cache_file)
+        temporary = None
     except OSError as error:
-        warnings.warn(f"could not write the index cache {cache_file}: {error}", ScanWarning, stacklevel=3)
+        warnings.warn(f"could not write the index cache {cache_file}: {error.strerror or error}", ScanWarning,
+                      stacklevel=3)
+    finally:
+        if temporary is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
 
 
 def parse_file(root: Path, source: SourceFile, max_file_bytes: int) -> FileEntry | str:
@@ -273,7 +343,10 @@ def parse_file(root: Path, source: SourceFile, max_file_bytes: int) -> FileEntry
         return error.strerror or str(error)
     if text is None:
         return FileEntry(source.size, source.mtime_ns, False, (), ())
-    analysis = analyze_source(source.path, text)
+    try:
+        analysis = analyze_source(source.path, text)
+    except RecursionError:  # code nested thousands deep (generated or hostile): one file, not the whole index
+        return "nested too deeply to chunk"
     return FileEntry(source.size, source.mtime_ns, True, analysis.imports, analysis.chunks)
 
 

@@ -1,19 +1,22 @@
 """Which files of a repository are worth reading, and reading them.
 
-The files are those git would track: ``git ls-files`` (tracked plus untracked-but-not-ignored) in a git work
-tree, else a walk that honours ``.gitignore`` at every level and ``.git/info/exclude`` as git does. Either way a
-``.codecompleteignore`` (gitignore syntax, at any level) removes more, and vendored or generated folders, lock
-files, minified files, binaries and files over the size limit are left out. Problems that a user may want to
-know about (an unreadable file, a broken symbolic link, a link loop or a link out of the repository) are
-reported as ``ScanWarning`` and never stop the scan. Nothing outside the root is ever read.
+The files are those git would not ignore, found by a walk that honours ``.gitignore`` at every level,
+``.git/info/exclude`` and the user's global excludes file as git does, without ever running git: a repository's
+own ``.git/config`` can name commands (core.fsmonitor, hooks, filters, pagers) that any git call would run, and
+opening an untrusted checkout must execute nothing from it. A ``.codecompleteignore`` (gitignore syntax, at any
+level) removes more, and vendored or generated folders, lock files, minified files, binaries and files over the
+size limit are left out. Problems that a user may want to know about (an unreadable file or folder, a broken
+symbolic link, a link loop or a link out of the repository, a FIFO or device) are reported as ``ScanWarning``
+and never stop the scan. Only regular files are ever opened, so a FIFO or a device never blocks or floods it.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
-import subprocess
 import warnings
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -41,6 +44,8 @@ SKIPPED_SUFFIXES = (
 )
 SNIFF_BYTES = 8192  # a NUL byte in the first 8 KiB marks a binary file, as git decides
 MINIFIED_LINE_CHARS = 400  # text whose lines average longer than this is minified or generated
+MAX_DEPTH = 64  # folder levels walked; real repositories stay far below
+MAX_RULES_BYTES = 1024 * 1024  # an ignore or git config file larger than this is not one a person wrote
 
 
 class ScanWarning(UserWarning):
@@ -57,17 +62,29 @@ class SourceFile(NamedTuple):
 
 def scan_repository(root: Path, max_file_bytes: int = MAX_FILE_BYTES) -> list[SourceFile]:
     """The files of the repository at ``root`` (an absolute, resolved directory), sorted by path."""
-    listed = _git_files(root)
-    own_rules = IgnoreRules(root, (IGNORE_FILE,))
-    candidates = listed if listed else _walk(root, IgnoreRules(root, (".gitignore", IGNORE_FILE), git_exclude=True))
-    found = []
-    for path in candidates:
-        if _skipped_by_name(path) or (listed and own_rules.ignored(path)):
-            continue
-        source = _stat(root, path, max_file_bytes)
-        if source is not None:
-            found.append(source)
-    return sorted(found)
+    return sorted(walk_sources(root, max_file_bytes))
+
+
+def walk_sources(root: Path, max_file_bytes: int = MAX_FILE_BYTES) -> Iterator[SourceFile]:
+    """The repository's files as a walk that honours the ignore files finds them, lazily and unsorted: a caller can
+    take a few at a time (a server keeping its index fresh)."""
+    for path in _walk(root, IgnoreRules(root, (".gitignore", IGNORE_FILE), git_exclude=True)):
+        if not _skipped_by_name(path):
+            source = _stat(root, path, max_file_bytes)
+            if source is not None:
+                yield source
+
+
+def source_file(root: Path, path: str, max_file_bytes: int = MAX_FILE_BYTES) -> SourceFile | None:
+    """One file as the scan would list it now (its size and mtime), or None if the scan would leave it out."""
+    return None if _skipped_by_name(path) else _stat(root, path, max_file_bytes)
+
+
+def count_ignored(root: Path) -> int:
+    """How many files the ignore rules leave out: said when they leave nothing to index."""
+    rules = IgnoreRules(root, (".gitignore", IGNORE_FILE), git_exclude=True)
+    kept = set(_walk(root, rules))
+    return sum(1 for path in _walk(root, IgnoreRules(root, ())) if path not in kept)
 
 
 def read_source(root: Path, path: str, max_file_bytes: int = MAX_FILE_BYTES) -> str | None:
@@ -75,8 +92,9 @@ def read_source(root: Path, path: str, max_file_bytes: int = MAX_FILE_BYTES) -> 
 
     Undecodable bytes become U+FFFD and Windows line ends become "\\n". OSError propagates (unreadable file).
     """
-    with open(root / path, "rb") as file:
-        data = file.read(max_file_bytes + 1)
+    data = read_regular_file(root / path, max_file_bytes + 1)
+    if data is None:
+        raise OSError(errno.EINVAL, "not a regular file", path)  # swapped for a FIFO or device since the scan
     if len(data) > max_file_bytes or b"\0" in data[:SNIFF_BYTES]:
         return None
     text = data.decode("utf-8", errors="replace").replace("\r\n", "\n")
@@ -94,32 +112,24 @@ def _skipped_by_name(path: str) -> bool:
     )
 
 
-def _git_files(root: Path) -> list[str] | None:
-    """Files git tracks or would track under ``root``; None when ``root`` is not in a work tree (or no git)."""
-    try:
-        result = subprocess.run(
-            ["git", "-c", "core.quotepath=off", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=root, capture_output=True, check=True, timeout=60,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    # Deleted-but-tracked files and gitlinks (submodules) show up too: _stat drops them.
-    return [p for p in result.stdout.decode("utf-8", "surrogateescape").split("\0") if p and not p.endswith("/")]
+def _walk(root: Path, rules: IgnoreRules) -> Iterator[str]:
+    """Every file under ``root`` that the ignore rules keep, without following directory links, lazily."""
 
+    def unreadable(error: OSError) -> None:
+        _warn(Path(error.filename).relative_to(root).as_posix(), error.strerror or "unreadable folder")
 
-def _walk(root: Path, rules: IgnoreRules) -> list[str]:
-    """Every file under ``root`` that the ignore rules keep, without following directory links."""
-    paths = []
-    for directory, dirnames, filenames in os.walk(root):
+    for directory, dirnames, filenames in os.walk(root, onerror=unreadable):
         relative = Path(directory).relative_to(root).as_posix()
         prefix = "" if relative == "." else relative + "/"
+        if prefix.count("/") >= MAX_DEPTH and dirnames:  # os.walk recurses: a hostile depth would overflow it
+            _warn(relative, f"folders nested deeper than {MAX_DEPTH} levels")
+            dirnames.clear()
         dirnames[:] = sorted(
             d for d in dirnames
             if d not in SKIPPED_DIRS and not os.path.islink(os.path.join(directory, d))
             and not rules.ignored(prefix + d, is_dir=True)
         )
-        paths.extend(prefix + f for f in filenames if not rules.ignored(prefix + f))
-    return paths
+        yield from (prefix + f for f in filenames if f != ".git" and not rules.ignored(prefix + f))
 
 
 def _stat(root: Path, path: str, max_file_bytes: int) -> SourceFile | None:
@@ -128,7 +138,7 @@ def _stat(root: Path, path: str, max_file_bytes: int) -> SourceFile | None:
     try:
         info = full.lstat()
     except OSError:
-        return None  # deleted since git listed it
+        return None  # deleted since the walk saw it
     if stat.S_ISLNK(info.st_mode):
         try:
             target = full.resolve(strict=True)
@@ -138,7 +148,10 @@ def _stat(root: Path, path: str, max_file_bytes: int) -> SourceFile | None:
             return _warn(path, "symbolic link loop")
         if not target.is_relative_to(root):
             return _warn(path, "symbolic link to outside the repository")
-        info = target.stat()
+        try:
+            info = target.stat()
+        except OSError as error:
+            return _warn(path, error.strerror or "unreadable")
     if not stat.S_ISREG(info.st_mode):
         if not stat.S_ISDIR(info.st_mode):  # a FIFO or device would block or never end
             _warn(path, "not a regular file")
@@ -156,7 +169,9 @@ class IgnoreRules:
     """Gitignore-style rules read from files of the given names in every directory, as git applies them.
 
     The deepest directory with a matching pattern decides, and within a file the last matching pattern (so
-    ``!keep.log`` can re-include); ``.git/info/exclude`` counts as the weakest file of the root.
+    ``!keep.log`` can re-include); ``.git/info/exclude`` and then the user's global excludes file count as the
+    weakest files of the root. Rule files are read only when they are regular files of sane size (git itself
+    does not follow a symbolic link named ``.gitignore``).
     """
 
     def __init__(self, root: Path, filenames: tuple[str, ...], git_exclude: bool = False):
@@ -180,13 +195,84 @@ class IgnoreRules:
 
         if directory not in self._specs:
             folder = self.root / directory
-            names = ([".git/info/exclude"] if self.git_exclude and not directory else []) + list(self.filenames)
+            files = [folder / name for name in self.filenames]
+            if self.git_exclude and not directory:
+                files[:0] = [*global_excludes_files(), self.root / ".git" / "info" / "exclude"]
             specs = []
-            for name in names:
-                try:
-                    lines = (folder / name).read_text(encoding="utf-8", errors="replace").splitlines()
-                except OSError:
-                    continue
-                specs.append(pathspec.GitIgnoreSpec.from_lines(lines))
+            for file in files:
+                text = _read_rules(file, follow_links=not file.is_relative_to(self.root))
+                if text is not None:
+                    specs.append(_compile_rules(text.splitlines()))
             self._specs[directory] = specs
         return self._specs[directory]
+
+
+def _compile_rules(lines: list[str]) -> pathspec.GitIgnoreSpec:
+    """The rules of one ignore file; a line that is not a valid pattern is left out, as git leaves it out."""
+    import pathspec
+
+    try:
+        return pathspec.GitIgnoreSpec.from_lines(lines)
+    except Exception:  # pathspec raises its own errors or re.error, for the first bad line only
+
+        def valid(line: str) -> bool:
+            try:
+                pathspec.GitIgnoreSpec.from_lines([line])
+                return True
+            except Exception:
+                return False
+
+        return pathspec.GitIgnoreSpec.from_lines([line for line in lines if valid(line)])
+
+
+def read_regular_file(path: Path, limit: int, follow_links: bool = True) -> bytes | None:
+    """Up to ``limit`` bytes of a regular file, or None when it is not one (a FIFO, a device, a folder).
+
+    Opened without blocking (a FIFO would wait for a writer forever) and checked after opening (a device such
+    as /dev/zero never ends), so the check cannot be raced. Without ``follow_links`` a symbolic link is refused
+    with OSError, like a missing or unreadable file.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow_links else os.O_NOFOLLOW)
+    with open(path, "rb", opener=lambda name, _flags: os.open(name, flags)) as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            return None
+        return file.read(limit)
+
+
+def _read_rules(path: Path, follow_links: bool = False) -> str | None:
+    """The text of an ignore or config file; None when there is none that can be read as a small regular file."""
+    try:
+        data = read_regular_file(path, MAX_RULES_BYTES + 1, follow_links)
+    except OSError:
+        return None
+    if data is None or len(data) > MAX_RULES_BYTES:
+        return None
+    return data.decode("utf-8", errors="replace")
+
+
+def global_excludes_files() -> list[Path]:
+    """The user's global excludes file as git finds it: core.excludesFile in ~/.gitconfig or the XDG git config,
+    else $XDG_CONFIG_HOME/git/ignore. Read from the files themselves: git is never run."""
+    home = Path(os.environ.get("HOME") or "/nonexistent")
+    xdg = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "git"
+    configured = None
+    for config in (xdg / "config", home / ".gitconfig"):  # the later file wins, as in git
+        text = _read_rules(config, follow_links=True)  # dotfile managers link these
+        configured = (_core_excludes_file(text) if text else None) or configured
+    if configured and configured.startswith("~/"):
+        return [home / configured[2:]]
+    return [Path(configured) if configured else xdg / "ignore"]
+
+
+def _core_excludes_file(config: str) -> str | None:
+    """core.excludesFile from git config text (the common forms: a [core] section, a plain or quoted value)."""
+    section, value = "", None
+    for raw in config.splitlines():
+        line = raw.strip()
+        if line.startswith("["):
+            section = line[1:line.find("]")].strip().lower() if "]" in line else ""
+        elif section == "core" and "=" in line:
+            key, _, rest = line.partition("=")
+            if key.strip().lower() == "excludesfile":
+                value = rest.split(" #")[0].split(" ;")[0].strip().strip('"') or None
+    return value

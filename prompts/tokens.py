@@ -19,6 +19,18 @@ _ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 CACHE_PIECES = 8192  # encoded pieces remembered per tokenizer (as 4-byte ids: a few MB)
 
 
+def tokenizable(text: str) -> str:
+    """``text`` with every lone surrogate replaced by U+FFFD, one character for one, so offsets still match.
+
+    File names that are not UTF-8 reach Python as lone surrogates (os.fsdecode's "surrogateescape"), and so
+    may command-line text; tokenizers refuse them outright."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= char <= "\udfff" else char for char in text)
+
+
 def encoder_for(tokenizer) -> Encoder:
     """The Encoder of a tokenizer, one per tokenizer object, so that what it remembers serves every prompt."""
     try:
@@ -92,9 +104,11 @@ class Encoder:
         """The character offset where each token of ``text`` starts: where a text too long for the budget can be
         cut between tokens."""
         offsets = self.tokenizer(
-            text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True
+            tokenizable(text), add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True
         )["offset_mapping"]
         return [start for start, _ in offsets]
 
     def _plain(self, texts: list[str]) -> list[list[int]]:
-        return self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        return self.tokenizer(list(map(tokenizable, texts)), add_special_tokens=False, split_special_tokens=True)[
+            "input_ids"
+        ]

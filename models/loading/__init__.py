@@ -31,7 +31,7 @@ class ModelSource:
 def cache_root() -> Path:
     """$CODECOMPLETE_CACHE_DIR, else the platform's user cache dir for codecomplete."""
     if override := os.environ.get("CODECOMPLETE_CACHE_DIR"):
-        return Path(override)
+        return Path(os.path.expanduser(override))
     import platformdirs
     return Path(platformdirs.user_cache_dir("codecomplete"))
 
@@ -51,7 +51,9 @@ def resolve(spec: str | os.PathLike | None, progress=None) -> ModelSource:
     if spec is None:
         path = embedded_model_path()
         return ModelSource(path.stem, path, "gguf")
-    path = Path(spec).expanduser()
+    path = Path(os.path.expanduser(spec))
+    if path.exists() and not (path.is_dir() or path.is_file()):
+        raise ModelNotFoundError(f"{spec}: not a regular file or folder (a FIFO, socket or device)")
     if path.is_dir():
         return ModelSource(path.resolve().name, path, "hf")
     if path.is_file():

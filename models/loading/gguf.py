@@ -38,10 +38,18 @@ def converted_dir(path: Path, dtype: torch.dtype) -> Path:
 
 
 def gguf_checkpoint(path: Path, dtype: torch.dtype, progress=None) -> Path:
-    """The converted checkpoint directory for a GGUF file, converting it on first use."""
+    """The converted checkpoint directory for a GGUF file, converting it on first use.
+
+    A cached copy that is incomplete or unreadable (a disk that filled up, a hand-deleted file) is converted
+    again rather than refused forever; a cache folder that cannot be written is a one-line ModelError, and the
+    half-written copy is removed whatever stops the conversion."""
     out = converted_dir(path, dtype)
-    if (out / "config.json").is_file():
+    if is_complete(out):
         return out
+    if out.exists():
+        if progress:
+            progress(f"The converted copy of {path.name} in {out} is damaged: converting it again")
+        shutil.rmtree(out, ignore_errors=True)
     if progress:
         progress(f"Converting {path.name} (first start only; cached in {out.parent})")
     reader = open_gguf(path)
@@ -52,16 +60,37 @@ def gguf_checkpoint(path: Path, dtype: torch.dtype, progress=None) -> Path:
 
     from safetensors.torch import save_file
     tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(tensors, tmp / "model.safetensors")
-    tokenizer.save_pretrained(str(tmp))
-    (tmp / "config.json").write_text(json.dumps(config.to_hf(), indent=2))
     try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(tensors, tmp / "model.safetensors")
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / "config.json").write_text(json.dumps(config.to_hf(), indent=2))
         os.replace(tmp, out)            # atomic: a half-written conversion is never found
-    except OSError:                     # another process converted it first
+    except OSError as e:
+        if is_complete(out):            # another process converted it first
+            return out
+        raise ModelError(f"cannot write the converted model into {out.parent}: {e.strerror or e} "
+                         "(CODECOMPLETE_CACHE_DIR sets the cache folder)") from None
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def is_complete(directory: Path) -> bool:
+    """Whether a converted copy has everything a load reads: a valid config, a readable safetensors header
+    (which also checks the file is as long as the header says) and the tokenizer."""
+    from models.loading.hf import read_config
+    from safetensors import safe_open
+
+    try:
+        if not (directory / "tokenizer.json").is_file():
+            return False
+        read_config(directory)
+        with safe_open(directory / "model.safetensors", framework="pt", device="cpu") as weights:
+            return bool(list(weights.keys()))
+    except Exception:  # ModelError, SafetensorError, OSError: not a usable copy
+        return False
 
 
 def open_gguf(path: Path):

@@ -20,6 +20,7 @@ from models.llama import Transformer, hf_tensor_slots
 IGNORED_TENSORS = ("rotary_emb.inv_freq",)   # recomputed, and stored only by old checkpoints
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+MAX_JSON_BYTES = 64 * 1024 * 1024     # configs and shard indexes are far smaller
 
 
 @dataclass
@@ -30,14 +31,22 @@ class LoadedModel:
 
 
 def read_json(path: Path) -> dict:
+    """A JSON object from a checkpoint file; anything else (too large, not JSON, not an object) is a ModelError."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelError(f"{path}: unreadable JSON ({e})") from None
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise ModelError(f"{path}: {path.stat().st_size:,} bytes is too large for a JSON config")
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ModelError(f"{path}: unreadable JSON ({type(e).__name__}: {e})") from None
+    if not isinstance(value, dict):
+        raise ModelError(f"{path}: not a JSON object (a {type(value).__name__})")
+    return value
 
 
 def read_config(directory: Path) -> ModelConfig:
     path = directory / "config.json"
+    if path.exists() and not path.is_file():
+        raise ModelError(f"{path}: not a regular file (reading a FIFO or device would block or never end)")
     if not path.is_file():
         raise ModelNotFoundError(
             f"{directory}: no config.json, so not a Hugging Face checkpoint directory "
@@ -51,7 +60,10 @@ def weight_files(directory: Path) -> list[Path]:
                                 ("pytorch_model.bin.index.json", "pytorch_model*.bin")):
         index = directory / index_name
         if index.is_file():
-            files = [directory / f for f in sorted(set(read_json(index).get("weight_map", {}).values()))]
+            weight_map = read_json(index).get("weight_map", {})
+            if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+                raise ModelError(f"{index}: weight_map must map tensor names to file names")
+            files = [directory / f for f in sorted(set(weight_map.values()))]
             for f in files:
                 if not f.is_file():
                     raise ModelNotFoundError(f"{f}: listed in {index.name} but missing")
@@ -61,8 +73,11 @@ def weight_files(directory: Path) -> list[Path]:
     raise ModelNotFoundError(f"{directory}: no weights (model.safetensors or pytorch_model.bin)")
 
 
-def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, CPU tensor) for every tensor, one at a time (safetensors memory-mapped)."""
+def iter_tensors(files: list[Path], part=None) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, CPU tensor) for every tensor, one at a time (safetensors memory-mapped).
+
+    part(name, shape) -> index or None: read only tensor[index] (a tensor-parallel rank's slice, models/tp.py).
+    """
     from safetensors import SafetensorError, safe_open
 
     for f in files:
@@ -70,7 +85,8 @@ def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
             try:
                 with safe_open(f, framework="pt", device="cpu") as st:
                     for name in st.keys():
-                        yield name, st.get_tensor(name)
+                        index = None if part is None else part(name, st.get_slice(name).get_shape())
+                        yield name, st.get_tensor(name) if index is None else st.get_slice(name)[index]
             except (SafetensorError, OSError) as e:
                 raise ModelError(f"{f}: unreadable safetensors file ({e})") from None
         else:
@@ -78,12 +94,18 @@ def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
                 state = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
             except Exception as e:  # pickle and zip errors come in many types
                 raise ModelError(f"{f}: unreadable PyTorch weights ({e})") from None
-            yield from state.items()
+            for name, tensor in state.items():
+                index = None if part is None else part(name, tensor.shape)
+                yield name, tensor if index is None else tensor[index]
 
 
-def load_weights(model: Transformer, tensors: Iterator[tuple[str, torch.Tensor]], source: str) -> None:
-    """Copy HF-named tensors into the model (casting to its dtype and device); every slot must be filled."""
-    slots = hf_tensor_slots(model)
+def load_weights(model: Transformer, tensors: Iterator[tuple[str, torch.Tensor]], source: str,
+                 slots: dict[str, torch.Tensor] | None = None) -> None:
+    """Copy HF-named tensors into the model (casting to its dtype and device); every slot must be filled.
+
+    slots: where each tensor goes (default `hf_tensor_slots(model)`).
+    """
+    slots = dict(hf_tensor_slots(model) if slots is None else slots)
     for name, tensor in tensors:
         if name.endswith(IGNORED_TENSORS) or (name == "lm_head.weight" and model.config.tie_embeddings):
             continue
@@ -119,23 +141,51 @@ def eos_ids(directory: Path, config: ModelConfig, tokenizer) -> tuple[int, ...]:
     generation = directory / "generation_config.json"
     if generation.is_file():
         eos = read_json(generation).get("eos_token_id")
-        ids.update(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        ids.update(i for i in (eos if isinstance(eos, list) else [eos]) if isinstance(i, int) and i >= 0)
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return tuple(sorted(ids))
 
 
+def check_special_files(directory: Path) -> None:
+    """Refuse a checkpoint folder holding a FIFO or device where a file is read: reading it would block or
+    never end (transformers opens several optional files by name)."""
+    try:
+        entries = list(directory.iterdir())
+    except OSError as e:
+        raise ModelError(f"{directory}: cannot list the checkpoint folder ({e.strerror or e})") from None
+    for entry in entries:
+        try:
+            if not (entry.is_file() or entry.is_dir()) and entry.exists():
+                raise ModelError(f"{entry}: not a regular file (a FIFO or device in the checkpoint folder)")
+        except OSError as e:
+            raise ModelError(f"{entry}: unreadable ({e.strerror or e})") from None
+
+
 def load_hf_model(directory: Path, device: torch.device, dtype: torch.dtype, max_len: int | None = None,
-                  name: str | None = None) -> LoadedModel:
-    """Build the model on `device` in `dtype` from a checkpoint directory; max_len sizes the rotary table."""
+                  name: str | None = None, tp=None) -> LoadedModel:
+    """Build the model on `device` in `dtype` from a checkpoint directory; max_len sizes the rotary table.
+
+    tp: a `models.tp.TensorParallel`: build this rank's part only, reading only its slices of the tensors.
+    """
+    check_special_files(directory)
     config = read_config(directory)
     files = weight_files(directory)
     tokenizer = load_tokenizer(directory)
-    with torch.device("meta"):
-        model = Transformer(config, max_len=max_len)
     try:
-        model.materialize(device, dtype)
-        load_weights(model, iter_tensors(files), name or str(directory))
+        if tp is None:
+            with torch.device("meta"):
+                model = Transformer(config, max_len=max_len)
+            model.materialize(device, dtype)
+            load_weights(model, iter_tensors(files), name or str(directory))
+        else:
+            from models.tp import load_shard
+            model = load_shard(config, tp, lambda part: iter_tensors(files, part), device, dtype, max_len,
+                               name or str(directory))
     except torch.OutOfMemoryError:
+        raise OutOfMemoryError(f"{name or directory}: the weights do not fit in {device} memory") from None
+    except RuntimeError as e:               # the CPU allocator says so in a RuntimeError
+        if "allocate" not in str(e):
+            raise
         raise OutOfMemoryError(f"{name or directory}: the weights do not fit in {device} memory") from None
     return LoadedModel(model.eval(), tokenizer, eos_ids(directory, config, tokenizer))

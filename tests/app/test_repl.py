@@ -1,5 +1,6 @@
 """The chat REPL, in process, typed into through prompt-toolkit's pipe input."""
 import io
+import os
 import signal
 
 import pytest
@@ -9,6 +10,7 @@ from prompt_toolkit.output import DummyOutput
 from rich.console import Console
 
 from codecomplete import chat, cli, repl, workspace
+from codecomplete.session import Session
 
 CTRL_C, CTRL_D, ESC_ENTER = "\x03", "\x04", "\x1b\r"     # Esc Enter: a new line, not send
 
@@ -16,7 +18,7 @@ CTRL_C, CTRL_D, ESC_ENTER = "\x03", "\x04", "\x1b\r"     # Esc Enter: a new line
 @pytest.fixture(scope="module")
 def conversation(repo, engine):
     args = cli.build_parser().parse_args([str(repo), "--max-tokens", "12"])
-    return chat.Conversation(engine, workspace.index(repo), args)
+    return chat.Conversation(Session(engine, workspace.index(repo)), args)
 
 
 def drive(conversation, keystrokes, history):
@@ -95,3 +97,29 @@ def test_completion_of_commands_and_paths(conversation):
     assert complete("/add shapes/g") == ["shapes/geometry.py"]
     assert complete("/add geometry") == ["shapes/geometry.py"]
     assert complete("plain question") == []
+
+
+def test_a_model_that_fails_to_load_keeps_the_repls_model_and_conversation(conversation, tmp_path):
+    conversation.reset()
+    conversation.messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    engine = conversation.engine
+    bad = tmp_path / "bad-model"
+    bad.mkdir()
+    (bad / "config.json").write_text('{"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, '
+                                     '"num_attention_heads": 4, "intermediate_size": 96, "vocab_size": 300, '
+                                     '"rope_scaling": {"type": "linear"}}')
+    printed = drive(conversation, [f"/model {bad}\r", "/model random:SmolLM2-135M\r", "/model\r", "/exit\r"],
+                    tmp_path / "history")
+    assert f"error: {bad}/config.json: config lacks factor" in " ".join(printed.split())
+    assert "random weights have no tokenizer" in printed
+    assert conversation.engine is engine and conversation.args.model is None
+    assert [m["content"] for m in conversation.messages] == ["hi", "hello"]
+
+
+def test_history_is_never_kept_inside_the_repository_or_in_a_special_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "repo" / ".state"))     # HOME is the repository
+    assert repl.history_path(tmp_path / "repo") is None and not (tmp_path / "repo").exists()
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    (tmp_path / "state" / "codecomplete").mkdir(parents=True)
+    os.mkfifo(tmp_path / "state" / "codecomplete" / "history")         # reading it would block the REPL
+    assert repl.history_path(tmp_path / "repo") is None

@@ -16,3 +16,18 @@ def make_inputs(B, Hq, Hkv, S, D, dtype, *, layout="bhsd", seed=None, lengths=No
         k = torch.randn(B, S, Hkv, D, generator=gen).to(dtype).transpose(1, 2)
         v = torch.randn(B, S, Hkv, D, generator=gen).to(dtype).transpose(1, 2)
     return q, k, v
+
+
+def quantized_copy(k, v, layout="bhsd"):
+    """fp8 copies of k, v (B, Hkv, S, D) with their per-token scales, via the reference quantizer:
+    (k8, k_scale, v8, v_scale). `layout="bshd"` stores the fp8 values (and scales) as transposed views
+    of (B, S, Hkv, ...) buffers."""
+    from kernels.reference import quantize_fp8
+    result = []
+    for x in (k, v):
+        if layout == "bshd":
+            values, scale = quantize_fp8(x.transpose(1, 2).contiguous())   # (B, S, Hkv, D), (B, S, Hkv)
+            result += [values.transpose(1, 2), scale.transpose(1, 2)]
+        else:
+            result += list(quantize_fp8(x))
+    return tuple(result)

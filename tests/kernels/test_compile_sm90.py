@@ -1,4 +1,5 @@
-"""The kernels compile for the H100 (sm_90) on this GPU-less machine, as `flash_decode` launches them.
+"""The kernels compile for the H100/H200 (sm_90) on this GPU-less machine, as `flash_decode` and
+`append_kv` launch them: the main configurations, multi-token and fp8 variants, every plan option.
 
 Runs `python -m kernels.compile_check` in a subprocess: the test session has TRITON_INTERPRET=1,
 under which Triton hands out interpreted functions that cannot be compiled.
@@ -11,7 +12,7 @@ import sys
 
 import pytest
 
-from kernels.compile_check import MAIN_CONFIGS
+from kernels.compile_check import APPEND_CONFIGS, MAIN_CONFIGS
 
 
 @pytest.fixture(scope="module")
@@ -21,16 +22,26 @@ def compiled():
                          capture_output=True, text=True, env=env, timeout=600)
     facts = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     assert facts, f"compile_check printed nothing; stderr:\n{run.stderr[-3000:]}"
-    return {tuple(f["config"][:5]): f for f in facts}
+    return {f["name"]: f for f in facts}
 
 
-@pytest.mark.parametrize("config", MAIN_CONFIGS, ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("config", MAIN_CONFIGS, ids=lambda c: c.name)
 def test_kernels_compile_for_sm90(compiled, config):
-    facts = compiled[tuple(config)]
+    facts = compiled[config.name]
     assert "error" not in facts, facts.get("error")
     assert facts["split_cubin_bytes"] > 0
     if facts["num_splits"] > 1:
         assert facts["combine_cubin_bytes"] > 0
-    if config[0] != "fp32":  # 16-bit dots must run on the tensor cores
+    if config.dtype != "fp32" or config.kv == "fp8":  # 16-bit (and fp8) dots must run on the tensor cores
         assert facts["tensor_cores"]
-    assert facts["split_shared_bytes"] <= 227 * 1024  # the H100's shared memory per block
+    assert facts["tma"] == bool(config.plan.get("tma"))  # descriptors lower to TMA copies, nothing else does
+    assert facts["split_shared_bytes"] <= 227 * 1024  # Hopper's shared memory per block
+
+
+def test_append_kernels_compile_for_sm90(compiled):
+    names = [n for n in compiled if n.startswith("append-")]
+    assert len(names) == len(APPEND_CONFIGS)
+    for name in names:
+        facts = compiled[name]
+        assert "error" not in facts, facts.get("error")
+        assert facts["fp8_convert"] == ("-fp8-" in name)  # one saturating round-to-nearest cvt

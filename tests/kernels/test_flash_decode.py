@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_inputs import make_inputs
+from kernel_inputs import make_inputs, quantized_copy
 
 from kernels import flash_decode, plan_launch, reference
 
@@ -21,16 +21,20 @@ SPLITS = [None, 1, 2, 7]
 ABS_TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
 
-def float64_reference(q, k, v, lengths):
+def float64_reference(q, k, v, lengths, k_scale=None, v_scale=None):
+    """float64 attention; an fp8 cache is dequantized in float64 (its scales are exact there)."""
+    if k_scale is not None:
+        return reference.flash_decode(q.double(), k, v, lengths, return_lse=True, k_scale=k_scale, v_scale=v_scale)
     return reference.flash_decode(q.double(), k.double(), v.double(), lengths, return_lse=True)
 
 
 def same_dtype_torch_error(q, k, v, lengths, ref):
     """Relative error of SDPA computed in the inputs' own dtype: the noise floor of that dtype."""
     S = k.shape[2]
-    mask = torch.arange(S)[None, :] < lengths.long()[:, None]                  # (B, S)
-    out = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=mask[:, None, None],
-                                         enable_gqa=True)[:, :, 0]
+    T = q.shape[2] if q.dim() == 4 else 1
+    mask = reference.visible_keys(lengths.long(), T, S)                          # (B, T, S)
+    q4 = q if q.dim() == 4 else q[:, :, None]
+    out = F.scaled_dot_product_attention(q4, k, v, attn_mask=mask[:, None], enable_gqa=True).reshape(q.shape)
     keep = lengths.long() > 0  # SDPA gives NaN on fully masked rows; those are checked separately
     return rel_err(out[keep], ref[keep])
 
@@ -52,26 +56,42 @@ def ragged_lengths(B, S, gen):
 CASES = list(itertools.product(HEADS, HEAD_DIMS, DTYPES))
 
 
+def tolerance(dtype, fp8: bool) -> float:
+    # With an fp8 cache the dots run in fp16 on the GPU, whatever q's dtype.
+    return max(ABS_TOL[dtype], ABS_TOL[torch.float16]) if fp8 else ABS_TOL[dtype]
+
+
+@pytest.mark.parametrize("kv", ["same", "fp8"])
 @pytest.mark.parametrize("case_index", range(len(CASES)))
-def test_matches_float64_reference(case_index, poisoned_empty):
+def test_matches_float64_reference(case_index, kv, poisoned_empty):
+    """The whole sweep, for caches in q's dtype and for fp8 caches (then against float64 attention
+    over the dequantized cache, and against the float32 reference of the same quantized cache)."""
     (Hq, Hkv), D, dtype = CASES[case_index]
     # Cycle the remaining axes through the cases so every value meets every head layout.
     S = SEQ_LENS[case_index % len(SEQ_LENS)]
     num_splits = SPLITS[case_index % len(SPLITS)]
     layout = ("bhsd", "bshd")[case_index % 2]
     B = (1, 3)[(case_index // 2) % 2]
+    fp8 = kv == "fp8"
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
     q, k, v = make_inputs(B, Hq, Hkv, S, D, dtype, layout=layout)
     lengths = ragged_lengths(B, S, gen)
+    scales = {}
+    if fp8:
+        k, scales["k_scale"], v, scales["v_scale"] = quantized_copy(k, v, layout=layout)
 
-    out, lse = flash_decode(q, k, v, lengths, num_splits=num_splits, return_lse=True)
+    out, lse = flash_decode(q, k, v, lengths, num_splits=num_splits, return_lse=True, **scales)
 
     assert out.shape == (B, Hq, D) and out.dtype == dtype
     assert lse.shape == (B, Hq) and lse.dtype == torch.float32
     assert not out.isnan().any(), "an output element was never written"
-    ref_out, ref_lse = float64_reference(q, k, v, lengths)
-    bound = 2 * same_dtype_torch_error(q, k, v, lengths, ref_out) + ABS_TOL[dtype]
+    ref_out, ref_lse = float64_reference(q, k, v, lengths, **scales)
+    k_dense, v_dense = (reference.dequantize(k, scales["k_scale"], dtype), reference.dequantize(v, scales["v_scale"], dtype)) \
+        if fp8 else (k, v)
+    bound = 2 * same_dtype_torch_error(q, k_dense, v_dense, lengths, ref_out) + tolerance(dtype, fp8)
     assert rel_err(out, ref_out) <= bound
+    if fp8:
+        assert rel_err(out, reference.flash_decode(q, k, v, lengths, **scales)) <= bound
     empty = lengths == 0
     assert (out[empty] == 0).all() and (lse[empty] == float("-inf")).all()
     torch.testing.assert_close(lse[~empty], ref_lse[~empty].float(), rtol=1e-5, atol=1e-5)

@@ -1,9 +1,16 @@
 """Bad input to flash_decode (and the reference) is a ValueError naming the problem."""
 
+import re
+
 import pytest
 import torch
 
+import kernels
 from kernels import flash_decode, reference
+
+
+FP8 = dict(k_cache=torch.randn(2, 2, 32, 64).to(torch.float8_e4m3fn),
+           v_cache=torch.randn(2, 2, 32, 64).to(torch.float8_e4m3fn))
 
 
 def good():
@@ -15,7 +22,19 @@ def call(fn, q, k_cache, v_cache, **kwargs):
 
 
 BAD = [
-    ("q must have 3 dimensions", dict(q=torch.randn(2, 8, 1, 64))),
+    ("q must have 3 or 4 dimensions", dict(q=torch.randn(2, 8, 1, 1, 64))),
+    ("17 query tokens per sequence; supported: 1..16", dict(q=torch.randn(2, 8, 17, 64))),
+    ("5 query tokens but the cache holds only 4", dict(q=torch.randn(2, 8, 5, 64), k_cache=torch.randn(2, 2, 4, 64),
+                                                      v_cache=torch.randn(2, 2, 4, 64))),
+    ("must be at least 3 (the query tokens", dict(q=torch.randn(2, 8, 3, 64),
+                                                  cache_seqlens=torch.tensor([3, 2], dtype=torch.int32))),
+    ("k_scale is only for float8_e4m3fn caches", dict(k_scale=torch.ones(2, 2, 32))),
+    ("needs k_scale and v_scale; v_scale is None", dict(**FP8, k_scale=torch.ones(2, 2, 32))),
+    ("k_scale must be a float32 tensor", dict(**FP8, k_scale=torch.ones(2, 2, 32, dtype=torch.float16),
+                                              v_scale=torch.ones(2, 2, 32))),
+    ("v_scale must have shape (B, Hkv, S) = (2, 2, 32)", dict(**FP8, k_scale=torch.ones(2, 2, 32),
+                                                               v_scale=torch.ones(2, 32, 2))),
+    ("k_cache and v_cache must share a dtype", dict(k_cache=FP8["k_cache"], k_scale=torch.ones(2, 2, 32))),
     ("differ in shape", dict(v_cache=torch.randn(2, 2, 31, 64))),
     ("does not match the cache", dict(q=torch.randn(3, 8, 64))),
     ("multiple of key/value heads", dict(q=torch.randn(2, 9, 64))),
@@ -38,7 +57,7 @@ BAD = [
 @pytest.mark.parametrize("message, change", BAD, ids=[m for m, _ in BAD])
 def test_bad_input_is_a_clear_value_error(fn, message, change):
     args = good() | change
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         call(fn, **args)
 
 
@@ -47,3 +66,31 @@ def test_float64_is_reference_only():
     with pytest.raises(ValueError, match="supported: float16, bfloat16, float32"):
         flash_decode(**args)
     assert reference.flash_decode(**args).dtype == torch.float64
+
+
+def append_args():
+    return dict(k_new=torch.randn(2, 2, 3, 64), v_new=torch.randn(2, 2, 3, 64), k_cache=torch.randn(2, 2, 32, 64),
+                v_cache=torch.randn(2, 2, 32, 64), input_pos=torch.tensor([0, 29]))
+
+
+BAD_APPEND = [
+    ("and v_new (2, 2, 4, 64) differ in shape", dict(v_new=torch.randn(2, 2, 4, 64))),
+    ("does not match the cache", dict(k_new=torch.randn(2, 3, 3, 64), v_new=torch.randn(2, 3, 3, 64))),
+    ("must have the new values' dtype", dict(k_new=torch.randn(2, 2, 3, 64, dtype=torch.float16),
+                                             v_new=torch.randn(2, 2, 3, 64, dtype=torch.float16))),
+    ("input_pos must be an int64 tensor", dict(input_pos=torch.tensor([0, 1], dtype=torch.int32))),
+    ("input_pos must have shape (2,)", dict(input_pos=torch.tensor([0]))),
+    ("input_pos must lie in 0..29", dict(input_pos=torch.tensor([0, 30]))),
+    ("input_pos must lie in 0..29", dict(input_pos=torch.tensor([-1, 3]))),
+    ("needs k_scale and v_scale", dict(**FP8)),
+    ("v_scale is only for float8_e4m3fn caches", dict(v_scale=torch.ones(2, 2, 32))),
+    ("contiguous last dimension", dict(k_cache=torch.randn(2, 2, 64, 32).transpose(2, 3))),
+]
+
+
+@pytest.mark.parametrize("fn", [kernels.append_kv, reference.append_kv], ids=["kernels", "reference"])
+@pytest.mark.parametrize("message, change", BAD_APPEND, ids=[m for m, _ in BAD_APPEND])
+def test_bad_append_is_a_clear_value_error(fn, message, change):
+    args = append_args() | change
+    with pytest.raises(ValueError, match=re.escape(message)):
+        fn(**args)

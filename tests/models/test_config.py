@@ -12,7 +12,7 @@ LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_s
 
 
 @pytest.mark.parametrize("name, kib_per_token", [("CodeLlama-7B", 512), ("CodeLlama-13B", 800),
-                                                 ("CodeLlama-34B", 192), ("SmolLM2-135M", 22.5)])
+                                                 ("CodeLlama-34B", 192), ("CodeLlama-70B", 320), ("SmolLM2-135M", 22.5)])
 def test_presets_match_the_design_table(name, kib_per_token):
     # DESIGN.md's last column: KV bytes per token in bf16.
     assert PRESETS[name].kv_bytes_per_token(2) == kib_per_token * 1024

@@ -141,3 +141,44 @@ def test_relative_paths_stay_inside_the_repository(make_repo):
     os.symlink(root.parent, root / "parent")
     with pytest.raises(PromptError, match="outside the repository"):
         index.relative_path("parent/x.py")
+
+
+@pytest.mark.parametrize("damage", [
+    lambda saved: {**saved, "files": {path: tuple(entry) for path, entry in saved["files"].items()}},
+    lambda saved: {**saved, "files": {path: entry._replace(chunks=("text",)) for path, entry in saved["files"].items()}},
+    lambda saved: {**saved, "term_ids": {path: list(ids) for path, ids in saved["term_ids"].items()}},
+    lambda saved: {**saved, "vocabulary": {}},
+    lambda saved: {**saved, "files": None},
+    lambda saved: [saved],
+], ids=["entries-are-tuples", "chunks-are-strings", "term-ids-are-lists", "vocabulary-lost", "no-files", "a-list"])
+def test_a_well_pickled_cache_of_the_wrong_shape_is_rebuilt(make_repo, cache_dir, count_parses, damage):
+    root = make_repo(FILES)
+    index_repository(root)
+    (cache_file,) = cache_dir.rglob("*.pickle")
+    cache_file.write_bytes(pickle.dumps(damage(pickle.loads(cache_file.read_bytes()))))
+    count_parses.clear()
+    index = index_repository(root)
+    assert index.definers["helper"] == [4] and len(count_parses) == 4
+    assert isinstance(next(iter(pickle.loads(cache_file.read_bytes())["files"].values())), prompts.index.FileEntry)
+
+
+def test_a_failed_cache_write_leaves_no_temporary_file(make_repo, cache_dir, monkeypatch):
+    root = make_repo(FILES)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(prompts.index.pickle, "dump", disk_full)
+    with pytest.warns(ScanWarning, match="could not write the index cache .*No space left on device"):
+        index_repository(root)
+    assert [p for p in cache_dir.rglob("*") if p.is_file()] == []
+
+
+def test_a_cache_dir_that_is_a_file_is_said_once_before_any_parsing(make_repo, tmp_path, count_parses):
+    root = make_repo(FILES)
+    (tmp_path / "cache-file").write_text("x")
+    with pytest.warns(ScanWarning) as caught:
+        index_repository(root, cache_dir=tmp_path / "cache-file")
+    assert [str(w.message) for w in caught] == [f"not caching the index: the cache folder "
+                                                f"{(tmp_path / 'cache-file').resolve()} is not a folder"]
+    assert (tmp_path / "cache-file").read_text() == "x"

@@ -1,0 +1,68 @@
+"""The cache folder (converted models, the repository index): chosen once, up front, never inside the repository.
+
+prompts and models each read $CODECOMPLETE_CACHE_DIR; the app decides once which folder that is for this run
+and sets it, so both write to the same place and a problem is said once, before any work. The choice: the
+folder the user set, else the user cache dir; one that is inside the repository (a cache dir set to
+`REPO/.cache`, or HOME being the repository), that is not a folder or cannot be written is passed over, with
+a warning; when none is usable, a temporary folder serves this run and is removed at exit.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .render import warn
+
+VARIABLE = "CODECOMPLETE_CACHE_DIR"
+_chosen: Path | None = None
+
+
+def prepare(root: Path | None = None) -> Path:
+    """The cache folder for this run (set in $CODECOMPLETE_CACHE_DIR); `root` is the repository, if any."""
+    global _chosen
+    if _chosen is not None:
+        return _chosen
+    problems = []
+    for folder in _candidates():
+        problem = _problem(folder, root)
+        if problem is None:
+            _chosen, lasting = folder.resolve(), ""
+            break
+        problems.append(f"{folder} {problem}")
+    else:
+        _chosen, lasting = Path(tempfile.mkdtemp(prefix="codecomplete-cache-")), " for this run only"
+        atexit.register(shutil.rmtree, _chosen, ignore_errors=True)
+    if problems:
+        warn(f"not caching in {'; nor in '.join(problems)}: caching in {_chosen}{lasting} (set {VARIABLE} to choose)")
+    os.environ[VARIABLE] = str(_chosen)
+    return _chosen
+
+
+def _candidates() -> list[Path]:
+    import platformdirs
+
+    default = Path(platformdirs.user_cache_dir("codecomplete"))
+    configured = os.environ.get(VARIABLE)
+    return [Path(os.path.expanduser(configured)), default] if configured else [default]
+
+
+def _problem(folder: Path, root: Path | None) -> str | None:
+    """Why `folder` cannot hold the caches, or None."""
+    try:
+        resolved = folder.resolve()
+    except (OSError, RuntimeError) as exc:      # a link loop
+        return f"cannot be resolved ({getattr(exc, 'strerror', None) or exc})"
+    if root is not None and resolved.is_relative_to(root.resolve()):
+        return "is inside the repository, where nothing is ever written"
+    if resolved.exists() and not resolved.is_dir():
+        return "is not a folder"
+    try:
+        resolved.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=resolved):     # writable for real (root ignores permission bits)
+            pass
+    except OSError as exc:
+        return f"cannot be written ({exc.strerror or exc})"
+    return None

@@ -1,0 +1,88 @@
+"""`append_kv`: write a step's new keys and values into the KV cache, quantizing an fp8 cache in the
+same pass (one kernel for K and V, instead of two index_put's plus a quantization per layer).
+
+One program per (batch row, new token, block of KV heads): it reads the new K and V rows, and for an
+fp8 cache computes each (token, KV head) row's scale amax / 448 (1 where amax is 0), divides with
+IEEE rounding (`div_rn`, as PyTorch does, so the GPU's bytes equal `kernels.reference.quantize_fp8`'s),
+clamps to +-448 and converts to e4m3 with round-to-nearest. Positions come from a device tensor, so a
+captured CUDA graph replays it as the positions advance; a position outside the cache is dropped
+rather than written out of bounds (the host check catches it outside graph capture).
+
+What is supported: new values in fp16/bf16/fp32, caches in the same dtype or float8_e4m3fn, any
+strides but the last (which must be 1). The Triton interpreter converts to e4m3 rounding halves away
+from zero and truncating subnormals, so on the CPU its bytes may differ from PyTorch's by one step;
+`kernels.append_kv` therefore runs the PyTorch reference on the CPU and this kernel on CUDA.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from kernels.validation import check_append_inputs
+
+FP8_MAX = tl.constexpr(448.0)
+
+
+@triton.jit
+def _append_rows(NEW, CACHE, SCALE, b, t, pos, heads, offs_d, mask_h, D,
+                 stride_nb, stride_nh, stride_nt, stride_cb, stride_ch, stride_cs,
+                 stride_sb, stride_sh, stride_ss, FP8: tl.constexpr):
+    """Rows (b, heads, t) of NEW into (b, heads, pos) of CACHE (and SCALE for fp8); mask_h: (BLOCK_H,)."""
+    mask = mask_h[:, None] & (offs_d[None, :] < D)
+    x = tl.load(NEW + b * stride_nb + heads[:, None] * stride_nh + t * stride_nt + offs_d[None, :],
+                mask=mask, other=0.0)                                         # (BLOCK_H, BLOCK_D)
+    dst = CACHE + b * stride_cb + heads[:, None] * stride_ch + pos * stride_cs + offs_d[None, :]
+    if FP8:
+        xf = x.to(tl.float32)
+        amax = tl.max(tl.abs(xf), axis=1)                                     # (BLOCK_H,)
+        scale = tl.where(amax > 0, tl.math.div_rn(amax, tl.full(amax.shape, FP8_MAX, tl.float32)), 1.0)
+        values = tl.clamp(tl.math.div_rn(xf, scale[:, None]), -FP8_MAX, FP8_MAX)
+        tl.store(dst, values.to(CACHE.dtype.element_ty), mask=mask)
+        tl.store(SCALE + b * stride_sb + heads * stride_sh + pos * stride_ss, scale, mask=mask_h)
+    else:
+        tl.store(dst, x.to(CACHE.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _append_kv_kernel(
+    K_NEW, V_NEW, K, V, K_SCALE, V_SCALE, POS,
+    stride_knb, stride_knh, stride_knt, stride_vnb, stride_vnh, stride_vnt,
+    stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
+    stride_ksb, stride_ksh, stride_kss, stride_vsb, stride_vsh, stride_vss,
+    HKV, S, D,
+    T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, FP8: tl.constexpr,
+):
+    """K_NEW, V_NEW (B, Hkv, T, D); K, V (B, Hkv, S, D); K_SCALE, V_SCALE (B, Hkv, S) with FP8; POS int64 (B,)."""
+    bt = tl.program_id(0)
+    b = (bt // T).to(tl.int64)
+    t = bt % T
+    pos = tl.load(POS + b) + t
+    heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)                 # (BLOCK_H,)
+    offs_d = tl.arange(0, BLOCK_D)
+    # A position outside the cache masks every head (comparing against a scalar bound: the
+    # interpreter mishandles `block & scalar_bool`).
+    mask_h = heads < tl.where((pos >= 0) & (pos < S), HKV, 0)
+    _append_rows(K_NEW, K, K_SCALE, b, t, pos, heads, offs_d, mask_h, D, stride_knb, stride_knh, stride_knt,
+                 stride_kb, stride_kh, stride_ks, stride_ksb, stride_ksh, stride_kss, FP8)
+    _append_rows(V_NEW, V, V_SCALE, b, t, pos, heads, offs_d, mask_h, D, stride_vnb, stride_vnh, stride_vnt,
+                 stride_vb, stride_vh, stride_vs, stride_vsb, stride_vsh, stride_vss, FP8)
+
+
+def append_blocks(Hkv: int, D: int) -> tuple[int, int]:
+    """(heads, head-dim lanes) of one program: all heads of a token up to 4096 values per tensor."""
+    block_d = max(16, triton.next_power_of_2(D))
+    return min(triton.next_power_of_2(Hkv), max(1, 4096 // block_d)), block_d
+
+
+def append_kv_triton(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None, v_scale=None) -> None:
+    """The Triton path of `kernels.append_kv` (any device Triton runs on, the interpreter included)."""
+    B, Hkv, T, S, D, fp8 = check_append_inputs(k_new, v_new, k_cache, v_cache, input_pos, k_scale, v_scale)
+    block_h, block_d = append_blocks(Hkv, D)
+    scales = (k_scale, v_scale) if fp8 else (input_pos, input_pos)  # any pointer; never read without FP8
+    scale_strides = [s for t in (k_scale, v_scale) for s in t.stride()] if fp8 else [0] * 6
+    _append_kv_kernel[(B * T, triton.cdiv(Hkv, block_h))](
+        k_new, v_new, k_cache, v_cache, *scales, input_pos,
+        *k_new.stride()[:3], *v_new.stride()[:3], *k_cache.stride()[:3], *v_cache.stride()[:3], *scale_strides,
+        Hkv, S, D, T=T, BLOCK_H=block_h, BLOCK_D=block_d, FP8=fp8, num_warps=4,
+    )

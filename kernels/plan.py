@@ -1,0 +1,172 @@
+"""Launch plans of the split-KV kernels: how a call is cut up and which Triton options it uses.
+
+A plan depends on shapes and the device only, never on lengths (the grid must stay valid while a
+captured CUDA graph is replayed over growing lengths). Two sources:
+- `plan_launch`: the heuristic, tuned on an H100 (bench/results/NOTES.md); used on every device
+  that has no tuned plan file, and for float32 queries everywhere.
+- `tuned_plan`: a shape-keyed table that `python -m kernels.bench --tune` measures on one device
+  and writes to kernels/plans/<device>.json (committed). A shape in the table gets its measured
+  plan; another shape takes the tile options of the nearest measured shape of the same kind and
+  that shape's programs-per-SM target for its split count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import triton
+
+# Planning constants, measured on an H100 (bench/results/NOTES.md records the sweeps).
+PROGRAMS_PER_SM = 2          # two resident programs per SM beat one and four (34B, 7B, paper shapes)
+MIN_BLOCKS_PER_SPLIT = 1     # even one tile per split paid off at short contexts (34B, S=1k)
+MAX_SPLITS = 128             # bounds the combine's tile; more splits never paid off
+MAX_BLOCK_M = 64             # query rows per program: beyond, the accumulator spills registers
+# The committed tables; CODECOMPLETE_PLANS_DIR points the planner at another directory (e.g. the
+# plans an exploration just wrote, to measure them before they are committed).
+PLANS_DIR = Path(os.environ.get("CODECOMPLETE_PLANS_DIR") or Path(__file__).with_name("plans"))
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """How one call is cut up (the split count, rows and keys per tile) and how it is compiled."""
+    num_splits: int
+    block_m: int      # query rows (group heads x tokens) per program, padded to the tensor cores' 16
+    block_n: int      # keys per inner-loop tile
+    block_d: int      # head dim padded to a power of two
+    num_warps: int
+    num_stages: int   # Triton's kernel-level pipelining (loads feeding dots)
+    loop_stages: int = 0        # > 0: tl.range(num_stages=) pipelines every load of the key loop
+    cache_modifier: str = ""    # K/V loads: "" or ".cg" (cache in L2 only)
+    eviction: str = ""          # K/V loads: "" or "evict_first" (read once)
+    tma: bool = False           # K/V through tensor descriptors (TMA); needs 16-byte aligned strides
+    fp8_dot: bool = False       # fp8 caches: scores by e4m3 tensor-core dots (q quantized per row)
+    partials: str = "float32"   # split partials' dtype: "float32" or "bfloat16" (half the traffic)
+    pdl: bool = True            # combine as a programmatic dependent launch where supported
+
+    def row_blocks(self, group: int, T: int) -> int:
+        return -(-group * T // self.block_m)
+
+
+def tiles(group: int, T: int, D: int) -> tuple[int, int, int]:
+    """(block_m, block_n, block_d) by the heuristic: 64 keys a tile (K and V tiles plus pipelining fit
+    shared memory). fp8 caches too: 128 keys (the same bytes as bf16's 64) take 237 registers a thread
+    at 4 warps and 150 at 8 (sm_90 build): two or one resident programs per SM."""
+    block_m = min(MAX_BLOCK_M, max(16, triton.next_power_of_2(group * T)))
+    block_d = max(16, triton.next_power_of_2(D))
+    block_n = 64 if block_d <= 128 else 32
+    return block_m, block_n, block_d
+
+
+def heuristic_splits(items: int, S: int, block_n: int, num_sms: int) -> int:
+    """Split count for `items` = batch x KV heads x row blocks programs per split: batch and heads alone
+    fill the GPU only at large batch; otherwise the sequence is split until there are about
+    PROGRAMS_PER_SM programs per SM, but never into splits shorter than MIN_BLOCKS_PER_SPLIT tiles."""
+    if items >= 1.5 * num_sms:
+        # Batch x heads alone give most SMs two programs: a split only adds a combine. (Measured on
+        # the paper's shape: 256 programs unsplit 27.5 µs vs 30.1 split in 2; 128 unsplit 33.3 vs 29.3 in 3.)
+        return 1
+    return splits_for_programs(items, S, block_n, num_sms, PROGRAMS_PER_SM)
+
+
+def splits_for_programs(items: int, S: int, block_n: int, num_sms: int, programs_per_sm: float) -> int:
+    """The split count that gives about `programs_per_sm` programs per SM (whole tiles, at most MAX_SPLITS)."""
+    n_blocks = max(1, math.ceil(S / block_n))
+    wanted = math.ceil(programs_per_sm * num_sms / items)
+    return max(1, min(wanted, n_blocks // MIN_BLOCKS_PER_SPLIT, MAX_SPLITS))
+
+
+def wave_splits(items: int, S: int, block_n: int, num_sms: int, resident_per_sm: int) -> int:
+    """FlashAttention-3's split rule: the fewest splits whose programs fill whole waves of resident
+    programs (`resident_per_sm` per SM) with at least 85% of the best wave efficiency reachable."""
+    n_blocks = max(1, math.ceil(S / block_n))
+    slots = num_sms * resident_per_sm
+    if items >= 0.8 * slots or n_blocks <= 4:
+        return 1
+    limit = min(MAX_SPLITS, num_sms, n_blocks)
+    efficiency = [(items * s / slots) / math.ceil(items * s / slots) for s in range(1, limit + 1)]
+    best = max(efficiency)
+    return next(s for s, e in enumerate(efficiency, start=1) if e >= 0.85 * best)
+
+
+@functools.lru_cache(maxsize=256)  # a pure function of shapes, asked on every launch
+def plan_launch(B: int, Hq: int, Hkv: int, S: int, D: int, *, T: int = 1, fp8: bool = False,
+                num_sms: int = 132, num_splits: int | None = None) -> LaunchPlan:
+    """The heuristic plan. The grid is num_splits x (B x Hkv x row blocks) programs."""
+    group = Hq // Hkv
+    block_m, block_n, block_d = tiles(group, T, D)
+    items = B * Hkv * -(-group * T // block_m)
+    if num_splits is None:
+        num_splits = heuristic_splits(items, S, block_n, num_sms)
+    return LaunchPlan(num_splits=num_splits, block_m=block_m, block_n=block_n, block_d=block_d,
+                      num_warps=8 if block_m >= 64 else 4, num_stages=2)
+
+
+# --- tuned plans: one JSON file per device, written by `python -m kernels.bench --tune` -----------
+
+def device_slug(name: str) -> str:
+    """File name of a device's plan table: "NVIDIA H200" -> "nvidia-h200"."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def shape_key(B: int, Hq: int, Hkv: int, S: int, D: int, T: int, fp8: bool) -> dict:
+    return {"kind": "fp8" if fp8 else "bf16", "group": Hq // Hkv, "D": D, "T": T, "B": B, "Hkv": Hkv, "S": S}
+
+
+@functools.lru_cache(maxsize=8)
+def load_table(name: str, num_sms: int, directory: Path = PLANS_DIR) -> tuple[dict, ...]:
+    """The tuned entries for this device, or () when there is no file or it was made for another
+    SM count (a partitioned or different card)."""
+    path = directory / f"{device_slug(name)}.json"
+    if not path.exists():
+        return ()
+    table = json.loads(path.read_text())
+    if table.get("device", {}).get("sms") != num_sms:
+        return ()
+    return tuple(table["entries"])
+
+
+def _distance(a: dict, b: dict) -> float:
+    return sum(abs(math.log2(x) - math.log2(y)) for x, y in
+               ((a["B"] * a["Hkv"], b["B"] * b["Hkv"]), (a["S"], b["S"]), (a["T"], b["T"])))
+
+
+@functools.lru_cache(maxsize=256)
+def tuned_plan(name: str, num_sms: int, B: int, Hq: int, Hkv: int, S: int, D: int, T: int, fp8: bool,
+               *, directory: Path = PLANS_DIR) -> LaunchPlan | None:
+    """The measured plan for this shape on this device, or None (then the heuristic decides).
+
+    Entries of the same kind (cache dtype, group, head dim, one or several query tokens) stand in for
+    each other: the nearest (batch x KV heads, length, tokens on log scales) lends its options."""
+    key = shape_key(B, Hq, Hkv, S, D, T, fp8)
+    same_kind = [e for e in load_table(name, num_sms, directory)
+                 if all(e["key"][k] == key[k] for k in ("kind", "group", "D")) and (e["key"]["T"] > 1) == (T > 1)]
+    if not same_kind:
+        return None
+    nearest = min(same_kind, key=lambda e: _distance(e["key"], key))
+    plan = LaunchPlan(**nearest["plan"])
+    if nearest["key"] == key:
+        return plan
+    # Another shape of the same kind: its tile options, rows for this T, and its programs per SM
+    # for the split count.
+    plan = dataclasses.replace(plan, block_m=tiles(Hq // Hkv, T, D)[0])
+    items = B * Hkv * plan.row_blocks(Hq // Hkv, T)
+    if nearest["plan"]["num_splits"] == 1 and items >= nearest["items"]:
+        splits = 1
+    else:
+        splits = splits_for_programs(items, S, plan.block_n, num_sms, nearest["programs_per_sm"])
+    return dataclasses.replace(plan, num_splits=splits)
+
+
+def table_entry(B: int, Hq: int, Hkv: int, S: int, D: int, T: int, fp8: bool, plan: LaunchPlan,
+                num_sms: int, measured: dict) -> dict:
+    """One entry of a plan file: the shape, the plan, and what was measured to choose it."""
+    items = B * Hkv * plan.row_blocks(Hq // Hkv, T)
+    return {"key": shape_key(B, Hq, Hkv, S, D, T, fp8), "plan": dataclasses.asdict(plan), "items": items,
+            "programs_per_sm": items * plan.num_splits / num_sms, "measured": measured}

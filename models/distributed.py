@@ -1,0 +1,260 @@
+"""The ranks of a tensor-parallel group: start them, join them, stop them all when one fails.
+
+    result = run_on_ranks(2, "cuda", fn, *args)      # fn(tp, *args) on every rank; returns rank 0's result
+    ranks = Ranks.start(2, "cuda", target, args)     # this process is rank 0; rank 1 runs target(tp, *args)
+    ranks.tp ... ranks.close()
+
+One process per GPU (NCCL), or per CPU process (gloo: tests), started by torch.multiprocessing ("spawn")
+and joined through a TCPStore rendezvous; under `torchrun --nproc-per-node N` the processes exist already
+(`Ranks.from_torchrun`). Every process keeps NVLink multicast off (MULTICAST_OFF).
+
+Failures: rank 0 watches the others through torch.multiprocessing. When one raises or dies, rank 0's
+collectives in flight are aborted and its next call raises RankFailed, one line naming the rank and its
+error; a rank 0 still stuck STUCK_EXIT_S later prints that line and exits. Spawned ranks ignore Ctrl-C
+(rank 0 handles it) and exit when rank 0's process does. Under torchrun, torchrun stops them all.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as torch_mp
+
+from models.errors import ModelError
+from models.tp import TensorParallel
+
+# NVLink multicast (NVLS) can take a host's shared GPUs out of service: off in every process we start.
+MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+STUCK_EXIT_S = 10.0              # rank 0 still stuck this long after another rank failed: it exits
+CLOSE_TIMEOUT_S = 30.0           # for the others to exit once told to
+IDLE = timedelta(days=365)       # the request channel waits as long as the user does
+PROCESS_FAILURES = (torch_mp.ProcessRaisedException, torch_mp.ProcessExitedException)
+
+
+class RankFailed(ModelError):
+    """Another rank raised or died: its error, in one line. The group is gone; load again to go on."""
+
+
+def multicast_off() -> None:
+    """Before any NCCL or symmetric-memory setup; spawned ranks inherit the environment."""
+    os.environ.update(MULTICAST_OFF)
+
+
+def under_torchrun() -> bool:
+    """This process was started by torchrun together with other ranks."""
+    return bool(os.environ.get("TORCHELASTIC_RUN_ID")) and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def check_devices(world: int, device_type: str) -> None:
+    if world < 1:
+        raise ValueError(f"a tensor-parallel group needs at least one rank, not {world}")
+    if device_type == "cuda":
+        available = torch.cuda.device_count()
+        if available < world:
+            raise ModelError(f"tensor parallelism over {world} GPUs: only {available} CUDA "
+                             f"GPU{' is' if available == 1 else 's are'} visible here")
+    elif device_type != "cpu":
+        raise ValueError(f"tensor parallelism runs on cuda or cpu, not {device_type}")
+
+
+class Ranks:
+    """This process as one rank of a group; on rank 0 of a spawned group, also the watch over the others."""
+
+    def __init__(self, tp: TensorParallel, context=None, threads: int | None = None, excepthook=None):
+        self.tp = tp
+        # This process's torch threads and sys.excepthook before it joined (init_process_group wraps the
+        # hook, once per group), restored at close: a process may load a model on several GPUs many times.
+        self._threads, self._excepthook = threads, excepthook
+        self.failure: str | None = None      # one line: which rank failed and how
+        self._context = context              # torch.multiprocessing's ProcessContext of the spawned ranks
+        self._closed = threading.Event()
+        self._watchdog = None
+        if context is not None:
+            self._watchdog = threading.Thread(target=self._watch, name="rank-watchdog", daemon=True)
+            self._watchdog.start()
+
+    @classmethod
+    def start(cls, world: int, device_type: str, target, args: tuple = ()) -> Ranks:
+        """Spawn ranks 1..world-1 running target(tp, *args); this process joins as rank 0."""
+        multicast_off()
+        check_devices(world, device_type)
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")    # one host: gloo talks over loopback
+        store = dist.TCPStore("127.0.0.1", 0, world, is_master=True, wait_for_workers=False)
+        context = None
+        if world > 1:
+            context = torch_mp.start_processes(_spawned_rank, args=(world, store.port, device_type, target, args),
+                                               nprocs=world - 1, join=False, start_method="spawn")
+        threads, excepthook = torch.get_num_threads(), sys.excepthook
+        try:
+            _wait_for_start(store, context, world)
+            tp = _join(0, world, 0, store, device_type)
+        except BaseException:
+            _terminate(context)
+            torch.set_num_threads(threads)
+            sys.excepthook = excepthook
+            raise
+        return cls(tp, context, threads, excepthook)
+
+    @classmethod
+    def from_torchrun(cls) -> Ranks:
+        """Join the group torchrun started (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT)."""
+        multicast_off()
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        return cls(_join(rank, world, int(os.environ.get("LOCAL_RANK", rank)), None, device_type))
+
+    def failure_behind(self, error: BaseException) -> str | None:
+        """The other rank's failure that explains `error` on this one, if any: a broken collective
+        (RuntimeError) is usually another rank's death, which the watchdog sees a moment later."""
+        deadline = time.monotonic() + (10.0 if isinstance(error, RuntimeError) else 0.0)
+        while self.failure is None and self._watchdog is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.failure
+
+    def close(self, clean: bool = True) -> None:
+        """Leave the group and wait for the spawned ranks to exit (after they were told to).
+
+        clean=False after an error: the others may be stuck in a collective, so no goodbye, just stop them.
+        """
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        if self._watchdog is not None:
+            self._watchdog.join()
+        if dist.is_initialized() and not (clean and self.failure is None and _leave(self.tp)):
+            _abort()
+        if self._threads is not None:
+            torch.set_num_threads(self._threads)
+            sys.excepthook = self._excepthook
+        if self._context is not None:
+            try:
+                self._context.join(CLOSE_TIMEOUT_S)
+            except PROCESS_FAILURES as e:
+                self.failure = self.failure or _describe(e)
+            finally:
+                _terminate(self._context)
+
+    def _watch(self) -> None:
+        while not self._closed.is_set():
+            try:
+                if self._context.join(timeout=0.5):
+                    return
+            except PROCESS_FAILURES as e:
+                self.failure = _describe(e)
+                _abort()
+                if not self._closed.wait(STUCK_EXIT_S):
+                    print(f"{Path(sys.argv[0]).name or 'python'}: error: {self.failure}", file=sys.stderr, flush=True)
+                    os._exit(1)
+                return
+
+
+def run_on_ranks(world: int, device_type: str, fn, *args):
+    """fn(tp, *args) on every rank of a new group of `world` (SPMD); rank 0's result.
+
+    fn must be importable by name (spawned ranks unpickle it). A rank's failure raises RankFailed.
+    """
+    ranks = Ranks.start(world, device_type, fn, args)
+    try:
+        result = fn(ranks.tp, *args)
+    except BaseException as e:
+        failure = ranks.failure_behind(e)
+        ranks.close(clean=False)
+        if failure:
+            raise RankFailed(failure) from None
+        raise
+    ranks.close()
+    if ranks.failure:
+        raise RankFailed(ranks.failure)
+    return result
+
+
+def _spawned_rank(index: int, world: int, port: int, device_type: str, target, args: tuple) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is rank 0's to handle: it stops the others
+    parent = multiprocessing.parent_process()
+    if parent is not None:                          # no orphans: rank 0's process gone, this one goes too
+        threading.Thread(target=lambda: (parent.join(), os._exit(1)), daemon=True).start()
+    store = dist.TCPStore("127.0.0.1", port, world, is_master=False)
+    store.set(_started_key(index + 1), "")
+    tp = _join(index + 1, world, index + 1, store, device_type)
+    target(tp, *args)
+    _leave(tp)
+
+
+def _started_key(rank: int) -> str:
+    return f"codecomplete/started/{rank}"
+
+
+def _wait_for_start(store, context, world: int) -> None:
+    """Until every spawned rank reached the store; one that dies on the way (an import error, a script
+    without the `if __name__ == "__main__":` guard that "spawn" needs) fails the start, not hangs it."""
+    keys = [_started_key(rank) for rank in range(1, world)]
+    while keys and not store.check(keys):
+        try:
+            context.join(timeout=0.05)
+        except PROCESS_FAILURES as e:
+            raise RankFailed(f"{_describe(e)} while starting") from None
+
+
+def _join(rank: int, world: int, local_rank: int, store, device_type: str) -> TensorParallel:
+    """init_process_group for this rank: NCCL bound to GPU local_rank, or gloo; plus the gloo control group."""
+    if device_type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", store=store, rank=rank, world_size=world, device_id=device)
+    else:
+        device = torch.device("cpu")
+        # Ranks sharing the host's cores: more threads than cores makes every collective wait on spinning ones.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
+    control = dist.new_group(backend="gloo", timeout=IDLE)
+    return TensorParallel(rank, world, device, dist.group.WORLD, control,
+                          store or dist.distributed_c10d._get_default_store())
+
+
+def _leave(tp: TensorParallel) -> bool:
+    """Every rank at once (a goodbye barrier, then destroy): no rank tears its connections down while
+    another still uses them, which made gloo abort a process at exit now and then. False: no goodbye."""
+    try:
+        dist.monitored_barrier(group=tp.control, timeout=timedelta(seconds=CLOSE_TIMEOUT_S))
+    except RuntimeError:
+        return False
+    dist.destroy_process_group()
+    return True
+
+
+def _abort() -> None:
+    """Make collectives in flight on this rank fail instead of waiting for a rank that is gone."""
+    try:
+        dist.distributed_c10d._abort_process_group()
+    except Exception:   # gloo fails by itself on a closed connection; best effort for NCCL
+        pass
+
+
+def _terminate(context) -> None:
+    for process in getattr(context, "processes", ()):
+        if process.is_alive():
+            process.terminate()
+            process.join(5)
+        if process.is_alive():
+            process.kill()
+
+
+def _describe(error) -> str:
+    """One line from torch.multiprocessing's report (spawned rank i is rank i + 1)."""
+    rank = error.error_index + 1
+    if isinstance(error, torch_mp.ProcessRaisedException):
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        return f"rank {rank} failed: {lines[-1].strip() if lines else 'unknown error'}"
+    signal_name = getattr(error, "signal_name", None)
+    if signal_name:
+        return f"rank {rank} was killed by {signal_name}"
+    return f"rank {rank} exited with code {getattr(error, 'exit_code', '?')}"

@@ -1,0 +1,279 @@
+"""Hostile but realistic input through the real command line, each in a fresh process: special files, odd
+names, a repository whose git config runs commands, broken checkpoints, caches in odd places, closed
+descriptors, bad option values. Every case ends in its documented exit code with one line on stderr (or
+succeeds), executes nothing from the repository and writes nothing into it. Most fail before a model loads."""
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_errors import check_error
+
+TIMEOUT = 120      # the bar is 30 s a case on an idle machine; this one is shared
+
+
+def run_cli(script, env, *args, cwd, input="", **extra_env):
+    proc = subprocess.run([str(script), *map(str, args)], input=input.encode(), capture_output=True,
+                          env={**env, **extra_env}, cwd=cwd, timeout=TIMEOUT)
+    return Run(proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace"))
+
+
+class Run:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def make_repository(repo):
+    """make_repository(folder): a fresh copy of the session's small repository, for a test to spoil."""
+    return lambda folder: Path(shutil.copytree(repo, folder))
+
+
+def snapshot(root: Path) -> list:
+    return sorted((bytes(p), p.lstat().st_size, p.lstat().st_mtime_ns) for p in root.rglob("*"))
+
+
+def special_file(path: Path, kind: str) -> None:
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 5))     # /dev/zero: reading never ends
+    else:
+        socket.socket(socket.AF_UNIX).bind(str(path))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "socket"])
+def test_file_must_be_a_regular_file(make_repository, script, cli_env, tmp_path, kind):
+    root = make_repository(tmp_path / "repo")
+    special_file(root / "special.py", kind)
+    check_error(run_cli(script, cli_env, root, "--file", "special.py", cwd=tmp_path), 2, "not a regular file")
+
+
+# (argv, extra environment, words of the one-line error): all refused with exit 2 before torch is imported.
+REFUSED_AT_ONCE = [
+    (["--prompt", ""], {}, ["--prompt is empty"]),
+    (["{repo}", "--file", ""], {}, ["--file is empty"]),
+    (["{repo}", "--ask", "  "], {}, ["--ask is empty"]),
+    (["--prompt", "x", "--model", ""], {}, ["--model is empty"]),
+    (["--prompt", "x", "--seed", "1180591620717411303424", "--temperature", "1"], {}, ["--seed"]),
+    (["--prompt", "x", "--seed", "-1"], {}, ["--seed"]),
+    (["{repo}", "--file", "app.py", "--model", "random:CodeLlama-7B"], {}, ["random weights have no tokenizer"]),
+    (["--prompt", "x"], {"CODECOMPLETE_MODEL": "random:CodeLlama-7B"}, ["CODECOMPLETE_MODEL=random:"]),
+    (["--bench", "--plot", "/nonexistent/p.png"], {}, ["--plot /nonexistent/p.png", "No such file"]),
+    (["--bench", "--json", "/nonexistent/b.json"], {}, ["--json /nonexistent/b.json", "No such file"]),
+    (["{repo}", "--file", "app.py", "--json", "/nonexistent/b.json"], {}, ["--json /nonexistent/b.json"]),
+    (["{repo}", "--file", "app.py", "--json", "{repo}/app.py/b.json"], {}, ["cannot write it"]),
+    (["{repo}", "--file", "app.py", "--json", "{repo}"], {}, ["is a folder"]),
+    (["--bench", "--plot", "plot.gif"], {}, ["--plot plot.gif"]),
+    (["--bench", "--contexts", ","], {}, ["--contexts"]),
+    (["{repo}", "--file", "shapes"], {}, ["shapes is a folder"]),
+    (["{repo}", "--file", "x" * 300 + ".py"], {}, ["File name too long"]),
+    (["{repo}", "--file", "../outside.py", "--stdin"], {}, ["outside the repository"]),
+    (["{repo}", "--file", "blob.py"], {}, ["blob.py looks binary"]),
+    (["--prompt", "x", "--max-tokens", "99999999999"], {}, ["--max-tokens", "10,000,000"]),
+]
+
+MAIN_MANY_TIMES = """
+import contextlib, io, json, os, sys
+from codecomplete.cli import main
+cases, results = json.loads(sys.argv[1]), []
+for argv, env in cases:
+    os.environ.pop("CODECOMPLETE_MODEL", None)
+    os.environ.update(env)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()) as out:
+        try:
+            code = main(argv)
+        except SystemExit as exit:
+            code = exit.code
+    results.append([code, out.getvalue(), err.getvalue()])
+print(json.dumps({"results": results, "torch": "torch" in sys.modules}))
+"""
+
+
+def run_main_many_times(cases, env, cwd) -> tuple[list[Run], bool]:
+    """Each (argv, environment) through the command line's main() in one fresh interpreter, which pays for
+    imports once; the runs, and whether torch got imported."""
+    out = subprocess.run([sys.executable, "-c", MAIN_MANY_TIMES, json.dumps(cases)], capture_output=True,
+                         text=True, env=env, cwd=cwd, timeout=TIMEOUT, check=True).stdout
+    report = json.loads(out)
+    return [Run(*result) for result in report["results"]], report["torch"]
+
+
+def test_bad_values_are_refused_before_any_work(make_repository, tmp_path, cli_env):
+    repo = make_repository(tmp_path / "repo")
+    (repo / "blob.py").write_bytes(b"\x7fELF\x00\x01\x02 not text")
+    before = snapshot(repo)
+    cases = [([a.format(repo=repo) for a in argv], env) for argv, env, _ in REFUSED_AT_ONCE]
+    runs, imported_torch = run_main_many_times(cases, cli_env, tmp_path)
+    for (argv, _, words), run in zip(REFUSED_AT_ONCE, runs):
+        check_error(run, 2, *words)
+    assert not imported_torch, "a usage error imported torch (it should fail before any work)"
+    assert snapshot(repo) == before and not list(tmp_path.glob("*.gif"))
+
+
+def test_a_dash_leading_file_name_is_a_value_not_an_option():
+    from codecomplete import cli
+
+    assert cli.build_parser().parse_args(["r", "--file", "-dash.py", "--line", "1"]).file == "-dash.py"
+    assert cli.build_parser().parse_args(["r", "--file", "-x/y.py"]).file == "-x/y.py"
+
+
+@pytest.mark.parametrize("shell, words", [
+    ("{cc} --prompt - <&-", ["standard input is closed", "--prompt -"]),
+    ("{cc} {repo} --file app.py --stdin <&-", ["standard input is closed", "--stdin"]),
+    ("{cc} --prompt x >&-", ["standard output is closed"]),
+    ("{cc} {repo} --ask why >&-", ["standard output is closed"]),
+])
+def test_closed_descriptors_are_usage_errors(make_repository, script, cli_env, tmp_path, shell, words):
+    repo = make_repository(tmp_path / "repo")
+    proc = subprocess.run(["bash", "-c", shell.format(cc=script, repo=repo)], capture_output=True, text=True,
+                          env=cli_env, timeout=TIMEOUT)
+    check_error(Run(proc.returncode, proc.stdout, proc.stderr), 2, *words)
+
+
+def test_a_closed_stderr_never_sends_the_error_to_stdout(make_repository, script, cli_env, tmp_path):
+    repo = make_repository(tmp_path / "repo")
+    proc = subprocess.run(["bash", "-c", f"{script} {repo} --file nope.py 2>&-"], capture_output=True,
+                          text=True, env=cli_env, timeout=TIMEOUT)
+    assert (proc.returncode, proc.stdout) == (2, "")
+
+
+def test_a_repository_whose_files_are_all_ignored_says_so(make_repository, script, cli_env, tmp_path):
+    repo = make_repository(tmp_path / "repo")
+    (repo / ".gitignore").write_text("*\n")
+    check_error(run_cli(script, cli_env, repo, "--ask", "why?", cwd=tmp_path), 2, "nothing to index",
+                "ignored by .gitignore")
+
+
+# ---- checkpoints: config.json is read before any weight, so these fail in the time torch takes to import
+
+@pytest.fixture(scope="module")
+def converted_model(engine, cache_dir) -> Path:
+    """The embedded model's converted folder, which the session's engine fixture made."""
+    (folder,) = (cache_dir / "gguf").iterdir()
+    return folder
+
+
+def checkpoint(converted: Path, folder: Path, **config_changes) -> Path:
+    """A Hugging Face folder sharing the embedded model's weights and tokenizer, with config.json changed."""
+    folder.mkdir()
+    for file in converted.iterdir():
+        if file.name != "config.json":
+            os.symlink(file, folder / file.name)
+    config = json.loads((converted / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **config_changes}))
+    return folder
+
+
+BAD_CONFIGS = [
+    ({"rope_parameters": None, "rope_scaling": {"type": "linear"}}, ["config.json", "factor"]),
+    ({"hidden_size": "big"}, ["config.json", "hidden_size", "'big'"]),
+    ({"num_attention_heads": 0}, ["config.json", "num_attention_heads"]),
+]
+
+
+def test_bad_checkpoints_and_sizes_fail_on_reading_the_config(tmp_path, cli_env, converted_model):
+    """Bad config values are one-line model errors (no torch warning before them); an explicit budget beyond a
+    512-position model names the options; bench contexts beyond what runs here fail before loading."""
+    cases = [(["--prompt", "def add(a, b):", "--model", str(checkpoint(converted_model, tmp_path / f"bad{n}", **change)),
+               "--max-tokens", "1"], {}) for n, (change, _) in enumerate(BAD_CONFIGS)]
+    small = checkpoint(converted_model, tmp_path / "small", max_position_embeddings=512)
+    cases += [(["--prompt", "x", "--model", str(small), "--context-tokens", "1000"], {}),
+              (["--prompt", "x", "--model", str(small), "--max-tokens", "600"], {}),
+              (["--bench", "--contexts", "100000", "--device", "cpu"], {})]
+    runs, _ = run_main_many_times(cases, cli_env, tmp_path)
+    for (_, words), run in zip(BAD_CONFIGS, runs):
+        check_error(run, 1, *words)       # exactly one line: no torch warning before it
+    check_error(runs[-3], 2, "--context-tokens 1,000", "--max-tokens 256 (the default)", "512")
+    check_error(runs[-2], 2, "--max-tokens 600 leaves no room for a prompt", "512")
+    check_error(runs[-1], 2, "--contexts 100000", "4,096")
+
+
+def test_a_small_model_works_with_the_defaults(script, cli_env, tmp_path, converted_model):
+    model = checkpoint(converted_model, tmp_path / "small", max_position_embeddings=512)
+    # The defaults (a 1,024-token prompt budget on a CPU, 256 new tokens) shrink to the model's 512 positions.
+    run = run_cli(script, cli_env, "--prompt", "def add(a, b):", "--model", model, "--max-tokens", "2", cwd=tmp_path)
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    assert run.stdout
+
+
+def test_a_budget_too_small_names_the_file_and_the_option(codecomplete, repo):
+    long_name = "pkg/" + "x" * 2000 + ".py"
+    run = codecomplete(repo, "--file", long_name, "--stdin", "--context-tokens", "64", input="import os\n")
+    check_error(run, 2, long_name, "--context-tokens", "prompt budget of 64 tokens")
+
+
+# ---- model runs (a few tokens each)
+
+HOSTILE_GIT = {
+    ".git/config": "[core]\n\tfsmonitor = \"touch {marker}/fsmonitor; false\"\n\thooksPath = {marker}\n"
+                   "[filter \"evil\"]\n\tclean = touch {marker}/clean\n\tsmudge = touch {marker}/smudge\n",
+    ".git/HEAD": "ref: refs/heads/main\n",
+    ".git/hooks/post-index-change": "#!/bin/sh\ntouch {marker}/hook\n",
+    ".gitattributes": "* filter=evil\n",
+}
+ODD_NAMES = [b"helpers_\xff.py", b"new\nline.py", b"-dash.py", b"l" * 240 + b".py"]
+
+
+def test_a_hostile_repository_with_odd_names_completes_runs_nothing_and_writes_nothing(
+        make_repository, script, cli_env, tmp_path, cache_dir):
+    repo = make_repository(tmp_path / "repo")
+    marker = tmp_path / "marker"
+    marker.mkdir()
+    for name, text in HOSTILE_GIT.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text.format(marker=marker))
+    (repo / ".git/hooks/post-index-change").chmod(0o755)
+    for name in ODD_NAMES:
+        with open(os.path.join(os.fsencode(repo), name), "wb") as file:
+            file.write(b"from shapes.geometry import area_of_circle\n")
+    before = snapshot(repo)
+    # The cache dir named is inside the repository: the user cache dir (XDG_CACHE_HOME/codecomplete, here the
+    # session's, where the model is already converted) serves instead.
+    xdg = tmp_path / "xdg"
+    xdg.mkdir()
+    os.symlink(cache_dir, xdg / "codecomplete")
+    # The name that is not UTF-8 goes through argv as its own bytes.
+    run = run_cli(script, cli_env, repo, "--file", os.fsdecode(ODD_NAMES[0]), "--max-tokens", "1", "--json",
+                  cwd=repo, CODECOMPLETE_CACHE_DIR=".cc-cache", XDG_CACHE_HOME=str(xdg))
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    result = json.loads(run.stdout)
+    assert {item["path"] for item in result["context"]} >= {"helpers_\ufffd.py", "-dash.py"}
+    assert list(marker.iterdir()) == [] and snapshot(repo) == before
+
+
+def test_every_unusable_cache_dir_falls_back_to_a_temporary_one(make_repository, tmp_path, monkeypatch):
+    from codecomplete import caches
+
+    repo = make_repository(tmp_path / "repo")
+    (tmp_path / "a-file").write_text("x")
+    monkeypatch.setattr(caches, "_chosen", None)
+    monkeypatch.setenv("CODECOMPLETE_CACHE_DIR", str(tmp_path / "a-file"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(repo / ".cache"))
+    warned = []
+    monkeypatch.setattr(caches, "warn", warned.append)
+    chosen = caches.prepare(repo)
+    assert os.environ["CODECOMPLETE_CACHE_DIR"] == str(chosen) and chosen.is_dir()
+    assert not chosen.is_relative_to(repo) and not (repo / ".cache").exists()
+    (message,) = warned
+    assert "a-file is not a folder" in message and "inside the repository" in message and "this run only" in message
+    assert caches.prepare(repo) == chosen and len(warned) == 1      # decided and said once
+    shutil.rmtree(chosen)
+
+
+def test_sigterm_unwinds_quietly_with_143(script, cli_env, tmp_path):
+    """`kill` ends the run as an exit (so `finally` blocks remove temporary files), code 128 + 15, no traceback."""
+    proc = subprocess.Popen([str(script), "--prompt", "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=cli_env, cwd=tmp_path)
+    time.sleep(5)              # it is waiting for the prompt on standard input by now
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=TIMEOUT)
+    assert (proc.returncode, out, err) == (143, b"", b"")

@@ -1,0 +1,99 @@
+"""The PyTorch reference of the multi-token, fp8 and append contracts, checked against independent
+constructions (T one-token calls, a dequantized 16-bit cache, element-wise writes)."""
+
+import pytest
+import torch
+from kernel_inputs import make_inputs, quantized_copy
+
+from kernels import reference
+from kernels.reference import FP8_MAX, quantize_fp8
+
+
+@pytest.mark.parametrize("T", [1, 2, 5, 16])
+def test_multi_token_is_t_single_token_calls(T):
+    """Query t of the last T tokens sees exactly what a one-token step at length len-T+t+1 sees."""
+    B, Hq, Hkv, S, D = 3, 8, 2, 40, 32
+    q, k, v = make_inputs(B, Hq, Hkv, S, D, torch.float64)
+    q = torch.randn(B, Hq, T, D, dtype=torch.float64)
+    lengths = torch.tensor([S, T, 17 + T], dtype=torch.int32)
+    out, lse = reference.flash_decode(q, k, v, lengths, return_lse=True)
+    assert out.shape == (B, Hq, T, D) and lse.shape == (B, Hq, T)
+    for t in range(T):
+        one, one_lse = reference.flash_decode(q[:, :, t], k, v, lengths - T + t + 1, return_lse=True)
+        torch.testing.assert_close(out[:, :, t], one, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(lse[:, :, t], one_lse)
+
+
+def test_fp8_reference_is_attention_over_the_dequantized_cache():
+    q, k, v = make_inputs(2, 8, 2, 50, 64, torch.bfloat16)
+    k8, ks, v8, vs = quantized_copy(k, v)
+    lengths = torch.tensor([50, 0], dtype=torch.int32)
+    out = reference.flash_decode(q.double(), k8, v8, lengths, k_scale=ks, v_scale=vs)
+    dense = reference.flash_decode(q.double(), k8.double() * ks.double()[..., None],
+                                   v8.double() * vs.double()[..., None], lengths)
+    torch.testing.assert_close(out, dense, rtol=1e-12, atol=1e-12)
+    assert (out[1] == 0).all()
+
+
+@pytest.mark.parametrize("T, fp8", [(1, False), (5, True), (16, False)])
+def test_split_kv_twin_agrees(T, fp8):
+    q, k, v = make_inputs(3, 12, 4, 333, 64, torch.float64)
+    q = torch.randn(3, 12, T, 64, dtype=torch.float64)
+    scales = {}
+    if fp8:
+        k, scales["k_scale"], v, scales["v_scale"] = quantized_copy(k, v)
+    lengths = torch.tensor([333, T, 65 + T], dtype=torch.int32)
+    ref_out, ref_lse = reference.flash_decode(q, k, v, lengths, return_lse=True, **scales)
+    for splits in (1, 2, 7):
+        out, lse = reference.split_kv_decode(q, k, v, lengths, num_splits=splits, block_n=16,
+                                             return_lse=True, **scales)
+        torch.testing.assert_close(out, ref_out, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(lse, ref_lse)
+
+
+def test_quantize_fp8_scale_and_error():
+    x = torch.randn(6, 4, 128) * torch.logspace(-3, 3, 6)[:, None, None]
+    x[0, 0] = 0  # an all-zero row: scale 1, values 0
+    values, scale = quantize_fp8(x)
+    assert values.dtype == torch.float8_e4m3fn and scale.dtype == torch.float32 and scale.shape == (6, 4)
+    amax = x.abs().amax(-1)
+    assert scale[0, 0] == 1 and (values[0, 0].float() == 0).all()
+    torch.testing.assert_close(scale[amax > 0], amax[amax > 0] / FP8_MAX)
+    assert values.float().abs().amax(-1)[amax > 0].eq(FP8_MAX).all()  # the largest maps to 448
+    # e4m3 keeps 3 mantissa bits: round to nearest is within 2^-4 relative, or half the subnormal step
+    err = (values.float() * scale[..., None] - x).abs()
+    bound = torch.maximum(x.abs() * 2.0 ** -4, scale[..., None] * 2.0 ** -10)
+    assert (err <= bound).all()
+
+
+@pytest.mark.parametrize("layout", ["bhsd", "bshd"])
+@pytest.mark.parametrize("fp8", [False, True])
+def test_append_kv_writes_exactly_its_positions(layout, fp8):
+    B, Hkv, S, D, T = 3, 2, 24, 32, 4
+    _, k_cache, v_cache = make_inputs(B, Hkv, Hkv, S, D, torch.bfloat16, layout=layout)
+    scales = {}
+    if fp8:
+        k_cache, ks, v_cache, vs = quantized_copy(k_cache, v_cache, layout=layout)
+        scales = {"k_scale": ks, "v_scale": vs}
+    before = [t.clone() for t in (k_cache, v_cache, *scales.values())]
+    k_new, v_new = torch.randn(2, B, Hkv, T, D).to(torch.bfloat16)
+    pos = torch.tensor([0, S - T, 7], dtype=torch.int64)
+    reference.append_kv(k_new, v_new, k_cache, v_cache, pos, **scales)
+    written = torch.zeros(B, S, dtype=torch.bool)
+    for b in range(B):
+        written[b, pos[b]:pos[b] + T] = True
+    for new, cache, scale, old in ((k_new, k_cache, scales.get("k_scale"), before[0]),
+                                   (v_new, v_cache, scales.get("v_scale"), before[1])):
+        for b in range(B):
+            got = cache[b, :, pos[b]:pos[b] + T]
+            if fp8:
+                want, want_scale = quantize_fp8(new[b])
+                assert torch.equal(got.view(torch.uint8), want.view(torch.uint8))
+                assert torch.equal(scale[b, :, pos[b]:pos[b] + T], want_scale)
+            else:
+                assert torch.equal(got, new[b])
+        untouched = ~written[:, None, :].expand(B, Hkv, S)
+        assert torch.equal(cache[untouched].float(), old[untouched].float())
+    if fp8:
+        assert torch.equal(scales["k_scale"][~written[:, None, :].expand(B, Hkv, S)],
+                           before[2][~written[:, None, :].expand(B, Hkv, S)])

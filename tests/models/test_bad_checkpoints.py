@@ -1,0 +1,133 @@
+"""Broken checkpoints and caches: a one-line ModelError naming the file and key, caches that heal, no leftovers."""
+
+import json
+import os
+import shutil
+import warnings
+
+import pytest
+
+from models import ModelError, ModelNotFoundError, load_model
+from models.config import ModelConfig
+from models.loading import gguf as gguf_loading
+
+from tiny_models import load_error, write_tiny_gguf
+
+LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "intermediate_size": 96, "vocab_size": 300, "max_position_embeddings": 128}
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"rope_scaling": {"type": "linear"}}, "factor"),
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "low_freq_factor"),
+    ({"rope_scaling": "linear"}, "rope_scaling"),
+    ({"hidden_size": "big"}, "hidden_size"),
+    ({"hidden_size": 64.5}, "hidden_size"),
+    ({"num_attention_heads": 0}, "num_attention_heads"),
+    ({"num_hidden_layers": 10 ** 9}, "num_hidden_layers"),
+    ({"num_key_value_heads": -2}, "num_key_value_heads"),
+    ({"vocab_size": True}, "vocab_size"),
+    ({"rms_norm_eps": "tiny"}, "rms_norm_eps"),
+    ({"rope_theta": 0}, "rope_theta"),
+    ({"max_position_embeddings": None, "rope_scaling": {"rope_type": "dynamic", "factor": -1}}, "factor"),
+    ({"tie_word_embeddings": "yes"}, "tie_word_embeddings"),
+    ({"eos_token_id": ["2"]}, "eos_token_id"),
+    ({"hidden_size": 66}, "hidden size 66"),
+    ({"head_dim": 15}, "head dimension 15"),
+    ({"architectures": 7, "model_type": "llama", "num_key_value_heads": 3}, "key/value heads"),
+])
+def test_bad_config_values_are_one_line_errors_naming_the_file_and_key(change, key):
+    with pytest.raises(ModelError) as error:
+        ModelConfig.from_hf({**LLAMA, **change}, "/ckpt/config.json")
+    message = str(error.value)
+    assert message.startswith("/ckpt/config.json: ") and key in message and "\n" not in message
+
+
+def test_a_config_that_is_not_an_object_is_refused():
+    with pytest.raises(ModelError, match="not a config object"):
+        ModelConfig.from_hf([1, 2], "/ckpt/config.json")
+
+
+def test_a_checkpoint_with_zero_heads_fails_before_torch_can_warn(tmp_path, tiny_checkpoint):
+    directory = tmp_path / "zero-heads"
+    shutil.copytree(tiny_checkpoint[0], directory)
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "num_attention_heads": 0}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning on the way would fail the test here
+        assert "num_attention_heads" in load_error(directory, ModelError, "config.json")
+
+
+def test_special_files_in_a_checkpoint_are_refused_not_read(tmp_path, tiny_checkpoint):
+    directory = tmp_path / "fifo"
+    shutil.copytree(tiny_checkpoint[0], directory)
+    os.mkfifo(directory / "special_tokens_map.json")  # transformers would open it and wait forever
+    load_error(directory, ModelError, "not a regular file")
+    os.mkfifo(tmp_path / "model.gguf")
+    load_error(tmp_path / "model.gguf", ModelNotFoundError, "not a regular file or folder")
+
+
+def _converted(path):
+    import torch
+    return gguf_loading.converted_dir(path, torch.float32)
+
+
+@pytest.mark.parametrize("damage", ["no config.json", "truncated weights", "config not JSON", "empty folder"])
+def test_a_damaged_converted_copy_is_converted_again(tmp_path, damage):
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path)
+    load_model(path, device="cpu", max_context=32)
+    out = _converted(path)
+    if damage == "no config.json":
+        (out / "config.json").unlink()
+    elif damage == "truncated weights":
+        weights = out / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-100])
+    elif damage == "config not JSON":
+        (out / "config.json").write_text("{")
+    else:
+        shutil.rmtree(out)
+        out.mkdir()
+    engine = load_model(path, device="cpu", max_context=32)
+    assert engine.tokenizer is not None and gguf_loading.is_complete(out)
+    assert not [p for p in out.parent.iterdir() if ".tmp" in p.name]  # no temporary folder left behind
+
+
+def test_a_failed_conversion_leaves_no_temporary_files_and_names_the_folder(tmp_path, monkeypatch):
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("safetensors.torch.save_file", disk_full)
+    message = load_error(path, ModelError, "cannot write the converted model")
+    assert "No space left on device" in message and "CODECOMPLETE_CACHE_DIR" in message
+    assert not [p for p in _converted(path).parent.iterdir() if ".tmp" in p.name]
+
+
+def test_a_cache_dir_that_is_a_file_is_a_model_error(tmp_path, monkeypatch):
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path)
+    (tmp_path / "cache-file").write_text("not a folder")
+    monkeypatch.setenv("CODECOMPLETE_CACHE_DIR", str(tmp_path / "cache-file"))
+    assert "cache-file" in load_error(path, ModelError, "cannot write the converted model")
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("model.safetensors.index.json", '["not", "an", "object"]', "not a JSON object"),
+    ("model.safetensors.index.json", '{"weight_map": {"a": 7}}', "weight_map must map"),
+    ("tokenizer_config.json", '"a string"', "not a JSON object"),
+])
+def test_side_files_of_the_wrong_shape_are_named(tmp_path, tiny_checkpoint, name, content, message):
+    directory = tmp_path / "side"
+    shutil.copytree(tiny_checkpoint[0], directory)
+    (directory / name).write_text(content)
+    assert name in load_error(directory, ModelError, message)
+
+
+def test_generation_config_ids_that_are_not_ids_are_ignored(tmp_path, tiny_checkpoint):
+    directory = tmp_path / "gen"
+    shutil.copytree(tiny_checkpoint[0], directory)
+    (directory / "generation_config.json").write_text('{"eos_token_id": ["2", null, 2]}')
+    assert 2 in load_model(directory, device="cpu", max_context=32).eos_token_ids

@@ -1,0 +1,114 @@
+"""Tensor parallelism on CPU ranks (gloo, spawned by the tests): two ranks must compute what one does."""
+
+import faulthandler
+
+import pytest
+import torch
+import tp_helpers
+from tiny_models import save_tiny_llama, write_tiny_gguf
+
+from models import GenerationConfig, ModelError, UnsupportedModelError, load_model
+from models.config import preset
+from models.distributed import RankFailed, check_devices, run_on_ranks
+from models.llama import build_random_model
+from models.loading.hf import load_hf_model
+from models.tp import shard_config
+
+HANG_S = 300
+
+
+@pytest.fixture
+def no_hang():
+    """Ends the whole run, with every thread's stack, if a test waits this long (ranks talk over sockets)."""
+    faulthandler.dump_traceback_later(HANG_S, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.fixture(scope="module")
+def gqa_checkpoint(tmp_path_factory, llama_tokenizer):
+    """8 query heads over 4 KV heads (head dim 16): each of two ranks takes 4 over 2."""
+    directory = tmp_path_factory.mktemp("tp-gqa")
+    save_tiny_llama(directory, llama_tokenizer, n_kv_heads=4, num_attention_heads=8, hidden_size=128,
+                    intermediate_size=256)
+    return directory
+
+
+def test_a_split_that_does_not_divide_names_the_numbers():
+    with pytest.raises(UnsupportedModelError, match="8 key/value heads do not split over 3 GPUs"):
+        shard_config(preset("CodeLlama-34B"), 3)
+    with pytest.raises(UnsupportedModelError, match="3 key/value heads do not split over 2 GPUs"):
+        shard_config(preset("SmolLM2-135M"), 2)
+    local = shard_config(preset("CodeLlama-70B"), 2)
+    assert (local.n_heads, local.n_kv_heads, local.head_dim, local.ffn_dim, local.vocab_size) == (32, 4, 128, 14336, 32016)
+
+
+def test_more_gpus_than_there_are_is_one_clear_error():
+    asked = torch.cuda.device_count() + 1
+    with pytest.raises(ModelError, match=f"over {asked} GPUs: only {asked - 1} CUDA GPU"):
+        check_devices(asked, "cuda")
+
+
+def test_two_ranks_compute_what_one_does(no_hang, gqa_checkpoint, tmp_path):
+    gguf = tmp_path / "tiny.gguf"
+    write_tiny_gguf(gguf)
+    expected = tp_helpers.all_logits(
+        load_hf_model(gqa_checkpoint, torch.device("cpu"), torch.float32, max_len=64).model,
+        load_model(str(gguf), device="cpu", max_context=64).model,          # converts the GGUF once, for all
+        build_random_model(tp_helpers.TIED, max_len=64))
+    got = run_on_ranks(2, "cpu", tp_helpers.rank_logits, str(gqa_checkpoint), str(gguf))
+    assert (got.pop("rank 0 holds/wqkv rows").item(), got.pop("rank 0 holds/KV heads").item()) == ((4 + 2 * 2) * 16, 2)
+    assert got.keys() == expected.keys()
+    for key, reference in expected.items():
+        assert reference.std() > 1e-2            # logits of substance, not a row of zeros
+        # float32: sums split over ranks (and threads) round differently, ~1e-6 of the largest logit
+        torch.testing.assert_close(got[key], reference, rtol=1e-5, atol=2e-5 * reference.abs().max().item(),
+                                   msg=lambda message: f"{key}: {message}")
+
+
+def test_the_engine_on_two_ranks_generates_what_one_does(no_hang, gqa_checkpoint, llama_tokenizer):
+    single = load_model(str(gqa_checkpoint), device="cpu", max_context=48)
+    engine = load_model(str(gqa_checkpoint), device="cpu", max_context=48, gpus=2)
+    try:
+        assert engine.gpus == 2 and engine.model.layers[0].attention.kv_cache.k.shape[1] == 2
+        ids = llama_tokenizer.encode(tp_helpers.__doc__ + "def fibonacci(n):\n    return n")
+        first, second = ids[:20], ids[:14] + ids[30:36]
+        greedy = GenerationConfig(max_new_tokens=10)
+
+        def both(prompt, config, **kwargs):
+            return single.generate(prompt, config, **kwargs), engine.generate(prompt, config, **kwargs)
+
+        for prompt in (first, second):     # the second reuses the first's cached prefix
+            a, b = both(prompt, greedy, should_stop=lambda: False)
+            assert b.token_ids == a.token_ids and b.reused_prefix_tokens == a.reused_prefix_tokens
+        assert b.reused_prefix_tokens == 14
+        a, b = both(first, GenerationConfig(max_new_tokens=10, temperature=0.9, seed=7))
+        assert b.token_ids == a.token_ids
+
+        def after(n):                      # should_stop is asked once per token
+            calls = iter(range(1000))
+            return lambda: next(calls) >= n
+        a, b = single.generate(second, greedy, should_stop=after(3)), engine.generate(second, greedy, should_stop=after(3))
+        assert b.finish_reason == a.finish_reason == "cancelled" and b.token_ids == a.token_ids
+
+        with pytest.raises(ModelError, match="empty prompt"):    # a bad request: every rank refuses, all go on
+            engine.generate([], greedy)
+        engine.generate(first, GenerationConfig(max_new_tokens=6, temperature=1.0))   # rank 0 picks one seed
+        single.set_attention("eager")
+        engine.set_attention("eager")
+        a, b = both(second, greedy)        # ranks still in step: same tokens as one rank
+        assert b.token_ids == a.token_ids
+
+        engine.ranks._context.processes[0].kill()     # rank 1 dies: rank 0's next call fails, no hang
+        with pytest.raises(RankFailed, match="^rank 1 was killed by SIGKILL$"):
+            engine.generate(first, greedy)
+        with pytest.raises(RankFailed):
+            engine.generate(first, greedy)
+    finally:
+        engine.close()
+
+
+def test_a_rank_that_raises_ends_the_launch_in_one_line(no_hang):
+    with pytest.raises(RankFailed) as failed:      # rank 0 was waiting in an all-reduce for rank 1
+        run_on_ranks(2, "cpu", tp_helpers.raise_on_rank_1)
+    assert str(failed.value) == "rank 1 failed: ValueError: boom on rank 1"

@@ -1,0 +1,66 @@
+"""What the tensor-parallel tests run on every rank (a module of its own: spawned ranks unpickle these
+functions by name, and every test folder's conftest is importable as `conftest`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from models.config import ModelConfig
+from models.llama import Decode
+
+PROMPT_A = [1, 17, 45, 3, 88, 20, 9, 61, 33, 50, 7]      # ids below every test model's vocabulary
+PROMPT_B = [1, 5, 70, 14, 99, 31, 76]
+NEXT = [[42, 11], [8, 93]]          # the tokens fed to the two decode steps, per row
+CACHE = 24                          # KV-cache capacity: short, so flash stays quick in the interpreter
+
+# Tied embeddings and an odd vocabulary: the output rows are a copy of the embedding's, the last rank's padded.
+TIED = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=96, vocab_size=101, max_positions=64,
+                   tie_embeddings=True)
+
+
+@torch.no_grad()
+def logits(model, backend: str) -> dict[str, torch.Tensor]:
+    """Prefill logits at every position, a prefill continued from a cached prefix, and two decode steps
+    over a batch of two rows of different lengths, through `backend`."""
+    model.setup_caches(2, CACHE)
+    prefill = model.prefill(torch.tensor([PROMPT_A]), 0, 0, all_logits=True)             # (1, Ta, V)
+    model.prefill(torch.tensor([PROMPT_B[:4]]), 0, 1)
+    continued = model.prefill(torch.tensor([PROMPT_B[4:]]), 4, 1, all_logits=True)        # (1, Tb - 4, V)
+    position = torch.tensor([len(PROMPT_A), len(PROMPT_B)])
+    steps = []
+    for tokens in NEXT:
+        step = Decode(position, (position + 1).to(torch.int32), backend)
+        steps.append(model.decode(torch.tensor(tokens)[:, None], step))                   # (2, V)
+        position = position + 1
+    return {"prefill": prefill, "continued": continued, "decode": torch.stack(steps)}
+
+
+def all_logits(hf_model, gguf_model, tied_model) -> dict[str, torch.Tensor]:
+    out = {f"hf-{backend}": logits(hf_model, backend) for backend in ("sdpa", "eager", "flash")}
+    out["gguf-sdpa"] = logits(gguf_model, "sdpa")
+    out["tied-eager"] = logits(tied_model, "eager")
+    return {f"{case}/{part}": t for case, parts in out.items() for part, t in parts.items()}
+
+
+def rank_logits(tp, directory: str, gguf_path: str) -> dict[str, torch.Tensor]:
+    """Every rank: its part of the three models; rank 0's (gathered, full-vocabulary) logits come back."""
+    from models.engine import load_model
+    from models.loading.hf import load_hf_model
+    from models.tp import random_shard
+
+    hf = load_hf_model(Path(directory), tp.device, torch.float32, max_len=64, tp=tp).model
+    gguf = load_model(gguf_path, tp=tp, max_context=64, cuda_graphs=False).model
+    tied = random_shard(TIED, tp, tp.device, torch.float32, max_len=64)
+    out = all_logits(hf, gguf, tied)
+    out["rank 0 holds/wqkv rows"] = torch.tensor(hf.layers[0].attention.wqkv.weight.shape[0])
+    out["rank 0 holds/KV heads"] = torch.tensor(hf.layers[0].attention.kv_cache.k.shape[1])
+    return out
+
+
+def raise_on_rank_1(tp) -> None:
+    import torch.distributed as dist
+    if tp.rank == 1:
+        raise ValueError("boom on rank 1")
+    dist.all_reduce(torch.ones(4), group=tp.group)      # rank 0 waits for a rank that is gone

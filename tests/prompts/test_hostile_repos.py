@@ -1,0 +1,167 @@
+"""Untrusted repositories: indexing one executes nothing from it, and no odd name or file stops it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from prompts import ScanWarning, build_completion_prompt, index_repository
+from prompts.scan import scan_repository
+from prompts.tokens import tokenizable
+
+# A name for every way a file name can trouble a tool: not UTF-8, a newline, a leading dash, near NAME_MAX.
+ODD_NAMES = [b"helpers_\xff.py", b"new\nline.py", b"-dash.py", b"l" * 240 + b".py", b" space .py"]
+
+HOSTILE_GIT_CONFIG = """\
+[core]
+    fsmonitor = "touch {marker}/fsmonitor; false"
+    hooksPath = {marker}
+    pager = touch {marker}/pager
+    askPass = touch {marker}/askpass
+[filter "evil"]
+    clean = touch {marker}/clean
+    smudge = touch {marker}/smudge
+    process = touch {marker}/process
+[diff "evil"]
+    textconv = touch {marker}/textconv
+[credential]
+    helper = !touch {marker}/credential
+"""
+
+# Run in a fresh interpreter: an audit hook (which cannot be removed) records every attempt to start a process.
+AUDITED_INDEX = """
+import json, sys
+spawned = []
+def hook(event, args):
+    if event in ("subprocess.Popen", "os.system", "os.posix_spawn", "os.exec", "os.fork", "os.forkpty", "pty.spawn"):
+        spawned.append(event + " " + repr(args)[:200])
+sys.addaudithook(hook)
+from prompts import index_repository
+index = index_repository(sys.argv[1])
+print(json.dumps({"files": index.files, "spawned": spawned}))
+"""
+
+
+def plant_hostile_git(root: Path, marker: Path) -> None:
+    """A .git whose config, hooks and attributes would each leave a file in `marker` if git ever ran them."""
+    git = root / ".git"
+    (git / "hooks").mkdir(parents=True)
+    (git / "info").mkdir()
+    (git / "config").write_text(HOSTILE_GIT_CONFIG.format(marker=marker))
+    for hook in ("pre-commit", "post-checkout", "post-index-change", "fsmonitor-watchman"):
+        (git / "hooks" / hook).write_text(f"#!/bin/sh\ntouch {marker}/{hook}\n")
+        (git / "hooks" / hook).chmod(0o755)
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    (git / "info" / "exclude").write_text("excluded.py\n")
+    (root / ".gitattributes").write_text("* filter=evil diff=evil\n")
+
+
+def test_indexing_runs_no_process_and_nothing_from_the_repositorys_git_config(make_repo, tmp_path):
+    root = make_repo({"a.py": "def add(a, b):\n    return a + b\n", "excluded.py": "x = 1\n",
+                      ".gitignore": "ignored.py\n", "ignored.py": "y = 2\n"})
+    marker = tmp_path / "marker"
+    marker.mkdir()
+    plant_hostile_git(root, marker)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    out = subprocess.run([sys.executable, "-c", AUDITED_INDEX, str(root)], capture_output=True, text=True,
+                         env=env, timeout=60, check=True).stdout
+    result = json.loads(out)
+    assert result["spawned"] == []
+    assert list(marker.iterdir()) == []
+    # The ignore rules still hold, read by pathspec: .gitignore and .git/info/exclude.
+    assert result["files"] == [".gitattributes", ".gitignore", "a.py"]
+
+
+def test_global_excludes_are_read_from_the_users_git_config_without_git(make_repo, tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "my-ignores").write_text("*.secret.py\n")
+    (home / ".gitconfig").write_text('[user]\n  name = x\n[core]\n  excludesFile = "~/my-ignores"\n')
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    root = make_repo({"a.py": "a = 1\n", "key.secret.py": "k = 1\n", "keep.py": "b = 2\n",
+                      ".gitignore": "!keep.py\n"})
+    assert [s.path for s in scan_repository(root)] == [".gitignore", "a.py", "keep.py"]
+    (home / ".gitconfig").unlink()
+    (home / ".config" / "git").mkdir(parents=True)
+    (home / ".config" / "git" / "ignore").write_text("a.py\n")  # git's default global excludes file
+    assert [s.path for s in scan_repository(root)] == [".gitignore", "keep.py", "key.secret.py"]
+
+
+def test_rule_files_that_are_links_fifos_or_devices_are_not_read(make_repo, tmp_path):
+    outside = tmp_path / "outside-rules"
+    outside.write_text("a.py\n")
+    root = make_repo({"a.py": "a = 1\n", "sub/b.py": "b = 1\n", "deep/c.py": "c = 1\n"})
+    os.symlink(outside, root / ".gitignore")  # git does not follow a linked .gitignore either
+    os.mkfifo(root / "sub" / ".gitignore")  # reading it would wait for a writer forever
+    os.symlink("/dev/zero", root / "deep" / ".codecompleteignore")  # reading it would never end
+    with pytest.warns(ScanWarning):  # the planted links themselves are reported as files left out
+        paths = [s.path for s in scan_repository(root)]
+    assert paths == ["a.py", "deep/c.py", "sub/b.py"]
+
+
+def test_a_file_swapped_for_a_fifo_after_the_scan_is_skipped_not_waited_on(make_repo, tmp_path):
+    root = make_repo({"a.py": "def a():\n    return 1\n", "b.py": "def b():\n    return 2\n"})
+    sources = scan_repository(root)
+    (root / "b.py").unlink()
+    os.mkfifo(root / "b.py")
+    from prompts.index import parse_file
+
+    assert parse_file(root, sources[1], 1 << 20) == "not a regular file"
+
+
+def test_an_unreadable_folder_is_reported_and_the_rest_indexed(make_repo, monkeypatch):
+    root = make_repo({"a.py": "a = 1\n", "locked/b.py": "b = 1\n"})
+    real_scandir = os.scandir
+
+    def refusing_scandir(path="."):
+        if str(path).endswith("locked"):  # tests run as root, for whom chmod 000 changes nothing
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing_scandir)
+    with pytest.warns(ScanWarning, match="skipped locked: Permission denied"):
+        assert [s.path for s in scan_repository(root)] == ["a.py"]
+
+
+def test_odd_file_names_are_indexed_and_their_names_tokenized(make_repo, smollm2_tokenizer):
+    root = make_repo({"a.py": "from helpers import add\n\n\ndef total(xs):\n    return add(xs)\n"})
+    for name in ODD_NAMES:
+        with open(os.path.join(os.fsencode(root), name), "wb") as file:
+            file.write(b"def add(a, b):\n    return a + b\n")
+    index = index_repository(root)
+    assert sorted(map(os.fsencode, index.files)) == sorted([b"a.py", *ODD_NAMES])
+    for name in ["a.py", *map(os.fsdecode, ODD_NAMES)]:
+        packed = build_completion_prompt(index, smollm2_tokenizer, path=name, budget_tokens=400)
+        assert packed.ids and {item.path for item in packed.context} >= {name}
+
+
+def test_tokenizable_replaces_lone_surrogates_one_for_one():
+    assert tokenizable("plain ünïcode") == "plain ünïcode"
+    assert tokenizable(os.fsdecode(b"a\xffb\xfe")) == "a\ufffdb\ufffd"
+
+
+def test_code_or_folders_nested_thousands_deep_skip_one_file_not_the_index(make_repo):
+    root = make_repo({"a.py": "def add(a, b):\n    return a + b\n",
+                      "deep.py": "x = " + "[\n" * 3000 + "]\n" * 3000})
+    folder = str(root)
+    for _ in range(1200):  # deeper than Python's recursion limit
+        folder += "/d"
+        os.mkdir(folder)
+    with open(folder + "/bottom.py", "w") as file:
+        file.write("b = 1\n")
+    with pytest.warns(ScanWarning) as caught:
+        index = index_repository(root)
+    assert index.files == ["a.py"]
+    messages = {str(w.message) for w in caught}
+    assert "skipped deep.py: nested too deeply to chunk" in messages
+    assert any("nested deeper than" in message for message in messages)
+
+
+def test_invalid_ignore_patterns_are_left_out_as_git_does(make_repo):
+    root = make_repo({"a.py": "a = 1\n", "b.log": "b\n", "c.py": "c = 1\n",
+                      ".gitignore": "[z-a]\n*.log\n\\\n!\nc.py\n"})
+    assert [s.path for s in scan_repository(root)] == [".gitignore", "a.py"]
