@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=_float_in(0.0, 1.0, low_open=True), default=1.0, metavar="P",
                      help="nucleus sampling (default: 1)")
     gen.add_argument("--seed", type=_seed, metavar="N", help="seed for sampling")
+    gen.add_argument("--speculate", type=_whole_number(0, 15), metavar="K",
+                     help="speculative decoding: verify up to K draft tokens per step, looked up in the prompt "
+                          "and the text so far; same output (0 turns it off; default: the engine's, 12 on a CPU)")
 
     out = parser.add_argument_group("output")
     out.add_argument("--json", nargs="?", const="-", metavar="FILE",
@@ -151,6 +154,9 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
                        help="prompt budget in tokens (default: the model's context on CUDA, 1024 on CPU)")
     model.add_argument("--gpus", type=_positive_int, metavar="N",
                        help="split the model over N GPUs (tensor parallelism; with --device cpu, N processes)")
+    model.add_argument("--kv-cache", choices=("bf16", "fp16", "fp32", "fp8", "int8"),
+                       help="KV cache storage (default: the model's dtype): int8 or fp8 hold 8 bits with a scale "
+                            "per token, about twice the context in the same memory; int8 is the more accurate")
 
 
 def build_serve_parser() -> argparse.ArgumentParser:

@@ -72,7 +72,7 @@ def mismatch(info: dict, args, root: Path | None, max_new_tokens: int) -> str | 
     if wanted != model_spec(info.get("model_spec")):
         return f"runs {info.get('model_spec') or 'the embedded model'}, not {wanted or 'the embedded model'}"
     engine = info.get("engine", {})
-    for option in ("device", "dtype", "attention", "gpus"):
+    for option in ("device", "dtype", "attention", "gpus", "kv_cache"):
         asked = getattr(args, option)
         if asked and _plain(asked) != _plain(info.get(option) or engine.get(option, "")):
             return f"runs --{option} {info.get(option) or engine.get(option)}, not {asked}"

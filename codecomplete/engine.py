@@ -8,7 +8,7 @@ import warnings
 from . import caches
 from .cancel import CancelOnSigint
 from .errors import UsageError
-from .render import status, warn
+from .render import LiveView, status, warn
 
 # On a CPU a prompt prefills at a few hundred tokens/s: a 1k-token default keeps the first
 # token within seconds. On CUDA the default is the whole context the engine was built for.
@@ -60,6 +60,7 @@ def load(args, max_new_tokens: int, default_budget: int | None = None):
     check_model_spec(args)
     caches.prepare()            # no-op after the repository's check chose the cache folder
     device = device_for(args)
+    check_kv_cache(args, device)
     if args.attention == "flash" and not device.startswith("cuda"):
         # Off the GPU the Triton kernels run in Triton's interpreter, which must be chosen before anything
         # imports Triton (torch's compiler does, on importing models).
@@ -73,7 +74,7 @@ def load(args, max_new_tokens: int, default_budget: int | None = None):
             if not args.debug:      # the one-line error says what went wrong; library warnings only add noise
                 warnings.simplefilter("ignore")
             return load_model(args.model, device=device, dtype=args.dtype, attention=args.attention,
-                              max_context=max_context, progress=progress, gpus=args.gpus)
+                              max_context=max_context, progress=progress, gpus=args.gpus, kv_cache=args.kv_cache)
 
     try:
         engine = load_with(budget + max_new_tokens if budget else None)
@@ -86,6 +87,18 @@ def load(args, max_new_tokens: int, default_budget: int | None = None):
         warn("--attention flash on the CPU runs the Triton kernels in their interpreter: very slow")
     check_room(engine, args, max_new_tokens)     # a --max-tokens that leaves no room fails now, not later
     return engine
+
+
+KV_CACHE_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def check_kv_cache(args, device: str) -> None:
+    """An unquantized cache holds the model's dtype: --kv-cache bf16 needs a bfloat16 model."""
+    wanted = KV_CACHE_DTYPES.get(args.kv_cache or "")
+    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    if wanted and wanted != dtype:
+        raise UsageError(f"--kv-cache {args.kv_cache} needs --dtype {wanted} (the model runs in {dtype} here and an "
+                         f"unquantized cache holds the model's dtype); --kv-cache int8 or fp8 quantize any model")
 
 
 def _max_tokens(args, max_new_tokens: int) -> str:
@@ -109,12 +122,15 @@ def sampling(args, max_new_tokens: int):
     """How the command line asks to generate."""
     from .session import Sampling
 
-    return Sampling(max_tokens=max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    return Sampling(max_tokens=max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                    speculate=args.speculate)
 
 
 def generate(generation, view):
     """Stream one generation (a session's, in process or on a server) into a view. Ctrl-C ends it between tokens
     with finish_reason "cancelled" and the text so far; a closed pipe raises BrokenPipeError."""
+    if isinstance(view, LiveView):      # the live line shows speculation's acceptance as it goes
+        view.progress = lambda: getattr(generation.engine, "progress", None)
     with CancelOnSigint() as cancel, view:
         result = generation.run(on_text=view.on_text, should_stop=lambda: cancel() or view.closed)
     if view.closed:

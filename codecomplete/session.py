@@ -29,6 +29,7 @@ class Sampling:
     seed: int | None = None
     stop: tuple[str, ...] = ()       # the caller's stop strings, besides those of the prompt's format
     format_stops: bool = True        # False: only the model's EOS and `stop` end generation (benchmarks)
+    speculate: int | None = None     # draft tokens verified per step; None: the engine's default, 0: off
 
 
 @dataclass
@@ -128,7 +129,7 @@ class Session:
         stops = sampling.format_stops
         config = GenerationConfig(
             max_new_tokens=max(sampling.max_tokens, 1), temperature=sampling.temperature, top_p=sampling.top_p,
-            top_k=sampling.top_k, seed=sampling.seed,
+            top_k=sampling.top_k, seed=sampling.seed, speculate=sampling.speculate,
             stop_token_ids=tuple(packed.stop_token_ids) if stops else (),
             stop_strings=(tuple(packed.stop_strings) if stops else ()) + tuple(sampling.stop))
         if sampling.max_tokens > 0:

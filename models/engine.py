@@ -35,7 +35,7 @@ DEFAULT_MAX_CONTEXT = 16384
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
 # Drafts verified per step when GenerationConfig.speculate is None, by device (bench/results/NOTES.md).
-DEFAULT_SPECULATE = {"cpu": 8, "cuda": 8}
+DEFAULT_SPECULATE = {"cpu": 12, "cuda": 8}
 MAX_SPECULATE = 15     # the multi-token decode kernel takes up to 16 query tokens
 
 
@@ -177,6 +177,7 @@ class Engine:
         self.model_max_positions = model.config.context_limit
         self.eos_token_ids = sorted(set(eos_token_ids) | set(model.config.eos_token_ids))
         self.load_s = 0.0
+        self.progress = Timings()   # the running request's speculation counts, for a live status line
         self._quant = parse_kv_cache(kv_cache, param.dtype)
         # Drafts per step when a request does not say (GenerationConfig.speculate None); 0 turns it off.
         self.speculate = DEFAULT_SPECULATE.get(self._device.type, 0)
@@ -370,6 +371,7 @@ class Engine:
         drafter.extend([pending])
         pos, fed, last = len(prompt), list(prompt), self.context_length - 1
         steps = verify_steps = drafted = accepted = 0
+        self.progress = live = Timings()
         while not row.finish_reason:
             if should_stop is not None and should_stop():
                 row.cancel()
@@ -386,6 +388,7 @@ class Engine:
             emitted = accept(logits.view(1 + len(drafts), -1), drafts, config, generator)
             steps, verify_steps = steps + 1, verify_steps + bool(drafts)
             drafted, accepted = drafted + len(drafts), accepted + len(emitted) - 1
+            live.decode_steps, live.drafted_tokens, live.accepted_tokens = steps, drafted, accepted
             fed += [pending] + emitted[:-1]             # the K/V kept: rejected drafts lie past the length
             pos += len(emitted)
             pending = emitted[-1]

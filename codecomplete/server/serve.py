@@ -67,9 +67,11 @@ def _description(url: str, root, args, engine) -> dict:
     return {"url": url, "repo": str(root), "version": package_version(),
             "model_spec": client.model_spec(args.model or os.environ.get("CODECOMPLETE_MODEL")),
             "device": args.device, "dtype": args.dtype, "attention": args.attention, "gpus": args.gpus,
+            "kv_cache": args.kv_cache,
             "context_tokens": args.context_tokens,
             "engine": {"name": engine.name, "device": engine.device, "dtype": engine.dtype,
-                       "attention": engine.attention, "context_length": engine.context_length,
+                       "attention": engine.attention, "kv_cache": engine.kv_cache_dtype,
+                       "context_length": engine.context_length,
                        "model_max_positions": engine.model_max_positions, "load_s": engine.load_s}}
 
 
