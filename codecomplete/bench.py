@@ -134,7 +134,8 @@ def roofline(engine, contexts, bandwidth: float) -> dict[int, float]:
     model = engine.model
     weights = weight_bytes_per_step(model)
     element_size = model.output.weight.element_size()
-    return {c: bandwidth / (weights + kv_bytes_per_step(model.config, 1, c, element_size)) for c in contexts}
+    quant = engine.kv_cache_dtype if engine.kv_cache_dtype in ("fp8", "int8") else None
+    return {c: bandwidth / (weights + kv_bytes_per_step(model.config, 1, c, element_size, quant)) for c in contexts}
 
 
 def table(result) -> Table:

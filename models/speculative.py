@@ -50,12 +50,18 @@ class PromptLookup:
             seq.append(token)
 
     def draft(self, k: int) -> list[int]:
-        """Up to k tokens that followed the most recent earlier occurrence of the longest matching suffix."""
+        """k tokens that followed the most recent earlier occurrence of the longest matching suffix ([] if none).
+
+        A match close to the end copies its own draft onward, as LZ77 copies overlap: text repeating with a
+        period shorter than k (a loop, a run of one token) still gets k tokens."""
         seq = self.tokens
         for n in self.ngram_lengths:
             start = self.index.get(tuple(seq[-n:])) if len(seq) >= n else None
             if start is not None:
-                return seq[start:start + k]
+                draft = seq[start:start + k]
+                while len(draft) < k:
+                    draft.append(draft[len(draft) - (len(seq) - start)])
+                return draft
         return []
 
 

@@ -29,6 +29,9 @@ def test_prompt_lookup_drafts_what_followed_the_longest_recent_match():
     drafter.extend([2, 3])
     assert drafter.draft(2) == [6, 2]             # only "2 3" matches; its newest earlier occurrence precedes "6 2"
     assert PromptLookup([1, 2]).draft(4) == []    # nothing before the suffix itself
+    # A match near the end copies its own draft onward (a loop with a period shorter than the draft).
+    assert PromptLookup([7, 1, 2, 1, 2, 1, 2]).draft(5) == [1, 2, 1, 2, 1]
+    assert PromptLookup([5, 5, 5]).draft(4) == [5, 5, 5, 5]
 
 
 def prompts(tokenizer) -> list[list[int]]:
