@@ -26,16 +26,6 @@ BARS = {"copy": 2.0, "fresh": 0.95}
 KINDS = {"copy": "copy-heavy", "fresh": "nothing to copy"}
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def run_item(engine, item, depths, max_tokens, flip: bool) -> dict:
     from models import GenerationConfig
 
@@ -129,6 +119,7 @@ def main(argv=None) -> int:
     import transformers
 
     from models import load_model
+    from models.cpu_bench import cpu_name
     from speculative_workloads import copy_heavy, nothing_to_copy
 
     torch.set_num_threads(args.threads)

@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=_seed, metavar="N", help="seed for sampling")
     gen.add_argument("--speculate", type=_whole_number(0, 15), metavar="K",
                      help="speculative decoding: verify up to K draft tokens per step, looked up in the prompt "
-                          "and the text so far; same output (0 turns it off; default: the engine's, 12 on a CPU)")
+                          "and the text so far; same output (0 turns it off; default 8)")
 
     out = parser.add_argument_group("output")
     out.add_argument("--json", nargs="?", const="-", metavar="FILE",

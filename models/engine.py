@@ -35,7 +35,7 @@ DEFAULT_MAX_CONTEXT = 16384
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
 # Drafts verified per step when GenerationConfig.speculate is None, by device (bench/results/NOTES.md).
-DEFAULT_SPECULATE = {"cpu": 12, "cuda": 8}
+DEFAULT_SPECULATE = {"cpu": 8, "cuda": 8}
 MAX_SPECULATE = 15     # the multi-token decode kernel takes up to 16 query tokens
 
 
