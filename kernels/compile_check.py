@@ -109,16 +109,15 @@ def _nvidia_tool(name: str) -> Path:
     return Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
 
 
-def sass_facts(cubin: bytes, loops: bool = True, with_opcodes: bool = False) -> dict:
-    """Registers and local-memory (spill) bytes per thread, and (`loops`) the instructions of each
-    loop in address order, read with the cuobjdump and nvdisasm that ship with Triton."""
+def sass_facts(cubin: bytes, with_opcodes: bool = False) -> dict:
+    """Registers and local-memory (spill) bytes per thread, and the instructions of each loop in
+    address order, read with the cuobjdump and nvdisasm that ship with Triton."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
         usage = subprocess.run([_nvidia_tool("cuobjdump"), "--dump-resource-usage", f.name],
                                capture_output=True, text=True).stdout
-        sass = subprocess.run([_nvidia_tool("nvdisasm"), "-c", f.name], capture_output=True,
-                              text=True).stdout if loops else ""
+        sass = subprocess.run([_nvidia_tool("nvdisasm"), "-c", f.name], capture_output=True, text=True).stdout
     facts = {}
     if found := re.search(r"REG:(\d+).*LOCAL:(\d+)", usage):
         facts["registers"], facts["local_bytes"] = int(found[1]), int(found[2])

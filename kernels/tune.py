@@ -171,12 +171,10 @@ class Clock:
 
 def resident_of(binary, num_warps: int) -> int:
     """Programs of a compiled split kernel one SM holds at once (0 where there is no binary: CPU)."""
-    cubin = getattr(binary, "asm", {}).get("cubin")
-    if not cubin:
+    if not hasattr(binary, "metadata"):
         return 0
-    from kernels.compile_check import sass_facts
-    facts = sass_facts(cubin, loops=False)
-    return resident_programs(facts.get("registers", 0), binary.metadata.shared, num_warps)
+    binary._init_handles()  # loads it (as its first launch would): registers, as Triton's softmax tutorial reads them
+    return resident_programs(binary.n_regs, binary.metadata.shared, num_warps)
 
 
 def measure_case(case: Case, num_sms: int, clock: Clock, log, start_plans=()) -> dict:

@@ -163,3 +163,29 @@ def test_sweep_binaries_are_built_from_stand_in_caches(monkeypatch):
     assert all(b[1] == (1, 32, 16, 128) and b[5] for b in built)
     assert built[1][2] == torch.float8_e4m3fn and built[1][4] == ["k_scale", "v_scale"]
     assert built[0][3] == plan_launch(1, 32, 32, 65536, 128)  # the real length's plan
+
+
+def test_gpu_check_sweep_forces_every_option_the_tuner_may_pick(monkeypatch):
+    monkeypatch.setattr(bench, "DEVICE", "cpu")
+    ran = []
+    monkeypatch.setattr(bench.CheckCase, "run", lambda self, gen: ran.append(self) or {"ok": True})
+    monkeypatch.setattr(bench, "compile_in_parallel", lambda calls: 0.0)
+    results = bench.gpu_correctness_sweep(lambda message: None, quick=True)
+    assert all(r["ok"] for r in results)
+    forced = {name for case in ran for name, _ in case.options}
+    assert {"fp8_early", "maxnreg", "num_warps", "block_n", "tma", "partials", "eviction", "cache_modifier",
+            "pdl"} <= forced
+    assert all(case.fp8 for case in ran if "fp8_early" in dict(case.options))
+
+
+def test_explore_writes_a_complete_table_and_plan_file(cpu_exploration, monkeypatch, tmp_path):
+    """The whole exploration on one tiny case: every output the GPU run hands back, naming the card."""
+    monkeypatch.setattr(tune, "cases", lambda: [tune.Case(bench.Shape("tiny", 1, 128, 4, 2, 32))])
+    env = {"card": "Test GPU 7", "sms": 4, "date": "2026-12-01", "torch": "t", "triton": "t",
+           "read_bandwidth": 1e12, "copy_bandwidth": 1e12}
+    assert tune.explore(env, tmp_path, tmp_path / "plans", budget_s=30, log=lambda message: None) == 0
+    table = (tmp_path / "kernels-tune.md").read_text()
+    assert table.startswith("Plan exploration on Test GPU 7 (4 SMs), 2026-12-01") and "| tiny B=1 S=128 |" in table
+    sweep = json.loads((tmp_path / "kernels-tune.json").read_text())
+    assert sweep["env"]["card"] == "Test GPU 7" and sweep["cases"][0]["best"]["plan"]
+    assert json.loads((tmp_path / "plans" / "test-gpu-7.json").read_text())["device"]["name"] == "Test GPU 7"
