@@ -1,6 +1,11 @@
 """Tensor parallelism on CPU ranks (gloo, spawned by the tests): two ranks must compute what one does."""
 
 import faulthandler
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +20,27 @@ from models.loading.hf import load_hf_model
 from models.tp import shard_config
 
 HANG_S = 300
+ROOT = Path(__file__).resolve().parents[2]
+
+# The user's program, as a user writes it: no close(); leaving the group at exit is load_model's business.
+TWO_RANK_PROGRAM = """
+import sys
+from models import GenerationConfig, load_model
+
+if __name__ == "__main__":
+    engine = load_model(sys.argv[1], device="cpu", max_context=48, gpus=2)
+    result = engine.generate([1, 17, 45, 3, 88], GenerationConfig(max_new_tokens=4))
+    print(engine.ranks._context.processes[0].pid, len(result.token_ids))
+"""
+STUCK_TEARDOWN_PROGRAM = """
+import sys
+import tp_helpers
+from models.distributed import run_on_ranks
+
+if __name__ == "__main__":
+    run_on_ranks(2, "cpu", tp_helpers.hang_in_teardown, 1.0, sys.argv[1])
+    print("returned")
+"""
 
 
 @pytest.fixture
@@ -112,3 +138,44 @@ def test_a_rank_that_raises_ends_the_launch_in_one_line(no_hang):
     with pytest.raises(RankFailed) as failed:      # rank 0 was waiting in an all-reduce for rank 1
         run_on_ranks(2, "cpu", tp_helpers.raise_on_rank_1)
     assert str(failed.value) == "rank 1 failed: ValueError: boom on rank 1"
+
+
+def _run_program(tmp_path, text: str, *args: str, timeout: float) -> tuple[Path, subprocess.CompletedProcess]:
+    script = tmp_path / "program.py"
+    script.write_text(text)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests" / "models"),
+                                                        os.environ.get("PYTHONPATH", "")]))
+    return script, subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
+                                  timeout=timeout, env=env, cwd=tmp_path)
+
+
+def _gone(pid: int, within: float = 10.0) -> bool:
+    """The process has exited (a zombie left to a parent that is gone counts as exited)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+
+
+def test_a_program_on_two_ranks_exits_cleanly_when_it_ends(gqa_checkpoint, tmp_path):
+    """Rank 0 says goodbye at exit, rank 1 leaves the group with it (exit status 0: it did) and is gone."""
+    _, run = _run_program(tmp_path, TWO_RANK_PROGRAM, str(gqa_checkpoint), timeout=120)
+    assert (run.returncode, run.stderr) == (0, "")
+    follower, generated = map(int, run.stdout.split())
+    assert generated == 4 and _gone(follower, within=0)
+
+
+def test_ranks_that_cannot_finish_their_teardown_exit_anyway(tmp_path):
+    """Every rank's destroy_process_group blocks: each exits within the teardown bound (1 s here, 30 by
+    default, above this test's timeout), rank 0 saying so in one line, rank 1 with its stacks."""
+    pid_file = tmp_path / "rank1.pid"
+    script, run = _run_program(tmp_path, STUCK_TEARDOWN_PROGRAM, str(pid_file), timeout=25)
+    assert run.returncode == 1 and run.stdout == ""
+    assert f"{script.name}: error: the ranks did not shut down within 1 s" in run.stderr.splitlines()
+    assert _gone(int(pid_file.read_text()))
