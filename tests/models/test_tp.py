@@ -179,3 +179,22 @@ def test_ranks_that_cannot_finish_their_teardown_exit_anyway(tmp_path):
     assert run.returncode == 1 and run.stdout == ""
     assert f"{script.name}: error: the ranks did not shut down within 1 s" in run.stderr.splitlines()
     assert _gone(int(pid_file.read_text()))
+
+
+def test_where_each_ranks_batch1_projections_run():
+    """Splitting halves wqkv's rows, not its columns: on 2 GPUs it is deep like w2, and before split-K
+    38% of a 34B rank's projection bytes went to cuBLAS (26% on one GPU). Now the GEMV takes them all."""
+    from models.tp_bench import dispatch_shares
+    one, two = dispatch_shares("CodeLlama-34B", 1), dispatch_shares("CodeLlama-34B", 2)
+    assert (round(100 * one["shares"]["wide"]["cublas"]), round(100 * two["shares"]["wide"]["cublas"])) == (26, 38)
+    for shares in (one, two, dispatch_shares("CodeLlama-70B", 2)):
+        now = shares["shares"]["1"]
+        assert now["cublas"] == 0 and abs(sum(now.values()) - 1) < 1e-9
+    deep = {p["name"]: (p["N"], p["K"], p["split_k"]) for p in two["projections"] if p["old_route"] == "cublas"}
+    assert deep == {"wqkv": (5120, 8192, 2), "w2": (8192, 11008, 3)}
+
+
+def test_an_unknown_gemv_mode_names_the_choices():
+    from models.llama import use_gemv
+    with pytest.raises(ValueError, match=r"CODECOMPLETE_GEMV='2': choose from 1 \(every batch-1 projection\)"):
+        use_gemv("2")
