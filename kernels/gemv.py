@@ -17,8 +17,10 @@ call). The counters are one zeroed buffer per device, allocated on the first spl
 graph capture: GEMVs on one device must not run concurrently on several streams (a decode step is one
 stream). `gemv_config(N, K)` picks the split; wide projections keep the unsplit kernel as measured.
 
-`torch.ops.codecomplete.gemv` is the same function as an opaque custom op, so torch.compile'd code
-can call it.
+`torch.ops.codecomplete.gemv` is the batch-1 projection as an opaque custom op, so torch.compile'd code
+can call it: the GEMV, or cuBLAS for deep projections while DEEP_ON_CUBLAS is set (the dispatch before
+split-K, for A/B runs). The choice is made when the op runs, not when it is compiled: switching it takes a
+new CUDA-graph capture, no recompilation.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import triton.language as tl
 BLOCK_N, BLOCK_K, NUM_WARPS, NUM_STAGES = 4, 1024, 4, 3   # the H100's best for the wide projections
 K_PER_PROGRAM = 4096          # split deep projections into ranges of at most this many columns (32 KiB of bf16 W)
 MAX_ROW_BLOCKS = 1 << 16      # counters per device (256 KiB): row blocks of a split GEMV, N <= 262,144 rows
+DEEP_ON_CUBLAS = False        # the op sends deep projections (rows < columns) to cuBLAS (models.llama.use_gemv)
 _counters: dict[torch.device, torch.Tensor] = {}
 
 
@@ -79,6 +82,13 @@ def gemv_config(N: int, K: int, block_n: int = BLOCK_N, block_k: int = BLOCK_K) 
     return triton.cdiv(chunks, per_split), per_split * block_k
 
 
+def route(N: int, K: int, deep_on_cublas: bool | None = None) -> str:
+    """Where the op runs y = x @ W (N, K)^T: "gemv", "gemv split-K" or "cublas" (deep_on_cublas: None = as set)."""
+    if (DEEP_ON_CUBLAS if deep_on_cublas is None else deep_on_cublas) and N < K:
+        return "cublas"
+    return "gemv" if gemv_config(N, K)[0] == 1 else "gemv split-K"
+
+
 def _row_block_counters(device: torch.device) -> torch.Tensor | None:
     """This device's zeroed tickets; None while a CUDA graph is being captured before they exist."""
     counters = _counters.get(device)
@@ -120,6 +130,8 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, *, block_n: int = BLOCK_N, block
 
 @torch.library.custom_op("codecomplete::gemv", mutates_args=())
 def gemv_op(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    if route(*weight.shape) == "cublas":
+        return torch.nn.functional.linear(x.reshape(1, -1), weight)
     return gemv(x, weight)
 
 

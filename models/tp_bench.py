@@ -37,7 +37,7 @@ from models.bench import fill_cache_randomly, fits, kv_bytes_per_step, ours_step
 from models.config import preset
 from models.distributed import MULTICAST_OFF, multicast_off, run_on_ranks
 from models.engine import Engine
-from models.llama import Transformer, build_random_model, gemv_serves, use_gemv
+from models.llama import Transformer, build_random_model, use_gemv
 from models.tp import ONE_SHOT_MAX_BYTES, TensorParallel, random_shard, shard_config, vocab_rows
 
 GiB = 2**30
@@ -49,6 +49,7 @@ CHECK_LAYERS, CHECK_PROMPT = 2, 512
 
 def run(args, env: dict, bandwidth: float, log) -> int:
     multicast_off()
+    _allow_recompiles()
     names, ab = _names(args.models), _names(args.gemv_ab)
     contexts = [int(c) for c in args.contexts.split(",")]
     methods = [m for m in args.methods.split(",") if m]
@@ -68,6 +69,14 @@ def run(args, env: dict, bandwidth: float, log) -> int:
     table = save(out, path)
     print(table)
     return 0 if all(c.get("ok", False) for c in out["tp"]["check"]) else 1
+
+
+def _allow_recompiles() -> None:
+    """One process compiles the dense step for several models' shapes, once per Engine or model: close to
+    dynamo's default of 8 entries per function, past which it would run the function eagerly."""
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(32, getattr(torch._dynamo.config, name)))
 
 
 def _names(models: str) -> list[str]:
@@ -123,7 +132,7 @@ def _meta_model(config):
 
 
 def _old_dispatch_us(measure) -> float:
-    """measure() with the GEMV dispatch before split-K (compiled code is guarded on it: recompiles once)."""
+    """measure() with the GEMV dispatch before split-K (decided in the op: a new capture, no recompile)."""
     use_gemv(OLD_DISPATCH)
     try:
         return measure()
@@ -134,7 +143,7 @@ def _old_dispatch_us(measure) -> float:
 def dispatch_shares(name: str, world: int) -> dict:
     """Where one rank's batch-1 projections run, per GEMV dispatch ("1": now, "wide": before split-K),
     and each route's share of the weight bytes a decode step reads through projections."""
-    from kernels.gemv import gemv_config
+    from kernels.gemv import gemv_config, route
     config = preset(name)
     local = shard_config(config, world) if world > 1 else config
     layer = _meta_model(local.replace(n_layers=1)).layers[0]
@@ -145,16 +154,13 @@ def dispatch_shares(name: str, world: int) -> dict:
     counts["output"] = 1
     result = {"model": name, "gpus": world, "projections": [], "shares": {}}
     total = sum(2 * n * k * counts[p] for p, (n, k) in shapes.items())
-    for mode, deep in (("1", True), (OLD_DISPATCH, False)):
+    for mode in ("1", OLD_DISPATCH):
         shares = {"gemv": 0.0, "gemv split-K": 0.0, "cublas": 0.0}
         for p, (n, k) in shapes.items():
-            split = gemv_config(n, k)[0]
-            route = ("gemv" if split == 1 else "gemv split-K") if gemv_serves(n, k, deep) else "cublas"
-            shares[route] += 2 * n * k * counts[p] / total
-            if mode == "1":
-                result["projections"].append({"name": p, "N": n, "K": k, "split_k": split, "bytes": 2 * n * k * counts[p],
-                                              "old_route": "gemv" if gemv_serves(n, k, False) else "cublas"})
+            shares[route(n, k, mode == OLD_DISPATCH)] += 2 * n * k * counts[p] / total
         result["shares"][mode] = shares
+    result["projections"] = [{"name": p, "N": n, "K": k, "split_k": gemv_config(n, k)[0], "bytes": 2 * n * k * counts[p],
+                              "old_route": route(n, k, True)} for p, (n, k) in shapes.items()]
     return result
 
 
@@ -167,9 +173,9 @@ def _free() -> None:
 
 def rank_bench(tp: TensorParallel, names: list[str], contexts: list[int], replays: int, out: dict,
                path: str, methods=METHODS, ab=(), sweep: bool = True) -> dict:
-    """Everything N-GPU, on every rank in step; rank 0 saves after each part and returns the whole.
-    The models' rows first, then the old-dispatch arms of `ab`, the last model's while it is loaded."""
+    """Everything N-GPU, on every rank in step; rank 0 saves after each part and returns the whole."""
     log = _rank_log(tp)
+    _allow_recompiles()
     bandwidth = copy_bandwidth()
     log(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s; one-shot all-reduce: {_one_shot_state(tp)}")
     result = out["tp"] = {"bandwidths": [bandwidth], "one_shot_error": tp.collectives.one_shot_error,
@@ -185,34 +191,29 @@ def rank_bench(tp: TensorParallel, names: list[str], contexts: list[int], replay
     saved()
     if tp.collectives.one_shot_error:     # the product falls back to NCCL: time that instead
         methods = ["nccl" if m == "one_shot" else m for m in methods]
-    loaded = None                         # (name, model): the last model stays while its A/B arm runs
-    for name, old_dispatch in [(n, False) for n in names] + [(n, True) for n in reversed(names) if n in ab]:
-        if loaded is None or loaded[0] != name:
-            loaded = None
-            _free()
-            config = preset(name)
-            need = 2 * sum(p.numel() for p in _meta_model(config).parameters()) // tp.world
-            room = [None] * tp.world            # every rank must take the same decision
-            dist.all_gather_object(room, fits(need + kv_bytes_per_step(config, 1, max(contexts)) // tp.world),
-                                   group=tp.control)
-            if not all(room):
-                if not old_dispatch:
-                    out["notes"].append(f"{name} on {tp.world} GPUs: {need / GiB:.0f} GiB of weights per GPU + the "
-                                        f"KV cache at {max(contexts)} tokens do not fit")
-                continue
-            loaded = (name, random_shard(config, tp, tp.device, torch.bfloat16, max_len=max(contexts)))
-            loaded[1].compile_dense()
-        if old_dispatch:
-            rows = {(r["model"], r["context"]): r for r in result["rows"]}
-            for context, us in old_dispatch_rows(tp, loaded[1], name, contexts, replays, log):
-                rows[(name, context)]["step_us_old_dispatch"] = us
-        else:
-            for row in tp_rows(tp, loaded[1], name, contexts, replays, log, methods):
-                row["roofline_tok_s"] = bandwidth / row["rank_bytes"]     # rank 0's share, until all are in
-                result["rows"].append(row)
+    for name in names:
+        config = preset(name)
+        need = 2 * sum(p.numel() for p in _meta_model(config).parameters()) // tp.world
+        room = [None] * tp.world            # every rank must take the same decision
+        dist.all_gather_object(room, fits(need + kv_bytes_per_step(config, 1, max(contexts)) // tp.world),
+                               group=tp.control)
+        if not all(room):
+            out["notes"].append(f"{name} on {tp.world} GPUs: {need / GiB:.0f} GiB of weights per GPU + the KV cache "
+                                f"at {max(contexts)} tokens do not fit")
+            continue
+        model = random_shard(config, tp, tp.device, torch.bfloat16, max_len=max(contexts))
+        model.compile_dense()
+        rows = tp_rows(tp, model, name, contexts, replays, log, methods)
+        for row in rows:
+            row["roofline_tok_s"] = bandwidth / row["rank_bytes"]     # rank 0's share, until all are in
+            result["rows"].append(row)
         saved()
-    loaded = None
-    _free()
+        if name in ab:
+            for row, (_, us) in zip(rows, old_dispatch_rows(tp, model, name, contexts, replays, log)):
+                row["step_us_old_dispatch"] = us
+            saved()
+        del model
+        _free()
     tp.collectives.method = "auto"
     everyone = [None] * tp.world
     dist.all_gather_object(everyone, {"bandwidth": bandwidth, "rows": result["rows"]}, group=tp.control)

@@ -4,11 +4,11 @@
 #   1. how the GPUs are linked (nvidia-smi topo -m), the versions;
 #   2. in the background on GPU 1 (capped at 45 s): the GEMV on each deep projection shape and two wide
 #      ones: cuBLAS, the unsplit kernel and the split-K configurations, with a 100-replay float64 check;
-#   3. models.bench --gpus 2 (capped at 170 s): CodeLlama-34B on 1 GPU (GPU 0, while 2 runs on GPU 1) at
+#   3. models.bench --gpus 2 (capped at 165 s): CodeLlama-34B on 1 GPU (GPU 0, while 2 runs on GPU 1) at
 #      16k and 64k; then on 2 GPUs: the 2-vs-1 check, 34B and 70B at 16k and 64k with the one-shot
 #      all-reduce and with none (the collectives' cost per step), the collectives of one step alone; and
-#      the A/B: 34B on 1 GPU, 70B and 34B on 2, timed again with the dispatch before split-K
-#      (CODECOMPLETE_GEMV=wide: deep projections on cuBLAS), same run, same weights;
+#      the A/B: every 34B and 70B row timed again with the dispatch before split-K
+#      (CODECOMPLETE_GEMV=wide: deep projections on cuBLAS), same run, same weights, no recompilation;
 #   4. the app's own path on 2 GPUs (capped at 55 s): load_model("random:CodeLlama-34B", gpus=2), two
 #      requests (the second reusing the first's prefix), close(), the process's exit status (0 when it works).
 #
@@ -40,7 +40,7 @@ gemv_pid=$!
 
 # 3. The benchmark.
 echo "$(date +%T) models.bench starts" > "$OUT/bench.log"
-timeout --signal=TERM --kill-after=10 170 \
+timeout --signal=TERM --kill-after=10 165 \
     python -m models.bench --gpus 2 --models 34B,70B --contexts 16384,65536 --replays 20 \
     --methods one_shot,none --gemv-ab 34B,70B --out "$OUT" --tag x2 \
     2>&1 >/dev/null | stamp >> "$OUT/bench.log"
@@ -81,7 +81,7 @@ tail -n 30 "$OUT/bench.log"
 echo
 cat "$OUT/app.txt"
 if [ "$status" -ne 0 ]; then
-    echo "models.bench exited with status $status (124: cut at 170 s); the table holds what was measured"
+    echo "models.bench exited with status $status (124: cut at 165 s); the table holds what was measured"
 fi
 cat "$OUT/tp-x2.md" 2>/dev/null || echo "no table written: see $OUT/bench.log"
 exit "$status"

@@ -194,7 +194,19 @@ def test_where_each_ranks_batch1_projections_run():
     assert deep == {"wqkv": (5120, 8192, 2), "w2": (8192, 11008, 3)}
 
 
-def test_an_unknown_gemv_mode_names_the_choices():
-    from models.llama import use_gemv
+def test_gemv_modes_route_deep_projections(monkeypatch):
+    """"wide" (the A/B's old arm) sends deep projections to cuBLAS inside the op, "1" to split-K; "0"
+    unloads the op; anything else names the choices."""
+    import kernels.gemv
+    from models import llama
+    monkeypatch.setattr(llama, "_gemv", None)
+    monkeypatch.setattr(kernels.gemv, "DEEP_ON_CUBLAS", False)
+    llama.use_gemv("wide")
+    assert llama._gemv is torch.ops.codecomplete.gemv
+    assert [kernels.gemv.route(n, k) for n, k in ((5120, 8192), (22016, 8192))] == ["cublas", "gemv"]
+    llama.use_gemv("1")
+    assert [kernels.gemv.route(n, k) for n, k in ((5120, 8192), (22016, 8192))] == ["gemv split-K", "gemv"]
+    llama.use_gemv("0")
+    assert llama._gemv is None
     with pytest.raises(ValueError, match=r"CODECOMPLETE_GEMV='2': choose from 1 \(every batch-1 projection\)"):
-        use_gemv("2")
+        llama.use_gemv("2")
