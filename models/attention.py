@@ -54,7 +54,7 @@ def decode_attention(backend: str, q: torch.Tensor, k_cache: torch.Tensor, v_cac
 
 
 # Lazy: importing kernels JIT-decorates Triton functions, and on CPU that must happen after
-# TRITON_INTERPRET=1 is set (the engine does it when flash is asked for on CPU).
+# TRITON_INTERPRET=1 is set (the codecomplete command sets it before Triton is imported).
 @functools.cache
 def _flash_decode():
     from kernels import flash_decode

@@ -11,7 +11,6 @@ host reads token t while the GPU already computes step t+1, so the loop never st
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from time import perf_counter
@@ -35,8 +34,9 @@ def load_model(spec=None, device=None, dtype=None, attention=None, max_context=N
                cuda_graphs=None, gpus=None, tp=None) -> Engine:
     """Load a model (None: $CODECOMPLETE_MODEL or the embedded SmolLM2) into a ready Engine.
 
-    spec: a HF checkpoint directory, a .gguf file, a hub id, or "random:PRESET" (random weights of a
-    preset's exact shapes and no tokenizer: for benchmarking where no checkpoint is at hand).
+    spec: a HF checkpoint directory, a .gguf file, a hub id, or "random:PRESET[:TOKENIZER_DIR]" (random
+    weights of a preset's exact shapes, for benchmarking where no checkpoint is at hand; without a tokenizer
+    directory it has no tokenizer).
     device: "cuda" if available else "cpu".
     dtype: bf16 on CUDA, float32 on CPU. attention: "flash" on CUDA, "sdpa" on CPU.
     max_context: KV-cache capacity in tokens, default min(model limit, 16384).
@@ -83,19 +83,30 @@ def checkpoint_directory(spec, dtype: torch.dtype, progress=None) -> tuple[str, 
 
 
 def _random_engine(spec: str, device, dtype, attention, max_context, cuda_graphs, start: float, tp=None) -> Engine:
-    """An Engine over random weights of a preset's shapes: times exactly like the real checkpoint."""
+    """An Engine over random weights of a preset's shapes: times exactly like the real checkpoint.
+
+    With a tokenizer directory (`random:CodeLlama-7B:DIR`, e.g. the embedded model's tokenizer files) the whole
+    app runs on it; the vocabulary is then sized to the tokenizer's, so every id it makes is a valid input."""
     from models.config import preset
     from models.llama import build_random_model
 
-    name = spec[len(RANDOM_PREFIX):]
+    name, _, tokenizer_dir = spec[len(RANDOM_PREFIX):].partition(":")
     config = preset(name)
+    tokenizer, label = None, f"{name} (random weights)"
+    if tokenizer_dir:
+        from models.loading.hf import load_tokenizer
+
+        tokenizer = load_tokenizer(Path(tokenizer_dir).expanduser())
+        config = config.replace(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                eos_token_ids=() if tokenizer.eos_token_id is None else (tokenizer.eos_token_id,))
+        label = f"{name} (random weights, vocabulary {len(tokenizer)})"
     context = context_capacity(config, max_context, name)
     if tp is None:
         model = build_random_model(config, device=device, dtype=dtype, max_len=context)
     else:
         from models.tp import random_shard
         model = random_shard(config, tp, device, dtype, max_len=context)
-    engine = Engine(model, None, name=f"{name} (random weights)", attention=attention, context_length=context,
+    engine = Engine(model, tokenizer, name=label, attention=attention, context_length=context,
                     eos_token_ids=(), cuda_graphs=cuda_graphs)
     engine.load_s = perf_counter() - start
     return engine
@@ -175,10 +186,11 @@ class Engine:
         if name not in BACKENDS:
             raise ValueError(f"unknown attention {name!r} (choose from {', '.join(BACKENDS)})")
         if name == "flash" and self._device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            # Off the GPU, Triton kernels run only in its interpreter, enabled before they are defined.
-            if "kernels" in sys.modules:
-                raise ModelError("flash attention on the CPU needs TRITON_INTERPRET=1 set before `kernels` is imported")
-            os.environ["TRITON_INTERPRET"] = "1"
+            # Off the GPU, Triton kernels run only in its interpreter, which must be chosen before Triton is
+            # imported (its own helpers, tl.cdiv and the like, are jitted at import); importing torch's compiler
+            # imports Triton, so it is too late here.
+            raise ModelError("flash attention on the CPU needs TRITON_INTERPRET=1 set before Triton is imported "
+                             "(the codecomplete command sets it)")
         self.attention = name
         self._steps.clear()        # captured graphs have the old backend baked in
 

@@ -14,13 +14,14 @@ every keystroke.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from itertools import accumulate
 from pathlib import Path
 
 from .chunking import Chunk, source_imports
 from .errors import BudgetError, PromptError
-from .formats import CompletionFormat, completion_format
+from .formats import CompletionFormat, Segment, completion_format
 from .imports import resolve_imports
 from .index import RepoIndex
 from .languages import comment_marker, language_for, language_name
@@ -45,11 +46,14 @@ def build_completion_prompt(
     col: int | None = None,
     budget_tokens: int = 4096,
     reserve_tokens: int = 0,
+    extra: Sequence[tuple[str, str]] = (),
 ) -> PackedPrompt:
     """The prompt for completing ``path`` (relative to the repository root, or absolute inside it) at a cursor.
 
     ``text`` is the editor's buffer (None: read the file). ``line`` and ``col`` are 1-based; no line means the
     end of the file, no column the end of the line. The ids never exceed ``budget_tokens - reserve_tokens``.
+    ``extra`` holds chunks an editor chose, ``(filename, text)`` oldest first (llama.cpp's ``input_extra``): they
+    go ahead of the ranked repository context, the newest kept when not all fit.
     """
     relative = index.relative_path(path)
     imports = index.imports(relative) if text is None else None  # the file as indexed, unless it is being edited
@@ -90,22 +94,28 @@ def build_completion_prompt(
         blank=lambda chunk: form.blank(comment),
         code_between=index.code_between,
     )
-    selection = select_chunks(encoder, layout, rank(index, query), space - share)
-    window.fit(space - selection.tokens, avoid=selection.chunks(relative))  # what the repository left over
+    extras = _fit_extra(encoder, form, comment, extra, space - share)
+    given = sum(tokens for _, _, tokens in extras)
+    selection = select_chunks(encoder, layout, rank(index, query), space - share - given)
+    window.fit(space - given - selection.tokens, avoid=selection.chunks(relative))  # what the context left over
 
     while True:
+        has_context = bool(selection or extras)
         assembler = Assembler(encoder)
-        assembler.add(form.opening(index.name, comment, bool(selection)))
-        context_segments, context = selection.segments()
+        assembler.add(form.opening(index.name, comment, has_context))
+        context = [replace(item, tokens=assembler.add(segments)) for segments, item, _ in extras]
+        context_segments, ranked = selection.segments()
         assembler.add(context_segments)
-        context += _add_cursor(assembler, form, relative, comment, window, bool(selection))
+        context += ranked + _add_cursor(assembler, form, relative, comment, window, has_context)
         excess = len(assembler.ids) - limit
         if excess <= 0:
             break
         # Every piece was counted exactly; only a tokenizer whose leading space defeats the infill encoding
-        # (tokens.py) gets here. Give up the least relevant chunk, or lines of the file.
+        # (tokens.py) gets here. Give up the least relevant chunk, the oldest extra one, or lines of the file.
         if selection:
             selection.drop_last()
+        elif extras:
+            extras.pop(0)
         else:
             window.fit(window.tokens - excess)
     return PackedPrompt(
@@ -115,6 +125,26 @@ def build_completion_prompt(
         stop_strings=form.stop_strings(mid_line=bool(rows[row][column:].strip())),
         format=form.name,
     )
+
+
+def _fit_extra(
+    encoder: Encoder, form: CompletionFormat, comment: str, extra: Sequence[tuple[str, str]], budget: int
+) -> list[tuple[list[Segment], ContextItem, int]]:
+    """The client's chunks that fit into ``budget``, the newest taken first, in the client's order: each a file
+    section of its own, as (segments, the item reporting it, tokens)."""
+    pieces = []
+    for filename, text in extra:
+        text = text.removesuffix("\n")
+        if text.strip():
+            segments = form.section(filename, comment) + form.chunk(text, comment)
+            pieces.append((segments, ContextItem(filename, 1, text.count("\n") + 1, 0)))
+    kept, used = [], 0
+    for (segments, item), ids in reversed(list(zip(pieces, encode_all(encoder, [s for s, _ in pieces])))):
+        if used + len(ids) > budget:
+            break
+        kept.append((segments, item, len(ids)))
+        used += len(ids)
+    return kept[::-1]
 
 
 def _file_share(window: _Window, space: int) -> int:
