@@ -20,6 +20,7 @@ and prints the bars of issues 10, 11 and 13 last.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import math
@@ -294,6 +295,27 @@ def check(x: Inputs) -> dict:
     }
 
 
+def precompile_sweep(shapes_: list[Shape]) -> float:
+    """Build every flash_decode binary the sweep will launch (bf16, fp8 and verification rows), in
+    parallel, before any timing: on stand-in caches of 16 keys, which give the same binaries (the
+    length is a runtime argument, and strides keep their divisibility by 16); the plans are those of
+    the real lengths. Returns the seconds spent."""
+    calls = []
+    for shape in shapes_:
+        B, Hq, Hkv, D = shape.B, shape.Hq, shape.Hkv, shape.D
+        q = torch.randn(B, Hq, D, device=DEVICE, dtype=torch.bfloat16)
+        k = torch.randn(B, Hkv, 16, D, device=DEVICE, dtype=torch.bfloat16)
+        k8, k_scale = reference.quantize_fp8(k)
+        q_verify = torch.randn(B, Hq, VERIFY_TOKENS, D, device=DEVICE, dtype=torch.bfloat16)
+        fp8_scales = {"k_scale": k_scale, "v_scale": k_scale}
+        for q_, cache, scales, T, fp8 in ((q, k, {}, 1, False), (q, k8, fp8_scales, 1, True),
+                                          (q_verify, k, {}, VERIFY_TOKENS, False)):
+            plan = plan_for(q_, B, Hq, Hkv, shape.S, D, T, fp8)
+            calls.append(lambda q_=q_, cache=cache, scales=scales, plan=plan:
+                         launch(q_, cache, cache, None, plan, compile_only=True, **scales))
+    return compile_in_parallel(calls)
+
+
 def compile_in_parallel(calls, workers: int | None = None) -> float:
     """Run compile-only launches (`launch(..., compile_only=True)`) on a thread pool under Triton's
     AsyncCompileMode, so later launches find their binaries built; returns the seconds spent. A call
@@ -323,6 +345,11 @@ class CheckCase:
     layout: str
     T: int = 1
     fp8: bool = False
+    options: tuple = ()  # (LaunchPlan field, value) pairs replacing the planned ones
+
+    def plan(self, q):
+        plan = plan_for(q, 3, self.Hq, self.Hkv, self.S, self.D, self.T, self.fp8, self.splits)
+        return dataclasses.replace(plan, **dict(self.options))
 
     def inputs(self, gen):
         """(q, k, v, lengths, scales): B=3 rows of lengths S, 0 (T with T tokens) and S/3 + T."""
@@ -345,12 +372,14 @@ class CheckCase:
 
     def compile(self, gen) -> None:
         q, k, v, lengths, scales = self.inputs(gen)
-        plan = plan_for(q, 3, self.Hq, self.Hkv, self.S, self.D, self.T, self.fp8, self.splits)
-        launch(q, k, v, lengths, plan, compile_only=True, **scales)
+        launch(q, k, v, lengths, self.plan(q), compile_only=True, **scales)
 
     def run(self, gen) -> dict:
         q, k, v, lengths, scales = self.inputs(gen)
-        out, lse = flash_decode(q, k, v, lengths, num_splits=self.splits, return_lse=True, **scales)
+        if self.options:  # the plan options the tuner may choose, each checked once on the GPU
+            out, lse = launch(q, k, v, lengths, self.plan(q), **scales)
+        else:
+            out, lse = flash_decode(q, k, v, lengths, num_splits=self.splits, return_lse=True, **scales)
         ref, ref_lse = reference.flash_decode(q.double(), k if self.fp8 else k.double(), v if self.fp8 else v.double(),
                                               lengths, return_lse=True, **scales)
         err = ((out.double() - ref).norm() / ref.norm()).item()
@@ -361,8 +390,8 @@ class CheckCase:
         if self.T == 1:
             ok = ok and (out[1] == 0).all().item() and bool((lse[1] == float("-inf")).all())
         return {"dtype": str(self.dtype), "D": self.D, "Hq": self.Hq, "Hkv": self.Hkv, "S": self.S, "T": self.T,
-                "fp8": self.fp8, "splits": self.splits, "layout": self.layout, "rel_err": err, "lse_err": lse_err,
-                "ok": ok}
+                "fp8": self.fp8, "splits": self.splits, "layout": self.layout, "options": dict(self.options),
+                "rel_err": err, "lse_err": lse_err, "ok": ok}
 
 
 def _check_append(dt, hkv, D, T, layout, fp8, gen) -> dict:
@@ -407,6 +436,15 @@ def gpu_correctness_sweep(log, quick: bool = False) -> list[dict]:
               for hq, hkv in heads for S, splits, layout in mixes]
     cases += [CheckCase(torch.bfloat16, 128, hq, hkv, S, splits, layout, T=T, fp8=fp8)
               for T in tokens for fp8 in (False, True) for hq, hkv in heads for S, splits, layout in mixes]
+    # every plan option the tuner may choose, with and without fp8 (GPU-only code: the inline-PTX
+    # fp8 conversion, register caps, TMA)
+    options = ((("fp8_early", False),), (("maxnreg", 128),), (("num_warps", 2), ("loop_stages", 3)),
+               (("block_n", 128), ("num_warps", 8)), (("tma", True), ("num_stages", 3)),
+               (("partials", "bfloat16"), ("eviction", "evict_first"), ("cache_modifier", ".cg")),
+               (("pdl", False), ("block_n", 32)))
+    cases += [CheckCase(torch.bfloat16, 128, hq, hkv, S, splits, layout, fp8=fp8, options=option)
+              for option in options for fp8 in (False, True) for hq, hkv in ((32, 32), (64, 8))
+              for S, splits, layout in mixes[:2] if fp8 or not any(name.startswith("fp8") for name, _ in option)]
     seconds = compile_in_parallel([lambda c=c: c.compile(torch.Generator(device=DEVICE).manual_seed(0)) for c in cases])
     log(f"GPU correctness sweep: {len(cases)} cases, kernels built in {seconds:.0f} s")
     gen = torch.Generator(device=DEVICE).manual_seed(1234)
@@ -651,9 +689,9 @@ def main(argv=None) -> int:
     methods = contestants(with_flex=not args.no_flex)
     rows = []
     wanted = [w for w in args.only.split(",") if w]
-    for shape in shapes(args.quick):
-        if wanted and not any(w in shape.label for w in wanted):
-            continue
+    todo = [shape for shape in shapes(args.quick) if not wanted or any(w in shape.label for w in wanted)]
+    log(f"flash_decode binaries of {len(todo)} shapes built in {precompile_sweep(todo):.0f} s")
+    for shape in todo:
         log(f"{shape.label}: K+V {shape.kv_bytes / 1e6:.0f} MB")
         rows.append(bench_shape(shape, methods, bandwidth, log, read_bw))
         # Written after every shape, so a run cut short still leaves its results.

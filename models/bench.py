@@ -403,6 +403,11 @@ def main(argv=None) -> int:
     parser.add_argument("--gpus", type=int, default=0,
                         help="tensor parallelism: 1 and N GPUs in one run (models/tp_bench.py); "
                              "default models 34B,70B at 16k and 64k")
+    parser.add_argument("--gemv-ab", default="", metavar="MODELS",
+                        help="--gpus: time these models' rows again with the GEMV dispatch before split-K (e.g. 34B,70B)")
+    parser.add_argument("--methods", default="one_shot,none",
+                        help="--gpus: all-reduces to time (one_shot, nccl, none: no communication, the compute alone)")
+    parser.add_argument("--sweep", action="store_true", help="--gpus: the collectives by message size too")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
     if (started := begin_run("models.bench", args.out)) is None:

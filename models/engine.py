@@ -240,6 +240,16 @@ class Engine:
             rows, self._cache_rows = self._cache_rows, 0
             self._ensure_rows(max(rows, 1))
 
+    def release_graphs(self) -> None:
+        """Destroy the captured decode graphs now (the next step captures again), even where a traceback
+        still holds them. Before a tensor-parallel group goes: NCCL (2.26 on) waits, in destroying or
+        aborting a communicator, until every CUDA graph that captured one of its collectives is destroyed."""
+        for state in self._steps.values():
+            if state.graph is not None:
+                state.graph.reset()
+                state.graph = None
+        self._steps.clear()
+
     def clear_prefix_cache(self) -> None:
         """Forget which tokens the KV cache holds: the next request prefills its whole prompt."""
         self._cached_ids = []

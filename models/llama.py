@@ -128,15 +128,35 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 # torch.ops.codecomplete.gemv once `Transformer.compile_dense` has loaded it on a GPU (importing
 # kernels at module load would define Triton kernels before a CPU run can ask for the interpreter).
 _gemv = None
+GEMV_MODES = {"1": "every batch-1 projection", "wide": "deep ones on cuBLAS (the dispatch before split-K)",
+              "0": "none: cuBLAS"}
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x @ weight.T. One row of activations times a projection at least as wide as it is deep goes to
-    the Triton GEMV when loaded: on an H100 it streams those weights at 89-97% of the copy bandwidth,
-    cuBLAS at 67-88% (kernels/gemv.py); cuBLAS keeps the deep ones (w2) and every batched call."""
-    if _gemv is not None and x.is_cuda and x.numel() == weight.shape[1] and weight.shape[0] >= weight.shape[1]:
+    """x @ weight.T. One row of activations (a batch-1 decode step) goes to the batch-1 projection op when
+    loaded: the Triton GEMV, which streams wide projections at 89-97% of the copy bandwidth on an H100 where
+    cuBLAS reached 67-88%, and deep ones (w2, and under tensor parallelism wqkv: fewer rows than columns)
+    split-K (kernels/gemv.py). Batched calls (prefill, batch > 1) stay on cuBLAS."""
+    if _gemv is not None and x.is_cuda and x.numel() == weight.shape[1]:
         return _gemv(x.reshape(1, -1), weight).view(*x.shape[:-1], weight.shape[0])
     return F.linear(x, weight)
+
+
+def use_gemv(mode: str) -> None:
+    """Which batch-1 projections the Triton GEMV serves (CODECOMPLETE_GEMV, read by compile_dense): "1"
+    every one (the default); "wide" those at least as wide as deep, deep ones on cuBLAS (the dispatch
+    before split-K, for A/B runs: decided when the op runs, so a new graph capture switches it, no
+    recompilation); "0" none (compiled code is guarded on it: recompiles at the next call)."""
+    global _gemv
+    if mode not in GEMV_MODES:
+        raise ValueError(f"CODECOMPLETE_GEMV={mode!r}: choose from " +
+                         ", ".join(f"{m} ({what})" for m, what in GEMV_MODES.items()))
+    if mode == "0":
+        _gemv = None
+        return
+    import kernels.gemv  # (registers torch.ops.codecomplete.gemv)
+    kernels.gemv.DEEP_ON_CUBLAS = mode == "wide"
+    _gemv = torch.ops.codecomplete.gemv
 
 
 def attention_inputs(x, norm_weight, eps: float, wqkv, cos, sin, n_heads: int, n_kv_heads: int, head_dim: int):
@@ -252,10 +272,8 @@ class Transformer(nn.Module):
         Inductor fuses the elementwise chains into the matmuls' neighbours, leaving a handful of kernels
         per layer, which is what lets a graph-replayed step approach the memory roofline.
         """
-        global _gemv
-        if self.output.weight.is_cuda and os.environ.get("CODECOMPLETE_GEMV", "1") != "0":
-            import kernels.gemv  # noqa: F401  (registers torch.ops.codecomplete.gemv)
-            _gemv = torch.ops.codecomplete.gemv
+        if self.output.weight.is_cuda:
+            use_gemv(os.environ.get("CODECOMPLETE_GEMV", "1"))
         compile = functools.partial(torch.compile, fullgraph=True, dynamic=False)
         self.decode_kernels = DenseKernels(*(compile(f) for f in self.dense))
 
