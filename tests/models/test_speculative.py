@@ -17,7 +17,7 @@ from models.speculative import PromptLookup, accept
 FILES = [("rich", "table.py"), ("jinja2", "filters.py"), ("httpx", "_urls.py"), ("click", "types.py"),
          ("pygments", "lexer.py"), ("prompt_toolkit", "document.py"), ("starlette", "routing.py"),
          ("markdown_it", "ruler.py"), ("openai", "_base_client.py"), ("yaml", "constructor.py")]
-PROMPT_TOKENS, STEP_TOKENS, NEW_TOKENS = 160, 40, 16
+PROMPT_TOKENS, STEP_TOKENS, NEW_TOKENS = 160, 40, 12
 DEPTH = 8
 
 
