@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import gzip
 import json
 import math
 import os
@@ -670,7 +671,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.tune_from:
         from kernels.tune import plans_from_sweep
-        path = plans_from_sweep(json.loads(args.tune_from.read_text()), args.plans_dir or Path("kernels/plans"))
+        opener = gzip.open if args.tune_from.suffix == ".gz" else open  # committed sweeps are gzipped
+        with opener(args.tune_from, "rt") as f:
+            path = plans_from_sweep(json.load(f), args.plans_dir or Path("kernels/plans"))
         print(f"wrote {path}")
         return 0
     if (started := begin_run("kernels.bench", args.out)) is None:
