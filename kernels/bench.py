@@ -40,6 +40,7 @@ import triton.language as tl
 from kernels import reference
 from kernels.interface import append_kv, flash_decode, launch, plan_for
 from kernels.plan import PLANS_DIR, device_slug, load_table
+from kernels.validation import FP8_DTYPE
 
 DEVICE = "cuda"               # the logic runs on the CPU too (interpreter), for tests
 L2_FLUSH_BYTES = 256 * 2**20  # rotate input sets until this many bytes separate two uses of one set
@@ -395,8 +396,33 @@ class CheckCase:
                 "rel_err": err, "lse_err": lse_err, "ok": ok}
 
 
+def append_differences(got: list[torch.Tensor], want: list[torch.Tensor]) -> dict:
+    """What differs between two appends' results, [k, v] or [k, v, k_scale, v_scale] (fp8): how
+    many bytes of the caches, by how many e4m3 steps and by how much once dequantized (absolute,
+    and relative to the row's amax = 448 x its scale); how many scales, by how many fp32 ulps."""
+    if got[0].dtype != FP8_DTYPE:
+        diff = [(a.double() - b.double()).abs() for a, b in zip(got, want)]
+        return {"differing_elements": sum(int((d > 0).sum()) for d in diff),
+                "max_abs_diff": max(float(d.max()) for d in diff)}
+    caches, scales = list(zip(got[:2], want[:2])), list(zip(got[2:], want[2:]))
+    steps = [reference.e4m3_steps_apart(a, b) for a, b in caches]
+    dequant = [((a.double() * sa.double()[..., None]) - (b.double() * sb.double()[..., None])).abs()
+               for (a, b), (sa, sb) in zip(caches, scales)]
+    row_amax = [sb.double()[..., None] * reference.FP8_MAX for _, sb in scales]
+    ulps = [(sa.view(torch.int32).long() - sb.view(torch.int32).long()).abs() for sa, sb in scales]  # positive floats
+    return {"differing_bytes": sum(int((a.view(torch.uint8) != b.view(torch.uint8)).sum()) for a, b in caches),
+            "bytes": sum(a.numel() for a in got[:2]),
+            "max_e4m3_steps": max(int(s.max()) for s in steps),
+            "max_dequant_abs": max(float(d.max()) for d in dequant),
+            "max_dequant_rel_amax": max(float((d / m).max()) for d, m in zip(dequant, row_amax)),
+            "differing_scales": sum(int((u > 0).sum()) for u in ulps),
+            "max_scale_ulps": max(int(u.max()) for u in ulps)}
+
+
 def _check_append(dt, hkv, D, T, layout, fp8, gen) -> dict:
-    """The Triton append against the PyTorch reference, byte for byte (same rounding on sm_90)."""
+    """The Triton append against the PyTorch reference, byte for byte: both divide with IEEE rounding
+    and convert to e4m3 rounding to nearest even (`kernels.reference.fp8_scale` says why the scale
+    is computed in float64). A failure records what differs (`append_differences`)."""
     B, S = 3, 300
     shape = (B, hkv, S, D) if layout == "bhsd" else (B, S, hkv, D)
     k = torch.randn(shape, device=DEVICE, generator=gen).to(dt)
@@ -413,9 +439,9 @@ def _check_append(dt, hkv, D, T, layout, fp8, gen) -> dict:
     want = [t.clone() for t in (k, v, *scales.values())]
     append_kv(k_new, v_new, k, v, pos, **scales)
     reference.append_kv(k_new, v_new, *want[:2], pos, *want[2:])
-    raw = [t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t for t in (k, v, *scales.values())]
-    same = all(torch.equal(a, b.view(torch.uint8) if b.dtype == torch.float8_e4m3fn else b) for a, b in zip(raw, want))
-    return {"append": True, "dtype": str(dt), "Hkv": hkv, "D": D, "T": T, "layout": layout, "fp8": fp8, "ok": same}
+    diff = append_differences([k, v, *scales.values()], want)
+    same = diff.get("differing_bytes", diff.get("differing_elements")) == 0 and diff.get("differing_scales", 0) == 0
+    return {"append": True, "dtype": str(dt), "Hkv": hkv, "D": D, "T": T, "layout": layout, "fp8": fp8, "ok": same} | diff
 
 
 def gpu_correctness_sweep(log, quick: bool = False) -> list[dict]:

@@ -64,3 +64,4 @@ def test_append_kernels_compile_for_sm90(compiled):
         facts = compiled[name]
         assert "error" not in facts, facts.get("error")
         assert facts["fp8_convert"] == ("-fp8-" in name)  # one saturating round-to-nearest cvt
+        assert facts["ieee_divisions"] == ("-fp8-" in name) and not facts["float_fma"]  # PyTorch's arithmetic
