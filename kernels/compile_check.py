@@ -77,7 +77,7 @@ MAIN_CONFIGS = [
            plan={"eviction": "evict_first", "cache_modifier": ".cg", "num_stages": 4}),
     Config("34B-16k-n128-w8", "bf16", 64, 8, 16384, 128, plan={"block_n": 128, "num_warps": 8, "num_stages": 3}),
     Config("34B-128k-fp8-dot-loop3", "bf16", 64, 8, 131072, 128, kv="fp8", plan={"fp8_dot": True, "loop_stages": 3}),
-    Config("7B-64k-fp8-late", "bf16", 32, 32, 65536, 128, kv="fp8", plan={"fp8_early": False}),
+    Config("7B-64k-fp8-early", "bf16", 32, 32, 65536, 128, kv="fp8", plan={"fp8_early": True}),
     Config("7B-64k-fp8-maxnreg128", "bf16", 32, 32, 65536, 128, kv="fp8", plan={"maxnreg": 128}),
     Config("7B-64k-fp8-w2-loop3", "bf16", 32, 32, 65536, 128, kv="fp8", plan={"num_warps": 2, "loop_stages": 3}),
     Config("34B-128k-fp8-n128-w8", "bf16", 64, 8, 131072, 128, kv="fp8", plan={"block_n": 128, "num_warps": 8}),
