@@ -235,3 +235,44 @@ def test_exploring_every_row_merges_into_the_committed_table(cpu_exploration, mo
     assert by_shape[(1, 64)] == entries[1]                                     # kept as committed
     assert by_shape[(1, 256)]["measured"]["date"] == "2026-12-01"             # replaced by this run's
     assert not list((tmp_path / "plans").glob("*.partial"))
+
+
+def test_lean_sweep_and_check_only_runs_write_what_kernels_all_sh_reads(monkeypatch, tmp_path, capsys):
+    """The two kernels.bench runs of bench/gpu/kernels_all.sh, with the GPU parts stood in: --lean
+    times only ours, the read-only kernel, SDPA flash and cuDNN, without single launches, and
+    rewrites kernels.md (card and date first, no empty peer columns) after every shape;
+    --check-only prints the sweep's summary with each failure's report and writes no table."""
+    env = {"card": "Test GPU 7", "sms": 4, "date": "2026-12-01", "torch": "t", "triton": "t", "cuda": "c",
+           "read_bandwidth": 4e12, "copy_bandwidth": 4e12, "plans": {"dir": "d", "file": "f", "entries": 3}}
+    monkeypatch.setattr(bench, "begin_run", lambda program, out: (env, 4e12, lambda message: None))
+    monkeypatch.setattr(bench, "precompile_sweep", lambda shapes: 0.0)
+    seen = []
+
+    def fake_row(shape, methods, bandwidth, log, read_bw, plain):
+        seen.append((sorted(methods), plain))
+        if len(seen) == 2:  # the first shape's table is written before the second is measured
+            assert "| 34B B=1 S=1k |" in (tmp_path / "kernels.md").read_text()
+        us = {name: 10.0 for name in methods if not name.startswith("read_only")} | {"read_floor": 5.0}
+        return {"shape": shape.__dict__ | {"label": shape.label}, "kv_mb": shape.kv_bytes / 1e6, "graph_us": us,
+                "plain_us": {}, "read_tb_s": {name: 1.0 for name in us}, "floor_us": 1.0}
+    monkeypatch.setattr(bench, "bench_shape", fake_row)
+    monkeypatch.setattr(bench, "plot", lambda rows, path, card: None)
+    assert bench.main(["--lean", "--only", "34B B=1 S=1k,34B B=1 S=4k", "--out", str(tmp_path)]) == 0
+    methods, plain = seen[0]
+    assert not plain and {"sdpa_flash", "sdpa_cudnn", "flash_decode", "flash_decode_fp8"} <= set(methods)
+    assert not {"eager", "sdpa_math", "sdpa_efficient", "flex"} & set(methods)
+    table = (tmp_path / "kernels.md").read_text()
+    assert table.startswith("# Flash-Decoding kernel benchmark: Test GPU 7, 2026-12-01")
+    assert "| SDPA flash | cuDNN | vs best SDPA |" in table and "eager" not in table
+    assert "| 34B B=1 S=4k |" in table and "Cut short" not in table and "## Bars" in table
+
+    checks = [{"dtype": "bf16", "ok": True},
+              {"append": True, "fp8": True, "ok": False, "differing_bytes": 3, "max_e4m3_steps": 1}]
+    monkeypatch.setattr(bench, "gpu_correctness_sweep", lambda log, quick: checks)
+    (tmp_path / "kernels.md").unlink()
+    capsys.readouterr()
+    assert bench.main(["--check", "quick", "--check-only", "--out", str(tmp_path)]) == 1
+    printed = capsys.readouterr().out
+    assert "1/2 cases within tolerance (1 append_kv cases" in printed and '"differing_bytes": 3' in printed
+    assert json.loads((tmp_path / "kernels-check.json").read_text())["cases"] == checks
+    assert not (tmp_path / "kernels.md").exists()
