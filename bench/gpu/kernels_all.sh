@@ -4,7 +4,7 @@
 #
 #   CUDA_VISIBLE_DEVICES=0 OUT=/path/to/out bash bench/gpu/kernels_all.sh
 #
-# 1. Exploration (`kernels.bench --tune --cases all`, EXPLORE_S = 205 s of budget, cut at +35 s):
+# 1. Exploration (`kernels.bench --tune --cases all`, EXPLORE_S = 195 s of budget, cut at +35 s):
 #    every shape of the final sweep, fp8 wherever the read-rate bar applies (K+V >= 128 MB), the
 #    8-token rows of the verification bars; most wanted first (kernels.tune.PRIORITY: the bars run 4
 #    missed), each case starting from the committed plan (kernels/plans/nvidia-h200.json); shapes
@@ -25,19 +25,19 @@
 # most 6,000 characters; every stage's own output goes to the archive.
 set -uo pipefail
 OUT=${OUT:-bench/results/all}
-LIMIT_S=${LIMIT_S:-415}      # the whole script, seconds: every stage's cut is taken from what is left
-EXPLORE_S=${EXPLORE_S:-205}  # the exploration's own budget (kernels.tune stops itself)
+LIMIT_S=${LIMIT_S:-405}      # the whole script, seconds (+3 s of kill grace per stage): cuts come from what is left
+EXPLORE_S=${EXPLORE_S:-195}  # the exploration's own budget (kernels.tune stops itself)
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 WORK=$(mktemp -d /tmp/kernels-all.XXXXXX)
 mkdir -p "$WORK/explore" "$WORK/plans" "$WORK/final"
 start=$SECONDS
 left() { echo $(( LIMIT_S - (SECONDS - start) )); }
-stage() {  # stage NAME SECONDS CMD...: runs CMD cut at SECONDS (at least 1), records its exit status
-    local name=$1 limit=$2; shift 2
+stage() {  # stage NAME SECONDS STDOUT STDERR CMD...: CMD cut at SECONDS (at least 1), its exit status kept
+    local name=$1 limit=$2 out=$3 err=$4; shift 4
     (( limit < 1 )) && limit=1
     local t0=$SECONDS
-    timeout -k 5 "$limit" "$@"
+    ( timeout -k 3 "$limit" "$@" > "$out" 2> "$err"; exit $? ) 2>> "$WORK/stages.txt"  # the shell's "Killed" too
     local rc=$?
     echo "$name: exit $rc after $(( SECONDS - t0 )) s (cut at $limit s)$( ((rc == 124 || rc == 137)) && echo ': CUT')" \
         >> "$WORK/stages.txt"
@@ -47,20 +47,20 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_ver
 
 # 1. exploration: budget and cut shrink if the machine was slow to start; the rest keeps 175 s
 budget=$(( $(left) - 175 - 35 )); (( budget > EXPLORE_S )) && budget=$EXPLORE_S; (( budget < 10 )) && budget=10
-stage explore $(( budget + 35 )) python -m kernels.bench --tune --cases all --budget-s "$budget" \
-    --out "$WORK/explore" --plans-dir "$WORK/plans" > "$WORK/explore/stdout.txt" 2> "$WORK/explore/explore.log"
+stage explore $(( budget + 35 )) "$WORK/explore/stdout.txt" "$WORK/explore/explore.log" \
+    python -m kernels.bench --tune --cases all --budget-s "$budget" --out "$WORK/explore" --plans-dir "$WORK/plans"
 # No plan file (the exploration died before its first case): the committed table serves.
 ls "$WORK"/plans/*.json > /dev/null 2>&1 || cp kernels/plans/*.json "$WORK/plans/"
 
 # 2. the final sweep with those plans
 export CODECOMPLETE_PLANS_DIR="$WORK/plans"
 cut=$(( $(left) - 65 )); (( cut > 150 )) && cut=150
-stage final "$cut" python -m kernels.bench --lean --out "$WORK/final" \
-    > "$WORK/final/stdout.txt" 2> "$WORK/final/kernels.log"
+stage final "$cut" "$WORK/final/stdout.txt" "$WORK/final/kernels.log" \
+    python -m kernels.bench --lean --out "$WORK/final"
 
 # 3. the correctness sweep
-stage check $(( $(left) - 5 )) python -m kernels.bench --check quick --check-only --out "$WORK/final" \
-    > "$WORK/final/check.txt" 2> "$WORK/final/check.log"
+stage check $(( $(left) - 5 )) "$WORK/final/check.txt" "$WORK/final/check.log" \
+    python -m kernels.bench --check quick --check-only --out "$WORK/final"
 
 # The report (short lines first, so that nothing important is cut): the check, the exploration,
 # the stages, then the final table and bars without kernels.md's intro paragraph.
