@@ -77,7 +77,7 @@ MAIN_CONFIGS = [
            plan={"eviction": "evict_first", "cache_modifier": ".cg", "num_stages": 4}),
     Config("34B-16k-n128-w8", "bf16", 64, 8, 16384, 128, plan={"block_n": 128, "num_warps": 8, "num_stages": 3}),
     Config("34B-128k-fp8-dot-loop3", "bf16", 64, 8, 131072, 128, kv="fp8", plan={"fp8_dot": True, "loop_stages": 3}),
-    Config("7B-64k-fp8-late", "bf16", 32, 32, 65536, 128, kv="fp8", plan={"fp8_early": False}),
+    Config("7B-64k-fp8-early", "bf16", 32, 32, 65536, 128, kv="fp8", plan={"fp8_early": True}),
     Config("7B-64k-fp8-maxnreg128", "bf16", 32, 32, 65536, 128, kv="fp8", plan={"maxnreg": 128}),
     Config("7B-64k-fp8-w2-loop3", "bf16", 32, 32, 65536, 128, kv="fp8", plan={"num_warps": 2, "loop_stages": 3}),
     Config("34B-128k-fp8-n128-w8", "bf16", 64, 8, 131072, 128, kv="fp8", plan={"block_n": 128, "num_warps": 8}),
@@ -191,8 +191,13 @@ def compile_append(new: str, cache: str, Hkv: int, D: int, T: int, target: GPUTa
         dict(K_NEW=POINTER[new], V_NEW=POINTER[new], K=POINTER[cache], V=POINTER[cache], K_SCALE="*fp32",
              V_SCALE="*fp32", POS="*i64"),
         dict(T=T, BLOCK_H=block_h, BLOCK_D=block_d, FP8=fp8), target, 4, 2, floats=())
+    ptx = binary.asm["ptx"]
+    # The quantization must be PyTorch's arithmetic: IEEE divisions (Triton's `/` on fp32 is the
+    # 2-ulp div.full), no contraction into fma, one round-to-nearest-even saturating conversion.
     return {"name": f"append-{new}-{cache}-h{Hkv}-d{D}-t{T}", "append_cubin_bytes": len(binary.asm["cubin"]),
-            "fp8_convert": "cvt.rn.satfinite.e4m3x2.f32" in binary.asm["ptx"]}
+            "fp8_convert": "cvt.rn.satfinite.e4m3x2.f32" in ptx,
+            "ieee_divisions": "div.rn.f32" in ptx and not re.search(r"div\.(full|approx)|rcp\.approx", ptx),
+            "float_fma": bool(re.search(r"fma\.\w+\.f32", ptx))}
 
 
 def main(argv=None) -> int:

@@ -8,7 +8,7 @@ captured CUDA graph is replayed over growing lengths). Two sources:
 - `tuned_plan`: a shape-keyed table that `python -m kernels.bench --tune` measures on one device
   and writes to kernels/plans/<device>.json (committed). A shape in the table gets its measured
   plan; another shape takes the tile options of the nearest measured shape of the same kind and
-  that shape's programs-per-SM target for its split count.
+  as many waves of programs as that shape filled for its split count.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ class LaunchPlan:
     eviction: str = ""          # K/V loads: "" or "evict_first" (read once)
     tma: bool = False           # K/V through tensor descriptors (TMA); needs 16-byte aligned strides
     fp8_dot: bool = False       # fp8 caches: scores by e4m3 tensor-core dots (q quantized per row)
-    fp8_early: bool = True      # fp8 caches: bytes -> fp16 right after loading (kernels.split_kv says why)
+    fp8_early: bool = False     # fp8 caches: bytes -> fp16 right after loading (inline PTX; kernels.split_kv
+                                # says why it is off by default)
     maxnreg: int = 0            # > 0: registers per thread capped (more resident programs, maybe spills)
     partials: str = "float32"   # split partials' dtype: "float32" or "bfloat16" (half the traffic)
     pdl: bool = True            # combine as a programmatic dependent launch where supported
@@ -173,16 +174,21 @@ def tuned_plan(name: str, num_sms: int, B: int, Hq: int, Hkv: int, S: int, D: in
         return None
     nearest = min(same_kind, key=lambda e: _distance(e["key"], key))
     plan = LaunchPlan(**nearest["plan"])
+    if not fp8:  # fp8 options mean nothing here (older tables recorded the then default fp8_early=True)
+        plan = dataclasses.replace(plan, fp8_early=False, fp8_dot=False)
     if nearest["key"] == key:
         return plan
-    # Another shape of the same kind: its tile options, rows for this T, and its programs per SM
-    # for the split count.
+    # Another shape of the same kind: its tile options, rows for this T, and as many waves of
+    # programs as it filled (partly) for the split count. Its exact programs per SM would strand
+    # SMs: 34B 16k's 120 programs (15 splits x 8 heads) lent to B=8 gave 64 heads 1 split, half the
+    # GPU idle (151.8 µs vs cuDNN's 131.1, bench/results/h200-final-1); one wave allows 2 splits.
     plan = dataclasses.replace(plan, block_m=tiles(Hq // Hkv, T, D)[0])
     items = B * Hkv * plan.row_blocks(Hq // Hkv, T)
     if nearest["plan"]["num_splits"] == 1 and items >= nearest["items"]:
         splits = 1
     else:
-        splits = splits_for_programs(items, S, plan.block_n, num_sms, nearest["programs_per_sm"])
+        waves = math.ceil(nearest["programs_per_sm"] - 1e-6)
+        splits = splits_for_programs(items, S, plan.block_n, num_sms, waves)
     return dataclasses.replace(plan, num_splits=splits)
 
 

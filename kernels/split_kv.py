@@ -29,8 +29,11 @@ and ~150 packing moves a tile) and both dots take 8-bit operand widths (64 regis
 the QK mma); run 1 on the H200 was 791 instructions a tile and two programs per SM, instruction-
 bound at 54% of the read rate. `FP8_EARLY` converts right after loading, in the loads' own layout,
 with an inline-PTX conversion Triton cannot move; the transposes then run on 16-bit values
-(`STS.128` + `LDSM.T`): 421 instructions a tile, three programs per SM. The interpreter cannot run
-PTX: there the conversion is `.to()`. `FP8_DOT` instead quantizes q to
+(`STS.128` + `LDSM.T`): 421 instructions a tile, three programs per SM. Yet on the H200 Triton's
+placement ran faster at every plan that fills the GPU (bench/results/h200-explore-2: the same plan
+with early conversion 1.3x slower in the median of 131 pairs, 157 vs 272 µs at 7B 64k's best): fewer
+instructions did not make the early kernel faster, so it is an option, off by default. The
+interpreter cannot run PTX: there the conversion is `.to()`. `FP8_DOT` instead quantizes q to
 e4m3 (a scale per row) and computes the scores with fp8 tensor-core dots, skipping K's conversion.
 
 How a sequence is split is decided inside the kernel from its current length: the grid depends

@@ -38,8 +38,8 @@ from kernels import bench, reference
 from kernels.bench import (VERIFY_TOKENS, Inputs, Shape, bars_table, best_sdpa, compile_in_parallel, graph_replay_us,
                            make_input_sets, n_sets_for, read_once, READ_ONLY_CONFIGS, rel_err, sdpa, shapes)
 from kernels.interface import launch
-from kernels.plan import (LaunchPlan, MAX_SPLITS, device_slug, plan_launch, resident_programs, splits_for_programs,
-                          table_entry, tuned_plan, wave_splits)
+from kernels.plan import (LaunchPlan, MAX_SPLITS, device_slug, load_table, plan_launch, resident_programs, shape_key,
+                          splits_for_programs, table_entry, tuned_plan, wave_splits)
 
 SWEEP_REPLAYS, FINAL_REPLAYS = 20, 60
 NOISE = 0.005      # the local search moves on only for a gain above this fraction (replay-to-replay noise)
@@ -70,11 +70,20 @@ class Case:
         return q, x.k, x.v, {}
 
 
-def cases() -> list[Case]:
-    issue = shapes(quick=True)
+FP8_BAR_MB = 128  # the fp8 read-rate bar covers caches of at least this many MB (bf16 K+V)
+
+
+def cases(which: str = "issue") -> list[Case]:
+    """"issue": issue 10's nine shapes, fp8 at 7B 64k and 34B 128k, one and 8 tokens at 7B 16k and
+    34B 64k. "all": every shape of the final sweep, fp8 wherever the read-rate bar applies, and the
+    8-token rows of the verification bars (`explore` orders them by `case_weight`)."""
     by = {s.label: s for s in shapes()}
-    return ([Case(s) for s in issue] + [Case(by["7B B=1 S=64k"], fp8=True), Case(by["34B B=1 S=128k"], fp8=True)]
-            + [Case(by[label], T=t) for label in ("7B B=1 S=16k", "34B B=1 S=64k") for t in (1, VERIFY_TOKENS)])
+    bar_pairs = [Case(by[label], T=t) for label in ("7B B=1 S=16k", "34B B=1 S=64k") for t in (1, VERIFY_TOKENS)]
+    if which == "issue":
+        return ([Case(s) for s in shapes(quick=True)]
+                + [Case(by["7B B=1 S=64k"], fp8=True), Case(by["34B B=1 S=128k"], fp8=True)] + bar_pairs)
+    every = [Case(s) for s in shapes()] + [Case(s, fp8=True) for s in shapes() if s.kv_bytes >= FP8_BAR_MB * 1e6]
+    return every + [c for c in bar_pairs if c.T > 1]
 
 
 # --- candidate plans ----------------------------------------------------------------------------
@@ -117,8 +126,8 @@ def tilings(case: Case) -> list[dict]:
            _tiling(128, 8, 2, 3), _tiling(64, 2 * w, 2, 3), _tiling(32, w, 3, 0)]
     if w == 4:
         out.append(_tiling(64, 2, 2, 3))
-    if case.fp8:  # a 4th program per SM under a register cap; 6 small ones; Triton's own conversion
-        out += [_tiling(64, 4, 2, 0, maxnreg=128), _tiling(32, 2, 3, 0), _tiling(64, 4, 2, 3, fp8_early=False)]
+    if case.fp8:  # a 4th program per SM under a register cap; 6 small ones; the inline-PTX conversion
+        out += [_tiling(64, 4, 2, 0, maxnreg=128), _tiling(32, 2, 3, 0), _tiling(64, 4, 2, 3, fp8_early=True)]
     return out
 
 
@@ -177,10 +186,11 @@ def resident_of(binary, num_warps: int) -> int:
     return resident_programs(binary.n_regs, binary.metadata.shared, num_warps)
 
 
-def measure_case(case: Case, num_sms: int, clock: Clock, log, start_plans=()) -> dict:
+def measure_case(case: Case, num_sms: int, clock: Clock, log, start_plans=(), grid: bool = True) -> dict:
     """Explore plans for one case within `clock`: the baselines (the heuristic, and `start_plans`,
     e.g. the committed table's plan), a grid of tilings x split counts (fitted to each binary's
-    programs per SM), then a local search from the best; then a final interleaved round."""
+    programs per SM; skipped with `grid` False, for a shape whose measured plan is the start), then
+    a local search from the best; then a final interleaved round."""
     s = case.shape
     sets = make_input_sets(s, n_sets_for(s))
     q, k, v, scales = case.args(sets[0])
@@ -261,26 +271,28 @@ def measure_case(case: Case, num_sms: int, clock: Clock, log, start_plans=()) ->
     timed("heuristic", "baseline", heuristic)
     for label, plan in start_plans:
         timed(label, "baseline", plan)
-    # Tilings, each at the heuristic's split count and at one full wave of the programs per SM its
-    # binary allows; then every split policy for each tiling, best tilings first.
-    tiled = [(describe(dataclasses.replace(heuristic, **t)).split(" ", 2)[2], dataclasses.replace(heuristic, **t))
-             for t in tilings(case)]
-    compile_in_parallel([lambda p=p: launch(q, k, v, None, p, compile_only=True, **scales) for _, p in tiled])
-    first = []
-    for label, plan in tiled:
-        policies = split_policies(case, plan, num_sms, resident(plan))
-        first += [(f"{label} {name}", dataclasses.replace(plan, num_splits=n)) for name, n in policies.items()
-                  if name == "heuristic" or name.startswith("full wave")][:2]
-    run_stage("tilings", first)
-    by_tiling = {}
-    for e in variants:
-        if e["ok"] and e.get("us") and e["stage"] == "tilings":
-            key = dataclasses.replace(LaunchPlan(**e["plan"]), num_splits=1)
-            by_tiling[key] = min(by_tiling.get(key, e["us"]), e["us"])
-    ranked = sorted(by_tiling, key=by_tiling.get)
-    run_stage("splits", [(f"{describe(plan).split(' ', 2)[2]} {policy}", dataclasses.replace(plan, num_splits=n))
-                         for plan in ranked
-                         for policy, n in split_policies(case, plan, num_sms, resident(plan)).items()])
+    ranked = []  # tilings by their best time in the grid: restarts of the local search
+    if grid and clock.left() > 0:
+        # Tilings, each at the heuristic's split count and at one full wave of the programs per SM
+        # its binary allows; then every split policy for each tiling, best tilings first.
+        tiled = [(describe(dataclasses.replace(heuristic, **t)).split(" ", 2)[2], dataclasses.replace(heuristic, **t))
+                 for t in tilings(case)]
+        compile_in_parallel([lambda p=p: launch(q, k, v, None, p, compile_only=True, **scales) for _, p in tiled])
+        first = []
+        for label, plan in tiled:
+            policies = split_policies(case, plan, num_sms, resident(plan))
+            first += [(f"{label} {name}", dataclasses.replace(plan, num_splits=n)) for name, n in policies.items()
+                      if name == "heuristic" or name.startswith("full wave")][:2]
+        run_stage("tilings", first)
+        by_tiling = {}
+        for e in variants:
+            if e["ok"] and e.get("us") and e["stage"] == "tilings":
+                key = dataclasses.replace(LaunchPlan(**e["plan"]), num_splits=1)
+                by_tiling[key] = min(by_tiling.get(key, e["us"]), e["us"])
+        ranked = sorted(by_tiling, key=by_tiling.get)
+        run_stage("splits", [(f"{describe(plan).split(' ', 2)[2]} {policy}", dataclasses.replace(plan, num_splits=n))
+                             for plan in ranked
+                             for policy, n in split_policies(case, plan, num_sms, resident(plan)).items()])
     # Local search: all one-change neighbours of the best, again from each new best; once that
     # converges, again from the best plan of the next tiling (another basin), while time is left.
     rounds = 0
@@ -333,9 +345,10 @@ def measure_case(case: Case, num_sms: int, clock: Clock, log, start_plans=()) ->
 
 # --- the plan file ------------------------------------------------------------------------------
 
-def plans_from_sweep(sweep: dict, directory: Path) -> Path:
+def plans_from_sweep(sweep: dict, directory: Path, base: tuple[dict, ...] = ()) -> Path:
     """Write <directory>/<device>.json from a sweep: each case's best correct plan, keyed by shape,
-    with the device facts it was measured on and what it measured."""
+    with the device facts it was measured on and what it measured. `base`, entries of an earlier
+    table of this device (`load_table`), are kept for the shapes this sweep did not measure."""
     env = sweep["env"]
     entries = []
     for result in sweep["cases"]:
@@ -345,7 +358,10 @@ def plans_from_sweep(sweep: dict, directory: Path) -> Path:
         entries.append(table_entry(shape["B"], shape["Hq"], shape["Hkv"], shape["S"], shape["D"], result["T"],
                                    result["fp8"], plan, env["sms"],
                                    {"us": result["best"]["us"], "heuristic_us": result["heuristic_us"],
-                                    "peers_us": result["peers_us"], "label": result["best"]["label"]}))
+                                    "peers_us": result["peers_us"], "label": result["best"]["label"],
+                                    "date": env["date"]}))
+    measured = [e["key"] for e in entries]
+    entries = [e for e in base if e["key"] not in measured] + entries
     table = {"device": {"name": env["card"], "sms": env["sms"], "l2_bytes": env.get("l2_bytes"),
                         "memory_bytes": env.get("memory_bytes"), "read_bandwidth": env.get("read_bandwidth"),
                         "copy_bandwidth": env.get("copy_bandwidth")},
@@ -353,7 +369,9 @@ def plans_from_sweep(sweep: dict, directory: Path) -> Path:
              "generated_by": "python -m kernels.bench --tune", "entries": entries}
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{device_slug(env['card'])}.json"
-    path.write_text(json.dumps(table, indent=1) + "\n")
+    partial = path.with_suffix(".json.partial")  # then renamed: a run cut while writing leaves the last whole file
+    partial.write_text(json.dumps(table, indent=1) + "\n")
+    partial.replace(path)
     return path
 
 
@@ -363,7 +381,7 @@ def describe(plan: LaunchPlan) -> str:
     words += [f"loop{plan.loop_stages}"] if plan.loop_stages else []
     words += [w for w in (plan.eviction, plan.cache_modifier) if w]
     words += ["bf16-partials"] if plan.partials == "bfloat16" else []
-    words += [name for name, on in (("no-pdl", not plan.pdl), ("tma", plan.tma), ("fp8-late", not plan.fp8_early),
+    words += [name for name, on in (("no-pdl", not plan.pdl), ("tma", plan.tma), ("fp8-early", plan.fp8_early),
                                     ("fp8-dot", plan.fp8_dot)) if on]
     words += [f"maxnreg{plan.maxnreg}"] if plan.maxnreg else []
     return " ".join(words)
@@ -422,37 +440,66 @@ def tune_bars(results: list[dict], read_bw: float) -> list[dict]:
     return out
 
 
-def case_weight(case: Case) -> float:
-    """Share of the exploration budget: the bars still missed after run 1 (fp8 speed, 34B 4k) get
-    more, the one-token/8-token pairs at the read rate less."""
+# The cases the final sweep of run 4 (bench/results/h200-final-1) left below a bar: fp8 speed at
+# 7B 64k and 34B 128k (1.57x of 1.6x, 1.41x just met), the batched shapes slower than the best SDPA
+# (none of them explored: they ran nearest-shape plans), 34B 1k and 4k (1.25x cuDNN).
+PRIORITY = {"7B B=1 S=64k fp8": 3.0, "34B B=1 S=128k fp8": 3.0, "34B B=8 S=16k": 2.0, "7B B=8 S=16k": 2.0,
+            "paper B=128 S=512": 2.0, "paper B=64 S=1k": 2.0, "34B B=1 S=4k": 2.0, "34B B=1 S=1k": 1.5}
+
+
+def case_weight(case: Case, measured: bool = False) -> float:
+    """Share of the exploration budget: the bars still missed get more; the other fp8 rows of the
+    read-rate bar (61-69% in run 4) next; shapes at the read rate and the 8-token rows less; a
+    shape with a measured plan (`measured`: in the committed table) least."""
+    if case.label in PRIORITY:
+        return PRIORITY[case.label]
+    if measured:
+        return 0.3
     if case.fp8:
-        return 3.0
-    if case.label == "34B B=1 S=4k":
-        return 2.0
+        return 1.5
+    if case.T > 1:
+        return 0.5
     return 0.7 if case.shape.kv_bytes >= 256e6 else 1.0
 
 
-FINAL_ROUND_S = 4.0  # kept back per case for its final interleaved round
+FINAL_ROUND_S = 2.5  # kept back per case for its final interleaved round (run 2: ~1-2 s each)
 
 
-def explore(env: dict, out: Path, plans_dir: Path, budget_s: float, log, only=()) -> int:
+def explore(env: dict, out: Path, plans_dir: Path, budget_s: float, log, only=(), which: str = "issue") -> int:
+    """Explore `cases(which)` within `budget_s`. The plan file, written after every case, holds the
+    committed table's entries (kernels/plans, or CODECOMPLETE_PLANS_DIR) with this run's in their
+    place. With "all", cases run most wanted first; a shape the committed table measured starts from
+    its plan without the grid, and cases left when the budget is spent keep their committed plans."""
     num_sms = env["sms"]
     clock = Clock(budget_s)
-    results = []
-    todo = [c for c in cases() if not only or any(w in c.label for w in only)]
-    path = None
+    committed_table = load_table(env["card"], num_sms)
+
+    def measured(case: Case) -> bool:
+        s = case.shape
+        return any(e["key"] == shape_key(s.B, s.Hq, s.Hkv, s.S, s.D, case.T, case.fp8) for e in committed_table)
+
+    todo = [c for c in cases(which) if not only or any(w in c.label for w in only)]
+    weight = {c: case_weight(c, which == "all" and measured(c)) for c in todo}
+    if which == "all":
+        todo.sort(key=weight.get, reverse=True)  # stable: the sweep's order within a weight
+    results, path = [], None
+    sweep = {"env": env, "cases": results, "bars": []}
     for i, case in enumerate(todo):
+        if which == "all" and clock.left() < FINAL_ROUND_S + 3:
+            log(f"{case.label}: not explored (budget spent); the committed table's entry, if any, stays")
+            continue
         # Each case gets its weight's share of what is left (less the final rounds still to come),
         # so a slow early case cannot starve the rest.
         left = clock.left() - FINAL_ROUND_S * (len(todo) - i)
-        share = Clock(max(3.0, left * case_weight(case) / sum(case_weight(c) for c in todo[i:])))
+        share = Clock(max(3.0, left * weight[case] / sum(weight[c] for c in todo[i:])))
         log(f"{case.label}: {case.bytes_read / 1e6:.0f} MB read, {share.left():.0f} s of {clock.left():.0f} s left")
         s = case.shape
         committed = tuned_plan(env["card"], num_sms, s.B, s.Hq, s.Hkv, s.S, s.D, case.T, case.fp8)
-        results.append(measure_case(case, num_sms, share, log, start_plans=[("table", committed)] if committed else []))
-        sweep = {"env": env, "cases": results, "bars": tune_bars(results, env["read_bandwidth"])}
+        results.append(measure_case(case, num_sms, share, log, start_plans=[("table", committed)] if committed else [],
+                                    grid=which == "issue" or not measured(case)))
+        sweep["bars"] = tune_bars(results, env["read_bandwidth"])
         (out / "kernels-tune.json").write_text(json.dumps(sweep, indent=1))  # a run cut short keeps its results
-        path = plans_from_sweep(sweep, plans_dir)
+        path = plans_from_sweep(sweep, plans_dir, committed_table)
     table = summary(env, results)
     (out / "kernels-tune.md").write_text(table + "\n## Bars\n\n" + bars_table(sweep["bars"]))
     print(table)

@@ -47,7 +47,7 @@ def test_fp8_tiles_become_fp16_before_the_dots_layout_change(compiled):
     """Converted early, V is not gathered from shared memory byte by byte (LDS.U8) as in Triton's
     own placement of the conversion, the key loop is at least a quarter shorter, and the kernel
     leaves room for three programs per SM (bench/results/NOTES.md has the counts)."""
-    early, late = compiled["7B-64k-fp8"], compiled["7B-64k-fp8-late"]
+    early, late = compiled["7B-64k-fp8-early"], compiled["7B-64k-fp8"]
     assert "LDS.U8" not in early["loop_opcodes"] and late["loop_opcodes"].get("LDS.U8", 0) >= 32
     assert early["loop_instructions"][0] <= 0.75 * late["loop_instructions"][0]
     assert early["resident_programs"] >= 3 and early["local_bytes"] == 0
@@ -64,3 +64,4 @@ def test_append_kernels_compile_for_sm90(compiled):
         facts = compiled[name]
         assert "error" not in facts, facts.get("error")
         assert facts["fp8_convert"] == ("-fp8-" in name)  # one saturating round-to-nearest cvt
+        assert facts["ieee_divisions"] == ("-fp8-" in name) and not facts["float_fma"]  # PyTorch's arithmetic
