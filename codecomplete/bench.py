@@ -2,7 +2,9 @@
 
 End to end: the loaded model decodes at several context lengths (and at the context REPO
 fills) with each attention backend on the same weights and KV cache; decode tokens/s leaves
-prefill out. On a GPU each context also gets its roofline (models.bench's byte counts over the
+prefill out. Then the first backend again with each 8-bit KV cache (fp8, int8) and with
+speculative decoding (drafts looked up in the prompt: the benchmark's prompt is source code
+repeated to length, which the model partly copies). On a GPU each context also gets its roofline (models.bench's byte counts over the
 copy bandwidth measured in this run). Flash-Decoding is a GPU kernel: on a machine without CUDA its Triton code only
 runs in the interpreter, whose timings mean nothing, so there the CPU backends are compared
 at small contexts and the output says so.
@@ -67,11 +69,12 @@ def repeated(ids: list[int], length: int) -> list[int]:
     return (ids * (length // max(1, len(ids)) + 1))[:length]
 
 
-def measure(engine, backends, contexts, ids, decode_tokens, progress) -> list[dict]:
+def measure(engine, backends, contexts, ids, decode_tokens, progress, speculate=0) -> list[dict]:
+    """Median decode tokens/s per (context, backend); plain decoding unless `speculate` says otherwise."""
     from models import GenerationConfig
 
-    config = GenerationConfig(max_new_tokens=decode_tokens)
-    warmup = GenerationConfig(max_new_tokens=2)
+    config = GenerationConfig(max_new_tokens=decode_tokens, speculate=speculate)
+    warmup = GenerationConfig(max_new_tokens=2, speculate=speculate)
     total, done = len(backends) * len(contexts) * REPEATS, 0
     rows = []
     for context in contexts:
@@ -85,9 +88,27 @@ def measure(engine, backends, contexts, ids, decode_tokens, progress) -> list[di
                 runs.append(engine.generate(prompt, config))
                 done += 1
                 progress(done, total)
+            t = [r.timings for r in runs]
             rows.append({"context": context, "attention": backend,
-                         "decode_tokens_per_s": statistics.median(r.timings.decode_tokens_per_s for r in runs),
-                         "decode_tokens": min(len(r.token_ids) for r in runs)})
+                         "decode_tokens_per_s": statistics.median(x.decode_tokens_per_s for x in t),
+                         "decode_tokens": min(len(r.token_ids) for r in runs),
+                         "drafted": sum(x.drafted_tokens for x in t), "accepted": sum(x.accepted_tokens for x in t),
+                         "decode_steps": sum(x.decode_steps for x in t)})
+    return rows
+
+
+def measure_variants(engine, backend, contexts, ids, decode_tokens, progress, speculate) -> list[dict]:
+    """`backend` with each 8-bit KV cache the engine is not already using, then with speculative decoding
+    (`speculate` drafts per step; None: the engine's default), each row with its ratio to the plain run."""
+    base_cache = engine.kv_cache_dtype
+    variants = [(kind, kind, 0) for kind in ("fp8", "int8") if kind != base_cache]
+    variants.append((f"speculate {speculate if speculate is not None else engine.speculate}", base_cache, speculate))
+    rows = []
+    for label, cache, depth in variants:
+        engine.set_kv_cache(None if cache not in ("fp8", "int8") else cache)
+        for row in measure(engine, [backend], contexts, ids, decode_tokens, progress, depth):
+            rows.append({**row, "variant": label, "kv_cache": cache})
+    engine.set_kv_cache(None if base_cache not in ("fp8", "int8") else base_cache)
     return rows
 
 
@@ -113,7 +134,8 @@ def roofline(engine, contexts, bandwidth: float) -> dict[int, float]:
     model = engine.model
     weights = weight_bytes_per_step(model)
     element_size = model.output.weight.element_size()
-    return {c: bandwidth / (weights + kv_bytes_per_step(model.config, 1, c, element_size)) for c in contexts}
+    quant = engine.kv_cache_dtype if engine.kv_cache_dtype in ("fp8", "int8") else None
+    return {c: bandwidth / (weights + kv_bytes_per_step(model.config, 1, c, element_size, quant)) for c in contexts}
 
 
 def table(result) -> Table:
@@ -136,6 +158,29 @@ def table(result) -> Table:
         if ceiling:
             cells += [f"{ceiling[context]:.0f}", f"{100 * rate[(context, backends[0])] / ceiling[context]:.0f}%"]
         t.add_row(label, *cells)
+    return t
+
+
+def variant_table(result) -> Table:
+    """The first backend's tokens/s with each 8-bit cache and with speculation, against its plain run."""
+    backend = result["backends"][0]
+    base = {r["context"]: r["decode_tokens_per_s"] for r in result["end_to_end"] if r["attention"] == backend}
+    labels = list(dict.fromkeys(r["variant"] for r in result["variants"]))
+    t = Table(header_style="bold", title=f"{backend}: 8-bit KV caches and speculative decoding, decode tokens/s")
+    t.add_column("context", justify="right")
+    t.add_column(f"{backend} ({result['kv_cache']})", justify="right")
+    for label in labels:
+        t.add_column(label, justify="right")
+        t.add_column("x", justify="right")
+    cell = {(r["context"], r["variant"]): r for r in result["variants"]}
+    for context in sorted(base):
+        cells = [f"{context:,}", f"{base[context]:.1f}"]
+        for label in labels:
+            r = cell[(context, label)]
+            rate = r["decode_tokens_per_s"]
+            note = f" ({100 * r['accepted'] / r['drafted']:.0f}% accepted)" if r["drafted"] else ""
+            cells += [f"{rate:.1f}{note}", f"{rate / base[context]:.2f}x"]
+        t.add_row(*cells)
     return t
 
 
@@ -197,6 +242,8 @@ def run_bench(args) -> None:
     device = engines.device_for(args)
     on_gpu = device.startswith("cuda")
     backends, notes = backends_for(args, device)
+    if on_gpu:
+        notes.append("int8 KV cache: read dequantized until the kernels take int8 (its row is not int8's speed)")
     decode_tokens = args.max_tokens or (GPU_DECODE_TOKENS if on_gpu else CPU_DECODE_TOKENS)
     wanted = sorted(set(args.contexts or (GPU_CONTEXTS if on_gpu else CPU_CONTEXTS)))
     limit = max(wanted) if on_gpu else min(max(wanted), CPU_CONTEXT_LIMIT)
@@ -228,6 +275,8 @@ def run_bench(args) -> None:
         console.print(Text(note, style="yellow"))
     with render.progress_bar("decoding") as progress:
         rows = measure(engine, backends, contexts, ids, decode_tokens, progress)
+    with render.progress_bar("8-bit caches, speculation") as progress:
+        variants = measure_variants(engine, backends[0], contexts, ids, decode_tokens, progress, args.speculate)
     bandwidth = ceilings = None
     kernels = []
     if on_gpu:                       # the copy bandwidth is timed on the GPU, in this run
@@ -244,7 +293,8 @@ def run_bench(args) -> None:
         "card": _card(engine.device, getattr(engine, "gpus", 1)), "model": engine.name, "dtype": engine.dtype,
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "decode_tokens": decode_tokens, "repeats": REPEATS, "backends": backends, "repo_context": repo_context,
-        "end_to_end": rows, "speedups": speedups(rows, backends), "notes": notes,
+        "kv_cache": engine.kv_cache_dtype, "end_to_end": rows, "speedups": speedups(rows, backends),
+        "variants": variants, "notes": notes,
         "copy_bandwidth_bytes_per_s": bandwidth, "roofline": ceilings, "kernels": kernels,
     }
     console.print(Text(f"End-to-end decode tokens/s, {decode_tokens} tokens per run, median of {REPEATS}: "
@@ -252,6 +302,7 @@ def run_bench(args) -> None:
     if kernels:
         console.print(kernel_table(bandwidth, kernels))
     console.print(table(result))
+    console.print(variant_table(result))
     if args.json:
         render.emit_json(args.json, result)
     if args.plot:

@@ -2,37 +2,41 @@
 carried), shared by the REPL and by the one-shot `--ask`."""
 from __future__ import annotations
 
+from . import client, render, workspace
 from . import engine as engines
-from . import render, workspace
 from .errors import UsageError
+from .session import open_session
 
 DEFAULT_MAX_TOKENS = 512
 
 
 class Conversation:
-    def __init__(self, engine, index, args) -> None:
-        self.engine = engine
-        self.index = index
+    def __init__(self, session, args) -> None:
+        self.session = session
         self.args = args
         self.max_new_tokens = args.max_tokens or DEFAULT_MAX_TOKENS
         self.messages: list[dict] = []
         self.pinned: list[str] = []
         self.last_prompt = None     # the packed prompt of the last question, for /context
 
+    @property
+    def engine(self):
+        return self.session.engine
+
+    @property
+    def index(self):
+        return self.session.index
+
     def prompt_for(self, question: str):
-        """The packed prompt: retrieved chunks, pinned files, the conversation, the question."""
-        from prompts import build_chat_prompt
+        """The generation for a question: retrieved chunks, pinned files, the conversation, the question."""
+        return self.session.chat([*self.messages, {"role": "user", "content": question}], pinned=self.pinned,
+                                 sampling=engines.sampling(self.args, self.max_new_tokens))
 
-        return build_chat_prompt(self.index, self.engine.tokenizer,
-                                 messages=[*self.messages, {"role": "user", "content": question}],
-                                 budget_tokens=engines.prompt_budget(self.engine, self.args, self.max_new_tokens),
-                                 pinned_paths=tuple(self.pinned))
-
-    def answer(self, question: str, packed, view):
+    def answer(self, question: str, generation, view):
         """Generate the answer into view. A cancelled answer stays in the conversation as far
         as it got, so the next question can refer to it."""
-        self.last_prompt = packed
-        result = engines.generate(self.engine, packed.ids, engines.config(self.args, self.max_new_tokens, packed), view)
+        self.last_prompt = generation.prompt
+        result = engines.generate(generation, view)
         self.messages += [{"role": "user", "content": question},
                           {"role": "assistant", "content": result.text}]
         return result
@@ -63,18 +67,19 @@ class Conversation:
 
 
 def open_conversation(args) -> Conversation:
-    """Check and index the repository, then load the model (the slow part comes last)."""
-    index = workspace.index(workspace.repository(args.repo))
-    return Conversation(engines.load(args, args.max_tokens or DEFAULT_MAX_TOKENS), index, args)
+    """A running server for the repository, or one in this process."""
+    root = workspace.repository(args.repo)
+    max_new = args.max_tokens or DEFAULT_MAX_TOKENS
+    return Conversation(client.connect(args, root, max_new) or open_session(args, root, max_new), args)
 
 
 def run_ask(args) -> None:
     conversation = open_conversation(args)
-    engine = conversation.engine
-    packed = conversation.prompt_for(args.ask)
+    generation = conversation.prompt_for(args.ask)
+    packed = generation.prompt
     view = render.choose_view(args, render.markdown_body,
-                              info=f"{len(packed.ids):,} context tokens · {render.model_label(engine)}")
-    result = conversation.answer(args.ask, packed, view)
+                              info=f"{len(packed.ids):,} context tokens · {render.model_label(generation.engine)}")
+    result = conversation.answer(args.ask, generation, view)
     if args.json:
-        render.emit_json(args.json, render.result_json("answer", result, engine, packed.context))
+        render.emit_json(args.json, render.result_json("answer", result, generation.engine, packed.context))
     engines.exit_if_cancelled(result)

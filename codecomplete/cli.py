@@ -25,12 +25,16 @@ A local coding assistant: repository-scale prompts, decoded with Flash-Decoding.
   codecomplete REPO --ask QUESTION                              one answer, no REPL
   codecomplete --prompt TEXT                                    raw generation
   codecomplete [REPO] --bench [--json FILE] [--plot FILE]       standard vs Flash-Decoding
+  codecomplete serve [REPO] [--host H] [--port 8012] [--api-key K]   warm server for editors
+
+--file, --ask and --prompt use a running `codecomplete serve` for the repository when there is one.
 """
 
 EPILOG = """\
 exit codes: 0 ok, 1 runtime failure (model, memory), 2 usage or input error,
 130 interrupted, 141 the reader closed the pipe.
-environment: CODECOMPLETE_MODEL (default --model), CODECOMPLETE_CACHE_DIR, NO_COLOR."""
+environment: CODECOMPLETE_MODEL (default --model), CODECOMPLETE_CACHE_DIR, NO_COLOR,
+CODECOMPLETE_SERVER (default --server), CODECOMPLETE_API_KEY (the server's key)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,7 +86,7 @@ def _contexts(text: str) -> list[int]:
     return [_tokens(part) for part in text.split(",") if part.strip()]
 
 
-def _version() -> str:
+def package_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
     try:
         return version(PROG)
@@ -94,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, usage="%(prog)s [REPO] [options]", description=DESCRIPTION, epilog=EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("repo", nargs="?", metavar="REPO", help="the repository (a folder)")
-    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
+    parser.add_argument("--version", action="version", version=f"{PROG} {package_version()}")
 
     task = parser.add_argument_group("what to do (default with REPO: the chat REPL)")
     modes = task.add_mutually_exclusive_group()
@@ -110,9 +114,37 @@ def build_parser() -> argparse.ArgumentParser:
     task.add_argument("--contexts", type=_contexts, metavar="N,N,...",
                       help="with --bench: context lengths in tokens (default: 4096,16384,32768 on CUDA, 256,1024 on CPU)")
 
+    _model_options(parser)
+
+    gen = parser.add_argument_group("generation")
+    gen.add_argument("--max-tokens", type=_tokens, metavar="N",
+                     help="tokens to generate (default: 64 for a completion, 512 for an answer, 256 for --prompt)")
+    gen.add_argument("--temperature", type=_float_in(0.0, 10.0), default=0.0, metavar="T",
+                     help="0 is greedy (default: 0)")
+    gen.add_argument("--top-p", type=_float_in(0.0, 1.0, low_open=True), default=1.0, metavar="P",
+                     help="nucleus sampling (default: 1)")
+    gen.add_argument("--seed", type=_seed, metavar="N", help="seed for sampling")
+    gen.add_argument("--speculate", type=_whole_number(0, 15), metavar="K",
+                     help="speculative decoding: verify up to K draft tokens per step, looked up in the prompt "
+                          "and the text so far; same output (0 turns it off; default 8)")
+
+    out = parser.add_argument_group("output")
+    out.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                     help="the result as one JSON object, on stdout or into FILE")
+    out.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    server = parser.add_argument_group("server (for --file, --ask, --prompt)").add_mutually_exclusive_group()
+    server.add_argument("--server", metavar="URL",
+                        help="use the `codecomplete serve` at URL (default: $CODECOMPLETE_SERVER, or one running "
+                             "for REPO with the same model)")
+    server.add_argument("--no-server", action="store_true", help="run in this process even if a server runs")
+    return parser
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
     model.add_argument("--model", metavar="SPEC",
-                       help="HF checkpoint folder, .gguf file, hub id, or random:PRESET (random weights of CodeLlama-7B/13B/34B or SmolLM2-135M shapes, --bench only; default: $CODECOMPLETE_MODEL or the embedded SmolLM2)")
+                       help="HF checkpoint folder, .gguf file, hub id, or random:PRESET[:TOKENIZER_DIR] (random weights of CodeLlama-7B/13B/34B or SmolLM2-135M shapes; without a tokenizer --bench only; default: $CODECOMPLETE_MODEL or the embedded SmolLM2)")
     model.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     model.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                        help="default: bfloat16 on CUDA, float32 on CPU")
@@ -125,20 +157,32 @@ def build_parser() -> argparse.ArgumentParser:
                             "$OMP_NUM_THREADS if set)")
     model.add_argument("--gpus", type=_positive_int, metavar="N",
                        help="split the model over N GPUs (tensor parallelism; with --device cpu, N processes)")
+    model.add_argument("--kv-cache", choices=("bf16", "fp16", "fp32", "fp8", "int8"),
+                       help="KV cache storage (default: the model's dtype): int8 or fp8 hold 8 bits with a scale "
+                            "per token, about twice the context in the same memory; int8 is the more accurate")
 
-    gen = parser.add_argument_group("generation")
-    gen.add_argument("--max-tokens", type=_tokens, metavar="N",
-                     help="tokens to generate (default: 64 for a completion, 512 for an answer, 256 for --prompt)")
-    gen.add_argument("--temperature", type=_float_in(0.0, 10.0), default=0.0, metavar="T",
-                     help="0 is greedy (default: 0)")
-    gen.add_argument("--top-p", type=_float_in(0.0, 1.0, low_open=True), default=1.0, metavar="P",
-                     help="nucleus sampling (default: 1)")
-    gen.add_argument("--seed", type=_seed, metavar="N", help="seed for sampling")
 
-    out = parser.add_argument_group("output")
-    out.add_argument("--json", nargs="?", const="-", metavar="FILE",
-                     help="the result as one JSON object, on stdout or into FILE")
-    out.add_argument("--debug", action="store_true", help="show tracebacks")
+def build_serve_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=f"{PROG} serve", usage="%(prog)s [REPO] [options]",
+                     description="A warm server for editors over REPO (default: the current folder): llama.cpp's "
+                                 "/infill and /completion, the OpenAI API, Ollama's /api/generate.",
+                     epilog="Binds loopback by default; any other --host needs --api-key. Ctrl-C stops it.")
+    parser.add_argument("repo", nargs="?", metavar="REPO", help="the repository (a folder)")
+    listen = parser.add_argument_group("listening")
+    listen.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    listen.add_argument("--port", type=_whole_number(0, 65535), default=8012,
+                        help="port (default: 8012, where llama.vim looks; 0: any)")
+    listen.add_argument("--api-key", metavar="KEY",
+                        help="require Authorization: Bearer KEY on every route but /health (default: "
+                             "$CODECOMPLETE_API_KEY)")
+    _model_options(parser)
+    requests = parser.add_argument_group("requests")
+    requests.add_argument("--max-tokens", type=_tokens, metavar="N",
+                          help="tokens a request may generate when it sets no limit (default: 256)")
+    requests.add_argument("--max-waiting", type=_positive_int, metavar="N",
+                          help="requests that may wait behind the running one; more get 503 (default: 8)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.set_defaults(bench=False)       # what the model loader asks of every command line
     return parser
 
 
@@ -165,6 +209,8 @@ def check(args: argparse.Namespace, closed: frozenset[str] = frozenset()) -> Non
         raise UsageError("--prompt takes no repository")
     if args.repo is None and not (args.prompt is not None or args.bench):
         raise UsageError("give a repository: codecomplete REPO (see --help for the commands)")
+    if (args.server or args.no_server) and args.file is None and args.ask is None and args.prompt is None:
+        raise UsageError(f"--{'server' if args.server else 'no-server'} goes with --file, --ask or --prompt")
     if args.contexts == []:
         raise UsageError("--contexts lists no context length (e.g. --contexts 256,1024)")
     from .engine import check_model_spec
@@ -240,8 +286,14 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(number, _exit_on_signal)
         except ValueError:      # not the main thread (an embedding program): its own handlers stand
             pass
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    serving = argv[:1] == ["serve"]
+    args = build_serve_parser().parse_args(argv[1:]) if serving else build_parser().parse_args(argv)
     try:
+        if serving:
+            from .server.serve import run_serve
+            run_serve(args)
+            return ExitCode.OK
         check(args, closed)
         _command(args)(args)
         return ExitCode.OK

@@ -7,9 +7,10 @@ from rich.text import Text
 
 from prompts.scan import SNIFF_BYTES, read_regular_file
 
+from . import client, render, workspace
 from . import engine as engines
-from . import render, workspace
 from .errors import UsageError
+from .session import open_session
 from .workspace import read_stdin
 
 DEFAULT_MAX_TOKENS = 64     # a suggestion is a few lines; more is a chat answer
@@ -54,21 +55,17 @@ def run_complete(args) -> None:
         raise UsageError(f"{path} looks binary (a NUL byte near its start): nothing to complete")
     line, col = cursor(buffer, args.line, args.col)
 
-    from prompts import build_completion_prompt
-
-    index = workspace.index(root)
     max_new = args.max_tokens or DEFAULT_MAX_TOKENS
-    engine = engines.load(args, max_new)
-    packed = build_completion_prompt(index, engine.tokenizer, path=path, text=text, line=line, col=col,
-                                     budget_tokens=engines.prompt_budget(engine, args, max_new))
-
+    session = client.connect(args, root, max_new) or open_session(args, root, max_new)
+    generation = session.complete(path, text=text, line=line, col=col, sampling=engines.sampling(args, max_new))
+    packed = generation.prompt
     view = render.choose_view(args, render.code_body(path),
-                              info=f"{len(packed.ids):,} prompt tokens · {render.model_label(engine)}")
+                              info=f"{len(packed.ids):,} prompt tokens · {render.model_label(generation.engine)}")
     if isinstance(view, render.LiveView):
         view.console.print(_summary(f"{path}:{line}:{col}", packed))
-    result = engines.generate(engine, packed.ids, engines.config(args, max_new, packed), view)
+    result = engines.generate(generation, view)
     if args.json:
-        render.emit_json(args.json, render.result_json("completion", result, engine, packed.context))
+        render.emit_json(args.json, render.result_json("completion", result, generation.engine, packed.context))
     engines.exit_if_cancelled(result)
 
 

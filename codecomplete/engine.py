@@ -9,7 +9,7 @@ import warnings
 from . import caches
 from .cancel import CancelOnSigint
 from .errors import UsageError
-from .render import status, warn
+from .render import LiveView, status, warn
 
 # On a CPU a prompt prefills at a few hundred tokens/s: a 1k-token default keeps the first
 # token within seconds. On CUDA the default is the whole context the engine was built for.
@@ -66,10 +66,10 @@ def _torch_default_threads() -> int:
 
 
 def check_model_spec(args) -> None:
-    """Random weights build in seconds to minutes (27 GB for CodeLlama-7B) and have no tokenizer: refuse
-    them at once for anything but --bench."""
+    """Random weights build in seconds to minutes (27 GB for CodeLlama-7B) and, unless they are given a tokenizer
+    folder (random:PRESET:DIR), have none: refuse them at once for anything but --bench."""
     spec = args.model or os.environ.get("CODECOMPLETE_MODEL") or ""
-    if spec.startswith("random:") and not args.bench:
+    if spec.startswith("random:") and ":" not in spec[len("random:"):] and not args.bench:
         named = f"--model {spec}" if args.model else f"CODECOMPLETE_MODEL={spec}"
         raise UsageError(f"{named}: random weights have no tokenizer; only --bench can use them")
 
@@ -84,12 +84,17 @@ def load(args, max_new_tokens: int, default_budget: int | None = None):
     if not args.debug:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from models import ContextTooLongError, load_model
-
     check_model_spec(args)
     caches.prepare()            # no-op after the repository's check chose the cache folder
     device = device_for(args)
     set_threads(getattr(args, "threads", None), device)
+    check_kv_cache(args, device)
+    if args.attention == "flash" and not device.startswith("cuda"):
+        # Off the GPU the Triton kernels run in Triton's interpreter, which must be chosen before anything
+        # imports Triton (torch's compiler does, on importing models).
+        os.environ["TRITON_INTERPRET"] = "1"
+    from models import ContextTooLongError, load_model
+
     budget = args.context_tokens or default_budget or (CPU_PROMPT_BUDGET if device.startswith("cpu") else None)
 
     def load_with(max_context):
@@ -97,7 +102,7 @@ def load(args, max_new_tokens: int, default_budget: int | None = None):
             if not args.debug:      # the one-line error says what went wrong; library warnings only add noise
                 warnings.simplefilter("ignore")
             return load_model(args.model, device=device, dtype=args.dtype, attention=args.attention,
-                              max_context=max_context, progress=progress, gpus=args.gpus)
+                              max_context=max_context, progress=progress, gpus=args.gpus, kv_cache=args.kv_cache)
 
     try:
         engine = load_with(budget + max_new_tokens if budget else None)
@@ -108,43 +113,57 @@ def load(args, max_new_tokens: int, default_budget: int | None = None):
         engine = load_with(None)    # the model's own context, which is smaller than the default budget
     if engine.attention_is_slow:
         warn("--attention flash on the CPU runs the Triton kernels in their interpreter: very slow")
-    prompt_budget(engine, args, max_new_tokens)     # a --max-tokens that leaves no room fails now, not later
+    check_room(engine, args, max_new_tokens)     # a --max-tokens that leaves no room fails now, not later
     return engine
+
+
+KV_CACHE_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def check_kv_cache(args, device: str) -> None:
+    """An unquantized cache holds the model's dtype: --kv-cache bf16 needs a bfloat16 model."""
+    wanted = KV_CACHE_DTYPES.get(args.kv_cache or "")
+    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    if wanted and wanted != dtype:
+        raise UsageError(f"--kv-cache {args.kv_cache} needs --dtype {wanted} (the model runs in {dtype} here and an "
+                         f"unquantized cache holds the model's dtype); --kv-cache int8 or fp8 quantize any model")
 
 
 def _max_tokens(args, max_new_tokens: int) -> str:
     return f"--max-tokens {max_new_tokens:,}" + ("" if args.max_tokens else " (the default)")
 
 
-def prompt_budget(engine, args, max_new_tokens: int) -> int:
-    """Tokens the prompt may take: what the user asked for, within what the KV cache holds."""
-    room = engine.context_length - max_new_tokens
-    if room < 1:
+def check_room(engine, args, max_new_tokens: int) -> None:
+    if engine.context_length - max_new_tokens < 1:
         raise UsageError(f"{_max_tokens(args, max_new_tokens)} leaves no room for a prompt: {engine.name} holds "
                          f"{engine.context_length:,} tokens here (the model allows {engine.model_max_positions:,})")
-    wanted = args.context_tokens or (CPU_PROMPT_BUDGET if engine.device.startswith("cpu") else room)
-    return min(wanted, room)
 
 
-def config(args, max_new_tokens: int, packed=None):
-    from models import GenerationConfig
-
-    return GenerationConfig(
-        max_new_tokens=max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-        stop_token_ids=tuple(packed.stop_token_ids) if packed else (),
-        stop_strings=tuple(packed.stop_strings) if packed else (),
-        required_prefix=packed.heal_text if packed else "")     # token healing (prompts leaves it out)
+def prompt_budget(engine, context_tokens: int | None, max_new_tokens: int) -> int:
+    """Tokens the prompt may take: what the user asked for (--context-tokens), within what the KV cache holds."""
+    room = engine.context_length - max_new_tokens
+    wanted = context_tokens or (CPU_PROMPT_BUDGET if engine.device.startswith("cpu") else room)
+    return max(1, min(wanted, room))
 
 
-def generate(engine, prompt_ids, generation_config, view):
-    """Stream one generation into a view. Ctrl-C ends it between tokens with
-    finish_reason "cancelled" and the text so far; a closed pipe raises BrokenPipeError."""
+def sampling(args, max_new_tokens: int):
+    """How the command line asks to generate."""
+    from .session import Sampling
+
+    return Sampling(max_tokens=max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                    speculate=args.speculate)
+
+
+def generate(generation, view):
+    """Stream one generation (a session's, in process or on a server) into a view. Ctrl-C ends it between tokens
+    with finish_reason "cancelled" and the text so far; a closed pipe raises BrokenPipeError."""
+    if isinstance(view, LiveView):      # the live line shows speculation's acceptance as it goes
+        view.progress = lambda: getattr(generation.engine, "progress", None)
     with CancelOnSigint() as cancel, view:
-        result = engine.generate(prompt_ids, generation_config, on_text=view.on_text,
-                                 should_stop=lambda: cancel() or view.closed)
+        result = generation.run(on_text=view.on_text, should_stop=lambda: cancel() or view.closed)
     if view.closed:
         raise BrokenPipeError
-    view.finish(result, engine)
+    view.finish(result, generation.engine)
     return result
 
 

@@ -1,9 +1,10 @@
 """`codecomplete --prompt TEXT`: the model continues TEXT, no repository, no template."""
 from __future__ import annotations
 
+from . import client, render
 from . import engine as engines
-from . import render
 from .errors import UsageError
+from .session import open_session
 from .workspace import read_stdin
 
 DEFAULT_MAX_TOKENS = 256
@@ -14,11 +15,11 @@ def run_prompt(args) -> None:
     if not text:
         raise UsageError("--prompt -: standard input is empty, nothing to continue from")
     max_new = args.max_tokens or DEFAULT_MAX_TOKENS
-    engine = engines.load(args, max_new)
-    ids = engine.tokenizer.encode(text)
-    view = render.choose_view(args, render.text_body,
-                              info=f"{len(ids):,} prompt tokens · {render.model_label(engine)}")
-    result = engines.generate(engine, ids, engines.config(args, max_new), view)
+    session = client.connect(args, max_new_tokens=max_new) or open_session(args, max_new_tokens=max_new)
+    generation = session.raw(text, sampling=engines.sampling(args, max_new))
+    view = render.choose_view(args, render.text_body, info=f"{len(generation.prompt.ids):,} prompt tokens · "
+                                                           f"{render.model_label(generation.engine)}")
+    result = engines.generate(generation, view)
     if args.json:
-        render.emit_json(args.json, render.result_json("text", result, engine))
+        render.emit_json(args.json, render.result_json("text", result, generation.engine))
     engines.exit_if_cancelled(result)

@@ -144,11 +144,18 @@ def summary_line(result, engine=None) -> str:
              f"first token {_duration(timings.ttft_ms / 1000)}",
              f"prompt {result.prompt_tokens:,}"
              + (f" ({result.reused_prefix_tokens:,} reused)" if result.reused_prefix_tokens else "")]
+    if timings.drafted_tokens:
+        parts.append(speculation(timings))
     if engine is not None:
         parts.append(model_label(engine))
     if result.finish_reason == "cancelled":
         parts.append("cancelled")
     return " · ".join(parts)
+
+
+def speculation(timings) -> str:
+    """`64% of drafts accepted · 2.8 tokens/step`"""
+    return f"{100 * timings.acceptance_rate:.0f}% of drafts accepted · {timings.tokens_per_step:.1f} tokens/step"
 
 
 def _plural(count: int, noun: str) -> str:
@@ -171,6 +178,7 @@ class LiveView:
         self.closed = False
         self._parts: list[str] = []
         self._meter = _Meter()
+        self.progress: Callable[[], object] | None = None    # the engine's running Timings (speculation's counts)
         self._started = time.perf_counter()
         self._live = Live(console=console, get_renderable=self._frame, refresh_per_second=12,
                           transient=True, redirect_stdout=False)
@@ -194,6 +202,9 @@ class LiveView:
         meter = self._meter
         if meter.count:
             progress = f"{meter.rate():.1f} tok/s · {_plural(meter.count, 'token')}"
+            running = self.progress() if self.progress else None
+            if running is not None and running.drafted_tokens:
+                progress += f" · {speculation(running)}"
         else:               # prefill: the prompt is read before the first token comes
             progress = f"reading the prompt {_duration(time.perf_counter() - self._started)}"
         line = Table.grid(padding=(0, 1))

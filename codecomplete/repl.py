@@ -19,9 +19,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from . import chat, render
+from . import chat, render, workspace
 from . import engine as engines
 from .errors import AppError, UsageError, classify
+from .session import open_session
 
 COMMANDS = {
     "/help": ("", "this help"),
@@ -127,11 +128,10 @@ class Repl:
                 self.console.print(Text(f"error: {known[1]}", style="red"))
 
     def ask(self, question: str) -> None:
-        engine = self.conversation.engine
-        packed = self.conversation.prompt_for(question)
-        view = render.LiveView(self.console, render.markdown_body,
-                               info=f"{len(packed.ids):,} context tokens · {render.model_label(engine)}")
-        result = self.conversation.answer(question, packed, view)
+        generation = self.conversation.prompt_for(question)
+        view = render.LiveView(self.console, render.markdown_body, info=f"{len(generation.prompt.ids):,} context "
+                                                                        f"tokens · {render.model_label(generation.engine)}")
+        result = self.conversation.answer(question, generation, view)
         self.last_rate = result.timings.decode_tokens_per_s
 
     def command(self, line: str) -> bool:
@@ -191,7 +191,7 @@ class Repl:
                 if classify(exc) is None:
                     raise AppError(f"/model {argument}: cannot load it ({type(exc).__name__}: {exc})") from exc
                 raise
-            conversation.engine, conversation.args = engine, args
+            conversation.session.engine, conversation.args = engine, args
         engine = conversation.engine
         self.console.print(Text(f"{render.model_label(engine)} · context {engine.context_length:,} tokens"
                                 f" (model limit {engine.model_max_positions:,}) · loaded in {engine.load_s:.1f} s"))
@@ -216,4 +216,7 @@ def run_repl(args) -> None:
         raise UsageError("--json goes with --file, --ask, --prompt or --bench, not the REPL")
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UsageError("the chat REPL needs a terminal; in scripts use --ask QUESTION")
-    Repl(chat.open_conversation(args), render.stdout_console()).run()
+    # In process: the REPL pins files from the index and can switch models, which a server cannot do for it.
+    max_new = args.max_tokens or chat.DEFAULT_MAX_TOKENS
+    session = open_session(args, workspace.repository(args.repo), max_new)
+    Repl(chat.Conversation(session, args), render.stdout_console()).run()

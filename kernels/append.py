@@ -3,8 +3,10 @@ same pass (one kernel for K and V, instead of two index_put's plus a quantizatio
 
 One program per (batch row, new token, block of KV heads): it reads the new K and V rows, and for an
 fp8 cache computes each (token, KV head) row's scale amax / 448 (1 where amax is 0), divides with
-IEEE rounding (`div_rn`, as PyTorch does, so the GPU's bytes equal `kernels.reference.quantize_fp8`'s),
-clamps to +-448 and converts to e4m3 with round-to-nearest. Positions come from a device tensor, so a
+IEEE rounding (`div_rn`; Triton's `/` would be the 2-ulp `div.full.f32`), clamps to +-448 and
+converts to e4m3 rounding to nearest even (`cvt.rn.satfinite`): on the GPU its bytes and scales
+equal `kernels.reference.quantize_fp8`'s exactly (the sm_90 PTX is checked for these instructions and
+no fp32 fma; `kernels.reference.fp8_scale` says why the reference computes the scale in float64). Positions come from a device tensor, so a
 captured CUDA graph replays it as the positions advance; a position outside the cache is dropped
 rather than written out of bounds (the host check catches it outside graph capture).
 

@@ -20,7 +20,9 @@ and prints the bars of issues 10, 11 and 13 last.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
+import gzip
 import json
 import math
 import os
@@ -38,6 +40,7 @@ import triton.language as tl
 from kernels import reference
 from kernels.interface import append_kv, flash_decode, launch, plan_for
 from kernels.plan import PLANS_DIR, device_slug, load_table
+from kernels.validation import FP8_DTYPE
 
 DEVICE = "cuda"               # the logic runs on the CPU too (interpreter), for tests
 L2_FLUSH_BYTES = 256 * 2**20  # rotate input sets until this many bytes separate two uses of one set
@@ -158,12 +161,18 @@ SDPA_BACKENDS = {"sdpa_flash": "FLASH_ATTENTION", "sdpa_cudnn": "CUDNN_ATTENTION
                  "sdpa_efficient": "EFFICIENT_ATTENTION", "sdpa_math": "MATH"}
 
 
-def contestants(with_flex: bool):
+LEAN_PEERS = ("sdpa_flash", "sdpa_cudnn")  # the best SDPA backend at every shape so far (H100, H200)
+
+
+def contestants(with_flex: bool, lean: bool = False):
+    """Every method of the sweep; `lean` keeps ours, the read-only kernel and LEAN_PEERS (eager, the
+    efficient and math backends are 3-100x slower everywhere and take most of a sweep's time)."""
     table = {f"read_only_{i}": stream_read(*config) for i, config in enumerate(READ_ONLY_CONFIGS)}
-    table |= {"flash_decode": ours, "flash_decode_fp8": ours_fp8, f"flash_decode_t{VERIFY_TOKENS}": ours_verify,
-              "eager": lambda x: reference.flash_decode(x.q, x.k, x.v)}
-    table |= {name: sdpa(backend) for name, backend in SDPA_BACKENDS.items()}
-    if with_flex:
+    table |= {"flash_decode": ours, "flash_decode_fp8": ours_fp8, f"flash_decode_t{VERIFY_TOKENS}": ours_verify}
+    if not lean:
+        table["eager"] = lambda x: reference.flash_decode(x.q, x.k, x.v)
+    table |= {name: sdpa(backend) for name, backend in SDPA_BACKENDS.items() if not lean or name in LEAN_PEERS}
+    if with_flex and not lean:
         table["flex"] = flex()
     return table
 
@@ -294,6 +303,27 @@ def check(x: Inputs) -> dict:
     }
 
 
+def precompile_sweep(shapes_: list[Shape]) -> float:
+    """Build every flash_decode binary the sweep will launch (bf16, fp8 and verification rows), in
+    parallel, before any timing: on stand-in caches of 16 keys, which give the same binaries (the
+    length is a runtime argument, and strides keep their divisibility by 16); the plans are those of
+    the real lengths. Returns the seconds spent."""
+    calls = []
+    for shape in shapes_:
+        B, Hq, Hkv, D = shape.B, shape.Hq, shape.Hkv, shape.D
+        q = torch.randn(B, Hq, D, device=DEVICE, dtype=torch.bfloat16)
+        k = torch.randn(B, Hkv, 16, D, device=DEVICE, dtype=torch.bfloat16)
+        k8, k_scale = reference.quantize_fp8(k)
+        q_verify = torch.randn(B, Hq, VERIFY_TOKENS, D, device=DEVICE, dtype=torch.bfloat16)
+        fp8_scales = {"k_scale": k_scale, "v_scale": k_scale}
+        for q_, cache, scales, T, fp8 in ((q, k, {}, 1, False), (q, k8, fp8_scales, 1, True),
+                                          (q_verify, k, {}, VERIFY_TOKENS, False)):
+            plan = plan_for(q_, B, Hq, Hkv, shape.S, D, T, fp8)
+            calls.append(lambda q_=q_, cache=cache, scales=scales, plan=plan:
+                         launch(q_, cache, cache, None, plan, compile_only=True, **scales))
+    return compile_in_parallel(calls)
+
+
 def compile_in_parallel(calls, workers: int | None = None) -> float:
     """Run compile-only launches (`launch(..., compile_only=True)`) on a thread pool under Triton's
     AsyncCompileMode, so later launches find their binaries built; returns the seconds spent. A call
@@ -323,6 +353,11 @@ class CheckCase:
     layout: str
     T: int = 1
     fp8: bool = False
+    options: tuple = ()  # (LaunchPlan field, value) pairs replacing the planned ones
+
+    def plan(self, q):
+        plan = plan_for(q, 3, self.Hq, self.Hkv, self.S, self.D, self.T, self.fp8, self.splits)
+        return dataclasses.replace(plan, **dict(self.options))
 
     def inputs(self, gen):
         """(q, k, v, lengths, scales): B=3 rows of lengths S, 0 (T with T tokens) and S/3 + T."""
@@ -345,12 +380,14 @@ class CheckCase:
 
     def compile(self, gen) -> None:
         q, k, v, lengths, scales = self.inputs(gen)
-        plan = plan_for(q, 3, self.Hq, self.Hkv, self.S, self.D, self.T, self.fp8, self.splits)
-        launch(q, k, v, lengths, plan, compile_only=True, **scales)
+        launch(q, k, v, lengths, self.plan(q), compile_only=True, **scales)
 
     def run(self, gen) -> dict:
         q, k, v, lengths, scales = self.inputs(gen)
-        out, lse = flash_decode(q, k, v, lengths, num_splits=self.splits, return_lse=True, **scales)
+        if self.options:  # the plan options the tuner may choose, each checked once on the GPU
+            out, lse = launch(q, k, v, lengths, self.plan(q), **scales)
+        else:
+            out, lse = flash_decode(q, k, v, lengths, num_splits=self.splits, return_lse=True, **scales)
         ref, ref_lse = reference.flash_decode(q.double(), k if self.fp8 else k.double(), v if self.fp8 else v.double(),
                                               lengths, return_lse=True, **scales)
         err = ((out.double() - ref).norm() / ref.norm()).item()
@@ -361,12 +398,37 @@ class CheckCase:
         if self.T == 1:
             ok = ok and (out[1] == 0).all().item() and bool((lse[1] == float("-inf")).all())
         return {"dtype": str(self.dtype), "D": self.D, "Hq": self.Hq, "Hkv": self.Hkv, "S": self.S, "T": self.T,
-                "fp8": self.fp8, "splits": self.splits, "layout": self.layout, "rel_err": err, "lse_err": lse_err,
-                "ok": ok}
+                "fp8": self.fp8, "splits": self.splits, "layout": self.layout, "options": dict(self.options),
+                "rel_err": err, "lse_err": lse_err, "ok": ok}
+
+
+def append_differences(got: list[torch.Tensor], want: list[torch.Tensor]) -> dict:
+    """What differs between two appends' results, [k, v] or [k, v, k_scale, v_scale] (fp8): how
+    many bytes of the caches, by how many e4m3 steps and by how much once dequantized (absolute,
+    and relative to the row's amax = 448 x its scale); how many scales, by how many fp32 ulps."""
+    if got[0].dtype != FP8_DTYPE:
+        diff = [(a.double() - b.double()).abs() for a, b in zip(got, want)]
+        return {"differing_elements": sum(int((d > 0).sum()) for d in diff),
+                "max_abs_diff": max(float(d.max()) for d in diff)}
+    caches, scales = list(zip(got[:2], want[:2])), list(zip(got[2:], want[2:]))
+    steps = [reference.e4m3_steps_apart(a, b) for a, b in caches]
+    dequant = [((a.double() * sa.double()[..., None]) - (b.double() * sb.double()[..., None])).abs()
+               for (a, b), (sa, sb) in zip(caches, scales)]
+    row_amax = [sb.double()[..., None] * reference.FP8_MAX for _, sb in scales]
+    ulps = [(sa.view(torch.int32).long() - sb.view(torch.int32).long()).abs() for sa, sb in scales]  # positive floats
+    return {"differing_bytes": sum(int((a.view(torch.uint8) != b.view(torch.uint8)).sum()) for a, b in caches),
+            "bytes": sum(a.numel() for a in got[:2]),
+            "max_e4m3_steps": max(int(s.max()) for s in steps),
+            "max_dequant_abs": max(float(d.max()) for d in dequant),
+            "max_dequant_rel_amax": max(float((d / m).max()) for d, m in zip(dequant, row_amax)),
+            "differing_scales": sum(int((u > 0).sum()) for u in ulps),
+            "max_scale_ulps": max(int(u.max()) for u in ulps)}
 
 
 def _check_append(dt, hkv, D, T, layout, fp8, gen) -> dict:
-    """The Triton append against the PyTorch reference, byte for byte (same rounding on sm_90)."""
+    """The Triton append against the PyTorch reference, byte for byte: both divide with IEEE rounding
+    and convert to e4m3 rounding to nearest even (`kernels.reference.fp8_scale` says why the scale
+    is computed in float64). A failure records what differs (`append_differences`)."""
     B, S = 3, 300
     shape = (B, hkv, S, D) if layout == "bhsd" else (B, S, hkv, D)
     k = torch.randn(shape, device=DEVICE, generator=gen).to(dt)
@@ -383,9 +445,9 @@ def _check_append(dt, hkv, D, T, layout, fp8, gen) -> dict:
     want = [t.clone() for t in (k, v, *scales.values())]
     append_kv(k_new, v_new, k, v, pos, **scales)
     reference.append_kv(k_new, v_new, *want[:2], pos, *want[2:])
-    raw = [t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t for t in (k, v, *scales.values())]
-    same = all(torch.equal(a, b.view(torch.uint8) if b.dtype == torch.float8_e4m3fn else b) for a, b in zip(raw, want))
-    return {"append": True, "dtype": str(dt), "Hkv": hkv, "D": D, "T": T, "layout": layout, "fp8": fp8, "ok": same}
+    diff = append_differences([k, v, *scales.values()], want)
+    same = diff.get("differing_bytes", diff.get("differing_elements")) == 0 and diff.get("differing_scales", 0) == 0
+    return {"append": True, "dtype": str(dt), "Hkv": hkv, "D": D, "T": T, "layout": layout, "fp8": fp8, "ok": same} | diff
 
 
 def gpu_correctness_sweep(log, quick: bool = False) -> list[dict]:
@@ -407,6 +469,15 @@ def gpu_correctness_sweep(log, quick: bool = False) -> list[dict]:
               for hq, hkv in heads for S, splits, layout in mixes]
     cases += [CheckCase(torch.bfloat16, 128, hq, hkv, S, splits, layout, T=T, fp8=fp8)
               for T in tokens for fp8 in (False, True) for hq, hkv in heads for S, splits, layout in mixes]
+    # every plan option the tuner may choose, with and without fp8 (GPU-only code: the inline-PTX
+    # fp8 conversion, register caps, TMA)
+    options = ((("fp8_early", True),), (("maxnreg", 128),), (("num_warps", 2), ("loop_stages", 3)),
+               (("block_n", 128), ("num_warps", 8)), (("tma", True), ("num_stages", 3)),
+               (("partials", "bfloat16"), ("eviction", "evict_first"), ("cache_modifier", ".cg")),
+               (("pdl", False), ("block_n", 32)))
+    cases += [CheckCase(torch.bfloat16, 128, hq, hkv, S, splits, layout, fp8=fp8, options=option)
+              for option in options for fp8 in (False, True) for hq, hkv in ((32, 32), (64, 8))
+              for S, splits, layout in mixes[:2] if fp8 or not any(name.startswith("fp8") for name, _ in option)]
     seconds = compile_in_parallel([lambda c=c: c.compile(torch.Generator(device=DEVICE).manual_seed(0)) for c in cases])
     log(f"GPU correctness sweep: {len(cases)} cases, kernels built in {seconds:.0f} s")
     gen = torch.Generator(device=DEVICE).manual_seed(1234)
@@ -422,7 +493,18 @@ def gpu_correctness_sweep(log, quick: bool = False) -> list[dict]:
     return results
 
 
-def bench_shape(shape: Shape, methods: dict, bandwidth: float, log, read_bw: float | None = None) -> dict:
+def check_summary(checks: list[dict]) -> str:
+    """The correctness sweep in a few lines: cases within tolerance, then each failure with what differs."""
+    failed = [c for c in checks if not c["ok"]]
+    lines = [f"GPU correctness sweep: {len(checks) - len(failed)}/{len(checks)} cases within tolerance "
+             f"({sum('append' in c for c in checks)} append_kv cases byte for byte)"]
+    lines += [f"  FAILED {json.dumps(c)}" for c in failed[:12]]
+    return "\n".join(lines)
+
+
+def bench_shape(shape: Shape, methods: dict, bandwidth: float, log, read_bw: float | None = None,
+                plain: bool = True) -> dict:
+    """One row of the sweep: every method's median µs as graph replays (and single launches with `plain`)."""
     sets = make_input_sets(shape, n_sets_for(shape))
     row = {"shape": shape.__dict__ | {"label": shape.label}, "kv_mb": shape.kv_bytes / 1e6,
            "bytes": {"bf16": shape.kv_bytes, "fp8": shape.fp8_bytes},
@@ -435,7 +517,8 @@ def bench_shape(shape: Shape, methods: dict, bandwidth: float, log, read_bw: flo
     row["rel_err_vs_eager_fp32"] = row["rel_err"]["flash_decode"]
     for name, fn in methods.items():
         try:
-            row["plain_us"][name] = time_plain(fn, sets)
+            if plain:
+                row["plain_us"][name] = time_plain(fn, sets)
             row["graph_us"][name] = time_graph(fn, sets)
         except Exception as error:  # a backend that cannot run this shape: record why, go on
             row["errors"][name] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
@@ -525,11 +608,14 @@ def environment() -> dict:
 
 
 PEERS = ["sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "sdpa_math", "flex", "eager"]
+PEER_TITLES = {"sdpa_flash": "SDPA flash", "sdpa_cudnn": "cuDNN", "sdpa_efficient": "efficient", "sdpa_math": "math",
+               "flex": "flex", "eager": "eager"}
 
 
 def markdown(env: dict, bandwidth: float, rows: list[dict], read_bw: float | None = None) -> str:
     read_note = f", read bandwidth {read_bw / 1e12:.2f} TB/s" if read_bw else ""
     verify = f"flash_decode_t{VERIFY_TOKENS}"
+    peers = [k for k in PEERS if any(k in row["graph_us"] for row in rows)] or PEERS  # the columns measured
     lines = [f"# Flash-Decoding kernel benchmark: {env['card']}, {env['date']}",
              "", f"torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, bf16 queries. "
              f"Measured in the same run: copy bandwidth (read + write) {bandwidth / 1e12:.2f} TB/s{read_note}. "
@@ -540,13 +626,13 @@ def markdown(env: dict, bandwidth: float, rows: list[dict], read_bw: float | Non
              "(speculative verification) over the bf16 cache.",
              "",
              f"| shape | K+V MB | read-only kernel | flash_decode | TB/s | fp8 | fp8 TB/s | t{VERIFY_TOKENS} | "
-             "SDPA flash | cuDNN | efficient | math | flex | eager | vs best SDPA | fp8 vs best SDPA |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             + "".join(f"{PEER_TITLES[k]} | " for k in peers) + "vs best SDPA | fp8 vs best SDPA |",
+             "|---|---|---|---|---|---|---|---|" + "---|" * (len(peers) + 2)]
     nan = float("nan")
     for row in rows:
         g, rate = row["graph_us"], row.get("read_tb_s", {})
         ours_us, best = g.get("flash_decode", nan), best_sdpa(g)
-        cells = [f"{g[k]:.1f}" if k in g else "n/a" for k in PEERS]
+        cells = [f"{g[k]:.1f}" if k in g else "n/a" for k in peers]
         lines.append(f"| {row['shape']['label']} | {row['kv_mb']:.0f} | {g.get('read_floor', nan):.1f} | {ours_us:.1f} | "
                      f"{rate.get('flash_decode', nan):.2f} | {g.get('flash_decode_fp8', nan):.1f} | "
                      f"{rate.get('flash_decode_fp8', nan):.2f} | {g.get(verify, nan):.1f} | " + " | ".join(cells) +
@@ -623,16 +709,23 @@ def main(argv=None) -> int:
     parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention (slow to compile)")
     parser.add_argument("--check", nargs="?", const="full", choices=["full", "quick"],
                         help="run the GPU correctness sweep first (quick: every feature, fewer shapes)")
+    parser.add_argument("--check-only", action="store_true", help="with --check: the correctness sweep alone")
+    parser.add_argument("--lean", action="store_true", help="graph replays of ours, the read-only kernel, SDPA "
+                        "flash and cuDNN only (no single launches, eager, efficient, math)")
     parser.add_argument("--only", default="", help="comma-separated substrings of shape labels to run")
     parser.add_argument("--tune", action="store_true", help="explore launch plans instead (kernels.tune)")
     parser.add_argument("--budget-s", type=float, default=330.0, help="--tune: seconds of exploration at most")
+    parser.add_argument("--cases", choices=["issue", "all"], default="issue",
+                        help="--tune: issue 10's shapes and the bars' rows, or every row of the final sweep")
     parser.add_argument("--tune-from", type=Path, help="write the plan file from a saved --tune sweep (no GPU)")
     parser.add_argument("--plans-dir", type=Path, help="--tune/--tune-from: where the plan file goes "
                         "(default: <out>/plans; kernels/plans is the committed place)")
     args = parser.parse_args(argv)
     if args.tune_from:
         from kernels.tune import plans_from_sweep
-        path = plans_from_sweep(json.loads(args.tune_from.read_text()), args.plans_dir or Path("kernels/plans"))
+        opener = gzip.open if args.tune_from.suffix == ".gz" else open  # committed sweeps are gzipped
+        with opener(args.tune_from, "rt") as f:
+            path = plans_from_sweep(json.load(f), args.plans_dir or Path("kernels/plans"))
         print(f"wrote {path}")
         return 0
     if (started := begin_run("kernels.bench", args.out)) is None:
@@ -642,28 +735,31 @@ def main(argv=None) -> int:
     if args.tune:
         from kernels.tune import explore
         return explore(env, args.out, args.plans_dir or args.out / "plans", args.budget_s, log,
-                       only=[w for w in args.only.split(",") if w])
+                       only=[w for w in args.only.split(",") if w], which=args.cases)
     checks_failed = False
     if args.check:
         checks = gpu_correctness_sweep(log, quick=args.check == "quick")
         (args.out / "kernels-check.json").write_text(json.dumps({"env": env, "cases": checks}, indent=1))
         checks_failed = not all(c["ok"] for c in checks)  # reported, then the timings still run
-    methods = contestants(with_flex=not args.no_flex)
+        if args.check_only:
+            print(check_summary(checks))
+            return 1 if checks_failed else 0
+    methods = contestants(with_flex=not args.no_flex, lean=args.lean)
     rows = []
     wanted = [w for w in args.only.split(",") if w]
-    for shape in shapes(args.quick):
-        if wanted and not any(w in shape.label for w in wanted):
-            continue
+    todo = [shape for shape in shapes(args.quick) if not wanted or any(w in shape.label for w in wanted)]
+    log(f"flash_decode binaries of {len(todo)} shapes built in {precompile_sweep(todo):.0f} s")
+    for shape in todo:
         log(f"{shape.label}: K+V {shape.kv_bytes / 1e6:.0f} MB")
-        rows.append(bench_shape(shape, methods, bandwidth, log, read_bw))
-        # Written after every shape, so a run cut short still leaves its results.
+        rows.append(bench_shape(shape, methods, bandwidth, log, read_bw, plain=not args.lean))
+        # Written after every shape (the table too), so a run cut short still leaves its results.
+        results = bars(rows, read_bw)
         (args.out / "kernels.json").write_text(json.dumps({"env": env, "bandwidth": bandwidth, "read_bandwidth": read_bw,
-                                                           "rows": rows}, indent=1))
-    results = bars(rows, read_bw)
-    (args.out / "kernels.json").write_text(json.dumps({"env": env, "bandwidth": bandwidth, "read_bandwidth": read_bw,
-                                                       "rows": rows, "bars": results}, indent=1))
-    table = markdown(env, bandwidth, rows, read_bw)
-    (args.out / "kernels.md").write_text(table + "\n## Bars\n\n" + bars_table(results))
+                                                           "rows": rows, "bars": results}, indent=1))
+        table = markdown(env, bandwidth, rows, read_bw)
+        if len(rows) < len(todo):
+            table += f"\nCut short: {len(rows)} of {len(todo)} shapes measured.\n"
+        (args.out / "kernels.md").write_text(table + "\n## Bars\n\n" + bars_table(results))
     plot(rows, args.out / "kernels.png", env["card"])
     print(table)
     print(f"Bars ({env['card']}, copy {bandwidth / 1e12:.2f} TB/s, read {read_bw / 1e12:.2f} TB/s, "

@@ -4,15 +4,23 @@ The Triton interpreter accepts programs that the GPU compiler rejects (16-bit do
 layouts that do not lower, fp8 dots in the wrong operand order), so CI compiles the main
 configurations, every kernel variant the plans can choose (`kernels.plan.LaunchPlan`'s options)
 and the append kernel for the H100/H200 (sm_90) too. Must run without TRITON_INTERPRET, which
-replaces the jitted functions with interpreted ones. One JSON line per configuration.
+replaces the jitted functions with interpreted ones. One JSON line per configuration, with what
+the binary costs: registers and shared memory per program, the programs an SM holds at once, and
+the instructions of the key loop (`--sass` adds their opcode histogram): the numbers the
+predictions in bench/results/NOTES.md come from.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
+import re
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import triton
@@ -21,7 +29,7 @@ from triton.compiler import ASTSource
 
 from kernels.append import _append_kv_kernel, append_blocks
 from kernels.interface import combine_constexprs, combine_warps, split_constexprs
-from kernels.plan import plan_launch
+from kernels.plan import plan_launch, resident_programs
 from kernels.split_kv import _combine_kernel, _split_kv_kernel
 
 POINTER = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32", "fp8": "*fp8e4nv"}
@@ -69,12 +77,16 @@ MAIN_CONFIGS = [
            plan={"eviction": "evict_first", "cache_modifier": ".cg", "num_stages": 4}),
     Config("34B-16k-n128-w8", "bf16", 64, 8, 16384, 128, plan={"block_n": 128, "num_warps": 8, "num_stages": 3}),
     Config("34B-128k-fp8-dot-loop3", "bf16", 64, 8, 131072, 128, kv="fp8", plan={"fp8_dot": True, "loop_stages": 3}),
+    Config("7B-64k-fp8-early", "bf16", 32, 32, 65536, 128, kv="fp8", plan={"fp8_early": True}),
+    Config("7B-64k-fp8-maxnreg128", "bf16", 32, 32, 65536, 128, kv="fp8", plan={"maxnreg": 128}),
+    Config("7B-64k-fp8-w2-loop3", "bf16", 32, 32, 65536, 128, kv="fp8", plan={"num_warps": 2, "loop_stages": 3}),
+    Config("34B-128k-fp8-n128-w8", "bf16", 64, 8, 131072, 128, kv="fp8", plan={"block_n": 128, "num_warps": 8}),
 ]
 APPEND_CONFIGS = [("bf16", "bf16", 32, 128, 1), ("bf16", "fp8", 8, 128, 8), ("fp32", "fp8", 3, 80, 16)]
 
 
 def _compile(fn, pointer_types: dict, constexprs: dict, target: GPUTarget, num_warps: int, num_stages: int,
-             floats=("qk_scale",), not_divisible=("num_splits",)):
+             floats=("qk_scale",), not_divisible=("num_splits",), maxnreg: int = 0):
     signature = {}
     for name in fn.arg_names:
         if name in constexprs:
@@ -89,13 +101,51 @@ def _compile(fn, pointer_types: dict, constexprs: dict, target: GPUTarget, num_w
              if kind != "constexpr" and name not in floats and name not in not_divisible
              and not kind.startswith("tensordesc")}
     return triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
-                          options={"num_warps": num_warps, "num_stages": num_stages})
+                          options={"num_warps": num_warps, "num_stages": num_stages,
+                                   **({"maxnreg": maxnreg} if maxnreg else {})})
 
 
-def compile_config(config: Config, target: GPUTarget = GPUTarget("cuda", 90, 32)) -> dict:
+def _nvidia_tool(name: str) -> Path:
+    return Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
+
+
+def sass_facts(cubin: bytes, with_opcodes: bool = False) -> dict:
+    """Registers and local-memory (spill) bytes per thread, and the instructions of each loop in
+    address order, read with the cuobjdump and nvdisasm that ship with Triton."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        usage = subprocess.run([_nvidia_tool("cuobjdump"), "--dump-resource-usage", f.name],
+                               capture_output=True, text=True).stdout
+        sass = subprocess.run([_nvidia_tool("nvdisasm"), "-c", f.name], capture_output=True, text=True).stdout
+    facts = {}
+    if found := re.search(r"REG:(\d+).*LOCAL:(\d+)", usage):
+        facts["registers"], facts["local_bytes"] = int(found[1]), int(found[2])
+    code, labels, pending = [], {}, []  # code: (address, opcode, branch target label)
+    for line in sass.splitlines():  # ".L_x_3:" lines, and "/*01a0*/   @P0 BRA `(.L_x_3) ;" lines
+        if label := re.match(r"\s*(\.L_x_\d+):", line):
+            pending.append(label[1])
+        elif ins := re.match(r"\s*/\*([0-9a-f]+)\*/\s+(.*?)\s*;", line):
+            address, text = int(ins[1], 16), re.sub(r"^@!?U?P[T0-9]+\s+", "", ins[2])
+            labels.update((name, address) for name in pending)
+            pending = []
+            target = re.search(r"(\.L_x_\d+)", text)
+            code.append((address, text.split()[0], target and target[1]))
+    loops = [(labels[target], address) for address, op, target in code
+             if op == "BRA" and target in labels and labels[target] < address]
+    bodies = [[op for address, op, _ in code if start <= address <= end] for start, end in sorted(loops)]
+    if bodies:  # the first loop is the key loop over whole tiles (the second, the partial tile's)
+        facts["loop_instructions"] = [len(body) for body in bodies]
+        if with_opcodes:
+            facts["loop_opcodes"] = dict(collections.Counter(bodies[0]).most_common())
+    return facts
+
+
+def compile_config(config: Config, target: GPUTarget = GPUTarget("cuda", 90, 32), with_opcodes: bool = False) -> dict:
     """Compile both kernels as `flash_decode` would launch them on a GPU; returns facts about the binaries."""
     fp8 = config.kv == "fp8"
-    plan = plan_launch(config.B, config.Hq, config.Hkv, config.S, config.D, T=config.T, fp8=fp8)
+    plan = plan_launch(config.B, config.Hq, config.Hkv, config.S, config.D, T=config.T, fp8=fp8,
+                       elem_bytes=4 if config.dtype == "fp32" else 2)
     plan = dataclasses.replace(plan, **config.plan)
     elem = POINTER[config.dtype]
     cache = POINTER["fp8"] if fp8 else elem
@@ -107,8 +157,8 @@ def compile_config(config: Config, target: GPUTarget = GPUTarget("cuda", 90, 32)
     else:
         kv_types = dict(K=cache, V=cache)
     part = "*bf16" if plan.partials == "bfloat16" else "*fp32"
-    constexprs = split_constexprs(plan, group=config.Hq // config.Hkv, T=config.T, fp8=fp8, has_seqlens=True,
-                                  upcast=False, ieee_dot=config.dtype == "fp32" and not fp8,
+    constexprs = split_constexprs(plan, group=config.Hq // config.Hkv, T=config.T, D=config.D, fp8=fp8,
+                                  has_seqlens=True, upcast=False, ieee_dot=config.dtype == "fp32" and not fp8,
                                   use_pdl=use_pdl, use_tma=plan.tma)
     if fp8:  # contiguous scales: a launch specialises their unit stride to the constant 1
         constexprs |= {"stride_ksn": 1, "stride_vsn": 1}
@@ -116,9 +166,12 @@ def compile_config(config: Config, target: GPUTarget = GPUTarget("cuda", 90, 32)
         _split_kv_kernel,
         dict(Q=elem, **kv_types, K_SCALE="*fp32", V_SCALE="*fp32", SEQLENS="*i32", OUT=elem, LSE="*fp32",
              PART_OUT=part, PART_LSE="*fp32"),
-        constexprs, target, plan.num_warps, plan.num_stages)
+        constexprs, target, plan.num_warps, plan.num_stages, maxnreg=plan.maxnreg)
     facts["split_cubin_bytes"] = len(split.asm["cubin"])
     facts["split_shared_bytes"] = split.metadata.shared
+    facts |= sass_facts(split.asm["cubin"], with_opcodes=with_opcodes)
+    if "registers" in facts:
+        facts["resident_programs"] = resident_programs(facts["registers"], split.metadata.shared, plan.num_warps)
     facts["tensor_cores"] = "mma" in split.asm["ptx"]
     facts["tma"] = "cp.async.bulk.tensor" in split.asm["ptx"]
     if plan.num_splits > 1:
@@ -138,18 +191,24 @@ def compile_append(new: str, cache: str, Hkv: int, D: int, T: int, target: GPUTa
         dict(K_NEW=POINTER[new], V_NEW=POINTER[new], K=POINTER[cache], V=POINTER[cache], K_SCALE="*fp32",
              V_SCALE="*fp32", POS="*i64"),
         dict(T=T, BLOCK_H=block_h, BLOCK_D=block_d, FP8=fp8), target, 4, 2, floats=())
+    ptx = binary.asm["ptx"]
+    # The quantization must be PyTorch's arithmetic: IEEE divisions (Triton's `/` on fp32 is the
+    # 2-ulp div.full), no contraction into fma, one round-to-nearest-even saturating conversion.
     return {"name": f"append-{new}-{cache}-h{Hkv}-d{D}-t{T}", "append_cubin_bytes": len(binary.asm["cubin"]),
-            "fp8_convert": "cvt.rn.satfinite.e4m3x2.f32" in binary.asm["ptx"]}
+            "fp8_convert": "cvt.rn.satfinite.e4m3x2.f32" in ptx,
+            "ieee_divisions": "div.rn.f32" in ptx and not re.search(r"div\.(full|approx)|rcp\.approx", ptx),
+            "float_fma": bool(re.search(r"fma\.\w+\.f32", ptx))}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for H100/H200")
     parser.add_argument("--only", default="", help="comma-separated substrings of configuration names")
+    parser.add_argument("--sass", action="store_true", help="add the key loop's SASS opcode histogram")
     args = parser.parse_args(argv)
     target = GPUTarget("cuda", args.arch, 32)
     wanted = [w for w in args.only.split(",") if w]
-    jobs = [(config.name, lambda c=config: compile_config(c, target)) for config in MAIN_CONFIGS]
+    jobs = [(config.name, lambda c=config: compile_config(c, target, args.sass)) for config in MAIN_CONFIGS]
     jobs += [(f"append-{a}-{b}-h{h}-d{d}-t{t}", lambda a=a, b=b, h=h, d=d, t=t: compile_append(a, b, h, d, t, target))
              for a, b, h, d, t in APPEND_CONFIGS]
     failures = 0

@@ -65,14 +65,16 @@ def plan_for(q: torch.Tensor, B: int, Hq: int, Hkv: int, S: int, D: int, T: int,
              num_splits: int | None = None) -> LaunchPlan:
     """The plan a call runs with: the device's tuned plan for this shape if there is one (16-bit q),
     else the heuristic; a forced `num_splits` overrides either's split count."""
+    elem_bytes = q.element_size()  # the caches' too, unless fp8
     if not q.is_cuda:
-        return plan_launch(B, Hq, Hkv, S, D, T=T, fp8=fp8, num_splits=num_splits)
+        return plan_launch(B, Hq, Hkv, S, D, T=T, fp8=fp8, num_splits=num_splits, elem_bytes=elem_bytes)
     name, num_sms = device_facts(q.device.index if q.device.index is not None else torch.cuda.current_device())
     plan = None
     if USE_TUNED_PLANS and q.dtype != torch.float32:
         plan = tuned_plan(name, num_sms, B, Hq, Hkv, S, D, T, fp8)
     if plan is None:
-        return plan_launch(B, Hq, Hkv, S, D, T=T, fp8=fp8, num_sms=num_sms, num_splits=num_splits)
+        return plan_launch(B, Hq, Hkv, S, D, T=T, fp8=fp8, num_sms=num_sms, num_splits=num_splits,
+                           elem_bytes=elem_bytes)
     if num_splits is not None and num_splits != plan.num_splits:
         return LaunchPlan(**{**plan.__dict__, "num_splits": num_splits})
     return plan
@@ -123,14 +125,14 @@ def _descriptor(cache: torch.Tensor, plan: LaunchPlan):
     return TensorDescriptor(cache, list(cache.shape), list(cache.stride()), [1, 1, plan.block_n, plan.block_d])
 
 
-def split_constexprs(plan: LaunchPlan, *, group: int, T: int, fp8: bool, has_seqlens: bool, upcast: bool,
+def split_constexprs(plan: LaunchPlan, *, group: int, T: int, D: int, fp8: bool, has_seqlens: bool, upcast: bool,
                      ieee_dot: bool, use_pdl: bool, use_tma: bool) -> dict:
     """The compile-time arguments of `_split_kv_kernel` for a plan (launch and compile_check share them)."""
     return dict(GROUP=group, T=T, HAS_SEQLENS=has_seqlens, SPLIT=plan.num_splits > 1,
                 BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_D=plan.block_d,
-                FP8=fp8, FP8_DOT=fp8 and plan.fp8_dot, UPCAST=upcast, IEEE_DOT=ieee_dot,
-                USE_PDL=use_pdl, TMA=use_tma, LOOP_STAGES=plan.loop_stages,
-                CACHE_MODIFIER=plan.cache_modifier, EVICTION=plan.eviction)
+                FP8=fp8, FP8_DOT=fp8 and plan.fp8_dot, FP8_EARLY=fp8 and plan.fp8_early, UPCAST=upcast,
+                IEEE_DOT=ieee_dot, USE_PDL=use_pdl, TMA=use_tma, LOOP_STAGES=plan.loop_stages or None,
+                CACHE_MODIFIER=plan.cache_modifier, EVICTION=plan.eviction, EVEN_D=D == plan.block_d)
 
 
 def combine_constexprs(plan: LaunchPlan, *, has_seqlens: bool, use_pdl: bool) -> dict:
@@ -142,18 +144,19 @@ def combine_warps(plan: LaunchPlan) -> int:
     return 4 if plan.block_d * triton.next_power_of_2(plan.num_splits) >= 4096 else 1
 
 
-def _run(kernel, grid, compile_only: bool, *args, **kwargs) -> None:
+def _run(kernel, grid, compile_only: bool, *args, **kwargs):
     if compile_only:  # build (or fetch) the binary without launching; under triton.AsyncCompileMode, queue it
-        kernel.warmup(*args, grid=grid, **kwargs)
-    else:
-        kernel[grid](*args, **kwargs)
+        return kernel.warmup(*args, grid=grid, **kwargs)
+    kernel[grid](*args, **kwargs)
+    return None
 
 
 def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scale=None, k_scale=None,
            v_scale=None, compile_only=False):
     """Run the kernels with an explicit plan (inputs already validated). Returns (out, lse) with
     out of q's shape and lse (B, Hq) or (B, Hq, T). `compile_only` builds the kernels the call would
-    launch (benchmarks compile their candidate plans in parallel first) and leaves out unwritten."""
+    launch and returns the split kernel's binary instead (benchmarks compile their candidate plans in
+    parallel first, and read registers and shared memory from the binaries)."""
     B, Hq, D = q.shape[0], q.shape[1], q.shape[-1]
     T = q.shape[2] if q.dim() == 4 else 1
     q4 = q if q.dim() == 4 else q.unsqueeze(2)                                # (B, Hq, T, D)
@@ -178,16 +181,16 @@ def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scal
     k_scale_arg, v_scale_arg = (k_scale, v_scale) if fp8 else (lse, lse)  # never read without FP8
     scale_strides = [st for t in (k_scale, v_scale) for st in t.stride()] if fp8 else [0] * 6
 
-    _run(_split_kv_kernel, (splits, B * Hkv * plan.row_blocks(group, T)), compile_only,
+    binary = _run(_split_kv_kernel, (splits, B * Hkv * plan.row_blocks(group, T)), compile_only,
         q4, k_arg, v_arg, k_scale_arg, v_scale_arg, seqlens, out, lse, part_out, part_lse,
         q4.stride(0), q4.stride(1), q4.stride(2),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         *scale_strides,
         S, Hkv, D, scale * LOG2_E, splits,
-        **split_constexprs(plan, group=group, T=T, fp8=fp8, has_seqlens=has_seqlens, upcast=upcast,
+        **split_constexprs(plan, group=group, T=T, D=D, fp8=fp8, has_seqlens=has_seqlens, upcast=upcast,
                            ieee_dot=q.dtype == torch.float32 and not fp8, use_pdl=use_pdl, use_tma=use_tma),
-        num_warps=plan.num_warps, num_stages=plan.num_stages,
+        num_warps=plan.num_warps, num_stages=plan.num_stages, **({"maxnreg": plan.maxnreg} if plan.maxnreg else {}),
     )
     if splits > 1:
         _run(_combine_kernel, (B * Hq * T,), compile_only,
@@ -197,7 +200,7 @@ def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scal
             num_warps=combine_warps(plan),
             **({"launch_pdl": True} if use_pdl else {}),
         )
-    return out, lse
+    return binary if compile_only else (out, lse)
 
 
 def append_kv(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None, v_scale=None):

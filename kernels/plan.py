@@ -2,12 +2,13 @@
 
 A plan depends on shapes and the device only, never on lengths (the grid must stay valid while a
 captured CUDA graph is replayed over growing lengths). Two sources:
-- `plan_launch`: the heuristic, tuned on an H100 (bench/results/NOTES.md); used on every device
-  that has no tuned plan file, and for float32 queries everywhere.
+- `plan_launch`: the heuristic, tuned on an H100 and corrected by the first H200 exploration
+  (bench/results/NOTES.md); used on every device that has no tuned plan file, and for float32
+  queries everywhere.
 - `tuned_plan`: a shape-keyed table that `python -m kernels.bench --tune` measures on one device
   and writes to kernels/plans/<device>.json (committed). A shape in the table gets its measured
   plan; another shape takes the tile options of the nearest measured shape of the same kind and
-  that shape's programs-per-SM target for its split count.
+  as many waves of programs as that shape filled for its split count.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ from pathlib import Path
 
 import triton
 
-# Planning constants, measured on an H100 (bench/results/NOTES.md records the sweeps).
+# Planning constants, measured on an H100 and an H200 (bench/results/NOTES.md records the sweeps).
 PROGRAMS_PER_SM = 2          # two resident programs per SM beat one and four (34B, 7B, paper shapes)
 MIN_BLOCKS_PER_SPLIT = 1     # even one tile per split paid off at short contexts (34B, S=1k)
 MAX_SPLITS = 128             # bounds the combine's tile; more splits never paid off
 MAX_BLOCK_M = 64             # query rows per program: beyond, the accumulator spills registers
+PIPELINE_STAGES = 3          # H200: 3 stages 7-8% faster than 2 at the same splits (34B 128k 126.5 vs 136.7 µs,
+                             # 16k 22.7 vs 25.2; bench/results/h200-explore-1); the H100 saw <= 3%
+STAGED_BYTES = 96 * 1024     # K/V bytes in flight per program at most (fp32 tiles take 2 stages)
 # The committed tables; CODECOMPLETE_PLANS_DIR points the planner at another directory (e.g. the
 # plans an exploration just wrote, to measure them before they are committed).
 PLANS_DIR = Path(os.environ.get("CODECOMPLETE_PLANS_DIR") or Path(__file__).with_name("plans"))
@@ -47,6 +51,9 @@ class LaunchPlan:
     eviction: str = ""          # K/V loads: "" or "evict_first" (read once)
     tma: bool = False           # K/V through tensor descriptors (TMA); needs 16-byte aligned strides
     fp8_dot: bool = False       # fp8 caches: scores by e4m3 tensor-core dots (q quantized per row)
+    fp8_early: bool = False     # fp8 caches: bytes -> fp16 right after loading (inline PTX; kernels.split_kv
+                                # says why it is off by default)
+    maxnreg: int = 0            # > 0: registers per thread capped (more resident programs, maybe spills)
     partials: str = "float32"   # split partials' dtype: "float32" or "bfloat16" (half the traffic)
     pdl: bool = True            # combine as a programmatic dependent launch where supported
 
@@ -56,8 +63,8 @@ class LaunchPlan:
 
 def tiles(group: int, T: int, D: int) -> tuple[int, int, int]:
     """(block_m, block_n, block_d) by the heuristic: 64 keys a tile (K and V tiles plus pipelining fit
-    shared memory). fp8 caches too: 128 keys (the same bytes as bf16's 64) take 237 registers a thread
-    at 4 warps and 150 at 8 (sm_90 build): two or one resident programs per SM."""
+    shared memory). fp8 caches too: 128 keys (the same bytes as bf16's 64) need 137 KB of shared
+    memory at 4 or 8 warps (sm_90 build), one program per SM; 64 keys hold three."""
     block_m = min(MAX_BLOCK_M, max(16, triton.next_power_of_2(group * T)))
     block_d = max(16, triton.next_power_of_2(D))
     block_n = 64 if block_d <= 128 else 32
@@ -76,9 +83,11 @@ def heuristic_splits(items: int, S: int, block_n: int, num_sms: int) -> int:
 
 
 def splits_for_programs(items: int, S: int, block_n: int, num_sms: int, programs_per_sm: float) -> int:
-    """The split count that gives about `programs_per_sm` programs per SM (whole tiles, at most MAX_SPLITS)."""
+    """The split count that gives at most `programs_per_sm` programs per SM, as close as it can (whole
+    tiles, at most MAX_SPLITS). Rounded down: a few programs past a full wave wait for a second one
+    (H200, 7B 64k, 32 KV heads: 9 splits 260 µs, 8 splits 240 µs, bench/results/h200-explore-1)."""
     n_blocks = max(1, math.ceil(S / block_n))
-    wanted = math.ceil(programs_per_sm * num_sms / items)
+    wanted = math.floor(programs_per_sm * num_sms / items + 1e-9)  # a stored ratio may be a hair short
     return max(1, min(wanted, n_blocks // MIN_BLOCKS_PER_SPLIT, MAX_SPLITS))
 
 
@@ -97,15 +106,29 @@ def wave_splits(items: int, S: int, block_n: int, num_sms: int, resident_per_sm:
 
 @functools.lru_cache(maxsize=256)  # a pure function of shapes, asked on every launch
 def plan_launch(B: int, Hq: int, Hkv: int, S: int, D: int, *, T: int = 1, fp8: bool = False,
-                num_sms: int = 132, num_splits: int | None = None) -> LaunchPlan:
-    """The heuristic plan. The grid is num_splits x (B x Hkv x row blocks) programs."""
+                num_sms: int = 132, num_splits: int | None = None, elem_bytes: int = 2) -> LaunchPlan:
+    """The heuristic plan. The grid is num_splits x (B x Hkv x row blocks) programs. `elem_bytes` is
+    the caches' element size (fp8 caches: 1 whatever it says): fp32 tiles get two stages, not three,
+    to stay within shared memory."""
     group = Hq // Hkv
     block_m, block_n, block_d = tiles(group, T, D)
     items = B * Hkv * -(-group * T // block_m)
     if num_splits is None:
         num_splits = heuristic_splits(items, S, block_n, num_sms)
+    tile_pair_bytes = 2 * block_n * block_d * (1 if fp8 else elem_bytes)  # a K and a V tile
+    stages = PIPELINE_STAGES if PIPELINE_STAGES * tile_pair_bytes <= STAGED_BYTES else 2
     return LaunchPlan(num_splits=num_splits, block_m=block_m, block_n=block_n, block_d=block_d,
-                      num_warps=8 if block_m >= 64 else 4, num_stages=2)
+                      num_warps=8 if block_m >= 64 else 4, num_stages=stages)
+
+
+def resident_programs(registers: int, shared_bytes: int, num_warps: int) -> int:
+    """Programs of one kernel an sm_90 SM holds at once: registers are allocated per warp in units of
+    256 from 64K, shared memory from 228 KiB with 1 KiB reserved per program, at most 64 warps and
+    32 programs. Splits that fill whole waves of these are the ones worth timing (kernels.tune)."""
+    per_warp = -(-registers * 32 // 256) * 256
+    by_registers = 65536 // (per_warp * num_warps) if registers else 32
+    by_shared = (228 * 1024) // (shared_bytes + 1024)
+    return max(0, min(by_registers, by_shared, 64 // num_warps, 32))
 
 
 # --- tuned plans: one JSON file per device, written by `python -m kernels.bench --tune` -----------
@@ -151,16 +174,21 @@ def tuned_plan(name: str, num_sms: int, B: int, Hq: int, Hkv: int, S: int, D: in
         return None
     nearest = min(same_kind, key=lambda e: _distance(e["key"], key))
     plan = LaunchPlan(**nearest["plan"])
+    if not fp8:  # fp8 options mean nothing here (older tables recorded the then default fp8_early=True)
+        plan = dataclasses.replace(plan, fp8_early=False, fp8_dot=False)
     if nearest["key"] == key:
         return plan
-    # Another shape of the same kind: its tile options, rows for this T, and its programs per SM
-    # for the split count.
+    # Another shape of the same kind: its tile options, rows for this T, and as many waves of
+    # programs as it filled (partly) for the split count. Its exact programs per SM would strand
+    # SMs: 34B 16k's 120 programs (15 splits x 8 heads) lent to B=8 gave 64 heads 1 split, half the
+    # GPU idle (151.8 µs vs cuDNN's 131.1, bench/results/h200-final-1); one wave allows 2 splits.
     plan = dataclasses.replace(plan, block_m=tiles(Hq // Hkv, T, D)[0])
     items = B * Hkv * plan.row_blocks(Hq // Hkv, T)
     if nearest["plan"]["num_splits"] == 1 and items >= nearest["items"]:
         splits = 1
     else:
-        splits = splits_for_programs(items, S, plan.block_n, num_sms, nearest["programs_per_sm"])
+        waves = math.ceil(nearest["programs_per_sm"] - 1e-6)
+        splits = splits_for_programs(items, S, plan.block_n, num_sms, waves)
     return dataclasses.replace(plan, num_splits=splits)
 
 

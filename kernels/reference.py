@@ -29,17 +29,38 @@ def _compute_dtype(q: torch.Tensor) -> torch.dtype:
     return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
+def fp8_scale(amax: torch.Tensor) -> torch.Tensor:
+    """float32 amax (...) -> float32 scales amax / 448 rounded once (IEEE), 1 where amax is 0.
+
+    Not `amax / 448`: on CUDA PyTorch divides by a Python number as `amax * (1 / 448)` (an fp32
+    reciprocal, then a rounded product), which differs from the correctly rounded quotient for 55%
+    of float32 mantissas. The quotient of two floats computed in float64 and rounded to float32 is
+    the correctly rounded fp32 quotient (53 >= 2 x 24 + 2 bits), and stays so when float64 divides
+    by a reciprocal too: the same scales on every device, equal to the kernel's `div_rn`.
+    """
+    return torch.where(amax > 0, (amax.double() / FP8_MAX).float(), torch.ones_like(amax))
+
+
 def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """e4m3 values and float32 scales of x (..., D), one scale per row: amax / 448, 1 where amax is 0.
 
     Returns (values (..., D) float8_e4m3fn, scale (...) float32) with x ~ values.float() * scale.
-    The kernels quantize with exactly this arithmetic (fp32 amax, IEEE divisions, clamp, round to nearest).
+    The kernels quantize with exactly this arithmetic (fp32 amax, correctly rounded divisions,
+    clamp, round to nearest even); tensor-by-tensor division is IEEE on CPU and CUDA alike.
     """
     xf = x.float()
-    amax = xf.abs().amax(dim=-1)                                        # (...)
-    scale = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    scale = fp8_scale(xf.abs().amax(dim=-1))                            # (...)
     values = (xf / scale[..., None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
     return values, scale
+
+
+def e4m3_steps_apart(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """int32 count of representable e4m3 values between a and b (float8_e4m3fn or their uint8 bytes):
+    codes are sign and magnitude, monotonic in the magnitude; +0 and -0 are 0 steps apart."""
+    a, b = a.view(torch.uint8).int(), b.view(torch.uint8).int()
+    signed_a = torch.where(a >> 7 == 1, -(a & 0x7F), a & 0x7F)
+    signed_b = torch.where(b >> 7 == 1, -(b & 0x7F), b & 0x7F)
+    return (signed_a - signed_b).abs()
 
 
 def dequantize(cache: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:

@@ -20,7 +20,20 @@ converted to fp16 (one `cvt` per two values on sm_90; bf16 would need a second c
 q is converted to fp16 once, the K scales multiply the scores per key column and the V scales the
 probabilities per key column. p * v_scale can fall below fp16's normal range (a probability of
 1e-5 times a scale of 1e-3), so p is multiplied by v_scale / max(v_scale of the tile), which keeps it
-in [0, 1], and the tile's product is multiplied back by that max. `FP8_DOT` instead quantizes q to
+in [0, 1], and the tile's product is multiplied back by that max.
+
+Where the bytes become fp16 decides the fp8 kernel's speed (sm_90 SASS of the key loop, 64-key
+tiles, 4 warps; bench/results/NOTES.md). Left to Triton (`FP8_EARLY` off), the conversion moves
+behind the dots' layout change: V is gathered from shared memory one byte at a time (64 `LDS.U8`
+and ~150 packing moves a tile) and both dots take 8-bit operand widths (64 register moves around
+the QK mma); run 1 on the H200 was 791 instructions a tile and two programs per SM, instruction-
+bound at 54% of the read rate. `FP8_EARLY` converts right after loading, in the loads' own layout,
+with an inline-PTX conversion Triton cannot move; the transposes then run on 16-bit values
+(`STS.128` + `LDSM.T`): 421 instructions a tile, three programs per SM. Yet on the H200 Triton's
+placement ran faster at every plan that fills the GPU (bench/results/h200-explore-2: the same plan
+with early conversion 1.3x slower in the median of 131 pairs, 157 vs 272 µs at 7B 64k's best): fewer
+instructions did not make the early kernel faster, so it is an option, off by default. The
+interpreter cannot run PTX: there the conversion is `.to()`. `FP8_DOT` instead quantizes q to
 e4m3 (a scale per row) and computes the scores with fp8 tensor-core dots, skipping K's conversion.
 
 How a sequence is split is decided inside the kernel from its current length: the grid depends
@@ -29,8 +42,8 @@ share out whatever length the sequence has now. Splits past the end of a short s
 once; the combine counts the same splits and never reads theirs.
 
 Launch options (chosen by `kernels.plan`, swept by `python -m kernels.bench --tune`): BLOCK_N keys
-per tile; LOOP_STAGES > 0 software-pipelines every load of the key loop (`tl.range(num_stages=)`),
-not only those feeding dots; CACHE_MODIFIER / EVICTION are load hints for K/V (".cg",
+per tile; LOOP_STAGES (None: the kernel's num_stages) software-pipelines the key loop's loads
+(`tl.range(num_stages=)`); CACHE_MODIFIER / EVICTION are load hints for K/V (".cg",
 "evict_first": K/V are read once, so they need not displace anything from L2); TMA loads K/V
 through host tensor descriptors (their rows past S are zero-filled, rows in [len, S) are masked
 after loading).
@@ -104,19 +117,35 @@ def _load_tile(ptrs, desc, b, h, block_start, cols, mask_n, mask_d, stride_n,
 
 
 @triton.jit
+def _e4m3_to_fp16(x):
+    """e4m3 -> fp16, four values per call (one `cvt` per two), in x's own register layout.
+
+    Impure on purpose: Triton then neither moves the dot's layout change to before it (onto the
+    bytes) nor derives the dot operands' width from the 8-bit load behind it."""
+    return tl.inline_asm_elementwise(
+        "{ .reg .b16 lo, hi; mov.b32 {lo, hi}, $2; cvt.rn.f16x2.e4m3x2 $0, lo; cvt.rn.f16x2.e4m3x2 $1, hi; }",
+        "=r,=r,r", [x.to(tl.uint8, bitcast=True)], dtype=tl.float16, is_pure=False, pack=4)
+
+
+@triton.jit
 def _attend_tile(q, q_row_scale, m_i, l_i, acc, block_start, end, last_key,
                  k_ptrs, v_ptrs, k_desc, v_desc, ks_ptrs, vs_ptrs, b, h,
                  stride_kn, stride_vn, stride_ksn, stride_vsn, offs_n, mask_d, qk_scale,
-                 T: tl.constexpr, FP8: tl.constexpr, FP8_DOT: tl.constexpr, DOT_DTYPE: tl.constexpr,
-                 UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr, TMA: tl.constexpr,
+                 T: tl.constexpr, MASK_KEYS: tl.constexpr, FP8: tl.constexpr, FP8_DOT: tl.constexpr,
+                 FP8_EARLY: tl.constexpr, DOT_DTYPE: tl.constexpr, UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr,
+                 TMA: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                  CACHE_MODIFIER: tl.constexpr, EVICTION: tl.constexpr):
-    """Online softmax of the q rows over one tile of keys starting at block_start.
+    """Online softmax of the q rows over one tile of keys starting at block_start (keys past `end`
+    masked if MASK_KEYS, else the tile is whole).
 
     q: (BLOCK_M, BLOCK_D); m_i, l_i: (BLOCK_M,) running max and sum (base 2); acc: (BLOCK_M, BLOCK_D).
     """
     cols = block_start + offs_n                                               # (BLOCK_N,)
-    mask_n = cols < end
+    if MASK_KEYS:
+        mask_n = cols < end
+    else:  # a constant: the masks below fold away
+        mask_n = tl.full([BLOCK_N], 1, tl.int1)
     k = _load_tile(k_ptrs, k_desc, b, h, block_start, cols, mask_n, mask_d, stride_kn,
                    TMA, BLOCK_N, BLOCK_D, CACHE_MODIFIER, EVICTION)           # (BLOCK_N, BLOCK_D)
     v = _load_tile(v_ptrs, v_desc, b, h, block_start, cols, mask_n, mask_d, stride_vn,
@@ -124,9 +153,14 @@ def _attend_tile(q, q_row_scale, m_i, l_i, acc, block_start, end, last_key,
     if FP8:
         k_scale = tl.load(ks_ptrs + cols * stride_ksn, mask=mask_n, other=0.0)  # (BLOCK_N,) fp32
         v_scale = tl.load(vs_ptrs + cols * stride_vsn, mask=mask_n, other=0.0)
-        if not FP8_DOT:
-            k = k.to(DOT_DTYPE)
-        v = v.to(DOT_DTYPE)
+        if FP8_EARLY and not UPCAST:
+            if not FP8_DOT:
+                k = _e4m3_to_fp16(k)
+            v = _e4m3_to_fp16(v)
+        else:
+            if not FP8_DOT:
+                k = k.to(DOT_DTYPE)
+            v = v.to(DOT_DTYPE)
     elif UPCAST:  # the CPU interpreter computes 16-bit floats wrongly: widen right after loading
         k = k.to(tl.float32)
         v = v.to(tl.float32)
@@ -157,7 +191,8 @@ def _attend_tile(q, q_row_scale, m_i, l_i, acc, block_start, end, last_key,
     l_i = l_i * alpha + tl.sum(p, axis=1)
     if FP8:
         v_max = tl.maximum(tl.max(v_scale, axis=0), 1e-30)
-        pv = tl.dot((p * (v_scale / v_max)[None, :]).to(v.dtype), v) * v_max
+        # one reciprocal a tile: a division per key costs ~8 instructions each
+        pv = tl.dot((p * (v_scale * (1.0 / v_max))[None, :]).to(v.dtype), v) * v_max
     elif IEEE_DOT:
         pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
     else:
@@ -177,9 +212,10 @@ def _split_kv_kernel(
     S, HKV, D, qk_scale, num_splits,
     GROUP: tl.constexpr, T: tl.constexpr, HAS_SEQLENS: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    FP8: tl.constexpr, FP8_DOT: tl.constexpr, UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr,
+    FP8: tl.constexpr, FP8_DOT: tl.constexpr, FP8_EARLY: tl.constexpr, UPCAST: tl.constexpr,
+    IEEE_DOT: tl.constexpr,
     USE_PDL: tl.constexpr, TMA: tl.constexpr, LOOP_STAGES: tl.constexpr,
-    CACHE_MODIFIER: tl.constexpr, EVICTION: tl.constexpr,
+    CACHE_MODIFIER: tl.constexpr, EVICTION: tl.constexpr, EVEN_D: tl.constexpr,
 ):
     """Q (B, Hq, T, D) strided; K, V (B, Hkv, S, D) (pointers, or tensor descriptors with TMA);
     K_SCALE, V_SCALE (B, Hkv, S) fp32 with FP8; OUT (B, Hq, T, D), LSE (B, Hq, T) contiguous;
@@ -207,7 +243,10 @@ def _split_kv_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     mask_m = rows < ROWS
-    mask_d = offs_d < D
+    if EVEN_D:  # D == BLOCK_D: loads need one predicate per row, not one per column
+        mask_d = tl.full([BLOCK_D], 1, tl.int1)
+    else:
+        mask_d = offs_d < D
     heads = h * GROUP + rows // T                                             # (BLOCK_M,) query heads
     tokens = rows % T                                                         # (BLOCK_M,) query tokens
     last_key = seqlen - T + tokens                                            # (BLOCK_M,) causal limit
@@ -236,18 +275,22 @@ def _split_kv_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    if LOOP_STAGES > 0:
-        for block_start in tl.range(start, end, BLOCK_N, num_stages=LOOP_STAGES):
-            m_i, l_i, acc = _attend_tile(
-                q, q_row_scale, m_i, l_i, acc, block_start, end, last_key, k_ptrs, v_ptrs, K, V, ks_ptrs, vs_ptrs,
-                b, h, stride_kn, stride_vn, stride_ksn, stride_vsn, offs_n, mask_d, qk_scale,
-                T, FP8, FP8_DOT, DOT_DTYPE, UPCAST, IEEE_DOT, TMA, BLOCK_N, BLOCK_D, CACHE_MODIFIER, EVICTION)
-    else:
-        for block_start in range(start, end, BLOCK_N):
-            m_i, l_i, acc = _attend_tile(
-                q, q_row_scale, m_i, l_i, acc, block_start, end, last_key, k_ptrs, v_ptrs, K, V, ks_ptrs, vs_ptrs,
-                b, h, stride_kn, stride_vn, stride_ksn, stride_vsn, offs_n, mask_d, qk_scale,
-                T, FP8, FP8_DOT, DOT_DTYPE, UPCAST, IEEE_DOT, TMA, BLOCK_N, BLOCK_D, CACHE_MODIFIER, EVICTION)
+    # Whole tiles need no key mask (their loads are unpredicated, TMA tiles are used as loaded):
+    # 20-25% fewer instructions a tile. Only a split's last, partial tile is masked, in a second
+    # loop: as straight-line code it held both tiles in registers (146 instead of 80, bf16 34B).
+    full_end = start + (end - start) // BLOCK_N * BLOCK_N
+    for block_start in tl.range(start, full_end, BLOCK_N, num_stages=LOOP_STAGES):  # None: kernel num_stages
+        m_i, l_i, acc = _attend_tile(
+            q, q_row_scale, m_i, l_i, acc, block_start, end, last_key, k_ptrs, v_ptrs, K, V, ks_ptrs, vs_ptrs,
+            b, h, stride_kn, stride_vn, stride_ksn, stride_vsn, offs_n, mask_d, qk_scale,
+            T, False, FP8, FP8_DOT, FP8_EARLY, DOT_DTYPE, UPCAST, IEEE_DOT, TMA, BLOCK_N, BLOCK_D, CACHE_MODIFIER,
+            EVICTION)
+    for tail_start in tl.range(full_end, end, BLOCK_N, num_stages=2):  # one tile at most; a loop
+        m_i, l_i, acc = _attend_tile(                                        # keeps its loads in shared memory
+            q, q_row_scale, m_i, l_i, acc, tail_start, end, last_key, k_ptrs, v_ptrs, K, V, ks_ptrs, vs_ptrs,
+            b, h, stride_kn, stride_vn, stride_ksn, stride_vsn, offs_n, mask_d, qk_scale,
+            T, True, FP8, FP8_DOT, FP8_EARLY, DOT_DTYPE, UPCAST, IEEE_DOT, TMA, BLOCK_N, BLOCK_D, CACHE_MODIFIER,
+            EVICTION)
 
     # A row without keys (an empty sequence with one split; an early token's split past its last
     # key) leaves l_i = 0: output zeros, lse -inf.

@@ -1,10 +1,13 @@
 """Attention: prefill always through PyTorch SDPA; the decode step through one of three backends.
 
     flash  kernels.flash_decode: Triton split-KV Flash-Decoding (graph-safe; the GPU default)
-    sdpa   torch's scaled_dot_product_attention for the single query token too (the CPU default)
+    sdpa   torch's scaled_dot_product_attention for the decode tokens too (the CPU default)
     eager  kernels.reference.flash_decode: repeat_kv + matmul + softmax, the "standard attention" baseline
 
-All three read the same (B, Hkv, S, D) cache with per-sequence lengths, so switching is free.
+All three read the same (B, Hkv, S, D) cache with per-sequence lengths, so switching is free; an fp8
+cache is read by flash and eager with its scales and dequantized for sdpa (an int8 one, which the kernels
+do not take yet, is dequantized for all three).
+A decode step carries T >= 1 tokens per sequence (1 + drafts under verification), causal among themselves.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import functools
 import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
+
+from models.kv_cache import CacheView
 
 BACKENDS = ("flash", "sdpa", "eager")
 
@@ -29,32 +34,48 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
-def decode_attention(backend: str, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                     cache_seqlens: torch.Tensor, exact: bool) -> torch.Tensor:
-    """One query token per sequence over its cache.
+def decode_attention(backend: str, q: torch.Tensor, cache: CacheView, cache_seqlens: torch.Tensor,
+                     exact: bool) -> torch.Tensor:
+    """The last T tokens of each sequence over its cache, causal among themselves (bottom-right).
 
-    q (B, Hq, D); k_cache, v_cache (B, Hkv, S, D); cache_seqlens int32 (B,), the valid length of each row.
-    `exact` promises every row holds exactly S tokens, so SDPA can skip the mask (and use its fastest kernels).
-    Returns (B, Hq, D).
+    q (B, Hq, T, D); cache (B, Hkv, S, D) (+ fp8 scales (B, Hkv, S)); cache_seqlens int32 (B,), the valid
+    length of each row, the T new tokens included: query t sees keys [0, len - T + t].
+    `exact` promises every row holds exactly S tokens, so SDPA can skip the mask for T = 1 (its fastest kernels).
+    Returns (B, Hq, T, D).
     """
-    if backend == "flash":
-        return _flash_decode()(q, k_cache, v_cache, cache_seqlens)
-    if backend == "eager":
-        return _reference_decode()(q, k_cache, v_cache, cache_seqlens)
+    if backend in ("flash", "eager"):
+        fn = _flash_decode() if backend == "flash" else _reference_decode()
+        if cache.k.dtype == torch.int8:
+            cache = CacheView(*cache.dequantized(q.dtype))
+        single = q.shape[2] == 1           # the one-token kernel, exactly as before multi-token decoding
+        out = fn(q[:, :, 0] if single else q, cache.k, cache.v, cache_seqlens,
+                 k_scale=cache.k_scale, v_scale=cache.v_scale)
+        return out[:, :, None] if single else out
     if backend == "sdpa":
-        B, Hq, D = q.shape
-        Hkv, S = k_cache.shape[1], k_cache.shape[2]
-        # GQA as a short query sequence: the query heads sharing a KV head become that head's queries,
-        # so K/V are read once per group, never repeated (and the CPU kernels avoid a slow path).
-        q_grouped = q.view(B, Hkv, Hq // Hkv, D)                                       # (B, Hkv, G, D)
-        mask = None if exact else (torch.arange(S, device=q.device) < cache_seqlens[:, None])[:, None, None, :]
-        out = F.scaled_dot_product_attention(q_grouped, k_cache, v_cache, attn_mask=mask)  # mask (B, 1, 1, S)
-        return out.view(B, Hq, D)
+        return _sdpa_decode(q, *cache.dequantized(q.dtype), cache_seqlens, exact)
     raise ValueError(f"unknown attention backend {backend!r} (choose from {', '.join(BACKENDS)})")
 
 
+def _sdpa_decode(q, k_cache, v_cache, cache_seqlens, exact: bool) -> torch.Tensor:
+    B, Hq, T, D = q.shape
+    Hkv, S = k_cache.shape[1], k_cache.shape[2]
+    G = Hq // Hkv
+    # GQA as a short query sequence: the query heads sharing a KV head become that head's G x T queries,
+    # so K/V are read once per group, never repeated (and the CPU kernels avoid a slow path).
+    q_grouped = q.reshape(B, Hkv, G * T, D)                                             # (B, Hkv, G*T, D)
+    if exact and T == 1:
+        mask = None
+    else:
+        # Query t of row b sees keys j < len_b - T + 1 + t.
+        ends = cache_seqlens[:, None] - T + 1 + torch.arange(T, device=q.device)        # (B, T)
+        mask = torch.arange(S, device=q.device) < ends[:, :, None]                      # (B, T, S)
+        mask = mask[:, None].expand(B, G, T, S).reshape(B, 1, G * T, S)                 # (B, 1, G*T, S)
+    out = F.scaled_dot_product_attention(q_grouped, k_cache, v_cache, attn_mask=mask)   # (B, Hkv, G*T, D)
+    return out.view(B, Hq, T, D)
+
+
 # Lazy: importing kernels JIT-decorates Triton functions, and on CPU that must happen after
-# TRITON_INTERPRET=1 is set (the engine does it when flash is asked for on CPU).
+# TRITON_INTERPRET=1 is set (the codecomplete command sets it before Triton is imported).
 @functools.cache
 def _flash_decode():
     from kernels import flash_decode

@@ -1,12 +1,14 @@
 """End-to-end decode benchmark: our model per attention backend, Hugging Face transformers, the roofline.
 
     python -m models.bench [--models 7B,34B] [--contexts 4096,16384,32768,65536] [--batches 1,8]
-                           [--layers-34b N] [--hf static,dynamic] [--out DIR]
+                           [--layers-34b N] [--hf static,dynamic] [--kv-caches bf16,fp8] [--out DIR]
     python -m models.bench --gpus N [--models 34B,70B] [--contexts 16384,65536]   # tensor parallel: models/tp_bench.py
 
 Needs a CUDA GPU and only torch, triton and transformers (the GPU image has no gguf or tree-sitter).
 Random weights of the presets' exact shapes: a decode step's time does not depend on the values.
-Caches are filled with random K/V (never zeros) up to the context; prefill is excluded.
+Caches are filled with random K/V (never zeros) up to the context; prefill is excluded. --kv-caches adds
+rows with 8-bit caches (fp8, int8: random 8-bit values and scales), read by every backend.
+(models/decode_bench.py: issues 11 and 13's GPU run, the 8-bit caches' capacity and verification steps.)
 
 Per (model, batch, context) it reports decode tokens/s for:
   ours   --attention flash | sdpa | eager: one CUDA-graph replay per token, the dense parts compiled;
@@ -44,29 +46,42 @@ def weight_bytes_per_step(model) -> int:
     return total
 
 
-def kv_bytes_per_step(config, batch: int, context: int, element_size: int = 2) -> int:
+def kv_bytes_per_step(config, batch: int, context: int, element_size: int = 2, quant: str | None = None) -> int:
+    """Bytes of K and V (and of 8-bit caches' scales) a step reads at `context` tokens per row."""
+    from models.kv_cache import kv_cache_bytes_per_token
+    if quant:
+        return batch * context * kv_cache_bytes_per_token(config, torch.bfloat16, quant)
     return batch * context * config.kv_bytes_per_token(element_size)
 
 
 def fill_cache_randomly(model, context: int) -> None:
+    """Random keys and values in the first `context` slots: normal values, or for an 8-bit cache random
+    8-bit values spread over its range and positive scales (the time does not depend on them)."""
     for layer in model.layers:
         cache = layer.attention.kv_cache
-        cache.k[:, :, :context].normal_()
-        cache.v[:, :, :context].normal_()
+        for values, scale in ((cache.k, cache.k_scale), (cache.v, cache.v_scale)):
+            view = values[:, :, :context]
+            if scale is None:
+                view.normal_()
+                continue
+            top = 448.0 if view.dtype == torch.float8_e4m3fn else 127.0
+            view.copy_(torch.randn(view.shape, device=view.device).mul_(top / 4).clamp_(-top, top).to(view.dtype))
+            scale[:, :, :context].uniform_(0.005, 0.02)
 
 
-def steady_decode(model, batch: int, context: int, backend: str):
-    """A zero-argument decode step with `context` tokens in every row's cache, through `backend`."""
+def steady_decode(model, batch: int, context: int, backend: str, width: int = 1):
+    """A zero-argument decode step with `context` tokens in every row's cache, through `backend`: the
+    last `width` of them are the step's tokens (1, or 1 + drafts being verified)."""
     device = model.output.weight.device
-    tokens = torch.randint(0, model.config.vocab_size, (batch, 1), device=device)
-    input_pos = torch.full((batch,), context - 1, dtype=torch.long, device=device)
-    step = Decode(input_pos, (input_pos + 1).to(torch.int32), backend, kv_len=None, exact=True)
+    tokens = torch.randint(0, model.config.vocab_size, (batch, width), device=device)
+    input_pos = torch.full((batch,), context - width, dtype=torch.long, device=device)
+    step = Decode(input_pos, (input_pos + width).to(torch.int32), backend, kv_len=None, exact=width == 1)
     return lambda: model.decode(tokens, step)
 
 
-def ours_step_us(model, batch: int, context: int, backend: str, replays: int) -> float:
+def ours_step_us(model, batch: int, context: int, backend: str, replays: int, width: int = 1) -> float:
     """µs per decode step (graph replay) with `context` tokens in every row, through `backend`."""
-    return graph_replay_us(steady_decode(model, batch, context, backend), replays)
+    return graph_replay_us(steady_decode(model, batch, context, backend, width), replays)
 
 
 @torch.no_grad()
@@ -154,45 +169,56 @@ def fits(n_bytes: int, headroom: int = 3 * GiB) -> bool:
 
 
 def bench_ours(name: str, n_layers: int | None, contexts, batches, bandwidth: float, replays: int, log,
-               checks: dict) -> list[dict]:
-    rows = []
+               checks: dict, kv_caches=("bf16",), backends=BACKENDS) -> list[dict]:
     model = build_random_model(name, n_layers=n_layers, device="cuda", dtype=torch.bfloat16, max_len=max(contexts))
     checks[name] = check_backends_and_compile(model, log)   # also compiles the dense parts
     if PROFILE_TO is not None:
         profile_step(model, 1, contexts[0], "flash", PROFILE_TO / f"profile-{name}-S{contexts[0]}.txt")
-    config = model.config
-    weights = weight_bytes_per_step(model)
-    for batch in batches:
-        for context in contexts:
-            kv = kv_bytes_per_step(config, batch, context)
-            row = {"impl": "ours", "model": name, "layers": config.n_layers, "batch": batch, "context": context,
-                   "weight_gb": weights / 1e9, "kv_gb": kv / 1e9,
-                   "roofline_tok_s": batch * bandwidth / (weights + kv), "tok_s": {}, "step_us": {},
-                   "compiled": True}
-            model.free_caches()
-            if not fits(kv):
-                row["skipped"] = f"KV cache of {kv / GiB:.1f} GiB does not fit next to {weights / GiB:.1f} GiB of weights"
-                log(f"  {name} B={batch} S={context}: {row['skipped']}")
-                rows.append(row)
-                continue
-            model.setup_caches(batch, context, name)
-            fill_cache_randomly(model, context)
-            for backend in BACKENDS:
-                try:
-                    us = ours_step_us(model, batch, context, backend, replays)
-                    row["step_us"][backend] = us
-                    row["tok_s"][backend] = batch * 1e6 / us
-                except Exception as error:  # a backend that cannot run this size: record why, go on
-                    row.setdefault("errors", {})[backend] = f"{type(error).__name__}: {str(error)[:200]}"
-                torch.cuda.synchronize()
-            log(f"  ours {name} L={config.n_layers} B={batch} S={context}: " + "  ".join(
-                f"{b} {row['tok_s'].get(b, float('nan')):7.1f}" for b in BACKENDS) +
-                f"  roofline {row['roofline_tok_s']:7.1f} tok/s")
-            rows.append(row)
+    rows = measure_steps(model, name, contexts, batches, bandwidth, replays, log, kv_caches, backends)
     model.free_caches()
     del model
     gc.collect()
     torch.cuda.empty_cache()
+    return rows
+
+
+def measure_steps(model, name: str, contexts, batches, bandwidth: float, replays: int, log,
+                  kv_caches=("bf16",), backends=BACKENDS) -> list[dict]:
+    """One row per (batch, context, KV cache type): each backend's decode step as a graph replay."""
+    rows = []
+    config = model.config
+    weights = weight_bytes_per_step(model)
+    for batch in batches:
+        for context in contexts:
+            for kind in kv_caches:
+                quant = None if kind == "bf16" else kind
+                kv = kv_bytes_per_step(config, batch, context, quant=quant)
+                row = {"impl": "ours", "model": name, "layers": config.n_layers, "batch": batch, "context": context,
+                       "kv_cache": kind, "weight_gb": weights / 1e9, "kv_gb": kv / 1e9,
+                       "roofline_tok_s": batch * bandwidth / (weights + kv), "tok_s": {}, "step_us": {},
+                       "compiled": True}
+                model.free_caches()
+                if not fits(kv):
+                    row["skipped"] = (f"{kind} KV cache of {kv / GiB:.1f} GiB does not fit next to "
+                                      f"{weights / GiB:.1f} GiB of weights")
+                    log(f"  {name} B={batch} S={context}: {row['skipped']}")
+                    rows.append(row)
+                    continue
+                model.setup_caches(batch, context, name, quant)
+                fill_cache_randomly(model, context)
+                for backend in backends:
+                    try:
+                        us = ours_step_us(model, batch, context, backend, replays)
+                        row["step_us"][backend] = us
+                        row["tok_s"][backend] = batch * 1e6 / us
+                    except Exception as error:  # a backend that cannot run this size: record why, go on
+                        row.setdefault("errors", {})[backend] = f"{type(error).__name__}: {str(error)[:200]}"
+                    torch.cuda.synchronize()
+                log(f"  ours {name} L={config.n_layers} B={batch} S={context} {kind}: " + "  ".join(
+                    f"{b} {row['tok_s'].get(b, float('nan')):7.1f}" for b in backends) +
+                    f"  roofline {row['roofline_tok_s']:7.1f} tok/s")
+                rows.append(row)
+    model.free_caches()
     return rows
 
 
@@ -316,15 +342,15 @@ def markdown(env: dict, bandwidth: float, rows: list[dict]) -> str:
              "/ copy bandwidth. tok/s summed over the batch. HF = transformers' LlamaForCausalLM: 'loop' calls the model "
              "once per token with the cache (the leanest eager use), 'generate' is `model.generate`; "
              "'flash/HF best' divides by the fastest of the four.", "",
-             "| model | layers | B | context | roofline | flash | % roofline | sdpa | eager | flash/sdpa | flash/eager "
-             "| HF loop static | HF loop dynamic | HF generate static | HF generate dynamic | flash/HF best |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | layers | B | context | KV cache | roofline | flash | % roofline | sdpa | eager | flash/sdpa "
+             "| flash/eager | HF loop static | HF loop dynamic | HF generate static | HF generate dynamic | flash/HF best |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["impl"] != "ours":
             continue
         if "skipped" in r:
-            lines.append(f"| {r['model']} | {r['layers']} | {r['batch']} | {r['context']} | | {r['skipped']} |"
-                         " | | | | | | | | | |")
+            lines.append(f"| {r['model']} | {r['layers']} | {r['batch']} | {r['context']} | {r.get('kv_cache', 'bf16')} "
+                         f"| | {r['skipped']} | | | | | | | | | | |")
             continue
         t = r["tok_s"]
         nan = float("nan")
@@ -332,7 +358,8 @@ def markdown(env: dict, bandwidth: float, rows: list[dict]) -> str:
         h = hf.get((r["model"], r["layers"], r["batch"], r["context"]), {"tok_s": {}})["tok_s"]
         best_hf = max(h.values()) if h else nan
         lines.append(
-            f"| {r['model']} | {r['layers']} | {r['batch']} | {r['context']} | {r['roofline_tok_s']:.1f} | {flash:.1f} | "
+            f"| {r['model']} | {r['layers']} | {r['batch']} | {r['context']} | {r.get('kv_cache', 'bf16')} | "
+            f"{r['roofline_tok_s']:.1f} | {flash:.1f} | "
             f"{100 * flash / r['roofline_tok_s']:.0f}% | {sdpa:.1f} | {eager:.1f} | {flash / sdpa:.2f}x | "
             f"{flash / eager:.2f}x | {h.get('static', nan):.1f} | {h.get('dynamic', nan):.1f} | "
             f"{h.get('generate_static', nan):.1f} | {h.get('generate_dynamic', nan):.1f} | {flash / best_hf:.1f}x |")
@@ -341,7 +368,7 @@ def markdown(env: dict, bandwidth: float, rows: list[dict]) -> str:
 
 def plot(rows: list[dict], path: Path, card: str) -> None:
     series = [r for r in rows if r["impl"] == "ours" and r["model"] == "CodeLlama-7B" and r["batch"] == 1
-              and "skipped" not in r]
+              and "skipped" not in r and r.get("kv_cache", "bf16") == "bf16"]
     hf = [r for r in rows if r["impl"] == "hf" and r["model"] == "CodeLlama-7B" and r["batch"] == 1]
     if not series:
         return
@@ -371,10 +398,16 @@ def main(argv=None) -> int:
     parser.add_argument("--ttft", default="16384,300", help="shared,new tokens for the prefix-reuse TTFT ('' to skip)")
     parser.add_argument("--profile", action="store_true", help="write a kernel profile of one step")
     parser.add_argument("--hf-batches", default="1")
+    parser.add_argument("--kv-caches", default="bf16", help="KV cache types to time: bf16, fp8, int8")
     parser.add_argument("--tag", default="", help="suffix of the output file names")
     parser.add_argument("--gpus", type=int, default=0,
                         help="tensor parallelism: 1 and N GPUs in one run (models/tp_bench.py); "
                              "default models 34B,70B at 16k and 64k")
+    parser.add_argument("--gemv-ab", default="", metavar="MODELS",
+                        help="--gpus: time these models' rows again with the GEMV dispatch before split-K (e.g. 34B,70B)")
+    parser.add_argument("--methods", default="one_shot,none",
+                        help="--gpus: all-reduces to time (one_shot, nccl, none: no communication, the compute alone)")
+    parser.add_argument("--sweep", action="store_true", help="--gpus: the collectives by message size too")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
     if (started := begin_run("models.bench", args.out)) is None:
@@ -404,7 +437,8 @@ def main(argv=None) -> int:
     for name in args.models.split(","):
         name = f"CodeLlama-{name}" if not name.startswith(("CodeLlama", "SmolLM")) else name
         n_layers = args.layers_34b or None if "34B" in name else None
-        rows += bench_ours(name, n_layers, contexts, batches, bandwidth, args.replays, log, checks)
+        rows += bench_ours(name, n_layers, contexts, batches, bandwidth, args.replays, log, checks,
+                           kv_caches=args.kv_caches.split(","))
         save()
         if kinds:
             hf_contexts = [c for c in (int(c) for c in args.hf_contexts.split(",")) if c in contexts]

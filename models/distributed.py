@@ -12,10 +12,20 @@ Failures: rank 0 watches the others through torch.multiprocessing. When one rais
 collectives in flight are aborted and its next call raises RankFailed, one line naming the rank and its
 error; a rank 0 still stuck STUCK_EXIT_S later prints that line and exits. Spawned ranks ignore Ctrl-C
 (rank 0 handles it) and exit when rank 0's process does. Under torchrun, torchrun stops them all.
+
+Leaving (`Ranks.close`, and a spawned rank once its target returns): each rank first destroys the CUDA
+graphs that captured collectives (the caller's part: `Engine.release_graphs`; NCCL 2.26 on waits in
+destroying or aborting a communicator until no graph holds it, which hung the first two-GPU run at exit),
+finishes its GPU work, meets the others at a goodbye barrier, frees the symmetric-memory buffer and
+destroys the group. Every rank's teardown is bounded: one that cannot finish within LEAVE_TIMEOUT_S
+exits with status 1 (a spawned one with its threads' stacks on stderr). A spawned rank then exits at
+once (os._exit after the atexit handlers), skipping the interpreter's teardown of CUDA and NCCL objects.
 """
 
 from __future__ import annotations
 
+import atexit
+import faulthandler
 import multiprocessing
 import os
 import signal
@@ -35,7 +45,8 @@ from models.tp import TensorParallel
 # NVLink multicast (NVLS) can take a host's shared GPUs out of service: off in every process we start.
 MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 STUCK_EXIT_S = 10.0              # rank 0 still stuck this long after another rank failed: it exits
-CLOSE_TIMEOUT_S = 30.0           # for the others to exit once told to
+CLOSE_TIMEOUT_S = 30.0           # for the others to reach the goodbye, and to exit once told to
+LEAVE_TIMEOUT_S = 30.0           # for a rank's whole teardown (goodbye, buffers, destroy) before it exits anyway
 IDLE = timedelta(days=365)       # the request channel waits as long as the user does
 PROCESS_FAILURES = (torch_mp.ProcessRaisedException, torch_mp.ProcessExitedException)
 
@@ -77,6 +88,7 @@ class Ranks:
         self.failure: str | None = None      # one line: which rank failed and how
         self._context = context              # torch.multiprocessing's ProcessContext of the spawned ranks
         self._closed = threading.Event()
+        self._cancel_stuck_exit = None       # armed by the watchdog when another rank fails
         self._watchdog = None
         if context is not None:
             self._watchdog = threading.Thread(target=self._watch, name="rank-watchdog", daemon=True)
@@ -129,9 +141,15 @@ class Ranks:
             return
         self._closed.set()
         if self._watchdog is not None:
-            self._watchdog.join()
-        if dist.is_initialized() and not (clean and self.failure is None and _leave(self.tp)):
-            _abort()
+            self._watchdog.join()            # its abort may wait for the caller's graphs: released first
+        if self._cancel_stuck_exit is not None:
+            self._cancel_stuck_exit()
+        if dist.is_initialized():
+            cancel = exit_if_stuck(LEAVE_TIMEOUT_S, f"the ranks did not shut down within {LEAVE_TIMEOUT_S:.0f} s",
+                                   stacks=self.tp.rank != 0)
+            if not (clean and self.failure is None and _leave(self.tp)):
+                _abort()
+            cancel()
         if self._threads is not None:
             torch.set_num_threads(self._threads)
             sys.excepthook = self._excepthook
@@ -150,10 +168,9 @@ class Ranks:
                     return
             except PROCESS_FAILURES as e:
                 self.failure = _describe(e)
+                # Armed before the abort, which can block (on graphs still holding the communicator).
+                self._cancel_stuck_exit = exit_if_stuck(STUCK_EXIT_S, self.failure)
                 _abort()
-                if not self._closed.wait(STUCK_EXIT_S):
-                    print(f"{Path(sys.argv[0]).name or 'python'}: error: {self.failure}", file=sys.stderr, flush=True)
-                    os._exit(1)
                 return
 
 
@@ -185,8 +202,19 @@ def _spawned_rank(index: int, world: int, port: int, device_type: str, target, a
     store = dist.TCPStore("127.0.0.1", port, world, is_master=False)
     store.set(_started_key(index + 1), "")
     tp = _join(index + 1, world, index + 1, store, device_type)
-    target(tp, *args)
-    _leave(tp)
+    try:
+        target(tp, *args)
+    finally:   # what follows (leaving, or torch.multiprocessing reporting an error) ends within a bound
+        exit_if_stuck(LEAVE_TIMEOUT_S, stacks=True)
+    left = _leave(tp)
+    if not left:
+        _abort()
+    # Nothing left to do here: run the atexit handlers (compile workers, multiprocessing's), then exit
+    # without the interpreter's teardown of CUDA and NCCL objects, which can block. Status 1: no goodbye.
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0 if left else 1)
 
 
 def _started_key(rank: int) -> str:
@@ -222,13 +250,37 @@ def _join(rank: int, world: int, local_rank: int, store, device_type: str) -> Te
 
 def _leave(tp: TensorParallel) -> bool:
     """Every rank at once (a goodbye barrier, then destroy): no rank tears its connections down while
-    another still uses them, which made gloo abort a process at exit now and then. False: no goodbye."""
+    another still uses them, which made gloo abort a process at exit now and then. False: no goodbye.
+    The caller has destroyed its CUDA graphs that hold collectives (NCCL waits for them otherwise)."""
+    if tp.device.type == "cuda":
+        torch.cuda.synchronize(tp.device)   # this rank's last kernels, collectives included, are done
     try:
         dist.monitored_barrier(group=tp.control, timeout=timedelta(seconds=CLOSE_TIMEOUT_S))
     except RuntimeError:
         return False
+    tp.collectives.close()                  # every rank is past its last one-shot all-reduce
     dist.destroy_process_group()
     return True
+
+
+def exit_if_stuck(seconds: float, message: str = "", stacks: bool = False):
+    """Arm an exit (status 1) of this process in `seconds`; returns the function that disarms it.
+
+    Rank 0 prints `message` in one line, from a Python thread (it needs the GIL: a C++ call that blocks
+    while holding it would hold this exit back too). stacks=True (a rank other than 0) uses faulthandler
+    instead: its own thread without the GIL, every thread's stack on stderr, then the exit.
+    """
+    if stacks:
+        faulthandler.dump_traceback_later(seconds, exit=True)
+        return faulthandler.cancel_dump_traceback_later
+
+    def stuck():
+        print(f"{Path(sys.argv[0]).name or 'python'}: error: {message}", file=sys.stderr, flush=True)
+        os._exit(1)
+    timer = threading.Timer(seconds, stuck)
+    timer.daemon = True
+    timer.start()
+    return timer.cancel
 
 
 def _abort() -> None:

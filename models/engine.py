@@ -4,17 +4,20 @@
     result = engine.generate(ids, GenerationConfig(max_new_tokens=64), on_text=print)
 
 A request prefills its prompt (only the part the cache does not already hold from the previous
-request), then runs one decode step per token. On CUDA each step is a replayed CUDA graph, and the
+request), then decodes. Plain decoding runs one step per token: on CUDA a replayed CUDA graph, and the
 host reads token t while the GPU already computes step t+1, so the loop never stalls the GPU.
+Speculative decoding (one sequence, `GenerationConfig.speculate` drafts per step) verifies drafts
+looked up in the prompt in one multi-token step (a second graph) and keeps the output unchanged
+(models/speculative.py).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from time import perf_counter
+from typing import NamedTuple
 
 import torch
 
@@ -24,20 +27,26 @@ from models.errors import ContextTooLongError, ModelError
 from models.generation import GenerationConfig, GenerationResult, Timings
 from models.healing import HealingConstraint, PrefixStripper, vocabulary_bytes
 from models.llama import Decode, Transformer
+from models.kv_cache import QUANTIZED, cache_dtype_name
 from models.sampling import make_generator, sample
+from models.speculative import PromptLookup, accept
 from models.tokenizer import IncrementalDetokenizer, StopStringMatcher
 
 DEFAULT_MAX_CONTEXT = 16384
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+# Drafts verified per step when GenerationConfig.speculate is None, by device (bench/results/NOTES.md).
+DEFAULT_SPECULATE = {"cpu": 8, "cuda": 8}
+MAX_SPECULATE = 15     # the multi-token decode kernel takes up to 16 query tokens
 
 
 def load_model(spec=None, device=None, dtype=None, attention=None, max_context=None, progress=None,
-               cuda_graphs=None, gpus=None, tp=None) -> Engine:
+               cuda_graphs=None, gpus=None, tp=None, kv_cache=None) -> Engine:
     """Load a model (None: $CODECOMPLETE_MODEL or the embedded SmolLM2) into a ready Engine.
 
-    spec: a HF checkpoint directory, a .gguf file, a hub id, or "random:PRESET" (random weights of a
-    preset's exact shapes and no tokenizer: for benchmarking where no checkpoint is at hand).
+    spec: a HF checkpoint directory, a .gguf file, a hub id, or "random:PRESET[:TOKENIZER_DIR]" (random
+    weights of a preset's exact shapes, for benchmarking where no checkpoint is at hand; without a tokenizer
+    directory it has no tokenizer).
     device: "cuda" if available else "cpu".
     dtype: bf16 on CUDA, float32 on CPU. attention: "flash" on CUDA, "sdpa" on CPU.
     max_context: KV-cache capacity in tokens, default min(model limit, 16384).
@@ -46,25 +55,28 @@ def load_model(spec=None, device=None, dtype=None, attention=None, max_context=N
     processes): this process becomes rank 0 and starts the others; the engine returned runs every call on
     all of them (models/lockstep.py). Under torchrun the ranks exist already and N is its world size.
     tp: this process's `models.tp.TensorParallel` rank (the launcher passes it): load only its part.
+    kv_cache: None (the model dtype), "fp8" (e4m3) or "int8": 8 bits with per-token scales, about half the bytes.
     """
     from models.loading.hf import load_hf_model, read_config
 
     if tp is None and ((gpus or 1) > 1 or "TORCHELASTIC_RUN_ID" in os.environ):
         from models.lockstep import load_on_ranks
         return load_on_ranks(gpus, spec, device=device, dtype=dtype, attention=attention, max_context=max_context,
-                             progress=progress, cuda_graphs=cuda_graphs)
+                             progress=progress, cuda_graphs=cuda_graphs, kv_cache=kv_cache)
     start = perf_counter()
     device = tp.device if tp is not None else torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = parse_dtype(dtype, device)
+    quant = parse_kv_cache(kv_cache, dtype)
     if isinstance(spec, str) and spec.startswith(RANDOM_PREFIX):
-        return _random_engine(spec, device, dtype, attention, max_context, cuda_graphs, start, tp)
+        return _random_engine(spec, device, dtype, attention, max_context, cuda_graphs, start, tp, quant)
     name, directory = checkpoint_directory(spec, dtype, progress)
     context = context_capacity(read_config(directory), max_context, name)
     if progress:
         progress(f"Loading {name} on {device.type}")
     loaded = load_hf_model(directory, device, dtype, max_len=context, name=name, tp=tp)
     engine = Engine(loaded.model, loaded.tokenizer, name=name, attention=attention,
-                    context_length=context, eos_token_ids=loaded.eos_token_ids, cuda_graphs=cuda_graphs)
+                    context_length=context, eos_token_ids=loaded.eos_token_ids, cuda_graphs=cuda_graphs,
+                    kv_cache=quant)
     engine.load_s = perf_counter() - start
     return engine
 
@@ -83,21 +95,33 @@ def checkpoint_directory(spec, dtype: torch.dtype, progress=None) -> tuple[str, 
     return source.name, gguf_checkpoint(source.path, dtype, progress)
 
 
-def _random_engine(spec: str, device, dtype, attention, max_context, cuda_graphs, start: float, tp=None) -> Engine:
-    """An Engine over random weights of a preset's shapes: times exactly like the real checkpoint."""
+def _random_engine(spec: str, device, dtype, attention, max_context, cuda_graphs, start: float, tp=None,
+                   quant: str | None = None) -> Engine:
+    """An Engine over random weights of a preset's shapes: times exactly like the real checkpoint.
+
+    With a tokenizer directory (`random:CodeLlama-7B:DIR`, e.g. the embedded model's tokenizer files) the whole
+    app runs on it; the vocabulary is then sized to the tokenizer's, so every id it makes is a valid input."""
     from models.config import preset
     from models.llama import build_random_model
 
-    name = spec[len(RANDOM_PREFIX):]
+    name, _, tokenizer_dir = spec[len(RANDOM_PREFIX):].partition(":")
     config = preset(name)
+    tokenizer, label = None, f"{name} (random weights)"
+    if tokenizer_dir:
+        from models.loading.hf import load_tokenizer
+
+        tokenizer = load_tokenizer(Path(tokenizer_dir).expanduser())
+        config = config.replace(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                eos_token_ids=() if tokenizer.eos_token_id is None else (tokenizer.eos_token_id,))
+        label = f"{name} (random weights, vocabulary {len(tokenizer)})"
     context = context_capacity(config, max_context, name)
     if tp is None:
         model = build_random_model(config, device=device, dtype=dtype, max_len=context)
     else:
         from models.tp import random_shard
         model = random_shard(config, tp, device, dtype, max_len=context)
-    engine = Engine(model, None, name=f"{name} (random weights)", attention=attention, context_length=context,
-                    eos_token_ids=(), cuda_graphs=cuda_graphs)
+    engine = Engine(model, tokenizer, name=label, attention=attention, context_length=context,
+                    eos_token_ids=(), cuda_graphs=cuda_graphs, kv_cache=quant)
     engine.load_s = perf_counter() - start
     return engine
 
@@ -110,6 +134,21 @@ def parse_dtype(dtype, device: torch.device) -> torch.dtype:
     if str(dtype).lower() not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
     return DTYPES[str(dtype).lower()]
+
+
+def parse_kv_cache(kv_cache, dtype: torch.dtype) -> str | None:
+    """The 8-bit cache type ("fp8", "int8"), or None for the model's own dtype (None or its name)."""
+    if kv_cache is None:
+        return None
+    name = str(kv_cache).lower()
+    if name in QUANTIZED:
+        return name
+    if name not in DTYPES:
+        raise ValueError(f"unknown KV cache type {kv_cache!r} (choose from {', '.join(QUANTIZED)} or the model dtype)")
+    if DTYPES[name] != dtype:
+        raise ValueError(f"a {name} KV cache needs a {name} model (an unquantized cache holds the model's dtype, "
+                         f"{str(dtype).removeprefix('torch.')} here): choose that dtype, or an 8-bit cache")
+    return None
 
 
 def context_capacity(config: ModelConfig, max_context: int | None, name: str) -> int:
@@ -128,7 +167,8 @@ class Engine:
     """A model ready to generate; see ARCHITECTURE.md (models) for the contract."""
 
     def __init__(self, model: Transformer, tokenizer=None, *, name: str = "model", attention: str | None = None,
-                 context_length: int | None = None, eos_token_ids: Sequence[int] = (), cuda_graphs: bool | None = None):
+                 context_length: int | None = None, eos_token_ids: Sequence[int] = (), cuda_graphs: bool | None = None,
+                 kv_cache: str | None = None):
         param = model.output.weight
         self.model, self.tokenizer, self.name = model, tokenizer, name
         self._device = param.device
@@ -138,6 +178,10 @@ class Engine:
         self.model_max_positions = model.config.context_limit
         self.eos_token_ids = sorted(set(eos_token_ids) | set(model.config.eos_token_ids))
         self.load_s = 0.0
+        self.progress = Timings()   # the running request's speculation counts, for a live status line
+        self._quant = parse_kv_cache(kv_cache, param.dtype)
+        # Drafts per step when a request does not say (GenerationConfig.speculate None); 0 turns it off.
+        self.speculate = DEFAULT_SPECULATE.get(self._device.type, 0)
         self._graphs_enabled = self._device.type == "cuda" if cuda_graphs is None else cuda_graphs
         if self._graphs_enabled and os.environ.get("CODECOMPLETE_COMPILE", "1") != "0":
             # Fuse the decode step's norms, RoPE and SwiGLU around the matmuls (compiled once, at the
@@ -146,7 +190,7 @@ class Engine:
             model.compile_dense()
         # Read token t while step t+1 runs: only pays where the device runs asynchronously.
         self._lookahead = self._device.type == "cuda"
-        self._steps: dict[int, _DecodeStep] = {}
+        self._steps: dict[tuple[int, int], _DecodeStep] = {}    # (batch, tokens per step) -> step
         self._cache_rows = 0
         self._cached_ids: list[int] = []       # the tokens whose K/V cache row 0 holds, in order
         self.attention = ""
@@ -176,12 +220,36 @@ class Engine:
         if name not in BACKENDS:
             raise ValueError(f"unknown attention {name!r} (choose from {', '.join(BACKENDS)})")
         if name == "flash" and self._device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            # Off the GPU, Triton kernels run only in its interpreter, enabled before they are defined.
-            if "kernels" in sys.modules:
-                raise ModelError("flash attention on the CPU needs TRITON_INTERPRET=1 set before `kernels` is imported")
-            os.environ["TRITON_INTERPRET"] = "1"
+            # Off the GPU, Triton kernels run only in its interpreter, which must be chosen before Triton is
+            # imported (its own helpers, tl.cdiv and the like, are jitted at import); importing torch's compiler
+            # imports Triton, so it is too late here.
+            raise ModelError("flash attention on the CPU needs TRITON_INTERPRET=1 set before Triton is imported "
+                             "(the codecomplete command sets it)")
         self.attention = name
         self._steps.clear()        # captured graphs have the old backend baked in
+
+    @property
+    def kv_cache_dtype(self) -> str:
+        """"fp8", "int8" or the model dtype's name ("bfloat16", "float32", "float16")."""
+        return cache_dtype_name(self._quant, self.model.output.weight.dtype)
+
+    def set_kv_cache(self, kv_cache: str | None) -> None:
+        """Switch the KV cache between the model dtype (None), "fp8" and "int8"; the cache is reallocated empty."""
+        quant = parse_kv_cache(kv_cache, self.model.output.weight.dtype)
+        if quant != self._quant:
+            self._quant = quant
+            rows, self._cache_rows = self._cache_rows, 0
+            self._ensure_rows(max(rows, 1))
+
+    def release_graphs(self) -> None:
+        """Destroy the captured decode graphs now (the next step captures again), even where a traceback
+        still holds them. Before a tensor-parallel group goes: NCCL (2.26 on) waits, in destroying or
+        aborting a communicator, until every CUDA graph that captured one of its collectives is destroyed."""
+        for state in self._steps.values():
+            if state.graph is not None:
+                state.graph.reset()
+                state.graph = None
+        self._steps.clear()
 
     def clear_prefix_cache(self) -> None:
         """Forget which tokens the KV cache holds: the next request prefills its whole prompt."""
@@ -193,13 +261,22 @@ class Engine:
             self._steps.clear()
             self._cached_ids = []
             self._cache_rows = 0
-            self.model.setup_caches(batch, self.context_length, self.name)
+            self.model.setup_caches(batch, self.context_length, self.name, quant=self._quant)
             self._cache_rows = batch
 
-    def _decode_step(self, batch: int) -> _DecodeStep:
-        if batch not in self._steps:
-            self._steps[batch] = _DecodeStep(self.model, batch, self.attention, self._device, self._graphs_enabled)
-        return self._steps[batch]
+    def _decode_step(self, batch: int, width: int = 1) -> _DecodeStep:
+        """The decode step for `batch` sequences of `width` tokens each (1, or 1 + drafts to verify)."""
+        if (batch, width) not in self._steps:
+            self._steps[batch, width] = _DecodeStep(self.model, batch, width, self.attention, self._device,
+                                                    self._graphs_enabled)
+        return self._steps[batch, width]
+
+    def _speculation_depth(self, config: GenerationConfig, batch: int) -> int:
+        """Drafts per step for this request: 0 (plain decoding) for a batch, else the config's or the default."""
+        k = self.speculate if config.speculate is None else config.speculate
+        if not 0 <= k <= MAX_SPECULATE:
+            raise ValueError(f"speculate must be 0..{MAX_SPECULATE} draft tokens per step, got {k}")
+        return k if batch == 1 else 0
 
     # ---- generation --------------------------------------------------------------------------
 
@@ -219,6 +296,7 @@ class Engine:
         t_call = perf_counter()
         self._check_prompts(prompts)
         B, cap = len(prompts), self.context_length
+        depth = self._speculation_depth(config, B)
         rows = [_Row(self.tokenizer, p, config, min(config.max_new_tokens, cap - len(p) + 1), on_text)
                 for p in prompts]
         if config.max_new_tokens <= 0:
@@ -234,11 +312,31 @@ class Engine:
         generator = make_generator(self._device, config.seed) if config.temperature > 0 else None
         healing = self._healing(config, B)
         tokens = sample(healing.restrict(logits) if healing else logits, config, generator)   # (B,)
+        stop_ids = set(self.eos_token_ids) | set(config.stop_token_ids)
+        if depth:
+            loop = self._decode_speculative(prompts[0], rows[0], tokens, config, generator, stop_ids,
+                                            should_stop, depth, healing)
+        else:
+            loop = self._decode_plain(prompts, rows, tokens, config, generator, stop_ids, should_stop, healing)
+        t_end = perf_counter()
+        self._cached_ids = loop.fed[:cap - 1]   # a finished row's writes clamp at slot cap - 1
 
-        state = self._decode_step(B)
+        prefilled = sum(len(p) - r for p, r in zip(prompts, reused))
+        prefill_s = loop.t_first - t_prefill
+        decode_s = t_end - loop.t_first
+        timings = Timings(load_s=self.load_s, prefill_s=prefill_s, ttft_ms=1000 * (loop.t_first - t_call),
+                          decode_s=decode_s, decode_tokens_per_s=loop.decoded / decode_s if decode_s > 0 else 0.0,
+                          prefill_tokens_per_s=prefilled / prefill_s if prefill_s > 0 else 0.0,
+                          drafted_tokens=loop.drafted, accepted_tokens=loop.accepted, decode_steps=loop.steps,
+                          verify_steps=loop.verify_steps)
+        return [row.result(len(p), r, timings) for row, p, r in zip(rows, prompts, reused)]
+
+    def _decode_plain(self, prompts, rows, tokens, config, generator, stop_ids, should_stop,
+                      healing: HealingConstraint | None = None) -> _Loop:
+        """One token per sequence per step; on CUDA, step t+1 is queued before token t is read."""
+        state = self._decode_step(len(prompts))
         positions = [len(p) for p in prompts]          # host mirror of state.input_pos
         state.input_pos.copy_(torch.tensor(positions))
-        stop_ids = set(self.eos_token_ids) | set(config.stop_token_ids)
         steps = max(row.budget for row in rows)
         fed = list(prompts[0])                          # row 0's tokens whose K/V are in the cache
         for step in range(steps):
@@ -267,17 +365,8 @@ class Engine:
                 next_tokens = self._step(state, tokens, positions, config, generator, healing)
                 fed.append(token_list[0])
             tokens = next_tokens
-        t_end = perf_counter()
-        self._cached_ids = fed[:cap - 1]   # a finished row's writes clamp at slot cap - 1
-
-        prefilled = sum(len(p) - r for p, r in zip(prompts, reused))
-        decoded = step                                  # tokens after the first: one decode step each
-        prefill_s = t_first - t_prefill
-        decode_s = t_end - t_first
-        timings = Timings(load_s=self.load_s, prefill_s=prefill_s, ttft_ms=1000 * (t_first - t_call),
-                          decode_s=decode_s, decode_tokens_per_s=decoded / decode_s if decode_s > 0 else 0.0,
-                          prefill_tokens_per_s=prefilled / prefill_s if prefill_s > 0 else 0.0)
-        return [row.result(len(p), r, timings) for row, p, r in zip(rows, prompts, reused)]
+        # Tokens after the first: one decode step each.
+        return _Loop(t_first=t_first, fed=fed, decoded=step, steps=step)
 
     def _step(self, state: _DecodeStep, tokens, positions: list[int], config, generator,
               healing: HealingConstraint | None = None) -> torch.Tensor:
@@ -296,6 +385,55 @@ class Engine:
         if self.tokenizer is None:
             raise ModelError(f"{self.name}: a required prefix needs a tokenizer")
         return HealingConstraint(vocabulary_bytes(self.tokenizer), config.required_prefix, batch)
+
+    def _decode_speculative(self, prompt, row, tokens, config, generator, stop_ids, should_stop, depth,
+                            healing: HealingConstraint | None = None) -> _Loop:
+        """One sequence: each step feeds the pending token plus up to `depth` drafts looked up in the text so
+        far, and emits the accepted drafts plus the model's own next token (models/speculative.py).
+        While token healing still constrains the next token, no drafts: one token a step from the restricted
+        logits, as plain decoding does (a draft's verification would sample unconstrained)."""
+        drafter = PromptLookup(prompt)                  # built on the host while the device prefills
+        pending = _HostCopy(tokens).wait()[0]           # the newest token, not yet fed
+        t_first = perf_counter()
+        if healing:
+            healing.advance([pending])
+        row.accept(pending, stop_ids)
+        drafter.extend([pending])
+        pos, fed, last = len(prompt), list(prompt), self.context_length - 1
+        steps = verify_steps = drafted = accepted = 0
+        self.progress = live = Timings()
+        while not row.finish_reason:
+            if should_stop is not None and should_stop():
+                row.cancel()
+                break
+            healing_now = healing is not None and healing.active
+            room = min(depth, row.budget - len(row.token_ids) - 1, last - pos)
+            drafts = drafter.draft(room) if room > 0 and not healing_now else []
+            if drafts and self._graphs_enabled:
+                # One captured graph per width: verify `depth` drafts, padding a short draft (it is only checked).
+                drafts = drafts + drafts[-1:] * (depth - len(drafts)) if pos + depth <= last else []
+            state = self._decode_step(1, 1 + len(drafts))
+            state.tokens.copy_(torch.tensor([[pending] + drafts]))
+            state.input_pos.fill_(pos)
+            logits = state.run(kv_len=pos + 1 + len(drafts), exact=False)       # (1, V) or (1, T, V)
+            if healing_now:                             # no drafts: logits (1, V)
+                emitted = accept(healing.restrict(logits.view(1, -1)), [], config, generator)
+                healing.advance(emitted)
+            else:
+                emitted = accept(logits.view(1 + len(drafts), -1), drafts, config, generator)
+            steps, verify_steps = steps + 1, verify_steps + bool(drafts)
+            drafted, accepted = drafted + len(drafts), accepted + len(emitted) - 1
+            live.decode_steps, live.drafted_tokens, live.accepted_tokens = steps, drafted, accepted
+            fed += [pending] + emitted[:-1]             # the K/V kept: rejected drafts lie past the length
+            pos += len(emitted)
+            pending = emitted[-1]
+            for token in emitted:
+                row.accept(token, stop_ids)
+                if row.finish_reason:
+                    break
+            drafter.extend(emitted)
+        return _Loop(t_first=t_first, fed=fed, decoded=len(row.token_ids) - 1, steps=steps,
+                     verify_steps=verify_steps, drafted=drafted, accepted=accepted)
 
     def _check_prompts(self, prompts: list[list[int]]) -> None:
         if not prompts or any(not p for p in prompts):
@@ -322,44 +460,60 @@ class Engine:
 
     # ---- benchmarking ------------------------------------------------------------------------
 
-    def make_decode_step(self, batch_size: int = 1, context_tokens: int | None = None) -> Callable[[], torch.Tensor]:
+    def make_decode_step(self, batch_size: int = 1, context_tokens: int | None = None,
+                         width: int = 1) -> Callable[[], torch.Tensor]:
         """A zero-argument callable running one decode step with `context_tokens` tokens in every row's cache.
 
-        For timing what one generated token costs (the cache's contents do not change the time): each
-        call writes slot context_tokens - 1 and attends over context_tokens keys with the current backend,
-        as a CUDA-graph replay when graphs are on. Returns the logits (B, V) without synchronising.
+        For timing what one step costs (the cache's contents do not change the time): each call writes
+        the last `width` slots of the context (1, or 1 + drafts to verify) and attends over context_tokens
+        keys with the current backend, as a CUDA-graph replay when graphs are on. Returns the logits
+        (B, V), or (B, width, V), without synchronising.
         """
         context_tokens = context_tokens or self.context_length
-        if not 1 <= context_tokens <= self.context_length:
+        if not width <= context_tokens <= self.context_length:
             raise ContextTooLongError(f"{self.name}: {context_tokens} tokens do not fit the context of {self.context_length}")
         self._ensure_rows(batch_size)
         self._cached_ids = []
-        state = self._decode_step(batch_size)
+        state = self._decode_step(batch_size, width)
         state.tokens.zero_()
-        state.input_pos.fill_(context_tokens - 1)
+        state.input_pos.fill_(context_tokens - width)
 
         @torch.no_grad()
         def step() -> torch.Tensor:
-            return state.run(kv_len=context_tokens, exact=True)
+            return state.run(kv_len=context_tokens, exact=width == 1)
         return step
 
 
-class _DecodeStep:
-    """Static input buffers for one batch size, and the decode step on them (graph-captured if enabled)."""
+class _Loop(NamedTuple):
+    """What a decode loop reports back to `_generate`."""
+    t_first: float           # when the first token reached the host
+    fed: list[int]           # row 0's tokens whose K/V the cache now holds, in order
+    decoded: int             # tokens after the first
+    steps: int               # decode steps run
+    verify_steps: int = 0    # steps that verified drafts
+    drafted: int = 0         # draft tokens verified
+    accepted: int = 0        # of those, accepted
 
-    def __init__(self, model: Transformer, batch: int, backend: str, device: torch.device, graphed: bool):
+
+class _DecodeStep:
+    """Static input buffers for one batch size and width (tokens per sequence), and the decode step on
+    them (graph-captured if enabled)."""
+
+    def __init__(self, model: Transformer, batch: int, width: int, backend: str, device: torch.device,
+                 graphed: bool):
         self.model, self.backend, self.graphed = model, backend, graphed
-        self.tokens = torch.zeros(batch, 1, dtype=torch.long, device=device)      # (B, 1)
-        self.input_pos = torch.zeros(batch, dtype=torch.long, device=device)      # (B,)
+        self.tokens = torch.zeros(batch, width, dtype=torch.long, device=device)  # (B, T)
+        self.input_pos = torch.zeros(batch, dtype=torch.long, device=device)      # (B,) first new position
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None
 
     def _forward(self, kv_len: int | None, exact: bool) -> torch.Tensor:
-        step = Decode(self.input_pos, (self.input_pos + 1).to(torch.int32), self.backend, kv_len, exact)
-        return self.model.decode(self.tokens, step)
+        lengths = (self.input_pos + self.tokens.shape[1]).to(torch.int32)
+        return self.model.decode(self.tokens, Decode(self.input_pos, lengths, self.backend, kv_len, exact))
 
     def run(self, kv_len: int, exact: bool) -> torch.Tensor:
-        """Logits (B, V). Eager runs attend over the first kv_len slots; the graph over the whole capacity."""
+        """Logits (B, V), or (B, T, V) for T > 1. Eager runs attend over the first kv_len slots; the graph
+        over the whole capacity."""
         if not self.graphed:
             return self._forward(kv_len, exact)
         if self.graph is None:

@@ -16,6 +16,8 @@ class GenerationConfig:
     stop_strings: tuple[str, ...] = ()     # never part of the returned or streamed text
     required_prefix: str = ""              # token healing: the generation begins with this text, which is
                                            # left out of the returned and streamed text (models/healing.py)
+    speculate: int | None = None           # drafts verified per step (prompt lookup); None: the engine's
+                                           # default, 0: off. One sequence only: generate_batch ignores it
 
 
 @dataclass
@@ -26,6 +28,19 @@ class Timings:
     decode_s: float = 0.0               # from the first token to the last
     decode_tokens_per_s: float = 0.0    # per sequence: decode steps / decode_s
     prefill_tokens_per_s: float = 0.0   # prompt tokens actually prefilled (not reused) / prefill_s
+    drafted_tokens: int = 0             # speculative decoding: draft tokens verified
+    accepted_tokens: int = 0            # of those, accepted (each one a decode step saved)
+    decode_steps: int = 0               # decode steps run (tokens after the first / decode_steps = tokens per step)
+    verify_steps: int = 0               # of those, steps that verified drafts (the others fed one token)
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
+
+    @property
+    def tokens_per_step(self) -> float:
+        """Tokens emitted per decode step: accepted drafts plus one of the model's own each step."""
+        return (self.decode_steps + self.accepted_tokens) / self.decode_steps if self.decode_steps else 0.0
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Two entry points share the layers:
     prefill(tokens (1, T), start, row)   one sequence, SDPA over its cached prefix plus the new tokens
-    decode(tokens (B, 1), Decode(...))   one token per sequence, static shapes, no host sync: capturable
+    decode(tokens (B, T), Decode(...))   T tokens per sequence (1, or 1 + drafts to verify), static shapes,
+                                         no host sync: capturable
 q/k/v and gate/up projections are fused (one matmul each), which matters when a decode step is a GEMV.
 Weights keep Hugging Face's names at the boundary (`hf_tensor_slots`), so every loader speaks HF.
 """
@@ -34,8 +35,8 @@ class Prefill(NamedTuple):
 @dataclass
 class Decode:
     """Run-time inputs of one decode step (tensors live on the device and are updated in place)."""
-    input_pos: torch.Tensor        # (B,) int64: where each sequence's new token goes
-    cache_seqlens: torch.Tensor    # (B,) int32: input_pos + 1, the lengths attention reads
+    input_pos: torch.Tensor        # (B,) int64: where each sequence's first new token goes
+    cache_seqlens: torch.Tensor    # (B,) int32: input_pos + T, the lengths attention reads
     backend: str                   # "flash" | "sdpa" | "eager"
     kv_len: int | None = None      # attend over cache[:, :, :kv_len]; None = the whole capacity (graph mode)
     exact: bool = False            # every row holds exactly kv_len tokens (SDPA may skip the mask)
@@ -127,15 +128,35 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 # torch.ops.codecomplete.gemv once `Transformer.compile_dense` has loaded it on a GPU (importing
 # kernels at module load would define Triton kernels before a CPU run can ask for the interpreter).
 _gemv = None
+GEMV_MODES = {"1": "every batch-1 projection", "wide": "deep ones on cuBLAS (the dispatch before split-K)",
+              "0": "none: cuBLAS"}
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x @ weight.T. One row of activations times a projection at least as wide as it is deep goes to
-    the Triton GEMV when loaded: on an H100 it streams those weights at 89-97% of the copy bandwidth,
-    cuBLAS at 67-88% (kernels/gemv.py); cuBLAS keeps the deep ones (w2) and every batched call."""
-    if _gemv is not None and x.is_cuda and x.numel() == weight.shape[1] and weight.shape[0] >= weight.shape[1]:
+    """x @ weight.T. One row of activations (a batch-1 decode step) goes to the batch-1 projection op when
+    loaded: the Triton GEMV, which streams wide projections at 89-97% of the copy bandwidth on an H100 where
+    cuBLAS reached 67-88%, and deep ones (w2, and under tensor parallelism wqkv: fewer rows than columns)
+    split-K (kernels/gemv.py). Batched calls (prefill, batch > 1) stay on cuBLAS."""
+    if _gemv is not None and x.is_cuda and x.numel() == weight.shape[1]:
         return _gemv(x.reshape(1, -1), weight).view(*x.shape[:-1], weight.shape[0])
     return F.linear(x, weight)
+
+
+def use_gemv(mode: str) -> None:
+    """Which batch-1 projections the Triton GEMV serves (CODECOMPLETE_GEMV, read by compile_dense): "1"
+    every one (the default); "wide" those at least as wide as deep, deep ones on cuBLAS (the dispatch
+    before split-K, for A/B runs: decided when the op runs, so a new graph capture switches it, no
+    recompilation); "0" none (compiled code is guarded on it: recompiles at the next call)."""
+    global _gemv
+    if mode not in GEMV_MODES:
+        raise ValueError(f"CODECOMPLETE_GEMV={mode!r}: choose from " +
+                         ", ".join(f"{m} ({what})" for m, what in GEMV_MODES.items()))
+    if mode == "0":
+        _gemv = None
+        return
+    import kernels.gemv  # (registers torch.ops.codecomplete.gemv)
+    kernels.gemv.DEEP_ON_CUBLAS = mode == "wide"
+    _gemv = torch.ops.codecomplete.gemv
 
 
 def attention_inputs(x, norm_weight, eps: float, wqkv, cos, sin, n_heads: int, n_kv_heads: int, head_dim: int):
@@ -161,7 +182,7 @@ def attention_output_and_ffn(x, attn, wo, norm_weight, eps: float, w13, w2, ffn_
 
 
 def final_logits(x, norm_weight, eps: float, output_weight):
-    """Last norm and the vocabulary projection, in float32: x (B, dim) -> (B, V)."""
+    """Last norm and the vocabulary projection, in float32: x (B, dim) -> (B, V), or (B, T, dim) -> (B, T, V)."""
     return linear(rms_norm(x, norm_weight, eps), output_weight).float()
 
 
@@ -184,11 +205,11 @@ class Attention(nn.Module):
         """Store k, v (B, Hkv, T, D) in the cache and attend with q (B, Hq, T, D); returns (B, T, Hq*D)."""
         B, Hq, T, D = q.shape
         if isinstance(step, Decode):
-            k_cache, v_cache = self.kv_cache.update(step.input_pos, k, v)  # (B, Hkv, S_max, D)
+            cache = self.kv_cache.update(step.input_pos, k, v)               # (B, Hkv, S_max, D) (+ scales)
             if step.kv_len is not None:
-                k_cache, v_cache = k_cache[:, :, :step.kv_len], v_cache[:, :, :step.kv_len]
-            out = decode_attention(step.backend, q[:, :, 0], k_cache, v_cache, step.cache_seqlens, step.exact)
-            return out.reshape(B, 1, Hq * D)                               # (B, 1, Hq*D)
+                cache = cache.prefix(step.kv_len)
+            out = decode_attention(step.backend, q, cache, step.cache_seqlens, step.exact)  # (B, Hq, T, D)
+            return out.transpose(1, 2).reshape(B, T, Hq * D)
         k_all, v_all = self.kv_cache.write(step.row, step.start, k, v)      # (1, Hkv, start+T, D)
         return prefill_attention(q, k_all, v_all).transpose(1, 2).reshape(B, T, Hq * D)
 
@@ -251,10 +272,8 @@ class Transformer(nn.Module):
         Inductor fuses the elementwise chains into the matmuls' neighbours, leaving a handful of kernels
         per layer, which is what lets a graph-replayed step approach the memory roofline.
         """
-        global _gemv
-        if self.output.weight.is_cuda and os.environ.get("CODECOMPLETE_GEMV", "1") != "0":
-            import kernels.gemv  # noqa: F401  (registers torch.ops.codecomplete.gemv)
-            _gemv = torch.ops.codecomplete.gemv
+        if self.output.weight.is_cuda:
+            use_gemv(os.environ.get("CODECOMPLETE_GEMV", "1"))
         compile = functools.partial(torch.compile, fullgraph=True, dynamic=False)
         self.decode_kernels = DenseKernels(*(compile(f) for f in self.dense))
 
@@ -265,16 +284,18 @@ class Transformer(nn.Module):
         if self.output.weight.is_cuda:
             torch.cuda.empty_cache()
 
-    def setup_caches(self, batch: int, max_len: int, name: str = "model") -> None:
-        """Allocate every layer's cache (after freeing the old one), or say how many tokens would fit."""
+    def setup_caches(self, batch: int, max_len: int, name: str = "model", quant: str | None = None) -> None:
+        """Allocate every layer's cache (after freeing the old one), or say how many tokens would fit.
+
+        quant: "fp8" or "int8" for 8-bit K/V with per-token scales; None keeps the model dtype."""
         if max_len > self.rope.max_len:
             raise ValueError(f"cache of {max_len} tokens is longer than the rotary table ({self.rope.max_len})")
         self.free_caches()
         device, dtype = self.output.weight.device, self.output.weight.dtype
-        check_kv_cache_fits(self.config, batch, max_len, dtype, device, name)
+        check_kv_cache_fits(self.config, batch, max_len, dtype, device, name, quant)
         c = self.config
         for layer in self.layers:
-            layer.attention.kv_cache = KVCache(batch, c.n_kv_heads, max_len, c.head_dim, dtype, device)
+            layer.attention.kv_cache = KVCache(batch, c.n_kv_heads, max_len, c.head_dim, dtype, device, quant)
 
     def prefill(self, tokens: torch.Tensor, start: int = 0, row: int = 0, all_logits: bool = False) -> torch.Tensor:
         """Run tokens (1, T) at positions start..start+T of cache row `row` (which holds [0, start) already).
@@ -291,13 +312,18 @@ class Transformer(nn.Module):
         return self.dense.final_logits(x, self.norm.weight, self.norm.eps, self.output.weight)
 
     def decode(self, tokens: torch.Tensor, step: Decode) -> torch.Tensor:
-        """One token per sequence, tokens (B, 1) at positions step.input_pos (B,). Returns float32 logits (B, V)."""
-        cos, sin = self.rope(step.input_pos[:, None])                            # (B, 1, D)
-        x = self.tok_embeddings(tokens)                                          # (B, 1, dim)
+        """T tokens per sequence, tokens (B, T) at positions step.input_pos + 0..T-1.
+
+        Returns float32 logits (B, T, V), or (B, V) for T = 1 (the plain decode step).
+        """
+        T = tokens.shape[1]
+        positions = step.input_pos[:, None] + torch.arange(T, device=tokens.device)  # (B, T)
+        cos, sin = self.rope(positions)                                          # (B, T, D)
+        x = self.tok_embeddings(tokens)                                          # (B, T, dim)
         dense = self.decode_kernels
         for layer in self.layers:
             x = layer(x, cos, sin, step, dense)
-        return dense.final_logits(x[:, 0], self.norm.weight, self.norm.eps, self.output.weight)
+        return dense.final_logits(x[:, 0] if T == 1 else x, self.norm.weight, self.norm.eps, self.output.weight)
 
 
 def hf_tensor_slots(model: Transformer) -> dict[str, torch.Tensor]:

@@ -12,6 +12,9 @@ A sampled request without a seed gets one here, so every rank draws the same tok
 After each call every rank reports how it went. Errors of the request itself (ModelError, ValueError:
 a prompt too long, an unknown backend), raised on every rank alike, leave the ranks ready for the next
 call. Anything else, or ranks that disagree, stops them all: RankFailed.
+
+Closing: rank 0 says goodbye, and every rank destroys its engine's CUDA graphs before the group goes
+(`release`; models/distributed.py says why and how the rest of the teardown is bounded).
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ _active: LeaderEngine | None = None   # one group per process: loading another m
 
 
 def load_on_ranks(gpus: int | None, spec=None, *, device=None, dtype=None, attention=None, max_context=None,
-                  progress=None, cuda_graphs=None) -> LeaderEngine:
+                  progress=None, cuda_graphs=None, kv_cache=None) -> LeaderEngine:
     """`load_model(..., gpus=N)`: start N ranks (or join torchrun's), each loading its part of the model."""
     global _active
     if _active is not None:
@@ -68,7 +71,8 @@ def load_on_ranks(gpus: int | None, spec=None, *, device=None, dtype=None, atten
     if progress:
         progress(f"Loading {name or spec} on {ranks.tp.world} {'GPUs' if device_type == 'cuda' else 'processes'}")
     try:
-        leader.load(spec=spec, dtype=dtype, attention=attention, max_context=max_context, cuda_graphs=cuda_graphs)
+        leader.load(spec=spec, dtype=dtype, attention=attention, max_context=max_context, cuda_graphs=cuda_graphs,
+                    kv_cache=kv_cache)
     except BaseException:
         leader.close()          # nothing loaded: no reason to keep the ranks
         raise
@@ -101,6 +105,7 @@ class LeaderEngine:
                 _broadcast(self.ranks.tp, (self._requests + 1, CLOSE, {}))
         except Exception:   # a broken group: the ranks are stopped regardless
             clean = False
+        release(self.engine, wait=clean and self.ranks.failure is None)
         self.ranks.close(clean)
 
     def __getattr__(self, name: str):
@@ -181,23 +186,44 @@ def follow(tp: TensorParallel) -> None:
     hears of (torch.multiprocessing, or torchrun).
     """
     engine = None
-    while True:
-        request, method, kwargs = _receive(tp)
-        if method == CLOSE:
-            return
-        report = ""
-        try:
-            if method == LOAD:
-                engine = load_model(**kwargs, tp=tp)
-            elif method == SET:
-                setattr(engine, kwargs["name"], kwargs["value"])
-            else:
-                if kwargs.get("should_stop"):
-                    kwargs["should_stop"] = _follower_poll(tp)
-                getattr(engine, method)(**kwargs)
-        except REQUEST_ERRORS as e:
-            report = f"{type(e).__name__}: {e}".splitlines()[0] or type(e).__name__
-        tp.store.set(_report_key(request, tp.rank), report)
+    try:
+        while True:
+            request, method, kwargs = _receive(tp)
+            if method == CLOSE:
+                release(engine, wait=True)
+                return
+            engine = _follow_one(tp, engine, request, method, kwargs)
+    except BaseException:
+        release(engine, wait=False)     # this rank's error ends its process: the graphs go first
+        raise
+
+
+def _follow_one(tp: TensorParallel, engine, request: int, method: str, kwargs: dict):
+    """One call from rank 0 on this rank's engine, and its report; returns the engine (a load makes it)."""
+    report = ""
+    try:
+        if method == LOAD:
+            engine = load_model(**kwargs, tp=tp)
+        elif method == SET:
+            setattr(engine, kwargs["name"], kwargs["value"])
+        else:
+            if kwargs.get("should_stop"):
+                kwargs["should_stop"] = _follower_poll(tp)
+            getattr(engine, method)(**kwargs)
+    except REQUEST_ERRORS as e:
+        report = f"{type(e).__name__}: {e}".splitlines()[0] or type(e).__name__
+    tp.store.set(_report_key(request, tp.rank), report)
+    return engine
+
+
+def release(engine, wait: bool) -> None:
+    """Before a rank leaves its group: destroy the engine's CUDA graphs (they hold NCCL's communicator),
+    after its kernels finish (wait=True; after a failure they may wait for a rank that is gone)."""
+    if engine is None:
+        return
+    if wait and engine.device == "cuda":
+        torch.cuda.synchronize()
+    engine.release_graphs()
 
 
 def follow_under_torchrun() -> int:

@@ -15,6 +15,11 @@ def sample(logits: torch.Tensor, config: GenerationConfig, generator: torch.Gene
     """Token ids (B,) int64 from float32 logits (B, V)."""
     if config.temperature <= 0:
         return logits.argmax(dim=-1)
+    return race(probabilities(logits, config), generator)
+
+
+def probabilities(logits: torch.Tensor, config: GenerationConfig) -> torch.Tensor:
+    """The distribution (B, V) that sampling draws from: temperature, then top-k, then top-p."""
     logits = logits / config.temperature
     if 0 < config.top_k < logits.shape[-1]:
         kth = torch.topk(logits, config.top_k, dim=-1).values[:, -1:]           # (B, 1)
@@ -25,10 +30,16 @@ def sample(logits: torch.Tensor, config: GenerationConfig, generator: torch.Gene
         # Drop a token when the tokens ranked above it already hold top_p of the mass (the first always stays).
         drop = probs.cumsum(dim=-1) - probs > config.top_p
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    probs = logits.softmax(dim=-1)
-    # argmax(p / E) with E ~ Exp(1) draws index i with probability p_i.
-    race = torch.empty_like(probs).exponential_(1.0, generator=generator)
-    return (probs / race).argmax(dim=-1)
+    return logits.softmax(dim=-1)
+
+
+def race(weights: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One index per row of non-negative weights (B, V), drawn with probability proportional to the weight.
+
+    argmax(w / E) with E ~ Exp(1) draws index i with probability w_i / sum(w): no normalisation needed.
+    """
+    race = torch.empty_like(weights).exponential_(1.0, generator=generator)
+    return (weights / race).argmax(dim=-1)
 
 
 def make_generator(device: torch.device, seed: int | None) -> torch.Generator:

@@ -208,6 +208,12 @@ class Collectives:
         dist.all_reduce(out, group=self.group)
         return out
 
+    def close(self) -> None:
+        """Free the symmetric-memory buffer (while the group still exists) and forget the group."""
+        self._buffer = None
+        if _COLLECTIVES.get(self.group.group_name) is self:
+            del _COLLECTIVES[self.group.group_name]
+
     def all_gather(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., n) from every rank, concatenated along the last dim in rank order: (..., world * n)."""
         if self.method == "none":

@@ -4,16 +4,20 @@ One run, random weights of the presets' shapes, bf16, batch 1, prefill excluded,
 product's decode step (dense parts compiled, one CUDA-graph replay per token):
   1 GPU        tokens/s of each model that fits one GPU at the longest context, and its roofline
   N GPUs       the same model split over N ranks (models/tp.py, spawned by models/distributed.py), with
-               each all-reduce: "one_shot" (symmetric memory), "nccl", and "none" (no communication:
-               wrong numbers, the step's compute alone; the difference is what the collectives cost);
+               the all-reduce the product uses ("one_shot": symmetric memory; NCCL where that cannot run)
+               and with "none" (no communication: wrong numbers, the step's compute alone; the difference
+               is what the collectives cost); with --methods one_shot,nccl,none all three;
                the collectives of one step alone (2 all-reduces per layer and the logits gather) in a graph;
                the N-GPU roofline: each rank's share of weights and KV over its own copy bandwidth,
                measured on that GPU in this run (the slowest rank bounds the step)
-  collectives  NCCL all-reduce against the one-shot all-reduce at the decode step's message sizes,
-               as plain launches and inside a CUDA graph
+  dispatch     where each rank's batch-1 projections run (Triton GEMV, split-K GEMV, cuBLAS) and their
+               share of the weight bytes; --gemv-ab MODELS times those models' rows again with the
+               dispatch before split-K (CODECOMPLETE_GEMV=wide: deep projections on cuBLAS), in the same run
+  collectives  (--sweep) NCCL all-reduce against the one-shot all-reduce at the decode step's message
+               sizes, as plain launches and inside a CUDA graph
   check        a 2-layer cut of the first model through the Engine's decode step: N-rank prefill and decode
-               logits (eager, then compiled and graph-replayed, per all-reduce) against one GPU's (eager);
-               every rank's tokens must agree
+               logits (eager, then compiled and graph-replayed) against one GPU's (eager); every rank's
+               tokens must agree
 NVLink multicast stays off (models.distributed.MULTICAST_OFF). Writes tp.json and tp.md; prints the table.
 """
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import time
 from pathlib import Path
 
@@ -32,31 +37,50 @@ from models.bench import fill_cache_randomly, fits, kv_bytes_per_step, ours_step
 from models.config import preset
 from models.distributed import MULTICAST_OFF, multicast_off, run_on_ranks
 from models.engine import Engine
-from models.llama import build_random_model
-from models.tp import ONE_SHOT_MAX_BYTES, TensorParallel, random_shard, vocab_rows
+from models.llama import Transformer, build_random_model, use_gemv
+from models.tp import ONE_SHOT_MAX_BYTES, TensorParallel, random_shard, shard_config, vocab_rows
 
 GiB = 2**30
 METHODS = ("one_shot", "nccl", "none")
+OLD_DISPATCH = "wide"          # the GEMV dispatch before split-K, the A/B's other arm
 MESSAGE_BYTES = (16 << 10, 32 << 10, 64 << 10, 128 << 10, 256 << 10, 1 << 20, 16 << 20, 64 << 20)
 CHECK_LAYERS, CHECK_PROMPT = 2, 512
 
 
 def run(args, env: dict, bandwidth: float, log) -> int:
     multicast_off()
-    names = [n if n.startswith(("CodeLlama", "SmolLM")) else f"CodeLlama-{n}" for n in args.models.split(",")]
+    _allow_recompiles()
+    names, ab = _names(args.models), _names(args.gemv_ab)
     contexts = [int(c) for c in args.contexts.split(",")]
+    methods = [m for m in args.methods.split(",") if m]
+    if unknown := set(methods) - set(METHODS):
+        raise SystemExit(f"--methods: unknown {', '.join(sorted(unknown))} (choose from {', '.join(METHODS)})")
     out = {"env": env, "gpus": args.gpus, "multicast_off": MULTICAST_OFF, "bandwidth_gpu0": bandwidth,
-           "single": [], "notes": [], "tp": {}}
+           "single": [], "notes": [], "tp": {}, "gemv_ab": ab,
+           "dispatch": [dispatch_shares(n, w) for n in names for w in sorted({1, args.gpus})]}
     path = str(args.out / f"tp{'-' + args.tag if args.tag else ''}")
     for name in names:
-        out["single"] += single_gpu_rows(name, contexts, bandwidth, args.replays, log, out["notes"])
+        out["single"] += single_gpu_rows(name, contexts, bandwidth, args.replays, log, out["notes"], name in ab)
         save(out, path)
     started = time.perf_counter()
-    out["tp"] = run_on_ranks(args.gpus, "cuda", rank_bench, names, contexts, args.replays, out, path)
+    out["tp"] = run_on_ranks(args.gpus, "cuda", rank_bench, names, contexts, args.replays, out, path, methods,
+                             ab, args.sweep)
     out["tp"]["wall_s"] = time.perf_counter() - started
     table = save(out, path)
     print(table)
     return 0 if all(c.get("ok", False) for c in out["tp"]["check"]) else 1
+
+
+def _allow_recompiles() -> None:
+    """One process compiles the dense step for several models' shapes, once per Engine or model: close to
+    dynamo's default of 8 entries per function, past which it would run the function eagerly."""
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(32, getattr(torch._dynamo.config, name)))
+
+
+def _names(models: str) -> list[str]:
+    return [n if n.startswith(("CodeLlama", "SmolLM")) else f"CodeLlama-{n}" for n in models.split(",") if n]
 
 
 def save(out: dict, path: str) -> str:
@@ -69,7 +93,8 @@ def save(out: dict, path: str) -> str:
 
 # ---- one GPU -----------------------------------------------------------------------------------
 
-def single_gpu_rows(name: str, contexts, bandwidth: float, replays: int, log, notes: list) -> list[dict]:
+def single_gpu_rows(name: str, contexts, bandwidth: float, replays: int, log, notes: list,
+                    ab: bool = False) -> list[dict]:
     config = preset(name)
     weights = 2 * sum(p.numel() for p in _meta_model(config).parameters())
     if not fits(weights + kv_bytes_per_step(config, 1, max(contexts))):
@@ -89,15 +114,54 @@ def single_gpu_rows(name: str, contexts, bandwidth: float, replays: int, log, no
         rows.append({"model": name, "gpus": 1, "context": context, "step_us": us, "tok_s": 1e6 / us,
                      "roofline_tok_s": roofline, "weight_gb": weights / 1e9})
         log(f"  1 GPU {name} S={context}: {1e6 / us:.1f} tok/s, roofline {roofline:.1f}")
+    if ab:                               # the same steps with the old dispatch (recompiled once)
+        for row in rows:
+            model.setup_caches(1, row["context"])
+            fill_cache_randomly(model, row["context"])
+            row["step_us_old_dispatch"] = _old_dispatch_us(lambda: ours_step_us(model, 1, row["context"], "flash",
+                                                                                replays))
+            log(f"  1 GPU {name} S={row['context']}: old dispatch {1e6 / row['step_us_old_dispatch']:.1f} tok/s")
     del model
     _free()
     return rows
 
 
 def _meta_model(config):
-    from models.llama import Transformer
     with torch.device("meta"):
         return Transformer(config, max_len=1)
+
+
+def _old_dispatch_us(measure) -> float:
+    """measure() with the GEMV dispatch before split-K (decided in the op: a new capture, no recompile)."""
+    use_gemv(OLD_DISPATCH)
+    try:
+        return measure()
+    finally:
+        use_gemv(os.environ.get("CODECOMPLETE_GEMV", "1"))
+
+
+def dispatch_shares(name: str, world: int) -> dict:
+    """Where one rank's batch-1 projections run, per GEMV dispatch ("1": now, "wide": before split-K),
+    and each route's share of the weight bytes a decode step reads through projections."""
+    from kernels.gemv import gemv_config, route
+    config = preset(name)
+    local = shard_config(config, world) if world > 1 else config
+    layer = _meta_model(local.replace(n_layers=1)).layers[0]
+    shapes = {"wqkv": layer.attention.wqkv.weight.shape, "wo": layer.attention.wo.weight.shape,
+              "w13": layer.feed_forward.w13.weight.shape, "w2": layer.feed_forward.w2.weight.shape}
+    counts = {k: config.n_layers for k in shapes}
+    shapes["output"] = (vocab_rows(config.vocab_size, world), config.dim)
+    counts["output"] = 1
+    result = {"model": name, "gpus": world, "projections": [], "shares": {}}
+    total = sum(2 * n * k * counts[p] for p, (n, k) in shapes.items())
+    for mode in ("1", OLD_DISPATCH):
+        shares = {"gemv": 0.0, "gemv split-K": 0.0, "cublas": 0.0}
+        for p, (n, k) in shapes.items():
+            shares[route(n, k, mode == OLD_DISPATCH)] += 2 * n * k * counts[p] / total
+        result["shares"][mode] = shares
+    result["projections"] = [{"name": p, "N": n, "K": k, "split_k": gemv_config(n, k)[0], "bytes": 2 * n * k * counts[p],
+                              "old_route": route(n, k, True)} for p, (n, k) in shapes.items()]
+    return result
 
 
 def _free() -> None:
@@ -108,9 +172,10 @@ def _free() -> None:
 # ---- N GPUs: what every rank runs --------------------------------------------------------------
 
 def rank_bench(tp: TensorParallel, names: list[str], contexts: list[int], replays: int, out: dict,
-               path: str) -> dict:
+               path: str, methods=METHODS, ab=(), sweep: bool = True) -> dict:
     """Everything N-GPU, on every rank in step; rank 0 saves after each part and returns the whole."""
     log = _rank_log(tp)
+    _allow_recompiles()
     bandwidth = copy_bandwidth()
     log(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s; one-shot all-reduce: {_one_shot_state(tp)}")
     result = out["tp"] = {"bandwidths": [bandwidth], "one_shot_error": tp.collectives.one_shot_error,
@@ -119,10 +184,13 @@ def rank_bench(tp: TensorParallel, names: list[str], contexts: list[int], replay
     def saved():
         if tp.rank == 0:
             save(out, path)
-    result["collectives"] = collective_rows(tp, log)
-    saved()
+    if sweep:
+        result["collectives"] = collective_rows(tp, log)
+        saved()
     result["check"] = check_rows(tp, names[0], log)
     saved()
+    if tp.collectives.one_shot_error:     # the product falls back to NCCL: time that instead
+        methods = ["nccl" if m == "one_shot" else m for m in methods]
     for name in names:
         config = preset(name)
         need = 2 * sum(p.numel() for p in _meta_model(config).parameters()) // tp.world
@@ -133,10 +201,19 @@ def rank_bench(tp: TensorParallel, names: list[str], contexts: list[int], replay
             out["notes"].append(f"{name} on {tp.world} GPUs: {need / GiB:.0f} GiB of weights per GPU + the KV cache "
                                 f"at {max(contexts)} tokens do not fit")
             continue
-        for row in tp_rows(tp, name, contexts, replays, log):
+        model = random_shard(config, tp, tp.device, torch.bfloat16, max_len=max(contexts))
+        model.compile_dense()
+        rows = tp_rows(tp, model, name, contexts, replays, log, methods)
+        for row in rows:
             row["roofline_tok_s"] = bandwidth / row["rank_bytes"]     # rank 0's share, until all are in
             result["rows"].append(row)
         saved()
+        if name in ab:
+            for row, (_, us) in zip(rows, old_dispatch_rows(tp, model, name, contexts, replays, log)):
+                row["step_us_old_dispatch"] = us
+            saved()
+        del model
+        _free()
     tp.collectives.method = "auto"
     everyone = [None] * tp.world
     dist.all_gather_object(everyone, {"bandwidth": bandwidth, "rows": result["rows"]}, group=tp.control)
@@ -214,9 +291,7 @@ def check_rows(tp: TensorParallel, name: str, log) -> list[dict]:
     model = random_shard(config, tp, tp.device, torch.bfloat16, max_len=2 * CHECK_PROMPT)
     rows = []
     for graphed in (False, True):
-        for method in ("one_shot", "nccl"):
-            if method == "one_shot" and tp.collectives.one_shot_error:
-                continue
+        for method in ("auto",):         # one_shot where it runs (what the product uses), else NCCL
             tp.collectives.method = method
             prefill, decode = _logits(model, prompt, graphed)
             tokens = [None] * tp.world
@@ -249,10 +324,9 @@ def _logits(model, prompt: torch.Tensor, graphed: bool) -> tuple[torch.Tensor, t
     return prefill, decode.clone()
 
 
-def tp_rows(tp: TensorParallel, name: str, contexts, replays: int, log) -> list[dict]:
+def tp_rows(tp: TensorParallel, model, name: str, contexts, replays: int, log, methods=METHODS) -> list[dict]:
+    """Rows of rank tp.rank's part `model` of `name` (compiled), one per context, each all-reduce in `methods`."""
     config = preset(name)
-    model = random_shard(config, tp, tp.device, torch.bfloat16, max_len=max(contexts))
-    model.compile_dense()
     weights = weight_bytes_per_step(model)
     rows = []
     for context in contexts:
@@ -263,7 +337,7 @@ def tp_rows(tp: TensorParallel, name: str, contexts, replays: int, log) -> list[
         row = {"model": name, "gpus": tp.world, "context": context, "rank_weight_gb": weights / 1e9,
                "rank_kv_gb": kv / 1e9, "rank_bytes": weights + kv, "step_us_by_method": {},
                "collectives_us_by_method": {}, "errors": {}}
-        for method in METHODS:
+        for method in methods:
             if method == "one_shot" and tp.collectives.one_shot_error:
                 row["errors"][method] = tp.collectives.one_shot_error
                 continue
@@ -283,9 +357,21 @@ def tp_rows(tp: TensorParallel, name: str, contexts, replays: int, log) -> list[
             f"{m} {us:.0f} µs/step" for m, us in row["step_us_by_method"].items()) +
             f"; collectives alone " + ", ".join(f"{m} {us:.0f} µs" for m, us in row["collectives_us_by_method"].items()))
         rows.append(row)
-    del model
-    _free()
     return rows
+
+
+def old_dispatch_rows(tp: TensorParallel, model, name: str, contexts, replays: int, log) -> list[tuple[int, float]]:
+    """(context, µs per step) with the GEMV dispatch before split-K and the product's all-reduce."""
+    out = []
+    tp.collectives.method = "auto"
+    for context in contexts:
+        model.free_caches()
+        model.setup_caches(1, context, name)
+        fill_cache_randomly(model, context)
+        us = _old_dispatch_us(lambda: ours_step_us(model, 1, context, "flash", replays))
+        log(f"{tp.world} GPUs {name} S={context}: old dispatch {us:.0f} µs/step")
+        out.append((context, us))
+    return out
 
 
 def step_collectives_us(tp: TensorParallel, config, replays: int) -> float:
@@ -314,6 +400,16 @@ def markdown(out: dict) -> str:
     lines += [f"- {note}" for note in out["notes"]]
     if tp.get("one_shot_error"):
         lines.append(f"- one-shot all-reduce unavailable: {tp['one_shot_error']}")
+    if out.get("dispatch"):
+        lines += ["", "Batch-1 projections per GPU, share of the weight bytes by where they run (now; 'old': the "
+                  "dispatch before split-K, CODECOMPLETE_GEMV=wide); split-K ranges per deep projection:", "",
+                  "| model | GPUs | GEMV | GEMV split-K | cuBLAS | old: GEMV / cuBLAS | split-K projections |",
+                  "|---|---|---|---|---|---|---|"]
+        for d in out["dispatch"]:
+            now, old = d["shares"]["1"], d["shares"][OLD_DISPATCH]
+            split = ", ".join(f"{p['name']} {p['N']}x{p['K']}: {p['split_k']}" for p in d["projections"] if p["split_k"] > 1)
+            lines.append(f"| {d['model']} | {d['gpus']} | {100 * now['gemv']:.0f}% | {100 * now['gemv split-K']:.0f}% | "
+                         f"{100 * now['cublas']:.0f}% | {100 * old['gemv']:.0f}% / {100 * old['cublas']:.0f}% | {split} |")
     if tp.get("collectives"):
         lines += ["", "Collectives, µs per op (plain: launched from Python; graph: 50 in one CUDA graph):", "",
                   "| op | method | size | plain | graph |", "|---|---|---|---|---|"]
@@ -327,13 +423,16 @@ def markdown(out: dict) -> str:
             f"decode {c.get('decode_rel_l2', float('nan')):.1e}, ranks agree {c['ranks_agree']}" for c in tp["check"])]
     lines += ["", "Decode tokens/s. Roofline: each GPU's weights + KV over its own copy bandwidth (the slowest "
               "bounds). 'none': the same step without communication (wrong numbers); the gap to it is what the "
-              "collectives cost inside the step. 'alone': one step's collectives back to back in a graph.", "",
+              "collectives cost inside the step. 'alone': one step's collectives back to back in a graph. "
+              "'old dispatch': the same step with deep projections on cuBLAS (before split-K), same run.", "",
               "| model | GPUs | context | tok/s | roofline | % roofline | x 1 GPU | all-reduce | step µs | "
-              "comm µs in step | comm alone µs | one_shot / nccl / none µs |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "comm µs in step | comm alone µs | " + " / ".join(METHODS) + " µs | old dispatch µs | old tok/s | "
+              "new / old |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (model, context), r in sorted(single.items()):
         lines.append(f"| {model} | 1 | {context} | {r['tok_s']:.1f} | {r['roofline_tok_s']:.1f} | "
-                     f"{100 * r['tok_s'] / r['roofline_tok_s']:.0f}% | 1.00 | - | {r['step_us']:.0f} | | | |")
+                     f"{100 * r['tok_s'] / r['roofline_tok_s']:.0f}% | 1.00 | - | {r['step_us']:.0f} | | | | "
+                     f"{_old_cells(r)} |")
     for r in tp.get("rows", []):
         by = r["step_us_by_method"]
         ratio = _ratio(r, single.get((r["model"], r["context"])))
@@ -342,9 +441,16 @@ def markdown(out: dict) -> str:
             f"{100 * r['tok_s'] / r['roofline_tok_s']:.0f}% | {'-' if ratio is None else f'{ratio:.2f}'} | "
             f"{r['method']} | {r['step_us']:.0f} | {r['step_us'] - by.get('none', float('nan')):.0f} | "
             f"{r['collectives_us_by_method'].get(r['method'], float('nan')):.0f} | "
-            + " / ".join(f"{by[m]:.0f}" if m in by else "-" for m in METHODS) + " |")
+            + " / ".join(f"{by[m]:.0f}" if m in by else "-" for m in METHODS) + f" | {_old_cells(r)} |")
     lines += ["", *bars(out)]
     return "\n".join(lines) + "\n"
+
+
+def _old_cells(row: dict) -> str:
+    old = row.get("step_us_old_dispatch")
+    if old is None:
+        return " | | "
+    return f"{old:.0f} | {1e6 / old:.1f} | {old / row['step_us']:.3f}x"
 
 
 def _ratio(row: dict, single: dict | None) -> float | None:
@@ -352,7 +458,7 @@ def _ratio(row: dict, single: dict | None) -> float | None:
 
 
 def bars(out: dict) -> list[str]:
-    """The issue's bars, each met or missed, with the numbers."""
+    """The issue's bars, each met or missed, with the numbers; with the old dispatch where it was timed."""
     single = {(r["model"], r["context"]): r for r in out["single"]}
     lines = ["Bars:"]
     for r in out["tp"].get("rows", []):
@@ -360,16 +466,21 @@ def bars(out: dict) -> list[str]:
             continue
         comm = r["step_us"] - r["step_us_by_method"].get("none", float("nan"))
         share = f"collectives {comm:.0f} µs of a {r['step_us']:.0f} µs step ({100 * comm / r['step_us']:.0f}%)"
+        old = r.get("step_us_old_dispatch")
         one = single.get((r["model"], r["context"]))
         if "34B" in r["model"] and one:
             ratio = r["tok_s"] / one["tok_s"]
+            before = ""
+            if old and one.get("step_us_old_dispatch"):
+                before = f"; old dispatch on both: {one['step_us_old_dispatch'] / old:.2f}x"
             lines.append(f"- {r['model']} S={r['context']}: {r['gpus']} GPUs {r['tok_s']:.1f} tok/s = {ratio:.2f}x of 1 GPU "
-                         f"({one['tok_s']:.1f}); bar 1.7x: {'met' if ratio >= 1.7 else 'MISSED'}; {share}")
+                         f"({one['tok_s']:.1f}); bar 1.7x: {'met' if ratio >= 1.7 else 'MISSED'}; {share}{before}")
         if "70B" in r["model"]:
             frac = r["tok_s"] / r["roofline_tok_s"]
+            before = f"; old dispatch: {100 * 1e6 / old / r['roofline_tok_s']:.0f}%" if old else ""
             lines.append(f"- {r['model']} S={r['context']}: {r['gpus']} GPUs {r['tok_s']:.1f} tok/s = {100 * frac:.0f}% of "
                          f"the {r['gpus']}-GPU roofline ({r['roofline_tok_s']:.1f}); bar 80%: "
-                         f"{'met' if frac >= 0.8 else 'MISSED'}; {share}")
+                         f"{'met' if frac >= 0.8 else 'MISSED'}; {share}{before}")
     checks = out["tp"].get("check", [])
     lines.append(f"- check: {'all ok' if checks and all(c.get('ok') for c in checks) else 'FAILED or not run'}")
     return lines

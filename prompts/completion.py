@@ -19,13 +19,14 @@ every keystroke. The prompt ends one token before the cursor, that token's text 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from itertools import accumulate
 from pathlib import Path
 
 from .chunking import Chunk, source_imports
 from .errors import BudgetError, PromptError
-from .formats import CompletionFormat, completion_format
+from .formats import CompletionFormat, Segment, completion_format
 from .imports import follow_imports
 from .index import RepoIndex
 from .languages import comment_marker, language_for, language_name
@@ -56,6 +57,7 @@ def build_completion_prompt(
     col: int | None = None,
     budget_tokens: int = 4096,
     reserve_tokens: int = 0,
+    extra: Sequence[tuple[str, str]] = (),
     *,
     heal: bool = True,
 ) -> PackedPrompt:
@@ -63,6 +65,8 @@ def build_completion_prompt(
 
     ``text`` is the editor's buffer (None: read the file). ``line`` and ``col`` are 1-based; no line means the
     end of the file, no column the end of the line. The ids never exceed ``budget_tokens - reserve_tokens``.
+    ``extra`` holds chunks an editor chose, ``(filename, text)`` oldest first (llama.cpp's ``input_extra``): they
+    go ahead of the ranked repository context, the newest kept when not all fit.
     ``heal``: leave the last token before the cursor to the model (``PackedPrompt.heal_text``).
     """
     relative = index.relative_path(path)
@@ -100,27 +104,33 @@ def build_completion_prompt(
         code_between=index.code_between,
         outline=lambda chunk: _outlined(form, chunk, comment),
     )
+    extras = _fit_extra(encoder, form, comment, extra, space - share)
+    given = sum(tokens for _, _, tokens in extras)
     # The definitions of what the cursor uses get their part of the repository's share first; code like the
     # code at the cursor (the file's own other parts first) the rest.
-    repository = space - share
+    repository = space - share - given
     selection = select_chunks(encoder, layout, rank(index, query, definitions_only=True),
                               int(repository * DEFINITION_SHARE))
     selection = select_chunks(encoder, layout, rank(index, query), repository, selection)
-    window.fit(space - selection.tokens, avoid=selection.chunks(relative))  # what the repository left over
+    window.fit(space - given - selection.tokens, avoid=selection.chunks(relative))  # what the context left over
 
     while True:
+        has_context = bool(selection or extras)
         assembler = Assembler(encoder)
-        assembler.add(form.opening(index.name, comment, bool(selection)))
-        context_segments, context = selection.segments()
+        assembler.add(form.opening(index.name, comment, has_context))
+        context = [replace(item, tokens=assembler.add(segments)) for segments, item, _ in extras]
+        context_segments, ranked = selection.segments()
         assembler.add(context_segments)
-        context += _add_cursor(assembler, form, relative, comment, window, bool(selection))
+        context += ranked + _add_cursor(assembler, form, relative, comment, window, has_context)
         excess = len(assembler.ids) - limit
         if excess <= 0:
             break
         # Every piece was counted exactly; only a tokenizer whose leading space defeats the infill encoding
-        # (tokens.py) gets here. Give up the least relevant chunk, or lines of the file.
+        # (tokens.py) gets here. Give up the least relevant chunk, the oldest extra one, or lines of the file.
         if selection:
             selection.drop_last()
+        elif extras:
+            extras.pop(0)
         else:
             window.fit(window.tokens - excess)
     return PackedPrompt(
@@ -169,6 +179,26 @@ def _query(index: RepoIndex, path: str, language: str, imports, rows: list[str],
 def _outlined(form: CompletionFormat, chunk: Chunk, comment: str) -> list | None:
     text = outline(chunk)
     return None if text is None else form.chunk(text, comment)
+
+
+def _fit_extra(
+    encoder: Encoder, form: CompletionFormat, comment: str, extra: Sequence[tuple[str, str]], budget: int
+) -> list[tuple[list[Segment], ContextItem, int]]:
+    """The client's chunks that fit into ``budget``, the newest taken first, in the client's order: each a file
+    section of its own, as (segments, the item reporting it, tokens)."""
+    pieces = []
+    for filename, text in extra:
+        text = text.removesuffix("\n")
+        if text.strip():
+            segments = form.section(filename, comment) + form.chunk(text, comment)
+            pieces.append((segments, ContextItem(filename, 1, text.count("\n") + 1, 0)))
+    kept, used = [], 0
+    for (segments, item), ids in reversed(list(zip(pieces, encode_all(encoder, [s for s, _ in pieces])))):
+        if used + len(ids) > budget:
+            break
+        kept.append((segments, item, len(ids)))
+        used += len(ids)
+    return kept[::-1]
 
 
 def _file_share(window: _Window, space: int) -> int:

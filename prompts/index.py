@@ -47,6 +47,9 @@ class FileEntry(NamedTuple):
     chunks: tuple[Chunk, ...]
 
 
+_ABSENT = FileEntry(0, 0, False, (), ())  # what a file missing from the index counts as
+
+
 class RepoIndex:
     """The chunks of one repository, with the lookups ranking needs.
 
@@ -54,8 +57,11 @@ class RepoIndex:
     and line order.
     """
 
-    def __init__(self, root: Path, entries: dict[str, FileEntry], vocabulary: dict[str, int], term_ids: dict):
+    def __init__(self, root: Path, entries: dict[str, FileEntry], vocabulary: dict[str, int], term_ids: dict,
+                 paths: PathTable | None = None):
         self.root = root
+        self.entries = entries  # every file as the cache keeps it, left-out ones included
+        self._term_ids = term_ids
         self.files = sorted(path for path, entry in entries.items() if entry.indexed)
         self.chunks: list[Chunk] = []
         self._file_chunks: dict[str, range] = {}
@@ -64,7 +70,7 @@ class RepoIndex:
             self.chunks.extend(entries[path].chunks)
             self._file_chunks[path] = range(start, len(self.chunks))
         self._imports = {path: entries[path].imports for path in self.files}
-        self.paths = PathTable(self.files, root.name)
+        self.paths = paths or PathTable(self.files, root.name)  # ``paths``: a table of exactly these files, to reuse
         self.definers: dict[str, list[int]] = {}  # name -> positions in ``chunks`` of the chunks defining it
         for number, chunk in enumerate(self.chunks):
             for name in chunk.defines:
@@ -118,6 +124,23 @@ class RepoIndex:
     def imports(self, path: str) -> tuple[Import, ...]:
         """The imports of an indexed file as written in its source."""
         return self._imports.get(path, ())
+
+    def updated(self, changed: dict[str, FileEntry], removed: Iterable[str] = ()) -> RepoIndex:
+        """A new index with some files parsed again (or added) and some gone, built from what this one holds: no
+        file is read. (The on-disk cache is left alone; the next ``index_repository`` brings it up to date.)"""
+        entries = dict(self.entries)
+        for path in removed:
+            entries.pop(path, None)
+        vocabulary = dict(self.vocabulary)  # this index keeps its own numbering
+        term_ids = {path: ids for path, ids in self._term_ids.items() if path in entries and path not in changed}
+        for path, entry in changed.items():
+            entry = entries[path] = _share_names(entry)
+            if entry.indexed:
+                term_ids[path] = _number_terms(entry.chunks, vocabulary)
+        same_files = all(self.entries.get(p, _ABSENT).indexed == entries.get(p, _ABSENT).indexed
+                         for p in [*changed, *removed])
+        with _collector_paused():
+            return RepoIndex(self.root, entries, vocabulary, term_ids, paths=self.paths if same_files else None)
 
     def __repr__(self) -> str:
         return f"RepoIndex({str(self.root)!r}, files={len(self.files)}, chunks={len(self.chunks)})"

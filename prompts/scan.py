@@ -16,6 +16,7 @@ import errno
 import os
 import stat
 import warnings
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -61,14 +62,22 @@ class SourceFile(NamedTuple):
 
 def scan_repository(root: Path, max_file_bytes: int = MAX_FILE_BYTES) -> list[SourceFile]:
     """The files of the repository at ``root`` (an absolute, resolved directory), sorted by path."""
-    found = []
+    return sorted(walk_sources(root, max_file_bytes))
+
+
+def walk_sources(root: Path, max_file_bytes: int = MAX_FILE_BYTES) -> Iterator[SourceFile]:
+    """The repository's files as a walk that honours the ignore files finds them, lazily and unsorted: a caller can
+    take a few at a time (a server keeping its index fresh)."""
     for path in _walk(root, IgnoreRules(root, (".gitignore", IGNORE_FILE), git_exclude=True)):
-        if _skipped_by_name(path):
-            continue
-        source = _stat(root, path, max_file_bytes)
-        if source is not None:
-            found.append(source)
-    return sorted(found)
+        if not _skipped_by_name(path):
+            source = _stat(root, path, max_file_bytes)
+            if source is not None:
+                yield source
+
+
+def source_file(root: Path, path: str, max_file_bytes: int = MAX_FILE_BYTES) -> SourceFile | None:
+    """One file as the scan would list it now (its size and mtime), or None if the scan would leave it out."""
+    return None if _skipped_by_name(path) else _stat(root, path, max_file_bytes)
 
 
 def count_ignored(root: Path) -> int:
@@ -103,9 +112,8 @@ def _skipped_by_name(path: str) -> bool:
     )
 
 
-def _walk(root: Path, rules: IgnoreRules) -> list[str]:
-    """Every file under ``root`` that the ignore rules keep, without following directory links."""
-    paths = []
+def _walk(root: Path, rules: IgnoreRules) -> Iterator[str]:
+    """Every file under ``root`` that the ignore rules keep, without following directory links, lazily."""
 
     def unreadable(error: OSError) -> None:
         _warn(Path(error.filename).relative_to(root).as_posix(), error.strerror or "unreadable folder")
@@ -121,8 +129,7 @@ def _walk(root: Path, rules: IgnoreRules) -> list[str]:
             if d not in SKIPPED_DIRS and not os.path.islink(os.path.join(directory, d))
             and not rules.ignored(prefix + d, is_dir=True)
         )
-        paths.extend(prefix + f for f in filenames if f != ".git" and not rules.ignored(prefix + f))
-    return paths
+        yield from (prefix + f for f in filenames if f != ".git" and not rules.ignored(prefix + f))
 
 
 def _stat(root: Path, path: str, max_file_bytes: int) -> SourceFile | None:

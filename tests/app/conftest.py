@@ -81,10 +81,12 @@ def repo(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def cli_env(cache_dir, tmp_path_factory) -> dict[str, str]:
     env = dict(os.environ)
-    env.pop("CODECOMPLETE_MODEL", None)        # the embedded model, whatever the shell says
+    for name in ("CODECOMPLETE_MODEL", "CODECOMPLETE_SERVER", "CODECOMPLETE_API_KEY"):
+        env.pop(name, None)                    # the embedded model and no server, whatever the shell says
     env.update(CODECOMPLETE_CACHE_DIR=str(cache_dir), NO_COLOR="1", TOKENIZERS_PARALLELISM="false",
-               # the user's own dirs stay untouched (history, hub cache)
-               HOME=str(tmp_path_factory.mktemp("home")))
+               # the user's own dirs stay untouched (history, hub cache), and no server of theirs is found
+               HOME=str(tmp_path_factory.mktemp("home")),
+               CODECOMPLETE_RUNTIME_DIR=str(tmp_path_factory.mktemp("runtime")))
     return env
 
 
@@ -111,3 +113,34 @@ def engine(cache_dir):
     from models import load_model
     yield load_model(device="cpu", max_context=2048)
     mp.undo()
+
+
+@pytest.fixture(scope="session")
+def served_repo(tmp_path_factory) -> Path:
+    """A repository of its own for the server tests (some of them change its files)."""
+    root = tmp_path_factory.mktemp("served") / "shapes_repo"
+    for name, text in FIXTURE_FILES.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+@pytest.fixture(scope="session")
+def server(script, cli_env, served_repo, tmp_path_factory):
+    """One `codecomplete serve` for the server tests: small prompts, so that they stay quick on two cores."""
+    from server_process import ServerProcess
+
+    before = contents(served_repo)
+    process = ServerProcess(script, served_repo, cli_env, tmp_path_factory.mktemp("server"),
+                            "--context-tokens", "512", "--max-tokens", "64")
+    try:
+        yield process
+    finally:
+        code = process.stop()
+        assert code == 0, process.log()
+        assert "Traceback" not in process.log(), process.log()
+    assert contents(served_repo) == before      # nothing written (tests that edit files put them back)
+
+
+def contents(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

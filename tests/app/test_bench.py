@@ -17,6 +17,12 @@ def test_bench_on_cpu(codecomplete, repo, tmp_path):
     assert {32, 64, result["repo_context"]} == contexts
     assert all(row["decode_tokens_per_s"] > 0 for row in result["end_to_end"])
     assert {(s["context"], s["over"]) for s in result["speedups"]} == {(c, "eager") for c in contexts}
+    # The first backend again with each 8-bit KV cache and with speculative decoding, plain rows unspeculated.
+    assert "8-bit KV caches and speculative decoding" in run.stdout
+    variants = {(row["context"], row["variant"]) for row in result["variants"]}
+    assert variants == {(c, v) for c in contexts for v in ("fp8", "int8", "speculate 8")}
+    assert all(row["attention"] == "sdpa" and row["decode_tokens_per_s"] > 0 for row in result["variants"])
+    assert all(row["drafted"] == 0 for row in result["end_to_end"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -10,6 +10,7 @@ from prompt_toolkit.output import DummyOutput
 from rich.console import Console
 
 from codecomplete import chat, cli, repl, workspace
+from codecomplete.session import Session
 
 CTRL_C, CTRL_D, ESC_ENTER = "\x03", "\x04", "\x1b\r"     # Esc Enter: a new line, not send
 
@@ -17,7 +18,7 @@ CTRL_C, CTRL_D, ESC_ENTER = "\x03", "\x04", "\x1b\r"     # Esc Enter: a new line
 @pytest.fixture(scope="module")
 def conversation(repo, engine):
     args = cli.build_parser().parse_args([str(repo), "--max-tokens", "12"])
-    return chat.Conversation(engine, workspace.index(repo), args)
+    return chat.Conversation(Session(engine, workspace.index(repo)), args)
 
 
 def drive(conversation, keystrokes, history):

@@ -4,16 +4,8 @@ import pytest
 import torch
 from kernel_inputs import make_inputs, quantized_copy
 
-from kernels import append_kv, flash_decode, reference
+from kernels import append_kv, bench, flash_decode, reference
 from kernels.append import append_kv_triton
-
-
-def e4m3_steps_apart(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """How many representable e4m3 values lie between a and b (same sign; codes are monotonic)."""
-    a, b = a.view(torch.uint8).int(), b.view(torch.uint8).int()
-    sign_a, sign_b = a >> 7, b >> 7
-    distance = ((a & 0x7F) - (b & 0x7F)).abs()
-    return torch.where(sign_a == sign_b, distance, (a & 0x7F) + (b & 0x7F))
 
 
 def caches(B, Hkv, S, D, dtype, layout, fp8):
@@ -48,7 +40,7 @@ def test_append_kernel_matches_reference(layout, T, dtype, Hkv, D, fp8):
         # subnormals, and drops the carry when rounding up crosses a power of two (124 -> 64, not
         # 128); sm_90's cvt rounds to nearest even, and kernels.bench --check compares the GPU's
         # bytes with PyTorch's exactly. Here: at most one step apart, or that lost carry.
-        steps = e4m3_steps_apart(got, expected)
+        steps = reference.e4m3_steps_apart(got, expected)
         g, e = got.view(torch.uint8).int(), expected.view(torch.uint8).int()
         lost_carry = ((g & 7) == 0) & ((e & 7) == 0) & (e - g == 8)
         assert ((steps <= 1) | lost_carry).all() and (steps == 0).float().mean() > 0.9
@@ -82,3 +74,37 @@ def test_cpu_append_is_the_reference():
     for got, expected in zip((k, v, *scales.values()), want):
         assert torch.equal(got.view(torch.uint8) if got.dtype == torch.float8_e4m3fn else got,
                            expected.view(torch.uint8) if expected.dtype == torch.float8_e4m3fn else expected)
+
+
+def test_fp8_scales_are_correctly_rounded_whatever_divides():
+    """Every float32 amax in [1, 2) (every mantissa; other binades only shift the exponent): the
+    reference's scale is the correctly rounded amax / 448 (the Triton kernel's div_rn), and stays so
+    when float64 divides by a reciprocal, as PyTorch does on CUDA for a Python-number divisor. The
+    float32 reciprocal that the GPU run 2026-11-30 used differs on most of them (its append check failed)."""
+    amax = (torch.arange(2**23, dtype=torch.int32) | (127 << 23)).view(torch.float32)
+    exact = amax / torch.full_like(amax, 448.0)                               # IEEE float32 division
+    assert torch.equal(reference.fp8_scale(amax), exact)
+    assert torch.equal((amax.double() * (1 / 448.0)).float(), exact)          # CUDA's a * (1 / b) in float64
+    fp32_reciprocal = (amax.double() * torch.tensor(1 / 448.0).float().double()).float()
+    assert (fp32_reciprocal != exact).float().mean() > 0.5
+    assert reference.fp8_scale(torch.zeros(3)).eq(1).all()
+
+
+def test_append_differences_say_what_differs():
+    """The GPU check's report: one e4m3 code moved by a step and one scale by an ulp are counted,
+    sized in steps, ulps and dequantized value; equal results report nothing."""
+    k, v, scales = caches(2, 3, 20, 32, torch.bfloat16, "bhsd", True)
+    want = [k, v, scales["k_scale"], scales["v_scale"]]
+    assert bench.append_differences([t.clone() for t in want], want) == {
+        "differing_bytes": 0, "bytes": 2 * k.numel(), "max_e4m3_steps": 0, "max_dequant_abs": 0.0,
+        "max_dequant_rel_amax": 0.0, "differing_scales": 0, "max_scale_ulps": 0}
+    got = [t.clone() for t in want]
+    byte = got[1].view(torch.uint8)
+    byte[1, 2, 5, 7] = (byte[1, 2, 5, 7] & 0x80) | ((byte[1, 2, 5, 7] & 0x7F) - 1)  # one step toward zero
+    got[2].view(torch.int32)[0, 1, 3] += 1                                         # one ulp larger
+    diff = bench.append_differences(got, want)
+    assert (diff["differing_bytes"], diff["max_e4m3_steps"], diff["differing_scales"], diff["max_scale_ulps"]) == (1, 1, 1, 1)
+    one_step = (v[1, 2, 5, 7].double() - got[1][1, 2, 5, 7].double()).abs() * scales["v_scale"][1, 2, 5].double()
+    scale_change = (got[2][0, 1, 3].double() - want[2][0, 1, 3].double()) * k[0, 1, 3].double().abs().max()
+    assert diff["max_dequant_abs"] == pytest.approx(max(one_step.item(), scale_change.item()), rel=1e-9)
+    assert 0 < diff["max_dequant_rel_amax"] < 0.07  # a step of e4m3 is at most 1/16 of a value, over 448

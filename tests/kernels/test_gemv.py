@@ -1,9 +1,23 @@
 """The decode GEMV against a float64 reference, on fresh random inputs with NaN-poisoned outputs."""
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
-from kernels.gemv import gemv
+from kernels import gemv as gemv_module
+from kernels.gemv import K_PER_PROGRAM, SHAPES, gemv, gemv_config
+
+
+def _check(y, x, weight, dtype, tol):
+    assert y.shape == (1, weight.shape[0]) and y.dtype == dtype and not y.isnan().any()
+    ref = x.double() @ weight.double().T
+    # Errors scale with the sum of |terms|, not with the (possibly cancelling) result.
+    scale = x.double().abs() @ weight.double().abs().T
+    assert ((y.double() - ref).abs() / scale).max().item() < tol
 
 
 @pytest.mark.parametrize("N, K", [(1, 16), (37, 1000), (128, 2048), (300, 77)])
@@ -11,12 +25,48 @@ from kernels.gemv import gemv
 def test_gemv_matches_float64(N, K, dtype, tol, poisoned_empty):
     x = torch.randn(1, K).to(dtype)
     weight = torch.randn(N, K).to(dtype)
-    y = gemv(x, weight)
-    assert y.shape == (1, N) and y.dtype == dtype and not y.isnan().any()
-    ref = x.double() @ weight.double().T
-    # Errors scale with the sum of |terms|, not with the (possibly cancelling) result.
-    scale = x.double().abs() @ weight.double().abs().T
-    assert ((y.double() - ref).abs() / scale).max().item() < tol
+    _check(gemv(x, weight), x, weight, dtype, tol)
+
+
+@pytest.mark.parametrize("N, K, block_k, split_k", [
+    (37, 1000, 128, 3),      # uneven ranges (3, 3, 2 chunks), the last chunk partly masked, a partial row block
+    (5, 640, 64, 10),        # one chunk per range
+    (64, 300, 128, 5),       # more ranges asked than chunks: 3 ranges, no empty one
+])
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+def test_split_k_matches_float64_and_leaves_its_tickets_at_zero(N, K, block_k, split_k, dtype, tol, poisoned_empty):
+    """The partial sums of every K range meet in the last program of each row block (NaN-poisoned
+    workspace: a partial read before it is written shows), which resets the counters for the next call."""
+    x = torch.randn(1, K).to(dtype)
+    weight = torch.randn(N, K).to(dtype)
+    first = gemv(x, weight, block_k=block_k, split_k=split_k)
+    _check(first, x, weight, dtype, tol)
+    assert not gemv_module._counters[x.device].any()
+    x2, weight2 = torch.randn(1, K).to(dtype), torch.randn(N, K).to(dtype)   # a second launch on new data
+    _check(gemv(x2, weight2, block_k=block_k, split_k=split_k), x2, weight2, dtype, tol)
+    assert torch.equal(gemv(x, weight, block_k=block_k, split_k=split_k), first)   # the same bits again
+
+
+def test_a_deep_projection_is_split_by_default(poisoned_empty):
+    """N < K and K beyond one program's columns: gemv_config splits it (here into 3 ranges)."""
+    N, K = 6, 3 * K_PER_PROGRAM - 100
+    assert gemv_config(N, K)[0] == 3
+    x, weight = torch.randn(1, K), torch.randn(N, K)
+    _check(gemv(x, weight), x, weight, torch.float32, 1e-5)
+
+
+def test_split_choices_for_the_real_projections():
+    """Wide projections keep the unsplit kernel; deep ones get the fewest ranges of whole 1024-column
+    chunks with at most K_PER_PROGRAM columns each, covering K with none empty."""
+    for name, (N, K) in SHAPES.items():
+        split, per = gemv_config(N, K)
+        if N >= K or K <= K_PER_PROGRAM:
+            assert (split, per) == (1, K), name
+            continue
+        assert per % 1024 == 0 and per <= K_PER_PROGRAM, name
+        assert (split - 1) * per < K <= split * per, name
+    assert gemv_config(*SHAPES["34B/2 wqkv"])[0] == 2 and gemv_config(*SHAPES["34B/2 w2"])[0] == 3
+    assert gemv_config(*SHAPES["34B w2"])[0] == 6 and gemv_config(*SHAPES["70B/2 w2"])[0] == 4
 
 
 def test_gemv_custom_op_and_strided_weight(poisoned_empty):
@@ -30,3 +80,17 @@ def test_gemv_custom_op_and_strided_weight(poisoned_empty):
 def test_gemv_rejects_batches():
     with pytest.raises(ValueError, match="gemv takes x"):
         gemv(torch.randn(2, 8), torch.randn(4, 8))
+
+
+def test_both_variants_compile_for_sm90():
+    """Both kernels build for the H100/H200 (a subprocess: this session interprets Triton): the weight
+    loads vectorised (16-byte loads), and the split one takes an acq_rel ticket, reads the partials from
+    L2 (every split's) and resets its counter."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", "import json; from kernels.gemv import compile_facts; "
+                          "print(json.dumps(compile_facts()))"], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    unsplit, split = json.loads(run.stdout.splitlines()[-1])
+    assert unsplit["cubin_bytes"] > 0 and unsplit["vector_loads"] >= 4 and not unsplit["ticket"]
+    assert split["cubin_bytes"] > 0 and split["vector_loads"] >= 4
+    assert split["ticket"] and split["reset"] and split["partials_from_l2"] == 3

@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+import torch
 
 import kernels.tune as tune
 from kernels import bench
@@ -26,18 +27,23 @@ def cpu_exploration(monkeypatch):
     monkeypatch.setattr(tune, "compile_in_parallel", lambda calls: 0.0)
     monkeypatch.setattr(tune, "n_sets_for", lambda shape: 1)
     monkeypatch.setattr(tune, "READ_ONLY_CONFIGS", [(4, 1024, 4, 1)])
-    real_tilings = tune.tilings
-    monkeypatch.setattr(tune, "tilings", lambda case, base: real_tilings(case, base)[:1] + real_tilings(case, base)[4:5])
+    real_tilings, real_neighbours = tune.tilings, tune.neighbours
+    monkeypatch.setattr(tune, "tilings", lambda case: real_tilings(case)[:2])
+    kept = ("splits x0.5", "tma", "partials", "evict_first", "fp8 dot", "fp8 early")
+    monkeypatch.setattr(tune, "neighbours", lambda *args: [n for n in real_neighbours(*args) if n[0] in kept])
+    monkeypatch.setattr(tune, "MAX_LOCAL_ROUNDS", 1)
 
 
 @pytest.mark.parametrize("fp8, T", [(False, 1), (True, 2)])
 def test_exploration_checks_times_and_picks_a_correct_plan(cpu_exploration, fp8, T, tmp_path):
     case = tune.Case(bench.Shape("tiny", 1, 256, 4, 2, 32), T=T, fp8=fp8)
     logged = []
-    result = tune.measure_case(case, num_sms=4, clock=tune.Clock(600), log=logged.append)
+    start = tune.plan_launch(1, 4, 2, 256, 32, T=T, fp8=fp8, num_sms=4)
+    start = dataclasses.replace(start, num_splits=3, eviction="evict_first")
+    result = tune.measure_case(case, num_sms=4, clock=tune.Clock(600), log=logged.append, start_plans=[("table", start)])
     stages = {v["stage"] for v in result["variants"]}
-    assert {"baseline", "splits", "options"} <= stages
-    assert any(line.startswith("  refine:") for line in logged)  # its candidates may all be known already
+    assert {"baseline", "tilings", "splits", "local 1"} <= stages
+    assert any(v["label"] == "table" and v["plan"] == dataclasses.asdict(start) for v in result["variants"])
     assert all("rel_err" in v for v in result["variants"] if "error" not in v)
     assert result["best"] and result["best"]["rel_err"] < tune.TOLERANCE
     assert LaunchPlan(**result["best"]["plan"]).num_splits >= 1
@@ -71,6 +77,8 @@ def test_nearest_entry_lends_its_tiles_and_programs_per_sm(tmp_path):
     assert same == plan
     other = tuned_plan("GPU X", 132, 2, 64, 8, 32768, 128, 1, False, directory=tmp_path)  # twice the programs a split
     assert other.block_n == 128 and other.eviction == "evict_first" and other.num_splits == 8
+    batched = tuned_plan("GPU X", 132, 8, 64, 8, 16384, 128, 1, False, directory=tmp_path)  # 64 heads: one wave
+    assert batched.num_splits == 2                                                         # (not 120 / 64 -> 1)
     assert tuned_plan("GPU X", 132, 1, 32, 32, 4096, 128, 1, False, directory=tmp_path) is None  # another group
     assert tuned_plan("GPU X", 132, 1, 64, 8, 4096, 128, 1, True, directory=tmp_path) is None    # fp8: not measured
     assert tuned_plan("GPU X", 132, 1, 64, 8, 4096, 128, 4, False, directory=tmp_path) is None   # T > 1: not measured
@@ -90,7 +98,23 @@ def test_wave_splits_fill_whole_waves():
     assert wave_splits(8, 131072, 64, 132, 2) == 29
     assert wave_splits(256, 4096, 64, 132, 1) == 1
     assert wave_splits(8, 256, 64, 132, 1) == 1
-    assert plan_launch(1, 64, 8, 131072, 128).num_splits == 33  # the H100 heuristic is unchanged
+    assert plan_launch(1, 64, 8, 131072, 128).num_splits == 33  # 264 programs: two per SM
+    # rounded down: 32 KV heads x 8 splits = 256 programs, not 9 splits = 288 (a second, ragged wave)
+    assert plan_launch(1, 32, 32, 65536, 128).num_splits == 8
+
+
+def test_split_counts_fit_the_binary_s_programs_per_sm():
+    """sm_90 residency from a binary's registers and shared memory, and the split counts filling one
+    wave of it: the fp8 64-key kernel (156 registers, 54 KB) holds 3 programs per SM, so 7B's 32 KV
+    heads take 12 splits (384 programs), or 8 for two per SM."""
+    assert tune.resident_programs(156, 54016, 4) == 3
+    assert tune.resident_programs(80, 38912, 4) == 5      # shared memory: 228 KB / 39 KB
+    assert tune.resident_programs(223, 137216, 4) == 1
+    assert tune.resident_programs(32, 1024, 2) == 32      # at most 32 programs
+    assert tune.resident_programs(64, 1024, 2) == 16      # 64K registers
+    case = tune.Case(bench.Shape("7B", 1, 65536, 32, 32), fp8=True)
+    policies = tune.split_policies(case, plan_launch(1, 32, 32, 65536, 128, fp8=True), 132, resident=3)
+    assert policies["full wave of 3"] == 12 and 8 in policies.values()
 
 
 def test_bars_read_the_rows():
@@ -111,3 +135,144 @@ def test_bars_read_the_rows():
     assert results["K+V >= 256 MB: read rate >= 4.45 TB/s"]["met"] is True
     assert results["fp8 34B B=1 S=128k: >= 1.4x the best bf16 SDPA"]["met"] is True
     assert results["fp8 7B B=1 S=64k: >= 1.6x the best bf16 SDPA"]["met"] is None
+
+
+@pytest.mark.parametrize("fp8, options", [(True, (("fp8_early", True),)), (True, (("maxnreg", 128), ("num_warps", 2))),
+                                          (False, (("tma", True), ("partials", "bfloat16")))])
+def test_gpu_check_cases_force_plan_options(monkeypatch, fp8, options):
+    """The GPU correctness sweep's cases that force a plan option (run here in the interpreter):
+    the option reaches the launch, and the check compares against float64 and the empty row."""
+    monkeypatch.setattr(bench, "DEVICE", "cpu")
+    case = bench.CheckCase(torch.bfloat16, 32, 4, 2, 100, 3, "bshd", fp8=fp8, options=options)
+    q = torch.zeros(3, 4, 32, dtype=torch.bfloat16)
+    assert all(getattr(case.plan(q), name) == value for name, value in options)
+    result = case.run(torch.Generator().manual_seed(0))
+    assert result["ok"], result
+    assert result["options"] == dict(options)
+
+
+def test_sweep_binaries_are_built_from_stand_in_caches(monkeypatch):
+    """The final sweep builds its binaries first, on 16-key caches, with the plans of the real lengths
+    (bf16, fp8 with scales, and the 8-token verification row)."""
+    monkeypatch.setattr(bench, "DEVICE", "cpu")
+    built = []
+    monkeypatch.setattr(bench, "launch", lambda q, k, v, lengths, plan, compile_only, **scales:
+                        built.append((q.shape, k.shape, k.dtype, plan, sorted(scales), compile_only)))
+    monkeypatch.setattr(bench, "compile_in_parallel", lambda calls: [call() for call in calls] and 0.0)
+    shape = bench.Shape("7B", 1, 65536, 32, 32)
+    bench.precompile_sweep([shape])
+    assert [b[0] for b in built] == [(1, 32, 128), (1, 32, 128), (1, 32, bench.VERIFY_TOKENS, 128)]
+    assert all(b[1] == (1, 32, 16, 128) and b[5] for b in built)
+    assert built[1][2] == torch.float8_e4m3fn and built[1][4] == ["k_scale", "v_scale"]
+    assert built[0][3] == plan_launch(1, 32, 32, 65536, 128)  # the real length's plan
+
+
+def test_gpu_check_sweep_forces_every_option_the_tuner_may_pick(monkeypatch):
+    monkeypatch.setattr(bench, "DEVICE", "cpu")
+    ran = []
+    monkeypatch.setattr(bench.CheckCase, "run", lambda self, gen: ran.append(self) or {"ok": True})
+    monkeypatch.setattr(bench, "compile_in_parallel", lambda calls: 0.0)
+    results = bench.gpu_correctness_sweep(lambda message: None, quick=True)
+    assert all(r["ok"] for r in results)
+    forced = {name for case in ran for name, _ in case.options}
+    assert {"fp8_early", "maxnreg", "num_warps", "block_n", "tma", "partials", "eviction", "cache_modifier",
+            "pdl"} <= forced
+    assert all(case.fp8 for case in ran if "fp8_early" in dict(case.options))
+
+
+def test_explore_writes_a_complete_table_and_plan_file(cpu_exploration, monkeypatch, tmp_path):
+    """The whole exploration on one tiny case: every output the GPU run hands back, naming the card."""
+    monkeypatch.setattr(tune, "cases", lambda which: [tune.Case(bench.Shape("tiny", 1, 128, 4, 2, 32))])
+    env = {"card": "Test GPU 7", "sms": 4, "date": "2026-12-01", "torch": "t", "triton": "t",
+           "read_bandwidth": 1e12, "copy_bandwidth": 1e12}
+    assert tune.explore(env, tmp_path, tmp_path / "plans", budget_s=30, log=lambda message: None) == 0
+    table = (tmp_path / "kernels-tune.md").read_text()
+    assert table.startswith("Plan exploration on Test GPU 7 (4 SMs), 2026-12-01") and "| tiny B=1 S=128 |" in table
+    sweep = json.loads((tmp_path / "kernels-tune.json").read_text())
+    assert sweep["env"]["card"] == "Test GPU 7" and sweep["cases"][0]["best"]["plan"]
+    assert json.loads((tmp_path / "plans" / "test-gpu-7.json").read_text())["device"]["name"] == "Test GPU 7"
+
+
+def test_exploring_every_row_merges_into_the_committed_table(cpu_exploration, monkeypatch, tmp_path):
+    """--cases all: the most wanted case first; a shape the committed table measured gets a local
+    search from its plan (no grid), a new shape the grid; cases past the budget are skipped; the
+    plan file keeps the committed entries this run did not replace."""
+    committed_dir, card = tmp_path / "committed", "Test GPU 7"
+    known, new, unwanted = (bench.Shape("tiny", 1, 256, 4, 2, 32), bench.Shape("tiny", 2, 128, 4, 2, 32),
+                            bench.Shape("other", 1, 64, 4, 2, 32))
+    start = dataclasses.replace(tune.plan_launch(1, 4, 2, 256, 32, num_sms=4), num_splits=2, eviction="evict_first")
+    entries = [tune.table_entry(s.B, s.Hq, s.Hkv, s.S, s.D, 1, False, start, 4, {"us": 9.0}) for s in (known, unwanted)]
+    committed_dir.mkdir()
+    (committed_dir / "test-gpu-7.json").write_text(json.dumps({"device": {"name": card, "sms": 4}, "entries": entries}))
+    load_table.cache_clear()
+    tuned_plan.cache_clear()
+    monkeypatch.setattr(tune, "load_table", lambda name, sms: load_table(name, sms, committed_dir))
+    monkeypatch.setattr(tune, "tuned_plan", lambda *args: tuned_plan(*args, directory=committed_dir))
+    monkeypatch.setattr(tune, "cases", lambda which: [tune.Case(s) for s in (known, new, unwanted)])
+    monkeypatch.setattr(tune, "PRIORITY", {"tiny B=2 S=128": 3.0, "tiny B=1 S=256": 2.0})
+    budget = {"spent": False}
+    real_measure = tune.measure_case
+
+    def measure_then_spend(*args, **kwargs):  # the budget runs out after the two wanted cases
+        result = real_measure(*args, **kwargs)
+        budget["spent"] = result["case"] == "tiny B=1 S=256"
+        return result
+    monkeypatch.setattr(tune, "measure_case", measure_then_spend)
+    monkeypatch.setattr(tune.Clock, "left", lambda self: -1.0 if budget["spent"] else 600.0)
+    env = {"card": card, "sms": 4, "date": "2026-12-01", "torch": "t", "triton": "t", "read_bandwidth": 1e12,
+           "copy_bandwidth": 1e12}
+    logged = []
+    assert tune.explore(env, tmp_path, tmp_path / "plans", budget_s=600, log=logged.append, which="all") == 0
+    sweep = json.loads((tmp_path / "kernels-tune.json").read_text())
+    assert [r["case"] for r in sweep["cases"]] == ["tiny B=2 S=128", "tiny B=1 S=256"]  # by weight
+    stages = [{v["stage"].split()[0] for v in r["variants"]} for r in sweep["cases"]]
+    assert "tilings" in stages[0] and "tilings" not in stages[1] and "local" in stages[1]
+    assert any(v["label"] == "table" and v["plan"] == dataclasses.asdict(start) for v in sweep["cases"][1]["variants"])
+    assert any("other B=1 S=64: not explored" in line for line in logged)
+    table = json.loads((tmp_path / "plans" / "test-gpu-7.json").read_text())
+    by_shape = {(e["key"]["B"], e["key"]["S"]): e for e in table["entries"]}
+    assert set(by_shape) == {(1, 256), (2, 128), (1, 64)}
+    assert by_shape[(1, 64)] == entries[1]                                     # kept as committed
+    assert by_shape[(1, 256)]["measured"]["date"] == "2026-12-01"             # replaced by this run's
+    assert not list((tmp_path / "plans").glob("*.partial"))
+
+
+def test_lean_sweep_and_check_only_runs_write_what_kernels_all_sh_reads(monkeypatch, tmp_path, capsys):
+    """The two kernels.bench runs of bench/gpu/kernels_all.sh, with the GPU parts stood in: --lean
+    times only ours, the read-only kernel, SDPA flash and cuDNN, without single launches, and
+    rewrites kernels.md (card and date first, no empty peer columns) after every shape;
+    --check-only prints the sweep's summary with each failure's report and writes no table."""
+    env = {"card": "Test GPU 7", "sms": 4, "date": "2026-12-01", "torch": "t", "triton": "t", "cuda": "c",
+           "read_bandwidth": 4e12, "copy_bandwidth": 4e12, "plans": {"dir": "d", "file": "f", "entries": 3}}
+    monkeypatch.setattr(bench, "begin_run", lambda program, out: (env, 4e12, lambda message: None))
+    monkeypatch.setattr(bench, "precompile_sweep", lambda shapes: 0.0)
+    seen = []
+
+    def fake_row(shape, methods, bandwidth, log, read_bw, plain):
+        seen.append((sorted(methods), plain))
+        if len(seen) == 2:  # the first shape's table is written before the second is measured
+            assert "| 34B B=1 S=1k |" in (tmp_path / "kernels.md").read_text()
+        us = {name: 10.0 for name in methods if not name.startswith("read_only")} | {"read_floor": 5.0}
+        return {"shape": shape.__dict__ | {"label": shape.label}, "kv_mb": shape.kv_bytes / 1e6, "graph_us": us,
+                "plain_us": {}, "read_tb_s": {name: 1.0 for name in us}, "floor_us": 1.0}
+    monkeypatch.setattr(bench, "bench_shape", fake_row)
+    monkeypatch.setattr(bench, "plot", lambda rows, path, card: None)
+    assert bench.main(["--lean", "--only", "34B B=1 S=1k,34B B=1 S=4k", "--out", str(tmp_path)]) == 0
+    methods, plain = seen[0]
+    assert not plain and {"sdpa_flash", "sdpa_cudnn", "flash_decode", "flash_decode_fp8"} <= set(methods)
+    assert not {"eager", "sdpa_math", "sdpa_efficient", "flex"} & set(methods)
+    table = (tmp_path / "kernels.md").read_text()
+    assert table.startswith("# Flash-Decoding kernel benchmark: Test GPU 7, 2026-12-01")
+    assert "| SDPA flash | cuDNN | vs best SDPA |" in table and "eager" not in table
+    assert "| 34B B=1 S=4k |" in table and "Cut short" not in table and "## Bars" in table
+
+    checks = [{"dtype": "bf16", "ok": True},
+              {"append": True, "fp8": True, "ok": False, "differing_bytes": 3, "max_e4m3_steps": 1}]
+    monkeypatch.setattr(bench, "gpu_correctness_sweep", lambda log, quick: checks)
+    (tmp_path / "kernels.md").unlink()
+    capsys.readouterr()
+    assert bench.main(["--check", "quick", "--check-only", "--out", str(tmp_path)]) == 1
+    printed = capsys.readouterr().out
+    assert "1/2 cases within tolerance (1 append_kv cases" in printed and '"differing_bytes": 3' in printed
+    assert json.loads((tmp_path / "kernels-check.json").read_text())["cases"] == checks
+    assert not (tmp_path / "kernels.md").exists()

@@ -68,6 +68,26 @@ def test_decode_logits_match_transformers_step_by_step(case, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_multi_token_decode_step_matches_transformers(case, backend):
+    """Speculative verification: T tokens in one decode step, causal among themselves, give what T plain
+    decode steps give (transformers fed one token at a time; with dynamic rope a position's frequencies
+    depend on its own length, as in plain decoding)."""
+    directory, engine, ids = case
+    hf = reference(directory)
+    model, T = engine.model, DECODE_STEPS
+    with torch.no_grad():
+        out = hf(ids[:, :PROMPT_LEN], use_cache=True)
+        expected = []
+        for pos in range(PROMPT_LEN, PROMPT_LEN + T):
+            out = hf(ids[:, pos:pos + 1], cache=out.cache, use_cache=True)
+            expected.append(out.logits[:, -1])
+        model.prefill(ids[:, :PROMPT_LEN])
+        input_pos = torch.tensor([PROMPT_LEN])
+        logits = model.decode(ids[:, PROMPT_LEN:], Decode(input_pos, (input_pos + T).int(), backend))
+    torch.testing.assert_close(logits, torch.stack(expected, dim=1), atol=ATOL, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_greedy_tokens_match_transformers_generate(case, backend):
     directory, engine, ids = case
     hf = reference(directory)
@@ -97,9 +117,9 @@ def test_the_cuda_loop_with_lookahead_matches_on_the_cpu(tiny_checkpoint):
     plain = load_model(directory, device="cpu", max_context=48)
     ahead = load_model(directory, device="cpu", max_context=48)
     ahead._lookahead = True
-    prompt, config = list(range(10, 30)), GenerationConfig(max_new_tokens=8)
+    prompt, config = list(range(10, 30)), GenerationConfig(max_new_tokens=8, speculate=0)   # the plain loop
     stop_id = plain.generate(prompt, config).token_ids[3]
-    for cfg in (config, GenerationConfig(max_new_tokens=8, stop_token_ids=(stop_id,))):
+    for cfg in (config, GenerationConfig(max_new_tokens=8, stop_token_ids=(stop_id,), speculate=0)):
         expected, got = plain.generate(prompt, cfg), ahead.generate(prompt, cfg)
         assert got.token_ids == expected.token_ids and got.finish_reason == expected.finish_reason
         follow_up = prompt + got.token_ids + [40, 41]

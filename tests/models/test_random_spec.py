@@ -21,3 +21,18 @@ def test_random_preset_loads_and_decodes():
 def test_unknown_random_preset_is_a_clear_error():
     with pytest.raises(UnsupportedModelError, match="unknown preset 'Nope'"):
         load_model("random:Nope", device="cpu")
+
+
+def test_random_preset_can_carry_a_tokenizer(tiny_checkpoint, llama_tokenizer):
+    """`random:PRESET:DIR`: the preset's shapes with a real tokenizer, so the whole app runs on it (GPU timing);
+    the vocabulary is sized to the tokenizer's, whatever the preset's was."""
+    directory, _ = tiny_checkpoint
+    engine = load_model(f"random:SmolLM2-135M:{directory}", device="cpu", max_context=64)
+    vocab = len(llama_tokenizer)
+    assert vocab != 49152 and engine.model.config.vocab_size == vocab
+    assert engine.tokenizer is not None and len(engine.tokenizer) == vocab
+    assert engine.model.config.n_layers == 30 and engine.model.config.dim == 576
+    prompt = engine.tokenizer("def add(a, b):")["input_ids"]
+    result = engine.generate(prompt, GenerationConfig(max_new_tokens=4))
+    assert 1 <= len(result.token_ids) <= 4 and all(0 <= t < vocab for t in result.token_ids)
+    assert isinstance(result.text, str)

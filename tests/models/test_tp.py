@@ -1,6 +1,11 @@
 """Tensor parallelism on CPU ranks (gloo, spawned by the tests): two ranks must compute what one does."""
 
 import faulthandler
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +20,27 @@ from models.loading.hf import load_hf_model
 from models.tp import shard_config
 
 HANG_S = 300
+ROOT = Path(__file__).resolve().parents[2]
+
+# The user's program, as a user writes it: no close(); leaving the group at exit is load_model's business.
+TWO_RANK_PROGRAM = """
+import sys
+from models import GenerationConfig, load_model
+
+if __name__ == "__main__":
+    engine = load_model(sys.argv[1], device="cpu", max_context=48, gpus=2)
+    result = engine.generate([1, 17, 45, 3, 88], GenerationConfig(max_new_tokens=4))
+    print(engine.ranks._context.processes[0].pid, len(result.token_ids))
+"""
+STUCK_TEARDOWN_PROGRAM = """
+import sys
+import tp_helpers
+from models.distributed import run_on_ranks
+
+if __name__ == "__main__":
+    run_on_ranks(2, "cpu", tp_helpers.hang_in_teardown, 1.0, sys.argv[1])
+    print("returned")
+"""
 
 
 @pytest.fixture
@@ -112,3 +138,75 @@ def test_a_rank_that_raises_ends_the_launch_in_one_line(no_hang):
     with pytest.raises(RankFailed) as failed:      # rank 0 was waiting in an all-reduce for rank 1
         run_on_ranks(2, "cpu", tp_helpers.raise_on_rank_1)
     assert str(failed.value) == "rank 1 failed: ValueError: boom on rank 1"
+
+
+def _run_program(tmp_path, text: str, *args: str, timeout: float) -> tuple[Path, subprocess.CompletedProcess]:
+    script = tmp_path / "program.py"
+    script.write_text(text)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests" / "models"),
+                                                        os.environ.get("PYTHONPATH", "")]))
+    return script, subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
+                                  timeout=timeout, env=env, cwd=tmp_path)
+
+
+def _gone(pid: int, within: float = 10.0) -> bool:
+    """The process has exited (a zombie left to a parent that is gone counts as exited)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+
+
+def test_a_program_on_two_ranks_exits_cleanly_when_it_ends(gqa_checkpoint, tmp_path):
+    """Rank 0 says goodbye at exit, rank 1 leaves the group with it (exit status 0: it did) and is gone."""
+    _, run = _run_program(tmp_path, TWO_RANK_PROGRAM, str(gqa_checkpoint), timeout=120)
+    assert (run.returncode, run.stderr) == (0, "")
+    follower, generated = map(int, run.stdout.split())
+    assert generated == 4 and _gone(follower, within=0)
+
+
+def test_ranks_that_cannot_finish_their_teardown_exit_anyway(tmp_path):
+    """Every rank's destroy_process_group blocks: each exits within the teardown bound (1 s here, 30 by
+    default, above this test's timeout), rank 0 saying so in one line, rank 1 with its stacks."""
+    pid_file = tmp_path / "rank1.pid"
+    script, run = _run_program(tmp_path, STUCK_TEARDOWN_PROGRAM, str(pid_file), timeout=25)
+    assert run.returncode == 1 and run.stdout == ""
+    assert f"{script.name}: error: the ranks did not shut down within 1 s" in run.stderr.splitlines()
+    assert _gone(int(pid_file.read_text()))
+
+
+def test_where_each_ranks_batch1_projections_run():
+    """Splitting halves wqkv's rows, not its columns: on 2 GPUs it is deep like w2, and before split-K
+    38% of a 34B rank's projection bytes went to cuBLAS (26% on one GPU). Now the GEMV takes them all."""
+    from models.tp_bench import dispatch_shares
+    one, two = dispatch_shares("CodeLlama-34B", 1), dispatch_shares("CodeLlama-34B", 2)
+    assert (round(100 * one["shares"]["wide"]["cublas"]), round(100 * two["shares"]["wide"]["cublas"])) == (26, 38)
+    for shares in (one, two, dispatch_shares("CodeLlama-70B", 2)):
+        now = shares["shares"]["1"]
+        assert now["cublas"] == 0 and abs(sum(now.values()) - 1) < 1e-9
+    deep = {p["name"]: (p["N"], p["K"], p["split_k"]) for p in two["projections"] if p["old_route"] == "cublas"}
+    assert deep == {"wqkv": (5120, 8192, 2), "w2": (8192, 11008, 3)}
+
+
+def test_gemv_modes_route_deep_projections(monkeypatch):
+    """"wide" (the A/B's old arm) sends deep projections to cuBLAS inside the op, "1" to split-K; "0"
+    unloads the op; anything else names the choices."""
+    import kernels.gemv
+    from models import llama
+    monkeypatch.setattr(llama, "_gemv", None)
+    monkeypatch.setattr(kernels.gemv, "DEEP_ON_CUBLAS", False)
+    llama.use_gemv("wide")
+    assert llama._gemv is torch.ops.codecomplete.gemv
+    assert [kernels.gemv.route(n, k) for n, k in ((5120, 8192), (22016, 8192))] == ["cublas", "gemv"]
+    llama.use_gemv("1")
+    assert [kernels.gemv.route(n, k) for n, k in ((5120, 8192), (22016, 8192))] == ["gemv split-K", "gemv"]
+    llama.use_gemv("0")
+    assert llama._gemv is None
+    with pytest.raises(ValueError, match=r"CODECOMPLETE_GEMV='2': choose from 1 \(every batch-1 projection\)"):
+        llama.use_gemv("2")

@@ -64,3 +64,15 @@ def raise_on_rank_1(tp) -> None:
     if tp.rank == 1:
         raise ValueError("boom on rank 1")
     dist.all_reduce(torch.ones(4), group=tp.group)      # rank 0 waits for a rank that is gone
+
+
+def hang_in_teardown(tp, seconds: float, pid_file: str) -> None:
+    """Every rank: the process group's destruction never returns, and the teardown bound is `seconds`."""
+    import os
+    import time
+
+    import models.distributed as distributed
+    distributed.LEAVE_TIMEOUT_S = seconds
+    distributed.dist.destroy_process_group = lambda *args, **kwargs: time.sleep(3600)
+    if tp.rank == 1:
+        Path(pid_file).write_text(str(os.getpid()))

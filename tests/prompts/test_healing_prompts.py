@@ -81,3 +81,20 @@ def test_nothing_is_healed_inside_the_first_token_of_a_file(repo_index, smollm2_
     packed = build_completion_prompt(repo_index, smollm2_tokenizer, "main.py", line=1, col=3)  # "fr|om"
     assert packed.heal_text == ""
     assert smollm2_tokenizer.decode(packed.ids).endswith("<file_sep>main.py\nfr")
+
+
+@pytest.mark.parametrize("tokenizer_name", ["smollm2_tokenizer", "codellama_tokenizer"])
+def test_a_raw_prompt_heals_its_last_token_and_keeps_special_tokens(tokenizer_name, request):
+    """The server's /completion and OpenAI completions (a raw text prompt): the prompt ends one token earlier,
+    heal_text is that token's text; a prompt ending in a special token, or one token long, is left as it is."""
+    from prompts import build_raw_prompt
+
+    tokenizer = request.getfixturevalue(tokenizer_name)
+    for text in ("    area = ", "def report(poly):\n    ", "x = polygon_ar", "print(1)\n"):
+        packed = build_raw_prompt(tokenizer, text)
+        assert packed.heal_text == _last_token_text(tokenizer, text) and packed.heal_text
+        assert packed.ids == tokenizer.encode(text[: len(text) - len(packed.heal_text)])
+        assert build_raw_prompt(tokenizer, text, heal=False).ids == tokenizer.encode(text)
+    for text in ("x", tokenizer.all_special_tokens[0], "a = 1" + tokenizer.all_special_tokens[0]):
+        packed = build_raw_prompt(tokenizer, text)
+        assert packed.heal_text == "" and packed.ids == tokenizer.encode(text)

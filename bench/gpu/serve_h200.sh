@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The warm server on the H200, from the repository root, in about 3 minutes: a CodeLlama-7B-shaped model with
+# random weights (they time exactly like real ones) that carries the embedded model's tokenizer (so its
+# vocabulary is 49,152 tokens, not CodeLlama's 32,016: 0.14 GB more of output projection read per token, ~1%),
+# 8k-token prompts built from this repository, 32 new tokens per request. serve_bench types through a function of
+# models/engine.py a few characters per request as llama.vim does, sends a cold request in another file, and runs
+# one cursor through the one-shot command line. Results: $OUT/serve-h200.{json,md}, the server's and the
+# bench's log in $OUT/serve-h200.log; the bars' numbers are printed last.
+#
+# Carry: .whl and .gpu/tokenizer (make both here with bench/gpu/prepare_serve.sh).
+# For a try on a CPU: SKIP_WHEELS=1 MODEL=random:SmolLM2-135M:.gpu/tokenizer CONTEXT=256 MAX_TOKENS=4 REQUESTS=3
+set -euo pipefail
+OUT=${OUT:-bench/results}
+MODEL=${MODEL:-random:CodeLlama-7B:.gpu/tokenizer}
+CONTEXT=${CONTEXT:-8192}
+MAX_TOKENS=${MAX_TOKENS:-32}
+REQUESTS=${REQUESTS:-40}
+mkdir -p "$OUT"
+if [ -z "${SKIP_WHEELS:-}" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target .site .whl/*.whl
+  export PYTHONPATH="$PWD:$PWD/.site${PYTHONPATH:+:$PYTHONPATH}"
+else
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export CODECOMPLETE_CACHE_DIR=${CODECOMPLETE_CACHE_DIR:-/tmp/codecomplete-cache}
+export TOKENIZERS_PARALLELISM=false
+nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader 2>/dev/null || true
+python3 -m codecomplete.serve_bench --model "$MODEL" --context-tokens "$CONTEXT" --max-tokens "$MAX_TOKENS" \
+  --requests "$REQUESTS" --one-shot 1 --out "$OUT/serve-h200" 2> "$OUT/serve-h200.log" | tail -n 12

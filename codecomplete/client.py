@@ -1,0 +1,230 @@
+"""The command line's use of a running `codecomplete serve`: the same session operations, run on the server.
+
+`connect` finds a server for the repository (--server URL, $CODECOMPLETE_SERVER, or one that announced itself in
+the user runtime directory) whose model and settings give what this process would give, and returns a
+`RemoteSession`; None means "run in process" (no server, --no-server, or a server that would answer differently).
+A RemoteSession has the Session's interface: `complete`, `chat` and `raw` return a Generation whose prompt the
+server built, and whose `run(on_text, should_stop)` streams the server's text and returns its result, so the
+commands print the same bytes either way. Ctrl-C (or a closed pipe) asks the server to cancel, and the partial
+result still arrives, as in process.
+
+Standard library only (http.client): the command line stays quick to start.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .errors import AppError, UsageError
+from .session import Generation, Sampling
+
+SERVER_ENV = "CODECOMPLETE_SERVER"
+API_KEY_ENV = "CODECOMPLETE_API_KEY"
+PROTOCOL = "/codecomplete/v1"
+CONNECT_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """The server's engine, as far as the command line shows it."""
+
+    name: str
+    device: str
+    dtype: str
+    attention: str
+    context_length: int
+    model_max_positions: int
+    load_s: float
+
+
+def connect(args, root: Path | None = None, max_new_tokens: int = 0) -> RemoteSession | None:
+    if getattr(args, "no_server", False):
+        return None
+    url = getattr(args, "server", None) or os.environ.get(SERVER_ENV)
+    if url:   # named by the user: it must do, or it is an error
+        key = os.environ.get(API_KEY_ENV)
+        info = _get_info(url, key)
+        problem = mismatch(info, args, root, max_new_tokens)
+        if problem:
+            raise UsageError(f"the server at {url} {problem}")
+        return RemoteSession(url, info, key, args.context_tokens)
+    from .server.discovery import running_servers
+
+    for announced in running_servers():
+        if mismatch(announced, args, root, max_new_tokens) is None:
+            try:
+                info = _get_info(announced["url"], announced.get("api_key"))
+            except AppError:
+                continue         # announced but not answering (starting, or stuck): run in process
+            return RemoteSession(announced["url"], info, announced.get("api_key"), args.context_tokens)
+    return None
+
+
+def mismatch(info: dict, args, root: Path | None, max_new_tokens: int) -> str | None:
+    """Why this server would not print what this process would (None: it would)."""
+    if root is not None and info.get("repo") != str(root):
+        return f"serves {info.get('repo')}, not {root}"
+    wanted = model_spec(args.model or os.environ.get("CODECOMPLETE_MODEL"))
+    if wanted != model_spec(info.get("model_spec")):
+        return f"runs {info.get('model_spec') or 'the embedded model'}, not {wanted or 'the embedded model'}"
+    engine = info.get("engine", {})
+    for option in ("device", "dtype", "attention", "gpus", "kv_cache"):
+        asked = getattr(args, option)
+        if asked and _plain(asked) != _plain(info.get(option) or engine.get(option, "")):
+            return f"runs --{option} {info.get(option) or engine.get(option)}, not {asked}"
+    capacity = engine.get("context_length", 0)
+    if root is None:        # raw generation: no prompt budget, only room for the new tokens
+        fits = max_new_tokens < capacity
+    elif args.context_tokens:
+        fits = args.context_tokens + max_new_tokens <= capacity
+    elif engine.get("device") == "cpu":
+        from .engine import CPU_PROMPT_BUDGET
+        fits = CPU_PROMPT_BUDGET + max_new_tokens <= capacity
+    else:     # on a GPU the prompt takes what the default KV cache holds: the server's must be the default one
+        fits = info.get("context_tokens") is None and max_new_tokens < capacity
+    return None if fits else f"holds {capacity:,} tokens of context, too few for this request"
+
+
+def model_spec(spec: str | None) -> str | None:
+    """A --model value as it compares: a path resolved (where it exists), anything else as given."""
+    if not spec:
+        return None
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else spec
+
+
+def _plain(device: str) -> str:
+    return str(device).removesuffix(":0")
+
+
+class RemoteSession:
+    index = None        # the server holds it
+
+    def __init__(self, url: str, info: dict, api_key: str | None, context_tokens: int | None) -> None:
+        self.url, self.api_key, self.context_tokens = url, api_key, context_tokens
+        self.repo = info.get("repo")
+        self.engine = EngineInfo(**{f.name: info["engine"][f.name] for f in fields(EngineInfo)})
+
+    def complete(self, path: str, *, text: str | None = None, line: int | None = None, col: int | None = None,
+                 sampling: Sampling, **_) -> Generation:
+        return self._start("complete", {"path": path, "text": text, "line": line, "col": col}, sampling)
+
+    def chat(self, messages, *, pinned=(), sampling: Sampling, **_) -> Generation:
+        return self._start("chat", {"messages": list(messages), "pinned": list(pinned)}, sampling)
+
+    def raw(self, prompt, *, sampling: Sampling, **_) -> Generation:
+        return self._start("raw", {"prompt": prompt}, sampling)
+
+    def _start(self, operation: str, request: dict, sampling: Sampling) -> Generation:
+        from prompts import ContextItem, PackedPrompt
+
+        body = {**request, "context_tokens": self.context_tokens, "max_tokens": sampling.max_tokens,
+                "temperature": sampling.temperature, "top_p": sampling.top_p, "seed": sampling.seed}
+        connection = _connection(self.url, timeout=None)
+        response = _post(connection, f"{PROTOCOL}/{operation}", body, self.api_key)
+        lines = iter(response)
+        first = _event(next(lines, b""))
+        prompt = first["prompt"]
+        packed = PackedPrompt(prompt["ids"], [ContextItem(**item) for item in prompt["context"]],
+                              prompt["stop_token_ids"], prompt["stop_strings"], prompt["format"])
+        job = first["id"]
+
+        def run(on_text=None, should_stop=None):
+            cancelled = False
+            try:
+                for line in lines:
+                    event = _event(line)
+                    if "text" in event and on_text is not None:
+                        on_text(event["text"])
+                    if "result" in event:
+                        return _result(event["result"])
+                    if not cancelled and should_stop is not None and should_stop():
+                        cancelled = True
+                        self._cancel(job)
+                raise AppError(f"the server at {self.url} closed the connection mid-answer")
+            finally:
+                connection.close()
+        return Generation(packed, self.engine, run)
+
+    def _cancel(self, job: str) -> None:
+        connection = _connection(self.url, timeout=CONNECT_TIMEOUT_S)
+        try:
+            _post(connection, f"{PROTOCOL}/cancel", {"id": job}, self.api_key).read()
+        except AppError:
+            pass         # it finished meanwhile, or is gone: the stream tells
+        finally:
+            connection.close()
+
+
+def _connection(url: str, timeout: float | None) -> http.client.HTTPConnection:
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme != "http" or not parts.hostname:
+        raise UsageError(f"--server {url}: expected http://HOST:PORT")
+    return http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+
+
+def _headers(api_key: str | None) -> dict:
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    return headers
+
+
+def _get_info(url: str, api_key: str | None) -> dict:
+    connection = _connection(url, timeout=CONNECT_TIMEOUT_S)
+    try:
+        connection.request("GET", f"{PROTOCOL}/info", headers=_headers(api_key))
+        response = connection.getresponse()
+        body = response.read()
+    except OSError as exc:
+        raise AppError(f"cannot reach the server at {url}: {exc.strerror or exc}") from None
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise _error(url, response.status, body)
+    return json.loads(body)
+
+
+def _post(connection: http.client.HTTPConnection, path: str, body: dict, api_key: str | None):
+    try:
+        connection.request("POST", path, json.dumps(body).encode(), headers=_headers(api_key))
+        response = connection.getresponse()
+    except OSError as exc:
+        raise AppError(f"cannot reach the server: {exc.strerror or exc}") from None
+    if response.status != 200:
+        raise _error("", response.status, response.read())
+    return response
+
+
+def _error(url: str, status: int, body: bytes) -> AppError:
+    """The server's error as the command line reports it: the same message and exit code as in process."""
+    try:
+        error = json.loads(body)["error"]
+        message, kind = error["message"], error["type"]
+    except (ValueError, KeyError, TypeError):
+        message, kind = f"the server{' at ' + url if url else ''} answered HTTP {status}", ""
+    usage = status in (400, 404, 413) and kind != "exceed_context_size_error"
+    return UsageError(message) if usage else AppError(message)
+
+
+def _event(line: bytes) -> dict:
+    if not line:
+        raise AppError("the server closed the connection mid-answer")
+    event = json.loads(line)
+    if "error" in event:
+        raise _error("", 500 if event["error"].get("code", 500) >= 500 else event["error"]["code"],
+                     json.dumps(event).encode())
+    return event
+
+
+def _result(data: dict):
+    from models import GenerationResult, Timings
+
+    known = {f.name for f in fields(Timings)}
+    timings = Timings(**{key: value for key, value in data["timings"].items() if key in known})
+    return GenerationResult(data["text"], data["token_ids"], data["prompt_tokens"], data["reused_prefix_tokens"],
+                            data["finish_reason"], timings)

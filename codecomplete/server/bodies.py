@@ -1,0 +1,65 @@
+"""Request bodies checked at the edge, before anything reaches the engine: the size (413), the encoding and the JSON
+(400), then the fields against the protocol's pydantic model (400 naming the first bad field). Types are strict
+("5" is not a number); fields a model does not know are ignored, as llama.cpp and OpenAI ignore them (real
+clients send many: llama.vim's `t_max_prompt_ms`, Continue's `mirostat`)."""
+from __future__ import annotations
+
+import json
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.requests import Request
+
+from .errors import ApiError
+
+MAX_BODY_BYTES = 1024 * 1024
+TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}   # pydantic's names for union members
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", populate_by_name=True)
+
+
+async def read_json(request: Request, model: type[Model], limit: int = MAX_BODY_BYTES) -> Model:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"the request body is larger than {limit:,} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"the request body is larger than {limit:,} bytes")
+        chunks.append(chunk)
+    try:
+        text = b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"the request body is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+    if not isinstance(data, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(400, _first_problem(exc)) from None
+
+
+def _first_problem(exc: ValidationError) -> str:
+    """`n_predict: Input should be a valid integer`, `input_extra[2].text: Field required`"""
+    error = exc.errors(include_url=False)[0]
+    where = ""
+    for part in error["loc"]:
+        if isinstance(part, int):
+            where += f"[{part}]"
+        elif part.split("[")[0] not in TYPE_TAGS and part.isidentifier():
+            where += f".{part}" if where else part
+    return f"{where or 'body'}: {error['msg']}"
+
+
+def stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
+    """OpenAI's and Ollama's `stop`: one string or a list; empty ones mean nothing (llama.cpp skips them too)."""
+    return tuple(s for s in ([stop] if isinstance(stop, str) else stop or []) if s)

@@ -1,0 +1,68 @@
+"""How the command line finds a running server: each server writes a small JSON file about itself into the user's
+runtime directory while it runs (`announce`), and `running_servers` reads them back, dropping those of processes
+that are gone. The directory is private to the user (0700), so a server's API key can sit in its file.
+
+$CODECOMPLETE_RUNTIME_DIR moves the directory (tests give each server its own, so they never see each other's).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+RUNTIME_ENV = "CODECOMPLETE_RUNTIME_DIR"
+
+
+def runtime_dir() -> Path:
+    override = os.environ.get(RUNTIME_ENV)
+    if override:
+        return Path(override).expanduser()
+    import platformdirs
+
+    with warnings.catch_warnings():      # "XDG_RUNTIME_DIR is not set": its fallback is fine here
+        warnings.simplefilter("ignore")
+        return Path(platformdirs.user_runtime_dir("codecomplete"))
+
+
+@contextlib.contextmanager
+def announce(info: dict) -> Iterator[Path]:
+    """Write `info` (with "url", "repo" and this process's id) where clients look, for as long as the block runs."""
+    folder = runtime_dir() / "servers"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = folder / f"{os.getpid()}.json"
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+        json.dump({**info, "pid": os.getpid()}, file)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def running_servers() -> list[dict]:
+    """What the live servers announced, newest first."""
+    found = []
+    for path in (runtime_dir() / "servers").glob("*.json"):
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+            alive = _alive(int(info["pid"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if alive:
+            found.append((path.stat().st_mtime, info))
+        else:
+            path.unlink(missing_ok=True)     # a server that was killed: its file is stale
+    return [info for _, info in sorted(found, key=lambda pair: pair[0], reverse=True)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:     # someone else's process with a recycled id
+        return False
+    return True

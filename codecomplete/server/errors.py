@@ -1,0 +1,46 @@
+"""Errors as clients read them: `{"error": {"code", "message", "type"}}` with the HTTP status llama.cpp and OpenAI
+use for it. Every failure becomes one of these (a bug too, as a 500 with a one-line message): no traceback ever
+reaches a client, and the server serves on."""
+from __future__ import annotations
+
+import sys
+
+from ..errors import classify
+
+TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    500: "server_error",
+    501: "not_supported_error",
+    503: "unavailable_error",
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type = status, message, type or TYPES[status]
+
+    def body(self) -> dict:
+        return {"error": {"code": self.status, "message": self.message, "type": self.type}}
+
+
+def api_error(exc: BaseException) -> ApiError:
+    """The client's view of a failure: bad input is a 400 with the message the command line would print, a
+    model that cannot run it a 500; anything unexpected a 500 that names the exception."""
+    from .worker import Busy
+
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, Busy):
+        return ApiError(503, str(exc))
+    models = sys.modules.get("models")
+    if models is not None and isinstance(exc, models.ContextTooLongError):
+        return ApiError(400, str(exc), "exceed_context_size_error")
+    known = classify(exc)
+    if known is None:
+        return ApiError(500, f"internal error: {type(exc).__name__}: {exc}")
+    code, message = known
+    return ApiError(400 if code == 2 else 500, message)

@@ -1,0 +1,262 @@
+"""llama.cpp's native API, as llama.vim, llama.vscode and Continue's llama.cpp provider use it.
+
+    POST /infill       input_prefix + prompt | input_suffix, with input_extra chunks: a fill-in-the-middle completion
+    POST /completion   prompt (text, special-token text becoming those tokens, or token ids) continued as it is
+    GET  /health       {"status":"ok"}, without an API key
+    GET  /props        default_generation_settings.n_ctx and the like
+
+/infill's prompt is the session's: the client's chunks, then the repository context ranked for the text around the
+cursor, then that text, in the model's format (CodeLlama infill, StarCoder FIM, or left to right for models
+without FIM tokens); it always fits, the far ends of the client's text and its oldest chunks giving way first
+(`truncated` says so). Bodies are one line of compact JSON (llama.vim matches `"content":"` byte for byte);
+streams are `data: {...}` events that simply end. Sampling: temperature, top_k, top_p, seed and stop; the other
+samplers llama.cpp knows are accepted and not applied.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from pydantic import AliasChoices, Field
+
+from .errors import ApiError
+from .bodies import Body, read_json, stop_strings
+from .streaming import json_response, sse, stream
+
+router = APIRouter()
+public = APIRouter()
+
+
+class Options(Body):
+    """What /completion and /infill share (llama.cpp's defaults)."""
+
+    n_predict: int = Field(-1, ge=-1, validation_alias=AliasChoices("n_predict", "max_tokens"))
+    temperature: float = Field(0.8, ge=0)
+    top_k: int = 40
+    top_p: float = Field(0.95, ge=0, le=1)
+    seed: int = -1
+    stop: list[str] = []
+    ignore_eos: bool = False           # here: the prompt format's stops do not apply either (benchmarks)
+    stream: bool = False
+    t_max_predict_ms: int = Field(0, ge=0)
+    n_indent: int = Field(0, ge=0)
+    n_probs: int = Field(0, ge=0)
+    response_fields: list[str] = []
+
+
+class ExtraChunk(Body):
+    text: str
+    filename: str = "tmp"
+
+
+class InfillRequest(Options):
+    input_prefix: str
+    input_suffix: str
+    input_extra: list[ExtraChunk] = []
+    prompt: str = ""
+
+
+class CompletionRequest(Options):
+    prompt: str | list[int]
+
+
+@public.get("/health")
+async def health():
+    return json_response({"status": "ok"})
+
+
+@router.get("/props")
+async def props(request: Request):
+    server = request.app.state.server
+    engine = server.engine
+    return json_response({
+        "default_generation_settings": {"n_ctx": engine.context_length, "params": _settings(server, None)},
+        "total_slots": 1, "model_alias": engine.name, "model_path": server.info.get("model_spec") or engine.name,
+        "modalities": {"vision": False, "audio": False},
+        "chat_template": getattr(engine.tokenizer, "chat_template", None) or "",
+        "build_info": f"codecomplete {server.info.get('version', '')}".strip(),
+    })
+
+
+@router.post("/infill")
+async def infill(request: Request):
+    server = request.app.state.server
+    body = await read_json(request, InfillRequest)
+    sampling = _sampling(server, body)
+    root = server.session.index.root
+    extra = [(_label(chunk.filename, root), chunk.text) for chunk in body.input_extra]
+    limits = Limits(body.t_max_predict_ms, body.n_indent)
+    prefix = body.input_prefix + body.prompt
+    running = server.start(request, lambda: server.session.infill(
+        prefix, body.input_suffix, extra=extra, sampling=sampling, budget=server.budget(sampling)), limits.feed)
+    generation = await running.started()
+    truncated = _truncated(generation.prompt, [label for label, text in extra if text.strip()])
+    return await _answer(server, running, generation, body, sampling, limits, truncated)
+
+
+@router.post("/completion")
+@router.post("/completions")
+async def completion(request: Request):
+    server = request.app.state.server
+    body = await read_json(request, CompletionRequest)
+    sampling = _sampling(server, body)
+    check_ids(server.engine, body.prompt)
+    limits = Limits(body.t_max_predict_ms, body.n_indent)
+    running = server.start(request, lambda: server.session.raw(body.prompt, sampling=sampling), limits.feed)
+    generation = await running.started()
+    return await _answer(server, running, generation, body, sampling, limits, truncated=False)
+
+
+def check_ids(engine, prompt) -> None:
+    """A prompt of token ids must name tokens of the vocabulary; any prompt must have something in it."""
+    if not prompt:
+        raise ApiError(400, "the prompt is empty")
+    if isinstance(prompt, list):
+        vocabulary = engine.model.config.vocab_size
+        bad = next((i for i in prompt if not 0 <= i < vocabulary), None)
+        if bad is not None:
+            raise ApiError(400, f"token id {bad} is outside the vocabulary (0..{vocabulary - 1})")
+
+
+def _sampling(server, body: Options):
+    if body.n_probs:
+        raise ApiError(501, "n_probs (token probabilities) is not supported")
+    return server.sampling(body.n_predict, temperature=body.temperature, top_k=max(body.top_k, 0),
+                           top_p=body.top_p, seed=None if body.seed < 0 else body.seed,
+                           stop=stop_strings(body.stop), format_stops=not body.ignore_eos)
+
+
+def _settings(server, body: Options | None) -> dict:
+    body = body or Options()
+    return {"n_predict": body.n_predict, "temperature": body.temperature, "top_k": body.top_k,
+            "top_p": body.top_p, "seed": body.seed, "stop": body.stop, "n_ctx": server.engine.context_length}
+
+
+async def _answer(server, running, generation, body: Options, sampling, limits: Limits, truncated: bool):
+    prompt = generation.prompt
+
+    def final(result) -> dict:
+        content = limits.cut(result.text)
+        stop_type, word = _stop(server, prompt, sampling, result, limits)
+        return {
+            "index": 0, "content": content, "tokens": [], "id_slot": 0, "stop": True,
+            "model": server.engine.name, "tokens_predicted": len(result.token_ids),
+            "tokens_evaluated": result.prompt_tokens, "generation_settings": _settings(server, body),
+            "has_new_line": "\n" in content, "truncated": truncated, "stop_type": stop_type,
+            "stopping_word": word, "tokens_cached": result.prompt_tokens + len(result.token_ids),
+            "timings": timings(result),
+        }
+
+    if body.stream:
+        predicted = 0
+
+        def frames(event):
+            nonlocal predicted
+            if event.kind == "text":
+                predicted += 1
+                return [sse({"index": 0, "content": event.value, "tokens": [], "stop": False, "id_slot": 0,
+                             "tokens_predicted": predicted, "tokens_evaluated": len(prompt.ids)})]
+            if event.kind == "error":
+                return [sse(event.value.body())]
+            return [sse({**final(event.value), "content": ""})]     # the text went out already
+        return stream(running, frames, "text/event-stream")
+    answer = final(await running.result())
+    if "prompt" in body.response_fields or not body.response_fields:
+        answer["prompt"] = server.engine.tokenizer.decode(prompt.ids)
+    return json_response(project(answer, body.response_fields) if body.response_fields else answer)
+
+
+def timings(result) -> dict:
+    """llama.cpp's timings: the prompt tokens evaluated (the cached ones apart) and the predicted ones, in ms."""
+    t = result.timings
+    prompt_n = result.prompt_tokens - result.reused_prefix_tokens
+    predicted_n = len(result.token_ids)
+    prompt_ms, predicted_ms = 1000 * t.prefill_s, 1000 * t.decode_s
+    return {
+        "cache_n": result.reused_prefix_tokens, "prompt_n": prompt_n, "prompt_ms": prompt_ms,
+        "prompt_per_token_ms": prompt_ms / prompt_n if prompt_n else 0.0,
+        "prompt_per_second": 1000 * prompt_n / prompt_ms if prompt_ms else 0.0,
+        "predicted_n": predicted_n, "predicted_ms": predicted_ms,
+        "predicted_per_token_ms": predicted_ms / predicted_n if predicted_n else 0.0,
+        "predicted_per_second": t.decode_tokens_per_s,
+    }
+
+
+def project(answer: dict, fields: list[str]) -> dict:
+    """llama.cpp's response_fields: "a/b" takes answer["a"]["b"] as the top-level key "a/b"; missing ones vanish."""
+    picked = {}
+    for name in fields:
+        value, found = answer, True
+        for key in name.split("/"):
+            if isinstance(value, dict) and key in value:
+                value = value[key]
+            else:
+                found = False
+                break
+        if found and name:
+            picked[name] = value
+    return picked
+
+
+def _stop(server, prompt, sampling, result, limits: Limits) -> tuple[str, str]:
+    """llama.cpp's stop_type ("eos", "word", "limit", "none") and the stop string that ended the text."""
+    if limits.reached or result.finish_reason == "length":
+        return "limit", ""
+    if result.finish_reason != "stop":
+        return "none", ""
+    if result.token_ids and result.token_ids[-1] in {*server.engine.eos_token_ids, *prompt.stop_token_ids}:
+        return "eos", ""
+    stops = [*(prompt.stop_strings if sampling.format_stops else ()), *sampling.stop]
+    rest = server.engine.tokenizer.decode(result.token_ids)[len(result.text):]
+    return "word", next((word for word in stops if rest.startswith(word)), "")
+
+
+def _label(filename: str, root: Path) -> str:
+    """A chunk's file as the prompt names it: relative to the repository when it lies inside (llama.vscode sends
+    absolute paths). Only a label: the file is never read."""
+    path = Path(filename)
+    return path.relative_to(root).as_posix() if path.is_absolute() and path.is_relative_to(root) else filename
+
+
+def _truncated(prompt, labels: list[str]) -> bool:
+    """Whether the start of the client's text, or some of its chunks (the oldest), stayed out of the prompt."""
+    from ..session import UNTITLED
+
+    first = min((item.start_line for item in prompt.context if item.path == UNTITLED), default=1)
+    paths = [item.path for item in prompt.context]
+    kept = next(k for k in range(len(labels), -1, -1) if paths[:k] == labels[len(labels) - k:])
+    return first > 1 or kept < len(labels)
+
+
+class Limits:
+    """llama.cpp's t_max_predict_ms and n_indent, applied to the text as it streams (on the engine thread):
+    past the time limit, stop at the next newline; a line after the first indented less than n_indent (with
+    text on it) ends the completion, and is cut from it."""
+
+    def __init__(self, max_predict_ms: int, n_indent: int) -> None:
+        self.max_predict_ms, self.n_indent = max_predict_ms, n_indent
+        self.text = ""
+        self.started: float | None = None
+        self.cut_at: int | None = None
+        self.reached = False
+
+    def feed(self, delta: str) -> bool:
+        now = time.perf_counter()
+        self.started = self.started or now
+        self.text += delta
+        if self.n_indent and self.cut_at is None:
+            offset = self.text.find("\n") + 1
+            while 0 < offset < len(self.text):
+                line = self.text[offset:].split("\n", 1)[0]
+                indent = len(line) - len(line.lstrip(" \t"))
+                if line.strip() and indent < self.n_indent:
+                    self.cut_at, self.reached = offset + indent, True
+                    break
+                offset = self.text.find("\n", offset) + 1
+        if self.max_predict_ms and "\n" in delta and 1000 * (now - self.started) > self.max_predict_ms:
+            self.reached = True
+        return self.reached
+
+    def cut(self, text: str) -> str:
+        return text[:self.cut_at] if self.cut_at is not None else text

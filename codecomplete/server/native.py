@@ -1,0 +1,110 @@
+"""codecomplete's own protocol, for its command line (client.py): the same three operations the command runs in
+process, with its options, streamed as JSON lines, so that it can print exactly what it would print alone.
+
+    {"id": ..., "prompt": {"ids", "context", "stop_token_ids", "stop_strings", "format"}}   the prompt, first
+    {"text": ...}                                                                            text deltas
+    {"result": {"text", "token_ids", "prompt_tokens", "reused_prefix_tokens", "finish_reason", "timings"}}
+    {"error": {"code", "message", "type"}}                                                   instead, at any point
+
+The prompt budget follows the command line's rule for its --context-tokens, not the editors' fixed size.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from fastapi import APIRouter, Request
+from pydantic import Field
+
+from .. import engine as engines
+from .. import workspace
+from .bodies import Body, read_json
+from .streaming import json_response, ndjson, stream
+
+router = APIRouter(prefix="/codecomplete/v1")
+
+
+class Options(Body):
+    max_tokens: int = Field(ge=0)
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int | None = None
+    context_tokens: int | None = Field(None, ge=1)
+
+
+class CompleteRequest(Options):
+    path: str
+    text: str | None = None
+    line: int | None = Field(None, ge=1)
+    col: int | None = Field(None, ge=1)
+
+
+class ChatRequest(Options):
+    messages: list[dict[str, str]] = Field(min_length=1)
+    pinned: list[str] = []
+
+
+class RawRequest(Options):
+    prompt: str
+
+
+class CancelRequest(Body):
+    id: str
+
+
+@router.get("/info")
+async def info(request: Request):
+    return json_response(request.app.state.server.info)
+
+
+@router.post("/complete")
+async def complete(request: Request):
+    body = await read_json(request, CompleteRequest)
+    # As the command line checks it: inside the repository once links are resolved, so that no request makes
+    # the server read a file elsewhere (a link in the repository to /etc/passwd included).
+    path = workspace.file_in(request.app.state.server.session.index.root, body.path, must_exist=body.text is None)
+    return await _run(request, body, lambda session, sampling, budget: session.complete(
+        path, text=body.text, line=body.line, col=body.col, sampling=sampling, budget=budget))
+
+
+@router.post("/chat")
+async def chat(request: Request):
+    body = await read_json(request, ChatRequest)
+    return await _run(request, body, lambda session, sampling, budget: session.chat(
+        body.messages, pinned=body.pinned, sampling=sampling, budget=budget))
+
+
+@router.post("/raw")
+async def raw(request: Request):
+    body = await read_json(request, RawRequest)
+    return await _run(request, body, lambda session, sampling, budget: session.raw(body.prompt, sampling=sampling))
+
+
+@router.post("/cancel")
+async def cancel(request: Request):
+    body = await read_json(request, CancelRequest)
+    return json_response({"cancelled": request.app.state.server.worker.cancel(body.id)})
+
+
+async def _run(request: Request, body: Options, operation):
+    server = request.app.state.server
+    sampling = server.sampling(body.max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed)
+    session = server.session
+    budget = engines.prompt_budget(session.engine, body.context_tokens, sampling.max_tokens)
+    running = server.start(request, lambda: operation(session, sampling, budget))
+    prompt = (await running.started()).prompt
+    first = {"id": running.job.id, "prompt": {
+        "ids": list(prompt.ids), "context": [asdict(item) for item in prompt.context],
+        "stop_token_ids": list(prompt.stop_token_ids), "stop_strings": list(prompt.stop_strings),
+        "format": prompt.format}}
+
+    def frames(event):
+        if event.kind == "text":
+            return [ndjson({"text": event.value})]
+        if event.kind == "error":
+            return [ndjson(event.value.body())]
+        result = event.value
+        return [ndjson({"result": {"text": result.text, "token_ids": list(result.token_ids),
+                                   "prompt_tokens": result.prompt_tokens,
+                                   "reused_prefix_tokens": result.reused_prefix_tokens,
+                                   "finish_reason": result.finish_reason, "timings": asdict(result.timings)}})]
+    return stream(running, frames, "application/x-ndjson", first=ndjson(first))

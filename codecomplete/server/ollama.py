@@ -1,0 +1,155 @@
+"""The part of Ollama's API that editor plugins use.
+
+    POST /api/generate   `prompt` continued (with `suffix`: a fill-in-the-middle completion with the repository's
+                         context, in the model's own format); streamed as JSON lines unless "stream": false
+    POST /api/chat       chat over the repository, as /v1/chat/completions
+    GET  /api/tags       the one model
+    POST /api/show       its details; the template mentions .Suffix, which is how Continue decides that a model
+                         can fill in the middle
+
+Errors come as Ollama writes them, `{"error": "message"}`, since its clients read that shape.
+Durations are in nanoseconds, as Ollama's are.
+"""
+from __future__ import annotations
+
+import datetime
+import re
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from pydantic import Field
+
+from .errors import ApiError
+from .bodies import Body, read_json, stop_strings
+from .streaming import json_response, ndjson, stream
+
+PREFIX = "/api/"
+router = APIRouter(prefix="/api")
+TEMPLATE = "{{- if .Suffix }}<prefix>{{ .Prompt }}<suffix>{{ .Suffix }}<middle>{{- else }}{{ .Prompt }}{{- end }}"
+
+
+class Options(Body):
+    temperature: float = Field(0.8, ge=0)
+    top_p: float = Field(0.9, ge=0, le=1)
+    top_k: int = 40
+    num_predict: int = Field(-1, ge=-2)       # -1: the server's limit (-2, "fill the context", too)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+
+
+class GenerateRequest(Body):
+    model: str = ""
+    prompt: str = ""
+    suffix: str = ""
+    stream: bool = True
+    raw: bool = False
+    images: list[str] | None = None
+    options: Options = Options()
+
+
+class Message(Body):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatRequest(Body):
+    model: str = ""
+    messages: list[Message] = Field(min_length=1)
+    stream: bool = True
+    options: Options = Options()
+
+
+class ShowRequest(Body):
+    model: str = ""
+    name: str = ""
+
+
+@router.get("/tags")
+async def tags(request: Request):
+    return json_response({"models": [_model(request.app.state.server)]})
+
+
+@router.post("/show")
+async def show(request: Request):
+    server = request.app.state.server
+    await read_json(request, ShowRequest)         # any name: there is one model
+    context = server.engine.context_length
+    return json_response({
+        "modelfile": "", "parameters": f"num_ctx {context}", "template": TEMPLATE,
+        "details": _model(server)["details"], "capabilities": ["completion", "insert"],
+        "model_info": {"general.architecture": "llama", "llama.context_length": context}})
+
+
+@router.post("/generate")
+async def generate(request: Request):
+    server = request.app.state.server
+    body = await read_json(request, GenerateRequest)
+    if body.images:
+        raise ApiError(400, "images are not supported")
+    sampling = _sampling(server, body.options)
+    session = server.session
+    if body.suffix:
+        start = lambda: session.infill(body.prompt, body.suffix, sampling=sampling, budget=server.budget(sampling))  # noqa: E731
+    elif body.prompt:
+        start = lambda: session.raw(body.prompt, sampling=sampling)  # noqa: E731
+    else:     # Ollama loads the model and answers at once
+        return json_response({**_head(server), "response": "", "done": True, "done_reason": "load"})
+    return await _answer(server, server.start(request, start), body.stream,
+                         lambda text: {"response": text})
+
+
+@router.post("/chat")
+async def chat(request: Request):
+    server = request.app.state.server
+    body = await read_json(request, ChatRequest)
+    messages = [{"role": m.role, "content": m.content} for m in body.messages]
+    sampling = _sampling(server, body.options)
+    running = server.start(request, lambda: server.session.chat(messages, sampling=sampling))
+    return await _answer(server, running, body.stream,
+                         lambda text: {"message": {"role": "assistant", "content": text}})
+
+
+async def _answer(server, running, streamed: bool, piece):
+    await running.started()
+    if streamed:
+        def frames(event):
+            if event.kind == "text":
+                return [ndjson({**_head(server), **piece(event.value), "done": False})]
+            if event.kind == "error":
+                return [ndjson({"error": event.value.message})]
+            return [ndjson({**_head(server), **piece(""), **_done(event.value)})]
+        return stream(running, frames, "application/x-ndjson")
+    result = await running.result()
+    return json_response({**_head(server), **piece(result.text), **_done(result)})
+
+
+def _done(result) -> dict:
+    t = result.timings
+    nanoseconds = lambda seconds: int(seconds * 1e9)  # noqa: E731
+    return {"done": True, "done_reason": "length" if result.finish_reason == "length" else "stop", "context": [],
+            "total_duration": nanoseconds(t.prefill_s + t.decode_s), "load_duration": 0,
+            "prompt_eval_count": result.prompt_tokens - result.reused_prefix_tokens,
+            "prompt_eval_duration": nanoseconds(t.prefill_s),
+            "eval_count": len(result.token_ids), "eval_duration": nanoseconds(t.decode_s)}
+
+
+def _head(server) -> dict:
+    return {"model": _name(server), "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+
+
+def _name(server) -> str:
+    return re.sub(r"[^a-z0-9._-]+", "-", server.engine.name.lower()).strip("-") + ":latest"
+
+
+def _model(server) -> dict:
+    engine = server.engine
+    parameters = sum(p.numel() for p in engine.model.parameters())
+    return {"name": _name(server), "model": _name(server), "modified_at": "1970-01-01T00:00:00Z", "size": 0,
+            "digest": "", "details": {"format": "safetensors", "family": "llama", "families": ["llama"],
+                                      "parameter_size": f"{parameters / 1e6:.0f}M",
+                                      "quantization_level": engine.dtype}}
+
+
+def _sampling(server, options: Options):
+    return server.sampling(options.num_predict, temperature=options.temperature, top_p=options.top_p,
+                           top_k=max(options.top_k, 0), seed=options.seed, stop=stop_strings(options.stop))

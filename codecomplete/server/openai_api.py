@@ -1,0 +1,201 @@
+"""The OpenAI API, as the openai client, Continue (provider "openai") and most tools speak it.
+
+    POST /v1/completions        `prompt` continued as it is: special-token text becomes those tokens (Continue
+                                writes FIM templates itself); with `suffix`, a fill-in-the-middle completion with the
+                                repository's context, in the model's own format
+    POST /v1/chat/completions   chat over the repository: context retrieved for the last user message
+    GET  /v1/models             the one model
+
+Streams are `data: {...}` events ending with `data: [DONE]`, usage in a last chunk when
+`stream_options.include_usage` asks (and always in a non-streamed answer). One choice per request: `n`, `best_of`,
+`echo` and `logprobs` are refused with 400; penalties are accepted and not applied.
+"""
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from pydantic import AliasChoices, Field
+
+from .errors import ApiError
+from .llama_cpp import check_ids
+from .bodies import Body, read_json, stop_strings
+from .streaming import json_response, sse, stream
+
+router = APIRouter()
+FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
+
+
+class StreamOptions(Body):
+    include_usage: bool = False
+
+
+class Options(Body):
+    model: str | None = None
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, ge=0, le=1)
+    n: int = Field(1, ge=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+
+class CompletionRequest(Options):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    suffix: str | None = None
+    max_tokens: int | None = Field(16, ge=0)
+    echo: bool = False
+    best_of: int | None = None
+    logprobs: int | None = None
+
+
+class TextPart(Body):
+    type: Literal["text"]
+    text: str
+
+
+class Message(Body):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+
+
+class ChatRequest(Options):
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=0, validation_alias=AliasChoices(
+        "max_completion_tokens", "max_tokens", "n_predict"))
+    tools: list | None = None
+    logprobs: bool = False
+
+
+@router.get("/v1/models")
+@router.get("/models")
+async def models(request: Request):
+    engine = request.app.state.server.engine
+    config = engine.model.config
+    return json_response({"object": "list", "data": [{
+        "id": engine.name, "object": "model", "created": 0, "owned_by": "codecomplete",
+        "meta": {"n_vocab": config.vocab_size, "n_ctx_train": engine.model_max_positions, "n_embd": config.dim,
+                 "n_ctx": engine.context_length}}]})
+
+
+@router.post("/v1/completions")
+async def completions(request: Request):
+    server = request.app.state.server
+    body = await read_json(request, CompletionRequest)
+    if body.echo or (body.best_of or 1) > 1 or body.logprobs is not None:
+        raise ApiError(400, "echo, best_of and logprobs are not supported")
+    prompt = _one_prompt(body.prompt)
+    sampling = _sampling(server, body)
+    session = server.session
+    if body.suffix is not None:
+        if not isinstance(prompt, str):
+            raise ApiError(400, "a suffix goes with a text prompt")
+        start = lambda: session.infill(prompt, body.suffix, sampling=sampling, budget=server.budget(sampling))  # noqa: E731
+    else:
+        check_ids(server.engine, prompt)
+        start = lambda: session.raw(prompt, sampling=sampling)  # noqa: E731
+    running = server.start(request, start)
+    generation = await running.started()
+    reply = Reply(server, "cmpl", "text_completion", running.job.id)
+    if body.stream:
+        def frames(event):
+            if event.kind == "text":
+                return [sse(reply.chunk({"text": event.value, "index": 0, "logprobs": None, "finish_reason": None}))]
+            if event.kind == "error":
+                return [sse(event.value.body())]
+            result = event.value
+            last = {"text": "", "index": 0, "logprobs": None, "finish_reason": FINISH[result.finish_reason]}
+            return reply.ending(last, result, body.stream_options)
+        return stream(running, frames, "text/event-stream")
+    result = await running.result()
+    choice = {"text": result.text, "index": 0, "logprobs": None, "finish_reason": FINISH[result.finish_reason]}
+    return json_response({**reply.head(), "choices": [choice], "usage": usage(result)})
+
+
+@router.post("/v1/chat/completions")
+@router.post("/chat/completions")
+async def chat_completions(request: Request):
+    server = request.app.state.server
+    body = await read_json(request, ChatRequest)
+    if body.tools:
+        raise ApiError(400, "tools are not supported")
+    if body.logprobs:
+        raise ApiError(400, "logprobs are not supported")
+    messages = [{"role": m.role, "content": _text(m.content)} for m in body.messages]
+    sampling = _sampling(server, body)
+    reply = Reply(server, "chatcmpl", "chat.completion", "0")
+    if messages[-1]["role"] != "user" and sampling.max_tokens == 0:    # a warm-up without a question (llama.vim)
+        return json_response({**reply.head(), "choices": [], "usage": {"prompt_tokens": 0, "completion_tokens": 0,
+                                                                       "total_tokens": 0}})
+    running = server.start(request, lambda: server.session.chat(messages, sampling=sampling))
+    await running.started()
+    reply.id = f"chatcmpl-{running.job.id}"
+    if body.stream:
+        reply.object = "chat.completion.chunk"
+        opening = sse(reply.chunk({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}))
+
+        def frames(event):
+            if event.kind == "text":
+                return [sse(reply.chunk({"index": 0, "delta": {"content": event.value}, "finish_reason": None}))]
+            if event.kind == "error":
+                return [sse(event.value.body())]
+            result = event.value
+            return reply.ending({"index": 0, "delta": {}, "finish_reason": FINISH[result.finish_reason]}, result,
+                                body.stream_options)
+        return stream(running, frames, "text/event-stream", first=opening)
+    result = await running.result()
+    choice = {"index": 0, "message": {"role": "assistant", "content": result.text}, "logprobs": None,
+              "finish_reason": FINISH[result.finish_reason]}
+    return json_response({**reply.head(), "choices": [choice], "usage": usage(result)})
+
+
+class Reply:
+    """The fields every answer (or chunk) of one request repeats."""
+
+    def __init__(self, server, prefix: str, object: str, job_id: str) -> None:
+        self.id, self.object = f"{prefix}-{job_id}", object
+        self.model, self.created = server.engine.name, int(time.time())
+
+    def head(self) -> dict:
+        return {"id": self.id, "object": self.object, "created": self.created, "model": self.model}
+
+    def chunk(self, choice: dict) -> dict:
+        return {**self.head(), "choices": [choice]}
+
+    def ending(self, last: dict, result, options: StreamOptions | None) -> list[str]:
+        frames = [sse(self.chunk(last))]
+        if options is not None and options.include_usage:
+            frames.append(sse({**self.head(), "choices": [], "usage": usage(result)}))
+        return frames + ["data: [DONE]\n\n"]
+
+
+def usage(result) -> dict:
+    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": len(result.token_ids),
+            "total_tokens": result.prompt_tokens + len(result.token_ids),
+            "prompt_tokens_details": {"cached_tokens": result.reused_prefix_tokens}}
+
+
+def _one_prompt(prompt):
+    """One prompt: a string or token ids; a list of them must hold exactly one."""
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
+        if len(prompt) != 1:
+            raise ApiError(400, f"one prompt per request, got {len(prompt)}")
+        return prompt[0]
+    return prompt
+
+
+def _text(content) -> str:
+    if content is None:
+        return ""
+    return content if isinstance(content, str) else "".join(part.text for part in content)
+
+
+def _sampling(server, body: Options):
+    if body.n > 1:
+        raise ApiError(400, "n > 1 is not supported: one choice per request")
+    return server.sampling(body.max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed,
+                           stop=stop_strings(body.stop))

@@ -1,0 +1,124 @@
+"""`codecomplete serve [REPO]`: load the model and index the repository once, then answer editors over HTTP.
+
+Binds loopback unless told otherwise; another host needs --api-key. Announces itself in the user runtime
+directory while it runs, so `codecomplete REPO --file ...` finds it. Ctrl-C or SIGTERM cancel what is running,
+close the socket and end with 0.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import socket
+import sys
+
+import uvicorn
+
+from .. import client, workspace
+from ..cli import package_version
+from ..errors import AppError, UsageError
+from ..session import Sampling, open_session
+from .app import Server, create_app
+from .discovery import announce
+
+DEFAULT_PORT = 8012           # where llama.vim and llama.vscode look
+DEFAULT_MAX_TOKENS = 256      # per request, when it sets no limit
+GRACE_S = 5                   # for streams to end after a stop signal
+
+
+def run_serve(args) -> None:
+    api_key = args.api_key or os.environ.get(client.API_KEY_ENV) or None
+    if not _is_loopback(args.host) and not api_key:
+        raise UsageError(f"--host {args.host} is reachable from other machines: give an --api-key (or "
+                         f"${client.API_KEY_ENV})")
+    root = workspace.repository(args.repo or ".")
+    listener = _listen(args.host, args.port)       # a taken port fails now, not after the model loads
+    max_tokens = args.max_tokens or DEFAULT_MAX_TOKENS
+    session = open_session(args, root, max_tokens)
+    _warm_up(session)
+
+    engine = session.engine
+    host, port = listener.getsockname()[:2]
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+    info = _description(url, root, args, engine)
+    server = Server(session, max_tokens=max_tokens, api_key=api_key, info=info, max_waiting=args.max_waiting)
+    info["prompt_budget"] = server.prompt_budget
+    config = uvicorn.Config(create_app(server), log_level="warning", access_log=False, lifespan="off",
+                            timeout_graceful_shutdown=GRACE_S)
+    print(f"codecomplete: serving {root} ({len(session.index.files):,} files) with {engine.name} "
+          f"({engine.device}, {engine.dtype}, {engine.attention}) on {url} · prompts of {server.prompt_budget:,} "
+          f"tokens · Ctrl-C stops", file=sys.stderr, flush=True)
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        with announce({**info, "api_key": api_key}):     # the key only into the user's private runtime dir
+            _Uvicorn(config, server.worker).run(sockets=[listener])
+    except (KeyboardInterrupt, _Stopped):
+        pass                   # uvicorn shut down cleanly, then passed the signal on
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.worker.shutdown()
+        listener.close()
+    print("codecomplete: stopped", file=sys.stderr, flush=True)
+
+
+def _description(url: str, root, args, engine) -> dict:
+    """What clients learn about this server (/codecomplete/v1/info, the runtime file): where it is, what it serves,
+    and the options it was started with, for the command line to tell whether it answers as it would."""
+    return {"url": url, "repo": str(root), "version": package_version(),
+            "model_spec": client.model_spec(args.model or os.environ.get("CODECOMPLETE_MODEL")),
+            "device": args.device, "dtype": args.dtype, "attention": args.attention, "gpus": args.gpus,
+            "kv_cache": args.kv_cache,
+            "context_tokens": args.context_tokens,
+            "engine": {"name": engine.name, "device": engine.device, "dtype": engine.dtype,
+                       "attention": engine.attention, "kv_cache": engine.kv_cache_dtype,
+                       "context_length": engine.context_length,
+                       "model_max_positions": engine.model_max_positions, "load_s": engine.load_s}}
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn's server, whose stop signal also cancels the generation in flight (else a long answer would hold
+    the shutdown until it ends)."""
+
+    def __init__(self, config: uvicorn.Config, worker) -> None:
+        super().__init__(config)
+        self.worker = worker
+
+    def handle_exit(self, sig, frame) -> None:
+        self.worker.cancel_all()
+        super().handle_exit(sig, frame)
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _stop(signum, frame):
+    raise _Stopped
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        raise AppError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    listener.listen(128)
+    return listener
+
+
+def _warm_up(session) -> None:
+    """One short generation, so that the first request does not pay for compiling and capturing the decode step."""
+    session.raw("def main():", sampling=Sampling(max_tokens=4)).run()
+    session.engine.clear_prefix_cache()

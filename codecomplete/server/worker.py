@@ -1,0 +1,165 @@
+"""The engine thread: requests run one at a time, in order; at most `max_waiting` wait behind the running one.
+
+The model, its KV cache and the index are one session's state, used by one thread only; the event loop never
+waits on them. A request becomes a `Job`: a function that starts a `Generation` on the engine thread, and the
+events it sends back to the request's coroutine (the prompt, text deltas, the result or the error), each handed
+over with `call_soon_threadsafe`. Cancelling a job (the client went away, the server stops) sets a flag that the
+engine polls between tokens; a job cancelled while it waits never starts.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import queue
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from ..session import Generation
+from .errors import ApiError
+
+MAX_WAITING = 8          # requests queued behind the running one; more get 503
+
+
+class Busy(Exception):
+    """The queue is full."""
+
+
+@dataclass
+class Event:
+    kind: str            # "prompt" (value: the Generation) | "text" (a delta) | "done" (the result) | "error"
+    value: object
+
+
+class Job:
+    """One request's work for the engine thread, and the events it sends back."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, start: Callable[[], Generation], label: str, loop: asyncio.AbstractEventLoop,
+                 stop_when: Callable[[str], bool] | None = None) -> None:
+        self.id = f"{next(self._ids)}"
+        self.start, self.label, self.stop_when = start, label, stop_when
+        self.cancelled = threading.Event()
+        self.started = False             # taken from the queue by the engine thread
+        self._loop = loop
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def send(self, kind: str, value: object = None) -> None:
+        """From the engine thread: hand an event to the request's coroutine."""
+        try:
+            self._loop.call_soon_threadsafe(self._events.put_nowait, Event(kind, value))
+        except RuntimeError:     # the event loop is closed: the server has stopped, nobody listens
+            pass
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Every event up to and including the last ("done" or "error")."""
+        while True:
+            event = await self._events.get()
+            yield event
+            if event.kind in ("done", "error"):
+                return
+
+    def run(self):
+        """On the engine thread: start the generation, stream it, return the result."""
+        generation = self.start()
+        self.send("prompt", generation)
+        stop_when = self.stop_when
+
+        def on_text(delta: str) -> None:
+            self.send("text", delta)
+            if stop_when is not None and stop_when(delta):
+                self.cancelled.set()
+        return generation.run(on_text=on_text, should_stop=self.cancelled.is_set)
+
+
+class EngineWorker:
+    """Runs jobs one at a time on its own thread; `submit` refuses a job when `max_waiting` already wait."""
+
+    def __init__(self, max_waiting: int = MAX_WAITING, between: Callable[[], None] | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.max_waiting = max_waiting
+        self._between = between                 # run after a job when none waits (the session's upkeep)
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._live: dict[str, Job] = {}         # submitted and not finished, by id
+        self._lock = threading.Lock()
+        self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._thread = threading.Thread(target=self._serve, name="codecomplete-engine", daemon=True)
+        self._thread.start()
+
+    def submit(self, start: Callable[[], Generation], label: str,
+               stop_when: Callable[[str], bool] | None = None) -> Job:
+        job = Job(start, label, asyncio.get_running_loop(), stop_when)
+        with self._lock:
+            # A cancelled job still in the queue is skipped at once: it does not count.
+            waiting = sum(1 for j in self._live.values() if not j.started and not j.cancelled.is_set())
+            if waiting >= self.max_waiting:
+                raise Busy(f"the server is busy: {waiting} requests are waiting; try again")
+            self._live[job.id] = job
+        self._queue.put(job)
+        return job
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a job by its id (the command line's Ctrl-C); False if it is not running or waiting."""
+        job = self._live.get(job_id)
+        if job is not None:
+            job.cancel()
+        return job is not None
+
+    def cancel_all(self) -> None:
+        for job in list(self._live.values()):
+            job.cancel()
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Cancel what is running and waiting, and stop the thread (after the running job's next token)."""
+        self.cancel_all()
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job.cancel()
+                job.send("error", ApiError(503, "the server is shutting down"))
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _serve(self) -> None:
+        while (job := self._queue.get()) is not None:
+            job.started = True
+            if job.cancelled.is_set():      # the client left while it waited
+                self._finished(job)
+                job.send("error", ApiError(503, "cancelled before it started"))
+                continue
+            started = time.perf_counter()
+            try:
+                result = job.run()
+            except Exception as exc:        # reported to the request as an error; the thread serves on
+                job.send("error", exc)
+                self._log(f"{job.label} · error: {type(exc).__name__}: {exc}")
+            else:
+                job.send("done", result)
+                self._log(_summary(job.label, result, time.perf_counter() - started))
+            finally:
+                self._finished(job)
+            if self._between is not None and self._queue.empty():
+                try:
+                    self._between()
+                except Exception as exc:    # upkeep that failed is tried again after the next job
+                    self._log(f"between requests · error: {type(exc).__name__}: {exc}")
+
+    def _finished(self, job: Job) -> None:
+        with self._lock:
+            self._live.pop(job.id, None)
+
+
+def _summary(label: str, result, seconds: float) -> str:
+    """`POST /infill · prompt 1,034 (1,001 reused) · 16 tokens · first 112 ms · 0.61 s · length`"""
+    return (f"{label} · prompt {result.prompt_tokens:,} ({result.reused_prefix_tokens:,} reused) · "
+            f"{len(result.token_ids)} tokens · first {result.timings.ttft_ms:.0f} ms · {seconds:.2f} s · "
+            f"{result.finish_reason}")

@@ -1,0 +1,141 @@
+"""The warm session: one loaded model and one repository index, shared by the command line, the REPL and the server.
+
+Every operation builds a prompt and hands back a `Generation`: the packed prompt, ready to be looked at (its
+tokens, the context it carried), and `run(on_text, should_stop)`, which generates from it, streaming text deltas
+and polling `should_stop` between tokens. The model's KV cache keeps the last prompt between requests, so a
+request that shares its start with the one before prefills only the rest; the index follows the repository's
+files as they change, a bounded slice of work per request (prompts.freshness).
+
+One caller at a time: the server runs every request on a single worker thread.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from . import engine as engines
+
+UNTITLED = "untitled"   # the current file of an infill request that does not name one
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to generate, as the command line's options or a request's fields ask."""
+
+    max_tokens: int                  # 0: read the prompt into the cache, generate nothing
+    temperature: float = 0.0         # 0 is greedy
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()       # the caller's stop strings, besides those of the prompt's format
+    format_stops: bool = True        # False: only the model's EOS and `stop` end generation (benchmarks)
+    speculate: int | None = None     # draft tokens verified per step; None: the engine's default, 0: off
+
+
+@dataclass
+class Generation:
+    """A prompt ready to run: `prompt` is the packed prompt, `engine` the model that will run it."""
+
+    prompt: object                   # prompts.PackedPrompt
+    engine: object
+    run: Callable                    # run(on_text=None, should_stop=None) -> models.GenerationResult
+
+
+def open_session(args, root=None, max_new_tokens: int = 0) -> Session:
+    """The command line's in-process session: index the repository (if any), then load the model (the slow part
+    comes last, so a bad path fails at once)."""
+    from . import workspace
+
+    index = workspace.index(root) if root is not None else None
+    return Session(engines.load(args, max_new_tokens), index, args.context_tokens)
+
+
+class Session:
+    def __init__(self, engine, index=None, context_tokens: int | None = None) -> None:
+        from prompts.freshness import FreshIndex
+
+        self.engine = engine
+        self.context_tokens = context_tokens     # the prompt budget asked for (None: what fits the engine)
+        self._index = FreshIndex(index) if index is not None else None
+
+    @property
+    def index(self):
+        return self._index.index if self._index is not None else None
+
+    # ---- operations ---------------------------------------------------------------------------
+
+    def complete(self, path: str, *, text: str | None = None, line: int | None = None, col: int | None = None,
+                 extra: Sequence[tuple[str, str]] = (), sampling: Sampling, budget: int | None = None) -> Generation:
+        """A completion at a cursor of `path` (relative to the repository), in its buffer `text` or as on disk;
+        `budget`: the prompt's tokens (None: `prompt_budget`)."""
+        from prompts import build_completion_prompt
+
+        index = self._fresh_index(path)
+        packed = build_completion_prompt(index, self.engine.tokenizer, path=path, text=text, line=line, col=col,
+                                         budget_tokens=budget or self.prompt_budget(sampling.max_tokens), extra=extra)
+        return self._generation(packed, sampling)
+
+    def infill(self, prefix: str, suffix: str, *, path: str | None = None, extra: Sequence[tuple[str, str]] = (),
+               sampling: Sampling, budget: int | None = None) -> Generation:
+        """Fill the gap between `prefix` and `suffix` (an editor's text around its cursor), with the repository's
+        context ranked for it, as a completion at the end of `prefix`."""
+        last_line = prefix.rpartition("\n")[2]
+        return self.complete(path or UNTITLED, text=prefix + suffix, line=prefix.count("\n") + 1,
+                             col=len(last_line) + 1,
+                             extra=extra, sampling=sampling, budget=budget)
+
+    def chat(self, messages: Sequence[dict], *, pinned: Sequence[str] = (), sampling: Sampling,
+             budget: int | None = None) -> Generation:
+        """An answer to the last (user) message, with repository context retrieved for it."""
+        from prompts import build_chat_prompt
+
+        packed = build_chat_prompt(self._fresh_index(), self.engine.tokenizer, messages=list(messages),
+                                   budget_tokens=budget or self.prompt_budget(sampling.max_tokens),
+                                   pinned_paths=tuple(pinned))
+        return self._generation(packed, sampling)
+
+    def raw(self, prompt: str | Sequence[int], *, sampling: Sampling) -> Generation:
+        """The model continues `prompt` as it is: text (special-token text becomes those tokens; its last token
+        healed, as a completion's is) or token ids (as they are)."""
+        from prompts import PackedPrompt, build_raw_prompt
+
+        if isinstance(prompt, str):
+            return self._generation(build_raw_prompt(self.engine.tokenizer, prompt), sampling)
+        return self._generation(PackedPrompt(list(prompt), [], [], [], "raw"), sampling)
+
+    # ---- helpers ------------------------------------------------------------------------------
+
+    def tidy(self) -> None:
+        """Between requests (a server's idle moments): the next slice of the index's rolling rescan."""
+        if self._index is not None:
+            self._index.sweep()
+
+    def _fresh_index(self, path: str | None = None):
+        if self._index is None:
+            from .errors import UsageError
+            raise UsageError("this session has no repository")
+        return self._index.refresh(path)
+
+    def prompt_budget(self, max_tokens: int) -> int:
+        """The prompt's tokens by default: what `context_tokens` asks for, within what the KV cache holds beside
+        `max_tokens` new ones (the command line's rule)."""
+        return engines.prompt_budget(self.engine, self.context_tokens, max_tokens)
+
+    def _generation(self, packed, sampling: Sampling) -> Generation:
+        return Generation(packed, self.engine,
+                          lambda on_text=None, should_stop=None: self._run(packed, sampling, on_text, should_stop))
+
+    def _run(self, packed, sampling: Sampling, on_text, should_stop):
+        from models import GenerationConfig
+
+        stops = sampling.format_stops
+        config = GenerationConfig(
+            max_new_tokens=max(sampling.max_tokens, 1), temperature=sampling.temperature, top_p=sampling.top_p,
+            top_k=sampling.top_k, seed=sampling.seed, speculate=sampling.speculate,
+            stop_token_ids=tuple(packed.stop_token_ids) if stops else (),
+            stop_strings=(tuple(packed.stop_strings) if stops else ()) + tuple(sampling.stop),
+            required_prefix=packed.heal_text)   # token healing: the text prompts left out
+        if sampling.max_tokens > 0:
+            return self.engine.generate(packed.ids, config, on_text=on_text, should_stop=should_stop)
+        # Only fill the cache (an editor warming it up): the engine prefills for one token, which is dropped.
+        return replace(self.engine.generate(packed.ids, config), text="", token_ids=[], finish_reason="length")

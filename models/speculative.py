@@ -1,0 +1,97 @@
+"""Speculative decoding by prompt lookup: drafts copied from the text itself, verified in one step.
+
+Code repeats itself, and a repository-scale prompt holds the code a completion is about to copy. So the
+draft for the next tokens is what followed the most recent earlier occurrence of the last few tokens
+(the longest of a few n-gram lengths that matches), in the prompt or in the text generated so far.
+The model then reads the pending token and the k drafts in one (k+1)-token decode step, whose cost is
+close to a one-token step where decoding is bound by reading the weights and the KV cache.
+
+Acceptance keeps the output exactly what plain decoding gives:
+- greedy: the longest prefix of drafts equal to the model's own argmax, then the model's next token;
+- sampling: exact rejection sampling with a point-mass draft: draft d is accepted with probability p(d),
+  else the token comes from p with d removed and renormalised, so every token has p's distribution.
+Rejected drafts are rolled back by the cache length alone (their slots are overwritten later).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from models.generation import GenerationConfig
+from models.sampling import probabilities, race
+
+NGRAM_LENGTHS = (4, 3, 2)   # longest first: a longer match predicts its continuation better
+
+
+class PromptLookup:
+    """Drafts by n-gram lookup over a growing token sequence (the prompt, then each accepted token).
+
+    Lookups are O(1) per step: a dict holds, for every n-gram seen, the position right after its most
+    recent occurrence, updated as tokens arrive. (bench/results/NOTES.md: a single-token match lost on
+    every workload measured; longer lengths than 4 and adaptive draft lengths changed nothing.)
+    """
+
+    def __init__(self, tokens: Iterable[int], ngram_lengths: tuple[int, ...] = NGRAM_LENGTHS):
+        self.tokens: list[int] = []
+        self.ngram_lengths = ngram_lengths
+        self.index: dict[tuple[int, ...], int] = {}
+        self.extend(tokens)
+
+    def extend(self, tokens: Iterable[int]) -> None:
+        """Append tokens; each n-gram ending before the newest token becomes findable."""
+        seq, index = self.tokens, self.index
+        for token in tokens:
+            end = len(seq)                        # the n-grams ending here now have a continuation
+            for n in self.ngram_lengths:
+                if end >= n:
+                    index[tuple(seq[end - n:end])] = end
+            seq.append(token)
+
+    def draft(self, k: int) -> list[int]:
+        """k tokens that followed the most recent earlier occurrence of the longest matching suffix ([] if none).
+
+        A match close to the end copies its own draft onward, as LZ77 copies overlap: text repeating with a
+        period shorter than k (a loop, a run of one token) still gets k tokens."""
+        seq = self.tokens
+        for n in self.ngram_lengths:
+            start = self.index.get(tuple(seq[-n:])) if len(seq) >= n else None
+            if start is not None:
+                draft = seq[start:start + k]
+                while len(draft) < k:
+                    draft.append(draft[len(draft) - (len(seq) - start)])
+                return draft
+        return []
+
+
+def accept(logits: torch.Tensor, drafts: list[int], config: GenerationConfig,
+           generator: torch.Generator | None) -> list[int]:
+    """The tokens one verification step emits: the accepted drafts, then one token of the model's own.
+
+    logits (T, V) float32 at the pending token and each of the T - 1 drafts (position i predicts what
+    follows draft i - 1). One host sync.
+    """
+    k = len(drafts)
+    if config.temperature <= 0:
+        best = logits.argmax(dim=-1).tolist()                                   # (T,)
+        a = 0
+        while a < k and drafts[a] == best[a]:
+            a += 1
+        return drafts[:a] + [best[a]]
+    probs = probabilities(logits, config)                                       # (T, V)
+    if k == 0:
+        return race(probs, generator).tolist()
+    d = torch.tensor(drafts, device=logits.device)                              # (k,)
+    rows = torch.arange(k, device=logits.device)
+    p_draft = probs[rows, d]                                                    # (k,)
+    u = torch.rand(k, generator=generator, device=logits.device)
+    n_accepted = (u < p_draft).int().cumprod(dim=0).sum()                      # leading acceptances
+    # Where draft i is rejected the token comes from p_i without d_i; after k acceptances, from p_k.
+    residual = probs.clone()
+    residual[rows, d] = 0.0
+    # p(d) == 1 leaves nothing, but then d is always accepted: keep p there so the row stays valid.
+    residual = torch.where(residual.sum(dim=-1, keepdim=True) > 0, residual, probs)
+    picks = race(residual, generator)                                           # (T,)
+    a, *picked = torch.cat([n_accepted[None], picks]).tolist()
+    return drafts[:a] + [picked[a]]

@@ -1,0 +1,113 @@
+"""Keeping an index up to date while a long-lived process (the server) serves from it, with bounded work per request.
+
+Files change under a server: saved from the editor, switched by git, added, deleted. Rescanning the repository on
+every keystroke would cost a stat of every file (20k files: tens of milliseconds, and a cold disk's worth of
+seeks), so the work comes in bounded slices:
+
+- ``refresh(path)``, before a request: one stat of the file the request is about, so that a file saved a moment
+  ago is seen at once, and the parsing of what changed (at most ``parses_per_refresh`` files, that one first);
+- ``sweep()``, after a request, while the editor types the next key: the next ``files_per_refresh`` files of a
+  walk through the repository that each call resumes where the last one stopped (a finished walk tells which
+  files are gone, and the next one starts), and the parsing of what it found changed.
+
+When something changed, the index is rebuilt from the entries it holds (``RepoIndex.updated``), without reading the
+files that did not change. The walk applies the same rules as the scan that built the index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+from .index import FileEntry, RepoIndex, parse_file
+from .scan import MAX_FILE_BYTES, ScanWarning, SourceFile, source_file, walk_sources
+
+FILES_PER_REFRESH = 256  # a full pass over 20k files every ~80 requests
+PARSES_PER_REFRESH = 8
+
+
+class FreshIndex:
+    """The current index of one repository; ``refresh(path)`` before each request keeps it close to the disk."""
+
+    def __init__(self, index: RepoIndex, *, files_per_refresh: int = FILES_PER_REFRESH,
+                 parses_per_refresh: int = PARSES_PER_REFRESH, max_file_bytes: int = MAX_FILE_BYTES):
+        self.index = index
+        self.files_per_refresh = files_per_refresh
+        self.parses_per_refresh = parses_per_refresh
+        self.max_file_bytes = max_file_bytes
+        self._walk: Iterator[SourceFile] | None = None
+        self._seen: set[str] = set()  # files the current walk has met
+        self._pending: dict[str, SourceFile | None] = {}  # to parse again (None: gone), oldest first
+
+    @property
+    def root(self) -> Path:
+        return self.index.root
+
+    def refresh(self, path: str | None = None) -> RepoIndex:
+        """Before a request: look at ``path`` (relative to the root) and parse what changed; returns the index, a new
+        object if anything changed."""
+        with _quiet():
+            if path is not None and path in self.index.entries:
+                self._compare(path, source_file(self.root, path, self.max_file_bytes))
+                if path in self._pending:  # the request's own file goes first
+                    self._pending = {path: self._pending.pop(path), **self._pending}
+            return self._update()
+
+    def sweep(self) -> RepoIndex:
+        """Between requests: the next slice of the rolling rescan, and the parsing of what it found changed."""
+        with _quiet():
+            self._walk_on()
+            return self._update()
+
+    def _update(self) -> RepoIndex:
+        changed, removed = self._parse_some()
+        if changed or removed:
+            self.index = self.index.updated(changed, removed)
+        return self.index
+
+    def _walk_on(self) -> None:
+        for _ in range(self.files_per_refresh):
+            if self._walk is None:
+                self._walk, self._seen = walk_sources(self.root, self.max_file_bytes), set()
+            source = next(self._walk, None)
+            if source is None:  # a whole pass: what it never met is gone
+                for gone in self.index.entries.keys() - self._seen:
+                    self._pending.setdefault(gone, None)
+                self._walk = None
+                return
+            self._seen.add(source.path)
+            self._compare(source.path, source)
+
+    def _compare(self, path: str, source: SourceFile | None) -> None:
+        entry = self.index.entries.get(path)
+        if source is None:
+            if entry is not None:
+                self._pending[path] = None
+        elif entry is None or (entry.size, entry.mtime_ns) != (source.size, source.mtime_ns):
+            self._pending[path] = source
+        else:
+            self._pending.pop(path, None)  # changed back, or parsed meanwhile
+
+    def _parse_some(self) -> tuple[dict[str, FileEntry], list[str]]:
+        changed: dict[str, FileEntry] = {}
+        removed: list[str] = []
+        while self._pending and len(changed) < self.parses_per_refresh:
+            path, source = next(iter(self._pending.items()))
+            del self._pending[path]
+            result = parse_file(self.root, source, self.max_file_bytes) if source is not None else None
+            if isinstance(result, FileEntry):
+                changed[path] = result
+            elif path in self.index.entries:  # deleted, or no longer readable
+                removed.append(path)
+        return changed, removed
+
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Problems with single files were told once, as warnings, when the index was built."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ScanWarning)
+        yield

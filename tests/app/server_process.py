@@ -1,0 +1,27 @@
+"""Helpers for the server tests: `codecomplete serve` as a subprocess (the benchmark's launcher, on the console
+script), and a POST that sends headers exactly as given."""
+from __future__ import annotations
+
+import http.client
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from codecomplete.serve_bench import ServerProcess as _ServerProcess
+
+
+class ServerProcess(_ServerProcess):
+    def __init__(self, script: Path, repo: Path, env: dict, folder: Path, *options: str) -> None:
+        super().__init__([str(script)], repo, env, folder, *options)
+
+
+def raw_post(url: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+    """POST exactly these bytes and headers (httpx refuses llama.vim's `Authorization: Bearer `, with its space);
+    the status and the body as text."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=300)
+    try:
+        connection.request("POST", path, body, headers)
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()

@@ -1,0 +1,131 @@
+"""The command line with a server running for its repository: it finds the server, and prints exactly what it prints
+alone (stdout, the --json object, exit codes); the server keeps the repository's index fresh as files change."""
+import json
+import subprocess
+import sys
+
+import pytest
+from server_process import raw_post
+
+from codecomplete.session import Sampling, Session
+
+CURSOR = ["--file", "app.py", "--line", "5", "--col", "5", "--max-tokens", "8", "--context-tokens", "300"]
+MEASURED = ("timings", "reused_prefix_tokens")      # how long it took and what the cache held: not the output
+
+
+def run(script, env, *args, input=None):
+    proc = subprocess.run([str(script), *map(str, args)], input=input, capture_output=True, text=True, env=env,
+                          timeout=300)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def via_server(script, server):
+    """Run the command line where it finds the test server (its runtime dir)."""
+    return lambda *args, input=None: run(script, server.env, *args, input=input)
+
+
+def same_output(served: str, alone: str) -> None:
+    served, alone = json.loads(served), json.loads(alone)
+    for key in MEASURED:
+        served.pop(key), alone.pop(key)
+    assert served == alone
+
+
+def test_a_completion_through_the_server_is_the_one_it_computes_alone(via_server, server, served_repo):
+    geometry, app = served_repo / "shapes" / "geometry.py", served_repo / "app.py"
+    originals = geometry.read_text(), app.read_text()
+    # Files changed after the server indexed them: it must see them, as a fresh process does. The request's own
+    # file at once; another file (its definition is in the prompt at this cursor, and a longer docstring changes
+    # its token count) once a request has gone by, between requests.
+    old_doc = '"""The area of a circle of the given radius."""'
+    assert old_doc in originals[0]
+    geometry.write_text(originals[0].replace(old_doc, '"""Pi times the radius squared: the area of the disc."""'))
+    app.write_text(originals[1] + "\n\ndef unused_helper():\n    return report(1.0)\n")
+    assert one_request(server) == 200
+    try:
+        requests_before = server.log().count("/codecomplete/v1/complete")
+        code, served, err = via_server(served_repo, *CURSOR, "--json")
+        assert code == 0 and err == "", err
+        assert server.log().count("/codecomplete/v1/complete") == requests_before + 1    # it went to the server
+        code, alone, err = via_server(served_repo, *CURSOR, "--json", "--no-server")
+        assert code == 0, err
+        same_output(served, alone)
+        assert "shapes/geometry.py" in [item["path"] for item in json.loads(served)["context"]]
+        code, plain, _ = via_server(served_repo, *CURSOR)
+        assert code == 0 and plain == json.loads(alone)["completion"]       # the bare text, as alone
+    finally:
+        geometry.write_text(originals[0])
+        app.write_text(originals[1])
+
+
+def one_request(server) -> int:
+    """Any request (this one only fills the cache): the server tidies its index after each."""
+    return raw_post(server.url, "/completion", b'{"prompt": "x", "n_predict": 0}', {})[0]
+
+
+def test_raw_generation_and_questions_through_the_server(via_server, server, served_repo):
+    prompt = ["--prompt", "def fibonacci(n):", "--max-tokens", "8"]
+    code, served, err = via_server(*prompt, "--json")
+    assert code == 0 and err == "", err
+    code, alone, _ = via_server(*prompt, "--json", "--no-server")
+    assert code == 0
+    same_output(served, alone)
+    code, answer, err = via_server(served_repo, "--ask", "What does area_of_circle return?", "--max-tokens", "6",
+                                   "--context-tokens", "300", "--json")
+    assert code == 0, err
+    answer = json.loads(answer)
+    assert answer["answer"] and answer["context"] and answer["completion_tokens"] >= 1
+    assert "/codecomplete/v1/chat" in server.log() and "/codecomplete/v1/raw" in server.log()
+
+
+def test_errors_through_the_server_have_the_same_message_and_exit_code(via_server, served_repo):
+    tiny = [served_repo, "--file", "app.py", "--max-tokens", "4", "--context-tokens", "3"]
+    served = via_server(*tiny)
+    alone = via_server(*tiny, "--no-server")
+    assert served[0] == alone[0] == 2
+    assert served[2] == alone[2] and "cannot hold" in served[2] and len(served[2].strip().splitlines()) == 1
+
+
+def test_each_keystroke_reuses_the_prompt_before_it(via_server, server, served_repo, engine):
+    """An editor sending its unsaved buffer as it is typed: the second request reuses the first one's prompt, and
+    its greedy completion is what a fresh session computes for that cursor and budget."""
+    from prompts import index_repository
+
+    text = (served_repo / "app.py").read_text()
+    results = []
+    for typed in ("    total = 0", "    total = 0."):
+        buffer = text + typed
+        line = buffer.count("\n") + 1
+        code, out, err = via_server(served_repo, "--file", "app.py", "--stdin", "--line", line, "--max-tokens", "6",
+                                    "--context-tokens", "300", "--json", input=buffer)
+        assert code == 0, err
+        results.append(json.loads(out))
+    second = results[1]
+    assert second["reused_prefix_tokens"] >= 0.9 * second["prompt_tokens"]
+    engine.clear_prefix_cache()
+    session = Session(engine, index_repository(served_repo))
+    buffer = text + "    total = 0."
+    fresh = session.complete("app.py", text=buffer, line=buffer.count("\n") + 1, sampling=Sampling(max_tokens=6),
+                             budget=300).run()
+    assert second["completion"] == fresh.text and second["tokens"] == fresh.token_ids
+
+
+def test_a_server_for_another_repository_is_not_used(script, server, repo):
+    code, out, err = run(script, {**server.env, "CODECOMPLETE_SERVER": server.url}, repo, "--file", "app.py",
+                         "--max-tokens", "2")
+    assert code == 2 and "serves" in err and str(repo) in err and out == ""
+
+
+def test_the_command_line_stays_light_with_a_server(server, served_repo):
+    """Through a server, a suggestion imports neither torch nor the server's stack; --help neither, for serve too."""
+    code = ("import contextlib, io, sys\n"
+            "from codecomplete.cli import main\n"
+            f"assert main([{str(served_repo)!r}, '--file', 'app.py', '--max-tokens', '2', '--context-tokens', '300'"
+            "]) == 0\n"
+            "for argv in (['--help'], ['serve', '--help']):\n"
+            "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()): main(argv)\n"
+            "heavy = [m for m in ('torch', 'transformers', 'fastapi', 'uvicorn', 'pydantic') if m in sys.modules]\n"
+            "assert not heavy, heavy")
+    proc = subprocess.run([sys.executable, "-c", code], env=server.env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,216 @@
+"""`codecomplete serve` against what real clients send and read: llama.vim's and llama.vscode's /infill bodies,
+the official openai package, a Continue-style FIM prompt, Ollama's /api/generate; and prefix reuse across
+keystrokes. The server runs as a subprocess on a loopback port (conftest's `server`)."""
+import json
+import re
+import time
+
+import httpx
+import pytest
+from openai import OpenAI
+from server_process import raw_post
+
+LLAMA_VIM_FIELDS = ["content", "timings/prompt_n", "timings/prompt_ms", "timings/prompt_per_token_ms",
+                    "timings/prompt_per_second", "timings/predicted_n", "timings/predicted_ms",
+                    "timings/predicted_per_token_ms", "timings/predicted_per_second", "truncated", "tokens_cached"]
+
+
+def around(text: str, line: int, col: int) -> tuple[str, str, str]:
+    """llama.vim's split of a buffer at a 1-based cursor: the lines before, the current line up to the cursor,
+    the rest of the line and the lines after."""
+    lines = text.split("\n")
+    before = "".join(f"{row}\n" for row in lines[:line - 1])
+    current = lines[line - 1]
+    after = current[col - 1:] + "\n" + "".join(f"{row}\n" for row in lines[line:])
+    return before, current[:col - 1], after
+
+
+def llama_vim_body(prefix: str, prompt: str, suffix: str, extra=(), **changes) -> dict:
+    """The body llama.vim's llama#fim sends (autoload/llama.vim), for a first request (t_max_predict_ms 250)."""
+    indent = len(prompt) - len(prompt.lstrip())
+    body = {"id_slot": 0, "input_prefix": prefix, "input_suffix": suffix,
+            "input_extra": [{"text": text, "time": 12.5, "filename": name} for name, text in extra],
+            "prompt": prompt, "n_predict": 128, "stop": [], "n_indent": indent, "top_k": 40, "top_p": 0.90,
+            "samplers": ["top_k", "top_p", "infill"], "stream": False, "cache_prompt": True, "t_max_prompt_ms": 500,
+            "t_max_predict_ms": 250, "response_fields": LLAMA_VIM_FIELDS, "model": ""}
+    return {**body, **changes}
+
+
+@pytest.fixture(scope="module")
+def files(served_repo):
+    """The served repository's files by name (as the editor has them)."""
+    return {str(p.relative_to(served_repo)): p.read_text() for p in served_repo.rglob("*.*")}
+
+
+class Answer:
+    def __init__(self, status: int, text: str) -> None:
+        self.status_code, self.text = status, text
+
+    def json(self):
+        return json.loads(self.text)
+
+
+def post(server, path: str, body: dict) -> Answer:
+    """As llama.vim's curl sends it: JSON, and always this header, the empty key included."""
+    return Answer(*raw_post(server.url, path, json.dumps(body).encode(),
+                            {"Content-Type": "application/json", "Authorization": "Bearer "}))
+
+
+def test_llama_vim_infill_is_answered_the_way_llama_vim_reads_it(server, files):
+    prefix, prompt, suffix = around(files["app.py"], 5, 5)
+    extra = [("shapes/geometry.py", files["shapes/geometry.py"])]
+    response = post(server, "/infill", llama_vim_body(prefix, prompt, suffix, extra))
+    assert response.status_code == 200
+    raw = response.text
+    # llama.vim's own check (s:fim_on_response), byte for byte, and one line for classic Vim's channel.
+    assert raw.startswith("{") and re.search(r'"content"\s*:"', raw) and "\n" not in raw, raw
+    answer = json.loads(raw)
+    assert set(answer) == set(LLAMA_VIM_FIELDS)                  # flattened: "timings/prompt_n" is a top-level key
+    assert isinstance(answer["content"], str)
+    assert answer["timings/predicted_n"] >= 1 and answer["timings/prompt_n"] >= 1
+    assert answer["tokens_cached"] >= answer["timings/prompt_n"] and answer["truncated"] is False
+
+
+def test_llama_vim_warm_up_fills_the_cache_for_the_request_that_follows(server, files):
+    ring = [("shapes/geometry.py", files["shapes/geometry.py"]), ("README.md", files["README.md"])]
+    warm = post(server, "/infill", {"id_slot": 0, "input_prefix": "", "input_suffix": "", "prompt": "",
+                                     "input_extra": [{"text": t, "time": 1, "filename": f} for f, t in ring],
+                                     "n_predict": 0, "temperature": 0.0, "samplers": [], "stream": False,
+                                     "cache_prompt": True, "t_max_prompt_ms": 1, "t_max_predict_ms": 1,
+                                     "response_fields": [""]})
+    assert warm.status_code == 200 and warm.text == "{}"
+    prefix, prompt, suffix = around(files["app.py"], 9, 5)
+    answer = post(server, "/infill", llama_vim_body(prefix, prompt, suffix, ring, response_fields=[])).json()
+    assert answer["timings"]["cache_n"] > 0          # the chunks' keys and values were there already
+    assert answer["tokens_evaluated"] == answer["timings"]["cache_n"] + answer["timings"]["prompt_n"]
+
+
+def test_llama_vscode_infill_request(server, served_repo, files):
+    prefix, prompt, suffix = around(files["app.py"], 5, 5)
+    body = {"id_slot": 0, "input_prefix": prefix, "input_suffix": suffix,
+            "input_extra": [{"text": files["shapes/geometry.py"], "time": 1764460000000,
+                             "filename": str(served_repo / "shapes" / "geometry.py")}],
+            "prompt": prompt, "n_predict": 128, "n_cmpl": 3, "top_k": 40, "top_p": 0.99, "stream": False,
+            "samplers": ["top_k", "top_p", "infill"], "cache_prompt": True, "n_indent": 4, "t_max_prompt_ms": 500,
+            "t_max_predict_ms": 500}
+    response = httpx.post(server.url + "/infill", json=body, timeout=300)     # no Authorization header
+    assert response.status_code == 200
+    answer = response.json()
+    # llama.vscode's getComplFromContent: one object with "content" (n_cmpl may be ignored).
+    assert isinstance(answer["content"], str) and answer["stop"] is True
+    assert answer["stop_type"] in ("eos", "word", "limit")
+    assert answer["generation_settings"]["n_ctx"] > 0 and "prompt_ms" in answer["timings"]
+
+
+def test_the_next_keystroke_prefills_only_the_new_tokens(server, files):
+    prefix, _, suffix = around(files["app.py"], 9, 5)
+    answers = []
+    for typed in ("    ret", "    retu", "    retur"):
+        body = llama_vim_body(prefix, typed, suffix, response_fields=[], n_predict=4, temperature=0.0)
+        answers.append(post(server, "/infill", body).json())
+    for answer in answers[1:]:
+        timings = answer["timings"]
+        assert timings["prompt_n"] <= 4, timings               # a character typed: a token or two, and the rest reused
+        assert timings["cache_n"] >= 0.9 * answer["tokens_evaluated"], timings
+
+
+def test_openai_client_completions(server):
+    client = OpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0)
+    completion = client.completions.create(model="any", prompt="def fibonacci(n):", max_tokens=8, temperature=0)
+    text = completion.choices[0].text
+    assert text and completion.choices[0].finish_reason in ("stop", "length")
+    assert completion.usage.completion_tokens >= 1 and completion.usage.prompt_tokens > 0
+    chunks = list(client.completions.create(model="any", prompt="def fibonacci(n):", max_tokens=8, temperature=0,
+                                            stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == text      # greedy: the same text, streamed
+    assert chunks[-1].choices[0].finish_reason == completion.choices[0].finish_reason
+
+
+def test_openai_client_chat(server):
+    client = OpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0)
+    question = [{"role": "user", "content": "What does area_of_circle return?"}]
+    answer = client.chat.completions.create(model="any", messages=question, max_tokens=8, temperature=0)
+    assert answer.choices[0].message.role == "assistant" and answer.choices[0].message.content
+    assert answer.usage.prompt_tokens > 50          # the retrieved repository context came along
+    chunks = list(client.chat.completions.create(model="any", messages=question, max_tokens=8, temperature=0,
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == answer.choices[0].message.content
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == answer.usage.completion_tokens
+
+
+def test_special_token_text_in_a_completion_prompt_becomes_special_tokens(server):
+    """Continue renders FIM templates itself and sends their special tokens as text."""
+    client = OpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0)
+
+    def prompt_tokens(prompt: str) -> int:
+        return client.completions.create(model="any", prompt=prompt, max_tokens=1, temperature=0).usage.prompt_tokens
+    assert prompt_tokens("<file_sep>") == 1 and prompt_tokens("<repo_name><file_sep><filename>") == 3
+    assert prompt_tokens("<file_sep >") > 1                    # not the token's text: plain text
+    # Continue's StarCoder and CodeLlama templates (their markers are plain text to this model's vocabulary).
+    for template in ("<fim_prefix>def add(a, b):\n    <fim_suffix>\n<fim_middle>",
+                     "<PRE> def add(a, b):\n     <SUF>\n <MID>"):
+        completion = client.completions.create(model="codellama-7b", prompt=template, max_tokens=4, temperature=0,
+                                               stop=["<fim_prefix>", "<|endoftext|>", "<EOT>"])
+        assert isinstance(completion.choices[0].text, str)
+
+
+def test_ollama_generate_with_suffix_streams_json_lines(server):
+    show = httpx.post(server.url + "/api/show", json={"name": "codecomplete"}).json()
+    assert ".Suffix" in show["template"]                 # how Continue decides that the model can fill in
+    for line in show["parameters"].split("\n"):          # Continue parses every line of it with this pattern
+        assert re.match(r'^(\S+)\s+((?:".*")|\S+)$', line)
+    assert httpx.get(server.url + "/api/tags").json()["models"][0]["name"]
+    body = {"model": "codecomplete", "prompt": "def add(a, b):\n    ", "suffix": "\n\nprint(add(1, 2))\n",
+            "options": {"num_predict": 6, "temperature": 0}, "keep_alive": 1800}
+    with httpx.stream("POST", server.url + "/api/generate", json=body, timeout=300) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("application/x-ndjson")
+        lines = [json.loads(line) for line in response.iter_lines() if line.strip()]
+    assert all(not line["done"] for line in lines[:-1]) and lines[-1]["done"] is True
+    assert lines[-1]["eval_count"] >= 1 and lines[-1]["done_reason"] in ("stop", "length")
+    whole = httpx.post(server.url + "/api/generate", json={**body, "stream": False}, timeout=300).json()
+    assert whole["response"] == "".join(line["response"] for line in lines)
+
+
+def test_discovery_routes(server):
+    assert httpx.get(server.url + "/health").json() == {"status": "ok"}
+    props = httpx.get(server.url + "/props").json()
+    assert props["default_generation_settings"]["n_ctx"] == server.info["engine"]["context_length"]
+    models = OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0).models.list().data
+    assert len(models) == 1 and "SmolLM2" in models[0].id
+
+
+def test_stream_of_infill_ends_without_done_marker(server, files):
+    prefix, prompt, suffix = around(files["app.py"], 9, 5)
+    body = llama_vim_body(prefix, prompt, suffix, stream=True, n_predict=4, t_max_predict_ms=0, response_fields=[])
+    started = time.monotonic()
+    with httpx.stream("POST", server.url + "/infill", json=body, timeout=300) as response:
+        events = [line for line in response.iter_lines() if line]
+    assert time.monotonic() - started < 300
+    assert all(event.startswith("data: {") for event in events)          # no [DONE], no keep-alive comments
+    last = json.loads(events[-1][len("data: "):])
+    assert last["stop"] is True and last["content"] == "" and "timings" in last
+    assert all(json.loads(e[len("data: "):])["stop"] is False for e in events[:-1])
+
+
+def test_a_cursor_after_a_space_is_healed_in_infill_completion_and_openai(server, files):
+    """Token healing on every completion route: /infill's input_prefix + prompt ending after `area = ` (app.py
+    line 5), streamed or not, and the same text as a raw prompt to /completion and OpenAI completions. The prompt
+    ends before the space, the generation must begin with it, and the answer does not repeat it."""
+    prefix, prompt, suffix = around(files["app.py"], 5, 12)
+    assert prompt == "    area = "
+    body = llama_vim_body(prefix, prompt, suffix, response_fields=[], n_predict=12, temperature=0.0, top_k=1)
+    answer = post(server, "/infill", body).json()
+    assert answer["content"].startswith("area_of_circle("), answer["content"]   # not a digit after a lone space
+    with httpx.stream("POST", server.url + "/infill", json={**body, "stream": True}, timeout=300) as response:
+        events = [json.loads(line[len("data: "):]) for line in response.iter_lines() if line]
+    assert "".join(event["content"] for event in events) == answer["content"]
+    # A raw prompt ending after a space: healed the same way (the space is not written again).
+    raw = prefix + prompt
+    completion = post(server, "/completion", {"prompt": raw, "n_predict": 12, "temperature": 0.0}).json()
+    assert completion["content"] and not completion["content"].startswith(" "), completion["content"]
+    client = OpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0)
+    text = client.completions.create(model="any", prompt=raw, max_tokens=12, temperature=0).choices[0].text
+    assert text == completion["content"]
+    streamed = client.completions.create(model="any", prompt=raw, max_tokens=12, temperature=0, stream=True)
+    assert "".join(chunk.choices[0].text for chunk in streamed) == text

@@ -1,0 +1,223 @@
+"""`codecomplete serve` under bad requests, clients that go away, a full queue, API keys and a stop signal: every
+failure is a JSON error with its status, and the server serves on with a consistent cache."""
+import json
+import random
+import signal
+import socket
+import time
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from server_process import ServerProcess, raw_post
+
+from codecomplete.session import Sampling, Session
+
+KEY = "sekret-key"
+PREFIX = "from shapes.geometry import Rectangle, area_of_circle\n\n\ndef report(radius: float) -> str:\n"
+SUFFIX = "\n    return f\"circle of radius {radius}: {area:.2f}\"\n"
+
+
+def check_error(server, status: int, kind: str, path: str, body: bytes | dict, words=(), headers=None):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    code, text = raw_post(server.url, path, data, {"Content-Type": "application/json", **(headers or {})})
+    assert code == status, (code, text)
+    error = json.loads(text)["error"]
+    assert error["code"] == status and error["type"] == kind and "Traceback" not in text
+    for word in words:
+        assert word in error["message"], error
+    assert httpx.get(server.url + "/health").json() == {"status": "ok"}      # and it serves on
+
+
+INFILL = {"input_prefix": "def f():\n", "input_suffix": ""}
+
+
+@pytest.mark.parametrize("path, body, status, kind, words", [
+    ("/infill", b'{"input_prefix": "x",', 400, "invalid_request_error", ["not valid JSON"]),
+    ("/infill", b"", 400, "invalid_request_error", ["not valid JSON"]),
+    ("/infill", b"[1, 2]", 400, "invalid_request_error", ["JSON object"]),
+    ("/infill", b'{"input_prefix": "\xff\xfe", "input_suffix": ""}', 400, "invalid_request_error", ["UTF-8"]),
+    ("/infill", {"input_prefix": 5, "input_suffix": ""}, 400, "invalid_request_error", ["input_prefix"]),
+    ("/infill", {**INFILL, "n_predict": "5"}, 400, "invalid_request_error", ["n_predict", "integer"]),
+    ("/infill", {"input_prefix": "x"}, 400, "invalid_request_error", ["input_suffix", "required"]),
+    ("/infill", {**INFILL, "input_extra": [{"filename": "a.py"}]}, 400, "invalid_request_error",
+     ["input_extra[0].text"]),
+    ("/infill", {**INFILL, "n_predict": -5}, 400, "invalid_request_error", ["n_predict"]),
+    ("/infill", {**INFILL, "n_predict": 10 ** 9}, 400, "invalid_request_error", ["do not fit"]),
+    ("/infill", {**INFILL, "n_probs": 5}, 501, "not_supported_error", ["n_probs"]),
+    ("/completion", {"prompt": [1, 2, 10 ** 7]}, 400, "invalid_request_error", ["outside the vocabulary"]),
+    ("/completion", {"prompt": "x " * 2000}, 400, "exceed_context_size_error", ["does not fit"]),
+    ("/v1/completions", {"prompt": ["a", "b"]}, 400, "invalid_request_error", ["one prompt"]),
+    ("/v1/completions", {"prompt": "a", "n": 2}, 400, "invalid_request_error", ["n > 1"]),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]},
+     400, "invalid_request_error", ["tools"]),
+    ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]}, 400, "invalid_request_error",
+     ["messages[0].role"]),
+    ("/codecomplete/v1/complete", {"path": "../outside.py", "text": "x = 1\n", "max_tokens": 1}, 400,
+     "invalid_request_error",
+     ["outside the repository"]),
+    ("/codecomplete/v1/complete", {"path": "/etc/passwd", "max_tokens": 1}, 400, "invalid_request_error",
+     ["outside the repository"]),
+    ("/no/such/route", {}, 404, "not_found_error", ["no route"]),
+])
+def test_bad_requests_get_their_status_and_a_json_error(server, path, body, status, kind, words):
+    check_error(server, status, kind, path, body, words)
+
+
+def test_a_link_out_of_the_repository_is_not_followed(server, served_repo, tmp_path):
+    secret = tmp_path / "secret.py"
+    secret.write_text("API_TOKEN = 'do-not-leak'\n")
+    link = served_repo / "leak.py"
+    link.symlink_to(secret)
+    try:
+        check_error(server, 400, "invalid_request_error", "/codecomplete/v1/complete",
+                    {"path": "leak.py", "max_tokens": 1}, ["outside the repository"])
+    finally:
+        link.unlink()
+
+
+def test_a_body_over_the_limit_is_413(server):
+    check_error(server, 413, "invalid_request_error", "/infill",
+                json.dumps({**INFILL, "input_extra": [{"text": "x" * (2 << 20)}]}).encode(), ["larger than"])
+
+
+def test_unknown_fields_are_ignored_as_llama_cpp_and_openai_ignore_them(server):
+    code, text = raw_post(server.url, "/infill", json.dumps({**INFILL, "n_predict": 1, "mirostat": 2,
+                                                             "some_new_field": {"x": [1]}}).encode(), {})
+    assert code == 200 and "content" in json.loads(text)
+
+
+def test_ollama_routes_answer_errors_in_ollama_shape(server):
+    response = httpx.post(server.url + "/api/generate", json={"model": "m", "prompt": "x", "images": ["AAAA"]})
+    assert response.status_code == 400 and isinstance(response.json()["error"], str)
+
+
+def test_continue_and_llama_vim_authorization_headers_pass_without_a_key(server):
+    for header in ("Bearer undefined", "Bearer "):
+        code, _ = raw_post(server.url, "/v1/completions", json.dumps({"prompt": "x", "max_tokens": 1}).encode(),
+                           {"Authorization": header})
+        assert code == 200
+
+
+def send_and_vanish(url: str, path: str, body: dict, rng: random.Random) -> None:
+    """Send a request, read a random part of the answer (maybe nothing), and drop the connection."""
+    parts = urlsplit(url)
+    data = json.dumps(body).encode()
+    with socket.create_connection((parts.hostname, parts.port), timeout=60) as connection:
+        connection.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        moment = rng.choice(["at once", "soon", "some bytes"])
+        if moment == "soon":
+            time.sleep(rng.uniform(0, 0.4))
+        elif moment == "some bytes":
+            wanted = rng.randint(1, 800)
+            received = 0
+            while received < wanted and (chunk := connection.recv(wanted - received)):
+                received += len(chunk)
+        if rng.random() < 0.5:      # half of them reset the connection instead of closing it
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+
+def test_clients_that_vanish_mid_stream_leave_the_server_serving_and_its_cache_consistent(server, engine,
+                                                                                         served_repo):
+    rng = random.Random(2024)
+    requests = [
+        ("/infill", {"input_prefix": PREFIX, "input_suffix": SUFFIX, "prompt": "    area = ", "n_predict": 32,
+                     "stream": True}),
+        ("/infill", {"input_prefix": PREFIX, "input_suffix": SUFFIX, "prompt": "    are", "n_predict": 8}),
+        ("/v1/completions", {"prompt": "def fibonacci(n):", "max_tokens": 32, "stream": True}),
+        ("/completion", {"prompt": "class Shape:\n", "n_predict": 32, "stream": True}),
+    ]
+    for _ in range(50):
+        path, body = rng.choice(requests)
+        send_and_vanish(server.url, path, body, rng)
+    assert httpx.get(server.url + "/health").json() == {"status": "ok"}
+    assert "Traceback" not in server.log()     # a client gone before its body arrived is no error either
+
+    body = {"input_prefix": PREFIX, "input_suffix": SUFFIX, "prompt": "    area = area_of", "n_predict": 8,
+            "temperature": 0.0}
+    served = httpx.post(server.url + "/infill", json=body, timeout=300).json()
+    # What a fresh server computes for it: the same session code on a cleared cache.
+    from prompts import index_repository
+
+    engine.clear_prefix_cache()
+    session = Session(engine, index_repository(served_repo))
+    sampling = Sampling(max_tokens=8, temperature=0.0)
+    fresh = session.infill(PREFIX + "    area = area_of", SUFFIX, sampling=sampling,
+                           budget=server.info["prompt_budget"]).run()
+    assert served["content"] == fresh.text
+    assert served["tokens_evaluated"] == fresh.prompt_tokens
+
+
+@pytest.fixture(scope="module")
+def keyed_server(script, cli_env, served_repo, tmp_path_factory):
+    """A second server: with an API key, and room for one waiting request only."""
+    process = ServerProcess(script, served_repo, cli_env, tmp_path_factory.mktemp("keyed"),
+                            "--api-key", KEY, "--max-waiting", "1", "--context-tokens", "256")
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def test_with_a_key_every_route_but_health_needs_it(keyed_server):
+    assert httpx.get(keyed_server.url + "/health").status_code == 200
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer "}):
+        check_error(keyed_server, 401, "authentication_error", "/v1/completions", {"prompt": "x"},
+                    ["API key"], headers)
+    response = httpx.get(keyed_server.url + "/v1/models", headers={"Authorization": f"Bearer {KEY}"})
+    assert response.status_code == 200
+
+
+def test_a_full_queue_answers_503_and_the_server_serves_on(keyed_server):
+    parts = urlsplit(keyed_server.url)
+    auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    long = json.dumps({"prompt": "def main():", "n_predict": 60, "stream": True, "ignore_eos": True}).encode()
+
+    def open_request():
+        connection = socket.create_connection((parts.hostname, parts.port), timeout=120)
+        head = "".join(f"{k}: {v}\r\n" for k, v in auth.items())
+        connection.sendall(f"POST /completion HTTP/1.1\r\nHost: x\r\n{head}Content-Length: {len(long)}\r\n\r\n"
+                           .encode() + long)
+        return connection
+    running = open_request()
+    assert running.recv(1)                       # it is generating
+    waiting = open_request()
+    time.sleep(1.0)                              # ... and this one waits behind it
+    try:
+        check_error(keyed_server, 503, "unavailable_error", "/completion", {"prompt": "x", "n_predict": 1},
+                    ["busy"], {"Authorization": f"Bearer {KEY}"})
+    finally:
+        waiting.close()
+        running.close()
+    for _ in range(50):        # the server notices the two clients left, and serves the next one
+        code, text = raw_post(keyed_server.url, "/completion", json.dumps({"prompt": "x", "n_predict": 2}).encode(),
+                              auth)
+        if code != 503:
+            break
+        time.sleep(0.1)
+    assert code == 200 and json.loads(text)["tokens_predicted"] >= 1
+
+
+def test_sigterm_cancels_the_answer_in_flight_and_exits_0(keyed_server):
+    """Last in this module: it stops the keyed server."""
+    parts = urlsplit(keyed_server.url)
+    body = json.dumps({"prompt": "def main():", "n_predict": 200, "stream": True, "ignore_eos": True}).encode()
+    with socket.create_connection((parts.hostname, parts.port), timeout=60) as connection:
+        connection.sendall(f"POST /completion HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+                           f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        assert connection.recv(1)
+        started = time.monotonic()
+        assert keyed_server.stop(signal.SIGTERM, timeout=30) == 0
+        assert time.monotonic() - started < 15            # not 200 tokens later
+        while connection.recv(65536):                     # the stream ended: the socket closes
+            pass
+    assert "stopped" in keyed_server.log() and "Traceback" not in keyed_server.log()
+    assert not list((keyed_server.runtime / "servers").glob("*.json"))      # no longer announced
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(keyed_server.url + "/health")
+
+
+def test_a_reachable_host_needs_an_api_key(codecomplete, repo):
+    run = codecomplete("serve", repo, "--host", "0.0.0.0", "--port", "0")
+    assert run.returncode == 2 and "--api-key" in run.stderr and len(run.stderr.strip().splitlines()) == 1

@@ -1,0 +1,134 @@
+"""The 8-bit KV caches (fp8 e4m3, int8) on tiny checkpoints: real quantization, every backend reading the same
+values, prefill and decode agreeing, the engine's option, errors and the out-of-memory message. (Accuracy on
+real weights: test_kv_cache_accuracy.py.)"""
+
+import pytest
+import torch
+
+from models import GenerationConfig, OutOfMemoryError, load_model
+from models.llama import Decode
+
+from tiny_models import load_error
+
+PROMPT = list(range(10, 40))
+
+
+@pytest.fixture(scope="module", params=["fp8", "int8"])
+def engines(tiny_checkpoint, request):
+    directory, _ = tiny_checkpoint
+    return (load_model(directory, device="cpu", max_context=48),
+            load_model(directory, device="cpu", max_context=48, kv_cache=request.param))
+
+
+def cache_of(engine, layer=0):
+    return engine.model.layers[layer].attention.kv_cache
+
+
+def test_prefill_stores_8bit_values_with_per_token_scales(engines):
+    plain, fp8 = engines
+    with torch.no_grad():
+        plain.model.prefill(torch.tensor([PROMPT]))
+        fp8.model.prefill(torch.tensor([PROMPT]))
+    n = len(PROMPT)
+    # Layer 0 only: its keys and values come from the embeddings alone, so both caches store the same K/V.
+    exact, quantized = cache_of(plain, 0), cache_of(fp8, 0)
+    e4m3 = fp8.kv_cache_dtype == "fp8"
+    assert quantized.k.dtype == (torch.float8_e4m3fn if e4m3 else torch.int8)
+    assert quantized.k_scale.dtype == torch.float32
+    qmax = 448 if e4m3 else 127
+    for stored, scale, ref in ((quantized.k, quantized.k_scale, exact.k), (quantized.v, quantized.v_scale, exact.v)):
+        ref = ref[0, :, :n]                                                   # (Hkv, n, D)
+        scale = scale[0, :, :n, None]                                         # (Hkv, n, 1)
+        # One scale per token and KV head: the largest magnitude maps to the type's largest value.
+        torch.testing.assert_close(scale[..., 0], ref.abs().amax(-1) / qmax, rtol=1e-6, atol=0)
+        values = stored[0, :, :n].float()
+        assert values.abs().amax(-1).eq(qmax).all()
+        error = (values * scale - ref).abs()
+        if e4m3:   # 3 mantissa bits: relative error <= 2^-4 (subnormals below 2^-6: absolute 2^-10)
+            assert (error <= ref.abs() * 2**-4 + scale * 2**-10).all()
+        else:      # a uniform grid: at most half a step
+            assert (error <= scale * (0.5 + 1e-5)).all()
+        assert error.max() > 0                                                # it really is quantized
+
+
+@pytest.mark.parametrize("T", [1, 3])
+def test_every_backend_reads_the_same_8bit_cache(engines, T):
+    """Flash (the interpreter), sdpa and eager over one 8-bit cache, two rows of different lengths, T tokens each."""
+    _, fp8 = engines
+    model = fp8.model
+    fp8._ensure_rows(2)
+    fp8.clear_prefix_cache()
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(3, model.config.vocab_size, (2, 40), generator=generator)
+    input_pos = torch.tensor([30, 17])
+    logits = {}
+    with torch.no_grad():
+        for row in range(2):
+            model.prefill(tokens[row:row + 1, :int(input_pos[row])], row=row)
+        new = torch.stack([tokens[b, p:p + T] for b, p in enumerate(input_pos.tolist())])   # (2, T)
+        for backend in ("flash", "sdpa", "eager"):
+            logits[backend] = model.decode(new, Decode(input_pos, (input_pos + T).int(), backend))
+    assert logits["eager"].abs().max() > 1.0
+    torch.testing.assert_close(logits["sdpa"], logits["eager"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(logits["flash"], logits["eager"], atol=1e-4, rtol=1e-4)
+
+
+def test_prefill_and_decode_read_the_same_quantized_values(engines):
+    """Teacher-forced prefill logits equal step-by-step decode logits with an 8-bit cache (both dequantize the
+    same stored values), and differ from the unquantized cache's."""
+    plain, fp8 = engines
+    ids = torch.tensor([PROMPT])
+    with torch.no_grad():
+        forced = fp8.model.prefill(ids, all_logits=True)                          # (1, 30, V)
+        exact = plain.model.prefill(ids, all_logits=True)
+        fp8.model.prefill(ids[:, :20])
+        for pos in range(20, 30):
+            input_pos = torch.tensor([pos])
+            step = fp8.model.decode(ids[:, pos:pos + 1], Decode(input_pos, (input_pos + 1).int(), "sdpa"))
+            torch.testing.assert_close(step[0], forced[0, pos], atol=1e-4, rtol=1e-4)
+    assert (forced - exact).abs().max() > 1e-3     # the quantization is visible (the tiny model amplifies it)
+
+
+def test_the_engine_generates_and_reuses_its_prefix_with_an_8bit_cache(engines):
+    plain, fp8 = engines
+    assert fp8.kv_cache_dtype in ("fp8", "int8") and plain.kv_cache_dtype == "float32"
+    config = GenerationConfig(max_new_tokens=6, speculate=0)
+    fp8.clear_prefix_cache()
+    cold = fp8.generate(PROMPT, config)
+    warm = fp8.generate(PROMPT[:25] + [50, 51], config)
+    again = fp8.generate(PROMPT, config)
+    assert warm.reused_prefix_tokens == 25 and again.token_ids == cold.token_ids
+    # The decode loop computes what a teacher-forced prefill over the same tokens with an 8-bit cache does.
+    with torch.no_grad():
+        forced = fp8.model.prefill(torch.tensor([PROMPT + cold.token_ids]), all_logits=True)[0]
+    assert forced[len(PROMPT) - 1:-1].argmax(-1).tolist() == cold.token_ids
+
+
+def test_switching_the_cache_type_keeps_the_weights(tiny_checkpoint):
+    engine = load_model(tiny_checkpoint[0], device="cpu", max_context=32)
+    config = GenerationConfig(max_new_tokens=4, speculate=0)
+    before = engine.generate(PROMPT[:20], config).token_ids
+    engine.set_kv_cache("fp8")
+    assert engine.kv_cache_dtype == "fp8" and cache_of(engine).k.dtype == torch.float8_e4m3fn
+    engine.generate(PROMPT[:20], config)
+    engine.set_kv_cache(None)
+    assert cache_of(engine).k.dtype == torch.float32
+    assert engine.generate(PROMPT[:20], config).token_ids == before
+
+
+def test_bad_kv_cache_choices_are_one_line_errors(tiny_checkpoint):
+    load_error(tiny_checkpoint[0], ValueError, "unknown KV cache type 'int4'", kv_cache="int4")
+    load_error(tiny_checkpoint[0], ValueError, "a bf16 KV cache needs a bf16 model .* float32 here", kv_cache="bf16")
+
+
+def test_out_of_memory_counts_the_smaller_cache(tiny_checkpoint, monkeypatch):
+    # Tiny model, per token: float32 2 layers x 2 KV heads x 16 dims x 2 (K, V) x 4 bytes = 512 bytes;
+    # fp8 the same in 1 byte (128) + 2 x 2 x 2 float32 scales (32) = 160 bytes.
+    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + 512 * 40)
+    message = load_error(tiny_checkpoint[0], OutOfMemoryError, "float32 KV cache of 64 tokens .* about 40 tokens",
+                         max_context=64)
+    assert "--kv-cache fp8 or int8" in message
+    assert load_model(tiny_checkpoint[0], device="cpu", max_context=64, kv_cache="fp8").kv_cache_dtype == "fp8"
+    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + 160 * 50)
+    load_error(tiny_checkpoint[0], OutOfMemoryError, "fp8 KV cache of 64 tokens .* about 50 tokens would fit",
+               max_context=64, kv_cache="fp8")

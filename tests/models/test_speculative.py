@@ -1,0 +1,260 @@
+"""Speculative decoding by prompt lookup: the drafter, greedy output identical to plain decoding on the embedded
+model over 30 prompts from installed packages (stops, EOS and the token limit inside accepted drafts, prefix
+reuse between requests), and rejection sampling that keeps the sampled distribution."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+import models.engine
+from models import GenerationConfig, load_model
+from models.llama import Decode
+from models.sampling import probabilities
+from models.speculative import PromptLookup, accept
+
+FILES = [("rich", "table.py"), ("jinja2", "filters.py"), ("httpx", "_urls.py"), ("click", "types.py"),
+         ("pygments", "lexer.py"), ("prompt_toolkit", "document.py"), ("starlette", "routing.py"),
+         ("markdown_it", "ruler.py"), ("openai", "_base_client.py"), ("yaml", "constructor.py")]
+PROMPT_TOKENS, STEP_TOKENS, NEW_TOKENS = 160, 40, 12
+DEPTH = 8
+
+
+def test_prompt_lookup_drafts_what_followed_the_longest_recent_match():
+    drafter = PromptLookup([5, 1, 2, 3, 4, 9, 2, 3, 7, 8, 1, 2, 3])
+    assert drafter.draft(3) == [4, 9, 2]          # "1 2 3" (3 tokens) beats the more recent "2 3" -> 7
+    drafter.extend([6])
+    assert drafter.draft(3) == []                 # "3 6" was never seen
+    drafter.extend([2, 3])
+    assert drafter.draft(2) == [6, 2]             # only "2 3" matches; its newest earlier occurrence precedes "6 2"
+    assert PromptLookup([1, 2]).draft(4) == []    # nothing before the suffix itself
+    # A match near the end copies its own draft onward (a loop with a period shorter than the draft).
+    assert PromptLookup([7, 1, 2, 1, 2, 1, 2]).draft(5) == [1, 2, 1, 2, 1]
+    assert PromptLookup([5, 5, 5]).draft(4) == [5, 5, 5, 5]
+
+
+def prompts(tokenizer) -> list[list[int]]:
+    """Three prompts per file, each extending the one before by STEP_TOKENS: consecutive requests share a prefix."""
+    out = []
+    for package, name in FILES:
+        path = Path(importlib.util.find_spec(package).submodule_search_locations[0]) / name
+        ids = tokenizer.encode(path.read_text())
+        start = len(ids) // 3
+        out += [ids[start:start + PROMPT_TOKENS + i * STEP_TOKENS] for i in range(3)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(smollm_engine):
+    """Every prompt, in order on one engine (prefix reuse between requests), plain and speculative; the steps
+    of the speculative runs as the engine's `accept` returned them."""
+    engine = smollm_engine
+    steps: list[list[list[int]]] = []
+    texts = prompts(engine.tokenizer)
+
+    def spy(logits, drafts, config, generator):
+        emitted = accept(logits, drafts, config, generator)
+        steps[-1].append(emitted)
+        return emitted
+
+    out = {}
+    for depth in (0, DEPTH):
+        engine.clear_prefix_cache()
+        results = []
+        for prompt in texts:
+            steps.append([])
+            models.engine.accept = spy
+            try:
+                results.append(engine.generate(prompt, GenerationConfig(max_new_tokens=NEW_TOKENS, speculate=depth)))
+            finally:
+                models.engine.accept = accept
+        out[depth] = results
+    return texts, out, steps[len(out[0]):]
+
+
+def test_greedy_output_is_identical_with_and_without_speculation(runs):
+    _, results, steps = runs
+    plain, spec = results[0], results[DEPTH]
+    assert len(plain) == 30
+    for p, s in zip(plain, spec):
+        assert s.token_ids == p.token_ids and s.text == p.text and s.finish_reason == p.finish_reason
+    # Speculation really ran: drafts were accepted, and steps emitted several tokens.
+    accepted = sum(r.timings.accepted_tokens for r in spec)
+    generated = sum(len(r.token_ids) - 1 for r in spec)
+    assert accepted >= 0.2 * generated and sum(r.timings.decode_steps for r in spec) < generated
+    assert all(r.timings.drafted_tokens == 0 for r in plain)
+    # Requests after the first of each file reused the prefix, in both modes.
+    assert all(r.reused_prefix_tokens >= PROMPT_TOKENS - 1 for i, r in enumerate(plain + spec) if i % 3)
+    # The timings add up: one step per model token, the accepted drafts on top.
+    for r, emitted in zip(spec, steps):
+        t = r.timings
+        assert t.decode_steps == len(emitted) and t.accepted_tokens == sum(len(e) - 1 for e in emitted)
+        assert t.tokens_per_step == pytest.approx((len(r.token_ids) - 1) / t.decode_steps) or r.finish_reason == "stop"
+
+
+def inside_accepted_draft(steps) -> list[int]:
+    """Indices (into the generated tokens) of tokens that came from a draft and were followed by more tokens of
+    the same step: a stop or a limit there ends generation in the middle of what one step emitted."""
+    positions, index = [], 1                     # token 0 comes from the prefill
+    for emitted in steps:
+        positions += range(index, index + len(emitted) - 1)
+        index += len(emitted)
+    return positions
+
+
+def first_case(runs, ok):
+    """(prompt, plain result, position): the first prompt with a position inside an accepted draft that `ok` likes."""
+    texts, results, steps = runs
+    for prompt, plain, emitted in zip(texts, results[0], steps):
+        for j in inside_accepted_draft(emitted):
+            if j < len(plain.token_ids) - 1 and ok(plain, j):
+                return prompt, plain, j
+    raise AssertionError("no accepted draft long enough in 30 prompts")
+
+
+def both(engine, prompt, **config):
+    engine.clear_prefix_cache()
+    return [engine.generate(prompt, GenerationConfig(speculate=k, **config)) for k in (0, DEPTH)]
+
+
+def test_eos_inside_an_accepted_draft(smollm_engine, runs):
+    # A token that first appears inside an accepted draft becomes a stop token (the EOS path).
+    prompt, plain, j = first_case(runs, lambda r, j: r.token_ids.index(r.token_ids[j]) == j)
+    stop = plain.token_ids[j]
+    a, b = both(smollm_engine, prompt, max_new_tokens=NEW_TOKENS, stop_token_ids=(stop,))
+    assert a.token_ids == b.token_ids == plain.token_ids[:j + 1] and a.finish_reason == b.finish_reason == "stop"
+    assert a.text == b.text
+
+
+def test_token_limit_inside_an_accepted_draft(smollm_engine, runs):
+    prompt, plain, j = first_case(runs, lambda r, j: True)
+    a, b = both(smollm_engine, prompt, max_new_tokens=j + 1)
+    assert a.token_ids == b.token_ids == plain.token_ids[:j + 1] and a.finish_reason == b.finish_reason == "length"
+
+
+def test_stop_string_inside_an_accepted_draft(smollm_engine, runs):
+    tok = smollm_engine.tokenizer
+
+    def text_of(r, j):
+        return tok.decode(r.token_ids[j:j + 1])
+
+    def ok(r, j):
+        piece = text_of(r, j)
+        return len(piece.strip()) >= 2 and r.text.find(piece) == len(tok.decode(r.token_ids[:j]))
+
+    prompt, plain, j = first_case(runs, ok)
+    stop = text_of(plain, j)
+    streamed = [], []
+    smollm_engine.clear_prefix_cache()
+    a, b = (smollm_engine.generate(prompt, GenerationConfig(max_new_tokens=NEW_TOKENS, stop_strings=(stop,), speculate=k),
+                                   on_text=out.append) for k, out in zip((0, DEPTH), streamed))
+    assert a.token_ids == b.token_ids == plain.token_ids[:j + 1] and a.finish_reason == b.finish_reason == "stop"
+    assert a.text == b.text == "".join(streamed[0]) == "".join(streamed[1]) and stop not in a.text
+
+
+def test_speculation_options_are_checked(smollm_engine):
+    with pytest.raises(ValueError, match="speculate must be 0..15 draft tokens per step, got 16"):
+        smollm_engine.generate([1, 2, 3], GenerationConfig(max_new_tokens=2, speculate=16))
+
+
+# ---- rejection sampling ------------------------------------------------------------------------------------------
+
+def chi_square_p(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    """p-value of observed counts (n,) against probabilities (n,): bins expecting < 5 merged into one."""
+    expected = probs * counts.sum()
+    big = expected >= 5
+    observed = torch.cat([counts[big], counts[~big].sum()[None]]).double()
+    expected = torch.cat([expected[big], expected[~big].sum()[None]]).double()
+    keep = expected > 0
+    statistic = ((observed[keep] - expected[keep]) ** 2 / expected[keep]).sum()
+    df = keep.sum().item() - 1
+    return torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64), statistic / 2).item()
+
+
+@pytest.mark.parametrize("config", [GenerationConfig(temperature=1.0), GenerationConfig(temperature=0.8, top_p=0.9)],
+                         ids=["t1", "t0.8-top_p0.9"])
+def test_rejection_sampling_keeps_the_distribution(tiny_checkpoint, config):
+    """A verification step of a tiny model with two drafts, one likely and one not: over many draws the first
+    token follows p0 exactly, and when the first draft is accepted the second follows p1 (chi-square, fixed seed)."""
+    engine = load_model(tiny_checkpoint[0], device="cpu", max_context=48)
+    model, vocab = engine.model, engine.model.config.vocab_size
+    prompt = list(range(10, 30))
+    model.prefill(torch.tensor([prompt[:-1]]))
+
+    def verify(drafts):   # the pending token (the prompt's last) and two drafts in one step: logits (3, V)
+        input_pos = torch.tensor([len(prompt) - 1])
+        with torch.no_grad():
+            return model.decode(torch.tensor([prompt[-1:] + drafts]), Decode(input_pos, (input_pos + 3).int(), "sdpa"))[0]
+
+    def middling(p):      # a draft that is sometimes accepted, sometimes not
+        return int((p - 0.4).abs().argmin())
+
+    first_draft = middling(probabilities(verify([0, 0]), config)[0])
+    drafts = [first_draft, middling(probabilities(verify([first_draft, 0]), config)[1])]
+    logits = verify(drafts)
+    probs = probabilities(logits, config)                                                # (3, V)
+    assert 0.05 < probs[0, drafts[0]] < 0.95 and 0.05 < probs[1, drafts[1]] < 0.95
+    generator = torch.Generator().manual_seed(1234)
+    n = 4000
+    first, second = torch.zeros(vocab), torch.zeros(vocab)
+    for _ in range(n):
+        emitted = accept(logits, drafts, config, generator)
+        first[emitted[0]] += 1
+        if emitted[0] == drafts[0]:
+            second[emitted[1]] += 1
+    assert chi_square_p(first, probs[0]) > 1e-3
+    assert chi_square_p(second, probs[1]) > 1e-3
+    assert second.sum() == first[drafts[0]]
+
+
+@pytest.mark.parametrize("package,name,cut", [("rich", "table.py", 1), ("httpx", "_urls.py", 9),
+                                              ("jinja2", "filters.py", 17)])
+def test_token_healing_with_speculation_gives_the_plain_greedy_output(smollm_engine, package, name, cut):
+    """While healing constrains the next token, the speculative loop drafts nothing and samples one token a step
+    from the restricted logits; once the required prefix is written, drafting resumes. Greedy output equals
+    plain decoding's, token for token, the prefix is never shown, and the prefix of several tokens took as many
+    draft-free steps."""
+    from models.healing import token_bytes
+
+    engine, tokenizer = smollm_engine, smollm_engine.tokenizer
+    text = (Path(importlib.util.find_spec(package).submodule_search_locations[0]) / name).read_text()
+    ids = tokenizer.encode(text)
+    text = tokenizer.decode(ids[len(ids) // 3:len(ids) // 3 + PROMPT_TOKENS + 40])
+    cut_at = len(text) - cut
+    while text[cut_at - 1].isspace():       # the prompt ends after something, the prefix is what follows
+        cut_at -= 1
+    prompt, prefix = tokenizer.encode(text[:cut_at]), text[cut_at:]
+    steps: list[tuple[int, list[int]]] = []
+
+    def spy(logits, drafts, config, generator):
+        emitted = accept(logits, drafts, config, generator)
+        steps.append((len(drafts), emitted))
+        return emitted
+
+    results = {}
+    for depth in (0, DEPTH):
+        engine.clear_prefix_cache()
+        streamed = []
+        models.engine.accept = spy
+        try:
+            results[depth] = engine.generate(prompt, GenerationConfig(
+                max_new_tokens=NEW_TOKENS + 12, required_prefix=prefix, speculate=depth), on_text=streamed.append)
+        finally:
+            models.engine.accept = accept
+        assert "".join(streamed) == results[depth].text
+    plain, spec = results[0], results[DEPTH]
+    assert spec.token_ids == plain.token_ids and spec.text == plain.text
+    pieces = token_bytes(tokenizer)
+    written = b"".join(pieces[i] for i in plain.token_ids)
+    assert written.startswith(prefix.encode()) and tokenizer.decode(plain.token_ids).startswith(prefix)
+    # The tokens that wrote the prefix: the first from the prefill, each later one from a step without drafts.
+    needed, covered = 0, b""
+    while not covered.startswith(prefix.encode()):
+        covered += pieces[plain.token_ids[needed]]
+        needed += 1
+    healing_steps = steps[:needed - 1]
+    assert all(drafts == 0 and len(emitted) == 1 for drafts, emitted in healing_steps)
+    assert spec.timings.drafted_tokens > 0          # and speculation resumed after it
+    if cut > 1:
+        assert needed > 1                           # the constraint really spanned several steps here

@@ -1,0 +1,54 @@
+"""Client-supplied chunks (llama.cpp's input_extra) in a completion prompt: ahead of the ranked context, each in a
+section of its own, in the client's order, the oldest dropped first when they do not all fit."""
+
+import pytest
+
+from prompts import build_completion_prompt, index_repository
+
+REPO = {
+    "lib/shapes.py": "def area(width, height):\n    return width * height\n\n\ndef perimeter(width, height):\n"
+                     "    return 2 * (width + height)\n",
+    "app.py": "from lib.shapes import area\n\n\ndef report(w, h):\n    total = area(w, h)\n    return total\n",
+}
+EXTRA = [("notes/first.py", "FIRST = 'oldest chunk'\n"), ("notes/second.py", "SECOND = 'middle chunk'\n"),
+         ("/abs/third.py", "THIRD = 'newest chunk'\n")]
+
+
+@pytest.fixture
+def repo_index(make_repo):
+    return index_repository(make_repo(REPO))
+
+
+@pytest.mark.parametrize("tokenizer_name", ["starcoder_tokenizer", "codellama_tokenizer"])
+def test_extra_chunks_come_first_in_their_own_sections(repo_index, tokenizer_name, request):
+    tokenizer = request.getfixturevalue(tokenizer_name)
+    packed = build_completion_prompt(repo_index, tokenizer, "app.py", line=5, col=5, budget_tokens=4000,
+                                     extra=EXTRA)
+    text = tokenizer.decode(packed.ids)
+    positions = [text.index(word) for word in ("oldest chunk", "middle chunk", "newest chunk", "def perimeter",
+                                               "total = area")]
+    assert positions == sorted(positions), text     # client order, then ranked context, then the cursor
+    for filename, _ in EXTRA:
+        assert f"{filename}\n" in text               # each chunk under its own file header
+    assert [item.path for item in packed.context[:3]] == [name for name, _ in EXTRA]
+    assert all(item.tokens > 0 and item.start_line == item.end_line == 1 for item in packed.context[:3])
+    assert "lib/shapes.py" in [item.path for item in packed.context[3:]]
+
+
+def test_the_oldest_extra_chunks_go_first_when_the_budget_is_short(repo_index, starcoder_tokenizer):
+    many = [(f"ring/{i}.py", f"VALUE_{i} = {i} * 1000 + {i}\n" * 3) for i in range(40)]
+    without = build_completion_prompt(repo_index, starcoder_tokenizer, "app.py", line=5, col=5, budget_tokens=300)
+    packed = build_completion_prompt(repo_index, starcoder_tokenizer, "app.py", line=5, col=5, budget_tokens=300,
+                                     extra=many)
+    assert len(packed.ids) <= 300
+    kept = [item.path for item in packed.context if item.path.startswith("ring/")]
+    assert 0 < len(kept) < len(many)
+    assert kept == [name for name, _ in many[-len(kept):]]     # the newest, in order
+    assert "total = area" in starcoder_tokenizer.decode(packed.ids)   # the text at the cursor stays
+
+
+def test_no_extra_leaves_the_prompt_as_it_was(repo_index, starcoder_tokenizer):
+    plain = build_completion_prompt(repo_index, starcoder_tokenizer, "app.py", line=5, col=5, budget_tokens=500)
+    blank = build_completion_prompt(repo_index, starcoder_tokenizer, "app.py", line=5, col=5, budget_tokens=500,
+                                    extra=[("empty.py", "\n"), ("spaces.py", "   ")])
+    assert blank.ids == plain.ids and blank.context == plain.context

@@ -1,0 +1,94 @@
+"""FreshIndex: a long-lived index follows the files (saved, added, deleted) with bounded work per request."""
+
+import builtins
+import io
+import os
+from collections import Counter
+
+import pytest
+
+from prompts import index_repository
+from prompts.freshness import FreshIndex
+
+
+def chunks_of(index):
+    return [(c.path, c.start_line, c.end_line, c.text) for c in index.chunks]
+
+
+def test_changes_on_disk_reach_the_index(make_repo, cache_dir):
+    files = {f"pkg/m{i}.py": f"def f{i}(x):\n    return x + {i}\n" for i in range(30)}
+    root = make_repo(files | {".gitignore": "ignored.py\n", "app.py": "def main():\n    return 0\n"})
+    fresh = FreshIndex(index_repository(root), files_per_refresh=8)
+    first = fresh.index
+
+    # The request's own file is looked at before every request: saved just now, seen at once.
+    (root / "app.py").write_text("def main():\n    return run()\n\n\ndef run():\n    return 1\n")
+    index = fresh.refresh("app.py")
+    assert index is not first
+    assert [c.defines for c in index.chunks if c.path == "app.py"] == [("main",), ("run",)]
+
+    # Others are found by the walk between requests, a slice each time: added, changed, deleted, and an ignored
+    # one left out.
+    (root / "pkg/new.py").write_text("def brand_new():\n    return 2\n")
+    (root / "pkg/m3.py").write_text("def f3_renamed(x):\n    return x\n")
+    (root / "pkg/m7.py").unlink()
+    (root / "ignored.py").write_text("def hidden():\n    pass\n")
+    for _ in range(2 * (len(files) + 3) // 8 + 2):  # two passes of the walk at most
+        index = fresh.sweep()
+    assert chunks_of(index) == chunks_of(index_repository(root))
+    assert "pkg/new.py" in index.files and "pkg/m7.py" not in index.files and "ignored.py" not in index.files
+    assert index.definers["f3_renamed"] and "f3" not in index.definers
+
+    # Nothing changed: the same index object, no rebuild.
+    assert fresh.refresh("app.py") is index
+
+
+@pytest.fixture(scope="module")
+def big_repo(tmp_path_factory):
+    """20,000 small Python files in 200 folders, indexed once."""
+    root = tmp_path_factory.mktemp("big") / "repo"
+    for folder in range(200):
+        (root / f"pkg{folder:03d}").mkdir(parents=True)
+        for number in range(100):
+            (root / f"pkg{folder:03d}" / f"m{number:03d}.py").write_text(
+                f"def f_{folder}_{number}(x):\n    return x + {number}\n")
+    return root, index_repository(root, cache_dir=tmp_path_factory.mktemp("big-cache"))
+
+
+def count_file_system_calls(monkeypatch) -> Counter:
+    """Every stat, directory listing and open from now on, counted (os.walk and pathlib go through these)."""
+    calls = Counter()
+
+    def counting(name, function):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+        return wrapper
+
+    for name in ("stat", "lstat", "scandir", "listdir"):
+        monkeypatch.setattr(os, name, counting(name, getattr(os, name)))
+    opener = counting("open", builtins.open)
+    monkeypatch.setattr(builtins, "open", opener)
+    monkeypatch.setattr(io, "open", opener)
+    return calls
+
+
+def test_a_request_touches_a_bounded_number_of_files_on_a_20k_file_repository(big_repo, monkeypatch):
+    root, index = big_repo
+    assert len(index.files) == 20_000
+    fresh = FreshIndex(index)
+    (root / "pkg100" / "m050.py").write_text("def edited_by_someone_else():\n    return 0\n")
+    calls = count_file_system_calls(monkeypatch)
+    touched = []
+    for request in range(90):  # a little more than one whole pass of the walk
+        before = sum(calls.values())
+        fresh.refresh("pkg000/m000.py")  # before the request: one stat
+        assert sum(calls.values()) - before <= 2
+        fresh.sweep()  # after it
+        touched.append(sum(calls.values()) - before)
+    # About files_per_refresh stats, plus the folders the walk lists on the way (the first call lists the root's
+    # 200 sub-folders): never a rescan of the 20,000 files.
+    assert max(touched) <= 2 * fresh.files_per_refresh + 100, touched
+    assert sum(touched) / len(touched) <= 1.2 * fresh.files_per_refresh + 20, touched
+    assert sum(touched) >= 20_000  # ... and yet the whole repository was looked at over the calls
+    assert "edited_by_someone_else" in fresh.index.definers
