@@ -4,14 +4,15 @@
 
 Random weights of the real shapes (a step's time does not depend on the values), bf16, batch 1, decode steps
 as CUDA-graph replays with the dense parts compiled, as the Engine runs them:
-- end to end, per KV cache type: flash and sdpa tokens/s, CodeLlama-7B at 4k/16k/64k and CodeLlama-34B at
+- end to end, per KV cache type: flash and sdpa tokens/s, CodeLlama-7B at 4k/16k/32k/64k and CodeLlama-34B at
   16k/64k/128k (sdpa reads an 8-bit cache dequantized: like with like);
 - capacity: the longest context whose cache fits next to the 34B weights on this GPU, per type (what the
   out-of-memory message computes), each proven by allocating it;
 - verification: a step of 1 + k tokens against a one-token step, whole step and attention alone (one layer's
   flash_decode), at 7B 16k and 34B 64k; and the speed-up it projects from the acceptance measured on the CPU
   (bench/results/speculative-cpu.json: tokens, steps and verifying steps of each workload).
-Bars: fp8 >= 1.4x bf16 flash at 7B 64k, >= 1.25x at 34B 128k; capacity >= 1.9x; verify-8 <= 1.2x a step.
+Bars: fp8 >= 1.4x bf16 flash at 7B 64k, >= 1.25x at 34B 128k; capacity >= 1.9x; an 8-token step <= 1.2x a one-token
+step (9 tokens are timed too: CodeLlama-34B's 8 query heads per KV head x 9 tokens take a second kernel tile).
 Writes decode.json and decode.md into --out and prints the table last.
 """
 
@@ -32,7 +33,7 @@ from models.bench import fill_cache_randomly, measure_steps, ours_step_us
 from models.kv_cache import KVCache, capacity_tokens
 from models.llama import Decode, build_random_model
 
-SHAPES = {"CodeLlama-7B": (4096, 16384, 65536), "CodeLlama-34B": (16384, 65536, 131072)}
+SHAPES = {"CodeLlama-7B": (4096, 16384, 32768, 65536), "CodeLlama-34B": (16384, 65536, 131072)}
 VERIFY_AT = {"CodeLlama-7B": 16384, "CodeLlama-34B": 65536}
 CPU_RESULTS = Path("bench/results/speculative-cpu.json")
 BARS = {"fp8_7b_64k": 1.4, "fp8_34b_128k": 1.25, "capacity": 1.9, "verify": 1.2}
@@ -188,9 +189,9 @@ def bars(e2e, cap, verify) -> list[dict]:
                     "value": value, "need": f">= {BARS['capacity']}x", "met": bool(allocated) and value >= BARS["capacity"]})
     for row in verify:
         for what in ("step", "attention"):
-            value = row[f"{what}_ratio"].get(9)
+            value = row[f"{what}_ratio"].get(8)     # the issue's "verification step of 8 tokens"
             if value is not None:
-                out.append({"bar": f"verify-8 {what} / one-token {what}, {row['model'][10:]} {row['context'] // 1024}k "
+                out.append({"bar": f"8-token {what} / one-token {what}, {row['model'][10:]} {row['context'] // 1024}k "
                                    f"{row['kv_cache']}", "value": value, "need": f"<= {BARS['verify']}x",
                             "met": value <= BARS["verify"]})
     return out
@@ -242,7 +243,7 @@ def main(argv=None) -> int:
     parser.add_argument("--kv-caches", default="bf16,fp8", help="cache types: bf16, fp8, int8")
     parser.add_argument("--models", default="7B,34B")
     parser.add_argument("--backends", default="flash,sdpa")
-    parser.add_argument("--widths", default="1,9", help="tokens per verification step to time (1 + drafts)")
+    parser.add_argument("--widths", default="1,8,9", help="tokens per verification step to time (1 + drafts)")
     parser.add_argument("--replays", type=int, default=20)
     parser.add_argument("--no-capacity", action="store_true")
     parser.add_argument("--cpu-results", type=Path, default=CPU_RESULTS)

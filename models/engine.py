@@ -38,6 +38,15 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 # Drafts verified per step when GenerationConfig.speculate is None, by device (bench/results/NOTES.md).
 DEFAULT_SPECULATE = {"cpu": 8, "cuda": 8}
 MAX_SPECULATE = 15     # the multi-token decode kernel takes up to 16 query tokens
+# Query rows one program of the decode kernel holds (kernels.plan.MAX_BLOCK_M): a verification step whose rows
+# (query heads per KV head x tokens) fit in one tile reads K/V once. CodeLlama-34B (8 per KV head) at 9 tokens
+# takes two tiles: its attention cost 1.64x a one-token step's on an H200 (bench/results/decode-h200/), so the
+# default depth is capped at 7 drafts there.
+TILE_ROWS = 64
+# A prompt that differs from the cached one in at most this many trailing tokens (an editor typing a character)
+# feeds them through the one-token decode step (graph-replayed on a GPU) instead of a prefill: on an H200 an eager
+# 1-2 token prefill of the CodeLlama-7B shape took 45-77 ms, a replayed step ~6 ms.
+GRAPHED_TAIL = 4
 
 
 def load_model(spec=None, device=None, dtype=None, attention=None, max_context=None, progress=None,
@@ -181,7 +190,8 @@ class Engine:
         self.progress = Timings()   # the running request's speculation counts, for a live status line
         self._quant = parse_kv_cache(kv_cache, param.dtype)
         # Drafts per step when a request does not say (GenerationConfig.speculate None); 0 turns it off.
-        self.speculate = DEFAULT_SPECULATE.get(self._device.type, 0)
+        group = model.config.n_heads // model.config.n_kv_heads
+        self.speculate = min(DEFAULT_SPECULATE.get(self._device.type, 0), max(1, TILE_ROWS // group - 1))
         self._graphs_enabled = self._device.type == "cuda" if cuda_graphs is None else cuda_graphs
         if self._graphs_enabled and os.environ.get("CODECOMPLETE_COMPILE", "1") != "0":
             # Fuse the decode step's norms, RoPE and SwiGLU around the matmuls (compiled once, at the
@@ -307,8 +317,11 @@ class Engine:
         # Prefill: each prompt into its own cache row, from the first token the cache does not hold.
         t_prefill = perf_counter()
         reused = [self._reusable_prefix(cached, prompts[0]) if reuse else 0] + [0] * (B - 1)
-        logits = torch.cat([self.model.prefill(torch.tensor([p[r:]], device=self._device), r, b)
-                            for b, (p, r) in enumerate(zip(prompts, reused))])        # (B, V)
+        if B == 1 and len(prompts[0]) - reused[0] <= GRAPHED_TAIL:
+            logits = self._feed_tail(prompts[0], reused[0])                              # (1, V)
+        else:
+            logits = torch.cat([self.model.prefill(torch.tensor([p[r:]], device=self._device), r, b)
+                                for b, (p, r) in enumerate(zip(prompts, reused))])    # (B, V)
         generator = make_generator(self._device, config.seed) if config.temperature > 0 else None
         healing = self._healing(config, B)
         tokens = sample(healing.restrict(logits) if healing else logits, config, generator)   # (B,)
@@ -330,6 +343,16 @@ class Engine:
                           drafted_tokens=loop.drafted, accepted_tokens=loop.accepted, decode_steps=loop.steps,
                           verify_steps=loop.verify_steps)
         return [row.result(len(p), r, timings) for row, p, r in zip(rows, prompts, reused)]
+
+    def _feed_tail(self, prompt: list[int], start: int) -> torch.Tensor:
+        """The logits (1, V) after prompt[start:], fed one token at a time through the graph-replayed step (the
+        cache holds prompt[:start]): what a prefill of these few tokens computes, without its eager launches."""
+        state = self._decode_step(1)
+        for position in range(start, len(prompt)):
+            state.tokens.fill_(prompt[position])
+            state.input_pos.fill_(position)
+            logits = state.run(kv_len=position + 1, exact=True)
+        return logits
 
     def _decode_plain(self, prompts, rows, tokens, config, generator, stop_ids, should_stop,
                       healing: HealingConstraint | None = None) -> _Loop:

@@ -128,25 +128,28 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 # torch.ops.codecomplete.gemv once `Transformer.compile_dense` has loaded it on a GPU (importing
 # kernels at module load would define Triton kernels before a CPU run can ask for the interpreter).
 _gemv = None
-GEMV_MODES = {"1": "every batch-1 projection", "wide": "deep ones on cuBLAS (the dispatch before split-K)",
+GEMV_MODES = {"wide": "deep ones on cuBLAS (the default)", "1": "every batch-1 projection, deep ones split-K",
               "0": "none: cuBLAS"}
+# Measured on 2 x H200 (bench/results/tp-x2-run2/): split-K lost to cuBLAS on every deep projection
+# (34B w2 115 vs 89 µs) and made whole steps 6-8% slower, so deep projections stay on cuBLAS by default.
+DEFAULT_GEMV = "wide"
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x @ weight.T. One row of activations (a batch-1 decode step) goes to the batch-1 projection op when
     loaded: the Triton GEMV, which streams wide projections at 89-97% of the copy bandwidth on an H100 where
-    cuBLAS reached 67-88%, and deep ones (w2, and under tensor parallelism wqkv: fewer rows than columns)
-    split-K (kernels/gemv.py). Batched calls (prefill, batch > 1) stay on cuBLAS."""
+    cuBLAS reached 67-88%; deep ones (w2, and under tensor parallelism wqkv: fewer rows than columns) go to
+    cuBLAS unless CODECOMPLETE_GEMV=1 asks for split-K (kernels/gemv.py). Batched calls stay on cuBLAS."""
     if _gemv is not None and x.is_cuda and x.numel() == weight.shape[1]:
         return _gemv(x.reshape(1, -1), weight).view(*x.shape[:-1], weight.shape[0])
     return F.linear(x, weight)
 
 
 def use_gemv(mode: str) -> None:
-    """Which batch-1 projections the Triton GEMV serves (CODECOMPLETE_GEMV, read by compile_dense): "1"
-    every one (the default); "wide" those at least as wide as deep, deep ones on cuBLAS (the dispatch
-    before split-K, for A/B runs: decided when the op runs, so a new graph capture switches it, no
-    recompilation); "0" none (compiled code is guarded on it: recompiles at the next call)."""
+    """Which batch-1 projections the Triton GEMV serves (CODECOMPLETE_GEMV, read by compile_dense): "wide"
+    (the default) those at least as wide as deep, deep ones on cuBLAS; "1" every one, deep ones split-K
+    (for A/B runs: decided when the op runs, so a new graph capture switches it, no recompilation); "0"
+    none (compiled code is guarded on it: recompiles at the next call)."""
     global _gemv
     if mode not in GEMV_MODES:
         raise ValueError(f"CODECOMPLETE_GEMV={mode!r}: choose from " +
@@ -273,7 +276,7 @@ class Transformer(nn.Module):
         per layer, which is what lets a graph-replayed step approach the memory roofline.
         """
         if self.output.weight.is_cuda:
-            use_gemv(os.environ.get("CODECOMPLETE_GEMV", "1"))
+            use_gemv(os.environ.get("CODECOMPLETE_GEMV", DEFAULT_GEMV))
         compile = functools.partial(torch.compile, fullgraph=True, dynamic=False)
         self.decode_kernels = DenseKernels(*(compile(f) for f in self.dense))
 

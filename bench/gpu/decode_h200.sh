@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issues 11 and 13 on one H200 (at most 5 minutes): 8-bit KV caches end to end (CodeLlama-7B at 4k/16k/64k,
+# Issues 11 and 13 on one H200 (at most 5 minutes): 8-bit KV caches end to end (CodeLlama-7B at 4k/16k/32k/64k,
 # CodeLlama-34B at 16k/64k/128k, bf16 and fp8, flash and sdpa), the 34B capacity per cache type (proven by
 # allocating it), the cost of a 9-token verification step against a one-token step (whole step and
 # attention, 7B 16k and 34B 64k) and the speed-up it projects from the CPU-measured acceptance

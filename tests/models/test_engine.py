@@ -53,6 +53,19 @@ def test_prefix_reuse_prefills_only_the_new_tokens_and_changes_nothing(smollm_en
     assert warm.token_ids == cold.token_ids and warm.text == cold.text
 
 
+@pytest.mark.parametrize("typed", [1, 2, 4, 5])
+def test_a_few_typed_tokens_go_through_the_decode_step_and_change_nothing(smollm_engine, full_run, typed):
+    """An editor's next keystroke: the cache holds all but the last `typed` tokens, which the one-token decode
+    step feeds (up to GRAPHED_TAIL of them; one more takes the prefill) with the cold run's tokens as result."""
+    from models.engine import GRAPHED_TAIL
+    prompt, cold, _ = full_run
+    smollm_engine.clear_prefix_cache()
+    smollm_engine.generate(prompt[:-typed], GenerationConfig(max_new_tokens=1))
+    warm = smollm_engine.generate(prompt, GREEDY)
+    assert warm.reused_prefix_tokens == len(prompt) - typed and GRAPHED_TAIL == 4
+    assert warm.token_ids == cold.token_ids and warm.text == cold.text
+
+
 def test_the_cache_also_holds_the_generated_tokens(smollm_engine, full_run):
     prompt, cold, _ = full_run
     smollm_engine.generate(prompt, GREEDY)

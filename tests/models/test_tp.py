@@ -208,5 +208,5 @@ def test_gemv_modes_route_deep_projections(monkeypatch):
     assert [kernels.gemv.route(n, k) for n, k in ((5120, 8192), (22016, 8192))] == ["gemv split-K", "gemv"]
     llama.use_gemv("0")
     assert llama._gemv is None
-    with pytest.raises(ValueError, match=r"CODECOMPLETE_GEMV='2': choose from 1 \(every batch-1 projection\)"):
+    with pytest.raises(ValueError, match=r"CODECOMPLETE_GEMV='2': choose from wide \(deep ones on cuBLAS \(the default\)\)"):
         llama.use_gemv("2")

@@ -153,8 +153,14 @@ def test_code_or_folders_nested_thousands_deep_skip_one_file_not_the_index(make_
         os.mkdir(folder)
     with open(folder + "/bottom.py", "w") as file:
         file.write("b = 1\n")
-    with pytest.warns(ScanWarning) as caught:
-        index = index_repository(root)
+    try:
+        with pytest.warns(ScanWarning) as caught:
+            index = index_repository(root)
+    finally:  # bottom up, without recursion: pytest's own clean-up of its temporary folders recurses and fails
+        os.remove(folder + "/bottom.py")
+        while folder != str(root):
+            os.rmdir(folder)
+            folder = os.path.dirname(folder)
     assert index.files == ["a.py"]
     messages = {str(w.message) for w in caught}
     assert "skipped deep.py: nested too deeply to chunk" in messages
