@@ -13,23 +13,23 @@ cursor in another file.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import sysconfig
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import run_info  # noqa: E402  (bench/, next to this script)
 from prompts import build_completion_prompt, index_repository  # noqa: E402
+
+VERSIONS = ["tree-sitter", "tree-sitter-python", "transformers", "tokenizers", "numpy", "pathspec"]
 
 BARS = {"first_index_s": 20.0, "warm_index_s": 2.0, "rank_and_pack_ms": 200.0}
 CURSOR_FILE = "asyncio/base_events.py"
@@ -76,11 +76,7 @@ def main() -> None:
     print(f"rank+pack: first {cursor['first_ms']:.0f} ms, keystrokes median {cursor['keystroke_median_ms']:.0f} ms")
 
     results = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": _machine(),
-        "load_average_before": load_before,
-        "load_average_after": os.getloadavg(),
-        "versions": _versions(),
+        **run_info.header(load_before, VERSIONS),
         "repository": {"path": stdlib, "files": len(index.files), "chunks": len(index.chunks), "text_mb": text_mb},
         "first_index": {"runs": first_runs, "best": first},
         "warm_index": {"runs": warm_runs, "best": warm},
@@ -151,17 +147,6 @@ def _cpu_seconds() -> float:
 
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def _machine() -> dict:
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line), platform.processor())
-    return {"cpu": model, "cores": os.cpu_count(), "system": platform.platform(), "python": platform.python_version()}
-
-
-def _versions() -> dict:
-    names = ["tree-sitter", "tree-sitter-python", "transformers", "tokenizers", "numpy", "pathspec"]
-    return {name: importlib.metadata.version(name) for name in names}
 
 
 def _markdown(results: dict) -> str:

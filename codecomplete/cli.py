@@ -152,6 +152,9 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
                        help="decode attention (default: flash on CUDA, sdpa on CPU)")
     model.add_argument("--context-tokens", type=_tokens, metavar="N",
                        help="prompt budget in tokens (default: the model's context on CUDA, 1024 on CPU)")
+    model.add_argument("--threads", type=_positive_int, metavar="N",
+                       help="torch CPU threads (default on a CPU: the idle cores, by the load average, at least 1; "
+                            "$OMP_NUM_THREADS if set)")
     model.add_argument("--gpus", type=_positive_int, metavar="N",
                        help="split the model over N GPUs (tensor parallelism; with --device cpu, N processes)")
     model.add_argument("--kv-cache", choices=("bf16", "fp16", "fp32", "fp8", "int8"),

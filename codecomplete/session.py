@@ -95,11 +95,13 @@ class Session:
         return self._generation(packed, sampling)
 
     def raw(self, prompt: str | Sequence[int], *, sampling: Sampling) -> Generation:
-        """The model continues `prompt` as it is: text (special-token text becomes those tokens) or token ids."""
-        from prompts import PackedPrompt
+        """The model continues `prompt` as it is: text (special-token text becomes those tokens; its last token
+        healed, as a completion's is) or token ids (as they are)."""
+        from prompts import PackedPrompt, build_raw_prompt
 
-        ids = self.engine.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        return self._generation(PackedPrompt(ids, [], [], [], "raw"), sampling)
+        if isinstance(prompt, str):
+            return self._generation(build_raw_prompt(self.engine.tokenizer, prompt), sampling)
+        return self._generation(PackedPrompt(list(prompt), [], [], [], "raw"), sampling)
 
     # ---- helpers ------------------------------------------------------------------------------
 
@@ -131,7 +133,8 @@ class Session:
             max_new_tokens=max(sampling.max_tokens, 1), temperature=sampling.temperature, top_p=sampling.top_p,
             top_k=sampling.top_k, seed=sampling.seed, speculate=sampling.speculate,
             stop_token_ids=tuple(packed.stop_token_ids) if stops else (),
-            stop_strings=(tuple(packed.stop_strings) if stops else ()) + tuple(sampling.stop))
+            stop_strings=(tuple(packed.stop_strings) if stops else ()) + tuple(sampling.stop),
+            required_prefix=packed.heal_text)   # token healing: the text prompts left out
         if sampling.max_tokens > 0:
             return self.engine.generate(packed.ids, config, on_text=on_text, should_stop=should_stop)
         # Only fill the cache (an editor warming it up): the engine prefills for one token, which is dropped.

@@ -25,6 +25,7 @@ from models.attention import BACKENDS
 from models.config import ModelConfig
 from models.errors import ContextTooLongError, ModelError
 from models.generation import GenerationConfig, GenerationResult, Timings
+from models.healing import HealingConstraint, PrefixStripper, vocabulary_bytes
 from models.llama import Decode, Transformer
 from models.kv_cache import QUANTIZED, cache_dtype_name
 from models.sampling import make_generator, sample
@@ -322,13 +323,14 @@ class Engine:
             logits = torch.cat([self.model.prefill(torch.tensor([p[r:]], device=self._device), r, b)
                                 for b, (p, r) in enumerate(zip(prompts, reused))])    # (B, V)
         generator = make_generator(self._device, config.seed) if config.temperature > 0 else None
-        tokens = sample(logits, config, generator)                                    # (B,)
+        healing = self._healing(config, B)
+        tokens = sample(healing.restrict(logits) if healing else logits, config, generator)   # (B,)
         stop_ids = set(self.eos_token_ids) | set(config.stop_token_ids)
         if depth:
             loop = self._decode_speculative(prompts[0], rows[0], tokens, config, generator, stop_ids,
-                                            should_stop, depth)
+                                            should_stop, depth, healing)
         else:
-            loop = self._decode_plain(prompts, rows, tokens, config, generator, stop_ids, should_stop)
+            loop = self._decode_plain(prompts, rows, tokens, config, generator, stop_ids, should_stop, healing)
         t_end = perf_counter()
         self._cached_ids = loop.fed[:cap - 1]   # a finished row's writes clamp at slot cap - 1
 
@@ -352,7 +354,8 @@ class Engine:
             logits = state.run(kv_len=position + 1, exact=True)
         return logits
 
-    def _decode_plain(self, prompts, rows, tokens, config, generator, stop_ids, should_stop) -> _Loop:
+    def _decode_plain(self, prompts, rows, tokens, config, generator, stop_ids, should_stop,
+                      healing: HealingConstraint | None = None) -> _Loop:
         """One token per sequence per step; on CUDA, step t+1 is queued before token t is read."""
         state = self._decode_step(len(prompts))
         positions = [len(p) for p in prompts]          # host mirror of state.input_pos
@@ -361,13 +364,16 @@ class Engine:
         fed = list(prompts[0])                          # row 0's tokens whose K/V are in the cache
         for step in range(steps):
             host = _HostCopy(tokens)
-            # With lookahead, step t+1 is queued before waiting for token t (wasted only if t is the last).
-            queued = self._lookahead and step + 1 < steps
+            # With lookahead, step t+1 is queued before waiting for token t (wasted only if t is the last);
+            # not while healing, whose next choice depends on token t.
+            queued = self._lookahead and step + 1 < steps and not (healing and healing.active)
             if queued:
                 next_tokens = self._step(state, tokens, positions, config, generator)
             token_list = host.wait()
             if step == 0:
                 t_first = perf_counter()
+            if healing:
+                healing.advance(token_list)
             for row, token in zip(rows, token_list):
                 row.accept(token, stop_ids)
             if queued:
@@ -379,27 +385,41 @@ class Engine:
                     row.cancel()
                 break
             if not queued:
-                next_tokens = self._step(state, tokens, positions, config, generator)
+                next_tokens = self._step(state, tokens, positions, config, generator, healing)
                 fed.append(token_list[0])
             tokens = next_tokens
         # Tokens after the first: one decode step each.
         return _Loop(t_first=t_first, fed=fed, decoded=step, steps=step)
 
-    def _step(self, state: _DecodeStep, tokens, positions: list[int], config, generator) -> torch.Tensor:
+    def _step(self, state: _DecodeStep, tokens, positions: list[int], config, generator,
+              healing: HealingConstraint | None = None) -> torch.Tensor:
         """Feed tokens (B,) at the current positions, advance them, and sample the next tokens (on the device)."""
         state.tokens.copy_(tokens[:, None])
         logits = state.run(kv_len=max(positions) + 1, exact=len(set(positions)) == 1)
         last = self.context_length - 1
         state.input_pos.add_(1).clamp_(max=last)
         positions[:] = [min(p + 1, last) for p in positions]
-        return sample(logits, config, generator)
+        return sample(healing.restrict(logits) if healing else logits, config, generator)
 
-    def _decode_speculative(self, prompt, row, tokens, config, generator, stop_ids, should_stop, depth) -> _Loop:
+    def _healing(self, config: GenerationConfig, batch: int) -> HealingConstraint | None:
+        """The token-healing constraint on the first sampled tokens, if the request has a required prefix."""
+        if not config.required_prefix:
+            return None
+        if self.tokenizer is None:
+            raise ModelError(f"{self.name}: a required prefix needs a tokenizer")
+        return HealingConstraint(vocabulary_bytes(self.tokenizer), config.required_prefix, batch)
+
+    def _decode_speculative(self, prompt, row, tokens, config, generator, stop_ids, should_stop, depth,
+                            healing: HealingConstraint | None = None) -> _Loop:
         """One sequence: each step feeds the pending token plus up to `depth` drafts looked up in the text so
-        far, and emits the accepted drafts plus the model's own next token (models/speculative.py)."""
+        far, and emits the accepted drafts plus the model's own next token (models/speculative.py).
+        While token healing still constrains the next token, no drafts: one token a step from the restricted
+        logits, as plain decoding does (a draft's verification would sample unconstrained)."""
         drafter = PromptLookup(prompt)                  # built on the host while the device prefills
         pending = _HostCopy(tokens).wait()[0]           # the newest token, not yet fed
         t_first = perf_counter()
+        if healing:
+            healing.advance([pending])
         row.accept(pending, stop_ids)
         drafter.extend([pending])
         pos, fed, last = len(prompt), list(prompt), self.context_length - 1
@@ -409,8 +429,9 @@ class Engine:
             if should_stop is not None and should_stop():
                 row.cancel()
                 break
+            healing_now = healing is not None and healing.active
             room = min(depth, row.budget - len(row.token_ids) - 1, last - pos)
-            drafts = drafter.draft(room) if room > 0 else []
+            drafts = drafter.draft(room) if room > 0 and not healing_now else []
             if drafts and self._graphs_enabled:
                 # One captured graph per width: verify `depth` drafts, padding a short draft (it is only checked).
                 drafts = drafts + drafts[-1:] * (depth - len(drafts)) if pos + depth <= last else []
@@ -418,7 +439,11 @@ class Engine:
             state.tokens.copy_(torch.tensor([[pending] + drafts]))
             state.input_pos.fill_(pos)
             logits = state.run(kv_len=pos + 1 + len(drafts), exact=False)       # (1, V) or (1, T, V)
-            emitted = accept(logits.view(1 + len(drafts), -1), drafts, config, generator)
+            if healing_now:                             # no drafts: logits (1, V)
+                emitted = accept(healing.restrict(logits.view(1, -1)), [], config, generator)
+                healing.advance(emitted)
+            else:
+                emitted = accept(logits.view(1 + len(drafts), -1), drafts, config, generator)
             steps, verify_steps = steps + 1, verify_steps + bool(drafts)
             drafted, accepted = drafted + len(drafts), accepted + len(emitted) - 1
             live.decode_steps, live.drafted_tokens, live.accepted_tokens = steps, drafted, accepted
@@ -557,6 +582,7 @@ class _Row:
 
     def __init__(self, tokenizer, prompt: list[int], config: GenerationConfig, budget: int, on_text):
         self.detokenizer = IncrementalDetokenizer(tokenizer, prompt) if tokenizer is not None else None
+        self.healed = PrefixStripper(config.required_prefix)   # the generation begins with it: not shown
         self.stops = StopStringMatcher(config.stop_strings)
         self.budget, self.on_text = budget, on_text
         self.token_ids: list[int] = []
@@ -569,7 +595,7 @@ class _Row:
         if token in stop_ids:
             self._finish("stop")
             return
-        text, hit = self.stops.feed(self.detokenizer.push(token) if self.detokenizer else "")
+        text, hit = self.stops.feed(self.healed.feed(self.detokenizer.push(token) if self.detokenizer else ""))
         self._emit(text)
         if hit:
             self.finish_reason = "stop"
@@ -582,7 +608,7 @@ class _Row:
 
     def _finish(self, reason: str) -> None:
         """End the row, releasing text held back for an incomplete character or a possible stop string."""
-        text, hit = self.stops.feed(self.detokenizer.flush() if self.detokenizer else "")
+        text, hit = self.stops.feed(self.healed.feed(self.detokenizer.flush() if self.detokenizer else ""))
         self._emit(text if hit else text + self.stops.flush())
         self.finish_reason = "stop" if hit else reason
 

@@ -14,6 +14,8 @@ class GenerationConfig:
     seed: int | None = None             # None -> a fresh random seed
     stop_token_ids: tuple[int, ...] = ()   # besides the model's EOS ids, which always stop
     stop_strings: tuple[str, ...] = ()     # never part of the returned or streamed text
+    required_prefix: str = ""              # token healing: the generation begins with this text, which is
+                                           # left out of the returned and streamed text (models/healing.py)
     speculate: int | None = None           # drafts verified per step (prompt lookup); None: the engine's
                                            # default, 0: off. One sequence only: generate_batch ignores it
 

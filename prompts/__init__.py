@@ -14,6 +14,7 @@ from .completion import build_completion_prompt
 from .errors import BudgetError, PromptError
 from .index import RepoIndex, index_repository
 from .packing import ContextItem, PackedPrompt
+from .raw import build_raw_prompt
 from .scan import ScanWarning
 
 __all__ = [
@@ -26,5 +27,6 @@ __all__ = [
     "ScanWarning",
     "build_chat_prompt",
     "build_completion_prompt",
+    "build_raw_prompt",
     "index_repository",
 ]

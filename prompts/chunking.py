@@ -16,6 +16,7 @@ from bisect import bisect_left
 from itertools import accumulate
 from typing import NamedTuple
 
+from .imports import Import
 from .languages import LanguageSpec, language_for, language_name, load_grammar
 
 MAX_CHUNK_TOKENS = 768  # a chunk of up to ~70 lines of code: whole functions, yet not whole modules
@@ -45,7 +46,7 @@ class SourceAnalysis(NamedTuple):
     """What chunking learns about one file."""
 
     chunks: tuple[Chunk, ...]
-    imports: tuple[str, ...]  # modules, files or packages as written in the import statements
+    imports: tuple[Import, ...]  # what the import statements bind, modules as written
 
 
 def split_lines(text: str) -> list[str]:
@@ -69,7 +70,7 @@ def analyze_source(path: str, text: str, max_tokens: int = MAX_CHUNK_TOKENS) -> 
     return SourceAnalysis(tuple(chunker.chunks()), chunker.imports)
 
 
-def source_imports(path: str, text: str) -> tuple[str, ...]:
+def source_imports(path: str, text: str) -> tuple[Import, ...]:
     """Just the imports of a file (say, an editor buffer), as ``analyze_source`` would find them."""
     spec = language_for(path)
     return _SyntaxChunker(path, split_lines(text), spec, MAX_CHUNK_TOKENS).imports if spec else ()
@@ -103,7 +104,7 @@ class _SyntaxChunker:
         self.root = grammar.parser.parse("\n".join(lines).encode("utf-8")).root_node
         self.definition_ids, self.names, self.imports = self._query(grammar)
 
-    def _query(self, grammar) -> tuple[set[int], list[tuple[int, str]], tuple[str, ...]]:
+    def _query(self, grammar) -> tuple[set[int], list[tuple[int, str]], tuple[Import, ...]]:
         """One walk of the tree for both queries: the ids of definition nodes, (row, name) of every defined name
         in row order, and the imports."""
         from tree_sitter import QueryCursor
@@ -113,11 +114,8 @@ class _SyntaxChunker:
         definition_ids, names, imports = set(), [], []
         for pattern, match in cursor.matches(self.root):
             if pattern >= grammar.first_import_pattern:
-                module = match["module"][0].text.decode("utf-8", "replace")
-                imports.append(module)
-                if "member" in match:
-                    member = match["member"][0].text.decode("utf-8", "replace")
-                    imports.append(module + member if module.endswith(".") else f"{module}.{member}")
+                text = {key: nodes[0].text.decode("utf-8", "replace") for key, nodes in match.items()}
+                imports.append(Import(text["module"], "*" if "star" in text else text.get("member"), text.get("alias")))
                 continue
             if "definition" in match:
                 definition_ids.add(match["definition"][0].id)

@@ -1,14 +1,19 @@
 """The prompt for a completion at a cursor: the text around the cursor, plus the repository context that fits.
 
-The budget is shared like this: the current file's text around the cursor gets up to half (more when the
-repository has less to offer), three quarters of that before the cursor; ranked chunks fill the rest; what they
-leave goes back to the text around the cursor.
+The budget is shared like this: the current file's text around the cursor gets up to 40% (more when the
+repository has less to offer), three quarters of that before the cursor. Of the rest, 60% goes first to the
+definitions of the names the cursor uses (as outlines first, then whole), then what is left to the best of
+everything else: the current file's own other parts, code like the code at the cursor, the files it imports.
+What they leave goes back to the text around the cursor. (Measured with the embedded model, bench/results/
+context-eval-*.md: definitions alone crowd out the nearby code such a small model copies from best; nearby code
+alone leaves most definitions out.)
 
 The current file enters the prompt in blocks of 32 lines, counted from the top of the file, plus the two partial
 blocks next to the cursor. While the user types, the blocks further away keep their text and therefore their
 tokens: the tokenizer need not see them again, and the model's cache of the prompt's start stays valid. The
 file's share of the budget grows in steps for the same reason: the repository context does not change with
-every keystroke.
+every keystroke. The prompt ends one token before the cursor, that token's text left for the model to write
+(token healing).
 """
 
 from __future__ import annotations
@@ -22,19 +27,25 @@ from pathlib import Path
 from .chunking import Chunk, source_imports
 from .errors import BudgetError, PromptError
 from .formats import CompletionFormat, Segment, completion_format
-from .imports import resolve_imports
+from .imports import follow_imports
 from .index import RepoIndex
 from .languages import comment_marker, language_for, language_name
+from .outline import outline
 from .packing import Assembler, ContextItem, Layout, PackedPrompt, encode_all, select_chunks
-from .ranking import Query, cursor_weights, rank
+from .ranking import Query, cursor_terms, rank
 from .scan import read_regular_file
 from .tokens import Encoder, encoder_for
 
-FILE_SHARE = 0.5  # of the budget, for the text around the cursor while the repository has more to offer
+FILE_SHARE = 0.4  # of the budget, for the text around the cursor while the repository has more to offer
 PREFIX_SHARE = 0.75  # of the current file's share, before the cursor
+DEFINITION_SHARE = 0.6  # of the repository's share, first for the definitions of the names the cursor uses
 SHARE_STEPS = 16  # the current file's share changes in steps of 1/16 of the budget
 BLOCK_LINES = 32  # the current file enters the prompt in blocks of this many lines
 ENCODE_AHEAD = 8  # blocks encoded per call to the tokenizer
+LONGEST_TOKEN = 128  # characters: longer than any token of a real vocabulary (SmolLM2's longest is 81)
+USUAL_TOKEN_CHARS = 8  # characters a token covers at most in ordinary code (3-4 on average)
+HEAL_LOOKBACK = 256  # characters before the cursor that decide where its last token starts
+AHEAD_CHARS = 16384  # longer pieces are encoded only once they are needed, never ahead
 
 
 def build_completion_prompt(
@@ -47,6 +58,8 @@ def build_completion_prompt(
     budget_tokens: int = 4096,
     reserve_tokens: int = 0,
     extra: Sequence[tuple[str, str]] = (),
+    *,
+    heal: bool = True,
 ) -> PackedPrompt:
     """The prompt for completing ``path`` (relative to the repository root, or absolute inside it) at a cursor.
 
@@ -54,6 +67,7 @@ def build_completion_prompt(
     end of the file, no column the end of the line. The ids never exceed ``budget_tokens - reserve_tokens``.
     ``extra`` holds chunks an editor chose, ``(filename, text)`` oldest first (llama.cpp's ``input_extra``): they
     go ahead of the ranked repository context, the newest kept when not all fit.
+    ``heal``: leave the last token before the cursor to the model (``PackedPrompt.heal_text``).
     """
     relative = index.relative_path(path)
     imports = index.imports(relative) if text is None else None  # the file as indexed, unless it is being edited
@@ -75,28 +89,29 @@ def build_completion_prompt(
         raise BudgetError(f"a prompt budget of {limit} tokens cannot hold the {form.name} format's own tokens and "
                           f"the file name {relative} ({fixed} tokens) and any code")
 
-    window = _Window(encoder, text, rows, row, column, with_suffix=form.fim is not None)
+    heal_text = _partial_token(encoder, rows, row, column) if heal else ""
+    window = _Window(encoder, text, rows, row, column, with_suffix=form.fim is not None, heal=len(heal_text))
     share = _file_share(window, space)
     window.fit(share)
     if imports is None:
         imports = source_imports(relative, text)
-    spec = language_for(relative)
-    query = Query(
-        weights=cursor_weights(rows, row, column, spec.keywords if spec else frozenset()),
-        path=relative,
-        imported=frozenset(resolve_imports(index.paths, relative, language, imports)),
-        shown=window.lines(),
-    )
+    query = _query(index, relative, language, imports, rows, row, column, window.lines())
     layout = Layout(
         section=lambda chunk: form.section(chunk.path, comment),
         chunk=lambda chunk: form.chunk(chunk.text, comment),
         gap=lambda chunk: form.gap(comment_marker(chunk.language), comment),
         blank=lambda chunk: form.blank(comment),
         code_between=index.code_between,
+        outline=lambda chunk: _outlined(form, chunk, comment),
     )
     extras = _fit_extra(encoder, form, comment, extra, space - share)
     given = sum(tokens for _, _, tokens in extras)
-    selection = select_chunks(encoder, layout, rank(index, query), space - share - given)
+    # The definitions of what the cursor uses get their part of the repository's share first; code like the
+    # code at the cursor (the file's own other parts first) the rest.
+    repository = space - share - given
+    selection = select_chunks(encoder, layout, rank(index, query, definitions_only=True),
+                              int(repository * DEFINITION_SHARE))
+    selection = select_chunks(encoder, layout, rank(index, query), repository, selection)
     window.fit(space - given - selection.tokens, avoid=selection.chunks(relative))  # what the context left over
 
     while True:
@@ -124,7 +139,46 @@ def build_completion_prompt(
         stop_token_ids=list(form.stop_token_ids),
         stop_strings=form.stop_strings(mid_line=bool(rows[row][column:].strip())),
         format=form.name,
+        heal_text=heal_text,
     )
+
+
+def _partial_token(encoder: Encoder, rows: list[str], row: int, column: int) -> str:
+    """Token healing: the text of the last token before the cursor, which the prompt leaves for the model to
+    write. A prompt ending inside a token the model would write whole (a space before a word, indentation
+    after a newline, a partly typed name) ends where the model has hardly ever been in training; ending one
+    token earlier, with generation constrained to begin with that token's text, avoids it. Nothing is healed
+    when that token is all the text before the cursor (the prompt would lose the file's whole start)."""
+    tail, earlier = rows[row][:column][-HEAL_LOOKBACK:], row
+    while len(tail) < HEAL_LOOKBACK and earlier > 0:  # the text before the cursor, a few hundred characters
+        earlier -= 1
+        tail = rows[earlier][-HEAL_LOOKBACK:] + "\n" + tail
+    last = encoder.last_token(tail)
+    return "" if len(last) >= len(tail) else last
+
+
+def _query(index: RepoIndex, path: str, language: str, imports, rows: list[str], row: int, column: int,
+           shown: tuple[int, int]) -> Query:
+    """What the cursor's surroundings ask of the repository: the names near it, and what the file imports."""
+    spec = language_for(path)
+    terms = cursor_terms(rows, row, column, spec.keywords if spec else frozenset(), comment_marker(language))
+    imported = follow_imports(index, path, language, imports)
+    own = {name for number in index.chunk_numbers(path) for name in index.chunks[number].defines}
+    return Query(
+        weights=terms.weights,
+        path=path,
+        imported=frozenset(imported.files),
+        imported_names=imported.definitions,
+        module_at_cursor=imported.modules.get(terms.qualifier, ()),
+        local=terms.local | own,
+        uses=terms.counts,
+        shown=shown,
+    )
+
+
+def _outlined(form: CompletionFormat, chunk: Chunk, comment: str) -> list | None:
+    text = outline(chunk)
+    return None if text is None else form.chunk(text, comment)
 
 
 def _fit_extra(
@@ -148,7 +202,7 @@ def _fit_extra(
 
 
 def _file_share(window: _Window, space: int) -> int:
-    """The current file's share of ``space``: all it needs up to half, in steps of a sixteenth."""
+    """The current file's share of ``space``: all it needs up to FILE_SHARE, in steps of a sixteenth."""
     half = int(space * FILE_SHARE)
     need = window.need(up_to=half)
     if need > half:
@@ -217,18 +271,26 @@ class _Piece:
 class _Window:
     """The current file around the cursor as pieces, nearest first: the partial block up to the cursor, then
     whole blocks upwards (the prefix); the partial block from the cursor, then whole blocks downwards (the
-    suffix). A window is a run of pieces from the cursor outwards, so it never has holes."""
+    suffix). A window is a run of pieces from the cursor outwards, so it never has holes. The prefix ends
+    ``heal`` characters before the cursor: that text is the model's to write (token healing).
 
-    def __init__(self, encoder: Encoder, text: str, rows: list[str], row: int, column: int, with_suffix: bool):
+    Costs are bounded by the budget, not the file: text longer than LONGEST_TOKEN characters per token of
+    the budget cannot fit and is never tokenized whole (a minified line of megabytes)."""
+
+    def __init__(
+        self, encoder: Encoder, text: str, rows: list[str], row: int, column: int, with_suffix: bool, heal: int = 0
+    ):
         self.encoder, self.text, self.row = encoder, text, row
         self.starts = [0, *accumulate(len(r) + 1 for r in rows[:-1]), len(text)]  # offset of each row, and the end
-        self.offset = self.starts[row] + column
-        top = row // BLOCK_LINES * BLOCK_LINES
-        self.above = [_Piece(top, row, text[self.starts[top] : self.offset])] + [
+        self.cursor = self.starts[row] + column  # where the suffix starts
+        self.end = self.cursor - heal  # where the prefix ends
+        self.end_row = bisect_right(self.starts, self.end, hi=row + 1) - 1
+        top = self.end_row // BLOCK_LINES * BLOCK_LINES
+        self.above = [_Piece(top, self.end_row, text[self.starts[top] : self.end])] + [
             self._block(first, len(rows)) for first in range(top - BLOCK_LINES, -1, -BLOCK_LINES)
         ]
-        bottom = min(top + BLOCK_LINES, len(rows))
-        self.below = [_Piece(row, bottom - 1, text[self.offset : self.starts[bottom]])] + [
+        bottom = min(row // BLOCK_LINES * BLOCK_LINES + BLOCK_LINES, len(rows))
+        self.below = [_Piece(row, bottom - 1, text[self.cursor : self.starts[bottom]])] + [
             self._block(first, len(rows)) for first in range(bottom, len(rows), BLOCK_LINES)
         ] if with_suffix else []
         self._costs: dict[str, int] = {}
@@ -243,15 +305,17 @@ class _Window:
 
     def lines(self) -> tuple[int, int]:
         """First and last line (1-based) of the file the window shows."""
-        first = self.prefix[-1].first if self.prefix else self.row
+        first = self.prefix[-1].first if self.prefix else self.end_row
         last = self.suffix[-1].last if self.suffix else self.row
         return first + 1, last + 1
 
     def need(self, up_to: int) -> int:
-        """Tokens of the whole file, or of as much of it as passes ``up_to``."""
+        """Tokens of the whole file, or of as much of it as passes ``up_to`` (then possibly an estimate)."""
         total = 0
         for pieces in (self.above, self.below):
             for number in range(len(pieces)):
+                if _too_long(pieces[number].text, up_to - total):
+                    return up_to + 1
                 total += self._cost(pieces, number)
                 if total > up_to:
                     return total
@@ -274,19 +338,20 @@ class _Window:
         for number, piece in enumerate(pieces):
             if number and any(c.start_line - 1 <= piece.last and c.end_line - 1 >= piece.first for c in self._avoid):
                 break
-            cost = self._cost(pieces, number)
-            if tokens + cost > budget:
+            too_long = _too_long(piece.text, budget - tokens)
+            if too_long or tokens + self._cost(pieces, number) > budget:
                 if number == 0:  # the cursor's own block is too long: keep the part nearest the cursor
                     piece = self._cut(piece, budget, keep_end=pieces is self.above)
                     return [piece], self._cost([piece], 0)
                 break
             taken.append(piece)
-            tokens += cost
+            tokens += self._cost(pieces, number)
         return taken, tokens
 
     def _cost(self, pieces: list[_Piece], number: int) -> int:
         if pieces[number].text not in self._costs:
-            batch = [p.text for p in pieces[number : number + ENCODE_AHEAD]]
+            ahead = [p.text for p in pieces[number + 1 : number + ENCODE_AHEAD]]
+            batch = [pieces[number].text] + [t for t in ahead if len(t) <= AHEAD_CHARS and t not in self._costs]
             for piece_text, ids in zip(batch, self.encoder.encode_many(batch)):
                 self._costs[piece_text] = len(ids)
         return self._costs[pieces[number].text]
@@ -294,24 +359,41 @@ class _Window:
     def _cut(self, piece: _Piece, budget: int, keep_end: bool) -> _Piece:
         """The whole lines of ``piece`` nearest the cursor that fit into ``budget``; within the cursor's line, the
         tokens nearest the cursor."""
-        text, starts, offset, row = self.text, self.starts, self.offset, self.row
+        text, starts = self.text, self.starts
 
         def fits(first: int, end: int) -> bool:
-            return len(self.encoder.encode(text[first:end])) <= budget
+            return not _too_long(text[first:end], budget) and len(self.encoder.encode(text[first:end])) <= budget
 
         if keep_end:  # a prefix piece: drop lines from its start (costs fall as the start moves down)
+            end, row = self.end, self.end_row
             rows = range(piece.first, row + 1)
-            found = bisect_left(rows, True, key=lambda r: fits(starts[r], offset))
+            found = bisect_left(rows, True, key=lambda r: fits(starts[r], end))
             if found < len(rows):
-                return _Piece(rows[found], row, text[starts[rows[found]] : offset])
-            line = text[starts[row] : offset]
-            token_starts = self.encoder.token_starts(line)
-            keep = max(0, min(budget, len(token_starts)))
-            return _Piece(row, row, line[token_starts[len(token_starts) - keep] if keep else len(line) :])
+                return _Piece(rows[found], row, text[starts[rows[found]] : end])
+            line = text[starts[row] : end]
+            return _Piece(row, row, line[len(line) - len(self._tokens_of(line, budget, from_end=True)) :])
+        cursor, row = self.cursor, self.row
         ends = range(row + 1, piece.last + 2)  # a suffix piece: drop lines from its end (costs grow with it)
-        found = bisect_right(ends, False, key=lambda end: not fits(offset, starts[end]))
+        found = bisect_right(ends, False, key=lambda end: not fits(cursor, starts[end]))
         if found:
-            return _Piece(row, ends[found - 1] - 1, text[offset : starts[ends[found - 1]]])
-        line = text[offset : starts[row + 1]]
-        token_starts = self.encoder.token_starts(line)
-        return _Piece(row, row, line[: token_starts[budget]] if 0 <= budget < len(token_starts) else line)
+            return _Piece(row, ends[found - 1] - 1, text[cursor : starts[ends[found - 1]]])
+        return _Piece(row, row, self._tokens_of(text[cursor : starts[row + 1]], budget, from_end=False))
+
+    def _tokens_of(self, line: str, budget: int, from_end: bool) -> str:
+        """The text of the ``budget`` tokens at the end (or the start) of a line, tokenizing only a slice of it
+        that holds them: first a slice of a usual length, else one no token sequence can exceed."""
+        if budget <= 0:
+            return ""
+        for chars in (budget * USUAL_TOKEN_CHARS, budget * LONGEST_TOKEN):
+            part = line[-chars:] if from_end else line[:chars]
+            token_starts = self.encoder.token_starts(part)
+            if len(token_starts) > budget:
+                return part[token_starts[-budget]:] if from_end else part[: token_starts[budget]]
+            if len(part) == len(line):
+                return line
+        return ""  # more than LONGEST_TOKEN characters a token: unreachable with real vocabularies
+
+
+def _too_long(text: str, budget: int) -> bool:
+    """Whether ``text`` surely takes more than ``budget`` tokens, judged by its length alone."""
+    return len(text) > max(budget, 0) * LONGEST_TOKEN

@@ -1,22 +1,48 @@
-"""Which repository files an import statement refers to.
+"""Which repository files an import statement refers to, and which definitions the names it imports are.
 
 Each language's import string is turned into candidate paths: anchored ones (relative imports, resolved from
 the importing file's folder) that must match exactly, and unanchored ones (``a.b.c``, ``crate::a::b``,
 ``"github.com/x/y/pkg"``) that may match at the end of any path, so source roots such as ``src/`` need no
 configuration. Standard library and third-party imports simply match nothing.
+
+A name imported from a file (``from .segment import Segment``) is followed to the chunk that defines it; when
+the file only re-exports it (a package's ``__init__.py``: ``from .segment import Segment``, or ``import *``,
+or a JavaScript ``index.js``: ``export { Segment } from "./segment"``), through that file's own imports.
 """
 
 from __future__ import annotations
 
 import posixpath
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+from typing import NamedTuple
+
+from .languages import language_name
+
+MAX_REEXPORTS = 4  # files a name is followed through before its definition
+
+
+class Import(NamedTuple):
+    """One binding an import statement makes."""
+
+    module: str  # as written: "pkg.mod", ".segment", "./lib/x", "crate::a::b", "stdio.h"
+    name: str | None = None  # the name taken from it ("Segment"), "*" for all of them, None for the module
+    alias: str | None = None  # the name it is bound to here, when not its own
+
+    @property
+    def bound(self) -> str | None:
+        """The name this file uses for what it imported (None: a module bound to no name, or ``*``)."""
+        return self.alias or (self.name if self.name != "*" else None)
 
 
 class PathTable:
-    """Repository paths looked up by their last component, with or without extension, and by folder."""
+    """Repository paths looked up by their last component, with or without extension, and by folder.
+    ``root_name`` is the repository folder's own name: a package opened as the repository imports itself
+    under it (``rich/console.py`` says ``from rich.segment import Segment``)."""
 
-    def __init__(self, paths: Iterable[str]):
+    def __init__(self, paths: Iterable[str], root_name: str = ""):
+        self.root_name = root_name
         self.by_name: dict[str, list[str]] = {}
         self.by_stem: dict[str, list[str]] = {}
         self.by_folder_name: dict[str, list[str]] = {}
@@ -48,16 +74,107 @@ def _ends_with(path: str, target: str, anchored: bool) -> bool:
     return path == target or (not anchored and path.endswith("/" + target))
 
 
-def resolve_imports(table: PathTable, path: str, language: str, imports: Iterable[str]) -> set[str]:
+def resolve_imports(table: PathTable, path: str, language: str, imports: Iterable[Import]) -> set[str]:
     """The repository files that the imports of the file at ``path`` (in ``language``) refer to."""
-    resolver = _RESOLVERS.get(language)
-    if resolver is None:
-        return set()
-    folder = posixpath.dirname(path)
     found: set[str] = set()
-    for module in imports:
-        found.update(resolver(table, folder, module.strip()))
+    for imported in imports:
+        found.update(module_files(table, path, language, imported.module))
+        if imported.name not in (None, "*"):  # `from pkg import sub` may name a module
+            found.update(_submodule_files(table, path, language, imported))
     found.discard(path)
+    return found
+
+
+def module_files(table: PathTable, path: str, language: str, module: str) -> list[str]:
+    """The files a module as written in the file at ``path`` refers to."""
+    resolver = _RESOLVERS.get(language)
+    return resolver(table, posixpath.dirname(path), module.strip()) if resolver else []
+
+
+def _submodule_files(table: PathTable, path: str, language: str, imported: Import) -> list[str]:
+    """Python's ``from pkg import sub``: the files of module ``pkg.sub``, if there is one."""
+    if language != "python" or imported.name in (None, "*"):
+        return []
+    module = imported.module
+    return module_files(table, path, language, module + imported.name if module.endswith(".") else
+                        f"{module}.{imported.name}")
+
+
+@dataclass
+class ImportedNames:
+    """What the imports of one file bind, followed into the repository."""
+
+    definitions: dict[str, list[int]] = field(default_factory=dict)  # bound name -> chunks defining it
+    modules: dict[str, list[str]] = field(default_factory=dict)  # name bound to a module -> its files
+    files: set[str] = field(default_factory=set)  # every repository file imported
+
+
+def follow_imports(index, path: str, language: str, imports: Iterable[Import]) -> ImportedNames:
+    """Resolve the imports of the file at ``path``: modules to files, imported names to the chunks that
+    define them (``index`` is a RepoIndex: its paths, definers, chunks and every file's imports)."""
+    found = ImportedNames()
+    table = index.paths
+    for imported in imports:
+        files = [f for f in module_files(table, path, language, imported.module) if f != path]
+        found.files.update(files)
+        submodule = [f for f in _submodule_files(table, path, language, imported) if f != path]
+        if submodule:  # a module, bound to its own name or an alias
+            found.files.update(submodule)
+            found.modules[imported.bound] = submodule
+            continue
+        for name, bound in _names(language, imported):
+            if name is None:
+                if bound and files:
+                    found.modules[bound] = files
+                continue
+            chunks = _definitions(index, files, name, set())
+            if chunks:
+                found.definitions.setdefault(bound, []).extend(chunks)
+                found.files.update(index.chunks[n].path for n in chunks)  # (re-exported: where it lives)
+    return found
+
+
+def _names(language: str, imported: Import) -> list[tuple[str | None, str | None]]:
+    """(name in the module, name bound here) pairs of an import: explicit for Python and JavaScript, the last
+    part of the path for Java (``a.b.Shape``) and Rust (``a::b::Shape``, ``a::b::{C, D}``)."""
+    if imported.name == "*":
+        return []
+    if imported.name is not None or language not in ("java", "rust"):
+        return [(imported.name, imported.bound)]
+    if language == "java":
+        last = imported.module.rsplit(".", 1)[-1]
+        return [(last, last)] if last != "*" else []
+    module = imported.module
+    if "{" in module:
+        names = module[module.index("{") + 1 : module.rindex("}") if "}" in module else len(module)].split(",")
+    else:
+        names = [module.rsplit("::", 1)[-1]]
+    pairs = []
+    for part in names:
+        name, _, alias = part.strip().partition(" as ")
+        if name and name not in ("self", "*") and "::" not in name:
+            pairs.append((name, alias.strip() or name))
+    return pairs
+
+
+def _definitions(index, files: list[str], name: str, seen: set[str]) -> list[int]:
+    """Chunks of ``files`` defining ``name``; failing that, its definitions where those files import it from."""
+    inside = set(files)
+    found = [n for n in index.definers.get(name, ()) if index.chunks[n].path in inside]
+    if found or len(seen) >= MAX_REEXPORTS:
+        return found
+    for file in files:
+        if file in seen:
+            continue
+        seen.add(file)
+        language = language_name(file)
+        for imported in index.imports(file):
+            if imported.bound == name or imported.name == "*":
+                original = name if imported.name == "*" else imported.name
+                if original is None:
+                    continue  # a module bound to the name: not a definition
+                reexported = [f for f in module_files(index.paths, file, language, imported.module) if f != file]
+                found += _definitions(index, reexported, original, seen)
     return found
 
 
@@ -79,7 +196,12 @@ def _python(table: PathTable, folder: str, module: str) -> list[str]:
             return []
         target = posixpath.join(base, target) if target else base
         return table.files(target, True) + table.files(target + "/__init__", True)
-    return table.files(target, False) + table.files(target + "/__init__", False)
+    found = table.files(target, False) + table.files(target + "/__init__", False)
+    top, _, inside = target.partition("/")
+    if not found and top == table.root_name:  # the repository is the package itself
+        found = table.files(inside, True) + table.files(inside + "/__init__", True) if inside else table.files(
+            "__init__", True)
+    return found
 
 
 def _javascript(table: PathTable, folder: str, module: str) -> list[str]:

@@ -27,10 +27,10 @@ from typing import NamedTuple
 
 from .chunking import Chunk, analyze_source
 from .errors import PromptError
-from .imports import PathTable
+from .imports import Import, PathTable
 from .scan import MAX_FILE_BYTES, ScanWarning, SourceFile, count_ignored, read_source, scan_repository
 
-CACHE_VERSION = 2  # bump whenever chunking or the cached layout changes
+CACHE_VERSION = 3  # bump whenever chunking or the cached layout changes
 PARALLEL_MIN_BYTES = 2 * 1024 * 1024  # below this much text to parse, worker start-up costs more than it saves
 BATCH_BYTES = 256 * 1024  # text per task sent to a worker: small enough to balance, large enough to amortise
 
@@ -43,7 +43,7 @@ class FileEntry(NamedTuple):
     size: int
     mtime_ns: int
     indexed: bool  # False: read once and left out (binary, minified); cached so warm runs do not reread it
-    imports: tuple[str, ...]
+    imports: tuple[Import, ...]
     chunks: tuple[Chunk, ...]
 
 
@@ -70,7 +70,7 @@ class RepoIndex:
             self.chunks.extend(entries[path].chunks)
             self._file_chunks[path] = range(start, len(self.chunks))
         self._imports = {path: entries[path].imports for path in self.files}
-        self.paths = paths or PathTable(self.files)  # ``paths``: a table of exactly these files, to reuse
+        self.paths = paths or PathTable(self.files, root.name)  # ``paths``: a table of exactly these files, to reuse
         self.definers: dict[str, list[int]] = {}  # name -> positions in ``chunks`` of the chunks defining it
         for number, chunk in enumerate(self.chunks):
             for name in chunk.defines:
@@ -121,7 +121,7 @@ class RepoIndex:
             first.end_line < self.chunks[n].start_line < second.start_line for n in self.chunk_numbers(first.path)
         )
 
-    def imports(self, path: str) -> tuple[str, ...]:
+    def imports(self, path: str) -> tuple[Import, ...]:
         """The imports of an indexed file as written in its source."""
         return self._imports.get(path, ())
 
@@ -295,6 +295,7 @@ def _well_formed(saved, root: Path) -> bool:
     for path, entry in files.items():
         if not (isinstance(path, str) and isinstance(entry, FileEntry) and isinstance(entry.size, int)
                 and isinstance(entry.mtime_ns, int) and isinstance(entry.imports, tuple)
+                and all(isinstance(binding, Import) for binding in entry.imports)
                 and isinstance(entry.chunks, tuple) and all(map(_chunk_well_formed, entry.chunks))):
             return False
         if entry.indexed:

@@ -9,8 +9,10 @@ Each tree-sitter language carries two queries (in the spirit of aider's repo map
     count). ``@name`` without ``@definition`` names something that stays in the surrounding chunk (module
     constants, macros, prototypes).
 ``imports``
-    ``@module`` captures an imported module, file or package as written in the source; Python's
-    ``from m import x`` also captures ``@member`` so that ``m.x`` can be tried as a module.
+    ``@module`` captures an imported module, file or package as written in the source; ``@member`` a name
+    imported from it (``from m import x``, ``import { x } from "m"``, re-exports too), ``@alias`` the name it
+    is bound to when that differs (or the name a whole module is bound to: ``import m as alias``,
+    ``import * as alias``), and ``@star`` marks an import of every name (``from m import *``).
 
 Other text files are chunked into line windows; ``PLAIN_TEXT`` names a few so that commented file sections
 and chat code fences use the right syntax.
@@ -55,10 +57,12 @@ PYTHON = LanguageSpec(
         (module (expression_statement (assignment left: (identifier) @name)))
     """,
     imports="""
-        (import_statement name: [(dotted_name) @module (aliased_import name: (dotted_name) @module)])
-        (import_from_statement module_name: (_) @module)
+        (import_statement name: (dotted_name) @module)
+        (import_statement name: (aliased_import name: (dotted_name) @module alias: (identifier) @alias))
+        (import_from_statement module_name: (_) @module name: (dotted_name) @member)
         (import_from_statement module_name: (_) @module
-          name: [(dotted_name) @member (aliased_import name: (dotted_name) @member)])
+          name: (aliased_import name: (dotted_name) @member alias: (identifier) @alias))
+        (import_from_statement module_name: (_) @module (wildcard_import) @star)
     """,
     keywords=_words("""
         False None True and as assert async await break class continue def del elif else except finally for
@@ -95,9 +99,21 @@ JAVASCRIPT = LanguageSpec(
     """ + _JS_BINDINGS,
     imports="""
         (import_statement source: (string (string_fragment) @module))
+        (import_statement (import_clause (identifier) @alias) source: (string (string_fragment) @module))
+        (import_statement (import_clause (namespace_import (identifier) @alias))
+          source: (string (string_fragment) @module))
+        (import_statement (import_clause (named_imports (import_specifier name: (_) @member alias: (_)? @alias)))
+          source: (string (string_fragment) @module))
         (export_statement source: (string (string_fragment) @module))
+        (export_statement "*" @star source: (string (string_fragment) @module))
+        (export_statement (export_clause (export_specifier name: (_) @member alias: (_)? @alias))
+          source: (string (string_fragment) @module))
         (call_expression function: (identifier) @_require
           arguments: (arguments . (string (string_fragment) @module))
+          (#eq? @_require "require"))
+        (variable_declarator name: (identifier) @alias
+          value: (call_expression function: (identifier) @_require
+            arguments: (arguments . (string (string_fragment) @module)))
           (#eq? @_require "require"))
     """,
     keywords=_words(_JS_KEYWORDS),

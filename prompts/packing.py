@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain, islice
 
 from .chunking import Chunk
 from .formats import Segment
@@ -20,6 +21,8 @@ from .tokens import Encoder
 ENCODE_BATCH = 32  # candidates encoded per call to the tokenizer
 MAX_BLANK_LINES = 2  # blank lines kept between two chunks shown together (PEP 8's two between definitions)
 GIVE_UP_AFTER = 64  # candidates in a row that did not fit: the budget is as full as it will get
+OUTLINE_TOKENS = 4096  # filled with the outlines of the best chunks before any goes in whole
+WHOLE_MIN_TOKENS = 64  # chunks this short always go in whole
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class ContextItem:
     start_line: int
     end_line: int
     tokens: int
+    outline: bool = False  # only the chunk's outline (signatures, docstring first lines), not its body
 
 
 @dataclass
@@ -41,18 +45,30 @@ class PackedPrompt:
     stop_token_ids: list[int]
     stop_strings: list[str]
     format: str  # "codellama-infill" | "starcoder-fim" | "left-to-right" | "chat"
+    heal_text: str = ""  # left out of the prompt's end: the generation must begin with it (token healing)
 
 
 @dataclass(frozen=True)
 class Layout:
-    """How the chosen chunks are written: the segments that open a file's section and hold a chunk, and those
-    between two chunks of a file: ``gap`` where code was left out, else ``blank`` once per blank line."""
+    """How the chosen chunks are written: the segments that open a file's section and hold a chunk (or its
+    outline: None where it has none), and those between two chunks of a file: ``gap`` where code was left out,
+    else ``blank`` once per blank line."""
 
     section: Callable[[Chunk], list[Segment]]
     chunk: Callable[[Chunk], list[Segment]]
     gap: Callable[[Chunk], list[Segment]]
     blank: Callable[[Chunk], list[Segment]]
     code_between: Callable[[Chunk, Chunk], bool]  # whether the file has code between two of its chunks
+    outline: Callable[[Chunk], list[Segment] | None] = lambda chunk: None
+
+
+@dataclass
+class Choice:
+    """A chunk in the prompt, whole or as its outline, with the tokens it takes encoded on its own."""
+
+    chunk: Chunk
+    tokens: int
+    outline: bool = False
 
 
 @dataclass
@@ -61,7 +77,8 @@ class Selection:
     the tokens each took when encoded on its own."""
 
     layout: Layout
-    files: dict[str, list[tuple[Chunk, int]]] = field(default_factory=dict)
+    files: dict[str, list[Choice]] = field(default_factory=dict)
+    order: list[Choice] = field(default_factory=list)  # best first
     section_tokens: dict[str, int] = field(default_factory=dict)
     separator_tokens: dict[str, int] = field(default_factory=dict)  # the longer of a gap and the blank lines
     tokens: int = 0  # an upper bound of the whole
@@ -70,85 +87,158 @@ class Selection:
         return bool(self.files)
 
     def chunks(self, path: str) -> list[Chunk]:
-        return [chunk for chunk, _ in self.files.get(path, [])]
+        return [choice.chunk for choice in self.files.get(path, [])]
 
-    def add(self, chunk: Chunk, tokens: int) -> None:
-        path = chunk.path
-        self.tokens += tokens + (self.separator_tokens[path] if path in self.files else self.section_tokens[path])
-        self.files.setdefault(path, []).append((chunk, tokens))
+    def opening(self, path: str) -> int:
+        """Tokens that one more chunk of ``path`` costs besides its own: a section, or a separator."""
+        return self.separator_tokens[path] if path in self.files else self.section_tokens[path]
+
+    def add(self, choice: Choice) -> None:
+        path = choice.chunk.path
+        self.tokens += choice.tokens + self.opening(path)
+        self.files.setdefault(path, []).append(choice)
+        self.order.append(choice)
+
+    def make_whole(self, choice: Choice, tokens: int) -> None:
+        """Show an outlined chunk whole instead (``tokens``: what it takes whole)."""
+        self.tokens += tokens - choice.tokens
+        choice.tokens, choice.outline = tokens, False
 
     def drop_last(self) -> None:
         """Remove the least relevant chunk (the one chosen last)."""
-        path = next(reversed(self.files))
-        _, tokens = self.files[path].pop()
-        self.tokens -= tokens + (self.separator_tokens[path] if self.files[path] else self.section_tokens[path])
+        choice = self.order.pop()
+        path = choice.chunk.path
+        self.files[path].remove(choice)
+        self.tokens -= choice.tokens + (self.separator_tokens[path] if self.files[path] else self.section_tokens[path])
         if not self.files[path]:
             del self.files[path]
 
-    def ordered(self) -> Iterator[tuple[str, list[tuple[Chunk, int]]]]:
-        """Files from the least to the most relevant, each with its chunks (and their tokens) in line order."""
+    def ordered(self) -> Iterator[tuple[str, list[Choice]]]:
+        """Files from the least to the most relevant, each with its chunks in line order."""
         for path in reversed(self.files):
-            yield path, sorted(self.files[path], key=lambda pair: pair[0].start_line)
+            yield path, sorted(self.files[path], key=lambda choice: choice.chunk.start_line)
 
     def segments(self) -> tuple[list[Segment], list[ContextItem]]:
         """All sections in ``ordered`` order, as the pieces that were counted, and the items."""
         segments: list[Segment] = []
         items = []
         layout = self.layout
-        for path, pairs in self.ordered():
-            segments += layout.section(pairs[0][0])
+        for path, choices in self.ordered():
+            segments += layout.section(choices[0].chunk)
             cost = self.section_tokens[path]
             previous = None
-            for chunk, tokens in pairs:
+            for choice in choices:
+                chunk = choice.chunk
                 if previous is not None:
                     if layout.code_between(previous, chunk):
                         segments += layout.gap(chunk)
                     else:
                         segments += layout.blank(chunk) * min(chunk.start_line - previous.end_line - 1, MAX_BLANK_LINES)
                     cost = self.separator_tokens[path]
-                segments += layout.chunk(chunk)
-                items.append(ContextItem(path, chunk.start_line, chunk.end_line, cost + tokens))
+                segments += layout.outline(chunk) if choice.outline else layout.chunk(chunk)
+                items.append(ContextItem(path, chunk.start_line, chunk.end_line, cost + choice.tokens, choice.outline))
                 previous = chunk
         return segments, items
 
 
-def select_chunks(encoder: Encoder, layout: Layout, ranked: Iterable[tuple[float, Chunk]], budget: int) -> Selection:
-    """Take ranked chunks, best first, while they fit into ``budget`` tokens (sections and gaps included)."""
-    selection = Selection(layout)
-    misses = 0
-    batch: list[Chunk] = []
-    for _, chunk in ranked:
-        left = budget - selection.tokens
-        if left <= 0 or misses >= GIVE_UP_AFTER:
+def select_chunks(encoder: Encoder, layout: Layout, ranked: Iterable[tuple[float, Chunk]], budget: int,
+                  selection: Selection | None = None) -> Selection:
+    """Take ranked chunks, best first, while they fit into ``budget`` tokens (sections and gaps included).
+
+    First the best candidates go in as outlines (chunks of up to WHOLE_MIN_TOKENS whole) until they fill the
+    budget or OUTLINE_TOKENS, so that a small budget holds the definitions of many names; then those outlines
+    become whole chunks, best first, as far as the budget allows; then the rest of the ranking goes in whole
+    where it fits, else outlined. A large budget so carries the bodies of the best chunks, and the outlines of
+    many more. Candidates are encoded a batch at a time, and only in the form they are considered in.
+    Given a ``selection``, it goes on filling that one (``budget`` counts what it holds), skipping its chunks."""
+    if selection is None:
+        selection = Selection(layout)
+    chosen = {(choice.chunk.path, choice.chunk.start_line) for choice in selection.order}
+    candidates = iter(chunk for _, chunk in ranked if (chunk.path, chunk.start_line) not in chosen)
+    misses, leftover = 0, []
+    while selection.tokens < min(budget, OUTLINE_TOKENS) and misses < GIVE_UP_AFTER:
+        batch = list(islice(candidates, ENCODE_BATCH))
+        if not batch:
             break
-        if chunk.approx_tokens > 2 * left:  # hopeless: not worth encoding
-            misses += 1
-            continue
-        batch.append(chunk)
-        if len(batch) == ENCODE_BATCH:
-            misses = _take_batch(encoder, selection, batch, budget, misses)
-            batch = []
-    if batch and budget > selection.tokens and misses < GIVE_UP_AFTER:
-        _take_batch(encoder, selection, batch, budget, misses)
+        forms = [_short_or_outline(layout, chunk) for chunk in batch]
+        for number, (chunk, (outlined, segments), ids) in enumerate(zip(batch, forms, encode_all(encoder, [
+                segments for _, segments in forms]))):
+            if selection.tokens >= min(budget, OUTLINE_TOKENS):
+                leftover = batch[number:]
+                break
+            if _opened(encoder, selection, chunk) + len(ids) <= budget - selection.tokens:
+                selection.add(Choice(chunk, len(ids), outline=outlined))
+                misses = 0
+            else:
+                misses += 1
+    _make_whole(encoder, selection, budget)
+    for batch in _batches(chain(leftover, candidates)):
+        if selection.tokens >= budget or misses >= GIVE_UP_AFTER:
+            break
+        left = budget - selection.tokens
+        worth = [c for c in batch if c.approx_tokens <= 2 * left]  # (longer ones are not worth encoding whole)
+        wholes = dict(zip(map(id, worth), map(len, encode_all(encoder, [layout.chunk(c) for c in worth]))))
+        hopeless = [c for c in batch if wholes.get(id(c), left + 1) > left]  # whole: neither now nor later
+        outlined = [(c, layout.outline(c)) for c in hopeless]
+        outlined = [(c, segments) for c, segments in outlined if segments is not None]
+        outlines = dict(zip([id(c) for c, _ in outlined], map(len, encode_all(encoder, [s for _, s in outlined]))))
+        for chunk in batch:
+            taken = _whole_or_outline(encoder, selection, chunk, wholes.get(id(chunk)), outlines.get(id(chunk)), budget)
+            misses = 0 if taken else misses + 1
     return selection
 
 
-def _take_batch(encoder: Encoder, selection: Selection, batch: list[Chunk], budget: int, misses: int) -> int:
-    """Take each chunk of ``batch`` that still fits; returns the count of misses in a row."""
+def _short_or_outline(layout: Layout, chunk: Chunk) -> tuple[bool, list[Segment]]:
+    """A chunk as the first pass considers it: whole when short or without an outline, else outlined."""
+    if chunk.approx_tokens > WHOLE_MIN_TOKENS:
+        outlined = layout.outline(chunk)
+        if outlined is not None:
+            return True, outlined
+    return False, layout.chunk(chunk)
+
+
+def _make_whole(encoder: Encoder, selection: Selection, budget: int) -> None:
+    """Outlined chunks made whole, best first, while the budget allows."""
     layout = selection.layout
-    for chunk, ids in zip(batch, encode_all(encoder, [layout.chunk(c) for c in batch])):
-        path = chunk.path
-        if path not in selection.section_tokens:
-            section, gap, blank = encode_all(encoder, [layout.section(chunk), layout.gap(chunk), layout.blank(chunk)])
-            selection.section_tokens[path] = len(section)
-            selection.separator_tokens[path] = max(len(gap), MAX_BLANK_LINES * len(blank))
-        opening = selection.section_tokens[path] if path not in selection.files else selection.separator_tokens[path]
-        if selection.tokens + len(ids) + opening > budget:
-            misses += 1
-            continue
-        misses = 0
-        selection.add(chunk, len(ids))
-    return misses
+    room = budget - selection.tokens
+    worth = [c for c in selection.order if c.outline and c.chunk.approx_tokens <= 2 * (room + c.tokens)]
+    for choice, ids in zip(worth, encode_all(encoder, [layout.chunk(c.chunk) for c in worth])):
+        if len(ids) <= budget - selection.tokens + choice.tokens:
+            selection.make_whole(choice, len(ids))
+
+
+def _whole_or_outline(encoder: Encoder, selection: Selection, chunk: Chunk, whole: int | None,
+                      outline: int | None, budget: int) -> bool:
+    """Add a chunk whole if it fits, else its outline if that fits; whether it went in. (The tokens each takes,
+    if known; an outline not yet counted is counted here.)"""
+    left = budget - selection.tokens - _opened(encoder, selection, chunk)
+    if whole is not None and whole <= left:
+        selection.add(Choice(chunk, whole))
+        return True
+    if outline is None and whole is not None:  # it fitted when its batch began, no longer
+        outlined = selection.layout.outline(chunk)
+        outline = None if outlined is None else len(encode_all(encoder, [outlined])[0])
+    if outline is not None and outline <= left:
+        selection.add(Choice(chunk, outline, outline=True))
+        return True
+    return False
+
+
+def _opened(encoder: Encoder, selection: Selection, chunk: Chunk) -> int:
+    """What one more chunk of this file costs besides itself (a section, or a separator); counted once a file."""
+    path = chunk.path
+    if path not in selection.section_tokens:
+        layout = selection.layout
+        section, gap, blank = encode_all(encoder, [layout.section(chunk), layout.gap(chunk), layout.blank(chunk)])
+        selection.section_tokens[path] = len(section)
+        selection.separator_tokens[path] = max(len(gap), MAX_BLANK_LINES * len(blank))
+    return selection.opening(path)
+
+
+def _batches(chunks: Iterable[Chunk]) -> Iterator[list[Chunk]]:
+    chunks = iter(chunks)
+    while batch := list(islice(chunks, ENCODE_BATCH)):
+        yield batch
 
 
 def encode_all(encoder: Encoder, segment_lists: list[list[Segment]]) -> list[list[int]]:

@@ -1,16 +1,23 @@
 """Ranking the repository's chunks by what the code at the cursor (or a chat question) uses.
 
-Four signals, summed with fixed weights:
+Signals, summed with fixed weights:
 
+- imported names: the chunk defining each name the current file imports, followed through re-exports
+  (imports.py), weighted by how near the cursor the name is used; every imported name keeps a base weight, so
+  a name about to be used for the first time (its only mention the import line) still has its definition in;
 - definitions: a chunk that defines an identifier used near the cursor, shared among the chunks defining it
-  (``__init__`` tells little, ``parse_header`` a lot) and somewhat discounted for names used everywhere;
-- imports: chunks of the files the current file imports;
+  (``__init__`` tells little, ``parse_header`` a lot), somewhat discounted for names used everywhere, and
+  raised where the current file imports the defining file;
+- a module at the cursor: right after ``module.``, the chunks of that module's files;
 - lexical similarity: BM25 between the weighted identifiers of the query and those of each chunk, normalised to
   the best match;
+- imports: a little for every chunk of a file the current file imports, shared among those files;
 - proximity: a little for files near the current one in the folder tree, to break ties.
 
 Query identifiers weigh more the nearer they are to the cursor (before it counts twice as much as after it);
-the partial word under the cursor is left out, so the ranking does not change with every keystroke.
+words in comments and strings, and names the current file binds itself (local variables, parameters, its own
+definitions), weigh less and never pull in definitions from elsewhere. The partial word under the cursor is left
+out, so the ranking does not change with every keystroke.
 """
 
 from __future__ import annotations
@@ -18,27 +25,45 @@ from __future__ import annotations
 import math
 import posixpath
 import re
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .chunking import IDENTIFIER, Chunk
 from .index import RepoIndex
 
 DEFINITION_WEIGHT = 3.0
-IMPORT_WEIGHT = 1.0
-LEXICAL_WEIGHT = 1.0
+IMPORTED_NAME_WEIGHT = 3.0  # the definition of an imported name, at full nearness
+IMPORTED_NAME_BASE = 0.25  # ... and for every imported name, however far from the cursor
+IMPORTED_FILE_BOOST = 2.0  # a definition of a name used near the cursor, in a file the current file imports
+MODULE_WEIGHT = 2.0  # the chunks of the module right before the cursor (`nodes.|`), shared among them
+IMPORT_WEIGHT = 0.5  # every chunk of the imported files, shared among the files
+LEXICAL_WEIGHT = 3.0  # code like the code at the cursor: what a small model copies from best
 PROXIMITY_WEIGHT = 0.25
+SAME_FILE_WEIGHT = 3.0  # the current file's own chunks beyond the text around the cursor
 MENTION_WEIGHT = 2.0  # chat: a file the question names
+
+PROSE_FACTOR = 0.3  # identifiers in comments and strings
+LOCAL_FACTOR = 0.5  # names the current file binds itself
 
 K1, B = 1.2, 0.75  # BM25's usual constants
 LINES_BEFORE, LINES_AFTER = 60, 20  # the neighbourhood of the cursor that the query reads closely
 DISTANCE_SCALE = 10  # lines at which an identifier's weight halves
 FILE_WEIGHT = 0.2  # every identifier elsewhere in the current file still counts this much
+USE_WEIGHT, USE_WEIGHT_MAX = 0.15, 0.6  # an imported name used n times in the file: at least 0.15 * sqrt(n), up
+                                        # to 0.6 (the names a file uses most are the likeliest to come next)
 FILE_LINES = 2000  # how far from the cursor the rest of the file is read
+LINE_CHARS = 1000  # of a longer line, only the part nearest the cursor is read (a minified line of megabytes)
 MAX_TERMS = 256  # the heaviest identifiers make the query
 
 _PARTIAL_BEFORE = re.compile(r"\w+$")
 _PARTIAL_AFTER = re.compile(r"^\w+")
+_MODULE_BEFORE = re.compile(r"([A-Za-z_]\w*)\.$")
+# Names a file binds itself: assignment targets (and keyword arguments), loop variables, `as` names, parameters.
+_ASSIGNED = re.compile(r"\b([A-Za-z_]\w*)\s*(?::=|(?:[-+*/%&|^@]|//|\*\*|>>|<<)?=(?!=))")
+_LOOP_OR_AS = re.compile(r"\b(?:for|as)\s+([A-Za-z_][\w\s,()]*?)\s*(?:\bin\b|:|\)|$)", re.MULTILINE)
+_PARAMETERS = re.compile(r"\b(?:def|function|func|fn)\s+\w*\s*\(([^)]*)")
+_PARAMETER = re.compile(r"(?:^|[(,])\s*\*{0,2}([A-Za-z_]\w*)\s*(?=[:=,)]|$)")
 
 
 @dataclass(frozen=True)
@@ -48,30 +73,104 @@ class Query:
     weights: dict[str, float]  # identifier -> importance in (0, 1]
     path: str | None = None  # the current file, if any
     imported: frozenset[str] = frozenset()  # files the current file imports
+    imported_names: Mapping[str, Sequence[int]] = field(default_factory=dict)  # name -> chunks defining it
+    module_at_cursor: Sequence[str] = ()  # files of the module whose attribute is being typed (`nodes.|`)
+    local: frozenset[str] = frozenset()  # names the current file binds itself
+    uses: Mapping[str, int] = field(default_factory=dict)  # identifier -> occurrences in the current file
     shown: tuple[int, int] | None = None  # lines of ``path`` already in the prompt, never returned
     mentioned: frozenset[str] = field(default_factory=frozenset)  # files named in a chat question
 
 
+@dataclass(frozen=True)
+class CursorTerms:
+    """What the text around a cursor says: identifier weights, the names it binds, the word before a dot."""
+
+    weights: dict[str, float]
+    local: frozenset[str]
+    qualifier: str | None  # `name` when the cursor follows `name.`
+    counts: Mapping[str, int] = field(default_factory=dict)  # identifier -> occurrences in the file
+
+
+def cursor_terms(
+    lines: list[str], row: int, col: int, keywords: frozenset[str], comment: str = "#"
+) -> CursorTerms:
+    """The identifiers around a cursor at 0-based ``row``, ``col`` of ``lines``, weighted by nearness."""
+    cursor_line = lines[row] if row < len(lines) else ""
+    before, after = cursor_line[:col][-LINE_CHARS:], cursor_line[col:][:LINE_CHARS]
+    qualifier = _MODULE_BEFORE.search(before[-200:])
+    first = max(0, row - FILE_LINES)
+    lines = [_clip(line) for line in lines[first:row]] + [
+        _PARTIAL_BEFORE.sub("", before) + " " + _PARTIAL_AFTER.sub("", after)
+    ] + [_clip(line) for line in lines[row + 1 : row + FILE_LINES]]
+    row -= first
+    counts = Counter(IDENTIFIER.findall("\n".join(lines)))
+    weights = dict.fromkeys(counts, FILE_WEIGHT)
+    top, bottom = max(0, row - LINES_BEFORE), min(len(lines), row + LINES_AFTER + 1)
+    code, prose = _split_prose("\n".join(lines[top:bottom]), comment)
+    for factor, text in ((1.0, code), (PROSE_FACTOR, prose)):
+        for number, line in enumerate(text.split("\n"), top):
+            distance = row - number if number <= row else 2 * (number - row)
+            weight = factor / (1.0 + distance / DISTANCE_SCALE)
+            for name in IDENTIFIER.findall(line):
+                if weights[name] < weight:
+                    weights[name] = weight
+    local = _bound_names(code)
+    for name in local.intersection(weights):
+        weights[name] *= LOCAL_FACTOR
+    return CursorTerms(_heaviest(weights, keywords), local, qualifier.group(1) if qualifier else None, counts)
+
+
 def cursor_weights(lines: list[str], row: int, col: int, keywords: frozenset[str]) -> dict[str, float]:
     """Identifier weights around a cursor at 0-based ``row``, ``col`` of ``lines``."""
-    cursor_line = lines[row] if row < len(lines) else ""
-    lines = lines[max(0, row - FILE_LINES) : row] + [
-        _PARTIAL_BEFORE.sub("", cursor_line[:col]) + " " + _PARTIAL_AFTER.sub("", cursor_line[col:])
-    ] + lines[row + 1 : row + FILE_LINES]
-    row = min(row, FILE_LINES)
-    weights = dict.fromkeys(IDENTIFIER.findall("\n".join(lines)), FILE_WEIGHT)
-    for number in range(max(0, row - LINES_BEFORE), min(len(lines), row + LINES_AFTER + 1)):
-        distance = row - number if number <= row else 2 * (number - row)
-        weight = 1.0 / (1.0 + distance / DISTANCE_SCALE)
-        for name in IDENTIFIER.findall(lines[number]):
-            if weights[name] < weight:
-                weights[name] = weight
-    return _heaviest(weights, keywords)
+    return cursor_terms(lines, row, col, keywords).weights
 
 
 def text_weights(text: str, keywords: frozenset[str] = frozenset(), weight: float = 1.0) -> dict[str, float]:
     """Identifier weights of a chat question or a pinned file: every identifier alike."""
     return _heaviest(dict.fromkeys(IDENTIFIER.findall(text), weight), keywords)
+
+
+def _clip(line: str) -> str:
+    return line if len(line) <= LINE_CHARS else line[:LINE_CHARS]
+
+
+def _split_prose(text: str, comment: str) -> tuple[str, str]:
+    """``text`` as code with comments and string literals blanked out, and as those alone (lines kept)."""
+    code, prose, end = [], [], 0
+    for match in _prose_pattern(comment).finditer(text):
+        start, stop = match.span()
+        code.append(text[end:start])
+        prose.append(re.sub(r"[^\n]", " ", text[end:start]))
+        code.append(re.sub(r"[^\n]", " ", match.group()))
+        prose.append(match.group())
+        end = stop
+    code.append(text[end:])
+    prose.append(re.sub(r"[^\n]", " ", text[end:]))
+    return "".join(code), "".join(prose)
+
+
+_PROSE_PATTERNS: dict[str, re.Pattern] = {}
+
+
+def _prose_pattern(comment: str) -> re.Pattern:
+    """Triple-quoted strings, one-line strings and line comments (an approximation good enough for weights)."""
+    if comment not in _PROSE_PATTERNS:
+        _PROSE_PATTERNS[comment] = re.compile(
+            r'"""[\s\S]*?(?:"""|$(?![\s\S]))|\'\'\'[\s\S]*?(?:\'\'\'|$(?![\s\S]))'
+            r'|"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'|`(?:\\.|[^`\\])*`'
+            + "|" + re.escape(comment) + r"[^\n]*"
+        )
+    return _PROSE_PATTERNS[comment]
+
+
+def _bound_names(code: str) -> frozenset[str]:
+    """Names the code binds: assignment targets, loop and `as` variables, function parameters."""
+    names = set(_ASSIGNED.findall(code))
+    for group in _LOOP_OR_AS.findall(code):
+        names.update(IDENTIFIER.findall(group))
+    for parameters in _PARAMETERS.findall(code):
+        names.update(_PARAMETER.findall(parameters))
+    return frozenset(names)
 
 
 def _heaviest(weights: dict[str, float], keywords: frozenset[str]) -> dict[str, float]:
@@ -82,32 +181,25 @@ def _heaviest(weights: dict[str, float], keywords: frozenset[str]) -> dict[str, 
     return weights
 
 
-def rank(index: RepoIndex, query: Query) -> Iterator[tuple[float, Chunk]]:
+def rank(index: RepoIndex, query: Query, definitions_only: bool = False) -> Iterator[tuple[float, Chunk]]:
     """Chunks related to the query, best first, without duplicates (equal text) and without the lines the
-    prompt already shows. All chunks are scored at once, as vectors over the index's chunk-by-term matrix."""
+    prompt already shows. All chunks are scored at once, as vectors over the index's chunk-by-term matrix.
+    ``definitions_only``: score by the definition signals alone (what the names at the cursor are)."""
     import numpy as np
 
-    scores, rarity = _lexical_scores(index, query.weights)
-    for term, weight in query.weights.items():
-        definers = index.definers.get(term)
-        if definers:
-            # (a name defined but referenced nowhere, say a method named like a keyword, counts as rare)
-            scores[definers] += DEFINITION_WEIGHT * weight * rarity.get(term, 1.0) / len(definers)
-    for paths, bonus in ((query.imported, IMPORT_WEIGHT), (query.mentioned, MENTION_WEIGHT)):
-        for path in paths:
-            numbers = index.chunk_numbers(path)
-            scores[numbers.start : numbers.stop] += bonus
-    if query.path is not None:
-        here = _parts(posixpath.dirname(query.path))
-        nearness = np.array([_proximity(here, _parts(folder)) for folder in index.folders])
-        candidates = scores > 0
-        scores[candidates] += PROXIMITY_WEIGHT * nearness[index.folder_of_chunk[candidates]]
-        if query.shown is not None:
-            first, last = query.shown
-            for number in index.chunk_numbers(query.path):
-                if index.chunks[number].start_line <= last and index.chunks[number].end_line >= first:
-                    scores[number] = 0.0
-
+    scores = _definition_scores(index, query)
+    if not definitions_only:
+        scores += _context_scores(index, query)
+        if query.path is not None:  # (only where something else speaks for a chunk: proximity breaks ties)
+            here = _parts(posixpath.dirname(query.path))
+            nearness = np.array([_proximity(here, _parts(folder)) for folder in index.folders])
+            candidates = scores > 0
+            scores[candidates] += PROXIMITY_WEIGHT * nearness[index.folder_of_chunk[candidates]]
+    if query.path is not None and query.shown is not None:
+        first, last = query.shown
+        for number in index.chunk_numbers(query.path):
+            if index.chunks[number].start_line <= last and index.chunks[number].end_line >= first:
+                scores[number] = 0.0
     candidates = np.flatnonzero(scores > 0)
     order = candidates[np.argsort(-scores[candidates], kind="stable")]
     seen: set[str] = set()
@@ -118,26 +210,86 @@ def rank(index: RepoIndex, query: Query) -> Iterator[tuple[float, Chunk]]:
             yield score, chunk
 
 
+def _definition_scores(index: RepoIndex, query: Query):
+    """Per chunk: how likely it defines a name the code at the cursor uses."""
+    import numpy as np
+
+    scores = np.zeros(len(index.chunks))
+    rarity = _rarity(index, query.weights)
+    imported_chunks = _in_files(index, query.imported)
+    imported = np.zeros(len(index.chunks))  # a chunk defining several imported names counts the nearest
+    for name, chunks in query.imported_names.items():
+        uses = min(USE_WEIGHT_MAX, USE_WEIGHT * math.sqrt(query.uses.get(name, 0)))
+        nearness = max(query.weights.get(name, 0.0), uses) if name not in query.local else 0.0
+        numbers = list(chunks)
+        imported[numbers] = np.maximum(imported[numbers], (IMPORTED_NAME_BASE + nearness) / len(numbers))
+    scores += IMPORTED_NAME_WEIGHT * imported
+    for term, weight in query.weights.items():
+        definers = index.definers.get(term)
+        if definers and term not in query.local and term not in query.imported_names:
+            # (a name defined but referenced nowhere, say a method named like a keyword, counts as rare)
+            boost = np.where(imported_chunks[definers], IMPORTED_FILE_BOOST, 1.0)
+            scores[definers] += DEFINITION_WEIGHT * weight * rarity.get(term, 1.0) * boost / len(definers)
+    if query.module_at_cursor:
+        numbers = [n for path in query.module_at_cursor for n in index.chunk_numbers(path)]
+        scores[numbers] += MODULE_WEIGHT / math.sqrt(max(len(numbers), 1))
+    return scores
+
+
+def _context_scores(index: RepoIndex, query: Query):
+    """Per chunk: how much it resembles the code at the cursor or belongs with it (the file itself, the files it
+    imports, the files a question names)."""
+    scores = _lexical_scores(index, query.weights)
+    if query.imported:
+        scores[_in_files(index, query.imported)] += IMPORT_WEIGHT / math.sqrt(len(query.imported))
+    for path in query.mentioned:
+        numbers = index.chunk_numbers(path)
+        scores[numbers.start : numbers.stop] += MENTION_WEIGHT
+    if query.path is not None:
+        numbers = index.chunk_numbers(query.path)
+        scores[numbers.start : numbers.stop] += SAME_FILE_WEIGHT
+    return scores
+
+
+def _in_files(index: RepoIndex, paths: frozenset[str]):
+    """A boolean per chunk: whether it belongs to one of ``paths``."""
+    import numpy as np
+
+    inside = np.zeros(len(index.chunks), dtype=bool)
+    for path in paths:
+        numbers = index.chunk_numbers(path)
+        inside[numbers.start : numbers.stop] = True
+    return inside
+
+
 def _lexical_scores(index: RepoIndex, weights: dict[str, float]):
-    """BM25 of every chunk, counting a name once per chunk, normalised to the best match; and each known query
-    term's rarity, from 1 (found in one chunk) down to 0.5 (found in all)."""
+    """BM25 of every chunk, counting a name once per chunk, normalised to the best match."""
     import numpy as np
 
     total = len(index.chunks)
-    known = [(term, index.vocabulary[term], weight) for term, weight in weights.items() if term in index.vocabulary]
-    term_ids = np.array([number for _, number, _ in known], dtype=np.int64)
+    known = [(index.vocabulary[term], weight) for term, weight in weights.items() if term in index.vocabulary]
+    term_ids = np.array([number for number, _ in known], dtype=np.int64)
     frequency = index.document_frequency[term_ids]
     idf = np.log1p((total - frequency + 0.5) / (frequency + 0.5))
-    rarest = math.log1p((total - 0.5) / 1.5)  # the idf of a name found in a single chunk
-
     term_weight = np.zeros(len(index.vocabulary))
-    term_weight[term_ids] = np.array([weight for _, _, weight in known]) * idf
+    term_weight[term_ids] = np.array([weight for _, weight in known]) * idf
     matched = np.bincount(index.term_owner, weights=term_weight[index.term_ids], minlength=total)
     counts = index.reference_counts
     lexical = matched * (K1 + 1) / (1 + K1 * (1 - B + B * counts / max(counts.mean(), 1.0)))
-    best = lexical.max()
-    rarity = dict(zip([term for term, _, _ in known], (0.5 + 0.5 * idf / rarest).tolist()))
-    return LEXICAL_WEIGHT * lexical / (best if best > 0 else 1.0), rarity
+    best = lexical.max() if total else 0.0
+    return LEXICAL_WEIGHT * lexical / (best if best > 0 else 1.0)
+
+
+def _rarity(index: RepoIndex, weights: dict[str, float]) -> dict[str, float]:
+    """Each known query term's rarity, from 1 (found in one chunk) down to 0.5 (found in all)."""
+    total = len(index.chunks)
+    rarest = math.log1p((total - 0.5) / 1.5)  # the idf of a name found in a single chunk
+    rarity = {}
+    for term in weights:
+        if term in index.vocabulary:
+            frequency = int(index.document_frequency[index.vocabulary[term]])
+            rarity[term] = 0.5 + 0.5 * math.log1p((total - frequency + 0.5) / (frequency + 0.5)) / rarest
+    return rarity
 
 
 def _parts(folder: str) -> list[str]:

@@ -108,6 +108,11 @@ class Encoder:
         )["offset_mapping"]
         return [start for start, _ in offsets]
 
+    def last_token(self, text: str) -> str:
+        """The text of the last token the tokenizer makes of ``text`` ("" for no text)."""
+        starts = self.token_starts(text)
+        return text[starts[-1] :] if starts else ""
+
     def _plain(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(list(map(tokenizable, texts)), add_special_tokens=False, split_special_tokens=True)[
             "input_ids"

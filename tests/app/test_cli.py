@@ -36,3 +36,39 @@ def test_help_mentions_every_command(capsys):
     text = capsys.readouterr().out
     for command in ("--file", "--ask", "--prompt", "--bench", "--stdin", "--attention", "exit codes"):
         assert command in text
+
+
+def test_threads_must_be_a_positive_number(capsys):
+    assert parse("r", "--file", "a.py", "--threads", "1").threads == 1
+    with pytest.raises(SystemExit) as exit:
+        parse("r", "--file", "a.py", "--threads", "0")
+    assert exit.value.code == 2 and "--threads" in capsys.readouterr().err
+
+
+def test_threads_default_to_the_idle_cores_and_leave_omp_num_threads_alone(monkeypatch):
+    import torch
+
+    from codecomplete.engine import set_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr("codecomplete.engine._torch_default_threads", lambda: 2)  # 2 physical cores
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    try:
+        assert set_threads(3, "cpu") == 3  # asked for: given, on any device
+        monkeypatch.setattr("os.getloadavg", lambda: (2.8, 1.0, 1.0))  # about three of four cores busy
+        assert set_threads(None, "cpu") == 1
+        monkeypatch.setattr("os.getloadavg", lambda: (7.5, 7.0, 7.0))  # overloaded: still one thread
+        assert set_threads(None, "cpu") == 1
+        monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))  # idle: torch's default caps it
+        assert set_threads(None, "cpu") == 2
+        monkeypatch.setattr("os.getloadavg", lambda: (1.2, 1.0, 1.0))
+        assert set_threads(None, "cpu") == 2
+        torch.set_num_threads(1)
+        assert set_threads(None, "cuda") == 1  # on a GPU the default is left as it is
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        torch.set_num_threads(3)
+        monkeypatch.setattr("os.getloadavg", lambda: (3.9, 1.0, 1.0))
+        assert set_threads(None, "cpu") == 3  # the user's environment decides
+    finally:
+        torch.set_num_threads(before)

@@ -191,3 +191,26 @@ def test_stream_of_infill_ends_without_done_marker(server, files):
     last = json.loads(events[-1][len("data: "):])
     assert last["stop"] is True and last["content"] == "" and "timings" in last
     assert all(json.loads(e[len("data: "):])["stop"] is False for e in events[:-1])
+
+
+def test_a_cursor_after_a_space_is_healed_in_infill_completion_and_openai(server, files):
+    """Token healing on every completion route: /infill's input_prefix + prompt ending after `area = ` (app.py
+    line 5), streamed or not, and the same text as a raw prompt to /completion and OpenAI completions. The prompt
+    ends before the space, the generation must begin with it, and the answer does not repeat it."""
+    prefix, prompt, suffix = around(files["app.py"], 5, 12)
+    assert prompt == "    area = "
+    body = llama_vim_body(prefix, prompt, suffix, response_fields=[], n_predict=12, temperature=0.0, top_k=1)
+    answer = post(server, "/infill", body).json()
+    assert answer["content"].startswith("area_of_circle("), answer["content"]   # not a digit after a lone space
+    with httpx.stream("POST", server.url + "/infill", json={**body, "stream": True}, timeout=300) as response:
+        events = [json.loads(line[len("data: "):]) for line in response.iter_lines() if line]
+    assert "".join(event["content"] for event in events) == answer["content"]
+    # A raw prompt ending after a space: healed the same way (the space is not written again).
+    raw = prefix + prompt
+    completion = post(server, "/completion", {"prompt": raw, "n_predict": 12, "temperature": 0.0}).json()
+    assert completion["content"] and not completion["content"].startswith(" "), completion["content"]
+    client = OpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0)
+    text = client.completions.create(model="any", prompt=raw, max_tokens=12, temperature=0).choices[0].text
+    assert text == completion["content"]
+    streamed = client.completions.create(model="any", prompt=raw, max_tokens=12, temperature=0, stream=True)
+    assert "".join(chunk.choices[0].text for chunk in streamed) == text

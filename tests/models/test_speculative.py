@@ -206,3 +206,55 @@ def test_rejection_sampling_keeps_the_distribution(tiny_checkpoint, config):
     assert chi_square_p(first, probs[0]) > 1e-3
     assert chi_square_p(second, probs[1]) > 1e-3
     assert second.sum() == first[drafts[0]]
+
+
+@pytest.mark.parametrize("package,name,cut", [("rich", "table.py", 1), ("httpx", "_urls.py", 9),
+                                              ("jinja2", "filters.py", 17)])
+def test_token_healing_with_speculation_gives_the_plain_greedy_output(smollm_engine, package, name, cut):
+    """While healing constrains the next token, the speculative loop drafts nothing and samples one token a step
+    from the restricted logits; once the required prefix is written, drafting resumes. Greedy output equals
+    plain decoding's, token for token, the prefix is never shown, and the prefix of several tokens took as many
+    draft-free steps."""
+    from models.healing import token_bytes
+
+    engine, tokenizer = smollm_engine, smollm_engine.tokenizer
+    text = (Path(importlib.util.find_spec(package).submodule_search_locations[0]) / name).read_text()
+    ids = tokenizer.encode(text)
+    text = tokenizer.decode(ids[len(ids) // 3:len(ids) // 3 + PROMPT_TOKENS + 40])
+    cut_at = len(text) - cut
+    while text[cut_at - 1].isspace():       # the prompt ends after something, the prefix is what follows
+        cut_at -= 1
+    prompt, prefix = tokenizer.encode(text[:cut_at]), text[cut_at:]
+    steps: list[tuple[int, list[int]]] = []
+
+    def spy(logits, drafts, config, generator):
+        emitted = accept(logits, drafts, config, generator)
+        steps.append((len(drafts), emitted))
+        return emitted
+
+    results = {}
+    for depth in (0, DEPTH):
+        engine.clear_prefix_cache()
+        streamed = []
+        models.engine.accept = spy
+        try:
+            results[depth] = engine.generate(prompt, GenerationConfig(
+                max_new_tokens=NEW_TOKENS + 12, required_prefix=prefix, speculate=depth), on_text=streamed.append)
+        finally:
+            models.engine.accept = accept
+        assert "".join(streamed) == results[depth].text
+    plain, spec = results[0], results[DEPTH]
+    assert spec.token_ids == plain.token_ids and spec.text == plain.text
+    pieces = token_bytes(tokenizer)
+    written = b"".join(pieces[i] for i in plain.token_ids)
+    assert written.startswith(prefix.encode()) and tokenizer.decode(plain.token_ids).startswith(prefix)
+    # The tokens that wrote the prefix: the first from the prefill, each later one from a step without drafts.
+    needed, covered = 0, b""
+    while not covered.startswith(prefix.encode()):
+        covered += pieces[plain.token_ids[needed]]
+        needed += 1
+    healing_steps = steps[:needed - 1]
+    assert all(drafts == 0 and len(emitted) == 1 for drafts, emitted in healing_steps)
+    assert spec.timings.drafted_tokens > 0          # and speculation resumed after it
+    if cut > 1:
+        assert needed > 1                           # the constraint really spanned several steps here

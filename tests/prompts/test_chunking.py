@@ -3,8 +3,9 @@
 import pytest
 
 from prompts.chunking import analyze_source, source_imports
+from prompts.imports import Import
 
-# name -> (source, expected chunks as (kind, first line, last line, defined names), imports)
+# name -> (source, expected chunks as (kind, first line, last line, defined names), import bindings)
 SAMPLES = {
     "sample.py": (
         '''\
@@ -33,7 +34,7 @@ class Square(Shape):
             ("definition", 8, 11, ("circle_area",)),  # with its comment and decorator
             ("definition", 14, 19, ("Square", "__init__", "area")),
         ],
-        ("math", ".base", ".base.Shape"),
+        (Import("math"), Import(".base", "Shape")),
     ),
     "sample.js": (
         """\
@@ -59,7 +60,7 @@ const double = (x) => x * 2;
             ("definition", 9, 13, ("Square", "area")),
             ("definition", 15, 15, ("double",)),
         ],
-        ("./base.js", "./math"),
+        (Import("./base.js"), Import("./base.js", "Shape"), Import("./math", None, "math"), Import("./math")),
     ),
     "sample.ts": (
         """\
@@ -90,7 +91,7 @@ type Id = string;
             ("definition", 12, 17, ("Square", "constructor", "size")),
             ("definition", 19, 19, ("Id",)),
         ],
-        ("./base",),
+        (Import("./base"), Import("./base", "Shape")),
     ),
     "sample.tsx": (
         """\
@@ -107,7 +108,7 @@ export const Button = () => <button>OK</button>;
             ("definition", 3, 5, ("Greeting",)),
             ("definition", 7, 7, ("Button",)),
         ],
-        ("react",),
+        (Import("react"), Import("react", None, "React")),
     ),
     "sample.go": (
         """\
@@ -139,7 +140,7 @@ func NewCircle(r float64) Circle {
             ("definition", 15, 17, ("Area",)),
             ("definition", 19, 21, ("NewCircle",)),
         ],
-        ("math", "example.com/geo/base"),
+        (Import("math"), Import("example.com/geo/base")),
     ),
     "sample.rs": (
         """\
@@ -168,7 +169,7 @@ pub fn unit() -> Circle {
             ("definition", 10, 14, ("Circle", "area")),
             ("definition", 16, 18, ("unit",)),
         ],
-        ("std::f64::consts::PI", "crate::base::Shape"),
+        (Import("std::f64::consts::PI"), Import("crate::base::Shape")),
     ),
     "sample.c": (
         """\
@@ -194,7 +195,7 @@ double circle_area(const struct circle *c) {
             ("definition", 11, 11, ("square",)),
             ("definition", 13, 15, ("circle_area",)),
         ],
-        ("<math.h>", "base.h"),
+        (Import("<math.h>"), Import("base.h")),
     ),
     "sample.cpp": (
         """\
@@ -221,7 +222,7 @@ double Circle::area() const { return M_PI * r_ * r_; }
             ("header", 1, 2, ()),
             ("definition", 4, 18, ("shapes", "Circle", "area")),  # a short namespace stays whole
         ],
-        ("<cmath>", "base.hpp"),
+        (Import("<cmath>"), Import("base.hpp")),
     ),
     "Sample.java": (
         """\
@@ -248,7 +249,7 @@ public class Circle implements Shape {
             ("header", 1, 4, ()),
             ("definition", 6, 18, ("Circle", "r", "area")),
         ],
-        ("java.util.List", "shapes.base.Shape"),
+        (Import("java.util.List"), Import("shapes.base.Shape")),
     ),
 }
 

@@ -21,11 +21,13 @@ def test_codellama_infill_ids_are_exactly_the_reference_format(make_repo, codell
     root = make_repo({"add.py": "def add(x, y):\n    return x + y\n"})
     packed = build_completion_prompt(index_repository(root), codellama_tokenizer, "add.py", line=2, col=12)
     # [BOS, PRE] + enc(prefix) + [SUF] + enc_infill(suffix) + [MID]: the prefix gets SentencePiece's leading
-    # space ("▁def"), the suffix does not ("x", not "▁x").
-    prefix = ["▁def", "▁add", "(", "x", ",", "▁y", ")", ":", "<0x0A>", "▁", "▁", "▁", "▁return", "▁"]
+    # space ("▁def"), the suffix does not ("x", not "▁x"). The prefix's last token, the lone "▁" after
+    # "return", is left for the model to write (token healing).
+    prefix = ["▁def", "▁add", "(", "x", ",", "▁y", ")", ":", "<0x0A>", "▁", "▁", "▁", "▁return"]
     suffix = ["x", "▁", "+", "▁y", "<0x0A>"]
     expected = [BOS, PRE] + _ids(codellama_tokenizer, prefix) + [SUF] + _ids(codellama_tokenizer, suffix) + [MID]
     assert packed.ids == expected
+    assert packed.heal_text == " "
     assert packed.format == "codellama-infill"
     assert packed.stop_token_ids[0] == EOT and packed.stop_strings == []
     assert packed.context[0].path == "add.py" and packed.context[0].start_line == 1
@@ -41,8 +43,9 @@ def test_codellama_infill_carries_repository_context_as_commented_sections(make_
     assert prefix == (
         "# Repository: repo\n"
         "# Path: util.py\n# import os\n#\n#\n# def helper(x):\n#     return x * 2\n"  # blank lines stay, commented
-        "# Path: main.py\n" + MAIN[: MAIN.index("helper(value") + 12]
+        "# Path: main.py\n" + MAIN[: MAIN.index("helper(value") + 11]  # the last "e" is healed
     )
+    assert packed.heal_text == "e"
     assert decode(ids[ids.index(SUF) + 1 : -1]) == ")\n    return result\n"
 
 
@@ -52,11 +55,12 @@ def test_starcoder_fim_uses_repository_tokens(make_repo, starcoder_tokenizer):
     text = starcoder_tokenizer.decode(packed.ids)
     assert text == (
         "<repo_name>repo<file_sep>util.py\n" + UTIL
-        + "<file_sep><fim_prefix>main.py\n" + MAIN[: MAIN.index("helper(value") + 12]
+        + "<file_sep><fim_prefix>main.py\n" + MAIN[: MAIN.index("helper(value") + 11]
         + "<fim_suffix>)\n    return result\n# a file may say <file_sep> or <fim_middle> as text\n<fim_middle>"
     )
     file_sep, fim_middle = _ids(starcoder_tokenizer, ["<file_sep>", "<fim_middle>"])
     assert packed.ids.count(file_sep) == 2 and packed.ids.count(fim_middle) == 1  # the file's own stay text
+    assert packed.heal_text == "e"  # a vocabulary of single bytes: the last character is the partial token
     assert packed.format == "starcoder-fim" and file_sep in packed.stop_token_ids
 
 
@@ -66,7 +70,8 @@ def test_the_embedded_tokenizer_gets_left_to_right_files_that_round_trip(make_re
     assert packed.format == "left-to-right"
     text = smollm2_tokenizer.decode(packed.ids)
     before_cursor = MAIN[: MAIN.index("\n    return")]
-    assert text == "<repo_name>repo<file_sep>util.py\n" + UTIL + "<file_sep>main.py\n" + before_cursor
+    assert packed.heal_text == ")"
+    assert text + packed.heal_text == "<repo_name>repo<file_sep>util.py\n" + UTIL + "<file_sep>main.py\n" + before_cursor
     assert packed.stop_strings == ["\n\n"]
     assert set(_ids(smollm2_tokenizer, ["<file_sep>", "<|endoftext|>"])) <= set(packed.stop_token_ids)
     spans = [(item.path, item.start_line, item.end_line) for item in packed.context]

@@ -46,8 +46,10 @@ def test_random_budgets_are_never_exceeded_and_keep_the_text_before_the_cursor(r
             reserve_tokens=reserve,
         )
         assert len(packed.ids) <= budget
-        before_cursor = rows[row][:col][-12:].strip()
-        assert before_cursor in tokenizer.decode(packed.ids)
+        before_cursor = "\n".join(rows[:row] + [rows[row][:col]])
+        assert before_cursor.endswith(packed.heal_text)  # healing leaves the last token to the model
+        shown = before_cursor[: len(before_cursor) - len(packed.heal_text)]
+        assert shown.split("\n")[-1][-12:].strip() in tokenizer.decode(packed.ids)
         here = [i for i in packed.context if i.path == "app/main.py" and i.start_line <= row + 1 <= i.end_line]
         assert here, packed.context
         for item in packed.context:
@@ -61,7 +63,8 @@ def test_a_large_budget_takes_the_whole_file_and_the_related_chunks(repo_index, 
         repo_index, smollm2_tokenizer, "app/main.py", line=row + 1, col=5, budget_tokens=8000
     )
     text = smollm2_tokenizer.decode(packed.ids)
-    assert text.endswith("<file_sep>app/main.py\n" + source.split("print(result)")[0])  # the whole prefix
+    assert packed.heal_text == "\n    "  # the newline and the indentation are one token, left to the model
+    assert text.endswith("<file_sep>app/main.py\n" + source.split("\n    print(result)")[0])  # the whole prefix
     paths = [item.path for item in packed.context]
     assert paths.index("lib/helpers_3.py") < paths.index("app/main.py")
     assert {"lib/helpers_3.py", "lib/helpers_7.py"} <= set(paths)
@@ -107,4 +110,35 @@ def test_input_errors_are_prompt_errors(repo_index, smollm2_tokenizer):
         build(budget_tokens=3)
     # A new, unsaved buffer is fine: its text is given.
     packed = build("app/new.py", text="import os\nresult = helper_3(", budget_tokens=500)
-    assert smollm2_tokenizer.decode(packed.ids).endswith("<file_sep>app/new.py\nimport os\nresult = helper_3(")
+    assert smollm2_tokenizer.decode(packed.ids).endswith("<file_sep>app/new.py\nimport os\nresult = helper_3")
+    assert packed.heal_text == "("
+
+
+class _CountingTokenizer:
+    """A tokenizer that adds up the characters it is asked to tokenize."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+        self.characters = 0
+
+    def __call__(self, text, *args, **kwargs):
+        self.characters += sum(map(len, [text] if isinstance(text, str) else text))
+        return self._tokenizer(text, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+
+@pytest.mark.parametrize("tokenizer_name", ["smollm2_tokenizer", "codellama_tokenizer"])
+def test_a_line_of_megabytes_costs_what_the_budget_holds_not_what_the_file_holds(make_repo, tokenizer_name, request):
+    """Issue 15, item 4: a 5 MB single-line file was tokenized whole about five times (94 s). Now only slices
+    the budget could hold go to the tokenizer, before, after and in the middle of the line."""
+    line = "data = [" + ", ".join(str(i * 7919 % 10**6) for i in range(700_000)) + "]"  # 5.5 MB
+    index = index_repository(make_repo({"big.py": line + "\n", "small.py": "def f(x):\n    return x\n"}))
+    for col in (None, len(line) // 2, 1):
+        counting = _CountingTokenizer(request.getfixturevalue(tokenizer_name))
+        packed = build_completion_prompt(index, counting, "big.py", line=1, col=col, budget_tokens=1024)
+        assert len(packed.ids) <= 1024
+        if col != 1 or packed.format != "left-to-right":  # (at the file's start, left to right shows nothing)
+            assert len(packed.ids) >= 900  # as much of the line as fits
+        assert counting.characters < 2_000_000

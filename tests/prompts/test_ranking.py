@@ -5,7 +5,7 @@ import random
 import pytest
 
 from prompts import build_completion_prompt, index_repository
-from prompts.imports import PathTable, resolve_imports
+from prompts.imports import Import, PathTable, resolve_imports
 from prompts.ranking import Query, cursor_weights, rank
 
 
@@ -57,14 +57,17 @@ def test_a_function_called_before_the_cursor_gets_its_definition_into_the_prompt
 
 def test_imported_modules_outrank_unrelated_ones(repo_index):
     source = REPO["pkg/app.py"]
-    imported = resolve_imports(repo_index.paths, "pkg/app.py", "python", ["pkg", "pkg.geometry", "pkg.strings"])
+    imports = [Import("pkg", "geometry"), Import("pkg.strings")]
+    imported = resolve_imports(repo_index.paths, "pkg/app.py", "python", imports)
     assert imported == {"pkg/__init__.py", "pkg/geometry.py", "pkg/strings.py"}
     weights = cursor_weights(source.split("\n"), 7, 4, frozenset())
     query = Query(weights=weights, path="pkg/app.py", imported=frozenset(imported))
-    ranked = [chunk.path for _, chunk in rank(repo_index, query)]
+    ranked = [chunk.path for _, chunk in rank(repo_index, query) if chunk.path != "pkg/app.py"]
     first_misc = next(i for i, path in enumerate(ranked) if path.startswith("misc/"))
     assert {"pkg/geometry.py", "pkg/strings.py"} <= set(ranked[:first_misc])
-    assert ranked[0] == "pkg/geometry.py"  # the definition of what is called, above all
+    assert ranked[0] == "pkg/geometry.py"  # the definition of what is called, above all other files
+    definitions = [chunk.path for _, chunk in rank(repo_index, query, definitions_only=True)]
+    assert definitions[0] == "pkg/geometry.py"
 
 
 def test_the_cursor_region_and_duplicates_are_left_out(make_repo):
@@ -73,7 +76,8 @@ def test_the_cursor_region_and_duplicates_are_left_out(make_repo):
     index = index_repository(make_repo({"a.py": copy, "b.py": copy, "c.py": user}))
     query = Query(weights={"helper": 1.0}, path="c.py", shown=(4, 5))
     ranked = [(chunk.path, chunk.start_line) for _, chunk in rank(index, query)]
-    assert ranked == [("a.py", 1), ("c.py", 1)]  # b.py is a's twin; c.py's lines 4-5 are on screen
+    assert ranked == [("c.py", 1), ("a.py", 1)]  # the file's own other lines first; b.py is a's twin; c.py's
+                                                 # lines 4-5 are on screen
 
 
 def test_identifiers_near_the_cursor_weigh_most_and_the_word_being_typed_not_at_all():
@@ -81,7 +85,7 @@ def test_identifiers_near_the_cursor_weigh_most_and_the_word_being_typed_not_at_
     weights = cursor_weights(lines, 32, len(lines[32]), frozenset({"pass", "import"}))
     assert weights["compute"] > weights["far_away"] > 0
     assert "geome" not in weights and "pass" not in weights
-    assert weights["total"] == 1.0
+    assert weights["total"] == 0.5  # assigned here: a local, worth half
 
 
 @pytest.mark.parametrize(
@@ -109,4 +113,4 @@ def test_imports_resolve_to_repository_files(language, importer, imports, expect
         "lib/parse.c", "lib/parse.h", "include/common/defs.h",
         "app/src/Main.java", "app/src/com/acme/store/Store.java",
     ])
-    assert resolve_imports(table, importer, language, imports) == expected
+    assert resolve_imports(table, importer, language, [Import(module) for module in imports]) == expected

@@ -1,0 +1,40 @@
+"""A raw text prompt (the model continues it as it is), with its last token healed like a completion's.
+
+A client's prompt ends wherever its user stopped typing: after a space, inside a name. As in a completion
+(``completion._partial_token``), the prompt ends one token earlier and the generation must begin with that
+token's text (``PackedPrompt.heal_text``), which is not repeated in the output. Special-token text in the prompt
+becomes those tokens, as ``tokenizer.encode`` makes it; a prompt that ends with a special token, or is one token
+long, is not healed.
+"""
+
+from __future__ import annotations
+
+from .packing import PackedPrompt
+
+
+def build_raw_prompt(tokenizer, text: str, *, heal: bool = True) -> PackedPrompt:
+    ids = tokenizer.encode(text)
+    heal_text = _partial_token(tokenizer, text, ids) if heal else ""
+    if heal_text:
+        ids = tokenizer.encode(text[: len(text) - len(heal_text)])
+    return PackedPrompt(ids, [], [], [], "raw", heal_text=heal_text)
+
+
+def _partial_token(tokenizer, text: str, ids: list[int]) -> str:
+    """The text of the prompt's last token when it is ordinary text ending the prompt, else ""."""
+    if len(ids) < 2 or not text:
+        return ""
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+    if ids[-1] in special:
+        return ""
+    try:
+        encoded = tokenizer(text, return_offsets_mapping=True)
+    except (NotImplementedError, TypeError, ValueError):   # a slow tokenizer has no offsets: no healing
+        return ""
+    offsets = encoded["offset_mapping"]
+    if list(encoded["input_ids"]) != list(ids) or not offsets:
+        return ""
+    start, end = offsets[-1]
+    if end != len(text) or not 0 < start < end:
+        return ""
+    return text[start:]

@@ -1,0 +1,104 @@
+"""Token healing in the engine: the generation begins with the required prefix, matched token by token under a
+constraint, and the prefix never shows in the returned or streamed text; stop strings apply after it."""
+
+import pytest
+
+from models import GenerationConfig, load_model
+from models.healing import HealingConstraint, token_bytes, vocabulary_bytes
+from models.tokenizer import IncrementalDetokenizer
+
+TEXTS = ["def area(r):\n    return 3.14 * r ** 2\n", "x = 'héllo 🙂'  # ünïcode ✓\n", "\tindent  two  spaces\n"]
+PREFIXES = [" ", "ret", "\n    ", "é", "x = 1", "🙂"]
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(tiny_checkpoint):
+    return load_model(tiny_checkpoint[0], device="cpu", max_context=48)
+
+
+def test_token_bytes_spell_exactly_what_the_tokenizers_encode(llama_tokenizer, smollm_engine):
+    for tokenizer, lead in ((llama_tokenizer, b" "), (smollm_engine.tokenizer, b"")):  # SentencePiece adds "▁"
+        pieces = token_bytes(tokenizer)
+        for text in TEXTS:
+            ids = tokenizer.encode(text, add_special_tokens=False)
+            assert b"".join(pieces[i] for i in ids) == lead + text.encode("utf-8")
+        assert all(pieces[i] is None for i in tokenizer.all_special_ids)
+
+
+@pytest.mark.parametrize("remaining", [b" ", b"\n    ", b"ar", b"return", "é".encode()[:1], b"\xff\xff"])
+def test_allowed_tokens_are_exactly_those_inside_the_prefix_or_covering_it(smollm_engine, llama_tokenizer, remaining):
+    for tokenizer in (smollm_engine.tokenizer, llama_tokenizer):
+        table = vocabulary_bytes(tokenizer)
+        expected = {i for i, p in enumerate(table.pieces) if p and (remaining.startswith(p) or p.startswith(remaining))}
+        assert sorted(table.allowed(remaining)) == sorted(expected)
+
+
+def test_the_constraint_masks_each_row_until_its_prefix_is_written(llama_tokenizer):
+    import torch
+
+    table = vocabulary_bytes(llama_tokenizer)
+    constraint = HealingConstraint(table, "ab", batch=2)
+    logits = torch.zeros(2, len(table.pieces))
+    allowed = torch.isfinite(constraint.restrict(logits))
+    assert {i for i in allowed[0].nonzero().flatten().tolist()} == set(table.allowed(b"ab"))
+    a = llama_tokenizer.convert_tokens_to_ids("a")
+    constraint.advance([a, a])
+    assert constraint.remaining == [b"b", b"b"] and constraint.active
+    b_token = llama_tokenizer.convert_tokens_to_ids("b")
+    constraint.advance([b_token, a])  # row 1 took a token the mask forbade: it gives up rather than loop
+    assert not constraint.active
+    assert torch.equal(constraint.restrict(logits), logits)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_random_weights_still_write_the_prefix_first_and_never_show_it(tiny_engine, temperature):
+    """Whatever the model prefers, the first tokens spell the prefix (byte pieces included), and the returned
+    and streamed text are exactly the generation after it."""
+    tokenizer = tiny_engine.tokenizer
+    pieces = token_bytes(tokenizer)
+    prompt = tokenizer.encode("class Stack:\n    def push(self, item):\n")
+    for prefix in PREFIXES:
+        deltas = []
+        config = GenerationConfig(max_new_tokens=10, temperature=temperature, seed=3, required_prefix=prefix)
+        result = tiny_engine.generate(prompt, config, on_text=deltas.append)
+        ids = [i for i in result.token_ids if i not in tiny_engine.eos_token_ids]
+        assert b"".join(pieces[i] for i in ids).startswith(prefix.encode("utf-8")), prefix
+        detokenizer = IncrementalDetokenizer(tokenizer, prompt)  # the text as the engine reads it
+        generated = "".join(detokenizer.push(i) for i in ids) + detokenizer.flush()
+        assert generated.startswith(prefix)
+        assert result.text == generated[len(prefix):] == "".join(deltas)
+
+
+AREA = """import math
+
+def polygon_area(poly):
+    return 0.5 * abs(sum(x0*y1 - x1*y0 for (x0, y0), (x1, y1) in zip(poly, poly[1:] + poly[:1])))
+
+def report(poly):
+    area ="""
+
+def test_a_cursor_after_a_space_is_healed_into_the_call_the_model_means(smollm_engine):
+    """The issue's example: after `area = ` the model sees a lone space token and writes a number; healed, the
+    prompt ends at `area =` and the first token must begin with a space: ` polygon`."""
+    tokenizer = smollm_engine.tokenizer
+    lone_space = smollm_engine.generate(tokenizer.encode(AREA + " "), GenerationConfig(max_new_tokens=8,
+                                                                                        stop_strings=("\n",)))
+    assert not lone_space.text.startswith("polygon_area")
+    deltas = []
+    healed = smollm_engine.generate(tokenizer.encode(AREA), GenerationConfig(
+        max_new_tokens=12, stop_strings=("\n",), required_prefix=" "), on_text=deltas.append)
+    assert healed.text == "polygon_area(poly)" == "".join(deltas)
+    assert healed.finish_reason == "stop"
+    assert tokenizer.decode(healed.token_ids).startswith(" polygon_area(poly)")
+
+
+def test_a_healed_newline_does_not_trip_the_newline_stop_string(smollm_engine):
+    """A cursor after indentation: the removed text is a newline and four spaces; the stop string at the end of
+    the line applies to what follows it, and the line comes out without extra indentation."""
+    prompt = smollm_engine.tokenizer.encode(AREA.rsplit("\n", 1)[0])  # up to `def report(poly):`
+    deltas = []
+    result = smollm_engine.generate(prompt, GenerationConfig(
+        max_new_tokens=16, stop_strings=("\n",), required_prefix="\n    "), on_text=deltas.append)
+    assert result.finish_reason == "stop" and result.text.strip()
+    assert not result.text[0].isspace() and "\n" not in result.text
+    assert "".join(deltas) == result.text

@@ -1,0 +1,127 @@
+"""Definition outlines: signatures, class heads with their members' signatures, docstring first lines; and the
+packer choosing them where bodies do not fit, so a small budget carries many definitions."""
+
+import pytest
+
+from prompts import build_completion_prompt, index_repository
+from prompts.chunking import analyze_source
+from prompts.outline import outline
+
+PYTHON = '''\
+import os
+
+
+@dataclass
+class Segment(NamedTuple):
+    """A piece of text with a style.
+
+    Longer explanation that the outline leaves out.
+    """
+
+    text: str
+    style: Optional[Style] = None  # the style
+
+    @property
+    def cell_length(self) -> int:
+        """Cells the text takes."""
+        total = 0
+        for character in self.text:
+            total += 1
+        return total
+
+    def split(
+        self, cut: int, keep: bool = True
+    ) -> tuple["Segment", "Segment"]:
+        if cut < 0:
+            raise ValueError(cut)
+        return Segment(self.text[:cut], self.style), Segment(self.text[cut:], self.style)
+
+
+def render(segments: list[Segment], width: int = 80) -> str:
+    """Render segments into a line.
+
+    More.
+    """
+    line = "".join(s.text for s in segments)
+    return line[:width]
+'''
+
+
+def test_a_python_class_keeps_its_head_fields_and_method_signatures():
+    chunks = analyze_source("pkg/segment.py", PYTHON).chunks
+    assert outline(chunks[1]) == '''\
+@dataclass
+class Segment(NamedTuple):
+    """A piece of text with a style."""
+    text: str
+    style: Optional[Style] = None  # the style
+    @property
+    def cell_length(self) -> int:
+        ...
+    def split(
+        self, cut: int, keep: bool = True
+    ) -> tuple["Segment", "Segment"]:
+        ...'''
+    assert outline(chunks[2]) == '''\
+def render(segments: list[Segment], width: int = 80) -> str:
+    """Render segments into a line."""
+    ...'''
+    compile(outline(chunks[1]) + "\n" + outline(chunks[2]), "outline", "exec")  # still Python
+
+
+def test_indented_method_groups_and_braced_languages_are_outlined_too():
+    methods = "".join(f"    def step_{i}(self, a):\n        '''Step {i}.'''\n" + "        a += 1\n" * 40
+                      + "        return a\n\n" for i in range(4))
+    chunks = analyze_source("m.py", "class Big:\n" + methods).chunks
+    assert len(chunks) > 1 and chunks[1].text.startswith("    def step_")  # a group of methods, indented
+    group = outline(chunks[1])
+    assert group.startswith(chunks[1].text.split("\n")[0] + "\n        '''Step")
+    assert group.count("def step_") == chunks[1].text.count("def step_") and "a += 1" not in group
+    js = "export class Button {\n  constructor(label) {\n    this.label = label;\n  }\n\n  render() {\n" \
+         "    return `<b>${this.label}</b>`;\n  }\n}\n"
+    assert outline(analyze_source("b.js", js).chunks[0]) == (
+        "export class Button {\n  constructor(label) {\n    // ...\n  }\n  render() {\n    // ...\n  }\n}")
+    go = "func (s *Store) Open(path string) (*File, error) {\n\tf, err := os.Open(path)\n\treturn f, err\n}\n"
+    assert outline(analyze_source("s.go", go).chunks[0]) == (
+        "func (s *Store) Open(path string) (*File, error) {\n\t// ...\n}")  # the body's own indentation
+
+
+def test_no_outline_when_it_would_not_be_shorter():
+    chunks = analyze_source("c.py", "X = 1\n\n\ndef one():\n    return 1\n").chunks
+    assert all(outline(chunk) is None or len(outline(chunk)) < len(chunk.text) for chunk in chunks)
+    assert outline(analyze_source("notes.md", "# Title\nText.\n").chunks[0]) is None
+
+
+def _big_class(name: str) -> str:
+    methods = "".join(
+        f"    def {name.lower()}_{i}(self, value: int) -> int:\n"
+        + "".join(f"        value = value * {j} + {i}  # a step of the computation\n" for j in range(6))
+        + "        return value\n\n"
+        for i in range(4)
+    )
+    return f"class {name}:\n    \"\"\"The {name}.\"\"\"\n\n{methods}"
+
+
+@pytest.fixture
+def big_index(make_repo):
+    files = {f"lib/{name.lower()}.py": _big_class(name) for name in ("Alpha", "Beta", "Gamma", "Delta")}
+    files["app.py"] = "from lib.alpha import Alpha\nfrom lib.beta import Beta\nfrom lib.gamma import Gamma\n" \
+                      "from lib.delta import Delta\n\n\ndef main():\n    items = [Alpha(), Beta(), Gamma(), Delta()]\n    return \n"
+    return index_repository(make_repo(files))
+
+
+def test_a_small_budget_carries_the_outlines_of_many_definitions_a_large_one_their_bodies(big_index, smollm2_tokenizer):
+    def build(budget):
+        return build_completion_prompt(big_index, smollm2_tokenizer, "app.py", line=9, col=12, budget_tokens=budget)
+
+    small = build(600)
+    repository = [item for item in small.context if item.path.startswith("lib/")]
+    assert len(repository) == 4 and all(item.outline for item in repository)  # one body alone takes ~430 tokens
+    text = smollm2_tokenizer.decode(small.ids)
+    assert "    def alpha_0(self, value: int) -> int:\n        ...\n" in text
+    assert "a step of the computation" not in text
+    assert len(small.ids) <= 600
+    large = build(4000)
+    repository = [item for item in large.context if item.path.startswith("lib/")]
+    assert len(repository) == 4 and not any(item.outline for item in repository)
+    assert "a step of the computation" in smollm2_tokenizer.decode(large.ids)
