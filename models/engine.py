@@ -44,8 +44,9 @@ MAX_SPECULATE = 15     # the multi-token decode kernel takes up to 16 query toke
 # default depth is capped at 7 drafts there.
 TILE_ROWS = 64
 # A prompt that differs from the cached one in at most this many trailing tokens (an editor typing a character)
-# feeds them through the one-token decode step (graph-replayed on a GPU) instead of a prefill: on an H200 an eager
-# 1-2 token prefill of the CodeLlama-7B shape took 45-77 ms, a replayed step ~6 ms.
+# feeds them through the graph-replayed one-token step instead of an eager prefill: on an H200 a 1-2 token prefill
+# of the CodeLlama-7B shape took 45-77 ms of the server's time to first token, the replayed steps 21-28 ms
+# (bench/results/h200-run6/serve/). Without graphs (a CPU) a step costs what a short prefill does: only one token.
 GRAPHED_TAIL = 4
 
 
@@ -317,7 +318,7 @@ class Engine:
         # Prefill: each prompt into its own cache row, from the first token the cache does not hold.
         t_prefill = perf_counter()
         reused = [self._reusable_prefix(cached, prompts[0]) if reuse else 0] + [0] * (B - 1)
-        if B == 1 and len(prompts[0]) - reused[0] <= GRAPHED_TAIL:
+        if B == 1 and len(prompts[0]) - reused[0] <= (GRAPHED_TAIL if self._graphs_enabled else 1):
             logits = self._feed_tail(prompts[0], reused[0])                              # (1, V)
         else:
             logits = torch.cat([self.model.prefill(torch.tensor([p[r:]], device=self._device), r, b)

@@ -56,7 +56,8 @@ def test_prefix_reuse_prefills_only_the_new_tokens_and_changes_nothing(smollm_en
 @pytest.mark.parametrize("typed", [1, 2, 4, 5])
 def test_a_few_typed_tokens_go_through_the_decode_step_and_change_nothing(smollm_engine, full_run, typed):
     """An editor's next keystroke: the cache holds all but the last `typed` tokens, which the one-token decode
-    step feeds (up to GRAPHED_TAIL of them; one more takes the prefill) with the cold run's tokens as result."""
+    step feeds (on a CPU one of them, with CUDA graphs up to GRAPHED_TAIL; more take the prefill) with the cold
+    run's tokens as result."""
     from models.engine import GRAPHED_TAIL
     prompt, cold, _ = full_run
     smollm_engine.clear_prefix_cache()
