@@ -23,6 +23,7 @@ MAX_BLANK_LINES = 2  # blank lines kept between two chunks shown together (PEP 8
 GIVE_UP_AFTER = 64  # candidates in a row that did not fit: the budget is as full as it will get
 OUTLINE_TOKENS = 4096  # filled with the outlines of the best chunks before any goes in whole
 WHOLE_MIN_TOKENS = 64  # chunks this short always go in whole
+CHARS_PER_TOKEN_AT_MOST = 8  # ordinary code: a text of more than 8 x N characters takes more than N tokens
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,9 @@ def select_chunks(encoder: Encoder, layout: Layout, ranked: Iterable[tuple[float
         wholes = dict(zip(map(id, worth), map(len, encode_all(encoder, [layout.chunk(c) for c in worth]))))
         hopeless = [c for c in batch if wholes.get(id(c), left + 1) > left]  # whole: neither now nor later
         outlined = [(c, layout.outline(c)) for c in hopeless]
-        outlined = [(c, segments) for c, segments in outlined if segments is not None]
+        # (an outline far longer than the room left is not encoded: near a full budget most are)
+        outlined = [(c, segments) for c, segments in outlined
+                    if segments is not None and _characters(segments) <= CHARS_PER_TOKEN_AT_MOST * left]
         outlines = dict(zip([id(c) for c, _ in outlined], map(len, encode_all(encoder, [s for _, s in outlined]))))
         for chunk in batch:
             taken = _whole_or_outline(encoder, selection, chunk, wholes.get(id(chunk)), outlines.get(id(chunk)), budget)
@@ -233,6 +236,10 @@ def _opened(encoder: Encoder, selection: Selection, chunk: Chunk) -> int:
         selection.section_tokens[path] = len(section)
         selection.separator_tokens[path] = max(len(gap), MAX_BLANK_LINES * len(blank))
     return selection.opening(path)
+
+
+def _characters(segments: list[Segment]) -> int:
+    return sum(len(s) for s in segments if isinstance(s, str))
 
 
 def _batches(chunks: Iterable[Chunk]) -> Iterator[list[Chunk]]:
