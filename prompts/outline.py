@@ -18,6 +18,7 @@ from .chunking import Chunk
 from .languages import comment_marker, language_for, load_grammar
 
 SHORT_STATEMENT_LINES = 2  # statements in a class body (fields, constants) kept whole up to this many lines
+MAX_FIELDS = 24  # fields and constants an outline shows per class (an enum of 160 members is not a signature)
 CLOSING = ("}", "};", "},", "})", "end")  # last lines of a braced definition, kept after its elided body
 _IMPORTS = ("import", "include", "use_declaration", "package")  # statements an outline leaves out
 
@@ -87,16 +88,29 @@ class _Builder:
         head_end = body.start_point.row if self.python else max(body.start_point.row, node.start_point.row)
         if self.python and body.start_point.row > node.start_point.row:
             head_end = body.start_point.row - 1
+            colon = next((c for c in node.children if c.type == ":"), None)
+            if colon is not None:  # (a body that does not parse, as in a chunk ending inside its docstring,
+                head_end = min(head_end, colon.end_point.row)  # starts late: the head still ends at its colon)
         self.keep(node.start_point.row, head_end)
         children = body.named_children
         docstring = children[0] if self.python and children and _is_docstring(children[0]) else None
         if docstring is not None and top:  # (a class's methods show their signatures only)
             self._docstring(docstring)
         if not _is_function(node):  # a class (struct, namespace, impl, module...): its members
+            fields = 0
             for child in children:
                 if child is docstring or "comment" in child.type or _is_docstring(child):
                     continue  # (strings after fields document them: left out with the comments)
+                if child.child_by_field_name("body") is None and child.child_by_field_name("definition") is None:
+                    fields += 1  # a field or constant: the first MAX_FIELDS show, then one elision line
+                    if fields > MAX_FIELDS:
+                        if fields == MAX_FIELDS + 1 and self.rows:
+                            last = max(self.rows)
+                            self.elide_after(last, self.indent(child.start_point.row))
+                        continue
                 self.node(child)
+            if max(self.rows) == head_end and node.end_point.row > head_end:  # no member shown: say there are some
+                self.elide_after(head_end, self.indent(node.start_point.row, deeper=True))
         elif node.end_point.row > head_end:  # (a one-line definition is kept as it is)
             first_row = children[0].start_point.row if children else node.start_point.row
             inner = self.indent(first_row) if first_row > head_end else self.indent(node.start_point.row, True)

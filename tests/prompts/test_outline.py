@@ -86,6 +86,25 @@ def test_indented_method_groups_and_braced_languages_are_outlined_too():
         "func (s *Store) Open(path string) (*File, error) {\n\t// ...\n}")  # the body's own indentation
 
 
+def test_a_class_head_cut_inside_its_docstring_and_a_long_enum_stay_short():
+    """A chunk that ends inside a class's docstring (the chunker cut a long class there) outlines to its head,
+    not to the whole unparsed docstring; a class of many constants shows the first MAX_FIELDS, then one elision
+    line, and still every method's signature."""
+    from prompts.chunking import Chunk
+    from prompts.outline import MAX_FIELDS
+
+    docstring = '    """A console.\n\n    Args:\n' + "".join(f"        option_{i} (int): what option {i} does.\n"
+                                                            for i in range(40))
+    cut = Chunk("pkg/console.py", 1, 44, "python", "definition", ("Console",), frozenset(),
+                "class Console:\n" + docstring.rstrip("\n"), 600)
+    assert outline(cut) == "class Console:\n    ..."
+    members = "".join(f'    KEY_{i} = "k{i}"\n' for i in range(40))
+    enum = "class Keys(str, Enum):\n" + members + "\n    def describe(self) -> str:\n        return self.value\n"
+    shown = outline(analyze_source("keys.py", enum).chunks[0]).split("\n")
+    assert shown[1:MAX_FIELDS + 1] == [f'    KEY_{i} = "k{i}"' for i in range(MAX_FIELDS)]
+    assert shown[MAX_FIELDS + 1:] == ["    ...", "    def describe(self) -> str:", "        ..."]
+
+
 def test_no_outline_when_it_would_not_be_shorter():
     chunks = analyze_source("c.py", "X = 1\n\n\ndef one():\n    return 1\n").chunks
     assert all(outline(chunk) is None or len(outline(chunk)) < len(chunk.text) for chunk in chunks)
