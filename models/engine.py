@@ -38,10 +38,11 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 # Drafts verified per step when GenerationConfig.speculate is None, by device (bench/results/NOTES.md).
 DEFAULT_SPECULATE = {"cpu": 8, "cuda": 8}
 MAX_SPECULATE = 15     # the multi-token decode kernel takes up to 16 query tokens
-# Query rows one program of the decode kernel holds (kernels.plan.MAX_BLOCK_M): a verification step whose rows
-# (query heads per KV head x tokens) fit in one tile reads K/V once. CodeLlama-34B (8 per KV head) at 9 tokens
-# takes two tiles: its attention cost 1.64x a one-token step's on an H200 (bench/results/decode-h200/), so the
-# default depth is capped at 7 drafts there.
+# Query rows one program of the decode kernel holds: kernels.plan.MAX_BLOCK_M (not imported here: importing
+# kernels defines the Triton kernels, which on a CPU must wait for TRITON_INTERPRET; a test keeps the two equal).
+# A verification step whose rows (query heads per KV head x tokens) fit in one tile reads K/V once. CodeLlama-34B
+# (8 per KV head) at 9 tokens takes two tiles: its attention cost 1.60-1.64x a one-token step's on an H200
+# (bench/results/h200-run5/decode/, h200-run6/decode/), so the default depth is capped at 7 drafts there.
 TILE_ROWS = 64
 # A prompt that differs from the cached one in at most this many trailing tokens (an editor typing a character)
 # feeds them through the graph-replayed one-token step instead of an eager prefill: on an H200 a 1-2 token prefill
@@ -346,8 +347,9 @@ class Engine:
         return [row.result(len(p), r, timings) for row, p, r in zip(rows, prompts, reused)]
 
     def _feed_tail(self, prompt: list[int], start: int) -> torch.Tensor:
-        """The logits (1, V) after prompt[start:], fed one token at a time through the graph-replayed step (the
-        cache holds prompt[:start]): what a prefill of these few tokens computes, without its eager launches."""
+        """The logits (1, V) after prompt[start:], fed one token at a time through the one-token decode step,
+        graph-replayed when graphs are on (the cache holds prompt[:start]): what a prefill of these few tokens
+        computes, without its eager launches."""
         state = self._decode_step(1)
         for position in range(start, len(prompt)):
             state.tokens.fill_(prompt[position])

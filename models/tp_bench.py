@@ -42,8 +42,10 @@ from models.tp import ONE_SHOT_MAX_BYTES, TensorParallel, random_shard, shard_co
 
 GiB = 2**30
 METHODS = ("one_shot", "nccl", "none")
-OLD_DISPATCH = "wide"          # the GEMV dispatch before split-K, the A/B's other arm (and since run 2 the
-SPLIT_K_DISPATCH = "1"         # product's default); this benchmark's main arm stays split-K, "now" in its tables
+# This benchmark's main arm ("now" in its tables) stays split-K; the A/B's other arm is the dispatch before
+# split-K, which is also the product's default since the second two-GPU run (models.llama.DEFAULT_GEMV).
+SPLIT_K_DISPATCH = "1"
+OLD_DISPATCH = "wide"
 MESSAGE_BYTES = (16 << 10, 32 << 10, 64 << 10, 128 << 10, 256 << 10, 1 << 20, 16 << 20, 64 << 20)
 CHECK_LAYERS, CHECK_PROMPT = 2, 512
 

@@ -72,8 +72,7 @@ class _Builder:
             self.node(definition, top)
             return
         if body is None:
-            members = [c for c in node.named_children if c.child_by_field_name("body") is not None
-                       or c.child_by_field_name("definition") is not None or _is_binding(c)]
+            members = [c for c in node.named_children if _has_body(c) or _is_binding(c)]
             if members and node.type not in ("expression_statement",):
                 for child in members:  # export statements, variable declarations holding functions
                     self.node(child, top)
@@ -101,12 +100,11 @@ class _Builder:
             for child in children:
                 if child is docstring or "comment" in child.type or _is_docstring(child):
                     continue  # (strings after fields document them: left out with the comments)
-                if child.child_by_field_name("body") is None and child.child_by_field_name("definition") is None:
-                    fields += 1  # a field or constant: the first MAX_FIELDS show, then one elision line
+                if not _has_body(child):  # a field or constant: the first MAX_FIELDS show, then one elision line
+                    fields += 1
+                    if fields == MAX_FIELDS + 1:
+                        self.elide_after(max(self.rows), self.indent(child.start_point.row))
                     if fields > MAX_FIELDS:
-                        if fields == MAX_FIELDS + 1 and self.rows:
-                            last = max(self.rows)
-                            self.elide_after(last, self.indent(child.start_point.row))
                         continue
                 self.node(child)
             if max(self.rows) == head_end and node.end_point.row > head_end:  # no member shown: say there are some
@@ -140,6 +138,11 @@ def _is_function(node) -> bool:
     kind = node.type
     return any(word in kind for word in ("function", "method", "lambda", "constructor", "arrow")) or kind in (
         "function_item", "closure_expression")
+
+
+def _has_body(node) -> bool:
+    """A definition (its own body, or Python's decorated one) rather than a plain statement."""
+    return node.child_by_field_name("body") is not None or node.child_by_field_name("definition") is not None
 
 
 def _is_docstring(node) -> bool:

@@ -258,3 +258,17 @@ def test_token_healing_with_speculation_gives_the_plain_greedy_output(smollm_eng
     assert spec.timings.drafted_tokens > 0          # and speculation resumed after it
     if cut > 1:
         assert needed > 1                           # the constraint really spanned several steps here
+
+
+def test_the_default_depth_keeps_a_verification_step_in_one_kernel_tile(smollm_engine):
+    """The engine's copy of the kernel's tile height is the kernel's own; the embedded model (3 query heads per
+    KV head) keeps the measured default of 8 drafts, a model of 8 per KV head (CodeLlama-34B) gets 7."""
+    from kernels.plan import MAX_BLOCK_M
+    from models.engine import DEFAULT_SPECULATE, TILE_ROWS, Engine
+    from models.llama import build_random_model
+
+    assert TILE_ROWS == MAX_BLOCK_M
+    assert smollm_engine.speculate == DEFAULT_SPECULATE["cpu"] == 8
+    config = smollm_engine.model.config.replace(n_layers=1, dim=256, n_heads=16, n_kv_heads=2, head_dim=16, ffn_dim=64)
+    grouped = build_random_model(config, device="cpu", dtype=torch.float32, max_len=64)
+    assert Engine(grouped, None, context_length=64).speculate == TILE_ROWS // 8 - 1 == 7
