@@ -174,3 +174,35 @@ def append_kv(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None, v_scale=N
             cache.view(torch.uint8)[rows, heads, pos] = values.view(torch.uint8)
         else:
             cache[rows, heads, pos] = new
+
+
+# ---- the fused dense kernels of a batch-1 decode step (kernels/fused_gemv.py), in float64 ----------------
+
+def _normed(x: torch.Tensor, norm_weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    x = x.double().reshape(-1)
+    if norm_weight is None:
+        return x
+    return x * torch.rsqrt(x.pow(2).mean() + eps) * norm_weight.double()
+
+
+def fused_gemv(x, weight, *, residual=None, norm_weight=None, eps=1e-5):
+    """float64 [residual +] rms_norm(x)? @ weight^T: x (K,), weight (N, K) -> (N,)."""
+    y = weight.double() @ _normed(x, norm_weight, eps)
+    return y if residual is None else y + residual.double().reshape(-1)
+
+
+def norm_swiglu(x, norm_weight, eps, w13):
+    """float64 silu(gate) * up of rms_norm(x) @ w13 (2F, K)^T -> (F,)."""
+    gate, up = (w13.double() @ _normed(x, norm_weight, eps)).chunk(2)
+    return torch.nn.functional.silu(gate) * up
+
+
+def qkv_rope(x, norm_weight, eps, wqkv, cos, sin, pos, n_heads, n_kv_heads):
+    """float64 q, k, v heads ((Hq + 2 Hkv) * D,) of rms_norm(x) @ wqkv^T, q and k rotated (rotate-half) by
+    the rows `pos` of the tables cos, sin (S_max, D)."""
+    D = cos.shape[-1]
+    y = (wqkv.double() @ _normed(x, norm_weight, eps)).view(-1, D)                 # (Hq + 2 Hkv, D)
+    c, s = cos[pos].double().reshape(D), sin[pos].double().reshape(D)
+    rot = y[:n_heads + n_kv_heads]
+    y[:n_heads + n_kv_heads] = rot * c + torch.cat((-rot[:, D // 2:], rot[:, :D // 2]), dim=-1) * s
+    return y.reshape(-1)

@@ -80,8 +80,18 @@ def steady_decode(model, batch: int, context: int, backend: str, width: int = 1)
 
 
 def ours_step_us(model, batch: int, context: int, backend: str, replays: int, width: int = 1) -> float:
-    """µs per decode step (graph replay) with `context` tokens in every row, through `backend`."""
-    return graph_replay_us(steady_decode(model, batch, context, backend, width), replays)
+    """µs per decode step (graph replay) with `context` tokens in every row, through `backend`; a backend
+    named "NAME:unfused" runs the compiled general step where the fused one would (models/fused_decode.py),
+    "NAME:nopdl" launches no kernel as a programmatic dependent launch."""
+    import kernels.interface
+    backend, _, variant = backend.partition(":")
+    fused, pdl = model.fused_decode, kernels.interface.PDL_SUPPORTED
+    model.fused_decode = fused and variant != "unfused"
+    kernels.interface.PDL_SUPPORTED = pdl and variant != "nopdl"
+    try:
+        return graph_replay_us(steady_decode(model, batch, context, backend, width), replays)
+    finally:
+        model.fused_decode, kernels.interface.PDL_SUPPORTED = fused, pdl
 
 
 @torch.no_grad()
@@ -120,6 +130,13 @@ def check_backends_and_compile(model, log) -> dict:
     uncompiled = logits(model, "flash")
     model.compile_dense()
     result["bf16_compiled_vs_uncompiled"] = rel(logits(model, "flash"), uncompiled)
+    if model.fused_decode:   # one sequence, one token: the fused step against the compiled general one
+        one = Decode(input_pos[:1], (input_pos[:1] + 1).to(torch.int32), "flash")
+        fused = model.decode(tokens[:1], one).float()
+        model.fused_decode = False
+        general = model.decode(tokens[:1], one).float()
+        model.fused_decode = True
+        result["bf16_fused_vs_compiled"] = rel(fused, general)
     log(f"  logits check (relative L2): {result}")
     model.free_caches()
     return result
@@ -408,6 +425,9 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", default="one_shot,none",
                         help="--gpus: all-reduces to time (one_shot, nccl, none: no communication, the compute alone)")
     parser.add_argument("--sweep", action="store_true", help="--gpus: the collectives by message size too")
+    parser.add_argument("--backends", default=",".join(BACKENDS),
+                        help="our attention backends to time; NAME:unfused runs the compiled general step where "
+                             "the fused one-token step would (A/B)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
     if (started := begin_run("models.bench", args.out)) is None:
@@ -438,7 +458,7 @@ def main(argv=None) -> int:
         name = f"CodeLlama-{name}" if not name.startswith(("CodeLlama", "SmolLM")) else name
         n_layers = args.layers_34b or None if "34B" in name else None
         rows += bench_ours(name, n_layers, contexts, batches, bandwidth, args.replays, log, checks,
-                           kv_caches=args.kv_caches.split(","))
+                           kv_caches=args.kv_caches.split(","), backends=args.backends.split(","))
         save()
         if kinds:
             hf_contexts = [c for c in (int(c) for c in args.hf_contexts.split(",")) if c in contexts]

@@ -23,6 +23,7 @@ from torch import nn
 
 from models.attention import decode_attention, prefill_attention
 from models.config import ModelConfig, preset
+from models.fused_decode import decode_one_token
 from models.kv_cache import KVCache, check_kv_cache_fits
 
 
@@ -253,6 +254,7 @@ class Transformer(nn.Module):
         self.rope = RotaryEmbedding(config, max_len or config.context_limit)
         self.dense = DenseKernels()            # what runs around attention (models/tp.py swaps in its own)
         self.decode_kernels = self.dense       # what decode steps run: `compile_dense` compiles `dense`
+        self.fused_decode = False              # one-token batch-1 steps on the fused kernels (models/fused_decode.py)
         self.requires_grad_(False)
         self._tie_weights()
 
@@ -274,9 +276,12 @@ class Transformer(nn.Module):
         arguments), every backend and every context length. Decode only: prefill shapes vary per call.
         Inductor fuses the elementwise chains into the matmuls' neighbours, leaving a handful of kernels
         per layer, which is what lets a graph-replayed step approach the memory roofline.
+        On a GPU, one-token steps of one sequence go further: `fused_decode` (six kernels per layer, no
+        compilation) unless CODECOMPLETE_FUSED=0 or the dense parts are not the plain ones (tensor parallel).
         """
         if self.output.weight.is_cuda:
             use_gemv(os.environ.get("CODECOMPLETE_GEMV", DEFAULT_GEMV))
+            self.fused_decode = os.environ.get("CODECOMPLETE_FUSED", "1") != "0" and self.dense == DenseKernels()
         compile = functools.partial(torch.compile, fullgraph=True, dynamic=False)
         self.decode_kernels = DenseKernels(*(compile(f) for f in self.dense))
 
@@ -319,6 +324,8 @@ class Transformer(nn.Module):
 
         Returns float32 logits (B, T, V), or (B, V) for T = 1 (the plain decode step).
         """
+        if self.fused_decode and tokens.shape == (1, 1):
+            return decode_one_token(self, tokens, step)
         T = tokens.shape[1]
         positions = step.input_pos[:, None] + torch.arange(T, device=tokens.device)  # (B, T)
         cos, sin = self.rope(positions)                                          # (B, T, D)

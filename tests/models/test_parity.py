@@ -51,11 +51,14 @@ def test_prefill_logits_match_transformers(case):
     assert expected.abs().max() > 1.0   # not a degenerate all-zero comparison
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_decode_logits_match_transformers_step_by_step(case, backend):
+@pytest.mark.parametrize("backend, fused", [(b, False) for b in BACKENDS] + [("eager", True), ("flash", True)])
+def test_decode_logits_match_transformers_step_by_step(case, backend, fused, monkeypatch):
+    """fused: the one-token step on the fused dense kernels (models/fused_decode.py, the GPU's hot path), here
+    in the Triton interpreter: its norms, RoPE tables, cache write and SwiGLU must match transformers too."""
     directory, engine, ids = case
     hf = reference(directory)
     model = engine.model
+    monkeypatch.setattr(model, "fused_decode", fused)
     with torch.no_grad():
         out = hf(ids[:, :PROMPT_LEN], use_cache=True)
         model.prefill(ids[:, :PROMPT_LEN])

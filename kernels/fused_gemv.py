@@ -1,0 +1,385 @@
+"""The batch-1 decode step's dense kernels: a GEMV with its neighbours fused, six launches per layer.
+
+A decode step at batch 1 streams every weight once; what it does between the matrix-vector products
+(two RMSNorms, RoPE, the cache write, SwiGLU, two residual adds) moves almost no bytes, but as separate
+kernels it costs a launch and a ramp each: on an H200 at 4k context about 0.45 ms of a 4.8 ms step
+for CodeLlama-7B. Here each of those rides on the GEMV next to it, so a layer is
+
+    qkv_rope      RMSNorm -> x @ wqkv^T -> RoPE on q and k -> k, v into a bf16/fp16 cache at `pos`
+    (attention)   flash_decode's split and combine kernels
+    gemv          attn @ wo^T + x                     (the residual as the epilogue)
+    norm_swiglu   RMSNorm -> x @ w13^T -> silu(gate) * up
+    gemv          m @ w2^T + h
+and the logits are `gemv` with the final norm, stored in float32.
+
+One program reduces BLOCK_N rows of W over all of K in BLOCK_K chunks (fp32). The RMSNorm prologue needs
+no extra pass: every program reads all of x anyway, so it sums x^2 along the way and scales its dot
+products by rsqrt(mean + eps) at the end (exact: the norm's scalar factors out of the sum). The paired
+epilogues need two rows that are far apart in W, so a program takes BLOCK_N / 2 row pairs instead of
+BLOCK_N neighbours, with no change to the weights' layout: gate row i with up row ffn_dim + i, and for
+RoPE (Hugging Face's rotate-half layout) row j of a head with row j + D/2.
+
+Numerics: everything between the loads of W and the store of y is fp32, where Hugging Face rounds to the
+activation dtype after the norm, after each projection and inside RoPE: results differ from the unfused
+chain by bf16 rounding, not more (tests/kernels/test_fused_gemv.py bounds both against float64).
+
+With PDL (Hopper, `kernels.interface.PDL_SUPPORTED`) each kernel is a programmatic dependent launch: its
+programs become resident while the previous kernel drains and wait at `gdc_wait` before touching x, and
+it lets its own successor launch as soon as all its programs run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+from kernels.gemv import BLOCK_K, BLOCK_N, NUM_STAGES, NUM_WARPS
+
+PLAIN, RESIDUAL, SWIGLU, ROPE = 0, 1, 2, 3     # epilogues
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@triton.jit
+def _dot_rows(X, NORM_W, W, rows_a, rows_b, K, stride_wn, BLOCK_K: tl.constexpr, NORM: tl.constexpr,
+              PAIRED: tl.constexpr):
+    """fp32 sums over all of K of W[rows] * x' (x' = x * NORM_W with NORM, else x) for rows_a and, PAIRED,
+    rows_b (R,) in the same pass; and the sum of x^2 (the RMSNorm's statistic, read on the way)."""
+    offs_k = tl.arange(0, BLOCK_K)
+    w_a = W + rows_a[:, None].to(tl.int64) * stride_wn                                 # (R, 1)
+    w_b = W + rows_b[:, None].to(tl.int64) * stride_wn
+    acc_a = tl.zeros([rows_a.shape[0], BLOCK_K], dtype=tl.float32)
+    acc_b = tl.zeros([rows_a.shape[0], BLOCK_K], dtype=tl.float32)
+    sumsq = tl.zeros([BLOCK_K], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + offs_k
+        mask_k = cols < K
+        x = tl.load(X + cols, mask=mask_k, other=0.0).to(tl.float32)                 # (BLOCK_K,)
+        if NORM:
+            sumsq += x * x
+            x = x * tl.load(NORM_W + cols, mask=mask_k, other=0.0).to(tl.float32)
+        acc_a += tl.load(w_a + cols[None, :], mask=mask_k[None, :], other=0.0).to(tl.float32) * x[None, :]
+        if PAIRED:
+            acc_b += tl.load(w_b + cols[None, :], mask=mask_k[None, :], other=0.0).to(tl.float32) * x[None, :]
+    return tl.sum(acc_a, axis=1), tl.sum(acc_b, axis=1), tl.sum(sumsq, axis=0)
+
+
+@triton.jit
+def _store_kv(K_CACHE, V_CACHE, rows, val, mask, pos, q_rows, kv_rows, stride_ch, stride_cs,
+              HEAD_DIM: tl.constexpr):
+    """Rows of the fused q/k/v output that are k or v, into the caches at (head, pos, d)."""
+    kv = rows - q_rows
+    is_kv = mask & (kv >= 0)
+    kv = tl.where(is_kv, kv, 0)
+    within = kv % kv_rows
+    offset = (within // HEAD_DIM) * stride_ch + pos * stride_cs + within % HEAD_DIM
+    tl.store(K_CACHE + offset, val.to(K_CACHE.dtype.element_ty), mask=is_kv & (kv < kv_rows))
+    tl.store(V_CACHE + offset, val.to(V_CACHE.dtype.element_ty), mask=is_kv & (kv >= kv_rows))
+
+
+@triton.jit
+def _fused_gemv_kernel(
+    X, NORM_W, W, Y, RES, COS, SIN, POS, K_CACHE, V_CACHE,
+    N, K, stride_wn, eps, pair_offset, rot_rows, q_rows, kv_rows, stride_ch, stride_cs, n_slots,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NORM: tl.constexpr, EPILOGUE: tl.constexpr,
+    HEAD_DIM: tl.constexpr, WRITE_CACHE: tl.constexpr, USE_PDL: tl.constexpr, INTERLEAVE: tl.constexpr,
+):
+    if USE_PDL:
+        gdc_wait()                 # x (and the residual) come from the previous kernel
+        gdc_launch_dependents()    # the next kernel's programs may get resident as ours drain
+    pid = tl.program_id(0)
+    if EPILOGUE == 2 or EPILOGUE == 3:                       # paired rows: BLOCK_N / 2 pairs per program
+        p = pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)                          # (BLOCK_N/2,) pair index
+        mask = p < N // 2
+        p = tl.where(mask, p, 0)
+        if EPILOGUE == 2:          # SwiGLU: gate row p, up row pair_offset + p
+            rows_a = p
+        else:                      # RoPE: rows j and j + D/2 of one head
+            rows_a = (p // (HEAD_DIM // 2)) * HEAD_DIM + p % (HEAD_DIM // 2)
+        rows_b = rows_a + pair_offset
+        if INTERLEAVE:             # one (BLOCK_N, BLOCK_K) tile of rows a0 b0 a1 b1 ..., split after the sum
+            pairs = tl.reshape(tl.join(rows_a, rows_b), (BLOCK_N,))
+            ab, _, sumsq = _dot_rows(X, NORM_W, W, pairs, pairs, K, stride_wn, BLOCK_K, NORM, False)
+            a, b = tl.split(tl.reshape(ab, (BLOCK_N // 2, 2)))
+        else:                      # two (BLOCK_N / 2, BLOCK_K) tiles
+            a, b, sumsq = _dot_rows(X, NORM_W, W, rows_a, rows_b, K, stride_wn, BLOCK_K, NORM, True)
+        if NORM:
+            rstd = 1.0 / tl.sqrt(sumsq / K + eps)
+            a = a * rstd
+            b = b * rstd
+        if EPILOGUE == 2:
+            tl.store(Y + p, (a * tl.sigmoid(a) * b).to(Y.dtype.element_ty), mask=mask)
+        else:
+            pos = tl.load(POS)
+            in_cache = (p * 0 + pos) < n_slots    # (BLOCK_N/2,): past the cache is dropped, not written
+            pos = tl.where(pos < n_slots, pos, 0)
+            j = p % (HEAD_DIM // 2)
+            cos_a = tl.load(COS + pos * HEAD_DIM + j)
+            sin_a = tl.load(SIN + pos * HEAD_DIM + j)
+            cos_b = tl.load(COS + pos * HEAD_DIM + j + HEAD_DIM // 2)
+            sin_b = tl.load(SIN + pos * HEAD_DIM + j + HEAD_DIM // 2)
+            rotate = rows_a < rot_rows                                                  # q and k heads
+            a_out = tl.where(rotate, a * cos_a - b * sin_a, a)
+            b_out = tl.where(rotate, b * cos_b + a * sin_b, b)
+            tl.store(Y + rows_a, a_out.to(Y.dtype.element_ty), mask=mask)
+            tl.store(Y + rows_b, b_out.to(Y.dtype.element_ty), mask=mask)
+            if WRITE_CACHE:
+                _store_kv(K_CACHE, V_CACHE, rows_a, a_out, mask & in_cache, pos, q_rows, kv_rows, stride_ch, stride_cs,
+                          HEAD_DIM)
+                _store_kv(K_CACHE, V_CACHE, rows_b, b_out, mask & in_cache, pos, q_rows, kv_rows, stride_ch, stride_cs,
+                          HEAD_DIM)
+    else:
+        rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)                                   # (BLOCK_N,)
+        mask = rows < N
+        rows = tl.where(mask, rows, 0)
+        y, _, sumsq = _dot_rows(X, NORM_W, W, rows, rows, K, stride_wn, BLOCK_K, NORM, False)
+        if NORM:
+            y = y / tl.sqrt(sumsq / K + eps)
+        if EPILOGUE == 1:
+            y += tl.load(RES + rows, mask=mask, other=0.0).to(tl.float32)
+        tl.store(Y + rows, y.to(Y.dtype.element_ty), mask=mask)
+
+
+class Config(NamedTuple):
+    """How one fused kernel is launched: rows and columns per program step, warps, pipeline stages, and for
+    paired epilogues whether the two rows of a pair share one tile (interleaved) or load as two."""
+    block_n: int = BLOCK_N
+    block_k: int = BLOCK_K
+    num_warps: int = NUM_WARPS
+    num_stages: int = NUM_STAGES
+    interleave: bool = False
+
+
+# Per kernel: the defaults for CodeLlama-7B's shapes (the plain GEMV's H100 choice until measured on an H200).
+# CODECOMPLETE_FUSED_CONFIGS=FILE (JSON {kind: [block_n, block_k, num_warps, num_stages, interleave]}, as
+# `python -m kernels.fused_gemv --write-configs FILE` writes it) replaces them: for tuning runs.
+CONFIGS = {"qkv_rope": Config(16, 256, 4, 4), "norm_swiglu": Config(8, 256, 2, 4), "gemv": Config(),
+           "gemv_deep": Config(), "gemv_norm": Config(4, 512, 4, 4)}
+if os.environ.get("CODECOMPLETE_FUSED_CONFIGS"):
+    with open(os.environ["CODECOMPLETE_FUSED_CONFIGS"]) as f:
+        CONFIGS.update({kind: Config(*values) for kind, values in json.load(f).items()})
+
+
+def _config(kind: str, x: torch.Tensor, overrides: dict, pairs_per_head: int = 0) -> Config:
+    """The launch configuration of `kind`, with any fields the caller gives. The CPU interpreter runs
+    programs one after another: 16 rows per program there (fewer programs, same arithmetic). Paired rows
+    need block_n / 2 to divide a head's pairs."""
+    config = CONFIGS[kind]._replace(**overrides)
+    if not x.is_cuda and "block_n" not in overrides:
+        config = config._replace(block_n=16)
+    if pairs_per_head and pairs_per_head % (config.block_n // 2):
+        config = config._replace(block_n=2 * math.gcd(pairs_per_head, config.block_n // 2))
+    return config
+
+
+def _use_pdl(x: torch.Tensor) -> bool:
+    from kernels.interface import PDL_SUPPORTED
+    return x.is_cuda and PDL_SUPPORTED and torch.cuda.get_device_capability(x.device)[0] >= 9
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor, what: str) -> int:
+    K = weight.shape[1]
+    if x.numel() != K or not x.is_contiguous() or weight.stride(1) != 1:
+        raise ValueError(f"{what}: x must hold one contiguous row of {K} (weight {tuple(weight.shape)}, "
+                         f"contiguous rows), got x {tuple(x.shape)}")
+    if x.dtype not in DTYPES or weight.dtype != x.dtype:
+        raise ValueError(f"{what}: x and weight must share a dtype of {DTYPES}, got {x.dtype} and {weight.dtype}")
+    return K
+
+
+def _launch(config: Config, grid_rows: int, x, weight, y, *, norm_weight=None, eps=0.0, epilogue=PLAIN,
+            residual=None, rope=None, cache=None, pair_offset=0, rot_rows=0, q_rows=0, kv_rows=0,
+            head_dim=2) -> torch.Tensor:
+    cos, sin, pos = rope if rope is not None else (y, y, y)
+    k_cache, v_cache = cache if cache is not None else (y, y)
+    stride_ch, stride_cs = (k_cache.stride(1), k_cache.stride(2)) if cache is not None else (0, 0)
+    n_slots = min(k_cache.shape[2], cos.shape[0]) if cache is not None else cos.shape[0] if rope else 0
+    use_pdl = _use_pdl(x)
+    block_k = min(config.block_k, triton.next_power_of_2(weight.shape[1]))   # no half-empty chunks for small K
+    _fused_gemv_kernel[(grid_rows,)](
+        x, norm_weight if norm_weight is not None else x, weight, y, residual if residual is not None else y,
+        cos, sin, pos, k_cache, v_cache,
+        weight.shape[0], weight.shape[1], weight.stride(0), float(eps), pair_offset, rot_rows, q_rows, kv_rows,
+        stride_ch, stride_cs, n_slots,
+        BLOCK_N=config.block_n, BLOCK_K=block_k, NORM=norm_weight is not None, EPILOGUE=epilogue,
+        HEAD_DIM=head_dim, WRITE_CACHE=cache is not None, USE_PDL=use_pdl, INTERLEAVE=config.interleave,
+        num_warps=config.num_warps, num_stages=config.num_stages, **({"launch_pdl": True} if use_pdl else {}))
+    return y
+
+
+def gemv(x: torch.Tensor, weight: torch.Tensor, *, residual: torch.Tensor | None = None,
+         norm_weight: torch.Tensor | None = None, eps: float = 1e-5, out_dtype: torch.dtype | None = None,
+         **config) -> torch.Tensor:
+    """y (N,) = [residual (N,) +] x' @ weight (N, K)^T, x' = rms_norm(x (K,), norm_weight (K,)) or x.
+
+    The output projection (residual), the logits (norm_weight, out_dtype=torch.float32), any plain one.
+    """
+    K = _check(x, weight, "gemv")
+    N = weight.shape[0]
+    if residual is not None and (residual.numel() != N or not residual.is_contiguous()):
+        raise ValueError(f"gemv: residual must be one contiguous row of {N}, got {tuple(residual.shape)}")
+    if norm_weight is not None and norm_weight.numel() != K:
+        raise ValueError(f"gemv: norm_weight must hold {K} values, got {tuple(norm_weight.shape)}")
+    y = torch.empty(N, dtype=out_dtype or x.dtype, device=x.device)
+    kind = "gemv_norm" if norm_weight is not None else "gemv_deep" if N < K else "gemv"
+    c = _config(kind, x, config)
+    return _launch(c, triton.cdiv(N, c.block_n), x, weight, y, norm_weight=norm_weight, eps=eps,
+                   epilogue=RESIDUAL if residual is not None else PLAIN, residual=residual)
+
+
+def norm_swiglu(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, w13: torch.Tensor,
+                **config) -> torch.Tensor:
+    """silu(gate) * up (F,) with gate, up = split(rms_norm(x (K,), norm_weight) @ w13 (2F, K)^T, F)."""
+    K = _check(x, w13, "norm_swiglu")
+    if w13.shape[0] % 2 or norm_weight.numel() != K:
+        raise ValueError(f"norm_swiglu: w13 must stack gate and up (2F, K), norm_weight ({K},): got "
+                         f"{tuple(w13.shape)} and {tuple(norm_weight.shape)}")
+    F = w13.shape[0] // 2
+    y = torch.empty(F, dtype=x.dtype, device=x.device)
+    c = _config("norm_swiglu", x, config)
+    return _launch(c, triton.cdiv(F, c.block_n // 2), x, w13, y, norm_weight=norm_weight, eps=eps,
+                   epilogue=SWIGLU, pair_offset=F)
+
+
+def qkv_rope(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, wqkv: torch.Tensor, cos: torch.Tensor,
+             sin: torch.Tensor, pos: torch.Tensor, n_heads: int, n_kv_heads: int,
+             cache: tuple[torch.Tensor, torch.Tensor] | None = None, **config) -> torch.Tensor:
+    """q, k, v of one token: rms_norm(x (K,), norm_weight) @ wqkv ((Hq + 2 Hkv) * D, K)^T, RoPE at position
+    pos (1,) int64 on q and k from the tables cos, sin (S_max, D) float32 (rotate-half layout).
+
+    Returns (Hq + 2 Hkv) * D values: q, k, v heads in that order. With `cache` = (k_cache, v_cache), each
+    (1, Hkv, S_max, D) of x's dtype with a contiguous last dim, k and v are also stored at slot pos (a
+    position past the cache or the tables is not written, and rotates as position 0: the caller's to refuse).
+    """
+    K = _check(x, wqkv, "qkv_rope")
+    D = cos.shape[-1]
+    N = wqkv.shape[0]
+    if N != (n_heads + 2 * n_kv_heads) * D or D % 2 or norm_weight.numel() != K or pos.numel() != 1:
+        raise ValueError(f"qkv_rope: wqkv {tuple(wqkv.shape)} does not hold {n_heads} + 2 x {n_kv_heads} heads "
+                         f"of {D} (or norm_weight {tuple(norm_weight.shape)}, pos {tuple(pos.shape)} is off)")
+    if cos.dtype != torch.float32 or sin.shape != cos.shape or pos.dtype != torch.int64:
+        raise ValueError("qkv_rope: cos and sin must be float32 tables (S_max, D), pos int64")
+    if cache is not None:
+        k_cache, v_cache = cache
+        want = (1, n_kv_heads, k_cache.shape[2], D)
+        if (k_cache.shape != want or v_cache.shape != want or k_cache.stride() != v_cache.stride()
+                or k_cache.stride(3) != 1 or k_cache.dtype != x.dtype or v_cache.dtype != x.dtype):
+            raise ValueError(f"qkv_rope: caches must be {want} of {x.dtype} with one layout and a contiguous "
+                             f"last dim, got {tuple(k_cache.shape)} {k_cache.dtype}")
+    y = torch.empty(N, dtype=x.dtype, device=x.device)
+    c = _config("qkv_rope", x, config, pairs_per_head=D // 2)
+    return _launch(c, triton.cdiv(N // 2, c.block_n // 2), x, wqkv, y, norm_weight=norm_weight, eps=eps, epilogue=ROPE,
+                   rope=(cos, sin, pos), cache=cache, pair_offset=D // 2, rot_rows=(n_heads + n_kv_heads) * D,
+                   q_rows=n_heads * D, kv_rows=n_kv_heads * D, head_dim=D)
+
+
+def compile_facts(arch: int = 90) -> dict:
+    """Build each epilogue for a GPU target without a GPU, bf16, PDL on, as the decode step launches them:
+    facts about each binary (must run without TRITON_INTERPRET, see kernels/compile_check.py)."""
+    from triton.backends.compiler import GPUTarget
+
+    from kernels.compile_check import _compile
+    pointers = dict(X="*bf16", NORM_W="*bf16", W="*bf16", Y="*bf16", RES="*bf16", COS="*fp32", SIN="*fp32",
+                    POS="*i64", K_CACHE="*bf16", V_CACHE="*bf16")
+    facts = {}
+    for name, epilogue, norm, cache in (("wo+residual", RESIDUAL, False, False), ("logits", PLAIN, True, False),
+                                        ("w13 swiglu", SWIGLU, True, False), ("wqkv rope cache", ROPE, True, True)):
+        binary = _compile(_fused_gemv_kernel, dict(pointers, Y="*fp32") if name == "logits" else pointers,
+                          dict(BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, NORM=norm, EPILOGUE=epilogue, HEAD_DIM=128,
+                               WRITE_CACHE=cache, USE_PDL=True, INTERLEAVE=False),
+                          GPUTarget("cuda", arch, 32), NUM_WARPS, NUM_STAGES, floats=("eps",))
+        ptx = binary.asm["ptx"]
+        facts[name] = {"cubin_bytes": len(binary.asm["cubin"]),
+                       "vector_loads": sum("ld.global.v4" in line for line in ptx.splitlines()),
+                       "pdl_wait": "griddepcontrol.wait" in ptx}
+    return facts
+
+
+# ---- GPU benchmark -------------------------------------------------------------------------------
+
+# Configurations to time per kernel (block_n, block_k, num_warps, num_stages); paired kernels both ways.
+_PAIRED = [(16, 256, 4, 4), (16, 256, 4, 3), (16, 256, 4, 5), (16, 256, 8, 4), (16, 512, 4, 3), (16, 512, 8, 3),
+           (32, 128, 4, 4), (32, 256, 8, 4), (8, 256, 2, 4), (8, 512, 4, 3), (16, 128, 4, 6), (8, 128, 2, 6)]
+_PLAIN = [(4, 1024, 4, 3), (4, 1024, 4, 4), (4, 512, 4, 4), (2, 2048, 4, 3), (2, 1024, 4, 4), (4, 2048, 8, 3),
+          (4, 1024, 8, 3), (2, 1024, 2, 4), (4, 512, 2, 4), (8, 512, 4, 4), (4, 512, 4, 5), (8, 256, 4, 4)]
+SWEEP = {"qkv_rope": [Config(*c, interleave=i) for i in (False, True) for c in _PAIRED],
+         "norm_swiglu": [Config(*c, interleave=i) for i in (False, True) for c in _PAIRED],
+         "gemv": [Config(*c) for c in _PLAIN], "gemv_deep": [Config(*c) for c in _PLAIN],
+         "gemv_norm": [Config(*c) for c in _PLAIN]}
+
+
+def main(argv=None) -> int:
+    """GPU: graph-replay µs of each fused kernel at CodeLlama-7B's shapes in each configuration (weights
+    rotated past the L2), the share of the copy bandwidth each reaches, cuBLAS on the bare projection
+    beside it; the largest error of the default configuration against float64."""
+    import argparse
+
+    import torch.nn.functional as F
+
+    from kernels.bench import copy_bandwidth, graph_replay_us
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("--json", default="")
+    parser.add_argument("--replays", type=int, default=10)
+    parser.add_argument("--write-configs", default="", metavar="FILE",
+                        help="write each kernel's fastest configuration here (CODECOMPLETE_FUSED_CONFIGS reads it)")
+    args = parser.parse_args(argv)
+    bandwidth = copy_bandwidth()
+    rotate = max(64 << 20, 2 * (getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 0) or 0))
+    dim, ffn, heads, D, S, vocab = 4096, 11008, 32, 128, 4096, 32016
+    dt, dev = torch.bfloat16, "cuda"
+    x, norm_w = torch.randn(dim, device=dev, dtype=dt), torch.rand(dim, device=dev, dtype=dt) + 0.5
+    m = torch.randn(ffn, device=dev, dtype=dt)
+    cos, sin = torch.rand(S, D, device=dev), torch.rand(S, D, device=dev)
+    pos = torch.tensor([S - 1], device=dev)
+    caches = (torch.randn(1, heads, S, D, device=dev, dtype=dt), torch.randn(1, heads, S, D, device=dev, dtype=dt))
+    ops = {   # name: (kind, weight shape, input to cuBLAS, call(weight, **config))
+        "wqkv rope cache": ("qkv_rope", (3 * dim, dim), x, lambda w, **c: qkv_rope(x, norm_w, 1e-5, w, cos, sin, pos, heads,
+                                                                       heads, cache=caches, **c)),
+        "wo + residual": ("gemv", (dim, dim), x, lambda w, **c: gemv(x, w, residual=x, **c)),
+        "w13 swiglu": ("norm_swiglu", (2 * ffn, dim), x, lambda w, **c: norm_swiglu(x, norm_w, 1e-5, w, **c)),
+        "w2 + residual": ("gemv_deep", (dim, ffn), m, lambda w, **c: gemv(m, w, residual=x, **c)),
+        "logits fp32": ("gemv_norm", (vocab, dim), x, lambda w, **c: gemv(x, w, norm_weight=norm_w, out_dtype=torch.float32, **c)),
+    }
+    print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s; weights rotated over {rotate >> 20} MiB", flush=True)
+    rows, best_configs = [], {}
+    for name, (kind, shape, inp, call) in ops.items():
+        copies = max(1, -(-rotate // (shape[0] * shape[1] * 2)))
+        ws = [torch.randn(*shape, device=dev, dtype=dt) * 0.02 for _ in range(copies)]
+        floor = shape[0] * shape[1] * 2 / bandwidth * 1e6
+        row = {"op": name, "shape": shape, "floor_us": floor,
+               "cublas_us": graph_replay_us(lambda: [F.linear(inp[None], w) for w in ws], args.replays) / copies,
+               "configs": []}
+        for config in [CONFIGS[kind]] + [c for c in SWEEP[kind] if c != CONFIGS[kind]]:
+            try:
+                us = graph_replay_us(lambda: [call(w, **config._asdict()) for w in ws], args.replays) / copies
+            except Exception as error:   # a configuration this kernel cannot take: say so, go on
+                us = float("nan")
+                print(f"  {name} {tuple(config)}: {type(error).__name__}: {str(error)[:120]}")
+            row["configs"].append(config._asdict() | {"us": us})
+        best = min((c for c in row["configs"] if c["us"] == c["us"]), key=lambda c: c["us"])
+        best_configs[kind] = [best[k] for k in Config._fields]
+        first = row["configs"][0]
+        print(f"{name:16s} {str(shape):14s} floor {floor:6.1f} µs  cuBLAS (bare) {row['cublas_us']:6.1f} "
+              f"({100 * floor / row['cublas_us']:3.0f}%)  default {first['us']:6.1f} ({100 * floor / first['us']:3.0f}%)  "
+              f"best {best['us']:6.1f} ({100 * floor / best['us']:3.0f}%) "
+              f"{tuple(best[k] for k in Config._fields)}", flush=True)
+        rows.append(row)
+        del ws
+        torch.cuda.empty_cache()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"copy_bandwidth": bandwidth, "rows": rows}, f, indent=1)
+    if args.write_configs:
+        with open(args.write_configs, "w") as f:
+            json.dump(best_configs, f)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

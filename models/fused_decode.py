@@ -1,0 +1,48 @@
+"""The product's hot step on the fused dense kernels: one sequence, one new token, six kernels per layer.
+
+A keystroke's completion decodes one sequence a token at a time, and on a GPU that step is a chain of
+matrix-vector products whose neighbours (norms, RoPE, the cache write, SwiGLU, residuals) cost more in
+launches than in bytes. `decode_one_token` runs each layer as
+
+    qkv_rope -> attention (any backend) -> gemv(wo) + x -> norm_swiglu(w13) -> gemv(w2) + h
+
+(kernels/fused_gemv.py), and the logits as one normed GEMV stored in float32. A bf16/fp16 cache is written
+by qkv_rope itself; an 8-bit cache still goes through `KVCache.update`, which quantizes it. Everything
+else (a batch, a verification step of 1 + k tokens, tensor-parallel ranks, the CPU) runs the general,
+compiled path of `Transformer.decode`, which this step matches to bf16 rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from models.attention import decode_attention
+
+
+def decode_one_token(model, token: torch.Tensor, step) -> torch.Tensor:
+    """model: a `models.llama.Transformer` with caches; token (1, 1) at position step.input_pos (1,).
+
+    Returns float32 logits (1, V), no host sync (capturable in a CUDA graph).
+    """
+    from kernels.fused_gemv import gemv, norm_swiglu, qkv_rope
+    c = model.config
+    Hq, Hkv, D = c.n_heads, c.n_kv_heads, c.head_dim
+    x = model.tok_embeddings(token).reshape(c.dim)                                       # (dim,)
+    for layer in model.layers:
+        a, f = layer.attention, layer.feed_forward
+        cache = a.kv_cache
+        in_place = cache.k_scale is None and cache.k.dtype == x.dtype
+        qkv = qkv_rope(x, layer.attention_norm.weight, layer.attention_norm.eps, a.wqkv.weight,
+                       model.rope.cos, model.rope.sin, step.input_pos, Hq, Hkv,
+                       cache=(cache.k[:1], cache.v[:1]) if in_place else None)           # ((Hq + 2 Hkv) * D,)
+        q, k, v = (t.view(1, -1, 1, D) for t in qkv.split([Hq * D, Hkv * D, Hkv * D]))  # (1, H, 1, D)
+        view = cache.rows(0, 1) if in_place else cache.update(step.input_pos, k, v)
+        if step.kv_len is not None:
+            view = view.prefix(step.kv_len)
+        attn = decode_attention(step.backend, q, view, step.cache_seqlens, step.exact)  # (1, Hq, 1, D)
+        h = gemv(attn.reshape(Hq * D).contiguous(), a.wo.weight, residual=x)           # (dim,)
+        m = norm_swiglu(h, layer.ffn_norm.weight, layer.ffn_norm.eps, f.w13.weight)     # (ffn_dim,)
+        x = gemv(m, f.w2.weight, residual=h)                                             # (dim,)
+    logits = gemv(x, model.output.weight, norm_weight=model.norm.weight, eps=model.norm.eps,
+                  out_dtype=torch.float32)
+    return logits.view(1, -1)                                                            # (1, V)
