@@ -156,11 +156,13 @@ class Config(NamedTuple):
     interleave: bool = False
 
 
-# Per kernel: the defaults for CodeLlama-7B's shapes (the plain GEMV's H100 choice until measured on an H200).
+# Per kernel: the fastest of `python -m kernels.fused_gemv`'s sweep at CodeLlama-7B's shapes on one H200
+# (bench/results/h200-fused-explore/fused-gemv.txt, 2026-11-30): 87% of the copy bandwidth for wqkv, 89% for
+# w13 (cuBLAS on the bare projections: 79%, 84%), 81% for w2 (74%), 91% for the logits (92%).
 # CODECOMPLETE_FUSED_CONFIGS=FILE (JSON {kind: [block_n, block_k, num_warps, num_stages, interleave]}, as
 # `python -m kernels.fused_gemv --write-configs FILE` writes it) replaces them: for tuning runs.
-CONFIGS = {"qkv_rope": Config(16, 256, 4, 4), "norm_swiglu": Config(8, 256, 2, 4), "gemv": Config(),
-           "gemv_deep": Config(), "gemv_norm": Config(4, 512, 4, 4)}
+CONFIGS = {"qkv_rope": Config(16, 256, 4, 3, True), "norm_swiglu": Config(8, 512, 4, 3, True),
+           "gemv": Config(2, 1024, 4, 4), "gemv_deep": Config(2, 1024, 2, 4), "gemv_norm": Config(8, 256, 4, 4)}
 if os.environ.get("CODECOMPLETE_FUSED_CONFIGS"):
     with open(os.environ["CODECOMPLETE_FUSED_CONFIGS"]) as f:
         CONFIGS.update({kind: Config(*values) for kind, values in json.load(f).items()})

@@ -91,7 +91,7 @@ def markdown(env: dict, rows: list[dict], peer: dict, model: str = "CodeLlama-7B
              "| context | " + " | ".join(f"ours {b}" for b in backends) + " | ours flash, fp8 cache "
              "| llama.cpp F16 KV | llama.cpp q8_0 KV | flash / llama.cpp F16 | fp8 / llama.cpp best "
              "| fp8 / llama.cpp q8_0 | roofline bf16 (copy, read) | roofline fp8 (copy, read) |",
-             "|---" * (len(backends) + 10) + "|"]
+             "|---" * (len(backends) + 9) + "|"]
     nan = float("nan")
     for context in contexts:
         bf16, fp8 = ours["rows"].get(("bf16", context)), ours["rows"].get(("fp8", context))
