@@ -19,14 +19,15 @@ import torch
 
 def _ms(fn, repeats: int = 5) -> float:
     times = []
-    for _ in range(repeats + 1):
+    for _ in range(repeats + 1 if repeats else 1):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
         end.record()
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
-    return sorted(times[1:])[len(times[1:]) // 2]
+    kept = times[1:] if repeats else times      # repeats=0: the one first call, shape-specific setup included
+    return sorted(kept)[len(kept) // 2]
 
 
 @torch.no_grad()
@@ -65,6 +66,14 @@ def main(argv=None) -> int:
         except RuntimeError as error:
             rows[f"prefill, SDPA held to {name}"] = float("nan")
             print(f"{name}: {str(error)[:160]}")
+    # Every prompt has a new length: the first prefill at each, per SDPA backend (cuDNN plans per shape).
+    for name, backend in (("cuDNN", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
+        firsts = []
+        for extra in (1, 3, 5):
+            fresh = tokens[:, :T - extra - (10 if name == "flash" else 0)]
+            with sdpa_kernel([backend]):
+                firsts.append(_ms(lambda: model.prefill(fresh), repeats=0))
+        rows[f"first prefill at a new length, {name} (median of 3)"] = sorted(firsts)[1]
     config = GenerationConfig(max_new_tokens=1)
     ids = tokens[0].tolist()
     engine.generate(ids[:256], config)                       # warm-up: graphs, kernels
