@@ -13,11 +13,9 @@ A decode step carries T >= 1 tokens per sequence (1 + drafts under verification)
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
 
 from models.kv_cache import CacheView
@@ -33,19 +31,7 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
     flash and efficient kernels support natively, so no (T, S) mask is ever built on the GPU.
     """
     mask = causal_lower_right(q.shape[2], k.shape[2])
-    with sdpa_kernel(_prefill_backends()):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
-
-
-@functools.cache
-def _prefill_backends() -> list:
-    """SDPA's kernels for prefill, cuDNN's left out unless CODECOMPLETE_PREFILL_SDPA=cudnn: cuDNN builds an
-    execution plan for every new (T, S) shape, and every prompt has a new length: on an H200 the first
-    prefill of each length paid for it (bench/results/h200-prefill/), where FlashAttention-2 has no plan."""
-    backends = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-    if os.environ.get("CODECOMPLETE_PREFILL_SDPA", "") == "cudnn":
-        backends.insert(0, SDPBackend.CUDNN_ATTENTION)
-    return backends
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
 def decode_attention(backend: str, q: torch.Tensor, cache: CacheView, cache_seqlens: torch.Tensor,
