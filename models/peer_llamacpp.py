@@ -35,7 +35,8 @@ def load(directory: Path) -> dict:
                 continue
             peer["tok_s"].setdefault(kv, {})[int(test["n_depth"])] = float(test["avg_ts"])
             peer["stddev"].setdefault(kv, {})[int(test["n_depth"])] = float(test["stddev_ts"])
-            peer["build"] = f"{test.get('build_commit', '?')} (build {test.get('build_number', '?')})"
+            commit = test.get("build_commit", "unknown")
+            peer["build"] = "" if commit == "unknown" else f"{commit} (build {test.get('build_number', '?')})"
             peer["gpu"] = test.get("gpu_info", "")
     if not peer["tok_s"]:
         raise FileNotFoundError(f"no llama-bench results (llamacpp-f16.json, llamacpp-q8_0.json) in {directory}")
@@ -75,16 +76,20 @@ def bars(rows: list[dict], peer: dict, model: str = "CodeLlama-7B") -> list[dict
     return result
 
 
-def markdown(env: dict, rows: list[dict], peer: dict, model: str = "CodeLlama-7B") -> str:
+SOURCE = "the source vendored in llama-cpp-python 0.3.36 (../shared/gpu/llamacpp-src.sh)"
+
+
+def markdown(env: dict, rows: list[dict], peer: dict, model: str = "CodeLlama-7B", source: str = SOURCE) -> str:
     ours = _ours(rows, model)
     arms = ours["arms"]
     backends = [b for b in ("flash", "flash:unfused", "sdpa") if ("bf16", b) in arms]
     contexts = sorted({c for (_, c) in ours["rows"]})
     copy, read = env["copy_bandwidth"], env["read_bandwidth"]
     lines = [f"# {model}, batch 1: ours against llama.cpp — {env['card']}, {env['date']}", "",
-             f"One device call: llama.cpp {peer['build']} built for sm_90 and timed (`llama-bench -fa 1 -p 0 -n 64 -d "
-             f"DEPTH`, F16 weights, random-weight GGUF of the same shape; mean of its repetitions), then ours (`python -m "
-             f"models.bench`, bf16 weights, CUDA-graph replays, torch {env['torch']}, triton {env['triton']}). Decode "
+             f"One device call: llama.cpp {peer['build'] or f'from {source}'} built for sm_90; ours (`python -m models.bench`, bf16 "
+             f"weights, CUDA-graph replays timed by GPU events, torch {env['torch']}, triton {env['triton']}) ran while it "
+             f"built, then llama.cpp on the quiet machine (`llama-bench -fa 1 -p 0 -n 64 -d DEPTH -r 3`, F16 weights, a "
+             f"random-weight GGUF of the same shape; the mean of its repetitions). Decode "
              f"tokens/s. Roofline = (weights + KV bytes a step reads) / bandwidth of this run: copy "
              f"{copy / 1e12:.2f} TB/s, read {read / 1e12:.2f} TB/s. 'flash:unfused' is the compiled general step "
              "instead of the fused one-token step (models/fused_decode.py).", "",
@@ -122,6 +127,7 @@ def main(argv=None) -> int:
     parser.add_argument("e2e", type=Path, help="models.bench's e2e*.json of the same device call")
     parser.add_argument("llamacpp", type=Path, help="the folder of llamacpp-f16.json and llamacpp-q8_0.json")
     parser.add_argument("--out", type=Path, default=None, help="default: the llama.cpp folder")
+    parser.add_argument("--source", default=SOURCE, help="where llama.cpp came from, when its build has no commit")
     args = parser.parse_args(argv)
     try:
         ours, peer = json.loads(args.e2e.read_text()), load(args.llamacpp)
@@ -129,7 +135,7 @@ def main(argv=None) -> int:
         print(f"models.peer_llamacpp: {error}")
         return 2
     out = args.out or args.llamacpp
-    table = markdown(ours["env"], ours["rows"], peer)
+    table = markdown(ours["env"], ours["rows"], peer, source=args.source)
     (out / "vs-llamacpp.md").write_text(table)
     (out / "vs-llamacpp.json").write_text(json.dumps(
         {"env": ours["env"], "llamacpp": peer, "ours": ours["rows"], "bars": bars(ours["rows"], peer)}, indent=1))
