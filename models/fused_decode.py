@@ -8,15 +8,27 @@ launches than in bytes. `decode_one_token` runs each layer as
 
 (kernels/fused_gemv.py), and the logits as one normed GEMV stored in float32. A bf16/fp16 cache is written
 by qkv_rope itself; an 8-bit cache still goes through `KVCache.update`, which quantizes it. Everything
-else (a batch, a verification step of 1 + k tokens, tensor-parallel ranks, the CPU) runs the general,
-compiled path of `Transformer.decode`, which this step matches to bf16 rounding.
+else (a batch, a verification step of 1 + k tokens, the CPU) runs the general, compiled path of
+`Transformer.decode`, which this step matches to bf16 rounding. On a tensor-parallel rank
+(`model.rank_collectives`) the residual adds wait for the all-reduce of wo's and w2's partial outputs, and
+the logits for the gather of the vocabulary's rows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import torch
 
 from models.attention import decode_attention
+
+
+class RankCollectives(NamedTuple):
+    """A tensor-parallel rank's two collectives (models/tp.py): the sum of the row-parallel projections'
+    partial outputs over the ranks, and the logits of every rank's vocabulary rows, (1, V_rank) -> (1, V)."""
+    reduce: Callable[[torch.Tensor], torch.Tensor]
+    gather_logits: Callable[[torch.Tensor], torch.Tensor]
 
 
 def decode_one_token(model, token: torch.Tensor, step) -> torch.Tensor:
@@ -27,6 +39,7 @@ def decode_one_token(model, token: torch.Tensor, step) -> torch.Tensor:
     from kernels.fused_gemv import gemv, norm_swiglu, qkv_rope
     c = model.config
     Hq, Hkv, D = c.n_heads, c.n_kv_heads, c.head_dim
+    collectives = model.rank_collectives
     x = model.tok_embeddings(token).reshape(c.dim)                                       # (dim,)
     for layer in model.layers:
         a, f = layer.attention, layer.feed_forward
@@ -40,9 +53,16 @@ def decode_one_token(model, token: torch.Tensor, step) -> torch.Tensor:
         if step.kv_len is not None:
             view = view.prefix(step.kv_len)
         attn = decode_attention(step.backend, q, view, step.cache_seqlens, step.exact)  # (1, Hq, 1, D)
-        h = gemv(attn.reshape(Hq * D).contiguous(), a.wo.weight, residual=x)           # (dim,)
+        attn = attn.reshape(Hq * D).contiguous()
+        if collectives is None:
+            h = gemv(attn, a.wo.weight, residual=x)                                      # (dim,)
+        else:
+            h = x + collectives.reduce(gemv(attn, a.wo.weight))
         m = norm_swiglu(h, layer.ffn_norm.weight, layer.ffn_norm.eps, f.w13.weight)     # (ffn_dim,)
-        x = gemv(m, f.w2.weight, residual=h)                                             # (dim,)
+        if collectives is None:
+            x = gemv(m, f.w2.weight, residual=h)                                         # (dim,)
+        else:
+            x = h + collectives.reduce(gemv(m, f.w2.weight))
     logits = gemv(x, model.output.weight, norm_weight=model.norm.weight, eps=model.norm.eps,
-                  out_dtype=torch.float32)
-    return logits.view(1, -1)                                                            # (1, V)
+                  out_dtype=torch.float32).view(1, -1)                                   # (1, V or V_rank)
+    return logits if collectives is None else collectives.gather_logits(logits)          # (1, V)

@@ -255,6 +255,7 @@ class Transformer(nn.Module):
         self.dense = DenseKernels()            # what runs around attention (models/tp.py swaps in its own)
         self.decode_kernels = self.dense       # what decode steps run: `compile_dense` compiles `dense`
         self.fused_decode = False              # one-token batch-1 steps on the fused kernels (models/fused_decode.py)
+        self.rank_collectives = None           # a tensor-parallel rank's all-reduce and gather (models/tp.py)
         self.requires_grad_(False)
         self._tie_weights()
 
@@ -277,11 +278,12 @@ class Transformer(nn.Module):
         Inductor fuses the elementwise chains into the matmuls' neighbours, leaving a handful of kernels
         per layer, which is what lets a graph-replayed step approach the memory roofline.
         On a GPU, one-token steps of one sequence go further: `fused_decode` (six kernels per layer, no
-        compilation) unless CODECOMPLETE_FUSED=0 or the dense parts are not the plain ones (tensor parallel).
+        compilation; on a tensor-parallel rank, with its collectives) unless CODECOMPLETE_FUSED=0.
         """
         if self.output.weight.is_cuda:
             use_gemv(os.environ.get("CODECOMPLETE_GEMV", DEFAULT_GEMV))
-            self.fused_decode = os.environ.get("CODECOMPLETE_FUSED", "1") != "0" and self.dense == DenseKernels()
+            plain = self.dense == DenseKernels() or self.rank_collectives is not None
+            self.fused_decode = os.environ.get("CODECOMPLETE_FUSED", "1") != "0" and plain
         compile = functools.partial(torch.compile, fullgraph=True, dynamic=False)
         self.decode_kernels = DenseKernels(*(compile(f) for f in self.dense))
 

@@ -31,6 +31,7 @@ from torch import nn
 
 from models.config import ModelConfig
 from models.errors import UnsupportedModelError
+from models.fused_decode import RankCollectives
 from models.llama import (DenseKernels, Transformer, attention_inputs, attention_output_and_ffn, final_logits,
                           hf_tensor_slots, random_checkpoint)
 
@@ -89,7 +90,8 @@ def build_shard(config: ModelConfig, tp: TensorParallel, device, dtype, max_len:
     model.requires_grad_(False)
     model.materialize(device, dtype)
     model.output.weight[_held_vocab(config, tp):].zero_()
-    model.dense = model.decode_kernels = parallel_dense(tp, config.vocab_size)
+    model.rank_collectives = rank_collectives(tp, config.vocab_size)
+    model.dense = model.decode_kernels = parallel_dense(model.rank_collectives)
     return model
 
 
@@ -158,19 +160,26 @@ def random_shard(config: ModelConfig, tp: TensorParallel, device, dtype, max_len
 
 # ---- communication -----------------------------------------------------------------------------
 
-def parallel_dense(tp: TensorParallel, vocab_size: int) -> DenseKernels:
-    """The dense parts of a block with the tensor-parallel collectives in place (compiled like the plain ones)."""
+def rank_collectives(tp: TensorParallel, vocab_size: int) -> RankCollectives:
+    """The all-reduce of partial outputs and the gather of the vocabulary's rows, as this rank calls them."""
     group, world = tp.group.group_name, tp.world
 
     def reduce(partial: torch.Tensor) -> torch.Tensor:
         return torch.ops.codecomplete.tp_all_reduce(partial, group)
 
+    def gather_logits(local: torch.Tensor) -> torch.Tensor:                         # (..., V_rank) float32
+        return torch.ops.codecomplete.tp_all_gather(local, group, world)[..., :vocab_size]   # (..., V)
+
+    return RankCollectives(reduce, gather_logits)
+
+
+def parallel_dense(collectives: RankCollectives) -> DenseKernels:
+    """The dense parts of a block with the tensor-parallel collectives in place (compiled like the plain ones)."""
     def parallel_output_and_ffn(x, attn, wo, norm_weight, eps, w13, w2, ffn_dim):
-        return attention_output_and_ffn(x, attn, wo, norm_weight, eps, w13, w2, ffn_dim, reduce=reduce)
+        return attention_output_and_ffn(x, attn, wo, norm_weight, eps, w13, w2, ffn_dim, reduce=collectives.reduce)
 
     def parallel_logits(x, norm_weight, eps, output_weight):
-        local = final_logits(x, norm_weight, eps, output_weight)                  # (..., V_rank) float32
-        return torch.ops.codecomplete.tp_all_gather(local, group, world)[..., :vocab_size]   # (..., V)
+        return collectives.gather_logits(final_logits(x, norm_weight, eps, output_weight))
 
     return DenseKernels(attention_inputs, parallel_output_and_ffn, parallel_logits)
 

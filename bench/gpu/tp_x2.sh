@@ -32,8 +32,9 @@ python -c "import torch, triton, sys; print('python', sys.version.split()[0], 't
 'triton', triton.__version__, 'nccl', '.'.join(map(str, torch.cuda.nccl.version())), 'gpus', torch.cuda.device_count())" \
     2>&1 | tee -a "$OUT/topo.txt"
 
-# 2. The GEMV per shape, on GPU 1 while the 1-GPU rows run on GPU 0 (it stops starting shapes after 30 s).
-CUDA_VISIBLE_DEVICES=1 timeout --signal=TERM --kill-after=5 45 \
+# 2. The GEMV per shape, on GPU 1 while the 1-GPU rows run on GPU 0 (it stops starting shapes after 30 s);
+# GEMV_MICRO=0 skips it (one-token steps run the fused kernels now, not this dispatch).
+[ "${GEMV_MICRO:-1}" = 0 ] || CUDA_VISIBLE_DEVICES=1 timeout --signal=TERM --kill-after=5 45 \
     python -m kernels.gemv --only "34B/2 wqkv,34B/2 w2,70B/2 w2,34B w2,34B/2 wo,34B/2 w13,7B w2" \
     --budget-s 30 --json "$OUT/gemv.json" 2>&1 | stamp > "$OUT/gemv.txt" &
 gemv_pid=$!
@@ -42,10 +43,10 @@ gemv_pid=$!
 echo "$(date +%T) models.bench starts" > "$OUT/bench.log"
 timeout --signal=TERM --kill-after=10 165 \
     python -m models.bench --gpus 2 --models 34B,70B --contexts 16384,65536 --replays 20 \
-    --methods one_shot,none --gemv-ab 34B,70B --out "$OUT" --tag x2 \
+    --methods one_shot,none ${GEMV_AB-"--gemv-ab 34B,70B"} --out "$OUT" --tag x2 \
     2>&1 >/dev/null | stamp >> "$OUT/bench.log"
 status=${PIPESTATUS[0]}
-wait "$gemv_pid"
+[ "${GEMV_MICRO:-1}" = 0 ] || wait "$gemv_pid"
 
 # 4. The app's own path (models/lockstep.py: rank 0 leads, rank 1 follows, the Engine's own graph-replayed
 # decode with its collectives), then close() and the exit: the status line says whether it exited cleanly.
@@ -75,7 +76,7 @@ timeout --signal=TERM --kill-after=5 55 python -c "$APP_CHECK" > "$OUT/app.txt" 
 app_status=$?
 echo "app path exit status $app_status after $((SECONDS - app_started)) s (124: cut at 55 s)" >> "$OUT/app.txt"
 
-tail -n 12 "$OUT/gemv.txt"
+[ "${GEMV_MICRO:-1}" = 0 ] || tail -n 12 "$OUT/gemv.txt"
 echo
 tail -n 30 "$OUT/bench.log"
 echo

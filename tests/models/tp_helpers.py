@@ -34,7 +34,16 @@ def logits(model, backend: str) -> dict[str, torch.Tensor]:
         step = Decode(position, (position + 1).to(torch.int32), backend)
         steps.append(model.decode(torch.tensor(tokens)[:, None], step))                   # (2, V)
         position = position + 1
-    return {"prefill": prefill, "continued": continued, "decode": torch.stack(steps)}
+    # One sequence, one token per step: the fused step (models/fused_decode.py), with the rank's collectives.
+    model.setup_caches(1, CACHE)
+    model.prefill(torch.tensor([PROMPT_A]))
+    fused, model.fused_decode = model.fused_decode, True
+    position, one = torch.tensor([len(PROMPT_A)]), []
+    for token in (42, 8):
+        one.append(model.decode(torch.tensor([[token]]), Decode(position, (position + 1).to(torch.int32), backend)))
+        position = position + 1
+    model.fused_decode = fused
+    return {"prefill": prefill, "continued": continued, "decode": torch.stack(steps), "fused one-token": torch.stack(one)}
 
 
 def all_logits(hf_model, gguf_model, tied_model) -> dict[str, torch.Tensor]:
