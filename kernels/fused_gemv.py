@@ -340,6 +340,14 @@ def main(argv=None) -> int:
     cos, sin = torch.rand(S, D, device=dev), torch.rand(S, D, device=dev)
     pos = torch.tensor([S - 1], device=dev)
     caches = (torch.randn(1, heads, S, D, device=dev, dtype=dt), torch.randn(1, heads, S, D, device=dev, dtype=dt))
+    from kernels import reference
+    references = {   # name: float64 twin(weight) of what the kernel returns
+        "wqkv rope cache": lambda w: reference.qkv_rope(x, norm_w, 1e-5, w, cos, sin, pos, heads, heads),
+        "wo + residual": lambda w: reference.fused_gemv(x, w, residual=x),
+        "w13 swiglu": lambda w: reference.norm_swiglu(x, norm_w, 1e-5, w),
+        "w2 + residual": lambda w: reference.fused_gemv(m, w, residual=x),
+        "logits fp32": lambda w: reference.fused_gemv(x, w, norm_weight=norm_w),
+    }
     ops = {   # name: (kind, weight shape, input to cuBLAS, call(weight, **config))
         "wqkv rope cache": ("qkv_rope", (3 * dim, dim), x, lambda w, **c: qkv_rope(x, norm_w, 1e-5, w, cos, sin, pos, heads,
                                                                        heads, cache=caches, **c)),
@@ -367,10 +375,12 @@ def main(argv=None) -> int:
         best = min((c for c in row["configs"] if c["us"] == c["us"]), key=lambda c: c["us"])
         best_configs[kind] = [best[k] for k in Config._fields]
         first = row["configs"][0]
+        want = references[name](ws[-1])                 # the product's configuration, against float64
+        row["max_rel_err"] = ((call(ws[-1]).double() - want).abs().max() / want.abs().max()).item()
         print(f"{name:16s} {str(shape):14s} floor {floor:6.1f} µs  cuBLAS (bare) {row['cublas_us']:6.1f} "
               f"({100 * floor / row['cublas_us']:3.0f}%)  default {first['us']:6.1f} ({100 * floor / first['us']:3.0f}%)  "
               f"best {best['us']:6.1f} ({100 * floor / best['us']:3.0f}%) "
-              f"{tuple(best[k] for k in Config._fields)}", flush=True)
+              f"{tuple(best[k] for k in Config._fields)}  max rel err {row['max_rel_err']:.1e}", flush=True)
         rows.append(row)
         del ws
         torch.cuda.empty_cache()
@@ -380,7 +390,10 @@ def main(argv=None) -> int:
     if args.write_configs:
         with open(args.write_configs, "w") as f:
             json.dump(best_configs, f)
-    return 0
+    bad = [r["op"] for r in rows if not r["max_rel_err"] < 1e-2]   # NaN fails too
+    if bad:
+        print(f"WRONG RESULTS: {', '.join(bad)}")
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":
