@@ -10,8 +10,9 @@ launches than in bytes. `decode_one_token` runs each layer as
 by qkv_rope itself; an 8-bit cache still goes through `KVCache.update`, which quantizes it. Everything
 else (a batch, a verification step of 1 + k tokens, the CPU) runs the general, compiled path of
 `Transformer.decode`, which this step matches to bf16 rounding. On a tensor-parallel rank
-(`model.rank_collectives`) the residual adds wait for the all-reduce of wo's and w2's partial outputs, and
-the logits for the gather of the vocabulary's rows.
+(`model.rank_collectives`) wo's and w2's partial outputs are summed over the ranks by one all-reduce each,
+with the residual folded into the lead rank's partial by the GEMV's epilogue (no separate add kernel: the sum
+is the residual plus every partial), and the logits gather the vocabulary's rows.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from models.attention import decode_attention
 
 class RankCollectives(NamedTuple):
     """A tensor-parallel rank's two collectives (models/tp.py): the sum of the row-parallel projections'
-    partial outputs over the ranks, and the logits of every rank's vocabulary rows, (1, V_rank) -> (1, V)."""
+    partial outputs over the ranks, and the logits of every rank's vocabulary rows, (1, V_rank) -> (1, V);
+    `lead`: this rank adds the residual to its partial before the sum (one rank of the group does)."""
     reduce: Callable[[torch.Tensor], torch.Tensor]
     gather_logits: Callable[[torch.Tensor], torch.Tensor]
+    lead: bool = True
 
 
 def decode_one_token(model, token: torch.Tensor, step) -> torch.Tensor:
@@ -53,16 +56,18 @@ def decode_one_token(model, token: torch.Tensor, step) -> torch.Tensor:
         if step.kv_len is not None:
             view = view.prefix(step.kv_len)
         attn = decode_attention(step.backend, q, view, step.cache_seqlens, step.exact)  # (1, Hq, 1, D)
-        attn = attn.reshape(Hq * D).contiguous()
-        if collectives is None:
-            h = gemv(attn, a.wo.weight, residual=x)                                      # (dim,)
-        else:
-            h = x + collectives.reduce(gemv(attn, a.wo.weight))
+        h = _row_parallel(gemv, attn.reshape(Hq * D).contiguous(), a.wo.weight, x, collectives)   # (dim,)
         m = norm_swiglu(h, layer.ffn_norm.weight, layer.ffn_norm.eps, f.w13.weight)     # (ffn_dim,)
-        if collectives is None:
-            x = gemv(m, f.w2.weight, residual=h)                                         # (dim,)
-        else:
-            x = h + collectives.reduce(gemv(m, f.w2.weight))
+        x = _row_parallel(gemv, m, f.w2.weight, h, collectives)                          # (dim,)
     logits = gemv(x, model.output.weight, norm_weight=model.norm.weight, eps=model.norm.eps,
                   out_dtype=torch.float32).view(1, -1)                                   # (1, V or V_rank)
     return logits if collectives is None else collectives.gather_logits(logits)          # (1, V)
+
+
+def _row_parallel(gemv, x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor,
+                  collectives: RankCollectives | None) -> torch.Tensor:
+    """residual + x @ weight^T, weight (N, K) whole or, on a tensor-parallel rank, its columns: the partials
+    summed over the ranks with the residual in the lead rank's."""
+    if collectives is None:
+        return gemv(x, weight, residual=residual)
+    return collectives.reduce(gemv(x, weight, residual=residual if collectives.lead else None))

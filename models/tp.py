@@ -170,7 +170,7 @@ def rank_collectives(tp: TensorParallel, vocab_size: int) -> RankCollectives:
     def gather_logits(local: torch.Tensor) -> torch.Tensor:                         # (..., V_rank) float32
         return torch.ops.codecomplete.tp_all_gather(local, group, world)[..., :vocab_size]   # (..., V)
 
-    return RankCollectives(reduce, gather_logits)
+    return RankCollectives(reduce, gather_logits, lead=tp.rank == 0)
 
 
 def parallel_dense(collectives: RankCollectives) -> DenseKernels:
