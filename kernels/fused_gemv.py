@@ -283,20 +283,24 @@ def qkv_rope(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, wqkv: torch
 
 
 def compile_facts(arch: int = 90) -> dict:
-    """Build each epilogue for a GPU target without a GPU, bf16, PDL on, as the decode step launches them:
-    facts about each binary (must run without TRITON_INTERPRET, see kernels/compile_check.py)."""
+    """Build each kernel of the step for a GPU target without a GPU, bf16, PDL on, in the configuration the
+    decode step launches it with (`CONFIGS`): facts about each binary (must run without TRITON_INTERPRET, see
+    kernels/compile_check.py)."""
     from triton.backends.compiler import GPUTarget
 
     from kernels.compile_check import _compile
     pointers = dict(X="*bf16", NORM_W="*bf16", W="*bf16", Y="*bf16", RES="*bf16", COS="*fp32", SIN="*fp32",
                     POS="*i64", K_CACHE="*bf16", V_CACHE="*bf16")
     facts = {}
-    for name, epilogue, norm, cache in (("wo+residual", RESIDUAL, False, False), ("logits", PLAIN, True, False),
-                                        ("w13 swiglu", SWIGLU, True, False), ("wqkv rope cache", ROPE, True, True)):
+    for name, kind, epilogue, norm, cache in (
+            ("wo+residual", "gemv", RESIDUAL, False, False), ("w2+residual", "gemv_deep", RESIDUAL, False, False),
+            ("logits", "gemv_norm", PLAIN, True, False), ("w13 swiglu", "norm_swiglu", SWIGLU, True, False),
+            ("wqkv rope cache", "qkv_rope", ROPE, True, True)):
+        c = CONFIGS[kind]
         binary = _compile(_fused_gemv_kernel, dict(pointers, Y="*fp32") if name == "logits" else pointers,
-                          dict(BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, NORM=norm, EPILOGUE=epilogue, HEAD_DIM=128,
-                               WRITE_CACHE=cache, USE_PDL=True, INTERLEAVE=False),
-                          GPUTarget("cuda", arch, 32), NUM_WARPS, NUM_STAGES, floats=("eps",))
+                          dict(BLOCK_N=c.block_n, BLOCK_K=c.block_k, NORM=norm, EPILOGUE=epilogue, HEAD_DIM=128,
+                               WRITE_CACHE=cache, USE_PDL=True, INTERLEAVE=c.interleave),
+                          GPUTarget("cuda", arch, 32), c.num_warps, c.num_stages, floats=("eps",))
         ptx = binary.asm["ptx"]
         facts[name] = {"cubin_bytes": len(binary.asm["cubin"]),
                        "vector_loads": sum("ld.global.v4" in line for line in ptx.splitlines()),
