@@ -427,7 +427,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sweep", action="store_true", help="--gpus: the collectives by message size too")
     parser.add_argument("--backends", default=",".join(BACKENDS),
                         help="our attention backends to time; NAME:unfused runs the compiled general step where "
-                             "the fused one-token step would (A/B)")
+                             "the fused one-token step would, NAME:nopdl launches nothing as a dependent launch "
+                             "(A/B arms)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
     if (started := begin_run("models.bench", args.out)) is None:
