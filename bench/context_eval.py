@@ -46,6 +46,7 @@ from prompts import ScanWarning, build_completion_prompt, index_repository  # no
 TUNING = ("jinja2", "starlette", "anyio", "markdown_it")
 HELD_OUT = ("rich", "prompt_toolkit", "httpx")
 MAX_NEW_TOKENS = 48  # the rest of a line
+RUNS = ("repo_heal", "repo_raw", "file_heal", "file_raw")  # context (repository or file alone), healing on/off
 VERSIONS = ["torch", "transformers", "tokenizers", "tree-sitter", "tree-sitter-python", "numpy"]
 
 
@@ -247,19 +248,20 @@ def summary(sites: list[Site], budgets: list[int], with_model: bool) -> dict:
             key = f"recall_{buffer}_{budget}"
             out[key] = _mean([s.results[key] for s in sites if key in s.results])
     if with_model:
-        modelled = [s for s in sites if "repo_heal" in s.results]
+        modelled = [s for s in sites if any(run in s.results for run in RUNS)]
         out["model_sites"] = len(modelled)
-        for run in ("repo_heal", "repo_raw", "file_heal", "file_raw"):
+        for run in RUNS:
             for metric in ("exact", "similarity"):
-                values = [s.results[run][metric] for s in modelled]
+                values = [s.results[run][metric] for s in modelled if run in s.results]
                 out[f"{run}_{metric}"] = _mean(values)
                 for group, after_space in (("after_space", True), ("after_other", False)):
-                    part = [s.results[run][metric] for s in modelled if s.after_space == after_space]
+                    part = [s.results[run][metric] for s in modelled if s.after_space == after_space
+                            and run in s.results]
                     out[f"{run}_{metric}_{group}"] = _mean(part)
         out["after_space_sites"] = sum(s.after_space for s in modelled)
         for metric in ("exact", "similarity"):
             differences = [float(s.results["repo_heal"][metric]) - float(s.results["file_heal"][metric])
-                           for s in modelled]
+                           for s in modelled if "repo_heal" in s.results and "file_heal" in s.results]
             out[f"repo_minus_file_{metric}"] = _mean_interval(differences)
     return out
 
@@ -285,9 +287,14 @@ def main() -> None:
     parser.add_argument("--model-sites", type=int, default=60, help="of those, sites per repository for the model")
     parser.add_argument("--budgets", default="1024,4096")
     parser.add_argument("--no-model", action="store_true", help="recall only")
+    parser.add_argument("--runs", default=",".join(RUNS),
+                        help=f"model runs per site, of {','.join(RUNS)} (fewer for a quicker look)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="results path without extension (default bench/results/context-eval-SET)")
     args = parser.parse_args()
+    runs = args.runs.split(",")
+    if not set(runs) <= set(RUNS):
+        parser.error(f"--runs takes some of {','.join(RUNS)}")
     repos = args.repos.split(",") if args.repos else list(TUNING if args.set == "tuning" else HELD_OUT)
     budgets = [int(b) for b in args.budgets.split(",")]
     label = args.repos.replace(",", "-") if args.repos else args.set
@@ -338,9 +345,9 @@ def main() -> None:
                                                                            buffer == "prefix")
                 if engine is not None and number < args.model_sites:
                     solo = alone.index(index, repo, site.path)
-                    for run, source, heal in (("repo_heal", index, True), ("repo_raw", index, False),
-                                              ("file_heal", solo, True), ("file_raw", solo, False)):
-                        site.results[run] = complete(engine, source, site, budgets[0], heal)
+                    for run in runs:
+                        source = index if run.startswith("repo") else solo
+                        site.results[run] = complete(engine, source, site, budgets[0], run.endswith("heal"))
                 with progress.open("a") as file:
                     file.write(json.dumps({"key": key, "results": site.results}) + "\n")
             per_repo[repo] = {"version": run_info.versions([repo.replace("_", "-")])[repo.replace("_", "-")],
@@ -409,8 +416,8 @@ def markdown(results: dict) -> str:
             "|---|---|---|---|---|---|---|---|",
         ]
         for name, data in rows:
-            cells = " | ".join(f"{percent(data[f'{run}_exact'])} / {data[f'{run}_similarity']:.3f}"
-                               for run in ("repo_heal", "repo_raw", "file_heal", "file_raw"))
+            cells = " | ".join("-" if data[f"{run}_exact"] is None else
+                               f"{percent(data[f'{run}_exact'])} / {data[f'{run}_similarity']:.3f}" for run in RUNS)
             lines.append(f"| {name} | {data['model_sites']} | {data['after_space_sites']} | {cells} | "
                          f"{percent(data['repo_heal_exact_after_space'])} / "
                          f"{percent(data['repo_heal_exact_after_other'])} |")

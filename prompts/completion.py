@@ -30,8 +30,8 @@ from .formats import CompletionFormat, Segment, completion_format
 from .imports import follow_imports
 from .index import RepoIndex
 from .languages import comment_marker, language_for, language_name
-from .outline import outline
-from .packing import Assembler, ContextItem, Layout, PackedPrompt, encode_all, select_chunks
+from .outline import brief, outline
+from .packing import BRIEF, Assembler, ContextItem, Layout, PackedPrompt, encode_all, select_chunks
 from .ranking import Query, cursor_terms, rank
 from .scan import read_regular_file
 from .tokens import Encoder, encoder_for
@@ -96,13 +96,15 @@ def build_completion_prompt(
     if imports is None:
         imports = source_imports(relative, text)
     query = _query(index, relative, language, imports, rows, row, column, window.lines())
+    wanted = frozenset(query.weights).union(query.imported_names)  # names whose definitions a brief shows
     layout = Layout(
         section=lambda chunk: form.section(chunk.path, comment),
         chunk=lambda chunk: form.chunk(chunk.text, comment),
         gap=lambda chunk: form.gap(comment_marker(chunk.language), comment),
         blank=lambda chunk: form.blank(comment),
         code_between=index.code_between,
-        outline=lambda chunk: _outlined(form, chunk, comment),
+        outline=lambda chunk: _outlined(form, chunk, comment, imports=chunk.path == relative),
+        brief=lambda chunk: _outlined(form, chunk, comment, wanted),
     )
     extras = _fit_extra(encoder, form, comment, extra, space - share)
     given = sum(tokens for _, _, tokens in extras)
@@ -110,7 +112,7 @@ def build_completion_prompt(
     # code at the cursor (the file's own other parts first) the rest.
     repository = space - share - given
     selection = select_chunks(encoder, layout, rank(index, query, definitions_only=True),
-                              int(repository * DEFINITION_SHARE))
+                              int(repository * DEFINITION_SHARE), compact=BRIEF)
     selection = select_chunks(encoder, layout, rank(index, query), repository, selection)
     window.fit(space - given - selection.tokens, avoid=selection.chunks(relative))  # what the context left over
 
@@ -173,11 +175,15 @@ def _query(index: RepoIndex, path: str, language: str, imports, rows: list[str],
         local=terms.local | own,
         uses=terms.counts,
         shown=shown,
+        expects=terms.expects,
     )
 
 
-def _outlined(form: CompletionFormat, chunk: Chunk, comment: str) -> list | None:
-    text = outline(chunk)
+def _outlined(form: CompletionFormat, chunk: Chunk, comment: str, wanted: frozenset[str] | None = None,
+              imports: bool = False) -> list | None:
+    """The chunk's outline (with its imports, for the current file's), or (given the ``wanted`` names) its brief,
+    as segments of the format."""
+    text = outline(chunk, imports) if wanted is None else brief(chunk, wanted)
     return None if text is None else form.chunk(text, comment)
 
 

@@ -21,7 +21,7 @@ from .tokens import Encoder
 ENCODE_BATCH = 32  # candidates encoded per call to the tokenizer
 MAX_BLANK_LINES = 2  # blank lines kept between two chunks shown together (PEP 8's two between definitions)
 GIVE_UP_AFTER = 64  # candidates in a row that did not fit: the budget is as full as it will get
-OUTLINE_TOKENS = 4096  # filled with the outlines of the best chunks before any goes in whole
+OUTLINE_TOKENS = 4096  # filled with the compact forms of the best chunks before any goes in whole
 WHOLE_MIN_TOKENS = 64  # chunks this short always go in whole
 CHARS_PER_TOKEN_AT_MOST = 8  # ordinary code: a text of more than 8 x N characters takes more than N tokens
 
@@ -34,7 +34,7 @@ class ContextItem:
     start_line: int
     end_line: int
     tokens: int
-    outline: bool = False  # only the chunk's outline (signatures, docstring first lines), not its body
+    outline: bool = False  # only the chunk's outline or brief (signatures, docstring first lines), not its body
 
 
 @dataclass
@@ -49,11 +49,14 @@ class PackedPrompt:
     heal_text: str = ""  # left out of the prompt's end: the generation must begin with it (token healing)
 
 
+WHOLE, OUTLINE, BRIEF = "whole", "outline", "brief"  # the forms a chunk is shown in, longest first
+
+
 @dataclass(frozen=True)
 class Layout:
     """How the chosen chunks are written: the segments that open a file's section and hold a chunk (or its
-    outline: None where it has none), and those between two chunks of a file: ``gap`` where code was left out,
-    else ``blank`` once per blank line."""
+    outline, or its brief: None where it has none), and those between two chunks of a file: ``gap`` where code
+    was left out, else ``blank`` once per blank line."""
 
     section: Callable[[Chunk], list[Segment]]
     chunk: Callable[[Chunk], list[Segment]]
@@ -61,15 +64,20 @@ class Layout:
     blank: Callable[[Chunk], list[Segment]]
     code_between: Callable[[Chunk, Chunk], bool]  # whether the file has code between two of its chunks
     outline: Callable[[Chunk], list[Segment] | None] = lambda chunk: None
+    brief: Callable[[Chunk], list[Segment] | None] = lambda chunk: None
+
+    def form(self, chunk: Chunk, form: str) -> list[Segment] | None:
+        """The segments of a chunk in a form (None: it has no such form)."""
+        return self.chunk(chunk) if form == WHOLE else self.outline(chunk) if form == OUTLINE else self.brief(chunk)
 
 
 @dataclass
 class Choice:
-    """A chunk in the prompt, whole or as its outline, with the tokens it takes encoded on its own."""
+    """A chunk in the prompt, whole, outlined or in brief, with the tokens it takes encoded on its own."""
 
     chunk: Chunk
     tokens: int
-    outline: bool = False
+    form: str = WHOLE
 
 
 @dataclass
@@ -100,10 +108,10 @@ class Selection:
         self.files.setdefault(path, []).append(choice)
         self.order.append(choice)
 
-    def make_whole(self, choice: Choice, tokens: int) -> None:
-        """Show an outlined chunk whole instead (``tokens``: what it takes whole)."""
+    def reform(self, choice: Choice, form: str, tokens: int) -> None:
+        """Show a chosen chunk in a longer form instead (``tokens``: what it takes so)."""
         self.tokens += tokens - choice.tokens
-        choice.tokens, choice.outline = tokens, False
+        choice.tokens, choice.form = tokens, form
 
     def drop_last(self) -> None:
         """Remove the least relevant chunk (the one chosen last)."""
@@ -136,21 +144,23 @@ class Selection:
                     else:
                         segments += layout.blank(chunk) * min(chunk.start_line - previous.end_line - 1, MAX_BLANK_LINES)
                     cost = self.separator_tokens[path]
-                segments += layout.outline(chunk) if choice.outline else layout.chunk(chunk)
-                items.append(ContextItem(path, chunk.start_line, chunk.end_line, cost + choice.tokens, choice.outline))
+                segments += layout.form(chunk, choice.form)
+                items.append(ContextItem(path, chunk.start_line, chunk.end_line, cost + choice.tokens,
+                                         choice.form != WHOLE))
                 previous = chunk
         return segments, items
 
 
 def select_chunks(encoder: Encoder, layout: Layout, ranked: Iterable[tuple[float, Chunk]], budget: int,
-                  selection: Selection | None = None) -> Selection:
+                  selection: Selection | None = None, compact: str = OUTLINE) -> Selection:
     """Take ranked chunks, best first, while they fit into ``budget`` tokens (sections and gaps included).
 
-    First the best candidates go in as outlines (chunks of up to WHOLE_MIN_TOKENS whole) until they fill the
-    budget or OUTLINE_TOKENS, so that a small budget holds the definitions of many names; then those outlines
-    become whole chunks, best first, as far as the budget allows; then the rest of the ranking goes in whole
-    where it fits, else outlined. A large budget so carries the bodies of the best chunks, and the outlines of
-    many more. Candidates are encoded a batch at a time, and only in the form they are considered in.
+    First the best candidates go in in their ``compact`` form (outlines, or briefs; chunks of up to
+    WHOLE_MIN_TOKENS whole) until they fill the budget or OUTLINE_TOKENS, so that a small budget holds the
+    definitions of many names; then those become whole chunks (or outlines, from briefs), best first, as far
+    as the budget allows; then the rest of the ranking goes in whole where it fits, else outlined. A large
+    budget so carries the bodies of the best chunks, and the outlines of many more. Candidates are encoded a
+    batch at a time, and only in the form they are considered in.
     Given a ``selection``, it goes on filling that one (``budget`` counts what it holds), skipping its chunks."""
     if selection is None:
         selection = Selection(layout)
@@ -161,18 +171,18 @@ def select_chunks(encoder: Encoder, layout: Layout, ranked: Iterable[tuple[float
         batch = list(islice(candidates, ENCODE_BATCH))
         if not batch:
             break
-        forms = [_short_or_outline(layout, chunk) for chunk in batch]
-        for number, (chunk, (outlined, segments), ids) in enumerate(zip(batch, forms, encode_all(encoder, [
+        forms = [_short_or_compact(layout, chunk, compact) for chunk in batch]
+        for number, (chunk, (form, segments), ids) in enumerate(zip(batch, forms, encode_all(encoder, [
                 segments for _, segments in forms]))):
             if selection.tokens >= min(budget, OUTLINE_TOKENS):
                 leftover = batch[number:]
                 break
             if _opened(encoder, selection, chunk) + len(ids) <= budget - selection.tokens:
-                selection.add(Choice(chunk, len(ids), outline=outlined))
+                selection.add(Choice(chunk, len(ids), form))
                 misses = 0
             else:
                 misses += 1
-    _make_whole(encoder, selection, budget)
+    _enlarge(encoder, selection, budget)
     for batch in _batches(chain(leftover, candidates)):
         if selection.tokens >= budget or misses >= GIVE_UP_AFTER:
             break
@@ -191,23 +201,33 @@ def select_chunks(encoder: Encoder, layout: Layout, ranked: Iterable[tuple[float
     return selection
 
 
-def _short_or_outline(layout: Layout, chunk: Chunk) -> tuple[bool, list[Segment]]:
-    """A chunk as the first pass considers it: whole when short or without an outline, else outlined."""
+def _short_or_compact(layout: Layout, chunk: Chunk, compact: str) -> tuple[str, list[Segment]]:
+    """A chunk as the first pass considers it: whole when short, else in the most compact form it has of
+    ``compact`` and the longer ones."""
     if chunk.approx_tokens > WHOLE_MIN_TOKENS:
-        outlined = layout.outline(chunk)
-        if outlined is not None:
-            return True, outlined
-    return False, layout.chunk(chunk)
+        for form in (BRIEF, OUTLINE) if compact == BRIEF else (OUTLINE,):
+            segments = layout.form(chunk, form)
+            if segments is not None:
+                return form, segments
+    return WHOLE, layout.chunk(chunk)
 
 
-def _make_whole(encoder: Encoder, selection: Selection, budget: int) -> None:
-    """Outlined chunks made whole, best first, while the budget allows."""
+def _enlarge(encoder: Encoder, selection: Selection, budget: int) -> None:
+    """Chosen chunks shown in a longer form, best first, while the budget allows: whole, or else (briefs)
+    outlined."""
     layout = selection.layout
     room = budget - selection.tokens
-    worth = [c for c in selection.order if c.outline and c.chunk.approx_tokens <= 2 * (room + c.tokens)]
+    worth = [c for c in selection.order if c.form != WHOLE and c.chunk.approx_tokens <= 2 * (room + c.tokens)]
     for choice, ids in zip(worth, encode_all(encoder, [layout.chunk(c.chunk) for c in worth])):
         if len(ids) <= budget - selection.tokens + choice.tokens:
-            selection.make_whole(choice, len(ids))
+            selection.reform(choice, WHOLE, len(ids))
+    briefs = [c for c in selection.order if c.form == BRIEF]
+    outlines = [(c, layout.outline(c.chunk)) for c in briefs]
+    outlines = [(c, segments) for c, segments in outlines if segments is not None
+                and _characters(segments) <= CHARS_PER_TOKEN_AT_MOST * (budget - selection.tokens + c.tokens)]
+    for (choice, _), ids in zip(outlines, encode_all(encoder, [segments for _, segments in outlines])):
+        if len(ids) <= budget - selection.tokens + choice.tokens:
+            selection.reform(choice, OUTLINE, len(ids))
 
 
 def _whole_or_outline(encoder: Encoder, selection: Selection, chunk: Chunk, whole: int | None,
@@ -222,7 +242,7 @@ def _whole_or_outline(encoder: Encoder, selection: Selection, chunk: Chunk, whol
         outlined = selection.layout.outline(chunk)
         outline = None if outlined is None else len(encode_all(encoder, [outlined])[0])
     if outline is not None and outline <= left:
-        selection.add(Choice(chunk, outline, outline=True))
+        selection.add(Choice(chunk, outline, OUTLINE))
         return True
     return False
 

@@ -14,6 +14,9 @@ Signals, summed with fixed weights:
 - imports: a little for every chunk of a file the current file imports, shared among those files;
 - proximity: a little for files near the current one in the folder tree, to break ties.
 
+Where the code right before the cursor expects a type (an annotation), an exception or a decorator, a name of
+the wrong shape for it (``parse_header`` after ``-> ``) counts for less among the definitions.
+
 Query identifiers weigh more the nearer they are to the cursor (before it counts twice as much as after it);
 words in comments and strings, and names the current file binds itself (local variables, parameters, its own
 definitions), weigh less and never pull in definitions from elsewhere. The partial word under the cursor is left
@@ -43,6 +46,7 @@ PROXIMITY_WEIGHT = 0.25
 SAME_FILE_WEIGHT = 3.0  # the current file's own chunks beyond the text around the cursor
 MENTION_WEIGHT = 2.0  # chat: a file the question names
 
+SHAPE_MISMATCH = 0.3  # a definition whose name has the wrong shape for what the cursor expects
 PROSE_FACTOR = 0.3  # identifiers in comments and strings
 LOCAL_FACTOR = 0.5  # names the current file binds itself
 
@@ -64,6 +68,13 @@ _ASSIGNED = re.compile(r"\b([A-Za-z_]\w*)\s*(?::=|(?:[-+*/%&|^@]|//|\*\*|>>|<<)?
 _LOOP_OR_AS = re.compile(r"\b(?:for|as)\s+([A-Za-z_][\w\s,()]*?)\s*(?:\bin\b|:|\)|$)", re.MULTILINE)
 _PARAMETERS = re.compile(r"\b(?:def|function|func|fn)\s+\w*\s*\(([^)]*)")
 _PARAMETER = re.compile(r"(?:^|[(,])\s*\*{0,2}([A-Za-z_]\w*)\s*(?=[:=,)]|$)")
+# What the text before the cursor expects next: a type (after `x: `, `-> `, or inside `Optional[`, `A | `),
+# an exception (after `raise `, `except (`), a decorator (`@` at the start of a line).
+_EXPECTS = (
+    ("type", re.compile(r"(?:(?:[A-Za-z_]\w*|[)\]])\s*:|->)\s*(?:[\w.]+\s*(?:\[|\||,)\s*)*$")),
+    ("exception", re.compile(r"\b(?:raise|except)\s*(?:\(\s*(?:[\w.]+\s*,\s*)*)?$")),
+    ("decorator", re.compile(r"^\s*@$")),
+)
 
 
 @dataclass(frozen=True)
@@ -78,6 +89,7 @@ class Query:
     local: frozenset[str] = frozenset()  # names the current file binds itself
     uses: Mapping[str, int] = field(default_factory=dict)  # identifier -> occurrences in the current file
     shown: tuple[int, int] | None = None  # lines of ``path`` already in the prompt, never returned
+    expects: str | None = None  # what the code before the cursor expects (CursorTerms.expects)
     mentioned: frozenset[str] = field(default_factory=frozenset)  # files named in a chat question
 
 
@@ -89,6 +101,7 @@ class CursorTerms:
     local: frozenset[str]
     qualifier: str | None  # `name` when the cursor follows `name.`
     counts: Mapping[str, int] = field(default_factory=dict)  # identifier -> occurrences in the file
+    expects: str | None = None  # "type" | "exception" | "decorator": what the code before the cursor expects
 
 
 def cursor_terms(
@@ -117,7 +130,19 @@ def cursor_terms(
     local = _bound_names(code)
     for name in local.intersection(weights):
         weights[name] *= LOCAL_FACTOR
-    return CursorTerms(_heaviest(weights, keywords), local, qualifier.group(1) if qualifier else None, counts)
+    written = _PARTIAL_BEFORE.sub("", before)[-200:]
+    expects = next((kind for kind, pattern in _EXPECTS if pattern.search(written)), None)
+    return CursorTerms(_heaviest(weights, keywords), local, qualifier.group(1) if qualifier else None, counts,
+                       expects)
+
+
+def fits_expected(name: str, expects: str | None) -> bool:
+    """Whether a name has the shape of what the cursor expects: types and exceptions are capitalised words
+    (``Segment``, not ``CONSTANT``), decorators are not."""
+    if expects is None:
+        return True
+    capitalised = name[:1].isupper() and not name.isupper()
+    return capitalised if expects in ("type", "exception") else not capitalised
 
 
 def cursor_weights(lines: list[str], row: int, col: int, keywords: frozenset[str]) -> dict[str, float]:
@@ -221,15 +246,17 @@ def _definition_scores(index: RepoIndex, query: Query):
     for name, chunks in query.imported_names.items():
         uses = min(USE_WEIGHT_MAX, USE_WEIGHT * math.sqrt(query.uses.get(name, 0)))
         nearness = max(query.weights.get(name, 0.0), uses) if name not in query.local else 0.0
+        fit = 1.0 if fits_expected(name, query.expects) else SHAPE_MISMATCH
         numbers = list(chunks)
-        imported[numbers] = np.maximum(imported[numbers], (IMPORTED_NAME_BASE + nearness) / len(numbers))
+        imported[numbers] = np.maximum(imported[numbers], fit * (IMPORTED_NAME_BASE + nearness) / len(numbers))
     scores += IMPORTED_NAME_WEIGHT * imported
     for term, weight in query.weights.items():
         definers = index.definers.get(term)
         if definers and term not in query.local and term not in query.imported_names:
             # (a name defined but referenced nowhere, say a method named like a keyword, counts as rare)
             boost = np.where(imported_chunks[definers], IMPORTED_FILE_BOOST, 1.0)
-            scores[definers] += DEFINITION_WEIGHT * weight * rarity.get(term, 1.0) * boost / len(definers)
+            fit = 1.0 if fits_expected(term, query.expects) else SHAPE_MISMATCH
+            scores[definers] += DEFINITION_WEIGHT * weight * rarity.get(term, 1.0) * boost * fit / len(definers)
     if query.module_at_cursor:
         numbers = [n for path in query.module_at_cursor for n in index.chunk_numbers(path)]
         scores[numbers] += MODULE_WEIGHT / math.sqrt(max(len(numbers), 1))

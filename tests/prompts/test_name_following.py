@@ -175,3 +175,36 @@ def test_definitions_keep_their_part_of_the_budget_beside_the_files_own_code(mak
     paths = [item.path for item in packed.context]
     assert "pkg/segment.py" in paths  # the definition of Segment
     assert paths.count("pkg/app.py") > 2  # and the file's own handlers, beyond the text around the cursor
+
+
+@pytest.mark.parametrize("before, expects", [
+    ("def f(x: ", "type"), ("    ) -> ", "type"), ("    y: Optional[", "type"), ("    z: A | ", "type"),
+    ("    raise ", "exception"), ("    except (ValueError, ", "exception"), ("    @", "decorator"),
+    ("    x = ", None), ("    call(", None), ("    d = {'a': ", None), ("    s = items[1:", None),
+])
+def test_the_text_before_the_cursor_says_when_it_expects_a_type_an_exception_or_a_decorator(before, expects):
+    assert cursor_terms([before + "Partial"], 0, len(before) + 3, frozenset()).expects == expects
+
+
+def test_a_name_of_the_wrong_shape_for_an_annotation_ranks_below_a_type(make_repo):
+    """After ``-> `` the definition of a capitalised imported name outranks that of a function name used as
+    near the cursor; elsewhere the function, used nearer, comes first."""
+    index = index_repository(make_repo({
+        "lib/shapes.py": _class("Shape", 2),
+        "lib/helpers.py": "def make_shape(width):\n    return width\n",
+        "app.py": "from lib.shapes import Shape\nfrom lib.helpers import make_shape\n\n\n"
+                  "def build(width) -> \n    return make_shape(width)\n",
+    }))
+
+    def first(line: str, col: int) -> str:
+        text = index.root.joinpath("app.py").read_text().split("\n")
+        text[4] = line
+        terms = cursor_terms(text, 4, col, frozenset())
+        found = follow_imports(index, "app.py", "python", [Import("lib.shapes", "Shape"), Import("lib.helpers",
+                                                                                                  "make_shape")])
+        query = Query(weights=terms.weights, path="app.py", imported=frozenset(found.files),
+                      imported_names=found.definitions, local=terms.local, uses=terms.counts, expects=terms.expects)
+        return next(chunk.defines[0] for _, chunk in rank(index, query, definitions_only=True))
+
+    assert first("def build(width) -> ", len("def build(width) -> ")) == "Shape"
+    assert first("    value = ", len("    value = ")) == "make_shape"

@@ -144,3 +144,70 @@ def test_a_small_budget_carries_the_outlines_of_many_definitions_a_large_one_the
     repository = [item for item in large.context if item.path.startswith("lib/")]
     assert len(repository) == 4 and not any(item.outline for item in repository)
     assert "a step of the computation" in smollm2_tokenizer.decode(large.ids)
+
+
+def test_a_brief_keeps_a_class_head_and_its_constructor_or_first_fields_and_a_function_signature():
+    from prompts.outline import BRIEF_FIELDS, brief
+
+    chunks = analyze_source("pkg/segment.py", PYTHON).chunks
+    assert brief(chunks[1]) == (  # no constructor: its first fields, no methods, no docstring
+        '@dataclass\nclass Segment(NamedTuple):\n    text: str\n    style: Optional[Style] = None  # the style\n'
+        "    ...")
+    assert brief(chunks[2]) == "def render(segments: list[Segment], width: int = 80) -> str:\n    ..."
+    fields = "".join(f"    field_{i}: int = {i}\n" for i in range(10))
+    record = analyze_source("r.py", "class Record:\n" + fields).chunks[0]
+    assert brief(record).split("\n")[1:] == [f"    field_{i}: int = {i}" for i in range(BRIEF_FIELDS)] + ["    ..."]
+    service = analyze_source("s.py", (
+        "class Service:\n    '''A service.'''\n\n    RETRIES = 3\n\n    def __init__(self, host: str, port: int = 80):\n"
+        "        self.host = host\n        self.port = port\n\n    def start(self) -> None:\n        pass\n")).chunks[0]
+    assert brief(service) == "class Service:\n    def __init__(self, host: str, port: int = 80):\n        ...\n    ..."
+    for chunk in [*chunks[1:], record, service]:  # never longer than the outline
+        assert len(brief(chunk)) <= len(outline(chunk) or chunk.text)
+    compile(brief(chunks[1]) + "\n" + brief(chunks[2]) + "\n" + brief(service), "brief", "exec")  # still Python
+
+
+def test_a_brief_of_many_definitions_shows_the_wanted_ones_and_cuts_a_long_signature():
+    from prompts.outline import BRIEF_HEAD_LINES, brief
+
+    aliases = "from typing import Any, Callable\n\n" + "".join(f"Alias{i} = Callable[[int], Any]\n" for i in range(12))
+    header = analyze_source("types.py", aliases).chunks[0]
+    assert brief(header, frozenset({"Alias3", "Alias7", "unrelated"})) == (
+        "Alias3 = Callable[[int], Any]\nAlias7 = Callable[[int], Any]")
+    assert brief(header).count("\n") == 11  # nothing wanted that it defines: every definition, no import
+    parameters = "".join(f"        option_{i}: int = {i},\n" for i in range(20))
+    long = analyze_source("c.py", f"class Client:\n    def __init__(\n        self,\n{parameters}    ) -> None:\n"
+                                  "        self.options = 20\n").chunks[0]
+    lines = brief(long).split("\n")
+    assert lines[:BRIEF_HEAD_LINES - 1] == ["class Client:", "    def __init__(", "        self,",
+                                            *[f"        option_{i}: int = {i}," for i in range(BRIEF_HEAD_LINES - 4)]]
+    assert lines[BRIEF_HEAD_LINES - 1:] == ["        ...", "    ) -> None:", "        ..."]
+
+
+def test_a_small_budget_carries_the_briefs_of_many_imported_definitions(make_repo, smollm2_tokenizer, monkeypatch):
+    """Twelve imported classes of ~200 tokens each: at 512 tokens the definitions' share holds their briefs (the
+    constructor's signature, a few dozen tokens each), at least twice as many as it holds outlines."""
+    import prompts.completion
+
+    files = {}
+    for i in range(12):
+        body = "".join(f"    def method_{j}(self, value: int) -> int:\n        return value * {j}\n\n" for j in range(6))
+        files[f"lib/part{i}.py"] = (f"class Part{i}:\n    def __init__(self, size_{i}: int, name: str = 'p{i}'):\n"
+                                    f"        self.size = size_{i}\n\n{body}")
+    uses = "\n".join(f"    part{i} = Part{i}(1)" for i in range(12))
+    files["app.py"] = "".join(f"from lib.part{i} import Part{i}\n" for i in range(12)) + \
+        f"\n\ndef main():\n{uses}\n    return \n"
+    index = index_repository(make_repo(files))
+    rows = files["app.py"].count("\n")
+
+    def shown():
+        packed = build_completion_prompt(index, smollm2_tokenizer, "app.py", line=rows, col=11, budget_tokens=512)
+        assert len(packed.ids) <= 512
+        return {item.path for item in packed.context if item.path.startswith("lib/")}, smollm2_tokenizer.decode(
+            packed.ids)
+
+    briefs, text = shown()
+    assert "def __init__(self, size_11: int, name: str = 'p11'):\n        ...\n    ...\n" in text
+    assert "return value * 5" not in text
+    monkeypatch.setattr(prompts.completion, "brief", lambda chunk, names: None)
+    outlines, _ = shown()
+    assert len(briefs) >= 2 * len(outlines) >= 2, (briefs, outlines)
