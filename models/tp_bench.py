@@ -13,6 +13,9 @@ product's decode step (dense parts compiled, one CUDA-graph replay per token):
   dispatch     where each rank's batch-1 projections run (Triton GEMV, split-K GEMV, cuBLAS) and their
                share of the weight bytes; --gemv-ab MODELS times those models' rows again with the
                dispatch before split-K (CODECOMPLETE_GEMV=wide: deep projections on cuBLAS), in the same run
+  fused A/B    $CODECOMPLETE_TP_FUSED_AB=MODELS times those models' rows (1 GPU and N) again with the fused
+               one-token kernels' per-kind launch configurations only (kernels.fused_gemv.use_per_shape(False):
+               CodeLlama-7B's sweep) instead of their per-shape entries, same run, a new graph capture each
   collectives  (--sweep) NCCL all-reduce against the one-shot all-reduce at the decode step's message
                sizes, as plain launches and inside a CUDA graph
   check        a 2-layer cut of the first model through the Engine's decode step: N-rank prefill and decode
@@ -32,6 +35,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from kernels import fused_gemv
 from kernels.bench import copy_bandwidth, graph_replay_us
 from models.bench import fill_cache_randomly, fits, kv_bytes_per_step, ours_step_us, weight_bytes_per_step
 from models.config import preset
@@ -55,20 +59,23 @@ def run(args, env: dict, bandwidth: float, log) -> int:
     multicast_off()
     _allow_recompiles()
     names, ab = _names(args.models), _names(args.gemv_ab)
+    fused_ab = _names(os.environ.get("CODECOMPLETE_TP_FUSED_AB", ""))
     contexts = [int(c) for c in args.contexts.split(",")]
     methods = [m for m in args.methods.split(",") if m]
     if unknown := set(methods) - set(METHODS):
         raise SystemExit(f"--methods: unknown {', '.join(sorted(unknown))} (choose from {', '.join(METHODS)})")
     out = {"env": env, "gpus": args.gpus, "multicast_off": MULTICAST_OFF, "bandwidth_gpu0": bandwidth,
-           "single": [], "notes": [], "tp": {}, "gemv_ab": ab,
+           "single": [], "notes": [], "tp": {}, "gemv_ab": ab, "fused_ab": fused_ab,
+           "fused_configs": {fused_gemv.config_name(k): list(c) for k, c in fused_gemv.CONFIGS.items()},
            "dispatch": [dispatch_shares(n, w) for n in names for w in sorted({1, args.gpus})]}
     path = str(args.out / f"tp{'-' + args.tag if args.tag else ''}")
     for name in names:
-        out["single"] += single_gpu_rows(name, contexts, bandwidth, args.replays, log, out["notes"], name in ab)
+        out["single"] += single_gpu_rows(name, contexts, bandwidth, args.replays, log, out["notes"], name in ab,
+                                         name in fused_ab)
         save(out, path)
     started = time.perf_counter()
     out["tp"] = run_on_ranks(args.gpus, "cuda", rank_bench, names, contexts, args.replays, out, path, methods,
-                             ab, args.sweep)
+                             ab, args.sweep, fused_ab)
     out["tp"]["wall_s"] = time.perf_counter() - started
     table = save(out, path)
     print(table)
@@ -98,7 +105,7 @@ def save(out: dict, path: str) -> str:
 # ---- one GPU -----------------------------------------------------------------------------------
 
 def single_gpu_rows(name: str, contexts, bandwidth: float, replays: int, log, notes: list,
-                    ab: bool = False) -> list[dict]:
+                    ab: bool = False, fused_ab: bool = False) -> list[dict]:
     config = preset(name)
     weights = 2 * sum(p.numel() for p in _meta_model(config).parameters())
     if not fits(weights + kv_bytes_per_step(config, 1, max(contexts))):
@@ -125,6 +132,14 @@ def single_gpu_rows(name: str, contexts, bandwidth: float, replays: int, log, no
             row["step_us_old_dispatch"] = _old_dispatch_us(lambda: ours_step_us(model, 1, row["context"], "flash",
                                                                                 replays))
             log(f"  1 GPU {name} S={row['context']}: old dispatch {1e6 / row['step_us_old_dispatch']:.1f} tok/s")
+    if fused_ab:                         # the same steps with the fused kernels' per-kind configurations
+        for row in rows:
+            model.setup_caches(1, row["context"])
+            fill_cache_randomly(model, row["context"])
+            row["step_us_fused_defaults"] = _fused_defaults_us(lambda: ours_step_us(model, 1, row["context"], "flash",
+                                                                                    replays))
+            log(f"  1 GPU {name} S={row['context']}: per-kind fused configurations "
+                f"{1e6 / row['step_us_fused_defaults']:.1f} tok/s")
     del model
     _free()
     return rows
@@ -142,6 +157,15 @@ def _old_dispatch_us(measure) -> float:
         return measure()
     finally:
         use_gemv(os.environ.get("CODECOMPLETE_GEMV", SPLIT_K_DISPATCH))
+
+
+def _fused_defaults_us(measure) -> float:
+    """measure() with the fused kernels' per-kind launch configurations only (read at launch: a new capture)."""
+    previous = fused_gemv.use_per_shape(False)
+    try:
+        return measure()
+    finally:
+        fused_gemv.use_per_shape(previous)
 
 
 def dispatch_shares(name: str, world: int) -> dict:
@@ -176,7 +200,7 @@ def _free() -> None:
 # ---- N GPUs: what every rank runs --------------------------------------------------------------
 
 def rank_bench(tp: TensorParallel, names: list[str], contexts: list[int], replays: int, out: dict,
-               path: str, methods=METHODS, ab=(), sweep: bool = True) -> dict:
+               path: str, methods=METHODS, ab=(), sweep: bool = True, fused_ab=()) -> dict:
     """Everything N-GPU, on every rank in step; rank 0 saves after each part and returns the whole."""
     log = _rank_log(tp)
     _allow_recompiles()
@@ -215,6 +239,10 @@ def rank_bench(tp: TensorParallel, names: list[str], contexts: list[int], replay
         if name in ab:
             for row, (_, us) in zip(rows, old_dispatch_rows(tp, model, name, contexts, replays, log)):
                 row["step_us_old_dispatch"] = us
+            saved()
+        if name in fused_ab:
+            for row, (_, us) in zip(rows, fused_default_rows(tp, model, name, contexts, replays, log)):
+                row["step_us_fused_defaults"] = us
             saved()
         del model
         _free()
@@ -378,6 +406,20 @@ def old_dispatch_rows(tp: TensorParallel, model, name: str, contexts, replays: i
     return out
 
 
+def fused_default_rows(tp: TensorParallel, model, name: str, contexts, replays: int, log) -> list[tuple[int, float]]:
+    """(context, µs per step) with the fused kernels' per-kind configurations and the product's all-reduce."""
+    out = []
+    tp.collectives.method = "auto"
+    for context in contexts:
+        model.free_caches()
+        model.setup_caches(1, context, name)
+        fill_cache_randomly(model, context)
+        us = _fused_defaults_us(lambda: ours_step_us(model, 1, context, "flash", replays))
+        log(f"{tp.world} GPUs {name} S={context}: per-kind fused configurations {us:.0f} µs/step")
+        out.append((context, us))
+    return out
+
+
 def step_collectives_us(tp: TensorParallel, config, replays: int) -> float:
     """µs of exactly one decode step's collectives at batch 1, back to back in a CUDA graph:
     two all-reduces of (1, 1, dim) per layer and the gather of the logits."""
@@ -446,6 +488,16 @@ def markdown(out: dict) -> str:
             f"{r['method']} | {r['step_us']:.0f} | {r['step_us'] - by.get('none', float('nan')):.0f} | "
             f"{r['collectives_us_by_method'].get(r['method'], float('nan')):.0f} | "
             + " / ".join(f"{by[m]:.0f}" if m in by else "-" for m in METHODS) + f" | {_old_cells(r)} |")
+    ab_rows = [(r, r["gpus"]) for r in out["single"] + tp.get("rows", []) if r.get("step_us_fused_defaults")]
+    if ab_rows:
+        shaped = [k for k in out.get("fused_configs", {}) if " " in k]
+        lines += ["", f"Fused one-token kernels: the per-shape launch configurations ({len(shaped)} entries in "
+                  "kernels.fused_gemv.CONFIGS) against the per-kind ones alone (CodeLlama-7B's sweep), same run, same "
+                  "weights:", "", "| model | GPUs | context | step µs, per-shape | step µs, per-kind | per-kind / per-shape |",
+                  "|---|---|---|---|---|---|"]
+        for r, gpus in ab_rows:
+            lines.append(f"| {r['model']} | {gpus} | {r['context']} | {r['step_us']:.0f} | {r['step_us_fused_defaults']:.0f} "
+                         f"| {r['step_us_fused_defaults'] / r['step_us']:.3f}x |")
     lines += ["", *bars(out)]
     return "\n".join(lines) + "\n"
 
@@ -477,11 +529,16 @@ def bars(out: dict) -> list[str]:
             before = ""
             if old and one.get("step_us_old_dispatch"):
                 before = f"; old dispatch on both: {one['step_us_old_dispatch'] / old:.2f}x"
+            if r.get("step_us_fused_defaults") and one.get("step_us_fused_defaults"):
+                before += (f"; per-kind fused configurations on both: "
+                           f"{one['step_us_fused_defaults'] / r['step_us_fused_defaults']:.2f}x")
             lines.append(f"- {r['model']} S={r['context']}: {r['gpus']} GPUs {r['tok_s']:.1f} tok/s = {ratio:.2f}x of 1 GPU "
                          f"({one['tok_s']:.1f}); bar 1.7x: {'met' if ratio >= 1.7 else 'MISSED'}; {share}{before}")
         if "70B" in r["model"]:
             frac = r["tok_s"] / r["roofline_tok_s"]
             before = f"; old dispatch: {100 * 1e6 / old / r['roofline_tok_s']:.0f}%" if old else ""
+            if r.get("step_us_fused_defaults"):
+                before += f"; per-kind fused configurations: {100 * 1e6 / r['step_us_fused_defaults'] / r['roofline_tok_s']:.0f}%"
             lines.append(f"- {r['model']} S={r['context']}: {r['gpus']} GPUs {r['tok_s']:.1f} tok/s = {100 * frac:.0f}% of "
                          f"the {r['gpus']}-GPU roofline ({r['roofline_tok_s']:.1f}); bar 80%: "
                          f"{'met' if frac >= 0.8 else 'MISSED'}; {share}{before}")

@@ -8,7 +8,10 @@
 #      16k and 64k; then on 2 GPUs: the 2-vs-1 check, 34B and 70B at 16k and 64k with the one-shot
 #      all-reduce and with none (the collectives' cost per step), the collectives of one step alone; and
 #      the A/B: every 34B and 70B row timed again with the dispatch before split-K
-#      (CODECOMPLETE_GEMV=wide: deep projections on cuBLAS), same run, same weights, no recompilation;
+#      (CODECOMPLETE_GEMV=wide: deep projections on cuBLAS), same run, same weights, no recompilation
+#      (GEMV_AB= leaves it out); and, for the models in FUSED_AB (default 34B,70B; FUSED_AB= leaves it out),
+#      every row on 1 and 2 GPUs timed again with the fused one-token kernels' per-kind launch
+#      configurations only (kernels.fused_gemv.use_per_shape(False)) instead of their per-shape entries;
 #   4. the app's own path on 2 GPUs (capped at 55 s): load_model("random:CodeLlama-34B", gpus=2), two
 #      requests (the second reusing the first's prefix), close(), the process's exit status (0 when it works).
 #
@@ -41,7 +44,7 @@ gemv_pid=$!
 
 # 3. The benchmark.
 echo "$(date +%T) models.bench starts" > "$OUT/bench.log"
-timeout --signal=TERM --kill-after=10 165 \
+CODECOMPLETE_TP_FUSED_AB=${FUSED_AB-34B,70B} timeout --signal=TERM --kill-after=10 165 \
     python -m models.bench --gpus 2 --models 34B,70B --contexts 16384,65536 --replays 20 \
     --methods one_shot,none ${GEMV_AB-"--gemv-ab 34B,70B"} --out "$OUT" --tag x2 \
     2>&1 >/dev/null | stamp >> "$OUT/bench.log"

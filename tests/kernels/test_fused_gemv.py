@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from kernels import reference
-from kernels.fused_gemv import gemv, norm_swiglu, qkv_rope
+from kernels import fused_gemv, reference
+from kernels.fused_gemv import CONFIGS, Config, config_for, gemv, norm_swiglu, qkv_rope, read_configs, use_per_shape
 
 TOLERANCES = [(torch.float32, 1e-5), (torch.bfloat16, 1.2e-2), (torch.float16, 2e-3)]
 
@@ -105,14 +105,104 @@ def test_bad_inputs_get_one_clear_error():
 
 
 def test_every_epilogue_compiles_for_sm90():
-    """Each fused kernel builds for the H100/H200 in the configuration the step launches it with (a
-    subprocess: this session interprets Triton), with 16-byte weight loads and the programmatic-dependent-launch
-    wait before it reads x."""
+    """Each fused kernel builds for the H100/H200 in every configuration the step launches it with (each kind's
+    default and each per-shape entry; a subprocess: this session interprets Triton), with 16-byte weight loads
+    and the programmatic-dependent-launch wait before it reads x."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     run = subprocess.run([sys.executable, "-c", "import json; from kernels.fused_gemv import compile_facts; "
                           "print(json.dumps(compile_facts()))"], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     facts = json.loads(run.stdout.splitlines()[-1])
-    assert len(facts) == 5
+    assert {"wo+residual", "w2+residual", "logits", "w13 swiglu", "wqkv rope cache"} <= set(facts)
     for name, f in facts.items():
         assert f["cubin_bytes"] > 0 and f["vector_loads"] >= 2 and f["pdl_wait"], (name, f)
+
+
+# ---- launch configurations: per shape, the kind's default otherwise, the file override ------------------
+
+def test_a_shape_entry_wins_over_the_kinds_default_and_other_shapes_fall_back(monkeypatch):
+    tuned = Config(4, 512, 2, 4, True)
+    monkeypatch.setitem(CONFIGS, ("qkv_rope", 5120, 8192), tuned)
+    assert config_for("qkv_rope", 5120, 8192) == tuned
+    assert config_for("qkv_rope", 12288, 4096) == CONFIGS["qkv_rope"]          # no entry: the default
+    assert config_for("norm_swiglu", 5120, 8192) == CONFIGS["norm_swiglu"]     # entries are per kind too
+    previous = use_per_shape(False)                                            # the A/B arm: defaults only
+    try:
+        assert config_for("qkv_rope", 5120, 8192) == CONFIGS["qkv_rope"]
+    finally:
+        use_per_shape(previous)
+    assert config_for("qkv_rope", 5120, 8192) == tuned
+
+
+def test_each_kernel_looks_its_configuration_up_by_its_weights_shape(monkeypatch):
+    """The launch gets the entry of (kind, weight rows, weight columns): w13's 2F rows, wqkv's all heads."""
+    launched = []
+    monkeypatch.setattr(fused_gemv, "_launch", lambda config, *a, **k: launched.append(config))
+    entries = {("gemv", 12, 8): Config(2, 64, 1, 2), ("gemv_deep", 8, 12): Config(4, 32, 2, 3),
+               ("gemv_norm", 10, 8): Config(8, 16, 4, 2), ("norm_swiglu", 12, 8): Config(4, 128, 2, 2, True),
+               ("qkv_rope", 32, 8): Config(4, 256, 1, 5, True)}
+    for key, config in entries.items():
+        monkeypatch.setitem(CONFIGS, key, config)
+    x8, x12 = torch.randn(8), torch.randn(12)
+    gemv(x8, torch.randn(12, 8), residual=torch.randn(12))
+    gemv(x12, torch.randn(8, 12))
+    gemv(x8, torch.randn(10, 8), norm_weight=torch.ones(8), out_dtype=torch.float32)
+    norm_swiglu(x8, torch.ones(8), 1e-5, torch.randn(12, 8))
+    qkv_rope(x8, torch.ones(8), 1e-5, torch.randn(32, 8), torch.ones(4, 8), torch.ones(4, 8), torch.tensor([1]), 2, 1)
+    gemv(x8, torch.randn(16, 8))                                               # no entry: the kind's default
+    # On the CPU the interpreter takes 16 rows per program (block_n), everything else as configured.
+    want = [c._replace(block_n=16) for c in entries.values()] + [CONFIGS["gemv"]._replace(block_n=16)]
+    want[-2] = want[-2]._replace(block_n=8)          # 4 pairs per head (D = 8): block_n / 2 must divide them
+    assert launched == want
+
+
+def test_the_configs_file_adds_shape_entries_and_replaces_defaults(tmp_path):
+    path = tmp_path / "configs.json"
+    path.write_text(json.dumps({"gemv": [4, 512, 4, 3], "qkv_rope 5120x8192": [8, 512, 2, 4, True]}))
+    assert read_configs(str(path)) == {"gemv": Config(4, 512, 4, 3), ("qkv_rope", 5120, 8192): Config(8, 512, 2, 4, True)}
+    for bad, match in (({"gemm": [2, 1024, 4, 4]}, "unknown kernel kind"), ({"gemv 12x": [2, 1024, 4, 4]}, "kind NxK")):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=match):
+            read_configs(str(path))
+    # What a process started with CODECOMPLETE_FUSED_CONFIGS sees.
+    path.write_text(json.dumps({"gemv": [4, 512, 4, 3], "qkv_rope 5120x8192": [8, 512, 2, 4, True]}))
+    program = ("from kernels.fused_gemv import config_for; "
+               "print([tuple(config_for(*k)) for k in (('gemv', 1, 1), ('qkv_rope', 5120, 8192), ('qkv_rope', 1, 1))])")
+    run = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, CODECOMPLETE_FUSED_CONFIGS=str(path)))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split("\n")[-2] == str([(4, 512, 4, 3, False), (8, 512, 2, 4, True), tuple(CONFIGS["qkv_rope"])])
+
+
+def test_choose_keeps_the_default_unless_the_winner_clears_the_margin():
+    default, other = Config(2, 1024, 4, 4), Config(4, 512, 2, 4)
+    assert fused_gemv.choose(default, {default: 100.0, other: 99.5}) == (default, 0.0)
+    chosen, gain = fused_gemv.choose(default, {default: 100.0, other: 95.0})
+    assert chosen == other and gain == pytest.approx(0.05)
+    assert fused_gemv.choose(default, {default: 100.0, other: 101.0}) == (default, 0.0)
+
+
+def test_the_sweep_runs_a_models_rank_shapes_end_to_end(monkeypatch, tmp_path):
+    """`python -m kernels.fused_gemv --model M/2` on a tiny preset under the interpreter (timings faked): every
+    shape of a rank's step, every configuration checked against float64, the entries file readable."""
+    import itertools
+
+    import kernels.bench
+    monkeypatch.setitem(fused_gemv.MODELS, "Tiny", (2, 64, 4, 2, 16, 160, 101))
+    monkeypatch.setattr(fused_gemv, "SWEEP", {k: v[:2] for k, v in fused_gemv.SWEEP.items()})
+    times = itertools.cycle([7.0, 5.0, 6.0, 9.0, 4.0])
+    monkeypatch.setattr(kernels.bench, "copy_bandwidth", lambda: 4e12)
+    monkeypatch.setattr(kernels.bench, "graph_replay_us", lambda run, replays=30: (run(), next(times))[1])
+    out, entries = tmp_path / "sweep.json", tmp_path / "entries.json"
+    assert fused_gemv.main(["--model", "Tiny/2", "--device", "cpu", "--json", str(out),
+                            "--write-configs", str(entries)]) == 0
+    result = json.loads(out.read_text())
+    shapes = {(r["kind"], r["N"], r["K"]) for r in result["rows"]}
+    assert shapes == {("qkv_rope", 64, 64), ("gemv", 64, 32), ("norm_swiglu", 160, 64), ("gemv_deep", 64, 80),
+                      ("gemv_norm", 51, 64)}
+    for row in result["rows"]:
+        assert all(c["ok"] and c["max_rel_err"] < 1e-2 for c in row["configs"]), row
+        assert row["chosen"]["us"] <= row["default_us"]
+    written = read_configs(str(entries))
+    assert all(isinstance(k, tuple) and k[0] in fused_gemv.KINDS for k in written)
+    assert result["predictions"]["Tiny/2"]["shapes"] == 5
