@@ -77,12 +77,14 @@ class Encoder:
         """``encode`` (or ``encode_lead``) for many pieces, the new ones in one call to the tokenizer."""
         cache = self._cache
         missing = list(dict.fromkeys(t for t in texts if (t, lead) not in cache))
-        if missing:
-            for text, ids in zip(missing, self._lead(missing) if lead else self._infill(missing)):
-                cache[text, lead] = array("i", ids)
-            while len(cache) > CACHE_PIECES:  # forget the oldest
-                del cache[next(iter(cache))]
-        return [cache[t, lead] for t in texts]
+        for text, ids in zip(missing, self._lead(missing) if lead else self._infill(missing)):
+            cache[text, lead] = array("i", ids)
+        found = [cache[t, lead] for t in texts]
+        for text in texts:  # (used again: the newest; the pieces of every prompt stay while others go)
+            cache[text, lead] = cache.pop((text, lead))
+        while len(cache) > CACHE_PIECES:  # forget the least recently used (what this call returns is in hand)
+            del cache[next(iter(cache))]
+        return found
 
     def encode_lead(self, text: str) -> Sequence[int]:
         """Ids of the first text of a prompt, the tokenizer's own way (SentencePiece: with its leading space)."""

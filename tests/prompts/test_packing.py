@@ -142,3 +142,21 @@ def test_a_line_of_megabytes_costs_what_the_budget_holds_not_what_the_file_holds
         if col != 1 or packed.format != "left-to-right":  # (at the file's start, left to right shows nothing)
             assert len(packed.ids) >= 900  # as much of the line as fits
         assert counting.characters < 2_000_000
+
+
+def test_the_encoder_forgets_the_least_recently_used_pieces_never_the_ones_it_returns(smollm2_tokenizer, monkeypatch):
+    """A full cache evicts while a call is under way: the pieces the call returns (cached ones among them) are
+    never the ones it forgets, and the pieces used most recently stay."""
+    import prompts.tokens
+    from prompts.tokens import Encoder
+
+    monkeypatch.setattr(prompts.tokens, "CACHE_PIECES", 4)
+    encoder = Encoder(smollm2_tokenizer)
+    plain = lambda text: smollm2_tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    kept = "def kept(value):\n"
+    encoder.encode_many([kept, "a = 1\n", "b = 2\n"])
+    texts = [kept] + [f"piece_{i} = {i} * {i}\n" for i in range(6)]  # a cached piece among more than fit
+    assert [list(ids) for ids in encoder.encode_many(texts)] == [plain(text) for text in texts]
+    encoder.encode_many(["x = 1\n", kept, "y = 2\n"])
+    encoder.encode_many(["z = 3\n"])
+    assert (kept, False) in encoder._cache and ("a = 1\n", False) not in encoder._cache  # used last, kept
