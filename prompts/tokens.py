@@ -77,8 +77,9 @@ class Encoder:
         """``encode`` (or ``encode_lead``) for many pieces, the new ones in one call to the tokenizer."""
         cache = self._cache
         missing = list(dict.fromkeys(t for t in texts if (t, lead) not in cache))
-        for text, ids in zip(missing, self._lead(missing) if lead else self._infill(missing)):
-            cache[text, lead] = array("i", ids)
+        if missing:
+            for text, ids in zip(missing, self._lead(missing) if lead else self._infill(missing)):
+                cache[text, lead] = array("i", ids)
         found = [cache[t, lead] for t in texts]
         for text in texts:  # (used again: the newest; the pieces of every prompt stay while others go)
             cache[text, lead] = cache.pop((text, lead))
