@@ -163,13 +163,21 @@ class Config(NamedTuple):
 #   (bench/results/h200-fused-explore/fused-gemv.txt, 2026-11-30): 87% of the copy bandwidth for wqkv, 89% for
 #   w13 (cuBLAS on the bare projections: 79%, 84%), 81% for w2 (74%), 91% for the logits (92%).
 # - Per shape: the H200 sweep of `python -m kernels.fused_gemv --model 34B/2,34B,70B/2` (CodeLlama-34B and -70B
-#   on one rank of two, 34B on one GPU; bench/results/h200-tp-shapes/): a shape gets an entry only where its
-#   winner beat the kind's default by at least 1% when both were timed again.
+#   on one rank of two, 34B on one GPU; bench/results/h200-tp-shapes/fused-gemv.txt, 2026-11-30): a shape gets
+#   an entry only where its winner beat the kind's default by at least 1% when both were timed again. The
+#   other 7 of the 13 shapes swept keep their kind's default (within 1% of their winner).
 # CODECOMPLETE_FUSED_CONFIGS=FILE (JSON {"kind" or "kind NxK": [block_n, block_k, num_warps, num_stages,
 # interleave]}, as `python -m kernels.fused_gemv --write-configs FILE` writes it) adds or replaces entries.
 CONFIGS: dict[str | tuple[str, int, int], Config] = {
     "qkv_rope": Config(16, 256, 4, 3, True), "norm_swiglu": Config(8, 512, 4, 3, True),
     "gemv": Config(2, 1024, 4, 4), "gemv_deep": Config(2, 1024, 2, 4), "gemv_norm": Config(8, 256, 4, 4),
+    # (kind, N, K)                                          where; µs of the kind's default -> this one
+    ("qkv_rope", 5120, 8192): Config(8, 512, 4, 4, True),   # wqkv, 34B and 70B on a rank of 2: 32.0 -> 23.2
+    ("qkv_rope", 10240, 8192): Config(8, 256, 2, 4, True),  # wqkv, 34B on 1 GPU: 44.0 -> 43.1
+    ("gemv_deep", 8192, 11008): Config(2, 1024, 4, 3),      # w2, 34B on a rank of 2: 48.7 -> 45.0
+    ("gemv_deep", 8192, 14336): Config(2, 1024, 4, 3),      # w2, 70B on a rank of 2: 61.0 -> 57.1
+    ("gemv_deep", 8192, 22016): Config(2, 1024, 4, 4),      # w2, 34B on 1 GPU: 90.7 -> 84.9
+    ("gemv_norm", 32000, 8192): Config(4, 512, 4, 4),       # logits, 34B on 1 GPU: 126.2 -> 122.6
 }
 KINDS = ("qkv_rope", "norm_swiglu", "gemv", "gemv_deep", "gemv_norm")
 _per_shape = True                      # use_per_shape(False): the per-kind defaults everywhere (A/B runs)

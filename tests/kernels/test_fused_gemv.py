@@ -206,3 +206,10 @@ def test_the_sweep_runs_a_models_rank_shapes_end_to_end(monkeypatch, tmp_path):
     written = read_configs(str(entries))
     assert all(isinstance(k, tuple) and k[0] in fused_gemv.KINDS for k in written)
     assert result["predictions"]["Tiny/2"]["shapes"] == 5
+
+
+def test_the_per_shape_entries_are_the_h200_sweeps():
+    """CONFIGS' per-shape entries are what bench/results/h200-tp-shapes' sweep wrote, no more, no fewer."""
+    from pathlib import Path
+    swept = read_configs(str(Path(__file__).resolve().parents[2] / "bench/results/h200-tp-shapes/fused-configs.json"))
+    assert {k: c for k, c in CONFIGS.items() if isinstance(k, tuple)} == swept
