@@ -13,6 +13,7 @@ looked up in the prompt in one multi-token step (a second graph) and keeps the o
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,7 +27,8 @@ from models.config import ModelConfig
 from models.errors import ContextTooLongError, ModelError
 from models.generation import GenerationConfig, GenerationResult, Timings
 from models.healing import HealingConstraint, PrefixStripper, vocabulary_bytes
-from models.llama import Decode, Transformer
+from models.llama import (Decode, DenseKernels, Prefill, Transformer, attention_inputs, attention_output_and_ffn,
+                          final_logits)
 from models.kv_cache import QUANTIZED, cache_dtype_name
 from models.sampling import make_generator, sample
 from models.speculative import PromptLookup, accept
@@ -49,6 +51,18 @@ TILE_ROWS = 64
 # of the CodeLlama-7B shape took 45-77 ms of the server's time to first token, the replayed steps 21-28 ms
 # (bench/results/h200-run6/serve/). Without graphs (a CPU) a step costs what a short prefill does: only one token.
 GRAPHED_TAIL = 4
+# Prefill spans on CUDA snap to multiples of this many tokens: the start down (re-prefilling up to 127 cached
+# tokens), the end up (pad tokens after the prompt). Every new prefill length cost a first-call setup that nearly
+# every request paid, prompts differing in length: kernels/append.py's append kernel is compiled per number of
+# new tokens (a constexpr) and cuDNN builds an attention plan per (new tokens, keys) shape. On an H200 a first
+# 5.9k-token prefill at a new length took 370-566 ms against 197 ms (the compile 117-134 ms, the plan 50-73 ms).
+# On buckets those shapes recur, and `warm_prefill` prepares the likely ones ahead of time
+# (bench/results/h200-cold/). A start snapped to 0 also keeps a cold prompt on cuDNN's attention: with fewer
+# queries than keys SDPA takes FlashAttention-2, twice as slow there.
+# The pads come after every prompt token, so causal attention keeps them out of the prompt's logits and keys and
+# values; theirs lie past the sequence's length, where decoding overwrites them before anything reads them.
+# CODECOMPLETE_PREFILL_BUCKET=0 turns it off (and N sets another size).
+PREFILL_BUCKET = {"cuda": 128}
 
 
 def load_model(spec=None, device=None, dtype=None, attention=None, max_context=None, progress=None,
@@ -137,6 +151,54 @@ def _random_engine(spec: str, device, dtype, attention, max_context, cuda_graphs
     return engine
 
 
+def _prefill_attention_inputs(x, norm_weight, eps, wqkv, cos, sin, n_heads, n_kv_heads, head_dim):
+    """`models.llama.attention_inputs`, as a function of its own: its compiled code (any number of tokens) is cached
+    apart from the decode step's (static shapes)."""
+    return attention_inputs(x, norm_weight, eps, wqkv, cos, sin, n_heads, n_kv_heads, head_dim)
+
+
+def _prefill_output_and_ffn(x, attn, wo, norm_weight, eps, w13, w2, ffn_dim):
+    """`models.llama.attention_output_and_ffn`, likewise."""
+    return attention_output_and_ffn(x, attn, wo, norm_weight, eps, w13, w2, ffn_dim)
+
+
+def _any_length(compiled):
+    """Call `compiled` with the token dimension of its (1, T, ...) tensors marked dynamic: one compilation serves
+    every span length (T >= 2; one token compiles a variant of its own)."""
+    def call(*args):
+        for arg in args:
+            if isinstance(arg, torch.Tensor) and arg.dim() == 3 and arg.shape[1] >= 2:
+                torch._dynamo.mark_dynamic(arg, 1)
+        return compiled(*args)
+    return call
+
+
+@functools.cache
+def compiled_prefill_kernels() -> DenseKernels:
+    """The dense parts of a prefill, compiled (at the first call) for any number of tokens."""
+    compile = functools.partial(torch.compile, fullgraph=True)
+    return DenseKernels(_any_length(compile(_prefill_attention_inputs)), _any_length(compile(_prefill_output_and_ffn)),
+                        final_logits)
+
+
+def prefill_bucket(device_type: str, config: ModelConfig) -> int:
+    """The prefill span's granularity (PREFILL_BUCKET) for a device: $CODECOMPLETE_PREFILL_BUCKET when set (0:
+    off). Never under dynamic rope scaling, whose rotations depend on the call's length, pads included."""
+    scaling = config.rope_scaling
+    if scaling and scaling.kind == "dynamic":
+        return 0
+    setting = os.environ.get("CODECOMPLETE_PREFILL_BUCKET")
+    if setting is None:
+        return PREFILL_BUCKET.get(device_type, 0)
+    try:
+        bucket = int(setting)
+    except ValueError:
+        bucket = -1
+    if bucket < 0:
+        raise ValueError(f"CODECOMPLETE_PREFILL_BUCKET={setting!r}: a number of tokens (0: off)")
+    return bucket
+
+
 def parse_dtype(dtype, device: torch.device) -> torch.dtype:
     if dtype is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -202,6 +264,10 @@ class Engine:
             model.compile_dense()
         # Read token t while step t+1 runs: only pays where the device runs asynchronously.
         self._lookahead = self._device.type == "cuda"
+        self.prefill_bucket = prefill_bucket(self._device.type, model.config)
+        # Run prefill's dense parts compiled (`prefill_compilable` says where it can): a long-lived process's choice,
+        # the server's, since the first prefill compiles them (then inductor's disk cache serves later starts).
+        self.compile_prefill = False
         self._steps: dict[tuple[int, int], _DecodeStep] = {}    # (batch, tokens per step) -> step
         self._cache_rows = 0
         self._cached_ids: list[int] = []       # the tokens whose K/V cache row 0 holds, in order
@@ -215,6 +281,16 @@ class Engine:
     def attention_is_slow(self) -> bool:
         """True when flash runs through the Triton interpreter (CPU): correct but very slow."""
         return self.attention == "flash" and self._device.type != "cuda"
+
+    @property
+    def prefill_compilable(self) -> bool:
+        """Whether prefill's norms, RoPE, SwiGLU and residuals can run compiled here, once for any number of tokens
+        (CodeLlama-7B, 7,880 tokens on an H200: 209 ms against 262 eager, its errors against float32 no larger:
+        bench/results/h200-cold/run2-compiled/):
+        where the decode step is compiled (CUDA graphs, CODECOMPLETE_COMPILE not 0), not on a tensor-parallel rank
+        (whose dense parts carry collectives), and unless CODECOMPLETE_COMPILE_PREFILL=0."""
+        return (self._graphs_enabled and os.environ.get("CODECOMPLETE_COMPILE", "1") != "0"
+                and os.environ.get("CODECOMPLETE_COMPILE_PREFILL", "1") != "0" and self.model.dense == DenseKernels())
 
     @property
     def use_cuda_graphs(self) -> bool:
@@ -322,8 +398,8 @@ class Engine:
         if B == 1 and len(prompts[0]) - reused[0] <= (GRAPHED_TAIL if self._graphs_enabled else 1):
             logits = self._feed_tail(prompts[0], reused[0])                              # (1, V)
         else:
-            logits = torch.cat([self.model.prefill(torch.tensor([p[r:]], device=self._device), r, b)
-                                for b, (p, r) in enumerate(zip(prompts, reused))])    # (B, V)
+            reused = [self.prefill_span(r, len(p))[0] for p, r in zip(prompts, reused)]   # bucketed starts
+            logits = torch.cat([self._prefill(p, r, b) for b, (p, r) in enumerate(zip(prompts, reused))])  # (B, V)
         generator = make_generator(self._device, config.seed) if config.temperature > 0 else None
         healing = self._healing(config, B)
         tokens = sample(healing.restrict(logits) if healing else logits, config, generator)   # (B,)
@@ -345,6 +421,53 @@ class Engine:
                           drafted_tokens=loop.drafted, accepted_tokens=loop.accepted, decode_steps=loop.steps,
                           verify_steps=loop.verify_steps)
         return [row.result(len(p), r, timings) for row, p, r in zip(rows, prompts, reused)]
+
+    def prefill_span(self, start: int, length: int) -> tuple[int, int]:
+        """The positions [first, end) a prefill of prompt[start:length] runs over: with `prefill_bucket` set,
+        `start` rounded down and `length` up to multiples of it (the end within the cache); else as given."""
+        bucket = self.prefill_bucket
+        if not bucket:
+            return start, length
+        return start // bucket * bucket, min(-(-length // bucket) * bucket, self.context_length)
+
+    def _prefill(self, prompt: list[int], start: int, row: int) -> torch.Tensor:
+        """The logits (1, V) after `prompt`, whose first `start` tokens cache row `row` holds: a prefill of the rest,
+        padded at the end to the bucketed span (pad keys and values land past the prompt, never read)."""
+        end = self.prefill_span(start, len(prompt))[1]
+        ids = prompt[start:] + [prompt[-1]] * (end - len(prompt))
+        tokens = torch.tensor([ids], device=self._device)                            # (1, end - start)
+        if end == len(prompt) and not self.compile_prefill:
+            return self.model.prefill(tokens, start, row)
+        # Transformer.prefill's steps, with the logits of the prompt's last token rather than the span's, and the
+        # dense parts compiled when `compile_prefill` is on.
+        model = self.model
+        dense = compiled_prefill_kernels() if self.compile_prefill else model.dense
+        positions = torch.arange(start, end, device=self._device)[None]             # (1, T)
+        cos, sin = model.rope(positions, end)
+        x = model.tok_embeddings(tokens)                                             # (1, T, dim)
+        for layer in model.layers:
+            x = layer(x, cos, sin, Prefill(row, start), dense)
+        last = x[:, len(prompt) - 1 - start]                                        # (1, dim)
+        return model.dense.final_logits(last, model.norm.weight, model.norm.eps, model.output.weight)
+
+    @torch.no_grad()
+    def warm_prefill(self, lengths: Sequence[int]) -> list[int]:
+        """Run one prefill of each bucketed span that prompts of these lengths take from an empty cache, so that
+        the first real prompt of such a length finds its shapes' setup done (the append kernel compiled, the
+        attention plan built: bench/results/h200-cold/). Forgets what the cache held. Returns the spans' ends:
+        none without buckets, where no length recurs often enough to prepare for."""
+        if not self.prefill_bucket:
+            return []
+        ends = sorted({self.prefill_span(0, n)[1] for n in lengths if 1 <= n <= self.context_length})
+        self._ensure_rows(1)
+        self._cached_ids = []
+        vocab = self.model.config.vocab_size
+        for end in ends:
+            ids = [(7 * i + 3) % vocab for i in range(end)]       # any valid tokens: only the shapes matter
+            self._prefill(ids, 0, 0)
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
+        return ends
 
     def _feed_tail(self, prompt: list[int], start: int) -> torch.Tensor:
         """The logits (1, V) after prompt[start:], fed one token at a time through the one-token decode step,

@@ -2,10 +2,11 @@
 
     python -m models.prefill_bench [--tokens 7800] [--out DIR]
 
-Times `Transformer.prefill` of a fresh prompt (CUDA events, median of 5) as the Engine runs it, the same with
+Times `Transformer.prefill` of a fresh prompt (CUDA events, median of 5) at its exact length, the same with
 SDPA held to one backend each (flash, efficient, cuDNN), the Engine's whole first token (tokens in, first token
-out), and the FLOP bound at the matmul rate measured in this run; then writes a kernel profile of one prefill
-(prefill-profile.txt) and prints the table last.
+out: since bench/results/h200-cold/ over a span snapped to 128 tokens, eager unless a server turns on its compiled
+prefill; bench/gpu/prefill_compiled.py times that), and the FLOP bound at the matmul rate measured in this run;
+then writes a kernel profile of one prefill (prefill-profile.txt) and prints the table last.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
     c = model.config
     flops = 2 * params * T + 2 * 2 * c.n_layers * c.n_heads * c.head_dim * T * T / 2   # matmuls + causal attention
     rows = {"FLOP bound (matmul rate of this run)": flops / tflops / 1e9}
-    rows["prefill, as the Engine runs it"] = _ms(lambda: model.prefill(tokens))
+    rows["prefill, Transformer.prefill (exact length)"] = _ms(lambda: model.prefill(tokens))
     for name, backend in (("flash", SDPBackend.FLASH_ATTENTION), ("efficient", SDPBackend.EFFICIENT_ATTENTION),
                           ("cuDNN", SDPBackend.CUDNN_ATTENTION)):
         try:
