@@ -103,6 +103,15 @@ class Session:
             return self._generation(build_raw_prompt(self.engine.tokenizer, prompt), sampling)
         return self._generation(PackedPrompt(list(prompt), [], [], [], "raw"), sampling)
 
+    def warm_prompt(self, path: str, *, line: int, budget: int) -> None:
+        """Build, and throw away, the completion prompt at `line` of `path` as it is on disk: the pieces a first
+        request there tokenizes and the outlines it parses are remembered afterwards (codecomplete/server/warming.py).
+        """
+        from prompts import build_completion_prompt
+
+        build_completion_prompt(self._fresh_index(path), self.engine.tokenizer, path=path, line=line,
+                                budget_tokens=budget)
+
     # ---- helpers ------------------------------------------------------------------------------
 
     def tidy(self) -> None:

@@ -6,11 +6,13 @@ close the socket and end with 0.
 """
 from __future__ import annotations
 
+import gc
 import ipaddress
 import os
 import signal
 import socket
 import sys
+import time
 
 import uvicorn
 
@@ -18,12 +20,18 @@ from .. import client, workspace
 from ..cli import package_version
 from ..errors import AppError, UsageError
 from ..session import Sampling, open_session
+from . import warming
 from .app import Server, create_app
 from .discovery import announce
+from .warming import PromptWarmer
 
 DEFAULT_PORT = 8012           # where llama.vim and llama.vscode look
 DEFAULT_MAX_TOKENS = 256      # per request, when it sets no limit
 GRACE_S = 5                   # for streams to end after a stop signal
+# Prompts of an editor's request come to within this many tokens of the server's prompt budget (an 8k budget:
+# 7,776-8,125 tokens seen): their prefill spans are warmed before serving (models/engine.py PREFILL_BUCKET).
+WARM_PREFILL_BELOW = 1024
+GC_FREEZE = "CODECOMPLETE_GC_FREEZE"    # 0: leave start-up's objects to the garbage collector
 
 
 def run_serve(args) -> None:
@@ -35,16 +43,27 @@ def run_serve(args) -> None:
     listener = _listen(args.host, args.port)       # a taken port fails now, not after the model loads
     max_tokens = args.max_tokens or DEFAULT_MAX_TOKENS
     session = open_session(args, root, max_tokens)
-    _warm_up(session)
+    warmer = PromptWarmer(session, session.prompt_budget(max_tokens)) if warming.enabled() else None
+    warmed = _warm_up(session, session.prompt_budget(max_tokens), warmer)
+    frozen = os.environ.get(GC_FREEZE, "1") != "0"
+    if frozen:
+        # What start-up built (the model's Python side, compiled code, the index, the tokenizer, the warmed caches:
+        # ~0.5M objects) leaves the collector's sight. Else a full collection, which Python runs once enough new
+        # objects survive, walks all of it: 200-480 ms on a 2-core CPU (bench/results/NOTES.md, Run 8), inside
+        # whichever request triggers it.
+        gc.collect()
+        gc.freeze()
 
     engine = session.engine
     host, port = listener.getsockname()[:2]
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
     info = _description(url, root, args, engine)
-    server = Server(session, max_tokens=max_tokens, api_key=api_key, info=info, max_waiting=args.max_waiting)
+    server = Server(session, max_tokens=max_tokens, api_key=api_key, info=info, max_waiting=args.max_waiting,
+                    idle=warmer.step if warmer is not None else None)
     info["prompt_budget"] = server.prompt_budget
     config = uvicorn.Config(create_app(server), log_level="warning", access_log=False, lifespan="off",
                             timeout_graceful_shutdown=GRACE_S)
+    print(f"codecomplete: {warmed}", file=sys.stderr, flush=True)
     print(f"codecomplete: serving {root} ({len(session.index.files):,} files) with {engine.name} "
           f"({engine.device}, {engine.dtype}, {engine.attention}) on {url} · prompts of {server.prompt_budget:,} "
           f"tokens · Ctrl-C stops", file=sys.stderr, flush=True)
@@ -58,6 +77,8 @@ def run_serve(args) -> None:
         signal.signal(signal.SIGTERM, previous)
         server.worker.shutdown()
         listener.close()
+        if frozen:
+            gc.unfreeze()      # the interpreter's exit frees them (else nanobind reports Triton objects as leaked)
     print("codecomplete: stopped", file=sys.stderr, flush=True)
 
 
@@ -118,7 +139,22 @@ def _listen(host: str, port: int) -> socket.socket:
     return listener
 
 
-def _warm_up(session) -> None:
-    """One short generation, so that the first request does not pay for compiling and capturing the decode step."""
+def _warm_up(session, budget: int, warmer: PromptWarmer | None) -> str:
+    """Before serving, so that first requests do not pay for one-time setup: one short generation (compiling and
+    capturing the decode step), one prefill of each span that prompts of about the server's size take (on CUDA:
+    compiling prefill's dense parts where the engine can, and each span's kernels and attention plan), and the
+    prompt caches for a few seconds at most. Returns what it did, for the log."""
+    started = time.perf_counter()
     session.raw("def main():", sampling=Sampling(max_tokens=4)).run()
-    session.engine.clear_prefix_cache()
+    done = ["the decode step"]
+    engine = session.engine
+    engine.compile_prefill = engine.prefill_compilable      # worth its compilation in a long-lived process
+    if engine.compile_prefill:
+        done.append("the compiled prefill")
+    spans = engine.warm_prefill(range(max(1, budget - WARM_PREFILL_BELOW), budget + 1))
+    engine.clear_prefix_cache()
+    if spans:
+        done.append(f"{len(spans)} prefill spans of {spans[0]:,}-{spans[-1]:,} tokens")
+    if warmer is not None:
+        done.append(f"the prompts of {warmer.run(warming.STARTUP_S)} files")
+    return f"warmed up {', '.join(done)} in {time.perf_counter() - started:.1f} s"

@@ -4,7 +4,9 @@ The model, its KV cache and the index are one session's state, used by one threa
 waits on them. A request becomes a `Job`: a function that starts a `Generation` on the engine thread, and the
 events it sends back to the request's coroutine (the prompt, text deltas, the result or the error), each handed
 over with `call_soon_threadsafe`. Cancelling a job (the client went away, the server stops) sets a flag that the
-engine polls between tokens; a job cancelled while it waits never starts.
+engine polls between tokens; a job cancelled while it waits never starts. When no request has come for `idle_s`
+seconds, the thread does one slice of idle work (warming the prompt caches), then waits again: a request that
+arrives meanwhile waits for that slice at most.
 """
 from __future__ import annotations
 
@@ -82,9 +84,12 @@ class EngineWorker:
     """Runs jobs one at a time on its own thread; `submit` refuses a job when `max_waiting` already wait."""
 
     def __init__(self, max_waiting: int = MAX_WAITING, between: Callable[[], None] | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, idle: Callable[[], bool] | None = None,
+                 idle_s: float = 0.5) -> None:
         self.max_waiting = max_waiting
         self._between = between                 # run after a job when none waits (the session's upkeep)
+        self._idle = idle                       # one slice of idle work; returns whether more is left
+        self.idle_s = idle_s
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._live: dict[str, Job] = {}         # submitted and not finished, by id
         self._lock = threading.Lock()
@@ -130,7 +135,16 @@ class EngineWorker:
         self._thread.join(timeout)
 
     def _serve(self) -> None:
-        while (job := self._queue.get()) is not None:
+        idle_work = self._idle is not None
+        while True:
+            try:
+                job = self._queue.get(timeout=self.idle_s if idle_work else None)
+            except queue.Empty:             # quiet for idle_s: one slice of idle work
+                idle_work = self._run_idle()
+                continue
+            if job is None:
+                return
+            idle_work = self._idle is not None      # a request may have changed what there is to do
             job.started = True
             if job.cancelled.is_set():      # the client left while it waited
                 self._finished(job)
@@ -152,6 +166,13 @@ class EngineWorker:
                     self._between()
                 except Exception as exc:    # upkeep that failed is tried again after the next job
                     self._log(f"between requests · error: {type(exc).__name__}: {exc}")
+
+    def _run_idle(self) -> bool:
+        try:
+            return bool(self._idle())
+        except Exception as exc:            # tried again after the next job
+            self._log(f"idle work · error: {type(exc).__name__}: {exc}")
+            return False
 
     def _finished(self, job: Job) -> None:
         with self._lock:

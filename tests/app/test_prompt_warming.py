@@ -1,0 +1,163 @@
+"""Warming the prompt caches (codecomplete/server/warming.py) and the engine thread's idle work that runs it."""
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from codecomplete.server.warming import PromptWarmer
+from codecomplete.server.worker import EngineWorker
+from codecomplete.session import Sampling, Session
+from prompts import index_repository
+
+FILES = {f"pkg/m{i}.py": f"def f{i}(x):\n    return x + {i}\n\n\ndef g{i}(y):\n    return f{i}(y) * 2\n"
+         for i in range(6)}
+
+
+@pytest.fixture
+def small_repo(tmp_path):
+    root = tmp_path / "repo"
+    for number, (name, text) in enumerate(FILES.items()):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+        os.utime(root / name, ns=(10**18 + number * 10**9,) * 2)       # m5 is the newest
+    (root / "notes.txt").write_text("")                                  # no chunks: nothing to warm
+    (root / "NEWS.md").write_text("# News\n\nThe newest file, but no source code.\n")
+    os.utime(root / "NEWS.md", ns=(2 * 10**18,) * 2)
+    return root
+
+
+class Recording:
+    """A session stand-in: the real index, and the prompts the warmer asks for."""
+
+    def __init__(self, root, fail: str | None = None):
+        self.index = index_repository(root, cache_dir=root.parent / "cache")
+        self.warmed, self.fail = [], fail
+
+    def warm_prompt(self, path, *, line, budget):
+        self.warmed.append((path, line, budget))
+        if path == self.fail:
+            raise OSError("gone")
+
+
+def test_source_first_the_newest_first_at_most_max_files_and_again_once_changed(small_repo):
+    session = Recording(small_repo, fail="pkg/m4.py")
+    assert PromptWarmer(session, budget=300).pending()[-1] == "NEWS.md"    # the newest, but after the source
+    warmer = PromptWarmer(session, budget=300, max_files=4)
+    assert warmer.pending() == ["pkg/m5.py", "pkg/m4.py", "pkg/m3.py", "pkg/m2.py"]
+    assert warmer.run(60) == 4                            # m4 failed: counted, not retried
+    assert [p for p, _, _ in session.warmed] == ["pkg/m5.py", "pkg/m4.py", "pkg/m3.py", "pkg/m2.py"]
+    assert all(line == 3 and budget == 300 for _, line, budget in session.warmed)   # the middle of 6 lines
+    assert warmer.pending() == [] and not warmer.step() and warmer.run(60) == 0
+    # A change: the file is warmed again (the index sees it through the session's refresh; here, a new index).
+    os.utime(small_repo / "pkg/m3.py", ns=(3 * 10**18,) * 2)
+    session.index = index_repository(small_repo, cache_dir=small_repo.parent / "cache")
+    assert warmer.pending() == ["pkg/m3.py"]
+    assert warmer.step() is False and session.warmed[-1][0] == "pkg/m3.py"
+
+
+def test_run_stops_at_its_deadline(small_repo):
+    session = Recording(small_repo)
+    slow = session.warm_prompt
+    session.warm_prompt = lambda *a, **k: (time.sleep(0.05), slow(*a, **k))
+    assert 1 <= PromptWarmer(session, budget=300).run(0.01) <= 2
+
+
+class Counting:
+    """A tokenizer that counts the batches of prompt pieces it is asked to encode."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer, self.piece_batches = tokenizer, 0
+
+    def __call__(self, text, **options):
+        if isinstance(text, list):
+            self.piece_batches += 1
+        return self._tokenizer(text, **options)
+
+    def __getattr__(self, name):
+        return getattr(self._tokenizer, name)
+
+
+def test_a_warmed_file_builds_its_prompt_without_encoding_a_new_piece(engine, repo, tmp_path):
+    """After warming, a first request in a file at the warmed place tokenizes no piece of the prompt again; without
+    warming the same request does."""
+    index = index_repository(repo, cache_dir=tmp_path)
+    line = max(1, index.entries["app.py"].chunks[-1].end_line // 2)
+    for warm in (False, True):
+        tokenizer = Counting(engine.tokenizer)            # a new object: a fresh Encoder, nothing remembered
+        session = Session(SimpleNamespace(tokenizer=tokenizer), index)
+        if warm:
+            assert PromptWarmer(session, budget=300).run(60) == 4        # every file of the repository
+        tokenizer.piece_batches = 0
+        session.complete("app.py", line=line, sampling=Sampling(max_tokens=4), budget=300)
+        assert (tokenizer.piece_batches == 0) == warm, tokenizer.piece_batches
+
+
+def run_worker_job(worker: EngineWorker, start) -> None:
+    async def submit():
+        job = worker.submit(start, "POST /test")
+        async for _ in job.events():
+            pass
+    asyncio.run(submit())
+
+
+def wait_for(condition, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def test_idle_work_runs_in_quiet_moments_only_and_resumes_after_a_request():
+    busy, calls = threading.Event(), []
+
+    def idle():
+        calls.append(busy.is_set())
+        return len(calls) not in (3, 4)        # stops after 3 slices; after the request, one more, then stops
+
+    result = SimpleNamespace(prompt_tokens=1, reused_prefix_tokens=0, token_ids=[], finish_reason="length",
+                             timings=SimpleNamespace(ttft_ms=1.0))
+
+    def start():
+        busy.set()
+        time.sleep(0.05)                       # longer than idle_s: no idle slice may run meanwhile
+
+        def run(on_text=None, should_stop=None):
+            busy.clear()
+            return result
+        return SimpleNamespace(run=run)
+
+    worker = EngineWorker(idle=idle, idle_s=0.01, log=lambda line: None)
+    try:
+        wait_for(lambda: len(calls) >= 3)
+        time.sleep(0.1)
+        assert len(calls) == 3                 # it said nothing was left: no more slices
+        run_worker_job(worker, start)
+        wait_for(lambda: len(calls) >= 4)
+        time.sleep(0.1)
+        assert len(calls) == 4 and not any(calls)
+    finally:
+        worker.shutdown()
+
+
+def test_failing_idle_work_is_logged_and_the_worker_serves_on():
+    lines = []
+
+    def idle():
+        raise RuntimeError("broken")
+
+    result = SimpleNamespace(prompt_tokens=1, reused_prefix_tokens=0, token_ids=[], finish_reason="length",
+                             timings=SimpleNamespace(ttft_ms=1.0))
+    worker = EngineWorker(idle=idle, idle_s=0.01, log=lines.append)
+    try:
+        wait_for(lambda: lines)
+        time.sleep(0.05)
+        assert lines == ["idle work · error: RuntimeError: broken"]     # once: not retried until a request
+        run_worker_job(worker, lambda: SimpleNamespace(run=lambda on_text=None, should_stop=None: result))
+        wait_for(lambda: len(lines) >= 3)
+        assert lines[1].startswith("POST /test · prompt 1") and lines[2] == lines[0]
+    finally:
+        worker.shutdown()
