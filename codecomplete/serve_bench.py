@@ -4,8 +4,8 @@ The function's body is typed a few characters per request, each request the /inf
 lines before the cursor, 64 after), streamed so that the first token's arrival is seen, generation held to
 --max-tokens (greedy, the format's stops off: every request generates as much). Per request: time to the first
 token and to the end as the editor sees them, prompt tokens prefilled and reused (the server's timings). Then the
-first request in another file (a cold prefill on a warm server), and the same cursors through the one-shot command
-line (`--no-server`) for comparison. The server is a real subprocess on a loopback port.
+first request in another file (a cold prefill on a warm server; --more-cold adds first requests in more files), and
+the same cursors through the one-shot command line (`--no-server`) for comparison. The server is a real subprocess on a loopback port.
 
 Writes NAME.json and NAME.md (default bench/results/serve-cpu or serve-gpu) and prints the bars' numbers last.
 """
@@ -242,7 +242,8 @@ def markdown(report: dict) -> str:
              f"({report['repo']}), {report['chars_per_request']} characters per request, {report['max_tokens']} new "
              f"tokens each (greedy). Python {report['machine']['python']}, torch {report['machine'].get('torch')}. "
              f"Load average at start {report['machine']['load_average_start']}, at end "
-             f"{report['machine']['load_average_end']}: other work on the machine slows every number here.", "",
+             f"{report['machine']['load_average_end']}: other work on the machine slows every number here." +
+             ("".join(f" {k}={v}." for k, v in sorted(report.get("environment", {}).items()))), "",
              "| bar | target | measured | met |", "|---|---|---|---|"]
     lines += [f"| {b['bar']} | {b['target']} | {b['value']} {b['unit']} | {'yes' if b['met'] else 'NO'} |"
               for b in report["bars"]]
@@ -254,7 +255,15 @@ def markdown(report: dict) -> str:
               f"{s['generated_mean']:.1f} generated. First request in the file (cold): "
               f"{report['first_request']['ttft_ms']:.0f} ms to the first token, {report['first_request']['prefilled']:,} "
               f"tokens prefilled. First request in another file: {s['cold_ttft_ms']:.0f} ms, "
-              f"{s['cold_prefilled']:,} of {s['cold_prompt_tokens']:,} tokens prefilled."]
+              f"{s['cold_prefilled']:,} of {s['cold_prompt_tokens']:,} tokens prefilled "
+              f"(`{report.get('other_file', '')}`, the middle; the server's own prompt window "
+              f"{report['cold_other_file']['server_prompt_ms']:.0f} ms)."]
+    if report.get("more_cold"):
+        lines += ["", "First requests in more files (a third of the way in), after it:", "",
+                  "| file | first token (ms) | prompt | prefilled | server's prompt window (ms) |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| `{c['file']}` | {c['ttft_ms']:.0f} | {c['prompt_tokens']:,} | {c['prefilled']:,} | "
+                  f"{c['server_prompt_ms']:.0f} |" for c in report["more_cold"]]
     if report["one_shot"]:
         lines += ["", "The same cursors through the one-shot command line (`--no-server`, a new process each):", "",
                   "| line:col | total (s) | load (s) | time to first token (ms) | prompt tokens |", "|---|---|---|---|---|"]
@@ -273,6 +282,9 @@ def parse_args(argv):
     parser.add_argument("--file", default="models/engine.py", help="the file typed in (relative to --repo)")
     parser.add_argument("--function", default="_generate", help="the function whose body is typed")
     parser.add_argument("--other-file", default="prompts/completion.py", help="the cold request's file")
+    parser.add_argument("--more-cold", nargs="*", default=[], metavar="FILE",
+                        help="first requests in these files too (a third of the way in), after the cold one: "
+                             "reported beside it, not a bar")
     parser.add_argument("--chars", type=int, default=3, help="characters typed per request (default: 3)")
     parser.add_argument("--requests", type=int, default=40, help="at most this many keystrokes (default: 40)")
     parser.add_argument("--max-tokens", type=int, default=16, help="new tokens per request (default: 16)")
@@ -309,10 +321,16 @@ def main(argv=None) -> int:
                       file=sys.stderr, flush=True)
             other = (repo / args.other_file).read_text(encoding="utf-8")
             cold = infill(server.url, Cursor(other, len(other) // 2).llama_vim_body(args.max_tokens))
+            more_cold = []
+            for path in args.more_cold:
+                text = (repo / path).read_text(encoding="utf-8")
+                more_cold.append({"file": path, **infill(server.url, Cursor(text, len(text) // 3).llama_vim_body(
+                    args.max_tokens))})
         finally:
             code = server.stop()
+        server_log = server.log()
         if code != 0:
-            raise RuntimeError(f"the server ended with {code}: {server.log()[-2000:]}")
+            raise RuntimeError(f"the server ended with {code}: {server_log[-2000:]}")
         picks = [cursors[1 + i * (len(cursors) - 2) // max(1, args.one_shot - 1)] for i in range(args.one_shot)]
         oneshots = [one_shot(command, repo, args.file, c, options, {**env, "CODECOMPLETE_RUNTIME_DIR": folder},
                              args.max_tokens) for c in picks]
@@ -323,9 +341,13 @@ def main(argv=None) -> int:
               "machine": {**machine(info), "load_average_start": load_at_start,
                           "load_average_end": list(os.getloadavg())},
               "server": {key: info[key] for key in ("engine", "prompt_budget", "version")},
-              "repo": repo.name, "file": args.file, "function": args.function, "chars_per_request": args.chars,
+              "repo": repo.name, "file": args.file, "other_file": args.other_file, "function": args.function,
+              "chars_per_request": args.chars,
+              "environment": {k: v for k, v in os.environ.items()     # the switches the server ran with
+                              if k.startswith("CODECOMPLETE_") and k != "CODECOMPLETE_API_KEY"},
               "max_tokens": args.max_tokens, "summary": summary, "bars": bars(device, summary),
-              "first_request": first, "cold_other_file": cold, "one_shot": oneshots, "requests": requests}
+              "first_request": first, "cold_other_file": cold, "more_cold": more_cold, "one_shot": oneshots,
+              "requests": requests, "server_log": server_log.splitlines()[-80:]}
     out = args.out or Path("bench/results") / f"serve-{'gpu' if device.startswith('cuda') else 'cpu'}"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")

@@ -26,4 +26,5 @@ export CODECOMPLETE_CACHE_DIR=${CODECOMPLETE_CACHE_DIR:-/tmp/codecomplete-cache}
 export TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader 2>/dev/null || true
 python3 -m codecomplete.serve_bench --model "$MODEL" --context-tokens "$CONTEXT" --max-tokens "$MAX_TOKENS" \
-  --requests "$REQUESTS" --one-shot 1 --out "$OUT/serve-h200" 2> "$OUT/serve-h200.log" | tail -n 12
+  --requests "$REQUESTS" --one-shot 1 --more-cold prompts/packing.py codecomplete/server/llama_cpp.py \
+  --out "$OUT/serve-h200" 2> "$OUT/serve-h200.log" | tail -n 12
