@@ -22,6 +22,7 @@ ENCODE_BATCH = 32  # candidates encoded per call to the tokenizer
 MAX_BLANK_LINES = 2  # blank lines kept between two chunks shown together (PEP 8's two between definitions)
 GIVE_UP_AFTER = 64  # candidates in a row that did not fit: the budget is as full as it will get
 OUTLINE_TOKENS = 4096  # filled with the compact forms of the best chunks before any goes in whole
+BRIEF_TOKENS = 512  # ... of which briefs (where asked for) fill the first: a small budget's many definitions
 WHOLE_MIN_TOKENS = 64  # chunks this short always go in whole
 CHARS_PER_TOKEN_AT_MOST = 8  # ordinary code: a text of more than 8 x N characters takes more than N tokens
 
@@ -155,10 +156,10 @@ def select_chunks(encoder: Encoder, layout: Layout, ranked: Iterable[tuple[float
                   selection: Selection | None = None, compact: str = OUTLINE) -> Selection:
     """Take ranked chunks, best first, while they fit into ``budget`` tokens (sections and gaps included).
 
-    First the best candidates go in in their ``compact`` form (outlines, or briefs; chunks of up to
-    WHOLE_MIN_TOKENS whole) until they fill the budget or OUTLINE_TOKENS, so that a small budget holds the
-    definitions of many names; then those become whole chunks (or outlines, from briefs), best first, as far
-    as the budget allows; then the rest of the ranking goes in whole where it fits, else outlined. A large
+    First the best candidates go in in a compact form (outlines, or while they take less than BRIEF_TOKENS
+    and ``compact`` asks for them, briefs; chunks of up to WHOLE_MIN_TOKENS whole) until they fill the budget
+    or OUTLINE_TOKENS, so that a small budget holds the definitions of many names; then those become whole
+    chunks (or outlines, from briefs), best first, as far as the budget allows; then the rest of the ranking goes in whole where it fits, else outlined. A large
     budget so carries the bodies of the best chunks, and the outlines of many more. Candidates are encoded a
     batch at a time, and only in the form they are considered in.
     Given a ``selection``, it goes on filling that one (``budget`` counts what it holds), skipping its chunks."""
@@ -171,7 +172,8 @@ def select_chunks(encoder: Encoder, layout: Layout, ranked: Iterable[tuple[float
         batch = list(islice(candidates, ENCODE_BATCH))
         if not batch:
             break
-        forms = [_short_or_compact(layout, chunk, compact) for chunk in batch]
+        form = compact if selection.tokens < BRIEF_TOKENS else OUTLINE  # (briefs for the first few dozen only)
+        forms = [_short_or_compact(layout, chunk, form) for chunk in batch]
         for number, (chunk, (form, segments), ids) in enumerate(zip(batch, forms, encode_all(encoder, [
                 segments for _, segments in forms]))):
             if selection.tokens >= min(budget, OUTLINE_TOKENS):
