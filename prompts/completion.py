@@ -103,7 +103,7 @@ def build_completion_prompt(
         gap=lambda chunk: form.gap(comment_marker(chunk.language), comment),
         blank=lambda chunk: form.blank(comment),
         code_between=index.code_between,
-        outline=lambda chunk: _outlined(form, chunk, comment, imports=chunk.path == relative),
+        outline=lambda chunk: _outlined(form, chunk, comment),
         brief=lambda chunk: _outlined(form, chunk, comment, wanted),
     )
     extras = _fit_extra(encoder, form, comment, extra, space - share)
@@ -179,11 +179,9 @@ def _query(index: RepoIndex, path: str, language: str, imports, rows: list[str],
     )
 
 
-def _outlined(form: CompletionFormat, chunk: Chunk, comment: str, wanted: frozenset[str] | None = None,
-              imports: bool = False) -> list | None:
-    """The chunk's outline (with its imports, for the current file's), or (given the ``wanted`` names) its brief,
-    as segments of the format."""
-    text = outline(chunk, imports) if wanted is None else brief(chunk, wanted)
+def _outlined(form: CompletionFormat, chunk: Chunk, comment: str, wanted: frozenset[str] | None = None) -> list | None:
+    """The chunk's outline, or (given the ``wanted`` names) its brief, as segments of the format."""
+    text = outline(chunk) if wanted is None else brief(chunk, wanted)
     return None if text is None else form.chunk(text, comment)
 
 

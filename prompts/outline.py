@@ -32,12 +32,11 @@ BRIEF_HEAD_LINES = 8  # a longer signature shows in a brief as its first 6 lines
 CONSTRUCTORS = frozenset({"__init__", "__new__", "constructor", "new", "init"})
 
 
-def outline(chunk: Chunk, imports: bool = False) -> str | None:
-    """The outline of a chunk, or None when it has none shorter than itself (or its language no grammar).
-    ``imports``: keep its import statements (the current file's, which say what names it has at hand)."""
+def outline(chunk: Chunk) -> str | None:
+    """The outline of a chunk, or None when it has none shorter than itself (or its language no grammar)."""
     if chunk.kind == "text" or language_for(chunk.path) is None:
         return None
-    return _outline(chunk.path, chunk.text, imports=imports)
+    return _outline(chunk.path, chunk.text)
 
 
 def brief(chunk: Chunk, names: frozenset[str] = frozenset()) -> str | None:
@@ -50,14 +49,13 @@ def brief(chunk: Chunk, names: frozenset[str] = frozenset()) -> str | None:
 
 
 @functools.lru_cache(maxsize=4096)
-def _outline(path: str, text: str, brief: bool = False, wanted: frozenset[str] = frozenset(),
-             imports: bool = False) -> str | None:
+def _outline(path: str, text: str, brief: bool = False, wanted: frozenset[str] = frozenset()) -> str | None:
     spec = language_for(path)
     lines = text.split("\n")
     source = textwrap.dedent(text) if text[:1] in (" ", "\t") else text
     root = load_grammar(spec).parser.parse(source.encode("utf-8")).root_node
     elision = "..." if spec.name == "python" else f"{comment_marker(spec.name)} ..."
-    builder = _Builder(lines, elision, python=spec.name == "python", brief=brief, wanted=wanted, imports=imports)
+    builder = _Builder(lines, elision, python=spec.name == "python", brief=brief, wanted=wanted)
     for node in root.named_children:
         builder.node(node, top=True)
     result = builder.text()
@@ -66,13 +64,12 @@ def _outline(path: str, text: str, brief: bool = False, wanted: frozenset[str] =
 
 class _Builder:
     """Collects the chosen lines of a chunk (by row) and the elision lines after given rows. ``brief``: the
-    brief form; ``wanted``: the names whose definitions alone it shows (all, if empty); ``imports``: keep import
-    statements."""
+    brief form; ``wanted``: the names whose definitions alone it shows (all, if empty)."""
 
     def __init__(self, lines: list[str], elision: str, python: bool, brief: bool = False,
-                 wanted: frozenset[str] = frozenset(), imports: bool = False):
+                 wanted: frozenset[str] = frozenset()):
         self.lines, self.elision, self.python = lines, elision, python
-        self.brief, self.wanted, self.imports = brief, wanted, imports
+        self.brief, self.wanted = brief, wanted
         self.rows: dict[int, str] = {}  # row -> the text to show there (a line, or a line and an elision)
 
     def keep(self, first: int, last: int) -> None:
@@ -102,8 +99,6 @@ class _Builder:
             if members and node.type not in ("expression_statement",):
                 for child in members:  # export statements, variable declarations holding functions
                     self.node(child, top)
-            elif any(word in node.type for word in _IMPORTS) and self.imports:
-                self.keep(node.start_point.row, node.end_point.row)
             elif "comment" in node.type or any(word in node.type for word in _IMPORTS):
                 return
             elif node.end_point.row - node.start_point.row < SHORT_STATEMENT_LINES:
