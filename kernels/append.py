@@ -8,7 +8,9 @@ converts to e4m3 rounding to nearest even (`cvt.rn.satfinite`): on the GPU its b
 equal `kernels.reference.quantize_fp8`'s exactly (the sm_90 PTX is checked for these instructions and
 no fp32 fma; `kernels.reference.fp8_scale` says why the reference computes the scale in float64). Positions come from a device tensor, so a
 captured CUDA graph replays it as the positions advance; a position outside the cache is dropped
-rather than written out of bounds (the host check catches it outside graph capture).
+rather than written out of bounds (the host check catches it outside graph capture). The number of new
+tokens is a runtime argument, not a constant of the binary: as a constant, each new prefill length paid a
+compile (117-134 ms on an H200, bench/results/h200-cold/).
 
 What is supported: new values in fp16/bf16/fp32, caches in the same dtype or float8_e4m3fn, any
 strides but the last (which must be 1). The Triton interpreter converts to e4m3 rounding halves away
@@ -52,8 +54,8 @@ def _append_kv_kernel(
     stride_knb, stride_knh, stride_knt, stride_vnb, stride_vnh, stride_vnt,
     stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
     stride_ksb, stride_ksh, stride_kss, stride_vsb, stride_vsh, stride_vss,
-    HKV, S, D,
-    T: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, FP8: tl.constexpr,
+    HKV, S, D, T,
+    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, FP8: tl.constexpr,
 ):
     """K_NEW, V_NEW (B, Hkv, T, D); K, V (B, Hkv, S, D); K_SCALE, V_SCALE (B, Hkv, S) with FP8; POS int64 (B,)."""
     bt = tl.program_id(0)
@@ -86,5 +88,5 @@ def append_kv_triton(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None, v_
     _append_kv_kernel[(B * T, triton.cdiv(Hkv, block_h))](
         k_new, v_new, k_cache, v_cache, *scales, input_pos,
         *k_new.stride()[:3], *v_new.stride()[:3], *k_cache.stride()[:3], *v_cache.stride()[:3], *scale_strides,
-        Hkv, S, D, T=T, BLOCK_H=block_h, BLOCK_D=block_d, FP8=fp8, num_warps=4,
+        Hkv, S, D, T, BLOCK_H=block_h, BLOCK_D=block_d, FP8=fp8, num_warps=4,
     )

@@ -190,7 +190,10 @@ def compile_append(new: str, cache: str, Hkv: int, D: int, T: int, target: GPUTa
         _append_kv_kernel,
         dict(K_NEW=POINTER[new], V_NEW=POINTER[new], K=POINTER[cache], V=POINTER[cache], K_SCALE="*fp32",
              V_SCALE="*fp32", POS="*i64"),
-        dict(T=T, BLOCK_H=block_h, BLOCK_D=block_d, FP8=fp8), target, 4, 2, floats=())
+        # (the token count is a runtime argument: a launch specialises it as a constant when 1, as divisible when
+        # a multiple of 16)
+        dict(BLOCK_H=block_h, BLOCK_D=block_d, FP8=fp8, **({"T": 1} if T == 1 else {})), target, 4, 2, floats=(),
+        not_divisible=() if T % 16 == 0 else ("T",))
     ptx = binary.asm["ptx"]
     # The quantization must be PyTorch's arithmetic: IEEE divisions (Triton's `/` on fp32 is the
     # 2-ulp div.full), no contraction into fma, one round-to-nearest-even saturating conversion.

@@ -110,3 +110,13 @@ def test_append_differences_say_what_differs():
     # One e4m3 step, relative to the row's amax (448 x scale): at most 32 / 448, a step in the top binade
     # (256..448), which a random row reaches whenever the changed value is its amax or near it.
     assert 0 < diff["max_dequant_rel_amax"] <= 32 / 448 * (1 + 1e-12)
+
+
+def test_the_number_of_new_tokens_is_a_runtime_argument():
+    """One binary for every prefill length: as a constant of the kernel, each new number of tokens cost a
+    compile (117-134 ms on an H200, bench/results/h200-cold/)."""
+    from kernels.append import _append_kv_kernel
+
+    constexprs = {param.name for param in _append_kv_kernel.params if param.is_constexpr}
+    assert "T" in _append_kv_kernel.arg_names and "T" not in constexprs
+    assert {"BLOCK_H", "BLOCK_D", "FP8"} <= constexprs
