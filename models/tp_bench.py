@@ -237,11 +237,13 @@ def rank_bench(tp: TensorParallel, names: list[str], contexts: list[int], replay
             result["rows"].append(row)
         saved()
         if name in ab:
-            for row, (_, us) in zip(rows, old_dispatch_rows(tp, model, name, contexts, replays, log)):
+            for row, (_, us) in zip(rows, variant_rows(tp, model, name, contexts, replays, log, _old_dispatch_us,
+                                                       "old dispatch")):
                 row["step_us_old_dispatch"] = us
             saved()
         if name in fused_ab:
-            for row, (_, us) in zip(rows, fused_default_rows(tp, model, name, contexts, replays, log)):
+            for row, (_, us) in zip(rows, variant_rows(tp, model, name, contexts, replays, log, _fused_defaults_us,
+                                                       "per-kind fused configurations")):
                 row["step_us_fused_defaults"] = us
             saved()
         del model
@@ -392,30 +394,18 @@ def tp_rows(tp: TensorParallel, model, name: str, contexts, replays: int, log, m
     return rows
 
 
-def old_dispatch_rows(tp: TensorParallel, model, name: str, contexts, replays: int, log) -> list[tuple[int, float]]:
-    """(context, µs per step) with the GEMV dispatch before split-K and the product's all-reduce."""
+def variant_rows(tp: TensorParallel, model, name: str, contexts, replays: int, log, variant,
+                 label: str) -> list[tuple[int, float]]:
+    """(context, µs per step) with the product's all-reduce and the step measured through `variant` (one of
+    _old_dispatch_us, _fused_defaults_us)."""
     out = []
     tp.collectives.method = "auto"
     for context in contexts:
         model.free_caches()
         model.setup_caches(1, context, name)
         fill_cache_randomly(model, context)
-        us = _old_dispatch_us(lambda: ours_step_us(model, 1, context, "flash", replays))
-        log(f"{tp.world} GPUs {name} S={context}: old dispatch {us:.0f} µs/step")
-        out.append((context, us))
-    return out
-
-
-def fused_default_rows(tp: TensorParallel, model, name: str, contexts, replays: int, log) -> list[tuple[int, float]]:
-    """(context, µs per step) with the fused kernels' per-kind configurations and the product's all-reduce."""
-    out = []
-    tp.collectives.method = "auto"
-    for context in contexts:
-        model.free_caches()
-        model.setup_caches(1, context, name)
-        fill_cache_randomly(model, context)
-        us = _fused_defaults_us(lambda: ours_step_us(model, 1, context, "flash", replays))
-        log(f"{tp.world} GPUs {name} S={context}: per-kind fused configurations {us:.0f} µs/step")
+        us = variant(lambda: ours_step_us(model, 1, context, "flash", replays))
+        log(f"{tp.world} GPUs {name} S={context}: {label} {us:.0f} µs/step")
         out.append((context, us))
     return out
 
