@@ -147,6 +147,10 @@ class _Builder:
             shows_docstring = docstring is not None and top and not self.brief
             last_kept = max(head_end, docstring.start_point.row if shows_docstring else head_end)
             self.elide_after(last_kept, inner)
+        self._close(node, head_end)
+
+    def _close(self, node, head_end: int) -> None:
+        """A braced definition's closing line, kept after its elided body."""
         last = node.end_point.row
         if not self.python and last > head_end and self.lines[last].strip() in CLOSING:
             self.keep(last, last)
@@ -163,9 +167,7 @@ class _Builder:
         if len(shown) < len(members) or not members and node.end_point.row > head_end:
             indent = self.indent(shown[0].start_point.row) if shown else self.indent(node.start_point.row, True)
             self.elide_after(max(self.rows), indent)
-        last = node.end_point.row
-        if not self.python and last > head_end and self.lines[last].strip() in CLOSING:
-            self.keep(last, last)
+        self._close(node, head_end)
 
     def _docstring(self, node) -> None:
         row = node.start_point.row

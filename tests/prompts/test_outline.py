@@ -164,6 +164,10 @@ def test_a_brief_keeps_a_class_head_and_its_constructor_or_first_fields_and_a_fu
     for chunk in [*chunks[1:], record, service]:  # never longer than the outline
         assert len(brief(chunk)) <= len(outline(chunk) or chunk.text)
     compile(brief(chunks[1]) + "\n" + brief(chunks[2]) + "\n" + brief(service), "brief", "exec")  # still Python
+    js = "export class Button {\n  constructor(label) {\n    this.label = label;\n  }\n\n  render() {\n" \
+         "    return `<b>${this.label}</b>`;\n  }\n}\n"
+    assert brief(analyze_source("b.js", js).chunks[0]) == (
+        "export class Button {\n  constructor(label) {\n    // ...\n  }\n  // ...\n}")
 
 
 def test_a_brief_of_many_definitions_shows_the_wanted_ones_and_cuts_a_long_signature():
