@@ -261,13 +261,14 @@ def choose_view(args, body: Callable[[str], RenderableType], info: str):
 
 
 def context_table(items) -> Table:
-    """What the prompt carried: one row per chunk, its lines and tokens."""
+    """What the prompt carried: one row per chunk, its lines, tokens and form (whole, outline, brief)."""
     table = Table(box=None, header_style="bold", pad_edge=False)
     table.add_column("file")
     table.add_column("lines", justify="right")
     table.add_column("tokens", justify="right")
+    table.add_column("form")
     for item in items:
-        table.add_row(item.path, f"{item.start_line}-{item.end_line}", f"{item.tokens:,}")
+        table.add_row(item.path, f"{item.start_line}-{item.end_line}", f"{item.tokens:,}", item.form)
     return table
 
 
@@ -284,7 +285,7 @@ def result_json(text_key: str, result, engine, context=()) -> dict:
         "reused_prefix_tokens": result.reused_prefix_tokens,
         "finish_reason": result.finish_reason,
         "context": [{"path": item.path, "start_line": item.start_line, "end_line": item.end_line,
-                     "tokens": item.tokens} for item in context],
+                     "tokens": item.tokens, "form": item.form} for item in context],
         "timings": asdict(result.timings),
     }
 

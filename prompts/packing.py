@@ -26,6 +26,8 @@ BRIEF_TOKENS = 512  # ... of which briefs (where asked for) fill the first: a sm
 WHOLE_MIN_TOKENS = 64  # chunks this short always go in whole
 CHARS_PER_TOKEN_AT_MOST = 8  # ordinary code: a text of more than 8 x N characters takes more than N tokens
 
+WHOLE, OUTLINE, BRIEF = "whole", "outline", "brief"  # the forms a chunk is shown in, longest first
+
 
 @dataclass(frozen=True)
 class ContextItem:
@@ -35,7 +37,12 @@ class ContextItem:
     start_line: int
     end_line: int
     tokens: int
-    outline: bool = False  # only the chunk's outline or brief (signatures, docstring first lines), not its body
+    form: str = WHOLE  # or OUTLINE (signatures, docstring first lines), BRIEF (what a caller needs): no body
+
+    @property
+    def outline(self) -> bool:
+        """Whether only an outline or brief of the lines went in."""
+        return self.form != WHOLE
 
 
 @dataclass
@@ -48,9 +55,6 @@ class PackedPrompt:
     stop_strings: list[str]
     format: str  # "codellama-infill" | "starcoder-fim" | "left-to-right" | "chat"
     heal_text: str = ""  # left out of the prompt's end: the generation must begin with it (token healing)
-
-
-WHOLE, OUTLINE, BRIEF = "whole", "outline", "brief"  # the forms a chunk is shown in, longest first
 
 
 @dataclass(frozen=True)
@@ -146,8 +150,7 @@ class Selection:
                         segments += layout.blank(chunk) * min(chunk.start_line - previous.end_line - 1, MAX_BLANK_LINES)
                     cost = self.separator_tokens[path]
                 segments += layout.form(chunk, choice.form)
-                items.append(ContextItem(path, chunk.start_line, chunk.end_line, cost + choice.tokens,
-                                         choice.form != WHOLE))
+                items.append(ContextItem(path, chunk.start_line, chunk.end_line, cost + choice.tokens, choice.form))
                 previous = chunk
         return segments, items
 

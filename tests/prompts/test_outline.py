@@ -206,12 +206,16 @@ def test_a_small_budget_carries_the_briefs_of_many_imported_definitions(make_rep
     def shown():
         packed = build_completion_prompt(index, smollm2_tokenizer, "app.py", line=rows, col=11, budget_tokens=512)
         assert len(packed.ids) <= 512
-        return {item.path for item in packed.context if item.path.startswith("lib/")}, smollm2_tokenizer.decode(
+        repository = [item for item in packed.context if item.path.startswith("lib/")]
+        assert {item.form for item in repository} <= {"whole", "outline", "brief"}
+        return {item.path for item in repository if item.form == "brief" or not briefs_on}, smollm2_tokenizer.decode(
             packed.ids)
 
-    briefs, text = shown()
+    briefs_on = True
+    briefs, text = shown()  # (the files shown in brief)
     assert "def __init__(self, size_11: int, name: str = 'p11'):\n        ...\n    ...\n" in text
     assert "return value * 5" not in text
     monkeypatch.setattr(prompts.completion, "brief", lambda chunk, names: None)
-    outlines, _ = shown()
+    briefs_on = False
+    outlines, _ = shown()  # (every file shown, none can be in brief)
     assert len(briefs) >= 2 * len(outlines) >= 2, (briefs, outlines)
