@@ -3,8 +3,10 @@
 Every operation builds a prompt and hands back a `Generation`: the packed prompt, ready to be looked at (its
 tokens, the context it carried), and `run(on_text, should_stop)`, which generates from it, streaming text deltas
 and polling `should_stop` between tokens. The model's KV cache keeps the last prompt between requests, so a
-request that shares its start with the one before prefills only the rest; the index follows the repository's
-files as they change, a bounded slice of work per request (prompts.freshness).
+request that shares its start with the one before prefills only the rest; a completion keeps the repository
+context the last one in the same file chose while it still ranks near the top (`previous` in prompts.completion),
+so that start survives moving to the next line; the index follows the repository's files as they change, a
+bounded slice of work per request (prompts.freshness).
 
 One caller at a time: the server runs every request on a single worker thread.
 """
@@ -57,6 +59,7 @@ class Session:
         self.engine = engine
         self.context_tokens = context_tokens     # the prompt budget asked for (None: what fits the engine)
         self._index = FreshIndex(index) if index is not None else None
+        self._chosen: dict[str, list] = {}       # path -> the repository chunks its last completion prompt chose
 
     @property
     def index(self):
@@ -72,7 +75,9 @@ class Session:
 
         index = self._fresh_index(path)
         packed = build_completion_prompt(index, self.engine.tokenizer, path=path, text=text, line=line, col=col,
-                                         budget_tokens=budget or self.prompt_budget(sampling.max_tokens), extra=extra)
+                                         budget_tokens=budget or self.prompt_budget(sampling.max_tokens), extra=extra,
+                                         previous=self._chosen.get(path, ()))
+        self._chosen = {path: packed.chosen}   # (the last file's only: its context is what the KV cache holds)
         return self._generation(packed, sampling)
 
     def infill(self, prefix: str, suffix: str, *, path: str | None = None, extra: Sequence[tuple[str, str]] = (),

@@ -19,9 +19,9 @@ every keystroke. The prompt ends one token before the cursor, that token's text 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from itertools import accumulate
+from itertools import accumulate, islice
 from pathlib import Path
 
 from .chunking import Chunk, source_imports
@@ -46,6 +46,9 @@ LONGEST_TOKEN = 128  # characters: longer than any token of a real vocabulary (S
 USUAL_TOKEN_CHARS = 8  # characters a token covers at most in ordinary code (3-4 on average)
 HEAL_LOOKBACK = 256  # characters before the cursor that decide where its last token starts
 AHEAD_CHARS = 16384  # longer pieces are encoded only once they are needed, never ahead
+FRESH = 4  # of each ranking's best, those the last prompt did not have go first
+KEEP_REACH, KEEP_SLACK = 2, 16  # a chunk of the last prompt keeps its place while it ranks within 2 N + 16 (N: how
+                                # many that prompt chose)
 
 
 def build_completion_prompt(
@@ -60,6 +63,7 @@ def build_completion_prompt(
     extra: Sequence[tuple[str, str]] = (),
     *,
     heal: bool = True,
+    previous: Sequence[tuple[str, int]] = (),
 ) -> PackedPrompt:
     """The prompt for completing ``path`` (relative to the repository root, or absolute inside it) at a cursor.
 
@@ -68,6 +72,9 @@ def build_completion_prompt(
     ``extra`` holds chunks an editor chose, ``(filename, text)`` oldest first (llama.cpp's ``input_extra``): they
     go ahead of the ranked repository context, the newest kept when not all fit.
     ``heal``: leave the last token before the cursor to the model (``PackedPrompt.heal_text``).
+    ``previous``: the repository chunks the last prompt at this file chose (``PackedPrompt.chosen``): those that
+    still rank near the top keep their places, so the prompt's start, and the model's cache of it, survive the
+    small shifts of ranking that moving to the next line makes.
     """
     relative = index.relative_path(path)
     imports = index.imports(relative) if text is None else None  # the file as indexed, unless it is being edited
@@ -111,9 +118,9 @@ def build_completion_prompt(
     # The definitions of what the cursor uses get their part of the repository's share first; code like the
     # code at the cursor (the file's own other parts first) the rest.
     repository = space - share - given
-    selection = select_chunks(encoder, layout, rank(index, query, definitions_only=True),
+    selection = select_chunks(encoder, layout, _keep_previous(rank(index, query, definitions_only=True), previous),
                               int(repository * DEFINITION_SHARE), compact=BRIEF)
-    selection = select_chunks(encoder, layout, rank(index, query), repository, selection)
+    selection = select_chunks(encoder, layout, _keep_previous(rank(index, query), previous), repository, selection)
     window.fit(space - given - selection.tokens, avoid=selection.chunks(relative))  # what the context left over
 
     while True:
@@ -142,7 +149,27 @@ def build_completion_prompt(
         stop_strings=form.stop_strings(mid_line=bool(rows[row][column:].strip())),
         format=form.name,
         heal_text=heal_text,
+        chosen=[(choice.chunk.path, choice.chunk.start_line) for choice in selection.order],
     )
+
+
+def _keep_previous(ranked: Iterator[tuple[float, Chunk]], previous: Sequence[tuple[str, int]]
+                   ) -> Iterator[tuple[float, Chunk]]:
+    """The ranking, reordered for a prompt that changes little: the FRESH best that the last prompt did not have
+    first (what became most relevant always gets in; chosen first, it is laid out nearest the cursor), then the
+    last prompt's chunks that still rank within reach of the top, in the order that prompt chose them (so they
+    are laid out as before, and the prompt's start with them), then the rest of the ranking."""
+    if not previous:
+        yield from ranked
+        return
+    order = {key: number for number, key in enumerate(previous)}
+    head = list(islice(ranked, FRESH + KEEP_REACH * len(previous) + KEEP_SLACK))
+    known = [(item[1].path, item[1].start_line) in order for item in head]
+    yield from (item for item, was in zip(head[:FRESH], known) if not was)
+    yield from sorted((item for item, was in zip(head, known) if was),
+                      key=lambda item: order[item[1].path, item[1].start_line])
+    yield from (item for item, was in zip(head[FRESH:], known[FRESH:]) if not was)
+    yield from ranked
 
 
 def _partial_token(encoder: Encoder, rows: list[str], row: int, column: int) -> str:

@@ -55,6 +55,8 @@ class PackedPrompt:
     stop_strings: list[str]
     format: str  # "codellama-infill" | "starcoder-fim" | "left-to-right" | "chat"
     heal_text: str = ""  # left out of the prompt's end: the generation must begin with it (token healing)
+    chosen: list[tuple[str, int]] = field(default_factory=list)  # repository chunks (path, first line), in the
+                                                                  # order chosen: the next prompt's `previous`
 
 
 @dataclass(frozen=True)

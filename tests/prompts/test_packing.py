@@ -160,3 +160,58 @@ def test_the_encoder_forgets_the_least_recently_used_pieces_never_the_ones_it_re
     encoder.encode_many(["x = 1\n", kept, "y = 2\n"])
     encoder.encode_many(["z = 3\n"])
     assert (kept, False) in encoder._cache and ("a = 1\n", False) not in encoder._cache  # used last, kept
+
+
+def test_the_last_prompts_chunks_keep_their_places_behind_the_freshest_best():
+    """_keep_previous: those of the new ranking's FRESH best that the last prompt lacked first, then the last
+    prompt's chunks that still rank within reach, in the order that prompt chose them, then the rest of the
+    ranking; one out of reach is not kept."""
+    from prompts.chunking import Chunk
+    from prompts.completion import FRESH, KEEP_REACH, KEEP_SLACK, _keep_previous
+
+    chunks = [Chunk(f"f{i}.py", 1, 2, "python", "definition", (f"d{i}",), frozenset(), "x = 1", 3) for i in range(80)]
+    ranked = [(100.0 - i, chunk) for i, chunk in enumerate(chunks)]
+    previous = [("f9.py", 1), ("f1.py", 1), ("f7.py", 1), ("f79.py", 1), ("gone.py", 1)]
+    reach = FRESH + KEEP_REACH * len(previous) + KEEP_SLACK
+    order = [chunk.path for _, chunk in _keep_previous(iter(ranked), previous)]
+    new_best = [f"f{i}.py" for i in range(FRESH) if i != 1]
+    assert order[:len(new_best)] == new_best  # the best the last prompt lacked, first
+    assert order[len(new_best):len(new_best) + 3] == ["f9.py", "f1.py", "f7.py"]  # kept, in the last prompt's order
+    assert 79 >= reach and order.index("f79.py") == 79  # out of reach: where the ranking puts it
+    assert sorted(order) == sorted(chunk.path for chunk in chunks)  # nothing lost, nothing twice
+    assert [chunk.path for _, chunk in _keep_previous(iter(ranked), ())] == [chunk.path for chunk in chunks]
+
+
+def test_the_next_line_keeps_the_repository_context_and_the_prompts_start(make_repo, smollm2_tokenizer):
+    """A function calling twenty helpers, one per line: the nearer a call to the cursor, the higher its helper's
+    definition ranks, so moving the cursor one line down slides the window of definitions that fit. Given the
+    last prompt's `chosen`, the context stays (behind the FRESH best) and so does the prompt's start."""
+    from prompts import build_completion_prompt, index_repository
+
+    helpers = {f"lib/h{i}.py": f"def helper_{i}(value, scale={i}):\n    return value * scale + {i}\n" for i in range(20)}
+    head = "".join(f"from lib.h{i} import helper_{i}\n" for i in range(20)) + "\n\ndef run(total):\n"
+    calls = [f"    total += helper_{i}(total)\n" for i in range(20)]
+
+    def at(k: int) -> tuple[str, int]:  # the buffer with the cursor on a new line after call k
+        text = head + "".join(calls[:k + 1]) + "    \n" + "".join(calls[k + 1:]) + "    return total\n"
+        return text, head.count("\n") + k + 2
+
+    index = index_repository(make_repo({**helpers, "app.py": at(9)[0]}))
+
+    def build(k: int, previous=()):
+        text, line = at(k)
+        return build_completion_prompt(index, smollm2_tokenizer, "app.py", text=text, line=line, col=5,
+                                       budget_tokens=400, previous=previous)
+
+    def repository(packed):
+        return [(item.path, item.start_line) for item in packed.context if item.path.startswith("lib/")]
+
+    def common(a, b):
+        return next((n for n, (x, y) in enumerate(zip(a.ids, b.ids)) if x != y), min(len(a.ids), len(b.ids)))
+
+    first = build(9)
+    assert len(first.chosen) >= 4 and set(repository(first)) <= set(first.chosen)
+    plain, sticky = build(10), build(10, previous=first.chosen)
+    assert repository(plain) != repository(first)  # (the premise: the window slides)
+    assert repository(sticky) == repository(first)
+    assert common(sticky, first) > common(plain, first)
