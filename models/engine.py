@@ -27,8 +27,7 @@ from models.config import ModelConfig
 from models.errors import ContextTooLongError, ModelError
 from models.generation import GenerationConfig, GenerationResult, Timings
 from models.healing import HealingConstraint, PrefixStripper, vocabulary_bytes
-from models.llama import (Decode, DenseKernels, Prefill, Transformer, attention_inputs, attention_output_and_ffn,
-                          final_logits)
+from models.llama import Decode, DenseKernels, Transformer, attention_inputs, attention_output_and_ffn, final_logits
 from models.kv_cache import QUANTIZED, cache_dtype_name
 from models.sampling import make_generator, sample
 from models.speculative import PromptLookup, accept
@@ -53,10 +52,10 @@ TILE_ROWS = 64
 GRAPHED_TAIL = 4
 # Prefill spans on CUDA snap to multiples of this many tokens: the start down (re-prefilling up to 127 cached
 # tokens), the end up (pad tokens after the prompt). Every new prefill length cost a first-call setup that nearly
-# every request paid, prompts differing in length: kernels/append.py's append kernel is compiled per number of
-# new tokens (a constexpr) and cuDNN builds an attention plan per (new tokens, keys) shape. On an H200 a first
-# 5.9k-token prefill at a new length took 370-566 ms against 197 ms (the compile 117-134 ms, the plan 50-73 ms).
-# On buckets those shapes recur, and `warm_prefill` prepares the likely ones ahead of time
+# every request paid, prompts differing in length: cuDNN builds an attention plan per (new tokens, keys) shape, and
+# kernels/append.py's append kernel was compiled per number of new tokens until that became a run-time argument.
+# On an H200 a first 5.9k-token prefill at a new length took 370-566 ms against 197 ms (the compile 117-134 ms, the
+# plan 50-73 ms). On buckets those shapes recur, and `warm_prefill` prepares the likely ones ahead of time
 # (bench/results/h200-cold/). A start snapped to 0 also keeps a cold prompt on cuDNN's attention: with fewer
 # queries than keys SDPA takes FlashAttention-2, twice as slow there.
 # The pads come after every prompt token, so causal attention keeps them out of the prompt's logits and keys and
@@ -436,19 +435,8 @@ class Engine:
         end = self.prefill_span(start, len(prompt))[1]
         ids = prompt[start:] + [prompt[-1]] * (end - len(prompt))
         tokens = torch.tensor([ids], device=self._device)                            # (1, end - start)
-        if end == len(prompt) and not self.compile_prefill:
-            return self.model.prefill(tokens, start, row)
-        # Transformer.prefill's steps, with the logits of the prompt's last token rather than the span's, and the
-        # dense parts compiled when `compile_prefill` is on.
-        model = self.model
-        dense = compiled_prefill_kernels() if self.compile_prefill else model.dense
-        positions = torch.arange(start, end, device=self._device)[None]             # (1, T)
-        cos, sin = model.rope(positions, end)
-        x = model.tok_embeddings(tokens)                                             # (1, T, dim)
-        for layer in model.layers:
-            x = layer(x, cos, sin, Prefill(row, start), dense)
-        last = x[:, len(prompt) - 1 - start]                                        # (1, dim)
-        return model.dense.final_logits(last, model.norm.weight, model.norm.eps, model.output.weight)
+        dense = compiled_prefill_kernels() if self.compile_prefill else None
+        return self.model.prefill(tokens, start, row, last=len(prompt) - 1 - start, dense=dense)
 
     @torch.no_grad()
     def warm_prefill(self, lengths: Sequence[int]) -> list[int]:

@@ -307,18 +307,20 @@ class Transformer(nn.Module):
         for layer in self.layers:
             layer.attention.kv_cache = KVCache(batch, c.n_kv_heads, max_len, c.head_dim, dtype, device, quant)
 
-    def prefill(self, tokens: torch.Tensor, start: int = 0, row: int = 0, all_logits: bool = False) -> torch.Tensor:
+    def prefill(self, tokens: torch.Tensor, start: int = 0, row: int = 0, all_logits: bool = False,
+                last: int = -1, dense: DenseKernels | None = None) -> torch.Tensor:
         """Run tokens (1, T) at positions start..start+T of cache row `row` (which holds [0, start) already).
 
-        Returns float32 logits (1, T, V) with all_logits, else the last position's (1, V).
+        Returns float32 logits (1, T, V) with all_logits, else position `last`'s (1, V) (a padded span's last
+        prompt token). `dense`: the dense kernels to run instead of `self.dense` (a compiled variant of them).
         """
         T = tokens.shape[1]
         positions = torch.arange(start, start + T, device=tokens.device)[None]   # (1, T)
         cos, sin = self.rope(positions, start + T)
         x = self.tok_embeddings(tokens)                                          # (1, T, dim)
         for layer in self.layers:
-            x = layer(x, cos, sin, Prefill(row, start), self.dense)
-        x = x if all_logits else x[:, -1]
+            x = layer(x, cos, sin, Prefill(row, start), dense or self.dense)
+        x = x if all_logits else x[:, last]
         return self.dense.final_logits(x, self.norm.weight, self.norm.eps, self.output.weight)
 
     def decode(self, tokens: torch.Tensor, step: Decode) -> torch.Tensor:
