@@ -164,9 +164,10 @@ def select_chunks(encoder: Encoder, layout: Layout, ranked: Iterable[tuple[float
     First the best candidates go in in a compact form (outlines, or while they take less than BRIEF_TOKENS
     and ``compact`` asks for them, briefs; chunks of up to WHOLE_MIN_TOKENS whole) until they fill the budget
     or OUTLINE_TOKENS, so that a small budget holds the definitions of many names; then those become whole
-    chunks (or outlines, from briefs), best first, as far as the budget allows; then the rest of the ranking goes in whole where it fits, else outlined. A large
-    budget so carries the bodies of the best chunks, and the outlines of many more. Candidates are encoded a
-    batch at a time, and only in the form they are considered in.
+    chunks (or outlines, from briefs), best first, as far as the budget allows; then the rest of the ranking
+    goes in whole where it fits, else outlined. A large budget so carries the bodies of the best chunks, and
+    the outlines of many more. Candidates are encoded a batch at a time, and only in the form they are
+    considered in.
     Given a ``selection``, it goes on filling that one (``budget`` counts what it holds), skipping its chunks."""
     if selection is None:
         selection = Selection(layout)

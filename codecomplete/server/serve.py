@@ -43,8 +43,9 @@ def run_serve(args) -> None:
     listener = _listen(args.host, args.port)       # a taken port fails now, not after the model loads
     max_tokens = args.max_tokens or DEFAULT_MAX_TOKENS
     session = open_session(args, root, max_tokens)
-    warmer = PromptWarmer(session, session.prompt_budget(max_tokens)) if warming.enabled() else None
-    warmed = _warm_up(session, session.prompt_budget(max_tokens), warmer)
+    budget = session.prompt_budget(max_tokens)      # (the Server's prompt_budget too)
+    warmer = PromptWarmer(session, budget) if warming.enabled() else None
+    warmed = _warm_up(session, budget, warmer)
     frozen = os.environ.get(GC_FREEZE, "1") != "0"
     if frozen:
         # What start-up built (the model's Python side, compiled code, the index, the tokenizer, the warmed caches:
