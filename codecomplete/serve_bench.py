@@ -18,6 +18,7 @@ import http.client
 import json
 import os
 import platform
+import re
 import signal
 import statistics
 import subprocess
@@ -186,6 +187,33 @@ def one_shot(command: list[str], repo: Path, path: str, cursor: Cursor, options:
             "generated": result["completion_tokens"]}
 
 
+# The server's summary line per request (codecomplete/server/worker.py): where its time to the first token went.
+STAGES = ("queued", "prompt", "engine", "text", "sent")
+SUMMARY = re.compile(r"^POST /infill · .* · first ([\d.]+) ms \(([^)]*)\)")
+
+
+def server_stages(log: str) -> list[dict]:
+    """Per /infill request, in order: the server's first-token time and its stages (ms), from its log."""
+    stages = []
+    for line in log.splitlines():
+        match = SUMMARY.match(line)
+        if match:
+            parts = dict(part.split(" ") for part in match.group(2).split(", "))
+            stages.append({"first": float(match.group(1)), **{k: float(v) for k, v in parts.items()}})
+    return stages
+
+
+def breakdown(requests: list[dict]) -> dict:
+    """p50 of each stage over the requests that have the server's stages, and of what lay outside the server
+    (the client's time to the first token less the server's: connecting, HTTP, reading the stream)."""
+    rows = [r for r in requests if r.get("server")]
+    if not rows:
+        return {}
+    p50 = {key: statistics.median(r["server"].get(key, 0.0) for r in rows) for key in ("first", *STAGES)}
+    p50["outside"] = statistics.median(r["ttft_ms"] - r["server"]["first"] for r in rows)
+    return p50
+
+
 def summarize(requests: list[dict], cold: dict, oneshots: list[dict]) -> dict:
     def p(values, q):
         return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
@@ -203,6 +231,7 @@ def summarize(requests: list[dict], cold: dict, oneshots: list[dict]) -> dict:
         "cold_ttft_ms": cold["ttft_ms"], "cold_prompt_tokens": cold["prompt_tokens"], "cold_prefilled": cold["prefilled"],
         "oneshot_total_s_median": statistics.median(o["total_s"] for o in oneshots) if oneshots else None,
         "oneshot_ttft_ms_median": statistics.median(o["ttft_ms"] for o in oneshots) if oneshots else None,
+        "first_token_p50_ms": breakdown(requests),
     }
 
 
@@ -249,15 +278,23 @@ def markdown(report: dict) -> str:
               for b in report["bars"]]
     lines += ["", "| | p50 | p90 |", "|---|---|---|",
               f"| time to first token (ms) | {s['ttft_ms_p50']:.0f} | {s['ttft_ms_p90']:.0f} |",
-              f"| total (ms) | {s['total_ms_p50']:.0f} | {s['total_ms_p90']:.0f} |", "",
-              f"{s['requests']} requests; per request on average {s['prompt_tokens_mean']:.0f} prompt tokens, "
-              f"{s['prefilled_mean']:.1f} prefilled, {s['reused_percent_mean']:.1f}% reused, "
-              f"{s['generated_mean']:.1f} generated. First request in the file (cold): "
-              f"{report['first_request']['ttft_ms']:.0f} ms to the first token, {report['first_request']['prefilled']:,} "
-              f"tokens prefilled. First request in another file: {s['cold_ttft_ms']:.0f} ms, "
-              f"{s['cold_prefilled']:,} of {s['cold_prompt_tokens']:,} tokens prefilled "
-              f"(`{report.get('other_file', '')}`, the middle; the server's own prompt window "
-              f"{report['cold_other_file']['server_prompt_ms']:.0f} ms)."]
+              f"| total (ms) | {s['total_ms_p50']:.0f} | {s['total_ms_p90']:.0f} |", ""]
+    if s.get("first_token_p50_ms"):
+        b = s["first_token_p50_ms"]
+        lines += ["Where a keystroke's first token went (p50 of each part, ms; the server's log): queued for the "
+                  "engine thread, building the prompt, the engine's call to its first token, then to the first text, "
+                  "handing it to the stream; outside: the client's time less the server's (HTTP).", "",
+                  "| server's first token | queued | prompt | engine | text | sent | outside |",
+                  "|---|---|---|---|---|---|---|",
+                  "| " + " | ".join(f"{b[k]:.1f}" for k in ("first", *STAGES, "outside")) + " |", ""]
+    lines += [f"{s['requests']} requests; per request on average {s['prompt_tokens_mean']:.0f} prompt tokens, "
+               f"{s['prefilled_mean']:.1f} prefilled, {s['reused_percent_mean']:.1f}% reused, "
+               f"{s['generated_mean']:.1f} generated. First request in the file (cold): "
+               f"{report['first_request']['ttft_ms']:.0f} ms to the first token, {report['first_request']['prefilled']:,} "
+               f"tokens prefilled. First request in another file: {s['cold_ttft_ms']:.0f} ms, "
+               f"{s['cold_prefilled']:,} of {s['cold_prompt_tokens']:,} tokens prefilled "
+               f"(`{report.get('other_file', '')}`, the middle; the server's own prompt window "
+               f"{report['cold_other_file']['server_prompt_ms']:.0f} ms{_stages(report['cold_other_file'])})."]
     if report.get("more_cold"):
         lines += ["", "First requests in more files (a third of the way in), after it:", "",
                   "| file | first token (ms) | prompt | prefilled | server's prompt window (ms) |",
@@ -269,11 +306,27 @@ def markdown(report: dict) -> str:
                   "| line:col | total (s) | load (s) | time to first token (ms) | prompt tokens |", "|---|---|---|---|---|"]
         lines += [f"| {o['line']}:{o['col']} | {o['total_s']:.1f} | {o['load_s']:.1f} | {o['ttft_ms']:.0f} | "
                   f"{o['prompt_tokens']:,} |" for o in report["one_shot"]]
-    lines += ["", "| # | line:col | first token (ms) | total (ms) | prompt | prefilled | reused | generated |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| # | line:col | first token (ms) | total (ms) | prompt | prefilled | reused | generated | "
+              "server: prompt / engine (ms) |", "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {i} | {r['line']}:{r['col']} | {r['ttft_ms']:.0f} | {r['total_ms']:.0f} | {r['prompt_tokens']} | "
-              f"{r['prefilled']} | {r['reused']} | {r['generated']} |" for i, r in enumerate(report["requests"], 1)]
+              f"{r['prefilled']} | {r['reused']} | {r['generated']} | "
+              f"{_stages(r, _prompt_and_engine) or '-'} |"
+              for i, r in enumerate(report["requests"], 1)]
     return "\n".join(lines) + "\n"
+
+
+def _stages(record: dict, show=None) -> str:
+    """The server's stages of a request as `show` writes them (default: a clause for a sentence); "" if unknown."""
+    stages = record.get("server")
+    if not stages:
+        return ""
+    if show is None:
+        return f"; building its prompt {stages['prompt']:.0f} ms, the engine's first token {stages['engine']:.0f} ms"
+    return show(stages)
+
+
+def _prompt_and_engine(stages: dict) -> str:
+    return f"{stages['prompt']:.1f} / {stages['engine']:.1f}"
 
 
 def parse_args(argv):
@@ -331,6 +384,10 @@ def main(argv=None) -> int:
         server_log = server.log()
         if code != 0:
             raise RuntimeError(f"the server ended with {code}: {server_log[-2000:]}")
+        stages = server_stages(server_log)
+        if len(stages) == 2 + len(requests) + len(more_cold):     # one line per /infill, in order
+            for record, stage in zip([first, *requests, cold, *more_cold], stages):
+                record["server"] = stage
         picks = [cursors[1 + i * (len(cursors) - 2) // max(1, args.one_shot - 1)] for i in range(args.one_shot)]
         oneshots = [one_shot(command, repo, args.file, c, options, {**env, "CODECOMPLETE_RUNTIME_DIR": folder},
                              args.max_tokens) for c in picks]

@@ -119,10 +119,11 @@ class Session:
 
     # ---- helpers ------------------------------------------------------------------------------
 
-    def tidy(self) -> None:
-        """Between requests (a server's idle moments): the next slice of the index's rolling rescan."""
+    def tidy(self, should_stop=None) -> None:
+        """Between requests (a server's idle moments): the next part of the index's rolling rescan, cut short once
+        `should_stop()` (a request waits)."""
         if self._index is not None:
-            self._index.sweep()
+            self._index.sweep(should_stop)
 
     def _fresh_index(self, path: str | None = None):
         if self._index is None:

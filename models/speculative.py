@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 
 from models.generation import GenerationConfig
@@ -28,39 +29,54 @@ NGRAM_LENGTHS = (4, 3, 2)   # longest first: a longer match predicts its continu
 class PromptLookup:
     """Drafts by n-gram lookup over a growing token sequence (the prompt, then each accepted token).
 
-    Lookups are O(1) per step: a dict holds, for every n-gram seen, the position right after its most
-    recent occurrence, updated as tokens arrive. (bench/results/NOTES.md: a single-token match lost on
-    every workload measured; longer lengths than 4 and adaptive draft lengths changed nothing.)
+    No index is built: each draft scans the sequence for its suffix with numpy (tens of microseconds at 8k
+    tokens), where a dict of every n-gram cost ~6 ms of Python per 8k-token prompt, paid on the way to the first
+    token of every request (the engine builds the drafter before its first token; a keystroke's prefill of one
+    token is done on an H200 before that). (bench/results/NOTES.md: a single-token match lost on every workload
+    measured; longer lengths than 4 and adaptive draft lengths changed nothing.)
     """
 
     def __init__(self, tokens: Iterable[int], ngram_lengths: tuple[int, ...] = NGRAM_LENGTHS):
-        self.tokens: list[int] = []
         self.ngram_lengths = ngram_lengths
-        self.index: dict[tuple[int, ...], int] = {}
+        self._tokens = np.zeros(0, dtype=np.int64)      # room to grow; the first `_length` are the sequence
+        self._length = 0
         self.extend(tokens)
+
+    @property
+    def tokens(self) -> list[int]:
+        return self._tokens[:self._length].tolist()
 
     def extend(self, tokens: Iterable[int]) -> None:
         """Append tokens; each n-gram ending before the newest token becomes findable."""
-        seq, index = self.tokens, self.index
-        for token in tokens:
-            end = len(seq)                        # the n-grams ending here now have a continuation
-            for n in self.ngram_lengths:
-                if end >= n:
-                    index[tuple(seq[end - n:end])] = end
-            seq.append(token)
+        new = np.fromiter(tokens, dtype=np.int64)
+        end = self._length + len(new)
+        if end > len(self._tokens):
+            grown = np.empty(max(2 * len(self._tokens), end, 256), dtype=np.int64)
+            grown[:self._length] = self._tokens[:self._length]
+            self._tokens = grown
+        self._tokens[self._length:end] = new
+        self._length = end
 
     def draft(self, k: int) -> list[int]:
         """k tokens that followed the most recent earlier occurrence of the longest matching suffix ([] if none).
 
         A match close to the end copies its own draft onward, as LZ77 copies overlap: text repeating with a
         period shorter than k (a loop, a run of one token) still gets k tokens."""
-        seq = self.tokens
+        seq, length = self._tokens, self._length
         for n in self.ngram_lengths:
-            start = self.index.get(tuple(seq[-n:])) if len(seq) >= n else None
-            if start is not None:
-                draft = seq[start:start + k]
+            if length <= n:         # an occurrence needs a token after it, before the suffix's own end
+                continue
+            suffix = seq[length - n:length]
+            # Occurrences start at 0 .. length - n - 1, so that a token follows each.
+            found = seq[:length - n] == suffix[0]
+            for j in range(1, n):
+                found &= seq[j:length - n + j] == suffix[j]
+            hits = np.flatnonzero(found)
+            if hits.size:
+                start = int(hits[-1]) + n
+                draft = seq[start:min(start + k, length)].tolist()
                 while len(draft) < k:
-                    draft.append(draft[len(draft) - (len(seq) - start)])
+                    draft.append(draft[len(draft) - (length - start)])
                 return draft
         return []
 

@@ -8,7 +8,8 @@ seeks), so the work comes in bounded slices:
   ago is seen at once, and the parsing of what changed (at most ``parses_per_refresh`` files, that one first);
 - ``sweep()``, after a request, while the editor types the next key: the next ``files_per_refresh`` files of a
   walk through the repository that each call resumes where the last one stopped (a finished walk tells which
-  files are gone, and the next one starts), and the parsing of what it found changed.
+  files are gone, and the next one starts), and the parsing of what it found changed. ``should_stop`` (a request
+  arrived) ends it early, between slices of ``SLICE`` files: the next request does not wait for a whole sweep.
 
 When something changed, the index is rebuilt from the entries it holds (``RepoIndex.updated``), without reading the
 files that did not change. The walk applies the same rules as the scan that built the index.
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .index import FileEntry, RepoIndex, parse_file
@@ -26,6 +27,7 @@ from .scan import MAX_FILE_BYTES, ScanWarning, SourceFile, source_file, walk_sou
 
 FILES_PER_REFRESH = 256  # a full pass over 20k files every ~80 requests
 PARSES_PER_REFRESH = 8
+SLICE = 32               # files a sweep walks between looks at should_stop (~1 ms of stats)
 
 
 class FreshIndex:
@@ -55,20 +57,23 @@ class FreshIndex:
                     self._pending = {path: self._pending.pop(path), **self._pending}
             return self._update()
 
-    def sweep(self) -> RepoIndex:
-        """Between requests: the next slice of the rolling rescan, and the parsing of what it found changed."""
+    def sweep(self, should_stop: Callable[[], bool] | None = None) -> RepoIndex:
+        """Between requests: the next part of the rolling rescan, and the parsing of what it found changed; less
+        of both once ``should_stop()`` says so."""
         with _quiet():
-            self._walk_on()
-            return self._update()
+            self._walk_on(should_stop)
+            return self._update(should_stop)
 
-    def _update(self) -> RepoIndex:
-        changed, removed = self._parse_some()
+    def _update(self, should_stop: Callable[[], bool] | None = None) -> RepoIndex:
+        changed, removed = self._parse_some(should_stop)
         if changed or removed:
             self.index = self.index.updated(changed, removed)
         return self.index
 
-    def _walk_on(self) -> None:
-        for _ in range(self.files_per_refresh):
+    def _walk_on(self, should_stop: Callable[[], bool] | None) -> None:
+        for count in range(self.files_per_refresh):
+            if should_stop is not None and count % SLICE == SLICE - 1 and should_stop():
+                return
             if self._walk is None:
                 self._walk, self._seen = walk_sources(self.root, self.max_file_bytes), set()
             source = next(self._walk, None)
@@ -90,10 +95,12 @@ class FreshIndex:
         else:
             self._pending.pop(path, None)  # changed back, or parsed meanwhile
 
-    def _parse_some(self) -> tuple[dict[str, FileEntry], list[str]]:
+    def _parse_some(self, should_stop: Callable[[], bool] | None = None) -> tuple[dict[str, FileEntry], list[str]]:
         changed: dict[str, FileEntry] = {}
         removed: list[str] = []
         while self._pending and len(changed) < self.parses_per_refresh:
+            if should_stop is not None and should_stop():
+                break
             path, source = next(iter(self._pending.items()))
             del self._pending[path]
             result = parse_file(self.root, source, self.max_file_bytes) if source is not None else None

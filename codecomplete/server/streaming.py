@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 
 from starlette.requests import Request
@@ -57,6 +58,8 @@ class Running:
         try:
             while True:
                 event = await self._next()
+                if event.kind == "text" and self.job.first_sent is None:
+                    self.job.first_sent = time.perf_counter()     # (for the log's summary line)
                 yield event
                 if event.kind in ("done", "error"):
                     return

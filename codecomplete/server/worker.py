@@ -46,6 +46,12 @@ class Job:
         self.start, self.label, self.stop_when = start, label, stop_when
         self.cancelled = threading.Event()
         self.started = False             # taken from the queue by the engine thread
+        # Where its time to the first token went (perf_counter seconds), for the log's summary line: submitted,
+        # taken by the engine thread, prompt built, first text handed over (engine thread), first text written
+        # to the client (event loop; set by streaming.Running, streams only).
+        self.submitted, self.began, self.built = time.perf_counter(), None, None
+        self.first_text: float | None = None
+        self.first_sent: float | None = None
         self._loop = loop
         self._events: asyncio.Queue[Event] = asyncio.Queue()
 
@@ -69,11 +75,15 @@ class Job:
 
     def run(self):
         """On the engine thread: start the generation, stream it, return the result."""
+        self.began = time.perf_counter()
         generation = self.start()
+        self.built = time.perf_counter()
         self.send("prompt", generation)
         stop_when = self.stop_when
 
         def on_text(delta: str) -> None:
+            if self.first_text is None:
+                self.first_text = time.perf_counter()
             self.send("text", delta)
             if stop_when is not None and stop_when(delta):
                 self.cancelled.set()
@@ -83,11 +93,12 @@ class Job:
 class EngineWorker:
     """Runs jobs one at a time on its own thread; `submit` refuses a job when `max_waiting` already wait."""
 
-    def __init__(self, max_waiting: int = MAX_WAITING, between: Callable[[], None] | None = None,
+    def __init__(self, max_waiting: int = MAX_WAITING, between: Callable[[Callable[[], bool]], None] | None = None,
                  log: Callable[[str], None] | None = None, idle: Callable[[], bool] | None = None,
                  idle_s: float = 0.5) -> None:
         self.max_waiting = max_waiting
-        self._between = between                 # run after a job when none waits (the session's upkeep)
+        # Run after a job when none waits (the session's upkeep), with a function that says when one does.
+        self._between = between
         self._idle = idle                       # one slice of idle work; returns whether more is left
         self.idle_s = idle_s
         self._queue: queue.Queue[Job | None] = queue.Queue()
@@ -158,14 +169,18 @@ class EngineWorker:
                 self._log(f"{job.label} · error: {type(exc).__name__}: {exc}")
             else:
                 job.send("done", result)
-                self._log(_summary(job.label, result, time.perf_counter() - started))
+                self._log(_summary(job, result, time.perf_counter() - started))
             finally:
                 self._finished(job)
             if self._between is not None and self._queue.empty():
                 try:
-                    self._between()
+                    self._between(self._waiting)
                 except Exception as exc:    # upkeep that failed is tried again after the next job
                     self._log(f"between requests · error: {type(exc).__name__}: {exc}")
+
+    def _waiting(self) -> bool:
+        """Whether a job waits in the queue (upkeep between jobs stops early for it)."""
+        return not self._queue.empty()
 
     def _run_idle(self) -> bool:
         try:
@@ -179,8 +194,21 @@ class EngineWorker:
             self._live.pop(job.id, None)
 
 
-def _summary(label: str, result, seconds: float) -> str:
-    """`POST /infill · prompt 1,034 (1,001 reused) · 16 tokens · first 112 ms · 0.61 s · length`"""
-    return (f"{label} · prompt {result.prompt_tokens:,} ({result.reused_prefix_tokens:,} reused) · "
-            f"{len(result.token_ids)} tokens · first {result.timings.ttft_ms:.0f} ms · {seconds:.2f} s · "
-            f"{result.finish_reason}")
+def _summary(job: Job, result, seconds: float) -> str:
+    """`POST /infill · prompt 1,034 (1,001 reused) · 16 tokens · first 112 ms (queued 0, prompt 15, engine 90, text
+    5, sent 2) · 0.61 s · length`: the first token's time from the job's submission, split into the wait for the
+    engine thread, building the prompt, the engine's own time to its first token, the rest until the first text
+    (token healing's first tokens may write none) and handing it to the client (a stream's event loop)."""
+    first = f"first {result.timings.ttft_ms:.0f} ms"
+    if job.began is not None and job.built is not None:
+        ms = lambda a, b: f"{1000 * (b - a):.1f}"  # noqa: E731
+        end = job.first_sent or job.first_text
+        parts = [f"queued {ms(job.submitted, job.began)}", f"prompt {ms(job.began, job.built)}",
+                 f"engine {result.timings.ttft_ms:.1f}"]
+        if job.first_text is not None:
+            parts.append(f"text {1000 * (job.first_text - job.built) - result.timings.ttft_ms:.1f}")
+        if job.first_sent is not None:
+            parts.append(f"sent {ms(job.first_text, job.first_sent)}")
+        first = (f"first {ms(job.submitted, end)} ms" if end is not None else first) + f" ({', '.join(parts)})"
+    return (f"{job.label} · prompt {result.prompt_tokens:,} ({result.reused_prefix_tokens:,} reused) · "
+            f"{len(result.token_ids)} tokens · {first} · {seconds:.2f} s · {result.finish_reason}")

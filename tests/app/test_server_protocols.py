@@ -193,6 +193,24 @@ def test_stream_of_infill_ends_without_done_marker(server, files):
     assert all(json.loads(e[len("data: "):])["stop"] is False for e in events[:-1])
 
 
+def test_the_log_line_of_a_streamed_request_says_where_its_first_token_went(server, files):
+    from codecomplete.serve_bench import STAGES, server_stages
+
+    before = len(server_stages(server.log()))
+    prefix, prompt, suffix = around(files["app.py"], 7, 5)
+    body = llama_vim_body(prefix, prompt, suffix, stream=True, n_predict=3, t_max_predict_ms=0, response_fields=[])
+    with httpx.stream("POST", server.url + "/infill", json=body, timeout=300) as response:
+        assert [line for line in response.iter_lines() if line]
+    deadline = time.monotonic() + 30          # the line comes when the engine thread has finished the job
+    while len(server_stages(server.log())) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stages = server_stages(server.log())[-1]
+    assert set(stages) == {"first", *STAGES}
+    assert all(stages[key] >= 0 for key in STAGES) and stages["engine"] > 0 and stages["prompt"] > 0
+    # The parts add up to the whole (each rounded to 0.1 ms).
+    assert abs(sum(stages[key] for key in STAGES) - stages["first"]) <= 0.5, stages
+
+
 def test_a_cursor_after_a_space_is_healed_in_infill_completion_and_openai(server, files):
     """Token healing on every completion route: /infill's input_prefix + prompt ending after `area = ` (app.py
     line 5), streamed or not, and the same text as a raw prompt to /completion and OpenAI completions. The prompt

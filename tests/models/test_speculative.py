@@ -3,6 +3,7 @@ model over 30 prompts from installed packages (stops, EOS and the token limit in
 reuse between requests), and rejection sampling that keeps the sampled distribution."""
 
 import importlib.util
+import random
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,33 @@ def test_prompt_lookup_drafts_what_followed_the_longest_recent_match():
     # A match near the end copies its own draft onward (a loop with a period shorter than the draft).
     assert PromptLookup([7, 1, 2, 1, 2, 1, 2]).draft(5) == [1, 2, 1, 2, 1]
     assert PromptLookup([5, 5, 5]).draft(4) == [5, 5, 5, 5]
+
+
+def test_prompt_lookup_agrees_with_a_plain_search_as_the_sequence_grows():
+    """The numpy scan against the definition, written as plainly as possible, on random sequences over small
+    alphabets (many repeats), extended a few tokens at a time."""
+    def expected(seq, k):
+        for n in (4, 3, 2):
+            ends = [end for end in range(n, len(seq)) if seq[end - n:end] == seq[len(seq) - n:]]
+            if ends and len(seq) >= n:
+                draft = seq[ends[-1]:ends[-1] + k]
+                while len(draft) < k:
+                    draft.append(draft[len(draft) - (len(seq) - ends[-1])])
+                return draft
+        return []
+
+    rng = random.Random(7)
+    for trial in range(60):
+        alphabet = rng.choice([2, 3, 5, 20])
+        seq = [rng.randrange(alphabet) for _ in range(rng.randrange(0, 40))]
+        drafter = PromptLookup(seq)
+        for _ in range(8):
+            k = rng.randrange(1, 9)
+            assert drafter.draft(k) == expected(seq, k), (trial, seq, k)
+            more = [rng.randrange(alphabet) for _ in range(rng.randrange(1, 4))]
+            drafter.extend(more)
+            seq += more
+        assert drafter.tokens == seq
 
 
 def prompts(tokenizer) -> list[list[int]]:

@@ -92,3 +92,29 @@ def test_a_request_touches_a_bounded_number_of_files_on_a_20k_file_repository(bi
     assert sum(touched) / len(touched) <= 1.2 * fresh.files_per_refresh + 20, touched
     assert sum(touched) >= 20_000  # ... and yet the whole repository was looked at over the calls
     assert "edited_by_someone_else" in fresh.index.definers
+
+
+def test_a_sweep_stops_early_when_a_request_waits_and_the_work_still_gets_done(make_repo, cache_dir):
+    from prompts.freshness import SLICE
+
+    files = {f"pkg/m{i:03d}.py": f"def f{i}(x):\n    return x + {i}\n" for i in range(120)}
+    root = make_repo(files)
+    fresh = FreshIndex(index_repository(root))
+    for i in range(120):    # every file changed: one sweep would walk them all and parse 8
+        (root / f"pkg/m{i:03d}.py").write_text(f"def g{i}(x):\n    return x - {i}\n")
+    asked = []
+
+    def waiting() -> bool:
+        asked.append(1)
+        return True
+
+    index = fresh.sweep(should_stop=waiting)
+    assert asked and index is fresh.index
+    assert not any(name.startswith("g") for name in index.definers)      # nothing parsed while a request waits
+    assert len(fresh._seen) == SLICE - 1                                  # one slice walked
+    # Requests themselves parse what is pending (the refresh before each), and quiet sweeps finish the rest.
+    fresh.refresh()
+    assert sum(name.startswith("g") for name in fresh.index.definers) == fresh.parses_per_refresh
+    for _ in range(40):
+        fresh.sweep()
+    assert chunks_of(fresh.index) == chunks_of(index_repository(root))
