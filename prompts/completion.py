@@ -32,7 +32,7 @@ from .index import RepoIndex
 from .languages import comment_marker, language_for, language_name
 from .outline import brief, outline
 from .packing import BRIEF, Assembler, ContextItem, Layout, PackedPrompt, encode_all, select_chunks
-from .ranking import Query, cursor_terms, rank
+from .ranking import Query, cursor_terms, rank_both
 from .scan import read_regular_file
 from .tokens import Encoder, encoder_for
 
@@ -118,9 +118,10 @@ def build_completion_prompt(
     # The definitions of what the cursor uses get their part of the repository's share first; code like the
     # code at the cursor (the file's own other parts first) the rest.
     repository = space - share - given
-    selection = select_chunks(encoder, layout, _keep_previous(rank(index, query, definitions_only=True), previous),
+    definitions, ranked = rank_both(index, query)
+    selection = select_chunks(encoder, layout, _keep_previous(definitions, previous),
                               int(repository * DEFINITION_SHARE), compact=BRIEF)
-    selection = select_chunks(encoder, layout, _keep_previous(rank(index, query), previous), repository, selection)
+    selection = select_chunks(encoder, layout, _keep_previous(ranked, previous), repository, selection)
     window.fit(space - given - selection.tokens, avoid=selection.chunks(relative))  # what the context left over
 
     while True:

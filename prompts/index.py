@@ -12,6 +12,7 @@ too: numbering a million names again would cost more than the rest of a warm sta
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import hashlib
 import os
@@ -91,6 +92,17 @@ class RepoIndex:
         folder_number = {folder: number for number, folder in enumerate(self.folders)}
         folder_of_file = [folder_number[posixpath.dirname(path)] for path in self.files]
         self.folder_of_chunk = np.repeat(folder_of_file, [len(self._file_chunks[p]) for p in self.files])
+
+    @functools.cached_property
+    def postings(self):
+        """The same matrix by term: the chunks referencing term t are ``chunks[starts[t]:starts[t + 1]]`` (a
+        query reads the rows of its few hundred terms instead of every reference in the repository)."""
+        import numpy as np
+
+        order = np.argsort(self.term_ids, kind="stable")
+        starts = np.zeros(len(self.vocabulary) + 1, dtype=np.int64)
+        np.cumsum(self.document_frequency, out=starts[1:])
+        return starts, self.term_owner[order]
 
     @property
     def name(self) -> str:

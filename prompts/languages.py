@@ -315,7 +315,9 @@ def language_name(path: str) -> str:
     return spec.name if spec else PLAIN_TEXT.get(_extension(path), DEFAULT_PLAIN)[0]
 
 
+@functools.lru_cache(maxsize=65536)
 def _extension(path: str) -> str:
+    # (cached: ranking and packing ask for every candidate chunk's language on every keystroke)
     return posixpath.splitext(path)[1].lower()
 
 

@@ -180,13 +180,13 @@ def select_chunks(encoder: Encoder, layout: Layout, ranked: Iterable[tuple[float
             break
         form = compact if selection.tokens < BRIEF_TOKENS else OUTLINE  # (briefs for the first few dozen only)
         forms = [_short_or_compact(layout, chunk, form) for chunk in batch]
-        for number, (chunk, (form, segments), ids) in enumerate(zip(batch, forms, encode_all(encoder, [
+        for number, (chunk, (form, segments), tokens) in enumerate(zip(batch, forms, count_all(encoder, [
                 segments for _, segments in forms]))):
             if selection.tokens >= min(budget, OUTLINE_TOKENS):
                 leftover = batch[number:]
                 break
-            if _opened(encoder, selection, chunk) + len(ids) <= budget - selection.tokens:
-                selection.add(Choice(chunk, len(ids), form))
+            if _opened(encoder, selection, chunk) + tokens <= budget - selection.tokens:
+                selection.add(Choice(chunk, tokens, form))
                 misses = 0
             else:
                 misses += 1
@@ -196,13 +196,13 @@ def select_chunks(encoder: Encoder, layout: Layout, ranked: Iterable[tuple[float
             break
         left = budget - selection.tokens
         worth = [c for c in batch if c.approx_tokens <= 2 * left]  # (longer ones are not worth encoding whole)
-        wholes = dict(zip(map(id, worth), map(len, encode_all(encoder, [layout.chunk(c) for c in worth]))))
+        wholes = dict(zip(map(id, worth), count_all(encoder, [layout.chunk(c) for c in worth])))
         hopeless = [c for c in batch if wholes.get(id(c), left + 1) > left]  # whole: neither now nor later
         outlined = [(c, layout.outline(c)) for c in hopeless]
         # (an outline far longer than the room left is not encoded: near a full budget most are)
         outlined = [(c, segments) for c, segments in outlined
                     if segments is not None and _characters(segments) <= CHARS_PER_TOKEN_AT_MOST * left]
-        outlines = dict(zip([id(c) for c, _ in outlined], map(len, encode_all(encoder, [s for _, s in outlined]))))
+        outlines = dict(zip([id(c) for c, _ in outlined], count_all(encoder, [s for _, s in outlined])))
         for chunk in batch:
             taken = _whole_or_outline(encoder, selection, chunk, wholes.get(id(chunk)), outlines.get(id(chunk)), budget)
             misses = 0 if taken else misses + 1
@@ -226,16 +226,16 @@ def _enlarge(encoder: Encoder, selection: Selection, budget: int) -> None:
     layout = selection.layout
     room = budget - selection.tokens
     worth = [c for c in selection.order if c.form != WHOLE and c.chunk.approx_tokens <= 2 * (room + c.tokens)]
-    for choice, ids in zip(worth, encode_all(encoder, [layout.chunk(c.chunk) for c in worth])):
-        if len(ids) <= budget - selection.tokens + choice.tokens:
-            selection.reform(choice, WHOLE, len(ids))
+    for choice, tokens in zip(worth, count_all(encoder, [layout.chunk(c.chunk) for c in worth])):
+        if tokens <= budget - selection.tokens + choice.tokens:
+            selection.reform(choice, WHOLE, tokens)
     briefs = [c for c in selection.order if c.form == BRIEF]
     outlines = [(c, layout.outline(c.chunk)) for c in briefs]
     outlines = [(c, segments) for c, segments in outlines if segments is not None
                 and _characters(segments) <= CHARS_PER_TOKEN_AT_MOST * (budget - selection.tokens + c.tokens)]
-    for (choice, _), ids in zip(outlines, encode_all(encoder, [segments for _, segments in outlines])):
-        if len(ids) <= budget - selection.tokens + choice.tokens:
-            selection.reform(choice, OUTLINE, len(ids))
+    for (choice, _), tokens in zip(outlines, count_all(encoder, [segments for _, segments in outlines])):
+        if tokens <= budget - selection.tokens + choice.tokens:
+            selection.reform(choice, OUTLINE, tokens)
 
 
 def _whole_or_outline(encoder: Encoder, selection: Selection, chunk: Chunk, whole: int | None,
@@ -248,7 +248,7 @@ def _whole_or_outline(encoder: Encoder, selection: Selection, chunk: Chunk, whol
         return True
     if outline is None and whole is not None:  # it fitted when its batch began, no longer
         outlined = selection.layout.outline(chunk)
-        outline = None if outlined is None else len(encode_all(encoder, [outlined])[0])
+        outline = None if outlined is None else count_all(encoder, [outlined])[0]
     if outline is not None and outline <= left:
         selection.add(Choice(chunk, outline, OUTLINE))
         return True
@@ -260,9 +260,9 @@ def _opened(encoder: Encoder, selection: Selection, chunk: Chunk) -> int:
     path = chunk.path
     if path not in selection.section_tokens:
         layout = selection.layout
-        section, gap, blank = encode_all(encoder, [layout.section(chunk), layout.gap(chunk), layout.blank(chunk)])
-        selection.section_tokens[path] = len(section)
-        selection.separator_tokens[path] = max(len(gap), MAX_BLANK_LINES * len(blank))
+        section, gap, blank = count_all(encoder, [layout.section(chunk), layout.gap(chunk), layout.blank(chunk)])
+        selection.section_tokens[path] = section
+        selection.separator_tokens[path] = max(gap, MAX_BLANK_LINES * blank)
     return selection.opening(path)
 
 
@@ -280,7 +280,24 @@ def encode_all(encoder: Encoder, segment_lists: list[list[Segment]]) -> list[lis
     """Ids of many segment lists, their texts encoded as mid-prompt pieces in one call to the tokenizer."""
     texts = [s for segments in segment_lists for s in segments if isinstance(s, str)]
     encoded = iter(encoder.encode_many(texts))
-    return [[i for s in segments for i in ([s] if isinstance(s, int) else next(encoded))] for segments in segment_lists]
+    out = []
+    for segments in segment_lists:
+        ids: list[int] = []
+        for segment in segments:
+            if isinstance(segment, int):
+                ids.append(segment)
+            else:
+                ids += next(encoded)
+        out.append(ids)
+    return out
+
+
+def count_all(encoder: Encoder, segment_lists: list[list[Segment]]) -> list[int]:
+    """What ``encode_all`` would give, as lengths: packing only needs each form's cost, and building the lists
+    of ids took a third of a keystroke's packing."""
+    texts = [s for segments in segment_lists for s in segments if isinstance(s, str)]
+    lengths = iter(map(len, encoder.encode_many(texts)))
+    return [sum(1 if isinstance(segment, int) else next(lengths) for segment in segments) for segments in segment_lists]
 
 
 class Assembler:

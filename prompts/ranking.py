@@ -210,16 +210,34 @@ def rank(index: RepoIndex, query: Query, definitions_only: bool = False) -> Iter
     """Chunks related to the query, best first, without duplicates (equal text) and without the lines the
     prompt already shows. All chunks are scored at once, as vectors over the index's chunk-by-term matrix.
     ``definitions_only``: score by the definition signals alone (what the names at the cursor are)."""
+    definitions = _definition_scores(index, query)
+    return _ordered(index, query, definitions if definitions_only else _with_context(index, query, definitions))
+
+
+def rank_both(index: RepoIndex, query: Query) -> tuple[Iterator[tuple[float, Chunk]], Iterator[tuple[float, Chunk]]]:
+    """``rank(definitions_only=True)`` and ``rank()`` of one query, the definition signals scored once."""
+    definitions = _definition_scores(index, query)
+    return (_ordered(index, query, definitions.copy()),
+            _ordered(index, query, _with_context(index, query, definitions)))
+
+
+def _with_context(index: RepoIndex, query: Query, scores):
+    """The definition scores (changed in place) plus the context signals, with proximity breaking ties."""
     import numpy as np
 
-    scores = _definition_scores(index, query)
-    if not definitions_only:
-        scores += _context_scores(index, query)
-        if query.path is not None:  # (only where something else speaks for a chunk: proximity breaks ties)
-            here = _parts(posixpath.dirname(query.path))
-            nearness = np.array([_proximity(here, _parts(folder)) for folder in index.folders])
-            candidates = scores > 0
-            scores[candidates] += PROXIMITY_WEIGHT * nearness[index.folder_of_chunk[candidates]]
+    scores += _context_scores(index, query)
+    if query.path is not None:  # (only where something else speaks for a chunk: proximity breaks ties)
+        here = _parts(posixpath.dirname(query.path))
+        nearness = np.array([_proximity(here, _parts(folder)) for folder in index.folders])
+        candidates = scores > 0
+        scores[candidates] += PROXIMITY_WEIGHT * nearness[index.folder_of_chunk[candidates]]
+    return scores
+
+
+def _ordered(index: RepoIndex, query: Query, scores) -> Iterator[tuple[float, Chunk]]:
+    """The chunks with positive scores (changed in place), best first, as ``rank`` yields them."""
+    import numpy as np
+
     if query.path is not None and query.shown is not None:
         first, last = query.shown
         for number in index.chunk_numbers(query.path):
@@ -298,9 +316,10 @@ def _lexical_scores(index: RepoIndex, weights: dict[str, float]):
     term_ids = np.array([number for number, _ in known], dtype=np.int64)
     frequency = index.document_frequency[term_ids]
     idf = np.log1p((total - frequency + 0.5) / (frequency + 0.5))
-    term_weight = np.zeros(len(index.vocabulary))
-    term_weight[term_ids] = np.array([weight for _, weight in known]) * idf
-    matched = np.bincount(index.term_owner, weights=term_weight[index.term_ids], minlength=total)
+    starts, owners = index.postings
+    rows = [owners[starts[t]:starts[t + 1]] for t in term_ids.tolist()]
+    weights_of_rows = np.repeat(np.array([weight for _, weight in known]) * idf, frequency)
+    matched = np.bincount(np.concatenate(rows) if rows else owners[:0], weights=weights_of_rows, minlength=total)
     counts = index.reference_counts
     lexical = matched * (K1 + 1) / (1 + K1 * (1 - B + B * counts / max(counts.mean(), 1.0)))
     best = lexical.max() if total else 0.0
