@@ -27,7 +27,7 @@ from .scan import MAX_FILE_BYTES, ScanWarning, SourceFile, source_file, walk_sou
 
 FILES_PER_REFRESH = 256  # a full pass over 20k files every ~80 requests
 PARSES_PER_REFRESH = 8
-SLICE = 32               # files a sweep walks between looks at should_stop (~1 ms of stats)
+SLICE = 8                # files a sweep walks between looks at should_stop (a fraction of a millisecond)
 
 
 class FreshIndex:

@@ -20,11 +20,14 @@ MODEL=${MODEL:-random:CodeLlama-7B:.gpu/tokenizer}
 CONTEXT=${CONTEXT:-8192}
 MAX_TOKENS=${MAX_TOKENS:-32}
 REQUESTS=${REQUESTS:-40}
+# The wheels go outside the repository: the server indexes the repository, and 600 vendored files in it made
+# every prompt rank a larger index (Runs 8-11 and the first of Run 12 served them; bench/results/NOTES.md).
+SITE=${SITE:-/tmp/codecomplete-site}
 MORE_COLD=(prompts/packing.py codecomplete/server/llama_cpp.py)
 mkdir -p "$OUT"
 LOG="$OUT/cold-h200.log"
-python3 -m pip install -q --no-index --no-deps --no-compile --target .site .whl/*.whl || exit 1
-export PYTHONPATH="$PWD:$PWD/.site${PYTHONPATH:+:$PYTHONPATH}"
+python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .whl/*.whl || exit 1
+export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 export CODECOMPLETE_CACHE_DIR=${CODECOMPLETE_CACHE_DIR:-/tmp/codecomplete-cache}
 export TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 { date -u; nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total,clocks.sm,clocks.max.sm \

@@ -15,10 +15,13 @@ MODEL=${MODEL:-random:CodeLlama-7B:.gpu/tokenizer}
 CONTEXT=${CONTEXT:-8192}
 MAX_TOKENS=${MAX_TOKENS:-32}
 REQUESTS=${REQUESTS:-40}
+# The wheels go outside the repository: the server indexes the repository, and 600 vendored files in it made
+# every prompt rank a larger index (Runs 8-11 and the first of Run 12 served them; bench/results/NOTES.md).
+SITE=${SITE:-/tmp/codecomplete-site}
 mkdir -p "$OUT"
 if [ -z "${SKIP_WHEELS:-}" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target .site .whl/*.whl
-  export PYTHONPATH="$PWD:$PWD/.site${PYTHONPATH:+:$PYTHONPATH}"
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .whl/*.whl
+  export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 else
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi

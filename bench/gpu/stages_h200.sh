@@ -10,10 +10,12 @@ OUT=${OUT:-bench/results/h200-cold/stages}
 BEFORE=${BEFORE:-.before}
 here=$PWD
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
+[ -d "$BEFORE" ] && rm -rf /tmp/codecomplete-before && mv "$BEFORE" /tmp/codecomplete-before && BEFORE=/tmp/codecomplete-before
 STAGES=after OUT="$OUT/first" bash bench/gpu/cold_h200.sh
 if [ -d "$BEFORE" ]; then
+  # (moved out of the repository above, else the servers of this code index it too; run with this cold_h200.sh)
   ln -sfn "$here/.whl" "$BEFORE/.whl" && ln -sfn "$here/.gpu" "$BEFORE/.gpu"
-  (cd "$BEFORE" && STAGES=after OUT="$OUT/before" bash bench/gpu/cold_h200.sh)
+  (cd "$BEFORE" && STAGES=after OUT="$OUT/before" bash "$here/bench/gpu/cold_h200.sh")
 fi
 STAGES=after OUT="$OUT/repeat" bash bench/gpu/cold_h200.sh
 python3 - "$OUT" <<'PY'
