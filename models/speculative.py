@@ -29,8 +29,8 @@ NGRAM_LENGTHS = (4, 3, 2)   # longest first: a longer match predicts its continu
 class PromptLookup:
     """Drafts by n-gram lookup over a growing token sequence (the prompt, then each accepted token).
 
-    No index is built: each draft scans the sequence for its suffix with numpy (tens of microseconds at 8k
-    tokens), where a dict of every n-gram cost ~6 ms of Python per 8k-token prompt, paid on the way to the first
+    No index is built: each draft scans the sequence for its suffix with numpy (~20 us at 8k tokens, ~40 us at
+    64k on a 2-core CPU), where a dict of every n-gram cost ~6 ms of Python per 8k-token prompt, paid on the way to the first
     token of every request (the engine builds the drafter before its first token; a keystroke's prefill of one
     token is done on an H200 before that). (bench/results/NOTES.md: a single-token match lost on every workload
     measured; longer lengths than 4 and adaptive draft lengths changed nothing.)
@@ -63,17 +63,17 @@ class PromptLookup:
         A match close to the end copies its own draft onward, as LZ77 copies overlap: text repeating with a
         period shorter than k (a loop, a run of one token) still gets k tokens."""
         seq, length = self._tokens, self._length
+        if length < 2:
+            return []
+        # Occurrences of the suffix end where the last token occurs again earlier (one scan of the sequence);
+        # each n-gram length then checks only those places, the longest first.
+        ends = np.flatnonzero(seq[:length - 1] == seq[length - 1]) + 1      # (occurrence end, exclusive)
         for n in self.ngram_lengths:
-            if length <= n:         # an occurrence needs a token after it, before the suffix's own end
-                continue
-            suffix = seq[length - n:length]
-            # Occurrences start at 0 .. length - n - 1, so that a token follows each.
-            found = seq[:length - n] == suffix[0]
-            for j in range(1, n):
-                found &= seq[j:length - n + j] == suffix[j]
-            hits = np.flatnonzero(found)
-            if hits.size:
-                start = int(hits[-1]) + n
+            found = ends[ends >= n]
+            for j in range(2, n + 1):
+                found = found[seq[found - j] == seq[length - j]]
+            if found.size:
+                start = int(found[-1])
                 draft = seq[start:min(start + k, length)].tolist()
                 while len(draft) < k:
                     draft.append(draft[len(draft) - (length - start)])
