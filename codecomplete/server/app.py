@@ -21,10 +21,12 @@ class Server:
     """What every route needs: the session, the worker that runs it, and the server's own settings."""
 
     def __init__(self, session: Session, *, max_tokens: int, api_key: str | None, info: dict,
-                 max_waiting: int | None = None, idle: Callable[[], bool] | None = None) -> None:
+                 max_waiting: int | None = None, idle: Callable[[], bool] | None = None,
+                 warm_up: Callable[[], object] | None = None) -> None:
         self.session = session
-        # `idle`: one slice of work for quiet moments (warming the prompt caches), on the engine thread.
-        self.worker = EngineWorker(max_waiting or MAX_WAITING, between=session.tidy, idle=idle)
+        # `idle`: one slice of work for quiet moments (warming the prompt caches); `warm_up`: what to prepare before
+        # the first request (worker.wait_ready() returns its result); both on the engine thread.
+        self.worker = EngineWorker(max_waiting or MAX_WAITING, between=session.tidy, idle=idle, first=warm_up)
         self.max_tokens = max_tokens            # what a request that sets no limit (or -1) gets
         # Editors' prompts keep one size whatever their n_predict, so consecutive requests share their start.
         self.prompt_budget = session.prompt_budget(max_tokens)

@@ -45,7 +45,14 @@ def run_serve(args) -> None:
     session = open_session(args, root, max_tokens)
     budget = session.prompt_budget(max_tokens)      # (the Server's prompt_budget too)
     warmer = PromptWarmer(session, budget) if warming.enabled() else None
-    warmed = _warm_up(session, budget, warmer)
+    engine = session.engine
+    host, port = listener.getsockname()[:2]
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+    info = _description(url, root, args, engine)
+    server = Server(session, max_tokens=max_tokens, api_key=api_key, info=info, max_waiting=args.max_waiting,
+                    idle=warmer.step if warmer is not None else None,
+                    warm_up=lambda: _warm_up(session, budget, warmer))     # on the engine thread (worker.py: why)
+    warmed = server.worker.wait_ready()
     frozen = os.environ.get(GC_FREEZE, "1") != "0"
     if frozen:
         # What start-up built (the model's Python side, compiled code, the index, the tokenizer, the warmed caches:
@@ -54,13 +61,6 @@ def run_serve(args) -> None:
         # whichever request triggers it.
         gc.collect()
         gc.freeze()
-
-    engine = session.engine
-    host, port = listener.getsockname()[:2]
-    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-    info = _description(url, root, args, engine)
-    server = Server(session, max_tokens=max_tokens, api_key=api_key, info=info, max_waiting=args.max_waiting,
-                    idle=warmer.step if warmer is not None else None)
     info["prompt_budget"] = server.prompt_budget
     config = uvicorn.Config(create_app(server), log_level="warning", access_log=False, lifespan="off",
                             timeout_graceful_shutdown=GRACE_S)

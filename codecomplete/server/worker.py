@@ -7,6 +7,11 @@ over with `call_soon_threadsafe`. Cancelling a job (the client went away, the se
 engine polls between tokens; a job cancelled while it waits never starts. When no request has come for `idle_s`
 seconds, the thread does one slice of idle work (warming the prompt caches), then waits again: a request that
 arrives meanwhile waits for that slice at most.
+
+The server's warm-up runs on this thread too (`first`), before any request: some of what it prepares is kept per
+thread. PyTorch keeps cuDNN's attention plans in a thread-local cache (aten/src/ATen/native/cudnn/MHA.cpp), so
+prefill spans warmed on the main thread left the engine thread to build its own plan at its first cold prefill:
+272-290 ms against 205-212 ms for the next ones on an H200 (bench/results/NOTES.md, Run 12).
 """
 from __future__ import annotations
 
@@ -95,7 +100,7 @@ class EngineWorker:
 
     def __init__(self, max_waiting: int = MAX_WAITING, between: Callable[[Callable[[], bool]], None] | None = None,
                  log: Callable[[str], None] | None = None, idle: Callable[[], bool] | None = None,
-                 idle_s: float = 0.5) -> None:
+                 idle_s: float = 0.5, first: Callable[[], object] | None = None) -> None:
         self.max_waiting = max_waiting
         # Run after a job when none waits (the session's upkeep), with a function that says when one does.
         self._between = between
@@ -105,8 +110,19 @@ class EngineWorker:
         self._live: dict[str, Job] = {}         # submitted and not finished, by id
         self._lock = threading.Lock()
         self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._first = first                     # run on the thread before any job (the server's warm-up)
+        self._ready = threading.Event()
+        self._first_result: tuple[object, BaseException | None] = (None, None)
         self._thread = threading.Thread(target=self._serve, name="codecomplete-engine", daemon=True)
         self._thread.start()
+
+    def wait_ready(self):
+        """Wait for `first` to end on the engine thread; its result, or its exception raised here."""
+        self._ready.wait()
+        result, error = self._first_result
+        if error is not None:
+            raise error
+        return result
 
     def submit(self, start: Callable[[], Generation], label: str,
                stop_when: Callable[[str], bool] | None = None) -> Job:
@@ -146,6 +162,15 @@ class EngineWorker:
         self._thread.join(timeout)
 
     def _serve(self) -> None:
+        if self._first is not None:
+            try:
+                self._first_result = (self._first(), None)
+            except BaseException as exc:    # for wait_ready to raise; the thread serves nothing then
+                self._first_result = (None, exc)
+                return
+            finally:
+                self._ready.set()
+        self._ready.set()
         idle_work = self._idle is not None
         while True:
             try:

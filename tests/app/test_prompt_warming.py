@@ -161,3 +161,35 @@ def test_failing_idle_work_is_logged_and_the_worker_serves_on():
         assert lines[1].startswith("POST /test · prompt 1") and lines[2] == lines[0]
     finally:
         worker.shutdown()
+
+
+def test_the_warm_up_runs_on_the_engine_thread_before_any_job():
+    """What the warm-up prepares can be per thread (cuDNN's attention plans are), so it runs where requests will."""
+    threads = []
+
+    def warm_up():
+        time.sleep(0.05)
+        threads.append(threading.current_thread())
+        return "warmed"
+
+    result = SimpleNamespace(prompt_tokens=1, reused_prefix_tokens=0, token_ids=[], finish_reason="length",
+                             timings=SimpleNamespace(ttft_ms=1.0))
+
+    def start():
+        threads.append(threading.current_thread())
+        return SimpleNamespace(run=lambda on_text=None, should_stop=None: result)
+
+    worker = EngineWorker(first=warm_up, log=lambda line: None)
+    try:
+        assert worker.wait_ready() == "warmed"
+        run_worker_job(worker, start)
+        assert len(threads) == 2 and threads[0] is threads[1] is not threading.main_thread()
+    finally:
+        worker.shutdown()
+
+    def broken():
+        raise RuntimeError("no GPU after all")
+
+    worker = EngineWorker(first=broken, log=lambda line: None)
+    with pytest.raises(RuntimeError, match="no GPU after all"):
+        worker.wait_ready()
