@@ -68,16 +68,20 @@ class Session:
     # ---- operations ---------------------------------------------------------------------------
 
     def complete(self, path: str, *, text: str | None = None, line: int | None = None, col: int | None = None,
-                 extra: Sequence[tuple[str, str]] = (), sampling: Sampling, budget: int | None = None) -> Generation:
+                 extra: Sequence[tuple[str, str]] = (), sampling: Sampling, budget: int | None = None,
+                 sticky: bool = True) -> Generation:
         """A completion at a cursor of `path` (relative to the repository), in its buffer `text` or as on disk;
-        `budget`: the prompt's tokens (None: `prompt_budget`)."""
+        `budget`: the prompt's tokens (None: `prompt_budget`). `sticky`: keep the repository context the last
+        sticky completion in this file chose where it still ranks near the top, and remember this one's; False
+        for a prompt exactly as a session without history builds it (the command line's, through a server)."""
         from prompts import build_completion_prompt
 
         index = self._fresh_index(path)
         packed = build_completion_prompt(index, self.engine.tokenizer, path=path, text=text, line=line, col=col,
                                          budget_tokens=budget or self.prompt_budget(sampling.max_tokens), extra=extra,
-                                         previous=self._chosen.get(path, ()))
-        self._chosen = {path: packed.chosen}   # (the last file's only: its context is what the KV cache holds)
+                                         previous=self._chosen.get(path, ()) if sticky else ())
+        if sticky:
+            self._chosen = {path: packed.chosen}   # (the last file's only: its context is what the KV cache holds)
         return self._generation(packed, sampling)
 
     def infill(self, prefix: str, suffix: str, *, path: str | None = None, extra: Sequence[tuple[str, str]] = (),

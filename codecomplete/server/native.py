@@ -62,8 +62,9 @@ async def complete(request: Request):
     # As the command line checks it: inside the repository once links are resolved, so that no request makes
     # the server read a file elsewhere (a link in the repository to /etc/passwd included).
     path = workspace.file_in(request.app.state.server.session.index.root, body.path, must_exist=body.text is None)
+    # Not sticky: the command line prints what it would print alone, whatever an editor typed before.
     return await _run(request, body, lambda session, sampling, budget: session.complete(
-        path, text=body.text, line=body.line, col=body.col, sampling=sampling, budget=budget))
+        path, text=body.text, line=body.line, col=body.col, sampling=sampling, budget=budget, sticky=False))
 
 
 @router.post("/chat")

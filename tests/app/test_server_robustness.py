@@ -11,6 +11,7 @@ import httpx
 import pytest
 from server_process import ServerProcess, raw_post
 
+from codecomplete import engine as engines
 from codecomplete.session import Sampling, Session
 
 KEY = "sekret-key"
@@ -134,19 +135,28 @@ def test_clients_that_vanish_mid_stream_leave_the_server_serving_and_its_cache_c
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}
     assert "Traceback" not in server.log()     # a client gone before its body arrived is no error either
 
-    body = {"input_prefix": PREFIX, "input_suffix": SUFFIX, "prompt": "    area = area_of", "n_predict": 8,
-            "temperature": 0.0}
-    served = httpx.post(server.url + "/infill", json=body, timeout=300).json()
-    # What a fresh server computes for it: the same session code on a cleared cache.
+    # The next completion, as the command line asks the server for it (no editor's history shapes its prompt: an
+    # /infill's context would stay near what the vanished requests chose), against what a fresh server computes:
+    # the same session code on a cleared cache. Its client first leaves once the text has begun (the prompt is in
+    # the cache, the generation cancelled midway), so that the completion asked again starts from that cache.
+    text = PREFIX + "    area = area_of" + SUFFIX
+    line, col = PREFIX.count("\n") + 1, len("    area = area_of") + 1
+    body = {"path": "report.py", "text": text, "line": line, "col": col, "max_tokens": 32, "temperature": 0.0,
+            "context_tokens": 400}
+    with httpx.stream("POST", server.url + "/codecomplete/v1/complete", json=body, timeout=300) as response:
+        next(line for line in response.iter_lines() if line.startswith('{"text"'))
+    lines = httpx.post(server.url + "/codecomplete/v1/complete", json={**body, "max_tokens": 8},
+                       timeout=300).text.splitlines()
+    served = json.loads(lines[-1])["result"]
+    assert served["reused_prefix_tokens"] == served["prompt_tokens"] - 1     # all of it: the cache was consistent
     from prompts import index_repository
 
     engine.clear_prefix_cache()
     session = Session(engine, index_repository(served_repo))
-    sampling = Sampling(max_tokens=8, temperature=0.0)
-    fresh = session.infill(PREFIX + "    area = area_of", SUFFIX, sampling=sampling,
-                           budget=server.info["prompt_budget"]).run()
-    assert served["content"] == fresh.text
-    assert served["tokens_evaluated"] == fresh.prompt_tokens
+    fresh = session.complete("report.py", text=text, line=line, col=col, sampling=Sampling(max_tokens=8),
+                             budget=engines.prompt_budget(engine, 400, 8)).run()
+    assert served["text"] == fresh.text and served["token_ids"] == fresh.token_ids
+    assert served["prompt_tokens"] == fresh.prompt_tokens
 
 
 @pytest.fixture(scope="module")

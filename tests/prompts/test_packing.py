@@ -215,3 +215,22 @@ def test_the_next_line_keeps_the_repository_context_and_the_prompts_start(make_r
     assert repository(plain) != repository(first)  # (the premise: the window slides)
     assert repository(sticky) == repository(first)
     assert common(sticky, first) > common(plain, first)
+
+
+    # The session keeps a completion's choice for the next one in the same file; a completion that is not sticky
+    # (the command line's, through a server) neither uses nor changes it: it is what a session without history builds.
+    from types import SimpleNamespace
+
+    from codecomplete.session import Sampling, Session
+
+    session = Session(SimpleNamespace(tokenizer=smollm2_tokenizer), index)
+    sampling = Sampling(max_tokens=8)
+
+    def complete(k: int, sticky: bool = True):
+        text, line = at(k)
+        return session.complete("app.py", text=text, line=line, col=5, sampling=sampling, budget=400,
+                                sticky=sticky).prompt
+
+    assert repository(complete(9)) == repository(first)
+    assert complete(10, sticky=False).ids == plain.ids
+    assert complete(10).ids == sticky.ids          # still the choice of the sticky one before
