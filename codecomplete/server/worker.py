@@ -223,7 +223,8 @@ def _summary(job: Job, result, seconds: float) -> str:
     """`POST /infill · prompt 1,034 (1,001 reused) · 16 tokens · first 112 ms (queued 0, prompt 15, engine 90, text
     5, sent 2) · 0.61 s · length`: the first token's time from the job's submission, split into the wait for the
     engine thread, building the prompt, the engine's own time to its first token, the rest until the first text
-    (token healing's first tokens may write none) and handing it to the client (a stream's event loop)."""
+    (token healing's first tokens may write none) and handing it to the client (a stream's event loop; said when that
+    happened before the job ended)."""
     first = f"first {result.timings.ttft_ms:.0f} ms"
     if job.began is not None and job.built is not None:
         ms = lambda a, b: f"{1000 * (b - a):.1f}"  # noqa: E731
