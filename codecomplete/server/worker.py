@@ -167,9 +167,8 @@ class EngineWorker:
                 self._first_result = (self._first(), None)
             except BaseException as exc:    # for wait_ready to raise; the thread serves nothing then
                 self._first_result = (None, exc)
-                return
-            finally:
                 self._ready.set()
+                return
         self._ready.set()
         idle_work = self._idle is not None
         while True:
