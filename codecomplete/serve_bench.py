@@ -209,7 +209,11 @@ def breakdown(requests: list[dict]) -> dict:
     rows = [r for r in requests if r.get("server")]
     if not rows:
         return {}
-    p50 = {key: statistics.median(r["server"].get(key, 0.0) for r in rows) for key in ("first", *STAGES)}
+    p50 = {}
+    for key in ("first", *STAGES):    # ("sent" is missing where a job ended before the stream took its first text)
+        values = [r["server"][key] for r in rows if key in r["server"]]
+        if values:
+            p50[key] = statistics.median(values)
     p50["outside"] = statistics.median(r["ttft_ms"] - r["server"]["first"] for r in rows)
     return p50
 
@@ -286,7 +290,7 @@ def markdown(report: dict) -> str:
                   "handing it to the stream; outside: the client's time less the server's (HTTP).", "",
                   "| server's first token | queued | prompt | engine | text | sent | outside |",
                   "|---|---|---|---|---|---|---|",
-                  "| " + " | ".join(f"{b[k]:.1f}" for k in ("first", *STAGES, "outside")) + " |", ""]
+                  "| " + " | ".join(f"{b[k]:.1f}" if k in b else "-" for k in ("first", *STAGES, "outside")) + " |", ""]
     lines += [f"{s['requests']} requests; per request on average {s['prompt_tokens_mean']:.0f} prompt tokens, "
                f"{s['prefilled_mean']:.1f} prefilled, {s['reused_percent_mean']:.1f}% reused, "
                f"{s['generated_mean']:.1f} generated. First request in the file (cold): "
@@ -294,7 +298,7 @@ def markdown(report: dict) -> str:
                f"tokens prefilled. First request in another file: {s['cold_ttft_ms']:.0f} ms, "
                f"{s['cold_prefilled']:,} of {s['cold_prompt_tokens']:,} tokens prefilled "
                f"(`{report.get('other_file', '')}`, the middle; the server's own prompt window "
-               f"{report['cold_other_file']['server_prompt_ms']:.0f} ms{_stages(report['cold_other_file'])})."]
+               f"{report['cold_other_file']['server_prompt_ms']:.0f} ms{_cold_clause(report['cold_other_file'])})."]
     if report.get("more_cold"):
         lines += ["", "First requests in more files (a third of the way in), after it:", "",
                   "| file | first token (ms) | prompt | prefilled | server's prompt window (ms) |",
@@ -310,23 +314,22 @@ def markdown(report: dict) -> str:
               "server: prompt / engine (ms) |", "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {i} | {r['line']}:{r['col']} | {r['ttft_ms']:.0f} | {r['total_ms']:.0f} | {r['prompt_tokens']} | "
               f"{r['prefilled']} | {r['reused']} | {r['generated']} | "
-              f"{_stages(r, _prompt_and_engine) or '-'} |"
+              f"{_prompt_and_engine(r)} |"
               for i, r in enumerate(report["requests"], 1)]
     return "\n".join(lines) + "\n"
 
 
-def _stages(record: dict, show=None) -> str:
-    """The server's stages of a request as `show` writes them (default: a clause for a sentence); "" if unknown."""
+def _cold_clause(record: dict) -> str:
+    """The server's prompt building and engine time of a request, as a clause for a sentence ("" if unknown)."""
     stages = record.get("server")
-    if not stages:
-        return ""
-    if show is None:
-        return f"; building its prompt {stages['prompt']:.0f} ms, the engine's first token {stages['engine']:.0f} ms"
-    return show(stages)
+    return (f"; building its prompt {stages['prompt']:.0f} ms, the engine's first token {stages['engine']:.0f} ms"
+            if stages else "")
 
 
-def _prompt_and_engine(stages: dict) -> str:
-    return f"{stages['prompt']:.1f} / {stages['engine']:.1f}"
+def _prompt_and_engine(record: dict) -> str:
+    """The same as a table cell ("-" if unknown)."""
+    stages = record.get("server")
+    return f"{stages['prompt']:.1f} / {stages['engine']:.1f}" if stages else "-"
 
 
 def parse_args(argv):

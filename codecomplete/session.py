@@ -116,10 +116,7 @@ class Session:
         """Build, and throw away, the completion prompt at `line` of `path` as it is on disk: the pieces a first
         request there tokenizes and the outlines it parses are remembered afterwards (codecomplete/server/warming.py).
         """
-        from prompts import build_completion_prompt
-
-        build_completion_prompt(self._fresh_index(path), self.engine.tokenizer, path=path, line=line,
-                                budget_tokens=budget)
+        self.complete(path, line=line, sampling=Sampling(max_tokens=0), budget=budget, sticky=False)
 
     # ---- helpers ------------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from .imports import follow_imports
 from .index import RepoIndex
 from .languages import comment_marker, language_for, language_name
 from .outline import brief, outline
-from .packing import BRIEF, Assembler, ContextItem, Layout, PackedPrompt, encode_all, select_chunks
+from .packing import BRIEF, Assembler, ContextItem, Layout, PackedPrompt, count_all, select_chunks
 from .ranking import Query, cursor_terms, rank_both
 from .scan import read_regular_file
 from .tokens import Encoder, encoder_for
@@ -90,7 +90,7 @@ def build_completion_prompt(
     comment = comment_marker(language)
     limit = budget_tokens - reserve_tokens
     before, after = form.cursor(relative, comment, [], [], True)
-    fixed = len(encode_all(encoder, [form.opening(index.name, comment, True) + before + after])[0])
+    fixed = count_all(encoder, [form.opening(index.name, comment, True) + before + after])[0]
     space = limit - fixed - int(encoder.leading_space)  # the first text may gain SentencePiece's leading space
     if space < 1:
         raise BudgetError(f"a prompt budget of {limit} tokens cannot hold the {form.name} format's own tokens and "
@@ -225,11 +225,11 @@ def _fit_extra(
             segments = form.section(filename, comment) + form.chunk(text, comment)
             pieces.append((segments, ContextItem(filename, 1, text.count("\n") + 1, 0)))
     kept, used = [], 0
-    for (segments, item), ids in reversed(list(zip(pieces, encode_all(encoder, [s for s, _ in pieces])))):
-        if used + len(ids) > budget:
+    for (segments, item), tokens in reversed(list(zip(pieces, count_all(encoder, [s for s, _ in pieces])))):
+        if used + tokens > budget:
             break
-        kept.append((segments, item, len(ids)))
-        used += len(ids)
+        kept.append((segments, item, tokens))
+        used += tokens
     return kept[::-1]
 
 

@@ -276,25 +276,10 @@ def _batches(chunks: Iterable[Chunk]) -> Iterator[list[Chunk]]:
         yield batch
 
 
-def encode_all(encoder: Encoder, segment_lists: list[list[Segment]]) -> list[list[int]]:
-    """Ids of many segment lists, their texts encoded as mid-prompt pieces in one call to the tokenizer."""
-    texts = [s for segments in segment_lists for s in segments if isinstance(s, str)]
-    encoded = iter(encoder.encode_many(texts))
-    out = []
-    for segments in segment_lists:
-        ids: list[int] = []
-        for segment in segments:
-            if isinstance(segment, int):
-                ids.append(segment)
-            else:
-                ids += next(encoded)
-        out.append(ids)
-    return out
-
-
 def count_all(encoder: Encoder, segment_lists: list[list[Segment]]) -> list[int]:
-    """What ``encode_all`` would give, as lengths: packing only needs each form's cost, and building the lists
-    of ids took a third of a keystroke's packing."""
+    """The tokens each of many segment lists takes, their texts encoded as mid-prompt pieces in one call to the
+    tokenizer: packing needs only each form's cost (building the lists of ids took a third of a keystroke's
+    packing)."""
     texts = [s for segments in segment_lists for s in segments if isinstance(s, str)]
     lengths = iter(map(len, encoder.encode_many(texts)))
     return [sum(1 if isinstance(segment, int) else next(lengths) for segment in segments) for segments in segment_lists]

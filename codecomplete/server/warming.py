@@ -45,12 +45,11 @@ class PromptWarmer:
         index = self.session.index
         if index is None:
             return []
+        entries = index.entries
         if self._order is None or self._order[0] is not index:
-            entries = index.entries
             files = sorted((p for p in index.files if entries[p].chunks),
                            key=lambda p: (language_for(p) is None, -entries[p].mtime_ns, p))
             self._order = (index, files[:self.max_files])
-        entries = index.entries
         return [p for p in self._order[1] if self.warmed.get(p) != entries[p].mtime_ns]
 
     def step(self) -> bool:
