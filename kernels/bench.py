@@ -478,6 +478,13 @@ def gpu_correctness_sweep(log, quick: bool = False) -> list[dict]:
     cases += [CheckCase(torch.bfloat16, 128, hq, hkv, S, splits, layout, fp8=fp8, options=option)
               for option in options for fp8 in (False, True) for hq, hkv in ((32, 32), (64, 8))
               for S, splits, layout in mixes[:2] if fp8 or not any(name.startswith("fp8") for name, _ in option)]
+    # the row kernel (one query row per KV head: MHA), every dtype, and with the options it may take
+    row_options = ((), (("num_warps", 2), ("loop_stages", 3)), (("block_n", 32), ("tma", True)),
+                   (("block_n", 128), ("num_warps", 8), ("partials", "bfloat16")))
+    row_cases = [(torch.bfloat16, D, option) for D in (80, 128) for option in row_options]
+    row_cases += [(dt, 128, ()) for dt in (torch.float16, torch.float32)]
+    cases += [CheckCase(dt, D, 16, 16, S, splits, layout, fp8=fp8, options=(("row_kernel", True),) + option)
+              for dt, D, option in row_cases for fp8 in (False, True) for S, splits, layout in mixes[:2]]
     seconds = compile_in_parallel([lambda c=c: c.compile(torch.Generator(device=DEVICE).manual_seed(0)) for c in cases])
     log(f"GPU correctness sweep: {len(cases)} cases, kernels built in {seconds:.0f} s")
     gen = torch.Generator(device=DEVICE).manual_seed(1234)
@@ -717,6 +724,9 @@ def main(argv=None) -> int:
     parser.add_argument("--budget-s", type=float, default=330.0, help="--tune: seconds of exploration at most")
     parser.add_argument("--cases", choices=["issue", "all"], default="issue",
                         help="--tune: issue 10's shapes and the bars' rows, or every row of the final sweep")
+    parser.add_argument("--regrid", action="store_true",
+                        help="--tune --cases all: the tiling grid for shapes the committed table measured too "
+                             "(after a new kernel option), not only a local search from their plan")
     parser.add_argument("--tune-from", type=Path, help="write the plan file from a saved --tune sweep (no GPU)")
     parser.add_argument("--plans-dir", type=Path, help="--tune/--tune-from: where the plan file goes "
                         "(default: <out>/plans; kernels/plans is the committed place)")
@@ -735,7 +745,7 @@ def main(argv=None) -> int:
     if args.tune:
         from kernels.tune import explore
         return explore(env, args.out, args.plans_dir or args.out / "plans", args.budget_s, log,
-                       only=[w for w in args.only.split(",") if w], which=args.cases)
+                       only=[w for w in args.only.split(",") if w], which=args.cases, regrid=args.regrid)
     checks_failed = False
     if args.check:
         checks = gpu_correctness_sweep(log, quick=args.check == "quick")

@@ -28,9 +28,9 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from kernels.append import _append_kv_kernel, append_blocks
-from kernels.interface import combine_constexprs, combine_warps, split_constexprs
+from kernels.interface import combine_constexprs, combine_warps, split_constexprs, split_kernel
 from kernels.plan import plan_launch, resident_programs
-from kernels.split_kv import _combine_kernel, _split_kv_kernel
+from kernels.split_kv import _combine_kernel
 
 POINTER = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32", "fp8": "*fp8e4nv"}
 
@@ -80,6 +80,10 @@ MAIN_CONFIGS = [
     Config("7B-64k-fp8-early", "bf16", 32, 32, 65536, 128, kv="fp8", plan={"fp8_early": True}),
     Config("7B-64k-fp8-maxnreg128", "bf16", 32, 32, 65536, 128, kv="fp8", plan={"maxnreg": 128}),
     Config("7B-64k-fp8-w2-loop3", "bf16", 32, 32, 65536, 128, kv="fp8", plan={"num_warps": 2, "loop_stages": 3}),
+    Config("7B-64k-row", "bf16", 32, 32, 65536, 128, plan={"row_kernel": True}),
+    Config("7B-64k-fp8-row", "bf16", 32, 32, 65536, 128, kv="fp8", plan={"row_kernel": True}),
+    Config("7B-64k-fp8-row-loop3-w2", "bf16", 32, 32, 65536, 128, kv="fp8",
+           plan={"row_kernel": True, "loop_stages": 3, "num_warps": 2}),
     Config("34B-128k-fp8-n128-w8", "bf16", 64, 8, 131072, 128, kv="fp8", plan={"block_n": 128, "num_warps": 8}),
 ]
 APPEND_CONFIGS = [("bf16", "bf16", 32, 128, 1), ("bf16", "fp8", 8, 128, 8), ("fp32", "fp8", 3, 80, 16)]
@@ -163,7 +167,7 @@ def compile_config(config: Config, target: GPUTarget = GPUTarget("cuda", 90, 32)
     if fp8:  # contiguous scales: a launch specialises their unit stride to the constant 1
         constexprs |= {"stride_ksn": 1, "stride_vsn": 1}
     split = _compile(
-        _split_kv_kernel,
+        split_kernel(plan, config.Hq // config.Hkv, config.T),
         dict(Q=elem, **kv_types, K_SCALE="*fp32", V_SCALE="*fp32", SEQLENS="*i32", OUT=elem, LSE="*fp32",
              PART_OUT=part, PART_LSE="*fp32"),
         constexprs, target, plan.num_warps, plan.num_stages, maxnreg=plan.maxnreg)

@@ -41,6 +41,7 @@ from kernels import reference
 from kernels.append import append_kv_triton
 from kernels.plan import LaunchPlan, plan_launch, tuned_plan
 from kernels.split_kv import _combine_kernel, _split_kv_kernel
+from kernels.split_kv_row import _split_kv_row_kernel
 from kernels.validation import FP8_DTYPE, check_decode_inputs
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -135,6 +136,11 @@ def split_constexprs(plan: LaunchPlan, *, group: int, T: int, D: int, fp8: bool,
                 CACHE_MODIFIER=plan.cache_modifier, EVICTION=plan.eviction, EVEN_D=D == plan.block_d)
 
 
+def split_kernel(plan: LaunchPlan, group: int, T: int):
+    """The split kernel a plan runs: the row kernel where it asks for it and the shape has one row."""
+    return _split_kv_row_kernel if plan.row_kernel and group * T == 1 else _split_kv_kernel
+
+
 def combine_constexprs(plan: LaunchPlan, *, has_seqlens: bool, use_pdl: bool) -> dict:
     return dict(HAS_SEQLENS=has_seqlens, BLOCK_S=triton.next_power_of_2(plan.num_splits),
                 BLOCK_N=plan.block_n, BLOCK_D=plan.block_d, USE_PDL=use_pdl)
@@ -181,7 +187,7 @@ def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scal
     k_scale_arg, v_scale_arg = (k_scale, v_scale) if fp8 else (lse, lse)  # never read without FP8
     scale_strides = [st for t in (k_scale, v_scale) for st in t.stride()] if fp8 else [0] * 6
 
-    binary = _run(_split_kv_kernel, (splits, B * Hkv * plan.row_blocks(group, T)), compile_only,
+    binary = _run(split_kernel(plan, group, T), (splits, B * Hkv * plan.row_blocks(group, T)), compile_only,
         q4, k_arg, v_arg, k_scale_arg, v_scale_arg, seqlens, out, lse, part_out, part_lse,
         q4.stride(0), q4.stride(1), q4.stride(2),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),

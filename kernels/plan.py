@@ -56,6 +56,8 @@ class LaunchPlan:
     maxnreg: int = 0            # > 0: registers per thread capped (more resident programs, maybe spills)
     partials: str = "float32"   # split partials' dtype: "float32" or "bfloat16" (half the traffic)
     pdl: bool = True            # combine as a programmatic dependent launch where supported
+    row_kernel: bool = False    # one query row per KV head (group x tokens = 1): kernels.split_kv_row, on the
+                                # CUDA cores instead of dots padded to 16 rows; ignored for other shapes
 
     def row_blocks(self, group: int, T: int) -> int:
         return -(-group * T // self.block_m)

@@ -128,6 +128,10 @@ def tilings(case: Case) -> list[dict]:
         out.append(_tiling(64, 2, 2, 3))
     if case.fp8:  # a 4th program per SM under a register cap; 6 small ones; the inline-PTX conversion
         out += [_tiling(64, 4, 2, 0, maxnreg=128), _tiling(32, 2, 3, 0), _tiling(64, 4, 2, 3, fp8_early=True)]
+    if case.shape.Hq == case.shape.Hkv and case.T == 1:  # one row per KV head: the CUDA-core kernel, pipelined
+        out += [_tiling(64, 4, 2, 3, row_kernel=True), _tiling(64, 2, 2, 3, row_kernel=True),  # loads or not
+                _tiling(32, 2, 2, 4, row_kernel=True), _tiling(128, 4, 2, 3, row_kernel=True),
+                _tiling(64, 4, 2, 0, row_kernel=True)]
     return out
 
 
@@ -157,8 +161,10 @@ def neighbours(case: Case, best: LaunchPlan, resident: int, num_sms: int) -> lis
         if cap >= 64:
             out.append((f"maxnreg {cap}", r(best, maxnreg=min(cap, 255))))
     out.append(("maxnreg off", r(best, maxnreg=0)))
-    if case.fp8:
+    if case.fp8 and not best.row_kernel:
         out += [("fp8 early", r(best, fp8_early=not best.fp8_early)), ("fp8 dot", r(best, fp8_dot=not best.fp8_dot))]
+    if s.Hq == s.Hkv and case.T == 1:
+        out.append(("row kernel", r(best, row_kernel=not best.row_kernel, fp8_early=False, fp8_dot=False)))
     valid = []
     for name, plan in out:
         plan = r(plan, num_splits=max(1, min(plan.num_splits, MAX_SPLITS, max(1, math.ceil(s.S / plan.block_n)))))
@@ -382,7 +388,7 @@ def describe(plan: LaunchPlan) -> str:
     words += [w for w in (plan.eviction, plan.cache_modifier) if w]
     words += ["bf16-partials"] if plan.partials == "bfloat16" else []
     words += [name for name, on in (("no-pdl", not plan.pdl), ("tma", plan.tma), ("fp8-early", plan.fp8_early),
-                                    ("fp8-dot", plan.fp8_dot)) if on]
+                                    ("fp8-dot", plan.fp8_dot), ("row", plan.row_kernel)) if on]
     words += [f"maxnreg{plan.maxnreg}"] if plan.maxnreg else []
     return " ".join(words)
 
@@ -465,11 +471,13 @@ def case_weight(case: Case, measured: bool = False) -> float:
 FINAL_ROUND_S = 2.5  # kept back per case for its final interleaved round (run 2: ~1-2 s each)
 
 
-def explore(env: dict, out: Path, plans_dir: Path, budget_s: float, log, only=(), which: str = "issue") -> int:
+def explore(env: dict, out: Path, plans_dir: Path, budget_s: float, log, only=(), which: str = "issue",
+            regrid: bool = False) -> int:
     """Explore `cases(which)` within `budget_s`. The plan file, written after every case, holds the
     committed table's entries (kernels/plans, or CODECOMPLETE_PLANS_DIR) with this run's in their
     place. With "all", cases run most wanted first; a shape the committed table measured starts from
-    its plan without the grid, and cases left when the budget is spent keep their committed plans."""
+    its plan without the grid (unless `regrid`), and cases left when the budget is spent keep their
+    committed plans."""
     num_sms = env["sms"]
     clock = Clock(budget_s)
     committed_table = load_table(env["card"], num_sms)
@@ -496,7 +504,7 @@ def explore(env: dict, out: Path, plans_dir: Path, budget_s: float, log, only=()
         s = case.shape
         committed = tuned_plan(env["card"], num_sms, s.B, s.Hq, s.Hkv, s.S, s.D, case.T, case.fp8)
         results.append(measure_case(case, num_sms, share, log, start_plans=[("table", committed)] if committed else [],
-                                    grid=which == "issue" or not measured(case)))
+                                    grid=which == "issue" or regrid or not measured(case)))
         sweep["bars"] = tune_bars(results, env["read_bandwidth"])
         (out / "kernels-tune.json").write_text(json.dumps(sweep, indent=1))  # a run cut short keeps its results
         path = plans_from_sweep(sweep, plans_dir, committed_table)

@@ -3,6 +3,8 @@
 # with its plans, the GPU correctness sweep. Run from the repository root; nothing to carry.
 #
 #   CUDA_VISIBLE_DEVICES=0 OUT=/path/to/out bash bench/gpu/kernels_all.sh
+#   ONLY="7B" REGRID=1 LIMIT_S=540 EXPLORE_S=260 ... : the shapes whose labels hold a substring of ONLY
+#   (exploration and final sweep), the tiling grid for shapes the table measured too (a new option)
 #
 # 1. Exploration (`kernels.bench --tune --cases all`, EXPLORE_S = 195 s of budget, cut at +35 s):
 #    every shape of the final sweep, fp8 wherever the read-rate bar applies (K+V >= 128 MB), the
@@ -48,7 +50,8 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_ver
 # 1. exploration: budget and cut shrink if the machine was slow to start; the rest keeps 175 s
 budget=$(( $(left) - 175 - 35 )); (( budget > EXPLORE_S )) && budget=$EXPLORE_S; (( budget < 10 )) && budget=10
 stage explore $(( budget + 35 )) "$WORK/explore/stdout.txt" "$WORK/explore/explore.log" \
-    python -m kernels.bench --tune --cases all --budget-s "$budget" --out "$WORK/explore" --plans-dir "$WORK/plans"
+    python -m kernels.bench --tune --cases all --budget-s "$budget" --out "$WORK/explore" --plans-dir "$WORK/plans" \
+    ${ONLY:+--only "$ONLY"} ${REGRID:+--regrid}
 # No plan file (the exploration died before its first case): the committed table serves.
 ls "$WORK"/plans/*.json > /dev/null 2>&1 || cp kernels/plans/*.json "$WORK/plans/"
 
@@ -56,7 +59,7 @@ ls "$WORK"/plans/*.json > /dev/null 2>&1 || cp kernels/plans/*.json "$WORK/plans
 export CODECOMPLETE_PLANS_DIR="$WORK/plans"
 cut=$(( $(left) - 65 )); (( cut > 150 )) && cut=150
 stage final "$cut" "$WORK/final/stdout.txt" "$WORK/final/kernels.log" \
-    python -m kernels.bench --lean --out "$WORK/final"
+    python -m kernels.bench --lean --out "$WORK/final" ${ONLY:+--only "$ONLY"}
 
 # 3. the correctness sweep
 stage check $(( $(left) - 5 )) "$WORK/final/check.txt" "$WORK/final/check.log" \

@@ -32,7 +32,9 @@ def test_kernels_compile_for_sm90(compiled, config):
     assert facts["split_cubin_bytes"] > 0
     if facts["num_splits"] > 1:
         assert facts["combine_cubin_bytes"] > 0
-    if config.dtype != "fp32" or config.kv == "fp8":  # 16-bit (and fp8) dots must run on the tensor cores
+    if config.plan.get("row_kernel"):  # the CUDA-core kernel has no dots at all
+        assert not facts["tensor_cores"]
+    elif config.dtype != "fp32" or config.kv == "fp8":  # 16-bit (and fp8) dots must run on the tensor cores
         assert facts["tensor_cores"]
     assert facts["tma"] == bool(config.plan.get("tma"))  # descriptors lower to TMA copies, nothing else does
     assert facts["split_shared_bytes"] <= 227 * 1024  # Hopper's shared memory per block
@@ -51,6 +53,16 @@ def test_fp8_tiles_become_fp16_before_the_dots_layout_change(compiled):
     assert "LDS.U8" not in early["loop_opcodes"] and late["loop_opcodes"].get("LDS.U8", 0) >= 32
     assert early["loop_instructions"][0] <= 0.75 * late["loop_instructions"][0]
     assert early["resident_programs"] >= 3 and early["local_bytes"] == 0
+
+
+def test_row_kernel_converts_fp8_where_it_loaded_it(compiled):
+    """The row kernel's fp8 key loop: every byte converted once (two values a `cvt`), no byte
+    gathers from shared memory and no tensor-core instruction; it fits three programs per SM."""
+    row = compiled["7B-64k-fp8-row"]
+    ops = row["loop_opcodes"]
+    assert "LDS.U8" not in ops and not any(op.startswith("HMMA") for op in ops)
+    assert ops["F2FP.F16.E4M3.UNPACK_B"] == 64 * 128 * 2 // 128 // 2  # (64 keys x 128) x K, V / 128 threads / 2
+    assert row["resident_programs"] >= 3 and row["local_bytes"] == 0
 
 
 def test_register_cap_is_applied(compiled):

@@ -3,6 +3,7 @@
 Runs under TRITON_INTERPRET=1 (tests/conftest.py), so shapes are kept modest.
 """
 
+import dataclasses
 import itertools
 
 import pytest
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from kernel_inputs import make_inputs, quantized_copy
 
 from kernels import flash_decode, plan_launch, reference
+from kernels.interface import launch
 
 HEADS = [(8, 8), (8, 2), (12, 4), (9, 3), (8, 1)]
 HEAD_DIMS = [64, 80, 128]
@@ -95,6 +97,44 @@ def test_matches_float64_reference(case_index, kv, poisoned_empty):
     empty = lengths == 0
     assert (out[empty] == 0).all() and (lse[empty] == float("-inf")).all()
     torch.testing.assert_close(lse[~empty], ref_lse[~empty].float(), rtol=1e-5, atol=1e-5)
+
+
+ROW_CASES = [(dtype, D, fp8, splits, layout) for dtype, D in ((torch.float32, 80), (torch.float16, 64),
+                                                            (torch.bfloat16, 128))
+             for fp8 in (False, True) for splits, layout in ((1, "bhsd"), (3, "bshd"), (7, "bhsd"))]
+
+
+@pytest.mark.parametrize("dtype, D, fp8, splits, layout", ROW_CASES,
+                         ids=[f"{str(c[0])[6:]}-d{c[1]}-{'fp8' if c[2] else 'same'}-s{c[3]}-{c[4]}" for c in ROW_CASES])
+def test_row_kernel_matches_float64_reference(dtype, D, fp8, splits, layout, poisoned_empty):
+    """The CUDA-core kernel for one query row per KV head (MHA): ragged lengths with 0 and S, a
+    partial last tile, splits past the end of short rows, strided caches, fp8 with scales."""
+    B, H, S = 4, 3, 333
+    q, k, v = make_inputs(B, H, H, S, D, dtype, layout=layout)
+    lengths = torch.tensor([S, 0, 31, 200], dtype=torch.int32)
+    scales = {}
+    if fp8:
+        k, scales["k_scale"], v, scales["v_scale"] = quantized_copy(k, v, layout=layout)
+    plan = dataclasses.replace(plan_launch(B, H, H, S, D, fp8=fp8, num_splits=splits), row_kernel=True, block_n=32)
+    out, lse = launch(q, k, v, lengths, plan, **scales)
+    ref_out, ref_lse = float64_reference(q, k, v, lengths, **scales)
+    assert not out.isnan().any()
+    keep = lengths > 0
+    k_dense, v_dense = (reference.dequantize(k, scales["k_scale"], dtype), reference.dequantize(v, scales["v_scale"], dtype)) \
+        if fp8 else (k, v)
+    bound = 2 * same_dtype_torch_error(q, k_dense, v_dense, lengths, ref_out) + ABS_TOL[dtype]
+    assert rel_err(out[keep], ref_out[keep]) <= bound
+    assert (out[~keep] == 0).all() and (lse[~keep] == float("-inf")).all()
+    torch.testing.assert_close(lse[keep], ref_lse[keep].float(), rtol=1e-5, atol=1e-5)
+
+
+def test_row_kernel_is_only_for_one_row(poisoned_empty):
+    """A plan asking for the row kernel on a shape with several rows per KV head runs the dot kernel."""
+    q, k, v = make_inputs(2, 8, 2, 200, 64, torch.float32)
+    lengths = torch.tensor([200, 57], dtype=torch.int32)
+    plan = dataclasses.replace(plan_launch(2, 8, 2, 200, 64, num_splits=2), row_kernel=True)
+    out, _ = launch(q, k, v, lengths, plan)
+    assert rel_err(out, float64_reference(q, k, v, lengths)[0]) < 1e-5
 
 
 @pytest.mark.parametrize("num_splits", SPLITS)

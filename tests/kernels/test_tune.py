@@ -276,3 +276,24 @@ def test_lean_sweep_and_check_only_runs_write_what_kernels_all_sh_reads(monkeypa
     assert "1/2 cases within tolerance (1 append_kv cases" in printed and '"differing_bytes": 3' in printed
     assert json.loads((tmp_path / "kernels-check.json").read_text())["cases"] == checks
     assert not (tmp_path / "kernels.md").exists()
+
+
+REAL_TILINGS, REAL_NEIGHBOURS = tune.tilings, tune.neighbours  # cpu_exploration cuts both down
+
+
+@pytest.mark.parametrize("fp8", [False, True])
+def test_one_row_shapes_explore_the_row_kernel(cpu_exploration, monkeypatch, fp8):
+    """MHA shapes (one row per KV head) try the CUDA-core row kernel's tilings, which compute the same
+    function; GQA shapes and several tokens never get it (it would fall back to the dot kernel)."""
+    case = tune.Case(bench.Shape("tiny mha", 1, 256, 4, 4, 32), fp8=fp8)
+    row_tilings = [t for t in REAL_TILINGS(case) if t.get("row_kernel")]
+    assert len(row_tilings) >= 3
+    assert not any(t.get("row_kernel") for c in (tune.Case(bench.Shape("gqa", 1, 256, 4, 2, 32)),
+                                                 tune.Case(case.shape, T=2)) for t in REAL_TILINGS(c))
+    monkeypatch.setattr(tune, "tilings", lambda c: row_tilings[:2])
+    result = tune.measure_case(case, num_sms=4, clock=tune.Clock(600), log=lambda message: None)
+    rows = [v for v in result["variants"] if v["plan"]["row_kernel"]]
+    assert rows and all(v["ok"] and v["rel_err"] < tune.TOLERANCE for v in rows)
+    best_row = LaunchPlan(**rows[0]["plan"])
+    toggled = dict(REAL_NEIGHBOURS(case, best_row, 0, 4))["row kernel"]
+    assert not toggled.row_kernel and not toggled.fp8_early
