@@ -74,9 +74,11 @@ def _append_kv_kernel(
 
 
 def append_blocks(Hkv: int, D: int) -> tuple[int, int]:
-    """(heads, head-dim lanes) of one program: all heads of a token up to 4096 values per tensor."""
+    """(heads, head-dim lanes) of one program: a token's heads up to 512 values per tensor. A decode step
+    appends one token, and an fp8 cache divides every value with IEEE rounding (a few dozen instructions
+    each): all 32 heads of CodeLlama-7B in one program serialized 8,192 of them on one SM, every layer."""
     block_d = max(16, triton.next_power_of_2(D))
-    return min(triton.next_power_of_2(Hkv), max(1, 4096 // block_d)), block_d
+    return min(triton.next_power_of_2(Hkv), max(1, 512 // block_d)), block_d
 
 
 def append_kv_triton(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None, v_scale=None) -> None:

@@ -672,6 +672,8 @@ def context_plot(path: Path, title: str, ylabel: str, draw, log_y: bool = False)
 
 def plot(rows: list[dict], path: Path, card: str = "") -> None:
     series = [r for r in rows if r["shape"]["model"] == "34B" and r["shape"]["B"] == 1]
+    if not series:  # a run of other shapes (--only): nothing to draw
+        return
     xs = [r["shape"]["S"] for r in series]
 
     def draw(ax):

@@ -137,8 +137,10 @@ def split_constexprs(plan: LaunchPlan, *, group: int, T: int, D: int, fp8: bool,
 
 
 def split_kernel(plan: LaunchPlan, group: int, T: int):
-    """The split kernel a plan runs: the row kernel where it asks for it and the shape has one row."""
-    return _split_kv_row_kernel if plan.row_kernel and group * T == 1 else _split_kv_kernel
+    """The split kernel a plan runs: the row kernel where it asks for it, the shape has one row and no
+    option of the dots is asked for (a plan forcing one, like the GPU check's, means the dot kernel)."""
+    row = plan.row_kernel and group * T == 1 and not (plan.fp8_early or plan.fp8_dot)
+    return _split_kv_row_kernel if row else _split_kv_kernel
 
 
 def combine_constexprs(plan: LaunchPlan, *, has_seqlens: bool, use_pdl: bool) -> dict:
