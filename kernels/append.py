@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from kernels.validation import check_append_inputs
 
@@ -55,9 +56,12 @@ def _append_kv_kernel(
     stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
     stride_ksb, stride_ksh, stride_kss, stride_vsb, stride_vsh, stride_vss,
     HKV, S, D, T,
-    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, FP8: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, FP8: tl.constexpr, USE_PDL: tl.constexpr,
 ):
     """K_NEW, V_NEW (B, Hkv, T, D); K, V (B, Hkv, S, D); K_SCALE, V_SCALE (B, Hkv, S) with FP8; POS int64 (B,)."""
+    if USE_PDL:  # launched as a programmatic dependent: the new rows come from the kernel before
+        gdc_wait()
+        gdc_launch_dependents()
     bt = tl.program_id(0)
     b = (bt // T).to(tl.int64)
     t = bt % T
@@ -81,8 +85,9 @@ def append_blocks(Hkv: int, D: int) -> tuple[int, int]:
     return min(triton.next_power_of_2(Hkv), max(1, 512 // block_d)), block_d
 
 
-def append_kv_triton(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None, v_scale=None) -> None:
-    """The Triton path of `kernels.append_kv` (any device Triton runs on, the interpreter included)."""
+def append_kv_triton(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None, v_scale=None, use_pdl=False) -> None:
+    """The Triton path of `kernels.append_kv` (any device Triton runs on, the interpreter included);
+    `use_pdl`: launched as a programmatic dependent launch (Hopper and later)."""
     B, Hkv, T, S, D, fp8 = check_append_inputs(k_new, v_new, k_cache, v_cache, input_pos, k_scale, v_scale)
     block_h, block_d = append_blocks(Hkv, D)
     scales = (k_scale, v_scale) if fp8 else (input_pos, input_pos)  # any pointer; never read without FP8
@@ -90,5 +95,6 @@ def append_kv_triton(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None, v_
     _append_kv_kernel[(B * T, triton.cdiv(Hkv, block_h))](
         k_new, v_new, k_cache, v_cache, *scales, input_pos,
         *k_new.stride()[:3], *v_new.stride()[:3], *k_cache.stride()[:3], *v_cache.stride()[:3], *scale_strides,
-        Hkv, S, D, T, BLOCK_H=block_h, BLOCK_D=block_d, FP8=fp8, num_warps=4,
+        Hkv, S, D, T, BLOCK_H=block_h, BLOCK_D=block_d, FP8=fp8, USE_PDL=use_pdl, num_warps=4,
+        **({"launch_pdl": True} if use_pdl else {}),
     )

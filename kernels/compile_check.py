@@ -155,7 +155,7 @@ def compile_config(config: Config, target: GPUTarget = GPUTarget("cuda", 90, 32)
     elem = POINTER[config.dtype]
     cache = POINTER["fp8"] if fp8 else elem
     facts = {"name": config.name, "config": dataclasses.asdict(config), "num_splits": plan.num_splits}
-    use_pdl = plan.num_splits > 1  # as flash_decode launches on a GPU
+    use_pdl = plan.pdl  # as flash_decode launches on a GPU
     if plan.tma:
         block = f"[1, 1, {plan.block_n}, {plan.block_d}]"
         kv_types = dict(K=f"tensordesc<{cache[1:]}{block}>", V=f"tensordesc<{cache[1:]}{block}>")
@@ -179,6 +179,7 @@ def compile_config(config: Config, target: GPUTarget = GPUTarget("cuda", 90, 32)
         facts["resident_programs"] = resident_programs(facts["registers"], split.metadata.shared, plan.num_warps)
     facts["tensor_cores"] = "mma" in split.asm["ptx"]
     facts["tma"] = "cp.async.bulk.tensor" in split.asm["ptx"]
+    facts["pdl_wait"] = "griddepcontrol.wait" in split.asm["ptx"]
     if plan.num_splits > 1:
         combine = _compile(
             _combine_kernel,
@@ -197,7 +198,8 @@ def compile_append(new: str, cache: str, Hkv: int, D: int, T: int, target: GPUTa
              V_SCALE="*fp32", POS="*i64"),
         # (the token count is a runtime argument: a launch specialises it as a constant when 1, as divisible when
         # a multiple of 16)
-        dict(BLOCK_H=block_h, BLOCK_D=block_d, FP8=fp8, **({"T": 1} if T == 1 else {})), target, 4, 2, floats=(),
+        dict(BLOCK_H=block_h, BLOCK_D=block_d, FP8=fp8, USE_PDL=True, **({"T": 1} if T == 1 else {})), target, 4, 2,
+        floats=(),
         not_divisible=() if T % 16 == 0 else ("T",))
     ptx = binary.asm["ptx"]
     # The quantization must be PyTorch's arithmetic: IEEE divisions (Triton's `/` on fp32 is the

@@ -183,7 +183,7 @@ def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scal
     has_seqlens = cache_seqlens is not None
     seqlens = cache_seqlens if has_seqlens else lse  # any pointer; never read without HAS_SEQLENS
     upcast = not q.is_cuda  # the interpreter's 16-bit arithmetic is wrong; widen on load
-    use_pdl = q.is_cuda and PDL_SUPPORTED and plan.pdl and splits > 1
+    use_pdl = q.is_cuda and PDL_SUPPORTED and plan.pdl
     use_tma = plan.tma and tma_capable(k_cache, v_cache)
     k_arg, v_arg = (_descriptor(k_cache, plan), _descriptor(v_cache, plan)) if use_tma else (k_cache, v_cache)
     k_scale_arg, v_scale_arg = (k_scale, v_scale) if fp8 else (lse, lse)  # never read without FP8
@@ -199,6 +199,7 @@ def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scal
         **split_constexprs(plan, group=group, T=T, D=D, fp8=fp8, has_seqlens=has_seqlens, upcast=upcast,
                            ieee_dot=q.dtype == torch.float32 and not fp8, use_pdl=use_pdl, use_tma=use_tma),
         num_warps=plan.num_warps, num_stages=plan.num_stages, **({"maxnreg": plan.maxnreg} if plan.maxnreg else {}),
+        **({"launch_pdl": True} if use_pdl else {}),
     )
     if splits > 1:
         _run(_combine_kernel, (B * Hq * T,), compile_only,
@@ -218,6 +219,6 @@ def append_kv(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None, v_scale=N
     k_scale, v_scale float32 (B, Hkv, S). One Triton kernel on CUDA, plain PyTorch elsewhere; both
     graph-safe (no host sync while a CUDA graph is captured)."""
     if k_cache.is_cuda:
-        append_kv_triton(k_new, v_new, k_cache, v_cache, input_pos, k_scale, v_scale)
+        append_kv_triton(k_new, v_new, k_cache, v_cache, input_pos, k_scale, v_scale, use_pdl=PDL_SUPPORTED)
     else:
         reference.append_kv(k_new, v_new, k_cache, v_cache, input_pos, k_scale, v_scale)

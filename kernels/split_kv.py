@@ -9,9 +9,9 @@ output normalised by its own softmax sum, plus that sum's log-sum-exp. With a si
 the final output directly and the combine is skipped.
 
 Stage 2, `_combine_kernel`: one program per (batch, query head, token) row rescales the partials by
-exp2(lse_i - lse) and sums them. On a GPU it is launched as a programmatic dependent launch: its
-programs start while stage 1 is still running and wait for its results at `gdc_wait`, which hides
-most of a launch (measured on an H100, bench/results/NOTES.md). A combine fused into stage 1,
+exp2(lse_i - lse) and sums them. On a GPU both stages are launched as programmatic dependent launches:
+a stage's programs start while the kernel before it is still running and wait for its results at
+`gdc_wait`, which hides most of a launch (measured on an H100, bench/results/NOTES.md). A combine fused into stage 1,
 the last split of each group reducing it, measured 1.2-2.3x slower: one program then reads the
 whole group's partials alone.
 
@@ -220,8 +220,9 @@ def _split_kv_kernel(
     """Q (B, Hq, T, D) strided; K, V (B, Hkv, S, D) (pointers, or tensor descriptors with TMA);
     K_SCALE, V_SCALE (B, Hkv, S) fp32 with FP8; OUT (B, Hq, T, D), LSE (B, Hq, T) contiguous;
     PART_OUT (B, Hq, T, num_splits, D), PART_LSE (B, Hq, T, num_splits) when SPLIT."""
-    if USE_PDL:
-        gdc_launch_dependents()  # let the combine's programs get resident; they wait for our writes
+    if USE_PDL:  # launched as a programmatic dependent: its start overlaps the kernel before
+        gdc_wait()               # whose writes (q, the new key and value) are visible from here on
+        gdc_launch_dependents()  # let the combine's (or the next kernel's) programs get resident
     ROWS: tl.constexpr = GROUP * T
     ROW_BLOCKS: tl.constexpr = (ROWS + BLOCK_M - 1) // BLOCK_M
     split = tl.program_id(0)

@@ -22,7 +22,7 @@ IEEE_DOT, BLOCK_M) do not apply and must be off or are ignored (BLOCK_M).
 
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from kernels.split_kv import LN2, _load_tile, _split_range
 
@@ -85,8 +85,9 @@ def _split_kv_row_kernel(
     PART_OUT (B, Hq, 1, num_splits, D), PART_LSE (B, Hq, 1, num_splits) when SPLIT."""
     tl.static_assert(GROUP * T == 1, "the row kernel serves one query row per KV head")
     tl.static_assert(not FP8_DOT and not FP8_EARLY, "the row kernel has no dots")
-    if USE_PDL:
-        gdc_launch_dependents()  # let the combine's programs get resident; they wait for our writes
+    if USE_PDL:  # launched as a programmatic dependent (kernels.split_kv)
+        gdc_wait()
+        gdc_launch_dependents()
     split = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // HKV).to(tl.int64)  # int64: offsets into large caches overflow 32 bits

@@ -6,6 +6,7 @@
 #      ('flash:unfused') and sdpa (graph replays timed by GPU events: the busy host does not enter the timing);
 #   3. llama-bench on the quiet machine, flash attention, F16 and q8_0 KV caches (-p 0 -n 64 -d DEPTHS -r 3);
 #   4. models.peer_llamacpp writes vs-llamacpp.md/.json with the bars and prints the table last.
+# CHECK=1 runs the kernels' GPU correctness sweep (`kernels.bench --check quick`) after ours, during the build.
 # Needs LLAMACPP_SRC (default .whl, carried) holding llamacpp-src.tar.xz and make_gguf.py from
 # ../shared/gpu/llamacpp-src.sh. Run from the repository root on the GPU machine: OUT=... bench/gpu/vs_llamacpp.sh
 set -uo pipefail
@@ -26,6 +27,11 @@ timeout 300 python -m models.bench --models 7B --batches 1 --hf '' --ttft '' --k
     --backends flash,flash:unfused,sdpa --out "$OUT" --tag h200 > "$B/ours.log" 2>&1
 echo "ours: exit $? after $(( $(date +%s) - start )) s" >> "$log"; grep -E "logits check|ours " "$B/ours.log" >> "$log"
 rm -f "$OUT/e2e-h200.png"
+if [ "${CHECK:-0}" = 1 ]; then  # the kernels' GPU correctness sweep while llama.cpp builds (its timing is not measured)
+  mkdir -p "$OUT/check"
+  timeout 200 python -m kernels.bench --check quick --check-only --out "$OUT/check" > "$OUT/check/check.txt" 2> "$B/check.log"
+  echo "check: exit $? at $(( $(date +%s) - start )) s" >> "$log"; grep -E "sweep:|FAILED" "$B/check.log" | cut -c1-400 >> "$log"
+fi
 wait $build; b=$?; wait $gguf; g=$?
 echo "llama.cpp build: exit $b after $(( $(date +%s) - start )) s; gguf: exit $g" >> "$log"
 [ $b -eq 0 ] && [ $g -eq 0 ] || { tail -n 30 "$B/build.log" "$B/gguf.log" | tee -a "$log"; exit 1; }

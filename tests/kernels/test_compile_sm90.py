@@ -38,6 +38,7 @@ def test_kernels_compile_for_sm90(compiled, config):
         assert facts["tensor_cores"]
     assert facts["tma"] == bool(config.plan.get("tma"))  # descriptors lower to TMA copies, nothing else does
     assert facts["split_shared_bytes"] <= 227 * 1024  # Hopper's shared memory per block
+    assert facts["pdl_wait"] == config.plan.get("pdl", True)  # a dependent launch waits for the kernel before
 
 
 def test_whole_tiles_load_without_masks(compiled):
