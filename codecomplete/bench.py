@@ -242,8 +242,6 @@ def run_bench(args) -> None:
     device = engines.device_for(args)
     on_gpu = device.startswith("cuda")
     backends, notes = backends_for(args, device)
-    if on_gpu:
-        notes.append("int8 KV cache: read dequantized until the kernels take int8 (its row is not int8's speed)")
     decode_tokens = args.max_tokens or (GPU_DECODE_TOKENS if on_gpu else CPU_DECODE_TOKENS)
     wanted = sorted(set(args.contexts or (GPU_CONTEXTS if on_gpu else CPU_CONTEXTS)))
     limit = max(wanted) if on_gpu else min(max(wanted), CPU_CONTEXT_LIMIT)

@@ -1,4 +1,4 @@
-"""`append_kv`: write a step's new keys and values into the KV cache, quantizing an fp8 cache in the
+"""`append_kv`: write a step's new keys and values into the KV cache, quantizing an 8-bit cache in the
 same pass (one kernel for K and V, instead of two index_put's plus a quantization per layer).
 
 One program per (batch row, new token, block of KV heads): it reads the new K and V rows, and for an
@@ -6,13 +6,16 @@ fp8 cache computes each (token, KV head) row's scale amax / 448 (1 where amax is
 IEEE rounding (`div_rn`; Triton's `/` would be the 2-ulp `div.full.f32`), clamps to +-448 and
 converts to e4m3 rounding to nearest even (`cvt.rn.satfinite`): on the GPU its bytes and scales
 equal `kernels.reference.quantize_fp8`'s exactly (the sm_90 PTX is checked for these instructions and
-no fp32 fma; `kernels.reference.fp8_scale` says why the reference computes the scale in float64). Positions come from a device tensor, so a
+no fp32 fma; `kernels.reference.quant_scale` says why the reference computes the scale in float64). An
+int8 cache is the same with 127 for 448 and a round to nearest even (two fp32 additions, no conversion
+mode to trust) before the exact conversion: `kernels.reference.quantize_int8`'s bytes, on the CPU too.
+Positions come from a device tensor, so a
 captured CUDA graph replays it as the positions advance; a position outside the cache is dropped
 rather than written out of bounds (the host check catches it outside graph capture). The number of new
 tokens is a runtime argument, not a constant of the binary: as a constant, each new prefill length paid a
 compile (117-134 ms on an H200, bench/results/h200-cold/).
 
-What is supported: new values in fp16/bf16/fp32, caches in the same dtype or float8_e4m3fn, any
+What is supported: new values in fp16/bf16/fp32, caches in the same dtype, float8_e4m3fn or int8, any
 strides but the last (which must be 1). The Triton interpreter converts to e4m3 rounding halves away
 from zero and truncating subnormals, so on the CPU its bytes may differ from PyTorch's by one step;
 `kernels.append_kv` therefore runs the PyTorch reference on the CPU and this kernel on CUDA.
@@ -27,22 +30,28 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 from kernels.validation import check_append_inputs
 
 FP8_MAX = tl.constexpr(448.0)
+INT8_MAX = tl.constexpr(127.0)
+ROUNDER = tl.constexpr(12582912.0)  # 1.5 x 2^23: (x + it) - it rounds |x| < 2^22 to the nearest integer, ties to even
 
 
 @triton.jit
 def _append_rows(NEW, CACHE, SCALE, b, t, pos, heads, offs_d, mask_h, D,
                  stride_nb, stride_nh, stride_nt, stride_cb, stride_ch, stride_cs,
-                 stride_sb, stride_sh, stride_ss, FP8: tl.constexpr):
-    """Rows (b, heads, t) of NEW into (b, heads, pos) of CACHE (and SCALE for fp8); mask_h: (BLOCK_H,)."""
+                 stride_sb, stride_sh, stride_ss, SCALED: tl.constexpr):
+    """Rows (b, heads, t) of NEW into (b, heads, pos) of CACHE (and SCALE for an 8-bit cache); mask_h: (BLOCK_H,)."""
     mask = mask_h[:, None] & (offs_d[None, :] < D)
     x = tl.load(NEW + b * stride_nb + heads[:, None] * stride_nh + t * stride_nt + offs_d[None, :],
                 mask=mask, other=0.0)                                         # (BLOCK_H, BLOCK_D)
     dst = CACHE + b * stride_cb + heads[:, None] * stride_ch + pos * stride_cs + offs_d[None, :]
-    if FP8:
+    if SCALED:
+        INT8: tl.constexpr = CACHE.dtype.element_ty == tl.int8
+        QMAX: tl.constexpr = INT8_MAX if INT8 else FP8_MAX
         xf = x.to(tl.float32)
         amax = tl.max(tl.abs(xf), axis=1)                                     # (BLOCK_H,)
-        scale = tl.where(amax > 0, tl.math.div_rn(amax, tl.full(amax.shape, FP8_MAX, tl.float32)), 1.0)
-        values = tl.clamp(tl.math.div_rn(xf, scale[:, None]), -FP8_MAX, FP8_MAX)
+        scale = tl.where(amax > 0, tl.math.div_rn(amax, tl.full(amax.shape, QMAX, tl.float32)), 1.0)
+        values = tl.clamp(tl.math.div_rn(xf, scale[:, None]), -QMAX, QMAX)
+        if INT8:  # torch.round's ties to even, in two fp32 additions (|values| <= 127)
+            values = (values + ROUNDER) - ROUNDER
         tl.store(dst, values.to(CACHE.dtype.element_ty), mask=mask)
         tl.store(SCALE + b * stride_sb + heads * stride_sh + pos * stride_ss, scale, mask=mask_h)
     else:
@@ -56,9 +65,9 @@ def _append_kv_kernel(
     stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
     stride_ksb, stride_ksh, stride_kss, stride_vsb, stride_vsh, stride_vss,
     HKV, S, D, T,
-    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, FP8: tl.constexpr, USE_PDL: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, SCALED: tl.constexpr, USE_PDL: tl.constexpr,
 ):
-    """K_NEW, V_NEW (B, Hkv, T, D); K, V (B, Hkv, S, D); K_SCALE, V_SCALE (B, Hkv, S) with FP8; POS int64 (B,)."""
+    """K_NEW, V_NEW (B, Hkv, T, D); K, V (B, Hkv, S, D); K_SCALE, V_SCALE (B, Hkv, S) with SCALED; POS int64 (B,)."""
     if USE_PDL:  # launched as a programmatic dependent: the new rows come from the kernel before
         gdc_wait()
         gdc_launch_dependents()
@@ -72,9 +81,9 @@ def _append_kv_kernel(
     # interpreter mishandles `block & scalar_bool`).
     mask_h = heads < tl.where((pos >= 0) & (pos < S), HKV, 0)
     _append_rows(K_NEW, K, K_SCALE, b, t, pos, heads, offs_d, mask_h, D, stride_knb, stride_knh, stride_knt,
-                 stride_kb, stride_kh, stride_ks, stride_ksb, stride_ksh, stride_kss, FP8)
+                 stride_kb, stride_kh, stride_ks, stride_ksb, stride_ksh, stride_kss, SCALED)
     _append_rows(V_NEW, V, V_SCALE, b, t, pos, heads, offs_d, mask_h, D, stride_vnb, stride_vnh, stride_vnt,
-                 stride_vb, stride_vh, stride_vs, stride_vsb, stride_vsh, stride_vss, FP8)
+                 stride_vb, stride_vh, stride_vs, stride_vsb, stride_vsh, stride_vss, SCALED)
 
 
 def append_blocks(Hkv: int, D: int) -> tuple[int, int]:
@@ -88,13 +97,13 @@ def append_blocks(Hkv: int, D: int) -> tuple[int, int]:
 def append_kv_triton(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None, v_scale=None, use_pdl=False) -> None:
     """The Triton path of `kernels.append_kv` (any device Triton runs on, the interpreter included);
     `use_pdl`: launched as a programmatic dependent launch (Hopper and later)."""
-    B, Hkv, T, S, D, fp8 = check_append_inputs(k_new, v_new, k_cache, v_cache, input_pos, k_scale, v_scale)
+    B, Hkv, T, S, D, scaled = check_append_inputs(k_new, v_new, k_cache, v_cache, input_pos, k_scale, v_scale)
     block_h, block_d = append_blocks(Hkv, D)
-    scales = (k_scale, v_scale) if fp8 else (input_pos, input_pos)  # any pointer; never read without FP8
-    scale_strides = [s for t in (k_scale, v_scale) for s in t.stride()] if fp8 else [0] * 6
+    scales = (k_scale, v_scale) if scaled else (input_pos, input_pos)  # any pointer; never read without SCALED
+    scale_strides = [s for t in (k_scale, v_scale) for s in t.stride()] if scaled else [0] * 6
     _append_kv_kernel[(B * T, triton.cdiv(Hkv, block_h))](
         k_new, v_new, k_cache, v_cache, *scales, input_pos,
         *k_new.stride()[:3], *v_new.stride()[:3], *k_cache.stride()[:3], *v_cache.stride()[:3], *scale_strides,
-        Hkv, S, D, T, BLOCK_H=block_h, BLOCK_D=block_d, FP8=fp8, USE_PDL=use_pdl, num_warps=4,
+        Hkv, S, D, T, BLOCK_H=block_h, BLOCK_D=block_d, SCALED=scaled, USE_PDL=use_pdl, num_warps=4,
         **({"launch_pdl": True} if use_pdl else {}),
     )

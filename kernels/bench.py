@@ -354,9 +354,14 @@ class CheckCase:
     T: int = 1
     fp8: bool = False
     options: tuple = ()  # (LaunchPlan field, value) pairs replacing the planned ones
+    int8: bool = False   # an int8 cache (fp8 must be False): the 8-bit path with int8 values
+
+    @property
+    def scaled(self) -> bool:
+        return self.fp8 or self.int8
 
     def plan(self, q):
-        plan = plan_for(q, 3, self.Hq, self.Hkv, self.S, self.D, self.T, self.fp8, self.splits)
+        plan = plan_for(q, 3, self.Hq, self.Hkv, self.S, self.D, self.T, self.scaled, self.splits)
         return dataclasses.replace(plan, **dict(self.options))
 
     def inputs(self, gen):
@@ -373,8 +378,9 @@ class CheckCase:
         lengths = torch.tensor([self.S, 0 if self.T == 1 else self.T, self.S // 3 + self.T], device=DEVICE,
                                dtype=torch.int32)
         scales = {}
-        if self.fp8:
-            (k, ks), (v, vs) = reference.quantize_fp8(k), reference.quantize_fp8(v)
+        if self.scaled:
+            dtype = torch.int8 if self.int8 else FP8_DTYPE
+            (k, ks), (v, vs) = reference.quantize(k, dtype), reference.quantize(v, dtype)
             scales = {"k_scale": ks, "v_scale": vs}
         return q, k, v, lengths, scales
 
@@ -388,17 +394,17 @@ class CheckCase:
             out, lse = launch(q, k, v, lengths, self.plan(q), **scales)
         else:
             out, lse = flash_decode(q, k, v, lengths, num_splits=self.splits, return_lse=True, **scales)
-        ref, ref_lse = reference.flash_decode(q.double(), k if self.fp8 else k.double(), v if self.fp8 else v.double(),
-                                              lengths, return_lse=True, **scales)
+        ref, ref_lse = reference.flash_decode(q.double(), k if self.scaled else k.double(),
+                                              v if self.scaled else v.double(), lengths, return_lse=True, **scales)
         err = ((out.double() - ref).norm() / ref.norm()).item()
         has = lengths > 0
         lse_err = (lse[has].double() - ref_lse[has]).abs().max().item()
-        tol = 2e-3 if self.fp8 and self.dtype == torch.float32 else (1e-5 if self.dtype == torch.float32 else 1e-2)
+        tol = 2e-3 if self.scaled and self.dtype == torch.float32 else (1e-5 if self.dtype == torch.float32 else 1e-2)
         ok = (not out.isnan().any().item()) and err < tol and lse_err < 1e-3
         if self.T == 1:
             ok = ok and (out[1] == 0).all().item() and bool((lse[1] == float("-inf")).all())
         return {"dtype": str(self.dtype), "D": self.D, "Hq": self.Hq, "Hkv": self.Hkv, "S": self.S, "T": self.T,
-                "fp8": self.fp8, "splits": self.splits, "layout": self.layout, "options": dict(self.options),
+                "fp8": self.fp8, "int8": self.int8, "splits": self.splits, "layout": self.layout, "options": dict(self.options),
                 "rel_err": err, "lse_err": lse_err, "ok": ok}
 
 
@@ -425,10 +431,11 @@ def append_differences(got: list[torch.Tensor], want: list[torch.Tensor]) -> dic
             "max_scale_ulps": max(int(u.max()) for u in ulps)}
 
 
-def _check_append(dt, hkv, D, T, layout, fp8, gen) -> dict:
+def _check_append(dt, hkv, D, T, layout, cache, gen) -> dict:
     """The Triton append against the PyTorch reference, byte for byte: both divide with IEEE rounding
-    and convert to e4m3 rounding to nearest even (`kernels.reference.fp8_scale` says why the scale
-    is computed in float64). A failure records what differs (`append_differences`)."""
+    and convert to e4m3 (or int8) rounding to nearest even (`kernels.reference.quant_scale` says why the
+    scale is computed in float64). `cache`: "same" (the new values' dtype), "fp8" or "int8". A failure
+    records what differs (`append_differences`)."""
     B, S = 3, 300
     shape = (B, hkv, S, D) if layout == "bhsd" else (B, S, hkv, D)
     k = torch.randn(shape, device=DEVICE, generator=gen).to(dt)
@@ -436,8 +443,9 @@ def _check_append(dt, hkv, D, T, layout, fp8, gen) -> dict:
     if layout == "bshd":
         k, v = k.transpose(1, 2), v.transpose(1, 2)
     scales = {}
-    if fp8:
-        (k, ks), (v, vs) = reference.quantize_fp8(k), reference.quantize_fp8(v)
+    if cache != "same":
+        dtype = torch.int8 if cache == "int8" else FP8_DTYPE
+        (k, ks), (v, vs) = reference.quantize(k, dtype), reference.quantize(v, dtype)
         scales = {"k_scale": ks, "v_scale": vs}
     k_new = torch.randn(B, hkv, T, D, device=DEVICE, generator=gen).to(dt) * 30
     v_new = torch.randn(B, hkv, T, D, device=DEVICE, generator=gen).to(dt)
@@ -447,7 +455,8 @@ def _check_append(dt, hkv, D, T, layout, fp8, gen) -> dict:
     reference.append_kv(k_new, v_new, *want[:2], pos, *want[2:])
     diff = append_differences([k, v, *scales.values()], want)
     same = diff.get("differing_bytes", diff.get("differing_elements")) == 0 and diff.get("differing_scales", 0) == 0
-    return {"append": True, "dtype": str(dt), "Hkv": hkv, "D": D, "T": T, "layout": layout, "fp8": fp8, "ok": same} | diff
+    return {"append": True, "dtype": str(dt), "Hkv": hkv, "D": D, "T": T, "layout": layout, "cache": cache,
+            "ok": same} | diff
 
 
 def gpu_correctness_sweep(log, quick: bool = False) -> list[dict]:
@@ -485,14 +494,22 @@ def gpu_correctness_sweep(log, quick: bool = False) -> list[dict]:
     row_cases += [(dt, 128, ()) for dt in (torch.float16, torch.float32)]
     cases += [CheckCase(dt, D, 16, 16, S, splits, layout, fp8=fp8, options=(("row_kernel", True),) + option)
               for dt, D, option in row_cases for fp8 in (False, True) for S, splits, layout in mixes[:2]]
+    # int8 caches: the row kernel (MHA), the dot kernel (GQA), several tokens, q in fp32 (planned options)
+    cases += [CheckCase(dt, D, hq, hkv, S, splits, layout, T=T, int8=True)
+              for dt, D, hq, hkv, T in ((torch.bfloat16, 128, 32, 32, 1), (torch.bfloat16, 128, 64, 8, 1),
+                                        (torch.float16, 80, 12, 4, 1), (torch.float32, 64, 8, 8, 1),
+                                        (torch.bfloat16, 128, 64, 8, 5))
+              for S, splits, layout in mixes[:2]]
     seconds = compile_in_parallel([lambda c=c: c.compile(torch.Generator(device=DEVICE).manual_seed(0)) for c in cases])
     log(f"GPU correctness sweep: {len(cases)} cases, kernels built in {seconds:.0f} s")
     gen = torch.Generator(device=DEVICE).manual_seed(1234)
     results = [c.run(gen) for c in cases]
-    for dt, hkv, D, T, layout, fp8 in ((torch.bfloat16, 8, 128, 1, "bhsd", True), (torch.bfloat16, 32, 128, 8, "bshd", True),
-                                       (torch.float16, 3, 64, 16, "bhsd", True), (torch.float32, 4, 80, 1, "bshd", True),
-                                       (torch.bfloat16, 8, 128, 1, "bshd", False)):
-        results.append(_check_append(dt, hkv, D, T, layout, fp8, gen))
+    for dt, hkv, D, T, layout, cache in ((torch.bfloat16, 8, 128, 1, "bhsd", "fp8"),
+                                         (torch.bfloat16, 32, 128, 8, "bshd", "fp8"),
+                                         (torch.float16, 3, 64, 16, "bhsd", "fp8"), (torch.float32, 4, 80, 1, "bshd", "fp8"),
+                                         (torch.bfloat16, 8, 128, 1, "bshd", "same"),
+                                         (torch.bfloat16, 32, 128, 1, "bhsd", "int8"), (torch.float32, 3, 80, 16, "bshd", "int8")):
+        results.append(_check_append(dt, hkv, D, T, layout, cache, gen))
     for r in results:
         if not r["ok"]:
             log(f"  CHECK FAILED {r}")
@@ -737,7 +754,9 @@ def main(argv=None) -> int:
         from kernels.tune import plans_from_sweep
         opener = gzip.open if args.tune_from.suffix == ".gz" else open  # committed sweeps are gzipped
         with opener(args.tune_from, "rt") as f:
-            path = plans_from_sweep(json.load(f), args.plans_dir or Path("kernels/plans"))
+            sweep = json.load(f)
+        directory = args.plans_dir or Path("kernels/plans")  # its entries for shapes the sweep did not measure stay
+        path = plans_from_sweep(sweep, directory, load_table(sweep["env"]["card"], sweep["env"]["sms"], directory))
         print(f"wrote {path}")
         return 0
     if (started := begin_run("kernels.bench", args.out)) is None:

@@ -30,9 +30,9 @@ from triton.compiler import ASTSource
 from kernels.append import _append_kv_kernel, append_blocks
 from kernels.interface import combine_constexprs, combine_warps, split_constexprs, split_kernel
 from kernels.plan import plan_launch, resident_programs
-from kernels.split_kv import _combine_kernel
+from kernels.split_kv import _combine_kernel, _split_kv_kernel
 
-POINTER = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32", "fp8": "*fp8e4nv"}
+POINTER = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32", "fp8": "*fp8e4nv", "int8": "*i8"}
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Config:
     D: int
     B: int = 1
     T: int = 1
-    kv: str = ""        # the caches' dtype: "" = q's, "fp8"
+    kv: str = ""        # the caches' dtype: "" = q's, "fp8", "int8"
     plan: dict = field(default_factory=dict)  # LaunchPlan fields that differ from the heuristic's
 
     def __hash__(self):
@@ -85,9 +85,13 @@ MAIN_CONFIGS = [
     Config("7B-64k-fp8-row", "bf16", 32, 32, 65536, 128, kv="fp8", plan={"row_kernel": True}),
     Config("7B-64k-fp8-row-loop3-w2", "bf16", 32, 32, 65536, 128, kv="fp8",
            plan={"row_kernel": True, "loop_stages": 3, "num_warps": 2}),
+    Config("7B-64k-int8", "bf16", 32, 32, 65536, 128, kv="int8"),  # the row kernel (the heuristic's)
+    Config("34B-128k-int8", "bf16", 64, 8, 131072, 128, kv="int8"),
+    Config("d80-int8-T4", "fp16", 12, 4, 1000, 80, T=4, kv="int8"),
     Config("34B-128k-fp8-n128-w8", "bf16", 64, 8, 131072, 128, kv="fp8", plan={"block_n": 128, "num_warps": 8}),
 ]
-APPEND_CONFIGS = [("bf16", "bf16", 32, 128, 1), ("bf16", "fp8", 8, 128, 8), ("fp32", "fp8", 3, 80, 16)]
+APPEND_CONFIGS = [("bf16", "bf16", 32, 128, 1), ("bf16", "fp8", 8, 128, 8), ("fp32", "fp8", 3, 80, 16),
+                  ("bf16", "int8", 32, 128, 1), ("fp32", "int8", 3, 80, 16)]
 
 
 def _compile(fn, pointer_types: dict, constexprs: dict, target: GPUTarget, num_warps: int, num_stages: int,
@@ -148,12 +152,12 @@ def sass_facts(cubin: bytes, with_opcodes: bool = False) -> dict:
 
 def compile_config(config: Config, target: GPUTarget = GPUTarget("cuda", 90, 32), with_opcodes: bool = False) -> dict:
     """Compile both kernels as `flash_decode` would launch them on a GPU; returns facts about the binaries."""
-    fp8 = config.kv == "fp8"
-    plan = plan_launch(config.B, config.Hq, config.Hkv, config.S, config.D, T=config.T, fp8=fp8,
+    scaled = config.kv in ("fp8", "int8")
+    plan = plan_launch(config.B, config.Hq, config.Hkv, config.S, config.D, T=config.T, fp8=scaled,
                        elem_bytes=4 if config.dtype == "fp32" else 2)
     plan = dataclasses.replace(plan, **config.plan)
     elem = POINTER[config.dtype]
-    cache = POINTER["fp8"] if fp8 else elem
+    cache = POINTER[config.kv] if scaled else elem
     facts = {"name": config.name, "config": dataclasses.asdict(config), "num_splits": plan.num_splits}
     use_pdl = plan.pdl  # as flash_decode launches on a GPU
     if plan.tma:
@@ -162,13 +166,15 @@ def compile_config(config: Config, target: GPUTarget = GPUTarget("cuda", 90, 32)
     else:
         kv_types = dict(K=cache, V=cache)
     part = "*bf16" if plan.partials == "bfloat16" else "*fp32"
-    constexprs = split_constexprs(plan, group=config.Hq // config.Hkv, T=config.T, D=config.D, fp8=fp8,
-                                  has_seqlens=True, upcast=False, ieee_dot=config.dtype == "fp32" and not fp8,
-                                  use_pdl=use_pdl, use_tma=plan.tma)
-    if fp8:  # contiguous scales: a launch specialises their unit stride to the constant 1
+    constexprs = split_constexprs(plan, group=config.Hq // config.Hkv, T=config.T, D=config.D, scaled=scaled,
+                                  e4m3=config.kv == "fp8", has_seqlens=True, upcast=False,
+                                  ieee_dot=config.dtype == "fp32" and not scaled, use_pdl=use_pdl, use_tma=plan.tma)
+    if scaled:  # contiguous scales: a launch specialises their unit stride to the constant 1
         constexprs |= {"stride_ksn": 1, "stride_vsn": 1}
+    kernel = split_kernel(plan, config.Hq // config.Hkv, config.T)
+    facts["row_kernel"] = kernel is not _split_kv_kernel
     split = _compile(
-        split_kernel(plan, config.Hq // config.Hkv, config.T),
+        kernel,
         dict(Q=elem, **kv_types, K_SCALE="*fp32", V_SCALE="*fp32", SEQLENS="*i32", OUT=elem, LSE="*fp32",
              PART_OUT=part, PART_LSE="*fp32"),
         constexprs, target, plan.num_warps, plan.num_stages, maxnreg=plan.maxnreg)
@@ -191,14 +197,13 @@ def compile_config(config: Config, target: GPUTarget = GPUTarget("cuda", 90, 32)
 
 def compile_append(new: str, cache: str, Hkv: int, D: int, T: int, target: GPUTarget) -> dict:
     block_h, block_d = append_blocks(Hkv, D)
-    fp8 = cache == "fp8"
     binary = _compile(
         _append_kv_kernel,
         dict(K_NEW=POINTER[new], V_NEW=POINTER[new], K=POINTER[cache], V=POINTER[cache], K_SCALE="*fp32",
              V_SCALE="*fp32", POS="*i64"),
         # (the token count is a runtime argument: a launch specialises it as a constant when 1, as divisible when
         # a multiple of 16)
-        dict(BLOCK_H=block_h, BLOCK_D=block_d, FP8=fp8, USE_PDL=True, **({"T": 1} if T == 1 else {})), target, 4, 2,
+        dict(BLOCK_H=block_h, BLOCK_D=block_d, SCALED=cache in ("fp8", "int8"), USE_PDL=True, **({"T": 1} if T == 1 else {})), target, 4, 2,
         floats=(),
         not_divisible=() if T % 16 == 0 else ("T",))
     ptx = binary.asm["ptx"]

@@ -42,7 +42,7 @@ from kernels.append import append_kv_triton
 from kernels.plan import LaunchPlan, plan_launch, tuned_plan
 from kernels.split_kv import _combine_kernel, _split_kv_kernel
 from kernels.split_kv_row import _split_kv_row_kernel
-from kernels.validation import FP8_DTYPE, check_decode_inputs
+from kernels.validation import FP8_DTYPE, SCALED_DTYPES, check_decode_inputs
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 LOG2_E = 1.4426950408889634
@@ -107,9 +107,9 @@ def flash_decode(q, k_cache, v_cache, cache_seqlens=None, *, softmax_scale=None,
     The launch grid depends only on shapes, so the call can be captured in a CUDA graph and replayed
     while `cache_seqlens` changes in place.
     """
-    B, Hq, Hkv, S, D, T, fp8 = check_decode_inputs(q, k_cache, v_cache, cache_seqlens, num_splits,
-                                                   k_scale=k_scale, v_scale=v_scale, dtypes=KERNEL_DTYPES)
-    plan = plan_for(q, B, Hq, Hkv, S, D, T, fp8, num_splits)
+    B, Hq, Hkv, S, D, T, scaled = check_decode_inputs(q, k_cache, v_cache, cache_seqlens, num_splits,
+                                                      k_scale=k_scale, v_scale=v_scale, dtypes=KERNEL_DTYPES)
+    plan = plan_for(q, B, Hq, Hkv, S, D, T, scaled, num_splits)  # int8 and e4m3 share the 8-bit plans
     out, lse = launch(q, k_cache, v_cache, cache_seqlens, plan, softmax_scale=softmax_scale,
                       k_scale=k_scale, v_scale=v_scale)
     return (out, lse) if return_lse else out
@@ -126,12 +126,14 @@ def _descriptor(cache: torch.Tensor, plan: LaunchPlan):
     return TensorDescriptor(cache, list(cache.shape), list(cache.stride()), [1, 1, plan.block_n, plan.block_d])
 
 
-def split_constexprs(plan: LaunchPlan, *, group: int, T: int, D: int, fp8: bool, has_seqlens: bool, upcast: bool,
-                     ieee_dot: bool, use_pdl: bool, use_tma: bool) -> dict:
-    """The compile-time arguments of `_split_kv_kernel` for a plan (launch and compile_check share them)."""
+def split_constexprs(plan: LaunchPlan, *, group: int, T: int, D: int, scaled: bool, e4m3: bool, has_seqlens: bool,
+                     upcast: bool, ieee_dot: bool, use_pdl: bool, use_tma: bool) -> dict:
+    """The compile-time arguments of `_split_kv_kernel` for a plan (launch and compile_check share them):
+    `scaled`, an 8-bit cache with scales; `e4m3`, that cache is float8_e4m3fn (the options of fp8 dots and
+    conversions apply to it only)."""
     return dict(GROUP=group, T=T, HAS_SEQLENS=has_seqlens, SPLIT=plan.num_splits > 1,
                 BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_D=plan.block_d,
-                FP8=fp8, FP8_DOT=fp8 and plan.fp8_dot, FP8_EARLY=fp8 and plan.fp8_early, UPCAST=upcast,
+                SCALED=scaled, FP8_DOT=e4m3 and plan.fp8_dot, FP8_EARLY=e4m3 and plan.fp8_early, UPCAST=upcast,
                 IEEE_DOT=ieee_dot, USE_PDL=use_pdl, TMA=use_tma, LOOP_STAGES=plan.loop_stages or None,
                 CACHE_MODIFIER=plan.cache_modifier, EVICTION=plan.eviction, EVEN_D=D == plan.block_d)
 
@@ -170,7 +172,7 @@ def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scal
     q4 = q if q.dim() == 4 else q.unsqueeze(2)                                # (B, Hq, T, D)
     _, Hkv, S, _ = k_cache.shape
     group = Hq // Hkv
-    fp8 = k_cache.dtype == FP8_DTYPE
+    scaled, e4m3 = k_cache.dtype in SCALED_DTYPES, k_cache.dtype == FP8_DTYPE
     scale = D ** -0.5 if softmax_scale is None else float(softmax_scale)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
@@ -186,8 +188,8 @@ def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scal
     use_pdl = q.is_cuda and PDL_SUPPORTED and plan.pdl
     use_tma = plan.tma and tma_capable(k_cache, v_cache)
     k_arg, v_arg = (_descriptor(k_cache, plan), _descriptor(v_cache, plan)) if use_tma else (k_cache, v_cache)
-    k_scale_arg, v_scale_arg = (k_scale, v_scale) if fp8 else (lse, lse)  # never read without FP8
-    scale_strides = [st for t in (k_scale, v_scale) for st in t.stride()] if fp8 else [0] * 6
+    k_scale_arg, v_scale_arg = (k_scale, v_scale) if scaled else (lse, lse)  # never read without SCALED
+    scale_strides = [st for t in (k_scale, v_scale) for st in t.stride()] if scaled else [0] * 6
 
     binary = _run(split_kernel(plan, group, T), (splits, B * Hkv * plan.row_blocks(group, T)), compile_only,
         q4, k_arg, v_arg, k_scale_arg, v_scale_arg, seqlens, out, lse, part_out, part_lse,
@@ -196,8 +198,9 @@ def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scal
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         *scale_strides,
         S, Hkv, D, scale * LOG2_E, splits,
-        **split_constexprs(plan, group=group, T=T, D=D, fp8=fp8, has_seqlens=has_seqlens, upcast=upcast,
-                           ieee_dot=q.dtype == torch.float32 and not fp8, use_pdl=use_pdl, use_tma=use_tma),
+        **split_constexprs(plan, group=group, T=T, D=D, scaled=scaled, e4m3=e4m3, has_seqlens=has_seqlens,
+                           upcast=upcast, ieee_dot=q.dtype == torch.float32 and not scaled, use_pdl=use_pdl,
+                           use_tma=use_tma),
         num_warps=plan.num_warps, num_stages=plan.num_stages, **({"maxnreg": plan.maxnreg} if plan.maxnreg else {}),
         **({"launch_pdl": True} if use_pdl else {}),
     )

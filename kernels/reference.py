@@ -3,11 +3,11 @@
 Functions with the contracts of their Triton twins (ARCHITECTURE.md, "Contracts added for issues 9-15"):
 - `flash_decode`: repeat_kv + matmul + softmax, computed in float32 (float64 stays float64), what a
   straightforward implementation of one decode step does; one or T query tokens per sequence
-  (causal, aligned bottom-right); 16/32-bit caches, or fp8 caches dequantized first;
+  (causal, aligned bottom-right); 16/32-bit caches, or 8-bit caches dequantized first;
 - `split_kv_decode`: the same split-KV algorithm as the Triton kernels (partial softmax per split,
   then a log-sum-exp combine), so each step of the kernel has a readable twin;
-- `append_kv`: writes new keys/values at given positions, quantizing them for an fp8 cache;
-- `quantize_fp8` / `dequantize`: the fp8 arithmetic every path shares.
+- `append_kv`: writes new keys/values at given positions, quantizing them for an 8-bit cache;
+- `quantize_fp8`, `quantize_int8` / `dequantize`: the 8-bit arithmetic every path shares.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 from kernels.validation import FP8_DTYPE, check_append_inputs, check_decode_inputs
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
+INT8_MAX = 127.0  # symmetric int8: -127..127
 
 
 def _lengths(cache_seqlens: torch.Tensor | None, B: int, S: int, device) -> torch.Tensor:
@@ -29,8 +30,9 @@ def _compute_dtype(q: torch.Tensor) -> torch.dtype:
     return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
-def fp8_scale(amax: torch.Tensor) -> torch.Tensor:
-    """float32 amax (...) -> float32 scales amax / 448 rounded once (IEEE), 1 where amax is 0.
+def quant_scale(amax: torch.Tensor, qmax: float = FP8_MAX) -> torch.Tensor:
+    """float32 amax (...) -> float32 scales amax / qmax (448 for e4m3, 127 for int8) rounded once (IEEE),
+    1 where amax is 0.
 
     Not `amax / 448`: on CUDA PyTorch divides by a Python number as `amax * (1 / 448)` (an fp32
     reciprocal, then a rounded product), which differs from the correctly rounded quotient for 55%
@@ -38,7 +40,7 @@ def fp8_scale(amax: torch.Tensor) -> torch.Tensor:
     the correctly rounded fp32 quotient (53 >= 2 x 24 + 2 bits), and stays so when float64 divides
     by a reciprocal too: the same scales on every device, equal to the kernel's `div_rn`.
     """
-    return torch.where(amax > 0, (amax.double() / FP8_MAX).float(), torch.ones_like(amax))
+    return torch.where(amax > 0, (amax.double() / qmax).float(), torch.ones_like(amax))
 
 
 def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,9 +51,24 @@ def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     clamp, round to nearest even); tensor-by-tensor division is IEEE on CPU and CUDA alike.
     """
     xf = x.float()
-    scale = fp8_scale(xf.abs().amax(dim=-1))                            # (...)
+    scale = quant_scale(xf.abs().amax(dim=-1))                            # (...)
     values = (xf / scale[..., None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
     return values, scale
+
+
+def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 values and float32 scales of x (..., D), one scale per row: amax / 127 (1 where amax is 0),
+    values rounded to nearest even. The layout and arithmetic of `quantize_fp8`, 127 uniform steps
+    instead of e4m3's 3-bit mantissas (the accurate 8-bit cache: models/kv_cache.py has the figures)."""
+    xf = x.float()
+    scale = quant_scale(xf.abs().amax(dim=-1), INT8_MAX)                 # (...)
+    values = (xf / scale[..., None]).round().clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return values, scale
+
+
+def quantize(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (..., D) in an 8-bit cache dtype (float8_e4m3fn or int8) with its per-row scales."""
+    return quantize_int8(x) if dtype == torch.int8 else quantize_fp8(x)
 
 
 def e4m3_steps_apart(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -64,7 +81,7 @@ def e4m3_steps_apart(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def dequantize(cache: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-    """cache (B, Hkv, S, D) in `dtype`; an fp8 cache is multiplied by its (B, Hkv, S) scales."""
+    """cache (B, Hkv, S, D) in `dtype`; an 8-bit cache is multiplied by its (B, Hkv, S) scales."""
     if scale is None:
         return cache.to(dtype)
     return cache.to(dtype) * scale.to(dtype)[..., None]
@@ -85,7 +102,7 @@ def flash_decode(q, k_cache, v_cache, cache_seqlens=None, *, softmax_scale=None,
     """Decode attention in plain PyTorch, with the contract of `kernels.flash_decode`.
 
     q: (B, Hq, D), or (B, Hq, T, D) for the last T tokens of each sequence (causal, bottom-right);
-    k_cache, v_cache: (B, Hkv, S, D), in q's dtype or float8_e4m3fn with k_scale, v_scale float32
+    k_cache, v_cache: (B, Hkv, S, D), in q's dtype or 8-bit (float8_e4m3fn, int8) with k_scale, v_scale float32
     (B, Hkv, S); cache_seqlens: int32 (B,) or None (= S).
     Returns out with q's shape and dtype, and lse (B, Hq) or (B, Hq, T) in float32 if return_lse.
     `num_splits` is accepted for signature parity and ignored: there is nothing to split here.
@@ -159,16 +176,16 @@ def split_kv_decode(q, k_cache, v_cache, cache_seqlens=None, *, softmax_scale=No
 
 def append_kv(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None, v_scale=None):
     """Write k_new, v_new (B, Hkv, T, D) at positions input_pos[b] .. input_pos[b] + T - 1 of each
-    cache row b (input_pos int64 (B,)). An fp8 cache is quantized with `quantize_fp8` (one scale per
+    cache row b (input_pos int64 (B,)). An 8-bit cache is quantized with `quantize` (one scale per
     token and KV head) and its scales written to k_scale, v_scale (B, Hkv, S). In place, no host sync
     beyond the validation (which is skipped while a CUDA graph is captured)."""
-    B, Hkv, T, S, D, fp8 = check_append_inputs(k_new, v_new, k_cache, v_cache, input_pos, k_scale, v_scale)
+    B, Hkv, T, S, D, scaled = check_append_inputs(k_new, v_new, k_cache, v_cache, input_pos, k_scale, v_scale)
     pos = input_pos[:, None, None] + torch.arange(T, device=input_pos.device)  # (B, 1, T)
     rows = torch.arange(B, device=input_pos.device)[:, None, None]              # (B, 1, 1)
     heads = torch.arange(Hkv, device=input_pos.device)[None, :, None]           # (1, Hkv, 1)
     for new, cache, scale in ((k_new, k_cache, k_scale), (v_new, v_cache, v_scale)):
-        if fp8:
-            values, row_scale = quantize_fp8(new)                   # (B, Hkv, T, D), (B, Hkv, T)
+        if scaled:
+            values, row_scale = quantize(new, cache.dtype)          # (B, Hkv, T, D), (B, Hkv, T)
             scale[rows, heads, pos] = row_scale
             # index_put on the bytes: fp8 indexing kernels are missing on some builds
             cache.view(torch.uint8)[rows, heads, pos] = values.view(torch.uint8)

@@ -131,7 +131,7 @@ def _e4m3_to_fp16(x):
 def _attend_tile(q, q_row_scale, m_i, l_i, acc, block_start, end, last_key,
                  k_ptrs, v_ptrs, k_desc, v_desc, ks_ptrs, vs_ptrs, b, h,
                  stride_kn, stride_vn, stride_ksn, stride_vsn, offs_n, mask_d, qk_scale,
-                 T: tl.constexpr, MASK_KEYS: tl.constexpr, FP8: tl.constexpr, FP8_DOT: tl.constexpr,
+                 T: tl.constexpr, MASK_KEYS: tl.constexpr, SCALED: tl.constexpr, FP8_DOT: tl.constexpr,
                  FP8_EARLY: tl.constexpr, DOT_DTYPE: tl.constexpr, UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr,
                  TMA: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -150,7 +150,7 @@ def _attend_tile(q, q_row_scale, m_i, l_i, acc, block_start, end, last_key,
                    TMA, BLOCK_N, BLOCK_D, CACHE_MODIFIER, EVICTION)           # (BLOCK_N, BLOCK_D)
     v = _load_tile(v_ptrs, v_desc, b, h, block_start, cols, mask_n, mask_d, stride_vn,
                    TMA, BLOCK_N, BLOCK_D, CACHE_MODIFIER, EVICTION)           # (BLOCK_N, BLOCK_D)
-    if FP8:
+    if SCALED:
         k_scale = tl.load(ks_ptrs + cols * stride_ksn, mask=mask_n, other=0.0)  # (BLOCK_N,) fp32
         v_scale = tl.load(vs_ptrs + cols * stride_vsn, mask=mask_n, other=0.0)
         if FP8_EARLY and not UPCAST:
@@ -172,7 +172,7 @@ def _attend_tile(q, q_row_scale, m_i, l_i, acc, block_start, end, last_key,
         s = tl.dot(q, tl.trans(k))                                            # (BLOCK_M, BLOCK_N) fp32
     if FP8_DOT:
         s = s * q_row_scale[:, None]
-    if FP8:
+    if SCALED:
         s = s * (k_scale * qk_scale)[None, :]
     else:
         s = s * qk_scale
@@ -189,7 +189,7 @@ def _attend_tile(q, q_row_scale, m_i, l_i, acc, block_start, end, last_key,
     alpha = tl.exp2(m_i - m_use)
     p = tl.exp2(s - m_use[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
-    if FP8:
+    if SCALED:
         v_max = tl.maximum(tl.max(v_scale, axis=0), 1e-30)
         # one reciprocal a tile: a division per key costs ~8 instructions each
         pv = tl.dot((p * (v_scale * (1.0 / v_max))[None, :]).to(v.dtype), v) * v_max
@@ -212,13 +212,13 @@ def _split_kv_kernel(
     S, HKV, D, qk_scale, num_splits,
     GROUP: tl.constexpr, T: tl.constexpr, HAS_SEQLENS: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    FP8: tl.constexpr, FP8_DOT: tl.constexpr, FP8_EARLY: tl.constexpr, UPCAST: tl.constexpr,
+    SCALED: tl.constexpr, FP8_DOT: tl.constexpr, FP8_EARLY: tl.constexpr, UPCAST: tl.constexpr,
     IEEE_DOT: tl.constexpr,
     USE_PDL: tl.constexpr, TMA: tl.constexpr, LOOP_STAGES: tl.constexpr,
     CACHE_MODIFIER: tl.constexpr, EVICTION: tl.constexpr, EVEN_D: tl.constexpr,
 ):
     """Q (B, Hq, T, D) strided; K, V (B, Hkv, S, D) (pointers, or tensor descriptors with TMA);
-    K_SCALE, V_SCALE (B, Hkv, S) fp32 with FP8; OUT (B, Hq, T, D), LSE (B, Hq, T) contiguous;
+    K_SCALE, V_SCALE (B, Hkv, S) fp32 with SCALED; OUT (B, Hq, T, D), LSE (B, Hq, T) contiguous;
     PART_OUT (B, Hq, T, num_splits, D), PART_LSE (B, Hq, T, num_splits) when SPLIT."""
     if USE_PDL:  # launched as a programmatic dependent: its start overlaps the kernel before
         gdc_wait()               # whose writes (q, the new key and value) are visible from here on
@@ -261,7 +261,7 @@ def _split_kv_kernel(
         q_amax = tl.max(tl.abs(q.to(tl.float32)), axis=1)
         q_row_scale = tl.where(q_amax > 0, q_amax / FP8_MAX, 1.0)
         q = tl.clamp(q.to(tl.float32) / q_row_scale[:, None], -FP8_MAX, FP8_MAX).to(tl.float8e4nv)
-    elif FP8:
+    elif SCALED:
         q = q.to(tl.float32 if UPCAST else tl.float16)
     DOT_DTYPE: tl.constexpr = tl.float32 if UPCAST else tl.float16
     if TMA:  # K, V are descriptors, addressed by (b, h, key, 0) in _load_tile
@@ -284,13 +284,13 @@ def _split_kv_kernel(
         m_i, l_i, acc = _attend_tile(
             q, q_row_scale, m_i, l_i, acc, block_start, end, last_key, k_ptrs, v_ptrs, K, V, ks_ptrs, vs_ptrs,
             b, h, stride_kn, stride_vn, stride_ksn, stride_vsn, offs_n, mask_d, qk_scale,
-            T, False, FP8, FP8_DOT, FP8_EARLY, DOT_DTYPE, UPCAST, IEEE_DOT, TMA, BLOCK_N, BLOCK_D, CACHE_MODIFIER,
+            T, False, SCALED, FP8_DOT, FP8_EARLY, DOT_DTYPE, UPCAST, IEEE_DOT, TMA, BLOCK_N, BLOCK_D, CACHE_MODIFIER,
             EVICTION)
     for tail_start in tl.range(full_end, end, BLOCK_N, num_stages=2):  # one tile at most; a loop
         m_i, l_i, acc = _attend_tile(                                        # keeps its loads in shared memory
             q, q_row_scale, m_i, l_i, acc, tail_start, end, last_key, k_ptrs, v_ptrs, K, V, ks_ptrs, vs_ptrs,
             b, h, stride_kn, stride_vn, stride_ksn, stride_vsn, offs_n, mask_d, qk_scale,
-            T, True, FP8, FP8_DOT, FP8_EARLY, DOT_DTYPE, UPCAST, IEEE_DOT, TMA, BLOCK_N, BLOCK_D, CACHE_MODIFIER,
+            T, True, SCALED, FP8_DOT, FP8_EARLY, DOT_DTYPE, UPCAST, IEEE_DOT, TMA, BLOCK_N, BLOCK_D, CACHE_MODIFIER,
             EVICTION)
 
     # A row without keys (an empty sequence with one split; an early token's split past its last

@@ -30,7 +30,7 @@ from kernels.split_kv import LN2, _load_tile, _split_range
 @triton.jit
 def _attend_tile_by_slot(q, m_i, l_i, acc, block_start, end, k_ptrs, v_ptrs, k_desc, v_desc, ks_ptrs, vs_ptrs,
                          b, h, stride_kn, stride_vn, stride_ksn, stride_vsn, offs_n, mask_d,
-                         MASK_KEYS: tl.constexpr, FP8: tl.constexpr, TMA: tl.constexpr,
+                         MASK_KEYS: tl.constexpr, SCALED: tl.constexpr, TMA: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                          CACHE_MODIFIER: tl.constexpr, EVICTION: tl.constexpr):
     """One tile of keys at block_start, slot j taking key block_start + j (keys past `end` masked if
@@ -46,7 +46,7 @@ def _attend_tile_by_slot(q, m_i, l_i, acc, block_start, end, k_ptrs, v_ptrs, k_d
     v = _load_tile(v_ptrs, v_desc, b, h, block_start, cols, mask_n, mask_d, stride_vn,
                    TMA, BLOCK_N, BLOCK_D, CACHE_MODIFIER, EVICTION).to(tl.float32)  # (BLOCK_N, BLOCK_D)
     s = tl.sum(k * q[None, :], axis=1)                                        # (BLOCK_N,) base 2
-    if FP8:
+    if SCALED:
         s = s * tl.load(ks_ptrs + cols * stride_ksn, mask=mask_n, other=0.0)
     if MASK_KEYS:
         s = tl.where(mask_n, s, float("-inf"))
@@ -58,7 +58,7 @@ def _attend_tile_by_slot(q, m_i, l_i, acc, block_start, end, k_ptrs, v_ptrs, k_d
     alpha = tl.exp2(m_i - m_use)
     p = tl.exp2(s - m_use)
     l_i = l_i * alpha + p
-    if FP8:  # fp32 all the way: p times a small scale stays a normal number
+    if SCALED:  # fp32 all the way: p times a small scale stays a normal number
         p = p * tl.load(vs_ptrs + cols * stride_vsn, mask=mask_n, other=0.0)
     acc = acc * alpha[:, None] + p[:, None] * v
     return m_new, l_i, acc
@@ -75,13 +75,13 @@ def _split_kv_row_kernel(
     S, HKV, D, qk_scale, num_splits,
     GROUP: tl.constexpr, T: tl.constexpr, HAS_SEQLENS: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    FP8: tl.constexpr, FP8_DOT: tl.constexpr, FP8_EARLY: tl.constexpr, UPCAST: tl.constexpr,
+    SCALED: tl.constexpr, FP8_DOT: tl.constexpr, FP8_EARLY: tl.constexpr, UPCAST: tl.constexpr,
     IEEE_DOT: tl.constexpr,
     USE_PDL: tl.constexpr, TMA: tl.constexpr, LOOP_STAGES: tl.constexpr,
     CACHE_MODIFIER: tl.constexpr, EVICTION: tl.constexpr, EVEN_D: tl.constexpr,
 ):
     """Q (B, Hq = Hkv, 1, D) strided; K, V (B, Hkv, S, D) (pointers, or tensor descriptors with TMA);
-    K_SCALE, V_SCALE (B, Hkv, S) fp32 with FP8; OUT (B, Hq, 1, D), LSE (B, Hq, 1) contiguous;
+    K_SCALE, V_SCALE (B, Hkv, S) fp32 with SCALED; OUT (B, Hq, 1, D), LSE (B, Hq, 1) contiguous;
     PART_OUT (B, Hq, 1, num_splits, D), PART_LSE (B, Hq, 1, num_splits) when SPLIT."""
     tl.static_assert(GROUP * T == 1, "the row kernel serves one query row per KV head")
     tl.static_assert(not FP8_DOT and not FP8_EARLY, "the row kernel has no dots")
@@ -126,12 +126,12 @@ def _split_kv_row_kernel(
         m_i, l_i, acc = _attend_tile_by_slot(
             q, m_i, l_i, acc, block_start, end, k_ptrs, v_ptrs, K, V, ks_ptrs, vs_ptrs, b, h,
             stride_kn, stride_vn, stride_ksn, stride_vsn, offs_n, mask_d,
-            False, FP8, TMA, BLOCK_N, BLOCK_D, CACHE_MODIFIER, EVICTION)
+            False, SCALED, TMA, BLOCK_N, BLOCK_D, CACHE_MODIFIER, EVICTION)
     for tail_start in tl.range(full_end, end, BLOCK_N, num_stages=2):  # one partial tile at most
         m_i, l_i, acc = _attend_tile_by_slot(
             q, m_i, l_i, acc, tail_start, end, k_ptrs, v_ptrs, K, V, ks_ptrs, vs_ptrs, b, h,
             stride_kn, stride_vn, stride_ksn, stride_vsn, offs_n, mask_d,
-            True, FP8, TMA, BLOCK_N, BLOCK_D, CACHE_MODIFIER, EVICTION)
+            True, SCALED, TMA, BLOCK_N, BLOCK_D, CACHE_MODIFIER, EVICTION)
 
     # Merge the slots (a slot that saw no key has m = -inf: weight 0). An empty split range (one
     # split of an empty sequence) leaves l = 0: output zeros, lse -inf.

@@ -12,6 +12,7 @@ import torch
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 FP8_DTYPE = torch.float8_e4m3fn
+SCALED_DTYPES = (FP8_DTYPE, torch.int8)  # 8-bit caches with a float32 scale per token and KV head
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
 MAX_QUERY_TOKENS = 16
 
@@ -22,7 +23,7 @@ class AppendShape(NamedTuple):
     T: int         # new tokens per sequence
     S: int
     D: int
-    fp8: bool
+    scaled: bool   # an 8-bit cache (e4m3 or int8) with per-token scales
 
 
 class DecodeShape(NamedTuple):
@@ -32,7 +33,7 @@ class DecodeShape(NamedTuple):
     S: int
     D: int
     T: int         # query tokens per sequence (1 for a 3-D q)
-    fp8: bool      # e4m3 caches with per-token scales
+    scaled: bool   # 8-bit caches (e4m3 or int8) with per-token scales
 
 
 def _dtype_names(dtypes) -> str:
@@ -48,15 +49,15 @@ def _check_tensor(name: str, t, ndims: tuple[int, ...]) -> None:
 
 
 def _check_scales(k_cache, k_scale, v_scale, B: int, Hkv: int, S: int) -> None:
-    """fp8 caches need float32 (B, Hkv, S) scales; other caches take none."""
-    fp8 = k_cache.dtype == FP8_DTYPE
+    """8-bit caches need float32 (B, Hkv, S) scales; other caches take none."""
+    scaled = k_cache.dtype in SCALED_DTYPES
     for name, scale in (("k_scale", k_scale), ("v_scale", v_scale)):
-        if not fp8:
+        if not scaled:
             if scale is not None:
                 raise ValueError(f"{name} is only for float8_e4m3fn caches; this cache is {k_cache.dtype}")
             continue
         if scale is None:
-            raise ValueError(f"a float8_e4m3fn cache needs k_scale and v_scale; {name} is None")
+            raise ValueError(f"a {k_cache.dtype} cache needs k_scale and v_scale; {name} is None")
         if not isinstance(scale, torch.Tensor) or scale.dtype != torch.float32:
             got = scale.dtype if isinstance(scale, torch.Tensor) else type(scale).__name__
             raise ValueError(f"{name} must be a float32 tensor, got {got}")
@@ -71,8 +72,8 @@ def _check_caches(k_cache, v_cache, dtypes) -> None:
         raise ValueError(f"k_cache {tuple(k_cache.shape)} and v_cache {tuple(v_cache.shape)} differ in shape")
     if k_cache.dtype != v_cache.dtype:
         raise ValueError(f"k_cache and v_cache must share a dtype, got {k_cache.dtype} and {v_cache.dtype}")
-    if k_cache.dtype not in dtypes + (FP8_DTYPE,):
-        raise ValueError(f"k_cache has dtype {k_cache.dtype}; supported: {_dtype_names(dtypes + (FP8_DTYPE,))}")
+    if k_cache.dtype not in dtypes + SCALED_DTYPES:
+        raise ValueError(f"k_cache has dtype {k_cache.dtype}; supported: {_dtype_names(dtypes + SCALED_DTYPES)}")
     if k_cache.device != v_cache.device:
         raise ValueError(f"k_cache and v_cache must be on one device, got {k_cache.device}, {v_cache.device}")
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
@@ -82,7 +83,7 @@ def _check_caches(k_cache, v_cache, dtypes) -> None:
 
 def check_decode_inputs(q, k_cache, v_cache, cache_seqlens, num_splits, *, k_scale=None, v_scale=None,
                         dtypes=SUPPORTED_DTYPES) -> DecodeShape:
-    """Validate a decode-attention call (one or T query tokens, 16/32-bit or fp8 caches)."""
+    """Validate a decode-attention call (one or T query tokens, 16/32-bit or 8-bit caches)."""
     _check_tensor("q", q, (3, 4))
     _check_tensor("k_cache", k_cache, (4,))
     _check_tensor("v_cache", v_cache, (4,))
@@ -94,9 +95,9 @@ def check_decode_inputs(q, k_cache, v_cache, cache_seqlens, num_splits, *, k_sca
     _, Hkv, S, _ = k_cache.shape
     if k_cache.shape[0] != B or k_cache.shape[3] != D:
         raise ValueError(f"q {tuple(q.shape)} does not match the cache (B, Hkv, S, D) = {tuple(k_cache.shape)}")
-    fp8 = k_cache.dtype == FP8_DTYPE
-    if not fp8 and q.dtype != k_cache.dtype:
-        raise ValueError(f"q, k_cache, v_cache must share a dtype (or the caches be float8_e4m3fn), "
+    scaled = k_cache.dtype in SCALED_DTYPES
+    if not scaled and q.dtype != k_cache.dtype:
+        raise ValueError(f"q, k_cache, v_cache must share a dtype (or the caches be float8_e4m3fn or int8), "
                          f"got {q.dtype}, {k_cache.dtype}, {v_cache.dtype}")
     if q.device != k_cache.device:
         raise ValueError(f"q, k_cache, v_cache must be on one device, got {q.device}, {k_cache.device}, {v_cache.device}")
@@ -115,7 +116,7 @@ def check_decode_inputs(q, k_cache, v_cache, cache_seqlens, num_splits, *, k_sca
         raise ValueError(f"num_splits must be a positive int or None, got {num_splits!r}")
     if cache_seqlens is not None:
         _check_seqlens(cache_seqlens, B, S, q.device, min_len=T if T > 1 else 0)
-    return DecodeShape(B, Hq, Hkv, S, D, T, fp8)
+    return DecodeShape(B, Hq, Hkv, S, D, T, scaled)
 
 
 def check_append_inputs(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None, v_scale=None,
@@ -133,9 +134,9 @@ def check_append_inputs(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None,
     _, _, S, _ = k_cache.shape
     if k_cache.shape[0] != B or k_cache.shape[1] != Hkv or k_cache.shape[3] != D:
         raise ValueError(f"k_new {tuple(k_new.shape)} does not match the cache (B, Hkv, S, D) = {tuple(k_cache.shape)}")
-    fp8 = k_cache.dtype == FP8_DTYPE
-    if not fp8 and k_cache.dtype != k_new.dtype:
-        raise ValueError(f"the cache ({k_cache.dtype}) must have the new values' dtype ({k_new.dtype}) or be float8_e4m3fn")
+    scaled = k_cache.dtype in SCALED_DTYPES
+    if not scaled and k_cache.dtype != k_new.dtype:
+        raise ValueError(f"the cache ({k_cache.dtype}) must have the new values' dtype ({k_new.dtype}) or be float8_e4m3fn or int8")
     if not k_new.device == v_new.device == k_cache.device:
         raise ValueError(f"k_new, v_new and the caches must be on one device, got {k_new.device}, {v_new.device}, {k_cache.device}")
     if T > S:
@@ -153,7 +154,7 @@ def check_append_inputs(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None,
         if lo < 0 or hi + T > S:
             raise ValueError(f"input_pos must lie in 0..{S - T} so that {T} tokens fit the cache of {S}, "
                              f"got values in {lo}..{hi}")
-    return AppendShape(B, Hkv, T, S, D, fp8)
+    return AppendShape(B, Hkv, T, S, D, scaled)
 
 
 def _capturing(device) -> bool:

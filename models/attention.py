@@ -4,9 +4,8 @@
     sdpa   torch's scaled_dot_product_attention for the decode tokens too (the CPU default)
     eager  kernels.reference.flash_decode: repeat_kv + matmul + softmax, the "standard attention" baseline
 
-All three read the same (B, Hkv, S, D) cache with per-sequence lengths, so switching is free; an fp8
-cache is read by flash and eager with its scales and dequantized for sdpa (an int8 one, which the kernels
-do not take yet, is dequantized for all three).
+All three read the same (B, Hkv, S, D) cache with per-sequence lengths, so switching is free; an 8-bit
+cache (fp8, int8) is read by flash and eager with its scales and dequantized for sdpa.
 A decode step carries T >= 1 tokens per sequence (1 + drafts under verification), causal among themselves.
 """
 
@@ -45,8 +44,6 @@ def decode_attention(backend: str, q: torch.Tensor, cache: CacheView, cache_seql
     """
     if backend in ("flash", "eager"):
         fn = _flash_decode() if backend == "flash" else _reference_decode()
-        if cache.k.dtype == torch.int8:
-            cache = CacheView(*cache.dequantized(q.dtype))
         single = q.shape[2] == 1           # the one-token kernel, exactly as before multi-token decoding
         out = fn(q[:, :, 0] if single else q, cache.k, cache.v, cache_seqlens,
                  k_scale=cache.k_scale, v_scale=cache.v_scale)

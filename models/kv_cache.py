@@ -10,7 +10,8 @@ step). Every reader sees the same quantized values: flash_decode takes the scale
 dequantize. About half the bytes of bf16: twice the context, and half the attention reads.
 int8 (scale amax / 127) is the accurate one: on SmolLM2 over real code its top-1 next token agrees with an
 unquantized cache's at 98.2% of positions, e4m3's at 95.9% (tests/models/test_kv_cache_accuracy.py). The
-kernels do not take int8 yet: until they do, its append runs here in PyTorch and flash reads it dequantized.
+kernels take both with the same scales and plans: the append quantizes either, and flash_decode converts
+either in its key loop (bench/results/NOTES.md has their speeds side by side).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from models.errors import OutOfMemoryError
 HEADROOM_BYTES = 1 << 30  # left free for activations, logits and the CUDA-graph pool
 QUANTIZED = {"fp8": torch.float8_e4m3fn, "int8": torch.int8}   # 8-bit cache types, by user-facing name
 SCALE_BYTES = 4           # one float32 scale per token, KV head and tensor (K and V)
-INT8_MAX = 127.0
 
 
 def cache_dtype_name(quant: str | None, dtype: torch.dtype) -> str:
@@ -103,26 +103,9 @@ class KVCache(nn.Module):
 
 def append_kv(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None, v_scale=None) -> None:
     """`kernels.append_kv`: k_new, v_new (B, Hkv, T, D) at positions input_pos[b] .. + T - 1 of row b, an
-    8-bit cache quantized in the same pass. int8 caches here in PyTorch until the kernels take them."""
-    if k_cache.dtype != torch.int8:
-        from kernels import append_kv as kernel
-        return kernel(k_new, v_new, k_cache, v_cache, input_pos, k_scale, v_scale)
-    T = k_new.shape[2]
-    pos = input_pos[:, None] + torch.arange(T, device=input_pos.device)          # (B, T)
-    rows = torch.arange(k_new.shape[0], device=input_pos.device)[:, None]         # (B, 1)
-    for new, cache, scale in ((k_new, k_cache, k_scale), (v_new, v_cache, v_scale)):
-        values, row_scale = quantize_int8(new.transpose(1, 2))                    # (B, T, Hkv, D), (B, T, Hkv)
-        cache[rows, :, pos] = values
-        scale[rows, :, pos] = row_scale
-
-
-def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """int8 values and float32 scales of x (..., D), one scale per row: amax / 127 (1 where amax is 0),
-    rounded to nearest even. The same layout as `kernels.reference.quantize_fp8`'s."""
-    xf = x.float()
-    amax = xf.abs().amax(dim=-1)                                                  # (...)
-    scale = torch.where(amax > 0, amax / INT8_MAX, torch.ones_like(amax))
-    return (xf / scale[..., None]).round().clamp(-INT8_MAX, INT8_MAX).to(torch.int8), scale
+    8-bit cache quantized in the same pass."""
+    from kernels import append_kv as kernel  # lazy: kernels must import after TRITON_INTERPRET is set (CPU)
+    kernel(k_new, v_new, k_cache, v_cache, input_pos, k_scale, v_scale)
 
 
 def check_kv_cache_fits(config: ModelConfig, batch: int, max_len: int, dtype: torch.dtype,

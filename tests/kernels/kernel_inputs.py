@@ -18,16 +18,16 @@ def make_inputs(B, Hq, Hkv, S, D, dtype, *, layout="bhsd", seed=None, lengths=No
     return q, k, v
 
 
-def quantized_copy(k, v, layout="bhsd"):
-    """fp8 copies of k, v (B, Hkv, S, D) with their per-token scales, via the reference quantizer:
-    (k8, k_scale, v8, v_scale). `layout="bshd"` stores the fp8 values (and scales) as transposed views
-    of (B, S, Hkv, ...) buffers."""
-    from kernels.reference import quantize_fp8
+def quantized_copy(k, v, layout="bhsd", dtype=torch.float8_e4m3fn):
+    """8-bit copies (float8_e4m3fn or int8) of k, v (B, Hkv, S, D) with their per-token scales, via the
+    reference quantizer: (k8, k_scale, v8, v_scale). `layout="bshd"` stores the 8-bit values (and scales)
+    as transposed views of (B, S, Hkv, ...) buffers."""
+    from kernels.reference import quantize
     result = []
     for x in (k, v):
         if layout == "bshd":
-            values, scale = quantize_fp8(x.transpose(1, 2).contiguous())   # (B, S, Hkv, D), (B, S, Hkv)
+            values, scale = quantize(x.transpose(1, 2).contiguous(), dtype)   # (B, S, Hkv, D), (B, S, Hkv)
             result += [values.transpose(1, 2), scale.transpose(1, 2)]
         else:
-            result += list(quantize_fp8(x))
+            result += list(quantize(x, dtype))
     return tuple(result)

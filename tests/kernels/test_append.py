@@ -8,21 +8,22 @@ from kernels import append_kv, bench, flash_decode, reference
 from kernels.append import append_kv_triton
 
 
-def caches(B, Hkv, S, D, dtype, layout, fp8):
+def caches(B, Hkv, S, D, dtype, layout, cache):
+    """Caches in `dtype`, or 8-bit ("fp8", "int8") with scales."""
     _, k, v = make_inputs(B, Hkv, Hkv, S, D, dtype, layout=layout)
-    if not fp8:
+    if cache == "same":
         return k, v, {}
-    k8, ks, v8, vs = quantized_copy(k, v, layout=layout)
+    k8, ks, v8, vs = quantized_copy(k, v, layout=layout, dtype={"fp8": torch.float8_e4m3fn, "int8": torch.int8}[cache])
     return k8, v8, {"k_scale": ks, "v_scale": vs}
 
 
-@pytest.mark.parametrize("fp8", [False, True], ids=["same-dtype", "fp8"])
+@pytest.mark.parametrize("cache", ["same", "fp8", "int8"])
 @pytest.mark.parametrize("layout, T, dtype, Hkv, D",
                          [("bhsd", 1, torch.bfloat16, 4, 64), ("bshd", 3, torch.float16, 3, 80),
                           ("bhsd", 16, torch.float32, 2, 32)])
-def test_append_kernel_matches_reference(layout, T, dtype, Hkv, D, fp8):
+def test_append_kernel_matches_reference(layout, T, dtype, Hkv, D, cache):
     B, S = 3, 40
-    k, v, scales = caches(B, Hkv, S, D, dtype, layout, fp8)
+    k, v, scales = caches(B, Hkv, S, D, dtype, layout, cache)
     k_new = torch.randn(B, Hkv, T, D).to(dtype) * torch.logspace(-2, 2, Hkv)[None, :, None, None].to(dtype)
     v_new = torch.randn(B, Hkv, T, D).to(dtype)
     k_new[0, 0, 0] = 0  # an all-zero row: scale 1
@@ -32,8 +33,11 @@ def test_append_kernel_matches_reference(layout, T, dtype, Hkv, D, fp8):
 
     append_kv_triton(k_new, v_new, k, v, pos, **scales)
 
-    if not fp8:
+    if cache != "fp8":  # int8: the same bytes here as on the GPU (its rounding is two fp32 additions)
         assert torch.equal(k, want[0]) and torch.equal(v, want[1])
+        if cache == "int8":
+            assert torch.equal(scales["k_scale"], want[2]) and torch.equal(scales["v_scale"], want[3])
+            assert scales["k_scale"][0, 0, 0] == 1 and k.abs().max() == 127
         return
     for got, expected in ((k, want[0]), (v, want[1])):
         # The interpreter's fp32 -> e4m3 conversion rounds halves away from zero, truncates
@@ -51,7 +55,7 @@ def test_append_kernel_matches_reference(layout, T, dtype, Hkv, D, fp8):
 def test_append_then_decode_reads_what_was_written(poisoned_empty):
     """The decode step's order: append the token's K/V at len-1, then attend over len keys."""
     B, Hkv, Hq, S, D = 2, 2, 8, 64, 32
-    k, v, _ = caches(B, Hkv, S, D, torch.float32, "bshd", False)
+    k, v, _ = caches(B, Hkv, S, D, torch.float32, "bshd", "same")
     want_k, want_v = k.clone(), v.clone()
     lengths = torch.tensor([10, 64], dtype=torch.int32)
     k_new, v_new = torch.randn(2, B, Hkv, 1, D)
@@ -65,7 +69,7 @@ def test_append_then_decode_reads_what_was_written(poisoned_empty):
 
 def test_cpu_append_is_the_reference():
     """On the CPU kernels.append_kv is PyTorch (the model's CPU path), byte for byte the reference."""
-    k, v, scales = caches(2, 2, 16, 32, torch.bfloat16, "bshd", True)
+    k, v, scales = caches(2, 2, 16, 32, torch.bfloat16, "bshd", "fp8")
     want = [t.clone() for t in (k, v, *scales.values())]
     k_new, v_new = torch.randn(2, 2, 2, 2, 32).to(torch.bfloat16)
     pos = torch.tensor([3, 14])
@@ -83,17 +87,17 @@ def test_fp8_scales_are_correctly_rounded_whatever_divides():
     float32 reciprocal that the GPU run 2026-11-30 used differs on most of them (its append check failed)."""
     amax = (torch.arange(2**23, dtype=torch.int32) | (127 << 23)).view(torch.float32)
     exact = amax / torch.full_like(amax, 448.0)                               # IEEE float32 division
-    assert torch.equal(reference.fp8_scale(amax), exact)
+    assert torch.equal(reference.quant_scale(amax), exact)
     assert torch.equal((amax.double() * (1 / 448.0)).float(), exact)          # CUDA's a * (1 / b) in float64
     fp32_reciprocal = (amax.double() * torch.tensor(1 / 448.0).float().double()).float()
     assert (fp32_reciprocal != exact).float().mean() > 0.5
-    assert reference.fp8_scale(torch.zeros(3)).eq(1).all()
+    assert reference.quant_scale(torch.zeros(3)).eq(1).all()
 
 
 def test_append_differences_say_what_differs():
     """The GPU check's report: one e4m3 code moved by a step and one scale by an ulp are counted,
     sized in steps, ulps and dequantized value; equal results report nothing."""
-    k, v, scales = caches(2, 3, 20, 32, torch.bfloat16, "bhsd", True)
+    k, v, scales = caches(2, 3, 20, 32, torch.bfloat16, "bhsd", "fp8")
     want = [k, v, scales["k_scale"], scales["v_scale"]]
     assert bench.append_differences([t.clone() for t in want], want) == {
         "differing_bytes": 0, "bytes": 2 * k.numel(), "max_e4m3_steps": 0, "max_dequant_abs": 0.0,
@@ -125,4 +129,4 @@ def test_the_number_of_new_tokens_is_a_runtime_argument():
     parameters = inspect.signature(function).parameters
     constexprs = {name for name, p in parameters.items() if "constexpr" in str(p.annotation)}
     assert "T" in parameters and "T" not in constexprs
-    assert {"BLOCK_H", "BLOCK_D", "FP8"} <= constexprs
+    assert {"BLOCK_H", "BLOCK_D", "SCALED"} <= constexprs

@@ -32,7 +32,7 @@ def test_kernels_compile_for_sm90(compiled, config):
     assert facts["split_cubin_bytes"] > 0
     if facts["num_splits"] > 1:
         assert facts["combine_cubin_bytes"] > 0
-    if config.plan.get("row_kernel"):  # the CUDA-core kernel has no dots at all
+    if facts["row_kernel"]:  # the CUDA-core kernel has no dots at all
         assert not facts["tensor_cores"]
     elif config.dtype != "fp32" or config.kv == "fp8":  # 16-bit (and fp8) dots must run on the tensor cores
         assert facts["tensor_cores"]
@@ -77,4 +77,5 @@ def test_append_kernels_compile_for_sm90(compiled):
         facts = compiled[name]
         assert "error" not in facts, facts.get("error")
         assert facts["fp8_convert"] == ("-fp8-" in name)  # one saturating round-to-nearest cvt
-        assert facts["ieee_divisions"] == ("-fp8-" in name) and not facts["float_fma"]  # PyTorch's arithmetic
+        scaled = "-fp8-" in name or "-int8-" in name
+        assert facts["ieee_divisions"] == scaled and not facts["float_fma"]  # PyTorch's arithmetic

@@ -58,15 +58,18 @@ def ragged_lengths(B, S, gen):
 CASES = list(itertools.product(HEADS, HEAD_DIMS, DTYPES))
 
 
-def tolerance(dtype, fp8: bool) -> float:
-    # With an fp8 cache the dots run in fp16 on the GPU, whatever q's dtype.
-    return max(ABS_TOL[dtype], ABS_TOL[torch.float16]) if fp8 else ABS_TOL[dtype]
+def tolerance(dtype, scaled: bool) -> float:
+    # With an 8-bit cache the dots run in fp16 on the GPU, whatever q's dtype.
+    return max(ABS_TOL[dtype], ABS_TOL[torch.float16]) if scaled else ABS_TOL[dtype]
 
 
-@pytest.mark.parametrize("kv", ["same", "fp8"])
+CACHE_DTYPES = {"fp8": torch.float8_e4m3fn, "int8": torch.int8}
+
+
+@pytest.mark.parametrize("kv", ["same", "fp8", "int8"])
 @pytest.mark.parametrize("case_index", range(len(CASES)))
 def test_matches_float64_reference(case_index, kv, poisoned_empty):
-    """The whole sweep, for caches in q's dtype and for fp8 caches (then against float64 attention
+    """The whole sweep, for caches in q's dtype and for 8-bit caches (then against float64 attention
     over the dequantized cache, and against the float32 reference of the same quantized cache)."""
     (Hq, Hkv), D, dtype = CASES[case_index]
     # Cycle the remaining axes through the cases so every value meets every head layout.
@@ -74,13 +77,13 @@ def test_matches_float64_reference(case_index, kv, poisoned_empty):
     num_splits = SPLITS[case_index % len(SPLITS)]
     layout = ("bhsd", "bshd")[case_index % 2]
     B = (1, 3)[(case_index // 2) % 2]
-    fp8 = kv == "fp8"
+    scaled = kv in CACHE_DTYPES
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
     q, k, v = make_inputs(B, Hq, Hkv, S, D, dtype, layout=layout)
     lengths = ragged_lengths(B, S, gen)
     scales = {}
-    if fp8:
-        k, scales["k_scale"], v, scales["v_scale"] = quantized_copy(k, v, layout=layout)
+    if scaled:
+        k, scales["k_scale"], v, scales["v_scale"] = quantized_copy(k, v, layout=layout, dtype=CACHE_DTYPES[kv])
 
     out, lse = flash_decode(q, k, v, lengths, num_splits=num_splits, return_lse=True, **scales)
 
@@ -89,32 +92,33 @@ def test_matches_float64_reference(case_index, kv, poisoned_empty):
     assert not out.isnan().any(), "an output element was never written"
     ref_out, ref_lse = float64_reference(q, k, v, lengths, **scales)
     k_dense, v_dense = (reference.dequantize(k, scales["k_scale"], dtype), reference.dequantize(v, scales["v_scale"], dtype)) \
-        if fp8 else (k, v)
-    bound = 2 * same_dtype_torch_error(q, k_dense, v_dense, lengths, ref_out) + tolerance(dtype, fp8)
+        if scaled else (k, v)
+    bound = 2 * same_dtype_torch_error(q, k_dense, v_dense, lengths, ref_out) + tolerance(dtype, scaled)
     assert rel_err(out, ref_out) <= bound
-    if fp8:
+    if scaled:
         assert rel_err(out, reference.flash_decode(q, k, v, lengths, **scales)) <= bound
     empty = lengths == 0
     assert (out[empty] == 0).all() and (lse[empty] == float("-inf")).all()
     torch.testing.assert_close(lse[~empty], ref_lse[~empty].float(), rtol=1e-5, atol=1e-5)
 
 
-ROW_CASES = [(dtype, D, fp8, splits, layout) for dtype, D in ((torch.float32, 80), (torch.float16, 64),
-                                                            (torch.bfloat16, 128))
-             for fp8 in (False, True) for splits, layout in ((1, "bhsd"), (3, "bshd"), (7, "bhsd"))]
+ROW_CASES = [(dtype, D, kv, splits, layout) for dtype, D in ((torch.float32, 80), (torch.float16, 64),
+                                                           (torch.bfloat16, 128))
+             for kv in ("same", "fp8", "int8") for splits, layout in ((1, "bhsd"), (3, "bshd"), (7, "bhsd"))]
 
 
-@pytest.mark.parametrize("dtype, D, fp8, splits, layout", ROW_CASES,
-                         ids=[f"{str(c[0])[6:]}-d{c[1]}-{'fp8' if c[2] else 'same'}-s{c[3]}-{c[4]}" for c in ROW_CASES])
-def test_row_kernel_matches_float64_reference(dtype, D, fp8, splits, layout, poisoned_empty):
+@pytest.mark.parametrize("dtype, D, kv, splits, layout", ROW_CASES,
+                         ids=[f"{str(c[0])[6:]}-d{c[1]}-{c[2]}-s{c[3]}-{c[4]}" for c in ROW_CASES])
+def test_row_kernel_matches_float64_reference(dtype, D, kv, splits, layout, poisoned_empty):
     """The CUDA-core kernel for one query row per KV head (MHA): ragged lengths with 0 and S, a
-    partial last tile, splits past the end of short rows, strided caches, fp8 with scales."""
+    partial last tile, splits past the end of short rows, strided caches, 8-bit caches with scales."""
     B, H, S = 4, 3, 333
     q, k, v = make_inputs(B, H, H, S, D, dtype, layout=layout)
     lengths = torch.tensor([S, 0, 31, 200], dtype=torch.int32)
     scales = {}
+    fp8 = kv in CACHE_DTYPES
     if fp8:
-        k, scales["k_scale"], v, scales["v_scale"] = quantized_copy(k, v, layout=layout)
+        k, scales["k_scale"], v, scales["v_scale"] = quantized_copy(k, v, layout=layout, dtype=CACHE_DTYPES[kv])
     plan = dataclasses.replace(plan_launch(B, H, H, S, D, fp8=fp8, num_splits=splits), row_kernel=True, block_n=32)
     out, lse = launch(q, k, v, lengths, plan, **scales)
     ref_out, ref_lse = float64_reference(q, k, v, lengths, **scales)

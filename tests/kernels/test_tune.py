@@ -297,3 +297,24 @@ def test_one_row_shapes_explore_the_row_kernel(cpu_exploration, monkeypatch, fp8
     best_row = LaunchPlan(**rows[0]["plan"])
     toggled = dict(REAL_NEIGHBOURS(case, best_row, 0, 4))["row kernel"]
     assert not toggled.row_kernel and not toggled.fp8_early
+
+
+def test_plan_file_from_a_saved_sweep_keeps_the_other_entries(tmp_path):
+    """`--tune-from` replaces the entries of the shapes the sweep measured and keeps the rest of the table."""
+    plan = LaunchPlan(num_splits=16, block_m=16, block_n=64, block_d=128, num_warps=4, num_stages=3)
+    kept = tune.table_entry(1, 64, 8, 131072, 128, 1, False, plan, 132, {"us": 1.0})
+    replaced = tune.table_entry(1, 64, 8, 1024, 128, 1, False, plan, 132, {"us": 9.0})
+    (tmp_path / "gpu-x.json").write_text(json.dumps({"device": {"name": "GPU X", "sms": 132},
+                                                     "entries": [kept, replaced]}))
+    best = dataclasses.replace(plan, num_splits=8, loop_stages=4)
+    sweep = {"env": {"card": "GPU X", "sms": 132, "date": "d", "torch": "t", "triton": "t"},
+             "cases": [{"shape": {"B": 1, "Hq": 64, "Hkv": 8, "S": 1024, "D": 128}, "T": 1, "fp8": False,
+                        "best": {"plan": dataclasses.asdict(best), "us": 6.0, "label": "x"}, "heuristic_us": 7.0,
+                        "peers_us": {}}]}
+    (tmp_path / "sweep.json").write_text(json.dumps(sweep))
+    load_table.cache_clear()
+    assert bench.main(["--tune-from", str(tmp_path / "sweep.json"), "--plans-dir", str(tmp_path)]) == 0
+    entries = json.loads((tmp_path / "gpu-x.json").read_text())["entries"]
+    assert [e["key"]["S"] for e in entries] == [131072, 1024]
+    assert entries[1]["plan"] == dataclasses.asdict(best) and entries[0] == kept
+    load_table.cache_clear()
