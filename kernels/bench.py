@@ -495,10 +495,12 @@ def gpu_correctness_sweep(log, quick: bool = False) -> list[dict]:
     cases += [CheckCase(dt, D, 16, 16, S, splits, layout, fp8=fp8, options=(("row_kernel", True),) + option)
               for dt, D, option in row_cases for fp8 in (False, True) for S, splits, layout in mixes[:2]]
     # int8 caches: the row kernel (MHA), the dot kernel (GQA), several tokens, q in fp32 (planned options)
-    cases += [CheckCase(dt, D, hq, hkv, S, splits, layout, T=T, int8=True)
-              for dt, D, hq, hkv, T in ((torch.bfloat16, 128, 32, 32, 1), (torch.bfloat16, 128, 64, 8, 1),
-                                        (torch.float16, 80, 12, 4, 1), (torch.float32, 64, 8, 8, 1),
-                                        (torch.bfloat16, 128, 64, 8, 5))
+    cases += [CheckCase(dt, D, hq, hkv, S, splits, layout, T=T, int8=True, options=options)
+              for dt, D, hq, hkv, T, options in ((torch.bfloat16, 128, 32, 32, 1, ()), (torch.bfloat16, 128, 64, 8, 1, ()),
+                                                 (torch.float16, 80, 12, 4, 1, ()), (torch.float32, 64, 8, 8, 1, ()),
+                                                 (torch.bfloat16, 128, 64, 8, 5, ()),
+                                                 (torch.bfloat16, 128, 32, 32, 1, (("row_kernel", True), ("int8_prmt", True))),
+                                                 (torch.float16, 80, 12, 12, 1, (("row_kernel", True), ("int8_prmt", True))))
               for S, splits, layout in mixes[:2]]
     seconds = compile_in_parallel([lambda c=c: c.compile(torch.Generator(device=DEVICE).manual_seed(0)) for c in cases])
     log(f"GPU correctness sweep: {len(cases)} cases, kernels built in {seconds:.0f} s")

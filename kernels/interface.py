@@ -133,7 +133,8 @@ def split_constexprs(plan: LaunchPlan, *, group: int, T: int, D: int, scaled: bo
     conversions apply to it only)."""
     return dict(GROUP=group, T=T, HAS_SEQLENS=has_seqlens, SPLIT=plan.num_splits > 1,
                 BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_D=plan.block_d,
-                SCALED=scaled, FP8_DOT=e4m3 and plan.fp8_dot, FP8_EARLY=e4m3 and plan.fp8_early, UPCAST=upcast,
+                SCALED=scaled, FP8_DOT=e4m3 and plan.fp8_dot, FP8_EARLY=e4m3 and plan.fp8_early,
+                INT8_PRMT=scaled and not e4m3 and plan.int8_prmt and not upcast, UPCAST=upcast,
                 IEEE_DOT=ieee_dot, USE_PDL=use_pdl, TMA=use_tma, LOOP_STAGES=plan.loop_stages or None,
                 CACHE_MODIFIER=plan.cache_modifier, EVICTION=plan.eviction, EVEN_D=D == plan.block_d)
 

@@ -212,14 +212,15 @@ def _split_kv_kernel(
     S, HKV, D, qk_scale, num_splits,
     GROUP: tl.constexpr, T: tl.constexpr, HAS_SEQLENS: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    SCALED: tl.constexpr, FP8_DOT: tl.constexpr, FP8_EARLY: tl.constexpr, UPCAST: tl.constexpr,
-    IEEE_DOT: tl.constexpr,
+    SCALED: tl.constexpr, FP8_DOT: tl.constexpr, FP8_EARLY: tl.constexpr, INT8_PRMT: tl.constexpr,
+    UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr,
     USE_PDL: tl.constexpr, TMA: tl.constexpr, LOOP_STAGES: tl.constexpr,
     CACHE_MODIFIER: tl.constexpr, EVICTION: tl.constexpr, EVEN_D: tl.constexpr,
 ):
     """Q (B, Hq, T, D) strided; K, V (B, Hkv, S, D) (pointers, or tensor descriptors with TMA);
     K_SCALE, V_SCALE (B, Hkv, S) fp32 with SCALED; OUT (B, Hq, T, D), LSE (B, Hq, T) contiguous;
-    PART_OUT (B, Hq, T, num_splits, D), PART_LSE (B, Hq, T, num_splits) when SPLIT."""
+    PART_OUT (B, Hq, T, num_splits, D), PART_LSE (B, Hq, T, num_splits) when SPLIT. (INT8_PRMT is the
+    row kernel's; here int8 becomes fp16 by Triton's conversion.)"""
     if USE_PDL:  # launched as a programmatic dependent: its start overlaps the kernel before
         gdc_wait()               # whose writes (q, the new key and value) are visible from here on
         gdc_launch_dependents()  # let the combine's (or the next kernel's) programs get resident

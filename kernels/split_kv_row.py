@@ -28,9 +28,23 @@ from kernels.split_kv import LN2, _load_tile, _split_range
 
 
 @triton.jit
+def _int8_to_fp32(x):
+    """int8 -> fp32, four values per call in x's own register layout, without I2F (a quarter-rate
+    instruction on sm_90; Triton's conversion spends one a value): each byte with its sign bit flipped
+    becomes the low byte of the float 2^23 + byte (one PRMT), minus 2^23 + 128 (one exact FADD)."""
+    return tl.inline_asm_elementwise(
+        "{ .reg .b32 t; xor.b32 t, $4, 0x80808080; "
+        "prmt.b32 $0, t, 0x4B000000, 0x7540; prmt.b32 $1, t, 0x4B000000, 0x7541; "
+        "prmt.b32 $2, t, 0x4B000000, 0x7542; prmt.b32 $3, t, 0x4B000000, 0x7543; "
+        "sub.f32 $0, $0, 0f4B000080; sub.f32 $1, $1, 0f4B000080; "
+        "sub.f32 $2, $2, 0f4B000080; sub.f32 $3, $3, 0f4B000080; }",
+        "=f,=f,=f,=f,r", [x.to(tl.uint8, bitcast=True)], dtype=tl.float32, is_pure=True, pack=4)
+
+
+@triton.jit
 def _attend_tile_by_slot(q, m_i, l_i, acc, block_start, end, k_ptrs, v_ptrs, k_desc, v_desc, ks_ptrs, vs_ptrs,
                          b, h, stride_kn, stride_vn, stride_ksn, stride_vsn, offs_n, mask_d,
-                         MASK_KEYS: tl.constexpr, SCALED: tl.constexpr, TMA: tl.constexpr,
+                         MASK_KEYS: tl.constexpr, SCALED: tl.constexpr, INT8_PRMT: tl.constexpr, TMA: tl.constexpr,
                          BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                          CACHE_MODIFIER: tl.constexpr, EVICTION: tl.constexpr):
     """One tile of keys at block_start, slot j taking key block_start + j (keys past `end` masked if
@@ -42,9 +56,15 @@ def _attend_tile_by_slot(q, m_i, l_i, acc, block_start, end, k_ptrs, v_ptrs, k_d
     else:  # a constant: the masks below fold away
         mask_n = tl.full([BLOCK_N], 1, tl.int1)
     k = _load_tile(k_ptrs, k_desc, b, h, block_start, cols, mask_n, mask_d, stride_kn,
-                   TMA, BLOCK_N, BLOCK_D, CACHE_MODIFIER, EVICTION).to(tl.float32)  # (BLOCK_N, BLOCK_D)
+                   TMA, BLOCK_N, BLOCK_D, CACHE_MODIFIER, EVICTION)            # (BLOCK_N, BLOCK_D)
     v = _load_tile(v_ptrs, v_desc, b, h, block_start, cols, mask_n, mask_d, stride_vn,
-                   TMA, BLOCK_N, BLOCK_D, CACHE_MODIFIER, EVICTION).to(tl.float32)  # (BLOCK_N, BLOCK_D)
+                   TMA, BLOCK_N, BLOCK_D, CACHE_MODIFIER, EVICTION)
+    if INT8_PRMT:
+        k = _int8_to_fp32(k)
+        v = _int8_to_fp32(v)
+    else:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
     s = tl.sum(k * q[None, :], axis=1)                                        # (BLOCK_N,) base 2
     if SCALED:
         s = s * tl.load(ks_ptrs + cols * stride_ksn, mask=mask_n, other=0.0)
@@ -75,8 +95,8 @@ def _split_kv_row_kernel(
     S, HKV, D, qk_scale, num_splits,
     GROUP: tl.constexpr, T: tl.constexpr, HAS_SEQLENS: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    SCALED: tl.constexpr, FP8_DOT: tl.constexpr, FP8_EARLY: tl.constexpr, UPCAST: tl.constexpr,
-    IEEE_DOT: tl.constexpr,
+    SCALED: tl.constexpr, FP8_DOT: tl.constexpr, FP8_EARLY: tl.constexpr, INT8_PRMT: tl.constexpr,
+    UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr,
     USE_PDL: tl.constexpr, TMA: tl.constexpr, LOOP_STAGES: tl.constexpr,
     CACHE_MODIFIER: tl.constexpr, EVICTION: tl.constexpr, EVEN_D: tl.constexpr,
 ):
@@ -126,12 +146,12 @@ def _split_kv_row_kernel(
         m_i, l_i, acc = _attend_tile_by_slot(
             q, m_i, l_i, acc, block_start, end, k_ptrs, v_ptrs, K, V, ks_ptrs, vs_ptrs, b, h,
             stride_kn, stride_vn, stride_ksn, stride_vsn, offs_n, mask_d,
-            False, SCALED, TMA, BLOCK_N, BLOCK_D, CACHE_MODIFIER, EVICTION)
+            False, SCALED, INT8_PRMT, TMA, BLOCK_N, BLOCK_D, CACHE_MODIFIER, EVICTION)
     for tail_start in tl.range(full_end, end, BLOCK_N, num_stages=2):  # one partial tile at most
         m_i, l_i, acc = _attend_tile_by_slot(
             q, m_i, l_i, acc, tail_start, end, k_ptrs, v_ptrs, K, V, ks_ptrs, vs_ptrs, b, h,
             stride_kn, stride_vn, stride_ksn, stride_vsn, offs_n, mask_d,
-            True, SCALED, TMA, BLOCK_N, BLOCK_D, CACHE_MODIFIER, EVICTION)
+            True, SCALED, INT8_PRMT, TMA, BLOCK_N, BLOCK_D, CACHE_MODIFIER, EVICTION)
 
     # Merge the slots (a slot that saw no key has m = -inf: weight 0). An empty split range (one
     # split of an empty sequence) leaves l = 0: output zeros, lse -inf.

@@ -66,6 +66,13 @@ def test_row_kernel_converts_fp8_where_it_loaded_it(compiled):
     assert row["resident_programs"] >= 3 and row["local_bytes"] == 0
 
 
+def test_int8_prmt_conversion_has_no_i2f(compiled):
+    """The row kernel's int8 option converts by PRMT + FADD: no quarter-rate I2F left in the key loop."""
+    default, prmt = compiled["7B-64k-int8"]["loop_opcodes"], compiled["7B-64k-int8-prmt"]["loop_opcodes"]
+    assert sum(n for op, n in default.items() if op.startswith("I2F")) >= 128
+    assert not any(op.startswith("I2F") for op in prmt) and prmt["PRMT"] == 128
+
+
 def test_register_cap_is_applied(compiled):
     assert compiled["7B-64k-fp8-maxnreg128"]["registers"] <= 128
 
