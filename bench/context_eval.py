@@ -182,7 +182,8 @@ class _Package:
 
 
 def recall(index, tokenizer, site: Site, budget: int, prefix_only: bool) -> bool:
-    """Whether the chunk defining the site's name is (whole or as an outline) in the packed context."""
+    """Whether the chunk defining the site's name is (whole, as an outline or a brief; not one example line of
+    it) in the packed context."""
     text = None
     if prefix_only:
         source = (index.root / site.path).read_text(encoding="utf-8", errors="replace").split("\n")
@@ -190,7 +191,8 @@ def recall(index, tokenizer, site: Site, budget: int, prefix_only: bool) -> bool
     packed = build_completion_prompt(index, tokenizer, site.path, text=text, line=site.line, col=site.col,
                                      budget_tokens=budget)
     path, line = site.definition
-    return any(item.path == path and item.start_line <= line <= item.end_line for item in packed.context)
+    return any(item.path == path and item.start_line <= line <= item.end_line and item.form != "example"
+               for item in packed.context)
 
 
 class FileAlone:

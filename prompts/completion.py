@@ -1,12 +1,14 @@
 """The prompt for a completion at a cursor: the text around the cursor, plus the repository context that fits.
 
 The budget is shared like this: the current file's text around the cursor gets up to 40% (more when the
-repository has less to offer), three quarters of that before the cursor. Of the rest, 60% goes first to the
+repository has less to offer), three quarters of that before the cursor. Of the rest, up to EXAMPLE_TOKENS go to
+example lines (examples.py), laid out just before the current file; of what remains, 60% goes first to the
 definitions of the names the cursor uses (as outlines first, then whole), then what is left to the best of
 everything else: the current file's own other parts, code like the code at the cursor, the files it imports.
 What they leave goes back to the text around the cursor. (Measured with the embedded model, bench/results/
-context-eval-*.md: definitions alone crowd out the nearby code such a small model copies from best; nearby code
-alone leaves most definitions out.)
+NOTES.md, "Repository context": definitions alone crowd out the nearby code such a small model copies from best;
+nearby code alone leaves most definitions out; lines of the cursor line's shape, where the repository has them,
+it copies from.)
 
 The current file enters the prompt in blocks of 32 lines, counted from the top of the file, plus the two partial
 blocks next to the cursor. While the user types, the blocks further away keep their text and therefore their
@@ -21,17 +23,18 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from itertools import accumulate, islice
+from itertools import accumulate, chain, islice
 from pathlib import Path
 
 from .chunking import Chunk, source_imports
+from .examples import example_key, example_lines
 from .errors import BudgetError, PromptError
 from .formats import CompletionFormat, Segment, completion_format
 from .imports import follow_imports
 from .index import RepoIndex
 from .languages import comment_marker, language_for, language_name
 from .outline import brief, outline
-from .packing import BRIEF, Assembler, ContextItem, Layout, PackedPrompt, count_all, select_chunks
+from .packing import BRIEF, EXAMPLE, Assembler, ContextItem, Layout, PackedPrompt, count_all, select_chunks
 from .ranking import Query, cursor_terms, rank_both
 from .scan import read_regular_file
 from .tokens import Encoder, encoder_for
@@ -39,6 +42,8 @@ from .tokens import Encoder, encoder_for
 FILE_SHARE = 0.4  # of the budget, for the text around the cursor while the repository has more to offer
 PREFIX_SHARE = 0.75  # of the current file's share, before the cursor
 DEFINITION_SHARE = 0.6  # of the repository's share, first for the definitions of the names the cursor uses
+EXAMPLE_TOKENS = 128  # at most, of the repository's share (and at most half of it), for example lines
+EXAMPLE_CHUNKS = 200  # the best chunks of the context ranking that example lines are taken from
 SHARE_STEPS = 16  # the current file's share changes in steps of 1/16 of the budget
 BLOCK_LINES = 32  # the current file enters the prompt in blocks of this many lines
 ENCODE_AHEAD = 8  # blocks encoded per call to the tokenizer
@@ -115,23 +120,30 @@ def build_completion_prompt(
     )
     extras = _fit_extra(encoder, form, comment, extra, space - share)
     given = sum(tokens for _, _, tokens in extras)
+    definitions, ranked = rank_both(index, query)
+    best = list(islice(ranked, EXAMPLE_CHUNKS))  # (example lines come from these; they are ranked again below)
+    spec = language_for(relative)
+    key = example_key(rows[row][:column], spec.keywords if spec else frozenset())
+    found = example_lines((chunk for _, chunk in best), key)
+    examples = _fit_examples(encoder, form, comment, found, min(EXAMPLE_TOKENS, (space - share - given) // 2))
+    given += sum(tokens for _, _, tokens in examples)
     # The definitions of what the cursor uses get their part of the repository's share first; code like the
     # code at the cursor (the file's own other parts first) the rest.
     repository = space - share - given
-    definitions, ranked = rank_both(index, query)
     selection = select_chunks(encoder, layout, _keep_previous(definitions, previous),
                               int(repository * DEFINITION_SHARE), compact=BRIEF)
-    selection = select_chunks(encoder, layout, _keep_previous(ranked, previous), repository, selection)
+    selection = select_chunks(encoder, layout, _keep_previous(chain(best, ranked), previous), repository, selection)
     window.fit(space - given - selection.tokens, avoid=selection.chunks(relative))  # what the context left over
 
     while True:
-        has_context = bool(selection or extras)
+        has_context = bool(selection or extras or examples)
         assembler = Assembler(encoder)
         assembler.add(form.opening(index.name, comment, has_context))
         context = [replace(item, tokens=assembler.add(segments)) for segments, item, _ in extras]
         context_segments, ranked = selection.segments()
         assembler.add(context_segments)
-        context += ranked + _add_cursor(assembler, form, relative, comment, window, has_context)
+        context += ranked + [replace(item, tokens=assembler.add(segments)) for segments, item, _ in examples]
+        context += _add_cursor(assembler, form, relative, comment, window, has_context)
         excess = len(assembler.ids) - limit
         if excess <= 0:
             break
@@ -229,6 +241,20 @@ def _fit_extra(
         if used + tokens > budget:
             break
         kept.append((segments, item, tokens))
+        used += tokens
+    return kept[::-1]
+
+
+def _fit_examples(encoder: Encoder, form: CompletionFormat, comment: str, found: list[tuple[Chunk, int, str]],
+                  budget: int) -> list[tuple[list[Segment], ContextItem, int]]:
+    """The example lines that fit into ``budget``, the best taken first, laid out best last (nearest the cursor):
+    each a file section of its own, as (segments, the item reporting it, tokens)."""
+    pieces = [form.section(chunk.path, comment) + form.chunk(line, comment) for chunk, _, line in found]
+    kept, used = [], 0
+    for (chunk, number, _), segments, tokens in zip(found, pieces, count_all(encoder, pieces)):
+        if used + tokens > budget:
+            break
+        kept.append((segments, ContextItem(chunk.path, number, number, 0, EXAMPLE), tokens))
         used += tokens
     return kept[::-1]
 

@@ -27,6 +27,7 @@ WHOLE_MIN_TOKENS = 64  # chunks this short always go in whole
 CHARS_PER_TOKEN_AT_MOST = 8  # ordinary code: a text of more than 8 x N characters takes more than N tokens
 
 WHOLE, OUTLINE, BRIEF = "whole", "outline", "brief"  # the forms a chunk is shown in, longest first
+EXAMPLE = "example"  # one line of a chunk, shown for the model to copy its shape (examples.py)
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,13 @@ class ContextItem:
     start_line: int
     end_line: int
     tokens: int
-    form: str = WHOLE  # or OUTLINE (signatures, docstring first lines), BRIEF (what a caller needs): no body
+    form: str = WHOLE  # or OUTLINE (signatures, docstring first lines), BRIEF (what a caller needs): no body;
+                       # or EXAMPLE: one line
 
     @property
     def outline(self) -> bool:
         """Whether only an outline or brief of the lines went in."""
-        return self.form != WHOLE
+        return self.form in (OUTLINE, BRIEF)
 
 
 @dataclass
