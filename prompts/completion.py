@@ -27,14 +27,15 @@ from itertools import accumulate, chain, islice
 from pathlib import Path
 
 from .chunking import Chunk, source_imports
-from .examples import example_key, example_lines
 from .errors import BudgetError, PromptError
+from .examples import example_key, example_lines
 from .formats import CompletionFormat, Segment, completion_format
 from .imports import follow_imports
 from .index import RepoIndex
 from .languages import comment_marker, language_for, language_name
 from .outline import brief, outline
-from .packing import BRIEF, EXAMPLE, Assembler, ContextItem, Layout, PackedPrompt, count_all, select_chunks
+from .packing import (BRIEF, CHARS_PER_TOKEN_AT_MOST, EXAMPLE, Assembler, ContextItem, Layout, PackedPrompt, count_all,
+                      select_chunks)
 from .ranking import Query, cursor_terms, rank_both
 from .scan import read_regular_file
 from .tokens import Encoder, encoder_for
@@ -248,7 +249,9 @@ def _fit_extra(
 def _fit_examples(encoder: Encoder, form: CompletionFormat, comment: str, found: list[tuple[Chunk, int, str]],
                   budget: int) -> list[tuple[list[Segment], ContextItem, int]]:
     """The example lines that fit into ``budget``, the best taken first, laid out best last (nearest the cursor):
-    each a file section of its own, as (segments, the item reporting it, tokens)."""
+    each a file section of its own, as (segments, the item reporting it, tokens). Lines too long to fit are
+    never encoded (a minified line of megabytes)."""
+    found = [example for example in found if len(example[2]) <= CHARS_PER_TOKEN_AT_MOST * budget]
     pieces = [form.section(chunk.path, comment) + form.chunk(line, comment) for chunk, _, line in found]
     kept, used = [], 0
     for (chunk, number, _), segments, tokens in zip(found, pieces, count_all(encoder, pieces)):

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from .chunking import Chunk
 
 EXAMPLES = 4  # lines at most
+LONGEST_KEY = 256  # characters: a longer start of a line looks up nothing (and bounds the regex's work)
 _TYPED_WORD = re.compile(r"\w+$")
 _WORD = re.compile(r"\w+")
 
@@ -25,6 +26,8 @@ _WORD = re.compile(r"\w+")
 def example_key(before_cursor: str, keywords: frozenset[str]) -> str:
     """What an example line must begin with: the cursor's line up to the cursor, without its indentation and the
     word being typed; empty (no examples) while it holds no word but keywords."""
+    if len(before_cursor) > LONGEST_KEY:  # (a minified line: `\w+$` is quadratic in a long run of word characters)
+        return ""
     key = _TYPED_WORD.sub("", before_cursor).lstrip()
     return key if any(word not in keywords for word in _WORD.findall(key)) else ""
 
