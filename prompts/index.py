@@ -12,7 +12,6 @@ too: numbering a million names again would cost more than the rest of a warm sta
 from __future__ import annotations
 
 import contextlib
-import functools
 import gc
 import hashlib
 import os
@@ -92,17 +91,14 @@ class RepoIndex:
         folder_number = {folder: number for number, folder in enumerate(self.folders)}
         folder_of_file = [folder_number[posixpath.dirname(path)] for path in self.files]
         self.folder_of_chunk = np.repeat(folder_of_file, [len(self._file_chunks[p]) for p in self.files])
-
-    @functools.cached_property
-    def postings(self):
-        """The same matrix by term: the chunks referencing term t are ``chunks[starts[t]:starts[t + 1]]`` (a
-        query reads the rows of its few hundred terms instead of every reference in the repository)."""
-        import numpy as np
-
+        # The same matrix by term: the chunks referencing term t are owners[starts[t]:starts[t + 1]], so a query
+        # reads the rows of its few hundred terms instead of every reference in the repository. Built here, not
+        # on the first query: a stable sort of every reference (88 ms for the standard library's 1.2 million)
+        # belongs to loading the index, not to the first keystroke after it.
         order = np.argsort(self.term_ids, kind="stable")
-        starts = np.zeros(len(self.vocabulary) + 1, dtype=np.int64)
+        starts = np.zeros(len(vocabulary) + 1, dtype=np.int64)
         np.cumsum(self.document_frequency, out=starts[1:])
-        return starts, self.term_owner[order]
+        self.postings = (starts, self.term_owner[order])
 
     @property
     def name(self) -> str:
