@@ -204,9 +204,9 @@ def compile_append(new: str, cache: str, Hkv: int, D: int, T: int, target: GPUTa
              V_SCALE="*fp32", POS="*i64"),
         # (the token count is a runtime argument: a launch specialises it as a constant when 1, as divisible when
         # a multiple of 16)
-        dict(BLOCK_H=block_h, BLOCK_D=block_d, SCALED=cache in ("fp8", "int8"), USE_PDL=True, **({"T": 1} if T == 1 else {})), target, 4, 2,
-        floats=(),
-        not_divisible=() if T % 16 == 0 else ("T",))
+        dict(BLOCK_H=block_h, BLOCK_D=block_d, SCALED=cache in ("fp8", "int8"), USE_PDL=True,
+             **({"T": 1} if T == 1 else {})),
+        target, 4, 2, floats=(), not_divisible=() if T % 16 == 0 else ("T",))
     ptx = binary.asm["ptx"]
     # The quantization must be PyTorch's arithmetic: IEEE divisions (Triton's `/` on fp32 is the
     # 2-ulp div.full), no contraction into fma, one round-to-nearest-even saturating conversion.

@@ -83,6 +83,45 @@ def _valid_splits(seqlen, num_splits, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _sequence_split(SEQLENS, S, b, split, num_splits, HAS_SEQLENS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(seqlen, start, end): sequence b's length now and the key range [start, end) of `split`."""
+    if HAS_SEQLENS:
+        seqlen = tl.load(SEQLENS + b)
+    else:
+        seqlen = S
+    start, end = _split_range(seqlen, split, num_splits, BLOCK_N)
+    return seqlen, start, end
+
+
+@triton.jit
+def _head_dim_mask(offs_d, D, EVEN_D: tl.constexpr, BLOCK_D: tl.constexpr):
+    """(BLOCK_D,) lanes within the head dim; a constant when D == BLOCK_D (loads then need one predicate
+    per row, not one per column)."""
+    if EVEN_D:
+        mask_d = tl.full([BLOCK_D], 1, tl.int1)
+    else:
+        mask_d = offs_d < D
+    return mask_d
+
+
+@triton.jit
+def _kv_pointers(Q, K, V, K_SCALE, V_SCALE, b, h, offs_d,
+                 stride_kb, stride_kh, stride_vb, stride_vh, stride_ksb, stride_ksh, stride_vsb, stride_vsh,
+                 TMA: tl.constexpr):
+    """(k_ptrs, v_ptrs, ks_ptrs, vs_ptrs) of KV head (b, h): its K and V rows' columns (unused with TMA,
+    where K and V are descriptors addressed by (b, h, key, 0) in _load_tile) and its scales' start."""
+    if TMA:
+        k_ptrs = Q
+        v_ptrs = Q
+    else:
+        k_ptrs = K + b * stride_kb + h * stride_kh + offs_d[None, :]
+        v_ptrs = V + b * stride_vb + h * stride_vh + offs_d[None, :]
+    ks_ptrs = K_SCALE + b * stride_ksb + h * stride_ksh
+    vs_ptrs = V_SCALE + b * stride_vsb + h * stride_vsh
+    return k_ptrs, v_ptrs, ks_ptrs, vs_ptrs
+
+
+@triton.jit
 def _combine_row(PART_OUT, PART_LSE, OUT, LSE, row, n_valid, num_splits, D,
                  BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
     """Combine the first n_valid partials of one (batch, query head, token) row into OUT and LSE."""
@@ -232,11 +271,7 @@ def _split_kv_kernel(
     b = (bh // HKV).to(tl.int64)  # int64: offsets into large caches overflow 32 bits
     h = (bh % HKV).to(tl.int64)
 
-    if HAS_SEQLENS:
-        seqlen = tl.load(SEQLENS + b)
-    else:
-        seqlen = S
-    start, end = _split_range(seqlen, split, num_splits, BLOCK_N)
+    seqlen, start, end = _sequence_split(SEQLENS, S, b, split, num_splits, HAS_SEQLENS, BLOCK_N)
     if SPLIT:
         if start >= end:
             return  # past the end of this sequence; the combine does not read this split
@@ -245,10 +280,7 @@ def _split_kv_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     mask_m = rows < ROWS
-    if EVEN_D:  # D == BLOCK_D: loads need one predicate per row, not one per column
-        mask_d = tl.full([BLOCK_D], 1, tl.int1)
-    else:
-        mask_d = offs_d < D
+    mask_d = _head_dim_mask(offs_d, D, EVEN_D, BLOCK_D)
     heads = h * GROUP + rows // T                                             # (BLOCK_M,) query heads
     tokens = rows % T                                                         # (BLOCK_M,) query tokens
     last_key = seqlen - T + tokens                                            # (BLOCK_M,) causal limit
@@ -265,14 +297,9 @@ def _split_kv_kernel(
     elif SCALED:
         q = q.to(tl.float32 if UPCAST else tl.float16)
     DOT_DTYPE: tl.constexpr = tl.float32 if UPCAST else tl.float16
-    if TMA:  # K, V are descriptors, addressed by (b, h, key, 0) in _load_tile
-        k_ptrs = Q
-        v_ptrs = Q
-    else:
-        k_ptrs = K + b * stride_kb + h * stride_kh + offs_d[None, :]
-        v_ptrs = V + b * stride_vb + h * stride_vh + offs_d[None, :]
-    ks_ptrs = K_SCALE + b * stride_ksb + h * stride_ksh
-    vs_ptrs = V_SCALE + b * stride_vsb + h * stride_vsh
+    k_ptrs, v_ptrs, ks_ptrs, vs_ptrs = _kv_pointers(Q, K, V, K_SCALE, V_SCALE, b, h, offs_d, stride_kb, stride_kh,
+                                                    stride_vb, stride_vh, stride_ksb, stride_ksh, stride_vsb,
+                                                    stride_vsh, TMA)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)

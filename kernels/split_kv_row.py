@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from kernels.split_kv import LN2, _load_tile, _split_range
+from kernels.split_kv import LN2, _head_dim_mask, _kv_pointers, _load_tile, _sequence_split
 
 
 @triton.jit
@@ -112,31 +112,19 @@ def _split_kv_row_kernel(
     bh = tl.program_id(1)
     b = (bh // HKV).to(tl.int64)  # int64: offsets into large caches overflow 32 bits
     h = (bh % HKV).to(tl.int64)
-    if HAS_SEQLENS:
-        seqlen = tl.load(SEQLENS + b)
-    else:
-        seqlen = S
-    start, end = _split_range(seqlen, split, num_splits, BLOCK_N)
+    _, start, end = _sequence_split(SEQLENS, S, b, split, num_splits, HAS_SEQLENS, BLOCK_N)
     if SPLIT:
         if start >= end:
             return  # past the end of this sequence; the combine does not read this split
 
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    if EVEN_D:
-        mask_d = tl.full([BLOCK_D], 1, tl.int1)
-    else:
-        mask_d = offs_d < D
+    mask_d = _head_dim_mask(offs_d, D, EVEN_D, BLOCK_D)
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs_d, mask=mask_d, other=0.0)
     q = q.to(tl.float32) * qk_scale                                           # (BLOCK_D,) base 2
-    if TMA:  # K, V are descriptors, addressed by (b, h, key, 0) in _load_tile
-        k_ptrs = Q
-        v_ptrs = Q
-    else:
-        k_ptrs = K + b * stride_kb + h * stride_kh + offs_d[None, :]
-        v_ptrs = V + b * stride_vb + h * stride_vh + offs_d[None, :]
-    ks_ptrs = K_SCALE + b * stride_ksb + h * stride_ksh
-    vs_ptrs = V_SCALE + b * stride_vsb + h * stride_vsh
+    k_ptrs, v_ptrs, ks_ptrs, vs_ptrs = _kv_pointers(Q, K, V, K_SCALE, V_SCALE, b, h, offs_d, stride_kb, stride_kh,
+                                                    stride_vb, stride_vh, stride_ksb, stride_ksh, stride_vsb,
+                                                    stride_vsh, TMA)
 
     m_i = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)                # per key slot
     l_i = tl.zeros([BLOCK_N], dtype=tl.float32)
