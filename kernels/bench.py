@@ -404,7 +404,8 @@ class CheckCase:
         if self.T == 1:
             ok = ok and (out[1] == 0).all().item() and bool((lse[1] == float("-inf")).all())
         return {"dtype": str(self.dtype), "D": self.D, "Hq": self.Hq, "Hkv": self.Hkv, "S": self.S, "T": self.T,
-                "fp8": self.fp8, "int8": self.int8, "splits": self.splits, "layout": self.layout, "options": dict(self.options),
+                "fp8": self.fp8, "int8": self.int8, "splits": self.splits, "layout": self.layout,
+                "options": dict(self.options),
                 "rel_err": err, "lse_err": lse_err, "ok": ok}
 
 
@@ -495,22 +496,21 @@ def gpu_correctness_sweep(log, quick: bool = False) -> list[dict]:
     cases += [CheckCase(dt, D, 16, 16, S, splits, layout, fp8=fp8, options=(("row_kernel", True),) + option)
               for dt, D, option in row_cases for fp8 in (False, True) for S, splits, layout in mixes[:2]]
     # int8 caches: the row kernel (MHA), the dot kernel (GQA), several tokens, q in fp32 (planned options)
+    prmt = (("row_kernel", True), ("int8_prmt", True))
+    int8_cases = ((torch.bfloat16, 128, 32, 32, 1, ()), (torch.bfloat16, 128, 64, 8, 1, ()),
+                  (torch.float16, 80, 12, 4, 1, ()), (torch.float32, 64, 8, 8, 1, ()), (torch.bfloat16, 128, 64, 8, 5, ()),
+                  (torch.bfloat16, 128, 32, 32, 1, prmt), (torch.float16, 80, 12, 12, 1, prmt))
     cases += [CheckCase(dt, D, hq, hkv, S, splits, layout, T=T, int8=True, options=options)
-              for dt, D, hq, hkv, T, options in ((torch.bfloat16, 128, 32, 32, 1, ()), (torch.bfloat16, 128, 64, 8, 1, ()),
-                                                 (torch.float16, 80, 12, 4, 1, ()), (torch.float32, 64, 8, 8, 1, ()),
-                                                 (torch.bfloat16, 128, 64, 8, 5, ()),
-                                                 (torch.bfloat16, 128, 32, 32, 1, (("row_kernel", True), ("int8_prmt", True))),
-                                                 (torch.float16, 80, 12, 12, 1, (("row_kernel", True), ("int8_prmt", True))))
-              for S, splits, layout in mixes[:2]]
+              for dt, D, hq, hkv, T, options in int8_cases for S, splits, layout in mixes[:2]]
     seconds = compile_in_parallel([lambda c=c: c.compile(torch.Generator(device=DEVICE).manual_seed(0)) for c in cases])
     log(f"GPU correctness sweep: {len(cases)} cases, kernels built in {seconds:.0f} s")
     gen = torch.Generator(device=DEVICE).manual_seed(1234)
     results = [c.run(gen) for c in cases]
-    for dt, hkv, D, T, layout, cache in ((torch.bfloat16, 8, 128, 1, "bhsd", "fp8"),
-                                         (torch.bfloat16, 32, 128, 8, "bshd", "fp8"),
-                                         (torch.float16, 3, 64, 16, "bhsd", "fp8"), (torch.float32, 4, 80, 1, "bshd", "fp8"),
-                                         (torch.bfloat16, 8, 128, 1, "bshd", "same"),
-                                         (torch.bfloat16, 32, 128, 1, "bhsd", "int8"), (torch.float32, 3, 80, 16, "bshd", "int8")):
+    appends = ((torch.bfloat16, 8, 128, 1, "bhsd", "fp8"), (torch.bfloat16, 32, 128, 8, "bshd", "fp8"),
+               (torch.float16, 3, 64, 16, "bhsd", "fp8"), (torch.float32, 4, 80, 1, "bshd", "fp8"),
+               (torch.bfloat16, 8, 128, 1, "bshd", "same"),
+               (torch.bfloat16, 32, 128, 1, "bhsd", "int8"), (torch.float32, 3, 80, 16, "bshd", "int8"))
+    for dt, hkv, D, T, layout, cache in appends:
         results.append(_check_append(dt, hkv, D, T, layout, cache, gen))
     for r in results:
         if not r["ok"]:

@@ -136,7 +136,8 @@ def check_append_inputs(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None,
         raise ValueError(f"k_new {tuple(k_new.shape)} does not match the cache (B, Hkv, S, D) = {tuple(k_cache.shape)}")
     scaled = k_cache.dtype in SCALED_DTYPES
     if not scaled and k_cache.dtype != k_new.dtype:
-        raise ValueError(f"the cache ({k_cache.dtype}) must have the new values' dtype ({k_new.dtype}) or be float8_e4m3fn or int8")
+        raise ValueError(f"the cache ({k_cache.dtype}) must have the new values' dtype ({k_new.dtype}) "
+                         f"or be float8_e4m3fn or int8")
     if not k_new.device == v_new.device == k_cache.device:
         raise ValueError(f"k_new, v_new and the caches must be on one device, got {k_new.device}, {v_new.device}, {k_cache.device}")
     if T > S:

@@ -18,6 +18,9 @@ def make_inputs(B, Hq, Hkv, S, D, dtype, *, layout="bhsd", seed=None, lengths=No
     return q, k, v
 
 
+CACHE_DTYPES = {"fp8": torch.float8_e4m3fn, "int8": torch.int8}  # the 8-bit caches, by the tests' names
+
+
 def quantized_copy(k, v, layout="bhsd", dtype=torch.float8_e4m3fn):
     """8-bit copies (float8_e4m3fn or int8) of k, v (B, Hkv, S, D) with their per-token scales, via the
     reference quantizer: (k8, k_scale, v8, v_scale). `layout="bshd"` stores the 8-bit values (and scales)

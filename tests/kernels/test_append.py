@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from kernel_inputs import make_inputs, quantized_copy
+from kernel_inputs import CACHE_DTYPES, make_inputs, quantized_copy
 
 from kernels import append_kv, bench, flash_decode, reference
 from kernels.append import append_kv_triton
@@ -13,7 +13,7 @@ def caches(B, Hkv, S, D, dtype, layout, cache):
     _, k, v = make_inputs(B, Hkv, Hkv, S, D, dtype, layout=layout)
     if cache == "same":
         return k, v, {}
-    k8, ks, v8, vs = quantized_copy(k, v, layout=layout, dtype={"fp8": torch.float8_e4m3fn, "int8": torch.int8}[cache])
+    k8, ks, v8, vs = quantized_copy(k, v, layout=layout, dtype=CACHE_DTYPES[cache])
     return k8, v8, {"k_scale": ks, "v_scale": vs}
 
 

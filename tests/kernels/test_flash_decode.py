@@ -9,7 +9,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from kernel_inputs import make_inputs, quantized_copy
+from kernel_inputs import CACHE_DTYPES, make_inputs, quantized_copy
 
 from kernels import flash_decode, plan_launch, reference
 from kernels.interface import launch
@@ -41,6 +41,13 @@ def same_dtype_torch_error(q, k, v, lengths, ref):
     return rel_err(out[keep], ref[keep])
 
 
+def dense(k, v, scales, dtype):
+    """The caches in `dtype`: an 8-bit pair (scales given) dequantized, others as they are."""
+    if not scales:
+        return k, v
+    return reference.dequantize(k, scales["k_scale"], dtype), reference.dequantize(v, scales["v_scale"], dtype)
+
+
 def rel_err(x, ref):
     ref = ref.double()
     return ((x.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
@@ -61,9 +68,6 @@ CASES = list(itertools.product(HEADS, HEAD_DIMS, DTYPES))
 def tolerance(dtype, scaled: bool) -> float:
     # With an 8-bit cache the dots run in fp16 on the GPU, whatever q's dtype.
     return max(ABS_TOL[dtype], ABS_TOL[torch.float16]) if scaled else ABS_TOL[dtype]
-
-
-CACHE_DTYPES = {"fp8": torch.float8_e4m3fn, "int8": torch.int8}
 
 
 @pytest.mark.parametrize("kv", ["same", "fp8", "int8"])
@@ -91,9 +95,7 @@ def test_matches_float64_reference(case_index, kv, poisoned_empty):
     assert lse.shape == (B, Hq) and lse.dtype == torch.float32
     assert not out.isnan().any(), "an output element was never written"
     ref_out, ref_lse = float64_reference(q, k, v, lengths, **scales)
-    k_dense, v_dense = (reference.dequantize(k, scales["k_scale"], dtype), reference.dequantize(v, scales["v_scale"], dtype)) \
-        if scaled else (k, v)
-    bound = 2 * same_dtype_torch_error(q, k_dense, v_dense, lengths, ref_out) + tolerance(dtype, scaled)
+    bound = 2 * same_dtype_torch_error(q, *dense(k, v, scales, dtype), lengths, ref_out) + tolerance(dtype, scaled)
     assert rel_err(out, ref_out) <= bound
     if scaled:
         assert rel_err(out, reference.flash_decode(q, k, v, lengths, **scales)) <= bound
@@ -116,17 +118,15 @@ def test_row_kernel_matches_float64_reference(dtype, D, kv, splits, layout, pois
     q, k, v = make_inputs(B, H, H, S, D, dtype, layout=layout)
     lengths = torch.tensor([S, 0, 31, 200], dtype=torch.int32)
     scales = {}
-    fp8 = kv in CACHE_DTYPES
-    if fp8:
+    scaled = kv in CACHE_DTYPES
+    if scaled:
         k, scales["k_scale"], v, scales["v_scale"] = quantized_copy(k, v, layout=layout, dtype=CACHE_DTYPES[kv])
-    plan = dataclasses.replace(plan_launch(B, H, H, S, D, fp8=fp8, num_splits=splits), row_kernel=True, block_n=32)
+    plan = dataclasses.replace(plan_launch(B, H, H, S, D, fp8=scaled, num_splits=splits), row_kernel=True, block_n=32)
     out, lse = launch(q, k, v, lengths, plan, **scales)
     ref_out, ref_lse = float64_reference(q, k, v, lengths, **scales)
     assert not out.isnan().any()
     keep = lengths > 0
-    k_dense, v_dense = (reference.dequantize(k, scales["k_scale"], dtype), reference.dequantize(v, scales["v_scale"], dtype)) \
-        if fp8 else (k, v)
-    bound = 2 * same_dtype_torch_error(q, k_dense, v_dense, lengths, ref_out) + ABS_TOL[dtype]
+    bound = 2 * same_dtype_torch_error(q, *dense(k, v, scales, dtype), lengths, ref_out) + ABS_TOL[dtype]
     assert rel_err(out[keep], ref_out[keep]) <= bound
     assert (out[~keep] == 0).all() and (lse[~keep] == float("-inf")).all()
     torch.testing.assert_close(lse[keep], ref_lse[keep].float(), rtol=1e-5, atol=1e-5)
