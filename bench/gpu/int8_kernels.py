@@ -4,9 +4,9 @@
 
 Both 8-bit caches carry one float32 scale per token and KV head and share the plans (kernels/plans);
 they differ only in the conversion of the bytes (e4m3: `cvt` two at a time; int8: I2F, or with the plan
-option `int8_prmt` PRMT + FADD in the row kernel: 'int8 prmt', on the shape's 8-bit plan, the same as int8 where
-that plan is the dot kernel's). CUDA-graph
-replays over input sets rotating past L2, µs; the read rate is on the bytes read (cache plus scales).
+option `int8_prmt` PRMT + FADD in the row kernel: 'int8 prmt', on the shape's 8-bit plan, the same as int8
+where that plan is the dot kernel's). CUDA-graph replays over input sets rotating past L2, µs; the read
+rate is on the bytes read (cache plus scales).
 Writes OUT_DIR/int8-kernels.{json,md} and prints the table.
 """
 
@@ -50,15 +50,15 @@ def main(out: Path) -> int:
             for name, run in runs.items():
                 us = graph_replay_us(run, REPLAYS) / len(sets)
                 row[name] = min(row.get(name, us), us)
-        eight_bit = shape.kv_bytes / 2 + 2 * shape.B * shape.Hkv * shape.S * 4
-        row["int8 TB/s"] = eight_bit / row["int8"] / 1e6
-        row["fp8 TB/s"] = eight_bit / row["fp8"] / 1e6
+        row["int8 TB/s"] = shape.fp8_bytes / row["int8"] / 1e6   # (the same bytes: 8-bit K and V, fp32 scales)
+        row["fp8 TB/s"] = shape.fp8_bytes / row["fp8"] / 1e6
         rows.append(row)
         print(f"{shape.label}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items() if isinstance(v, float)),
               file=sys.stderr, flush=True)
     lines = [f"# int8 vs fp8 caches in flash_decode: {env['card']}, {env['date']}, torch {env['torch']}, "
              f"triton {env['triton']}", "", "CUDA-graph replays, µs (best of two interleaved rounds).", "",
-             "| shape | K+V MB (bf16) | bf16 | fp8 | int8 | int8 prmt | cuDNN (bf16) | int8 / fp8 | fp8 TB/s | int8 TB/s |",
+             "| shape | K+V MB (bf16) | bf16 | fp8 | int8 | int8 prmt | cuDNN (bf16) | int8 / fp8 | fp8 TB/s | "
+             "int8 TB/s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['shape']} | {r['kv_mb']:.0f} | {r['bf16']:.1f} | {r['fp8']:.1f} | {r['int8']:.1f} | "
