@@ -237,13 +237,7 @@ def _fit_extra(
         if text.strip():
             segments = form.section(filename, comment) + form.chunk(text, comment)
             pieces.append((segments, ContextItem(filename, 1, text.count("\n") + 1, 0)))
-    kept, used = [], 0
-    for (segments, item), tokens in reversed(list(zip(pieces, count_all(encoder, [s for s, _ in pieces])))):
-        if used + tokens > budget:
-            break
-        kept.append((segments, item, tokens))
-        used += tokens
-    return kept[::-1]
+    return _fit_sections(encoder, pieces[::-1], budget)
 
 
 def _fit_examples(encoder: Encoder, form: CompletionFormat, comment: str, found: list[tuple[Chunk, int, str]],
@@ -251,13 +245,21 @@ def _fit_examples(encoder: Encoder, form: CompletionFormat, comment: str, found:
     """The example lines that fit into ``budget``, the best taken first, laid out best last (nearest the cursor):
     each a file section of its own, as (segments, the item reporting it, tokens). Lines too long to fit are
     never encoded (a minified line of megabytes)."""
-    found = [example for example in found if len(example[2]) <= CHARS_PER_TOKEN_AT_MOST * budget]
-    pieces = [form.section(chunk.path, comment) + form.chunk(line, comment) for chunk, _, line in found]
+    sections = [(form.section(chunk.path, comment) + form.chunk(line, comment),
+                 ContextItem(chunk.path, number, number, 0, EXAMPLE))
+                for chunk, number, line in found if len(line) <= CHARS_PER_TOKEN_AT_MOST * budget]
+    return _fit_sections(encoder, sections, budget)
+
+
+def _fit_sections(encoder: Encoder, sections: list[tuple[list[Segment], ContextItem]],
+                  budget: int) -> list[tuple[list[Segment], ContextItem, int]]:
+    """Of (segments, item) sections in the order they are wanted, the leading ones that fit into ``budget``, laid
+    out the other way round (the most wanted last, nearest the cursor), as (segments, item, tokens)."""
     kept, used = [], 0
-    for (chunk, number, _), segments, tokens in zip(found, pieces, count_all(encoder, pieces)):
+    for (segments, item), tokens in zip(sections, count_all(encoder, [segments for segments, _ in sections])):
         if used + tokens > budget:
             break
-        kept.append((segments, ContextItem(chunk.path, number, number, 0, EXAMPLE), tokens))
+        kept.append((segments, item, tokens))
         used += tokens
     return kept[::-1]
 
