@@ -3,18 +3,19 @@
 What flash_decode supports, and why not the rest:
 - q in fp16, bf16, fp32 (fp32 dots in IEEE precision, not tf32, so fp32 callers get fp32 accuracy);
   not fp64, because Triton's dot has no fp64 path on the tensor cores; `kernels.reference` does fp64.
-- caches in q's dtype, or float8_e4m3fn with float32 scales per token and KV head (below). Not
-  e5m2, because e4m3's extra mantissa bit is the accurate choice at the same bytes (vLLM measured
-  e5m2 1.8 HumanEval points worse). No int8 variant was built: it reads the same bytes, and sm_90
-  converts int8 to 16-bit floats with bit tricks where e4m3 -> fp16 is one instruction for two values,
-  so it could only win on accuracy, which the per-token scales already buy (below).
+- caches in q's dtype, or 8-bit with float32 scales per token and KV head (below): float8_e4m3fn, or
+  int8 (the same scales, plans and kernels). Not e5m2, because e4m3's extra mantissa bit is the
+  accurate choice at the same bytes (vLLM measured e5m2 1.8 HumanEval points worse). int8 is the
+  accurate one on real code (98.2% top-1 agreement with an unquantized cache against e4m3's 95.9%,
+  models/kv_cache.py) and the slower one: sm_90 converts it with I2F, a quarter-rate instruction,
+  where e4m3 -> fp16 is one instruction for two values (bench/results/NOTES.md, Run 13).
 - head dim 16..256, any value: tiles are padded to the next power of two and masked.
 - Hq a multiple of Hkv (MHA, GQA, MQA): one program reads a KV head once for its whole group.
 - 1..16 query tokens per sequence (decode, and verification of speculative drafts): the tokens are
   packed with the group's heads into one program's rows, so K/V are still read once. Not more,
   because that is prefill, which belongs to a prefill kernel.
 - any strides but the last dimension's, which must be 1 (rows are loaded as contiguous vectors).
-- with an fp8 cache, q must lie within fp16's range (|q| < 65504): the scores are fp16 dots.
+- with an 8-bit cache, q must lie within fp16's range (|q| < 65504): the scores are fp16 dots.
 
 Why one scale per token and KV head for fp8 (the contract's granularity), measured: on real keys,
 values and queries (SmolLM2-135M over 2,048 tokens of real code, bench/fp8_scales.py,

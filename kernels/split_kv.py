@@ -15,8 +15,9 @@ a stage's programs start while the kernel before it is still running and wait fo
 the last split of each group reducing it, measured 1.2-2.3x slower: one program then reads the
 whole group's partials alone.
 
-fp8 caches (float8_e4m3fn, one float32 scale per token and KV head): tiles are loaded as bytes and
-converted to fp16 (one `cvt` per two values on sm_90; bf16 would need a second conversion each),
+8-bit caches (SCALED: float8_e4m3fn or int8, one float32 scale per token and KV head): tiles are loaded
+as bytes and converted to fp16 (e4m3: one `cvt` per two values on sm_90, bf16 would need a second
+conversion each; int8: exactly, by Triton's conversion),
 q is converted to fp16 once, the K scales multiply the scores per key column and the V scales the
 probabilities per key column. p * v_scale can fall below fp16's normal range (a probability of
 1e-5 times a scale of 1e-3), so p is multiplied by v_scale / max(v_scale of the tile), which keeps it
