@@ -409,6 +409,16 @@ class CheckCase:
                 "rel_err": err, "lse_err": lse_err, "ok": ok}
 
 
+def _run_case(case: CheckCase, gen) -> dict:
+    """case.run, with a case that fails to build or launch reported as failed (the sweep goes on)."""
+    try:
+        return case.run(gen)
+    except Exception as error:  # noqa: BLE001: every case is reported, then the sweep fails
+        return {"dtype": str(case.dtype), "D": case.D, "Hq": case.Hq, "Hkv": case.Hkv, "S": case.S, "T": case.T,
+                "fp8": case.fp8, "int8": case.int8, "options": dict(case.options), "ok": False,
+                "error": f"{type(error).__name__}: {str(error).strip().splitlines()[-1][:300]}"}
+
+
 def append_differences(got: list[torch.Tensor], want: list[torch.Tensor]) -> dict:
     """What differs between two appends' results, [k, v] or [k, v, k_scale, v_scale] (fp8): how
     many bytes of the caches, by how many e4m3 steps and by how much once dequantized (absolute,
@@ -505,7 +515,7 @@ def gpu_correctness_sweep(log, quick: bool = False) -> list[dict]:
     seconds = compile_in_parallel([lambda c=c: c.compile(torch.Generator(device=DEVICE).manual_seed(0)) for c in cases])
     log(f"GPU correctness sweep: {len(cases)} cases, kernels built in {seconds:.0f} s")
     gen = torch.Generator(device=DEVICE).manual_seed(1234)
-    results = [c.run(gen) for c in cases]
+    results = [_run_case(c, gen) for c in cases]
     appends = ((torch.bfloat16, 8, 128, 1, "bhsd", "fp8"), (torch.bfloat16, 32, 128, 8, "bshd", "fp8"),
                (torch.float16, 3, 64, 16, "bhsd", "fp8"), (torch.float32, 4, 80, 1, "bshd", "fp8"),
                (torch.bfloat16, 8, 128, 1, "bshd", "same"),

@@ -148,8 +148,9 @@ def _load_tile(ptrs, desc, b, h, block_start, cols, mask_n, mask_d, stride_n,
     """One (BLOCK_N, BLOCK_D) tile of K or V; zeros outside [start, end) x [0, D)."""
     if TMA:
         tile = desc.load([b.to(tl.int32), h.to(tl.int32), block_start, 0]).reshape(BLOCK_N, BLOCK_D)
-        # rows in [end, S) are whatever the cache holds there (garbage, even NaN): zero them
-        tile = tl.where(mask_n[:, None], tile, 0.0)
+        # rows in [end, S) are whatever the cache holds there (garbage, even NaN): zero them, in the tile's
+        # own dtype (a float 0.0 would promote an int8 tile to fp32 before its conversion)
+        tile = tl.where(mask_n[:, None], tile, tl.zeros_like(tile))
     else:
         tile = tl.load(ptrs + cols[:, None] * stride_n, mask=mask_n[:, None] & mask_d[None, :], other=0.0,
                        cache_modifier=CACHE_MODIFIER, eviction_policy=EVICTION)
