@@ -53,8 +53,8 @@ class LaunchPlan:
     fp8_dot: bool = False       # fp8 caches: scores by e4m3 tensor-core dots (q quantized per row)
     fp8_early: bool = False     # fp8 caches: bytes -> fp16 right after loading (inline PTX; kernels.split_kv
                                 # says why it is off by default)
-    int8_prmt: bool = False     # int8 caches in the row kernel: bytes -> fp32 by PRMT + FADD, not I2F (a
-                                # quarter-rate instruction on sm_90); not measured yet, so off by default
+    int8_prmt: bool = True      # int8 caches: bytes -> fp32 (row kernel) or fp16 (dots) by PRMT and an exact
+                                # add, not I2F (a quarter-rate instruction on sm_90); False: I2F (A/B runs)
     maxnreg: int = 0            # > 0: registers per thread capped (more resident programs, maybe spills)
     partials: str = "float32"   # split partials' dtype: "float32" or "bfloat16" (half the traffic)
     pdl: bool = True            # combine as a programmatic dependent launch where supported

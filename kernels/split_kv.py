@@ -17,7 +17,8 @@ whole group's partials alone.
 
 8-bit caches (SCALED: float8_e4m3fn or int8, one float32 scale per token and KV head): tiles are loaded
 as bytes and converted to fp16 (e4m3: one `cvt` per two values on sm_90, bf16 would need a second
-conversion each; int8: exactly, by Triton's conversion),
+conversion each; int8: exactly, by PRMT + HSUB2 per two values, `_int8_to_fp16`, where Triton's own
+conversion spends a quarter-rate I2F per value; `INT8_PRMT`, on by default),
 q is converted to fp16 once, the K scales multiply the scores per key column and the V scales the
 probabilities per key column. p * v_scale can fall below fp16's normal range (a probability of
 1e-5 times a scale of 1e-3), so p is multiplied by v_scale / max(v_scale of the tile), which keeps it
@@ -169,11 +170,25 @@ def _e4m3_to_fp16(x):
 
 
 @triton.jit
+def _int8_to_fp16(x):
+    """int8 -> fp16, four values per call, without I2F (a quarter-rate instruction on sm_90, one a value in
+    Triton's conversion): each byte with its sign bit flipped becomes the low byte of the half 1024 + byte
+    (one PRMT per two values), minus 1152 (one exact HSUB2 per two). Pure, unlike `_e4m3_to_fp16`: Triton
+    places it where it would place its own conversion (after the dots' layout change)."""
+    return tl.inline_asm_elementwise(
+        "{ .reg .b32 t, m; xor.b32 t, $2, 0x80808080; mov.b32 m, 0x64806480; "
+        "prmt.b32 $0, t, 0x64646464, 0x5140; prmt.b32 $1, t, 0x64646464, 0x5342; "
+        "sub.f16x2 $0, $0, m; sub.f16x2 $1, $1, m; }",
+        "=r,=r,r", [x.to(tl.uint8, bitcast=True)], dtype=tl.float16, is_pure=True, pack=4)
+
+
+@triton.jit
 def _attend_tile(q, q_row_scale, m_i, l_i, acc, block_start, end, last_key,
                  k_ptrs, v_ptrs, k_desc, v_desc, ks_ptrs, vs_ptrs, b, h,
                  stride_kn, stride_vn, stride_ksn, stride_vsn, offs_n, mask_d, qk_scale,
                  T: tl.constexpr, MASK_KEYS: tl.constexpr, SCALED: tl.constexpr, FP8_DOT: tl.constexpr,
-                 FP8_EARLY: tl.constexpr, DOT_DTYPE: tl.constexpr, UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr,
+                 FP8_EARLY: tl.constexpr, INT8_PRMT: tl.constexpr, DOT_DTYPE: tl.constexpr, UPCAST: tl.constexpr,
+                 IEEE_DOT: tl.constexpr,
                  TMA: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                  CACHE_MODIFIER: tl.constexpr, EVICTION: tl.constexpr):
@@ -198,6 +213,9 @@ def _attend_tile(q, q_row_scale, m_i, l_i, acc, block_start, end, last_key,
             if not FP8_DOT:
                 k = _e4m3_to_fp16(k)
             v = _e4m3_to_fp16(v)
+        elif INT8_PRMT:  # (never with UPCAST: the interpreter cannot run PTX)
+            k = _int8_to_fp16(k)
+            v = _int8_to_fp16(v)
         else:
             if not FP8_DOT:
                 k = k.to(DOT_DTYPE)
@@ -260,8 +278,7 @@ def _split_kv_kernel(
 ):
     """Q (B, Hq, T, D) strided; K, V (B, Hkv, S, D) (pointers, or tensor descriptors with TMA);
     K_SCALE, V_SCALE (B, Hkv, S) fp32 with SCALED; OUT (B, Hq, T, D), LSE (B, Hq, T) contiguous;
-    PART_OUT (B, Hq, T, num_splits, D), PART_LSE (B, Hq, T, num_splits) when SPLIT. (INT8_PRMT is the
-    row kernel's; here int8 becomes fp16 by Triton's conversion.)"""
+    PART_OUT (B, Hq, T, num_splits, D), PART_LSE (B, Hq, T, num_splits) when SPLIT."""
     if USE_PDL:  # launched as a programmatic dependent: its start overlaps the kernel before
         gdc_wait()               # whose writes (q, the new key and value) are visible from here on
         gdc_launch_dependents()  # let the combine's (or the next kernel's) programs get resident
@@ -314,14 +331,14 @@ def _split_kv_kernel(
         m_i, l_i, acc = _attend_tile(
             q, q_row_scale, m_i, l_i, acc, block_start, end, last_key, k_ptrs, v_ptrs, K, V, ks_ptrs, vs_ptrs,
             b, h, stride_kn, stride_vn, stride_ksn, stride_vsn, offs_n, mask_d, qk_scale,
-            T, False, SCALED, FP8_DOT, FP8_EARLY, DOT_DTYPE, UPCAST, IEEE_DOT, TMA, BLOCK_N, BLOCK_D, CACHE_MODIFIER,
-            EVICTION)
+            T, False, SCALED, FP8_DOT, FP8_EARLY, INT8_PRMT, DOT_DTYPE, UPCAST, IEEE_DOT, TMA, BLOCK_N, BLOCK_D,
+            CACHE_MODIFIER, EVICTION)
     for tail_start in tl.range(full_end, end, BLOCK_N, num_stages=2):  # one tile at most; a loop
         m_i, l_i, acc = _attend_tile(                                        # keeps its loads in shared memory
             q, q_row_scale, m_i, l_i, acc, tail_start, end, last_key, k_ptrs, v_ptrs, K, V, ks_ptrs, vs_ptrs,
             b, h, stride_kn, stride_vn, stride_ksn, stride_vsn, offs_n, mask_d, qk_scale,
-            T, True, SCALED, FP8_DOT, FP8_EARLY, DOT_DTYPE, UPCAST, IEEE_DOT, TMA, BLOCK_N, BLOCK_D, CACHE_MODIFIER,
-            EVICTION)
+            T, True, SCALED, FP8_DOT, FP8_EARLY, INT8_PRMT, DOT_DTYPE, UPCAST, IEEE_DOT, TMA, BLOCK_N, BLOCK_D,
+            CACHE_MODIFIER, EVICTION)
 
     # A row without keys (an empty sequence with one split; an early token's split past its last
     # key) leaves l_i = 0: output zeros, lse -inf.

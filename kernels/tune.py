@@ -389,7 +389,7 @@ def describe(plan: LaunchPlan) -> str:
     words += ["bf16-partials"] if plan.partials == "bfloat16" else []
     words += [name for name, on in (("no-pdl", not plan.pdl), ("tma", plan.tma), ("fp8-early", plan.fp8_early),
                                     ("fp8-dot", plan.fp8_dot), ("row", plan.row_kernel),
-                                    ("int8-prmt", plan.int8_prmt)) if on]
+                                    ("int8-i2f", not plan.int8_prmt)) if on]
     words += [f"maxnreg{plan.maxnreg}"] if plan.maxnreg else []
     return " ".join(words)
 

@@ -67,10 +67,13 @@ def test_row_kernel_converts_fp8_where_it_loaded_it(compiled):
 
 
 def test_int8_prmt_conversion_has_no_i2f(compiled):
-    """The row kernel's int8 option converts by PRMT + FADD: no quarter-rate I2F left in the key loop."""
-    default, prmt = compiled["7B-64k-int8"]["loop_opcodes"], compiled["7B-64k-int8-prmt"]["loop_opcodes"]
-    assert sum(n for op, n in default.items() if op.startswith("I2F")) >= 128
+    """Both split kernels convert int8 by PRMT and an exact add (the default `int8_prmt`): no quarter-rate I2F
+    left in the key loop, where Triton's own conversion (the option off) spends one a value."""
+    prmt, i2f = compiled["7B-64k-int8"]["loop_opcodes"], compiled["7B-64k-int8-i2f"]["loop_opcodes"]
+    assert sum(n for op, n in i2f.items() if op.startswith("I2F")) >= 128
     assert not any(op.startswith("I2F") for op in prmt) and prmt["PRMT"] == 128
+    dots = compiled["34B-128k-int8"]["loop_opcodes"]     # the dot kernel (GQA): PRMT + HSUB2 into fp16
+    assert not any(op.startswith("I2F") for op in dots) and dots["PRMT"] >= 64
 
 
 def test_register_cap_is_applied(compiled):
