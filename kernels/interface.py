@@ -7,8 +7,9 @@ What flash_decode supports, and why not the rest:
   int8 (the same scales, plans and kernels). Not e5m2, because e4m3's extra mantissa bit is the
   accurate choice at the same bytes (vLLM measured e5m2 1.8 HumanEval points worse). int8 is the
   accurate one on real code (98.2% top-1 agreement with an unquantized cache against e4m3's 95.9%,
-  models/kv_cache.py) and the slower one: sm_90 converts it with I2F, a quarter-rate instruction,
-  where e4m3 -> fp16 is one instruction for two values (bench/results/NOTES.md, Run 13).
+  models/kv_cache.py), and as fast: its bytes become floats by a byte permute and an exact add
+  (`LaunchPlan.int8_prmt`), not by I2F, a quarter-rate instruction on sm_90 (within 0-5% of e4m3 on
+  an H200; bench/results/NOTES.md, Run 14).
 - head dim 16..256, any value: tiles are padded to the next power of two and masked.
 - Hq a multiple of Hkv (MHA, GQA, MQA): one program reads a KV head once for its whole group.
 - 1..16 query tokens per sequence (decode, and verification of speculative drafts): the tokens are

@@ -6,7 +6,8 @@
 #      ('flash:unfused') and sdpa (graph replays timed by GPU events: the busy host does not enter the timing);
 #   3. llama-bench on the quiet machine, flash attention, F16 and q8_0 KV caches (-p 0 -n 64 -d DEPTHS -r 3);
 #   4. models.peer_llamacpp writes vs-llamacpp.md/.json with the bars and prints the table last.
-# CHECK=1 runs the kernels' GPU correctness sweep (`kernels.bench --check quick`) after ours, during the build.
+# CHECK=1 runs the kernels' GPU correctness sweep (`kernels.bench --check quick`) after ours, during the build;
+# KERNELS=1 times issue 10's nine kernel shapes there too (`kernels.bench --quick --no-flex`).
 # Needs LLAMACPP_SRC (default .whl, carried) holding llamacpp-src.tar.xz and make_gguf.py from
 # ../shared/gpu/llamacpp-src.sh. Run from the repository root on the GPU machine: OUT=... bench/gpu/vs_llamacpp.sh
 set -uo pipefail
@@ -31,6 +32,11 @@ if [ "${CHECK:-0}" = 1 ]; then  # the kernels' GPU correctness sweep while llama
   mkdir -p "$OUT/check"
   timeout 200 python -m kernels.bench --check quick --check-only --out "$OUT/check" > "$OUT/check/check.txt" 2> "$B/check.log"
   echo "check: exit $? at $(( $(date +%s) - start )) s" >> "$log"; grep -E "sweep:|FAILED" "$B/check.log" | cut -c1-400 >> "$log"
+fi
+if [ "${KERNELS:-0}" = 1 ]; then  # issue 10's nine shapes while llama.cpp builds (graph replays: GPU-timed)
+  mkdir -p "$OUT/kernels"
+  timeout 200 python -m kernels.bench --quick --no-flex --out "$OUT/kernels" > "$OUT/kernels/bench.txt" 2> "$B/kernels.log"
+  echo "kernels: exit $? at $(( $(date +%s) - start )) s" >> "$log"; tail -n 12 "$OUT/kernels/bench.txt" >> "$log"
 fi
 wait $build; b=$?; wait $gguf; g=$?
 echo "llama.cpp build: exit $b after $(( $(date +%s) - start )) s; gguf: exit $g" >> "$log"
