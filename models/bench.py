@@ -167,10 +167,11 @@ def prefix_reuse_ttft(name: str, shared: int, new: int, log) -> dict:
     return result
 
 
-def profile_step(model, batch: int, context: int, backend: str, path: Path) -> None:
-    """Kernel-level profile of graph-replayed decode steps: where the time beyond the roofline goes."""
+def profile_step(model, batch: int, context: int, backend: str, path: Path, quant: str | None = None) -> None:
+    """Kernel-level profile of graph-replayed decode steps: where the time beyond the roofline goes (with PDL a
+    dependent kernel's time includes its wait for the one before). quant: an 8-bit cache ("fp8", "int8")."""
     from torch.profiler import ProfilerActivity, profile
-    model.setup_caches(batch, context)
+    model.setup_caches(batch, context, quant=quant)
     fill_cache_randomly(model, context)
     step = steady_decode(model, batch, context, backend)
     graph_replay_us(step, 3)                                          # warm-up and compile
@@ -190,7 +191,10 @@ def bench_ours(name: str, n_layers: int | None, contexts, batches, bandwidth: fl
     model = build_random_model(name, n_layers=n_layers, device="cuda", dtype=torch.bfloat16, max_len=max(contexts))
     checks[name] = check_backends_and_compile(model, log)   # also compiles the dense parts
     if PROFILE_TO is not None:
-        profile_step(model, 1, contexts[0], "flash", PROFILE_TO / f"profile-{name}-S{contexts[0]}.txt")
+        for kind in kv_caches:
+            quant = None if kind == "bf16" else kind
+            profile_step(model, 1, contexts[0], "flash",
+                         PROFILE_TO / f"profile-{name}-S{contexts[0]}{f'-{kind}' if quant else ''}.txt", quant)
     rows = measure_steps(model, name, contexts, batches, bandwidth, replays, log, kv_caches, backends)
     model.free_caches()
     del model
