@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import run_info  # noqa: E402  (bench/, next to this script)
 from prompts import ScanWarning, build_completion_prompt, index_repository  # noqa: E402
+from prompts.packing import EXAMPLE  # noqa: E402
 
 TUNING = ("jinja2", "starlette", "anyio", "markdown_it")
 HELD_OUT = ("rich", "prompt_toolkit", "httpx")
@@ -191,7 +192,7 @@ def recall(index, tokenizer, site: Site, budget: int, prefix_only: bool) -> bool
     packed = build_completion_prompt(index, tokenizer, site.path, text=text, line=site.line, col=site.col,
                                      budget_tokens=budget)
     path, line = site.definition
-    return any(item.path == path and item.start_line <= line <= item.end_line and item.form != "example"
+    return any(item.path == path and item.start_line <= line <= item.end_line and item.form != EXAMPLE
                for item in packed.context)
 
 

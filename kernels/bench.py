@@ -403,10 +403,13 @@ class CheckCase:
         ok = (not out.isnan().any().item()) and err < tol and lse_err < 1e-3
         if self.T == 1:
             ok = ok and (out[1] == 0).all().item() and bool((lse[1] == float("-inf")).all())
+        return self.describe() | {"rel_err": err, "lse_err": lse_err, "ok": ok}
+
+    def describe(self) -> dict:
+        """The case, as its result records it."""
         return {"dtype": str(self.dtype), "D": self.D, "Hq": self.Hq, "Hkv": self.Hkv, "S": self.S, "T": self.T,
                 "fp8": self.fp8, "int8": self.int8, "splits": self.splits, "layout": self.layout,
-                "options": dict(self.options),
-                "rel_err": err, "lse_err": lse_err, "ok": ok}
+                "options": dict(self.options)}
 
 
 def _run_case(case: CheckCase, gen) -> dict:
@@ -414,9 +417,8 @@ def _run_case(case: CheckCase, gen) -> dict:
     try:
         return case.run(gen)
     except Exception as error:  # noqa: BLE001: every case is reported, then the sweep fails
-        return {"dtype": str(case.dtype), "D": case.D, "Hq": case.Hq, "Hkv": case.Hkv, "S": case.S, "T": case.T,
-                "fp8": case.fp8, "int8": case.int8, "options": dict(case.options), "ok": False,
-                "error": f"{type(error).__name__}: {str(error).strip().splitlines()[-1][:300]}"}
+        return case.describe() | {"ok": False,
+                                  "error": f"{type(error).__name__}: {str(error).strip().splitlines()[-1][:300]}"}
 
 
 def append_differences(got: list[torch.Tensor], want: list[torch.Tensor]) -> dict:
