@@ -54,7 +54,7 @@ def _check_scales(k_cache, k_scale, v_scale, B: int, Hkv: int, S: int) -> None:
     for name, scale in (("k_scale", k_scale), ("v_scale", v_scale)):
         if not scaled:
             if scale is not None:
-                raise ValueError(f"{name} is only for float8_e4m3fn caches; this cache is {k_cache.dtype}")
+                raise ValueError(f"{name} is only for 8-bit (float8_e4m3fn, int8) caches; this cache is {k_cache.dtype}")
             continue
         if scale is None:
             raise ValueError(f"a {k_cache.dtype} cache needs k_scale and v_scale; {name} is None")

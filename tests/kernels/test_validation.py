@@ -28,7 +28,7 @@ BAD = [
                                                       v_cache=torch.randn(2, 2, 4, 64))),
     ("must be at least 3 (the query tokens", dict(q=torch.randn(2, 8, 3, 64),
                                                   cache_seqlens=torch.tensor([3, 2], dtype=torch.int32))),
-    ("k_scale is only for float8_e4m3fn caches", dict(k_scale=torch.ones(2, 2, 32))),
+    ("k_scale is only for 8-bit (float8_e4m3fn, int8) caches", dict(k_scale=torch.ones(2, 2, 32))),
     ("needs k_scale and v_scale; v_scale is None", dict(**FP8, k_scale=torch.ones(2, 2, 32))),
     ("k_scale must be a float32 tensor", dict(**FP8, k_scale=torch.ones(2, 2, 32, dtype=torch.float16),
                                               v_scale=torch.ones(2, 2, 32))),
@@ -83,7 +83,7 @@ BAD_APPEND = [
     ("input_pos must lie in 0..29", dict(input_pos=torch.tensor([0, 30]))),
     ("input_pos must lie in 0..29", dict(input_pos=torch.tensor([-1, 3]))),
     ("needs k_scale and v_scale", dict(**FP8)),
-    ("v_scale is only for float8_e4m3fn caches", dict(v_scale=torch.ones(2, 2, 32))),
+    ("v_scale is only for 8-bit (float8_e4m3fn, int8) caches", dict(v_scale=torch.ones(2, 2, 32))),
     ("contiguous last dimension", dict(k_cache=torch.randn(2, 2, 64, 32).transpose(2, 3))),
 ]
 
