@@ -35,6 +35,20 @@ ROUNDER = tl.constexpr(12582912.0)  # 1.5 x 2^23: (x + it) - it rounds |x| < 2^2
 
 
 @triton.jit
+def quantize_rows(xf, INT8: tl.constexpr):
+    """Rows of xf (R, C) fp32 (zeros past the row's end) -> (values (R, C) fp32 in the 8-bit range, ready for the
+    exact conversion to int8 or the rounding one to e4m3; scale (R,) = amax / QMAX, 1 where amax is 0).
+    `kernels.reference.quantize`'s arithmetic; `kernels.fused_gemv`'s qkv_rope quantizes with it too."""
+    QMAX: tl.constexpr = INT8_MAX if INT8 else FP8_MAX
+    amax = tl.max(tl.abs(xf), axis=1)                                         # (R,)
+    scale = tl.where(amax > 0, tl.math.div_rn(amax, tl.full(amax.shape, QMAX, tl.float32)), 1.0)
+    values = tl.clamp(tl.math.div_rn(xf, scale[:, None]), -QMAX, QMAX)
+    if INT8:  # torch.round's ties to even, in two fp32 additions (|values| <= 127)
+        values = (values + ROUNDER) - ROUNDER
+    return values, scale
+
+
+@triton.jit
 def _append_rows(NEW, CACHE, SCALE, b, t, pos, heads, offs_d, mask_h, D,
                  stride_nb, stride_nh, stride_nt, stride_cb, stride_ch, stride_cs,
                  stride_sb, stride_sh, stride_ss, SCALED: tl.constexpr):
@@ -44,14 +58,7 @@ def _append_rows(NEW, CACHE, SCALE, b, t, pos, heads, offs_d, mask_h, D,
                 mask=mask, other=0.0)                                         # (BLOCK_H, BLOCK_D)
     dst = CACHE + b * stride_cb + heads[:, None] * stride_ch + pos * stride_cs + offs_d[None, :]
     if SCALED:
-        INT8: tl.constexpr = CACHE.dtype.element_ty == tl.int8
-        QMAX: tl.constexpr = INT8_MAX if INT8 else FP8_MAX
-        xf = x.to(tl.float32)
-        amax = tl.max(tl.abs(xf), axis=1)                                     # (BLOCK_H,)
-        scale = tl.where(amax > 0, tl.math.div_rn(amax, tl.full(amax.shape, QMAX, tl.float32)), 1.0)
-        values = tl.clamp(tl.math.div_rn(xf, scale[:, None]), -QMAX, QMAX)
-        if INT8:  # torch.round's ties to even, in two fp32 additions (|values| <= 127)
-            values = (values + ROUNDER) - ROUNDER
+        values, scale = quantize_rows(x.to(tl.float32), CACHE.dtype.element_ty == tl.int8)
         tl.store(dst, values.to(CACHE.dtype.element_ty), mask=mask)
         tl.store(SCALE + b * stride_sb + heads * stride_sh + pos * stride_ss, scale, mask=mask_h)
     else:

@@ -4,7 +4,8 @@ A decode step at batch 1 streams every weight once; what it does between the mat
 (two RMSNorms, RoPE, the cache write, SwiGLU, two residual adds) moves almost no bytes, but as separate
 kernels it costs a launch and a ramp each. Here each of those rides on the GEMV next to it, so a layer is
 
-    qkv_rope      RMSNorm -> x @ wqkv^T -> RoPE on q and k -> k, v into a bf16/fp16 cache at `pos`
+    qkv_rope      RMSNorm -> x @ wqkv^T -> RoPE on q and k -> k, v into the cache at `pos` (an 8-bit
+                  cache quantized by each head's last program to finish: no append kernel)
     (attention)   flash_decode's split and combine kernels
     gemv          attn @ wo^T + x                     (the residual as the epilogue)
     norm_swiglu   RMSNorm -> x @ w13^T -> silu(gate) * up
@@ -26,14 +27,19 @@ chain by bf16 rounding, not more (tests/kernels/test_fused_gemv.py bounds both a
 
 With PDL (Hopper, `kernels.interface.PDL_SUPPORTED`) each kernel is a programmatic dependent launch: its
 programs become resident while the previous kernel drains and wait at `gdc_wait` before touching x, and
-it lets its own successor launch as soon as all its programs run.
+it lets its own successor launch as soon as all its programs run. (Letting it launch only as each program
+ends, `LATE_DEPENDENTS`, made the 7B step slower with an fp8 cache in every timing on an H200, by 12-59 µs, and
+mixed with bf16; qkv_rope alone so, with an int8 cache, 242 µs faster at 16k but 62 µs slower at 64k:
+bench/results/NOTES.md, Run 15, has the leads.)
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+import re
 from typing import NamedTuple
 
 import torch
@@ -41,7 +47,9 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from kernels.gemv import BLOCK_K, BLOCK_N, NUM_STAGES, NUM_WARPS
+from kernels.append import append_kv_triton, quantize_rows
+from kernels.gemv import BLOCK_K, BLOCK_N, NUM_STAGES, NUM_WARPS, tickets
+from kernels.validation import SCALED_DTYPES
 
 PLAIN, RESIDUAL, SWIGLU, ROPE = 0, 1, 2, 3     # epilogues
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -85,16 +93,50 @@ def _store_kv(K_CACHE, V_CACHE, rows, val, mask, pos, q_rows, kv_rows, stride_ch
 
 
 @triton.jit
+def _quantize_head_when_complete(Y, K_CACHE, V_CACHE, K_SCALE, V_SCALE, TICKETS, pid, pos, q_rows, kv_rows,
+                                 stride_ch, stride_cs, stride_sh, stride_ss,
+                                 BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """8-bit caches: a program of k or v rows (all of one head) takes a ticket once its rows of Y are stored;
+    the head's last program reads the whole head back from Y and quantizes it into the cache at pos, with
+    its scale (`kernels.append`'s arithmetic: the same bytes as appending Y's k and v afterwards)."""
+    head = (pid * (BLOCK_N // 2)) // (HEAD_DIM // 2)             # of q, k, v heads in that order
+    kv = head - q_rows // HEAD_DIM                               # k heads, then v heads
+    if kv >= 0:
+        tl.debug_barrier()         # every thread's rows of Y are stored before the ticket releases them
+        ticket = tl.atomic_add(TICKETS + kv, 1, sem="acq_rel", scope="gpu")
+        if ticket == HEAD_DIM // BLOCK_N - 1:     # the head's last program: all of its rows are visible
+            offs = tl.arange(0, BLOCK_D)
+            mask = offs < HEAD_DIM
+            x = tl.load(Y + head * HEAD_DIM + offs, mask=mask, other=0.0, cache_modifier=".cg")
+            values, scale = quantize_rows(x.to(tl.float32)[None, :], K_CACHE.dtype.element_ty == tl.int8)
+            kv_heads = kv_rows // HEAD_DIM
+            h = kv % kv_heads
+            offset = h * stride_ch + pos * stride_cs + offs
+            scale_offset = h * stride_sh + pos * stride_ss
+            if kv < kv_heads:
+                tl.store(K_CACHE + offset, tl.reshape(values, (BLOCK_D,)).to(K_CACHE.dtype.element_ty), mask=mask)
+                tl.store(K_SCALE + scale_offset, tl.sum(scale, axis=0))
+            else:
+                tl.store(V_CACHE + offset, tl.reshape(values, (BLOCK_D,)).to(V_CACHE.dtype.element_ty), mask=mask)
+                tl.store(V_SCALE + scale_offset, tl.sum(scale, axis=0))
+            tl.atomic_xchg(TICKETS + kv, 0, sem="relaxed", scope="gpu")               # ready for the next launch
+
+
+@triton.jit
 def _fused_gemv_kernel(
-    X, NORM_W, W, Y, RES, COS, SIN, POS, K_CACHE, V_CACHE,
-    N, K, stride_wn, eps, pair_offset, rot_rows, q_rows, kv_rows, stride_ch, stride_cs, n_slots,
+    X, NORM_W, W, Y, RES, COS, SIN, POS, K_CACHE, V_CACHE, K_SCALE, V_SCALE, TICKETS,
+    N, K, stride_wn, eps, pair_offset, rot_rows, q_rows, kv_rows, stride_ch, stride_cs, stride_sh, stride_ss, n_slots,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NORM: tl.constexpr, EPILOGUE: tl.constexpr,
     HEAD_DIM: tl.constexpr, WRITE_CACHE: tl.constexpr, USE_PDL: tl.constexpr, INTERLEAVE: tl.constexpr,
+    QUANT_CACHE: tl.constexpr = False, BLOCK_D: tl.constexpr = 2, LATE_DEPENDENTS: tl.constexpr = False,
 ):
     if USE_PDL:
         gdc_wait()                 # x (and the residual) come from the previous kernel
-        gdc_launch_dependents()    # the next kernel's programs may get resident as ours drain
+        if LATE_DEPENDENTS == 0:
+            gdc_launch_dependents()    # the next kernel's programs may get resident as ours drain
     pid = tl.program_id(0)
+    if QUANT_CACHE:   # k and v programs first: a head's quantization then overlaps the q programs' streaming
+        pid = (pid + q_rows // BLOCK_N) % tl.num_programs(0)
     if EPILOGUE == 2 or EPILOGUE == 3:                       # paired rows: BLOCK_N / 2 pairs per program
         p = pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)                          # (BLOCK_N/2,) pair index
         mask = p < N // 2
@@ -118,8 +160,9 @@ def _fused_gemv_kernel(
             tl.store(Y + p, (a * tl.sigmoid(a) * b).to(Y.dtype.element_ty), mask=mask)
         else:
             pos = tl.load(POS)
+            slot_ok = pos < n_slots
             in_cache = (p * 0 + pos) < n_slots    # (BLOCK_N/2,): past the cache is dropped, not written
-            pos = tl.where(pos < n_slots, pos, 0)
+            pos = tl.where(slot_ok, pos, 0)
             j = p % (HEAD_DIM // 2)
             cos_a = tl.load(COS + pos * HEAD_DIM + j)
             sin_a = tl.load(SIN + pos * HEAD_DIM + j)
@@ -130,7 +173,12 @@ def _fused_gemv_kernel(
             b_out = tl.where(rotate, b * cos_b + a * sin_b, b)
             tl.store(Y + rows_a, a_out.to(Y.dtype.element_ty), mask=mask)
             tl.store(Y + rows_b, b_out.to(Y.dtype.element_ty), mask=mask)
-            if WRITE_CACHE:
+            if QUANT_CACHE:
+                if slot_ok:
+                    _quantize_head_when_complete(Y, K_CACHE, V_CACHE, K_SCALE, V_SCALE, TICKETS, pid, pos, q_rows,
+                                                 kv_rows, stride_ch, stride_cs, stride_sh, stride_ss, BLOCK_N, HEAD_DIM,
+                                                 BLOCK_D)
+            elif WRITE_CACHE:
                 _store_kv(K_CACHE, V_CACHE, rows_a, a_out, mask & in_cache, pos, q_rows, kv_rows, stride_ch, stride_cs,
                           HEAD_DIM)
                 _store_kv(K_CACHE, V_CACHE, rows_b, b_out, mask & in_cache, pos, q_rows, kv_rows, stride_ch, stride_cs,
@@ -145,6 +193,8 @@ def _fused_gemv_kernel(
         if EPILOGUE == 1:
             y += tl.load(RES + rows, mask=mask, other=0.0).to(tl.float32)
         tl.store(Y + rows, y.to(Y.dtype.element_ty), mask=mask)
+    if USE_PDL and LATE_DEPENDENTS:
+        gdc_launch_dependents()
 
 
 class Config(NamedTuple):
@@ -159,9 +209,11 @@ class Config(NamedTuple):
 
 # Launch configurations, keyed by kernel kind (the default for any shape) and by (kind, N, K), N x K the
 # weight's shape, where a sweep at that shape found a faster one; `config_for` looks them up.
-# - Per kind: the fastest of `python -m kernels.fused_gemv`'s sweep at CodeLlama-7B's shapes on one H200
-#   (bench/results/h200-fused-explore/fused-gemv.txt, 2026-11-30): 87% of the copy bandwidth for wqkv, 89% for
-#   w13 (cuBLAS on the bare projections: 79%, 84%), 81% for w2 (74%), 91% for the logits (92%).
+# - Per kind: the fastest inside CodeLlama-7B's whole decode step on one H200 (bench/gpu/step_parts.py: each of
+#   `SWEEP`'s configurations timed in the graph-replayed step, then the winners together; bench/results/
+#   h200-run15/, 2026-11-30): the step 24-31 µs faster with an fp8 cache at 4k-64k, 10-27 µs with bf16, than
+#   with the winners of the kernels timed alone (h200-fused-explore/fused-gemv.txt: 87% of the copy bandwidth
+#   for wqkv, 89% for w13, 81% for w2, 91% for the logits), which PDL's overlap of neighbours does not see.
 # - Per shape: the H200 sweep of `python -m kernels.fused_gemv --model 34B/2,34B,70B/2` (CodeLlama-34B and -70B
 #   on one rank of two, 34B on one GPU; bench/results/h200-tp-shapes/fused-gemv.txt, 2026-11-30): a shape gets
 #   an entry only where its winner beat the kind's default by at least 1% when both were timed again. The
@@ -169,8 +221,8 @@ class Config(NamedTuple):
 # CODECOMPLETE_FUSED_CONFIGS=FILE (JSON {"kind" or "kind NxK": [block_n, block_k, num_warps, num_stages,
 # interleave]}, as `python -m kernels.fused_gemv --write-configs FILE` writes it) adds or replaces entries.
 CONFIGS: dict[str | tuple[str, int, int], Config] = {
-    "qkv_rope": Config(16, 256, 4, 3, True), "norm_swiglu": Config(8, 512, 4, 3, True),
-    "gemv": Config(2, 1024, 4, 4), "gemv_deep": Config(2, 1024, 2, 4), "gemv_norm": Config(8, 256, 4, 4),
+    "qkv_rope": Config(32, 256, 8, 4, True), "norm_swiglu": Config(8, 1024, 4, 3, True),
+    "gemv": Config(2, 512, 2, 4), "gemv_deep": Config(2, 1024, 4, 4), "gemv_norm": Config(4, 1024, 8, 3),
     # (kind, N, K)                                          where; µs of the kind's default -> this one
     ("qkv_rope", 5120, 8192): Config(8, 512, 4, 4, True),   # wqkv, 34B and 70B on a rank of 2: 32.0 -> 23.2
     ("qkv_rope", 10240, 8192): Config(8, 256, 2, 4, True),  # wqkv, 34B on 1 GPU: 44.0 -> 43.1
@@ -181,6 +233,8 @@ CONFIGS: dict[str | tuple[str, int, int], Config] = {
 }
 KINDS = ("qkv_rope", "norm_swiglu", "gemv", "gemv_deep", "gemv_norm")
 _per_shape = True                      # use_per_shape(False): the per-kind defaults everywhere (A/B runs)
+LATE_DEPENDENTS: frozenset = frozenset()   # A/B: epilogues (ROPE, ...) whose programs let the next kernel launch
+                                           # at their end, not their start
 
 
 def config_key(text: str) -> str | tuple[str, int, int]:
@@ -254,21 +308,24 @@ def _check(x: torch.Tensor, weight: torch.Tensor, what: str) -> int:
 
 
 def _launch(config: Config, grid_rows: int, x, weight, y, *, norm_weight=None, eps=0.0, epilogue=PLAIN,
-            residual=None, rope=None, cache=None, pair_offset=0, rot_rows=0, q_rows=0, kv_rows=0,
-            head_dim=2) -> torch.Tensor:
+            residual=None, rope=None, cache=None, scales=None, tickets=None, pair_offset=0, rot_rows=0, q_rows=0,
+            kv_rows=0, head_dim=2) -> torch.Tensor:
     cos, sin, pos = rope if rope is not None else (y, y, y)
     k_cache, v_cache = cache if cache is not None else (y, y)
+    k_scale, v_scale = scales if scales is not None else (y, y)
     stride_ch, stride_cs = (k_cache.stride(1), k_cache.stride(2)) if cache is not None else (0, 0)
+    stride_sh, stride_ss = (k_scale.stride(1), k_scale.stride(2)) if scales is not None else (0, 0)
     n_slots = min(k_cache.shape[2], cos.shape[0]) if cache is not None else cos.shape[0] if rope else 0
     use_pdl = _use_pdl(x)
     block_k = min(config.block_k, triton.next_power_of_2(weight.shape[1]))   # no half-empty chunks for small K
     _fused_gemv_kernel[(grid_rows,)](
         x, norm_weight if norm_weight is not None else x, weight, y, residual if residual is not None else y,
-        cos, sin, pos, k_cache, v_cache,
+        cos, sin, pos, k_cache, v_cache, k_scale, v_scale, tickets if tickets is not None else y,
         weight.shape[0], weight.shape[1], weight.stride(0), float(eps), pair_offset, rot_rows, q_rows, kv_rows,
-        stride_ch, stride_cs, n_slots,
+        stride_ch, stride_cs, stride_sh, stride_ss, n_slots,
         BLOCK_N=config.block_n, BLOCK_K=block_k, NORM=norm_weight is not None, EPILOGUE=epilogue,
         HEAD_DIM=head_dim, WRITE_CACHE=cache is not None, USE_PDL=use_pdl, INTERLEAVE=config.interleave,
+        QUANT_CACHE=scales is not None, BLOCK_D=triton.next_power_of_2(head_dim), LATE_DEPENDENTS=epilogue in LATE_DEPENDENTS,
         num_warps=config.num_warps, num_stages=config.num_stages, **({"launch_pdl": True} if use_pdl else {}))
     return y
 
@@ -309,13 +366,17 @@ def norm_swiglu(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, w13: tor
 
 def qkv_rope(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, wqkv: torch.Tensor, cos: torch.Tensor,
              sin: torch.Tensor, pos: torch.Tensor, n_heads: int, n_kv_heads: int,
-             cache: tuple[torch.Tensor, torch.Tensor] | None = None, **config) -> torch.Tensor:
+             cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+             scales: tuple[torch.Tensor, torch.Tensor] | None = None, **config) -> torch.Tensor:
     """q, k, v of one token: rms_norm(x (K,), norm_weight) @ wqkv ((Hq + 2 Hkv) * D, K)^T, RoPE at position
     pos (1,) int64 on q and k from the tables cos, sin (S_max, D) float32 (rotate-half layout).
 
     Returns (Hq + 2 Hkv) * D values: q, k, v heads in that order. With `cache` = (k_cache, v_cache), each
-    (1, Hkv, S_max, D) of x's dtype with a contiguous last dim, k and v are also stored at slot pos (a
-    position past the cache or the tables is not written, and rotates as position 0: the caller's to refuse).
+    (1, Hkv, S_max, D) with a contiguous last dim, k and v are also stored at slot pos (a position past the
+    cache or the tables is not written, and rotates as position 0: the caller's to refuse): caches of x's
+    dtype as they are; 8-bit caches (float8_e4m3fn, int8) with `scales` = (k_scale, v_scale) float32
+    (1, Hkv, S_max) quantized as `kernels.append_kv` quantizes the returned k and v (the same bytes and
+    scales): each head's last program to finish does it, so an 8-bit step needs no append kernel.
     """
     K = _check(x, wqkv, "qkv_rope")
     D = cos.shape[-1]
@@ -328,15 +389,30 @@ def qkv_rope(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, wqkv: torch
     if cache is not None:
         k_cache, v_cache = cache
         want = (1, n_kv_heads, k_cache.shape[2], D)
+        dtype = x.dtype if scales is None else k_cache.dtype
         if (k_cache.shape != want or v_cache.shape != want or k_cache.stride() != v_cache.stride()
-                or k_cache.stride(3) != 1 or k_cache.dtype != x.dtype or v_cache.dtype != x.dtype):
-            raise ValueError(f"qkv_rope: caches must be {want} of {x.dtype} with one layout and a contiguous "
-                             f"last dim, got {tuple(k_cache.shape)} {k_cache.dtype}")
+                or k_cache.stride(3) != 1 or k_cache.dtype != dtype or v_cache.dtype != dtype
+                or dtype not in (x.dtype, *SCALED_DTYPES)):
+            raise ValueError(f"qkv_rope: caches must be {want} of {x.dtype} (or 8-bit with scales) with one layout "
+                             f"and a contiguous last dim, got {tuple(k_cache.shape)} {k_cache.dtype}")
+        if scales is not None and any(s.shape != want[:3] or s.dtype != torch.float32 for s in scales):
+            raise ValueError(f"qkv_rope: 8-bit caches need scales of {want[:3]} float32, got "
+                             f"{[(tuple(s.shape), s.dtype) for s in scales]}")
+    elif scales is not None:
+        raise ValueError("qkv_rope: scales come with 8-bit caches")
+    counters = tickets(x.device) if scales is not None else None
     y = torch.empty(N, dtype=x.dtype, device=x.device)
     c = _config("qkv_rope", x, wqkv, config, pairs_per_head=D // 2)
-    return _launch(c, triton.cdiv(N // 2, c.block_n // 2), x, wqkv, y, norm_weight=norm_weight, eps=eps, epilogue=ROPE,
-                   rope=(cos, sin, pos), cache=cache, pair_offset=D // 2, rot_rows=(n_heads + n_kv_heads) * D,
-                   q_rows=n_heads * D, kv_rows=n_kv_heads * D, head_dim=D)
+    launch = functools.partial(_launch, c, triton.cdiv(N // 2, c.block_n // 2), x, wqkv, y, norm_weight=norm_weight,
+                               eps=eps, epilogue=ROPE, rope=(cos, sin, pos), pair_offset=D // 2,
+                               rot_rows=(n_heads + n_kv_heads) * D, q_rows=n_heads * D, kv_rows=n_kv_heads * D,
+                               head_dim=D)
+    if scales is not None and counters is None:   # captured before the tickets exist: quantize in a second kernel
+        launch()
+        k, v = (t.view(1, n_kv_heads, 1, D) for t in y[n_heads * D:].chunk(2))
+        append_kv_triton(k, v, *cache, pos, *scales, use_pdl=_use_pdl(x))
+        return y
+    return launch(cache=cache, scales=scales, tickets=None if counters is None else counters[-2 * n_kv_heads:])
 
 
 _BUILDS = {   # kind: (name, epilogue, RMSNorm prologue, cache write), as the decode step launches it
@@ -355,23 +431,31 @@ def compile_facts(arch: int = 90) -> dict:
     from kernels.compile_check import _compile
     pointers = dict(X="*bf16", NORM_W="*bf16", W="*bf16", Y="*bf16", RES="*bf16", COS="*fp32", SIN="*fp32",
                     POS="*i64", K_CACHE="*bf16", V_CACHE="*bf16")
+    quantized = dict(K_SCALE="*fp32", V_SCALE="*fp32", TICKETS="*i32")
     facts, built = {}, set()
     keys = [k for k in _BUILDS if k in CONFIGS] + [k for k in CONFIGS if isinstance(k, tuple)]
-    for key in keys:
+    # and the 8-bit caches' qkv_rope (it quantizes the cache itself), in the kind's default configuration
+    builds = [(key, None) for key in keys] + [("qkv_rope", "*fp8e4nv"), ("qkv_rope", "*i8")]
+    for key, cache_type in builds:
         kind = key if isinstance(key, str) else key[0]
         c = CONFIGS[key]
-        if (kind, c) in built:
+        if (kind, c, cache_type) in built:
             continue
-        built.add((kind, c))
+        built.add((kind, c, cache_type))
         name, epilogue, norm, cache = _BUILDS[kind]
-        binary = _compile(_fused_gemv_kernel, dict(pointers, Y="*fp32") if kind == "gemv_norm" else pointers,
+        types = dict(pointers, Y="*fp32") if kind == "gemv_norm" else pointers
+        if cache_type:
+            types = dict(types, K_CACHE=cache_type, V_CACHE=cache_type, **quantized)
+            name = name.replace("cache", f"{'fp8' if 'fp8' in cache_type else 'int8'} cache")
+        binary = _compile(_fused_gemv_kernel, types,
                           dict(BLOCK_N=c.block_n, BLOCK_K=c.block_k, NORM=norm, EPILOGUE=epilogue, HEAD_DIM=128,
-                               WRITE_CACHE=cache, USE_PDL=True, INTERLEAVE=c.interleave),
+                               WRITE_CACHE=cache, USE_PDL=True, INTERLEAVE=c.interleave,
+                               QUANT_CACHE=cache_type is not None, BLOCK_D=128),
                           GPUTarget("cuda", arch, 32), c.num_warps, c.num_stages, floats=("eps",))
         ptx = binary.asm["ptx"]
         facts[name if isinstance(key, str) else f"{name} {key[1]}x{key[2]}"] = {
             "cubin_bytes": len(binary.asm["cubin"]), "vector_loads": sum("ld.global.v4" in line for line in ptx.splitlines()),
-            "pdl_wait": "griddepcontrol.wait" in ptx}
+            "pdl_wait": "griddepcontrol.wait" in ptx, "tickets": re.search(r"atom\.global\S*acq_rel", ptx) is not None}
     return facts
 
 

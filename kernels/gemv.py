@@ -13,7 +13,7 @@ K_PER_PROGRAM columns, so a deep projection runs as many programs of the same si
 writes its rows' fp32 partial sums to a workspace and takes a ticket from its row block's counter; the
 last to arrive adds the partials in split order (deterministic, whichever program finishes last), stores
 y and resets the counter for the next launch, all in one kernel (no second launch, nothing to zero per
-call). The counters are one zeroed buffer per device, allocated on the first split call outside a CUDA
+call). The counters are one zeroed buffer per device (`tickets`), allocated on the first split call outside a CUDA
 graph capture: GEMVs on one device must not run concurrently on several streams (a decode step is one
 stream). `gemv_config(N, K)` picks the split; wide projections keep the unsplit kernel as measured.
 
@@ -89,8 +89,10 @@ def route(N: int, K: int, deep_on_cublas: bool | None = None) -> str:
     return "gemv" if gemv_config(N, K)[0] == 1 else "gemv split-K"
 
 
-def _row_block_counters(device: torch.device) -> torch.Tensor | None:
-    """This device's zeroed tickets; None while a CUDA graph is being captured before they exist."""
+def tickets(device: torch.device) -> torch.Tensor | None:
+    """This device's zeroed tickets (int32 (MAX_ROW_BLOCKS,)); None while a CUDA graph is being captured before
+    they exist. Split-K GEMVs count from the front, `kernels.fused_gemv.qkv_rope` from the back; every kernel
+    leaves its counters at zero."""
     counters = _counters.get(device)
     if counters is None:
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
@@ -116,7 +118,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, *, block_n: int = BLOCK_N, block
     else:
         k_per_split = triton.cdiv(triton.cdiv(K, block_k), split_k) * block_k
         split_k = triton.cdiv(K, k_per_split)          # no empty ranges
-    counters = _row_block_counters(x.device) if split_k > 1 else None
+    counters = tickets(x.device) if split_k > 1 else None
     if counters is None:
         split_k, k_per_split = 1, K
     y = torch.empty((1, N), dtype=x.dtype, device=x.device)

@@ -55,6 +55,7 @@ PDL_SUPPORTED = os.environ.get("CODECOMPLETE_PDL", "1") != "0" and "launch_pdl" 
 # CODECOMPLETE_TUNED_PLANS=0 ignores kernels/plans/ (the heuristic plans every call).
 USE_TUNED_PLANS = os.environ.get("CODECOMPLETE_TUNED_PLANS", "1") != "0"
 PARTIAL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+COMBINE_TRIGGER = True   # A/B: the combine lets the next kernel launch as it starts (False: at its end)
 
 
 @functools.lru_cache(maxsize=16)
@@ -150,7 +151,7 @@ def split_kernel(plan: LaunchPlan, group: int, T: int):
 
 def combine_constexprs(plan: LaunchPlan, *, has_seqlens: bool, use_pdl: bool) -> dict:
     return dict(HAS_SEQLENS=has_seqlens, BLOCK_S=triton.next_power_of_2(plan.num_splits),
-                BLOCK_N=plan.block_n, BLOCK_D=plan.block_d, USE_PDL=use_pdl)
+                BLOCK_N=plan.block_n, BLOCK_D=plan.block_d, USE_PDL=use_pdl, TRIGGER=COMBINE_TRIGGER)
 
 
 def combine_warps(plan: LaunchPlan) -> int:

@@ -137,8 +137,44 @@ def check_backends_and_compile(model, log) -> dict:
         general = model.decode(tokens[:1], one).float()
         model.fused_decode = True
         result["bf16_fused_vs_compiled"] = rel(fused, general)
+        result.update(check_fused_8bit(model, one, tokens[:1], rel))
     log(f"  logits check (relative L2): {result}")
     model.free_caches()
+    return result
+
+
+@torch.no_grad()
+def check_fused_8bit(model, one: Decode, token: torch.Tensor, rel) -> dict:
+    """8-bit caches in the fused step, where qkv_rope quantizes the new k and v itself: over 20 positions its
+    bytes and scales must equal `kernels.append_kv`'s of the k and v it returns (exactly: the same arithmetic),
+    and the fused step's logits must match the compiled general step's over the same cache."""
+    from kernels.append import append_kv_triton
+    from kernels.fused_gemv import qkv_rope
+    c, layer, result = model.config, model.layers[0], {}
+    H, Hkv, D = c.n_heads, c.n_kv_heads, c.head_dim
+    for quant in ("fp8", "int8"):
+        model.setup_caches(1, 1024, quant=quant)
+        fill_cache_randomly(model, 1024)
+        cache = layer.attention.kv_cache
+        want = [t.clone() for t in (cache.k, cache.v, cache.k_scale, cache.v_scale)]
+        for pos in range(700, 720):
+            device, dtype = cache.k.device, layer.attention.wqkv.weight.dtype
+            x, position = torch.randn(c.dim, device=device, dtype=dtype), torch.tensor([pos], device=device)
+            y = qkv_rope(x, layer.attention_norm.weight, layer.attention_norm.eps, layer.attention.wqkv.weight,
+                         model.rope.cos, model.rope.sin, position, H, Hkv, cache=(cache.k, cache.v),
+                         scales=(cache.k_scale, cache.v_scale))
+            k, v = (t.view(1, Hkv, 1, D) for t in y[H * D:].chunk(2))
+            append_kv_triton(k, v, want[0], want[1], position, want[2], want[3])
+        got = (cache.k, cache.v, cache.k_scale, cache.v_scale)
+        result[f"{quant}_qkv_rope_equals_append"] = all(
+            torch.equal(a.view(torch.uint8), b.view(torch.uint8)) if a.element_size() == 1 else torch.equal(a, b)
+            for a, b in zip(got, want))
+        fill_cache_randomly(model, 1024)
+        fused = model.decode(token, one).float()
+        model.fused_decode = False
+        general = model.decode(token, one).float()
+        model.fused_decode = True
+        result[f"{quant}_fused_vs_compiled"] = rel(fused, general)
     return result
 
 

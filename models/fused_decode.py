@@ -6,8 +6,9 @@ launches than in bytes. `decode_one_token` runs each layer as
 
     qkv_rope -> attention (any backend) -> gemv(wo) + x -> norm_swiglu(w13) -> gemv(w2) + h
 
-(kernels/fused_gemv.py), and the logits as one normed GEMV stored in float32. A bf16/fp16 cache is written
-by qkv_rope itself; an 8-bit cache still goes through `KVCache.update`, which quantizes it. Everything
+(kernels/fused_gemv.py), and the logits as one normed GEMV stored in float32. qkv_rope writes the cache
+itself, quantizing an 8-bit one (no append kernel: on an H200 the append cost 1.8 µs a layer inside the
+7B fp8 step, bench/results/NOTES.md); a cache of another dtype goes through `KVCache.update`. Everything
 else (a batch, a verification step of 1 + k tokens, the CPU) runs the general, compiled path of
 `Transformer.decode`, which this step matches to bf16 rounding. On a tensor-parallel rank
 (`model.rank_collectives`) wo's and w2's partial outputs are summed over the ranks by one all-reduce each,
@@ -47,10 +48,12 @@ def decode_one_token(model, token: torch.Tensor, step) -> torch.Tensor:
     for layer in model.layers:
         a, f = layer.attention, layer.feed_forward
         cache = a.kv_cache
-        in_place = cache.k_scale is None and cache.k.dtype == x.dtype
+        quantized = cache.k_scale is not None
+        in_place = quantized or cache.k.dtype == x.dtype
         qkv = qkv_rope(x, layer.attention_norm.weight, layer.attention_norm.eps, a.wqkv.weight,
                        model.rope.cos, model.rope.sin, step.input_pos, Hq, Hkv,
-                       cache=(cache.k[:1], cache.v[:1]) if in_place else None)           # ((Hq + 2 Hkv) * D,)
+                       cache=(cache.k[:1], cache.v[:1]) if in_place else None,
+                       scales=(cache.k_scale[:1], cache.v_scale[:1]) if quantized else None)  # ((Hq + 2 Hkv) * D,)
         q, k, v = (t.view(1, -1, 1, D) for t in qkv.split([Hq * D, Hkv * D, Hkv * D]))  # (1, H, 1, D)
         view = cache.rows(0, 1) if in_place else cache.update(step.input_pos, k, v)
         if step.kv_len is not None:

@@ -9,6 +9,8 @@ import sys
 import pytest
 import torch
 
+from kernel_inputs import assert_interpreter_e4m3
+
 from kernels import fused_gemv, reference
 from kernels.fused_gemv import CONFIGS, Config, config_for, gemv, norm_swiglu, qkv_rope, read_configs, use_per_shape
 
@@ -89,6 +91,42 @@ def test_qkv_rope_rotates_q_and_k_and_writes_the_cache_slot(heads, kv_heads, D, 
     assert k_cache[0, :, others].isnan().all() and v_cache[0, :, others].isnan().all()
 
 
+@pytest.mark.parametrize("cache_dtype", [torch.int8, torch.float8_e4m3fn])
+@pytest.mark.parametrize("heads, kv_heads, D, block_n", [(4, 2, 16, 4), (3, 3, 8, 2), (8, 1, 32, 8), (2, 1, 24, 8)])
+@pytest.mark.parametrize("interleave", [False, True])
+def test_qkv_rope_quantizes_k_and_v_into_an_8bit_cache_as_append_kv_does(cache_dtype, heads, kv_heads, D, block_n,
+                                                                         interleave, poisoned_empty):
+    """Several programs per head (block_n rows of D): the head's last one quantizes it. The bytes and scales are
+    `kernels.reference.append_kv`'s of the k and v that qkv_rope returns (e4m3 as close as the interpreter's
+    conversion allows; on the GPU, models.bench's check compares the fused step's bytes with the append's)."""
+    from kernels.gemv import tickets
+    K, S, dtype = 80, 12, torch.bfloat16
+    x, wqkv = torch.randn(K).to(dtype), torch.randn((heads + 2 * kv_heads) * D, K).to(dtype)
+    norm_weight = (torch.rand(K) + 0.5).to(dtype)
+    angles = torch.rand(S, D // 2) * 6.3
+    cos, sin = torch.cat((angles.cos(), angles.cos()), -1), torch.cat((angles.sin(), angles.sin()), -1)
+    caches = [torch.randint(-100, 100, (1, kv_heads, S, D), dtype=torch.int8).view(cache_dtype) for _ in range(2)]
+    scales = [torch.full((1, kv_heads, S), float("nan")) for _ in range(2)]
+    want_caches, want_scales = [c.clone() for c in caches], [s.clone() for s in scales]
+    for pos in (7, 2, S + 3):       # the tickets are ready again for the next call; past the end: nothing written
+        position = torch.tensor([pos])
+        y = qkv_rope(x, norm_weight, 1e-5, wqkv, cos, sin, position, heads, kv_heads, cache=tuple(caches),
+                     scales=tuple(scales), block_n=block_n, interleave=interleave)
+        assert not y.isnan().any()
+        k, v = (t.view(1, kv_heads, 1, D) for t in y[heads * D:].chunk(2))
+        if pos < S:
+            reference.append_kv(k, v, *want_caches, position, *want_scales)
+        for got, want in zip(scales, want_scales):
+            assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(), want.nan_to_num())
+        for got, want in zip(caches, want_caches):
+            if cache_dtype == torch.int8:
+                assert torch.equal(got, want)
+            else:
+                assert_interpreter_e4m3(got, want)
+    assert not tickets(x.device).any()
+    assert want_scales[0][0, :, 7].min() > 0 and want_caches[0].view(torch.uint8)[0, :, 7].float().std() > 0
+
+
 def test_bad_inputs_get_one_clear_error():
     x, w = torch.randn(16), torch.randn(8, 16)
     with pytest.raises(ValueError, match="one contiguous row of 16"):
@@ -99,6 +137,13 @@ def test_bad_inputs_get_one_clear_error():
         gemv(x, w, residual=torch.randn(7))
     with pytest.raises(ValueError, match="stack gate and up"):
         norm_swiglu(x, torch.ones(16), 1e-5, torch.randn(7, 16))
+    with pytest.raises(ValueError, match="scales come with 8-bit caches"):
+        qkv_rope(x, torch.ones(16), 1e-5, torch.randn(32, 16), torch.ones(4, 8), torch.ones(4, 8),
+                 torch.tensor([0]), 2, 1, scales=(torch.ones(1, 1, 4), torch.ones(1, 1, 4)))
+    with pytest.raises(ValueError, match="need scales"):
+        cache = torch.zeros(1, 1, 4, 8, dtype=torch.int8)
+        qkv_rope(x, torch.ones(16), 1e-5, torch.randn(32, 16), torch.ones(4, 8), torch.ones(4, 8),
+                 torch.tensor([0]), 2, 1, cache=(cache, cache), scales=(torch.ones(1, 1, 3), torch.ones(1, 1, 4)))
     with pytest.raises(ValueError, match="does not hold"):
         qkv_rope(x, torch.ones(16), 1e-5, torch.randn(40, 16), torch.ones(4, 8), torch.ones(4, 8),
                  torch.tensor([0]), 2, 1)
@@ -106,16 +151,19 @@ def test_bad_inputs_get_one_clear_error():
 
 def test_every_epilogue_compiles_for_sm90():
     """Each fused kernel builds for the H100/H200 in every configuration the step launches it with (each kind's
-    default and each per-shape entry; a subprocess: this session interprets Triton), with 16-byte weight loads
-    and the programmatic-dependent-launch wait before it reads x."""
+    default and each per-shape entry, and qkv_rope quantizing into an fp8 or int8 cache; a subprocess: this
+    session interprets Triton), with 16-byte weight loads and the programmatic-dependent-launch wait before it
+    reads x."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     run = subprocess.run([sys.executable, "-c", "import json; from kernels.fused_gemv import compile_facts; "
                           "print(json.dumps(compile_facts()))"], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     facts = json.loads(run.stdout.splitlines()[-1])
-    assert {"wo+residual", "w2+residual", "logits", "w13 swiglu", "wqkv rope cache"} <= set(facts)
+    assert {"wo+residual", "w2+residual", "logits", "w13 swiglu", "wqkv rope cache", "wqkv rope fp8 cache",
+            "wqkv rope int8 cache"} <= set(facts)
     for name, f in facts.items():
         assert f["cubin_bytes"] > 0 and f["vector_loads"] >= 2 and f["pdl_wait"], (name, f)
+        assert f["tickets"] == ("8 cache" in name), (name, f)     # only the 8-bit caches' qkv_rope takes tickets
 
 
 # ---- launch configurations: per shape, the kind's default otherwise, the file override ------------------

@@ -70,6 +70,39 @@ def test_decode_logits_match_transformers_step_by_step(case, backend, fused, mon
             torch.testing.assert_close(logits, out.logits[:, -1], atol=ATOL, rtol=1e-4)
 
 
+def test_the_fused_step_quantizes_an_8bit_cache_as_the_general_step_does(case, monkeypatch):
+    """The fused one-token step writes an 8-bit cache from qkv_rope itself (no append kernel): its logits and
+    cache bytes must be the general step's over the same int8 cache, within the rounding of k and v (float32
+    here: the two paths sum in different orders, so a value on a rounding boundary may land one step apart).
+    int8 only: the interpreter's e4m3 conversion is not PyTorch's (tests/kernels/kernel_inputs.py says how);
+    the GPU's e4m3 bytes are compared exactly by models.bench's check."""
+    kv_cache = "int8"
+    _, engine, ids = case
+    model = engine.model
+    runs = {}
+    try:
+        engine.set_kv_cache(kv_cache)
+        for fused in (True, False):
+            monkeypatch.setattr(model, "fused_decode", fused)
+            with torch.no_grad():
+                model.prefill(ids[:, :PROMPT_LEN])
+                logits = []
+                for pos in range(PROMPT_LEN, PROMPT_LEN + DECODE_STEPS):
+                    input_pos = torch.tensor([pos])
+                    logits.append(model.decode(ids[:, pos:pos + 1], Decode(input_pos, (input_pos + 1).int(), "flash")))
+            written = slice(PROMPT_LEN, PROMPT_LEN + DECODE_STEPS)
+            caches = [layer.attention.kv_cache for layer in model.layers]
+            runs[fused] = (torch.stack(logits), [(c.k.view(torch.uint8)[0, :, written].int(),
+                                                   c.k_scale[0, :, written].clone()) for c in caches])
+    finally:
+        engine.set_kv_cache(None)
+    (fused_logits, fused_caches), (general_logits, general_caches) = runs[True], runs[False]
+    torch.testing.assert_close(fused_logits, general_logits, atol=5 * ATOL, rtol=1e-3)
+    for (k_fused, scale_fused), (k_general, scale_general) in zip(fused_caches, general_caches):
+        torch.testing.assert_close(scale_fused, scale_general, atol=0, rtol=1e-5)
+        assert (k_fused == k_general).float().mean() > 0.97 and scale_fused.min() > 0
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_multi_token_decode_step_matches_transformers(case, backend):
     """Speculative verification: T tokens in one decode step, causal among themselves, give what T plain
