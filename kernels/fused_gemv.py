@@ -135,8 +135,8 @@ def _fused_gemv_kernel(
         if LATE_DEPENDENTS == 0:
             gdc_launch_dependents()    # the next kernel's programs may get resident as ours drain
     pid = tl.program_id(0)
-    if QUANT_CACHE:   # k and v programs first: a head's quantization then overlaps the q programs' streaming
-        pid = (pid + q_rows // BLOCK_N) % tl.num_programs(0)
+    if QUANT_CACHE:   # k and v programs first: where the grid takes several waves, their tickets' tail (the
+        pid = (pid + q_rows // BLOCK_N) % tl.num_programs(0)     # heads' quantization) overlaps q's streaming
     if EPILOGUE == 2 or EPILOGUE == 3:                       # paired rows: BLOCK_N / 2 pairs per program
         p = pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)                          # (BLOCK_N/2,) pair index
         mask = p < N // 2
