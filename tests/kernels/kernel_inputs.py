@@ -40,9 +40,12 @@ def assert_interpreter_e4m3(got, expected):
     """e4m3 bytes a Triton kernel wrote under the interpreter against PyTorch's. The interpreter's fp32 -> e4m3
     conversion rounds halves away from zero, truncates subnormals, and drops the carry when rounding up crosses
     a power of two (124 -> 64, not 128); sm_90's cvt rounds to nearest even, and kernels.bench --check compares
-    the GPU's bytes with PyTorch's exactly. Here: at most one step apart, or that lost carry."""
+    the GPU's bytes with PyTorch's exactly. Here: at most one step apart, or that lost carry, or both at most
+    e4m3's smallest normal (2^-6: codes 0-8, where the truncated subnormals land up to 4 codes off; about one
+    draw in 50 of the append test's meets one)."""
     from kernels.reference import e4m3_steps_apart
     steps = e4m3_steps_apart(got, expected)
     g, e = got.view(torch.uint8).int(), expected.view(torch.uint8).int()
     lost_carry = ((g & 7) == 0) & ((e & 7) == 0) & (e - g == 8)
-    assert ((steps <= 1) | lost_carry).all() and (steps == 0).float().mean() > 0.9
+    tiny = ((g & 0x7F) <= 8) & ((e & 0x7F) <= 8) & ((g >> 7) == (e >> 7))
+    assert ((steps <= 1) | lost_carry | tiny).all() and (steps == 0).float().mean() > 0.9
