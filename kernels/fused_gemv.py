@@ -392,7 +392,7 @@ def qkv_rope(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, wqkv: torch
         dtype = x.dtype if scales is None else k_cache.dtype
         if (k_cache.shape != want or v_cache.shape != want or k_cache.stride() != v_cache.stride()
                 or k_cache.stride(3) != 1 or k_cache.dtype != dtype or v_cache.dtype != dtype
-                or dtype not in (x.dtype, *SCALED_DTYPES)):
+                or (scales is not None and dtype not in SCALED_DTYPES)):
             raise ValueError(f"qkv_rope: caches must be {want} of {x.dtype} (or 8-bit with scales) with one layout "
                              f"and a contiguous last dim, got {tuple(k_cache.shape)} {k_cache.dtype}")
         if scales is not None and any(s.shape != want[:3] or s.dtype != torch.float32 for s in scales):
@@ -407,12 +407,14 @@ def qkv_rope(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, wqkv: torch
                                eps=eps, epilogue=ROPE, rope=(cos, sin, pos), pair_offset=D // 2,
                                rot_rows=(n_heads + n_kv_heads) * D, q_rows=n_heads * D, kv_rows=n_kv_heads * D,
                                head_dim=D)
-    if scales is not None and counters is None:   # captured before the tickets exist: quantize in a second kernel
+    if scales is None:
+        return launch(cache=cache)
+    if counters is None:           # captured before the tickets exist: quantize in a second kernel
         launch()
         k, v = (t.view(1, n_kv_heads, 1, D) for t in y[n_heads * D:].chunk(2))
         append_kv_triton(k, v, *cache, pos, *scales, use_pdl=_use_pdl(x))
         return y
-    return launch(cache=cache, scales=scales, tickets=None if counters is None else counters[-2 * n_kv_heads:])
+    return launch(cache=cache, scales=scales, tickets=counters[-2 * n_kv_heads:])
 
 
 _BUILDS = {   # kind: (name, epilogue, RMSNorm prologue, cache write), as the decode step launches it

@@ -157,8 +157,8 @@ def check_fused_8bit(model, one: Decode, token: torch.Tensor, rel) -> dict:
         fill_cache_randomly(model, 1024)
         cache = layer.attention.kv_cache
         want = [t.clone() for t in (cache.k, cache.v, cache.k_scale, cache.v_scale)]
+        device, dtype = cache.k.device, layer.attention.wqkv.weight.dtype
         for pos in range(700, 720):
-            device, dtype = cache.k.device, layer.attention.wqkv.weight.dtype
             x, position = torch.randn(c.dim, device=device, dtype=dtype), torch.tensor([pos], device=device)
             y = qkv_rope(x, layer.attention_norm.weight, layer.attention_norm.eps, layer.attention.wqkv.weight,
                          model.rope.cos, model.rope.sin, position, H, Hkv, cache=(cache.k, cache.v),

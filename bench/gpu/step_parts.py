@@ -31,7 +31,6 @@ from pathlib import Path
 
 import torch
 
-import kernels.append
 import kernels.fused_gemv
 import kernels.interface
 import models.fused_decode
@@ -55,20 +54,8 @@ class Variant:
                        if kernel is kernels.interface._combine_kernel else run(kernel, *a, **k))
         elif self.part == "no-attention":
             self._swap(models.fused_decode, "decode_attention", lambda backend, q, *a, **k: q)
-        elif self.part == "append-kernel":      # before qkv_rope quantized: its k, v appended by a second kernel
-            fused = kernels.fused_gemv.qkv_rope
-
-            def qkv_then_append(x, *args, cache=None, scales=None, **config):
-                if scales is None:
-                    return fused(x, *args, cache=cache, **config)
-                y = fused(x, *args, **config)
-                n_heads, n_kv_heads = args[6], args[7]
-                D = cache[0].shape[-1]
-                k, v = (t.view(1, n_kv_heads, 1, D) for t in y[n_heads * D:].chunk(2))
-                kernels.append.append_kv_triton(k, v, *cache, args[5], *scales,
-                                                use_pdl=kernels.fused_gemv._use_pdl(x))
-                return y
-            self._swap(kernels.fused_gemv, "qkv_rope", qkv_then_append)
+        elif self.part == "append-kernel":      # qkv_rope without tickets: its fallback, the append kernel after it
+            self._swap(kernels.fused_gemv, "tickets", lambda device: None)
         elif self.part == "combine-no-trigger":  # not a part left out: the combine's PDL trigger at its end
             self._swap(kernels.interface, "COMBINE_TRIGGER", False)
         elif self.part == "late-dependents":    # not a part left out: the dense kernels' PDL trigger moved

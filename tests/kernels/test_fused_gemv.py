@@ -140,6 +140,10 @@ def test_bad_inputs_get_one_clear_error():
     with pytest.raises(ValueError, match="scales come with 8-bit caches"):
         qkv_rope(x, torch.ones(16), 1e-5, torch.randn(32, 16), torch.ones(4, 8), torch.ones(4, 8),
                  torch.tensor([0]), 2, 1, scales=(torch.ones(1, 1, 4), torch.ones(1, 1, 4)))
+    with pytest.raises(ValueError, match="or 8-bit with scales"):     # scales with a cache of x's dtype
+        cache = torch.zeros(1, 1, 4, 8)
+        qkv_rope(x, torch.ones(16), 1e-5, torch.randn(32, 16), torch.ones(4, 8), torch.ones(4, 8),
+                 torch.tensor([0]), 2, 1, cache=(cache, cache), scales=(torch.ones(1, 1, 4), torch.ones(1, 1, 4)))
     with pytest.raises(ValueError, match="need scales"):
         cache = torch.zeros(1, 1, 4, 8, dtype=torch.int8)
         qkv_rope(x, torch.ones(16), 1e-5, torch.randn(32, 16), torch.ones(4, 8), torch.ones(4, 8),

@@ -1,7 +1,7 @@
 """bench/gpu/step_parts.py's variants of the fused decode step (the numbers of bench/results/NOTES.md, Run 15,
 rest on them), on the CPU: each changes what it says while it lasts and puts everything back after; the
-variant that rebuilds the step as it was before qkv_rope quantized (the append kernel after it) writes the same
-cache bytes and gives the same logits."""
+variant that rebuilds the step as it was before qkv_rope quantized (qkv_rope without tickets, so its fallback:
+the append kernel after it) writes the same cache bytes and gives the same logits."""
 
 import importlib.util
 from pathlib import Path
@@ -30,7 +30,7 @@ def step_parts():
 
 def _state():
     return (kernels.interface._run, kernels.interface.plan_for, kernels.interface.COMBINE_TRIGGER,
-            kernels.fused_gemv.qkv_rope, kernels.fused_gemv.LATE_DEPENDENTS, kernels.fused_gemv.CONFIGS,
+            kernels.fused_gemv.tickets, kernels.fused_gemv.LATE_DEPENDENTS, kernels.fused_gemv.CONFIGS,
             models.fused_decode.decode_attention)
 
 
