@@ -27,6 +27,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from kernels import interface
 from kernels.append import _append_kv_kernel, append_blocks
 from kernels.interface import combine_constexprs, combine_warps, split_constexprs, split_kernel
 from kernels.plan import plan_launch, resident_programs
@@ -170,7 +171,8 @@ def compile_config(config: Config, target: GPUTarget = GPUTarget("cuda", 90, 32)
     part = "*bf16" if plan.partials == "bfloat16" else "*fp32"
     constexprs = split_constexprs(plan, group=config.Hq // config.Hkv, T=config.T, D=config.D, scaled=scaled,
                                   e4m3=config.kv == "fp8", has_seqlens=True, upcast=False,
-                                  ieee_dot=config.dtype == "fp32" and not scaled, use_pdl=use_pdl, use_tma=plan.tma)
+                                  ieee_dot=config.dtype == "fp32" and not scaled, use_pdl=use_pdl, use_tma=plan.tma,
+                                  prefetch=interface.KV_PREFETCH, element_bytes=1 if scaled else 4 if config.dtype == "fp32" else 2)
     if scaled:  # contiguous scales: a launch specialises their unit stride to the constant 1
         constexprs |= {"stride_ksn": 1, "stride_vsn": 1}
     kernel = split_kernel(plan, config.Hq // config.Hkv, config.T)
@@ -178,7 +180,7 @@ def compile_config(config: Config, target: GPUTarget = GPUTarget("cuda", 90, 32)
     split = _compile(
         kernel,
         dict(Q=elem, **kv_types, K_SCALE="*fp32", V_SCALE="*fp32", SEQLENS="*i32", OUT=elem, LSE="*fp32",
-             PART_OUT=part, PART_LSE="*fp32"),
+             PART_OUT=part, PART_LSE="*fp32", K_BASE=cache, V_BASE=cache),
         constexprs, target, plan.num_warps, plan.num_stages, maxnreg=plan.maxnreg)
     facts["split_cubin_bytes"] = len(split.asm["cubin"])
     facts["split_shared_bytes"] = split.metadata.shared
@@ -188,6 +190,9 @@ def compile_config(config: Config, target: GPUTarget = GPUTarget("cuda", 90, 32)
     facts["tensor_cores"] = "mma" in split.asm["ptx"]
     facts["tma"] = "cp.async.bulk.tensor" in split.asm["ptx"]
     facts["pdl_wait"] = "griddepcontrol.wait" in split.asm["ptx"]
+    lines = split.asm["ptx"].splitlines()
+    wait = next((i for i, line in enumerate(lines) if "griddepcontrol.wait" in line), len(lines))
+    facts["prefetches_before_wait"] = sum("cp.async.bulk.prefetch.L2" in line for line in lines[:wait])
     if plan.num_splits > 1:
         combine = _compile(
             _combine_kernel,

@@ -27,7 +27,9 @@ chain by bf16 rounding, not more (tests/kernels/test_fused_gemv.py bounds both a
 
 With PDL (Hopper, `kernels.interface.PDL_SUPPORTED`) each kernel is a programmatic dependent launch: its
 programs become resident while the previous kernel drains and wait at `gdc_wait` before touching x, and
-it lets its own successor launch as soon as all its programs run. (Letting it launch only as each program
+it lets its own successor launch as soon as all its programs run. wo, w2 and wqkv load their first tile of
+W before that wait (`EARLY_TILE`: W comes from no kernel), which took 60-70 µs off the 7B step on an H200;
+asking L2 for more of W there instead (a bulk prefetch of each program's rows) made it 20-930 µs slower. (Letting it launch only as each program
 ends, `LATE_DEPENDENTS`, made the 7B step slower with an fp8 cache in every timing on an H200, by 12-59 µs, and
 mixed with bf16; qkv_rope alone so, with an int8 cache, 242 µs faster at 16k but 62 µs slower at 64k:
 bench/results/NOTES.md, Run 15, has the leads.)
@@ -57,16 +59,39 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 @triton.jit
 def _dot_rows(X, NORM_W, W, rows_a, rows_b, K, stride_wn, BLOCK_K: tl.constexpr, NORM: tl.constexpr,
-              PAIRED: tl.constexpr):
+              PAIRED: tl.constexpr, EARLY_TILE: tl.constexpr = False, USE_PDL: tl.constexpr = False,
+              LATE_DEPENDENTS: tl.constexpr = False):
     """fp32 sums over all of K of W[rows] * x' (x' = x * NORM_W with NORM, else x) for rows_a and, PAIRED,
-    rows_b (R,) in the same pass; and the sum of x^2 (the RMSNorm's statistic, read on the way)."""
+    rows_b (R,) in the same pass; and the sum of x^2 (the RMSNorm's statistic, read on the way).
+    EARLY_TILE: the first BLOCK_K columns of W are loaded first and, with USE_PDL, before waiting on the kernel
+    before, which x comes from (W does not), so their latency overlaps its tail; then, unless LATE_DEPENDENTS,
+    the next kernel may launch."""
     offs_k = tl.arange(0, BLOCK_K)
     w_a = W + rows_a[:, None].to(tl.int64) * stride_wn                                 # (R, 1)
     w_b = W + rows_b[:, None].to(tl.int64) * stride_wn
     acc_a = tl.zeros([rows_a.shape[0], BLOCK_K], dtype=tl.float32)
     acc_b = tl.zeros([rows_a.shape[0], BLOCK_K], dtype=tl.float32)
     sumsq = tl.zeros([BLOCK_K], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    k_rest = 0
+    if EARLY_TILE:
+        mask_k = offs_k < K
+        first_a = tl.load(w_a + offs_k[None, :], mask=mask_k[None, :], other=0.0)       # (R, BLOCK_K)
+        first_b = first_a
+        if PAIRED:
+            first_b = tl.load(w_b + offs_k[None, :], mask=mask_k[None, :], other=0.0)
+        if USE_PDL:
+            gdc_wait()
+            if LATE_DEPENDENTS == 0:
+                gdc_launch_dependents()
+        x = tl.load(X + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+        if NORM:
+            sumsq += x * x
+            x = x * tl.load(NORM_W + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+        acc_a += first_a.to(tl.float32) * x[None, :]
+        if PAIRED:
+            acc_b += first_b.to(tl.float32) * x[None, :]
+        k_rest = BLOCK_K
+    for k0 in range(k_rest, K, BLOCK_K):
         cols = k0 + offs_k
         mask_k = cols < K
         x = tl.load(X + cols, mask=mask_k, other=0.0).to(tl.float32)                 # (BLOCK_K,)
@@ -129,11 +154,16 @@ def _fused_gemv_kernel(
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NORM: tl.constexpr, EPILOGUE: tl.constexpr,
     HEAD_DIM: tl.constexpr, WRITE_CACHE: tl.constexpr, USE_PDL: tl.constexpr, INTERLEAVE: tl.constexpr,
     QUANT_CACHE: tl.constexpr = False, BLOCK_D: tl.constexpr = 2, LATE_DEPENDENTS: tl.constexpr = False,
+    EARLY_TILE: tl.constexpr = False,
 ):
+    # With PDL, the program waits for the previous kernel (x and the residual come from it) and then lets the
+    # next kernel's programs get resident as ours drain: here, or with EARLY_TILE inside _dot_rows, after
+    # loading its first tile of W.
     if USE_PDL:
-        gdc_wait()                 # x (and the residual) come from the previous kernel
-        if LATE_DEPENDENTS == 0:
-            gdc_launch_dependents()    # the next kernel's programs may get resident as ours drain
+        if EARLY_TILE == 0:
+            gdc_wait()
+            if LATE_DEPENDENTS == 0:
+                gdc_launch_dependents()
     pid = tl.program_id(0)
     if QUANT_CACHE:   # k and v programs first: where the grid takes several waves, their tickets' tail (the
         pid = (pid + q_rows // BLOCK_N) % tl.num_programs(0)     # heads' quantization) overlaps q's streaming
@@ -148,10 +178,12 @@ def _fused_gemv_kernel(
         rows_b = rows_a + pair_offset
         if INTERLEAVE:             # one (BLOCK_N, BLOCK_K) tile of rows a0 b0 a1 b1 ..., split after the sum
             pairs = tl.reshape(tl.join(rows_a, rows_b), (BLOCK_N,))
-            ab, _, sumsq = _dot_rows(X, NORM_W, W, pairs, pairs, K, stride_wn, BLOCK_K, NORM, False)
+            ab, _, sumsq = _dot_rows(X, NORM_W, W, pairs, pairs, K, stride_wn, BLOCK_K, NORM, False, EARLY_TILE, USE_PDL,
+                                     LATE_DEPENDENTS)
             a, b = tl.split(tl.reshape(ab, (BLOCK_N // 2, 2)))
         else:                      # two (BLOCK_N / 2, BLOCK_K) tiles
-            a, b, sumsq = _dot_rows(X, NORM_W, W, rows_a, rows_b, K, stride_wn, BLOCK_K, NORM, True)
+            a, b, sumsq = _dot_rows(X, NORM_W, W, rows_a, rows_b, K, stride_wn, BLOCK_K, NORM, True, EARLY_TILE, USE_PDL,
+                                   LATE_DEPENDENTS)
         if NORM:
             rstd = 1.0 / tl.sqrt(sumsq / K + eps)
             a = a * rstd
@@ -187,7 +219,8 @@ def _fused_gemv_kernel(
         rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)                                   # (BLOCK_N,)
         mask = rows < N
         rows = tl.where(mask, rows, 0)
-        y, _, sumsq = _dot_rows(X, NORM_W, W, rows, rows, K, stride_wn, BLOCK_K, NORM, False)
+        y, _, sumsq = _dot_rows(X, NORM_W, W, rows, rows, K, stride_wn, BLOCK_K, NORM, False, EARLY_TILE, USE_PDL,
+                               LATE_DEPENDENTS)
         if NORM:
             y = y / tl.sqrt(sumsq / K + eps)
         if EPILOGUE == 1:
@@ -222,7 +255,7 @@ class Config(NamedTuple):
 # interleave]}, as `python -m kernels.fused_gemv --write-configs FILE` writes it) adds or replaces entries.
 CONFIGS: dict[str | tuple[str, int, int], Config] = {
     "qkv_rope": Config(32, 256, 8, 4, True), "norm_swiglu": Config(8, 1024, 4, 3, True),
-    "gemv": Config(2, 512, 2, 4), "gemv_deep": Config(2, 1024, 4, 4), "gemv_norm": Config(4, 1024, 8, 3),
+    "gemv": Config(2, 512, 2, 4), "gemv_deep": Config(4, 1024, 4, 3), "gemv_norm": Config(4, 1024, 8, 3),
     # (kind, N, K)                                          where; µs of the kind's default -> this one
     ("qkv_rope", 5120, 8192): Config(8, 512, 4, 4, True),   # wqkv, 34B and 70B on a rank of 2: 32.0 -> 23.2
     ("qkv_rope", 10240, 8192): Config(8, 256, 2, 4, True),  # wqkv, 34B on 1 GPU: 44.0 -> 43.1
@@ -235,6 +268,10 @@ KINDS = ("qkv_rope", "norm_swiglu", "gemv", "gemv_deep", "gemv_norm")
 _per_shape = True                      # use_per_shape(False): the per-kind defaults everywhere (A/B runs)
 LATE_DEPENDENTS: frozenset = frozenset()   # A/B: epilogues (ROPE, ...) whose programs let the next kernel launch
                                            # at their end, not their start
+# Epilogues whose programs load their first tile of W before their PDL wait (W does not come from the kernel
+# before): wo, w2 and wqkv. In CodeLlama-7B's step on an H200 that took 43-55 µs off with wo and w2, 15-20 more
+# with wqkv; w13 (norm_swiglu) in its configuration became 800 µs slower (bench/results/NOTES.md, Run 16).
+EARLY_TILE: frozenset = frozenset({RESIDUAL, ROPE})
 
 
 def config_key(text: str) -> str | tuple[str, int, int]:
@@ -326,6 +363,7 @@ def _launch(config: Config, grid_rows: int, x, weight, y, *, norm_weight=None, e
         BLOCK_N=config.block_n, BLOCK_K=block_k, NORM=norm_weight is not None, EPILOGUE=epilogue,
         HEAD_DIM=head_dim, WRITE_CACHE=cache is not None, USE_PDL=use_pdl, INTERLEAVE=config.interleave,
         QUANT_CACHE=scales is not None, BLOCK_D=triton.next_power_of_2(head_dim), LATE_DEPENDENTS=epilogue in LATE_DEPENDENTS,
+        EARLY_TILE=epilogue in EARLY_TILE,
         num_warps=config.num_warps, num_stages=config.num_stages, **({"launch_pdl": True} if use_pdl else {}))
     return y
 
@@ -427,7 +465,7 @@ def compile_facts(arch: int = 90) -> dict:
     """Build each kernel of the step for a GPU target without a GPU, bf16, PDL on, in every configuration the
     decode step launches it with (`CONFIGS`: each kind's default, then each per-shape entry that differs, named
     "wqkv rope cache 5120x8192"): facts about each binary (must run without TRITON_INTERPRET, see
-    kernels/compile_check.py)."""
+    kernels/compile_check.py), among them the global loads issued before the PDL wait (EARLY_TILE's)."""
     from triton.backends.compiler import GPUTarget
 
     from kernels.compile_check import _compile
@@ -452,12 +490,15 @@ def compile_facts(arch: int = 90) -> dict:
         binary = _compile(_fused_gemv_kernel, types,
                           dict(BLOCK_N=c.block_n, BLOCK_K=c.block_k, NORM=norm, EPILOGUE=epilogue, HEAD_DIM=128,
                                WRITE_CACHE=cache, USE_PDL=True, INTERLEAVE=c.interleave,
-                               QUANT_CACHE=cache_type is not None, BLOCK_D=128),
+                               QUANT_CACHE=cache_type is not None, BLOCK_D=128, EARLY_TILE=epilogue in EARLY_TILE),
                           GPUTarget("cuda", arch, 32), c.num_warps, c.num_stages, floats=("eps",))
         ptx = binary.asm["ptx"]
+        lines = ptx.splitlines()
+        wait = next((i for i, line in enumerate(lines) if "griddepcontrol.wait" in line), len(lines))
         facts[name if isinstance(key, str) else f"{name} {key[1]}x{key[2]}"] = {
             "cubin_bytes": len(binary.asm["cubin"]), "vector_loads": sum("ld.global.v4" in line for line in ptx.splitlines()),
-            "pdl_wait": "griddepcontrol.wait" in ptx, "tickets": re.search(r"atom\.global\S*acq_rel", ptx) is not None}
+            "pdl_wait": "griddepcontrol.wait" in ptx, "tickets": re.search(r"atom\.global\S*acq_rel", ptx) is not None,
+            "loads_before_wait": sum("ld.global" in line for line in lines[:wait])}
     return facts
 
 

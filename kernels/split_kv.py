@@ -13,7 +13,9 @@ exp2(lse_i - lse) and sums them. On a GPU both stages are launched as programmat
 a stage's programs start while the kernel before it is still running and wait for its results at
 `gdc_wait`, which hides most of a launch (measured on an H100, bench/results/NOTES.md); the combine in turn
 lets the kernel after it (a decode step's wo GEMV) launch as it starts (H200: 34B S=4k 9.8 -> 9.4 µs, the 7B
-fp8 step 11-15 µs faster at 4k-16k; NOTES.md, Run 15). A combine fused into stage 1,
+fp8 step 11-15 µs faster at 4k-16k; NOTES.md, Run 15). Before its wait, each stage-1 program asks for the
+first `interface.KV_PREFETCH` bytes of its K and V range in L2 (kernels/prefetch.py), so their latency overlaps
+the kernel before (the 7B step 15-36 µs faster at 4k-64k, bf16, fp8 and int8; NOTES.md, Run 16). A combine fused into stage 1,
 the last split of each group reducing it, measured 1.2-2.3x slower: one program then reads the
 whole group's partials alone.
 
@@ -58,6 +60,8 @@ Internally scores are in base 2 (exp2 is one instruction); the lse handed out is
 import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+from kernels.prefetch import prefetch_rows
 
 LN2 = tl.constexpr(0.6931471805599453)
 FP8_MAX = tl.constexpr(448.0)
@@ -123,6 +127,22 @@ def _kv_pointers(Q, K, V, K_SCALE, V_SCALE, b, h, offs_d,
     ks_ptrs = K_SCALE + b * stride_ksb + h * stride_ksh
     vs_ptrs = V_SCALE + b * stride_vsb + h * stride_vsh
     return k_ptrs, v_ptrs, ks_ptrs, vs_ptrs
+
+
+@triton.jit
+def _prefetch_split(K_BASE, V_BASE, SEQLENS, S, D, b, h, split, num_splits, stride_kb, stride_kh, stride_kn,
+                    stride_vb, stride_vh, stride_vn, HAS_SEQLENS: tl.constexpr, BLOCK_N: tl.constexpr,
+                    PREFETCH: tl.constexpr, ELEMENT_BYTES: tl.constexpr):
+    """The first PREFETCH bytes of the split's K and V rows into L2, before the wait on the kernel before
+    (K_BASE, V_BASE: the caches' pointers, also under TMA). The lengths are read before that wait: no kernel
+    that may run alongside this one's start (the one before it, past its own wait) writes them; the key it
+    appends may land after the prefetch, which is no harm: L2 holds the newest bytes either way."""
+    _, start, end = _sequence_split(SEQLENS, S, b, split, num_splits, HAS_SEQLENS, BLOCK_N)
+    if start < end:
+        prefetch_rows(K_BASE + b * stride_kb + h * stride_kh + start * stride_kn, end - start, D, stride_kn,
+                      PREFETCH, ELEMENT_BYTES)
+        prefetch_rows(V_BASE + b * stride_vb + h * stride_vh + start * stride_vn, end - start, D, stride_vn,
+                      PREFETCH, ELEMENT_BYTES)
 
 
 @triton.jit
@@ -264,7 +284,7 @@ def _attend_tile(q, q_row_scale, m_i, l_i, acc, block_start, end, last_key,
 
 @triton.jit
 def _split_kv_kernel(
-    Q, K, V, K_SCALE, V_SCALE, SEQLENS, OUT, LSE, PART_OUT, PART_LSE,
+    Q, K, V, K_SCALE, V_SCALE, SEQLENS, OUT, LSE, PART_OUT, PART_LSE, K_BASE, V_BASE,
     stride_qb, stride_qh, stride_qt,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -277,13 +297,12 @@ def _split_kv_kernel(
     UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr,
     USE_PDL: tl.constexpr, TMA: tl.constexpr, LOOP_STAGES: tl.constexpr,
     CACHE_MODIFIER: tl.constexpr, EVICTION: tl.constexpr, EVEN_D: tl.constexpr,
+    PREFETCH: tl.constexpr = 0, ELEMENT_BYTES: tl.constexpr = 2,
 ):
     """Q (B, Hq, T, D) strided; K, V (B, Hkv, S, D) (pointers, or tensor descriptors with TMA);
     K_SCALE, V_SCALE (B, Hkv, S) fp32 with SCALED; OUT (B, Hq, T, D), LSE (B, Hq, T) contiguous;
-    PART_OUT (B, Hq, T, num_splits, D), PART_LSE (B, Hq, T, num_splits) when SPLIT."""
-    if USE_PDL:  # launched as a programmatic dependent: its start overlaps the kernel before
-        gdc_wait()               # whose writes (q, the new key and value) are visible from here on
-        gdc_launch_dependents()  # let the combine's (or the next kernel's) programs get resident
+    PART_OUT (B, Hq, T, num_splits, D), PART_LSE (B, Hq, T, num_splits) when SPLIT; K_BASE, V_BASE the
+    caches as pointers (read only by the PREFETCH of the split's first bytes into L2)."""
     ROWS: tl.constexpr = GROUP * T
     ROW_BLOCKS: tl.constexpr = (ROWS + BLOCK_M - 1) // BLOCK_M
     split = tl.program_id(0)
@@ -291,6 +310,14 @@ def _split_kv_kernel(
     bh = pid // ROW_BLOCKS
     b = (bh // HKV).to(tl.int64)  # int64: offsets into large caches overflow 32 bits
     h = (bh % HKV).to(tl.int64)
+    if USE_PDL:  # launched as a programmatic dependent: its start overlaps the kernel before
+        if PREFETCH > 0:
+            if pid % ROW_BLOCKS == 0:    # one program of those sharing the KV head asks
+                _prefetch_split(K_BASE, V_BASE, SEQLENS, S, D, b, h, split, num_splits, stride_kb, stride_kh,
+                                stride_kn, stride_vb, stride_vh, stride_vn, HAS_SEQLENS, BLOCK_N, PREFETCH,
+                                ELEMENT_BYTES)
+        gdc_wait()               # whose writes (q, the new key and value) are visible from here on
+        gdc_launch_dependents()  # let the combine's (or the next kernel's) programs get resident
 
     seqlen, start, end = _sequence_split(SEQLENS, S, b, split, num_splits, HAS_SEQLENS, BLOCK_N)
     if SPLIT:

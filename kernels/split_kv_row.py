@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from kernels.split_kv import LN2, _head_dim_mask, _kv_pointers, _load_tile, _sequence_split
+from kernels.split_kv import LN2, _head_dim_mask, _kv_pointers, _load_tile, _prefetch_split, _sequence_split
 
 
 @triton.jit
@@ -86,7 +86,7 @@ def _attend_tile_by_slot(q, m_i, l_i, acc, block_start, end, k_ptrs, v_ptrs, k_d
 
 @triton.jit
 def _split_kv_row_kernel(
-    Q, K, V, K_SCALE, V_SCALE, SEQLENS, OUT, LSE, PART_OUT, PART_LSE,
+    Q, K, V, K_SCALE, V_SCALE, SEQLENS, OUT, LSE, PART_OUT, PART_LSE, K_BASE, V_BASE,
     stride_qb, stride_qh, stride_qt,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -99,19 +99,23 @@ def _split_kv_row_kernel(
     UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr,
     USE_PDL: tl.constexpr, TMA: tl.constexpr, LOOP_STAGES: tl.constexpr,
     CACHE_MODIFIER: tl.constexpr, EVICTION: tl.constexpr, EVEN_D: tl.constexpr,
+    PREFETCH: tl.constexpr = 0, ELEMENT_BYTES: tl.constexpr = 2,
 ):
     """Q (B, Hq = Hkv, 1, D) strided; K, V (B, Hkv, S, D) (pointers, or tensor descriptors with TMA);
     K_SCALE, V_SCALE (B, Hkv, S) fp32 with SCALED; OUT (B, Hq, 1, D), LSE (B, Hq, 1) contiguous;
-    PART_OUT (B, Hq, 1, num_splits, D), PART_LSE (B, Hq, 1, num_splits) when SPLIT."""
+    PART_OUT (B, Hq, 1, num_splits, D), PART_LSE (B, Hq, 1, num_splits) when SPLIT; K_BASE, V_BASE as there."""
     tl.static_assert(GROUP * T == 1, "the row kernel serves one query row per KV head")
     tl.static_assert(not FP8_DOT and not FP8_EARLY, "the row kernel has no dots")
-    if USE_PDL:  # launched as a programmatic dependent (kernels.split_kv)
-        gdc_wait()
-        gdc_launch_dependents()
     split = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // HKV).to(tl.int64)  # int64: offsets into large caches overflow 32 bits
     h = (bh % HKV).to(tl.int64)
+    if USE_PDL:  # launched as a programmatic dependent (kernels.split_kv)
+        if PREFETCH > 0:
+            _prefetch_split(K_BASE, V_BASE, SEQLENS, S, D, b, h, split, num_splits, stride_kb, stride_kh, stride_kn,
+                            stride_vb, stride_vh, stride_vn, HAS_SEQLENS, BLOCK_N, PREFETCH, ELEMENT_BYTES)
+        gdc_wait()
+        gdc_launch_dependents()
     _, start, end = _sequence_split(SEQLENS, S, b, split, num_splits, HAS_SEQLENS, BLOCK_N)
     if SPLIT:
         if start >= end:

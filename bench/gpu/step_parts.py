@@ -2,6 +2,7 @@
 
     python bench/gpu/step_parts.py [--out DIR] [--contexts 4096,16384] [--kinds bf16,fp8,int8]   # ~1 min, one H200
         [--dense-sweep] [--configs 'norm_swiglu=8,1024,4,3,1|gemv=2,512,2,4,0;...'] [--plans 'num_splits=4;...']
+        [--variants 'early:rope;kvpf:8192;...'] [--bare]
 
 The fused one-token step of CodeLlama-7B (random weights, graph replays) per cache kind and context, timed whole
 and in these variants, all in one process (the difference to the whole step is what the part costs inside the
@@ -13,6 +14,10 @@ step, launches and waits included; a part left out leaves wrong results, only th
   combine-no-trigger  the combine lets the next kernel launch only as it ends (as before Run 15);
   append-kernel       (8-bit caches) k and v appended by the append kernel after qkv_rope, instead of qkv_rope
                       quantizing them itself (as before Run 15);
+  early:E,...         the dense kernels of those epilogues (plain, residual, swiglu, rope) load their first tile of
+                      W before their PDL wait;
+  kvpf:N              flash_decode's split programs prefetch N bytes of their K and V into L2 before theirs;
+  a+b                 variants together (e.g. early:rope+kvpf:8192);
   plan:...            (8-bit caches) flash_decode's plan with some fields changed;
   cfg:...             the dense kernels' launch configurations changed (--dense-sweep: every configuration of
                       kernels.fused_gemv.SWEEP, one at a time, in the first cache kind's rows);
@@ -48,6 +53,11 @@ class Variant:
         self.part, self.saved = part, []
 
     def __enter__(self):
+        if "+" in self.part:
+            self.inner = [Variant(p) for p in self.part.split("+")]
+            for variant in self.inner:
+                variant.__enter__()
+            return self
         if self.part == "no-combine":
             run = kernels.interface._run
             self._swap(kernels.interface, "_run", lambda kernel, *a, **k: None
@@ -69,6 +79,12 @@ class Variant:
                 kind, _, values = entry.partition("=")
                 configs[kind] = kernels.fused_gemv.Config(*(int(v) for v in values.split(",")))
             self._swap(kernels.fused_gemv, "CONFIGS", configs)
+        elif self.part.startswith("early:"):    # "early:plain,residual,swiglu,rope": those dense kernels load their
+            f = kernels.fused_gemv              # first tile of W before their PDL wait
+            names = self.part.removeprefix("early:").split(",")
+            self._swap(f, "EARLY_TILE", frozenset(getattr(f, name.upper()) for name in names))
+        elif self.part.startswith("kvpf:"):     # "kvpf:32768": each attention split program prefetches that many
+            self._swap(kernels.interface, "KV_PREFETCH", int(self.part.removeprefix("kvpf:")))   # bytes of K, V
         elif self.part.startswith("plan:"):     # "plan:num_splits=4,block_n=128": the 8-bit calls' plan changed
             changes = {}
             for item in self.part.removeprefix("plan:").split(","):
@@ -87,12 +103,17 @@ class Variant:
         setattr(module, name, value)
 
     def __exit__(self, *exc):
+        for variant in reversed(getattr(self, "inner", [])):
+            variant.__exit__(*exc)
         for module, name, value in reversed(self.saved):
             setattr(module, name, value)
 
 
+STANDARD = ["no-combine", "no-attention", "late-dependents", "late-qkv", "combine-no-trigger", "append-kernel"]
+
+
 def step_rows(model, contexts, kinds, read_bw: float, replays: int, log, plans=(),
-              configs=((), ())) -> list[dict]:
+              configs=((), ()), extra=(), bare: bool = False) -> list[dict]:
     """One row per (cache kind, context): µs of the whole step and of each variant (module doc). `configs`:
     (the dense sweep's, timed in the first kind's rows only; the ones asked for, timed in every row)."""
     rows = []
@@ -105,11 +126,11 @@ def step_rows(model, contexts, kinds, read_bw: float, replays: int, log, plans=(
             fill_cache_randomly(model, context)
             kv = kv_bytes_per_step(model.config, 1, context, quant=quant)
             row = {"kind": kind, "context": context, "roofline_us": (weights + kv) / read_bw * 1e6, "us": {}}
-            parts = ["whole", "no-combine", "no-attention", "late-dependents", "late-qkv", "combine-no-trigger"]
-            parts += ["append-kernel"] if quant else []
+            parts = ["whole"] + ([] if bare else STANDARD[:-1] + (STANDARD[-1:] if quant else []))
             parts += [f"plan:{p}" for p in plans] if quant else []
             parts += [f"cfg:{c}" for c in configs[0]] if kind == kinds[0] else []
             parts += [f"cfg:{c}" for c in configs[1]]
+            parts += list(extra)
             parts += ["whole again"]          # the noise of one timing
             for part in parts:
                 with Variant(part.removesuffix(" again")):
@@ -169,6 +190,10 @@ def main(argv=None) -> int:
                         help="time every configuration of kernels.fused_gemv.SWEEP inside the step (first kind only)")
     parser.add_argument("--configs", default="", help="';'-separated dense configurations to time in every row, "
                         "each 'kind=bn,bk,warps,stages,interleave' or several joined by '|'")
+    parser.add_argument("--variants", default="", help="';'-separated further variants to time in every row, "
+                        "e.g. 'early:rope;kvpf:8192;early:rope+kvpf:8192'")
+    parser.add_argument("--bare", action="store_true", help="leave out the standard variants (the module doc's "
+                        "first six): the whole step, what is asked for, the whole step again")
     parser.add_argument("--plans", default="", help="';'-separated 8-bit plan changes to time, e.g. "
                         "'num_splits=4;num_splits=16,partials=bfloat16'")
     args = parser.parse_args(argv)
@@ -187,12 +212,13 @@ def main(argv=None) -> int:
             configs += [f"{kind}={','.join(str(int(v)) for v in c)}" for c in candidates
                         if c != kernels.fused_gemv.CONFIGS[kind]]
     steps = step_rows(model, contexts, args.kinds.split(","), read_bw, args.replays, log,
-                      [p for p in args.plans.split(";") if p], (configs, [c for c in args.configs.split(";") if c]))
+                      [p for p in args.plans.split(";") if p], (configs, [c for c in args.configs.split(";") if c]),
+                      [v for v in args.variants.split(";") if v], args.bare)
     (args.out / "step-parts.json").write_text(json.dumps(
         {"env": env, "checks": checks, "steps": steps, "kernels": kernels_}, indent=1))
     print(f"checks: {checks}")
-    variants = ["no-combine", "no-attention", "late-dependents", "late-qkv", "combine-no-trigger", "append-kernel",
-                "whole again"]
+    extra = [v for v in args.variants.split(";") if v]
+    variants = ([] if args.bare else STANDARD) + extra + ["whole again"]
     print(f"{env['card']}, read bandwidth {read_bw / 1e12:.2f} TB/s. Decode step, CodeLlama-7B, batch 1: µs of the "
           f"whole step, and each variant's µs minus the whole step's (a part left out: minus its cost):")
     print(f"| cache | context | roofline | whole | % of roofline | {' | '.join(variants)} |")

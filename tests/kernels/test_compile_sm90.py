@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from kernels import interface
 from kernels.compile_check import APPEND_CONFIGS, MAIN_CONFIGS
 
 
@@ -39,6 +40,8 @@ def test_kernels_compile_for_sm90(compiled, config):
     assert facts["tma"] == bool(config.plan.get("tma"))  # descriptors lower to TMA copies, nothing else does
     assert facts["split_shared_bytes"] <= 227 * 1024  # Hopper's shared memory per block
     assert facts["pdl_wait"] == config.plan.get("pdl", True)  # a dependent launch waits for the kernel before
+    # and asks for its split's first K and V bytes before that wait (one bulk prefetch each)
+    assert facts["prefetches_before_wait"] == (2 if facts["pdl_wait"] and interface.KV_PREFETCH else 0)
 
 
 def test_whole_tiles_load_without_masks(compiled):

@@ -17,6 +17,14 @@ from kernels.fused_gemv import CONFIGS, Config, config_for, gemv, norm_swiglu, q
 TOLERANCES = [(torch.float32, 1e-5), (torch.bfloat16, 1.2e-2), (torch.float16, 2e-3)]
 
 
+@pytest.fixture(params=["first tile early", "no early tile"])
+def early_tile(request, monkeypatch):
+    """Every kernel kind with its first tile of W loaded before its loop (EARLY_TILE: on a GPU, before the PDL
+    wait), or none: the same sums either way."""
+    every = frozenset({fused_gemv.PLAIN, fused_gemv.RESIDUAL, fused_gemv.SWIGLU, fused_gemv.ROPE})
+    monkeypatch.setattr(fused_gemv, "EARLY_TILE", every if request.param == "first tile early" else frozenset())
+
+
 def _scale(weight, x, norm_weight=None, eps=1e-5):
     """Per output, the sum of |terms|: rounding errors scale with it, not with the (cancelling) result."""
     xs = reference._normed(x, norm_weight, eps).abs()
@@ -29,10 +37,10 @@ def _close(got, want, scale, tol):
     assert want.abs().max() > 0.1           # a comparison of real numbers, not of zeros
 
 
-@pytest.mark.parametrize("N, K", [(37, 1000), (128, 2048), (300, 77), (5, 16)])
+@pytest.mark.parametrize("N, K", [(37, 1000), (128, 2048), (300, 77), (5, 16), (9, 1500)])
 @pytest.mark.parametrize("dtype, tol", TOLERANCES)
 @pytest.mark.parametrize("fuse", ["plain", "residual", "norm", "norm fp32 out"])
-def test_gemv_with_its_prologue_and_epilogue(N, K, dtype, tol, fuse, poisoned_empty):
+def test_gemv_with_its_prologue_and_epilogue(N, K, dtype, tol, fuse, poisoned_empty, early_tile):
     x, weight = torch.randn(K).to(dtype), torch.randn(N, K).to(dtype)
     kwargs = {"residual": torch.randn(N).to(dtype)} if fuse == "residual" else {}
     if fuse.startswith("norm"):
@@ -49,7 +57,7 @@ def test_gemv_with_its_prologue_and_epilogue(N, K, dtype, tol, fuse, poisoned_em
 @pytest.mark.parametrize("F, K", [(64, 96), (43, 1000), (11, 5)])
 @pytest.mark.parametrize("dtype, tol", TOLERANCES)
 @pytest.mark.parametrize("interleave", [False, True])
-def test_norm_swiglu_pairs_gate_and_up_rows(F, K, dtype, tol, interleave, poisoned_empty):
+def test_norm_swiglu_pairs_gate_and_up_rows(F, K, dtype, tol, interleave, poisoned_empty, early_tile):
     x, w13 = torch.randn(K).to(dtype), torch.randn(2 * F, K).to(dtype)
     norm_weight = (torch.rand(K) + 0.5).to(dtype)
     y = norm_swiglu(x, norm_weight, 1e-6, w13, interleave=interleave)
@@ -66,7 +74,7 @@ def test_norm_swiglu_pairs_gate_and_up_rows(F, K, dtype, tol, interleave, poison
 @pytest.mark.parametrize("dtype, tol", TOLERANCES)
 @pytest.mark.parametrize("interleave", [False, True])
 def test_qkv_rope_rotates_q_and_k_and_writes_the_cache_slot(heads, kv_heads, D, dtype, tol, interleave,
-                                                            poisoned_empty):
+                                                            poisoned_empty, early_tile):
     K, S, pos = 80, 12, 7
     x, wqkv = torch.randn(K).to(dtype), torch.randn((heads + 2 * kv_heads) * D, K).to(dtype)
     norm_weight = (torch.rand(K) + 0.5).to(dtype)
@@ -168,6 +176,10 @@ def test_every_epilogue_compiles_for_sm90():
     for name, f in facts.items():
         assert f["cubin_bytes"] > 0 and f["vector_loads"] >= 2 and f["pdl_wait"], (name, f)
         assert f["tickets"] == ("8 cache" in name), (name, f)     # only the 8-bit caches' qkv_rope takes tickets
+        # wo, w2 and wqkv load their first tile of W before waiting on the kernel before (EARLY_TILE); the
+        # others wait first
+        early = name.startswith(("wo", "w2", "wqkv"))
+        assert (f["loads_before_wait"] > 0) == early, (name, f)
 
 
 # ---- launch configurations: per shape, the kind's default otherwise, the file override ------------------
