@@ -97,6 +97,13 @@ APPEND_CONFIGS = [("bf16", "bf16", 32, 128, 1), ("bf16", "fp8", 8, 128, 8), ("fp
                   ("bf16", "int8", 32, 128, 1), ("fp32", "int8", 3, 80, 16)]
 
 
+def before_pdl_wait(ptx: str) -> list[str]:
+    """The PTX lines before a kernel's first `griddepcontrol.wait` (all of them if it has none): what a
+    programmatic dependent launch does while the kernel before it may still run."""
+    lines = ptx.splitlines()
+    return lines[:next((i for i, line in enumerate(lines) if "griddepcontrol.wait" in line), len(lines))]
+
+
 def _compile(fn, pointer_types: dict, constexprs: dict, target: GPUTarget, num_warps: int, num_stages: int,
              floats=("qk_scale",), not_divisible=("num_splits",), maxnreg: int = 0):
     signature = {}
@@ -172,7 +179,8 @@ def compile_config(config: Config, target: GPUTarget = GPUTarget("cuda", 90, 32)
     constexprs = split_constexprs(plan, group=config.Hq // config.Hkv, T=config.T, D=config.D, scaled=scaled,
                                   e4m3=config.kv == "fp8", has_seqlens=True, upcast=False,
                                   ieee_dot=config.dtype == "fp32" and not scaled, use_pdl=use_pdl, use_tma=plan.tma,
-                                  prefetch=interface.KV_PREFETCH, element_bytes=1 if scaled else 4 if config.dtype == "fp32" else 2)
+                                  prefetch=interface.KV_PREFETCH,
+                                  element_bytes=1 if scaled else 4 if config.dtype == "fp32" else 2)
     if scaled:  # contiguous scales: a launch specialises their unit stride to the constant 1
         constexprs |= {"stride_ksn": 1, "stride_vsn": 1}
     kernel = split_kernel(plan, config.Hq // config.Hkv, config.T)
@@ -190,9 +198,8 @@ def compile_config(config: Config, target: GPUTarget = GPUTarget("cuda", 90, 32)
     facts["tensor_cores"] = "mma" in split.asm["ptx"]
     facts["tma"] = "cp.async.bulk.tensor" in split.asm["ptx"]
     facts["pdl_wait"] = "griddepcontrol.wait" in split.asm["ptx"]
-    lines = split.asm["ptx"].splitlines()
-    wait = next((i for i, line in enumerate(lines) if "griddepcontrol.wait" in line), len(lines))
-    facts["prefetches_before_wait"] = sum("cp.async.bulk.prefetch.L2" in line for line in lines[:wait])
+    facts["prefetches_before_wait"] = sum("cp.async.bulk.prefetch.L2" in line
+                                          for line in before_pdl_wait(split.asm["ptx"]))
     if plan.num_splits > 1:
         combine = _compile(
             _combine_kernel,

@@ -29,10 +29,10 @@ With PDL (Hopper, `kernels.interface.PDL_SUPPORTED`) each kernel is a programmat
 programs become resident while the previous kernel drains and wait at `gdc_wait` before touching x, and
 it lets its own successor launch as soon as all its programs run. wo, w2 and wqkv load their first tile of
 W before that wait (`EARLY_TILE`: W comes from no kernel), which took 60-70 µs off the 7B step on an H200;
-asking L2 for more of W there instead (a bulk prefetch of each program's rows) made it 20-930 µs slower. (Letting it launch only as each program
-ends, `LATE_DEPENDENTS`, made the 7B step slower with an fp8 cache in every timing on an H200, by 12-59 µs, and
-mixed with bf16; qkv_rope alone so, with an int8 cache, 242 µs faster at 16k but 62 µs slower at 64k:
-bench/results/NOTES.md, Run 15, has the leads.)
+asking L2 for more of W there instead (a bulk prefetch of each program's rows) made it 20-930 µs slower.
+(Letting it launch only as each program ends, `LATE_DEPENDENTS`, made the 7B step slower with an fp8 cache in
+every timing on an H200, by 12-59 µs, and mixed with bf16; qkv_rope alone so, with an int8 cache, 242 µs
+faster at 16k but 62 µs slower at 64k: bench/results/NOTES.md, Run 15, has the leads.)
 """
 
 from __future__ import annotations
@@ -58,6 +58,15 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @triton.jit
+def _wait_for_previous(LATE_DEPENDENTS: tl.constexpr):
+    """PDL: wait until the kernel before has finished (x and the residual come from it), then, unless
+    LATE_DEPENDENTS, let the next kernel's programs get resident as ours drain."""
+    gdc_wait()
+    if LATE_DEPENDENTS == 0:
+        gdc_launch_dependents()
+
+
+@triton.jit
 def _dot_rows(X, NORM_W, W, rows_a, rows_b, K, stride_wn, BLOCK_K: tl.constexpr, NORM: tl.constexpr,
               PAIRED: tl.constexpr, EARLY_TILE: tl.constexpr = False, USE_PDL: tl.constexpr = False,
               LATE_DEPENDENTS: tl.constexpr = False):
@@ -80,9 +89,7 @@ def _dot_rows(X, NORM_W, W, rows_a, rows_b, K, stride_wn, BLOCK_K: tl.constexpr,
         if PAIRED:
             first_b = tl.load(w_b + offs_k[None, :], mask=mask_k[None, :], other=0.0)
         if USE_PDL:
-            gdc_wait()
-            if LATE_DEPENDENTS == 0:
-                gdc_launch_dependents()
+            _wait_for_previous(LATE_DEPENDENTS)
         x = tl.load(X + offs_k, mask=mask_k, other=0.0).to(tl.float32)
         if NORM:
             sumsq += x * x
@@ -156,14 +163,9 @@ def _fused_gemv_kernel(
     QUANT_CACHE: tl.constexpr = False, BLOCK_D: tl.constexpr = 2, LATE_DEPENDENTS: tl.constexpr = False,
     EARLY_TILE: tl.constexpr = False,
 ):
-    # With PDL, the program waits for the previous kernel (x and the residual come from it) and then lets the
-    # next kernel's programs get resident as ours drain: here, or with EARLY_TILE inside _dot_rows, after
-    # loading its first tile of W.
     if USE_PDL:
-        if EARLY_TILE == 0:
-            gdc_wait()
-            if LATE_DEPENDENTS == 0:
-                gdc_launch_dependents()
+        if EARLY_TILE == 0:        # else inside _dot_rows, once the first tile of W is loaded
+            _wait_for_previous(LATE_DEPENDENTS)
     pid = tl.program_id(0)
     if QUANT_CACHE:   # k and v programs first: where the grid takes several waves, their tickets' tail (the
         pid = (pid + q_rows // BLOCK_N) % tl.num_programs(0)     # heads' quantization) overlaps q's streaming
@@ -178,12 +180,12 @@ def _fused_gemv_kernel(
         rows_b = rows_a + pair_offset
         if INTERLEAVE:             # one (BLOCK_N, BLOCK_K) tile of rows a0 b0 a1 b1 ..., split after the sum
             pairs = tl.reshape(tl.join(rows_a, rows_b), (BLOCK_N,))
-            ab, _, sumsq = _dot_rows(X, NORM_W, W, pairs, pairs, K, stride_wn, BLOCK_K, NORM, False, EARLY_TILE, USE_PDL,
-                                     LATE_DEPENDENTS)
+            ab, _, sumsq = _dot_rows(X, NORM_W, W, pairs, pairs, K, stride_wn, BLOCK_K, NORM, False, EARLY_TILE,
+                                     USE_PDL, LATE_DEPENDENTS)
             a, b = tl.split(tl.reshape(ab, (BLOCK_N // 2, 2)))
         else:                      # two (BLOCK_N / 2, BLOCK_K) tiles
-            a, b, sumsq = _dot_rows(X, NORM_W, W, rows_a, rows_b, K, stride_wn, BLOCK_K, NORM, True, EARLY_TILE, USE_PDL,
-                                   LATE_DEPENDENTS)
+            a, b, sumsq = _dot_rows(X, NORM_W, W, rows_a, rows_b, K, stride_wn, BLOCK_K, NORM, True, EARLY_TILE,
+                                   USE_PDL, LATE_DEPENDENTS)
         if NORM:
             rstd = 1.0 / tl.sqrt(sumsq / K + eps)
             a = a * rstd
@@ -468,7 +470,7 @@ def compile_facts(arch: int = 90) -> dict:
     kernels/compile_check.py), among them the global loads issued before the PDL wait (EARLY_TILE's)."""
     from triton.backends.compiler import GPUTarget
 
-    from kernels.compile_check import _compile
+    from kernels.compile_check import _compile, before_pdl_wait
     pointers = dict(X="*bf16", NORM_W="*bf16", W="*bf16", Y="*bf16", RES="*bf16", COS="*fp32", SIN="*fp32",
                     POS="*i64", K_CACHE="*bf16", V_CACHE="*bf16")
     quantized = dict(K_SCALE="*fp32", V_SCALE="*fp32", TICKETS="*i32")
@@ -493,12 +495,10 @@ def compile_facts(arch: int = 90) -> dict:
                                QUANT_CACHE=cache_type is not None, BLOCK_D=128, EARLY_TILE=epilogue in EARLY_TILE),
                           GPUTarget("cuda", arch, 32), c.num_warps, c.num_stages, floats=("eps",))
         ptx = binary.asm["ptx"]
-        lines = ptx.splitlines()
-        wait = next((i for i, line in enumerate(lines) if "griddepcontrol.wait" in line), len(lines))
         facts[name if isinstance(key, str) else f"{name} {key[1]}x{key[2]}"] = {
             "cubin_bytes": len(binary.asm["cubin"]), "vector_loads": sum("ld.global.v4" in line for line in ptx.splitlines()),
             "pdl_wait": "griddepcontrol.wait" in ptx, "tickets": re.search(r"atom\.global\S*acq_rel", ptx) is not None,
-            "loads_before_wait": sum("ld.global" in line for line in lines[:wait])}
+            "loads_before_wait": sum("ld.global" in line for line in before_pdl_wait(ptx))}
     return facts
 
 

@@ -197,7 +197,8 @@ def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scal
     seqlens = cache_seqlens if has_seqlens else lse  # any pointer; never read without HAS_SEQLENS
     upcast = not q.is_cuda  # the interpreter's 16-bit arithmetic is wrong; widen on load
     use_pdl = q.is_cuda and PDL_SUPPORTED and plan.pdl
-    use_tma = plan.tma and tma_capable(k_cache, v_cache)
+    aligned = tma_capable(k_cache, v_cache)          # what TMA and the L2 prefetch both need
+    use_tma = plan.tma and aligned
     k_arg, v_arg = (_descriptor(k_cache, plan), _descriptor(v_cache, plan)) if use_tma else (k_cache, v_cache)
     k_scale_arg, v_scale_arg = (k_scale, v_scale) if scaled else (lse, lse)  # never read without SCALED
     scale_strides = [st for t in (k_scale, v_scale) for st in t.stride()] if scaled else [0] * 6
@@ -211,7 +212,7 @@ def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scal
         S, Hkv, D, scale * LOG2_E, splits,
         **split_constexprs(plan, group=group, T=T, D=D, scaled=scaled, e4m3=e4m3, has_seqlens=has_seqlens,
                            upcast=upcast, ieee_dot=q.dtype == torch.float32 and not scaled, use_pdl=use_pdl,
-                           use_tma=use_tma, prefetch=KV_PREFETCH if tma_capable(k_cache, v_cache) else 0,
+                           use_tma=use_tma, prefetch=KV_PREFETCH if aligned else 0,
                            element_bytes=k_cache.element_size()),
         num_warps=plan.num_warps, num_stages=plan.num_stages, **({"maxnreg": plan.maxnreg} if plan.maxnreg else {}),
         **({"launch_pdl": True} if use_pdl else {}),

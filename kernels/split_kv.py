@@ -15,8 +15,8 @@ a stage's programs start while the kernel before it is still running and wait fo
 lets the kernel after it (a decode step's wo GEMV) launch as it starts (H200: 34B S=4k 9.8 -> 9.4 µs, the 7B
 fp8 step 11-15 µs faster at 4k-16k; NOTES.md, Run 15). Before its wait, each stage-1 program asks for the
 first `interface.KV_PREFETCH` bytes of its K and V range in L2 (kernels/prefetch.py), so their latency overlaps
-the kernel before (the 7B step 15-36 µs faster at 4k-64k, bf16, fp8 and int8; NOTES.md, Run 16). A combine fused into stage 1,
-the last split of each group reducing it, measured 1.2-2.3x slower: one program then reads the
+the kernel before (the 7B step 15-36 µs faster at 4k-64k, bf16, fp8 and int8; NOTES.md, Run 16). A combine
+fused into stage 1, the last split of each group reducing it, measured 1.2-2.3x slower: one program then reads the
 whole group's partials alone.
 
 8-bit caches (SCALED: float8_e4m3fn or int8, one float32 scale per token and KV head): tiles are loaded

@@ -126,7 +126,7 @@ def step_rows(model, contexts, kinds, read_bw: float, replays: int, log, plans=(
             fill_cache_randomly(model, context)
             kv = kv_bytes_per_step(model.config, 1, context, quant=quant)
             row = {"kind": kind, "context": context, "roofline_us": (weights + kv) / read_bw * 1e6, "us": {}}
-            parts = ["whole"] + ([] if bare else STANDARD[:-1] + (STANDARD[-1:] if quant else []))
+            parts = ["whole"] + ([] if bare else [p for p in STANDARD if quant or p != "append-kernel"])
             parts += [f"plan:{p}" for p in plans] if quant else []
             parts += [f"cfg:{c}" for c in configs[0]] if kind == kinds[0] else []
             parts += [f"cfg:{c}" for c in configs[1]]
@@ -211,13 +211,13 @@ def main(argv=None) -> int:
         for kind, candidates in kernels.fused_gemv.SWEEP.items():
             configs += [f"{kind}={','.join(str(int(v)) for v in c)}" for c in candidates
                         if c != kernels.fused_gemv.CONFIGS[kind]]
+    extra = [v for v in args.variants.split(";") if v]
     steps = step_rows(model, contexts, args.kinds.split(","), read_bw, args.replays, log,
                       [p for p in args.plans.split(";") if p], (configs, [c for c in args.configs.split(";") if c]),
-                      [v for v in args.variants.split(";") if v], args.bare)
+                      extra, args.bare)
     (args.out / "step-parts.json").write_text(json.dumps(
         {"env": env, "checks": checks, "steps": steps, "kernels": kernels_}, indent=1))
     print(f"checks: {checks}")
-    extra = [v for v in args.variants.split(";") if v]
     variants = ([] if args.bare else STANDARD) + extra + ["whole again"]
     print(f"{env['card']}, read bandwidth {read_bw / 1e12:.2f} TB/s. Decode step, CodeLlama-7B, batch 1: µs of the "
           f"whole step, and each variant's µs minus the whole step's (a part left out: minus its cost):")
