@@ -94,6 +94,17 @@ class Inputs:
     k_scale: torch.Tensor      # (B, Hkv, S) fp32
     v8: torch.Tensor
     v_scale: torch.Tensor
+    k_i8: torch.Tensor | None = None        # (B, Hkv, S, D) int8, quantized from k: made by with_int8()
+    k_i8_scale: torch.Tensor | None = None  # (B, Hkv, S) fp32
+    v_i8: torch.Tensor | None = None
+    v_i8_scale: torch.Tensor | None = None
+
+    def with_int8(self) -> "Inputs":
+        """These inputs with the int8 copy of the cache (kernels.reference's quantizer), made once."""
+        if self.k_i8 is None:
+            (self.k_i8, self.k_i8_scale), (self.v_i8, self.v_i8_scale) = (
+                reference.quantize(c, torch.int8) for c in (self.k, self.v))
+        return self
 
 
 def make_inputs(shape: Shape, device=None) -> Inputs:
@@ -361,7 +372,7 @@ class CheckCase:
         return self.fp8 or self.int8
 
     def plan(self, q):
-        plan = plan_for(q, 3, self.Hq, self.Hkv, self.S, self.D, self.T, self.scaled, self.splits)
+        plan = plan_for(q, 3, self.Hq, self.Hkv, self.S, self.D, self.T, self.scaled, self.splits, int8=self.int8)
         return dataclasses.replace(plan, **dict(self.options))
 
     def inputs(self, gen):
@@ -512,6 +523,12 @@ def gpu_correctness_sweep(log, quick: bool = False) -> list[dict]:
     int8_cases = ((torch.bfloat16, 128, 32, 32, 1, ()), (torch.bfloat16, 128, 64, 8, 1, ()),
                   (torch.float16, 80, 12, 4, 1, ()), (torch.float32, 64, 8, 8, 1, ()), (torch.bfloat16, 128, 64, 8, 5, ()),
                   (torch.bfloat16, 128, 32, 32, 1, i2f), (torch.float16, 80, 12, 12, 1, i2f))
+    int8_dot = (("int8_dot", True),)                      # int8 tensor-core scores (the dot kernel)
+    int8_cases += tuple((dt, D, hq, hkv, T, int8_dot + extra) for dt, D, hq, hkv, T, extra in (
+        (torch.bfloat16, 128, 64, 8, 1, ()), (torch.float16, 80, 12, 4, 1, ()), (torch.float32, 64, 8, 2, 1, ()),
+        (torch.bfloat16, 128, 64, 8, 5, ()), (torch.bfloat16, 128, 8, 8, 16, ()),
+        (torch.bfloat16, 128, 64, 8, 1, (("maxnreg", 168), ("num_warps", 2), ("block_n", 32))),
+        (torch.bfloat16, 128, 64, 8, 1, (("tma", True), ("num_stages", 3)))))
     cases += [CheckCase(dt, D, hq, hkv, S, splits, layout, T=T, int8=True, options=options)
               for dt, D, hq, hkv, T, options in int8_cases for S, splits, layout in mixes[:2]]
     seconds = compile_in_parallel([lambda c=c: c.compile(torch.Generator(device=DEVICE).manual_seed(0)) for c in cases])
@@ -755,8 +772,9 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default="", help="comma-separated substrings of shape labels to run")
     parser.add_argument("--tune", action="store_true", help="explore launch plans instead (kernels.tune)")
     parser.add_argument("--budget-s", type=float, default=330.0, help="--tune: seconds of exploration at most")
-    parser.add_argument("--cases", choices=["issue", "all"], default="issue",
-                        help="--tune: issue 10's shapes and the bars' rows, or every row of the final sweep")
+    parser.add_argument("--cases", choices=["issue", "all", "8bit"], default="issue",
+                        help="--tune: issue 10's shapes and the bars' rows, every row of the final sweep, or the "
+                             "rows where an int8 cache runs the dot kernel and the 8-token rows of both 8-bit caches")
     parser.add_argument("--regrid", action="store_true",
                         help="--tune --cases all: the tiling grid for shapes the committed table measured too "
                              "(after a new kernel option), not only a local search from their plan")

@@ -90,6 +90,8 @@ MAIN_CONFIGS = [
     Config("7B-64k-int8-i2f", "bf16", 32, 32, 65536, 128, kv="int8", plan={"int8_prmt": False}),
     Config("7B-16k-int8-tma", "bf16", 32, 32, 16384, 128, kv="int8", plan={"tma": True}),
     Config("34B-128k-int8", "bf16", 64, 8, 131072, 128, kv="int8"),
+    Config("34B-128k-int8-dot", "bf16", 64, 8, 131072, 128, kv="int8", plan={"int8_dot": True}),
+    Config("34B-64k-T8-int8-dot-tma", "bf16", 64, 8, 65536, 128, T=8, kv="int8", plan={"int8_dot": True, "tma": True}),
     Config("d80-int8-T4", "fp16", 12, 4, 1000, 80, T=4, kv="int8"),
     Config("34B-128k-fp8-n128-w8", "bf16", 64, 8, 131072, 128, kv="fp8", plan={"block_n": 128, "num_warps": 8}),
 ]

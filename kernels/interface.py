@@ -9,7 +9,10 @@ What flash_decode supports, and why not the rest:
   accurate one on real code (98.2% top-1 agreement with an unquantized cache against e4m3's 95.9%,
   models/kv_cache.py), and as fast: its bytes become floats by a byte permute and an exact add
   (`LaunchPlan.int8_prmt`), not by I2F, a quarter-rate instruction on sm_90 (within 0-5% of e4m3 on
-  an H200; bench/results/NOTES.md, Run 14).
+  an H200; bench/results/NOTES.md, Run 14). Where several query rows share a KV head (GQA, several
+  tokens) its scores can be int8 tensor-core dots of the keys as stored (`LaunchPlan.int8_dot`, chosen
+  by int8's own tuned plans): the fastest 8-bit cache there (H200, 34B 128k: 84.9 µs against e4m3's 90;
+  Run 17).
 - head dim 16..256, any value: tiles are padded to the next power of two and masked.
 - Hq a multiple of Hkv (MHA, GQA, MQA): one program reads a KV head once for its whole group.
 - 1..16 query tokens per sequence (decode, and verification of speculative drafts): the tokens are
@@ -70,7 +73,7 @@ def device_facts(device_index: int) -> tuple[str, int]:
 
 
 def plan_for(q: torch.Tensor, B: int, Hq: int, Hkv: int, S: int, D: int, T: int, fp8: bool,
-             num_splits: int | None = None) -> LaunchPlan:
+             num_splits: int | None = None, *, int8: bool = False) -> LaunchPlan:
     """The plan a call runs with: the device's tuned plan for this shape if there is one (16-bit q),
     else the heuristic; a forced `num_splits` overrides either's split count."""
     elem_bytes = q.element_size()  # the caches' too, unless fp8
@@ -79,7 +82,7 @@ def plan_for(q: torch.Tensor, B: int, Hq: int, Hkv: int, S: int, D: int, T: int,
     name, num_sms = device_facts(q.device.index if q.device.index is not None else torch.cuda.current_device())
     plan = None
     if USE_TUNED_PLANS and q.dtype != torch.float32:
-        plan = tuned_plan(name, num_sms, B, Hq, Hkv, S, D, T, fp8)
+        plan = tuned_plan(name, num_sms, B, Hq, Hkv, S, D, T, fp8, int8=int8)
     if plan is None:
         return plan_launch(B, Hq, Hkv, S, D, T=T, fp8=fp8, num_sms=num_sms, num_splits=num_splits,
                            elem_bytes=elem_bytes)
@@ -116,7 +119,7 @@ def flash_decode(q, k_cache, v_cache, cache_seqlens=None, *, softmax_scale=None,
     """
     B, Hq, Hkv, S, D, T, scaled = check_decode_inputs(q, k_cache, v_cache, cache_seqlens, num_splits,
                                                       k_scale=k_scale, v_scale=v_scale, dtypes=KERNEL_DTYPES)
-    plan = plan_for(q, B, Hq, Hkv, S, D, T, scaled, num_splits)  # int8 and e4m3 share the 8-bit plans
+    plan = plan_for(q, B, Hq, Hkv, S, D, T, scaled, num_splits, int8=k_cache.dtype == torch.int8)
     out, lse = launch(q, k_cache, v_cache, cache_seqlens, plan, softmax_scale=softmax_scale,
                       k_scale=k_scale, v_scale=v_scale)
     return (out, lse) if return_lse else out
@@ -144,6 +147,7 @@ def split_constexprs(plan: LaunchPlan, *, group: int, T: int, D: int, scaled: bo
                 BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_D=plan.block_d,
                 SCALED=scaled, FP8_DOT=e4m3 and plan.fp8_dot, FP8_EARLY=e4m3 and plan.fp8_early,
                 INT8_PRMT=scaled and not e4m3 and plan.int8_prmt and not upcast, UPCAST=upcast,
+                INT8_DOT=scaled and not e4m3 and plan.int8_dot,
                 IEEE_DOT=ieee_dot, USE_PDL=use_pdl, TMA=use_tma, LOOP_STAGES=plan.loop_stages or None,
                 CACHE_MODIFIER=plan.cache_modifier, EVICTION=plan.eviction, EVEN_D=D == plan.block_d,
                 PREFETCH=prefetch if use_pdl else 0, ELEMENT_BYTES=element_bytes)

@@ -55,6 +55,8 @@ class LaunchPlan:
                                 # says why it is off by default)
     int8_prmt: bool = True      # int8 caches: bytes -> fp32 (row kernel) or fp16 (dots) by PRMT and an exact
                                 # add, not I2F (a quarter-rate instruction on sm_90); False: I2F (A/B runs)
+    int8_dot: bool = False      # int8 caches, the dot kernel: scores by int8 tensor-core dots (q quantized per
+                                # row to int8, exact int32 sums), K never converted
     maxnreg: int = 0            # > 0: registers per thread capped (more resident programs, maybe spills)
     partials: str = "float32"   # split partials' dtype: "float32" or "bfloat16" (half the traffic)
     pdl: bool = True            # combine as a programmatic dependent launch where supported
@@ -146,8 +148,9 @@ def device_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-def shape_key(B: int, Hq: int, Hkv: int, S: int, D: int, T: int, fp8: bool) -> dict:
-    return {"kind": "fp8" if fp8 else "bf16", "group": Hq // Hkv, "D": D, "T": T, "B": B, "Hkv": Hkv, "S": S}
+def shape_key(B: int, Hq: int, Hkv: int, S: int, D: int, T: int, fp8: bool, int8: bool = False) -> dict:
+    """`fp8`: an 8-bit cache; `int8`: that cache holds int8 (its own entries; else e4m3's plans stand in)."""
+    return {"kind": "int8" if int8 else "fp8" if fp8 else "bf16", "group": Hq // Hkv, "D": D, "T": T, "B": B, "Hkv": Hkv, "S": S}
 
 
 @functools.lru_cache(maxsize=8)
@@ -170,20 +173,27 @@ def _distance(a: dict, b: dict) -> float:
 
 @functools.lru_cache(maxsize=256)
 def tuned_plan(name: str, num_sms: int, B: int, Hq: int, Hkv: int, S: int, D: int, T: int, fp8: bool,
-               *, directory: Path = PLANS_DIR) -> LaunchPlan | None:
+               *, int8: bool = False, directory: Path = PLANS_DIR) -> LaunchPlan | None:
     """The measured plan for this shape on this device, or None (then the heuristic decides).
 
     Entries of the same kind (cache dtype, group, head dim, one or several query tokens) stand in for
-    each other: the nearest (batch x KV heads, length, tokens on log scales) lends its options."""
-    key = shape_key(B, Hq, Hkv, S, D, T, fp8)
-    same_kind = [e for e in load_table(name, num_sms, directory)
-                 if all(e["key"][k] == key[k] for k in ("kind", "group", "D")) and (e["key"]["T"] > 1) == (T > 1)]
+    each other: the nearest (batch x KV heads, length, tokens on log scales) lends its options. An int8 cache
+    without entries of its own takes e4m3's (the same bytes per key)."""
+    key = shape_key(B, Hq, Hkv, S, D, T, fp8, int8)
+    table = load_table(name, num_sms, directory)
+
+    def of_kind(kind: str) -> list[dict]:
+        return [e for e in table if e["key"]["kind"] == kind and all(e["key"][k] == key[k] for k in ("group", "D"))
+                and (e["key"]["T"] > 1) == (T > 1)]
+    same_kind = of_kind(key["kind"]) or (of_kind("fp8") if int8 else [])
     if not same_kind:
         return None
     nearest = min(same_kind, key=lambda e: _distance(e["key"], key))
     plan = LaunchPlan(**nearest["plan"])
     if not fp8:  # fp8 options mean nothing here (older tables recorded the then default fp8_early=True)
         plan = dataclasses.replace(plan, fp8_early=False, fp8_dot=False)
+    if not int8:
+        plan = dataclasses.replace(plan, int8_dot=False)
     if nearest["key"] == key:
         return plan
     # Another shape of the same kind: its tile options, rows for this T, and as many waves of
@@ -201,8 +211,8 @@ def tuned_plan(name: str, num_sms: int, B: int, Hq: int, Hkv: int, S: int, D: in
 
 
 def table_entry(B: int, Hq: int, Hkv: int, S: int, D: int, T: int, fp8: bool, plan: LaunchPlan,
-                num_sms: int, measured: dict) -> dict:
+                num_sms: int, measured: dict, int8: bool = False) -> dict:
     """One entry of a plan file: the shape, the plan, and what was measured to choose it."""
     items = B * Hkv * plan.row_blocks(Hq // Hkv, T)
-    return {"key": shape_key(B, Hq, Hkv, S, D, T, fp8), "plan": dataclasses.asdict(plan), "items": items,
+    return {"key": shape_key(B, Hq, Hkv, S, D, T, fp8, int8), "plan": dataclasses.asdict(plan), "items": items,
             "programs_per_sm": items * plan.num_splits / num_sms, "measured": measured}

@@ -99,7 +99,7 @@ def _split_kv_row_kernel(
     UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr,
     USE_PDL: tl.constexpr, TMA: tl.constexpr, LOOP_STAGES: tl.constexpr,
     CACHE_MODIFIER: tl.constexpr, EVICTION: tl.constexpr, EVEN_D: tl.constexpr,
-    PREFETCH: tl.constexpr = 0, ELEMENT_BYTES: tl.constexpr = 2,
+    PREFETCH: tl.constexpr = 0, ELEMENT_BYTES: tl.constexpr = 2, INT8_DOT: tl.constexpr = False,
 ):
     """Q (B, Hq = Hkv, 1, D) strided; K, V (B, Hkv, S, D) (pointers, or tensor descriptors with TMA);
     K_SCALE, V_SCALE (B, Hkv, S) fp32 with SCALED; OUT (B, Hq, 1, D), LSE (B, Hq, 1) contiguous;

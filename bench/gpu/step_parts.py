@@ -92,8 +92,8 @@ class Variant:
                 changes[name] = value if name in ("partials", "eviction", "cache_modifier") else int(value)
             plan_for = kernels.interface.plan_for
 
-            def replanned(q, B, Hq, Hkv, S, D, T, fp8, num_splits=None):
-                plan = plan_for(q, B, Hq, Hkv, S, D, T, fp8, num_splits)
+            def replanned(q, B, Hq, Hkv, S, D, T, fp8, num_splits=None, *, int8=False):
+                plan = plan_for(q, B, Hq, Hkv, S, D, T, fp8, num_splits, int8=int8)
                 return dataclasses.replace(plan, **changes) if fp8 else plan
             self._swap(kernels.interface, "plan_for", replanned)
         return self

@@ -79,6 +79,21 @@ def test_int8_prmt_conversion_has_no_i2f(compiled):
     assert not any(op.startswith("I2F") for op in dots) and dots["PRMT"] >= 64
 
 
+def test_int8_dots_score_bytes_as_they_are(compiled):
+    """`int8_dot`: the scores are IMMA dots of q's two int8 digits and the int8 keys, so only V is converted
+    (PRMT + HSUB2 into fp16 for the PV dot, half the conversions) and the key loop is shorter than with the
+    keys converted too, in the same tiling; with several query tokens (warpgroup MMAs) and TMA loads too."""
+    converted, dots = compiled["34B-128k-int8"], compiled["34B-128k-int8-dot"]
+    def count(facts, prefix):
+        return sum(n for op, n in facts["loop_opcodes"].items() if op.startswith(prefix))
+    assert count(dots, "IMMA") > 0 and count(converted, "IMMA") == 0
+    assert count(dots, "HMMA") == count(converted, "HMMA") // 2   # PV alone on fp16 tensor cores
+    assert count(dots, "HADD2") <= count(converted, "HADD2") // 2  # V converted, K not
+    assert dots["loop_instructions"][0] <= 0.9 * converted["loop_instructions"][0] and dots["local_bytes"] == 0
+    verify = compiled["34B-64k-T8-int8-dot-tma"]
+    assert verify["tma"] and count(verify, "IGMMA") > 0   # 64 query rows: warpgroup int8 MMAs
+
+
 def test_register_cap_is_applied(compiled):
     assert compiled["7B-64k-fp8-maxnreg128"]["registers"] <= 128
 

@@ -204,3 +204,45 @@ def test_plan_fills_the_gpu():
     assert plan_launch(64, 64, 8, 2048, 128, num_sms=132).num_splits < long_single.num_splits
     assert plan_launch(1, 9, 3, 100, 64).num_splits >= 1
     assert plan_launch(1, 32, 32, 4096, 256).block_n <= plan_launch(1, 32, 32, 4096, 128).block_n
+
+
+INT8_DOT_CASES = [((8, 2), 64, 1, torch.bfloat16, 1, "bhsd"), ((12, 4), 80, 1, torch.float16, 3, "bshd"),
+                  ((64, 8), 128, 1, torch.bfloat16, 5, "bhsd"), ((8, 1), 128, 4, torch.bfloat16, 2, "bshd"),
+                  ((9, 3), 64, 3, torch.float32, 1, "bhsd"), ((4, 4), 64, 2, torch.float16, 4, "bhsd")]
+
+
+@pytest.mark.parametrize("heads, D, T, dtype, splits, layout", INT8_DOT_CASES,
+                         ids=[f"h{c[0][0]}-{c[0][1]}-d{c[1]}-t{c[2]}-{str(c[3])[6:]}-s{c[4]}-{c[5]}"
+                              for c in INT8_DOT_CASES])
+def test_int8_dots_match_float64_reference(heads, D, T, dtype, splits, layout, poisoned_empty):
+    """`int8_dot`: scores from int8 tensor-core dots of q's two int8 digits and the int8 keys (the dot kernel,
+    GQA and several tokens): as accurate as converting the keys, against float64 attention over the
+    dequantized cache; ragged lengths with 0, forced splits past the end of short rows, strided caches."""
+    (Hq, Hkv), B, S = heads, 3, 300
+    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
+    q, k, v = make_inputs(B, Hq, Hkv, S, D, dtype, layout=layout)
+    if T > 1:
+        q = torch.randn(B, Hq, T, D, generator=gen).to(dtype)
+    lengths = torch.tensor([S, 0 if T == 1 else T, 40 + T], dtype=torch.int32)  # (T tokens need T keys)
+    scales = {}
+    k, scales["k_scale"], v, scales["v_scale"] = quantized_copy(k, v, layout=layout, dtype=torch.int8)
+    plan = dataclasses.replace(plan_launch(B, Hq, Hkv, S, D, T=T, fp8=True, num_splits=splits), int8_dot=True)
+    out, lse = launch(q, k, v, lengths, plan, **scales)
+
+    assert not out.isnan().any(), "an output element was never written"
+    ref_out, ref_lse = float64_reference(q, k, v, lengths, **scales)
+    keep = lengths > 0
+    bound = 2 * same_dtype_torch_error(q, *dense(k, v, scales, dtype), lengths, ref_out) + tolerance(dtype, True)
+    assert rel_err(out[keep], ref_out[keep]) <= bound
+    assert (out[~keep] == 0).all() and (lse[~keep] == float("-inf")).all()
+    # q's digits carry it to 1/(127 x 508) of its row's largest element: the log-sum-exp within 1e-4
+    torch.testing.assert_close(lse[keep], ref_lse[keep].float(), rtol=1e-5, atol=1e-4)
+    # and it is q that is rounded: one int8 digit alone (the high one) would err ~100x more
+    high_only = reference.flash_decode(_rounded_rows(q), k, v, lengths, return_lse=True, **scales)[1]
+    assert (high_only[keep].double() - ref_lse[keep]).abs().max() > 10 * (lse[keep].double() - ref_lse[keep]).abs().max()
+
+
+def _rounded_rows(q):
+    """q rounded to one int8 digit per row (amax / 127 a step): what a single int8 dot would see."""
+    scale = q.float().abs().amax(-1, keepdim=True).clamp_min(1e-30) / 127
+    return (torch.round(q.float() / scale) * scale).double()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import kernels.tune as tune
-from kernels import bench
+from kernels import bench, reference
 from kernels.plan import LaunchPlan, load_table, plan_launch, tuned_plan, wave_splits
 
 
@@ -90,6 +90,27 @@ def test_nearest_entry_lends_its_tiles_and_programs_per_sm(tmp_path):
     assert four.block_m == 32 and four.block_n == 128 and four.num_splits == 16
 
 
+
+def test_an_int8_cache_has_its_own_entries_else_takes_e4m3s(tmp_path):
+    """int8 and e4m3 caches read the same bytes per key but not with the same code (`int8_dot`): int8 entries
+    serve int8 calls; where the table has none for the kind of shape, e4m3's plan stands in as it is (an e4m3
+    call never runs int8 dots, whatever an entry says)."""
+    e4m3 = LaunchPlan(num_splits=99, block_m=16, block_n=32, block_d=128, num_warps=2, num_stages=3)
+    int8 = dataclasses.replace(e4m3, num_splits=66, block_n=64, int8_dot=True)
+    entries = [tune.table_entry(1, 64, 8, 131072, 128, 1, True, e4m3, 132, {"us": 1.0}),
+               tune.table_entry(1, 64, 8, 131072, 128, 1, True, int8, 132, {"us": 1.0}, int8=True),
+               tune.table_entry(1, 32, 32, 65536, 128, 1, True, dataclasses.replace(e4m3, int8_dot=True), 132, {})]
+    assert [e["key"]["kind"] for e in entries] == ["fp8", "int8", "fp8"]
+    (tmp_path / "gpu-x.json").write_text(json.dumps({"device": {"name": "GPU X", "sms": 132}, "entries": entries}))
+    load_table.cache_clear()
+    tuned_plan.cache_clear()
+    assert tuned_plan("GPU X", 132, 1, 64, 8, 131072, 128, 1, True, int8=True, directory=tmp_path) == int8
+    assert tuned_plan("GPU X", 132, 1, 64, 8, 131072, 128, 1, True, directory=tmp_path) == e4m3
+    mha = tuned_plan("GPU X", 132, 1, 32, 32, 65536, 128, 1, True, int8=True, directory=tmp_path)  # e4m3's, for int8
+    assert mha.block_n == 32 and mha.num_splits == 99 and mha.int8_dot
+    assert not tuned_plan("GPU X", 132, 1, 32, 32, 65536, 128, 1, True, directory=tmp_path).int8_dot  # not for e4m3
+    assert tuned_plan("GPU X", 132, 1, 64, 8, 131072, 128, 1, False, int8=False, directory=tmp_path) is None  # bf16
+
 def test_wave_splits_fill_whole_waves():
     """FlashAttention-3's rule: 8 KV heads on 132 SMs with one resident program each: 15 splits make
     120 programs (91% of a wave, the first count within 85% of the best); unsplit when the batch
@@ -116,6 +137,30 @@ def test_split_counts_fit_the_binary_s_programs_per_sm():
     policies = tune.split_policies(case, plan_launch(1, 32, 32, 65536, 128, fp8=True), 132, resident=3)
     assert policies["full wave of 3"] == 12 and 8 in policies.values()
 
+
+
+def test_int8_cases_explore_int8_dots_and_their_own_inputs():
+    """The "8bit" cases: both 8-bit caches wherever they run the dot kernel; an int8 case times int8 caches
+    (quantized from the same bf16 cache), tries int8 dots in its grid and its local search, and never the
+    e4m3-only options; its entry is keyed "int8"; a bar its cases do not measure is left out, not met."""
+    cases = tune.cases("8bit")
+    assert {c.label for c in cases} >= {"34B B=1 S=128k int8", "34B B=1 S=128k fp8", "34B B=1 S=64k int8 T=8",
+                                        "7B B=1 S=16k fp8 T=8"}
+    assert all(c.fp8 for c in cases) and not any(c.shape.model == "7B" and c.T == 1 for c in cases)
+    case = tune.Case(bench.Shape("tiny", 1, 256, 8, 2, 32), fp8=True, int8=True)
+    x = bench.make_inputs(case.shape, "cpu").with_int8()
+    q, k, v, scales = case.args(x)
+    assert k.dtype == v.dtype == torch.int8 and scales["k_scale"].dtype == torch.float32
+    torch.testing.assert_close(reference.dequantize(k, scales["k_scale"], torch.float32), x.k.float(),
+                               rtol=0, atol=x.k.float().abs().max().item() / 127)
+    assert any(t.get("int8_dot") for t in tune.tilings(case))
+    assert not any(t.get("fp8_early") or t.get("fp8_dot") for t in tune.tilings(case))
+    base = plan_launch(1, 8, 2, 256, 32, fp8=True, num_splits=2)
+    names = [name for name, _ in tune.neighbours(case, base, 2, 132)]
+    assert "int8 dot" in names and "fp8 dot" not in names
+    entry = tune.table_entry(1, 8, 2, 256, 32, 1, case.fp8, base, 132, {}, int8=case.int8)
+    assert entry["key"]["kind"] == "int8"
+    assert [b["bar"] for b in tune.tune_bars([], 1.0)] == []
 
 def test_bars_read_the_rows():
     def row(label, model, B, S, kv_mb, g):
@@ -176,7 +221,7 @@ def test_gpu_check_sweep_forces_every_option_the_tuner_may_pick(monkeypatch):
     assert all(r["ok"] for r in results)
     forced = {name for case in ran for name, _ in case.options}
     assert {"fp8_early", "maxnreg", "num_warps", "block_n", "tma", "partials", "eviction", "cache_modifier",
-            "pdl"} <= forced
+            "pdl", "int8_dot"} <= forced
     assert all(case.fp8 for case in ran if "fp8_early" in dict(case.options))
 
 
@@ -207,7 +252,7 @@ def test_exploring_every_row_merges_into_the_committed_table(cpu_exploration, mo
     load_table.cache_clear()
     tuned_plan.cache_clear()
     monkeypatch.setattr(tune, "load_table", lambda name, sms: load_table(name, sms, committed_dir))
-    monkeypatch.setattr(tune, "tuned_plan", lambda *args: tuned_plan(*args, directory=committed_dir))
+    monkeypatch.setattr(tune, "tuned_plan", lambda *args, **kw: tuned_plan(*args, **kw, directory=committed_dir))
     monkeypatch.setattr(tune, "cases", lambda which: [tune.Case(s) for s in (known, new, unwanted)])
     monkeypatch.setattr(tune, "PRIORITY", {"tiny B=2 S=128": 3.0, "tiny B=1 S=256": 2.0})
     budget = {"spent": False}
