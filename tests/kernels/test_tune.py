@@ -11,7 +11,7 @@ import torch
 
 import kernels.tune as tune
 from kernels import bench, reference
-from kernels.plan import LaunchPlan, load_table, plan_launch, tuned_plan, wave_splits
+from kernels.plan import PLANS_DIR, LaunchPlan, load_table, plan_launch, tuned_plan, wave_splits
 
 
 def wall_clock_us(run, replays=1):
@@ -363,3 +363,21 @@ def test_plan_file_from_a_saved_sweep_keeps_the_other_entries(tmp_path):
     assert [e["key"]["S"] for e in entries] == [131072, 1024]
     assert entries[1]["plan"] == dataclasses.asdict(best) and entries[0] == kept
     load_table.cache_clear()
+
+
+def test_the_committed_plan_tables_hold_valid_plans():
+    """Every committed entry is a LaunchPlan of a known kind whose options belong to that kind, launched as a
+    dependent (the decode step relies on it; Run 17), with programs per SM as its split count makes them."""
+    tables = sorted(PLANS_DIR.glob("*.json"))
+    assert tables
+    for path in tables:
+        table = json.loads(path.read_text())
+        sms = table["device"]["sms"]
+        for entry in table["entries"]:
+            key, plan = entry["key"], LaunchPlan(**entry["plan"])
+            assert key["kind"] in ("bf16", "fp8", "int8"), (path.name, key)
+            assert not plan.int8_dot or key["kind"] == "int8", key
+            assert not (plan.fp8_dot or plan.fp8_early) or key["kind"] == "fp8", key
+            assert plan.pdl, key
+            assert entry["items"] == key["B"] * key["Hkv"] * plan.row_blocks(key["group"], key["T"]), key
+            assert abs(entry["programs_per_sm"] - entry["items"] * plan.num_splits / sms) < 1e-9, key
