@@ -239,6 +239,25 @@ def time_graph(fn, sets, replays: int = 30) -> float:
     return graph_replay_us(run_all, replays) / len(sets)
 
 
+def best_of_rounds(runs: dict, calls: int, replays: int = 30, rounds: int = 2) -> dict:
+    """µs per call of each of `runs` (name -> a callable making `calls` calls), as graph replays: the best of
+    `rounds` rounds that take every contestant in turn, so a drift of the machine meets all of them alike."""
+    best = {}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            us = graph_replay_us(run, replays) / calls
+            best[name] = min(best.get(name, us), us)
+    return best
+
+
+def save_table(out: Path, stem: str, table: str, payload: dict) -> None:
+    """A GPU script's results: OUT/stem.md (the table) and OUT/stem.json (`payload`); the table printed last."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.md").write_text(table)
+    (out / f"{stem}.json").write_text(json.dumps(payload, indent=1))
+    print(table)
+
+
 @triton.jit
 def _stream_read_kernel(K, V, OUT, n_per_program, BLOCK: tl.constexpr):
     """Reads its slice of K and V once and writes one number: the fastest any decode kernel could

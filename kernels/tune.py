@@ -154,7 +154,6 @@ def neighbours(case: Case, best: LaunchPlan, resident: int, num_sms: int) -> lis
     the best found so far, round after round, they reach combinations of options."""
     r = dataclasses.replace
     s = case.shape
-    n_blocks = max(1, math.ceil(s.S / best.block_n))
     out = []
     for factor in (0.5, 0.75, 1.25, 1.5, 2.0):
         out.append((f"splits x{factor}", r(best, num_splits=round(best.num_splits * factor))))

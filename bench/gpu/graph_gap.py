@@ -13,14 +13,13 @@ OUT_DIR/graph-gap.{json,md}; prints the table last.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 from kernels import flash_decode
-from kernels.bench import READ_ONLY_CONFIGS, Shape, environment, graph_replay_us, make_input_sets, read_once, sdpa
+from kernels.bench import READ_ONLY_CONFIGS, Shape, best_of_rounds, environment, make_input_sets, read_once, save_table, sdpa
 
 SHAPES = [Shape("34B", 1, 65536, 64, 8), Shape("34B", 1, 131072, 64, 8), Shape("34B", 64, 2048, 64, 8),
           Shape("7B", 1, 65536, 32, 32)]
@@ -39,12 +38,10 @@ def main(out: Path) -> int:
             "read-only": lambda x: read_once(x.k, x.v, *READ_ONLY_CONFIGS[3]),
         }
         row = {"shape": shape.label, "mb": shape.kv_bytes / 1e6, "fp8_mb": shape.fp8_bytes / 1e6}
-        for _ in range(2):  # interleaved rounds, best of two
-            for name, fn in contestants.items():
-                for k in CALLS:
-                    us = graph_replay_us(lambda: [fn(sets[i % 2]) for i in range(k)], 30) / k
-                    key = f"{name} x{k}"
-                    row[key] = min(row.get(key, us), us)
+        for k in CALLS:  # each call count its own interleaved rounds
+            runs = {f"{name} x{k}": lambda fn=fn, k=k: [fn(sets[i % 2]) for i in range(k)]
+                    for name, fn in contestants.items()}
+            row |= best_of_rounds(runs, k)
         rows.append(row)
         print(f"{shape.label}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items() if isinstance(v, float)),
               file=sys.stderr, flush=True)
@@ -61,11 +58,7 @@ def main(out: Path) -> int:
             mb = r["fp8_mb"] if name == "ours fp8" else r["mb"]
             lines.append(f"| {r['shape']} | {name} | " + " | ".join(f"{r[f'{name} x{k}']:.1f}" for k in CALLS)
                          + f" | {mb / r[f'{name} x1']:.2f} | {mb / r[f'{name} x8']:.2f} |")
-    table = "\n".join(lines) + "\n"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "graph-gap.md").write_text(table)
-    (out / "graph-gap.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
-    print(table)
+    save_table(out, "graph-gap", "\n".join(lines) + "\n", {"env": env, "rows": rows})
     return 0
 
 

@@ -15,14 +15,14 @@ the table last.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 from kernels import flash_decode, reference
-from kernels.bench import Shape, environment, graph_replay_us, make_input_sets, n_sets_for, read_bandwidth, sdpa
+from kernels.bench import (Shape, best_of_rounds, environment, make_input_sets, n_sets_for, read_bandwidth,
+                           save_table, sdpa)
 from kernels.interface import device_facts, launch, plan_for
 from kernels.plan import MAX_SPLITS, resident_programs
 
@@ -86,10 +86,7 @@ def main(out: Path) -> int:
                                             for x, ((k8_, ks_), (v8_, vs_)) in zip(sets, int8)]
         if T == 1:
             runs["cuDNN"] = lambda: [sdpa("CUDNN_ATTENTION")(x) for x in sets]
-        for _ in range(2):  # interleaved rounds, best of two
-            for name, run in runs.items():
-                us = graph_replay_us(run, REPLAYS) / len(sets)
-                row[name] = min(row.get(name, us), us)
+        row |= best_of_rounds(runs, len(sets), REPLAYS)
         rows.append(row)
         print(f"{label}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items() if isinstance(v, float))
               + f"; errors {row['rel_err']}; resident {residents}", file=sys.stderr, flush=True)
@@ -111,11 +108,7 @@ def main(out: Path) -> int:
                      + " | ".join(f"{r[n]:.1f}" for n in names)
                      + f" | {best / r['int8']:.2f} | {pct(best):.0f}% | {pct(r['fp8']):.0f}% | "
                      f"{max(r['rel_err'].values()):.1e} |")
-    table = "\n".join(lines) + "\n"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "int8-dot.md").write_text(table)
-    (out / "int8-dot.json").write_text(json.dumps({"env": env, "read_bw": read_bw, "rows": rows}, indent=1))
-    print(table)
+    save_table(out, "int8-dot", "\n".join(lines) + "\n", {"env": env, "read_bw": read_bw, "rows": rows})
     return 0
 
 

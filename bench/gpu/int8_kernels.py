@@ -13,14 +13,13 @@ Writes OUT_DIR/int8-kernels.{json,md} and prints the table.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 from kernels import flash_decode, reference
-from kernels.bench import Shape, environment, graph_replay_us, make_input_sets, n_sets_for, sdpa
+from kernels.bench import Shape, best_of_rounds, environment, make_input_sets, n_sets_for, save_table, sdpa
 from kernels.interface import launch, plan_for
 
 SHAPES = [Shape("7B", 1, 4096, 32, 32), Shape("7B", 1, 16384, 32, 32), Shape("7B", 1, 65536, 32, 32),
@@ -45,11 +44,7 @@ def main(out: Path) -> int:
                                   for x, ((k8, ks), (v8, vs)) in zip(sets, int8)],
             "cuDNN": lambda: [sdpa("CUDNN_ATTENTION")(x) for x in sets],
         }
-        row = {"shape": shape.label, "kv_mb": shape.kv_bytes / 1e6}
-        for _ in range(2):  # interleaved rounds, best of two
-            for name, run in runs.items():
-                us = graph_replay_us(run, REPLAYS) / len(sets)
-                row[name] = min(row.get(name, us), us)
+        row = {"shape": shape.label, "kv_mb": shape.kv_bytes / 1e6} | best_of_rounds(runs, len(sets), REPLAYS)
         row["int8 TB/s"] = shape.fp8_bytes / row["int8"] / 1e6   # (the same bytes: 8-bit K and V, fp32 scales)
         row["fp8 TB/s"] = shape.fp8_bytes / row["fp8"] / 1e6
         rows.append(row)
@@ -64,11 +59,7 @@ def main(out: Path) -> int:
         lines.append(f"| {r['shape']} | {r['kv_mb']:.0f} | {r['bf16']:.1f} | {r['fp8']:.1f} | {r['int8']:.1f} | "
                      f"{r['int8 I2F']:.1f} | {r['cuDNN']:.1f} | {r['int8'] / r['fp8']:.2f} | {r['fp8 TB/s']:.2f} | "
                      f"{r['int8 TB/s']:.2f} |")
-    table = "\n".join(lines) + "\n"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "int8-kernels.md").write_text(table)
-    (out / "int8-kernels.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
-    print(table)
+    save_table(out, "int8-kernels", "\n".join(lines) + "\n", {"env": env, "rows": rows})
     return 0
 
 

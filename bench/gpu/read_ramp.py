@@ -12,15 +12,14 @@ OUT_DIR/read-ramp.{json,md}; prints the table last.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 from kernels import flash_decode
-from kernels.bench import (READ_ONLY_CONFIGS, Shape, environment, graph_replay_us, make_input_sets, n_sets_for,
-                           read_bandwidth, read_once, sdpa)
+from kernels.bench import (READ_ONLY_CONFIGS, Shape, best_of_rounds, environment, make_input_sets, n_sets_for,
+                           read_bandwidth, read_once, save_table, sdpa)
 
 SHAPES = [Shape("34B", 1, s * 1024, 64, 8) for s in (32, 64, 128, 256, 512)]
 SHAPES += [Shape("7B", 1, s * 1024, 32, 32) for s in (8, 16, 32, 64, 128)]
@@ -44,11 +43,7 @@ def main(out: Path) -> int:
                 "cuDNN": lambda: [sdpa("CUDNN_ATTENTION")(x) for x in sets]}
         for i, config in enumerate(READ_ONLY_CONFIGS):
             runs[f"read-only {i}"] = lambda config=config: [read_once(x.k, x.v, *config) for x in sets]
-        row = {"shape": shape.label, "model": shape.model, "mb": shape.kv_bytes / 1e6}
-        for _ in range(2):  # interleaved rounds, best of two
-            for name, run in runs.items():
-                us = graph_replay_us(run, 30) / len(sets)
-                row[name] = min(row.get(name, us), us)
+        row = {"shape": shape.label, "model": shape.model, "mb": shape.kv_bytes / 1e6} | best_of_rounds(runs, len(sets))
         row["read-only"] = min(v for k, v in row.items() if k.startswith("read-only "))
         rows.append(row)
         print(f"{shape.label}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items() if isinstance(v, float)),
@@ -69,12 +64,8 @@ def main(out: Path) -> int:
     lines += ["", "Least-squares line per contestant and model: time = fixed + bytes / rate.", "",
               "| contestant | fixed µs | streaming TB/s |", "|---|---|---|"]
     lines += [f"| {name} | {fixed:.1f} | {rate:.2f} |" for name, (fixed, rate) in fits.items()]
-    table = "\n".join(lines) + "\n"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "read-ramp.md").write_text(table)
-    (out / "read-ramp.json").write_text(json.dumps({"env": env, "read_ceiling": ceiling, "rows": rows,
-                                                    "fits": fits}, indent=1))
-    print(table)
+    save_table(out, "read-ramp", "\n".join(lines) + "\n",
+               {"env": env, "read_ceiling": ceiling, "rows": rows, "fits": fits})
     return 0
 
 
