@@ -48,9 +48,9 @@ e4m3 (a scale per row) and computes the scores with fp8 tensor-core dots, skippi
 exact to 1/(127 * 508) of the row's largest element, finer than fp16's 2^-11 relative step; the
 scores are the exact int32 dots of both digits with the keys as stored, and only V is converted for
 the PV dot. One digit alone cost 0.6 points of top-1 agreement on SmolLM2 (97.8% against 98.4%). The
-key loop is 20% shorter (sm_90 SASS, 34B 128k's tile: 610 against 759 instructions); on an H200 the
-tuned int8 plans take 34B 128k from 94.5 to 84.9 µs and 8-token verification at 34B 64k from 150 to
-86 µs (bench/results/NOTES.md, Run 17).
+key loop is 20% shorter (sm_90 SASS, 34B 128k's tile: 610 against 759 instructions). On an H200, in one
+run, int8 with its own tuned plans took 85.5 µs at 34B 128k, on e4m3's plan 94.7, e4m3 itself 90.4
+(bench/results/NOTES.md, Run 17).
 
 How a sequence is split is decided inside the kernel from its current length: the grid depends
 only on shapes, so a CUDA graph captured once stays valid while the cache fills, and the splits
@@ -386,16 +386,18 @@ def _split_kv_kernel(
     full_end = start + (end - start) // BLOCK_N * BLOCK_N
     for block_start in tl.range(start, full_end, BLOCK_N, num_stages=LOOP_STAGES):  # None: kernel num_stages
         m_i, l_i, acc = _attend_tile(
-            q, q_low, q_row_scale, m_i, l_i, acc, block_start, end, last_key, k_ptrs, v_ptrs, K, V, ks_ptrs, vs_ptrs,
+            q, q_low, q_row_scale, m_i, l_i, acc, block_start, end, last_key, k_ptrs, v_ptrs, K, V, ks_ptrs,
+            vs_ptrs,
             b, h, stride_kn, stride_vn, stride_ksn, stride_vsn, offs_n, mask_d, qk_scale,
-            T, False, SCALED, FP8_DOT, INT8_DOT, FP8_EARLY, INT8_PRMT, DOT_DTYPE, UPCAST, IEEE_DOT, TMA, BLOCK_N, BLOCK_D,
-            CACHE_MODIFIER, EVICTION)
+            T, False, SCALED, FP8_DOT, INT8_DOT, FP8_EARLY, INT8_PRMT, DOT_DTYPE, UPCAST, IEEE_DOT, TMA,
+            BLOCK_N, BLOCK_D, CACHE_MODIFIER, EVICTION)
     for tail_start in tl.range(full_end, end, BLOCK_N, num_stages=2):  # one tile at most; a loop
         m_i, l_i, acc = _attend_tile(                                        # keeps its loads in shared memory
-            q, q_low, q_row_scale, m_i, l_i, acc, tail_start, end, last_key, k_ptrs, v_ptrs, K, V, ks_ptrs, vs_ptrs,
+            q, q_low, q_row_scale, m_i, l_i, acc, tail_start, end, last_key, k_ptrs, v_ptrs, K, V, ks_ptrs,
+            vs_ptrs,
             b, h, stride_kn, stride_vn, stride_ksn, stride_vsn, offs_n, mask_d, qk_scale,
-            T, True, SCALED, FP8_DOT, INT8_DOT, FP8_EARLY, INT8_PRMT, DOT_DTYPE, UPCAST, IEEE_DOT, TMA, BLOCK_N, BLOCK_D,
-            CACHE_MODIFIER, EVICTION)
+            T, True, SCALED, FP8_DOT, INT8_DOT, FP8_EARLY, INT8_PRMT, DOT_DTYPE, UPCAST, IEEE_DOT, TMA,
+            BLOCK_N, BLOCK_D, CACHE_MODIFIER, EVICTION)
 
     # A row without keys (an empty sequence with one split; an early token's split past its last
     # key) leaves l_i = 0: output zeros, lse -inf.

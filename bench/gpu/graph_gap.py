@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from kernels import flash_decode
-from kernels.bench import READ_ONLY_CONFIGS, Shape, best_of_rounds, environment, make_input_sets, read_once, save_table, sdpa
+from kernels.bench import (READ_ONLY_CONFIGS, Shape, best_of_rounds, environment, make_input_sets, read_once,
+                           save_table, sdpa)
 
 SHAPES = [Shape("34B", 1, 65536, 64, 8), Shape("34B", 1, 131072, 64, 8), Shape("34B", 64, 2048, 64, 8),
           Shape("7B", 1, 65536, 32, 32)]

@@ -68,8 +68,8 @@ def main(out: Path) -> int:
             plans[name], residents[name] = wave_plan(dataclasses.replace(base, int8_dot=True, **fields), items, s.S,
                                                      sets[0].q, k8, v8, ks, vs, num_sms)
         label = f"{s.label}" + (f" T={T}" if T > 1 else "")
-        row = {"shape": label, "fp8_mb": s.fp8_bytes / 1e6, "plans": {k: dataclasses.asdict(p) for k, p in plans.items()},
-               "resident": residents, "rel_err": {}}
+        row = {"shape": label, "fp8_mb": s.fp8_bytes / 1e6, "resident": residents, "rel_err": {},
+               "plans": {k: dataclasses.asdict(p) for k, p in plans.items()}}
         x0 = sets[0]
         ref = reference.flash_decode(x0.q, k8, v8, k_scale=ks, v_scale=vs).float()
         for name, plan in plans.items():
@@ -79,7 +79,8 @@ def main(out: Path) -> int:
             "bf16": lambda: [flash_decode(x.q, x.k, x.v) for x in sets],
             "fp8": lambda: [flash_decode(x.q, x.k8, x.v8, k_scale=x.k_scale, v_scale=x.v_scale) for x in sets],
         }
-        runs["int8 planned"] = lambda: [flash_decode(x.q, k8_, v8_, k_scale=ks_, v_scale=vs_)   # int8's own table entries
+        # int8's own table entries
+        runs["int8 planned"] = lambda: [flash_decode(x.q, k8_, v8_, k_scale=ks_, v_scale=vs_)
                                         for x, ((k8_, ks_), (v8_, vs_)) in zip(sets, int8)]
         for name, plan in plans.items():
             runs[name] = lambda plan=plan: [launch(x.q, k8_, v8_, None, plan, k_scale=ks_, v_scale=vs_)
@@ -93,7 +94,8 @@ def main(out: Path) -> int:
         del sets, int8
         torch.cuda.empty_cache()
     names = ["fp8", "int8", "int8 planned"] + [n for n, _ in VARIANTS]
-    lines = [f"# int8 dots in the dot kernel: {env['card']}, {env['date']}, torch {env['torch']}, triton {env['triton']}; "
+    lines = [f"# int8 dots in the dot kernel: {env['card']}, {env['date']}, torch {env['torch']}, "
+             f"triton {env['triton']}; "
              f"read rate {read_bw / 1e12:.2f} TB/s", "",
              "CUDA-graph replays, µs (best of two interleaved rounds); 8-bit rows' read rate on cache plus scales in % "
              "of the read rate; max relative error of the int8 variants against the float32 reference over the "

@@ -7,7 +7,8 @@ configurations, over 4 GiB) is the denominator of every "% of the read rate"; Ru
 streaming 2.1 GB faster than it on some machines (its read-only kernel's loop was not pipelined then; it is
 now, `tl.range(num_stages=)`). Here, in one process: that ceiling's contestants, the read-only kernel at
 64-256 programs, two tile sizes and 3 or 5 loop stages, and flash_decode (bf16) over 2.1 GB of K+V
-(CodeLlama-7B at 128k), each as do_bench medians of single calls. Writes OUT_DIR/read-ceiling.{md,json}; prints the table last.
+(CodeLlama-7B at 128k), each as do_bench medians of single calls. Writes OUT_DIR/read-ceiling.{md,json};
+prints the table last.
 """
 
 from __future__ import annotations

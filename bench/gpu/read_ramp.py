@@ -56,7 +56,8 @@ def main(out: Path) -> int:
     lines = [f"# Read rate against bytes read: {env['card']}, {env['date']}, torch {env['torch']}, "
              f"triton {env['triton']}; read ceiling (4 GiB) {ceiling / 1e12:.2f} TB/s", "",
              "CUDA-graph replays, µs (best of two interleaved rounds); TB/s = K+V bytes / time.", "",
-             "| shape | K+V MB | flash_decode | read-only (best config) | cuDNN | ours TB/s | read-only TB/s | cuDNN TB/s |",
+             "| shape | K+V MB | flash_decode | read-only (best config) | cuDNN | ours TB/s | read-only TB/s | "
+             "cuDNN TB/s |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['shape']} | {r['mb']:.0f} | {r['flash_decode']:.1f} | {r['read-only']:.1f} | "
