@@ -81,11 +81,11 @@ def cases(which: str = "issue") -> list[Case]:
     """"issue": issue 10's nine shapes, fp8 at 7B 64k and 34B 128k, one and 8 tokens at 7B 16k and
     34B 64k. "all": every shape of the final sweep, fp8 wherever the read-rate bar applies, and the
     8-token rows of the verification bars (`explore` orders them by `case_weight`). "8bit": both 8-bit
-    caches at the shapes where they run the dot kernel (the 34B rows, 8 tokens)."""
+    caches at the shapes where they run the dot kernel (the 34B and SmolLM2 rows, 8 tokens)."""
     by = {s.label: s for s in shapes()}
     bar_pairs = [Case(by[label], T=t) for label in ("7B B=1 S=16k", "34B B=1 S=64k") for t in (1, VERIFY_TOKENS)]
     if which == "8bit":
-        gqa = [s for s in shapes() if s.model == "34B"]
+        gqa = [s for s in shapes() if s.model in ("34B", "SmolLM2")]
         verify = [by["34B B=1 S=64k"], by["7B B=1 S=16k"]]
         return ([Case(s, fp8=True, int8=int8) for s in gqa for int8 in (True, False)]
                 + [Case(s, T=VERIFY_TOKENS, fp8=True, int8=int8) for s in verify for int8 in (True, False)])

@@ -145,7 +145,7 @@ def test_int8_cases_explore_int8_dots_and_their_own_inputs():
     e4m3-only options; its entry is keyed "int8"; a bar its cases do not measure is left out, not met."""
     cases = tune.cases("8bit")
     assert {c.label for c in cases} >= {"34B B=1 S=128k int8", "34B B=1 S=128k fp8", "34B B=1 S=64k int8 T=8",
-                                        "7B B=1 S=16k fp8 T=8"}
+                                        "7B B=1 S=16k fp8 T=8", "SmolLM2 B=1 S=32k int8"}
     assert all(c.fp8 for c in cases) and not any(c.shape.model == "7B" and c.T == 1 for c in cases)
     case = tune.Case(bench.Shape("tiny", 1, 256, 8, 2, 32), fp8=True, int8=True)
     x = bench.make_inputs(case.shape, "cpu").with_int8()
