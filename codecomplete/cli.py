@@ -159,7 +159,8 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
                        help="split the model over N GPUs (tensor parallelism; with --device cpu, N processes)")
     model.add_argument("--kv-cache", choices=("bf16", "fp16", "fp32", "fp8", "int8"),
                        help="KV cache storage (default: the model's dtype): int8 or fp8 hold 8 bits with a scale "
-                            "per token, about twice the context in the same memory; int8 is the more accurate")
+                            "per token, about twice the context in the same memory; int8 is the more accurate and, on "
+                            "an H200, as fast or faster")
 
 
 def build_serve_parser() -> argparse.ArgumentParser:
