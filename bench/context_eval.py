@@ -48,6 +48,9 @@ TUNING = ("jinja2", "starlette", "anyio", "markdown_it")
 HELD_OUT = ("rich", "prompt_toolkit", "httpx")
 MAX_NEW_TOKENS = 48  # the rest of a line
 RUNS = ("repo_heal", "repo_raw", "file_heal", "file_raw")  # context (repository or file alone), healing on/off
+# Not run by default: the file-alone builder handed the chunk that defines the name (as an editor's extra chunk, cut
+# to half the budget): what perfect retrieval of the definition would add over the file alone, an upper bound.
+ORACLE = "oracle_heal"
 VERSIONS = ["torch", "transformers", "tokenizers", "tree-sitter", "tree-sitter-python", "numpy"]
 
 
@@ -217,12 +220,24 @@ class FileAlone:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def complete(engine, index, site: Site, budget: int, heal: bool) -> dict:
-    """The model's completion of the site's line (greedy), scored against the truth."""
+def definition_chunk(index, tokenizer, site: Site, max_tokens: int) -> tuple[str, str]:
+    """(path, text) of the innermost chunk that defines the site's name, its first lines up to max_tokens."""
+    path, line = site.definition
+    chunk = min((c for c in index.chunks if c.path == path and c.start_line <= line <= c.end_line),
+                key=lambda c: c.end_line - c.start_line)
+    lines = chunk.text.split("\n")
+    while len(lines) > 1 and len(tokenizer.encode("\n".join(lines))) > max_tokens:
+        lines = lines[: max(1, len(lines) * 3 // 4)]
+    return path, "\n".join(lines)
+
+
+def complete(engine, index, site: Site, budget: int, heal: bool, extra=()) -> dict:
+    """The model's completion of the site's line (greedy), scored against the truth. ``extra``: chunks an
+    editor would hand the builder, (path, text)."""
     from models import GenerationConfig
 
     packed = build_completion_prompt(index, engine.tokenizer, site.path, line=site.line, col=site.col,
-                                     budget_tokens=budget, heal=heal)
+                                     budget_tokens=budget, heal=heal, extra=extra)
     config = GenerationConfig(max_new_tokens=MAX_NEW_TOKENS, stop_token_ids=tuple(packed.stop_token_ids),
                               stop_strings=tuple(packed.stop_strings), required_prefix=packed.heal_text)
     result = engine.generate(packed.ids, config)
@@ -251,9 +266,9 @@ def summary(sites: list[Site], budgets: list[int], with_model: bool) -> dict:
             key = f"recall_{buffer}_{budget}"
             out[key] = _mean([s.results[key] for s in sites if key in s.results])
     if with_model:
-        modelled = [s for s in sites if any(run in s.results for run in RUNS)]
+        modelled = [s for s in sites if any(run in s.results for run in RUNS + (ORACLE,))]
         out["model_sites"] = len(modelled)
-        for run in RUNS:
+        for run in RUNS + (ORACLE,):
             for metric in ("exact", "similarity"):
                 values = [s.results[run][metric] for s in modelled if run in s.results]
                 out[f"{run}_{metric}"] = _mean(values)
@@ -263,9 +278,10 @@ def summary(sites: list[Site], budgets: list[int], with_model: bool) -> dict:
                     out[f"{run}_{metric}_{group}"] = _mean(part)
         out["after_space_sites"] = sum(s.after_space for s in modelled)
         for metric in ("exact", "similarity"):
-            differences = [float(s.results["repo_heal"][metric]) - float(s.results["file_heal"][metric])
-                           for s in modelled if "repo_heal" in s.results and "file_heal" in s.results]
-            out[f"repo_minus_file_{metric}"] = _mean_interval(differences)
+            for run in ("repo_heal", ORACLE):
+                differences = [float(s.results[run][metric]) - float(s.results["file_heal"][metric])
+                               for s in modelled if run in s.results and "file_heal" in s.results]
+                out[f"{run.split('_')[0]}_minus_file_{metric}"] = _mean_interval(differences)
     return out
 
 
@@ -291,13 +307,13 @@ def main() -> None:
     parser.add_argument("--budgets", default="1024,4096")
     parser.add_argument("--no-model", action="store_true", help="recall only")
     parser.add_argument("--runs", default=",".join(RUNS),
-                        help=f"model runs per site, of {','.join(RUNS)} (fewer for a quicker look)")
+                        help=f"model runs per site, of {','.join(RUNS + (ORACLE,))} (fewer for a quicker look)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="results path without extension (default bench/results/context-eval-SET)")
     args = parser.parse_args()
     runs = args.runs.split(",")
-    if not set(runs) <= set(RUNS):
-        parser.error(f"--runs takes some of {','.join(RUNS)}")
+    if not set(runs) <= set(RUNS + (ORACLE,)):
+        parser.error(f"--runs takes some of {','.join(RUNS + (ORACLE,))}")
     repos = args.repos.split(",") if args.repos else list(TUNING if args.set == "tuning" else HELD_OUT)
     budgets = [int(b) for b in args.budgets.split(",")]
     label = args.repos.replace(",", "-") if args.repos else args.set
@@ -350,7 +366,8 @@ def main() -> None:
                     solo = alone.index(index, repo, site.path)
                     for run in runs:
                         source = index if run.startswith("repo") else solo
-                        site.results[run] = complete(engine, source, site, budgets[0], run.endswith("heal"))
+                        extra = [definition_chunk(index, tokenizer, site, budgets[0] // 2)] if run == ORACLE else []
+                        site.results[run] = complete(engine, source, site, budgets[0], run.endswith("heal"), extra)
                 with progress.open("a") as file:
                     file.write(json.dumps({"key": key, "results": site.results}) + "\n")
             per_repo[repo] = {"version": run_info.versions([repo.replace("_", "-")])[repo.replace("_", "-")],
@@ -425,13 +442,19 @@ def markdown(results: dict) -> str:
                          f"{percent(data['repo_heal_exact_after_space'])} / "
                          f"{percent(data['repo_heal_exact_after_other'])} |")
         overall = results["overall"]
-        for metric in ("exact", "similarity"):
-            difference = overall[f"repo_minus_file_{metric}"]
-            if difference:
-                scale, unit = (100, " points") if metric == "exact" else (1, "")
-                lines.append("")
-                lines.append(f"Paired difference repo - file, {metric}: {scale * difference['mean']:+.3f}{unit}"
-                             f" (95% interval {scale * difference['low']:+.3f} to {scale * difference['high']:+.3f}).")
+        for arm in ("repo", "oracle"):
+            for metric in ("exact", "similarity"):
+                difference = overall.get(f"{arm}_minus_file_{metric}")
+                if difference:
+                    scale, unit = (100, " points") if metric == "exact" else (1, "")
+                    lines.append("")
+                    lines.append(f"Paired difference {arm} - file, {metric}: {scale * difference['mean']:+.3f}{unit}"
+                                 f" (95% interval {scale * difference['low']:+.3f} to "
+                                 f"{scale * difference['high']:+.3f}).")
+        if overall.get(f"{ORACLE}_exact") is not None:
+            lines.append("")
+            lines.append(f"Oracle (the file alone plus the defining chunk): exact {percent(overall[f'{ORACLE}_exact'])}"
+                         f" / similarity {overall[f'{ORACLE}_similarity']:.3f}.")
     lines.append("")
     return "\n".join(lines)
 
