@@ -302,15 +302,15 @@ def copy_bandwidth() -> float:
     return 2 * src.numel() * src.element_size() / (ms * 1e-3)
 
 
-def read_bandwidth() -> tuple[float, dict]:
+def read_bandwidth(configs=READ_ONLY_CONFIGS) -> tuple[float, dict]:
     """Bytes read per second by the fastest read-only reduction of a 4 GiB buffer (far beyond L2):
-    PyTorch's sum and amax, and the Triton read-only kernel in each configuration. Returns the best
-    rate and every contestant's, so the ceiling is not one implementation's weakness."""
+    PyTorch's sum and amax, and the Triton read-only kernel in each of `configs` (`triton_read_only_<i>`).
+    Returns the best rate and every contestant's, so the ceiling is not one implementation's weakness."""
     half = torch.randn(2**30, device="cuda", dtype=torch.bfloat16)   # 2 GiB
     other = torch.randn(2**30, device="cuda", dtype=torch.bfloat16)
     whole = torch.cat([half, other])
     readers = {"torch.sum": lambda: whole.sum(dtype=torch.float32), "torch.amax": lambda: whole.amax()}
-    for i, config in enumerate(READ_ONLY_CONFIGS):
+    for i, config in enumerate(configs):
         readers[f"triton_read_only_{i}"] = lambda config=config: read_once(half, other, *config)
     rates = {}
     for name, fn in readers.items():

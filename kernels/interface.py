@@ -11,8 +11,8 @@ What flash_decode supports, and why not the rest:
   (`LaunchPlan.int8_prmt`), not by I2F, a quarter-rate instruction on sm_90 (within 0-5% of e4m3 on
   an H200; bench/results/NOTES.md, Run 14). Where several query rows share a KV head (GQA, several
   tokens) its scores can be int8 tensor-core dots of the keys as stored (`LaunchPlan.int8_dot`, chosen
-  by int8's own tuned plans): the fastest 8-bit cache there (H200, 34B 128k: 84.9 µs against e4m3's 90;
-  Run 17).
+  by int8's own tuned plans): the fastest 8-bit cache there (H200, 34B 128k in one run: 85.5 µs against
+  e4m3's 90.4; Run 17).
 - head dim 16..256, any value: tiles are padded to the next power of two and masked.
 - Hq a multiple of Hkv (MHA, GQA, MQA): one program reads a KV head once for its whole group.
 - 1..16 query tokens per sequence (decode, and verification of speculative drafts): the tokens are

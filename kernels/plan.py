@@ -150,7 +150,8 @@ def device_slug(name: str) -> str:
 
 def shape_key(B: int, Hq: int, Hkv: int, S: int, D: int, T: int, fp8: bool, int8: bool = False) -> dict:
     """`fp8`: an 8-bit cache; `int8`: that cache holds int8 (its own entries; else e4m3's plans stand in)."""
-    return {"kind": "int8" if int8 else "fp8" if fp8 else "bf16", "group": Hq // Hkv, "D": D, "T": T, "B": B, "Hkv": Hkv, "S": S}
+    return {"kind": "int8" if int8 else "fp8" if fp8 else "bf16", "group": Hq // Hkv, "D": D, "T": T, "B": B,
+            "Hkv": Hkv, "S": S}
 
 
 @functools.lru_cache(maxsize=8)

@@ -17,7 +17,7 @@ element per tile (each slot's rescale), against the instruction budget of a memo
 
 Same arguments, partial layout and combine as `_split_kv_kernel` (`launch` picks the kernel by
 `LaunchPlan.row_kernel`), for GROUP x T == 1 only; options about dots (FP8_DOT, FP8_EARLY,
-IEEE_DOT, BLOCK_M) do not apply and must be off or are ignored (BLOCK_M).
+IEEE_DOT, BLOCK_M, INT8_DOT) do not apply and must be off or are ignored (BLOCK_M, INT8_DOT).
 """
 
 import triton

@@ -24,7 +24,8 @@ from kernels import flash_decode, reference
 from kernels.bench import (Shape, best_of_rounds, environment, make_input_sets, n_sets_for, read_bandwidth,
                            save_table, sdpa)
 from kernels.interface import device_facts, launch, plan_for
-from kernels.plan import MAX_SPLITS, resident_programs
+from kernels.plan import MAX_SPLITS
+from kernels.tune import resident_of
 
 SHAPES = [(Shape("34B", 1, s * 1024, 64, 8), 1) for s in (1, 4, 16, 64, 128)]
 SHAPES += [(Shape("34B", 8, 16384, 64, 8), 1), (Shape("34B", 64, 2048, 64, 8), 1), (Shape("34B", 1, 65536, 64, 8), 8),
@@ -38,9 +39,7 @@ REPLAYS = 40
 
 def wave_plan(plan, items: int, S: int, q, k8, v8, ks, vs, num_sms: int):
     """The plan at the split count that fills one wave of its binary's resident programs (1 if unsplit fills it)."""
-    binary = launch(q, k8, v8, None, plan, k_scale=ks, v_scale=vs, compile_only=True)
-    binary._init_handles()
-    resident = resident_programs(binary.n_regs, binary.metadata.shared, plan.num_warps)
+    resident = resident_of(launch(q, k8, v8, None, plan, k_scale=ks, v_scale=vs, compile_only=True), plan.num_warps)
     if plan.num_splits == 1 and items >= resident * num_sms * 0.8:
         return plan, resident
     splits = max(1, min(resident * num_sms // items, MAX_SPLITS, S // (plan.block_n * 2)))
