@@ -16,7 +16,7 @@ tokens is a runtime argument, not a constant of the binary: as a constant, each 
 compile (117-134 ms on an H200, bench/results/h200-cold/).
 
 What is supported: new values in fp16/bf16/fp32, caches in the same dtype, float8_e4m3fn or int8, any
-strides but the last (which must be 1). The Triton interpreter converts to e4m3 rounding halves away
+strides but the last (which must be 1; V's may instead be sequence-major, `kernels.interface.sequence_major`). The Triton interpreter converts to e4m3 rounding halves away
 from zero and truncating subnormals, so on the CPU its bytes may differ from PyTorch's by one step;
 `kernels.append_kv` therefore runs the PyTorch reference on the CPU and this kernel on CUDA.
 """
@@ -50,13 +50,13 @@ def quantize_rows(xf, INT8: tl.constexpr):
 
 @triton.jit
 def _append_rows(NEW, CACHE, SCALE, b, t, pos, heads, offs_d, mask_h, D,
-                 stride_nb, stride_nh, stride_nt, stride_cb, stride_ch, stride_cs,
+                 stride_nb, stride_nh, stride_nt, stride_cb, stride_ch, stride_cs, stride_cd,
                  stride_sb, stride_sh, stride_ss, SCALED: tl.constexpr):
     """Rows (b, heads, t) of NEW into (b, heads, pos) of CACHE (and SCALE for an 8-bit cache); mask_h: (BLOCK_H,)."""
     mask = mask_h[:, None] & (offs_d[None, :] < D)
     x = tl.load(NEW + b * stride_nb + heads[:, None] * stride_nh + t * stride_nt + offs_d[None, :],
                 mask=mask, other=0.0)                                         # (BLOCK_H, BLOCK_D)
-    dst = CACHE + b * stride_cb + heads[:, None] * stride_ch + pos * stride_cs + offs_d[None, :]
+    dst = CACHE + b * stride_cb + heads[:, None] * stride_ch + pos * stride_cs + offs_d[None, :] * stride_cd
     if SCALED:
         values, scale = quantize_rows(x.to(tl.float32), CACHE.dtype.element_ty == tl.int8)
         tl.store(dst, values.to(CACHE.dtype.element_ty), mask=mask)
@@ -69,12 +69,13 @@ def _append_rows(NEW, CACHE, SCALE, b, t, pos, heads, offs_d, mask_h, D,
 def _append_kv_kernel(
     K_NEW, V_NEW, K, V, K_SCALE, V_SCALE, POS,
     stride_knb, stride_knh, stride_knt, stride_vnb, stride_vnh, stride_vnt,
-    stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
+    stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs, stride_vd,
     stride_ksb, stride_ksh, stride_kss, stride_vsb, stride_vsh, stride_vss,
     HKV, S, D, T,
     BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, SCALED: tl.constexpr, USE_PDL: tl.constexpr,
 ):
-    """K_NEW, V_NEW (B, Hkv, T, D); K, V (B, Hkv, S, D); K_SCALE, V_SCALE (B, Hkv, S) with SCALED; POS int64 (B,)."""
+    """K_NEW, V_NEW (B, Hkv, T, D); K, V (B, Hkv, S, D), V's columns stride_vd apart (1, or S when
+    sequence-major: each value of a new row then lands in a row of its own); K_SCALE, V_SCALE (B, Hkv, S) with SCALED; POS int64 (B,)."""
     if USE_PDL:  # launched as a programmatic dependent: the new rows come from the kernel before
         gdc_wait()
         gdc_launch_dependents()
@@ -88,9 +89,9 @@ def _append_kv_kernel(
     # interpreter mishandles `block & scalar_bool`).
     mask_h = heads < tl.where((pos >= 0) & (pos < S), HKV, 0)
     _append_rows(K_NEW, K, K_SCALE, b, t, pos, heads, offs_d, mask_h, D, stride_knb, stride_knh, stride_knt,
-                 stride_kb, stride_kh, stride_ks, stride_ksb, stride_ksh, stride_kss, SCALED)
+                 stride_kb, stride_kh, stride_ks, 1, stride_ksb, stride_ksh, stride_kss, SCALED)
     _append_rows(V_NEW, V, V_SCALE, b, t, pos, heads, offs_d, mask_h, D, stride_vnb, stride_vnh, stride_vnt,
-                 stride_vb, stride_vh, stride_vs, stride_vsb, stride_vsh, stride_vss, SCALED)
+                 stride_vb, stride_vh, stride_vs, stride_vd, stride_vsb, stride_vsh, stride_vss, SCALED)
 
 
 def append_blocks(Hkv: int, D: int) -> tuple[int, int]:
@@ -110,7 +111,7 @@ def append_kv_triton(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None, v_
     scale_strides = [s for t in (k_scale, v_scale) for s in t.stride()] if scaled else [0] * 6
     _append_kv_kernel[(B * T, triton.cdiv(Hkv, block_h))](
         k_new, v_new, k_cache, v_cache, *scales, input_pos,
-        *k_new.stride()[:3], *v_new.stride()[:3], *k_cache.stride()[:3], *v_cache.stride()[:3], *scale_strides,
+        *k_new.stride()[:3], *v_new.stride()[:3], *k_cache.stride()[:3], *v_cache.stride(), *scale_strides,
         Hkv, S, D, T, BLOCK_H=block_h, BLOCK_D=block_d, SCALED=scaled, USE_PDL=use_pdl, num_warps=4,
         **({"launch_pdl": True} if use_pdl else {}),
     )

@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 
 from kernels import reference
-from kernels.interface import append_kv, flash_decode, launch, plan_for
+from kernels.interface import append_kv, flash_decode, launch, plan_for, sequence_major, sequence_major_v_pays
 from kernels.plan import PLANS_DIR, device_slug, load_table
 from kernels.validation import FP8_DTYPE
 
@@ -92,7 +92,7 @@ class Inputs:
     q_verify: torch.Tensor     # (B, Hq, VERIFY_TOKENS, D)
     k8: torch.Tensor           # (B, Hkv, S, D) e4m3, quantized from k by kernels.reference
     k_scale: torch.Tensor      # (B, Hkv, S) fp32
-    v8: torch.Tensor
+    v8: torch.Tensor           # sequence-major where the models store it so (interface.sequence_major_v_pays)
     v_scale: torch.Tensor
     k_i8: torch.Tensor | None = None        # (B, Hkv, S, D) int8, quantized from k: made by with_int8()
     k_i8_scale: torch.Tensor | None = None  # (B, Hkv, S) fp32
@@ -104,6 +104,8 @@ class Inputs:
         if self.k_i8 is None:
             (self.k_i8, self.k_i8_scale), (self.v_i8, self.v_i8_scale) = (
                 reference.quantize(c, torch.int8) for c in (self.k, self.v))
+            if sequence_major(self.v8):
+                self.v_i8 = as_sequence_major(self.v_i8)
         return self
 
 
@@ -114,7 +116,14 @@ def make_inputs(shape: Shape, device=None) -> Inputs:
     v = torch.randn(shape.B, shape.Hkv, shape.S, shape.D, device=device, dtype=torch.bfloat16)
     q_verify = torch.randn(shape.B, shape.Hq, VERIFY_TOKENS, shape.D, device=device, dtype=torch.bfloat16)
     (k8, k_scale), (v8, v_scale) = reference.quantize_fp8(k), reference.quantize_fp8(v)
+    if sequence_major_v_pays(shape.Hq // shape.Hkv, v8.dtype):  # as models.kv_cache stores it
+        v8 = as_sequence_major(v8)
     return Inputs(q, k, v, q_verify, k8, k_scale, v8, v_scale)
+
+
+def as_sequence_major(t: torch.Tensor) -> torch.Tensor:
+    """The same (B, Hkv, S, D) values, stored (B, Hkv, D, S)."""
+    return t.transpose(-1, -2).contiguous().transpose(-1, -2)
 
 
 def make_input_sets(shape: Shape, n_sets: int, device=None) -> list[Inputs]:
@@ -404,7 +413,7 @@ class CheckCase:
         q = torch.randn(B, self.Hq, self.T, self.D, device=DEVICE, generator=gen).to(self.dtype)
         if self.T == 1:
             q = q[:, :, 0]
-        shape = (B, self.Hkv, self.S, self.D) if self.layout == "bhsd" else (B, self.S, self.Hkv, self.D)
+        shape = (B, self.S, self.Hkv, self.D) if self.layout == "bshd" else (B, self.Hkv, self.S, self.D)
         k = torch.randn(shape, device=DEVICE, generator=gen).to(self.dtype)
         v = torch.randn(shape, device=DEVICE, generator=gen).to(self.dtype)
         if self.layout == "bshd":
@@ -416,6 +425,8 @@ class CheckCase:
             dtype = torch.int8 if self.int8 else FP8_DTYPE
             (k, ks), (v, vs) = reference.quantize(k, dtype), reference.quantize(v, dtype)
             scales = {"k_scale": ks, "v_scale": vs}
+        if self.layout == "vseq":  # V sequence-major, as models store an 8-bit GQA cache
+            v = as_sequence_major(v)
         return q, k, v, lengths, scales
 
     def compile(self, gen) -> None:
@@ -484,7 +495,7 @@ def _check_append(dt, hkv, D, T, layout, cache, gen) -> dict:
     scale is computed in float64). `cache`: "same" (the new values' dtype), "fp8" or "int8". A failure
     records what differs (`append_differences`)."""
     B, S = 3, 300
-    shape = (B, hkv, S, D) if layout == "bhsd" else (B, S, hkv, D)
+    shape = (B, S, hkv, D) if layout == "bshd" else (B, hkv, S, D)
     k = torch.randn(shape, device=DEVICE, generator=gen).to(dt)
     v = torch.randn(shape, device=DEVICE, generator=gen).to(dt)
     if layout == "bshd":
@@ -494,6 +505,8 @@ def _check_append(dt, hkv, D, T, layout, cache, gen) -> dict:
         dtype = torch.int8 if cache == "int8" else FP8_DTYPE
         (k, ks), (v, vs) = reference.quantize(k, dtype), reference.quantize(v, dtype)
         scales = {"k_scale": ks, "v_scale": vs}
+    if layout == "vseq":
+        v = as_sequence_major(v)
     k_new = torch.randn(B, hkv, T, D, device=DEVICE, generator=gen).to(dt) * 30
     v_new = torch.randn(B, hkv, T, D, device=DEVICE, generator=gen).to(dt)
     pos = torch.tensor([0, S - T, 77], device=DEVICE, dtype=torch.int64)
@@ -554,6 +567,15 @@ def gpu_correctness_sweep(log, quick: bool = False) -> list[dict]:
         (torch.bfloat16, 128, 64, 8, 1, (("tma", True), ("num_stages", 3)))))
     cases += [CheckCase(dt, D, hq, hkv, S, splits, layout, T=T, int8=True, options=options)
               for dt, D, hq, hkv, T, options in int8_cases for S, splits, layout in mixes[:2]]
+    # V sequence-major (models' 8-bit GQA caches): the dot kernel's options over both 8-bit kinds, and bf16
+    vseq_options = ((), (("block_n", 128), ("num_warps", 4)), (("fp8_early", True),), (("int8_dot", True),),
+                    (("int8_dot", True), ("block_n", 128), ("num_warps", 2), ("maxnreg", 255)))
+    cases += [CheckCase(dt, D, hq, hkv, S, splits, "vseq", T=T, fp8=kind == "fp8", int8=kind == "int8", options=opt)
+              for kind in ("fp8", "int8") for opt in vseq_options
+              if not any(name.startswith(("fp8" if kind == "int8" else "int8")) for name, _ in opt)
+              for dt, D, hq, hkv, T in ((torch.bfloat16, 128, 64, 8, 1), (torch.float16, 80, 12, 4, 3))
+              for S, splits, _ in mixes[:2]]
+    cases += [CheckCase(torch.bfloat16, 128, 64, 8, S, splits, "vseq") for S, splits, _ in mixes[:2]]
     seconds = compile_in_parallel([lambda c=c: c.compile(torch.Generator(device=DEVICE).manual_seed(0)) for c in cases])
     log(f"GPU correctness sweep: {len(cases)} cases, kernels built in {seconds:.0f} s")
     gen = torch.Generator(device=DEVICE).manual_seed(1234)
@@ -561,7 +583,8 @@ def gpu_correctness_sweep(log, quick: bool = False) -> list[dict]:
     appends = ((torch.bfloat16, 8, 128, 1, "bhsd", "fp8"), (torch.bfloat16, 32, 128, 8, "bshd", "fp8"),
                (torch.float16, 3, 64, 16, "bhsd", "fp8"), (torch.float32, 4, 80, 1, "bshd", "fp8"),
                (torch.bfloat16, 8, 128, 1, "bshd", "same"),
-               (torch.bfloat16, 32, 128, 1, "bhsd", "int8"), (torch.float32, 3, 80, 16, "bshd", "int8"))
+               (torch.bfloat16, 32, 128, 1, "bhsd", "int8"), (torch.float32, 3, 80, 16, "bshd", "int8"),
+               (torch.bfloat16, 8, 128, 1, "vseq", "int8"), (torch.bfloat16, 8, 128, 4, "vseq", "fp8"))
     for dt, hkv, D, T, layout, cache in appends:
         results.append(_check_append(dt, hkv, D, T, layout, cache, gen))
     for r in results:

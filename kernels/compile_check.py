@@ -48,6 +48,7 @@ class Config:
     T: int = 1
     kv: str = ""        # the caches' dtype: "" = q's, "fp8", "int8"
     plan: dict = field(default_factory=dict)  # LaunchPlan fields that differ from the heuristic's
+    sequence_major_v: bool = False  # V a (B, Hkv, D, S) tensor seen as (B, Hkv, S, D), as 8-bit caches store it
 
     def __hash__(self):
         return hash(self.name)
@@ -94,9 +95,17 @@ MAIN_CONFIGS = [
     Config("34B-64k-T8-int8-dot-tma", "bf16", 64, 8, 65536, 128, T=8, kv="int8", plan={"int8_dot": True, "tma": True}),
     Config("d80-int8-T4", "fp16", 12, 4, 1000, 80, T=4, kv="int8"),
     Config("34B-128k-fp8-n128-w8", "bf16", 64, 8, 131072, 128, kv="fp8", plan={"block_n": 128, "num_warps": 8}),
+    # V sequence-major, as models store 8-bit GQA caches (the last: the plan 34B 128k int8 runs with on an H200)
+    Config("34B-128k-fp8-vseq", "bf16", 64, 8, 131072, 128, kv="fp8", sequence_major_v=True),
+    Config("34B-128k-int8-dot-vseq", "bf16", 64, 8, 131072, 128, kv="int8", plan={"int8_dot": True},
+           sequence_major_v=True),
+    Config("34B-128k-int8-dot-vseq-n128-w4", "bf16", 64, 8, 131072, 128, kv="int8",
+           plan={"int8_dot": True, "block_n": 128, "num_warps": 4, "num_splits": 32}, sequence_major_v=True),
 ]
-APPEND_CONFIGS = [("bf16", "bf16", 32, 128, 1), ("bf16", "fp8", 8, 128, 8), ("fp32", "fp8", 3, 80, 16),
-                  ("bf16", "int8", 32, 128, 1), ("fp32", "int8", 3, 80, 16)]
+# (new values, cache, KV heads, head dim, tokens, V sequence-major)
+APPEND_CONFIGS = [("bf16", "bf16", 32, 128, 1, False), ("bf16", "fp8", 8, 128, 8, False),
+                  ("fp32", "fp8", 3, 80, 16, False), ("bf16", "int8", 32, 128, 1, False),
+                  ("fp32", "int8", 3, 80, 16, False), ("bf16", "int8", 8, 128, 1, True)]
 
 
 def before_pdl_wait(ptx: str) -> list[str]:
@@ -185,6 +194,7 @@ def compile_config(config: Config, target: GPUTarget = GPUTarget("cuda", 90, 32)
                                   element_bytes=1 if scaled else 4 if config.dtype == "fp32" else 2)
     if scaled:  # contiguous scales: a launch specialises their unit stride to the constant 1
         constexprs |= {"stride_ksn": 1, "stride_vsn": 1}
+    constexprs |= {"stride_vn": 1} if config.sequence_major_v else {"stride_vd": 1}
     kernel = split_kernel(plan, config.Hq // config.Hkv, config.T)
     facts["row_kernel"] = kernel is not _split_kv_kernel
     split = _compile(
@@ -211,7 +221,8 @@ def compile_config(config: Config, target: GPUTarget = GPUTarget("cuda", 90, 32)
     return facts
 
 
-def compile_append(new: str, cache: str, Hkv: int, D: int, T: int, target: GPUTarget) -> dict:
+def compile_append(new: str, cache: str, Hkv: int, D: int, T: int, target: GPUTarget,
+                   sequence_major_v: bool = False) -> dict:
     block_h, block_d = append_blocks(Hkv, D)
     binary = _compile(
         _append_kv_kernel,
@@ -220,12 +231,13 @@ def compile_append(new: str, cache: str, Hkv: int, D: int, T: int, target: GPUTa
         # (the token count is a runtime argument: a launch specialises it as a constant when 1, as divisible when
         # a multiple of 16)
         dict(BLOCK_H=block_h, BLOCK_D=block_d, SCALED=cache in ("fp8", "int8"), USE_PDL=True,
-             **({"T": 1} if T == 1 else {})),
+             **({"T": 1} if T == 1 else {}), **({"stride_vs": 1} if sequence_major_v else {"stride_vd": 1})),
         target, 4, 2, floats=(), not_divisible=() if T % 16 == 0 else ("T",))
     ptx = binary.asm["ptx"]
     # The quantization must be PyTorch's arithmetic: IEEE divisions (Triton's `/` on fp32 is the
     # 2-ulp div.full), no contraction into fma, one round-to-nearest-even saturating conversion.
-    return {"name": f"append-{new}-{cache}-h{Hkv}-d{D}-t{T}", "append_cubin_bytes": len(binary.asm["cubin"]),
+    return {"name": f"append-{new}-{cache}-h{Hkv}-d{D}-t{T}" + ("-vseq" if sequence_major_v else ""),
+            "append_cubin_bytes": len(binary.asm["cubin"]),
             "fp8_convert": "cvt.rn.satfinite.e4m3x2.f32" in ptx,
             "ieee_divisions": "div.rn.f32" in ptx and not re.search(r"div\.(full|approx)|rcp\.approx", ptx),
             "float_fma": bool(re.search(r"fma\.\w+\.f32", ptx))}
@@ -240,8 +252,9 @@ def main(argv=None) -> int:
     target = GPUTarget("cuda", args.arch, 32)
     wanted = [w for w in args.only.split(",") if w]
     jobs = [(config.name, lambda c=config: compile_config(c, target, args.sass)) for config in MAIN_CONFIGS]
-    jobs += [(f"append-{a}-{b}-h{h}-d{d}-t{t}", lambda a=a, b=b, h=h, d=d, t=t: compile_append(a, b, h, d, t, target))
-             for a, b, h, d, t in APPEND_CONFIGS]
+    jobs += [(f"append-{a}-{b}-h{h}-d{d}-t{t}" + ("-vseq" if seq else ""),
+              lambda a=a, b=b, h=h, d=d, t=t, seq=seq: compile_append(a, b, h, d, t, target, seq))
+             for a, b, h, d, t, seq in APPEND_CONFIGS]
     failures = 0
     for name, job in jobs:
         if wanted and not any(w in name for w in wanted):

@@ -113,20 +113,22 @@ def _dot_rows(X, NORM_W, W, rows_a, rows_b, K, stride_wn, BLOCK_K: tl.constexpr,
 
 @triton.jit
 def _store_kv(K_CACHE, V_CACHE, rows, val, mask, pos, q_rows, kv_rows, stride_ch, stride_cs,
-              HEAD_DIM: tl.constexpr):
+              stride_vh, stride_vs, stride_vd, HEAD_DIM: tl.constexpr):
     """Rows of the fused q/k/v output that are k or v, into the caches at (head, pos, d)."""
     kv = rows - q_rows
     is_kv = mask & (kv >= 0)
     kv = tl.where(is_kv, kv, 0)
     within = kv % kv_rows
-    offset = (within // HEAD_DIM) * stride_ch + pos * stride_cs + within % HEAD_DIM
-    tl.store(K_CACHE + offset, val.to(K_CACHE.dtype.element_ty), mask=is_kv & (kv < kv_rows))
-    tl.store(V_CACHE + offset, val.to(V_CACHE.dtype.element_ty), mask=is_kv & (kv >= kv_rows))
+    head, d = within // HEAD_DIM, within % HEAD_DIM
+    tl.store(K_CACHE + head * stride_ch + pos * stride_cs + d, val.to(K_CACHE.dtype.element_ty),
+             mask=is_kv & (kv < kv_rows))
+    tl.store(V_CACHE + head * stride_vh + pos * stride_vs + d * stride_vd, val.to(V_CACHE.dtype.element_ty),
+             mask=is_kv & (kv >= kv_rows))
 
 
 @triton.jit
 def _quantize_head_when_complete(Y, K_CACHE, V_CACHE, K_SCALE, V_SCALE, TICKETS, pid, pos, q_rows, kv_rows,
-                                 stride_ch, stride_cs, stride_sh, stride_ss,
+                                 stride_ch, stride_cs, stride_vh, stride_vs, stride_vd, stride_sh, stride_ss,
                                  BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
     """8-bit caches: a program of k or v rows (all of one head) takes a ticket once its rows of Y are stored;
     the head's last program reads the whole head back from Y and quantizes it into the cache at pos, with
@@ -143,13 +145,14 @@ def _quantize_head_when_complete(Y, K_CACHE, V_CACHE, K_SCALE, V_SCALE, TICKETS,
             values, scale = quantize_rows(x.to(tl.float32)[None, :], K_CACHE.dtype.element_ty == tl.int8)
             kv_heads = kv_rows // HEAD_DIM
             h = kv % kv_heads
-            offset = h * stride_ch + pos * stride_cs + offs
             scale_offset = h * stride_sh + pos * stride_ss
             if kv < kv_heads:
-                tl.store(K_CACHE + offset, tl.reshape(values, (BLOCK_D,)).to(K_CACHE.dtype.element_ty), mask=mask)
+                tl.store(K_CACHE + h * stride_ch + pos * stride_cs + offs,
+                         tl.reshape(values, (BLOCK_D,)).to(K_CACHE.dtype.element_ty), mask=mask)
                 tl.store(K_SCALE + scale_offset, tl.sum(scale, axis=0))
-            else:
-                tl.store(V_CACHE + offset, tl.reshape(values, (BLOCK_D,)).to(V_CACHE.dtype.element_ty), mask=mask)
+            else:  # (a sequence-major V: each value a row of its own, stride_vd apart)
+                tl.store(V_CACHE + h * stride_vh + pos * stride_vs + offs * stride_vd,
+                         tl.reshape(values, (BLOCK_D,)).to(V_CACHE.dtype.element_ty), mask=mask)
                 tl.store(V_SCALE + scale_offset, tl.sum(scale, axis=0))
             tl.atomic_xchg(TICKETS + kv, 0, sem="relaxed", scope="gpu")               # ready for the next launch
 
@@ -157,7 +160,8 @@ def _quantize_head_when_complete(Y, K_CACHE, V_CACHE, K_SCALE, V_SCALE, TICKETS,
 @triton.jit
 def _fused_gemv_kernel(
     X, NORM_W, W, Y, RES, COS, SIN, POS, K_CACHE, V_CACHE, K_SCALE, V_SCALE, TICKETS,
-    N, K, stride_wn, eps, pair_offset, rot_rows, q_rows, kv_rows, stride_ch, stride_cs, stride_sh, stride_ss, n_slots,
+    N, K, stride_wn, eps, pair_offset, rot_rows, q_rows, kv_rows, stride_ch, stride_cs, stride_vh, stride_vs, stride_vd,
+    stride_sh, stride_ss, n_slots,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NORM: tl.constexpr, EPILOGUE: tl.constexpr,
     HEAD_DIM: tl.constexpr, WRITE_CACHE: tl.constexpr, USE_PDL: tl.constexpr, INTERLEAVE: tl.constexpr,
     QUANT_CACHE: tl.constexpr = False, BLOCK_D: tl.constexpr = 2, LATE_DEPENDENTS: tl.constexpr = False,
@@ -210,13 +214,14 @@ def _fused_gemv_kernel(
             if QUANT_CACHE:
                 if slot_ok:
                     _quantize_head_when_complete(Y, K_CACHE, V_CACHE, K_SCALE, V_SCALE, TICKETS, pid, pos, q_rows,
-                                                 kv_rows, stride_ch, stride_cs, stride_sh, stride_ss, BLOCK_N, HEAD_DIM,
+                                                 kv_rows, stride_ch, stride_cs, stride_vh, stride_vs, stride_vd,
+                                                 stride_sh, stride_ss, BLOCK_N, HEAD_DIM,
                                                  BLOCK_D)
             elif WRITE_CACHE:
                 _store_kv(K_CACHE, V_CACHE, rows_a, a_out, mask & in_cache, pos, q_rows, kv_rows, stride_ch, stride_cs,
-                          HEAD_DIM)
+                          stride_vh, stride_vs, stride_vd, HEAD_DIM)
                 _store_kv(K_CACHE, V_CACHE, rows_b, b_out, mask & in_cache, pos, q_rows, kv_rows, stride_ch, stride_cs,
-                          HEAD_DIM)
+                          stride_vh, stride_vs, stride_vd, HEAD_DIM)
     else:
         rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)                                   # (BLOCK_N,)
         mask = rows < N
@@ -353,6 +358,7 @@ def _launch(config: Config, grid_rows: int, x, weight, y, *, norm_weight=None, e
     k_cache, v_cache = cache if cache is not None else (y, y)
     k_scale, v_scale = scales if scales is not None else (y, y)
     stride_ch, stride_cs = (k_cache.stride(1), k_cache.stride(2)) if cache is not None else (0, 0)
+    stride_vh, stride_vs, stride_vd = v_cache.stride()[1:] if cache is not None else (0, 0, 1)
     stride_sh, stride_ss = (k_scale.stride(1), k_scale.stride(2)) if scales is not None else (0, 0)
     n_slots = min(k_cache.shape[2], cos.shape[0]) if cache is not None else cos.shape[0] if rope else 0
     use_pdl = _use_pdl(x)
@@ -361,7 +367,7 @@ def _launch(config: Config, grid_rows: int, x, weight, y, *, norm_weight=None, e
         x, norm_weight if norm_weight is not None else x, weight, y, residual if residual is not None else y,
         cos, sin, pos, k_cache, v_cache, k_scale, v_scale, tickets if tickets is not None else y,
         weight.shape[0], weight.shape[1], weight.stride(0), float(eps), pair_offset, rot_rows, q_rows, kv_rows,
-        stride_ch, stride_cs, stride_sh, stride_ss, n_slots,
+        stride_ch, stride_cs, stride_vh, stride_vs, stride_vd, stride_sh, stride_ss, n_slots,
         BLOCK_N=config.block_n, BLOCK_K=block_k, NORM=norm_weight is not None, EPILOGUE=epilogue,
         HEAD_DIM=head_dim, WRITE_CACHE=cache is not None, USE_PDL=use_pdl, INTERLEAVE=config.interleave,
         QUANT_CACHE=scales is not None, BLOCK_D=triton.next_power_of_2(head_dim), LATE_DEPENDENTS=epilogue in LATE_DEPENDENTS,
@@ -412,8 +418,9 @@ def qkv_rope(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, wqkv: torch
     pos (1,) int64 on q and k from the tables cos, sin (S_max, D) float32 (rotate-half layout).
 
     Returns (Hq + 2 Hkv) * D values: q, k, v heads in that order. With `cache` = (k_cache, v_cache), each
-    (1, Hkv, S_max, D) with a contiguous last dim, k and v are also stored at slot pos (a position past the
-    cache or the tables is not written, and rotates as position 0: the caller's to refuse): caches of x's
+    (1, Hkv, S_max, D) with a contiguous last dim (V's may be sequence-major instead), k and v are also stored
+    at slot pos (a position past the cache or the tables is not written, and rotates as position 0: the
+    caller's to refuse): caches of x's
     dtype as they are; 8-bit caches (float8_e4m3fn, int8) with `scales` = (k_scale, v_scale) float32
     (1, Hkv, S_max) quantized as `kernels.append_kv` quantizes the returned k and v (the same bytes and
     scales): each head's last program to finish does it, so an 8-bit step needs no append kernel.
@@ -430,11 +437,12 @@ def qkv_rope(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, wqkv: torch
         k_cache, v_cache = cache
         want = (1, n_kv_heads, k_cache.shape[2], D)
         dtype = x.dtype if scales is None else k_cache.dtype
-        if (k_cache.shape != want or v_cache.shape != want or k_cache.stride() != v_cache.stride()
-                or k_cache.stride(3) != 1 or k_cache.dtype != dtype or v_cache.dtype != dtype
+        if (k_cache.shape != want or v_cache.shape != want or k_cache.stride(3) != 1
+                or (v_cache.stride(3) != 1 and v_cache.stride(2) != 1) or k_cache.dtype != dtype or v_cache.dtype != dtype
                 or (scales is not None and dtype not in SCALED_DTYPES)):
-            raise ValueError(f"qkv_rope: caches must be {want} of {x.dtype} (or 8-bit with scales) with one layout "
-                             f"and a contiguous last dim, got {tuple(k_cache.shape)} {k_cache.dtype}")
+            raise ValueError(f"qkv_rope: caches must be {want} of {x.dtype} (or 8-bit with scales), K with a contiguous "
+                             f"last dim, V too or sequence-major, got {tuple(k_cache.shape)} {k_cache.dtype}, strides "
+                             f"{k_cache.stride()} {v_cache.stride()}")
         if scales is not None and any(s.shape != want[:3] or s.dtype != torch.float32 for s in scales):
             raise ValueError(f"qkv_rope: 8-bit caches need scales of {want[:3]} float32, got "
                              f"{[(tuple(s.shape), s.dtype) for s in scales]}")
@@ -489,8 +497,10 @@ def compile_facts(arch: int = 90) -> dict:
         if cache_type:
             types = dict(types, K_CACHE=cache_type, V_CACHE=cache_type, **quantized)
             name = name.replace("cache", f"{'fp8' if 'fp8' in cache_type else 'int8'} cache")
+        # 8-bit caches of GQA models hold V sequence-major (a runtime stride); others' unit stride is specialised
         binary = _compile(_fused_gemv_kernel, types,
                           dict(BLOCK_N=c.block_n, BLOCK_K=c.block_k, NORM=norm, EPILOGUE=epilogue, HEAD_DIM=128,
+                               **({} if cache_type else {"stride_vd": 1}),
                                WRITE_CACHE=cache, USE_PDL=True, INTERLEAVE=c.interleave,
                                QUANT_CACHE=cache_type is not None, BLOCK_D=128, EARLY_TILE=epilogue in EARLY_TILE),
                           GPUTarget("cuda", arch, 32), c.num_warps, c.num_stages, floats=("eps",))

@@ -11,14 +11,17 @@ What flash_decode supports, and why not the rest:
   (`LaunchPlan.int8_prmt`), not by I2F, a quarter-rate instruction on sm_90 (within 0-5% of e4m3 on
   an H200; bench/results/NOTES.md, Run 14). Where several query rows share a KV head (GQA, several
   tokens) its scores can be int8 tensor-core dots of the keys as stored (`LaunchPlan.int8_dot`, chosen
-  by int8's own tuned plans): the fastest 8-bit cache there (H200, 34B 128k in one run: 85.5 µs against
-  e4m3's 90.4; Run 17).
+  by int8's own tuned plans). With V sequence-major both 8-bit kinds run the 34B 128k call in 74-76 µs
+  on an H200 (kernel alone, Run 18); inside the decode step they tie (50.5 and 50.7 tok/s).
 - head dim 16..256, any value: tiles are padded to the next power of two and masked.
 - Hq a multiple of Hkv (MHA, GQA, MQA): one program reads a KV head once for its whole group.
 - 1..16 query tokens per sequence (decode, and verification of speculative drafts): the tokens are
   packed with the group's heads into one program's rows, so K/V are still read once. Not more,
   because that is prefill, which belongs to a prefill kernel.
-- any strides but the last dimension's, which must be 1 (rows are loaded as contiguous vectors).
+- any strides but the last dimension's, which must be 1 (rows are loaded as contiguous vectors); V may
+  instead be sequence-major, a (B, Hkv, D, S) tensor seen as (B, Hkv, S, D) (`sequence_major`), which is
+  how an 8-bit cache of a GQA model should store it (`sequence_major_v_pays`). Not TMA then, because a
+  descriptor's innermost dimension must be contiguous (such calls load through pointers).
 - with an 8-bit cache, q must lie within fp16's range (|q| < 65504): the scores are fp16 dots.
 
 Why one scale per token and KV head for fp8 (the contract's granularity), measured: on real keys,
@@ -63,6 +66,19 @@ COMBINE_TRIGGER = True   # A/B: the combine lets the next kernel launch as it st
 # first tiles' latency then overlaps the kernel before. 4-16 KiB took 15-36 µs off CodeLlama-7B's step on an
 # H200 at 4k-64k, bf16, fp8 and int8 alike; 256 KiB (most of a split) added up to 274 (NOTES.md, Run 16).
 KV_PREFETCH = 8192
+
+
+def sequence_major_v_pays(group: int, cache_dtype: torch.dtype) -> bool:
+    """Whether a cache of this dtype, read by `group` query heads per KV head, is faster with V sequence-major.
+
+    The dot kernel (GQA) multiplies P by V with V as the tensor cores' second operand, reduced along the
+    sequence. An 8-bit V stored head-dim-contiguous reaches that operand one byte at a time (128 `LDS.U8` a
+    64-key tile at CodeLlama-34B's int8 plan, sm_90 SASS); stored sequence-major, through `LDSM`, and the
+    key loop is 29% shorter (1,034 -> 737 instructions). On an H200 in one run: 34B B=1 128k int8 86.6 ->
+    78.2 µs, e4m3 91.5 -> 78.8 (bench/results/NOTES.md, Run 18). 16-bit caches load V by `LDSM.T` either
+    way. MHA's row kernel multiplies on the CUDA cores in the load's own layout and lost (7B 64k int8 134.7
+    -> 144.5 µs at the best sequence-major plan): V stays head-dim-contiguous there."""
+    return group > 1 and cache_dtype in SCALED_DTYPES
 
 
 @functools.lru_cache(maxsize=16)
@@ -129,6 +145,11 @@ def tma_capable(*caches: torch.Tensor) -> bool:
     """Tensor descriptors need a 16-byte aligned base and strides (the interpreter emulates them too)."""
     return all(c.data_ptr() % 16 == 0 and all(st * c.element_size() % 16 == 0 for st in c.stride()[:-1])
                for c in caches)
+
+
+def sequence_major(cache: torch.Tensor) -> bool:
+    """A (B, Hkv, S, D) cache whose positions, not its head dim, are contiguous: a view of (B, Hkv, D, S)."""
+    return cache.stride(-1) != 1 and cache.stride(-2) == 1
 
 
 def _descriptor(cache: torch.Tensor, plan: LaunchPlan):
@@ -201,8 +222,9 @@ def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scal
     seqlens = cache_seqlens if has_seqlens else lse  # any pointer; never read without HAS_SEQLENS
     upcast = not q.is_cuda  # the interpreter's 16-bit arithmetic is wrong; widen on load
     use_pdl = q.is_cuda and PDL_SUPPORTED and plan.pdl
-    aligned = tma_capable(k_cache, v_cache)          # what TMA and the L2 prefetch both need
-    use_tma = plan.tma and aligned
+    use_tma = plan.tma and tma_capable(k_cache, v_cache)
+    # the L2 prefetch needs 16-byte aligned rows; a sequence-major V is not prefetched (kernels.split_kv)
+    aligned = tma_capable(k_cache) and (tma_capable(v_cache) or sequence_major(v_cache))
     k_arg, v_arg = (_descriptor(k_cache, plan), _descriptor(v_cache, plan)) if use_tma else (k_cache, v_cache)
     k_scale_arg, v_scale_arg = (k_scale, v_scale) if scaled else (lse, lse)  # never read without SCALED
     scale_strides = [st for t in (k_scale, v_scale) for st in t.stride()] if scaled else [0] * 6
@@ -211,7 +233,7 @@ def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scal
         q4, k_arg, v_arg, k_scale_arg, v_scale_arg, seqlens, out, lse, part_out, part_lse, k_cache, v_cache,
         q4.stride(0), q4.stride(1), q4.stride(2),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), v_cache.stride(3),
         *scale_strides,
         S, Hkv, D, scale * LOG2_E, splits,
         **split_constexprs(plan, group=group, T=T, D=D, scaled=scaled, e4m3=e4m3, has_seqlens=has_seqlens,

@@ -82,9 +82,10 @@ def e4m3_steps_apart(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def dequantize(cache: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
     """cache (B, Hkv, S, D) in `dtype`; an 8-bit cache is multiplied by its (B, Hkv, S) scales."""
+    # contiguous whatever the cache's layout (a sequence-major V): SDPA's fast backends need a unit last stride
     if scale is None:
-        return cache.to(dtype)
-    return cache.to(dtype) * scale.to(dtype)[..., None]
+        return cache.to(dtype, memory_format=torch.contiguous_format)
+    return cache.to(dtype, memory_format=torch.contiguous_format) * scale.to(dtype)[..., None]
 
 
 def visible_keys(lengths: torch.Tensor, T: int, S: int) -> torch.Tensor:

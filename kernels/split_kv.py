@@ -43,6 +43,15 @@ interpreter cannot run PTX: there the conversion is `.to()`. `FP8_DOT` instead q
 e4m3 (a scale per row) and computes the scores with fp8 tensor-core dots, skipping K's conversion
 (Triton 3.6 lowers them to fp16 HMMA on sm_90 all the same: the bytes are converted anyway).
 
+An 8-bit V's layout decides as much. P @ V takes V as the tensor cores' second operand, reduced along the
+sequence, so a register of that operand holds two values of adjacent positions. Stored head-dim-contiguous,
+those bytes lie D apart in shared memory and are gathered one at a time (`LDS.U8`, 128 a 64-key tile at
+CodeLlama-34B's int8 plan); stored sequence-major (V a (B, Hkv, D, S) tensor seen as (B, Hkv, S, D), as models
+store 8-bit GQA caches), they are neighbours and the tile goes through `LDSM`: the key loop 29% shorter there
+(1,034 -> 737), and on an H200 the 34B 128k call 86.6 -> 78.2 µs with int8, 91.5 -> 78.8 with e4m3 (one run,
+bench/results/NOTES.md, Run 18). The kernel takes V's head-dim stride as an argument; a launch specialises
+whichever of V's strides is 1, so each layout gets its own vectorised loads.
+
 `INT8_DOT` (int8 caches) is the one that skips it: sm_90 has int8 tensor-core dots (IMMA, and IGMMA for
 64-row blocks). q is written as two int8 digits with a scale per row, q = scale * (high + low / 254),
 exact to 1/(127 * 508) of the row's largest element, finer than fp16's 2^-11 relative step; the
@@ -50,7 +59,7 @@ scores are the exact int32 dots of both digits with the keys as stored, and only
 the PV dot. One digit alone cost 0.6 points of top-1 agreement on SmolLM2 (97.8% against 98.4%). The
 key loop is 20% shorter (sm_90 SASS, 34B 128k's tile: 610 against 759 instructions). On an H200, in one
 run, int8 with its own tuned plans took 85.5 µs at 34B 128k, on e4m3's plan 94.7, e4m3 itself 90.4
-(bench/results/NOTES.md, Run 17).
+(bench/results/NOTES.md, Run 17); with V sequence-major and plans tuned for it, 75.7 and 73.7 (Run 18).
 
 How a sequence is split is decided inside the kernel from its current length: the grid depends
 only on shapes, so a CUDA graph captured once stays valid while the cache fills, and the splits
@@ -126,16 +135,18 @@ def _head_dim_mask(offs_d, D, EVEN_D: tl.constexpr, BLOCK_D: tl.constexpr):
 
 @triton.jit
 def _kv_pointers(Q, K, V, K_SCALE, V_SCALE, b, h, offs_d,
-                 stride_kb, stride_kh, stride_vb, stride_vh, stride_ksb, stride_ksh, stride_vsb, stride_vsh,
+                 stride_kb, stride_kh, stride_vb, stride_vh, stride_vd, stride_ksb, stride_ksh, stride_vsb, stride_vsh,
                  TMA: tl.constexpr):
     """(k_ptrs, v_ptrs, ks_ptrs, vs_ptrs) of KV head (b, h): its K and V rows' columns (unused with TMA,
-    where K and V are descriptors addressed by (b, h, key, 0) in _load_tile) and its scales' start."""
+    where K and V are descriptors addressed by (b, h, key, 0) in _load_tile) and its scales' start. V's
+    columns are stride_vd apart: 1, or the cache's length for a sequence-major V (a launch specialises
+    either unit stride to a constant, so each layout gets its own vectorised loads)."""
     if TMA:
         k_ptrs = Q
         v_ptrs = Q
     else:
         k_ptrs = K + b * stride_kb + h * stride_kh + offs_d[None, :]
-        v_ptrs = V + b * stride_vb + h * stride_vh + offs_d[None, :]
+        v_ptrs = V + b * stride_vb + h * stride_vh + offs_d[None, :] * stride_vd
     ks_ptrs = K_SCALE + b * stride_ksb + h * stride_ksh
     vs_ptrs = V_SCALE + b * stride_vsb + h * stride_vsh
     return k_ptrs, v_ptrs, ks_ptrs, vs_ptrs
@@ -143,7 +154,7 @@ def _kv_pointers(Q, K, V, K_SCALE, V_SCALE, b, h, offs_d,
 
 @triton.jit
 def _prefetch_split(K_BASE, V_BASE, SEQLENS, S, D, b, h, split, num_splits, stride_kb, stride_kh, stride_kn,
-                    stride_vb, stride_vh, stride_vn, HAS_SEQLENS: tl.constexpr, BLOCK_N: tl.constexpr,
+                    stride_vb, stride_vh, stride_vn, stride_vd, HAS_SEQLENS: tl.constexpr, BLOCK_N: tl.constexpr,
                     PREFETCH: tl.constexpr, ELEMENT_BYTES: tl.constexpr):
     """The first PREFETCH bytes of the split's K and V rows into L2, before the wait on the kernel before
     (K_BASE, V_BASE: the caches' pointers, also under TMA). The lengths are read before that wait: no kernel
@@ -153,8 +164,9 @@ def _prefetch_split(K_BASE, V_BASE, SEQLENS, S, D, b, h, split, num_splits, stri
     if start < end:
         prefetch_rows(K_BASE + b * stride_kb + h * stride_kh + start * stride_kn, end - start, D, stride_kn,
                       PREFETCH, ELEMENT_BYTES)
-        prefetch_rows(V_BASE + b * stride_vb + h * stride_vh + start * stride_vn, end - start, D, stride_vn,
-                      PREFETCH, ELEMENT_BYTES)
+        if stride_vd == 1:  # a sequence-major V's first tiles are D short runs: not one range to ask for
+            prefetch_rows(V_BASE + b * stride_vb + h * stride_vh + start * stride_vn, end - start, D, stride_vn,
+                          PREFETCH, ELEMENT_BYTES)
 
 
 @triton.jit
@@ -306,7 +318,7 @@ def _split_kv_kernel(
     Q, K, V, K_SCALE, V_SCALE, SEQLENS, OUT, LSE, PART_OUT, PART_LSE, K_BASE, V_BASE,
     stride_qb, stride_qh, stride_qt,
     stride_kb, stride_kh, stride_kn,
-    stride_vb, stride_vh, stride_vn,
+    stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ksb, stride_ksh, stride_ksn,
     stride_vsb, stride_vsh, stride_vsn,
     S, HKV, D, qk_scale, num_splits,
@@ -333,7 +345,7 @@ def _split_kv_kernel(
         if PREFETCH > 0:
             if pid % ROW_BLOCKS == 0:    # one program of those sharing the KV head asks
                 _prefetch_split(K_BASE, V_BASE, SEQLENS, S, D, b, h, split, num_splits, stride_kb, stride_kh,
-                                stride_kn, stride_vb, stride_vh, stride_vn, HAS_SEQLENS, BLOCK_N, PREFETCH,
+                                stride_kn, stride_vb, stride_vh, stride_vn, stride_vd, HAS_SEQLENS, BLOCK_N, PREFETCH,
                                 ELEMENT_BYTES)
         gdc_wait()               # whose writes (q, the new key and value) are visible from here on
         gdc_launch_dependents()  # let the combine's (or the next kernel's) programs get resident
@@ -374,8 +386,8 @@ def _split_kv_kernel(
         q = q.to(tl.float32 if UPCAST else tl.float16)
     DOT_DTYPE: tl.constexpr = tl.float32 if UPCAST else tl.float16
     k_ptrs, v_ptrs, ks_ptrs, vs_ptrs = _kv_pointers(Q, K, V, K_SCALE, V_SCALE, b, h, offs_d, stride_kb, stride_kh,
-                                                    stride_vb, stride_vh, stride_ksb, stride_ksh, stride_vsb,
-                                                    stride_vsh, TMA)
+                                                    stride_vb, stride_vh, stride_vd, stride_ksb, stride_ksh,
+                                                    stride_vsb, stride_vsh, TMA)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)

@@ -89,7 +89,7 @@ def _split_kv_row_kernel(
     Q, K, V, K_SCALE, V_SCALE, SEQLENS, OUT, LSE, PART_OUT, PART_LSE, K_BASE, V_BASE,
     stride_qb, stride_qh, stride_qt,
     stride_kb, stride_kh, stride_kn,
-    stride_vb, stride_vh, stride_vn,
+    stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ksb, stride_ksh, stride_ksn,
     stride_vsb, stride_vsh, stride_vsn,
     S, HKV, D, qk_scale, num_splits,
@@ -113,7 +113,8 @@ def _split_kv_row_kernel(
     if USE_PDL:  # launched as a programmatic dependent (kernels.split_kv)
         if PREFETCH > 0:
             _prefetch_split(K_BASE, V_BASE, SEQLENS, S, D, b, h, split, num_splits, stride_kb, stride_kh, stride_kn,
-                            stride_vb, stride_vh, stride_vn, HAS_SEQLENS, BLOCK_N, PREFETCH, ELEMENT_BYTES)
+                            stride_vb, stride_vh, stride_vn, stride_vd, HAS_SEQLENS, BLOCK_N, PREFETCH,
+                            ELEMENT_BYTES)
         gdc_wait()
         gdc_launch_dependents()
     _, start, end = _sequence_split(SEQLENS, S, b, split, num_splits, HAS_SEQLENS, BLOCK_N)
@@ -127,8 +128,8 @@ def _split_kv_row_kernel(
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs_d, mask=mask_d, other=0.0)
     q = q.to(tl.float32) * qk_scale                                           # (BLOCK_D,) base 2
     k_ptrs, v_ptrs, ks_ptrs, vs_ptrs = _kv_pointers(Q, K, V, K_SCALE, V_SCALE, b, h, offs_d, stride_kb, stride_kh,
-                                                    stride_vb, stride_vh, stride_ksb, stride_ksh, stride_vsb,
-                                                    stride_vsh, TMA)
+                                                    stride_vb, stride_vh, stride_vd, stride_ksb, stride_ksh,
+                                                    stride_vsb, stride_vsh, TMA)
 
     m_i = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)                # per key slot
     l_i = tl.zeros([BLOCK_N], dtype=tl.float32)

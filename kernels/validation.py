@@ -76,9 +76,11 @@ def _check_caches(k_cache, v_cache, dtypes) -> None:
         raise ValueError(f"k_cache has dtype {k_cache.dtype}; supported: {_dtype_names(dtypes + SCALED_DTYPES)}")
     if k_cache.device != v_cache.device:
         raise ValueError(f"k_cache and v_cache must be on one device, got {k_cache.device}, {v_cache.device}")
-    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
-        if t.stride(-1) != 1:
-            raise ValueError(f"{name} must have a contiguous last dimension (stride 1), got strides {t.stride()}")
+    if k_cache.stride(-1) != 1:
+        raise ValueError(f"k_cache must have a contiguous last dimension (stride 1), got strides {k_cache.stride()}")
+    if v_cache.stride(-1) != 1 and v_cache.stride(-2) != 1:
+        raise ValueError(f"v_cache must have a contiguous last dimension or, sequence-major, a contiguous "
+                         f"position dimension (stride 1), got strides {v_cache.stride()}")
 
 
 def check_decode_inputs(q, k_cache, v_cache, cache_seqlens, num_splits, *, k_scale=None, v_scale=None,

@@ -108,7 +108,8 @@ def capacity(model, name: str, kinds, log) -> dict:
         tokens = capacity_tokens(c, 1, torch.bfloat16, device, quant_of(kind))
         out[kind] = {"tokens": tokens}
         try:
-            caches = [KVCache(1, c.n_kv_heads, tokens, c.head_dim, torch.bfloat16, device, quant_of(kind))
+            caches = [KVCache(1, c.n_kv_heads, tokens, c.head_dim, torch.bfloat16, device, quant_of(kind),
+                              group=c.n_heads // c.n_kv_heads)
                       for _ in range(c.n_layers)]
             torch.cuda.synchronize()
             out[kind].update(allocated=True, free_after_gib=torch.cuda.mem_get_info()[0] / 2**30)

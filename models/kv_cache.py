@@ -11,7 +11,9 @@ Every reader sees the same quantized values: flash_decode takes the scales, sdpa
 int8 (scale amax / 127) is the accurate one: on SmolLM2 over real code its top-1 next token agrees with an
 unquantized cache's at 98.2% of positions, e4m3's at 95.9% (tests/models/test_kv_cache_accuracy.py). The
 kernels take both with the same scales and plans: the append quantizes either, and flash_decode converts
-either in its key loop (bench/results/NOTES.md has their speeds side by side).
+either in its key loop (bench/results/NOTES.md has their speeds side by side). On a GPU, where the model has
+GQA, an 8-bit V is stored sequence-major, (B, Hkv, D, S_max) seen as (B, Hkv, S_max, D): the layout
+flash_decode's dot kernel reads fastest (`kernels.interface.sequence_major_v_pays` says why and by how much).
 """
 
 from __future__ import annotations
@@ -64,14 +66,18 @@ class KVCache(nn.Module):
     """One layer's keys and values for up to `batch` sequences of up to `max_len` tokens."""
 
     def __init__(self, batch: int, n_kv_heads: int, max_len: int, head_dim: int, dtype, device,
-                 quant: str | None = None):
+                 quant: str | None = None, group: int = 1):
+        """group: query heads per KV head (decides V's layout for an 8-bit cache)."""
         super().__init__()
         shape = (batch, n_kv_heads, max_len, head_dim)
         self.dtype = dtype     # what attention computes in
         store = QUANTIZED[quant] if quant else dtype
+        sequence_major = stores_v_sequence_major(group, store, torch.device(device))
+        v_shape = (batch, n_kv_heads, head_dim, max_len) if sequence_major else shape
         # Zeros, not empty: slots past a sequence's length are masked, and 0 * NaN garbage would still be NaN.
         self.register_buffer("k", torch.zeros(shape, dtype=store, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=store, device=device), persistent=False)
+        v = torch.zeros(v_shape, dtype=store, device=device)
+        self.register_buffer("v", v.transpose(2, 3) if sequence_major else v, persistent=False)  # (B, Hkv, S, D)
         scales = (lambda: torch.ones(shape[:3], dtype=torch.float32, device=device)) if quant else (lambda: None)
         self.register_buffer("k_scale", scales(), persistent=False)
         self.register_buffer("v_scale", scales(), persistent=False)
@@ -99,6 +105,13 @@ class KVCache(nn.Module):
         view = self.rows(row, row + 1)
         append_kv(k, v, view.k, view.v, torch.tensor([start], device=k.device), view.k_scale, view.v_scale)
         return view.prefix(start + k.shape[2]).dequantized(self.dtype)
+
+
+def stores_v_sequence_major(group: int, store: torch.dtype, device: torch.device) -> bool:
+    """Whether a cache keeps V sequence-major: where flash_decode reads it faster so (CUDA, 8-bit, GQA). On a CPU no
+    kernel reads it, and dequantizing it for SDPA is a strided copy (SmolLM2's 32k int8 V: 193 ms against 1.7)."""
+    from kernels.interface import sequence_major_v_pays  # lazy, as append_kv below
+    return device.type == "cuda" and sequence_major_v_pays(group, store)
 
 
 def append_kv(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None, v_scale=None) -> None:

@@ -305,7 +305,8 @@ class Transformer(nn.Module):
         check_kv_cache_fits(self.config, batch, max_len, dtype, device, name, quant)
         c = self.config
         for layer in self.layers:
-            layer.attention.kv_cache = KVCache(batch, c.n_kv_heads, max_len, c.head_dim, dtype, device, quant)
+            layer.attention.kv_cache = KVCache(batch, c.n_kv_heads, max_len, c.head_dim, dtype, device, quant,
+                                               group=c.n_heads // c.n_kv_heads)
 
     def prefill(self, tokens: torch.Tensor, start: int = 0, row: int = 0, all_logits: bool = False,
                 last: int = -1, dense: DenseKernels | None = None) -> torch.Tensor:

@@ -20,7 +20,7 @@ def caches(B, Hkv, S, D, dtype, layout, cache):
 @pytest.mark.parametrize("cache", ["same", "fp8", "int8"])
 @pytest.mark.parametrize("layout, T, dtype, Hkv, D",
                          [("bhsd", 1, torch.bfloat16, 4, 64), ("bshd", 3, torch.float16, 3, 80),
-                          ("bhsd", 16, torch.float32, 2, 32)])
+                          ("bhsd", 16, torch.float32, 2, 32), ("vseq", 2, torch.bfloat16, 4, 64)])
 def test_append_kernel_matches_reference(layout, T, dtype, Hkv, D, cache):
     B, S = 3, 40
     k, v, scales = caches(B, Hkv, S, D, dtype, layout, cache)

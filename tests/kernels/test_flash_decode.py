@@ -79,7 +79,7 @@ def test_matches_float64_reference(case_index, kv, poisoned_empty):
     # Cycle the remaining axes through the cases so every value meets every head layout.
     S = SEQ_LENS[case_index % len(SEQ_LENS)]
     num_splits = SPLITS[case_index % len(SPLITS)]
-    layout = ("bhsd", "bshd")[case_index % 2]
+    layout = ("bhsd", "bshd", "vseq")[case_index % 3]
     B = (1, 3)[(case_index // 2) % 2]
     scaled = kv in CACHE_DTYPES
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
@@ -106,7 +106,7 @@ def test_matches_float64_reference(case_index, kv, poisoned_empty):
 
 ROW_CASES = [(dtype, D, kv, splits, layout) for dtype, D in ((torch.float32, 80), (torch.float16, 64),
                                                            (torch.bfloat16, 128))
-             for kv in ("same", "fp8", "int8") for splits, layout in ((1, "bhsd"), (3, "bshd"), (7, "bhsd"))]
+             for kv in ("same", "fp8", "int8") for splits, layout in ((1, "bhsd"), (3, "bshd"), (7, "bhsd"), (2, "vseq"))]
 
 
 @pytest.mark.parametrize("dtype, D, kv, splits, layout", ROW_CASES,
@@ -142,7 +142,7 @@ def test_row_kernel_is_only_for_one_row(poisoned_empty):
 
 
 @pytest.mark.parametrize("num_splits", SPLITS)
-@pytest.mark.parametrize("layout", ["bhsd", "bshd"])
+@pytest.mark.parametrize("layout", ["bhsd", "bshd", "vseq"])
 def test_every_split_count_and_layout(num_splits, layout, poisoned_empty):
     q, k, v = make_inputs(3, 8, 2, 700, 64, torch.float32, layout=layout)
     lengths = torch.tensor([700, 0, 333], dtype=torch.int32)
@@ -208,7 +208,8 @@ def test_plan_fills_the_gpu():
 
 INT8_DOT_CASES = [((8, 2), 64, 1, torch.bfloat16, 1, "bhsd"), ((12, 4), 80, 1, torch.float16, 3, "bshd"),
                   ((64, 8), 128, 1, torch.bfloat16, 5, "bhsd"), ((8, 1), 128, 4, torch.bfloat16, 2, "bshd"),
-                  ((9, 3), 64, 3, torch.float32, 1, "bhsd"), ((4, 4), 64, 2, torch.float16, 4, "bhsd")]
+                  ((9, 3), 64, 3, torch.float32, 1, "bhsd"), ((4, 4), 64, 2, torch.float16, 4, "bhsd"),
+                  ((8, 2), 128, 1, torch.bfloat16, 3, "vseq"), ((12, 4), 80, 3, torch.float16, 2, "vseq")]
 
 
 @pytest.mark.parametrize("heads, D, T, dtype, splits, layout", INT8_DOT_CASES,

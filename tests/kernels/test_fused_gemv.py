@@ -101,12 +101,13 @@ def test_qkv_rope_rotates_q_and_k_and_writes_the_cache_slot(heads, kv_heads, D, 
 
 @pytest.mark.parametrize("cache_dtype", [torch.int8, torch.float8_e4m3fn])
 @pytest.mark.parametrize("heads, kv_heads, D, block_n", [(4, 2, 16, 4), (3, 3, 8, 2), (8, 1, 32, 8), (2, 1, 24, 8)])
-@pytest.mark.parametrize("interleave", [False, True])
+@pytest.mark.parametrize("interleave, sequence_major_v", [(False, False), (True, False), (False, True)])
 def test_qkv_rope_quantizes_k_and_v_into_an_8bit_cache_as_append_kv_does(cache_dtype, heads, kv_heads, D, block_n,
-                                                                         interleave, poisoned_empty):
+                                                                         interleave, sequence_major_v, poisoned_empty):
     """Several programs per head (block_n rows of D): the head's last one quantizes it. The bytes and scales are
     `kernels.reference.append_kv`'s of the k and v that qkv_rope returns (e4m3 as close as the interpreter's
-    conversion allows; on the GPU, models.bench's check compares the fused step's bytes with the append's)."""
+    conversion allows; on the GPU, models.bench's check compares the fused step's bytes with the append's),
+    V stored head-dim-contiguous or sequence-major (as models store 8-bit GQA caches)."""
     from kernels.gemv import tickets
     K, S, dtype = 80, 12, torch.bfloat16
     x, wqkv = torch.randn(K).to(dtype), torch.randn((heads + 2 * kv_heads) * D, K).to(dtype)
@@ -114,6 +115,9 @@ def test_qkv_rope_quantizes_k_and_v_into_an_8bit_cache_as_append_kv_does(cache_d
     angles = torch.rand(S, D // 2) * 6.3
     cos, sin = torch.cat((angles.cos(), angles.cos()), -1), torch.cat((angles.sin(), angles.sin()), -1)
     caches = [torch.randint(-100, 100, (1, kv_heads, S, D), dtype=torch.int8).view(cache_dtype) for _ in range(2)]
+    if sequence_major_v:
+        caches[1] = caches[1].transpose(2, 3).contiguous().transpose(2, 3)
+        assert caches[1].stride(2) == 1
     scales = [torch.full((1, kv_heads, S), float("nan")) for _ in range(2)]
     want_caches, want_scales = [c.clone() for c in caches], [s.clone() for s in scales]
     for pos in (7, 2, S + 3):       # the tickets are ready again for the next call; past the end: nothing written

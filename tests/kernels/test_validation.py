@@ -44,7 +44,9 @@ BAD = [
                                         v_cache=torch.randn(2, 2, 4, 320))),
     ("must share a dtype", dict(q=torch.randn(2, 8, 64, dtype=torch.float16))),
     ("has dtype torch.int64", dict(q=torch.ones(2, 8, 64, dtype=torch.int64))),
-    ("contiguous last dimension", dict(k_cache=torch.randn(2, 2, 64, 32).transpose(2, 3))),
+    ("k_cache must have a contiguous last dimension", dict(k_cache=torch.randn(2, 2, 64, 32).transpose(2, 3))),
+    ("v_cache must have a contiguous last dimension or, sequence-major, a contiguous position dimension",
+     dict(v_cache=torch.randn(2, 2, 64, 128)[:, :, ::2, ::2])),
     ("cache_seqlens must be an int32", dict(cache_seqlens=torch.tensor([3, 4]))),
     ("cache_seqlens must have shape (2,)", dict(cache_seqlens=torch.tensor([3], dtype=torch.int32))),
     ("must lie in 0..32", dict(cache_seqlens=torch.tensor([3, 33], dtype=torch.int32))),
@@ -84,7 +86,9 @@ BAD_APPEND = [
     ("input_pos must lie in 0..29", dict(input_pos=torch.tensor([-1, 3]))),
     ("needs k_scale and v_scale", dict(**FP8)),
     ("v_scale is only for 8-bit (float8_e4m3fn, int8) caches", dict(v_scale=torch.ones(2, 2, 32))),
-    ("contiguous last dimension", dict(k_cache=torch.randn(2, 2, 64, 32).transpose(2, 3))),
+    ("k_cache must have a contiguous last dimension", dict(k_cache=torch.randn(2, 2, 64, 32).transpose(2, 3))),
+    ("v_cache must have a contiguous last dimension or, sequence-major, a contiguous position dimension",
+     dict(v_cache=torch.randn(2, 2, 64, 128)[:, :, ::2, ::2])),
 ]
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from models import GenerationConfig, OutOfMemoryError, load_model
+from models.kv_cache import KVCache, stores_v_sequence_major
 from models.llama import Decode
 
 from tiny_models import load_error
@@ -49,6 +50,32 @@ def test_prefill_stores_8bit_values_with_per_token_scales(engines):
         else:      # a uniform grid: at most half a step
             assert (error <= scale * (0.5 + 1e-5)).all()
         assert error.max() > 0                                                # it really is quantized
+
+
+def test_v_is_sequence_major_where_flash_decode_reads_it_faster():
+    """8-bit GQA caches on a GPU (kernels.interface.sequence_major_v_pays); not MHA, not 16/32-bit, not on a CPU."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert stores_v_sequence_major(4, torch.int8, cuda) and stores_v_sequence_major(8, torch.float8_e4m3fn, cuda)
+    assert not stores_v_sequence_major(1, torch.int8, cuda) and not stores_v_sequence_major(8, torch.bfloat16, cuda)
+    assert not stores_v_sequence_major(4, torch.int8, cpu)
+    assert KVCache(1, 4, 16, 8, torch.float32, "cpu", quant="int8", group=4).v.stride(-1) == 1
+
+
+def test_a_sequence_major_8bit_cache_generates_what_the_other_layout_does(tiny_checkpoint, monkeypatch):
+    """The model's paths through a V stored as on a GPU (prefill, the decode step, prefix reuse), forced on the CPU:
+    the same tokens as the head-dim-contiguous layout, since both hold the same quantized values."""
+    import models.kv_cache
+    config = GenerationConfig(max_new_tokens=6)
+    for attention in ("sdpa", "flash"):     # flash: the Triton kernels under the interpreter
+        plain = load_model(tiny_checkpoint[0], device="cpu", max_context=48, kv_cache="int8", attention=attention)
+        want = plain.generate(PROMPT, config)
+        with monkeypatch.context() as patch:
+            patch.setattr(models.kv_cache, "stores_v_sequence_major", lambda group, store, device: True)
+            engine = load_model(tiny_checkpoint[0], device="cpu", max_context=48, kv_cache="int8", attention=attention)
+        assert cache_of(engine).v.stride(2) == 1 and cache_of(engine).k.stride(-1) == 1
+        first, again = engine.generate(PROMPT, config), engine.generate(PROMPT, config)
+        assert first.token_ids == want.token_ids and len(want.token_ids) == 6
+        assert again.token_ids == want.token_ids and again.reused_prefix_tokens > 0   # through the prefix cache
 
 
 @pytest.mark.parametrize("T", [1, 3])
