@@ -16,7 +16,8 @@ tokens is a runtime argument, not a constant of the binary: as a constant, each 
 compile (117-134 ms on an H200, bench/results/h200-cold/).
 
 What is supported: new values in fp16/bf16/fp32, caches in the same dtype, float8_e4m3fn or int8, any
-strides but the last (which must be 1; V's may instead be sequence-major, `kernels.interface.sequence_major`). The Triton interpreter converts to e4m3 rounding halves away
+strides but the last (which must be 1; V's may instead be sequence-major, `kernels.validation.sequence_major`).
+The Triton interpreter converts to e4m3 rounding halves away
 from zero and truncating subnormals, so on the CPU its bytes may differ from PyTorch's by one step;
 `kernels.append_kv` therefore runs the PyTorch reference on the CPU and this kernel on CUDA.
 """

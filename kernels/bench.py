@@ -38,7 +38,8 @@ import triton
 import triton.language as tl
 
 from kernels import reference
-from kernels.interface import append_kv, flash_decode, launch, plan_for, sequence_major, sequence_major_v_pays
+from kernels.interface import (append_kv, as_sequence_major, flash_decode, launch, plan_for, sequence_major,
+                               sequence_major_v_pays)
 from kernels.plan import PLANS_DIR, device_slug, load_table
 from kernels.validation import FP8_DTYPE
 
@@ -120,10 +121,6 @@ def make_inputs(shape: Shape, device=None) -> Inputs:
         v8 = as_sequence_major(v8)
     return Inputs(q, k, v, q_verify, k8, k_scale, v8, v_scale)
 
-
-def as_sequence_major(t: torch.Tensor) -> torch.Tensor:
-    """The same (B, Hkv, S, D) values, stored (B, Hkv, D, S)."""
-    return t.transpose(-1, -2).contiguous().transpose(-1, -2)
 
 
 def make_input_sets(shape: Shape, n_sets: int, device=None) -> list[Inputs]:

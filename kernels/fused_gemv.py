@@ -51,7 +51,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from kernels.append import append_kv_triton, quantize_rows
 from kernels.gemv import BLOCK_K, BLOCK_N, NUM_STAGES, NUM_WARPS, tickets
-from kernels.validation import SCALED_DTYPES
+from kernels.validation import SCALED_DTYPES, sequence_major
 
 PLAIN, RESIDUAL, SWIGLU, ROPE = 0, 1, 2, 3     # epilogues
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -438,7 +438,8 @@ def qkv_rope(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, wqkv: torch
         want = (1, n_kv_heads, k_cache.shape[2], D)
         dtype = x.dtype if scales is None else k_cache.dtype
         if (k_cache.shape != want or v_cache.shape != want or k_cache.stride(3) != 1
-                or (v_cache.stride(3) != 1 and v_cache.stride(2) != 1) or k_cache.dtype != dtype or v_cache.dtype != dtype
+                or (v_cache.stride(3) != 1 and not sequence_major(v_cache)) or k_cache.dtype != dtype
+                or v_cache.dtype != dtype
                 or (scales is not None and dtype not in SCALED_DTYPES)):
             raise ValueError(f"qkv_rope: caches must be {want} of {x.dtype} (or 8-bit with scales), K with a contiguous "
                              f"last dim, V too or sequence-major, got {tuple(k_cache.shape)} {k_cache.dtype}, strides "

@@ -50,7 +50,7 @@ from kernels.append import append_kv_triton
 from kernels.plan import LaunchPlan, plan_launch, tuned_plan
 from kernels.split_kv import _combine_kernel, _split_kv_kernel
 from kernels.split_kv_row import _split_kv_row_kernel
-from kernels.validation import FP8_DTYPE, SCALED_DTYPES, check_decode_inputs
+from kernels.validation import FP8_DTYPE, SCALED_DTYPES, check_decode_inputs, sequence_major
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 LOG2_E = 1.4426950408889634
@@ -79,6 +79,11 @@ def sequence_major_v_pays(group: int, cache_dtype: torch.dtype) -> bool:
     way. MHA's row kernel multiplies on the CUDA cores in the load's own layout and lost (7B 64k int8 134.7
     -> 144.5 µs at the best sequence-major plan): V stays head-dim-contiguous there."""
     return group > 1 and cache_dtype in SCALED_DTYPES
+
+
+def as_sequence_major(cache: torch.Tensor) -> torch.Tensor:
+    """The same (B, Hkv, S, D) values, stored (B, Hkv, D, S) (`sequence_major`)."""
+    return cache.transpose(-1, -2).contiguous().transpose(-1, -2)
 
 
 @functools.lru_cache(maxsize=16)
@@ -145,11 +150,6 @@ def tma_capable(*caches: torch.Tensor) -> bool:
     """Tensor descriptors need a 16-byte aligned base and strides (the interpreter emulates them too)."""
     return all(c.data_ptr() % 16 == 0 and all(st * c.element_size() % 16 == 0 for st in c.stride()[:-1])
                for c in caches)
-
-
-def sequence_major(cache: torch.Tensor) -> bool:
-    """A (B, Hkv, S, D) cache whose positions, not its head dim, are contiguous: a view of (B, Hkv, D, S)."""
-    return cache.stride(-1) != 1 and cache.stride(-2) == 1
 
 
 def _descriptor(cache: torch.Tensor, plan: LaunchPlan):

@@ -67,6 +67,11 @@ def _check_scales(k_cache, k_scale, v_scale, B: int, Hkv: int, S: int) -> None:
             raise ValueError(f"{name} is on {scale.device}, the cache on {k_cache.device}")
 
 
+def sequence_major(cache: torch.Tensor) -> bool:
+    """A (B, Hkv, S, D) cache whose positions, not its head dim, are contiguous: a view of (B, Hkv, D, S)."""
+    return cache.stride(-1) != 1 and cache.stride(-2) == 1
+
+
 def _check_caches(k_cache, v_cache, dtypes) -> None:
     if k_cache.shape != v_cache.shape:
         raise ValueError(f"k_cache {tuple(k_cache.shape)} and v_cache {tuple(v_cache.shape)} differ in shape")
@@ -78,7 +83,7 @@ def _check_caches(k_cache, v_cache, dtypes) -> None:
         raise ValueError(f"k_cache and v_cache must be on one device, got {k_cache.device}, {v_cache.device}")
     if k_cache.stride(-1) != 1:
         raise ValueError(f"k_cache must have a contiguous last dimension (stride 1), got strides {k_cache.stride()}")
-    if v_cache.stride(-1) != 1 and v_cache.stride(-2) != 1:
+    if v_cache.stride(-1) != 1 and not sequence_major(v_cache):
         raise ValueError(f"v_cache must have a contiguous last dimension or, sequence-major, a contiguous "
                          f"position dimension (stride 1), got strides {v_cache.stride()}")
 

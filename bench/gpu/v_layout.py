@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from kernels import flash_decode, reference
-from kernels.bench import (Shape, as_sequence_major, best_of_rounds, environment, make_input_sets, n_sets_for,
-                           read_bandwidth, save_table, sdpa)
-from kernels.interface import device_facts, launch, plan_for
+from kernels.bench import (Shape, best_of_rounds, environment, make_input_sets, n_sets_for, read_bandwidth,
+                           save_table, sdpa)
+from kernels.interface import as_sequence_major, device_facts, launch, plan_for
 
 from int8_dot import wave_plan  # a sibling script (bench/gpu is the script's directory)
 

@@ -8,13 +8,14 @@ def make_inputs(B, Hq, Hkv, S, D, dtype, *, layout="bhsd", seed=None, lengths=No
     """q (B, Hq, D) and caches (B, Hkv, S, D) of random normal values; `layout="bshd"` returns the
     caches as transposed views of (B, S, Hkv, D) buffers, as a model with that cache layout would;
     `layout="vseq"`, V as a view of a (B, Hkv, D, S) buffer (sequence-major, as models store 8-bit GQA V)."""
+    from kernels.interface import as_sequence_major
     gen = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**31)
     q = torch.randn(B, Hq, D, generator=gen).to(dtype)
     if layout in ("bhsd", "vseq"):
         k = torch.randn(B, Hkv, S, D, generator=gen).to(dtype)
         v = torch.randn(B, Hkv, S, D, generator=gen).to(dtype)
         if layout == "vseq":
-            v = v.transpose(2, 3).contiguous().transpose(2, 3)
+            v = as_sequence_major(v)
     else:
         k = torch.randn(B, S, Hkv, D, generator=gen).to(dtype).transpose(1, 2)
         v = torch.randn(B, S, Hkv, D, generator=gen).to(dtype).transpose(1, 2)
@@ -28,12 +29,13 @@ def quantized_copy(k, v, layout="bhsd", dtype=torch.float8_e4m3fn):
     """8-bit copies (float8_e4m3fn or int8) of k, v (B, Hkv, S, D) with their per-token scales, via the
     reference quantizer: (k8, k_scale, v8, v_scale). `layout="bshd"` stores the 8-bit values (and scales)
     as transposed views of (B, S, Hkv, ...) buffers; `layout="vseq"` stores V's values sequence-major."""
+    from kernels.interface import as_sequence_major
     from kernels.reference import quantize
     result = []
     for x in (k, v):
         if layout == "vseq" and x is v:
             values, scale = quantize(x, dtype)
-            result += [values.transpose(2, 3).contiguous().transpose(2, 3), scale]
+            result += [as_sequence_major(values), scale]
         elif layout == "bshd":
             values, scale = quantize(x.transpose(1, 2).contiguous(), dtype)   # (B, S, Hkv, D), (B, S, Hkv)
             result += [values.transpose(1, 2), scale.transpose(1, 2)]

@@ -13,6 +13,7 @@ from kernel_inputs import assert_interpreter_e4m3
 
 from kernels import fused_gemv, reference
 from kernels.fused_gemv import CONFIGS, Config, config_for, gemv, norm_swiglu, qkv_rope, read_configs, use_per_shape
+from kernels.interface import as_sequence_major
 
 TOLERANCES = [(torch.float32, 1e-5), (torch.bfloat16, 1.2e-2), (torch.float16, 2e-3)]
 
@@ -116,7 +117,7 @@ def test_qkv_rope_quantizes_k_and_v_into_an_8bit_cache_as_append_kv_does(cache_d
     cos, sin = torch.cat((angles.cos(), angles.cos()), -1), torch.cat((angles.sin(), angles.sin()), -1)
     caches = [torch.randint(-100, 100, (1, kv_heads, S, D), dtype=torch.int8).view(cache_dtype) for _ in range(2)]
     if sequence_major_v:
-        caches[1] = caches[1].transpose(2, 3).contiguous().transpose(2, 3)
+        caches[1] = as_sequence_major(caches[1])
         assert caches[1].stride(2) == 1
     scales = [torch.full((1, kv_heads, S), float("nan")) for _ in range(2)]
     want_caches, want_scales = [c.clone() for c in caches], [s.clone() for s in scales]
