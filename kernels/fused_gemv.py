@@ -32,7 +32,9 @@ W before that wait (`EARLY_TILE`: W comes from no kernel), which took 60-70 µs 
 asking L2 for more of W there instead (a bulk prefetch of each program's rows) made it 20-930 µs slower.
 (Letting it launch only as each program ends, `LATE_DEPENDENTS`, made the 7B step slower with an fp8 cache in
 every timing on an H200, by 12-59 µs, and mixed with bf16; qkv_rope alone so, with an int8 cache, 242 µs
-faster at 16k but 62 µs slower at 64k: bench/results/NOTES.md, Run 15, has the leads.)
+faster at 16k but 62 µs slower at 64k: bench/results/NOTES.md, Run 15, has the leads. Run 19 found why: the
+attention's programs, resident early, crowd some SMs where its grid leaves room; qkv_rope's `late_dependents`
+is now chosen per step by `kernels.interface.crowds_when_early`.)
 """
 
 from __future__ import annotations
@@ -353,7 +355,7 @@ def _check(x: torch.Tensor, weight: torch.Tensor, what: str) -> int:
 
 def _launch(config: Config, grid_rows: int, x, weight, y, *, norm_weight=None, eps=0.0, epilogue=PLAIN,
             residual=None, rope=None, cache=None, scales=None, tickets=None, pair_offset=0, rot_rows=0, q_rows=0,
-            kv_rows=0, head_dim=2) -> torch.Tensor:
+            kv_rows=0, head_dim=2, late_dependents: bool = False) -> torch.Tensor:
     cos, sin, pos = rope if rope is not None else (y, y, y)
     k_cache, v_cache = cache if cache is not None else (y, y)
     k_scale, v_scale = scales if scales is not None else (y, y)
@@ -370,8 +372,8 @@ def _launch(config: Config, grid_rows: int, x, weight, y, *, norm_weight=None, e
         stride_ch, stride_cs, stride_vh, stride_vs, stride_vd, stride_sh, stride_ss, n_slots,
         BLOCK_N=config.block_n, BLOCK_K=block_k, NORM=norm_weight is not None, EPILOGUE=epilogue,
         HEAD_DIM=head_dim, WRITE_CACHE=cache is not None, USE_PDL=use_pdl, INTERLEAVE=config.interleave,
-        QUANT_CACHE=scales is not None, BLOCK_D=triton.next_power_of_2(head_dim), LATE_DEPENDENTS=epilogue in LATE_DEPENDENTS,
-        EARLY_TILE=epilogue in EARLY_TILE,
+        QUANT_CACHE=scales is not None, BLOCK_D=triton.next_power_of_2(head_dim),
+        LATE_DEPENDENTS=late_dependents or epilogue in LATE_DEPENDENTS, EARLY_TILE=epilogue in EARLY_TILE,
         num_warps=config.num_warps, num_stages=config.num_stages, **({"launch_pdl": True} if use_pdl else {}))
     return y
 
@@ -413,7 +415,8 @@ def norm_swiglu(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, w13: tor
 def qkv_rope(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, wqkv: torch.Tensor, cos: torch.Tensor,
              sin: torch.Tensor, pos: torch.Tensor, n_heads: int, n_kv_heads: int,
              cache: tuple[torch.Tensor, torch.Tensor] | None = None,
-             scales: tuple[torch.Tensor, torch.Tensor] | None = None, **config) -> torch.Tensor:
+             scales: tuple[torch.Tensor, torch.Tensor] | None = None, late_dependents: bool = False,
+             **config) -> torch.Tensor:
     """q, k, v of one token: rms_norm(x (K,), norm_weight) @ wqkv ((Hq + 2 Hkv) * D, K)^T, RoPE at position
     pos (1,) int64 on q and k from the tables cos, sin (S_max, D) float32 (rotate-half layout).
 
@@ -424,6 +427,8 @@ def qkv_rope(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, wqkv: torch
     dtype as they are; 8-bit caches (float8_e4m3fn, int8) with `scales` = (k_scale, v_scale) float32
     (1, Hkv, S_max) quantized as `kernels.append_kv` quantizes the returned k and v (the same bytes and
     scales): each head's last program to finish does it, so an 8-bit step needs no append kernel.
+    `late_dependents`: let the next kernel launch only as each program ends, not as it starts (with PDL): for an
+    attention call whose programs would crowd some SMs if placed early (`kernels.interface.crowds_when_early`).
     """
     K = _check(x, wqkv, "qkv_rope")
     D = cos.shape[-1]
@@ -455,7 +460,7 @@ def qkv_rope(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, wqkv: torch
     launch = functools.partial(_launch, c, triton.cdiv(N // 2, c.block_n // 2), x, wqkv, y, norm_weight=norm_weight,
                                eps=eps, epilogue=ROPE, rope=(cos, sin, pos), pair_offset=D // 2,
                                rot_rows=(n_heads + n_kv_heads) * D, q_rows=n_heads * D, kv_rows=n_kv_heads * D,
-                               head_dim=D)
+                               head_dim=D, late_dependents=late_dependents)
     if scales is None:
         return launch(cache=cache)
     if counters is None:           # captured before the tickets exist: quantize in a second kernel

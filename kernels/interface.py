@@ -38,6 +38,8 @@ plus scales, so the speed side is measured where it matters, on the GPU.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import os
 
@@ -47,7 +49,7 @@ from triton.backends.nvidia.compiler import CUDAOptions
 
 from kernels import reference
 from kernels.append import append_kv_triton
-from kernels.plan import LaunchPlan, plan_launch, tuned_plan
+from kernels.plan import LaunchPlan, plan_launch, resident_programs, shape_key, tuned_plan
 from kernels.split_kv import _combine_kernel, _split_kv_kernel
 from kernels.split_kv_row import _split_kv_row_kernel
 from kernels.validation import FP8_DTYPE, SCALED_DTYPES, check_decode_inputs, sequence_major
@@ -93,10 +95,37 @@ def device_facts(device_index: int) -> tuple[str, int]:
     return props.name, props.multi_processor_count
 
 
+# Plans forced for one shape each (`forced_plans`), keyed by `_forced_key`.
+_FORCED_PLANS: dict[tuple, LaunchPlan] = {}
+
+
+def _forced_key(key: dict) -> tuple:
+    return tuple(sorted(key.items()))
+
+
+@contextlib.contextmanager
+def forced_plans(entries: list[tuple[dict, LaunchPlan]]):
+    """Inside the block, calls whose `kernels.plan.shape_key` equals an entry's key run that entry's plan,
+    whatever the table or the heuristic says; a forced `num_splits` argument still wins. For timing plans
+    where they run: inside a captured decode step, next to the kernels that share the GPU with them there
+    (`models.step_plans`), which a kernel timed alone does not see. entries: (shape key dict, plan) pairs."""
+    before = dict(_FORCED_PLANS)
+    _FORCED_PLANS.update({_forced_key(key): plan for key, plan in entries})
+    try:
+        yield
+    finally:
+        _FORCED_PLANS.clear()
+        _FORCED_PLANS.update(before)
+
+
 def plan_for(q: torch.Tensor, B: int, Hq: int, Hkv: int, S: int, D: int, T: int, fp8: bool,
              num_splits: int | None = None, *, int8: bool = False) -> LaunchPlan:
-    """The plan a call runs with: the device's tuned plan for this shape if there is one (16-bit q),
-    else the heuristic; a forced `num_splits` overrides either's split count."""
+    """The plan a call runs with: a plan forced for this shape (`forced_plans`), else the device's tuned
+    plan for it if there is one (16-bit q), else the heuristic; a forced `num_splits` overrides any of
+    them's split count."""
+    forced = _FORCED_PLANS.get(_forced_key(shape_key(B, Hq, Hkv, S, D, T, fp8, int8))) if _FORCED_PLANS else None
+    if forced is not None:
+        return forced if num_splits is None else LaunchPlan(**{**forced.__dict__, "num_splits": num_splits})
     elem_bytes = q.element_size()  # the caches' too, unless fp8
     if not q.is_cuda:
         return plan_launch(B, Hq, Hkv, S, D, T=T, fp8=fp8, num_splits=num_splits, elem_bytes=elem_bytes)
@@ -144,6 +173,51 @@ def flash_decode(q, k_cache, v_cache, cache_seqlens=None, *, softmax_scale=None,
     out, lse = launch(q, k_cache, v_cache, cache_seqlens, plan, softmax_scale=softmax_scale,
                       k_scale=k_scale, v_scale=v_scale)
     return (out, lse) if return_lse else out
+
+
+def resident_of(binary, num_warps: int) -> int:
+    """Programs of a compiled split kernel one SM holds at once (0 where there is no binary: CPU)."""
+    if not hasattr(binary, "metadata"):
+        return 0
+    binary._init_handles()  # loads it (as its first launch would): registers, as Triton's softmax tutorial reads them
+    return resident_programs(binary.n_regs, binary.metadata.shared, num_warps)
+
+
+def crowds_when_early(q, k_cache, v_cache, *, k_scale=None, v_scale=None) -> bool:
+    """Whether this call's split programs could crowd some SMs and leave others idle if they became resident
+    early, as a programmatic dependent launch's do while the kernel before still runs: an SM holds more of
+    them than the grid has per SM (arguments as `flash_decode`'s, with every row at its full length).
+
+    Resident early, programs go wherever the kernel before has left room, not evenly; a grid that needs every
+    SM's slots (one full wave, or more) cannot pile up, one with room to spare can. The kernel before should
+    then let attention launch only as its own programs end. Measured on an H200 inside CodeLlama-7B's and
+    -34B's decode steps (bench/results/NOTES.md, Run 19): of 54 plans where an SM holds more programs than the
+    grid needs, launching late was faster at 38, by up to 26% of the step (7B 64k int8, 64-key tiles: 10.5 ->
+    7.7 ms, a plan 140 µs alone against the table's 132), and slower at 16, by at most 1.6% (5% with two plans
+    already 4x slower alone); at the 21 plans that cannot crowd, launching late changed the step by -0.3% to
+    +1.7%."""
+    if not _launches_early(q):
+        return False
+    B, Hq, Hkv, S, D, T, scaled = check_decode_inputs(q, k_cache, v_cache, None, None, k_scale=k_scale,
+                                                      v_scale=v_scale, dtypes=KERNEL_DTYPES)
+    plan = plan_for(q, B, Hq, Hkv, S, D, T, scaled, int8=k_cache.dtype == torch.int8)
+    # What the binary depends on (lengths and the split count are runtime arguments): a bounded set of keys
+    key = (dataclasses.replace(plan, num_splits=1), q.dtype, q.device, Hq // Hkv, T, D, k_cache.dtype,
+           sequence_major(v_cache), k_scale is None)
+    if key not in _RESIDENT:   # once per kind of call: the binary comes from Triton's cache, not a compile
+        binary = launch(q, k_cache, v_cache, None, plan, k_scale=k_scale, v_scale=v_scale, compile_only=True)
+        _RESIDENT[key] = resident_of(binary, plan.num_warps)
+    programs = plan.num_splits * B * Hkv * plan.row_blocks(Hq // Hkv, T)
+    num_sms = device_facts(q.device.index or 0)[1]       # a CUDA tensor's device always has its index
+    return _RESIDENT[key] > -(-programs // num_sms)
+
+
+_RESIDENT: dict[tuple, int] = {}   # crowds_when_early's programs an SM holds, per kind of call and plan
+
+
+def _launches_early(q: torch.Tensor) -> bool:
+    """Whether calls with this q are programmatic dependent launches (CUDA with PDL)."""
+    return q.is_cuda and PDL_SUPPORTED
 
 
 def tma_capable(*caches: torch.Tensor) -> bool:

@@ -37,8 +37,8 @@ import torch
 from kernels import bench, reference
 from kernels.bench import (VERIFY_TOKENS, Inputs, Shape, bars_table, best_sdpa, compile_in_parallel, graph_replay_us,
                            make_input_sets, n_sets_for, read_once, READ_ONLY_CONFIGS, rel_err, sdpa, shapes)
-from kernels.interface import launch
-from kernels.plan import (LaunchPlan, MAX_SPLITS, device_slug, load_table, plan_launch, resident_programs, shape_key,
+from kernels.interface import launch, resident_of
+from kernels.plan import (LaunchPlan, MAX_SPLITS, device_slug, load_table, plan_launch, shape_key,
                           splits_for_programs, table_entry, tuned_plan, wave_splits)
 
 SWEEP_REPLAYS, FINAL_REPLAYS = 20, 60
@@ -199,14 +199,6 @@ class Clock:
 
     def left(self) -> float:
         return self.budget_s - (time.perf_counter() - self.start)
-
-
-def resident_of(binary, num_warps: int) -> int:
-    """Programs of a compiled split kernel one SM holds at once (0 where there is no binary: CPU)."""
-    if not hasattr(binary, "metadata"):
-        return 0
-    binary._init_handles()  # loads it (as its first launch would): registers, as Triton's softmax tutorial reads them
-    return resident_programs(binary.n_regs, binary.metadata.shared, num_warps)
 
 
 def measure_case(case: Case, num_sms: int, clock: Clock, log, start_plans=(), grid: bool = True) -> dict:

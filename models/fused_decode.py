@@ -26,6 +26,9 @@ import torch
 from models.attention import decode_attention
 
 
+LATE_WHEN_CROWDED = True   # A/B (models.step_plans): False launches attention early whatever its grid
+
+
 class RankCollectives(NamedTuple):
     """A tensor-parallel rank's two collectives (models/tp.py): the sum of the row-parallel projections'
     partial outputs over the ranks, and the logits of every rank's vocabulary rows, (1, V_rank) -> (1, V);
@@ -45,6 +48,7 @@ def decode_one_token(model, token: torch.Tensor, step) -> torch.Tensor:
     Hq, Hkv, D = c.n_heads, c.n_kv_heads, c.head_dim
     collectives = model.rank_collectives
     x = model.tok_embeddings(token).reshape(c.dim)                                       # (dim,)
+    late_qkv = LATE_WHEN_CROWDED and step.backend == "flash" and _attention_crowds(model, step, x.dtype)
     for layer in model.layers:
         a, f = layer.attention, layer.feed_forward
         cache = a.kv_cache
@@ -53,7 +57,8 @@ def decode_one_token(model, token: torch.Tensor, step) -> torch.Tensor:
         qkv = qkv_rope(x, layer.attention_norm.weight, layer.attention_norm.eps, a.wqkv.weight,
                        model.rope.cos, model.rope.sin, step.input_pos, Hq, Hkv,
                        cache=(cache.k[:1], cache.v[:1]) if in_place else None,
-                       scales=(cache.k_scale[:1], cache.v_scale[:1]) if quantized else None)  # ((Hq + 2 Hkv) * D,)
+                       scales=(cache.k_scale[:1], cache.v_scale[:1]) if quantized else None,
+                       late_dependents=late_qkv)                                          # ((Hq + 2 Hkv) * D,)
         q, k, v = (t.view(1, -1, 1, D) for t in qkv.split([Hq * D, Hkv * D, Hkv * D]))  # (1, H, 1, D)
         view = cache.rows(0, 1) if in_place else cache.update(step.input_pos, k, v)
         if step.kv_len is not None:
@@ -65,6 +70,19 @@ def decode_one_token(model, token: torch.Tensor, step) -> torch.Tensor:
     logits = gemv(x, model.output.weight, norm_weight=model.norm.weight, eps=model.norm.eps,
                   out_dtype=torch.float32).view(1, -1)                                   # (1, V or V_rank)
     return logits if collectives is None else collectives.gather_logits(logits)          # (1, V)
+
+
+def _attention_crowds(model, step, dtype: torch.dtype) -> bool:
+    """Whether the step's flash attention calls would crowd some SMs if made resident while qkv_rope still runs
+    (`kernels.interface.crowds_when_early`): then qkv_rope lets them launch only as its programs end. Every
+    layer's call has the same shapes and plan, so the first layer's answers for all."""
+    from kernels.interface import crowds_when_early
+    c = model.config
+    view = model.layers[0].attention.kv_cache.rows(0, 1)
+    if step.kv_len is not None:
+        view = view.prefix(step.kv_len)
+    q = torch.empty(1, c.n_heads, c.head_dim, dtype=dtype, device=view.k.device)     # (1, Hq, D): only its shape
+    return crowds_when_early(q, view.k, view.v, k_scale=view.k_scale, v_scale=view.v_scale)
 
 
 def _row_parallel(gemv, x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor,

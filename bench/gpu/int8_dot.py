@@ -25,7 +25,7 @@ from kernels.bench import (Shape, best_of_rounds, environment, make_input_sets, 
                            save_table, sdpa)
 from kernels.interface import device_facts, launch, plan_for
 from kernels.plan import MAX_SPLITS
-from kernels.tune import resident_of
+from kernels.interface import resident_of
 
 SHAPES = [(Shape("34B", 1, s * 1024, 64, 8), 1) for s in (1, 4, 16, 64, 128)]
 SHAPES += [(Shape("34B", 8, 16384, 64, 8), 1), (Shape("34B", 64, 2048, 64, 8), 1), (Shape("34B", 1, 65536, 64, 8), 8),

@@ -11,7 +11,7 @@ import torch
 
 import kernels.tune as tune
 from kernels import bench, reference
-from kernels.plan import PLANS_DIR, LaunchPlan, load_table, plan_launch, tuned_plan, wave_splits
+from kernels.plan import PLANS_DIR, LaunchPlan, load_table, plan_launch, resident_programs, tuned_plan, wave_splits
 
 
 def wall_clock_us(run, replays=1):
@@ -128,11 +128,11 @@ def test_split_counts_fit_the_binary_s_programs_per_sm():
     """sm_90 residency from a binary's registers and shared memory, and the split counts filling one
     wave of it: the fp8 64-key kernel (156 registers, 54 KB) holds 3 programs per SM, so 7B's 32 KV
     heads take 12 splits (384 programs), or 8 for two per SM."""
-    assert tune.resident_programs(156, 54016, 4) == 3
-    assert tune.resident_programs(80, 38912, 4) == 5      # shared memory: 228 KB / 39 KB
-    assert tune.resident_programs(223, 137216, 4) == 1
-    assert tune.resident_programs(32, 1024, 2) == 32      # at most 32 programs
-    assert tune.resident_programs(64, 1024, 2) == 16      # 64K registers
+    assert resident_programs(156, 54016, 4) == 3
+    assert resident_programs(80, 38912, 4) == 5      # shared memory: 228 KB / 39 KB
+    assert resident_programs(223, 137216, 4) == 1
+    assert resident_programs(32, 1024, 2) == 32      # at most 32 programs
+    assert resident_programs(64, 1024, 2) == 16      # 64K registers
     case = tune.Case(bench.Shape("7B", 1, 65536, 32, 32), fp8=True)
     policies = tune.split_policies(case, plan_launch(1, 32, 32, 65536, 128, fp8=True), 132, resident=3)
     assert policies["full wave of 3"] == 12 and 8 in policies.values()

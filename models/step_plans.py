@@ -1,0 +1,320 @@
+"""Attention plans chosen inside the decode step: one model, one process, each candidate timed where it runs.
+
+    python -m models.step_plans --model 34B --contexts 16384,131072 --kv-caches fp8,int8 [--batch 1]
+        [--variant 'name={"num_warps": 4}' ...] [--no-auto] [--twins early,late] [--rounds 3] [--replays 20]
+        [--out DIR] [--write-table kernels/plans/nvidia-h200.json]
+
+`kernels.tune` times the attention kernel alone. Inside a decode step its neighbours share the GPU with it
+(programmatic dependent launches make a kernel's programs resident while the one before still runs), and there
+plans rank otherwise: CodeLlama-34B's int8 step at 128k ran 47.2 tok/s on the tuner's 2-warp plan, 2-3 µs faster
+alone, against 50.5 on a 4-warp one (H200, bench/results/NOTES.md, Run 18); in CodeLlama-7B's step at 64k, plans
+2.5-6 µs slower alone cost 59-65 µs a layer, their programs crowding some SMs (Run 19). This tool builds the model
+once (random weights of the preset's shapes: a step's time does not depend on them), fills each cache with random
+8-bit or bf16 values, and per (context, cache kind) times the whole step as a CUDA-graph replay under each
+candidate plan of the attention call (`kernels.interface.forced_plans`), together with that plan's kernel-alone
+time over the first layer's cache. Candidates: the committed table's plan, the heuristic's, and neighbours of the
+table's (2 <-> 4 warps, 64 <-> 128 keys a tile, half and twice the splits, int8 dots on <-> off for an int8 cache),
+plus any `--variant` (fields replaced in the table's plan).
+Rounds interleave the candidates so that drift hits all of them alike; the median per candidate counts.
+Each runs as the product runs it: qkv_rope lets attention launch as its programs start, or as they end where
+attention's programs would crowd some SMs (`kernels.interface.crowds_when_early`); --twins early,late also
+times the table's and the heuristic's plans with attention launched early or late whatever its grid.
+
+--write-table replaces a shape's entry in a plan file (adds one if it has none) where another candidate's
+step beats the table plan's by more than --margin, and records the step's numbers in the entry's
+`measured.in_step`. Needs a CUDA GPU. Writes step-plans.json and step-plans.md into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from kernels.bench import begin_run, graph_replay_us
+from models.bench import fill_cache_randomly, ours_step_us
+
+KINDS = ("bf16", "fp8", "int8")
+
+
+def neighbours(plan, *, int8: bool, S: int) -> dict:
+    """The table plan's one-option neighbours worth timing in the step (name -> plan)."""
+    from kernels.plan import MAX_SPLITS
+    out = {"warps": dataclasses.replace(plan, num_warps=4 if plan.num_warps == 2 else 2, maxnreg=0),
+           "tile": dataclasses.replace(plan, block_n=128 if plan.block_n == 64 else 64)}
+    most = min(MAX_SPLITS, max(1, S // plan.block_n))
+    if plan.num_splits > 1:
+        out["splits/2"] = dataclasses.replace(plan, num_splits=max(1, plan.num_splits // 2))
+    if plan.num_splits * 2 <= most:
+        out["splits*2"] = dataclasses.replace(plan, num_splits=plan.num_splits * 2)
+    if int8 and not plan.row_kernel:
+        out["int8 dot" if not plan.int8_dot else "no int8 dot"] = dataclasses.replace(plan, int8_dot=not plan.int8_dot)
+    return out
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """'name={"field": value, ...}' -> (name, fields)."""
+    name, sep, fields = text.partition("=")
+    if not sep or not name:
+        raise SystemExit(f"error: --variant takes name={{json}}, got {text!r}")
+    try:
+        parsed = json.loads(fields)
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"error: --variant {name}: not JSON ({error})") from None
+    if not isinstance(parsed, dict):
+        raise SystemExit(f"error: --variant {name}: a JSON object of plan fields expected")
+    from kernels.plan import LaunchPlan
+    if unknown := sorted(set(parsed) - {f.name for f in dataclasses.fields(LaunchPlan)}):
+        raise SystemExit(f"error: --variant {name}: not a plan field: {', '.join(unknown)}")
+    return name, parsed
+
+
+def summary(plan) -> str:
+    extras = [n for n, on in (("int8-dot", plan.int8_dot), ("row", plan.row_kernel), ("tma", plan.tma)) if on]
+    return " ".join([f"{plan.num_splits} splits n{plan.block_n} w{plan.num_warps} s{plan.num_stages}",
+                     f"loop{plan.loop_stages}", plan.eviction or plan.cache_modifier or "", *extras]).replace("  ", " ")
+
+
+def candidates(config, batch: int, S: int, quant: str | None, variants: list[tuple[str, dict]], auto: bool,
+               device: torch.device, num_sms: int):
+    """(shape key, {name: plan}) for the attention call of a step of this model config over a cache of S
+    positions: the plan the call runs today ("table": the tuned table's, or the heuristic's without one) first."""
+    from kernels.interface import plan_for
+    from kernels.plan import plan_launch, shape_key
+    c = config
+    fp8, int8 = quant is not None, quant == "int8"
+    q = torch.empty(1, device=device, dtype=torch.bfloat16)
+    key = shape_key(batch, c.n_heads, c.n_kv_heads, S, c.head_dim, 1, fp8, int8)
+    plans = {"table": plan_for(q, batch, c.n_heads, c.n_kv_heads, S, c.head_dim, 1, fp8, int8=int8)}
+    if auto:
+        plans["heuristic"] = plan_launch(batch, c.n_heads, c.n_kv_heads, S, c.head_dim, T=1, fp8=fp8, num_sms=num_sms)
+        plans.update(neighbours(plans["table"], int8=int8, S=S))
+    for name, fields in variants:
+        plans[name] = dataclasses.replace(plans["table"], **fields)
+    unique = {}
+    for name, plan in plans.items():  # the same plan under two names is timed once
+        if plan not in unique.values():
+            unique[name] = plan
+    return key, unique
+
+
+def first_layer_call(model, batch: int):
+    """A zero-argument call of the first layer's attention over its cache, as the step makes it."""
+    from kernels import flash_decode
+    c = model.config
+    cache = model.layers[0].attention.kv_cache
+    q = torch.randn(batch, c.n_heads, 1, c.head_dim, device=cache.k.device, dtype=torch.bfloat16)
+    lengths = torch.full((batch,), cache.k.shape[2], device=cache.k.device, dtype=torch.int32)
+    return lambda: flash_decode(q, cache.k, cache.v, lengths, k_scale=cache.k_scale, v_scale=cache.v_scale)
+
+
+def kernel_alone_us(model, batch: int, replays: int) -> float:
+    """The first layer's attention call alone, as a graph replay (the step's call, without its neighbours)."""
+    return graph_replay_us(first_layer_call(model, batch), replays)
+
+
+def runnable(model, batch: int, key: dict, plans: dict, log) -> dict:
+    """The plans that compile, launch and agree with the first one ("table") on the first layer's call (within
+    2% of the output's largest element: the 8-bit inputs are the same, only the order of sums and, with int8
+    dots, q's two-digit rounding differ); the others are left out with the reason logged."""
+    from kernels.interface import forced_plans
+    call, kept, expected = first_layer_call(model, batch), {}, None
+    for name, plan in plans.items():
+        try:
+            with forced_plans([(key, plan)]):
+                out = call().float()
+        except Exception as error:  # noqa: BLE001 - a plan this card cannot run is a finding, not a crash
+            log(f"    {name}: left out, {type(error).__name__}: {str(error).splitlines()[0][:160]}")
+            continue
+        expected = out if expected is None else expected
+        error = (out - expected).abs().max().item() / expected.abs().max().item()
+        if not error <= 2e-2:
+            log(f"    {name}: left out, output differs from the table plan's by {error:.2e} of its largest element")
+            continue
+        kept[name] = plan
+    return kept
+
+
+def resident(model, batch: int, plan) -> int:
+    """Programs of the plan's split kernel one SM holds at once (0 on a CPU): where a grid needs fewer per SM
+    than this, programs made resident early (PDL) can crowd some SMs and leave others empty."""
+    from kernels.interface import launch
+    from kernels.interface import resident_of
+    cache = model.layers[0].attention.kv_cache
+    c = model.config
+    q = torch.empty(batch, c.n_heads, 1, c.head_dim, device=cache.k.device, dtype=torch.bfloat16)
+    binary = launch(q, cache.k, cache.v, None, plan, k_scale=cache.k_scale, v_scale=cache.v_scale, compile_only=True)
+    return resident_of(binary, plan.num_warps)
+
+
+TWINS = ("early", "late")   # --twins: the table's and the heuristic's plans timed with attention launched so too
+TWINNED = ("table", "heuristic")
+
+
+def twin_mode(name: str) -> str:
+    """"rule" (the step's own choice: late where attention would crowd, `kernels.interface.crowds_when_early`),
+    or the mode a twin's name ends with."""
+    head, _, mode = name.rpartition(" +")
+    return mode.removesuffix("-qkv") if head and mode.removesuffix("-qkv") in TWINS else "rule"
+
+
+@contextlib.contextmanager
+def qkv_trigger(mode: str):
+    """How the fused step's qkv_rope lets attention launch: "rule" as the product does; "early" as each of its
+    programs starts, whatever attention's grid; "late" as each ends (attention placed on an emptied GPU)."""
+    import kernels.fused_gemv as fused
+    import models.fused_decode as step
+    saved = fused.LATE_DEPENDENTS, step.LATE_WHEN_CROWDED
+    fused.LATE_DEPENDENTS = saved[0] | {fused.ROPE} if mode == "late" else saved[0]
+    step.LATE_WHEN_CROWDED = saved[1] and mode == "rule"
+    try:
+        yield
+    finally:
+        fused.LATE_DEPENDENTS, step.LATE_WHEN_CROWDED = saved
+
+
+def time_candidates(model, batch: int, context: int, key: dict, plans: dict, rounds: int, replays: int,
+                    log) -> dict:
+    """name -> {"step_us", "alone_us", "samples"}: medians over `rounds` interleaved rounds. A twin (a name
+    ending in " +early-qkv" or " +late-qkv") times its plan with attention launched so (`qkv_trigger`)."""
+    from kernels.interface import forced_plans
+    step, alone = {n: [] for n in plans}, {n: [] for n in plans}
+    first = next(iter(plans))
+    with forced_plans([(key, plans[first])]), qkv_trigger(twin_mode(first)):
+        ours_step_us(model, batch, context, "flash", replays)   # warm-up: a run's first timing ran 2.6% slow (Run 19)
+    for r in range(rounds):
+        for name, plan in plans.items():
+            with forced_plans([(key, plan)]), qkv_trigger(twin_mode(name)):
+                step[name].append(ours_step_us(model, batch, context, "flash", replays))
+                alone[name].append(kernel_alone_us(model, batch, 3 * replays))
+            log(f"    round {r + 1} {name:12s} step {step[name][-1]:9.1f} µs  alone {alone[name][-1]:7.1f} µs")
+    return {n: {"step_us": statistics.median(step[n]), "alone_us": statistics.median(alone[n]),
+                "samples": step[n]} for n in plans}
+
+
+def update_table(path: Path, key: dict, plan, model, batch: int, measured: dict) -> str:
+    """Put `plan` into the plan file at `key` (replacing an entry of the same key, else adding one)."""
+    from kernels.plan import table_entry
+    c = model.config
+    table = json.loads(path.read_text())
+    num_sms = table["device"]["sms"]
+    entry = table_entry(batch, c.n_heads, c.n_kv_heads, key["S"], c.head_dim, 1, key["kind"] != "bf16", plan,
+                        num_sms, measured, int8=key["kind"] == "int8")
+    same = [i for i, e in enumerate(table["entries"]) if e["key"] == key]
+    if same:
+        old = table["entries"][same[0]]["measured"]
+        entry["measured"] = {**{k: v for k, v in old.items() if k not in ("in_step",)}, **measured}
+        table["entries"][same[0]] = entry
+    else:
+        table["entries"].append(entry)
+    path.write_text(json.dumps(table, indent=1) + "\n")
+    return "replaced" if same else "added"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="34B")
+    parser.add_argument("--contexts", default="131072")
+    parser.add_argument("--kv-caches", default="fp8,int8")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--variant", action="append", default=[], help='name={"plan field": value, ...}')
+    parser.add_argument("--no-auto", action="store_true", help="time only the table plan and the --variant ones")
+    parser.add_argument("--twins", default="", help="comma-separated: early, late: also time the table's and the "
+                        "heuristic's plans with attention launched early or late whatever its grid (named "
+                        "'table +early-qkv' ...; a twin is never written to the plan file, which holds plans only)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--replays", type=int, default=20)
+    parser.add_argument("--margin", type=float, default=0.005, help="a step this much faster replaces the table's")
+    parser.add_argument("--write-table", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/step-plans"))
+    args = parser.parse_args(argv)
+    contexts = [int(x) for x in args.contexts.split(",")]
+    kinds = [k for k in args.kv_caches.split(",") if k]
+    if bad := [k for k in kinds if k not in KINDS]:
+        raise SystemExit(f"error: --kv-caches: {', '.join(bad)} not one of {', '.join(KINDS)}")
+    variants = [parse_variant(v) for v in args.variant]
+    twins = [t for t in args.twins.split(",") if t]
+    if bad := [t for t in twins if t not in TWINS]:
+        raise SystemExit(f"error: --twins: {', '.join(bad)} not one of {', '.join(TWINS)}")
+    if not torch.cuda.is_available():
+        raise SystemExit("error: models.step_plans times decode steps on a CUDA GPU; none is visible")
+
+    from models.llama import build_random_model
+    if not args.model.startswith(("CodeLlama", "SmolLM")):
+        args.model = f"CodeLlama-{args.model}"   # as models.bench spells them: 7B, 34B
+    env, _, log = begin_run("models.step_plans", args.out)
+    model = build_random_model(args.model, device="cuda", dtype=torch.bfloat16, max_len=max(contexts))
+    model.compile_dense()   # the step as the app runs it: fused at batch 1, compiled dense parts otherwise
+    rows = []
+    for context in contexts:
+        for kind in kinds:
+            quant = None if kind == "bf16" else kind
+            model.setup_caches(args.batch, context, args.model, quant)
+            fill_cache_randomly(model, context)
+            key, plans = candidates(model.config, args.batch, context, quant, variants, not args.no_auto,
+                                    model.output.weight.device, env["sms"])
+            plans = runnable(model, args.batch, key, plans, log)
+            residency = {n: resident(model, args.batch, p) for n, p in plans.items()}
+            for mode in twins:
+                plans |= {f"{n} +{mode}-qkv": plans[n] for n in TWINNED if n in plans}
+                residency |= {f"{n} +{mode}-qkv": residency[n] for n in TWINNED if n in residency}
+            log(f"  {args.model} B={args.batch} S={context} {kind}: {len(plans)} plans")
+            times = time_candidates(model, args.batch, context, key, plans, args.rounds, args.replays, log)
+            base = times["table"]["step_us"]
+            best = min((n for n in times if twin_mode(n) == "rule"), key=lambda n: times[n]["step_us"])
+            c = model.config
+            programs = {n: p.num_splits * args.batch * c.n_kv_heads * p.row_blocks(c.n_heads // c.n_kv_heads, 1)
+                        for n, p in plans.items()}
+            row = {"model": args.model, "batch": args.batch, "context": context, "kv_cache": kind, "key": key,
+                   "best": best, "plans": {n: {"plan": dataclasses.asdict(p), "summary": summary(p),
+                                               "programs_per_sm": programs[n] / env["sms"],
+                                               "resident_per_sm": residency[n], **times[n]}
+                                           for n, p in plans.items()}}
+            if args.write_table and best != "table" and times[best]["step_us"] < base * (1 - args.margin):
+                tok_s = {n: round(args.batch * 1e6 / t["step_us"], 2) for n, t in times.items()}
+                measured = {"us": times[best]["alone_us"], "label": f"in-step: {best}",
+                            "date": datetime.date.today().isoformat(), "in_step": {
+                                "note": f"{args.model} decode step, B={args.batch}, {context} tokens, {kind} cache, "
+                                        f"models.step_plans on {env['card']}: tok/s per candidate",
+                                "tok_s": tok_s}}
+                row["table"] = update_table(args.write_table, key, plans[best], model, args.batch, measured)
+            rows.append(row)
+            write_report(args.out, env, rows, show=False)   # a killed run keeps what it measured
+    model.free_caches()
+    write_report(args.out, env, rows)
+    return 0
+
+
+def write_report(out: Path, env: dict, rows: list[dict], show: bool = True) -> None:
+    (out / "step-plans.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
+    lines = [f"# Attention plans inside the decode step: {env['card']}, {env['date']}", "",
+             f"torch {env['torch']}, triton {env['triton']}. Step: graph replay of one decode step (B as listed, "
+             "random weights of the preset's shapes); alone: the first layer's attention call as a graph replay. "
+             "Medians over interleaved rounds.", "",
+             "| shape | cache | plan | options | programs / SM | SM holds | alone µs | step µs | tok/s "
+             "| step vs table |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        base = row["plans"]["table"]["step_us"]
+        for name, p in sorted(row["plans"].items(), key=lambda kv: kv[1]["step_us"]):
+            mark = " **best**" if name == row["best"] else ""
+            lines.append(f"| {row['model']} B={row['batch']} S={row['context'] // 1024}k | {row['kv_cache']} | "
+                         f"{name}{mark} | {p['summary']} | {p['programs_per_sm']:.2f} | {p['resident_per_sm']} | "
+                         f"{p['alone_us']:.1f} | {p['step_us']:.0f} | "
+                         f"{row['batch'] * 1e6 / p['step_us']:.2f} | {base / p['step_us']:.3f}x |")
+        if "table" in row:
+            lines.append(f"| | | (plan file: entry {row['table']}) | | | | | | | |")
+    (out / "step-plans.md").write_text("\n".join(lines) + "\n")
+    if show:
+        print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

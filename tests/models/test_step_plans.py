@@ -1,0 +1,194 @@
+"""models.step_plans on the CPU: a forced plan is what the attention call runs (and only for its shape, and only
+while it lasts), the candidates are the plan of today and its neighbours, each is timed while it is forced, rounds
+interleave them, and the plan file takes the winner with the step's numbers."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+import kernels.fused_gemv
+import kernels.interface
+import models.step_plans as step_plans
+from kernels import reference
+from kernels.interface import flash_decode, forced_plans, plan_for
+from kernels.plan import LaunchPlan, plan_launch, shape_key
+from models import fused_decode
+from models.config import ModelConfig
+
+
+def test_a_forced_plan_runs_for_its_shape_only_and_while_it_lasts(monkeypatch):
+    torch.manual_seed(0)
+    B, Hq, Hkv, S, D = 2, 4, 2, 96, 16
+    q = torch.randn(B, Hq, D)
+    k, v = torch.randn(B, Hkv, S, D), torch.randn(B, Hkv, S, D)
+    lengths = torch.tensor([96, 41], dtype=torch.int32)
+    default = plan_for(q, B, Hq, Hkv, S, D, 1, False)
+    forced = dataclasses.replace(default, num_splits=3, block_n=16)
+    assert forced != default
+    used = []
+    real_launch = kernels.interface.launch
+    monkeypatch.setattr(kernels.interface, "launch", lambda *a, **kw: used.append(a[4]) or real_launch(*a, **kw))
+    with forced_plans([(shape_key(B, Hq, Hkv, S, D, 1, False), forced)]):
+        assert plan_for(q, B, Hq, Hkv, S, D, 1, False) == forced
+        assert plan_for(q, B, Hq, Hkv, S + 16, D, 1, False) != forced        # another length: not forced
+        assert plan_for(q, B, Hq, Hkv, S, D, 1, True) != forced              # an 8-bit cache: another key
+        assert plan_for(q, B, Hq, Hkv, S, D, 1, False, num_splits=2).num_splits == 2
+        out = flash_decode(q, k, v, lengths)
+    assert used == [forced]
+    assert plan_for(q, B, Hq, Hkv, S, D, 1, False) == default
+    expected = reference.flash_decode(q.double(), k.double(), v.double(), lengths)
+    assert (out.double() - expected).abs().max() < 1e-4
+
+
+def test_forced_plans_nest_and_restore():
+    q = torch.randn(1, 8, 16)
+    key = shape_key(1, 8, 2, 64, 16, 1, False)
+    outer, inner = (dataclasses.replace(plan_for(q, 1, 8, 2, 64, 16, 1, False), num_splits=n) for n in (2, 4))
+    with forced_plans([(key, outer)]):
+        with forced_plans([(key, inner)]):
+            assert plan_for(q, 1, 8, 2, 64, 16, 1, False).num_splits == 4
+        assert plan_for(q, 1, 8, 2, 64, 16, 1, False).num_splits == 2
+    assert not kernels.interface._FORCED_PLANS
+
+
+def test_neighbours_change_one_option_each():
+    plan = LaunchPlan(num_splits=32, block_m=16, block_n=64, block_d=128, num_warps=2, num_stages=2, maxnreg=200,
+                      int8_dot=True)
+    found = step_plans.neighbours(plan, int8=True, S=131072)
+    assert found["warps"] == dataclasses.replace(plan, num_warps=4, maxnreg=0)
+    assert found["tile"] == dataclasses.replace(plan, block_n=128)
+    assert found["splits/2"].num_splits == 16 and found["splits*2"].num_splits == 64
+    assert found["no int8 dot"] == dataclasses.replace(plan, int8_dot=False)
+    unsplit = step_plans.neighbours(dataclasses.replace(plan, num_splits=1, int8_dot=False), int8=False, S=128)
+    assert "splits/2" not in unsplit and "int8 dot" not in unsplit and unsplit["splits*2"].num_splits == 2
+    assert "splits*2" not in step_plans.neighbours(dataclasses.replace(plan, num_splits=2), int8=False, S=128)
+
+
+def test_candidates_start_from_todays_plan_and_add_the_named_variants():
+    config = ModelConfig(dim=128, n_layers=1, n_heads=8, n_kv_heads=2, ffn_dim=256, vocab_size=97)
+    key, plans = step_plans.candidates(config, 1, 4096, "int8", [("w8", {"num_warps": 8})], True,
+                                       torch.device("cpu"), 132)
+    assert key == shape_key(1, 8, 2, 4096, 16, 1, True, True)
+    assert next(iter(plans)) == "table"
+    assert plans["table"] == plan_for(torch.empty(1), 1, 8, 2, 4096, 16, 1, True, int8=True)
+    assert plans["w8"] == dataclasses.replace(plans["table"], num_warps=8)
+    assert {"warps", "tile"} <= set(plans)
+    assert len(set(map(dataclasses.astuple, plans.values()))) == len(plans)     # no plan timed twice
+    _, only = step_plans.candidates(config, 1, 4096, None, [], False, torch.device("cpu"), 132)
+    assert list(only) == ["table"] and only["table"] == plan_launch(1, 8, 2, 4096, 16, T=1, fp8=False)
+
+
+def test_each_candidate_is_timed_while_forced_in_interleaved_rounds(monkeypatch):
+    q = torch.empty(1)
+    key = shape_key(1, 8, 2, 512, 16, 1, False)
+    base = dataclasses.replace(plan_for(q, 1, 8, 2, 512, 16, 1, False), num_splits=1)
+    plans = {"table": base, "a": dataclasses.replace(base, num_splits=2), "b": dataclasses.replace(base, num_splits=4)}
+    seen = []
+
+    def step_us(model, batch, context, backend, replays):
+        seen.append(plan_for(q, 1, 8, 2, 512, 16, 1, False).num_splits)
+        return {1: 300.0, 2: 200.0, 4: 250.0}[seen[-1]] + len(seen)   # drift: later calls slower
+
+    monkeypatch.setattr(step_plans, "ours_step_us", step_us)
+    monkeypatch.setattr(step_plans, "kernel_alone_us", lambda model, batch, replays: 10.0)
+    times = step_plans.time_candidates(None, 1, 512, key, plans, 3, 5, lambda message: None)
+    assert seen == [1] + [1, 2, 4] * 3                          # a warm-up, then the rounds
+    assert times["a"]["samples"] == [203.0, 206.0, 209.0] and times["a"]["step_us"] == 206.0
+    assert min(times, key=lambda n: times[n]["step_us"]) == "a"
+
+
+def test_the_plan_file_takes_the_winner_and_keeps_the_rest(tmp_path):
+    config = ModelConfig(dim=128, n_layers=1, n_heads=8, n_kv_heads=2, ffn_dim=256, vocab_size=97)
+    model = type("M", (), {"config": config})()
+    key = shape_key(1, 8, 2, 4096, 16, 1, True, True)
+    other = {"key": shape_key(1, 8, 2, 1024, 16, 1, True, True), "plan": {}, "measured": {"us": 1.0}}
+    old = {"key": key, "plan": {}, "measured": {"us": 9.0, "peers_us": {"sdpa_cudnn": 12.0}, "in_step": {"x": 1}}}
+    path = tmp_path / "plans.json"
+    path.write_text(json.dumps({"device": {"sms": 132}, "entries": [other, old]}))
+    plan = LaunchPlan(num_splits=8, block_m=16, block_n=64, block_d=16, num_warps=4, num_stages=2)
+    measured = {"us": 7.5, "in_step": {"tok_s": {"table": 50.0, "warps": 51.0}}}
+    assert step_plans.update_table(path, key, plan, model, 1, measured) == "replaced"
+    table = json.loads(path.read_text())
+    assert table["entries"][0] == other
+    entry = table["entries"][1]
+    assert entry["key"] == key and LaunchPlan(**entry["plan"]) == plan
+    assert entry["measured"] == {"us": 7.5, "peers_us": {"sdpa_cudnn": 12.0}, "in_step": measured["in_step"]}
+    new_key = shape_key(1, 8, 2, 8192, 16, 1, True, True)
+    assert step_plans.update_table(path, new_key, plan, model, 1, measured) == "added"
+    assert [e["key"] for e in json.loads(path.read_text())["entries"]] == [other["key"], key, new_key]
+
+
+def test_twin_names_say_how_attention_launches():
+    assert [step_plans.twin_mode(n) for n in ("table", "table +early-qkv", "heuristic +late-qkv", "splits*2")] == \
+        ["rule", "early", "late", "rule"]
+
+
+@pytest.mark.parametrize("text, message", [("w4", "name={json}"), ("w4={", "not JSON"), ("w4=[1]", "JSON object"),
+                                           ('w4={"warps": 4}', "not a plan field: warps")])
+def test_bad_variants_get_one_line_errors(text, message):
+    with pytest.raises(SystemExit, match=message):
+        step_plans.parse_variant(text)
+    assert step_plans.parse_variant('w4={"num_warps": 4}') == ("w4", {"num_warps": 4})
+
+
+def test_plans_that_fail_or_disagree_with_the_table_plan_are_left_out():
+    from models.bench import fill_cache_randomly
+    from models.llama import build_random_model
+    config = ModelConfig(dim=128, n_layers=1, n_heads=8, n_kv_heads=2, ffn_dim=256, vocab_size=97)
+    model = build_random_model(config, max_len=256)
+    model.setup_caches(1, 256, quant="int8")
+    fill_cache_randomly(model, 256)
+    key, plans = step_plans.candidates(config, 1, 256, "int8", [], False, torch.device("cpu"), 132)
+    table = plans["table"]
+    plans |= {"splits": dataclasses.replace(table, num_splits=table.num_splits + 1),
+              "half head": dataclasses.replace(table, block_d=8),             # reads half of each head: wrong
+              "no rows": dataclasses.replace(table, block_m=0)}               # cannot launch
+    logged = []
+    kept = step_plans.runnable(model, 1, key, plans, logged.append)
+    assert list(kept) == ["table", "splits"]
+    assert any("half head: left out, output differs" in m for m in logged)
+    assert any(m.startswith("    no rows: left out, ") for m in logged)
+
+
+def test_a_run_writes_its_report_and_the_winner_into_the_plan_file(monkeypatch, tmp_path):
+    """main() end to end on the CPU: a tiny model in place of the preset, step times made up (the int8 dots
+    variant fastest), every candidate's first-layer call run for real by the interpreter."""
+    import models.llama
+    config = ModelConfig(dim=128, n_layers=2, n_heads=8, n_kv_heads=2, ffn_dim=256, vocab_size=97)
+    env = {"card": "Test Card", "sms": 132, "date": "2026-12-01", "torch": "t", "triton": "tr"}
+    build = models.llama.build_random_model
+
+    def begin_run(program, out):
+        out.mkdir(parents=True, exist_ok=True)
+        return env, 1e12, lambda message: None
+
+    def step_us(model, batch, context, backend, replays):
+        plan = kernels.interface.plan_for(torch.empty(1), 1, 8, 2, context, 16, 1, True, int8=True)
+        late = kernels.fused_gemv.ROPE in kernels.fused_gemv.LATE_DEPENDENTS
+        early = not fused_decode.LATE_WHEN_CROWDED
+        return (100.0 if plan.int8_dot else 120.0) - (50 if late else 60 if early else 0)   # twins fastest, not written
+
+    monkeypatch.setattr(step_plans.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(step_plans, "begin_run", begin_run)
+    built = []
+    monkeypatch.setattr(models.llama, "build_random_model",
+                        lambda name, **kw: built.append(build(config, max_len=kw["max_len"])) or built[-1])
+    monkeypatch.setattr(step_plans, "ours_step_us", step_us)
+    monkeypatch.setattr(step_plans, "kernel_alone_us", lambda model, batch, replays: 10.0)
+    plans = tmp_path / "plans.json"
+    plans.write_text(json.dumps({"device": {"sms": 132}, "entries": []}))
+    out = tmp_path / "out"
+    assert step_plans.main(["--model", "tiny", "--contexts", "256", "--kv-caches", "int8", "--rounds", "2",
+                            "--twins", "early,late", "--write-table", str(plans), "--out", str(out)]) == 0
+    row, = json.loads((out / "step-plans.json").read_text())["rows"]
+    assert row["best"] == "int8 dot" and row["table"] == "added"
+    assert {n: p["step_us"] for n, p in row["plans"].items() if "+" in n} == {
+        "table +early-qkv": 60.0, "table +late-qkv": 70.0}           # twins of the table's plan only (no heuristic:
+    assert row["plans"]["table +late-qkv"]["plan"] == row["plans"]["table"]["plan"]   # on a CPU it is the table's)
+    assert not kernels.fused_gemv.LATE_DEPENDENTS and fused_decode.LATE_WHEN_CROWDED   # put back
+    entry, = json.loads(plans.read_text())["entries"]
+    assert entry["plan"]["int8_dot"] and entry["measured"]["in_step"]["tok_s"]["int8 dot"] == 1e4
+    assert "int8 dot **best**" in (out / "step-plans.md").read_text()
+    assert built[0].decode_kernels != built[0].dense          # timed as the app runs it: compile_dense()
