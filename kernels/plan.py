@@ -189,7 +189,10 @@ def tuned_plan(name: str, num_sms: int, B: int, Hq: int, Hkv: int, S: int, D: in
     same_kind = of_kind(key["kind"]) or (of_kind("fp8") if int8 else [])
     if not same_kind:
         return None
-    nearest = min(same_kind, key=lambda e: _distance(e["key"], key))
+    # Its own entry, else the nearest: another shape can be at distance 0 too (the paper's B=4 x 2 KV heads at 16k
+    # and 34B's B=1 x 8 at 16k), and the table's order must not decide which one answers.
+    nearest = next((e for e in same_kind if e["key"] == key), None) or min(
+        same_kind, key=lambda e: _distance(e["key"], key))
     plan = LaunchPlan(**nearest["plan"])
     if not fp8:  # fp8 options mean nothing here (older tables recorded the then default fp8_early=True)
         plan = dataclasses.replace(plan, fp8_early=False, fp8_dot=False)

@@ -21,6 +21,10 @@ in all); past its share a case stops exploring, so the table is always complete.
 Writes DIR/kernels-tune.json (every variant: plan, µs, error, ok) and the plan file
 <plans-dir>/<device>.json that `kernels.plan.tuned_plan` reads (commit it to kernels/plans/).
 Prints per case the best variant and the numbers for the bars, last.
+
+A kernel timed alone is not a kernel inside the decode step, where its neighbours share the SMs: plans for
+the shapes the step runs are checked there too (`python -m models.step_plans`, which can write the winner
+into the same plan file; bench/results/NOTES.md, Runs 18-19).
 """
 
 from __future__ import annotations

@@ -91,6 +91,22 @@ def test_nearest_entry_lends_its_tiles_and_programs_per_sm(tmp_path):
 
 
 
+def test_a_shape_s_own_entry_wins_over_another_at_the_same_distance(tmp_path):
+    """The paper's B=4 x 2 KV heads and 34B's B=1 x 8 KV heads at 16k are both 8 heads of 16k keys apart: the
+    committed table listed the paper's first, and 34B's decode step ran its plan (16 splits) instead of its own."""
+    plan = LaunchPlan(num_splits=16, block_m=16, block_n=128, block_d=128, num_warps=4, num_stages=2)
+    paper = tune.table_entry(4, 16, 2, 16384, 128, 1, False, plan, 132, {"us": 1.0})
+    own = tune.table_entry(1, 64, 8, 16384, 128, 1, False, dataclasses.replace(plan, num_splits=15), 132, {"us": 1.0})
+    for entries in ([paper, own], [own, paper]):
+        (tmp_path / "gpu-x.json").write_text(json.dumps({"device": {"name": "GPU X", "sms": 132}, "entries": entries}))
+        load_table.cache_clear()
+        tuned_plan.cache_clear()
+        assert tuned_plan("GPU X", 132, 1, 64, 8, 16384, 128, 1, False, directory=tmp_path).num_splits == 15
+        assert tuned_plan("GPU X", 132, 4, 16, 2, 16384, 128, 1, False, directory=tmp_path).num_splits == 16
+    load_table.cache_clear()
+    tuned_plan.cache_clear()
+
+
 def test_an_int8_cache_has_its_own_entries_else_takes_e4m3s(tmp_path):
     """int8 and e4m3 caches read the same bytes per key but not with the same code (`int8_dot`): int8 entries
     serve int8 calls; where the table has none for the kind of shape, e4m3's plan stands in as it is (an e4m3
