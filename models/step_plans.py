@@ -1,6 +1,6 @@
 """Attention plans chosen inside the decode step: one model, one process, each candidate timed where it runs.
 
-    python -m models.step_plans --model 34B --contexts 16384,131072 --kv-caches fp8,int8 [--batch 1]
+    python -m models.step_plans --model 34B|34B/2 --contexts 16384,131072 --kv-caches fp8,int8 [--batch 1]
         [--variant 'name={"num_warps": 4}' ...] [--no-auto] [--twins early,late] [--rounds 3] [--replays 20]
         [--out DIR] [--write-table kernels/plans/nvidia-h200.json]
 
@@ -42,6 +42,20 @@ from kernels.bench import begin_run, graph_replay_us
 from models.bench import fill_cache_randomly, ours_step_us
 
 KINDS = ("bf16", "fp8", "int8")
+
+
+def model_config(spec: str):
+    """(name, config) of --model: a preset ("34B" as models.bench spells it, or "CodeLlama-34B"), or "34B/2", the
+    shapes one rank of two holds under tensor parallelism (models.tp.shard_config), timed on one GPU without its
+    collectives (its attention plans are the ones the ranks' steps look up: the same shape keys)."""
+    from models.config import preset
+    from models.tp import shard_config
+    name, _, ranks = spec.partition("/")
+    name = name if name.startswith(("CodeLlama", "SmolLM")) else f"CodeLlama-{name}"
+    if ranks and not (ranks.isdigit() and int(ranks) >= 1):
+        raise SystemExit(f"error: --model {spec!r}: NAME or NAME/TP expected (TP a GPU count, e.g. 34B/2)")
+    config = preset(name)
+    return (f"{name}/{ranks}", shard_config(config, int(ranks), name)) if ranks else (name, config)
 
 
 def neighbours(plan, *, int8: bool, S: int) -> dict:
@@ -220,7 +234,8 @@ def update_table(path: Path, key: dict, plan, model, batch: int, measured: dict)
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="34B")
+    parser.add_argument("--model", default="34B", help="a preset (7B, 13B, 34B, 70B) or NAME/TP: a tensor-parallel "
+                        "rank's shapes on one GPU, without its collectives")
     parser.add_argument("--contexts", default="131072")
     parser.add_argument("--kv-caches", default="fp8,int8")
     parser.add_argument("--batch", type=int, default=1)
@@ -247,10 +262,9 @@ def main(argv=None) -> int:
         raise SystemExit("error: models.step_plans times decode steps on a CUDA GPU; none is visible")
 
     from models.llama import build_random_model
-    if not args.model.startswith(("CodeLlama", "SmolLM")):
-        args.model = f"CodeLlama-{args.model}"   # as models.bench spells them: 7B, 34B
+    args.model, config = model_config(args.model)
     env, _, log = begin_run("models.step_plans", args.out)
-    model = build_random_model(args.model, device="cuda", dtype=torch.bfloat16, max_len=max(contexts))
+    model = build_random_model(config, device="cuda", dtype=torch.bfloat16, max_len=max(contexts))
     model.compile_dense()   # the step as the app runs it: fused at batch 1, compiled dense parts otherwise
     rows = []
     for context in contexts:

@@ -120,6 +120,19 @@ def test_the_plan_file_takes_the_winner_and_keeps_the_rest(tmp_path):
     assert [e["key"] for e in json.loads(path.read_text())["entries"]] == [other["key"], key, new_key]
 
 
+def test_a_model_is_a_preset_or_a_tensor_parallel_rank_of_one():
+    from models.config import preset
+    assert step_plans.model_config("34B") == ("CodeLlama-34B", preset("CodeLlama-34B"))
+    name, rank = step_plans.model_config("70B/2")
+    assert name == "CodeLlama-70B/2"
+    assert (rank.n_heads, rank.n_kv_heads, rank.ffn_dim, rank.dim) == (32, 4, 14336, 8192)
+    for bad in ("34B/x", "34B/0"):
+        with pytest.raises(SystemExit, match="NAME or NAME/TP"):
+            step_plans.model_config(bad)
+    with pytest.raises(Exception, match="do not split over 3 GPUs"):
+        step_plans.model_config("34B/3")
+
+
 def test_twin_names_say_how_attention_launches():
     assert [step_plans.twin_mode(n) for n in ("table", "table +early-qkv", "heuristic +late-qkv", "splits*2")] == \
         ["rule", "early", "late", "rule"]
@@ -174,13 +187,13 @@ def test_a_run_writes_its_report_and_the_winner_into_the_plan_file(monkeypatch, 
     monkeypatch.setattr(step_plans, "begin_run", begin_run)
     built = []
     monkeypatch.setattr(models.llama, "build_random_model",
-                        lambda name, **kw: built.append(build(config, max_len=kw["max_len"])) or built[-1])
+                        lambda preset, **kw: built.append(build(config, max_len=kw["max_len"])) or built[-1])
     monkeypatch.setattr(step_plans, "ours_step_us", step_us)
     monkeypatch.setattr(step_plans, "kernel_alone_us", lambda model, batch, replays: 10.0)
     plans = tmp_path / "plans.json"
     plans.write_text(json.dumps({"device": {"sms": 132}, "entries": []}))
     out = tmp_path / "out"
-    assert step_plans.main(["--model", "tiny", "--contexts", "256", "--kv-caches", "int8", "--rounds", "2",
+    assert step_plans.main(["--model", "7B", "--contexts", "256", "--kv-caches", "int8", "--rounds", "2",
                             "--twins", "early,late", "--write-table", str(plans), "--out", str(out)]) == 0
     row, = json.loads((out / "step-plans.json").read_text())["rows"]
     assert row["best"] == "int8 dot" and row["table"] == "added"
