@@ -275,6 +275,9 @@ def main(argv=None) -> int:
             key, plans = candidates(model.config, args.batch, context, quant, variants, not args.no_auto,
                                     model.output.weight.device, env["sms"])
             plans = runnable(model, args.batch, key, plans, log)
+            if "table" not in plans:   # every other candidate is judged against its output
+                raise SystemExit(f"error: {args.model} S={context} {kind}: the plan the step runs today failed "
+                                 "to run (see the log above)")
             residency = {n: resident(model, args.batch, p) for n, p in plans.items()}
             for mode in twins:
                 plans |= {f"{n} +{mode}-qkv": plans[n] for n in TWINNED if n in plans}

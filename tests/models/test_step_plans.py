@@ -165,13 +165,16 @@ def test_plans_that_fail_or_disagree_with_the_table_plan_are_left_out():
     assert any(m.startswith("    no rows: left out, ") for m in logged)
 
 
-def test_a_run_writes_its_report_and_the_winner_into_the_plan_file(monkeypatch, tmp_path):
-    """main() end to end on the CPU: a tiny model in place of the preset, step times made up (the int8 dots
-    variant fastest), every candidate's first-layer call run for real by the interpreter."""
+@pytest.fixture
+def pretend_gpu_run(monkeypatch):
+    """main() on the CPU: a tiny model in place of the preset, step times made up (the int8 dots variant fastest,
+    the twins faster still), every candidate's first-layer call run for real by the interpreter. Returns the
+    models built."""
     import models.llama
     config = ModelConfig(dim=128, n_layers=2, n_heads=8, n_kv_heads=2, ffn_dim=256, vocab_size=97)
     env = {"card": "Test Card", "sms": 132, "date": "2026-12-01", "torch": "t", "triton": "tr"}
     build = models.llama.build_random_model
+    built = []
 
     def begin_run(program, out):
         out.mkdir(parents=True, exist_ok=True)
@@ -185,11 +188,14 @@ def test_a_run_writes_its_report_and_the_winner_into_the_plan_file(monkeypatch, 
 
     monkeypatch.setattr(step_plans.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(step_plans, "begin_run", begin_run)
-    built = []
     monkeypatch.setattr(models.llama, "build_random_model",
                         lambda preset, **kw: built.append(build(config, max_len=kw["max_len"])) or built[-1])
     monkeypatch.setattr(step_plans, "ours_step_us", step_us)
     monkeypatch.setattr(step_plans, "kernel_alone_us", lambda model, batch, replays: 10.0)
+    return built
+
+
+def test_a_run_writes_its_report_and_the_winner_into_the_plan_file(pretend_gpu_run, tmp_path):
     plans = tmp_path / "plans.json"
     plans.write_text(json.dumps({"device": {"sms": 132}, "entries": []}))
     out = tmp_path / "out"
@@ -204,4 +210,10 @@ def test_a_run_writes_its_report_and_the_winner_into_the_plan_file(monkeypatch, 
     entry, = json.loads(plans.read_text())["entries"]
     assert entry["plan"]["int8_dot"] and entry["measured"]["in_step"]["tok_s"]["int8 dot"] == 1e4
     assert "int8 dot **best**" in (out / "step-plans.md").read_text()
-    assert built[0].decode_kernels != built[0].dense          # timed as the app runs it: compile_dense()
+    assert pretend_gpu_run[0].decode_kernels != pretend_gpu_run[0].dense   # timed as the app runs it: compile_dense()
+
+
+def test_a_run_stops_with_a_clear_error_when_todays_plan_cannot_run(pretend_gpu_run, monkeypatch, tmp_path):
+    monkeypatch.setattr(step_plans, "runnable", lambda model, batch, key, plans, log: {})
+    with pytest.raises(SystemExit, match="the plan the step runs today failed to run"):
+        step_plans.main(["--model", "7B", "--contexts", "256", "--kv-caches", "int8", "--out", str(tmp_path)])
