@@ -213,6 +213,18 @@ def time_candidates(model, batch: int, context: int, key: dict, plans: dict, rou
                 "samples": step[n]} for n in plans}
 
 
+def check_plan_file(path: Path, env: dict) -> None:
+    """--write-table's file must exist and be this card's (its name and SM count): plans measured on one card
+    written into another's table would be taken there without ever running on it."""
+    try:
+        device = json.loads(path.read_text())["device"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SystemExit(f"error: --write-table {path}: not a plan file ({type(error).__name__}: {error})") from None
+    if (device.get("name", env["card"]), device.get("sms")) != (env["card"], env["sms"]):
+        raise SystemExit(f"error: --write-table {path}: made for {device.get('name')} with {device.get('sms')} SMs, "
+                         f"this is {env['card']} with {env['sms']}")
+
+
 def update_table(path: Path, key: dict, plan, model, batch: int, measured: dict) -> str:
     """Put `plan` into the plan file at `key` (replacing an entry of the same key, else adding one)."""
     from kernels.plan import table_entry
@@ -264,6 +276,8 @@ def main(argv=None) -> int:
     from models.llama import build_random_model
     args.model, config = model_config(args.model)
     env, _, log = begin_run("models.step_plans", args.out)
+    if args.write_table:
+        check_plan_file(args.write_table, env)
     model = build_random_model(config, device="cuda", dtype=torch.bfloat16, max_len=max(contexts))
     model.compile_dense()   # the step as the app runs it: fused at batch 1, compiled dense parts otherwise
     rows = []

@@ -217,3 +217,18 @@ def test_a_run_stops_with_a_clear_error_when_todays_plan_cannot_run(pretend_gpu_
     monkeypatch.setattr(step_plans, "runnable", lambda model, batch, key, plans, log: {})
     with pytest.raises(SystemExit, match="the plan the step runs today failed to run"):
         step_plans.main(["--model", "7B", "--contexts", "256", "--kv-caches", "int8", "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "not a plan file"), ("[1, 2]", "not a plan file"),
+    ('{"device": {"name": "NVIDIA H100", "sms": 132}, "entries": []}', "made for NVIDIA H100 with 132 SMs"),
+    ('{"device": {"name": "Test Card", "sms": 114}, "entries": []}', "made for Test Card with 114 SMs")])
+def test_a_plan_file_of_another_card_is_refused_before_anything_runs(pretend_gpu_run, tmp_path, content, message):
+    plans = tmp_path / "plans.json"
+    if content is not None:
+        plans.write_text(content)
+    with pytest.raises(SystemExit, match=message):
+        step_plans.main(["--model", "7B", "--contexts", "256", "--kv-caches", "int8", "--write-table", str(plans),
+                         "--out", str(tmp_path / "out")])
+    assert pretend_gpu_run == []                                     # refused before the model was built
+
