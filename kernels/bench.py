@@ -122,7 +122,6 @@ def make_inputs(shape: Shape, device=None) -> Inputs:
     return Inputs(q, k, v, q_verify, k8, k_scale, v8, v_scale)
 
 
-
 def make_input_sets(shape: Shape, n_sets: int, device=None) -> list[Inputs]:
     return [make_inputs(shape, device) for _ in range(n_sets)]
 

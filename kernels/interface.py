@@ -125,7 +125,7 @@ def plan_for(q: torch.Tensor, B: int, Hq: int, Hkv: int, S: int, D: int, T: int,
     them's split count."""
     forced = _FORCED_PLANS.get(_forced_key(shape_key(B, Hq, Hkv, S, D, T, fp8, int8))) if _FORCED_PLANS else None
     if forced is not None:
-        return forced if num_splits is None else LaunchPlan(**{**forced.__dict__, "num_splits": num_splits})
+        return _with_splits(forced, num_splits)
     elem_bytes = q.element_size()  # the caches' too, unless fp8
     if not q.is_cuda:
         return plan_launch(B, Hq, Hkv, S, D, T=T, fp8=fp8, num_splits=num_splits, elem_bytes=elem_bytes)
@@ -136,9 +136,12 @@ def plan_for(q: torch.Tensor, B: int, Hq: int, Hkv: int, S: int, D: int, T: int,
     if plan is None:
         return plan_launch(B, Hq, Hkv, S, D, T=T, fp8=fp8, num_sms=num_sms, num_splits=num_splits,
                            elem_bytes=elem_bytes)
-    if num_splits is not None and num_splits != plan.num_splits:
-        return LaunchPlan(**{**plan.__dict__, "num_splits": num_splits})
-    return plan
+    return _with_splits(plan, num_splits)
+
+
+def _with_splits(plan: LaunchPlan, num_splits: int | None) -> LaunchPlan:
+    """`plan`, with a forced split count if one is given."""
+    return plan if num_splits in (None, plan.num_splits) else dataclasses.replace(plan, num_splits=num_splits)
 
 
 def flash_decode(q, k_cache, v_cache, cache_seqlens=None, *, softmax_scale=None, num_splits=None,
@@ -201,18 +204,25 @@ def crowds_when_early(q, k_cache, v_cache, *, k_scale=None, v_scale=None) -> boo
     B, Hq, Hkv, S, D, T, scaled = check_decode_inputs(q, k_cache, v_cache, None, None, k_scale=k_scale,
                                                       v_scale=v_scale, dtypes=KERNEL_DTYPES)
     plan = plan_for(q, B, Hq, Hkv, S, D, T, scaled, int8=k_cache.dtype == torch.int8)
-    # What the binary depends on (lengths and the split count are runtime arguments): a bounded set of keys
-    key = (dataclasses.replace(plan, num_splits=1), q.dtype, q.device, Hq // Hkv, T, D, k_cache.dtype,
-           sequence_major(v_cache), k_scale is None)
-    if key not in _RESIDENT:   # once per kind of call: the binary comes from Triton's cache, not a compile
-        binary = launch(q, k_cache, v_cache, None, plan, k_scale=k_scale, v_scale=v_scale, compile_only=True)
-        _RESIDENT[key] = resident_of(binary, plan.num_warps)
     programs = plan.num_splits * B * Hkv * plan.row_blocks(Hq // Hkv, T)
     num_sms = device_facts(q.device.index or 0)[1]       # a CUDA tensor's device always has its index
-    return _RESIDENT[key] > -(-programs // num_sms)
+    return resident_per_sm(q, k_cache, v_cache, plan, k_scale=k_scale, v_scale=v_scale) > -(-programs // num_sms)
 
 
-_RESIDENT: dict[tuple, int] = {}   # crowds_when_early's programs an SM holds, per kind of call and plan
+def resident_per_sm(q, k_cache, v_cache, plan: LaunchPlan, *, k_scale=None, v_scale=None) -> int:
+    """Programs of this call's split kernel under `plan` one SM holds at once (0 on a CPU; arguments as
+    `flash_decode`'s). Looked up once per kind of call and plan: the binary comes from Triton's cache."""
+    T = q.shape[2] if q.dim() == 4 else 1
+    # What the binary depends on (lengths and the split count are runtime arguments): a bounded set of keys
+    key = (dataclasses.replace(plan, num_splits=1), q.dtype, q.device, q.shape[1] // k_cache.shape[1], T,
+           q.shape[-1], k_cache.dtype, sequence_major(v_cache), k_scale is None)
+    if key not in _RESIDENT:
+        binary = launch(q, k_cache, v_cache, None, plan, k_scale=k_scale, v_scale=v_scale, compile_only=True)
+        _RESIDENT[key] = resident_of(binary, plan.num_warps)
+    return _RESIDENT[key]
+
+
+_RESIDENT: dict[tuple, int] = {}   # resident_per_sm's answers, per kind of call and plan
 
 
 def _launches_early(q: torch.Tensor) -> bool:

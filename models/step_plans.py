@@ -159,13 +159,11 @@ def runnable(model, batch: int, key: dict, plans: dict, log) -> dict:
 def resident(model, batch: int, plan) -> int:
     """Programs of the plan's split kernel one SM holds at once (0 on a CPU): where a grid needs fewer per SM
     than this, programs made resident early (PDL) can crowd some SMs and leave others empty."""
-    from kernels.interface import launch
-    from kernels.interface import resident_of
+    from kernels.interface import resident_per_sm
     cache = model.layers[0].attention.kv_cache
     c = model.config
     q = torch.empty(batch, c.n_heads, 1, c.head_dim, device=cache.k.device, dtype=torch.bfloat16)
-    binary = launch(q, cache.k, cache.v, None, plan, k_scale=cache.k_scale, v_scale=cache.v_scale, compile_only=True)
-    return resident_of(binary, plan.num_warps)
+    return resident_per_sm(q, cache.k, cache.v, plan, k_scale=cache.k_scale, v_scale=cache.v_scale)
 
 
 TWINS = ("early", "late")   # --twins: the table's and the heuristic's plans timed with attention launched so too

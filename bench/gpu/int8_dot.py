@@ -23,9 +23,8 @@ import torch
 from kernels import flash_decode, reference
 from kernels.bench import (Shape, best_of_rounds, environment, make_input_sets, n_sets_for, read_bandwidth,
                            save_table, sdpa)
-from kernels.interface import device_facts, launch, plan_for
+from kernels.interface import device_facts, launch, plan_for, resident_of
 from kernels.plan import MAX_SPLITS
-from kernels.interface import resident_of
 
 SHAPES = [(Shape("34B", 1, s * 1024, 64, 8), 1) for s in (1, 4, 16, 64, 128)]
 SHAPES += [(Shape("34B", 8, 16384, 64, 8), 1), (Shape("34B", 64, 2048, 64, 8), 1), (Shape("34B", 1, 65536, 64, 8), 8),

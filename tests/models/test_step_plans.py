@@ -17,6 +17,8 @@ from kernels.plan import LaunchPlan, plan_launch, shape_key
 from models import fused_decode
 from models.config import ModelConfig
 
+TINY = ModelConfig(dim=128, n_layers=2, n_heads=8, n_kv_heads=2, ffn_dim=256, vocab_size=97)   # 4 query heads a KV head
+
 
 def test_a_forced_plan_runs_for_its_shape_only_and_while_it_lasts(monkeypatch):
     torch.manual_seed(0)
@@ -67,8 +69,7 @@ def test_neighbours_change_one_option_each():
 
 
 def test_candidates_start_from_todays_plan_and_add_the_named_variants():
-    config = ModelConfig(dim=128, n_layers=1, n_heads=8, n_kv_heads=2, ffn_dim=256, vocab_size=97)
-    key, plans = step_plans.candidates(config, 1, 4096, "int8", [("w8", {"num_warps": 8})], True,
+    key, plans = step_plans.candidates(TINY, 1, 4096, "int8", [("w8", {"num_warps": 8})], True,
                                        torch.device("cpu"), 132)
     assert key == shape_key(1, 8, 2, 4096, 16, 1, True, True)
     assert next(iter(plans)) == "table"
@@ -76,7 +77,7 @@ def test_candidates_start_from_todays_plan_and_add_the_named_variants():
     assert plans["w8"] == dataclasses.replace(plans["table"], num_warps=8)
     assert {"warps", "tile"} <= set(plans)
     assert len(set(map(dataclasses.astuple, plans.values()))) == len(plans)     # no plan timed twice
-    _, only = step_plans.candidates(config, 1, 4096, None, [], False, torch.device("cpu"), 132)
+    _, only = step_plans.candidates(TINY, 1, 4096, None, [], False, torch.device("cpu"), 132)
     assert list(only) == ["table"] and only["table"] == plan_launch(1, 8, 2, 4096, 16, T=1, fp8=False)
 
 
@@ -100,8 +101,7 @@ def test_each_candidate_is_timed_while_forced_in_interleaved_rounds(monkeypatch)
 
 
 def test_the_plan_file_takes_the_winner_and_keeps_the_rest(tmp_path):
-    config = ModelConfig(dim=128, n_layers=1, n_heads=8, n_kv_heads=2, ffn_dim=256, vocab_size=97)
-    model = type("M", (), {"config": config})()
+    model = type("M", (), {"config": TINY})()
     key = shape_key(1, 8, 2, 4096, 16, 1, True, True)
     other = {"key": shape_key(1, 8, 2, 1024, 16, 1, True, True), "plan": {}, "measured": {"us": 1.0}}
     old = {"key": key, "plan": {}, "measured": {"us": 9.0, "peers_us": {"sdpa_cudnn": 12.0}, "in_step": {"x": 1}}}
@@ -149,11 +149,10 @@ def test_bad_variants_get_one_line_errors(text, message):
 def test_plans_that_fail_or_disagree_with_the_table_plan_are_left_out():
     from models.bench import fill_cache_randomly
     from models.llama import build_random_model
-    config = ModelConfig(dim=128, n_layers=1, n_heads=8, n_kv_heads=2, ffn_dim=256, vocab_size=97)
-    model = build_random_model(config, max_len=256)
+    model = build_random_model(TINY, max_len=256)
     model.setup_caches(1, 256, quant="int8")
     fill_cache_randomly(model, 256)
-    key, plans = step_plans.candidates(config, 1, 256, "int8", [], False, torch.device("cpu"), 132)
+    key, plans = step_plans.candidates(TINY, 1, 256, "int8", [], False, torch.device("cpu"), 132)
     table = plans["table"]
     plans |= {"splits": dataclasses.replace(table, num_splits=table.num_splits + 1),
               "half head": dataclasses.replace(table, block_d=8),             # reads half of each head: wrong
@@ -171,7 +170,6 @@ def pretend_gpu_run(monkeypatch):
     the twins faster still), every candidate's first-layer call run for real by the interpreter. Returns the
     models built."""
     import models.llama
-    config = ModelConfig(dim=128, n_layers=2, n_heads=8, n_kv_heads=2, ffn_dim=256, vocab_size=97)
     env = {"card": "Test Card", "sms": 132, "date": "2026-12-01", "torch": "t", "triton": "tr"}
     build = models.llama.build_random_model
     built = []
@@ -189,7 +187,7 @@ def pretend_gpu_run(monkeypatch):
     monkeypatch.setattr(step_plans.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(step_plans, "begin_run", begin_run)
     monkeypatch.setattr(models.llama, "build_random_model",
-                        lambda preset, **kw: built.append(build(config, max_len=kw["max_len"])) or built[-1])
+                        lambda preset, **kw: built.append(build(TINY, max_len=kw["max_len"])) or built[-1])
     monkeypatch.setattr(step_plans, "ours_step_us", step_us)
     monkeypatch.setattr(step_plans, "kernel_alone_us", lambda model, batch, replays: 10.0)
     return built
