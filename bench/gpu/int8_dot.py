@@ -23,7 +23,7 @@ import torch
 from kernels import flash_decode, reference
 from kernels.bench import (Shape, best_of_rounds, environment, make_input_sets, n_sets_for, read_bandwidth,
                            save_table, sdpa)
-from kernels.interface import device_facts, launch, plan_for, resident_of
+from kernels.interface import device_facts, launch, plan_for, resident_per_sm
 from kernels.plan import MAX_SPLITS
 
 SHAPES = [(Shape("34B", 1, s * 1024, 64, 8), 1) for s in (1, 4, 16, 64, 128)]
@@ -38,11 +38,21 @@ REPLAYS = 40
 
 def wave_plan(plan, items: int, S: int, q, k8, v8, ks, vs, num_sms: int):
     """The plan at the split count that fills one wave of its binary's resident programs (1 if unsplit fills it)."""
-    resident = resident_of(launch(q, k8, v8, None, plan, k_scale=ks, v_scale=vs, compile_only=True), plan.num_warps)
+    resident = resident_per_sm(q, k8, v8, plan, k_scale=ks, v_scale=vs)
     if plan.num_splits == 1 and items >= resident * num_sms * 0.8:
         return plan, resident
     splits = max(1, min(resident * num_sms // items, MAX_SPLITS, S // (plan.block_n * 2)))
     return dataclasses.replace(plan, num_splits=splits), resident
+
+
+def input_sets(shape: Shape, T: int) -> list:
+    """kernels.bench's input sets rotating past L2 for `shape`, with T query tokens (the verification queries' first
+    T) where T > 1."""
+    sets = make_input_sets(shape, n_sets_for(shape))
+    if T > 1:
+        for x in sets:
+            x.q = x.q_verify[:, :, :T].contiguous()
+    return sets
 
 
 def main(out: Path) -> int:
@@ -51,10 +61,7 @@ def main(out: Path) -> int:
     _, num_sms = device_facts(0)
     rows = []
     for shape, T in SHAPES:
-        sets = make_input_sets(shape, n_sets_for(shape))
-        if T > 1:
-            for x in sets:
-                x.q = x.q_verify[:, :, :T].contiguous()
+        sets = input_sets(shape, T)
         int8 = [(reference.quantize(x.k, torch.int8), reference.quantize(x.v, torch.int8)) for x in sets]
         s = shape
         base = plan_for(sets[0].q, s.B, s.Hq, s.Hkv, s.S, s.D, T, True)  # e4m3's plan (int8 shared it until now)

@@ -21,11 +21,10 @@ from pathlib import Path
 import torch
 
 from kernels import flash_decode, reference
-from kernels.bench import (Shape, best_of_rounds, environment, make_input_sets, n_sets_for, read_bandwidth,
-                           save_table, sdpa)
+from kernels.bench import Shape, best_of_rounds, environment, read_bandwidth, save_table, sdpa
 from kernels.interface import as_sequence_major, device_facts, launch, plan_for
 
-from int8_dot import wave_plan  # a sibling script (bench/gpu is the script's directory)
+from int8_dot import input_sets, wave_plan  # a sibling script (bench/gpu is the script's directory)
 
 SHAPES = [(Shape("34B", 1, s * 1024, 64, 8), 1) for s in (16, 64, 128)]
 SHAPES += [(Shape("34B", 8, 16384, 64, 8), 1), (Shape("34B", 1, 65536, 64, 8), 8),
@@ -46,10 +45,7 @@ def main(out: Path) -> int:
     rows = []
     for shape, T in SHAPES:
         s = shape
-        sets = make_input_sets(shape, n_sets_for(shape))
-        if T > 1:
-            for x in sets:
-                x.q = x.q_verify[:, :, :T].contiguous()
+        sets = input_sets(shape, T)
         label = s.label + (f" T={T}" if T > 1 else "")
         row = {"shape": label, "mb": s.fp8_bytes / 1e6, "rel_err": {}, "plans": {}, "resident": {}}
         runs = {"bf16": lambda: [flash_decode(x.q, x.k, x.v) for x in sets]}
