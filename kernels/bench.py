@@ -565,7 +565,9 @@ def gpu_correctness_sweep(log, quick: bool = False) -> list[dict]:
               for dt, D, hq, hkv, T, options in int8_cases for S, splits, layout in mixes[:2]]
     # V sequence-major (models' 8-bit GQA caches): the dot kernel's options over both 8-bit kinds, and bf16
     vseq_options = ((), (("block_n", 128), ("num_warps", 4)), (("fp8_early", True),), (("int8_dot", True),),
-                    (("int8_dot", True), ("block_n", 128), ("num_warps", 2), ("maxnreg", 255)))
+                    (("int8_dot", True), ("block_n", 128), ("num_warps", 2), ("maxnreg", 255)),
+                    (("transposed", True),), (("transposed", True), ("block_n", 128), ("num_stages", 3)),
+                    (("transposed", True), ("maxnreg", 168), ("num_stages", 4)))
     cases += [CheckCase(dt, D, hq, hkv, S, splits, "vseq", T=T, fp8=kind == "fp8", int8=kind == "int8", options=opt)
               for kind in ("fp8", "int8") for opt in vseq_options
               if not any(name.startswith(("fp8" if kind == "int8" else "int8")) for name, _ in opt)
@@ -811,7 +813,8 @@ def main(argv=None) -> int:
     parser.add_argument("--check-only", action="store_true", help="with --check: the correctness sweep alone")
     parser.add_argument("--lean", action="store_true", help="graph replays of ours, the read-only kernel, SDPA "
                         "flash and cuDNN only (no single launches, eager, efficient, math)")
-    parser.add_argument("--only", default="", help="comma-separated substrings of shape labels to run")
+    parser.add_argument("--only", default="", help="comma-separated substrings of shape labels to run (with "
+                        "--tune, one ending in $ matches a label's end: 'S=64k fp8$' leaves out 'S=64k fp8 T=8')")
     parser.add_argument("--tune", action="store_true", help="explore launch plans instead (kernels.tune)")
     parser.add_argument("--budget-s", type=float, default=330.0, help="--tune: seconds of exploration at most")
     parser.add_argument("--cases", choices=["issue", "all", "8bit"], default="issue",

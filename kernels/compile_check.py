@@ -101,6 +101,20 @@ MAIN_CONFIGS = [
            sequence_major_v=True),
     Config("34B-128k-int8-dot-vseq-n128-w4", "bf16", 64, 8, 131072, 128, kv="int8",
            plan={"int8_dot": True, "block_n": 128, "num_warps": 4, "num_splits": 32}, sequence_major_v=True),
+    # the transposed kernel (the cache as the first operand of 8-bit warpgroup dots): 64 and 128 keys a tile,
+    # several tokens, an odd head dim
+    Config("34B-128k-fp8-transposed", "bf16", 64, 8, 131072, 128, kv="fp8", sequence_major_v=True,
+           plan={"transposed": True, "num_warps": 4}),
+    Config("34B-128k-fp8-transposed-n128", "bf16", 64, 8, 131072, 128, kv="fp8", sequence_major_v=True,
+           plan={"transposed": True, "num_warps": 4, "block_n": 128, "num_stages": 3}),
+    Config("34B-128k-int8-transposed", "bf16", 64, 8, 131072, 128, kv="int8", sequence_major_v=True,
+           plan={"transposed": True, "num_warps": 4}),
+    Config("34B-128k-int8-transposed-n128", "bf16", 64, 8, 131072, 128, kv="int8", sequence_major_v=True,
+           plan={"transposed": True, "num_warps": 4, "block_n": 128, "num_stages": 3}),
+    Config("34B-64k-T8-fp8-transposed", "bf16", 64, 8, 65536, 128, T=8, kv="fp8", sequence_major_v=True,
+           plan={"transposed": True, "num_warps": 4}),
+    Config("d80-int8-T4-transposed", "fp16", 12, 4, 1000, 80, T=4, kv="int8", sequence_major_v=True,
+           plan={"transposed": True, "num_warps": 4}),
 ]
 # (new values, cache, KV heads, head dim, tokens, V sequence-major)
 APPEND_CONFIGS = [("bf16", "bf16", 32, 128, 1, False), ("bf16", "fp8", 8, 128, 8, False),
@@ -195,8 +209,8 @@ def compile_config(config: Config, target: GPUTarget = GPUTarget("cuda", 90, 32)
     if scaled:  # contiguous scales: a launch specialises their unit stride to the constant 1
         constexprs |= {"stride_ksn": 1, "stride_vsn": 1}
     constexprs |= {"stride_vn": 1} if config.sequence_major_v else {"stride_vd": 1}
-    kernel = split_kernel(plan, config.Hq // config.Hkv, config.T)
-    facts["row_kernel"] = kernel is not _split_kv_kernel
+    kernel = split_kernel(plan, config.Hq // config.Hkv, config.T, transposable=scaled and config.sequence_major_v)
+    facts["kernel"] = kernel.fn.__name__
     split = _compile(
         kernel,
         dict(Q=elem, **kv_types, K_SCALE="*fp32", V_SCALE="*fp32", SEQLENS="*i32", OUT=elem, LSE="*fp32",

@@ -12,7 +12,10 @@ What flash_decode supports, and why not the rest:
   an H200; bench/results/NOTES.md, Run 14). Where several query rows share a KV head (GQA, several
   tokens) its scores can be int8 tensor-core dots of the keys as stored (`LaunchPlan.int8_dot`, chosen
   by int8's own tuned plans). With V sequence-major both 8-bit kinds run the 34B 128k call in 74-76 µs
-  on an H200 (kernel alone, Run 18); inside the decode step they tie (50.5 and 50.7 tok/s).
+  on an H200 (kernel alone, Run 18); inside the decode step they tie (50.5 and 50.7 tok/s). With V
+  sequence-major a plan may also ask for the transposed kernel (`LaunchPlan.transposed`,
+  kernels/split_kv_transposed.py): the cache itself is the first operand of sm_90's 8-bit warpgroup dots, q and
+  the probabilities become 8-bit digits; the tuned plans take it for the batched 34B rows (Run 20).
 - head dim 16..256, any value: tiles are padded to the next power of two and masked.
 - Hq a multiple of Hkv (MHA, GQA, MQA): one program reads a KV head once for its whole group.
 - 1..16 query tokens per sequence (decode, and verification of speculative drafts): the tokens are
@@ -52,6 +55,7 @@ from kernels.append import append_kv_triton
 from kernels.plan import LaunchPlan, plan_launch, resident_programs, shape_key, tuned_plan
 from kernels.split_kv import _combine_kernel, _split_kv_kernel
 from kernels.split_kv_row import _split_kv_row_kernel
+from kernels.split_kv_transposed import _split_kv_transposed_kernel
 from kernels.validation import FP8_DTYPE, SCALED_DTYPES, check_decode_inputs, sequence_major
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -258,9 +262,12 @@ def split_constexprs(plan: LaunchPlan, *, group: int, T: int, D: int, scaled: bo
                 PREFETCH=prefetch if use_pdl else 0, ELEMENT_BYTES=element_bytes)
 
 
-def split_kernel(plan: LaunchPlan, group: int, T: int):
-    """The split kernel a plan runs: the row kernel where it asks for it, the shape has one row and no
-    option of the dots is asked for (a plan forcing one, like the GPU check's, means the dot kernel)."""
+def split_kernel(plan: LaunchPlan, group: int, T: int, *, transposable: bool = False):
+    """The split kernel a plan runs: the transposed kernel where it asks for it and the call can take it
+    (`transposable`: an 8-bit cache with V sequence-major); else the row kernel where it asks for it, the shape has
+    one row and no option of the dots is asked for (a plan forcing one, like the GPU check's, means the dot kernel)."""
+    if plan.transposed and transposable:
+        return _split_kv_transposed_kernel
     row = plan.row_kernel and group * T == 1 and not (plan.fp8_early or plan.fp8_dot)
     return _split_kv_row_kernel if row else _split_kv_kernel
 
@@ -313,7 +320,8 @@ def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scal
     k_scale_arg, v_scale_arg = (k_scale, v_scale) if scaled else (lse, lse)  # never read without SCALED
     scale_strides = [st for t in (k_scale, v_scale) for st in t.stride()] if scaled else [0] * 6
 
-    binary = _run(split_kernel(plan, group, T), (splits, B * Hkv * plan.row_blocks(group, T)), compile_only,
+    kernel = split_kernel(plan, group, T, transposable=scaled and sequence_major(v_cache))
+    binary = _run(kernel, (splits, B * Hkv * plan.row_blocks(group, T)), compile_only,
         q4, k_arg, v_arg, k_scale_arg, v_scale_arg, seqlens, out, lse, part_out, part_lse, k_cache, v_cache,
         q4.stride(0), q4.stride(1), q4.stride(2),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),

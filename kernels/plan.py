@@ -62,6 +62,8 @@ class LaunchPlan:
     pdl: bool = True            # combine as a programmatic dependent launch where supported
     row_kernel: bool = False    # one query row per KV head (group x tokens = 1): kernels.split_kv_row, on the
                                 # CUDA cores instead of dots padded to 16 rows; ignored for other shapes
+    transposed: bool = False    # 8-bit caches with V sequence-major: kernels.split_kv_transposed, the cache as
+                                # the first operand of 8-bit tensor-core dots (no byte converted); ignored otherwise
 
     def row_blocks(self, group: int, T: int) -> int:
         return -(-group * T // self.block_m)

@@ -146,6 +146,9 @@ def tilings(case: Case) -> list[dict]:
                 _tiling(32, 2, 3, 0)]
     elif case.fp8:  # a 4th program per SM under a register cap; 6 small ones; the inline-PTX conversion
         out += [_tiling(64, 4, 2, 0, maxnreg=128), _tiling(32, 2, 3, 0), _tiling(64, 4, 2, 3, fp8_early=True)]
+    if case.fp8 and case.shape.Hq > case.shape.Hkv:  # 8-bit GQA (V sequence-major): the transposed kernel's wgmma
+        out += [_tiling(128, 4, 3, 0, transposed=True), _tiling(64, 4, 3, 0, transposed=True),
+                _tiling(64, 4, 4, 0, transposed=True, maxnreg=168), _tiling(128, 4, 2, 0, transposed=True)]
     if case.shape.Hq == case.shape.Hkv and case.T == 1:  # one row per KV head: the CUDA-core kernel, pipelined
         out += [_tiling(64, 4, 2, 3, row_kernel=True), _tiling(64, 2, 2, 3, row_kernel=True),  # loads or not
                 _tiling(32, 2, 2, 4, row_kernel=True), _tiling(128, 4, 2, 3, row_kernel=True),
@@ -172,7 +175,7 @@ def neighbours(case: Case, best: LaunchPlan, resident: int, num_sms: int) -> lis
     out += [("evict_first", r(best, eviction="" if best.eviction else "evict_first")),
             (".cg", r(best, cache_modifier="" if best.cache_modifier else ".cg")),
             ("partials", r(best, partials="float32" if best.partials == "bfloat16" else "bfloat16")),
-            ("tma", r(best, tma=not best.tma))]
+            *([] if best.transposed else [("tma", r(best, tma=not best.tma))])]  # (a sequence-major V never is)
     # (no "pdl" off: timed alone a dependent launch costs 1-2 µs, which the search would save, but inside the
     # decode step it lets the kernel start under the one before: the 34B 128k fp8 step 7% faster with it, Run 17)
     if resident:  # a register cap that lets one more program in (if shared memory allows)
@@ -180,9 +183,11 @@ def neighbours(case: Case, best: LaunchPlan, resident: int, num_sms: int) -> lis
         if cap >= 64:
             out.append((f"maxnreg {cap}", r(best, maxnreg=min(cap, 255))))
     out.append(("maxnreg off", r(best, maxnreg=0)))
-    if case.int8 and not best.row_kernel:
+    if case.fp8 and s.Hq > s.Hkv:  # the transposed kernel replaces the dot kernel's conversion options
+        out.append(("transposed", r(best, transposed=not best.transposed)))
+    if case.int8 and not best.row_kernel and not best.transposed:
         out.append(("int8 dot", r(best, int8_dot=not best.int8_dot)))
-    elif case.fp8 and not best.row_kernel:
+    elif case.fp8 and not best.row_kernel and not best.transposed:
         out += [("fp8 early", r(best, fp8_early=not best.fp8_early)), ("fp8 dot", r(best, fp8_dot=not best.fp8_dot))]
     if s.Hq == s.Hkv and case.T == 1:
         out.append(("row kernel", r(best, row_kernel=not best.row_kernel, fp8_early=False, fp8_dot=False)))
@@ -405,7 +410,7 @@ def describe(plan: LaunchPlan) -> str:
     words += ["bf16-partials"] if plan.partials == "bfloat16" else []
     words += [name for name, on in (("no-pdl", not plan.pdl), ("tma", plan.tma), ("fp8-early", plan.fp8_early),
                                     ("fp8-dot", plan.fp8_dot), ("int8-dot", plan.int8_dot), ("row", plan.row_kernel),
-                                    ("int8-i2f", not plan.int8_prmt)) if on]
+                                    ("int8-i2f", not plan.int8_prmt), ("transposed", plan.transposed)) if on]
     words += [f"maxnreg{plan.maxnreg}"] if plan.maxnreg else []
     return " ".join(words)
 
@@ -490,6 +495,12 @@ def case_weight(case: Case, measured: bool = False) -> float:
 FINAL_ROUND_S = 2.5  # kept back per case for its final interleaved round (run 2: ~1-2 s each)
 
 
+def label_matches(label: str, word: str) -> bool:
+    """`--only`'s test: `word` within `label`, or, ending in "$", the end of `label` ("S=64k fp8$" leaves out
+    "S=64k fp8 T=8")."""
+    return label.endswith(word[:-1]) if word.endswith("$") else word in label
+
+
 def explore(env: dict, out: Path, plans_dir: Path, budget_s: float, log, only=(), which: str = "issue",
             regrid: bool = False) -> int:
     """Explore `cases(which)` within `budget_s`. The plan file, written after every case, holds the
@@ -506,7 +517,7 @@ def explore(env: dict, out: Path, plans_dir: Path, budget_s: float, log, only=()
         return any(e["key"] == shape_key(s.B, s.Hq, s.Hkv, s.S, s.D, case.T, case.fp8, case.int8)
                    for e in committed_table)
 
-    todo = [c for c in cases(which) if not only or any(w in c.label for w in only)]
+    todo = [c for c in cases(which) if not only or any(label_matches(c.label, w) for w in only)]
     weight = {c: case_weight(c, which == "all" and measured(c)) for c in todo}
     if which == "all":
         todo.sort(key=weight.get, reverse=True)  # stable: the sweep's order within a weight

@@ -91,7 +91,8 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 
 def summary(plan) -> str:
-    extras = [n for n, on in (("int8-dot", plan.int8_dot), ("row", plan.row_kernel), ("tma", plan.tma)) if on]
+    extras = [n for n, on in (("int8-dot", plan.int8_dot), ("row", plan.row_kernel), ("tma", plan.tma),
+                              ("transposed", plan.transposed)) if on]
     return " ".join([f"{plan.num_splits} splits n{plan.block_n} w{plan.num_warps} s{plan.num_stages}",
                      f"loop{plan.loop_stages}", plan.eviction or plan.cache_modifier or "", *extras]).replace("  ", " ")
 

@@ -12,15 +12,23 @@ kernel it profiles, follow in order, so the report's kernel IDs map back to case
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import sys
 
 import torch
 
 from kernels import flash_decode, reference
 from kernels.bench import READ_ONLY_CONFIGS, Shape, make_inputs, read_once, sdpa
+from kernels.interface import as_sequence_major, launch, plan_for
 
 SHAPES = {"34B 128k": Shape("34B", 1, 131072, 64, 8), "34B B=64 2k": Shape("34B", 64, 2048, 64, 8),
           "7B 64k": Shape("7B", 1, 65536, 32, 32)}
+# NCU_SHAPES="34B 128k,...": profile only these (ncu replays every kernel several times: minutes per shape)
+SHAPES = {k: v for k, v in SHAPES.items() if k in os.environ.get("NCU_SHAPES", ",".join(SHAPES)).split(",")}
+# The transposed 8-bit kernel (kernels.split_kv_transposed) at its best tiling of Run 20, next to the tuned plans
+TRANSPOSED = {"transposed": True, "block_n": 128, "num_warps": 4, "num_stages": 3, "loop_stages": 0, "maxnreg": 0,
+              "int8_dot": False, "fp8_dot": False, "fp8_early": False, "tma": False, "row_kernel": False}
 
 
 def cases(x, shape_name: str):
@@ -30,6 +38,10 @@ def cases(x, shape_name: str):
     yield "fp8", lambda: flash_decode(x.q, x.k8, x.v8, k_scale=x.k_scale, v_scale=x.v_scale)
     if shape_name == "34B 128k":
         yield "int8", lambda: flash_decode(x.q, k8, v8, k_scale=ks, v_scale=vs)
+        s = x.k.shape
+        plan = dataclasses.replace(plan_for(x.q, s[0], x.q.shape[1], s[1], s[2], s[3], 1, True), **TRANSPOSED)
+        yield "fp8 transposed", lambda: launch(x.q, x.k8, x.v8, None, plan, k_scale=x.k_scale, v_scale=x.v_scale)
+        yield "int8 transposed", lambda: launch(x.q, k8, as_sequence_major(v8), None, plan, k_scale=ks, v_scale=vs)
     yield "read-only", lambda: read_once(x.k, x.v, *READ_ONLY_CONFIGS[1])
     yield "cuDNN", lambda: sdpa("CUDNN_ATTENTION")(x)
 

@@ -174,6 +174,9 @@ def test_int8_cases_explore_int8_dots_and_their_own_inputs():
     base = plan_launch(1, 8, 2, 256, 32, fp8=True, num_splits=2)
     names = [name for name, _ in tune.neighbours(case, base, 2, 132)]
     assert "int8 dot" in names and "fp8 dot" not in names
+    assert any(t.get("transposed") for t in tune.tilings(case)) and "transposed" in names  # GQA: the wgmma kernel
+    transposed = tune.neighbours(case, dataclasses.replace(base, transposed=True), 2, 132)
+    assert "int8 dot" not in [name for name, _ in transposed]  # an option of the dot kernel only
     entry = tune.table_entry(1, 8, 2, 256, 32, 1, case.fp8, base, 132, {}, int8=case.int8)
     assert entry["key"]["kind"] == "int8"
     assert [b["bar"] for b in tune.tune_bars([], 1.0)] == []
@@ -237,7 +240,7 @@ def test_gpu_check_sweep_forces_every_option_the_tuner_may_pick(monkeypatch):
     assert all(r["ok"] for r in results)
     forced = {name for case in ran for name, _ in case.options}
     assert {"fp8_early", "maxnreg", "num_warps", "block_n", "tma", "partials", "eviction", "cache_modifier",
-            "pdl", "int8_dot"} <= forced
+            "pdl", "int8_dot", "transposed"} <= forced
     assert all(case.fp8 for case in ran if "fp8_early" in dict(case.options))
 
 
