@@ -60,6 +60,8 @@ the PV dot. One digit alone cost 0.6 points of top-1 agreement on SmolLM2 (97.8%
 key loop is 20% shorter (sm_90 SASS, 34B 128k's tile: 610 against 759 instructions). On an H200, in one
 run, int8 with its own tuned plans took 85.5 µs at 34B 128k, on e4m3's plan 94.7, e4m3 itself 90.4
 (bench/results/NOTES.md, Run 17); with V sequence-major and plans tuned for it, 75.7 and 73.7 (Run 18).
+`kernels.split_kv_transposed` goes further for a sequence-major V: the scores and the output transposed, so the
+cache itself is the first operand of sm_90's 8-bit warpgroup dots and no byte is converted (Run 20).
 
 How a sequence is split is decided inside the kernel from its current length: the grid depends
 only on shapes, so a CUDA graph captured once stays valid while the cache fills, and the splits

@@ -23,7 +23,7 @@ import torch
 from kernels import flash_decode, reference
 from kernels.bench import (Shape, best_of_rounds, environment, make_input_sets, n_sets_for, read_bandwidth,
                            save_table, sdpa)
-from kernels.interface import device_facts, launch, plan_for, resident_per_sm
+from kernels.interface import as_sequence_major, device_facts, launch, plan_for, resident_per_sm
 from kernels.plan import MAX_SPLITS
 
 SHAPES = [(Shape("34B", 1, s * 1024, 64, 8), 1) for s in (1, 4, 16, 64, 128)]
@@ -43,6 +43,23 @@ def wave_plan(plan, items: int, S: int, q, k8, v8, ks, vs, num_sms: int):
         return plan, resident
     splits = max(1, min(resident * num_sms // items, MAX_SPLITS, S // (plan.block_n * 2)))
     return dataclasses.replace(plan, num_splits=splits), resident
+
+
+def peer_runs(sets: list, T: int) -> dict:
+    """The bf16 kernel's and (one token) cuDNN's runs over `sets`: the peers of every 8-bit table here."""
+    runs = {"bf16": lambda: [flash_decode(x.q, x.k, x.v) for x in sets]}
+    if T == 1:
+        runs["cuDNN"] = lambda: [sdpa("CUDNN_ATTENTION")(x) for x in sets]
+    return runs
+
+
+def quantized_caches(sets: list, dtype: torch.dtype) -> list[tuple]:
+    """Per input set, its caches in `dtype` (float8_e4m3fn or int8): (k8, v8, v8 sequence-major, k_scale, v_scale)."""
+    caches = []
+    for x in sets:
+        (k8, ks), (v8, vs) = reference.quantize(x.k, dtype), reference.quantize(x.v, dtype)
+        caches.append((k8, v8, as_sequence_major(v8), ks, vs))
+    return caches
 
 
 def input_sets(shape: Shape, T: int) -> list:
@@ -80,18 +97,14 @@ def main(out: Path) -> int:
         for name, plan in plans.items():
             out_, _ = launch(x0.q, k8, v8, None, plan, k_scale=ks, v_scale=vs)
             row["rel_err"][name] = ((out_.float() - ref).norm() / ref.norm()).item()
-        runs = {
-            "bf16": lambda: [flash_decode(x.q, x.k, x.v) for x in sets],
-            "fp8": lambda: [flash_decode(x.q, x.k8, x.v8, k_scale=x.k_scale, v_scale=x.v_scale) for x in sets],
-        }
+        runs = peer_runs(sets, T)
+        runs["fp8"] = lambda: [flash_decode(x.q, x.k8, x.v8, k_scale=x.k_scale, v_scale=x.v_scale) for x in sets]
         # int8's own table entries
         runs["int8 planned"] = lambda: [flash_decode(x.q, k8_, v8_, k_scale=ks_, v_scale=vs_)
                                         for x, ((k8_, ks_), (v8_, vs_)) in zip(sets, int8)]
         for name, plan in plans.items():
             runs[name] = lambda plan=plan: [launch(x.q, k8_, v8_, None, plan, k_scale=ks_, v_scale=vs_)
                                             for x, ((k8_, ks_), (v8_, vs_)) in zip(sets, int8)]
-        if T == 1:
-            runs["cuDNN"] = lambda: [sdpa("CUDNN_ATTENTION")(x) for x in sets]
         row |= best_of_rounds(runs, len(sets), REPLAYS)
         rows.append(row)
         print(f"{label}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items() if isinstance(v, float))

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from kernels import flash_decode, reference
-from kernels.bench import Shape, best_of_rounds, environment, read_bandwidth, save_table, sdpa
-from kernels.interface import as_sequence_major, device_facts, launch, plan_for
+from kernels import reference
+from kernels.bench import Shape, best_of_rounds, environment, read_bandwidth, save_table
+from kernels.interface import device_facts, launch, plan_for
 
-from int8_dot import input_sets, wave_plan  # a sibling script (bench/gpu is the script's directory)
+from int8_dot import input_sets, peer_runs, quantized_caches, wave_plan  # a sibling script (bench/gpu is the script's directory)
 
 SHAPES = [(Shape("34B", 1, s * 1024, 64, 8), 1) for s in (16, 64, 128)]
 SHAPES += [(Shape("34B", 8, 16384, 64, 8), 1), (Shape("34B", 1, 65536, 64, 8), 8),
@@ -48,15 +48,9 @@ def main(out: Path) -> int:
         sets = input_sets(shape, T)
         label = s.label + (f" T={T}" if T > 1 else "")
         row = {"shape": label, "mb": s.fp8_bytes / 1e6, "rel_err": {}, "plans": {}, "resident": {}}
-        runs = {"bf16": lambda: [flash_decode(x.q, x.k, x.v) for x in sets]}
-        if T == 1:
-            runs["cuDNN"] = lambda: [sdpa("CUDNN_ATTENTION")(x) for x in sets]
+        runs = peer_runs(sets, T)
         for kind in KINDS:
-            dtype = torch.int8 if kind == "int8" else torch.float8_e4m3fn
-            caches = []
-            for x in sets:
-                (k8, ks), (v8, vs) = reference.quantize(x.k, dtype), reference.quantize(x.v, dtype)
-                caches.append((k8, v8, as_sequence_major(v8), ks, vs))
+            caches = quantized_caches(sets, torch.int8 if kind == "int8" else torch.float8_e4m3fn)
             k8, v8, v8t, ks, vs = caches[0]
             base = plan_for(sets[0].q, s.B, s.Hq, s.Hkv, s.S, s.D, T, True, int8=kind == "int8")
             items = s.B * s.Hkv * base.row_blocks(s.Hq // s.Hkv, T)

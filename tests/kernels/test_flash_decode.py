@@ -219,6 +219,20 @@ def test_int8_dots_match_float64_reference(heads, D, T, dtype, splits, layout, p
     """`int8_dot`: scores from int8 tensor-core dots of q's two int8 digits and the int8 keys (the dot kernel,
     GQA and several tokens): as accurate as converting the keys, against float64 attention over the
     dequantized cache; ragged lengths with 0, forced splits past the end of short rows, strided caches."""
+    q, k, v, lengths, lse, ref_lse, scales = _check_q_digit_kernel(heads, D, T, dtype, splits, layout, torch.int8,
+                                                                   1 / (127 * 508), int8_dot=True)
+    keep = lengths > 0
+    # and it is q that is rounded: one int8 digit alone (the high one) would err ~100x more
+    high_only = reference.flash_decode(_rounded_rows(q), k, v, lengths, return_lse=True, **scales)[1]
+    assert (high_only[keep].double() - ref_lse[keep]).abs().max() > 10 * (lse[keep].double() - ref_lse[keep]).abs().max()
+
+
+def _check_q_digit_kernel(heads, D, T, dtype, splits, layout, cache_dtype, digit_step, **plan_fields):
+    """A kernel that rounds q to 8-bit digits (the plan's `plan_fields`), on B=3 x S=300 random inputs in an 8-bit
+    cache with ragged lengths (the full cache, 0 or T, 40 + T) and `splits` forced: against float64 attention over the
+    dequantized cache, within the other 8-bit kernels' bound; empty rows zero with lse -inf; the log-sum-exp within
+    what rounding q by `digit_step` of its rows' largest elements can move it. Returns (q, k, v, lengths, lse, ref_lse,
+    scales) for the caller's further checks."""
     (Hq, Hkv), B, S = heads, 3, 300
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
     q, k, v = make_inputs(B, Hq, Hkv, S, D, dtype, layout=layout)
@@ -226,8 +240,8 @@ def test_int8_dots_match_float64_reference(heads, D, T, dtype, splits, layout, p
         q = torch.randn(B, Hq, T, D, generator=gen).to(dtype)
     lengths = torch.tensor([S, 0 if T == 1 else T, 40 + T], dtype=torch.int32)  # (T tokens need T keys)
     scales = {}
-    k, scales["k_scale"], v, scales["v_scale"] = quantized_copy(k, v, layout=layout, dtype=torch.int8)
-    plan = dataclasses.replace(plan_launch(B, Hq, Hkv, S, D, T=T, fp8=True, num_splits=splits), int8_dot=True)
+    k, scales["k_scale"], v, scales["v_scale"] = quantized_copy(k, v, layout=layout, dtype=cache_dtype)
+    plan = dataclasses.replace(plan_launch(B, Hq, Hkv, S, D, T=T, fp8=True, num_splits=splits), **plan_fields)
     out, lse = launch(q, k, v, lengths, plan, **scales)
 
     assert not out.isnan().any(), "an output element was never written"
@@ -236,11 +250,8 @@ def test_int8_dots_match_float64_reference(heads, D, T, dtype, splits, layout, p
     bound = 2 * same_dtype_torch_error(q, *dense(k, v, scales, dtype), lengths, ref_out) + tolerance(dtype, True)
     assert rel_err(out[keep], ref_out[keep]) <= bound
     assert (out[~keep] == 0).all() and (lse[~keep] == float("-inf")).all()
-    # q's digits carry it to 1/(127 x 508) of its row's largest element, which bounds the log-sum-exp's error
-    assert ((lse.double() - ref_lse).abs() <= digit_lse_bound(q, k, scales, 1 / (127 * 508)) + 1e-5)[keep].all()
-    # and it is q that is rounded: one int8 digit alone (the high one) would err ~100x more
-    high_only = reference.flash_decode(_rounded_rows(q), k, v, lengths, return_lse=True, **scales)[1]
-    assert (high_only[keep].double() - ref_lse[keep]).abs().max() > 10 * (lse[keep].double() - ref_lse[keep]).abs().max()
+    assert ((lse.double() - ref_lse).abs() <= digit_lse_bound(q, k, scales, digit_step) + 1e-5)[keep].all()
+    return q, k, v, lengths, lse, ref_lse, scales
 
 
 def digit_lse_bound(q, k, scales, step):
@@ -274,27 +285,9 @@ def test_transposed_kernel_matches_float64_reference(heads, D, T, dtype, splits,
     the probabilities as 8-bit digits): against float64 attention over the dequantized cache, as accurate as the
     kernels that convert the cache (the bound of the other 8-bit tests); ragged lengths with 0, forced splits past the
     end of short rows, several tokens, MHA, odd head dims, 32-128 keys a tile."""
-    (Hq, Hkv), B, S = heads, 3, 300
-    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
-    q, k, v = make_inputs(B, Hq, Hkv, S, D, dtype, layout="vseq")
-    if T > 1:
-        q = torch.randn(B, Hq, T, D, generator=gen).to(dtype)
-    lengths = torch.tensor([S, 0 if T == 1 else T, 40 + T], dtype=torch.int32)  # (T tokens need T keys)
-    scales = {}
-    k, scales["k_scale"], v, scales["v_scale"] = quantized_copy(k, v, layout="vseq", dtype=CACHE_DTYPES[kv])
-    plan = dataclasses.replace(plan_launch(B, Hq, Hkv, S, D, T=T, fp8=True, num_splits=splits), transposed=True,
-                               block_n=block_n)
-    out, lse = launch(q, k, v, lengths, plan, **scales)
-
-    assert not out.isnan().any(), "an output element was never written"
-    ref_out, ref_lse = float64_reference(q, k, v, lengths, **scales)
-    keep = lengths > 0
-    bound = 2 * same_dtype_torch_error(q, *dense(k, v, scales, dtype), lengths, ref_out) + tolerance(dtype, True)
-    assert rel_err(out[keep], ref_out[keep]) <= bound
-    assert (out[~keep] == 0).all() and (lse[~keep] == float("-inf")).all()
-    # q's digits (e4m3: three, within 2^-12 of a row's largest element; int8: two, within 1/(127 x 508))
-    step = 2.0 ** -12 if kv == "fp8" else 1 / (127 * 508)
-    assert ((lse.double() - ref_lse).abs() <= digit_lse_bound(q, k, scales, step) + 1e-5)[keep].all()
+    # q's digits: e4m3, three, within 2^-12 of a row's largest element; int8, two, within 1/(127 x 508)
+    _check_q_digit_kernel(heads, D, T, dtype, splits, "vseq", CACHE_DTYPES[kv],
+                          2.0 ** -12 if kv == "fp8" else 1 / (127 * 508), transposed=True, block_n=block_n)
 
 
 @pytest.mark.parametrize("kv", ["fp8", "int8"])
