@@ -115,6 +115,14 @@ MAIN_CONFIGS = [
            plan={"transposed": True, "num_warps": 4}),
     Config("d80-int8-T4-transposed", "fp16", 12, 4, 1000, 80, T=4, kv="int8", sequence_major_v=True,
            plan={"transposed": True, "num_warps": 4}),
+    # the heuristic's plan on sm_90 for 8-bit GQA (kernels.plan.plan_launch's wgmma8): the transposed kernel where V
+    # is sequence-major, the dot kernel in the same tiles where it is not (fp32 q included)
+    Config("smollm2-32k-fp8-heuristic-sm90", "fp16", 9, 3, 32768, 64, kv="fp8", sequence_major_v=True,
+           plan={"transposed": True, "block_n": 128, "num_warps": 4, "num_stages": 3}),
+    Config("fp32-fp8-heuristic-sm90-dmajor", "fp32", 8, 2, 4096, 96, kv="fp8",
+           plan={"transposed": True, "block_n": 128, "num_warps": 4, "num_stages": 3}),
+    Config("d80-int8-heuristic-sm90-dmajor", "bf16", 12, 4, 1000, 80, kv="int8",
+           plan={"transposed": True, "block_n": 128, "num_warps": 4, "num_stages": 3}),
 ]
 # (new values, cache, KV heads, head dim, tokens, V sequence-major)
 APPEND_CONFIGS = [("bf16", "bf16", 32, 128, 1, False), ("bf16", "fp8", 8, 128, 8, False),

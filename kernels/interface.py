@@ -130,17 +130,33 @@ def plan_for(q: torch.Tensor, B: int, Hq: int, Hkv: int, S: int, D: int, T: int,
     forced = _FORCED_PLANS.get(_forced_key(shape_key(B, Hq, Hkv, S, D, T, fp8, int8))) if _FORCED_PLANS else None
     if forced is not None:
         return _with_splits(forced, num_splits)
-    elem_bytes = q.element_size()  # the caches' too, unless fp8
     if not q.is_cuda:
-        return plan_launch(B, Hq, Hkv, S, D, T=T, fp8=fp8, num_splits=num_splits, elem_bytes=elem_bytes)
+        return heuristic_plan(q, B, Hq, Hkv, S, D, T, fp8, num_splits)
     name, num_sms = device_facts(q.device.index if q.device.index is not None else torch.cuda.current_device())
     plan = None
     if USE_TUNED_PLANS and q.dtype != torch.float32:
         plan = tuned_plan(name, num_sms, B, Hq, Hkv, S, D, T, fp8, int8=int8)
     if plan is None:
-        return plan_launch(B, Hq, Hkv, S, D, T=T, fp8=fp8, num_sms=num_sms, num_splits=num_splits,
-                           elem_bytes=elem_bytes)
+        return heuristic_plan(q, B, Hq, Hkv, S, D, T, fp8, num_splits)
     return _with_splits(plan, num_splits)
+
+
+def heuristic_plan(q: torch.Tensor, B: int, Hq: int, Hkv: int, S: int, D: int, T: int, fp8: bool,
+                   num_splits: int | None = None) -> LaunchPlan:
+    """`kernels.plan.plan_launch` for q's device (its SM count, and whether it has sm_90's 8-bit warpgroup MMAs):
+    the plan a call runs where the device has no tuned plan for it."""
+    elem_bytes = q.element_size()  # the caches' too, unless 8-bit
+    if not q.is_cuda:
+        return plan_launch(B, Hq, Hkv, S, D, T=T, fp8=fp8, num_splits=num_splits, elem_bytes=elem_bytes)
+    index = q.device.index if q.device.index is not None else torch.cuda.current_device()
+    return plan_launch(B, Hq, Hkv, S, D, T=T, fp8=fp8, num_sms=device_facts(index)[1], num_splits=num_splits,
+                       elem_bytes=elem_bytes, wgmma8=_has_8bit_wgmma(index))
+
+
+@functools.lru_cache(maxsize=16)
+def _has_8bit_wgmma(device_index: int) -> bool:
+    """Hopper (sm_90): 8-bit warpgroup MMAs, which Triton emits for the transposed kernel's dots."""
+    return torch.cuda.get_device_capability(device_index)[0] == 9
 
 
 def _with_splits(plan: LaunchPlan, num_splits: int | None) -> LaunchPlan:

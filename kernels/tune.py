@@ -41,7 +41,7 @@ import torch
 from kernels import bench, reference
 from kernels.bench import (VERIFY_TOKENS, Inputs, Shape, bars_table, best_sdpa, compile_in_parallel, graph_replay_us,
                            make_input_sets, n_sets_for, read_once, READ_ONLY_CONFIGS, rel_err, sdpa, shapes)
-from kernels.interface import launch, resident_of
+from kernels.interface import heuristic_plan, launch, resident_of
 from kernels.plan import (LaunchPlan, MAX_SPLITS, device_slug, load_table, plan_launch, shape_key,
                           splits_for_programs, table_entry, tuned_plan, wave_splits)
 
@@ -221,7 +221,7 @@ def measure_case(case: Case, num_sms: int, clock: Clock, log, start_plans=(), gr
         sets = [x.with_int8() for x in sets]
     q, k, v, scales = case.args(sets[0])
     ref = reference.flash_decode(q, k, v, **scales)
-    heuristic = plan_launch(s.B, s.Hq, s.Hkv, s.S, s.D, T=case.T, fp8=case.fp8, num_sms=num_sms)
+    heuristic = heuristic_plan(q, s.B, s.Hq, s.Hkv, s.S, s.D, case.T, case.fp8)
     variants: list[dict] = []
     seen: dict[LaunchPlan, dict] = {}
     residency: dict[LaunchPlan, int] = {}  # by plan with num_splits=1 (the split count is a runtime argument)

@@ -98,18 +98,18 @@ def summary(plan) -> str:
 
 
 def candidates(config, batch: int, S: int, quant: str | None, variants: list[tuple[str, dict]], auto: bool,
-               device: torch.device, num_sms: int):
+               device: torch.device):
     """(shape key, {name: plan}) for the attention call of a step of this model config over a cache of S
     positions: the plan the call runs today ("table": the tuned table's, or the heuristic's without one) first."""
-    from kernels.interface import plan_for
-    from kernels.plan import plan_launch, shape_key
+    from kernels.interface import heuristic_plan, plan_for
+    from kernels.plan import shape_key
     c = config
     fp8, int8 = quant is not None, quant == "int8"
     q = torch.empty(1, device=device, dtype=torch.bfloat16)
     key = shape_key(batch, c.n_heads, c.n_kv_heads, S, c.head_dim, 1, fp8, int8)
     plans = {"table": plan_for(q, batch, c.n_heads, c.n_kv_heads, S, c.head_dim, 1, fp8, int8=int8)}
     if auto:
-        plans["heuristic"] = plan_launch(batch, c.n_heads, c.n_kv_heads, S, c.head_dim, T=1, fp8=fp8, num_sms=num_sms)
+        plans["heuristic"] = heuristic_plan(q, batch, c.n_heads, c.n_kv_heads, S, c.head_dim, 1, fp8)
         plans.update(neighbours(plans["table"], int8=int8, S=S))
     for name, fields in variants:
         plans[name] = dataclasses.replace(plans["table"], **fields)
@@ -286,7 +286,7 @@ def main(argv=None) -> int:
             model.setup_caches(args.batch, context, args.model, quant)
             fill_cache_randomly(model, context)
             key, plans = candidates(model.config, args.batch, context, quant, variants, not args.no_auto,
-                                    model.output.weight.device, env["sms"])
+                                    model.output.weight.device)
             plans = runnable(model, args.batch, key, plans, log)
             if "table" not in plans:   # every other candidate is judged against its output
                 raise SystemExit(f"error: {args.model} S={context} {kind}: the plan the step runs today failed "

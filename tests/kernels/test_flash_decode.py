@@ -206,6 +206,32 @@ def test_plan_fills_the_gpu():
     assert plan_launch(1, 32, 32, 4096, 256).block_n <= plan_launch(1, 32, 32, 4096, 128).block_n
 
 
+@pytest.mark.parametrize("kv", ["fp8", "int8"])
+def test_heuristic_takes_the_transposed_kernel_for_8bit_gqa_on_hopper(kv, poisoned_empty):
+    """Without a tuned plan, an sm_90 device (`wgmma8`) decodes one token of a GQA model over an 8-bit cache with the
+    transposed kernel's tiles, at the dot kernel's split count; every other call keeps the dot (or row) kernel's plan.
+    The plan is right for either V layout: sequence-major runs the transposed kernel, head-dim-contiguous the dot
+    kernel in the same tiles, both against float64."""
+    hopper, other = (plan_launch(1, 64, 8, 131072, 128, fp8=True, wgmma8=w) for w in (True, False))
+    assert hopper.transposed and (hopper.block_n, hopper.num_warps, hopper.num_stages) == (128, 4, 3)
+    assert hopper.num_splits == other.num_splits and not other.transposed
+    assert plan_launch(1, 32, 32, 65536, 128, fp8=True, wgmma8=True).row_kernel            # MHA: the row kernel
+    assert not plan_launch(1, 64, 8, 65536, 128, T=8, fp8=True, wgmma8=True).transposed     # several tokens
+    assert not plan_launch(1, 64, 8, 65536, 128, wgmma8=True).transposed                    # a 16-bit cache
+    assert not plan_launch(1, 16, 8, 4096, 256, fp8=True, wgmma8=True).transposed           # D=256: 32-key tiles
+    B, Hq, Hkv, S, D = 2, 8, 2, 300, 64
+    plan = plan_launch(B, Hq, Hkv, S, D, fp8=True, wgmma8=True)
+    lengths = torch.tensor([S, 77], dtype=torch.int32)
+    for layout in ("vseq", "bhsd"):
+        q, k, v = make_inputs(B, Hq, Hkv, S, D, torch.bfloat16, layout=layout)
+        scales = {}
+        k, scales["k_scale"], v, scales["v_scale"] = quantized_copy(k, v, layout=layout, dtype=CACHE_DTYPES[kv])
+        out, _ = launch(q, k, v, lengths, plan, **scales)
+        ref_out = float64_reference(q, k, v, lengths, **scales)[0]
+        bound = 2 * same_dtype_torch_error(q, *dense(k, v, scales, torch.bfloat16), lengths, ref_out) + 1e-2
+        assert rel_err(out, ref_out) <= bound, layout
+
+
 INT8_DOT_CASES = [((8, 2), 64, 1, torch.bfloat16, 1, "bhsd"), ((12, 4), 80, 1, torch.float16, 3, "bshd"),
                   ((64, 8), 128, 1, torch.bfloat16, 5, "bhsd"), ((8, 1), 128, 4, torch.bfloat16, 2, "bshd"),
                   ((9, 3), 64, 3, torch.float32, 1, "bhsd"), ((4, 4), 64, 2, torch.float16, 4, "bhsd"),

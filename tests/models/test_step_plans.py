@@ -70,14 +70,14 @@ def test_neighbours_change_one_option_each():
 
 def test_candidates_start_from_todays_plan_and_add_the_named_variants():
     key, plans = step_plans.candidates(TINY, 1, 4096, "int8", [("w8", {"num_warps": 8})], True,
-                                       torch.device("cpu"), 132)
+                                       torch.device("cpu"))
     assert key == shape_key(1, 8, 2, 4096, 16, 1, True, True)
     assert next(iter(plans)) == "table"
     assert plans["table"] == plan_for(torch.empty(1), 1, 8, 2, 4096, 16, 1, True, int8=True)
     assert plans["w8"] == dataclasses.replace(plans["table"], num_warps=8)
     assert {"warps", "tile"} <= set(plans)
     assert len(set(map(dataclasses.astuple, plans.values()))) == len(plans)     # no plan timed twice
-    _, only = step_plans.candidates(TINY, 1, 4096, None, [], False, torch.device("cpu"), 132)
+    _, only = step_plans.candidates(TINY, 1, 4096, None, [], False, torch.device("cpu"))
     assert list(only) == ["table"] and only["table"] == plan_launch(1, 8, 2, 4096, 16, T=1, fp8=False)
 
 
@@ -152,7 +152,7 @@ def test_plans_that_fail_or_disagree_with_the_table_plan_are_left_out():
     model = build_random_model(TINY, max_len=256)
     model.setup_caches(1, 256, quant="int8")
     fill_cache_randomly(model, 256)
-    key, plans = step_plans.candidates(TINY, 1, 256, "int8", [], False, torch.device("cpu"), 132)
+    key, plans = step_plans.candidates(TINY, 1, 256, "int8", [], False, torch.device("cpu"))
     table = plans["table"]
     plans |= {"splits": dataclasses.replace(table, num_splits=table.num_splits + 1),
               "half head": dataclasses.replace(table, block_d=8),             # reads half of each head: wrong
