@@ -11,22 +11,31 @@ keys, 64 or 128 a tile, are the first operand's rows, so the dots are wgmma (`QG
 twin), which read K and V from shared memory as the cache stores them. K (head dim contiguous) and V (sequence-major:
 a (B, Hkv, D, S) tensor, how models store 8-bit GQA caches) are both "K-major", the one operand order 8-bit wgmma
 accepts. No cached byte is converted. What becomes 8-bit instead are the small operands, q (once per program) and the
-probabilities (BLOCK_N x rows a tile), each as two digits of the cache's own format:
-- e4m3: x = hi + lo, hi x rounded to e4m3's 3 mantissa bits, lo the remainder rounded the same way: within 2^-8
-  of x (bf16's precision), against 2^-4 for one digit. The second dot accumulates onto the first.
+probabilities (BLOCK_N x rows a tile), as digits of the cache's own format:
+- e4m3: x = hi + lo (+ a third digit for q), each digit the remainder so far rounded to e4m3's 3 mantissa bits, so
+  two digits are within 2^-8 of x (bf16's precision) and three within 2^-12; each digit's dot accumulates onto the
+  last one's (a float digit needs no weight: its exponent is its own). q takes three (the GPU check's log-sum-exp
+  bound of 1e-3 failed with two), P two.
 - int8: x = hi + lo / 254, as `kernels.split_kv`'s INT8_DOT digits of q: within 1/508 of the scale's step; the two
   int32 dots are added exactly, hi * 254 + lo, then converted once.
-Each digit costs one more dot; the tensor cores have room for it (at 64 keys a tile the four dots are ~15% of an
-SM's 8-bit tensor throughput at the HBM read rate).
+Each digit costs one more dot; the tensor cores have room for it (at 64 keys a tile the dots are ~15-20% of an SM's
+8-bit tensor throughput at the HBM read rate).
 
-The probabilities are digitised per tile relative to the tile's own maximum (each row's largest p in the tile is 1)
-and times the V scales over the tile's largest V scale: an int8 digit has a fixed step, and a tile far below the
-running maximum would otherwise round to nothing, however many keys it holds. The tile's weight (its maximum against
-the running one, times that largest V scale) multiplies its product once per row.
+The probabilities are digitised per tile against the tile's own maximum (each row's largest p in the tile is 1) and
+times the V scales over the tile's largest V scale: an int8 digit has a fixed step, and a tile far below the running
+maximum would otherwise round to nothing, however many keys it holds (tests/kernels/test_flash_decode.py has such a
+case). The sums and the output are kept in units of that level (`_attend_tile_transposed`), so moving them to the
+next tile's is one multiply a row, and the PV dots accumulate onto the output itself.
 
 The softmax sum is kept per key slot (BLOCK_N x rows, like `kernels.split_kv_row`'s slots) and reduced once at the
 end: the keys are spread over all four warps of the warpgroup, so a sum over them every tile would be a reduction
-through shared memory and a barrier. The running maximum cannot wait: it is reduced every tile.
+through shared memory and barriers. The running maximum cannot wait: it is reduced every tile, and where the row block
+has a padding row (CodeLlama-34B decode: 8 rows in 16) the V scales ride in it through that same reduction.
+
+On an H200 (bench/results/NOTES.md, Run 20): 18-31% fewer instructions a key than the dot kernel (sm_90 SASS), yet
+within 0-5% of its tuned plans at batch 1 and level with them batched: ncu's first stall became the barriers of the
+per-tile maximum and of P's trip through shared memory to the PV wgmma. The heuristic takes it on Hopper for one token
+of a GQA model over an 8-bit cache (1.25-1.57x its plan before at CodeLlama-34B's rows), the tuner where it wins.
 
 Same arguments, partial layout and combine as `_split_kv_kernel` (`kernels.interface.split_kernel` picks this kernel
 for `LaunchPlan.transposed` with an 8-bit cache and V sequence-major); TMA and the options of the dot kernel's
