@@ -147,8 +147,8 @@ def tilings(case: Case) -> list[dict]:
     elif case.fp8:  # a 4th program per SM under a register cap; 6 small ones; the inline-PTX conversion
         out += [_tiling(64, 4, 2, 0, maxnreg=128), _tiling(32, 2, 3, 0), _tiling(64, 4, 2, 3, fp8_early=True)]
     if case.fp8 and case.shape.Hq > case.shape.Hkv:  # 8-bit GQA (V sequence-major): the transposed kernel's wgmma
-        out += [_tiling(128, 4, 3, 0, transposed=True), _tiling(64, 4, 3, 0, transposed=True),
-                _tiling(64, 4, 4, 0, transposed=True, maxnreg=168), _tiling(128, 4, 2, 0, transposed=True)]
+        # (128-key tiles at 3 stages won every row of Run 20; 2 stages, 8 warps and register caps lost)
+        out += [_tiling(128, 4, 3, 0, transposed=True), _tiling(64, 4, 3, 0, transposed=True)]
     if case.shape.Hq == case.shape.Hkv and case.T == 1:  # one row per KV head: the CUDA-core kernel, pipelined
         out += [_tiling(64, 4, 2, 3, row_kernel=True), _tiling(64, 2, 2, 3, row_kernel=True),  # loads or not
                 _tiling(32, 2, 2, 4, row_kernel=True), _tiling(128, 4, 2, 3, row_kernel=True),
