@@ -69,6 +69,19 @@ class LaunchPlan:
         return -(-group * T // self.block_m)
 
 
+def describe(plan: LaunchPlan) -> str:
+    """A plan in one short line: "8 splits n64 w4 s2 loop3 evict_first bf16-partials"."""
+    words = [f"{plan.num_splits} splits n{plan.block_n} w{plan.num_warps} s{plan.num_stages}"]
+    words += [f"loop{plan.loop_stages}"] if plan.loop_stages else []
+    words += [w for w in (plan.eviction, plan.cache_modifier) if w]
+    words += ["bf16-partials"] if plan.partials == "bfloat16" else []
+    words += [name for name, on in (("no-pdl", not plan.pdl), ("tma", plan.tma), ("fp8-early", plan.fp8_early),
+                                    ("fp8-dot", plan.fp8_dot), ("int8-dot", plan.int8_dot), ("row", plan.row_kernel),
+                                    ("int8-i2f", not plan.int8_prmt), ("transposed", plan.transposed)) if on]
+    words += [f"maxnreg{plan.maxnreg}"] if plan.maxnreg else []
+    return " ".join(words)
+
+
 def tiles(group: int, T: int, D: int) -> tuple[int, int, int]:
     """(block_m, block_n, block_d) by the heuristic: 64 keys a tile (K and V tiles plus pipelining fit
     shared memory). fp8 caches too: 128 keys (the same bytes as bf16's 64) need 137 KB of shared

@@ -42,7 +42,7 @@ from kernels import bench, reference
 from kernels.bench import (VERIFY_TOKENS, Inputs, Shape, bars_table, best_sdpa, compile_in_parallel, graph_replay_us,
                            make_input_sets, n_sets_for, read_once, READ_ONLY_CONFIGS, rel_err, sdpa, shapes)
 from kernels.interface import heuristic_plan, launch, resident_of
-from kernels.plan import (LaunchPlan, MAX_SPLITS, device_slug, load_table, plan_launch, shape_key,
+from kernels.plan import (LaunchPlan, MAX_SPLITS, describe, device_slug, load_table, plan_launch, shape_key,
                           splits_for_programs, table_entry, tuned_plan, wave_splits)
 
 SWEEP_REPLAYS, FINAL_REPLAYS = 20, 60
@@ -400,19 +400,6 @@ def plans_from_sweep(sweep: dict, directory: Path, base: tuple[dict, ...] = ()) 
     partial.write_text(json.dumps(table, indent=1) + "\n")
     partial.replace(path)
     return path
-
-
-def describe(plan: LaunchPlan) -> str:
-    """A plan in one short line: "8 splits n64 w4 s2 loop3 evict_first bf16-partials"."""
-    words = [f"{plan.num_splits} splits n{plan.block_n} w{plan.num_warps} s{plan.num_stages}"]
-    words += [f"loop{plan.loop_stages}"] if plan.loop_stages else []
-    words += [w for w in (plan.eviction, plan.cache_modifier) if w]
-    words += ["bf16-partials"] if plan.partials == "bfloat16" else []
-    words += [name for name, on in (("no-pdl", not plan.pdl), ("tma", plan.tma), ("fp8-early", plan.fp8_early),
-                                    ("fp8-dot", plan.fp8_dot), ("int8-dot", plan.int8_dot), ("row", plan.row_kernel),
-                                    ("int8-i2f", not plan.int8_prmt), ("transposed", plan.transposed)) if on]
-    words += [f"maxnreg{plan.maxnreg}"] if plan.maxnreg else []
-    return " ".join(words)
 
 
 def summary(env: dict, results: list[dict]) -> str:

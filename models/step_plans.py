@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 from kernels.bench import begin_run, graph_replay_us
+from kernels.plan import describe
 from models.bench import fill_cache_randomly, ours_step_us
 
 KINDS = ("bf16", "fp8", "int8")
@@ -88,13 +89,6 @@ def parse_variant(text: str) -> tuple[str, dict]:
     if unknown := sorted(set(parsed) - {f.name for f in dataclasses.fields(LaunchPlan)}):
         raise SystemExit(f"error: --variant {name}: not a plan field: {', '.join(unknown)}")
     return name, parsed
-
-
-def summary(plan) -> str:
-    extras = [n for n, on in (("int8-dot", plan.int8_dot), ("row", plan.row_kernel), ("tma", plan.tma),
-                              ("transposed", plan.transposed)) if on]
-    return " ".join([f"{plan.num_splits} splits n{plan.block_n} w{plan.num_warps} s{plan.num_stages}",
-                     f"loop{plan.loop_stages}", plan.eviction or plan.cache_modifier or "", *extras]).replace("  ", " ")
 
 
 def candidates(config, batch: int, S: int, quant: str | None, variants: list[tuple[str, dict]], auto: bool,
@@ -303,7 +297,7 @@ def main(argv=None) -> int:
             programs = {n: p.num_splits * args.batch * c.n_kv_heads * p.row_blocks(c.n_heads // c.n_kv_heads, 1)
                         for n, p in plans.items()}
             row = {"model": args.model, "batch": args.batch, "context": context, "kv_cache": kind, "key": key,
-                   "best": best, "plans": {n: {"plan": dataclasses.asdict(p), "summary": summary(p),
+                   "best": best, "plans": {n: {"plan": dataclasses.asdict(p), "summary": describe(p),
                                                "programs_per_sm": programs[n] / env["sms"],
                                                "resident_per_sm": residency[n], **times[n]}
                                            for n, p in plans.items()}}
