@@ -132,7 +132,7 @@ def plan_for(q: torch.Tensor, B: int, Hq: int, Hkv: int, S: int, D: int, T: int,
         return _with_splits(forced, num_splits)
     if not q.is_cuda:
         return heuristic_plan(q, B, Hq, Hkv, S, D, T, fp8, num_splits)
-    name, num_sms = device_facts(q.device.index if q.device.index is not None else torch.cuda.current_device())
+    name, num_sms = device_facts(_device_index(q))
     plan = None
     if USE_TUNED_PLANS and q.dtype != torch.float32:
         plan = tuned_plan(name, num_sms, B, Hq, Hkv, S, D, T, fp8, int8=int8)
@@ -148,9 +148,14 @@ def heuristic_plan(q: torch.Tensor, B: int, Hq: int, Hkv: int, S: int, D: int, T
     elem_bytes = q.element_size()  # the caches' too, unless 8-bit
     if not q.is_cuda:
         return plan_launch(B, Hq, Hkv, S, D, T=T, fp8=fp8, num_splits=num_splits, elem_bytes=elem_bytes)
-    index = q.device.index if q.device.index is not None else torch.cuda.current_device()
+    index = _device_index(q)
     return plan_launch(B, Hq, Hkv, S, D, T=T, fp8=fp8, num_sms=device_facts(index)[1], num_splits=num_splits,
                        elem_bytes=elem_bytes, wgmma8=_has_8bit_wgmma(index))
+
+
+def _device_index(q: torch.Tensor) -> int:
+    """The index of q's CUDA device (a bare "cuda" device means the current one)."""
+    return q.device.index if q.device.index is not None else torch.cuda.current_device()
 
 
 @functools.lru_cache(maxsize=16)

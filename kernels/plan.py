@@ -139,14 +139,15 @@ def plan_launch(B: int, Hq: int, Hkv: int, S: int, D: int, *, T: int = 1, fp8: b
     plans tuned for that card."""
     group = Hq // Hkv
     block_m, block_n, block_d = tiles(group, T, D)
-    if wgmma8 and fp8 and T == 1 and group > 1 and block_d <= 128:
-        items = B * Hkv * -(-group // block_m)
-        splits = heuristic_splits(items, S, 128, num_sms) if num_splits is None else num_splits
-        return LaunchPlan(num_splits=splits, block_m=block_m, block_n=128, block_d=block_d, num_warps=4,
-                          num_stages=3, transposed=True)
+    transposed = wgmma8 and fp8 and T == 1 and group > 1 and block_d <= 128
+    if transposed:
+        block_n = 128
     items = B * Hkv * -(-group * T // block_m)
     if num_splits is None:
         num_splits = heuristic_splits(items, S, block_n, num_sms)
+    if transposed:
+        return LaunchPlan(num_splits=num_splits, block_m=block_m, block_n=block_n, block_d=block_d, num_warps=4,
+                          num_stages=3, transposed=True)
     tile_pair_bytes = 2 * block_n * block_d * (1 if fp8 else elem_bytes)  # a K and a V tile
     stages = PIPELINE_STAGES if PIPELINE_STAGES * tile_pair_bytes <= STAGED_BYTES else 2
     # One fp8 row per KV head: the CUDA-core kernel, its loads pipelined (H200, 7B 64k: 133.5 vs the

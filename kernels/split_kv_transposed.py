@@ -102,16 +102,24 @@ def _digits(x, E4M3: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _int8_digits_dot(a, hi, lo, UPCAST: tl.constexpr):
+    """a @ (hi * LOW_DIGIT + lo) in fp32 for int8 digits: the two dots summed exactly in int32 (|byte x digit| <=
+    127 x 127, at most 256 of them, times 254 < 2^31), then converted once; fp32 dots of their values under UPCAST.
+    The caller's scale divides by LOW_DIGIT."""
+    if UPCAST:
+        return tl.dot(a, hi) * LOW_DIGIT + tl.dot(a, lo)
+    else:
+        return (tl.dot(a, hi, out_dtype=tl.int32) * 254 + tl.dot(a, lo, out_dtype=tl.int32)).to(tl.float32)
+
+
+@triton.jit
 def _scores(k, q_hi, q_mid, q_lo, E4M3: tl.constexpr, UPCAST: tl.constexpr):
     """k @ q (BLOCK_N, BLOCK_M) fp32 from q's digits: e4m3, three (q within 2^-12, fp16's precision) whose dots
-    accumulate onto one another; int8, two (q_lo unused), hi * LOW_DIGIT + mid summed exactly in int32
-    (|byte x digit| <= 127 x 127, at most 256 of them, times 254 < 2^31; the caller's scale divides by LOW_DIGIT)."""
+    accumulate onto one another; int8, two (`_int8_digits_dot`; q_lo unused)."""
     if E4M3:
         return tl.dot(k, q_hi, tl.dot(k, q_mid, tl.dot(k, q_lo)))
-    elif UPCAST:
-        return tl.dot(k, q_hi) * LOW_DIGIT + tl.dot(k, q_mid)
     else:
-        return (tl.dot(k, q_hi, out_dtype=tl.int32) * 254 + tl.dot(k, q_mid, out_dtype=tl.int32)).to(tl.float32)
+        return _int8_digits_dot(k, q_hi, q_mid, UPCAST)
 
 
 @triton.jit
@@ -119,11 +127,12 @@ def _attend_tile_transposed(q_hi, q_mid, q_lo, q_scale, m_i, u_i, v_ref, l_slots
                             k_ptrs, vt_ptrs, ks_ptrs, vs_ptrs, stride_kn, stride_vn, stride_ksn, stride_vsn,
                             offs_n, offs_m, mask_d,
                             T: tl.constexpr, MASK_KEYS: tl.constexpr, E4M3: tl.constexpr, UPCAST: tl.constexpr,
-                            V_IN_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
-                            CACHE_MODIFIER: tl.constexpr, EVICTION: tl.constexpr):
+                            DIGIT_MAX: tl.constexpr, V_IN_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
+                            BLOCK_M: tl.constexpr, CACHE_MODIFIER: tl.constexpr, EVICTION: tl.constexpr):
     """One tile of keys starting at block_start (keys past `end` masked if MASK_KEYS).
 
-    q_hi, q_mid, q_lo: (BLOCK_D, BLOCK_M) q's digits (`_scores`); q_scale: (BLOCK_M,) a row's digit step times the softmax scale (base 2).
+    q_hi, q_mid, q_lo: (BLOCK_D, BLOCK_M) q's digits (`_scores`); q_scale: (BLOCK_M,) a row's digit step times the
+    softmax scale (base 2). DIGIT_MAX: the probabilities' digits span [0, DIGIT_MAX] (448 e4m3, 127 int8).
     The state, per row: m_i (BLOCK_M,) the running max of the scores; u_i (BLOCK_M,) the level the last tile's
     probabilities were taken against (its max, or m_i - 40 if that is higher); v_ref, the last tile's largest V scale.
     l_slots (BLOCK_N, BLOCK_M) and acc (BLOCK_D, BLOCK_M) hold the softmax sums per key slot and the output in units
@@ -173,18 +182,12 @@ def _attend_tile_transposed(q_hi, q_mid, q_lo, q_scale, m_i, u_i, v_ref, l_slots
     p = tl.exp2(s * q_scale[None, :] - u_new[None, :])                        # (BLOCK_N, BLOCK_M) in [0, 1]
     to_new_units = tl.exp2(u_i - u_new)                                       # (BLOCK_M,); 0 before the first tile
     l_slots = l_slots * to_new_units[None, :] + p
-    if E4M3:
-        digit_max = FP8_MAX
-    else:
-        digit_max = INT8_MAX
-    p_hi, p_lo, _ = _digits(p * (v_scale * (digit_max / v_max))[:, None], E4M3, UPCAST)  # within 2^-8 of p
+    p_hi, p_lo, _ = _digits(p * (v_scale * (DIGIT_MAX / v_max))[:, None], E4M3, UPCAST)  # within 2^-8 of p
     acc = acc * (to_new_units * (v_ref / v_max))[None, :]
     if E4M3:  # both digits' dots accumulate onto acc
         acc = tl.dot(vt, p_hi, tl.dot(vt, p_lo, acc))                        # (BLOCK_D, BLOCK_M)
-    elif UPCAST:
-        acc += tl.dot(vt, p_hi) * LOW_DIGIT + tl.dot(vt, p_lo)
-    else:  # exact in int32, as in _scores
-        acc += (tl.dot(vt, p_hi, out_dtype=tl.int32) * 254 + tl.dot(vt, p_lo, out_dtype=tl.int32)).to(tl.float32)
+    else:
+        acc += _int8_digits_dot(vt, p_hi, p_lo, UPCAST)
     return m_new, u_new, v_max, l_slots, acc
 
 
@@ -211,6 +214,7 @@ def _split_kv_transposed_kernel(
     the caches (read by the PREFETCH of the split's first keys into L2)."""
     tl.static_assert(SCALED and not TMA, "the transposed kernel reads 8-bit caches through pointers")
     E4M3: tl.constexpr = K.dtype.element_ty == tl.float8e4nv  # else int8
+    DIGIT_MAX: tl.constexpr = FP8_MAX if E4M3 else INT8_MAX       # q and P scaled to [-DIGIT_MAX, DIGIT_MAX]
     ROWS: tl.constexpr = GROUP * T
     ROW_BLOCKS: tl.constexpr = (ROWS + BLOCK_M - 1) // BLOCK_M
     split = tl.program_id(0)
@@ -245,17 +249,13 @@ def _split_kv_transposed_kernel(
 
     q_ptrs = Q + b * stride_qb + heads[None, :] * stride_qh + tokens[None, :] * stride_qt + offs_d[:, None]
     q = tl.load(q_ptrs, mask=mask_d[:, None] & mask_m[None, :], other=0.0).to(tl.float32)  # (BLOCK_D, BLOCK_M)
-    if E4M3:
-        digit_max = FP8_MAX
-    else:
-        digit_max = INT8_MAX
     q_amax = tl.max(tl.abs(q), axis=0)                                        # (BLOCK_M,)
-    q_step = tl.where(q_amax > 0, q_amax / digit_max, 1.0)
+    q_step = tl.where(q_amax > 0, q_amax / DIGIT_MAX, 1.0)
     q_hi, q_mid, rest = _digits(q * (1.0 / q_step)[None, :], E4M3, UPCAST)  # (BLOCK_D, BLOCK_M) each
     q_lo = _e4m3_digit(rest, UPCAST) if E4M3 else q_mid
     if E4M3:
         q_scale = q_step * qk_scale
-    else:  # _two_digit_dot's int8 sums are in steps of 1/LOW_DIGIT
+    else:  # _int8_digits_dot's sums are in steps of 1/LOW_DIGIT
         q_scale = q_step * (qk_scale / LOW_DIGIT)
 
     k_ptrs = K + b * stride_kb + h * stride_kh + offs_d[None, :]              # (1, BLOCK_D)
@@ -273,20 +273,20 @@ def _split_kv_transposed_kernel(
         m_i, u_i, v_ref, l_slots, acc = _attend_tile_transposed(
             q_hi, q_mid, q_lo, q_scale, m_i, u_i, v_ref, l_slots, acc, block_start, end, last_key, k_ptrs, vt_ptrs,
             ks_ptrs, vs_ptrs, stride_kn, stride_vn, stride_ksn, stride_vsn, offs_n, offs_m, mask_d,
-            T, False, E4M3, UPCAST, V_IN_PAD, BLOCK_N, BLOCK_M, CACHE_MODIFIER, EVICTION)
+            T, False, E4M3, UPCAST, DIGIT_MAX, V_IN_PAD, BLOCK_N, BLOCK_M, CACHE_MODIFIER, EVICTION)
     for tail_start in tl.range(full_end, end, BLOCK_N, num_stages=2):  # one partial tile at most
         m_i, u_i, v_ref, l_slots, acc = _attend_tile_transposed(
             q_hi, q_mid, q_lo, q_scale, m_i, u_i, v_ref, l_slots, acc, tail_start, end, last_key, k_ptrs, vt_ptrs,
             ks_ptrs, vs_ptrs, stride_kn, stride_vn, stride_ksn, stride_vsn, offs_n, offs_m, mask_d,
-            T, True, E4M3, UPCAST, V_IN_PAD, BLOCK_N, BLOCK_M, CACHE_MODIFIER, EVICTION)
+            T, True, E4M3, UPCAST, DIGIT_MAX, V_IN_PAD, BLOCK_N, BLOCK_M, CACHE_MODIFIER, EVICTION)
 
     # In the units of exp2(u_i): the output is acc * v_ref * step / l, the log-sum-exp u_i + log2(l). A row without
     # keys (an empty sequence with one split; an early token's split past its last key) leaves l = 0: output zeros,
     # lse -inf.
     if E4M3:
-        digit_step = 1.0 / FP8_MAX
-    else:
-        digit_step = 1.0 / (INT8_MAX * LOW_DIGIT)
+        digit_step = 1.0 / DIGIT_MAX
+    else:  # (the PV sums too are in steps of 1/LOW_DIGIT)
+        digit_step = 1.0 / (DIGIT_MAX * LOW_DIGIT)
     l_i = tl.sum(l_slots, axis=0)                                             # (BLOCK_M,)
     has_keys = l_i > 0.0
     out_t = acc * ((v_ref * digit_step) / tl.where(has_keys, l_i, 1.0))[None, :]  # (BLOCK_D, BLOCK_M)

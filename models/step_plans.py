@@ -38,8 +38,10 @@ from pathlib import Path
 
 import torch
 
+from kernels import flash_decode
 from kernels.bench import begin_run, graph_replay_us
-from kernels.plan import describe
+from kernels.interface import forced_plans, heuristic_plan, plan_for, resident_per_sm
+from kernels.plan import MAX_SPLITS, LaunchPlan, describe, shape_key, table_entry
 from models.bench import fill_cache_randomly, ours_step_us
 
 KINDS = ("bf16", "fp8", "int8")
@@ -61,7 +63,6 @@ def model_config(spec: str):
 
 def neighbours(plan, *, int8: bool, S: int) -> dict:
     """The table plan's one-option neighbours worth timing in the step (name -> plan)."""
-    from kernels.plan import MAX_SPLITS
     out = {"warps": dataclasses.replace(plan, num_warps=4 if plan.num_warps == 2 else 2, maxnreg=0),
            "tile": dataclasses.replace(plan, block_n=128 if plan.block_n == 64 else 64)}
     most = min(MAX_SPLITS, max(1, S // plan.block_n))
@@ -85,7 +86,6 @@ def parse_variant(text: str) -> tuple[str, dict]:
         raise SystemExit(f"error: --variant {name}: not JSON ({error})") from None
     if not isinstance(parsed, dict):
         raise SystemExit(f"error: --variant {name}: a JSON object of plan fields expected")
-    from kernels.plan import LaunchPlan
     if unknown := sorted(set(parsed) - {f.name for f in dataclasses.fields(LaunchPlan)}):
         raise SystemExit(f"error: --variant {name}: not a plan field: {', '.join(unknown)}")
     return name, parsed
@@ -95,8 +95,6 @@ def candidates(config, batch: int, S: int, quant: str | None, variants: list[tup
                device: torch.device):
     """(shape key, {name: plan}) for the attention call of a step of this model config over a cache of S
     positions: the plan the call runs today ("table": the tuned table's, or the heuristic's without one) first."""
-    from kernels.interface import heuristic_plan, plan_for
-    from kernels.plan import shape_key
     c = config
     fp8, int8 = quant is not None, quant == "int8"
     q = torch.empty(1, device=device, dtype=torch.bfloat16)
@@ -116,7 +114,6 @@ def candidates(config, batch: int, S: int, quant: str | None, variants: list[tup
 
 def first_layer_call(model, batch: int):
     """A zero-argument call of the first layer's attention over its cache, as the step makes it."""
-    from kernels import flash_decode
     c = model.config
     cache = model.layers[0].attention.kv_cache
     q = torch.randn(batch, c.n_heads, 1, c.head_dim, device=cache.k.device, dtype=torch.bfloat16)
@@ -133,7 +130,6 @@ def runnable(model, batch: int, key: dict, plans: dict, log) -> dict:
     """The plans that compile, launch and agree with the first one ("table") on the first layer's call (within
     2% of the output's largest element: the 8-bit inputs are the same, only the order of sums and, with int8
     dots, q's two-digit rounding differ); the others are left out with the reason logged."""
-    from kernels.interface import forced_plans
     call, kept, expected = first_layer_call(model, batch), {}, None
     for name, plan in plans.items():
         try:
@@ -154,7 +150,6 @@ def runnable(model, batch: int, key: dict, plans: dict, log) -> dict:
 def resident(model, batch: int, plan) -> int:
     """Programs of the plan's split kernel one SM holds at once (0 on a CPU): where a grid needs fewer per SM
     than this, programs made resident early (PDL) can crowd some SMs and leave others empty."""
-    from kernels.interface import resident_per_sm
     cache = model.layers[0].attention.kv_cache
     c = model.config
     q = torch.empty(batch, c.n_heads, 1, c.head_dim, device=cache.k.device, dtype=torch.bfloat16)
@@ -191,7 +186,6 @@ def time_candidates(model, batch: int, context: int, key: dict, plans: dict, rou
                     log) -> dict:
     """name -> {"step_us", "alone_us", "samples"}: medians over `rounds` interleaved rounds. A twin (a name
     ending in " +early-qkv" or " +late-qkv") times its plan with attention launched so (`qkv_trigger`)."""
-    from kernels.interface import forced_plans
     step, alone = {n: [] for n in plans}, {n: [] for n in plans}
     first = next(iter(plans))
     with forced_plans([(key, plans[first])]), qkv_trigger(twin_mode(first)):
@@ -220,7 +214,6 @@ def check_plan_file(path: Path, env: dict) -> None:
 
 def update_table(path: Path, key: dict, plan, model, batch: int, measured: dict) -> str:
     """Put `plan` into the plan file at `key` (replacing an entry of the same key, else adding one)."""
-    from kernels.plan import table_entry
     c = model.config
     table = json.loads(path.read_text())
     num_sms = table["device"]["sms"]
