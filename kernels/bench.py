@@ -431,10 +431,11 @@ class CheckCase:
 
     def run(self, gen) -> dict:
         q, k, v, lengths, scales = self.inputs(gen)
+        kp, vp, sp = poisoned_tails(k, v, scales, lengths)
         if self.options:  # the plan options the tuner may choose, each checked once on the GPU
-            out, lse = launch(q, k, v, lengths, self.plan(q), **scales)
+            out, lse = launch(q, kp, vp, lengths, self.plan(q), **sp)
         else:
-            out, lse = flash_decode(q, k, v, lengths, num_splits=self.splits, return_lse=True, **scales)
+            out, lse = flash_decode(q, kp, vp, lengths, num_splits=self.splits, return_lse=True, **sp)
         ref, ref_lse = reference.flash_decode(q.double(), k if self.scaled else k.double(),
                                               v if self.scaled else v.double(), lengths, return_lse=True, **scales)
         err = ((out.double() - ref).norm() / ref.norm()).item()
@@ -451,6 +452,26 @@ class CheckCase:
         return {"dtype": str(self.dtype), "D": self.D, "Hq": self.Hq, "Hkv": self.Hkv, "S": self.S, "T": self.T,
                 "fp8": self.fp8, "int8": self.int8, "splits": self.splits, "layout": self.layout,
                 "options": dict(self.options)}
+
+
+def poisoned_tails(k, v, scales, lengths):
+    """Copies of the caches (same strides) and scales whose every element past a row's length is NaN (an 8-bit
+    cache: the byte 0x7F, e4m3's NaN and int8's largest value): a kernel must not let what a cache holds past the
+    length into a row, whatever it loads there (a TMA tile, a pipelined load)."""
+    def copy(t):
+        out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
+        out.copy_(t)
+        return out
+    k, v, scales = copy(k), copy(v), {name: copy(t) for name, t in scales.items()}
+    for b, n in enumerate(lengths.tolist()):
+        for t in (k, v):
+            if t.dtype in (FP8_DTYPE, torch.int8):
+                t.view(torch.uint8)[b, :, n:] = 0x7F
+            else:
+                t[b, :, n:] = float("nan")
+        for t in scales.values():
+            t[b, :, n:] = float("nan")
+    return k, v, scales
 
 
 def _run_case(case: CheckCase, gen) -> dict:
@@ -573,6 +594,12 @@ def gpu_correctness_sweep(log, quick: bool = False) -> list[dict]:
               if not any(name.startswith(("fp8" if kind == "int8" else "int8")) for name, _ in opt)
               for dt, D, hq, hkv, T in ((torch.bfloat16, 128, 64, 8, 1), (torch.float16, 80, 12, 4, 3))
               for S, splits, _ in mixes[:2]]
+    # the transposed kernel through tensor descriptors: lengths whose strides are 16-byte aligned (else no TMA)
+    cases += [CheckCase(dt, D, hq, hkv, S, splits, "vseq", T=T, fp8=kind == "fp8", int8=kind == "int8",
+                        options=(("transposed", True), ("tma", True), ("block_n", block_n), ("num_stages", 3)))
+              for kind in ("fp8", "int8") for dt, D, hq, hkv, T, block_n in (
+                  (torch.bfloat16, 128, 64, 8, 1, 128), (torch.float16, 80, 12, 4, 3, 64))
+              for S, splits in ((4112, None), (784, 7))]
     cases += [CheckCase(torch.bfloat16, 128, 64, 8, S, splits, "vseq") for S, splits, _ in mixes[:2]]
     seconds = compile_in_parallel([lambda c=c: c.compile(torch.Generator(device=DEVICE).manual_seed(0)) for c in cases])
     log(f"GPU correctness sweep: {len(cases)} cases, kernels built in {seconds:.0f} s")

@@ -32,6 +32,7 @@ from kernels.append import _append_kv_kernel, append_blocks
 from kernels.interface import combine_constexprs, combine_warps, split_constexprs, split_kernel
 from kernels.plan import plan_launch, resident_programs
 from kernels.split_kv import _combine_kernel, _split_kv_kernel
+from kernels.split_kv_transposed import _split_kv_transposed_kernel
 
 POINTER = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32", "fp8": "*fp8e4nv", "int8": "*i8"}
 
@@ -111,18 +112,22 @@ MAIN_CONFIGS = [
            plan={"transposed": True, "num_warps": 4}),
     Config("34B-128k-int8-transposed-n128", "bf16", 64, 8, 131072, 128, kv="int8", sequence_major_v=True,
            plan={"transposed": True, "num_warps": 4, "block_n": 128, "num_stages": 3}),
+    Config("34B-128k-fp8-transposed-n128-tma", "bf16", 64, 8, 131072, 128, kv="fp8", sequence_major_v=True,
+           plan={"transposed": True, "num_warps": 4, "block_n": 128, "num_stages": 3, "tma": True}),
+    Config("34B-128k-int8-transposed-n128-tma", "bf16", 64, 8, 131072, 128, kv="int8", sequence_major_v=True,
+           plan={"transposed": True, "num_warps": 4, "block_n": 128, "num_stages": 3, "tma": True}),
     Config("34B-64k-T8-fp8-transposed", "bf16", 64, 8, 65536, 128, T=8, kv="fp8", sequence_major_v=True,
            plan={"transposed": True, "num_warps": 4}),
     Config("d80-int8-T4-transposed", "fp16", 12, 4, 1000, 80, T=4, kv="int8", sequence_major_v=True,
            plan={"transposed": True, "num_warps": 4}),
     # the heuristic's plan on sm_90 for 8-bit GQA (kernels.plan.plan_launch's wgmma8): the transposed kernel where V
-    # is sequence-major, the dot kernel in the same tiles where it is not (fp32 q included)
+    # is sequence-major, the dot kernel in the same tiles where it is not (fp32 q included), through descriptors
     Config("smollm2-32k-fp8-heuristic-sm90", "fp16", 9, 3, 32768, 64, kv="fp8", sequence_major_v=True,
-           plan={"transposed": True, "block_n": 128, "num_warps": 4, "num_stages": 3}),
+           plan={"transposed": True, "block_n": 128, "num_warps": 4, "num_stages": 3, "tma": True}),
     Config("fp32-fp8-heuristic-sm90-dmajor", "fp32", 8, 2, 4096, 96, kv="fp8",
-           plan={"transposed": True, "block_n": 128, "num_warps": 4, "num_stages": 3}),
+           plan={"transposed": True, "block_n": 128, "num_warps": 4, "num_stages": 3, "tma": True}),
     Config("d80-int8-heuristic-sm90-dmajor", "bf16", 12, 4, 1000, 80, kv="int8",
-           plan={"transposed": True, "block_n": 128, "num_warps": 4, "num_stages": 3}),
+           plan={"transposed": True, "block_n": 128, "num_warps": 4, "num_stages": 3, "tma": True}),
 ]
 # (new values, cache, KV heads, head dim, tokens, V sequence-major)
 APPEND_CONFIGS = [("bf16", "bf16", 32, 128, 1, False), ("bf16", "fp8", 8, 128, 8, False),
@@ -203,9 +208,11 @@ def compile_config(config: Config, target: GPUTarget = GPUTarget("cuda", 90, 32)
     cache = POINTER[config.kv] if scaled else elem
     facts = {"name": config.name, "config": dataclasses.asdict(config), "num_splits": plan.num_splits}
     use_pdl = plan.pdl  # as flash_decode launches on a GPU
-    if plan.tma:
+    kernel = split_kernel(plan, config.Hq // config.Hkv, config.T, transposable=scaled and config.sequence_major_v)
+    if plan.tma:  # the transposed kernel's V descriptor spans its (B, Hkv, D, S) storage (interface._tma_sources)
         block = f"[1, 1, {plan.block_n}, {plan.block_d}]"
-        kv_types = dict(K=f"tensordesc<{cache[1:]}{block}>", V=f"tensordesc<{cache[1:]}{block}>")
+        v_block = f"[1, 1, {plan.block_d}, {plan.block_n}]" if kernel is _split_kv_transposed_kernel else block
+        kv_types = dict(K=f"tensordesc<{cache[1:]}{block}>", V=f"tensordesc<{cache[1:]}{v_block}>")
     else:
         kv_types = dict(K=cache, V=cache)
     part = "*bf16" if plan.partials == "bfloat16" else "*fp32"
@@ -217,7 +224,6 @@ def compile_config(config: Config, target: GPUTarget = GPUTarget("cuda", 90, 32)
     if scaled:  # contiguous scales: a launch specialises their unit stride to the constant 1
         constexprs |= {"stride_ksn": 1, "stride_vsn": 1}
     constexprs |= {"stride_vn": 1} if config.sequence_major_v else {"stride_vd": 1}
-    kernel = split_kernel(plan, config.Hq // config.Hkv, config.T, transposable=scaled and config.sequence_major_v)
     facts["kernel"] = kernel.fn.__name__
     split = _compile(
         kernel,

@@ -23,8 +23,9 @@ What flash_decode supports, and why not the rest:
   because that is prefill, which belongs to a prefill kernel.
 - any strides but the last dimension's, which must be 1 (rows are loaded as contiguous vectors); V may
   instead be sequence-major, a (B, Hkv, D, S) tensor seen as (B, Hkv, S, D) (`sequence_major`), which is
-  how an 8-bit cache of a GQA model should store it (`sequence_major_v_pays`). Not TMA then, because a
-  descriptor's innermost dimension must be contiguous (such calls load through pointers).
+  how an 8-bit cache of a GQA model should store it (`sequence_major_v_pays`). The dot and row kernels load
+  such a V through pointers (a descriptor's innermost dimension must be contiguous); the transposed kernel's
+  descriptor spans V's (B, Hkv, D, S) storage.
 - with an 8-bit cache, q must lie within fp16's range (|q| < 65504): the scores are fp16 dots.
 
 Why one scale per token and KV head for fp8 (the contract's granularity), measured: on real keys,
@@ -261,9 +262,19 @@ def tma_capable(*caches: torch.Tensor) -> bool:
                for c in caches)
 
 
-def _descriptor(cache: torch.Tensor, plan: LaunchPlan):
+def _descriptor(cache: torch.Tensor, block: list[int]):
     from triton.tools.tensor_descriptor import TensorDescriptor
-    return TensorDescriptor(cache, list(cache.shape), list(cache.stride()), [1, 1, plan.block_n, plan.block_d])
+    return TensorDescriptor(cache, list(cache.shape), list(cache.stride()), block)
+
+
+def _tma_sources(k_cache: torch.Tensor, v_cache: torch.Tensor, plan: LaunchPlan, transposed: bool):
+    """(K, V) descriptors of tiles (1, 1, keys, head dim); for the transposed kernel V's over its (B, Hkv, D, S)
+    storage, tiles (1, 1, head dim, keys). None where the caches' strides cannot take one."""
+    v_stored = v_cache.transpose(2, 3) if transposed else v_cache     # innermost dimension contiguous
+    if not tma_capable(k_cache, v_stored):
+        return None
+    v_block = [1, 1, plan.block_d, plan.block_n] if transposed else [1, 1, plan.block_n, plan.block_d]
+    return _descriptor(k_cache, [1, 1, plan.block_n, plan.block_d]), _descriptor(v_stored, v_block)
 
 
 def split_constexprs(plan: LaunchPlan, *, group: int, T: int, D: int, scaled: bool, e4m3: bool, has_seqlens: bool,
@@ -334,14 +345,15 @@ def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scal
     seqlens = cache_seqlens if has_seqlens else lse  # any pointer; never read without HAS_SEQLENS
     upcast = not q.is_cuda  # the interpreter's 16-bit arithmetic is wrong; widen on load
     use_pdl = q.is_cuda and PDL_SUPPORTED and plan.pdl
-    use_tma = plan.tma and tma_capable(k_cache, v_cache)
+    kernel = split_kernel(plan, group, T, transposable=scaled and sequence_major(v_cache))
+    descriptors = plan.tma and _tma_sources(k_cache, v_cache, plan, kernel is _split_kv_transposed_kernel)
+    use_tma = bool(descriptors)
     # the L2 prefetch needs 16-byte aligned rows; a sequence-major V is not prefetched (kernels.split_kv)
     aligned = tma_capable(k_cache) and (tma_capable(v_cache) or sequence_major(v_cache))
-    k_arg, v_arg = (_descriptor(k_cache, plan), _descriptor(v_cache, plan)) if use_tma else (k_cache, v_cache)
+    k_arg, v_arg = descriptors if use_tma else (k_cache, v_cache)
     k_scale_arg, v_scale_arg = (k_scale, v_scale) if scaled else (lse, lse)  # never read without SCALED
     scale_strides = [st for t in (k_scale, v_scale) for st in t.stride()] if scaled else [0] * 6
 
-    kernel = split_kernel(plan, group, T, transposable=scaled and sequence_major(v_cache))
     binary = _run(kernel, (splits, B * Hkv * plan.row_blocks(group, T)), compile_only,
         q4, k_arg, v_arg, k_scale_arg, v_scale_arg, seqlens, out, lse, part_out, part_lse, k_cache, v_cache,
         q4.stride(0), q4.stride(1), q4.stride(2),

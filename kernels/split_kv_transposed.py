@@ -38,8 +38,9 @@ per-tile maximum and of P's trip through shared memory to the PV wgmma. The heur
 of a GQA model over an 8-bit cache (1.25-1.57x its plan before at CodeLlama-34B's rows), the tuner where it wins.
 
 Same arguments, partial layout and combine as `_split_kv_kernel` (`kernels.interface.split_kernel` picks this kernel
-for `LaunchPlan.transposed` with an 8-bit cache and V sequence-major); TMA and the options of the dot kernel's
-conversions (FP8_DOT, FP8_EARLY, INT8_PRMT, INT8_DOT, IEEE_DOT) do not apply. In the interpreter (UPCAST) the digits
+for `LaunchPlan.transposed` with an 8-bit cache and V sequence-major); the options of the dot kernel's conversions
+(FP8_DOT, FP8_EARLY, INT8_PRMT, INT8_DOT, IEEE_DOT) do not apply. With TMA both tiles come through tensor descriptors,
+K's over the cache, V's over its (B, Hkv, D, S) storage, straight into the shared memory the warpgroup dots read. In the interpreter (UPCAST) the digits
 are fp32 values of the same rounding (its e4m3 conversion rounds wrongly near powers of two; tests/kernels/
 kernel_inputs.py) and the dots are fp32.
 """
@@ -123,13 +124,37 @@ def _scores(k, q_hi, q_mid, q_lo, E4M3: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _load_tiles(k_src, vt_src, b, h, cols, block_start, mask_n, mask_d, stride_kn, stride_vn,
+                TMA: tl.constexpr, MASK_KEYS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                CACHE_MODIFIER: tl.constexpr, EVICTION: tl.constexpr):
+    """The tile's K (BLOCK_N, BLOCK_D) and V^T (BLOCK_D, BLOCK_N), 8-bit, zeros outside [block_start, end) x [0, D).
+    k_src, vt_src: with TMA, descriptors over K (B, Hkv, S, D) and V's (B, Hkv, D, S) storage, whose tiles land in
+    shared memory in the layout the warpgroup dots read (rows past S and D zero-filled); else the KV head's pointers,
+    (1, BLOCK_D) and (BLOCK_D, 1)."""
+    if TMA:
+        b32, h32 = b.to(tl.int32), h.to(tl.int32)
+        k = k_src.load([b32, h32, block_start, 0]).reshape(BLOCK_N, BLOCK_D)
+        vt = vt_src.load([b32, h32, 0, block_start]).reshape(BLOCK_D, BLOCK_N)
+        if MASK_KEYS:  # keys in [end, S) hold whatever the cache holds there (an e4m3 NaN, even): zero them
+            k = tl.where(mask_n[:, None], k, tl.zeros_like(k))
+            vt = tl.where(mask_n[None, :], vt, tl.zeros_like(vt))
+    else:
+        k = tl.load(k_src + cols[:, None] * stride_kn, mask=mask_n[:, None] & mask_d[None, :], other=0.0,
+                    cache_modifier=CACHE_MODIFIER, eviction_policy=EVICTION)
+        vt = tl.load(vt_src + cols[None, :] * stride_vn, mask=mask_d[:, None] & mask_n[None, :], other=0.0,
+                     cache_modifier=CACHE_MODIFIER, eviction_policy=EVICTION)
+    return k, vt
+
+
+@triton.jit
 def _attend_tile_transposed(q_hi, q_mid, q_lo, q_scale, m_i, u_i, v_ref, l_slots, acc, block_start, end, last_key,
-                            k_ptrs, vt_ptrs, ks_ptrs, vs_ptrs, stride_kn, stride_vn, stride_ksn, stride_vsn,
+                            k_src, vt_src, ks_ptrs, vs_ptrs, b, h, stride_kn, stride_vn, stride_ksn, stride_vsn,
                             offs_n, offs_m, mask_d,
                             T: tl.constexpr, MASK_KEYS: tl.constexpr, E4M3: tl.constexpr, UPCAST: tl.constexpr,
-                            DIGIT_MAX: tl.constexpr, V_IN_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
-                            BLOCK_M: tl.constexpr, CACHE_MODIFIER: tl.constexpr, EVICTION: tl.constexpr):
-    """One tile of keys starting at block_start (keys past `end` masked if MASK_KEYS).
+                            DIGIT_MAX: tl.constexpr, V_IN_PAD: tl.constexpr, TMA: tl.constexpr,
+                            BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+                            CACHE_MODIFIER: tl.constexpr, EVICTION: tl.constexpr):
+    """One tile of keys starting at block_start (keys past `end` masked if MASK_KEYS; k_src, vt_src as `_load_tiles`).
 
     q_hi, q_mid, q_lo: (BLOCK_D, BLOCK_M) q's digits (`_scores`); q_scale: (BLOCK_M,) a row's digit step times the
     softmax scale (base 2). DIGIT_MAX: the probabilities' digits span [0, DIGIT_MAX] (448 e4m3, 127 int8).
@@ -145,10 +170,8 @@ def _attend_tile_transposed(q_hi, q_mid, q_lo, q_scale, m_i, u_i, v_ref, l_slots
         mask_n = cols < end
     else:  # a constant: the masks below fold away
         mask_n = tl.full([BLOCK_N], 1, tl.int1)
-    k = tl.load(k_ptrs + cols[:, None] * stride_kn, mask=mask_n[:, None] & mask_d[None, :], other=0.0,
-                cache_modifier=CACHE_MODIFIER, eviction_policy=EVICTION)     # (BLOCK_N, BLOCK_D) 8-bit
-    vt = tl.load(vt_ptrs + cols[None, :] * stride_vn, mask=mask_d[:, None] & mask_n[None, :], other=0.0,
-                 cache_modifier=CACHE_MODIFIER, eviction_policy=EVICTION)    # (BLOCK_D, BLOCK_N) 8-bit
+    k, vt = _load_tiles(k_src, vt_src, b, h, cols, block_start, mask_n, mask_d, stride_kn, stride_vn, TMA, MASK_KEYS,
+                        BLOCK_N, BLOCK_D, CACHE_MODIFIER, EVICTION)         # (BLOCK_N, BLOCK_D), (BLOCK_D, BLOCK_N)
     k_scale = tl.load(ks_ptrs + cols * stride_ksn, mask=mask_n, other=0.0)    # (BLOCK_N,) fp32
     v_scale = tl.load(vs_ptrs + cols * stride_vsn, mask=mask_n, other=0.0)
     if UPCAST:
@@ -209,11 +232,11 @@ def _split_kv_transposed_kernel(
     PREFETCH: tl.constexpr = 0, ELEMENT_BYTES: tl.constexpr = 2, INT8_DOT: tl.constexpr = False,
 ):
     """Q (B, Hq, T, D) strided; K (B, Hkv, S, D) 8-bit, head dim contiguous; V (B, Hkv, S, D) 8-bit, a view of a
-    (B, Hkv, D, S) tensor (stride_vn == 1); K_SCALE, V_SCALE (B, Hkv, S) fp32; OUT (B, Hq, T, D), LSE (B, Hq, T)
-    contiguous; PART_OUT (B, Hq, T, num_splits, D), PART_LSE (B, Hq, T, num_splits) when SPLIT; K_BASE, V_BASE
+    (B, Hkv, D, S) tensor (stride_vn == 1); with TMA, descriptors over K and over V's (B, Hkv, D, S) storage;
+    K_SCALE, V_SCALE (B, Hkv, S) fp32; OUT (B, Hq, T, D), LSE (B, Hq, T) contiguous; PART_OUT (B, Hq, T, num_splits, D), PART_LSE (B, Hq, T, num_splits) when SPLIT; K_BASE, V_BASE
     the caches (read by the PREFETCH of the split's first keys into L2)."""
-    tl.static_assert(SCALED and not TMA, "the transposed kernel reads 8-bit caches through pointers")
-    E4M3: tl.constexpr = K.dtype.element_ty == tl.float8e4nv  # else int8
+    tl.static_assert(SCALED, "the transposed kernel reads 8-bit caches")
+    E4M3: tl.constexpr = K_BASE.dtype.element_ty == tl.float8e4nv  # else int8 (K_BASE: a pointer even with TMA)
     DIGIT_MAX: tl.constexpr = FP8_MAX if E4M3 else INT8_MAX       # q and P scaled to [-DIGIT_MAX, DIGIT_MAX]
     ROWS: tl.constexpr = GROUP * T
     ROW_BLOCKS: tl.constexpr = (ROWS + BLOCK_M - 1) // BLOCK_M
@@ -258,8 +281,11 @@ def _split_kv_transposed_kernel(
     else:  # _int8_digits_dot's sums are in steps of 1/LOW_DIGIT
         q_scale = q_step * (qk_scale / LOW_DIGIT)
 
-    k_ptrs = K + b * stride_kb + h * stride_kh + offs_d[None, :]              # (1, BLOCK_D)
-    vt_ptrs = V + b * stride_vb + h * stride_vh + offs_d[:, None] * stride_vd  # (BLOCK_D, 1)
+    if TMA:
+        k_src, vt_src = K, V
+    else:
+        k_src = K + b * stride_kb + h * stride_kh + offs_d[None, :]           # (1, BLOCK_D)
+        vt_src = V + b * stride_vb + h * stride_vh + offs_d[:, None] * stride_vd  # (BLOCK_D, 1)
     ks_ptrs = K_SCALE + b * stride_ksb + h * stride_ksh
     vs_ptrs = V_SCALE + b * stride_vsb + h * stride_vsh
 
@@ -271,14 +297,14 @@ def _split_kv_transposed_kernel(
     full_end = start + (end - start) // BLOCK_N * BLOCK_N
     for block_start in tl.range(start, full_end, BLOCK_N, num_stages=LOOP_STAGES):  # None: kernel num_stages
         m_i, u_i, v_ref, l_slots, acc = _attend_tile_transposed(
-            q_hi, q_mid, q_lo, q_scale, m_i, u_i, v_ref, l_slots, acc, block_start, end, last_key, k_ptrs, vt_ptrs,
-            ks_ptrs, vs_ptrs, stride_kn, stride_vn, stride_ksn, stride_vsn, offs_n, offs_m, mask_d,
-            T, False, E4M3, UPCAST, DIGIT_MAX, V_IN_PAD, BLOCK_N, BLOCK_M, CACHE_MODIFIER, EVICTION)
+            q_hi, q_mid, q_lo, q_scale, m_i, u_i, v_ref, l_slots, acc, block_start, end, last_key, k_src, vt_src,
+            ks_ptrs, vs_ptrs, b, h, stride_kn, stride_vn, stride_ksn, stride_vsn, offs_n, offs_m, mask_d,
+            T, False, E4M3, UPCAST, DIGIT_MAX, V_IN_PAD, TMA, BLOCK_N, BLOCK_M, BLOCK_D, CACHE_MODIFIER, EVICTION)
     for tail_start in tl.range(full_end, end, BLOCK_N, num_stages=2):  # one partial tile at most
         m_i, u_i, v_ref, l_slots, acc = _attend_tile_transposed(
-            q_hi, q_mid, q_lo, q_scale, m_i, u_i, v_ref, l_slots, acc, tail_start, end, last_key, k_ptrs, vt_ptrs,
-            ks_ptrs, vs_ptrs, stride_kn, stride_vn, stride_ksn, stride_vsn, offs_n, offs_m, mask_d,
-            T, True, E4M3, UPCAST, DIGIT_MAX, V_IN_PAD, BLOCK_N, BLOCK_M, CACHE_MODIFIER, EVICTION)
+            q_hi, q_mid, q_lo, q_scale, m_i, u_i, v_ref, l_slots, acc, tail_start, end, last_key, k_src, vt_src,
+            ks_ptrs, vs_ptrs, b, h, stride_kn, stride_vn, stride_ksn, stride_vsn, offs_n, offs_m, mask_d,
+            T, True, E4M3, UPCAST, DIGIT_MAX, V_IN_PAD, TMA, BLOCK_N, BLOCK_M, BLOCK_D, CACHE_MODIFIER, EVICTION)
 
     # In the units of exp2(u_i): the output is acc * v_ref * step / l, the log-sum-exp u_i + log2(l). A row without
     # keys (an empty sequence with one split; an early token's split past its last key) leaves l = 0: output zeros,

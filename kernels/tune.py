@@ -148,7 +148,8 @@ def tilings(case: Case) -> list[dict]:
         out += [_tiling(64, 4, 2, 0, maxnreg=128), _tiling(32, 2, 3, 0), _tiling(64, 4, 2, 3, fp8_early=True)]
     if case.fp8 and case.shape.Hq > case.shape.Hkv:  # 8-bit GQA (V sequence-major): the transposed kernel's wgmma
         # (128-key tiles at 3 stages won every row of Run 20; 2 stages, 8 warps and register caps lost)
-        out += [_tiling(128, 4, 3, 0, transposed=True), _tiling(64, 4, 3, 0, transposed=True)]
+        out += [_tiling(128, 4, 3, 0, transposed=True), _tiling(64, 4, 3, 0, transposed=True),
+                _tiling(128, 4, 3, 0, transposed=True, tma=True)]
     if case.shape.Hq == case.shape.Hkv and case.T == 1:  # one row per KV head: the CUDA-core kernel, pipelined
         out += [_tiling(64, 4, 2, 3, row_kernel=True), _tiling(64, 2, 2, 3, row_kernel=True),  # loads or not
                 _tiling(32, 2, 2, 4, row_kernel=True), _tiling(128, 4, 2, 3, row_kernel=True),
@@ -175,7 +176,7 @@ def neighbours(case: Case, best: LaunchPlan, resident: int, num_sms: int) -> lis
     out += [("evict_first", r(best, eviction="" if best.eviction else "evict_first")),
             (".cg", r(best, cache_modifier="" if best.cache_modifier else ".cg")),
             ("partials", r(best, partials="float32" if best.partials == "bfloat16" else "bfloat16")),
-            *([] if best.transposed else [("tma", r(best, tma=not best.tma))])]  # (a sequence-major V never is)
+            ("tma", r(best, tma=not best.tma))]  # (the dot kernel loads a sequence-major V through pointers all the same)
     # (no "pdl" off: timed alone a dependent launch costs 1-2 µs, which the search would save, but inside the
     # decode step it lets the kernel start under the one before: the 34B 128k fp8 step 7% faster with it, Run 17)
     if resident:  # a register cap that lets one more program in (if shared memory allows)

@@ -140,3 +140,16 @@ def test_transposed_kernel_feeds_the_cache_to_8bit_warpgroup_dots(compiled):
         ("34B-128k-int8-transposed-n128", 128), ("34B-128k-int8-dot-vseq-n128-w4", 128))}
     assert per_key["34B-128k-fp8-transposed-n128"] <= 0.8 * per_key["34B-128k-fp8-vseq"]
     assert per_key["34B-128k-int8-transposed-n128"] <= 0.9 * per_key["34B-128k-int8-dot-vseq-n128-w4"]
+
+
+def test_transposed_kernel_loads_its_tiles_by_tma(compiled):
+    """`tma` with the transposed kernel: K and V^T come by tensor-memory copies (V's descriptor over its (B, Hkv, D,
+    S) storage) into the shared memory the 8-bit warpgroup dots read; no cp.async of the cache is left in the key
+    loop (the scales still come that way), nothing spills. The heuristic's sm_90 plans ask for it."""
+    for name, mma in (("34B-128k-fp8-transposed-n128-tma", "QGMMA"), ("34B-128k-int8-transposed-n128-tma", "IGMMA"),
+                      ("smollm2-32k-fp8-heuristic-sm90", "QGMMA")):
+        facts = compiled[name]
+        assert facts["kernel"] == "_split_kv_transposed_kernel" and facts["tma"], name
+        ops = facts["loop_opcodes"]
+        assert any(op.startswith(mma) for op in ops) and any(op.startswith("UTMALDG") for op in ops), name
+        assert "LDGSTS.E.BYPASS.128" not in ops and facts["local_bytes"] == 0, name

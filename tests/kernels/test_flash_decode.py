@@ -211,25 +211,26 @@ def test_heuristic_takes_the_transposed_kernel_for_8bit_gqa_on_hopper(kv, poison
     """Without a tuned plan, an sm_90 device (`wgmma8`) decodes one token of a GQA model over an 8-bit cache with the
     transposed kernel's tiles, at the dot kernel's split count; every other call keeps the dot (or row) kernel's plan.
     The plan is right for either V layout: sequence-major runs the transposed kernel, head-dim-contiguous the dot
-    kernel in the same tiles, both against float64."""
+    kernel in the same tiles, both against float64, through tensor descriptors (S = 304) or, where the strides
+    cannot take one, pointers (S = 300)."""
     hopper, other = (plan_launch(1, 64, 8, 131072, 128, fp8=True, wgmma8=w) for w in (True, False))
-    assert hopper.transposed and (hopper.block_n, hopper.num_warps, hopper.num_stages) == (128, 4, 3)
+    assert hopper.transposed and hopper.tma and (hopper.block_n, hopper.num_warps, hopper.num_stages) == (128, 4, 3)
     assert hopper.num_splits == other.num_splits and not other.transposed
     assert plan_launch(1, 32, 32, 65536, 128, fp8=True, wgmma8=True).row_kernel            # MHA: the row kernel
     assert not plan_launch(1, 64, 8, 65536, 128, T=8, fp8=True, wgmma8=True).transposed     # several tokens
     assert not plan_launch(1, 64, 8, 65536, 128, wgmma8=True).transposed                    # a 16-bit cache
     assert not plan_launch(1, 16, 8, 4096, 256, fp8=True, wgmma8=True).transposed           # D=256: 32-key tiles
-    B, Hq, Hkv, S, D = 2, 8, 2, 300, 64
-    plan = plan_launch(B, Hq, Hkv, S, D, fp8=True, wgmma8=True)
-    lengths = torch.tensor([S, 77], dtype=torch.int32)
-    for layout in ("vseq", "bhsd"):
+    B, Hq, Hkv, D = 2, 8, 2, 64
+    for S, layout in itertools.product((300, 304), ("vseq", "bhsd")):
+        plan = plan_launch(B, Hq, Hkv, S, D, fp8=True, wgmma8=True)
+        lengths = torch.tensor([S, 77], dtype=torch.int32)
         q, k, v = make_inputs(B, Hq, Hkv, S, D, torch.bfloat16, layout=layout)
         scales = {}
         k, scales["k_scale"], v, scales["v_scale"] = quantized_copy(k, v, layout=layout, dtype=CACHE_DTYPES[kv])
         out, _ = launch(q, k, v, lengths, plan, **scales)
         ref_out = float64_reference(q, k, v, lengths, **scales)[0]
         bound = 2 * same_dtype_torch_error(q, *dense(k, v, scales, torch.bfloat16), lengths, ref_out) + 1e-2
-        assert rel_err(out, ref_out) <= bound, layout
+        assert rel_err(out, ref_out) <= bound, (S, layout)
 
 
 INT8_DOT_CASES = [((8, 2), 64, 1, torch.bfloat16, 1, "bhsd"), ((12, 4), 80, 1, torch.float16, 3, "bshd"),
@@ -253,13 +254,15 @@ def test_int8_dots_match_float64_reference(heads, D, T, dtype, splits, layout, p
     assert (high_only[keep].double() - ref_lse[keep]).abs().max() > 10 * (lse[keep].double() - ref_lse[keep]).abs().max()
 
 
-def _check_q_digit_kernel(heads, D, T, dtype, splits, layout, cache_dtype, digit_step, **plan_fields):
-    """A kernel that rounds q to 8-bit digits (the plan's `plan_fields`), on B=3 x S=300 random inputs in an 8-bit
+def _check_q_digit_kernel(heads, D, T, dtype, splits, layout, cache_dtype, digit_step, S=300, poison_tail=False,
+                          **plan_fields):
+    """A kernel that rounds q to 8-bit digits (the plan's `plan_fields`), on B=3 x S random inputs in an 8-bit
     cache with ragged lengths (the full cache, 0 or T, 40 + T) and `splits` forced: against float64 attention over the
     dequantized cache, within the other 8-bit kernels' bound; empty rows zero with lse -inf; the log-sum-exp within
-    what rounding q by `digit_step` of its rows' largest elements can move it. Returns (q, k, v, lengths, lse, ref_lse,
-    scales) for the caller's further checks."""
-    (Hq, Hkv), B, S = heads, 3, 300
+    what rounding q by `digit_step` of its rows' largest elements can move it. `poison_tail`: every cached byte past a
+    row's length is 0x7F (an e4m3 NaN, int8's largest value) and its scales NaN. Returns (q, k, v, lengths, lse,
+    ref_lse, scales) for the caller's further checks."""
+    (Hq, Hkv), B = heads, 3
     gen = torch.Generator().manual_seed(torch.seed() % 2**31)
     q, k, v = make_inputs(B, Hq, Hkv, S, D, dtype, layout=layout)
     if T > 1:
@@ -268,7 +271,15 @@ def _check_q_digit_kernel(heads, D, T, dtype, splits, layout, cache_dtype, digit
     scales = {}
     k, scales["k_scale"], v, scales["v_scale"] = quantized_copy(k, v, layout=layout, dtype=cache_dtype)
     plan = dataclasses.replace(plan_launch(B, Hq, Hkv, S, D, T=T, fp8=True, num_splits=splits), **plan_fields)
+    if poison_tail:  # what a kernel must never let into a row: garbage past its length (the reference reads up to it)
+        clean = [t.clone() for t in (k, v, scales["k_scale"], scales["v_scale"])]
+        for b, n in enumerate(lengths.tolist()):
+            for t in (k, v):
+                t.view(torch.uint8)[b, :, n:] = 0x7F
+            scales["k_scale"][b, :, n:] = scales["v_scale"][b, :, n:] = float("nan")
     out, lse = launch(q, k, v, lengths, plan, **scales)
+    if poison_tail:
+        k, v, scales["k_scale"], scales["v_scale"] = clean
 
     assert not out.isnan().any(), "an output element was never written"
     ref_out, ref_lse = float64_reference(q, k, v, lengths, **scales)
@@ -314,6 +325,22 @@ def test_transposed_kernel_matches_float64_reference(heads, D, T, dtype, splits,
     # q's digits: e4m3, three, within 2^-12 of a row's largest element; int8, two, within 1/(127 x 508)
     _check_q_digit_kernel(heads, D, T, dtype, splits, "vseq", CACHE_DTYPES[kv],
                           2.0 ** -12 if kv == "fp8" else 1 / (127 * 508), transposed=True, block_n=block_n)
+
+
+@pytest.mark.parametrize("kv, T, block_n, splits", [("fp8", 1, 128, 2), ("int8", 1, 64, 3), ("fp8", 3, 64, 1)])
+def test_transposed_kernel_loads_through_tensor_descriptors(kv, T, block_n, splits, poisoned_empty, monkeypatch):
+    """`tma` with the transposed kernel: K's tiles through a descriptor over the cache, V^T's through one over V's
+    (B, Hkv, D, S) storage, tiles (1, 1, head dim, keys). S a multiple of 16 (a descriptor's strides are 16-byte
+    aligned) but not of the tile, so the last tile runs past S (zero-filled); the bytes past each row's length
+    poisoned (e4m3 NaN), which the masked tile must zero after its load."""
+    from kernels import interface
+    blocks = []
+    real = interface._descriptor
+    monkeypatch.setattr(interface, "_descriptor", lambda cache, block: blocks.append(block) or real(cache, block))
+    _check_q_digit_kernel((16, 2), 128, T, torch.bfloat16, splits, "vseq", CACHE_DTYPES[kv],
+                          2.0 ** -12 if kv == "fp8" else 1 / (127 * 508), S=336, poison_tail=True,
+                          transposed=True, tma=True, block_n=block_n)
+    assert blocks == [[1, 1, block_n, 128], [1, 1, 128, block_n]]
 
 
 @pytest.mark.parametrize("kv", ["fp8", "int8"])
