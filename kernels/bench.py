@@ -441,7 +441,10 @@ class CheckCase:
         err = ((out.double() - ref).norm() / ref.norm()).item()
         has = lengths > 0
         lse_err = (lse[has].double() - ref_lse[has]).abs().max().item()
-        tol = 2e-3 if self.scaled and self.dtype == torch.float32 else (1e-5 if self.dtype == torch.float32 else 1e-2)
+        if self.scaled and self.dtype != torch.bfloat16:     # (bf16's own rounding of the output is ~2e-3)
+            tol = 2e-3
+        else:
+            tol = 1e-5 if self.dtype == torch.float32 else 1e-2
         ok = (not out.isnan().any().item()) and err < tol and lse_err < 1e-3
         if self.T == 1:
             ok = ok and (out[1] == 0).all().item() and bool((lse[1] == float("-inf")).all())
@@ -600,6 +603,12 @@ def gpu_correctness_sweep(log, quick: bool = False) -> list[dict]:
               for kind in ("fp8", "int8") for dt, D, hq, hkv, T, block_n in (
                   (torch.bfloat16, 128, 64, 8, 1, 128), (torch.float16, 80, 12, 4, 3, 64))
               for S, splits in ((4112, None), (784, 7))]
+    # one program over 16k keys, q in fp16 (whose rounding leaves the kernel's own error visible): e4m3 tensor-core
+    # dots keep ~14 bits of their sums, so nothing may be carried through them across tiles (Run 21: 1.4% error)
+    cases += [CheckCase(torch.float16, 128, 64, 8, 16384, 1, "vseq", fp8=kind == "fp8", int8=kind == "int8",
+                        options=(("transposed", True), ("block_n", block_n), ("num_warps", 4), ("num_stages", 3),
+                                 ("tma", True)))
+              for kind in ("fp8", "int8") for block_n in (32, 128)]
     cases += [CheckCase(torch.bfloat16, 128, 64, 8, S, splits, "vseq") for S, splits, _ in mixes[:2]]
     seconds = compile_in_parallel([lambda c=c: c.compile(torch.Generator(device=DEVICE).manual_seed(0)) for c in cases])
     log(f"GPU correctness sweep: {len(cases)} cases, kernels built in {seconds:.0f} s")

@@ -31,7 +31,7 @@ from kernels import interface
 from kernels.append import _append_kv_kernel, append_blocks
 from kernels.interface import combine_constexprs, combine_warps, split_constexprs, split_kernel
 from kernels.plan import plan_launch, resident_programs
-from kernels.split_kv import _combine_kernel, _split_kv_kernel
+from kernels.split_kv import _combine_kernel
 from kernels.split_kv_transposed import _split_kv_transposed_kernel
 
 POINTER = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32", "fp8": "*fp8e4nv", "int8": "*i8"}

@@ -134,10 +134,10 @@ def plan_launch(B: int, Hq: int, Hkv: int, S: int, D: int, *, T: int = 1, fp8: b
     to stay within shared memory. `wgmma8`: the device has sm_90's 8-bit warpgroup MMAs; then one token of
     a GQA model over an 8-bit cache runs the transposed kernel (kernels/split_kv_transposed.py, where V is
     sequence-major as models store it; the dot kernel with the same tiles otherwise) in 128-key tiles, 4 warps,
-    3 stages: on an H200 15-30% faster than this heuristic's dot-kernel plan at CodeLlama-34B's rows (B=1
-    16k-128k, B=8 16k, B=64 2k, both 8-bit kinds; bench/results/NOTES.md, Run 20), and within 0-5% of the
-    plans tuned for that card. Its tiles come through tensor descriptors where the caches' strides allow (TMA:
-    0-1.7% faster at those rows, Run 21)."""
+    3 stages, its tiles through tensor descriptors (TMA) where the strides allow: on an H200 15-30% faster than
+    this heuristic's dot-kernel plan at CodeLlama-34B's rows (B=1 16k-128k, B=8 16k, B=64 2k, both 8-bit kinds;
+    bench/results/NOTES.md, Run 20), and within 0-5% of the plans tuned for that card; TMA 0-2.7% faster than
+    pointers there (Run 21)."""
     group = Hq // Hkv
     block_m, block_n, block_d = tiles(group, T, D)
     transposed = wgmma8 and fp8 and T == 1 and group > 1 and block_d <= 128

@@ -21,6 +21,14 @@ probabilities (BLOCK_N x rows a tile), as digits of the cache's own format:
 Each digit costs one more dot; the tensor cores have room for it (at 64 keys a tile the dots are ~15-20% of an SM's
 8-bit tensor throughput at the HBM read rate).
 
+E4M3_ACCUMULATION: sm_90's e4m3 warpgroup dots do not accumulate in full fp32 (DeepSeek-V3's report: about 14 bits
+kept, the rest truncated), so a sum carried through them loses a little at every dot, always the same way. The
+first version accumulated the output onto itself through every tile's PV dots: on an H200 its error grew with the
+keys a program reads, 1.4% of the output with 16k keys in 32-key tiles (the tuner's check refused that plan; 3-4e-3
+at the tuned 34B plans, 4x the dot kernel's), Run 21. Now a tile's PV dots (its two digits, at most 2 x 128
+products) start from zero and the output is carried across tiles in fp32 registers, as DeepGEMM promotes its fp8
+accumulators every 128 products; the scores' dots always were one tile's. int8's dots accumulate exactly in int32.
+
 The probabilities are digitised per tile against the tile's own maximum (each row's largest p in the tile is 1) and
 times the V scales over the tile's largest V scale: an int8 digit has a fixed step, and a tile far below the running
 maximum would otherwise round to nothing, however many keys it holds (tests/kernels/test_flash_decode.py has such a
@@ -32,7 +40,7 @@ end: the keys are spread over all four warps of the warpgroup, so a sum over the
 through shared memory and barriers. The running maximum cannot wait: it is reduced every tile, and where the row block
 has a padding row (CodeLlama-34B decode: 8 rows in 16) the V scales ride in it through that same reduction.
 
-On an H200 (bench/results/NOTES.md, Run 20): 18-31% fewer instructions a key than the dot kernel (sm_90 SASS), yet
+On an H200 (bench/results/NOTES.md, Runs 20-21): 18-31% fewer instructions a key than the dot kernel (sm_90 SASS), yet
 within 0-5% of its tuned plans at batch 1 and level with them batched: ncu's first stall became the barriers of the
 per-tile maximum and of P's trip through shared memory to the PV wgmma. The heuristic takes it on Hopper for one token
 of a GQA model over an 8-bit cache (1.25-1.57x its plan before at CodeLlama-34B's rows), the tuner where it wins.
@@ -116,7 +124,7 @@ def _int8_digits_dot(a, hi, lo, UPCAST: tl.constexpr):
 @triton.jit
 def _scores(k, q_hi, q_mid, q_lo, E4M3: tl.constexpr, UPCAST: tl.constexpr):
     """k @ q (BLOCK_N, BLOCK_M) fp32 from q's digits: e4m3, three (q within 2^-12, fp16's precision) whose dots
-    accumulate onto one another; int8, two (`_int8_digits_dot`; q_lo unused)."""
+    accumulate onto one another, from zero (E4M3_ACCUMULATION); int8, two (`_int8_digits_dot`; q_lo unused)."""
     if E4M3:
         return tl.dot(k, q_hi, tl.dot(k, q_mid, tl.dot(k, q_lo)))
     else:
@@ -207,8 +215,8 @@ def _attend_tile_transposed(q_hi, q_mid, q_lo, q_scale, m_i, u_i, v_ref, l_slots
     l_slots = l_slots * to_new_units[None, :] + p
     p_hi, p_lo, _ = _digits(p * (v_scale * (DIGIT_MAX / v_max))[:, None], E4M3, UPCAST)  # within 2^-8 of p
     acc = acc * (to_new_units * (v_ref / v_max))[None, :]
-    if E4M3:  # both digits' dots accumulate onto acc
-        acc = tl.dot(vt, p_hi, tl.dot(vt, p_lo, acc))                        # (BLOCK_D, BLOCK_M)
+    if E4M3:  # the tile's product, its digits' dots from zero, added to acc in fp32 (E4M3_ACCUMULATION)
+        acc += tl.dot(vt, p_hi, tl.dot(vt, p_lo))                            # (BLOCK_D, BLOCK_M)
     else:
         acc += _int8_digits_dot(vt, p_hi, p_lo, UPCAST)
     return m_new, u_new, v_max, l_slots, acc

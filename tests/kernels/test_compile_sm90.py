@@ -124,8 +124,8 @@ def test_transposed_kernel_feeds_the_cache_to_8bit_warpgroup_dots(compiled):
     """`transposed`: the keys are the 64-row operand, so the dots are sm_90's 8-bit warpgroup MMAs (e4m3 QGMMA, int8
     IGMMA) reading K and V from shared memory as stored: no cached byte converted, no 16-bit MMA, no byte gathers, no
     spills; with 128-key tiles the key loop is shorter per key than the dot kernel's over the same sequence-major V,
-    by a fifth at least for e4m3 and a tenth for int8 (684 against 988 instructions per 128 keys, 627 against 766;
-    NOTES.md, Run 20)."""
+    by a fifth at least for e4m3 and a tenth for int8 (681 against 988 instructions per 128 keys, 627 against 766;
+    NOTES.md, Runs 20-21)."""
     def count(facts, prefix):
         return sum(n for op, n in facts["loop_opcodes"].items() if op.startswith(prefix))
     for name, mma in (("34B-128k-fp8-transposed", "QGMMA"), ("34B-128k-int8-transposed", "IGMMA"),

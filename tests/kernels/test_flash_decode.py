@@ -211,8 +211,8 @@ def test_heuristic_takes_the_transposed_kernel_for_8bit_gqa_on_hopper(kv, poison
     """Without a tuned plan, an sm_90 device (`wgmma8`) decodes one token of a GQA model over an 8-bit cache with the
     transposed kernel's tiles, at the dot kernel's split count; every other call keeps the dot (or row) kernel's plan.
     The plan is right for either V layout: sequence-major runs the transposed kernel, head-dim-contiguous the dot
-    kernel in the same tiles, both against float64, through tensor descriptors (S = 304) or, where the strides
-    cannot take one, pointers (S = 300)."""
+    kernel in the same tiles, both against float64, through tensor descriptors (S = 2064) or, where the strides
+    cannot take one, pointers (S = 2050)."""
     hopper, other = (plan_launch(1, 64, 8, 131072, 128, fp8=True, wgmma8=w) for w in (True, False))
     assert hopper.transposed and hopper.tma and (hopper.block_n, hopper.num_warps, hopper.num_stages) == (128, 4, 3)
     assert hopper.num_splits == other.num_splits and not other.transposed
@@ -221,7 +221,7 @@ def test_heuristic_takes_the_transposed_kernel_for_8bit_gqa_on_hopper(kv, poison
     assert not plan_launch(1, 64, 8, 65536, 128, wgmma8=True).transposed                    # a 16-bit cache
     assert not plan_launch(1, 16, 8, 4096, 256, fp8=True, wgmma8=True).transposed           # D=256: 32-key tiles
     B, Hq, Hkv, D = 2, 8, 2, 64
-    for S, layout in itertools.product((300, 304), ("vseq", "bhsd")):
+    for S, layout in itertools.product((2050, 2064), ("vseq", "bhsd")):
         plan = plan_launch(B, Hq, Hkv, S, D, fp8=True, wgmma8=True)
         lengths = torch.tensor([S, 77], dtype=torch.int32)
         q, k, v = make_inputs(B, Hq, Hkv, S, D, torch.bfloat16, layout=layout)
