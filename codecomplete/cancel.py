@@ -10,6 +10,31 @@ import signal
 import threading
 
 
+class InterruptsDeferred:
+    """`with InterruptsDeferred(): import torch ...`: a Ctrl-C while native extensions load is held until they are
+    in, then raised as KeyboardInterrupt. Raised inside an extension's initialisation it can abort the whole process
+    (SIGABRT from a C++ exception that nothing catches) instead of ending it with the usual exit code."""
+
+    def __init__(self) -> None:
+        self.pending = False
+        self._previous = None
+
+    def __enter__(self) -> "InterruptsDeferred":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, exc_type, *rest) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+        if self.pending and exc_type is None:
+            raise KeyboardInterrupt
+
+    def _on_sigint(self, signum, frame) -> None:
+        self.pending = True
+
+
 class CancelOnSigint:
     """`with CancelOnSigint() as cancel: engine.generate(..., should_stop=cancel)`."""
 

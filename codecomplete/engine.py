@@ -7,7 +7,7 @@ import os
 import warnings
 
 from . import caches
-from .cancel import CancelOnSigint
+from .cancel import CancelOnSigint, InterruptsDeferred
 from .errors import UsageError
 from .render import LiveView, status, warn
 
@@ -86,14 +86,15 @@ def load(args, max_new_tokens: int, default_budget: int | None = None):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     check_model_spec(args)
     caches.prepare()            # no-op after the repository's check chose the cache folder
-    device = device_for(args)
-    set_threads(getattr(args, "threads", None), device)
-    check_kv_cache(args, device)
-    if args.attention == "flash" and not device.startswith("cuda"):
-        # Off the GPU the Triton kernels run in Triton's interpreter, which must be chosen before anything
-        # imports Triton (torch's compiler does, on importing models).
-        os.environ["TRITON_INTERPRET"] = "1"
-    from models import ContextTooLongError, load_model
+    with InterruptsDeferred():  # torch, triton and the model code import here
+        device = device_for(args)
+        set_threads(getattr(args, "threads", None), device)
+        check_kv_cache(args, device)
+        if args.attention == "flash" and not device.startswith("cuda"):
+            # Off the GPU the Triton kernels run in Triton's interpreter, which must be chosen before anything
+            # imports Triton (torch's compiler does, on importing models).
+            os.environ["TRITON_INTERPRET"] = "1"
+        from models import ContextTooLongError, load_model
 
     budget = args.context_tokens or default_budget or (CPU_PROMPT_BUDGET if device.startswith("cpu") else None)
 

@@ -46,8 +46,9 @@ class UsageError(AppError):
 BUDGET_OPTIONS = "--context-tokens sets the prompt budget, --max-tokens the tokens generated after it"
 
 
-def classify(exc: BaseException) -> tuple[ExitCode, str] | None:
-    """The exit code and message for an expected failure; None for a bug.
+def classify(exc: BaseException, options: bool = True) -> tuple[ExitCode, str] | None:
+    """The exit code and message for an expected failure; None for a bug. `options`: the message may name the
+    command-line options that would help (not for the server's clients, which have none).
 
     prompts and models are imported lazily, so an exception can only be theirs
     when they are already in sys.modules: looking there keeps start-up free of torch.
@@ -58,7 +59,7 @@ def classify(exc: BaseException) -> tuple[ExitCode, str] | None:
         return ExitCode.INTERRUPTED, "interrupted"
     prompts = sys.modules.get("prompts")
     if prompts is not None and isinstance(exc, prompts.BudgetError):
-        return ExitCode.USAGE, f"{exc}: {BUDGET_OPTIONS}"
+        return ExitCode.USAGE, f"{exc}: {BUDGET_OPTIONS}" if options else str(exc)
     if prompts is not None and isinstance(exc, prompts.PromptError):
         return ExitCode.USAGE, str(exc)
     models = sys.modules.get("models")
@@ -66,11 +67,11 @@ def classify(exc: BaseException) -> tuple[ExitCode, str] | None:
         if isinstance(exc, models.ModelNotFoundError):
             return ExitCode.USAGE, str(exc)      # a path the user typed
         if isinstance(exc, models.ContextTooLongError):
-            return ExitCode.USAGE, f"{exc}: {BUDGET_OPTIONS}"
+            return ExitCode.USAGE, f"{exc}: {BUDGET_OPTIONS}" if options else str(exc)
         if isinstance(exc, models.ModelError):
             return ExitCode.FAILURE, str(exc)
     torch = sys.modules.get("torch")
     if isinstance(exc, MemoryError) or (
             torch is not None and isinstance(exc, torch.OutOfMemoryError)):
-        return ExitCode.FAILURE, "out of memory: try a smaller --context-tokens"
+        return ExitCode.FAILURE, "out of memory: try a smaller --context-tokens" if options else "out of memory"
     return None

@@ -42,6 +42,8 @@ def _exists(path: Path, shown: str) -> bool:
         return False
     except OSError as exc:
         raise UsageError(f"{shown}: {exc.strerror}") from None
+    except ValueError:          # os.stat refuses a NUL character before asking the system
+        raise UsageError(f"{shown.replace(chr(0), '^@')}: a path cannot contain a NUL character") from None
 
 
 def file_in(root: Path, path: str, must_exist: bool = True) -> str:

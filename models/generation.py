@@ -51,3 +51,4 @@ class GenerationResult:
     reused_prefix_tokens: int           # prompt tokens whose KV came from the previous request
     finish_reason: str                  # "stop" | "length" | "cancelled"
     timings: Timings = field(default_factory=Timings)
+    stop_string: str = ""               # the stop string that ended it, if one did

@@ -89,8 +89,14 @@ def create_app(server: Server) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):      # no such route, or not with this method
-        if exc.status_code in (404, 405):
+        if exc.status_code == 404:
             return _error_response(request, ApiError(404, f"no route {request.method} {request.url.path}"))
+        if exc.status_code == 405:   # (no CORS: a web page the user visits must not read their code through here)
+            allowed = (exc.headers or {}).get("Allow", "")
+            response = _error_response(request, ApiError(
+                405, f"{request.method} is not allowed on {request.url.path} (allowed: {allowed})"))
+            response.headers["Allow"] = allowed
+            return response
         return _error_response(request, ApiError(exc.status_code if exc.status_code in TYPES else 400,
                                                  str(exc.detail)))
     return app

@@ -1,14 +1,18 @@
 """Request bodies checked at the edge, before anything reaches the engine: the size (413), the encoding and the JSON
 (400), then the fields against the protocol's pydantic model (400 naming the first bad field). Types are strict
-("5" is not a number); fields a model does not know are ignored, as llama.cpp and OpenAI ignore them (real
-clients send many: llama.vim's `t_max_prompt_ms`, Continue's `mirostat`)."""
+("5" is not a number), numbers finite (JSON's 1e999 reads as infinity), seeds within what a generator takes; fields
+a model does not know are ignored, as llama.cpp and OpenAI ignore them (real clients send many: llama.vim's
+`t_max_prompt_ms`, Continue's `mirostat`). A lone surrogate (`"\ud800"` is valid JSON, not valid text) becomes
+U+FFFD, as the command line does with such text: a tokenizer refuses it, and so does a UTF-8 response."""
 from __future__ import annotations
 
 import json
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
+
+from prompts.tokens import tokenizable
 
 from .errors import ApiError
 
@@ -16,10 +20,11 @@ MAX_BODY_BYTES = 1024 * 1024
 TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}   # pydantic's names for union members
 
 Model = TypeVar("Model", bound=BaseModel)
+Seed = Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]    # torch.Generator.manual_seed's range
 
 
 class Body(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore", populate_by_name=True)
+    model_config = ConfigDict(strict=True, extra="ignore", populate_by_name=True, allow_inf_nan=False)
 
 
 async def read_json(request: Request, model: type[Model], limit: int = MAX_BODY_BYTES) -> Model:
@@ -43,9 +48,20 @@ async def read_json(request: Request, model: type[Model], limit: int = MAX_BODY_
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object")
     try:
-        return model.model_validate(data)
+        return model.model_validate(_text_of(data))
     except ValidationError as exc:
         raise ApiError(400, _first_problem(exc)) from None
+
+
+def _text_of(value):
+    """The JSON value with every string's lone surrogates replaced (keys too)."""
+    if isinstance(value, str):
+        return tokenizable(value)
+    if isinstance(value, list):
+        return [_text_of(item) for item in value]
+    if isinstance(value, dict):
+        return {tokenizable(key): _text_of(item) for key, item in value.items()}
+    return value
 
 
 def _first_problem(exc: ValidationError) -> str:

@@ -4,13 +4,19 @@ reaches a client, and the server serves on."""
 from __future__ import annotations
 
 import sys
+from contextvars import ContextVar
 
 from ..errors import classify
+
+# Set for a request of codecomplete's own command line (native.py's routes): its messages name the command's options,
+# as the command prints them when it runs alone. Other clients have no such options.
+COMMAND_LINE = ContextVar("command_line_request", default=False)
 
 TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     413: "invalid_request_error",
     500: "server_error",
     501: "not_supported_error",
@@ -39,7 +45,7 @@ def api_error(exc: BaseException) -> ApiError:
     models = sys.modules.get("models")
     if models is not None and isinstance(exc, models.ContextTooLongError):
         return ApiError(400, str(exc), "exceed_context_size_error")
-    known = classify(exc)
+    known = classify(exc, options=COMMAND_LINE.get())
     if known is None:
         return ApiError(500, f"internal error: {type(exc).__name__}: {exc}")
     code, message = known

@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request
 from pydantic import AliasChoices, Field
 
 from .errors import ApiError
-from .bodies import Body, read_json, stop_strings
+from .bodies import Body, Seed, read_json, stop_strings
 from .streaming import json_response, sse, stream
 
 router = APIRouter()
@@ -35,7 +35,7 @@ class Options(Body):
     temperature: float = Field(0.8, ge=0)
     top_k: int = 40
     top_p: float = Field(0.95, ge=0, le=1)
-    seed: int = -1
+    seed: Seed = -1
     stop: list[str] = []
     ignore_eos: bool = False           # here: the prompt format's stops do not apply either (benchmarks)
     stream: bool = False
@@ -61,7 +61,7 @@ class CompletionRequest(Options):
     prompt: str | list[int]
 
 
-@public.get("/health")
+@public.api_route("/health", methods=["GET", "HEAD"])
 async def health():
     return json_response({"status": "ok"})
 
@@ -138,7 +138,7 @@ async def _answer(server, running, generation, body: Options, sampling, limits: 
 
     def final(result) -> dict:
         content = limits.cut(result.text)
-        stop_type, word = _stop(server, prompt, sampling, result, limits)
+        stop_type, word = _stop(server, prompt, result, limits)
         return {
             "index": 0, "content": content, "tokens": [], "id_slot": 0, "stop": True,
             "model": server.engine.name, "tokens_predicted": len(result.token_ids),
@@ -149,17 +149,27 @@ async def _answer(server, running, generation, body: Options, sampling, limits: 
         }
 
     if body.stream:
-        predicted = 0
+        predicted, text, sent = 0, "", 0
+
+        def piece(content: str) -> str:
+            return sse({"index": 0, "content": content, "tokens": [], "stop": False, "id_slot": 0,
+                        "tokens_predicted": predicted, "tokens_evaluated": len(prompt.ids)})
 
         def frames(event):
-            nonlocal predicted
-            if event.kind == "text":
+            nonlocal predicted, text, sent
+            if event.kind == "text":   # sent once it is sure to stay: nothing a limit cuts reaches the editor
                 predicted += 1
-                return [sse({"index": 0, "content": event.value, "tokens": [], "stop": False, "id_slot": 0,
-                             "tokens_predicted": predicted, "tokens_evaluated": len(prompt.ids)})]
+                text += event.value
+                settled = limits.settled(text)
+                if settled <= sent:
+                    return []
+                content, sent = text[sent:settled], settled
+                return [piece(content)]
             if event.kind == "error":
                 return [sse(event.value.body())]
-            return [sse({**final(event.value), "content": ""})]     # the text went out already
+            answer = final(event.value)
+            held = answer["content"][sent:]              # held back, and in the answer after all
+            return [*([piece(held)] if held else []), sse({**answer, "content": ""})]   # (the text went out)
         return stream(running, frames, "text/event-stream")
     answer = final(await running.result())
     if "prompt" in body.response_fields or not body.response_fields:
@@ -199,7 +209,7 @@ def project(answer: dict, fields: list[str]) -> dict:
     return picked
 
 
-def _stop(server, prompt, sampling, result, limits: Limits) -> tuple[str, str]:
+def _stop(server, prompt, result, limits: Limits) -> tuple[str, str]:
     """llama.cpp's stop_type ("eos", "word", "limit", "none") and the stop string that ended the text."""
     if limits.reached or result.finish_reason == "length":
         return "limit", ""
@@ -207,9 +217,7 @@ def _stop(server, prompt, sampling, result, limits: Limits) -> tuple[str, str]:
         return "none", ""
     if result.token_ids and result.token_ids[-1] in {*server.engine.eos_token_ids, *prompt.stop_token_ids}:
         return "eos", ""
-    stops = [*(prompt.stop_strings if sampling.format_stops else ()), *sampling.stop]
-    rest = server.engine.tokenizer.decode(result.token_ids)[len(result.text):]
-    return "word", next((word for word in stops if rest.startswith(word)), "")
+    return "word", result.stop_string
 
 
 def _label(filename: str, root: Path) -> str:
@@ -230,33 +238,55 @@ def _truncated(prompt, labels: list[str]) -> bool:
 
 
 class Limits:
-    """llama.cpp's t_max_predict_ms and n_indent, applied to the text as it streams (on the engine thread):
-    past the time limit, stop at the next newline; a line after the first indented less than n_indent (with
-    text on it) ends the completion, and is cut from it."""
+    """llama.cpp's t_max_predict_ms and n_indent, applied to the text as it is generated (`feed`, on the engine
+    thread, before the text goes to the request): past the time limit, the text ends with the next newline; a line
+    after the first indented less than n_indent (with text on it) ends the completion, and is cut from it, its
+    indentation kept. The engine stops at its next step, which may have made more text (a speculative step makes
+    several tokens): `cut` removes it from the answer, and a stream sends only what is `settled`."""
 
     def __init__(self, max_predict_ms: int, n_indent: int) -> None:
         self.max_predict_ms, self.n_indent = max_predict_ms, n_indent
         self.text = ""
         self.started: float | None = None
-        self.cut_at: int | None = None
-        self.reached = False
+        self.cut_at: int | None = None      # where the answer ends, once a limit is reached
+
+    @property
+    def reached(self) -> bool:
+        return self.cut_at is not None
 
     def feed(self, delta: str) -> bool:
         now = time.perf_counter()
         self.started = self.started or now
-        self.text += delta
-        if self.n_indent and self.cut_at is None:
-            offset = self.text.find("\n") + 1
-            while 0 < offset < len(self.text):
-                line = self.text[offset:].split("\n", 1)[0]
-                indent = len(line) - len(line.lstrip(" \t"))
-                if line.strip() and indent < self.n_indent:
-                    self.cut_at, self.reached = offset + indent, True
-                    break
-                offset = self.text.find("\n", offset) + 1
-        if self.max_predict_ms and "\n" in delta and 1000 * (now - self.started) > self.max_predict_ms:
-            self.reached = True
+        start, self.text = len(self.text), self.text + delta
+        if self.cut_at is None and self.n_indent:
+            self.cut_at = _dedent_at(self.text, self.n_indent)
+        if self.cut_at is None and self.max_predict_ms and 1000 * (now - self.started) > self.max_predict_ms:
+            newline = self.text.find("\n", start)
+            if newline >= 0:
+                self.cut_at = newline + 1
         return self.reached
 
     def cut(self, text: str) -> str:
         return text[:self.cut_at] if self.cut_at is not None else text
+
+    def settled(self, text: str) -> int:
+        """How much of `text` (a prefix of what was fed) is sure to be in the answer: not past the cut, and, with
+        n_indent, not a last line that has no text yet (whether it stays depends on the indentation to come)."""
+        end = len(text) if self.cut_at is None else min(len(text), self.cut_at)
+        if self.n_indent and self.cut_at is None and "\n" in text:
+            line_start = text.rfind("\n") + 1
+            if not text[line_start:].strip():
+                end = min(end, line_start)
+        return end
+
+
+def _dedent_at(text: str, n_indent: int) -> int | None:
+    """Where the first line after the first that has text and is indented less than n_indent starts its text."""
+    offset = text.find("\n") + 1
+    while 0 < offset < len(text):
+        line = text[offset:].split("\n", 1)[0]
+        indent = len(line) - len(line.lstrip(" \t"))
+        if line.strip() and indent < n_indent:
+            return offset + indent
+        offset = text.find("\n", offset) + 1
+    return None

@@ -3,7 +3,8 @@ process, with its options, streamed as JSON lines, so that it can print exactly 
 
     {"id": ..., "prompt": {"ids", "context", "stop_token_ids", "stop_strings", "format"}}   the prompt, first
     {"text": ...}                                                                            text deltas
-    {"result": {"text", "token_ids", "prompt_tokens", "reused_prefix_tokens", "finish_reason", "timings"}}
+    {"result": {"text", "token_ids", "prompt_tokens", "reused_prefix_tokens", "finish_reason", "stop_string",
+                "timings"}}
     {"error": {"code", "message", "type"}}                                                   instead, at any point
 
 The prompt budget follows the command line's rule for its --context-tokens, not the editors' fixed size.
@@ -12,22 +13,27 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import Field
 
 from .. import engine as engines
 from .. import workspace
-from .bodies import Body, read_json
+from .bodies import Body, Seed, read_json
+from .errors import COMMAND_LINE
 from .streaming import json_response, ndjson, stream
 
-router = APIRouter(prefix="/codecomplete/v1")
+async def _from_the_command_line() -> None:
+    COMMAND_LINE.set(True)      # (async: it runs in the request's own task, whose context the stream inherits)
+
+
+router = APIRouter(prefix="/codecomplete/v1", dependencies=[Depends(_from_the_command_line)])
 
 
 class Options(Body):
     max_tokens: int = Field(ge=0)
     temperature: float = Field(0.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    seed: int | None = None
+    seed: Seed | None = None
     context_tokens: int | None = Field(None, ge=1)
 
 
@@ -107,5 +113,6 @@ async def _run(request: Request, body: Options, operation):
         return [ndjson({"result": {"text": result.text, "token_ids": list(result.token_ids),
                                    "prompt_tokens": result.prompt_tokens,
                                    "reused_prefix_tokens": result.reused_prefix_tokens,
-                                   "finish_reason": result.finish_reason, "timings": asdict(result.timings)}})]
+                                   "finish_reason": result.finish_reason, "stop_string": result.stop_string,
+                                   "timings": asdict(result.timings)}})]
     return stream(running, frames, "application/x-ndjson", first=ndjson(first))

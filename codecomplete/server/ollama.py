@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request
 from pydantic import Field
 
 from .errors import ApiError
-from .bodies import Body, read_json, stop_strings
+from .bodies import Body, Seed, read_json, stop_strings
 from .streaming import json_response, ndjson, stream
 
 PREFIX = "/api/"
@@ -34,7 +34,7 @@ class Options(Body):
     top_k: int = 40
     num_predict: int = Field(-1, ge=-2)       # -1: the server's limit (-2, "fill the context", too)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: Seed | None = None
 
 
 class GenerateRequest(Body):
@@ -50,6 +50,7 @@ class GenerateRequest(Body):
 class Message(Body):
     role: Literal["system", "user", "assistant"]
     content: str
+    images: list[str] | None = None
 
 
 class ChatRequest(Body):
@@ -102,6 +103,8 @@ async def generate(request: Request):
 async def chat(request: Request):
     server = request.app.state.server
     body = await read_json(request, ChatRequest)
+    if any(m.images for m in body.messages):
+        raise ApiError(400, "images are not supported")
     messages = [{"role": m.role, "content": m.content} for m in body.messages]
     sampling = _sampling(server, body.options)
     running = server.start(request, lambda: server.session.chat(messages, sampling=sampling))

@@ -20,7 +20,7 @@ from pydantic import AliasChoices, Field
 
 from .errors import ApiError
 from .llama_cpp import check_ids
-from .bodies import Body, read_json, stop_strings
+from .bodies import Body, Seed, read_json, stop_strings
 from .streaming import json_response, sse, stream
 
 router = APIRouter()
@@ -39,7 +39,7 @@ class Options(Body):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: Seed | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
 

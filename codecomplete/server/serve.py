@@ -36,6 +36,9 @@ GC_FREEZE = "CODECOMPLETE_GC_FREEZE"    # 0: leave start-up's objects to the gar
 
 def run_serve(args) -> None:
     api_key = args.api_key or os.environ.get(client.API_KEY_ENV) or None
+    if api_key is not None and not (api_key.isascii() and api_key.isprintable() and " " not in api_key):
+        # an HTTP header carries its bytes as Latin-1 and clients (the openai package) refuse anything else
+        raise UsageError("the API key must be printable ASCII without spaces (it travels in an HTTP header)")
     if not _is_loopback(args.host) and not api_key:
         raise UsageError(f"--host {args.host} is reachable from other machines: give an --api-key (or "
                          f"${client.API_KEY_ENV})")

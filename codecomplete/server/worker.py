@@ -89,8 +89,9 @@ class Job:
         def on_text(delta: str) -> None:
             if self.first_text is None:
                 self.first_text = time.perf_counter()
+            stop = stop_when is not None and stop_when(delta)   # first: what it decides is known when the text is
             self.send("text", delta)
-            if stop_when is not None and stop_when(delta):
+            if stop:
                 self.cancelled.set()
         return generation.run(on_text=on_text, should_stop=self.cancelled.is_set)
 

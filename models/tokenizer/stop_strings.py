@@ -15,14 +15,16 @@ class StopStringMatcher:
         self.longest = max(map(len, self.stops), default=0)
         self.text = ""        # everything accepted so far (truncated at a stop string once found)
         self.emitted = 0      # how much of self.text the caller has been given
+        self.hit = ""         # the stop string that ended the text ("" while none has)
 
     def feed(self, delta: str) -> tuple[str, bool]:
         """Add text; return (what may be emitted now, whether a stop string was found)."""
         search_from = max(0, len(self.text) - self.longest + 1)
         self.text += delta
-        hits = [i for s in self.stops if (i := self.text.find(s, search_from)) >= 0]
+        hits = [(i, -len(s), s) for s in self.stops if (i := self.text.find(s, search_from)) >= 0]
         if hits:
-            self.text = self.text[:min(hits)]
+            at, _, self.hit = min(hits)          # the first to start (of those, the longest)
+            self.text = self.text[:at]
             return self.flush(), True
         safe = len(self.text) - self._partial_match_length()
         out = self.text[self.emitted:safe]

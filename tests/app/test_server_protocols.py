@@ -193,6 +193,31 @@ def test_stream_of_infill_ends_without_done_marker(server, files):
     assert all(json.loads(e[len("data: "):])["stop"] is False for e in events[:-1])
 
 
+def streamed_content(server, path: str, body: dict) -> str:
+    with httpx.stream("POST", server.url + path, json={**body, "stream": True}, timeout=300) as response:
+        return "".join(json.loads(line[len("data: "):])["content"] for line in response.iter_lines() if line)
+
+
+def test_a_stream_sends_what_the_answer_holds_and_nothing_a_limit_cuts(server, files):
+    """n_indent ends a completion at a line indented less (cut from the answer): the stream, whose text goes out as
+    it is made, sends exactly the answer, never the dedented line (llama.vscode would insert it)."""
+    body = {"input_prefix": "def area(poly):\n    s = 0.0\n    for i in range(len(poly)):\n        x1, y1 = poly[i]\n",
+            "prompt": "        ", "input_suffix": "", "n_predict": 128, "temperature": 0, "n_indent": 8,
+            "response_fields": ["content", "stop_type"]}
+    answer = post(server, "/infill", body).json()
+    lines = answer["content"].split("\n")
+    assert answer["stop_type"] == "limit" and len(lines) > 1 and not lines[-1].strip(), answer   # a line was cut
+    assert all(len(line) - len(line.lstrip()) >= 8 for line in lines[1:] if line.strip()), answer
+    assert streamed_content(server, "/infill", body) == answer["content"]
+
+
+def test_stopping_word_names_the_stop_string_that_ended_the_text(server):
+    body = {"prompt": "values = [1, 2, 3]\ntotal = 0\nfor value in values:\n", "n_predict": 24, "temperature": 0,
+            "stop": ["\n"], "response_fields": ["content", "stop_type", "stopping_word"]}
+    answer = post(server, "/completion", body).json()
+    assert answer["stop_type"] == "word" and answer["stopping_word"] == "\n", answer
+
+
 def test_the_log_line_of_a_streamed_request_says_where_its_first_token_went(server, files):
     from codecomplete.serve_bench import STAGES, server_stages
 

@@ -60,6 +60,12 @@ INFILL = {"input_prefix": "def f():\n", "input_suffix": ""}
     ("/codecomplete/v1/complete", {"path": "/etc/passwd", "max_tokens": 1}, 400, "invalid_request_error",
      ["outside the repository"]),
     ("/no/such/route", {}, 404, "not_found_error", ["no route"]),
+    # numbers JSON allows and a generation cannot use: an infinity (1e999), seeds past a generator's 64 bits
+    ("/infill", b'{"input_prefix": "x", "input_suffix": "", "temperature": 1e999}', 400, "invalid_request_error",
+     ["temperature", "finite"]),
+    ("/v1/completions", {"prompt": "a", "seed": 2 ** 64}, 400, "invalid_request_error", ["seed"]),
+    ("/completion", {"prompt": "a", "seed": -(2 ** 63) - 1}, 400, "invalid_request_error", ["seed"]),
+    ("/codecomplete/v1/complete", {"path": "a\u0000b.py", "max_tokens": 1}, 400, "invalid_request_error", ["NUL"]),
 ])
 def test_bad_requests_get_their_status_and_a_json_error(server, path, body, status, kind, words):
     check_error(server, status, kind, path, body, words)
@@ -91,6 +97,47 @@ def test_unknown_fields_are_ignored_as_llama_cpp_and_openai_ignore_them(server):
 def test_ollama_routes_answer_errors_in_ollama_shape(server):
     response = httpx.post(server.url + "/api/generate", json={"model": "m", "prompt": "x", "images": ["AAAA"]})
     assert response.status_code == 400 and isinstance(response.json()["error"], str)
+    response = httpx.post(server.url + "/api/chat", json={"messages": [{"role": "user", "content": "x",
+                                                                        "images": ["AAAA"]}]})
+    assert response.status_code == 400 and "images" in response.json()["error"]
+    response = httpx.post(server.url + "/api/generate", json={"prompt": "x", "options": {"seed": 10 ** 30}})
+    assert response.status_code == 400 and "seed" in response.json()["error"]
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/infill", rb'{"input_prefix": "def f(\ud800", "input_suffix": "", "n_predict": 2, "stop": ["\udfff"]}'),
+    ("/completion", rb'{"prompt": "x\ud800", "n_predict": 2, "stop": ["\ud800"]}'),
+    ("/v1/completions", rb'{"prompt": "x\udc80", "max_tokens": 2, "stop": "\ud800"}'),
+    ("/v1/chat/completions", rb'{"messages": [{"role": "user", "content": "hi \ud800"}], "max_tokens": 2}'),
+    ("/codecomplete/v1/complete", rb'{"path": "app.py", "text": "x = \ud800", "max_tokens": 2}'),
+])
+def test_lone_surrogates_are_text_that_cannot_be_encoded_and_are_replaced(server, path, body):
+    """`"\ud800"` is valid JSON and no text: it becomes U+FFFD (as the command line makes it), so neither the
+    tokenizer nor the UTF-8 answer (which echoes the stop strings) fails."""
+    code, text = raw_post(server.url, path, body, {"Content-Type": "application/json"})
+    assert code == 200, text
+    if path == "/infill":                        # it echoes the stop strings
+        assert json.loads(text)["generation_settings"]["stop"] == ["\ufffd"]
+    check_error(server, 400, "invalid_request_error", "/codecomplete/v1/complete",
+                rb'{"path": "\ud800.py", "max_tokens": 1}', ["not found"])
+
+
+def test_messages_to_other_clients_name_no_command_line_options(server):
+    """A prompt that cannot fit is a 400 whose message an API client can act on: no `--context-tokens` (the command
+    line, through its own routes, still gets the message it prints alone: test_server_cli)."""
+    code, text = raw_post(server.url, "/v1/chat/completions", json.dumps(
+        {"messages": [{"role": "user", "content": "word " * 3000}], "max_tokens": 2}).encode(), {})
+    assert code == 400 and "--" not in json.loads(text)["error"]["message"], text
+
+
+def test_a_wrong_method_is_405_with_allow_and_health_answers_head(server):
+    response = httpx.get(server.url + "/infill")
+    assert response.status_code == 405 and response.headers["allow"] == "POST"
+    assert response.json()["error"]["type"] == "invalid_request_error" and "POST" in response.json()["error"]["message"]
+    response = httpx.options(server.url + "/infill", headers={"Origin": "https://example.com",
+                                                             "Access-Control-Request-Method": "POST"})
+    assert response.status_code == 405 and "access-control-allow-origin" not in response.headers   # no CORS
+    assert httpx.head(server.url + "/health").status_code == 200
 
 
 def test_continue_and_llama_vim_authorization_headers_pass_without_a_key(server):
@@ -231,3 +278,5 @@ def test_sigterm_cancels_the_answer_in_flight_and_exits_0(keyed_server):
 def test_a_reachable_host_needs_an_api_key(codecomplete, repo):
     run = codecomplete("serve", repo, "--host", "0.0.0.0", "--port", "0")
     assert run.returncode == 2 and "--api-key" in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    run = codecomplete("serve", repo, "--port", "0", "--api-key", "sécret")     # a header carries it as Latin-1
+    assert run.returncode == 2 and "ASCII" in run.stderr and len(run.stderr.strip().splitlines()) == 1

@@ -1,0 +1,105 @@
+"""The server's edge, without a server: llama.cpp's generation limits (n_indent, t_max_predict_ms) as the engine
+thread feeds them and as a stream releases text, request bodies read strictly, and Ctrl-C held during imports."""
+import asyncio
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from codecomplete.cancel import InterruptsDeferred
+from codecomplete.server.bodies import read_json
+from codecomplete.server.errors import ApiError
+from codecomplete.server.llama_cpp import InfillRequest, Limits
+from models.tokenizer.stop_strings import StopStringMatcher
+
+COMPLETION = "x2, y2 = poly[i + 1]\n        s += x1 * y2\n    return abs(s) / 2\n"   # after "        x1, y1 = ..."
+
+
+def streamed(limits: Limits, deltas: list[str]) -> tuple[list[str], str]:
+    """What a stream sends (the llama.cpp route's rule: each delta fed first, then what is settled goes out) and
+    the answer's content (the text cut)."""
+    text, sent, pieces = "", 0, []
+    for delta in deltas:
+        limits.feed(delta)
+        text += delta
+        settled = limits.settled(text)
+        if settled > sent:
+            pieces.append(text[sent:settled])
+            sent = settled
+    content = limits.cut(text)
+    return pieces + ([content[sent:]] if content[sent:] else []), content
+
+
+@pytest.mark.parametrize("split", [1, 3, 7, 100])
+def test_a_dedented_line_is_cut_from_the_answer_and_never_streamed(split):
+    deltas = [COMPLETION[i:i + split] for i in range(0, len(COMPLETION), split)]
+    limits = Limits(0, 8)
+    pieces, content = streamed(limits, deltas)
+    assert content == "x2, y2 = poly[i + 1]\n        s += x1 * y2\n    "     # its indentation stays (llama.cpp)
+    assert "".join(pieces) == content and limits.reached
+    assert not any("return" in piece for piece in pieces)
+
+
+def test_a_whitespace_line_is_held_until_its_indentation_is_known():
+    limits = Limits(0, 4)
+    for delta, settled in (("a = 1\n", 6), ("    ", 6), ("b", 11), ("\n", 12), ("  ", 12)):
+        limits.feed(delta)
+        assert limits.settled(limits.text) == settled, delta
+    limits.feed("c")                                    # indented 2 < 4: the completion ends before "c"
+    assert limits.reached and limits.cut(limits.text) == "a = 1\n    b\n  "
+    assert limits.settled(limits.text) == len("a = 1\n    b\n  ")
+    assert Limits(0, 0).settled("a\n   ") == 5          # without n_indent nothing is held
+
+
+def test_past_the_time_limit_the_answer_ends_with_the_next_newline():
+    limits = Limits(5, 0)
+    assert not limits.feed("def f():\n")                # the first delta starts the clock
+    time.sleep(0.02)
+    assert not limits.feed("    s = ")                  # no newline: on it goes
+    assert limits.feed("0\n    t = 1\n")                # one step made two lines: the second is not the answer's
+    assert limits.cut(limits.text) == "def f():\n    s = 0\n"
+    pieces, content = streamed(Limits(10_000, 0), ["a\n", "b\n", "c"])
+    assert content == "a\nb\nc" and "".join(pieces) == content    # within the limit newlines do not stop it
+
+
+def test_the_stop_string_that_ended_the_text_is_known():
+    matcher = StopStringMatcher(["ma", "max", "\n\n"])
+    out, hit = matcher.feed("return ")
+    assert (out, hit, matcher.hit) == ("return ", False, "")
+    out, hit = matcher.feed("max(a, b)")               # both start here: the longer one is the one that matched
+    assert hit and matcher.text == "return " and matcher.hit == "max"
+
+
+class FakeRequest:
+    def __init__(self, body: bytes) -> None:
+        self.headers, self._body = {"content-length": str(len(body))}, body
+
+    async def stream(self):
+        yield self._body
+
+
+def read(body: bytes, model=InfillRequest):
+    return asyncio.run(read_json(FakeRequest(body), model))
+
+
+def test_bodies_replace_lone_surrogates_and_refuse_infinities_and_wild_seeds():
+    body = read(b'{"input_prefix": "def f(\\ud800", "input_suffix": "", "stop": ["\\udfff"], "\\ud801": 1}')
+    assert body.input_prefix == "def f(\ufffd" and body.stop == ["\ufffd"]
+    json.dumps(body.model_dump(), ensure_ascii=False).encode("utf-8")          # a UTF-8 response can carry it
+    for extra, field in ((b'"temperature": 1e999', "temperature"), (b'"top_p": -1e999', "top_p"),
+                         (b'"seed": 18446744073709551616', "seed"), (b'"seed": -9223372036854775809', "seed")):
+        with pytest.raises(ApiError) as error:
+            read(b'{"input_prefix": "", "input_suffix": "", ' + extra + b"}")
+        assert error.value.status == 400 and error.value.message.startswith(field), error.value.message
+    assert read(b'{"input_prefix": "", "input_suffix": "", "seed": 18446744073709551615}').seed == 2**64 - 1
+
+
+def test_ctrl_c_while_extensions_import_is_held_until_they_are_in():
+    with pytest.raises(KeyboardInterrupt):
+        with InterruptsDeferred() as held:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)                              # a handler runs between bytecodes: it ran by now
+            assert held.pending                           # ... and did not raise here
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
