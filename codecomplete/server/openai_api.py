@@ -99,7 +99,7 @@ async def completions(request: Request):
         check_ids(server.engine, prompt)
         start = lambda: session.raw(prompt, sampling=sampling)  # noqa: E731
     running = server.start(request, start)
-    generation = await running.started()
+    await running.started()             # (a failure to build the prompt is a plain HTTP error)
     reply = Reply(server, "cmpl", "text_completion", running.job.id)
     if body.stream:
         def frames(event):
