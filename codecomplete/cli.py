@@ -191,8 +191,9 @@ def check(args: argparse.Namespace, closed: frozenset[str] = frozenset()) -> Non
     """What argparse cannot check: combinations, empty values, the standard streams, output paths and the
     model spec; raises UsageError. Everything here runs before any work, so a mistake costs milliseconds.
     `closed` names the standard streams that were closed when the program started."""
-    if args.json not in (None, "-") and args.repo is None and os.path.isdir(args.json):
-        # `codecomplete --json . --file x.py`: the word after --json was the repository.
+    if args.json not in (None, "-") and args.repo is None and not args.bench and os.path.isdir(args.json):
+        # `codecomplete --json . --file x.py`: the word after --json was the repository. (Not with --bench, whose
+        # repository is optional: there a folder after --json is a mistake, said as such below.)
         args.repo, args.json = args.json, "-"
     for option in ("file", "ask", "prompt", "model", "json", "plot", "device"):
         value = getattr(args, option)

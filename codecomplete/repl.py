@@ -114,6 +114,7 @@ class Repl:
             if not text:
                 continue
             try:
+                self.conversation.session.catch_up()     # the files may have changed while the user typed
                 if text.startswith("/"):
                     if not self.command(text):
                         return

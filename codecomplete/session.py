@@ -126,6 +126,12 @@ class Session:
         if self._index is not None:
             self._index.sweep(should_stop)
 
+    def catch_up(self) -> None:
+        """At an interactive prompt, before a question or a command: the index catches up with the disk in one
+        whole pass (files deleted, renamed, added or edited since), where a server uses its idle moments (`tidy`)."""
+        if self._index is not None:
+            self._index.rescan()
+
     def _fresh_index(self, path: str | None = None):
         if self._index is None:
             from .errors import UsageError

@@ -15,7 +15,7 @@ from .errors import BudgetError, PromptError
 from .index import RepoIndex
 from .packing import Layout, PackedPrompt, select_chunks
 from .ranking import Query, rank, text_weights
-from .tokens import Encoder, encoder_for, tokenizable
+from .tokens import Encoder, encoder_for
 
 SYSTEM = (
     "You are a coding assistant working in the repository {name}. Answer the user's questions about its code. "
@@ -122,22 +122,39 @@ def _excerpt(chunk: Chunk) -> str:
 def _renderer(tokenizer, encoder: Encoder) -> Renderer:
     """A function (system text, conversation) -> ids for this tokenizer."""
     if getattr(tokenizer, "chat_template", None):
-        return lambda system, conversation: _render_template(tokenizer, system, conversation)
+        return lambda system, conversation: _render_template(tokenizer, encoder, system, conversation)
     return lambda system, conversation: _render_llama_instruct(tokenizer, encoder, system, conversation)
 
 
-def _render_template(tokenizer, system: str, conversation: list[Message]) -> list[int]:
+def _render_template(tokenizer, encoder: Encoder, system: str, conversation: list[Message]) -> list[int]:
+    """The tokenizer's chat template over the conversation. Only the template's own special-token strings become
+    control tokens: it is rendered around placeholders, and the system text (the repository's excerpts) and the
+    messages are encoded in their place as text, so a file or a question that spells "<|im_end|>" cannot end a
+    turn or open another."""
     from jinja2 import TemplateError
 
+    contents = [system, *(m["content"] for m in conversation)]
+    slots = [_SLOT.format(i) for i in range(len(contents))]
+    turns = [{**m, "content": slot} for m, slot in zip(conversation, slots[1:])]
     try:
         text = tokenizer.apply_chat_template(
-            [{"role": "system", "content": system}, *conversation], tokenize=False, add_generation_prompt=True
+            [{"role": "system", "content": slots[0]}, *turns], tokenize=False, add_generation_prompt=True
         )
     except TemplateError:  # a template without a system role: the context goes into the first user message
-        first = {"role": "user", "content": f"{system}\n\n{conversation[0]['content']}"}
-        text = tokenizer.apply_chat_template([first, *conversation[1:]], tokenize=False, add_generation_prompt=True)
-    # The rendered text spells the template's special tokens: encode them as such, and add no others.
-    return tokenizer(tokenizable(text), add_special_tokens=False)["input_ids"]
+        first = {"role": "user", "content": f"{slots[0]}\n\n{slots[1]}"}
+        text = tokenizer.apply_chat_template([first, *turns[1:]], tokenize=False, add_generation_prompt=True)
+    ids: list[int] = []
+    for k, piece in enumerate(_SLOT_SPLIT.split(text)):  # markup, slot number, markup, slot number, ...
+        if k % 2 == 0:
+            ids += encoder.encode_markup(piece, lead=not ids)
+        else:
+            content = contents[int(piece)]
+            ids += encoder.encode_lead(content) if not ids else encoder.encode(content)
+    return ids
+
+
+_SLOT = "\ue000{}\ue001"                  # private-use characters: no template or tokenizer gives them a meaning
+_SLOT_SPLIT = re.compile("\ue000(\\d+)\ue001")
 
 
 def _render_llama_instruct(tokenizer, encoder: Encoder, system: str, conversation: list[Message]) -> list[int]:

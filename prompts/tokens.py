@@ -100,6 +100,18 @@ class Encoder:
             ids[n:] if ids[:n] == self._sentinel_ids else self._plain([text])[0] for ids, text in zip(encoded, texts)
         ]
 
+    def encode_markup(self, text: str, lead: bool = False) -> list[int]:
+        """Ids of a chat template's own text, whose special-token strings ("<|im_start|>") are control tokens;
+        `lead`: the prompt's first text (SentencePiece's leading space), else none, as ``encode``. Never for text
+        a user or a repository wrote."""
+        def markup(texts: list[str]) -> list[list[int]]:
+            return self.tokenizer([tokenizable(t) for t in texts], add_special_tokens=False)["input_ids"]
+        if lead or not self.leading_space:
+            return markup([text])[0] if text else []
+        n = len(self._sentinel_ids)
+        ids = markup([_SENTINEL + text])[0]
+        return ids[n:] if ids[:n] == self._sentinel_ids else markup([text])[0]
+
     def _lead(self, texts: list[str]) -> list[list[int]]:
         return [ids if text else [] for ids, text in zip(self._plain(texts), texts)]
 

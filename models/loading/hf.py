@@ -18,6 +18,7 @@ from models.errors import ModelError, ModelNotFoundError, OutOfMemoryError, Unsu
 from models.llama import Transformer, hf_tensor_slots
 
 IGNORED_TENSORS = ("rotary_emb.inv_freq",)   # recomputed, and stored only by old checkpoints
+WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 MAX_JSON_BYTES = 64 * 1024 * 1024     # configs and shard indexes are far smaller
@@ -115,6 +116,10 @@ def load_weights(model: Transformer, tensors: Iterator[tuple[str, torch.Tensor]]
         if slot.shape != tensor.shape:
             raise UnsupportedModelError(
                 f"{source}: tensor {name} has shape {tuple(tensor.shape)}, the config implies {tuple(slot.shape)}")
+        if tensor.dtype not in WEIGHT_DTYPES:   # an int8 or fp8 tensor would be copied as numbers, without its scales
+            raise UnsupportedModelError(
+                f"{source}: tensor {name} is {str(tensor.dtype).removeprefix('torch.')}; weights load from float16, "
+                "bfloat16 or float32 checkpoints (a quantized one: its GGUF)")
         slot.copy_(tensor)
     if slots:
         missing = sorted(slots)

@@ -17,6 +17,8 @@ def test_json_takes_a_file_or_nothing(tmp_path):
     # `--json REPO ...`: the folder after --json is the repository, not the output file.
     args = parse("--json", str(tmp_path), "--file", "a.py")
     assert (args.repo, args.json) == (str(tmp_path), "-")
+    with pytest.raises(UsageError, match="is a folder"):     # --bench's repository is optional: a folder is a mistake
+        parse("--bench", "--json", str(tmp_path))
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -74,6 +74,24 @@ def test_a_session(conversation, tmp_path, monkeypatch):
     assert "half typed" not in history.read_text()        # Ctrl-C threw the line away
 
 
+def test_the_repl_sees_files_change_between_questions(engine, tmp_path):
+    """Files added, deleted or edited while the REPL waits are what its next command or question sees."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "old.py").write_text("def old_helper():\n    return 1\n")
+    (root / "kept.py").write_text("def kept():\n    return 2\n")
+    args = cli.build_parser().parse_args([str(root), "--max-tokens", "4"])
+    conversation = chat.Conversation(Session(engine, workspace.index(root)), args)
+    (root / "new.py").write_text("def zebra_unique_fn():\n    return 3\n")
+    (root / "old.py").unlink()
+    (root / "kept.py").write_text("def kept_renamed():\n    return 2\n")
+    printed = drive(conversation, ["/add new.py\r", "/add kept.py\r", "What does zebra_unique_fn return?\r",
+                                   "/exit\r"], tmp_path / "history")
+    assert "pinned new.py" in printed and "not among the indexed files" not in printed
+    text = engine.tokenizer.decode(conversation.last_prompt.ids)
+    assert "zebra_unique_fn" in text and "kept_renamed" in text and "old_helper" not in text
+
+
 def test_ctrl_c_cancels_the_answer_and_keeps_the_conversation(conversation, tmp_path, monkeypatch):
     conversation.reset()
     interrupt_answer(conversation.engine, monkeypatch)

@@ -43,6 +43,19 @@ def test_bad_config_values_are_one_line_errors_naming_the_file_and_key(change, k
     assert message.startswith("/ckpt/config.json: ") and key in message and "\n" not in message
 
 
+@pytest.mark.parametrize("dtype", ["int8", "bool", "float8_e4m3fn"])
+def test_weights_that_are_not_floats_are_refused(tmp_path, tiny_checkpoint, dtype):
+    """A quantized or mistyped tensor of the right shape would otherwise be copied as numbers: nonsense, no error."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    directory = tmp_path / dtype
+    shutil.copytree(tiny_checkpoint[0], directory)
+    for file in directory.glob("*.safetensors"):
+        tensors = load_file(file)
+        save_file({name: t.to(getattr(torch, dtype)) for name, t in tensors.items()}, file)
+    assert f"is {dtype}" in load_error(directory, ModelError, "weights load from float16")
+
+
 def test_a_config_that_is_not_an_object_is_refused():
     with pytest.raises(ModelError, match="not a config object"):
         ModelConfig.from_hf([1, 2], "/ckpt/config.json")

@@ -1,6 +1,7 @@
 """The generation loop on the embedded SmolLM2: prefix reuse, cancellation, stops, sampling, timings."""
 
 import pytest
+import torch
 
 from models import GenerationConfig, ModelError, load_model
 
@@ -124,6 +125,17 @@ def test_sampling_is_seeded_and_degenerates_to_greedy(smollm_engine, full_run):
     assert run(seed=1, **hot) == first and run(seed=2, **hot) != first
     assert run(seed=5, temperature=1.0, top_k=1) == cold.token_ids[:6]
     assert run(seed=5, temperature=1.0, top_p=1e-6) == cold.token_ids[:6]
+
+
+@pytest.mark.parametrize("temperature", [1e-45, 1e-38, 1e-30, 1e-6])
+def test_a_tiny_temperature_samples_the_greedy_token(temperature):
+    """The limit of sampling as the temperature goes to 0 is greedy; dividing the logits by 1e-45 gave inf - inf in
+    the softmax, NaN, and token 0 every time."""
+    from models.sampling import probabilities, race
+    logits = torch.randn(3, 1000, generator=torch.Generator().manual_seed(0)) * 20
+    probs = probabilities(logits, GenerationConfig(temperature=temperature, top_k=40, top_p=0.95))
+    assert not probs.isnan().any()
+    assert torch.equal(race(probs, torch.Generator().manual_seed(1)), logits.argmax(-1))
 
 
 def test_timings_are_filled_in(full_run):

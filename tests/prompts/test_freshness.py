@@ -43,6 +43,23 @@ def test_changes_on_disk_reach_the_index(make_repo, cache_dir):
     assert fresh.refresh("app.py") is index
 
 
+def test_a_rescan_catches_up_in_one_call_whatever_the_slice(make_repo, cache_dir):
+    """An interactive prompt's way (the REPL, between questions): one whole pass and every parse it calls for,
+    however small the slices a server would use; midway through a server's pass it starts its own."""
+    files = {f"pkg/m{i}.py": f"def f{i}(x):\n    return x + {i}\n" for i in range(30)}
+    root = make_repo(files)
+    fresh = FreshIndex(index_repository(root), files_per_refresh=4, parses_per_refresh=1)
+    fresh.sweep()                                                    # a pass begun
+    (root / "pkg/m3.py").write_text("def f3_renamed(x):\n    return x\n")
+    (root / "pkg/m7.py").unlink()
+    (root / "pkg/m9.py").rename(root / "pkg/moved.py")
+    (root / "pkg/new.py").write_text("def brand_new():\n    return 2\n")
+    index = fresh.rescan()
+    assert chunks_of(index) == chunks_of(index_repository(root))
+    assert {"pkg/new.py", "pkg/moved.py"} <= set(index.files) and not {"pkg/m7.py", "pkg/m9.py"} & set(index.files)
+    assert fresh.rescan() is index                                   # nothing changed since: no rebuild
+
+
 @pytest.fixture(scope="module")
 def big_repo(tmp_path_factory):
     """20,000 small Python files in 200 folders, indexed once."""
