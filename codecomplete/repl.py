@@ -13,8 +13,11 @@ from pathlib import Path
 from platformdirs import user_state_dir
 from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import Completer, Completion
+from prompt_toolkit.filters import emacs_insert_mode, vi_insert_mode
 from prompt_toolkit.history import FileHistory, InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings
+from prompt_toolkit.key_binding.bindings.named_commands import get_by_name
+from prompt_toolkit.keys import Keys
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -35,6 +38,7 @@ COMMANDS = {
 }
 KEYS = "Enter sends · Esc Enter new line · Tab completes · Ctrl-C cancels · Ctrl-D leaves"
 MAX_PATH_COMPLETIONS = 200
+UNDO_CHARS = 4096          # typing keeps undo copies of the line while it is shorter than this
 
 
 def history_path(root: Path | None = None) -> Path | None:
@@ -87,7 +91,16 @@ def _key_bindings() -> KeyBindings:
     def _newline(event):
         event.current_buffer.insert_text("\n")
 
+    # prompt-toolkit saves a copy of the whole line for undo before every key typed: n characters typed (or pasted by
+    # a terminal without bracketed paste) cost n^2 / 2 bytes, 1.7 GB for 60k. Past UNDO_CHARS typing saves none.
+    bindings.add(Keys.Any, filter=vi_insert_mode | emacs_insert_mode, save_before=_undo_copy)(
+        get_by_name("self-insert").handler)
     return bindings
+
+
+def _undo_copy(event) -> bool:
+    """Whether to save the line for undo before this key: as prompt-toolkit does (every key), below UNDO_CHARS."""
+    return len(event.current_buffer.text) < UNDO_CHARS
 
 
 class Repl:
