@@ -103,6 +103,19 @@ def test_unsupported_gguf_architecture(tmp_path):
     assert str(path) in load_error(path, UnsupportedModelError, "'qwen2'")
 
 
+@pytest.mark.parametrize("block_count, message", [(1000, "lacks"), (1, "not one its metadata implies")])
+def test_metadata_that_contradicts_the_tensors_is_refused_before_any_conversion(tmp_path, monkeypatch, block_count,
+                                                                                message):
+    """A block count of 1,000 over 2 stored blocks (or 1): refused from the tensors' shapes, before a single tensor is
+    dequantized or anything is cached (it was converted in full, ~540 MB for such a file, and then failed)."""
+    from models.loading import gguf as gguf_loading
+    path = tmp_path / "lying.gguf"
+    write_tiny_gguf(path, block_count=block_count)
+    monkeypatch.setattr(gguf_loading, "to_torch", lambda *a: pytest.fail("a tensor was dequantized"))
+    assert str(path) in load_error(path, UnsupportedModelError, message)
+    assert not list(gguf_loading.converted_dir(path, torch.float32).parent.glob(f"{path.stem}*"))
+
+
 def test_unsupported_quantization_names_the_tensor_and_type(tmp_path):
     path = tmp_path / "iq.gguf"
     write_tiny_gguf(path, matrix_type="IQ4_NL")

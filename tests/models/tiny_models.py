@@ -95,7 +95,7 @@ def llama_cpp_permute(weight: np.ndarray, n_heads: int) -> np.ndarray:
     return weight.reshape(n_heads, 2, weight.shape[0] // n_heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
-def write_tiny_gguf(path: Path, *, architecture="llama", matrix_type="Q8_0", seed=0):
+def write_tiny_gguf(path: Path, *, architecture="llama", matrix_type="Q8_0", seed=0, block_count=None):
     """A tiny Llama GGUF written the way llama.cpp's converter writes one.
 
     Returns the transformers model holding exactly the weights the file stores (the quantization
@@ -112,7 +112,7 @@ def write_tiny_gguf(path: Path, *, architecture="llama", matrix_type="Q8_0", see
     writer = gguf.GGUFWriter(str(path), architecture)
     writer.add_context_length(TINY["max_position_embeddings"])
     writer.add_embedding_length(TINY["hidden_size"])
-    writer.add_block_count(TINY["num_hidden_layers"])
+    writer.add_block_count(block_count or TINY["num_hidden_layers"])
     writer.add_feed_forward_length(TINY["intermediate_size"])
     writer.add_head_count(4)
     writer.add_head_count_kv(2)
