@@ -130,23 +130,14 @@ def check_tensor_types(reader, path: Path) -> None:
 def check_tensor_shapes(reader, config: ModelConfig, path: Path) -> None:
     """The file's tensors against those its metadata implies, before any is dequantized: a GGUF whose metadata
     contradicts its tensors (a block count of 1,000 over 30 blocks) is refused at once, not converted and cached in
-    full first. (The model is built on the meta device: shapes only, no memory.)"""
-    from models.llama import Transformer, hf_tensor_slots
+    full first. The loader's own checks (`hf.load_weights`: unexpected, misshapen and missing tensors) over a model
+    and tensors on the meta device: shapes only, no memory."""
+    from models.llama import Transformer
+    from models.loading.hf import load_weights
 
     with torch.device("meta"):
-        expected = {name: tuple(slot.shape) for name, slot in hf_tensor_slots(Transformer(config)).items()}
-    for tensor in reader.tensors:
-        name, shape = hf_name(tensor.name, path), tuple(reversed([int(n) for n in tensor.shape]))
-        wanted = expected.pop(name, None)
-        if wanted is None:
-            raise UnsupportedModelError(f"{path}: tensor {tensor.name} is not one its metadata implies")
-        if wanted != shape:
-            raise UnsupportedModelError(
-                f"{path}: tensor {tensor.name} has shape {shape}, its metadata implies {wanted}")
-    if expected:
-        missing = sorted(expected)
-        raise UnsupportedModelError(
-            f"{path}: the metadata implies {len(missing)} tensors the file lacks, e.g. {', '.join(missing[:3])}")
+        load_weights(Transformer(config), ((hf_name(t.name, path), torch.empty(tuple(reversed(t.shape.tolist()))))
+                                           for t in reader.tensors), str(path))
 
 
 def hf_name(name: str, path: Path) -> str:
