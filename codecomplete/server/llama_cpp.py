@@ -149,26 +149,22 @@ async def _answer(server, running, generation, body: Options, sampling, limits: 
         }
 
     if body.stream:
-        predicted, text, sent = 0, "", 0
+        predicted = 0
 
         def piece(content: str) -> str:
             return sse({"index": 0, "content": content, "tokens": [], "stop": False, "id_slot": 0,
                         "tokens_predicted": predicted, "tokens_evaluated": len(prompt.ids)})
 
         def frames(event):
-            nonlocal predicted, text, sent
+            nonlocal predicted
             if event.kind == "text":   # sent once it is sure to stay: nothing a limit cuts reaches the editor
                 predicted += 1
-                text += event.value
-                settled = limits.settled(text)
-                if settled <= sent:
-                    return []
-                content, sent = text[sent:settled], settled
-                return [piece(content)]
+                content = limits.release(event.value)
+                return [piece(content)] if content else []
             if event.kind == "error":
                 return [sse(event.value.body())]
             answer = final(event.value)
-            held = answer["content"][sent:]              # held back, and in the answer after all
+            held = limits.held(answer["content"])        # held back, and in the answer after all
             return [*([piece(held)] if held else []), sse({**answer, "content": ""})]   # (the text went out)
         return stream(running, frames, "text/event-stream")
     answer = final(await running.result())
@@ -242,13 +238,16 @@ class Limits:
     thread, before the text goes to the request): past the time limit, the text ends with the next newline; a line
     after the first indented less than n_indent (with text on it) ends the completion, and is cut from it, its
     indentation kept. The engine stops at its next step, which may have made more text (a speculative step makes
-    several tokens): `cut` removes it from the answer, and a stream sends only what is `settled`."""
+    several tokens): `cut` removes it from the answer, and a stream sends only what is `settled` (`release`, on the
+    event loop, as the text arrives there; `held`, the rest of the answer at the end)."""
 
     def __init__(self, max_predict_ms: int, n_indent: int) -> None:
         self.max_predict_ms, self.n_indent = max_predict_ms, n_indent
         self.text = ""
         self.started: float | None = None
         self.cut_at: int | None = None      # where the answer ends, once a limit is reached
+        self.streamed = ""                  # the text as a stream has received it (a prefix of `text`)
+        self.sent = 0                       # how much of it the stream has sent
 
     @property
     def reached(self) -> bool:
@@ -268,6 +267,17 @@ class Limits:
 
     def cut(self, text: str) -> str:
         return text[:self.cut_at] if self.cut_at is not None else text
+
+    def release(self, delta: str) -> str:
+        """A stream's next delta in; what it may send now out ("" while all it has is held back)."""
+        self.streamed += delta
+        settled = self.settled(self.streamed)
+        piece, self.sent = self.streamed[self.sent:settled], max(self.sent, settled)
+        return piece
+
+    def held(self, content: str) -> str:
+        """At the end: the part of the answer's content the stream held back and has not sent."""
+        return content[self.sent:]
 
     def settled(self, text: str) -> int:
         """How much of `text` (a prefix of what was fed) is sure to be in the answer: not past the cut, and, with

@@ -18,18 +18,14 @@ COMPLETION = "x2, y2 = poly[i + 1]\n        s += x1 * y2\n    return abs(s) / 2\
 
 
 def streamed(limits: Limits, deltas: list[str]) -> tuple[list[str], str]:
-    """What a stream sends (the llama.cpp route's rule: each delta fed first, then what is settled goes out) and
-    the answer's content (the text cut)."""
-    text, sent, pieces = "", 0, []
+    """What a stream sends (as the llama.cpp route drives it: each delta fed on the engine thread first, then
+    released to the stream; at the end what was held back) and the answer's content (the text cut)."""
+    pieces = []
     for delta in deltas:
         limits.feed(delta)
-        text += delta
-        settled = limits.settled(text)
-        if settled > sent:
-            pieces.append(text[sent:settled])
-            sent = settled
-    content = limits.cut(text)
-    return pieces + ([content[sent:]] if content[sent:] else []), content
+        pieces.append(limits.release(delta))
+    content = limits.cut(limits.text)
+    return [piece for piece in [*pieces, limits.held(content)] if piece], content
 
 
 @pytest.mark.parametrize("split", [1, 3, 7, 100])
