@@ -10,44 +10,14 @@ import signal
 import threading
 
 
-class InterruptsDeferred:
-    """`with InterruptsDeferred(): import torch ...`: a Ctrl-C while native extensions load is held until they are
-    in, then raised as KeyboardInterrupt. Raised inside an extension's initialisation it can abort the whole process
-    (SIGABRT from a C++ exception that nothing catches) instead of ending it with the usual exit code."""
+class _SigintHandled:
+    """Ctrl-C handled by `_on_sigint` inside the `with` block, the handler before restored after. Signal handlers can
+    only be set from the main thread; elsewhere Ctrl-C keeps its default meaning and `_on_sigint` never runs."""
 
     def __init__(self) -> None:
-        self.pending = False
         self._previous = None
 
-    def __enter__(self) -> "InterruptsDeferred":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
-        return self
-
-    def __exit__(self, exc_type, *rest) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
-        if self.pending and exc_type is None:
-            raise KeyboardInterrupt
-
-    def _on_sigint(self, signum, frame) -> None:
-        self.pending = True
-
-
-class CancelOnSigint:
-    """`with CancelOnSigint() as cancel: engine.generate(..., should_stop=cancel)`."""
-
-    def __init__(self) -> None:
-        self.cancelled = False
-        self._previous = None
-
-    def __call__(self) -> bool:
-        return self.cancelled
-
-    def __enter__(self) -> "CancelOnSigint":
-        # Signal handlers can only be set from the main thread; elsewhere Ctrl-C
-        # keeps its default meaning and the flag is simply never set.
+    def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._on_sigint)
         return self
@@ -56,6 +26,38 @@ class CancelOnSigint:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None
+
+    def _on_sigint(self, signum, frame) -> None:
+        raise NotImplementedError
+
+
+class InterruptsDeferred(_SigintHandled):
+    """`with InterruptsDeferred(): import torch ...`: a Ctrl-C while native extensions load is held until they are
+    in, then raised as KeyboardInterrupt. Raised inside an extension's initialisation it can abort the whole process
+    (SIGABRT from a C++ exception that nothing catches) instead of ending it with the usual exit code."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending = False
+
+    def __exit__(self, exc_type, *rest) -> None:
+        super().__exit__(exc_type, *rest)
+        if self.pending and exc_type is None:
+            raise KeyboardInterrupt
+
+    def _on_sigint(self, signum, frame) -> None:
+        self.pending = True
+
+
+class CancelOnSigint(_SigintHandled):
+    """`with CancelOnSigint() as cancel: engine.generate(..., should_stop=cancel)`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cancelled = False
+
+    def __call__(self) -> bool:
+        return self.cancelled
 
     def _on_sigint(self, signum, frame) -> None:
         if self.cancelled:
