@@ -460,12 +460,9 @@ class CheckCase:
 def poisoned_tails(k, v, scales, lengths):
     """Copies of the caches (same strides) and scales whose every element past a row's length is NaN (an 8-bit
     cache: the byte 0x7F, e4m3's NaN and int8's largest value): a kernel must not let what a cache holds past the
-    length into a row, whatever it loads there (a TMA tile, a pipelined load)."""
-    def copy(t):
-        out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
-        out.copy_(t)
-        return out
-    k, v, scales = copy(k), copy(v), {name: copy(t) for name, t in scales.items()}
+    length into a row, whatever it loads there (a TMA tile, a pipelined load). (The check's tensors are dense views,
+    whose strides a clone keeps.)"""
+    k, v, scales = k.clone(), v.clone(), {name: t.clone() for name, t in scales.items()}
     for b, n in enumerate(lengths.tolist()):
         for t in (k, v):
             if t.dtype in (FP8_DTYPE, torch.int8):

@@ -241,8 +241,9 @@ def _split_kv_transposed_kernel(
 ):
     """Q (B, Hq, T, D) strided; K (B, Hkv, S, D) 8-bit, head dim contiguous; V (B, Hkv, S, D) 8-bit, a view of a
     (B, Hkv, D, S) tensor (stride_vn == 1); with TMA, descriptors over K and over V's (B, Hkv, D, S) storage;
-    K_SCALE, V_SCALE (B, Hkv, S) fp32; OUT (B, Hq, T, D), LSE (B, Hq, T) contiguous; PART_OUT (B, Hq, T, num_splits, D), PART_LSE (B, Hq, T, num_splits) when SPLIT; K_BASE, V_BASE
-    the caches (read by the PREFETCH of the split's first keys into L2)."""
+    K_SCALE, V_SCALE (B, Hkv, S) fp32; OUT (B, Hq, T, D), LSE (B, Hq, T) contiguous; PART_OUT (B, Hq, T, num_splits,
+    D), PART_LSE (B, Hq, T, num_splits) when SPLIT; K_BASE, V_BASE the caches (read by the PREFETCH of the split's
+    first keys into L2)."""
     tl.static_assert(SCALED, "the transposed kernel reads 8-bit caches")
     E4M3: tl.constexpr = K_BASE.dtype.element_ty == tl.float8e4nv  # else int8 (K_BASE: a pointer even with TMA)
     DIGIT_MAX: tl.constexpr = FP8_MAX if E4M3 else INT8_MAX       # q and P scaled to [-DIGIT_MAX, DIGIT_MAX]

@@ -45,6 +45,19 @@ def wave_plan(plan, items: int, S: int, q, k8, v8, ks, vs, num_sms: int):
     return dataclasses.replace(plan, num_splits=splits), resident
 
 
+def wave_variants(base, variants: list[tuple[str, dict]], items: int, S: int, q, k8, v8, ks, vs, num_sms: int,
+                  label: str) -> dict:
+    """{name: (plan, resident)}: each (name, plan fields) variant of `base` at `wave_plan`'s split count; a variant
+    that does not build (registers, shared memory) is reported on stderr and left out."""
+    out = {}
+    for name, fields in variants:
+        try:
+            out[name] = wave_plan(dataclasses.replace(base, **fields), items, S, q, k8, v8, ks, vs, num_sms)
+        except Exception as e:
+            print(f"{label} {name}: {type(e).__name__}: {e}", file=sys.stderr)
+    return out
+
+
 def peer_runs(sets: list, T: int) -> dict:
     """The bf16 kernel's and (one token) cuDNN's runs over `sets`: the peers of every 8-bit table here."""
     runs = {"bf16": lambda: [flash_decode(x.q, x.k, x.v) for x in sets]}

@@ -25,7 +25,7 @@ from kernels.bench import Shape, best_of_rounds, environment, read_bandwidth, sa
 from kernels.interface import device_facts, heuristic_plan, launch, plan_for
 from kernels.plan import plan_launch
 
-from int8_dot import input_sets, peer_runs, quantized_caches, wave_plan  # a sibling script (bench/gpu is the script's directory)
+from int8_dot import input_sets, peer_runs, quantized_caches, wave_variants  # a sibling script (bench/gpu is the script's directory)
 
 SHAPES = [(Shape("34B", 1, s * 1024, 64, 8), 1) for s in (64, 128)]
 SHAPES += [(Shape("34B", 8, 16384, 64, 8), 1), (Shape("34B", 64, 2048, 64, 8), 1),
@@ -66,15 +66,11 @@ def main(out: Path) -> int:
                      f"{kind} heuristic": heuristic_plan(sets[0].q, s.B, s.Hq, s.Hkv, s.S, s.D, T, True),
                      f"{kind} heuristic before": plan_launch(s.B, s.Hq, s.Hkv, s.S, s.D, T=T, fp8=True,
                                                               num_sms=num_sms)}
-            for name, fields in VARIANTS:
-                try:
-                    plan, resident = wave_plan(dataclasses.replace(base, **(COMMON | fields)), items, s.S, sets[0].q,
-                                               k8, v8t, ks, vs, num_sms)
-                except Exception as e:  # a variant that does not build (registers, shared memory) is reported
-                    print(f"{label} {kind} {name}: {type(e).__name__}: {e}", file=sys.stderr)
-                    continue
-                plans[f"{kind} {name}"] = plan
-                row["resident"][f"{kind} {name}"] = resident
+            variants = [(f"{kind} {name}", COMMON | fields) for name, fields in VARIANTS]
+            for name, (plan, resident) in wave_variants(base, variants, items, s.S, sets[0].q, k8, v8t, ks, vs,
+                                                        num_sms, label).items():
+                plans[name] = plan
+                row["resident"][name] = resident
             ref = reference.flash_decode(sets[0].q, k8, v8t, k_scale=ks, v_scale=vs).float()
             for name, plan in plans.items():
                 got, _ = launch(sets[0].q, k8, v8t, None, plan, k_scale=ks, v_scale=vs)

@@ -24,7 +24,7 @@ from kernels import reference
 from kernels.bench import Shape, best_of_rounds, environment, read_bandwidth, save_table
 from kernels.interface import device_facts, launch, plan_for
 
-from int8_dot import input_sets, peer_runs, quantized_caches, wave_plan  # a sibling script (bench/gpu is the script's directory)
+from int8_dot import input_sets, peer_runs, quantized_caches, wave_variants  # a sibling script (bench/gpu is the script's directory)
 
 SHAPES = [(Shape("34B", 1, s * 1024, 64, 8), 1) for s in (16, 64, 128)]
 SHAPES += [(Shape("34B", 8, 16384, 64, 8), 1), (Shape("34B", 1, 65536, 64, 8), 8),
@@ -55,16 +55,12 @@ def main(out: Path) -> int:
             base = plan_for(sets[0].q, s.B, s.Hq, s.Hkv, s.S, s.D, T, True, int8=kind == "int8")
             items = s.B * s.Hkv * base.row_blocks(s.Hq // s.Hkv, T)
             plans = {f"{kind} d": (base, False), f"{kind} seq same plan": (base, True)}
-            variants = VARIANTS + (MHA_VARIANTS if s.Hq == s.Hkv else [])
-            for name, fields in variants:
-                try:
-                    plan, resident = wave_plan(dataclasses.replace(base, **fields), items, s.S, sets[0].q, k8, v8t,
-                                               ks, vs, num_sms)
-                except Exception as e:  # a variant that does not build (registers, shared memory) is reported
-                    print(f"{label} {kind} {name}: {type(e).__name__}: {e}", file=sys.stderr)
-                    continue
-                plans[f"{kind} {name}"] = (plan, True)
-                row["resident"][f"{kind} {name}"] = resident
+            variants = [(f"{kind} {name}", fields) for name, fields in
+                        VARIANTS + (MHA_VARIANTS if s.Hq == s.Hkv else [])]
+            for name, (plan, resident) in wave_variants(base, variants, items, s.S, sets[0].q, k8, v8t, ks, vs,
+                                                        num_sms, label).items():
+                plans[name] = (plan, True)
+                row["resident"][name] = resident
             ref = reference.flash_decode(sets[0].q, k8, v8, k_scale=ks, v_scale=vs).float()
             for name, (plan, seq) in plans.items():
                 got, _ = launch(sets[0].q, k8, v8t if seq else v8, None, plan, k_scale=ks, v_scale=vs)
