@@ -91,26 +91,26 @@ class Encoder:
         """Ids of the first text of a prompt, the tokenizer's own way (SentencePiece: with its leading space)."""
         return self.encode_many([text], lead=True)[0]
 
-    def _infill(self, texts: list[str]) -> list[list[int]]:
+    def _infill(self, texts: list[str], encode=None) -> list[list[int]]:
+        """`encode` (default: as text) without SentencePiece's implicit leading space: each text is encoded behind
+        a sentinel whose ids are then dropped."""
+        encode = encode or self._plain
         if not self.leading_space:
-            return self._plain(texts)
+            return encode(texts)
         n = len(self._sentinel_ids)
-        encoded = self._plain([_SENTINEL + text for text in texts])
-        return [
-            ids[n:] if ids[:n] == self._sentinel_ids else self._plain([text])[0] for ids, text in zip(encoded, texts)
-        ]
+        encoded = encode([_SENTINEL + text for text in texts])
+        return [ids[n:] if ids[:n] == self._sentinel_ids else encode([text])[0] for ids, text in zip(encoded, texts)]
 
     def encode_markup(self, text: str, lead: bool = False) -> list[int]:
         """Ids of a chat template's own text, whose special-token strings ("<|im_start|>") are control tokens;
         `lead`: the prompt's first text (SentencePiece's leading space), else none, as ``encode``. Never for text
         a user or a repository wrote."""
-        def markup(texts: list[str]) -> list[list[int]]:
-            return self.tokenizer([tokenizable(t) for t in texts], add_special_tokens=False)["input_ids"]
-        if lead or not self.leading_space:
-            return markup([text])[0] if text else []
-        n = len(self._sentinel_ids)
-        ids = markup([_SENTINEL + text])[0]
-        return ids[n:] if ids[:n] == self._sentinel_ids else markup([text])[0]
+        if not text:
+            return []
+        return self._markup([text])[0] if lead else self._infill([text], self._markup)[0]
+
+    def _markup(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer([tokenizable(t) for t in texts], add_special_tokens=False)["input_ids"]
 
     def _lead(self, texts: list[str]) -> list[list[int]]:
         return [ids if text else [] for ids, text in zip(self._plain(texts), texts)]
