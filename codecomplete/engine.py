@@ -33,6 +33,12 @@ def device_for(args) -> str:
         raise UsageError(f"--device {args.device}: no CUDA GPU is available here")
     if device.type not in ("cpu", "cuda"):
         raise UsageError(f"--device {args.device}: only cpu and cuda are supported")
+    if device.type == "cpu" and device.index not in (None, 0):
+        raise UsageError(f"--device {args.device}: the CPU takes no index (--threads sets its cores)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise UsageError(f"--device {args.device}: this machine has {count} CUDA GPU{'s' * (count != 1)} "
+                         f"(cuda:0 to cuda:{count - 1})")
     if (args.gpus or 1) > 1 and device.index is not None:
         raise UsageError(f"--device {args.device} with --gpus: rank r runs on cuda:r "
                          "(choose the GPUs with CUDA_VISIBLE_DEVICES)")

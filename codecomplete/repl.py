@@ -201,6 +201,10 @@ class Repl:
             args = argparse.Namespace(**{**vars(conversation.args), "model": argument})
             try:
                 engine = engines.load(args, conversation.max_new_tokens)
+            except UsageError as exc:   # said of the command line's --model: here it was the /model command
+                message = str(exc)
+                raise UsageError(f"/model {message.removeprefix('--model ')}"
+                                 if message.startswith("--model ") else message) from None
             except Exception as exc:    # whatever the checkpoint does, the REPL keeps its model and conversation
                 if classify(exc) is None:
                     raise AppError(f"/model {argument}: cannot load it ({type(exc).__name__}: {exc})") from exc

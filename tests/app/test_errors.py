@@ -30,6 +30,8 @@ def check_error(run, code, *words):
     ([], ["give a repository"]),
     (["{repo}", "--temperature", "-1"], ["--temperature"]),
     (["--prompt", "x", "--device", "tpu:0"], ["--device tpu:0"]),
+    (["--prompt", "x", "--device", "cpu:99"], ["--device cpu:99", "takes no index"]),
+    (["--prompt", "x", "--device", "cuda:99"], ["--device cuda:99"]),   # no GPU here, or not 100 of them
     (["{repo}"], ["needs a terminal"]),             # the REPL, with stdin not a terminal
 ])
 def test_usage_and_input_errors_exit_2(codecomplete, repo, tmp_path, args, words):

@@ -144,7 +144,8 @@ def test_a_model_that_fails_to_load_keeps_the_repls_model_and_conversation(conve
     printed = drive(conversation, [f"/model {bad}\r", "/model random:SmolLM2-135M\r", "/model\r", "/exit\r"],
                     tmp_path / "history")
     assert f"error: {bad}/config.json: config lacks factor" in " ".join(printed.split())
-    assert "random weights have no tokenizer" in printed
+    assert "/model random:SmolLM2-135M: random weights have no tokenizer" in printed
+    assert "--model" not in printed                                     # the REPL has no options to name
     assert conversation.engine is engine and conversation.args.model is None
     assert [m["content"] for m in conversation.messages] == ["hi", "hello"]
 
