@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import stat
 import warnings
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
-if TYPE_CHECKING:
-    import pathspec
+from .gitignore import Rules
 
 MAX_FILE_BYTES = 512 * 1024  # larger files are almost always generated or data
+MAX_BUFFER_BYTES = 64 * 1024 * 1024  # the file being edited: none is this large (an 8 GB sparse one is not read whole)
 IGNORE_FILE = ".codecompleteignore"
 
 SKIPPED_DIRS = frozenset({
@@ -177,23 +176,21 @@ class IgnoreRules:
 
     def __init__(self, root: Path, filenames: tuple[str, ...], git_exclude: bool = False):
         self.root, self.filenames, self.git_exclude = root, filenames, git_exclude
-        self._specs: dict[str, list[pathspec.GitIgnoreSpec]] = {}
+        self._specs: dict[str, list[Rules]] = {}
 
     def ignored(self, path: str, is_dir: bool = False) -> bool:
-        """Whether ``path`` (posix, relative to the root) is ignored; directories are tested with a slash."""
+        """Whether ``path`` (posix, relative to the root; a folder if ``is_dir``) is ignored."""
         parts = path.split("/")
         for depth in range(len(parts) - 1, -1, -1):  # deepest directory first
             directory = "/".join(parts[:depth])
-            below = "/".join(parts[depth:]) + ("/" if is_dir else "")
-            for spec in reversed(self._specs_of(directory)):
-                decision = spec.check_file(below).include
+            below = "/".join(parts[depth:])
+            for rules in reversed(self._specs_of(directory)):
+                decision = rules.decide(below, is_dir)
                 if decision is not None:
                     return decision
         return False
 
-    def _specs_of(self, directory: str) -> list[pathspec.GitIgnoreSpec]:
-        import pathspec  # noqa: F811 (on first use: keeps `import prompts` quick)
-
+    def _specs_of(self, directory: str) -> list[Rules]:
         if directory not in self._specs:
             folder = self.root / directory
             files = [folder / name for name in self.filenames]
@@ -203,43 +200,9 @@ class IgnoreRules:
             for file in files:
                 text = _read_rules(file, follow_links=not file.is_relative_to(self.root))
                 if text is not None:
-                    specs.append(_compile_rules(text.splitlines()))
+                    specs.append(Rules(text.splitlines()))
             self._specs[directory] = specs
         return self._specs[directory]
-
-
-_STAR_RUN = re.compile(r"(?<!\\)\*{2,}")   # two or more stars, the first not escaped
-
-
-def _collapse_stars(line: str) -> str:
-    """A pattern with each run of stars as git reads it: a path segment of stars only is "**" (any directories);
-    any other run of stars is one "*". pathspec turns every "*" into a regular expression of its own, and a line
-    of twenty stars then takes exponential time to match (git: 3 ms)."""
-    def segment(text: str) -> str:
-        if len(text) > 1 and not text.strip("*"):
-            return "**"
-        return _STAR_RUN.sub("*", text)
-    negation = "!" if line.startswith("!") else ""
-    return negation + "/".join(map(segment, line[len(negation):].split("/")))
-
-
-def _compile_rules(lines: list[str]) -> pathspec.GitIgnoreSpec:
-    """The rules of one ignore file; a line that is not a valid pattern is left out, as git leaves it out."""
-    import pathspec
-
-    lines = [_collapse_stars(line) for line in lines]
-    try:
-        return pathspec.GitIgnoreSpec.from_lines(lines)
-    except Exception:  # pathspec raises its own errors or re.error, for the first bad line only
-
-        def valid(line: str) -> bool:
-            try:
-                pathspec.GitIgnoreSpec.from_lines([line])
-                return True
-            except Exception:
-                return False
-
-        return pathspec.GitIgnoreSpec.from_lines([line for line in lines if valid(line)])
 
 
 def read_regular_file(path: Path, limit: int, follow_links: bool = True) -> bytes | None:

@@ -71,7 +71,7 @@ def test_indexing_runs_no_process_and_nothing_from_the_repositorys_git_config(ma
     result = json.loads(out)
     assert result["spawned"] == []
     assert list(marker.iterdir()) == []
-    # The ignore rules still hold, read by pathspec: .gitignore and .git/info/exclude.
+    # The ignore rules still hold, read by prompts.gitignore: .gitignore and .git/info/exclude.
     assert result["files"] == [".gitattributes", ".gitignore", "a.py"]
 
 

@@ -57,6 +57,61 @@ def test_runs_of_stars_in_ignore_files_match_as_git_matches_them_without_backtra
                                         "some_module_name_helpers.py"]
 
 
+TREE = ["a.py", "a.txt", "m.py", "docs/keep.py", "docs/a.py", "docs/sub/x.py", "docs/sub/keep/k.py", "src/pkg/m.py",
+        "src/pkg/n.txt", "src/a.txt", "bld/x.py", "bld/sub/y.py", "foo/bar.py", "x/foo", "lib/foo/z.py",
+        "logs/debug.log", "logs/keep/important.log", "abc/def/ghi.py", "deep/a/b/c/d.py", "sp ace.py", "sp ace .py",
+        "!bang.py", "#hash.py", "q1.py", "q22.py", "set/a1.py", "set/b2.py", "set/c3.py", "set/-.py", "star*.py",
+        "nested/inner/one.py", "nested/inner/two.txt", "nested/other.txt"]
+IGNORE_CASES = [                      # (root .gitignore, {folder: its .gitignore})
+    ("docs/**\n!docs/keep.py", {}),    # the folder itself is not matched by "docs/**"
+    ("docs/**\n!docs/sub/\n!docs/sub/keep/**", {}),
+    ("*\n!*/\n!*.py", {}),             # the whitelist idiom
+    ("**\n!**/\n!*.py", {}),
+    ("src/**/\n!src/pkg/", {}),
+    ("foo\n!foo/", {}), ("!foo/\nfoo", {}), ("**/foo", {}), ("foo/", {}), ("/foo", {}),
+    ("bld/\n!bld/x.py", {}),            # a file cannot come back from an ignored folder
+    ("bld/*\n!bld/x.py", {}),
+    ("/*\n!/src", {}), ("*/\n!src/\n!src/**", {}),
+    ("*.txt\n!src/*.txt", {}), ("logs/*\n!logs/keep/", {}), ("logs/\n!logs/keep/", {}),
+    ("abc/**/ghi.py", {}), ("deep/**/d.py\n!deep/a/**", {}), ("deep/*/b", {}),
+    ("q?.py", {}), ("set/[ab]*.py", {}), ("set/[!ab]*.py", {}), ("set/[a-b]?.py", {}), ("set/[-]*", {}),
+    ("\\!bang.py\n\\#hash.py", {}), ("#hash.py", {}), ("sp\\ ace.py", {}), ("sp ace .py  ", {}),
+    ("sp ace\\ .py", {}), ("star\\*.py", {}), ("[", {}), ("a.py/", {}),
+    ("*.txt", {"nested": "!*.txt", "nested/inner": "*.py\n!one.py"}),
+    ("nested/", {"nested": "!inner/"}),
+    ("", {"nested/inner": "/one.py", "docs": "sub/keep\nkeep.py"}),
+]
+
+
+@pytest.mark.parametrize("rules", IGNORE_CASES, ids=[f"case{i}" for i in range(len(IGNORE_CASES))])
+def test_ignore_rules_keep_the_files_git_keeps(make_repo, tmp_path, rules):
+    """Differential: the walk's files against `git ls-files --others --exclude-standard` over one tree with many
+    patterns (folders asked about as folders, negations, "**" in every position, sets, escapes, spaces)."""
+    root_rules, folder_rules = rules
+    files = {path: "x = 1\n" for path in TREE} | {".gitignore": root_rules + "\n"}
+    files |= {f"{folder}/.gitignore": text + "\n" for folder, text in folder_rules.items()}
+    walked = [p for p in _paths(make_repo(files, name="walk")) if not p.endswith(".gitignore")]
+    git_root = make_repo(files, git=True, name="git")
+    listed = subprocess.run(["git", "-C", str(git_root), "ls-files", "--others", "--exclude-standard"],
+                            capture_output=True, text=True, check=True, env={**os.environ, "HOME": str(tmp_path),
+                                                                              "GIT_CONFIG_NOSYSTEM": "1"}).stdout
+    assert walked == sorted(p for p in listed.splitlines() if not p.endswith(".gitignore") and not
+                            p.startswith('"')) == sorted(set(walked))
+
+
+def test_stars_in_ignore_patterns_cannot_make_the_walk_slow(make_repo):
+    """Each star but a segment's last takes the first place its text fits, and keeps it: a plain regular
+    expression would try every way of splitting the name between thirteen stars."""
+    import time
+    from prompts.gitignore import Rules
+    rules = Rules(["*a*a*a*a*a*a*a*a*a*a*a*a*b", "x/**/**/**/**/**/**/**/y"])
+    started = time.perf_counter()
+    assert rules.decide("a" * 200, is_dir=False) is None
+    assert rules.decide("x/" + "q/" * 100 + "z", is_dir=False) is None
+    assert rules.decide("a" * 30 + "b", is_dir=False) is True
+    assert time.perf_counter() - started < 0.5
+
+
 def test_git_exclude_is_honoured_without_git(make_repo):
     root = make_repo({"a.py": "a = 1\n", "secret.py": "s = 1\n", ".git/info/exclude": "secret.py\n"})
     assert _paths(root) == ["a.py"]

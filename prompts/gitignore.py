@@ -1,0 +1,190 @@
+"""Git's ignore patterns, matched as git matches them: one path at a time, knowing whether it is a folder.
+
+pathspec, which this replaced, matches a folder as "its path and a slash", as if asking about what lies inside it,
+so that `docs/**` excluded the folder `docs` itself (git: only what is inside, so `!docs/keep.py` brings that file
+back) and the whitelist idiom `*`, `!*/`, `!*.py` kept every folder out. Here each pattern becomes one regular
+expression that must match the whole path (relative to the folder of the ignore file), and a pattern that ends in
+a slash applies to folders only. The walk asks about a folder before anything in it and never enters an ignored
+one, which is how git applies "a file cannot be re-included if a parent folder is excluded".
+
+The rules, from gitignore(5): blank lines and `#` comments are skipped; trailing spaces are dropped unless escaped;
+`!` negates; a slash at the start or in the middle anchors the pattern to the ignore file's folder, otherwise it
+matches a name at any depth; `*` and `?` do not cross a slash; `[...]` is a set; `**` as a whole segment is any
+number of folders (`**/x`, `a/**/b`, `a/**` = everything inside `a`); any other run of stars is one star.
+
+Stars cannot make matching slow: a star followed by more text takes the first place that text fits and keeps it
+(what fnmatch does; a lookahead and a back-reference make it atomic), so `*a*a*a*a*a*a*a*a*b` against a long name
+of `a`s is linear, where a plain regular expression backtracks through every way of splitting the name.
+"""
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+class Pattern(NamedTuple):
+    regex: re.Pattern
+    negated: bool
+    folders_only: bool
+
+
+class Rules:
+    """The patterns of one ignore file, in order."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.patterns = [p for p in map(compile_pattern, lines) if p is not None]
+
+    def decide(self, path: str, is_dir: bool) -> bool | None:
+        """True (ignored) or False (re-included) by the last pattern that matches `path`, or None if none does."""
+        for pattern in reversed(self.patterns):
+            if (is_dir or not pattern.folders_only) and pattern.regex.fullmatch(path):
+                return not pattern.negated
+        return None
+
+
+def compile_pattern(line: str) -> Pattern | None:
+    """One line of an ignore file; None for a blank line, a comment, or a pattern git would not read."""
+    line = _strip_trailing_spaces(line.rstrip("\r\n"))
+    if not line or line.startswith("#"):
+        return None
+    negated = line.startswith("!")
+    if negated:
+        line = line[1:]
+    folders_only = line.endswith("/") and not line.endswith("\\/")
+    line = line.rstrip("/") if folders_only else line
+    if not line:
+        return None
+    anchored = "/" in line
+    segments = line.lstrip("/").split("/")
+    if not any(segments):
+        return None
+    groups = iter(range(1 << 30))
+    body = _path_regex(segments, groups)
+    try:
+        return Pattern(re.compile(body if anchored else f"(?:.*/)?{body}", re.DOTALL), negated, folders_only)
+    except re.error:
+        return None
+
+
+def _path_regex(segments: list[str], groups) -> str:
+    """The segments as one expression; "**" segments split them into pieces (`a/**/b/**/c`: a, b, c). A piece
+    after a "**" is taken at the shallowest folder where it fits, and kept, except the last, which must end the
+    path: a deeper fit never leaves more for the pieces after it, and trying them all is exponential."""
+    pieces: list[list[str]] = [[]]
+    for segment in segments:
+        if not _is_globstar(segment):
+            pieces[-1].append(segment)
+        elif pieces[-1] or len(pieces) == 1:       # "**/**" is one "**"
+            pieces.append([])
+    leading, trailing = not pieces[0], not pieces[-1]
+    pieces = [piece for piece in pieces if piece]
+    if not pieces:
+        return ".*"
+    out = []
+    for n, piece in enumerate(pieces):
+        text = "/".join(_segment(segment, groups) for segment in piece)
+        follows_globstar = n > 0 or leading
+        last = n == len(pieces) - 1 and not trailing
+        if not follows_globstar:
+            out.append(text if last else text + "/")
+        elif last:
+            out.append(f"(?:.*/)?{text}")
+        else:
+            group = f"g{next(groups)}"
+            out.append(f"(?=(?P<{group}>(?:.*?/)??{text}/))(?P={group})")
+    return "".join(out) + (".*" if trailing else "")
+
+
+def _is_globstar(segment: str) -> bool:
+    return len(segment) > 1 and not segment.strip("*")
+
+
+def _strip_trailing_spaces(line: str) -> str:
+    stripped = line.rstrip(" ")
+    if stripped.endswith("\\") and len(stripped) < len(line):   # "a\ " keeps its escaped space
+        stripped += " "
+    return stripped
+
+
+def _segment(segment: str, groups) -> str:
+    """A regular expression for one path segment; runs of stars are one star; each star but the last atomic."""
+    pieces = _star_split(segment)
+    out = [_fixed(pieces[0])]
+    for n, piece in enumerate(pieces[1:], start=1):
+        text = _fixed(piece)
+        if n == len(pieces) - 1:            # the last piece must end the segment: a plain star may backtrack here
+            out.append(f"[^/]*{text}")
+        else:                               # the first place the piece fits, kept (an atomic group on Python 3.10)
+            group = f"g{next(groups)}"
+            out.append(f"(?=(?P<{group}>[^/]*?{text}))(?P={group})")
+    return "".join(out)
+
+
+def _star_split(segment: str) -> list[str]:
+    """The segment's text between runs of unescaped stars (an escaped star stays in its piece, escaped)."""
+    pieces, current, i = [], [], 0
+    while i < len(segment):
+        if segment[i] == "\\":
+            current.append(segment[i:i + 2])
+            i += 2
+        elif segment[i] == "*":
+            pieces.append("".join(current))
+            current = []
+            while i < len(segment) and segment[i] == "*":
+                i += 1
+        else:
+            current.append(segment[i])
+            i += 1
+    return [*pieces, "".join(current)]
+
+
+def _fixed(text: str) -> str:
+    """Star-free text: `?`, `[...]` sets and backslash escapes; everything else literal."""
+    out, i = [], 0
+    while i < len(text):
+        char = text[i]
+        if char == "\\" and i + 1 < len(text):
+            out.append(re.escape(text[i + 1]))
+            i += 2
+            continue
+        if char == "?":
+            out.append("[^/]")
+        elif char == "[" and (end := _set_end(text, i)) is not None:
+            out.append(_set(text[i + 1:end]))
+            i = end + 1
+            continue
+        else:
+            out.append(re.escape(char))
+        i += 1
+    return "".join(out)
+
+
+def _set_end(text: str, start: int) -> int | None:
+    """The index of the `]` that closes the set opening at `start`, or None (then `[` is literal)."""
+    i = start + 1
+    if i < len(text) and text[i] in "!^":
+        i += 1
+    if i < len(text) and text[i] == "]":       # a "]" first in the set is a member
+        i += 1
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+            continue
+        if text[i] == "]":
+            return i
+        i += 1
+    return None
+
+
+def _set(inner: str) -> str:
+    negated = inner[:1] in ("!", "^")
+    inner = inner[1:] if negated else inner
+    members = []
+    i = 0
+    while i < len(inner):
+        if inner[i] == "\\" and i + 1 < len(inner):
+            members.append(re.escape(inner[i + 1]))
+            i += 2
+            continue
+        members.append("-" if inner[i] == "-" and 0 < i < len(inner) - 1 else re.escape(inner[i]))
+        i += 1
+    return f"[^/{''.join(members)}]" if negated else f"(?!/)[{''.join(members)}]"
