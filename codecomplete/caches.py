@@ -3,7 +3,8 @@
 prompts and models each read $CODECOMPLETE_CACHE_DIR; the app decides once which folder that is for this run
 and sets it, so both write to the same place and a problem is said once, before any work. The choice: the
 folder the user set, else the user cache dir; one that is inside the repository (a cache dir set to
-`REPO/.cache`, or HOME being the repository), that is not a folder or cannot be written is passed over, with
+`REPO/.cache`, or HOME being the repository), that is not a folder, cannot be written, belongs to another user or
+everyone may write to (what is cached is read back: weights, the index) is passed over, with
 a warning; when none is usable, a temporary folder serves this run and is removed at exit.
 """
 from __future__ import annotations
@@ -60,9 +61,16 @@ def _problem(folder: Path, root: Path | None) -> str | None:
     if resolved.exists() and not resolved.is_dir():
         return "is not a folder"
     try:
-        resolved.mkdir(parents=True, exist_ok=True)
+        resolved.mkdir(mode=0o700, parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=resolved):     # writable for real (root ignores permission bits)
             pass
+        owner, mode = resolved.stat().st_uid, resolved.stat().st_mode
     except OSError as exc:
         return f"cannot be written ({exc.strerror or exc})"
+    # What is cached is read back as code's input (converted weights, the index): a folder that another user
+    # owns or anyone may write to would let them choose it.
+    if hasattr(os, "geteuid") and owner != os.geteuid():
+        return "belongs to another user"
+    if mode & 0o002:
+        return "can be written by every user"
     return None

@@ -11,7 +11,7 @@ import signal
 import sys
 import traceback
 
-from .errors import UNENCODABLE, ExitCode, UsageError, classify
+from .errors import UNENCODABLE, ExitCode, UsageError, classify, printable
 
 PROG = "codecomplete"
 MAX_SEED = 2 ** 64 - 1     # what torch.Generator.manual_seed takes
@@ -330,7 +330,7 @@ def _report(exc: BaseException, debug: bool) -> int:
 def _say(line: str) -> None:
     """One line on stderr, which may be a pipe nobody reads any more: then the exit code says it all."""
     try:
-        print(" ".join(line.split("\n")), file=sys.stderr, flush=True)
+        print(printable(" ".join(line.split("\n"))), file=sys.stderr, flush=True)
     except (OSError, ValueError):
         pass
 

@@ -5,11 +5,11 @@ from pathlib import Path
 
 from rich.text import Text
 
-from prompts.scan import SNIFF_BYTES, read_regular_file
+from prompts.scan import MAX_BUFFER_BYTES, SNIFF_BYTES, read_regular_file
 
 from . import client, render, workspace
 from . import engine as engines
-from .errors import UsageError
+from .errors import UsageError, printable
 from .session import open_session
 from .workspace import read_stdin
 
@@ -38,11 +38,13 @@ def cursor(text: str, line: int | None, col: int | None) -> tuple[int, int]:
 
 def _read(path: Path) -> str:
     try:
-        data = read_regular_file(path, -1)
+        data = read_regular_file(path, MAX_BUFFER_BYTES + 1)
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     if data is None:            # swapped for a FIFO or device since it was checked
         raise UsageError(f"{path} is not a regular file")
+    if len(data) > MAX_BUFFER_BYTES:
+        raise UsageError(f"{path} is over {MAX_BUFFER_BYTES // 2 ** 20} MiB: not a file to complete in")
     return data.decode("utf-8", errors="replace")
 
 
@@ -74,4 +76,4 @@ def _summary(where: str, packed, shown: int = 4) -> Text:
     items = [f"{item.path}:{item.start_line}-{item.end_line}" for item in packed.context]
     more = f", +{len(items) - shown} more" if len(items) > shown else ""
     context = f" · context: {', '.join(items[:shown])}{more}" if items else ""
-    return Text(f"{where} · {len(packed.ids):,} prompt tokens ({packed.format}){context}", style="dim")
+    return Text(printable(f"{where} · {len(packed.ids):,} prompt tokens ({packed.format}){context}"), style="dim")

@@ -55,6 +55,9 @@ def set_threads(requested: int | None, device: str) -> int:
     import torch
 
     if requested:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if requested > cores:   # more threads than cores only waste time; tens of thousands crash torch
+            raise UsageError(f"--threads {requested}: this process may use {cores} core{'s' * (cores != 1)}")
         torch.set_num_threads(requested)
     elif device.startswith("cpu") and not os.environ.get("OMP_NUM_THREADS"):
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -24,6 +24,16 @@ def _replace_unencodable(error: UnicodeEncodeError) -> tuple[bytes, int]:
 
 codecs.register_error(UNENCODABLE, _replace_unencodable)
 
+# Terminal control characters (C0 but tab and newline, DEL, C1) as visible escapes. A file name, a file's text or the
+# model's output that reaches a terminal must not drive it: ESC starts sequences that retitle the window, clear the
+# screen, or (OSC 52) write the clipboard. rich drops a few controls (BEL, BS, CR...) but passes ESC through.
+_VISIBLE = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x09), *range(0x0b, 0x20), 0x7f, *range(0x80, 0xa0))}
+
+
+def printable(text: str) -> str:
+    """`text` as a terminal may show it: control characters but tab and newline written as `\\x1b` and the like."""
+    return text.translate(_VISIBLE)
+
 
 class ExitCode(IntEnum):
     OK = 0

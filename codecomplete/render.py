@@ -31,7 +31,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
-from .errors import UNENCODABLE, AppError
+from .errors import UNENCODABLE, AppError, printable
 
 CODE_THEME = "monokai"
 
@@ -56,7 +56,7 @@ def stderr_console() -> Console:
 def warn(message: str) -> None:
     console = stderr_console()
     if console.is_terminal:
-        console.print(Text(f"warning: {message}", style="yellow"))
+        console.print(Text(f"warning: {printable(message)}", style="yellow"))
 
 
 @contextmanager
@@ -209,15 +209,21 @@ class LiveView:
             progress = f"reading the prompt {_duration(time.perf_counter() - self._started)}"
         line = Table.grid(padding=(0, 1))
         line.add_row(Spinner("dots", style="cyan"), Text(f"{progress} · {self.info}", style="dim"))
-        return Group(_Tail(self.body(self.text), reserved_lines=2), line)
+        return Group(_Tail(self.body(_shown(self.text)), reserved_lines=2), line)
 
     def finish(self, result, engine) -> None:
         self._live.stop()
         if result.text.strip():
-            self.console.print(self.body(result.text))
+            self.console.print(self.body(_shown(result.text)))
         else:
             self.console.print(Text("(nothing generated)", style="dim italic"))
         self.console.print(Text(summary_line(result, engine), style="dim"))
+
+
+def _shown(text: str) -> str:
+    """Generated text as a terminal shows it: it may copy a file's escape sequences, which must not reach the
+    terminal as such (a pipe gets the text as it is: an editor inserts exactly what the model wrote)."""
+    return printable(text.replace("\r\n", "\n"))
 
 
 class PlainView:
@@ -268,7 +274,7 @@ def context_table(items) -> Table:
     table.add_column("tokens", justify="right")
     table.add_column("form")
     for item in items:
-        table.add_row(item.path, f"{item.start_line}-{item.end_line}", f"{item.tokens:,}", item.form)
+        table.add_row(printable(item.path), f"{item.start_line}-{item.end_line}", f"{item.tokens:,}", item.form)
     return table
 
 

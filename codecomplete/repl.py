@@ -7,6 +7,7 @@ being generated; Ctrl-D on an empty line leaves. History persists in the user st
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from rich.text import Text
 
 from . import chat, render, workspace
 from . import engine as engines
-from .errors import AppError, UsageError, classify
+from .errors import AppError, UsageError, classify, printable
 from .session import open_session
 
 COMMANDS = {
@@ -48,9 +49,12 @@ def history_path(root: Path | None = None) -> Path | None:
     try:
         if root is not None and path.resolve().is_relative_to(root):
             return None
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if path.exists() and not path.is_file():
             return None
+        # What is typed can be secret (a key pasted into a question): readable by its owner only, as shells keep it.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600))
+        os.chmod(path, 0o600)
     except OSError:
         return None
     return path
@@ -139,7 +143,7 @@ class Repl:
                 known = classify(exc)
                 if known is None:
                     raise
-                self.console.print(Text(f"error: {known[1]}", style="red"))
+                self.console.print(Text(f"error: {printable(known[1])}", style="red"))
 
     def ask(self, question: str) -> None:
         generation = self.conversation.prompt_for(question)
@@ -180,16 +184,16 @@ class Repl:
             self.console.print(Text(f"{len(packed.ids):,} prompt tokens ({packed.format}) · "
                                     f"{exchanges} exchange{'s' if exchanges != 1 else ''} so far", style="dim"))
         pinned = ", ".join(conversation.pinned) or "none (/add PATH)"
-        self.console.print(Text(f"pinned: {pinned}", style="dim"))
+        self.console.print(Text(f"pinned: {printable(pinned)}", style="dim"))
 
     def _add(self, argument: str) -> None:
         if not argument:
             raise UsageError("/add needs a file: /add PATH")
-        self.console.print(Text(f"pinned {self.conversation.pin(argument)}", style="green"))
+        self.console.print(Text(f"pinned {printable(self.conversation.pin(argument))}", style="green"))
 
     def _drop(self, argument: str) -> None:
         dropped = self.conversation.unpin(argument or None)
-        self.console.print(Text(f"unpinned {', '.join(dropped) or 'nothing'}", style="green"))
+        self.console.print(Text(f"unpinned {printable(', '.join(dropped)) or 'nothing'}", style="green"))
 
     def _reset(self, _argument: str) -> None:
         self.conversation.reset()
@@ -217,7 +221,7 @@ class Repl:
     def _welcome(self) -> Text:
         index = self.conversation.index
         return Text.assemble(
-            ("codecomplete", "bold"), f" · {index.root.name} ({len(index.files):,} files) · ",
+            ("codecomplete", "bold"), f" · {printable(index.root.name)} ({len(index.files):,} files) · ",
             render.model_label(self.conversation.engine), "\n",
             ("Ask about the code. /help lists the commands. " + KEYS, "dim"))
 

@@ -9,6 +9,8 @@ import os
 import warnings
 from pathlib import Path
 
+from prompts.scan import MAX_BUFFER_BYTES
+
 from . import caches
 from .errors import UsageError
 from .render import progress_bar, warn
@@ -68,7 +70,7 @@ def file_in(root: Path, path: str, must_exist: bool = True) -> str:
     return resolved.relative_to(root).as_posix()
 
 
-MAX_STDIN_BYTES = 64 * 1024 * 1024     # no editor buffer is this large; `< /dev/zero` would never end
+MAX_STDIN_BYTES = MAX_BUFFER_BYTES     # no editor buffer is this large; `< /dev/zero` would never end
 
 
 def read_stdin() -> str:

@@ -7,10 +7,11 @@ Tokenizers without a chat template get CodeLlama-Instruct's format: ``<s>[INST] 
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 
-from .chunking import Chunk, analyze_source
+from .chunking import Chunk
 from .errors import BudgetError, PromptError
 from .index import RepoIndex
 from .packing import Layout, PackedPrompt, select_chunks
@@ -48,11 +49,7 @@ def build_chat_prompt(
     limit = budget_tokens - reserve_tokens
     render = _renderer(tokenizer, encoder)
     system = messages[0]["content"] if messages[0]["role"] == "system" else SYSTEM.format(name=index.name)
-    conversation = [m for m in messages if m["role"] != "system"]
-    while len(render(system, conversation)) > limit:
-        if len(conversation) == 1:
-            raise BudgetError(f"the question does not fit into a prompt budget of {limit} tokens")
-        conversation = conversation[2:] if conversation[1]["role"] == "assistant" else conversation[1:]
+    conversation = _latest_turns_that_fit(render, system, [m for m in messages if m["role"] != "system"], limit)
 
     pinned = [_pinned_chunks(index, path) for path in pinned_paths]
     question = conversation[-1]["content"]
@@ -82,16 +79,40 @@ def build_chat_prompt(
     return PackedPrompt(ids, context, list(dict.fromkeys(stops)), [], "chat")
 
 
+def _latest_turns_that_fit(render: Renderer, system: str, conversation: list[Message], limit: int) -> list[Message]:
+    """The conversation from its earliest turn that still fits `limit` with the system message: older exchanges
+    (a user message and its answer) give way first, the question never. Found by a binary search over where to
+    start: dropping one turn at a time rendered the whole conversation once per turn, and 20,000 short messages
+    (700 KB) kept the engine busy for minutes."""
+    starts = [0]                                    # where the kept conversation may begin, oldest first
+    while starts[-1] < len(conversation) - 1:
+        first = starts[-1]
+        starts.append(first + 2 if conversation[first + 1]["role"] == "assistant" else first + 1)
+    # Every message renders to a token at least: a start leaving more messages than `limit` cannot fit.
+    low = next(i for i, start in enumerate(starts) if len(conversation) - start <= max(limit, 1))
+    high = len(starts) - 1
+    if len(render(system, conversation[starts[high]:])) > limit:
+        raise BudgetError(f"the question does not fit into a prompt budget of {limit} tokens")
+    while low < high:                               # the earliest start that fits (fewer turns, fewer tokens)
+        middle = (low + high) // 2
+        if len(render(system, conversation[starts[middle]:])) <= limit:
+            high = middle
+        else:
+            low = middle + 1
+    return conversation[starts[low]:]
+
+
 def _pinned_chunks(index: RepoIndex, path: str) -> list[Chunk]:
+    """The chunks of a pinned file, which must be one the index holds: the scan has judged it (a regular file,
+    inside the repository once links are resolved, not ignored, not binary or huge), so a pin cannot read a file
+    the index would not (a link to /etc/passwd, a FIFO, /dev/zero, an ignored .env)."""
     relative = index.relative_path(path)
-    numbers = index.chunk_numbers(relative)
-    if numbers:
-        return [index.chunks[n] for n in numbers]
-    try:  # pinned but not indexed (ignored, or new): read it now
-        text = (index.root / relative).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        raise PromptError(f"no such file: {path}") from None
-    return list(analyze_source(relative, text).chunks)
+    if relative not in index.files:
+        if not os.path.lexists(index.root / relative):
+            raise PromptError(f"no such file: {path}")
+        raise PromptError(f"{path} is not among the indexed files (ignored, binary, too large, not a regular file, "
+                          "or a link out of the repository)")
+    return [index.chunks[n] for n in index.chunk_numbers(relative)]
 
 
 def _pinned_first(pinned: list[Chunk], ranked: Iterator[tuple[float, Chunk]]) -> Iterator[tuple[float, Chunk]]:

@@ -37,7 +37,7 @@ from .outline import brief, outline
 from .packing import (BRIEF, CHARS_PER_TOKEN_AT_MOST, EXAMPLE, Assembler, ContextItem, Layout, PackedPrompt, count_all,
                       select_chunks)
 from .ranking import Query, cursor_terms, rank_both
-from .scan import read_regular_file
+from .scan import MAX_BUFFER_BYTES, read_regular_file
 from .tokens import Encoder, encoder_for
 
 FILE_SHARE = 0.4  # of the budget, for the text around the cursor while the repository has more to offer
@@ -276,7 +276,7 @@ def _file_share(window: _Window, space: int) -> int:
 
 def _read(full: Path, shown: str) -> str:
     try:
-        data = read_regular_file(full, -1)  # never a FIFO (it would block) or a device (it would never end)
+        data = read_regular_file(full, MAX_BUFFER_BYTES + 1)  # never a FIFO (it would block) or a device (no end)
     except FileNotFoundError:
         raise PromptError(f"no such file: {shown}") from None
     except IsADirectoryError:
@@ -285,6 +285,8 @@ def _read(full: Path, shown: str) -> str:
         raise PromptError(f"cannot read {shown}: {error.strerror}") from None
     if data is None:
         raise PromptError(f"not a regular file: {shown}")
+    if len(data) > MAX_BUFFER_BYTES:
+        raise PromptError(f"{shown} is over {MAX_BUFFER_BYTES // 2 ** 20} MiB: not a file to complete in")
     return data.decode("utf-8", errors="replace")
 
 

@@ -90,7 +90,8 @@ class RepoIndex:
         self.folders = sorted({posixpath.dirname(path) for path in self.files})
         folder_number = {folder: number for number, folder in enumerate(self.folders)}
         folder_of_file = [folder_number[posixpath.dirname(path)] for path in self.files]
-        self.folder_of_chunk = np.repeat(folder_of_file, [len(self._file_chunks[p]) for p in self.files])
+        self.folder_of_chunk = np.repeat(np.array(folder_of_file, dtype=np.int64),   # int64 when empty as well
+                                         [len(self._file_chunks[p]) for p in self.files])
         # The same matrix by term: the chunks referencing term t are owners[starts[t]:starts[t + 1]], so a query
         # reads the rows of its few hundred terms instead of every reference in the repository. Built here, not
         # on the first query: a stable sort of every reference (88 ms for the standard library's 1.2 million)
@@ -284,10 +285,28 @@ def _load_cache(cache_file: Path | None, root: Path) -> dict:
         return empty
     try:
         with open(cache_file, "rb") as file:
-            saved = pickle.load(file)
+            saved = _CacheUnpickler(file).load()
         return saved if _well_formed(saved, root) else empty
     except Exception:  # missing, truncated by a crash, or from an incompatible version: rebuild it
         return empty
+
+
+class _CacheUnpickler(pickle.Unpickler):
+    """Unpickles an index and nothing else: a pickle can name any importable callable to call while it loads, so a
+    cache file written by someone else (a shared or planted cache folder) could run code. An index holds dicts,
+    strings, tuples, frozensets, its own named tuples and numpy arrays; any other global refuses the file."""
+
+    ALLOWED = frozenset({
+        ("prompts.index", "FileEntry"), ("prompts.chunking", "Chunk"), ("prompts.imports", "Import"),
+        ("numpy", "dtype"), ("numpy", "ndarray"),
+        ("numpy._core.numeric", "_frombuffer"), ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
+    })
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of an index")
+        return super().find_class(module, name)
 
 
 def _well_formed(saved, root: Path) -> bool:

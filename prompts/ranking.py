@@ -321,7 +321,8 @@ def _lexical_scores(index: RepoIndex, weights: dict[str, float]):
     weights_of_rows = np.repeat(np.array([weight for _, weight in known]) * idf, frequency)
     matched = np.bincount(np.concatenate(rows) if rows else owners[:0], weights=weights_of_rows, minlength=total)
     counts = index.reference_counts
-    lexical = matched * (K1 + 1) / (1 + K1 * (1 - B + B * counts / max(counts.mean(), 1.0)))
+    mean_count = counts.mean() if total else 1.0        # (no chunks at all: every file gone since the session began)
+    lexical = matched * (K1 + 1) / (1 + K1 * (1 - B + B * counts / max(mean_count, 1.0)))
     best = lexical.max() if total else 0.0
     return LEXICAL_WEIGHT * lexical / (best if best > 0 else 1.0)
 

@@ -183,6 +183,6 @@ def gguf_tokenizer(path: Path):
     """transformers builds a fast tokenizer from the file's tokenizer.ggml.* metadata (slow: seconds)."""
     from transformers import AutoTokenizer
     try:
-        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
     except Exception as e:  # transformers raises anything from KeyError to ValueError here
         raise ModelError(f"{path}: cannot build the tokenizer from the GGUF metadata ({type(e).__name__}: {e})") from None

@@ -132,10 +132,19 @@ def load_tokenizer(directory: Path):
         raise ModelNotFoundError(f"{directory}: no tokenizer files (tokenizer.json or tokenizer.model)")
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
     config = directory / "tokenizer_config.json"
-    generic = config.is_file() and read_json(config).get("tokenizer_class") in GENERIC_TOKENIZER_CLASSES
+    settings = read_json(config) if config.is_file() else {}
+    generic = settings.get("tokenizer_class") in GENERIC_TOKENIZER_CLASSES
+    if "auto_map" in settings:      # the tokenizer's own Python code, which codecomplete never runs
+        if not (directory / "tokenizer.json").is_file():
+            raise UnsupportedModelError(f"{directory}: the tokenizer is Python code of the checkpoint's own "
+                                        "(auto_map in tokenizer_config.json), which codecomplete never runs")
+        generic = True              # tokenizer.json holds the whole tokenizer: the generic class reads it
     try:
         # The generic class is what AutoTokenizer would build, minus its ~2 s detour through the model config.
-        return (PreTrainedTokenizerFast if generic else AutoTokenizer).from_pretrained(str(directory))
+        # Never the folder's own code (an `auto_map` in tokenizer_config.json): transformers would otherwise ask
+        # on stdin whether to run it, behind the spinner, and run it on a "y".
+        return (PreTrainedTokenizerFast if generic else AutoTokenizer).from_pretrained(
+            str(directory), trust_remote_code=False)
     except Exception as e:  # transformers raises anything from OSError to ValueError here
         raise ModelError(f"{directory}: cannot load the tokenizer ({type(e).__name__}: {e})") from None
 

@@ -31,6 +31,7 @@ def check_error(run, code, *words):
     (["{repo}", "--temperature", "-1"], ["--temperature"]),
     (["--prompt", "x", "--device", "tpu:0"], ["--device tpu:0"]),
     (["--prompt", "x", "--device", "cpu:99"], ["--device cpu:99", "takes no index"]),
+    (["--prompt", "x", "--device", "cpu", "--threads", "100000"], ["--threads 100000: this process may use"]),
     (["--prompt", "x", "--device", "cuda:99"], ["--device cuda:99"]),   # no GPU here, or not 100 of them
     (["{repo}"], ["needs a terminal"]),             # the REPL, with stdin not a terminal
 ])
@@ -38,6 +39,20 @@ def test_usage_and_input_errors_exit_2(codecomplete, repo, tmp_path, args, words
     (tmp_path.parent / "outside.py").write_text("x = 1\n")
     args = [a.format(repo=repo, missing=tmp_path / "missing") for a in args]
     check_error(codecomplete(*args), 2, *words)
+
+
+def test_a_huge_file_to_complete_in_is_refused_unread(codecomplete, tmp_path):
+    """8 GB on paper (sparse: no blocks on disk): read whole, it took 34 s before "looks binary", or ran out of
+    memory. (A folder of its own: the session's shared repository is copied by other tests.)"""
+    repo = tmp_path / "huge"
+    repo.mkdir()
+    (repo / "app.py").write_text("x = 1\n")
+    with open(repo / "sparse.py", "wb") as sparse:
+        sparse.truncate(8 * 2 ** 30)
+    try:
+        check_error(codecomplete(str(repo), "--file", "sparse.py"), 2, "sparse.py is over 64 MiB")
+    finally:
+        (repo / "sparse.py").unlink()
 
 
 def test_empty_repository_exits_2(codecomplete, tmp_path):

@@ -269,6 +269,25 @@ def test_every_unusable_cache_dir_falls_back_to_a_temporary_one(make_repository,
     shutil.rmtree(chosen)
 
 
+def test_a_cache_dir_that_every_user_may_write_to_is_passed_over(make_repository, tmp_path, monkeypatch):
+    """What is cached is read back (converted weights, the index): a folder anyone can write to is not used."""
+    from codecomplete import caches
+
+    repo = make_repository(tmp_path / "repo")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    monkeypatch.setattr(caches, "_chosen", None)
+    monkeypatch.setenv("CODECOMPLETE_CACHE_DIR", str(shared))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    warned = []
+    monkeypatch.setattr(caches, "warn", warned.append)
+    chosen = caches.prepare(repo)
+    assert chosen == (tmp_path / "xdg" / "codecomplete").resolve() and chosen.stat().st_mode & 0o777 == 0o700
+    (message,) = warned
+    assert f"{shared} can be written by every user" in message
+
+
 def test_sigterm_unwinds_quietly_with_143(script, cli_env, tmp_path):
     """`kill` ends the run as an exit (so `finally` blocks remove temporary files), code 128 + 15, no traceback."""
     proc = subprocess.Popen([str(script), "--prompt", "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -25,3 +25,29 @@ def test_the_live_line_and_the_summary_show_the_acceptance_rate():
     plain.print(view._frame())
     assert "drafts" not in plain.file.getvalue()
     assert "drafts" not in render.summary_line(GenerationResult("x", [1], 1, 0, "length", Timings()))
+
+
+HOSTILE = "\x1b]52;c;cm0gLXJmIH4K\x1b\\\x1b[2J\x9b31m"      # OSC 52 (write the clipboard), clear screen, 8-bit CSI
+
+
+def test_escape_sequences_from_files_or_the_model_never_reach_a_terminal(monkeypatch, capsys):
+    """A file name, a file's text copied by the model, or an error naming a file: shown, never obeyed."""
+    from codecomplete import cli
+    from codecomplete.errors import printable
+    from prompts.packing import ContextItem
+
+    assert printable(f"a\tb\n{HOSTILE}") == "a\tb\n\\x1b]52;c;cm0gLXJmIH4K\\x1b\\\\x1b[2J\\x9b31m"
+    for body in (render.text_body, render.markdown_body, render.code_body("x.py")):
+        console = Console(file=io.StringIO(), width=200, force_terminal=True)
+        view = render.LiveView(console, body, info="model")
+        view.on_text(f'ESC = "{HOSTILE}"')
+        console.print(view._frame())
+        view.finish(GenerationResult(f'ESC = "{HOSTILE}"\r\n', [1], 1, 0, "length", Timings()), None)
+        shown = console.file.getvalue()
+        assert "\x1b]52" not in shown and "\x1b[2J" not in shown and "\x9b" not in shown
+        assert "cm0gLXJmIH4K" in shown and "\\x0d" not in shown     # shown as text; a CRLF file's line ends plain
+    table = Console(file=io.StringIO(), width=200, force_terminal=True)
+    table.print(render.context_table([ContextItem(f"{HOSTILE}.py", 1, 2, 3, "whole")]))
+    assert "\x1b]52" not in table.file.getvalue()
+    cli._say(f"error: {HOSTILE}.py: not a file")
+    assert "\x1b" not in capsys.readouterr().err

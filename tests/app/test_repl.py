@@ -157,3 +157,12 @@ def test_history_is_never_kept_inside_the_repository_or_in_a_special_file(tmp_pa
     (tmp_path / "state" / "codecomplete").mkdir(parents=True)
     os.mkfifo(tmp_path / "state" / "codecomplete" / "history")         # reading it would block the REPL
     assert repl.history_path(tmp_path / "repo") is None
+
+
+def test_the_history_file_is_readable_by_its_owner_only(tmp_path, monkeypatch):
+    """Questions can hold secrets (a pasted key); shells keep their history 0600 too."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    path = repl.history_path(tmp_path / "repo")
+    assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o077 == 0
+    path.chmod(0o644)                               # one written by an older version is tightened
+    assert repl.history_path(tmp_path / "repo").stat().st_mode & 0o777 == 0o600

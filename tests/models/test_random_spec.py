@@ -36,3 +36,25 @@ def test_random_preset_can_carry_a_tokenizer(tiny_checkpoint, llama_tokenizer):
     result = engine.generate(prompt, GenerationConfig(max_new_tokens=4))
     assert 1 <= len(result.token_ids) <= 4 and all(0 <= t < vocab for t in result.token_ids)
     assert isinstance(result.text, str)
+
+
+def test_a_checkpoints_own_tokenizer_code_is_never_run(tmp_path, llama_tokenizer):
+    """An `auto_map` in tokenizer_config.json names Python files of the checkpoint; transformers would ask on
+    stdin whether to run them (behind the spinner) and run them on a "y". codecomplete reads tokenizer.json with
+    the generic class, or refuses."""
+    import json
+
+    from models.loading.hf import load_tokenizer
+
+    llama_tokenizer.save_pretrained(tmp_path)
+    marker = tmp_path / "ran"
+    (tmp_path / "tokenization_evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    config["auto_map"] = {"AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    tokenizer = load_tokenizer(tmp_path)
+    assert tokenizer.encode("def f():") == llama_tokenizer.encode("def f():") and not marker.exists()
+    (tmp_path / "tokenizer.json").unlink()
+    with pytest.raises(UnsupportedModelError, match="never runs"):
+        load_tokenizer(tmp_path)
+    assert not marker.exists()

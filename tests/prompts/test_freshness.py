@@ -135,3 +135,27 @@ def test_a_sweep_stops_early_when_a_request_waits_and_the_work_still_gets_done(m
     for _ in range(40):
         fresh.sweep()
     assert chunks_of(fresh.index) == chunks_of(index_repository(root))
+
+
+def test_a_repository_whose_every_file_is_gone_still_builds_prompts_from_the_editors_text(make_repo, cache_dir,
+                                                                                          smollm2_tokenizer):
+    """A long-lived index can lose its last file (deleted, or turned binary, after the session began); an editor's
+    buffer still completes, with no repository context. It used to fail inside ranking (an empty float array used
+    as indices) and warn "Mean of empty slice" on every question."""
+    import warnings
+
+    from prompts.chat import build_chat_prompt
+    from prompts.completion import build_completion_prompt
+    root = make_repo({"main.py": "def area(w, h):\n    return w * h\n"})
+    fresh = FreshIndex(index_repository(root))
+    (root / "main.py").unlink()
+    index = fresh.rescan()
+    assert index.files == [] and len(index.chunks) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        packed = build_completion_prompt(index, smollm2_tokenizer, "main.py", text="def area(w, h):\n    return ",
+                                         line=2, col=12, budget_tokens=256)
+        assert {item.path for item in packed.context} == {"main.py"} and len(packed.ids) > 5   # the buffer alone
+        chat = build_chat_prompt(index, smollm2_tokenizer, [{"role": "user", "content": "What is area?"}],
+                                 budget_tokens=256)
+        assert chat.context == []

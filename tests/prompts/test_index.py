@@ -99,6 +99,31 @@ def test_a_corrupt_cache_is_rebuilt(make_repo, cache_dir, count_parses):
         assert pickle.loads(cache_file.read_bytes())["root"] == str(root.resolve())
 
 
+class _Planted:
+    """What a planted cache file would carry: a call made while it unpickles."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_cache_file_that_would_run_code_is_refused_and_rebuilt(make_repo, cache_dir, count_parses, tmp_path):
+    """An index pickle may name only the index's own types and numpy's array rebuilders: a cache folder someone
+    else could write to must not make indexing run their code."""
+    root = make_repo(FILES)
+    index_repository(root)
+    marker = tmp_path / "ran"
+    (cache_file,) = cache_dir.rglob("*.pickle")
+    saved = pickle.loads(cache_file.read_bytes())
+    saved["planted"] = _Planted(marker)
+    cache_file.write_bytes(pickle.dumps(saved))
+    count_parses.clear()
+    assert len(index_repository(root).chunks) == 5
+    assert not marker.exists() and len(count_parses) == 4       # refused whole, rebuilt from the files
+
+
 def test_an_unreadable_file_warns_and_the_rest_is_indexed(make_repo, refuse_open):
     root = make_repo(FILES)
     refuse_open("main.py")
