@@ -21,8 +21,10 @@ def sample(logits: torch.Tensor, config: GenerationConfig, generator: torch.Gene
 def probabilities(logits: torch.Tensor, config: GenerationConfig) -> torch.Tensor:
     """The distribution (B, V) that sampling draws from: temperature, then top-k, then top-p."""
     # From the largest logit down: a tiny temperature then sends the others to -inf, not the largest to +inf (inf -
-    # inf is NaN in the softmax; 1e-45 made every token id 0).
-    logits = (logits - logits.amax(dim=-1, keepdim=True)) / config.temperature
+    # inf is NaN in the softmax; 1e-45 made every token id 0). Below float32's smallest normal number the
+    # temperature itself would round to 0 (1e-300: 0 / 0 is NaN): it divides as that number.
+    temperature = max(config.temperature, torch.finfo(torch.float32).tiny)
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if 0 < config.top_k < logits.shape[-1]:
         kth = torch.topk(logits, config.top_k, dim=-1).values[:, -1:]           # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))

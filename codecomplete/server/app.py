@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import logging
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, Request
 from starlette.exceptions import HTTPException
@@ -22,8 +25,9 @@ class Server:
 
     def __init__(self, session: Session, *, max_tokens: int, api_key: str | None, info: dict,
                  max_waiting: int | None = None, idle: Callable[[], bool] | None = None,
-                 warm_up: Callable[[], object] | None = None) -> None:
+                 warm_up: Callable[[], object] | None = None, loopback: bool = True) -> None:
         self.session = session
+        self.loopback = loopback                # bound to this machine only: requests must name it (LocalNamesOnly)
         # `idle`: one slice of work for quiet moments (warming the prompt caches); `warm_up`: what to prepare before
         # the first request (worker.wait_ready() returns its result); both on the engine thread.
         self.worker = EngineWorker(max_waiting or MAX_WAITING, between=session.tidy, idle=idle, first=warm_up)
@@ -71,6 +75,43 @@ def check_api_key(request: Request) -> None:
         raise ApiError(401, "invalid or missing API key (send Authorization: Bearer KEY)")
 
 
+def local_name(host: str) -> bool:
+    """Whether a Host header's (or an Origin's) host can only mean this machine: localhost, *.localhost, a
+    loopback address; with or without a port."""
+    name = host.strip().lower()
+    name = name[1:].partition("]")[0] if name.startswith("[") else (name.rpartition(":")[0] or name
+                                                                    if name.count(":") == 1 else name)
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class LocalNamesOnly:
+    """On a server bound to loopback: refuse a request that names another host (Host) or comes from a web page of
+    another site (Origin). A page the user visits can resolve its own domain to 127.0.0.1 (DNS rebinding) and so
+    reach this port as "its" server; its requests still say its name. Editors, curl and the openai package send
+    Host 127.0.0.1 or localhost and no Origin. Ollama closed CVE-2024-28224 the same way."""
+
+    def __init__(self, app, server: Server) -> None:
+        self.app, self.server = app, server
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and self.server.loopback:
+            headers = {key.lower(): value.decode("latin-1") for key, value in scope["headers"]}
+            host, origin = headers.get(b"host", ""), headers.get(b"origin")
+            problem = (f"Host {host!r} does not name this machine" if not local_name(host) else
+                       f"requests from web pages ({origin}) are refused"
+                       if origin is not None and not local_name(urlsplit(origin).netloc) else None)
+            if problem is not None:
+                response = _error_response(Request(scope), ApiError(403, f"{problem}: this server answers its own "
+                                                                         "machine only"))
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 def create_app(server: Server) -> FastAPI:
     app = FastAPI(title="codecomplete", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server          # every route finds it as request.app.state.server
@@ -99,6 +140,14 @@ def create_app(server: Server) -> FastAPI:
             return response
         return _error_response(request, ApiError(exc.status_code if exc.status_code in TYPES else 400,
                                                  str(exc.detail)))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):   # a bug: logged with its traceback, a JSON 500 out
+        logging.getLogger("codecomplete.server").error("%s %s failed", request.method, request.url.path,
+                                                       exc_info=exc)
+        return _error_response(request, api_error(exc))
+
+    app.add_middleware(LocalNamesOnly, server=server)
     return app
 
 

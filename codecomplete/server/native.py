@@ -12,6 +12,7 @@ The prompt budget follows the command line's rule for its --context-tokens, not 
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Literal
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import Field
@@ -44,8 +45,13 @@ class CompleteRequest(Options):
     col: int | None = Field(None, ge=1)
 
 
+class ChatMessage(Body):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
 class ChatRequest(Options):
-    messages: list[dict[str, str]] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
     pinned: list[str] = []
 
 
@@ -76,8 +82,9 @@ async def complete(request: Request):
 @router.post("/chat")
 async def chat(request: Request):
     body = await read_json(request, ChatRequest)
+    messages = [message.model_dump() for message in body.messages]
     return await _run(request, body, lambda session, sampling, budget: session.chat(
-        body.messages, pinned=body.pinned, sampling=sampling, budget=budget))
+        messages, pinned=body.pinned, sampling=sampling, budget=budget))
 
 
 @router.post("/raw")

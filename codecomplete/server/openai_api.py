@@ -69,6 +69,7 @@ class ChatRequest(Options):
         "max_completion_tokens", "max_tokens", "n_predict"))
     tools: list | None = None
     logprobs: bool = False
+    response_format: dict | None = None
 
 
 @router.get("/v1/models")
@@ -123,6 +124,9 @@ async def chat_completions(request: Request):
     body = await read_json(request, ChatRequest)
     if body.tools:
         raise ApiError(400, "tools are not supported")
+    if body.response_format and body.response_format.get("type", "text") != "text":
+        # no grammar-constrained decoding: prose back where a client asked for JSON would pass for an answer
+        raise ApiError(400, f"response_format {body.response_format.get('type')!r} is not supported (only 'text')")
     if body.logprobs:
         raise ApiError(400, "logprobs are not supported")
     messages = [{"role": m.role, "content": _text(m.content)} for m in body.messages]

@@ -54,7 +54,8 @@ def run_serve(args) -> None:
     info = _description(url, root, args, engine)
     server = Server(session, max_tokens=max_tokens, api_key=api_key, info=info, max_waiting=args.max_waiting,
                     idle=warmer.step if warmer is not None else None,
-                    warm_up=lambda: _warm_up(session, budget, warmer))     # on the engine thread (worker.py: why)
+                    warm_up=lambda: _warm_up(session, budget, warmer),     # on the engine thread (worker.py: why)
+                    loopback=_is_loopback(args.host))
     warmed = server.worker.wait_ready()
     frozen = os.environ.get(GC_FREEZE, "1") != "0"
     if frozen:

@@ -52,6 +52,8 @@ INFILL = {"input_prefix": "def f():\n", "input_suffix": ""}
     ("/v1/completions", {"prompt": "a", "n": 2}, 400, "invalid_request_error", ["n > 1"]),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]},
      400, "invalid_request_error", ["tools"]),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "response_format": {
+        "type": "json_object"}}, 400, "invalid_request_error", ["response_format 'json_object' is not supported"]),
     ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]}, 400, "invalid_request_error",
      ["messages[0].role"]),
     ("/codecomplete/v1/complete", {"path": "../outside.py", "text": "x = 1\n", "max_tokens": 1}, 400,
@@ -66,6 +68,14 @@ INFILL = {"input_prefix": "def f():\n", "input_suffix": ""}
     ("/v1/completions", {"prompt": "a", "seed": 2 ** 64}, 400, "invalid_request_error", ["seed"]),
     ("/completion", {"prompt": "a", "seed": -(2 ** 63) - 1}, 400, "invalid_request_error", ["seed"]),
     ("/codecomplete/v1/complete", {"path": "a\u0000b.py", "max_tokens": 1}, 400, "invalid_request_error", ["NUL"]),
+    # JSON that parses into something Python cannot hold: arrays 100,000 deep, an integer of 5,000 digits
+    ("/completion", b'{"prompt": "x", "a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "invalid_request_error",
+     ["nests too deeply"]),
+    ("/completion", b'{"prompt": "x", "top_k": ' + b"9" * 5000 + b"}", 400, "invalid_request_error", ["JSON"]),
+    ("/codecomplete/v1/chat", {"max_tokens": 1, "messages": [{"role": "user"}]}, 400, "invalid_request_error",
+     ["messages[0].content"]),
+    ("/codecomplete/v1/chat", {"max_tokens": 1, "messages": [{"role": "tool", "content": "x"}]}, 400,
+     "invalid_request_error", ["messages[0].role"]),
 ])
 def test_bad_requests_get_their_status_and_a_json_error(server, path, body, status, kind, words):
     check_error(server, status, kind, path, body, words)
@@ -81,6 +91,38 @@ def test_a_link_out_of_the_repository_is_not_followed(server, served_repo, tmp_p
                     {"path": "leak.py", "max_tokens": 1}, ["outside the repository"])
     finally:
         link.unlink()
+
+
+def test_pinned_files_are_the_indexed_ones_only(server, served_repo, tmp_path):
+    """/chat's pinned paths are read from the index: not through a link out of the repository, not a FIFO (which
+    would hold the engine until someone writes to it), not an ignored file."""
+    import os
+    secret = tmp_path / "pinned-secret.py"
+    secret.write_text("API_TOKEN = 'do-not-leak'\n")
+    (served_repo / "leak.py").symlink_to(secret)
+    os.mkfifo(served_repo / "fifo.py")
+    try:
+        for path in ("leak.py", "fifo.py", "/etc/passwd", "../pinned-secret.py"):
+            check_error(server, 400, "invalid_request_error", "/codecomplete/v1/chat",
+                        {"max_tokens": 1, "messages": [{"role": "user", "content": "x"}], "pinned": [path]},
+                        ["outside the repository" if "/" in path else "not among the indexed files"])
+    finally:
+        (served_repo / "leak.py").unlink()
+        (served_repo / "fifo.py").unlink()
+
+
+@pytest.mark.parametrize("headers, words", [
+    ({"Host": "rebind.attacker.example:8012"}, ["Host 'rebind.attacker.example:8012' does not name this machine"]),
+    ({"Origin": "http://rebind.attacker.example"}, ["from web pages"]),
+    ({"Origin": "null"}, ["from web pages"]),
+])
+def test_requests_that_name_another_host_or_come_from_a_web_page_are_refused(server, headers, words):
+    """DNS rebinding: a page whose domain resolves to 127.0.0.1 reaches this port, under its own Host name."""
+    check_error(server, 403, "permission_error", "/completion", {"prompt": "x", "n_predict": 1}, words,
+                headers=headers)
+    code, _ = raw_post(server.url, "/completion", b'{"prompt": "x", "n_predict": 1}',
+                       {"Host": "localhost", "Origin": "http://127.0.0.1:5173"})
+    assert code == 200
 
 
 def test_a_body_over_the_limit_is_413(server):
@@ -136,7 +178,7 @@ def test_a_wrong_method_is_405_with_allow_and_health_answers_head(server):
     assert response.json()["error"]["type"] == "invalid_request_error" and "POST" in response.json()["error"]["message"]
     response = httpx.options(server.url + "/infill", headers={"Origin": "https://example.com",
                                                              "Access-Control-Request-Method": "POST"})
-    assert response.status_code == 405 and "access-control-allow-origin" not in response.headers   # no CORS
+    assert response.status_code == 403 and "access-control-allow-origin" not in response.headers   # no CORS
     assert httpx.head(server.url + "/health").status_code == 200
 
 
@@ -152,7 +194,7 @@ def send_and_vanish(url: str, path: str, body: dict, rng: random.Random) -> None
     parts = urlsplit(url)
     data = json.dumps(body).encode()
     with socket.create_connection((parts.hostname, parts.port), timeout=60) as connection:
-        connection.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        connection.sendall(f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                            f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
         moment = rng.choice(["at once", "soon", "some bytes"])
         if moment == "soon":
@@ -234,7 +276,7 @@ def test_a_full_queue_answers_503_and_the_server_serves_on(keyed_server):
     def open_request():
         connection = socket.create_connection((parts.hostname, parts.port), timeout=120)
         head = "".join(f"{k}: {v}\r\n" for k, v in auth.items())
-        connection.sendall(f"POST /completion HTTP/1.1\r\nHost: x\r\n{head}Content-Length: {len(long)}\r\n\r\n"
+        connection.sendall(f"POST /completion HTTP/1.1\r\nHost: localhost\r\n{head}Content-Length: {len(long)}\r\n\r\n"
                            .encode() + long)
         return connection
     running = open_request()
@@ -261,7 +303,7 @@ def test_sigterm_cancels_the_answer_in_flight_and_exits_0(keyed_server):
     parts = urlsplit(keyed_server.url)
     body = json.dumps({"prompt": "def main():", "n_predict": 200, "stream": True, "ignore_eos": True}).encode()
     with socket.create_connection((parts.hostname, parts.port), timeout=60) as connection:
-        connection.sendall(f"POST /completion HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+        connection.sendall(f"POST /completion HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {KEY}\r\n"
                            f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         assert connection.recv(1)
         started = time.monotonic()

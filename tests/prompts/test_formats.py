@@ -166,3 +166,25 @@ def test_chat_templates_without_a_system_role_get_the_context_in_the_first_messa
     assert text.startswith("<user>You are a coding assistant working in the repository repo.")
     assert "def helper(x):" in text
     assert text.endswith("What does helper do?</user><assistant>")
+
+
+def test_a_long_conversation_is_cut_with_a_few_renders_not_one_per_turn(make_repo, smollm2_tokenizer, monkeypatch):
+    """20,000 short messages: the turns that fit are found by a binary search (about 15 renders of at most the
+    budget's worth of messages); dropping one turn at a time rendered the whole conversation once per turn
+    (minutes of a server's engine thread, uncancellable)."""
+    import prompts.chat as chat
+
+    renders, real = [], chat._renderer
+
+    def counting(tokenizer, encoder):
+        render = real(tokenizer, encoder)
+        return lambda system, conversation: renders.append(len(conversation)) or render(system, conversation)
+
+    monkeypatch.setattr(chat, "_renderer", counting)
+    index = index_repository(make_repo({"util.py": UTIL}))
+    messages = [{"role": ("user", "assistant")[i % 2], "content": f"message {i}"} for i in range(19_999)]
+    packed = build_chat_prompt(index, smollm2_tokenizer, messages, budget_tokens=300)
+    text = smollm2_tokenizer.decode(packed.ids)
+    assert len(packed.ids) <= 300 and text.endswith("message 19998<|im_end|>\n<|im_start|>assistant\n")
+    assert "message 19996" in text and "message 19000" not in text          # the latest exchanges, whole
+    assert len(renders) <= 20 and max(renders) <= 300
