@@ -315,6 +315,11 @@ def main() -> None:
     if not set(runs) <= set(RUNS + (ORACLE,)):
         parser.error(f"--runs takes some of {','.join(RUNS + (ORACLE,))}")
     repos = args.repos.split(",") if args.repos else list(TUNING if args.set == "tuning" else HELD_OUT)
+    missing = [repo for repo in repos if (spec := importlib.util.find_spec(repo)) is None
+               or not spec.submodule_search_locations]
+    if missing:     # the sets' packages come with the test extras
+        raise SystemExit(f"error: {', '.join(missing)}: not an installed package here "
+                         "(the evaluation sets come with pip install -e '.[test]')")
     budgets = [int(b) for b in args.budgets.split(",")]
     label = args.repos.replace(",", "-") if args.repos else args.set
     out = Path(args.out or f"bench/results/context-eval-{label}")
