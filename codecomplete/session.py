@@ -144,6 +144,7 @@ class Session:
         return engines.prompt_budget(self.engine, self.context_tokens, max_tokens)
 
     def _generation(self, packed, sampling: Sampling) -> Generation:
+        self.engine.check_prompt(packed.ids)     # a prompt that cannot run fails here, before anything streams
         return Generation(packed, self.engine,
                           lambda on_text=None, should_stop=None: self._run(packed, sampling, on_text, should_stop))
 

@@ -572,6 +572,11 @@ class Engine:
         return _Loop(t_first=t_first, fed=fed, decoded=len(row.token_ids) - 1, steps=steps,
                      verify_steps=verify_steps, drafted=drafted, accepted=accepted)
 
+    def check_prompt(self, prompt_ids: Sequence[int]) -> None:
+        """Raise what `generate` would raise for this prompt (empty, longer than the KV cache, an id outside the
+        vocabulary) before any work: a server can then answer 400 before it starts a stream."""
+        self._check_prompts([list(prompt_ids)])
+
     def _check_prompts(self, prompts: list[list[int]]) -> None:
         if not prompts or any(not p for p in prompts):
             raise ModelError(f"{self.name}: empty prompt (nothing to continue from)")

@@ -43,6 +43,7 @@ REPORT_TIMEOUT_S = {LOAD: 600.0}     # after rank 0 is done, how long the others
 DEFAULT_REPORT_TIMEOUT_S = 60.0
 REQUEST_ERRORS = (ModelError, ValueError)
 NOT_FOLLOWED = {"make_decode_step": "benchmarks time tensor-parallel steps with `python -m models.bench --gpus N`"}
+LOCAL = frozenset({"check_prompt"})     # methods that only read the leader's own state: run there, not on every rank
 
 _active: LeaderEngine | None = None   # one group per process: loading another model closes it
 
@@ -110,7 +111,7 @@ class LeaderEngine:
 
     def __getattr__(self, name: str):
         value = getattr(self.__dict__["engine"], name)
-        if name.startswith("_") or not inspect.ismethod(value):
+        if name.startswith("_") or name in LOCAL or not inspect.ismethod(value):
             return value
         if name in NOT_FOLLOWED:
             raise ModelError(f"{name} is not available with several GPUs: {NOT_FOLLOWED[name]}")

@@ -153,5 +153,9 @@ def create_app(server: Server) -> FastAPI:
 
 def _error_response(request: Request, error: ApiError):
     if request.url.path.startswith(ollama.PREFIX):
-        return json_response({"error": error.message}, error.status)     # Ollama's shape, which its clients read
-    return json_response(error.body(), error.status)
+        response = json_response({"error": error.message}, error.status)     # Ollama's shape, which its clients read
+    else:
+        response = json_response(error.body(), error.status)
+    if error.status == 503:
+        response.headers["Retry-After"] = "1"       # busy with other requests: a generation takes about a second
+    return response

@@ -2,6 +2,9 @@
 
     POST /infill       input_prefix + prompt | input_suffix, with input_extra chunks: a fill-in-the-middle completion
     POST /completion   prompt (text, special-token text becoming those tokens, or token ids) continued as it is
+    POST /tokenize     content -> tokens (special-token text becoming those tokens, as /completion reads it);
+                       with_pieces: [{id, piece}]; add_special: the tokenizer's BOS as well
+    POST /detokenize   tokens -> content
     GET  /health       {"status":"ok"}, without an API key
     GET  /props        default_generation_settings.n_ctx and the like
 
@@ -59,6 +62,35 @@ class InfillRequest(Options):
 
 class CompletionRequest(Options):
     prompt: str | list[int]
+
+
+class TokenizeRequest(Body):
+    content: str
+    add_special: bool = False
+    with_pieces: bool = False
+
+
+class DetokenizeRequest(Body):
+    tokens: list[int]
+
+
+@router.post("/tokenize")
+async def tokenize(request: Request):
+    tokenizer = request.app.state.server.engine.tokenizer
+    body = await read_json(request, TokenizeRequest)
+    ids = tokenizer.encode(body.content, add_special_tokens=body.add_special)
+    if not body.with_pieces:
+        return json_response({"tokens": ids})
+    return json_response({"tokens": [{"id": i, "piece": tokenizer.decode([i])} for i in ids]})
+
+
+@router.post("/detokenize")
+async def detokenize(request: Request):
+    server = request.app.state.server
+    body = await read_json(request, DetokenizeRequest)
+    if body.tokens:
+        check_ids(server.engine, body.tokens)
+    return json_response({"content": server.engine.tokenizer.decode(body.tokens)})
 
 
 @public.api_route("/health", methods=["GET", "HEAD"])
@@ -169,7 +201,10 @@ async def _answer(server, running, generation, body: Options, sampling, limits: 
         return stream(running, frames, "text/event-stream")
     answer = final(await running.result())
     if "prompt" in body.response_fields or not body.response_fields:
-        answer["prompt"] = server.engine.tokenizer.decode(prompt.ids)
+        # A raw prompt's healed tail (token healing left it out; the generation begins with it and `content` does not
+        # repeat it) belongs to the prompt as sent: prompt + content is the whole text, as with llama.cpp.
+        answer["prompt"] = server.engine.tokenizer.decode(prompt.ids) + (prompt.heal_text if prompt.format == "raw"
+                                                                          else "")
     return json_response(project(answer, body.response_fields) if body.response_fields else answer)
 
 

@@ -59,7 +59,7 @@ class TextPart(Body):
 
 
 class Message(Body):
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant"]     # "developer": newer clients' name for system
     content: str | list[TextPart] | None = None
 
 
@@ -129,7 +129,8 @@ async def chat_completions(request: Request):
         raise ApiError(400, f"response_format {body.response_format.get('type')!r} is not supported (only 'text')")
     if body.logprobs:
         raise ApiError(400, "logprobs are not supported")
-    messages = [{"role": m.role, "content": _text(m.content)} for m in body.messages]
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": _text(m.content)}
+                for m in body.messages]
     sampling = _sampling(server, body)
     reply = Reply(server, "chatcmpl", "chat.completion", "0")
     if messages[-1]["role"] != "user" and sampling.max_tokens == 0:    # a warm-up without a question (llama.vim)

@@ -89,7 +89,7 @@ def test_a_warmed_file_builds_its_prompt_without_encoding_a_new_piece(engine, re
     line = max(1, index.entries["app.py"].chunks[-1].end_line // 2)
     for warm in (False, True):
         tokenizer = Counting(engine.tokenizer)            # a new object: a fresh Encoder, nothing remembered
-        session = Session(SimpleNamespace(tokenizer=tokenizer), index)
+        session = Session(SimpleNamespace(tokenizer=tokenizer, check_prompt=lambda ids: None), index)
         if warm:
             assert PromptWarmer(session, budget=300).run(60) == 4        # every file of the repository
         tokenizer.piece_batches = 0

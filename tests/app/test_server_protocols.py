@@ -258,3 +258,33 @@ def test_a_cursor_after_a_space_is_healed_in_infill_completion_and_openai(server
     assert text == completion["content"]
     streamed = client.completions.create(model="any", prompt=raw, max_tokens=12, temperature=0, stream=True)
     assert "".join(chunk.choices[0].text for chunk in streamed) == text
+
+
+def test_completion_echoes_the_prompt_as_sent_healed_tail_included(server):
+    """Token healing leaves a prompt's partial last token out and makes the generation begin with it; `content`
+    does not repeat it, so the echoed `prompt` must hold it: prompt + content is the whole text."""
+    for text in ("def f():", "Hello wor", "x = 1\n    "):
+        answer = httpx.post(server.url + "/completion", json={"prompt": text, "n_predict": 2, "temperature": 0},
+                            timeout=300).json()
+        assert answer["prompt"].endswith(text), (text, answer["prompt"])
+
+
+def test_the_developer_role_is_the_system_message(server):
+    """Newer OpenAI clients send the system prompt as role "developer"."""
+    answer = httpx.post(server.url + "/v1/chat/completions", timeout=300, json={
+        "messages": [{"role": "developer", "content": "Answer briefly."}, {"role": "user", "content": "hi"}],
+        "max_tokens": 2, "temperature": 0}).json()
+    assert answer["choices"][0]["message"]["role"] == "assistant" and answer["usage"]["completion_tokens"] >= 1
+
+
+def test_tokenize_and_detokenize_round_trip_as_llama_cpp_answers_them(server):
+    text = "def area(r):\n    return 3.14 * r * r<|endoftext|>"
+    tokens = httpx.post(server.url + "/tokenize", json={"content": text}).json()["tokens"]
+    assert all(isinstance(t, int) for t in tokens) and len(tokens) < len(text)
+    special = httpx.post(server.url + "/tokenize", json={"content": "<|endoftext|>"}).json()["tokens"]
+    assert len(special) == 1 and tokens[-1] == special[0]          # special-token text is that token
+    pieces = httpx.post(server.url + "/tokenize", json={"content": text, "with_pieces": True}).json()["tokens"]
+    assert [p["id"] for p in pieces] == tokens and "".join(p["piece"] for p in pieces) == text
+    assert httpx.post(server.url + "/detokenize", json={"tokens": tokens}).json() == {"content": text}
+    bad = httpx.post(server.url + "/detokenize", json={"tokens": [10 ** 7]})
+    assert bad.status_code == 400 and "outside the vocabulary" in bad.json()["error"]["message"]

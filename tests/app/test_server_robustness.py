@@ -48,6 +48,9 @@ INFILL = {"input_prefix": "def f():\n", "input_suffix": ""}
     ("/infill", {**INFILL, "n_probs": 5}, 501, "not_supported_error", ["n_probs"]),
     ("/completion", {"prompt": [1, 2, 10 ** 7]}, 400, "invalid_request_error", ["outside the vocabulary"]),
     ("/completion", {"prompt": "x " * 2000}, 400, "exceed_context_size_error", ["does not fit"]),
+    # streamed: the prompt is checked before the stream starts, so still a plain 400, not 200 and an error frame
+    ("/completion", {"prompt": "x " * 2000, "stream": True}, 400, "exceed_context_size_error", ["does not fit"]),
+    ("/v1/completions", {"prompt": "x " * 2000, "stream": True}, 400, "exceed_context_size_error", ["does not fit"]),
     ("/v1/completions", {"prompt": ["a", "b"]}, 400, "invalid_request_error", ["one prompt"]),
     ("/v1/completions", {"prompt": "a", "n": 2}, 400, "invalid_request_error", ["n > 1"]),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]},
@@ -286,6 +289,8 @@ def test_a_full_queue_answers_503_and_the_server_serves_on(keyed_server):
     try:
         check_error(keyed_server, 503, "unavailable_error", "/completion", {"prompt": "x", "n_predict": 1},
                     ["busy"], {"Authorization": f"Bearer {KEY}"})
+        busy = httpx.post(keyed_server.url + "/completion", json={"prompt": "x", "n_predict": 1}, headers=auth)
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
     finally:
         waiting.close()
         running.close()
