@@ -164,6 +164,7 @@ def build_completion_prompt(
         format=form.name,
         heal_text=heal_text,
         chosen=[(choice.chunk.path, choice.chunk.start_line) for choice in selection.order],
+        cut=not window.whole(),
     )
 
 
@@ -385,6 +386,12 @@ class _Window:
                 if total > up_to:
                     return total
         return total
+
+    def whole(self) -> bool:
+        """Whether the window holds all of the text: else its far ends gave way (the text after the cursor is only
+        ever part of a window in a format with a suffix)."""
+        before, after = sum(len(p.text) for p in self.prefix), sum(len(p.text) for p in self.suffix)
+        return before == self.end and (not self.below or after == len(self.text) - self.cursor)
 
     def fit(self, share: int, avoid: list[Chunk] | None = None) -> None:
         """Choose the window for ``share`` tokens: up to three quarters before the cursor, more if the text after

@@ -59,6 +59,7 @@ class PackedPrompt:
     heal_text: str = ""  # left out of the prompt's end: the generation must begin with it (token healing)
     chosen: list[tuple[str, int]] = field(default_factory=list)  # repository chunks (path, first line), in the
                                                                   # order chosen: the next prompt's `previous`
+    cut: bool = False  # the current file's text did not fit whole: its far ends gave way (llama.cpp's `truncated`)
 
 
 @dataclass(frozen=True)

@@ -259,13 +259,11 @@ def _label(filename: str, root: Path) -> str:
 
 
 def _truncated(prompt, labels: list[str]) -> bool:
-    """Whether the start of the client's text, or some of its chunks (the oldest), stayed out of the prompt."""
-    from ..session import UNTITLED
-
-    first = min((item.start_line for item in prompt.context if item.path == UNTITLED), default=1)
+    """Whether some of the client's text (its far ends, lines or within the cursor's line) or some of its chunks
+    (the oldest) stayed out of the prompt."""
     paths = [item.path for item in prompt.context]
     kept = next(k for k in range(len(labels), -1, -1) if paths[:k] == labels[len(labels) - k:])
-    return first > 1 or kept < len(labels)
+    return prompt.cut or kept < len(labels)
 
 
 class Limits:

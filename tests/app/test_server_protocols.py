@@ -288,3 +288,11 @@ def test_tokenize_and_detokenize_round_trip_as_llama_cpp_answers_them(server):
     assert httpx.post(server.url + "/detokenize", json={"tokens": tokens}).json() == {"content": text}
     bad = httpx.post(server.url + "/detokenize", json={"tokens": [10 ** 7]})
     assert bad.status_code == 400 and "outside the vocabulary" in bad.json()["error"]["message"]
+
+
+def test_infill_says_truncated_when_the_cursors_own_line_was_cut(server):
+    body = {"input_prefix": "word " * 5000, "input_suffix": "", "n_predict": 1,
+            "response_fields": ["truncated", "tokens_evaluated"]}
+    assert httpx.post(server.url + "/infill", json=body, timeout=300).json()["truncated"] is True
+    body["input_prefix"] = "def f(x):\n    return "
+    assert httpx.post(server.url + "/infill", json=body, timeout=300).json()["truncated"] is False

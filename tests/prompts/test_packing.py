@@ -234,3 +234,22 @@ def test_the_next_line_keeps_the_repository_context_and_the_prompts_start(make_r
     assert repository(complete(9)) == repository(first)
     assert complete(10, sticky=False).ids == plain.ids
     assert complete(10).ids == sticky.ids          # still the choice of the sticky one before
+
+@pytest.mark.parametrize("tokenizer_name, before, after, cut", [
+    ("smollm2_tokenizer", "def f(x):\n    return ", "x + 1\n", False),      # all of it fits
+    ("smollm2_tokenizer", "word " * 2000, "", True),                         # one line over the budget: cut within
+    ("smollm2_tokenizer", "x = 1\n" * 600, "", True),                        # lines from the top gave way
+    ("smollm2_tokenizer", "def f(x):\n    return ", "\ny = 2" * 600, False),  # left to right: no suffix, by design
+    ("starcoder_tokenizer", "def f(x):\n    return ", "x + 1\n", False),
+    ("starcoder_tokenizer", "def f(x):\n    return ", "\ny = 2" * 600, True),  # FIM: lines from the bottom gave way
+])
+def test_the_prompt_says_whether_the_files_text_was_cut(make_repo, request, tokenizer_name, before, after, cut):
+    """llama.cpp's `truncated`: a 10,000-character single-line prefix said False, as only the first kept line
+    was compared with line 1 (the cursor's own line had been cut from its start), and the suffix's end was
+    never looked at."""
+    index = index_repository(make_repo({"small.py": "def g():\n    pass\n"}))
+    text = before + after
+    line, col = before.count("\n") + 1, len(before.rsplit("\n", 1)[-1]) + 1
+    packed = build_completion_prompt(index, request.getfixturevalue(tokenizer_name), "buffer.py", text=text,
+                                     line=line, col=col, budget_tokens=512)
+    assert packed.cut is cut and len(packed.ids) <= 512
