@@ -100,6 +100,8 @@ def check_decode_inputs(q, k_cache, v_cache, cache_seqlens, num_splits, *, k_sca
     B, Hq, D = q.shape[0], q.shape[1], q.shape[-1]
     T = q.shape[2] if q.dim() == 4 else 1
     _, Hkv, S, _ = k_cache.shape
+    if B == 0 or Hq == 0:
+        raise ValueError(f"q {tuple(q.shape)} is empty: no sequence or no head to attend for")
     if k_cache.shape[0] != B or k_cache.shape[3] != D:
         raise ValueError(f"q {tuple(q.shape)} does not match the cache (B, Hkv, S, D) = {tuple(k_cache.shape)}")
     scaled = k_cache.dtype in SCALED_DTYPES
@@ -119,8 +121,10 @@ def check_decode_inputs(q, k_cache, v_cache, cache_seqlens, num_splits, *, k_sca
     if q.stride(-1) != 1:
         raise ValueError(f"q must have a contiguous last dimension (stride 1), got strides {q.stride()}")
     _check_scales(k_cache, k_scale, v_scale, B, Hkv, S)
-    if num_splits is not None and (not isinstance(num_splits, int) or num_splits < 1):
-        raise ValueError(f"num_splits must be a positive int or None, got {num_splits!r}")
+    if num_splits is not None and (isinstance(num_splits, bool) or not isinstance(num_splits, int)
+                                   or not 1 <= num_splits <= max(S, 1)):
+        raise ValueError(f"num_splits must be an int in 1..{max(S, 1)} (the cache's positions) or None, "
+                         f"got {num_splits!r}")
     if cache_seqlens is not None:
         _check_seqlens(cache_seqlens, B, S, q.device, min_len=T if T > 1 else 0)
     return DecodeShape(B, Hq, Hkv, S, D, T, scaled)
@@ -139,6 +143,14 @@ def check_append_inputs(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None,
     _check_caches(k_cache, v_cache, dtypes)
     B, Hkv, T, D = k_new.shape
     _, _, S, _ = k_cache.shape
+    if B == 0:
+        raise ValueError(f"k_new {tuple(k_new.shape)} is empty: no sequence to append to")
+    if k_new.stride(-1) != 1 or v_new.stride(-1) != 1:    # the kernel reads a row's D values as one contiguous run
+        raise ValueError(f"k_new and v_new must have a contiguous last dimension (stride 1), got strides "
+                         f"{k_new.stride()} and {v_new.stride()}")
+    if B > 1 and 0 in (k_cache.stride(0), v_cache.stride(0)):
+        raise ValueError("the caches' batch rows alias one another (stride 0, an expanded tensor): "
+                         "appending to one row would write them all")
     if k_cache.shape[0] != B or k_cache.shape[1] != Hkv or k_cache.shape[3] != D:
         raise ValueError(f"k_new {tuple(k_new.shape)} does not match the cache (B, Hkv, S, D) = {tuple(k_cache.shape)}")
     scaled = k_cache.dtype in SCALED_DTYPES
@@ -157,6 +169,8 @@ def check_append_inputs(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None,
         raise ValueError(f"input_pos must have shape ({B},), got {tuple(input_pos.shape)}")
     if input_pos.device != k_cache.device:
         raise ValueError(f"input_pos is on {input_pos.device}, the cache on {k_cache.device}")
+    if not input_pos.is_contiguous():       # the kernel reads position b at input_pos + b
+        raise ValueError(f"input_pos must be contiguous, got stride {input_pos.stride()}")
     if not _capturing(k_cache.device):
         lo, hi = int(input_pos.min()), int(input_pos.max())
         if lo < 0 or hi + T > S:
@@ -179,6 +193,8 @@ def _check_seqlens(cache_seqlens, B: int, S: int, device, min_len: int = 0) -> N
         raise ValueError(f"cache_seqlens must have shape ({B},), got {tuple(cache_seqlens.shape)}")
     if cache_seqlens.device != device:
         raise ValueError(f"cache_seqlens is on {cache_seqlens.device}, the cache on {device}")
+    if not cache_seqlens.is_contiguous():   # the kernels read row b's length at cache_seqlens + b
+        raise ValueError(f"cache_seqlens must be contiguous, got stride {cache_seqlens.stride()}")
     if _capturing(device):
         return
     lo, hi = int(cache_seqlens.min()), int(cache_seqlens.max())

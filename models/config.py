@@ -62,7 +62,10 @@ class ModelConfig:
     def context_limit(self) -> int:
         """Positions the model can address: dynamic NTK scaling stretches max_positions by its factor."""
         s = self.rope_scaling
-        return int(self.max_positions * s.factor) if s and s.kind == "dynamic" else self.max_positions
+        if not (s and s.kind == "dynamic"):
+            return self.max_positions
+        # (a factor of 1e308 would overflow int(); more positions than LIMITS allows mean nothing anyway)
+        return max(1, int(min(self.max_positions * s.factor, LIMITS["max_positions"])))
 
     def kv_bytes_per_token(self, element_size: int) -> int:
         """Bytes of K and V that one token occupies in the cache, over all layers."""
@@ -168,6 +171,12 @@ class ModelConfig:
         elif kind != "none":
             raise UnsupportedModelError(f"{source}: GGUF rope scaling {kind!r} is not supported (only linear)")
         n_heads = whole("attention.head_count", LIMITS["n_heads"])
+        head_dim = whole("attention.key_length", LIMITS["head_dim"], None) or 0
+        rotary = get("rope.dimension_count")
+        rotated = head_dim or whole("embedding_length", LIMITS["dim"]) // n_heads
+        if rotary is not None and rotary != rotated:   # llama.cpp refuses it too ("invalid n_rot")
+            raise UnsupportedModelError(f"{source}: llama.rope.dimension_count {rotary!r} is not the head dim "
+                                        f"{rotated} (rotary embeddings over part of a head are not supported)")
         vocab = get("vocab_size") or len(meta.get("tokenizer.ggml.tokens", ()))
         return cls.checked(
             source,
@@ -175,7 +184,7 @@ class ModelConfig:
             n_heads=n_heads, n_kv_heads=whole("attention.head_count_kv", LIMITS["n_kv_heads"], None) or n_heads,
             ffn_dim=whole("feed_forward_length", LIMITS["ffn_dim"]),
             vocab_size=_whole({"llama.vocab_size": vocab}, "llama.vocab_size", source, LIMITS["vocab_size"]),
-            head_dim=whole("attention.key_length", LIMITS["head_dim"], None) or 0,
+            head_dim=head_dim,
             norm_eps=_positive(meta, "llama.attention.layer_norm_rms_epsilon", source, default=1e-5),
             rope_theta=_positive(meta, "llama.rope.freq_base", source, default=10_000.0), rope_scaling=scaling,
             max_positions=whole("context_length", LIMITS["max_positions"], 2048), tie_embeddings=tied,

@@ -399,6 +399,8 @@ class Engine:
         else:
             reused = [self.prefill_span(r, len(p))[0] for p, r in zip(prompts, reused)]   # bucketed starts
             logits = torch.cat([self._prefill(p, r, b) for b, (p, r) in enumerate(zip(prompts, reused))])  # (B, V)
+        if not bool(torch.isfinite(logits).all()):    # NaN or inf weights: the "text" would be token 0 over and over
+            raise ModelError(f"{self.name}: the model's output is not a number (NaN or inf in its weights?)")
         generator = make_generator(self._device, config.seed) if config.temperature > 0 else None
         healing = self._healing(config, B)
         tokens = sample(healing.restrict(logits) if healing else logits, config, generator)   # (B,)

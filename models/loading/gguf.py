@@ -55,6 +55,7 @@ def gguf_checkpoint(path: Path, dtype: torch.dtype, progress=None) -> Path:
     reader = open_gguf(path)
     config = read_gguf_config(reader, path)
     check_tensor_types(reader, path)
+    check_tensor_layout(reader, path)
     check_tensor_shapes(reader, config, path)
     tokenizer = gguf_tokenizer(path)
     tensors = {hf_name(t.name, path): to_torch(t, config, dtype) for t in reader.tensors}
@@ -125,6 +126,21 @@ def check_tensor_types(reader, path: Path) -> None:
             raise UnsupportedModelError(
                 f"{path}: tensor {t.name} has quantization {t.tensor_type.name}, which is not supported "
                 f"(supported: {', '.join(SUPPORTED_TYPES)})")
+
+
+def check_tensor_layout(reader, path: Path) -> None:
+    """Every tensor's bytes inside the file's data section, at the header's alignment, none overlapping another.
+    The gguf reader takes offsets as they are written: one of 2**64 - 32 read the header's padding as a norm,
+    tensors all at offset 0 alias each other (a 2 MB file then converts into a cache entry of any size)."""
+    start, size = reader.data_offset, path.stat().st_size
+    spans = sorted((int(t.data_offset), int(t.data_offset) + int(t.n_bytes), t.name) for t in reader.tensors)
+    for begin, end, name in spans:
+        if begin < start or end > size or (begin - start) % reader.alignment:
+            raise ModelError(f"{path}: tensor {name} lies outside the file's data section or off its "
+                             f"{reader.alignment}-byte alignment (corrupt file)")
+    for (_, end, name), (begin, _, other) in zip(spans, spans[1:]):
+        if begin < end:
+            raise ModelError(f"{path}: tensors {name} and {other} overlap (corrupt file)")
 
 
 def check_tensor_shapes(reader, config: ModelConfig, path: Path) -> None:

@@ -37,7 +37,7 @@ def read_json(path: Path) -> dict:
         if path.stat().st_size > MAX_JSON_BYTES:
             raise ModelError(f"{path}: {path.stat().st_size:,} bytes is too large for a JSON config")
         value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (OSError, ValueError, RecursionError) as e:    # ValueError: bad UTF-8 or JSON, a 5,000-digit integer
         raise ModelError(f"{path}: unreadable JSON ({type(e).__name__}: {e})") from None
     if not isinstance(value, dict):
         raise ModelError(f"{path}: not a JSON object (a {type(value).__name__})")
@@ -64,6 +64,11 @@ def weight_files(directory: Path) -> list[Path]:
             weight_map = read_json(index).get("weight_map", {})
             if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
                 raise ModelError(f"{index}: weight_map must map tensor names to file names")
+            # Names inside the folder: an index is data and must not send the loader elsewhere (lexically: a hub
+            # snapshot's weights are links into its blobs/ folder, which is fine).
+            outside = next((f for f in weight_map.values() if Path(f).is_absolute() or ".." in Path(f).parts), None)
+            if outside is not None:
+                raise ModelError(f"{index}: shard {outside!r} is not a file of the checkpoint's folder")
             files = [directory / f for f in sorted(set(weight_map.values()))]
             for f in files:
                 if not f.is_file():
@@ -95,6 +100,8 @@ def iter_tensors(files: list[Path], part=None) -> Iterator[tuple[str, torch.Tens
                 state = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
             except Exception as e:  # pickle and zip errors come in many types
                 raise ModelError(f"{f}: unreadable PyTorch weights ({e})") from None
+            if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+                raise ModelError(f"{f}: not a state dict of tensors (a {type(state).__name__})")
             for name, tensor in state.items():
                 index = None if part is None else part(name, tensor.shape)
                 yield name, tensor if index is None else tensor[index]

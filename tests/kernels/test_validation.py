@@ -51,7 +51,13 @@ BAD = [
     ("cache_seqlens must have shape (2,)", dict(cache_seqlens=torch.tensor([3], dtype=torch.int32))),
     ("must lie in 0..32", dict(cache_seqlens=torch.tensor([3, 33], dtype=torch.int32))),
     ("must lie in 0..32", dict(cache_seqlens=torch.tensor([-1, 3], dtype=torch.int32))),
-    ("num_splits must be a positive int", dict(num_splits=0)),
+    ("num_splits must be an int in 1..32", dict(num_splits=0)),
+    ("num_splits must be an int in 1..32", dict(num_splits=True)),
+    ("num_splits must be an int in 1..32", dict(num_splits=10 ** 5)),        # it ran 138 s, then failed
+    ("is empty: no sequence or no head", dict(q=torch.randn(0, 8, 64), k_cache=torch.randn(0, 2, 32, 64),
+                                              v_cache=torch.randn(0, 2, 32, 64))),
+    # Read as if contiguous, [5, 1000, 40, 7][::2] gave row 1 a length of 1000 over 32 positions (NaN; out of bounds)
+    ("cache_seqlens must be contiguous", dict(cache_seqlens=torch.tensor([5, 1000, 20, 7], dtype=torch.int32)[::2])),
 ]
 
 
@@ -89,7 +95,19 @@ BAD_APPEND = [
     ("k_cache must have a contiguous last dimension", dict(k_cache=torch.randn(2, 2, 64, 32).transpose(2, 3))),
     ("v_cache must have a contiguous last dimension or, sequence-major, a contiguous position dimension",
      dict(v_cache=torch.randn(2, 2, 64, 128)[:, :, ::2, ::2])),
+    ("input_pos must be contiguous", dict(input_pos=torch.tensor([3, 50, 10, 60])[::2])),   # row 1 went to 50
+    ("k_new and v_new must have a contiguous last dimension", dict(k_new=torch.randn(2, 2, 3, 128)[..., ::2])),
+    ("the caches' batch rows alias one another", dict(k_cache=torch.randn(1, 2, 32, 64).expand(2, -1, -1, -1))),
+    ("is empty: no sequence to append to", dict(k_new=torch.randn(0, 2, 3, 64), v_new=torch.randn(0, 2, 3, 64),
+                                                k_cache=torch.randn(0, 2, 32, 64), v_cache=torch.randn(0, 2, 32, 64),
+                                                input_pos=torch.zeros(0, dtype=torch.int64))),
 ]
+
+
+def test_a_softmax_scale_that_is_not_a_finite_number_is_refused():
+    for scale in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="softmax_scale must be a finite number"):
+            flash_decode(**good(), softmax_scale=scale)
 
 
 @pytest.mark.parametrize("fn", [kernels.append_kv, reference.append_kv], ids=["kernels", "reference"])

@@ -144,3 +144,79 @@ def test_generation_config_ids_that_are_not_ids_are_ignored(tmp_path, tiny_check
     shutil.copytree(tiny_checkpoint[0], directory)
     (directory / "generation_config.json").write_text('{"eos_token_id": ["2", null, 2]}')
     assert 2 in load_model(directory, device="cpu", max_context=32).eos_token_ids
+
+
+def test_a_shard_index_cannot_send_the_loader_out_of_the_folder(tmp_path, tiny_checkpoint):
+    """The index is data: `../x.safetensors` or an absolute path (/proc/self/environ) must not be opened."""
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint[0], folder)
+    (tmp_path / "outside.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    for shard in ("../outside.safetensors", "/proc/self/environ", "sub/../../outside.safetensors"):
+        (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"model.norm.weight": shard}}))
+        load_error(str(folder), ModelError, "is not a file of the checkpoint's folder")
+
+
+@pytest.mark.parametrize("content", [[1, 2], {"model.norm.weight": 3}])
+def test_a_bin_file_that_is_not_a_state_dict_is_named(tmp_path, tiny_checkpoint, content):
+    import torch
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint[0], folder)
+    (folder / "model.safetensors").unlink()
+    torch.save(content, folder / "pytorch_model.bin")
+    load_error(str(folder), ModelError, "not a state dict of tensors")
+
+
+def test_config_numbers_python_cannot_hold_or_that_overflow_are_one_line_errors(tmp_path, tiny_checkpoint):
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint[0], folder)
+    config = (folder / "config.json").read_text()
+    (folder / "config.json").write_text(config.rstrip().rstrip("}") + ', "big": ' + "9" * 5000 + "}")
+    load_error(str(folder), ModelError, "unreadable JSON")
+    huge = ModelConfig.from_hf({**LLAMA, "rope_scaling": {"rope_type": "dynamic", "factor": 1e308}}, "c.json")
+    assert 1 <= huge.context_limit <= 1 << 40          # it overflowed int() ("internal error")
+
+
+def test_nan_weights_are_a_model_error_not_garbage(tmp_path, tiny_checkpoint):
+    from safetensors.torch import load_file, save_file
+
+    from models import GenerationConfig
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint[0], folder)
+    weights = load_file(folder / "model.safetensors")
+    weights["model.norm.weight"][:] = float("nan")
+    save_file(weights, folder / "model.safetensors")
+    engine = load_model(str(folder), device="cpu")
+    with pytest.raises(ModelError, match="not a number"):
+        engine.generate([1, 5, 9], GenerationConfig(max_new_tokens=3))
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("offset past the end", "lies outside the file's data section"),
+    ("unaligned", "off its 32-byte alignment"),
+    ("overlap", "overlap"),
+])
+def test_gguf_tensor_offsets_are_checked_before_conversion(tmp_path, damage, message):
+    """The gguf reader takes each tensor's offset as written: checked here against the data section, the
+    alignment and the other tensors before anything is read or converted."""
+    import gguf
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path)
+    reader = gguf.GGUFReader(path)
+    fields = sorted(reader.tensors, key=lambda t: t.data_offset)
+    offset = {"offset past the end": (1 << 64) - 32, "unaligned": 3, "overlap": 0}[damage]   # (2**64 - 32 wrapped)
+    raw = bytearray(path.read_bytes())
+    target = fields[-1].field.parts[-1]                        # the last tensor's offset field (uint64)
+    position = target.ctypes.data - reader.data.ctypes.data
+    raw[position:position + 8] = offset.to_bytes(8, "little")
+    path.write_bytes(bytes(raw))
+    load_error(str(path), ModelError, message)
+
+
+def test_a_gguf_whose_rotary_dimension_is_not_the_head_dim_is_refused():
+    from models import UnsupportedModelError
+    meta = {"general.architecture": "llama", "llama.embedding_length": 64, "llama.block_count": 2,
+            "llama.attention.head_count": 4, "llama.feed_forward_length": 96, "llama.vocab_size": 300,
+            "llama.rope.dimension_count": 8}
+    with pytest.raises(UnsupportedModelError, match="rope.dimension_count 8 is not the head dim 16"):
+        ModelConfig.from_gguf(meta, "m.gguf", tied=True)
+    assert ModelConfig.from_gguf({**meta, "llama.rope.dimension_count": 16}, "m.gguf", tied=True).head_dim == 16
