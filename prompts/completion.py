@@ -38,7 +38,7 @@ from .packing import (BRIEF, CHARS_PER_TOKEN_AT_MOST, EXAMPLE, Assembler, Contex
                       select_chunks)
 from .ranking import Query, cursor_terms, rank_both
 from .scan import MAX_BUFFER_BYTES, read_regular_file
-from .tokens import Encoder, encoder_for
+from .tokens import Encoder, encoder_for, tokenizable
 
 FILE_SHARE = 0.4  # of the budget, for the text around the cursor while the repository has more to offer
 PREFIX_SHARE = 0.75  # of the current file's share, before the cursor
@@ -86,7 +86,7 @@ def build_completion_prompt(
     imports = index.imports(relative) if text is None else None  # the file as indexed, unless it is being edited
     if text is None:
         text = _read(index.root / relative, path)
-    text = text.replace("\r\n", "\n")
+    text = tokenizable(text).replace("\r\n", "\n")      # (a caller's lone surrogates: U+FFFD, as the app's own)
     rows = text.split("\n")
     row, column = _cursor(rows, line, col)
 
@@ -154,8 +154,15 @@ def build_completion_prompt(
             selection.drop_last()
         elif extras:
             extras.pop(0)
+        elif examples:
+            examples.pop()
+        elif window.tokens > 0:
+            before = window.tokens
+            window.fit(before - excess)
+            if window.tokens >= before:     # no smaller cut of the text fits (it did not shrink): none of it, then
+                window.fit(0)
         else:
-            window.fit(window.tokens - excess)
+            raise BudgetError(f"a prompt budget of {limit} tokens does not hold even the prompt format's markers")
     return PackedPrompt(
         ids=list(assembler.ids),
         context=context,
@@ -460,7 +467,15 @@ class _Window:
             part = line[-chars:] if from_end else line[:chars]
             token_starts = self.encoder.token_starts(part)
             if len(token_starts) > budget:
-                return part[token_starts[-budget]:] if from_end else part[: token_starts[budget]]
+                if not from_end:    # the tokens starting before the budget's first excluded one: at most budget
+                    return part[: token_starts[budget]]
+                # From the end: the first token of the last `budget` that starts a character of its own (the byte
+                # tokens of one character share a start; cut at one of them, the character came whole, and with it
+                # more tokens than the budget, and the prompt's fitting loop never ended).
+                first = len(token_starts) - budget
+                while first < len(token_starts) and first > 0 and token_starts[first] == token_starts[first - 1]:
+                    first += 1
+                return part[token_starts[first]:] if first < len(token_starts) else ""
             if len(part) == len(line):
                 return line
         return ""  # more than LONGEST_TOKEN characters a token: unreachable with real vocabularies

@@ -20,7 +20,8 @@ from typing import NamedTuple
 
 from .languages import language_name
 
-MAX_REEXPORTS = 4  # files a name is followed through before its definition
+MAX_REEXPORTS = 4  # re-exports a name is followed through (a chain's depth) before its definition
+MAX_FOLLOWED_FILES = 256  # files one name's search may read at all: star imports can fan out widely
 
 
 class Import(NamedTuple):
@@ -157,14 +158,15 @@ def _names(language: str, imported: Import) -> list[tuple[str | None, str | None
     return pairs
 
 
-def _definitions(index, files: list[str], name: str, seen: set[str]) -> list[int]:
-    """Chunks of ``files`` defining ``name``; failing that, its definitions where those files import it from."""
+def _definitions(index, files: list[str], name: str, seen: set[str], depth: int = 0) -> list[int]:
+    """Chunks of ``files`` defining ``name``; failing that, its definitions where those files import it from, up to
+    MAX_REEXPORTS re-exports deep. ``seen``: the files looked through already, in any branch (a cycle ends there)."""
     inside = set(files)
     found = [n for n in index.definers.get(name, ()) if index.chunks[n].path in inside]
-    if found or len(seen) >= MAX_REEXPORTS:
+    if found or depth >= MAX_REEXPORTS:
         return found
     for file in files:
-        if file in seen:
+        if file in seen or len(seen) >= MAX_FOLLOWED_FILES:
             continue
         seen.add(file)
         language = language_name(file)
@@ -174,7 +176,7 @@ def _definitions(index, files: list[str], name: str, seen: set[str]) -> list[int
                 if original is None:
                     continue  # a module bound to the name: not a definition
                 reexported = [f for f in module_files(index.paths, file, language, imported.module) if f != file]
-                found += _definitions(index, reexported, original, seen)
+                found += _definitions(index, reexported, original, seen, depth + 1)
     return found
 
 

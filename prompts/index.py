@@ -11,6 +11,7 @@ too: numbering a million names again would cost more than the rest of a warm sta
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import gc
 import hashlib
@@ -125,10 +126,12 @@ class RepoIndex:
 
     def code_between(self, first: Chunk, second: Chunk) -> bool:
         """Whether the file of two chunks has other chunks between them (else only blank lines separate them:
-        every non-blank line belongs to a chunk)."""
-        return any(
-            first.end_line < self.chunks[n].start_line < second.start_line for n in self.chunk_numbers(first.path)
-        )
+        every non-blank line belongs to a chunk). A file's chunks are in line order: the first one starting after
+        ``first`` is found by bisection (a scan of the file's chunks per pair made packing quadratic: 1.9 s for
+        32k tokens from a file of 16,000 one-line functions)."""
+        numbers = self.chunk_numbers(first.path)
+        after = bisect.bisect_right(numbers, first.end_line, key=lambda n: self.chunks[n].start_line)
+        return after < len(numbers) and self.chunks[numbers[after]].start_line < second.start_line
 
     def imports(self, path: str) -> tuple[Import, ...]:
         """The imports of an indexed file as written in its source."""

@@ -35,8 +35,9 @@ class IncrementalDetokenizer:
         return text[len(emitted):]
 
     def flush(self) -> str:
-        """The held-back text (an incomplete character shows as '\ufffd'), at the end of generation."""
+        """The held-back text at the end of generation, less the character its last tokens left incomplete (a
+        length limit can stop between a character's bytes): it would show as '\ufffd', which an editor inserts."""
         emitted = self._decode(self.ids[self.prefix_offset:self.read_offset])
         text = self._decode(self.ids[self.prefix_offset:])
         self.prefix_offset = self.read_offset = len(self.ids)
-        return text[len(emitted):]
+        return text[len(emitted):].rstrip("\ufffd")

@@ -45,7 +45,10 @@ def test_multibyte_characters_are_held_back_until_complete(llama_tokenizer):
     assert [detokenizer.push(i) for i in ids] == [" ", "", "", "", "🙂"]
     cut = IncrementalDetokenizer(llama_tokenizer, llama_tokenizer.encode("x ="))
     assert [cut.push(i) for i in ids[-3:-1]] == ["", ""]   # two continuation bytes alone: nothing yet
-    assert "\ufffd" in cut.flush()                          # at the end, what is left comes out as is
+    assert cut.flush() == ""                                # and never: half a character is no text to insert
+    cut_after_text = IncrementalDetokenizer(llama_tokenizer, llama_tokenizer.encode("x ="))
+    assert [cut_after_text.push(i) for i in ids[:3]] == [" ", "", ""]
+    assert cut_after_text.flush() == ""
 
 
 @pytest.mark.parametrize("text", TEXTS)

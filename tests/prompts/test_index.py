@@ -207,3 +207,17 @@ def test_a_cache_dir_that_is_a_file_is_said_once_before_any_parsing(make_repo, t
     assert [str(w.message) for w in caught] == [f"not caching the index: the cache folder "
                                                 f"{(tmp_path / 'cache-file').resolve()} is not a folder"]
     assert (tmp_path / "cache-file").read_text() == "x"
+
+
+def test_code_between_two_chunks_is_found_by_line_order(make_repo):
+    """Bisection over a file's chunks (they are in line order) gives what a scan of them gave."""
+    text = "".join(f"def f{i}():\n    return {i}\n\n" for i in range(40))
+    index = index_repository(make_repo({"m.py": text}))
+    chunks = [index.chunks[n] for n in index.chunk_numbers("m.py")]
+    assert [c.start_line for c in chunks] == sorted(c.start_line for c in chunks) and len(chunks) >= 10
+
+    def scanned(first, second):
+        return any(first.end_line < c.start_line < second.start_line for c in chunks)
+    for i in range(len(chunks)):
+        for j in range(i, len(chunks)):
+            assert index.code_between(chunks[i], chunks[j]) == scanned(chunks[i], chunks[j]) == (j > i + 1)

@@ -208,3 +208,17 @@ def test_a_name_of_the_wrong_shape_for_an_annotation_ranks_below_a_type(make_rep
 
     assert first("def build(width) -> ", len("def build(width) -> ")) == "Shape"
     assert first("    value = ", len("    value = ")) == "make_shape"
+
+
+def test_re_exports_are_followed_by_depth_not_by_files_visited(make_repo):
+    """pkg/__init__ star-imports three modules, each star-importing a private one; Target is two re-exports away.
+    The limit counted every file visited in any branch, so with two siblings before the right one it was lost."""
+    files = {"pkg/__init__.py": "from .m0 import *\nfrom .m1 import *\nfrom .last import *\n",
+             "pkg/m0.py": "from ._impl0 import *\n", "pkg/_impl0.py": "def helper0():\n    pass\n",
+             "pkg/m1.py": "from ._impl1 import *\n", "pkg/_impl1.py": "def helper1():\n    pass\n",
+             "pkg/last.py": "from ._impl_last import *\n",
+             "pkg/_impl_last.py": "class Target:\n    pass\n",
+             "main.py": "from pkg import Target\n\nTarget()\n"}
+    index = index_repository(make_repo(files))
+    found = follow_imports(index, "main.py", "python", index.imports("main.py"))
+    assert [index.chunks[n].path for n in found.definitions["Target"]] == ["pkg/_impl_last.py"]

@@ -253,3 +253,35 @@ def test_the_prompt_says_whether_the_files_text_was_cut(make_repo, request, toke
     packed = build_completion_prompt(index, request.getfixturevalue(tokenizer_name), "buffer.py", text=text,
                                      line=line, col=col, budget_tokens=512)
     assert packed.cut is cut and len(packed.ids) <= 512
+
+
+@pytest.mark.parametrize("tokenizer_name", ["smollm2_tokenizer", "starcoder_tokenizer"])
+def test_characters_of_several_tokens_at_a_small_budget_cut_and_end(make_repo, request, tokenizer_name):
+    """A character the tokenizer writes as several byte tokens shares one start among them: cut there, the window
+    kept the whole character and more tokens than its budget, and the prompt's fitting loop rebuilt the same window
+    for ever (one request froze a server). Every budget now ends within itself, or says it cannot."""
+    import signal
+
+    from prompts.errors import BudgetError
+    tokenizer = request.getfixturevalue(tokenizer_name)
+    index = index_repository(make_repo({"k.py": 's = "キキキキキキキキ"\nt = "😀😀😀😀😀😀"\nu = "e\u0301e\u0301e\u0301"\n'}))
+    signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("the prompt never fitted")))
+    signal.alarm(120)
+    try:
+        for line, col in [(1, 7), (1, 9), (1, 11), (2, 8), (2, 10), (3, 6), (3, 8)]:
+            for budget in range(2, 40):
+                try:
+                    packed = build_completion_prompt(index, tokenizer, "k.py", line=line, col=col,
+                                                     budget_tokens=budget)
+                except BudgetError:
+                    continue
+                assert len(packed.ids) <= budget, (line, col, budget)
+    finally:
+        signal.alarm(0)
+
+
+def test_a_buffer_with_a_lone_surrogate_builds_a_prompt(make_repo, smollm2_tokenizer):
+    """Library callers may pass what the app cleans first (a lone surrogate): it becomes U+FFFD, offsets kept."""
+    index = index_repository(make_repo({"a.py": "x = 1\n"}))
+    packed = build_completion_prompt(index, smollm2_tokenizer, "a.py", text="x = 'ab\ud800", budget_tokens=64)
+    assert "\ufffd" in smollm2_tokenizer.decode(packed.ids) + packed.heal_text
