@@ -10,6 +10,8 @@ from typing import NamedTuple
 
 import torch
 
+from kernels.plan import MAX_SPLITS
+
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 FP8_DTYPE = torch.float8_e4m3fn
 SCALED_DTYPES = (FP8_DTYPE, torch.int8)  # 8-bit caches with a float32 scale per token and KV head
@@ -122,9 +124,9 @@ def check_decode_inputs(q, k_cache, v_cache, cache_seqlens, num_splits, *, k_sca
         raise ValueError(f"q must have a contiguous last dimension (stride 1), got strides {q.stride()}")
     _check_scales(k_cache, k_scale, v_scale, B, Hkv, S)
     if num_splits is not None and (isinstance(num_splits, bool) or not isinstance(num_splits, int)
-                                   or not 1 <= num_splits <= max(S, 1)):
-        raise ValueError(f"num_splits must be an int in 1..{max(S, 1)} (the cache's positions) or None, "
-                         f"got {num_splits!r}")
+                                   or not 1 <= num_splits <= MAX_SPLITS):
+        # (the combine's tile holds every split: 10**5 of them compiled for minutes, 2**40 asked for a petabyte)
+        raise ValueError(f"num_splits must be an int in 1..{MAX_SPLITS} or None, got {num_splits!r}")
     if cache_seqlens is not None:
         _check_seqlens(cache_seqlens, B, S, q.device, min_len=T if T > 1 else 0)
     return DecodeShape(B, Hq, Hkv, S, D, T, scaled)

@@ -364,4 +364,6 @@ def test_transposed_kernel_keeps_tiles_far_below_the_running_max(kv, poisoned_em
     ref = float64_reference(q, k8, v8, torch.full((B,), S, dtype=torch.int32), **scales)[0]
     first_only = reference.dequantize(v8, scales["v_scale"], torch.float64)[:, :, :1].repeat_interleave(Hq // Hkv, 1)
     assert rel_err(first_only[:, :, 0], ref) > 0.01      # the far keys matter
-    assert rel_err(out, ref) <= 1e-3
+    # P in two e4m3 digits is within 2^-8 of itself (bf16's precision): up to 1.5e-3 over 40 seeds here, so e4m3
+    # has the GPU check's bound for 8-bit caches, 2e-3 (1e-3 failed 3 runs in 40); int8's digits: 4.6e-4 at most.
+    assert rel_err(out, ref) <= (2e-3 if kv == "fp8" else 1e-3)
