@@ -28,6 +28,9 @@ class Body(BaseModel):
 
 
 async def read_json(request: Request, model: type[Model], limit: int = MAX_BODY_BYTES) -> Model:
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding != "identity":      # RFC 9110 15.5.16: a content coding the server does not apply is 415
+        raise ApiError(415, f"Content-Encoding {encoding!r} is not supported: send the JSON body uncompressed")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"the request body is larger than {limit:,} bytes")

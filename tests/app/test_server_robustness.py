@@ -128,6 +128,12 @@ def test_requests_that_name_another_host_or_come_from_a_web_page_are_refused(ser
     assert code == 200
 
 
+def test_a_compressed_body_is_415(server):
+    import gzip
+    check_error(server, 415, "invalid_request_error", "/completion", gzip.compress(b'{"prompt": "x"}'),
+                ["Content-Encoding 'gzip' is not supported"], headers={"Content-Encoding": "gzip"})
+
+
 def test_a_body_over_the_limit_is_413(server):
     check_error(server, 413, "invalid_request_error", "/infill",
                 json.dumps({**INFILL, "input_extra": [{"text": "x" * (2 << 20)}]}).encode(), ["larger than"])
