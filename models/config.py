@@ -170,17 +170,17 @@ class ModelConfig:
             scaling = RopeScaling("linear", _positive(meta, "llama.rope.scaling.factor", source))
         elif kind != "none":
             raise UnsupportedModelError(f"{source}: GGUF rope scaling {kind!r} is not supported (only linear)")
-        n_heads = whole("attention.head_count", LIMITS["n_heads"])
+        dim, n_heads = whole("embedding_length", LIMITS["dim"]), whole("attention.head_count", LIMITS["n_heads"])
         head_dim = whole("attention.key_length", LIMITS["head_dim"], None) or 0
         rotary = get("rope.dimension_count")
-        rotated = head_dim or whole("embedding_length", LIMITS["dim"]) // n_heads
+        rotated = head_dim or dim // n_heads
         if rotary is not None and rotary != rotated:   # llama.cpp refuses it too ("invalid n_rot")
             raise UnsupportedModelError(f"{source}: llama.rope.dimension_count {rotary!r} is not the head dim "
                                         f"{rotated} (rotary embeddings over part of a head are not supported)")
         vocab = get("vocab_size") or len(meta.get("tokenizer.ggml.tokens", ()))
         return cls.checked(
             source,
-            dim=whole("embedding_length", LIMITS["dim"]), n_layers=whole("block_count", LIMITS["n_layers"]),
+            dim=dim, n_layers=whole("block_count", LIMITS["n_layers"]),
             n_heads=n_heads, n_kv_heads=whole("attention.head_count_kv", LIMITS["n_kv_heads"], None) or n_heads,
             ffn_dim=whole("feed_forward_length", LIMITS["ffn_dim"]),
             vocab_size=_whole({"llama.vocab_size": vocab}, "llama.vocab_size", source, LIMITS["vocab_size"]),

@@ -472,9 +472,7 @@ class _Window:
                 # From the end: the first token of the last `budget` that starts a character of its own (the byte
                 # tokens of one character share a start; cut at one of them, the character came whole, and with it
                 # more tokens than the budget, and the prompt's fitting loop never ended).
-                first = len(token_starts) - budget
-                while first < len(token_starts) and first > 0 and token_starts[first] == token_starts[first - 1]:
-                    first += 1
+                first = bisect_right(token_starts, token_starts[-budget - 1])
                 return part[token_starts[first]:] if first < len(token_starts) else ""
             if len(part) == len(line):
                 return line

@@ -75,12 +75,16 @@ def check_api_key(request: Request) -> None:
         raise ApiError(401, "invalid or missing API key (send Authorization: Bearer KEY)")
 
 
-def local_name(host: str) -> bool:
-    """Whether a Host header's (or an Origin's) host can only mean this machine: localhost, *.localhost, a
-    loopback address; with or without a port."""
-    name = host.strip().lower()
-    name = name[1:].partition("]")[0] if name.startswith("[") else (name.rpartition(":")[0] or name
-                                                                    if name.count(":") == 1 else name)
+def local_name(authority: str) -> bool:
+    """Whether a Host header's (or an Origin's) host[:port] can only mean this machine: localhost, *.localhost, a
+    loopback address."""
+    authority = authority.strip()
+    if authority.count(":") > 1 and not authority.startswith("["):   # a bare IPv6 address, no port
+        authority = f"[{authority}]"
+    try:
+        name = urlsplit(f"//{authority}").hostname or ""              # lower case, brackets and port taken off
+    except ValueError:                                              # "[::1" and the like
+        return False
     if name == "localhost" or name.endswith(".localhost"):
         return True
     try:
@@ -100,8 +104,9 @@ class LocalNamesOnly:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and self.server.loopback:
-            headers = {key.lower(): value.decode("latin-1") for key, value in scope["headers"]}
-            host, origin = headers.get(b"host", ""), headers.get(b"origin")
+            headers = dict(scope["headers"])       # (ASGI servers give header names in lower case)
+            host, origin = headers.get(b"host", b"").decode("latin-1"), headers.get(b"origin")
+            origin = origin.decode("latin-1") if origin is not None else None
             problem = (f"Host {host!r} does not name this machine" if not local_name(host) else
                        f"requests from web pages ({origin}) are refused"
                        if origin is not None and not local_name(urlsplit(origin).netloc) else None)
