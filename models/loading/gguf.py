@@ -19,6 +19,7 @@ import torch
 from models.config import ModelConfig
 from models.errors import ModelError, UnsupportedModelError
 from models.loading import cache_root
+from models.loading.gguf_header import check_header_bounds
 
 CACHE_FORMAT = 1
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
@@ -99,6 +100,7 @@ def open_gguf(path: Path):
     with open(path, "rb") as f:
         if f.read(4) != b"GGUF":
             raise ModelError(f"{path}: not a GGUF file (no GGUF magic at the start)")
+    check_header_bounds(path)
     from gguf import GGUFReader
     try:
         return GGUFReader(path)

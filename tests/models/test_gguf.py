@@ -120,3 +120,53 @@ def test_unsupported_quantization_names_the_tensor_and_type(tmp_path):
     path = tmp_path / "iq.gguf"
     write_tiny_gguf(path, matrix_type="IQ4_NL")
     assert str(path) in load_error(path, UnsupportedModelError, r"tensor \S+ has quantization IQ4_NL")
+
+
+def _gguf_with(path, add):
+    """A GGUF with the metadata `add(writer)` writes and one small tensor (not a loadable model: header tests)."""
+    import gguf
+    import numpy as np
+    writer = gguf.GGUFWriter(str(path), "llama")
+    add(writer)
+    writer.add_tensor("output_norm.weight", np.ones(4, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.parametrize("add, message", [
+    (lambda w: w.add_array("x.ids", list(range((1 << 20) + 1))), "array declares 1,048,577 elements"),
+    (lambda w: [w.add_array(f"x.ids{i}", [0] * (1 << 18)) for i in range(5)], "over 1,048,576 array elements"),
+], ids=["one array", "many arrays"])
+def test_metadata_arrays_beyond_any_vocabulary_are_refused_before_the_reader_builds_them(tmp_path, monkeypatch, add,
+                                                                                          message):
+    """gguf.GGUFReader builds numpy views per array element (seconds and hundreds of MB per million): a file
+    that declares more elements than any vocabulary is refused from its header, before the reader runs."""
+    path = _gguf_with(tmp_path / "wide.gguf", add)
+    monkeypatch.setattr("gguf.GGUFReader", lambda *a, **k: pytest.fail("the reader parsed the file"))
+    assert str(path) in load_error(path, ModelError, message)
+
+
+def test_a_header_declaring_absurd_counts_is_refused(tmp_path):
+    import struct
+    path = _gguf_with(tmp_path / "counts.gguf", lambda w: None)
+    data = bytearray(path.read_bytes())
+    data[8:24] = struct.pack("<QQ", 1, 1 << 40)             # tensor count, key count
+    path.write_bytes(bytes(data))
+    load_error(path, ModelError, "declares 1,099,511,627,776 metadata keys")
+
+
+def test_header_check_passes_the_embedded_model_and_walks_to_the_end_of_its_tensor_infos():
+    """The real file (49k tokens, 48k merges) passes, and the walk ends exactly where the reader's last tensor
+    info ends: it stepped over every key, value and tensor info as the format lays them out."""
+    import mmap
+    from gguf import GGUFReader
+    from models.loading import gguf_header
+
+    path = embedded_model_path()
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        walk_end = gguf_header._walk(data, path)
+    last = GGUFReader(path).tensors[-1].field
+    assert walk_end == int(last.offset) + sum(part.nbytes for part in last.parts)
