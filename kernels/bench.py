@@ -8,8 +8,8 @@ Needs a CUDA GPU and only torch + triton (matplotlib for the plot, if present). 
 the device-to-device copy bandwidth and the read bandwidth (the faster of PyTorch's and a Triton
 read-only reduction over 4 GiB, far beyond L2: the ceiling of a decode kernel, which only reads),
 then for each shape the median time of: flash_decode (bf16 cache), flash_decode over an fp8 copy of
-the cache, an 8-token verification step (q (B, Hq, 8, D)), the eager reference (repeat_kv + matmul
-+ softmax), SDPA under each backend (flash, cuDNN, efficient, math), compiled FlexAttention, and a
+the cache, an 8-token verification step (q (B, Hq, 8, D)), eager attention (repeat_kv + matmul
++ softmax in bf16, as transformers' eager attention), SDPA under each backend (flash, cuDNN, efficient, math), compiled FlexAttention, and a
 Triton kernel that only reads K and V once; each as plain launches (triton's do_bench, L2 flushed
 before each call) and as CUDA-graph replays (a graph of calls over rotating input sets larger than
 L2, replayed many times). Each row gets its achieved read rate (bytes read / time: K+V, plus the
@@ -186,7 +186,7 @@ def contestants(with_flex: bool, lean: bool = False):
     table = {f"read_only_{i}": stream_read(*config) for i, config in enumerate(READ_ONLY_CONFIGS)}
     table |= {"flash_decode": ours, "flash_decode_fp8": ours_fp8, f"flash_decode_t{VERIFY_TOKENS}": ours_verify}
     if not lean:
-        table["eager"] = lambda x: reference.flash_decode(x.q, x.k, x.v)
+        table["eager"] = lambda x: reference.eager_decode(x.q, x.k, x.v)
     table |= {name: sdpa(backend) for name, backend in SDPA_BACKENDS.items() if not lean or name in LEAN_PEERS}
     if with_flex and not lean:
         table["flex"] = flex()

@@ -1,9 +1,11 @@
 """Plain-PyTorch decode attention and cache append: the "standard attention" path and the tests' oracle.
 
 Functions with the contracts of their Triton twins (ARCHITECTURE.md, "Contracts added for issues 9-15"):
-- `flash_decode`: repeat_kv + matmul + softmax, computed in float32 (float64 stays float64), what a
-  straightforward implementation of one decode step does; one or T query tokens per sequence
-  (causal, aligned bottom-right); 16/32-bit caches, or 8-bit caches dequantized first;
+- `flash_decode`: repeat_kv + matmul + softmax, computed in float32 (float64 stays float64): the tests'
+  oracle; one or T query tokens per sequence (causal, aligned bottom-right); 16/32-bit caches, or 8-bit
+  caches dequantized first;
+- `eager_decode`: the same steps in the model's dtype, as transformers' eager attention takes them: the
+  "standard attention" baseline the benchmarks compare with (the float32 oracle is 1.7-3.8x slower);
 - `split_kv_decode`: the same split-KV algorithm as the Triton kernels (partial softmax per split,
   then a log-sum-exp combine), so each step of the kernel has a readable twin;
 - `append_kv`: writes new keys/values at given positions, quantizing them for an 8-bit cache;
@@ -125,6 +127,30 @@ def flash_decode(q, k_cache, v_cache, cache_seqlens=None, *, softmax_scale=None,
     out = torch.einsum("bhts,bhsd->bhtd", probs, v).to(q.dtype).reshape(q.shape)
     lse = lse.float().reshape(q.shape[:-1])
     return (out, lse) if return_lse else out
+
+
+def eager_decode(q, k_cache, v_cache, cache_seqlens=None, *, softmax_scale=None, k_scale=None, v_scale=None):
+    """Standard attention for a decode step, as transformers' eager Llama attention computes it: K and V
+    repeated to every query head, scores and P @ V as matmuls in q's dtype, the softmax in float32 and
+    rounded back to q's dtype. The benchmarks' "eager" baseline (a fair one: no float32 copy of the cache).
+
+    q: (B, Hq, D) or (B, Hq, T, D); k_cache, v_cache: (B, Hkv, S, D) in q's dtype, or 8-bit with k_scale,
+    v_scale float32 (B, Hkv, S) (dequantized to q's dtype first); cache_seqlens: int32 (B,) or None (= S).
+    Returns out with q's shape and dtype.
+    """
+    B, Hq, Hkv, S, D, T, _ = check_decode_inputs(q, k_cache, v_cache, cache_seqlens, None,
+                                                 k_scale=k_scale, v_scale=v_scale)
+    scale = D ** -0.5 if softmax_scale is None else softmax_scale
+    group = Hq // Hkv
+    q4 = q.reshape(B, Hq, T, D)                                                    # (B, Hq, T, D)
+    k = dequantize(k_cache, k_scale, q.dtype).repeat_interleave(group, dim=1)     # (B, Hq, S, D)
+    v = dequantize(v_cache, v_scale, q.dtype).repeat_interleave(group, dim=1)     # (B, Hq, S, D)
+    scores = torch.matmul(q4, k.transpose(2, 3)) * scale                           # (B, Hq, T, S)
+    visible = visible_keys(_lengths(cache_seqlens, B, S, q.device), T, S)           # (B, T, S)
+    scores = scores.masked_fill(~visible[:, None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    probs = probs.nan_to_num(0.0)                       # a row without keys: zeros, as the kernels give
+    return torch.matmul(probs, v).reshape(q.shape)
 
 
 def split_kv_decode(q, k_cache, v_cache, cache_seqlens=None, *, softmax_scale=None, num_splits=1,

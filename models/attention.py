@@ -2,7 +2,8 @@
 
     flash  kernels.flash_decode: Triton split-KV Flash-Decoding (graph-safe; the GPU default)
     sdpa   torch's scaled_dot_product_attention for the decode tokens too (the CPU default)
-    eager  kernels.reference.flash_decode: repeat_kv + matmul + softmax, the "standard attention" baseline
+    eager  kernels.reference.eager_decode: repeat_kv + matmul + softmax in the model's dtype, the
+           "standard attention" baseline (transformers' eager attention)
 
 All three read the same (B, Hkv, S, D) cache with per-sequence lengths, so switching is free; an 8-bit
 cache (fp8, int8) is read by flash and eager with its scales and dequantized for sdpa.
@@ -81,5 +82,5 @@ def _flash_decode():
 
 @functools.cache
 def _reference_decode():
-    from kernels.reference import flash_decode
-    return flash_decode
+    from kernels.reference import eager_decode
+    return eager_decode

@@ -35,6 +35,28 @@ def test_fp8_reference_is_attention_over_the_dequantized_cache():
     assert (out[1] == 0).all()
 
 
+@pytest.mark.parametrize("T, eight_bit", [(1, False), (4, False), (1, True)])
+def test_eager_baseline_is_attention_in_the_models_dtype(T, eight_bit):
+    """The benchmarks' "eager" (transformers' steps in bf16) against float64: within a few bf16 roundings,
+    and as close as bf16 SDPA's math backend gets; a row without keys is zeros, not NaN."""
+    B, Hq, Hkv, S, D = 3, 8, 2, 96, 64
+    q, k, v = make_inputs(B, Hq, Hkv, S, D, torch.bfloat16)
+    q = torch.randn(B, Hq, T, D, dtype=torch.bfloat16) if T > 1 else q
+    lengths = torch.tensor([S, 0 if T == 1 else T, 40], dtype=torch.int32)     # T = 1: a row without keys
+    scales = {}
+    if eight_bit:
+        k, ks, v, vs = quantized_copy(k, v)
+        scales = {"k_scale": ks, "v_scale": vs}
+    out = reference.eager_decode(q, k, v, lengths, **scales)
+    exact = reference.flash_decode(q.double(), k if eight_bit else k.double(), v if eight_bit else v.double(),
+                                   lengths, **scales)
+    assert out.dtype == torch.bfloat16 and out.shape == q.shape
+    assert T > 1 or (out[1] == 0).all()
+    error = (out.double() - exact).abs().max().item()
+    scale = exact.abs().max().item()
+    assert 0 < error < 4 * 2 ** -8 * scale
+
+
 @pytest.mark.parametrize("T, fp8", [(1, False), (5, True), (16, False)])
 def test_split_kv_twin_agrees(T, fp8):
     q, k, v = make_inputs(3, 12, 4, 333, 64, torch.float64)
