@@ -1,7 +1,7 @@
 """Flash-Decoding attention kernels in Triton, with a plain-PyTorch reference beside them.
 
     from kernels import flash_decode          # the Triton split-KV kernels
-    from kernels import append_kv             # write new K/V into a cache (quantizing an fp8 cache)
+    from kernels import append_kv             # write new K/V into a cache (quantizing an 8-bit one)
     from kernels import reference             # the same functions in plain PyTorch
 """
 

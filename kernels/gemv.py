@@ -18,9 +18,10 @@ graph capture: GEMVs on one device must not run concurrently on several streams 
 stream). `gemv_config(N, K)` picks the split; wide projections keep the unsplit kernel as measured.
 
 `torch.ops.codecomplete.gemv` is the batch-1 projection as an opaque custom op, so torch.compile'd code
-can call it: the GEMV, or cuBLAS for deep projections while DEEP_ON_CUBLAS is set (the dispatch before
-split-K, for A/B runs). The choice is made when the op runs, not when it is compiled: switching it takes a
-new CUDA-graph capture, no recompilation.
+can call it: the GEMV, or cuBLAS for deep projections while DEEP_ON_CUBLAS is set. The product sets it
+(`models.llama.use_gemv("wide")`, the default: split-K lost to cuBLAS on every deep projection on the H200);
+unset, deep projections are split-K, the other arm of A/B runs. The choice is made when the op runs, not when
+it is compiled: switching it takes a new CUDA-graph capture, no recompilation.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import triton.language as tl
 BLOCK_N, BLOCK_K, NUM_WARPS, NUM_STAGES = 4, 1024, 4, 3   # the H100's best for the wide projections
 K_PER_PROGRAM = 4096          # split deep projections into ranges of at most this many columns (32 KiB of bf16 W)
 MAX_ROW_BLOCKS = 1 << 16      # counters per device (256 KiB): row blocks of a split GEMV, N <= 262,144 rows
-DEEP_ON_CUBLAS = False        # the op sends deep projections (rows < columns) to cuBLAS (models.llama.use_gemv)
+DEEP_ON_CUBLAS = False        # the op sends deep projections (rows < columns) to cuBLAS; the product sets it (use_gemv)
 _counters: dict[torch.device, torch.Tensor] = {}
 
 

@@ -181,14 +181,14 @@ def flash_decode(q, k_cache, v_cache, cache_seqlens=None, *, softmax_scale=None,
             len-T .. len-1: query t attends keys 0 .. len-T+t (causal, aligned bottom-right).
         k_cache, v_cache: (B, Hkv, S, D) the cache; any strides but the last (so a (B, S, Hkv, D)
             buffer passed as `.transpose(1, 2)` works). Hq must be a multiple of Hkv. In q's dtype,
-            or float8_e4m3fn with k_scale and v_scale.
+            or 8-bit (float8_e4m3fn or int8) with k_scale and v_scale.
         cache_seqlens: int32 (B,) valid lengths in 0..S (T..S with T query tokens; checked except
             while a CUDA graph is captured), or None for S everywhere. Keys at positions >= length are
             ignored; a length-0 row returns zeros (lse -inf).
         softmax_scale: defaults to D ** -0.5.
         num_splits: force the number of sequence splits (1 = no split); None lets `plan_launch` choose.
         return_lse: also return the log-sum-exp of the scores.
-        k_scale, v_scale: float32 (B, Hkv, S), only with fp8 caches: key j of (b, h) is
+        k_scale, v_scale: float32 (B, Hkv, S), only with 8-bit caches: key j of (b, h) is
             k_cache[b, h, j].float() * k_scale[b, h, j] (one scale per token and KV head).
 
     Returns:
@@ -384,8 +384,9 @@ def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scal
 
 def append_kv(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None, v_scale=None):
     """Write k_new, v_new (B, Hkv, T, D) into the caches (B, Hkv, S, D) at positions
-    input_pos[b] .. input_pos[b] + T - 1 (input_pos int64 (B,)); an fp8 cache is quantized in the same
-    pass (scale = amax / 448 per token and KV head, 1 where amax is 0) and its scales written to
+    input_pos[b] .. input_pos[b] + T - 1 (input_pos int64 (B,)); an 8-bit cache is quantized in the same
+    pass (scale = amax / 448 for e4m3, amax / 127 for int8, per token and KV head, 1 where amax is 0;
+    `kernels.reference.quantize` has the arithmetic) and its scales written to
     k_scale, v_scale float32 (B, Hkv, S). One Triton kernel on CUDA, plain PyTorch elsewhere; both
     graph-safe (no host sync while a CUDA graph is captured)."""
     if k_cache.is_cuda:

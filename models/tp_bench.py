@@ -1,7 +1,8 @@
 """Tensor-parallel decode benchmark, the work behind `python -m models.bench --gpus N`.
 
 One run, random weights of the presets' shapes, bf16, batch 1, prefill excluded, flash attention, the
-product's decode step (dense parts compiled, one CUDA-graph replay per token):
+product's decode step (dense parts compiled, one CUDA-graph replay per token) except that deep projections
+are split-K (CODECOMPLETE_GEMV=1; the product sends them to cuBLAS, the --gemv-ab arm):
   1 GPU        tokens/s of each model that fits one GPU at the longest context, and its roofline
   N GPUs       the same model split over N ranks (models/tp.py, spawned by models/distributed.py), with
                the all-reduce the product uses ("one_shot": symmetric memory; NCCL where that cannot run)

@@ -3,7 +3,7 @@
 The budget is shared like this: the current file's text around the cursor gets up to 40% (more when the
 repository has less to offer), three quarters of that before the cursor. Of the rest, up to EXAMPLE_TOKENS go to
 example lines (examples.py), laid out just before the current file; of what remains, 60% goes first to the
-definitions of the names the cursor uses (as outlines first, then whole), then what is left to the best of
+definitions of the names the cursor uses (as briefs first, then whole), then what is left to the best of
 everything else: the current file's own other parts, code like the code at the cursor, the files it imports.
 What they leave goes back to the text around the cursor. (Measured with the embedded model, bench/results/
 NOTES.md, "Repository context": definitions alone crowd out the nearby code such a small model copies from best;

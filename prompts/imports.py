@@ -75,17 +75,6 @@ def _ends_with(path: str, target: str, anchored: bool) -> bool:
     return path == target or (not anchored and path.endswith("/" + target))
 
 
-def resolve_imports(table: PathTable, path: str, language: str, imports: Iterable[Import]) -> set[str]:
-    """The repository files that the imports of the file at ``path`` (in ``language``) refer to."""
-    found: set[str] = set()
-    for imported in imports:
-        found.update(module_files(table, path, language, imported.module))
-        if imported.name not in (None, "*"):  # `from pkg import sub` may name a module
-            found.update(_submodule_files(table, path, language, imported))
-    found.discard(path)
-    return found
-
-
 def module_files(table: PathTable, path: str, language: str, module: str) -> list[str]:
     """The files a module as written in the file at ``path`` refers to."""
     resolver = _RESOLVERS.get(language)

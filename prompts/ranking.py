@@ -145,11 +145,6 @@ def fits_expected(name: str, expects: str | None) -> bool:
     return capitalised if expects in ("type", "exception") else not capitalised
 
 
-def cursor_weights(lines: list[str], row: int, col: int, keywords: frozenset[str]) -> dict[str, float]:
-    """Identifier weights around a cursor at 0-based ``row``, ``col`` of ``lines``."""
-    return cursor_terms(lines, row, col, keywords).weights
-
-
 def text_weights(text: str, keywords: frozenset[str] = frozenset(), weight: float = 1.0) -> dict[str, float]:
     """Identifier weights of a chat question or a pinned file: every identifier alike."""
     return _heaviest(dict.fromkeys(IDENTIFIER.findall(text), weight), keywords)

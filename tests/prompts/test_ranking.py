@@ -5,8 +5,8 @@ import random
 import pytest
 
 from prompts import build_completion_prompt, index_repository
-from prompts.imports import Import, PathTable, resolve_imports
-from prompts.ranking import Query, cursor_weights, rank
+from prompts.imports import Import, PathTable, follow_imports, module_files
+from prompts.ranking import Query, cursor_terms, rank
 
 
 def _filler_files(count: int, seed: int = 0) -> dict[str, str]:
@@ -58,9 +58,9 @@ def test_a_function_called_before_the_cursor_gets_its_definition_into_the_prompt
 def test_imported_modules_outrank_unrelated_ones(repo_index):
     source = REPO["pkg/app.py"]
     imports = [Import("pkg", "geometry"), Import("pkg.strings")]
-    imported = resolve_imports(repo_index.paths, "pkg/app.py", "python", imports)
+    imported = follow_imports(repo_index, "pkg/app.py", "python", imports).files
     assert imported == {"pkg/__init__.py", "pkg/geometry.py", "pkg/strings.py"}
-    weights = cursor_weights(source.split("\n"), 7, 4, frozenset())
+    weights = cursor_terms(source.split("\n"), 7, 4, frozenset()).weights
     query = Query(weights=weights, path="pkg/app.py", imported=frozenset(imported))
     ranked = [chunk.path for _, chunk in rank(repo_index, query) if chunk.path != "pkg/app.py"]
     first_misc = next(i for i, path in enumerate(ranked) if path.startswith("misc/"))
@@ -82,7 +82,7 @@ def test_the_cursor_region_and_duplicates_are_left_out(make_repo):
 
 def test_identifiers_near_the_cursor_weigh_most_and_the_word_being_typed_not_at_all():
     lines = ["import far_away", *["pass"] * 30, "near = compute(args)", "    total = geome"]
-    weights = cursor_weights(lines, 32, len(lines[32]), frozenset({"pass", "import"}))
+    weights = cursor_terms(lines, 32, len(lines[32]), frozenset({"pass", "import"})).weights
     assert weights["compute"] > weights["far_away"] > 0
     assert "geome" not in weights and "pass" not in weights
     assert weights["total"] == 0.5  # assigned here: a local, worth half
@@ -113,4 +113,4 @@ def test_imports_resolve_to_repository_files(language, importer, imports, expect
         "lib/parse.c", "lib/parse.h", "include/common/defs.h",
         "app/src/Main.java", "app/src/com/acme/store/Store.java",
     ])
-    assert resolve_imports(table, importer, language, [Import(module) for module in imports]) == expected
+    assert set().union(*(module_files(table, importer, language, module) for module in imports)) == expected
