@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import run_info  # noqa: E402  (bench/, next to this script)
 from prompts import build_completion_prompt, index_repository  # noqa: E402
 
-VERSIONS = ["tree-sitter", "tree-sitter-python", "transformers", "tokenizers", "numpy", "pathspec"]
+VERSIONS = ["tree-sitter", "tree-sitter-python", "transformers", "tokenizers", "numpy"]
 
 BARS = {"first_index_s": 20.0, "warm_index_s": 2.0, "rank_and_pack_ms": 200.0}
 CURSOR_FILE = "asyncio/base_events.py"
