@@ -203,6 +203,9 @@ class Repl:
         conversation = self.conversation
         if argument:
             args = argparse.Namespace(**{**vars(conversation.args), "model": argument})
+            # The old model's KV cache and graphs leave the GPU first, or the new model's cache is sized (or
+            # refused) as if they stayed; if the load fails, the old one allocates them again when next used.
+            conversation.engine.release_memory()
             try:
                 engine = engines.load(args, conversation.max_new_tokens)
             except UsageError as exc:   # said of the command line's --model: here it was the /model command

@@ -338,6 +338,14 @@ class Engine:
                 state.graph = None
         self._steps.clear()
 
+    def release_memory(self) -> None:
+        """Hand the KV cache and the captured decode graphs back to the device (before loading another model
+        beside this one); the next generation allocates them again."""
+        self.release_graphs()
+        self.model.free_caches()
+        self._cache_rows = 0
+        self._cached_ids = []
+
     def clear_prefix_cache(self) -> None:
         """Forget which tokens the KV cache holds: the next request prefills its whole prompt."""
         self._cached_ids = []

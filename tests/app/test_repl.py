@@ -150,6 +150,27 @@ def test_a_model_that_fails_to_load_keeps_the_repls_model_and_conversation(conve
     assert [m["content"] for m in conversation.messages] == ["hi", "hello"]
 
 
+def test_switching_models_frees_the_old_cache_first_and_a_failed_switch_leaves_it_working(conversation, tmp_path,
+                                                                                           monkeypatch):
+    """The new model's cache is sized from free memory: the old model's cache must be gone when it loads. When
+    the load fails, the old model allocates its cache again and generates as before."""
+    from models import GenerationConfig
+    engine = conversation.engine
+    ids = engine.tokenizer.encode("def add(a, b):\n")
+    greedy = GenerationConfig(max_new_tokens=6, temperature=0.0)
+    before = engine.generate(ids, greedy).token_ids
+    seen = []
+
+    def load(args, max_new_tokens):
+        seen.extend(layer.attention.kv_cache for layer in engine.model.layers)
+        raise repl.UsageError("--model elsewhere: not found")
+    monkeypatch.setattr(repl.engines, "load", load)
+    printed = drive(conversation, ["/model elsewhere\r", "/exit\r"], tmp_path / "history")
+    assert "/model elsewhere: not found" in printed
+    assert seen and all(cache is None for cache in seen)
+    assert conversation.engine is engine and engine.generate(ids, greedy).token_ids == before
+
+
 def test_history_is_never_kept_inside_the_repository_or_in_a_special_file(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "repo" / ".state"))     # HOME is the repository
     assert repl.history_path(tmp_path / "repo") is None and not (tmp_path / "repo").exists()
