@@ -143,8 +143,9 @@ def eager_decode(q, k_cache, v_cache, cache_seqlens=None, *, softmax_scale=None,
     scale = D ** -0.5 if softmax_scale is None else softmax_scale
     group = Hq // Hkv
     q4 = q.reshape(B, Hq, T, D)                                                    # (B, Hq, T, D)
-    k = dequantize(k_cache, k_scale, q.dtype).repeat_interleave(group, dim=1)     # (B, Hq, S, D)
-    v = dequantize(v_cache, v_scale, q.dtype).repeat_interleave(group, dim=1)     # (B, Hq, S, D)
+    k, v = dequantize(k_cache, k_scale, q.dtype), dequantize(v_cache, v_scale, q.dtype)
+    if group > 1:                                       # repeat_kv (which returns MHA's cache as it is)
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (B, Hq, S, D)
     scores = torch.matmul(q4, k.transpose(2, 3)) * scale                           # (B, Hq, T, S)
     visible = visible_keys(_lengths(cache_seqlens, B, S, q.device), T, S)           # (B, T, S)
     scores = scores.masked_fill(~visible[:, None], float("-inf"))
