@@ -201,7 +201,7 @@ def sass_facts(cubin: bytes, with_opcodes: bool = False) -> dict:
 def compile_config(config: Config, target: GPUTarget = GPUTarget("cuda", 90, 32), with_opcodes: bool = False) -> dict:
     """Compile both kernels as `flash_decode` would launch them on a GPU; returns facts about the binaries."""
     scaled = config.kv in ("fp8", "int8")
-    plan = plan_launch(config.B, config.Hq, config.Hkv, config.S, config.D, T=config.T, fp8=scaled,
+    plan = plan_launch(config.B, config.Hq, config.Hkv, config.S, config.D, T=config.T, scaled=scaled,
                        elem_bytes=4 if config.dtype == "fp32" else 2)
     plan = dataclasses.replace(plan, **config.plan)
     elem = POINTER[config.dtype]

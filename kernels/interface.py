@@ -124,34 +124,34 @@ def forced_plans(entries: list[tuple[dict, LaunchPlan]]):
         _FORCED_PLANS.update(before)
 
 
-def plan_for(q: torch.Tensor, B: int, Hq: int, Hkv: int, S: int, D: int, T: int, fp8: bool,
+def plan_for(q: torch.Tensor, B: int, Hq: int, Hkv: int, S: int, D: int, T: int, scaled: bool,
              num_splits: int | None = None, *, int8: bool = False) -> LaunchPlan:
     """The plan a call runs with: a plan forced for this shape (`forced_plans`), else the device's tuned
     plan for it if there is one (16-bit q), else the heuristic; a forced `num_splits` overrides any of
     them's split count."""
-    forced = _FORCED_PLANS.get(_forced_key(shape_key(B, Hq, Hkv, S, D, T, fp8, int8))) if _FORCED_PLANS else None
+    forced = _FORCED_PLANS.get(_forced_key(shape_key(B, Hq, Hkv, S, D, T, scaled, int8))) if _FORCED_PLANS else None
     if forced is not None:
         return _with_splits(forced, num_splits)
     if not q.is_cuda:
-        return heuristic_plan(q, B, Hq, Hkv, S, D, T, fp8, num_splits)
+        return heuristic_plan(q, B, Hq, Hkv, S, D, T, scaled, num_splits)
     name, num_sms = device_facts(_device_index(q))
     plan = None
     if USE_TUNED_PLANS and q.dtype != torch.float32:
-        plan = tuned_plan(name, num_sms, B, Hq, Hkv, S, D, T, fp8, int8=int8)
+        plan = tuned_plan(name, num_sms, B, Hq, Hkv, S, D, T, scaled, int8=int8)
     if plan is None:
-        return heuristic_plan(q, B, Hq, Hkv, S, D, T, fp8, num_splits)
+        return heuristic_plan(q, B, Hq, Hkv, S, D, T, scaled, num_splits)
     return _with_splits(plan, num_splits)
 
 
-def heuristic_plan(q: torch.Tensor, B: int, Hq: int, Hkv: int, S: int, D: int, T: int, fp8: bool,
+def heuristic_plan(q: torch.Tensor, B: int, Hq: int, Hkv: int, S: int, D: int, T: int, scaled: bool,
                    num_splits: int | None = None) -> LaunchPlan:
     """`kernels.plan.plan_launch` for q's device (its SM count, and whether it has sm_90's 8-bit warpgroup MMAs):
     the plan a call runs where the device has no tuned plan for it."""
     elem_bytes = q.element_size()  # the caches' too, unless 8-bit
     if not q.is_cuda:
-        return plan_launch(B, Hq, Hkv, S, D, T=T, fp8=fp8, num_splits=num_splits, elem_bytes=elem_bytes)
+        return plan_launch(B, Hq, Hkv, S, D, T=T, scaled=scaled, num_splits=num_splits, elem_bytes=elem_bytes)
     index = _device_index(q)
-    return plan_launch(B, Hq, Hkv, S, D, T=T, fp8=fp8, num_sms=device_facts(index)[1], num_splits=num_splits,
+    return plan_launch(B, Hq, Hkv, S, D, T=T, scaled=scaled, num_sms=device_facts(index)[1], num_splits=num_splits,
                        elem_bytes=elem_bytes, wgmma8=_has_8bit_wgmma(index))
 
 

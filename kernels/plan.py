@@ -84,7 +84,7 @@ def describe(plan: LaunchPlan) -> str:
 
 def tiles(group: int, T: int, D: int) -> tuple[int, int, int]:
     """(block_m, block_n, block_d) by the heuristic: 64 keys a tile (K and V tiles plus pipelining fit
-    shared memory). fp8 caches too: 128 keys (the same bytes as bf16's 64) need 137 KB of shared
+    shared memory). 8-bit caches too: 128 keys (the same bytes as bf16's 64) need 137 KB of shared
     memory at 4 or 8 warps (sm_90 build), one program per SM; 64 keys hold three."""
     block_m = min(MAX_BLOCK_M, max(16, triton.next_power_of_2(group * T)))
     block_d = max(16, triton.next_power_of_2(D))
@@ -126,11 +126,11 @@ def wave_splits(items: int, S: int, block_n: int, num_sms: int, resident_per_sm:
 
 
 @functools.lru_cache(maxsize=256)  # a pure function of shapes, asked on every launch
-def plan_launch(B: int, Hq: int, Hkv: int, S: int, D: int, *, T: int = 1, fp8: bool = False,
+def plan_launch(B: int, Hq: int, Hkv: int, S: int, D: int, *, T: int = 1, scaled: bool = False,
                 num_sms: int = 132, num_splits: int | None = None, elem_bytes: int = 2,
                 wgmma8: bool = False) -> LaunchPlan:
     """The heuristic plan. The grid is num_splits x (B x Hkv x row blocks) programs. `elem_bytes` is
-    the caches' element size (fp8 caches: 1 whatever it says): fp32 tiles get two stages, not three,
+    the caches' element size (8-bit caches: 1 whatever it says): fp32 tiles get two stages, not three,
     to stay within shared memory. `wgmma8`: the device has sm_90's 8-bit warpgroup MMAs; then one token of
     a GQA model over an 8-bit cache runs the transposed kernel (kernels/split_kv_transposed.py, where V is
     sequence-major as models store it; the dot kernel with the same tiles otherwise) in 128-key tiles, 4 warps,
@@ -140,7 +140,7 @@ def plan_launch(B: int, Hq: int, Hkv: int, S: int, D: int, *, T: int = 1, fp8: b
     pointers there (Run 21)."""
     group = Hq // Hkv
     block_m, block_n, block_d = tiles(group, T, D)
-    transposed = wgmma8 and fp8 and T == 1 and group > 1 and block_d <= 128
+    transposed = wgmma8 and scaled and T == 1 and group > 1 and block_d <= 128
     if transposed:
         block_n = 128
     items = B * Hkv * -(-group * T // block_m)
@@ -149,11 +149,11 @@ def plan_launch(B: int, Hq: int, Hkv: int, S: int, D: int, *, T: int = 1, fp8: b
     if transposed:
         return LaunchPlan(num_splits=num_splits, block_m=block_m, block_n=block_n, block_d=block_d, num_warps=4,
                           num_stages=3, transposed=True, tma=True)
-    tile_pair_bytes = 2 * block_n * block_d * (1 if fp8 else elem_bytes)  # a K and a V tile
+    tile_pair_bytes = 2 * block_n * block_d * (1 if scaled else elem_bytes)  # a K and a V tile
     stages = PIPELINE_STAGES if PIPELINE_STAGES * tile_pair_bytes <= STAGED_BYTES else 2
     # One fp8 row per KV head: the CUDA-core kernel, its loads pipelined (H200, 7B 64k: 133.5 vs the
     # dots' 155.8 µs; 16k 40.3 vs 46.9). bf16 rows tie (243.7 vs 243.1): they keep the dots.
-    row = fp8 and group * T == 1
+    row = scaled and group * T == 1
     return LaunchPlan(num_splits=num_splits, block_m=block_m, block_n=block_n, block_d=block_d,
                       num_warps=8 if block_m >= 64 else 4, num_stages=stages, loop_stages=3 if row else 0,
                       row_kernel=row)
@@ -176,9 +176,9 @@ def device_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-def shape_key(B: int, Hq: int, Hkv: int, S: int, D: int, T: int, fp8: bool, int8: bool = False) -> dict:
-    """`fp8`: an 8-bit cache; `int8`: that cache holds int8 (its own entries; else e4m3's plans stand in)."""
-    return {"kind": "int8" if int8 else "fp8" if fp8 else "bf16", "group": Hq // Hkv, "D": D, "T": T, "B": B,
+def shape_key(B: int, Hq: int, Hkv: int, S: int, D: int, T: int, scaled: bool, int8: bool = False) -> dict:
+    """`scaled`: an 8-bit cache; `int8`: that cache holds int8 (its own entries; else e4m3's plans stand in)."""
+    return {"kind": "int8" if int8 else "fp8" if scaled else "bf16", "group": Hq // Hkv, "D": D, "T": T, "B": B,
             "Hkv": Hkv, "S": S}
 
 
@@ -201,14 +201,14 @@ def _distance(a: dict, b: dict) -> float:
 
 
 @functools.lru_cache(maxsize=256)
-def tuned_plan(name: str, num_sms: int, B: int, Hq: int, Hkv: int, S: int, D: int, T: int, fp8: bool,
+def tuned_plan(name: str, num_sms: int, B: int, Hq: int, Hkv: int, S: int, D: int, T: int, scaled: bool,
                *, int8: bool = False, directory: Path = PLANS_DIR) -> LaunchPlan | None:
     """The measured plan for this shape on this device, or None (then the heuristic decides).
 
     Entries of the same kind (cache dtype, group, head dim, one or several query tokens) stand in for
     each other: the nearest (batch x KV heads, length, tokens on log scales) lends its options. An int8 cache
     without entries of its own takes e4m3's (the same bytes per key)."""
-    key = shape_key(B, Hq, Hkv, S, D, T, fp8, int8)
+    key = shape_key(B, Hq, Hkv, S, D, T, scaled, int8)
     table = load_table(name, num_sms, directory)
 
     def of_kind(kind: str) -> list[dict]:
@@ -222,7 +222,7 @@ def tuned_plan(name: str, num_sms: int, B: int, Hq: int, Hkv: int, S: int, D: in
     nearest = next((e for e in same_kind if e["key"] == key), None) or min(
         same_kind, key=lambda e: _distance(e["key"], key))
     plan = LaunchPlan(**nearest["plan"])
-    if not fp8:  # fp8 options mean nothing here (older tables recorded the then default fp8_early=True)
+    if not scaled:  # fp8 options mean nothing here (older tables recorded the then default fp8_early=True)
         plan = dataclasses.replace(plan, fp8_early=False, fp8_dot=False)
     if not int8:
         plan = dataclasses.replace(plan, int8_dot=False)
@@ -242,9 +242,9 @@ def tuned_plan(name: str, num_sms: int, B: int, Hq: int, Hkv: int, S: int, D: in
     return dataclasses.replace(plan, num_splits=splits)
 
 
-def table_entry(B: int, Hq: int, Hkv: int, S: int, D: int, T: int, fp8: bool, plan: LaunchPlan,
+def table_entry(B: int, Hq: int, Hkv: int, S: int, D: int, T: int, scaled: bool, plan: LaunchPlan,
                 num_sms: int, measured: dict, int8: bool = False) -> dict:
     """One entry of a plan file: the shape, the plan, and what was measured to choose it."""
     items = B * Hkv * plan.row_blocks(Hq // Hkv, T)
-    return {"key": shape_key(B, Hq, Hkv, S, D, T, fp8, int8), "plan": dataclasses.asdict(plan), "items": items,
+    return {"key": shape_key(B, Hq, Hkv, S, D, T, scaled, int8), "plan": dataclasses.asdict(plan), "items": items,
             "programs_per_sm": items * plan.num_splits / num_sms, "measured": measured}

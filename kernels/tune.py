@@ -109,7 +109,7 @@ def split_policies(case: Case, plan: LaunchPlan, num_sms: int, resident: int = 0
     s = case.shape
     items = s.B * s.Hkv * plan.row_blocks(s.Hq // s.Hkv, case.T)
     n_blocks = max(1, math.ceil(s.S / plan.block_n))
-    found = {"heuristic": plan_launch(s.B, s.Hq, s.Hkv, s.S, s.D, T=case.T, fp8=case.fp8, num_sms=num_sms).num_splits}
+    found = {"heuristic": plan_launch(s.B, s.Hq, s.Hkv, s.S, s.D, T=case.T, scaled=case.fp8, num_sms=num_sms).num_splits}
     for r in (resident, resident - 1):
         if r > 0:
             found[f"full wave of {r}"] = max(1, r * num_sms // items)

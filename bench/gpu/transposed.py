@@ -64,7 +64,7 @@ def main(out: Path) -> int:
             # what a device without a tuned plan runs: the heuristic with the transposed kernel (sm_90), and before
             plans = {f"{kind} committed": base,
                      f"{kind} heuristic": heuristic_plan(sets[0].q, s.B, s.Hq, s.Hkv, s.S, s.D, T, True),
-                     f"{kind} heuristic before": plan_launch(s.B, s.Hq, s.Hkv, s.S, s.D, T=T, fp8=True,
+                     f"{kind} heuristic before": plan_launch(s.B, s.Hq, s.Hkv, s.S, s.D, T=T, scaled=True,
                                                               num_sms=num_sms)}
             variants = [(f"{kind} {name}", COMMON | fields) for name, fields in VARIANTS]
             for name, (plan, resident) in wave_variants(base, variants, items, s.S, sets[0].q, k8, v8t, ks, vs,

@@ -121,7 +121,7 @@ def test_row_kernel_matches_float64_reference(dtype, D, kv, splits, layout, pois
     scaled = kv in CACHE_DTYPES
     if scaled:
         k, scales["k_scale"], v, scales["v_scale"] = quantized_copy(k, v, layout=layout, dtype=CACHE_DTYPES[kv])
-    plan = dataclasses.replace(plan_launch(B, H, H, S, D, fp8=scaled, num_splits=splits), row_kernel=True, block_n=32)
+    plan = dataclasses.replace(plan_launch(B, H, H, S, D, scaled=scaled, num_splits=splits), row_kernel=True, block_n=32)
     out, lse = launch(q, k, v, lengths, plan, **scales)
     ref_out, ref_lse = float64_reference(q, k, v, lengths, **scales)
     assert not out.isnan().any()
@@ -213,16 +213,16 @@ def test_heuristic_takes_the_transposed_kernel_for_8bit_gqa_on_hopper(kv, poison
     The plan is right for either V layout: sequence-major runs the transposed kernel, head-dim-contiguous the dot
     kernel in the same tiles, both against float64, through tensor descriptors (S = 2064) or, where the strides
     cannot take one, pointers (S = 2050)."""
-    hopper, other = (plan_launch(1, 64, 8, 131072, 128, fp8=True, wgmma8=w) for w in (True, False))
+    hopper, other = (plan_launch(1, 64, 8, 131072, 128, scaled=True, wgmma8=w) for w in (True, False))
     assert hopper.transposed and hopper.tma and (hopper.block_n, hopper.num_warps, hopper.num_stages) == (128, 4, 3)
     assert hopper.num_splits == other.num_splits and not other.transposed
-    assert plan_launch(1, 32, 32, 65536, 128, fp8=True, wgmma8=True).row_kernel            # MHA: the row kernel
-    assert not plan_launch(1, 64, 8, 65536, 128, T=8, fp8=True, wgmma8=True).transposed     # several tokens
+    assert plan_launch(1, 32, 32, 65536, 128, scaled=True, wgmma8=True).row_kernel            # MHA: the row kernel
+    assert not plan_launch(1, 64, 8, 65536, 128, T=8, scaled=True, wgmma8=True).transposed     # several tokens
     assert not plan_launch(1, 64, 8, 65536, 128, wgmma8=True).transposed                    # a 16-bit cache
-    assert not plan_launch(1, 16, 8, 4096, 256, fp8=True, wgmma8=True).transposed           # D=256: 32-key tiles
+    assert not plan_launch(1, 16, 8, 4096, 256, scaled=True, wgmma8=True).transposed           # D=256: 32-key tiles
     B, Hq, Hkv, D = 2, 8, 2, 64
     for S, layout in itertools.product((2050, 2064), ("vseq", "bhsd")):
-        plan = plan_launch(B, Hq, Hkv, S, D, fp8=True, wgmma8=True)
+        plan = plan_launch(B, Hq, Hkv, S, D, scaled=True, wgmma8=True)
         lengths = torch.tensor([S, 77], dtype=torch.int32)
         q, k, v = make_inputs(B, Hq, Hkv, S, D, torch.bfloat16, layout=layout)
         scales = {}
@@ -270,7 +270,7 @@ def _check_q_digit_kernel(heads, D, T, dtype, splits, layout, cache_dtype, digit
     lengths = torch.tensor([S, 0 if T == 1 else T, 40 + T], dtype=torch.int32)  # (T tokens need T keys)
     scales = {}
     k, scales["k_scale"], v, scales["v_scale"] = quantized_copy(k, v, layout=layout, dtype=cache_dtype)
-    plan = dataclasses.replace(plan_launch(B, Hq, Hkv, S, D, T=T, fp8=True, num_splits=splits), **plan_fields)
+    plan = dataclasses.replace(plan_launch(B, Hq, Hkv, S, D, T=T, scaled=True, num_splits=splits), **plan_fields)
     if poison_tail:  # what a kernel must never let into a row: garbage past its length (the reference reads up to it)
         clean = [t.clone() for t in (k, v, scales["k_scale"], scales["v_scale"])]
         for b, n in enumerate(lengths.tolist()):
@@ -359,7 +359,7 @@ def test_transposed_kernel_keeps_tiles_far_below_the_running_max(kv, poisoned_em
     v[:, :, 0] = torch.randn(D, generator=gen)
     scales = {}
     k8, scales["k_scale"], v8, scales["v_scale"] = quantized_copy(k, v, layout="vseq", dtype=CACHE_DTYPES[kv])
-    plan = dataclasses.replace(plan_launch(B, Hq, Hkv, S, D, fp8=True, num_splits=2), transposed=True)
+    plan = dataclasses.replace(plan_launch(B, Hq, Hkv, S, D, scaled=True, num_splits=2), transposed=True)
     out, _ = launch(q, k8, v8, None, plan, **scales)
     ref = float64_reference(q, k8, v8, torch.full((B,), S, dtype=torch.int32), **scales)[0]
     first_only = reference.dequantize(v8, scales["v_scale"], torch.float64)[:, :, :1].repeat_interleave(Hq // Hkv, 1)

@@ -107,7 +107,7 @@ def test_plan_options_compute_the_same_function(options, fp8, poisoned_empty):
         k, scales["k_scale"], v, scales["v_scale"] = quantized_copy(k.nan_to_num(), v.nan_to_num())
         poison_past(k, lengths)  # e4m3 NaN
         poison_past(v, lengths)
-    plan = dataclasses.replace(plan_launch(B, Hq, Hkv, S, D, T=T, fp8=fp8, num_splits=3), **options)
+    plan = dataclasses.replace(plan_launch(B, Hq, Hkv, S, D, T=T, scaled=fp8, num_splits=3), **options)
     out, lse = launch(q, k, v, lengths, plan, **scales)
     clean = [t.float().nan_to_num().to(t.dtype) for t in (k, v)]  # keys past the lengths are never seen
     ref_out, ref_lse = float64_reference(q, *clean, lengths, **scales)

@@ -38,7 +38,7 @@ def cpu_exploration(monkeypatch):
 def test_exploration_checks_times_and_picks_a_correct_plan(cpu_exploration, fp8, T, tmp_path):
     case = tune.Case(bench.Shape("tiny", 1, 256, 4, 2, 32), T=T, fp8=fp8)
     logged = []
-    start = tune.plan_launch(1, 4, 2, 256, 32, T=T, fp8=fp8, num_sms=4)
+    start = tune.plan_launch(1, 4, 2, 256, 32, T=T, scaled=fp8, num_sms=4)
     start = dataclasses.replace(start, num_splits=3, eviction="evict_first")
     result = tune.measure_case(case, num_sms=4, clock=tune.Clock(600), log=logged.append, start_plans=[("table", start)])
     stages = {v["stage"] for v in result["variants"]}
@@ -150,7 +150,7 @@ def test_split_counts_fit_the_binary_s_programs_per_sm():
     assert resident_programs(32, 1024, 2) == 32      # at most 32 programs
     assert resident_programs(64, 1024, 2) == 16      # 64K registers
     case = tune.Case(bench.Shape("7B", 1, 65536, 32, 32), fp8=True)
-    policies = tune.split_policies(case, plan_launch(1, 32, 32, 65536, 128, fp8=True), 132, resident=3)
+    policies = tune.split_policies(case, plan_launch(1, 32, 32, 65536, 128, scaled=True), 132, resident=3)
     assert policies["full wave of 3"] == 12 and 8 in policies.values()
 
 
@@ -171,7 +171,7 @@ def test_int8_cases_explore_int8_dots_and_their_own_inputs():
                                rtol=0, atol=x.k.float().abs().max().item() / 127)
     assert any(t.get("int8_dot") for t in tune.tilings(case))
     assert not any(t.get("fp8_early") or t.get("fp8_dot") for t in tune.tilings(case))
-    base = plan_launch(1, 8, 2, 256, 32, fp8=True, num_splits=2)
+    base = plan_launch(1, 8, 2, 256, 32, scaled=True, num_splits=2)
     names = [name for name, _ in tune.neighbours(case, base, 2, 132)]
     assert "int8 dot" in names and "fp8 dot" not in names
     assert any(t.get("transposed") for t in tune.tilings(case)) and "transposed" in names  # GQA: the wgmma kernel

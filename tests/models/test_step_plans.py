@@ -78,7 +78,7 @@ def test_candidates_start_from_todays_plan_and_add_the_named_variants():
     assert {"warps", "tile"} <= set(plans)
     assert len(set(map(dataclasses.astuple, plans.values()))) == len(plans)     # no plan timed twice
     _, only = step_plans.candidates(TINY, 1, 4096, None, [], False, torch.device("cpu"))
-    assert list(only) == ["table"] and only["table"] == plan_launch(1, 8, 2, 4096, 16, T=1, fp8=False)
+    assert list(only) == ["table"] and only["table"] == plan_launch(1, 8, 2, 4096, 16, T=1, scaled=False)
 
 
 def test_each_candidate_is_timed_while_forced_in_interleaved_rounds(monkeypatch):
