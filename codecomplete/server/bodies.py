@@ -2,14 +2,17 @@
 (400), then the fields against the protocol's pydantic model (400 naming the first bad field). Types are strict
 ("5" is not a number), numbers finite (JSON's 1e999 reads as infinity), seeds within what a generator takes; fields
 a model does not know are ignored, as llama.cpp and OpenAI ignore them (real clients send many: llama.vim's
-`t_max_prompt_ms`, Continue's `mirostat`). A lone surrogate (`"\ud800"` is valid JSON, not valid text) becomes
+`t_max_prompt_ms`, Continue's `mirostat`); a null is the field's default where the field has no use for None, as
+llama.cpp's json_value, Go's decoder (Ollama) and OpenAI's nullable parameters read it (the openai package sends
+`"temperature": null` for temperature=None). A lone surrogate (`"\ud800"` is valid JSON, not valid text) becomes
 U+FFFD, as the command line does with such text: a tokenizer refuses it, and so does a UTF-8 response."""
 from __future__ import annotations
 
 import json
-from typing import Annotated, TypeVar
+import types
+from typing import Annotated, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from starlette.requests import Request
 
 from prompts.tokens import tokenizable
@@ -25,6 +28,15 @@ Seed = Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]    # torch.Generator.man
 
 class Body(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore", populate_by_name=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _null_is_default(cls, value, info: ValidationInfo):
+        if value is None:
+            field = cls.model_fields[info.field_name]
+            if not field.is_required() and types.NoneType not in get_args(field.annotation):
+                return field.get_default(call_default_factory=True)
+        return value
 
 
 async def read_json(request: Request, model: type[Model], limit: int = MAX_BODY_BYTES) -> Model:

@@ -139,6 +139,26 @@ def test_openai_client_chat(server):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == answer.usage.completion_tokens
 
 
+def test_a_null_is_the_fields_default_as_clients_send_it(server):
+    """The openai package sends `"temperature": null` for temperature=None; llama.cpp (json_value) and Ollama (Go's
+    decoder) read a null as a field left out too. Seeded sampling: the same text as with the fields left out."""
+    client = OpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0)
+    asked = dict(model="any", messages=[{"role": "user", "content": "hi"}], max_tokens=4, seed=7)
+    nulls = client.chat.completions.create(**asked, temperature=None, top_p=None, n=None, stop=None,
+                                           presence_penalty=None, stream_options=None)
+    assert nulls.choices[0].message.content == client.chat.completions.create(**asked).choices[0].message.content
+    infill = {"input_prefix": "def f():\n", "input_suffix": "", "n_predict": 3, "seed": 7}
+    answer = httpx.post(server.url + "/infill", timeout=300, json={
+        **infill, "temperature": None, "top_k": None, "stop": None, "input_extra": None, "n_indent": None})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["content"] == httpx.post(server.url + "/infill", json=infill, timeout=300).json()["content"]
+    generate = {"model": "any", "prompt": "def f():", "options": {"num_predict": 2, "seed": 7, "temperature": None},
+                "stream": None}
+    with httpx.stream("POST", server.url + "/api/generate", json=generate, timeout=300) as response:   # streamed
+        assert response.status_code == 200 and response.headers["content-type"].startswith("application/x-ndjson")
+        assert json.loads(list(response.iter_lines())[-1])["done"] is True
+
+
 def test_special_token_text_in_a_completion_prompt_becomes_special_tokens(server):
     """Continue renders FIM templates itself and sends their special tokens as text."""
     client = OpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0)
