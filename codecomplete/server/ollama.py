@@ -6,6 +6,7 @@
     GET  /api/tags       the one model
     POST /api/show       its details; the template mentions .Suffix, which is how Continue decides that a model
                          can fill in the middle
+    GET  /api/version    {"version": ...}, which clients ask to tell that an Ollama server answers
 
 Errors come as Ollama writes them, `{"error": "message"}`, since its clients read that shape.
 Durations are in nanoseconds, as Ollama's are.
@@ -68,6 +69,13 @@ class ShowRequest(Body):
 @router.get("/tags")
 async def tags(request: Request):
     return json_response({"models": [_model(request.app.state.server)]})
+
+
+@router.get("/version")
+async def version(request: Request):
+    number = request.app.state.server.info.get("version", "")
+    # clients compare it as a version number: an uninstalled checkout's "(not installed)" would break them
+    return json_response({"version": number if re.fullmatch(r"\d+(\.\d+)*\S*", number) else "0.0.0"})
 
 
 @router.post("/show")

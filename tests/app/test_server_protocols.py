@@ -181,6 +181,7 @@ def test_ollama_generate_with_suffix_streams_json_lines(server):
     for line in show["parameters"].split("\n"):          # Continue parses every line of it with this pattern
         assert re.match(r'^(\S+)\s+((?:".*")|\S+)$', line)
     assert httpx.get(server.url + "/api/tags").json()["models"][0]["name"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+\S*", httpx.get(server.url + "/api/version").json()["version"])
     body = {"model": "codecomplete", "prompt": "def add(a, b):\n    ", "suffix": "\n\nprint(add(1, 2))\n",
             "options": {"num_predict": 6, "temperature": 0}, "keep_alive": 1800}
     with httpx.stream("POST", server.url + "/api/generate", json=body, timeout=300) as response:
