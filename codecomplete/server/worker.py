@@ -50,6 +50,7 @@ class Job:
         self.id = f"{next(self._ids)}"
         self.start, self.label, self.stop_when = start, label, stop_when
         self.cancelled = threading.Event()
+        self.error: ApiError | None = None   # what it ends with instead of its result (the server stops)
         self.started = False             # taken from the queue by the engine thread
         # Where its time to the first token went (perf_counter seconds), for the log's summary line: submitted,
         # taken by the engine thread, prompt built, first text handed over (engine thread), first text written
@@ -60,7 +61,10 @@ class Job:
         self._loop = loop
         self._events: asyncio.Queue[Event] = asyncio.Queue()
 
-    def cancel(self) -> None:
+    def cancel(self, error: ApiError | None = None) -> None:
+        """Stop at the next token; with `error`, end with it rather than with the text so far, which would pass for
+        a whole answer (a stream's normal end, a 200)."""
+        self.error = self.error or error
         self.cancelled.set()
 
     def send(self, kind: str, value: object = None) -> None:
@@ -145,8 +149,9 @@ class EngineWorker:
         return job is not None
 
     def cancel_all(self) -> None:
+        """The server stops: every job ends with a 503."""
         for job in list(self._live.values()):
-            job.cancel()
+            job.cancel(ApiError(503, "the server is shutting down"))
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Cancel what is running and waiting, and stop the thread (after the running job's next token)."""
@@ -184,7 +189,7 @@ class EngineWorker:
             job.started = True
             if job.cancelled.is_set():      # the client left while it waited
                 self._finished(job)
-                job.send("error", ApiError(503, "cancelled before it started"))
+                job.send("error", job.error or ApiError(503, "cancelled before it started"))
                 continue
             started = time.perf_counter()
             try:
@@ -193,7 +198,10 @@ class EngineWorker:
                 job.send("error", exc)
                 self._log(f"{job.label} · error: {type(exc).__name__}: {exc}")
             else:
-                job.send("done", result)
+                if job.error is not None and result.finish_reason == "cancelled":
+                    job.send("error", job.error)        # cut short by the server's stop: not an answer
+                else:
+                    job.send("done", result)
                 self._log(_summary(job, result, time.perf_counter() - started))
             finally:
                 self._finished(job)
