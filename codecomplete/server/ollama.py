@@ -45,6 +45,7 @@ class GenerateRequest(Body):
     stream: bool = True
     raw: bool = False
     images: list[str] | None = None
+    format: str | dict | None = None
     options: Options = Options()
 
 
@@ -58,6 +59,8 @@ class ChatRequest(Body):
     model: str = ""
     messages: list[Message] = Field(min_length=1)
     stream: bool = True
+    format: str | dict | None = None
+    tools: list | None = None
     options: Options = Options()
 
 
@@ -95,6 +98,7 @@ async def generate(request: Request):
     body = await read_json(request, GenerateRequest)
     if body.images:
         raise ApiError(400, "images are not supported")
+    _check_format(body.format)
     sampling = _sampling(server, body.options)
     session = server.session
     if body.suffix:
@@ -113,6 +117,9 @@ async def chat(request: Request):
     body = await read_json(request, ChatRequest)
     if any(m.images for m in body.messages):
         raise ApiError(400, "images are not supported")
+    if body.tools:
+        raise ApiError(400, "tools are not supported")
+    _check_format(body.format)
     messages = [{"role": m.role, "content": m.content} for m in body.messages]
     sampling = _sampling(server, body.options)
     running = server.start(request, lambda: server.session.chat(messages, sampling=sampling))
@@ -159,6 +166,14 @@ def _model(server) -> dict:
             "digest": "", "details": {"format": "safetensors", "family": "llama", "families": ["llama"],
                                       "parameter_size": f"{parameters / 1e6:.0f}M",
                                       "quantization_level": engine.dtype}}
+
+
+def _check_format(format: str | dict | None) -> None:
+    """No grammar-constrained decoding: prose back where a client asked for JSON would pass for an answer (as the
+    OpenAI routes refuse response_format)."""
+    if format:
+        name = repr(format) if isinstance(format, str) else "with a JSON schema"
+        raise ApiError(400, f"format {name} is not supported (only plain text)")
 
 
 def _sampling(server, options: Options):

@@ -153,6 +153,14 @@ def test_ollama_routes_answer_errors_in_ollama_shape(server):
     assert response.status_code == 400 and "images" in response.json()["error"]
     response = httpx.post(server.url + "/api/generate", json={"prompt": "x", "options": {"seed": 10 ** 30}})
     assert response.status_code == 400 and "seed" in response.json()["error"]
+    # no constrained decoding: prose where JSON (or a tool call) was asked for would pass for an answer
+    chat = {"messages": [{"role": "user", "content": "x"}], "options": {"num_predict": 1}, "stream": False}
+    for path, body, word in [("/api/generate", {"prompt": "x", "format": "json"}, "format"),
+                             ("/api/chat", {**chat, "format": {"type": "object"}}, "format"),
+                             ("/api/chat", {**chat, "tools": [{"type": "function"}]}, "tools")]:
+        response = httpx.post(server.url + path, json=body, timeout=300)
+        assert response.status_code == 400 and word in response.json()["error"], (path, response.text)
+    assert httpx.post(server.url + "/api/chat", json={**chat, "format": ""}, timeout=300).status_code == 200
 
 
 @pytest.mark.parametrize("path, body", [
