@@ -1,6 +1,7 @@
 """The ASGI app: the protocol routers over one engine worker, API-key checks, and errors as JSON."""
 from __future__ import annotations
 
+import copy
 import hmac
 import ipaddress
 import logging
@@ -27,6 +28,10 @@ class Server:
                  max_waiting: int | None = None, idle: Callable[[], bool] | None = None,
                  warm_up: Callable[[], object] | None = None, loopback: bool = True) -> None:
         self.session = session
+        # The event loop's own tokenizer (/tokenize, /detokenize, a prompt echoed back), copied before the engine
+        # thread starts: a fast tokenizer keeps `encode_special_tokens` as state that each call sets, and the engine
+        # thread's prompts set it their way meanwhile (ids of the other kind back, or "Already borrowed").
+        self.tokenizer = copy.deepcopy(session.engine.tokenizer)
         self.loopback = loopback                # bound to this machine only: requests must name it (LocalNamesOnly)
         # `idle`: one slice of work for quiet moments (warming the prompt caches); `warm_up`: what to prepare before
         # the first request (worker.wait_ready() returns its result); both on the engine thread.

@@ -76,7 +76,7 @@ class DetokenizeRequest(Body):
 
 @router.post("/tokenize")
 async def tokenize(request: Request):
-    tokenizer = request.app.state.server.engine.tokenizer
+    tokenizer = request.app.state.server.tokenizer
     body = await read_json(request, TokenizeRequest)
     ids = tokenizer.encode(body.content, add_special_tokens=body.add_special)
     if not body.with_pieces:
@@ -90,7 +90,7 @@ async def detokenize(request: Request):
     body = await read_json(request, DetokenizeRequest)
     if body.tokens:
         check_ids(server.engine, body.tokens)
-    return json_response({"content": server.engine.tokenizer.decode(body.tokens)})
+    return json_response({"content": server.tokenizer.decode(body.tokens)})
 
 
 @public.api_route("/health", methods=["GET", "HEAD"])
@@ -203,8 +203,8 @@ async def _answer(server, running, generation, body: Options, sampling, limits: 
     if "prompt" in body.response_fields or not body.response_fields:
         # A raw prompt's healed tail (token healing left it out; the generation begins with it and `content` does not
         # repeat it) belongs to the prompt as sent: prompt + content is the whole text, as with llama.cpp.
-        answer["prompt"] = server.engine.tokenizer.decode(prompt.ids) + (prompt.heal_text if prompt.format == "raw"
-                                                                          else "")
+        answer["prompt"] = server.tokenizer.decode(prompt.ids) + (prompt.heal_text if prompt.format == "raw"
+                                                                   else "")
     return json_response(project(answer, body.response_fields) if body.response_fields else answer)
 
 
