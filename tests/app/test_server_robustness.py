@@ -4,6 +4,7 @@ import json
 import random
 import signal
 import socket
+import threading
 import time
 from urllib.parse import urlsplit
 
@@ -263,6 +264,26 @@ def test_clients_that_vanish_mid_stream_leave_the_server_serving_and_its_cache_c
                              budget=engines.prompt_budget(engine, 400, 8)).run()
     assert served["text"] == fresh.text and served["token_ids"] == fresh.token_ids
     assert served["prompt_tokens"] == fresh.prompt_tokens
+
+
+def test_a_long_tokenize_leaves_the_server_answering_meanwhile(server):
+    """/tokenize runs off the event loop: a body near the size limit took 0.6-2.2 s on two cores, during which no
+    stream sent a token and no request was answered."""
+    content = "def f(x):\n    return x * 2  # twice\n" * 22_000
+    took = {}
+
+    def tokenize():
+        started = time.monotonic()
+        httpx.post(server.url + "/tokenize", json={"content": content}, timeout=300).raise_for_status()
+        took["tokenize"] = time.monotonic() - started
+    thread = threading.Thread(target=tokenize)
+    thread.start()
+    time.sleep(0.1)                                   # its body is in: its tokens are being made
+    started = time.monotonic()
+    assert httpx.get(server.url + "/health", timeout=300).status_code == 200
+    health = time.monotonic() - started
+    thread.join()
+    assert health < took["tokenize"] / 4, (health, took)
 
 
 def test_tokenize_leaves_the_tokenizer_of_the_engine_thread_alone(engine):
