@@ -12,13 +12,16 @@ import threading
 
 class _SigintHandled:
     """Ctrl-C handled by `_on_sigint` inside the `with` block, the handler before restored after. Signal handlers can
-    only be set from the main thread; elsewhere Ctrl-C keeps its default meaning and `_on_sigint` never runs."""
+    only be set from the main thread; elsewhere Ctrl-C keeps its default meaning and `_on_sigint` never runs, as
+    where SIGINT is ignored."""
 
     def __init__(self) -> None:
         self._previous = None
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        # An ignored SIGINT stays ignored: a shell starts a background job so, for Ctrl-C to end the script, not it.
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN):
             self._previous = signal.signal(signal.SIGINT, self._on_sigint)
         return self
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from codecomplete.cancel import InterruptsDeferred
+from codecomplete.cancel import CancelOnSigint, InterruptsDeferred
 from codecomplete.server.bodies import read_json
 from codecomplete.server.errors import ApiError
 from codecomplete.server.llama_cpp import InfillRequest, Limits
@@ -99,3 +99,19 @@ def test_ctrl_c_while_extensions_import_is_held_until_they_are_in():
             time.sleep(0.05)                              # a handler runs between bytecodes: it ran by now
             assert held.pending                           # ... and did not raise here
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_an_ignored_ctrl_c_stays_ignored():
+    """A job that a shell script starts in the background has SIGINT ignored, so that Ctrl-C ends the script and not
+    the job: neither the imports nor a generation take it back."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        for window in (InterruptsDeferred(), CancelOnSigint()):
+            with window:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+                assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert not window.cancelled
+    finally:
+        signal.signal(signal.SIGINT, previous)
