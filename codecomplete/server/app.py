@@ -126,6 +126,7 @@ def create_app(server: Server) -> FastAPI:
     app = FastAPI(title="codecomplete", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server          # every route finds it as request.app.state.server
     app.include_router(llama_cpp.public)
+    app.include_router(ollama.public)
     for module in (llama_cpp, openai_api, ollama, native):
         app.include_router(module.router, dependencies=[Depends(check_api_key)])
 

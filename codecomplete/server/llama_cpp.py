@@ -5,13 +5,13 @@
     POST /tokenize     content -> tokens (special-token text becoming those tokens, as /completion reads it);
                        with_pieces: [{id, piece}]; add_special: the tokenizer's BOS as well
     POST /detokenize   tokens -> content
-    GET  /health       {"status":"ok"}, without an API key
+    GET  /health       {"status":"ok"}, without an API key (also /v1/health)
     GET  /props        default_generation_settings.n_ctx and the like
 
 /infill's prompt is the session's: the client's chunks, then the repository context ranked for the text around the
 cursor, then that text, in the model's format (CodeLlama infill, StarCoder FIM, or left to right for models
 without FIM tokens); it always fits, the far ends of the client's text and its oldest chunks giving way first
-(`truncated` says so). Bodies are one line of compact JSON (llama.vim matches `"content":"` byte for byte);
+(`truncated` says so, as it does when the generation filled the context). Bodies are one line of compact JSON (llama.vim matches `"content":"` byte for byte);
 streams are `data: {...}` events that simply end. Sampling: temperature, top_k, top_p, seed and stop; the other
 samplers llama.cpp knows are accepted and not applied.
 """
@@ -97,6 +97,7 @@ async def detokenize(request: Request):
 
 
 @public.api_route("/health", methods=["GET", "HEAD"])
+@public.api_route("/v1/health", methods=["GET", "HEAD"])
 async def health():
     return json_response({"status": "ok"})
 
@@ -174,11 +175,13 @@ async def _answer(server, running, generation, body: Options, sampling, limits: 
     def final(result) -> dict:
         content = limits.cut(result.text)
         stop_type, word = _stop(server, prompt, result, limits)
+        # llama.cpp's truncated: the client's text did not fit, or prompt + generation reached the context's end
+        context_full = result.prompt_tokens + len(result.token_ids) >= server.engine.context_length
         return {
             "index": 0, "content": content, "tokens": [], "id_slot": 0, "stop": True,
             "model": server.engine.name, "tokens_predicted": len(result.token_ids),
             "tokens_evaluated": result.prompt_tokens, "generation_settings": _settings(server, body),
-            "has_new_line": "\n" in content, "truncated": truncated, "stop_type": stop_type,
+            "has_new_line": "\n" in content, "truncated": truncated or context_full, "stop_type": stop_type,
             "stopping_word": word, "tokens_cached": result.prompt_tokens + len(result.token_ids),
             "timings": timings(result),
         }

@@ -1,12 +1,14 @@
 """The part of Ollama's API that editor plugins use.
 
     POST /api/generate   `prompt` continued (with `suffix`: a fill-in-the-middle completion with the repository's
-                         context, in the model's own format); streamed as JSON lines unless "stream": false
+                         context, in the model's own format; with "raw": true the prompt as it is, suffix ignored,
+                         as Ollama applies no template then); streamed as JSON lines unless "stream": false
     POST /api/chat       chat over the repository, as /v1/chat/completions
     GET  /api/tags       the one model
     POST /api/show       its details; the template mentions .Suffix, which is how Continue decides that a model
                          can fill in the middle
     GET  /api/version    {"version": ...}, which clients ask to tell that an Ollama server answers
+    GET  /               "Ollama is running" (HEAD too), without an API key, as Ollama's own liveness check
 
 Errors come as Ollama writes them, `{"error": "message"}`, since its clients read that shape.
 Durations are in nanoseconds, as Ollama's are.
@@ -18,6 +20,7 @@ import re
 from typing import Literal
 
 from fastapi import APIRouter, Request
+from fastapi.responses import PlainTextResponse
 from pydantic import Field
 
 from .errors import ApiError
@@ -26,6 +29,7 @@ from .streaming import json_response, ndjson, stream
 
 PREFIX = "/api/"
 router = APIRouter(prefix="/api")
+public = APIRouter()
 TEMPLATE = "{{- if .Suffix }}<prefix>{{ .Prompt }}<suffix>{{ .Suffix }}<middle>{{- else }}{{ .Prompt }}{{- end }}"
 
 
@@ -69,6 +73,11 @@ class ShowRequest(Body):
     name: str = ""
 
 
+@public.api_route("/", methods=["GET", "HEAD"])
+async def running():
+    return PlainTextResponse("Ollama is running")
+
+
 @router.get("/tags")
 async def tags(request: Request):
     return json_response({"models": [_model(request.app.state.server)]})
@@ -101,7 +110,7 @@ async def generate(request: Request):
     _check_format(body.format)
     sampling = _sampling(server, body.options)
     session = server.session
-    if body.suffix:
+    if body.suffix and not body.raw:
         start = lambda: session.infill(body.prompt, body.suffix, sampling=sampling, budget=server.budget(sampling))  # noqa: E731
     elif body.prompt:
         start = lambda: session.raw(body.prompt, sampling=sampling)  # noqa: E731

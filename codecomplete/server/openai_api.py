@@ -4,7 +4,7 @@
                                 writes FIM templates itself); with `suffix`, a fill-in-the-middle completion with the
                                 repository's context, in the model's own format
     POST /v1/chat/completions   chat over the repository: context retrieved for the last user message
-    GET  /v1/models             the one model
+    GET  /v1/models             the one model (GET /v1/models/{id}: it, or a 404 for another id)
 
 Streams are `data: {...}` events ending with `data: [DONE]`, usage in a last chunk when
 `stream_options.include_usage` asks (and always in a non-streamed answer). One choice per request: `n`, `best_of`,
@@ -75,12 +75,24 @@ class ChatRequest(Options):
 @router.get("/v1/models")
 @router.get("/models")
 async def models(request: Request):
+    return json_response({"object": "list", "data": [_model(request.app.state.server.engine)]})
+
+
+@router.get("/v1/models/{model_id:path}")
+@router.get("/models/{model_id:path}")
+async def model(request: Request, model_id: str):
+    """The openai package's `models.retrieve`: the one model by its id (model ids may hold slashes)."""
     engine = request.app.state.server.engine
+    if model_id != engine.name:
+        raise ApiError(404, f"model {model_id!r} does not exist (this server runs {engine.name!r})")
+    return json_response(_model(engine))
+
+
+def _model(engine) -> dict:
     config = engine.model.config
-    return json_response({"object": "list", "data": [{
-        "id": engine.name, "object": "model", "created": 0, "owned_by": "codecomplete",
-        "meta": {"n_vocab": config.vocab_size, "n_ctx_train": engine.model_max_positions, "n_embd": config.dim,
-                 "n_ctx": engine.context_length}}]})
+    return {"id": engine.name, "object": "model", "created": 0, "owned_by": "codecomplete",
+            "meta": {"n_vocab": config.vocab_size, "n_ctx_train": engine.model_max_positions, "n_embd": config.dim,
+                     "n_ctx": engine.context_length}}
 
 
 @router.post("/v1/completions")

@@ -7,6 +7,7 @@ import time
 
 import httpx
 import pytest
+import openai
 from openai import OpenAI
 from server_process import raw_post
 
@@ -197,8 +198,16 @@ def test_discovery_routes(server):
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}
     props = httpx.get(server.url + "/props").json()
     assert props["default_generation_settings"]["n_ctx"] == server.info["engine"]["context_length"]
-    models = OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0).models.list().data
+    client = OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+    models = client.models.list().data
     assert len(models) == 1 and "SmolLM2" in models[0].id
+    assert client.models.retrieve(models[0].id).id == models[0].id        # the openai package's models.retrieve
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client.models.retrieve("gpt-4o")
+    assert httpx.get(server.url + "/v1/health").json() == {"status": "ok"}    # llama.cpp's alias
+    ollama = httpx.get(server.url + "/")                                       # Ollama's liveness check
+    assert ollama.status_code == 200 and ollama.text == "Ollama is running"
+    assert httpx.head(server.url + "/").status_code == 200
 
 
 def test_stream_of_infill_ends_without_done_marker(server, files):
@@ -309,6 +318,35 @@ def test_tokenize_and_detokenize_round_trip_as_llama_cpp_answers_them(server):
     assert httpx.post(server.url + "/detokenize", json={"tokens": tokens}).json() == {"content": text}
     bad = httpx.post(server.url + "/detokenize", json={"tokens": [10 ** 7]})
     assert bad.status_code == 400 and "outside the vocabulary" in bad.json()["error"]["message"]
+
+
+def test_ollama_raw_takes_the_prompt_as_it_is_and_leaves_the_suffix_out(server):
+    """Ollama applies no template with "raw": true, so no fill-in-the-middle: the prompt continued, as without a
+    suffix."""
+    body = {"model": "any", "prompt": "def add(a, b):\n    ", "options": {"num_predict": 6, "temperature": 0},
+            "stream": False}
+    plain = httpx.post(server.url + "/api/generate", json=body, timeout=300).json()["response"]
+    raw = httpx.post(server.url + "/api/generate", timeout=300,
+                     json={**body, "raw": True, "suffix": "\n\nprint(add(1, 2))\n"}).json()["response"]
+    fim = httpx.post(server.url + "/api/generate", timeout=300,
+                     json={**body, "suffix": "\n\nprint(add(1, 2))\n"}).json()
+    assert raw == plain and fim["prompt_eval_count"] > 0
+
+
+def test_completion_says_truncated_when_the_generation_filled_the_context(server):
+    """llama.cpp's truncated is also true when prompt + generated tokens reached the context's end."""
+    n_ctx = server.info["engine"]["context_length"]
+    fields = ["truncated", "stop_type", "tokens_evaluated", "tokens_predicted"]
+    line = "x = 1\n"
+    per_line = len(httpx.post(server.url + "/tokenize", json={"content": line * 10}).json()["tokens"]) / 10
+    body = {"prompt": line * int((n_ctx - 24) / per_line), "n_predict": 64, "temperature": 0, "stop": [],
+            "ignore_eos": True, "response_fields": fields}
+    full = httpx.post(server.url + "/completion", json=body, timeout=300).json()
+    assert full["tokens_evaluated"] + full["tokens_predicted"] >= n_ctx and full["tokens_predicted"] < 64, full
+    assert full["truncated"] is True and full["stop_type"] == "limit"
+    short = httpx.post(server.url + "/completion", json={**body, "prompt": "x = 1\n", "n_predict": 4},
+                       timeout=300).json()
+    assert short["truncated"] is False and short["tokens_predicted"] == 4, short
 
 
 def test_infill_says_truncated_when_the_cursors_own_line_was_cut(server):
