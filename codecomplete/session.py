@@ -88,6 +88,9 @@ class Session:
                sampling: Sampling, budget: int | None = None) -> Generation:
         """Fill the gap between `prefix` and `suffix` (an editor's text around its cursor), with the repository's
         context ranked for it, as a completion at the end of `prefix`."""
+        if prefix.endswith("\r") and suffix.startswith("\n"):
+            # A cursor inside a CRLF: the prompt reads the pair as one line break, so the cursor ends the line.
+            prefix, suffix = prefix[:-1], "\r" + suffix
         last_line = prefix.rpartition("\n")[2]
         return self.complete(path or UNTITLED, text=prefix + suffix, line=prefix.count("\n") + 1,
                              col=len(last_line) + 1,

@@ -355,3 +355,17 @@ def test_infill_says_truncated_when_the_cursors_own_line_was_cut(server):
     assert httpx.post(server.url + "/infill", json=body, timeout=300).json()["truncated"] is True
     body["input_prefix"] = "def f(x):\n    return "
     assert httpx.post(server.url + "/infill", json=body, timeout=300).json()["truncated"] is False
+
+
+def test_a_cursor_between_cr_and_lf_ends_its_line(engine, served_repo, tmp_path):
+    """An infill whose prefix ends inside a CRLF ("...\\r" | "\\n...") is the completion at the end of that line: the
+    prompt reads CRLF as one line break, and the column counted with the "\\r" lay past the line (a 400)."""
+    from prompts import index_repository
+
+    from codecomplete.session import Sampling, Session
+
+    session = Session(engine, index_repository(served_repo, cache_dir=tmp_path))
+    sampling = Sampling(max_tokens=4)
+    split = session.infill("def double(x):\r", "\n    return 2 * x\r\n", path="double.py", sampling=sampling)
+    whole = session.infill("def double(x):", "\r\n    return 2 * x\r\n", path="double.py", sampling=sampling)
+    assert split.prompt.ids == whole.prompt.ids and split.prompt.heal_text == whole.prompt.heal_text == "):"
