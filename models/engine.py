@@ -392,8 +392,7 @@ class Engine:
         self._check_prompts(prompts)
         B, cap = len(prompts), self.context_length
         depth = self._speculation_depth(config, B)
-        rows = [_Row(self.tokenizer, p, config, min(config.max_new_tokens, cap - len(p) + 1), on_text)
-                for p in prompts]
+        rows = [_Row(self.tokenizer, p, config, cap - len(p) + 1, on_text) for p in prompts]
         if config.max_new_tokens <= 0:
             return [row.result(len(p), 0, Timings(load_s=self.load_s)) for row, p in zip(rows, prompts)]
         self._ensure_rows(B)
@@ -554,7 +553,7 @@ class Engine:
                 row.cancel()
                 break
             healing_now = healing is not None and healing.active
-            room = min(depth, row.budget - len(row.token_ids) - 1, last - pos)
+            room = min(depth, row.left - 1, last - pos)
             drafts = drafter.draft(room) if room > 0 and not healing_now else []
             if drafts and self._graphs_enabled:
                 # One captured graph per width: verify `depth` drafts, padding a short draft (it is only checked).
@@ -707,14 +706,22 @@ class _HostCopy:
 
 
 class _Row:
-    """One sequence's output: ids, streamed text (through the detokenizer and stop strings), finish reason."""
+    """One sequence's output: ids, streamed text (through the detokenizer and stop strings), finish reason.
 
-    def __init__(self, tokenizer, prompt: list[int], config: GenerationConfig, budget: int, on_text):
+    max_new_tokens counts tokens of new text: a token that only makes the healed text again (the prompt's last
+    token, which healing took off) is not one of them, or `max_tokens: 1` after a healed cursor returned nothing.
+    `budget` is the most tokens the row can take: that plus one token per byte of the healed text, within
+    `room` (what the KV cache has left)."""
+
+    def __init__(self, tokenizer, prompt: list[int], config: GenerationConfig, room: int, on_text):
         self.detokenizer = IncrementalDetokenizer(tokenizer, prompt) if tokenizer is not None else None
         self.healed = PrefixStripper(config.required_prefix)   # the generation begins with it: not shown
         self.stops = StopStringMatcher(config.stop_strings)
-        self.budget, self.on_text = budget, on_text
+        self.limit = config.max_new_tokens
+        self.budget = min(self.limit + len(config.required_prefix.encode()), room)
+        self.on_text = on_text
         self.token_ids: list[int] = []
+        self.healing_tokens = 0             # tokens that made only healed text
         self.finish_reason: str | None = None
 
     def accept(self, token: int, stop_ids: set[int]) -> None:
@@ -724,12 +731,20 @@ class _Row:
         if token in stop_ids:
             self._finish("stop")
             return
-        text, hit = self.stops.feed(self.healed.feed(self.detokenizer.push(token) if self.detokenizer else ""))
+        healing = self.healed.left > 0
+        shown = self.healed.feed(self.detokenizer.push(token) if self.detokenizer else "")
+        self.healing_tokens += healing and not shown
+        text, hit = self.stops.feed(shown)
         self._emit(text)
         if hit:
             self.finish_reason = "stop"
-        elif len(self.token_ids) >= self.budget:
+        elif self.left <= 0:
             self._finish("length")
+
+    @property
+    def left(self) -> int:
+        """How many more tokens the row may take."""
+        return min(self.budget - len(self.token_ids), self.limit - (len(self.token_ids) - self.healing_tokens))
 
     def cancel(self) -> None:
         if not self.finish_reason:

@@ -346,7 +346,7 @@ def test_completion_says_truncated_when_the_generation_filled_the_context(server
     assert full["truncated"] is True and full["stop_type"] == "limit"
     short = httpx.post(server.url + "/completion", json={**body, "prompt": "x = 1\n", "n_predict": 4},
                        timeout=300).json()
-    assert short["truncated"] is False and short["tokens_predicted"] == 4, short
+    assert short["truncated"] is False and short["tokens_predicted"] >= 4, short    # (+ what re-makes a healed tail)
 
 
 def test_infill_says_truncated_when_the_cursors_own_line_was_cut(server):
@@ -369,3 +369,11 @@ def test_a_cursor_between_cr_and_lf_ends_its_line(engine, served_repo, tmp_path)
     split = session.infill("def double(x):\r", "\n    return 2 * x\r\n", path="double.py", sampling=sampling)
     whole = session.infill("def double(x):", "\r\n    return 2 * x\r\n", path="double.py", sampling=sampling)
     assert split.prompt.ids == whole.prompt.ids and split.prompt.heal_text == whole.prompt.heal_text == "):"
+
+
+def test_one_token_after_a_healed_tail_is_one_token_of_new_text(server):
+    """Healing takes the prompt's last token off and the model makes it again: that token is not one of
+    max_tokens, or `max_tokens: 1` after `def add(a, b):` answered nothing."""
+    client = OpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0)
+    completion = client.completions.create(model="any", prompt="def add(a, b):", max_tokens=1, temperature=0)
+    assert completion.choices[0].text and completion.choices[0].finish_reason == "length"

@@ -1,6 +1,8 @@
 """Token healing in the engine: the generation begins with the required prefix, matched token by token under a
 constraint, and the prefix never shows in the returned or streamed text; stop strings apply after it."""
 
+import dataclasses
+
 import pytest
 
 from models import GenerationConfig, load_model
@@ -102,3 +104,17 @@ def test_a_healed_newline_does_not_trip_the_newline_stop_string(smollm_engine):
     assert result.finish_reason == "stop" and result.text.strip()
     assert not result.text[0].isspace() and "\n" not in result.text
     assert "".join(deltas) == result.text
+
+
+@pytest.mark.parametrize("speculate", [0, 4])
+def test_max_new_tokens_counts_tokens_of_new_text_not_the_healed_ones(smollm_engine, speculate):
+    """The tokens that only make the healed text again (here the newline and indentation healing took off the
+    prompt) are not counted: `max_tokens: 1` after a healed cursor gives one token of new text, not nothing."""
+    prompt = smollm_engine.tokenizer.encode(AREA.rsplit("\n", 1)[0])  # up to `def report(poly):`
+    config = GenerationConfig(max_new_tokens=16, required_prefix="\n    ", speculate=speculate)
+    whole = smollm_engine.generate(prompt, config)
+    for n in (1, 3):
+        short = smollm_engine.generate(prompt, dataclasses.replace(config, max_new_tokens=n))
+        assert short.finish_reason == "length" and short.text and whole.text.startswith(short.text)
+        healing = len(short.token_ids) - n
+        assert healing >= 1 and smollm_engine.tokenizer.decode(short.token_ids[:healing]) in "\n    "
