@@ -8,7 +8,7 @@
 needs torch (or gguf, imported only when a GGUF is converted) loads on first use.
 """
 
-from models.errors import (ContextTooLongError, ModelError, ModelNotFoundError, OutOfMemoryError,
+from models.errors import (ContextTooLongError, ModelError, ModelNotFoundError, OutOfMemoryError, SettingError,
                            UnsupportedModelError)
 from models.generation import GenerationConfig, GenerationResult, Timings
 
@@ -19,7 +19,7 @@ _LAZY = {
 }
 
 __all__ = ["ContextTooLongError", "Engine", "GenerationConfig", "GenerationResult", "ModelConfig", "ModelError",
-           "ModelNotFoundError", "OutOfMemoryError", "PRESETS", "Timings", "Transformer", "UnsupportedModelError",
+           "ModelNotFoundError", "OutOfMemoryError", "PRESETS", "SettingError", "Timings", "Transformer", "UnsupportedModelError",
            "build_random_model", "load_model", "preset"]
 
 

@@ -24,7 +24,7 @@ import torch
 
 from models.attention import BACKENDS
 from models.config import ModelConfig
-from models.errors import ContextTooLongError, ModelError
+from models.errors import ContextTooLongError, ModelError, SettingError
 from models.generation import GenerationConfig, GenerationResult, Timings
 from models.healing import HealingConstraint, PrefixStripper, vocabulary_bytes
 from models.llama import Decode, DenseKernels, Transformer, attention_inputs, attention_output_and_ffn, final_logits
@@ -194,7 +194,7 @@ def prefill_bucket(device_type: str, config: ModelConfig) -> int:
     except ValueError:
         bucket = -1
     if bucket < 0:
-        raise ValueError(f"CODECOMPLETE_PREFILL_BUCKET={setting!r}: a number of tokens (0: off)")
+        raise SettingError(f"CODECOMPLETE_PREFILL_BUCKET={setting!r}: a number of tokens (0: off)")
     return bucket
 
 

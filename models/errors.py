@@ -20,5 +20,10 @@ class ContextTooLongError(ModelError):
     """A prompt or a requested context does not fit the KV cache or the model's position limit."""
 
 
+class SettingError(ValueError):
+    """An environment setting (CODECOMPLETE_GEMV, _PREFILL_BUCKET, _ALLREDUCE) holds a value it cannot take:
+    the user's input, like an option (a ValueError, as library callers catch it)."""
+
+
 class OutOfMemoryError(ModelError):
     """The weights or the KV cache do not fit in free device memory; the message says what would fit."""

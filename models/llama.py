@@ -24,6 +24,7 @@ from torch import nn
 from models.attention import decode_attention, prefill_attention
 from models.config import ModelConfig, preset
 from models.fused_decode import decode_one_token
+from models.errors import SettingError
 from models.kv_cache import KVCache, check_kv_cache_fits
 
 
@@ -153,7 +154,7 @@ def use_gemv(mode: str) -> None:
     none (compiled code is guarded on it: recompiles at the next call)."""
     global _gemv
     if mode not in GEMV_MODES:
-        raise ValueError(f"CODECOMPLETE_GEMV={mode!r}: choose from " +
+        raise SettingError(f"CODECOMPLETE_GEMV={mode!r}: choose from " +
                          ", ".join(f"{m} ({what})" for m, what in GEMV_MODES.items()))
     if mode == "0":
         _gemv = None

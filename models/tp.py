@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 from models.config import ModelConfig
-from models.errors import UnsupportedModelError
+from models.errors import SettingError, UnsupportedModelError
 from models.fused_decode import RankCollectives
 from models.llama import (DenseKernels, Transformer, attention_inputs, attention_output_and_ffn, final_logits,
                           hf_tensor_slots, random_checkpoint)
@@ -200,7 +200,7 @@ class Collectives:
         self.group, self.world = group, world
         self.method = os.environ.get("CODECOMPLETE_ALLREDUCE", "auto")
         if self.method not in ALL_REDUCE_METHODS:
-            raise ValueError(f"CODECOMPLETE_ALLREDUCE={self.method!r}: choose from {', '.join(ALL_REDUCE_METHODS)}")
+            raise SettingError(f"CODECOMPLETE_ALLREDUCE={self.method!r}: choose from {', '.join(ALL_REDUCE_METHODS)}")
         self.one_shot_error: str | None = None   # why the one-shot path is unavailable, once tried
         self._buffer: torch.Tensor | None = None  # the symmetric-memory staging buffer (bytes)
         _COLLECTIVES[group.group_name] = self

@@ -64,6 +64,24 @@ def test_model_not_found_exits_2(codecomplete, tmp_path):
     check_error(codecomplete("--model", tmp_path / "nowhere.gguf", "--prompt", "x"), 2, "nowhere.gguf")
 
 
+@pytest.mark.parametrize("setting", ["CODECOMPLETE_PREFILL_BUCKET=abc", "CODECOMPLETE_GEMV=2"])
+def test_a_bad_environment_setting_is_a_usage_error(script, cli_env, setting):
+    """The tuning settings are the user's input like options: a one-line error and exit 2, not an internal error.
+    (CODECOMPLETE_GEMV is read on a GPU only: checked here through the models package.)"""
+    name, value = setting.split("=")
+    if name == "CODECOMPLETE_GEMV":
+        from codecomplete.errors import classify
+        from models import SettingError
+        from models.llama import use_gemv
+        with pytest.raises(SettingError) as error:
+            use_gemv(value)
+        assert classify(error.value)[0] == 2
+        return
+    run = subprocess.run([str(script), "--prompt", "x", "--max-tokens", "1"], capture_output=True, text=True,
+                         env={**cli_env, name: value}, timeout=300)
+    check_error(run, 2, setting.replace("=", "='") + "'")
+
+
 def test_unreadable_model_exits_1(codecomplete, tmp_path):
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + b"\0" * 64)
