@@ -283,9 +283,11 @@ def main(argv: list[str] | None = None) -> int:
         return follow_under_torchrun()
     closed = _standard_streams()
     # `kill` (SIGTERM, SIGHUP) unwinds like an exit, so temporary files and folders are removed on the way out.
+    # A signal ignored when we start stays ignored: `nohup codecomplete serve &` must outlive its terminal.
     for number in (signal.SIGTERM, signal.SIGHUP):
         try:
-            signal.signal(number, _exit_on_signal)
+            if signal.getsignal(number) is not signal.SIG_IGN:
+                signal.signal(number, _exit_on_signal)
         except ValueError:      # not the main thread (an embedding program): its own handlers stand
             pass
     argv = sys.argv[1:] if argv is None else argv

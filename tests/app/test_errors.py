@@ -3,6 +3,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -115,6 +116,25 @@ def test_ctrl_c_during_generation_exits_130(script, cli_env):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
     assert err.decode().strip() == "codecomplete: interrupted"
+
+
+def test_a_hangup_ignored_at_start_stays_ignored_as_nohup_asks(script, cli_env):
+    """`nohup codecomplete serve &` starts with SIGHUP ignored; closing the terminal must not end it. A process
+    started normally ends on SIGHUP with 129 (and shows the handlers were in place when the signal came)."""
+    def start(ignore_hangup: bool):
+        return subprocess.Popen([str(script), "--prompt", "-", "--max-tokens", "1"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env,
+                                preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if ignore_hangup
+                                else None)
+    plain, nohup = start(False), start(True)
+    time.sleep(4)                                   # both wait for standard input by now
+    for proc in (plain, nohup):
+        proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    out, err = plain.communicate("def f():", timeout=120)
+    assert plain.returncode == 128 + signal.SIGHUP, err
+    out, err = nohup.communicate("def f():", timeout=300)
+    assert nohup.returncode == 0, err
 
 
 def test_random_weights_are_for_the_benchmark_only(codecomplete):
