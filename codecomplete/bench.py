@@ -264,7 +264,12 @@ def run_bench(args) -> None:
         raise UsageError(f"--contexts {','.join(map(str, wanted))}: none fits the {limit:,} tokens of context "
                          f"{engine.name} has room for with --max-tokens {decode_tokens}")
     if left_out := [c for c in wanted if c > limit]:
-        notes.append(f"left out contexts above {limit:,} tokens here: {', '.join(map(str, left_out))}")
+        if args.contexts:
+            notes.append(f"left out contexts above {limit:,} tokens here: {', '.join(map(str, left_out))}")
+        else:       # the default contexts: the longest the model holds stands in for those beyond it
+            contexts = sorted(set(contexts) | {limit})
+            notes.append(f"{', '.join(map(str, left_out))} tokens do not fit here: the longest context, "
+                         f"{limit:,}, instead")
     ids = repeated(ids or engine.tokenizer.encode("def main():\n    pass\n"), max(contexts))
 
     # The text goes to stdout, unless the JSON object takes it.

@@ -32,3 +32,18 @@ def test_roofline_falls_as_the_context_grows(engine):
     assert ceilings[256] > ceilings[1024] > ceilings[4096] > 0
     # SmolLM2 in float32 reads ~0.5 GB of weights a step: some 200 tok/s at 100 GB/s.
     assert 100 < ceilings[256] < 400
+
+
+def test_default_contexts_beyond_the_model_run_at_its_longest(codecomplete, tmp_path):
+    """The default contexts (256 and 1,024 on a CPU) with room for 512: the longest context that fits stands in
+    for 1,024 instead of the benchmark silently shrinking to one context (on an H200, CodeLlama-7B's 16k limit
+    left the GPU defaults at 4k alone). Contexts asked for by name are left out as before."""
+    out = tmp_path / "bench.json"
+    run = codecomplete("--bench", "--context-tokens", "512", "--max-tokens", "2", "--json", out)
+    assert run.returncode == 0, run.stderr
+    assert {row["context"] for row in json.loads(out.read_text())["end_to_end"]} == {256, 512}
+    assert "1024 tokens do not fit here: the longest context, 512, instead" in run.stdout
+    run = codecomplete("--bench", "--contexts", "256,1024", "--context-tokens", "512", "--max-tokens", "2",
+                       "--json", out)
+    assert run.returncode == 0, run.stderr
+    assert {row["context"] for row in json.loads(out.read_text())["end_to_end"]} == {256}
