@@ -60,7 +60,10 @@ def connect(args, root: Path | None = None, max_new_tokens: int = 0) -> RemoteSe
                 info = _get_info(announced["url"], announced.get("api_key"))
             except AppError:
                 continue         # announced but not answering (starting, or stuck): run in process
-            return RemoteSession(announced["url"], info, announced.get("api_key"), args.context_tokens)
+            # The file may outlive its server (killed, its process id reused) while another program, or a server
+            # for another repository, took the port: what answers must fit too.
+            if mismatch(info, args, root, max_new_tokens) is None:
+                return RemoteSession(announced["url"], info, announced.get("api_key"), args.context_tokens)
     return None
 
 
@@ -186,7 +189,12 @@ def _get_info(url: str, api_key: str | None) -> dict:
         connection.close()
     if response.status != 200:
         raise _error(url, response.status, body)
-    return json.loads(body)
+    try:
+        info = json.loads(body)
+        EngineInfo(**{f.name: info["engine"][f.name] for f in fields(EngineInfo)})
+    except (ValueError, KeyError, TypeError):
+        raise UsageError(f"{url} does not answer as `codecomplete serve` does") from None
+    return info
 
 
 def _post(connection: http.client.HTTPConnection, path: str, body: dict, api_key: str | None):

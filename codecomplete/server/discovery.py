@@ -1,6 +1,8 @@
 """How the command line finds a running server: each server writes a small JSON file about itself into the user's
 runtime directory while it runs (`announce`), and `running_servers` reads them back, dropping those of processes
-that are gone. The directory is private to the user (0700), so a server's API key can sit in its file.
+that are gone. The directory is private to the user (0700), so a server's API key can sit in its file. A folder or
+file that another user owns or may write to is neither written nor believed: a record planted there would send the
+user's code and API key to someone else's server.
 
 $CODECOMPLETE_RUNTIME_DIR moves the directory (tests give each server its own, so they never see each other's).
 """
@@ -9,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,8 +36,14 @@ def announce(info: dict) -> Iterator[Path]:
     """Write `info` (with "url", "repo" and this process's id) where clients look, for as long as the block runs."""
     folder = runtime_dir() / "servers"
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not _private(folder):
+        print(f"codecomplete: warning: not announcing this server in {folder}: another user owns it or may write "
+              f"to it (set ${RUNTIME_ENV} to a private folder)", file=sys.stderr, flush=True)
+        yield None
+        return
     path = folder / f"{os.getpid()}.json"
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    path.unlink(missing_ok=True)        # a file (or link) left by a server that had this process id
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(descriptor, "w", encoding="utf-8") as file:
         json.dump({**info, "pid": os.getpid()}, file)
     try:
@@ -44,9 +54,14 @@ def announce(info: dict) -> Iterator[Path]:
 
 def running_servers() -> list[dict]:
     """What the live servers announced, newest first."""
+    folder = runtime_dir() / "servers"
+    if not _private(folder):
+        return []
     found = []
-    for path in (runtime_dir() / "servers").glob("*.json"):
+    for path in folder.glob("*.json"):
         try:
+            if not _private(path, regular=True):
+                continue
             info = json.loads(path.read_text(encoding="utf-8"))
             alive = _alive(int(info["pid"]))
         except (OSError, ValueError, KeyError, TypeError):
@@ -56,6 +71,17 @@ def running_servers() -> list[dict]:
         else:
             path.unlink(missing_ok=True)     # a server that was killed: its file is stale
     return [info for _, info in sorted(found, key=lambda pair: pair[0], reverse=True)]
+
+
+def _private(path: Path, regular: bool = False) -> bool:
+    """This user's own folder (or, with `regular`, plain file, not a link), which no other user may write to."""
+    try:
+        status = path.lstat() if regular else path.stat()
+    except OSError:
+        return False
+    if regular and not stat.S_ISREG(status.st_mode):
+        return False
+    return status.st_uid == os.geteuid() and not status.st_mode & 0o022
 
 
 def _alive(pid: int) -> bool:

@@ -129,3 +129,116 @@ def test_the_command_line_stays_light_with_a_server(server, served_repo):
             "assert not heavy, heavy")
     proc = subprocess.run([sys.executable, "-c", code], env=server.env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
+
+
+# --- What the command line believes about a server, without a model: a stand-in speaking the protocol. ---
+
+ENGINE = {"name": "stand-in", "device": "cpu", "dtype": "float32", "attention": "sdpa", "kv_cache": "fp32",
+          "context_length": 8192, "model_max_positions": 8192, "load_s": 0.0}
+
+
+@pytest.fixture
+def stand_in():
+    """start(info, stream=b"") serves `info` (bytes as they are, else JSON) at /codecomplete/v1/info and `stream`
+    for every POST; yields (url, posts) where posts counts the POSTs it got."""
+    import http.server
+    import threading
+
+    servers, posts = [], []
+
+    def start(info, stream: bytes = b""):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *_):
+                pass
+
+            def do_GET(self):
+                body = info if isinstance(info, bytes) else json.dumps(info).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                posts.append(self.path)
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(stream)
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}", posts
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def args_for(*argv):
+    from codecomplete.cli import build_parser
+    return build_parser().parse_args([str(arg) for arg in argv])
+
+
+def announce_file(folder, url, repo, pid):
+    """A runtime file as `codecomplete serve` writes it; `pid` is alive (this process)."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = folder / f"{pid}.json"
+    path.write_text(json.dumps({"url": url, "repo": str(repo), "model_spec": None, "engine": ENGINE, "pid": pid}))
+    path.chmod(0o600)
+    return path
+
+
+def test_a_runtime_file_that_outlived_its_server_is_not_believed(stand_in, tmp_path, monkeypatch):
+    """The server was killed (its file stays), its process id went to another process, and its port to another
+    program or to a server for another repository: the command line runs in process, never sends the code there."""
+    import os
+
+    from codecomplete import client
+
+    monkeypatch.setenv("CODECOMPLETE_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.delenv("CODECOMPLETE_SERVER", raising=False)
+    monkeypatch.delenv("CODECOMPLETE_MODEL", raising=False)
+    repo, other = tmp_path / "repo", tmp_path / "other"
+    args = args_for(repo, "--file", "a.py", "--device", "cpu")
+    for info in (b"<html>a web app took the port</html>", {"repo": str(other), "model_spec": None, "engine": ENGINE}):
+        url, _ = stand_in(info)
+        announce_file(tmp_path / "run" / "servers", url, repo, os.getpid())
+        assert client.connect(args, repo, 8) is None
+    url, _ = stand_in({"repo": str(repo), "model_spec": None, "engine": ENGINE})
+    announce_file(tmp_path / "run" / "servers", url, repo, os.getpid())
+    assert client.connect(args, repo, 8).url == url          # (the same file, with a server that fits: used)
+
+
+def test_a_runtime_file_another_user_could_have_written_is_not_believed(stand_in, tmp_path, monkeypatch):
+    import os
+
+    from codecomplete import client
+
+    monkeypatch.setenv("CODECOMPLETE_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.delenv("CODECOMPLETE_SERVER", raising=False)
+    monkeypatch.delenv("CODECOMPLETE_MODEL", raising=False)
+    repo, folder = tmp_path / "repo", tmp_path / "run" / "servers"
+    args = args_for(repo, "--file", "a.py", "--device", "cpu")
+    url, posts = stand_in({"repo": str(repo), "model_spec": None, "engine": ENGINE})
+    path = announce_file(folder, url, repo, os.getpid())
+    assert client.connect(args, repo, 8) is not None           # as written: believed
+    folder.chmod(0o777)                                         # a folder everyone may write to
+    assert client.connect(args, repo, 8) is None
+    folder.chmod(0o700)
+    path.chmod(0o666)                                           # a file everyone may write to
+    assert client.connect(args, repo, 8) is None
+    path.rename(folder / "elsewhere")
+    path.symlink_to(folder / "elsewhere")                       # a link (to wherever someone likes)
+    assert client.connect(args, repo, 8) is None
+
+
+def test_a_server_announced_in_a_folder_others_may_write_to_keeps_its_key_to_itself(tmp_path, monkeypatch, capsys):
+    from codecomplete.server.discovery import announce
+
+    monkeypatch.setenv("CODECOMPLETE_RUNTIME_DIR", str(tmp_path))
+    (tmp_path / "servers").mkdir(mode=0o777)
+    (tmp_path / "servers").chmod(0o777)
+    with announce({"api_key": "secret"}) as path:
+        assert path is None and list((tmp_path / "servers").iterdir()) == []
+    assert "not announcing" in capsys.readouterr().err
