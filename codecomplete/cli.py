@@ -195,7 +195,7 @@ def check(args: argparse.Namespace, closed: frozenset[str] = frozenset()) -> Non
         # `codecomplete --json . --file x.py`: the word after --json was the repository. (Not with --bench, whose
         # repository is optional: there a folder after --json is a mistake, said as such below.)
         args.repo, args.json = args.json, "-"
-    for option in ("file", "ask", "prompt", "model", "json", "plot", "device"):
+    for option in ("file", "ask", "prompt", "model", "json", "plot", "device", "server"):
         value = getattr(args, option)
         if value is not None and not value.strip():
             raise UsageError(f"--{option} is empty")

@@ -130,11 +130,14 @@ class RemoteSession:
         connection = _connection(self.url, timeout=None)
         response = _post(connection, f"{PROTOCOL}/{operation}", body, self.api_key)
         lines = iter(response)
-        first = _event(next(lines, b""))
-        prompt = first["prompt"]
-        packed = PackedPrompt(prompt["ids"], [ContextItem(**item) for item in prompt["context"]],
-                              prompt["stop_token_ids"], prompt["stop_strings"], prompt["format"])
-        job = first["id"]
+        first = _event(next(lines, b""), needs="prompt")
+        try:
+            prompt = first["prompt"]
+            packed = PackedPrompt(prompt["ids"], [ContextItem(**item) for item in prompt["context"]],
+                                  prompt["stop_token_ids"], prompt["stop_strings"], prompt["format"])
+            job = first["id"]
+        except (KeyError, TypeError):
+            raise _malformed() from None
 
         def run(on_text=None, should_stop=None):
             cancelled = False
@@ -144,7 +147,10 @@ class RemoteSession:
                     if "text" in event and on_text is not None:
                         on_text(event["text"])
                     if "result" in event:
-                        return _result(event["result"])
+                        try:
+                            return _result(event["result"])
+                        except (KeyError, TypeError, AttributeError):
+                            raise _malformed() from None
                     if not cancelled and should_stop is not None and should_stop():
                         cancelled = True
                         self._cancel(job)
@@ -164,10 +170,13 @@ class RemoteSession:
 
 
 def _connection(url: str, timeout: float | None) -> http.client.HTTPConnection:
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    if parts.scheme != "http" or not parts.hostname:
-        raise UsageError(f"--server {url}: expected http://HOST:PORT")
-    return http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+    try:       # urlsplit refuses a bad port or an unclosed [ with ValueError (http.client a space, later)
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        if parts.scheme == "http" and parts.hostname and parts.hostname.isprintable() and " " not in parts.hostname:
+            return http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+    except ValueError:
+        pass
+    raise UsageError(f"--server {url}: expected http://HOST:PORT")
 
 
 def _headers(api_key: str | None) -> dict:
@@ -219,14 +228,26 @@ def _error(url: str, status: int, body: bytes) -> AppError:
     return UsageError(message) if usage else AppError(message)
 
 
-def _event(line: bytes) -> dict:
+def _event(line: bytes, needs: str | None = None) -> dict:
+    """One line of the stream, which holds `needs` (or text, a result, an error)."""
     if not line:
         raise AppError("the server closed the connection mid-answer")
-    event = json.loads(line)
+    try:
+        event = json.loads(line)
+        if "error" in event:
+            code = event["error"].get("code", 500)
+            status = code if isinstance(code, int) and 400 <= code < 500 else 500
+        elif needs is not None and not isinstance(event.get(needs), dict):
+            raise ValueError(needs)
+    except (ValueError, TypeError, AttributeError):
+        raise _malformed() from None
     if "error" in event:
-        raise _error("", 500 if event["error"].get("code", 500) >= 500 else event["error"]["code"],
-                     json.dumps(event).encode())
+        raise _error("", status, json.dumps(event).encode())
     return event
+
+
+def _malformed() -> AppError:
+    return AppError("the server sent something that is not part of an answer")
 
 
 def _result(data: dict):

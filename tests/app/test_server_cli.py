@@ -242,3 +242,36 @@ def test_a_server_announced_in_a_folder_others_may_write_to_keeps_its_key_to_its
     with announce({"api_key": "secret"}) as path:
         assert path is None and list((tmp_path / "servers").iterdir()) == []
     assert "not announcing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:abc", "http://[::1", "http://127.0.0.1:99999", "http://a b:80",
+                                 "ftp://127.0.0.1:1", "  "])
+def test_a_bad_server_url_is_a_usage_error(url, capsys):
+    from codecomplete.cli import main
+
+    assert main(["--prompt", "x", "--server", url, "--max-tokens", "1"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "internal error" not in err and "--server" in err, err
+
+
+def test_something_else_at_the_server_url_is_an_error_not_a_crash(stand_in, capsys):
+    from codecomplete.cli import main
+
+    url, _ = stand_in(b"<html>not json</html>")
+    assert main(["--prompt", "x", "--server", url, "--max-tokens", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "does not answer as `codecomplete serve`" in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("stream", [b'{"hello": 1}\n',
+                                    b'{"id": "j", "prompt": {"ids": [1], "context": [], "stop_token_ids": [], '
+                                    b'"stop_strings": [], "format": "raw"}}\n{"text": "ab"}\n<html>\n',
+                                    b'{"id": "j", "prompt": {"ids": [1], "context": [], "stop_token_ids": [], '
+                                    b'"stop_strings": [], "format": "raw"}}\n{"result": {"text": "ab"}}\n'])
+def test_a_broken_answer_from_a_server_is_an_error_not_a_crash(stand_in, stream, capsys):
+    from codecomplete.cli import main
+
+    url, posts = stand_in({"repo": None, "model_spec": None, "engine": ENGINE}, stream)
+    assert main(["--prompt", "x", "--server", url, "--max-tokens", "1", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert posts and "not part of an answer" in err and "internal error" not in err, err
