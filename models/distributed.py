@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import atexit
 import faulthandler
+import logging
 import multiprocessing
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -49,6 +51,12 @@ CLOSE_TIMEOUT_S = 30.0           # for the others to reach the goodbye, and to e
 LEAVE_TIMEOUT_S = 30.0           # for a rank's whole teardown (goodbye, buffers, destroy) before it exits anyway
 IDLE = timedelta(days=365)       # the request channel waits as long as the user does
 PROCESS_FAILURES = (torch_mp.ProcessRaisedException, torch_mp.ProcessExitedException)
+# torch.multiprocessing reads a failed rank's error from a file the rank writes as it ends: a rank killed (or
+# stopped by torch's own cleanup) while writing it leaves the file empty or cut, and the join raises this instead.
+REPORT_CUT = (EOFError, pickle.UnpicklingError)
+# When one rank fails, torch.multiprocessing stops the others with a warning line each ("Terminating process ...
+# via signal SIGTERM"): stopping them is part of the failure, which RankFailed says in its one line.
+logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
 
 
 class RankFailed(ModelError):
@@ -158,6 +166,8 @@ class Ranks:
                 self._context.join(CLOSE_TIMEOUT_S)
             except PROCESS_FAILURES as e:
                 self.failure = self.failure or _describe(e)
+            except REPORT_CUT:
+                self.failure = self.failure or _exited(self._context)
             finally:
                 _terminate(self._context)
 
@@ -166,8 +176,8 @@ class Ranks:
             try:
                 if self._context.join(timeout=0.5):
                     return
-            except PROCESS_FAILURES as e:
-                self.failure = _describe(e)
+            except (*PROCESS_FAILURES, *REPORT_CUT) as e:
+                self.failure = _describe(e) if isinstance(e, PROCESS_FAILURES) else _exited(self._context)
                 # Armed before the abort, which can block (on graphs still holding the communicator).
                 self._cancel_stuck_exit = exit_if_stuck(STUCK_EXIT_S, self.failure)
                 _abort()
@@ -230,6 +240,8 @@ def _wait_for_start(store, context, world: int) -> None:
             context.join(timeout=0.05)
         except PROCESS_FAILURES as e:
             raise RankFailed(f"{_describe(e)} while starting") from None
+        except REPORT_CUT:
+            raise RankFailed(f"{_exited(context)} while starting") from None
 
 
 def _join(rank: int, world: int, local_rank: int, store, device_type: str) -> TensorParallel:
@@ -298,6 +310,16 @@ def _terminate(context) -> None:
             process.join(5)
         if process.is_alive():
             process.kill()
+
+
+def _exited(context) -> str:
+    """One line for a failed rank whose report is lost: how its process ended."""
+    for index, process in enumerate(context.processes):
+        if process.exitcode:
+            if process.exitcode < 0:
+                return f"rank {index + 1} was killed by {signal.Signals(-process.exitcode).name}"
+            return f"rank {index + 1} exited with code {process.exitcode}"
+    return "a rank failed"
 
 
 def _describe(error) -> str:

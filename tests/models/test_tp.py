@@ -32,6 +32,17 @@ if __name__ == "__main__":
     result = engine.generate([1, 17, 45, 3, 88], GenerationConfig(max_new_tokens=4))
     print(engine.ranks._context.processes[0].pid, len(result.token_ids))
 """
+THREE_RANK_KILLED_PROGRAM = """
+import sys
+import tp_helpers
+from models.distributed import RankFailed, run_on_ranks
+
+if __name__ == "__main__":
+    try:
+        run_on_ranks(3, "cpu", tp_helpers.killed_on_rank_2)
+    except RankFailed as failed:
+        sys.exit(f"error: {failed}")
+"""
 STUCK_TEARDOWN_PROGRAM = """
 import sys
 import tp_helpers
@@ -140,6 +151,12 @@ def test_a_rank_that_raises_ends_the_launch_in_one_line(no_hang):
     assert str(failed.value) == "rank 1 failed: ValueError: boom on rank 1"
 
 
+def test_a_rank_gone_before_its_report_is_written_ends_the_launch_in_one_line(no_hang):
+    with pytest.raises(RankFailed) as failed:      # torch.multiprocessing's join finds an empty report file
+        run_on_ranks(2, "cpu", tp_helpers.die_while_reporting)
+    assert str(failed.value) == "rank 1 exited with code 1"
+
+
 def _run_program(tmp_path, text: str, *args: str, timeout: float) -> tuple[Path, subprocess.CompletedProcess]:
     script = tmp_path / "program.py"
     script.write_text(text)
@@ -169,6 +186,12 @@ def test_a_program_on_two_ranks_exits_cleanly_when_it_ends(gqa_checkpoint, tmp_p
     assert (run.returncode, run.stderr) == (0, "")
     follower, generated = map(int, run.stdout.split())
     assert generated == 4 and _gone(follower, within=0)
+
+
+def test_a_killed_rank_is_the_one_line_said_even_while_another_rank_lives(tmp_path):
+    """Rank 2 dies while rank 1 lives: stopping rank 1 is part of the failure, not a warning line of its own."""
+    _, run = _run_program(tmp_path, THREE_RANK_KILLED_PROGRAM, timeout=120)
+    assert (run.returncode, run.stdout, run.stderr) == (1, "", "error: rank 2 was killed by SIGKILL\n")
 
 
 def test_ranks_that_cannot_finish_their_teardown_exit_anyway(tmp_path):

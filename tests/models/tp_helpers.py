@@ -85,3 +85,28 @@ def hang_in_teardown(tp, seconds: float, pid_file: str) -> None:
     distributed.dist.destroy_process_group = lambda *args, **kwargs: time.sleep(3600)
     if tp.rank == 1:
         Path(pid_file).write_text(str(os.getpid()))
+
+
+def die_while_reporting(tp) -> None:
+    """Rank 1 raises and is gone while torch.multiprocessing writes its report: the report file stays empty (as
+    when a rank is killed at that moment)."""
+    import os
+    import sys
+    import types
+
+    import torch.distributed as dist
+    if tp.rank == 1:     # (the module: torch.multiprocessing.spawn is also the name of a function)
+        sys.modules["torch.multiprocessing.spawn"].pickle = types.SimpleNamespace(dump=lambda *args: os._exit(1))
+        raise ValueError("boom on rank 1")
+    dist.all_reduce(torch.ones(4), group=tp.group)
+
+
+def killed_on_rank_2(tp) -> None:
+    """Rank 2 is killed (the OOM killer, `kill -9`); ranks 0 and 1 wait for it in an all-reduce."""
+    import os
+    import signal
+
+    import torch.distributed as dist
+    if tp.rank == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    dist.all_reduce(torch.ones(4), group=tp.group)
