@@ -126,7 +126,8 @@ class RemoteSession:
         from prompts import ContextItem, PackedPrompt
 
         body = {**request, "context_tokens": self.context_tokens, "max_tokens": sampling.max_tokens,
-                "temperature": sampling.temperature, "top_p": sampling.top_p, "seed": sampling.seed}
+                "temperature": sampling.temperature, "top_p": sampling.top_p, "seed": sampling.seed,
+                "speculate": sampling.speculate}
         connection = _connection(self.url, timeout=None)
         response = _post(connection, f"{PROTOCOL}/{operation}", body, self.api_key)
         lines = iter(response)

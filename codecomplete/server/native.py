@@ -36,6 +36,7 @@ class Options(Body):
     top_p: float = Field(1.0, gt=0, le=1)
     seed: Seed | None = None
     context_tokens: int | None = Field(None, ge=1)
+    speculate: int | None = Field(None, ge=0, le=15)     # --speculate: a sampled answer's draws depend on it
 
 
 class CompleteRequest(Options):
@@ -101,7 +102,8 @@ async def cancel(request: Request):
 
 async def _run(request: Request, body: Options, operation):
     server = request.app.state.server
-    sampling = server.sampling(body.max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed)
+    sampling = server.sampling(body.max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed,
+                               speculate=body.speculate)
     session = server.session
     budget = engines.prompt_budget(session.engine, body.context_tokens, sampling.max_tokens)
     running = server.start(request, lambda: operation(session, sampling, budget))

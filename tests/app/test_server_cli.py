@@ -79,6 +79,18 @@ def test_raw_generation_and_questions_through_the_server(via_server, server, ser
     assert "/codecomplete/v1/chat" in server.log() and "/codecomplete/v1/raw" in server.log()
 
 
+def test_a_sampled_answer_through_the_server_draws_as_its_speculate_option_says(via_server, server):
+    """Speculative sampling draws its random numbers per verification step: the same seed gives other tokens with
+    another --speculate, so the server must use the command line's (its default here is not 0)."""
+    prompt = ["--prompt", "1, 2, 3, 4, 5, 6, 7, 8,", "--max-tokens", "24", "--temperature", "0.9", "--seed", "3",
+              "--speculate", "0", "--json"]
+    code, served, err = via_server(*prompt)
+    assert code == 0 and err == "", err
+    code, alone, _ = via_server(*prompt, "--no-server")
+    assert code == 0
+    assert json.loads(served)["tokens"] == json.loads(alone)["tokens"]
+
+
 def test_errors_through_the_server_have_the_same_message_and_exit_code(via_server, served_repo):
     tiny = [served_repo, "--file", "app.py", "--max-tokens", "4", "--context-tokens", "3"]
     served = via_server(*tiny)
