@@ -75,10 +75,14 @@ def mismatch(info: dict, args, root: Path | None, max_new_tokens: int) -> str | 
     if wanted != model_spec(info.get("model_spec")):
         return f"runs {info.get('model_spec') or 'the embedded model'}, not {wanted or 'the embedded model'}"
     engine = info.get("engine", {})
-    for option in ("device", "dtype", "attention", "gpus", "kv_cache"):
-        asked = getattr(args, option)
-        if asked and _plain(asked) != _plain(info.get(option) or engine.get(option, "")):
-            return f"runs --{option} {info.get(option) or engine.get(option)}, not {asked}"
+    # An option this command line leaves out is its default here, which the server's must be too: a server started
+    # with --dtype bfloat16 or --kv-cache int8 prints other text than this process would.
+    for option, wanted in _engine_options(args, info).items():
+        if wanted is None or _plain(wanted) != _plain(engine.get(option, "")):
+            shown = getattr(args, option) or (f"{wanted} (the default)" if wanted else "this machine's default")
+            return f"runs --{option.replace('_', '-')} {info.get(option) or engine.get(option)}, not {shown}"
+    if args.gpus and args.gpus != (info.get("gpus") or 1):
+        return f"runs --gpus {info.get('gpus') or 1}, not {args.gpus}"
     capacity = engine.get("context_length", 0)
     if root is None:        # raw generation: no prompt budget, only room for the new tokens
         fits = max_new_tokens < capacity
@@ -90,6 +94,21 @@ def mismatch(info: dict, args, root: Path | None, max_new_tokens: int) -> str | 
     else:     # on a GPU the prompt takes what the default KV cache holds: the server's must be the default one
         fits = info.get("context_tokens") is None and max_new_tokens < capacity
     return None if fits else f"holds {capacity:,} tokens of context, too few for this request"
+
+
+def _engine_options(args, info: dict) -> dict[str, str | None]:
+    """What this process would load, as the server's engine names it (None: cannot tell)."""
+    from .engine import KV_CACHE_DTYPES
+
+    # (a server without default_device that was started without --device runs on it)
+    device = args.device or info.get("default_device") or (
+        None if info.get("device") else info.get("engine", {}).get("device"))
+    if device is None:
+        return {"device": None}
+    cuda = device.startswith("cuda")
+    dtype = args.dtype or ("bfloat16" if cuda else "float32")
+    return {"device": device, "dtype": dtype, "attention": args.attention or ("flash" if cuda else "sdpa"),
+            "kv_cache": KV_CACHE_DTYPES.get(args.kv_cache or "", args.kv_cache) or dtype}
 
 
 def model_spec(spec: str | None) -> str | None:

@@ -90,7 +90,10 @@ def run_serve(args) -> None:
 def _description(url: str, root, args, engine) -> dict:
     """What clients learn about this server (/codecomplete/v1/info, the runtime file): where it is, what it serves,
     and the options it was started with, for the command line to tell whether it answers as it would."""
+    import torch
+
     return {"url": url, "repo": str(root), "version": package_version(),
+            "default_device": "cuda" if torch.cuda.is_available() else "cpu",   # where a command line runs by default
             "model_spec": client.model_spec(args.model or os.environ.get("CODECOMPLETE_MODEL")),
             "device": args.device, "dtype": args.dtype, "attention": args.attention, "gpus": args.gpus,
             "kv_cache": args.kv_cache,

@@ -145,7 +145,7 @@ def test_the_command_line_stays_light_with_a_server(server, served_repo):
 
 # --- What the command line believes about a server, without a model: a stand-in speaking the protocol. ---
 
-ENGINE = {"name": "stand-in", "device": "cpu", "dtype": "float32", "attention": "sdpa", "kv_cache": "fp32",
+ENGINE = {"name": "stand-in", "device": "cpu", "dtype": "float32", "attention": "sdpa", "kv_cache": "float32",
           "context_length": 8192, "model_max_positions": 8192, "load_s": 0.0}
 
 
@@ -220,6 +220,26 @@ def test_a_runtime_file_that_outlived_its_server_is_not_believed(stand_in, tmp_p
     url, _ = stand_in({"repo": str(repo), "model_spec": None, "engine": ENGINE})
     announce_file(tmp_path / "run" / "servers", url, repo, os.getpid())
     assert client.connect(args, repo, 8).url == url          # (the same file, with a server that fits: used)
+
+
+def test_a_server_started_with_other_options_than_the_defaults_is_not_used_without_them():
+    """A server started with --dtype bfloat16 or --kv-cache int8 prints other text than this process, which leaves
+    them out, would; one whose options are this machine's defaults, named or not, is used."""
+    from codecomplete import client
+
+    def server(device=None, **engine):
+        return {"repo": None, "model_spec": None, "default_device": "cpu", "device": device,
+                "engine": {**ENGINE, **engine}}
+    plain = args_for("--prompt", "x")
+    assert "--dtype bfloat16" in client.mismatch(server(dtype="bfloat16", kv_cache="bfloat16"), plain, None, 8)
+    assert "--kv-cache int8" in client.mismatch({**server(kv_cache="int8"), "kv_cache": "int8"}, plain, None, 8)
+    assert "--attention eager" in client.mismatch(server(attention="eager"), plain, None, 8)
+    assert client.mismatch(server(), plain, None, 8) is None
+    assert client.mismatch(server(device="cpu"), plain, None, 8) is None
+    assert client.mismatch(server(kv_cache="int8"), args_for("--prompt", "x", "--kv-cache", "int8"), None, 8) is None
+    assert client.mismatch(server(), args_for("--prompt", "x", "--kv-cache", "fp32"), None, 8) is None
+    on_gpu = {**server(), "default_device": "cuda"}       # a CPU server on a machine whose default is the GPU
+    assert "--device cpu" in client.mismatch(on_gpu, plain, None, 8)
 
 
 def test_a_runtime_file_another_user_could_have_written_is_not_believed(stand_in, tmp_path, monkeypatch):
