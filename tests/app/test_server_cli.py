@@ -59,6 +59,30 @@ def test_a_completion_through_the_server_is_the_one_it_computes_alone(via_server
         app.write_text(originals[1])
 
 
+def test_a_file_changed_just_before_the_command_is_seen_through_the_server(via_server, server, served_repo):
+    """No request went by since another file changed (an edit, a new file, a deletion): the command line through
+    the server still prints what it prints alone, which reads the repository as it is now."""
+    geometry, added, gone = served_repo / "shapes" / "geometry.py", served_repo / "shapes" / "disc.py", \
+        served_repo / "README.md"
+    originals = geometry.read_text(), gone.read_text()
+    assert one_request(server) == 200           # the server is tidy: what follows happens after its last sweep
+    geometry.write_text(originals[0].replace("def area_of_circle(radius: float) -> float:",
+                                             "def area_of_circle(radius: float, scale: float = 1.0) -> float:"))
+    added.write_text("def area_of_disc(radius):\n    return 3.14159 * radius * radius\n")
+    gone.unlink()
+    try:
+        code, served, err = via_server(served_repo, *CURSOR, "--json")
+        assert code == 0 and err == "", err
+        code, alone, err = via_server(served_repo, *CURSOR, "--json", "--no-server")
+        assert code == 0, err
+        same_output(served, alone)
+    finally:
+        geometry.write_text(originals[0])
+        added.unlink()
+        gone.write_text(originals[1])
+        assert one_request(server) == 200
+
+
 def one_request(server) -> int:
     """Any request (this one only fills the cache): the server tidies its index after each."""
     return raw_post(server.url, "/completion", b'{"prompt": "x", "n_predict": 0}', {})[0]
