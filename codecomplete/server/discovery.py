@@ -34,11 +34,15 @@ def runtime_dir() -> Path:
 @contextlib.contextmanager
 def announce(info: dict) -> Iterator[Path]:
     """Write `info` (with "url", "repo" and this process's id) where clients look, for as long as the block runs."""
-    folder = runtime_dir() / "servers"
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if not _private(folder):
-        print(f"codecomplete: warning: not announcing this server in {folder}: another user owns it or may write "
-              f"to it (set ${RUNTIME_ENV} to a private folder)", file=sys.stderr, flush=True)
+    try:
+        folder = runtime_dir() / "servers"
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        problem = None if _private(folder) else f"{folder}: another user owns it or may write to it"
+    except OSError as exc:      # platformdirs refuses a /tmp/runtime-UID that another user made first
+        problem = str(exc)
+    if problem:
+        print(f"codecomplete: warning: not announcing this server ({problem}); set ${RUNTIME_ENV} to a private "
+              f"folder", file=sys.stderr, flush=True)
         yield None
         return
     path = folder / f"{os.getpid()}.json"
@@ -54,7 +58,10 @@ def announce(info: dict) -> Iterator[Path]:
 
 def running_servers() -> list[dict]:
     """What the live servers announced, newest first."""
-    folder = runtime_dir() / "servers"
+    try:
+        folder = runtime_dir() / "servers"
+    except OSError:             # no runtime directory this user may trust: no server announced in it
+        return []
     if not _private(folder):
         return []
     found = []

@@ -300,6 +300,25 @@ def test_a_server_announced_in_a_folder_others_may_write_to_keeps_its_key_to_its
     assert "not announcing" in capsys.readouterr().err
 
 
+def test_a_runtime_directory_that_cannot_be_trusted_means_no_server_not_a_crash(monkeypatch, tmp_path, capsys):
+    """platformdirs refuses a /tmp/runtime-UID that another user created first (PermissionError): the command line
+    runs in process and a server serves unannounced, each instead of failing."""
+    import platformdirs
+
+    from codecomplete import client
+    from codecomplete.server.discovery import announce
+
+    def refused(*_args, **_kwargs):
+        raise PermissionError("runtime directory /tmp/runtime-1000 is owned by uid 1001, not 1000")
+    monkeypatch.delenv("CODECOMPLETE_RUNTIME_DIR", raising=False)
+    monkeypatch.delenv("CODECOMPLETE_SERVER", raising=False)
+    monkeypatch.setattr(platformdirs, "user_runtime_dir", refused)
+    assert client.connect(args_for(tmp_path, "--file", "a.py"), tmp_path, 8) is None
+    with announce({"api_key": None}) as path:
+        assert path is None
+    assert "owned by uid 1001" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("url", ["http://127.0.0.1:abc", "http://[::1", "http://127.0.0.1:99999", "http://a b:80",
                                  "ftp://127.0.0.1:1", "  "])
 def test_a_bad_server_url_is_a_usage_error(url, capsys):
