@@ -36,6 +36,8 @@ def announce(info: dict) -> Iterator[Path]:
     """Write `info` (with "url", "repo" and this process's id) where clients look, for as long as the block runs."""
     try:
         folder = runtime_dir() / "servers"
+        if info.get("repo") and folder.resolve().is_relative_to(info["repo"]):
+            raise OSError(f"{folder} is inside the repository, where nothing is ever written")
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         problem = None if _private(folder) else f"{folder}: another user owns it or may write to it"
     except OSError as exc:      # platformdirs refuses a /tmp/runtime-UID that another user made first

@@ -319,6 +319,16 @@ def test_a_runtime_directory_that_cannot_be_trusted_means_no_server_not_a_crash(
     assert "owned by uid 1001" in capsys.readouterr().err
 
 
+def test_a_server_never_announces_itself_inside_its_repository(monkeypatch, tmp_path, capsys):
+    from codecomplete.server.discovery import announce
+
+    monkeypatch.setenv("CODECOMPLETE_RUNTIME_DIR", str(tmp_path / "repo" / ".run"))
+    (tmp_path / "repo").mkdir()
+    with announce({"repo": str(tmp_path / "repo"), "api_key": "secret"}) as path:
+        assert path is None
+    assert list((tmp_path / "repo").iterdir()) == [] and "inside the repository" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("url", ["http://127.0.0.1:abc", "http://[::1", "http://127.0.0.1:99999", "http://a b:80",
                                  "ftp://127.0.0.1:1", "  "])
 def test_a_bad_server_url_is_a_usage_error(url, capsys):
