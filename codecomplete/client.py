@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .errors import AppError, UsageError
+from .errors import UNENCODABLE, AppError, UsageError
 from .session import Generation, Sampling
 
 SERVER_ENV = "CODECOMPLETE_SERVER"
@@ -228,7 +228,9 @@ def _get_info(url: str, api_key: str | None) -> dict:
 
 def _post(connection: http.client.HTTPConnection, path: str, body: dict, api_key: str | None):
     try:
-        connection.request("POST", path, json.dumps(body).encode(), headers=_headers(api_key))
+        # Text as UTF-8, not \u escapes: a buffer's size, for the server's limit (MAX_COMMAND_BODY_BYTES)
+        data = json.dumps(body, ensure_ascii=False).encode("utf-8", UNENCODABLE)
+        connection.request("POST", path, data, headers=_headers(api_key))
         response = connection.getresponse()
     except OSError as exc:
         raise AppError(f"cannot reach the server: {exc.strerror or exc}") from None

@@ -17,15 +17,21 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Request
 from pydantic import Field
 
+from prompts.scan import MAX_BUFFER_BYTES
+
 from .. import engine as engines
 from .. import workspace
-from .bodies import Body, Seed, read_json
+from .bodies import MAX_BODY_BYTES, Body, Seed, read_json
 from .errors import COMMAND_LINE
 from .streaming import json_response, ndjson, stream
 
 async def _from_the_command_line() -> None:
     COMMAND_LINE.set(True)      # (async: it runs in the request's own task, whose context the stream inherits)
 
+
+# The command line sends a whole buffer (--stdin reads up to MAX_BUFFER_BYTES) as UTF-8 JSON, in which an escape (a
+# newline, a quote) doubles a character: far more than the 1 MiB an editor's request may carry.
+MAX_COMMAND_BODY_BYTES = 2 * MAX_BUFFER_BYTES + MAX_BODY_BYTES
 
 router = APIRouter(prefix="/codecomplete/v1", dependencies=[Depends(_from_the_command_line)])
 
@@ -71,7 +77,7 @@ async def info(request: Request):
 
 @router.post("/complete")
 async def complete(request: Request):
-    body = await read_json(request, CompleteRequest)
+    body = await read_json(request, CompleteRequest, MAX_COMMAND_BODY_BYTES)
     # As the command line checks it: inside the repository once links are resolved, so that no request makes
     # the server read a file elsewhere (a link in the repository to /etc/passwd included).
     path = workspace.file_in(request.app.state.server.session.index.root, body.path, must_exist=body.text is None)
@@ -82,7 +88,7 @@ async def complete(request: Request):
 
 @router.post("/chat")
 async def chat(request: Request):
-    body = await read_json(request, ChatRequest)
+    body = await read_json(request, ChatRequest, MAX_COMMAND_BODY_BYTES)
     messages = [message.model_dump() for message in body.messages]
     return await _run(request, body, lambda session, sampling, budget: _caught_up(session).chat(
         messages, pinned=body.pinned, sampling=sampling, budget=budget))
@@ -90,7 +96,7 @@ async def chat(request: Request):
 
 @router.post("/raw")
 async def raw(request: Request):
-    body = await read_json(request, RawRequest)
+    body = await read_json(request, RawRequest, MAX_COMMAND_BODY_BYTES)
     return await _run(request, body, lambda session, sampling, budget: session.raw(body.prompt, sampling=sampling))
 
 

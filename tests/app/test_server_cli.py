@@ -115,6 +115,21 @@ def test_a_sampled_answer_through_the_server_draws_as_its_speculate_option_says(
     assert json.loads(served)["tokens"] == json.loads(alone)["tokens"]
 
 
+def test_a_buffer_of_megabytes_through_the_server_is_completed_as_alone(via_server, served_repo):
+    """--stdin takes a buffer of up to 64 MiB: through the server too, not only the 1 MiB an editor's request may
+    carry."""
+    # ~1.5 MB, with characters JSON escapes (code lines: a long run of comment lines after an indented block is
+    # quadratic in tree-sitter's Python grammar)
+    buffer = (served_repo / "app.py").read_text() + 'FILLER = "ünïcödé \\"quoted\\" üüüüüüüüüüüüüüüüüüüü"\n' * 30_000
+    assert len(buffer.encode()) > 1.5 * 2 ** 20
+    command = [served_repo, *CURSOR, "--stdin", "--json"]
+    code, served, err = via_server(*command, input=buffer)
+    assert code == 0 and err == "", err
+    code, alone, err = via_server(*command, "--no-server", input=buffer)
+    assert code == 0, err
+    same_output(served, alone)
+
+
 def test_errors_through_the_server_have_the_same_message_and_exit_code(via_server, served_repo):
     tiny = [served_repo, "--file", "app.py", "--max-tokens", "4", "--context-tokens", "3"]
     served = via_server(*tiny)
