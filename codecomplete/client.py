@@ -149,7 +149,7 @@ class RemoteSession:
                 "speculate": sampling.speculate}
         connection = _connection(self.url, timeout=None)
         response = _post(connection, f"{PROTOCOL}/{operation}", body, self.api_key)
-        lines = iter(response)
+        lines = _lines(response, self.url)
         first = _event(next(lines, b""), needs="prompt")
         try:
             prompt = first["prompt"]
@@ -266,6 +266,14 @@ def _event(line: bytes, needs: str | None = None) -> dict:
     if "error" in event:
         raise _error("", status, json.dumps(event).encode())
     return event
+
+
+def _lines(response: http.client.HTTPResponse, url: str):
+    """The stream's lines; one cut off mid-chunk (the server killed) is the error it is, not http.client's."""
+    try:
+        yield from response
+    except (http.client.HTTPException, OSError):
+        raise AppError(f"the server at {url} closed the connection mid-answer") from None
 
 
 def _malformed() -> AppError:

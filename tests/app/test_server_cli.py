@@ -190,14 +190,14 @@ ENGINE = {"name": "stand-in", "device": "cpu", "dtype": "float32", "attention": 
 
 @pytest.fixture
 def stand_in():
-    """start(info, stream=b"") serves `info` (bytes as they are, else JSON) at /codecomplete/v1/info and `stream`
-    for every POST; yields (url, posts) where posts counts the POSTs it got."""
+    """start(info, stream=b"", headers={}) serves `info` (bytes as they are, else JSON) at /codecomplete/v1/info and
+    `stream` with `headers` for every POST; yields (url, posts) where posts counts the POSTs it got."""
     import http.server
     import threading
 
     servers, posts = [], []
 
-    def start(info, stream: bytes = b""):
+    def start(info, stream: bytes = b"", headers: dict[str, str] = {}):
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, *_):
                 pass
@@ -213,6 +213,8 @@ def stand_in():
                 self.rfile.read(int(self.headers["Content-Length"]))
                 posts.append(self.path)
                 self.send_response(200)
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(stream)
 
@@ -361,6 +363,19 @@ def test_something_else_at_the_server_url_is_an_error_not_a_crash(stand_in, caps
     assert main(["--prompt", "x", "--server", url, "--max-tokens", "1"]) == 2
     err = capsys.readouterr().err
     assert "does not answer as `codecomplete serve`" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_server_killed_mid_answer_is_an_error_not_a_crash(stand_in, capsys):
+    """The stream ends inside a chunk (the server was killed): what the command line says, as for any cut."""
+    from codecomplete.cli import main
+
+    first = (b'{"id": "j", "prompt": {"ids": [1], "context": [], "stop_token_ids": [], "stop_strings": [], '
+             b'"format": "raw"}}\n')
+    stream = b"%x\r\n%s\r\n" % (len(first), first) + b'64\r\n{"text": "ab"}\n'      # 0x64 bytes promised
+    url, _ = stand_in({"repo": None, "model_spec": None, "engine": ENGINE}, stream, {"Transfer-Encoding": "chunked"})
+    assert main(["--prompt", "x", "--server", url, "--max-tokens", "1", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "closed the connection mid-answer" in err and "internal error" not in err, err
 
 
 @pytest.mark.parametrize("stream", [b'{"hello": 1}\n',
