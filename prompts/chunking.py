@@ -17,7 +17,7 @@ from itertools import accumulate
 from typing import NamedTuple
 
 from .imports import Import
-from .languages import LanguageSpec, language_for, language_name, load_grammar
+from .languages import LanguageSpec, ParseTimeout, language_for, language_name, load_grammar
 
 MAX_CHUNK_TOKENS = 768  # a chunk of up to ~70 lines of code: whole functions, yet not whole modules
 WINDOW_LINES = 40  # the line windows that chunk other text files
@@ -58,22 +58,29 @@ def split_lines(text: str) -> list[str]:
 
 
 def analyze_source(path: str, text: str, max_tokens: int = MAX_CHUNK_TOKENS) -> SourceAnalysis:
-    """Chunk a file (``path`` is relative to the repository root and picks the language)."""
+    """Chunk a file (``path`` is relative to the repository root and picks the language). A file its grammar
+    does not parse in time (``Grammar.parse``) is chunked like plain text, in line windows."""
     lines = split_lines(text)
     spec = language_for(path)
-    if spec is None:
-        sizes = _LineSizes(lines)
-        spans = _windows(0, len(lines) - 1, sizes, max_tokens)
-        chunks = [_make_chunk(path, language_name(path), "text", span, lines, [], frozenset()) for span in spans]
-        return SourceAnalysis(tuple(c for c in chunks if c.text.strip()), ())
-    chunker = _SyntaxChunker(path, lines, spec, max_tokens)
-    return SourceAnalysis(tuple(chunker.chunks()), chunker.imports)
+    if spec is not None:
+        try:
+            chunker = _SyntaxChunker(path, lines, spec, max_tokens)
+            return SourceAnalysis(tuple(chunker.chunks()), chunker.imports)
+        except ParseTimeout:
+            pass
+    sizes = _LineSizes(lines)
+    spans = _windows(0, len(lines) - 1, sizes, max_tokens)
+    chunks = [_make_chunk(path, language_name(path), "text", span, lines, [], frozenset()) for span in spans]
+    return SourceAnalysis(tuple(c for c in chunks if c.text.strip()), ())
 
 
 def source_imports(path: str, text: str) -> tuple[Import, ...]:
     """Just the imports of a file (say, an editor buffer), as ``analyze_source`` would find them."""
     spec = language_for(path)
-    return _SyntaxChunker(path, split_lines(text), spec, MAX_CHUNK_TOKENS).imports if spec else ()
+    try:
+        return _SyntaxChunker(path, split_lines(text), spec, MAX_CHUNK_TOKENS).imports if spec else ()
+    except ParseTimeout:
+        return ()
 
 
 class _LineSizes:
@@ -101,7 +108,7 @@ class _SyntaxChunker:
         self.first_row = first_row  # where these lines start in the file
         self.sizes = _LineSizes(lines)
         grammar = load_grammar(spec)
-        self.root = grammar.parser.parse("\n".join(lines).encode("utf-8")).root_node
+        self.root = grammar.parse("\n".join(lines).encode("utf-8")).root_node
         self.definition_ids, self.names, self.imports = self._query(grammar)
 
     def _query(self, grammar) -> tuple[set[int], list[tuple[int, str]], tuple[Import, ...]]:

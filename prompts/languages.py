@@ -24,6 +24,7 @@ import dataclasses
 import functools
 import importlib
 import posixpath
+import time
 from dataclasses import dataclass
 
 
@@ -331,6 +332,10 @@ def comment_marker(language: str) -> str:
     return _COMMENTS.get(language, DEFAULT_PLAIN[1])
 
 
+class ParseTimeout(Exception):
+    """tree-sitter did not finish a file within its time (``Grammar.parse``)."""
+
+
 @dataclass(frozen=True)
 class Grammar:
     """A loaded tree-sitter grammar with its queries compiled into one, so that one walk of a tree runs both: the
@@ -339,6 +344,22 @@ class Grammar:
     parser: object  # tree_sitter.Parser
     query: object  # tree_sitter.Query
     first_import_pattern: int
+
+    def parse(self, source: bytes):
+        """The tree of ``source``, or ParseTimeout past PARSE_SECONDS + PARSE_SECONDS_PER_MB of it. Real files parse
+        at 10 MB/s or more, but tree-sitter-python takes time quadratic in a run of comment lines (8,000 of them:
+        3 s, and a hostile file of 60,000 minutes, one uninterruptible C call); a deadline keeps one file from
+        holding an index build or the server's engine thread."""
+        deadline = time.monotonic() + PARSE_SECONDS + PARSE_SECONDS_PER_MB * len(source) / 2**20
+        try:
+            return self.parser.parse(lambda offset, _point: source[offset:offset + 65536],
+                                     progress_callback=lambda *_state: time.monotonic() > deadline)
+        except ValueError:      # "Parsing failed": cancelled by the callback
+            self.parser.reset()  # (else the next parse would resume this one)
+            raise ParseTimeout from None
+
+
+PARSE_SECONDS, PARSE_SECONDS_PER_MB = 0.5, 1.0     # a 1.3 MB real module parses in 0.12 s
 
 
 @functools.cache

@@ -21,7 +21,7 @@ import re
 import textwrap
 
 from .chunking import IDENTIFIER, Chunk
-from .languages import comment_marker, language_for, load_grammar
+from .languages import ParseTimeout, comment_marker, language_for, load_grammar
 
 SHORT_STATEMENT_LINES = 2  # statements in a class body (fields, constants) kept whole up to this many lines
 MAX_FIELDS = 24  # fields and constants an outline shows per class (an enum of 160 members is not a signature)
@@ -53,7 +53,10 @@ def _outline(path: str, text: str, brief: bool = False, wanted: frozenset[str] =
     spec = language_for(path)
     lines = text.split("\n")
     source = textwrap.dedent(text) if text[:1] in (" ", "\t") else text
-    root = load_grammar(spec).parser.parse(source.encode("utf-8")).root_node
+    try:
+        root = load_grammar(spec).parse(source.encode("utf-8")).root_node
+    except ParseTimeout:
+        return None
     elision = "..." if spec.name == "python" else f"{comment_marker(spec.name)} ..."
     builder = _Builder(lines, elision, python=spec.name == "python", brief=brief, wanted=wanted)
     for node in root.named_children:

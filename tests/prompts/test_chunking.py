@@ -352,3 +352,20 @@ def test_other_text_files_fall_back_to_line_windows():
 def test_empty_and_blank_files_have_no_chunks():
     assert analyze_source("empty.py", "").chunks == ()
     assert analyze_source("blank.txt", "\n\n  \n").chunks == ()
+
+
+def test_a_file_its_grammar_cannot_parse_in_time_is_chunked_as_text(monkeypatch):
+    """tree-sitter-python takes time quadratic in a run of comment lines (8,000: 3 s; 60,000: minutes, in one
+    C call). Past its deadline a parse is cancelled and the file chunked in line windows; the parser is reset, so
+    the next file parses as usual."""
+    from prompts import languages
+    monkeypatch.setattr(languages, "PARSE_SECONDS", 0.02)
+    monkeypatch.setattr(languages, "PARSE_SECONDS_PER_MB", 0.0)
+    hostile = "import os\n\n\ndef f():\n    return 1\n" + "# a comment\n" * 8000
+    analysis = analyze_source("hostile.py", hostile)
+    assert analysis.chunks and all(chunk.kind == "text" for chunk in analysis.chunks)
+    assert "".join(chunk.text + "\n" for chunk in analysis.chunks).count("# a comment") == 8000
+    assert source_imports("hostile.py", hostile) == ()
+    monkeypatch.setattr(languages, "PARSE_SECONDS", 0.5)
+    after = analyze_source("fine.py", "import os\n\n\ndef g():\n    return os.sep\n")
+    assert [chunk.kind for chunk in after.chunks] == ["header", "definition"] and after.imports == (Import("os"),)
