@@ -21,6 +21,9 @@ from torch.nn.attention.bias import causal_lower_right
 from models.kv_cache import CacheView
 
 BACKENDS = ("flash", "sdpa", "eager")
+# Head dims flash and eager take: the Triton kernels' range (kernels.validation), which their PyTorch twin
+# shares; sdpa takes any. A constant here, as importing kernels would import Triton (see below).
+KERNEL_HEAD_DIMS = range(16, 257)
 
 
 def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import torch
 
-from models.attention import BACKENDS
+from models.attention import BACKENDS, KERNEL_HEAD_DIMS
 from models.config import ModelConfig
 from models.errors import ContextTooLongError, ModelError, SettingError
 from models.generation import GenerationConfig, GenerationResult, Timings
@@ -271,7 +271,8 @@ class Engine:
         self._cache_rows = 0
         self._cached_ids: list[int] = []       # the tokens whose K/V cache row 0 holds, in order
         self.attention = ""
-        self.set_attention(attention or ("flash" if self._device.type == "cuda" else "sdpa"))
+        flash_fits = model.config.head_dim in KERNEL_HEAD_DIMS      # else flash's first decode step would fail
+        self.set_attention(attention or ("flash" if self._device.type == "cuda" and flash_fits else "sdpa"))
         self._ensure_rows(1)
 
     # ---- configuration -----------------------------------------------------------------------
@@ -306,6 +307,10 @@ class Engine:
         """Switch the decode attention backend; the weights and the KV cache stay as they are."""
         if name not in BACKENDS:
             raise ValueError(f"unknown attention {name!r} (choose from {', '.join(BACKENDS)})")
+        head_dim = self.model.config.head_dim
+        if name in ("flash", "eager") and head_dim not in KERNEL_HEAD_DIMS:
+            raise ModelError(f"{name} attention takes head dims {KERNEL_HEAD_DIMS[0]}..{KERNEL_HEAD_DIMS[-1]}, and "
+                             f"{self.name}'s is {head_dim}: use sdpa")
         if name == "flash" and self._device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             # Off the GPU, Triton kernels run only in its interpreter, which must be chosen before Triton is
             # imported (its own helpers, tl.cdiv and the like, are jitted at import); importing torch's compiler

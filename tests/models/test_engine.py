@@ -164,6 +164,27 @@ def test_flash_on_the_cpu_is_flagged_as_slow(tiny_checkpoint):
         engine.set_attention("fast")
 
 
+def test_a_head_dim_outside_the_kernels_range_runs_on_sdpa_and_refuses_the_others(tmp_path, llama_tokenizer):
+    """Head dim 8 (a tiny checkpoint's: transformers runs it): flash and eager's kernels take 16..256, so asking
+    for them is a clear error, not a ValueError from the first decode step; sdpa generates as transformers does."""
+    from kernels.validation import MAX_HEAD_DIM, MIN_HEAD_DIM
+    from models.attention import KERNEL_HEAD_DIMS
+    from tiny_models import save_tiny_llama
+    assert (KERNEL_HEAD_DIMS[0], KERNEL_HEAD_DIMS[-1]) == (MIN_HEAD_DIM, MAX_HEAD_DIM)
+    hf = save_tiny_llama(tmp_path, llama_tokenizer, n_kv_heads=2, hidden_size=32)       # 4 heads of 8
+    for backend in ("flash", "eager"):
+        with pytest.raises(ModelError, match=f"{backend} attention takes head dims 16..256, and .*'s is 8: use sdpa"):
+            load_model(tmp_path, device="cpu", max_context=32, attention=backend)
+    engine = load_model(tmp_path, device="cpu", max_context=32)
+    with pytest.raises(ModelError, match="head dims 16..256"):
+        engine.set_attention("eager")
+    assert engine.attention == "sdpa"
+    prompt = list(range(5, 15))
+    with torch.no_grad():
+        expected = hf.generate(torch.tensor([prompt]), max_new_tokens=4, do_sample=False)[0, 10:].tolist()
+    assert engine.generate(prompt, GenerationConfig(max_new_tokens=4, speculate=0)).token_ids == expected
+
+
 def test_a_decode_step_can_be_timed_per_backend(tiny_checkpoint):
     engine = load_model(tiny_checkpoint[0], device="cpu", max_context=32)
     logits = {}
