@@ -38,11 +38,13 @@ ROUNDER = tl.constexpr(12582912.0)  # 1.5 x 2^23: (x + it) - it rounds |x| < 2^2
 @triton.jit
 def quantize_rows(xf, INT8: tl.constexpr):
     """Rows of xf (R, C) fp32 (zeros past the row's end) -> (values (R, C) fp32 in the 8-bit range, ready for the
-    exact conversion to int8 or the rounding one to e4m3; scale (R,) = amax / QMAX, 1 where amax is 0).
+    exact conversion to int8 or the rounding one to e4m3; scale (R,) = amax / QMAX, 1 where that is 0: amax 0 or
+    a denormal small enough to underflow, whose zeros would otherwise divide 0 / 0).
     `kernels.reference.quantize`'s arithmetic; `kernels.fused_gemv`'s qkv_rope quantizes with it too."""
     QMAX: tl.constexpr = INT8_MAX if INT8 else FP8_MAX
     amax = tl.max(tl.abs(xf), axis=1)                                         # (R,)
-    scale = tl.where(amax > 0, tl.math.div_rn(amax, tl.full(amax.shape, QMAX, tl.float32)), 1.0)
+    scale = tl.math.div_rn(amax, tl.full(amax.shape, QMAX, tl.float32))
+    scale = tl.where(scale > 0, scale, 1.0)
     values = tl.clamp(tl.math.div_rn(xf, scale[:, None]), -QMAX, QMAX)
     if INT8:  # torch.round's ties to even, in two fp32 additions (|values| <= 127)
         values = (values + ROUNDER) - ROUNDER

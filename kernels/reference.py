@@ -34,7 +34,7 @@ def _compute_dtype(q: torch.Tensor) -> torch.dtype:
 
 def quant_scale(amax: torch.Tensor, qmax: float = FP8_MAX) -> torch.Tensor:
     """float32 amax (...) -> float32 scales amax / qmax (448 for e4m3, 127 for int8) rounded once (IEEE),
-    1 where amax is 0.
+    1 where that is 0 (amax 0, or a denormal under qmax x 2^-149: the values would be 0 / 0, NaN in e4m3).
 
     Not `amax / 448`: on CUDA PyTorch divides by a Python number as `amax * (1 / 448)` (an fp32
     reciprocal, then a rounded product), which differs from the correctly rounded quotient for 55%
@@ -42,7 +42,8 @@ def quant_scale(amax: torch.Tensor, qmax: float = FP8_MAX) -> torch.Tensor:
     the correctly rounded fp32 quotient (53 >= 2 x 24 + 2 bits), and stays so when float64 divides
     by a reciprocal too: the same scales on every device, equal to the kernel's `div_rn`.
     """
-    return torch.where(amax > 0, (amax.double() / qmax).float(), torch.ones_like(amax))
+    scale = (amax.double() / qmax).float()
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
 def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,6 +27,9 @@ def test_append_kernel_matches_reference(layout, T, dtype, Hkv, D, cache):
     k_new = torch.randn(B, Hkv, T, D).to(dtype) * torch.logspace(-2, 2, Hkv)[None, :, None, None].to(dtype)
     v_new = torch.randn(B, Hkv, T, D).to(dtype)
     k_new[0, 0, 0] = 0  # an all-zero row: scale 1
+    if dtype == torch.float32:  # a row whose amax / qmax underflows to 0: scale 1 too, not 0 (0 / 0 values)
+        k_new[1, 0, 0] = 0
+        k_new[1, 0, 0, 1] = 1e-44
     pos = torch.tensor([0, S - T, 11], dtype=torch.int64)
     want = [t.clone() for t in (k, v, *scales.values())]
     reference.append_kv(k_new, v_new, *want[:2], pos, *want[2:])
@@ -38,11 +41,13 @@ def test_append_kernel_matches_reference(layout, T, dtype, Hkv, D, cache):
         if cache == "int8":
             assert torch.equal(scales["k_scale"], want[2]) and torch.equal(scales["v_scale"], want[3])
             assert scales["k_scale"][0, 0, 0] == 1 and k.abs().max() == 127
+            assert dtype != torch.float32 or scales["k_scale"][1, 0, S - T] == 1
         return
     for got, expected in ((k, want[0]), (v, want[1])):
         assert_interpreter_e4m3(got, expected)
     assert torch.equal(scales["k_scale"], want[2]) and torch.equal(scales["v_scale"], want[3])
     assert scales["k_scale"][0, 0, 0] == 1
+    assert dtype != torch.float32 or scales["k_scale"][1, 0, S - T] == 1
 
 
 def test_append_then_decode_reads_what_was_written(poisoned_empty):

@@ -88,6 +88,21 @@ def test_quantize_fp8_scale_and_error():
     assert (err <= bound).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.int8])
+def test_a_row_too_small_for_a_scale_gets_scale_1_not_nan(dtype):
+    """A float32 row whose amax is a denormal under qmax x 2^-149 (here 2^-149 itself, next to exact zeros): amax / qmax
+    rounds to 0, and a scale of 0 made e4m3 values of 0 / 0, NaN, which reached the attention output on the CPU."""
+    x = torch.zeros(3, 64)
+    x[0] = torch.randn(64)
+    x[1, 5] = torch.finfo(torch.float32).smallest_normal * 2.0 ** -23      # 2^-149, the smallest denormal
+    x[2, :3] = torch.tensor([8e-44, -1e-44, 3e-45])                           # under 127 x 2^-150: underflows too
+    values, scale = reference.quantize(x, dtype)
+    assert scale[0] > 0 and (scale[1:] == 1).all()
+    restored = reference.dequantize(values[None, None], scale[None, None], torch.float32)[0, 0]
+    assert not restored.isnan().any() and (restored[1:] - x[1:]).abs().max() <= 8e-44
+    assert (restored[0] - x[0]).abs().max() <= x[0].abs().max() * 2.0 ** -4
+
+
 @pytest.mark.parametrize("layout", ["bhsd", "bshd"])
 @pytest.mark.parametrize("fp8", [False, True])
 def test_append_kv_writes_exactly_its_positions(layout, fp8):
