@@ -120,8 +120,11 @@ def flash_decode(q, k_cache, v_cache, cache_seqlens=None, *, softmax_scale=None,
     k = dequantize(k_cache, k_scale, compute).repeat_interleave(group, dim=1)  # (B, Hq, S, D)
     v = dequantize(v_cache, v_scale, compute).repeat_interleave(group, dim=1)  # (B, Hq, S, D)
     scores = torch.einsum("bhtd,bhsd->bhts", q4, k) * scale                  # (B, Hq, T, S)
-    visible = visible_keys(_lengths(cache_seqlens, B, S, q.device), T, S)     # (B, T, S)
+    lengths = _lengths(cache_seqlens, B, S, q.device)
+    visible = visible_keys(lengths, T, S)                                     # (B, T, S)
     scores = scores.masked_fill(~visible[:, None], float("-inf"))
+    # Slots past a row's length are ignored, as by the kernels: a probability of 0 times NaN garbage is still NaN.
+    v = v.masked_fill((torch.arange(S, device=q.device) >= lengths[:, None])[:, None, :, None], 0.0)
     lse = torch.logsumexp(scores, dim=-1)                                     # (B, Hq, T)
     # exp(-inf - -inf) would be NaN for rows without keys; those rows get zeros instead.
     probs = torch.exp(scores - lse.masked_fill(lse == float("-inf"), 0.0)[..., None])

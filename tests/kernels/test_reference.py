@@ -24,6 +24,25 @@ def test_multi_token_is_t_single_token_calls(T):
         torch.testing.assert_close(lse[:, :, t], one_lse)
 
 
+@pytest.mark.parametrize("T", [1, 3])
+def test_garbage_past_each_rows_length_is_ignored(T):
+    """The kernels' contract, which the oracle shares: NaN and inf keys and values (and 8-bit scales) past a row's
+    length never reach its output; its keys past it were already masked, its values leaked NaN (0 x NaN)."""
+    B, Hq, Hkv, S, D = 3, 8, 2, 40, 32
+    q, k, v = make_inputs(B, Hq, Hkv, S, D, torch.float64)
+    q = torch.randn(B, Hq, T, D, dtype=torch.float64) if T > 1 else q
+    lengths = torch.tensor([S, T, 17], dtype=torch.int32)
+    want = reference.flash_decode(q, k, v, lengths)
+    k8, ks, v8, vs = quantized_copy(k, v)
+    want8 = reference.flash_decode(q, k8, v8, lengths, k_scale=ks, v_scale=vs)
+    for b, n in enumerate(lengths.tolist()):
+        k[b, :, n:], v[b, :, n:] = float("nan"), float("inf")
+        k8.view(torch.uint8)[b, :, n:] = v8.view(torch.uint8)[b, :, n:] = 0x7F            # e4m3 NaN
+        ks[b, :, n:] = vs[b, :, n:] = float("nan")
+    assert want.abs().max() > 0.1 and torch.equal(reference.flash_decode(q, k, v, lengths), want)
+    assert torch.equal(reference.flash_decode(q, k8, v8, lengths, k_scale=ks, v_scale=vs), want8)
+
+
 def test_fp8_reference_is_attention_over_the_dequantized_cache():
     q, k, v = make_inputs(2, 8, 2, 50, 64, torch.bfloat16)
     k8, ks, v8, vs = quantized_copy(k, v)
