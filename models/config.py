@@ -165,10 +165,13 @@ class ModelConfig:
             return _whole(meta, f"llama.{key}", source, limit, default=default)
 
         scaling = None
-        kind = get("rope.scaling.type", "none")
-        if kind == "linear":
-            scaling = RopeScaling("linear", _positive(meta, "llama.rope.scaling.factor", source))
-        elif kind != "none":
+        # As llama.cpp reads them: no type means linear, the factor is rope.scaling.factor or (older files)
+        # rope.scale_linear, and an absent or 0 factor means none.
+        kind = get("rope.scaling.type", "linear")
+        factor_key = "llama.rope.scaling.factor" if "llama.rope.scaling.factor" in meta else "llama.rope.scale_linear"
+        if kind == "linear" and meta.get(factor_key) not in (None, 0):
+            scaling = RopeScaling("linear", _positive(meta, factor_key, source))
+        elif kind not in ("linear", "none"):
             raise UnsupportedModelError(f"{source}: GGUF rope scaling {kind!r} is not supported (only linear)")
         dim, n_heads = whole("embedding_length", LIMITS["dim"]), whole("attention.head_count", LIMITS["n_heads"])
         head_dim = whole("attention.key_length", LIMITS["head_dim"], None) or 0

@@ -21,7 +21,7 @@ from models.errors import ModelError, UnsupportedModelError
 from models.loading import cache_root
 from models.loading.gguf_header import check_header_bounds
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2   # 2: a linear rope factor without a type, or under rope.scale_linear, is read (config.json)
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
                    "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 TOP_LEVEL_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",

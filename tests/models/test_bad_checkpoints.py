@@ -220,3 +220,23 @@ def test_a_gguf_whose_rotary_dimension_is_not_the_head_dim_is_refused():
     with pytest.raises(UnsupportedModelError, match="rope.dimension_count 8 is not the head dim 16"):
         ModelConfig.from_gguf(meta, "m.gguf", tied=True)
     assert ModelConfig.from_gguf({**meta, "llama.rope.dimension_count": 16}, "m.gguf", tied=True).head_dim == 16
+
+
+@pytest.mark.parametrize("keys, factor", [
+    ({"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 4.0}, 4.0),
+    ({"llama.rope.scaling.factor": 4.0}, 4.0),                  # no type: llama.cpp's default, linear
+    ({"llama.rope.scale_linear": 2.0}, 2.0),                    # the older key (convert.py of 2023)
+    ({"llama.rope.scaling.factor": 4.0, "llama.rope.scale_linear": 2.0}, 4.0),
+    ({"llama.rope.scaling.type": "none", "llama.rope.scaling.factor": 4.0}, None),
+    ({"llama.rope.scaling.type": "linear"}, None),              # no factor (or 0): llama.cpp's scale 1
+    ({"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 0.0}, None),
+    ({}, None),
+])
+def test_a_gguf_rope_scaling_is_read_as_llama_cpp_reads_it(keys, factor):
+    """A linear factor without a type, or under the old key, was ignored: every position rotated `factor` times too
+    fast for the weights (llama.cpp scales them), with no word of it."""
+    from models.config import RopeScaling
+    meta = {"general.architecture": "llama", "llama.embedding_length": 64, "llama.block_count": 2,
+            "llama.attention.head_count": 4, "llama.feed_forward_length": 96, "llama.vocab_size": 300}
+    config = ModelConfig.from_gguf({**meta, **keys}, "m.gguf", tied=True)
+    assert config.rope_scaling == (factor and RopeScaling("linear", factor))
