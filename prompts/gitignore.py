@@ -15,16 +15,27 @@ number of folders (`**/x`, `a/**/b`, `a/**` = everything inside `a`); any other 
 Stars cannot make matching slow: a star followed by more text takes the first place that text fits and keeps it
 (what fnmatch does; a lookahead and a back-reference make it atomic), so `*a*a*a*a*a*a*a*a*b` against a long name
 of `a`s is linear, where a plain regular expression backtracks through every way of splitting the name.
+
+Nor can many patterns: an ignore file may list thousands of generated paths (up to scan.py's 1 MiB), and asking
+each of them about each of a repository's thousands of files took minutes. A pattern that is a plain name, a
+plain path or `*.ext` is filed under the name, path or extension it needs; a path is asked only of those filed
+under its own, and of the other patterns.
 """
 from __future__ import annotations
 
+import heapq
 import re
 from typing import NamedTuple
+
+_GLOB = re.compile(r"[*?\[\\]")
+_STAR_EXTENSION = re.compile(r"\*+\.([^*?\[\\/]*)")   # `*.ext`, `*.tar.gz`: a name that ends so
+
 
 class Pattern(NamedTuple):
     regex: re.Pattern
     negated: bool
     folders_only: bool
+    key: tuple[str, str] | None = None  # ("path", p), ("name", n) or ("ext", e): what any path it matches has
 
 
 class Rules:
@@ -32,10 +43,22 @@ class Rules:
 
     def __init__(self, lines: list[str]) -> None:
         self.patterns = [p for p in map(compile_pattern, lines) if p is not None]
+        self._filed: dict[tuple[str, str], list[int]] = {}   # key -> numbers of the patterns filed under it
+        self._others: list[int] = []
+        for number, pattern in enumerate(self.patterns):
+            if pattern.key:
+                self._filed.setdefault(pattern.key, []).append(number)
+            else:
+                self._others.append(number)
 
     def decide(self, path: str, is_dir: bool) -> bool | None:
         """True (ignored) or False (re-included) by the last pattern that matches `path`, or None if none does."""
-        for pattern in reversed(self.patterns):
+        name = path.rpartition("/")[2]
+        _, dot, extension = name.rpartition(".")
+        keys = [("path", path), ("name", name)] + ([("ext", extension)] if dot else [])
+        candidates = [self._filed.get(key, ()) for key in keys] + [self._others]
+        for number in heapq.merge(*(reversed(numbers) for numbers in candidates if numbers), reverse=True):
+            pattern = self.patterns[number]
             if (is_dir or not pattern.folders_only) and pattern.regex.fullmatch(path):
                 return not pattern.negated
         return None
@@ -60,9 +83,19 @@ def compile_pattern(line: str) -> Pattern | None:
     groups = iter(range(1 << 30))
     body = _path_regex(segments, groups)
     try:
-        return Pattern(re.compile(body if anchored else f"(?:.*/)?{body}", re.DOTALL), negated, folders_only)
+        regex = re.compile(body if anchored else f"(?:.*/)?{body}", re.DOTALL)
     except re.error:
         return None
+    return Pattern(regex, negated, folders_only, _key(segments, anchored))
+
+
+def _key(segments: list[str], anchored: bool) -> tuple[str, str] | None:
+    """What every path the pattern matches has: the pattern's own path or name when it has no special character,
+    the extension of `*.ext`; None for other patterns."""
+    if not any(_GLOB.search(segment) for segment in segments):
+        return ("path", "/".join(segments)) if anchored else ("name", segments[0])
+    extension = _STAR_EXTENSION.fullmatch(segments[0]) if not anchored else None
+    return ("ext", extension.group(1).rpartition(".")[2]) if extension else None
 
 
 def _path_regex(segments: list[str], groups) -> str:
