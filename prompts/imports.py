@@ -49,23 +49,39 @@ class PathTable:
         self.by_name: dict[str, list[str]] = {}
         self.by_stem: dict[str, list[str]] = {}
         self.by_folder_name: dict[str, list[str]] = {}
+        # The same by the last two parts: a target with a folder (`pkg/__init__`) looked up by its last part alone
+        # went through every `__init__.py` of the repository, for every import of the file and of its re-exports.
+        self._by_name_tail: dict[str, list[str]] = {}
+        self._by_stem_tail: dict[str, list[str]] = {}
+        self._by_folder_tail: dict[str, list[str]] = {}
         for path in paths:
             pure = PurePosixPath(path)
             self.by_name.setdefault(pure.name, []).append(path)
             self.by_stem.setdefault(pure.stem, []).append(path)
             self.by_folder_name.setdefault(pure.parent.name, []).append(path)
+            self._by_name_tail.setdefault(_tail(path), []).append(path)
+            self._by_stem_tail.setdefault(_tail(_strip_extension(path)), []).append(path)
+            self._by_folder_tail.setdefault(_tail(posixpath.dirname(path)), []).append(path)
 
     def files(self, target: str, anchored: bool, extension: bool = False) -> list[str]:
         """Paths equal to ``target`` (``anchored``) or ending with it at a ``/``; without ``extension`` the
         target names a path minus its extension."""
-        name = target.rsplit("/", 1)[-1]
-        candidates = self.by_name.get(name, []) if extension else self.by_stem.get(name, [])
+        if "/" in target:
+            candidates = (self._by_name_tail if extension else self._by_stem_tail).get(_tail(target), [])
+        else:
+            candidates = self.by_name.get(target, []) if extension else self.by_stem.get(target, [])
         return [p for p in candidates if _ends_with(p if extension else _strip_extension(p), target, anchored)]
 
     def folder(self, target: str, anchored: bool) -> list[str]:
         """The files directly in a folder equal to, or ending with, ``target``."""
-        name = target.rsplit("/", 1)[-1]
-        return [p for p in self.by_folder_name.get(name, []) if _ends_with(posixpath.dirname(p), target, anchored)]
+        candidates = self._by_folder_tail.get(_tail(target), []) if "/" in target else self.by_folder_name.get(
+            target, [])
+        return [p for p in candidates if _ends_with(posixpath.dirname(p), target, anchored)]
+
+
+def _tail(path: str) -> str:
+    """The last two parts of a path: those of any path that ends with it, when it has two."""
+    return "/".join(path.rsplit("/", 2)[-2:])
 
 
 def _strip_extension(path: str) -> str:
