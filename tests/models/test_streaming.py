@@ -91,3 +91,42 @@ def test_earliest_stop_string_wins_and_flush_releases_partial_prefixes():
     matcher = StopStringMatcher(["<file_sep>"])
     assert matcher.feed("x = 1<file") == ("x = 1", False)
     assert matcher.flush() == "<file"       # generation ended: a partial stop string is just text
+
+
+def _reference(stops, deltas):
+    """What the matcher must stream: all text up to the first stop string (the longest of those starting there),
+    each delta's part that no stop string could still begin."""
+    out, text = [], ""
+    for delta in deltas:
+        text += delta
+        hits = [(text.find(s), -len(s)) for s in stops if s in text]
+        if hits:
+            return out + [text[sum(map(len, out)):min(hits)[0]]], True
+        held = max((n for n in range(1, len(text) + 1) for s in stops if len(s) > n and s.startswith(text[-n:])),
+                   default=0)
+        out.append(text[sum(map(len, out)):len(text) - held])
+    return out, False
+
+
+def test_many_and_long_stop_strings_cost_each_token_little_and_stream_the_same():
+    """A request's stop strings are the client's: a stop string of 100,000 characters made every token try every
+    suffix of the text against it (2,000 tokens: over 10 s on the engine thread), 40,000 short ones every token
+    search for each of them. Only stop strings and suffixes that begin with a character the text has are tried."""
+    import random
+
+    class Counted(str):
+        def startswith(self, *args):
+            tried.append(1)
+            return str.startswith(self, *args)
+
+    tried = []
+    matcher = StopStringMatcher([Counted("Q" * 100_000), *(Counted(f"Z{i}") for i in range(1000))])
+    for _ in range(400):
+        assert matcher.feed("ab cd ") == ("ab cd ", False)
+    assert tried == []                          # (every suffix against every stop: about 500,000 calls)
+    rng = random.Random(5)
+    for _ in range(300):
+        stops = ["".join(rng.choice("ab\n") for _ in range(rng.randint(1, 5))) for _ in range(rng.randint(1, 4))]
+        deltas = ["".join(rng.choice("abc\n") for _ in range(rng.randint(0, 3))) for _ in range(8)]
+        out, hit, _ = feed_all(stops, deltas)
+        assert (out, hit) == _reference(stops, deltas), (stops, deltas)
