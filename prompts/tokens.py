@@ -13,6 +13,7 @@ from __future__ import annotations
 import weakref
 from array import array
 from collections.abc import Sequence
+from itertools import islice
 
 _SENTINEL = "\n"  # encoded in front of a piece and dropped again: SentencePiece's space lands on it
 _ENCODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -83,8 +84,10 @@ class Encoder:
         found = [cache[t, lead] for t in texts]
         for text in texts:  # (used again: the newest; the pieces of every prompt stay while others go)
             cache[text, lead] = cache.pop((text, lead))
-        while len(cache) > CACHE_PIECES:  # forget the least recently used (what this call returns is in hand)
-            del cache[next(iter(cache))]
+        # Forget the least recently used (what this call returns is in hand), in one pass: a dict's first key,
+        # taken again after each deletion, is found past every deleted slot (80,000 pieces: 6.3 s, not 2.1 s).
+        for key in list(islice(cache, max(0, len(cache) - CACHE_PIECES))):
+            del cache[key]
         return found
 
     def encode_lead(self, text: str) -> Sequence[int]:
