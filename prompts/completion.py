@@ -238,14 +238,18 @@ def _fit_extra(
     encoder: Encoder, form: CompletionFormat, comment: str, extra: Sequence[tuple[str, str]], budget: int
 ) -> list[tuple[list[Segment], ContextItem, int]]:
     """The client's chunks that fit into ``budget``, the newest taken first, in the client's order: each a file
-    section of its own, as (segments, the item reporting it, tokens)."""
-    pieces = []
-    for filename, text in extra:
+    section of its own, as (segments, the item reporting it, tokens). Only the newest whose characters could fit
+    are encoded: a request's thousands of chunks (or one of megabytes) are not, when the budget holds a few."""
+    pieces, characters = [], 0
+    for filename, text in reversed(extra):
         text = text.removesuffix("\n")
         if text.strip():
+            characters += len(filename) + len(text)
+            if characters > CHARS_PER_TOKEN_AT_MOST * budget:
+                break
             segments = form.section(filename, comment) + form.chunk(text, comment)
             pieces.append((segments, ContextItem(filename, 1, text.count("\n") + 1, 0)))
-    return _fit_sections(encoder, pieces[::-1], budget)
+    return _fit_sections(encoder, pieces, budget)
 
 
 def _fit_examples(encoder: Encoder, form: CompletionFormat, comment: str, found: list[tuple[Chunk, int, str]],

@@ -52,3 +52,26 @@ def test_no_extra_leaves_the_prompt_as_it_was(repo_index, starcoder_tokenizer):
     blank = build_completion_prompt(repo_index, starcoder_tokenizer, "app.py", line=5, col=5, budget_tokens=500,
                                     extra=[("empty.py", "\n"), ("spaces.py", "   ")])
     assert blank.ids == plain.ids and blank.context == plain.context
+
+
+def test_thousands_of_extra_chunks_cost_what_the_budget_holds(repo_index, starcoder_tokenizer):
+    """A request's input_extra of 20,000 chunks (500 KB) was encoded whole (2 s a keystroke) and a chunk of
+    megabytes too, for a budget that holds a few: only the newest whose characters could fit are encoded."""
+
+    class Counting:
+        characters = 0
+
+        def __call__(self, text, *args, **kwargs):
+            Counting.characters += sum(map(len, [text] if isinstance(text, str) else text))
+            return starcoder_tokenizer(text, *args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(starcoder_tokenizer, name)
+
+    many = [(f"ring/{i}.py", f"VALUE_{i} = {i}\n") for i in range(20_000)]
+    for extra in (many, [("huge.py", "x = 1\n" * 500_000), ("last.py", "LAST = 1\n")]):
+        Counting.characters = 0
+        packed = build_completion_prompt(repo_index, Counting(), "app.py", line=5, col=5, budget_tokens=1000,
+                                         extra=extra)
+        assert len(packed.ids) <= 1000 and extra[-1][0] in [item.path for item in packed.context]  # the newest
+        assert Counting.characters < 20 * 1000, Counting.characters    # (all of them: 500 KB, or 3 MB)
