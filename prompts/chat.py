@@ -127,11 +127,12 @@ def _pinned_first(pinned: list[Chunk], ranked: Iterator[tuple[float, Chunk]]) ->
 def _mentioned_files(index: RepoIndex, question: str) -> set[str]:
     """Files the question names, by path, file name or file name without extension ("ranking")."""
     found = set()
-    for word in _WORD.findall(question):
-        word = word.strip("./")
+    # Each word once, a path by its last two parts: a pasted log naming `__init__.py` 20,000 times compared every
+    # mention against every `__init__.py` of the repository (2,000 of them: 2.2 s).
+    for word in dict.fromkeys(word.strip("./") for word in _WORD.findall(question)):
         if len(word) < 3:
             continue
-        found.update(p for p in index.paths.by_name.get(word.rsplit("/", 1)[-1], []) if p.endswith(word))
+        found.update(index.paths.files(word, False, extension=True))
         found.update(index.paths.by_stem.get(word, []))
     return found
 

@@ -188,3 +188,27 @@ def test_a_long_conversation_is_cut_with_a_few_renders_not_one_per_turn(make_rep
     assert len(packed.ids) <= 300 and text.endswith("message 19998<|im_end|>\n<|im_start|>assistant\n")
     assert "message 19996" in text and "message 19000" not in text          # the latest exchanges, whole
     assert len(renders) <= 20 and max(renders) <= 300
+
+
+def test_files_a_question_names_are_looked_up_once_per_word_by_their_last_parts(make_repo, monkeypatch):
+    """A pasted log naming `__init__.py` 20,000 times compared each mention with every `__init__.py` of the
+    repository (2,000 packages: 2.2 s before the prompt was built). A path is found by its last two parts, once."""
+    from prompts import index_repository
+    from prompts.chat import _mentioned_files
+
+    class Examined(dict):
+        def get(self, key, default=None):
+            found = super().get(key, default)
+            examined.append(len(found or ()))
+            return found
+
+    index = index_repository(make_repo({f"p{i}/__init__.py": f"x{i} = 1\n" for i in range(300)}
+                                       | {"src/ranking.py": "r = 1\n", "xsrc/ranking.py": "s = 1\n"}))
+    paths = index.paths
+    for name, table in vars(paths).items():
+        if isinstance(table, dict):
+            setattr(paths, name, Examined(table))
+    examined = []
+    question = "Traceback: " + "File p7/__init__.py, line 1 " * 500 + "and src/ranking.py, ranking"
+    assert _mentioned_files(index, question) == {"p7/__init__.py", "src/ranking.py", "xsrc/ranking.py"}
+    assert sum(examined) < 20     # (every mention against every __init__.py: 150,000)
