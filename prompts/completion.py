@@ -37,7 +37,7 @@ from .outline import brief, outline
 from .packing import (BRIEF, CHARS_PER_TOKEN_AT_MOST, EXAMPLE, Assembler, ContextItem, Layout, PackedPrompt, count_all,
                       select_chunks)
 from .ranking import Query, cursor_terms, rank_both
-from .scan import MAX_BUFFER_BYTES, read_regular_file
+from .scan import MAX_BUFFER_BYTES, MAX_FILE_BYTES, read_regular_file
 from .tokens import Encoder, encoder_for, tokenizable
 
 FILE_SHARE = 0.4  # of the budget, for the text around the cursor while the repository has more to offer
@@ -106,8 +106,9 @@ def build_completion_prompt(
     window = _Window(encoder, text, rows, row, column, with_suffix=form.fim is not None, heal=len(heal_text))
     share = _file_share(window, space)
     window.fit(share)
-    if imports is None:
-        imports = source_imports(relative, text)
+    if imports is None:     # a buffer's, from as much of it as the index reads of a file: its grammar's query
+        head = text[:MAX_FILE_BYTES]    # reads 0.6 MB a second at worst (a 64 MiB buffer: two minutes a keystroke)
+        imports = source_imports(relative, head[:head.rfind("\n") + 1] if len(text) > MAX_FILE_BYTES else text)
     query = _query(index, relative, language, imports, rows, row, column, window.lines())
     wanted = frozenset(query.weights).union(query.imported_names)  # names whose definitions a brief shows
     layout = Layout(

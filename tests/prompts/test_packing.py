@@ -305,3 +305,21 @@ def test_a_buffer_with_a_lone_surrogate_builds_a_prompt(make_repo, smollm2_token
     index = index_repository(make_repo({"a.py": "x = 1\n"}))
     packed = build_completion_prompt(index, smollm2_tokenizer, "a.py", text="x = 'ab\ud800", budget_tokens=64)
     assert "\ufffd" in smollm2_tokenizer.decode(packed.ids) + packed.heal_text
+
+
+def test_a_buffer_of_megabytes_has_its_imports_read_from_its_head(make_repo, starcoder_tokenizer, monkeypatch):
+    """An editor buffer's imports were read by querying all of it (a 2 MB buffer of assignments: 4.4 s a
+    keystroke; --stdin takes 64 MiB): now from as much of it as the index reads of any file, its imports still
+    followed."""
+    import prompts.completion
+    from prompts.scan import MAX_FILE_BYTES
+
+    queried = []
+    real = prompts.completion.source_imports
+    monkeypatch.setattr(prompts.completion, "source_imports",
+                        lambda path, text: queried.append(text) or real(path, text))
+    index = index_repository(make_repo({"lib.py": "def helper(value):\n    return value * 2\n", "app.py": "x = 1\n"}))
+    buffer = "from lib import helper\n" + "".join(f"v{i} = f{i}(b{i})\n" for i in range(150_000)) + "y = helper("
+    packed = build_completion_prompt(index, starcoder_tokenizer, "app.py", text=buffer, budget_tokens=500)
+    assert any(item.path == "lib.py" for item in packed.context)
+    assert len(queried) == 1 and len(queried[0]) <= MAX_FILE_BYTES and queried[0].endswith("\n")
