@@ -287,6 +287,7 @@ class Limits:
         self.cut_at: int | None = None      # where the answer ends, once a limit is reached
         self.streamed = ""                  # the text as a stream has received it (a prefix of `text`)
         self.sent = 0                       # how much of it the stream has sent
+        self.undecided = 0                  # where the lines n_indent may still cut begin (0: after the first)
 
     @property
     def reached(self) -> bool:
@@ -297,7 +298,8 @@ class Limits:
         self.started = self.started or now
         start, self.text = len(self.text), self.text + delta
         if self.cut_at is None and self.n_indent:
-            self.cut_at = _dedent_at(self.text, self.n_indent)
+            self.cut_at = _dedent_at(self.text, self.n_indent, self.undecided)
+            self.undecided = self.text.rfind("\n") + 1    # the lines before the last one are decided: kept
         if self.cut_at is None and self.max_predict_ms and 1000 * (now - self.started) > self.max_predict_ms:
             newline = self.text.find("\n", start)
             if newline >= 0:
@@ -329,11 +331,14 @@ class Limits:
         return end
 
 
-def _dedent_at(text: str, n_indent: int) -> int | None:
-    """Where the first line after the first that has text and is indented less than n_indent starts its text."""
-    offset = text.find("\n") + 1
+def _dedent_at(text: str, n_indent: int, offset: int = 0) -> int | None:
+    """Where the first line after the first that has text and is indented less than n_indent starts its text;
+    looked for from the line starting at `offset` (a generation's text is fed a token at a time: looking again at
+    every line on every token, each copying the rest of the text, took 6.7 s over 8,000 tokens)."""
+    offset = offset or text.find("\n") + 1
     while 0 < offset < len(text):
-        line = text[offset:].split("\n", 1)[0]
+        end = text.find("\n", offset)
+        line = text[offset:end if end >= 0 else len(text)]
         indent = len(line) - len(line.lstrip(" \t"))
         if line.strip() and indent < n_indent:
             return offset + indent
