@@ -268,7 +268,9 @@ def _truncated(prompt, labels: list[str]) -> bool:
     """Whether some of the client's text (its far ends, lines or within the cursor's line) or some of its chunks
     (the oldest) stayed out of the prompt."""
     paths = [item.path for item in prompt.context]
-    kept = next(k for k in range(len(labels), -1, -1) if paths[:k] == labels[len(labels) - k:])
+    # (no more of them kept than the prompt has items: trying every count copied thousands of labels thousands
+    # of times, 20,000 chunks 0.2 s)
+    kept = next(k for k in range(min(len(labels), len(paths)), -1, -1) if paths[:k] == labels[len(labels) - k:])
     return prompt.cut or kept < len(labels)
 
 

@@ -137,3 +137,28 @@ def test_n_indent_looks_at_each_line_of_a_long_generation_once(monkeypatch):
     pieces, content = streamed(limits, deltas + ["\n  ", "return x\n"])
     assert limits.reached and content == "".join(deltas) + "\n  "
     assert sum(read) < 4 * len(content)      # (every line again every token: about 30 times the text)
+
+
+def test_truncated_compares_no_more_labels_than_the_prompt_has_items():
+    """Whether the oldest of 20,000 extra chunks stayed out was found by comparing the last k labels for every k
+    from 20,000 down, each a copy (0.2 s; quadratic). Same answers, the copies bounded by the prompt's items."""
+    from types import SimpleNamespace
+
+    from codecomplete.server.llama_cpp import _truncated
+
+    class Labels(list):
+        def __getitem__(self, key):
+            part = super().__getitem__(key)
+            copied.append(len(part) if isinstance(key, slice) else 1)
+            return part
+
+    def prompt(*paths, cut=False):
+        return SimpleNamespace(context=[SimpleNamespace(path=path) for path in paths], cut=cut)
+
+    copied = []
+    labels = Labels(f"extra/{i}.py" for i in range(20_000))
+    assert _truncated(prompt("extra/19998.py", "extra/19999.py", "repo.py"), labels) is True
+    assert _truncated(prompt("a.py", "b.py", "repo.py"), Labels(["a.py", "b.py"])) is False
+    assert _truncated(prompt("a.py", "b.py", cut=True), Labels(["a.py", "b.py"])) is True
+    assert _truncated(prompt("b.py", "repo.py"), Labels(["a.py", "b.py"])) is True
+    assert sum(copied) < 100          # (every count: 200 million labels copied)
