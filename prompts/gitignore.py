@@ -32,7 +32,7 @@ _STAR_EXTENSION = re.compile(r"\*+\.([^*?\[\\/]*)")   # `*.ext`, `*.tar.gz`: a n
 
 
 class Pattern(NamedTuple):
-    regex: re.Pattern
+    regex: re.Pattern | None    # None: a plain path or name, matched by its key alone
     negated: bool
     folders_only: bool
     key: tuple[str, str] | None = None  # ("path", p), ("name", n) or ("ext", e): what any path it matches has
@@ -59,7 +59,7 @@ class Rules:
         candidates = [self._filed.get(key, ()) for key in keys] + [self._others]
         for number in heapq.merge(*(reversed(numbers) for numbers in candidates if numbers), reverse=True):
             pattern = self.patterns[number]
-            if (is_dir or not pattern.folders_only) and pattern.regex.fullmatch(path):
+            if (is_dir or not pattern.folders_only) and (pattern.regex is None or pattern.regex.fullmatch(path)):
                 return not pattern.negated
         return None
 
@@ -80,13 +80,16 @@ def compile_pattern(line: str) -> Pattern | None:
     segments = line.lstrip("/").split("/")
     if not any(segments):
         return None
+    key = _key(segments, anchored)
+    if key and key[0] != "ext":     # a plain path or name matches exactly the paths filed under it: no expression
+        return Pattern(None, negated, folders_only, key)   # (compiling 40,000 of them took 2.5 s every walk)
     groups = iter(range(1 << 30))
     body = _path_regex(segments, groups)
     try:
         regex = re.compile(body if anchored else f"(?:.*/)?{body}", re.DOTALL)
     except re.error:
         return None
-    return Pattern(regex, negated, folders_only, _key(segments, anchored))
+    return Pattern(regex, negated, folders_only, key)
 
 
 def _key(segments: list[str], anchored: bool) -> tuple[str, str] | None:

@@ -115,7 +115,8 @@ def test_stars_in_ignore_patterns_cannot_make_the_walk_slow(make_repo):
 
 def test_a_long_list_of_plain_names_and_paths_is_looked_up_not_matched_one_by_one():
     """A generated ignore file of 40,000 paths and 2,000 files: every file asked every pattern took 17 s. A path
-    is asked only the patterns filed under its own path, name or extension, and the globs, the last still winning."""
+    is asked only the patterns filed under its own path, name or extension, and the globs, the last still winning;
+    and a plain path or name is not compiled at all (40,000 took 2.5 s, every walk of a server's rescan)."""
     from prompts.gitignore import Rules
 
     class Counted:
@@ -128,7 +129,9 @@ def test_a_long_list_of_plain_names_and_paths_is_looked_up_not_matched_one_by_on
 
     lines = [f"generated/file_{n}.py" for n in range(5000)] + [f"name_{n}.txt" for n in range(5000)]
     rules = Rules(["*.log", *lines, "!keep.log", "!name_7.txt", "*.o", "d*/", "!generated/file_3.py", "*.tar.gz"])
-    rules.patterns = [pattern._replace(regex=Counted(pattern.regex)) for pattern in rules.patterns]
+    assert sum(pattern.regex is not None for pattern in rules.patterns) == 4     # only the globs are compiled
+    rules.patterns = [pattern._replace(regex=Counted(pattern.regex)) if pattern.regex else pattern
+                      for pattern in rules.patterns]
     asked = []
     decisions = [rules.decide(path, is_dir) for path, is_dir in [
         ("generated/file_9.py", False), ("generated/file_3.py", False), ("x/name_8.txt", False),
