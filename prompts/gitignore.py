@@ -18,8 +18,8 @@ of `a`s is linear, where a plain regular expression backtracks through every way
 
 Nor can many patterns: an ignore file may list thousands of generated paths (up to scan.py's 1 MiB), and asking
 each of them about each of a repository's thousands of files took minutes. A pattern that is a plain name, a
-plain path or `*.ext` is filed under the name, path or extension it needs; a path is asked only of those filed
-under its own, and of the other patterns.
+plain path, or ends with an extension (`*.ext`, `build/lib*.o`) is filed under the name, path or extension it
+needs; a path is asked only of those filed under its own, and of the other patterns.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import re
 from typing import NamedTuple
 
 _GLOB = re.compile(r"[*?\[\\]")
-_STAR_EXTENSION = re.compile(r"\*+\.([^*?\[\\/]*)")   # `*.ext`, `*.tar.gz`: a name that ends so
+_EXTENSION = re.compile(r".*\.([^*?\[\]\\/.]*)")   # `*.ext`, `src/lib*.py`: a last part that ends so
 
 
 class Pattern(NamedTuple):
@@ -94,11 +94,11 @@ def compile_pattern(line: str) -> Pattern | None:
 
 def _key(segments: list[str], anchored: bool) -> tuple[str, str] | None:
     """What every path the pattern matches has: the pattern's own path or name when it has no special character,
-    the extension of `*.ext`; None for other patterns."""
+    else the extension its last part ends with (`*.ext`, `build/lib*.o`); None for other patterns."""
     if not any(_GLOB.search(segment) for segment in segments):
         return ("path", "/".join(segments)) if anchored else ("name", segments[0])
-    extension = _STAR_EXTENSION.fullmatch(segments[0]) if not anchored else None
-    return ("ext", extension.group(1).rpartition(".")[2]) if extension else None
+    extension = _EXTENSION.fullmatch(segments[-1])
+    return ("ext", extension.group(1)) if extension else None
 
 
 def _path_regex(segments: list[str], groups) -> str:
