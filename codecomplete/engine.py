@@ -54,15 +54,22 @@ def set_threads(requested: int | None, device: str) -> int:
     torch's own default (the physical cores). $OMP_NUM_THREADS, when set, is the user's choice: left alone."""
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = check_threads(requested)
     if requested:
-        if requested > cores:   # more threads than cores only waste time; tens of thousands crash torch
-            raise UsageError(f"--threads {requested}: this process may use {cores} core{'s' * (cores != 1)}")
         torch.set_num_threads(requested)
     elif device.startswith("cpu") and not os.environ.get("OMP_NUM_THREADS"):
         idle = cores - os.getloadavg()[0] if hasattr(os, "getloadavg") else cores
         torch.set_num_threads(max(1, min(_torch_default_threads(), round(idle))))
     return torch.get_num_threads()
+
+
+def check_threads(requested: int | None) -> int:
+    """The cores this process may use; more --threads than that is a usage error (they only waste time, and tens
+    of thousands crash torch). Checked before any work too, so a command a server answers refuses it alike."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if requested and requested > cores:
+        raise UsageError(f"--threads {requested}: this process may use {cores} core{'s' * (cores != 1)}")
+    return cores
 
 
 @functools.cache

@@ -47,6 +47,15 @@ def test_threads_must_be_a_positive_number(capsys):
     assert exit.value.code == 2 and "--threads" in capsys.readouterr().err
 
 
+def test_too_many_threads_are_refused_before_any_work(monkeypatch):
+    """Said by the argument check, not at model load: a command that a running server answers loads no model, and
+    exited 0 there where alone it exits 2."""
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    assert parse("--prompt", "x", "--threads", "2").threads == 2
+    with pytest.raises(UsageError, match="--threads 3: this process may use 2 cores"):
+        parse("--prompt", "x", "--threads", "3")
+
+
 def test_threads_default_to_the_idle_cores_and_leave_omp_num_threads_alone(monkeypatch):
     import torch
 
