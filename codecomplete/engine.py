@@ -89,13 +89,14 @@ def check_model_spec(args) -> None:
         raise UsageError(f"{named}: random weights have no tokenizer; only --bench can use them")
 
 
-def load(args, max_new_tokens: int, default_budget: int | None = None):
+def load(args, max_new_tokens: int, default_budget: int | None = None, headroom: int = 0):
     """The engine the command line asks for, with a spinner on stderr while it loads.
 
     Its KV cache holds the prompt budget plus the tokens to generate. The default budget shrinks to what the
     model can address (a checkpoint with 512 positions still works with the defaults); only an explicit
     --context-tokens beyond the model's limit is an error, and it names the options that set the numbers.
-    `default_budget` replaces the default for a command that knows better (the benchmark's longest context)."""
+    `default_budget` replaces the default for a command that knows better (the benchmark's longest context);
+    `headroom` adds tokens to a cache sized from the budget, unless the model cannot hold them."""
     if not args.debug:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -121,7 +122,7 @@ def load(args, max_new_tokens: int, default_budget: int | None = None):
                               max_context=max_context, progress=progress, gpus=args.gpus, kv_cache=args.kv_cache)
 
     try:
-        engine = load_with(budget + max_new_tokens if budget else None)
+        engine = load_with(budget + max_new_tokens + headroom if budget else None)
     except ContextTooLongError as exc:
         if args.context_tokens:
             raise UsageError(f"--context-tokens {args.context_tokens:,} and {_max_tokens(args, max_new_tokens)} "

@@ -43,13 +43,13 @@ class Generation:
     run: Callable                    # run(on_text=None, should_stop=None) -> models.GenerationResult
 
 
-def open_session(args, root=None, max_new_tokens: int = 0) -> Session:
+def open_session(args, root=None, max_new_tokens: int = 0, headroom: int = 0) -> Session:
     """The command line's in-process session: index the repository (if any), then load the model (the slow part
-    comes last, so a bad path fails at once)."""
+    comes last, so a bad path fails at once). `headroom`: engines.load's."""
     from . import workspace
 
     index = workspace.index(root) if root is not None else None
-    return Session(engines.load(args, max_new_tokens), index, args.context_tokens)
+    return Session(engines.load(args, max_new_tokens, headroom=headroom), index, args.context_tokens)
 
 
 class Session:

@@ -16,7 +16,7 @@ import time
 
 import uvicorn
 
-from .. import client, workspace
+from .. import chat, client, workspace
 from ..cli import package_version
 from ..errors import AppError, UsageError
 from ..session import Sampling, open_session
@@ -45,7 +45,11 @@ def run_serve(args) -> None:
     root = workspace.repository(args.repo or ".")
     listener = _listen(args.host, args.port)       # a taken port fails now, not after the model loads
     max_tokens = args.max_tokens or DEFAULT_MAX_TOKENS
-    session = open_session(args, root, max_tokens)
+    # The default cache also has room for an --ask answer's default length where the model holds it, or `codecomplete
+    # REPO --ask Q` never found a CPU server on its defaults fit (1,024 + 256 tokens held, 1,024 + 512 asked) and ran
+    # alone. The prompt budget stays what max_tokens leaves; an explicit --context-tokens is sized as given.
+    headroom = 0 if args.context_tokens else max(0, chat.DEFAULT_MAX_TOKENS - max_tokens)
+    session = open_session(args, root, max_tokens, headroom=headroom)
     budget = session.prompt_budget(max_tokens)      # (the Server's prompt_budget too)
     warmer = PromptWarmer(session, budget) if warming.enabled() else None
     engine = session.engine

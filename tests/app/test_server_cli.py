@@ -390,3 +390,44 @@ def test_a_broken_answer_from_a_server_is_an_error_not_a_crash(stand_in, stream,
     assert main(["--prompt", "x", "--server", url, "--max-tokens", "1", "--device", "cpu"]) == 1
     err = capsys.readouterr().err
     assert posts and "not part of an answer" in err and "internal error" not in err, err
+
+
+
+def serve_until_loaded(monkeypatch, *argv):
+    """`codecomplete serve ARGV`, stopped once its session is open: the session."""
+    from codecomplete.cli import build_serve_parser
+    from codecomplete.server import serve
+
+    class Loaded(Exception):
+        pass
+
+    def open_session(*args, **kwargs):
+        raise Loaded(real(*args, **kwargs))
+    real = serve.open_session
+    monkeypatch.setattr(serve, "open_session", open_session)
+    with pytest.raises(Loaded) as loaded:
+        serve.run_serve(build_serve_parser().parse_args([*map(str, argv), "--port", "0", "--device", "cpu"]))
+    return loaded.value.args[0]
+
+
+def test_a_server_on_its_defaults_answers_a_question_on_its_defaults(served_repo, monkeypatch):
+    """`codecomplete serve REPO` on a CPU, then `codecomplete REPO --ask Q`: the server's cache must hold the prompt
+    budget and an answer's default 512 tokens. It held 1,024 + 256, so --ask ran alone (or, with --server, exit 2)."""
+    from codecomplete import chat, client
+
+    session = serve_until_loaded(monkeypatch, served_repo)
+    info = {"repo": str(served_repo), "model_spec": None, "default_device": "cpu",
+            "engine": {**ENGINE, "context_length": session.engine.context_length}}
+    question = args_for(served_repo, "--ask", "why?")
+    assert client.mismatch(info, question, served_repo, chat.DEFAULT_MAX_TOKENS) is None
+    assert session.prompt_budget(256) == 1024           # an editor's prompts: the budget they had
+
+
+def test_a_server_for_a_small_model_starts_on_the_defaults(served_repo, monkeypatch, tmp_path, engine, cache_dir):
+    """The answer's headroom is given only where the model holds it: a 512-position checkpoint serves as before."""
+    from test_hostile_inputs import checkpoint
+
+    (converted,) = (cache_dir / "gguf").iterdir()       # the embedded model's folder, which the engine fixture made
+    small = checkpoint(converted, tmp_path / "small", max_position_embeddings=512)
+    session = serve_until_loaded(monkeypatch, served_repo, "--model", small)
+    assert session.engine.context_length == 512 and session.prompt_budget(256) == 256
