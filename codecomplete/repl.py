@@ -74,7 +74,10 @@ class SlashCompleter(Completer):
         if not space:
             for name, (arg, help_text) in COMMANDS.items():
                 if name.startswith(command):
-                    yield Completion(name, start_position=-len(command), display_meta=help_text)
+                    # A command that takes an argument completes with its space, as a shell's do: `/ad` Tab `con`
+                    # was `/addcon`, and the next Tab now offers the paths.
+                    yield Completion(name + " " * bool(arg), start_position=-len(command), display=name,
+                                     display_meta=help_text)
             return
         paths = {"/add": self.conversation.index.files, "/drop": self.conversation.pinned}.get(command, ())
         # Prefix matches first, then anywhere in the path: `/add llama` finds models/llama.py.

@@ -127,6 +127,8 @@ def test_completion_of_commands_and_paths(conversation):
     def complete(text):
         return [c.text for c in completer.get_completions(Document(text), None)]
     assert complete("/co") == ["/context"]
+    assert complete("/ad") == ["/add "]          # its argument follows: typing goes on after the space
+    assert complete("/m") == ["/model "]
     assert complete("/add shapes/g") == ["shapes/geometry.py"]
     assert complete("/add geometry") == ["shapes/geometry.py"]
     assert complete("plain question") == []
