@@ -46,7 +46,7 @@ class Options(Body):
 
 
 class CompleteRequest(Options):
-    path: str
+    path: str = Field(min_length=1)     # (an empty one is the repository itself: " is a folder, not a file")
     text: str | None = None
     line: int | None = Field(None, ge=1)
     col: int | None = Field(None, ge=1)

@@ -65,6 +65,8 @@ INFILL = {"input_prefix": "def f():\n", "input_suffix": ""}
      ["outside the repository"]),
     ("/codecomplete/v1/complete", {"path": "/etc/passwd", "max_tokens": 1}, 400, "invalid_request_error",
      ["outside the repository"]),
+    ("/codecomplete/v1/complete", {"path": "", "max_tokens": 1}, 400, "invalid_request_error",
+     ["path: String should have at least 1 character"]),
     ("/no/such/route", {}, 404, "not_found_error", ["no route"]),
     # numbers JSON allows and a generation cannot use: an infinity (1e999), seeds past a generator's 64 bits
     ("/infill", b'{"input_prefix": "x", "input_suffix": "", "temperature": 1e999}', 400, "invalid_request_error",
