@@ -27,12 +27,13 @@ def cursor(text: str, line: int | None, col: int | None) -> tuple[int, int]:
     if line is None:
         return len(lines), len(lines[-1]) + 1
     if line > len(lines):
-        raise UsageError(f"line {line} is out of range: the buffer has {len(lines)} lines")
+        raise UsageError(f"line {line} is out of range: the buffer has {len(lines)} line{'s' * (len(lines) != 1)}")
     width = len(lines[line - 1]) + 1
     if col is None:
         return line, width
     if col > width:
-        raise UsageError(f"column {col} is out of range: line {line} has {width - 1} characters")
+        raise UsageError(f"column {col} is out of range: line {line} has {width - 1} "
+                         f"character{'s' * (width - 1 != 1)}")
     return line, col
 
 

@@ -313,12 +313,12 @@ def _cursor(rows: list[str], line: int | None, col: int | None) -> tuple[int, in
             raise PromptError("a column needs a line")
         return len(rows) - 1, len(rows[-1])
     if not 1 <= line <= len(rows):
-        raise PromptError(f"line {line} is out of range: the file has {len(rows)} lines")
+        raise PromptError(f"line {line} is out of range: the file has {len(rows)} line{'s' * (len(rows) != 1)}")
     length = len(rows[line - 1])
     if col is None:
         return line - 1, length
     if not 1 <= col <= length + 1:
-        raise PromptError(f"column {col} is out of range: line {line} has {length} characters")
+        raise PromptError(f"column {col} is out of range: line {line} has {length} character{'s' * (length != 1)}")
     return line - 1, col - 1
 
 

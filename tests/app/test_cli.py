@@ -83,3 +83,13 @@ def test_threads_default_to_the_idle_cores_and_leave_omp_num_threads_alone(monke
         assert set_threads(None, "cpu") == 3  # the user's environment decides
     finally:
         torch.set_num_threads(before)
+
+
+def test_an_out_of_range_cursor_counts_in_good_english():
+    from codecomplete.complete import cursor
+    with pytest.raises(UsageError, match="line 1 has 1 character$"):
+        cursor("}\n", 1, 3)
+    with pytest.raises(UsageError, match="line 1 has 2 characters$"):
+        cursor("{}\n", 1, 4)
+    with pytest.raises(UsageError, match="the buffer has 1 line$"):
+        cursor("x", 2, None)
