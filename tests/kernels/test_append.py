@@ -4,7 +4,7 @@ import pytest
 import torch
 from kernel_inputs import CACHE_DTYPES, assert_interpreter_e4m3, make_inputs, quantized_copy
 
-from kernels import append_kv, bench, flash_decode, reference
+from kernels import append_kv, check, flash_decode, reference
 from kernels.append import append_kv_triton
 
 
@@ -97,14 +97,14 @@ def test_append_differences_say_what_differs():
     sized in steps, ulps and dequantized value; equal results report nothing."""
     k, v, scales = caches(2, 3, 20, 32, torch.bfloat16, "bhsd", "fp8")
     want = [k, v, scales["k_scale"], scales["v_scale"]]
-    assert bench.append_differences([t.clone() for t in want], want) == {
+    assert check.append_differences([t.clone() for t in want], want) == {
         "differing_bytes": 0, "bytes": 2 * k.numel(), "max_e4m3_steps": 0, "max_dequant_abs": 0.0,
         "max_dequant_rel_amax": 0.0, "differing_scales": 0, "max_scale_ulps": 0}
     got = [t.clone() for t in want]
     byte = got[1].view(torch.uint8)
     byte[1, 2, 5, 7] = (byte[1, 2, 5, 7] & 0x80) | ((byte[1, 2, 5, 7] & 0x7F) - 1)  # one step toward zero
     got[2].view(torch.int32)[0, 1, 3] += 1                                         # one ulp larger
-    diff = bench.append_differences(got, want)
+    diff = check.append_differences(got, want)
     assert (diff["differing_bytes"], diff["max_e4m3_steps"], diff["differing_scales"], diff["max_scale_ulps"]) == (1, 1, 1, 1)
     one_step = (v[1, 2, 5, 7].double() - got[1][1, 2, 5, 7].double()).abs() * scales["v_scale"][1, 2, 5].double()
     scale_change = (got[2][0, 1, 3].double() - want[2][0, 1, 3].double()) * k[0, 1, 3].double().abs().max()

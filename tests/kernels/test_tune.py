@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import kernels.tune as tune
-from kernels import bench, reference
+from kernels import bench, check, reference
 from kernels.plan import PLANS_DIR, LaunchPlan, load_table, plan_launch, resident_programs, tuned_plan, wave_splits
 
 
@@ -208,7 +208,7 @@ def test_gpu_check_cases_force_plan_options(monkeypatch, fp8, options):
     """The GPU correctness sweep's cases that force a plan option (run here in the interpreter):
     the option reaches the launch, and the check compares against float64 and the empty row."""
     monkeypatch.setattr(bench, "DEVICE", "cpu")
-    case = bench.CheckCase(torch.bfloat16, 32, 4, 2, 100, 3, "bshd", fp8=fp8, options=options)
+    case = check.CheckCase(torch.bfloat16, 32, 4, 2, 100, 3, "bshd", fp8=fp8, options=options)
     q = torch.zeros(3, 4, 32, dtype=torch.bfloat16)
     assert all(getattr(case.plan(q), name) == value for name, value in options)
     result = case.run(torch.Generator().manual_seed(0))
@@ -235,9 +235,9 @@ def test_sweep_binaries_are_built_from_stand_in_caches(monkeypatch):
 def test_gpu_check_sweep_forces_every_option_the_tuner_may_pick(monkeypatch):
     monkeypatch.setattr(bench, "DEVICE", "cpu")
     ran = []
-    monkeypatch.setattr(bench.CheckCase, "run", lambda self, gen: ran.append(self) or {"ok": True})
-    monkeypatch.setattr(bench, "compile_in_parallel", lambda calls: 0.0)
-    results = bench.gpu_correctness_sweep(lambda message: None, quick=True)
+    monkeypatch.setattr(check.CheckCase, "run", lambda self, gen: ran.append(self) or {"ok": True})
+    monkeypatch.setattr(check, "compile_in_parallel", lambda calls: 0.0)
+    results = check.gpu_correctness_sweep(lambda message: None, quick=True)
     assert all(r["ok"] for r in results)
     forced = {name for case in ran for name, _ in case.options}
     assert {"fp8_early", "maxnreg", "num_warps", "block_n", "tma", "partials", "eviction", "cache_modifier",
@@ -333,7 +333,7 @@ def test_lean_sweep_and_check_only_runs_write_what_kernels_all_sh_reads(monkeypa
 
     checks = [{"dtype": "bf16", "ok": True},
               {"append": True, "fp8": True, "ok": False, "differing_bytes": 3, "max_e4m3_steps": 1}]
-    monkeypatch.setattr(bench, "gpu_correctness_sweep", lambda log, quick: checks)
+    monkeypatch.setattr(check, "gpu_correctness_sweep", lambda log, quick: checks)
     (tmp_path / "kernels.md").unlink()
     capsys.readouterr()
     assert bench.main(["--check", "quick", "--check-only", "--out", str(tmp_path)]) == 1
