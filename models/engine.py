@@ -27,7 +27,8 @@ from models.config import ModelConfig
 from models.errors import ContextTooLongError, ModelError, SettingError
 from models.generation import GenerationConfig, GenerationResult, Timings
 from models.healing import HealingConstraint, PrefixStripper, vocabulary_bytes
-from models.llama import Decode, DenseKernels, Transformer, attention_inputs, attention_output_and_ffn, final_logits
+from models.decode_step import DecodeStep, HostCopy
+from models.llama import DenseKernels, Transformer, attention_inputs, attention_output_and_ffn, final_logits
 from models.kv_cache import QUANTIZED, cache_dtype_name
 from models.sampling import make_generator, sample
 from models.speculative import PromptLookup, accept
@@ -267,7 +268,7 @@ class Engine:
         # Run prefill's dense parts compiled (`prefill_compilable` says where it can): a long-lived process's choice,
         # the server's, since the first prefill compiles them (then inductor's disk cache serves later starts).
         self.compile_prefill = False
-        self._steps: dict[tuple[int, int], _DecodeStep] = {}    # (batch, tokens per step) -> step
+        self._steps: dict[tuple[int, int], DecodeStep] = {}    # (batch, tokens per step) -> step
         self._cache_rows = 0
         self._cached_ids: list[int] = []       # the tokens whose K/V cache row 0 holds, in order
         self.attention = ""
@@ -364,10 +365,10 @@ class Engine:
             self.model.setup_caches(batch, self.context_length, self.name, quant=self._quant)
             self._cache_rows = batch
 
-    def _decode_step(self, batch: int, width: int = 1) -> _DecodeStep:
+    def _decode_step(self, batch: int, width: int = 1) -> DecodeStep:
         """The decode step for `batch` sequences of `width` tokens each (1, or 1 + drafts to verify)."""
         if (batch, width) not in self._steps:
-            self._steps[batch, width] = _DecodeStep(self.model, batch, width, self.attention, self._device,
+            self._steps[batch, width] = DecodeStep(self.model, batch, width, self.attention, self._device,
                                                     self._graphs_enabled)
         return self._steps[batch, width]
 
@@ -491,7 +492,7 @@ class Engine:
         steps = max(row.budget for row in rows)
         fed = list(prompts[0])                          # row 0's tokens whose K/V are in the cache
         for step in range(steps):
-            host = _HostCopy(tokens)
+            host = HostCopy(tokens)
             # With lookahead, step t+1 is queued before waiting for token t (wasted only if t is the last);
             # not while healing, whose next choice depends on token t.
             queued = self._lookahead and step + 1 < steps and not (healing and healing.active)
@@ -519,7 +520,7 @@ class Engine:
         # Tokens after the first: one decode step each.
         return _Loop(t_first=t_first, fed=fed, decoded=step, steps=step)
 
-    def _step(self, state: _DecodeStep, tokens, positions: list[int], config, generator,
+    def _step(self, state: DecodeStep, tokens, positions: list[int], config, generator,
               healing: HealingConstraint | None = None) -> torch.Tensor:
         """Feed tokens (B,) at the current positions, advance them, and sample the next tokens (on the device)."""
         state.tokens.copy_(tokens[:, None])
@@ -544,7 +545,7 @@ class Engine:
         While token healing still constrains the next token, no drafts: one token a step from the restricted
         logits, as plain decoding does (a draft's verification would sample unconstrained)."""
         drafter = PromptLookup(prompt)                  # built on the host while the device prefills
-        pending = _HostCopy(tokens).wait()[0]           # the newest token, not yet fed
+        pending = HostCopy(tokens).wait()[0]           # the newest token, not yet fed
         t_first = perf_counter()
         if healing:
             healing.advance([pending])
@@ -649,65 +650,6 @@ class _Loop(NamedTuple):
     verify_steps: int = 0    # steps that verified drafts
     drafted: int = 0         # draft tokens verified
     accepted: int = 0        # of those, accepted
-
-
-class _DecodeStep:
-    """Static input buffers for one batch size and width (tokens per sequence), and the decode step on
-    them (graph-captured if enabled)."""
-
-    def __init__(self, model: Transformer, batch: int, width: int, backend: str, device: torch.device,
-                 graphed: bool):
-        self.model, self.backend, self.graphed = model, backend, graphed
-        self.tokens = torch.zeros(batch, width, dtype=torch.long, device=device)  # (B, T)
-        self.input_pos = torch.zeros(batch, dtype=torch.long, device=device)      # (B,) first new position
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.logits: torch.Tensor | None = None
-
-    def _forward(self, kv_len: int | None, exact: bool) -> torch.Tensor:
-        lengths = (self.input_pos + self.tokens.shape[1]).to(torch.int32)
-        return self.model.decode(self.tokens, Decode(self.input_pos, lengths, self.backend, kv_len, exact))
-
-    def run(self, kv_len: int, exact: bool) -> torch.Tensor:
-        """Logits (B, V), or (B, T, V) for T > 1. Eager runs attend over the first kv_len slots; the graph
-        over the whole capacity."""
-        if not self.graphed:
-            return self._forward(kv_len, exact)
-        if self.graph is None:
-            self._capture()
-        self.graph.replay()
-        return self.logits
-
-    def _capture(self) -> None:
-        # Warm up on a side stream (Triton compiles, cuBLAS picks kernels), then record. The warm-up
-        # writes the same K/V the first replay will write, so the cache stays consistent.
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self._forward(None, False)
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits = self._forward(None, False)
-
-
-class _HostCopy:
-    """Token ids (B,) on their way to the host: on CUDA an async copy into pinned memory, read later."""
-
-    def __init__(self, tokens: torch.Tensor):
-        self.event = None
-        if tokens.is_cuda:
-            self.buffer = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
-            self.buffer.copy_(tokens, non_blocking=True)
-            self.event = torch.cuda.Event()
-            self.event.record()
-        else:
-            self.buffer = tokens
-
-    def wait(self) -> list[int]:
-        if self.event is not None:
-            self.event.synchronize()
-        return self.buffer.tolist()
 
 
 class _Row:
