@@ -66,11 +66,11 @@ def shard_config(config: ModelConfig, world: int, name: str = "model") -> ModelC
     """
     if config.n_kv_heads % world:
         raise UnsupportedModelError(
-            f"{name}: {config.n_kv_heads} key/value heads do not split over {world} GPUs (each rank takes whole "
-            f"KV heads with their {config.n_heads // config.n_kv_heads} query heads): use a GPU count that "
-            f"divides {config.n_kv_heads}")
+            f"{name}: {config.n_kv_heads} key/value heads do not split over {world} ranks (each rank, a GPU or a "
+            f"CPU process, takes whole KV heads with their {config.n_heads // config.n_kv_heads} query heads): use a "
+            f"--gpus count that divides {config.n_kv_heads}")
     if config.ffn_dim % world:
-        raise UnsupportedModelError(f"{name}: the FFN width {config.ffn_dim} does not split over {world} GPUs")
+        raise UnsupportedModelError(f"{name}: the FFN width {config.ffn_dim} does not split over {world} ranks")
     return config.replace(n_heads=config.n_heads // world, n_kv_heads=config.n_kv_heads // world,
                           ffn_dim=config.ffn_dim // world, tie_embeddings=False)
 

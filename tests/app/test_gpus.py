@@ -25,4 +25,4 @@ def test_a_model_that_does_not_split_is_one_line_before_any_rank_starts(codecomp
     assert run.returncode == 1
     assert run.stdout == ""
     assert run.stderr.count("\n") == 1 and run.stderr.startswith("codecomplete: error: random:SmolLM2-135M")
-    assert "3 key/value heads do not split over 2 GPUs" in run.stderr
+    assert "3 key/value heads do not split over 2 ranks" in run.stderr and "--gpus count" in run.stderr

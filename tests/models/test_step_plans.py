@@ -129,7 +129,7 @@ def test_a_model_is_a_preset_or_a_tensor_parallel_rank_of_one():
     for bad in ("34B/x", "34B/0"):
         with pytest.raises(SystemExit, match="NAME or NAME/TP"):
             step_plans.model_config(bad)
-    with pytest.raises(Exception, match="do not split over 3 GPUs"):
+    with pytest.raises(Exception, match="do not split over 3 ranks"):
         step_plans.model_config("34B/3")
 
 

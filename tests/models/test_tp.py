@@ -72,9 +72,9 @@ def gqa_checkpoint(tmp_path_factory, llama_tokenizer):
 
 
 def test_a_split_that_does_not_divide_names_the_numbers():
-    with pytest.raises(UnsupportedModelError, match="8 key/value heads do not split over 3 GPUs"):
+    with pytest.raises(UnsupportedModelError, match="8 key/value heads do not split over 3 ranks"):
         shard_config(preset("CodeLlama-34B"), 3)
-    with pytest.raises(UnsupportedModelError, match="3 key/value heads do not split over 2 GPUs"):
+    with pytest.raises(UnsupportedModelError, match="3 key/value heads do not split over 2 ranks"):
         shard_config(preset("SmolLM2-135M"), 2)
     local = shard_config(preset("CodeLlama-70B"), 2)
     assert (local.n_heads, local.n_kv_heads, local.head_dim, local.ffn_dim, local.vocab_size) == (32, 4, 128, 14336, 32016)
