@@ -258,13 +258,11 @@ def _event(line: bytes, needs: str | None = None) -> dict:
         event = json.loads(line)
         if "error" in event:
             code = event["error"].get("code", 500)
-            status = code if isinstance(code, int) and 400 <= code < 500 else 500
-        elif needs is not None and not isinstance(event.get(needs), dict):
+            raise _error("", code if isinstance(code, int) and 400 <= code < 500 else 500, json.dumps(event).encode())
+        if needs is not None and not isinstance(event.get(needs), dict):
             raise ValueError(needs)
-    except (ValueError, TypeError, AttributeError):
+    except (ValueError, TypeError, AttributeError):     # (not _error's AppError: it goes on as it is)
         raise _malformed() from None
-    if "error" in event:
-        raise _error("", status, json.dumps(event).encode())
     return event
 
 

@@ -54,6 +54,7 @@ PROCESS_FAILURES = (torch_mp.ProcessRaisedException, torch_mp.ProcessExitedExcep
 # torch.multiprocessing reads a failed rank's error from a file the rank writes as it ends: a rank killed (or
 # stopped by torch's own cleanup) while writing it leaves the file empty or cut, and the join raises this instead.
 REPORT_CUT = (EOFError, pickle.UnpicklingError)
+JOIN_FAILURES = PROCESS_FAILURES + REPORT_CUT    # what a join raises for a failed rank (`_describe` says which)
 # When one rank fails, torch.multiprocessing stops the others with a warning line each ("Terminating process ...
 # via signal SIGTERM"): stopping them is part of the failure, which RankFailed says in its one line.
 logging.getLogger("torch.multiprocessing.spawn").setLevel(logging.ERROR)
@@ -164,10 +165,8 @@ class Ranks:
         if self._context is not None:
             try:
                 self._context.join(CLOSE_TIMEOUT_S)
-            except PROCESS_FAILURES as e:
-                self.failure = self.failure or _describe(e)
-            except REPORT_CUT:
-                self.failure = self.failure or _exited(self._context)
+            except JOIN_FAILURES as e:
+                self.failure = self.failure or _describe(e, self._context)
             finally:
                 _terminate(self._context)
 
@@ -176,8 +175,8 @@ class Ranks:
             try:
                 if self._context.join(timeout=0.5):
                     return
-            except (*PROCESS_FAILURES, *REPORT_CUT) as e:
-                self.failure = _describe(e) if isinstance(e, PROCESS_FAILURES) else _exited(self._context)
+            except JOIN_FAILURES as e:
+                self.failure = _describe(e, self._context)
                 # Armed before the abort, which can block (on graphs still holding the communicator).
                 self._cancel_stuck_exit = exit_if_stuck(STUCK_EXIT_S, self.failure)
                 _abort()
@@ -238,10 +237,8 @@ def _wait_for_start(store, context, world: int) -> None:
     while keys and not store.check(keys):
         try:
             context.join(timeout=0.05)
-        except PROCESS_FAILURES as e:
-            raise RankFailed(f"{_describe(e)} while starting") from None
-        except REPORT_CUT:
-            raise RankFailed(f"{_exited(context)} while starting") from None
+        except JOIN_FAILURES as e:
+            raise RankFailed(f"{_describe(e, context)} while starting") from None
 
 
 def _join(rank: int, world: int, local_rank: int, store, device_type: str) -> TensorParallel:
@@ -322,8 +319,11 @@ def _exited(context) -> str:
     return "a rank failed"
 
 
-def _describe(error) -> str:
-    """One line from torch.multiprocessing's report (spawned rank i is rank i + 1)."""
+def _describe(error, context) -> str:
+    """One line from torch.multiprocessing's report (spawned rank i is rank i + 1); where the report was cut, from
+    how the rank's process ended."""
+    if isinstance(error, REPORT_CUT):
+        return _exited(context)
     rank = error.error_index + 1
     if isinstance(error, torch_mp.ProcessRaisedException):
         lines = [line for line in str(error).splitlines() if line.strip()]

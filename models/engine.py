@@ -24,10 +24,10 @@ import torch
 
 from models.attention import BACKENDS, KERNEL_HEAD_DIMS
 from models.config import ModelConfig
+from models.decode_step import DecodeStep, HostCopy
 from models.errors import ContextTooLongError, ModelError, SettingError
 from models.generation import GenerationConfig, GenerationResult, Timings
 from models.healing import HealingConstraint, PrefixStripper, vocabulary_bytes
-from models.decode_step import DecodeStep, HostCopy
 from models.llama import DenseKernels, Transformer, attention_inputs, attention_output_and_ffn, final_logits
 from models.kv_cache import QUANTIZED, cache_dtype_name
 from models.sampling import make_generator, sample
@@ -369,7 +369,7 @@ class Engine:
         """The decode step for `batch` sequences of `width` tokens each (1, or 1 + drafts to verify)."""
         if (batch, width) not in self._steps:
             self._steps[batch, width] = DecodeStep(self.model, batch, width, self.attention, self._device,
-                                                    self._graphs_enabled)
+                                                   self._graphs_enabled)
         return self._steps[batch, width]
 
     def _speculation_depth(self, config: GenerationConfig, batch: int) -> int:

@@ -11,9 +11,9 @@
 /infill's prompt is the session's: the client's chunks, then the repository context ranked for the text around the
 cursor, then that text, in the model's format (CodeLlama infill, StarCoder FIM, or left to right for models
 without FIM tokens); it always fits, the far ends of the client's text and its oldest chunks giving way first
-(`truncated` says so, as it does when the generation filled the context). Bodies are one line of compact JSON (llama.vim matches `"content":"` byte for byte);
-streams are `data: {...}` events that simply end. Sampling: temperature, top_k, top_p, seed and stop; the other
-samplers llama.cpp knows are accepted and not applied.
+(`truncated` says so, as it does when the generation filled the context). Bodies are one line of compact JSON
+(llama.vim matches `"content":"` byte for byte); streams are `data: {...}` events that simply end. Sampling:
+temperature, top_k, top_p, seed and stop; the other samplers llama.cpp knows are accepted and not applied.
 """
 from __future__ import annotations
 
@@ -175,15 +175,13 @@ async def _answer(server, running, generation, body: Options, sampling, limits: 
     def final(result) -> dict:
         content = limits.cut(result.text)
         stop_type, word = _stop(server, prompt, result, limits)
-        # llama.cpp's truncated: the client's text did not fit, or prompt + generation reached the context's end
-        context_full = result.prompt_tokens + len(result.token_ids) >= server.engine.context_length
+        cached = result.prompt_tokens + len(result.token_ids)     # at the context's end: llama.cpp's truncated too
         return {
             "index": 0, "content": content, "tokens": [], "id_slot": 0, "stop": True,
             "model": server.engine.name, "tokens_predicted": len(result.token_ids),
             "tokens_evaluated": result.prompt_tokens, "generation_settings": _settings(server, body),
-            "has_new_line": "\n" in content, "truncated": truncated or context_full, "stop_type": stop_type,
-            "stopping_word": word, "tokens_cached": result.prompt_tokens + len(result.token_ids),
-            "timings": timings(result),
+            "has_new_line": "\n" in content, "truncated": truncated or cached >= server.engine.context_length,
+            "stop_type": stop_type, "stopping_word": word, "tokens_cached": cached, "timings": timings(result),
         }
 
     if body.stream:
