@@ -20,7 +20,7 @@ step, launches and waits included; a part left out leaves wrong results, only th
   a+b                 variants together (e.g. early:rope+kvpf:8192);
   plan:...            (8-bit caches) flash_decode's plan with some fields changed;
   cfg:...             the dense kernels' launch configurations changed (--dense-sweep: every configuration of
-                      kernels.fused_gemv.SWEEP, one at a time, in the first cache kind's rows);
+                      kernels.fused_gemv_bench.SWEEP, one at a time, in the first cache kind's rows);
   whole again         the whole step a second time: the noise of one timing.
 Then flash_decode alone at growing lengths (whole call, split kernel alone, and the same grid over one key), so
 a call's fixed cost and its per-byte rate can be told apart. Writes step-parts.json, prints the tables last.
@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 import kernels.fused_gemv
+import kernels.fused_gemv_bench
 import kernels.interface
 import models.fused_decode
 from kernels import flash_decode
@@ -138,7 +139,7 @@ def step_rows(model, contexts, kinds, read_bw: float, replays: int, log, plans=(
                 torch.cuda.synchronize()
             log(f"  {kind} {context}: " + "  ".join(f"{p} {us:.1f}" for p, us in row["us"].items()
                                                     if not p.startswith("cfg:")))
-            for kind_ in kernels.fused_gemv.SWEEP:
+            for kind_ in kernels.fused_gemv_bench.SWEEP:
                 timed = sorted((us, p) for p, us in row["us"].items() if p.startswith(f"cfg:{kind_}=") and "|" not in p)
                 if timed:
                     log(f"    {kind_}: " + "  ".join(f"{p.partition('=')[2]} {us - row['us']['whole']:+.1f}"
@@ -187,7 +188,7 @@ def main(argv=None) -> int:
     parser.add_argument("--lengths", default="256,1024,4096,16384,65536")
     parser.add_argument("--replays", type=int, default=30)
     parser.add_argument("--dense-sweep", action="store_true",
-                        help="time every configuration of kernels.fused_gemv.SWEEP inside the step (first kind only)")
+                        help="time every configuration of kernels.fused_gemv_bench.SWEEP inside the step (first kind only)")
     parser.add_argument("--configs", default="", help="';'-separated dense configurations to time in every row, "
                         "each 'kind=bn,bk,warps,stages,interleave' or several joined by '|'")
     parser.add_argument("--variants", default="", help="';'-separated further variants to time in every row, "
@@ -208,7 +209,7 @@ def main(argv=None) -> int:
     checks = check_backends_and_compile(model, log)
     configs = []
     if args.dense_sweep:
-        for kind, candidates in kernels.fused_gemv.SWEEP.items():
+        for kind, candidates in kernels.fused_gemv_bench.SWEEP.items():
             configs += [f"{kind}={','.join(str(int(v)) for v in c)}" for c in candidates
                         if c != kernels.fused_gemv.CONFIGS[kind]]
     extra = [v for v in args.variants.split(";") if v]

@@ -11,7 +11,7 @@ import torch
 
 from kernel_inputs import assert_interpreter_e4m3
 
-from kernels import fused_gemv, reference
+from kernels import fused_gemv, fused_gemv_bench, reference
 from kernels.fused_gemv import CONFIGS, Config, config_for, gemv, norm_swiglu, qkv_rope, read_configs, use_per_shape
 from kernels.interface import as_sequence_major
 
@@ -245,26 +245,26 @@ def test_the_configs_file_adds_shape_entries_and_replaces_defaults(tmp_path):
 
 def test_choose_keeps_the_default_unless_the_winner_clears_the_margin():
     default, other = Config(2, 1024, 4, 4), Config(4, 512, 2, 4)
-    assert fused_gemv.choose(default, {default: 100.0, other: 99.5}) == (default, 0.0)
-    chosen, gain = fused_gemv.choose(default, {default: 100.0, other: 95.0})
+    assert fused_gemv_bench.choose(default, {default: 100.0, other: 99.5}) == (default, 0.0)
+    chosen, gain = fused_gemv_bench.choose(default, {default: 100.0, other: 95.0})
     assert chosen == other and gain == pytest.approx(0.05)
-    assert fused_gemv.choose(default, {default: 100.0, other: 101.0}) == (default, 0.0)
+    assert fused_gemv_bench.choose(default, {default: 100.0, other: 101.0}) == (default, 0.0)
 
 
 def test_the_sweep_runs_a_models_rank_shapes_end_to_end(monkeypatch, tmp_path):
-    """`python -m kernels.fused_gemv --model M/2` on a tiny preset under the interpreter (timings faked): every
+    """`python -m kernels.fused_gemv_bench --model M/2` on a tiny preset under the interpreter (timings faked): every
     shape of a rank's step, every configuration checked against float64, the entries file readable."""
     import itertools
 
     import kernels.bench
-    monkeypatch.setitem(fused_gemv.MODELS, "Tiny", (2, 64, 4, 2, 16, 160, 101))
-    monkeypatch.setattr(fused_gemv, "SWEEP", {k: v[:2] for k, v in fused_gemv.SWEEP.items()})
+    monkeypatch.setitem(fused_gemv_bench.MODELS, "Tiny", (2, 64, 4, 2, 16, 160, 101))
+    monkeypatch.setattr(fused_gemv_bench, "SWEEP", {k: v[:2] for k, v in fused_gemv_bench.SWEEP.items()})
     times = itertools.cycle([7.0, 5.0, 6.0, 9.0, 4.0])
     monkeypatch.setattr(kernels.bench, "copy_bandwidth", lambda: 4e12)
     monkeypatch.setattr(kernels.bench, "graph_replay_us", lambda run, replays=30: (run(), next(times))[1])
     out, entries = tmp_path / "sweep.json", tmp_path / "entries.json"
-    assert fused_gemv.main(["--model", "Tiny/2", "--device", "cpu", "--json", str(out),
-                            "--write-configs", str(entries)]) == 0
+    assert fused_gemv_bench.main(["--model", "Tiny/2", "--device", "cpu", "--json", str(out),
+                                  "--write-configs", str(entries)]) == 0
     result = json.loads(out.read_text())
     shapes = {(r["kind"], r["N"], r["K"]) for r in result["rows"]}
     assert shapes == {("qkv_rope", 64, 64), ("gemv", 64, 32), ("norm_swiglu", 160, 64), ("gemv_deep", 64, 80),

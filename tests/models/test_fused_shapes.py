@@ -1,10 +1,10 @@
-"""kernels.fused_gemv's table of model shapes (a sweep names a model and its ranks; kernels import nothing
+"""kernels.fused_gemv_bench's table of model shapes (a sweep names a model and its ranks; kernels import nothing
 from models) against the presets and the tensor-parallel split the decode step really runs."""
 
 import pytest
 import torch
 
-from kernels.fused_gemv import MODELS, model_projections
+from kernels.fused_gemv_bench import MODELS, model_projections
 from models.config import preset
 from models.llama import Transformer
 from models.tp import shard_config, vocab_rows
