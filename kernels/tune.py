@@ -211,159 +211,188 @@ class Clock:
         return self.budget_s - (time.perf_counter() - self.start)
 
 
-def measure_case(case: Case, num_sms: int, clock: Clock, log, start_plans=(), grid: bool = True) -> dict:
-    """Explore plans for one case within `clock`: the baselines (the heuristic, and `start_plans`,
-    e.g. the committed table's plan), a grid of tilings x split counts (fitted to each binary's
-    programs per SM; skipped with `grid` False, for a shape whose measured plan is the start), then
-    a local search from the best; then a final interleaved round."""
-    s = case.shape
-    sets = make_input_sets(s, n_sets_for(s))
-    if case.int8:
-        sets = [x.with_int8() for x in sets]
-    q, k, v, scales = case.args(sets[0])
-    ref = reference.flash_decode(q, k, v, **scales)
-    heuristic = heuristic_plan(q, s.B, s.Hq, s.Hkv, s.S, s.D, case.T, case.fp8)
-    variants: list[dict] = []
-    seen: dict[LaunchPlan, dict] = {}
-    residency: dict[LaunchPlan, int] = {}  # by plan with num_splits=1 (the split count is a runtime argument)
+class _Exploration:
+    """One case's search state: its input sets, the float32 reference, every variant timed so far (each
+    plan once), and the programs per SM of each tiling's binary."""
 
-    def ours(plan):
+    def __init__(self, case: Case, clock: Clock, log):
+        self.case, self.clock, self.log = case, clock, log
+        s = case.shape
+        self.sets = make_input_sets(s, n_sets_for(s))
+        if case.int8:
+            self.sets = [x.with_int8() for x in self.sets]
+        self.q, self.k, self.v, self.scales = case.args(self.sets[0])
+        self.ref = reference.flash_decode(self.q, self.k, self.v, **self.scales)
+        self.heuristic = heuristic_plan(self.q, s.B, s.Hq, s.Hkv, s.S, s.D, case.T, case.fp8)
+        self.variants: list[dict] = []
+        self.seen: dict[LaunchPlan, dict] = {}
+        self.residency: dict[LaunchPlan, int] = {}  # by plan with num_splits=1 (the split count is a runtime argument)
+
+    def replay_us(self, fn, replays: int) -> float:
+        """Graph-replay µs of `fn` over one input set, averaged over the rotated sets."""
+        return graph_replay_us(lambda: [fn(x) for x in self.sets], replays) / len(self.sets)
+
+    def ours(self, plan: LaunchPlan):
         def run(x):
-            q_, k_, v_, scales_ = case.args(x)
-            return launch(q_, k_, v_, None, plan, **scales_)
+            q, k, v, scales = self.case.args(x)
+            return launch(q, k, v, None, plan, **scales)
         return run
 
-    def resident(plan: LaunchPlan) -> int:
-        key = dataclasses.replace(plan, num_splits=1)
-        if key not in residency:
-            try:
-                residency[key] = resident_of(launch(q, k, v, None, plan, compile_only=True, **scales), plan.num_warps) \
-                    if bench.DEVICE == "cuda" else 0
-            except Exception:
-                residency[key] = 0
-        return residency[key]
+    def build(self, plan: LaunchPlan):
+        return launch(self.q, self.k, self.v, None, plan, compile_only=True, **self.scales)
 
-    def timed(label: str, stage: str, plan: LaunchPlan, replays=SWEEP_REPLAYS) -> dict:
-        if plan in seen:
-            return seen[plan]
+    def resident(self, plan: LaunchPlan) -> int:
+        key = dataclasses.replace(plan, num_splits=1)
+        if key not in self.residency:
+            try:
+                self.residency[key] = resident_of(self.build(plan), plan.num_warps) if bench.DEVICE == "cuda" else 0
+            except Exception:
+                self.residency[key] = 0
+        return self.residency[key]
+
+    def timed(self, label: str, stage: str, plan: LaunchPlan) -> dict:
+        if plan in self.seen:
+            return self.seen[plan]
         entry = {"label": label, "stage": stage, "plan": dataclasses.asdict(plan)}
         try:
-            out, _ = launch(q, k, v, None, plan, **scales)
-            entry["rel_err"] = rel_err(out, ref)
+            out, _ = launch(self.q, self.k, self.v, None, plan, **self.scales)
+            entry["rel_err"] = rel_err(out, self.ref)
             entry["ok"] = bool(not out.isnan().any().item() and entry["rel_err"] < TOLERANCE)
             if not out.isnan().any().item():  # timed even when less accurate (fp8 dots): never chosen then
-                fn = ours(plan)
-                entry["us"] = graph_replay_us(lambda: [fn(x) for x in sets], replays) / len(sets)
-            entry["resident"] = resident(plan)
+                entry["us"] = self.replay_us(self.ours(plan), SWEEP_REPLAYS)
+            entry["resident"] = self.resident(plan)
         except Exception as error:
             entry |= {"ok": False, "error": f"{type(error).__name__}: {str(error)[:300]}"}
             if bench.DEVICE == "cuda":
                 torch.cuda.synchronize()
-        variants.append(entry)
-        seen[plan] = entry
+        self.variants.append(entry)
+        self.seen[plan] = entry
         return entry
 
-    def run_stage(stage: str, candidates: list[tuple[str, LaunchPlan]]) -> list[dict]:
+    def run_stage(self, stage: str, candidates: list[tuple[str, LaunchPlan]]) -> list[dict]:
         """Time the candidates not seen yet; returns the entries of all that were timed, then or before."""
-        new = [(label, plan) for label, plan in candidates if plan not in seen]
-        if clock.left() > 0 and new:
-            built = compile_in_parallel([lambda p=p: launch(q, k, v, None, p, compile_only=True, **scales)
-                                         for _, p in new])
-            log(f"  {stage}: {len(new)} new candidates, built in {built:.1f} s")
+        new = [(label, plan) for label, plan in candidates if plan not in self.seen]
+        if self.clock.left() > 0 and new:
+            built = compile_in_parallel([lambda p=p: self.build(p) for _, p in new])
+            self.log(f"  {stage}: {len(new)} new candidates, built in {built:.1f} s")
             for label, plan in new:
-                if clock.left() <= 0:
-                    log("  budget spent: stopping this case's exploration")
+                if self.clock.left() <= 0:
+                    self.log("  budget spent: stopping this case's exploration")
                     break
-                timed(label, stage, plan)
-        return [seen[plan] for _, plan in candidates if plan in seen]
+                self.timed(label, stage, plan)
+        return [self.seen[plan] for _, plan in candidates if plan in self.seen]
 
-    def best_measured(tiling: LaunchPlan | None, entries=None) -> tuple[LaunchPlan, float] | None:
+    def best_measured(self, tiling: LaunchPlan | None, entries=None) -> tuple[LaunchPlan, float] | None:
         """The fastest correct plan among `entries` (default: all so far), of `tiling` if given."""
-        ok = [e for e in (variants if entries is None else entries) if e["ok"] and e.get("us") and
+        ok = [e for e in (self.variants if entries is None else entries) if e["ok"] and e.get("us") and
               (tiling is None or dataclasses.replace(LaunchPlan(**e["plan"]), num_splits=1) == tiling)]
         if not ok:
             return None
         top = min(ok, key=lambda e: e["us"])
         return LaunchPlan(**top["plan"]), top["us"]
 
-    peers = {}
-    for name, backend in PEER_BACKENDS.items():
-        try:
-            fn = sdpa(backend)
-            peers[name] = graph_replay_us(lambda fn=fn: [fn(x) for x in sets], SWEEP_REPLAYS) / len(sets)
-        except Exception as error:
-            log(f"  {name}: {type(error).__name__}: {str(error)[:200]}")
-    read_floor = min(graph_replay_us(lambda c=c: [read_once(x.k, x.v, *c) for x in sets], SWEEP_REPLAYS) / len(sets)
-                     for c in READ_ONLY_CONFIGS)
-    timed("heuristic", "baseline", heuristic)
-    for label, plan in start_plans:
-        timed(label, "baseline", plan)
-    ranked = []  # tilings by their best time in the grid: restarts of the local search
-    if grid and clock.left() > 0:
-        # Tilings, each at the heuristic's split count and at one full wave of the programs per SM
-        # its binary allows; then every split policy for each tiling, best tilings first.
+    def peers(self) -> dict[str, float]:
+        """SDPA backends' µs on the same inputs (a backend that cannot run the case is left out)."""
+        peers = {}
+        for name, backend in PEER_BACKENDS.items():
+            try:
+                peers[name] = self.replay_us(sdpa(backend), SWEEP_REPLAYS)
+            except Exception as error:
+                self.log(f"  {name}: {type(error).__name__}: {str(error)[:200]}")
+        return peers
+
+    def grid(self, num_sms: int) -> list[LaunchPlan]:
+        """Tilings, each at the heuristic's split count and at one full wave of the programs per SM its
+        binary allows; then every split policy for each tiling, best tilings first. Returns the tilings
+        (num_splits=1) by their best time."""
+        case, heuristic = self.case, self.heuristic
         tiled = [(describe(dataclasses.replace(heuristic, **t)).split(" ", 2)[2], dataclasses.replace(heuristic, **t))
                  for t in tilings(case)]
-        compile_in_parallel([lambda p=p: launch(q, k, v, None, p, compile_only=True, **scales) for _, p in tiled])
+        compile_in_parallel([lambda p=p: self.build(p) for _, p in tiled])
         first = []
         for label, plan in tiled:
-            policies = split_policies(case, plan, num_sms, resident(plan))
+            policies = split_policies(case, plan, num_sms, self.resident(plan))
             first += [(f"{label} {name}", dataclasses.replace(plan, num_splits=n)) for name, n in policies.items()
                       if name == "heuristic" or name.startswith("full wave")][:2]
-        run_stage("tilings", first)
+        self.run_stage("tilings", first)
         by_tiling = {}
-        for e in variants:
+        for e in self.variants:
             if e["ok"] and e.get("us") and e["stage"] == "tilings":
                 key = dataclasses.replace(LaunchPlan(**e["plan"]), num_splits=1)
                 by_tiling[key] = min(by_tiling.get(key, e["us"]), e["us"])
         ranked = sorted(by_tiling, key=by_tiling.get)
-        run_stage("splits", [(f"{describe(plan).split(' ', 2)[2]} {policy}", dataclasses.replace(plan, num_splits=n))
-                             for plan in ranked
-                             for policy, n in split_policies(case, plan, num_sms, resident(plan)).items()])
-    # Local search: all one-change neighbours of the best, again from each new best; once that
-    # converges, again from the best plan of the next tiling (another basin), while time is left.
-    rounds = 0
-    for start in [None] + ranked[1:3]:  # None: the best plan so far
-        current = best_measured(start)
-        while current and clock.left() > 0 and rounds < MAX_LOCAL_ROUNDS:
-            rounds += 1
-            candidates = neighbours(case, current[0], resident(current[0]), num_sms)
-            step = best_measured(None, run_stage(f"local {rounds}", candidates))
-            if not step or step[1] > current[1] * (1 - NOISE):  # nothing better than noise: converged
-                break
-            current = step
-    log(f"  {len(variants)} variants in {clock.budget_s - clock.left():.0f} s, {rounds} local rounds")
+        self.run_stage("splits", [(f"{describe(plan).split(' ', 2)[2]} {policy}", dataclasses.replace(plan, num_splits=n))
+                                  for plan in ranked
+                                  for policy, n in split_policies(case, plan, num_sms, self.resident(plan)).items()])
+        return ranked
 
-    # Final round: the best three, the heuristic and the peers again, interleaved, more replays.
-    finalists = sorted((e for e in variants if e["ok"] and e.get("us")), key=lambda e: e["us"])[:3]
-    names = [f"#{i + 1} {e['label']}" for i, e in enumerate(finalists)]
-    contenders = {name: ours(LaunchPlan(**e["plan"])) for name, e in zip(names, finalists)}
-    contenders["heuristic"] = ours(heuristic)
-    contenders |= {name: sdpa(PEER_BACKENDS[name]) for name in peers}
-    final = {}
-    for _ in range(2):
-        for name, fn in contenders.items():
-            try:
-                us = graph_replay_us(lambda fn=fn: [fn(x) for x in sets], FINAL_REPLAYS) / len(sets)
-            except Exception as error:
-                log(f"  {name}: {type(error).__name__}: {str(error)[:200]}")
-                us = float("nan")
-            final[name] = min(final.get(name, us), us)
-    del sets
+    def local_search(self, starts: list[LaunchPlan | None], num_sms: int) -> int:
+        """All one-change neighbours of the best, again from each new best; once that converges, again from
+        the best plan of each tiling in `starts` (None: the best plan so far), while time is left. Returns
+        the rounds run."""
+        rounds = 0
+        for start in starts:
+            current = self.best_measured(start)
+            while current and self.clock.left() > 0 and rounds < MAX_LOCAL_ROUNDS:
+                rounds += 1
+                candidates = neighbours(self.case, current[0], self.resident(current[0]), num_sms)
+                step = self.best_measured(None, self.run_stage(f"local {rounds}", candidates))
+                if not step or step[1] > current[1] * (1 - NOISE):  # nothing better than noise: converged
+                    break
+                current = step
+        return rounds
+
+    def final_round(self, peer_names) -> tuple[list[dict], list[str], dict[str, float]]:
+        """The best three, the heuristic and the peers again, interleaved, more replays: the finalists'
+        entries, their names, and every contender's best µs by name."""
+        finalists = sorted((e for e in self.variants if e["ok"] and e.get("us")), key=lambda e: e["us"])[:3]
+        names = [f"#{i + 1} {e['label']}" for i, e in enumerate(finalists)]
+        contenders = {name: self.ours(LaunchPlan(**e["plan"])) for name, e in zip(names, finalists)}
+        contenders["heuristic"] = self.ours(self.heuristic)
+        contenders |= {name: sdpa(PEER_BACKENDS[name]) for name in peer_names}
+        final = {}
+        for _ in range(2):
+            for name, fn in contenders.items():
+                try:
+                    us = self.replay_us(fn, FINAL_REPLAYS)
+                except Exception as error:
+                    self.log(f"  {name}: {type(error).__name__}: {str(error)[:200]}")
+                    us = float("nan")
+                final[name] = min(final.get(name, us), us)
+        return finalists, names, final
+
+
+def measure_case(case: Case, num_sms: int, clock: Clock, log, start_plans=(), grid: bool = True) -> dict:
+    """Explore plans for one case within `clock`: the baselines (the heuristic, and `start_plans`,
+    e.g. the committed table's plan), a grid of tilings x split counts (fitted to each binary's
+    programs per SM; skipped with `grid` False, for a shape whose measured plan is the start), then
+    a local search from the best; then a final interleaved round."""
+    s, x = case.shape, _Exploration(case, clock, log)
+    peers = x.peers()
+    read_floor = min(x.replay_us(lambda inputs, c=c: read_once(inputs.k, inputs.v, *c), SWEEP_REPLAYS)
+                     for c in READ_ONLY_CONFIGS)
+    x.timed("heuristic", "baseline", x.heuristic)
+    for label, plan in start_plans:
+        x.timed(label, "baseline", plan)
+    ranked = x.grid(num_sms) if grid and clock.left() > 0 else []
+    rounds = x.local_search([None] + ranked[1:3], num_sms)
+    log(f"  {len(x.variants)} variants in {clock.budget_s - clock.left():.0f} s, {rounds} local rounds")
+    finalists, names, final = x.final_round(peers)
+    del x.sets
     if bench.DEVICE == "cuda":
         torch.cuda.empty_cache()
-    ranked = sorted(zip(names, finalists), key=lambda item: final[item[0]])
-    best_name, best = ranked[0] if ranked else (None, None)
+    ranked_final = sorted(zip(names, finalists), key=lambda item: final[item[0]])
+    best_name, best = ranked_final[0] if ranked_final else (None, None)
     best_us = final[best_name] if best else float("nan")
     peer_final = {name: final[name] for name in peers}
     result = {"case": case.label, "shape": s.__dict__ | {"label": s.label}, "T": case.T, "fp8": case.fp8,
               "int8": case.int8,
               "bytes_read": case.bytes_read, "kv_mb": s.kv_bytes / 1e6, "read_floor_us": read_floor,
-              "peers_us": peer_final, "heuristic_us": final["heuristic"], "heuristic_plan": dataclasses.asdict(heuristic),
+              "peers_us": peer_final, "heuristic_us": final["heuristic"], "heuristic_plan": dataclasses.asdict(x.heuristic),
               "best": best and {"label": best["label"], "plan": best["plan"], "us": best_us, "rel_err": best["rel_err"],
                                 "resident": best.get("resident")},
-              "final_round_us": final, "variants": variants, "local_rounds": rounds,
-              "n_correct": sum(e["ok"] for e in variants), "n_variants": len(variants)}
+              "final_round_us": final, "variants": x.variants, "local_rounds": rounds,
+              "n_correct": sum(e["ok"] for e in x.variants), "n_variants": len(x.variants)}
     result["read_tb_s"] = case.bytes_read / (best_us * 1e-6) / 1e12
     result["vs_best_sdpa"] = best_sdpa(peer_final) / best_us
     log(f"  best {best_us:.1f} µs ({best and best['label']}), heuristic {final['heuristic']:.1f}, "
