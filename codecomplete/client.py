@@ -79,7 +79,8 @@ def mismatch(info: dict, args, root: Path | None, max_new_tokens: int) -> str | 
     # with --dtype bfloat16 or --kv-cache int8 prints other text than this process would.
     for option, wanted in _engine_options(args, info).items():
         if wanted is None or _plain(wanted) != _plain(engine.get(option, "")):
-            shown = getattr(args, option) or (f"{wanted} (the default)" if wanted else "this machine's default")
+            shown = getattr(args, option) or (f"{wanted} (the default)" if wanted else
+                                              "this machine's default (name the option to use this server)")
             return f"runs --{option.replace('_', '-')} {info.get(option) or engine.get(option)}, not {shown}"
     if args.gpus and args.gpus != (info.get("gpus") or 1):
         return f"runs --gpus {info.get('gpus') or 1}, not {args.gpus}"
@@ -97,17 +98,23 @@ def mismatch(info: dict, args, root: Path | None, max_new_tokens: int) -> str | 
 
 
 def _engine_options(args, info: dict) -> dict[str, str | None]:
-    """What this process would load, as the server's engine names it (None: cannot tell)."""
+    """What this process would load, as the server's engine names it (None: cannot tell). An option given here is
+    as given; one left out is what the server announced it resolves to when left out ("defaults"), which the
+    models package decides on the server's device for its model (flash fits some head dims only): no table of
+    them here, where torch is not imported, to drift from it."""
     from .engine import KV_CACHE_DTYPES
 
+    engine = info.get("engine", {})
     # (a server without default_device that was started without --device runs on it)
-    device = args.device or info.get("default_device") or (
-        None if info.get("device") else info.get("engine", {}).get("device"))
+    device = args.device or info.get("default_device") or (None if info.get("device") else engine.get("device"))
     if device is None:
         return {"device": None}
-    cuda = device.startswith("cuda")
-    dtype = args.dtype or ("bfloat16" if cuda else "float32")
-    return {"device": device, "dtype": dtype, "attention": args.attention or ("flash" if cuda else "sdpa"),
+    defaults = info.get("defaults")
+    if not isinstance(defaults, dict):     # a server before "defaults": what it was started without is its default
+        defaults = {option: engine.get(option) for option in ("dtype", "attention") if info.get(option) is None}
+    dtype = args.dtype or defaults.get("dtype")
+    # (an unquantized cache holds the model's dtype, --kv-cache named or not)
+    return {"device": device, "dtype": dtype, "attention": args.attention or defaults.get("attention"),
             "kv_cache": KV_CACHE_DTYPES.get(args.kv_cache or "", args.kv_cache) or dtype}
 
 

@@ -102,10 +102,23 @@ def _description(url: str, root, args, engine) -> dict:
             "device": args.device, "dtype": args.dtype, "attention": args.attention, "gpus": args.gpus,
             "kv_cache": args.kv_cache,
             "context_tokens": args.context_tokens,
+            "defaults": _defaults(args, engine),
             "engine": {"name": engine.name, "device": engine.device, "dtype": engine.dtype,
                        "attention": engine.attention, "kv_cache": engine.kv_cache_dtype,
                        "context_length": engine.context_length,
                        "model_max_positions": engine.model_max_positions, "load_s": engine.load_s}}
+
+
+def _defaults(args, engine) -> dict:
+    """What the engine options a command line leaves out resolve to on this server's device, for its model: the
+    command line (which imports no torch) compares its options against these, not a table of its own. An option
+    this server was started with leaves its default unknown where only the engine decides it (attention: flash
+    where the kernels take the model's head dim)."""
+    import torch
+    from models.engine import parse_dtype
+
+    dtype = str(parse_dtype(None, torch.device(engine.device))).removeprefix("torch.")
+    return {"dtype": dtype, "attention": engine.attention if args.attention is None else None}
 
 
 class _Uvicorn(uvicorn.Server):

@@ -268,9 +268,9 @@ def test_a_server_started_with_other_options_than_the_defaults_is_not_used_witho
     them out, would; one whose options are this machine's defaults, named or not, is used."""
     from codecomplete import client
 
-    def server(device=None, **engine):
+    def server(device=None, **engine):       # (a CPU server's defaults; a test's engine holds what it was given)
         return {"repo": None, "model_spec": None, "default_device": "cpu", "device": device,
-                "engine": {**ENGINE, **engine}}
+                "defaults": {"dtype": "float32", "attention": "sdpa"}, "engine": {**ENGINE, **engine}}
     plain = args_for("--prompt", "x")
     assert "--dtype bfloat16" in client.mismatch(server(dtype="bfloat16", kv_cache="bfloat16"), plain, None, 8)
     assert "--kv-cache int8" in client.mismatch({**server(kv_cache="int8"), "kv_cache": "int8"}, plain, None, 8)
@@ -281,6 +281,46 @@ def test_a_server_started_with_other_options_than_the_defaults_is_not_used_witho
     assert client.mismatch(server(), args_for("--prompt", "x", "--kv-cache", "fp32"), None, 8) is None
     on_gpu = {**server(), "default_device": "cuda"}       # a CPU server on a machine whose default is the GPU
     assert "--device cpu" in client.mismatch(on_gpu, plain, None, 8)
+
+
+def test_the_defaults_a_server_announces_are_what_a_command_line_leaving_options_out_gets():
+    """The command line imports no torch, so it cannot tell which attention the engine picks; it restated the rule
+    (flash on CUDA) and missed the head dim: a CUDA server for a model whose head dim the kernels do not take runs
+    sdpa by default, and a command line on its defaults ran alone instead of through it. It compares against the
+    server's announced defaults; a record from before them is read as its engine and the options it was given."""
+    from codecomplete import client
+
+    cuda = {**ENGINE, "device": "cuda", "dtype": "bfloat16", "kv_cache": "bfloat16"}
+    odd_head = {"repo": None, "model_spec": None, "default_device": "cuda", "device": None, "dtype": None,
+                "attention": None, "defaults": {"dtype": "bfloat16", "attention": "sdpa"}, "engine": cuda}
+    plain = args_for("--prompt", "x")
+    assert client.mismatch(odd_head, plain, None, 8) is None
+    assert "--attention sdpa" in client.mismatch(odd_head, args_for("--prompt", "x", "--attention", "flash"), None, 8)
+    old = {key: value for key, value in odd_head.items() if key != "defaults"}
+    assert client.mismatch(old, plain, None, 8) is None                     # started without options: its defaults
+    assert "--dtype bfloat16" in client.mismatch({**old, "dtype": "bfloat16"}, plain, None, 8)   # given: unknown
+    assert client.mismatch({**old, "dtype": "bfloat16"}, args_for("--prompt", "x", "--dtype", "bfloat16"), None,
+                           8) is None
+    # Started with --dtype bfloat16, which is the default there: a command line without it is served.
+    assert client.mismatch({**odd_head, "dtype": "bfloat16"}, plain, None, 8) is None
+
+
+def test_a_server_announces_its_defaults_where_it_was_given_options(served_repo, monkeypatch):
+    """A real server's description: the dtype a command line leaving --dtype out gets here, whatever the server was
+    given; the attention only where the server was started without one (only its engine decides it)."""
+    from codecomplete import client
+    from codecomplete.cli import build_serve_parser
+    from codecomplete.server import serve
+
+    argv = [served_repo, "--dtype", "float32", "--attention", "sdpa"]
+    session = serve_until_loaded(monkeypatch, *argv)
+    args = build_serve_parser().parse_args([*map(str, argv), "--device", "cpu"])
+    info = serve._description("http://127.0.0.1:1", served_repo, args, session.engine)
+    assert info["defaults"] == {"dtype": "float32", "attention": None}
+    assert info["engine"]["dtype"] == "float32" and info["engine"]["attention"] == "sdpa"
+    named = args_for(served_repo, "--file", "app.py", "--attention", "sdpa")
+    assert client.mismatch(info, named, served_repo, 8) is None
+    assert "--attention sdpa" in client.mismatch(info, args_for(served_repo, "--file", "app.py"), served_repo, 8)
 
 
 def test_a_runtime_file_another_user_could_have_written_is_not_believed(stand_in, tmp_path, monkeypatch):
