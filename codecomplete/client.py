@@ -46,7 +46,7 @@ def connect(args, root: Path | None = None, max_new_tokens: int = 0) -> RemoteSe
         return None
     url = getattr(args, "server", None) or os.environ.get(SERVER_ENV)
     if url:   # named by the user: it must do, or it is an error
-        key = os.environ.get(API_KEY_ENV)
+        key = _announced_key(url) or os.environ.get(API_KEY_ENV)
         info = _get_info(url, key)
         problem = mismatch(info, args, root, max_new_tokens)
         if problem:
@@ -64,6 +64,18 @@ def connect(args, root: Path | None = None, max_new_tokens: int = 0) -> RemoteSe
             # for another repository, took the port: what answers must fit too.
             if mismatch(info, args, root, max_new_tokens) is None:
                 return RemoteSession(announced["url"], info, announced.get("api_key"), args.context_tokens)
+    return None
+
+
+def _announced_key(url: str) -> str | None:
+    """The API key of the server that announced itself at `url` (the same host and port), in a runtime file that
+    discovery believes; None where none did: the key goes to the server it belongs to, never elsewhere."""
+    from .server.discovery import running_servers
+
+    address = _address(url)
+    for announced in running_servers() if address is not None else ():
+        if _address(str(announced.get("url", ""))) == address:
+            return announced.get("api_key")
     return None
 
 
@@ -197,13 +209,21 @@ class RemoteSession:
 
 
 def _connection(url: str, timeout: float | None) -> http.client.HTTPConnection:
+    address = _address(url)
+    if address is None:
+        raise UsageError(f"--server {url}: expected http://HOST:PORT")
+    return http.client.HTTPConnection(*address, timeout=timeout)
+
+
+def _address(url: str) -> tuple[str, int] | None:
+    """The (host, port) an http:// URL (or a bare HOST:PORT) names; None if it is not one."""
     try:       # urlsplit refuses a bad port or an unclosed [ with ValueError (http.client a space, later)
         parts = urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme == "http" and parts.hostname and parts.hostname.isprintable() and " " not in parts.hostname:
-            return http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+            return parts.hostname, parts.port or 80
     except ValueError:
         pass
-    raise UsageError(f"--server {url}: expected http://HOST:PORT")
+    return None
 
 
 def _headers(api_key: str | None) -> dict:

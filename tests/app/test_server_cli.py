@@ -191,11 +191,12 @@ ENGINE = {"name": "stand-in", "device": "cpu", "dtype": "float32", "attention": 
 @pytest.fixture
 def stand_in():
     """start(info, stream=b"", headers={}) serves `info` (bytes as they are, else JSON) at /codecomplete/v1/info and
-    `stream` with `headers` for every POST; yields (url, posts) where posts counts the POSTs it got."""
+    `stream` with `headers` for every POST; yields (url, posts) where posts counts the POSTs it got. Each request's
+    Authorization header (None: none) goes to start.authorizations."""
     import http.server
     import threading
 
-    servers, posts = [], []
+    servers, posts, authorizations = [], [], []
 
     def start(info, stream: bytes = b"", headers: dict[str, str] = {}):
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -203,6 +204,7 @@ def stand_in():
                 pass
 
             def do_GET(self):
+                authorizations.append(self.headers.get("Authorization"))
                 body = info if isinstance(info, bytes) else json.dumps(info).encode()
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
@@ -210,6 +212,7 @@ def stand_in():
                 self.wfile.write(body)
 
             def do_POST(self):
+                authorizations.append(self.headers.get("Authorization"))
                 self.rfile.read(int(self.headers["Content-Length"]))
                 posts.append(self.path)
                 self.send_response(200)
@@ -222,6 +225,7 @@ def stand_in():
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}", posts
+    start.authorizations = authorizations
     yield start
     for server in servers:
         server.shutdown()
@@ -233,11 +237,12 @@ def args_for(*argv):
     return build_parser().parse_args([str(arg) for arg in argv])
 
 
-def announce_file(folder, url, repo, pid):
+def announce_file(folder, url, repo, pid, api_key=None):
     """A runtime file as `codecomplete serve` writes it; `pid` is alive (this process)."""
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = folder / f"{pid}.json"
-    path.write_text(json.dumps({"url": url, "repo": str(repo), "model_spec": None, "engine": ENGINE, "pid": pid}))
+    path.write_text(json.dumps({"url": url, "repo": str(repo), "model_spec": None, "engine": ENGINE, "pid": pid,
+                                "api_key": api_key}))
     path.chmod(0o600)
     return path
 
@@ -321,6 +326,40 @@ def test_a_server_announces_its_defaults_where_it_was_given_options(served_repo,
     named = args_for(served_repo, "--file", "app.py", "--attention", "sdpa")
     assert client.mismatch(info, named, served_repo, 8) is None
     assert "--attention sdpa" in client.mismatch(info, args_for(served_repo, "--file", "app.py"), served_repo, 8)
+
+
+def test_a_named_server_gets_the_api_key_its_runtime_file_holds_and_no_other_url_does(stand_in, tmp_path,
+                                                                                      monkeypatch):
+    """--server URL used only $CODECOMPLETE_API_KEY: a server with --api-key that announced itself answered 401
+    unless the user exported its key too. Its key now goes to the URL its trusted runtime file names (written as
+    the user likes: no scheme, a slash), and to no other URL; a file discovery would not believe gives none."""
+    import os
+
+    from codecomplete import client
+
+    monkeypatch.setenv("CODECOMPLETE_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.delenv("CODECOMPLETE_SERVER", raising=False)
+    monkeypatch.delenv("CODECOMPLETE_API_KEY", raising=False)
+    monkeypatch.delenv("CODECOMPLETE_MODEL", raising=False)
+    url, _ = stand_in({"repo": None, "model_spec": None, "engine": ENGINE})
+    other, _ = stand_in({"repo": None, "model_spec": None, "engine": ENGINE})
+    folder = tmp_path / "run" / "servers"
+    announce_file(folder, url, tmp_path, os.getpid(), api_key="secret")
+    for named in (url, url.removeprefix("http://") + "/"):
+        assert client.connect(args_for("--prompt", "x", "--server", named, "--device", "cpu"), None, 1).api_key \
+            == "secret"
+        assert stand_in.authorizations.pop() == "Bearer secret"
+    assert client.connect(args_for("--prompt", "x", "--server", other, "--device", "cpu"), None, 1).api_key is None
+    assert stand_in.authorizations.pop() is None
+    monkeypatch.setenv("CODECOMPLETE_API_KEY", "exported")          # elsewhere: the user's own key, as before
+    assert client.connect(args_for("--prompt", "x", "--server", other, "--device", "cpu"), None, 1).api_key \
+        == "exported"
+    assert stand_in.authorizations.pop() == "Bearer exported"
+    folder.chmod(0o777)                                             # a folder everyone may write to: not believed
+    assert client.connect(args_for("--prompt", "x", "--server", url, "--device", "cpu"), None, 1).api_key \
+        == "exported"
+    assert stand_in.authorizations == ["Bearer exported"]
+    folder.chmod(0o700)
 
 
 def test_a_runtime_file_another_user_could_have_written_is_not_believed(stand_in, tmp_path, monkeypatch):
