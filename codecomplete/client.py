@@ -26,6 +26,7 @@ SERVER_ENV = "CODECOMPLETE_SERVER"
 API_KEY_ENV = "CODECOMPLETE_API_KEY"
 PROTOCOL = "/codecomplete/v1"
 CONNECT_TIMEOUT_S = 2.0
+KV_CACHE_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}    # --kv-cache as engines name it
 
 
 @dataclass(frozen=True)
@@ -114,8 +115,6 @@ def _engine_options(args, info: dict) -> dict[str, str | None]:
     as given; one left out is what the server announced it resolves to when left out ("defaults"), which the
     models package decides on the server's device for its model (flash fits some head dims only): no table of
     them here, where torch is not imported, to drift from it."""
-    from .engine import KV_CACHE_DTYPES
-
     engine = info.get("engine", {})
     # (a server without default_device that was started without --device runs on it)
     device = args.device or info.get("default_device") or (None if info.get("device") else engine.get("device"))

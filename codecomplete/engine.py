@@ -105,12 +105,12 @@ def load(args, max_new_tokens: int, default_budget: int | None = None, headroom:
     with InterruptsDeferred():  # torch, triton and the model code import here
         device = device_for(args)
         set_threads(getattr(args, "threads", None), device)
-        check_kv_cache(args, device)
         if args.attention == "flash" and not device.startswith("cuda"):
             # Off the GPU the Triton kernels run in Triton's interpreter, which must be chosen before anything
             # imports Triton (torch's compiler does, on importing models).
             os.environ["TRITON_INTERPRET"] = "1"
         from models import ContextTooLongError, load_model
+    check_kv_cache(args, device)        # before the weights load
 
     budget = args.context_tokens or default_budget or (CPU_PROMPT_BUDGET if device.startswith("cpu") else None)
 
@@ -134,16 +134,16 @@ def load(args, max_new_tokens: int, default_budget: int | None = None, headroom:
     return engine
 
 
-KV_CACHE_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-
-
 def check_kv_cache(args, device: str) -> None:
-    """An unquantized cache holds the model's dtype: --kv-cache bf16 needs a bfloat16 model."""
-    wanted = KV_CACHE_DTYPES.get(args.kv_cache or "")
-    dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
-    if wanted and wanted != dtype:
-        raise UsageError(f"--kv-cache {args.kv_cache} needs --dtype {wanted} (the model runs in {dtype} here and an "
-                         f"unquantized cache holds the model's dtype); --kv-cache int8 or fp8 quantize any model")
+    """--kv-cache against the model's dtype on `device`, as the engine will check it (models' parse_kv_cache: an
+    unquantized cache holds the model's dtype), as a usage error. Only after models is imported (TRITON_INTERPRET)."""
+    import torch
+    from models.engine import parse_dtype, parse_kv_cache
+
+    try:
+        parse_kv_cache(args.kv_cache, parse_dtype(args.dtype, torch.device(device)))
+    except ValueError as exc:
+        raise UsageError(f"--kv-cache {args.kv_cache}: {exc}") from None
 
 
 def _max_tokens(args, max_new_tokens: int) -> str:

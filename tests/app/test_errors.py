@@ -34,6 +34,8 @@ def check_error(run, code, *words):
     (["--prompt", "x", "--device", "cpu:99"], ["--device cpu:99", "takes no index"]),
     (["--prompt", "x", "--device", "cpu", "--threads", "100000"], ["--threads 100000: this process may use"]),
     (["--prompt", "x", "--device", "cuda:99"], ["--device cuda:99"]),   # no GPU here, or not 100 of them
+    # an unquantized cache holds the model's dtype (the engine's own check, said before the weights load)
+    (["--prompt", "x", "--device", "cpu", "--kv-cache", "bf16"], ["--kv-cache bf16", "bf16 model", "float32 here"]),
     (["{repo}"], ["needs a terminal"]),             # the REPL, with stdin not a terminal
 ])
 def test_usage_and_input_errors_exit_2(codecomplete, repo, tmp_path, args, words):
