@@ -58,20 +58,17 @@ async def read_json(request: Request, model: type[Model], limit: int = MAX_BODY_
         raise ApiError(400, f"the request body is not valid UTF-8 (byte {exc.start})") from None
     try:
         data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ApiError(400, "the request body must be a JSON object")
+        return model.model_validate(_text_of(data))
     except json.JSONDecodeError as exc:
         raise ApiError(400, f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
-    except RecursionError:          # arrays in arrays, a few hundred deep: no request needs that
+    except ValidationError as exc:  # (a ValueError too)
+        raise ApiError(400, _first_problem(exc)) from None
+    except RecursionError:          # arrays in arrays, a few hundred deep (parsed, or then walked): no request needs it
         raise ApiError(400, "the request body nests too deeply") from None
     except ValueError as exc:       # an integer of more than 4,300 digits
         raise ApiError(400, f"the request body is not usable JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "the request body must be a JSON object")
-    try:
-        return model.model_validate(_text_of(data))
-    except ValidationError as exc:
-        raise ApiError(400, _first_problem(exc)) from None
-    except RecursionError:
-        raise ApiError(400, "the request body nests too deeply") from None
 
 
 def _text_of(value):

@@ -77,6 +77,9 @@ INFILL = {"input_prefix": "def f():\n", "input_suffix": ""}
     # JSON that parses into something Python cannot hold: arrays 100,000 deep, an integer of 5,000 digits
     ("/completion", b'{"prompt": "x", "a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "invalid_request_error",
      ["nests too deeply"]),
+    # 900 deep: parsed, then too deep to walk (its strings' surrogates) or validate
+    ("/completion", b'{"prompt": "x", "a": ' + b"[" * 900 + b"]" * 900 + b"}", 400, "invalid_request_error",
+     ["nests too deeply"]),
     ("/completion", b'{"prompt": "x", "top_k": ' + b"9" * 5000 + b"}", 400, "invalid_request_error", ["JSON"]),
     ("/codecomplete/v1/chat", {"max_tokens": 1, "messages": [{"role": "user"}]}, 400, "invalid_request_error",
      ["messages[0].content"]),
