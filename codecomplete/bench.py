@@ -21,8 +21,7 @@ from pathlib import Path
 from rich.table import Table
 from rich.text import Text
 
-from . import engine as engines
-from . import render, workspace
+from . import engines, render, workspace
 from .errors import UsageError
 
 GPU_CONTEXTS = (4096, 16384, 32768)

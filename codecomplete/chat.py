@@ -2,8 +2,7 @@
 carried), shared by the REPL and by the one-shot `--ask`."""
 from __future__ import annotations
 
-from . import client, render, workspace
-from . import engine as engines
+from . import client, engines, render, workspace
 from .errors import UsageError
 from .session import open_session
 

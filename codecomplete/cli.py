@@ -215,7 +215,7 @@ def check(args: argparse.Namespace, closed: frozenset[str] = frozenset()) -> Non
         raise UsageError(f"--{'server' if args.server else 'no-server'} goes with --file, --ask or --prompt")
     if args.contexts == []:
         raise UsageError("--contexts lists no context length (e.g. --contexts 256,1024)")
-    from .engine import check_model_spec, check_threads
+    from .engines import check_model_spec, check_threads
     check_model_spec(args)
     check_threads(args.threads)
     _check_streams(args, closed)

@@ -103,7 +103,7 @@ def mismatch(info: dict, args, root: Path | None, max_new_tokens: int) -> str | 
     elif args.context_tokens:
         fits = args.context_tokens + max_new_tokens <= capacity
     elif engine.get("device") == "cpu":
-        from .engine import CPU_PROMPT_BUDGET
+        from .engines import CPU_PROMPT_BUDGET
         fits = CPU_PROMPT_BUDGET + max_new_tokens <= capacity
     else:     # on a GPU the prompt takes what the default KV cache holds: the server's must be the default one
         fits = info.get("context_tokens") is None and max_new_tokens < capacity

@@ -7,8 +7,7 @@ from rich.text import Text
 
 from prompts.scan import MAX_BUFFER_BYTES, SNIFF_BYTES, read_regular_file
 
-from . import client, render, workspace
-from . import engine as engines
+from . import client, engines, render, workspace
 from .errors import UsageError, printable
 from .session import open_session
 from .workspace import read_stdin

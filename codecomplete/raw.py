@@ -1,8 +1,7 @@
 """`codecomplete --prompt TEXT`: the model continues TEXT, no repository, no template."""
 from __future__ import annotations
 
-from . import client, render
-from . import engine as engines
+from . import client, engines, render
 from .errors import UsageError
 from .session import open_session
 from .workspace import read_stdin

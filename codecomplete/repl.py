@@ -23,8 +23,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from . import chat, render, workspace
-from . import engine as engines
+from . import chat, engines, render, workspace
 from .errors import AppError, UsageError, classify, printable
 from .session import open_session
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from . import engine as engines
+from . import engines
 
 UNTITLED = "untitled"   # the current file of an infill request that does not name one
 

@@ -19,8 +19,7 @@ from pydantic import Field
 
 from prompts.scan import MAX_BUFFER_BYTES
 
-from .. import engine as engines
-from .. import workspace
+from .. import engines, workspace
 from .bodies import MAX_BODY_BYTES, Body, Seed, read_json
 from .errors import COMMAND_LINE
 from .streaming import json_response, ndjson, stream

@@ -59,10 +59,10 @@ def test_too_many_threads_are_refused_before_any_work(monkeypatch):
 def test_threads_default_to_the_idle_cores_and_leave_omp_num_threads_alone(monkeypatch):
     import torch
 
-    from codecomplete.engine import set_threads
+    from codecomplete.engines import set_threads
 
     before = torch.get_num_threads()
-    monkeypatch.setattr("codecomplete.engine._torch_default_threads", lambda: 2)  # 2 physical cores
+    monkeypatch.setattr("codecomplete.engines._torch_default_threads", lambda: 2)  # 2 physical cores
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
     try:

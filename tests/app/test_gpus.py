@@ -2,7 +2,7 @@
 import torch
 
 from codecomplete import cli
-from codecomplete import engine as engines
+from codecomplete import engines
 from codecomplete.errors import UsageError
 
 

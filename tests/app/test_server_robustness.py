@@ -12,7 +12,7 @@ import httpx
 import pytest
 from server_process import ServerProcess, raw_post
 
-from codecomplete import engine as engines
+from codecomplete import engines
 from codecomplete.session import Sampling, Session
 
 KEY = "sekret-key"
