@@ -282,6 +282,8 @@ def _event(line: bytes, needs: str | None = None) -> dict:
         raise AppError("the server closed the connection mid-answer")
     try:
         event = json.loads(line)
+        if not isinstance(event, dict) or not isinstance(event.get("text", ""), str):    # (what run() reads)
+            raise ValueError(line)
         if "error" in event:
             code = event["error"].get("code", 500)
             raise _error("", code if isinstance(code, int) and 400 <= code < 500 else 500, json.dumps(event).encode())

@@ -461,7 +461,11 @@ def test_a_server_killed_mid_answer_is_an_error_not_a_crash(stand_in, capsys):
                                     b'{"id": "j", "prompt": {"ids": [1], "context": [], "stop_token_ids": [], '
                                     b'"stop_strings": [], "format": "raw"}}\n{"text": "ab"}\n<html>\n',
                                     b'{"id": "j", "prompt": {"ids": [1], "context": [], "stop_token_ids": [], '
-                                    b'"stop_strings": [], "format": "raw"}}\n{"result": {"text": "ab"}}\n'])
+                                    b'"stop_strings": [], "format": "raw"}}\n{"result": {"text": "ab"}}\n',
+                                    # a line that is not an object, a text that is not a string
+                                    *[b'{"id": "j", "prompt": {"ids": [1], "context": [], "stop_token_ids": [], '
+                                      b'"stop_strings": [], "format": "raw"}}\n' + line
+                                      for line in (b'"text"\n', b'[1]\n', b'{"text": 5}\n', b'{"text": null}\n')]])
 def test_a_broken_answer_from_a_server_is_an_error_not_a_crash(stand_in, stream, capsys):
     from codecomplete.cli import main
 
