@@ -247,6 +247,10 @@ def _get_info(url: str, api_key: str | None) -> dict:
     try:
         info = json.loads(body)
         EngineInfo(**{f.name: info["engine"][f.name] for f in fields(EngineInfo)})
+        # (what mismatch computes with, beside what it only compares or shows)
+        if not isinstance(info["engine"]["context_length"], int) or not all(
+                isinstance(info.get(key) or "", str) for key in ("repo", "model_spec")):
+            raise TypeError(body)
     except (ValueError, KeyError, TypeError):
         raise UsageError(f"{url} does not answer as `codecomplete serve` does") from None
     return info

@@ -435,10 +435,13 @@ def test_a_bad_server_url_is_a_usage_error(url, capsys):
     assert len(err.strip().splitlines()) == 1 and "internal error" not in err and "--server" in err, err
 
 
-def test_something_else_at_the_server_url_is_an_error_not_a_crash(stand_in, capsys):
+@pytest.mark.parametrize("info", [b"<html>not json</html>",
+                                  {"repo": None, "model_spec": 5, "engine": ENGINE},
+                                  {"repo": None, "model_spec": None, "engine": {**ENGINE, "context_length": "8k"}}])
+def test_something_else_at_the_server_url_is_an_error_not_a_crash(stand_in, info, capsys):
     from codecomplete.cli import main
 
-    url, _ = stand_in(b"<html>not json</html>")
+    url, _ = stand_in(info)
     assert main(["--prompt", "x", "--server", url, "--max-tokens", "1"]) == 2
     err = capsys.readouterr().err
     assert "does not answer as `codecomplete serve`" in err and len(err.strip().splitlines()) == 1, err
