@@ -201,7 +201,7 @@ class RemoteSession:
         connection = _connection(self.url, timeout=CONNECT_TIMEOUT_S)
         try:
             _post(connection, f"{PROTOCOL}/cancel", {"id": job}, self.api_key).read()
-        except AppError:
+        except (AppError, OSError, http.client.HTTPException):
             pass         # it finished meanwhile, or is gone: the stream tells
         finally:
             connection.close()
@@ -240,6 +240,8 @@ def _get_info(url: str, api_key: str | None) -> dict:
         body = response.read()
     except OSError as exc:
         raise AppError(f"cannot reach the server at {url}: {exc.strerror or exc}") from None
+    except http.client.HTTPException:       # no HTTP there (another program took the port), or a cut answer
+        raise UsageError(f"{url} does not answer as `codecomplete serve` does") from None
     finally:
         connection.close()
     if response.status != 200:
@@ -262,10 +264,12 @@ def _post(connection: http.client.HTTPConnection, path: str, body: dict, api_key
         data = json.dumps(body, ensure_ascii=False).encode("utf-8", UNENCODABLE)
         connection.request("POST", path, data, headers=_headers(api_key))
         response = connection.getresponse()
+        if response.status != 200:
+            raise _error("", response.status, response.read())
     except OSError as exc:
         raise AppError(f"cannot reach the server: {exc.strerror or exc}") from None
-    if response.status != 200:
-        raise _error("", response.status, response.read())
+    except http.client.HTTPException:       # (as _get_info)
+        raise _malformed() from None
     return response
 
 
@@ -274,6 +278,8 @@ def _error(url: str, status: int, body: bytes) -> AppError:
     try:
         error = json.loads(body)["error"]
         message, kind = error["message"], error["type"]
+        if not isinstance(message, str):
+            raise TypeError(message)
     except (ValueError, KeyError, TypeError):
         message, kind = f"the server{' at ' + url if url else ''} answered HTTP {status}", ""
     usage = status in (400, 404, 413) and kind != "exceed_context_size_error"

@@ -447,6 +447,43 @@ def test_something_else_at_the_server_url_is_an_error_not_a_crash(stand_in, info
     assert "does not answer as `codecomplete serve`" in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_a_port_that_does_not_speak_http_is_not_a_server(tmp_path, monkeypatch, capsys):
+    """SSH (or anything not HTTP) at the port, named with --server or in a runtime file that outlived its server:
+    exit 2 with one line, or run in process. http.client's BadStatusLine was an internal error either way, so a
+    stale runtime file broke every command for that repository."""
+    import os
+    import socket
+    import threading
+
+    from codecomplete import client
+    from codecomplete.cli import main
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer():
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:         # closed: the test is over
+                return
+            with connection:
+                connection.recv(65536)
+                connection.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+    threading.Thread(target=answer, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        assert main(["--prompt", "x", "--server", url, "--max-tokens", "1"]) == 2
+        err = capsys.readouterr().err
+        assert "does not answer as `codecomplete serve`" in err and len(err.strip().splitlines()) == 1, err
+        monkeypatch.setenv("CODECOMPLETE_RUNTIME_DIR", str(tmp_path / "run"))
+        monkeypatch.delenv("CODECOMPLETE_SERVER", raising=False)
+        monkeypatch.delenv("CODECOMPLETE_MODEL", raising=False)
+        announce_file(tmp_path / "run" / "servers", url, tmp_path, os.getpid())
+        assert client.connect(args_for(tmp_path, "--file", "a.py", "--device", "cpu"), tmp_path, 8) is None
+    finally:
+        listener.close()
+
+
 def test_a_server_killed_mid_answer_is_an_error_not_a_crash(stand_in, capsys):
     """The stream ends inside a chunk (the server was killed): what the command line says, as for any cut."""
     from codecomplete.cli import main
