@@ -567,7 +567,7 @@ class Engine:
             state = self._decode_step(1, 1 + len(drafts))
             state.tokens.copy_(torch.tensor([[pending] + drafts]))
             state.input_pos.fill_(pos)
-            logits = state.run(kv_len=pos + 1 + len(drafts), exact=False)       # (1, V) or (1, T, V)
+            logits = state.run(kv_len=pos + 1 + len(drafts), exact=True)        # (1, V) or (1, T, V)
             if healing_now:                             # no drafts: logits (1, V)
                 emitted = accept(healing.restrict(logits.view(1, -1)), [], config, generator)
                 healing.advance(emitted)
@@ -637,7 +637,7 @@ class Engine:
 
         @torch.no_grad()
         def step() -> torch.Tensor:
-            return state.run(kv_len=context_tokens, exact=width == 1)
+            return state.run(kv_len=context_tokens, exact=True)
         return step
 
 

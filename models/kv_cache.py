@@ -61,6 +61,11 @@ class CacheView(NamedTuple):
         from kernels.reference import dequantize
         return dequantize(self.k, self.k_scale, dtype), dequantize(self.v, self.v_scale, dtype)
 
+    def zeroed_past(self, cache_seqlens: torch.Tensor, dtype: torch.dtype) -> CacheView:
+        """K and V in `dtype` with every slot at or past its row's length (cache_seqlens (B,)) zeroed: a copy."""
+        past = torch.arange(self.k.shape[2], device=self.k.device) >= cache_seqlens[:, None]           # (B, S)
+        return CacheView(*(t.masked_fill(past[:, None, :, None], 0.0) for t in self.dequantized(dtype)))
+
 
 class KVCache(nn.Module):
     """One layer's keys and values for up to `batch` sequences of up to `max_len` tokens."""

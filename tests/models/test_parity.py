@@ -147,6 +147,25 @@ def test_a_batch_of_different_lengths_gives_each_prompt_its_own_tokens(tiny_chec
     assert [r.prompt_tokens for r in batch] == [20, 7, 33]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kv_cache", [None, "int8"])
+def test_nan_past_a_rows_length_does_not_reach_its_tokens(tiny_checkpoint, backend, kv_cache):
+    """The shorter rows of a batch attend over slots past their lengths, masked; NaN stored there (what another
+    request's overflow could leave; in an 8-bit cache, its scales) must stay out of their tokens, as the kernels
+    never read those slots."""
+    directory, _ = tiny_checkpoint
+    engine = load_model(directory, device="cpu", attention=backend, max_context=48, kv_cache=kv_cache)
+    prompts = [list(range(10, 30)), list(range(40, 47)), list(range(100, 133))]
+    config = GenerationConfig(max_new_tokens=6)
+    singles = [engine.generate(p, config).token_ids for p in prompts]
+    engine._ensure_rows(len(prompts))
+    for layer in engine.model.layers:
+        cache = layer.attention.kv_cache
+        for poisoned in (cache.k_scale, cache.v_scale) if kv_cache else (cache.k, cache.v):
+            poisoned.fill_(float("nan"))
+    assert [r.token_ids for r in engine.generate_batch(prompts, config)] == singles
+
+
 def test_the_cuda_loop_with_lookahead_matches_on_the_cpu(tiny_checkpoint):
     """On CUDA the loop queues step t+1 before reading token t; run that schedule here and compare."""
     directory, _ = tiny_checkpoint
