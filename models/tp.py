@@ -64,13 +64,17 @@ def shard_config(config: ModelConfig, world: int, name: str = "model") -> ModelC
 
     vocab_size stays whole (token ids are checked against it); `build_shard` splits the output layer.
     """
+    # The rank count is the user's choice (--gpus, torchrun's processes): a SettingError, a usage error's exit code.
+    counts = [str(n) for n in range(1, config.n_kv_heads + 1) if config.n_kv_heads % n == config.ffn_dim % n == 0]
+    counts = f"{', '.join(counts[:-1])} or {counts[-1]}" if len(counts) > 1 else counts[0]
     if config.n_kv_heads % world:
-        raise UnsupportedModelError(
+        group = config.n_heads // config.n_kv_heads
+        raise SettingError(
             f"{name}: {config.n_kv_heads} key/value heads do not split over {world} ranks (each rank, a GPU or a "
-            f"CPU process, takes whole KV heads with their {config.n_heads // config.n_kv_heads} query heads): use a "
-            f"--gpus count that divides {config.n_kv_heads}")
+            f"CPU process, takes whole KV heads with their {group} query head{'s' * (group != 1)}): "
+            f"use --gpus {counts}")
     if config.ffn_dim % world:
-        raise UnsupportedModelError(f"{name}: the FFN width {config.ffn_dim} does not split over {world} ranks")
+        raise SettingError(f"{name}: the FFN width {config.ffn_dim} does not split over {world} ranks: use --gpus {counts}")
     return config.replace(n_heads=config.n_heads // world, n_kv_heads=config.n_kv_heads // world,
                           ffn_dim=config.ffn_dim // world, tie_embeddings=False)
 

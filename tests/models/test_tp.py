@@ -12,7 +12,7 @@ import torch
 import tp_helpers
 from tiny_models import save_tiny_llama, write_tiny_gguf
 
-from models import GenerationConfig, ModelError, UnsupportedModelError, load_model
+from models import GenerationConfig, ModelError, SettingError, load_model
 from models.config import preset
 from models.distributed import RankFailed, check_devices, run_on_ranks
 from models.llama import build_random_model
@@ -72,9 +72,10 @@ def gqa_checkpoint(tmp_path_factory, llama_tokenizer):
 
 
 def test_a_split_that_does_not_divide_names_the_numbers():
-    with pytest.raises(UnsupportedModelError, match="8 key/value heads do not split over 3 ranks"):
+    # The rank count is the user's choice: a SettingError (exit 2 from the command line) naming the counts that work.
+    with pytest.raises(SettingError, match=r"8 key/value heads do not split over 3 ranks .*: use --gpus 1, 2, 4 or 8$"):
         shard_config(preset("CodeLlama-34B"), 3)
-    with pytest.raises(UnsupportedModelError, match="3 key/value heads do not split over 2 ranks"):
+    with pytest.raises(SettingError, match=r"3 key/value heads do not split over 2 ranks .*: use --gpus 1 or 3$"):
         shard_config(preset("SmolLM2-135M"), 2)
     local = shard_config(preset("CodeLlama-70B"), 2)
     assert (local.n_heads, local.n_kv_heads, local.head_dim, local.ffn_dim, local.vocab_size) == (32, 4, 128, 14336, 32016)
