@@ -173,7 +173,8 @@ def sampling(args, max_new_tokens: int):
 
 def generate(generation, view):
     """Stream one generation (a session's, in process or on a server) into a view. Ctrl-C ends it between tokens
-    with finish_reason "cancelled" and the text so far; a closed pipe raises BrokenPipeError."""
+    (or the prefill's layers) with finish_reason "cancelled" and the text so far; a closed pipe raises
+    BrokenPipeError."""
     if isinstance(view, LiveView):      # the live line shows speculation's acceptance as it goes
         view.progress = lambda: getattr(generation.engine, "progress", None)
     with CancelOnSigint() as cancel, view:

@@ -384,7 +384,9 @@ class Engine:
     def generate(self, prompt_ids: Sequence[int], config: GenerationConfig = GenerationConfig(),
                  on_text: Callable[[str], None] | None = None,
                  should_stop: Callable[[], bool] | None = None) -> GenerationResult:
-        """Generate from one prompt, streaming text deltas to on_text; reuses the cached prefix of the last request."""
+        """Generate from one prompt, streaming text deltas to on_text; reuses the cached prefix of the last request.
+        `should_stop` is asked between tokens, and on a CPU between the prefill's layers too: True ends the request
+        ("cancelled", the text so far)."""
         return self._generate([list(prompt_ids)], config, on_text, should_stop, reuse=True)[0]
 
     def generate_batch(self, prompts: Sequence[Sequence[int]], config: GenerationConfig = GenerationConfig(),
@@ -411,7 +413,15 @@ class Engine:
             logits = self._feed_tail(prompts[0], reused[0])                              # (1, V)
         else:
             reused = [self.prefill_span(r, len(p))[0] for p, r in zip(prompts, reused)]   # bucketed starts
-            logits = torch.cat([self._prefill(p, r, b) for b, (p, r) in enumerate(zip(prompts, reused))])  # (B, V)
+            # A CPU's long prefill (seconds) stops between layers when asked; a GPU queues the layers faster than it
+            # runs them, so a poll there (under tensor parallelism, a broadcast to the ranks) would stop nothing.
+            poll = should_stop if self._device.type != "cuda" else None
+            logits = []
+            for b, (p, r) in enumerate(zip(prompts, reused)):
+                logits.append(self._prefill(p, r, b, poll))                            # (1, V), None: stopped
+                if logits[-1] is None:
+                    return self._cancelled_in_prefill(prompts, rows, reused, t_prefill)
+            logits = torch.cat(logits)                                                  # (B, V)
         if not bool(torch.isfinite(logits).all()):    # NaN or inf weights: the "text" would be token 0 over and over
             raise ModelError(f"{self.name}: the model's output is not a number (NaN or inf in its weights?)")
         generator = make_generator(self._device, config.seed) if config.temperature > 0 else None
@@ -436,6 +446,15 @@ class Engine:
                           verify_steps=loop.verify_steps)
         return [row.result(len(p), r, timings) for row, p, r in zip(rows, prompts, reused)]
 
+    def _cancelled_in_prefill(self, prompts, rows, reused, t_prefill: float) -> list[GenerationResult]:
+        """Results without tokens for a request stopped during its prefill. Cache row 0 still holds the prefix the
+        prefill started from (its span's K/V were written in some layers only, so nothing past it counts)."""
+        self._cached_ids = prompts[0][:reused[0]]
+        for row in rows:
+            row.cancel()
+        timings = Timings(load_s=self.load_s, prefill_s=perf_counter() - t_prefill)
+        return [row.result(len(p), r, timings) for row, p, r in zip(rows, prompts, reused)]
+
     def prefill_span(self, start: int, length: int) -> tuple[int, int]:
         """The positions [first, end) a prefill of prompt[start:length] runs over: with `prefill_bucket` set,
         `start` rounded down and `length` up to multiples of it (the end within the cache); else as given."""
@@ -444,14 +463,16 @@ class Engine:
             return start, length
         return start // bucket * bucket, min(-(-length // bucket) * bucket, self.context_length)
 
-    def _prefill(self, prompt: list[int], start: int, row: int) -> torch.Tensor:
+    def _prefill(self, prompt: list[int], start: int, row: int, should_stop=None) -> torch.Tensor | None:
         """The logits (1, V) after `prompt`, whose first `start` tokens cache row `row` holds: a prefill of the rest,
-        padded at the end to the bucketed span (pad keys and values land past the prompt, never read)."""
+        padded at the end to the bucketed span (pad keys and values land past the prompt, never read).
+        None if `should_stop` said so between two layers."""
         end = self.prefill_span(start, len(prompt))[1]
         ids = prompt[start:] + [prompt[-1]] * (end - len(prompt))
         tokens = torch.tensor([ids], device=self._device)                            # (1, end - start)
         dense = compiled_prefill_kernels() if self.compile_prefill else None
-        return self.model.prefill(tokens, start, row, last=len(prompt) - 1 - start, dense=dense)
+        return self.model.prefill(tokens, start, row, last=len(prompt) - 1 - start, dense=dense,
+                                  should_stop=should_stop)
 
     @torch.no_grad()
     def warm_prefill(self, lengths: Sequence[int]) -> list[int]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -316,17 +316,23 @@ class Transformer(nn.Module):
                                                group=c.n_heads // c.n_kv_heads)
 
     def prefill(self, tokens: torch.Tensor, start: int = 0, row: int = 0, all_logits: bool = False,
-                last: int = -1, dense: DenseKernels | None = None) -> torch.Tensor:
+                last: int = -1, dense: DenseKernels | None = None,
+                should_stop: Callable[[], bool] | None = None) -> torch.Tensor | None:
         """Run tokens (1, T) at positions start..start+T of cache row `row` (which holds [0, start) already).
 
         Returns float32 logits (1, T, V) with all_logits, else position `last`'s (1, V) (a padded span's last
         prompt token). `dense`: the dense kernels to run instead of `self.dense` (a compiled variant of them).
+        `should_stop` is asked before each layer: True ends the prefill there and returns None (the layers run
+        wrote this span's K/V, the others did not: the row then holds [0, start) only). Between layers, not
+        between chunks of the prompt, so that every number computed stays what one whole prefill computes.
         """
         T = tokens.shape[1]
         positions = torch.arange(start, start + T, device=tokens.device)[None]   # (1, T)
         cos, sin = self.rope(positions, start + T)
         x = self.tok_embeddings(tokens)                                          # (1, T, dim)
         for layer in self.layers:
+            if should_stop is not None and should_stop():
+                return None
             x = layer(x, cos, sin, Prefill(row, start), dense or self.dense)
         x = x if all_logits else x[:, last]
         return self.dense.final_logits(x, self.norm.weight, self.norm.eps, self.output.weight)

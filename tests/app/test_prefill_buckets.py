@@ -112,7 +112,7 @@ def test_warm_prefill_runs_each_bucketed_span_once_and_forgets_the_cache():
     before = engine.generate(ids, GenerationConfig(max_new_tokens=6))
     seen = []
     real = engine._prefill
-    engine._prefill = lambda p, start, row: seen.append((len(p), start, row)) or real(p, start, row)
+    engine._prefill = lambda p, start, row, *rest: seen.append((len(p), start, row)) or real(p, start, row, *rest)
     assert engine.warm_prefill([30, 31, 17, 33, 0, 500]) == [32, 48]
     assert seen == [(32, 0, 0), (48, 0, 0)]
     after = engine.generate(ids, GenerationConfig(max_new_tokens=6))

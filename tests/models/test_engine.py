@@ -88,6 +88,27 @@ def test_cancellation_returns_the_partial_text_and_keeps_the_cache_consistent(sm
     assert again.token_ids == cold.token_ids
 
 
+def test_a_cancel_during_prefill_ends_it_between_layers_and_keeps_the_cached_prefix(smollm_engine, full_run):
+    """Ctrl-C while a long prompt prefills (seconds on a CPU) ends the prefill at the next layer, before any token;
+    the prefix the cache held before stays reusable, and the next request gives the cold run's tokens."""
+    prompt, cold, _ = full_run
+    shared = encode(smollm_engine, CONTEXT)
+    smollm_engine.clear_prefix_cache()
+    smollm_engine.generate(shared, GenerationConfig(max_new_tokens=1))
+    polls, deltas = [], []
+
+    def stop_at_the_third_layer():
+        polls.append(len(polls))
+        return len(polls) == 3
+
+    result = smollm_engine.generate(prompt, GREEDY, on_text=deltas.append, should_stop=stop_at_the_third_layer)
+    assert result.finish_reason == "cancelled" and result.token_ids == [] and result.text == "" and not deltas
+    assert len(polls) == 3 < smollm_engine.model.config.n_layers     # asked between layers, not after it said stop
+    again = smollm_engine.generate(prompt, GREEDY)
+    assert again.reused_prefix_tokens == result.reused_prefix_tokens >= len(shared) - 1
+    assert again.token_ids == cold.token_ids and again.text == cold.text
+
+
 def test_stop_string_straddling_a_token_boundary(smollm_engine, full_run):
     prompt, cold, deltas = full_run
     # Two adjacent tokens with at least two characters each: stop on the last two + first two.

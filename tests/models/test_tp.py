@@ -123,11 +123,13 @@ def test_the_engine_on_two_ranks_generates_what_one_does(no_hang, gqa_checkpoint
         a, b = both(first, GenerationConfig(max_new_tokens=10, temperature=0.9, seed=7))
         assert b.token_ids == a.token_ids
 
-        def after(n):                      # should_stop is asked once per token
+        def after(n):                      # should_stop is asked before each of the 2 layers' prefill, then per step
             calls = iter(range(1000))
             return lambda: next(calls) >= n
-        a, b = single.generate(second, greedy, should_stop=after(3)), engine.generate(second, greedy, should_stop=after(3))
-        assert b.finish_reason == a.finish_reason == "cancelled" and b.token_ids == a.token_ids
+        for n in (1, 4):                   # a cancel during the prefill (every rank stops there), then a decode step
+            a, b = single.generate(second, greedy, should_stop=after(n)), engine.generate(second, greedy, should_stop=after(n))
+            assert b.finish_reason == a.finish_reason == "cancelled" and b.token_ids == a.token_ids
+            assert bool(a.token_ids) == (n > 2) and b.reused_prefix_tokens == a.reused_prefix_tokens == 14
 
         with pytest.raises(ModelError, match="empty prompt"):    # a bad request: every rank refuses, all go on
             engine.generate([], greedy)
