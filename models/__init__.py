@@ -13,7 +13,7 @@ from models.errors import (ContextTooLongError, ModelError, ModelNotFoundError, 
 from models.generation import GenerationConfig, GenerationResult, Timings
 
 _LAZY = {
-    "load_model": "models.engine", "Engine": "models.engine",
+    "load_model": "models.load", "Engine": "models.engine",
     "ModelConfig": "models.config", "PRESETS": "models.config", "preset": "models.config",
     "Transformer": "models.llama", "build_random_model": "models.llama",
 }

@@ -1,6 +1,6 @@
 """The Engine: a loaded model, its KV cache, and the decode loop that streams text.
 
-    engine = load_model()                                   # the embedded SmolLM2 unless told otherwise
+    engine = load_model()                   # models/load.py: the embedded SmolLM2 unless told otherwise
     result = engine.generate(ids, GenerationConfig(max_new_tokens=64), on_text=print)
 
 A request prefills its prompt (only the part the cache does not already hold from the previous
@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from time import perf_counter
 from typing import NamedTuple
 
@@ -29,14 +28,12 @@ from models.errors import ContextTooLongError, ModelError, SettingError
 from models.generation import GenerationConfig, GenerationResult, Timings
 from models.healing import HealingConstraint, PrefixStripper, vocabulary_bytes
 from models.llama import DenseKernels, Transformer, attention_inputs, attention_output_and_ffn, final_logits
-from models.kv_cache import QUANTIZED, cache_dtype_name
+from models.kv_cache import cache_dtype_name
+from models.options import DEFAULT_MAX_CONTEXT, parse_kv_cache
 from models.sampling import make_generator, sample
 from models.speculative import PromptLookup, accept
 from models.tokenizer import IncrementalDetokenizer, StopStringMatcher
 
-DEFAULT_MAX_CONTEXT = 16384
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
 # Drafts verified per step when GenerationConfig.speculate is None, by device (bench/results/NOTES.md).
 DEFAULT_SPECULATE = {"cpu": 8, "cuda": 8}
 MAX_SPECULATE = 15     # the multi-token decode kernel takes up to 16 query tokens
@@ -63,92 +60,6 @@ GRAPHED_TAIL = 4
 # values; theirs lie past the sequence's length, where decoding overwrites them before anything reads them.
 # CODECOMPLETE_PREFILL_BUCKET=0 turns it off (and N sets another size).
 PREFILL_BUCKET = {"cuda": 128}
-
-
-def load_model(spec=None, device=None, dtype=None, attention=None, max_context=None, progress=None,
-               cuda_graphs=None, gpus=None, tp=None, kv_cache=None) -> Engine:
-    """Load a model (None: $CODECOMPLETE_MODEL or the embedded SmolLM2) into a ready Engine.
-
-    spec: a HF checkpoint directory, a .gguf file, a hub id, or "random:PRESET[:TOKENIZER_DIR]" (random
-    weights of a preset's exact shapes, for benchmarking where no checkpoint is at hand; without a tokenizer
-    directory it has no tokenizer).
-    device: "cuda" if available else "cpu".
-    dtype: bf16 on CUDA, float32 on CPU. attention: "flash" on CUDA, "sdpa" on CPU.
-    max_context: KV-cache capacity in tokens, default min(model limit, 16384).
-    cuda_graphs: capture the decode step in a CUDA graph (default: on CUDA).
-    gpus: N > 1 splits the model over N GPUs (tensor parallelism, models/tp.py; with device "cpu", N gloo
-    processes): this process becomes rank 0 and starts the others; the engine returned runs every call on
-    all of them (models/lockstep.py). Under torchrun the ranks exist already and N is its world size.
-    tp: this process's `models.tp.TensorParallel` rank (the launcher passes it): load only its part.
-    kv_cache: None (the model dtype), "fp8" (e4m3) or "int8": 8 bits with per-token scales, about half the bytes.
-    """
-    from models.loading.hf import load_hf_model, read_config
-
-    if tp is None and ((gpus or 1) > 1 or "TORCHELASTIC_RUN_ID" in os.environ):
-        from models.lockstep import load_on_ranks
-        return load_on_ranks(gpus, spec, device=device, dtype=dtype, attention=attention, max_context=max_context,
-                             progress=progress, cuda_graphs=cuda_graphs, kv_cache=kv_cache)
-    start = perf_counter()
-    device = tp.device if tp is not None else torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = parse_dtype(dtype, device)
-    quant = parse_kv_cache(kv_cache, dtype)
-    if isinstance(spec, str) and spec.startswith(RANDOM_PREFIX):
-        return _random_engine(spec, device, dtype, attention, max_context, cuda_graphs, start, tp, quant)
-    name, directory = checkpoint_directory(spec, dtype, progress)
-    context = context_capacity(read_config(directory), max_context, name)
-    if progress:
-        progress(f"Loading {name} on {device.type}")
-    loaded = load_hf_model(directory, device, dtype, max_len=context, name=name, tp=tp)
-    engine = Engine(loaded.model, loaded.tokenizer, name=name, attention=attention,
-                    context_length=context, eos_token_ids=loaded.eos_token_ids, cuda_graphs=cuda_graphs,
-                    kv_cache=quant)
-    engine.load_s = perf_counter() - start
-    return engine
-
-
-RANDOM_PREFIX = "random:"
-
-
-def checkpoint_directory(spec, dtype: torch.dtype, progress=None) -> tuple[str, Path]:
-    """(the model's name, its Hugging Face style directory): a hub id downloaded, a GGUF converted once."""
-    from models.loading import resolve
-
-    source = resolve(spec, progress)
-    if source.kind != "gguf":
-        return source.name, source.path
-    from models.loading.gguf import gguf_checkpoint
-    return source.name, gguf_checkpoint(source.path, dtype, progress)
-
-
-def _random_engine(spec: str, device, dtype, attention, max_context, cuda_graphs, start: float, tp=None,
-                   quant: str | None = None) -> Engine:
-    """An Engine over random weights of a preset's shapes: times exactly like the real checkpoint.
-
-    With a tokenizer directory (`random:CodeLlama-7B:DIR`, e.g. the embedded model's tokenizer files) the whole
-    app runs on it; the vocabulary is then sized to the tokenizer's, so every id it makes is a valid input."""
-    from models.config import preset
-    from models.llama import build_random_model
-
-    name, _, tokenizer_dir = spec[len(RANDOM_PREFIX):].partition(":")
-    config = preset(name)
-    tokenizer, label = None, f"{name} (random weights)"
-    if tokenizer_dir:
-        from models.loading.hf import load_tokenizer
-
-        tokenizer = load_tokenizer(Path(tokenizer_dir).expanduser())
-        config = config.replace(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                                eos_token_ids=() if tokenizer.eos_token_id is None else (tokenizer.eos_token_id,))
-        label = f"{name} (random weights, vocabulary {len(tokenizer)})"
-    context = context_capacity(config, max_context, name)
-    if tp is None:
-        model = build_random_model(config, device=device, dtype=dtype, max_len=context)
-    else:
-        from models.tp import random_shard
-        model = random_shard(config, tp, device, dtype, max_len=context)
-    engine = Engine(model, tokenizer, name=label, attention=attention, context_length=context,
-                    eos_token_ids=(), cuda_graphs=cuda_graphs, kv_cache=quant)
-    engine.load_s = perf_counter() - start
-    return engine
 
 
 def _prefill_attention_inputs(x, norm_weight, eps, wqkv, cos, sin, n_heads, n_kv_heads, head_dim):
@@ -197,43 +108,6 @@ def prefill_bucket(device_type: str, config: ModelConfig) -> int:
     if bucket < 0:
         raise SettingError(f"CODECOMPLETE_PREFILL_BUCKET={setting!r}: a number of tokens (0: off)")
     return bucket
-
-
-def parse_dtype(dtype, device: torch.device) -> torch.dtype:
-    if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if str(dtype).lower() not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
-    return DTYPES[str(dtype).lower()]
-
-
-def parse_kv_cache(kv_cache, dtype: torch.dtype) -> str | None:
-    """The 8-bit cache type ("fp8", "int8"), or None for the model's own dtype (None or its name)."""
-    if kv_cache is None:
-        return None
-    name = str(kv_cache).lower()
-    if name in QUANTIZED:
-        return name
-    if name not in DTYPES:
-        raise ValueError(f"unknown KV cache type {kv_cache!r} (choose from {', '.join(QUANTIZED)} or the model dtype)")
-    if DTYPES[name] != dtype:
-        raise ValueError(f"a {name} KV cache needs a {name} model (an unquantized cache holds the model's dtype, "
-                         f"{str(dtype).removeprefix('torch.')} here): choose that dtype, or an 8-bit cache")
-    return None
-
-
-def context_capacity(config: ModelConfig, max_context: int | None, name: str) -> int:
-    limit = config.context_limit
-    if max_context is None:
-        return min(limit, DEFAULT_MAX_CONTEXT)
-    if max_context > limit:
-        raise ContextTooLongError(
-            f"{name}: a context of {max_context} tokens exceeds the model's limit of {limit} positions")
-    if max_context < 1:
-        raise ValueError(f"max_context must be positive, got {max_context}")
-    return max_context
 
 
 class Engine:

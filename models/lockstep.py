@@ -32,10 +32,11 @@ import torch.distributed as dist
 
 from models.config import preset
 from models.distributed import RankFailed, Ranks, under_torchrun
-from models.engine import RANDOM_PREFIX, checkpoint_directory, load_model, parse_dtype
 from models.errors import ModelError
 from models.generation import GenerationConfig
+from models.load import RANDOM_PREFIX, checkpoint_directory, load_model
 from models.loading.hf import read_config
+from models.options import parse_dtype
 from models.tp import TensorParallel, shard_config
 
 LOAD, SET, CLOSE = "load", "__setattr__", "close"

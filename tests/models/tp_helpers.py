@@ -55,7 +55,7 @@ def all_logits(hf_model, gguf_model, tied_model) -> dict[str, torch.Tensor]:
 
 def rank_logits(tp, directory: str, gguf_path: str) -> dict[str, torch.Tensor]:
     """Every rank: its part of the three models; rank 0's (gathered, full-vocabulary) logits come back."""
-    from models.engine import load_model
+    from models.load import load_model
     from models.loading.hf import load_hf_model
     from models.tp import random_shard
 

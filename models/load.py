@@ -1,0 +1,102 @@
+"""`load_model`: a checkpoint (a directory, a GGUF file, a hub id) or random weights of a preset's shapes, loaded into
+a ready Engine, on this process or split over several (models/lockstep.py).
+
+    engine = load_model()                                   # the embedded SmolLM2 unless told otherwise
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from time import perf_counter
+
+import torch
+
+from models.engine import Engine
+from models.options import context_capacity, parse_dtype, parse_kv_cache
+
+
+def load_model(spec=None, device=None, dtype=None, attention=None, max_context=None, progress=None,
+               cuda_graphs=None, gpus=None, tp=None, kv_cache=None) -> Engine:
+    """Load a model (None: $CODECOMPLETE_MODEL or the embedded SmolLM2) into a ready Engine.
+
+    spec: a HF checkpoint directory, a .gguf file, a hub id, or "random:PRESET[:TOKENIZER_DIR]" (random
+    weights of a preset's exact shapes, for benchmarking where no checkpoint is at hand; without a tokenizer
+    directory it has no tokenizer).
+    device: "cuda" if available else "cpu".
+    dtype: bf16 on CUDA, float32 on CPU. attention: "flash" on CUDA, "sdpa" on CPU.
+    max_context: KV-cache capacity in tokens, default min(model limit, 16384).
+    cuda_graphs: capture the decode step in a CUDA graph (default: on CUDA).
+    gpus: N > 1 splits the model over N GPUs (tensor parallelism, models/tp.py; with device "cpu", N gloo
+    processes): this process becomes rank 0 and starts the others; the engine returned runs every call on
+    all of them (models/lockstep.py). Under torchrun the ranks exist already and N is its world size.
+    tp: this process's `models.tp.TensorParallel` rank (the launcher passes it): load only its part.
+    kv_cache: None (the model dtype), "fp8" (e4m3) or "int8": 8 bits with per-token scales, about half the bytes.
+    """
+    from models.loading.hf import load_hf_model, read_config
+
+    if tp is None and ((gpus or 1) > 1 or "TORCHELASTIC_RUN_ID" in os.environ):
+        from models.lockstep import load_on_ranks
+        return load_on_ranks(gpus, spec, device=device, dtype=dtype, attention=attention, max_context=max_context,
+                             progress=progress, cuda_graphs=cuda_graphs, kv_cache=kv_cache)
+    start = perf_counter()
+    device = tp.device if tp is not None else torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = parse_dtype(dtype, device)
+    quant = parse_kv_cache(kv_cache, dtype)
+    if isinstance(spec, str) and spec.startswith(RANDOM_PREFIX):
+        return _random_engine(spec, device, dtype, attention, max_context, cuda_graphs, start, tp, quant)
+    name, directory = checkpoint_directory(spec, dtype, progress)
+    context = context_capacity(read_config(directory), max_context, name)
+    if progress:
+        progress(f"Loading {name} on {device.type}")
+    loaded = load_hf_model(directory, device, dtype, max_len=context, name=name, tp=tp)
+    engine = Engine(loaded.model, loaded.tokenizer, name=name, attention=attention,
+                    context_length=context, eos_token_ids=loaded.eos_token_ids, cuda_graphs=cuda_graphs,
+                    kv_cache=quant)
+    engine.load_s = perf_counter() - start
+    return engine
+
+
+RANDOM_PREFIX = "random:"
+
+
+def checkpoint_directory(spec, dtype: torch.dtype, progress=None) -> tuple[str, Path]:
+    """(the model's name, its Hugging Face style directory): a hub id downloaded, a GGUF converted once."""
+    from models.loading import resolve
+
+    source = resolve(spec, progress)
+    if source.kind != "gguf":
+        return source.name, source.path
+    from models.loading.gguf import gguf_checkpoint
+    return source.name, gguf_checkpoint(source.path, dtype, progress)
+
+
+def _random_engine(spec: str, device, dtype, attention, max_context, cuda_graphs, start: float, tp=None,
+                   quant: str | None = None) -> Engine:
+    """An Engine over random weights of a preset's shapes: times exactly like the real checkpoint.
+
+    With a tokenizer directory (`random:CodeLlama-7B:DIR`, e.g. the embedded model's tokenizer files) the whole
+    app runs on it; the vocabulary is then sized to the tokenizer's, so every id it makes is a valid input."""
+    from models.config import preset
+    from models.llama import build_random_model
+
+    name, _, tokenizer_dir = spec[len(RANDOM_PREFIX):].partition(":")
+    config = preset(name)
+    tokenizer, label = None, f"{name} (random weights)"
+    if tokenizer_dir:
+        from models.loading.hf import load_tokenizer
+
+        tokenizer = load_tokenizer(Path(tokenizer_dir).expanduser())
+        config = config.replace(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                eos_token_ids=() if tokenizer.eos_token_id is None else (tokenizer.eos_token_id,))
+        label = f"{name} (random weights, vocabulary {len(tokenizer)})"
+    context = context_capacity(config, max_context, name)
+    if tp is None:
+        model = build_random_model(config, device=device, dtype=dtype, max_len=context)
+    else:
+        from models.tp import random_shard
+        model = random_shard(config, tp, device, dtype, max_len=context)
+    engine = Engine(model, tokenizer, name=label, attention=attention, context_length=context,
+                    eos_token_ids=(), cuda_graphs=cuda_graphs, kv_cache=quant)
+    engine.load_s = perf_counter() - start
+    return engine

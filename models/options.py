@@ -1,0 +1,53 @@
+"""What the options of loading a model mean: dtype names, the KV cache's kind, the context's capacity.
+
+Shared by `models.load` (which reads them for `load_model`) and the Engine (whose KV cache can be switched later).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from models.config import ModelConfig
+from models.errors import ContextTooLongError
+from models.kv_cache import QUANTIZED
+
+DEFAULT_MAX_CONTEXT = 16384
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+
+
+def parse_dtype(dtype, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if str(dtype).lower() not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+    return DTYPES[str(dtype).lower()]
+
+
+def parse_kv_cache(kv_cache, dtype: torch.dtype) -> str | None:
+    """The 8-bit cache type ("fp8", "int8"), or None for the model's own dtype (None or its name)."""
+    if kv_cache is None:
+        return None
+    name = str(kv_cache).lower()
+    if name in QUANTIZED:
+        return name
+    if name not in DTYPES:
+        raise ValueError(f"unknown KV cache type {kv_cache!r} (choose from {', '.join(QUANTIZED)} or the model dtype)")
+    if DTYPES[name] != dtype:
+        raise ValueError(f"a {name} KV cache needs a {name} model (an unquantized cache holds the model's dtype, "
+                         f"{str(dtype).removeprefix('torch.')} here): choose that dtype, or an 8-bit cache")
+    return None
+
+
+def context_capacity(config: ModelConfig, max_context: int | None, name: str) -> int:
+    limit = config.context_limit
+    if max_context is None:
+        return min(limit, DEFAULT_MAX_CONTEXT)
+    if max_context > limit:
+        raise ContextTooLongError(
+            f"{name}: a context of {max_context} tokens exceeds the model's limit of {limit} positions")
+    if max_context < 1:
+        raise ValueError(f"max_context must be positive, got {max_context}")
+    return max_context
