@@ -138,7 +138,7 @@ def check_kv_cache(args, device: str) -> None:
     """--kv-cache against the model's dtype on `device`, as the engine will check it (models' parse_kv_cache: an
     unquantized cache holds the model's dtype), as a usage error. Only after models is imported (TRITON_INTERPRET)."""
     import torch
-    from models.engine import parse_dtype, parse_kv_cache
+    from models.options import parse_dtype, parse_kv_cache
 
     try:
         parse_kv_cache(args.kv_cache, parse_dtype(args.dtype, torch.device(device)))

@@ -115,7 +115,7 @@ def _defaults(args, engine) -> dict:
     this server was started with leaves its default unknown where only the engine decides it (attention: flash
     where the kernels take the model's head dim)."""
     import torch
-    from models.engine import parse_dtype
+    from models.options import parse_dtype
 
     dtype = str(parse_dtype(None, torch.device(engine.device))).removeprefix("torch.")
     return {"dtype": dtype, "attention": engine.attention if args.attention is None else None}
