@@ -68,6 +68,9 @@ class ChatRequest(Options):
     max_tokens: int | None = Field(None, ge=0, validation_alias=AliasChoices(
         "max_completion_tokens", "max_tokens", "n_predict"))
     tools: list | None = None
+    functions: list | None = None                 # the older API's tools
+    tool_choice: str | dict | None = None
+    function_call: str | dict | None = None       # the older API's tool_choice
     logprobs: bool = False
     response_format: dict | None = None
 
@@ -134,8 +137,11 @@ async def completions(request: Request):
 async def chat_completions(request: Request):
     server = request.app.state.server
     body = await read_json(request, ChatRequest)
-    if body.tools:
+    if body.tools or body.functions:
         raise ApiError(400, "tools are not supported")
+    for name, choice in (("tool_choice", body.tool_choice), ("function_call", body.function_call)):
+        if choice not in (None, "none", "auto"):     # it demands a call: prose back would pass for one
+            raise ApiError(400, f"{name} {choice!r} is not supported (no tools: only 'none' or 'auto')")
     if body.response_format and body.response_format.get("type", "text") != "text":
         # no grammar-constrained decoding: prose back where a client asked for JSON would pass for an answer
         raise ApiError(400, f"response_format {body.response_format.get('type')!r} is not supported (only 'text')")

@@ -60,6 +60,13 @@ INFILL = {"input_prefix": "def f():\n", "input_suffix": ""}
         "type": "json_object"}}, 400, "invalid_request_error", ["response_format 'json_object' is not supported"]),
     ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]}, 400, "invalid_request_error",
      ["messages[0].role"]),
+    # the older API's tools, and a tool call demanded: prose back would pass for a call
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "functions": [{"name": "f"}]}, 400,
+     "invalid_request_error", ["tools"]),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "tool_choice": "required"}, 400,
+     "invalid_request_error", ["tool_choice 'required'"]),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "function_call": {"name": "f"}}, 400,
+     "invalid_request_error", ["function_call"]),
     ("/codecomplete/v1/complete", {"path": "../outside.py", "text": "x = 1\n", "max_tokens": 1}, 400,
      "invalid_request_error",
      ["outside the repository"]),
