@@ -24,7 +24,7 @@ from fastapi.responses import PlainTextResponse
 from pydantic import Field
 
 from .errors import ApiError
-from .bodies import Body, Seed, read_json, stop_strings
+from .bodies import Body, Seed, read_json, stop_strings, system_first
 from .streaming import json_response, ndjson, stream
 
 PREFIX = "/api/"
@@ -129,7 +129,7 @@ async def chat(request: Request):
     if body.tools:
         raise ApiError(400, "tools are not supported")
     _check_format(body.format)
-    messages = [{"role": m.role, "content": m.content} for m in body.messages]
+    messages = system_first([{"role": m.role, "content": m.content} for m in body.messages])
     sampling = _sampling(server, body.options)
     running = server.start(request, lambda: server.session.chat(messages, sampling=sampling))
     return await _answer(server, running, body.stream,

@@ -20,7 +20,7 @@ from pydantic import AliasChoices, Field
 
 from .errors import ApiError
 from .llama_cpp import check_ids
-from .bodies import Body, Seed, read_json, stop_strings
+from .bodies import Body, Seed, read_json, stop_strings, system_first
 from .streaming import json_response, sse, stream
 
 router = APIRouter()
@@ -147,8 +147,8 @@ async def chat_completions(request: Request):
         raise ApiError(400, f"response_format {body.response_format.get('type')!r} is not supported (only 'text')")
     if body.logprobs:
         raise ApiError(400, "logprobs are not supported")
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": _text(m.content)}
-                for m in body.messages]
+    messages = system_first([{"role": "system" if m.role == "developer" else m.role, "content": _text(m.content)}
+                             for m in body.messages])
     sampling = _sampling(server, body)
     reply = Reply(server, "chatcmpl", "chat.completion", "0")
     if messages[-1]["role"] != "user" and sampling.max_tokens == 0:    # a warm-up without a question (llama.vim)

@@ -307,6 +307,22 @@ def test_the_developer_role_is_the_system_message(server):
     assert answer["choices"][0]["message"]["role"] == "assistant" and answer["usage"]["completion_tokens"] >= 1
 
 
+def test_every_system_message_reaches_the_prompt(server):
+    """OpenAI and Ollama take each system message: a second one (a client's beside a tool's), or one in the middle of
+    the conversation, is in the prompt too, not dropped."""
+    def prompt_tokens(*messages) -> int:
+        answer = httpx.post(server.url + "/v1/chat/completions", timeout=300, json={
+            "messages": [*messages, {"role": "user", "content": "hi"}], "max_tokens": 0}).json()
+        return answer["usage"]["prompt_tokens"]
+    first = {"role": "system", "content": "Answer briefly."}
+    second = "Always answer in French, and name the files you refer to."
+    alone = prompt_tokens(first)
+    assert prompt_tokens(first, {"role": "developer", "content": second}) >= alone + 10
+    assert prompt_tokens(first, {"role": "user", "content": "x"}, {"role": "assistant", "content": "y"},
+                         {"role": "system", "content": second}) >= prompt_tokens(
+        first, {"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}) + 10
+
+
 def test_tokenize_and_detokenize_round_trip_as_llama_cpp_answers_them(server):
     text = "def area(r):\n    return 3.14 * r * r<|endoftext|>"
     tokens = httpx.post(server.url + "/tokenize", json={"content": text}).json()["tokens"]
