@@ -83,8 +83,10 @@ def _text_of(value):
 
 
 def _first_problem(exc: ValidationError) -> str:
-    """`n_predict: Input should be a valid integer`, `input_extra[2].text: Field required`"""
-    error = exc.errors(include_url=False)[0]
+    """`n_predict: Input should be a valid integer`, `input_extra[2].text: Field required`. Of a union's errors, the
+    one that got furthest into the value: a list of content parts with an image part is `content[1].type: Input
+    should be 'text'`, not `content: Input should be a valid string` (the union's first member)."""
+    error = max(exc.errors(include_url=False), key=lambda e: len(e["loc"]))    # (the first of the deepest)
     where = ""
     for part in error["loc"]:
         if isinstance(part, int):

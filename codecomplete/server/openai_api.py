@@ -147,6 +147,9 @@ async def chat_completions(request: Request):
         raise ApiError(400, f"response_format {body.response_format.get('type')!r} is not supported (only 'text')")
     if body.logprobs:
         raise ApiError(400, "logprobs are not supported")
+    for i, m in enumerate(body.messages):
+        if m.content is None and m.role != "assistant":     # (an assistant's may be null: it made tool calls)
+            raise ApiError(400, f"messages[{i}].content: a {m.role} message needs content")
     messages = system_first([{"role": "system" if m.role == "developer" else m.role, "content": _text(m.content)}
                              for m in body.messages])
     sampling = _sampling(server, body)

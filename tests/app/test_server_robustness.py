@@ -67,6 +67,14 @@ INFILL = {"input_prefix": "def f():\n", "input_suffix": ""}
      "invalid_request_error", ["tool_choice 'required'"]),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "function_call": {"name": "f"}}, 400,
      "invalid_request_error", ["function_call"]),
+    # a content part the model cannot read is named as such, not as "content: Input should be a valid string"
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}]}]},
+     400, "invalid_request_error", ["messages[0].content[1].type", "'text'"]),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "text"}]}]}, 400,
+     "invalid_request_error", ["messages[0].content[0].text", "required"]),
+    ("/v1/chat/completions", {"messages": [{"role": "user"}]}, 400, "invalid_request_error",
+     ["messages[0].content"]),
     ("/codecomplete/v1/complete", {"path": "../outside.py", "text": "x = 1\n", "max_tokens": 1}, 400,
      "invalid_request_error",
      ["outside the repository"]),
