@@ -50,12 +50,14 @@ class GenerateRequest(Body):
     raw: bool = False
     images: list[str] | None = None
     format: str | dict | None = None
+    think: bool | str | None = None             # true, or a level ("high"): the model's reasoning apart
+    logprobs: bool = False
     options: Options = Options()
 
 
 class Message(Body):
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: str = ""                           # (Go's decoder reads a missing string as "")
     images: list[str] | None = None
 
 
@@ -65,6 +67,8 @@ class ChatRequest(Body):
     stream: bool = True
     format: str | dict | None = None
     tools: list | None = None
+    think: bool | str | None = None
+    logprobs: bool = False
     options: Options = Options()
 
 
@@ -108,6 +112,7 @@ async def generate(request: Request):
     if body.images:
         raise ApiError(400, "images are not supported")
     _check_format(body.format)
+    _check_extras(server, body)
     sampling = _sampling(server, body.options)
     session = server.session
     if body.suffix and not body.raw:
@@ -129,6 +134,7 @@ async def chat(request: Request):
     if body.tools:
         raise ApiError(400, "tools are not supported")
     _check_format(body.format)
+    _check_extras(server, body)
     messages = system_first([{"role": m.role, "content": m.content} for m in body.messages])
     sampling = _sampling(server, body.options)
     running = server.start(request, lambda: server.session.chat(messages, sampling=sampling))
@@ -183,6 +189,15 @@ def _check_format(format: str | dict | None) -> None:
     if format:
         name = repr(format) if isinstance(format, str) else "with a JSON schema"
         raise ApiError(400, f"format {name} is not supported (only plain text)")
+
+
+def _check_extras(server, body: GenerateRequest | ChatRequest) -> None:
+    """What a model without them is refused, as Ollama refuses it: reasoning (Ollama's words, which clients look for
+    to ask again without `think`) and log probabilities."""
+    if body.think:
+        raise ApiError(400, f'"{_name(server)}" does not support thinking')
+    if body.logprobs:
+        raise ApiError(400, "logprobs are not supported")
 
 
 def _sampling(server, options: Options):

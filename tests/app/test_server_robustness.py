@@ -182,6 +182,13 @@ def test_ollama_routes_answer_errors_in_ollama_shape(server):
         response = httpx.post(server.url + path, json=body, timeout=300)
         assert response.status_code == 400 and word in response.json()["error"], (path, response.text)
     assert httpx.post(server.url + "/api/chat", json={**chat, "format": ""}, timeout=300).status_code == 200
+    # a model without reasoning refuses `think` in Ollama's words, which clients look for to ask again without it
+    for path, body in [("/api/chat", {**chat, "think": True}), ("/api/generate", {"prompt": "x", "think": "high"})]:
+        response = httpx.post(server.url + path, json=body, timeout=300)
+        assert response.status_code == 400 and "does not support thinking" in response.json()["error"], response.text
+    response = httpx.post(server.url + "/api/generate", json={"prompt": "x", "logprobs": True}, timeout=300)
+    assert response.status_code == 400 and "logprobs" in response.json()["error"]
+    assert httpx.post(server.url + "/api/chat", json={**chat, "think": False}, timeout=300).status_code == 200
 
 
 @pytest.mark.parametrize("path, body", [
