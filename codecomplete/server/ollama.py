@@ -2,7 +2,9 @@
 
     POST /api/generate   `prompt` continued (with `suffix`: a fill-in-the-middle completion with the repository's
                          context, in the model's own format; with "raw": true the prompt as it is, suffix ignored,
-                         as Ollama applies no template then); streamed as JSON lines unless "stream": false
+                         as Ollama applies no template then); streamed as JSON lines unless "stream": false. A
+                         prompt alone comes after the text of `context` (an earlier answer's), and its answer ends
+                         with its own `context` (the tokens of both), as Ollama keeps a conversation on this route
     POST /api/chat       chat over the repository, as /v1/chat/completions
     GET  /api/tags       the one model
     POST /api/show       its details; the template mentions .Suffix, which is how Continue decides that a model
@@ -24,6 +26,7 @@ from fastapi.responses import PlainTextResponse
 from pydantic import Field
 
 from .errors import ApiError
+from .llama_cpp import check_ids
 from .bodies import Body, Seed, read_json, stop_strings, system_first
 from .streaming import json_response, ndjson, stream
 
@@ -48,6 +51,7 @@ class GenerateRequest(Body):
     suffix: str = ""
     stream: bool = True
     raw: bool = False
+    context: list[int] | None = None            # an earlier answer's `context`: its text goes before the prompt
     images: list[str] | None = None
     format: str | dict | None = None
     think: bool | str | None = None             # true, or a level ("high"): the model's reasoning apart
@@ -115,14 +119,23 @@ async def generate(request: Request):
     _check_extras(server, body)
     sampling = _sampling(server, body.options)
     session = server.session
+    # The answer's `context`: a completion's has nothing to go on from, a raw prompt's is left out (as Ollama does)
+    context = lambda generation, result: []  # noqa: E731
     if body.suffix and not body.raw:
         start = lambda: session.infill(body.prompt, body.suffix, sampling=sampling, budget=server.budget(sampling))  # noqa: E731
-    elif body.prompt:
+    elif body.prompt and body.raw:        # as Ollama: a raw prompt is the whole prompt, no context before it
         start = lambda: session.raw(body.prompt, sampling=sampling)  # noqa: E731
+        context = None
+    elif body.prompt:
+        if body.context:
+            check_ids(server.engine, body.context)
+        earlier = body.context or []      # (decoded on the engine thread, whose tokenizer it is)
+        start = lambda: session.raw(session.engine.tokenizer.decode(earlier) + body.prompt, sampling=sampling)  # noqa: E731
+        context = lambda generation, result: _context(server.tokenizer, generation, result)  # noqa: E731
     else:     # Ollama loads the model and answers at once
         return json_response({**_head(server), "response": "", "done": True, "done_reason": "load"})
     return await _answer(server, server.start(request, start), body.stream,
-                         lambda text: {"response": text})
+                         lambda text: {"response": text}, context)
 
 
 @router.post("/chat")
@@ -142,24 +155,41 @@ async def chat(request: Request):
                          lambda text: {"message": {"role": "assistant", "content": text}})
 
 
-async def _answer(server, running, streamed: bool, piece):
-    await running.started()
+async def _answer(server, running, streamed: bool, piece, context=None):
+    """The answer, streamed or whole; `context(generation, result)`: its final `context` (/api/generate's only)."""
+    generation = await running.started()
+
+    def done(result) -> dict:
+        return {**_done(result), **({"context": context(generation, result)} if context is not None else {})}
     if streamed:
         def frames(event):
             if event.kind == "text":
                 return [ndjson({**_head(server), **piece(event.value), "done": False})]
             if event.kind == "error":
                 return [ndjson({"error": event.value.message})]
-            return [ndjson({**_head(server), **piece(""), **_done(event.value)})]
+            return [ndjson({**_head(server), **piece(""), **done(event.value)})]
         return stream(running, frames, "application/x-ndjson")
     result = await running.result()
-    return json_response({**_head(server), **piece(result.text), **_done(result)})
+    return json_response({**_head(server), **piece(result.text), **done(result)})
+
+
+def _context(tokenizer, generation, result) -> list[int]:
+    """The prompt's tokens and the answer's, which a client sends back as `context` to go on (Ollama's older way to
+    hold a conversation, which some editor plugins use): the tokens of the prompt and the answer's text, as Ollama's
+    are. The BOS the tokenizer adds is left out, as the next prompt has its own, and the end of text that stopped the
+    answer too (a base model's EOS in the middle of the next prompt begins another document). `tokenizer`: the event
+    loop's (app.Server's), not the engine thread's."""
+    ids = [*generation.prompt.ids, *result.token_ids]
+    if result.token_ids and result.token_ids[-1] in {tokenizer.eos_token_id, *generation.prompt.stop_token_ids}:
+        ids.pop()
+    added = tokenizer.encode("")            # what the tokenizer puts before any text: [BOS] for Llama, [] for SmolLM2
+    return ids[len(added):] if ids[:len(added)] == added else ids
 
 
 def _done(result) -> dict:
     t = result.timings
     nanoseconds = lambda seconds: int(seconds * 1e9)  # noqa: E731
-    return {"done": True, "done_reason": "length" if result.finish_reason == "length" else "stop", "context": [],
+    return {"done": True, "done_reason": "length" if result.finish_reason == "length" else "stop",
             "total_duration": nanoseconds(t.prefill_s + t.decode_s), "load_duration": 0,
             "prompt_eval_count": result.prompt_tokens - result.reused_prefix_tokens,
             "prompt_eval_duration": nanoseconds(t.prefill_s),

@@ -323,6 +323,32 @@ def test_every_system_message_reaches_the_prompt(server):
         first, {"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}) + 10
 
 
+def test_ollama_generate_context_carries_the_conversation_on(server):
+    """An answer's `context` is the tokens of its prompt and its text; sent back, its text comes before the next
+    prompt (Ollama's older way to hold a conversation on /api/generate). A raw prompt has no context."""
+    body = {"prompt": "The capital of France is", "stream": False, "options": {"num_predict": 4, "temperature": 0}}
+    first = httpx.post(server.url + "/api/generate", json=body, timeout=300).json()
+    text = httpx.post(server.url + "/detokenize", json={"tokens": first["context"]}).json()["content"]
+    assert text == body["prompt"] + first["response"]
+    follow = {**body, "prompt": " The capital of Italy is"}
+    went_on = httpx.post(server.url + "/api/generate", json={**follow, "context": first["context"]}, timeout=300)
+    fresh = httpx.post(server.url + "/api/generate", json={**follow, "prompt": text + follow["prompt"]}, timeout=300)
+    assert went_on.json()["response"] == fresh.json()["response"]         # greedy: the same prompt, the same text
+    assert went_on.json()["context"] == fresh.json()["context"]
+    # an answer that the end of text stopped: its context is the text, without that token (as Ollama's)
+    chat = {**body, "prompt": "<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\n",
+            "options": {"num_predict": 60, "temperature": 0}}
+    ended = httpx.post(server.url + "/api/generate", json=chat, timeout=300).json()
+    assert ended["done_reason"] == "stop"
+    text = httpx.post(server.url + "/detokenize", json={"tokens": ended["context"]}).json()["content"]
+    assert text == chat["prompt"] + ended["response"]
+    raw = httpx.post(server.url + "/api/generate", json={**body, "raw": True, "context": [1, 2]}, timeout=300).json()
+    assert "context" not in raw
+    chat = httpx.post(server.url + "/api/chat", timeout=300, json={
+        "messages": [{"role": "user", "content": "hi"}], "stream": False, "options": {"num_predict": 1}}).json()
+    assert chat["done"] is True and "context" not in chat      # Ollama's chat answers have none
+
+
 def test_tokenize_and_detokenize_round_trip_as_llama_cpp_answers_them(server):
     text = "def area(r):\n    return 3.14 * r * r<|endoftext|>"
     tokens = httpx.post(server.url + "/tokenize", json={"content": text}).json()["tokens"]
