@@ -231,5 +231,6 @@ def _check_extras(server, body: GenerateRequest | ChatRequest) -> None:
 
 
 def _sampling(server, options: Options):
+    seed = None if options.seed == -1 else options.seed      # -1: a random seed, Ollama's default (sample/samplers.go)
     return server.sampling(options.num_predict, temperature=options.temperature, top_p=options.top_p,
-                           top_k=max(options.top_k, 0), seed=options.seed, stop=stop_strings(options.stop))
+                           top_k=max(options.top_k, 0), seed=seed, stop=stop_strings(options.stop))

@@ -349,6 +349,16 @@ def test_ollama_generate_context_carries_the_conversation_on(server):
     assert chat["done"] is True and "context" not in chat      # Ollama's chat answers have none
 
 
+def test_ollama_seed_minus_one_is_a_random_seed(server):
+    """Ollama's default seed, -1, asks for a random one: answers differ, where a seed of their own repeats them."""
+    def answers(seed: int) -> set[str]:
+        body = {"prompt": "My favourite animal is", "stream": False,
+                "options": {"num_predict": 8, "temperature": 1.0, "seed": seed}}
+        return {httpx.post(server.url + "/api/generate", json=body, timeout=300).json()["response"] for _ in range(4)}
+    assert len(answers(-1)) > 1
+    assert len(answers(7)) == 1
+
+
 def test_tokenize_and_detokenize_round_trip_as_llama_cpp_answers_them(server):
     text = "def area(r):\n    return 3.14 * r * r<|endoftext|>"
     tokens = httpx.post(server.url + "/tokenize", json={"content": text}).json()["tokens"]
