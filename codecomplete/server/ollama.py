@@ -191,7 +191,8 @@ def _done(result) -> dict:
     nanoseconds = lambda seconds: int(seconds * 1e9)  # noqa: E731
     return {"done": True, "done_reason": "length" if result.finish_reason == "length" else "stop",
             "total_duration": nanoseconds(t.prefill_s + t.decode_s), "load_duration": 0,
-            "prompt_eval_count": result.prompt_tokens - result.reused_prefix_tokens,
+            # the whole prompt, what the cache held too (Ollama's llm/llama_server.go: cache_n + prompt_n)
+            "prompt_eval_count": result.prompt_tokens, "prompt_eval_cached_count": result.reused_prefix_tokens,
             "prompt_eval_duration": nanoseconds(t.prefill_s),
             "eval_count": len(result.token_ids), "eval_duration": nanoseconds(t.decode_s)}
 

@@ -349,6 +349,14 @@ def test_ollama_generate_context_carries_the_conversation_on(server):
     assert chat["done"] is True and "context" not in chat      # Ollama's chat answers have none
 
 
+def test_ollama_prompt_eval_count_is_the_whole_prompt_cached_or_not(server):
+    """As Ollama counts it: every prompt token, those the cache held too (prompt_eval_cached_count says how many)."""
+    body = {"prompt": "def area_of_square(side):", "stream": False, "options": {"num_predict": 1, "temperature": 0}}
+    first, again = (httpx.post(server.url + "/api/generate", json=body, timeout=300).json() for _ in range(2))
+    assert again["prompt_eval_cached_count"] > 0
+    assert again["prompt_eval_count"] == first["prompt_eval_count"] == len(first["context"]) - first["eval_count"]
+
+
 def test_ollama_seed_minus_one_is_a_random_seed(server):
     """Ollama's default seed, -1, asks for a random one: answers differ, where a seed of their own repeats them."""
     def answers(seed: int) -> set[str]:
