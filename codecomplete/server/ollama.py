@@ -50,6 +50,7 @@ class GenerateRequest(Body):
     prompt: str = ""
     suffix: str = ""
     stream: bool = True
+    keep_alive: float | str | None = None       # seconds, or a duration ("5m"); 0: unload after the request
     raw: bool = False
     context: list[int] | None = None            # an earlier answer's `context`: its text goes before the prompt
     images: list[str] | None = None
@@ -67,8 +68,9 @@ class Message(Body):
 
 class ChatRequest(Body):
     model: str = ""
-    messages: list[Message] = Field(min_length=1)
+    messages: list[Message] = []                # none: only load the model (Ollama's documented preload)
     stream: bool = True
+    keep_alive: float | str | None = None
     format: str | dict | None = None
     tools: list | None = None
     think: bool | str | None = None
@@ -133,7 +135,7 @@ async def generate(request: Request):
         start = lambda: session.raw(session.engine.tokenizer.decode(earlier) + body.prompt, sampling=sampling)  # noqa: E731
         context = lambda generation, result: _context(server.tokenizer, generation, result)  # noqa: E731
     else:     # Ollama loads the model and answers at once
-        return json_response({**_head(server), "response": "", "done": True, "done_reason": "load"})
+        return _loaded(server, body, {"response": ""})
     return await _answer(server, server.start(request, start), body.stream,
                          lambda text: {"response": text}, context)
 
@@ -148,11 +150,21 @@ async def chat(request: Request):
         raise ApiError(400, "tools are not supported")
     _check_format(body.format)
     _check_extras(server, body)
+    if not body.messages:
+        return _loaded(server, body, {"message": {"role": "assistant", "content": ""}})
     messages = system_first([{"role": m.role, "content": m.content} for m in body.messages])
     sampling = _sampling(server, body.options)
     running = server.start(request, lambda: server.session.chat(messages, sampling=sampling))
     return await _answer(server, running, body.stream,
                          lambda text: {"message": {"role": "assistant", "content": text}})
+
+
+def _loaded(server, body: GenerateRequest | ChatRequest, piece: dict):
+    """The answer to a request with nothing to generate: the model is loaded (it always is), or with keep_alive 0
+    "unloaded", as Ollama says (it stays loaded here)."""
+    unload = body.keep_alive == 0 or (isinstance(body.keep_alive, str)
+                                      and re.fullmatch(r"[+-]?0+(\.0*)?(ns|us|µs|ms|s|m|h)?", body.keep_alive))
+    return json_response({**_head(server), **piece, "done": True, "done_reason": "unload" if unload else "load"})
 
 
 async def _answer(server, running, streamed: bool, piece, context=None):

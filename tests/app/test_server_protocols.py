@@ -357,6 +357,17 @@ def test_ollama_prompt_eval_count_is_the_whole_prompt_cached_or_not(server):
     assert again["prompt_eval_count"] == first["prompt_eval_count"] == len(first["context"]) - first["eval_count"]
 
 
+def test_ollama_requests_with_nothing_to_generate_load_or_unload_the_model(server):
+    """Ollama's documented preload is a chat without messages (or a prompt-less generate); keep_alive 0 unloads."""
+    for path, body in [("/api/chat", {"model": "m", "messages": []}), ("/api/chat", {"model": "m"}),
+                       ("/api/generate", {"model": "m"})]:
+        for keep_alive, reason in [(None, "load"), ("5m", "load"), (0, "unload"), ("0s", "unload")]:
+            answer = httpx.post(server.url + path, json={**body, "keep_alive": keep_alive}, timeout=300)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["done"] is True and answer.json()["done_reason"] == reason, (path, keep_alive)
+    assert httpx.post(server.url + "/api/chat", json={"messages": [], "keep_alive": True}).status_code == 400
+
+
 def test_ollama_seed_minus_one_is_a_random_seed(server):
     """Ollama's default seed, -1, asks for a random one: answers differ, where a seed of their own repeats them."""
     def answers(seed: int) -> set[str]:
