@@ -215,9 +215,11 @@ def _one_prompt(prompt):
 
 
 def _text(content) -> str:
+    """A message's text: its text parts one per line, as llama.cpp joins them (common/chat.cpp). Run together, a
+    part's last line ran into the next part's first (an excerpt of code into the question after it)."""
     if content is None:
         return ""
-    return content if isinstance(content, str) else "".join(part.text for part in content)
+    return content if isinstance(content, str) else "\n".join(part.text for part in content)
 
 
 def _sampling(server, body: Options):

@@ -307,6 +307,18 @@ def test_the_developer_role_is_the_system_message(server):
     assert answer["choices"][0]["message"]["role"] == "assistant" and answer["usage"]["completion_tokens"] >= 1
 
 
+def test_text_parts_of_a_message_are_its_lines(server):
+    """Content as a list of text parts is the parts one per line (llama.cpp's reading): the same prompt as
+    the string with newlines, not the parts run together."""
+    def prompt_tokens(content) -> int:
+        answer = httpx.post(server.url + "/v1/chat/completions", timeout=300, json={
+            "messages": [{"role": "user", "content": content}], "max_tokens": 0}).json()
+        return answer["usage"]["prompt_tokens"]
+    parts = [{"type": "text", "text": "def f():\n    return 1"}, {"type": "text", "text": "What does f return?"}]
+    assert prompt_tokens(parts) == prompt_tokens("def f():\n    return 1\nWhat does f return?")
+    assert prompt_tokens(parts) != prompt_tokens("def f():\n    return 1What does f return?")
+
+
 def test_every_system_message_reaches_the_prompt(server):
     """OpenAI and Ollama take each system message: a second one (a client's beside a tool's), or one in the middle of
     the conversation, is in the prompt too, not dropped."""
