@@ -12,7 +12,8 @@ import json
 import types
 from typing import Annotated, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 from starlette.requests import Request
 
 from prompts.tokens import tokenizable
@@ -37,6 +38,20 @@ class Body(BaseModel):
             if not field.is_required() and types.NoneType not in get_args(field.annotation):
                 return field.get_default(call_default_factory=True)
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_alias_gives_way(cls, data):
+        """A field's null alias gives way to another that has a value: pydantic takes the first alias present, null or
+        not, so `{"max_completion_tokens": null, "max_tokens": 5}` (a client that sends every field) had no limit."""
+        if not isinstance(data, dict):
+            return data
+        for field in cls.model_fields.values():
+            if isinstance(field.validation_alias, AliasChoices):
+                names = [name for name in field.validation_alias.choices if isinstance(name, str)]
+                if any(data.get(name) is not None for name in names):
+                    data = {key: value for key, value in data.items() if key not in names or value is not None}
+        return data
 
 
 async def read_json(request: Request, model: type[Model], limit: int = MAX_BODY_BYTES) -> Model:

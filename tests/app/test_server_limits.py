@@ -92,6 +92,19 @@ def test_bodies_replace_lone_surrogates_and_refuse_infinities_and_wild_seeds():
     assert read(b'{"input_prefix": "", "input_suffix": "", "seed": 18446744073709551615}').seed == 2**64 - 1
 
 
+def test_a_null_alias_gives_way_to_one_with_a_value():
+    """Clients that send every field send the limit's other names as null: the one with a value counts."""
+    from codecomplete.server.llama_cpp import CompletionRequest
+    from codecomplete.server.openai_api import ChatRequest
+
+    chat = b'{"messages": [{"role": "user", "content": "x"}], '
+    assert read(chat + b'"max_completion_tokens": null, "max_tokens": 5}', ChatRequest).max_tokens == 5
+    assert read(chat + b'"max_tokens": 5, "max_completion_tokens": null}', ChatRequest).max_tokens == 5
+    assert read(chat + b'"max_completion_tokens": 3, "max_tokens": 5}', ChatRequest).max_tokens == 3
+    assert read(chat + b'"max_completion_tokens": null, "max_tokens": null}', ChatRequest).max_tokens is None
+    assert read(b'{"prompt": "x", "n_predict": null, "max_tokens": 5}', CompletionRequest).n_predict == 5
+
+
 def test_ctrl_c_while_extensions_import_is_held_until_they_are_in():
     with pytest.raises(KeyboardInterrupt):
         with InterruptsDeferred() as held:
