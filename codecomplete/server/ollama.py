@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import time
 from typing import Literal
 
 from fastapi import APIRouter, Request
@@ -172,7 +173,8 @@ async def _answer(server, running, streamed: bool, piece, context=None):
     generation = await running.started()
 
     def done(result) -> dict:
-        return {**_done(result), **({"context": context(generation, result)} if context is not None else {})}
+        fields = _done(result, time.perf_counter() - running.job.submitted)
+        return {**fields, **({"context": context(generation, result)} if context is not None else {})}
     if streamed:
         def frames(event):
             if event.kind == "text":
@@ -198,11 +200,13 @@ def _context(tokenizer, generation, result) -> list[int]:
     return ids[len(added):] if ids[:len(added)] == added else ids
 
 
-def _done(result) -> dict:
+def _done(result, total_s: float) -> dict:
+    """The final counters; `total_s`: since the request was queued, as Ollama's total_duration counts from the
+    request's arrival (the wait behind other requests and building the prompt too, not the model's time alone)."""
     t = result.timings
     nanoseconds = lambda seconds: int(seconds * 1e9)  # noqa: E731
     return {"done": True, "done_reason": "length" if result.finish_reason == "length" else "stop",
-            "total_duration": nanoseconds(t.prefill_s + t.decode_s), "load_duration": 0,
+            "total_duration": nanoseconds(total_s), "load_duration": 0,
             # the whole prompt, what the cache held too (Ollama's llm/llama_server.go: cache_n + prompt_n)
             "prompt_eval_count": result.prompt_tokens, "prompt_eval_cached_count": result.reused_prefix_tokens,
             "prompt_eval_duration": nanoseconds(t.prefill_s),

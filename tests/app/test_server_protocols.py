@@ -380,6 +380,23 @@ def test_ollama_requests_with_nothing_to_generate_load_or_unload_the_model(serve
     assert httpx.post(server.url + "/api/chat", json={"messages": [], "keep_alive": True}).status_code == 400
 
 
+def test_ollama_total_duration_counts_the_wait_for_the_engine(server):
+    """Ollama's total_duration runs from the request's arrival: a request queued behind another counts its wait."""
+    import threading
+
+    first = threading.Thread(target=httpx.post, args=(server.url + "/api/generate",), kwargs=dict(timeout=300, json={
+        "prompt": "Once upon a time", "stream": False, "options": {"num_predict": 48, "temperature": 0}}))
+    first.start()
+    time.sleep(0.3)
+    began = time.perf_counter()
+    answer = httpx.post(server.url + "/api/generate", timeout=300, json={
+        "prompt": "def f():", "stream": False, "options": {"num_predict": 1}}).json()
+    waited = time.perf_counter() - began
+    first.join()
+    assert answer["total_duration"] >= 0.8 * waited * 1e9, (waited, answer)     # (about 3 s of it queued)
+    assert answer["total_duration"] >= answer["prompt_eval_duration"] + answer["eval_duration"]
+
+
 def test_ollama_seed_minus_one_is_a_random_seed(server):
     """Ollama's default seed, -1, asks for a random one: answers differ, where a seed of their own repeats them."""
     def answers(seed: int) -> set[str]:
