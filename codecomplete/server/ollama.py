@@ -5,14 +5,16 @@
                          as Ollama applies no template then); streamed as JSON lines unless "stream": false. A
                          prompt alone comes after the text of `context` (an earlier answer's), and its answer ends
                          with its own `context` (the tokens of both), as Ollama keeps a conversation on this route
-    POST /api/chat       chat over the repository, as /v1/chat/completions
+    POST /api/chat       chat over the repository, as /v1/chat/completions; without messages, Ollama's preload
     GET  /api/tags       the one model
     POST /api/show       its details; the template mentions .Suffix, which is how Continue decides that a model
                          can fill in the middle
     GET  /api/version    {"version": ...}, which clients ask to tell that an Ollama server answers
     GET  /               "Ollama is running" (HEAD too), without an API key, as Ollama's own liveness check
 
-Errors come as Ollama writes them, `{"error": "message"}`, since its clients read that shape.
+Errors come as Ollama writes them, `{"error": "message"}`, since its clients read that shape. What this server
+cannot do is a 400, not ignored: images, `format` (no constrained decoding), tools, `think` (in Ollama's words for a
+model without reasoning), logprobs.
 Durations are in nanoseconds, as Ollama's are.
 """
 from __future__ import annotations

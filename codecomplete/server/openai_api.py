@@ -8,7 +8,9 @@
 
 Streams are `data: {...}` events ending with `data: [DONE]`, usage in a last chunk when
 `stream_options.include_usage` asks (and always in a non-streamed answer). One choice per request: `n`, `best_of`,
-`echo` and `logprobs` are refused with 400; penalties are accepted and not applied.
+`echo` and `logprobs` are refused with 400; penalties are accepted and not applied. Text only: tools (`functions`
+too), a `tool_choice` that demands a call, a `response_format` other than text and content parts other than text are
+refused with 400, as prose back would pass for what was asked.
 """
 from __future__ import annotations
 
