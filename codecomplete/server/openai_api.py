@@ -9,8 +9,8 @@
 Streams are `data: {...}` events ending with `data: [DONE]`, usage in a last chunk when
 `stream_options.include_usage` asks (and always in a non-streamed answer). One choice per request: `n`, `best_of`,
 `echo` and `logprobs` are refused with 400; penalties are accepted and not applied. Text only: tools (`functions`
-too), a `tool_choice` that demands a call, a `response_format` other than text and content parts other than text are
-refused with 400, as prose back would pass for what was asked.
+too), a `tool_choice` that demands a call, a `response_format` other than text, an audio answer and content parts
+other than text are refused with 400, as prose back would pass for what was asked.
 """
 from __future__ import annotations
 
@@ -75,6 +75,8 @@ class ChatRequest(Options):
     function_call: str | dict | None = None       # the older API's tool_choice
     logprobs: bool = False
     response_format: dict | None = None
+    modalities: list[str] | None = None
+    audio: dict | None = None                       # a spoken answer's voice and format
 
 
 @router.get("/v1/models")
@@ -149,6 +151,8 @@ async def chat_completions(request: Request):
         raise ApiError(400, f"response_format {body.response_format.get('type')!r} is not supported (only 'text')")
     if body.logprobs:
         raise ApiError(400, "logprobs are not supported")
+    if body.audio or set(body.modalities or []) - {"text"}:      # a client that asked for audio reads message.audio
+        raise ApiError(400, f"modalities {body.modalities or ['audio']} are not supported (only ['text'])")
     for i, m in enumerate(body.messages):
         if m.content is None and m.role != "assistant":     # (an assistant's may be null: it made tool calls)
             raise ApiError(400, f"messages[{i}].content: a {m.role} message needs content")

@@ -67,6 +67,9 @@ INFILL = {"input_prefix": "def f():\n", "input_suffix": ""}
      "invalid_request_error", ["tool_choice 'required'"]),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "function_call": {"name": "f"}}, 400,
      "invalid_request_error", ["function_call"]),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "modalities": ["text", "audio"],
+                              "audio": {"voice": "alloy", "format": "wav"}}, 400, "invalid_request_error",
+     ["modalities", "audio"]),
     # a content part the model cannot read is named as such, not as "content: Input should be a valid string"
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": [
         {"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}]}]},
