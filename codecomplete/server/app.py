@@ -47,17 +47,18 @@ class Server:
         return self.session.engine
 
     def sampling(self, max_tokens: int | None, **options) -> Sampling:
-        """Sampling for a request; None or -1 new tokens: the server's default. More than the context holds: 400."""
+        """Sampling for a request; None or -1 new tokens: the server's default. More than the context holds: as
+        many as it holds, the answer ending where the context fills (`length`, llama.cpp's `truncated`), as
+        llama.cpp and Ollama do: an editor's chat default (4,096) on a small CPU context is no error there."""
         if max_tokens is None or max_tokens < 0:
             max_tokens = self.max_tokens
-        limit = self.engine.context_length - 1
-        if max_tokens > limit:
-            raise ApiError(400, f"{max_tokens:,} new tokens do not fit the context of {limit + 1:,} tokens")
-        return Sampling(max_tokens=max_tokens, **options)
+        return Sampling(max_tokens=min(max_tokens, self.engine.context_length - 1), **options)
 
     def budget(self, sampling: Sampling) -> int:
-        """The prompt tokens of an editor's request: the server's fixed size, less if many new tokens need room."""
-        return min(self.prompt_budget, self.session.prompt_budget(sampling.max_tokens))
+        """The prompt tokens of a request: the server's fixed size, less if many new tokens need room, but never
+        under half of it (a request for more new tokens than the rest leaves gets them until the context fills)."""
+        room = self.session.prompt_budget(sampling.max_tokens)
+        return min(self.prompt_budget, max(room, self.prompt_budget // 2))
 
     def start(self, request: Request, start: Callable[[], Generation],
               stop_when: Callable[[str], bool] | None = None) -> Running:

@@ -157,7 +157,8 @@ async def chat(request: Request):
         return _loaded(server, body, {"message": {"role": "assistant", "content": ""}})
     messages = system_first([{"role": m.role, "content": m.content} for m in body.messages])
     sampling = _sampling(server, body.options)
-    running = server.start(request, lambda: server.session.chat(messages, sampling=sampling))
+    budget = server.budget(sampling)
+    running = server.start(request, lambda: server.session.chat(messages, sampling=sampling, budget=budget))
     return await _answer(server, running, body.stream,
                          lambda text: {"message": {"role": "assistant", "content": text}})
 

@@ -163,7 +163,8 @@ async def chat_completions(request: Request):
     if messages[-1]["role"] != "user" and sampling.max_tokens == 0:    # a warm-up without a question (llama.vim)
         return json_response({**reply.head(), "choices": [], "usage": {"prompt_tokens": 0, "completion_tokens": 0,
                                                                        "total_tokens": 0}})
-    running = server.start(request, lambda: server.session.chat(messages, sampling=sampling))
+    budget = server.budget(sampling)
+    running = server.start(request, lambda: server.session.chat(messages, sampling=sampling, budget=budget))
     await running.started()
     reply.id = f"chatcmpl-{running.job.id}"
     if body.stream:
