@@ -19,7 +19,8 @@ of `a`s is linear, where a plain regular expression backtracks through every way
 Nor can many patterns: an ignore file may list thousands of generated paths (up to scan.py's 1 MiB), and asking
 each of them about each of a repository's thousands of files took minutes. A pattern that is a plain name, a
 plain path, or ends with an extension (`*.ext`, `build/lib*.o`) is filed under the name, path or extension it
-needs; a path is asked only of those filed under its own, and of the other patterns.
+needs, and one whose last part starts with plain text (`gen*`, `npm-debug.log*`) under that text; a path is asked
+only of those filed under its own path, name, extension or a start of its name, and of the other patterns.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ class Pattern(NamedTuple):
     regex: re.Pattern | None    # None: a plain path or name, matched by its key alone
     negated: bool
     folders_only: bool
-    key: tuple[str, str] | None = None  # ("path", p), ("name", n) or ("ext", e): what any path it matches has
+    key: tuple[str, str] | None = None  # ("path", p), ("name", n), ("ext", e), ("start", s): what its paths have
 
 
 class Rules:
@@ -50,12 +51,15 @@ class Rules:
                 self._filed.setdefault(pattern.key, []).append(number)
             else:
                 self._others.append(number)
+        # (a name of any length is asked only the starts of these lengths: one lookup each, not a pattern each)
+        self._start_lengths = sorted({len(key[1]) for key in self._filed if key[0] == "start"})
 
     def decide(self, path: str, is_dir: bool) -> bool | None:
         """True (ignored) or False (re-included) by the last pattern that matches `path`, or None if none does."""
         name = path.rpartition("/")[2]
         _, dot, extension = name.rpartition(".")
         keys = [("path", path), ("name", name)] + ([("ext", extension)] if dot else [])
+        keys += [("start", name[:length]) for length in self._start_lengths if length <= len(name)]
         candidates = [self._filed.get(key, ()) for key in keys] + [self._others]
         for number in heapq.merge(*(reversed(numbers) for numbers in candidates if numbers), reverse=True):
             pattern = self.patterns[number]
@@ -81,7 +85,7 @@ def compile_pattern(line: str) -> Pattern | None:
     if not any(segments):
         return None
     key = _key(segments, anchored)
-    if key and key[0] != "ext":     # a plain path or name matches exactly the paths filed under it: no expression
+    if key and key[0] in ("path", "name"):  # a plain path or name matches exactly the paths filed under it: no regex
         return Pattern(None, negated, folders_only, key)   # (compiling 40,000 of them took 2.5 s every walk)
     groups = iter(range(1 << 30))
     body = _path_regex(segments, groups)
@@ -94,11 +98,16 @@ def compile_pattern(line: str) -> Pattern | None:
 
 def _key(segments: list[str], anchored: bool) -> tuple[str, str] | None:
     """What every path the pattern matches has: the pattern's own path or name when it has no special character,
-    else the extension its last part ends with (`*.ext`, `build/lib*.o`); None for other patterns."""
+    else the extension its last part ends with (`*.ext`, `build/lib*.o`), else the plain text its last part starts
+    with (`gen*`: the last part of the pattern matches the path's name, unless it is a `**`); None for the others."""
     if not any(_GLOB.search(segment) for segment in segments):
         return ("path", "/".join(segments)) if anchored else ("name", segments[0])
     extension = _EXTENSION.fullmatch(segments[-1])
-    return ("ext", extension.group(1)) if extension else None
+    if extension:
+        return ("ext", extension.group(1))
+    glob = _GLOB.search(segments[-1])
+    plain = segments[-1][:glob.start()] if glob else segments[-1]   # (`gen*/out`: the whole name)
+    return ("start", plain) if plain else None
 
 
 def _path_regex(segments: list[str], groups) -> str:
