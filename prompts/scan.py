@@ -195,7 +195,7 @@ class IgnoreRules:
             folder = self.root / directory
             files = [folder / name for name in self.filenames]
             if self.git_exclude and not directory:
-                files[:0] = [*global_excludes_files(), self.root / ".git" / "info" / "exclude"]
+                files[:0] = [*global_excludes_files(), git_dir(self.root) / "info" / "exclude"]
             specs = []
             for file in files:
                 text = _read_rules(file, follow_links=not file.is_relative_to(self.root))
@@ -223,11 +223,23 @@ def _read_rules(path: Path, follow_links: bool = False) -> str | None:
     """The text of an ignore or config file; None when there is none that can be read as a small regular file."""
     try:
         data = read_regular_file(path, MAX_RULES_BYTES + 1, follow_links)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in a path that a .git file or a git config names
         return None
     if data is None or len(data) > MAX_RULES_BYTES:
         return None
     return data.decode("utf-8", errors="replace")
+
+
+def git_dir(root: Path) -> Path:
+    """The folder that holds the repository's ``info/exclude``: ``.git``; or, when ``.git`` is a file (a linked
+    worktree, a submodule), the folder its ``gitdir:`` line names, or that folder's ``commondir`` (a worktree's
+    exclude file is its main repository's), as git finds it. Read, never run: at worst a wrong path, read as rules."""
+    folder = root / ".git"
+    text = _read_rules(folder)  # None for a folder
+    if text is not None and text.startswith("gitdir:"):
+        folder = root / text.partition("\n")[0][len("gitdir:"):].strip()  # relative to the root, or absolute
+    common = _read_rules(folder / "commondir", follow_links=True)
+    return folder / common.strip() if common and common.strip() else folder
 
 
 def global_excludes_files() -> list[Path]:

@@ -173,6 +173,22 @@ def test_git_exclude_is_honoured_without_git(make_repo):
     assert _paths(root) == ["a.py"]
 
 
+
+def test_the_exclude_file_of_a_worktree_or_submodule_is_found_where_its_git_file_points(make_repo):
+    """A linked worktree's `.git` is a file naming its folder in the main repository, whose `commondir` holds
+    info/exclude; a submodule's names its folder under the superproject's .git/modules. Only `.git/info/exclude`
+    was read: what the user excluded there was indexed."""
+    main = make_repo({".git/info/exclude": "secret*.py\n", ".git/worktrees/tree/commondir": "../..\n"}, name="main")
+    tree = make_repo({".git": f"gitdir: {main}/.git/worktrees/tree\n", "a.py": "a = 1\n", "secret.py": "s = 1\n"},
+                     name="tree")
+    assert _paths(tree) == ["a.py"]
+    superproject = make_repo({".git/modules/sub/info/exclude": "/private/\n", "sub/b.py": "b = 1\n",
+                              "sub/.git": "gitdir: ../.git/modules/sub\n", "sub/private/key.py": "k = 1\n"},
+                             name="super")
+    assert _paths(superproject / "sub") == ["b.py"]
+    for pointer in (b"gitdir: a\0b\n", b"gitdir: /dev/zero\n", b"gitdir:\n", b"\xff\xfe"):  # nothing to read
+        assert _paths(make_repo({".git": pointer, "c.py": "c = 1\n"}, name=f"odd{len(pointer)}")) == ["c.py"]
+
 def test_git_lists_untracked_files_but_not_ignored_ones(make_repo):
     files = {"tracked.py": "t = 1\n", "new.py": "n = 1\n", "skip.py": "s = 1\n", ".gitignore": "skip.py\n"}
     root = make_repo(files, git=True)
