@@ -200,7 +200,7 @@ class IgnoreRules:
             for file in files:
                 text = _read_rules(file, follow_links=not file.is_relative_to(self.root))
                 if text is not None:
-                    specs.append(Rules(text.splitlines()))
+                    specs.append(Rules(text.split("\n")))  # git's lines: not at a form feed or U+2028
             self._specs[directory] = specs
         return self._specs[directory]
 
@@ -227,7 +227,7 @@ def _read_rules(path: Path, follow_links: bool = False) -> str | None:
         return None
     if data is None or len(data) > MAX_RULES_BYTES:
         return None
-    return data.decode("utf-8", errors="replace")
+    return os.fsdecode(data)  # bytes that are not UTF-8 as the walk's file names hold them, so that they match
 
 
 def git_dir(root: Path) -> Path:

@@ -101,6 +101,19 @@ def test_ignore_rules_keep_the_files_git_keeps(make_repo, tmp_path, rules):
                             p.startswith('"')) == sorted(set(walked))
 
 
+
+def test_ignore_files_are_read_as_bytes_split_at_newlines_as_git_reads_them(make_repo, tmp_path):
+    """A Latin-1 name in an ignore file matched nothing (its bytes became U+FFFD, the walk's name holds them as
+    surrogates), and a form feed split a pattern in two (str.splitlines)."""
+    names = [b"caf\xe9_menu.py", b"na\xefve.txt", b"a\x0cb.py", b"a", b"b.py", b"ok.py"]
+    files = {os.fsdecode(name): "x = 1\n" for name in names} | {".gitignore": b"caf\xe9*.py\nna\xefve.txt\na\x0cb.py\n"}
+    walked = _paths(make_repo(files, name="walk"))
+    git_root = make_repo(files, git=True, name="git")
+    listed = subprocess.run(["git", "-C", str(git_root), "ls-files", "-z", "--others", "--exclude-standard"],
+                            capture_output=True, check=True, env={**os.environ, "HOME": str(tmp_path),
+                                                                  "GIT_CONFIG_NOSYSTEM": "1"}).stdout
+    assert walked == sorted(os.fsdecode(p) for p in listed.split(b"\0") if p) == [".gitignore", "a", "b.py", "ok.py"]
+
 def test_stars_in_ignore_patterns_cannot_make_the_walk_slow(make_repo):
     """Each star but a segment's last takes the first place its text fits, and keeps it: a plain regular
     expression would try every way of splitting the name between thirteen stars."""
