@@ -23,6 +23,7 @@ MAX_CHUNK_TOKENS = 768  # a chunk of up to ~70 lines of code: whole functions, y
 WINDOW_LINES = 40  # the line windows that chunk other text files
 CHARS_PER_TOKEN = 3  # a deliberately low estimate: code tokenizers average 3-4 characters per token
 NAME_DEPTH = 6  # how deep in the syntax tree defined names are looked for (methods of classes in namespaces)
+MAX_ERROR_CHILDREN = 10_000  # a file that parses as one error of more pieces is chunked as text (see _SyntaxChunker)
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]+")
 _NOT_A_START = ("", " ", "\t", "}", ")", "]")  # first characters of lines that continue something
@@ -109,6 +110,11 @@ class _SyntaxChunker:
         self.sizes = _LineSizes(lines)
         grammar = load_grammar(spec)
         self.root = grammar.parse("\n".join(lines).encode("utf-8")).root_node
+        if self.root.type == "ERROR" and self.root.child_count > MAX_ERROR_CHILDREN:
+            # The query's walk of an error holding a long run of brackets is quadratic in its pieces (450 KB of
+            # `[` took three minutes, one uninterruptible C call; tree-sitter 0.26's query progress_callback
+            # crashes the process); such a file is not code to chunk by its syntax.
+            raise ParseTimeout
         self.definition_ids, self.names, self.imports = self._query(grammar)
 
     def _query(self, grammar) -> tuple[set[int], list[tuple[int, str]], tuple[Import, ...]]:

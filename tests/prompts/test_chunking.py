@@ -369,3 +369,18 @@ def test_a_file_its_grammar_cannot_parse_in_time_is_chunked_as_text(monkeypatch)
     monkeypatch.setattr(languages, "PARSE_SECONDS", 0.5)
     after = analyze_source("fine.py", "import os\n\n\ndef g():\n    return os.sep\n")
     assert [chunk.kind for chunk in after.chunks] == ["header", "definition"] and after.imports == (Import("os"),)
+
+
+def test_a_file_that_parses_as_one_error_of_many_pieces_is_chunked_as_text_in_bounded_time():
+    """The query's walk of an error holding a long run of brackets is quadratic in its pieces, in one C call that
+    cannot be cancelled (tree-sitter 0.26's query progress callback crashes the process): 450 KB of `[` took three
+    minutes to index. Such a file is chunked in line windows; a file with an ordinary syntax error still by syntax."""
+    import time
+    hostile = ("{[" * 1000 + "\n") * 30
+    started = time.perf_counter()
+    analysis = analyze_source("hostile.js", hostile)
+    assert time.perf_counter() - started < 1.0          # (4 s and more before, growing with the square)
+    assert len(analysis.chunks) == 30 and all(chunk.kind == "text" for chunk in analysis.chunks)
+    typed = "[\nexport function f() {\n  return a;\n}\n\nfunction g() {\n  return [1, 2\n}\n"
+    assert [(chunk.kind, chunk.defines) for chunk in analyze_source("typed.js", typed).chunks] == [
+        ("header", ()), ("definition", ("f",)), ("definition", ("g",))]
