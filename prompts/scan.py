@@ -76,8 +76,13 @@ def walk_sources(root: Path, max_file_bytes: int = MAX_FILE_BYTES) -> Iterator[S
 
 
 def source_file(root: Path, path: str, max_file_bytes: int = MAX_FILE_BYTES) -> SourceFile | None:
-    """One file as the scan would list it now (its size and mtime), or None if the scan would leave it out."""
-    return None if _skipped_by_name(path) else _stat(root, path, max_file_bytes)
+    """One file as the scan would list it now (its size and mtime), or None if the scan would leave it out: also
+    when a folder on its path is a link, which the walk never enters (a folder replaced since by a link out of the
+    repository would bring in the file of that name there)."""
+    folders = path.split("/")[:-1]
+    if _skipped_by_name(path) or any(os.path.islink(root.joinpath(*folders[:n])) for n in range(1, len(folders) + 1)):
+        return None
+    return _stat(root, path, max_file_bytes)
 
 
 def count_ignored(root: Path) -> int:

@@ -43,6 +43,23 @@ def test_changes_on_disk_reach_the_index(make_repo, cache_dir):
     assert fresh.refresh("app.py") is index
 
 
+
+def test_a_folder_replaced_by_a_link_out_of_the_repository_is_not_followed(make_repo, tmp_path, cache_dir):
+    """The walk never enters a linked folder, but the request's own file was looked at through one: `conf/`
+    swapped for a link to a folder outside brought that folder's settings.py into the index."""
+    root = make_repo({"a.py": "def a():\n    pass\n", "conf/settings.py": "TOKEN = 'in the repository'\n"})
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "settings.py").write_text("SECRET = 'outside the repository'\n")
+    fresh = FreshIndex(index_repository(root))
+    for part in (root / "conf").iterdir():
+        part.unlink()
+    (root / "conf").rmdir()
+    (root / "conf").symlink_to(outside, target_is_directory=True)
+    index = fresh.refresh("conf/settings.py")
+    assert "SECRET" not in index.vocabulary and index.files == ["a.py"]
+    assert fresh.rescan().files == ["a.py"]
+
 def test_a_rescan_catches_up_in_one_call_whatever_the_slice(make_repo, cache_dir):
     """An interactive prompt's way (the REPL, between questions): one whole pass and every parse it calls for,
     however small the slices a server would use; midway through a server's pass it starts its own."""
