@@ -153,6 +153,8 @@ def _stat(root: Path, path: str, max_file_bytes: int) -> SourceFile | None:
             return _warn(path, "symbolic link loop")
         if not target.is_relative_to(root):
             return _warn(path, "symbolic link to outside the repository")
+        if _skipped_by_name(target.relative_to(root).as_posix()):
+            return None  # a link into .git (its config may hold a remote's token) or node_modules: left out as those
         try:
             info = target.stat()
         except OSError as error:
