@@ -214,10 +214,30 @@ def _set_end(text: str, start: int) -> int | None:
         if text[i] == "\\":
             i += 2
             continue
+        if _class_end(text, i) is not None:    # `[:alpha:]`: its "]" does not close the set
+            i = _class_end(text, i) + 1
+            continue
         if text[i] == "]":
             return i
         i += 1
     return None
+
+
+# The character classes of git's wildmatch (C's ctype, ASCII), as members of a regular expression's set.
+_CLASSES = {
+    "alnum": "a-zA-Z0-9", "alpha": "a-zA-Z", "blank": " \\t", "cntrl": "\\x00-\\x1f\\x7f", "digit": "0-9",
+    "graph": "!-~", "lower": "a-z", "print": " -~", "punct": "!-/:-@\\[-`{-~", "space": " \\t\\n\\r\\f\\v",
+    "upper": "A-Z", "xdigit": "0-9A-Fa-f",
+}
+
+
+def _class_end(text: str, i: int) -> int | None:
+    """The index of the `]` ending a class such as `[:alpha:]` that starts at `i`, or None (then `[` is a member,
+    as in git, which also reads `[:` up to the next `]` and wants `:` before it)."""
+    if not text.startswith("[:", i):
+        return None
+    close = text.find("]", i + 2)
+    return close if close > i + 2 and text[close - 1] == ":" else None
 
 
 def _set(inner: str) -> str:
@@ -229,6 +249,12 @@ def _set(inner: str) -> str:
         if inner[i] == "\\" and i + 1 < len(inner):
             members.append(re.escape(inner[i + 1]))
             i += 2
+            continue
+        if (end := _class_end(inner, i)) is not None:
+            if inner[i + 2:end - 1] not in _CLASSES:
+                return "(?!)"                   # git: a malformed class, and the pattern matches nothing
+            members.append(_CLASSES[inner[i + 2:end - 1]])
+            i = end + 1
             continue
         members.append("-" if inner[i] == "-" and 0 < i < len(inner) - 1 else re.escape(inner[i]))
         i += 1

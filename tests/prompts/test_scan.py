@@ -81,6 +81,8 @@ IGNORE_CASES = [                      # (root .gitignore, {folder: its .gitignor
     ("m.py\n!*.py\n/a.py\n*.txt\n!docs/a.py\ndocs/**\n!a.txt\n*.py\n!q1.py\nsp ace.py\n!*.py", {}),  # filed, in order
     ("*[.]py\n!a.py\nsrc/pkg/*.py\n!src/*.txt\nlogs/**/*.log\n!docs/a*.py\n*.p?\n!set/?1.py\nnested/*/*.txt", {}),
     ("nested/", {"nested": "!inner/"}),
+    ("[[:punct:]]*\nset/[![:alpha:]]*\nq[[:digit:]][[:digit:]].py", {}),     # character classes
+    ("[[:bogus:]]*\n[[:alpha:]\nset/[a[:digit:]-]*", {}),
     ("", {"nested/inner": "/one.py", "docs": "sub/keep\nkeep.py"}),
 ]
 
