@@ -250,28 +250,37 @@ def git_dir(root: Path) -> Path:
 
 
 def global_excludes_files() -> list[Path]:
-    """The user's global excludes file as git finds it: core.excludesFile in ~/.gitconfig or the XDG git config,
-    else $XDG_CONFIG_HOME/git/ignore. Read from the files themselves: git is never run."""
+    """The user's global excludes file as git finds it: core.excludesFile in ~/.gitconfig or the XDG git config (or
+    a file they include), else $XDG_CONFIG_HOME/git/ignore. Read from the files themselves: git is never run."""
     home = Path(os.environ.get("HOME") or "/nonexistent")
     xdg = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "git"
     configured = None
     for config in (xdg / "config", home / ".gitconfig"):  # the later file wins, as in git
-        text = _read_rules(config, follow_links=True)  # dotfile managers link these
-        configured = (_core_excludes_file(text) if text else None) or configured
+        configured = _core_excludes_file(config, home) or configured
     if configured and configured.startswith("~/"):
         return [home / configured[2:]]
     return [Path(configured) if configured else xdg / "ignore"]
 
 
-def _core_excludes_file(config: str) -> str | None:
-    """core.excludesFile from git config text (the common forms: a [core] section, a plain or quoted value)."""
+MAX_INCLUDE_DEPTH = 10  # git's own limit on [include] within [include]: a loop of them ends
+
+
+def _core_excludes_file(config: Path, home: Path, depth: int = 0) -> str | None:
+    """core.excludesFile from a git config file (the common forms: a [core] section, a plain or quoted value),
+    through the files its [include] sections name, where they name them, as git reads them (dotfile setups keep
+    the setting in an included ~/.gitconfig.local)."""
+    text = _read_rules(config, follow_links=True)  # dotfile managers link these
     section, value = "", None
-    for raw in config.splitlines():
+    for raw in (text or "").splitlines():
         line = raw.strip()
         if line.startswith("["):
             section = line[1:line.find("]")].strip().lower() if "]" in line else ""
-        elif section == "core" and "=" in line:
+        elif section in ("core", "include") and "=" in line:
             key, _, rest = line.partition("=")
-            if key.strip().lower() == "excludesfile":
-                value = rest.split(" #")[0].split(" ;")[0].strip().strip('"') or None
+            setting = rest.split(" #")[0].split(" ;")[0].strip().strip('"') or None
+            if section == "core" and key.strip().lower() == "excludesfile":
+                value = setting
+            elif section == "include" and key.strip().lower() == "path" and setting and depth < MAX_INCLUDE_DEPTH:
+                included = home / setting[2:] if setting.startswith("~/") else config.parent / setting
+                value = _core_excludes_file(included, home, depth + 1) or value
     return value

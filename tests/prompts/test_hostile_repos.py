@@ -89,6 +89,11 @@ def test_global_excludes_are_read_from_the_users_git_config_without_git(make_rep
     (home / ".config" / "git").mkdir(parents=True)
     (home / ".config" / "git" / "ignore").write_text("a.py\n")  # git's default global excludes file
     assert [s.path for s in scan_repository(root)] == [".gitignore", "keep.py", "key.secret.py"]
+    # A setting in an included file counts where the [include] stands (a dotfile setup's ~/.gitconfig.local); an
+    # include of itself ends.
+    (home / ".gitconfig.local").write_text("[core]\n  excludesfile = ~/my-ignores\n[include]\n  path = .gitconfig\n")
+    (home / ".gitconfig").write_text("[include]\n  path = ~/.gitconfig.local\n")
+    assert [s.path for s in scan_repository(root)] == [".gitignore", "a.py", "keep.py"]
 
 
 def test_rule_files_that_are_links_fifos_or_devices_are_not_read(make_repo, tmp_path):
