@@ -68,9 +68,10 @@ def scan_repository(root: Path, max_file_bytes: int = MAX_FILE_BYTES) -> list[So
 def walk_sources(root: Path, max_file_bytes: int = MAX_FILE_BYTES) -> Iterator[SourceFile]:
     """The repository's files as a walk that honours the ignore files finds them, lazily and unsorted: a caller can
     take a few at a time (a server keeping its index fresh)."""
-    for path in _walk(root, IgnoreRules(root, (".gitignore", IGNORE_FILE), git_exclude=True)):
+    rules = IgnoreRules(root, (".gitignore", IGNORE_FILE), git_exclude=True)
+    for path in _walk(root, rules):
         if not _skipped_by_name(path):
-            source = _stat(root, path, max_file_bytes)
+            source = _stat(root, path, max_file_bytes, rules)
             if source is not None:
                 yield source
 
@@ -137,8 +138,9 @@ def _walk(root: Path, rules: IgnoreRules) -> Iterator[str]:
         yield from (prefix + f for f in filenames if f != ".git" and not rules.ignored(prefix + f))
 
 
-def _stat(root: Path, path: str, max_file_bytes: int) -> SourceFile | None:
-    """The file's size and mtime, or None (with a warning where the user can act) if it is not a candidate."""
+def _stat(root: Path, path: str, max_file_bytes: int, rules: IgnoreRules | None = None) -> SourceFile | None:
+    """The file's size and mtime, or None (with a warning where the user can act) if it is not a candidate. A link
+    is one if its target is: inside the repository, and a file the scan itself would keep (`rules`: the walk's)."""
     full = root / path
     try:
         info = full.lstat()
@@ -153,8 +155,11 @@ def _stat(root: Path, path: str, max_file_bytes: int) -> SourceFile | None:
             return _warn(path, "symbolic link loop")
         if not target.is_relative_to(root):
             return _warn(path, "symbolic link to outside the repository")
-        if _skipped_by_name(target.relative_to(root).as_posix()):
+        inside = target.relative_to(root).as_posix()
+        if _skipped_by_name(inside):
             return None  # a link into .git (its config may hold a remote's token) or node_modules: left out as those
+        if _ignored_with_folders(rules or IgnoreRules(root, (".gitignore", IGNORE_FILE), git_exclude=True), inside):
+            return None  # settings.py -> .env: what the user keeps out of git (secrets) stays out of prompts
         try:
             info = target.stat()
         except OSError as error:
@@ -166,6 +171,12 @@ def _stat(root: Path, path: str, max_file_bytes: int) -> SourceFile | None:
     if info.st_size > max_file_bytes:
         return None
     return SourceFile(path, info.st_size, info.st_mtime_ns)
+
+
+def _ignored_with_folders(rules: IgnoreRules, path: str) -> bool:
+    """Whether the walk would leave `path` out: it or one of its folders is ignored."""
+    parts = path.split("/")
+    return any(rules.ignored("/".join(parts[:n]), is_dir=True) for n in range(1, len(parts))) or rules.ignored(path)
 
 
 def _warn(path: str, reason: str) -> None:

@@ -228,7 +228,8 @@ def test_non_utf8_bytes_are_replaced_and_windows_line_ends_normalised(make_repo)
 
 def test_links_loops_and_special_files_warn_and_do_not_stop_the_scan(make_repo, tmp_path):
     root = make_repo({"a.py": "a = 1\n", "z.py": "z = 1\n", ".git/config": "url = https://user:token@host/x\n",
-                      "node_modules/m/index.js": "x = 1\n"})
+                      "node_modules/m/index.js": "x = 1\n", ".gitignore": ".env\nprivate/\n", ".env": "KEY = 'k'\n",
+                      "private/keys.py": "KEY = 'k'\n"})
     outside = tmp_path / "outside.py"
     outside.write_text("secret = 1\n")
     os.symlink("loop_a", root / "loop_b")
@@ -238,11 +239,13 @@ def test_links_loops_and_special_files_warn_and_do_not_stop_the_scan(make_repo, 
     os.symlink("a.py", root / "alias.py")
     os.symlink(".git/config", root / "remote.py")  # what the scan leaves out is not let in by a link to it
     os.symlink("node_modules/m/index.js", root / "vendored.js")
+    os.symlink(".env", root / "settings.py")  # nor by a link to what the user keeps out of git
+    os.symlink("private/keys.py", root / "keys.py")
     os.symlink("..", root / "up")  # a folder link is not followed
     os.mkfifo(root / "pipe.py")  # reading it would block forever
     with pytest.warns(ScanWarning) as caught:
         paths = _paths(root)
-    assert paths == ["a.py", "alias.py", "z.py"]
+    assert paths == [".gitignore", "a.py", "alias.py", "z.py"]
     messages = sorted(str(w.message) for w in caught)
     assert messages == [
         "skipped broken.py: broken symbolic link",
