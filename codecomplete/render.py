@@ -66,8 +66,9 @@ def status(message: str) -> Iterator[Callable[[str], None]]:
     if not console.is_terminal:
         yield lambda _message: None
         return
-    with console.status(message) as spinner:
-        yield lambda text: spinner.update(text)
+    # Text, not markup: messages name files and folders, and a `[` in a name would be read as a style (or fail).
+    with console.status(Text(printable(message))) as spinner:
+        yield lambda text: spinner.update(Text(printable(text)))
 
 
 @contextmanager
@@ -77,11 +78,12 @@ def progress_bar(description: str) -> Iterator[Callable[..., None]]:
     if not console.is_terminal:
         yield lambda done, total, description=None: None
         return
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
-        task = bar.add_task(description, total=None)
+    # Descriptions name the repository: shown as text, never read as markup.
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task(printable(description), total=None)
         yield lambda done, total, description=None: bar.update(
-            task, completed=done, total=total, description=description or bar.tasks[0].description)
+            task, completed=done, total=total, description=printable(description or bar.tasks[0].description))
 
 
 # Bodies: how the text of each kind of result is drawn in a terminal.
@@ -274,7 +276,9 @@ def context_table(items) -> Table:
     table.add_column("tokens", justify="right")
     table.add_column("form")
     for item in items:
-        table.add_row(printable(item.path), f"{item.start_line}-{item.end_line}", f"{item.tokens:,}", item.form)
+        # A cell given as a str is rich markup: a file named `a[/]b.py` failed /context, `[link=URL]x[/link].py`
+        # became a hyperlink. The path is Text, shown as it is named.
+        table.add_row(Text(printable(item.path)), f"{item.start_line}-{item.end_line}", f"{item.tokens:,}", item.form)
     return table
 
 

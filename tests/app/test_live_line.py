@@ -51,3 +51,24 @@ def test_escape_sequences_from_files_or_the_model_never_reach_a_terminal(monkeyp
     assert "\x1b]52" not in table.file.getvalue()
     cli._say(f"error: {HOSTILE}.py: not a file")
     assert "\x1b" not in capsys.readouterr().err
+
+
+def test_file_names_are_shown_as_text_never_read_as_rich_markup(monkeypatch):
+    """rich reads a str as markup: a repository file named `a[/]b.py` failed /context (MarkupError ended the REPL),
+    `[link=URL]x[/link].py` became a hyperlink. Names in the context table, the spinner and the progress bar are
+    shown as they are named."""
+    from prompts.packing import ContextItem
+
+    names = ["a[/]b.py", "[link=https://evil.example]notes[/link].py", "[blink]x[/blink].py"]
+    table = Console(file=io.StringIO(), width=200, force_terminal=True)
+    table.print(render.context_table([ContextItem(name, 1, 2, 3, "whole") for name in names]))
+    err = Console(file=io.StringIO(), width=200, force_terminal=True)
+    monkeypatch.setattr(render, "stderr_console", lambda: err)
+    with render.status("Converting a[/]b.gguf") as update:
+        update("Loading [link=https://evil.example]m[/link]")
+    with render.progress_bar("Indexing [/]repo") as progress:
+        progress(1, 2, "Indexing [blink]repo[/blink]")
+    for shown, expected in ((table.file.getvalue(), names),
+                            (err.file.getvalue(), ["[link=https://evil.example]m[/link]", "[blink]repo[/blink]"])):
+        assert all(name in shown for name in expected), shown
+        assert "\x1b]8;" not in shown and "\x1b[5m" not in shown        # no hyperlink, no blinking
