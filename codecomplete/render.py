@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Callable, Iterator
 
+from markdown_it import MarkdownIt
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.live import Live
 from rich.markdown import Markdown
@@ -94,7 +95,11 @@ def code_body(path: str) -> Callable[[str], RenderableType]:
 
 
 def markdown_body(text: str) -> RenderableType:
-    return Markdown(text, code_theme=CODE_THEME)
+    markdown = Markdown(text, code_theme=CODE_THEME)
+    # HTML read as text: rich drops the HTML it parses, so an answer's `List<String>` showed as `List` and an
+    # HTML example outside a code block vanished. (What follows `<` in code is code, not markup to render.)
+    markdown.parsed = MarkdownIt("commonmark", {"html": False}).enable(["strikethrough", "table"]).parse(text)
+    return markdown
 
 
 def text_body(text: str) -> RenderableType:

@@ -72,3 +72,14 @@ def test_file_names_are_shown_as_text_never_read_as_rich_markup(monkeypatch):
                             (err.file.getvalue(), ["[link=https://evil.example]m[/link]", "[blink]repo[/blink]"])):
         assert all(name in shown for name in expected), shown
         assert "\x1b]8;" not in shown and "\x1b[5m" not in shown        # no hyperlink, no blinking
+
+
+def test_an_answer_that_looks_like_html_is_shown_in_full():
+    """rich drops the HTML it parses in Markdown: `List<String>` showed as `List`, an HTML example outside a code
+    block was not shown at all. Answers are code talk: what the model wrote is what the terminal shows."""
+    answer = "Return a List<String> or Map<K, V>.\n\n<div class=\"box\">\n  <br>\n</div>\n\nThen `x<y>` ends it."
+    console = Console(file=io.StringIO(), width=200, force_terminal=True)
+    console.print(render.markdown_body(answer))
+    shown = console.file.getvalue()
+    for piece in ("List<String>", "Map<K, V>", '<div class="box">', "<br>", "</div>", "x<y>"):
+        assert piece in shown, (piece, shown)
