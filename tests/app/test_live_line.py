@@ -83,3 +83,13 @@ def test_an_answer_that_looks_like_html_is_shown_in_full():
     shown = console.file.getvalue()
     for piece in ("List<String>", "Map<K, V>", '<div class="box">', "<br>", "</div>", "x<y>"):
         assert piece in shown, (piece, shown)
+
+
+def test_a_link_in_an_answer_shows_where_it_goes():
+    """A Markdown link was a terminal hyperlink (OSC 8) whose text hid its address: `[https://docs.python.org]
+    (https://evil.example)` read as one site and opened another. The address is shown, and no hyperlink is made."""
+    console = Console(file=io.StringIO(), width=200, force_terminal=True)
+    console.print(render.markdown_body("See [https://docs.python.org](https://evil.example/x) for more."))
+    shown = console.file.getvalue()
+    assert "\x1b]8;" not in shown
+    assert "https://docs.python.org" in shown and "https://evil.example/x" in shown
