@@ -28,10 +28,14 @@ codecs.register_error(UNENCODABLE, _replace_unencodable)
 # model's output that reaches a terminal must not drive it: ESC starts sequences that retitle the window, clear the
 # screen, or (OSC 52) write the clipboard. rich drops a few controls (BEL, BS, CR...) but passes ESC through.
 _VISIBLE = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x09), *range(0x0b, 0x20), 0x7f, *range(0x80, 0xa0))}
+# Bidirectional embeddings, overrides and isolates too: they reorder what the terminal shows ("Trojan Source"), so a
+# line the model copied could read as other code than it is. The marks (LRM, RLM) stay, which RTL text uses.
+_VISIBLE |= {c: f"\\u{c:04x}" for c in (*range(0x202a, 0x202f), *range(0x2066, 0x206a))}
 
 
 def printable(text: str) -> str:
-    """`text` as a terminal may show it: control characters but tab and newline written as `\\x1b` and the like."""
+    """`text` as a terminal may show it: control characters but tab and newline written as `\\x1b` and the like,
+    bidirectional overrides as `\\u202e`."""
     return text.translate(_VISIBLE)
 
 

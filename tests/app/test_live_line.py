@@ -93,3 +93,16 @@ def test_a_link_in_an_answer_shows_where_it_goes():
     shown = console.file.getvalue()
     assert "\x1b]8;" not in shown
     assert "https://docs.python.org" in shown and "https://evil.example/x" in shown
+
+
+def test_bidirectional_overrides_in_an_answer_are_shown_not_obeyed():
+    """Trojan Source: U+202E and the isolates reorder what the terminal shows, so a copied line could read as other
+    code than it is. They are shown as escapes; the marks RTL text uses (U+200F) stay."""
+    line = 'if access_level != "user\u202e \u2066# admin\u2069 \u2066":  # \u05e9\u05dc\u05d5\u05dd\u200f'
+    for body in (render.text_body, render.markdown_body, render.code_body("x.py")):
+        console = Console(file=io.StringIO(), width=200, force_terminal=True)
+        render.LiveView(console, body, info="model").finish(
+            GenerationResult(line, [1], 1, 0, "length", Timings()), None)
+        shown = console.file.getvalue()
+        assert not any(chr(c) in shown for c in (*range(0x202a, 0x202f), *range(0x2066, 0x206a))), repr(shown)
+        assert "\\u202e" in shown and "\\u2066" in shown and "\u200f" in shown
