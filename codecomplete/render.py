@@ -15,6 +15,7 @@ NO_COLOR and TERM=dumb; FORCE_COLOR and TTY_COMPATIBLE may colour stderr, never 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -40,7 +41,7 @@ CODE_THEME = "monokai"
 def stdout_console() -> Console:
     # Whether stdout is a terminal is asked of stdout itself: FORCE_COLOR and TTY_COMPATIBLE would make rich
     # draw the live view and colour into a pipe, where an editor expects the completion alone.
-    return Console(highlight=False, force_terminal=stdout_is_terminal())
+    return Console(highlight=False, force_terminal=stdout_is_terminal(), _environ=_environment())
 
 
 def stdout_is_terminal() -> bool:
@@ -51,7 +52,14 @@ def stdout_is_terminal() -> bool:
 
 
 def stderr_console() -> Console:
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, _environ=_environment())
+
+
+def _environment() -> dict[str, str]:
+    """The environment rich reads, less a COLUMNS or LINES of 0 (some shells and CI runners export them so): rich
+    takes a width of 0 as it is and prints nothing at all, no answer, no error. Without them it asks the terminal."""
+    return {name: value for name, value in os.environ.items()
+            if not (name in ("COLUMNS", "LINES") and value.isdigit() and int(value) == 0)}
 
 
 def warn(message: str) -> None:

@@ -1,6 +1,7 @@
 """The terminal's live status line and summary show speculative decoding's acceptance."""
 import io
 
+import pytest
 from rich.console import Console
 
 from codecomplete import render
@@ -106,3 +107,16 @@ def test_bidirectional_overrides_in_an_answer_are_shown_not_obeyed():
         shown = console.file.getvalue()
         assert not any(chr(c) in shown for c in (*range(0x202a, 0x202f), *range(0x2066, 0x206a))), repr(shown)
         assert "\\u202e" in shown and "\\u2066" in shown and "\u200f" in shown
+
+
+@pytest.mark.parametrize("columns", ["0", "00"])
+def test_a_columns_of_zero_still_shows_the_answer(monkeypatch, capsys, columns):
+    """rich takes COLUMNS=0 as a width of 0 and printed nothing: no welcome, no answer, no warning. A zero size is
+    no size, and the terminal's own (or rich's default) stands."""
+    monkeypatch.setenv("COLUMNS", columns)
+    monkeypatch.setenv("LINES", "0")
+    for console in (render.stdout_console(), render.stderr_console()):
+        assert console.width > 1 and console.height > 1
+        console.print(render.markdown_body("The answer is `42`."))
+    captured = capsys.readouterr()
+    assert "The answer is 42." in captured.out and "The answer is 42." in captured.err
