@@ -156,8 +156,9 @@ class _Meter:
 def summary_line(result, engine=None) -> str:
     """`37 tokens · 14.2 tok/s · first token 180 ms · prompt 1,834 (1,700 reused)`"""
     timings = result.timings
+    # A rate needs two tokens: with none or one, "0.0 tok/s" would say the model stalled when it did not decode.
     parts = [_plural(len(result.token_ids), "token"),
-             f"{timings.decode_tokens_per_s:.1f} tok/s",
+             *([f"{timings.decode_tokens_per_s:.1f} tok/s"] if timings.decode_tokens_per_s else []),
              f"first token {_duration(timings.ttft_ms / 1000)}",
              f"prompt {result.prompt_tokens:,}"
              + (f" ({result.reused_prefix_tokens:,} reused)" if result.reused_prefix_tokens else "")]
@@ -218,7 +219,8 @@ class LiveView:
     def _frame(self) -> RenderableType:
         meter = self._meter
         if meter.count:
-            progress = f"{meter.rate():.1f} tok/s · {_plural(meter.count, 'token')}"
+            rate = meter.rate()
+            progress = (f"{rate:.1f} tok/s · " if rate else "") + _plural(meter.count, "token")
             running = self.progress() if self.progress else None
             if running is not None and running.drafted_tokens:
                 progress += f" · {speculation(running)}"

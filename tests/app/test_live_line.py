@@ -120,3 +120,21 @@ def test_a_columns_of_zero_still_shows_the_answer(monkeypatch, capsys, columns):
         console.print(render.markdown_body("The answer is `42`."))
     captured = capsys.readouterr()
     assert "The answer is 42." in captured.out and "The answer is 42." in captured.err
+
+
+@pytest.mark.parametrize("tokens", [0, 1])
+def test_no_rate_is_claimed_for_an_answer_of_one_token_or_none(tokens):
+    """Decode tokens/s needs two tokens: an answer of one token (or a stop at once) said `0.0 tok/s`, as if the
+    model had stalled, in the summary and on the live line. Two tokens or more show their rate, cancelled or not."""
+    console = Console(file=io.StringIO(), width=200, force_terminal=True)
+    view = render.LiveView(console, render.text_body, info="model")
+    for _ in range(tokens):
+        view.on_text("def")
+    console.print(view._frame())
+    view.finish(GenerationResult("def" * tokens, [1] * tokens, 5, 0, "stop", Timings(ttft_ms=120.0)), None)
+    shown = console.file.getvalue()
+    assert "tok/s" not in shown and "first token 120 ms" in shown
+    assert f"{tokens} token" in shown
+    cancelled = GenerationResult("def f", [1, 2, 3], 5, 0, "cancelled",
+                                 Timings(ttft_ms=120.0, decode_s=0.5, decode_tokens_per_s=4.0))
+    assert render.summary_line(cancelled) == "3 tokens · 4.0 tok/s · first token 120 ms · prompt 5 · cancelled"
