@@ -185,7 +185,8 @@ def _duration(seconds: float) -> str:
 
 
 def model_label(engine) -> str:
-    return f"{engine.name} ({engine.device}, {engine.dtype}, {engine.attention})"
+    # The name is a checkpoint's folder or file name: the welcome, the live line and the summary show it as text.
+    return printable(f"{engine.name} ({engine.device}, {engine.dtype}, {engine.attention})")
 
 
 class LiveView:

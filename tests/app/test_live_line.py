@@ -138,3 +138,17 @@ def test_no_rate_is_claimed_for_an_answer_of_one_token_or_none(tokens):
     cancelled = GenerationResult("def f", [1, 2, 3], 5, 0, "cancelled",
                                  Timings(ttft_ms=120.0, decode_s=0.5, decode_tokens_per_s=4.0))
     assert render.summary_line(cancelled) == "3 tokens · 4.0 tok/s · first token 120 ms · prompt 5 · cancelled"
+
+
+def test_a_model_named_with_escape_sequences_cannot_retitle_the_terminal():
+    """The model's name is its checkpoint folder's or file's: the live line and the summary show it, never obey it."""
+    from types import SimpleNamespace
+    engine = SimpleNamespace(name="m\x1b]0;pwned\x07\x1b]52;c;cm0K\x07", device="cpu", dtype="float32",
+                             attention="sdpa")
+    console = Console(file=io.StringIO(), width=200, force_terminal=True)
+    view = render.LiveView(console, render.text_body, info=render.model_label(engine))
+    view.on_text("x")
+    console.print(view._frame())
+    view.finish(GenerationResult("x", [1], 1, 0, "length", Timings()), engine)
+    shown = console.file.getvalue()
+    assert "\x1b]" not in shown and "\x07" not in shown and shown.count("\\x1b]0;pwned") == 2
