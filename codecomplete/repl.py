@@ -59,6 +59,17 @@ def history_path(root: Path | None = None) -> Path | None:
     return path
 
 
+class _FileHistory(FileHistory):
+    """The history file, written while it can be: on a full disk, or a file replaced under us, prompt-toolkit
+    printed a traceback and "Press ENTER to continue" at every line sent. The line stays in memory instead."""
+
+    def store_string(self, string: str) -> None:
+        try:
+            super().store_string(string)
+        except OSError:
+            pass
+
+
 class SlashCompleter(Completer):
     """Slash commands at the start of the line; after /add the indexed files, after /drop the pinned ones."""
 
@@ -117,7 +128,7 @@ class Repl:
         self.last_rate = 0.0
         history = history or history_path(conversation.index.root)
         self.session = PromptSession(
-            history=FileHistory(str(history)) if history else InMemoryHistory(), completer=SlashCompleter(conversation),
+            history=_FileHistory(str(history)) if history else InMemoryHistory(), completer=SlashCompleter(conversation),
             complete_while_typing=False, multiline=True, key_bindings=_key_bindings(),
             bottom_toolbar=self._toolbar, prompt_continuation="… ", input=input, output=output)
 

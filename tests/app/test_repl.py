@@ -189,3 +189,17 @@ def test_the_history_file_is_readable_by_its_owner_only(tmp_path, monkeypatch):
     assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o077 == 0
     path.chmod(0o644)                               # one written by an older version is tightened
     assert repl.history_path(tmp_path / "repo").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_history_file_that_can_no_longer_be_written_never_interrupts_the_session(conversation, tmp_path):
+    """A full disk, or the file replaced under the REPL: prompt-toolkit printed a traceback and "Press ENTER to
+    continue" at every line sent. The line is kept in memory (Up still finds it), and the REPL goes on."""
+    history = tmp_path / "history"
+    history.write_text("")
+    with create_pipe_input() as pipe:
+        session = repl.Repl(conversation, Console(file=io.StringIO()), input=pipe, output=DummyOutput(),
+                            history=history)
+    history.unlink()
+    history.mkdir()                                 # open(..., "ab") now fails, as on a full disk
+    session.session.history.append_string("What does area_of_circle compute?")
+    assert "What does area_of_circle compute?" in session.session.history.get_strings()
