@@ -230,6 +230,7 @@ class Repl:
                     raise AppError(f"/model {argument}: cannot load it ({type(exc).__name__}: {exc})") from exc
                 raise
             conversation.session.engine, conversation.args = engine, args
+            self.last_rate = 0.0        # the toolbar's tok/s was the old model's
         engine = conversation.engine
         self.console.print(Text(f"{render.model_label(engine)} · context {engine.context_length:,} tokens"
                                 f" (model limit {engine.model_max_positions:,}) · loaded in {engine.load_s:.1f} s"))

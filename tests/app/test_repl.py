@@ -203,3 +203,17 @@ def test_a_history_file_that_can_no_longer_be_written_never_interrupts_the_sessi
     history.mkdir()                                 # open(..., "ab") now fails, as on a full disk
     session.session.history.append_string("What does area_of_circle compute?")
     assert "What does area_of_circle compute?" in session.session.history.get_strings()
+
+
+def test_the_toolbar_rate_is_the_loaded_models(conversation, tmp_path, monkeypatch):
+    """After /model loads another model, the toolbar's tok/s was still the old model's last answer's."""
+    out = io.StringIO()
+    with create_pipe_input() as pipe:
+        session = repl.Repl(conversation, Console(file=out, width=100), input=pipe, output=DummyOutput(),
+                            history=tmp_path / "history")
+    session.last_rate = 42.0
+    assert "42.0 tok/s" in session._toolbar()
+    monkeypatch.setattr(repl.engines, "load", lambda args, max_new_tokens: conversation.engine)
+    monkeypatch.setattr(conversation, "args", conversation.args)     # /model replaces them; put back after
+    session.command("/model other")
+    assert "tok/s" not in session._toolbar() and conversation.args.model == "other"
