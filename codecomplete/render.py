@@ -261,14 +261,25 @@ class PlainView:
         if self.closed:
             return
         try:
-            self.stream.write(delta)
-            self.stream.flush()
+            write_out(self.stream, delta)
         except BrokenPipeError:
             self.closed = True     # the engine's should_stop sees it and ends generation
 
     def finish(self, result, engine) -> None:
         # Editors insert stdout as it is: no newline is added that the model did not write.
         pass
+
+
+def write_out(stream, text: str) -> None:
+    """Write and flush. A full disk (`> /dev/full`) or a terminal gone is said as such, not as an internal error; a
+    closed pipe stays BrokenPipeError (the reader went away: 141, quietly)."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise AppError(f"cannot write the output: {exc.strerror or exc}") from None
 
 
 class QuietView(PlainView):
@@ -322,8 +333,7 @@ def emit_json(destination: str, obj: dict) -> None:
     """`--json` alone prints one line to stdout (JSON Lines, for jq and scripts);
     `--json FILE` writes FILE, indented for people."""
     if destination == "-":
-        sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
+        write_out(sys.stdout, json.dumps(obj, ensure_ascii=False) + "\n")
         return
     try:
         with open(destination, "w", encoding="utf-8", errors=UNENCODABLE) as f:

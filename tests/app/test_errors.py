@@ -110,6 +110,17 @@ def test_closed_pipe_exits_quietly(script, cli_env):
     assert open(os.path.join(cli_env["HOME"], "err")).read() == ""
 
 
+@pytest.mark.parametrize("json", [[], ["--json"]])
+def test_a_full_disk_is_an_error_not_a_bug(script, cli_env, json):
+    """`> /dev/full`: the text, or the JSON object, cannot be written. That is said in one line with exit 1, not as
+    an internal error that asks for --debug."""
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([str(script), "--prompt", "def main():", "--max-tokens", "4", *json], stdout=full,
+                              stderr=subprocess.PIPE, text=True, env=cli_env, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr == "codecomplete: error: cannot write the output: No space left on device\n"
+
+
 def test_ctrl_c_during_generation_exits_130(script, cli_env):
     proc = subprocess.Popen([str(script), "--prompt", "def main():", "--max-tokens", "400"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env)
