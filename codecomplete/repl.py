@@ -94,7 +94,8 @@ class SlashCompleter(Completer):
         starts = [p for p in paths if p.startswith(word)]
         inside = [p for p in paths if word in p and not p.startswith(word)]
         for path in (starts + inside)[:MAX_PATH_COMPLETIONS]:
-            yield Completion(path, start_position=-len(word))
+            # prompt-toolkit shows control characters as ^[ but obeys bidirectional overrides in a file's name.
+            yield Completion(path, start_position=-len(word), display=printable(path))
 
 
 def _key_bindings() -> KeyBindings:

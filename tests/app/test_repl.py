@@ -121,7 +121,7 @@ def test_ctrl_c_cancels_the_answer_and_keeps_the_conversation(conversation, tmp_
     assert conversation.messages == []
 
 
-def test_completion_of_commands_and_paths(conversation):
+def test_completion_of_commands_and_paths(conversation, monkeypatch):
     completer = repl.SlashCompleter(conversation)
 
     def complete(text):
@@ -132,6 +132,10 @@ def test_completion_of_commands_and_paths(conversation):
     assert complete("/add shapes/g") == ["shapes/geometry.py"]
     assert complete("/add geometry") == ["shapes/geometry.py"]
     assert complete("plain question") == []
+    # A file named to reorder the menu (U+202E) is inserted as named and listed with the override shown.
+    monkeypatch.setattr(conversation, "pinned", ["txt.\u202egnp.py"])
+    [named] = completer.get_completions(Document("/drop txt"), None)
+    assert named.text == "txt.\u202egnp.py" and named.display_text == "txt.\\u202egnp.py"
 
 
 def test_a_model_that_fails_to_load_keeps_the_repls_model_and_conversation(conversation, tmp_path):
