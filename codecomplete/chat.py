@@ -35,10 +35,18 @@ class Conversation:
         """Generate the answer into view. A cancelled answer stays in the conversation as far
         as it got, so the next question can refer to it."""
         self.last_prompt = generation.prompt
-        result = engines.generate(generation, view)
-        self.messages += [{"role": "user", "content": question},
-                          {"role": "assistant", "content": result.text}]
+        try:
+            result = engines.generate(generation, view)
+        except KeyboardInterrupt:
+            # A second Ctrl-C mid-answer raises instead of cancelling: what streamed stays all the same.
+            if getattr(view, "text", ""):
+                self._record(question, view.text)
+            raise
+        self._record(question, result.text)
         return result
+
+    def _record(self, question: str, answer: str) -> None:
+        self.messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
 
     def pin(self, path: str) -> str:
         relative = workspace.file_in(self.index.root, path)

@@ -210,8 +210,12 @@ class LiveView:
         self._live.start()
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, exc_type, *exc_info) -> None:
         self._live.stop()
+        if exc_type is not None and self.text.strip():
+            # Left without a result (a second Ctrl-C mid-answer, a model error): the live view is transient, so what
+            # streamed would vanish from the screen; it stays, and the error follows it.
+            self.console.print(self.body(_shown(self.text)))
 
     def on_text(self, delta: str) -> None:
         self._parts.append(delta)

@@ -38,8 +38,8 @@ def drive(conversation, keystrokes, history):
     return out.getvalue()
 
 
-def interrupt_answer(engine, monkeypatch, after_pieces=3):
-    """Press Ctrl-C (a real SIGINT) once the next answer has streamed a few pieces."""
+def interrupt_answer(engine, monkeypatch, after_pieces=3, presses=1):
+    """Press Ctrl-C (a real SIGINT) once the next answer has streamed a few pieces (twice: a double tap)."""
     generate = engine.generate
 
     def generate_then_interrupt(ids, config, on_text=None, should_stop=None):
@@ -47,9 +47,10 @@ def interrupt_answer(engine, monkeypatch, after_pieces=3):
 
         def on_piece(text):
             seen.append(text)
-            if len(seen) == after_pieces:
-                signal.raise_signal(signal.SIGINT)
             on_text(text)
+            if len(seen) == after_pieces:
+                for _ in range(presses):
+                    signal.raise_signal(signal.SIGINT)
         return generate(ids, config, on_text=on_piece, should_stop=should_stop)
     monkeypatch.setattr(engine, "generate", generate_then_interrupt)
 
@@ -119,6 +120,20 @@ def test_ctrl_c_cancels_the_answer_and_keeps_the_conversation(conversation, tmp_
     printed = drive(conversation, ["And its area method?\r", "/reset\r", "/exit\r"], tmp_path / "history")
     assert "cancelled" not in printed
     assert conversation.messages == []
+
+
+def test_a_second_ctrl_c_mid_answer_keeps_what_streamed(conversation, tmp_path, monkeypatch):
+    """A double tap raises KeyboardInterrupt in the middle of the answer instead of cancelling it: the answer so far
+    vanished with the transient live view, and the conversation forgot it. It stays on screen and in the
+    conversation, as a cancelled answer does, and the REPL goes on."""
+    conversation.reset()
+    interrupt_answer(conversation.engine, monkeypatch, presses=2)
+    printed = drive(conversation, ["Explain Rectangle.\r", "/exit\r"], tmp_path / "history")
+    question, answer = conversation.messages
+    assert question["content"] == "Explain Rectangle." and answer["content"].strip()
+    lines = printed.splitlines()
+    shown = lines[lines.index("interrupted") - 1]
+    assert shown.split() and shown.split()[0] in answer["content"]        # the line before is the answer so far
 
 
 def test_completion_of_commands_and_paths(conversation, monkeypatch):
