@@ -109,7 +109,16 @@ def markdown_body(text: str) -> RenderableType:
     # HTML read as text: rich drops the HTML it parses, so an answer's `List<String>` showed as `List` and an
     # HTML example outside a code block vanished. (What follows `<` in code is code, not markup to render.)
     markdown.parsed = MarkdownIt("commonmark", {"html": False}).enable(["strikethrough", "table"]).parse(text)
+    _printable_tokens(markdown.parsed)
     return markdown
+
+
+def _printable_tokens(tokens) -> None:
+    """Character references are decoded in parsing, after printable() saw the text: `&#x202e;` became a bidi override
+    (markdown-it itself turns control characters' references into U+FFFD)."""
+    for token in tokens:
+        token.content = printable(token.content)
+        _printable_tokens(token.children or ())
 
 
 def text_body(text: str) -> RenderableType:

@@ -152,3 +152,12 @@ def test_a_model_named_with_escape_sequences_cannot_retitle_the_terminal():
     view.finish(GenerationResult("x", [1], 1, 0, "length", Timings()), engine)
     shown = console.file.getvalue()
     assert "\x1b]" not in shown and "\x07" not in shown and shown.count("\\x1b]0;pwned") == 2
+
+
+def test_a_character_reference_cannot_smuggle_a_bidi_override_into_an_answer():
+    """Markdown decodes `&#x202e;` while parsing, after the text was made printable: the override reached the
+    terminal. Decoded text is made printable too; other references still read as what they stand for."""
+    console = Console(file=io.StringIO(), width=200, force_terminal=True)
+    console.print(render.markdown_body(render._shown("user &#x202e; &#x2066;admin&#x2069; &amp; &lt;T&gt;")))
+    shown = console.file.getvalue()
+    assert "\u202e" not in shown and "\u2066" not in shown and "\\u202e" in shown and "& <T>" in shown
