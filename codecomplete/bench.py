@@ -153,7 +153,9 @@ def table(result) -> Table:
     ratio = {(s["context"], s["over"]): s["ratio"] for s in result["speedups"]}
     for context in sorted({r["context"] for r in result["end_to_end"]}):
         label = f"{context:,}" + (" (repo)" if context == result["repo_context"] else "")
-        cells = [f"{rate[(context, b)]:.1f}" for b in backends] + [f"{ratio[(context, o)]:.2f}x" for o in backends[1:]]
+        # No ratio where a backend decoded nothing (the model's EOS as its first token): a dash, not a crash.
+        cells = [f"{rate[(context, b)]:.1f}" for b in backends] + [
+            f"{ratio[(context, o)]:.2f}x" if (context, o) in ratio else "-" for o in backends[1:]]
         if ceiling:
             cells += [f"{ceiling[context]:.0f}", f"{100 * rate[(context, backends[0])] / ceiling[context]:.0f}%"]
         t.add_row(label, *cells)
@@ -178,7 +180,7 @@ def variant_table(result) -> Table:
             r = cell[(context, label)]
             rate = r["decode_tokens_per_s"]
             note = f" ({100 * r['accepted'] / r['drafted']:.0f}% accepted)" if r["drafted"] else ""
-            cells += [f"{rate:.1f}{note}", f"{rate / base[context]:.2f}x"]
+            cells += [f"{rate:.1f}{note}", f"{rate / base[context]:.2f}x" if base[context] else "-"]
         t.add_row(*cells)
     return t
 
@@ -236,6 +238,9 @@ def _card(device: str, ranks: int = 1) -> str:
 def run_bench(args) -> None:
     if args.plot and importlib.util.find_spec("matplotlib") is None:      # say so before a long run
         raise UsageError("--plot needs matplotlib: pip install -e '.[plot]'")
+    if args.max_tokens == 1:            # the one token comes from the prefill: no decode step to time
+        raise UsageError("--bench --max-tokens 1 times no decoding (the first token comes from the prefill): "
+                         "give 2 or more")
     root = workspace.repository(args.repo) if args.repo else None
     index = workspace.index(root) if root else None
     device = engines.device_for(args)

@@ -1,4 +1,5 @@
 """--bench on the CPU: the honest subset, a table, JSON and a PNG."""
+import io
 import json
 
 from codecomplete import bench
@@ -47,3 +48,33 @@ def test_default_contexts_beyond_the_model_run_at_its_longest(codecomplete, tmp_
                        "--json", out)
     assert run.returncode == 0, run.stderr
     assert {row["context"] for row in json.loads(out.read_text())["end_to_end"]} == {256}
+
+
+def test_max_tokens_1_is_a_usage_error(codecomplete):
+    # One token comes from the prefill alone: every decode rate would be 0 and the table had no ratio to show.
+    run = codecomplete("--bench", "--contexts", "16", "--max-tokens", "1")
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.count("\n") == 1 and "--max-tokens 1 times no decoding" in run.stderr
+
+
+def test_tables_show_a_backend_that_decoded_nothing():
+    """A model whose first token is its EOS decodes nothing: a rate of 0, no ratio; the tables show a dash
+    where they crashed on a KeyError (and a division by zero) after the whole run."""
+    rows = [{"context": 64, "attention": "sdpa", "decode_tokens_per_s": 0.0},
+            {"context": 64, "attention": "eager", "decode_tokens_per_s": 0.0},
+            {"context": 128, "attention": "sdpa", "decode_tokens_per_s": 6.0},
+            {"context": 128, "attention": "eager", "decode_tokens_per_s": 3.0}]
+    variants = [{"context": c, "variant": "int8", "decode_tokens_per_s": r, "drafted": 0, "accepted": 0}
+                for c, r in ((64, 0.0), (128, 4.5))]
+    result = {"backends": ["sdpa", "eager"], "end_to_end": rows, "speedups": bench.speedups(rows, ["sdpa", "eager"]),
+              "roofline": None, "repo_context": None, "kv_cache": "float32", "variants": variants}
+    from rich.console import Console
+
+    def rows_of(table) -> dict[str, list[str]]:
+        console = Console(width=200, record=True, file=io.StringIO())
+        console.print(table)
+        cells = [line.strip("│ ").split("│") for line in console.export_text().splitlines() if line.startswith("│")]
+        return {row[0].strip(): [cell.strip() for cell in row[1:]] for row in cells if row[0].strip()[:1].isdigit()}
+
+    assert rows_of(bench.table(result)) == {"64": ["0.0", "0.0", "-"], "128": ["6.0", "3.0", "2.00x"]}
+    assert rows_of(bench.variant_table(result)) == {"64": ["0.0", "0.0", "-"], "128": ["6.0", "4.5", "0.75x"]}
