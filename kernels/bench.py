@@ -560,6 +560,58 @@ def log_to_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """The GPU benchmarks' command lines: a bad option is one line and exit status 2, said at once (on a CPU too),
+    not a traceback minutes into a GPU run."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def whole(low: int = 1):
+    """An argparse type: a whole number from `low` up."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected a number from {low} up, got {value}")
+        return value
+    return parse
+
+
+def one_of(*names: str):
+    def parse(text: str) -> str:
+        if text not in names:
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(names)}")
+        return text
+    return parse
+
+
+def comma_list(item, *, empty: bool = False, length: int | None = None):
+    """An argparse type: each comma-separated part checked by `item`; the text comes back as typed (the callers
+    split it). `empty`: '' (nothing) is allowed; `length`: exactly that many parts."""
+    def parse(text: str) -> str:
+        parts = [item(part.strip()) for part in text.split(",") if part.strip()]
+        if not parts and not empty:
+            raise argparse.ArgumentTypeError(f"{text!r} lists nothing")
+        if parts and length is not None and len(parts) != length:
+            raise argparse.ArgumentTypeError(f"expected {length} comma-separated values, got {text!r}")
+        return text
+    return parse
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < math.inf:        # NaN too
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text}")
+    return value
+
+
 def begin_run(program: str, out: Path):
     """What every GPU benchmark does first: (environment, copy bandwidth, logger), or None without CUDA.
     The environment carries the read bandwidth too (env["read_bandwidth"], bytes/s)."""
@@ -581,7 +633,7 @@ def begin_run(program: str, out: Path):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Flash-Decoding kernel benchmark (needs a CUDA GPU)")
+    parser = OneLineParser(prog="python -m kernels.bench", description="Flash-Decoding kernel benchmark (needs a CUDA GPU)")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/results")))
     parser.add_argument("--quick", action="store_true", help="issue 10's nine shapes")
     parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention (slow to compile)")
@@ -593,7 +645,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default="", help="comma-separated substrings of shape labels to run (with "
                         "--tune, one ending in $ matches a label's end: 'S=64k fp8$' leaves out 'S=64k fp8 T=8')")
     parser.add_argument("--tune", action="store_true", help="explore launch plans instead (kernels.tune)")
-    parser.add_argument("--budget-s", type=float, default=330.0, help="--tune: seconds of exploration at most")
+    parser.add_argument("--budget-s", type=positive_seconds, default=330.0, help="--tune: seconds of exploration at most")
     parser.add_argument("--cases", choices=["issue", "all", "8bit"], default="issue",
                         help="--tune: issue 10's shapes and the bars' rows, every row of the final sweep, or the "
                              "rows where an int8 cache runs the dot kernel and the 8-token rows of both 8-bit caches")
@@ -607,8 +659,13 @@ def main(argv=None) -> int:
     if args.tune_from:
         from kernels.tune import plans_from_sweep
         opener = gzip.open if args.tune_from.suffix == ".gz" else open  # committed sweeps are gzipped
-        with opener(args.tune_from, "rt") as f:
-            sweep = json.load(f)
+        try:
+            with opener(args.tune_from, "rt") as f:
+                sweep = json.load(f)
+            sweep["env"]["card"], sweep["env"]["sms"], sweep["cases"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:   # a missing file, not JSON, not a sweep
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+            parser.error(f"--tune-from {args.tune_from}: not a saved --tune sweep ({reason})")
         directory = args.plans_dir or Path("kernels/plans")  # its entries for shapes the sweep did not measure stay
         path = plans_from_sweep(sweep, directory, load_table(sweep["env"]["card"], sweep["env"]["sms"], directory))
         print(f"wrote {path}")

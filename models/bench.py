@@ -29,8 +29,9 @@ from pathlib import Path
 
 import torch
 
-from kernels.bench import begin_run, context_plot, graph_replay_us
+from kernels.bench import OneLineParser, begin_run, comma_list, context_plot, graph_replay_us, one_of, whole
 from models.config import preset
+from models.errors import ModelError
 from models.llama import Decode, build_random_model
 
 BACKENDS = ("flash", "sdpa", "eager")
@@ -444,30 +445,57 @@ def plot(rows: list[dict], path: Path, card: str) -> None:
     context_plot(path, f"CodeLlama-7B shape, bf16, batch 1, {card}", "decode tokens/s", draw)
 
 
+def full_name(name: str) -> str:
+    """A --models name as a preset's: "7B" is CodeLlama-7B."""
+    return f"CodeLlama-{name}" if not name.startswith(("CodeLlama", "SmolLM")) else name
+
+
+def _model(name: str) -> str:
+    try:
+        preset(full_name(name))
+    except ModelError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return name
+
+
+def _backend(name: str) -> str:
+    """NAME or NAME:unfused or NAME:nopdl (see ours_step_us)."""
+    backend, _, variant = name.partition(":")
+    one_of(*BACKENDS)(backend)
+    if variant:
+        one_of("unfused", "nopdl")(variant)
+    return name
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="End-to-end decode benchmark (needs a CUDA GPU)")
-    parser.add_argument("--models", default="7B,34B")
-    parser.add_argument("--contexts", default="4096,16384,32768,65536")
-    parser.add_argument("--batches", default="1,8")
-    parser.add_argument("--layers-34b", type=int, default=0, help="cut CodeLlama-34B to N layers (0: all that fit)")
-    parser.add_argument("--hf", default="static,dynamic", help="HF cache kinds to time ('' to skip)")
-    parser.add_argument("--hf-contexts", default="4096,16384,32768,65536")
-    parser.add_argument("--hf-steps", type=int, default=12)
-    parser.add_argument("--replays", type=int, default=20)
-    parser.add_argument("--ttft", default="16384,300", help="shared,new tokens for the prefix-reuse TTFT ('' to skip)")
+    # Every option is checked as it is parsed: a typo is one line at once, not a traceback after a model is built.
+    counts = comma_list(whole(1))
+    parser = OneLineParser(prog="python -m models.bench", description="End-to-end decode benchmark (needs a CUDA GPU)")
+    parser.add_argument("--models", type=comma_list(_model), default="7B,34B")
+    parser.add_argument("--contexts", type=counts, default="4096,16384,32768,65536")
+    parser.add_argument("--batches", type=counts, default="1,8")
+    parser.add_argument("--layers-34b", type=whole(0), default=0, help="cut CodeLlama-34B to N layers (0: all that fit)")
+    parser.add_argument("--hf", type=comma_list(one_of("static", "dynamic"), empty=True), default="static,dynamic",
+                        help="HF cache kinds to time ('' to skip)")
+    parser.add_argument("--hf-contexts", type=counts, default="4096,16384,32768,65536")
+    parser.add_argument("--hf-steps", type=whole(1), default=12)
+    parser.add_argument("--replays", type=whole(1), default=20)
+    parser.add_argument("--ttft", type=comma_list(whole(1), empty=True, length=2), default="16384,300",
+                        help="shared,new tokens for the prefix-reuse TTFT ('' to skip)")
     parser.add_argument("--profile", action="store_true", help="write a kernel profile of one step")
-    parser.add_argument("--hf-batches", default="1")
-    parser.add_argument("--kv-caches", default="bf16", help="KV cache types to time: bf16, fp8, int8")
+    parser.add_argument("--hf-batches", type=counts, default="1")
+    parser.add_argument("--kv-caches", type=comma_list(one_of("bf16", "fp8", "int8")), default="bf16",
+                        help="KV cache types to time: bf16, fp8, int8")
     parser.add_argument("--tag", default="", help="suffix of the output file names")
-    parser.add_argument("--gpus", type=int, default=0,
+    parser.add_argument("--gpus", type=whole(0), default=0,
                         help="tensor parallelism: 1 and N GPUs in one run (models/tp_bench.py); "
                              "default models 34B,70B at 16k and 64k")
-    parser.add_argument("--gemv-ab", default="", metavar="MODELS",
+    parser.add_argument("--gemv-ab", type=comma_list(_model, empty=True), default="", metavar="MODELS",
                         help="--gpus: time these models' rows again with the GEMV dispatch before split-K (e.g. 34B,70B)")
-    parser.add_argument("--methods", default="one_shot,none",
+    parser.add_argument("--methods", type=comma_list(one_of("one_shot", "nccl", "none")), default="one_shot,none",
                         help="--gpus: all-reduces to time (one_shot, nccl, none: no communication, the compute alone)")
     parser.add_argument("--sweep", action="store_true", help="--gpus: the collectives by message size too")
-    parser.add_argument("--backends", default=",".join(BACKENDS),
+    parser.add_argument("--backends", type=comma_list(_backend), default=",".join(BACKENDS),
                         help="our attention backends to time; NAME:unfused runs the compiled general step where "
                              "the fused one-token step would, NAME:nopdl launches nothing as a dependent launch "
                              "(A/B arms)")
@@ -498,7 +526,7 @@ def main(argv=None) -> int:
             {"env": env, "bandwidth": bandwidth, "rows": rows, "checks": checks, "prefix_reuse": ttft}, indent=1))
 
     for name in args.models.split(","):
-        name = f"CodeLlama-{name}" if not name.startswith(("CodeLlama", "SmolLM")) else name
+        name = full_name(name)
         n_layers = args.layers_34b or None if "34B" in name else None
         rows += bench_ours(name, n_layers, contexts, batches, bandwidth, args.replays, log, checks,
                            kv_caches=args.kv_caches.split(","), backends=args.backends.split(","))

@@ -413,3 +413,25 @@ def test_best_of_rounds_takes_every_contestant_in_turn_and_keeps_each_ones_best(
     bench.save_table(tmp_path / "out", "thing", "| a |\n", {"rows": [1]})
     assert (tmp_path / "out" / "thing.md").read_text() == "| a |\n"
     assert json.loads((tmp_path / "out" / "thing.json").read_text()) == {"rows": [1]}
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--budget-s", "nan"], "--budget-s: expected a number of seconds above 0, got nan"),
+    (["--budget-s", "-5"], "--budget-s: expected a number of seconds above 0"),
+    (["--check", "fast"], "argument --check: invalid choice"),
+    (["--tune-from", "/nonexistent/sweep.json"], "not a saved --tune sweep (No such file or directory)"),
+    (["--tune-from", "{not json"], "not a saved --tune sweep (JSONDecodeError"),
+    (["--tune-from", "[1]"], "not a saved --tune sweep (TypeError"),
+])
+def test_bad_options_are_one_line_and_status_2_before_any_gpu_work(argv, says, monkeypatch, tmp_path, capsys):
+    """A typo in kernels.bench's options is one line and exit status 2 at once, on a CPU too: not argparse's
+    usage block, not a traceback (--tune-from), not a NaN budget that explores forever."""
+    monkeypatch.setattr(bench, "begin_run", lambda program, out: pytest.fail("a bad option reached the GPU run"))
+    if argv[0] == "--tune-from" and not argv[1].startswith("/"):
+        (tmp_path / "sweep.json").write_text(argv[1])
+        argv = ["--tune-from", str(tmp_path / "sweep.json")]
+    with pytest.raises(SystemExit) as exit:
+        bench.main(argv)
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.count("\n") == 1 and says in err, err
+    assert err.startswith("python -m kernels.bench: error: ")

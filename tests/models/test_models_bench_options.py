@@ -1,0 +1,40 @@
+"""python -m models.bench's options, checked as they are parsed: one line and exit status 2 at once (on a CPU
+too), not a traceback after a model is built on the GPU or a silently different run."""
+import pytest
+
+from models import bench
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--kv-caches", "bf16,q4"], "--kv-caches: 'q4' is not one of bf16, fp8, int8"),
+    (["--backends", "flash,fast"], "--backends: 'fast' is not one of flash, sdpa, eager"),
+    (["--backends", "flash:fused"], "--backends: 'fused' is not one of unfused, nopdl"),
+    (["--models", "7B,99B"], "--models: unknown preset 'CodeLlama-99B'"),
+    (["--contexts", "4096,16k"], "--contexts: expected a whole number, got '16k'"),
+    (["--contexts", "0"], "--contexts: expected a number from 1 up, got 0"),
+    (["--contexts", ","], "--contexts: ',' lists nothing"),
+    (["--batches", "-1"], "--batches: expected a number from 1 up, got -1"),
+    (["--ttft", "16384"], "--ttft: expected 2 comma-separated values"),
+    (["--hf", "statc"], "--hf: 'statc' is not one of static, dynamic"),    # ran as a DynamicCache before
+    (["--replays", "0"], "--replays: expected a number from 1 up, got 0"),
+    (["--methods", "nvls"], "--methods: 'nvls' is not one of one_shot, nccl, none"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_a_bad_option_is_one_line_and_status_2(argv, says, monkeypatch, capsys):
+    monkeypatch.setattr(bench, "begin_run", lambda program, out: pytest.fail("a bad option reached the GPU run"))
+    with pytest.raises(SystemExit) as exit:
+        bench.main(argv)
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.count("\n") == 1 and says in err, err
+    assert err.startswith("python -m models.bench: error: ")
+
+
+def test_good_options_reach_the_run(monkeypatch, tmp_path):
+    """What the README and the GPU scripts pass still parses: the run begins (here: stands in, no GPU)."""
+    started = []
+    monkeypatch.setattr(bench, "begin_run", lambda program, out: started.append(program))
+    for argv in (["--models", "7B,SmolLM2-135M", "--kv-caches", "bf16,fp8,int8", "--ttft", "", "--hf", ""],
+                 ["--backends", "flash,flash:unfused,sdpa:nopdl", "--contexts", "4096, 16384", "--layers-34b", "0"],
+                 ["--gpus", "2", "--methods", "one_shot,nccl,none", "--gemv-ab", "34B,70B"]):
+        assert bench.main([*argv, "--out", str(tmp_path)]) == 2
+    assert started == ["models.bench"] * 3
