@@ -11,7 +11,6 @@ Writes NAME.json and NAME.md (default bench/results/serve-cpu or serve-gpu) and 
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import datetime
 import http.client
@@ -28,6 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from .cli import _Parser, _tokens, _whole_number
 
 N_PREFIX, N_SUFFIX = 256, 64          # llama.vim's lines before and after the cursor
 START_TIMEOUT_S = 900
@@ -129,7 +130,7 @@ def typing_through(source: str, function: str, chars: int, requests: int) -> lis
     node = next((n for n in ast.walk(ast.parse(source)) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
                  and n.name == function), None)
     if node is None:
-        raise SystemExit(f"no function {function} in the file")
+        raise ValueError(f"no function {function} in it")
     lines = source.split("\n")
     head = "".join(f"{x}\n" for x in lines[:node.body[0].lineno - 1])
     body = "\n".join(lines[node.body[0].lineno - 1:node.end_lineno])
@@ -333,7 +334,8 @@ def _prompt_and_engine(record: dict) -> str:
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m codecomplete.serve_bench", description=__doc__.split("\n")[0])
+    # Errors in one line and exit status 2, like codecomplete's own, before the server starts.
+    parser = _Parser(prog="python -m codecomplete.serve_bench", description=__doc__.split("\n")[0])
     parser.add_argument("--repo", type=Path, default=Path("."), help="the repository (default: this one)")
     parser.add_argument("--file", default="models/engine.py", help="the file typed in (relative to --repo)")
     parser.add_argument("--function", default="_generate", help="the function whose body is typed")
@@ -341,24 +343,35 @@ def parse_args(argv):
     parser.add_argument("--more-cold", nargs="*", default=[], metavar="FILE",
                         help="first requests in these files too (a third of the way in), after the cold one: "
                              "reported beside it, not a bar")
-    parser.add_argument("--chars", type=int, default=3, help="characters typed per request (default: 3)")
-    parser.add_argument("--requests", type=int, default=40, help="at most this many keystrokes (default: 40)")
-    parser.add_argument("--max-tokens", type=int, default=16, help="new tokens per request (default: 16)")
-    parser.add_argument("--one-shot", type=int, default=2, help="cursors also run through the one-shot CLI")
+    parser.add_argument("--chars", type=_whole_number(1), default=3, help="characters typed per request (default: 3)")
+    parser.add_argument("--requests", type=_whole_number(1), default=40, help="at most this many keystrokes (default: 40)")
+    parser.add_argument("--max-tokens", type=_tokens, default=16, help="new tokens per request (default: 16)")
+    parser.add_argument("--one-shot", type=_whole_number(0), default=2, help="cursors also run through the one-shot CLI")
     parser.add_argument("--model", help="as for codecomplete (e.g. random:CodeLlama-7B:.gpu/tokenizer)")
     parser.add_argument("--device")
     parser.add_argument("--attention")
-    parser.add_argument("--context-tokens", type=int, help="the prompt budget (default: codecomplete's)")
+    parser.add_argument("--context-tokens", type=_tokens, help="the prompt budget (default: codecomplete's)")
     parser.add_argument("--out", type=Path, help="NAME for NAME.json and NAME.md (default: bench/results/serve-DEVICE)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for option, path in (("--file", args.file), ("--other-file", args.other_file),
+                         *(("--more-cold", path) for path in args.more_cold)):
+        if not (args.repo / path).is_file():
+            parser.error(f"{option} {path}: no such file in {args.repo}")
+    try:
+        source = (args.repo / args.file).read_text(encoding="utf-8")
+        args.cursors = typing_through(source, args.function, args.chars, args.requests + 1)
+    except (OSError, ValueError, SyntaxError) as exc:    # unreadable, not UTF-8, not Python, no such function
+        parser.error(f"--file {args.file}: {exc.strerror if isinstance(exc, OSError) else exc}")
+    if len(args.cursors) < 2:       # the first request, then at least one keystroke
+        parser.error(f"--chars {args.chars}: the body of {args.function} is too short to type in steps of that many")
+    return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     load_at_start = list(os.getloadavg())
     repo = args.repo.resolve()
-    source = (repo / args.file).read_text(encoding="utf-8")
-    cursors = typing_through(source, args.function, args.chars, args.requests + 1)
+    cursors = args.cursors
     options = [f"--{name.replace('_', '-')}={value}" for name in ("model", "device", "attention", "context_tokens")
                if (value := getattr(args, name)) is not None]
     command = [sys.executable, "-m", "codecomplete"]

@@ -2,7 +2,9 @@
 import io
 import json
 
-from codecomplete import bench
+import pytest
+
+from codecomplete import bench, serve_bench
 
 
 def test_bench_on_cpu(codecomplete, repo, tmp_path):
@@ -78,3 +80,29 @@ def test_tables_show_a_backend_that_decoded_nothing():
 
     assert rows_of(bench.table(result)) == {"64": ["0.0", "0.0", "-"], "128": ["6.0", "3.0", "2.00x"]}
     assert rows_of(bench.variant_table(result)) == {"64": ["0.0", "0.0", "-"], "128": ["6.0", "4.5", "0.75x"]}
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--chars", "0"], "argument --chars: expected a number from 1 up, got 0"),       # was a ZeroDivisionError
+    (["--chars", "400"], "--chars 400: the body of typed is too short"),              # was an IndexError
+    (["--requests", "0"], "argument --requests: expected a number from 1 up"),
+    (["--max-tokens", "0"], "argument --max-tokens: expected a number from 1"),       # the server's own refusal
+    (["--file", "nope.py"], "--file nope.py: no such file in"),                       # was a traceback
+    (["--other-file", "pkg"], "--other-file pkg: no such file in"),
+    (["--more-cold", "a.py", "gone.py"], "--more-cold gone.py: no such file in"),
+    (["--function", "absent"], "--file a.py: no function absent in it"),              # exit status 1 before
+    (["--file", "notes.md"], "--file notes.md: unterminated string literal"),
+    (["--bogus"], "unrecognized arguments: --bogus"),                                 # a usage block before
+])
+def test_serve_bench_options_are_checked_before_the_server_starts(argv, says, tmp_path, capsys):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "a.py").write_text("def typed(x):\n    return [x * 2 for _ in range(3)]\n")
+    (tmp_path / "notes.md").write_text("it's\n")
+    base = ["--repo", str(tmp_path), "--file", "a.py", "--function", "typed", "--other-file", "a.py"]
+    with pytest.raises(SystemExit) as exit:
+        serve_bench.parse_args([*base, *argv])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.count("\n") == 1 and says in err, err
+    # The same files with good options: the cursors it will type, 5 characters of the body at a time.
+    args = serve_bench.parse_args([*base, "--chars", "5", "--requests", "3"])
+    assert [c.offset for c in args.cursors] == [19, 24, 29, 34]
