@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import traceback
@@ -218,6 +219,7 @@ def check(args: argparse.Namespace, closed: frozenset[str] = frozenset()) -> Non
     from .engines import check_model_spec, check_threads
     check_model_spec(args)
     check_threads(args.threads)
+    check_omp_threads()
     _check_streams(args, closed)
     for option in ("json", "plot"):
         if getattr(args, option) not in (None, "-"):
@@ -229,6 +231,17 @@ def check(args: argparse.Namespace, closed: frozenset[str] = frozenset()) -> Non
         if getattr(args, option) is not None:
             from prompts.tokens import tokenizable
             setattr(args, option, tokenizable(getattr(args, option)))
+
+
+def check_omp_threads() -> None:
+    """$OMP_NUM_THREADS as libgomp reads it when torch loads: a count, or one per nesting level ("4,2"). An empty
+    value counts as unset; any other value libgomp would only warn about in four lines of stderr (then run on its own
+    default, which the user did not ask for) is a usage error."""
+    value = os.environ.get("OMP_NUM_THREADS")
+    if value is not None and not value.strip():
+        del os.environ["OMP_NUM_THREADS"]
+    elif value is not None and not re.fullmatch(r"\s*0*[1-9][0-9]*\s*(,\s*0*[1-9][0-9]*\s*)*", value):
+        raise UsageError(f"OMP_NUM_THREADS={value}: expected a number of threads from 1 up")
 
 
 PLOT_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".webp")
@@ -296,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_serve_parser().parse_args(argv[1:]) if serving else build_parser().parse_args(argv)
     try:
         if serving:
+            check_omp_threads()
             from .server.serve import run_serve
             run_serve(args)
             return ExitCode.OK

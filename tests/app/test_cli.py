@@ -93,3 +93,21 @@ def test_an_out_of_range_cursor_counts_in_good_english():
         cursor("{}\n", 1, 4)
     with pytest.raises(UsageError, match="the buffer has 1 line$"):
         cursor("x", 2, None)
+
+
+def test_a_bad_omp_num_threads_is_a_usage_error(monkeypatch, capsys):
+    """libgomp printed four lines of warnings for these (on the editor's stderr too) and torch ran on its own
+    default, where the README says $OMP_NUM_THREADS decides; an empty value is as good as unset."""
+    for value in ("abc", "0", "-2", "4,x", "1.5"):
+        monkeypatch.setenv("OMP_NUM_THREADS", value)
+        with pytest.raises(UsageError, match=f"^OMP_NUM_THREADS={value}: expected a number of threads from 1 up$"):
+            parse("--prompt", "x")
+        assert cli.main(["serve", "--port", "0"]) == 2            # the server says it too, before it loads
+        assert capsys.readouterr().err.count("\n") == 1
+    for value in ("2", " 3 ", "4,2"):                              # libgomp's own forms
+        monkeypatch.setenv("OMP_NUM_THREADS", value)
+        parse("--prompt", "x")
+        assert cli.os.environ["OMP_NUM_THREADS"] == value
+    monkeypatch.setenv("OMP_NUM_THREADS", " ")
+    parse("--prompt", "x")
+    assert "OMP_NUM_THREADS" not in cli.os.environ
