@@ -84,8 +84,15 @@ def check_model_spec(args) -> None:
     """Random weights build in seconds to minutes (27 GB for CodeLlama-7B) and, unless they are given a tokenizer
     folder (random:PRESET:DIR), have none: refuse them at once for anything but --bench."""
     spec = args.model or os.environ.get("CODECOMPLETE_MODEL") or ""
+    named = f"--model {spec}" if args.model else f"CODECOMPLETE_MODEL={spec}"
+    if spec.startswith("random:"):          # a preset's name is a typo to say as such, like any option's value
+        from models.config import preset
+        from models.errors import ModelError
+        try:
+            preset(spec[len("random:"):].partition(":")[0])
+        except ModelError as exc:
+            raise UsageError(f"{named}: {exc}") from None
     if spec.startswith("random:") and ":" not in spec[len("random:"):] and not args.bench:
-        named = f"--model {spec}" if args.model else f"CODECOMPLETE_MODEL={spec}"
         raise UsageError(f"{named}: random weights have no tokenizer; only --bench can use them")
 
 

@@ -111,3 +111,16 @@ def test_a_bad_omp_num_threads_is_a_usage_error(monkeypatch, capsys):
     monkeypatch.setenv("OMP_NUM_THREADS", " ")
     parse("--prompt", "x")
     assert "OMP_NUM_THREADS" not in cli.os.environ
+
+
+def test_an_unknown_random_preset_is_a_usage_error(monkeypatch):
+    """A typo in random:PRESET is a bad option value (exit status 2, said before any work), not a model failure
+    (1) found at load; with --bench, where random weights belong, too."""
+    for argv in (["--bench", "--model", "random:CodeLama-7B"], ["--prompt", "x", "--model", "random:nope:/tmp"],
+                 ["--bench", "--model", "random:"]):
+        with pytest.raises(UsageError, match=r"^--model random:\S*: unknown preset '\w*-?\w*' \(known: CodeLlama-7B"):
+            parse(*argv)
+    monkeypatch.setenv("CODECOMPLETE_MODEL", "random:nope")
+    with pytest.raises(UsageError, match="^CODECOMPLETE_MODEL=random:nope: unknown preset 'nope'"):
+        parse("--bench")
+    assert parse("--bench", "--model", "random:codellama-7b").model == "random:codellama-7b"   # any case
