@@ -38,10 +38,18 @@ from .errors import UNENCODABLE, AppError, printable
 CODE_THEME = "monokai"
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        # rich's own exits with status 1, silently (`--bench | head` ended 1 with no word on stderr): the reader went
+        # away, which the command line reports as 141, like any filter.
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def stdout_console() -> Console:
     # Whether stdout is a terminal is asked of stdout itself: FORCE_COLOR and TTY_COMPATIBLE would make rich
     # draw the live view and colour into a pipe, where an editor expects the completion alone.
-    return Console(highlight=False, force_terminal=stdout_is_terminal(), _environ=_environment())
+    return _Console(highlight=False, force_terminal=stdout_is_terminal(), _environ=_environment())
 
 
 def stdout_is_terminal() -> bool:
@@ -52,7 +60,7 @@ def stdout_is_terminal() -> bool:
 
 
 def stderr_console() -> Console:
-    return Console(stderr=True, highlight=False, _environ=_environment())
+    return _Console(stderr=True, highlight=False, _environ=_environment())
 
 
 def _environment() -> dict[str, str]:

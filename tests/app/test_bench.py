@@ -106,3 +106,27 @@ def test_serve_bench_options_are_checked_before_the_server_starts(argv, says, tm
     # The same files with good options: the cursors it will type, 5 characters of the body at a time.
     args = serve_bench.parse_args([*base, "--chars", "5", "--requests", "3"])
     assert [c.offset for c in args.cursors] == [19, 24, 29, 34]
+
+
+def test_a_reader_gone_from_the_bench_tables_is_141(monkeypatch):
+    """`codecomplete --bench | head -c 1`: rich's consoles met the closed pipe with SystemExit(1), which passed the
+    command line's BrokenPipeError handler, so the run ended 1 with nothing said; now it is 141, like any filter."""
+    import contextlib
+    import os
+
+    from codecomplete import cli, render
+
+    read, write = os.pipe()
+    os.close(read)
+    pipe = os.fdopen(write, "w")
+    monkeypatch.setattr("sys.stdout", pipe)
+    monkeypatch.setattr(cli, "_quiet_stdout", lambda: None)     # it points fd 1 at /dev/null: not pytest's
+    monkeypatch.setattr(cli, "check", lambda args, closed: None)
+    monkeypatch.setattr(cli, "_command", lambda args: lambda args: render.stdout_console().print(bench.table(
+        {"backends": ["sdpa"], "end_to_end": [{"context": 64, "attention": "sdpa", "decode_tokens_per_s": 1.0}],
+         "speedups": [], "roofline": None, "repo_context": None})))
+    try:
+        assert cli.main(["--bench"]) == 141
+    finally:
+        with contextlib.suppress(BrokenPipeError):      # what the table left in the pipe's buffer
+            pipe.close()
