@@ -233,6 +233,16 @@ def check(args: argparse.Namespace, closed: frozenset[str] = frozenset()) -> Non
             setattr(args, option, tokenizable(getattr(args, option)))
 
 
+def check_serve(args: argparse.Namespace) -> None:
+    """What `serve` takes that argparse cannot check. An empty --api-key ("$KEY" unset) served with no key at all,
+    and an empty --host on every interface."""
+    for option in ("host", "api_key", "model", "device"):
+        value = getattr(args, option)
+        if value is not None and not value.strip():
+            raise UsageError(f"--{option.replace('_', '-')} is empty")
+    check_omp_threads()
+
+
 def check_omp_threads() -> None:
     """$OMP_NUM_THREADS as libgomp reads it when torch loads: a count, or one per nesting level ("4,2"). An empty
     value counts as unset; any other value libgomp would only warn about in four lines of stderr (then run on its own
@@ -309,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_serve_parser().parse_args(argv[1:]) if serving else build_parser().parse_args(argv)
     try:
         if serving:
-            check_omp_threads()
+            check_serve(args)
             from .server.serve import run_serve
             run_serve(args)
             return ExitCode.OK

@@ -124,3 +124,14 @@ def test_an_unknown_random_preset_is_a_usage_error(monkeypatch):
     with pytest.raises(UsageError, match="^CODECOMPLETE_MODEL=random:nope: unknown preset 'nope'"):
         parse("--bench")
     assert parse("--bench", "--model", "random:codellama-7b").model == "random:codellama-7b"   # any case
+
+
+def test_serve_refuses_empty_values(monkeypatch, capsys):
+    """`serve --api-key "$KEY"` with KEY unset served with no key at all; an empty --host bound every interface."""
+    served = []
+    monkeypatch.setattr("codecomplete.server.serve.run_serve", served.append)
+    for option in ("--api-key", "--host", "--model", "--device"):
+        assert cli.main(["serve", option, " "]) == 2
+        assert capsys.readouterr().err == f"codecomplete: error: {option} is empty\n"
+    assert not served
+    assert cli.main(["serve", "--api-key", "k"]) == 0 and served[0].api_key == "k"
