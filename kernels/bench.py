@@ -656,6 +656,11 @@ def main(argv=None) -> int:
     parser.add_argument("--plans-dir", type=Path, help="--tune/--tune-from: where the plan file goes "
                         "(default: <out>/plans; kernels/plans is the committed place)")
     args = parser.parse_args(argv)
+    wanted = [w for w in args.only.split(",") if w]
+    todo = [shape for shape in shapes(args.quick) if not wanted or any(w in shape.label for w in wanted)]
+    if not todo and not (args.tune or args.tune_from or args.check_only):   # the sweep ended on an unbound table
+        parser.error(f"--only {args.only}: no shape{' of --quick' * args.quick} matches (labels like "
+                     f"'{shapes()[0].label}')")
     if args.tune_from:
         from kernels.tune import plans_from_sweep
         opener = gzip.open if args.tune_from.suffix == ".gz" else open  # committed sweeps are gzipped
@@ -689,8 +694,6 @@ def main(argv=None) -> int:
             return 1 if checks_failed else 0
     methods = contestants(with_flex=not args.no_flex, lean=args.lean)
     rows = []
-    wanted = [w for w in args.only.split(",") if w]
-    todo = [shape for shape in shapes(args.quick) if not wanted or any(w in shape.label for w in wanted)]
     log(f"flash_decode binaries of {len(todo)} shapes built in {precompile_sweep(todo):.0f} s")
     for shape in todo:
         log(f"{shape.label}: K+V {shape.kv_bytes / 1e6:.0f} MB")
