@@ -538,7 +538,7 @@ def main(argv=None) -> int:
             save()
     if args.ttft:
         shared, new = (int(x) for x in args.ttft.split(","))
-        ttft.append(prefix_reuse_ttft(f"CodeLlama-{args.models.split(',')[0]}", shared, new, log))
+        ttft.append(prefix_reuse_ttft(full_name(args.models.split(",")[0]), shared, new, log))
         save()
     table = markdown(env, bandwidth, rows)
     for t in ttft:

@@ -38,3 +38,19 @@ def test_good_options_reach_the_run(monkeypatch, tmp_path):
                  ["--gpus", "2", "--methods", "one_shot,nccl,none", "--gemv-ab", "34B,70B"]):
         assert bench.main([*argv, "--out", str(tmp_path)]) == 2
     assert started == ["models.bench"] * 3
+
+
+def test_the_ttft_row_times_the_first_model_by_its_preset_name(monkeypatch, tmp_path):
+    """`--models CodeLlama-7B` (or SmolLM2-135M) ran the whole benchmark, then failed on 'CodeLlama-CodeLlama-7B'."""
+    env = {"card": "Test GPU"}
+    monkeypatch.setattr(bench, "begin_run", lambda program, out: (env, 4e12, lambda message: None))
+    monkeypatch.setattr(bench, "bench_ours", lambda *args, **kwargs: [])
+    timed = []
+    monkeypatch.setattr(bench, "prefix_reuse_ttft", lambda name, shared, new, log: timed.append(name) or {
+        "model": name, "shared_tokens": shared, "new_tokens": new, "cold_ttft_ms": 2.0, "reuse_ttft_ms": 1.0,
+        "reused_prefix_tokens": shared, "ratio": 0.5})
+    monkeypatch.setattr(bench, "markdown", lambda env, bandwidth, rows: "")
+    monkeypatch.setattr(bench, "plot", lambda rows, path, card: None)
+    for models in ("CodeLlama-7B,34B", "7B", "SmolLM2-135M"):
+        assert bench.main(["--models", models, "--hf", "", "--ttft", "1024,30", "--out", str(tmp_path)]) == 0
+    assert timed == ["CodeLlama-7B", "CodeLlama-7B", "SmolLM2-135M"]
