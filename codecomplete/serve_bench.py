@@ -378,7 +378,13 @@ def main(argv=None) -> int:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     with tempfile.TemporaryDirectory() as folder:
         print(f"starting the server ({' '.join(options) or 'default model'}) …", file=sys.stderr, flush=True)
-        server = ServerProcess(command, repo, env, Path(folder), *options, "--max-tokens", str(args.max_tokens))
+        try:
+            server = ServerProcess(command, repo, env, Path(folder), *options, "--max-tokens", str(args.max_tokens))
+        except RuntimeError as exc:     # a bad --model or --device: the server's own one-line error ends its log
+            reason = re.sub(r"^the server exited with \d+: ", "", str(exc).strip().splitlines()[-1])
+            print(f"python -m codecomplete.serve_bench: the server did not start: {reason}", file=sys.stderr)
+            exited = re.match(r"the server exited with (\d+)", str(exc))
+            return int(exited.group(1)) if exited else 1
         try:
             first = infill(server.url, cursors[0].llama_vim_body(args.max_tokens))
             requests = []

@@ -130,3 +130,17 @@ def test_a_reader_gone_from_the_bench_tables_is_141(monkeypatch):
     finally:
         with contextlib.suppress(BrokenPipeError):      # what the table left in the pipe's buffer
             pipe.close()
+
+
+def test_serve_bench_says_in_one_line_why_the_server_did_not_start(tmp_path, monkeypatch, capsys):
+    """A --device or --model the server refuses: its own error and exit status, not a RuntimeError traceback
+    carrying the server's log."""
+    monkeypatch.setenv("CODECOMPLETE_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "a.py").write_text("def typed(x):\n    return [x * 2 for _ in range(3)]\n")
+    code = serve_bench.main(["--repo", str(tmp_path / "repo"), "--file", "a.py", "--function", "typed",
+                             "--other-file", "a.py", "--device", "tpu", "--one-shot", "0"])
+    assert code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == ("python -m codecomplete.serve_bench: the server did not start: "
+                                                        "codecomplete: error: --device tpu: not a device (cpu, cuda, "
+                                                        "cuda:1 ...)")
