@@ -656,6 +656,11 @@ def main(argv=None) -> int:
     parser.add_argument("--plans-dir", type=Path, help="--tune/--tune-from: where the plan file goes "
                         "(default: <out>/plans; kernels/plans is the committed place)")
     args = parser.parse_args(argv)
+    # Without the option they modify they were ignored: --check-only alone ran the whole timing sweep, no check.
+    if args.check_only and not args.check:
+        parser.error("--check-only goes with --check")
+    if args.regrid and not (args.tune and args.cases == "all"):
+        parser.error("--regrid goes with --tune --cases all")
     wanted = [w for w in args.only.split(",") if w]
     todo = [shape for shape in shapes(args.quick) if not wanted or any(w in shape.label for w in wanted)]
     if not todo and not (args.tune or args.tune_from or args.check_only):   # the sweep ended on an unbound table

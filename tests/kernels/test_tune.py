@@ -423,6 +423,8 @@ def test_best_of_rounds_takes_every_contestant_in_turn_and_keeps_each_ones_best(
     (["--tune-from", "{not json"], "not a saved --tune sweep (JSONDecodeError"),
     (["--tune-from", "[1]"], "not a saved --tune sweep (TypeError"),
     (["--quick", "--only", "SmolLM2"], "--only SmolLM2: no shape of --quick matches"),   # a NameError at the end
+    (["--check-only"], "--check-only goes with --check"),         # ran the whole timing sweep and no check
+    (["--tune", "--regrid"], "--regrid goes with --tune --cases all"),
 ])
 def test_bad_options_are_one_line_and_status_2_before_any_gpu_work(argv, says, monkeypatch, tmp_path, capsys):
     """A typo in kernels.bench's options is one line and exit status 2 at once, on a CPU too: not argparse's
