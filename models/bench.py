@@ -501,6 +501,8 @@ def main(argv=None) -> int:
                              "(A/B arms)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
+    if not args.gpus and (args.sweep or args.gemv_ab):     # ignored without it: the run was not the one asked for
+        parser.error(f"{'--sweep' if args.sweep else '--gemv-ab'} goes with --gpus")
     if (started := begin_run("models.bench", args.out)) is None:
         return 2
     env, bandwidth, log = started

@@ -19,6 +19,8 @@ from models import bench
     (["--replays", "0"], "--replays: expected a number from 1 up, got 0"),
     (["--methods", "nvls"], "--methods: 'nvls' is not one of one_shot, nccl, none"),
     (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--sweep"], "--sweep goes with --gpus"),                              # a single-GPU run, silently
+    (["--gemv-ab", "34B"], "--gemv-ab goes with --gpus"),
 ])
 def test_a_bad_option_is_one_line_and_status_2(argv, says, monkeypatch, capsys):
     monkeypatch.setattr(bench, "begin_run", lambda program, out: pytest.fail("a bad option reached the GPU run"))
