@@ -602,6 +602,15 @@ def comma_list(item, *, empty: bool = False, length: int | None = None):
     return parse
 
 
+def folder(text: str) -> Path:
+    """An argparse type: a folder to write into, made if missing; a file there is refused at once (its mkdir failed
+    after the bandwidth was measured)."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a folder")
+    return path
+
+
 def positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -634,7 +643,7 @@ def begin_run(program: str, out: Path):
 
 def main(argv=None) -> int:
     parser = OneLineParser(prog="python -m kernels.bench", description="Flash-Decoding kernel benchmark (needs a CUDA GPU)")
-    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/results")))
+    parser.add_argument("--out", type=folder, default=Path(os.environ.get("OUT", "bench/results")))
     parser.add_argument("--quick", action="store_true", help="issue 10's nine shapes")
     parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention (slow to compile)")
     parser.add_argument("--check", nargs="?", const="full", choices=["full", "quick"],
@@ -653,7 +662,7 @@ def main(argv=None) -> int:
                         help="--tune --cases all: the tiling grid for shapes the committed table measured too "
                              "(after a new kernel option), not only a local search from their plan")
     parser.add_argument("--tune-from", type=Path, help="write the plan file from a saved --tune sweep (no GPU)")
-    parser.add_argument("--plans-dir", type=Path, help="--tune/--tune-from: where the plan file goes "
+    parser.add_argument("--plans-dir", type=folder, help="--tune/--tune-from: where the plan file goes "
                         "(default: <out>/plans; kernels/plans is the committed place)")
     args = parser.parse_args(argv)
     # Without the option they modify they were ignored: --check-only alone ran the whole timing sweep, no check.

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import torch
 
-from kernels.bench import OneLineParser, begin_run, comma_list, context_plot, graph_replay_us, one_of, whole
+from kernels.bench import (OneLineParser, begin_run, comma_list, context_plot, folder, graph_replay_us, one_of,
+                           whole)
 from models.config import preset
 from models.errors import ModelError
 from models.llama import Decode, build_random_model
@@ -499,7 +500,7 @@ def main(argv=None) -> int:
                         help="our attention backends to time; NAME:unfused runs the compiled general step where "
                              "the fused one-token step would, NAME:nopdl launches nothing as a dependent launch "
                              "(A/B arms)")
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--out", type=folder, default=Path("bench/results"))
     args = parser.parse_args(argv)
     if not args.gpus and (args.sweep or args.gemv_ab):     # ignored without it: the run was not the one asked for
         parser.error(f"{'--sweep' if args.sweep else '--gemv-ab'} goes with --gpus")

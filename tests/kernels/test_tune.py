@@ -425,6 +425,8 @@ def test_best_of_rounds_takes_every_contestant_in_turn_and_keeps_each_ones_best(
     (["--quick", "--only", "SmolLM2"], "--only SmolLM2: no shape of --quick matches"),   # a NameError at the end
     (["--check-only"], "--check-only goes with --check"),         # ran the whole timing sweep and no check
     (["--tune", "--regrid"], "--regrid goes with --tune --cases all"),
+    (["--out", "{file}"], "is not a folder"),                       # its mkdir failed on the GPU
+    (["--tune", "--plans-dir", "{file}"], "is not a folder"),
 ])
 def test_bad_options_are_one_line_and_status_2_before_any_gpu_work(argv, says, monkeypatch, tmp_path, capsys):
     """A typo in kernels.bench's options is one line and exit status 2 at once, on a CPU too: not argparse's
@@ -433,8 +435,9 @@ def test_bad_options_are_one_line_and_status_2_before_any_gpu_work(argv, says, m
     if argv[0] == "--tune-from" and not argv[1].startswith("/"):
         (tmp_path / "sweep.json").write_text(argv[1])
         argv = ["--tune-from", str(tmp_path / "sweep.json")]
+    (tmp_path / "a-file").write_text("")
     with pytest.raises(SystemExit) as exit:
-        bench.main(argv)
+        bench.main([arg.format(file=tmp_path / "a-file") for arg in argv])
     err = capsys.readouterr().err
     assert exit.value.code == 2 and err.count("\n") == 1 and says in err, err
     assert err.startswith("python -m kernels.bench: error: ")

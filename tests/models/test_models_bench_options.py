@@ -21,11 +21,13 @@ from models import bench
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--sweep"], "--sweep goes with --gpus"),                              # a single-GPU run, silently
     (["--gemv-ab", "34B"], "--gemv-ab goes with --gpus"),
+    (["--out", "{file}"], "is not a folder"),                              # its mkdir failed on the GPU
 ])
-def test_a_bad_option_is_one_line_and_status_2(argv, says, monkeypatch, capsys):
+def test_a_bad_option_is_one_line_and_status_2(argv, says, monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(bench, "begin_run", lambda program, out: pytest.fail("a bad option reached the GPU run"))
+    (tmp_path / "a-file").write_text("")
     with pytest.raises(SystemExit) as exit:
-        bench.main(argv)
+        bench.main([arg.format(file=tmp_path / "a-file") for arg in argv])
     err = capsys.readouterr().err
     assert exit.value.code == 2 and err.count("\n") == 1 and says in err, err
     assert err.startswith("python -m models.bench: error: ")
