@@ -161,3 +161,29 @@ def test_a_character_reference_cannot_smuggle_a_bidi_override_into_an_answer():
     console.print(render.markdown_body(render._shown("user &#x202e; &#x2066;admin&#x2069; &amp; &lt;T&gt;")))
     shown = console.file.getvalue()
     assert "\u202e" not in shown and "\u2066" not in shown and "\\u202e" in shown and "& <T>" in shown
+
+
+def test_a_live_frame_renders_only_what_fits_the_screen(monkeypatch):
+    """Every frame rendered the whole answer: 0.11 s a frame at 18 KB, 12 frames a second, on the CPU that decodes.
+    A frame renders the end that fits the screen, whatever the answer's length; the end shows as the whole answer
+    would, a code block the cut falls in included; the finished answer is printed in full."""
+    block = "Some prose about `load`, which reads the checkpoint.\n\n```python\n" + "x = 1\n" * 60 + "```\n\n"
+    seen = []
+    shown = render._shown
+    monkeypatch.setattr(render, "_shown", lambda text: seen.append(text) or shown(text))   # what a frame renders
+    for body in (render.markdown_body, render.code_body("x.py"), render.text_body):
+        rendered = []
+        for blocks in (2, 200):     # 1.5 KB and 150 KB
+            answer = block * blocks + "```python\n" + "".join(f"y{i} = {i}\n" for i in range(50))
+            console = Console(file=io.StringIO(), width=80, height=24, force_terminal=True, color_system=None)
+            view = render.LiveView(console, body, info="model")
+            view.on_text(answer)
+            console.print(view._frame())
+            rendered.append(len(seen[-1]))
+            frame = console.file.getvalue()
+            assert "y49 = 49" in frame and "y30 = 30" in frame
+            if body is render.markdown_body:      # still a code block, a line each, as in the full answer
+                assert "y30 = 30" in [line.strip() for line in frame.splitlines()], frame
+            view.finish(GenerationResult(answer, [1], 1, 0, "length", Timings()), None)
+            assert console.file.getvalue().count("x = 1") == 60 * blocks
+        assert rendered[0] == rendered[1] <= 2 * 80 * 24, rendered
