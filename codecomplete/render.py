@@ -37,6 +37,8 @@ from rich.text import Text
 from .errors import UNENCODABLE, AppError, printable
 
 CODE_THEME = "monokai"
+# The most columns and lines a terminal is taken to have: COLUMNS=10000000 padded every live frame to 60 MB.
+MAX_COLUMNS, MAX_LINES = 1000, 1000
 
 
 class _Console(Console):
@@ -66,9 +68,14 @@ def stderr_console() -> Console:
 
 def _environment() -> dict[str, str]:
     """The environment rich reads, less a COLUMNS or LINES of 0 (some shells and CI runners export them so): rich
-    takes a width of 0 as it is and prints nothing at all, no answer, no error. Without them it asks the terminal."""
-    return {name: value for name, value in os.environ.items()
-            if not (name in ("COLUMNS", "LINES") and value.isdigit() and int(value) == 0)}
+    takes a width of 0 as it is and prints nothing at all, no answer, no error. Without them it asks the terminal.
+    A size past MAX_COLUMNS or MAX_LINES is taken as that: rich pads every line it draws to the width."""
+    environ = {name: value for name, value in os.environ.items()
+               if not (name in ("COLUMNS", "LINES") and value.isdigit() and int(value) == 0)}
+    for name, most in (("COLUMNS", MAX_COLUMNS), ("LINES", MAX_LINES)):
+        if environ.get(name, "").isdigit() and int(environ[name]) > most:
+            environ[name] = str(most)
+    return environ
 
 
 def warn(message: str) -> None:

@@ -187,3 +187,16 @@ def test_a_live_frame_renders_only_what_fits_the_screen(monkeypatch):
             view.finish(GenerationResult(answer, [1], 1, 0, "length", Timings()), None)
             assert console.file.getvalue().count("x = 1") == 60 * blocks
         assert rendered[0] == rendered[1] <= 2 * 80 * 24, rendered
+
+
+def test_a_huge_columns_or_lines_is_capped(monkeypatch):
+    """COLUMNS=10000000 made every live frame 60 MB of padding (12 a second). A size past any terminal's is capped."""
+    monkeypatch.setenv("COLUMNS", "10000000")
+    monkeypatch.setenv("LINES", "10000000")
+    for console in (render.stdout_console(), render.stderr_console()):
+        assert console.size == (render.MAX_COLUMNS, render.MAX_LINES)
+        console.file = io.StringIO()
+        view = render.LiveView(console, render.markdown_body, info="model")
+        view.on_text("The answer is `42`.")
+        console.print(view._frame())
+        assert "The answer is 42." in console.file.getvalue() and len(console.file.getvalue()) < 10 ** 5
