@@ -9,16 +9,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 from platformdirs import user_state_dir
 from prompt_toolkit import PromptSession
+from prompt_toolkit.application import create_app_session
 from prompt_toolkit.completion import Completer, Completion
 from prompt_toolkit.filters import emacs_insert_mode, vi_insert_mode
 from prompt_toolkit.history import FileHistory, InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings
 from prompt_toolkit.key_binding.bindings.named_commands import get_by_name
 from prompt_toolkit.keys import Keys
+from prompt_toolkit.output.plain_text import PlainTextOutput
+from prompt_toolkit.utils import is_dumb_terminal
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -128,10 +132,15 @@ class Repl:
         self.console = console
         self.last_rate = 0.0
         history = history or history_path(conversation.index.root)
-        self.session = PromptSession(
-            history=_FileHistory(str(history)) if history else InMemoryHistory(), completer=SlashCompleter(conversation),
-            complete_while_typing=False, multiline=True, key_bindings=_key_bindings(),
-            bottom_toolbar=self._toolbar, prompt_continuation="… ", input=input, output=output)
+        # prompt-toolkit takes TERM=dumb's plain line editing only without an output of ours, yet its session still
+        # resets a terminal output's cursor as it is made (`\x1b[?12l\x1b[?25h`): there the output is plain text.
+        plain = output is None and is_dumb_terminal()
+        with create_app_session(output=PlainTextOutput(sys.stdout)) if plain else nullcontext():
+            self.session = PromptSession(
+                history=_FileHistory(str(history)) if history else InMemoryHistory(),
+                completer=SlashCompleter(conversation), complete_while_typing=False, multiline=True,
+                key_bindings=_key_bindings(), bottom_toolbar=self._toolbar, prompt_continuation="… ",
+                input=input, output=output)
 
     def run(self) -> None:
         self.console.print(self._welcome())

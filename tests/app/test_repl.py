@@ -236,3 +236,21 @@ def test_the_toolbar_rate_is_the_loaded_models(conversation, tmp_path, monkeypat
     monkeypatch.setattr(conversation, "args", conversation.args)     # /model replaces them; put back after
     session.command("/model other")
     assert "tok/s" not in session._toolbar() and conversation.args.model == "other"
+
+
+def test_a_dumb_terminal_gets_no_escape_codes(conversation, tmp_path, monkeypatch):
+    """TERM=dumb (Emacs' shell, a serial console) shows escape codes as text: prompt-toolkit's session wrote
+    `\x1b[?12l\x1b[?25h` (show the cursor) to the terminal as the REPL started. It gets the prompt and what is
+    typed, as text."""
+    monkeypatch.setenv("TERM", "dumb")
+    terminal, tty = os.openpty()
+    with os.fdopen(tty, "w", encoding="utf-8") as stdout, create_pipe_input() as pipe:
+        monkeypatch.setattr("sys.stdout", stdout)
+        session = repl.Repl(conversation, Console(file=io.StringIO(), width=100), input=pipe,
+                            history=tmp_path / "history")
+        pipe.send_text("/reset\r")
+        session.command(session.session.prompt("› ").strip())
+        stdout.flush()
+        out = os.read(terminal, 65536).decode()
+    os.close(terminal)
+    assert "› /reset" in out and "\x1b" not in out, repr(out)
