@@ -12,7 +12,7 @@ import signal
 import sys
 import traceback
 
-from .errors import UNENCODABLE, ExitCode, UsageError, classify, printable
+from .errors import UNENCODABLE, ExitCode, UsageError, classify, one_line
 
 PROG = "codecomplete"
 MAX_SEED = 2 ** 64 - 1     # what torch.Generator.manual_seed takes
@@ -41,7 +41,7 @@ CODECOMPLETE_SERVER (default --server), CODECOMPLETE_API_KEY (the server's key).
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         # One line, like every other error; the full usage is one --help away.
-        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(ExitCode.USAGE, one_line(f"{self.prog}: error: {message} (see {self.prog} --help)") + "\n")
 
     def _parse_optional(self, arg_string):
         # `--file -dash.py`: no option of ours has a dot or a slash, so such a word is a value, not an option
@@ -357,7 +357,7 @@ def _report(exc: BaseException, debug: bool) -> int:
 def _say(line: str) -> None:
     """One line on stderr, which may be a pipe nobody reads any more: then the exit code says it all."""
     try:
-        print(printable(" ".join(line.split("\n"))), file=sys.stderr, flush=True)
+        print(one_line(line), file=sys.stderr, flush=True)
     except (OSError, ValueError):
         pass
 

@@ -6,6 +6,7 @@ The contract (../shared/DESIGN.md): 0 success, 1 runtime failure, 2 usage or inp
 from __future__ import annotations
 
 import codecs
+import re
 import sys
 from enum import IntEnum
 
@@ -37,6 +38,19 @@ def printable(text: str) -> str:
     """`text` as a terminal may show it: control characters but tab and newline written as `\\x1b` and the like,
     bidirectional overrides as `\\u202e`."""
     return text.translate(_VISIBLE)
+
+
+LONG_WORD = 160            # characters of one word (a path) a message shows whole; longer, its start and end
+_LONG = re.compile(rf"\S{{{LONG_WORD + 1},}}")
+
+
+def one_line(message: str) -> str:
+    """`message` as the one line every error and warning is, in the CLI, the REPL and the server's log: a word past
+    LONG_WORD characters (a path 5,000 long, said twice) cut to its start and end around `…`, newlines written `\\n`
+    (a file name may hold one) and other control characters as printable() writes them."""
+    half = LONG_WORD // 2
+    shortened = _LONG.sub(lambda word: f"{word[0][:half]}…{word[0][-half:]}", message)
+    return printable(shortened).replace("\n", "\\n")
 
 
 class ExitCode(IntEnum):

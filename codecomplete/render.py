@@ -34,7 +34,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
-from .errors import UNENCODABLE, AppError, printable
+from .errors import UNENCODABLE, AppError, one_line, printable
 
 CODE_THEME = "monokai"
 # The most columns and lines a terminal is taken to have: COLUMNS=10000000 padded every live frame to 60 MB.
@@ -81,7 +81,7 @@ def _environment() -> dict[str, str]:
 def warn(message: str) -> None:
     console = stderr_console()
     if console.is_terminal:
-        console.print(Text(f"warning: {printable(message)}", style="yellow"))
+        console.print(Text(f"warning: {one_line(message)}", style="yellow"))
 
 
 @contextmanager

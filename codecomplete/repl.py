@@ -28,7 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import chat, engines, render, workspace
-from .errors import AppError, UsageError, classify, printable
+from .errors import AppError, UsageError, classify, one_line, printable
 from .session import open_session
 
 COMMANDS = {
@@ -166,7 +166,7 @@ class Repl:
                 known = classify(exc)
                 if known is None:
                     raise
-                self.console.print(Text(f"error: {printable(known[1])}", style="red"))
+                self.console.print(Text(f"error: {one_line(known[1])}", style="red"))
 
     def ask(self, question: str) -> None:
         generation = self.conversation.prompt_for(question)

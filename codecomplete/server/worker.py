@@ -24,6 +24,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from ..errors import one_line
 from ..session import Generation
 from .errors import ApiError
 
@@ -114,7 +115,7 @@ class EngineWorker:
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._live: dict[str, Job] = {}         # submitted and not finished, by id
         self._lock = threading.Lock()
-        self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._log = log or (lambda line: print(one_line(line), file=sys.stderr, flush=True))
         self._first = first                     # run on the thread before any job (the server's warm-up)
         self._ready = threading.Event()
         self._first_result: tuple[object, BaseException | None] = (None, None)

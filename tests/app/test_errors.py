@@ -154,3 +154,22 @@ def test_random_weights_are_for_the_benchmark_only(codecomplete):
     """`random:PRESET` times like the real model but has no tokenizer: any other command refuses it."""
     check_error(codecomplete("--model", "random:SmolLM2-135M", "--prompt", "x"), 2,
                 "random weights have no tokenizer")
+
+
+def test_a_long_path_with_a_newline_is_one_short_line(codecomplete, repo, capsys):
+    """A path 3,000 characters long was said in full, and a newline in it broke the message in two (in the REPL and
+    the server's log; the CLI made it a space). Every error is one line: a long word cut to its start and end,
+    a newline written \\n. The server's log lines go the same way."""
+    from codecomplete.server.worker import EngineWorker
+
+    path = "sub/" * 750 + "new\nline.py"
+    run = codecomplete(repo, "--file", path)
+    check_error(run, 2, "sub/sub/sub/", "…", "sub/new\\nline.py")
+    assert len(run.stderr) < 400, run.stderr
+    worker = EngineWorker()
+    try:
+        worker._log(f"request 1 · error: PromptError: no such file: {path}")
+    finally:
+        worker.shutdown()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sub/new\\nline.py" in err and len(err) < 400, err

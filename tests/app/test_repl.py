@@ -254,3 +254,13 @@ def test_a_dumb_terminal_gets_no_escape_codes(conversation, tmp_path, monkeypatc
         out = os.read(terminal, 65536).decode()
     os.close(terminal)
     assert "› /reset" in out and "\x1b" not in out, repr(out)
+
+
+def test_an_error_naming_a_long_path_with_a_newline_is_one_short_line(conversation, tmp_path):
+    """`/add` of a path 3,000 characters long with a newline in it: the error said the path in full, on two lines."""
+    conversation.reset()
+    printed = drive(conversation, ["/add " + "sub/" * 750 + "new" + ESC_ENTER + "line.py\r", "/exit\r"],
+                    tmp_path / "history")
+    error = "".join(printed.split("error: ", 1)[1].splitlines())      # as one line, unwrapped from the width
+    assert error.startswith("file not found: sub/sub/") and error.endswith("sub/new\\nline.py"), printed
+    assert "…" in error and len(error) < 200, printed
