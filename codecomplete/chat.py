@@ -2,6 +2,9 @@
 carried), shared by the REPL and by the one-shot `--ask`."""
 from __future__ import annotations
 
+from prompts import PromptError
+from prompts.chat import pinnable
+
 from . import client, engines, render, workspace
 from .errors import UsageError
 from .session import open_session
@@ -49,12 +52,22 @@ class Conversation:
         self.messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
 
     def pin(self, path: str) -> str:
-        relative = workspace.file_in(self.index.root, path)
-        if relative not in self.index.files:
-            raise UsageError(f"{relative} is not among the indexed files (ignored, binary or too large)")
+        relative = pinnable(self.index, workspace.file_in(self.index.root, path))
         if relative not in self.pinned:
             self.pinned.append(relative)
         return relative
+
+    def unpin_gone(self) -> list[str]:
+        """Unpin the files that can no longer be pinned (deleted since, or now ignored, binary or too large): each
+        question failed on them until /drop. Returns why, a message a file."""
+        gone = []
+        for path in list(self.pinned):
+            try:
+                pinnable(self.index, path)
+            except PromptError as exc:
+                self.pinned.remove(path)
+                gone.append(str(exc))
+        return gone
 
     def unpin(self, path: str | None = None) -> list[str]:
         """Unpin one file, or all of them; returns what was dropped."""

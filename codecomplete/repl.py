@@ -169,6 +169,8 @@ class Repl:
                 self.console.print(Text(f"error: {one_line(known[1])}", style="red"))
 
     def ask(self, question: str) -> None:
+        for reason in self.conversation.unpin_gone():
+            self.console.print(Text(f"{one_line(reason)}: unpinned", style="yellow"))
         generation = self.conversation.prompt_for(question)
         view = render.LiveView(self.console, render.markdown_body, info=f"{len(generation.prompt.ids):,} context "
                                                                         f"tokens · {render.model_label(generation.engine)}")

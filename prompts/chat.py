@@ -102,17 +102,23 @@ def _latest_turns_that_fit(render: Renderer, system: str, conversation: list[Mes
     return conversation[starts[low]:]
 
 
-def _pinned_chunks(index: RepoIndex, path: str) -> list[Chunk]:
-    """The chunks of a pinned file, which must be one the index holds: the scan has judged it (a regular file,
-    inside the repository once links are resolved, not ignored, not binary or huge), so a pin cannot read a file
-    the index would not (a link to /etc/passwd, a FIFO, /dev/zero, an ignored .env)."""
+def pinnable(index: RepoIndex, path: str) -> str:
+    """`path` relative to the root, if it can be pinned: a file the index holds. The scan has judged it (a regular
+    file, inside the repository once links are resolved, not ignored, not binary or huge), so a pin cannot read a
+    file the index would not (a link to /etc/passwd, a FIFO, /dev/zero, an ignored .env). Else PromptError says why:
+    the one check, and message, for /add and for every prompt after it."""
     relative = index.relative_path(path)
     if relative not in index.files:
         if not os.path.lexists(index.root / relative):
             raise PromptError(f"no such file: {path}")
         raise PromptError(f"{path} is not among the indexed files (ignored, binary, too large, not a regular file, "
                           "or a link out of the repository)")
-    return [index.chunks[n] for n in index.chunk_numbers(relative)]
+    return relative
+
+
+def _pinned_chunks(index: RepoIndex, path: str) -> list[Chunk]:
+    """The chunks of a pinned file, which must be pinnable()."""
+    return [index.chunks[n] for n in index.chunk_numbers(pinnable(index, path))]
 
 
 def _pinned_first(pinned: list[Chunk], ranked: Iterator[tuple[float, Chunk]]) -> Iterator[tuple[float, Chunk]]:

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from codecomplete import chat, cli, repl, workspace
 from codecomplete.session import Session
+from prompts import chat as prompts_chat
 
 CTRL_C, CTRL_D, ESC_ENTER = "\x03", "\x04", "\x1b\r"     # Esc Enter: a new line, not send
 
@@ -264,3 +265,26 @@ def test_an_error_naming_a_long_path_with_a_newline_is_one_short_line(conversati
     error = "".join(printed.split("error: ", 1)[1].splitlines())      # as one line, unwrapped from the width
     assert error.startswith("file not found: sub/sub/") and error.endswith("sub/new\\nline.py"), printed
     assert "…" in error and len(error) < 200, printed
+
+
+def test_a_pinned_file_deleted_since_is_unpinned_with_a_notice(engine, tmp_path):
+    """A pinned file deleted later made every question fail ("no such file: gone.py") until /drop. The question is
+    answered, and the REPL says it unpinned the file. /add and the prompt refuse a file with one message."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "gone.py").write_text("def gone_helper():\n    return 1\n")
+    (root / "kept.py").write_text("def kept_helper():\n    return 2\n")
+    (root / "blob.bin").write_bytes(b"\x00\x01\x02" * 100)
+    args = cli.build_parser().parse_args([str(root), "--max-tokens", "4"])
+    conversation = chat.Conversation(Session(engine, workspace.index(root)), args)
+    conversation.pin("gone.py")
+    conversation.pin("kept.py")
+    (root / "gone.py").unlink()
+    printed = drive(conversation, ["What does kept_helper return?\r", "/add blob.bin\r", "/exit\r"],
+                    tmp_path / "history")
+    assert "no such file: gone.py: unpinned" in printed and "error: no such file" not in printed
+    assert conversation.pinned == ["kept.py"] and len(conversation.messages) == 2
+    assert "kept_helper" in engine.tokenizer.decode(conversation.last_prompt.ids)
+    with pytest.raises(Exception) as refused:
+        prompts_chat.pinnable(conversation.index, "blob.bin")
+    assert f"error: {refused.value}" in " ".join(printed.split())
