@@ -194,24 +194,27 @@ def _open_fence(text: str) -> str | None:
 
 
 class _Meter:
-    """Counts streamed pieces as tokens (the engine sends one text delta per token) and
-    measures their rate from the first one, the way decode tokens/s leaves out prefill."""
+    """Counts the tokens generated as their text streams in, and measures their rate from the first text, the way
+    decode tokens/s leaves out prefill. The count is the engine's where it keeps one: a token that ends inside a
+    character (the first of a CJK character's or an emoji's) sends no text, so pieces read low. Else a piece a token."""
 
     def __init__(self) -> None:
         self.count = 0
         self.first: float | None = None
+        self.first_count = 0            # the count at the first text
         self.last: float | None = None
 
-    def tick(self) -> None:
+    def tick(self, tokens: int | None = None) -> None:
         now = time.perf_counter()
-        self.first = self.first or now
+        self.count = tokens if tokens is not None else self.count + 1
+        if self.first is None:
+            self.first, self.first_count = now, self.count
         self.last = now
-        self.count += 1
 
     def rate(self) -> float:
-        if self.count < 2 or self.last == self.first:
+        if self.count <= self.first_count or self.last == self.first:
             return 0.0
-        return (self.count - 1) / (self.last - self.first)
+        return (self.count - self.first_count) / (self.last - self.first)
 
 
 def summary_line(result, engine=None) -> str:
@@ -258,7 +261,7 @@ class LiveView:
         self.closed = False
         self._parts: list[str] = []
         self._meter = _Meter()
-        self.progress: Callable[[], object] | None = None    # the engine's running Timings (speculation's counts)
+        self.progress: Callable[[], object] | None = None    # the engine's running Timings (steps, drafts)
         self._started = time.perf_counter()
         self._live = Live(console=console, get_renderable=self._frame, refresh_per_second=12,
                           transient=True, redirect_stdout=False)
@@ -280,7 +283,8 @@ class LiveView:
 
     def on_text(self, delta: str) -> None:
         self._parts.append(delta)
-        self._meter.tick()
+        running = self.progress() if self.progress else None
+        self._meter.tick(None if running is None else 1 + running.decode_steps + running.accepted_tokens)
 
     def _frame(self) -> RenderableType:
         meter = self._meter

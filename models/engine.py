@@ -125,7 +125,9 @@ class Engine:
         self.model_max_positions = model.config.context_limit
         self.eos_token_ids = sorted(set(eos_token_ids) | set(model.config.eos_token_ids))
         self.load_s = 0.0
-        self.progress = Timings()   # the running request's speculation counts, for a live status line
+        # The running request's decode steps and speculation counts, for a live status line: its tokens so far are
+        # 1 + decode_steps + accepted_tokens, once text came (a token that ends inside a character sends none).
+        self.progress = Timings()
         self._quant = parse_kv_cache(kv_cache, param.dtype)
         # Drafts per step when a request does not say (GenerationConfig.speculate None); 0 turns it off.
         group = model.config.n_heads // model.config.n_kv_heads
@@ -386,6 +388,7 @@ class Engine:
         state.input_pos.copy_(torch.tensor(positions))
         steps = max(row.budget for row in rows)
         fed = list(prompts[0])                          # row 0's tokens whose K/V are in the cache
+        self.progress = live = Timings()
         for step in range(steps):
             host = HostCopy(tokens)
             # With lookahead, step t+1 is queued before waiting for token t (wasted only if t is the last);
@@ -394,6 +397,7 @@ class Engine:
             if queued:
                 next_tokens = self._step(state, tokens, positions, config, generator)
             token_list = host.wait()
+            live.decode_steps = step                    # before the tokens' text is sent
             if step == 0:
                 t_first = perf_counter()
             if healing:
@@ -442,13 +446,13 @@ class Engine:
         drafter = PromptLookup(prompt)                  # built on the host while the device prefills
         pending = HostCopy(tokens).wait()[0]           # the newest token, not yet fed
         t_first = perf_counter()
+        self.progress = live = Timings()               # before the first token's text is sent
         if healing:
             healing.advance([pending])
         row.accept(pending, stop_ids)
         drafter.extend([pending])
         pos, fed, last = len(prompt), list(prompt), self.context_length - 1
         steps = verify_steps = drafted = accepted = 0
-        self.progress = live = Timings()
         while not row.finish_reason:
             if should_stop is not None and should_stop():
                 row.cancel()

@@ -200,3 +200,30 @@ def test_a_huge_columns_or_lines_is_capped(monkeypatch):
         view.on_text("The answer is `42`.")
         console.print(view._frame())
         assert "The answer is 42." in console.file.getvalue() and len(console.file.getvalue()) < 10 ** 5
+
+
+@pytest.mark.parametrize("speculate", [0, 4])
+def test_the_live_count_is_of_tokens_not_text_pieces(engine, speculate):
+    """A token that ends inside a character (an emoji's or a CJK character's first bytes) sends no text: counting
+    pieces, the live line read about half the tokens, and half the rate, for an answer in emoji or Chinese."""
+    from types import SimpleNamespace
+
+    from codecomplete import engines
+    from models import GenerationConfig
+
+    tokenizer = engine.tokenizer
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": "Reply only with emoji: 🎉🚀🔥😀🐍 and Chinese "
+                                           "你好世界函数"}], add_generation_prompt=True, tokenize=False)
+    ids = tokenizer.encode(chat, add_special_tokens=False)
+    config = GenerationConfig(max_new_tokens=30, speculate=speculate)
+    pieces = []
+    generation = SimpleNamespace(engine=engine, run=lambda on_text, should_stop: engine.generate(
+        ids, config, on_text=lambda text: pieces.append(text) or on_text(text), should_stop=should_stop))
+    console = Console(file=io.StringIO(), width=200, force_terminal=True)
+    view = render.LiveView(console, render.text_body, info="model")
+    result = engines.generate(generation, view)
+    tokens = len(result.token_ids)
+    assert len(pieces) < tokens * 0.7, (pieces, tokens)        # the case: many tokens sent no text
+    assert tokens - 1 <= view._meter.count <= tokens, (view._meter.count, tokens)
+    console.print(view._frame())
+    assert f"{view._meter.count} tokens" in console.file.getvalue()
