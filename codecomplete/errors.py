@@ -47,10 +47,14 @@ _LONG = re.compile(rf"\S{{{LONG_WORD + 1},}}")
 def one_line(message: str) -> str:
     """`message` as the one line every error and warning is, in the CLI, the REPL and the server's log: a word past
     LONG_WORD characters (a path 5,000 long, said twice) cut to its start and end around `…`, newlines written `\\n`
-    (a file name may hold one) and other control characters as printable() writes them."""
+    (a file name may hold one) and other control characters as printable() writes them, the Unicode line and paragraph
+    separators as `\\u2028` (an editor or a log reader splits lines there)."""
     half = LONG_WORD // 2
     shortened = _LONG.sub(lambda word: f"{word[0][:half]}…{word[0][-half:]}", message)
-    return printable(shortened).replace("\n", "\\n")
+    return printable(shortened).translate(_LINE_BREAKS)
+
+
+_LINE_BREAKS = {ord("\n"): "\\n", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 
 class ExitCode(IntEnum):

@@ -165,6 +165,7 @@ def test_a_long_path_with_a_newline_is_one_short_line(codecomplete, repo, capsys
     path = "sub/" * 750 + "new\nline.py"
     run = codecomplete(repo, "--file", path)
     check_error(run, 2, "sub/sub/sub/", "…", "sub/new\\nline.py")
+    check_error(codecomplete(repo, "--file", "line\u2028separator.py"), 2, "line\\u2028separator.py")
     assert len(run.stderr) < 400, run.stderr
     worker = EngineWorker()
     try:
