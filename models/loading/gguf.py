@@ -2,15 +2,19 @@
 directory in the user cache (config.json, model.safetensors, the tokenizer saved by transformers).
 
 Reading a GGUF and building its tokenizer takes ~10 s; loading the converted directory well under one.
-The cache holds the weights in the dtype the engine runs (bf16 on CUDA, float32 on CPU), keyed by the
-file's path, size and mtime. `gguf` is imported here only, lazily: the GPU image does not have it.
+The cache holds the weights in the dtype the engine runs (bf16 on CUDA, float32 on CPU), one folder per file
+path and dtype; its source.json records the file it was converted from (size, mtime, inode, ctime) and the
+cache format, and a copy that no longer matches is converted again in its place, so a changed file neither loads
+stale weights nor leaves its old copy behind. `gguf` is imported here only, lazily: the GPU image does not have it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -33,9 +37,16 @@ BLOCK_NAMES = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "at
 
 
 def converted_dir(path: Path, dtype: torch.dtype) -> Path:
-    st = path.stat()
-    key = f"{CACHE_FORMAT}|{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{dtype}"
+    key = f"{path.resolve()}|{dtype}"
     return cache_root() / "gguf" / f"{path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def source_stamp(path: Path) -> dict:
+    """What a conversion was made from. The inode and ctime too: new content under the same path, size and mtime
+    (`cp -p`, `touch -r`, a tar extracted over it) must not match; only a write, rename or chmod moves ctime."""
+    st = path.stat()
+    return {"format": CACHE_FORMAT, "path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "inode": st.st_ino, "ctime_ns": st.st_ctime_ns}
 
 
 def gguf_checkpoint(path: Path, dtype: torch.dtype, progress=None) -> Path:
@@ -44,55 +55,103 @@ def gguf_checkpoint(path: Path, dtype: torch.dtype, progress=None) -> Path:
     A cached copy that is incomplete or unreadable (a disk that filled up, a hand-deleted file) is converted
     again rather than refused forever; a cache folder that cannot be written is a one-line ModelError, and the
     half-written copy is removed whatever stops the conversion."""
-    out = converted_dir(path, dtype)
-    if is_complete(out):
+    out, stamp = converted_dir(path, dtype), source_stamp(path)
+    if is_complete(out, stamp):
         return out
-    if out.exists():
-        if progress:
-            progress(f"The converted copy of {path.name} in {out} is damaged: converting it again")
-        shutil.rmtree(out, ignore_errors=True)
-    if progress:
-        progress(f"Converting {path.name} (first start only; cached in {out.parent})")
     reader = open_gguf(path)
     config = read_gguf_config(reader, path)
     check_tensor_types(reader, path)
     check_tensor_layout(reader, path)
     check_tensor_shapes(reader, config, path)
-    tokenizer = gguf_tokenizer(path)
-    tensors = {hf_name(t.name, path): to_torch(t, config, dtype) for t in reader.tensors}
 
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
     tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file(tensors, tmp / "model.safetensors")
-        tokenizer.save_pretrained(str(tmp))
-        (tmp / "config.json").write_text(json.dumps(config.to_hf(), indent=2))
-        os.replace(tmp, out)            # atomic: a half-written conversion is never found
-    except OSError as e:
-        if is_complete(out):            # another process converted it first
+        with _conversion_lock(out, path, progress):
+            if is_complete(out, stamp):     # another process converted it while this one waited
+                return out
+            # Under the lock no other process is writing this conversion: a temporary folder left here is one
+            # a killed conversion (SIGKILL, a power cut) never removed, and a damaged copy is ours to replace.
+            for stale in out.parent.glob(f"{out.name}.tmp*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            if out.is_symlink():
+                out.unlink()
+            elif out.exists():
+                if progress:
+                    progress(f"The converted copy of {path.name} in {out} is out of date or damaged: "
+                             "converting it again")
+                shutil.rmtree(out, ignore_errors=True)
+            if progress:
+                progress(f"Converting {path.name} (first start only; cached in {out.parent})")
+            tokenizer = gguf_tokenizer(path)
+            tensors = {hf_name(t.name, path): to_torch(t, config, dtype) for t in reader.tensors}
+            tmp.mkdir()
+            save_file(tensors, tmp / "model.safetensors")
+            tokenizer.save_pretrained(str(tmp))
+            (tmp / "config.json").write_text(json.dumps(config.to_hf(), indent=2))
+            (tmp / "source.json").write_text(json.dumps(stamp))
+            os.replace(tmp, out)        # atomic: a half-written conversion is never found
+            _remove_unstamped_copies(out, path.stem)
+    except (OSError, SafetensorError) as e:     # safetensors says a full disk in a SafetensorError of its own
+        if is_complete(out, stamp):     # another process converted it first (where there are no file locks)
             return out
-        raise ModelError(f"cannot write the converted model into {out.parent}: {e.strerror or e} "
+        raise ModelError(f"cannot write the converted model into {out.parent}: {getattr(e, 'strerror', None) or e} "
                          "(CODECOMPLETE_CACHE_DIR sets the cache folder)") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def is_complete(directory: Path) -> bool:
+def _remove_unstamped_copies(out: Path, stem: str) -> None:
+    """Remove the copies of files named like this one that older versions keyed by size and mtime (no source.json):
+    no lookup finds them any more, and each is as large as its weights."""
+    legacy = re.compile(re.escape(stem) + r"-[0-9a-f]{16}")
+    for old in out.parent.iterdir():
+        if (old != out and legacy.fullmatch(old.name) and old.is_dir() and not old.is_symlink()
+                and not (old / "source.json").exists()):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _conversion_lock(out: Path, path: Path, progress=None):
+    """Held while `out` is converted: a second process (a server and a command started together) waits for the
+    first one's copy instead of dequantizing the same file alongside it, and may clean up after a killed one.
+    The lock file stays (empty): removing it would let a waiting process lock a file no newcomer sees."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_name(f"{out.name}.lock"), "a") as lock:
+        try:
+            import fcntl
+        except ImportError:             # Windows: no advisory locks; conversions may then run side by side
+            yield
+            return
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if progress:
+                progress(f"Waiting for another process converting {path.name}")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield                           # closing the file releases the lock
+
+
+def is_complete(directory: Path, stamp: dict | None = None) -> bool:
     """Whether a converted copy has everything a load reads: a valid config, a readable safetensors header
-    (which also checks the file is as long as the header says) and the tokenizer."""
+    (which also checks the file is as long as the header says) and the tokenizer's files, whole JSON; with a
+    `source_stamp`, also whether it was converted from that very file in this cache format."""
     from models.loading.hf import read_config
     from safetensors import safe_open
 
     try:
-        if not (directory / "tokenizer.json").is_file():
+        if directory.is_symlink():      # the cache's own folders are never links: not one we wrote
             return False
         read_config(directory)
+        for name in ("tokenizer.json", "tokenizer_config.json"):    # a truncated one would fail every load
+            json.loads((directory / name).read_bytes())
+        if stamp is not None and json.loads((directory / "source.json").read_bytes()) != stamp:
+            return False
         with safe_open(directory / "model.safetensors", framework="pt", device="cpu") as weights:
             return bool(list(weights.keys()))
-    except Exception:  # ModelError, SafetensorError, OSError: not a usable copy
+    except Exception:  # ModelError, SafetensorError, OSError, ValueError: not a usable copy
         return False
 
 

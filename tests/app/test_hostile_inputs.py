@@ -158,7 +158,7 @@ def test_a_repository_whose_files_are_all_ignored_says_so(make_repository, scrip
 @pytest.fixture(scope="module")
 def converted_model(engine, cache_dir) -> Path:
     """The embedded model's converted folder, which the session's engine fixture made."""
-    (folder,) = (cache_dir / "gguf").iterdir()
+    (folder,) = [p for p in (cache_dir / "gguf").iterdir() if p.is_dir()]     # not its .lock file
     return folder
 
 

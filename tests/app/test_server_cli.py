@@ -550,7 +550,7 @@ def test_a_server_for_a_small_model_starts_on_the_defaults(served_repo, monkeypa
     """The answer's headroom is given only where the model holds it: a 512-position checkpoint serves as before."""
     from test_hostile_inputs import checkpoint
 
-    (converted,) = (cache_dir / "gguf").iterdir()       # the embedded model's folder, which the engine fixture made
+    (converted,) = [p for p in (cache_dir / "gguf").iterdir() if p.is_dir()]   # the embedded model's folder
     small = checkpoint(converted, tmp_path / "small", max_position_embeddings=512)
     session = serve_until_loaded(monkeypatch, served_repo, "--model", small)
     assert session.engine.context_length == 512 and session.prompt_budget(256) == 256

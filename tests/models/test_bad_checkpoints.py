@@ -85,13 +85,20 @@ def _converted(path):
     return gguf_loading.converted_dir(path, torch.float32)
 
 
-@pytest.mark.parametrize("damage", ["no config.json", "truncated weights", "config not JSON", "empty folder"])
+@pytest.mark.parametrize("damage", ["no config.json", "truncated weights", "config not JSON", "empty folder",
+                                    "truncated tokenizer", "link to a copy"])
 def test_a_damaged_converted_copy_is_converted_again(tmp_path, damage):
     path = tmp_path / "tiny.gguf"
     write_tiny_gguf(path)
     load_model(path, device="cpu", max_context=32)
     out = _converted(path)
-    if damage == "no config.json":
+    if damage == "truncated tokenizer":     # was refused at every load: "cannot load the tokenizer"
+        tokenizer = out / "tokenizer.json"
+        tokenizer.write_bytes(tokenizer.read_bytes()[:100])
+    elif damage == "link to a copy":        # not a folder the cache wrote: never read through
+        shutil.move(out, tmp_path / "elsewhere")
+        out.symlink_to(tmp_path / "elsewhere")
+    elif damage == "no config.json":
         (out / "config.json").unlink()
     elif damage == "truncated weights":
         weights = out / "model.safetensors"
@@ -102,16 +109,97 @@ def test_a_damaged_converted_copy_is_converted_again(tmp_path, damage):
         shutil.rmtree(out)
         out.mkdir()
     engine = load_model(path, device="cpu", max_context=32)
-    assert engine.tokenizer is not None and gguf_loading.is_complete(out)
+    assert engine.tokenizer is not None and gguf_loading.is_complete(out) and not out.is_symlink()
     assert not [p for p in out.parent.iterdir() if ".tmp" in p.name]  # no temporary folder left behind
 
 
-def test_a_failed_conversion_leaves_no_temporary_files_and_names_the_folder(tmp_path, monkeypatch):
+def test_a_conversion_killed_midway_leaves_nothing_the_next_one_keeps(tmp_path, monkeypatch):
+    """SIGKILL skips every `finally`: the next conversion of that file removes the dead one's temporary folder
+    (it was left for good, as large as the converted weights)."""
+    monkeypatch.setenv("CODECOMPLETE_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path)
+    out = _converted(path)
+    killed = out.with_name(f"{out.name}.tmp999999")
+    killed.mkdir(parents=True)
+    (killed / "model.safetensors").write_bytes(b"half")
+    load_model(path, device="cpu", max_context=32)
+    assert gguf_loading.is_complete(out) and not [p for p in out.parent.iterdir() if ".tmp" in p.name]
+
+
+def test_a_second_process_waits_for_the_first_conversion_instead_of_converting_too(tmp_path, monkeypatch):
+    import fcntl
+    import threading
+    import time
+
+    import torch
+    monkeypatch.setenv("CODECOMPLETE_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path)
+    out = gguf_loading.gguf_checkpoint(path, torch.float32)
+    shutil.move(out, tmp_path / "done")
+    monkeypatch.setattr(gguf_loading, "to_torch", lambda *a: pytest.fail("converted again alongside the first"))
+    messages, result = [], []
+    with open(out.with_name(f"{out.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)    # the first process, converting
+        waiter = threading.Thread(target=lambda: result.append(
+            gguf_loading.gguf_checkpoint(path, torch.float32, progress=messages.append)))
+        waiter.start()
+        deadline = time.monotonic() + 60
+        while not any("Waiting for another process" in m for m in messages) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert waiter.is_alive() and not result
+        shutil.move(tmp_path / "done", out)     # the first one's copy lands
+    waiter.join(60)
+    assert result == [out] and not any(m.startswith("Converting") for m in messages)
+
+
+def test_new_content_under_the_same_path_size_and_mtime_is_converted_anew(tmp_path):
+    """`cp -p`, `touch -r` or a tar extracted over the file keep its size and mtime: the old conversion must not
+    be found for the new weights."""
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path, seed=0)
+    before = os.stat(path)
+    load_model(path, device="cpu", max_context=32)
+    reference = write_tiny_gguf(path, seed=1)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (os.stat(path).st_size, os.stat(path).st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    engine = load_model(path, device="cpu", max_context=32)
+    import torch
+    ids = torch.tensor([[5, 70, 80, 90]])
+    with torch.no_grad():
+        torch.testing.assert_close(engine.model.prefill(ids, all_logits=True), reference(ids).logits,
+                                   atol=1e-4, rtol=1e-4)
+
+
+def test_a_changed_file_is_converted_again_in_place_of_its_old_copy(tmp_path, monkeypatch):
+    """A new mtime (or cache format) reconverts into the same folder: the old copy, as large as the weights, was
+    left behind under a key no lookup made again. Copies older versions keyed that way go too."""
+    monkeypatch.setenv("CODECOMPLETE_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path)
+    load_model(path, device="cpu", max_context=32)
+    out = _converted(path)
+    legacy = out.with_name("tiny-0123456789abcdef")
+    shutil.copytree(out, legacy)
+    (legacy / "source.json").unlink()
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10 ** 9))
+    stale = json.loads((out / "source.json").read_text())
+    load_model(path, device="cpu", max_context=32)
+    assert json.loads((out / "source.json").read_text()) != stale
+    assert [p.name for p in out.parent.iterdir() if p.is_dir()] == [out.name]
+
+
+@pytest.mark.parametrize("error", ["OSError", "SafetensorError"])
+def test_a_failed_conversion_leaves_no_temporary_files_and_names_the_folder(tmp_path, monkeypatch, error):
     path = tmp_path / "tiny.gguf"
     write_tiny_gguf(path)
 
     def disk_full(*args, **kwargs):
-        raise OSError(28, "No space left on device")
+        if error == "OSError":
+            raise OSError(28, "No space left on device")
+        from safetensors import SafetensorError    # what safetensors really raises on a full disk
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
     monkeypatch.setattr("safetensors.torch.save_file", disk_full)
     message = load_error(path, ModelError, "cannot write the converted model")
