@@ -56,6 +56,7 @@ def gguf_checkpoint(path: Path, dtype: torch.dtype, progress=None) -> Path:
     again rather than refused forever; a cache folder that cannot be written is a one-line ModelError, and the
     half-written copy is removed whatever stops the conversion."""
     out, stamp = converted_dir(path, dtype), source_stamp(path)
+    check_private(out.parent)
     if is_complete(out, stamp):
         return out
     reader = open_gguf(path)
@@ -86,7 +87,7 @@ def gguf_checkpoint(path: Path, dtype: torch.dtype, progress=None) -> Path:
                 progress(f"Converting {path.name} (first start only; cached in {out.parent})")
             tokenizer = gguf_tokenizer(path)
             tensors = {hf_name(t.name, path): to_torch(t, config, dtype) for t in reader.tensors}
-            tmp.mkdir()
+            tmp.mkdir(mode=0o755)       # not the umask's: a umask of 0 would make it one that anyone may write
             save_file(tensors, tmp / "model.safetensors")
             tokenizer.save_pretrained(str(tmp))
             (tmp / "config.json").write_text(json.dumps(config.to_hf(), indent=2))
@@ -101,6 +102,27 @@ def gguf_checkpoint(path: Path, dtype: torch.dtype, progress=None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def check_private(folder: Path) -> None:
+    """Refuse a cache folder that another user owns or that every user may write (the app's rule for the cache
+    root, codecomplete/caches.py, which library callers such as models.cpu_bench skip): what is cached there is
+    loaded as weights and a tokenizer, so anyone who could write it would choose what the model says."""
+    if problem := _not_private(folder):
+        raise ModelError(f"{folder} {problem}: converted weights there are not loaded "
+                         "(set CODECOMPLETE_CACHE_DIR to a folder of your own)")
+
+
+def _not_private(folder: Path) -> str | None:
+    try:
+        st = folder.stat()
+    except OSError:                     # not there yet (we create it), or not a folder: the write says so
+        return None
+    if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
+        return "belongs to another user"
+    if st.st_mode & 0o002:
+        return "can be written by every user"
+    return None
 
 
 def _remove_unstamped_copies(out: Path, stem: str) -> None:
@@ -118,7 +140,8 @@ def _conversion_lock(out: Path, path: Path, progress=None):
     """Held while `out` is converted: a second process (a server and a command started together) waits for the
     first one's copy instead of dequantizing the same file alongside it, and may clean up after a killed one.
     The lock file stays (empty): removing it would let a waiting process lock a file no newcomer sees."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    check_private(out.parent)
     with open(out.with_name(f"{out.name}.lock"), "a") as lock:
         try:
             import fcntl
@@ -142,7 +165,7 @@ def is_complete(directory: Path, stamp: dict | None = None) -> bool:
     from safetensors import safe_open
 
     try:
-        if directory.is_symlink():      # the cache's own folders are never links: not one we wrote
+        if directory.is_symlink() or _not_private(directory):   # not one we wrote, or one others could have
             return False
         read_config(directory)
         for name in ("tokenizer.json", "tokenizer_config.json"):    # a truncated one would fail every load

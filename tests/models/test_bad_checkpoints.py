@@ -328,3 +328,38 @@ def test_a_gguf_rope_scaling_is_read_as_llama_cpp_reads_it(keys, factor):
             "llama.attention.head_count": 4, "llama.feed_forward_length": 96, "llama.vocab_size": 300}
     config = ModelConfig.from_gguf({**meta, **keys}, "m.gguf", tied=True)
     assert config.rope_scaling == (factor and RopeScaling("linear", factor))
+
+
+@pytest.mark.parametrize("how", ["every user may write it", "another user owns it"])
+def test_a_conversion_folder_others_could_write_is_never_loaded(tmp_path, monkeypatch, how):
+    """CODECOMPLETE_CACHE_DIR=/tmp/shared (1777) through the library, which skips the app's check of the cache
+    root: whoever made /tmp/shared/gguf could plant the weights and tokenizer a lookup then loads."""
+    monkeypatch.setenv("CODECOMPLETE_CACHE_DIR", str(tmp_path / "shared"))
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path)
+    load_model(path, device="cpu", max_context=32)
+    folder = _converted(path).parent
+    if how == "every user may write it":
+        folder.chmod(0o777)
+        message = "can be written by every user"
+    else:
+        monkeypatch.setattr(os, "geteuid", lambda: os.stat(folder).st_uid + 1)
+        message = "belongs to another user"
+    assert str(folder) in load_error(path, ModelError, message)
+
+
+def test_a_converted_copy_every_user_may_write_is_converted_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("CODECOMPLETE_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path)
+    old = os.umask(0)                   # what a container's shell often has: folders made 0777
+    try:
+        load_model(path, device="cpu", max_context=32)
+    finally:
+        os.umask(old)
+    out = _converted(path)
+    assert not out.stat().st_mode & 0o002 and not out.parent.stat().st_mode & 0o002
+    out.chmod(0o777)
+    (out / "planted").write_text("anyone could have replaced the weights")
+    load_model(path, device="cpu", max_context=32)
+    assert not (out / "planted").exists() and not out.stat().st_mode & 0o002
