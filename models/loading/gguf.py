@@ -3,8 +3,8 @@ directory in the user cache (config.json, model.safetensors, the tokenizer saved
 
 Reading a GGUF and building its tokenizer takes ~10 s; loading the converted directory well under one.
 The cache holds the weights in the dtype the engine runs (bf16 on CUDA, float32 on CPU), one folder per file
-path and dtype; its source.json records the file it was converted from (size, mtime, inode, ctime) and the
-cache format, and a copy that no longer matches is converted again in its place, so a changed file neither loads
+path and dtype; its source.json records the file it was converted from (size, mtime, inode, ctime), the
+cache format and the size of every file written, and a copy that no longer matches is converted again in its place, so a changed file neither loads
 stale weights nor leaves its old copy behind. `gguf` is imported here only, lazily: the GPU image does not have it.
 """
 
@@ -91,7 +91,8 @@ def gguf_checkpoint(path: Path, dtype: torch.dtype, progress=None) -> Path:
             save_file(tensors, tmp / "model.safetensors")
             tokenizer.save_pretrained(str(tmp))
             (tmp / "config.json").write_text(json.dumps(config.to_hf(), indent=2))
-            (tmp / "source.json").write_text(json.dumps(stamp))
+            files = {f.name: f.stat().st_size for f in tmp.iterdir()}
+            (tmp / "source.json").write_text(json.dumps({"source": stamp, "files": files}))
             os.replace(tmp, out)        # atomic: a half-written conversion is never found
             _remove_unstamped_copies(out, path.stem)
     except (OSError, SafetensorError) as e:     # safetensors says a full disk in a SafetensorError of its own
@@ -159,22 +160,25 @@ def _conversion_lock(out: Path, path: Path, progress=None):
 
 def is_complete(directory: Path, stamp: dict | None = None) -> bool:
     """Whether a converted copy has everything a load reads: a valid config, a readable safetensors header
-    (which also checks the file is as long as the header says) and the tokenizer's files, whole JSON; with a
+    (which also checks the file is as long as the header says) and every file at the size it was written (a
+    truncated tokenizer.json failed every load; parsing its megabytes here would cost each start ~0.3 s); with a
     `source_stamp`, also whether it was converted from that very file in this cache format."""
-    from models.loading.hf import read_config
+    from models.loading.hf import read_config, read_json
     from safetensors import safe_open
 
     try:
         if directory.is_symlink() or _not_private(directory):   # not one we wrote, or one others could have
             return False
         read_config(directory)
-        for name in ("tokenizer.json", "tokenizer_config.json"):    # a truncated one would fail every load
-            json.loads((directory / name).read_bytes())
-        if stamp is not None and json.loads((directory / "source.json").read_bytes()) != stamp:
+        record = read_json(directory / "source.json")
+        if stamp is not None and record["source"] != stamp:
+            return False
+        if not record["files"] or any((directory / name).stat().st_size != size
+                                      for name, size in record["files"].items()):
             return False
         with safe_open(directory / "model.safetensors", framework="pt", device="cpu") as weights:
             return bool(list(weights.keys()))
-    except Exception:  # ModelError, SafetensorError, OSError, ValueError: not a usable copy
+    except Exception:  # ModelError, SafetensorError, OSError, KeyError, AttributeError: not a usable copy
         return False
 
 
