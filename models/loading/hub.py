@@ -16,7 +16,7 @@ BIN_PATTERNS = ["*.json", "pytorch_model*.bin"]   # only for repos without safet
 def snapshot(repo_id: str, progress=None) -> Path:
     """The local snapshot directory of a hub model, downloading its weights and tokenizer if needed."""
     from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, HFValidationError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError)
 
     if progress:
@@ -33,6 +33,10 @@ def snapshot(repo_id: str, progress=None) -> Path:
         raise ModelNotFoundError(
             f"{repo_id}: no such local path, and not in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
             f"while offline; download it once online with `hf download {repo_id}`") from None
+    except HFValidationError:          # "out/run--3", "org/name.": a mistyped local path as often as a hub id
+        raise ModelNotFoundError(f"{repo_id}: no such local path, nor a valid Hugging Face hub id "
+                                 "(names of letters, digits, '-', '_' and '.', no '--' or '..', "
+                                 "not starting or ending with '-' or '.', at most 96 characters)") from None
     except (HfHubHTTPError, OSError) as e:
         raise ModelNotFoundError(f"{repo_id}: download from the Hugging Face hub failed ({e})") from None
     return path

@@ -57,6 +57,12 @@ def test_uncached_hub_id_offline_is_a_clear_error(tmp_path, monkeypatch):
     assert "hf download codellama/CodeLlama-7b-hf" in message
 
 
+@pytest.mark.parametrize("spec", ["out/run--3", "org/model..v2", "org/model.", "org/-model"])
+def test_a_missing_path_that_is_no_valid_hub_id_is_a_clear_error(monkeypatch, spec):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    assert spec in load_error(spec, ModelNotFoundError, "no such local path, nor a valid Hugging Face hub id")
+
+
 def test_missing_path(tmp_path):
     assert "nowhere" in load_error(tmp_path / "nowhere" / "model.gguf", ModelNotFoundError, "no such file or directory")
 
