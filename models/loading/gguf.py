@@ -183,9 +183,13 @@ def is_complete(directory: Path, stamp: dict | None = None) -> bool:
 
 
 def open_gguf(path: Path):
-    with open(path, "rb") as f:
-        if f.read(4) != b"GGUF":
-            raise ModelError(f"{path}: not a GGUF file (no GGUF magic at the start)")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:                # a file the user may not read (mode 000, another user's), an I/O error
+        raise ModelError(f"{path}: cannot read the GGUF file ({e.strerror or e})") from None
+    if magic != b"GGUF":
+        raise ModelError(f"{path}: not a GGUF file (no GGUF magic at the start)")
     check_header_bounds(path)
     from gguf import GGUFReader
     try:

@@ -97,6 +97,18 @@ def test_a_file_without_the_gguf_magic_is_refused(tmp_path):
     load_error(path, ModelError, "not a GGUF file")
 
 
+def test_a_gguf_file_that_cannot_be_read_is_named(tmp_path, monkeypatch):
+    from models.loading import gguf as gguf_loading
+    path = tmp_path / "private.gguf"
+    write_tiny_gguf(path)
+
+    def denied(file, *args, **kwargs):  # chmod 000 does not stop root, who may run the tests
+        raise PermissionError(13, "Permission denied", str(file))
+
+    monkeypatch.setattr(gguf_loading, "open", denied, raising=False)
+    assert str(path) in load_error(path, ModelError, "cannot read the GGUF file \\(Permission denied\\)")
+
+
 def test_unsupported_gguf_architecture(tmp_path):
     path = tmp_path / "qwen.gguf"
     write_tiny_gguf(path, architecture="qwen2")
