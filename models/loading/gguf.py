@@ -143,7 +143,9 @@ def _conversion_lock(out: Path, path: Path, progress=None):
     The lock file stays (empty): removing it would let a waiting process lock a file no newcomer sees."""
     out.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     check_private(out.parent)
-    with open(out.with_name(f"{out.name}.lock"), "a") as lock:
+    # 0600: flock needs only a read handle, so a lock file others may open is one they could hold forever
+    lock_fd = os.open(out.with_name(f"{out.name}.lock"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(lock_fd, "a") as lock:
         try:
             import fcntl
         except ImportError:             # Windows: no advisory locks; conversions may then run side by side

@@ -152,6 +152,8 @@ def test_a_second_process_waits_for_the_first_conversion_instead_of_converting_t
         shutil.move(tmp_path / "done", out)     # the first one's copy lands
     waiter.join(60)
     assert result == [out] and not any(m.startswith("Converting") for m in messages)
+    # Only its owner may open the lock: flock takes a read handle, and another user's could hold it forever.
+    assert os.stat(out.with_name(f"{out.name}.lock")).st_mode & 0o077 == 0
 
 
 def test_new_content_under_the_same_path_size_and_mtime_is_converted_anew(tmp_path):
