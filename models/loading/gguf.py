@@ -11,6 +11,7 @@ stale weights nor leaves its old copy behind. `gguf` is imported here only, lazi
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -38,7 +39,12 @@ BLOCK_NAMES = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "at
 
 def converted_dir(path: Path, dtype: torch.dtype) -> Path:
     key = f"{path.resolve()}|{dtype}"
-    return cache_root() / "gguf" / f"{path.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    # The stem cut to 64 bytes: the hash tells files apart, and a long name (or a short one in a script of 3-byte
+    # characters) plus the hash and ".tmp<pid>" passed the 255-byte limit of a file name, so it never converted.
+    stem = path.stem
+    while len(os.fsencode(stem)) > 64:
+        stem = stem[:-1]
+    return cache_root() / "gguf" / f"{stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
 def source_stamp(path: Path) -> dict:
@@ -74,7 +80,7 @@ def gguf_checkpoint(path: Path, dtype: torch.dtype, progress=None) -> Path:
                 return out
             # Under the lock no other process is writing this conversion: a temporary folder left here is one
             # a killed conversion (SIGKILL, a power cut) never removed, and a damaged copy is ours to replace.
-            for stale in out.parent.glob(f"{out.name}.tmp*"):
+            for stale in out.parent.glob(f"{glob.escape(out.name)}.tmp*"):
                 shutil.rmtree(stale, ignore_errors=True)
             if out.is_symlink():
                 out.unlink()

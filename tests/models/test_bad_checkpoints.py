@@ -192,6 +192,15 @@ def test_a_changed_file_is_converted_again_in_place_of_its_old_copy(tmp_path, mo
     assert [p.name for p in out.parent.iterdir() if p.is_dir()] == [out.name]
 
 
+@pytest.mark.parametrize("stem", ["m" * 245, "模型" * 40])
+def test_a_gguf_with_a_long_file_name_converts(tmp_path, stem):
+    """The name, the hash and ".tmp<pid>" passed the 255-byte limit of a file name: 'File name too long'."""
+    path = tmp_path / f"{stem}.gguf"
+    write_tiny_gguf(path)
+    load_model(path, device="cpu", max_context=32)
+    assert gguf_loading.is_complete(_converted(path))
+
+
 @pytest.mark.parametrize("error", ["OSError", "SafetensorError"])
 def test_a_failed_conversion_leaves_no_temporary_files_and_names_the_folder(tmp_path, monkeypatch, error):
     path = tmp_path / "tiny.gguf"
