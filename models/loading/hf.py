@@ -162,7 +162,9 @@ def eos_ids(directory: Path, config: ModelConfig, tokenizer) -> tuple[int, ...]:
     generation = directory / "generation_config.json"
     if generation.is_file():
         eos = read_json(generation).get("eos_token_id")
-        ids.update(i for i in (eos if isinstance(eos, list) else [eos]) if isinstance(i, int) and i >= 0)
+        # type(...) is int: JSON's true is a Python int (1), which made token 1 (BOS, often) a stop token
+        ids.update(i for i in (eos if isinstance(eos, list) else [eos])
+                   if type(i) is int and 0 <= i < config.vocab_size)
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return tuple(sorted(ids))
