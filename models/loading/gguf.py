@@ -3,9 +3,10 @@ directory in the user cache (config.json, model.safetensors, the tokenizer saved
 
 Reading a GGUF and building its tokenizer takes ~10 s; loading the converted directory well under one.
 The cache holds the weights in the dtype the engine runs (bf16 on CUDA, float32 on CPU), one folder per file
-path and dtype; its source.json records the file it was converted from (size, mtime, inode, ctime), the
-cache format and the size of every file written, and a copy that no longer matches is converted again in its place, so a changed file neither loads
-stale weights nor leaves its old copy behind. `gguf` is imported here only, lazily: the GPU image does not have it.
+path and dtype; its source.json records the file it was converted from (size, mtime, inode, ctime), the cache
+format and the size of every file written. A copy that no longer matches is converted again in its place, so a
+changed file neither loads stale weights nor leaves its old copy behind. `gguf` is imported here only, lazily:
+the GPU image does not have it.
 """
 
 from __future__ import annotations
