@@ -76,12 +76,12 @@ def gguf_checkpoint(path: Path, dtype: torch.dtype, progress=None) -> Path:
     from safetensors.torch import save_file
     tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
     try:
-        with _conversion_lock(out, path, progress):
+        with _conversion_lock(out, path, progress) as locked:
             if is_complete(out, stamp):     # another process converted it while this one waited
                 return out
             # Under the lock no other process is writing this conversion: a temporary folder left here is one
             # a killed conversion (SIGKILL, a power cut) never removed, and a damaged copy is ours to replace.
-            for stale in out.parent.glob(f"{glob.escape(out.name)}.tmp*"):
+            for stale in out.parent.glob(f"{glob.escape(out.name)}.tmp*") if locked else ():
                 shutil.rmtree(stale, ignore_errors=True)
             if out.is_symlink():
                 out.unlink()
@@ -147,7 +147,8 @@ def _remove_unstamped_copies(out: Path, stem: str) -> None:
 def _conversion_lock(out: Path, path: Path, progress=None):
     """Held while `out` is converted: a second process (a server and a command started together) waits for the
     first one's copy instead of dequantizing the same file alongside it, and may clean up after a killed one.
-    The lock file stays (empty): removing it would let a waiting process lock a file no newcomer sees."""
+    Yields whether it holds the lock. The lock file stays (empty): removing it would let a waiting process lock a
+    file no newcomer sees."""
     out.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     check_private(out.parent)
     # 0600: flock needs only a read handle, so a lock file others may open is one they could hold forever
@@ -156,7 +157,7 @@ def _conversion_lock(out: Path, path: Path, progress=None):
         try:
             import fcntl
         except ImportError:             # Windows: no advisory locks; conversions may then run side by side
-            yield
+            yield False
             return
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -164,7 +165,10 @@ def _conversion_lock(out: Path, path: Path, progress=None):
             if progress:
                 progress(f"Waiting for another process converting {path.name}")
             fcntl.flock(lock, fcntl.LOCK_EX)
-        yield                           # closing the file releases the lock
+        except OSError:                 # a file system without locks (some NFS and FUSE mounts): convert unlocked
+            yield False
+            return
+        yield True                      # closing the file releases the lock
 
 
 def is_complete(directory: Path, stamp: dict | None = None) -> bool:

@@ -156,6 +156,24 @@ def test_a_second_process_waits_for_the_first_conversion_instead_of_converting_t
     assert os.stat(out.with_name(f"{out.name}.lock")).st_mode & 0o077 == 0
 
 
+def test_a_cache_on_a_file_system_without_locks_still_converts(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setenv("CODECOMPLETE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    path = tmp_path / "tiny.gguf"
+    write_tiny_gguf(path)
+    out = _converted(path)
+    other = out.with_name(f"{out.name}.tmp999999")     # unlocked, it may be another process's conversion
+    other.mkdir(parents=True)
+    load_model(path, device="cpu", max_context=32)
+    assert gguf_loading.is_complete(out) and other.is_dir()
+
+
 def test_new_content_under_the_same_path_size_and_mtime_is_converted_anew(tmp_path):
     """`cp -p`, `touch -r` or a tar extracted over the file keep its size and mtime: the old conversion must not
     be found for the new weights."""
