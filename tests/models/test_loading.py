@@ -57,6 +57,17 @@ def test_uncached_hub_id_offline_is_a_clear_error(tmp_path, monkeypatch):
     assert "hf download codellama/CodeLlama-7b-hf" in message
 
 
+def test_a_proxy_or_network_failure_during_a_hub_download_is_a_clear_error(monkeypatch):
+    import httpx
+
+    def dead_proxy(*args, **kwargs):    # snapshot_download re-raises a proxy error as it is, an httpx error
+        raise httpx.ProxyError("502 Bad Gateway from proxy.example:3128")
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", dead_proxy)
+    message = load_error("codellama/CodeLlama-7b-hf", ModelNotFoundError, "download from the Hugging Face hub failed")
+    assert "502 Bad Gateway" in message
+
+
 @pytest.mark.parametrize("spec", ["out/run--3", "org/model..v2", "org/model.", "org/-model"])
 def test_a_missing_path_that_is_no_valid_hub_id_is_a_clear_error(monkeypatch, spec):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
