@@ -154,21 +154,24 @@ def _conversion_lock(out: Path, path: Path, progress=None):
     # 0600: flock needs only a read handle, so a lock file others may open is one they could hold forever
     lock_fd = os.open(out.with_name(f"{out.name}.lock"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(lock_fd, "a") as lock:
-        try:
-            import fcntl
-        except ImportError:             # Windows: no advisory locks; conversions may then run side by side
-            yield False
-            return
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if progress:
-                progress(f"Waiting for another process converting {path.name}")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        except OSError:                 # a file system without locks (some NFS and FUSE mounts): convert unlocked
-            yield False
-            return
-        yield True                      # closing the file releases the lock
+        yield _flock(lock, path, progress)     # closing the file releases the lock
+
+
+def _flock(lock, path: Path, progress=None) -> bool:
+    """Take an exclusive lock on the open file `lock`, waiting for its holder; False where locks do not exist."""
+    try:
+        import fcntl
+    except ImportError:                 # Windows: no advisory locks; conversions may then run side by side
+        return False
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        if progress:
+            progress(f"Waiting for another process converting {path.name}")
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    except OSError:                     # a file system without locks (some NFS and FUSE mounts): convert unlocked
+        return False
+    return True
 
 
 def is_complete(directory: Path, stamp: dict | None = None) -> bool:
