@@ -122,11 +122,13 @@ def check_private(folder: Path) -> None:
 
 
 def _not_private(folder: Path) -> str | None:
+    if not hasattr(os, "geteuid"):      # Windows: no owners in stat, and every writable folder reads as mode 0777
+        return None
     try:
         st = folder.stat()
     except OSError:                     # not there yet (we create it), or not a folder: the write says so
         return None
-    if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
+    if st.st_uid != os.geteuid():
         return "belongs to another user"
     if st.st_mode & 0o002:
         return "can be written by every user"
