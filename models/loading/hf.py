@@ -113,11 +113,13 @@ def load_weights(model: Transformer, tensors: Iterator[tuple[str, torch.Tensor]]
 
     slots: where each tensor goes (default `hf_tensor_slots(model)`).
     """
-    slots = dict(hf_tensor_slots(model) if slots is None else slots)
+    names = set(slots := dict(hf_tensor_slots(model) if slots is None else slots))
     for name, tensor in tensors:
         if name.endswith(IGNORED_TENSORS) or (name == "lm_head.weight" and model.config.tie_embeddings):
             continue
         slot = slots.pop(name, None)
+        if slot is None and name in names:  # a folder holding two shardings of one checkpoint, with no index
+            raise UnsupportedModelError(f"{source}: tensor {name} is stored twice (in two weight files?)")
         if slot is None:
             raise UnsupportedModelError(f"{source}: unexpected tensor {name} (not a plain Llama checkpoint)")
         if slot.shape != tensor.shape:

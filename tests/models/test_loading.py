@@ -114,6 +114,13 @@ def test_missing_shard_and_missing_weights(tmp_path, tiny_checkpoint):
     load_error(target, ModelNotFoundError, "model-00001-of-00002.safetensors: listed in .* but missing")
 
 
+def test_a_tensor_stored_twice_is_named_as_such(tmp_path, tiny_checkpoint):
+    """Two shardings of one checkpoint in one folder, no index: a plain Llama, not an 'unexpected tensor'."""
+    target = copy_checkpoint(tiny_checkpoint[0], tmp_path / "twice")
+    shutil.copy(target / "model.safetensors", target / "model-00001-of-00001.safetensors")
+    load_error(target, UnsupportedModelError, "tensor [a-z_.0-9]+ is stored twice")
+
+
 def test_corrupt_safetensors(tmp_path, tiny_checkpoint):
     target = copy_checkpoint(tiny_checkpoint[0], tmp_path / "corrupt")
     (target / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
