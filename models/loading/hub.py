@@ -15,10 +15,13 @@ BIN_PATTERNS = ["*.json", "pytorch_model*.bin"]   # only for repos without safet
 
 def snapshot(repo_id: str, progress=None) -> Path:
     """The local snapshot directory of a hub model, downloading its weights and tokenizer if needed."""
-    import httpx
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, HFValidationError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError)
+    try:
+        from httpx import HTTPError as TransportError      # huggingface_hub 1.x: a dead proxy, a timeout
+    except ImportError:                 # before 1.0 it used requests, whose errors are OSErrors
+        TransportError = OSError
 
     if progress:
         progress(f"Looking up {repo_id} in the Hugging Face cache")
@@ -38,6 +41,6 @@ def snapshot(repo_id: str, progress=None) -> Path:
         raise ModelNotFoundError(f"{repo_id}: no such local path, nor a valid Hugging Face hub id "
                                  "(names of letters, digits, '-', '_' and '.', no '--' or '..', "
                                  "not starting or ending with '-' or '.', at most 96 characters)") from None
-    except (HfHubHTTPError, OSError, httpx.HTTPError) as e:    # httpx: a dead proxy, a timeout mid-download
+    except (HfHubHTTPError, OSError, TransportError) as e:
         raise ModelNotFoundError(f"{repo_id}: download from the Hugging Face hub failed ({e})") from None
     return path
