@@ -48,7 +48,9 @@ def build_chat_prompt(
     encoder = encoder_for(tokenizer)
     limit = budget_tokens - reserve_tokens
     render = _renderer(tokenizer, encoder)
-    system = messages[0]["content"] if messages[0]["role"] == "system" else SYSTEM.format(name=index.name)
+    # Every system message counts, in order (a client's own beside a tool's, or one mid-conversation), as OpenAI
+    # and Ollama take each one; the conversation itself is the rest.
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system") or SYSTEM.format(name=index.name)
     conversation = _latest_turns_that_fit(render, system, [m for m in messages if m["role"] != "system"], limit)
 
     pinned = [_pinned_chunks(index, path) for path in pinned_paths]

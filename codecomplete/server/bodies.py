@@ -114,12 +114,3 @@ def _first_problem(exc: ValidationError) -> str:
 def stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
     """OpenAI's and Ollama's `stop`: one string or a list; empty ones mean nothing (llama.cpp skips them too)."""
     return tuple(s for s in ([stop] if isinstance(stop, str) else stop or []) if s)
-
-
-def system_first(messages: list[dict]) -> list[dict]:
-    """A chat's messages with every system message joined, in order, into one at the start: the chat prompt reads a
-    first system message only (prompts/chat.py), where OpenAI and Ollama take each one (a client's own system
-    message beside a tool's, or one in the middle of a conversation, was dropped without a word)."""
-    system = [m["content"] for m in messages if m["role"] == "system"]
-    rest = [m for m in messages if m["role"] != "system"]
-    return [{"role": "system", "content": "\n\n".join(system)}, *rest] if system else rest

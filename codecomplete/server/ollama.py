@@ -30,7 +30,7 @@ from pydantic import Field
 
 from .errors import ApiError
 from .llama_cpp import check_ids
-from .bodies import Body, Seed, read_json, stop_strings, system_first
+from .bodies import Body, Seed, read_json, stop_strings
 from .streaming import json_response, ndjson, stream
 
 PREFIX = "/api/"
@@ -155,7 +155,7 @@ async def chat(request: Request):
     _check_extras(server, body)
     if not body.messages:
         return _loaded(server, body, {"message": {"role": "assistant", "content": ""}})
-    messages = system_first([{"role": m.role, "content": m.content} for m in body.messages])
+    messages = [{"role": m.role, "content": m.content} for m in body.messages]
     sampling = _sampling(server, body.options)
     budget = server.budget(sampling)
     running = server.start(request, lambda: server.session.chat(messages, sampling=sampling, budget=budget))

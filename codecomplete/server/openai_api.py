@@ -22,7 +22,7 @@ from pydantic import AliasChoices, Field
 
 from .errors import ApiError
 from .llama_cpp import check_ids
-from .bodies import Body, Seed, read_json, stop_strings, system_first
+from .bodies import Body, Seed, read_json, stop_strings
 from .streaming import json_response, sse, stream
 
 router = APIRouter()
@@ -156,8 +156,8 @@ async def chat_completions(request: Request):
     for i, m in enumerate(body.messages):
         if m.content is None and m.role != "assistant":     # (an assistant's may be null: it made tool calls)
             raise ApiError(400, f"messages[{i}].content: a {m.role} message needs content")
-    messages = system_first([{"role": "system" if m.role == "developer" else m.role, "content": _text(m.content)}
-                             for m in body.messages])
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": _text(m.content)}
+                for m in body.messages]
     sampling = _sampling(server, body)
     reply = Reply(server, "chatcmpl", "chat.completion", "0")
     if messages[-1]["role"] != "user" and sampling.max_tokens == 0:    # a warm-up without a question (llama.vim)

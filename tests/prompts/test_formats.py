@@ -93,6 +93,18 @@ def test_chat_through_the_tokenizer_template_with_retrieved_code(make_repo, smol
     assert len(packed.ids) <= 1000
 
 
+def test_every_system_message_of_a_chat_is_in_its_system_turn(make_repo, smollm2_tokenizer):
+    """A second system message, or one in the middle of the conversation, is not dropped: each, in order, opens
+    the system turn (the REPL, the native route and the OpenAI and Ollama routes all build chats here)."""
+    index = index_repository(make_repo({"util.py": UTIL}))
+    messages = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "x"},
+                {"role": "assistant", "content": "y"}, {"role": "system", "content": "Answer in French."},
+                {"role": "user", "content": "What does helper return?"}]
+    text = smollm2_tokenizer.decode(build_chat_prompt(index, smollm2_tokenizer, messages, budget_tokens=1000).ids)
+    assert text.startswith("<|im_start|>system\nAnswer briefly.\n\nAnswer in French.")
+    assert text.count("<|im_start|>system") == 1 and "<|im_start|>user\nx<|im_end|>" in text
+
+
 def test_chat_templates_make_control_tokens_of_their_own_markup_only(make_repo, smollm2_tokenizer):
     """A repository file or a question that spells the template's special tokens stays text: it cannot end the
     system turn and open a user turn of its own (prompt injection through a pinned or retrieved file)."""
