@@ -163,5 +163,8 @@ class Session:
             required_prefix=packed.heal_text)   # token healing: the text prompts left out
         if sampling.max_tokens > 0:
             return self.engine.generate(packed.ids, config, on_text=on_text, should_stop=should_stop)
-        # Only fill the cache (an editor warming it up): the engine prefills for one token, which is dropped.
-        return replace(self.engine.generate(packed.ids, config), text="", token_ids=[], finish_reason="length")
+        # Only fill the cache (an editor warming it up): the engine prefills for one token, which is dropped. Its
+        # prefill stops when asked too: a warm-up whose client left held the next request for all of it (1.3 s).
+        result = self.engine.generate(packed.ids, config, should_stop=should_stop)
+        finish = "cancelled" if result.finish_reason == "cancelled" else "length"
+        return replace(result, text="", token_ids=[], finish_reason=finish)

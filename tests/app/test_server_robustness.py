@@ -340,6 +340,19 @@ def test_clients_that_vanish_mid_stream_leave_the_server_serving_and_its_cache_c
     assert served["prompt_tokens"] == fresh.prompt_tokens
 
 
+def test_a_warm_up_stops_its_prefill_when_its_client_leaves(engine):
+    """An `n_predict: 0` warm-up (llama.vim's ring buffer) polls its job's flag in its prefill as any request does:
+    one whose client left ran its whole prefill (1.3 s for 460 tokens on two cores) before the next request began."""
+    session = Session(engine)
+    prompt = "def helper(x):\n    return x * 3 + 1\n\n" * 20
+    asked = []
+    engine.clear_prefix_cache()
+    left = session.raw(prompt, sampling=Sampling(max_tokens=0)).run(should_stop=lambda: asked.append(1) or True)
+    assert asked and left.finish_reason == "cancelled" and left.text == ""
+    again = session.raw(prompt, sampling=Sampling(max_tokens=0)).run()      # nothing past the cancel was kept
+    assert again.reused_prefix_tokens == 0 and again.finish_reason == "length" and again.prompt_tokens > 100
+
+
 def test_a_long_tokenize_leaves_the_server_answering_meanwhile(server):
     """/tokenize runs off the event loop: a body near the size limit took 0.6-2.2 s on two cores, during which no
     stream sent a token and no request was answered."""
