@@ -15,6 +15,7 @@ import sys
 import time
 
 import uvicorn
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from .. import chat, client, workspace
 from ..cli import package_version
@@ -71,7 +72,7 @@ def run_serve(args) -> None:
         gc.freeze()
     info["prompt_budget"] = server.prompt_budget
     config = uvicorn.Config(create_app(server), log_level="warning", access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=GRACE_S)
+                            timeout_graceful_shutdown=GRACE_S, http=_Connection)
     print(f"codecomplete: {warmed}", file=sys.stderr, flush=True)
     print(f"codecomplete: serving {root} ({len(session.index.files):,} files) with {engine.name} "
           f"({engine.device}, {engine.dtype}, {engine.attention}) on {url} · prompts of {server.prompt_budget:,} "
@@ -132,6 +133,17 @@ class _Uvicorn(uvicorn.Server):
     def handle_exit(self, sig, frame) -> None:
         self.worker.cancel_all()
         super().handle_exit(sig, frame)
+
+
+class _Connection(AutoHTTPProtocol):
+    """uvicorn's HTTP connection, closed when it sends nothing for `timeout_keep_alive` seconds (5) after it opens, as
+    after each answer: uvicorn starts that clock only once it has answered, so a connection that never sent a request
+    stayed open for good, each an open file; at the process's limit (1,024 by default on Linux, 256 on macOS) the
+    server accepted no other client until they closed."""
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
 
 class _Stopped(Exception):

@@ -353,6 +353,24 @@ def test_a_warm_up_stops_its_prefill_when_its_client_leaves(engine):
     assert again.reused_prefix_tokens == 0 and again.finish_reason == "length" and again.prompt_tokens > 100
 
 
+def test_a_connection_that_sends_nothing_is_closed_and_a_slow_one_still_answered(server):
+    """uvicorn closed an idle connection only after answering on it: one that never sent a request stayed open, an
+    open file each, and at the process's limit (1,024 on Linux by default) the server accepted nobody else."""
+    parts = urlsplit(server.url)
+    silent = [socket.create_connection((parts.hostname, parts.port), timeout=15) for _ in range(3)]
+    late = socket.create_connection((parts.hostname, parts.port), timeout=15)
+    started = time.monotonic()
+    time.sleep(1)
+    late.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert late.recv(4096).startswith(b"HTTP/1.1 200")
+    try:
+        assert [connection.recv(1) for connection in silent] == [b""] * 3       # closed by the server
+        assert time.monotonic() - started < 10
+    finally:
+        for connection in [*silent, late]:
+            connection.close()
+
+
 def test_a_long_tokenize_leaves_the_server_answering_meanwhile(server):
     """/tokenize runs off the event loop: a body near the size limit took 0.6-2.2 s on two cores, during which no
     stream sent a token and no request was answered."""
