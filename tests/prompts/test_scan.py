@@ -129,11 +129,9 @@ def test_stars_in_ignore_patterns_cannot_make_the_walk_slow(make_repo):
     assert time.perf_counter() - started < 0.5
 
 
-def test_a_long_list_of_plain_names_and_paths_is_looked_up_not_matched_one_by_one():
-    """A generated ignore file of 40,000 paths and 2,000 files: every file asked every pattern took 17 s. A path
-    is asked only the patterns filed under its own path, name or extension, and the globs, the last still winning;
-    and a plain path or name is not compiled at all (40,000 took 2.5 s, every walk of a server's rescan)."""
-    from prompts.gitignore import Rules
+def _count_matches(rules) -> list[str]:
+    """The paths `rules`' compiled patterns are asked from now on, one entry per question."""
+    asked: list[str] = []
 
     class Counted:
         def __init__(self, regex):
@@ -143,13 +141,22 @@ def test_a_long_list_of_plain_names_and_paths_is_looked_up_not_matched_one_by_on
             asked.append(path)
             return self.regex.fullmatch(path)
 
+    rules.patterns = [pattern._replace(regex=Counted(pattern.regex)) if pattern.regex else pattern
+                      for pattern in rules.patterns]
+    return asked
+
+
+def test_a_long_list_of_plain_names_and_paths_is_looked_up_not_matched_one_by_one():
+    """A generated ignore file of 40,000 paths and 2,000 files: every file asked every pattern took 17 s. A path
+    is asked only the patterns filed under its own path, name or extension, and the globs, the last still winning;
+    and a plain path or name is not compiled at all (40,000 took 2.5 s, every walk of a server's rescan)."""
+    from prompts.gitignore import Rules
+
     lines = [f"generated/file_{n}.py" for n in range(5000)] + [f"name_{n}.txt" for n in range(5000)]
     rules = Rules(["*.log", *lines, "!keep.log", "!name_7.txt", "*.o", "d*/", "!generated/file_3.py", "*.tar.gz",
                    *(f"build/lib{n}*.so" for n in range(5000))])
     assert sum(pattern.regex is not None for pattern in rules.patterns) == 5004  # only the globs are compiled
-    rules.patterns = [pattern._replace(regex=Counted(pattern.regex)) if pattern.regex else pattern
-                      for pattern in rules.patterns]
-    asked = []
+    asked = _count_matches(rules)
     decisions = [rules.decide(path, is_dir) for path, is_dir in [
         ("generated/file_9.py", False), ("generated/file_3.py", False), ("x/name_8.txt", False),
         ("name_7.txt", False), ("a/keep.log", False), ("b.log", False), ("src/name_1.py", False), ("dist", True),
@@ -158,30 +165,21 @@ def test_a_long_list_of_plain_names_and_paths_is_looked_up_not_matched_one_by_on
     assert len(asked) < 40      # (all of them: over 200,000)
 
 
-
 def test_globs_that_start_with_plain_text_are_asked_only_of_names_that_start_so():
     """`gen*` has no extension to be filed under: 1,000 such patterns were each asked of every path (33 s for 100k
     paths). A pattern is filed under the plain text its last part starts with, and asked only of names starting so."""
     from prompts.gitignore import Rules
 
-    class Counted:
-        def __init__(self, regex):
-            self.regex = regex
-
-        def fullmatch(self, path):
-            asked.append(path)
-            return self.regex.fullmatch(path)
-
     rules = Rules([*(f"gen{n}_*" for n in range(1000)), "/top*", "src/gen*/out", "npm-debug.log*", "!gen7_keep*",
                    "a*/**", "*~"])
-    rules.patterns = [pattern._replace(regex=Counted(pattern.regex)) for pattern in rules.patterns]
-    asked = []
+    asked = _count_matches(rules)
     decisions = [rules.decide(path, is_dir) for path, is_dir in [
         ("gen7_x.py", False), ("gen7_keep.py", False), ("pkg/gen999_y", True), ("gen1000_z", False),
         ("top.py", False), ("x/top.py", False), ("src/gen1/out", False), ("src/gen1/output", False),
         ("npm-debug.log.1", False), ("x.py~", False), ("ab/c.py", False), ("b/c.py", False), ("g", False)]]
     assert decisions == [True, False, True, None, True, None, True, None, True, True, True, None, None]
     assert len(asked) < 40      # (each asked of each path: over 6,000)
+
 
 def test_git_exclude_is_honoured_without_git(make_repo):
     root = make_repo({"a.py": "a = 1\n", "secret.py": "s = 1\n", ".git/info/exclude": "secret.py\n"})
