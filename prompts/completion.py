@@ -52,7 +52,7 @@ LONGEST_TOKEN = 128  # characters: longer than any token of a real vocabulary (S
 USUAL_TOKEN_CHARS = 8  # characters a token covers at most in ordinary code (3-4 on average)
 HEAL_LOOKBACK = 256  # characters before the cursor that decide where its last token starts
 AHEAD_CHARS = 16384  # longer pieces are encoded only once they are needed, never ahead
-FRESH = 4  # of each ranking's best, those the last prompt did not have go first
+FRESH = 4  # of each ranking's best, those the last prompt did not have go first (if above all it had)
 KEEP_REACH, KEEP_SLACK = 2, 16  # a chunk of the last prompt keeps its place while it ranks within 2 N + 16 (N: how
                                 # many that prompt chose)
 
@@ -178,20 +178,24 @@ def build_completion_prompt(
 
 def _keep_previous(ranked: Iterator[tuple[float, Chunk]], previous: Sequence[tuple[str, int]]
                    ) -> Iterator[tuple[float, Chunk]]:
-    """The ranking, reordered for a prompt that changes little: the FRESH best that the last prompt did not have
-    first (what became most relevant always gets in; chosen first, it is laid out nearest the cursor), then the
-    last prompt's chunks that still rank within reach of the top, in the order that prompt chose them (so they
-    are laid out as before, and the prompt's start with them), then the rest of the ranking."""
+    """The ranking, reordered for a prompt that changes little: of the FRESH best, those ranked above all that the
+    last prompt had first (what became most relevant always gets in; chosen first, it is laid out nearest the
+    cursor), then the last prompt's chunks that still rank within reach of the top, in the order that prompt
+    chose them (so they are laid out as before, and the prompt's start with them), then the rest of the ranking."""
     if not previous:
         yield from ranked
         return
     order = {key: number for number, key in enumerate(previous)}
     head = list(islice(ranked, FRESH + KEEP_REACH * len(previous) + KEEP_SLACK))
     known = [(item[1].path, item[1].start_line) in order for item in head]
-    yield from (item for item, was in zip(head[:FRESH], known) if not was)
+    # Only the fresh ones ranked above every kept one go first: one ranked below a kept one was passed over
+    # for it last time, and put first now it would push that one out, which would come back first next time
+    # (the same request twice made two prompts, in turn, and the cache kept neither's start).
+    fresh = min(FRESH, known.index(True) if True in known else len(head))
+    yield from head[:fresh]
     yield from sorted((item for item, was in zip(head, known) if was),
                       key=lambda item: order[item[1].path, item[1].start_line])
-    yield from (item for item, was in zip(head[FRESH:], known[FRESH:]) if not was)
+    yield from (item for item, was in zip(head[fresh:], known[fresh:]) if not was)
     yield from ranked
 
 

@@ -183,9 +183,9 @@ def test_the_encoder_forgets_many_pieces_in_one_pass(smollm2_tokenizer):
 
 
 def test_the_last_prompts_chunks_keep_their_places_behind_the_freshest_best():
-    """_keep_previous: those of the new ranking's FRESH best that the last prompt lacked first, then the last
-    prompt's chunks that still rank within reach, in the order that prompt chose them, then the rest of the
-    ranking; one out of reach is not kept."""
+    """_keep_previous: those of the new ranking's FRESH best that rank above all the last prompt had first, then
+    the last prompt's chunks that still rank within reach, in the order that prompt chose them, then the rest of
+    the ranking; one out of reach is not kept."""
     from prompts.chunking import Chunk
     from prompts.completion import FRESH, KEEP_REACH, KEEP_SLACK, _keep_previous
 
@@ -194,12 +194,35 @@ def test_the_last_prompts_chunks_keep_their_places_behind_the_freshest_best():
     previous = [("f9.py", 1), ("f1.py", 1), ("f7.py", 1), ("f79.py", 1), ("gone.py", 1)]
     reach = FRESH + KEEP_REACH * len(previous) + KEEP_SLACK
     order = [chunk.path for _, chunk in _keep_previous(iter(ranked), previous)]
-    new_best = [f"f{i}.py" for i in range(FRESH) if i != 1]
-    assert order[:len(new_best)] == new_best  # the best the last prompt lacked, first
-    assert order[len(new_best):len(new_best) + 3] == ["f9.py", "f1.py", "f7.py"]  # kept, in the last prompt's order
+    assert order[:4] == ["f0.py", "f9.py", "f1.py", "f7.py"]  # the new best, then the kept in the last prompt's order
+    assert order[4:4 + FRESH - 2] == [f"f{i}.py" for i in range(2, FRESH)]  # fresh, but below a kept one: after them
+    fresher = [("f9.py", 1)]
+    assert [chunk.path for _, chunk in _keep_previous(iter(ranked), fresher)][:FRESH + 1] == [
+        *(f"f{i}.py" for i in range(FRESH)), "f9.py"]  # (FRESH of the new best at most)
     assert 79 >= reach and order.index("f79.py") == 79  # out of reach: where the ranking puts it
     assert sorted(order) == sorted(chunk.path for chunk in chunks)  # nothing lost, nothing twice
     assert [chunk.path for _, chunk in _keep_previous(iter(ranked), ())] == [chunk.path for chunk in chunks]
+
+
+def test_the_same_request_again_makes_the_same_prompt(make_repo, starcoder_tokenizer):
+    """Two definitions rank at the top and only one fits. Given the last prompt's `chosen`, the one left out went
+    first as a fresh best and pushed the other out, which then went first the time after: the same request made
+    two prompts in turn, and the model's cache of the prompt's start served neither."""
+    from prompts import build_completion_prompt, index_repository
+
+    body = "".join(f"    step_{i} = value * {i}\n" for i in range(12))
+    index = index_repository(make_repo({
+        "lib/a.py": f"def helper_a(value):\n{body}    return value\n",
+        "lib/b.py": f"def helper_b(value):\n{body}    return value\n",
+        "app.py": "from lib.a import helper_a\nfrom lib.b import helper_b\n\n\ndef run(total):\n"
+                  "    total = helper_a(total) + helper_b(total)\n    \n",
+    }))
+    prompts = [build_completion_prompt(index, starcoder_tokenizer, "app.py", line=7, col=5, budget_tokens=120)]
+    for _ in range(3):
+        prompts.append(build_completion_prompt(index, starcoder_tokenizer, "app.py", line=7, col=5,
+                                               budget_tokens=120, previous=prompts[-1].chosen))
+    assert len(prompts[0].chosen) == 1     # (the premise: one of the two fits)
+    assert [p.ids for p in prompts] == [prompts[0].ids] * 4
 
 
 def test_the_next_line_keeps_the_repository_context_and_the_prompts_start(make_repo, smollm2_tokenizer):
