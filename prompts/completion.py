@@ -300,6 +300,8 @@ def _read(full: Path, shown: str) -> str:
         raise PromptError(f"not a file: {shown}") from None
     except OSError as error:
         raise PromptError(f"cannot read {shown}: {error.strerror}") from None
+    except ValueError:  # a NUL, or a surrogate that no file name's bytes decode to (a caller's, not the disk's)
+        raise PromptError(f"not a file name: {shown!r}") from None
     if data is None:
         raise PromptError(f"not a regular file: {shown}")
     if len(data) > MAX_BUFFER_BYTES:

@@ -102,6 +102,9 @@ def test_input_errors_are_prompt_errors(repo_index, smollm2_tokenizer):
         build("app/missing.py")
     with pytest.raises(PromptError, match="outside the repository"):
         build("../elsewhere.py")
+    for name in ("app/a\x00b.py", "app/\ud800.py"):     # (os.open refuses them with ValueError)
+        with pytest.raises(PromptError, match="not a file name"):
+            build(name)
     with pytest.raises(PromptError, match="line 999 is out of range"):
         build(line=999)
     with pytest.raises(PromptError, match="column 80 is out of range"):
