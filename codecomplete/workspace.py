@@ -44,6 +44,9 @@ def _exists(path: Path, shown: str) -> bool:
         return False
     except OSError as exc:
         raise UsageError(f"{shown}: {exc.strerror}") from None
+    except UnicodeEncodeError:  # a lone surrogate (an undecodable byte from another system's name) has no bytes
+        raise UsageError(f"{shown.encode('utf-8', 'backslashreplace').decode()}: not a file name this system can "
+                         f"encode") from None
     except ValueError:          # os.stat refuses a NUL character before asking the system
         raise UsageError(f"{shown.replace(chr(0), '^@')}: a path cannot contain a NUL character") from None
 

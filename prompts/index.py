@@ -121,7 +121,7 @@ class RepoIndex:
         except (OSError, RuntimeError):  # a link loop: judged by the path as written
             pass
         if not full.is_relative_to(self.root) or full == self.root:
-            raise PromptError(f"{path} is outside the repository {self.root}")
+            raise PromptError(f"{path or 'an empty path'} is outside the repository {self.root}")
         return full.relative_to(self.root).as_posix()
 
     def code_between(self, first: Chunk, second: Chunk) -> bool:

@@ -174,3 +174,14 @@ def test_a_long_path_with_a_newline_is_one_short_line(codecomplete, repo, capsys
         worker.shutdown()
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "sub/new\\nline.py" in err and len(err) < 400, err
+
+
+def test_a_path_this_system_cannot_encode_is_said_to_be_so(tmp_path):
+    """A lone surrogate has no bytes to give the system: that, not 'a NUL character' (both are ValueErrors)."""
+    from codecomplete.errors import UsageError
+    from codecomplete.workspace import file_in
+
+    with pytest.raises(UsageError, match=r"^\\ud800\.py: not a file name this system can encode$"):
+        file_in(tmp_path, "\ud800.py")
+    with pytest.raises(UsageError, match="a path cannot contain a NUL character"):
+        file_in(tmp_path, "a\0b.py")

@@ -166,6 +166,8 @@ def test_relative_paths_stay_inside_the_repository(make_repo):
     os.symlink(root.parent, root / "parent")
     with pytest.raises(PromptError, match="outside the repository"):
         index.relative_path("parent/x.py")
+    with pytest.raises(PromptError, match="^an empty path is outside"):     # not " is outside ..."
+        index.relative_path("")
 
 
 @pytest.mark.parametrize("damage", [
