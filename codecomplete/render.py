@@ -118,13 +118,16 @@ def code_body(path: str) -> Callable[[str], RenderableType]:
     return lambda text: Syntax(text, lexer, theme=CODE_THEME, word_wrap=True, background_color="default")
 
 
+# HTML read as text: rich drops the HTML it parses, so an answer's `List<String>` showed as `List` and an HTML
+# example outside a code block vanished. (What follows `<` in code is code, not markup to render.)
+_MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable(["strikethrough", "table"])
+
+
 def markdown_body(text: str) -> RenderableType:
     # Links show their address beside their text: as terminal hyperlinks (OSC 8) a link the model copied from a
     # file could read https://docs.python.org and open another address.
-    markdown = Markdown(text, code_theme=CODE_THEME, hyperlinks=False)
-    # HTML read as text: rich drops the HTML it parses, so an answer's `List<String>` showed as `List` and an
-    # HTML example outside a code block vanished. (What follows `<` in code is code, not markup to render.)
-    markdown.parsed = MarkdownIt("commonmark", {"html": False}).enable(["strikethrough", "table"]).parse(text)
+    markdown = Markdown("", code_theme=CODE_THEME, hyperlinks=False)    # parsed once, below, by _MARKDOWN
+    markdown.markup, markdown.parsed = text, _MARKDOWN.parse(text)
     _printable_tokens(markdown.parsed)
     return markdown
 
