@@ -70,11 +70,12 @@ def _environment() -> dict[str, str]:
     """The environment rich reads, less a COLUMNS or LINES of 0 (some shells and CI runners export them so): rich
     takes a width of 0 as it is and prints nothing at all, no answer, no error. Without them it asks the terminal.
     A size past MAX_COLUMNS or MAX_LINES is taken as that: rich pads every line it draws to the width."""
-    environ = {name: value for name, value in os.environ.items()
-               if not (name in ("COLUMNS", "LINES") and value.isdigit() and int(value) == 0)}
+    environ = dict(os.environ)
     for name, most in (("COLUMNS", MAX_COLUMNS), ("LINES", MAX_LINES)):
-        if environ.get(name, "").isdigit() and int(environ[name]) > most:
-            environ[name] = str(most)
+        if environ.get(name, "").isdigit():
+            size = int(environ.pop(name))
+            if size:
+                environ[name] = str(min(size, most))
     return environ
 
 
