@@ -85,14 +85,16 @@ def check_model_spec(args) -> None:
     folder (random:PRESET:DIR), have none: refuse them at once for anything but --bench."""
     spec = args.model or os.environ.get("CODECOMPLETE_MODEL") or ""
     named = f"--model {spec}" if args.model else f"CODECOMPLETE_MODEL={spec}"
-    if spec.startswith("random:"):          # a preset's name is a typo to say as such, like any option's value
-        from models.config import preset
-        from models.errors import ModelError
-        try:
-            preset(spec[len("random:"):].partition(":")[0])
-        except ModelError as exc:
-            raise UsageError(f"{named}: {exc}") from None
-    if spec.startswith("random:") and ":" not in spec[len("random:"):] and not args.bench:
+    if not spec.startswith("random:"):
+        return
+    name, folder_follows, _ = spec[len("random:"):].partition(":")
+    from models.config import preset
+    from models.errors import ModelError
+    try:                                    # a preset's name is a typo to say as such, like any option's value
+        preset(name)
+    except ModelError as exc:
+        raise UsageError(f"{named}: {exc}") from None
+    if not folder_follows and not args.bench:
         raise UsageError(f"{named}: random weights have no tokenizer; only --bench can use them")
 
 

@@ -42,6 +42,7 @@ def printable(text: str) -> str:
 
 LONG_WORD = 160            # characters of one word (a path) a message shows whole; longer, its start and end
 _LONG = re.compile(rf"\S{{{LONG_WORD + 1},}}")
+_LINE_BREAKS = {ord("\n"): "\\n", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 
 def one_line(message: str) -> str:
@@ -52,9 +53,6 @@ def one_line(message: str) -> str:
     half = LONG_WORD // 2
     shortened = _LONG.sub(lambda word: f"{word[0][:half]}…{word[0][-half:]}", message)
     return printable(shortened).translate(_LINE_BREAKS)
-
-
-_LINE_BREAKS = {ord("\n"): "\\n", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 
 class ExitCode(IntEnum):
