@@ -28,9 +28,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import Field
 
+from .bodies import Body, Seed, read_json, stop_strings
 from .errors import ApiError
 from .llama_cpp import check_ids
-from .bodies import Body, Seed, read_json, stop_strings
 from .streaming import json_response, ndjson, stream
 
 PREFIX = "/api/"
