@@ -59,22 +59,27 @@ class TensorParallel:
 
 # ---- the split ---------------------------------------------------------------------------------
 
+def _rank_counts(config: ModelConfig) -> str:
+    """The rank counts that split the model's KV heads and FFN, as a message lists them: "1, 2, 4 or 8"."""
+    counts = [str(n) for n in range(1, config.n_kv_heads + 1) if config.n_kv_heads % n == config.ffn_dim % n == 0]
+    return f"{', '.join(counts[:-1])} or {counts[-1]}" if len(counts) > 1 else counts[0]
+
+
 def shard_config(config: ModelConfig, world: int, name: str = "model") -> ModelConfig:
     """The shapes one of `world` ranks holds: 1/world of the heads and FFN columns.
 
     vocab_size stays whole (token ids are checked against it); `build_shard` splits the output layer.
     """
     # The rank count is the user's choice (--gpus, torchrun's processes): a SettingError, a usage error's exit code.
-    counts = [str(n) for n in range(1, config.n_kv_heads + 1) if config.n_kv_heads % n == config.ffn_dim % n == 0]
-    counts = f"{', '.join(counts[:-1])} or {counts[-1]}" if len(counts) > 1 else counts[0]
     if config.n_kv_heads % world:
         group = config.n_heads // config.n_kv_heads
         raise SettingError(
             f"{name}: {config.n_kv_heads} key/value heads do not split over {world} ranks (each rank, a GPU or a "
             f"CPU process, takes whole KV heads with their {group} query head{'s' * (group != 1)}): "
-            f"use --gpus {counts}")
+            f"use --gpus {_rank_counts(config)}")
     if config.ffn_dim % world:
-        raise SettingError(f"{name}: the FFN width {config.ffn_dim} does not split over {world} ranks: use --gpus {counts}")
+        raise SettingError(f"{name}: the FFN width {config.ffn_dim} does not split over {world} ranks: "
+                           f"use --gpus {_rank_counts(config)}")
     return config.replace(n_heads=config.n_heads // world, n_kv_heads=config.n_kv_heads // world,
                           ffn_dim=config.ffn_dim // world, tie_embeddings=False)
 
