@@ -214,8 +214,8 @@ def _set_end(text: str, start: int) -> int | None:
         if text[i] == "\\":
             i += 2
             continue
-        if _class_end(text, i) is not None:    # `[:alpha:]`: its "]" does not close the set
-            i = _class_end(text, i) + 1
+        if (end := _class_end(text, i)) is not None:    # `[:alpha:]`: its "]" does not close the set
+            i = end + 1
             continue
         if text[i] == "]":
             return i
