@@ -114,3 +114,14 @@ def _first_problem(exc: ValidationError) -> str:
 def stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
     """OpenAI's and Ollama's `stop`: one string or a list; empty ones mean nothing (llama.cpp skips them too)."""
     return tuple(s for s in ([stop] if isinstance(stop, str) else stop or []) if s)
+
+
+def check_ids(engine, prompt) -> None:
+    """A prompt of token ids must name tokens of the vocabulary; any prompt must have something in it."""
+    if not prompt:
+        raise ApiError(400, "the prompt is empty")
+    if isinstance(prompt, list):
+        vocabulary = engine.model.config.vocab_size
+        bad = next((i for i in prompt if not 0 <= i < vocabulary), None)
+        if bad is not None:
+            raise ApiError(400, f"token id {bad} is outside the vocabulary (0..{vocabulary - 1})")

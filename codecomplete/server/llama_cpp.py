@@ -24,8 +24,8 @@ from fastapi import APIRouter, Request
 from pydantic import AliasChoices, Field
 from starlette.concurrency import run_in_threadpool
 
+from .bodies import Body, Seed, check_ids, read_json, stop_strings
 from .errors import ApiError
-from .bodies import Body, Seed, read_json, stop_strings
 from .streaming import json_response, sse, stream
 
 router = APIRouter()
@@ -142,17 +142,6 @@ async def completion(request: Request):
     running = server.start(request, lambda: server.session.raw(body.prompt, sampling=sampling), limits.feed)
     generation = await running.started()
     return await _answer(server, running, generation, body, sampling, limits, truncated=False)
-
-
-def check_ids(engine, prompt) -> None:
-    """A prompt of token ids must name tokens of the vocabulary; any prompt must have something in it."""
-    if not prompt:
-        raise ApiError(400, "the prompt is empty")
-    if isinstance(prompt, list):
-        vocabulary = engine.model.config.vocab_size
-        bad = next((i for i in prompt if not 0 <= i < vocabulary), None)
-        if bad is not None:
-            raise ApiError(400, f"token id {bad} is outside the vocabulary (0..{vocabulary - 1})")
 
 
 def _sampling(server, body: Options):

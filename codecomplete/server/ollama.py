@@ -28,9 +28,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import Field
 
-from .bodies import Body, Seed, read_json, stop_strings
+from .bodies import Body, Seed, check_ids, read_json, stop_strings
 from .errors import ApiError
-from .llama_cpp import check_ids
 from .streaming import json_response, ndjson, stream
 
 PREFIX = "/api/"

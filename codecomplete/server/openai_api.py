@@ -21,8 +21,7 @@ from fastapi import APIRouter, Request
 from pydantic import AliasChoices, Field
 
 from .errors import ApiError
-from .llama_cpp import check_ids
-from .bodies import Body, Seed, read_json, stop_strings
+from .bodies import Body, Seed, check_ids, read_json, stop_strings
 from .streaming import json_response, sse, stream
 
 router = APIRouter()
