@@ -1,8 +1,8 @@
 """Ctrl-C during generation: a flag the engine polls, not an exception.
 
-The engine polls `should_stop` between the prefill's layers (on a CPU) and between tokens, so a cancelled
-answer ends cleanly with the text so far (none during the prefill) and a consistent KV cache (the REPL
-keeps the conversation going). A second Ctrl-C raises KeyboardInterrupt as usual, for when the first
+The engine polls `should_stop` between the prefill's layers (on a GPU, those of 1,024 new tokens or more) and
+between tokens, so a cancelled answer ends cleanly with the text so far (none during the prefill) and a consistent
+KV cache (the REPL keeps the conversation going). A second Ctrl-C raises KeyboardInterrupt as usual, for when the first
 seems ignored.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Every operation builds a prompt and hands back a `Generation`: the packed prompt, ready to be looked at (its
 tokens, the context it carried), and `run(on_text, should_stop)`, which generates from it, streaming text deltas
-and polling `should_stop` between tokens (and, on a CPU, between the prefill's layers). The model's KV cache keeps
+and polling `should_stop` between tokens (and between a long prefill's layers). The model's KV cache keeps
 the last prompt between requests, so a request that shares its start with the one before prefills only the rest;
 a completion keeps the repository context the last one in the same file chose while it still ranks near the top
 (`previous` in prompts.completion), so that start survives moving to the next line; the index follows the

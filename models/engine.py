@@ -60,6 +60,9 @@ GRAPHED_TAIL = 4
 # values; theirs lie past the sequence's length, where decoding overwrites them before anything reads them.
 # CODECOMPLETE_PREFILL_BUCKET=0 turns it off (and N sets another size).
 PREFILL_BUCKET = {"cuda": 128}
+# A GPU prefill of at least this many new tokens may be stopped between layers (`_QueuedLayers`); a shorter one
+# is over in milliseconds, and its launches are its time on the critical path, so it is not slowed to be stoppable.
+STOPPABLE_GPU_PREFILL = 1024
 
 
 def _prefill_attention_inputs(x, norm_weight, eps, wqkv, cos, sin, n_heads, n_kv_heads, head_dim):
@@ -289,12 +292,9 @@ class Engine:
             logits = self._feed_tail(prompts[0], reused[0])                              # (1, V)
         else:
             reused = [self.prefill_span(r, len(p))[0] for p, r in zip(prompts, reused)]   # bucketed starts
-            # A CPU's long prefill (seconds) stops between layers when asked; a GPU queues the layers faster than it
-            # runs them, so a poll there (under tensor parallelism, a broadcast to the ranks) would stop nothing.
-            poll = should_stop if self._device.type != "cuda" else None
             logits = []
             for b, (p, r) in enumerate(zip(prompts, reused)):
-                logits.append(self._prefill(p, r, b, poll))                            # (1, V), None: stopped
+                logits.append(self._prefill(p, r, b, self._prefill_poll(should_stop, len(p) - r)))  # None: stopped
                 if logits[-1] is None:
                     return self._cancelled_in_prefill(prompts, rows, reused, t_prefill)
             logits = torch.cat(logits)                                                  # (B, V)
@@ -330,6 +330,14 @@ class Engine:
             row.cancel()
         timings = Timings(load_s=self.load_s, prefill_s=perf_counter() - t_prefill)
         return [row.result(len(p), r, timings) for row, p, r in zip(rows, prompts, reused)]
+
+    def _prefill_poll(self, should_stop, new_tokens: int):
+        """What the prefill asks between layers: on a CPU `should_stop` itself. A GPU queues all the layers in
+        milliseconds and runs them for up to seconds, so there a bare poll would stop nothing: a long prefill keeps
+        only a few layers queued (`_QueuedLayers`), a short one is not polled."""
+        if should_stop is None or self._device.type != "cuda":
+            return should_stop
+        return _QueuedLayers(should_stop) if new_tokens >= STOPPABLE_GPU_PREFILL else None
 
     def prefill_span(self, start: int, length: int) -> tuple[int, int]:
         """The positions [first, end) a prefill of prompt[start:length] runs over: with `prefill_bucket` set,
@@ -549,6 +557,26 @@ class _Loop(NamedTuple):
     verify_steps: int = 0    # steps that verified drafts
     drafted: int = 0         # draft tokens verified
     accepted: int = 0        # of those, accepted
+
+
+class _QueuedLayers:
+    """A GPU prefill's poll between layers that keeps at most `depth` layers queued ahead of the GPU: before
+    queueing the next layer it waits until the layer `depth` back has run, then asks `should_stop`. A stop then
+    takes effect within about `depth` layers, not after the whole prefill. The GPU does not wait for the host as
+    long as queueing a layer (~0.1 ms of launches) is quicker than running one, which a long prefill's layer is.
+    Under tensor parallelism `should_stop` is a broadcast every rank makes, once per layer on each."""
+
+    def __init__(self, should_stop: Callable[[], bool], depth: int = 2, event=torch.cuda.Event):
+        self.should_stop, self.depth, self.event = should_stop, depth, event
+        self.queued = []                    # one event after each layer queued so far, the oldest first
+
+    def __call__(self) -> bool:
+        done = self.event()
+        done.record()
+        self.queued.append(done)
+        if len(self.queued) > self.depth:
+            self.queued.pop(0).synchronize()
+        return self.should_stop()
 
 
 class _Row:

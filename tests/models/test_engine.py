@@ -109,6 +109,44 @@ def test_a_cancel_during_prefill_ends_it_between_layers_and_keeps_the_cached_pre
     assert again.token_ids == cold.token_ids and again.text == cold.text
 
 
+def test_a_long_gpu_prefill_keeps_two_layers_queued_so_that_a_stop_takes_effect():
+    """On a GPU the host queues a prefill's layers far ahead of the GPU, so a poll between them alone would stop
+    nothing: before each layer the poll waits for the layer two back to have run, then asks. Short prefills (the
+    keystroke path) are not slowed by it; a CPU is polled as it is."""
+    from models.engine import STOPPABLE_GPU_PREFILL, Engine, _QueuedLayers
+
+    log = []
+
+    class Event:                        # stands for torch.cuda.Event: which was recorded and which waited on
+        def __init__(self):
+            self.number = sum(1 for entry in log if entry[0] == "record")
+
+        def record(self):
+            log.append(("record", self.number))
+
+        def synchronize(self):
+            log.append(("wait", self.number))
+
+    answers = iter([False, False, False, False, True])
+    poll = _QueuedLayers(lambda: next(answers), depth=2, event=Event)
+    said = [poll() for _ in range(5)]
+    assert said == [False, False, False, False, True]
+    assert log == [("record", 0), ("record", 1), ("record", 2), ("wait", 0), ("record", 3), ("wait", 1),
+                   ("record", 4), ("wait", 2)]
+
+    def stop():
+        return False
+
+    class On:                           # Engine._prefill_poll reads only the device
+        def __init__(self, device):
+            self._device = torch.device(device)
+
+    assert isinstance(Engine._prefill_poll(On("cuda"), stop, STOPPABLE_GPU_PREFILL), _QueuedLayers)
+    assert Engine._prefill_poll(On("cuda"), stop, STOPPABLE_GPU_PREFILL - 1) is None
+    assert Engine._prefill_poll(On("cuda"), None, 10 * STOPPABLE_GPU_PREFILL) is None
+    assert Engine._prefill_poll(On("cpu"), stop, 1) is stop
+
+
 def test_stop_string_straddling_a_token_boundary(smollm_engine, full_run):
     prompt, cold, deltas = full_run
     # Two adjacent tokens with at least two characters each: stop on the last two + first two.
