@@ -213,7 +213,7 @@ class IgnoreRules:
             folder = self.root / directory
             files = [folder / name for name in self.filenames]
             if self.git_exclude and not directory:
-                files[:0] = [*global_excludes_files(), git_dir(self.root) / "info" / "exclude"]
+                files[:0] = [*global_excludes_files(self.root), git_dir(self.root) / "info" / "exclude"]
             specs = []
             for file in files:
                 text = _read_rules(file, follow_links=not file.is_relative_to(self.root))
@@ -260,9 +260,10 @@ def git_dir(root: Path) -> Path:
     return folder / common.strip() if common and common.strip() else folder
 
 
-def global_excludes_files() -> list[Path]:
+def global_excludes_files(root: Path) -> list[Path]:
     """The user's global excludes file as git finds it: core.excludesFile in ~/.gitconfig or the XDG git config (or
-    a file they include), else $XDG_CONFIG_HOME/git/ignore. Read from the files themselves: git is never run."""
+    a file they include), else $XDG_CONFIG_HOME/git/ignore. Read from the files themselves: git is never run. A
+    relative setting names a file in the repository's top folder, where git runs from (not the current folder)."""
     home = Path(os.environ.get("HOME") or "/nonexistent")
     xdg = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "git"
     configured = None
@@ -270,7 +271,7 @@ def global_excludes_files() -> list[Path]:
         configured = _core_excludes_file(config, home) or configured
     if configured and configured.startswith("~/"):
         return [home / configured[2:]]
-    return [Path(configured) if configured else xdg / "ignore"]
+    return [root / configured if configured else xdg / "ignore"]     # (an absolute `configured` stays itself)
 
 
 MAX_INCLUDE_DEPTH = 10  # git's own limit on [include] within [include]: a loop of them ends

@@ -96,6 +96,23 @@ def test_global_excludes_are_read_from_the_users_git_config_without_git(make_rep
     assert [s.path for s in scan_repository(root)] == [".gitignore", "a.py", "keep.py"]
 
 
+def test_a_relative_global_excludes_file_is_the_repositorys_not_the_current_folders(make_repo, tmp_path,
+                                                                                     monkeypatch):
+    # git runs from the repository's top folder: `excludesFile = .myignore` is <repo>/.myignore wherever git is
+    # started (a subfolder, `git -C`), never the current folder's nor the home folder's (checked with git 2.39).
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".gitconfig").write_text("[core]\n  excludesFile = .myignore\n")
+    (home / ".myignore").write_text("a.py\n")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    root = make_repo({"a.py": "a = 1\n", "secret.py": "s = 1\n", "sub/b.py": "b = 1\n", "sub/secret.py": "t = 1\n",
+                      ".myignore": "secret.py\n", "sub/.myignore": "b.py\n"})
+    for folder in (root / "sub", home, tmp_path):
+        monkeypatch.chdir(folder)
+        assert [s.path for s in scan_repository(root)] == [".myignore", "a.py", "sub/.myignore", "sub/b.py"]
+
+
 def test_rule_files_that_are_links_fifos_or_devices_are_not_read(make_repo, tmp_path):
     outside = tmp_path / "outside-rules"
     outside.write_text("a.py\n")
