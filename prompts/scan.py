@@ -261,13 +261,15 @@ def git_dir(root: Path) -> Path:
 
 
 def global_excludes_files(root: Path) -> list[Path]:
-    """The user's global excludes file as git finds it: core.excludesFile in ~/.gitconfig or the XDG git config (or
-    a file they include), else $XDG_CONFIG_HOME/git/ignore. Read from the files themselves: git is never run. A
-    relative setting names a file in the repository's top folder, where git runs from (not the current folder)."""
+    """The user's global excludes file as git finds it: core.excludesFile in the repository's .git/config,
+    ~/.gitconfig or the XDG git config (or a file they include), else $XDG_CONFIG_HOME/git/ignore. Read from the
+    files themselves: git is never run. A relative setting names a file in the repository's top folder, where git
+    runs from (not the current folder)."""
     home = Path(os.environ.get("HOME") or "/nonexistent")
     xdg = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "git"
     configured = None
-    for config in (xdg / "config", home / ".gitconfig"):  # the later file wins, as in git
+    # The later file wins, as in git; the repository's own config last (read as text: nothing in it is run).
+    for config in (xdg / "config", home / ".gitconfig", git_dir(root) / "config"):
         configured = _core_excludes_file(config, home) or configured
     if configured and configured.startswith("~/"):
         return [home / configured[2:]]

@@ -111,6 +111,11 @@ def test_a_relative_global_excludes_file_is_the_repositorys_not_the_current_fold
     for folder in (root / "sub", home, tmp_path):
         monkeypatch.chdir(folder)
         assert [s.path for s in scan_repository(root)] == [".myignore", "a.py", "sub/.myignore", "sub/b.py"]
+    # The repository's own setting wins over the user's, as in git.
+    (root / ".git").mkdir()
+    (root / ".git" / "config").write_text("[core]\n\texcludesFile = sub/.myignore\n")
+    assert [s.path for s in scan_repository(root)] == [".myignore", "a.py", "secret.py", "sub/.myignore",
+                                                       "sub/secret.py"]
 
 
 def test_rule_files_that_are_links_fifos_or_devices_are_not_read(make_repo, tmp_path):
