@@ -96,9 +96,17 @@ def count_ignored(root: Path) -> int:
 def read_source(root: Path, path: str, max_file_bytes: int = MAX_FILE_BYTES) -> str | None:
     """The text of a file, or None when it is binary, too large or minified.
 
-    Undecodable bytes become U+FFFD and Windows line ends become "\\n". OSError propagates (unreadable file).
+    Undecodable bytes become U+FFFD and Windows line ends become "\\n". OSError propagates (unreadable file, or
+    a file swapped since the scan for a link the scan would not keep).
     """
-    data = read_regular_file(root / path, max_file_bytes + 1)
+    if os.path.islink(root / path):  # a link the scan kept: read the file it names now, if the scan would keep it
+        target = (root / path).resolve()
+        inside = target.relative_to(root).as_posix() if target.is_relative_to(root) else None
+        rules = IgnoreRules(root, (".gitignore", IGNORE_FILE), git_exclude=True)
+        if inside is None or _skipped_by_name(inside) or _ignored_with_folders(rules, inside):
+            raise OSError(errno.ELOOP, "a symbolic link the scan would not follow", path)
+        path = inside
+    data = _read_inside(root, path, max_file_bytes + 1)
     if data is None:
         raise OSError(errno.EINVAL, "not a regular file", path)  # swapped for a FIFO or device since the scan
     if len(data) > max_file_bytes or b"\0" in data[:SNIFF_BYTES]:
@@ -107,6 +115,22 @@ def read_source(root: Path, path: str, max_file_bytes: int = MAX_FILE_BYTES) -> 
     if len(text) > 4 * MINIFIED_LINE_CHARS and len(text) > MINIFIED_LINE_CHARS * (text.count("\n") + 1):
         return None
     return text
+
+
+def _read_inside(root: Path, path: str, limit: int) -> bytes | None:
+    """read_regular_file of ``root / path`` that follows no link on the way, not even in a folder: one checked
+    before (a file swapped for a link to a secret since the scan was seen as a file) cannot be read (ELOOP)."""
+    nofollow = getattr(os, "O_NOFOLLOW", 0)  # (not on Windows, where links need rights to make)
+    *folders, name = path.split("/")
+    folder = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        for part in folders:
+            inner = os.open(part, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | nofollow, dir_fd=folder)
+            os.close(folder)
+            folder = inner
+        return read_regular_file(Path(name), limit, follow_links=False, dir_fd=folder)
+    finally:
+        os.close(folder)
 
 
 def _skipped_by_name(path: str) -> bool:
@@ -223,15 +247,15 @@ class IgnoreRules:
         return self._specs[directory]
 
 
-def read_regular_file(path: Path, limit: int, follow_links: bool = True) -> bytes | None:
+def read_regular_file(path: Path, limit: int, follow_links: bool = True, dir_fd: int | None = None) -> bytes | None:
     """Up to ``limit`` bytes of a regular file, or None when it is not one (a FIFO, a device, a folder).
 
     Opened without blocking (a FIFO would wait for a writer forever) and checked after opening (a device such
     as /dev/zero never ends), so the check cannot be raced. Without ``follow_links`` a symbolic link is refused
-    with OSError, like a missing or unreadable file.
+    with OSError, like a missing or unreadable file. ``dir_fd``: ``path`` is relative to that open folder.
     """
-    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow_links else os.O_NOFOLLOW)
-    with open(path, "rb", opener=lambda name, _flags: os.open(name, flags)) as file:
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow_links else getattr(os, "O_NOFOLLOW", 0))
+    with open(path, "rb", opener=lambda name, _flags: os.open(name, flags, dir_fd=dir_fd)) as file:
         if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
             return None
         return file.read(limit)

@@ -140,6 +140,35 @@ def test_a_file_swapped_for_a_fifo_after_the_scan_is_skipped_not_waited_on(make_
     assert parse_file(root, sources[1], 1 << 20) == "not a regular file"
 
 
+def test_a_file_or_folder_swapped_for_a_link_after_the_scan_is_not_read_through_it(make_repo, tmp_path):
+    secret = tmp_path / "secret.py"
+    secret.write_text("TOKEN = 'hunter2'\n")
+    root = make_repo({"a.py": "a = 1\n", "b.py": "b = 1\n", "pkg/c.py": "c = 1\n", "d.py": "d = 1\n",
+                      ".env.py": "KEY = 'k'\n", ".gitignore": ".env.py\n"})
+    sources = {s.path: s for s in scan_repository(root)}
+    (root / "a.py").unlink()
+    os.symlink(secret, root / "a.py")                       # out of the repository
+    (root / "b.py").unlink()
+    os.symlink(root / ".env.py", root / "b.py")             # to a file the user keeps out of git
+    (root / "pkg" / "c.py").rename(tmp_path / "c.py")
+    (root / "pkg").rmdir()
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "c.py").write_text("TOKEN = 'hunter3'\n")
+    os.symlink(tmp_path / "pkg", root / "pkg")              # a folder on the way
+    (root / "d.py").unlink()
+    os.symlink("pkg/../.gitignore", root / "d.py")          # ... also through a link in the link's own target
+    from prompts.index import parse_file
+
+    for path in ("a.py", "b.py", "pkg/c.py", "d.py"):
+        entry = parse_file(root, sources[path], 1 << 20)
+        assert isinstance(entry, str), (path, entry)
+    # A link the scan keeps (to a kept file of the repository) is still read.
+    os.symlink(".gitignore", root / "e.py")
+    from prompts.scan import source_file
+    entry = parse_file(root, source_file(root, "e.py"), 1 << 20)
+    assert entry.chunks[0].text == ".env.py"
+
+
 def test_an_unreadable_folder_is_reported_and_the_rest_indexed(make_repo, monkeypatch):
     root = make_repo({"a.py": "a = 1\n", "locked/b.py": "b = 1\n"})
     real_scandir = os.scandir
