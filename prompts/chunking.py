@@ -76,12 +76,44 @@ def analyze_source(path: str, text: str, max_tokens: int = MAX_CHUNK_TOKENS) -> 
 
 
 def source_imports(path: str, text: str) -> tuple[Import, ...]:
-    """Just the imports of a file (say, an editor buffer), as ``analyze_source`` would find them."""
+    """Just the imports of a file (say, an editor buffer), as ``analyze_source`` would find them: by the import
+    patterns alone (every definition's name, matched and decoded only to be dropped, took 1.3 s of a 512 KB
+    buffer's 1.6 s, on every request)."""
     spec = language_for(path)
+    if spec is None:
+        return ()
+    grammar = load_grammar(spec)
     try:
-        return _SyntaxChunker(path, split_lines(text), spec, MAX_CHUNK_TOKENS).imports if spec else ()
+        root = _parse(grammar, split_lines(text))
     except ParseTimeout:
         return ()
+    cursor = _cursor(grammar.import_query)
+    return tuple(dict.fromkeys(_import(match) for _, match in cursor.matches(root)))
+
+
+def _parse(grammar, lines: list[str]):
+    """The root node of the lines' tree; ParseTimeout also for a file that parses as one error of too many pieces:
+    the query's walk of an error holding a long run of brackets is quadratic in its pieces (450 KB of `[` took
+    three minutes, one uninterruptible C call; tree-sitter 0.26's query progress_callback crashes the process);
+    such a file is not code to chunk by its syntax."""
+    root = grammar.parse("\n".join(lines).encode("utf-8")).root_node
+    if root.type == "ERROR" and root.child_count > MAX_ERROR_CHILDREN:
+        raise ParseTimeout
+    return root
+
+
+def _cursor(query):
+    from tree_sitter import QueryCursor
+
+    cursor = QueryCursor(query)
+    cursor.set_max_start_depth(NAME_DEPTH)  # spares walking whole function bodies
+    return cursor
+
+
+def _import(match: dict) -> Import:
+    """What one match of an import pattern binds."""
+    text = {key: nodes[0].text.decode("utf-8", "replace") for key, nodes in match.items()}
+    return Import(text["module"], "*" if "star" in text else text.get("member"), text.get("alias"))
 
 
 class _LineSizes:
@@ -109,26 +141,16 @@ class _SyntaxChunker:
         self.first_row = first_row  # where these lines start in the file
         self.sizes = _LineSizes(lines)
         grammar = load_grammar(spec)
-        self.root = grammar.parse("\n".join(lines).encode("utf-8")).root_node
-        if self.root.type == "ERROR" and self.root.child_count > MAX_ERROR_CHILDREN:
-            # The query's walk of an error holding a long run of brackets is quadratic in its pieces (450 KB of
-            # `[` took three minutes, one uninterruptible C call; tree-sitter 0.26's query progress_callback
-            # crashes the process); such a file is not code to chunk by its syntax.
-            raise ParseTimeout
+        self.root = _parse(grammar, lines)
         self.definition_ids, self.names, self.imports = self._query(grammar)
 
     def _query(self, grammar) -> tuple[set[int], list[tuple[int, str]], tuple[Import, ...]]:
         """One walk of the tree for both queries: the ids of definition nodes, (row, name) of every defined name
         in row order, and the imports."""
-        from tree_sitter import QueryCursor
-
-        cursor = QueryCursor(grammar.query)
-        cursor.set_max_start_depth(NAME_DEPTH)  # spares walking whole function bodies
         definition_ids, names, imports = set(), [], []
-        for pattern, match in cursor.matches(self.root):
+        for pattern, match in _cursor(grammar.query).matches(self.root):
             if pattern >= grammar.first_import_pattern:
-                text = {key: nodes[0].text.decode("utf-8", "replace") for key, nodes in match.items()}
-                imports.append(Import(text["module"], "*" if "star" in text else text.get("member"), text.get("alias")))
+                imports.append(_import(match))
                 continue
             if "definition" in match:
                 definition_ids.add(match["definition"][0].id)

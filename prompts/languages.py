@@ -344,6 +344,7 @@ class Grammar:
     parser: object  # tree_sitter.Parser
     query: object  # tree_sitter.Query
     first_import_pattern: int
+    import_query: object  # tree_sitter.Query: the imports alone, for a file whose definitions are not wanted
 
     def parse(self, source: bytes):
         """The tree of ``source``, or ParseTimeout past PARSE_SECONDS + PARSE_SECONDS_PER_MB of it. Real files parse
@@ -373,4 +374,5 @@ def load_grammar(spec: LanguageSpec) -> Grammar:
         parser=tree_sitter.Parser(language),
         query=tree_sitter.Query(language, spec.definitions + spec.imports),
         first_import_pattern=tree_sitter.Query(language, spec.definitions).pattern_count,
+        import_query=tree_sitter.Query(language, spec.imports),
     )
