@@ -45,7 +45,7 @@ def _read(path: Path) -> str:
         raise UsageError(f"{path} is not a regular file")
     if len(data) > MAX_BUFFER_BYTES:
         raise UsageError(f"{path} is over {MAX_BUFFER_BYTES // 2 ** 20} MiB: not a file to complete in")
-    return data.decode("utf-8", errors="replace")
+    return data.decode("utf-8-sig", errors="replace")  # as prompts reads it: a byte-order mark is not a column
 
 
 def run_complete(args) -> None:

@@ -77,7 +77,8 @@ MAX_STDIN_BYTES = MAX_BUFFER_BYTES     # no editor buffer is this large; `< /dev
 
 
 def read_stdin() -> str:
-    """Standard input as text (an editor's buffer, a prompt); bytes that are not UTF-8 become U+FFFD."""
+    """Standard input as text (an editor's buffer, a prompt); bytes that are not UTF-8 become U+FFFD, a leading
+    byte-order mark is dropped."""
     import sys
 
     try:
@@ -86,7 +87,7 @@ def read_stdin() -> str:
         raise UsageError(f"cannot read standard input: {exc.strerror}") from None
     if len(data) > MAX_STDIN_BYTES:
         raise UsageError(f"standard input is over {MAX_STDIN_BYTES // 2 ** 20} MiB: not a buffer to complete")
-    return data.decode("utf-8", errors="replace")
+    return data.decode("utf-8-sig", errors="replace")  # (`--stdin < file`: its byte-order mark is not a column)
 
 
 def index(root: Path):

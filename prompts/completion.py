@@ -306,7 +306,7 @@ def _read(full: Path, shown: str) -> str:
         raise PromptError(f"not a regular file: {shown}")
     if len(data) > MAX_BUFFER_BYTES:
         raise PromptError(f"{shown} is over {MAX_BUFFER_BYTES // 2 ** 20} MiB: not a file to complete in")
-    return data.decode("utf-8", errors="replace")
+    return data.decode("utf-8-sig", errors="replace")  # (-sig: a byte-order mark is not text, nor a column)
 
 
 def _cursor(rows: list[str], line: int | None, col: int | None) -> tuple[int, int]:

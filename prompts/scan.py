@@ -12,6 +12,7 @@ and never stop the scan. Only regular files are ever opened, so a FIFO or a devi
 
 from __future__ import annotations
 
+import codecs
 import errno
 import os
 import stat
@@ -96,7 +97,7 @@ def count_ignored(root: Path) -> int:
 def read_source(root: Path, path: str, max_file_bytes: int = MAX_FILE_BYTES) -> str | None:
     """The text of a file, or None when it is binary, too large or minified.
 
-    Undecodable bytes become U+FFFD and Windows line ends become "\\n". OSError propagates (unreadable file, or
+    Undecodable bytes become U+FFFD, Windows line ends "\\n", and a UTF-8 byte-order mark is dropped. OSError propagates (unreadable file, or
     a file swapped since the scan for a link the scan would not keep).
     """
     if os.path.islink(root / path):  # a link the scan kept: read the file it names now, if the scan would keep it
@@ -111,7 +112,7 @@ def read_source(root: Path, path: str, max_file_bytes: int = MAX_FILE_BYTES) -> 
         raise OSError(errno.EINVAL, "not a regular file", path)  # swapped for a FIFO or device since the scan
     if len(data) > max_file_bytes or b"\0" in data[:SNIFF_BYTES]:
         return None
-    text = data.decode("utf-8", errors="replace").replace("\r\n", "\n")
+    text = data.decode("utf-8-sig", errors="replace").replace("\r\n", "\n")  # (-sig: a byte-order mark is not text)
     if len(text) > 4 * MINIFIED_LINE_CHARS and len(text) > MINIFIED_LINE_CHARS * (text.count("\n") + 1):
         return None
     return text
@@ -269,7 +270,9 @@ def _read_rules(path: Path, follow_links: bool = False) -> str | None:
         return None
     if data is None or len(data) > MAX_RULES_BYTES:
         return None
-    return os.fsdecode(data)  # bytes that are not UTF-8 as the walk's file names hold them, so that they match
+    # Bytes that are not UTF-8 as the walk's file names hold them, so that they match; a byte-order mark (Windows
+    # editors write one) dropped, as git does, or it would be part of the first pattern, which would match nothing.
+    return os.fsdecode(data.removeprefix(codecs.BOM_UTF8))
 
 
 def git_dir(root: Path) -> Path:

@@ -95,6 +95,21 @@ def test_an_out_of_range_cursor_counts_in_good_english():
         cursor("x", 2, None)
 
 
+def test_a_byte_order_mark_is_no_column_of_a_file_or_of_standard_input(tmp_path, monkeypatch):
+    """The check before the model loads counted a Windows editor's byte-order mark as line 1's first character, as
+    prompts no longer does: `--col 11` on `import os` passed it, then failed after the model loaded."""
+    import io
+
+    from codecomplete.complete import _read, cursor
+    from codecomplete.workspace import read_stdin
+    (tmp_path / "bom.py").write_bytes(b"\xef\xbb\xbfimport os\r\n")
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"\xef\xbb\xbfimport os\n")))
+    for buffer in (_read(tmp_path / "bom.py"), read_stdin()):
+        assert buffer.startswith("import os")
+        with pytest.raises(UsageError, match="line 1 has 9 characters$"):
+            cursor(buffer, 1, 11)
+
+
 def test_a_bad_omp_num_threads_is_a_usage_error(monkeypatch, capsys):
     """libgomp printed four lines of warnings for these (on the editor's stderr too) and torch ran on its own
     default, where the README says $OMP_NUM_THREADS decides; an empty value is as good as unset."""

@@ -75,3 +75,13 @@ def test_thousands_of_extra_chunks_cost_what_the_budget_holds(repo_index, starco
                                          extra=extra)
         assert len(packed.ids) <= 1000 and extra[-1][0] in [item.path for item in packed.context]  # the newest
         assert Counting.characters < 20 * 1000, Counting.characters    # (all of them: 500 KB, or 3 MB)
+
+
+def test_a_file_read_from_disk_with_a_byte_order_mark_counts_columns_without_it(make_repo, starcoder_tokenizer):
+    """A Windows editor's byte-order mark was read as a character of line 1: `--line 1 --col 10` (the end of
+    `import os`, as the editor counts) put the cursor before the `s`, and the mark went into the prompt."""
+    root = make_repo({"bom.py": b"\xef\xbb\xbfimport os\r\nx = os.sep\r\n"})
+    packed = build_completion_prompt(index_repository(root), starcoder_tokenizer, "bom.py", line=1, col=10,
+                                     budget_tokens=500, heal=False)
+    prompt = starcoder_tokenizer.decode(packed.ids)
+    assert "\ufeff" not in prompt and "import os<fim_suffix>" in prompt

@@ -219,6 +219,23 @@ def test_huge_and_minified_files_are_skipped(make_repo):
     assert read_source(root, "bundle.js") is None  # minified: one very long line
 
 
+def test_an_ignore_file_from_a_windows_editor_byte_order_mark_and_crlf_ignores_as_in_git(make_repo, tmp_path):
+    """A byte-order mark became part of the first pattern, which then matched nothing: secret.py was indexed."""
+    files = {"secret.py": "KEY = 1\n", "other.py": "x = 1\n", "a.py": "a = 1\n",
+             ".gitignore": b"\xef\xbb\xbfsecret.py\r\nother.py\r\n"}
+    walked = _paths(make_repo(files, name="walk"))
+    git_root = make_repo(files, git=True, name="git")
+    listed = subprocess.run(["git", "-C", str(git_root), "ls-files", "--others", "--exclude-standard"],
+                            capture_output=True, text=True, check=True, env={**os.environ, "HOME": str(tmp_path),
+                                                                              "GIT_CONFIG_NOSYSTEM": "1"}).stdout
+    assert walked == sorted(listed.splitlines()) == [".gitignore", "a.py"]
+
+
+def test_a_byte_order_mark_is_not_text(make_repo):
+    root = make_repo({"bom.py": b"\xef\xbb\xbfimport os\r\n\ndef f():\r\n    return os.sep\r\n"})
+    assert read_source(root, "bom.py") == "import os\n\ndef f():\n    return os.sep\n"
+
+
 def test_non_utf8_bytes_are_replaced_and_windows_line_ends_normalised(make_repo):
     root = make_repo({"latin1.py": b"name = 'caf\xe9'\r\nother = 1\r\n"})
     assert read_source(root, "latin1.py") == "name = 'caf\ufffd'\nother = 1\n"
