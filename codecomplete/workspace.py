@@ -6,6 +6,7 @@ Nothing is ever written inside the repository: the index cache lives in the user
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -55,11 +56,15 @@ def file_in(root: Path, path: str, must_exist: bool = True) -> str:
     """The file as a posix path relative to root.
 
     A relative path is looked up in the repository first, then in the current directory,
-    so both `codecomplete ~/proj --file src/a.py` and an editor's `--file %` work.
+    so both `codecomplete ~/proj --file src/a.py` and an editor's `--file %` work. An editor on Windows
+    writes `src\\a.py` (a backslash): where no file has the backslashes in its own name, they separate folders.
     """
-    given = Path(os.path.expanduser(path))
-    candidates = [given] if given.is_absolute() else [root / given, *[folder / given for folder in _cwd()]]
-    found = next((c for c in candidates if _exists(c, path)), None)
+    candidates, found = _candidates(root, path)
+    if found is None and _WINDOWS_ABSOLUTE.match(path):   # (never a path of this system, and never inside the root)
+        raise UsageError(f"{path} is a Windows path: give the file as this system names it, or relative to the "
+                         f"repository")
+    if found is None and "\\" in path:
+        candidates, found = _candidates(root, path.replace("\\", "/"))
     if found is None and must_exist:
         raise UsageError(f"file not found: {path}")
     resolved = (found or candidates[0]).resolve()
@@ -71,6 +76,16 @@ def file_in(root: Path, path: str, must_exist: bool = True) -> str:
         # Reading a FIFO would wait forever, a device such as /dev/zero would never end.
         raise UsageError(f"{path} is not a regular file (a FIFO, socket or device)")
     return resolved.relative_to(root).as_posix()
+
+
+_WINDOWS_ABSOLUTE = re.compile(r"[A-Za-z]:[\\/]|\\\\")   # `C:\repo\a.py`, `C:/repo/a.py`, `\\server\share`
+
+
+def _candidates(root: Path, path: str) -> tuple[list[Path], Path | None]:
+    """Where a relative path may be (the repository, then the current folder), and the first that exists."""
+    given = Path(os.path.expanduser(path))
+    candidates = [given] if given.is_absolute() else [root / given, *[folder / given for folder in _cwd()]]
+    return candidates, next((c for c in candidates if _exists(c, path)), None)
 
 
 MAX_STDIN_BYTES = MAX_BUFFER_BYTES     # no editor buffer is this large; `< /dev/zero` would never end

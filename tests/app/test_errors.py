@@ -185,3 +185,23 @@ def test_a_path_this_system_cannot_encode_is_said_to_be_so(tmp_path):
         file_in(tmp_path, "\ud800.py")
     with pytest.raises(UsageError, match="a path cannot contain a NUL character"):
         file_in(tmp_path, "a\0b.py")
+
+
+def test_a_path_from_an_editor_on_windows_finds_the_file_or_says_what_it_is(tmp_path):
+    """`src\\main.py` was a file of that name at the root (with a buffer given: a new file, the real one's chunks
+    ranked as context), `C:\\repo\\src\\main.py` likewise: now the file, or one clear line."""
+    from codecomplete.errors import UsageError
+    from codecomplete.workspace import file_in
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "main.py").write_text("x = 1\n")
+    (tmp_path / "odd\\name.py").write_text("y = 1\n")       # a backslash is a name's own where such a name exists
+    for must_exist in (True, False):
+        assert file_in(tmp_path, "src\\main.py", must_exist) == "src/main.py"
+        assert file_in(tmp_path, "odd\\name.py", must_exist) == "odd\\name.py"
+        for windows in ("C:\\repo\\src\\main.py", "c:/repo/src/main.py", "\\\\server\\share\\repo\\src\\main.py"):
+            with pytest.raises(UsageError, match=r"^.* is a Windows path: give the file as this system names it"):
+                file_in(tmp_path, windows, must_exist)
+    assert file_in(tmp_path, "src\\new.py", must_exist=False) == "src/new.py"     # an unsaved buffer
+    with pytest.raises(UsageError, match=r"^file not found: src\\new\.py$"):
+        file_in(tmp_path, "src\\new.py")
