@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import gc
 import hashlib
 import os
@@ -122,7 +123,25 @@ class RepoIndex:
             pass
         if not full.is_relative_to(self.root) or full == self.root:
             raise PromptError(f"{path or 'an empty path'} is outside the repository {self.root}")
-        return full.relative_to(self.root).as_posix()
+        relative = full.relative_to(self.root).as_posix()
+        return relative if relative in self.entries else self._as_indexed(relative)
+
+    def _as_indexed(self, relative: str) -> str:
+        """On a disk that ignores case (macOS, Windows' through WSL), `Src/Main.py` is the file indexed as
+        src/main.py (resolving a path keeps the case it was given): that name, where the disk says it is the same
+        file, so that the file's own chunks and imports are found (not ranked as another file's context)."""
+        for known in self._by_folded_case.get(relative.casefold(), ()):
+            with contextlib.suppress(OSError):
+                if os.path.samefile(self.root / relative, self.root / known):
+                    return known
+        return relative
+
+    @functools.cached_property
+    def _by_folded_case(self) -> dict[str, list[str]]:
+        folded: dict[str, list[str]] = {}
+        for path in self.entries:
+            folded.setdefault(path.casefold(), []).append(path)
+        return folded
 
     def code_between(self, first: Chunk, second: Chunk) -> bool:
         """Whether the file of two chunks has other chunks between them (else only blank lines separate them:

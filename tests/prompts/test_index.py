@@ -170,6 +170,19 @@ def test_relative_paths_stay_inside_the_repository(make_repo):
         index.relative_path("")
 
 
+def test_a_path_in_another_case_is_the_indexed_file_where_the_disk_says_it_is_the_same(make_repo):
+    """On a disk that ignores case an editor's `Pkg/Main.py` names pkg/main.py, but resolving keeps the case given:
+    the file's own chunks and imports were not found, and it was ranked as context for itself. (A hard link stands
+    in for such a disk here; a different file whose name differs in case keeps its own name.)"""
+    root = make_repo(FILES)
+    index = index_repository(root)
+    os.link(root / "pkg" / "main.py", root / "pkg" / "Main.py")
+    (root / "readme.md").write_text("another file\n")
+    assert index.relative_path("pkg/Main.py") == "pkg/main.py"
+    assert index.relative_path("readme.md") == "readme.md"
+    assert index.relative_path("pkg/MAIN.py") == "pkg/MAIN.py"        # (no such file: a new buffer's name, as given)
+
+
 @pytest.mark.parametrize("damage", [
     lambda saved: {**saved, "files": {path: tuple(entry) for path, entry in saved["files"].items()}},
     lambda saved: {**saved, "files": {path: entry._replace(chunks=("text",)) for path, entry in saved["files"].items()}},
