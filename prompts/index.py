@@ -21,6 +21,7 @@ import pickle
 import posixpath
 import sys
 import tempfile
+import unicodedata
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from itertools import chain, count
@@ -50,6 +51,11 @@ class FileEntry(NamedTuple):
 
 
 _ABSENT = FileEntry(0, 0, False, (), ())  # what a file missing from the index counts as
+
+
+def _folded(path: str) -> str:
+    """A name as a disk that ignores case and Unicode normalization compares it."""
+    return unicodedata.normalize("NFC", path).casefold()
 
 
 class RepoIndex:
@@ -128,9 +134,10 @@ class RepoIndex:
 
     def _as_indexed(self, relative: str) -> str:
         """On a disk that ignores case (macOS, Windows' through WSL), `Src/Main.py` is the file indexed as
-        src/main.py (resolving a path keeps the case it was given): that name, where the disk says it is the same
-        file, so that the file's own chunks and imports are found (not ranked as another file's context)."""
-        for known in self._by_folded_case.get(relative.casefold(), ()):
+        src/main.py (resolving a path keeps the case it was given), and on macOS an editor's `café.py` (é one
+        character) the one listed as `cafe\u0301.py`: that name, where the disk says it is the same file, so that
+        the file's own chunks and imports are found (not ranked as another file's context)."""
+        for known in self._by_folded_case.get(_folded(relative), ()):
             with contextlib.suppress(OSError):
                 if os.path.samefile(self.root / relative, self.root / known):
                     return known
@@ -140,7 +147,7 @@ class RepoIndex:
     def _by_folded_case(self) -> dict[str, list[str]]:
         folded: dict[str, list[str]] = {}
         for path in self.entries:
-            folded.setdefault(path.casefold(), []).append(path)
+            folded.setdefault(_folded(path), []).append(path)
         return folded
 
     def code_between(self, first: Chunk, second: Chunk) -> bool:

@@ -181,6 +181,11 @@ def test_a_path_in_another_case_is_the_indexed_file_where_the_disk_says_it_is_th
     assert index.relative_path("pkg/Main.py") == "pkg/main.py"
     assert index.relative_path("readme.md") == "readme.md"
     assert index.relative_path("pkg/MAIN.py") == "pkg/MAIN.py"        # (no such file: a new buffer's name, as given)
+    # macOS lists `cafe\u0301.py` (é as e and an accent) where an editor sends `caf\u00e9.py`.
+    root = make_repo({"cafe\u0301.py": "x = 1\n"}, name="accents")
+    index = index_repository(root)
+    os.link(root / "cafe\u0301.py", root / "caf\u00e9.py")
+    assert index.relative_path("caf\u00e9.py") == "cafe\u0301.py"
 
 
 @pytest.mark.parametrize("damage", [
