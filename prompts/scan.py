@@ -220,10 +220,13 @@ class IgnoreRules:
     def __init__(self, root: Path, filenames: tuple[str, ...], git_exclude: bool = False):
         self.root, self.filenames, self.git_exclude = root, filenames, git_exclude
         self._specs: dict[str, list[Rules]] = {}
+        # core.ignorecase (git sets it in a repository on a disk that ignores case: macOS, Windows): `secrets.env`
+        # then ignores Secrets.env too, as git's matching folds ASCII letters.
+        self._fold = _ASCII_LOWER if git_exclude and _is_true(_git_setting(root, "ignorecase")) else None
 
     def ignored(self, path: str, is_dir: bool = False) -> bool:
         """Whether ``path`` (posix, relative to the root; a folder if ``is_dir``) is ignored."""
-        parts = path.split("/")
+        parts = (path.translate(self._fold) if self._fold else path).split("/")
         for depth in range(len(parts) - 1, -1, -1):  # deepest directory first
             directory = "/".join(parts[:depth])
             below = "/".join(parts[depth:])
@@ -243,6 +246,7 @@ class IgnoreRules:
             for file in files:
                 text = _read_rules(file, follow_links=not file.is_relative_to(self.root))
                 if text is not None:
+                    text = text.translate(self._fold) if self._fold else text
                     specs.append(Rules(text.split("\n")))  # git's lines: not at a form feed or U+2028
             self._specs[directory] = specs
         return self._specs[directory]
@@ -293,35 +297,50 @@ def global_excludes_files(root: Path) -> list[Path]:
     files themselves: git is never run. A relative setting names a file in the repository's top folder, where git
     runs from (not the current folder)."""
     home = Path(os.environ.get("HOME") or "/nonexistent")
-    xdg = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "git"
-    configured = None
-    # The later file wins, as in git; the repository's own config last (read as text: nothing in it is run).
-    for config in (xdg / "config", home / ".gitconfig", git_dir(root) / "config"):
-        configured = _core_excludes_file(config, home) or configured
+    configured = _git_setting(root, "excludesfile")
     if configured and configured.startswith("~/"):
         return [home / configured[2:]]
+    xdg = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "git"
     return [root / configured if configured else xdg / "ignore"]     # (an absolute `configured` stays itself)
+
+
+def _git_setting(root: Path, name: str) -> str | None:
+    """A [core] setting (lower case) as git finds it: the later file wins, the repository's own config last (read
+    as text: nothing in it is run)."""
+    home = Path(os.environ.get("HOME") or "/nonexistent")
+    xdg = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "git"
+    value = None
+    for config in (xdg / "config", home / ".gitconfig", git_dir(root) / "config"):
+        value = _core_setting(config, home, name) or value
+    return value
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _is_true(value: str | None) -> bool:
+    return value is not None and value.lower() in ("true", "yes", "on", "1")
 
 
 MAX_INCLUDE_DEPTH = 10  # git's own limit on [include] within [include]: a loop of them ends
 
 
-def _core_excludes_file(config: Path, home: Path, depth: int = 0) -> str | None:
-    """core.excludesFile from a git config file (the common forms: a [core] section, a plain or quoted value),
-    through the files its [include] sections name, where they name them, as git reads them (dotfile setups keep
-    the setting in an included ~/.gitconfig.local)."""
+def _core_setting(config: Path, home: Path, name: str, depth: int = 0) -> str | None:
+    """A [core] setting (``name`` in lower case) from a git config file (the common forms: a plain or quoted
+    value; a bare key is "true"), through the files its [include] sections name, where they name them, as git
+    reads them (dotfile setups keep the setting in an included ~/.gitconfig.local)."""
     text = _read_rules(config, follow_links=True)  # dotfile managers link these
     section, value = "", None
     for raw in (text or "").splitlines():
         line = raw.strip()
         if line.startswith("["):
             section = line[1:line.find("]")].strip().lower() if "]" in line else ""
-        elif section in ("core", "include") and "=" in line:
-            key, _, rest = line.partition("=")
-            setting = rest.split(" #")[0].split(" ;")[0].strip().strip('"') or None
-            if section == "core" and key.strip().lower() == "excludesfile":
-                value = setting
-            elif section == "include" and key.strip().lower() == "path" and setting and depth < MAX_INCLUDE_DEPTH:
+        elif section in ("core", "include"):
+            key, equals, rest = line.partition("=")
+            setting = rest.split(" #")[0].split(" ;")[0].strip().strip('"') if equals else "true"
+            if section == "core" and key.strip().lower() == name:
+                value = setting or None
+            elif section == "include" and equals and key.strip().lower() == "path" and depth < MAX_INCLUDE_DEPTH:
                 included = home / setting[2:] if setting.startswith("~/") else config.parent / setting
-                value = _core_excludes_file(included, home, depth + 1) or value
+                value = _core_setting(included, home, name, depth + 1) or value
     return value

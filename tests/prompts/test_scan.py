@@ -231,6 +231,24 @@ def test_an_ignore_file_from_a_windows_editor_byte_order_mark_and_crlf_ignores_a
     assert walked == sorted(listed.splitlines()) == [".gitignore", "a.py"]
 
 
+def test_a_repository_that_ignores_case_matches_its_ignore_files_ignoring_case_as_git(make_repo, tmp_path):
+    """git sets core.ignorecase in a repository on macOS or Windows, and `secrets.env` then ignores Secrets.env:
+    it was indexed. (Folded as git folds: ASCII letters only.)"""
+    files = {"Secrets.env": "KEY = 1\n", "a.LOG": "x\n", "Gen/x.py": "x = 1\n", "\u00c9t\u00e9.txt": "e\n",
+             "keep.py": "k = 1\n", ".gitignore": "secrets.env\n*.log\ngen/\n\u00e9t\u00e9.txt\n"}
+    env = {**os.environ, "HOME": str(tmp_path), "GIT_CONFIG_NOSYSTEM": "1"}
+    for ignore_case in ("true", "false"):
+        walk_root, git_root = make_repo(files, name=f"walk-{ignore_case}"), make_repo(files, git=True,
+                                                                                     name=f"git-{ignore_case}")
+        (walk_root / ".git").mkdir()
+        (walk_root / ".git" / "config").write_text(f"[core]\n\tignorecase = {ignore_case}\n")
+        subprocess.run(["git", "-C", str(git_root), "config", "core.ignorecase", ignore_case], check=True, env=env)
+        listed = subprocess.run(["git", "-C", str(git_root), "ls-files", "-z", "--others", "--exclude-standard"],
+                                capture_output=True, check=True, env=env).stdout
+        assert _paths(walk_root) == sorted(os.fsdecode(p) for p in listed.split(b"\0") if p)
+    assert _paths(walk_root) == [".gitignore", "Gen/x.py", "Secrets.env", "a.LOG", "keep.py", "\u00c9t\u00e9.txt"]
+
+
 def test_a_byte_order_mark_is_not_text(make_repo):
     root = make_repo({"bom.py": b"\xef\xbb\xbfimport os\r\n\ndef f():\r\n    return os.sep\r\n"})
     assert read_source(root, "bom.py") == "import os\n\ndef f():\n    return os.sep\n"
