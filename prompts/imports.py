@@ -256,7 +256,7 @@ def _rust(table: PathTable, folder: str, module: str) -> list[str]:
 
 
 def _c(table: PathTable, folder: str, module: str) -> list[str]:
-    target = module.strip('<>"')
+    target = module.strip('<>"').replace("\\", "/")   # `#include "net\socket.h"`: code written on Windows
     local = _relative(folder, target)
     nearby = table.files(local, True, extension=True) if local is not None else []
     return nearby or table.files(target, False, extension=True)

@@ -100,6 +100,7 @@ def test_identifiers_near_the_cursor_weigh_most_and_the_word_being_typed_not_at_
         ("rust", "src/main.rs", ["crate::net::client::Client", "std::io", "util"],
          {"src/net/client.rs", "src/util/mod.rs"}),
         ("c", "lib/parse.c", ["parse.h", "<stdio.h>", "common/defs.h"], {"lib/parse.h", "include/common/defs.h"}),
+        ("cpp", "lib/parse.c", ["common\\defs.h", "..\\lib\\parse.h"], {"lib/parse.h", "include/common/defs.h"}),
         ("java", "app/src/Main.java", ["com.acme.store.Store", "java.util.List"],
          {"app/src/com/acme/store/Store.java"}),
     ],
