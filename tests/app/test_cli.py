@@ -31,6 +31,15 @@ def test_combinations(argv, message):
         parse(*argv)
 
 
+def test_bench_refuses_the_sampling_options_it_would_ignore():
+    """--bench times greedy decoding: --temperature, --top-p and --seed were dropped without a word."""
+    for argv, named in ((["--temperature", "0.7"], "--temperature"), (["--top-p", "0.9"], "--top-p"),
+                        (["--seed", "0"], "--seed"), (["--temperature", "1", "--seed", "3"], "--temperature, --seed")):
+        with pytest.raises(UsageError, match=f"^{named}: --bench times greedy decoding"):
+            parse("--bench", *argv)
+    assert parse("--bench", "--temperature", "0", "--top-p", "1").bench      # the defaults, said out loud
+
+
 def test_help_mentions_every_command(capsys):
     with pytest.raises(SystemExit) as exit:
         cli.main(["--help"])
