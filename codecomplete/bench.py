@@ -310,8 +310,8 @@ def run_bench(args) -> None:
         console.print(kernel_table(bandwidth, kernels))
     console.print(table(result))
     console.print(variant_table(result))
-    if args.json:
-        render.emit_json(args.json, result)
     if args.plot:
         plot(result, args.plot)
         console.print(Text(f"plot written to {args.plot}", style="dim"))
+    if args.json:           # last: a plot that fails makes the JSON the error object, not a result and then an error
+        render.emit_json(args.json, result)

@@ -12,7 +12,7 @@ import signal
 import sys
 import traceback
 
-from .errors import UNENCODABLE, ExitCode, UsageError, classify, one_line
+from .errors import UNENCODABLE, Cancelled, ExitCode, UsageError, classify, error_json, one_line
 
 PROG = "codecomplete"
 MAX_SEED = 2 ** 64 - 1     # what torch.Generator.manual_seed takes
@@ -333,9 +333,11 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.OK
     except BrokenPipeError:
         _quiet_stdout()
+        if args.json not in (None, "-"):        # the file still says why it holds no result
+            _emit_error(args.json, error_json(ExitCode.PIPE_CLOSED, "the reader closed the pipe"))
         return ExitCode.PIPE_CLOSED
     except (Exception, KeyboardInterrupt) as exc:
-        return _report(exc, args.debug)
+        return _report(exc, args.debug, None if isinstance(exc, Cancelled) else getattr(args, "json", None))
 
 
 def _torchrun_follower() -> bool:
@@ -346,17 +348,39 @@ def _exit_on_signal(number: int, _frame) -> None:
     sys.exit(128 + number)
 
 
-def _report(exc: BaseException, debug: bool) -> int:
+def _report(exc: BaseException, debug: bool, json_to: str | None = None) -> int:
+    """Say the failure on stderr, and with --json (`json_to`) as an error object where the result would have gone:
+    an editor that reads the JSON gets the exit code and the message there too."""
     known = classify(exc)
     if debug:
         traceback.print_exc()
     if known is None:
-        _say(f"{PROG}: internal error: {type(exc).__name__}: {exc}"
-             + ("" if debug else " (--debug shows the traceback)"))
+        message = f"internal error: {type(exc).__name__}: {exc}"
+        _say(f"{PROG}: {message}" + ("" if debug else " (--debug shows the traceback)"))
+        if json_to:
+            _emit_error(json_to, error_json(ExitCode.FAILURE, message, internal=True))
         return ExitCode.FAILURE
     code, message = known
     _say(f"{PROG}: {'error: ' if code != ExitCode.INTERRUPTED else ''}{message}")
+    if json_to:
+        _emit_error(json_to, error_json(code, message))
     return code
+
+
+def _emit_error(destination: str, obj: dict) -> None:
+    """Write --json's error object as the result would have been written; a destination that cannot take it (the
+    --json FILE refused as unwritable, a closed pipe) leaves the exit code and stderr to say it."""
+    import json
+
+    try:        # as render.emit_json writes a result: one line on stdout, indented in a file
+        if destination == "-":
+            print(json.dumps(obj, ensure_ascii=False), file=sys.stdout, flush=True)
+        else:
+            with open(destination, "w", encoding="utf-8", errors=UNENCODABLE) as f:
+                f.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    except (OSError, ValueError):      # a full disk under stdout: its buffer must not fail again at exit
+        if destination == "-":
+            _quiet_stdout()
 
 
 def _say(line: str) -> None:

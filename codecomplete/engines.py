@@ -8,7 +8,7 @@ import warnings
 
 from . import caches
 from .cancel import CancelOnSigint, InterruptsDeferred
-from .errors import UsageError
+from .errors import Cancelled, UsageError
 from .render import LiveView, status, warn
 
 # On a CPU a prompt prefills at a few hundred tokens/s: a 1k-token default keeps the first
@@ -197,4 +197,4 @@ def generate(generation, view):
 def exit_if_cancelled(result) -> None:
     """One-shot commands end with 130 after Ctrl-C, once the partial result is out."""
     if result.finish_reason == "cancelled":
-        raise KeyboardInterrupt
+        raise Cancelled

@@ -63,6 +63,10 @@ class ExitCode(IntEnum):
     PIPE_CLOSED = 141    # 128 + SIGPIPE: the reader went away, as `cat | head` ends
 
 
+class Cancelled(KeyboardInterrupt):
+    """Ctrl-C ended a generation whose (partial) result is already out: exit 130 with nothing more to write."""
+
+
 class AppError(Exception):
     """A failure the app explains itself; the message is shown as it is."""
 
@@ -74,6 +78,17 @@ class UsageError(AppError):
 
 
 BUDGET_OPTIONS = "--context-tokens sets the prompt budget, --max-tokens the tokens generated after it"
+
+
+ERROR_TYPES = {ExitCode.USAGE: "usage", ExitCode.FAILURE: "failure", ExitCode.INTERRUPTED: "interrupted",
+               ExitCode.PIPE_CLOSED: "pipe_closed"}
+
+
+def error_json(code: ExitCode, message: str, internal: bool = False) -> dict:
+    """What --json writes in place of the result when the command fails: the server's error shape, with the exit
+    code as its code."""
+    return {"error": {"code": int(code), "message": one_line(message),
+                      "type": "internal" if internal else ERROR_TYPES.get(code, "failure")}}
 
 
 def classify(exc: BaseException, options: bool = True) -> tuple[ExitCode, str] | None:

@@ -40,6 +40,39 @@ def test_bench_refuses_the_sampling_options_it_would_ignore():
     assert parse("--bench", "--temperature", "0", "--top-p", "1").bench      # the defaults, said out loud
 
 
+def test_json_says_a_failure_as_an_error_object(tmp_path, monkeypatch, capsys):
+    """An editor reading --json got nothing on a failure: now an error object with the exit code and the one-line
+    message, where the result would have gone (stdout or FILE); a cancelled result already out is not followed
+    by one."""
+    import json
+
+    assert cli.main([str(tmp_path), "--file", "nope.py", "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"error": {"code": 2, "message": "file not found: nope.py", "type": "usage"}}
+    assert out.count("\n") == 1 and err == "codecomplete: error: file not found: nope.py\n"
+    target = tmp_path.parent / f"{tmp_path.name}-out.json"
+    assert cli.main(["--bench", "--seed", "1", "--json", str(target)]) == 2
+    assert json.loads(target.read_text())["error"]["message"].startswith("--seed: --bench times greedy decoding")
+
+    def failing(exc):
+        def command(args):
+            raise exc
+        return lambda args: command
+
+    for exc, code, kind in ((RuntimeError("boom"), 1, "internal"), (KeyboardInterrupt(), 130, "interrupted")):
+        monkeypatch.setattr(cli, "_command", failing(exc))
+        assert cli.main(["--prompt", "x", "--json"]) == code
+        error = json.loads(capsys.readouterr().out)["error"]
+        assert (error["code"], error["type"]) == (code, kind) and error["message"]
+
+    def cancelled(args):
+        print('{"text": "partial", "finish_reason": "cancelled"}')
+        raise cli.Cancelled
+    monkeypatch.setattr(cli, "_command", lambda args: cancelled)
+    assert cli.main(["--prompt", "x", "--json"]) == 130
+    assert json.loads(capsys.readouterr().out)["finish_reason"] == "cancelled"       # one object: the result
+
+
 def test_help_mentions_every_command(capsys):
     with pytest.raises(SystemExit) as exit:
         cli.main(["--help"])
