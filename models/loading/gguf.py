@@ -4,7 +4,8 @@ directory in the user cache (config.json, model.safetensors, the tokenizer saved
 Reading a GGUF and building its tokenizer takes ~10 s; loading the converted directory well under one.
 The cache holds the weights in the dtype the engine runs (bf16 on CUDA, float32 on CPU), one folder per file
 path and dtype; its source.json records the file it was converted from (size, mtime, inode, ctime), the cache
-format and the size of every file written. A copy that no longer matches is converted again in its place, so a
+format, the SHA-256 of its content and the size of every file written. A file with the bytes of one converted
+before (a copy, a hard link) gets a folder of hard links to that conversion's files, not a conversion of its own. A copy that no longer matches is converted again in its place, so a
 changed file neither loads stale weights nor leaves its old copy behind. `gguf` is imported here only, lazily:
 the GPU image does not have it.
 """
@@ -90,16 +91,21 @@ def gguf_checkpoint(path: Path, dtype: torch.dtype, progress=None) -> Path:
                     progress(f"The converted copy of {path.name} in {out} is out of date or damaged: "
                              "converting it again")
                 shutil.rmtree(out, ignore_errors=True)
-            if progress:
-                progress(f"Converting {path.name} (first start only; cached in {out.parent})")
-            tokenizer = gguf_tokenizer(path)
-            tensors = {hf_name(t.name, path): to_torch(t, config, dtype) for t in reader.tensors}
-            tmp.mkdir(mode=0o755)       # not the umask's: a umask of 0 would make it one that anyone may write
-            save_file(tensors, tmp / "model.safetensors")
-            tokenizer.save_pretrained(str(tmp))
-            (tmp / "config.json").write_text(json.dumps(config.to_hf(), indent=2))
-            files = {f.name: f.stat().st_size for f in tmp.iterdir()}
-            (tmp / "source.json").write_text(json.dumps({"source": stamp, "files": files}))
+            content = {"sha256": content_digest(path), "dtype": str(dtype)}
+            if files := _link_same_content(tmp, out, content):
+                if progress:
+                    progress(f"{path.name} has the content of a file converted before: sharing its copy")
+            else:
+                if progress:
+                    progress(f"Converting {path.name} (first start only; cached in {out.parent})")
+                tokenizer = gguf_tokenizer(path)
+                tensors = {hf_name(t.name, path): to_torch(t, config, dtype) for t in reader.tensors}
+                tmp.mkdir(mode=0o755)   # not the umask's: a umask of 0 would make it one that anyone may write
+                save_file(tensors, tmp / "model.safetensors")
+                tokenizer.save_pretrained(str(tmp))
+                (tmp / "config.json").write_text(json.dumps(config.to_hf(), indent=2))
+                files = {f.name: f.stat().st_size for f in tmp.iterdir()}
+            (tmp / "source.json").write_text(json.dumps({"source": stamp, "content": content, "files": files}))
             os.replace(tmp, out)        # atomic: a half-written conversion is never found
             _remove_unstamped_copies(out, path.stem)
     except (OSError, SafetensorError) as e:     # safetensors says a full disk in a SafetensorError of its own
@@ -110,6 +116,39 @@ def gguf_checkpoint(path: Path, dtype: torch.dtype, progress=None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def content_digest(path: Path) -> str:
+    """The SHA-256 of the whole file: read only when a conversion is due, which reads the file anyway."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _link_same_content(tmp: Path, out: Path, content: dict) -> dict | None:
+    """Fill `tmp` with hard links to the files of a complete conversion of the same bytes in the same dtype (a
+    copy of the file, a hard link to it, the package installed in another environment), so one file's weights are
+    neither dequantized nor stored twice; returns the files' record, or None where there is no such conversion or
+    the links cannot be made. Conversions are replaced, never written in place, so shared files stay as they are."""
+    from models.loading.hf import read_json
+
+    for other in out.parent.iterdir():
+        if other == out or not (other / "source.json").is_file():
+            continue
+        try:
+            record = read_json(other / "source.json")
+            if (record.get("content") != content or record["source"].get("format") != CACHE_FORMAT
+                    or any(Path(name).name != name for name in record["files"]) or not is_complete(other)):
+                continue
+            tmp.mkdir(mode=0o755)
+            for name in record["files"]:
+                os.link(other / name, tmp / name)
+            return record["files"]
+        except (OSError, ModelError, KeyError, AttributeError, TypeError):     # links unsupported, a record damaged
+            shutil.rmtree(tmp, ignore_errors=True)
+    return None
 
 
 def check_private(folder: Path) -> None:

@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 
-from models import ModelError, ModelNotFoundError, load_model
+from models import GenerationConfig, ModelError, ModelNotFoundError, load_model
 from models.config import ModelConfig
 from models.loading import gguf as gguf_loading
 
@@ -210,6 +210,40 @@ def test_a_changed_file_is_converted_again_in_place_of_its_old_copy(tmp_path, mo
     assert [p.name for p in out.parent.iterdir() if p.is_dir()] == [out.name]
 
 
+def test_the_same_gguf_under_another_name_shares_one_conversion(tmp_path, monkeypatch):
+    """A copy or a hard link of a converted GGUF (the embedded model in a second environment) was dequantized and
+    stored again in full; now its folder links to the first one's files. Other bytes of the same size convert."""
+    monkeypatch.setenv("CODECOMPLETE_CACHE_DIR", str(tmp_path / "cache"))
+    first = tmp_path / "a" / "tiny.gguf"
+    first.parent.mkdir()
+    write_tiny_gguf(first)
+    expected = load_model(first, device="cpu", max_context=32).generate([5, 70, 80], GenerationConfig(max_new_tokens=4))
+    converted = []
+    real_to_torch = gguf_loading.to_torch
+    monkeypatch.setattr(gguf_loading, "to_torch", lambda *a: converted.append(a) or real_to_torch(*a))
+    copy, link = tmp_path / "b" / "tiny.gguf", tmp_path / "c" / "tiny.gguf"
+    copy.parent.mkdir()
+    link.parent.mkdir()
+    shutil.copy(first, copy)
+    os.link(first, link)
+    for path in (copy, link):
+        engine = load_model(path, device="cpu", max_context=32)
+        assert engine.generate([5, 70, 80], GenerationConfig(max_new_tokens=4)).token_ids == expected.token_ids
+        assert os.stat(_converted(path) / "model.safetensors").st_ino == \
+            os.stat(_converted(first) / "model.safetensors").st_ino
+    assert not converted
+    other = tmp_path / "d" / "tiny.gguf"
+    other.parent.mkdir()
+    write_tiny_gguf(other, seed=1)
+    assert other.stat().st_size == first.stat().st_size
+    load_model(other, device="cpu", max_context=32)
+    assert converted and os.stat(_converted(other) / "model.safetensors").st_ino != \
+        os.stat(_converted(first) / "model.safetensors").st_ino
+    done = len(converted)
+    load_model(first, device="cpu", max_context=32)     # the link moved its ctime: its copy is found again, shared
+    assert len(converted) == done
+
+
 @pytest.mark.parametrize("stem", ["m" * 245, "模型" * 40])
 def test_a_gguf_with_a_long_file_name_converts(tmp_path, stem):
     """The name, the hash and ".tmp<pid>" passed the 255-byte limit of a file name: 'File name too long'."""
@@ -221,6 +255,7 @@ def test_a_gguf_with_a_long_file_name_converts(tmp_path, stem):
 
 @pytest.mark.parametrize("error", ["OSError", "SafetensorError"])
 def test_a_failed_conversion_leaves_no_temporary_files_and_names_the_folder(tmp_path, monkeypatch, error):
+    monkeypatch.setenv("CODECOMPLETE_CACHE_DIR", str(tmp_path / "cache"))     # no conversion of these bytes to share
     path = tmp_path / "tiny.gguf"
     write_tiny_gguf(path)
 
