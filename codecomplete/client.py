@@ -134,7 +134,10 @@ def model_spec(spec: str | None) -> str | None:
     if not spec:
         return None
     path = Path(spec).expanduser()
-    return str(path.resolve()) if path.exists() else spec
+    try:
+        return str(path.resolve()) if path.exists() else spec
+    except OSError:         # a name too long to be a path: the loader says so, here it compares as given
+        return spec
 
 
 def _plain(device: str) -> str:

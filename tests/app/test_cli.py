@@ -73,6 +73,12 @@ def test_json_says_a_failure_as_an_error_object(tmp_path, monkeypatch, capsys):
     assert json.loads(capsys.readouterr().out)["finish_reason"] == "cancelled"       # one object: the result
 
 
+def test_a_model_path_too_long_for_the_system_compares_as_given():
+    """Path.exists() raised ENAMETOOLONG: with a server announced, `--model <300 characters>` was an internal error."""
+    from codecomplete.client import model_spec
+    assert model_spec("m" * 300) == "m" * 300
+
+
 def test_help_mentions_every_command(capsys):
     with pytest.raises(SystemExit) as exit:
         cli.main(["--help"])

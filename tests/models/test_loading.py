@@ -78,6 +78,12 @@ def test_missing_path(tmp_path):
     assert "nowhere" in load_error(tmp_path / "nowhere" / "model.gguf", ModelNotFoundError, "no such file or directory")
 
 
+@pytest.mark.parametrize("spec", ["m" * 300, "m" * 300 + ".gguf", "a/" * 3000 + "b"])
+def test_a_model_path_too_long_for_the_system_is_a_missing_path_not_a_bug(spec):
+    """os.stat's ENAMETOOLONG escaped Path.exists(): an internal error, exit 1, for a value the user typed."""
+    load_error(spec, ModelNotFoundError, "File name too long")
+
+
 def test_directory_without_config_json(tmp_path):
     assert str(tmp_path) in load_error(tmp_path, ModelNotFoundError, "no config.json")
 
