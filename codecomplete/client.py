@@ -222,8 +222,9 @@ def _address(url: str) -> tuple[str, int] | None:
     try:       # urlsplit refuses a bad port or an unclosed [ with ValueError (http.client a space, later)
         parts = urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme == "http" and parts.hostname and parts.hostname.isprintable() and " " not in parts.hostname:
+            parts.hostname.encode("idna")   # what the resolver will do: a label over 63 characters fails there
             return parts.hostname, parts.port or 80
-    except ValueError:
+    except ValueError:                      # (UnicodeError too)
         pass
     return None
 

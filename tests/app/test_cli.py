@@ -79,6 +79,14 @@ def test_a_model_path_too_long_for_the_system_compares_as_given():
     assert model_spec("m" * 300) == "m" * 300
 
 
+def test_a_server_url_the_resolver_cannot_encode_is_a_usage_error(tmp_path, capsys):
+    """A host label over 63 characters failed in the resolver's IDNA encoding: an internal error, exit 1."""
+    (tmp_path / "a.py").write_text("x = 1\n")
+    for url in ("http://" + "a" * 300, "a" * 64 + ":8012"):
+        assert cli.main([str(tmp_path), "--file", "a.py", "--server", url]) == 2
+        assert "expected http://HOST:PORT" in capsys.readouterr().err
+
+
 def test_help_mentions_every_command(capsys):
     with pytest.raises(SystemExit) as exit:
         cli.main(["--help"])
