@@ -137,7 +137,11 @@ def load_weights(model: Transformer, tensors: Iterator[tuple[str, torch.Tensor]]
 
 
 def load_tokenizer(directory: Path):
-    if not any((directory / f).is_file() for f in TOKENIZER_FILES):
+    try:
+        found = any((directory / f).is_file() for f in TOKENIZER_FILES)
+    except OSError as e:        # a typed folder (random:PRESET:DIR) too long to be a path, or one we may not search
+        raise ModelNotFoundError(f"{directory}: {e.strerror or e}") from None
+    if not found:
         raise ModelNotFoundError(f"{directory}: no tokenizer files (tokenizer.json or tokenizer.model)")
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
     config = directory / "tokenizer_config.json"

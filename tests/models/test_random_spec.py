@@ -2,7 +2,7 @@
 
 import pytest
 
-from models import GenerationConfig, UnsupportedModelError, load_model
+from models import GenerationConfig, ModelNotFoundError, UnsupportedModelError, load_model
 
 
 def test_random_preset_loads_and_decodes():
@@ -21,6 +21,12 @@ def test_random_preset_loads_and_decodes():
 def test_unknown_random_preset_is_a_clear_error():
     with pytest.raises(UnsupportedModelError, match="unknown preset 'Nope'"):
         load_model("random:Nope", device="cpu")
+
+
+def test_a_tokenizer_folder_too_long_for_the_system_is_a_clear_error():
+    """`random:PRESET:<300 characters>`: os.stat's ENAMETOOLONG escaped as an internal error."""
+    with pytest.raises(ModelNotFoundError, match="File name too long"):
+        load_model("random:SmolLM2-135M:" + "t" * 300, device="cpu", max_context=64)
 
 
 def test_random_preset_can_carry_a_tokenizer(tiny_checkpoint, llama_tokenizer):
