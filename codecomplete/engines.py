@@ -87,14 +87,14 @@ def check_model_spec(args) -> None:
     named = f"--model {spec}" if args.model else f"CODECOMPLETE_MODEL={spec}"
     if not spec.startswith("random:"):
         return
-    name, folder_follows, _ = spec[len("random:"):].partition(":")
+    name, _, folder = spec[len("random:"):].partition(":")
     from models.config import preset
     from models.errors import ModelError
     try:                                    # a preset's name is a typo to say as such, like any option's value
         preset(name)
     except ModelError as exc:
         raise UsageError(f"{named}: {exc}") from None
-    if not folder_follows and not args.bench:
+    if not folder and not args.bench:         # `random:PRESET:` names no folder: the model loads without one
         raise UsageError(f"{named}: random weights have no tokenizer; only --bench can use them")
 
 

@@ -195,6 +195,8 @@ def test_an_unknown_random_preset_is_a_usage_error(monkeypatch):
     with pytest.raises(UsageError, match="^CODECOMPLETE_MODEL=random:nope: unknown preset 'nope'"):
         parse("--bench")
     assert parse("--bench", "--model", "random:codellama-7b").model == "random:codellama-7b"   # any case
+    with pytest.raises(UsageError, match="random weights have no tokenizer"):     # an empty folder: an internal error
+        parse("--prompt", "x", "--model", "random:SmolLM2-135M:")
 
 
 def test_serve_refuses_empty_values(monkeypatch, capsys):
