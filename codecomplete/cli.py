@@ -231,6 +231,8 @@ def check(args: argparse.Namespace, closed: frozenset[str] = frozenset()) -> Non
             check_output_path(f"--{option}", getattr(args, option))
     if args.plot and not args.plot.lower().endswith(PLOT_SUFFIXES):
         raise UsageError(f"--plot {args.plot}: name a {', '.join(PLOT_SUFFIXES)} file")
+    if args.plot and args.json not in (None, "-") and _same_file(args.json, args.plot):
+        raise UsageError(f"--json and --plot name the same file, {args.plot}: one would overwrite the other")
     # Text typed on the command line that is not UTF-8 (lone surrogates) cannot be tokenized: replace it.
     for option in ("prompt", "ask"):
         if getattr(args, option) is not None:
@@ -267,6 +269,13 @@ def _check_streams(args: argparse.Namespace, closed: frozenset[str]) -> None:
         raise UsageError(f"standard input is closed: nothing to read for {'--stdin' if args.stdin else '--prompt -'}")
     if "stdout" in closed and args.json in (None, "-") and (args.file or args.ask or args.prompt is not None):
         raise UsageError("standard output is closed: the result would go nowhere (--json FILE writes it to a file)")
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:         # not there yet: the same name is the same file
+        return os.path.abspath(a) == os.path.abspath(b)
 
 
 def check_output_path(option: str, path: str) -> None:

@@ -21,6 +21,15 @@ def test_json_takes_a_file_or_nothing(tmp_path):
         parse("--bench", "--json", str(tmp_path))
 
 
+def test_json_and_plot_may_not_name_one_file(tmp_path, monkeypatch):
+    """`--bench --json b.png --plot b.png` wrote the plot, then the JSON over it, without a word."""
+    monkeypatch.chdir(tmp_path)
+    for json_name in ("b.png", str(tmp_path / "b.png"), "./b.png"):
+        with pytest.raises(UsageError, match="--json and --plot name the same file"):
+            parse("--bench", "--json", json_name, "--plot", "b.png")
+    assert parse("--bench", "--json", "b.json", "--plot", "b.png").plot == "b.png"
+
+
 @pytest.mark.parametrize("argv, message", [
     (["r", "--col", "3", "--file", "a.py"], "--col goes with --line"),
     (["r", "--stdin"], "--stdin goes with --file"),
