@@ -226,13 +226,16 @@ def check(args: argparse.Namespace, closed: frozenset[str] = frozenset()) -> Non
     check_threads(args.threads)
     check_omp_threads()
     _check_streams(args, closed)
-    for option in ("json", "plot"):
-        if getattr(args, option) not in (None, "-"):
-            check_output_path(f"--{option}", getattr(args, option))
+    if args.plot is not None and args.plot != "-":
+        check_output_path("--plot", args.plot)
     if args.plot and not args.plot.lower().endswith(PLOT_SUFFIXES):
         raise UsageError(f"--plot {args.plot}: name a {', '.join(PLOT_SUFFIXES)} file")
-    if args.plot and args.json not in (None, "-") and _same_file(args.json, args.plot):
-        raise UsageError(f"--json and --plot name the same file, {args.plot}: one would overwrite the other")
+    if args.json not in (None, "-"):
+        try:
+            _check_json_path(args)
+        except UsageError:
+            args.json = None        # a destination refused gets no error object either: it may be the source file
+            raise
     # Text typed on the command line that is not UTF-8 (lone surrogates) cannot be tokenized: replace it.
     for option in ("prompt", "ask"):
         if getattr(args, option) is not None:
@@ -269,6 +272,14 @@ def _check_streams(args: argparse.Namespace, closed: frozenset[str]) -> None:
         raise UsageError(f"standard input is closed: nothing to read for {'--stdin' if args.stdin else '--prompt -'}")
     if "stdout" in closed and args.json in (None, "-") and (args.file or args.ask or args.prompt is not None):
         raise UsageError("standard output is closed: the result would go nowhere (--json FILE writes it to a file)")
+
+
+def _check_json_path(args: argparse.Namespace) -> None:
+    check_output_path("--json", args.json)
+    if args.plot and _same_file(args.json, args.plot):
+        raise UsageError(f"--json and --plot name the same file, {args.plot}: one would overwrite the other")
+    if args.file and any(_same_file(args.json, file) for file in (os.path.join(args.repo, args.file), args.file)):
+        raise UsageError(f"--json {args.json} is the file to complete: the JSON would overwrite it")
 
 
 def _same_file(a: str, b: str) -> bool:

@@ -21,13 +21,20 @@ def test_json_takes_a_file_or_nothing(tmp_path):
         parse("--bench", "--json", str(tmp_path))
 
 
-def test_json_and_plot_may_not_name_one_file(tmp_path, monkeypatch):
+def test_json_may_not_name_the_plot_or_the_file_to_complete(tmp_path, monkeypatch):
     """`--bench --json b.png --plot b.png` wrote the plot, then the JSON over it, without a word."""
     monkeypatch.chdir(tmp_path)
     for json_name in ("b.png", str(tmp_path / "b.png"), "./b.png"):
         with pytest.raises(UsageError, match="--json and --plot name the same file"):
             parse("--bench", "--json", json_name, "--plot", "b.png")
     assert parse("--bench", "--json", "b.json", "--plot", "b.png").plot == "b.png"
+    # `--file app.py --json app.py` (an editor's `%` in the wrong place) wrote the result over the source
+    (tmp_path / "app.py").write_text("x = 1\n")
+    for json_name in ("app.py", str(tmp_path / "app.py")):
+        with pytest.raises(UsageError, match="is the file to complete"):
+            parse(str(tmp_path), "--file", "app.py", "--json", json_name)
+        assert cli.main([str(tmp_path), "--file", "app.py", "--json", json_name]) == 2    # and no error object in it
+    assert (tmp_path / "app.py").read_text() == "x = 1\n"
 
 
 @pytest.mark.parametrize("argv, message", [
