@@ -81,6 +81,11 @@ def test_json_says_a_failure_as_an_error_object(tmp_path, monkeypatch, capsys):
         error = json.loads(capsys.readouterr().out)["error"]
         assert (error["code"], error["type"]) == (code, kind) and error["message"]
 
+    monkeypatch.setattr(cli, "_quiet_stdout", lambda: None)     # it points fd 1 at /dev/null: not pytest's
+    monkeypatch.setattr(cli, "_command", failing(BrokenPipeError()))
+    assert cli.main(["--prompt", "x", "--json", str(target)]) == 141
+    assert json.loads(target.read_text())["error"]["type"] == "pipe_closed"
+
     def cancelled(args):
         print('{"text": "partial", "finish_reason": "cancelled"}')
         raise cli.Cancelled
