@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import engines, render, workspace
-from .errors import UsageError
+from .errors import AppError, UsageError
 
 GPU_CONTEXTS = (4096, 16384, 32768)
 CPU_CONTEXTS = (256, 1024)
@@ -217,8 +217,12 @@ def plot(result, path: str) -> None:
     ax.legend()
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=120)
+    except OSError as exc:      # checked writable before the run; the disk may have filled since
+        raise AppError(f"cannot write the plot {path}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
 
 
 def _card(device: str, ranks: int = 1) -> str:

@@ -82,6 +82,25 @@ def test_tables_show_a_backend_that_decoded_nothing():
     assert rows_of(bench.variant_table(result)) == {"64": ["0.0", "0.0", "-"], "128": ["6.0", "4.5", "0.75x"]}
 
 
+def test_a_plot_that_cannot_be_written_is_an_error_not_a_bug(tmp_path, monkeypatch):
+    """A disk that filled during the run: savefig's OSError was an internal error asking for --debug."""
+    import errno
+
+    from matplotlib.figure import Figure
+
+    from codecomplete.errors import AppError, classify
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", full)
+    result = {"backends": ["sdpa"], "end_to_end": [{"context": 64, "attention": "sdpa", "decode_tokens_per_s": 1.0}],
+              "model": "m", "card": "c", "date": "d"}
+    with pytest.raises(AppError) as error:
+        bench.plot(result, str(tmp_path / "p.png"))
+    assert classify(error.value) == (1, f"cannot write the plot {tmp_path / 'p.png'}: No space left on device")
+
+
 @pytest.mark.parametrize("argv, says", [
     (["--chars", "0"], "argument --chars: expected a number from 1 up, got 0"),       # was a ZeroDivisionError
     (["--chars", "400"], "--chars 400: the body of typed is too short"),              # was an IndexError
