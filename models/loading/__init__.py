@@ -56,8 +56,8 @@ def resolve(spec: str | os.PathLike | None, progress=None) -> ModelSource:
     path = Path(os.path.expanduser(spec))
     try:
         exists = path.exists()
-    except OSError as e:        # a name too long to be a path (a typed one: said like a missing one), a folder on
-        error = ModelNotFoundError if e.errno == errno.ENAMETOOLONG else ModelError     # the way that is not ours
+    except OSError as e:        # a typed name too long to be a path (said like a missing one), or a folder on the
+        error = ModelNotFoundError if e.errno == errno.ENAMETOOLONG else ModelError     # way we may not search
         raise error(f"{spec}: {e.strerror or e}") from None
     if exists and not (path.is_dir() or path.is_file()):
         raise ModelNotFoundError(f"{spec}: not a regular file or folder (a FIFO, socket or device)")
@@ -75,7 +75,7 @@ def resolve(spec: str | os.PathLike | None, progress=None) -> ModelSource:
                                      "checkpoint's folder (config.json, the weights and the tokenizer files)")
         raise UnsupportedModelError(f"{path}: not a .gguf file; pass a .gguf file or a checkpoint directory")
     spec = str(spec)
-    if spec.startswith(LOCAL_PREFIXES) or spec in (".", ".."):
+    if spec.startswith(LOCAL_PREFIXES):
         raise ModelNotFoundError(f"{spec}: no such file or directory")
     if folder := _leading_folder(spec):     # `models/foo` run where models/ exists: a mistyped path, not a hub id
         raise ModelNotFoundError(f"{spec}: no such file or directory (a local path, since {folder}/ exists here)")
