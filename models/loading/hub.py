@@ -33,10 +33,11 @@ def snapshot(repo_id: str, progress=None) -> Path:
         raise ModelNotFoundError(
             f"{repo_id}: no such local path, and no such model on the Hugging Face hub "
             "(or it is gated: accept its licence and log in with `hf auth login`)") from None
-    except LocalEntryNotFoundError:
+    except LocalEntryNotFoundError:     # offline by choice (HF_HUB_OFFLINE), or the hub did not answer
+        why = "while offline" if constants.HF_HUB_OFFLINE else "and the hub cannot be reached from here"
         raise ModelNotFoundError(
             f"{repo_id}: no such local path, and not in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
-            f"while offline; download it once online with `hf download {repo_id}`") from None
+            f"{why}; download it once online with `hf download {repo_id}`") from None
     except HFValidationError:          # "out/run--3", "org/name.": a mistyped local path as often as a hub id
         raise ModelNotFoundError(f"{repo_id}: no such local path, nor a valid Hugging Face hub id "
                                  "(names of letters, digits, '-', '_' and '.', no '--' or '..', "

@@ -57,6 +57,19 @@ def test_uncached_hub_id_offline_is_a_clear_error(tmp_path, monkeypatch):
     assert "hf download codellama/CodeLlama-7b-hf" in message
 
 
+def test_an_uncached_hub_id_with_no_network_says_the_hub_cannot_be_reached(tmp_path, monkeypatch):
+    """Not offline by choice: "while offline" sent the user looking for a setting they never made."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def unreachable(*args, **kwargs):   # what snapshot_download raises when the hub does not answer
+        raise LocalEntryNotFoundError("cannot find the requested files in the disk cache and outgoing traffic failed")
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("huggingface_hub.snapshot_download", unreachable)
+    message = load_error("codellama/CodeLlama-7b-hf", ModelNotFoundError, "the hub cannot be reached from here")
+    assert "offline" not in message
+
+
 def test_a_proxy_or_network_failure_during_a_hub_download_is_a_clear_error(monkeypatch):
     import httpx
 
