@@ -197,7 +197,13 @@ def check(args: argparse.Namespace, closed: frozenset[str] = frozenset()) -> Non
         # `codecomplete --json . --file x.py`: the word after --json was the repository. (Not with --bench, whose
         # repository is optional: there a folder after --json is a mistake, said as such below.)
         args.repo, args.json = args.json, "-"
-    for option in ("file", "ask", "prompt", "model", "json", "plot", "device", "server"):
+    if args.json not in (None, "-"):        # first: every later failure writes its error object there
+        try:
+            _check_json_path(args)
+        except UsageError:
+            args.json = None        # a destination refused gets no error object either: it may be the source file
+            raise
+    for option in ("file", "ask", "prompt", "model", "plot", "device", "server"):
         value = getattr(args, option)
         if value is not None and not value.strip():
             raise UsageError(f"--{option} is empty")
@@ -234,12 +240,6 @@ def check(args: argparse.Namespace, closed: frozenset[str] = frozenset()) -> Non
         check_output_path("--plot", args.plot)
     if args.plot and not args.plot.lower().endswith(PLOT_SUFFIXES):
         raise UsageError(f"--plot {args.plot}: name a {', '.join(PLOT_SUFFIXES)} file")
-    if args.json not in (None, "-"):
-        try:
-            _check_json_path(args)
-        except UsageError:
-            args.json = None        # a destination refused gets no error object either: it may be the source file
-            raise
     # Text typed on the command line that is not UTF-8 (lone surrogates) cannot be tokenized: replace it.
     for option in ("prompt", "ask"):
         if getattr(args, option) is not None:
@@ -279,10 +279,13 @@ def _check_streams(args: argparse.Namespace, closed: frozenset[str]) -> None:
 
 
 def _check_json_path(args: argparse.Namespace) -> None:
+    if not args.json.strip():
+        raise UsageError("--json is empty")
     check_output_path("--json", args.json)
     if args.plot and _same_file(args.json, args.plot):
         raise UsageError(f"--json and --plot name the same file, {args.plot}: one would overwrite the other")
-    if args.file and any(_same_file(args.json, file) for file in (os.path.join(args.repo, args.file), args.file)):
+    files = [args.file, *([os.path.join(args.repo, args.file)] if args.repo else [])] if args.file else []
+    if any(_same_file(args.json, file) for file in files):
         raise UsageError(f"--json {args.json} is the file to complete: the JSON would overwrite it")
 
 

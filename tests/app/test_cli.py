@@ -34,6 +34,8 @@ def test_json_may_not_name_the_plot_or_the_file_to_complete(tmp_path, monkeypatc
         with pytest.raises(UsageError, match="is the file to complete"):
             parse(str(tmp_path), "--file", "app.py", "--json", json_name)
         assert cli.main([str(tmp_path), "--file", "app.py", "--json", json_name]) == 2    # and no error object in it
+        # nor when another mistake is found first
+        assert cli.main([str(tmp_path), "--file", "app.py", "--col", "3", "--json", json_name]) == 2
     assert (tmp_path / "app.py").read_text() == "x = 1\n"
 
 
