@@ -360,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.OK
     except BrokenPipeError:
         _quiet_stdout()
-        if args.json not in (None, "-"):        # the file still says why it holds no result
+        # --json FILE still says why it holds no result (serve has no --json)
+        if getattr(args, "json", None) not in (None, "-"):
             _emit_error(args.json, error_json(ExitCode.PIPE_CLOSED, "the reader closed the pipe"))
         return ExitCode.PIPE_CLOSED
     except (Exception, KeyboardInterrupt) as exc:

@@ -96,6 +96,8 @@ def test_json_says_a_failure_as_an_error_object(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli, "_command", failing(BrokenPipeError()))
     assert cli.main(["--prompt", "x", "--json", str(target)]) == 141
     assert json.loads(target.read_text())["error"]["type"] == "pipe_closed"
+    monkeypatch.setattr("codecomplete.server.serve.run_serve", failing(BrokenPipeError())(None))
+    assert cli.main(["serve", "--port", "0"]) == 141        # serve's options have no --json to write to
 
     def cancelled(args):
         print('{"text": "partial", "finish_reason": "cancelled"}')
