@@ -213,14 +213,11 @@ def check(args: argparse.Namespace, closed: frozenset[str] = frozenset()) -> Non
     for option in ("plot", "contexts"):
         if getattr(args, option) and not args.bench:
             raise UsageError(f"--{option} goes with --bench")
-    sampling = [name for name, given in (("--temperature", args.temperature != 0), ("--top-p", args.top_p != 1),
-                                         ("--seed", args.seed is not None)) if given]
-    if args.bench and sampling:
+    if args.bench and (ignored := [name for name, given in (("--temperature", args.temperature != 0),
+                                                            ("--top-p", args.top_p != 1), ("--seed", args.seed is not None))
+                                   if given]):
         # The benchmark times greedy decoding, the same tokens for every backend: sampling would not be measured.
-        raise UsageError(f"{', '.join(sampling)}: --bench times greedy decoding, which takes no sampling options")
-    if sampling and args.temperature == 0:
-        raise UsageError(f"{', '.join(sampling)}: no effect at --temperature 0 (the default), which is greedy; "
-                         "give a --temperature above 0 to sample")
+        raise UsageError(f"{', '.join(ignored)}: --bench times greedy decoding, which takes no sampling options")
     if args.col is not None and args.line is None:
         raise UsageError("--col goes with --line")
     if args.prompt is not None and args.repo is not None:

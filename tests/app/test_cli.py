@@ -58,15 +58,6 @@ def test_bench_refuses_the_sampling_options_it_would_ignore():
     assert parse("--bench", "--temperature", "0", "--top-p", "1").bench      # the defaults, said out loud
 
 
-def test_top_p_and_seed_without_a_temperature_are_refused():
-    """Greedy decoding (temperature 0, the default) draws nothing: --top-p and --seed alone changed nothing."""
-    for argv, named in ((["--top-p", "0.5"], "--top-p"), (["--seed", "7"], "--seed"),
-                        (["--top-p", "0.5", "--seed", "7", "--temperature", "0"], "--top-p, --seed")):
-        with pytest.raises(UsageError, match=f"^{named}: no effect at --temperature 0"):
-            parse("--prompt", "x", *argv)
-    assert parse("--prompt", "x", "--temperature", "0.7", "--top-p", "0.5", "--seed", "7").seed == 7
-
-
 def test_json_says_a_failure_as_an_error_object(tmp_path, monkeypatch, capsys):
     """An editor reading --json got nothing on a failure: now an error object with the exit code and the one-line
     message, where the result would have gone (stdout or FILE); a cancelled result already out is not followed
