@@ -37,7 +37,9 @@ def encoder_for(tokenizer) -> Encoder:
     try:
         return _ENCODERS[tokenizer]
     except KeyError:
-        encoder = _ENCODERS[tokenizer] = Encoder(tokenizer)
+        # The value must not hold its key: a strong reference kept every tokenizer (and all it remembered)
+        # alive for good, one more each time the REPL's /model loaded a model.
+        encoder = _ENCODERS[tokenizer] = Encoder(weakref.proxy(tokenizer))
         return encoder
     except TypeError:  # not weak-referenceable
         return Encoder(tokenizer)

@@ -349,3 +349,25 @@ def test_a_buffer_of_megabytes_has_its_imports_read_from_its_head(make_repo, sta
     packed = build_completion_prompt(index, starcoder_tokenizer, "app.py", text=buffer, budget_tokens=500)
     assert any(item.path == "lib.py" for item in packed.context)
     assert len(queried) == 1 and len(queried[0]) <= MAX_FILE_BYTES and queried[0].endswith("\n")
+
+
+def test_an_encoder_remembered_for_a_tokenizer_does_not_keep_it_alive():
+    """encoder_for remembers one Encoder per tokenizer, weakly keyed, but the Encoder held its tokenizer: every
+    tokenizer ever used stayed alive, one more each time the REPL's /model loaded a model."""
+    import gc
+    import weakref
+
+    from prompts.tokens import encoder_for
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    backend = Tokenizer(models.BPE(vocab={character: i for i, character in
+                                          enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend)
+    assert list(encoder_for(tokenizer).encode("ab")) == tokenizer("ab", add_special_tokens=False)["input_ids"]
+    assert encoder_for(tokenizer) is encoder_for(tokenizer)          # remembered while the tokenizer lives
+    gone = weakref.ref(tokenizer)
+    del tokenizer
+    gc.collect()
+    assert gone() is None
