@@ -181,6 +181,10 @@ class Repl:
         """Run one slash command; False means leave."""
         name, _, argument = line.partition(" ")
         argument = argument.strip()
+        known = COMMANDS.get("/exit" if name == "/quit" else name)
+        if argument and known is not None and not known[0]:
+            # `/reset the model too` reset the conversation, and `/exit now?` left: the rest was thrown away.
+            raise UsageError(f"{name} takes no argument (/help lists the commands)")
         if name in ("/exit", "/quit"):
             return False
         handlers = {"/help": self._help, "/context": self._context, "/add": self._add, "/drop": self._drop,

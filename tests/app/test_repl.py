@@ -76,6 +76,20 @@ def test_a_session(conversation, tmp_path, monkeypatch):
     assert "half typed" not in history.read_text()        # Ctrl-C threw the line away
 
 
+def test_a_command_that_takes_no_argument_refuses_one(conversation, tmp_path):
+    """`/reset the model too` reset the conversation and `/exit now?` left the REPL, the rest of the line thrown
+    away. Each says it takes no argument and does nothing; a command that takes one still gets it."""
+    conversation.reset()
+    conversation.messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    printed = drive(conversation, ["/reset the model too\r", "/exit now?\r", "/quit please\r", "/help me\r",
+                                   "/drop nothing.py\r", "/exit\r"], tmp_path / "history")
+    for name in ("/reset", "/exit", "/quit", "/help"):
+        assert f"error: {name} takes no argument" in printed
+    assert "error: nothing.py is not pinned" in printed
+    assert [m["content"] for m in conversation.messages] == ["hi", "hello"]
+    conversation.reset()
+
+
 def test_the_repl_sees_files_change_between_questions(engine, tmp_path):
     """Files added, deleted or edited while the REPL waits are what its next command or question sees."""
     root = tmp_path / "repo"
