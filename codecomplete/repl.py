@@ -7,6 +7,7 @@ being generated; Ctrl-D on an empty line leaves. History persists in the user st
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from contextlib import nullcontext
@@ -247,6 +248,9 @@ class Repl:
                 raise
             conversation.session.engine, conversation.args = engine, args
             self.last_rate = 0.0        # the toolbar's tok/s was the old model's
+            # The old model's weights go now, not at Python's next full collection: the last answer's live view
+            # is a reference cycle that holds its generation, and so the old engine.
+            gc.collect()
         engine = conversation.engine
         self.console.print(Text(f"{render.model_label(engine)} · context {engine.context_length:,} tokens"
                                 f" (model limit {engine.model_max_positions:,}) · loaded in {engine.load_s:.1f} s"))

@@ -207,6 +207,35 @@ def test_switching_models_frees_the_old_cache_first_and_a_failed_switch_leaves_i
     assert conversation.engine is engine and engine.generate(ids, greedy).token_ids == before
 
 
+def test_the_model_switched_away_from_is_freed_at_once(conversation, tmp_path, monkeypatch):
+    """The last answer's live view is a reference cycle that holds its generation, and so its engine: after /model
+    the old model's weights stayed until Python's next full collection, which a REPL may not reach for many
+    questions (on a GPU, beside the new model's). They go as soon as the new model is in."""
+    import gc
+    import weakref
+    engine = conversation.engine
+
+    class Previous:     # the model loaded before: the session's engine under another object, so that it can go
+        def __getattr__(self, name):
+            return getattr(engine, name)
+    previous = Previous()
+    gone = weakref.ref(previous)
+    monkeypatch.setattr(conversation.session, "engine", previous)
+    monkeypatch.setattr(conversation, "args", conversation.args)     # /model replaces them; put back after
+    monkeypatch.setattr(repl.engines, "load", lambda args, max_new_tokens: engine)
+    del previous
+    conversation.reset()
+    gc.disable()        # collections only when the REPL asks for one
+    try:
+        printed = drive(conversation, ["What does area_of_circle compute?\r", "/model other\r", "/exit\r"],
+                        tmp_path / "history")
+    finally:
+        gc.enable()
+        conversation.reset()
+    assert "SmolLM2" in printed and conversation.engine is engine
+    assert gone() is None
+
+
 def test_history_is_never_kept_inside_the_repository_or_in_a_special_file(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "repo" / ".state"))     # HOME is the repository
     assert repl.history_path(tmp_path / "repo") is None and not (tmp_path / "repo").exists()
