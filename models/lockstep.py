@@ -53,8 +53,6 @@ def load_on_ranks(gpus: int | None, spec=None, *, device=None, dtype=None, atten
                   progress=None, cuda_graphs=None, kv_cache=None) -> LeaderEngine:
     """`load_model(..., gpus=N)`: start N ranks (or join torchrun's), each loading its part of the model."""
     global _active
-    if _active is not None:
-        _active.close()
     device_type = torch.device(device).type if device else ("cuda" if torch.cuda.is_available() else "cpu")
     if device is not None and torch.device(device).index is not None:
         raise ValueError(f"device {device}: with several GPUs give cuda (rank r uses cuda:r; pick GPUs with "
@@ -67,6 +65,12 @@ def load_on_ranks(gpus: int | None, spec=None, *, device=None, dtype=None, atten
         spec, config = str(directory), read_config(directory)
     world = int(os.environ["WORLD_SIZE"]) if under_torchrun() else (gpus or 1)
     shard_config(config, world, name or spec)      # a split that cannot work fails before any rank starts
+    if _active is not None:
+        # Only now that the checkpoint is found and splits: a typo in the REPL's /model stopped the model in use.
+        # Unregistered, or the exit hook kept the closed engine (rank 0's part of the old model) alive for good.
+        atexit.unregister(_active.close)
+        _active.close()
+        _active = None
     ranks = Ranks.from_torchrun() if under_torchrun() else Ranks.start(world, device_type, follow)
     _active = leader = LeaderEngine(ranks)
     atexit.register(leader.close)

@@ -148,6 +148,36 @@ def test_the_engine_on_two_ranks_generates_what_one_does(no_hang, gqa_checkpoint
         engine.close()
 
 
+def test_a_model_that_cannot_load_leaves_the_running_ranks_alone(no_hang, gqa_checkpoint, tmp_path):
+    """One group per process: loading another model closed the running one first, so a spec that could never load (a
+    typo in the REPL's /model) stopped the model in use, and every later request failed. The group goes only once
+    the new checkpoint is found and splits; and once gone, nothing keeps rank 0's part of the old model."""
+    import gc
+    import weakref
+    prompt, greedy = [1, 17, 45, 3, 88], GenerationConfig(max_new_tokens=4)
+    engine = load_model(str(gqa_checkpoint), device="cpu", max_context=48, gpus=2)
+    replacement = None
+    try:
+        before = engine.generate(prompt, greedy).token_ids
+        with pytest.raises(ModelError, match="no such file"):
+            load_model(str(tmp_path / "nowhere"), device="cpu", max_context=48, gpus=2)
+        with pytest.raises(SettingError, match="do not split over 3 ranks"):
+            load_model(str(gqa_checkpoint), device="cpu", max_context=48, gpus=3)
+        assert engine.generate(prompt, greedy).token_ids == before
+        old_part = weakref.ref(engine.engine)
+        replacement = load_model(str(gqa_checkpoint), device="cpu", max_context=48, gpus=2)
+        with pytest.raises(RankFailed):         # the old group is gone
+            engine.generate(prompt, greedy)
+        engine = None
+        gc.collect()
+        assert old_part() is None
+        assert replacement.generate(prompt, greedy).token_ids == before
+    finally:
+        for leader in (engine, replacement):
+            if leader is not None:
+                leader.close()
+
+
 def test_a_rank_that_raises_ends_the_launch_in_one_line(no_hang):
     with pytest.raises(RankFailed) as failed:      # rank 0 was waiting in an all-reduce for rank 1
         run_on_ranks(2, "cpu", tp_helpers.raise_on_rank_1)
