@@ -235,7 +235,13 @@ class Repl:
             args = argparse.Namespace(**{**vars(conversation.args), "model": argument})
             # The old model's KV cache and graphs leave the GPU first, or the new model's cache is sized (or
             # refused) as if they stayed; if the load fails, the old one allocates them again when next used.
-            conversation.engine.release_memory()
+            from models.distributed import RankFailed
+            try:
+                conversation.engine.release_memory()
+            except RankFailed:
+                # --gpus: its ranks stopped already (a second Ctrl-C, a rank that died). Nothing is left to free,
+                # and a new model is the only way back, which this refusal closed for the rest of the session.
+                pass
             try:
                 engine = engines.load(args, conversation.max_new_tokens)
             except UsageError as exc:   # said of the command line's --model: here it was the /model command

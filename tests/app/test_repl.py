@@ -208,6 +208,31 @@ def test_switching_models_frees_the_old_cache_first_and_a_failed_switch_leaves_i
     assert conversation.engine is engine and engine.generate(ids, greedy).token_ids == before
 
 
+def test_a_model_whose_ranks_stopped_can_be_replaced(conversation, tmp_path, monkeypatch):
+    """With --gpus, a second Ctrl-C mid-answer (or a rank that dies) stops the ranks, and every question says "load the
+    model again". /model refused to: it first asks the old model to free its cache, which its stopped ranks refuse
+    with the same message, so the REPL was left without a model until restarted."""
+    from models.distributed import RankFailed
+    engine = conversation.engine
+
+    class Stopped:      # a tensor-parallel model whose ranks were stopped: what rank 0 holds reads, calls are refused
+        def __getattr__(self, name):
+            return getattr(engine, name)
+
+        def release_memory(self, *args, **kwargs):
+            raise RankFailed("the tensor-parallel ranks were stopped; load the model again")
+        generate = release_memory
+    monkeypatch.setattr(conversation.session, "engine", Stopped())
+    monkeypatch.setattr(conversation, "args", conversation.args)     # /model replaces them; put back after
+    monkeypatch.setattr(repl.engines, "load", lambda args, max_new_tokens: engine)
+    conversation.reset()
+    printed = drive(conversation, ["/model again\r", "What does area_of_circle compute?\r", "/exit\r"],
+                    tmp_path / "history")
+    conversation.reset()
+    assert "error" not in printed and conversation.engine is engine
+    assert "SmolLM2" in printed and "tok/s" in printed      # /model said the new model, which then answered
+
+
 def test_the_model_switched_away_from_is_freed_at_once(conversation, tmp_path, monkeypatch):
     """The last answer's live view is a reference cycle that holds its generation, and so its engine: after /model
     the old model's weights stayed until Python's next full collection, which a REPL may not reach for many
