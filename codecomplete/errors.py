@@ -91,6 +91,10 @@ def error_json(code: ExitCode, message: str, internal: bool = False) -> dict:
                       "type": "internal" if internal else ERROR_TYPES.get(code, "failure")}}
 
 
+# torch's CPU allocator reports running out of memory as a plain RuntimeError (torch.OutOfMemoryError is CUDA's).
+CPU_ALLOCATOR_FAILED = "DefaultCPUAllocator: can't allocate memory"
+
+
 def classify(exc: BaseException, options: bool = True) -> tuple[ExitCode, str] | None:
     """The exit code and message for an expected failure; None for a bug. `options`: the message may name the
     command-line options that would help (not for the server's clients, which have none).
@@ -116,7 +120,7 @@ def classify(exc: BaseException, options: bool = True) -> tuple[ExitCode, str] |
         if isinstance(exc, models.ModelError):
             return ExitCode.FAILURE, str(exc)
     torch = sys.modules.get("torch")
-    if isinstance(exc, MemoryError) or (
-            torch is not None and isinstance(exc, torch.OutOfMemoryError)):
+    if isinstance(exc, MemoryError) or (torch is not None and isinstance(exc, torch.OutOfMemoryError)) or (
+            isinstance(exc, RuntimeError) and CPU_ALLOCATOR_FAILED in str(exc)):
         return ExitCode.FAILURE, "out of memory: try a smaller --context-tokens" if options else "out of memory"
     return None

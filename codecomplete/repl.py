@@ -161,7 +161,7 @@ class Repl:
                         return
                 else:
                     self.ask(text)
-            except KeyboardInterrupt:      # a second Ctrl-C, in a prefill (which is not polled)
+            except KeyboardInterrupt:      # a second Ctrl-C (the first asks the generation to stop)
                 self.console.print(Text("interrupted", style="yellow"))
             except Exception as exc:       # a bad path or a model error ends the line, not the REPL
                 known = classify(exc)

@@ -205,3 +205,17 @@ def test_a_path_from_an_editor_on_windows_finds_the_file_or_says_what_it_is(tmp_
     assert file_in(tmp_path, "src\\new.py", must_exist=False) == "src/new.py"     # an unsaved buffer
     with pytest.raises(UsageError, match=r"^file not found: src\\new\.py$"):
         file_in(tmp_path, "src\\new.py")
+
+
+def test_running_out_of_memory_on_a_cpu_is_a_failure_not_a_bug():
+    """torch's CPU allocator says so with a plain RuntimeError (torch.OutOfMemoryError is CUDA's): it was taken for a
+    bug, an internal error on the command line, and the end of the REPL during a question."""
+    import torch
+
+    from codecomplete.errors import classify
+
+    with pytest.raises(RuntimeError) as error:
+        torch.empty(2**50, dtype=torch.uint8)          # a PiB: refused by the allocator, nothing is touched
+    assert classify(error.value) == (1, "out of memory: try a smaller --context-tokens")
+    assert classify(error.value, options=False) == (1, "out of memory")
+    assert classify(RuntimeError("expected scalar type Float but found Half")) is None   # a bug stays one
