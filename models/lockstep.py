@@ -59,7 +59,7 @@ def load_on_ranks(gpus: int | None, spec=None, *, device=None, dtype=None, atten
                          "CUDA_VISIBLE_DEVICES) or cpu")
     # Downloads and GGUF conversion happen once, here; every rank then reads its slices of the directory.
     if isinstance(spec, str) and spec.startswith(RANDOM_PREFIX):
-        name, config = None, preset(spec[len(RANDOM_PREFIX):])
+        name, config = None, preset(spec[len(RANDOM_PREFIX):].partition(":")[0])   # random:PRESET[:TOKENIZER_DIR]
     else:
         name, directory = checkpoint_directory(spec, parse_dtype(dtype, torch.device(device_type)), progress)
         spec, config = str(directory), read_config(directory)

@@ -79,6 +79,9 @@ def test_a_split_that_does_not_divide_names_the_numbers():
         shard_config(preset("SmolLM2-135M"), 2)
     local = shard_config(preset("CodeLlama-70B"), 2)
     assert (local.n_heads, local.n_kv_heads, local.head_dim, local.ffn_dim, local.vocab_size) == (32, 4, 128, 14336, 32016)
+    # random:PRESET:TOKENIZER_DIR names the preset before its colon (it was looked up whole: "unknown preset").
+    with pytest.raises(SettingError, match=r"3 key/value heads do not split over 2 ranks"):
+        load_model("random:SmolLM2-135M:/tokenizer/folder", device="cpu", gpus=2)
 
 
 def test_more_gpus_than_there_are_is_one_clear_error():
