@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import types
-from typing import Annotated, TypeVar, get_args
+from typing import Annotated, TypeVar, Union, get_args, get_origin
 
 from pydantic import (AliasChoices, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
                       model_validator)
@@ -39,6 +39,15 @@ class Body(BaseModel):
                 return field.get_default(call_default_factory=True)
         return value
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _whole_number_is_int(cls, value, info: ValidationInfo):
+        """`"n_predict": 2.0` is 2, as llama.cpp's json_value and Ollama's options read a number for an integer
+        (Python's json.dumps writes a float that holds a count so); a fraction stays an error."""
+        if isinstance(value, float) and value.is_integer() and _takes_int(cls.model_fields[info.field_name].annotation):
+            return int(value)
+        return value
+
     @model_validator(mode="before")
     @classmethod
     def _null_alias_gives_way(cls, data):
@@ -52,6 +61,13 @@ class Body(BaseModel):
                 if any(data.get(name) is not None for name in names):
                     data = {key: value for key, value in data.items() if key not in names or value is not None}
         return data
+
+
+def _takes_int(annotation) -> bool:
+    """Whether a field is an integer (`int`, `int | None`, `Seed`) and not also a float."""
+    members = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+    members = {get_args(m)[0] if get_origin(m) is Annotated else m for m in members}
+    return int in members and float not in members
 
 
 async def read_json(request: Request, model: type[Model], limit: int = MAX_BODY_BYTES) -> Model:

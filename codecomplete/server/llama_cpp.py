@@ -40,7 +40,7 @@ class Options(Body):
     top_k: int = 40
     top_p: float = Field(0.95, ge=0, le=1)
     seed: Seed = -1
-    stop: list[str] = []
+    stop: str | list[str] = []         # (one string: llama.cpp's native routes skip it; here it is one stop)
     ignore_eos: bool = False           # here: the prompt format's stops do not apply either (benchmarks)
     stream: bool = False
     t_max_predict_ms: int = Field(0, ge=0)
@@ -155,7 +155,8 @@ def _sampling(server, body: Options):
 def _settings(server, body: Options | None) -> dict:
     body = body or Options()
     return {"n_predict": body.n_predict, "temperature": body.temperature, "top_k": body.top_k,
-            "top_p": body.top_p, "seed": body.seed, "stop": body.stop, "n_ctx": server.engine.context_length}
+            "top_p": body.top_p, "seed": body.seed, "stop": list(stop_strings(body.stop)),
+            "n_ctx": server.engine.context_length}
 
 
 async def _answer(server, running, generation, body: Options, sampling, limits: Limits, truncated: bool):

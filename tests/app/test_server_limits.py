@@ -9,7 +9,7 @@ import time
 import pytest
 
 from codecomplete.cancel import CancelOnSigint, InterruptsDeferred
-from codecomplete.server.bodies import read_json
+from codecomplete.server.bodies import read_json, stop_strings
 from codecomplete.server.errors import ApiError
 from codecomplete.server.llama_cpp import InfillRequest, Limits
 from models.tokenizer.stop_strings import StopStringMatcher
@@ -90,6 +90,33 @@ def test_bodies_replace_lone_surrogates_and_refuse_infinities_and_wild_seeds():
             read(b'{"input_prefix": "", "input_suffix": "", ' + extra + b"}")
         assert error.value.status == 400 and error.value.message.startswith(field), error.value.message
     assert read(b'{"input_prefix": "", "input_suffix": "", "seed": 18446744073709551615}').seed == 2**64 - 1
+
+
+def test_a_whole_number_written_as_a_float_is_an_integer_and_one_stop_string_a_stop():
+    """As llama.cpp reads `"n_predict": 2.0` (json_value's number conversion) and Ollama its options: 2; a fraction is
+    still refused. A lone `stop` string is that one stop (llama.cpp's native routes skipped it without a word)."""
+    from codecomplete.server.llama_cpp import CompletionRequest, _settings
+    from codecomplete.server.ollama import GenerateRequest
+    from codecomplete.server.openai_api import ChatRequest
+
+    body = read(b'{"input_prefix": "", "input_suffix": "", "n_predict": 2.0, "top_k": 5.0, "seed": 7.0, '
+                b'"n_indent": 4.0, "t_max_predict_ms": 250.0, "stop": "\\n"}')
+    assert (body.n_predict, body.top_k, body.seed, body.n_indent, body.t_max_predict_ms) == (2, 5, 7, 4, 250)
+    assert all(type(v) is int for v in (body.n_predict, body.top_k, body.seed))
+    assert stop_strings(body.stop) == ("\n",)
+
+    class Engine:
+        context_length = 512
+    assert _settings(type("Server", (), {"engine": Engine})(), body)["stop"] == ["\n"]
+    assert read(b'{"prompt": "x", "max_tokens": 3.0}', CompletionRequest).n_predict == 3
+    assert read(b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 3.0}', ChatRequest).max_tokens == 3
+    ollama = read(b'{"prompt": "x", "options": {"num_predict": 3.0, "seed": 1.0}}', GenerateRequest)
+    assert ollama.options.num_predict == 3
+    for bad, field in ((b'"n_predict": 2.5', "n_predict"), (b'"n_predict": "2"', "n_predict"),
+                       (b'"stream": 1.0', "stream"), (b'"stop": 1.0', "stop")):
+        with pytest.raises(ApiError) as error:
+            read(b'{"input_prefix": "", "input_suffix": "", ' + bad + b"}")
+        assert error.value.status == 400 and error.value.message.startswith(field), error.value.message
 
 
 def test_a_null_alias_gives_way_to_one_with_a_value():
