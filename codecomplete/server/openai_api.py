@@ -19,6 +19,7 @@ from typing import Literal
 
 from fastapi import APIRouter, Request
 from pydantic import AliasChoices, Field
+from starlette.responses import StreamingResponse
 
 from .errors import ApiError
 from .bodies import Body, Seed, check_ids, read_json, stop_strings
@@ -160,8 +161,7 @@ async def chat_completions(request: Request):
     sampling = _sampling(server, body)
     reply = Reply(server, "chatcmpl", "chat.completion", "0")
     if messages[-1]["role"] != "user" and sampling.max_tokens == 0:    # a warm-up without a question (llama.vim)
-        return json_response({**reply.head(), "choices": [], "usage": {"prompt_tokens": 0, "completion_tokens": 0,
-                                                                       "total_tokens": 0}})
+        return _nothing_to_say(reply, body)
     budget = server.budget(sampling)
     running = server.start(request, lambda: server.session.chat(messages, sampling=sampling, budget=budget))
     await running.started()
@@ -183,6 +183,23 @@ async def chat_completions(request: Request):
     choice = {"index": 0, "message": {"role": "assistant", "content": result.text}, "logprobs": None,
               "finish_reason": FINISH[result.finish_reason]}
     return json_response({**reply.head(), "choices": [choice], "usage": usage(result)})
+
+
+def _nothing_to_say(reply: Reply, body: ChatRequest):
+    """The answer to a warm-up with no question: no text, ended by its limit of 0 tokens, in the shape the request
+    asked for (a client that asked for a stream parses SSE: a JSON body gave the openai package no events)."""
+    nothing = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    if not body.stream:
+        choice = {"index": 0, "message": {"role": "assistant", "content": ""}, "logprobs": None,
+                  "finish_reason": "length"}
+        return json_response({**reply.head(), "choices": [choice], "usage": nothing})
+    reply.object = "chat.completion.chunk"
+    frames = [sse(reply.chunk({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None})),
+              sse(reply.chunk({"index": 0, "delta": {}, "finish_reason": "length"}))]
+    if body.stream_options is not None and body.stream_options.include_usage:
+        frames.append(sse({**reply.head(), "choices": [], "usage": nothing}))
+    return StreamingResponse(iter([*frames, "data: [DONE]\n\n"]), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache"})
 
 
 class Reply:

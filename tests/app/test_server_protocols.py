@@ -140,6 +140,22 @@ def test_openai_client_chat(server):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == answer.usage.completion_tokens
 
 
+def test_a_warm_up_answers_in_the_shape_asked_for_streamed_or_not(server):
+    """llama.vim's instruct warm-up (a system message, no question, no tokens), through the openai package: a stream
+    when it asked for one (a JSON body gave the client no events at all), one empty choice ended by its limit."""
+    client = OpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0)
+    system = [{"role": "system", "content": "You are a coding assistant."}]
+    answer = client.chat.completions.create(model="any", messages=system, max_tokens=0)
+    assert answer.choices[0].message.content == "" and answer.choices[0].finish_reason == "length"
+    chunks = list(client.chat.completions.create(model="any", messages=system, max_tokens=0, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert [c.object for c in chunks] == ["chat.completion.chunk"] * 3
+    assert chunks[0].choices[0].delta.role == "assistant" and chunks[1].choices[0].finish_reason == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 0
+    chunks = list(client.completions.create(model="any", prompt="def f(", max_tokens=0, stream=True))
+    assert chunks and chunks[-1].choices[0].finish_reason == "length"
+
+
 def test_a_null_is_the_fields_default_as_clients_send_it(server):
     """The openai package sends `"temperature": null` for temperature=None; llama.cpp (json_value) and Ollama (Go's
     decoder) read a null as a field left out too. Seeded sampling: the same text as with the fields left out."""
