@@ -3,8 +3,10 @@
     POST /api/generate   `prompt` continued (with `suffix`: a fill-in-the-middle completion with the repository's
                          context, in the model's own format; with "raw": true the prompt as it is, suffix ignored,
                          as Ollama applies no template then); streamed as JSON lines unless "stream": false. A
-                         prompt alone comes after the text of `context` (an earlier answer's), and its answer ends
-                         with its own `context` (the tokens of both), as Ollama keeps a conversation on this route
+                         prompt (with a suffix too) comes after the text of `context` (an earlier answer's), and its
+                         answer ends with its own `context` (the tokens of both), as Ollama keeps a conversation on
+                         this route; a request's `template` made only of {{ .Prompt }}, {{ .Suffix }} and
+                         {{ .System }} is the prompt, as it is (any other is a 400)
     POST /api/chat       chat over the repository, as /v1/chat/completions; without messages, Ollama's preload
     GET  /api/tags       the one model
     POST /api/show       its details; the template mentions .Suffix, which is how Continue decides that a model
@@ -51,6 +53,8 @@ class GenerateRequest(Body):
     model: str = ""
     prompt: str = ""
     suffix: str = ""
+    system: str = ""
+    template: str = ""                          # the request's own prompt template, in place of the model's
     stream: bool = True
     keep_alive: float | str | None = None       # seconds, or a duration ("5m"); 0: unload after the request
     raw: bool = False
@@ -125,16 +129,25 @@ async def generate(request: Request):
     session = server.session
     # The answer's `context`: a completion's has nothing to go on from, a raw prompt's is left out (as Ollama does)
     context = lambda generation, result: []  # noqa: E731
-    if body.suffix and not body.raw:
-        start = lambda: session.infill(body.prompt, body.suffix, sampling=sampling, budget=server.budget(sampling))  # noqa: E731
-    elif body.prompt and body.raw:        # as Ollama: a raw prompt is the whole prompt, no context before it
+    # As Ollama: without "raw", the text of an earlier answer's `context` goes before the templated prompt (a
+    # fill-in-the-middle one too); a raw prompt is the whole prompt, template, suffix and context left out.
+    if body.context and not body.raw:
+        check_ids(server.engine, body.context)
+    earlier = [] if body.raw else body.context or []    # (decoded on the engine thread, whose tokenizer it is)
+    before = lambda: session.engine.tokenizer.decode(earlier) if earlier else ""  # noqa: E731
+    own = _template(body.template) if body.template not in ("", TEMPLATE) and not body.raw else None
+    if own is not None and (body.prompt or body.suffix or body.system):
+        text = own(prompt=body.prompt, suffix=body.suffix, system=body.system)
+        start = lambda: session.raw(before() + text, sampling=sampling)  # noqa: E731
+        context = lambda generation, result: _context(server.tokenizer, generation, result)  # noqa: E731
+    elif body.suffix and not body.raw:
+        start = lambda: session.infill(before() + body.prompt, body.suffix, sampling=sampling,  # noqa: E731
+                                       budget=server.budget(sampling))
+    elif body.prompt and body.raw:
         start = lambda: session.raw(body.prompt, sampling=sampling)  # noqa: E731
         context = None
     elif body.prompt:
-        if body.context:
-            check_ids(server.engine, body.context)
-        earlier = body.context or []      # (decoded on the engine thread, whose tokenizer it is)
-        start = lambda: session.raw(session.engine.tokenizer.decode(earlier) + body.prompt, sampling=sampling)  # noqa: E731
+        start = lambda: session.raw(before() + body.prompt, sampling=sampling)  # noqa: E731
         context = lambda generation, result: _context(server.tokenizer, generation, result)  # noqa: E731
     else:     # Ollama loads the model and answers at once
         return _loaded(server, body, {"response": ""})
@@ -232,10 +245,40 @@ def _model(server) -> dict:
                                       "quantization_level": engine.dtype}}
 
 
+ACTION = re.compile(r"\{\{(-?)\s*(.*?)\s*(-?)\}\}", re.S)
+FIELDS = {".Prompt": "prompt", ".Suffix": "suffix", ".System": "system"}
+
+
+def _template(template: str):
+    """A request's template as a function of the prompt, suffix and system text: Go template text whose actions are
+    only {{ .Prompt }}, {{ .Suffix }} and {{ .System }} (with "-" trimming the white space beside them, as Go's
+    does), the shape of a fill-in-the-middle template a client sends. Anything else is a 400, not the model's own
+    template in its place, which made another prompt than the one asked for."""
+    parts, fields = [], []
+    for i, piece in enumerate(ACTION.split(template)):
+        kind = i % 4                                   # text, left trim, action, right trim
+        if kind == 0:
+            parts.append(piece.lstrip() if fields and fields[-1][1] else piece)
+        elif kind == 1 and piece:
+            parts[-1] = parts[-1].rstrip()
+        elif kind == 2:
+            if piece not in FIELDS:
+                raise ApiError(400, f"template action {{{{ {piece} }}}} is not supported (only {{{{ .Prompt }}}}, "
+                                    f"{{{{ .Suffix }}}} and {{{{ .System }}}})")
+            fields.append([FIELDS[piece], False])
+        elif kind == 3:
+            fields[-1][1] = bool(piece)
+
+    def render(**values: str) -> str:
+        return parts[0] + "".join(values[name] + text for (name, _), text in zip(fields, parts[1:]))
+    return render
+
+
 def _check_format(format: str | dict | None) -> None:
     """No grammar-constrained decoding: prose back where a client asked for JSON would pass for an answer (as the
-    OpenAI routes refuse response_format)."""
-    if format:
+    OpenAI routes refuse response_format). `{}` is a schema too (any JSON value, for Ollama); null and "" are no
+    format, as Ollama reads them."""
+    if format not in (None, ""):
         name = repr(format) if isinstance(format, str) else "with a JSON schema"
         raise ApiError(400, f"format {name} is not supported (only plain text)")
 

@@ -377,6 +377,29 @@ def test_ollama_generate_context_carries_the_conversation_on(server):
     assert chat["done"] is True and "context" not in chat      # Ollama's chat answers have none
 
 
+def test_ollama_generate_honours_a_template_and_a_context_before_a_suffix(server):
+    """As Ollama: a request's template is the prompt (here: one of {{ .Prompt }}, {{ .Suffix }}, {{ .System }}), and
+    an earlier answer's context goes before a fill-in-the-middle prompt too; raw leaves both out."""
+    options = {"num_predict": 6, "temperature": 0}
+    generate = lambda **body: httpx.post(server.url + "/api/generate", timeout=300, json={  # noqa: E731
+        "stream": False, "options": options, **body}).json()
+    template = "{{ .System }}\n<|im_start|>user\n{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n {{- .Suffix }}"
+    templated = generate(prompt="Say hi.", system="Be brief.", suffix=" Hello", template=template)
+    rendered = "Be brief.\n<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant Hello"    # ("{{-" trims)
+    plain = generate(prompt=rendered, raw=True)
+    assert templated["response"] == plain["response"]
+    assert templated["prompt_eval_count"] == plain["prompt_eval_count"]
+    assert generate(prompt=rendered, raw=True, template=template)["response"] == plain["response"]
+    first = generate(prompt="# shapes\n")
+    suffix = "\n\nprint(area_of_circle(2))\n"
+    went_on = generate(prompt="import math\n", suffix=suffix, context=first["context"])
+    text = httpx.post(server.url + "/detokenize", json={"tokens": first["context"]}).json()["content"]
+    fresh = generate(prompt=text + "import math\n", suffix=suffix)
+    alone = generate(prompt="import math\n", suffix=suffix)
+    assert went_on["response"] == fresh["response"]
+    assert went_on["prompt_eval_count"] == fresh["prompt_eval_count"] != alone["prompt_eval_count"]
+
+
 def test_ollama_prompt_eval_count_is_the_whole_prompt_cached_or_not(server):
     """As Ollama counts it: every prompt token, those the cache held too (prompt_eval_cached_count says how many)."""
     body = {"prompt": "def area_of_square(side):", "stream": False, "options": {"num_predict": 1, "temperature": 0}}

@@ -225,6 +225,9 @@ def test_ollama_routes_answer_errors_in_ollama_shape(server):
     chat = {"messages": [{"role": "user", "content": "x"}], "options": {"num_predict": 1}, "stream": False}
     for path, body, word in [("/api/generate", {"prompt": "x", "format": "json"}, "format"),
                              ("/api/chat", {**chat, "format": {"type": "object"}}, "format"),
+                             ("/api/generate", {"prompt": "x", "format": {}}, "format"),    # any JSON value
+                             ("/api/chat", {**chat, "format": {}}, "format"),
+                             ("/api/generate", {"prompt": "x", "template": "{{ if .Suffix }}{{ end }}"}, "template"),
                              ("/api/chat", {**chat, "tools": [{"type": "function"}]}, "tools")]:
         response = httpx.post(server.url + path, json=body, timeout=300)
         assert response.status_code == 400 and word in response.json()["error"], (path, response.text)
