@@ -244,17 +244,50 @@ def _fit_extra(
 ) -> list[tuple[list[Segment], ContextItem, int]]:
     """The client's chunks that fit into ``budget``, the newest taken first, in the client's order: each a file
     section of its own, as (segments, the item reporting it, tokens). Only the newest whose characters could fit
-    are encoded: a request's thousands of chunks (or one of megabytes) are not, when the budget holds a few."""
-    pieces, characters = [], 0
+    are encoded: a request's thousands of chunks (or one of megabytes) are not, when the budget holds a few. The
+    newest chunk that does not fit whole leaves its last lines that do, as llama.cpp keeps the end of the extra
+    context (its n_extra_take tokens counted from the end): dropped whole, a chunk larger than the budget left
+    none at all."""
+    pieces, texts, characters = [], [], 0
     for filename, text in reversed(extra):
         text = text.removesuffix("\n")
         if text.strip():
+            texts.append((filename, text))
             characters += len(filename) + len(text)
             if characters > CHARS_PER_TOKEN_AT_MOST * budget:
                 break
             segments = form.section(filename, comment) + form.chunk(text, comment)
             pieces.append((segments, ContextItem(filename, 1, text.count("\n") + 1, 0)))
-    return _fit_sections(encoder, pieces, budget)
+    kept = _fit_sections(encoder, pieces, budget)
+    if len(kept) < len(texts):
+        tail = _tail(encoder, form, comment, *texts[len(kept)], budget - sum(tokens for _, _, tokens in kept))
+        kept[:0] = [tail] if tail else []
+    return kept
+
+
+def _tail(encoder: Encoder, form: CompletionFormat, comment: str, filename: str, text: str,
+          budget: int) -> tuple[list[Segment], ContextItem, int] | None:
+    """The most last lines of a chunk that fit into ``budget`` under its file header, as (segments, item, tokens), or
+    None. Only lines whose characters could fit are encoded; each line's own count picks how many, and the section
+    is counted whole to check it (pieces merge across a line break), fewer lines until it fits."""
+    lines = text.split("\n")
+    start, room = len(lines), CHARS_PER_TOKEN_AT_MOST * budget
+    while start > 0 and len(lines[start - 1]) < room:
+        start -= 1
+        room -= len(lines[start]) + 1
+    header, *costs = count_all(encoder, [form.section(filename, comment)] + [[f"{line}\n"] for line in lines[start:]])
+    take, used = 0, header
+    for cost in reversed(costs):
+        if used + cost > budget:
+            break
+        take, used = take + 1, used + cost
+    while take > 0 and "\n".join(lines[-take:]).strip():
+        segments = form.section(filename, comment) + form.chunk("\n".join(lines[-take:]), comment)
+        tokens = count_all(encoder, [segments])[0]
+        if tokens <= budget:
+            return segments, ContextItem(filename, len(lines) - take + 1, len(lines), 0), tokens
+        take = min(take - 1, take * budget // tokens)
+    return None
 
 
 def _fit_examples(encoder: Encoder, form: CompletionFormat, comment: str, found: list[tuple[Chunk, int, str]],

@@ -254,12 +254,12 @@ def _label(filename: str, root: Path) -> str:
 
 def _truncated(prompt, labels: list[str]) -> bool:
     """Whether some of the client's text (its far ends, lines or within the cursor's line) or some of its chunks
-    (the oldest) stayed out of the prompt."""
+    (the oldest, or the first lines of the oldest kept) stayed out of the prompt."""
     paths = [item.path for item in prompt.context]
     # (no more of them kept than the prompt has items: trying every count copied thousands of labels thousands
     # of times, 20,000 chunks 0.2 s)
     kept = next(k for k in range(min(len(labels), len(paths)), -1, -1) if paths[:k] == labels[len(labels) - k:])
-    return prompt.cut or kept < len(labels)
+    return prompt.cut or kept < len(labels) or any(item.start_line > 1 for item in prompt.context[:kept])
 
 
 class Limits:

@@ -192,8 +192,9 @@ def test_truncated_compares_no_more_labels_than_the_prompt_has_items():
             copied.append(len(part) if isinstance(key, slice) else 1)
             return part
 
-    def prompt(*paths, cut=False):
-        return SimpleNamespace(context=[SimpleNamespace(path=path) for path in paths], cut=cut)
+    def prompt(*paths, cut=False, first_line=1):
+        return SimpleNamespace(context=[SimpleNamespace(path=path, start_line=first_line if i == 0 else 1)
+                                        for i, path in enumerate(paths)], cut=cut)
 
     copied = []
     labels = Labels(f"extra/{i}.py" for i in range(20_000))
@@ -201,4 +202,5 @@ def test_truncated_compares_no_more_labels_than_the_prompt_has_items():
     assert _truncated(prompt("a.py", "b.py", "repo.py"), Labels(["a.py", "b.py"])) is False
     assert _truncated(prompt("a.py", "b.py", cut=True), Labels(["a.py", "b.py"])) is True
     assert _truncated(prompt("b.py", "repo.py"), Labels(["a.py", "b.py"])) is True
+    assert _truncated(prompt("a.py", "b.py", first_line=40), Labels(["a.py", "b.py"])) is True   # a.py's tail only
     assert sum(copied) < 100          # (every count: 200 million labels copied)

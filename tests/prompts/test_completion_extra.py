@@ -85,3 +85,19 @@ def test_a_file_read_from_disk_with_a_byte_order_mark_counts_columns_without_it(
                                      budget_tokens=500, heal=False)
     prompt = starcoder_tokenizer.decode(packed.ids)
     assert "\ufeff" not in prompt and "import os<fim_suffix>" in prompt
+
+
+def test_a_chunk_too_large_to_fit_whole_leaves_its_last_lines(repo_index, starcoder_tokenizer):
+    """As llama.cpp keeps the end of the extra context (n_extra_take tokens from the end): a newest chunk larger than
+    the budget gives its last lines under its header, not nothing; an older one the rest of the room the same way."""
+    big = "".join(f"ROW_{i} = {i} * 7\n" for i in range(400))
+    packed = build_completion_prompt(repo_index, starcoder_tokenizer, "app.py", line=5, col=5, budget_tokens=300,
+                                     extra=[("ring/big.py", big)])
+    text = starcoder_tokenizer.decode(packed.ids)
+    item = packed.context[0]
+    assert len(packed.ids) <= 300 and item.path == "ring/big.py" and item.end_line == 400 and item.start_line > 300
+    assert "ROW_399 = 399 * 7" in text and f"ROW_{item.start_line - 1} = " in text and "ROW_0 " not in text
+    assert "ring/big.py\n" in text and "total = area" in text        # its header, and the text at the cursor
+    packed = build_completion_prompt(repo_index, starcoder_tokenizer, "app.py", line=5, col=5, budget_tokens=300,
+                                     extra=[("ring/big.py", big), ("ring/new.py", "NEWEST = 1\n")])
+    assert [(c.path, c.end_line) for c in packed.context[:2]] == [("ring/big.py", 400), ("ring/new.py", 1)]
