@@ -637,4 +637,4 @@ class _Row:
     def result(self, prompt_tokens: int, reused: int, timings: Timings) -> GenerationResult:
         return GenerationResult(text=self.stops.text, token_ids=self.token_ids, prompt_tokens=prompt_tokens,
                                 reused_prefix_tokens=reused, finish_reason=self.finish_reason or "length",
-                                timings=timings, stop_string=self.stops.hit)
+                                timings=timings, stop_string=self.stops.hit, healing_tokens=self.healing_tokens)

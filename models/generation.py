@@ -52,3 +52,4 @@ class GenerationResult:
     finish_reason: str                  # "stop" | "length" | "cancelled"
     timings: Timings = field(default_factory=Timings)
     stop_string: str = ""               # the stop string that ended it, if one did
+    healing_tokens: int = 0             # of token_ids, the first ones that only made the healed text again

@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from .bodies import Body, Seed, check_ids, read_json, stop_strings
 from .errors import ApiError
 from .streaming import json_response, sse, stream
+from .worker import token_counts
 
 router = APIRouter()
 public = APIRouter()
@@ -165,11 +166,12 @@ async def _answer(server, running, generation, body: Options, sampling, limits: 
     def final(result) -> dict:
         content = limits.cut(result.text)
         stop_type, word = _stop(server, prompt, result, limits)
-        cached = result.prompt_tokens + len(result.token_ids)     # at the context's end: llama.cpp's truncated too
+        evaluated, predicted = token_counts(result)
+        cached = evaluated + predicted      # at the context's end: llama.cpp's truncated too
         return {
             "index": 0, "content": content, "tokens": [], "id_slot": 0, "stop": True,
-            "model": server.engine.name, "tokens_predicted": len(result.token_ids),
-            "tokens_evaluated": result.prompt_tokens, "generation_settings": _settings(server, body),
+            "model": server.engine.name, "tokens_predicted": predicted,
+            "tokens_evaluated": evaluated, "generation_settings": _settings(server, body),
             "has_new_line": "\n" in content, "truncated": truncated or cached >= server.engine.context_length,
             "stop_type": stop_type, "stopping_word": word, "tokens_cached": cached, "timings": timings(result),
         }
@@ -205,8 +207,8 @@ async def _answer(server, running, generation, body: Options, sampling, limits: 
 def timings(result) -> dict:
     """llama.cpp's timings: the prompt tokens evaluated (the cached ones apart) and the predicted ones, in ms."""
     t = result.timings
-    prompt_n = result.prompt_tokens - result.reused_prefix_tokens
-    predicted_n = len(result.token_ids)
+    evaluated, predicted_n = token_counts(result)
+    prompt_n = evaluated - result.reused_prefix_tokens
     prompt_ms, predicted_ms = 1000 * t.prefill_s, 1000 * t.decode_s
     return {
         "cache_n": result.reused_prefix_tokens, "prompt_n": prompt_n, "prompt_ms": prompt_ms,

@@ -33,6 +33,7 @@ from pydantic import Field
 from .bodies import Body, Seed, check_ids, read_json, stop_strings
 from .errors import ApiError
 from .streaming import json_response, ndjson, stream
+from .worker import token_counts
 
 PREFIX = "/api/"
 router = APIRouter(prefix="/api")
@@ -219,13 +220,14 @@ def _done(result, total_s: float) -> dict:
     """The final counters; `total_s`: since the request was queued, as Ollama's total_duration counts from the
     request's arrival (the wait behind other requests and building the prompt too, not the model's time alone)."""
     t = result.timings
+    prompt, generated = token_counts(result)
     nanoseconds = lambda seconds: int(seconds * 1e9)  # noqa: E731
     return {"done": True, "done_reason": "length" if result.finish_reason == "length" else "stop",
             "total_duration": nanoseconds(total_s), "load_duration": 0,
             # the whole prompt, what the cache held too (Ollama's llm/llama_server.go: cache_n + prompt_n)
-            "prompt_eval_count": result.prompt_tokens, "prompt_eval_cached_count": result.reused_prefix_tokens,
+            "prompt_eval_count": prompt, "prompt_eval_cached_count": result.reused_prefix_tokens,
             "prompt_eval_duration": nanoseconds(t.prefill_s),
-            "eval_count": len(result.token_ids), "eval_duration": nanoseconds(t.decode_s)}
+            "eval_count": generated, "eval_duration": nanoseconds(t.decode_s)}
 
 
 def _head(server) -> dict:

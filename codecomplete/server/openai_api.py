@@ -24,6 +24,7 @@ from starlette.responses import StreamingResponse
 from .errors import ApiError
 from .bodies import Body, Seed, check_ids, read_json, stop_strings
 from .streaming import json_response, sse, stream
+from .worker import token_counts
 
 router = APIRouter()
 FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
@@ -223,8 +224,8 @@ class Reply:
 
 
 def usage(result) -> dict:
-    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": len(result.token_ids),
-            "total_tokens": result.prompt_tokens + len(result.token_ids),
+    prompt, completion = token_counts(result)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
             "prompt_tokens_details": {"cached_tokens": result.reused_prefix_tokens}}
 
 

@@ -516,3 +516,15 @@ def test_one_token_after_a_healed_tail_is_one_token_of_new_text(server):
     client = OpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0)
     completion = client.completions.create(model="any", prompt="def add(a, b):", max_tokens=1, temperature=0)
     assert completion.choices[0].text and completion.choices[0].finish_reason == "length"
+    # Counted as llama.cpp and Ollama count it: the token made again is the prompt's (theirs keeps it), so one token
+    # of new text is one completion token. (Greedy here makes "):" again, then a newline.)
+    prompt = len(httpx.post(server.url + "/tokenize", json={"content": "def add(a, b):"}).json()["tokens"])
+    usage = completion.usage
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (prompt, 1, prompt + 1)
+    native = httpx.post(server.url + "/completion", timeout=300, json={
+        "prompt": "def add(a, b):", "n_predict": 1, "temperature": 0}).json()
+    assert (native["tokens_evaluated"], native["tokens_predicted"], native["timings"]["predicted_n"]) == (prompt, 1, 1)
+    assert native["tokens_cached"] == prompt + 1
+    ollama = httpx.post(server.url + "/api/generate", timeout=300, json={
+        "prompt": "def add(a, b):", "stream": False, "options": {"num_predict": 1, "temperature": 0}}).json()
+    assert (ollama["prompt_eval_count"], ollama["eval_count"]) == (prompt, 1)
