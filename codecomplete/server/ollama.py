@@ -45,7 +45,7 @@ class Options(Body):
     temperature: float = Field(0.8, ge=0)
     top_p: float = Field(0.9, ge=0, le=1)
     top_k: int = 40
-    num_predict: int = Field(-1, ge=-2)       # -1: the server's limit (-2, "fill the context", too)
+    num_predict: int = Field(-1, ge=-2)       # -1: the server's limit (-2, "fill the context", and 0 too)
     stop: str | list[str] | None = None
     seed: Seed | None = None
 
@@ -296,5 +296,6 @@ def _check_extras(server, body: GenerateRequest | ChatRequest) -> None:
 
 def _sampling(server, options: Options):
     seed = None if options.seed == -1 else options.seed      # -1: a random seed, Ollama's default (sample/samplers.go)
-    return server.sampling(options.num_predict, temperature=options.temperature, top_p=options.top_p,
+    # 0 is no limit for Ollama's runner (`numPredict > 0 &&` guards its check), not llama.cpp's "prompt only"
+    return server.sampling(options.num_predict or None, temperature=options.temperature, top_p=options.top_p,
                            top_k=max(options.top_k, 0), seed=seed, stop=stop_strings(options.stop))

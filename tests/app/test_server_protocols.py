@@ -400,6 +400,15 @@ def test_ollama_generate_honours_a_template_and_a_context_before_a_suffix(server
     assert went_on["prompt_eval_count"] == fresh["prompt_eval_count"] != alone["prompt_eval_count"]
 
 
+def test_ollama_num_predict_0_is_no_limit_as_ollamas_runner_reads_it(server):
+    body = {"prompt": "def add(a, b):\n", "stream": False, "options": {"num_predict": 0, "temperature": 0}}
+    unlimited = httpx.post(server.url + "/api/generate", json=body, timeout=300).json()
+    default = httpx.post(server.url + "/api/generate", timeout=300,
+                         json={**body, "options": {"num_predict": -1, "temperature": 0}}).json()
+    assert unlimited["response"] and unlimited["eval_count"] >= 1
+    assert (unlimited["response"], unlimited["eval_count"]) == (default["response"], default["eval_count"])
+
+
 def test_ollama_prompt_eval_count_is_the_whole_prompt_cached_or_not(server):
     """As Ollama counts it: every prompt token, those the cache held too (prompt_eval_cached_count says how many)."""
     body = {"prompt": "def area_of_square(side):", "stream": False, "options": {"num_predict": 1, "temperature": 0}}
