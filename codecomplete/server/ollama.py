@@ -139,6 +139,8 @@ async def generate(request: Request):
     own = _template(body.template) if body.template not in ("", TEMPLATE) and not body.raw else None
     if own is not None and (body.prompt or body.suffix or body.system):
         text = own(prompt=body.prompt, suffix=body.suffix, system=body.system)
+        if not text and not earlier:
+            raise ApiError(400, "the template made an empty prompt")
         start = lambda: session.raw(before() + text, sampling=sampling)  # noqa: E731
         context = lambda generation, result: _context(server.tokenizer, generation, result)  # noqa: E731
     elif body.suffix and not body.raw:
@@ -260,6 +262,8 @@ def _template(template: str):
     for i, piece in enumerate(ACTION.split(template)):
         kind = i % 4                                   # text, left trim, action, right trim
         if kind == 0:
+            if "{{" in piece:                          # an action left open, as Go's parser refuses it
+                raise ApiError(400, f"template: unclosed action in {template!r}")
             parts.append(piece.lstrip() if fields and fields[-1][1] else piece)
         elif kind == 1 and piece:
             parts[-1] = parts[-1].rstrip()

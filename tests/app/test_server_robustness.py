@@ -228,6 +228,8 @@ def test_ollama_routes_answer_errors_in_ollama_shape(server):
                              ("/api/generate", {"prompt": "x", "format": {}}, "format"),    # any JSON value
                              ("/api/chat", {**chat, "format": {}}, "format"),
                              ("/api/generate", {"prompt": "x", "template": "{{ if .Suffix }}{{ end }}"}, "template"),
+                             ("/api/generate", {"prompt": "x", "template": "<PRE> {{ .Prompt "}, "template"),
+                             ("/api/generate", {"prompt": "x", "template": "{{ .System }}"}, "empty prompt"),
                              ("/api/chat", {**chat, "tools": [{"type": "function"}]}, "tools")]:
         response = httpx.post(server.url + path, json=body, timeout=300)
         assert response.status_code == 400 and word in response.json()["error"], (path, response.text)
