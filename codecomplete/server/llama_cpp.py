@@ -13,7 +13,8 @@ cursor, then that text, in the model's format (CodeLlama infill, StarCoder FIM, 
 without FIM tokens); it always fits, the far ends of the client's text and its oldest chunks giving way first
 (`truncated` says so, as it does when the generation filled the context). Bodies are one line of compact JSON
 (llama.vim matches `"content":"` byte for byte); streams are `data: {...}` events that simply end. Sampling:
-temperature, top_k, top_p, seed and stop; the other samplers llama.cpp knows are accepted and not applied.
+temperature, top_k, top_p, seed and stop; the other samplers llama.cpp knows are accepted and not applied;
+constrained decoding (grammar, json_schema) and logit_bias are refused (501), not ignored.
 """
 from __future__ import annotations
 
@@ -48,6 +49,9 @@ class Options(Body):
     n_indent: int = Field(0, ge=0)
     n_probs: int = Field(0, ge=0)
     response_fields: list[str] = []
+    grammar: str = ""                  # constrained decoding (and json_schema, logit_bias): refused, not ignored
+    json_schema: dict | bool | None = None
+    logit_bias: list | dict | None = None
 
 
 class ExtraChunk(Body):
@@ -148,6 +152,9 @@ async def completion(request: Request):
 def _sampling(server, body: Options):
     if body.n_probs:
         raise ApiError(501, "n_probs (token probabilities) is not supported")
+    if body.grammar or body.json_schema is not None or body.logit_bias:
+        # text that ignored them would pass for what was asked (JSON, a banned token left out)
+        raise ApiError(501, "grammar, json_schema and logit_bias are not supported")
     return server.sampling(body.n_predict, temperature=body.temperature, top_k=max(body.top_k, 0),
                            top_p=body.top_p, seed=None if body.seed < 0 else body.seed,
                            stop=stop_strings(body.stop), format_stops=not body.ignore_eos)

@@ -9,8 +9,9 @@
 Streams are `data: {...}` events ending with `data: [DONE]`, usage in a last chunk when
 `stream_options.include_usage` asks (and always in a non-streamed answer). One choice per request: `n`, `best_of`,
 `echo` and `logprobs` are refused with 400; penalties are accepted and not applied. Text only: tools (`functions`
-too), a `tool_choice` that demands a call, a `response_format` other than text, an audio answer and content parts
-other than text are refused with 400, as prose back would pass for what was asked.
+too), a `tool_choice` that demands a call, a `response_format` other than text, `logit_bias` (and llama.cpp's
+`grammar` and `json_schema`), an audio answer and content parts other than text are refused with 400, as prose back
+would pass for what was asked.
 """
 from __future__ import annotations
 
@@ -45,6 +46,9 @@ class Options(Body):
     seed: Seed | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    logit_bias: dict | None = None
+    grammar: str = ""                           # llama.cpp's extras on its OpenAI routes
+    json_schema: dict | bool | None = None
 
 
 class CompletionRequest(Options):
@@ -249,5 +253,8 @@ def _text(content) -> str:
 def _sampling(server, body: Options):
     if body.n > 1:
         raise ApiError(400, "n > 1 is not supported: one choice per request")
+    if body.logit_bias or body.grammar or body.json_schema is not None:
+        # text that ignored them would pass for what was asked (a banned token left out, JSON)
+        raise ApiError(400, "logit_bias, grammar and json_schema are not supported")
     return server.sampling(body.max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed,
                            stop=stop_strings(body.stop))

@@ -46,6 +46,13 @@ INFILL = {"input_prefix": "def f():\n", "input_suffix": ""}
      ["input_extra[0].text"]),
     ("/infill", {**INFILL, "n_predict": -5}, 400, "invalid_request_error", ["n_predict"]),
     ("/infill", {**INFILL, "n_probs": 5}, 501, "not_supported_error", ["n_probs"]),
+    # constrained decoding and banned tokens: text that ignored them would pass for what was asked
+    ("/completion", {"prompt": "x", "grammar": "root ::= \"yes\""}, 501, "not_supported_error", ["grammar"]),
+    ("/completion", {"prompt": "x", "json_schema": {}}, 501, "not_supported_error", ["json_schema"]),
+    ("/infill", {**INFILL, "logit_bias": [[15, False]]}, 501, "not_supported_error", ["logit_bias"]),
+    ("/v1/completions", {"prompt": "x", "logit_bias": {"15": -100}}, 400, "invalid_request_error", ["logit_bias"]),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "json_schema": {"type": "object"}},
+     400, "invalid_request_error", ["json_schema"]),
     ("/completion", {"prompt": [1, 2, 10 ** 7]}, 400, "invalid_request_error", ["outside the vocabulary"]),
     ("/completion", {"prompt": "x " * 2000}, 400, "exceed_context_size_error", ["does not fit"]),
     # streamed: the prompt is checked before the stream starts, so still a plain 400, not 200 and an error frame
