@@ -2,8 +2,8 @@
 
     POST /infill       input_prefix + prompt | input_suffix, with input_extra chunks: a fill-in-the-middle completion
     POST /completion   prompt (text, special-token text becoming those tokens, or token ids) continued as it is
-    POST /tokenize     content -> tokens (special-token text becoming those tokens, as /completion reads it);
-                       with_pieces: [{id, piece}]; add_special: the tokenizer's BOS as well
+    POST /tokenize     content -> tokens (special-token text becoming those tokens, as /completion reads it, unless
+                       parse_special is false); with_pieces: [{id, piece}]; add_special: the tokenizer's BOS as well
     POST /detokenize   tokens -> content
     GET  /health       {"status":"ok"}, without an API key (also /v1/health)
     GET  /props        default_generation_settings.n_ctx and the like
@@ -73,6 +73,7 @@ class CompletionRequest(Options):
 class TokenizeRequest(Body):
     content: str
     add_special: bool = False
+    parse_special: bool = True         # False: special-token text is text, as the prompt's own code is read
     with_pieces: bool = False
 
 
@@ -86,7 +87,8 @@ async def tokenize(request: Request):
     body = await read_json(request, TokenizeRequest)
 
     def tokens() -> list:
-        ids = tokenizer.encode(body.content, add_special_tokens=body.add_special)
+        ids = tokenizer.encode(body.content, add_special_tokens=body.add_special,
+                               split_special_tokens=not body.parse_special)
         return [{"id": i, "piece": tokenizer.decode([i])} for i in ids] if body.with_pieces else ids
     # Off the event loop: a body near the size limit takes 0.6-2.2 s, which every stream and request would wait for.
     return json_response({"tokens": await run_in_threadpool(tokens)})

@@ -461,6 +461,9 @@ def test_tokenize_and_detokenize_round_trip_as_llama_cpp_answers_them(server):
     assert all(isinstance(t, int) for t in tokens) and len(tokens) < len(text)
     special = httpx.post(server.url + "/tokenize", json={"content": "<|endoftext|>"}).json()["tokens"]
     assert len(special) == 1 and tokens[-1] == special[0]          # special-token text is that token
+    literal = httpx.post(server.url + "/tokenize", json={"content": "<|endoftext|>", "parse_special": False}).json()
+    assert len(literal["tokens"]) > 1 and special[0] not in literal["tokens"]     # unless parse_special is false
+    assert httpx.post(server.url + "/detokenize", json=literal).json() == {"content": "<|endoftext|>"}
     pieces = httpx.post(server.url + "/tokenize", json={"content": text, "with_pieces": True}).json()["tokens"]
     assert [p["id"] for p in pieces] == tokens and "".join(p["piece"] for p in pieces) == text
     assert httpx.post(server.url + "/detokenize", json={"tokens": tokens}).json() == {"content": text}
