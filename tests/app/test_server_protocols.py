@@ -368,6 +368,9 @@ def test_ollama_generate_context_carries_the_conversation_on(server):
             "options": {"num_predict": 60, "temperature": 0}}
     ended = httpx.post(server.url + "/api/generate", json=chat, timeout=300).json()
     assert ended["done_reason"] == "stop"
+    # the end of text is counted (Ollama's runner counts every sampled token, numPredicted, before its EOS check),
+    # and is not in the context
+    assert ended["prompt_eval_count"] + ended["eval_count"] == len(ended["context"]) + 1
     text = httpx.post(server.url + "/detokenize", json={"tokens": ended["context"]}).json()["content"]
     assert text == chat["prompt"] + ended["response"]
     raw = httpx.post(server.url + "/api/generate", json={**body, "raw": True, "context": [1, 2]}, timeout=300).json()
