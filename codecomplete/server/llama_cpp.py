@@ -48,6 +48,7 @@ class Options(Body):
     t_max_predict_ms: int = Field(0, ge=0)
     n_indent: int = Field(0, ge=0)
     n_probs: int = Field(0, ge=0)
+    return_tokens: bool = False        # the generated ids in `tokens` (a whole answer's only)
     response_fields: list[str] = []
     grammar: str = ""                  # constrained decoding (and json_schema, logit_bias): refused, not ignored
     json_schema: dict | bool | None = None
@@ -154,6 +155,8 @@ async def completion(request: Request):
 def _sampling(server, body: Options):
     if body.n_probs:
         raise ApiError(501, "n_probs (token probabilities) is not supported")
+    if body.return_tokens and body.stream:      # (a stream's text events carry no ids)
+        raise ApiError(501, "return_tokens is not supported with stream")
     if body.grammar or body.json_schema is not None or body.logit_bias:
         # text that ignored them would pass for what was asked (JSON, a banned token left out)
         raise ApiError(501, "grammar, json_schema and logit_bias are not supported")
@@ -178,7 +181,9 @@ async def _answer(server, running, generation, body: Options, sampling, limits: 
         evaluated, predicted = token_counts(result)
         cached = evaluated + predicted      # at the context's end: llama.cpp's truncated too
         return {
-            "index": 0, "content": content, "tokens": [], "id_slot": 0, "stop": True,
+            # every sampled token, the end of text too, as llama.cpp's generated_tokens (healing's own: the prompt's)
+            "index": 0, "content": content, "id_slot": 0, "stop": True,
+            "tokens": result.token_ids[result.healing_tokens:] if body.return_tokens else [],
             "model": server.engine.name, "tokens_predicted": predicted,
             "tokens_evaluated": evaluated, "generation_settings": _settings(server, body),
             "has_new_line": "\n" in content, "truncated": truncated or cached >= server.engine.context_length,
