@@ -6,7 +6,8 @@
                          prompt (with a suffix too) comes after the text of `context` (an earlier answer's), and its
                          answer ends with its own `context` (the tokens of both), as Ollama keeps a conversation on
                          this route; a request's `template` made only of {{ .Prompt }}, {{ .Suffix }} and
-                         {{ .System }} is the prompt, as it is (any other is a 400)
+                         {{ .System }} is the prompt, as it is (any other is a 400); a prompt longer than the
+                         context keeps its end, as Ollama's runner cuts it ("truncate": false: a 400)
     POST /api/chat       chat over the repository, as /v1/chat/completions; without messages, Ollama's preload
     GET  /api/tags       the one model
     POST /api/show       its details; the template mentions .Suffix, which is how Continue decides that a model
@@ -59,6 +60,7 @@ class GenerateRequest(Body):
     stream: bool = True
     keep_alive: float | str | None = None       # seconds, or a duration ("5m"); 0: unload after the request
     raw: bool = False
+    truncate: bool = True                       # a prompt longer than the context keeps its end (false: a 400)
     context: list[int] | None = None            # an earlier answer's `context`: its text goes before the prompt
     images: list[str] | None = None
     format: str | dict | None = None
@@ -141,16 +143,16 @@ async def generate(request: Request):
         text = own(prompt=body.prompt, suffix=body.suffix, system=body.system)
         if not text and not earlier:
             raise ApiError(400, "the template made an empty prompt")
-        start = lambda: session.raw(before() + text, sampling=sampling)  # noqa: E731
+        start = lambda: _raw(session, before() + text, sampling, body.truncate)  # noqa: E731
         context = lambda generation, result: _context(server.tokenizer, generation, result)  # noqa: E731
     elif body.suffix and not body.raw:
         start = lambda: session.infill(before() + body.prompt, body.suffix, sampling=sampling,  # noqa: E731
                                        budget=server.budget(sampling))
     elif body.prompt and body.raw:
-        start = lambda: session.raw(body.prompt, sampling=sampling)  # noqa: E731
+        start = lambda: _raw(session, body.prompt, sampling, body.truncate)  # noqa: E731
         context = None
     elif body.prompt:
-        start = lambda: session.raw(before() + body.prompt, sampling=sampling)  # noqa: E731
+        start = lambda: _raw(session, before() + body.prompt, sampling, body.truncate)  # noqa: E731
         context = lambda generation, result: _context(server.tokenizer, generation, result)  # noqa: E731
     else:     # Ollama loads the model and answers at once
         return _loaded(server, body, {"response": ""})
@@ -176,6 +178,23 @@ async def chat(request: Request):
     running = server.start(request, lambda: server.session.chat(messages, sampling=sampling, budget=budget))
     return await _answer(server, running, body.stream,
                          lambda text: {"message": {"role": "assistant", "content": text}})
+
+
+def _raw(session, text: str, sampling, truncate: bool):
+    """session.raw, on the engine thread; a prompt longer than the context keeps its last tokens when `truncate`, as
+    Ollama's runner cuts an input longer than its context (unless "truncate": false, its 400), leaving room for the
+    answer here: a 400 for what Ollama answers stopped its editor's completion."""
+    from models import ContextTooLongError
+    from prompts import build_raw_prompt
+
+    try:
+        return session.raw(text, sampling=sampling)
+    except ContextTooLongError:
+        if not truncate:
+            raise
+    engine = session.engine
+    room = max(engine.context_length - sampling.max_tokens, engine.context_length // 2)
+    return session.raw(build_raw_prompt(engine.tokenizer, text, heal=False).ids[-room:], sampling=sampling)
 
 
 def _loaded(server, body: GenerateRequest | ChatRequest, piece: dict):

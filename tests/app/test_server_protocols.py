@@ -412,6 +412,19 @@ def test_ollama_num_predict_0_is_no_limit_as_ollamas_runner_reads_it(server):
     assert (unlimited["response"], unlimited["eval_count"]) == (default["response"], default["eval_count"])
 
 
+def test_ollama_cuts_a_prompt_longer_than_the_context_to_its_end_unless_truncate_is_false(server):
+    """Ollama's runner keeps the end of an input longer than its context (the default "truncate": true); false is
+    its 400. The cut prompt leaves room for the answer."""
+    long = "".join(f"value_{i} = {i}\n" for i in range(400)) + "total = value_398 +"
+    body = {"prompt": long, "raw": True, "stream": False, "options": {"num_predict": 4, "temperature": 0}}
+    answer = httpx.post(server.url + "/api/generate", json=body, timeout=300)
+    context = httpx.get(server.url + "/v1/models").json()["data"][0]["meta"]["n_ctx"]
+    assert answer.status_code == 200 and answer.json()["eval_count"] == 4, answer.text
+    assert context // 2 <= answer.json()["prompt_eval_count"] <= context - 4
+    refused = httpx.post(server.url + "/api/generate", json={**body, "truncate": False}, timeout=300)
+    assert refused.status_code == 400 and "does not fit the context" in refused.json()["error"]
+
+
 def test_ollama_prompt_eval_count_is_the_whole_prompt_cached_or_not(server):
     """As Ollama counts it: every prompt token, those the cache held too (prompt_eval_cached_count says how many)."""
     body = {"prompt": "def area_of_square(side):", "stream": False, "options": {"num_predict": 1, "temperature": 0}}
