@@ -200,11 +200,21 @@ def chi_square_p(counts: torch.Tensor, probs: torch.Tensor) -> float:
     return torch.special.gammaincc(torch.tensor(df / 2, dtype=torch.float64), statistic / 2).item()
 
 
+def coarse(counts: torch.Tensor, probs: torch.Tensor, bins: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Counts and probabilities (bins,) of tokens grouped by rank into bins of about equal mass: a chi-square
+    that has degrees of freedom where few draws spread over a flat distribution (no single token expects 5)."""
+    order = probs.argsort(descending=True)
+    which = ((probs[order].cumsum(0) - probs[order]) / probs.sum() * bins).long().clamp(max=bins - 1)   # (V,)
+    return (torch.zeros(bins).index_add_(0, which, counts[order].float()),
+            torch.zeros(bins).index_add_(0, which, probs[order].float()))
+
+
 @pytest.mark.parametrize("config", [GenerationConfig(temperature=1.0), GenerationConfig(temperature=0.8, top_p=0.9)],
                          ids=["t1", "t0.8-top_p0.9"])
 def test_rejection_sampling_keeps_the_distribution(tiny_checkpoint, config):
     """A verification step of a tiny model with two drafts, one likely and one not: over many draws the first
-    token follows p0 exactly, and when the first draft is accepted the second follows p1 (chi-square, fixed seed)."""
+    token follows p0 exactly, when the first draft is accepted the second follows p1, and when both are the
+    model's own third token follows p2 (chi-square, fixed seed)."""
     engine = load_model(tiny_checkpoint[0], device="cpu", max_context=48)
     model, vocab = engine.model, engine.model.config.vocab_size
     prompt = list(range(10, 30))
@@ -225,15 +235,18 @@ def test_rejection_sampling_keeps_the_distribution(tiny_checkpoint, config):
     assert 0.05 < probs[0, drafts[0]] < 0.95 and 0.05 < probs[1, drafts[1]] < 0.95
     generator = torch.Generator().manual_seed(1234)
     n = 4000
-    first, second = torch.zeros(vocab), torch.zeros(vocab)
+    first, second, third = torch.zeros(vocab), torch.zeros(vocab), torch.zeros(vocab)
     for _ in range(n):
         emitted = accept(logits, drafts, config, generator)
         first[emitted[0]] += 1
         if emitted[0] == drafts[0]:
             second[emitted[1]] += 1
+        if emitted[:2] == drafts:           # every draft accepted: the token after them is drawn from p2 alone
+            third[emitted[2]] += 1
     assert chi_square_p(first, probs[0]) > 1e-3
     assert chi_square_p(second, probs[1]) > 1e-3
-    assert second.sum() == first[drafts[0]]
+    assert chi_square_p(*coarse(third, probs[2])) > 1e-3       # tens to hundreds of draws: too few for every token
+    assert second.sum() == first[drafts[0]] and third.sum() == second[drafts[1]] >= 50
 
 
 @pytest.mark.parametrize("package,name,cut", [("rich", "table.py", 1), ("httpx", "_urls.py", 9),
