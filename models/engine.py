@@ -480,16 +480,19 @@ class Engine:
                 healing.advance(emitted)
             else:
                 emitted = accept(logits.view(1 + len(drafts), -1), drafts, config, generator)
-            steps, verify_steps = steps + 1, verify_steps + bool(drafts)
-            drafted, accepted = drafted + len(drafts), accepted + len(emitted) - 1
-            live.decode_steps, live.drafted_tokens, live.accepted_tokens = steps, drafted, accepted
+            steps, verify_steps, drafted = steps + 1, verify_steps + bool(drafts), drafted + len(drafts)
+            live.decode_steps, live.drafted_tokens = steps, drafted
             fed += [pending] + emitted[:-1]             # the K/V kept: rejected drafts lie past the length
             pos += len(emitted)
             pending = emitted[-1]
-            for token in emitted:
+            for i, token in enumerate(emitted):
+                # Counted as the row takes each one, before its text is sent: the live count follows the text (not
+                # the whole step at its first token), and the tokens after a stop inside the step are not counted.
+                live.accepted_tokens = accepted + i
                 row.accept(token, stop_ids)
                 if row.finish_reason:
                     break
+            accepted = live.accepted_tokens
             drafter.extend(emitted)
         return _Loop(t_first=t_first, fed=fed, decoded=len(row.token_ids) - 1, steps=steps,
                      verify_steps=verify_steps, drafted=drafted, accepted=accepted)

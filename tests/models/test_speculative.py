@@ -114,11 +114,13 @@ def test_greedy_output_is_identical_with_and_without_speculation(runs):
     assert all(r.timings.drafted_tokens == 0 for r in plain)
     # Requests after the first of each file reused the prefix, in both modes.
     assert all(r.reused_prefix_tokens >= PROMPT_TOKENS - 1 for i, r in enumerate(plain + spec) if i % 3)
-    # The timings add up: one step per model token, the accepted drafts on top.
+    # The timings add up: one step per model token, the accepted drafts the output kept on top (a stop inside a
+    # step leaves the drafts after it out).
     for r, emitted in zip(spec, steps):
         t = r.timings
-        assert t.decode_steps == len(emitted) and t.accepted_tokens == sum(len(e) - 1 for e in emitted)
-        assert t.tokens_per_step == pytest.approx((len(r.token_ids) - 1) / t.decode_steps) or r.finish_reason == "stop"
+        assert t.decode_steps == len(emitted) and 1 + t.decode_steps + t.accepted_tokens == len(r.token_ids)
+        assert t.accepted_tokens == sum(len(e) - 1 for e in emitted) or r.finish_reason == "stop"
+        assert t.tokens_per_step == pytest.approx((len(r.token_ids) - 1) / t.decode_steps)
 
 
 def inside_accepted_draft(steps) -> list[int]:
@@ -153,6 +155,28 @@ def test_eos_inside_an_accepted_draft(smollm_engine, runs):
     a, b = both(smollm_engine, prompt, max_new_tokens=NEW_TOKENS, stop_token_ids=(stop,))
     assert a.token_ids == b.token_ids == plain.token_ids[:j + 1] and a.finish_reason == b.finish_reason == "stop"
     assert a.text == b.text
+
+
+def test_the_live_count_follows_each_token_of_a_step(smollm_engine, runs):
+    """engine.progress counts the request's tokens (1 + decode_steps + accepted_tokens) for the live line, read as
+    each piece of text arrives: a step's tokens are sent one at a time, and so counted, not all at its first token's
+    text. A stop inside an accepted draft leaves the drafts after it out of the count and the timings."""
+    engine = smollm_engine
+    prompt, plain, j = first_case(runs, lambda r, j: r.token_ids.index(r.token_ids[j]) == j and j > 2)
+    for config in (GenerationConfig(max_new_tokens=NEW_TOKENS, speculate=DEPTH),
+                   GenerationConfig(max_new_tokens=NEW_TOKENS, speculate=DEPTH, stop_token_ids=(plain.token_ids[j],))):
+        counts = []
+
+        def on_text(text):
+            progress = engine.progress
+            counts.append(1 + progress.decode_steps + progress.accepted_tokens)
+
+        engine.clear_prefix_cache()
+        r = engine.generate(prompt, config, on_text=on_text)
+        assert r.timings.accepted_tokens > 0 or config.stop_token_ids
+        assert counts == list(range(1, len(counts) + 1)) and len(counts) >= len(r.token_ids) - 1
+        assert 1 + r.timings.decode_steps + r.timings.accepted_tokens == len(r.token_ids)
+    assert r.finish_reason == "stop" and len(r.token_ids) == j + 1
 
 
 def test_token_limit_inside_an_accepted_draft(smollm_engine, runs):
