@@ -26,10 +26,11 @@ class Timings:
     prefill_s: float = 0.0              # prompt processing, up to the first token's logits
     ttft_ms: float = 0.0                # from the call to the first token on the host
     decode_s: float = 0.0               # from the first token to the last
-    decode_tokens_per_s: float = 0.0    # per sequence: decode steps / decode_s
+    decode_tokens_per_s: float = 0.0    # per sequence: tokens after the first / decode_s (with speculation,
+                                        # more tokens than decode steps)
     prefill_tokens_per_s: float = 0.0   # prompt tokens actually prefilled (not reused) / prefill_s
     drafted_tokens: int = 0             # speculative decoding: draft tokens verified
-    accepted_tokens: int = 0            # of those, accepted (each one a decode step saved)
+    accepted_tokens: int = 0            # of those, accepted into the output (each one a decode step saved)
     decode_steps: int = 0               # decode steps run (tokens after the first / decode_steps = tokens per step)
     verify_steps: int = 0               # of those, steps that verified drafts (the others fed one token)
 
