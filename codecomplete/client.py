@@ -95,8 +95,9 @@ def mismatch(info: dict, args, root: Path | None, max_new_tokens: int) -> str | 
             shown = getattr(args, option) or (f"{wanted} (the default)" if wanted else
                                               "this machine's default (name the option to use this server)")
             return f"runs --{option.replace('_', '-')} {info.get(option) or engine.get(option)}, not {shown}"
-    if args.gpus and args.gpus != (info.get("gpus") or 1):
-        return f"runs --gpus {info.get('gpus') or 1}, not {args.gpus}"
+    # (left out, --gpus is 1 here as on the server: a model split over ranks sums in another order)
+    if (args.gpus or 1) != (info.get("gpus") or 1):
+        return f"runs --gpus {info.get('gpus') or 1}, not {args.gpus or '1 (the default)'}"
     capacity = engine.get("context_length", 0)
     if root is None:        # raw generation: no prompt budget, only room for the new tokens
         fits = max_new_tokens < capacity

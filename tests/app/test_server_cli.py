@@ -554,3 +554,21 @@ def test_a_server_for_a_small_model_starts_on_the_defaults(served_repo, monkeypa
     small = checkpoint(converted, tmp_path / "small", max_position_embeddings=512)
     session = serve_until_loaded(monkeypatch, served_repo, "--model", small)
     assert session.engine.context_length == 512 and session.prompt_budget(256) == 256
+
+
+def test_a_server_split_over_ranks_is_used_only_by_a_command_line_that_asks_for_as_many():
+    """A model split over ranks (--gpus 2) sums its all-reduced parts in another order than one process does, and
+    the command line leaving --gpus out runs one: it used any server, --gpus 2 included, as if it matched."""
+    from codecomplete import client
+
+    def server(gpus):
+        return {"repo": None, "model_spec": None, "default_device": "cpu", "device": "cpu", "gpus": gpus,
+                "defaults": {"dtype": "float32", "attention": "sdpa"}, "engine": ENGINE}
+    plain, one, two = (args_for("--prompt", "x", *gpus) for gpus in ((), ("--gpus", "1"), ("--gpus", "2")))
+    assert "runs --gpus 2, not 1 (the default)" in client.mismatch(server(2), plain, None, 8)
+    assert "runs --gpus 2, not 1" in client.mismatch(server(2), one, None, 8)
+    assert "runs --gpus 1, not 2" in client.mismatch(server(None), two, None, 8)
+    assert client.mismatch(server(2), two, None, 8) is None
+    for gpus in (None, 1):
+        assert client.mismatch(server(gpus), plain, None, 8) is None
+        assert client.mismatch(server(gpus), one, None, 8) is None
