@@ -27,6 +27,9 @@ API_KEY_ENV = "CODECOMPLETE_API_KEY"
 PROTOCOL = "/codecomplete/v1"
 CONNECT_TIMEOUT_S = 2.0
 KV_CACHE_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}    # --kv-cache as engines name it
+# Request options the protocol took on after its first version: a server from before one drops it unread (its bodies
+# ignore unknown fields) and answers as if it were left out, so only a server that announces it ("options") is used.
+LATER_OPTIONS = ("speculate",)
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,10 @@ def mismatch(info: dict, args, root: Path | None, max_new_tokens: int) -> str | 
             shown = getattr(args, option) or (f"{wanted} (the default)" if wanted else
                                               "this machine's default (name the option to use this server)")
             return f"runs --{option.replace('_', '-')} {info.get(option) or engine.get(option)}, not {shown}"
+    announced = info.get("options")
+    for option in LATER_OPTIONS:
+        if getattr(args, option, None) is not None and option not in (announced if isinstance(announced, list) else ()):
+            return f"does not take --{option} (an older version)"
     # (left out, --gpus is 1 here as on the server: a model split over ranks sums in another order)
     if (args.gpus or 1) != (info.get("gpus") or 1):
         return f"runs --gpus {info.get('gpus') or 1}, not {args.gpus or '1 (the default)'}"

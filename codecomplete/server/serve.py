@@ -21,7 +21,7 @@ from .. import chat, client, workspace
 from ..cli import package_version
 from ..errors import AppError, UsageError
 from ..session import Sampling, open_session
-from . import warming
+from . import native, warming
 from .app import Server, create_app
 from .discovery import announce
 from .warming import PromptWarmer
@@ -103,6 +103,7 @@ def _description(url: str, root, args, engine) -> dict:
             "device": args.device, "dtype": args.dtype, "attention": args.attention, "gpus": args.gpus,
             "kv_cache": args.kv_cache,
             "context_tokens": args.context_tokens,
+            "options": sorted(native.Options.model_fields),   # what a command line's request may set (client.py)
             "defaults": _defaults(args, engine),
             "engine": {"name": engine.name, "device": engine.device, "dtype": engine.dtype,
                        "attention": engine.attention, "kv_cache": engine.kv_cache_dtype,

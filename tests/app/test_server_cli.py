@@ -572,3 +572,33 @@ def test_a_server_split_over_ranks_is_used_only_by_a_command_line_that_asks_for_
     for gpus in (None, 1):
         assert client.mismatch(server(gpus), plain, None, 8) is None
         assert client.mismatch(server(gpus), one, None, 8) is None
+
+
+def test_an_option_a_server_does_not_announce_is_not_dropped_on_the_way(stand_in, tmp_path, monkeypatch):
+    """A server from before --speculate reached the protocol ignores it (request bodies drop unknown fields): the
+    command line naming it used that server, which answered with its own default. A server announces the options it
+    takes; one that does not announce --speculate is not used for a command line that names it (named: an error)."""
+    import os
+    import types
+
+    from codecomplete import client
+    from codecomplete.errors import UsageError
+    from codecomplete.server import serve
+
+    engine = types.SimpleNamespace(**{**ENGINE, "kv_cache_dtype": "float32"})
+    info = serve._description("http://127.0.0.1:1", tmp_path, args_for(tmp_path, "--device", "cpu"), engine)
+    assert "speculate" in info["options"]
+    asked = args_for("--prompt", "x", "--speculate", "0", "--device", "cpu")
+    assert client.mismatch(info, asked, None, 8) is None
+    old = {key: value for key, value in info.items() if key != "options"}
+    assert client.mismatch(old, asked, None, 8) == "does not take --speculate (an older version)"
+    assert client.mismatch(old, args_for("--prompt", "x", "--device", "cpu"), None, 8) is None   # (left out: its default)
+    monkeypatch.setenv("CODECOMPLETE_RUNTIME_DIR", str(tmp_path / "run"))
+    url, posts = stand_in(old)
+    monkeypatch.setenv("CODECOMPLETE_SERVER", url)
+    with pytest.raises(UsageError, match=f"^the server at {url} does not take --speculate"):
+        client.connect(asked, None, 8)
+    monkeypatch.delenv("CODECOMPLETE_SERVER")
+    announce_file(tmp_path / "run" / "servers", url, tmp_path, os.getpid())     # found, not named: run in process
+    assert client.connect(asked, None, 8) is None and client.connect(args_for("--prompt", "x"), None, 8).url == url
+    assert posts == []
