@@ -170,6 +170,11 @@ class Ranks:
             finally:
                 _terminate(self._context)
 
+    def stop(self) -> None:
+        """Stop the spawned ranks now, without leaving the group (Ctrl-C while closing: not after the bounds)."""
+        self._closed.set()
+        _terminate(self._context)
+
     def _watch(self) -> None:
         while not self._closed.is_set():
             try:

@@ -73,7 +73,7 @@ def load_on_ranks(gpus: int | None, spec=None, *, device=None, dtype=None, atten
         _active = None
     ranks = Ranks.from_torchrun() if under_torchrun() else Ranks.start(world, device_type, follow)
     _active = leader = LeaderEngine(ranks)
-    atexit.register(leader.close)
+    atexit.register(_close_at_exit, leader)
     if progress:
         progress(f"Loading {name or spec} on {ranks.tp.world} {'GPUs' if device_type == 'cuda' else 'processes'}")
     try:
@@ -85,6 +85,13 @@ def load_on_ranks(gpus: int | None, spec=None, *, device=None, dtype=None, atten
     if name:
         leader.engine.name = name
     return leader
+
+
+def _close_at_exit(leader: LeaderEngine) -> None:
+    try:
+        leader.close()
+    except KeyboardInterrupt:   # Ctrl-C as the program ends: close stopped the ranks; no traceback at exit
+        pass
 
 
 class LeaderEngine:
@@ -107,12 +114,16 @@ class LeaderEngine:
             return
         self.__dict__["_closed"] = True
         try:
-            if clean and self.ranks.failure is None:
-                _broadcast(self.ranks.tp, (self._requests + 1, CLOSE, {}))
-        except Exception:   # a broken group: the ranks are stopped regardless
-            clean = False
-        release(self.engine, wait=clean and self.ranks.failure is None)
-        self.ranks.close(clean)
+            try:
+                if clean and self.ranks.failure is None:
+                    _broadcast(self.ranks.tp, (self._requests + 1, CLOSE, {}))
+            except Exception:   # a broken group: the ranks are stopped regardless
+                clean = False
+            release(self.engine, wait=clean and self.ranks.failure is None)
+            self.ranks.close(clean)
+        except KeyboardInterrupt:   # Ctrl-C while the ranks leave (each step is bounded): stop them now instead
+            self.ranks.stop()
+            raise
 
     def __getattr__(self, name: str):
         value = getattr(self.__dict__["engine"], name)

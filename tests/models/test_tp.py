@@ -32,6 +32,21 @@ if __name__ == "__main__":
     result = engine.generate([1, 17, 45, 3, 88], GenerationConfig(max_new_tokens=4))
     print(engine.ranks._context.processes[0].pid, len(result.token_ids))
 """
+# Ctrl-C as the program ends, while rank 0 waits for rank 1 at the goodbye (here: the barrier interrupted).
+INTERRUPTED_AT_EXIT_PROGRAM = """
+import sys
+import models.distributed
+from models import GenerationConfig, load_model
+
+def interrupted(tp):
+    raise KeyboardInterrupt
+
+if __name__ == "__main__":
+    engine = load_model(sys.argv[1], device="cpu", max_context=48, gpus=2)
+    engine.generate([1, 17, 45, 3, 88], GenerationConfig(max_new_tokens=2))
+    models.distributed._leave = interrupted
+    print(engine.ranks._context.processes[0].pid)
+"""
 THREE_RANK_KILLED_PROGRAM = """
 import sys
 import tp_helpers
@@ -222,6 +237,14 @@ def test_a_program_on_two_ranks_exits_cleanly_when_it_ends(gqa_checkpoint, tmp_p
     assert (run.returncode, run.stderr) == (0, "")
     follower, generated = map(int, run.stdout.split())
     assert generated == 4 and _gone(follower, within=0)
+
+
+def test_ctrl_c_while_the_ranks_leave_stops_them_at_once_without_a_traceback(gqa_checkpoint, tmp_path):
+    """Ctrl-C just as the program ends (the answer printed, the ranks leaving): the exit printed "Exception ignored in
+    atexit callback" and a KeyboardInterrupt traceback, and rank 1, left waiting, printed its stacks 30 s later."""
+    _, run = _run_program(tmp_path, INTERRUPTED_AT_EXIT_PROGRAM, str(gqa_checkpoint), timeout=120)
+    assert (run.returncode, run.stderr) == (0, "")
+    assert _gone(int(run.stdout), within=5)
 
 
 def test_a_killed_rank_is_the_one_line_said_even_while_another_rank_lives(tmp_path):
