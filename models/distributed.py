@@ -163,8 +163,8 @@ class Ranks:
             torch.set_num_threads(self._threads)
             sys.excepthook = self._excepthook
         if self._context is not None:
-            try:
-                self._context.join(CLOSE_TIMEOUT_S)
+            try:      # (told nothing after an error, a rank mid-load or mid-computation would keep on: not waited for)
+                self._context.join(CLOSE_TIMEOUT_S if clean else 0)
             except JOIN_FAILURES as e:
                 self.failure = self.failure or _describe(e, self._context)
             finally:

@@ -208,6 +208,14 @@ def test_a_rank_gone_before_its_report_is_written_ends_the_launch_in_one_line(no
     assert str(failed.value) == "rank 1 exited with code 1"
 
 
+def test_ctrl_c_on_rank_0_stops_a_busy_rank_at_once(no_hang):
+    """A rank 0 interrupted mid-load waited out CLOSE_TIMEOUT_S (30 s) for rank 1, which was never told to stop."""
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_on_ranks(2, "cpu", tp_helpers.interrupted_while_rank_1_works)
+    assert time.monotonic() - started < 20       # (starting two ranks takes a few seconds on a busy CPU)
+
+
 def _run_program(tmp_path, text: str, *args: str, timeout: float) -> tuple[Path, subprocess.CompletedProcess]:
     script = tmp_path / "program.py"
     script.write_text(text)

@@ -110,3 +110,11 @@ def killed_on_rank_2(tp) -> None:
     if tp.rank == 2:
         os.kill(os.getpid(), signal.SIGKILL)
     dist.all_reduce(torch.ones(4), group=tp.group)
+
+
+def interrupted_while_rank_1_works(tp) -> None:
+    """Ctrl-C on rank 0 while rank 1 is busy outside any collective (loading its part of a model, say)."""
+    import time
+    if tp.rank == 1:
+        time.sleep(120)
+    raise KeyboardInterrupt
