@@ -233,6 +233,7 @@ def check(args: argparse.Namespace, closed: frozenset[str] = frozenset()) -> Non
     check_model_spec(args)
     check_threads(args.threads)
     check_omp_threads()
+    check_distributed_debug()
     _check_streams(args, closed)
     if args.plot is not None and args.plot != "-":
         check_output_path("--plot", args.plot)
@@ -253,6 +254,7 @@ def check_serve(args: argparse.Namespace) -> None:
         if value is not None and not value.strip():
             raise UsageError(f"--{option.replace('_', '-')} is empty")
     check_omp_threads()
+    check_distributed_debug()
 
 
 def check_omp_threads() -> None:
@@ -264,6 +266,17 @@ def check_omp_threads() -> None:
         del os.environ["OMP_NUM_THREADS"]
     elif value is not None and not re.fullmatch(r"\s*0*[1-9][0-9]*\s*(,\s*0*[1-9][0-9]*\s*)*", value):
         raise UsageError(f"OMP_NUM_THREADS={value}: expected a number of threads from 1 up")
+
+
+def check_distributed_debug() -> None:
+    """$TORCH_DISTRIBUTED_DEBUG as torch reads it on importing torch.distributed, which loading any model does: any
+    value but OFF, INFO or DETAIL (in any case), an empty one included, made every command an internal error (the
+    import's ValueError). An empty value counts as unset, as OMP_NUM_THREADS's does; any other is a usage error."""
+    value = os.environ.get("TORCH_DISTRIBUTED_DEBUG")
+    if value is not None and not value.strip():
+        del os.environ["TORCH_DISTRIBUTED_DEBUG"]
+    elif value is not None and value.upper() not in ("OFF", "INFO", "DETAIL"):
+        raise UsageError(f"TORCH_DISTRIBUTED_DEBUG={value}: expected OFF, INFO or DETAIL")
 
 
 PLOT_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".webp")

@@ -1,4 +1,7 @@
 """Argument checks that need no model, in process."""
+import subprocess
+import sys
+
 import pytest
 
 from codecomplete import cli
@@ -189,6 +192,26 @@ def test_a_byte_order_mark_is_no_column_of_a_file_or_of_standard_input(tmp_path,
         assert buffer.startswith("import os")
         with pytest.raises(UsageError, match="line 1 has 9 characters$"):
             cursor(buffer, 1, 11)
+
+
+def test_a_bad_torch_distributed_debug_is_a_usage_error(monkeypatch, capsys):
+    """torch refuses these on importing torch.distributed, which every model load does: each command ended in an
+    internal error. An empty value is as good as unset (torch refuses it too: it is removed)."""
+    for value in ("bogus", "1", "DETAILS"):
+        monkeypatch.setenv("TORCH_DISTRIBUTED_DEBUG", value)
+        with pytest.raises(UsageError, match=f"^TORCH_DISTRIBUTED_DEBUG={value}: expected OFF, INFO or DETAIL$"):
+            parse("--prompt", "x")
+        assert cli.main(["serve", "--port", "0"]) == 2            # the server says it too, before it loads
+        assert capsys.readouterr().err.count("\n") == 1
+    for value in ("OFF", "info", "Detail"):                        # torch's own forms
+        monkeypatch.setenv("TORCH_DISTRIBUTED_DEBUG", value)
+        parse("--prompt", "x")
+    monkeypatch.setenv("TORCH_DISTRIBUTED_DEBUG", "")
+    parse("--prompt", "x")
+    assert "TORCH_DISTRIBUTED_DEBUG" not in cli.os.environ
+    proc = subprocess.run([sys.executable, "-c", "import torch.distributed"], capture_output=True, text=True,
+                          env={**cli.os.environ, "TORCH_DISTRIBUTED_DEBUG": "bogus"})
+    assert "must be OFF, INFO, or DETAIL" in proc.stderr          # (what the check stands in front of)
 
 
 def test_a_bad_omp_num_threads_is_a_usage_error(monkeypatch, capsys):
