@@ -347,7 +347,10 @@ def main(argv: list[str] | None = None) -> int:
         # Under `torchrun --nproc-per-node N codecomplete ...` rank 0 runs the app; the others only
         # repeat its model calls (models/lockstep.py), whatever the command line asks.
         from models.lockstep import follow_under_torchrun
-        return follow_under_torchrun()
+        try:
+            return follow_under_torchrun()
+        except Exception as exc:       # (torchrun's variables set by hand to odd values, say): one line
+            return _report(exc, debug="--debug" in sys.argv)
     closed = _standard_streams()
     # `kill` (SIGTERM, SIGHUP) unwinds like an exit, so temporary files and folders are removed on the way out.
     # A signal ignored when we start stays ignored: `nohup codecomplete serve &` must outlive its terminal.

@@ -31,6 +31,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import socket
 import sys
 import threading
 import time
@@ -41,7 +42,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as torch_mp
 
-from models.errors import ModelError
+from models.errors import ModelError, SettingError
 from models.tp import TensorParallel
 
 # NVLink multicast (NVLS) can take a host's shared GPUs out of service: off in every process we start.
@@ -71,7 +72,29 @@ def multicast_off() -> None:
 
 def under_torchrun() -> bool:
     """This process was started by torchrun together with other ranks."""
-    return bool(os.environ.get("TORCHELASTIC_RUN_ID")) and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return bool(os.environ.get("TORCHELASTIC_RUN_ID")) and _torchrun_number("WORLD_SIZE", "1") > 1
+
+
+def _torchrun_number(name: str, default: str | None = None) -> int:
+    """RANK, WORLD_SIZE, LOCAL_RANK or MASTER_PORT as torchrun sets them: set by hand to anything else (or missing),
+    the user's setting is said as such, not an int() ValueError or a KeyError."""
+    value = os.environ.get(name, default)
+    if value is None:
+        raise SettingError(f"${name} is not set, yet $TORCHELASTIC_RUN_ID says torchrun started this process")
+    if not value.isdecimal():     # (isdigit takes "²", which int() refuses)
+        raise SettingError(f"{name}={value}: expected a whole number (torchrun sets it)")
+    return int(value)
+
+
+def check_gloo_interfaces() -> None:
+    """$GLOO_SOCKET_IFNAME names the network interfaces gloo talks over (comma-separated): one this machine lacks
+    failed deep in gloo ("enforce fail ... Unable to find address for"), after the ranks had started."""
+    value = os.environ.get("GLOO_SOCKET_IFNAME")
+    present = {name for _, name in socket.if_nameindex()} if value else set()
+    missing = [name for name in (value or "").split(",") if name not in present]
+    if value and missing:
+        raise SettingError(f"GLOO_SOCKET_IFNAME={value}: this machine has no network interface {missing[0]!r} "
+                           f"(it has {', '.join(sorted(present))})")
 
 
 def check_devices(world: int, device_type: str) -> None:
@@ -108,6 +131,7 @@ class Ranks:
         """Spawn ranks 1..world-1 running target(tp, *args); this process joins as rank 0."""
         multicast_off()
         check_devices(world, device_type)
+        check_gloo_interfaces()
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")    # one host: gloo talks over loopback
         store = dist.TCPStore("127.0.0.1", 0, world, is_master=True, wait_for_workers=False)
         context = None
@@ -129,9 +153,20 @@ class Ranks:
     def from_torchrun(cls) -> Ranks:
         """Join the group torchrun started (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT)."""
         multicast_off()
+        check_gloo_interfaces()
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
-        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        return cls(_join(rank, world, int(os.environ.get("LOCAL_RANK", rank)), None, device_type))
+        rank, world = _torchrun_number("RANK"), _torchrun_number("WORLD_SIZE")
+        if rank >= world:
+            raise SettingError(f"RANK={rank}: expected 0 to {world - 1} (WORLD_SIZE={world})")
+        local_rank, port = _torchrun_number("LOCAL_RANK", str(rank)), _torchrun_number("MASTER_PORT")
+        if not 0 < port < 65536 or not os.environ.get("MASTER_ADDR"):
+            raise SettingError(f"MASTER_ADDR={os.environ.get('MASTER_ADDR', '')} MASTER_PORT={port}: expected the "
+                               f"address and port (1-65535) of torchrun's rendezvous")
+        try:
+            return cls(_join(rank, world, local_rank, None, device_type))
+        except dist.DistNetworkError as e:        # MASTER_PORT taken by another program, say
+            raise ModelError(f"cannot join torchrun's group at {os.environ['MASTER_ADDR']}:{port}: "
+                             f"{str(e).splitlines()[0]}") from None
 
     def failure_behind(self, error: BaseException) -> str | None:
         """The other rank's failure that explains `error` on this one, if any: a broken collective

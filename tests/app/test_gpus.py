@@ -26,3 +26,17 @@ def test_a_model_that_does_not_split_is_one_line_before_any_rank_starts(codecomp
     assert run.stdout == ""
     assert run.stderr.count("\n") == 1 and run.stderr.startswith("codecomplete: error: random:SmolLM2-135M")
     assert "3 key/value heads do not split over 2 ranks" in run.stderr and run.stderr.endswith("use --gpus 1 or 3\n")
+
+
+def test_a_follower_under_odd_torchrun_variables_says_so_in_one_line(monkeypatch, capsys):
+    """RANK other than 0 under $TORCHELASTIC_RUN_ID makes this process a follower, before the command line's own
+    error handling: a WORLD_SIZE set by hand to something odd was a traceback."""
+    from models.distributed import MULTICAST_OFF
+
+    for key, value in MULTICAST_OFF.items():       # (set by every rank: restored after the test)
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "a few")
+    assert cli.main(["--prompt", "x"]) == 2
+    assert capsys.readouterr().err == "codecomplete: error: WORLD_SIZE=a few: expected a whole number (torchrun sets it)\n"

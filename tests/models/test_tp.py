@@ -14,7 +14,7 @@ from tiny_models import save_tiny_llama, write_tiny_gguf
 
 from models import GenerationConfig, ModelError, SettingError, load_model
 from models.config import preset
-from models.distributed import RankFailed, check_devices, run_on_ranks
+from models.distributed import MULTICAST_OFF, RankFailed, Ranks, check_devices, run_on_ranks, under_torchrun
 from models.llama import build_random_model
 from models.loading.hf import load_hf_model
 from models.tp import shard_config
@@ -103,6 +103,32 @@ def test_more_gpus_than_there_are_is_one_clear_error():
     asked = torch.cuda.device_count() + 1
     with pytest.raises(ModelError, match=f"over {asked} GPUs: only {asked - 1} CUDA GPU"):
         check_devices(asked, "cuda")
+
+
+def test_odd_values_of_the_variables_torch_distributed_reads_are_one_line_each(monkeypatch):
+    """Set by hand (or left over from another job), torchrun's variables failed as int()'s ValueError or a KeyError,
+    and a GLOO_SOCKET_IFNAME this machine lacks as gloo's "enforce fail" after the ranks had started."""
+    for key, value in MULTICAST_OFF.items():       # (set by every start: restored after the test)
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    for variables, message in [({"WORLD_SIZE": "two"}, "^WORLD_SIZE=two: expected a whole number"),
+                               ({"WORLD_SIZE": "2"}, r"^\$RANK is not set, yet \$TORCHELASTIC_RUN_ID says torchrun"),
+                               ({"RANK": "-1"}, "^RANK=-1: expected a whole number"),
+                               ({"RANK": "²"}, "^RANK=²: expected a whole number"),
+                               ({"RANK": "2"}, r"^RANK=2: expected 0 to 1 \(WORLD_SIZE=2\)$"),
+                               ({"RANK": "0", "LOCAL_RANK": "x"}, "^LOCAL_RANK=x: expected a whole number"),
+                               ({"LOCAL_RANK": "0"}, r"^\$MASTER_PORT is not set"),
+                               ({"MASTER_PORT": "99999"}, "^MASTER_ADDR= MASTER_PORT=99999: expected the address")]:
+        for name, value in variables.items():
+            monkeypatch.setenv(name, value)
+        with pytest.raises(SettingError, match=message):
+            if under_torchrun():
+                Ranks.from_torchrun()
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo,nosuch0")
+    with pytest.raises(SettingError, match="^GLOO_SOCKET_IFNAME=lo,nosuch0: this machine has no network interface "
+                                           "'nosuch0' \\(it has .*lo"):
+        Ranks.start(2, "cpu", tp_helpers.raise_on_rank_1)
 
 
 def test_two_ranks_compute_what_one_does(no_hang, gqa_checkpoint, tmp_path):
