@@ -118,8 +118,8 @@ def test_idle_work_runs_in_quiet_moments_only_and_resumes_after_a_request():
         calls.append(busy.is_set())
         return len(calls) not in (3, 4)        # stops after 3 slices; after the request, one more, then stops
 
-    result = SimpleNamespace(prompt_tokens=1, reused_prefix_tokens=0, token_ids=[], finish_reason="length",
-                             timings=SimpleNamespace(ttft_ms=1.0))
+    result = SimpleNamespace(prompt_tokens=1, reused_prefix_tokens=0, token_ids=[], healing_tokens=0,
+                             finish_reason="length", timings=SimpleNamespace(ttft_ms=1.0))
 
     def start():
         busy.set()
@@ -149,8 +149,8 @@ def test_failing_idle_work_is_logged_and_the_worker_serves_on():
     def idle():
         raise RuntimeError("broken")
 
-    result = SimpleNamespace(prompt_tokens=1, reused_prefix_tokens=0, token_ids=[], finish_reason="length",
-                             timings=SimpleNamespace(ttft_ms=1.0))
+    result = SimpleNamespace(prompt_tokens=1, reused_prefix_tokens=0, token_ids=[], healing_tokens=0,
+                             finish_reason="length", timings=SimpleNamespace(ttft_ms=1.0))
     worker = EngineWorker(idle=idle, idle_s=0.01, log=lines.append)
     try:
         wait_for(lambda: lines)
@@ -172,8 +172,8 @@ def test_the_warm_up_runs_on_the_engine_thread_before_any_job():
         threads.append(threading.current_thread())
         return "warmed"
 
-    result = SimpleNamespace(prompt_tokens=1, reused_prefix_tokens=0, token_ids=[], finish_reason="length",
-                             timings=SimpleNamespace(ttft_ms=1.0))
+    result = SimpleNamespace(prompt_tokens=1, reused_prefix_tokens=0, token_ids=[], healing_tokens=0,
+                             finish_reason="length", timings=SimpleNamespace(ttft_ms=1.0))
 
     def start():
         threads.append(threading.current_thread())
