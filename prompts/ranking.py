@@ -145,9 +145,9 @@ def fits_expected(name: str, expects: str | None) -> bool:
     return capitalised if expects in ("type", "exception") else not capitalised
 
 
-def text_weights(text: str, keywords: frozenset[str] = frozenset(), weight: float = 1.0) -> dict[str, float]:
-    """Identifier weights of a chat question or a pinned file: every identifier alike."""
-    return _heaviest(dict.fromkeys(IDENTIFIER.findall(text), weight), keywords)
+def text_weights(text: str) -> dict[str, float]:
+    """Identifier weights of a chat question: every identifier alike (a pinned file's are its chunks' references)."""
+    return _heaviest(dict.fromkeys(IDENTIFIER.findall(text), 1.0), frozenset())
 
 
 def _clip(line: str) -> str:

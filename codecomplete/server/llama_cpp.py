@@ -136,7 +136,7 @@ async def infill(request: Request):
         prefix, body.input_suffix, extra=extra, sampling=sampling, budget=server.budget(sampling)), limits.feed)
     generation = await running.started()
     truncated = _truncated(generation.prompt, [label for label, text in extra if text.strip()])
-    return await _answer(server, running, generation, body, sampling, limits, truncated)
+    return await _answer(server, running, generation, body, limits, truncated)
 
 
 @router.post("/completion")
@@ -149,7 +149,7 @@ async def completion(request: Request):
     limits = Limits(body.t_max_predict_ms, body.n_indent)
     running = server.start(request, lambda: server.session.raw(body.prompt, sampling=sampling), limits.feed)
     generation = await running.started()
-    return await _answer(server, running, generation, body, sampling, limits, truncated=False)
+    return await _answer(server, running, generation, body, limits, truncated=False)
 
 
 def _sampling(server, body: Options):
@@ -172,7 +172,7 @@ def _settings(server, body: Options | None) -> dict:
             "n_ctx": server.engine.context_length}
 
 
-async def _answer(server, running, generation, body: Options, sampling, limits: Limits, truncated: bool):
+async def _answer(server, running, generation, body: Options, limits: Limits, truncated: bool):
     prompt = generation.prompt
 
     def final(result) -> dict:

@@ -26,7 +26,6 @@ from .app import Server, create_app
 from .discovery import announce
 from .warming import PromptWarmer
 
-DEFAULT_PORT = 8012           # where llama.vim and llama.vscode look
 DEFAULT_MAX_TOKENS = 256      # per request, when it sets no limit
 GRACE_S = 5                   # for streams to end after a stop signal
 # Prompts of an editor's request come to within this many tokens of the server's prompt budget (an 8k budget:

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from .errors import ApiError, api_error
+from .errors import api_error
 from .worker import Event, Job
 
 
@@ -106,8 +106,3 @@ def stream(running: Running, frames: Callable[[Event], list[str]], media_type: s
             for frame in frames(event):
                 yield frame
     return StreamingResponse(body(), media_type=media_type, headers={"Cache-Control": "no-cache"})
-
-
-def error_response(exc: BaseException) -> Response:
-    error = exc if isinstance(exc, ApiError) else api_error(exc)
-    return json_response(error.body(), error.status)

@@ -6,9 +6,9 @@ CPU 84-98 ms at an 8k budget, against 10-27 ms once the Encoder (8,192 pieces) a
 (bench/results/NOTES.md, Run 8). The server builds, and throws away, a completion prompt at the middle of each
 indexed file, source code first, then the most recently modified first, at most `MAX_FILES` files (about 25 new
 pieces a file in this repository: 147 Python files filled 3,743 pieces, so the warmed pieces stay within what the
-caches keep). It does so before it announces itself, for up to `STARTUP_S` seconds, then one file per `IDLE_S`
-seconds without a request on the engine thread (a request arriving meanwhile waits for that one file at most), again
-for a file that changed.
+caches keep). It does so before it announces itself, for up to `STARTUP_S` seconds, then one file per `idle_s`
+seconds (worker.py: 0.5) without a request on the engine thread (a request arriving meanwhile waits for that one
+file at most), again for a file that changed.
 CODECOMPLETE_WARM_PROMPTS=0 turns it off.
 """
 from __future__ import annotations
@@ -20,7 +20,6 @@ from prompts.languages import language_for
 from prompts.tokens import CACHE_PIECES
 
 STARTUP_S = 6.0                  # at most, added to a start that loads and compiles a model for tens of seconds
-IDLE_S = 0.5                     # quiet time on the engine thread before each file warmed between requests
 MAX_FILES = CACHE_PIECES // 32   # files warmed per repository (256)
 VARIABLE = "CODECOMPLETE_WARM_PROMPTS"
 
