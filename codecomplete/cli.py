@@ -191,8 +191,9 @@ def build_serve_parser() -> argparse.ArgumentParser:
 
 
 def check(args: argparse.Namespace, closed: frozenset[str] = frozenset()) -> None:
-    """What argparse cannot check: combinations, empty values, the standard streams, output paths and the
-    model spec; raises UsageError. Everything here runs before any work, so a mistake costs milliseconds.
+    """What argparse cannot check: combinations, empty values, the standard streams, output paths, the model
+    spec, --threads and the environment torch reads ($OMP_NUM_THREADS, $TORCH_DISTRIBUTED_DEBUG); raises
+    UsageError. Everything here runs before any work, so a mistake costs milliseconds.
     `closed` names the standard streams that were closed when the program started."""
     if args.json not in (None, "-") and args.repo is None and not args.bench and os.path.isdir(args.json):
         # `codecomplete --json . --file x.py`: the word after --json was the repository. (Not with --bench, whose

@@ -2,7 +2,8 @@
 
 `connect` finds a server for the repository (--server URL, $CODECOMPLETE_SERVER, or one that announced itself in
 the user runtime directory) whose model and settings give what this process would give, and returns a
-`RemoteSession`; None means "run in process" (no server, --no-server, or a server that would answer differently).
+`RemoteSession`; None means "run in process" (no server, --no-server, or an announced server that would answer
+differently: a named one that would is a usage error).
 A RemoteSession has the Session's interface: `complete`, `chat` and `raw` return a Generation whose prompt the
 server built, and whose `run(on_text, should_stop)` streams the server's text and returns its result, so the
 commands print the same bytes either way. Ctrl-C (or a closed pipe) asks the server to cancel, and the partial

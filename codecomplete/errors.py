@@ -1,7 +1,7 @@
-"""Exit codes, and the one-line message every failure becomes.
+"""Exit codes, the one-line message every failure becomes (and --json's error object), and text made safe to show.
 
 The contract (../shared/DESIGN.md): 0 success, 1 runtime failure, 2 usage or input error,
-130 interrupted. Errors are one line on stderr; tracebacks only with --debug.
+130 interrupted, 141 closed pipe. Errors are one line on stderr; tracebacks only with --debug.
 """
 from __future__ import annotations
 

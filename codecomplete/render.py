@@ -387,7 +387,7 @@ def context_table(items) -> Table:
 
 
 def result_json(text_key: str, result, engine, context=()) -> dict:
-    """The object DESIGN.md fixes, plus finish_reason and prefix reuse."""
+    """The object DESIGN.md fixes, plus finish_reason, prefix reuse and each context item's form."""
     return {
         text_key: result.text,
         "tokens": list(result.token_ids),

@@ -1,4 +1,4 @@
-"""The one error type prompts raises for bad input."""
+"""The error prompts raises for bad input, PromptError, and its kind for a budget too small, BudgetError."""
 
 
 class PromptError(ValueError):

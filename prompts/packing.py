@@ -55,7 +55,7 @@ class PackedPrompt:
     context: list[ContextItem]  # what was included, in prompt order
     stop_token_ids: list[int]
     stop_strings: list[str]
-    format: str  # "codellama-infill" | "starcoder-fim" | "left-to-right" | "chat"
+    format: str  # "codellama-infill" | "starcoder-fim" | "left-to-right" | "chat" | "raw"
     heal_text: str = ""  # left out of the prompt's end: the generation must begin with it (token healing)
     chosen: list[tuple[str, int]] = field(default_factory=list)  # repository chunks (path, first line), in the
                                                                   # order chosen: the next prompt's `previous`

@@ -5,7 +5,9 @@ joined as ids, so that every piece's cost is exact and additive and the budget c
 SentencePiece tokenizers (Llama, CodeLlama) put an implicit space in front of whatever they encode; a piece in
 the middle of a prompt must not get one, so ``encode`` drops it (CodeLlama's ``encode_infilling``), while
 ``encode_lead`` keeps it for the first text of a prompt, which the model saw with it in training.
-Special-token strings inside text (a file that contains "<file_sep>") stay text and never become control ids.
+Special-token strings inside text (a file that contains "<file_sep>") stay text and never become control ids; only a
+chat template's own markup does (``encode_markup``). ``token_starts`` and ``last_token`` tell where the tokenizer
+cuts a text (token healing).
 """
 
 from __future__ import annotations

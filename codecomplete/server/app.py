@@ -1,4 +1,5 @@
-"""The ASGI app: the protocol routers over one engine worker, API-key checks, and errors as JSON."""
+"""The ASGI app: the protocol routers over one engine worker, API-key checks, a loopback server's Host and Origin
+checks (DNS rebinding), and errors as JSON."""
 from __future__ import annotations
 
 import copy
