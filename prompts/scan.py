@@ -1,13 +1,14 @@
 """Which files of a repository are worth reading, and reading them.
 
 The files are those git would not ignore, found by a walk that honours ``.gitignore`` at every level,
-``.git/info/exclude`` and the user's global excludes file as git does, without ever running git: a repository's
-own ``.git/config`` can name commands (core.fsmonitor, hooks, filters, pagers) that any git call would run, and
-opening an untrusted checkout must execute nothing from it. A ``.codecompleteignore`` (gitignore syntax, at any
-level) removes more, and vendored or generated folders, lock files, minified files, binaries and files over the
-size limit are left out. Problems that a user may want to know about (an unreadable file or folder, a broken
-symbolic link, a link loop or a link out of the repository, a FIFO or device) are reported as ``ScanWarning``
-and never stop the scan. Only regular files are ever opened, so a FIFO or a device never blocks or floods it.
+``.git/info/exclude`` and the user's global excludes file as git does (with core.ignorecase, ignoring ASCII case),
+without ever running git: a repository's own ``.git/config`` can name commands (core.fsmonitor, hooks, filters,
+pagers) that any git call would run, and opening an untrusted checkout must execute nothing from it. A
+``.codecompleteignore`` (gitignore syntax, at any level) removes more, and vendored or generated folders, lock
+files, minified files, binaries and files over the size limit are left out. Problems that a user may want to know
+about (an unreadable file or folder, a broken symbolic link, a link loop or a link out of the repository, a FIFO or
+device) are reported as ``ScanWarning`` and never stop the scan. Only regular files are ever opened, so a FIFO or a
+device never blocks or floods it.
 """
 
 from __future__ import annotations
