@@ -11,6 +11,9 @@ seeks), so the work comes in bounded slices:
   files are gone, and the next one starts), and the parsing of what it found changed. ``should_stop`` (a request
   arrived) ends it early, between slices of ``SLICE`` files: the next request does not wait for a whole sweep.
 
+``rescan()`` makes one whole pass at once instead, where the index must be as the disk is now: between the REPL's
+questions, and for a request of the command line on a server.
+
 When something changed, the index is rebuilt from the entries it holds (``RepoIndex.updated``), without reading the
 files that did not change. The walk applies the same rules as the scan that built the index.
 """
