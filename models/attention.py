@@ -41,7 +41,7 @@ def decode_attention(backend: str, q: torch.Tensor, cache: CacheView, cache_seql
                      exact: bool) -> torch.Tensor:
     """The last T tokens of each sequence over its cache, causal among themselves (bottom-right).
 
-    q (B, Hq, T, D); cache (B, Hkv, S, D) (+ fp8 scales (B, Hkv, S)); cache_seqlens int32 (B,), the valid
+    q (B, Hq, T, D); cache (B, Hkv, S, D) (+ 8-bit scales (B, Hkv, S)); cache_seqlens int32 (B,), the valid
     length of each row, the T new tokens included: query t sees keys [0, len - T + t].
     `exact` promises every row holds exactly S tokens, so SDPA can skip the mask for T = 1 (its fastest kernels).
     Returns (B, Hq, T, D).

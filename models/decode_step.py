@@ -1,8 +1,9 @@
 """The decode step on static buffers, and the token ids' way back to the host.
 
 `DecodeStep` holds the input buffers of one (batch, tokens per sequence) shape and runs the model's decode step on
-them, captured once in a CUDA graph and replayed (eagerly off the GPU). `HostCopy` brings the sampled ids (B,) to
-the host without stalling the stream, so the loop can queue step t+1 before it reads token t.
+them, captured once in a CUDA graph and replayed (eagerly where graphs are off: a CPU, or cuda_graphs=False).
+`HostCopy` brings the sampled ids (B,) to the host without stalling the stream, so the loop can queue step t+1
+before it reads token t.
 """
 
 from __future__ import annotations

@@ -264,8 +264,8 @@ class Engine:
                  on_text: Callable[[str], None] | None = None,
                  should_stop: Callable[[], bool] | None = None) -> GenerationResult:
         """Generate from one prompt, streaming text deltas to on_text; reuses the cached prefix of the last request.
-        `should_stop` is asked between tokens, and on a CPU between the prefill's layers too: True ends the request
-        ("cancelled", the text so far)."""
+        `should_stop` is asked between tokens, and between the prefill's layers too (on a GPU only in a long
+        prefill: `_prefill_poll`): True ends the request ("cancelled", the text so far)."""
         return self._generate([list(prompt_ids)], config, on_text, should_stop, reuse=True)[0]
 
     def generate_batch(self, prompts: Sequence[Sequence[int]], config: GenerationConfig = GenerationConfig(),

@@ -7,7 +7,8 @@ being verified). Rolling back rejected drafts is only a shorter length: their sl
 8-bit caches ("fp8": float8_e4m3fn, "int8"): K and V in 8 bits with one float32 scale per token and KV
 head (B, Hkv, S_max), quantized on the way in by `kernels.append_kv` (one fused pass, no separate quantize
 step; the fused one-token step's qkv_rope quantizes them itself, to the same bytes: kernels/fused_gemv.py).
-Every reader sees the same quantized values: flash_decode takes the scales, sdpa and prefill dequantize. About half the bytes of bf16: twice the context, and half the attention reads.
+Every reader sees the same quantized values: flash_decode and eager take the scales, sdpa and prefill dequantize.
+About half the bytes of bf16: twice the context, and half the attention reads.
 int8 (scale amax / 127) is the accurate one: on SmolLM2 over real code its top-1 next token agrees with an
 unquantized cache's at 98.2% of positions, e4m3's at 95.9% (tests/models/test_kv_cache_accuracy.py). The
 kernels take both with the same scales and plans: the append quantizes either, and flash_decode converts

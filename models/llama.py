@@ -281,7 +281,8 @@ class Transformer(nn.Module):
         """torch.compile the dense parts of a decode step (norms, projections, RoPE, SwiGLU, residuals).
 
         Attention and the cache update stay outside, so one compilation serves every layer (weights are
-        arguments), every backend and every context length. Decode only: prefill shapes vary per call.
+        arguments), every backend and every context length. Decode only: prefill shapes vary per call (its compiled
+        variant, for any number of tokens, is `models.engine.compiled_prefill_kernels`).
         Inductor fuses the elementwise chains into the matmuls' neighbours, leaving a handful of kernels
         per layer, which is what lets a graph-replayed step approach the memory roofline.
         On a GPU, one-token steps of one sequence go further: `fused_decode` (six kernels per layer, no

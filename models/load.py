@@ -24,7 +24,8 @@ def load_model(spec=None, device=None, dtype=None, attention=None, max_context=N
     weights of a preset's exact shapes, for benchmarking where no checkpoint is at hand; without a tokenizer
     directory it has no tokenizer).
     device: "cuda" if available else "cpu".
-    dtype: bf16 on CUDA, float32 on CPU. attention: "flash" on CUDA, "sdpa" on CPU.
+    dtype: bf16 on CUDA, float32 on CPU. attention: "flash" on CUDA (where the kernels take the model's head
+    dim), else "sdpa".
     max_context: KV-cache capacity in tokens, default min(model limit, 16384).
     cuda_graphs: capture the decode step in a CUDA graph (default: on CUDA).
     gpus: N > 1 splits the model over N GPUs (tensor parallelism, models/tp.py; with device "cpu", N gloo

@@ -6,7 +6,8 @@
 `LeaderEngine` is rank 0's Engine (its part of the model) behind a proxy with the Engine's interface:
 each method call is first sent to the other ranks (`follow`), which make the same call on their parts,
 so every rank runs the same collectives in the same order. Callbacks stay on rank 0: text goes nowhere
-else, and `should_stop`'s answer is broadcast once per token, so all ranks stop after the same token.
+else, and `should_stop`'s answer is broadcast each time it is asked (once per token, and once per layer of a
+prefill that polls: `Engine._prefill_poll`), so all ranks stop at the same token or layer.
 A sampled request without a seed gets one here, so every rank draws the same tokens.
 
 After each call every rank reports how it went. Errors of the request itself (ModelError, ValueError:
@@ -268,7 +269,7 @@ def _report_key(request: int, rank: int) -> str:
 
 
 def _leader_poll(tp: TensorParallel, should_stop):
-    """should_stop for rank 0: ask it, and tell the others the answer (once per token, on every rank)."""
+    """should_stop for rank 0: ask it, and tell the others the answer (every rank polls at the same points)."""
     def poll() -> bool:
         flag = torch.tensor([1 if should_stop() else 0], dtype=torch.uint8)
         dist.broadcast(flag, src=0, group=tp.control)
