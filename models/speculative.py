@@ -36,8 +36,7 @@ class PromptLookup:
     measured; longer lengths than 4 and adaptive draft lengths changed nothing.)
     """
 
-    def __init__(self, tokens: Iterable[int], ngram_lengths: tuple[int, ...] = NGRAM_LENGTHS):
-        self.ngram_lengths = ngram_lengths
+    def __init__(self, tokens: Iterable[int]):
         self._tokens = np.zeros(0, dtype=np.int64)      # room to grow; the first `_length` are the sequence
         self._length = 0
         self.extend(tokens)
@@ -68,7 +67,7 @@ class PromptLookup:
         # Occurrences of the suffix end where the last token occurs again earlier (one scan of the sequence);
         # each n-gram length then checks only those places, the longest first.
         ends = np.flatnonzero(seq[:length - 1] == seq[length - 1]) + 1      # (occurrence end, exclusive)
-        for n in self.ngram_lengths:
+        for n in NGRAM_LENGTHS:
             found = ends[ends >= n]
             for j in range(2, n + 1):
                 found = found[seq[found - j] == seq[length - j]]
