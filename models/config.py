@@ -59,10 +59,15 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
     @property
+    def dynamic_rope(self) -> bool:
+        """Dynamic NTK scaling: the rotary frequencies depend on the call's length (past max_positions)."""
+        return bool(self.rope_scaling and self.rope_scaling.kind == "dynamic")
+
+    @property
     def context_limit(self) -> int:
         """Positions the model can address: dynamic NTK scaling stretches max_positions by its factor."""
         s = self.rope_scaling
-        if not (s and s.kind == "dynamic"):
+        if not self.dynamic_rope:
             return self.max_positions
         # (a factor of 1e308 would overflow int(); more positions than LIMITS allows mean nothing anyway)
         return max(1, int(min(self.max_positions * s.factor, LIMITS["max_positions"])))

@@ -98,8 +98,7 @@ def compiled_prefill_kernels() -> DenseKernels:
 def prefill_bucket(device_type: str, config: ModelConfig) -> int:
     """The prefill span's granularity (PREFILL_BUCKET) for a device: $CODECOMPLETE_PREFILL_BUCKET when set (0:
     off). Never under dynamic rope scaling, whose rotations depend on the call's length, pads included."""
-    scaling = config.rope_scaling
-    if scaling and scaling.kind == "dynamic":
+    if config.dynamic_rope:
         return 0
     setting = os.environ.get("CODECOMPLETE_PREFILL_BUCKET")
     if setting is None:
@@ -517,8 +516,7 @@ class Engine:
 
     def _reusable_prefix(self, cached: list[int], prompt: list[int]) -> int:
         """How many leading prompt tokens already sit in cache row 0 (always leaving one to prefill)."""
-        scaling = self.model.config.rope_scaling
-        if scaling and scaling.kind == "dynamic":
+        if self.model.config.dynamic_rope:
             return 0   # cached keys were rotated with the frequencies of their own call's length
         n, limit = 0, min(len(cached), len(prompt) - 1)
         while n < limit and cached[n] == prompt[n]:

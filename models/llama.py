@@ -67,7 +67,7 @@ def rope_inv_freq(config: ModelConfig, seq_len: int | None = None) -> torch.Tens
     `seq_len` matters only for dynamic NTK scaling, whose base grows once a call runs past max_positions.
     """
     D, base, s = config.head_dim, config.rope_theta, config.rope_scaling
-    if s and s.kind == "dynamic" and seq_len and seq_len > config.max_positions:
+    if config.dynamic_rope and seq_len and seq_len > config.max_positions:
         base = base * ((s.factor * seq_len / config.max_positions) - (s.factor - 1)) ** (D / (D - 2))
     inv_freq = 1.0 / (base ** (torch.arange(0, D, 2, dtype=torch.int64).float() / D))
     if s is None or s.kind == "dynamic":
@@ -99,8 +99,7 @@ class RotaryEmbedding(nn.Module):
     def reset(self) -> None:
         """(Re)compute the tables on the buffers' device."""
         positions = torch.arange(self.max_len, device=self.cos.device)
-        dynamic = self.config.rope_scaling and self.config.rope_scaling.kind == "dynamic"
-        if dynamic and self.max_len > self.config.max_positions:
+        if self.config.dynamic_rope and self.max_len > self.config.max_positions:
             # A decode step at position p sees frequencies for length p + 1 (as HF recomputes them).
             inv = torch.stack([rope_inv_freq(self.config, p + 1) for p in range(self.max_len)])  # (S_max, D/2)
             freqs = positions[:, None].float() * inv.to(positions.device)
@@ -111,8 +110,7 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, positions: torch.Tensor, seq_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin (B, T, D) for positions (B, T); `seq_len` is the call's length (dynamic scaling)."""
-        s = self.config.rope_scaling
-        if s and s.kind == "dynamic" and seq_len and seq_len > self.config.max_positions:
+        if self.config.dynamic_rope and seq_len and seq_len > self.config.max_positions:
             # Beyond the training length, HF's prefill rotates every position with the call's frequencies.
             freqs = positions[..., None].float() * rope_inv_freq(self.config, seq_len).to(positions.device)
             emb = torch.cat((freqs, freqs), dim=-1)
