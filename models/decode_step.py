@@ -26,7 +26,7 @@ class DecodeStep:
         self.logits: torch.Tensor | None = None
 
     def _forward(self, kv_len: int | None, exact: bool) -> torch.Tensor:
-        lengths = (self.input_pos + self.tokens.shape[1]).to(torch.int32)
+        lengths = (self.input_pos + self.tokens.shape[1]).to(torch.int32)           # (B,): input_pos + T
         return self.model.decode(self.tokens, Decode(self.input_pos, lengths, self.backend, kv_len, exact))
 
     def run(self, kv_len: int, exact: bool) -> torch.Tensor:

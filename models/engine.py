@@ -429,7 +429,7 @@ class Engine:
     def _step(self, state: DecodeStep, tokens, positions: list[int], config, generator,
               healing: HealingConstraint | None = None) -> torch.Tensor:
         """Feed tokens (B,) at the current positions, advance them, and sample the next tokens (on the device)."""
-        state.tokens.copy_(tokens[:, None])
+        state.tokens.copy_(tokens[:, None])                                         # (B, 1)
         logits = state.run(kv_len=max(positions) + 1, exact=len(set(positions)) == 1)
         last = self.context_length - 1
         state.input_pos.add_(1).clamp_(max=last)
@@ -471,7 +471,7 @@ class Engine:
                 # One captured graph per width: verify `depth` drafts, padding a short draft (it is only checked).
                 drafts = drafts + drafts[-1:] * (depth - len(drafts)) if pos + depth <= last else []
             state = self._decode_step(1, 1 + len(drafts))
-            state.tokens.copy_(torch.tensor([[pending] + drafts]))
+            state.tokens.copy_(torch.tensor([[pending] + drafts]))                  # (1, 1 + drafts)
             state.input_pos.fill_(pos)
             logits = state.run(kv_len=pos + 1 + len(drafts), exact=True)        # (1, V) or (1, T, V)
             if healing_now:                             # no drafts: logits (1, V)

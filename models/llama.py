@@ -102,9 +102,9 @@ class RotaryEmbedding(nn.Module):
         if self.config.dynamic_rope and self.max_len > self.config.max_positions:
             # A decode step at position p sees frequencies for length p + 1 (as HF recomputes them).
             inv = torch.stack([rope_inv_freq(self.config, p + 1) for p in range(self.max_len)])  # (S_max, D/2)
-            freqs = positions[:, None].float() * inv.to(positions.device)
+            freqs = positions[:, None].float() * inv.to(positions.device)  # (S_max, D/2)
         else:
-            freqs = torch.outer(positions.float(), rope_inv_freq(self.config).to(positions.device))
+            freqs = torch.outer(positions.float(), rope_inv_freq(self.config).to(positions.device))  # (S_max, D/2)
         emb = torch.cat((freqs, freqs), dim=-1)                          # (S_max, D)
         self.cos, self.sin = emb.cos(), emb.sin()
 
@@ -113,15 +113,15 @@ class RotaryEmbedding(nn.Module):
         if self.config.dynamic_rope and seq_len and seq_len > self.config.max_positions:
             # Beyond the training length, HF's prefill rotates every position with the call's frequencies.
             freqs = positions[..., None].float() * rope_inv_freq(self.config, seq_len).to(positions.device)
-            emb = torch.cat((freqs, freqs), dim=-1)
+            emb = torch.cat((freqs, freqs), dim=-1)                      # (B, T, D)
             return emb.cos(), emb.sin()
         return self.cos[positions], self.sin[positions]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x (B, H, T, D) rotated by cos, sin (B, T, D), in HF's rotate-half layout."""
-    cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)
-    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)        # (B, 1, T, D): every head alike
+    x1, x2 = x.chunk(2, dim=-1)                                          # (B, H, T, D/2) each
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
@@ -177,10 +177,10 @@ def attention_output_and_ffn(x, attn, wo, norm_weight, eps: float, w13, w2, ffn_
 
     `reduce` sums the partial outputs of the row-parallel wo and w2 over tensor-parallel ranks (models/tp.py).
     """
-    out = linear(attn, wo)
+    out = linear(attn, wo)                                               # (B, T, dim), a partial under reduce
     h = x + (out if reduce is None else reduce(out))
-    gate, up = linear(rms_norm(h, norm_weight, eps), w13).split(ffn_dim, dim=-1)
-    out = linear(F.silu(gate) * up, w2)
+    gate, up = linear(rms_norm(h, norm_weight, eps), w13).split(ffn_dim, dim=-1)  # (B, T, ffn_dim) each
+    out = linear(F.silu(gate) * up, w2)                                  # (B, T, dim)
     return h + (out if reduce is None else reduce(out))
 
 
@@ -333,7 +333,7 @@ class Transformer(nn.Module):
             if should_stop is not None and should_stop():
                 return None
             x = layer(x, cos, sin, Prefill(row, start), dense or self.dense)
-        x = x if all_logits else x[:, last]
+        x = x if all_logits else x[:, last]                              # (1, T, dim), or (1, dim)
         return self.dense.final_logits(x, self.norm.weight, self.norm.eps, self.output.weight)
 
     def decode(self, tokens: torch.Tensor, step: Decode) -> torch.Tensor:
