@@ -1,4 +1,5 @@
-"""Plain-PyTorch decode attention and cache append: the "standard attention" path and the tests' oracle.
+"""Plain-PyTorch decode attention, cache append and fused dense kernels: the "standard attention" path and the
+tests' oracle.
 
 Functions with the contracts of their Triton twins (ARCHITECTURE.md, "Contracts added for issues 9-15"):
 - `flash_decode`: repeat_kv + matmul + softmax, computed in float32 (float64 stays float64): the tests'
@@ -9,7 +10,9 @@ Functions with the contracts of their Triton twins (ARCHITECTURE.md, "Contracts 
 - `split_kv_decode`: the same split-KV algorithm as the Triton kernels (partial softmax per split,
   then a log-sum-exp combine), so each step of the kernel has a readable twin;
 - `append_kv`: writes new keys/values at given positions, quantizing them for an 8-bit cache;
-- `quantize_fp8`, `quantize_int8` / `dequantize`: the 8-bit arithmetic every path shares.
+- `quantize_fp8`, `quantize_int8` / `dequantize`: the 8-bit arithmetic every path shares;
+- `fused_gemv`, `norm_swiglu`, `qkv_rope`: the fused one-token step's dense kernels (kernels/fused_gemv.py),
+  in float64.
 """
 
 from __future__ import annotations
