@@ -43,6 +43,7 @@ import torch.distributed as dist
 import torch.multiprocessing as torch_mp
 
 from models.errors import ModelError, SettingError
+from models.options import parse_device
 from models.tp import TensorParallel
 
 # NVLink multicast (NVLS) can take a host's shared GPUs out of service: off in every process we start.
@@ -154,7 +155,7 @@ class Ranks:
         """Join the group torchrun started (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT)."""
         multicast_off()
         check_gloo_interfaces()
-        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+        device_type = parse_device(None).type
         rank, world = _torchrun_number("RANK"), _torchrun_number("WORLD_SIZE")
         if rank >= world:
             raise SettingError(f"RANK={rank}: expected 0 to {world - 1} (WORLD_SIZE={world})")

@@ -13,7 +13,7 @@ from time import perf_counter
 import torch
 
 from models.engine import Engine
-from models.options import context_capacity, parse_dtype, parse_kv_cache
+from models.options import context_capacity, parse_device, parse_dtype, parse_kv_cache
 
 
 def load_model(spec=None, device=None, dtype=None, attention=None, max_context=None, progress=None,
@@ -41,7 +41,7 @@ def load_model(spec=None, device=None, dtype=None, attention=None, max_context=N
         return load_on_ranks(gpus, spec, device=device, dtype=dtype, attention=attention, max_context=max_context,
                              progress=progress, cuda_graphs=cuda_graphs, kv_cache=kv_cache)
     start = perf_counter()
-    device = tp.device if tp is not None else torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = tp.device if tp is not None else parse_device(device)
     dtype = parse_dtype(dtype, device)
     quant = parse_kv_cache(kv_cache, dtype)
     if isinstance(spec, str) and spec.startswith(RANDOM_PREFIX):

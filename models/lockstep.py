@@ -37,7 +37,7 @@ from models.errors import ModelError
 from models.generation import GenerationConfig
 from models.load import RANDOM_PREFIX, checkpoint_directory, load_model
 from models.loading.hf import read_config
-from models.options import parse_dtype
+from models.options import parse_device, parse_dtype
 from models.tp import TensorParallel, shard_config
 
 LOAD, SET, CLOSE = "load", "__setattr__", "close"
@@ -54,7 +54,7 @@ def load_on_ranks(gpus: int | None, spec=None, *, device=None, dtype=None, atten
                   progress=None, cuda_graphs=None, kv_cache=None) -> LeaderEngine:
     """`load_model(..., gpus=N)`: start N ranks (or join torchrun's), each loading its part of the model."""
     global _active
-    device_type = torch.device(device).type if device else ("cuda" if torch.cuda.is_available() else "cpu")
+    device_type = parse_device(device).type
     if device is not None and torch.device(device).index is not None:
         raise ValueError(f"device {device}: with several GPUs give cuda (rank r uses cuda:r; pick GPUs with "
                          "CUDA_VISIBLE_DEVICES) or cpu")

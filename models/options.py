@@ -1,4 +1,4 @@
-"""What the options of loading a model mean: dtype names, the KV cache's kind, the context's capacity.
+"""What the options of loading a model mean: the device, dtype names, the KV cache's kind, the context's capacity.
 
 Shared by `models.load` (which reads them for `load_model`) and the Engine (whose KV cache can be switched later).
 """
@@ -14,6 +14,11 @@ from models.kv_cache import QUANTIZED
 DEFAULT_MAX_CONTEXT = 16384
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+
+
+def parse_device(device) -> torch.device:
+    """The device a model loads on: `device` when given, else CUDA where a GPU is visible, else the CPU."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def parse_dtype(dtype, device: torch.device) -> torch.dtype:
