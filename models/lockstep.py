@@ -69,7 +69,7 @@ def load_on_ranks(gpus: int | None, spec=None, *, device=None, dtype=None, atten
     if _active is not None:
         # Only now that the checkpoint is found and splits: a typo in the REPL's /model stopped the model in use.
         # Unregistered, or the exit hook kept the closed engine (rank 0's part of the old model) alive for good.
-        atexit.unregister(_active.close)
+        atexit.unregister(_close_at_exit)     # (one group per process: the only one registered)
         _active.close()
         _active = None
     ranks = Ranks.from_torchrun() if under_torchrun() else Ranks.start(world, device_type, follow)
