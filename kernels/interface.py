@@ -186,7 +186,8 @@ def flash_decode(q, k_cache, v_cache, cache_seqlens=None, *, softmax_scale=None,
             while a CUDA graph is captured), or None for S everywhere. Keys at positions >= length are
             ignored; a length-0 row returns zeros (lse -inf).
         softmax_scale: defaults to D ** -0.5.
-        num_splits: force the number of sequence splits (1 = no split); None lets `plan_launch` choose.
+        num_splits: force the number of sequence splits (1 = no split); None lets the plan choose (`plan_for`:
+            the device's tuned plan, else `plan_launch`'s heuristic).
         return_lse: also return the log-sum-exp of the scores.
         k_scale, v_scale: float32 (B, Hkv, S), only with 8-bit caches: key j of (b, h) is
             k_cache[b, h, j].float() * k_scale[b, h, j] (one scale per token and KV head).
