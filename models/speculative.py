@@ -98,12 +98,12 @@ def accept(logits: torch.Tensor, drafts: list[int], config: GenerationConfig,
     if k == 0:
         return race(probs, generator).tolist()
     d = torch.tensor(drafts, device=logits.device)                              # (k,)
-    rows = torch.arange(k, device=logits.device)
+    rows = torch.arange(k, device=logits.device)                                # (k,)
     p_draft = probs[rows, d]                                                    # (k,)
-    u = torch.rand(k, generator=generator, device=logits.device)
+    u = torch.rand(k, generator=generator, device=logits.device)                # (k,)
     n_accepted = (u < p_draft).int().cumprod(dim=0).sum()                      # leading acceptances
     # Where draft i is rejected the token comes from p_i without d_i; after k acceptances, from p_k.
-    residual = probs.clone()
+    residual = probs.clone()                                                    # (T, V)
     residual[rows, d] = 0.0
     # p(d) == 1 leaves nothing, but then d is always accepted: keep p there so the row stays valid.
     residual = torch.where(residual.sum(dim=-1, keepdim=True) > 0, residual, probs)
