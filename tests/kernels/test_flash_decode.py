@@ -82,8 +82,9 @@ def test_matches_float64_reference(case_index, kv, poisoned_empty):
     layout = ("bhsd", "bshd", "vseq")[case_index % 3]
     B = (1, 3)[(case_index // 2) % 2]
     scaled = kv in CACHE_DTYPES
-    gen = torch.Generator().manual_seed(torch.seed() % 2**31)
-    q, k, v = make_inputs(B, Hq, Hkv, S, D, dtype, layout=layout)
+    seed = torch.seed() % 2**31          # fresh inputs every run; a failure says which, to replay it
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = make_inputs(B, Hq, Hkv, S, D, dtype, layout=layout, seed=seed + 1)
     lengths = ragged_lengths(B, S, gen)
     scales = {}
     if scaled:
@@ -93,15 +94,15 @@ def test_matches_float64_reference(case_index, kv, poisoned_empty):
 
     assert out.shape == (B, Hq, D) and out.dtype == dtype
     assert lse.shape == (B, Hq) and lse.dtype == torch.float32
-    assert not out.isnan().any(), "an output element was never written"
+    assert not out.isnan().any(), f"an output element was never written (seed {seed})"
     ref_out, ref_lse = float64_reference(q, k, v, lengths, **scales)
     bound = 2 * same_dtype_torch_error(q, *dense(k, v, scales, dtype), lengths, ref_out) + tolerance(dtype, scaled)
-    assert rel_err(out, ref_out) <= bound
+    assert rel_err(out, ref_out) <= bound, f"seed {seed}, lengths {lengths.tolist()}"
     if scaled:
-        assert rel_err(out, reference.flash_decode(q, k, v, lengths, **scales)) <= bound
+        assert rel_err(out, reference.flash_decode(q, k, v, lengths, **scales)) <= bound, f"seed {seed}"
     empty = lengths == 0
-    assert (out[empty] == 0).all() and (lse[empty] == float("-inf")).all()
-    torch.testing.assert_close(lse[~empty], ref_lse[~empty].float(), rtol=1e-5, atol=1e-5)
+    assert (out[empty] == 0).all() and (lse[empty] == float("-inf")).all(), f"seed {seed}"
+    torch.testing.assert_close(lse[~empty], ref_lse[~empty].float(), rtol=1e-5, atol=1e-5, msg=f"seed {seed}")
 
 
 ROW_CASES = [(dtype, D, kv, splits, layout) for dtype, D in ((torch.float32, 80), (torch.float16, 64),
