@@ -99,6 +99,16 @@ def test_help_and_usage_errors_do_not_import_torch(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_starts_where_the_platform_has_no_sighup(tmp_path):
+    """Windows' signal module has no SIGHUP: reaching for it ended every command in an AttributeError traceback
+    before the first line ran. SIGTERM still unwinds like an exit there."""
+    code = ("import signal; del signal.SIGHUP\n"
+            "from codecomplete.cli import main, _exit_on_signal\n"
+            f"assert main([{str(tmp_path / 'missing')!r}, '--file', 'a.py']) == 2\n"
+            "assert signal.getsignal(signal.SIGTERM) is _exit_on_signal")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_closed_pipe_exits_quietly(script, cli_env):
     # head takes 10 bytes and leaves; the generation must stop without a word on stderr.
     shell = f"{script} --prompt 'def main():' --max-tokens 64 2>err | head -c 10; echo \" ${{PIPESTATUS[0]}}\""
