@@ -124,6 +124,14 @@ def _read_inside(root: Path, path: str, limit: int) -> bytes | None:
     before (a file swapped for a link to a secret since the scan was seen as a file) cannot be read (ELOOP)."""
     nofollow = getattr(os, "O_NOFOLLOW", 0)  # (not on Windows, where links need rights to make)
     *folders, name = path.split("/")
+    if os.open not in os.supports_dir_fd:
+        # Windows opens no folder and no file relative to one: each folder is checked by name instead, which a
+        # link made between the check and the read could still pass (making one there needs rights or developer mode).
+        for depth in range(1, len(folders) + 1):
+            inner = root.joinpath(*folders[:depth])
+            if _is_link(inner):
+                raise OSError(errno.ELOOP, "a symbolic link the scan would not follow", path)
+        return read_regular_file(root.joinpath(*folders, name), limit, follow_links=False)
     folder = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
         for part in folders:
@@ -133,6 +141,11 @@ def _read_inside(root: Path, path: str, limit: int) -> bytes | None:
         return read_regular_file(Path(name), limit, follow_links=False, dir_fd=folder)
     finally:
         os.close(folder)
+
+
+def _is_link(path) -> bool:
+    """A symbolic link, or a Windows junction (a link to a folder that any user may make; Python >= 3.12 sees it)."""
+    return os.path.islink(path) or getattr(os.path, "isjunction", lambda _: False)(path)
 
 
 def _skipped_by_name(path: str) -> bool:
@@ -260,7 +273,14 @@ def read_regular_file(path: Path, limit: int, follow_links: bool = True, dir_fd:
     as /dev/zero never ends), so the check cannot be raced. Without ``follow_links`` a symbolic link is refused
     with OSError, like a missing or unreadable file. ``dir_fd``: ``path`` is relative to that open folder.
     """
-    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow_links else getattr(os, "O_NOFOLLOW", 0))
+    # Windows has no O_NONBLOCK (nor FIFOs among files), and opens a descriptor in text mode unless given O_BINARY:
+    # "\r\n" would be read as "\n" and a Ctrl-Z byte would end the file there.
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    if not follow_links:
+        if hasattr(os, "O_NOFOLLOW"):
+            flags |= os.O_NOFOLLOW
+        elif _is_link(path):     # Windows: checked by name, before the open
+            raise OSError(errno.ELOOP, "a symbolic link, not followed", str(path))
     with open(path, "rb", opener=lambda name, _flags: os.open(name, flags, dir_fd=dir_fd)) as file:
         if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
             return None

@@ -2,6 +2,7 @@
 
 import builtins
 import importlib.util
+import os
 import string
 import subprocess
 from pathlib import Path
@@ -116,3 +117,15 @@ def starcoder_tokenizer():
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in specials])
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>")
+
+
+@pytest.fixture
+def as_on_windows(monkeypatch):
+    """Call to make os as Windows has it: no O_NONBLOCK or O_NOFOLLOW, no opening relative to a folder, binary mode
+    on request (O_BINARY is Windows' 0x8000, which Linux reads as O_LARGEFILE: harmless here)."""
+    def apply():
+        monkeypatch.delattr(os, "O_NONBLOCK")
+        monkeypatch.delattr(os, "O_NOFOLLOW")
+        monkeypatch.setattr(os, "supports_dir_fd", set())
+        monkeypatch.setattr(os, "O_BINARY", 0x8000, raising=False)
+    return apply

@@ -140,7 +140,9 @@ def test_a_file_swapped_for_a_fifo_after_the_scan_is_skipped_not_waited_on(make_
     assert parse_file(root, sources[1], 1 << 20) == "not a regular file"
 
 
-def test_a_file_or_folder_swapped_for_a_link_after_the_scan_is_not_read_through_it(make_repo, tmp_path):
+@pytest.mark.parametrize("windows", [False, True])
+def test_a_file_or_folder_swapped_for_a_link_after_the_scan_is_not_read_through_it(make_repo, tmp_path, windows,
+                                                                                    as_on_windows):
     secret = tmp_path / "secret.py"
     secret.write_text("TOKEN = 'hunter2'\n")
     root = make_repo({"a.py": "a = 1\n", "b.py": "b = 1\n", "pkg/c.py": "c = 1\n", "d.py": "d = 1\n",
@@ -158,6 +160,9 @@ def test_a_file_or_folder_swapped_for_a_link_after_the_scan_is_not_read_through_
     (root / "d.py").unlink()
     os.symlink("pkg/../.gitignore", root / "d.py")          # ... also through a link in the link's own target
     from prompts.index import parse_file
+
+    if windows:     # (there each link is checked by name: read_regular_file crashed on os.O_NONBLOCK)
+        as_on_windows()
 
     for path in ("a.py", "b.py", "pkg/c.py", "d.py"):
         entry = parse_file(root, sources[path], 1 << 20)

@@ -294,3 +294,16 @@ def test_an_unreadable_file_raises_oserror_for_the_index_to_report(make_repo, re
     refuse_open("locked.py")
     with pytest.raises(PermissionError):
         read_source(root, "locked.py")
+
+
+def test_files_are_read_on_windows_in_binary_mode(make_repo, monkeypatch, as_on_windows):
+    """Windows has no O_NONBLOCK (every read was an AttributeError) and opens no folder (the reads relative to one
+    failed); without O_BINARY its descriptors are text mode, where a Ctrl-Z byte ends the file."""
+    root = make_repo({"pkg/mod.py": "a = '\x1a'\r\nb = 2\r\n"})
+    as_on_windows()
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda path, flags, *args, **kw: opened.append(flags) or real_open(path, flags,
+                                                                                                        *args, **kw))
+    assert read_source(root, "pkg/mod.py") == "a = '\x1a'\nb = 2\n"
+    assert opened and all(flags & os.O_BINARY for flags in opened)
