@@ -49,7 +49,8 @@ def announce(info: dict) -> Iterator[Path]:
         return
     path = folder / f"{os.getpid()}.json"
     path.unlink(missing_ok=True)        # a file (or link) left by a server that had this process id
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    # (O_EXCL alone refuses a link planted since; Windows has no O_NOFOLLOW)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     with os.fdopen(descriptor, "w", encoding="utf-8") as file:
         json.dump({**info, "pid": os.getpid()}, file)
     try:
@@ -90,10 +91,16 @@ def _private(path: Path, regular: bool = False) -> bool:
         return False
     if regular and not stat.S_ISREG(status.st_mode):
         return False
+    if not hasattr(os, "geteuid"):
+        # Windows: stat has no owner and every folder reads as mode 0777, so this cannot be checked here; the
+        # default folder lies in the user's profile, which its access list keeps to that user.
+        return True
     return status.st_uid == os.geteuid() and not status.st_mode & 0o022
 
 
 def _alive(pid: int) -> bool:
+    if sys.platform == "win32":
+        return _alive_on_windows(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -101,3 +108,21 @@ def _alive(pid: int) -> bool:
     except PermissionError:     # someone else's process with a recycled id
         return False
     return True
+
+
+def _alive_on_windows(pid: int) -> bool:
+    """Whether process `pid` still runs, asked without os.kill: on Windows os.kill(pid, 0) is TerminateProcess, so
+    every command that looked for a server ended it."""
+    import ctypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.OpenProcess.restype = ctypes.c_void_p          # a HANDLE: pointer-sized
+    handle = kernel32.OpenProcess(0x1000, False, pid)      # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:          # gone, or another user's process with a recycled id
+        return False
+    handle = ctypes.c_void_p(handle)
+    try:
+        code = ctypes.c_ulong()
+        return bool(kernel32.GetExitCodeProcess(handle, ctypes.byref(code))) and code.value == 259   # STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)

@@ -1,6 +1,7 @@
 """The command line with a server running for its repository: it finds the server, and prints exactly what it prints
 alone (stdout, the --json object, exit codes); the server keeps the repository's index fresh as files change."""
 import json
+import os
 import subprocess
 import sys
 
@@ -413,6 +414,42 @@ def test_a_runtime_directory_that_cannot_be_trusted_means_no_server_not_a_crash(
     with announce({"api_key": None}) as path:
         assert path is None
     assert "owned by uid 1001" in capsys.readouterr().err
+
+
+def test_servers_are_announced_and_found_on_windows(monkeypatch, tmp_path):
+    """Windows has no os.geteuid or O_NOFOLLOW (announcing a server, and every command looking for one, was an
+    AttributeError), every folder reads as mode 0777 there, and os.kill(pid, 0) is TerminateProcess: asking
+    whether a server lives would have ended it. Windows' kernel32 is played by a stand-in that knows this process."""
+    import ctypes
+
+    from codecomplete.server import discovery
+
+    class Kernel32:
+        def __init__(self, *_args, **_kwargs):
+            self.OpenProcess = lambda _access, _inherit, pid: 7 if pid == os.getpid() else 0
+
+        def GetExitCodeProcess(self, handle, code):
+            assert handle.value == 7
+            ctypes.cast(code, ctypes.POINTER(ctypes.c_ulong)).contents.value = 259    # STILL_ACTIVE
+            return 1
+
+        def CloseHandle(self, handle):
+            return 1
+
+    def kill(*_args):
+        raise AssertionError("os.kill on Windows terminates the process")
+    monkeypatch.setenv("CODECOMPLETE_RUNTIME_DIR", str(tmp_path))
+    monkeypatch.delattr(os, "geteuid")
+    monkeypatch.delattr(os, "O_NOFOLLOW")
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(ctypes, "WinDLL", Kernel32, raising=False)
+    monkeypatch.setattr(os, "kill", kill)
+    with discovery.announce({"url": "http://127.0.0.1:1", "api_key": "k"}) as path:
+        assert path is not None
+        (tmp_path / "servers").chmod(0o777)                     # as Windows reports every folder
+        (tmp_path / "servers" / "4194304.json").write_text('{"url": "http://127.0.0.1:2", "pid": 4194304}')
+        assert [info["url"] for info in discovery.running_servers()] == ["http://127.0.0.1:1"]
+    assert list((tmp_path / "servers").iterdir()) == []        # the dead server's file removed, ours at exit
 
 
 def test_a_server_never_announces_itself_inside_its_repository(monkeypatch, tmp_path, capsys):
