@@ -57,7 +57,8 @@ def history_path(root: Path | None = None) -> Path | None:
         if path.exists() and not path.is_file():
             return None
         # What is typed can be secret (a key pasted into a question): readable by its owner only, as shells keep it.
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600))
+        # (Windows has no O_NOFOLLOW, and keeps a profile's files to their user by its access list, not by mode)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o600))
         os.chmod(path, 0o600)
     except OSError:
         return None

@@ -280,6 +280,14 @@ def test_the_history_file_is_readable_by_its_owner_only(tmp_path, monkeypatch):
     assert repl.history_path(tmp_path / "repo").stat().st_mode & 0o777 == 0o600
 
 
+def test_the_history_file_is_kept_on_windows_too(tmp_path, monkeypatch):
+    """Windows has no O_NOFOLLOW: the REPL ended in an AttributeError before its first prompt."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.delattr(os, "O_NOFOLLOW")
+    path = repl.history_path(tmp_path / "repo")
+    assert path == tmp_path / "state" / "codecomplete" / "history" and path.is_file()
+
+
 def test_a_history_file_that_can_no_longer_be_written_never_interrupts_the_session(conversation, tmp_path):
     """A full disk, or the file replaced under the REPL: prompt-toolkit printed a traceback and "Press ENTER to
     continue" at every line sent. The line is kept in memory (Up still finds it), and the REPL goes on."""
