@@ -68,8 +68,11 @@ def _problem(folder: Path, root: Path | None) -> str | None:
     except OSError as exc:
         return f"cannot be written ({exc.strerror or exc})"
     # What is cached is read back as code's input (converted weights, the index): a folder that another user
-    # owns or anyone may write to would let them choose it.
-    if hasattr(os, "geteuid") and owner != os.geteuid():
+    # owns or anyone may write to would let them choose it. Windows' stat has no owner and shows every folder as
+    # mode 0777 (it was passed over every run, the model converted anew): there this cannot be checked.
+    if not hasattr(os, "geteuid"):
+        return None
+    if owner != os.geteuid():
         return "belongs to another user"
     if mode & 0o002:
         return "can be written by every user"

@@ -290,6 +290,25 @@ def test_a_cache_dir_that_every_user_may_write_to_is_passed_over(make_repository
     assert f"{shared} can be written by every user" in message
 
 
+def test_the_cache_dir_is_kept_on_windows_where_owners_and_modes_cannot_be_read(make_repository, tmp_path,
+                                                                                  monkeypatch):
+    """Windows' stat shows every folder as mode 0777 and has no os.geteuid: the user's own cache folder was passed
+    over as writable by every user on each run, and the model converted anew into a temporary one."""
+    from codecomplete import caches
+
+    repo = make_repository(tmp_path / "repo")
+    own = tmp_path / "own"
+    own.mkdir()
+    own.chmod(0o777)                                # as Windows reports a folder
+    monkeypatch.delattr(os, "geteuid")
+    monkeypatch.setattr(caches, "_chosen", None)
+    monkeypatch.setenv("CODECOMPLETE_CACHE_DIR", str(own))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    warned = []
+    monkeypatch.setattr(caches, "warn", warned.append)
+    assert caches.prepare(repo) == own.resolve() and warned == []
+
+
 def test_sigterm_unwinds_quietly_with_143(script, cli_env, tmp_path):
     """`kill` ends the run as an exit (so `finally` blocks remove temporary files), code 128 + 15, no traceback."""
     proc = subprocess.Popen([str(script), "--prompt", "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
