@@ -458,6 +458,10 @@ def _standard_streams() -> frozenset[str]:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.reconfigure(errors=UNENCODABLE)
+            if sys.platform == "win32" and not stream.isatty():
+                # A pipe there (an editor reading the completion) gets the ANSI code page, cp1252: "→" came out as
+                # "?", "é" as a byte no UTF-8 reader takes; and every "\n" as "\r\n", which the model never wrote.
+                stream.reconfigure(encoding="utf-8", newline="\n")
         except (AttributeError, ValueError):    # not a TextIOWrapper (a test's capture)
             pass
     return frozenset(closed)

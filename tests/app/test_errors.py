@@ -109,6 +109,23 @@ def test_starts_where_the_platform_has_no_sighup(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_a_pipe_on_windows_gets_utf_8_and_the_model_s_own_line_ends(monkeypatch):
+    """Windows gives a piped stdout the ANSI code page (cp1252) and turns "\\n" into "\\r\\n": an editor reading a
+    completion got "?" for "→", a cp1252 byte for "é", and line ends the model never wrote."""
+    import io
+
+    from codecomplete import cli
+
+    piped = io.TextIOWrapper(io.BytesIO(), encoding="cp1252", newline="\r\n")     # as Windows opens a pipe
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(sys, "stdout", piped)
+    monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(io.BytesIO(), encoding="cp1252", newline="\r\n"))
+    cli._standard_streams()
+    sys.stdout.write("é → x\n")
+    sys.stdout.flush()
+    assert piped.buffer.getvalue() == "é → x\n".encode()
+
+
 def test_closed_pipe_exits_quietly(script, cli_env):
     # head takes 10 bytes and leaves; the generation must stop without a word on stderr.
     shell = f"{script} --prompt 'def main():' --max-tokens 64 2>err | head -c 10; echo \" ${{PIPESTATUS[0]}}\""
