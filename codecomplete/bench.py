@@ -232,7 +232,7 @@ def _card(device: str, ranks: int = 1) -> str:
         import torch
         return f"{ranks} x " * (ranks > 1) + torch.cuda.get_device_name(torch.device(device))
     try:
-        with open("/proc/cpuinfo") as f:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
             name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         name = platform.processor() or platform.machine()

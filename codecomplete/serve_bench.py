@@ -50,7 +50,7 @@ class ServerProcess:
         self.runtime = folder / "runtime"
         self.env = {**env, "CODECOMPLETE_RUNTIME_DIR": str(self.runtime)}
         self.log_path = folder / "server.log"
-        self._log = open(self.log_path, "w")
+        self._log = open(self.log_path, "w", encoding="utf-8")
         self.process = subprocess.Popen([*command, "serve", str(repo), "--port", "0", *options],
                                         stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
         try:
@@ -67,14 +67,14 @@ class ServerProcess:
                 raise RuntimeError(f"the server exited with {self.process.returncode}: {self.log()}")
             for path in (self.runtime / "servers").glob("*.json"):
                 try:
-                    return json.loads(path.read_text())
+                    return json.loads(path.read_text(encoding="utf-8"))
                 except ValueError:      # being written
                     pass
             time.sleep(0.2)
         raise RuntimeError(f"the server did not start within {START_TIMEOUT_S} s: {self.log()}")
 
     def log(self) -> str:
-        return self.log_path.read_text()
+        return self.log_path.read_text(encoding="utf-8")
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 60) -> int:
         """Ask it to stop (SIGINT by default); its exit code. A server that hangs is killed, and that is an error."""
@@ -429,8 +429,8 @@ def main(argv=None) -> int:
               "requests": requests, "server_log": server_log.splitlines()[-80:]}
     out = args.out or Path("bench/results") / f"serve-{'gpu' if device.startswith('cuda') else 'cpu'}"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    out.with_suffix(".md").write_text(markdown(report), encoding="utf-8")
     print(f"\nwrote {out.with_suffix('.json')} and {out.with_suffix('.md')}\n")
     print(f"{'bar':<44} {'target':>12} {'measured':>12}  met")
     for bar in report["bars"]:

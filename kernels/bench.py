@@ -255,8 +255,8 @@ def best_of_rounds(runs: dict, calls: int, replays: int = 30, rounds: int = 2) -
 def save_table(out: Path, stem: str, table: str, payload: dict) -> None:
     """A GPU script's results: OUT/stem.md (the table) and OUT/stem.json (`payload`); the table printed last."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.md").write_text(table)
-    (out / f"{stem}.json").write_text(json.dumps(payload, indent=1))
+    (out / f"{stem}.md").write_text(table, encoding="utf-8")
+    (out / f"{stem}.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
     print(table)
 
 
@@ -701,7 +701,7 @@ def main(argv=None) -> int:
     if args.check:
         from kernels.check import check_summary, gpu_correctness_sweep
         checks = gpu_correctness_sweep(log, quick=args.check == "quick")
-        (args.out / "kernels-check.json").write_text(json.dumps({"env": env, "cases": checks}, indent=1))
+        (args.out / "kernels-check.json").write_text(json.dumps({"env": env, "cases": checks}, indent=1), encoding="utf-8")
         checks_failed = not all(c["ok"] for c in checks)  # reported, then the timings still run
         if args.check_only:
             print(check_summary(checks))
@@ -715,11 +715,11 @@ def main(argv=None) -> int:
         # Written after every shape (the table too), so a run cut short still leaves its results.
         results = bars(rows, read_bw)
         (args.out / "kernels.json").write_text(json.dumps({"env": env, "bandwidth": bandwidth, "read_bandwidth": read_bw,
-                                                           "rows": rows, "bars": results}, indent=1))
+                                                           "rows": rows, "bars": results}, indent=1), encoding="utf-8")
         table = markdown(env, bandwidth, rows, read_bw)
         if len(rows) < len(todo):
             table += f"\nCut short: {len(rows)} of {len(todo)} shapes measured.\n"
-        (args.out / "kernels.md").write_text(table + "\n## Bars\n\n" + bars_table(results))
+        (args.out / "kernels.md").write_text(table + "\n## Bars\n\n" + bars_table(results), encoding="utf-8")
     plot(rows, args.out / "kernels.png", env["card"])
     print(table)
     print(f"Bars ({env['card']}, copy {bandwidth / 1e12:.2f} TB/s, read {read_bw / 1e12:.2f} TB/s, "

@@ -305,7 +305,7 @@ def config_name(key: str | tuple[str, int, int]) -> str:
 def read_configs(path: str) -> dict:
     """CONFIGS entries from a JSON file of {"kind" or "kind NxK": [block_n, block_k, num_warps, num_stages
     (, interleave)]}."""
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         entries = json.load(f)
     return {config_key(name): Config(*values) for name, values in entries.items()}
 

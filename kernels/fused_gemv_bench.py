@@ -230,12 +230,12 @@ def main(argv=None) -> int:
     for (kind, N, K), c in entries.items():
         print(f"    ({kind!r}, {N}, {K}): {c!r},")
     if args.json:
-        with open(args.json, "w") as f:
+        with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"copy_bandwidth": bandwidth, "models": [f"{m}/{tp}" for m, tp in models], "margin": MARGIN,
                        "rows": rows, "entries": table, "predictions": predictions,
                        "wall_s": time.perf_counter() - started}, f, indent=1)
     if args.write_configs:
-        with open(args.write_configs, "w") as f:
+        with open(args.write_configs, "w", encoding="utf-8") as f:
             json.dump(table, f, indent=1)
     if bad:
         print(f"WRONG RESULTS: {', '.join(bad)}")

@@ -232,7 +232,7 @@ def main(argv=None) -> int:
         del ws
         torch.cuda.empty_cache()
     if args.json:
-        with open(args.json, "w") as f:
+        with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"copy_bandwidth": bandwidth, "k_per_program": K_PER_PROGRAM, "rows": rows}, f, indent=1)
     bad = [r["shape"] for r in rows if not r["max_rel_err"] < 1e-2]
     if bad:

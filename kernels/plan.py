@@ -189,7 +189,7 @@ def load_table(name: str, num_sms: int, directory: Path = PLANS_DIR) -> tuple[di
     path = directory / f"{device_slug(name)}.json"
     if not path.exists():
         return ()
-    table = json.loads(path.read_text())
+    table = json.loads(path.read_text(encoding="utf-8"))
     if table.get("device", {}).get("sms") != num_sms:
         return ()
     return tuple(table["entries"])

@@ -427,7 +427,7 @@ def plans_from_sweep(sweep: dict, directory: Path, base: tuple[dict, ...] = ()) 
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{device_slug(env['card'])}.json"
     partial = path.with_suffix(".json.partial")  # then renamed: a run cut while writing leaves the last whole file
-    partial.write_text(json.dumps(table, indent=1) + "\n")
+    partial.write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
     partial.replace(path)
     return path
 
@@ -557,10 +557,10 @@ def explore(env: dict, out: Path, plans_dir: Path, budget_s: float, log, only=()
         results.append(measure_case(case, num_sms, share, log, start_plans=start,
                                     grid=which == "issue" or regrid or not measured(case)))
         sweep["bars"] = tune_bars(results, env["read_bandwidth"])
-        (out / "kernels-tune.json").write_text(json.dumps(sweep, indent=1))  # a run cut short keeps its results
+        (out / "kernels-tune.json").write_text(json.dumps(sweep, indent=1), encoding="utf-8")  # a run cut short keeps its results
         path = plans_from_sweep(sweep, plans_dir, committed_table)
     table = summary(env, results)
-    (out / "kernels-tune.md").write_text(table + "\n## Bars\n\n" + bars_table(sweep["bars"]))
+    (out / "kernels-tune.md").write_text(table + "\n## Bars\n\n" + bars_table(sweep["bars"]), encoding="utf-8")
     print(table)
     print(f"Plan file: {path} (copy it to kernels/plans/ and commit). Every variant: {out / 'kernels-tune.json'}.")
     print(f"Bars with each case's best plan ({env['card']}):")

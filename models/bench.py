@@ -216,7 +216,7 @@ def profile_step(model, batch: int, context: int, backend: str, path: Path, quan
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         graph_replay_us(step, 5)
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90)
-    path.write_text(table)
+    path.write_text(table, encoding="utf-8")
     model.free_caches()
 
 
@@ -526,7 +526,7 @@ def main(argv=None) -> int:
 
     def save():
         (args.out / f"{stem}.json").write_text(json.dumps(
-            {"env": env, "bandwidth": bandwidth, "rows": rows, "checks": checks, "prefix_reuse": ttft}, indent=1))
+            {"env": env, "bandwidth": bandwidth, "rows": rows, "checks": checks, "prefix_reuse": ttft}, indent=1), encoding="utf-8")
 
     for name in args.models.split(","):
         name = full_name(name)
@@ -548,7 +548,7 @@ def main(argv=None) -> int:
         table += (f"\nPrefix reuse ({t['model']}, through the Engine): cold request of {t['shared_tokens'] + t['new_tokens']} "
                   f"tokens: TTFT {t['cold_ttft_ms']:.1f} ms; a second request sharing {t['reused_prefix_tokens']} "
                   f"tokens: {t['reuse_ttft_ms']:.1f} ms ({t['ratio']:.3f} of cold).\n")
-    (args.out / f"{stem}.md").write_text(table)
+    (args.out / f"{stem}.md").write_text(table, encoding="utf-8")
     plot(rows, args.out / f"{stem}.png", env["card"])
     print(table)
     return 0

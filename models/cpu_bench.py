@@ -26,7 +26,7 @@ IMPORT_S = time.perf_counter() - T0
 
 def cpu_name() -> str:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
@@ -36,7 +36,7 @@ def cpu_name() -> str:
 
 def code_tokens(tokenizer, n: int) -> list[int]:
     """Real Python (this package's source) as n prompt tokens: random ids would make the model babble."""
-    text = "".join(p.read_text() for p in sorted(Path(__file__).parent.rglob("*.py")))
+    text = "".join(p.read_text(encoding="utf-8") for p in sorted(Path(__file__).parent.rglob("*.py")))
     ids = tokenizer.encode(text)
     return (ids * (n // len(ids) + 1))[:n]
 
@@ -162,8 +162,8 @@ def main(argv=None) -> None:
     result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "models-cpu.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "models-cpu.md").write_text(markdown(result))
+    (out / "models-cpu.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    (out / "models-cpu.md").write_text(markdown(result), encoding="utf-8")
     print(markdown(result))
 
 

@@ -153,7 +153,7 @@ def projections(verify: list[dict], widths, cpu_path: Path) -> list[dict]:
     has width 1 + k (short drafts are padded), which the CPU's counts, made at width 1 + drafts, stand in for."""
     if not cpu_path.exists():
         return []
-    cpu = json.loads(cpu_path.read_text())
+    cpu = json.loads(cpu_path.read_text(encoding="utf-8"))
     out = []
     for row in verify:
         for kind, summary in cpu["summary"].items():
@@ -261,7 +261,7 @@ def main(argv=None) -> int:
 
     def save():
         result["seconds"] = time.perf_counter() - t0
-        (args.out / "decode.json").write_text(json.dumps(result, indent=1))
+        (args.out / "decode.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
 
     def stop(signum, frame):
         raise TimeoutError
@@ -299,7 +299,7 @@ def main(argv=None) -> int:
     result["bars"] = bars(result["e2e"], result["capacity"], result["verify"])
     save()
     table = markdown(result)
-    (args.out / "decode.md").write_text(table)
+    (args.out / "decode.md").write_text(table, encoding="utf-8")
     print(table)
     return 0
 

@@ -30,7 +30,7 @@ def load(directory: Path) -> dict:
         path = directory / f"llamacpp-{kv}.json"
         if not path.exists():
             continue
-        for test in json.loads(path.read_text()):
+        for test in json.loads(path.read_text(encoding="utf-8")):
             if test.get("n_gen", 0) <= 0 or test.get("n_prompt", 0):
                 continue
             peer["tok_s"].setdefault(kv, {})[int(test["n_depth"])] = float(test["avg_ts"])
@@ -130,16 +130,16 @@ def main(argv=None) -> int:
     parser.add_argument("--source", default=SOURCE, help="where llama.cpp came from, when its build has no commit")
     args = parser.parse_args(argv)
     try:
-        ours, peer = json.loads(args.e2e.read_text()), load(args.llamacpp)
+        ours, peer = json.loads(args.e2e.read_text(encoding="utf-8")), load(args.llamacpp)
     except (OSError, ValueError) as error:
         print(f"models.peer_llamacpp: {error}")
         return 2
     out = args.out or args.llamacpp
     table = markdown(ours["env"], ours["rows"], peer, source=args.source)
     checked = bars(ours["rows"], peer)
-    (out / "vs-llamacpp.md").write_text(table)
+    (out / "vs-llamacpp.md").write_text(table, encoding="utf-8")
     (out / "vs-llamacpp.json").write_text(json.dumps(
-        {"env": ours["env"], "llamacpp": peer, "ours": ours["rows"], "bars": checked}, indent=1))
+        {"env": ours["env"], "llamacpp": peer, "ours": ours["rows"], "bars": checked}, indent=1), encoding="utf-8")
     print(table)
     return 0 if all(b["met"] for b in checked) else 1
 

@@ -87,14 +87,14 @@ def main(argv=None) -> int:
         model.prefill(tokens)
         torch.cuda.synchronize()
     (args.out / "prefill-profile.txt").write_text(
-        prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=90))
+        prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=90), encoding="utf-8")
     # The host's side of a first prefill at a new length: what it does that a repeated length does not.
     fresh = tokens[:, :T - 17]
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         model.prefill(fresh)
         torch.cuda.synchronize()
     (args.out / "prefill-new-length-profile.txt").write_text(
-        prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=90))
+        prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=90), encoding="utf-8")
     print(f"{args.model}, {T}-token prompt, bf16, {torch.cuda.get_device_name()}; matmul rate {tflops:.0f} TFLOP/s")
     for name, ms in rows.items():
         print(f"  {name:45s} {ms:8.1f} ms")

@@ -204,7 +204,7 @@ def check_plan_file(path: Path, env: dict) -> None:
     """--write-table's file must exist and be this card's (its name and SM count): plans measured on one card
     written into another's table would be taken there without ever running on it."""
     try:
-        device = json.loads(path.read_text())["device"]
+        device = json.loads(path.read_text(encoding="utf-8"))["device"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise SystemExit(f"error: --write-table {path}: not a plan file ({type(error).__name__}: {error})") from None
     if (device.get("name", env["card"]), device.get("sms")) != (env["card"], env["sms"]):
@@ -215,7 +215,7 @@ def check_plan_file(path: Path, env: dict) -> None:
 def update_table(path: Path, key: dict, plan, model, batch: int, measured: dict) -> str:
     """Put `plan` into the plan file at `key` (replacing an entry of the same key, else adding one)."""
     c = model.config
-    table = json.loads(path.read_text())
+    table = json.loads(path.read_text(encoding="utf-8"))
     num_sms = table["device"]["sms"]
     entry = table_entry(batch, c.n_heads, c.n_kv_heads, key["S"], c.head_dim, 1, key["kind"] != "bf16", plan,
                         num_sms, measured, int8=key["kind"] == "int8")
@@ -226,7 +226,7 @@ def update_table(path: Path, key: dict, plan, model, batch: int, measured: dict)
         table["entries"][same[0]] = entry
     else:
         table["entries"].append(entry)
-    path.write_text(json.dumps(table, indent=1) + "\n")
+    path.write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
     return "replaced" if same else "added"
 
 
@@ -310,7 +310,7 @@ def main(argv=None) -> int:
 
 
 def write_report(out: Path, env: dict, rows: list[dict], show: bool = True) -> None:
-    (out / "step-plans.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
+    (out / "step-plans.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1), encoding="utf-8")
     lines = [f"# Attention plans inside the decode step: {env['card']}, {env['date']}", "",
              f"torch {env['torch']}, triton {env['triton']}. Step: graph replay of one decode step (B as listed, "
              "random weights of the preset's shapes); alone: the first layer's attention call as a graph replay. "
@@ -328,7 +328,7 @@ def write_report(out: Path, env: dict, rows: list[dict], show: bool = True) -> N
                          f"{row['batch'] * 1e6 / p['step_us']:.2f} | {base / p['step_us']:.3f}x |")
         if "table" in row:
             lines.append(f"| | | (plan file: entry {row['table']}) | | | | | | | |")
-    (out / "step-plans.md").write_text("\n".join(lines) + "\n")
+    (out / "step-plans.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     if show:
         print("\n".join(lines))
 

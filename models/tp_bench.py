@@ -97,9 +97,9 @@ def _names(models: str) -> list[str]:
 
 def save(out: dict, path: str) -> str:
     """Write what is measured so far (a run cut short still leaves its numbers): path.json, path.md."""
-    Path(path).with_suffix(".json").write_text(json.dumps(out, indent=1))
+    Path(path).with_suffix(".json").write_text(json.dumps(out, indent=1), encoding="utf-8")
     table = markdown(out)
-    Path(path).with_suffix(".md").write_text(table)
+    Path(path).with_suffix(".md").write_text(table, encoding="utf-8")
     return table
 
 

@@ -103,9 +103,9 @@ def gguf_checkpoint(path: Path, dtype: torch.dtype, progress=None) -> Path:
                 tmp.mkdir(mode=0o755)   # not the umask's: a umask of 0 would make it one that anyone may write
                 save_file(tensors, tmp / "model.safetensors")
                 tokenizer.save_pretrained(str(tmp))
-                (tmp / "config.json").write_text(json.dumps(config.to_hf(), indent=2))
+                (tmp / "config.json").write_text(json.dumps(config.to_hf(), indent=2), encoding="utf-8")
                 files = {f.name: f.stat().st_size for f in tmp.iterdir()}
-            (tmp / "source.json").write_text(json.dumps({"source": stamp, "content": content, "files": files}))
+            (tmp / "source.json").write_text(json.dumps({"source": stamp, "content": content, "files": files}), encoding="utf-8")
             os.replace(tmp, out)        # atomic: a half-written conversion is never found
             _remove_unstamped_copies(out, path.stem)
     except (OSError, SafetensorError) as e:     # safetensors says a full disk in a SafetensorError of its own
@@ -194,7 +194,7 @@ def _conversion_lock(out: Path, path: Path, progress=None):
     check_private(out.parent)
     # 0600: flock needs only a read handle, so a lock file others may open is one they could hold forever
     lock_fd = os.open(out.with_name(f"{out.name}.lock"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    with os.fdopen(lock_fd, "a") as lock:
+    with os.fdopen(lock_fd, "a", encoding="utf-8") as lock:
         yield _flock(lock, path, progress)     # closing the file releases the lock
 
 

@@ -126,6 +126,32 @@ def test_a_pipe_on_windows_gets_utf_8_and_the_model_s_own_line_ends(monkeypatch)
     assert piped.buffer.getvalue() == "é → x\n".encode()
 
 
+def test_every_text_file_is_opened_with_an_encoding():
+    """open() and Path.read_text/write_text without encoding= use the locale's, cp1252 on Windows: a server log with
+    "·" was read back as "Â·" (serve_bench matched none of its lines), and text outside cp1252 could not be written."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    missing = []
+    for path in sorted(p for package in ("codecomplete", "prompts", "models", "kernels")
+                       for p in (root / package).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            func = getattr(node, "func", None)
+            name = getattr(func, "attr", None) or getattr(func, "id", None)
+            if name not in ("open", "fdopen", "read_text", "write_text") or any(k.arg == "encoding"
+                                                                                 for k in node.keywords):
+                continue
+            if isinstance(func, ast.Attribute) and getattr(func.value, "id", None) == "os" and name == "open":
+                continue        # os.open: a descriptor, no text
+            modes = [a.value for a in node.args[1:2] if isinstance(a, ast.Constant)]
+            modes += [k.value.value for k in node.keywords if k.arg == "mode" and isinstance(k.value, ast.Constant)]
+            if name in ("open", "fdopen") and (not node.args or any("b" in str(mode) for mode in modes)):
+                continue        # binary, or not a file's open (safe_open's keywords)
+            missing.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert missing == []
+
+
 def test_closed_pipe_exits_quietly(script, cli_env):
     # head takes 10 bytes and leaves; the generation must stop without a word on stderr.
     shell = f"{script} --prompt 'def main():' --max-tokens 64 2>err | head -c 10; echo \" ${{PIPESTATUS[0]}}\""
