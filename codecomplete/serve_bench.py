@@ -178,7 +178,7 @@ def one_shot(command: list[str], repo: Path, path: str, cursor: Cursor, options:
     started = time.perf_counter()
     proc = subprocess.run([*command, str(repo), "--file", path, "--stdin", "--line", str(cursor.line), "--col",
                            str(cursor.col), "--max-tokens", str(max_tokens), "--json", "--no-server", *options],
-                          input=cursor.text, capture_output=True, text=True, env=env, timeout=900)
+                          input=cursor.text, capture_output=True, encoding="utf-8", env=env, timeout=900)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"the one-shot command failed: {proc.stderr.strip()}")
