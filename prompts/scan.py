@@ -143,9 +143,17 @@ def _read_inside(root: Path, path: str, limit: int) -> bytes | None:
         os.close(folder)
 
 
+IO_REPARSE_TAG_MOUNT_POINT = 0xA0000003    # a junction's reparse tag (stat names it on Windows only)
+
+
 def _is_link(path) -> bool:
-    """A symbolic link, or a Windows junction (a link to a folder that any user may make; Python >= 3.12 sees it)."""
-    return os.path.islink(path) or getattr(os.path, "isjunction", lambda _: False)(path)
+    """A symbolic link, or a Windows junction: a link to a folder (anywhere) that any user may make, which
+    os.path.islink does not call a link."""
+    try:
+        status = os.lstat(path)     # (one call, as os.path.islink's: the walk asks it of every folder)
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISLNK(status.st_mode) or getattr(status, "st_reparse_tag", 0) == IO_REPARSE_TAG_MOUNT_POINT
 
 
 def _skipped_by_name(path: str) -> bool:
@@ -171,7 +179,7 @@ def _walk(root: Path, rules: IgnoreRules) -> Iterator[str]:
             dirnames.clear()
         dirnames[:] = sorted(
             d for d in dirnames
-            if d not in SKIPPED_DIRS and not os.path.islink(os.path.join(directory, d))
+            if d not in SKIPPED_DIRS and not _is_link(os.path.join(directory, d))
             and not rules.ignored(prefix + d, is_dir=True)
         )
         yield from (prefix + f for f in filenames if f != ".git" and not rules.ignored(prefix + f))

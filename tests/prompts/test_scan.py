@@ -307,3 +307,25 @@ def test_files_are_read_on_windows_in_binary_mode(make_repo, monkeypatch, as_on_
                                                                                                         *args, **kw))
     assert read_source(root, "pkg/mod.py") == "a = '\x1a'\nb = 2\n"
     assert opened and all(flags & os.O_BINARY for flags in opened)
+
+
+def test_a_windows_junction_is_not_followed(make_repo, monkeypatch, as_on_windows):
+    """A junction (Windows' folder link, which any user may make) is no symbolic link to os.path.islink: the walk
+    went through one, out of the repository, and reads through one were allowed. Stat marks it by its reparse tag."""
+    from types import SimpleNamespace
+
+    root = make_repo({"a.py": "a = 1\n", "elsewhere/secret.py": "TOKEN = 1\n"})
+    junction = str(root / "elsewhere")
+    real_lstat = os.lstat
+
+    def lstat(path, *args, **kwargs):
+        result = real_lstat(path, *args, **kwargs)
+        if os.fspath(path) != junction:
+            return result
+        return SimpleNamespace(**{name: getattr(result, name) for name in dir(result) if name.startswith("st_")},
+                               st_reparse_tag=0xA0000003)      # IO_REPARSE_TAG_MOUNT_POINT
+    monkeypatch.setattr(os, "lstat", lstat)
+    assert _paths(root) == ["a.py"]
+    as_on_windows()
+    with pytest.raises(OSError):
+        read_source(root, "elsewhere/secret.py")
