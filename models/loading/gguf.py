@@ -13,6 +13,7 @@ the GPU image does not have it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
@@ -195,15 +196,24 @@ def _conversion_lock(out: Path, path: Path, progress=None):
     # 0600: flock needs only a read handle, so a lock file others may open is one they could hold forever
     lock_fd = os.open(out.with_name(f"{out.name}.lock"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(lock_fd, "a", encoding="utf-8") as lock:
-        yield _flock(lock, path, progress)     # closing the file releases the lock
+        held = _flock(lock, path, progress)
+        try:
+            yield held
+        finally:
+            if held == "msvcrt":        # Windows asks for its byte locks to be released before the file closes
+                import msvcrt
+                with contextlib.suppress(OSError):      # (closing releases it in the end anyway)
+                    os.lseek(lock.fileno(), 0, os.SEEK_SET)
+                    msvcrt.locking(lock.fileno(), msvcrt.LK_UNLCK, 1)
+        # (closing the file releases a flock)
 
 
-def _flock(lock, path: Path, progress=None) -> bool:
+def _flock(lock, path: Path, progress=None) -> bool | str:
     """Take an exclusive lock on the open file `lock`, waiting for its holder; False where locks do not exist."""
     try:
         import fcntl
-    except ImportError:                 # Windows: no advisory locks; conversions may then run side by side
-        return False
+    except ImportError:                 # Windows
+        return _lock_first_byte(lock, path, progress)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -213,6 +223,33 @@ def _flock(lock, path: Path, progress=None) -> bool:
     except OSError:                     # a file system without locks (some NFS and FUSE mounts): convert unlocked
         return False
     return True
+
+
+def _lock_first_byte(lock, path: Path, progress=None) -> bool | str:
+    """Windows' flock: msvcrt's lock on the file's first byte (the lock file stays empty; a byte past the end may
+    be locked). "msvcrt" when held, False where there is no msvcrt either (conversions may run side by side)."""
+    try:
+        import msvcrt
+    except ImportError:
+        return False
+    descriptor = lock.fileno()
+    os.lseek(descriptor, 0, os.SEEK_SET)   # msvcrt locks from the file position
+    try:
+        msvcrt.locking(descriptor, msvcrt.LK_NBLCK, 1)
+        return "msvcrt"
+    except PermissionError:             # EACCES: another process holds it
+        pass
+    except OSError:                     # a file system without locks: convert unlocked
+        return False
+    if progress:
+        progress(f"Waiting for another process converting {path.name}")
+    while True:
+        try:
+            msvcrt.locking(descriptor, msvcrt.LK_LOCK, 1)   # tries once a second for 10 s, then EDEADLOCK
+            return "msvcrt"
+        except OSError as exc:
+            if exc.errno != errno.EDEADLOCK:
+                return False
 
 
 def is_complete(directory: Path, stamp: dict | None = None) -> bool:
