@@ -98,9 +98,19 @@ def check_gloo_interfaces() -> None:
                            f"(it has {', '.join(sorted(present))})")
 
 
+def loopback_interface() -> str | None:
+    """The loopback interface by the name gloo binds to: "lo" on Linux, "lo0" on macOS ("lo" there failed in gloo,
+    after the ranks had started); None where it has neither name (Windows), and gloo finds an address itself."""
+    names = {name for _, name in socket.if_nameindex()}
+    return next((name for name in ("lo", "lo0") if name in names), None)
+
+
 def check_devices(world: int, device_type: str) -> None:
     if world < 1:
         raise ValueError(f"a tensor-parallel group needs at least one rank, not {world}")
+    if device_type == "cuda" and world > 1 and not dist.is_nccl_available():
+        raise ModelError(f"tensor parallelism over {world} GPUs needs NCCL, which this PyTorch build lacks "
+                         f"(PyTorch for Windows has none)")
     if device_type == "cuda":
         available = torch.cuda.device_count()
         if available < world:
@@ -133,7 +143,8 @@ class Ranks:
         multicast_off()
         check_devices(world, device_type)
         check_gloo_interfaces()
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")    # one host: gloo talks over loopback
+        if "GLOO_SOCKET_IFNAME" not in os.environ and (loopback := loopback_interface()):
+            os.environ["GLOO_SOCKET_IFNAME"] = loopback     # one host: gloo talks over loopback
         store = dist.TCPStore("127.0.0.1", 0, world, is_master=True, wait_for_workers=False)
         context = None
         if world > 1:

@@ -105,6 +105,24 @@ def test_more_gpus_than_there_are_is_one_clear_error():
         check_devices(asked, "cuda")
 
 
+def test_platforms_without_nccl_or_a_loopback_named_lo_are_said_or_served(monkeypatch):
+    """PyTorch for Windows has no NCCL: --gpus 2 failed inside the ranks. macOS names its loopback "lo0" (gloo
+    was told "lo", which it cannot find there), Windows neither: gloo is then left to find the address."""
+    import socket
+
+    import torch.distributed as dist
+
+    from models.distributed import loopback_interface
+
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: False)
+    with pytest.raises(ModelError, match="^tensor parallelism over 2 GPUs needs NCCL, which this PyTorch build lacks"):
+        check_devices(2, "cuda")
+    for interfaces, loopback in [([(1, "lo"), (2, "eth0")], "lo"), ([(1, "lo0"), (4, "en0")], "lo0"),
+                                 ([(1, "loopback_0"), (7, "ethernet_32768")], None)]:
+        monkeypatch.setattr(socket, "if_nameindex", lambda interfaces=interfaces: interfaces)
+        assert loopback_interface() == loopback
+
+
 def test_odd_values_of_the_variables_torch_distributed_reads_are_one_line_each(monkeypatch):
     """Set by hand (or left over from another job), torchrun's variables failed as int()'s ValueError or a KeyError,
     and a GLOO_SOCKET_IFNAME this machine lacks as gloo's "enforce fail" after the ranks had started."""
