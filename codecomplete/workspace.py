@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import warnings
 from pathlib import Path
 
@@ -60,7 +61,8 @@ def file_in(root: Path, path: str, must_exist: bool = True) -> str:
     writes `src\\a.py` (a backslash): where no file has the backslashes in its own name, they separate folders.
     """
     candidates, found = _candidates(root, path)
-    if found is None and _WINDOWS_ABSOLUTE.match(path):   # (never a path of this system, and never inside the root)
+    # (never a path of this system, and never inside the root; on Windows, its own kind of path: not found is all)
+    if found is None and sys.platform != "win32" and _WINDOWS_ABSOLUTE.match(path):
         raise UsageError(f"{path} is a Windows path: give the file as this system names it, or relative to the "
                          f"repository")
     if found is None and "\\" in path:

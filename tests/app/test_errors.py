@@ -260,6 +260,17 @@ def test_a_path_from_an_editor_on_windows_finds_the_file_or_says_what_it_is(tmp_
         file_in(tmp_path, "src\\new.py")
 
 
+def test_on_windows_a_windows_path_not_found_is_said_as_not_found(tmp_path, monkeypatch):
+    """On Windows `C:\\repo\\a.py` is this system's own kind of path: "give the file as this system names it" was
+    wrong advice there."""
+    from codecomplete.errors import UsageError
+    from codecomplete.workspace import file_in
+
+    monkeypatch.setattr(sys, "platform", "win32")
+    with pytest.raises(UsageError, match=r"^file not found: C:\\repo\\a\.py$"):
+        file_in(tmp_path, "C:\\repo\\a.py")
+
+
 def test_running_out_of_memory_on_a_cpu_is_a_failure_not_a_bug():
     """torch's CPU allocator says so with a plain RuntimeError (torch.OutOfMemoryError is CUDA's): it was taken for a
     bug, an internal error on the command line, and the end of the REPL during a question."""
