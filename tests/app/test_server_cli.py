@@ -452,6 +452,29 @@ def test_servers_are_announced_and_found_on_windows(monkeypatch, tmp_path):
     assert list((tmp_path / "servers").iterdir()) == []        # the dead server's file removed, ours at exit
 
 
+def test_on_windows_a_second_server_cannot_take_a_port_one_listens_on(monkeypatch):
+    """Windows' SO_REUSEADDR lets a second socket bind a port that one already listens on: two servers shared the
+    requests of one port, neither with an error. There the listener asks for SO_EXCLUSIVEADDRUSE instead."""
+    import socket
+
+    from codecomplete.server import serve
+
+    options = []
+
+    class Socket(socket.socket):
+        def setsockopt(self, level, option, value):
+            options.append(option)
+            if option == socket.SO_REUSEADDR:       # (the stand-in's SO_EXCLUSIVEADDRUSE is not Linux's to set)
+                super().setsockopt(level, option, value)
+    monkeypatch.setattr(socket, "socket", Socket)
+    monkeypatch.setattr(socket, "SO_EXCLUSIVEADDRUSE", -5, raising=False)     # ~SO_REUSEADDR, as Windows has it
+    serve._listen("127.0.0.1", 0).close()
+    assert options == [-5]
+    monkeypatch.delattr(socket, "SO_EXCLUSIVEADDRUSE")                         # POSIX
+    serve._listen("127.0.0.1", 0).close()
+    assert options == [-5, socket.SO_REUSEADDR]
+
+
 def test_a_server_never_announces_itself_inside_its_repository(monkeypatch, tmp_path, capsys):
     from codecomplete.server.discovery import announce
 
