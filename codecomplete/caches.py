@@ -15,6 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from prompts.scan import lies_within
+
 from .render import warn
 
 VARIABLE = "CODECOMPLETE_CACHE_DIR"
@@ -56,7 +58,7 @@ def _problem(folder: Path, root: Path | None) -> str | None:
         resolved = folder.resolve()
     except (OSError, RuntimeError) as exc:      # a link loop
         return f"cannot be resolved ({getattr(exc, 'strerror', None) or exc})"
-    if root is not None and resolved.is_relative_to(root.resolve()):
+    if root is not None and lies_within(resolved, root.resolve()):
         return "is inside the repository, where nothing is ever written"
     if resolved.exists() and not resolved.is_dir():
         return "is not a folder"

@@ -28,6 +28,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from prompts.scan import lies_within
+
 from . import chat, engines, render, workspace
 from .errors import AppError, UsageError, classify, one_line, printable
 from .session import open_session
@@ -51,7 +53,7 @@ def history_path(root: Path | None = None) -> Path | None:
     (HOME being the repository), an unwritable state dir, or something other than a regular file there."""
     path = Path(user_state_dir("codecomplete")) / "history"
     try:
-        if root is not None and path.resolve().is_relative_to(root):
+        if root is not None and lies_within(path.resolve(), root):
             return None
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if path.exists() and not path.is_file():

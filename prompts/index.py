@@ -31,7 +31,7 @@ from typing import NamedTuple
 from .chunking import Chunk, analyze_source
 from .errors import PromptError
 from .imports import Import, PathTable
-from .scan import MAX_FILE_BYTES, ScanWarning, SourceFile, count_ignored, read_source, scan_repository
+from .scan import MAX_FILE_BYTES, ScanWarning, SourceFile, count_ignored, lies_within, read_source, scan_repository
 
 CACHE_VERSION = 3  # bump whenever chunking or the cached layout changes
 PARALLEL_MIN_BYTES = 2 * 1024 * 1024  # below this much text to parse, worker start-up costs more than it saves
@@ -296,7 +296,7 @@ def _cache_file(root: Path, cache_dir: str | os.PathLike | None) -> Path | None:
     """Where this repository's index is cached; None (said once, here) if that would be inside the repository
     itself or the cache folder is not a folder."""
     folder = (Path(os.path.expanduser(cache_dir)) if cache_dir is not None else default_cache_dir()).resolve()
-    if folder.is_relative_to(root):
+    if lies_within(folder, root):
         warnings.warn(f"not caching the index: {folder} is inside the repository", ScanWarning, stacklevel=3)
         return None
     if folder.exists() and not folder.is_dir():

@@ -143,6 +143,24 @@ def _read_inside(root: Path, path: str, limit: int) -> bytes | None:
         os.close(folder)
 
 
+def lies_within(path: Path, root: Path) -> bool:
+    """Whether ``path`` (resolved; it need not exist yet) is ``root`` or inside it, as the disk sees it: on macOS's
+    default disk, which ignores case, ~/Proj/.cache is inside ~/proj, though resolve() keeps each spelling."""
+    if path.is_relative_to(root):
+        return True
+    try:
+        root_status = os.stat(root)
+    except (OSError, ValueError):
+        return False
+    for folder in (path, *path.parents):
+        try:
+            if os.path.samestat(os.stat(folder), root_status):
+                return True
+        except (OSError, ValueError):       # not there yet
+            continue
+    return False
+
+
 IO_REPARSE_TAG_MOUNT_POINT = 0xA0000003    # a junction's reparse tag (stat names it on Windows only)
 
 

@@ -17,6 +17,8 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+from prompts.scan import lies_within
+
 RUNTIME_ENV = "CODECOMPLETE_RUNTIME_DIR"
 
 
@@ -36,7 +38,7 @@ def announce(info: dict) -> Iterator[Path]:
     """Write `info` (with "url", "repo" and this process's id) where clients look, for as long as the block runs."""
     try:
         folder = runtime_dir() / "servers"
-        if info.get("repo") and folder.resolve().is_relative_to(info["repo"]):
+        if info.get("repo") and lies_within(folder.resolve(), Path(info["repo"])):
             raise OSError(f"{folder} is inside the repository, where nothing is ever written")
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         problem = None if _private(folder) else f"{folder}: another user owns it or may write to it"
