@@ -355,8 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     closed = _standard_streams()
     # `kill` (SIGTERM, SIGHUP) unwinds like an exit, so temporary files and folders are removed on the way out.
     # A signal ignored when we start stays ignored: `nohup codecomplete serve &` must outlive its terminal.
-    # (Windows has no SIGHUP: closing the console ends the process there.)
-    for number in (signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])):
+    # Windows has no SIGHUP: there a closed console window (or Ctrl-Break) comes as SIGBREAK.
+    for name in ("SIGTERM", "SIGHUP", "SIGBREAK"):
+        number = getattr(signal, name, None)
+        if number is None:
+            continue
         try:
             if signal.getsignal(number) is not signal.SIG_IGN:
                 signal.signal(number, _exit_on_signal)

@@ -101,11 +101,12 @@ def test_help_and_usage_errors_do_not_import_torch(tmp_path):
 
 def test_starts_where_the_platform_has_no_sighup(tmp_path):
     """Windows' signal module has no SIGHUP: reaching for it ended every command in an AttributeError traceback
-    before the first line ran. SIGTERM still unwinds like an exit there."""
-    code = ("import signal; del signal.SIGHUP\n"
+    before the first line ran. SIGTERM still unwinds like an exit there, and so does SIGBREAK (a closed console
+    window), played here by SIGUSR1."""
+    code = ("import signal; del signal.SIGHUP; signal.SIGBREAK = signal.SIGUSR1\n"
             "from codecomplete.cli import main, _exit_on_signal\n"
             f"assert main([{str(tmp_path / 'missing')!r}, '--file', 'a.py']) == 2\n"
-            "assert signal.getsignal(signal.SIGTERM) is _exit_on_signal")
+            "assert signal.getsignal(signal.SIGTERM) is signal.getsignal(signal.SIGBREAK) is _exit_on_signal")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
