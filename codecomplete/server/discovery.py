@@ -58,7 +58,10 @@ def announce(info: dict) -> Iterator[Path]:
     try:
         yield path
     finally:
-        path.unlink(missing_ok=True)
+        # (Windows refuses to remove a file a client is reading that moment: then the next client finds the
+        # process gone and removes it)
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
 
 
 def running_servers() -> list[dict]:
@@ -81,7 +84,8 @@ def running_servers() -> list[dict]:
         if alive:
             found.append((path.stat().st_mtime, info))
         else:
-            path.unlink(missing_ok=True)     # a server that was killed: its file is stale
+            with contextlib.suppress(OSError):      # (another client reading it, on Windows)
+                path.unlink(missing_ok=True)     # a server that was killed: its file is stale
     return [info for _, info in sorted(found, key=lambda pair: pair[0], reverse=True)]
 
 

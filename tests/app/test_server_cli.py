@@ -475,6 +475,24 @@ def test_on_windows_a_second_server_cannot_take_a_port_one_listens_on(monkeypatc
     assert options == [-5, socket.SO_REUSEADDR]
 
 
+def test_a_record_windows_will_not_remove_while_it_is_read_is_no_crash(monkeypatch, tmp_path):
+    """Windows refuses to remove a file that another process has open: a client reading a server's record as the
+    server stopped ended the server in an internal error, and a client removing a stale record as another read it
+    ended in one too. The record stays until the next client finds its process gone."""
+    from pathlib import Path
+
+    from codecomplete.server import discovery
+
+    def refused(self, missing_ok=False):
+        raise PermissionError(13, "The process cannot access the file because it is being used by another process")
+    monkeypatch.setenv("CODECOMPLETE_RUNTIME_DIR", str(tmp_path))
+    with discovery.announce({"url": "http://127.0.0.1:1"}) as path:
+        (tmp_path / "servers" / "4194304.json").write_text('{"url": "http://127.0.0.1:2", "pid": 4194304}')
+        monkeypatch.setattr(Path, "unlink", refused)
+        assert [info["url"] for info in discovery.running_servers()] == ["http://127.0.0.1:1"]
+    assert path.exists()
+
+
 def test_a_server_never_announces_itself_inside_its_repository(monkeypatch, tmp_path, capsys):
     from codecomplete.server.discovery import announce
 
