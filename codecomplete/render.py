@@ -14,6 +14,7 @@ NO_COLOR and TERM=dumb; FORCE_COLOR and TTY_COMPATIBLE may colour stderr, never 
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -354,6 +355,8 @@ def write_out(stream, text: str) -> None:
     except BrokenPipeError:
         raise
     except OSError as exc:
+        if sys.platform == "win32" and exc.errno == errno.EINVAL:
+            raise BrokenPipeError from None     # how Windows says a pipe's reader went away (`| more` quit early)
         raise AppError(f"cannot write the output: {exc.strerror or exc}") from None
 
 

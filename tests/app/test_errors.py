@@ -153,6 +153,22 @@ def test_every_text_file_is_opened_with_an_encoding():
     assert missing == []
 
 
+def test_on_windows_a_pipe_whose_reader_left_is_a_closed_pipe(monkeypatch):
+    """Windows says a pipe's reader went away (`codecomplete ... | more`, quit early) with EINVAL, not EPIPE: it was
+    "cannot write the output: Invalid argument" and exit 1 where a closed pipe ends quietly with 141."""
+    import errno
+
+    from codecomplete.render import PlainView
+
+    class Pipe:
+        def write(self, text):
+            raise OSError(errno.EINVAL, "Invalid argument")
+    monkeypatch.setattr(sys, "platform", "win32")
+    view = PlainView(Pipe())
+    view.on_text("def")
+    assert view.closed
+
+
 def test_closed_pipe_exits_quietly(script, cli_env):
     # head takes 10 bytes and leaves; the generation must stop without a word on stderr.
     shell = f"{script} --prompt 'def main():' --max-tokens 64 2>err | head -c 10; echo \" ${{PIPESTATUS[0]}}\""
