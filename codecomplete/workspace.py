@@ -11,7 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from prompts.scan import MAX_BUFFER_BYTES
+from prompts.scan import MAX_BUFFER_BYTES, relative_within
 
 from . import caches
 from .errors import UsageError
@@ -70,14 +70,15 @@ def file_in(root: Path, path: str, must_exist: bool = True) -> str:
     if found is None and must_exist:
         raise UsageError(f"file not found: {path}")
     resolved = (found or candidates[0]).resolve()
-    if not resolved.is_relative_to(root):
+    relative = relative_within(resolved, root)     # (by the disk: on macOS ~/Proj/a.py is in the repository ~/proj)
+    if relative is None:
         raise UsageError(f"{path} is outside the repository {root}")
     if resolved.is_dir():
         raise UsageError(f"{path} is a folder, not a file")
     if found is not None and not resolved.is_file():
         # Reading a FIFO would wait forever, a device such as /dev/zero would never end.
         raise UsageError(f"{path} is not a regular file (a FIFO, socket or device)")
-    return resolved.relative_to(root).as_posix()
+    return relative
 
 
 _WINDOWS_ABSOLUTE = re.compile(r"[A-Za-z]:[\\/]|\\\\")   # `C:\repo\a.py`, `C:/repo/a.py`, `\\server\share`

@@ -146,19 +146,25 @@ def _read_inside(root: Path, path: str, limit: int) -> bytes | None:
 def lies_within(path: Path, root: Path) -> bool:
     """Whether ``path`` (resolved; it need not exist yet) is ``root`` or inside it, as the disk sees it: on macOS's
     default disk, which ignores case, ~/Proj/.cache is inside ~/proj, though resolve() keeps each spelling."""
+    return relative_within(path, root) is not None
+
+
+def relative_within(path: Path, root: Path) -> str | None:
+    """``path`` (resolved) as a posix path relative to ``root``, where it lies within it as the disk sees it (see
+    lies_within; the part below the root keeps the spelling given), else None."""
     if path.is_relative_to(root):
-        return True
+        return path.relative_to(root).as_posix()
     try:
         root_status = os.stat(root)
     except (OSError, ValueError):
-        return False
+        return None
     for folder in (path, *path.parents):
         try:
             if os.path.samestat(os.stat(folder), root_status):
-                return True
+                return path.relative_to(folder).as_posix()
         except (OSError, ValueError):       # not there yet
             continue
-    return False
+    return None
 
 
 IO_REPARSE_TAG_MOUNT_POINT = 0xA0000003    # a junction's reparse tag (stat names it on Windows only)
