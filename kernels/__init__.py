@@ -6,7 +6,16 @@
 """
 
 from kernels import reference
-from kernels.interface import append_kv, flash_decode
 from kernels.plan import LaunchPlan, plan_launch
 
-__all__ = ["flash_decode", "append_kv", "reference", "plan_launch", "LaunchPlan"]
+try:
+    import triton  # noqa: F401
+except ImportError:     # no Triton for this platform (macOS; Windows): the CPU's plain-PyTorch path, no flash_decode
+    HAS_TRITON = False
+    flash_decode = None
+    append_kv = reference.append_kv     # (what kernels.interface runs off CUDA anyway)
+else:
+    HAS_TRITON = True
+    from kernels.interface import append_kv, flash_decode
+
+__all__ = ["HAS_TRITON", "flash_decode", "append_kv", "reference", "plan_launch", "LaunchPlan"]

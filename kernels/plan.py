@@ -22,8 +22,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import triton
-
 # Planning constants, measured on an H100 and an H200 (bench/results/NOTES.md records the sweeps).
 PROGRAMS_PER_SM = 2          # two resident programs per SM beat one and four (34B, 7B, paper shapes)
 MIN_BLOCKS_PER_SPLIT = 1     # even one tile per split paid off at short contexts (34B, S=1k)
@@ -82,12 +80,18 @@ def describe(plan: LaunchPlan) -> str:
     return " ".join(words)
 
 
+def _next_power_of_2(n: int) -> int:
+    """triton.next_power_of_2, here so that planning (and kernels.reference, which checks shapes with it) imports
+    where Triton cannot be installed (macOS, Windows)."""
+    return 1 << (n - 1).bit_length() if n > 0 else 0
+
+
 def tiles(group: int, T: int, D: int) -> tuple[int, int, int]:
     """(block_m, block_n, block_d) by the heuristic: 64 keys a tile (K and V tiles plus pipelining fit
     shared memory). 8-bit caches too: 128 keys (the same bytes as bf16's 64) need 137 KB of shared
     memory at 4 or 8 warps (sm_90 build), one program per SM; 64 keys hold three."""
-    block_m = min(MAX_BLOCK_M, max(16, triton.next_power_of_2(group * T)))
-    block_d = max(16, triton.next_power_of_2(D))
+    block_m = min(MAX_BLOCK_M, max(16, _next_power_of_2(group * T)))
+    block_d = max(16, _next_power_of_2(D))
     block_n = 64 if block_d <= 128 else 32
     return block_m, block_n, block_d
 

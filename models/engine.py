@@ -14,6 +14,7 @@ looked up in the prompt in one multi-token step (a second graph) and keeps the o
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 from collections.abc import Callable, Sequence
 from time import perf_counter
@@ -33,6 +34,14 @@ from models.options import DEFAULT_MAX_CONTEXT, parse_kv_cache
 from models.sampling import make_generator, sample
 from models.speculative import PromptLookup, accept
 from models.tokenizer import IncrementalDetokenizer, StopStringMatcher
+
+
+def triton_installed() -> bool:
+    """Whether Triton can be imported: it has no build for macOS, nor on PyPI for Windows, where decoding runs
+    without its kernels (sdpa attention, nothing compiled: inductor writes GPU code in Triton). Asked without
+    importing it, which on a CPU must wait for TRITON_INTERPRET."""
+    return importlib.util.find_spec("triton") is not None
+
 
 # Drafts verified per step when GenerationConfig.speculate is None, by device (bench/results/NOTES.md).
 DEFAULT_SPECULATE = {"cpu": 8, "cuda": 8}
@@ -135,7 +144,7 @@ class Engine:
         group = model.config.n_heads // model.config.n_kv_heads
         self.speculate = min(DEFAULT_SPECULATE.get(self._device.type, 0), max(1, TILE_ROWS // group - 1))
         self._graphs_enabled = self._device.type == "cuda" if cuda_graphs is None else cuda_graphs
-        if self._graphs_enabled and os.environ.get("CODECOMPLETE_COMPILE", "1") != "0":
+        if self._graphs_enabled and os.environ.get("CODECOMPLETE_COMPILE", "1") != "0" and triton_installed():
             # Fuse the decode step's norms, RoPE and SwiGLU around the matmuls (compiled once, at the
             # first step; inductor caches it on disk for later starts). On an H100 this took CodeLlama-7B
             # at 4k context from 118 to ~150 tokens/s. CODECOMPLETE_COMPILE=0 turns it off.
@@ -151,7 +160,8 @@ class Engine:
         self._cached_ids: list[int] = []       # the tokens whose K/V cache row 0 holds, in order
         self.attention = ""
         flash_fits = model.config.head_dim in KERNEL_HEAD_DIMS      # else flash's first decode step would fail
-        self.set_attention(attention or ("flash" if self._device.type == "cuda" and flash_fits else "sdpa"))
+        self.set_attention(attention or ("flash" if self._device.type == "cuda" and flash_fits and triton_installed()
+                                         else "sdpa"))
         self._ensure_rows(1)
 
     # ---- configuration -----------------------------------------------------------------------
@@ -168,7 +178,7 @@ class Engine:
         bench/results/h200-cold/run2-compiled/):
         where the decode step is compiled (CUDA graphs, CODECOMPLETE_COMPILE not 0), not on a tensor-parallel rank
         (whose dense parts carry collectives), and unless CODECOMPLETE_COMPILE_PREFILL=0."""
-        return (self._graphs_enabled and os.environ.get("CODECOMPLETE_COMPILE", "1") != "0"
+        return (self._graphs_enabled and os.environ.get("CODECOMPLETE_COMPILE", "1") != "0" and triton_installed()
                 and os.environ.get("CODECOMPLETE_COMPILE_PREFILL", "1") != "0" and self.model.dense == DenseKernels())
 
     @property
@@ -190,6 +200,9 @@ class Engine:
         if name in ("flash", "eager") and head_dim not in KERNEL_HEAD_DIMS:
             raise ModelError(f"{name} attention takes head dims {KERNEL_HEAD_DIMS[0]}..{KERNEL_HEAD_DIMS[-1]}, and "
                              f"{self.name}'s is {head_dim}: use sdpa")
+        if name == "flash" and not triton_installed():
+            raise ModelError("flash attention runs Triton kernels, and Triton is not installed (it has no build for "
+                             "this platform): use sdpa")
         if name == "flash" and self._device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             # Off the GPU, Triton kernels run only in its interpreter, which must be chosen before Triton is
             # imported (its own helpers, tl.cdiv and the like, are jitted at import); importing torch's compiler

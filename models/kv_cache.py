@@ -116,8 +116,10 @@ class KVCache(nn.Module):
 def stores_v_sequence_major(group: int, store: torch.dtype, device: torch.device) -> bool:
     """Whether a cache keeps V sequence-major: where flash_decode reads it faster so (CUDA, 8-bit, GQA). On a CPU no
     kernel reads it, and dequantizing it for SDPA is a strided copy (SmolLM2's 32k int8 V: 193 ms against 1.7)."""
-    from kernels.interface import sequence_major_v_pays  # lazy, as append_kv below
-    return device.type == "cuda" and sequence_major_v_pays(group, store)
+    if device.type != "cuda":
+        return False
+    from kernels.interface import sequence_major_v_pays  # lazy, as append_kv below (and no Triton off CUDA)
+    return sequence_major_v_pays(group, store)
 
 
 def append_kv(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None, v_scale=None) -> None:

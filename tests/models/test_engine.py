@@ -254,3 +254,35 @@ def test_a_decode_step_can_be_timed_per_backend(tiny_checkpoint):
         assert logits[backend].shape == (2, engine.model.config.vocab_size)
     assert (logits["sdpa"] - logits["eager"]).abs().max() < 1e-4
     assert (logits["sdpa"] - logits["flash"]).abs().max() < 1e-4
+
+
+def test_decoding_runs_where_triton_cannot_be_installed(tmp_path):
+    """Triton has Linux wheels only: on macOS (and Windows) importing kernels failed on `import triton` (kernels.plan
+    used it for next_power_of_2), so no model could decode at all. There sdpa decodes, nothing is compiled, and flash
+    is refused in one line."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = f"""
+import sys
+sys.modules["triton"] = None                # import triton: ImportError, as on macOS
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from pathlib import Path
+from tiny_models import write_tiny_gguf
+from models import GenerationConfig, ModelError, load_model
+path = Path({str(tmp_path / "tiny.gguf")!r})
+write_tiny_gguf(path)
+engine = load_model(path, device="cpu", max_context=64)
+assert engine.attention == "sdpa", engine.attention
+assert len(engine.generate([1, 2, 3], GenerationConfig(max_new_tokens=4)).token_ids) == 4
+try:
+    engine.set_attention("flash")
+except ModelError as error:
+    assert "Triton is not installed" in str(error)
+else:
+    raise AssertionError("flash attention without Triton")
+"""
+    env = {**os.environ, "CODECOMPLETE_CACHE_DIR": str(tmp_path / "cache")}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=300)
