@@ -19,6 +19,8 @@ flash_decode's dot kernel reads fastest (`kernels.interface.sequence_major_v_pay
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import NamedTuple
 
 import torch
@@ -160,4 +162,27 @@ def free_memory_bytes(device: torch.device) -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
+    # No /proc off Linux: every size passed this check there, and a cache larger than the machine's memory was
+    # allocated (macOS then swaps; Windows fails deep in the allocator).
+    if sys.platform == "win32":
+        return _available_memory_on_windows()
+    for name in ("SC_AVPHYS_PAGES", "SC_PHYS_PAGES"):    # macOS has only the total: a bound still
+        try:
+            return os.sysconf(name) * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            continue
     return 1 << 62  # unknown: let the allocator decide
+
+
+def _available_memory_on_windows() -> int:
+    import ctypes
+
+    class MemoryStatus(ctypes.Structure):       # MEMORYSTATUSEX
+        _fields_ = [("dwLength", ctypes.c_ulong), ("dwMemoryLoad", ctypes.c_ulong),
+                    *[(name, ctypes.c_ulonglong) for name in ("ullTotalPhys", "ullAvailPhys", "ullTotalPageFile",
+                                                              "ullAvailPageFile", "ullTotalVirtual", "ullAvailVirtual",
+                                                              "ullAvailExtendedVirtual")]]
+    status = MemoryStatus(dwLength=ctypes.sizeof(MemoryStatus))
+    if not ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status)):
+        return 1 << 62
+    return status.ullAvailPhys

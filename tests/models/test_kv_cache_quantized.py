@@ -159,3 +159,40 @@ def test_out_of_memory_counts_the_smaller_cache(tiny_checkpoint, monkeypatch):
     monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + 160 * 50)
     load_error(tiny_checkpoint[0], OutOfMemoryError, "fp8 KV cache of 64 tokens .* about 50 tokens would fit",
                max_context=64, kv_cache="fp8")
+
+
+def test_free_memory_is_known_without_proc_meminfo(monkeypatch):
+    """Off Linux there is no /proc/meminfo: the memory check let every size pass (2**62 bytes "free"), and a cache
+    larger than the machine was allocated. The system's page counts say it there (sysconf; Windows' own call)."""
+    import builtins
+    import os
+    import sys
+    import types
+
+    from models import kv_cache
+
+    def no_proc(path, *args, **kwargs):
+        if str(path).startswith("/proc"):
+            raise FileNotFoundError(2, "No such file or directory", path)
+        return builtins.open(path, *args, **kwargs)
+    monkeypatch.setattr(kv_cache, "open", no_proc, raising=False)      # (the module's open shadows the builtin)
+    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert 0 < kv_cache.free_memory_bytes(torch.device("cpu")) <= pages
+    monkeypatch.setattr(os, "sysconf_names", {k: v for k, v in os.sysconf_names.items() if k != "SC_AVPHYS_PAGES"})
+    real_sysconf = os.sysconf
+
+    def sysconf(name):
+        if name not in os.sysconf_names:
+            raise ValueError("unrecognized configuration name")
+        return real_sysconf(name)
+    monkeypatch.setattr(os, "sysconf", sysconf)
+    assert kv_cache.free_memory_bytes(torch.device("cpu")) == pages                # macOS: the total, a bound
+
+    def status(pointer):        # GlobalMemoryStatusEx, as Windows answers it: 3 GiB available
+        pointer._obj.ullAvailPhys = 3 << 30
+        return 1
+    import ctypes
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(ctypes, "windll", types.SimpleNamespace(kernel32=types.SimpleNamespace(
+        GlobalMemoryStatusEx=status)), raising=False)
+    assert kv_cache.free_memory_bytes(torch.device("cpu")) == 3 << 30
