@@ -21,6 +21,7 @@ import pickle
 import posixpath
 import sys
 import tempfile
+import time
 import unicodedata
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -306,6 +307,19 @@ def _cache_file(root: Path, cache_dir: str | os.PathLike | None) -> Path | None:
     return folder / f"index-v{CACHE_VERSION}" / f"{key}.pickle"
 
 
+def _replace(source: str, target: Path, attempts: int = 40) -> None:
+    """os.replace. Windows will not replace a file another process has open: there a reader (another process
+    loading this index, a server and a command started together) is waited for, up to about two seconds."""
+    for attempt in range(attempts):
+        try:
+            os.replace(source, target)
+            return
+        except PermissionError:
+            if sys.platform != "win32" or attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
+
+
 def _load_cache(cache_file: Path | None, root: Path) -> dict:
     """The saved index: {"root", "files": {path: FileEntry}, "vocabulary", "term_ids": {path: array}}; an empty
     one when there is none, or when what is there is not a well-formed index of this root (then it is rebuilt)."""
@@ -381,7 +395,7 @@ def _save_cache(cache_file: Path | None, saved: dict) -> None:
         with tempfile.NamedTemporaryFile(dir=cache_file.parent, suffix=".tmp", delete=False) as file:
             temporary = file.name
             pickle.dump(saved, file, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(temporary, cache_file)
+        _replace(temporary, cache_file)
         temporary = None
     except OSError as error:
         warnings.warn(f"could not write the index cache {cache_file}: {error.strerror or error}", ScanWarning,

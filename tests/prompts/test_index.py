@@ -219,6 +219,28 @@ def test_a_failed_cache_write_leaves_no_temporary_file(make_repo, cache_dir, mon
     assert [p for p in cache_dir.rglob("*") if p.is_file()] == []
 
 
+def test_on_windows_the_cache_is_written_once_a_reader_lets_go(make_repo, cache_dir, monkeypatch):
+    """Windows will not replace a file another process has open: a second process loading the index at that moment
+    made the write fail with a warning (and the next start parse again)."""
+    import sys
+    import warnings
+
+    root = make_repo(FILES)
+    real_replace, refusals = os.replace, [2]
+
+    def replace(source, target):
+        if refusals[0]:
+            refusals[0] -= 1
+            raise PermissionError(13, "Access is denied")
+        real_replace(source, target)
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(prompts.index.os, "replace", replace)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScanWarning)
+        index_repository(root)
+    assert refusals == [0] and len(list(cache_dir.rglob("*.pickle"))) == 1
+
+
 def test_a_cache_dir_that_is_a_file_is_said_once_before_any_parsing(make_repo, tmp_path, count_parses):
     root = make_repo(FILES)
     (tmp_path / "cache-file").write_text("x")
