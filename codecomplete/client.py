@@ -86,7 +86,7 @@ def _announced_key(url: str) -> str | None:
 
 def mismatch(info: dict, args, root: Path | None, max_new_tokens: int) -> str | None:
     """Why this server would not print what this process would (None: it would)."""
-    if root is not None and info.get("repo") != str(root):
+    if root is not None and not _same_folder(info.get("repo"), root):
         return f"serves {info.get('repo')}, not {root}"
     wanted = model_spec(args.model or os.environ.get("CODECOMPLETE_MODEL"))
     if wanted != model_spec(info.get("model_spec")):
@@ -136,6 +136,17 @@ def _engine_options(args, info: dict) -> dict[str, str | None]:
     # (an unquantized cache holds the model's dtype, --kv-cache named or not)
     return {"device": device, "dtype": dtype, "attention": args.attention or defaults.get("attention"),
             "kv_cache": KV_CACHE_DTYPES.get(args.kv_cache or "", args.kv_cache) or dtype}
+
+
+def _same_folder(served, root: Path) -> bool:
+    """Whether a server's repository is `root`: by name, or by the disk (macOS's ignores case, and resolve() keeps
+    the case given, so a server of ~/Proj was passed over by a command line in ~/proj)."""
+    if served == str(root):
+        return True
+    try:
+        return isinstance(served, str) and os.path.samefile(served, root)
+    except (OSError, ValueError):
+        return False
 
 
 def model_spec(spec: str | None) -> str | None:

@@ -267,6 +267,11 @@ def test_a_runtime_file_that_outlived_its_server_is_not_believed(stand_in, tmp_p
     url, _ = stand_in({"repo": str(repo), "model_spec": None, "engine": ENGINE})
     announce_file(tmp_path / "run" / "servers", url, repo, os.getpid())
     assert client.connect(args, repo, 8).url == url          # (the same file, with a server that fits: used)
+    # The same folder by another name (macOS's ~/Proj for ~/proj; a link plays it here) is the same repository.
+    repo.mkdir(exist_ok=True)
+    (tmp_path / "Repo").symlink_to(repo)
+    assert "serves" not in (client.mismatch({"repo": str(tmp_path / "Repo")}, args, repo, 8) or "")
+    assert "serves" in client.mismatch({"repo": str(other)}, args, repo, 8)
 
 
 def test_a_server_started_with_other_options_than_the_defaults_is_not_used_without_them():
