@@ -12,7 +12,7 @@ import signal
 import sys
 import traceback
 
-from .errors import UNENCODABLE, Cancelled, ExitCode, UsageError, classify, error_json, one_line
+from .errors import UNENCODABLE, Cancelled, ExitCode, Stopped, UsageError, classify, error_json, one_line
 
 PROG = "codecomplete"
 MAX_SEED = 2 ** 64 - 1     # what torch.Generator.manual_seed takes
@@ -383,6 +383,11 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "json", None) not in (None, "-"):
             _emit_error(args.json, error_json(ExitCode.PIPE_CLOSED, "the reader closed the pipe"))
         return ExitCode.PIPE_CLOSED
+    except Stopped as exc:
+        # --json still says why it holds no result: a FILE left as it was would hold an earlier run's result.
+        if getattr(args, "json", None) is not None:
+            _emit_error(args.json, error_json(exc.code, f"stopped by {signal.Signals(exc.code - 128).name}"))
+        raise
     except (Exception, KeyboardInterrupt) as exc:
         return _report(exc, args.debug, None if isinstance(exc, Cancelled) else getattr(args, "json", None))
 
@@ -392,7 +397,7 @@ def _torchrun_follower() -> bool:
 
 
 def _exit_on_signal(number: int, _frame) -> None:
-    sys.exit(128 + number)
+    raise Stopped(128 + number)
 
 
 def _report(exc: BaseException, debug: bool, json_to: str | None = None) -> int:

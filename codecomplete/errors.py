@@ -61,10 +61,16 @@ class ExitCode(IntEnum):
     USAGE = 2            # bad arguments or input: missing repo/file, position out of range
     INTERRUPTED = 130    # 128 + SIGINT, what a shell reports for Ctrl-C
     PIPE_CLOSED = 141    # 128 + SIGPIPE: the reader went away, as `cat | head` ends
+    HUNG_UP = 129        # 128 + SIGHUP
+    TERMINATED = 143     # 128 + SIGTERM: `kill`, an editor's timeout
 
 
 class Cancelled(KeyboardInterrupt):
     """Ctrl-C ended a generation whose (partial) result is already out: exit 130 with nothing more to write."""
+
+
+class Stopped(SystemExit):
+    """SIGTERM or SIGHUP: the run unwinds as an exit with 128 + the signal's number (`finally` blocks clean up)."""
 
 
 class AppError(Exception):
@@ -81,7 +87,7 @@ BUDGET_OPTIONS = "--context-tokens sets the prompt budget, --max-tokens the toke
 
 
 ERROR_TYPES = {ExitCode.USAGE: "usage", ExitCode.FAILURE: "failure", ExitCode.INTERRUPTED: "interrupted",
-               ExitCode.PIPE_CLOSED: "pipe_closed"}
+               ExitCode.PIPE_CLOSED: "pipe_closed", ExitCode.HUNG_UP: "interrupted", ExitCode.TERMINATED: "interrupted"}
 
 
 def error_json(code: ExitCode, message: str, internal: bool = False) -> dict:

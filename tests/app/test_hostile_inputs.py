@@ -343,3 +343,19 @@ def test_sigterm_unwinds_quietly_with_143(script, cli_env, tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=TIMEOUT)
     assert (proc.returncode, out, err) == (143, b"", b"")
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_leaves_json_s_error_object_not_an_earlier_result(script, cli_env, tmp_path, number):
+    """--json FILE from an earlier run held its result after this run was killed (an editor's timeout): read as this
+    run's. Like every other ending, the stop writes the error object where the result would have gone."""
+    result = tmp_path / "out.json"
+    result.write_text('{"text": "an earlier run", "finish_reason": "stop"}\n')
+    proc = subprocess.Popen([str(script), "--prompt", "-", "--json", str(result)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env, cwd=tmp_path)
+    time.sleep(5)              # waiting for the prompt on standard input by now
+    proc.send_signal(number)
+    out, err = proc.communicate(timeout=TIMEOUT)
+    assert (proc.returncode, out, err) == (128 + number, b"", b"")
+    assert json.loads(result.read_text()) == {"error": {"code": 128 + number, "type": "interrupted",
+                                                        "message": f"stopped by {signal.Signals(number).name}"}}
