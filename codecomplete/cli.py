@@ -33,10 +33,11 @@ A local coding assistant: repository-scale prompts, decoded with Flash-Decoding.
 
 EPILOG = """\
 exit codes: 0 ok, 1 runtime failure (model, memory), 2 usage or input error,
-130 interrupted, 141 the reader closed the pipe; with --json, a failure also writes
-{"error": {"code": EXIT CODE, "message": ..., "type": ...}} where the result would go.
+130 interrupted, 141 the reader closed the pipe, 143/129 stopped by SIGTERM/SIGHUP; with --json,
+a failure also writes {"error": {"code": EXIT CODE, "message": ..., "type": ...}} where the result would go.
 environment: CODECOMPLETE_MODEL (default --model), CODECOMPLETE_CACHE_DIR, NO_COLOR,
-CODECOMPLETE_SERVER (default --server), CODECOMPLETE_API_KEY (the server's key)."""
+CODECOMPLETE_SERVER (default --server), CODECOMPLETE_API_KEY (the server's key),
+CODECOMPLETE_RUNTIME_DIR (where servers announce themselves)."""
 
 
 class _Parser(argparse.ArgumentParser):
