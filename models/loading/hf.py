@@ -141,8 +141,9 @@ def load_tokenizer(directory: Path):
         found = any((directory / f).is_file() for f in TOKENIZER_FILES)
     except OSError as e:        # a typed folder (random:PRESET:DIR) too long to be a path, or one we may not search
         raise ModelNotFoundError(f"{directory}: {e.strerror or e}") from None
-    if not found:
-        raise ModelNotFoundError(f"{directory}: no tokenizer files (tokenizer.json or tokenizer.model)")
+    if not found:       # a mistyped random:PRESET:DIR is no folder at all: say that, not that its files are missing
+        raise ModelNotFoundError(f"{directory}: " + ("no tokenizer files (tokenizer.json or tokenizer.model)"
+                                                     if directory.is_dir() else "no such folder"))
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
     config = directory / "tokenizer_config.json"
     settings = read_json(config) if config.is_file() else {}

@@ -29,6 +29,14 @@ def test_a_tokenizer_folder_too_long_for_the_system_is_a_clear_error():
         load_model("random:SmolLM2-135M:" + "t" * 300, device="cpu", max_context=64)
 
 
+def test_a_tokenizer_folder_that_does_not_exist_is_said_to_be_missing(tmp_path):
+    """`random:PRESET:/typo` said the folder had "no tokenizer files", as if it were there."""
+    with pytest.raises(ModelNotFoundError, match="typo: no such folder"):
+        load_model(f"random:SmolLM2-135M:{tmp_path / 'typo'}", device="cpu", max_context=64)
+    with pytest.raises(ModelNotFoundError, match="no tokenizer files"):
+        load_model(f"random:SmolLM2-135M:{tmp_path}", device="cpu", max_context=64)
+
+
 def test_random_preset_can_carry_a_tokenizer(tiny_checkpoint, llama_tokenizer):
     """`random:PRESET:DIR`: the preset's shapes with a real tokenizer, so the whole app runs on it (GPU timing);
     the vocabulary is sized to the tokenizer's, whatever the preset's was."""
