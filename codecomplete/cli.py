@@ -178,8 +178,8 @@ def build_serve_parser() -> argparse.ArgumentParser:
     listen.add_argument("--port", type=_whole_number(0, 65535), default=8012,
                         help="port (default: 8012, where llama.vim looks; 0: any)")
     listen.add_argument("--api-key", metavar="KEY",
-                        help="require Authorization: Bearer KEY on every route but /health (default: "
-                             "$CODECOMPLETE_API_KEY)")
+                        help="require Authorization: Bearer KEY on every route but the liveness checks (/health, "
+                             "/v1/health, GET /; default: $CODECOMPLETE_API_KEY)")
     _model_options(parser)
     requests = parser.add_argument_group("requests")
     requests.add_argument("--max-tokens", type=_tokens, metavar="N",
