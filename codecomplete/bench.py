@@ -101,7 +101,9 @@ def measure_variants(engine, backend, contexts, ids, decode_tokens, progress, sp
     (`speculate` drafts per step; None: the engine's default), each row with its ratio to the plain run."""
     base_cache = engine.kv_cache_dtype
     variants = [(kind, kind, 0) for kind in ("fp8", "int8") if kind != base_cache]
-    variants.append((f"speculate {speculate if speculate is not None else engine.speculate}", base_cache, speculate))
+    if speculate != 0:      # --speculate 0 turned it off: a "speculate 0" column would time the plain run again
+        drafts = speculate if speculate is not None else engine.speculate
+        variants.append((f"speculate {drafts}", base_cache, speculate))
     rows = []
     for label, cache, depth in variants:
         engine.set_kv_cache(None if cache not in ("fp8", "int8") else cache)

@@ -29,6 +29,16 @@ def test_bench_on_cpu(codecomplete, repo, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_speculate_0_leaves_out_the_speculation_column(engine):
+    """`--bench --speculate 0` timed the plain run a second time, under the label "speculate 0"."""
+    ids = engine.tokenizer.encode("def add(a, b):\n    return a + b\n" * 4)[:24]
+    labels = lambda depth: [row["variant"] for row in bench.measure_variants(
+        engine, "sdpa", [24], ids, 3, lambda *_: None, depth)]
+    assert labels(0) == ["fp8", "int8"]
+    assert labels(2) == ["fp8", "int8", "speculate 2"]
+    assert engine.kv_cache_dtype not in ("fp8", "int8")        # the engine's own cache again
+
+
 def test_roofline_falls_as_the_context_grows(engine):
     # On a GPU the bandwidth is measured; here any figure checks the arithmetic.
     ceilings = bench.roofline(engine, [256, 1024, 4096], bandwidth=1e11)
