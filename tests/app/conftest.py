@@ -144,3 +144,17 @@ def server(script, cli_env, served_repo, tmp_path_factory):
 
 def contents(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def disk_ignoring_case(monkeypatch):
+    """os.stat as on a disk that ignores case (macOS's default): a path through a folder spelled "Repo" finds the
+    folder "repo" (resolve() keeps whichever spelling it is given)."""
+    real_stat = os.stat
+
+    def stat(path, *args, **kwargs):
+        try:
+            return real_stat(path, *args, **kwargs)
+        except FileNotFoundError:
+            return real_stat(os.fspath(path).replace(f"{os.sep}Repo", f"{os.sep}repo"), *args, **kwargs)
+    monkeypatch.setattr(os, "stat", stat)

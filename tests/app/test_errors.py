@@ -277,22 +277,14 @@ def test_a_path_from_an_editor_on_windows_finds_the_file_or_says_what_it_is(tmp_
         file_in(tmp_path, "src\\new.py")
 
 
-def test_on_a_disk_that_ignores_case_a_file_spelled_otherwise_is_in_the_repository(tmp_path, monkeypatch):
+def test_on_a_disk_that_ignores_case_a_file_spelled_otherwise_is_in_the_repository(tmp_path, disk_ignoring_case):
     """macOS: the editor's /Users/me/Proj/a.py is the repository ~/proj's a.py, though resolve() keeps each
-    spelling: it was refused as outside the repository. os.stat plays such a disk for the folder spelled "Repo"."""
+    spelling: it was refused as outside the repository."""
     from codecomplete.errors import UsageError
     from codecomplete.workspace import file_in
 
     (tmp_path / "repo").mkdir()
     (tmp_path / "repo" / "a.py").write_text("a = 1\n")
-    real_stat = os.stat
-
-    def stat(path, *args, **kwargs):
-        try:
-            return real_stat(path, *args, **kwargs)
-        except FileNotFoundError:
-            return real_stat(os.fspath(path).replace(f"{os.sep}Repo", f"{os.sep}repo"), *args, **kwargs)
-    monkeypatch.setattr(os, "stat", stat)
     assert file_in(tmp_path / "repo", str(tmp_path / "Repo" / "a.py")) == "a.py"
     with pytest.raises(UsageError, match="is outside the repository"):
         file_in(tmp_path / "repo", str(tmp_path / "other.py"), must_exist=False)

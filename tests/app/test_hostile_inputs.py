@@ -290,21 +290,14 @@ def test_a_cache_dir_that_every_user_may_write_to_is_passed_over(make_repository
     assert f"{shared} can be written by every user" in message
 
 
-def test_a_cache_dir_inside_the_repository_by_another_case_is_passed_over(make_repository, tmp_path, monkeypatch):
+def test_a_cache_dir_inside_the_repository_by_another_case_is_passed_over(make_repository, tmp_path, monkeypatch,
+                                                                       disk_ignoring_case):
     """macOS's default disk ignores case, and resolve() keeps the case it is given: a cache folder set to
     ~/Proj/.cache for the repository ~/proj was taken as outside it, and the caches were written into the
-    repository. Here os.stat plays such a disk for the folder spelled "Repo"."""
+    repository."""
     from codecomplete import caches
 
     repo = make_repository(tmp_path / "repo")
-    real_stat = os.stat
-
-    def stat(path, *args, **kwargs):
-        try:
-            return real_stat(path, *args, **kwargs)
-        except FileNotFoundError:
-            return real_stat(os.fspath(path).replace(f"{os.sep}Repo", f"{os.sep}repo"), *args, **kwargs)
-    monkeypatch.setattr(os, "stat", stat)
     monkeypatch.setattr(caches, "_chosen", None)
     monkeypatch.setenv("CODECOMPLETE_CACHE_DIR", str(tmp_path / "Repo" / ".cache"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))

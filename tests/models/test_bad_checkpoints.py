@@ -127,61 +127,27 @@ def test_a_conversion_killed_midway_leaves_nothing_the_next_one_keeps(tmp_path, 
     assert gguf_loading.is_complete(out) and not [p for p in out.parent.iterdir() if ".tmp" in p.name]
 
 
-def test_a_second_process_waits_for_the_first_conversion_instead_of_converting_too(tmp_path, monkeypatch):
-    import fcntl
-    import threading
-    import time
-
+def _converted_aside(tmp_path, monkeypatch):
+    """A tiny GGUF converted once, its conversion moved aside as a first process's copy in the making:
+    (path, out, where the copy waits)."""
     import torch
+
     monkeypatch.setenv("CODECOMPLETE_CACHE_DIR", str(tmp_path / "cache"))
     path = tmp_path / "tiny.gguf"
     write_tiny_gguf(path)
     out = gguf_loading.gguf_checkpoint(path, torch.float32)
     shutil.move(out, tmp_path / "done")
-    monkeypatch.setattr(gguf_loading, "to_torch", lambda *a: pytest.fail("converted again alongside the first"))
-    messages, result = [], []
-    with open(out.with_name(f"{out.name}.lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)    # the first process, converting
-        waiter = threading.Thread(target=lambda: result.append(
-            gguf_loading.gguf_checkpoint(path, torch.float32, progress=messages.append)))
-        waiter.start()
-        deadline = time.monotonic() + 60
-        while not any("Waiting for another process" in m for m in messages) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert waiter.is_alive() and not result
-        shutil.move(tmp_path / "done", out)     # the first one's copy lands
-    waiter.join(60)
-    assert result == [out] and not any(m.startswith("Converting") for m in messages)
-    # Only its owner may open the lock: flock takes a read handle, and another user's could hold it forever.
-    assert os.stat(out.with_name(f"{out.name}.lock")).st_mode & 0o077 == 0
+    return path, out, tmp_path / "done"
 
 
-def test_on_windows_a_second_process_waits_for_the_first_conversion_too(tmp_path, monkeypatch):
-    """Windows has no fcntl: both processes converted the same file side by side (and one could remove the other's
-    fresh copy as damaged). msvcrt's byte lock is its flock; a stand-in plays msvcrt here, on flock."""
-    import fcntl
-    import sys
+def _second_process_waits(path, out, done, monkeypatch, fcntl):
+    """While the lock is held (the first process converting), a second load waits, converts nothing, and takes
+    the first one's copy when it lands. `fcntl`: the module, imported before a test hides it."""
     import threading
     import time
-    import types
 
     import torch
 
-    def locking(descriptor, mode, _count):
-        if mode == msvcrt.LK_UNLCK:
-            return fcntl.flock(descriptor, fcntl.LOCK_UN)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | (fcntl.LOCK_NB if mode == msvcrt.LK_NBLCK else 0))
-        except BlockingIOError:
-            raise PermissionError(13, "Permission denied") from None
-    msvcrt = types.SimpleNamespace(LK_UNLCK=0, LK_LOCK=1, LK_NBLCK=2, locking=locking)
-    monkeypatch.setenv("CODECOMPLETE_CACHE_DIR", str(tmp_path / "cache"))
-    path = tmp_path / "tiny.gguf"
-    write_tiny_gguf(path)
-    out = gguf_loading.gguf_checkpoint(path, torch.float32)
-    shutil.move(out, tmp_path / "done")
-    monkeypatch.setitem(sys.modules, "fcntl", None)         # import fcntl: ImportError, as on Windows
-    monkeypatch.setitem(sys.modules, "msvcrt", msvcrt)
     monkeypatch.setattr(gguf_loading, "to_torch", lambda *a: pytest.fail("converted again alongside the first"))
     messages, result = [], []
     with open(out.with_name(f"{out.name}.lock"), "a", encoding="utf-8") as lock:
@@ -193,9 +159,39 @@ def test_on_windows_a_second_process_waits_for_the_first_conversion_too(tmp_path
         while not any("Waiting for another process" in m for m in messages) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert waiter.is_alive() and not result
-        shutil.move(tmp_path / "done", out)     # the first one's copy lands
+        shutil.move(done, out)              # the first one's copy lands
     waiter.join(60)
     assert result == [out] and not any(m.startswith("Converting") for m in messages)
+
+
+def test_a_second_process_waits_for_the_first_conversion_instead_of_converting_too(tmp_path, monkeypatch):
+    import fcntl
+
+    path, out, done = _converted_aside(tmp_path, monkeypatch)
+    _second_process_waits(path, out, done, monkeypatch, fcntl)
+    # Only its owner may open the lock: flock takes a read handle, and another user's could hold it forever.
+    assert os.stat(out.with_name(f"{out.name}.lock")).st_mode & 0o077 == 0
+
+
+def test_on_windows_a_second_process_waits_for_the_first_conversion_too(tmp_path, monkeypatch):
+    """Windows has no fcntl: both processes converted the same file side by side (and one could remove the other's
+    fresh copy as damaged). msvcrt's byte lock is its flock; a stand-in plays msvcrt here, on flock."""
+    import fcntl
+    import sys
+    import types
+
+    def locking(descriptor, mode, _count):
+        if mode == msvcrt.LK_UNLCK:
+            return fcntl.flock(descriptor, fcntl.LOCK_UN)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | (fcntl.LOCK_NB if mode == msvcrt.LK_NBLCK else 0))
+        except BlockingIOError:
+            raise PermissionError(13, "Permission denied") from None
+    msvcrt = types.SimpleNamespace(LK_UNLCK=0, LK_LOCK=1, LK_NBLCK=2, locking=locking)
+    path, out, done = _converted_aside(tmp_path, monkeypatch)
+    monkeypatch.setitem(sys.modules, "fcntl", None)         # import fcntl: ImportError, as on Windows
+    monkeypatch.setitem(sys.modules, "msvcrt", msvcrt)
+    _second_process_waits(path, out, done, monkeypatch, fcntl)
 
 
 def test_a_cache_on_a_file_system_without_locks_still_converts(tmp_path, monkeypatch):
