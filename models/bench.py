@@ -231,8 +231,9 @@ def bench_ours(name: str, n_layers: int | None, contexts, batches, bandwidth: fl
     if PROFILE_TO is not None:
         for kind in kv_caches:
             quant = None if kind == "bf16" else kind
-            profile_step(model, 1, contexts[0], "flash",
-                         PROFILE_TO / f"profile-{name}-S{contexts[0]}{f'-{kind}' if quant else ''}.txt", quant)
+            for backend in backends if quant is None else ("flash",):    # 8-bit caches: flash reads them natively
+                profile_step(model, 1, contexts[0], backend, PROFILE_TO / f"profile-{name}-S{contexts[0]}"
+                             f"{f'-{kind}' if quant else ''}{'' if backend == 'flash' else f'-{backend}'}.txt", quant)
     rows = measure_steps(model, name, contexts, batches, bandwidth, replays, log, kv_caches, backends)
     model.free_caches()
     del model
@@ -483,7 +484,8 @@ def main(argv=None) -> int:
     parser.add_argument("--replays", type=whole(1), default=20)
     parser.add_argument("--ttft", type=comma_list(whole(1), empty=True, length=2), default="16384,300",
                         help="shared,new tokens for the prefix-reuse TTFT ('' to skip)")
-    parser.add_argument("--profile", action="store_true", help="write a kernel profile of one step")
+    parser.add_argument("--profile", action="store_true",
+                        help="write a kernel profile of one step (per backend; 8-bit caches: flash)")
     parser.add_argument("--hf-batches", type=counts, default="1")
     parser.add_argument("--kv-caches", type=comma_list(one_of("bf16", "fp8", "int8")), default="bf16",
                         help="KV cache types to time: bf16, fp8, int8")
