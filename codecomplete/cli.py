@@ -129,8 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=_seed, metavar="N", help="seed for sampling")
     gen.add_argument("--speculate", type=_whole_number(0, 15), metavar="K",
                      help="speculative decoding: verify up to K draft tokens per step, looked up in the prompt "
-                          "and the text so far; same output (0 turns it off; default 8, fewer where 8 would not fit one "
-                          "tile: 7 for CodeLlama-34B's 8 query heads per key/value head)")
+                          "and the text so far; same output (0 turns it off; default 8, fewer where 8 would not fit "
+                          "one tile: 7 for CodeLlama-34B's 8 query heads per key/value head)")
 
     out = parser.add_argument_group("output")
     out.add_argument("--json", nargs="?", const="-", metavar="FILE",
@@ -216,11 +216,11 @@ def check(args: argparse.Namespace, closed: frozenset[str] = frozenset()) -> Non
     for option in ("plot", "contexts"):
         if getattr(args, option) and not args.bench:
             raise UsageError(f"--{option} goes with --bench")
-    if args.bench and (ignored := [name for name, given in (("--temperature", args.temperature != 0),
-                                                            ("--top-p", args.top_p != 1), ("--seed", args.seed is not None))
-                                   if given]):
+    sampling = {"--temperature": args.temperature != 0, "--top-p": args.top_p != 1, "--seed": args.seed is not None}
+    if args.bench and any(sampling.values()):
         # The benchmark times greedy decoding, the same tokens for every backend: sampling would not be measured.
-        raise UsageError(f"{', '.join(ignored)}: --bench times greedy decoding, which takes no sampling options")
+        given = ", ".join(name for name, set_ in sampling.items() if set_)
+        raise UsageError(f"{given}: --bench times greedy decoding, which takes no sampling options")
     if args.col is not None and args.line is None:
         raise UsageError("--col goes with --line")
     if args.prompt is not None and args.repo is not None:

@@ -98,8 +98,8 @@ def count_ignored(root: Path) -> int:
 def read_source(root: Path, path: str, max_file_bytes: int = MAX_FILE_BYTES) -> str | None:
     """The text of a file, or None when it is binary, too large or minified.
 
-    Undecodable bytes become U+FFFD, Windows line ends "\\n", and a UTF-8 byte-order mark is dropped. OSError propagates (unreadable file, or
-    a file swapped since the scan for a link the scan would not keep).
+    Undecodable bytes become U+FFFD, Windows line ends "\\n", and a UTF-8 byte-order mark is dropped. OSError
+    propagates (an unreadable file, or a file swapped since the scan for a link the scan would not keep).
     """
     if os.path.islink(root / path):  # a link the scan kept: read the file it names now, if the scan would keep it
         target = (root / path).resolve()

@@ -5,9 +5,9 @@ Reading a GGUF and building its tokenizer takes ~10 s; loading the converted dir
 The cache holds the weights in the dtype the engine runs (bf16 on CUDA, float32 on CPU), one folder per file
 path and dtype; its source.json records the file it was converted from (size, mtime, inode, ctime), the cache
 format, the SHA-256 of its content and the size of every file written. A file with the bytes of one converted
-before (a copy, a hard link) gets a folder of hard links to that conversion's files, not a conversion of its own. A copy that no longer matches is converted again in its place, so a
-changed file neither loads stale weights nor leaves its old copy behind. `gguf` is imported here only, lazily:
-the GPU image does not have it.
+before (a copy, a hard link) gets a folder of hard links to that conversion's files, not a conversion of its
+own. A copy that no longer matches is converted again in its place, so a changed file neither loads stale weights
+nor leaves its old copy behind. `gguf` is imported here only, lazily: the GPU image does not have it.
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ def gguf_checkpoint(path: Path, dtype: torch.dtype, progress=None) -> Path:
                 tokenizer.save_pretrained(str(tmp))
                 (tmp / "config.json").write_text(json.dumps(config.to_hf(), indent=2), encoding="utf-8")
                 files = {f.name: f.stat().st_size for f in tmp.iterdir()}
-            (tmp / "source.json").write_text(json.dumps({"source": stamp, "content": content, "files": files}), encoding="utf-8")
+            record = {"source": stamp, "content": content, "files": files}
+            (tmp / "source.json").write_text(json.dumps(record), encoding="utf-8")
             os.replace(tmp, out)        # atomic: a half-written conversion is never found
             _remove_unstamped_copies(out, path.stem)
     except (OSError, SafetensorError) as e:     # safetensors says a full disk in a SafetensorError of its own
