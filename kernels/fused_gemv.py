@@ -34,7 +34,7 @@ asking L2 for more of W there instead (a bulk prefetch of each program's rows) m
 every timing on an H200, by 12-59 µs, and mixed with bf16; qkv_rope alone so, with an int8 cache, 242 µs
 faster at 16k but 62 µs slower at 64k: bench/results/NOTES.md, Run 15, has the leads. Run 19 found why: the
 attention's programs, resident early, crowd some SMs where its grid leaves room; qkv_rope's `late_dependents`
-is now chosen per step by `kernels.interface.crowds_when_early`.)
+is now chosen per step by `kernels.interface.late_in_step`.)
 """
 
 from __future__ import annotations
@@ -429,7 +429,8 @@ def qkv_rope(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, wqkv: torch
     (1, Hkv, S_max) quantized as `kernels.append_kv` quantizes the returned k and v (the same bytes and
     scales): each head's last program to finish does it, so an 8-bit step needs no append kernel.
     `late_dependents`: let the next kernel launch only as each program ends, not as it starts (with PDL): for an
-    attention call whose programs would crowd some SMs if placed early (`kernels.interface.crowds_when_early`).
+    attention call whose programs would crowd some SMs if placed early, or whose plan says so
+    (`kernels.interface.late_in_step`).
     """
     K = _check(x, wqkv, "qkv_rope")
     D = cos.shape[-1]

@@ -214,6 +214,23 @@ def resident_of(binary, num_warps: int) -> int:
     return resident_programs(binary.n_regs, binary.metadata.shared, num_warps)
 
 
+def late_in_step(q, k_cache, v_cache, *, k_scale=None, v_scale=None, crowding_rule: bool = True) -> bool:
+    """Whether the fused decode step's qkv_rope should let this call launch only as its own programs end
+    (arguments as `flash_decode`'s, with every row at its full length): as the call's plan says where it says
+    (`LaunchPlan.step_launch`, chosen inside the step by `models.step_plans`), else where its programs would
+    crowd some SMs (`crowds_when_early`; never if not `crowding_rule`, an A/B switch).
+
+    A plan says so where the rule measured wrong: CodeLlama-7B's bf16 step at 64k, whose 128 programs cannot
+    crowd 132 SMs, ran 0.3% faster with attention launched late (11,080 against 11,114 µs, the kernel alone
+    unchanged; H200, bench/results/NOTES.md, Run 25), which is what the step trailed cuDNN's by."""
+    if not _launches_early(q):
+        return False
+    plan, programs = _full_length_plan(q, k_cache, v_cache, k_scale, v_scale)
+    if plan.step_launch:
+        return plan.step_launch == "late"
+    return crowding_rule and _crowds(q, k_cache, v_cache, plan, programs, k_scale, v_scale)
+
+
 def crowds_when_early(q, k_cache, v_cache, *, k_scale=None, v_scale=None) -> bool:
     """Whether this call's split programs could crowd some SMs and leave others idle if they became resident
     early, as a programmatic dependent launch's do while the kernel before still runs: an SM holds more of
@@ -229,10 +246,18 @@ def crowds_when_early(q, k_cache, v_cache, *, k_scale=None, v_scale=None) -> boo
     +1.7%."""
     if not _launches_early(q):
         return False
+    return _crowds(q, k_cache, v_cache, *_full_length_plan(q, k_cache, v_cache, k_scale, v_scale), k_scale, v_scale)
+
+
+def _full_length_plan(q, k_cache, v_cache, k_scale, v_scale) -> tuple[LaunchPlan, int]:
+    """The call's plan with every row at its full length, and the programs of its split kernel."""
     B, Hq, Hkv, S, D, T, scaled = check_decode_inputs(q, k_cache, v_cache, None, None, k_scale=k_scale,
                                                       v_scale=v_scale, dtypes=KERNEL_DTYPES)
     plan = plan_for(q, B, Hq, Hkv, S, D, T, scaled, int8=k_cache.dtype == torch.int8)
-    programs = plan.num_splits * B * Hkv * plan.row_blocks(Hq // Hkv, T)
+    return plan, plan.num_splits * B * Hkv * plan.row_blocks(Hq // Hkv, T)
+
+
+def _crowds(q, k_cache, v_cache, plan: LaunchPlan, programs: int, k_scale, v_scale) -> bool:
     num_sms = device_facts(q.device.index or 0)[1]       # a CUDA tensor's device always has its index
     return resident_per_sm(q, k_cache, v_cache, plan, k_scale=k_scale, v_scale=v_scale) > -(-programs // num_sms)
 
@@ -242,8 +267,8 @@ def resident_per_sm(q, k_cache, v_cache, plan: LaunchPlan, *, k_scale=None, v_sc
     `flash_decode`'s). Looked up once per kind of call and plan: the binary comes from Triton's cache."""
     T = q.shape[2] if q.dim() == 4 else 1
     # What the binary depends on (lengths and the split count are runtime arguments): a bounded set of keys
-    key = (dataclasses.replace(plan, num_splits=1), q.dtype, q.device, q.shape[1] // k_cache.shape[1], T,
-           q.shape[-1], k_cache.dtype, sequence_major(v_cache), k_scale is None)
+    key = (dataclasses.replace(plan, num_splits=1, step_launch=""), q.dtype, q.device, q.shape[1] // k_cache.shape[1],
+           T, q.shape[-1], k_cache.dtype, sequence_major(v_cache), k_scale is None)
     if key not in _RESIDENT:
         binary = launch(q, k_cache, v_cache, None, plan, k_scale=k_scale, v_scale=v_scale, compile_only=True)
         _RESIDENT[key] = resident_of(binary, plan.num_warps)

@@ -35,6 +35,9 @@ STAGED_BYTES = 96 * 1024     # K/V bytes in flight per program at most (fp32 til
 PLANS_DIR = Path(os.environ.get("CODECOMPLETE_PLANS_DIR") or Path(__file__).with_name("plans"))
 
 
+STEP_LAUNCHES = ("", "early", "late")
+
+
 @dataclass(frozen=True)
 class LaunchPlan:
     """How one call is cut up (the split count, rows and keys per tile) and how it is compiled."""
@@ -62,6 +65,13 @@ class LaunchPlan:
                                 # CUDA cores instead of dots padded to 16 rows; ignored for other shapes
     transposed: bool = False    # 8-bit caches with V sequence-major: kernels.split_kv_transposed, the cache as
                                 # the first operand of 8-bit tensor-core dots (no byte converted); ignored otherwise
+    step_launch: str = ""       # in the fused decode step: "" as its rule decides (interface.late_in_step), or
+                                # "early" / "late" (qkv_rope lets the call launch as its programs start / end),
+                                # a choice made inside the step by models.step_plans; calls alone ignore it
+
+    def __post_init__(self):
+        if self.step_launch not in STEP_LAUNCHES:
+            raise ValueError(f"step_launch {self.step_launch!r}: not one of {', '.join(map(repr, STEP_LAUNCHES))}")
 
     def row_blocks(self, group: int, T: int) -> int:
         return -(-group * T // self.block_m)
@@ -77,6 +87,7 @@ def describe(plan: LaunchPlan) -> str:
                                     ("fp8-dot", plan.fp8_dot), ("int8-dot", plan.int8_dot), ("row", plan.row_kernel),
                                     ("int8-i2f", not plan.int8_prmt), ("transposed", plan.transposed)) if on]
     words += [f"maxnreg{plan.maxnreg}"] if plan.maxnreg else []
+    words += [f"{plan.step_launch}-in-step"] if plan.step_launch else []
     return " ".join(words)
 
 
@@ -236,7 +247,8 @@ def tuned_plan(name: str, num_sms: int, B: int, Hq: int, Hkv: int, S: int, D: in
     # programs as it filled (partly) for the split count. Its exact programs per SM would strand
     # SMs: 34B 16k's 120 programs (15 splits x 8 heads) lent to B=8 gave 64 heads 1 split, half the
     # GPU idle (151.8 µs vs cuDNN's 131.1, bench/results/h200-final-1); one wave allows 2 splits.
-    plan = dataclasses.replace(plan, block_m=tiles(Hq // Hkv, T, D)[0])
+    # Nor is its step_launch lent: launching late paid at some grids and lost at others (Run 19)
+    plan = dataclasses.replace(plan, block_m=tiles(Hq // Hkv, T, D)[0], step_launch="")
     items = B * Hkv * plan.row_blocks(Hq // Hkv, T)
     if nearest["plan"]["num_splits"] == 1 and items >= nearest["items"]:
         splits = 1

@@ -16,8 +16,9 @@ with the residual folded into the lead rank's partial by the GEMV's epilogue (no
 is the residual plus every partial), and the logits gather the vocabulary's rows.
 
 Each kernel lets the next one launch as its programs start (PDL), except where flash attention's programs,
-resident that early, could crowd some SMs and leave others idle (`kernels.interface.crowds_when_early`): then
-qkv_rope lets attention launch only as its programs end. On an H200 that took CodeLlama-7B at 64k with the
+resident that early, could crowd some SMs and leave others idle (`kernels.interface.crowds_when_early`), or
+where attention's plan asks for it (`LaunchPlan.step_launch`, chosen inside this step by `models.step_plans`):
+then qkv_rope lets attention launch only as its programs end. On an H200 that took CodeLlama-7B at 64k with the
 heuristic's plan from 103.0 to 129.6 tok/s (fp8 cache; bench/results/NOTES.md, Run 19).
 """
 
@@ -31,7 +32,7 @@ import torch
 from models.attention import decode_attention
 
 
-LATE_WHEN_CROWDED = True   # A/B (models.step_plans): False launches attention early whatever its grid
+LATE_WHEN_CROWDED = True   # A/B: False launches attention early whatever its grid (unless its plan says late)
 
 
 class RankCollectives(NamedTuple):
@@ -53,7 +54,7 @@ def decode_one_token(model, token: torch.Tensor, step) -> torch.Tensor:
     Hq, Hkv, D = c.n_heads, c.n_kv_heads, c.head_dim
     collectives = model.rank_collectives
     x = model.tok_embeddings(token).reshape(c.dim)                                       # (dim,)
-    late_qkv = LATE_WHEN_CROWDED and step.backend == "flash" and _attention_crowds(model, step, x.dtype)
+    late_qkv = step.backend == "flash" and _attention_late(model, step, x.dtype)
     for layer in model.layers:
         a, f = layer.attention, layer.feed_forward
         cache = a.kv_cache
@@ -77,17 +78,19 @@ def decode_one_token(model, token: torch.Tensor, step) -> torch.Tensor:
     return logits if collectives is None else collectives.gather_logits(logits)          # (1, V)
 
 
-def _attention_crowds(model, step, dtype: torch.dtype) -> bool:
-    """Whether the step's flash attention calls would crowd some SMs if made resident while qkv_rope still runs
-    (`kernels.interface.crowds_when_early`): then qkv_rope lets them launch only as its programs end. Every
-    layer's call has the same shapes and plan, so the first layer's answers for all."""
-    from kernels.interface import crowds_when_early
+def _attention_late(model, step, dtype: torch.dtype) -> bool:
+    """Whether qkv_rope should let the step's flash attention calls launch only as its programs end: where their
+    plan says so or they would crowd some SMs if made resident while it still runs
+    (`kernels.interface.late_in_step`). Every layer's call has the same shapes and plan, so the first layer's
+    answers for all."""
+    from kernels.interface import late_in_step
     c = model.config
     view = model.layers[0].attention.kv_cache.rows(0, 1)
     if step.kv_len is not None:
         view = view.prefix(step.kv_len)
     q = torch.empty(1, c.n_heads, c.head_dim, dtype=dtype, device=view.k.device)     # (1, Hq, D): only its shape
-    return crowds_when_early(q, view.k, view.v, k_scale=view.k_scale, v_scale=view.v_scale)
+    return late_in_step(q, view.k, view.v, k_scale=view.k_scale, v_scale=view.v_scale,
+                        crowding_rule=LATE_WHEN_CROWDED)
 
 
 def _row_parallel(gemv, x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor,

@@ -17,8 +17,9 @@ table's (2 <-> 4 warps, 64 <-> 128 keys a tile, half and twice the splits, int8 
 plus any `--variant` (fields replaced in the table's plan).
 Rounds interleave the candidates so that drift hits all of them alike; the median per candidate counts.
 Each runs as the product runs it: qkv_rope lets attention launch as its programs start, or as they end where
-attention's programs would crowd some SMs (`kernels.interface.crowds_when_early`); --twins early,late also
-times the table's and the heuristic's plans with attention launched early or late whatever its grid.
+the plan says so (`LaunchPlan.step_launch`) or attention's programs would crowd some SMs
+(`kernels.interface.late_in_step`); --twins early,late also times the table's and the heuristic's plans with
+`step_launch` early or late (named "table +late-qkv" ...), candidates like any other.
 
 --write-table replaces a shape's entry in a plan file (adds one if it has none) where another candidate's
 step beats the table plan's by more than --margin, and records the step's numbers in the entry's
@@ -28,7 +29,6 @@ step beats the table plan's by more than --margin, and records the step's number
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime
 import json
@@ -156,43 +156,26 @@ def resident(model, batch: int, plan) -> int:
     return resident_per_sm(q, cache.k, cache.v, plan, k_scale=cache.k_scale, v_scale=cache.v_scale)
 
 
-TWINS = ("early", "late")   # --twins: the table's and the heuristic's plans timed with attention launched so too
+TWINS = ("early", "late")   # --twins: the table's and the heuristic's plans with step_launch so too
 TWINNED = ("table", "heuristic")
 
 
-def twin_mode(name: str) -> str:
-    """"rule" (the step's own choice: late where attention would crowd, `kernels.interface.crowds_when_early`),
-    or the mode a twin's name ends with."""
-    head, _, mode = name.rpartition(" +")
-    return mode.removesuffix("-qkv") if head and mode.removesuffix("-qkv") in TWINS else "rule"
-
-
-@contextlib.contextmanager
-def qkv_trigger(mode: str):
-    """How the fused step's qkv_rope lets attention launch: "rule" as the product does; "early" as each of its
-    programs starts, whatever attention's grid; "late" as each ends (attention placed on an emptied GPU)."""
-    import kernels.fused_gemv as fused
-    import models.fused_decode as step
-    saved = fused.LATE_DEPENDENTS, step.LATE_WHEN_CROWDED
-    fused.LATE_DEPENDENTS = saved[0] | {fused.ROPE} if mode == "late" else saved[0]
-    step.LATE_WHEN_CROWDED = saved[1] and mode == "rule"
-    try:
-        yield
-    finally:
-        fused.LATE_DEPENDENTS, step.LATE_WHEN_CROWDED = saved
+def twins_of(plans: dict, modes: list[str]) -> dict:
+    """name -> plan: "table +late-qkv" ..., the TWINNED plans with `step_launch` set to each mode (qkv_rope lets
+    attention launch as its programs start or end, whatever the step's rule says); none that a plan already is."""
+    return {f"{n} +{mode}-qkv": dataclasses.replace(plans[n], step_launch=mode)
+            for mode in modes for n in TWINNED if n in plans and plans[n].step_launch != mode}
 
 
 def time_candidates(model, batch: int, context: int, key: dict, plans: dict, rounds: int, replays: int,
                     log) -> dict:
-    """name -> {"step_us", "alone_us", "samples"}: medians over `rounds` interleaved rounds. A twin (a name
-    ending in " +early-qkv" or " +late-qkv") times its plan with attention launched so (`qkv_trigger`)."""
+    """name -> {"step_us", "alone_us", "samples"}: medians over `rounds` interleaved rounds."""
     step, alone = {n: [] for n in plans}, {n: [] for n in plans}
-    first = next(iter(plans))
-    with forced_plans([(key, plans[first])]), qkv_trigger(twin_mode(first)):
+    with forced_plans([(key, next(iter(plans.values())))]):
         ours_step_us(model, batch, context, "flash", replays)   # warm-up: a run's first timing ran 2.6% slow (Run 19)
     for r in range(rounds):
         for name, plan in plans.items():
-            with forced_plans([(key, plan)]), qkv_trigger(twin_mode(name)):
+            with forced_plans([(key, plan)]):
                 step[name].append(ours_step_us(model, batch, context, "flash", replays))
                 alone[name].append(kernel_alone_us(model, batch, 3 * replays))
             log(f"    round {r + 1} {name:12s} step {step[name][-1]:9.1f} µs  alone {alone[name][-1]:7.1f} µs")
@@ -240,8 +223,8 @@ def main(argv=None) -> int:
     parser.add_argument("--variant", action="append", default=[], help='name={"plan field": value, ...}')
     parser.add_argument("--no-auto", action="store_true", help="time only the table plan and the --variant ones")
     parser.add_argument("--twins", default="", help="comma-separated: early, late: also time the table's and the "
-                        "heuristic's plans with attention launched early or late whatever its grid (named "
-                        "'table +early-qkv' ...; a twin is never written to the plan file, which holds plans only)")
+                        "heuristic's plans with attention launched early or late in the step whatever its grid "
+                        "(step_launch; named 'table +early-qkv' ...)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--replays", type=int, default=20)
     parser.add_argument("--margin", type=float, default=0.005, help="a step this much faster replaces the table's")
@@ -279,13 +262,13 @@ def main(argv=None) -> int:
                 raise SystemExit(f"error: {args.model} S={context} {kind}: the plan the step runs today failed "
                                  "to run (see the log above)")
             residency = {n: resident(model, args.batch, p) for n, p in plans.items()}
-            for mode in twins:
-                plans |= {f"{n} +{mode}-qkv": plans[n] for n in TWINNED if n in plans}
-                residency |= {f"{n} +{mode}-qkv": residency[n] for n in TWINNED if n in residency}
+            twin_plans = twins_of(plans, twins)
+            residency |= {n: resident(model, args.batch, p) for n, p in twin_plans.items()}
+            plans |= twin_plans
             log(f"  {args.model} B={args.batch} S={context} {kind}: {len(plans)} plans")
             times = time_candidates(model, args.batch, context, key, plans, args.rounds, args.replays, log)
             base = times["table"]["step_us"]
-            best = min((n for n in times if twin_mode(n) == "rule"), key=lambda n: times[n]["step_us"])
+            best = min(times, key=lambda n: times[n]["step_us"])
             c = model.config
             programs = {n: p.num_splits * args.batch * c.n_kv_heads * p.row_blocks(c.n_heads // c.n_kv_heads, 1)
                         for n, p in plans.items()}

@@ -1,6 +1,7 @@
 """kernels.interface.crowds_when_early: a grid with room to spare on the SMs crowds when launched early, one that
-needs every SM's slots does not; and the fused decode step asks it and has qkv_rope launch attention late then.
-(What it is for, measured on an H200: bench/results/NOTES.md, Run 19.)"""
+needs every SM's slots does not; `late_in_step` follows a plan's own `step_launch` over that rule; and the fused
+decode step asks it and has qkv_rope launch attention late then. (What it is for, measured on an H200:
+bench/results/NOTES.md, Runs 19 and 25.)"""
 
 import dataclasses
 
@@ -9,7 +10,7 @@ import torch
 
 import kernels.fused_gemv
 import kernels.interface as interface
-from kernels.interface import crowds_when_early, forced_plans, plan_for
+from kernels.interface import crowds_when_early, forced_plans, late_in_step, plan_for
 from kernels.plan import shape_key
 
 
@@ -42,9 +43,38 @@ def test_calls_that_are_not_launched_early_never_crowd(monkeypatch):
     assert crowds_when_early(q, k, v) is False               # a CPU tensor: no programmatic dependent launch
 
 
-@pytest.mark.parametrize("backend, crowds, late", [("flash", True, True), ("flash", False, False),
+@pytest.mark.parametrize("splits, step_launch, rule, late", [
+    (2, "", True, True), (8, "", True, False),               # the rule: 2 splits crowd, 8 do not
+    (2, "", False, False),                                   # the rule switched off (an A/B run)
+    (8, "late", True, True), (8, "late", False, True),       # the plan says late where the rule would not
+    (2, "early", True, False)])                              # and early where it would say late
+def test_a_plans_step_launch_overrides_the_crowding_rule(four_sm_gpu, splits, step_launch, rule, late):
+    q, k, v = torch.randn(1, 8, 16), torch.randn(1, 2, 512, 16), torch.randn(1, 2, 512, 16)
+    plan = dataclasses.replace(plan_for(q, 1, 8, 2, 512, 16, 1, False), num_splits=splits, step_launch=step_launch)
+    with forced_plans([(shape_key(1, 8, 2, 512, 16, 1, False), plan)]):
+        assert late_in_step(q, k, v, crowding_rule=rule) is late
+        assert crowds_when_early(q, k, v) is (splits == 2)   # the rule itself never reads the plan's choice
+
+
+def test_a_plan_that_says_late_is_not_late_where_nothing_launches_early(monkeypatch):
+    q, k, v = torch.randn(1, 8, 16), torch.randn(1, 2, 512, 16), torch.randn(1, 2, 512, 16)
+    plan = dataclasses.replace(plan_for(q, 1, 8, 2, 512, 16, 1, False), step_launch="late")
+    with forced_plans([(shape_key(1, 8, 2, 512, 16, 1, False), plan)]):
+        assert late_in_step(q, k, v) is False                # a CPU tensor: no programmatic dependent launch
+        monkeypatch.setattr(interface, "_launches_early", lambda q: True)
+        monkeypatch.setattr(interface, "launch", lambda *a, **kw: pytest.fail("a plan's choice needs no binary"))
+        assert late_in_step(q, k, v) is True
+
+
+def test_an_unknown_step_launch_is_refused():
+    plan = plan_for(torch.randn(1, 8, 16), 1, 8, 2, 512, 16, 1, False)
+    with pytest.raises(ValueError, match="step_launch 'sideways': not one of '', 'early', 'late'"):
+        dataclasses.replace(plan, step_launch="sideways")
+
+
+@pytest.mark.parametrize("backend, answer, late", [("flash", True, True), ("flash", False, False),
                                                    ("sdpa", True, False)])
-def test_the_fused_step_has_qkv_rope_launch_a_crowding_attention_late(monkeypatch, backend, crowds, late):
+def test_the_fused_step_has_qkv_rope_launch_attention_late_where_asked(monkeypatch, backend, answer, late):
     from models.config import ModelConfig
     from models.llama import Decode, build_random_model
     config = ModelConfig(dim=64, n_layers=3, n_heads=4, n_kv_heads=2, ffn_dim=128, vocab_size=97)
@@ -58,14 +88,17 @@ def test_the_fused_step_has_qkv_rope_launch_a_crowding_attention_late(monkeypatc
         flags.append(late_dependents)
         return qkv_rope(*args, late_dependents=late_dependents, **kwargs)
 
-    monkeypatch.setattr(interface, "crowds_when_early",
-                        lambda q, k, v, **scales: asked.append((q.shape, k.shape, scales["k_scale"].shape)) or crowds)
+    def asking(q, k, v, *, crowding_rule, **scales):
+        asked.append((q.shape, k.shape, scales["k_scale"].shape, crowding_rule))
+        return answer
+
+    monkeypatch.setattr(interface, "late_in_step", asking)
     monkeypatch.setattr(kernels.fused_gemv, "qkv_rope", recording_qkv_rope)
     step = Decode(torch.tensor([20]), torch.tensor([21], dtype=torch.int32), backend, kv_len=48)
     logits = model.decode(torch.tensor([[5]]), step)
     assert torch.isfinite(logits).all()
     assert flags == [late] * 3
-    assert asked == ([] if backend != "flash" else [((1, 4, 16), (1, 2, 48, 16), (1, 2, 48))])
+    assert asked == ([] if backend != "flash" else [((1, 4, 16), (1, 2, 48, 16), (1, 2, 48), True)])
 
 
 def test_one_binary_is_looked_up_per_kind_of_call_whatever_the_length_and_splits(four_sm_gpu):

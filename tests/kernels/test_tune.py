@@ -68,7 +68,7 @@ def test_exploration_checks_times_and_picks_a_correct_plan(cpu_exploration, fp8,
 
 def test_nearest_entry_lends_its_tiles_and_programs_per_sm(tmp_path):
     plan = LaunchPlan(num_splits=16, block_m=16, block_n=128, block_d=128, num_warps=8, num_stages=3, loop_stages=3,
-                      eviction="evict_first")
+                      eviction="evict_first", step_launch="late")
     entry = tune.table_entry(1, 64, 8, 131072, 128, 1, False, plan, 132, {"us": 1.0})
     (tmp_path / "gpu-x.json").write_text(json.dumps({"device": {"name": "GPU X", "sms": 132}, "entries": [entry]}))
     load_table.cache_clear()
@@ -77,6 +77,7 @@ def test_nearest_entry_lends_its_tiles_and_programs_per_sm(tmp_path):
     assert same == plan
     other = tuned_plan("GPU X", 132, 2, 64, 8, 32768, 128, 1, False, directory=tmp_path)  # twice the programs a split
     assert other.block_n == 128 and other.eviction == "evict_first" and other.num_splits == 8
+    assert other.step_launch == ""                     # a choice measured inside one shape's step is not lent
     batched = tuned_plan("GPU X", 132, 8, 64, 8, 16384, 128, 1, False, directory=tmp_path)  # 64 heads: one wave
     assert batched.num_splits == 2                                                         # (not 120 / 64 -> 1)
     assert tuned_plan("GPU X", 132, 1, 32, 32, 4096, 128, 1, False, directory=tmp_path) is None  # another group

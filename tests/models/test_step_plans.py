@@ -8,13 +8,11 @@ import json
 import pytest
 import torch
 
-import kernels.fused_gemv
 import kernels.interface
 import models.step_plans as step_plans
 from kernels import reference
 from kernels.interface import flash_decode, forced_plans, plan_for
 from kernels.plan import LaunchPlan, plan_launch, shape_key
-from models import fused_decode
 from models.config import ModelConfig
 
 TINY = ModelConfig(dim=128, n_layers=2, n_heads=8, n_kv_heads=2, ffn_dim=256, vocab_size=97)   # 4 query heads a KV head
@@ -133,9 +131,14 @@ def test_a_model_is_a_preset_or_a_tensor_parallel_rank_of_one():
         step_plans.model_config("34B/3")
 
 
-def test_twin_names_say_how_attention_launches():
-    assert [step_plans.twin_mode(n) for n in ("table", "table +early-qkv", "heuristic +late-qkv", "splits*2")] == \
-        ["rule", "early", "late", "rule"]
+def test_twins_are_the_table_and_heuristic_plans_launched_early_or_late_in_the_step():
+    table = LaunchPlan(num_splits=8, block_m=16, block_n=64, block_d=16, num_warps=4, num_stages=3)
+    plans = {"table": table, "heuristic": dataclasses.replace(table, num_splits=3, step_launch="late"),
+             "splits*2": dataclasses.replace(table, num_splits=16)}
+    twins = step_plans.twins_of(plans, ["early", "late"])
+    assert twins == {"table +early-qkv": dataclasses.replace(table, step_launch="early"),
+                     "heuristic +early-qkv": dataclasses.replace(plans["heuristic"], step_launch="early"),
+                     "table +late-qkv": dataclasses.replace(table, step_launch="late")}   # the heuristic is late
 
 
 @pytest.mark.parametrize("text, message", [("w4", "name={json}"), ("w4={", "not JSON"), ("w4=[1]", "JSON object"),
@@ -180,9 +183,7 @@ def pretend_gpu_run(monkeypatch):
 
     def step_us(model, batch, context, backend, replays):
         plan = kernels.interface.plan_for(torch.empty(1), 1, 8, 2, context, 16, 1, True, int8=True)
-        late = kernels.fused_gemv.ROPE in kernels.fused_gemv.LATE_DEPENDENTS
-        early = not fused_decode.LATE_WHEN_CROWDED
-        return (100.0 if plan.int8_dot else 120.0) - (50 if late else 60 if early else 0)   # twins fastest, not written
+        return (100.0 if plan.int8_dot else 120.0) - {"": 0, "early": 10, "late": 30}[plan.step_launch]   # late best
 
     monkeypatch.setattr(step_plans.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(step_plans, "begin_run", begin_run)
@@ -200,14 +201,17 @@ def test_a_run_writes_its_report_and_the_winner_into_the_plan_file(pretend_gpu_r
     assert step_plans.main(["--model", "7B", "--contexts", "256", "--kv-caches", "int8", "--rounds", "2",
                             "--twins", "early,late", "--write-table", str(plans), "--out", str(out)]) == 0
     row, = json.loads((out / "step-plans.json").read_text())["rows"]
-    assert row["best"] == "int8 dot" and row["table"] == "added"
+    assert row["best"] == "table +late-qkv" and row["table"] == "added"
     assert {n: p["step_us"] for n, p in row["plans"].items() if "+" in n} == {
-        "table +early-qkv": 60.0, "table +late-qkv": 70.0}           # twins of the table's plan only (no heuristic:
-    assert row["plans"]["table +late-qkv"]["plan"] == row["plans"]["table"]["plan"]   # on a CPU it is the table's)
-    assert not kernels.fused_gemv.LATE_DEPENDENTS and fused_decode.LATE_WHEN_CROWDED   # put back
+        "table +early-qkv": 110.0, "table +late-qkv": 90.0}          # twins of the table's plan only (no heuristic:
+    assert row["plans"]["int8 dot"]["step_us"] == 100.0               # on a CPU it is the table's)
+    assert row["plans"]["table +late-qkv"]["plan"] == {**row["plans"]["table"]["plan"], "step_launch": "late"}
     entry, = json.loads(plans.read_text())["entries"]
-    assert entry["plan"]["int8_dot"] and entry["measured"]["in_step"]["tok_s"]["int8 dot"] == 1e4
-    assert "int8 dot **best**" in (out / "step-plans.md").read_text()
+    assert entry["plan"] == row["plans"]["table +late-qkv"]["plan"]  # a twin is a plan: the table takes it whole
+    tok_s = entry["measured"]["in_step"]["tok_s"]
+    assert (tok_s["table"], tok_s["int8 dot"], tok_s["table +late-qkv"]) == (8333.33, 1e4, 11111.11)
+    assert "table +late-qkv **best** | " in (out / "step-plans.md").read_text()
+    assert "late-in-step |" in (out / "step-plans.md").read_text()
     assert pretend_gpu_run[0].decode_kernels != pretend_gpu_run[0].dense   # timed as the app runs it: compile_dense()
 
 
