@@ -492,6 +492,11 @@ class Engine:
                 healing.advance(emitted)
             else:
                 emitted = accept(logits.view(1 + len(drafts), -1), drafts, config, generator)
+            if should_stop is not None and should_stop():
+                # Asked while the step ran (Ctrl-C, a departed client, a newer request): none of the up to depth + 1
+                # tokens it emitted are sent. Their K/V lie past the cached length, as a plain lookahead step's do.
+                row.cancel()
+                break
             steps, verify_steps, drafted = steps + 1, verify_steps + bool(drafts), drafted + len(drafts)
             live.decode_steps, live.drafted_tokens = steps, drafted
             fed += [pending] + emitted[:-1]             # the K/V kept: rejected drafts lie past the length

@@ -337,3 +337,29 @@ def test_the_default_depth_keeps_a_verification_step_in_one_kernel_tile(smollm_e
     config = smollm_engine.model.config.replace(n_layers=1, dim=256, n_heads=16, n_kv_heads=2, head_dim=16, ffn_dim=64)
     grouped = build_random_model(config, device="cpu", dtype=torch.float32, max_len=64)
     assert Engine(grouped, None, context_length=64).speculate == TILE_ROWS // 8 - 1 == 7
+
+
+def test_a_cancel_while_a_step_verifies_sends_none_of_its_tokens(smollm_engine, runs, monkeypatch):
+    """Ctrl-C, a departed streaming client or a newer request, asked while a verification step runs: the tokens
+    that step emits (up to 1 + DEPTH) are not sent after the cancel, and the cache stays consistent."""
+    engine = smollm_engine
+    prompt, plain, _ = first_case(runs, lambda r, j: True)
+    taken, asked = [1], []                  # tokens emitted so far (the prefill's first); when the cancel came
+
+    def cancel_during_a_verification(logits, drafts, config, generator):
+        emitted = accept(logits, drafts, config, generator)
+        if len(emitted) > 1 and not asked:  # a step that accepted drafts
+            asked.append(taken[0])
+        taken[0] += len(emitted)
+        return emitted
+
+    monkeypatch.setattr(models.engine, "accept", cancel_during_a_verification)
+    deltas = []
+    engine.clear_prefix_cache()
+    config = GenerationConfig(max_new_tokens=NEW_TOKENS, speculate=DEPTH)
+    r = engine.generate(prompt, config, on_text=deltas.append, should_stop=lambda: bool(asked))
+    assert asked and r.finish_reason == "cancelled"
+    assert r.token_ids == plain.token_ids[:asked[0]] and "".join(deltas) == r.text
+    monkeypatch.setattr(models.engine, "accept", accept)
+    again = engine.generate(prompt, config)
+    assert again.token_ids == plain.token_ids and again.reused_prefix_tokens == len(prompt) - 1
