@@ -52,6 +52,10 @@ STUCK_EXIT_S = 10.0              # rank 0 still stuck this long after another ra
 CLOSE_TIMEOUT_S = 30.0           # for the others to reach the goodbye, and to exit once told to
 LEAVE_TIMEOUT_S = 30.0           # for a rank's whole teardown (goodbye, buffers, destroy) before it exits anyway
 IDLE = timedelta(days=365)       # the request channel waits as long as the user does
+# How long a rank waits in a collective (inside one call, all ranks in step) for the others: a hung rank held rank 0
+# for the backend's default (gloo 30 min). A rank merely slower (a cold compile, a slower disk) is within the time
+# lockstep gives a load (REPORT_TIMEOUT_S, 600 s). $CODECOMPLETE_TP_TIMEOUT (seconds) sets it.
+TIMEOUT_VARIABLE, DEFAULT_TIMEOUT_S = "CODECOMPLETE_TP_TIMEOUT", 600.0
 PROCESS_FAILURES = (torch_mp.ProcessRaisedException, torch_mp.ProcessExitedException)
 # torch.multiprocessing reads a failed rank's error from a file the rank writes as it ends: a rank killed (or
 # stopped by torch's own cleanup) while writing it leaves the file empty or cut, and the join raises this instead.
@@ -105,6 +109,21 @@ def loopback_interface() -> str | None:
     return next((name for name in ("lo", "lo0") if name in names), None)
 
 
+def collective_timeout() -> timedelta:
+    """The bound on a collective's wait: $CODECOMPLETE_TP_TIMEOUT seconds, or DEFAULT_TIMEOUT_S."""
+    setting = os.environ.get(TIMEOUT_VARIABLE)
+    if setting is None:
+        return timedelta(seconds=DEFAULT_TIMEOUT_S)
+    try:
+        seconds = float(setting)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < 1e9:           # (nan and inf fail too)
+        raise SettingError(f"{TIMEOUT_VARIABLE}={setting!r}: a number of seconds above 0 (how long a rank waits "
+                           f"for the others in a collective)")
+    return timedelta(seconds=seconds)
+
+
 def check_devices(world: int, device_type: str) -> None:
     if world < 1:
         raise ValueError(f"a tensor-parallel group needs at least one rank, not {world}")
@@ -143,6 +162,7 @@ class Ranks:
         multicast_off()
         check_devices(world, device_type)
         check_gloo_interfaces()
+        collective_timeout()                # a bad setting, said before any rank starts
         if "GLOO_SOCKET_IFNAME" not in os.environ and (loopback := loopback_interface()):
             os.environ["GLOO_SOCKET_IFNAME"] = loopback     # one host: gloo talks over loopback
         store = dist.TCPStore("127.0.0.1", 0, world, is_master=True, wait_for_workers=False)
@@ -166,6 +186,7 @@ class Ranks:
         """Join the group torchrun started (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT)."""
         multicast_off()
         check_gloo_interfaces()
+        collective_timeout()
         device_type = parse_device(None).type
         rank, world = _torchrun_number("RANK"), _torchrun_number("WORLD_SIZE")
         if rank >= world:
@@ -183,6 +204,10 @@ class Ranks:
     def failure_behind(self, error: BaseException) -> str | None:
         """The other rank's failure that explains `error` on this one, if any: a broken collective
         (RuntimeError) is usually another rank's death, which the watchdog sees a moment later."""
+        if _timed_out(error):               # a rank alive but not answering: no watchdog would see it
+            others = "rank 1" if self.tp.world == 2 else f"one of ranks 1-{self.tp.world - 1}"
+            return (f"{others} did not answer within {collective_timeout().total_seconds():.0f} s (hung?); "
+                    f"${TIMEOUT_VARIABLE} sets how long ranks wait for each other")
         deadline = time.monotonic() + (10.0 if isinstance(error, RuntimeError) else 0.0)
         while self.failure is None and self._watchdog is not None and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -298,15 +323,21 @@ def _join(rank: int, world: int, local_rank: int, store, device_type: str) -> Te
     if device_type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", store=store, rank=rank, world_size=world, device_id=device)
+        dist.init_process_group("nccl", store=store, rank=rank, world_size=world, device_id=device,
+                                timeout=collective_timeout())
     else:
         device = torch.device("cpu")
         # Ranks sharing the host's cores: more threads than cores makes every collective wait on spinning ones.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-        dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=collective_timeout())
     control = dist.new_group(backend="gloo", timeout=IDLE)
     return TensorParallel(rank, world, device, dist.group.WORLD, control,
                           store or dist.distributed_c10d._get_default_store())
+
+
+def _timed_out(error: BaseException) -> bool:
+    """A collective that waited out `collective_timeout` (gloo: "Timed out waiting 3000ms for recv operation")."""
+    return isinstance(error, RuntimeError) and "timed out" in str(error).lower()
 
 
 def _leave(tp: TensorParallel) -> bool:

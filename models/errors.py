@@ -21,9 +21,9 @@ class ContextTooLongError(ModelError):
 
 
 class SettingError(ValueError):
-    """An environment setting (CODECOMPLETE_GEMV, _PREFILL_BUCKET, _ALLREDUCE; torchrun's RANK, WORLD_SIZE,
-    LOCAL_RANK, MASTER_ADDR/PORT; GLOO_SOCKET_IFNAME) or a choice like the number of ranks (--gpus) holds a value it
-    cannot take: the user's input, like an option (a ValueError, as library callers catch it)."""
+    """An environment setting (CODECOMPLETE_GEMV, _PREFILL_BUCKET, _ALLREDUCE, _TP_TIMEOUT; torchrun's RANK,
+    WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT; GLOO_SOCKET_IFNAME) or a choice like the number of ranks (--gpus) holds a
+    value it cannot take: the user's input, like an option (a ValueError, as library callers catch it)."""
 
 
 class OutOfMemoryError(ModelError):

@@ -252,6 +252,21 @@ def test_a_rank_gone_before_its_report_is_written_ends_the_launch_in_one_line(no
     assert str(failed.value) == "rank 1 exited with code 1"
 
 
+def test_a_hung_rank_fails_the_launch_after_the_set_timeout_in_one_line(no_hang, monkeypatch):
+    """A rank alive but stuck held rank 0 in the collective for gloo's default 30 minutes (NCCL's: 10)."""
+    monkeypatch.setenv("CODECOMPLETE_TP_TIMEOUT", "3")
+    started = time.monotonic()
+    with pytest.raises(RankFailed) as failed:
+        run_on_ranks(2, "cpu", tp_helpers.hang_on_rank_1)
+    assert str(failed.value) == ("rank 1 did not answer within 3 s (hung?); $CODECOMPLETE_TP_TIMEOUT sets how long "
+                                 "ranks wait for each other")
+    assert time.monotonic() - started < 30      # (starting two ranks takes a few seconds on a busy CPU)
+    for bad in ("0", "-5", "soon", "nan"):
+        monkeypatch.setenv("CODECOMPLETE_TP_TIMEOUT", bad)
+        with pytest.raises(SettingError, match=f"CODECOMPLETE_TP_TIMEOUT='{bad}': a number of seconds above 0"):
+            run_on_ranks(2, "cpu", tp_helpers.hang_on_rank_1)
+
+
 def test_ctrl_c_on_rank_0_stops_a_busy_rank_at_once(no_hang):
     """A rank 0 interrupted mid-load waited out CLOSE_TIMEOUT_S (30 s) for rank 1, which was never told to stop."""
     started = time.monotonic()

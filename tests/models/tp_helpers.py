@@ -118,3 +118,13 @@ def interrupted_while_rank_1_works(tp) -> None:
     if tp.rank == 1:
         time.sleep(120)
     raise KeyboardInterrupt
+
+
+def hang_on_rank_1(tp) -> None:
+    """Rank 1 hangs (alive, answering nothing) while rank 0 waits for it in an all-reduce."""
+    import time
+
+    import torch.distributed as dist
+    if tp.rank == 1:
+        time.sleep(120)
+    dist.all_reduce(torch.ones(4), group=tp.group)
