@@ -5,7 +5,7 @@ from pathlib import Path
 
 from rich.text import Text
 
-from prompts.scan import MAX_BUFFER_BYTES, SNIFF_BYTES, read_regular_file
+from prompts.scan import MAX_BUFFER_BYTES, SNIFF_BYTES, read_regular_file, unix_newlines
 
 from . import client, engines, render, workspace
 from .errors import UsageError, printable
@@ -22,7 +22,7 @@ def cursor(text: str, line: int | None, col: int | None) -> tuple[int, int]:
     characters and may be one past the last (the cursor at the end of the line). The same
     rules as prompts' own check, run here before the model loads, so a typo fails at once.
     """
-    lines = text.replace("\r\n", "\n").split("\n")
+    lines = unix_newlines(text).split("\n")
     if line is None:
         return len(lines), len(lines[-1]) + 1
     if line > len(lines):

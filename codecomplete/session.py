@@ -91,9 +91,10 @@ class Session:
         if prefix.endswith("\r") and suffix.startswith("\n"):
             # A cursor inside a CRLF: the prompt reads the pair as one line break, so the cursor ends the line.
             prefix, suffix = prefix[:-1], "\r" + suffix
-        last_line = prefix.rpartition("\n")[2]
-        return self.complete(path or UNTITLED, text=prefix + suffix, line=prefix.count("\n") + 1,
-                             col=len(last_line) + 1,
+        from prompts.scan import unix_newlines
+        lines = unix_newlines(prefix)   # counted as the prompt reads the text: a lone "\r" (classic Mac) ends a line
+        return self.complete(path or UNTITLED, text=prefix + suffix, line=lines.count("\n") + 1,
+                             col=len(lines.rpartition("\n")[2]) + 1,
                              extra=extra, sampling=sampling, budget=budget)
 
     def chat(self, messages: Sequence[dict], *, pinned: Sequence[str] = (), sampling: Sampling,

@@ -37,7 +37,7 @@ from .outline import brief, outline
 from .packing import (BRIEF, CHARS_PER_TOKEN_AT_MOST, EXAMPLE, Assembler, ContextItem, Layout, PackedPrompt, count_all,
                       select_chunks)
 from .ranking import Query, cursor_terms, rank_both
-from .scan import MAX_BUFFER_BYTES, MAX_FILE_BYTES, read_regular_file
+from .scan import MAX_BUFFER_BYTES, MAX_FILE_BYTES, read_regular_file, unix_newlines
 from .tokens import Encoder, encoder_for, tokenizable
 
 FILE_SHARE = 0.4  # of the budget, for the text around the cursor while the repository has more to offer
@@ -86,7 +86,7 @@ def build_completion_prompt(
     imports = index.imports(relative) if text is None else None  # the file as indexed, unless it is being edited
     if text is None:
         text = _read(index.root / relative, path)
-    text = tokenizable(text).replace("\r\n", "\n")      # (a caller's lone surrogates: U+FFFD, as the app's own)
+    text = unix_newlines(tokenizable(text))      # (a caller's lone surrogates: U+FFFD, as the app's own)
     rows = text.split("\n")
     row, column = _cursor(rows, line, col)
 

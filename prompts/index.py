@@ -34,7 +34,7 @@ from .errors import PromptError
 from .imports import Import, PathTable
 from .scan import MAX_FILE_BYTES, ScanWarning, SourceFile, count_ignored, lies_within, read_source, scan_repository
 
-CACHE_VERSION = 3  # bump whenever chunking or the cached layout changes
+CACHE_VERSION = 4  # bump whenever chunking or the cached layout changes (4: lone "\r" ends a line)
 PARALLEL_MIN_BYTES = 2 * 1024 * 1024  # below this much text to parse, worker start-up costs more than it saves
 BATCH_BYTES = 256 * 1024  # text per task sent to a worker: small enough to balance, large enough to amortise
 

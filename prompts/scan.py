@@ -95,11 +95,18 @@ def count_ignored(root: Path) -> int:
     return sum(1 for path in _walk(root, IgnoreRules(root, ())) if path not in kept)
 
 
+def unix_newlines(text: str) -> str:
+    """Every line break as "\\n": Windows' "\\r\\n" and classic Mac OS's lone "\\r", which editors (and LSP's
+    positions) count as a line break too: a file of lone "\\r" was one line to the chunker and the cursor."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def read_source(root: Path, path: str, max_file_bytes: int = MAX_FILE_BYTES) -> str | None:
     """The text of a file, or None when it is binary, too large or minified.
 
-    Undecodable bytes become U+FFFD, Windows line ends "\\n", and a UTF-8 byte-order mark is dropped. OSError
-    propagates (an unreadable file, or a file swapped since the scan for a link the scan would not keep).
+    Undecodable bytes become U+FFFD, Windows' and classic Mac OS's line ends "\\n", and a UTF-8 byte-order mark is
+    dropped. OSError propagates (an unreadable file, or a file swapped since the scan for a link the scan would not
+    keep).
     """
     if os.path.islink(root / path):  # a link the scan kept: read the file it names now, if the scan would keep it
         target = (root / path).resolve()
@@ -113,7 +120,7 @@ def read_source(root: Path, path: str, max_file_bytes: int = MAX_FILE_BYTES) -> 
         raise OSError(errno.EINVAL, "not a regular file", path)  # swapped for a FIFO or device since the scan
     if len(data) > max_file_bytes or b"\0" in data[:SNIFF_BYTES]:
         return None
-    text = data.decode("utf-8-sig", errors="replace").replace("\r\n", "\n")  # (-sig: a byte-order mark is not text)
+    text = unix_newlines(data.decode("utf-8-sig", errors="replace"))  # (-sig: a byte-order mark is not text)
     if len(text) > 4 * MINIFIED_LINE_CHARS and len(text) > MINIFIED_LINE_CHARS * (text.count("\n") + 1):
         return None
     return text

@@ -179,6 +179,16 @@ def test_an_out_of_range_cursor_counts_in_good_english():
         cursor("x", 2, None)
 
 
+def test_a_cursor_counts_lone_carriage_returns_as_line_ends():
+    """A classic Mac OS file ("\\r" line ends) has the lines an editor shows: `--line 3` was out of range of its one
+    line, as prompts counted it too."""
+    from codecomplete.complete import cursor
+    assert cursor("a = 1\rb = 2\r\rc", 3, None) == (3, 1) and cursor("a = 1\rb = 2\r\rc", 4, 2) == (4, 2)
+    assert cursor("a = 1\rb = 2\r", None, None) == (3, 1)
+    with pytest.raises(UsageError, match="line 2 has 5 characters$"):
+        cursor("a = 1\rb = 2\r", 2, 7)
+
+
 def test_a_byte_order_mark_is_no_column_of_a_file_or_of_standard_input(tmp_path, monkeypatch):
     """The check before the model loads counted a Windows editor's byte-order mark as line 1's first character, as
     prompts no longer does: `--col 11` on `import os` passed it, then failed after the model loaded."""

@@ -538,6 +538,21 @@ def test_a_cursor_between_cr_and_lf_ends_its_line(engine, served_repo, tmp_path)
     assert split.prompt.ids == whole.prompt.ids and split.prompt.heal_text == whole.prompt.heal_text == "):"
 
 
+def test_an_infill_in_a_classic_mac_file_is_the_same_prompt_as_in_a_unix_one(engine, served_repo, tmp_path):
+    """Lone "\\r" line ends (classic Mac OS) are line breaks to editors: the cursor's line was counted at "\\n" only
+    (line 1, a column past the prefix's one "line"), and the prompt held the raw "\\r"s."""
+    from prompts import index_repository
+
+    from codecomplete.session import Sampling, Session
+
+    session = Session(engine, index_repository(served_repo, cache_dir=tmp_path))
+    sampling = Sampling(max_tokens=4)
+    prefix, suffix = "import os\n\ndef double(x):\n    return 2 * ", "\n\nprint(double(2))\n"
+    unix = session.infill(prefix, suffix, path="double.py", sampling=sampling)
+    mac = session.infill(prefix.replace("\n", "\r"), suffix.replace("\n", "\r"), path="double.py", sampling=sampling)
+    assert mac.prompt.ids == unix.prompt.ids and mac.prompt.heal_text == unix.prompt.heal_text
+
+
 def test_one_token_after_a_healed_tail_is_one_token_of_new_text(server):
     """Healing takes the prompt's last token off and the model makes it again: that token is not one of
     max_tokens, or `max_tokens: 1` after `def add(a, b):` answered nothing."""

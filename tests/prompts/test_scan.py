@@ -259,6 +259,19 @@ def test_non_utf8_bytes_are_replaced_and_windows_line_ends_normalised(make_repo)
     assert read_source(root, "latin1.py") == "name = 'caf\ufffd'\nother = 1\n"
 
 
+def test_a_file_with_classic_mac_line_ends_has_the_lines_and_chunks_an_editor_shows(make_repo, tmp_path):
+    """Lone "\\r" line ends (classic Mac OS): editors show a line at each, as LSP counts them. The file was one
+    line, so the chunker saw one header chunk of the whole file and every context line number was 1."""
+    from prompts import index_repository
+
+    unix = "import os\n\ndef one():\n    return 1\n\n\ndef two():\n    return 2\n"
+    root = make_repo({"mac.py": unix.replace("\n", "\r"), "unix.py": unix})
+    assert read_source(root, "mac.py") == unix
+    chunks = {path: [(c.start_line, c.end_line, c.defines) for c in index_repository(root, tmp_path / "cache").chunks if c.path == path]
+              for path in ("mac.py", "unix.py")}
+    assert chunks["mac.py"] == chunks["unix.py"] and len(chunks["mac.py"]) == 3
+
+
 def test_links_loops_and_special_files_warn_and_do_not_stop_the_scan(make_repo, tmp_path):
     root = make_repo({"a.py": "a = 1\n", "z.py": "z = 1\n", ".git/config": "url = https://user:token@host/x\n",
                       "node_modules/m/index.js": "x = 1\n", ".gitignore": ".env\nprivate/\n", ".env": "KEY = 'k'\n",
