@@ -68,6 +68,10 @@ def gguf_checkpoint(path: Path, dtype: torch.dtype, progress=None) -> Path:
     check_private(out.parent)
     if is_complete(out, stamp):
         return out
+    with _conversion_lock(out, path, progress, create=False):
+        pass    # another process converting it now: its copy is awaited before this one parses the file (seconds)
+    if is_complete(out, stamp):
+        return out
     reader = open_gguf(path)
     config = read_gguf_config(reader, path)
     check_tensor_types(reader, path)
@@ -187,15 +191,24 @@ def _remove_unstamped_copies(out: Path, stem: str) -> None:
 
 
 @contextlib.contextmanager
-def _conversion_lock(out: Path, path: Path, progress=None):
+def _conversion_lock(out: Path, path: Path, progress=None, create: bool = True):
     """Held while `out` is converted: a second process (a server and a command started together) waits for the
     first one's copy instead of dequantizing the same file alongside it, and may clean up after a killed one.
     Yields whether it holds the lock. The lock file stays (empty): removing it would let a waiting process lock a
-    file no newcomer sees."""
-    out.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    check_private(out.parent)
+    file no newcomer sees. create=False: only where a lock file exists (nothing is written to the cache for a file
+    not yet known to be a GGUF); else yields False at once."""
+    if create:
+        out.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        check_private(out.parent)
     # 0600: flock needs only a read handle, so a lock file others may open is one they could hold forever
-    lock_fd = os.open(out.with_name(f"{out.name}.lock"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        lock_fd = os.open(out.with_name(f"{out.name}.lock"),
+                          os.O_WRONLY | os.O_APPEND | (os.O_CREAT if create else 0), 0o600)
+    except OSError:                     # (not there: no process converted it here yet)
+        if create:
+            raise
+        yield False
+        return
     with os.fdopen(lock_fd, "a", encoding="utf-8") as lock:
         held = _flock(lock, path, progress)
         try:

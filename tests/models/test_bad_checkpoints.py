@@ -149,6 +149,8 @@ def _second_process_waits(path, out, done, monkeypatch, fcntl):
     import torch
 
     monkeypatch.setattr(gguf_loading, "to_torch", lambda *a: pytest.fail("converted again alongside the first"))
+    # Nor is the file parsed (seconds for a real model) only to find the first one's copy after the wait.
+    monkeypatch.setattr(gguf_loading, "open_gguf", lambda *a: pytest.fail("parsed the GGUF while another converts"))
     messages, result = [], []
     with open(out.with_name(f"{out.name}.lock"), "a", encoding="utf-8") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)    # the first process, converting
