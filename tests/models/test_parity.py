@@ -166,6 +166,29 @@ def test_nan_past_a_rows_length_does_not_reach_its_tokens(tiny_checkpoint, backe
     assert [r.token_ids for r in engine.generate_batch(prompts, config)] == singles
 
 
+@pytest.mark.parametrize("backend", ["sdpa", "eager"])
+def test_nan_past_a_lone_sequences_length_does_not_reach_its_tokens(tiny_checkpoint, backend, monkeypatch):
+    """One sequence's steps, plain and verifying drafts, where every slot past its length holds NaN (a shorter prompt
+    in a cache a longer one filled, with what an overflow left there): SDPA adds its mask to a NaN score and both
+    weigh a NaN value by 0, so each step must read no slot past the row's length."""
+    from models.speculative import PromptLookup
+    monkeypatch.setattr(PromptLookup, "draft", lambda self, k: [7] * k)    # every step verifies k drafts
+    directory, _ = tiny_checkpoint
+    engine = load_model(directory, device="cpu", attention=backend, max_context=48)
+    prompt = list(range(10, 30))
+    for speculate in (0, 4):
+        config = GenerationConfig(max_new_tokens=8, speculate=speculate)
+        engine.clear_prefix_cache()
+        expected = engine.generate(prompt, config)
+        for layer in engine.model.layers:
+            layer.attention.kv_cache.k.fill_(float("nan"))
+            layer.attention.kv_cache.v.fill_(float("nan"))
+        engine.clear_prefix_cache()
+        poisoned = engine.generate(prompt, config)
+        assert poisoned.token_ids == expected.token_ids
+        assert poisoned.timings.drafted_tokens == expected.timings.drafted_tokens > 0 or not speculate
+
+
 def test_the_cuda_loop_with_lookahead_matches_on_the_cpu(tiny_checkpoint):
     """On CUDA the loop queues step t+1 before reading token t; run that schedule here and compare."""
     directory, _ = tiny_checkpoint
