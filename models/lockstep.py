@@ -25,6 +25,7 @@ import dataclasses
 import functools
 import inspect
 import os
+import pickle
 import secrets
 import time
 
@@ -32,7 +33,7 @@ import torch
 import torch.distributed as dist
 
 from models.config import preset
-from models.distributed import RankFailed, Ranks, under_torchrun
+from models.distributed import RankFailed, Ranks, collective_timeout, under_torchrun
 from models.errors import ModelError
 from models.generation import GenerationConfig
 from models.load import RANDOM_PREFIX, checkpoint_directory, load_model
@@ -255,13 +256,24 @@ def follow_under_torchrun() -> int:
 # ---- the channel: requests and stop flags over the gloo control group, reports through the store ----
 
 def _broadcast(tp: TensorParallel, request: tuple) -> None:
-    dist.broadcast_object_list([request], src=0, group=tp.control, device=torch.device("cpu"))
+    """Rank 0's side, bounded: a gloo send waits for each receiver, and a hung rank held rank 0 here for the
+    control group's timeout (a year: the others wait for requests as long as the user does)."""
+    data = torch.frombuffer(bytearray(pickle.dumps(request)), dtype=torch.uint8)            # (n,)
+    _bounded(dist.broadcast(torch.tensor([data.numel()]), src=0, group=tp.control, async_op=True))
+    _bounded(dist.broadcast(data, src=0, group=tp.control, async_op=True))
 
 
 def _receive(tp: TensorParallel) -> tuple:
-    holder = [None]
-    dist.broadcast_object_list(holder, src=0, group=tp.control, device=torch.device("cpu"))
-    return holder[0]
+    size = torch.zeros(1, dtype=torch.long)
+    dist.broadcast(size, src=0, group=tp.control)
+    data = torch.empty(int(size), dtype=torch.uint8)                                         # (n,)
+    dist.broadcast(data, src=0, group=tp.control)
+    return pickle.loads(data.numpy().tobytes())
+
+
+def _bounded(work) -> None:
+    """Wait for rank 0's send to the others within `collective_timeout` (RuntimeError "Operation timed out!")."""
+    work.wait(timeout=collective_timeout())
 
 
 def _report_key(request: int, rank: int) -> str:
@@ -272,7 +284,7 @@ def _leader_poll(tp: TensorParallel, should_stop):
     """should_stop for rank 0: ask it, and tell the others the answer (every rank polls at the same points)."""
     def poll() -> bool:
         flag = torch.tensor([1 if should_stop() else 0], dtype=torch.uint8)
-        dist.broadcast(flag, src=0, group=tp.control)
+        _bounded(dist.broadcast(flag, src=0, group=tp.control, async_op=True))
         return bool(flag.item())
     return poll
 
