@@ -45,7 +45,10 @@ class Conversation:
             if getattr(view, "text", ""):
                 self._record(question, view.text)
             raise
-        self._record(question, result.text)
+        if result.text or result.finish_reason != "cancelled":
+            # Cancelled while reading the prompt: no answer came, so the question is not kept either; an empty
+            # assistant turn would show the model a question left unanswered (and count as an exchange).
+            self._record(question, result.text)
         return result
 
     def _record(self, question: str, answer: str) -> None:

@@ -228,7 +228,9 @@ def summary_line(result, engine=None) -> str:
     # A rate needs two tokens: with none or one, "0.0 tok/s" would say the model stalled when it did not decode.
     parts = [_plural(len(result.token_ids), "token"),
              *([f"{timings.decode_tokens_per_s:.1f} tok/s"] if timings.decode_tokens_per_s else []),
-             f"first token {_duration(timings.ttft_ms / 1000)}",
+             # Cancelled during the prefill: no first token came, and its time is not 0 ms.
+             *([f"first token {_duration(timings.ttft_ms / 1000)}"]
+               if result.token_ids or result.finish_reason != "cancelled" else []),
              f"prompt {result.prompt_tokens:,}"
              + (f" ({result.reused_prefix_tokens:,} reused)" if result.reused_prefix_tokens else "")]
     if timings.drafted_tokens:

@@ -152,6 +152,30 @@ def test_a_second_ctrl_c_mid_answer_keeps_what_streamed(conversation, tmp_path, 
     assert shown.split() and shown.split()[0] in answer["content"]        # the line before is the answer so far
 
 
+def test_ctrl_c_while_the_prompt_is_read_leaves_no_half_turn(conversation, tmp_path, monkeypatch):
+    """Ctrl-C before the first token (a long prefill) kept the question with an empty answer: the next prompt showed
+    the model a question answered with nothing, /context counted it as an exchange, and the summary claimed a first
+    token in 0 ms. The conversation stays as it was, and the next question is answered as if the first never came."""
+    conversation.reset()
+    engine = conversation.engine
+    generate = engine.generate
+
+    def interrupted_at_once(ids, config, on_text=None, should_stop=None):
+        signal.raise_signal(signal.SIGINT)          # pressed before the prefill's first layer
+        return generate(ids, config, on_text=on_text, should_stop=should_stop)
+    monkeypatch.setattr(engine, "generate", interrupted_at_once)
+    printed = drive(conversation, ["Explain Rectangle.\r", "/exit\r"], tmp_path / "history")
+    assert "cancelled" in printed and "(nothing generated)" in printed and "first token" not in printed
+    assert conversation.messages == []
+    monkeypatch.undo()
+    printed = drive(conversation, ["What does area_of_circle compute?\r", "/context\r", "/exit\r"],
+                    tmp_path / "history")
+    assert "1 exchange so far" in printed
+    assert [m["content"] for m in conversation.messages[::2]] == ["What does area_of_circle compute?"]
+    assert "Explain Rectangle." not in engine.tokenizer.decode(conversation.last_prompt.ids)
+    conversation.reset()
+
+
 def test_completion_of_commands_and_paths(conversation, monkeypatch):
     completer = repl.SlashCompleter(conversation)
 
