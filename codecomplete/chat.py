@@ -10,6 +10,7 @@ from .errors import UsageError
 from .session import open_session
 
 DEFAULT_MAX_TOKENS = 512
+HISTORY_SHARE = 0.5     # of the prompt budget, for the earlier turns: the rest stays for the repository's code
 
 
 class Conversation:
@@ -32,7 +33,8 @@ class Conversation:
     def prompt_for(self, question: str):
         """The generation for a question: retrieved chunks, pinned files, the conversation, the question."""
         return self.session.chat([*self.messages, {"role": "user", "content": question}], pinned=self.pinned,
-                                 sampling=engines.sampling(self.args, self.max_new_tokens))
+                                 sampling=engines.sampling(self.args, self.max_new_tokens),
+                                 history_share=HISTORY_SHARE)
 
     def answer(self, question: str, generation, view):
         """Generate the answer into view. A cancelled answer stays in the conversation as far

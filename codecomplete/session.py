@@ -98,13 +98,14 @@ class Session:
                              extra=extra, sampling=sampling, budget=budget)
 
     def chat(self, messages: Sequence[dict], *, pinned: Sequence[str] = (), sampling: Sampling,
-             budget: int | None = None) -> Generation:
-        """An answer to the last (user) message, with repository context retrieved for it."""
+             budget: int | None = None, history_share: float = 1.0) -> Generation:
+        """An answer to the last (user) message, with repository context retrieved for it; `history_share`:
+        build_chat_prompt's."""
         from prompts import build_chat_prompt
 
         packed = build_chat_prompt(self._fresh_index(), self.engine.tokenizer, messages=list(messages),
                                    budget_tokens=budget or self.prompt_budget(sampling.max_tokens),
-                                   pinned_paths=tuple(pinned))
+                                   pinned_paths=tuple(pinned), history_share=history_share)
         return self._generation(packed, sampling)
 
     def raw(self, prompt: str | Sequence[int], *, sampling: Sampling) -> Generation:

@@ -40,9 +40,13 @@ def build_chat_prompt(
     budget_tokens: int = 4096,
     pinned_paths: Sequence[str] = (),
     reserve_tokens: int = 0,
+    history_share: float = 1.0,
 ) -> PackedPrompt:
     """The prompt for answering the last (user) message of ``messages``, within ``budget_tokens -
-    reserve_tokens``. Pinned files (paths relative to the root) are included first, as much as fits."""
+    reserve_tokens``. Pinned files (paths relative to the root) are included first, as much as fits.
+    ``history_share``: the part of that the earlier turns may take, the rest kept for the repository's excerpts
+    (the question and the exchange before it may take more; room the excerpts leave goes back to the turns); 1:
+    the conversation first, as an API client's own context."""
     if not messages or messages[-1].get("role") != "user":
         raise PromptError("a chat prompt needs the user's message last")
     encoder = encoder_for(tokenizer)
@@ -51,7 +55,13 @@ def build_chat_prompt(
     # Every system message counts, in order (a client's own beside a tool's, or one mid-conversation), as OpenAI
     # and Ollama take each one; the conversation itself is the rest.
     system = "\n\n".join(m["content"] for m in messages if m["role"] == "system") or SYSTEM.format(name=index.name)
-    conversation = _latest_turns_that_fit(render, system, [m for m in messages if m["role"] != "system"], limit)
+    whole = _latest_turns_that_fit(render, system, [m for m in messages if m["role"] != "system"], limit)
+    conversation = whole
+    if history_share < 1 and len(whole) > 1:
+        # A long chat filled the whole budget and left no room for the code it is about, pinned files included.
+        # The last exchange stays whole (a follow-up refers to it); older ones only within the share.
+        latest = len(render(system, whole[-3:]))
+        conversation = _latest_turns_that_fit(render, system, whole, max(latest, int(limit * history_share)))
 
     pinned = [_pinned_chunks(index, path) for path in pinned_paths]
     question = conversation[-1]["content"]
@@ -75,6 +85,10 @@ def build_chat_prompt(
         if len(ids) <= limit:
             break
         selection.drop_last()  # the template joined the pieces into a few more tokens than counted
+    if len(conversation) < len(whole):
+        # The share kept room the excerpts did not take (a question naming no code): older turns have it back.
+        conversation = _latest_turns_that_fit(render, system + "".join(segments), whole, limit)
+        ids = render(system + "".join(segments), conversation)
     stops = [i for i in map(encoder.token_id, END_OF_TURN) if i is not None]
     if tokenizer.eos_token_id is not None:
         stops.append(tokenizer.eos_token_id)

@@ -176,6 +176,28 @@ def test_ctrl_c_while_the_prompt_is_read_leaves_no_half_turn(conversation, tmp_p
     conversation.reset()
 
 
+def test_a_long_conversation_leaves_room_for_the_pinned_file_and_the_code(conversation, tmp_path):
+    """The earlier turns took all of the prompt they could: a few long exchanges in, the prompt carried no code at
+    all, not even the file /add pinned "into every prompt", and the model answered about nothing. The earlier turns
+    now take half the budget at most (the latest ones kept), and the pinned file and the excerpts the rest."""
+    conversation.reset()
+    for i in range(12):
+        conversation.messages += [{"role": "user", "content": f"Question {i}: what about the circle, in detail?"},
+                                  {"role": "assistant", "content": f"Answer {i}: " + "it computes an area. " * 20}]
+    drive(conversation, ["/add shapes/geometry.py\r", "What does area_of_circle return?\r", "/exit\r"],
+          tmp_path / "history")
+    packed = conversation.last_prompt
+    budget = conversation.session.prompt_budget(conversation.max_new_tokens)
+    text = conversation.engine.tokenizer.decode(packed.ids)
+    assert "shapes/geometry.py" in {item.path for item in packed.context}
+    assert "return math.pi * radius ** 2" in text
+    assert "Answer 11:" in text and "Question 0:" not in text          # the latest exchange, not the oldest
+    assert text.endswith("What does area_of_circle return?<|im_end|>\n<|im_start|>assistant\n")
+    assert len(packed.ids) <= budget
+    conversation.unpin()
+    conversation.reset()
+
+
 def test_completion_of_commands_and_paths(conversation, monkeypatch):
     completer = repl.SlashCompleter(conversation)
 

@@ -146,6 +146,38 @@ def test_chat_pins_files_and_drops_old_turns_to_fit(make_repo, smollm2_tokenizer
         build_chat_prompt(index, smollm2_tokenizer, [question], pinned_paths=["missing.md"])
 
 
+def test_a_history_share_keeps_room_for_the_code_but_never_cuts_the_question(make_repo, smollm2_tokenizer):
+    """With history_share (the REPL's), earlier turns past that part of the budget give way to the pinned file;
+    a question, or the exchange it follows up, longer than the share is still sent whole; without it the
+    conversation comes first, as before."""
+    root = make_repo({"util.py": UTIL, "notes.md": "# Notes\nNothing about code.\n"})
+    index = index_repository(root)
+    history = []
+    for i in range(6):
+        history += [{"role": "user", "content": f"Question {i}? " + "Tell me more. " * 5},
+                    {"role": "assistant", "content": f"Answer {i}. " + "Here is more. " * 10}]
+    question = {"role": "user", "content": "And the notes?"}
+
+    def text(messages, **options):
+        packed = build_chat_prompt(index, smollm2_tokenizer, messages, budget_tokens=300, pinned_paths=["notes.md"],
+                                   **options)
+        assert len(packed.ids) <= 300
+        return smollm2_tokenizer.decode(packed.ids)
+    whole = text([*history, question])
+    assert "Answer 3." in whole and "Nothing about code." not in whole        # the conversation took it all
+    shared = text([*history, question], history_share=0.5)
+    assert "Nothing about code." in shared and "Answer 5." in shared and "Answer 3." not in shared
+    long_question = {"role": "user", "content": "And the notes? " + "Please explain. " * 50}
+    assert "Please explain. " * 50 in text([*history, long_question], history_share=0.5)
+    long_answer = {"role": "assistant", "content": "Answer 6. " + "A long answer. " * 50}
+    followed = text([*history, {"role": "user", "content": "Question 6?"}, long_answer, question], history_share=0.5)
+    assert "Question 6?" in followed and "A long answer. " * 50 in followed and "Answer 5." not in followed
+    unpinned = build_chat_prompt(index, smollm2_tokenizer, [*history, {"role": "user", "content": "And then?"}],
+                                 budget_tokens=300, history_share=0.5)   # no code to make room for: none is lost
+    assert unpinned.context == [] and "Answer 3." in smollm2_tokenizer.decode(unpinned.ids)
+    assert len(unpinned.ids) <= 300
+
+
 def test_chat_without_a_template_uses_codellama_instruct(make_repo, codellama_tokenizer):
     root = make_repo({"util.py": UTIL})
     index = index_repository(root)
