@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import re
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -124,6 +125,12 @@ def _key_bindings() -> KeyBindings:
     return bindings
 
 
+def _question(typed: str) -> str:
+    """What was typed, less blank lines around it and trailing spaces: the first line keeps its indentation (a
+    pasted method's body is code only as indented)."""
+    return re.sub(r"\A(?:[ \t]*\n)+", "", typed.rstrip())
+
+
 def _undo_copy(event) -> bool:
     """Whether to save the line for undo before this key: as prompt-toolkit does (every key), below UNDO_CHARS."""
     return len(event.current_buffer.text) < UNDO_CHARS
@@ -150,11 +157,12 @@ class Repl:
         self.console.print(self._welcome())
         while True:
             try:
-                text = self.session.prompt("› ").strip()
+                typed = self.session.prompt("› ")
             except KeyboardInterrupt:       # Ctrl-C at the prompt: the line is cleared
                 continue
             except EOFError:                # Ctrl-D
                 return
+            text = typed.strip()
             if not text:
                 continue
             try:
@@ -163,7 +171,7 @@ class Repl:
                     if not self.command(text):
                         return
                 else:
-                    self.ask(text)
+                    self.ask(_question(typed))
             except KeyboardInterrupt:      # a second Ctrl-C (the first asks the generation to stop)
                 self.console.print(Text("interrupted", style="yellow"))
             except Exception as exc:       # a bad path or a model error ends the line, not the REPL

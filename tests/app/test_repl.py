@@ -77,6 +77,14 @@ def test_a_session(conversation, tmp_path, monkeypatch):
     assert "half typed" not in history.read_text()        # Ctrl-C threw the line away
 
 
+def test_a_pasted_block_keeps_its_first_lines_indentation(conversation, tmp_path):
+    conversation.reset()
+    drive(conversation, [ESC_ENTER + "        return self.width * self.height  " + ESC_ENTER + "Why this?  \r", "/exit\r"],
+          tmp_path / "history")
+    question, _ = conversation.messages
+    assert question["content"] == "        return self.width * self.height  \nWhy this?"   # only its ends trimmed
+
+
 def test_a_command_that_takes_no_argument_refuses_one(conversation, tmp_path):
     """`/reset the model too` reset the conversation and `/exit now?` left the REPL, the rest of the line thrown
     away. Each says it takes no argument and does nothing; a command that takes one still gets it."""
