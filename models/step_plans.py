@@ -39,10 +39,11 @@ from pathlib import Path
 import torch
 
 from kernels import flash_decode
-from kernels.bench import begin_run, graph_replay_us
+from kernels.bench import OneLineParser, begin_run, comma_list, folder, graph_replay_us, one_of, whole
 from kernels.interface import forced_plans, heuristic_plan, plan_for, resident_per_sm
 from kernels.plan import MAX_SPLITS, LaunchPlan, describe, shape_key, table_entry
 from models.bench import fill_cache_randomly, ours_step_us
+from models.errors import ModelError
 
 KINDS = ("bf16", "fp8", "int8")
 
@@ -213,32 +214,45 @@ def update_table(path: Path, key: dict, plan, model, batch: int, measured: dict)
     return "replaced" if same else "added"
 
 
+def _checked(parse):
+    """An argparse type from a parser that stops with SystemExit("error: ...") or raises ModelError (an unknown
+    preset) or a ValueError (a rank count the model does not split over): one line and status 2 as it is read."""
+    def check(text: str):
+        try:
+            parse(text)
+        except (SystemExit, ModelError, ValueError) as error:
+            raise argparse.ArgumentTypeError(str(error).removeprefix("error: ")) from None
+        return text
+    return check
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="34B", help="a preset (7B, 13B, 34B, 70B) or NAME/TP: a tensor-parallel "
+    # Every option is checked as it is parsed: a typo is one line and status 2 at once, not a traceback (or a
+    # model built on the GPU first).
+    parser = OneLineParser(prog="python -m models.step_plans", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=_checked(model_config), default="34B",
+                        help="a preset (7B, 13B, 34B, 70B) or NAME/TP: a tensor-parallel "
                         "rank's shapes on one GPU, without its collectives")
-    parser.add_argument("--contexts", default="131072")
-    parser.add_argument("--kv-caches", default="fp8,int8")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--variant", action="append", default=[], help='name={"plan field": value, ...}')
+    parser.add_argument("--contexts", type=comma_list(whole(1)), default="131072")
+    parser.add_argument("--kv-caches", type=comma_list(one_of(*KINDS)), default="fp8,int8")
+    parser.add_argument("--batch", type=whole(1), default=1)
+    parser.add_argument("--variant", type=_checked(parse_variant), action="append", default=[],
+                        help='name={"plan field": value, ...}')
     parser.add_argument("--no-auto", action="store_true", help="time only the table plan and the --variant ones")
-    parser.add_argument("--twins", default="", help="comma-separated: early, late: also time the table's and the "
-                        "heuristic's plans with attention launched early or late in the step whatever its grid "
-                        "(step_launch; named 'table +early-qkv' ...)")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--replays", type=int, default=20)
+    parser.add_argument("--twins", type=comma_list(one_of(*TWINS), empty=True), default="",
+                        help="comma-separated: early, late: also time the table's and the heuristic's plans with "
+                        "attention launched early or late in the step whatever its grid (step_launch; named "
+                        "'table +early-qkv' ...)")
+    parser.add_argument("--rounds", type=whole(1), default=3)
+    parser.add_argument("--replays", type=whole(1), default=20)
     parser.add_argument("--margin", type=float, default=0.005, help="a step this much faster replaces the table's")
     parser.add_argument("--write-table", type=Path, default=None)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/step-plans"))
+    parser.add_argument("--out", type=folder, default=Path("bench/results/step-plans"))
     args = parser.parse_args(argv)
-    contexts = [int(x) for x in args.contexts.split(",")]
-    kinds = [k for k in args.kv_caches.split(",") if k]
-    if bad := [k for k in kinds if k not in KINDS]:
-        raise SystemExit(f"error: --kv-caches: {', '.join(bad)} not one of {', '.join(KINDS)}")
+    contexts = [int(x) for x in args.contexts.split(",") if x.strip()]
+    kinds = [k.strip() for k in args.kv_caches.split(",") if k.strip()]
     variants = [parse_variant(v) for v in args.variant]
-    twins = [t for t in args.twins.split(",") if t]
-    if bad := [t for t in twins if t not in TWINS]:
-        raise SystemExit(f"error: --twins: {', '.join(bad)} not one of {', '.join(TWINS)}")
+    twins = [t.strip() for t in args.twins.split(",") if t.strip()]
     if not torch.cuda.is_available():
         raise SystemExit("error: models.step_plans times decode steps on a CUDA GPU; none is visible")
 

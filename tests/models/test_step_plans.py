@@ -234,3 +234,26 @@ def test_a_plan_file_of_another_card_is_refused_before_anything_runs(pretend_gpu
                          "--out", str(tmp_path / "out")])
     assert pretend_gpu_run == []                                     # refused before the model was built
 
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--contexts", "16k"], "--contexts: expected a whole number, got '16k'"),      # a traceback before
+    (["--contexts", ""], "--contexts: '' lists nothing"),
+    (["--kv-caches", "fp8,q4"], "--kv-caches: 'q4' is not one of bf16, fp8, int8"),
+    (["--twins", "early,soon"], "--twins: 'soon' is not one of early, late"),
+    (["--rounds", "0"], "--rounds: expected a number from 1 up, got 0"),           # median of nothing after a build
+    (["--batch", "-1"], "--batch: expected a number from 1 up, got -1"),
+    (["--model", "99B"], "--model: unknown preset 'CodeLlama-99B'"),
+    (["--model", "34B/3"], "do not split over 3 ranks"),
+    (["--variant", "w4={"], "--variant: --variant w4: not JSON"),
+    (["--out", "{file}"], "is not a folder"),                                      # its mkdir failed on the GPU
+])
+def test_a_bad_option_is_one_line_and_status_2(argv, says, monkeypatch, capsys, tmp_path):
+    """Said as the options are read, on a CPU too: not a traceback, nor status 1, nor after the model is built."""
+    monkeypatch.setattr(step_plans, "begin_run", lambda program, out: pytest.fail("a bad option reached the run"))
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(SystemExit) as exit:
+        step_plans.main([arg.replace("{file}", str(tmp_path / "a-file")) for arg in argv])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.count("\n") == 1 and says in err, err
+    assert err.startswith("python -m models.step_plans: error: ")
