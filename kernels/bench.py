@@ -681,7 +681,9 @@ def main(argv=None) -> int:
         try:
             with opener(args.tune_from, "rt") as f:
                 sweep = json.load(f)
-            sweep["env"]["card"], sweep["env"]["sms"], sweep["cases"]
+            sweep["env"]["card"], sweep["env"]["sms"], sweep["env"]["date"], sweep["cases"]
+            for case in sweep["cases"]:     # kernels-check.json has env and cases too: it made a plan file of nothing
+                case["shape"]["S"], case["T"], case["fp8"], case["best"], case["heuristic_us"], case["peers_us"]
         except (OSError, ValueError, KeyError, TypeError) as exc:   # a missing file, not JSON, not a sweep
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
             parser.error(f"--tune-from {args.tune_from}: not a saved --tune sweep ({reason})")

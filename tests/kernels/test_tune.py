@@ -423,6 +423,8 @@ def test_best_of_rounds_takes_every_contestant_in_turn_and_keeps_each_ones_best(
     (["--tune-from", "/nonexistent/sweep.json"], "not a saved --tune sweep (No such file or directory)"),
     (["--tune-from", "{not json"], "not a saved --tune sweep (JSONDecodeError"),
     (["--tune-from", "[1]"], "not a saved --tune sweep (TypeError"),
+    (["--tune-from", '{"env": {"card": "GPU X", "sms": 132, "date": "d"}, "cases": [{"dtype": "bf16", "S": 1024, '
+                     '"ok": true}]}'], "not a saved --tune sweep (KeyError: 'shape')"),   # a --check file: wrote a plan file
     (["--quick", "--only", "SmolLM2"], "--only SmolLM2: no shape of --quick matches"),   # a NameError at the end
     (["--check-only"], "--check-only goes with --check"),         # ran the whole timing sweep and no check
     (["--tune", "--regrid"], "--regrid goes with --tune --cases all"),
