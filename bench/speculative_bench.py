@@ -114,6 +114,21 @@ def main(argv=None) -> int:
     parser.add_argument("--kv-cache", default=None, help="fp8 to run both sides with an fp8 KV cache")
     parser.add_argument("--out", default="bench/results/speculative-cpu", help="results path without extension")
     args = parser.parse_args(argv)
+    # Checked before the model loads. Each mistake ran to a traceback, or wrote an empty table over the results
+    # (--kinds cpoy, an --only that matches nothing); --speculate 0 timed the plain run again as "speculate 0".
+    try:
+        depths = [int(d) for d in args.speculate.split(",")]
+    except ValueError:
+        parser.error(f"--speculate {args.speculate}: draft depths expected, e.g. 4,8,12")
+    if not all(1 <= d <= 15 for d in depths):
+        parser.error(f"--speculate {args.speculate}: each depth from 1 to 15 (plain decoding is always timed)")
+    kinds = args.kinds.split(",")
+    if not kinds or not set(kinds) <= set(KINDS):
+        parser.error(f"--kinds {args.kinds}: some of {','.join(KINDS)}")
+    if args.max_tokens < 2 or args.threads < 1:     # one token is the prefill's: no decoding to time
+        parser.error("--max-tokens takes 2 or more, --threads 1 or more")
+    if args.kv_cache not in (None, "fp8", "int8"):
+        parser.error(f"--kv-cache {args.kv_cache}: fp8 or int8")
 
     import torch
     import transformers
@@ -123,13 +138,13 @@ def main(argv=None) -> int:
     from speculative_workloads import copy_heavy, nothing_to_copy
 
     torch.set_num_threads(args.threads)
-    depths = [int(d) for d in args.speculate.split(",")]
     load_start = [round(x, 2) for x in os.getloadavg()]
     engine = load_model(device="cpu", max_context=4096, kv_cache=args.kv_cache)
-    kinds = args.kinds.split(",")
     items = (copy_heavy(engine.tokenizer) if "copy" in kinds else []) + \
             (nothing_to_copy(engine.tokenizer) if "fresh" in kinds else [])
     items = [i for i in items if args.only in i.name]
+    if not items:
+        parser.error(f"--only {args.only}: no {' or '.join(KINDS[k] for k in kinds)} item's name contains it")
     rows = []
     for n, item in enumerate(items):
         started = time.perf_counter()

@@ -4,11 +4,14 @@ reuse between requests), and rejection sampling that keeps the sampled distribut
 
 import importlib.util
 import random
+import sys
+import types
 from pathlib import Path
 
 import pytest
 import torch
 
+import models
 import models.engine
 from models import GenerationConfig, load_model
 from models.llama import Decode
@@ -363,3 +366,33 @@ def test_a_cancel_while_a_step_verifies_sends_none_of_its_tokens(smollm_engine, 
     monkeypatch.setattr(models.engine, "accept", accept)
     again = engine.generate(prompt, config)
     assert again.token_ids == plain.token_ids and again.reused_prefix_tokens == len(prompt) - 1
+
+
+def _speculative_bench():
+    path = Path(__file__).resolve().parents[2] / "bench" / "speculative_bench.py"
+    spec = importlib.util.spec_from_file_location("speculative_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--speculate", "8,x"], "draft depths expected"),                     # a traceback before
+    (["--speculate", "0,8"], "each depth from 1 to 15"),                    # timed the plain run as "speculate 0"
+    (["--kinds", "cpoy"], "--kinds cpoy: some of copy,fresh"),              # wrote an empty table over the results
+    (["--max-tokens", "1"], "--max-tokens takes 2 or more"),
+    (["--kv-cache", "q4"], "--kv-cache q4: fp8 or int8"),
+    (["--only", "no such item"], "--only no such item: no copy-heavy or nothing to copy item"),
+])
+def test_speculative_bench_refuses_a_run_it_cannot_make_before_writing(argv, says, monkeypatch, tmp_path, capsys):
+    """bench/speculative_bench.py: a mistake is status 2 and a line naming it, and the results stay as they were."""
+    bench = _speculative_bench()
+    monkeypatch.setattr(models, "load_model", lambda **kw: type("Engine", (), {"tokenizer": None})())
+    workloads = types.ModuleType("speculative_workloads")        # no items: the --only case
+    workloads.copy_heavy = workloads.nothing_to_copy = lambda tokenizer: []
+    monkeypatch.setitem(sys.modules, "speculative_workloads", workloads)
+    out = tmp_path / "speculative-cpu"
+    with pytest.raises(SystemExit) as exit:
+        bench.main([*argv, "--out", str(out)])
+    assert exit.value.code == 2 and says in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
