@@ -27,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kernels.reference import FP8_MAX, quantize_fp8  # noqa: E402
+import run_info  # noqa: E402  (bench/, next to this script)
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -62,6 +63,13 @@ def main(argv=None) -> int:
     parser.add_argument("--queries", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path("bench/results/fp8-scales-cpu.txt"))
     args = parser.parse_args(argv)
+    # Before the model loads: --queries 0 measured every token (q[..., -0:]), --tokens 0 and an --out folder were
+    # tracebacks, the folder's only after the whole run.
+    if not 1 <= args.queries <= args.tokens:
+        parser.error(f"--queries {args.queries}: from 1 to --tokens ({args.tokens})")
+    if args.out.is_dir():
+        parser.error(f"--out {args.out}: is a folder (name the report file)")
+    load_before = os.getloadavg()
     import transformers
     import transformers.models.llama.modeling_llama as llama
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -95,7 +103,10 @@ def main(argv=None) -> int:
         for name, scheme in SCHEMES.items():
             out = causal_attention(q, scheme(k).double(), scheme(v).double())
             errors[name].append(((out - exact).norm() / exact.norm()).item())
-    lines = [f"SmolLM2-135M (GGUF Q4_1 weights, float32 CPU), {ids.shape[1]} tokens of transformers/generation "
+    info = run_info.header(load_before, ["torch", "transformers"])    # the machine and versions, as every CPU bench
+    lines = [f"{info['date']}, {info['machine']['cpu']} ({info['machine']['cores']} cores), Python "
+             f"{info['machine']['python']}, " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
+             f"SmolLM2-135M (GGUF Q4_1 weights, float32 CPU), {ids.shape[1]} tokens of transformers/generation "
              f"sources, causal attention of the last {args.queries} tokens, {len(queries)} layers: "
              "relative L2 error against float64 over the unquantized cache",
              f"{'scale granularity':36s} {'mean':>8s} {'max':>8s}"]

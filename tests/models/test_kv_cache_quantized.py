@@ -2,6 +2,8 @@
 values, prefill and decode agreeing, the engine's option, errors and the out-of-memory message. (Accuracy on
 real weights: test_kv_cache_accuracy.py.)"""
 
+import os
+
 import pytest
 import torch
 
@@ -196,3 +198,39 @@ def test_free_memory_is_known_without_proc_meminfo(monkeypatch):
     monkeypatch.setattr(ctypes, "windll", types.SimpleNamespace(kernel32=types.SimpleNamespace(
         GlobalMemoryStatusEx=status)), raising=False)
     assert kv_cache.free_memory_bytes(torch.device("cpu")) == 3 << 30
+
+
+def _fp8_scales_script(monkeypatch):
+    import importlib.util
+    from pathlib import Path
+    bench = Path(__file__).parents[2] / "bench"
+    monkeypatch.syspath_prepend(str(bench))        # as when run: the script's folder first (its run_info)
+    spec = importlib.util.spec_from_file_location("fp8_scales", bench / "fp8_scales.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fp8_scales_report_names_the_machine_and_versions_and_checks_its_options(monkeypatch, tmp_path, capsys):
+    """bench/fp8_scales.py (on a tiny random Llama standing in for SmolLM2): its report carries the date, the CPU
+    and the versions like every CPU bench's; --queries 0 (which measured every token) and an --out folder (a
+    traceback after the run) are refused first."""
+    import transformers
+    from transformers import LlamaConfig, LlamaForCausalLM
+    script = _fp8_scales_script(monkeypatch)
+    for argv, says in ((["--queries", "0"], "--queries 0: from 1 to --tokens"), (["--out", str(tmp_path)], "is a folder")):
+        with pytest.raises(SystemExit) as exit:
+            script.main(argv)
+        assert exit.value.code == 2 and says in capsys.readouterr().err
+    torch.manual_seed(0)
+    tiny = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2)).eval()
+    tokenizer = lambda text, return_tensors: type("Encoded", (), {"input_ids": torch.randint(0, 64, (1, 40))})()
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **kw: tiny)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **kw: tokenizer)
+    out = tmp_path / "fp8-scales.txt"
+    assert script.main(["--tokens", "32", "--queries", "4", "--out", str(out)]) == 0
+    first, second = out.read_text().splitlines()[:2]
+    assert f"{os.cpu_count()} cores" in first and f"torch {torch.__version__}" in first
+    assert f"transformers {transformers.__version__}" in first and first[:4].isdigit()       # the date first
+    assert "32 tokens" in second and "last 4 tokens, 2 layers" in second
