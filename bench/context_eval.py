@@ -327,9 +327,15 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     progress = out.with_suffix(".partial.jsonl")  # every site as it is measured, so an interrupted run resumes
     finished = {}
+    # What a site's results depend on besides the site: a resumed run with other budgets or runs took the earlier
+    # sites' results as they were, and averaged a budget they lack over the new sites alone, under the whole count.
+    setup = {"budgets": budgets, "model": not args.no_model, "runs": runs, "model_sites": args.model_sites}
     if progress.exists():
-        finished = {r["key"]: r["results"] for r in map(json.loads, progress.read_text().splitlines())}
-        print(f"resuming: {len(finished)} sites measured already ({progress})")
+        records = list(map(json.loads, progress.read_text().splitlines()))
+        finished = {r["key"]: r["results"] for r in records if r.get("setup") == setup}
+        print(f"resuming: {len(finished)} sites measured already ({progress})"
+              + (f"; {len(records) - len(finished)} measured with other options are measured again"
+                 if len(finished) < len(records) else ""))
 
     engine = tokenizer = None
     if args.no_model:
@@ -374,7 +380,7 @@ def main() -> None:
                         extra = [definition_chunk(index, tokenizer, site, budgets[0] // 2)] if run == ORACLE else []
                         site.results[run] = complete(engine, source, site, budgets[0], run.endswith("heal"), extra)
                 with progress.open("a") as file:
-                    file.write(json.dumps({"key": key, "results": site.results}) + "\n")
+                    file.write(json.dumps({"key": key, "setup": setup, "results": site.results}) + "\n")
             per_repo[repo] = {"version": run_info.versions([repo.replace("_", "-")])[repo.replace("_", "-")],
                               "files": len(index.files), "chunks": len(index.chunks), "sites_found": len(found),
                               **summary(sample, budgets, engine is not None)}

@@ -133,3 +133,34 @@ def test_a_target_with_a_folder_is_looked_up_by_its_last_two_parts(monkeypatch):
     assert table.folder("a/b", False) == ["go/a/b/x.go"] and table.folder("src/p7", True) == ["src/p7/mod.py"]
     assert table.files("p7/__init__.py", True, extension=True) == ["p7/__init__.py"]
     assert len(compared) < 20
+
+
+def test_context_eval_resumes_only_sites_measured_with_the_same_options(monkeypatch, tmp_path):
+    """bench/context_eval.py resumes an interrupted run from its .partial.jsonl: sites measured there with other
+    budgets were taken as they were, so the new budget's recall was the mean over the new sites alone."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+    script = Path(__file__).parents[2] / "bench" / "context_eval.py"
+    monkeypatch.syspath_prepend(str(script.parent))
+    spec = importlib.util.spec_from_file_location("context_eval", script)
+    context_eval = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "context_eval", context_eval)     # its dataclasses look their module up
+    spec.loader.exec_module(context_eval)
+    out = tmp_path / "eval"
+
+    def run(budgets):
+        monkeypatch.setattr(sys, "argv", ["context_eval.py", "--repos", "click", "--no-model", "--sites", "3",
+                                          "--budgets", budgets, "--out", str(out)])
+        context_eval.main()
+        return json.loads(out.with_suffix(".json").read_text())["sites"]
+
+    first = run("256")
+    # As a run with --budgets 256 cut short leaves it (the sites' results, keyed by site) then resumed with 256,1024:
+    lines = [{"key": f"click:{s['path']}:{s['line']}:{s['col']}", "results": s["results"]} for s in first[:2]]
+    out.with_suffix(".partial.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    again = run("256,1024")
+    assert [s["path"] for s in again] == [s["path"] for s in first]
+    assert all("recall_file_1024" in s["results"] and "recall_prefix_1024" in s["results"] for s in again)
+    assert not out.with_suffix(".partial.jsonl").exists()
