@@ -444,3 +444,16 @@ def test_bad_options_are_one_line_and_status_2_before_any_gpu_work(argv, says, m
     err = capsys.readouterr().err
     assert exit.value.code == 2 and err.count("\n") == 1 and says in err, err
     assert err.startswith("python -m kernels.bench: error: ")
+
+
+def test_python_m_kernels_tune_runs_the_exploration_command(tmp_path):
+    """`python -m kernels.tune` (the module named in kernels.tune's docstring) ran nothing and exited 0: it is
+    `python -m kernels.bench --tune`, options and all."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "kernels.tune", "--budget-s", "nan"], cwd=tmp_path, capture_output=True,
+                          text=True, env=os.environ | {"PYTHONPATH": str(root)}, timeout=120)
+    assert done.returncode == 2 and "--budget-s: expected a number of seconds above 0, got nan" in done.stderr
