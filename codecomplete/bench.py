@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.util
+import math
 import os
 import platform
 import statistics
@@ -192,12 +193,20 @@ def kernel_table(bandwidth: float, rows: list[dict]) -> Table:
     t = Table(header_style="bold", title=f"Attention kernels, µs per call (copy bandwidth {bandwidth / 1e12:.2f} TB/s)")
     for name in ("shape", "K+V MB", "flash_decode", "% bandwidth", "best SDPA", "eager", "vs SDPA", "vs eager"):
         t.add_column(name, justify="left" if name == "shape" else "right")
+    nan = float("nan")
+
+    def cell(value: float, form: str, unit: str = "") -> str:    # a contestant that failed on this shape: a dash
+        return "-" if math.isnan(value) else format(value, form) + unit
+
     for row in rows:
+        # A contestant that cannot run a shape (out of memory, say) has an error and no time: a KeyError here lost
+        # the whole run's result.
         g = row["graph_us"]
-        ours = g["flash_decode"]
-        sdpa = min(v for k, v in g.items() if k.startswith("sdpa_"))
-        t.add_row(row["shape"]["label"], f"{row['kv_mb']:.0f}", f"{ours:.1f}", f"{100 * row['floor_us'] / ours:.0f}%",
-                  f"{sdpa:.1f}", f"{g['eager']:.1f}", f"{sdpa / ours:.2f}x", f"{g['eager'] / ours:.1f}x")
+        ours, eager = g.get("flash_decode", nan), g.get("eager", nan)
+        sdpa = min((v for k, v in g.items() if k.startswith("sdpa_")), default=nan)
+        t.add_row(row["shape"]["label"], f"{row['kv_mb']:.0f}", cell(ours, ".1f"),
+                  cell(100 * row["floor_us"] / ours, ".0f", "%"), cell(sdpa, ".1f"), cell(eager, ".1f"),
+                  cell(sdpa / ours, ".2f", "x"), cell(eager / ours, ".1f", "x"))
     return t
 
 

@@ -92,6 +92,23 @@ def test_tables_show_a_backend_that_decoded_nothing():
     assert rows_of(bench.variant_table(result)) == {"64": ["0.0", "0.0", "-"], "128": ["6.0", "4.5", "0.75x"]}
 
 
+def test_the_kernel_table_shows_a_contestant_that_failed_on_a_shape():
+    """On a GPU, kernels.bench records a contestant that cannot run a shape (out of memory) as an error with no
+    time: the kernel table's KeyError then lost the whole --bench run's result. Its cells are a dash instead."""
+    from rich.console import Console
+    shape = {"label": "34B B=64 S=2k"}
+    rows = [{"shape": shape, "kv_mb": 537.0, "floor_us": 126.0,
+             "graph_us": {"flash_decode": 140.0, "sdpa_cudnn": 175.0, "sdpa_flash": 210.0, "eager": 700.0}},
+            {"shape": {"label": "7B B=1 S=64k"}, "kv_mb": 1074.0, "floor_us": 252.0,
+             "graph_us": {"sdpa_math": 900.0}, "errors": {"flash_decode": "OutOfMemoryError", "eager": "x"}}]
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(bench.kernel_table(4.26e12, rows))
+    lines = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+             for line in console.export_text().splitlines() if line.startswith("│")}
+    assert lines["34B B=64 S=2k"] == ["537", "140.0", "90%", "175.0", "700.0", "1.25x", "5.0x"]
+    assert lines["7B B=1 S=64k"] == ["1074", "-", "-", "900.0", "-", "-", "-"]
+
+
 def test_a_plot_that_cannot_be_written_is_an_error_not_a_bug(tmp_path, monkeypatch):
     """A disk that filled during the run: savefig's OSError was an internal error asking for --debug."""
     import errno
