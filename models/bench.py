@@ -527,8 +527,13 @@ def main(argv=None) -> int:
     stem = f"e2e-{args.tag}" if args.tag else "e2e"
 
     def save():
+        """The results so far and their table: a run cut short left its JSON next to no table, or an earlier run's
+        (the run's end writes the table again, with the TTFT, and the plot)."""
         (args.out / f"{stem}.json").write_text(json.dumps(
             {"env": env, "bandwidth": bandwidth, "rows": rows, "checks": checks, "prefix_reuse": ttft}, indent=1), encoding="utf-8")
+        measured = ", ".join(dict.fromkeys(r["model"] for r in rows))
+        (args.out / f"{stem}.md").write_text(markdown(env, bandwidth, rows) + f"\nCut short: the rows so far (models "
+                                             f"{measured or 'none'} of {args.models}).\n", encoding="utf-8")
 
     for name in args.models.split(","):
         name = full_name(name)

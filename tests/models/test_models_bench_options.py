@@ -58,3 +58,28 @@ def test_the_ttft_row_times_the_first_model_by_its_preset_name(monkeypatch, tmp_
     for models in ("CodeLlama-7B,34B", "7B", "SmolLM2-135M"):
         assert bench.main(["--models", models, "--hf", "", "--ttft", "1024,30", "--out", str(tmp_path)]) == 0
     assert timed == ["CodeLlama-7B", "CodeLlama-7B", "SmolLM2-135M"]
+
+
+def test_a_run_cut_short_leaves_its_table_next_to_its_json(monkeypatch, tmp_path):
+    """e2e.json was written after every model, e2e.md only at the end: Ctrl-C during the second model left the
+    first model's JSON next to no table, or next to an earlier run's table in the same folder."""
+    import json
+    env = {"card": "Test GPU", "date": "2026-12-02", "torch": "t", "triton": "tr"}
+    monkeypatch.setattr(bench, "begin_run", lambda program, out: (env, 4e12, lambda message: None))
+    row = {"impl": "ours", "model": "CodeLlama-7B", "layers": 32, "batch": 1, "context": 4096, "kv_cache": "bf16",
+           "roofline_tok_s": 250.0, "tok_s": {"flash": 200.0, "sdpa": 190.0, "eager": 80.0}}
+
+    def bench_ours(name, *args, **kwargs):
+        if name != "CodeLlama-7B":
+            raise KeyboardInterrupt
+        return [row]
+    monkeypatch.setattr(bench, "bench_ours", bench_ours)
+    (tmp_path / "e2e.md").write_text("# an earlier run's table\n")
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(["--models", "7B,34B", "--hf", "", "--ttft", "", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "e2e.json").read_text())["rows"] == [row]
+    table = (tmp_path / "e2e.md").read_text()
+    assert "| CodeLlama-7B | 32 | 1 | 4096 | bf16 | 250.0 | 200.0 | 80% | 190.0 | 80.0 | 1.05x | 2.50x |" in table
+    assert "Cut short: the rows so far (models CodeLlama-7B of 7B,34B)" in table
+    assert bench.main(["--models", "7B", "--hf", "", "--ttft", "", "--out", str(tmp_path)]) == 0
+    assert "Cut short" not in (tmp_path / "e2e.md").read_text()             # a whole run's table says nothing so
