@@ -201,6 +201,16 @@ def test_bars_read_the_rows():
     assert results["K+V >= 256 MB: read rate >= 4.45 TB/s"]["met"] is True
     assert results["fp8 34B B=1 S=128k: >= 1.4x the best bf16 SDPA"]["met"] is True
     assert results["fp8 7B B=1 S=64k: >= 1.6x the best bf16 SDPA"]["met"] is None
+    # A row whose flash_decode failed is a failure of the first bar, not a shape that met it; a row whose fp8 or
+    # 8-token call failed (an error, no time) is not measured for its bar, not MISSED.
+    rows += [row("7B B=1 S=64k", "7B", 1, 65536, 1074, {"flash_decode": 250.0, "sdpa_cudnn": 239.0}),
+             row("7B B=1 S=16k", "7B", 1, 16384, 268, {"flash_decode": 60.0, "sdpa_cudnn": 61.0}),
+             row("34B B=8 S=16k", "34B", 8, 16384, 537, {"sdpa_cudnn": 195.0})]
+    results = {b["bar"]: b for b in bench.bars(rows, read_bw=4.5e12)}
+    every = results["every shape at least as fast as the best SDPA backend"]
+    assert every["measured"].startswith("3/6 shapes") and "flash_decode failed: 34B B=8 S=16k" in every["measured"]
+    assert results["fp8 7B B=1 S=64k: >= 1.6x the best bf16 SDPA"]["met"] is None
+    assert results["8-token verification 7B B=1 S=16k: <= 1.2x one token"]["met"] is None
 
 
 @pytest.mark.parametrize("fp8, options", [(True, (("fp8_early", True),)), (True, (("maxnreg", 128), ("num_warps", 2))),
