@@ -306,6 +306,11 @@ def main(argv=None) -> int:
     return 0
 
 
+def context_label(tokens: int) -> str:
+    """16384 -> "16k"; a context that is no whole number of k as it is (256 read "0k", 20000 "19k")."""
+    return f"{tokens // 1024}k" if tokens % 1024 == 0 else str(tokens)
+
+
 def write_report(out: Path, env: dict, rows: list[dict], show: bool = True) -> None:
     (out / "step-plans.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1), encoding="utf-8")
     lines = [f"# Attention plans inside the decode step: {env['card']}, {env['date']}", "",
@@ -319,7 +324,7 @@ def write_report(out: Path, env: dict, rows: list[dict], show: bool = True) -> N
         base = row["plans"]["table"]["step_us"]
         for name, p in sorted(row["plans"].items(), key=lambda kv: kv[1]["step_us"]):
             mark = " **best**" if name == row["best"] else ""
-            lines.append(f"| {row['model']} B={row['batch']} S={row['context'] // 1024}k | {row['kv_cache']} | "
+            lines.append(f"| {row['model']} B={row['batch']} S={context_label(row['context'])} | {row['kv_cache']} | "
                          f"{name}{mark} | {p['summary']} | {p['programs_per_sm']:.2f} | {p['resident_per_sm']} | "
                          f"{p['alone_us']:.1f} | {p['step_us']:.0f} | "
                          f"{row['batch'] * 1e6 / p['step_us']:.2f} | {base / p['step_us']:.3f}x |")

@@ -212,6 +212,7 @@ def test_a_run_writes_its_report_and_the_winner_into_the_plan_file(pretend_gpu_r
     assert (tok_s["table"], tok_s["int8 dot"], tok_s["table +late-qkv"]) == (8333.33, 1e4, 11111.11)
     assert "table +late-qkv **best** | " in (out / "step-plans.md").read_text()
     assert "late-in-step |" in (out / "step-plans.md").read_text()
+    assert "| CodeLlama-7B B=1 S=256 | int8 |" in (out / "step-plans.md").read_text()      # it read S=0k
     assert pretend_gpu_run[0].decode_kernels != pretend_gpu_run[0].dense   # timed as the app runs it: compile_dense()
 
 
