@@ -250,6 +250,20 @@ def _card(device: str, ranks: int = 1) -> str:
     return f"{name} CPU, {os.cpu_count()} cores"
 
 
+def versions(torch_version: str) -> dict[str, str]:
+    """What ran it besides the card: this program, torch, Triton (the Flash-Decoding kernels; "-" where it is not
+    installed) and Python. The record named torch and Python only."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .cli import package_version
+    try:
+        triton = version("triton")
+    except PackageNotFoundError:
+        triton = "-"
+    return {"codecomplete": package_version(), "torch": torch_version, "triton": triton,
+            "python": platform.python_version()}
+
+
 def run_bench(args) -> None:
     if args.plot and importlib.util.find_spec("matplotlib") is None:      # say so before a long run
         raise UsageError("--plot needs matplotlib: pip install -e '.[plot]'")
@@ -311,9 +325,9 @@ def run_bench(args) -> None:
 
     import torch
     result = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"), "device": engine.device,
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "device": engine.device,
         "card": _card(engine.device, getattr(engine, "gpus", 1)), "model": engine.name, "dtype": engine.dtype,
-        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "versions": versions(torch.__version__),
         "decode_tokens": decode_tokens, "repeats": REPEATS, "backends": backends, "repo_context": repo_context,
         "kv_cache": engine.kv_cache_dtype, "end_to_end": rows, "speedups": speedups(rows, backends),
         "variants": variants, "notes": notes,

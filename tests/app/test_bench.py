@@ -16,6 +16,14 @@ def test_bench_on_cpu(codecomplete, repo, tmp_path):
     assert "sdpa / eager" in run.stdout
     result = json.loads(out.read_text())
     assert result["device"] == "cpu" and result["backends"] == ["sdpa", "eager"]
+    # What ran it: the CPU, a date with its zone, and the versions of this program, torch and the kernels' Triton.
+    import datetime
+    import importlib.metadata
+    import torch
+    assert "CPU" in result["card"] and datetime.datetime.fromisoformat(result["date"]).tzinfo is not None
+    assert result["versions"]["torch"] == torch.__version__
+    assert result["versions"]["triton"] == importlib.metadata.version("triton")
+    assert set(result["versions"]) == {"codecomplete", "torch", "triton", "python"}
     contexts = {row["context"] for row in result["end_to_end"]}
     assert {32, 64, result["repo_context"]} == contexts
     assert all(row["decode_tokens_per_s"] > 0 for row in result["end_to_end"])
