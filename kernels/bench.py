@@ -682,6 +682,11 @@ def main(argv=None) -> int:
     if not todo and not (args.tune or args.tune_from or args.check_only):   # the sweep ended on an unbound table
         parser.error(f"--only {args.only}: no shape{' of --quick' * args.quick} matches (labels like "
                      f"'{shapes()[0].label}')")
+    if args.tune and wanted:    # else it measured the bandwidths, explored nothing and wrote empty results
+        from kernels.tune import cases, label_matches
+        if not any(label_matches(case.label, w) for case in cases(args.cases) for w in wanted):
+            parser.error(f"--only {args.only}: no case of --tune --cases {args.cases} matches (labels like "
+                         f"'{cases(args.cases)[0].label}')")
     if args.tune_from:
         from kernels.tune import plans_from_sweep
         opener = gzip.open if args.tune_from.suffix == ".gz" else open  # committed sweeps are gzipped

@@ -438,6 +438,8 @@ def test_best_of_rounds_takes_every_contestant_in_turn_and_keeps_each_ones_best(
     (["--quick", "--only", "SmolLM2"], "--only SmolLM2: no shape of --quick matches"),   # a NameError at the end
     (["--check-only"], "--check-only goes with --check"),         # ran the whole timing sweep and no check
     (["--tune", "--regrid"], "--regrid goes with --tune --cases all"),
+    (["--tune", "--only", "S=64k fp8 T=9$"], "--only S=64k fp8 T=9$: no case of --tune --cases issue matches"),
+    (["--tune", "--cases", "8bit", "--only", "paper"], "no case of --tune --cases 8bit matches"),  # explored nothing
     (["--out", "{file}"], "is not a folder"),                       # its mkdir failed on the GPU
     (["--tune", "--plans-dir", "{file}"], "is not a folder"),
 ])
