@@ -156,6 +156,16 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads(), 1],
                         help="torch thread counts to measure at (1 avoids stalls when other work shares the cores)")
     args = parser.parse_args(argv)
+    # Said before a minute of cold loading: --repeats 0 was a median of nothing, an --out-dir that is a file or a
+    # prompt beyond --context a traceback after the whole run.
+    if min(args.repeats, args.decode_tokens - 1, args.completion_tokens, *args.threads, *args.prompt_tokens) < 1:
+        parser.error("--repeats, --threads, --prompt-tokens and --completion-tokens take 1 or more, "
+                     "--decode-tokens 2 or more")
+    if max(max(args.prompt_tokens) + args.decode_tokens, args.reuse_context + args.completion_tokens + 32) > args.context:
+        parser.error(f"--context {args.context}: too small for the longest --prompt-tokens and --decode-tokens, or "
+                     "for --reuse-context, a completion and its short tail")
+    if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
+        parser.error(f"--out-dir {args.out_dir}: is not a folder")
     torch.manual_seed(0)
     result = {"machine": machine(), "repeats": args.repeats}
     result.update(measure(args))

@@ -83,3 +83,21 @@ def test_a_run_cut_short_leaves_its_table_next_to_its_json(monkeypatch, tmp_path
     assert "Cut short: the rows so far (models CodeLlama-7B of 7B,34B)" in table
     assert bench.main(["--models", "7B", "--hf", "", "--ttft", "", "--out", str(tmp_path)]) == 0
     assert "Cut short" not in (tmp_path / "e2e.md").read_text()             # a whole run's table says nothing so
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--repeats", "0"], "--repeats, --threads"),                  # a median of nothing after a minute of loading
+    (["--threads", "2", "0"], "--repeats, --threads"),
+    (["--decode-tokens", "1"], "--decode-tokens 2 or more"),
+    (["--prompt-tokens", "5000"], "--context 4096: too small"),   # a traceback after the loads
+    (["--reuse-context", "4090"], "--context 4096: too small"),
+    (["--out-dir", "{file}"], "is not a folder"),                  # its mkdir failed after the whole run
+])
+def test_cpu_bench_options_are_checked_before_the_model_loads(argv, says, monkeypatch, capsys, tmp_path):
+    """python -m models.cpu_bench: a bad option is status 2 and says which, before any loading."""
+    from models import cpu_bench
+    monkeypatch.setattr(cpu_bench, "measure", lambda args: pytest.fail("a bad option reached the measurement"))
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(SystemExit) as exit:
+        cpu_bench.main([arg.replace("{file}", str(tmp_path / "a-file")) for arg in argv])
+    assert exit.value.code == 2 and says in capsys.readouterr().err
