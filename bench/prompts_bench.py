@@ -54,6 +54,10 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=32768)
     parser.add_argument("--cold-runs", type=int, default=2, help="first index runs, each with an empty cache")
     args = parser.parse_args()
+    if args.cold_runs < 1 or args.budget < 1:      # --cold-runs 0 was a traceback (the best of no runs)
+        parser.error("--cold-runs and --budget take 1 or more")
+    if Path(args.out).with_suffix(".json").is_dir() or Path(args.out).with_suffix(".md").is_dir():
+        parser.error(f"--out {args.out}: its .json or .md is a folder")
 
     stdlib = sysconfig.get_paths()["stdlib"]
     load_before = os.getloadavg()

@@ -263,3 +263,21 @@ def test_code_between_two_chunks_is_found_by_line_order(make_repo):
     for i in range(len(chunks)):
         for j in range(i, len(chunks)):
             assert index.code_between(chunks[i], chunks[j]) == scanned(chunks[i], chunks[j]) == (j > i + 1)
+
+
+@pytest.mark.parametrize("argv", [["--cold-runs", "0"], ["--budget", "0"]])
+def test_prompts_bench_refuses_a_run_of_nothing_before_indexing(argv, monkeypatch, capsys):
+    """bench/prompts_bench.py --cold-runs 0 was a traceback (the best of no first runs): status 2, said first."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+    script = Path(__file__).parents[2] / "bench" / "prompts_bench.py"
+    monkeypatch.syspath_prepend(str(script.parent))
+    spec = importlib.util.spec_from_file_location("prompts_bench", script)
+    prompts_bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prompts_bench)
+    monkeypatch.setattr(prompts_bench, "index_repository", lambda *a, **kw: pytest.fail("indexed"))
+    monkeypatch.setattr(sys, "argv", ["prompts_bench.py", *argv])
+    with pytest.raises(SystemExit) as exit:
+        prompts_bench.main()
+    assert exit.value.code == 2 and "--cold-runs and --budget take 1 or more" in capsys.readouterr().err
