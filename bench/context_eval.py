@@ -320,7 +320,12 @@ def main() -> None:
     if missing:     # the sets' packages come with the test extras
         raise SystemExit(f"error: {', '.join(missing)}: not an installed package here "
                          "(the evaluation sets come with pip install -e '.[test]')")
-    budgets = [int(b) for b in args.budgets.split(",")]
+    try:        # --budgets 1k was a traceback
+        budgets = [int(b) for b in args.budgets.split(",")]
+    except ValueError:
+        parser.error(f"--budgets {args.budgets}: token counts expected, e.g. 1024,4096")
+    if min(budgets) < 1 or args.sites < 1 or args.model_sites < 0:
+        parser.error("--budgets and --sites take 1 or more, --model-sites 0 or more")
     label = args.repos.replace(",", "-") if args.repos else args.set
     out = Path(args.out or f"bench/results/context-eval-{label}")
     warnings.simplefilter("ignore", ScanWarning)

@@ -135,11 +135,9 @@ def test_a_target_with_a_folder_is_looked_up_by_its_last_two_parts(monkeypatch):
     assert len(compared) < 20
 
 
-def test_context_eval_resumes_only_sites_measured_with_the_same_options(monkeypatch, tmp_path):
-    """bench/context_eval.py resumes an interrupted run from its .partial.jsonl: sites measured there with other
-    budgets were taken as they were, so the new budget's recall was the mean over the new sites alone."""
+def _context_eval(monkeypatch):
+    """bench/context_eval.py as a module, its folder first on the path as when it runs (its run_info)."""
     import importlib.util
-    import json
     import sys
     from pathlib import Path
     script = Path(__file__).parents[2] / "bench" / "context_eval.py"
@@ -148,6 +146,15 @@ def test_context_eval_resumes_only_sites_measured_with_the_same_options(monkeypa
     context_eval = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "context_eval", context_eval)     # its dataclasses look their module up
     spec.loader.exec_module(context_eval)
+    return context_eval
+
+
+def test_context_eval_resumes_only_sites_measured_with_the_same_options(monkeypatch, tmp_path):
+    """bench/context_eval.py resumes an interrupted run from its .partial.jsonl: sites measured there with other
+    budgets were taken as they were, so the new budget's recall was the mean over the new sites alone."""
+    import json
+    import sys
+    context_eval = _context_eval(monkeypatch)
     out = tmp_path / "eval"
 
     def run(budgets):
@@ -164,3 +171,15 @@ def test_context_eval_resumes_only_sites_measured_with_the_same_options(monkeypa
     assert [s["path"] for s in again] == [s["path"] for s in first]
     assert all("recall_file_1024" in s["results"] and "recall_prefix_1024" in s["results"] for s in again)
     assert not out.with_suffix(".partial.jsonl").exists()
+
+
+@pytest.mark.parametrize("argv, says", [(["--budgets", "1k"], "--budgets 1k: token counts expected"),
+                                        (["--sites", "0"], "--sites take 1 or more")])
+def test_context_eval_options_are_checked_first(argv, says, monkeypatch, capsys):
+    import sys
+    context_eval = _context_eval(monkeypatch)
+    monkeypatch.setattr(context_eval, "index_repository", lambda *a, **kw: pytest.fail("indexed"))
+    monkeypatch.setattr(sys, "argv", ["context_eval.py", "--repos", "click", "--no-model", *argv])
+    with pytest.raises(SystemExit) as exit:
+        context_eval.main()
+    assert exit.value.code == 2 and says in capsys.readouterr().err
