@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .cli import _Parser, _tokens, _whole_number
+from .cli import _Parser, _tokens, _whole_number, check_output_path
+from .errors import UsageError
 
 N_PREFIX, N_SUFFIX = 256, 64          # llama.vim's lines before and after the cursor
 START_TIMEOUT_S = 900
@@ -364,6 +365,12 @@ def parse_args(argv):
         parser.error(f"--file {args.file}: {exc.strerror if isinstance(exc, OSError) else exc}")
     if len(args.cursors) < 2:       # the first request, then at least one keystroke
         parser.error(f"--chars {args.chars}: the body of {args.function} is too short to type in steps of that many")
+    if args.out is not None:        # a folder that is not there, or a file's: a traceback after the whole run
+        for path in (args.out.with_suffix(".json"), args.out.with_suffix(".md")):
+            try:
+                check_output_path("--out", str(path))
+            except UsageError as exc:
+                parser.error(str(exc))
     return args
 
 

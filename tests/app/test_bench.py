@@ -147,15 +147,19 @@ def test_a_plot_that_cannot_be_written_is_an_error_not_a_bug(tmp_path, monkeypat
     (["--function", "absent"], "--file a.py: no function absent in it"),              # exit status 1 before
     (["--file", "notes.md"], "--file notes.md: unterminated string literal"),
     (["--bogus"], "unrecognized arguments: --bogus"),                                 # a usage block before
+    (["--out", "{tmp}/no-folder/serve"], "--out {tmp}/no-folder/serve.json: cannot write it"),  # after the run
+    (["--out", "{tmp}/pkg"], "--out {tmp}/pkg.json: is a folder"),        # a folder pkg.json, made below
 ])
 def test_serve_bench_options_are_checked_before_the_server_starts(argv, says, tmp_path, capsys):
     (tmp_path / "pkg").mkdir()
     (tmp_path / "a.py").write_text("def typed(x):\n    return [x * 2 for _ in range(3)]\n")
     (tmp_path / "notes.md").write_text("it's\n")
+    (tmp_path / "pkg.json").mkdir()
     base = ["--repo", str(tmp_path), "--file", "a.py", "--function", "typed", "--other-file", "a.py"]
     with pytest.raises(SystemExit) as exit:
-        serve_bench.parse_args([*base, *argv])
+        serve_bench.parse_args([*base, *(arg.replace("{tmp}", str(tmp_path)) for arg in argv)])
     err = capsys.readouterr().err
+    says = says.replace("{tmp}", str(tmp_path))
     assert exit.value.code == 2 and err.count("\n") == 1 and says in err, err
     # The same files with good options: the cursors it will type, 5 characters of the body at a time.
     args = serve_bench.parse_args([*base, "--chars", "5", "--requests", "3"])
