@@ -669,8 +669,8 @@ def main(argv=None) -> int:
                         help="--tune --cases all: the tiling grid for shapes the committed table measured too "
                              "(after a new kernel option), not only a local search from their plan")
     parser.add_argument("--tune-from", type=Path, help="write the plan file from a saved --tune sweep (no GPU)")
-    parser.add_argument("--plans-dir", type=folder, help="--tune/--tune-from: where the plan file goes "
-                        "(default: <out>/plans; kernels/plans is the committed place)")
+    parser.add_argument("--plans-dir", type=folder, help="where the plan file goes (default: with --tune <out>/plans; "
+                        "with --tune-from kernels/plans, the committed place, whose file it rewrites)")
     args = parser.parse_args(argv)
     # Without the option they modify they were ignored: --check-only alone ran the whole timing sweep, no check.
     if args.check_only and not args.check:
