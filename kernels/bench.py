@@ -677,6 +677,10 @@ def main(argv=None) -> int:
         parser.error("--check-only goes with --check")
     if args.regrid and not (args.tune and args.cases == "all"):
         parser.error("--regrid goes with --tune --cases all")
+    if not args.tune and (args.cases != parser.get_default("cases") or args.budget_s != parser.get_default("budget_s")):
+        parser.error(f"{'--cases' if args.cases != parser.get_default('cases') else '--budget-s'} goes with --tune")
+    if args.plans_dir and not (args.tune or args.tune_from):
+        parser.error("--plans-dir goes with --tune or --tune-from")
     wanted = [w for w in args.only.split(",") if w]
     todo = [shape for shape in shapes(args.quick) if not wanted or any(w in shape.label for w in wanted)]
     if not todo and not (args.tune or args.tune_from or args.check_only):   # the sweep ended on an unbound table

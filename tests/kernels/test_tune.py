@@ -438,6 +438,9 @@ def test_best_of_rounds_takes_every_contestant_in_turn_and_keeps_each_ones_best(
     (["--quick", "--only", "SmolLM2"], "--only SmolLM2: no shape of --quick matches"),   # a NameError at the end
     (["--check-only"], "--check-only goes with --check"),         # ran the whole timing sweep and no check
     (["--tune", "--regrid"], "--regrid goes with --tune --cases all"),
+    (["--cases", "all"], "--cases goes with --tune"),              # ran the timing sweep, no exploration
+    (["--budget-s", "60"], "--budget-s goes with --tune"),
+    (["--plans-dir", "{dir}"], "--plans-dir goes with --tune or --tune-from"),
     (["--tune", "--only", "S=64k fp8 T=9$"], "--only S=64k fp8 T=9$: no case of --tune --cases issue matches"),
     (["--tune", "--cases", "8bit", "--only", "paper"], "no case of --tune --cases 8bit matches"),  # explored nothing
     (["--out", "{file}"], "is not a folder"),                       # its mkdir failed on the GPU
@@ -452,7 +455,7 @@ def test_bad_options_are_one_line_and_status_2_before_any_gpu_work(argv, says, m
         argv = ["--tune-from", str(tmp_path / "sweep.json")]
     (tmp_path / "a-file").write_text("")
     with pytest.raises(SystemExit) as exit:
-        bench.main([arg.format(file=tmp_path / "a-file") for arg in argv])
+        bench.main([arg.format(file=tmp_path / "a-file", dir=tmp_path) for arg in argv])
     err = capsys.readouterr().err
     assert exit.value.code == 2 and err.count("\n") == 1 and says in err, err
     assert err.startswith("python -m kernels.bench: error: ")
