@@ -504,8 +504,10 @@ def main(argv=None) -> int:
                              "(A/B arms)")
     parser.add_argument("--out", type=folder, default=Path("bench/results"))
     args = parser.parse_args(argv)
-    if not args.gpus and (args.sweep or args.gemv_ab):     # ignored without it: the run was not the one asked for
-        parser.error(f"{'--sweep' if args.sweep else '--gemv-ab'} goes with --gpus")
+    if not args.gpus and (args.sweep or args.gemv_ab or args.methods != parser.get_default("methods")):
+        # ignored without it: the run was not the one asked for
+        given = "--sweep" if args.sweep else "--gemv-ab" if args.gemv_ab else "--methods"
+        parser.error(f"{given} goes with --gpus")
     if (started := begin_run("models.bench", args.out)) is None:
         return 2
     env, bandwidth, log = started

@@ -21,6 +21,7 @@ from models import bench
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--sweep"], "--sweep goes with --gpus"),                              # a single-GPU run, silently
     (["--gemv-ab", "34B"], "--gemv-ab goes with --gpus"),
+    (["--methods", "nccl"], "--methods goes with --gpus"),                   # a single-GPU run, silently
     (["--out", "{file}"], "is not a folder"),                              # its mkdir failed on the GPU
 ])
 def test_a_bad_option_is_one_line_and_status_2(argv, says, monkeypatch, capsys, tmp_path):
