@@ -210,7 +210,9 @@ def update_table(path: Path, key: dict, plan, model, batch: int, measured: dict)
         table["entries"][same[0]] = entry
     else:
         table["entries"].append(entry)
-    path.write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
+    partial = path.with_suffix(".json.partial")     # then renamed: a run cut while writing left a torn plan file
+    partial.write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
+    partial.replace(path)
     return "replaced" if same else "added"
 
 

@@ -118,6 +118,27 @@ def test_the_plan_file_takes_the_winner_and_keeps_the_rest(tmp_path):
     assert [e["key"] for e in json.loads(path.read_text())["entries"]] == [other["key"], key, new_key]
 
 
+
+def test_a_plan_file_write_cut_short_leaves_the_whole_file(tmp_path, monkeypatch):
+    """--write-table rewrote the plan file in place (kernels/plans, committed): Ctrl-C while writing tore it, and
+    every later load of the table failed. The new table goes to a side file first, renamed over it when whole."""
+    from pathlib import Path
+    model = type("M", (), {"config": TINY})()
+    path = tmp_path / "plans.json"
+    before = json.dumps({"device": {"sms": 132}, "entries": []})
+    path.write_text(before)
+    write = Path.write_text
+
+    def torn(self, text, *args, **kwargs):      # half the text, then the user's Ctrl-C
+        write(self, text[:len(text) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Path, "write_text", torn)
+    plan = LaunchPlan(num_splits=8, block_m=16, block_n=64, block_d=16, num_warps=4, num_stages=2)
+    with pytest.raises(KeyboardInterrupt):
+        step_plans.update_table(path, shape_key(1, 8, 2, 4096, 16, 1, True, True), plan, model, 1, {"us": 7.5})
+    assert path.read_text() == before
+
+
 def test_a_model_is_a_preset_or_a_tensor_parallel_rank_of_one():
     from models.config import preset
     assert step_plans.model_config("34B") == ("CodeLlama-34B", preset("CodeLlama-34B"))
