@@ -161,7 +161,8 @@ def main(argv=None) -> None:
     if min(args.repeats, args.decode_tokens - 1, args.completion_tokens, *args.threads, *args.prompt_tokens) < 1:
         parser.error("--repeats, --threads, --prompt-tokens and --completion-tokens take 1 or more, "
                      "--decode-tokens 2 or more")
-    if max(max(args.prompt_tokens) + args.decode_tokens, args.reuse_context + args.completion_tokens + 32) > args.context:
+    longest = max(max(args.prompt_tokens) + args.decode_tokens, args.reuse_context + args.completion_tokens + 32)
+    if longest > args.context:
         parser.error(f"--context {args.context}: too small for the longest --prompt-tokens and --decode-tokens, or "
                      "for --reuse-context, a completion and its short tail")
     if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():

@@ -434,7 +434,7 @@ def test_best_of_rounds_takes_every_contestant_in_turn_and_keeps_each_ones_best(
     (["--tune-from", "{not json"], "not a saved --tune sweep (JSONDecodeError"),
     (["--tune-from", "[1]"], "not a saved --tune sweep (TypeError"),
     (["--tune-from", '{"env": {"card": "GPU X", "sms": 132, "date": "d"}, "cases": [{"dtype": "bf16", "S": 1024, '
-                     '"ok": true}]}'], "not a saved --tune sweep (KeyError: 'shape')"),   # a --check file: wrote a plan file
+                     '"ok": true}]}'], "not a saved --tune sweep (KeyError: 'shape')"),   # a --check file: wrote plans
     (["--quick", "--only", "SmolLM2"], "--only SmolLM2: no shape of --quick matches"),   # a NameError at the end
     (["--check-only"], "--check-only goes with --check"),         # ran the whole timing sweep and no check
     (["--tune", "--regrid"], "--regrid goes with --tune --cases all"),
@@ -469,6 +469,6 @@ def test_python_m_kernels_tune_runs_the_exploration_command(tmp_path):
     import sys
     from pathlib import Path
     root = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-m", "kernels.tune", "--budget-s", "nan"], cwd=tmp_path, capture_output=True,
-                          text=True, env=os.environ | {"PYTHONPATH": str(root)}, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "kernels.tune", "--budget-s", "nan"], cwd=tmp_path, text=True,
+                          capture_output=True, env=os.environ | {"PYTHONPATH": str(root)}, timeout=120)
     assert done.returncode == 2 and "--budget-s: expected a number of seconds above 0, got nan" in done.stderr

@@ -218,7 +218,8 @@ def test_fp8_scales_report_names_the_machine_and_versions_and_checks_its_options
     import transformers
     from transformers import LlamaConfig, LlamaForCausalLM
     script = _fp8_scales_script(monkeypatch)
-    for argv, says in ((["--queries", "0"], "--queries 0: from 1 to --tokens"), (["--out", str(tmp_path)], "is a folder")):
+    for argv, says in ((["--queries", "0"], "--queries 0: from 1 to --tokens"),
+                       (["--out", str(tmp_path)], "is a folder")):
         with pytest.raises(SystemExit) as exit:
             script.main(argv)
         assert exit.value.code == 2 and says in capsys.readouterr().err
