@@ -704,7 +704,10 @@ def main(argv=None) -> int:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
             parser.error(f"--tune-from {args.tune_from}: not a saved --tune sweep ({reason})")
         directory = args.plans_dir or Path("kernels/plans")  # its entries for shapes the sweep did not measure stay
-        path = plans_from_sweep(sweep, directory, load_table(sweep["env"]["card"], sweep["env"]["sms"], directory))
+        try:
+            path = plans_from_sweep(sweep, directory, load_table(sweep["env"]["card"], sweep["env"]["sms"], directory))
+        except OSError as exc:      # a folder that cannot be made or written: a traceback
+            parser.error(f"--plans-dir {directory}: cannot write the plan file ({exc.strerror or exc})")
         print(f"wrote {path}")
         return 0
     if (started := begin_run("kernels.bench", args.out)) is None:

@@ -396,6 +396,17 @@ def test_plan_file_from_a_saved_sweep_keeps_the_other_entries(tmp_path):
     load_table.cache_clear()
 
 
+def test_a_plan_file_that_cannot_be_written_is_one_line_and_status_2(tmp_path, capsys):
+    """`--tune-from` into a --plans-dir that cannot be made (under a file here) was a traceback."""
+    sweep = {"env": {"card": "GPU X", "sms": 132, "date": "d", "torch": "t", "triton": "t"}, "cases": []}
+    (tmp_path / "sweep.json").write_text(json.dumps(sweep))
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(SystemExit) as exit:
+        bench.main(["--tune-from", str(tmp_path / "sweep.json"), "--plans-dir", str(tmp_path / "a-file" / "plans")])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.count("\n") == 1 and "cannot write the plan file (Not a directory)" in err
+
+
 def test_the_committed_plan_tables_hold_valid_plans():
     """Every committed entry is a LaunchPlan of a known kind whose options belong to that kind, launched as a
     dependent (the decode step relies on it; Run 17), with programs per SM as its split count makes them."""
