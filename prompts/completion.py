@@ -250,7 +250,7 @@ def _fit_extra(
     none at all."""
     pieces, texts, characters = [], [], 0
     for filename, text in reversed(extra):
-        text = text.removesuffix("\n")
+        text = unix_newlines(text).removesuffix("\n")     # its lines as the editor shows them (a lone "\r" too)
         if text.strip():
             texts.append((filename, text))
             characters += len(filename) + len(text)

@@ -47,6 +47,15 @@ def test_the_oldest_extra_chunks_go_first_when_the_budget_is_short(repo_index, s
     assert "total = area" in starcoder_tokenizer.decode(packed.ids)   # the text at the cursor stays
 
 
+def test_an_extra_chunk_with_classic_mac_line_ends_has_its_lines(repo_index, starcoder_tokenizer):
+    unix = build_completion_prompt(repo_index, starcoder_tokenizer, "app.py", line=5, col=5, budget_tokens=500,
+                                   extra=[("old/mac.py", "A = 1\nB = 2\nC = 3\n")])
+    mac = build_completion_prompt(repo_index, starcoder_tokenizer, "app.py", line=5, col=5, budget_tokens=500,
+                                  extra=[("old/mac.py", "A = 1\rB = 2\rC = 3\r")])
+    assert mac.ids == unix.ids and mac.context == unix.context        # three lines, not raw "\r"s on one
+    assert (mac.context[0].start_line, mac.context[0].end_line) == (1, 3)
+
+
 def test_no_extra_leaves_the_prompt_as_it_was(repo_index, starcoder_tokenizer):
     plain = build_completion_prompt(repo_index, starcoder_tokenizer, "app.py", line=5, col=5, budget_tokens=500)
     blank = build_completion_prompt(repo_index, starcoder_tokenizer, "app.py", line=5, col=5, budget_tokens=500,
