@@ -228,6 +228,17 @@ def _checked(parse):
     return check
 
 
+def _fraction(text: str) -> float:
+    """--margin: a share of the table plan's step in [0, 1) (a negative one wrote a slower plan into the table)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction such as 0.005, got {text!r}") from None
+    if not 0 <= value < 1:       # NaN too
+        raise argparse.ArgumentTypeError(f"expected a fraction from 0 up to below 1, got {text}")
+    return value
+
+
 def main(argv=None) -> int:
     # Every option is checked as it is parsed: a typo is one line and status 2 at once, not a traceback (or a
     # model built on the GPU first).
@@ -247,7 +258,7 @@ def main(argv=None) -> int:
                         "'table +early-qkv' ...)")
     parser.add_argument("--rounds", type=whole(1), default=3)
     parser.add_argument("--replays", type=whole(1), default=20)
-    parser.add_argument("--margin", type=float, default=0.005, help="a step this much faster replaces the table's")
+    parser.add_argument("--margin", type=_fraction, default=0.005, help="a step this much faster replaces the table's")
     parser.add_argument("--write-table", type=Path, default=None)
     parser.add_argument("--out", type=folder, default=Path("bench/results/step-plans"))
     args = parser.parse_args(argv)

@@ -269,6 +269,8 @@ def test_a_plan_file_of_another_card_is_refused_before_anything_runs(pretend_gpu
     (["--model", "34B/3"], "do not split over 3 ranks"),
     (["--variant", "w4={"], "--variant: --variant w4: not JSON"),
     (["--out", "{file}"], "is not a folder"),                                      # its mkdir failed on the GPU
+    (["--margin", "-0.01"], "--margin: expected a fraction from 0 up to below 1, got -0.01"),   # a slower plan won
+    (["--margin", "nan"], "--margin: expected a fraction from 0 up to below 1, got nan"),
 ])
 def test_a_bad_option_is_one_line_and_status_2(argv, says, monkeypatch, capsys, tmp_path):
     """Said as the options are read, on a CPU too: not a traceback, nor status 1, nor after the model is built."""
