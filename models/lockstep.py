@@ -6,8 +6,9 @@
 `LeaderEngine` is rank 0's Engine (its part of the model) behind a proxy with the Engine's interface:
 each method call is first sent to the other ranks (`follow`), which make the same call on their parts,
 so every rank runs the same collectives in the same order. Callbacks stay on rank 0: text goes nowhere
-else, and `should_stop`'s answer is broadcast each time it is asked (once per token, and once per layer of a
-prefill that polls: `Engine._prefill_poll`), so all ranks stop at the same token or layer.
+else, and `should_stop`'s answer is broadcast each time it is asked (once per token, before and after each
+speculative verification step, and once per layer of a prefill that polls: `Engine._prefill_poll`), so all ranks
+stop at the same token or layer.
 A sampled request without a seed gets one here, so every rank draws the same tokens.
 
 After each call every rank reports how it went. Errors of the request itself (ModelError, ValueError:
