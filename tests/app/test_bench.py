@@ -37,6 +37,16 @@ def test_bench_on_cpu(codecomplete, repo, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.parametrize("attention, backends", [("flash", ["flash", "sdpa", "eager"]), ("sdpa", ["sdpa", "eager"])])
+def test_the_cpus_backends_come_with_one_note_that_says_what_is_timed(attention, backends):
+    import argparse
+    chosen, notes = bench.backends_for(argparse.Namespace(attention=attention), "cpu")
+    assert chosen == backends and len(notes) == 1
+    assert ("Timing it as asked" in notes[0]) == (attention == "flash")
+    assert ("sdpa and eager on the CPU instead" in notes[0]) == (attention != "flash")   # both, before
+    assert bench.backends_for(argparse.Namespace(attention=attention), "cuda:0") == (["flash", "sdpa", "eager"], [])
+
+
 def test_speculate_0_leaves_out_the_speculation_column(engine):
     """`--bench --speculate 0` timed the plain run a second time, under the label "speculate 0"."""
     ids = engine.tokenizer.encode("def add(a, b):\n    return a + b\n" * 4)[:24]
