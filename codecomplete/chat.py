@@ -3,6 +3,7 @@ carried), shared by the REPL and by the one-shot `--ask`."""
 from __future__ import annotations
 
 from prompts import PromptError
+from prompts.packing import WHOLE
 from prompts.chat import pinnable
 
 from . import client, engines, render, workspace
@@ -52,6 +53,20 @@ class Conversation:
             # assistant turn would show the model a question left unanswered (and count as an exchange).
             self._record(question, result.text)
         return result
+
+    def pinned_cut(self, prompt) -> list[str]:
+        """The pinned files whose lines did not all fit whole into `prompt` (its budget), each as "PATH: 7% of it
+        fits" (of its chunks' lines): /add promised the file in every prompt."""
+        cut = []
+        for path in self.pinned:
+            chunks = [self.index.chunks[n] for n in self.index.chunk_numbers(path)]
+            shown = {line for item in prompt.context if item.path == path and item.form == WHOLE
+                     for line in range(item.start_line, item.end_line + 1)}
+            lines = {line for chunk in chunks for line in range(chunk.start_line, chunk.end_line + 1)}
+            if lines - shown:
+                share = len(lines & shown) * 100 // len(lines)
+                cut.append(f"{path}: {share}% of it fits" if share else f"{path}: none of it fits")
+        return cut
 
     def _record(self, question: str, answer: str) -> None:
         self.messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]

@@ -184,6 +184,8 @@ class Repl:
         for reason in self.conversation.unpin_gone():
             self.console.print(Text(f"{one_line(reason)}: unpinned", style="yellow"))
         generation = self.conversation.prompt_for(question)
+        for cut in self.conversation.pinned_cut(generation.prompt):
+            self.console.print(Text(f"pinned {one_line(cut)}: the prompt budget is full", style="yellow"))
         view = render.LiveView(self.console, render.markdown_body, info=f"{len(generation.prompt.ids):,} context "
                                                                         f"tokens · {render.model_label(generation.engine)}")
         result = self.conversation.answer(question, generation, view)

@@ -206,6 +206,24 @@ def test_a_long_conversation_leaves_room_for_the_pinned_file_and_the_code(conver
     conversation.reset()
 
 
+def test_a_pinned_file_too_large_for_the_budget_is_said_to_be_cut(engine, tmp_path):
+    """/add promises the file in every prompt; one larger than the budget went in cut (or not at all) silently."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "small.py").write_text("def small_helper():\n    return 2\n")
+    (root / "big.py").write_text("".join(f"def helper_{i}(x):\n    return x * {i} + {i * 7}\n\n\n" for i in range(400)))
+    args = cli.build_parser().parse_args([str(root), "--max-tokens", "4"])
+    conversation = chat.Conversation(Session(engine, workspace.index(root)), args)
+    printed = drive(conversation, ["/add small.py\r", "What does small_helper return?\r", "/add big.py\r",
+                                   "What does helper_3 return?\r", "/exit\r"], tmp_path / "history")
+    cut, = conversation.pinned_cut(conversation.last_prompt)        # small.py fits whole: not named
+    shown = [item for item in conversation.last_prompt.context if item.path == "big.py"]
+    share = sum(item.end_line - item.start_line + 1 for item in shown) * 100 // 800   # 400 two-line functions
+    assert cut == f"big.py: {share}% of it fits" and 0 < share < 100
+    assert printed.count("the prompt budget is full") == 1           # said for the question after /add big.py only
+    assert f"pinned {cut}: the prompt budget is full" in printed
+
+
 def test_completion_of_commands_and_paths(conversation, monkeypatch):
     completer = repl.SlashCompleter(conversation)
 
