@@ -29,7 +29,8 @@ from models.errors import ModelError, UnsupportedModelError
 from models.loading import cache_root
 from models.loading.gguf_header import check_header_bounds
 
-CACHE_FORMAT = 2   # 2: a linear rope factor without a type, or under rope.scale_linear, is read (config.json)
+CACHE_FORMAT = 3   # 2: a linear rope factor without a type, or under rope.scale_linear, is read (config.json)
+                   # 3: a sentencepiece vocabulary spaces text as SentencePiece does (tokenizer.json)
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
                    "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 TOP_LEVEL_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
@@ -103,7 +104,7 @@ def gguf_checkpoint(path: Path, dtype: torch.dtype, progress=None) -> Path:
             else:
                 if progress:
                     progress(f"Converting {path.name} (first start only; cached in {out.parent})")
-                tokenizer = gguf_tokenizer(path)
+                tokenizer = gguf_tokenizer(path, reader)
                 tensors = {hf_name(t.name, path): to_torch(t, config, dtype) for t in reader.tensors}
                 tmp.mkdir(mode=0o755)   # not the umask's: a umask of 0 would make it one that anyone may write
                 save_file(tensors, tmp / "model.safetensors")
@@ -395,10 +396,38 @@ def unpermute_rope_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
             .transpose(1, 2).reshape(out_features, in_features))
 
 
-def gguf_tokenizer(path: Path):
+def gguf_tokenizer(path: Path, reader):
     """transformers builds a fast tokenizer from the file's tokenizer.ggml.* metadata (slow: seconds)."""
     from transformers import AutoTokenizer
     try:
-        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
     except Exception as e:  # transformers raises anything from KeyError to ValueError here
         raise ModelError(f"{path}: cannot build the tokenizer from the GGUF metadata ({type(e).__name__}: {e})") from None
+    if _text_field(reader, "tokenizer.ggml.model") == "llama":
+        sentencepiece_spaces(tokenizer, _bool_field(reader, "tokenizer.ggml.add_space_prefix", True))
+    return tokenizer
+
+
+def sentencepiece_spaces(tokenizer, add_space_prefix: bool) -> None:
+    """Space text as SentencePiece and llama.cpp do: a space in front of the text (unless the file says not to),
+    then every space written "▁", so "  x" is "▁▁▁x". transformers builds a GGUF's sentencepiece vocabulary with
+    a Metaspace that adds no space in front of a text that starts with one ("▁▁x"): the first line of a prompt
+    that starts indented (a file window cut at a block, a raw prompt) lost one space of its indentation, and the
+    ids were not llama.cpp's. (The original CodeLlama tokenizer.json normalizes the same way.)"""
+    from tokenizers import decoders, normalizers
+    backend = tokenizer.backend_tokenizer
+    prepend = [normalizers.Prepend("\u2581")] if add_space_prefix else []
+    backend.normalizer = normalizers.Sequence(prepend + [normalizers.Replace(" ", "\u2581")])
+    backend.pre_tokenizer = None
+    if not add_space_prefix:            # no space was added, so decoding removes none
+        backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+
+
+def _text_field(reader, key: str) -> str | None:
+    field = reader.fields.get(key)
+    return field.contents() if field is not None and isinstance(field.contents(), str) else None
+
+
+def _bool_field(reader, key: str, default: bool) -> bool:
+    field = reader.fields.get(key)
+    return field.contents() if field is not None and isinstance(field.contents(), bool) else default

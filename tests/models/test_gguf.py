@@ -11,7 +11,7 @@ import torch
 from models import GenerationConfig, ModelError, ModelNotFoundError, UnsupportedModelError, load_model
 from models.loading import embedded_model_path
 
-from tiny_models import GGUF_TOKENS, load_error, write_tiny_gguf
+from tiny_models import GGUF_TOKENS, SPM_TOKENS, load_error, write_tiny_gguf
 
 PROMPT = "def is_prime(n):\n"
 
@@ -66,6 +66,18 @@ def test_tiny_gguf_reproduces_the_weights_it_stores(tmp_path, matrix_type):
                                    atol=1e-4, rtol=1e-4)
     ids = engine.tokenizer.encode(" the hat")
     assert ids[0] == GGUF_TOKENS.index("Ġthe") and engine.tokenizer.decode(ids) == " the hat"
+
+
+@pytest.mark.parametrize("text", ["  x = x", " x", "x\n    x", "    x"])
+def test_a_sentencepiece_gguf_spaces_text_as_sentencepiece_and_llama_cpp_do(tmp_path, text):
+    """One space in front of the text, every space a "▁": "  x" is "▁▁▁x" (transformers' own build made it "▁▁x",
+    one space of an indented first line lost), and decoding gives the text back."""
+    write_tiny_gguf(tmp_path / "spm.gguf", vocabulary="llama")
+    tokenizer = load_model(tmp_path / "spm.gguf", device="cpu", max_context=32).tokenizer
+    ids = tokenizer.encode(text)
+    assert ids[0] == SPM_TOKENS.index("<s>")
+    assert "".join(tokenizer.convert_ids_to_tokens(ids[1:])) == "▁" + text.replace(" ", "▁").replace("\n", "<0x0A>")
+    assert tokenizer.decode(ids, skip_special_tokens=True) == text
 
 
 def test_conversion_is_cached_and_the_warm_load_never_imports_gguf(tmp_path, monkeypatch):

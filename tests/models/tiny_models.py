@@ -84,6 +84,11 @@ GGUF_TOKENS = ["<|endoftext|>", "<s>", "</s>", *_byte_level_chars(), "Ġt", "he"
 GGUF_MERGES = ["Ġ t", "h e", "Ġt he"]
 
 
+# A sentencepiece vocabulary (tokenizer.ggml.model "llama", as CodeLlama's): byte fallback, merges from the scores.
+SPM_TOKENS = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256)), "▁", "x", "▁▁", "▁x", "▁▁▁▁", "="]
+SPM_TYPES = [2, 3, 3] + [6] * 256 + [1] * 6        # unknown, control, byte, normal
+
+
 GGUF_BLOCK_NAMES = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
                     "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
                     "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
@@ -95,8 +100,10 @@ def llama_cpp_permute(weight: np.ndarray, n_heads: int) -> np.ndarray:
     return weight.reshape(n_heads, 2, weight.shape[0] // n_heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
-def write_tiny_gguf(path: Path, *, architecture="llama", matrix_type="Q8_0", seed=0, block_count=None):
-    """A tiny Llama GGUF written the way llama.cpp's converter writes one.
+def write_tiny_gguf(path: Path, *, architecture="llama", matrix_type="Q8_0", seed=0, block_count=None,
+                    vocabulary="gpt2"):
+    """A tiny Llama GGUF written the way llama.cpp's converter writes one; `vocabulary`: "gpt2" (GGUF_TOKENS) or
+    "llama" (SPM_TOKENS).
 
     Returns the transformers model holding exactly the weights the file stores (the quantization
     round trip applied), so a correct loader reproduces its logits to float32 precision.
@@ -105,7 +112,8 @@ def write_tiny_gguf(path: Path, *, architecture="llama", matrix_type="Q8_0", see
     from gguf import GGMLQuantizationType as Q
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    hf_config = LlamaConfig(**{**TINY, "vocab_size": len(GGUF_TOKENS), "num_key_value_heads": 2})
+    tokens = GGUF_TOKENS if vocabulary == "gpt2" else SPM_TOKENS
+    hf_config = LlamaConfig(**{**TINY, "vocab_size": len(tokens), "num_key_value_heads": 2})
     torch.manual_seed(seed)
     model = LlamaForCausalLM(hf_config).eval()
     qtype = Q[matrix_type]
@@ -118,10 +126,14 @@ def write_tiny_gguf(path: Path, *, architecture="llama", matrix_type="Q8_0", see
     writer.add_head_count_kv(2)
     writer.add_rope_freq_base(TINY["rope_theta"])
     writer.add_layer_norm_rms_eps(TINY["rms_norm_eps"])
-    writer.add_tokenizer_model("gpt2")
-    writer.add_token_list(GGUF_TOKENS)
-    writer.add_token_types([3, 3, 3] + [1] * (len(GGUF_TOKENS) - 3))
-    writer.add_token_merges(GGUF_MERGES)
+    writer.add_tokenizer_model(vocabulary)
+    writer.add_token_list(tokens)
+    if vocabulary == "gpt2":
+        writer.add_token_types([3, 3, 3] + [1] * (len(GGUF_TOKENS) - 3))
+        writer.add_token_merges(GGUF_MERGES)
+    else:
+        writer.add_token_types(SPM_TYPES)
+        writer.add_token_scores([0.0] * 259 + [-1.0, -2.0, -3.0, -4.0, -5.0, -6.0])
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
     top_level = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
