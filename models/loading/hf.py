@@ -22,6 +22,10 @@ WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 MAX_JSON_BYTES = 64 * 1024 * 1024     # configs and shard indexes are far smaller
+# Tokens that llama.cpp ends every generation at when a vocabulary has them (its end-of-generation set), besides
+# the EOS ids: CodeLlama's end of an infill (▁<EOT>, 32010), chat models' ends of turn, <|endoftext|> (SmolLM2's 0).
+END_OF_TEXT_TOKENS = ("\u2581<EOT>", "<EOT>", "<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>",
+                      "<|endoftext|>", "<|end_of_text|>")
 
 
 @dataclass
@@ -174,6 +178,13 @@ def eos_ids(directory: Path, config: ModelConfig, tokenizer) -> tuple[int, ...]:
                    if type(i) is int and 0 <= i < config.vocab_size)
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
+    # CodeLlama ends an infill with <EOT> (32010), not EOS, and its configs do not list it; SmolLM2 ends a document
+    # with <|endoftext|>: llama.cpp stops there for every prompt, so raw text or ids (a FIM prompt) stop here too.
+    for token in END_OF_TEXT_TOKENS:
+        number = tokenizer.convert_tokens_to_ids(token)
+        known = isinstance(number, int) and 0 <= number < config.vocab_size
+        if known and tokenizer.convert_ids_to_tokens(number) == token:
+            ids.add(number)
     return tuple(sorted(ids))
 
 

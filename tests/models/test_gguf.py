@@ -45,7 +45,7 @@ def test_embedded_engine_describes_itself(smollm_engine):
     e = smollm_engine
     assert (e.name, e.device, e.dtype, e.attention) == ("SmolLM2-135M-Instruct.Q4_1", "cpu", "float32", "sdpa")
     assert e.context_length == e.model_max_positions == 8192
-    assert e.eos_token_ids == [2] and e.model.config.tie_embeddings
+    assert e.eos_token_ids == [0, 2] and e.model.config.tie_embeddings     # <|endoftext|>, <|im_end|> (as llama.cpp)
     assert not e.attention_is_slow and e.load_s > 0
 
 
@@ -78,6 +78,13 @@ def test_a_sentencepiece_gguf_spaces_text_as_sentencepiece_and_llama_cpp_do(tmp_
     assert ids[0] == SPM_TOKENS.index("<s>")
     assert "".join(tokenizer.convert_ids_to_tokens(ids[1:])) == "▁" + text.replace(" ", "▁").replace("\n", "<0x0A>")
     assert tokenizer.decode(ids, skip_special_tokens=True) == text
+
+
+def test_codellamas_end_of_infill_token_ends_every_generation(tmp_path):
+    """llama.cpp stops at <EOT> whatever the prompt (a FIM prompt sent as raw text or ids too); no config lists it."""
+    write_tiny_gguf(tmp_path / "spm.gguf", vocabulary="llama")
+    engine = load_model(tmp_path / "spm.gguf", device="cpu", max_context=32)
+    assert engine.eos_token_ids == [SPM_TOKENS.index("</s>"), SPM_TOKENS.index("▁<EOT>")]
 
 
 def test_conversion_is_cached_and_the_warm_load_never_imports_gguf(tmp_path, monkeypatch):

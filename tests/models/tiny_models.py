@@ -85,8 +85,9 @@ GGUF_MERGES = ["Ġ t", "h e", "Ġt he"]
 
 
 # A sentencepiece vocabulary (tokenizer.ggml.model "llama", as CodeLlama's): byte fallback, merges from the scores.
-SPM_TOKENS = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256)), "▁", "x", "▁▁", "▁x", "▁▁▁▁", "="]
-SPM_TYPES = [2, 3, 3] + [6] * 256 + [1] * 6        # unknown, control, byte, normal
+SPM_TOKENS = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256)), "▁", "x", "▁▁", "▁x", "▁▁▁▁", "=",
+              "▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>"]     # CodeLlama's infill tokens, as its files spell them
+SPM_TYPES = [2, 3, 3] + [6] * 256 + [1] * 6 + [3] * 4     # unknown, control, byte, normal, control
 
 
 GGUF_BLOCK_NAMES = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
@@ -133,7 +134,7 @@ def write_tiny_gguf(path: Path, *, architecture="llama", matrix_type="Q8_0", see
         writer.add_token_merges(GGUF_MERGES)
     else:
         writer.add_token_types(SPM_TYPES)
-        writer.add_token_scores([0.0] * 259 + [-1.0, -2.0, -3.0, -4.0, -5.0, -6.0])
+        writer.add_token_scores([0.0] * 259 + [-1.0, -2.0, -3.0, -4.0, -5.0, -6.0] + [0.0] * 4)
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
     top_level = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
