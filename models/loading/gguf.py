@@ -404,23 +404,9 @@ def gguf_tokenizer(path: Path, reader):
     except Exception as e:  # transformers raises anything from KeyError to ValueError here
         raise ModelError(f"{path}: cannot build the tokenizer from the GGUF metadata ({type(e).__name__}: {e})") from None
     if _text_field(reader, "tokenizer.ggml.model") == "llama":
+        from models.loading.hf import sentencepiece_spaces
         sentencepiece_spaces(tokenizer, _bool_field(reader, "tokenizer.ggml.add_space_prefix", True))
     return tokenizer
-
-
-def sentencepiece_spaces(tokenizer, add_space_prefix: bool) -> None:
-    """Space text as SentencePiece and llama.cpp do: a space in front of the text (unless the file says not to),
-    then every space written "▁", so "  x" is "▁▁▁x". transformers builds a GGUF's sentencepiece vocabulary with
-    a Metaspace that adds no space in front of a text that starts with one ("▁▁x"): the first line of a prompt
-    that starts indented (a file window cut at a block, a raw prompt) lost one space of its indentation, and the
-    ids were not llama.cpp's. (The original CodeLlama tokenizer.json normalizes the same way.)"""
-    from tokenizers import decoders, normalizers
-    backend = tokenizer.backend_tokenizer
-    prepend = [normalizers.Prepend("\u2581")] if add_space_prefix else []
-    backend.normalizer = normalizers.Sequence(prepend + [normalizers.Replace(" ", "\u2581")])
-    backend.pre_tokenizer = None
-    if not add_space_prefix:            # no space was added, so decoding removes none
-        backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
 
 
 def _text_field(reader, key: str) -> str | None:

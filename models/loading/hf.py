@@ -161,10 +161,43 @@ def load_tokenizer(directory: Path):
         # The generic class is what AutoTokenizer would build, minus its ~2 s detour through the model config.
         # Never the folder's own code (an `auto_map` in tokenizer_config.json): transformers would otherwise ask
         # on stdin whether to run it, behind the spinner, and run it on a "y".
-        return (PreTrainedTokenizerFast if generic else AutoTokenizer).from_pretrained(
+        tokenizer = (PreTrainedTokenizerFast if generic else AutoTokenizer).from_pretrained(
             str(directory), trust_remote_code=False)
     except Exception as e:  # transformers raises anything from OSError to ValueError here
         raise ModelError(f"{directory}: cannot load the tokenizer ({type(e).__name__}: {e})") from None
+    if not generic and _spaced_as_sentencepiece(tokenizer, directory):
+        sentencepiece_spaces(tokenizer, True)
+    return tokenizer
+
+
+def _spaced_as_sentencepiece(tokenizer, directory: Path) -> bool:
+    """Whether the class rebuilt a Metaspace over a tokenizer.json that spaces text as SentencePiece does (a
+    Prepend("▁") normalizer: CodeLlama's and Llama 2's own files), which transformers 5's Llama classes ignore."""
+    from tokenizers import pre_tokenizers
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    path = directory / "tokenizer.json"
+    if backend is None or not isinstance(backend.pre_tokenizer, pre_tokenizers.Metaspace) or not path.is_file():
+        return False
+    normalizer = read_json(path).get("normalizer") or {}
+    steps = normalizer.get("normalizers", [normalizer]) if isinstance(normalizer, dict) else []
+    # exactly SentencePiece's two steps: a normalizer that does more is left as the class builds it
+    return steps == [{"type": "Prepend", "prepend": "\u2581"},
+                     {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]
+
+
+def sentencepiece_spaces(tokenizer, add_space_prefix: bool) -> None:
+    """Space text as SentencePiece and llama.cpp do: a space in front of the text and after each special token
+    (unless the vocabulary says not to), then every space written "▁", so "  x" is "▁▁▁x". transformers 5 builds a
+    sentencepiece vocabulary (a GGUF's, CodeLlama's and Llama 2's classes) with a Metaspace that adds no space in
+    front of a text that starts with one ("▁▁x"): the first line of a prompt that starts indented (a file window
+    cut at a block, a raw prompt) lost one space of its indentation, and the ids were not llama.cpp's."""
+    from tokenizers import decoders, normalizers
+    backend = tokenizer.backend_tokenizer
+    prepend = [normalizers.Prepend("\u2581")] if add_space_prefix else []
+    backend.normalizer = normalizers.Sequence(prepend + [normalizers.Replace(" ", "\u2581")])
+    backend.pre_tokenizer = None
+    if not add_space_prefix:            # no space was added, so decoding removes none
+        backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
 
 
 def eos_ids(directory: Path, config: ModelConfig, tokenizer) -> tuple[int, ...]:

@@ -121,6 +121,24 @@ def test_a_file_of_a_checkpoint_loads_its_folder(tmp_path, tiny_checkpoint):
     load_error(lone / "model.safetensors", ModelNotFoundError, "no config.json beside it; pass the checkpoint's folder")
 
 
+@pytest.mark.parametrize("tokenizer_class", ["CodeLlamaTokenizer", "LlamaTokenizer"])
+def test_a_llama_tokenizer_json_spaced_as_sentencepiece_keeps_that_spacing(tmp_path, tiny_checkpoint, tokenizer_class):
+    """CodeLlama's and Llama 2's tokenizer.json put a space in front of the text (a Prepend normalizer), as
+    SentencePiece and llama.cpp do: "  def" is "▁▁▁def". transformers 5's class for them rebuilds a Metaspace over
+    it that makes that "▁▁def", one space of an indented first line lost."""
+    directory, _ = tiny_checkpoint
+    folder = tmp_path / "codellama"
+    shutil.copytree(directory, folder)
+    settings = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**settings, "tokenizer_class": tokenizer_class}))
+    tokenizer = load_model(folder, device="cpu", max_context=32).tokenizer
+    assert type(tokenizer).__name__ == tokenizer_class
+    for text in ["  def fib", " return", "pop(self):"]:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        assert "".join(tokenizer.convert_ids_to_tokens(ids)) == "▁" + text.replace(" ", "▁")
+        assert tokenizer.decode(ids) == text
+
+
 @pytest.mark.parametrize("spec", ["models/foo", "./foo", "../x/y", "~/no-such-codecomplete-model/x"])
 def test_a_missing_local_path_is_not_looked_up_on_the_hub(tmp_path, monkeypatch, spec):
     """A path that starts like one, or whose first folder exists here, is a local path that is missing: said as
