@@ -5,8 +5,8 @@ A layout is told as segments: an ``int`` is a special token id, a ``str`` is tex
 
 ``codellama-infill``  ``<PRE>``/``<SUF>``/``<MID>``, stop at ``<EOT>``: ``[BOS, PRE] + enc(prefix) + [SUF] +
                       enc_infill(suffix) + [MID]``, exactly CodeLlama's reference.
-``starcoder-fim``     ``<fim_prefix>``/``<fim_suffix>``/``<fim_middle>`` (also the ``<|fim_prefix|>`` and
-                      ``<fim-prefix>`` spellings of Qwen and SantaCoder).
+``starcoder-fim``     ``<fim_prefix>``/``<fim_suffix>``/``<fim_middle>`` (also the ``<|fim_prefix|>``,
+                      ``<fim-prefix>`` and ``<｜fim▁begin｜>`` spellings of Qwen, SantaCoder and DeepSeek-Coder).
 ``left-to-right``     no FIM tokens (the embedded SmolLM2): the prompt ends at the cursor.
 
 Repository context comes as file sections: delimited by ``<file_sep>`` (or ``<filename>``) after an optional
@@ -29,6 +29,7 @@ STARCODER_FIM = (
     ("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),
     ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),
     ("<fim-prefix>", "<fim-suffix>", "<fim-middle>"),
+    ("<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"),  # DeepSeek-Coder's (full-width bars, "▁")
 )
 FILE_SEPARATORS = ("<file_sep>", "<|file_sep|>", "<filename>")
 REPO_NAMES = ("<repo_name>", "<|repo_name|>", "<reponame>")
