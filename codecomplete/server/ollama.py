@@ -144,7 +144,8 @@ async def generate(request: Request):
         if not text and not earlier:
             raise ApiError(400, "the template made an empty prompt")
         start = lambda: _raw(session, before() + text, sampling, body.truncate)  # noqa: E731
-        context = lambda generation, result: _context(server.tokenizer, generation, result)  # noqa: E731
+        context = lambda generation, result: _context(server.tokenizer, generation, result,  # noqa: E731
+                                                      server.engine.eos_token_ids)
     elif body.suffix and not body.raw:
         start = lambda: session.infill(before() + body.prompt, body.suffix, sampling=sampling,  # noqa: E731
                                        budget=server.budget(sampling))
@@ -153,7 +154,8 @@ async def generate(request: Request):
         context = None
     elif body.prompt:
         start = lambda: _raw(session, before() + body.prompt, sampling, body.truncate)  # noqa: E731
-        context = lambda generation, result: _context(server.tokenizer, generation, result)  # noqa: E731
+        context = lambda generation, result: _context(server.tokenizer, generation, result,  # noqa: E731
+                                                      server.engine.eos_token_ids)
     else:     # Ollama loads the model and answers at once
         return _loaded(server, body, {"response": ""})
     return await _answer(server, server.start(request, start), body.stream,
@@ -224,14 +226,15 @@ async def _answer(server, running, streamed: bool, piece, context=None):
     return json_response({**_head(server), **piece(result.text), **done(result)})
 
 
-def _context(tokenizer, generation, result) -> list[int]:
+def _context(tokenizer, generation, result, eos_ids=()) -> list[int]:
     """The prompt's tokens and the answer's, which a client sends back as `context` to go on (Ollama's older way to
     hold a conversation, which some editor plugins use): the tokens of the prompt and the answer's text, as Ollama's
     are. The BOS the tokenizer adds is left out, as the next prompt has its own, and the end of text that stopped the
     answer too (a base model's EOS in the middle of the next prompt begins another document). `tokenizer`: the event
-    loop's (app.Server's), not the engine thread's."""
+    loop's (app.Server's), not the engine thread's; `eos_ids`: the engine's, every id that ends a generation."""
     ids = [*generation.prompt.ids, *result.token_ids]
-    if result.token_ids and result.token_ids[-1] in {tokenizer.eos_token_id, *generation.prompt.stop_token_ids}:
+    if result.token_ids and result.token_ids[-1] in {tokenizer.eos_token_id, *eos_ids,
+                                                     *generation.prompt.stop_token_ids}:
         ids.pop()
     added = tokenizer.encode("")            # what the tokenizer puts before any text: [BOS] for Llama, [] for SmolLM2
     return ids[len(added):] if ids[:len(added)] == added else ids

@@ -380,6 +380,20 @@ def test_ollama_generate_context_carries_the_conversation_on(server):
     assert chat["done"] is True and "context" not in chat      # Ollama's chat answers have none
 
 
+def test_ollama_context_leaves_out_every_end_of_text_the_engine_stops_at():
+    """The engine stops at more than the tokenizer's EOS (SmolLM2's <|endoftext|>, CodeLlama's <EOT>, as llama.cpp):
+    whichever ended the answer stays out of its context."""
+    from types import SimpleNamespace
+
+    from codecomplete.server.ollama import _context
+
+    tokenizer = SimpleNamespace(eos_token_id=2, encode=lambda text: [])
+    generation = SimpleNamespace(prompt=SimpleNamespace(ids=[5, 6], stop_token_ids=[]))
+    ended = SimpleNamespace(token_ids=[7, 0])
+    assert _context(tokenizer, generation, ended, eos_ids=[0, 2]) == [5, 6, 7]
+    assert _context(tokenizer, generation, SimpleNamespace(token_ids=[7, 2]), eos_ids=[0, 2]) == [5, 6, 7]
+
+
 def test_ollama_generate_honours_a_template_and_a_context_before_a_suffix(server):
     """As Ollama: a request's template is the prompt (here: one of {{ .Prompt }}, {{ .Suffix }}, {{ .System }}), and
     an earlier answer's context goes before a fill-in-the-middle prompt too; raw leaves both out."""
