@@ -304,6 +304,10 @@ def open_gguf(path: Path):
     try:
         return GGUFReader(path)
     except Exception as e:  # a truncated file fails deep inside numpy with ValueError, IndexError, ...
+        if "GGMLQuantizationType" in str(e):    # a type id the gguf package does not know: a newer llama.cpp's
+            raise UnsupportedModelError(
+                f"{path}: a tensor has a quantization type unknown to this gguf package ({e}; a newer llama.cpp "
+                f"format?); supported: {', '.join(SUPPORTED_TYPES)}") from None
         raise ModelError(
             f"{path}: truncated or corrupt GGUF file ({path.stat().st_size} bytes; {type(e).__name__}: {e})") from None
 

@@ -153,6 +153,21 @@ def test_unsupported_quantization_names_the_tensor_and_type(tmp_path):
     assert str(path) in load_error(path, UnsupportedModelError, r"tensor \S+ has quantization IQ4_NL")
 
 
+def test_a_quantization_type_newer_than_the_gguf_package_is_named_as_such_not_as_corruption(tmp_path):
+    """A type id the gguf package has no name for (a newer llama.cpp's quantization) made its reader fail, which
+    read as "truncated or corrupt"."""
+    import struct
+    path = tmp_path / "new.gguf"
+    write_tiny_gguf(path, matrix_type="F16")
+    data = bytearray(path.read_bytes())
+    name_end = data.index(b"token_embd.weight") + len(b"token_embd.weight")
+    n_dims = struct.unpack_from("<I", data, name_end)[0]
+    struct.pack_into("<I", data, name_end + 4 + 8 * n_dims, 250)        # the tensor info's type, after its dims
+    path.write_bytes(bytes(data))
+    message = load_error(path, UnsupportedModelError, "quantization type unknown to this gguf package")
+    assert "250" in message and "corrupt" not in message and "\n" not in message
+
+
 def _gguf_with(path, add):
     """A GGUF with the metadata `add(writer)` writes and one small tensor (not a loadable model: header tests)."""
     import gguf
