@@ -164,7 +164,12 @@ def load_tokenizer(directory: Path):
         tokenizer = (PreTrainedTokenizerFast if generic else AutoTokenizer).from_pretrained(
             str(directory), trust_remote_code=False)
     except Exception as e:  # transformers raises anything from OSError to ValueError here
-        raise ModelError(f"{directory}: cannot load the tokenizer ({type(e).__name__}: {e})") from None
+        # Without tokenizer.json, transformers reads a SentencePiece tokenizer.model with sentencepiece and protobuf;
+        # lacking them it tries the file as tiktoken's and asks for tiktoken, which would not help.
+        alone = (directory / "tokenizer.model").is_file() and not (directory / "tokenizer.json").is_file()
+        hint = ("; a tokenizer.model without tokenizer.json needs the sentencepiece and protobuf packages"
+                if alone else "")
+        raise ModelError(f"{directory}: cannot load the tokenizer ({type(e).__name__}: {e}){hint}") from None
     if not generic and _spaced_as_sentencepiece(tokenizer, directory):
         sentencepiece_spaces(tokenizer, True)
     return tokenizer

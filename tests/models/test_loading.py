@@ -121,6 +121,18 @@ def test_a_file_of_a_checkpoint_loads_its_folder(tmp_path, tiny_checkpoint):
     load_error(lone / "model.safetensors", ModelNotFoundError, "no config.json beside it; pass the checkpoint's folder")
 
 
+def test_a_tokenizer_model_without_tokenizer_json_that_cannot_be_read_says_what_reads_it(tmp_path, tiny_checkpoint):
+    """transformers reads a lone SentencePiece tokenizer.model with sentencepiece and protobuf; failing, it asked for
+    tiktoken, which would not help."""
+    directory, _ = tiny_checkpoint
+    folder = tmp_path / "old"
+    shutil.copytree(directory, folder)
+    (folder / "tokenizer.json").unlink()
+    (folder / "tokenizer.model").write_bytes(b"\x0a\x03not a sentencepiece model")
+    message = load_error(folder, ModelError, "cannot load the tokenizer")
+    assert message.endswith("a tokenizer.model without tokenizer.json needs the sentencepiece and protobuf packages")
+
+
 @pytest.mark.parametrize("tokenizer_class", ["CodeLlamaTokenizer", "LlamaTokenizer"])
 def test_a_llama_tokenizer_json_spaced_as_sentencepiece_keeps_that_spacing(tmp_path, tiny_checkpoint, tokenizer_class):
     """CodeLlama's and Llama 2's tokenizer.json put a space in front of the text (a Prepend normalizer), as
