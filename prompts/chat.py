@@ -188,11 +188,19 @@ def _render_template(tokenizer, encoder: Encoder, system: str, conversation: lis
         first = {"role": "user", "content": f"{slots[0]}\n\n{slots[1]}"}
         text = tokenizer.apply_chat_template([first, *turns[1:]], tokenize=False, add_generation_prompt=True)
     ids: list[int] = []
-    for k, piece in enumerate(_SLOT_SPLIT.split(text)):  # markup, slot number, markup, slot number, ...
+    pieces = _SLOT_SPLIT.split(text)  # markup, slot number, markup, slot number, ...
+    space = ""
+    for k, piece in enumerate(pieces):
         if k % 2 == 0:
+            # A space that ends the markup before a message ("[INST] " + content) goes with the message's first
+            # word, as a tokenizer of the whole text puts it: "▁add" (SentencePiece) or "Ġadd", not a lone space.
+            following = contents[int(pieces[k + 1])] if k + 1 < len(pieces) else ""
+            if piece.endswith(" ") and following[:1].strip():
+                piece, space = piece[:-1], " "
             ids += encoder.encode_markup(piece, lead=not ids)
         else:
-            content = contents[int(piece)]
+            content = space + contents[int(piece)]
+            space = ""
             ids += encoder.encode_lead(content) if not ids else encoder.encode(content)
     return ids
 

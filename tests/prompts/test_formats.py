@@ -223,6 +223,37 @@ def test_chat_without_a_template_uses_codellama_instruct(make_repo, codellama_to
     assert "def helper(x):" in first and EOS in packed.stop_token_ids
 
 
+CODELLAMA_INSTRUCT_TEMPLATE = (   # CodeLlama-Instruct's own (tokenizer_config.json), as transformers renders it
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+    "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
+    "{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
+    "{% if loop.index0 == 0 and system_message != false %}"
+    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content | trim + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' '  + content | trim + ' ' + eos_token }}{% endif %}{% endfor %}"
+)
+
+
+def test_codellama_instructs_own_template_gives_the_reference_formats_ids(make_repo, codellama_tokenizer):
+    """A template's space before a message ("[INST] " + content) is the first word's, as in the reference format,
+    which encodes each turn whole: "▁add", not "▁" + "add" (each later turn began with a token the model never saw
+    there)."""
+    from models.loading.hf import sentencepiece_spaces
+
+    index = index_repository(make_repo({"util.py": UTIL}))
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "add x"},
+                {"role": "assistant", "content": "return x"}, {"role": "user", "content": "add y"}]
+    plain = copy.deepcopy(codellama_tokenizer)
+    sentencepiece_spaces(plain, True)       # spaced as the loader spaces CodeLlama's (SentencePiece's way)
+    templated = copy.deepcopy(plain)
+    templated.chat_template = CODELLAMA_INSTRUCT_TEMPLATE
+    reference = build_chat_prompt(index, plain, messages, budget_tokens=2000).ids
+    assert build_chat_prompt(index, templated, messages, budget_tokens=2000).ids == reference
+    # the second question's "▁add" (the first question's "add" follows a newline)
+    assert reference.count(_ids(codellama_tokenizer, ["▁add"])[0]) == 1
+
+
 def test_chat_templates_without_a_system_role_get_the_context_in_the_first_message(make_repo, starcoder_tokenizer):
     tokenizer = copy.deepcopy(starcoder_tokenizer)
     tokenizer.chat_template = (
