@@ -68,6 +68,29 @@ def test_tiny_gguf_reproduces_the_weights_it_stores(tmp_path, matrix_type):
     assert ids[0] == GGUF_TOKENS.index("Ġthe") and engine.tokenizer.decode(ids) == " the hat"
 
 
+OTHER_TYPES = ["F32", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
+
+
+@pytest.mark.parametrize("matrix_type", OTHER_TYPES)
+def test_every_other_type_the_loader_reads_reproduces_the_weights_it_stores(tmp_path, matrix_type):
+    """The rest of SUPPORTED_TYPES (Q4_K_M files are Q4_K and Q6_K), in a model 256 wide (a K-quant block's row):
+    each tensor as the gguf package's own dequantization reads it."""
+    path = tmp_path / "wide.gguf"
+    reference = write_tiny_gguf(path, matrix_type=matrix_type, width=256)
+    engine = load_model(path, device="cpu", max_context=32)
+    ids = torch.tensor([[5, 70, 80, 90, 100, 110, 120, 259]])
+    with torch.no_grad():
+        expected = reference(ids).logits
+        assert expected.abs().max() > 1      # not a model of zeros
+        torch.testing.assert_close(engine.model.prefill(ids, all_logits=True), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_the_type_tests_cover_every_type_the_loader_claims():
+    from models.loading.gguf import SUPPORTED_TYPES
+    tested = test_tiny_gguf_reproduces_the_weights_it_stores.pytestmark[0].args[1] + OTHER_TYPES
+    assert sorted(tested) == sorted(SUPPORTED_TYPES)
+
+
 @pytest.mark.parametrize("text", ["  x = x", " x", "x\n    x", "    x"])
 def test_a_sentencepiece_gguf_spaces_text_as_sentencepiece_and_llama_cpp_do(tmp_path, text):
     """One space in front of the text, every space a "▁": "  x" is "▁▁▁x" (transformers' own build made it "▁▁x",

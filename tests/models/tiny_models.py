@@ -101,10 +101,26 @@ def llama_cpp_permute(weight: np.ndarray, n_heads: int) -> np.ndarray:
     return weight.reshape(n_heads, 2, weight.shape[0] // n_heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
+# Where each K-quant block keeps its float16 scales (d, dmin): random bytes everywhere else are valid quants.
+K_QUANT_SCALES = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+
+
+def random_blocks(shape: tuple[int, ...], matrix_type: str, rng: np.random.Generator) -> np.ndarray:
+    """Random blocks of a K-quant, which gguf cannot write, with small positive scales (finite weights)."""
+    import gguf
+    qtype = gguf.GGMLQuantizationType[matrix_type]
+    stored = rng.integers(0, 256, size=gguf.quant_shape_to_byte_shape(shape, qtype), dtype=np.uint8)
+    blocks = stored.reshape(-1, gguf.GGML_QUANT_SIZES[qtype][1])
+    for offset in K_QUANT_SCALES[matrix_type]:
+        scales = rng.uniform(0.001, 0.02, len(blocks)).astype(np.float16)
+        blocks[:, offset:offset + 2] = scales.view(np.uint8).reshape(-1, 2)
+    return stored
+
+
 def write_tiny_gguf(path: Path, *, architecture="llama", matrix_type="Q8_0", seed=0, block_count=None,
-                    vocabulary="gpt2"):
+                    vocabulary="gpt2", width=None):
     """A tiny Llama GGUF written the way llama.cpp's converter writes one; `vocabulary`: "gpt2" (GGUF_TOKENS) or
-    "llama" (SPM_TOKENS).
+    "llama" (SPM_TOKENS); `width`: the hidden and FFN size (K-quants need rows of 256), else TINY's.
 
     Returns the transformers model holding exactly the weights the file stores (the quantization
     round trip applied), so a correct loader reproduces its logits to float32 precision.
@@ -114,15 +130,17 @@ def write_tiny_gguf(path: Path, *, architecture="llama", matrix_type="Q8_0", see
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokens = GGUF_TOKENS if vocabulary == "gpt2" else SPM_TOKENS
-    hf_config = LlamaConfig(**{**TINY, "vocab_size": len(tokens), "num_key_value_heads": 2})
+    sizes = {"hidden_size": width, "intermediate_size": width} if width else {}
+    hf_config = LlamaConfig(**{**TINY, **sizes, "vocab_size": len(tokens), "num_key_value_heads": 2})
     torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
     model = LlamaForCausalLM(hf_config).eval()
     qtype = Q[matrix_type]
     writer = gguf.GGUFWriter(str(path), architecture)
     writer.add_context_length(TINY["max_position_embeddings"])
-    writer.add_embedding_length(TINY["hidden_size"])
+    writer.add_embedding_length(hf_config.hidden_size)
     writer.add_block_count(block_count or TINY["num_hidden_layers"])
-    writer.add_feed_forward_length(TINY["intermediate_size"])
+    writer.add_feed_forward_length(hf_config.intermediate_size)
     writer.add_head_count(4)
     writer.add_head_count_kv(2)
     writer.add_rope_freq_base(TINY["rope_theta"])
@@ -150,9 +168,12 @@ def write_tiny_gguf(path: Path, *, architecture="llama", matrix_type="Q8_0", see
             if array.ndim == 1:
                 writer.add_tensor(gguf_name, array)
                 continue
-            if qtype == Q.F16:
-                stored = array.astype(np.float16)
+            if qtype in (Q.F16, Q.F32):
+                stored = array.astype(np.float16 if qtype == Q.F16 else np.float32)
                 param.copy_(torch.from_numpy(stored.astype(np.float32)))
+            elif matrix_type in K_QUANT_SCALES:     # gguf cannot write them: random blocks, read back by gguf
+                stored = random_blocks(array.shape, matrix_type, rng)
+                param.copy_(torch.from_numpy(gguf.quants.dequantize(stored, qtype)))
             else:
                 try:
                     stored = gguf.quants.quantize(array, qtype)
