@@ -317,6 +317,12 @@ def read_gguf_config(reader, path: Path) -> ModelConfig:
     meta = {key: field.contents() for key, field in reader.fields.items() if field.types[0] != GGUFValueType.ARRAY}
     if "llama.vocab_size" not in meta and "tokenizer.ggml.tokens" in reader.fields:
         meta["llama.vocab_size"] = len(reader.fields["tokenizer.ggml.tokens"].data)
+    parts, number = meta.get("split.count"), meta.get("split.no")
+    if isinstance(parts, int) and parts > 1:   # llama.cpp's gguf-split: this file holds some of the tensors only
+        part = f"part {number + 1}" if isinstance(number, int) else "a part"
+        raise UnsupportedModelError(
+            f"{path}: {part} of a GGUF split into {parts} files, which is not read across files; merge the "
+            f"parts first: llama-gguf-split --merge {path.name} merged.gguf")
     names = {t.name for t in reader.tensors}
     if "rope_freqs.weight" in names:
         raise UnsupportedModelError(

@@ -218,6 +218,17 @@ def test_metadata_arrays_beyond_any_vocabulary_are_refused_before_the_reader_bui
     assert str(path) in load_error(path, ModelError, message)
 
 
+def test_one_part_of_a_split_gguf_says_to_merge_the_parts(tmp_path):
+    """llama.cpp's gguf-split (large models' files) puts some tensors in each part: the first part failed as a
+    checkpoint lacking tensors."""
+    def split(writer):
+        writer.add_uint16("split.no", 0)
+        writer.add_uint16("split.count", 3)
+    path = _gguf_with(tmp_path / "big-00001-of-00003.gguf", split)
+    message = load_error(path, UnsupportedModelError, "part 1 of a GGUF split into 3 files")
+    assert message.endswith("llama-gguf-split --merge big-00001-of-00003.gguf merged.gguf")
+
+
 def test_a_header_declaring_absurd_counts_is_refused(tmp_path):
     import struct
     path = _gguf_with(tmp_path / "counts.gguf", lambda w: None)
