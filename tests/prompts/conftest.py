@@ -100,23 +100,36 @@ def codellama_tokenizer():
     return CodeLlamaTokenizer(vocab=vocab, merges=merges)
 
 
-@pytest.fixture(scope="session")
-def starcoder_tokenizer():
-    """A byte-level BPE tokenizer (no merges) with StarCoder2's special tokens: exact round trips."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+def _byte_level_tokenizer(specials: list[str], *, eos_token: str, bos_token: str | None = None):
+    """A byte-level BPE tokenizer (no merges: exact round trips) whose ids start with `specials`; `bos_token`
+    opens every encoding."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    specials = [
-        "<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>", "<repo_name>", "<file_sep>",
-    ]
     vocab = {token: i for i, token in enumerate(specials)}
     for character in sorted(pre_tokenizers.ByteLevel.alphabet()):
         vocab[character] = len(vocab)
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
+    if bos_token is not None:
+        backend.post_processor = processors.TemplateProcessing(single=f"{bos_token} $A",
+                                                               special_tokens=[(bos_token, vocab[bos_token])])
     backend.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in specials])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos_token, eos_token=eos_token)
+
+
+@pytest.fixture(scope="session")
+def byte_level_tokenizer():
+    """Makes a byte-level BPE tokenizer with given special tokens (`_byte_level_tokenizer`)."""
+    return _byte_level_tokenizer
+
+
+@pytest.fixture(scope="session")
+def starcoder_tokenizer():
+    """A byte-level BPE tokenizer (no merges) with StarCoder2's special tokens: exact round trips."""
+    return _byte_level_tokenizer(["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>",
+                                 "<repo_name>", "<file_sep>"], eos_token="<|endoftext|>")
 
 
 @pytest.fixture

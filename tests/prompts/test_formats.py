@@ -64,23 +64,12 @@ def test_starcoder_fim_uses_repository_tokens(make_repo, starcoder_tokenizer):
     assert packed.format == "starcoder-fim" and file_sep in packed.stop_token_ids
 
 
-def test_deepseek_coder_fim_tokens_give_a_fim_prompt(make_repo):
+def test_deepseek_coder_fim_tokens_give_a_fim_prompt(make_repo, byte_level_tokenizer):
     """DeepSeek-Coder (a Llama-architecture code model) spells its FIM tokens <｜fim▁begin｜> <｜fim▁hole｜>
     <｜fim▁end｜>; llama.cpp's /infill uses them. Without them known the model got a left-to-right prompt, blind to
     the code after the cursor."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
     specials = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜fim▁hole｜>", "<｜fim▁begin｜>", "<｜fim▁end｜>"]
-    vocab = {token: i for i, token in enumerate(specials)}
-    for character in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab[character] = len(vocab)
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.post_processor = processors.TemplateProcessing(single=f"{specials[0]} $A", special_tokens=[(specials[0], 0)])
-    backend.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in specials])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=specials[0], eos_token=specials[1])
+    tokenizer = byte_level_tokenizer(specials, bos_token=specials[0], eos_token=specials[1])
     root = make_repo({"add.py": "def add(x, y):\n    return x + y\n"})
     packed = build_completion_prompt(index_repository(root), tokenizer, "add.py", line=2, col=12, heal=False)
     assert packed.format == "starcoder-fim"
