@@ -1,6 +1,8 @@
 """The PyTorch reference of the multi-token, fp8 and append contracts, checked against independent
 constructions (T one-token calls, a dequantized 16-bit cache, element-wise writes)."""
 
+import itertools
+
 import pytest
 import torch
 from kernel_inputs import make_inputs, quantized_copy
@@ -22,6 +24,34 @@ def test_multi_token_is_t_single_token_calls(T):
         one, one_lse = reference.flash_decode(q[:, :, t], k, v, lengths - T + t + 1, return_lse=True)
         torch.testing.assert_close(out[:, :, t], one, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(lse[:, :, t], one_lse)
+
+
+@pytest.mark.parametrize("T", [1, 3])
+def test_references_are_textbook_attention(T):
+    """Every reference against attention written out one (row, head, token) at a time: query head h reads KV head
+    h // (Hq / Hkv) (transformers' repeat_kv), token t of the last T sees keys 0..len - T + t, scores scaled by
+    D^-0.5. The kernels are checked against these references, so an off-by-one or a head mapping shared by all of
+    them (and copied into a kernel) would otherwise pass every comparison."""
+    B, Hq, Hkv, S, D = 3, 6, 2, 20, 16
+    q, k, v = make_inputs(B, Hq, Hkv, S, D, torch.float64)
+    q = torch.randn(B, Hq, T, D, dtype=torch.float64)
+    lengths = torch.tensor([S, T, 9 + T], dtype=torch.int32)
+    want = torch.empty(B, Hq, T, D, dtype=torch.float64)
+    want_lse = torch.empty(B, Hq, T, dtype=torch.float64)
+    for b, h, t in itertools.product(range(B), range(Hq), range(T)):
+        n = int(lengths[b]) - T + t + 1                                   # keys 0..n-1 visible
+        kv = h // (Hq // Hkv)
+        scores = k[b, kv, :n] @ q[b, h, t] / D ** 0.5                      # (n,)
+        want[b, h, t] = torch.softmax(scores, dim=0) @ v[b, kv, :n]
+        want_lse[b, h, t] = torch.logsumexp(scores, dim=0)
+    out, lse = reference.flash_decode(q, k, v, lengths, return_lse=True)
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(lse, want_lse.float())
+    split, split_lse = reference.split_kv_decode(q, k, v, lengths, num_splits=3, block_n=4, return_lse=True)
+    torch.testing.assert_close(split, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(split_lse, want_lse.float())
+    # eager rounds its softmax to float32, as transformers' eager attention does
+    torch.testing.assert_close(reference.eager_decode(q, k, v, lengths), want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("T", [1, 3])
