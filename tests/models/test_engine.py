@@ -197,6 +197,30 @@ def test_a_tiny_temperature_samples_the_greedy_token(temperature):
     assert torch.equal(race(probs, torch.Generator().manual_seed(1)), logits.argmax(-1))
 
 
+@pytest.mark.parametrize("options, kept", [
+    (dict(temperature=1.0), [0, 1, 2, 3, 4]),
+    (dict(temperature=0.5), [0, 1, 2, 3, 4]),
+    (dict(temperature=1.0, top_k=3), [0, 1, 2]),
+    (dict(temperature=1.0, top_p=0.8), [0, 1]),          # 0.636 ranks above token 1, 0.870 above token 2
+    (dict(temperature=0.5, top_p=0.8), [0]),             # the nucleus of the tempered distribution: 0.867 above 1
+    (dict(temperature=2.0, top_k=4, top_p=0.6), [0, 1]),
+])
+def test_probabilities_are_temperature_then_top_k_then_top_p(options, kept):
+    """The distribution sampling draws from, worked out by hand as llama.cpp and transformers define it: softmax of
+    logits / temperature, cut to the top_k largest, then to the fewest tokens whose mass reaches top_p (a token stays
+    while the tokens above it hold less than top_p), renormalised. The greedy limits above cannot tell a nucleus one
+    token short, a top_k one token long or a temperature applied after the cut from the right one."""
+    from models.sampling import probabilities
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])[:, [3, 0, 4, 1, 2]]       # shuffled: ranks are not ids
+    rank_to_id = [1, 3, 4, 0, 2]
+    tempered = torch.softmax(torch.tensor([4.0, 3.0, 2.0, 1.0, 0.0], dtype=torch.float64) / options["temperature"], 0)
+    want = torch.zeros(5, dtype=torch.float64)
+    for rank in kept:
+        want[rank_to_id[rank]] = tempered[rank] / tempered[kept].sum()
+    got = probabilities(logits, GenerationConfig(**options))[0]
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-7)
+
+
 def test_timings_are_filled_in(full_run):
     _, result, _ = full_run
     t = result.timings
