@@ -87,7 +87,9 @@ def test_held_back_text_is_released_when_the_match_fails():
 
 def test_earliest_stop_string_wins_and_flush_releases_partial_prefixes():
     out, hit, matcher = feed_all(["</code>", "\n#"], ["a\n", "#b</code>"])
-    assert hit and matcher.text == "a"
+    assert hit and matcher.text == "a" and matcher.hit == "\n#"
+    _, hit, matcher = feed_all(["\n", "\n\n"], ["a\n\nb"])     # two start at once: the longest is the one named
+    assert hit and matcher.text == "a" and matcher.hit == "\n\n"
     matcher = StopStringMatcher(["<file_sep>"])
     assert matcher.feed("x = 1<file") == ("x = 1", False)
     assert matcher.flush() == "<file"       # generation ended: a partial stop string is just text
