@@ -1,5 +1,7 @@
 """The generation loop on the embedded SmolLM2: prefix reuse, cancellation, stops, sampling, timings."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -48,9 +50,14 @@ def test_prefix_reuse_prefills_only_the_new_tokens_and_changes_nothing(smollm_en
     prompt, cold, _ = full_run
     shared = encode(smollm_engine, CONTEXT)
     other = encode(smollm_engine, CONTEXT + "def volume(radius):\n")
-    smollm_engine.generate(other, GenerationConfig(max_new_tokens=4))
+    first = smollm_engine.generate(other, GenerationConfig(max_new_tokens=4))
     warm = smollm_engine.generate(prompt, GREEDY)
     assert warm.reused_prefix_tokens >= len(shared) - 1
+    # Exactly the tokens both share: one more reuses K/V of a token the prompt does not have (the greedy tokens
+    # above stay the same for that one wrong key, so only the count shows it).
+    cached = other + first.token_ids[:-1]
+    common = next(i for i, (a, b) in enumerate(zip(cached, prompt)) if a != b)
+    assert warm.reused_prefix_tokens == smollm_engine.prefill_span(common, len(prompt))[0]
     assert warm.token_ids == cold.token_ids and warm.text == cold.text
 
 
@@ -68,9 +75,15 @@ def test_a_few_typed_tokens_go_through_the_decode_step_and_change_nothing(smollm
     assert warm.token_ids == cold.token_ids and warm.text == cold.text
 
 
-def test_the_cache_also_holds_the_generated_tokens(smollm_engine, full_run):
+@pytest.mark.parametrize("speculate, lookahead", [(None, False), (0, False), (0, True)],
+                         ids=["speculative", "plain", "plain-lookahead"])
+def test_the_cache_also_holds_the_generated_tokens(smollm_engine, full_run, speculate, lookahead, monkeypatch):
+    """Each decode loop's account of what the cache holds (the plain one on a CPU, and as a GPU runs it, with the
+    next step queued before a token is read; the speculative one): one token too many would be reused next time
+    with K/V never written for it."""
     prompt, cold, _ = full_run
-    smollm_engine.generate(prompt, GREEDY)
+    monkeypatch.setattr(smollm_engine, "_lookahead", lookahead)
+    smollm_engine.generate(prompt, dataclasses.replace(GREEDY, speculate=speculate))
     follow_up = prompt + cold.token_ids + encode(smollm_engine, "\n\nprint(diameter(2))\n")
     result = smollm_engine.generate(follow_up, GenerationConfig(max_new_tokens=2))
     # Every token fed back into the model is cached: the prompt and all generated tokens but the last.
