@@ -88,6 +88,55 @@ def test_identifiers_near_the_cursor_weigh_most_and_the_word_being_typed_not_at_
     assert weights["total"] == 0.5  # assigned here: a local, worth half
 
 
+def test_text_after_the_cursor_and_in_comments_weighs_less():
+    """Before the cursor counts twice as much as after it (a name 10 lines up weighs what one 5 lines down does),
+    and words in comments and strings weigh PROSE_FACTOR of code's."""
+    from prompts.ranking import DISTANCE_SCALE, PROSE_FACTOR
+    lines = ["up_ten = 1", *["pass"] * 8, "up_one(x)  # in_comment", "    ", "down_one(y)", *["pass"] * 3,
+             "down_five = 2"]
+    weights = cursor_terms(lines, 10, 4, frozenset({"pass"})).weights
+    assert weights["up_one"] == 1 / (1 + 1 / DISTANCE_SCALE) > weights["down_one"] == 1 / (1 + 2 / DISTANCE_SCALE)
+    assert weights["up_ten"] == weights["down_five"] == 0.5 * 0.5       # both locals: assigned here
+    assert weights["in_comment"] == pytest.approx(PROSE_FACTOR * weights["up_one"])
+
+
+DEFINITIONS_REPO = {
+    "app.py": "x = rare_name(1) + common_name(2) + once_defined(3) + twice_defined(4) + both_defined(5)\n",
+    "lib/rare.py": "def rare_name(value):\n    return value\n",
+    "lib/common.py": "def common_name(value):\n    return value\n",
+    **{f"lib/user_{i}.py": f"def user_{i}(value):\n    return common_name(value)\n" for i in range(6)},
+    "lib/once.py": "def once_defined(value):\n    return value\n",
+    "lib/twice_a.py": "def twice_defined(value):\n    return value\n",
+    "lib/twice_b.py": "def twice_defined(value):\n    return value + 0\n",
+    "lib/plain_def.py": "def both_defined(value):\n    return value\n",
+    "lib/imported_def.py": "def both_defined(value):\n    return value + 0\n",
+}
+
+
+def test_each_definition_signal_weighs_as_documented(make_repo):
+    """One query per signal of the definition ranking, each scored alone: a signal whose weight were ignored
+    would leave the scores equal (or empty) here, where the end-to-end prompts above still came out right."""
+    from prompts.ranking import IMPORTED_FILE_BOOST, IMPORTED_NAME_BASE, IMPORTED_NAME_WEIGHT
+    index = index_repository(make_repo(DEFINITIONS_REPO))
+
+    def scores(definitions_only=True, **query):
+        return {chunk.path: score for score, chunk in rank(index, Query(**query), definitions_only)}
+
+    both = dict.fromkeys(["rare_name", "common_name"], 1.0)
+    ranked = scores(weights=both)
+    assert ranked["lib/rare.py"] > ranked["lib/common.py"] > 0         # a name used everywhere tells less
+    ranked = scores(weights=dict.fromkeys(["once_defined", "twice_defined"], 1.0))
+    assert ranked["lib/twice_a.py"] == ranked["lib/twice_b.py"] < 0.6 * ranked["lib/once.py"]   # shared by two
+    ranked = scores(weights={"both_defined": 1.0}, imported=frozenset({"lib/imported_def.py"}))
+    assert ranked["lib/imported_def.py"] == pytest.approx(IMPORTED_FILE_BOOST * ranked["lib/plain_def.py"])
+    rare = list(index.chunk_numbers("lib/rare.py"))
+    assert scores(weights={}, imported_names={"rare_name": rare}) == {
+        "lib/rare.py": pytest.approx(IMPORTED_NAME_WEIGHT * IMPORTED_NAME_BASE)}   # imported, not used yet
+    assert list(scores(weights={}, module_at_cursor=("lib/once.py",))) == ["lib/once.py"]
+    assert scores(weights={"rare_name": 1.0}, local=frozenset({"rare_name"})) == {}   # bound here: not theirs
+    assert list(scores(False, weights={}, mentioned=frozenset({"lib/common.py"}))) == ["lib/common.py"]
+
+
 @pytest.mark.parametrize(
     "language, importer, imports, expected",
     [
