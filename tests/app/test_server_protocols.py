@@ -125,6 +125,12 @@ def test_openai_client_completions(server):
                                             stream=True))
     assert "".join(c.choices[0].text for c in chunks) == text      # greedy: the same text, streamed
     assert chunks[-1].choices[0].finish_reason == completion.choices[0].finish_reason
+    # The openai package ends a stream quietly at a closed connection; clients that read the events themselves
+    # (Continue, llama.vim's instruct mode) wait for the [DONE] event.
+    body = {"model": "any", "prompt": "def fibonacci(n):", "max_tokens": 2, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=300) as response:
+        events = [line for line in response.iter_lines() if line]
+    assert events[-1] == "data: [DONE]" and all(e.startswith("data: {") for e in events[:-1]), events
 
 
 def test_openai_client_chat(server):
@@ -424,6 +430,9 @@ def test_ollama_num_predict_0_is_no_limit_as_ollamas_runner_reads_it(server):
                          json={**body, "options": {"num_predict": -1, "temperature": 0}}).json()
     assert unlimited["response"] and unlimited["eval_count"] >= 1
     assert (unlimited["response"], unlimited["eval_count"]) == (default["response"], default["eval_count"])
+    limited = httpx.post(server.url + "/api/generate", timeout=300,
+                         json={**body, "options": {"num_predict": 2, "temperature": 0}}).json()
+    assert (limited["eval_count"], limited["done_reason"]) == (2, "length")      # Ollama's word for a limit
 
 
 def test_ollama_cuts_a_prompt_longer_than_the_context_to_its_end_unless_truncate_is_false(server):

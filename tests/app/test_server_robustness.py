@@ -55,6 +55,9 @@ INFILL = {"input_prefix": "def f():\n", "input_suffix": ""}
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "json_schema": {"type": "object"}},
      400, "invalid_request_error", ["json_schema"]),
     ("/completion", {"prompt": [1, 2, 10 ** 7]}, 400, "invalid_request_error", ["outside the vocabulary"]),
+    ("/completion", {"prompt": [1, 2, 49152]}, 400, "invalid_request_error", ["outside the vocabulary"]),  # = its size
+    ("/completion", {"prompt": [-1]}, 400, "invalid_request_error", ["outside the vocabulary"]),
+    ("/v1/completions", {"prompt": "a", "top_p": 1.5}, 400, "invalid_request_error", ["top_p"]),
     ("/completion", {"prompt": "x " * 2000}, 400, "exceed_context_size_error", ["does not fit"]),
     # streamed: the prompt is checked before the stream starts, so still a plain 400, not 200 and an error frame
     ("/completion", {"prompt": "x " * 2000, "stream": True}, 400, "exceed_context_size_error", ["does not fit"]),
