@@ -371,3 +371,38 @@ def test_an_encoder_remembered_for_a_tokenizer_does_not_keep_it_alive():
     del tokenizer
     gc.collect()
     assert gone() is None
+
+
+def test_chosen_chunks_stay_within_their_budget_and_are_laid_out_in_line_order(smollm2_tokenizer):
+    """select_chunks on its own, many budgets: what it counts never passes the budget, is at least what the laid-out
+    segments take (an upper bound, separators included), and each file's chunks come out in line order, the most
+    relevant file last. (The whole prompt has a last-resort trim that hid a chooser one token over its share.)"""
+    from prompts.chunking import Chunk
+    from prompts.packing import Layout, count_all, select_chunks
+    from prompts.tokens import Encoder
+
+    encoder = Encoder(smollm2_tokenizer)
+    layout = Layout(section=lambda c: [f"# file: {c.path}\n"], chunk=lambda c: [c.text + "\n"],
+                    gap=lambda c: ["    ...\n"], blank=lambda c: ["\n"],
+                    code_between=lambda a, b: a.end_line + 3 < b.start_line,
+                    outline=lambda c: [c.text.split("\n")[0] + "\n"])
+    rng = random.Random(7)
+    chunks = []
+    for f in range(10):
+        line = 1
+        for k in range(8):
+            n = rng.randint(1, 40)          # (past WHOLE_MIN_TOKENS: outlined first, then enlarged if room)
+            text = "\n".join(f"    value_{f}_{k}_{i} = compute({i}, {rng.randint(0, 999)})" for i in range(n))
+            chunks.append(Chunk(f"pkg/mod_{f}.py", line, line + n - 1, "python", "code", (), frozenset(), text,
+                                len(text) // 4))
+            line += n + rng.choice([0, 1, 2, 5])
+    ranked = [(1.0, chunk) for chunk in rng.sample(chunks, len(chunks))]      # best first, files interleaved
+    for budget in [*range(20, 400, 7), *range(700, 9000, 97)]:   # (past OUTLINE_TOKENS: the second pass)
+        selection = select_chunks(encoder, layout, ranked, budget)
+        segments, items = selection.segments()
+        assert count_all(encoder, [segments])[0] <= selection.tokens <= budget, budget
+        files = [path for path, _ in selection.ordered()]
+        assert files == list(reversed(selection.files))                          # the best file nearest the cursor
+        for path in files:
+            starts = [item.start_line for item in items if item.path == path]
+            assert starts == sorted(starts), (budget, path, starts)
