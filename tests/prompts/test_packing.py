@@ -406,3 +406,8 @@ def test_chosen_chunks_stay_within_their_budget_and_are_laid_out_in_line_order(s
         for path in files:
             starts = [item.start_line for item in items if item.path == path]
             assert starts == sorted(starts), (budget, path, starts)
+    big = max(chunks, key=lambda chunk: chunk.approx_tokens)         # outlined first, whole only if it all fits
+    exact = sum(count_all(encoder, [layout.section(big), layout.chunk(big)]))
+    for budget in (exact - 1, exact):
+        selection = select_chunks(encoder, layout, [(1.0, big)], budget)
+        assert selection.tokens <= budget and (selection.order[0].form == "whole") == (budget == exact), budget
