@@ -42,6 +42,12 @@ def test_changes_on_disk_reach_the_index(make_repo, cache_dir):
     # Nothing changed: the same index object, no rebuild.
     assert fresh.refresh("app.py") is index
 
+    # New text under the old modification time (cp -p, rsync -t): the size tells.
+    stamp = (root / "app.py").stat().st_mtime_ns
+    (root / "app.py").write_text("def main():\n    return 0\n")
+    os.utime(root / "app.py", ns=(stamp, stamp))
+    assert [c.defines for c in fresh.refresh("app.py").chunks if c.path == "app.py"] == [("main",)]
+
 
 
 def test_a_folder_replaced_by_a_link_out_of_the_repository_is_not_followed(make_repo, tmp_path, cache_dir):

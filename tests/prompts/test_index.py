@@ -70,6 +70,15 @@ def test_warm_run_reparses_only_changed_files_and_never_writes_into_the_reposito
     changed = {"README.md", "pkg/util.py"}
     assert [e for e in _snapshot(root) if e[0] not in changed] == [e for e in before if e[0] not in changed]
 
+    # New text under the old modification time (cp -p, rsync -t, a tar extracted over it): the size tells.
+    main = root / "pkg/main.py"
+    stamp = main.stat().st_mtime_ns
+    main.write_text("def run(v):\n    return v\n\n\ndef stop():\n    pass\n")
+    os.utime(main, ns=(stamp, stamp))
+    count_parses.clear()
+    assert [c.defines for c in index_repository(root).chunks if c.path == "pkg/main.py"] == [("run",), ("stop",)]
+    assert count_parses == ["pkg/main.py"]
+
 
 def _assert_terms_match_references(index):
     names = {number: name for name, number in index.vocabulary.items()}
