@@ -79,8 +79,8 @@ def test_a_session(conversation, tmp_path, monkeypatch):
 
 def test_a_pasted_block_keeps_its_first_lines_indentation(conversation, tmp_path):
     conversation.reset()
-    drive(conversation, [ESC_ENTER + "        return self.width * self.height  " + ESC_ENTER + "Why this?  \r", "/exit\r"],
-          tmp_path / "history")
+    pasted = ESC_ENTER + "        return self.width * self.height  " + ESC_ENTER + "Why this?  \r"
+    drive(conversation, [pasted, "/exit\r"], tmp_path / "history")
     question, _ = conversation.messages
     assert question["content"] == "        return self.width * self.height  \nWhy this?"   # only its ends trimmed
 

@@ -267,7 +267,8 @@ def test_a_file_with_classic_mac_line_ends_has_the_lines_and_chunks_an_editor_sh
     unix = "import os\n\ndef one():\n    return 1\n\n\ndef two():\n    return 2\n"
     root = make_repo({"mac.py": unix.replace("\n", "\r"), "unix.py": unix})
     assert read_source(root, "mac.py") == unix
-    chunks = {path: [(c.start_line, c.end_line, c.defines) for c in index_repository(root, tmp_path / "cache").chunks if c.path == path]
+    index = index_repository(root, tmp_path / "cache")
+    chunks = {path: [(c.start_line, c.end_line, c.defines) for c in index.chunks if c.path == path]
               for path in ("mac.py", "unix.py")}
     assert chunks["mac.py"] == chunks["unix.py"] and len(chunks["mac.py"]) == 3
 
