@@ -210,6 +210,14 @@ def load_table(name: str, num_sms: int, directory: Path = PLANS_DIR) -> tuple[di
     return tuple(table["entries"])
 
 
+def save_table(path: Path, table: dict) -> None:
+    """Write a plan file beside `path`, then rename it over: a run cut while writing leaves the last whole file
+    (a torn committed table would fail every load)."""
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
+    partial.replace(path)
+
+
 def _distance(a: dict, b: dict) -> float:
     return sum(abs(math.log2(x) - math.log2(y)) for x, y in
                ((a["B"] * a["Hkv"], b["B"] * b["Hkv"]), (a["S"], b["S"]), (a["T"], b["T"])))

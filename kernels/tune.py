@@ -42,8 +42,8 @@ from kernels import bench, reference
 from kernels.bench import (VERIFY_TOKENS, Inputs, Shape, bars_table, best_sdpa, compile_in_parallel, graph_replay_us,
                            make_input_sets, n_sets_for, read_once, READ_ONLY_CONFIGS, rel_err, sdpa, shapes)
 from kernels.interface import heuristic_plan, launch, resident_of
-from kernels.plan import (LaunchPlan, MAX_SPLITS, describe, device_slug, load_table, plan_launch, shape_key,
-                          splits_for_programs, table_entry, tuned_plan, wave_splits)
+from kernels.plan import (LaunchPlan, MAX_SPLITS, describe, device_slug, load_table, plan_launch, save_table,
+                          shape_key, splits_for_programs, table_entry, tuned_plan, wave_splits)
 
 SWEEP_REPLAYS, FINAL_REPLAYS = 20, 60
 NOISE = 0.005      # the local search moves on only for a gain above this fraction (replay-to-replay noise)
@@ -426,9 +426,7 @@ def plans_from_sweep(sweep: dict, directory: Path, base: tuple[dict, ...] = ()) 
              "generated_by": "python -m kernels.bench --tune", "entries": entries}
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{device_slug(env['card'])}.json"
-    partial = path.with_suffix(".json.partial")  # then renamed: a run cut while writing leaves the last whole file
-    partial.write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
-    partial.replace(path)
+    save_table(path, table)
     return path
 
 

@@ -41,7 +41,7 @@ import torch
 from kernels import flash_decode
 from kernels.bench import OneLineParser, begin_run, comma_list, folder, graph_replay_us, one_of, whole
 from kernels.interface import forced_plans, heuristic_plan, plan_for, resident_per_sm
-from kernels.plan import MAX_SPLITS, LaunchPlan, describe, shape_key, table_entry
+from kernels.plan import MAX_SPLITS, LaunchPlan, describe, save_table, shape_key, table_entry
 from models.bench import fill_cache_randomly, ours_step_us
 from models.errors import ModelError
 
@@ -210,9 +210,7 @@ def update_table(path: Path, key: dict, plan, model, batch: int, measured: dict)
         table["entries"][same[0]] = entry
     else:
         table["entries"].append(entry)
-    partial = path.with_suffix(".json.partial")     # then renamed: a run cut while writing left a torn plan file
-    partial.write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
-    partial.replace(path)
+    save_table(path, table)
     return "replaced" if same else "added"
 
 
