@@ -216,13 +216,13 @@ def update_table(path: Path, key: dict, plan, model, batch: int, measured: dict)
 
 def _checked(parse):
     """An argparse type from a parser that stops with SystemExit("error: ...") or raises ModelError (an unknown
-    preset) or a ValueError (a rank count the model does not split over): one line and status 2 as it is read."""
+    preset) or a ValueError (a rank count the model does not split over): one line and status 2 as it is read;
+    else what `parse` made of it."""
     def check(text: str):
         try:
-            parse(text)
+            return parse(text)
         except (SystemExit, ModelError, ValueError) as error:
             raise argparse.ArgumentTypeError(str(error).removeprefix("error: ")) from None
-        return text
     return check
 
 
@@ -262,13 +262,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     contexts = [int(x) for x in args.contexts.split(",") if x.strip()]
     kinds = [k.strip() for k in args.kv_caches.split(",") if k.strip()]
-    variants = [parse_variant(v) for v in args.variant]
+    variants = args.variant         # (name, fields) each: parsed as read
     twins = [t.strip() for t in args.twins.split(",") if t.strip()]
     if not torch.cuda.is_available():
         raise SystemExit("error: models.step_plans times decode steps on a CUDA GPU; none is visible")
 
     from models.llama import build_random_model
-    args.model, config = model_config(args.model)
+    args.model, config = args.model     # (name, config): parsed as read, the default too
     env, _, log = begin_run("models.step_plans", args.out)
     if args.write_table:
         check_plan_file(args.write_table, env)
