@@ -204,15 +204,22 @@ def test_a_byte_order_mark_is_no_column_of_a_file_or_of_standard_input(tmp_path,
             cursor(buffer, 1, 11)
 
 
-def test_a_bad_torch_distributed_debug_is_a_usage_error(monkeypatch, capsys):
-    """torch refuses these on importing torch.distributed, which every model load does: each command ended in an
-    internal error. An empty value is as good as unset (torch refuses it too: it is removed)."""
-    for value in ("bogus", "1", "DETAILS"):
-        monkeypatch.setenv("TORCH_DISTRIBUTED_DEBUG", value)
-        with pytest.raises(UsageError, match=f"^TORCH_DISTRIBUTED_DEBUG={value}: expected OFF, INFO or DETAIL$"):
+def refused_by_commands_and_server(monkeypatch, capsys, name: str, values, expected: str) -> None:
+    """Each value of the environment variable `name` is a one-line usage error "NAME=value: expected", for a
+    command and for `serve` alike, before anything loads."""
+    for value in values:
+        monkeypatch.setenv(name, value)
+        with pytest.raises(UsageError, match=f"^{name}={value}: {expected}$"):
             parse("--prompt", "x")
         assert cli.main(["serve", "--port", "0"]) == 2            # the server says it too, before it loads
         assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_bad_torch_distributed_debug_is_a_usage_error(monkeypatch, capsys):
+    """torch refuses these on importing torch.distributed, which every model load does: each command ended in an
+    internal error. An empty value is as good as unset (torch refuses it too: it is removed)."""
+    refused_by_commands_and_server(monkeypatch, capsys, "TORCH_DISTRIBUTED_DEBUG", ("bogus", "1", "DETAILS"),
+                                   "expected OFF, INFO or DETAIL")
     for value in ("OFF", "info", "Detail"):                        # torch's own forms
         monkeypatch.setenv("TORCH_DISTRIBUTED_DEBUG", value)
         parse("--prompt", "x")
@@ -227,12 +234,8 @@ def test_a_bad_torch_distributed_debug_is_a_usage_error(monkeypatch, capsys):
 def test_a_bad_omp_num_threads_is_a_usage_error(monkeypatch, capsys):
     """libgomp printed four lines of warnings for these (on the editor's stderr too) and torch ran on its own
     default, where the README says $OMP_NUM_THREADS decides; an empty value is as good as unset."""
-    for value in ("abc", "0", "-2", "4,x", "1.5"):
-        monkeypatch.setenv("OMP_NUM_THREADS", value)
-        with pytest.raises(UsageError, match=f"^OMP_NUM_THREADS={value}: expected a number of threads from 1 up$"):
-            parse("--prompt", "x")
-        assert cli.main(["serve", "--port", "0"]) == 2            # the server says it too, before it loads
-        assert capsys.readouterr().err.count("\n") == 1
+    refused_by_commands_and_server(monkeypatch, capsys, "OMP_NUM_THREADS", ("abc", "0", "-2", "4,x", "1.5"),
+                                   "expected a number of threads from 1 up")
     for value in ("2", " 3 ", "4,2"):                              # libgomp's own forms
         monkeypatch.setenv("OMP_NUM_THREADS", value)
         parse("--prompt", "x")
