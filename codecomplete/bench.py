@@ -284,7 +284,7 @@ def run_bench(args) -> None:
                          + ("--context-tokens given" if args.context_tokens and limit == args.context_tokens
                             else "longest the benchmark runs on a CPU (a longer prefill takes minutes)"))
 
-    engine = engines.load(args, decode_tokens, default_budget=limit)
+    engine = engines.load(args, decode_tokens, default_budget=limit, asked=bool(args.contexts))
     if engine.context_length - decode_tokens < limit:
         limit = engine.context_length - decode_tokens
         notes.append(f"{engine.name} holds {engine.context_length:,} tokens here: "

@@ -98,12 +98,13 @@ def check_model_spec(args) -> None:
         raise UsageError(f"{named}: random weights have no tokenizer; only --bench can use them")
 
 
-def load(args, max_new_tokens: int, default_budget: int | None = None, headroom: int = 0):
+def load(args, max_new_tokens: int, default_budget: int | None = None, headroom: int = 0, asked: bool = False):
     """The engine the command line asks for, with a spinner on stderr while it loads.
 
-    Its KV cache holds the prompt budget plus the tokens to generate. The default budget shrinks to what the
-    model can address (a checkpoint with 512 positions still works with the defaults); only an explicit
-    --context-tokens beyond the model's limit is an error, and it names the options that set the numbers.
+    Its KV cache holds the prompt budget plus the tokens to generate. The default budget shrinks to the model's
+    training length (a checkpoint with 512 positions still works with the defaults). A budget the user asked for
+    (--context-tokens, or `asked`: the benchmark's explicit --contexts) may go past it, with a warning, as llama.cpp
+    allows (CodeLlama, trained on 16k, is documented toward 100k tokens).
     `default_budget` replaces the default for a command that knows better (the benchmark's longest context);
     `headroom` adds tokens to a cache sized from the budget, unless the model cannot hold them."""
     if not args.debug:
@@ -128,7 +129,8 @@ def load(args, max_new_tokens: int, default_budget: int | None = None, headroom:
             if not args.debug:      # the one-line error says what went wrong; library warnings only add noise
                 warnings.simplefilter("ignore")
             return load_model(args.model, device=device, dtype=args.dtype, attention=args.attention,
-                              max_context=max_context, progress=progress, gpus=args.gpus, kv_cache=args.kv_cache)
+                              max_context=max_context, progress=progress, gpus=args.gpus, kv_cache=args.kv_cache,
+                              past_training=asked or bool(args.context_tokens))
 
     try:
         engine = load_with(budget + max_new_tokens + headroom if budget else None)
@@ -137,6 +139,9 @@ def load(args, max_new_tokens: int, default_budget: int | None = None, headroom:
             raise UsageError(f"--context-tokens {args.context_tokens:,} and {_max_tokens(args, max_new_tokens)} "
                              f"need {budget + max_new_tokens:,} tokens: {exc}") from None
         engine = load_with(None)    # the model's own context, which is smaller than the default budget
+    if engine.context_length > engine.model_max_positions:
+        warn(f"{engine.name} was trained on {engine.model_max_positions:,} positions and holds "
+             f"{engine.context_length:,} here: past them its output may degrade")
     if engine.attention_is_slow:
         warn("--attention flash on the CPU runs the Triton kernels in their interpreter: very slow")
     check_room(engine, args, max_new_tokens)     # a --max-tokens that leaves no room fails now, not later
@@ -162,7 +167,7 @@ def _max_tokens(args, max_new_tokens: int) -> str:
 def check_room(engine, args, max_new_tokens: int) -> None:
     if engine.context_length - max_new_tokens < 1:
         raise UsageError(f"{_max_tokens(args, max_new_tokens)} leaves no room for a prompt: {engine.name} holds "
-                         f"{engine.context_length:,} tokens here (the model allows {engine.model_max_positions:,})")
+                         f"{engine.context_length:,} tokens here (trained on {engine.model_max_positions:,})")
 
 
 def prompt_budget(engine, context_tokens: int | None, max_new_tokens: int) -> int:

@@ -272,7 +272,7 @@ class Repl:
             gc.collect()
         engine = conversation.engine
         self.console.print(Text(f"{render.model_label(engine)} · context {engine.context_length:,} tokens"
-                                f" (model limit {engine.model_max_positions:,}) · loaded in {engine.load_s:.1f} s"))
+                                f" (trained on {engine.model_max_positions:,}) · loaded in {engine.load_s:.1f} s"))
 
     def _welcome(self) -> Text:
         index = self.conversation.index

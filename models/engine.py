@@ -133,7 +133,7 @@ class Engine:
         self.device = self._device.type
         self.dtype = str(param.dtype).removeprefix("torch.")
         self.context_length = context_length or min(model.rope.max_len, DEFAULT_MAX_CONTEXT)
-        self.model_max_positions = model.config.context_limit
+        self.model_max_positions = model.config.context_limit     # its training length (n_ctx_train)
         self.eos_token_ids = sorted(set(eos_token_ids) | set(model.config.eos_token_ids))
         self.load_s = 0.0
         # The running request's decode steps and speculation counts, for a live status line: its tokens so far are
@@ -527,7 +527,7 @@ class Engine:
             if len(p) > self.context_length:
                 raise ContextTooLongError(
                     f"{self.name}: a prompt of {len(p)} tokens does not fit the context of {self.context_length} "
-                    f"tokens (the KV cache; the model allows up to {self.model_max_positions})")
+                    f"tokens (the KV cache; the model was trained on {self.model_max_positions})")
             if min(p) < 0 or max(p) >= vocab:
                 raise ModelError(f"{self.name}: token id {max(p) if max(p) >= vocab else min(p)} "
                                  f"is outside the vocabulary (0..{vocab - 1})")

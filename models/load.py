@@ -13,11 +13,12 @@ from time import perf_counter
 import torch
 
 from models.engine import Engine
+from models.kv_cache import check_kv_cache_fits
 from models.options import context_capacity, parse_device, parse_dtype, parse_kv_cache
 
 
 def load_model(spec=None, device=None, dtype=None, attention=None, max_context=None, progress=None,
-               cuda_graphs=None, gpus=None, tp=None, kv_cache=None) -> Engine:
+               cuda_graphs=None, gpus=None, tp=None, kv_cache=None, past_training=False) -> Engine:
     """Load a model (None: $CODECOMPLETE_MODEL or the embedded SmolLM2) into a ready Engine.
 
     spec: a HF checkpoint directory, a .gguf file, a hub id, or "random:PRESET[:TOKENIZER_DIR]" (random
@@ -26,7 +27,9 @@ def load_model(spec=None, device=None, dtype=None, attention=None, max_context=N
     device: "cuda" if available else "cpu".
     dtype: bf16 on CUDA, float32 on CPU. attention: "flash" on CUDA (where the kernels take the model's head
     dim), else "sdpa".
-    max_context: KV-cache capacity in tokens, default min(model limit, 16384).
+    max_context: KV-cache capacity in tokens, default min(the model's training length, 16384).
+    past_training: allow a max_context beyond the training length (rotary positions extrapolate; CodeLlama is
+    documented to 100k tokens); without it that is a ContextTooLongError.
     cuda_graphs: capture the decode step in a CUDA graph (default: on CUDA).
     gpus: N > 1 splits the model over N GPUs (tensor parallelism, models/tp.py; with device "cpu", N gloo
     processes): this process becomes rank 0 and starts the others; the engine returned runs every call on
@@ -39,15 +42,16 @@ def load_model(spec=None, device=None, dtype=None, attention=None, max_context=N
     if tp is None and ((gpus or 1) > 1 or "TORCHELASTIC_RUN_ID" in os.environ):
         from models.lockstep import load_on_ranks
         return load_on_ranks(gpus, spec, device=device, dtype=dtype, attention=attention, max_context=max_context,
-                             progress=progress, cuda_graphs=cuda_graphs, kv_cache=kv_cache)
+                             progress=progress, cuda_graphs=cuda_graphs, kv_cache=kv_cache,
+                             past_training=past_training)
     start = perf_counter()
     device = tp.device if tp is not None else parse_device(device)
     dtype = parse_dtype(dtype, device)
     quant = parse_kv_cache(kv_cache, dtype)
     if isinstance(spec, str) and spec.startswith(RANDOM_PREFIX):
-        return _random_engine(spec, device, dtype, attention, max_context, cuda_graphs, start, tp, quant)
+        return _random_engine(spec, device, dtype, attention, max_context, cuda_graphs, start, tp, quant, past_training)
     name, directory = checkpoint_directory(spec, dtype, progress)
-    context = context_capacity(read_config(directory), max_context, name)
+    context = _capacity(read_config(directory), max_context, name, past_training, device, dtype, quant, tp)
     if progress:
         progress(f"Loading {name} on {device.type}")
     loaded = load_hf_model(directory, device, dtype, max_len=context, name=name, tp=tp)
@@ -59,6 +63,16 @@ def load_model(spec=None, device=None, dtype=None, attention=None, max_context=N
 
 
 RANDOM_PREFIX = "random:"
+
+
+def _capacity(config, max_context, name: str, past_training: bool, device, dtype, quant, tp) -> int:
+    """context_capacity, and past the training length a check that the KV cache fits, before the model is built:
+    there no position limit bounds its rotary tables (1 KiB a token at head dim 128), only memory does. (A rank of
+    a split model checks its own part later, in setup_caches.)"""
+    context = context_capacity(config, max_context, name, past_training)
+    if context > config.context_limit and tp is None:
+        check_kv_cache_fits(config, 1, context, dtype, device, name, quant)
+    return context
 
 
 def checkpoint_directory(spec, dtype: torch.dtype, progress=None) -> tuple[str, Path]:
@@ -73,7 +87,7 @@ def checkpoint_directory(spec, dtype: torch.dtype, progress=None) -> tuple[str, 
 
 
 def _random_engine(spec: str, device, dtype, attention, max_context, cuda_graphs, start: float, tp=None,
-                   quant: str | None = None) -> Engine:
+                   quant: str | None = None, past_training: bool = False) -> Engine:
     """An Engine over random weights of a preset's shapes: times exactly like the real checkpoint.
 
     With a tokenizer directory (`random:CodeLlama-7B:DIR`, e.g. the embedded model's tokenizer files) the whole
@@ -91,7 +105,7 @@ def _random_engine(spec: str, device, dtype, attention, max_context, cuda_graphs
         config = config.replace(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                                 eos_token_ids=() if tokenizer.eos_token_id is None else (tokenizer.eos_token_id,))
         label = f"{name} (random weights, vocabulary {len(tokenizer)})"
-    context = context_capacity(config, max_context, name)
+    context = _capacity(config, max_context, name, past_training, device, dtype, quant, tp)
     if tp is None:
         model = build_random_model(config, device=device, dtype=dtype, max_len=context)
     else:

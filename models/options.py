@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from models.config import ModelConfig
+from models.config import LIMITS, ModelConfig
 from models.errors import ContextTooLongError
 from models.kv_cache import QUANTIZED
 
@@ -46,13 +46,21 @@ def parse_kv_cache(kv_cache, dtype: torch.dtype) -> str | None:
     return None
 
 
-def context_capacity(config: ModelConfig, max_context: int | None, name: str) -> int:
+def context_capacity(config: ModelConfig, max_context: int | None, name: str, past_training: bool = False) -> int:
+    """KV-cache capacity in tokens: `max_context`, by default the model's training length up to DEFAULT_MAX_CONTEXT.
+
+    Past the training length (`config.context_limit`) rotary positions extrapolate: CodeLlama (rope_theta 1e6,
+    trained on 16k) is documented to stay usable toward 100k tokens, a model with a small rope base degrades.
+    As llama.cpp allows an n_ctx beyond n_ctx_train with a warning, `past_training=True` allows it (the command
+    line passes it for an explicit --context-tokens and warns); otherwise it is an error, so a default budget
+    never extrapolates unasked."""
     limit = config.context_limit
     if max_context is None:
         return min(limit, DEFAULT_MAX_CONTEXT)
-    if max_context > limit:
-        raise ContextTooLongError(
-            f"{name}: a context of {max_context} tokens exceeds the model's limit of {limit} positions")
     if max_context < 1:
         raise ValueError(f"max_context must be positive, got {max_context}")
+    if max_context > (LIMITS["max_positions"] if past_training else limit):
+        raise ContextTooLongError(
+            f"{name}: a context of {max_context} tokens exceeds the {limit} positions the model was trained on"
+            + (f" and the {LIMITS['max_positions']} any model here addresses" if past_training else ""))
     return max_context

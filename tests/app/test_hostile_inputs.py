@@ -181,18 +181,19 @@ BAD_CONFIGS = [
 
 
 def test_bad_checkpoints_and_sizes_fail_on_reading_the_config(tmp_path, cli_env, converted_model):
-    """Bad config values are one-line model errors (no torch warning before them); an explicit budget beyond a
-    512-position model names the options; bench contexts beyond what runs here fail before loading."""
+    """Bad config values are one-line model errors (no torch warning before them); an explicit budget beyond what
+    memory holds says how many tokens fit (before building tables that size); bench contexts beyond what runs here
+    fail before loading."""
     cases = [(["--prompt", "def add(a, b):", "--model", str(checkpoint(converted_model, tmp_path / f"bad{n}", **change)),
                "--max-tokens", "1"], {}) for n, (change, _) in enumerate(BAD_CONFIGS)]
     small = checkpoint(converted_model, tmp_path / "small", max_position_embeddings=512)
-    cases += [(["--prompt", "x", "--model", str(small), "--context-tokens", "1000"], {}),
+    cases += [(["--prompt", "x", "--model", str(small), "--context-tokens", "9000000"], {}),
               (["--prompt", "x", "--model", str(small), "--max-tokens", "600"], {}),
               (["--bench", "--contexts", "100000", "--device", "cpu"], {})]
     runs, _ = run_main_many_times(cases, cli_env, tmp_path)
     for (_, words), run in zip(BAD_CONFIGS, runs):
         check_error(run, 1, *words)       # exactly one line: no torch warning before it
-    check_error(runs[-3], 2, "--context-tokens 1,000", "--max-tokens 256 (the default)", "512")
+    check_error(runs[-3], 1, "KV cache of 9000256 tokens", "tokens would fit")
     check_error(runs[-2], 2, "--max-tokens 600 leaves no room for a prompt", "512")
     check_error(runs[-1], 2, "--contexts 100000", "4,096")
 
@@ -203,6 +204,11 @@ def test_a_small_model_works_with_the_defaults(script, cli_env, tmp_path, conver
     run = run_cli(script, cli_env, "--prompt", "def add(a, b):", "--model", model, "--max-tokens", "2", cwd=tmp_path)
     assert run.returncode == 0 and run.stderr == "", run.stderr
     assert run.stdout
+    # An explicit budget may go past the training length, as llama.cpp allows (a warning on a terminal only).
+    run = run_cli(script, cli_env, "--prompt", "def add(a, b):", "--model", model, "--max-tokens", "2",
+                  "--context-tokens", "1000", "--json", "-", cwd=tmp_path)
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    assert json.loads(run.stdout)["completion_tokens"] >= 1
 
 
 def test_a_budget_too_small_names_the_file_and_the_option(codecomplete, repo):

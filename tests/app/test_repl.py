@@ -70,7 +70,7 @@ def test_a_session(conversation, tmp_path, monkeypatch):
     assert "Retrieved for the last question" in printed and "shapes/geometry.py" in printed
     assert "pinned shapes/geometry.py" in printed and "unpinned shapes/geometry.py" in printed
     assert conversation.pinned == []
-    assert "SmolLM2" in printed and "model limit" in printed             # /model
+    assert "SmolLM2" in printed and "trained on" in printed             # /model
     assert "error: file not found: nowhere.py" in printed
     assert "error: unknown command /bogus" in printed
     assert "Answer briefly." in history.read_text()

@@ -203,9 +203,15 @@ def test_corrupt_safetensors(tmp_path, tiny_checkpoint):
     load_error(target, ModelError, "model.safetensors: unreadable safetensors", max_context=32)
 
 
-def test_context_larger_than_the_model_limit(tiny_checkpoint):
-    load_error(tiny_checkpoint[0], ContextTooLongError, "a context of 65 tokens exceeds the model's limit of 64",
-               max_context=65)
+def test_a_context_past_the_training_length_only_when_asked(tiny_checkpoint):
+    load_error(tiny_checkpoint[0], ContextTooLongError, "a context of 65 tokens exceeds the 64 positions the model "
+               "was trained on", max_context=65)
+    engine = load_model(tiny_checkpoint[0], device="cpu", max_context=100, past_training=True)
+    assert (engine.context_length, engine.model_max_positions) == (100, 64)
+    # The prefill alone runs past position 64 (tests/models/test_parity.py checks the logits there).
+    assert engine.generate(list(range(10, 80)), GenerationConfig(max_new_tokens=20)).token_ids
+    load_error(tiny_checkpoint[0], ContextTooLongError, "and the 16777216 any model here addresses",
+               max_context=(1 << 24) + 1, past_training=True)
 
 
 def test_prompt_longer_than_the_context(tiny_checkpoint):

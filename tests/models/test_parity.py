@@ -14,7 +14,9 @@ from models.llama import Decode
 from tiny_models import save_tiny_llama
 
 CASES = {
-    "mha": dict(n_kv_heads=4),
+    # max_position_embeddings 32 < the 40-token prompt, loaded past its training length (as --context-tokens may):
+    # plain RoPE extrapolates there exactly as transformers computes it.
+    "mha-past-training": dict(n_kv_heads=4, max_position_embeddings=32),
     "gqa-tied-linear": dict(n_kv_heads=2, tie=True, rope_scaling={"rope_type": "linear", "factor": 2.0}),
     # max_position_embeddings 32 < the 40-token prompt: dynamic NTK is active in prefill and decode.
     "gqa-dynamic": dict(n_kv_heads=2, max_position_embeddings=32, rope_scaling={"rope_type": "dynamic", "factor": 2.0}),
@@ -30,7 +32,7 @@ ATOL = 2e-4   # float32: logits are O(10), differences are summation order
 def case(request, tmp_path_factory, llama_tokenizer):
     directory = tmp_path_factory.mktemp(request.param)
     save_tiny_llama(directory, llama_tokenizer, **CASES[request.param])
-    engine = load_model(directory, device="cpu", max_context=64)
+    engine = load_model(directory, device="cpu", max_context=64, past_training=True)
     ids = torch.randint(3, len(llama_tokenizer), (1, PROMPT_LEN + DECODE_STEPS), generator=torch.Generator().manual_seed(1))
     return directory, engine, ids
 
