@@ -22,7 +22,6 @@ Results (JSON with every site, and a markdown table) carry the machine, the date
 
 from __future__ import annotations
 
-import argparse
 import ast
 import importlib.util
 import json
@@ -41,6 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import run_info  # noqa: E402  (bench/, next to this script)
+from codecomplete.cli import _Parser  # noqa: E402  (the product's one-line usage errors)
 from prompts import ScanWarning, build_completion_prompt, index_repository  # noqa: E402
 from prompts.packing import EXAMPLE  # noqa: E402
 
@@ -299,7 +299,7 @@ def _mean_interval(values: list[float]) -> dict | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = _Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--set", choices=("tuning", "heldout"), default="heldout")
     parser.add_argument("--repos", help="comma-separated installed packages (instead of --set)")
     parser.add_argument("--sites", type=int, default=300, help="sites per repository for recall")

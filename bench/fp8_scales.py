@@ -15,7 +15,6 @@ is measured on the GPU by `python -m kernels.bench` (fp8 rows, read rate on cach
 
 from __future__ import annotations
 
-import argparse
 import glob
 import importlib.util
 import os
@@ -28,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kernels.reference import FP8_MAX, quantize_fp8  # noqa: E402
 import run_info  # noqa: E402  (bench/, next to this script)
+from codecomplete.cli import _Parser  # noqa: E402  (the product's one-line usage errors)
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -58,7 +58,7 @@ def causal_attention(q, k, v):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=2048)
     parser.add_argument("--queries", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path("bench/results/fp8-scales-cpu.txt"))

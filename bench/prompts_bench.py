@@ -12,7 +12,6 @@ cursor in another file.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -27,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import run_info  # noqa: E402  (bench/, next to this script)
+from codecomplete.cli import _Parser  # noqa: E402  (the product's one-line usage errors)
 from prompts import build_completion_prompt, index_repository  # noqa: E402
 
 VERSIONS = ["tree-sitter", "tree-sitter-python", "transformers", "tokenizers", "numpy"]
@@ -49,7 +49,7 @@ print(json.dumps({"import_s": t1 - t0, "index_s": time.perf_counter() - t1, "chu
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = _Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="bench/results/prompts-cpu", help="results path without extension")
     parser.add_argument("--budget", type=int, default=32768)
     parser.add_argument("--cold-runs", type=int, default=2, help="first index runs, each with an empty cache")

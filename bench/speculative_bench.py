@@ -11,7 +11,6 @@ copy-heavy at least 2x plain, nothing to copy at least 0.95x. Writes JSON and a 
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -21,6 +20,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from codecomplete.cli import _Parser  # noqa: E402  (the product's one-line usage errors)
 
 BARS = {"copy": 2.0, "fresh": 0.95}
 KINDS = {"copy": "copy-heavy", "fresh": "nothing to copy"}
@@ -105,7 +106,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = _Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--speculate", default="8", help="draft depths to compare with plain decoding, e.g. 4,8,12")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")

@@ -222,7 +222,8 @@ def test_fp8_scales_report_names_the_machine_and_versions_and_checks_its_options
                        (["--out", str(tmp_path)], "is a folder")):
         with pytest.raises(SystemExit) as exit:
             script.main(argv)
-        assert exit.value.code == 2 and says in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert exit.value.code == 2 and says in err and err.count("\n") == 1   # one line, not usage + error
     torch.manual_seed(0)
     tiny = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                         num_attention_heads=4, num_key_value_heads=2)).eval()

@@ -394,5 +394,6 @@ def test_speculative_bench_refuses_a_run_it_cannot_make_before_writing(argv, say
     out = tmp_path / "speculative-cpu"
     with pytest.raises(SystemExit) as exit:
         bench.main([*argv, "--out", str(out)])
-    assert exit.value.code == 2 and says in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and says in err and err.count("\n") == 1     # one line, not usage + error
     assert list(tmp_path.iterdir()) == []

@@ -289,4 +289,5 @@ def test_prompts_bench_refuses_a_run_of_nothing_before_indexing(argv, monkeypatc
     monkeypatch.setattr(sys, "argv", ["prompts_bench.py", *argv])
     with pytest.raises(SystemExit) as exit:
         prompts_bench.main()
-    assert exit.value.code == 2 and "--cold-runs and --budget take 1 or more" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and "--cold-runs and --budget take 1 or more" in err and err.count("\n") == 1
