@@ -479,7 +479,9 @@ def main(argv=None) -> int:
     parser.add_argument("--layers-34b", type=whole(0), default=0, help="cut CodeLlama-34B to N layers (0: all that fit)")
     parser.add_argument("--hf", type=comma_list(one_of("static", "dynamic"), empty=True), default="static,dynamic",
                         help="HF cache kinds to time ('' to skip)")
-    parser.add_argument("--hf-contexts", type=counts, default="4096,16384,32768,65536")
+    parser.add_argument("--hf-contexts", type=counts, default=None,
+                        help="contexts of the HF rows, some of --contexts (default: all of them; another is "
+                             "refused, as it would have no row of ours to compare with)")
     parser.add_argument("--hf-steps", type=whole(1), default=12)
     parser.add_argument("--replays", type=whole(1), default=20)
     parser.add_argument("--ttft", type=comma_list(whole(1), empty=True, length=2), default="16384,300",
@@ -508,6 +510,10 @@ def main(argv=None) -> int:
         # ignored without it: the run was not the one asked for
         given = "--sweep" if args.sweep else "--gemv-ab" if args.gemv_ab else "--methods"
         parser.error(f"{given} goes with --gpus")
+    contexts = [int(c) for c in args.contexts.split(",")]
+    hf_contexts = [int(c) for c in args.hf_contexts.split(",")] if args.hf_contexts else contexts
+    if not set(hf_contexts) <= set(contexts):       # their rows were dropped, silently
+        parser.error(f"--hf-contexts {args.hf_contexts}: each one also in --contexts ({args.contexts})")
     if (started := begin_run("models.bench", args.out)) is None:
         return 2
     env, bandwidth, log = started
@@ -520,7 +526,6 @@ def main(argv=None) -> int:
         return tp_bench.run(args, env, bandwidth, log)
     global PROFILE_TO
     PROFILE_TO = args.out if args.profile else None
-    contexts = [int(c) for c in args.contexts.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     kinds = [k for k in args.hf.split(",") if k]
     rows: list[dict] = []
@@ -544,7 +549,6 @@ def main(argv=None) -> int:
                            kv_caches=args.kv_caches.split(","), backends=args.backends.split(","))
         save()
         if kinds:
-            hf_contexts = [c for c in (int(c) for c in args.hf_contexts.split(",")) if c in contexts]
             hf_batches = [int(b) for b in args.hf_batches.split(",")]
             rows += bench_hf(name, n_layers, hf_contexts, hf_batches, kinds, bandwidth, args.hf_steps, log)
             save()

@@ -23,6 +23,8 @@ from models import bench
     (["--gemv-ab", "34B"], "--gemv-ab goes with --gpus"),
     (["--methods", "nccl"], "--methods goes with --gpus"),                   # a single-GPU run, silently
     (["--out", "{file}"], "is not a folder"),                              # its mkdir failed on the GPU
+    (["--contexts", "4096", "--hf-contexts", "4096,16384"],                # the 16k HF rows dropped, silently
+     "--hf-contexts 4096,16384: each one also in --contexts (4096)"),
 ])
 def test_a_bad_option_is_one_line_and_status_2(argv, says, monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(bench, "begin_run", lambda program, out: pytest.fail("a bad option reached the GPU run"))
@@ -59,6 +61,21 @@ def test_the_ttft_row_times_the_first_model_by_its_preset_name(monkeypatch, tmp_
     for models in ("CodeLlama-7B,34B", "7B", "SmolLM2-135M"):
         assert bench.main(["--models", models, "--hf", "", "--ttft", "1024,30", "--out", str(tmp_path)]) == 0
     assert timed == ["CodeLlama-7B", "CodeLlama-7B", "SmolLM2-135M"]
+
+
+def test_the_hf_rows_are_timed_at_the_contexts_asked_for(monkeypatch, tmp_path):
+    """--hf-contexts defaults to --contexts (a fixed list of four dropped a context of --contexts outside it), and
+    the ones given are timed."""
+    monkeypatch.setattr(bench, "begin_run", lambda program, out: ({"card": "Test GPU"}, 4e12, lambda message: None))
+    monkeypatch.setattr(bench, "bench_ours", lambda *args, **kwargs: [])
+    timed = []
+    monkeypatch.setattr(bench, "bench_hf", lambda name, n_layers, contexts, *args: timed.append(contexts) or [])
+    monkeypatch.setattr(bench, "markdown", lambda env, bandwidth, rows: "")
+    monkeypatch.setattr(bench, "plot", lambda rows, path, card: None)
+    for more in ([], ["--hf-contexts", "8192"]):
+        argv = ["--models", "7B", "--contexts", "4096,8192", "--ttft", "", "--out", str(tmp_path), *more]
+        assert bench.main(argv) == 0
+    assert timed == [[4096, 8192], [8192]]
 
 
 def test_a_run_cut_short_leaves_its_table_next_to_its_json(monkeypatch, tmp_path):
