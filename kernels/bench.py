@@ -741,6 +741,9 @@ def main(argv=None) -> int:
         if len(rows) < len(todo):
             table += f"\nCut short: {len(rows)} of {len(todo)} shapes measured.\n"
         (args.out / "kernels.md").write_text(table + "\n## Bars\n\n" + bars_table(results), encoding="utf-8")
+        # An earlier run's plot would sit beside these rows if this run is cut, or draws nothing (--only, no
+        # matplotlib): gone with the first rows, drawn again at the end.
+        (args.out / "kernels.png").unlink(missing_ok=True)
     plot(rows, args.out / "kernels.png", env["card"])
     print(table)
     print(f"Bars ({env['card']}, copy {bandwidth / 1e12:.2f} TB/s, read {read_bw / 1e12:.2f} TB/s, "

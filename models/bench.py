@@ -535,12 +535,13 @@ def main(argv=None) -> int:
 
     def save():
         """The results so far and their table: a run cut short left its JSON next to no table, or an earlier run's
-        (the run's end writes the table again, with the TTFT, and the plot)."""
+        (the run's end writes the table again, with the TTFT, and the plot; an earlier plot goes now)."""
         (args.out / f"{stem}.json").write_text(json.dumps(
             {"env": env, "bandwidth": bandwidth, "rows": rows, "checks": checks, "prefix_reuse": ttft}, indent=1), encoding="utf-8")
         measured = ", ".join(dict.fromkeys(r["model"] for r in rows))
         (args.out / f"{stem}.md").write_text(markdown(env, bandwidth, rows) + f"\nCut short: the rows so far (models "
                                              f"{measured or 'none'} of {args.models}).\n", encoding="utf-8")
+        (args.out / f"{stem}.png").unlink(missing_ok=True)      # an earlier run's: drawn again at the end
 
     for name in args.models.split(","):
         name = full_name(name)

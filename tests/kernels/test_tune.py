@@ -328,12 +328,15 @@ def test_lean_sweep_and_check_only_runs_write_what_kernels_all_sh_reads(monkeypa
         seen.append((sorted(methods), plain))
         if len(seen) == 2:  # the first shape's table is written before the second is measured
             assert "| 34B B=1 S=1k |" in (tmp_path / "kernels.md").read_text()
+            assert not (tmp_path / "kernels.png").exists()      # not an earlier run's plot beside these rows
         us = {name: 10.0 for name in methods if not name.startswith("read_only")} | {"read_floor": 5.0}
         return {"shape": shape.__dict__ | {"label": shape.label}, "kv_mb": shape.kv_bytes / 1e6, "graph_us": us,
                 "plain_us": {}, "read_tb_s": {name: 1.0 for name in us}, "floor_us": 1.0}
     monkeypatch.setattr(bench, "bench_shape", fake_row)
     monkeypatch.setattr(bench, "plot", lambda rows, path, card: None)
+    (tmp_path / "kernels.png").write_bytes(b"an earlier run's plot")
     assert bench.main(["--lean", "--only", "34B B=1 S=1k,34B B=1 S=4k", "--out", str(tmp_path)]) == 0
+    assert not (tmp_path / "kernels.png").exists()              # a run that draws nothing leaves no old plot
     methods, plain = seen[0]
     assert not plain and {"sdpa_flash", "sdpa_cudnn", "flash_decode", "flash_decode_fp8"} <= set(methods)
     assert not {"eager", "sdpa_math", "sdpa_efficient", "flex"} & set(methods)

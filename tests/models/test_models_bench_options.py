@@ -80,7 +80,7 @@ def test_the_hf_rows_are_timed_at_the_contexts_asked_for(monkeypatch, tmp_path):
 
 def test_a_run_cut_short_leaves_its_table_next_to_its_json(monkeypatch, tmp_path):
     """e2e.json was written after every model, e2e.md only at the end: Ctrl-C during the second model left the
-    first model's JSON next to no table, or next to an earlier run's table in the same folder."""
+    first model's JSON next to no table, or next to an earlier run's table (and plot) in the same folder."""
     import json
     env = {"card": "Test GPU", "date": "2026-12-02", "torch": "t", "triton": "tr"}
     monkeypatch.setattr(bench, "begin_run", lambda program, out: (env, 4e12, lambda message: None))
@@ -93,8 +93,10 @@ def test_a_run_cut_short_leaves_its_table_next_to_its_json(monkeypatch, tmp_path
         return [row]
     monkeypatch.setattr(bench, "bench_ours", bench_ours)
     (tmp_path / "e2e.md").write_text("# an earlier run's table\n")
+    (tmp_path / "e2e.png").write_bytes(b"an earlier run's plot")
     with pytest.raises(KeyboardInterrupt):
         bench.main(["--models", "7B,34B", "--hf", "", "--ttft", "", "--out", str(tmp_path)])
+    assert not (tmp_path / "e2e.png").exists()      # it would have sat beside this run's rows
     assert json.loads((tmp_path / "e2e.json").read_text())["rows"] == [row]
     table = (tmp_path / "e2e.md").read_text()
     assert "| CodeLlama-7B | 32 | 1 | 4096 | bf16 | 250.0 | 200.0 | 80% | 190.0 | 80.0 | 1.05x | 2.50x |" in table
