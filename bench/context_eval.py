@@ -309,7 +309,7 @@ def main() -> None:
     parser.add_argument("--runs", default=",".join(RUNS),
                         help=f"model runs per site, of {','.join(RUNS + (ORACLE,))} (fewer for a quicker look)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", help="results path without extension (default bench/results/context-eval-SET)")
+    parser.add_argument("--out", help="results path without extension (default bench/scratch/context-eval-SET)")
     args = parser.parse_args()
     runs = args.runs.split(",")
     if not set(runs) <= set(RUNS + (ORACLE,)):
@@ -327,7 +327,7 @@ def main() -> None:
     if min(budgets) < 1 or args.sites < 1 or args.model_sites < 0:
         parser.error("--budgets and --sites take 1 or more, --model-sites 0 or more")
     label = args.repos.replace(",", "-") if args.repos else args.set
-    out = Path(args.out or f"bench/results/context-eval-{label}")
+    out = Path(args.out or f"bench/scratch/context-eval-{label}")
     warnings.simplefilter("ignore", ScanWarning)
     out.parent.mkdir(parents=True, exist_ok=True)
     progress = out.with_suffix(".partial.jsonl")  # every site as it is measured, so an interrupted run resumes

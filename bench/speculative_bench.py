@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     parser.add_argument("--kinds", default="copy,fresh")
     parser.add_argument("--only", default="", help="run only items whose name contains this")
     parser.add_argument("--kv-cache", default=None, help="fp8 to run both sides with an fp8 KV cache")
-    parser.add_argument("--out", default="bench/results/speculative-cpu", help="results path without extension")
+    parser.add_argument("--out", default="bench/scratch/speculative-cpu", help="results path without extension")
     args = parser.parse_args(argv)
     # Checked before the model loads. Each mistake ran to a traceback, or wrote an empty table over the results
     # (--kinds cpoy, an --only that matches nothing); --speculate 0 timed the plain run again as "speculate 0".

@@ -7,7 +7,7 @@ token and to the end as the editor sees them, prompt tokens prefilled and reused
 first request in another file (a cold prefill on a warm server; --more-cold adds first requests in more files), and
 the same cursors through the one-shot command line (`--no-server`) for comparison. The server is a real subprocess on a loopback port.
 
-Writes NAME.json and NAME.md (default bench/results/serve-cpu or serve-gpu) and prints the bars' numbers last.
+Writes NAME.json and NAME.md (default bench/scratch/serve-cpu or serve-gpu) and prints the bars' numbers last.
 """
 from __future__ import annotations
 
@@ -352,7 +352,7 @@ def parse_args(argv):
     parser.add_argument("--device")
     parser.add_argument("--attention")
     parser.add_argument("--context-tokens", type=_tokens, help="the prompt budget (default: codecomplete's)")
-    parser.add_argument("--out", type=Path, help="NAME for NAME.json and NAME.md (default: bench/results/serve-DEVICE)")
+    parser.add_argument("--out", type=Path, help="NAME for NAME.json and NAME.md (default: bench/scratch/serve-DEVICE)")
     args = parser.parse_args(argv)
     for option, path in (("--file", args.file), ("--other-file", args.other_file),
                          *(("--more-cold", path) for path in args.more_cold)):
@@ -434,7 +434,7 @@ def main(argv=None) -> int:
               "max_tokens": args.max_tokens, "summary": summary, "bars": bars(device, summary),
               "first_request": first, "cold_other_file": cold, "more_cold": more_cold, "one_shot": oneshots,
               "requests": requests, "server_log": server_log.splitlines()[-80:]}
-    out = args.out or Path("bench/results") / f"serve-{'gpu' if device.startswith('cuda') else 'cpu'}"
+    out = args.out or Path("bench/scratch") / f"serve-{'gpu' if device.startswith('cuda') else 'cpu'}"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     out.with_suffix(".md").write_text(markdown(report), encoding="utf-8")

@@ -14,7 +14,8 @@ Triton kernel that only reads K and V once; each as plain launches (triton's do_
 before each call) and as CUDA-graph replays (a graph of calls over rotating input sets larger than
 L2, replayed many times). Each row gets its achieved read rate (bytes read / time: K+V, plus the
 scales for fp8). Writes kernels.json, kernels.md and kernels.png to --out, each naming the card,
-and prints the bars of issues 10, 11 and 13 last.
+and prints the bars of issues 10, 11 and 13 last. --out defaults to $OUT, else bench/scratch (ignored by git):
+a casual run never writes over the committed results in bench/results/, which take an explicit --out.
 """
 
 from __future__ import annotations
@@ -650,7 +651,7 @@ def begin_run(program: str, out: Path):
 
 def main(argv=None) -> int:
     parser = OneLineParser(prog="python -m kernels.bench", description="Flash-Decoding kernel benchmark (needs a CUDA GPU)")
-    parser.add_argument("--out", type=folder, default=Path(os.environ.get("OUT", "bench/results")))
+    parser.add_argument("--out", type=folder, default=Path(os.environ.get("OUT", "bench/scratch")))
     parser.add_argument("--quick", action="store_true", help="issue 10's nine shapes")
     parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention (slow to compile)")
     parser.add_argument("--check", nargs="?", const="full", choices=["full", "quick"],

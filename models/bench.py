@@ -15,7 +15,8 @@ Per (model, batch, context) it reports decode tokens/s for:
   hf     transformers' LlamaForCausalLM on the same config, StaticCache and DynamicCache, plain eager
          decoding (what `model.generate` does without torch.compile), timed from the host;
 and the roofline: (weight bytes + KV bytes read per step) / the copy bandwidth measured in this run.
-Writes e2e.json, e2e.md and e2e.png into --out.
+Writes e2e.json, e2e.md and e2e.png into --out (default bench/scratch, ignored by git: never over the
+committed results in bench/results/, which take an explicit --out).
 """
 
 from __future__ import annotations
@@ -504,7 +505,7 @@ def main(argv=None) -> int:
                         help="our attention backends to time; NAME:unfused runs the compiled general step where "
                              "the fused one-token step would, NAME:nopdl launches nothing as a dependent launch "
                              "(A/B arms)")
-    parser.add_argument("--out", type=folder, default=Path("bench/results"))
+    parser.add_argument("--out", type=folder, default=Path("bench/scratch"))
     args = parser.parse_args(argv)
     if not args.gpus and (args.sweep or args.gemv_ab or args.methods != parser.get_default("methods")):
         # ignored without it: the run was not the one asked for

@@ -3,7 +3,7 @@
 Load time cold (empty conversion cache: GGUF read, dequantized, tokenizer built, all cached) and warm
 (the cached safetensors and tokenizer), prefill and decode tokens/s at two prompt lengths, and a
 completion's latency cold against a second request that shares the prompt's context (prefix reuse).
-Writes bench/results/models-cpu.json and models-cpu.md. Imports are timed apart from loading.
+Writes models-cpu.json and models-cpu.md into --out-dir (default bench/scratch). Imports are timed apart from loading.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def markdown(r: dict) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", default="bench/results")
+    parser.add_argument("--out-dir", default="bench/scratch")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--context", type=int, default=4096, help="KV-cache capacity")
     parser.add_argument("--prompt-tokens", type=int, nargs="+", default=[128, 1024])

@@ -248,7 +248,7 @@ def main(argv=None) -> int:
     parser.add_argument("--replays", type=int, default=20)
     parser.add_argument("--no-capacity", action="store_true")
     parser.add_argument("--cpu-results", type=Path, default=CPU_RESULTS)
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--out", type=Path, default=Path("bench/scratch"))
     args = parser.parse_args(argv)
     if (started := begin_run("models.decode_bench", args.out)) is None:
         return 2

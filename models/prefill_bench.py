@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="CodeLlama-7B")
     parser.add_argument("--tokens", type=int, default=7800)
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--out", type=Path, default=Path("bench/scratch"))
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("models.prefill_bench needs a CUDA GPU", file=sys.stderr)

@@ -258,7 +258,7 @@ def main(argv=None) -> int:
     parser.add_argument("--replays", type=whole(1), default=20)
     parser.add_argument("--margin", type=_fraction, default=0.005, help="a step this much faster replaces the table's")
     parser.add_argument("--write-table", type=Path, default=None)
-    parser.add_argument("--out", type=folder, default=Path("bench/results/step-plans"))
+    parser.add_argument("--out", type=folder, default=Path("bench/scratch/step-plans"))
     args = parser.parse_args(argv)
     contexts = [int(x) for x in args.contexts.split(",") if x.strip()]
     kinds = [k.strip() for k in args.kv_caches.split(",") if k.strip()]

@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     parser.add_argument("--streaks", type=int, default=3)
     parser.add_argument("--typing", type=int, default=12, help="keystrokes per streak")
     parser.add_argument("--device")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/h200-cold"))
+    parser.add_argument("--out", type=Path, default=Path("bench/scratch/h200-cold"))
     args = parser.parse_args(argv)
 
     import torch

@@ -15,7 +15,7 @@
 #
 # Carry: .whl and .gpu/tokenizer (bench/gpu/prepare_serve.sh makes both).
 set -uo pipefail
-OUT=${OUT:-bench/results/h200-cold}
+OUT=${OUT:-bench/scratch/h200-cold}
 MODEL=${MODEL:-random:CodeLlama-7B:.gpu/tokenizer}
 CONTEXT=${CONTEXT:-8192}
 MAX_TOKENS=${MAX_TOKENS:-32}

@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--typing", type=int, default=12, help="keystroke requests before the cold ones")
     parser.add_argument("--device", help="as for codecomplete (cpu: a dry run)")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/h200-cold"))
+    parser.add_argument("--out", type=Path, default=Path("bench/scratch/h200-cold"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

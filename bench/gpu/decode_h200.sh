@@ -7,10 +7,10 @@
 #
 # Run from the repository root on the GPU machine:  bench/gpu/decode_h200.sh
 # KV_CACHES=bf16,fp8,int8 adds int8 rows (read dequantized until the kernels take int8: not its speed).
-# Writes under $OUT (default bench/results/decode-h200): decode.json, decode.md, decode.log, gpu.txt.
+# Writes under $OUT (default bench/scratch/decode-h200): decode.json, decode.md, decode.log, gpu.txt.
 # Prints the table and the bars last.
 set -euo pipefail
-OUT=${OUT:-bench/results/decode-h200}
+OUT=${OUT:-bench/scratch/decode-h200}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv > "$OUT/gpu.txt" 2>&1 || true

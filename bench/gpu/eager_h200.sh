@@ -7,7 +7,7 @@
 #   cli/       codecomplete --bench --model random:CodeLlama-7B: what a user runs
 # Run from the repository root on the GPU machine:  OUT=... bench/gpu/eager_h200.sh   (random weights; nothing to carry)
 set -euo pipefail
-OUT=${OUT:-bench/results/eager-h200}
+OUT=${OUT:-bench/scratch/eager-h200}
 mkdir -p "$OUT/kernels" "$OUT/e2e" "$OUT/cli"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv > "$OUT/gpu.txt" 2>&1 || true

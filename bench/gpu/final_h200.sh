@@ -3,7 +3,7 @@
 # shapes) and what a user runs, `codecomplete --bench` with CodeLlama-7B's shapes (random weights). Needs the app's
 # wheels: carry .whl (bench/gpu/prepare_serve.sh makes it). Results under $OUT/check and $OUT/cli.
 set -euo pipefail
-OUT=${OUT:-bench/results/final-h200}
+OUT=${OUT:-bench/scratch/final-h200}
 SITE=${SITE:-/tmp/codecomplete-site}
 mkdir -p "$OUT/check" "$OUT/cli"
 python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" .whl/*.whl

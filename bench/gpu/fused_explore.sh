@@ -5,7 +5,7 @@
 # one ('flash:unfused'), the fused one without dependent launches ('flash:nopdl') and sdpa; a kernel profile at 4k.
 # Run from the repository root on the GPU machine: OUT=... bench/gpu/fused_explore.sh
 set -uo pipefail
-OUT=${OUT:-bench/results/fused-explore}
+OUT=${OUT:-bench/scratch/fused-explore}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv > "$OUT/gpu.txt" 2>&1

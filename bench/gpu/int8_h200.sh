@@ -4,7 +4,7 @@
 # with bf16, fp8 and int8 caches at 16k and 64k (`models.bench`). Run from the repository root:
 #   OUT=/path bash bench/gpu/int8_h200.sh
 set -uo pipefail
-OUT=${OUT:-bench/results/int8}
+OUT=${OUT:-bench/scratch/int8}
 mkdir -p "$OUT/check"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 timeout 90 python -m kernels.bench --check quick --check-only --out "$OUT/check" > "$OUT/check/check.txt" 2> "$OUT/check/check.log"

@@ -64,4 +64,4 @@ def main(out: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results/int8")))
+    sys.exit(main(Path(sys.argv[1] if len(sys.argv) > 1 else "bench/scratch/int8")))

@@ -26,7 +26,7 @@
 # table and bars, the check's summary, the exploration's line). Prints kernels-final.md only, at
 # most 6,000 characters; every stage's own output goes to the archive.
 set -uo pipefail
-OUT=${OUT:-bench/results/all}
+OUT=${OUT:-bench/scratch/all}
 LIMIT_S=${LIMIT_S:-405}      # the whole script, seconds (+3 s of kill grace per stage): cuts come from what is left
 EXPLORE_S=${EXPLORE_S:-195}  # the exploration's own budget (kernels.tune stops itself)
 mkdir -p "$OUT"

@@ -14,7 +14,7 @@
 # and the peers again, interleaved. The 270 s budget is shared by weight (fp8 cases 3, 34B 4k 2,
 # others 0.7-1), keeping 4 s a case for its final round, so the table is always complete.
 #
-# Writes under $OUT (default bench/results/explore), 5 files, one folder level:
+# Writes under $OUT (default bench/scratch/explore), 5 files, one folder level:
 #   kernels-tune.json     every variant of every case: plan, µs, relative error, ok, programs per SM;
 #                         env (card, date, versions, bandwidths); bars
 #   kernels-tune.md       the summary table (card and date in its first line) and the bars
@@ -25,7 +25,7 @@
 # and copies the plan file to /tmp/codecomplete-plans (see the end).
 # Prints per case the best plan and the numbers for the bars, last.
 set -euo pipefail
-OUT=${OUT:-bench/results/explore}
+OUT=${OUT:-bench/scratch/explore}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv > "$OUT/gpu.txt" 2>&1 || true

@@ -12,11 +12,11 @@
 # take minutes; every flash_decode binary is built in parallel first), with the copy and read
 # bandwidths measured in the same run. Works with any plan table, or none (the heuristic plans).
 #
-# Writes under $OUT (default bench/results/final), 6 files, no folders: kernels.json (env with the card,
+# Writes under $OUT (default bench/scratch/final), 6 files, no folders: kernels.json (env with the card,
 # date and versions, every row, the bars), kernels.md and kernels.png (the card in the title),
 # kernels-check.json, kernels.log, gpu.txt. Prints the table and the bars last.
 set -euo pipefail
-OUT=${OUT:-bench/results/final}
+OUT=${OUT:-bench/scratch/final}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ -n "${PLANS_DIR:-}" ]; then export CODECOMPLETE_PLANS_DIR="$PLANS_DIR"; fi

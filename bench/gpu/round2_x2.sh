@@ -6,7 +6,7 @@
 # Carry .whl and .gpu (bench/gpu/prepare_serve.sh). Writes $OUT/kernels-all.tgz, $OUT/kernels-final.md and
 # $OUT/decode-serve.tgz; prints the decode and serve tables, then the kernel report.
 set -uo pipefail
-OUT=${OUT:-bench/results/round2-x2}
+OUT=${OUT:-bench/scratch/round2-x2}
 work=$(mktemp -d)
 mkdir -p "$OUT" "$work"/{decode,serve}
 

@@ -8,7 +8,7 @@
 # Carry .whl and .gpu (bench/gpu/prepare_serve.sh makes them). Everything lands in $OUT/round-x2.tgz
 # (tp/, decode/, serve/, cli-bench/ with each step's log), the tables are printed last.
 set -uo pipefail
-OUT=${OUT:-bench/results/round-x2}
+OUT=${OUT:-bench/scratch/round-x2}
 work=$(mktemp -d)
 mkdir -p "$OUT" "$work"/{tp,decode,serve,cli-bench}
 

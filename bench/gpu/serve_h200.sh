@@ -10,7 +10,7 @@
 # Carry: .whl and .gpu/tokenizer (make both here with bench/gpu/prepare_serve.sh).
 # For a try on a CPU: SKIP_WHEELS=1 MODEL=random:SmolLM2-135M:.gpu/tokenizer CONTEXT=256 MAX_TOKENS=4 REQUESTS=3
 set -euo pipefail
-OUT=${OUT:-bench/results}
+OUT=${OUT:-bench/scratch}
 MODEL=${MODEL:-random:CodeLlama-7B:.gpu/tokenizer}
 CONTEXT=${CONTEXT:-8192}
 MAX_TOKENS=${MAX_TOKENS:-32}

@@ -6,7 +6,7 @@
 # code again. Each replay is bench/gpu/cold_h200.sh's "after" stage. Results: $OUT/{first,before,repeat}/.
 # Carry: .whl, .gpu and BEFORE.
 set -uo pipefail
-OUT=${OUT:-bench/results/h200-cold/stages}
+OUT=${OUT:-bench/scratch/h200-cold/stages}
 BEFORE=${BEFORE:-.before}
 here=$PWD
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)

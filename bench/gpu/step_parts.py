@@ -182,7 +182,7 @@ def kernel_rows(lengths, replays: int, log) -> list[dict]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("bench/results/step-parts"))
+    parser.add_argument("--out", type=Path, default=Path("bench/scratch/step-parts"))
     parser.add_argument("--contexts", default="4096,16384")
     parser.add_argument("--kinds", default="bf16,fp8")
     parser.add_argument("--lengths", default="256,1024,4096,16384,65536")

@@ -8,7 +8,7 @@
 # Writes $OUT/gpu.txt, fused-gemv.{txt,json}, fused-configs.json (the entries, as CODECOMPLETE_FUSED_CONFIGS
 # reads them), step.{txt,json}.
 set -uo pipefail
-OUT=${OUT:-bench/results/h200-tp-shapes}
+OUT=${OUT:-bench/scratch/h200-tp-shapes}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 { nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem,driver_version --format=csv

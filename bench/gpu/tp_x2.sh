@@ -25,7 +25,7 @@ set -uo pipefail
 # NVLink multicast off in every process (it can take the host's shared GPUs out of service);
 # models/distributed.py sets the same in each rank it starts.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-OUT=${OUT:-bench/results/tp-x2}
+OUT=${OUT:-bench/scratch/tp-x2}
 mkdir -p "$OUT"
 stamp() { while IFS= read -r line; do printf '%s %s\n' "$(date +%T)" "$line"; done; }
 

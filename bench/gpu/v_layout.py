@@ -101,4 +101,4 @@ def main(out: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results/v-layout")))
+    sys.exit(main(Path(sys.argv[1] if len(sys.argv) > 1 else "bench/scratch/v-layout")))

@@ -11,7 +11,7 @@
 # Needs LLAMACPP_SRC (default .whl, carried) holding llamacpp-src.tar.xz and make_gguf.py from
 # ../shared/gpu/llamacpp-src.sh. Run from the repository root on the GPU machine: OUT=... bench/gpu/vs_llamacpp.sh
 set -uo pipefail
-OUT=${OUT:-bench/results/vs-llamacpp-h200}; SRC=${LLAMACPP_SRC:-.whl}; DEPTHS=${DEPTHS:-4096,16384,32768,65536}
+OUT=${OUT:-bench/scratch/vs-llamacpp-h200}; SRC=${LLAMACPP_SRC:-.whl}; DEPTHS=${DEPTHS:-4096,16384,32768,65536}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 log="$OUT/run.log"; B=/tmp/llamacpp; mkdir -p "$B"

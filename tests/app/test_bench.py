@@ -212,3 +212,19 @@ def test_serve_bench_says_in_one_line_why_the_server_did_not_start(tmp_path, mon
     assert capsys.readouterr().err.splitlines()[-1] == ("python -m codecomplete.serve_bench: the server did not start: "
                                                         "codecomplete: error: --device tpu: not a device (cpu, cuda, "
                                                         "cuda:1 ...)")
+
+
+def test_no_benchmark_writes_into_the_committed_results_by_default():
+    """Every benchmark command's default output (bench/*.py, bench/gpu/*, the *_bench modules, serve_bench) was a
+    place under bench/results/, so a casual run from the repository root wrote over committed results. Defaults
+    now lie under bench/scratch/ (ignored by git); bench/results/ takes an explicit --out or OUT=."""
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    default = re.compile(r'(OUT:-|default=(Path\()?f?"|else f?"|or (Path\()?f?")bench/results')
+    files = [*root.glob("bench/*.py"), *root.glob("bench/gpu/*"), *root.glob("kernels/*.py"),
+             *root.glob("models/*.py"), root / "codecomplete" / "serve_bench.py"]
+    found = [f"{f.relative_to(root)}: {line.strip()}" for f in files if f.is_file()
+             for line in f.read_text(encoding="utf-8").splitlines() if default.search(line)]
+    assert len(files) > 40 and found == []
+    assert "/bench/scratch/" in (root / ".gitignore").read_text().splitlines()

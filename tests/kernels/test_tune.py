@@ -486,3 +486,16 @@ def test_python_m_kernels_tune_runs_the_exploration_command(tmp_path):
     done = subprocess.run([sys.executable, "-m", "kernels.tune", "--budget-s", "nan"], cwd=tmp_path, text=True,
                           capture_output=True, env=os.environ | {"PYTHONPATH": str(root)}, timeout=120)
     assert done.returncode == 2 and "--budget-s: expected a number of seconds above 0, got nan" in done.stderr
+
+
+def test_a_run_without_out_writes_under_the_scratch_folder_not_the_committed_results(monkeypatch):
+    """`python -m kernels.bench` from the repository root wrote kernels.json/.md/.png into bench/results/, over
+    committed results; by default it writes into bench/scratch/ (ignored by git), $OUT where the GPU runner sets it."""
+    from pathlib import Path
+    outs = []
+    monkeypatch.setattr(bench, "begin_run", lambda program, out: outs.append(out))
+    monkeypatch.delenv("OUT", raising=False)
+    assert bench.main(["--quick"]) == 2
+    monkeypatch.setenv("OUT", "/tmp/device-out")
+    assert bench.main(["--quick"]) == 2
+    assert outs == [Path("bench/scratch"), Path("/tmp/device-out")]

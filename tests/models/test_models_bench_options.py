@@ -47,6 +47,15 @@ def test_good_options_reach_the_run(monkeypatch, tmp_path):
     assert started == ["models.bench"] * 3
 
 
+def test_a_run_without_out_writes_under_the_scratch_folder_not_the_committed_results(monkeypatch):
+    """`python -m models.bench` from the repository root wrote e2e.json/.md/.png into bench/results/."""
+    from pathlib import Path
+    outs = []
+    monkeypatch.setattr(bench, "begin_run", lambda program, out: outs.append(out))
+    assert bench.main(["--models", "7B"]) == 2
+    assert outs == [Path("bench/scratch")]
+
+
 def test_the_ttft_row_times_the_first_model_by_its_preset_name(monkeypatch, tmp_path):
     """`--models CodeLlama-7B` (or SmolLM2-135M) ran the whole benchmark, then failed on 'CodeLlama-CodeLlama-7B'."""
     env = {"card": "Test GPU"}
