@@ -22,6 +22,7 @@ class Conversation:
         self.messages: list[dict] = []
         self.pinned: list[str] = []
         self.last_prompt = None     # the packed prompt of the last question, for /context
+        self.last_earlier = 0       # the exchanges before the last question, which its prompt may not all carry
 
     @property
     def engine(self):
@@ -40,7 +41,7 @@ class Conversation:
     def answer(self, question: str, generation, view):
         """Generate the answer into view. A cancelled answer stays in the conversation as far
         as it got, so the next question can refer to it."""
-        self.last_prompt = generation.prompt
+        self.last_prompt, self.last_earlier = generation.prompt, len(self.messages) // 2
         try:
             result = engines.generate(generation, view)
         except KeyboardInterrupt:
@@ -103,7 +104,7 @@ class Conversation:
     def reset(self) -> None:
         """A fresh conversation; pinned files stay pinned."""
         self.messages = []
-        self.last_prompt = None
+        self.last_prompt, self.last_earlier = None, 0
 
 
 def open_conversation(args) -> Conversation:

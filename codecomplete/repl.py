@@ -221,11 +221,13 @@ class Repl:
         if packed is None:
             self.console.print(Text("No question asked yet: the context is retrieved for each question.", style="dim"))
         else:
-            exchanges = len(conversation.messages) // 2
+            # What the prompt carried, not what the conversation holds: older exchanges give way to the budget.
+            carried, earlier = packed.history // 2, conversation.last_earlier
             self.console.print(Text("Retrieved for the last question", style="bold"))
             self.console.print(render.context_table(packed.context))
-            self.console.print(Text(f"{len(packed.ids):,} prompt tokens ({packed.format}) · "
-                                    f"{exchanges} exchange{'s' if exchanges != 1 else ''} so far", style="dim"))
+            history = (f"{carried} of {earlier} earlier exchange{'s' if earlier != 1 else ''} carried" if earlier
+                       else "no earlier exchange")
+            self.console.print(Text(f"{len(packed.ids):,} prompt tokens ({packed.format}) · {history}", style="dim"))
         pinned = ", ".join(conversation.pinned) or "none (/add PATH)"
         self.console.print(Text(f"pinned: {printable(pinned)}", style="dim"))
 

@@ -92,7 +92,7 @@ def build_chat_prompt(
     stops = [i for i in map(encoder.token_id, END_OF_TURN) if i is not None]
     if tokenizer.eos_token_id is not None:
         stops.append(tokenizer.eos_token_id)
-    return PackedPrompt(ids, context, list(dict.fromkeys(stops)), [], "chat")
+    return PackedPrompt(ids, context, list(dict.fromkeys(stops)), [], "chat", history=len(conversation) - 1)
 
 
 def _latest_turns_that_fit(render: Renderer, system: str, conversation: list[Message], limit: int) -> list[Message]:

@@ -60,6 +60,7 @@ class PackedPrompt:
     chosen: list[tuple[str, int]] = field(default_factory=list)  # repository chunks (path, first line), in the
                                                                   # order chosen: the next prompt's `previous`
     cut: bool = False  # the current file's text did not fit whole: its far ends gave way (llama.cpp's `truncated`)
+    history: int = 0  # chat: the earlier messages carried before the question (older ones gave way to the budget)
 
 
 @dataclass(frozen=True)

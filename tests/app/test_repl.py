@@ -178,7 +178,7 @@ def test_ctrl_c_while_the_prompt_is_read_leaves_no_half_turn(conversation, tmp_p
     monkeypatch.undo()
     printed = drive(conversation, ["What does area_of_circle compute?\r", "/context\r", "/exit\r"],
                     tmp_path / "history")
-    assert "1 exchange so far" in printed
+    assert "no earlier exchange" in printed                # not the question cancelled before
     assert [m["content"] for m in conversation.messages[::2]] == ["What does area_of_circle compute?"]
     assert "Explain Rectangle." not in engine.tokenizer.decode(conversation.last_prompt.ids)
     conversation.reset()
@@ -192,14 +192,17 @@ def test_a_long_conversation_leaves_room_for_the_pinned_file_and_the_code(conver
     for i in range(12):
         conversation.messages += [{"role": "user", "content": f"Question {i}: what about the circle, in detail?"},
                                   {"role": "assistant", "content": f"Answer {i}: " + "it computes an area. " * 20}]
-    drive(conversation, ["/add shapes/geometry.py\r", "What does area_of_circle return?\r", "/exit\r"],
-          tmp_path / "history")
+    printed = drive(conversation, ["/add shapes/geometry.py\r", "What does area_of_circle return?\r", "/context\r",
+                                   "/exit\r"], tmp_path / "history")
     packed = conversation.last_prompt
     budget = conversation.session.prompt_budget(conversation.max_new_tokens)
     text = conversation.engine.tokenizer.decode(packed.ids)
     assert "shapes/geometry.py" in {item.path for item in packed.context}
     assert "return math.pi * radius ** 2" in text
     assert "Answer 11:" in text and "Question 0:" not in text          # the latest exchange, not the oldest
+    # /context says what the prompt carried (it said "13 exchanges so far": what the conversation holds)
+    carried = sum(f"Answer {i}:" in text for i in range(12))
+    assert 1 <= carried < 12 and f"{carried} of 12 earlier exchanges carried" in printed
     assert text.endswith("What does area_of_circle return?<|im_end|>\n<|im_start|>assistant\n")
     assert len(packed.ids) <= budget
     conversation.unpin()

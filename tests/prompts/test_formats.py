@@ -176,7 +176,9 @@ def test_a_history_share_keeps_room_for_the_code_but_never_cuts_the_question(mak
         packed = build_chat_prompt(index, smollm2_tokenizer, messages, budget_tokens=300, pinned_paths=["notes.md"],
                                    **options)
         assert len(packed.ids) <= 300
-        return smollm2_tokenizer.decode(packed.ids)
+        decoded = smollm2_tokenizer.decode(packed.ids)
+        assert packed.history == sum(m["content"] in decoded for m in messages[:-1])   # what /context reports
+        return decoded
     whole = text([*history, question])
     assert "Answer 3." in whole and "Nothing about code." not in whole        # the conversation took it all
     shared = text([*history, question], history_share=0.5)
