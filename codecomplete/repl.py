@@ -47,6 +47,7 @@ COMMANDS = {
 KEYS = "Enter sends · Esc Enter new line · Tab completes · Ctrl-C cancels · Ctrl-D leaves"
 MAX_PATH_COMPLETIONS = 200
 UNDO_CHARS = 4096          # typing keeps undo copies of the line while it is shorter than this
+HISTORY_TAIL_BYTES = 1 << 20   # of the history file, read at start-up: its newest entries (thousands of lines)
 
 
 def history_path(root: Path | None = None) -> Path | None:
@@ -70,7 +71,29 @@ def history_path(root: Path | None = None) -> Path | None:
 
 class _FileHistory(FileHistory):
     """The history file, written while it can be: on a full disk, or a file replaced under us, prompt-toolkit
-    printed a traceback and "Press ENTER to continue" at every line sent. The line stays in memory instead."""
+    printed a traceback and "Press ENTER to continue" at every line sent. The line stays in memory instead.
+    Read from its last HISTORY_TAIL_BYTES only: prompt-toolkit read and kept the whole file, so one grown to
+    hundreds of MB made every start slow, or ran out of memory."""
+
+    def load_history_strings(self):
+        try:
+            with open(self.filename, "rb") as f:
+                start = max(0, f.seek(0, os.SEEK_END) - HISTORY_TAIL_BYTES)
+                f.seek(start)
+                lines = f.read().split(b"\n")
+        except OSError:
+            return []
+        if start:       # the first line is cut: it and the "+" lines after it are an entry begun before the tail
+            lines[0] = b"+"
+            lines = lines[next((i for i, line in enumerate(lines) if not line.startswith(b"+")), len(lines)):]
+        entries, entry = [], []         # as FileHistory reads them: an entry is its "+" lines
+        for line in [*lines, b""]:
+            if line.startswith(b"+"):
+                entry.append(line[1:].decode("utf-8", errors="replace"))
+            elif entry:
+                entries.append("\n".join(entry))
+                entry = []
+        return entries[::-1]            # newest first
 
     def store_string(self, string: str) -> None:
         try:

@@ -363,6 +363,26 @@ def test_the_history_file_is_kept_on_windows_too(tmp_path, monkeypatch):
     assert path == tmp_path / "state" / "codecomplete" / "history" and path.is_file()
 
 
+def test_only_the_history_files_tail_is_read_at_start_up(tmp_path, monkeypatch):
+    """prompt-toolkit read (and kept) the whole history file as the REPL started: one of hundreds of MB made the
+    start slow, or failed. Its last HISTORY_TAIL_BYTES are read (here a few KB of a 40 KB file): the newest entries,
+    each whole, newest first, as prompt-toolkit's own reading gives them."""
+    from prompt_toolkit.history import FileHistory
+    history = tmp_path / "history"
+    writer = FileHistory(str(history))
+    for i in range(400):
+        writer.store_string(f"question {i}" + "\n   and its second line" * (i % 3))
+    monkeypatch.setattr(repl, "HISTORY_TAIL_BYTES", 3000)
+    every = list(FileHistory(str(history)).load_history_strings())
+    for cut in range(40):       # wherever the tail begins, within an entry or between two
+        monkeypatch.setattr(repl, "HISTORY_TAIL_BYTES", 3000 + cut)
+        tail = list(repl._FileHistory(str(history)).load_history_strings())
+        assert 20 < len(tail) < 60 and tail == every[:len(tail)]          # whole entries, the newest
+    monkeypatch.setattr(repl, "HISTORY_TAIL_BYTES", 1 << 20)
+    assert list(repl._FileHistory(str(history)).load_history_strings()) == every
+    assert list(repl._FileHistory(str(tmp_path / "none")).load_history_strings()) == []
+
+
 def test_a_history_file_that_can_no_longer_be_written_never_interrupts_the_session(conversation, tmp_path):
     """A full disk, or the file replaced under the REPL: prompt-toolkit printed a traceback and "Press ENTER to
     continue" at every line sent. The line is kept in memory (Up still finds it), and the REPL goes on."""
