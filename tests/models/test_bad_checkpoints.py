@@ -266,12 +266,16 @@ def test_the_same_gguf_under_another_name_shares_one_conversion(tmp_path, monkey
     link.parent.mkdir()
     shutil.copy(first, copy)
     os.link(first, link)
+    # Found by its bytes before it is parsed: a copy of the 98 MB embedded model was parsed again (2.5 s) first.
+    real_open = gguf_loading.open_gguf
+    monkeypatch.setattr(gguf_loading, "open_gguf", lambda path: pytest.fail(f"{path} was parsed"))
     for path in (copy, link):
         engine = load_model(path, device="cpu", max_context=32)
         assert engine.generate([5, 70, 80], GenerationConfig(max_new_tokens=4)).token_ids == expected.token_ids
         assert os.stat(_converted(path) / "model.safetensors").st_ino == \
             os.stat(_converted(first) / "model.safetensors").st_ino
     assert not converted
+    monkeypatch.setattr(gguf_loading, "open_gguf", real_open)
     other = tmp_path / "d" / "tiny.gguf"
     other.parent.mkdir()
     write_tiny_gguf(other, seed=1)
@@ -282,6 +286,20 @@ def test_the_same_gguf_under_another_name_shares_one_conversion(tmp_path, monkey
     done = len(converted)
     load_model(first, device="cpu", max_context=32)     # the link moved its ctime: its copy is found again, shared
     assert len(converted) == done
+
+
+def test_a_copy_whose_shared_conversion_went_meanwhile_is_parsed_and_converted(tmp_path, monkeypatch):
+    """A copy matched a conversion by its bytes before the lock (so it was not parsed), and that conversion was gone
+    by the time the links were made (removed, found damaged): the copy is parsed then, and converted."""
+    monkeypatch.setenv("CODECOMPLETE_CACHE_DIR", str(tmp_path / "cache"))
+    first, copy = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    write_tiny_gguf(first)
+    load_model(first, device="cpu", max_context=32)
+    shutil.copy(first, copy)
+    monkeypatch.setattr(gguf_loading, "_link_same_content", lambda tmp, out, content: None)
+    load_model(copy, device="cpu", max_context=32)
+    assert gguf_loading.is_complete(_converted(copy)) and os.stat(_converted(copy) / "model.safetensors").st_ino != \
+        os.stat(_converted(first) / "model.safetensors").st_ino
 
 
 @pytest.mark.parametrize("stem", ["m" * 245, "模型" * 40])
