@@ -8,7 +8,6 @@ Writes models-cpu.json and models-cpu.md into --out-dir (default bench/scratch).
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -145,7 +144,9 @@ def markdown(r: dict) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from kernels.bench import OneLineParser     # here: not among the imports timed above
+
+    parser = OneLineParser(prog="python -m models.cpu_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", default="bench/scratch")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--context", type=int, default=4096, help="KV-cache capacity")

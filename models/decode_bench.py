@@ -18,7 +18,6 @@ Writes decode.json and decode.md into --out and prints the table last.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import signal
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from kernels.bench import begin_run, graph_replay_us
+from kernels.bench import OneLineParser, begin_run, graph_replay_us
 from models.bench import fill_cache_randomly, measure_steps, ours_step_us
 from models.kv_cache import KVCache, capacity_tokens
 from models.llama import Decode, build_random_model
@@ -240,7 +239,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m models.decode_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--kv-caches", default="bf16,fp8", help="cache types: bf16, fp8, int8")
     parser.add_argument("--models", default="7B,34B")
     parser.add_argument("--backends", default="flash,sdpa")

@@ -11,7 +11,6 @@ then writes a kernel profile of one prefill (prefill-profile.txt) and prints the
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -36,10 +35,11 @@ def main(argv=None) -> int:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.profiler import ProfilerActivity, profile
 
+    from kernels.bench import OneLineParser
     from models.engine import Engine
     from models.generation import GenerationConfig
     from models.llama import build_random_model
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m models.prefill_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="CodeLlama-7B")
     parser.add_argument("--tokens", type=int, default=7800)
     parser.add_argument("--out", type=Path, default=Path("bench/scratch"))

@@ -129,4 +129,16 @@ def test_cpu_bench_options_are_checked_before_the_model_loads(argv, says, monkey
     (tmp_path / "a-file").write_text("")
     with pytest.raises(SystemExit) as exit:
         cpu_bench.main([arg.replace("{file}", str(tmp_path / "a-file")) for arg in argv])
-    assert exit.value.code == 2 and says in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and says in err and err.count("\n") == 1, err       # not argparse's usage too
+
+
+@pytest.mark.parametrize("module", ["decode_bench", "prefill_bench"])
+def test_the_other_model_benchmarks_say_a_bad_option_in_one_line(module, monkeypatch, capsys):
+    import importlib
+    bench_module = importlib.import_module(f"models.{module}")
+    monkeypatch.setattr(bench_module, "begin_run", lambda program, out: pytest.fail("reached the run"), raising=False)
+    with pytest.raises(SystemExit) as exit:
+        bench_module.main(["--bogus"])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.count("\n") == 1 and err.startswith(f"python -m models.{module}: error: ")
