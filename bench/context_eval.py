@@ -317,9 +317,9 @@ def main() -> None:
     repos = args.repos.split(",") if args.repos else list(TUNING if args.set == "tuning" else HELD_OUT)
     missing = [repo for repo in repos if (spec := importlib.util.find_spec(repo)) is None
                or not spec.submodule_search_locations]
-    if missing:     # the sets' packages come with the test extras
-        raise SystemExit(f"error: {', '.join(missing)}: not an installed package here "
-                         "(the evaluation sets come with pip install -e '.[test]')")
+    if missing:     # the sets' packages come with the test extras (was status 1, an input error is 2)
+        parser.error(f"{', '.join(missing)}: not an installed package here "
+                     "(the evaluation sets come with pip install -e '.[test]')")
     try:        # --budgets 1k was a traceback
         budgets = [int(b) for b in args.budgets.split(",")]
     except ValueError:

@@ -223,7 +223,8 @@ def test_context_eval_resumes_only_sites_measured_with_the_same_options(monkeypa
 
 
 @pytest.mark.parametrize("argv, says", [(["--budgets", "1k"], "--budgets 1k: token counts expected"),
-                                        (["--sites", "0"], "--sites take 1 or more")])
+                                        (["--sites", "0"], "--sites take 1 or more"),
+                                        (["--repos", "no_such_package_here"], "not an installed package here")])
 def test_context_eval_options_are_checked_first(argv, says, monkeypatch, capsys):
     import sys
     context_eval = _context_eval(monkeypatch)
