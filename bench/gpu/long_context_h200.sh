@@ -10,7 +10,7 @@
 # Carry: .whl and .gpu/tokenizer (bench/gpu/prepare_serve.sh makes both).
 # For a try on a CPU: SKIP_WHEELS=1 MODEL=random:SmolLM2-135M:.gpu/tokenizer CONTEXTS=600 BACKENDS=sdpa MAX_TOKENS=4
 set -uo pipefail
-OUT=${OUT:-bench/results/long-context}
+OUT=${OUT:-bench/scratch/long-context}
 MODEL=${MODEL:-random:CodeLlama-7B:.gpu/tokenizer}
 CONTEXTS=${CONTEXTS:-16384 32768 65536}
 BACKENDS=${BACKENDS:-flash sdpa}
