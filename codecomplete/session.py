@@ -31,6 +31,11 @@ class Sampling:
     seed: int | None = None
     stop: tuple[str, ...] = ()       # the caller's stop strings, besides those of the prompt's format
     format_stops: bool = True        # False: only the model's EOS and `stop` end generation (benchmarks)
+    repeat_penalty: float = 1.0      # penalties, as llama.cpp applies them (models/penalties.py): 1 and 0 are off
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    penalty_last_n: int = 64         # over the last n tokens of prompt + answer (0: none, -1: the whole context)
+    penalize_prompt: bool = True     # False: over the answer's tokens only (OpenAI's presence and frequency)
     speculate: int | None = None     # draft tokens verified per step; None: the engine's default, 0: off
 
 
@@ -160,6 +165,9 @@ class Session:
         config = GenerationConfig(
             max_new_tokens=max(sampling.max_tokens, 1), temperature=sampling.temperature, top_p=sampling.top_p,
             top_k=sampling.top_k, seed=sampling.seed, speculate=sampling.speculate,
+            repeat_penalty=sampling.repeat_penalty, presence_penalty=sampling.presence_penalty,
+            frequency_penalty=sampling.frequency_penalty, penalty_last_n=sampling.penalty_last_n,
+            penalize_prompt=sampling.penalize_prompt,
             stop_token_ids=tuple(packed.stop_token_ids) if stops else (),
             stop_strings=(tuple(packed.stop_strings) if stops else ()) + tuple(sampling.stop),
             required_prefix=packed.heal_text)   # token healing: the text prompts left out

@@ -31,6 +31,7 @@ from models.healing import HealingConstraint, PrefixStripper, vocabulary_bytes
 from models.llama import DenseKernels, Transformer, attention_inputs, attention_output_and_ffn, final_logits
 from models.kv_cache import cache_dtype_name
 from models.options import DEFAULT_MAX_CONTEXT, parse_kv_cache
+from models.penalties import Penalties
 from models.sampling import make_generator, sample
 from models.speculative import PromptLookup, accept
 from models.tokenizer import IncrementalDetokenizer, StopStringMatcher
@@ -314,13 +315,16 @@ class Engine:
             raise ModelError(f"{self.name}: the model's output is not a number (NaN or inf in its weights?)")
         generator = make_generator(self._device, config.seed) if config.temperature > 0 else None
         healing = self._healing(config, B)
+        penalties = Penalties.of(config, prompts, cap)
+        logits = penalties.apply(logits) if penalties else logits       # first, as llama.cpp's chain has them
         tokens = sample(healing.restrict(logits) if healing else logits, config, generator)   # (B,)
         stop_ids = set(self.eos_token_ids) | set(config.stop_token_ids)
         if depth:
             loop = self._decode_speculative(prompts[0], rows[0], tokens, config, generator, stop_ids,
-                                            should_stop, depth, healing)
+                                            should_stop, depth, healing, penalties)
         else:
-            loop = self._decode_plain(prompts, rows, tokens, config, generator, stop_ids, should_stop, healing)
+            loop = self._decode_plain(prompts, rows, tokens, config, generator, stop_ids, should_stop, healing,
+                                      penalties)
         t_end = perf_counter()
         self._cached_ids = loop.fed[:cap - 1]   # a finished row's writes clamp at slot cap - 1
 
@@ -401,7 +405,7 @@ class Engine:
         return logits
 
     def _decode_plain(self, prompts, rows, tokens, config, generator, stop_ids, should_stop,
-                      healing: HealingConstraint | None = None) -> _Loop:
+                      healing: HealingConstraint | None = None, penalties: Penalties | None = None) -> _Loop:
         """One token per sequence per step; on CUDA, step t+1 is queued before token t is read."""
         state = self._decode_step(len(prompts))
         positions = [len(p) for p in prompts]          # host mirror of state.input_pos
@@ -412,8 +416,8 @@ class Engine:
         for step in range(steps):
             host = HostCopy(tokens)
             # With lookahead, step t+1 is queued before waiting for token t (wasted only if t is the last);
-            # not while healing, whose next choice depends on token t.
-            queued = self._lookahead and step + 1 < steps and not (healing and healing.active)
+            # not while healing, nor with penalties: their next choice depends on token t.
+            queued = self._lookahead and step + 1 < steps and not (healing and healing.active) and not penalties
             if queued:
                 next_tokens = self._step(state, tokens, positions, config, generator)
             token_list = host.wait()
@@ -422,6 +426,8 @@ class Engine:
                 t_first = perf_counter()
             if healing:
                 healing.advance(token_list)
+            if penalties:
+                penalties.advance(token_list)
             for row, token in zip(rows, token_list):
                 row.accept(token, stop_ids)
             if queued:
@@ -433,20 +439,21 @@ class Engine:
                     row.cancel()
                 break
             if not queued:
-                next_tokens = self._step(state, tokens, positions, config, generator, healing)
+                next_tokens = self._step(state, tokens, positions, config, generator, healing, penalties)
                 fed.append(token_list[0])
             tokens = next_tokens
         # Tokens after the first: one decode step each.
         return _Loop(t_first=t_first, fed=fed, decoded=step, steps=step)
 
     def _step(self, state: DecodeStep, tokens, positions: list[int], config, generator,
-              healing: HealingConstraint | None = None) -> torch.Tensor:
+              healing: HealingConstraint | None = None, penalties: Penalties | None = None) -> torch.Tensor:
         """Feed tokens (B,) at the current positions, advance them, and sample the next tokens (on the device)."""
         state.tokens.copy_(tokens[:, None])                                         # (B, 1)
         logits = state.run(kv_len=max(positions) + 1, exact=len(set(positions)) == 1)
         last = self.context_length - 1
         state.input_pos.add_(1).clamp_(max=last)
         positions[:] = [min(p + 1, last) for p in positions]
+        logits = penalties.apply(logits) if penalties else logits
         return sample(healing.restrict(logits) if healing else logits, config, generator)
 
     def _healing(self, config: GenerationConfig, batch: int) -> HealingConstraint | None:
@@ -458,17 +465,21 @@ class Engine:
         return HealingConstraint(vocabulary_bytes(self.tokenizer), config.required_prefix, batch)
 
     def _decode_speculative(self, prompt, row, tokens, config, generator, stop_ids, should_stop, depth,
-                            healing: HealingConstraint | None = None) -> _Loop:
+                            healing: HealingConstraint | None = None, penalties: Penalties | None = None) -> _Loop:
         """One sequence: each step feeds the pending token plus up to `depth` drafts looked up in the text so
         far, and emits the accepted drafts plus the model's own next token (models/speculative.py).
         While token healing still constrains the next token, no drafts: one token a step from the restricted
-        logits, as plain decoding does (a draft's verification would sample unconstrained)."""
+        logits, as plain decoding does (a draft's verification would sample unconstrained). Penalties stay exact
+        under verification: each position's logits are penalized for the window plain decoding would have had there
+        (Penalties.apply), so the drafts are checked against the penalized choice."""
         drafter = PromptLookup(prompt)                  # built on the host while the device prefills
         pending = HostCopy(tokens).wait()[0]           # the newest token, not yet fed
         t_first = perf_counter()
         self.progress = live = Timings()               # before the first token's text is sent
         if healing:
             healing.advance([pending])
+        if penalties:
+            penalties.advance([pending])
         row.accept(pending, stop_ids)
         drafter.extend([pending])
         pos, fed, last = len(prompt), list(prompt), self.context_length - 1
@@ -487,11 +498,16 @@ class Engine:
             state.tokens.copy_(torch.tensor([[pending] + drafts]))                  # (1, 1 + drafts)
             state.input_pos.fill_(pos)
             logits = state.run(kv_len=pos + 1 + len(drafts), exact=True)        # (1, V) or (1, T, V)
+            logits = logits.view(1 + len(drafts), -1)                                # (1 + drafts, V)
+            if penalties:
+                logits = penalties.apply(logits, drafts)
             if healing_now:                             # no drafts: logits (1, V)
-                emitted = accept(healing.restrict(logits.view(1, -1)), [], config, generator)
+                emitted = accept(healing.restrict(logits), [], config, generator)
                 healing.advance(emitted)
             else:
-                emitted = accept(logits.view(1 + len(drafts), -1), drafts, config, generator)
+                emitted = accept(logits, drafts, config, generator)
+            if penalties:
+                penalties.extend(emitted)
             if should_stop is not None and should_stop():
                 # Asked while the step ran (Ctrl-C, a departed client, a newer request): none of the up to depth + 1
                 # tokens it emitted are sent. Their K/V lie past the cached length, as a plain lookahead step's do.

@@ -16,6 +16,11 @@ class GenerationConfig:
     stop_strings: tuple[str, ...] = ()     # never part of the returned or streamed text
     required_prefix: str = ""              # token healing: the generation begins with this text, which is
                                            # left out of the returned and streamed text (models/healing.py)
+    repeat_penalty: float = 1.0            # penalties (models/penalties.py), llama.cpp's: 1 and 0 are off
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    penalty_last_n: int = 64               # the tokens they look back over (0: none, -1: the whole context)
+    penalize_prompt: bool = True           # the prompt's tokens among them (llama.cpp); False: only sampled ones
     speculate: int | None = None           # drafts verified per step (prompt lookup); None: the engine's
                                            # default, 0: off. One sequence only: generate_batch ignores it
 

@@ -13,7 +13,9 @@ cursor, then that text, in the model's format (CodeLlama infill, StarCoder FIM, 
 without FIM tokens); it always fits, the far ends of the client's text and its oldest chunks giving way first
 (`truncated` says so, as it does when the generation filled the context). Bodies are one line of compact JSON
 (llama.vim matches `"content":"` byte for byte); streams are `data: {...}` events that simply end. Sampling:
-temperature, top_k, top_p, seed and stop; the other samplers llama.cpp knows are accepted and not applied;
+temperature, top_k, top_p, seed, stop, and the penalties (repeat_penalty, presence_penalty, frequency_penalty over
+the last repeat_last_n tokens of prompt + answer, as llama.cpp's sampler applies them: models/penalties.py); the
+other samplers llama.cpp knows are accepted and not applied;
 constrained decoding (grammar, json_schema) and logit_bias are refused (501), not ignored.
 """
 from __future__ import annotations
@@ -42,6 +44,10 @@ class Options(Body):
     top_k: int = 40
     top_p: float = Field(0.95, ge=0, le=1)
     seed: Seed = -1
+    repeat_penalty: float = Field(1.0, gt=0)    # (0 divides by zero)
+    repeat_last_n: int = Field(64, ge=-1)       # -1: the context's size, 0: no penalties
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     stop: str | list[str] = []         # (one string: llama.cpp's native routes skip it; here it is one stop)
     ignore_eos: bool = False           # here: the prompt format's stops do not apply either (benchmarks)
     stream: bool = False
@@ -162,13 +168,17 @@ def _sampling(server, body: Options):
         raise ApiError(501, "grammar, json_schema and logit_bias are not supported")
     return server.sampling(body.n_predict, temperature=body.temperature, top_k=max(body.top_k, 0),
                            top_p=body.top_p, seed=None if body.seed < 0 else body.seed,
-                           stop=stop_strings(body.stop), format_stops=not body.ignore_eos)
+                           stop=stop_strings(body.stop), format_stops=not body.ignore_eos,
+                           repeat_penalty=body.repeat_penalty, presence_penalty=body.presence_penalty,
+                           frequency_penalty=body.frequency_penalty, penalty_last_n=body.repeat_last_n)
 
 
 def _settings(server, body: Options | None) -> dict:
     body = body or Options()
     return {"n_predict": body.n_predict, "temperature": body.temperature, "top_k": body.top_k,
             "top_p": body.top_p, "seed": body.seed, "stop": list(stop_strings(body.stop)),
+            "repeat_penalty": body.repeat_penalty, "repeat_last_n": body.repeat_last_n,
+            "presence_penalty": body.presence_penalty, "frequency_penalty": body.frequency_penalty,
             "n_ctx": server.engine.context_length}
 
 

@@ -47,6 +47,12 @@ class Options(Body):
     top_p: float = Field(0.9, ge=0, le=1)
     top_k: int = 40
     num_predict: int = Field(-1, ge=-2)       # -1: the server's limit (-2, "fill the context", and 0 too)
+    # Penalties over the last repeat_last_n tokens of prompt + answer, as Ollama's llama.cpp runner applies them.
+    # Ollama's own default repeat_penalty is 1.1; here 1.0 (off), so a request that sets none keeps the plain output.
+    repeat_penalty: float = Field(1.0, gt=0)
+    repeat_last_n: int = Field(64, ge=-1)     # -1: the context's size, 0: no penalties
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     stop: str | list[str] | None = None
     seed: Seed | None = None
 
@@ -324,4 +330,6 @@ def _sampling(server, options: Options):
     seed = None if options.seed == -1 else options.seed      # -1: a random seed, Ollama's default (sample/samplers.go)
     # 0 is no limit for Ollama's runner (`numPredict > 0 &&` guards its check), not llama.cpp's "prompt only"
     return server.sampling(options.num_predict or None, temperature=options.temperature, top_p=options.top_p,
-                           top_k=max(options.top_k, 0), seed=seed, stop=stop_strings(options.stop))
+                           top_k=max(options.top_k, 0), seed=seed, stop=stop_strings(options.stop),
+                           repeat_penalty=options.repeat_penalty, presence_penalty=options.presence_penalty,
+                           frequency_penalty=options.frequency_penalty, penalty_last_n=options.repeat_last_n)

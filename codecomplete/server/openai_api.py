@@ -8,7 +8,8 @@
 
 Streams are `data: {...}` events ending with `data: [DONE]`, usage in a last chunk when
 `stream_options.include_usage` asks (and always in a non-streamed answer). One choice per request: `n`, `best_of`,
-`echo` and `logprobs` are refused with 400; penalties are accepted and not applied. Text only: tools (`functions`
+`echo` and `logprobs` are refused with 400. `presence_penalty` and `frequency_penalty` (-2..2) apply as OpenAI defines
+them, over the tokens generated so far (models/penalties.py). Text only: tools (`functions`
 too), a `tool_choice` that demands a call, a `response_format` other than text, `logit_bias` (and llama.cpp's
 `grammar` and `json_schema`), an audio answer and content parts other than text are refused with 400, as prose back
 would pass for what was asked.
@@ -44,8 +45,8 @@ class Options(Body):
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     seed: Seed | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
     logit_bias: dict | None = None
     grammar: str = ""                           # llama.cpp's extras on its OpenAI routes
     json_schema: dict | bool | None = None
@@ -256,5 +257,7 @@ def _sampling(server, body: Options):
     if body.logit_bias or body.grammar or body.json_schema is not None:
         # text that ignored them would pass for what was asked (a banned token left out, JSON)
         raise ApiError(400, "logit_bias, grammar and json_schema are not supported")
+    # OpenAI counts "how often the token was sampled prior to the current position": the answer's tokens, all of them
     return server.sampling(body.max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed,
-                           stop=stop_strings(body.stop))
+                           stop=stop_strings(body.stop), presence_penalty=body.presence_penalty,
+                           frequency_penalty=body.frequency_penalty, penalty_last_n=-1, penalize_prompt=False)

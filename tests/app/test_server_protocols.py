@@ -598,3 +598,54 @@ def test_one_token_after_a_healed_tail_is_one_token_of_new_text(server):
     ollama = httpx.post(server.url + "/api/generate", timeout=300, json={
         "prompt": "def add(a, b):", "stream": False, "options": {"num_predict": 1, "temperature": 0}}).json()
     assert (ollama["prompt_eval_count"], ollama["eval_count"]) == (prompt, 1)
+
+
+REPEATING = "x = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1"      # the model's greedy answer: more of it
+
+
+def test_penalties_change_a_greedy_answer_that_repeats_on_every_route(server):
+    """llama.cpp's /completion and Ollama's /api/generate: repeat_penalty over the last repeat_last_n tokens, the
+    prompt's included (0: none); OpenAI's completions: presence and frequency penalties over the answer's tokens.
+    Each changes the answer the model otherwise fills with ` 1`, streamed as whole (the server speculates: the
+    verification is penalized too)."""
+    completion = {"prompt": REPEATING, "n_predict": 12, "temperature": 0}
+    plain = post(server, "/completion", completion).json()["content"]
+    assert plain.count(" 1") >= 3, plain
+    penalized = post(server, "/completion", {**completion, "repeat_penalty": 1.3}).json()
+    assert penalized["content"].count(" 1") < 3, penalized["content"]
+    assert penalized["generation_settings"]["repeat_penalty"] == 1.3
+    assert streamed_content(server, "/completion", {**completion, "repeat_penalty": 1.3}) == penalized["content"]
+    assert post(server, "/completion", {**completion, "repeat_penalty": 1.3, "repeat_last_n": 0}).json()[
+        "content"] == plain
+
+    client = OpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0)
+    asked = dict(model="any", prompt=REPEATING, max_tokens=12, temperature=0)
+    assert client.completions.create(**asked).choices[0].text == plain
+    text = client.completions.create(**asked, frequency_penalty=2, presence_penalty=2).choices[0].text
+    assert text.count(" 1") < plain.count(" 1"), text
+    chunks = client.completions.create(**asked, frequency_penalty=2, presence_penalty=2, stream=True)
+    assert "".join(c.choices[0].text for c in chunks) == text
+
+    generate = {"model": "any", "prompt": REPEATING, "raw": True, "stream": False,
+                "options": {"num_predict": 12, "temperature": 0}}
+    assert httpx.post(server.url + "/api/generate", json=generate, timeout=300).json()["response"] == plain
+    generate["options"]["repeat_penalty"] = 1.3
+    assert httpx.post(server.url + "/api/generate", json=generate, timeout=300).json()["response"] == \
+        penalized["content"]
+
+
+def test_a_request_without_penalties_samples_as_before():
+    """No route turns a penalty on by default (Ollama's own default repeat_penalty is 1.1): a request that names
+    none decodes exactly as before penalties existed (models/penalties.py builds nothing for 1 / 0 / 0)."""
+    from types import SimpleNamespace
+
+    from codecomplete.server import llama_cpp, ollama, openai_api
+    from codecomplete.session import Sampling
+
+    fake = SimpleNamespace(sampling=lambda max_tokens, **options: Sampling(max_tokens=4, **options))
+    for sampling in (llama_cpp._sampling(fake, llama_cpp.CompletionRequest(prompt="x")),
+                     llama_cpp._sampling(fake, llama_cpp.InfillRequest(input_prefix="x", input_suffix="")),
+                     ollama._sampling(fake, ollama.Options()),
+                     openai_api._sampling(fake, openai_api.CompletionRequest(prompt="x")),
+                     openai_api._sampling(fake, openai_api.ChatRequest(messages=[{"role": "user", "content": "x"}]))):
+        assert (sampling.repeat_penalty, sampling.presence_penalty, sampling.frequency_penalty) == (1.0, 0.0, 0.0)

@@ -100,6 +100,13 @@ INFILL = {"input_prefix": "def f():\n", "input_suffix": ""}
     ("/infill", b'{"input_prefix": "x", "input_suffix": "", "temperature": 1e999}', 400, "invalid_request_error",
      ["temperature", "finite"]),
     ("/v1/completions", {"prompt": "a", "seed": 2 ** 64}, 400, "invalid_request_error", ["seed"]),
+    # penalties within their ranges: OpenAI's -2..2; llama.cpp's repeat_last_n from -1 (the context), a repeat
+    # penalty above 0 (it divides)
+    ("/v1/completions", {"prompt": "a", "presence_penalty": 2.5}, 400, "invalid_request_error", ["presence_penalty"]),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "frequency_penalty": -3}, 400,
+     "invalid_request_error", ["frequency_penalty"]),
+    ("/completion", {"prompt": "a", "repeat_last_n": -2}, 400, "invalid_request_error", ["repeat_last_n"]),
+    ("/infill", {**INFILL, "repeat_penalty": 0}, 400, "invalid_request_error", ["repeat_penalty"]),
     ("/completion", {"prompt": "a", "seed": -(2 ** 63) - 1}, 400, "invalid_request_error", ["seed"]),
     ("/codecomplete/v1/complete", {"path": "a\u0000b.py", "max_tokens": 1}, 400, "invalid_request_error", ["NUL"]),
     # JSON that parses into something Python cannot hold: arrays 100,000 deep, an integer of 5,000 digits
@@ -232,6 +239,8 @@ def test_ollama_routes_answer_errors_in_ollama_shape(server):
     assert response.status_code == 400 and "images" in response.json()["error"]
     response = httpx.post(server.url + "/api/generate", json={"prompt": "x", "options": {"seed": 10 ** 30}})
     assert response.status_code == 400 and "seed" in response.json()["error"]
+    response = httpx.post(server.url + "/api/generate", json={"prompt": "x", "options": {"repeat_last_n": -2}})
+    assert response.status_code == 400 and "repeat_last_n" in response.json()["error"]
     # no constrained decoding: prose where JSON (or a tool call) was asked for would pass for an answer
     chat = {"messages": [{"role": "user", "content": "x"}], "options": {"num_predict": 1}, "stream": False}
     for path, body, word in [("/api/generate", {"prompt": "x", "format": "json"}, "format"),

@@ -323,3 +323,85 @@ else:
 """
     env = {**os.environ, "CODECOMPLETE_CACHE_DIR": str(tmp_path / "cache")}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=300)
+
+
+def llama_cpp_penalties(logits: torch.Tensor, window: list[int], repeat: float, presence: float,
+                        frequency: float) -> torch.Tensor:
+    """llama.cpp's llama_sampler_penalties_apply written out a token at a time: each token seen c > 0 times in the
+    window has its logit divided by the repeat penalty (multiplied, if it is not positive), then c * frequency +
+    presence taken off."""
+    out = logits.clone()
+    for token in set(window):
+        count, logit = window.count(token), float(logits[token])
+        logit = logit * repeat if logit <= 0 else logit / repeat
+        out[token] = logit - (count * frequency + presence)
+    return out
+
+
+def test_penalties_are_llama_cpps_over_the_last_n_tokens_of_prompt_and_answer():
+    from models.penalties import Penalties
+    generator = torch.Generator().manual_seed(11)
+    logits = torch.randn(2, 40, generator=generator) * 3                        # (B, V): both signs
+    assert (logits > 0).any() and (logits < 0).any()
+    prompts = [[5, 7, 5, 9, 30, 5, 2], [1, 2, 3]]
+    config = GenerationConfig(repeat_penalty=1.3, presence_penalty=0.4, frequency_penalty=0.25, penalty_last_n=6)
+    penalties = Penalties.of(config, prompts, context_length=100)
+    penalties.advance([5, 3])
+    penalties.advance([9, 3])
+    got = penalties.apply(logits)
+    # The last 6 tokens: the prompt's 5, 9, 30, 5, 2, then 5 and 9 answered (the prompt's first 5 and 7 have left).
+    windows = [[9, 30, 5, 2, 5, 9], [1, 2, 3, 3, 3]]
+    for row, window in enumerate(windows):
+        torch.testing.assert_close(got[row], llama_cpp_penalties(logits[row], window, 1.3, 0.4, 0.25))
+    assert got[0, 7] == logits[0, 7]                # 7 left the window
+    # Worked by hand for token 5 (twice in row 0's window): its logit repeat-penalized, then 2 * 0.25 + 0.4 off.
+    x = float(logits[0, 5])
+    assert float(got[0, 5]) == pytest.approx((x / 1.3 if x > 0 else x * 1.3) - 0.9, rel=1e-6, abs=1e-6)
+    # -1: the whole context; OpenAI's definition (penalize_prompt=False): the answer's tokens only.
+    whole = Penalties.of(dataclasses.replace(config, penalty_last_n=-1), prompts, context_length=100)
+    whole.advance([5, 3])
+    torch.testing.assert_close(whole.apply(logits)[0], llama_cpp_penalties(logits[0], prompts[0] + [5], 1.3, 0.4, 0.25))
+    answer_only = Penalties.of(dataclasses.replace(config, penalize_prompt=False), prompts, context_length=100)
+    answer_only.advance([5, 3])
+    torch.testing.assert_close(answer_only.apply(logits)[1], llama_cpp_penalties(logits[1], [3], 1.3, 0.4, 0.25))
+
+
+def test_penalties_of_each_verified_position_see_the_drafts_before_it():
+    """Speculation's verification: position i is penalized as plain decoding would be after drafts[:i]."""
+    from models.penalties import Penalties
+    logits = torch.randn(4, 64, generator=torch.Generator().manual_seed(12)) * 3          # (1 + 3 drafts, V)
+    config = GenerationConfig(repeat_penalty=1.2, presence_penalty=-0.5, frequency_penalty=0.7, penalty_last_n=5)
+    penalties = Penalties.of(config, [[4, 8, 15, 16, 23, 42]], context_length=100)
+    penalties.advance([8])
+    drafts = [8, 8, 4]
+    got = penalties.apply(logits, drafts)
+    for i in range(4):
+        plain = Penalties.of(config, [[4, 8, 15, 16, 23, 42]], context_length=100)
+        plain.advance([8])
+        plain.extend(drafts[:i])
+        torch.testing.assert_close(got[i], plain.apply(logits[i:i + 1])[0])
+    assert not torch.equal(got[1], got[2])          # the draft before it counted
+
+
+@pytest.mark.parametrize("options", [{}, dict(penalty_last_n=0, repeat_penalty=1.5, frequency_penalty=1.0),
+                                     dict(repeat_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0,
+                                          penalty_last_n=-1, penalize_prompt=False)])
+def test_neutral_penalties_build_nothing(options):
+    """Penalties at 1 / 0 / 0, or over no tokens, leave decoding exactly as it was (llama.cpp's early return)."""
+    from models.penalties import Penalties
+    assert Penalties.of(GenerationConfig(**options), [[1, 2, 3]], context_length=100) is None
+
+
+def test_penalties_apply_before_sampling_as_before_greedy(smollm_engine):
+    """A prompt the model answers by repeating it: penalties change the greedy answer, and sampling cut to its top
+    token (top_k 1) gives that same penalized answer: the penalties come before the sampler's cuts."""
+    prompt = encode(smollm_engine, "x = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1")
+
+    def run(**options):
+        return smollm_engine.generate(prompt, GenerationConfig(max_new_tokens=12, speculate=0, **options)).text
+    plain = run()
+    assert plain.count(" 1") >= 3, plain
+    penalized = run(repeat_penalty=1.3)
+    assert penalized != plain and penalized.count(" 1") < 3, penalized
+    assert run(repeat_penalty=1.3, temperature=1.0, top_k=1, seed=3) == penalized
+    assert run(frequency_penalty=1.0, penalize_prompt=False, penalty_last_n=-1) != plain

@@ -208,6 +208,33 @@ def test_stop_string_inside_an_accepted_draft(smollm_engine, runs):
     assert a.text == b.text == "".join(streamed[0]) == "".join(streamed[1]) and stop not in a.text
 
 
+@pytest.mark.parametrize("penalties", [dict(repeat_penalty=1.05),
+                                       dict(frequency_penalty=0.6, presence_penalty=0.3, penalty_last_n=-1,
+                                            penalize_prompt=False)])
+def test_greedy_output_under_penalties_is_identical_with_and_without_speculation(smollm_engine, runs, penalties):
+    """Each verified position is penalized for the tokens before it, the drafts before it included: the drafts are
+    checked against the penalized choice, and the output is plain decoding's, with drafts accepted on the way."""
+    texts, results, _ = runs
+    accepted, changed = 0, 0
+    for prompt, unpenalized in list(zip(texts, results[0]))[::3]:        # one prompt per file
+        plain, spec = both(smollm_engine, prompt, max_new_tokens=NEW_TOKENS, **penalties)
+        assert spec.token_ids == plain.token_ids and spec.text == plain.text
+        accepted += spec.timings.accepted_tokens
+        changed += plain.token_ids != unpenalized.token_ids
+    assert accepted >= 5 and changed >= 1
+
+
+def test_a_draft_that_repeats_itself_is_checked_against_the_penalty_its_own_tokens_add(smollm_engine):
+    """A run of one pair of tokens: drafts are more of it, and each draft token makes the next one costlier. Had the
+    verification penalized every position for the tokens before the step only, it accepted more of the run than plain
+    decoding writes (` ab` 16 times, against 4 and a change of course)."""
+    prompt = smollm_engine.tokenizer.encode("row = 'ab ab ab ab ab ab ab ab ab ab ab")
+    openai = dict(frequency_penalty=0.5, penalty_last_n=-1, penalize_prompt=False)
+    plain, spec = both(smollm_engine, prompt, max_new_tokens=16, **openai)
+    assert spec.token_ids == plain.token_ids and spec.timings.accepted_tokens > 0
+    unpenalized = both(smollm_engine, prompt, max_new_tokens=16)[0]
+    assert plain.text.count(" ab") < unpenalized.text.count(" ab") == 16, (plain.text, unpenalized.text)
+
 def test_speculation_options_are_checked(smollm_engine):
     with pytest.raises(ValueError, match="speculate must be 0..15 draft tokens per step, got 16"):
         smollm_engine.generate([1, 2, 3], GenerationConfig(max_new_tokens=2, speculate=16))
