@@ -346,4 +346,4 @@ def _result(data: dict):
     known = {f.name for f in fields(Timings)}
     timings = Timings(**{key: value for key, value in data["timings"].items() if key in known})
     return GenerationResult(data["text"], data["token_ids"], data["prompt_tokens"], data["reused_prefix_tokens"],
-                            data["finish_reason"], timings, data.get("stop_string", ""))
+                            data["finish_reason"], timings, data.get("stop_string", ""), data.get("healing_tokens", 0))

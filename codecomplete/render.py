@@ -222,16 +222,23 @@ class _Meter:
         return (self.count - self.first_count) / (self.last - self.first)
 
 
+def token_counts(result) -> tuple[int, int]:
+    """The prompt's tokens and the generated ones, as every route of the server counts them."""
+    from .server.worker import token_counts
+    return token_counts(result)
+
+
 def summary_line(result, engine=None) -> str:
     """`37 tokens · 14.2 tok/s · first token 180 ms · prompt 1,834 (1,700 reused)`"""
     timings = result.timings
+    prompt_tokens, completion_tokens = token_counts(result)
     # A rate needs two tokens: with none or one, "0.0 tok/s" would say the model stalled when it did not decode.
-    parts = [_plural(len(result.token_ids), "token"),
+    parts = [_plural(completion_tokens, "token"),
              *([f"{timings.decode_tokens_per_s:.1f} tok/s"] if timings.decode_tokens_per_s else []),
              # Cancelled during the prefill: no first token came, and its time is not 0 ms.
              *([f"first token {_duration(timings.ttft_ms / 1000)}"]
                if result.token_ids or result.finish_reason != "cancelled" else []),
-             f"prompt {result.prompt_tokens:,}"
+             f"prompt {prompt_tokens:,}"
              + (f" ({result.reused_prefix_tokens:,} reused)" if result.reused_prefix_tokens else "")]
     if timings.drafted_tokens:
         parts.append(speculation(timings))
@@ -392,15 +399,18 @@ def context_table(items) -> Table:
 
 
 def result_json(text_key: str, result, engine, context=()) -> dict:
-    """The object DESIGN.md fixes, plus finish_reason, prefix reuse and each context item's form."""
+    """The object DESIGN.md fixes, plus finish_reason, prefix reuse and each context item's form. The tokens that
+    only made the healed text again are the prompt's, as the server counts them (`token_counts`): `--max-tokens 3`
+    after a healed prompt reported 5 completion tokens."""
+    prompt_tokens, completion_tokens = token_counts(result)
     return {
         text_key: result.text,
-        "tokens": list(result.token_ids),
+        "tokens": list(result.token_ids[result.healing_tokens:]),
         "model": engine.name,
         "device": engine.device,
         "attention": engine.attention,
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": len(result.token_ids),
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
         "reused_prefix_tokens": result.reused_prefix_tokens,
         "finish_reason": result.finish_reason,
         "context": [{"path": item.path, "start_line": item.start_line, "end_line": item.end_line,

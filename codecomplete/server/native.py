@@ -4,7 +4,7 @@ process, with its options, streamed as JSON lines, so that it can print exactly 
     {"id": ..., "prompt": {"ids", "context", "stop_token_ids", "stop_strings", "format"}}   the prompt, first
     {"text": ...}                                                                            text deltas
     {"result": {"text", "token_ids", "prompt_tokens", "reused_prefix_tokens", "finish_reason", "stop_string",
-                "timings"}}
+                "healing_tokens", "timings"}}
     {"error": {"code", "message", "type"}}                                                   instead, at any point
 
 The prompt budget follows the command line's rule for its --context-tokens, not the editors' fixed size.
@@ -136,5 +136,6 @@ async def _run(request: Request, body: Options, operation):
                                    "prompt_tokens": result.prompt_tokens,
                                    "reused_prefix_tokens": result.reused_prefix_tokens,
                                    "finish_reason": result.finish_reason, "stop_string": result.stop_string,
+                                   "healing_tokens": result.healing_tokens,
                                    "timings": asdict(result.timings)}})]
     return stream(running, frames, "application/x-ndjson", first=ndjson(first))

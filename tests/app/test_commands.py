@@ -78,3 +78,15 @@ def test_raw_prompt_from_stdin(codecomplete):
     obj = json.loads(run.stdout)
     check_result_object(obj, "text")
     assert obj["context"] == []
+
+
+def test_a_healed_prompt_counts_only_the_new_tokens_max_tokens_asked_for(codecomplete):
+    """`--max-tokens` bounds the tokens after token healing (the model first writes the prompt's healed tail
+    again), as llama.cpp counts n_predict: those are the completion's tokens, the healing ones the prompt's, as
+    every server route counts them. Reported before: 4 completion tokens for `--max-tokens 3` (the model writes
+    the healed space as a token of its own, then 100)."""
+    run = codecomplete("--prompt", "x = ", "--max-tokens", "3", "--json")
+    assert run.returncode == 0, run.stderr
+    obj = json.loads(run.stdout)
+    check_result_object(obj, "text")
+    assert obj["completion_tokens"] == 3 and obj["finish_reason"] == "length"
