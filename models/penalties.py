@@ -69,4 +69,8 @@ class Penalties:
         counts.index_put_((rows, ids), torch.ones(len(ids), dtype=logits.dtype, device=logits.device), accumulate=True)
         repeated = torch.where(logits <= 0, logits * self.repeat, logits / self.repeat)
         penalized = repeated - (counts * self.frequency + self.presence)
+        # Kept finite: a penalty that overflows float32 (presence -1e300, repeat 1e-300) gave +inf logits, whose
+        # softmax is NaN, and sampling drew token 0 (llama.cpp leaves it to its softmax); inf - inf sinks the token.
+        finfo = torch.finfo(logits.dtype)
+        penalized = torch.nan_to_num(penalized, nan=finfo.min, posinf=finfo.max, neginf=finfo.min)
         return torch.where(counts > 0, penalized, logits)

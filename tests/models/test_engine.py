@@ -383,6 +383,20 @@ def test_penalties_of_each_verified_position_see_the_drafts_before_it():
     assert not torch.equal(got[1], got[2])          # the draft before it counted
 
 
+@pytest.mark.parametrize("options", [dict(presence_penalty=-1e300), dict(repeat_penalty=1e-300),
+                                     dict(frequency_penalty=-1e39, presence_penalty=1e39)])
+def test_penalties_that_overflow_leave_a_distribution_to_sample(options):
+    """Penalties past float32's range made +inf logits (inf - inf: NaN), whose softmax is NaN: sampling drew token
+    0, the end of text, every time. Logits stay finite; the penalized tokens are the likeliest (or the least)."""
+    from models.penalties import Penalties
+    from models.sampling import probabilities
+    logits = torch.randn(1, 64, generator=torch.Generator().manual_seed(13)) * 3 + 1      # (1, V)
+    penalties = Penalties.of(GenerationConfig(**options), [[5, 6, 7, 5]], context_length=100)
+    got = penalties.apply(logits)
+    assert torch.isfinite(got).all() and torch.equal(got[0, 8:], logits[0, 8:])
+    probs = probabilities(got, GenerationConfig(temperature=1.0))
+    assert not probs.isnan().any() and probs.sum() == pytest.approx(1.0)
+    assert probs[0, 0] < 0.5
 @pytest.mark.parametrize("options", [{}, dict(penalty_last_n=0, repeat_penalty=1.5, frequency_penalty=1.0),
                                      dict(repeat_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0,
                                           penalty_last_n=-1, penalize_prompt=False)])
