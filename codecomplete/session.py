@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from . import engines
 
 UNTITLED = "untitled"   # the current file of an infill request that does not name one
+RECHECKS = 3            # prompts built again, at most, for context files that changed meanwhile
 
 
 @dataclass(frozen=True)
@@ -81,10 +82,10 @@ class Session:
         for a prompt exactly as a session without history builds it (the command line's, through a server)."""
         from prompts import build_completion_prompt
 
-        index = self._fresh_index(path)
-        packed = build_completion_prompt(index, self.engine.tokenizer, path=path, text=text, line=line, col=col,
-                                         budget_tokens=budget or self.prompt_budget(sampling.max_tokens), extra=extra,
-                                         previous=self._chosen.get(path, ()) if sticky else ())
+        packed = self._current(lambda index: build_completion_prompt(
+            index, self.engine.tokenizer, path=path, text=text, line=line, col=col,
+            budget_tokens=budget or self.prompt_budget(sampling.max_tokens), extra=extra,
+            previous=self._chosen.get(path, ()) if sticky else ()), path)
         if sticky:
             self._chosen = {path: packed.chosen}   # (the last file's only: its context is what the KV cache holds)
         return self._generation(packed, sampling)
@@ -108,9 +109,10 @@ class Session:
         build_chat_prompt's."""
         from prompts import build_chat_prompt
 
-        packed = build_chat_prompt(self._fresh_index(), self.engine.tokenizer, messages=list(messages),
-                                   budget_tokens=budget or self.prompt_budget(sampling.max_tokens),
-                                   pinned_paths=tuple(pinned), history_share=history_share)
+        packed = self._current(lambda index: build_chat_prompt(
+            index, self.engine.tokenizer, messages=list(messages),
+            budget_tokens=budget or self.prompt_budget(sampling.max_tokens), pinned_paths=tuple(pinned),
+            history_share=history_share))
         return self._generation(packed, sampling)
 
     def raw(self, prompt: str | Sequence[int], *, sampling: Sampling) -> Generation:
@@ -141,6 +143,17 @@ class Session:
         whole pass (files deleted, renamed, added or edited since), where a server uses its idle moments (`tidy`)."""
         if self._index is not None:
             self._index.rescan()
+
+    def _current(self, build, path: str | None = None):
+        """`build(index)`'s prompt, built again while a file its context came from changed since it was indexed (a
+        stat of each): no prompt carries repository text the disk no longer holds, whatever the rolling rescan has
+        reached. A few rounds at most: a file rewritten without end does not hold the request."""
+        packed = build(self._fresh_index(path))
+        for _ in range(RECHECKS):
+            if not self._index.recheck(item.path for item in packed.context):
+                break
+            packed = build(self._index.index)
+        return packed
 
     def _fresh_index(self, path: str | None = None):
         if self._index is None:

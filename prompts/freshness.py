@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from .index import FileEntry, RepoIndex, parse_file
@@ -59,6 +59,24 @@ class FreshIndex:
                 if path in self._pending:  # the request's own file goes first
                     self._pending = {path: self._pending.pop(path), **self._pending}
             return self._update()
+
+    def recheck(self, paths: Iterable[str]) -> bool:
+        """After a prompt was built: one stat of each file its context came from, and the parsing of every one that
+        changed (or went); whether any did. A file saved (a ``git checkout``) while no request came stayed as
+        indexed until the rolling rescan reached it, and its old text went into prompts."""
+        with _quiet():
+            stale = {}
+            for path in dict.fromkeys(paths):
+                if path in self.index.entries:
+                    self._compare(path, source_file(self.root, path, self.max_file_bytes))
+                    if path in self._pending:
+                        stale[path] = self._pending.pop(path)
+            if not stale:
+                return False
+            self._pending = {**stale, **self._pending}
+            changed, removed = self._parse_some(limit=len(stale))
+            self.index = self.index.updated(changed, removed)
+            return True
 
     def sweep(self, should_stop: Callable[[], bool] | None = None) -> RepoIndex:
         """Between requests: the next part of the rolling rescan, and the parsing of what it found changed; less
@@ -117,10 +135,12 @@ class FreshIndex:
         else:
             self._pending.pop(path, None)  # changed back, or parsed meanwhile
 
-    def _parse_some(self, should_stop: Callable[[], bool] | None = None) -> tuple[dict[str, FileEntry], list[str]]:
+    def _parse_some(self, should_stop: Callable[[], bool] | None = None, limit: int | None = None
+                    ) -> tuple[dict[str, FileEntry], list[str]]:
         changed: dict[str, FileEntry] = {}
         removed: list[str] = []
-        while self._pending and len(changed) < self.parses_per_refresh:
+        limit = self.parses_per_refresh if limit is None else limit
+        while self._pending and len(changed) < limit:
             if should_stop is not None and should_stop():
                 break
             path, source = next(iter(self._pending.items()))

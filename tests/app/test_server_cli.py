@@ -4,7 +4,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 
+import httpx
 import pytest
 from server_process import raw_post
 
@@ -81,6 +83,26 @@ def test_a_file_changed_just_before_the_command_is_seen_through_the_server(via_s
         geometry.write_text(originals[0])
         added.unlink()
         gone.write_text(originals[1])
+        assert one_request(server) == 200
+
+
+def test_an_editors_request_after_a_quiet_spell_has_the_context_files_as_they_are_now(server, served_repo):
+    """Files changed while no request came (a `git checkout`, a save in another window): an editor's request, which
+    does not catch the whole index up as the command line's does, still puts no text in its prompt that the disk no
+    longer holds. The rolling rescan had not reached them, and the old text went into the prompt."""
+    geometry = served_repo / "shapes" / "geometry.py"
+    original = geometry.read_text()
+    old, new = "The area of a circle of the given radius.", "Pi times the radius squared: the disc's area."
+    assert one_request(server) == 200
+    time.sleep(2)                   # its sweep, which runs after the answer went out, is over: none sees the change
+    geometry.write_text(original.replace(old, new))
+    try:
+        body = {"input_prefix": (served_repo / "app.py").read_text().split("area = ")[0] + "area = ",
+                "input_suffix": "\n", "filename": "app.py", "n_predict": 0}
+        answer = httpx.post(server.url + "/infill", json=body, timeout=300).json()
+        assert new in answer["prompt"] and old not in answer["prompt"]
+    finally:
+        geometry.write_text(original)
         assert one_request(server) == 200
 
 

@@ -66,6 +66,22 @@ def test_a_folder_replaced_by_a_link_out_of_the_repository_is_not_followed(make_
     assert "SECRET" not in index.vocabulary and index.files == ["a.py"]
     assert fresh.rescan().files == ["a.py"]
 
+def test_a_recheck_parses_every_named_file_that_changed_however_small_the_slice(make_repo, cache_dir):
+    """The files a prompt's context came from, looked at again after it was built: each one changed or deleted is
+    parsed (or dropped) at once, past the per-request limit; nothing changed, the same index object."""
+    files = {f"pkg/m{i}.py": f"def f{i}(x):\n    return x + {i}\n" for i in range(12)}
+    root = make_repo(files)
+    fresh = FreshIndex(index_repository(root), files_per_refresh=1, parses_per_refresh=1)
+    index = fresh.index
+    assert not fresh.recheck(["pkg/m1.py", "pkg/m2.py", "not/indexed.py"]) and fresh.index is index
+    for i in (1, 2, 3):
+        (root / f"pkg/m{i}.py").write_text(f"def g{i}_renamed(x):\n    return x * {i}\n")
+    (root / "pkg/m4.py").unlink()
+    assert fresh.recheck(["pkg/m1.py", "pkg/m2.py", "pkg/m3.py", "pkg/m4.py", "pkg/m5.py"])
+    assert all(fresh.index.definers[f"g{i}_renamed"] for i in (1, 2, 3)) and "pkg/m4.py" not in fresh.index.files
+    assert not fresh.recheck(["pkg/m1.py", "pkg/m2.py", "pkg/m3.py", "pkg/m4.py"])
+
+
 def test_a_rescan_catches_up_in_one_call_whatever_the_slice(make_repo, cache_dir):
     """An interactive prompt's way (the REPL, between questions): one whole pass and every parse it calls for,
     however small the slices a server would use; midway through a server's pass it starts its own."""
