@@ -10,6 +10,8 @@ seeks), so the work comes in bounded slices:
   walk through the repository that each call resumes where the last one stopped (a finished walk tells which
   files are gone, and the next one starts), and the parsing of what it found changed. ``should_stop`` (a request
   arrived) ends it early, between slices of ``SLICE`` files: the next request does not wait for a whole sweep.
+  A server sweeps on in its quiet moments until a walk begun after the last request has ended
+  (``walks_begun``, ``walked``).
 
 ``rescan()`` makes one whole pass at once instead, where the index must be as the disk is now: between the REPL's
 questions, and for a request of the command line on a server.
@@ -45,10 +47,17 @@ class FreshIndex:
         self._walk: Iterator[SourceFile] | None = None
         self._seen: set[str] = set()  # files the current walk has met
         self._pending: dict[str, SourceFile | None] = {}  # to parse again (None: gone), oldest first
+        self.walks_begun = 0      # walks through the repository begun so far (the one under way included)
+        self.walked = 0           # the number of the last walk that went through it all (0: none yet)
 
     @property
     def root(self) -> Path:
         return self.index.root
+
+    @property
+    def parsing(self) -> bool:
+        """Whether files found changed wait to be parsed."""
+        return bool(self._pending)
 
     def refresh(self, path: str | None = None) -> RepoIndex:
         """Before a request: look at ``path`` (relative to the root) and parse what changed; returns the index, a new
@@ -116,11 +125,12 @@ class FreshIndex:
                 return
             if self._walk is None:
                 self._walk, self._seen = walk_sources(self.root, self.max_file_bytes), set()
+                self.walks_begun += 1
             source = next(self._walk, None)
             if source is None:  # a whole pass: what it never met is gone
                 for gone in self.index.entries.keys() - self._seen:
                     self._pending.setdefault(gone, None)
-                self._walk = None
+                self._walk, self.walked = None, self.walks_begun
                 return
             self._seen.add(source.path)
             self._compare(source.path, source)

@@ -5,8 +5,8 @@ waits on them. A request becomes a `Job`: a function that starts a `Generation` 
 events it sends back to the request's coroutine (the prompt, text deltas, the result or the error), each handed
 over with `call_soon_threadsafe`. Cancelling a job (the client went away, the server stops) sets a flag that the
 engine polls between tokens; a job cancelled while it waits never starts. When no request has come for `idle_s`
-seconds, the thread does one slice of idle work (warming the prompt caches), then waits again: a request that
-arrives meanwhile waits for that slice at most.
+seconds, the thread does one slice of idle work (the index catching up with the disk after a request, then warming
+the prompt caches), then waits again: a request that arrives meanwhile waits for that slice at most.
 
 The server's warm-up runs on this thread too (`first`), before any request: some of what it prepares is kept per
 thread. PyTorch keeps cuDNN's attention plans in a thread-local cache (aten/src/ATen/native/cudnn/MHA.cpp), so
@@ -110,6 +110,7 @@ class EngineWorker:
         self.max_waiting = max_waiting
         # Run after a job when none waits (the session's upkeep), with a function that says when one does.
         self._between = between
+        self._upkeep = False                    # the upkeep said more is left: it goes on in quiet moments
         self._idle = idle                       # one slice of idle work; returns whether more is left
         self.idle_s = idle_s
         self._queue: queue.Queue[Job | None] = queue.Queue()
@@ -206,20 +207,29 @@ class EngineWorker:
                 self._log(_summary(job, result, time.perf_counter() - started))
             finally:
                 self._finished(job)
+            self._upkeep = self._between is not None      # a request ran: the upkeep may have more to do
             if self._between is not None and self._queue.empty():
                 try:
-                    self._between(self._waiting)
+                    self._upkeep = bool(self._between(self._waiting))
                 except Exception as exc:    # upkeep that failed is tried again after the next job
+                    self._upkeep = False
                     self._log(f"between requests · error: {type(exc).__name__}: {exc}")
+            idle_work = idle_work or self._upkeep
 
     def _waiting(self) -> bool:
         """Whether a job waits in the queue (upkeep between jobs stops early for it)."""
         return not self._queue.empty()
 
     def _run_idle(self) -> bool:
+        """One slice of the upkeep while it has more (the index catching up with the disk), else of the idle work;
+        whether any is left."""
         try:
-            return bool(self._idle())
+            if self._upkeep:
+                self._upkeep = bool(self._between(self._waiting))
+                return True
+            return self._idle is not None and bool(self._idle())
         except Exception as exc:            # tried again after the next job
+            self._upkeep = False
             self._log(f"idle work · error: {type(exc).__name__}: {exc}")
             return False
 

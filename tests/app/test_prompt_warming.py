@@ -143,6 +143,44 @@ def test_idle_work_runs_in_quiet_moments_only_and_resumes_after_a_request():
         worker.shutdown()
 
 
+def test_quiet_moments_after_a_request_bring_the_whole_index_up_to_the_disk_then_stop(tmp_path):
+    """Every file changed (a `git checkout`) while a walk of the repository was under way: after one request the
+    engine thread's quiet moments walk on until a walk begun after it has ended, so that the index holds every file as
+    it is now, then stop. The index was swept once after each request only: 4 files walked and 8 parsed here, the
+    rest stale until more requests came."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    for i in range(40):
+        (root / f"m{i}.py").write_text(f"def old_{i}(x):\n    return x\n")
+    result = SimpleNamespace(prompt_tokens=3, reused_prefix_tokens=0, token_ids=[], healing_tokens=0,
+                             finish_reason="length", timings=SimpleNamespace(ttft_ms=1.0))
+    engine = SimpleNamespace(check_prompt=lambda ids: None, generate=lambda *args, **options: result)
+    session = Session(engine, index_repository(root, cache_dir=tmp_path / "cache"))
+    session._index.files_per_refresh = 4                 # the slices of a repository of thousands of files
+    tidied = []
+
+    def tidy(should_stop):
+        tidied.append(1)
+        return session.tidy(should_stop)
+    session.tidy(None)                                   # a walk under way, past some of the files
+    for i in range(40):
+        (root / f"m{i}.py").write_text(f"def new_{i}(x):\n    return x + {i}\n")
+    worker = EngineWorker(between=tidy, idle_s=0.01, log=lambda line: None)
+    try:
+        time.sleep(0.1)
+        assert tidied == []                              # no request, no upkeep
+        run_worker_job(worker, lambda: session.raw([1, 2, 3], sampling=Sampling(max_tokens=1)))
+        wait_for(lambda: all(f"new_{i}" in session.index.definers for i in range(40)))
+        assert all(f"new_{i}" in session.index.definers and f"old_{i}" not in session.index.definers
+                   for i in range(40))
+        time.sleep(0.3)                                  # (the walk that began after the request ends)
+        calls = len(tidied)
+        time.sleep(0.1)
+        assert len(tidied) == calls                      # caught up: no more walks until the next request
+    finally:
+        worker.shutdown()
+
+
 def test_failing_idle_work_is_logged_and_the_worker_serves_on():
     lines = []
 
