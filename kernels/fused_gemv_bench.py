@@ -109,7 +109,7 @@ def main(argv=None) -> int:
 
     from kernels import reference
     from kernels.bench import copy_bandwidth, graph_replay_us
-    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="CodeLlama-7B",
                         help="comma-separated NAME or NAME/TP (a rank of TP): 7B, 13B, 34B, 70B, e.g. 34B/2,34B,70B/2")
     parser.add_argument("--tp", type=int, default=1, help="ranks for the names given without /TP")

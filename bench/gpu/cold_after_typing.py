@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="random:CodeLlama-7B:.gpu/tokenizer")
     parser.add_argument("--context-tokens", type=int, default=8192)
     parser.add_argument("--max-tokens", type=int, default=32)

@@ -38,7 +38,7 @@ def rank_config(name: str, world: int):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="34B/2,34B,70B/2")
     parser.add_argument("--context", type=int, default=16384)
     parser.add_argument("--replays", type=int, default=20)

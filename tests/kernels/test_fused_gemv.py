@@ -282,3 +282,13 @@ def test_the_per_shape_entries_are_the_h200_sweeps():
     from pathlib import Path
     swept = read_configs(str(Path(__file__).resolve().parents[2] / "bench/results/h200-tp-shapes/fused-configs.json"))
     assert {k: c for k, c in CONFIGS.items() if isinstance(k, tuple)} == swept
+
+
+def test_help_says_what_the_sweep_does_in_whole_sentences(capsys):
+    """`python -m kernels.fused_gemv_bench --help` (a command the README lists) described it with the first line of
+    main's docstring, which stops mid-sentence: "... (CodeLlama-7B's by default; --model"."""
+    with pytest.raises(SystemExit) as exit:
+        fused_gemv_bench.main(["--help"])
+    assert exit.value.code == 0
+    description = capsys.readouterr().out.split("\n\n")[1]
+    assert description.startswith("Sweep the fused dense kernels") and description.endswith("CONFIGS`)."), description
