@@ -124,6 +124,22 @@ def test_help_mentions_every_command(capsys):
         assert command in text
 
 
+def test_the_readme_documents_every_option():
+    """Each option of `codecomplete` and `codecomplete serve` is named in the README (`--version` was not), and serve's
+    own (listening, requests) in its section: `serve --max-tokens`, what a request without a limit gets, was not."""
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    server_section = readme.split("## Server for editors", 1)[1].split("\n## ", 1)[0]
+    named = lambda option, text: any(option + end in text for end in ("`", " ", "]"))
+    missing = [option for build in (cli.build_parser, cli.build_serve_parser) for action in build()._actions
+               for option in action.option_strings if option not in ("-h", "--help") and not named(option, readme)]
+    serve_groups = [group for group in cli.build_serve_parser()._action_groups
+                    if group.title in ("listening", "requests")]
+    missing += [f"serve {option}" for group in serve_groups for action in group._group_actions
+                for option in action.option_strings if not named(option, server_section)]
+    assert missing == []
+
+
 def test_threads_must_be_a_positive_number(capsys):
     assert parse("r", "--file", "a.py", "--threads", "1").threads == 1
     with pytest.raises(SystemExit) as exit:
