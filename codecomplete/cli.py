@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _model_options(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
     model.add_argument("--model", metavar="SPEC",
-                       help="HF checkpoint folder, .gguf file, hub id, or random:PRESET[:TOKENIZER_DIR] (random weights of CodeLlama-7B/13B/34B or SmolLM2-135M shapes; without a tokenizer --bench only; default: $CODECOMPLETE_MODEL or the embedded SmolLM2)")
+                       help="HF checkpoint folder, .gguf file, hub id, or random:PRESET[:TOKENIZER_DIR] (random weights of CodeLlama-7B/13B/34B/70B or SmolLM2-135M shapes; without a tokenizer --bench only; default: $CODECOMPLETE_MODEL or the embedded SmolLM2)")
     model.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     model.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                        help="default: bfloat16 on CUDA, float32 on CPU")

@@ -276,6 +276,23 @@ def test_an_unknown_random_preset_is_a_usage_error(monkeypatch):
         parse("--prompt", "x", "--model", "random:SmolLM2-135M:")
 
 
+def test_the_random_presets_are_all_named_where_random_weights_are_documented():
+    """--help and the README listed CodeLlama-7B/13B/34B and SmolLM2-135M; random:CodeLlama-70B (the tensor-parallel
+    benchmarks' model) loads too."""
+    import re
+    from pathlib import Path
+
+    from models.config import PRESETS
+    help_text = next(a.help for a in cli.build_parser()._actions if "--model" in a.option_strings)
+    listed = {f"{family}-{size}" for family, sizes in re.findall(r"(CodeLlama|SmolLM2)-([\dBM/]+)", help_text)
+              for size in sizes.split("/")}
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    sentence = readme.split("No checkpoint on the GPU machine?", 1)[1].split("\n\n", 1)[0]
+    in_readme = {name for name in PRESETS if any(f"`{word}`" in sentence or f"random:{word}`" in sentence
+                                                  for word in (name, "-" + name.rsplit("-", 1)[1]))}
+    assert (listed, in_readme) == (set(PRESETS), set(PRESETS))
+
+
 def test_serve_refuses_empty_values(monkeypatch, capsys):
     """`serve --api-key "$KEY"` with KEY unset served with no key at all; an empty --host bound every interface."""
     served = []
