@@ -499,3 +499,15 @@ def test_a_run_without_out_writes_under_the_scratch_folder_not_the_committed_res
     monkeypatch.setenv("OUT", "/tmp/device-out")
     assert bench.main(["--quick"]) == 2
     assert outs == [Path("bench/scratch"), Path("/tmp/device-out")]
+
+
+def test_architecture_gives_plan_launchs_signature():
+    """ARCHITECTURE.md named plan_launch's 8-bit flag `fp8=False` (a caller following it got a TypeError): it is
+    `scaled`, and `wgmma8` was left out."""
+    import inspect
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[2] / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    documented = re.search(r"`kernels\.plan_launch\((.*?)\)`", text, re.S)[1]
+    names = [part.split("=")[0].strip() for part in documented.split(",") if part.strip() != "*"]
+    assert names == list(inspect.signature(plan_launch).parameters)

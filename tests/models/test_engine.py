@@ -397,6 +397,8 @@ def test_penalties_that_overflow_leave_a_distribution_to_sample(options):
     probs = probabilities(got, GenerationConfig(temperature=1.0))
     assert not probs.isnan().any() and probs.sum() == pytest.approx(1.0)
     assert probs[0, 0] < 0.5
+
+
 @pytest.mark.parametrize("options", [{}, dict(penalty_last_n=0, repeat_penalty=1.5, frequency_penalty=1.0),
                                      dict(repeat_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0,
                                           penalty_last_n=-1, penalize_prompt=False)])
@@ -419,3 +421,15 @@ def test_penalties_apply_before_sampling_as_before_greedy(smollm_engine):
     assert penalized != plain and penalized.count(" 1") < 3, penalized
     assert run(repeat_penalty=1.3, temperature=1.0, top_k=1, seed=3) == penalized
     assert run(frequency_penalty=1.0, penalize_prompt=False, penalty_last_n=-1) != plain
+
+
+def test_architecture_lists_every_field_of_a_generation_result():
+    """ARCHITECTURE.md's GenerationResult(...) stopped at `timings`: `stop_string` and `healing_tokens` (what the
+    server and the JSON's token counts read) were missing."""
+    import re
+    from pathlib import Path
+
+    from models import GenerationResult
+    text = (Path(__file__).resolve().parents[2] / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    documented = re.search(r"`GenerationResult\((.*?)\)`", text, re.S)[1]
+    assert [name.strip() for name in documented.split(",")] == [f.name for f in dataclasses.fields(GenerationResult)]
