@@ -411,3 +411,16 @@ def test_chosen_chunks_stay_within_their_budget_and_are_laid_out_in_line_order(s
     for budget in (exact - 1, exact):
         selection = select_chunks(encoder, layout, [(1.0, big)], budget)
         assert selection.tokens <= budget and (selection.order[0].form == "whole") == (budget == exact), budget
+
+
+def test_architecture_lists_every_field_of_a_packed_prompt():
+    """ARCHITECTURE.md's `packed.` lines left out `chosen` (the next prompt's `previous`) and `cut` (/infill's
+    `truncated`), which the session and the server read."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    from prompts.packing import PackedPrompt
+    text = (Path(__file__).resolve().parents[2] / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    documented = re.findall(r"^packed\.(\w+):", text, re.M)
+    assert documented == [f.name for f in dataclasses.fields(PackedPrompt)]
