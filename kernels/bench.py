@@ -651,7 +651,8 @@ def begin_run(program: str, out: Path):
 
 def main(argv=None) -> int:
     parser = OneLineParser(prog="python -m kernels.bench", description="Flash-Decoding kernel benchmark (needs a CUDA GPU)")
-    parser.add_argument("--out", type=folder, default=Path(os.environ.get("OUT", "bench/scratch")))
+    parser.add_argument("--out", type=folder, default=Path(os.environ.get("OUT", "bench/scratch")),
+                        help="folder for the results (default: $OUT, else bench/scratch)")
     parser.add_argument("--quick", action="store_true", help="issue 10's nine shapes")
     parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention (slow to compile)")
     parser.add_argument("--check", nargs="?", const="full", choices=["full", "quick"],
@@ -662,7 +663,8 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default="", help="comma-separated substrings of shape labels to run (with "
                         "--tune, one ending in $ matches a label's end: 'S=64k fp8$' leaves out 'S=64k fp8 T=8')")
     parser.add_argument("--tune", action="store_true", help="explore launch plans instead (kernels.tune)")
-    parser.add_argument("--budget-s", type=positive_seconds, default=330.0, help="--tune: seconds of exploration at most")
+    parser.add_argument("--budget-s", type=positive_seconds, default=330.0,
+                        help="--tune: seconds of exploration at most (default: 330)")
     parser.add_argument("--cases", choices=["issue", "all", "8bit"], default="issue",
                         help="--tune: issue 10's shapes and the bars' rows, every row of the final sweep, or the "
                              "rows where an int8 cache runs the dot kernel and the 8-token rows of both 8-bit caches")

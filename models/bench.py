@@ -474,22 +474,25 @@ def main(argv=None) -> int:
     # Every option is checked as it is parsed: a typo is one line at once, not a traceback after a model is built.
     counts = comma_list(whole(1))
     parser = OneLineParser(prog="python -m models.bench", description="End-to-end decode benchmark (needs a CUDA GPU)")
-    parser.add_argument("--models", type=comma_list(_model), default="7B,34B")
-    parser.add_argument("--contexts", type=counts, default="4096,16384,32768,65536")
-    parser.add_argument("--batches", type=counts, default="1,8")
+    parser.add_argument("--models", type=comma_list(_model), default="7B,34B",
+                        help="presets: 7B, 13B, 34B, 70B, SmolLM2-135M (default: 7B,34B)")
+    parser.add_argument("--contexts", type=counts, default="4096,16384,32768,65536",
+                        help="context lengths in tokens (default: 4096,16384,32768,65536)")
+    parser.add_argument("--batches", type=counts, default="1,8", help="batch sizes (default: 1,8)")
     parser.add_argument("--layers-34b", type=whole(0), default=0, help="cut CodeLlama-34B to N layers (0: all that fit)")
     parser.add_argument("--hf", type=comma_list(one_of("static", "dynamic"), empty=True), default="static,dynamic",
                         help="HF cache kinds to time ('' to skip)")
     parser.add_argument("--hf-contexts", type=counts, default=None,
                         help="contexts of the HF rows, some of --contexts (default: all of them; another is "
                              "refused, as it would have no row of ours to compare with)")
-    parser.add_argument("--hf-steps", type=whole(1), default=12)
-    parser.add_argument("--replays", type=whole(1), default=20)
+    parser.add_argument("--hf-steps", type=whole(1), default=12, help="transformers' decode steps timed (default: 12)")
+    parser.add_argument("--replays", type=whole(1), default=20, help="graph replays timed per row (default: 20)")
     parser.add_argument("--ttft", type=comma_list(whole(1), empty=True, length=2), default="16384,300",
                         help="shared,new tokens for the prefix-reuse TTFT ('' to skip)")
     parser.add_argument("--profile", action="store_true",
                         help="write a kernel profile of one step (per backend; 8-bit caches: flash)")
-    parser.add_argument("--hf-batches", type=counts, default="1")
+    parser.add_argument("--hf-batches", type=counts, default="1",
+                        help="batch sizes transformers is timed at (default: 1)")
     parser.add_argument("--kv-caches", type=comma_list(one_of("bf16", "fp8", "int8")), default="bf16",
                         help="KV cache types to time: bf16, fp8, int8")
     parser.add_argument("--tag", default="", help="suffix of the output file names")
@@ -505,7 +508,8 @@ def main(argv=None) -> int:
                         help="our attention backends to time; NAME:unfused runs the compiled general step where "
                              "the fused one-token step would, NAME:nopdl launches nothing as a dependent launch "
                              "(A/B arms)")
-    parser.add_argument("--out", type=folder, default=Path("bench/scratch"))
+    parser.add_argument("--out", type=folder, default=Path("bench/scratch"),
+                        help="folder for e2e.json, e2e.md, e2e.png (default: bench/scratch)")
     args = parser.parse_args(argv)
     if not args.gpus and (args.sweep or args.gemv_ab or args.methods != parser.get_default("methods")):
         # ignored without it: the run was not the one asked for

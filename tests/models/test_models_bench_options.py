@@ -142,3 +142,19 @@ def test_the_other_model_benchmarks_say_a_bad_option_in_one_line(module, monkeyp
         bench_module.main(["--bogus"])
     err = capsys.readouterr().err
     assert exit.value.code == 2 and err.count("\n") == 1 and err.startswith(f"python -m models.{module}: error: ")
+
+
+@pytest.mark.parametrize("module", ["models.bench", "kernels.bench"])
+def test_help_says_what_every_option_does(module, capsys):
+    """--models, --contexts, --batches, --replays, --out and four more said nothing in `python -m models.bench --help`
+    (kernels.bench's --out too), though their siblings say what they do and their defaults."""
+    import importlib
+    import re
+    with pytest.raises(SystemExit) as exit:
+        importlib.import_module(module).main(["--help"])
+    assert exit.value.code == 0
+    options = capsys.readouterr().out.split("\noptions:\n", 1)[1]
+    # An option's entry: its line, then lines indented further; one with help text has words after the option.
+    entries = re.findall(r"^  (-[^\n]*(?:\n {6,}[^\n]*)*)", options, re.M)
+    silent = [entry.split()[0].rstrip(",") for entry in entries if len(entry.split("  ")) < 2 and "\n" not in entry]
+    assert silent == []
