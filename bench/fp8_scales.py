@@ -59,9 +59,12 @@ def causal_attention(q, k, v):
 
 def main(argv=None) -> int:
     parser = _Parser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=2048)
-    parser.add_argument("--queries", type=int, default=64)
-    parser.add_argument("--out", type=Path, default=Path("bench/scratch/fp8-scales-cpu.txt"))
+    parser.add_argument("--tokens", type=int, default=2048,
+                        help="tokens of source run through the model (default: 2048)")
+    parser.add_argument("--queries", type=int, default=64,
+                        help="the last this many tokens' attention is measured (default: 64)")
+    parser.add_argument("--out", type=Path, default=Path("bench/scratch/fp8-scales-cpu.txt"),
+                        help="the results file (default: bench/scratch/fp8-scales-cpu.txt)")
     args = parser.parse_args(argv)
     # Before the model loads: --queries 0 measured every token (q[..., -0:]), --tokens 0 and an --out folder were
     # tracebacks, the folder's only after the whole run.

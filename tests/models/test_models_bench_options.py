@@ -144,14 +144,24 @@ def test_the_other_model_benchmarks_say_a_bad_option_in_one_line(module, monkeyp
     assert exit.value.code == 2 and err.count("\n") == 1 and err.startswith(f"python -m models.{module}: error: ")
 
 
-@pytest.mark.parametrize("module", ["models.bench", "kernels.bench"])
-def test_help_says_what_every_option_does(module, capsys):
+@pytest.mark.parametrize("program", ["models.bench", "kernels.bench", "bench/context_eval.py", "bench/fp8_scales.py",
+                                     "bench/speculative_bench.py", "bench/prompts_bench.py"])
+def test_help_says_what_every_option_does(program, capsys, monkeypatch):
     """--models, --contexts, --batches, --replays, --out and four more said nothing in `python -m models.bench --help`
-    (kernels.bench's --out too), though their siblings say what they do and their defaults."""
+    (kernels.bench's --out too; the README's bench/*.py scripts' --budgets, --seed, --tokens and the like), though
+    their siblings say what they do and their defaults."""
     import importlib
     import re
+    import runpy
+    from pathlib import Path
     with pytest.raises(SystemExit) as exit:
-        importlib.import_module(module).main(["--help"])
+        if program.endswith(".py"):
+            script = Path(__file__).resolve().parents[2] / program
+            monkeypatch.setattr("sys.argv", [program, "--help"])
+            monkeypatch.syspath_prepend(str(script.parent))        # as `python bench/x.py` puts bench/ first
+            runpy.run_path(str(script), run_name="__main__")
+        else:
+            importlib.import_module(program).main(["--help"])
     assert exit.value.code == 0
     options = capsys.readouterr().out.split("\noptions:\n", 1)[1]
     # An option's entry: its line, then lines indented further; one with help text has words after the option.
