@@ -337,7 +337,7 @@ def _prompt_and_engine(record: dict) -> str:
 def parse_args(argv):
     # Errors in one line and exit status 2, like codecomplete's own, before the server starts.
     parser = _Parser(prog="python -m codecomplete.serve_bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--repo", type=Path, default=Path("."), help="the repository (default: this one)")
+    parser.add_argument("--repo", type=Path, default=Path("."), help="the repository (default: the current folder)")
     parser.add_argument("--file", default="models/engine.py", help="the file typed in (relative to --repo)")
     parser.add_argument("--function", default="_generate", help="the function whose body is typed")
     parser.add_argument("--other-file", default="prompts/completion.py", help="the cold request's file")
@@ -347,10 +347,12 @@ def parse_args(argv):
     parser.add_argument("--chars", type=_whole_number(1), default=3, help="characters typed per request (default: 3)")
     parser.add_argument("--requests", type=_whole_number(1), default=40, help="at most this many keystrokes (default: 40)")
     parser.add_argument("--max-tokens", type=_tokens, default=16, help="new tokens per request (default: 16)")
-    parser.add_argument("--one-shot", type=_whole_number(0), default=2, help="cursors also run through the one-shot CLI")
+    parser.add_argument("--one-shot", type=_whole_number(0), default=2,
+                        help="cursors also run through the one-shot CLI (default: 2)")
     parser.add_argument("--model", help="as for codecomplete (e.g. random:CodeLlama-7B:.gpu/tokenizer)")
-    parser.add_argument("--device")
-    parser.add_argument("--attention")
+    parser.add_argument("--device", help="as for codecomplete (default: its default)")
+    parser.add_argument("--attention", choices=("flash", "sdpa", "eager"),
+                        help="as for codecomplete (default: its default)")
     parser.add_argument("--context-tokens", type=_tokens, help="the prompt budget (default: codecomplete's)")
     parser.add_argument("--out", type=Path, help="NAME for NAME.json and NAME.md (default: bench/scratch/serve-DEVICE)")
     args = parser.parse_args(argv)

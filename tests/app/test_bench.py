@@ -157,6 +157,7 @@ def test_a_plot_that_cannot_be_written_is_an_error_not_a_bug(tmp_path, monkeypat
     (["--function", "absent"], "--file a.py: no function absent in it"),              # exit status 1 before
     (["--file", "notes.md"], "--file notes.md: unterminated string literal"),
     (["--bogus"], "unrecognized arguments: --bogus"),                                 # a usage block before
+    (["--attention", "flahs"], "argument --attention: invalid choice: 'flahs'"),   # a server that would not start
     (["--out", "{tmp}/no-folder/serve"], "--out {tmp}/no-folder/serve.json: cannot write it"),  # after the run
     (["--out", "{tmp}/pkg"], "--out {tmp}/pkg.json: is a folder"),        # a folder pkg.json, made below
 ])
