@@ -283,10 +283,12 @@ def main(argv=None) -> int:
     jobs += [(f"append-{a}-{b}-h{h}-d{d}-t{t}" + ("-vseq" if seq else ""),
               lambda a=a, b=b, h=h, d=d, t=t, seq=seq: compile_append(a, b, h, d, t, target, seq))
              for a, b, h, d, t, seq in APPEND_CONFIGS]
+    if wanted:
+        jobs = [(name, job) for name, job in jobs if any(w in name for w in wanted)]
+        if not jobs:        # a typo checked nothing and passed (exit 0)
+            parser.error(f"--only {args.only}: no configuration's name holds it")
     failures = 0
     for name, job in jobs:
-        if wanted and not any(w in name for w in wanted):
-            continue
         try:
             facts = job()
         except Exception as error:  # report every configuration, then fail

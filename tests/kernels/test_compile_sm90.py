@@ -153,3 +153,12 @@ def test_transposed_kernel_loads_its_tiles_by_tma(compiled):
         ops = facts["loop_opcodes"]
         assert any(op.startswith(mma) for op in ops) and any(op.startswith("UTMALDG") for op in ops), name
         assert "LDGSTS.E.BYPASS.128" not in ops and facts["local_bytes"] == 0, name
+
+
+def test_an_only_that_matches_no_configuration_is_an_error(capsys):
+    """`--only spilt` (a typo) compiled nothing, printed nothing and exited 0: a check that passed without checking."""
+    from kernels import compile_check
+    with pytest.raises(SystemExit) as exit:
+        compile_check.main(["--only", "no-such-configuration"])
+    assert exit.value.code == 2 and "--only no-such-configuration: no configuration's name holds it" in (
+        capsys.readouterr().err)
