@@ -255,6 +255,8 @@ def check_serve(args: argparse.Namespace) -> None:
         value = getattr(args, option)
         if value is not None and not value.strip():
             raise UsageError(f"--{option.replace('_', '-')} is empty")
+    if args.host.startswith("[") and args.host.endswith("]"):
+        args.host = args.host[1:-1]     # IPv6 as a URL writes it ([::1]): was "reachable from other machines"
     check_omp_threads()
     check_distributed_debug()
 

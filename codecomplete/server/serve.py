@@ -6,6 +6,7 @@ close the socket and end with 0.
 """
 from __future__ import annotations
 
+import errno
 import gc
 import ipaddress
 import os
@@ -176,7 +177,9 @@ def _listen(host: str, port: int) -> socket.socket:
         listener.bind((host, port))
     except OSError as exc:
         listener.close()
-        raise AppError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        # A host that names no address of this machine is a bad --host (exit 2); a port taken is the moment's (1).
+        bad_host = isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL
+        raise (UsageError if bad_host else AppError)(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     listener.listen(128)
     return listener
 

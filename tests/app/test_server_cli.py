@@ -504,6 +504,35 @@ def test_on_windows_a_second_server_cannot_take_a_port_one_listens_on(monkeypatc
     assert options == [-5, socket.SO_REUSEADDR]
 
 
+def test_a_host_this_machine_cannot_listen_on_is_a_usage_error(monkeypatch):
+    """`serve --host [::1]` (IPv6 as URLs write it) was refused as "reachable from other machines"; a host that names
+    no address here (a typo, another machine's address) was exit status 1, a runtime failure, where the README's
+    table says 2 for a bad option value. A port another program holds stays 1."""
+    import socket
+
+    from codecomplete import cli
+    from codecomplete.errors import AppError, UsageError
+    from codecomplete.server import serve
+
+    args = cli.build_serve_parser().parse_args(["--host", "[::1]"])
+    cli.check_serve(args)
+    assert args.host == "::1" and serve._is_loopback(args.host)
+    with pytest.raises(UsageError, match="cannot listen on 192.0.2.1:0"):      # TEST-NET-1: no machine's own
+        serve._listen("192.0.2.1", 0)
+
+    def unknown(self, address):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    with monkeypatch.context() as patch:
+        patch.setattr(socket.socket, "bind", unknown)
+        with pytest.raises(UsageError, match="cannot listen on no-such-host:8012: Name or service not known"):
+            serve._listen("no-such-host", 8012)
+    taken = serve._listen("127.0.0.1", 0)
+    with pytest.raises(AppError) as failure:
+        serve._listen("127.0.0.1", taken.getsockname()[1])
+    taken.close()
+    assert not isinstance(failure.value, UsageError)
+
+
 def test_a_record_windows_will_not_remove_while_it_is_read_is_no_crash(monkeypatch, tmp_path):
     """Windows refuses to remove a file that another process has open: a client reading a server's record as the
     server stopped ended the server in an internal error, and a client removing a stale record as another read it
