@@ -14,12 +14,16 @@ import torch
 
 from models import GenerationConfig, load_model
 
-parser = argparse.ArgumentParser()
-parser.add_argument("--out")
-parser.add_argument("--lengths", default="1024,4096,16000")
+parser = argparse.ArgumentParser(description=__doc__.split("\n-")[0])
+parser.add_argument("--out", help="a folder for prefill_stop.json (default: none, the table only)")
+parser.add_argument("--lengths", default="1024,4096,16000", help="prompt lengths in tokens (default: 1024,4096,16000)")
 args = parser.parse_args()
-
-lengths = [int(n) for n in args.lengths.split(",")]
+if not torch.cuda.is_available():       # was an AssertionError's traceback from torch
+    parser.exit(2, "prefill_stop needs a CUDA GPU: it times the GPU's stoppable prefill.\n")
+try:
+    lengths = [int(n) for n in args.lengths.split(",")]
+except ValueError:
+    parser.error(f"--lengths {args.lengths}: token counts expected, e.g. 1024,4096")
 engine = load_model("random:CodeLlama-7B", device="cuda", max_context=16384)
 one = GenerationConfig(max_new_tokens=1)
 vocab = engine.model.config.vocab_size

@@ -101,4 +101,11 @@ def main(out: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1] if len(sys.argv) > 1 else "bench/scratch/v-layout")))
+    import argparse
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", nargs="?", type=Path, default=Path("bench/scratch/v-layout"),
+                        help="the folder for v-layout.json and v-layout.md (default: bench/scratch/v-layout)")
+    out = parser.parse_args().out       # (`--help` was taken for the folder to write)
+    if not torch.cuda.is_available():   # was an AssertionError's traceback from torch
+        parser.exit(2, "v_layout needs a CUDA GPU: it times the kernels there.\n")
+    sys.exit(main(out))

@@ -74,3 +74,18 @@ def test_the_append_kernel_variant_writes_what_qkv_rope_writes(step_parts):
     (fused_logits, fused_caches), (appended_logits, appended_caches) = runs
     assert all(torch.equal(a, b) for a, b in zip(fused_caches, appended_caches))
     assert torch.equal(fused_logits, appended_logits) and fused_logits.abs().max() > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU these scripts run their benchmarks")
+@pytest.mark.parametrize("script", ["prefill_stop.py", "v_layout.py", "step_parts.py"])
+def test_a_gpu_script_says_in_one_line_that_it_needs_a_gpu(script, tmp_path):
+    """`python bench/gpu/prefill_stop.py` and `python bench/gpu/v_layout.py OUT` (commands the README lists) ended
+    in torch's AssertionError traceback on a machine without CUDA, as step_parts.py does not."""
+    import os
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[2]
+    out = [str(tmp_path)] if script == "v_layout.py" else ["--out", str(tmp_path)]
+    run = subprocess.run([sys.executable, str(root / "bench" / "gpu" / script), *out], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "needs a CUDA GPU" in run.stderr, run.stderr
