@@ -125,6 +125,8 @@ def main(argv=None) -> int:
         steps = {(m, tp): model_projections(m, tp) for m, tp in models}
     except ValueError as error:
         parser.error(str(error))
+    if args.device == "cuda" and not torch.cuda.is_available():     # was torch's AssertionError traceback
+        parser.exit(2, "kernels.fused_gemv_bench needs a CUDA GPU: it times the fused kernels there.\n")
     started = time.perf_counter()
     bandwidth = copy_bandwidth()
     dev = args.device

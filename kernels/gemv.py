@@ -193,14 +193,16 @@ def main(argv=None) -> int:
     parser.add_argument("--replays", type=int, default=10)
     parser.add_argument("--budget-s", type=float, default=0.0, help="stop starting shapes after this long (0: none)")
     args = parser.parse_args(argv)
+    wanted = [w.strip() for w in args.only.split(",") if w.strip()] or list(SHAPES)
+    if unknown := [w for w in wanted if w not in SHAPES]:
+        parser.error(f"--only: unknown shapes {unknown} (known: {', '.join(SHAPES)})")
+    if not torch.cuda.is_available():       # was torch's AssertionError traceback
+        parser.exit(2, "kernels.gemv needs a CUDA GPU: it times the GEMV there.\n")
     started = time.perf_counter()
     bandwidth = copy_bandwidth()
     rotate = max(64 << 20, 2 * (getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 0) or 0))
     print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s; split-K: at most {K_PER_PROGRAM} columns per program; "
           f"weights rotated over {rotate >> 20} MiB", flush=True)
-    wanted = [w.strip() for w in args.only.split(",") if w.strip()] or list(SHAPES)
-    if unknown := [w for w in wanted if w not in SHAPES]:
-        parser.error(f"--only: unknown shapes {unknown} (known: {', '.join(SHAPES)})")
     rows = []
     for name in wanted:                  # in the order asked
         N, K = SHAPES[name]

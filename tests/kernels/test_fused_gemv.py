@@ -292,3 +292,12 @@ def test_help_says_what_the_sweep_does_in_whole_sentences(capsys):
     assert exit.value.code == 0
     description = capsys.readouterr().out.split("\n\n")[1]
     assert description.startswith("Sweep the fused dense kernels") and description.endswith("CONFIGS`)."), description
+
+
+def test_the_sweep_without_a_gpu_says_so_in_one_line(monkeypatch, capsys):
+    """`python -m kernels.fused_gemv_bench` (a README command) on a machine without CUDA ended in torch's
+    AssertionError."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit:
+        fused_gemv_bench.main([])
+    assert exit.value.code == 2 and "needs a CUDA GPU" in capsys.readouterr().err

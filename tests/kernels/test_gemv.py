@@ -94,3 +94,12 @@ def test_both_variants_compile_for_sm90():
     assert unsplit["cubin_bytes"] > 0 and unsplit["vector_loads"] >= 4 and not unsplit["ticket"]
     assert split["cubin_bytes"] > 0 and split["vector_loads"] >= 4
     assert split["ticket"] and split["reset"] and split["partials_from_l2"] == 3
+
+
+def test_the_benchmark_without_a_gpu_says_so_in_one_line(monkeypatch, capsys):
+    """`python -m kernels.gemv` (a README command) on a machine without CUDA ended in torch's AssertionError."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit:
+        gemv_module.main([])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err == "kernels.gemv needs a CUDA GPU: it times the GEMV there.\n"
