@@ -190,7 +190,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="comma-separated shape names (see SHAPES), run in that order")
     parser.add_argument("--json", default="", help="write the rows to this file")
-    parser.add_argument("--replays", type=int, default=10)
+    parser.add_argument("--replays", type=int, default=10, help="graph replays a timing (default: 10)")
     parser.add_argument("--budget-s", type=float, default=0.0, help="stop starting shapes after this long (0: none)")
     args = parser.parse_args(argv)
     wanted = [w.strip() for w in args.only.split(",") if w.strip()] or list(SHAPES)

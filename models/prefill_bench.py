@@ -40,9 +40,10 @@ def main(argv=None) -> int:
     from models.generation import GenerationConfig
     from models.llama import build_random_model
     parser = OneLineParser(prog="python -m models.prefill_bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="CodeLlama-7B")
-    parser.add_argument("--tokens", type=int, default=7800)
-    parser.add_argument("--out", type=Path, default=Path("bench/scratch"))
+    parser.add_argument("--model", default="CodeLlama-7B", help="a preset (default: CodeLlama-7B)")
+    parser.add_argument("--tokens", type=int, default=7800, help="prompt tokens (default: 7800)")
+    parser.add_argument("--out", type=Path, default=Path("bench/scratch"),
+                        help="results folder (default: bench/scratch)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("models.prefill_bench needs a CUDA GPU", file=sys.stderr)

@@ -244,9 +244,11 @@ def main(argv=None) -> int:
     parser.add_argument("--model", type=_checked(model_config), default="34B",
                         help="a preset (7B, 13B, 34B, 70B) or NAME/TP: a tensor-parallel "
                         "rank's shapes on one GPU, without its collectives")
-    parser.add_argument("--contexts", type=comma_list(whole(1)), default="131072")
-    parser.add_argument("--kv-caches", type=comma_list(one_of(*KINDS)), default="fp8,int8")
-    parser.add_argument("--batch", type=whole(1), default=1)
+    parser.add_argument("--contexts", type=comma_list(whole(1)), default="131072",
+                        help="context lengths in tokens (default: 131072)")
+    parser.add_argument("--kv-caches", type=comma_list(one_of(*KINDS)), default="fp8,int8",
+                        help="cache kinds: " + ", ".join(KINDS) + " (default: fp8,int8)")
+    parser.add_argument("--batch", type=whole(1), default=1, help="sequences per step (default: 1)")
     parser.add_argument("--variant", type=_checked(parse_variant), action="append", default=[],
                         help='name={"plan field": value, ...}')
     parser.add_argument("--no-auto", action="store_true", help="time only the table plan and the --variant ones")
@@ -254,11 +256,14 @@ def main(argv=None) -> int:
                         help="comma-separated: early, late: also time the table's and the heuristic's plans with "
                         "attention launched early or late in the step whatever its grid (step_launch; named "
                         "'table +early-qkv' ...)")
-    parser.add_argument("--rounds", type=whole(1), default=3)
-    parser.add_argument("--replays", type=whole(1), default=20)
+    parser.add_argument("--rounds", type=whole(1), default=3,
+                        help="rounds interleaving the candidates; the median counts (default: 3)")
+    parser.add_argument("--replays", type=whole(1), default=20, help="graph replays a timing (default: 20)")
     parser.add_argument("--margin", type=_fraction, default=0.005, help="a step this much faster replaces the table's")
-    parser.add_argument("--write-table", type=Path, default=None)
-    parser.add_argument("--out", type=folder, default=Path("bench/scratch/step-plans"))
+    parser.add_argument("--write-table", type=Path, default=None,
+                        help="a plan file whose entries a step-faster candidate replaces (see the module doc)")
+    parser.add_argument("--out", type=folder, default=Path("bench/scratch/step-plans"),
+                        help="folder for step-plans.json and .md (default: bench/scratch/step-plans)")
     args = parser.parse_args(argv)
     contexts = [int(x) for x in args.contexts.split(",") if x.strip()]
     kinds = [k.strip() for k in args.kv_caches.split(",") if k.strip()]
