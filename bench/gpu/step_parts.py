@@ -182,11 +182,13 @@ def kernel_rows(lengths, replays: int, log) -> list[dict]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("bench/scratch/step-parts"))
-    parser.add_argument("--contexts", default="4096,16384")
-    parser.add_argument("--kinds", default="bf16,fp8")
-    parser.add_argument("--lengths", default="256,1024,4096,16384,65536")
-    parser.add_argument("--replays", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=Path("bench/scratch/step-parts"),
+                        help="results folder (default: bench/scratch/step-parts)")
+    parser.add_argument("--contexts", default="4096,16384", help="the steps' contexts in tokens (default: 4096,16384)")
+    parser.add_argument("--kinds", default="bf16,fp8", help="KV cache kinds of the steps (default: bf16,fp8)")
+    parser.add_argument("--lengths", default="256,1024,4096,16384,65536",
+                        help="cache lengths of the flash_decode-alone rows (default: 256,1024,4096,16384,65536)")
+    parser.add_argument("--replays", type=int, default=30, help="graph replays a timing (default: 30)")
     parser.add_argument("--dense-sweep", action="store_true",
                         help="time every configuration of kernels.fused_gemv_bench.SWEEP inside the step (first kind only)")
     parser.add_argument("--configs", default="", help="';'-separated dense configurations to time in every row, "
