@@ -222,16 +222,10 @@ class _Meter:
         return (self.count - self.first_count) / (self.last - self.first)
 
 
-def token_counts(result) -> tuple[int, int]:
-    """The prompt's tokens and the generated ones, as every route of the server counts them."""
-    from .server.worker import token_counts
-    return token_counts(result)
-
-
 def summary_line(result, engine=None) -> str:
     """`37 tokens · 14.2 tok/s · first token 180 ms · prompt 1,834 (1,700 reused)`"""
     timings = result.timings
-    prompt_tokens, completion_tokens = token_counts(result)
+    prompt_tokens, completion_tokens = result.token_counts()
     # A rate needs two tokens: with none or one, "0.0 tok/s" would say the model stalled when it did not decode.
     parts = [_plural(completion_tokens, "token"),
              *([f"{timings.decode_tokens_per_s:.1f} tok/s"] if timings.decode_tokens_per_s else []),
@@ -400,9 +394,9 @@ def context_table(items) -> Table:
 
 def result_json(text_key: str, result, engine, context=()) -> dict:
     """The object DESIGN.md fixes, plus finish_reason, prefix reuse and each context item's form. The tokens that
-    only made the healed text again are the prompt's, as the server counts them (`token_counts`): `--max-tokens 3`
-    after a healed prompt reported 5 completion tokens."""
-    prompt_tokens, completion_tokens = token_counts(result)
+    only made the healed text again are the prompt's, as the server counts them (GenerationResult.token_counts):
+    `--max-tokens 3` after a healed prompt reported 5 completion tokens."""
+    prompt_tokens, completion_tokens = result.token_counts()
     return {
         text_key: result.text,
         "tokens": list(result.token_ids[result.healing_tokens:]),

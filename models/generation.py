@@ -59,3 +59,10 @@ class GenerationResult:
     timings: Timings = field(default_factory=Timings)
     stop_string: str = ""               # the stop string that ended it, if one did
     healing_tokens: int = 0             # of token_ids, the first ones that only made the healed text again
+
+    def token_counts(self) -> tuple[int, int]:
+        """The prompt's tokens and the generated ones as llama.cpp (n_decoded), Ollama (eval_count) and OpenAI usage
+        count them: every token sampled, the end of text that stopped it included; but a token that only made the
+        healed text again is the prompt's, where those servers (no healing) leave it, or `max_tokens: 1` after a
+        healed prompt reported 2 completion tokens. The sum stays the tokens the cache holds."""
+        return self.prompt_tokens + self.healing_tokens, len(self.token_ids) - self.healing_tokens

@@ -30,7 +30,6 @@ from starlette.concurrency import run_in_threadpool
 from .bodies import Body, Seed, check_ids, read_json, stop_strings
 from .errors import ApiError
 from .streaming import json_response, sse, stream
-from .worker import token_counts
 
 router = APIRouter()
 public = APIRouter()
@@ -188,7 +187,7 @@ async def _answer(server, running, generation, body: Options, limits: Limits, tr
     def final(result) -> dict:
         content = limits.cut(result.text)
         stop_type, word = _stop(server, prompt, result, limits)
-        evaluated, predicted = token_counts(result)
+        evaluated, predicted = result.token_counts()
         cached = evaluated + predicted      # at the context's end: llama.cpp's truncated too
         return {
             # every sampled token, the end of text too, as llama.cpp's generated_tokens (healing's own: the prompt's)
@@ -231,7 +230,7 @@ async def _answer(server, running, generation, body: Options, limits: Limits, tr
 def timings(result) -> dict:
     """llama.cpp's timings: the prompt tokens evaluated (the cached ones apart) and the predicted ones, in ms."""
     t = result.timings
-    evaluated, predicted_n = token_counts(result)
+    evaluated, predicted_n = result.token_counts()
     prompt_n = evaluated - result.reused_prefix_tokens
     prompt_ms, predicted_ms = 1000 * t.prefill_s, 1000 * t.decode_s
     return {

@@ -34,7 +34,6 @@ from pydantic import Field
 from .bodies import Body, Seed, check_ids, read_json, stop_strings
 from .errors import ApiError
 from .streaming import json_response, ndjson, stream
-from .worker import token_counts
 
 PREFIX = "/api/"
 router = APIRouter(prefix="/api")
@@ -250,7 +249,7 @@ def _done(result, total_s: float) -> dict:
     """The final counters; `total_s`: since the request was queued, as Ollama's total_duration counts from the
     request's arrival (the wait behind other requests and building the prompt too, not the model's time alone)."""
     t = result.timings
-    prompt, generated = token_counts(result)
+    prompt, generated = result.token_counts()
     nanoseconds = lambda seconds: int(seconds * 1e9)  # noqa: E731
     return {"done": True, "done_reason": "length" if result.finish_reason == "length" else "stop",
             "total_duration": nanoseconds(total_s), "load_duration": 0,

@@ -26,7 +26,6 @@ from starlette.responses import StreamingResponse
 from .errors import ApiError
 from .bodies import Body, Seed, check_ids, read_json, stop_strings
 from .streaming import json_response, sse, stream
-from .worker import token_counts
 
 router = APIRouter()
 FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
@@ -229,7 +228,7 @@ class Reply:
 
 
 def usage(result) -> dict:
-    prompt, completion = token_counts(result)
+    prompt, completion = result.token_counts()
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
             "prompt_tokens_details": {"cached_tokens": result.reused_prefix_tokens}}
 

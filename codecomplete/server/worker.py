@@ -238,14 +238,6 @@ class EngineWorker:
             self._live.pop(job.id, None)
 
 
-def token_counts(result) -> tuple[int, int]:
-    """The prompt's tokens and the generated ones as llama.cpp (n_decoded), Ollama (eval_count) and llama.cpp's OpenAI
-    usage count them: every token sampled, the end of text that stopped it included; but a token that only made the
-    healed text again is the prompt's, where those servers (no healing) leave it, or `max_tokens: 1` after a healed
-    prompt reported 2 completion tokens. The sum stays the tokens the cache holds."""
-    return result.prompt_tokens + result.healing_tokens, len(result.token_ids) - result.healing_tokens
-
-
 def _summary(job: Job, result, seconds: float) -> str:
     """`POST /infill · prompt 1,034 (1,001 reused) · 16 tokens · first 112 ms (queued 0, prompt 15, engine 90, text
     5, sent 2) · 0.61 s · length`: the first token's time from the job's submission, split into the wait for the
@@ -263,6 +255,6 @@ def _summary(job: Job, result, seconds: float) -> str:
         if job.first_sent is not None:
             parts.append(f"sent {ms(job.first_text, job.first_sent)}")
         first = (f"first {ms(job.submitted, end)} ms" if end is not None else first) + f" ({', '.join(parts)})"
-    prompt, generated = token_counts(result)
+    prompt, generated = result.token_counts()
     return (f"{job.label} · prompt {prompt:,} ({result.reused_prefix_tokens:,} reused) · "
             f"{generated} tokens · {first} · {seconds:.2f} s · {result.finish_reason}")

@@ -12,6 +12,7 @@ import pytest
 from codecomplete.server.warming import PromptWarmer
 from codecomplete.server.worker import EngineWorker
 from codecomplete.session import Sampling, Session
+from models.generation import GenerationResult, Timings
 from prompts import index_repository
 
 FILES = {f"pkg/m{i}.py": f"def f{i}(x):\n    return x + {i}\n\n\ndef g{i}(y):\n    return f{i}(y) * 2\n"
@@ -118,8 +119,7 @@ def test_idle_work_runs_in_quiet_moments_only_and_resumes_after_a_request():
         calls.append(busy.is_set())
         return len(calls) not in (3, 4)        # stops after 3 slices; after the request, one more, then stops
 
-    result = SimpleNamespace(prompt_tokens=1, reused_prefix_tokens=0, token_ids=[], healing_tokens=0,
-                             finish_reason="length", timings=SimpleNamespace(ttft_ms=1.0))
+    result = GenerationResult("", [], 1, 0, "length", Timings(ttft_ms=1.0))
 
     def start():
         busy.set()
@@ -152,8 +152,7 @@ def test_quiet_moments_after_a_request_bring_the_whole_index_up_to_the_disk_then
     root.mkdir()
     for i in range(40):
         (root / f"m{i}.py").write_text(f"def old_{i}(x):\n    return x\n")
-    result = SimpleNamespace(prompt_tokens=3, reused_prefix_tokens=0, token_ids=[], healing_tokens=0,
-                             finish_reason="length", timings=SimpleNamespace(ttft_ms=1.0))
+    result = GenerationResult("", [], 3, 0, "length", Timings(ttft_ms=1.0))
     engine = SimpleNamespace(check_prompt=lambda ids: None, generate=lambda *args, **options: result)
     session = Session(engine, index_repository(root, cache_dir=tmp_path / "cache"))
     session._index.files_per_refresh = 4                 # the slices of a repository of thousands of files
@@ -187,8 +186,7 @@ def test_failing_idle_work_is_logged_and_the_worker_serves_on():
     def idle():
         raise RuntimeError("broken")
 
-    result = SimpleNamespace(prompt_tokens=1, reused_prefix_tokens=0, token_ids=[], healing_tokens=0,
-                             finish_reason="length", timings=SimpleNamespace(ttft_ms=1.0))
+    result = GenerationResult("", [], 1, 0, "length", Timings(ttft_ms=1.0))
     worker = EngineWorker(idle=idle, idle_s=0.01, log=lines.append)
     try:
         wait_for(lambda: lines)
@@ -210,8 +208,7 @@ def test_the_warm_up_runs_on_the_engine_thread_before_any_job():
         threads.append(threading.current_thread())
         return "warmed"
 
-    result = SimpleNamespace(prompt_tokens=1, reused_prefix_tokens=0, token_ids=[], healing_tokens=0,
-                             finish_reason="length", timings=SimpleNamespace(ttft_ms=1.0))
+    result = GenerationResult("", [], 1, 0, "length", Timings(ttft_ms=1.0))
 
     def start():
         threads.append(threading.current_thread())
