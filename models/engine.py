@@ -231,9 +231,9 @@ class Engine:
         still holds them. Before a tensor-parallel group goes: NCCL (2.26 on) waits, in destroying or
         aborting a communicator, until every CUDA graph that captured one of its collectives is destroyed."""
         for state in self._steps.values():
-            if state.graph is not None:
-                state.graph.reset()
-                state.graph = None
+            for graph, _ in state.graphs.values():
+                graph.reset()
+            state.graphs.clear()
         self._steps.clear()
 
     def release_memory(self) -> None:
@@ -261,7 +261,7 @@ class Engine:
         """The decode step for `batch` sequences of `width` tokens each (1, or 1 + drafts to verify)."""
         if (batch, width) not in self._steps:
             self._steps[batch, width] = DecodeStep(self.model, batch, width, self.attention, self._device,
-                                                   self._graphs_enabled)
+                                                   self._graphs_enabled, self.context_length)
         return self._steps[batch, width]
 
     def _speculation_depth(self, config: GenerationConfig, batch: int) -> int:

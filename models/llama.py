@@ -40,8 +40,9 @@ class Decode:
     input_pos: torch.Tensor        # (B,) int64: where each sequence's first new token goes
     cache_seqlens: torch.Tensor    # (B,) int32: input_pos + T, the lengths attention reads
     backend: str                   # "flash" | "sdpa" | "eager"
-    kv_len: int | None = None      # attend over cache[:, :, :kv_len]; None = the whole capacity (graph mode)
+    kv_len: int | None = None      # attend over cache[:, :, :kv_len]; None = the whole capacity
     exact: bool = False            # every row holds exactly kv_len tokens (SDPA may skip the mask)
+    graphed: bool = False          # captured in a CUDA graph: replayed at every length up to kv_len
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -211,11 +212,12 @@ class Attention(nn.Module):
             cache = self.kv_cache.update(step.input_pos, k, v)               # (B, Hkv, S_max, D) (+ scales)
             if step.kv_len is not None:
                 cache = cache.prefix(step.kv_len)
-                if not step.exact and step.backend != "flash":
+                if not step.exact and step.backend != "flash" and not step.graphed:
                     # Rows shorter than kv_len: sdpa and eager weigh a slot past a row's length by 0 (SDPA adds its
                     # mask to the score), and 0 x a NaN left there is NaN. Zeroed, as the kernels never read it. Not
-                    # in a graph replay (kv_len None), which reads the whole capacity: zeroing that cost 1.2-8.6x the
-                    # attention itself on an H200 (CodeLlama-7B at 64k, sdpa: 274 -> 2369 us a layer).
+                    # in a graph replay, which reads its whole span of slots (zeros from the allocation, or the
+                    # finite K/V of an earlier request): zeroing cost 1.2-8.6x the attention itself on an H200
+                    # (CodeLlama-7B at 64k, sdpa: 274 -> 2369 us a layer).
                     cache = cache.zeroed_past(step.cache_seqlens, q.dtype)
             out = decode_attention(step.backend, q, cache, step.cache_seqlens, step.exact)  # (B, Hq, T, D)
             return out.transpose(1, 2).reshape(B, T, Hq * D)

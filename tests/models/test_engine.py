@@ -293,6 +293,48 @@ def test_a_decode_step_can_be_timed_per_backend(tiny_checkpoint):
     assert (logits["sdpa"] - logits["flash"]).abs().max() < 1e-4
 
 
+def test_key_spans_grow_by_quarter_octaves_within_the_capacity():
+    from models.decode_step import key_span
+    assert [key_span(n, 100_000) for n in (1, 1024, 1025, 1280, 1281, 2048, 2049, 65536)] == \
+        [1024, 1024, 1280, 1280, 1472, 2048, 2496, 65536]
+    assert key_span(5000, 3000) == 3000
+    for n in range(1, 70_000, 97):                   # every span holds kv_len, with at most 19% (+ 64) to spare
+        assert n <= key_span(n, 1 << 20) <= max(1024, 1.19 * n + 64)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "eager"])
+def test_a_graph_of_sdpa_or_eager_reads_a_span_of_keys_that_holds_the_context(tiny_checkpoint, monkeypatch, backend):
+    """A graph's shapes are fixed: SDPA and eager read one span of keys per graph (models/decode_step.py), not the
+    whole cache. Each replay at kv_len keys must give the eager step's logits at exactly kv_len; a new span gets its
+    own graph. The capture is stood in for by running the captured call again (no CUDA here)."""
+    from models.decode_step import DecodeStep
+    spans = []
+
+    def capture(step, span):
+        spans.append(span)
+        logits = step._forward(span, False, graphed=True).clone()
+
+        class Replay:
+            def replay(self):
+                logits.copy_(step._forward(span, False, graphed=True))
+        return Replay(), logits
+
+    monkeypatch.setattr(DecodeStep, "_capture", capture)
+    engine = load_model(tiny_checkpoint[0], device="cpu", max_context=1600, attention=backend, past_training=True)
+    prompt = torch.randint(3, engine.model.config.vocab_size, (1, 1250), generator=torch.Generator().manual_seed(5))
+    engine.model.prefill(prompt)
+    graphed = DecodeStep(engine.model, 1, 1, backend, torch.device("cpu"), graphed=True, capacity=1600)
+    eager = DecodeStep(engine.model, 1, 1, backend, torch.device("cpu"), graphed=False, capacity=1600)
+    with torch.no_grad():
+        for pos in (1250, 1279, 1280, 1399):
+            for step in (graphed, eager):
+                step.tokens.fill_(int(prompt[0, pos % 1250]))
+                step.input_pos.fill_(pos)
+            expected = eager.run(kv_len=pos + 1, exact=True).clone()
+            torch.testing.assert_close(graphed.run(kv_len=pos + 1, exact=True), expected, atol=1e-4, rtol=1e-4)
+    assert spans == [1280, 1472]
+
+
 def test_decoding_runs_where_triton_cannot_be_installed(tmp_path):
     """Triton has Linux wheels only: on macOS (and Windows) importing kernels failed on `import triton` (kernels.plan
     used it for next_power_of_2), so no model could decode at all. There sdpa decodes, nothing is compiled, and flash
