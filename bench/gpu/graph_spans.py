@@ -27,7 +27,7 @@ CAPACITY = 65536
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("bench/scratch/graph-spans"), help="results folder")
+    parser.add_argument("--out", type=Path, default=Path("bench/scratch/graph-spans"), help="results folder (default: bench/scratch/graph-spans)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         parser.exit(2, "graph_spans needs a CUDA GPU\n")
