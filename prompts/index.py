@@ -91,11 +91,21 @@ class RepoIndex:
         every chunk: what ranking needs as arrays."""
         import numpy as np
 
-        self.vocabulary = vocabulary  # name -> term id
         self.term_ids = np.concatenate([term_ids[path] for path in self.files] or [np.zeros(0, np.int32)])
+        self.document_frequency = np.bincount(self.term_ids, minlength=len(vocabulary))
+        in_use = self.document_frequency > 0
+        if len(vocabulary) > 2 * np.count_nonzero(in_use):
+            # Names no file references any more (each identifier typed and saved adds one) are as many as those in
+            # use: renumber without them, so that a long-lived index's vocabulary, and its copy per update, stay
+            # bounded. Names keep their order, so ranking (which looks terms up by name) is unchanged.
+            renumbered = np.cumsum(in_use, dtype=np.int32) - 1  # old term id -> new one, for the ids in use
+            vocabulary = {name: int(renumbered[number]) for name, number in vocabulary.items() if in_use[number]}
+            self._term_ids = term_ids = {path: renumbered[ids] for path, ids in term_ids.items()}
+            self.term_ids = renumbered[self.term_ids]
+            self.document_frequency = self.document_frequency[in_use]
+        self.vocabulary = vocabulary  # name -> term id
         self.reference_counts = np.fromiter((len(c.references) for c in self.chunks), np.int64, len(self.chunks))
         self.term_owner = np.repeat(np.arange(len(self.chunks)), self.reference_counts)  # chunk of each term id
-        self.document_frequency = np.bincount(self.term_ids, minlength=len(vocabulary))
         self.folders = sorted({posixpath.dirname(path) for path in self.files})
         folder_number = {folder: number for number, folder in enumerate(self.folders)}
         folder_of_file = [folder_number[posixpath.dirname(path)] for path in self.files]
@@ -249,10 +259,11 @@ def _index(
                 term_ids[source.path] = _number_terms(entry.chunks, vocabulary)
         else:
             warnings.warn(f"skipped {source.path}: {result}", ScanWarning, stacklevel=2)
-    if stale or len(entries) != len(cached):
-        saved = {"root": str(root_path), "files": entries, "vocabulary": vocabulary, "term_ids": term_ids}
-        _save_cache(cache_file, saved)
     index = RepoIndex(root_path, entries, vocabulary, term_ids)
+    if stale or len(entries) != len(cached):  # (the index's numbering: without names no file references any more)
+        saved = {"root": str(root_path), "files": entries, "vocabulary": index.vocabulary,
+                 "term_ids": index._term_ids}
+        _save_cache(cache_file, saved)
     if not index.chunks:
         ignored = count_ignored(root_path)
         because = f" ({ignored:,} files are ignored by .gitignore or .codecompleteignore rules)" if ignored else ""

@@ -328,8 +328,9 @@ def _rarity(index: RepoIndex, weights: dict[str, float]) -> dict[str, float]:
     rarest = math.log1p((total - 0.5) / 1.5)  # the idf of a name found in a single chunk
     rarity = {}
     for term in weights:
-        if term in index.vocabulary:
-            frequency = int(index.document_frequency[index.vocabulary[term]])
+        # (a name no chunk references any more, numbered until the index drops it, is as unknown as a new one)
+        frequency = int(index.document_frequency[index.vocabulary[term]]) if term in index.vocabulary else 0
+        if frequency:
             rarity[term] = 0.5 + 0.5 * math.log1p((total - frequency + 0.5) / (frequency + 0.5)) / rarest
     return rarity
 

@@ -7,6 +7,8 @@ import pytest
 
 import prompts.index
 from prompts import PromptError, ScanWarning, index_repository
+from prompts.ranking import Query, rank
+from prompts.scan import source_file
 
 FILES = {
     "pkg/__init__.py": "",
@@ -87,6 +89,37 @@ def _assert_terms_match_references(index):
         assert {names[number] for number in index.term_ids[start : start + count]} == chunk.references
         start += count
     assert start == len(index.term_ids)
+
+
+def test_the_vocabulary_stays_bounded_over_many_updates_and_dropping_names_changes_no_ranking(make_repo, tmp_path,
+                                                                                              cache_dir):
+    # app.js is saved again and again with a new name each time (an identifier being typed): the names no file
+    # references any more are dropped once they are as many as those in use, and every ranking stays that of an
+    # index built from scratch. ("match" stops being referenced while h.py still defines it: a Python keyword, so
+    # not a reference there.)
+    files = {f"m{i}.py": f"def f{i}(value):\n    return helper(value) + {i}\n" for i in range(6)}
+    helpers = "def helper(x):\n    return x\n\n\nclass Box:\n    def match(self):\n        pass\n"
+    root = make_repo(files | {"h.py": helpers, "app.js": "function main(box) {\n  return box.match();\n}\n"})
+    index = index_repository(root)
+    query = Query(weights={"helper": 1.0, "match": 0.8, "value": 0.5, "name_3": 0.7}, path="app.js")
+    dropped = 0
+    for n in range(40):
+        (root / "app.js").write_text(f"function main(value) {{\n  return name_{n}(value);\n}}\n")
+        os.utime(root / "app.js", ns=(10**18 + n, 10**18 + n))  # (a new stamp each time, however fast the loop)
+        entry = prompts.index.parse_file(root, source_file(root, "app.js"), 1 << 20)
+        before, index = index, index.updated({"app.js": entry})
+        assert len(index.vocabulary) <= 2 * sum(index.document_frequency > 0)
+        dropped += len(index.vocabulary) < len(before.vocabulary)
+        _assert_terms_match_references(index)
+        fresh = index_repository(root, cache_dir=tmp_path / f"fresh-{n}")
+        assert list(rank(index, query)) == list(rank(fresh, query))
+        assert list(rank(index, query, definitions_only=True)) == list(rank(fresh, query, definitions_only=True))
+        index_repository(root)  # a warm start that parses app.js again, extending the cached numbering
+    assert dropped >= 3
+    (cache_file,) = cache_dir.rglob("*.pickle")
+    cached = pickle.loads(cache_file.read_bytes())
+    in_use = set().union(*(chunk.references for entry in cached["files"].values() for chunk in entry.chunks))
+    assert in_use <= cached["vocabulary"].keys() and len(cached["vocabulary"]) <= 2 * len(in_use)
 
 
 def test_a_cache_inside_the_repository_is_refused(make_repo):
