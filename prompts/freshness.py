@@ -17,7 +17,9 @@ seeks), so the work comes in bounded slices:
 questions, and for a request of the command line on a server.
 
 When something changed, the index is rebuilt from the entries it holds (``RepoIndex.updated``), without reading the
-files that did not change. The walk applies the same rules as the scan that built the index.
+files that did not change. The walk applies the same rules as the scan that built the index. A file modified within a
+tick of the file clock before it was last read is read at each look, to compare its text (``index.unchanged``): an
+edit saved in that tick at the same size keeps the size and modification time a stat sees.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from .index import FileEntry, RepoIndex, parse_file
+from .index import FileEntry, RepoIndex, parse_file, unchanged
 from .scan import MAX_FILE_BYTES, ScanWarning, SourceFile, source_file, walk_sources
 
 FILES_PER_REFRESH = 256  # a full pass over 20k files every ~80 requests
@@ -140,9 +142,13 @@ class FreshIndex:
         if source is None:
             if entry is not None:
                 self._pending[path] = None
-        elif entry is None or (entry.size, entry.mtime_ns) != (source.size, source.mtime_ns):
+            return
+        kept = unchanged(self.root, entry, source, self.max_file_bytes) if entry is not None else None
+        if kept is None:
             self._pending[path] = source
         else:
+            if kept is not entry:  # read again (racily clean), the same text: restamped, the index's content as it was
+                self.index.entries[path] = kept
             self._pending.pop(path, None)  # changed back, or parsed meanwhile
 
     def _parse_some(self, should_stop: Callable[[], bool] | None = None, limit: int | None = None

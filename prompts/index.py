@@ -1,7 +1,8 @@
 """The repository index: every file's chunks, cached on disk so that a warm start only reparses what changed.
 
 The cache lives in the user's cache directory (``$CODECOMPLETE_CACHE_DIR`` overrides it), one pickle per
-repository, keyed inside by path, size and modification time; nothing is ever written inside the repository.
+repository, keyed inside by path, size and modification time (and, for a file modified about when it was read, its
+text: see ``unchanged``); nothing is ever written inside the repository.
 The first index of a large repository parses in worker processes, reporting ``progress(done, total)``.
 
 Besides the chunks, the index numbers every name the chunks reference (a vocabulary, and per file the term ids
@@ -34,9 +35,10 @@ from .errors import PromptError
 from .imports import Import, PathTable
 from .scan import MAX_FILE_BYTES, ScanWarning, SourceFile, count_ignored, lies_within, read_source, scan_repository
 
-CACHE_VERSION = 4  # bump whenever chunking or the cached layout changes (4: lone "\r" ends a line)
+CACHE_VERSION = 5  # bump whenever chunking or the cached layout changes (5: entries keep when and what was read)
 PARALLEL_MIN_BYTES = 2 * 1024 * 1024  # below this much text to parse, worker start-up costs more than it saves
 BATCH_BYTES = 256 * 1024  # text per task sent to a worker: small enough to balance, large enough to amortise
+RACY_NS = 2 * 10**9  # the coarsest tick of a file's modification time (FAT: 2 s; ext3, HFS+: 1 s; ext4: a few ms)
 
 Progress = Callable[[int, int], None]
 
@@ -49,9 +51,11 @@ class FileEntry(NamedTuple):
     indexed: bool  # False: read once and left out (binary, minified); cached so warm runs do not reread it
     imports: tuple[Import, ...]
     chunks: tuple[Chunk, ...]
+    read_ns: int  # the clock just before the file was read
+    digest: bytes  # of the text read (b"" when left out): what tells a file racily clean (see unchanged) changed
 
 
-_ABSENT = FileEntry(0, 0, False, (), ())  # what a file missing from the index counts as
+_ABSENT = FileEntry(0, 0, False, (), (), 0, b"")  # what a file missing from the index counts as
 
 
 def _folded(path: str) -> str:
@@ -243,10 +247,13 @@ def _index(
     cached: dict[str, FileEntry] = saved["files"]
     entries = {}
     stale = []
+    restamped = False
     for source in sources:
         entry = cached.get(source.path)
-        if entry is not None and (entry.size, entry.mtime_ns) == (source.size, source.mtime_ns):
-            entries[source.path] = entry
+        kept = unchanged(root_path, entry, source, max_file_bytes) if entry is not None else None
+        if kept is not None:
+            entries[source.path] = kept
+            restamped |= kept is not entry and not _racy(kept)  # (saved once it can be trusted from now on)
         else:
             stale.append(source)
     vocabulary = saved["vocabulary"]
@@ -260,7 +267,8 @@ def _index(
         else:
             warnings.warn(f"skipped {source.path}: {result}", ScanWarning, stacklevel=2)
     index = RepoIndex(root_path, entries, vocabulary, term_ids)
-    if stale or len(entries) != len(cached):  # (the index's numbering: without names no file references any more)
+    if stale or restamped or len(entries) != len(cached):
+        # (the index's numbering: without the names no file references any more)
         saved = {"root": str(root_path), "files": entries, "vocabulary": index.vocabulary,
                  "term_ids": index._term_ids}
         _save_cache(cache_file, saved)
@@ -375,7 +383,8 @@ def _well_formed(saved, root: Path) -> bool:
         return False
     for path, entry in files.items():
         if not (isinstance(path, str) and isinstance(entry, FileEntry) and isinstance(entry.size, int)
-                and isinstance(entry.mtime_ns, int) and isinstance(entry.imports, tuple)
+                and isinstance(entry.mtime_ns, int) and isinstance(entry.read_ns, int)
+                and isinstance(entry.digest, bytes) and isinstance(entry.imports, tuple)
                 and all(isinstance(binding, Import) for binding in entry.imports)
                 and isinstance(entry.chunks, tuple) and all(map(_chunk_well_formed, entry.chunks))):
             return False
@@ -419,17 +428,46 @@ def _save_cache(cache_file: Path | None, saved: dict) -> None:
 
 def parse_file(root: Path, source: SourceFile, max_file_bytes: int) -> FileEntry | str:
     """Read and chunk one file: its entry, or why it could not be read."""
+    read_ns = time.time_ns()
     try:
         text = read_source(root, source.path, max_file_bytes)
     except OSError as error:
         return error.strerror or str(error)
     if text is None:
-        return FileEntry(source.size, source.mtime_ns, False, (), ())
+        return FileEntry(source.size, source.mtime_ns, False, (), (), read_ns, _digest(text))
     try:
         analysis = analyze_source(source.path, text)
     except RecursionError:  # code nested thousands deep (generated or hostile): one file, not the whole index
         return "nested too deeply to chunk"
-    return FileEntry(source.size, source.mtime_ns, True, analysis.imports, analysis.chunks)
+    return FileEntry(source.size, source.mtime_ns, True, analysis.imports, analysis.chunks, read_ns, _digest(text))
+
+
+def unchanged(root: Path, entry: FileEntry, source: SourceFile, max_file_bytes: int) -> FileEntry | None:
+    """``entry`` if the file (``source``, as stat sees it now) still holds the text it was read with, restamped if
+    telling took reading it again; None if it changed.
+
+    Size and modification time tell, except for a file modified less than a tick of the file clock before it was
+    read: text saved again within that tick at the same size leaves both as they were (git's "racy git"). Such a
+    racily clean file is read again and its text compared, until a reading comes a tick after its modification."""
+    if (entry.size, entry.mtime_ns) != (source.size, source.mtime_ns):
+        return None
+    if not _racy(entry):
+        return entry
+    read_ns = time.time_ns()
+    try:
+        text = read_source(root, source.path, max_file_bytes)
+    except OSError:
+        return None
+    return entry._replace(read_ns=read_ns) if _digest(text) == entry.digest else None
+
+
+def _racy(entry: FileEntry) -> bool:
+    """Whether a write after the entry's reading could have kept its size and modification time."""
+    return entry.read_ns < entry.mtime_ns + RACY_NS
+
+
+def _digest(text: str | None) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest() if text is not None else b""
 
 
 def _parse_batch(root: Path, sources: list[SourceFile], max_file_bytes: int) -> list[FileEntry | str]:

@@ -3,10 +3,12 @@
 import builtins
 import io
 import os
+import time
 from collections import Counter
 
 import pytest
 
+import prompts.index
 from prompts import index_repository
 from prompts.freshness import FreshIndex
 
@@ -48,6 +50,35 @@ def test_changes_on_disk_reach_the_index(make_repo, cache_dir):
     os.utime(root / "app.py", ns=(stamp, stamp))
     assert [c.defines for c in fresh.refresh("app.py").chunks if c.path == "app.py"] == [("main",)]
 
+
+
+def test_an_edit_within_the_tick_of_the_last_reading_is_seen_by_its_text(make_repo, cache_dir, monkeypatch):
+    """Git's "racy git": the editor saves again within the file clock's tick of the server's reading, at the same
+    size, and size and modification time stay as they were. The clock is set, not slept on."""
+    root = make_repo({"a.py": "def a():\n    pass\n", "app.py": "def main():\n    return 1\n"})
+    written = 1_700_000_000 * 10**9  # the tick both saves fall in
+    now = [written + 1000]  # the server reads just after the first save
+    monkeypatch.setattr(prompts.index, "time", type("Clock", (), {"time_ns": lambda: now[0], "sleep": time.sleep}))
+    reads = []
+    real_read = prompts.index.read_source
+    monkeypatch.setattr(prompts.index, "read_source", lambda root, path, *rest: reads.append(path) or
+                        real_read(root, path, *rest))
+    os.utime(root / "app.py", ns=(written, written))
+    os.utime(root / "a.py", ns=(written - 10**12, written - 10**12))  # long unchanged: never read again
+    fresh = FreshIndex(index_repository(root))
+
+    (root / "app.py").write_text("def main():\n    return 2\n")  # as long, within the same tick
+    os.utime(root / "app.py", ns=(written, written))
+    index = fresh.refresh("app.py")
+    assert [c.text for c in index.chunks if c.path == "app.py"] == ["def main():\n    return 2"]
+    # Still racily clean (read within the tick): read again at each look, yet the same text is no new index.
+    reads.clear()
+    assert fresh.refresh("app.py") is index and not fresh.recheck(["app.py"]) and reads == ["app.py", "app.py"]
+    # Once a reading comes a tick after the modification, size and modification time are trusted again.
+    now[0] = written + 3 * 10**9
+    reads.clear()
+    assert fresh.refresh("app.py") is index and fresh.refresh("app.py") is index and reads == ["app.py"]
+    assert fresh.rescan() is index and reads == ["app.py"]
 
 
 def test_a_folder_replaced_by_a_link_out_of_the_repository_is_not_followed(make_repo, tmp_path, cache_dir):
@@ -101,13 +132,16 @@ def test_a_rescan_catches_up_in_one_call_whatever_the_slice(make_repo, cache_dir
 
 @pytest.fixture(scope="module")
 def big_repo(tmp_path_factory):
-    """20,000 small Python files in 200 folders, indexed once."""
+    """20,000 small Python files in 200 folders, indexed once. (Written an hour ago: files modified just before
+    they were read are racily clean, read again when looked at, as the racy test below has it.)"""
     root = tmp_path_factory.mktemp("big") / "repo"
+    stamp = time.time_ns() - 3600 * 10**9
     for folder in range(200):
         (root / f"pkg{folder:03d}").mkdir(parents=True)
         for number in range(100):
-            (root / f"pkg{folder:03d}" / f"m{number:03d}.py").write_text(
-                f"def f_{folder}_{number}(x):\n    return x + {number}\n")
+            path = root / f"pkg{folder:03d}" / f"m{number:03d}.py"
+            path.write_text(f"def f_{folder}_{number}(x):\n    return x + {number}\n")
+            os.utime(path, ns=(stamp, stamp))
     return root, index_repository(root, cache_dir=tmp_path_factory.mktemp("big-cache"))
 
 
