@@ -57,6 +57,16 @@ def test_speculate_0_leaves_out_the_speculation_column(engine):
     assert engine.kv_cache_dtype not in ("fp8", "int8")        # the engine's own cache again
 
 
+def test_a_rows_counts_are_one_runs_as_its_decode_tokens_are(engine):
+    """--bench --json: drafted, accepted and decode_steps were summed over the three runs beside decode_tokens of
+    one, so steps + accepted read as three times the tokens decoded. One run's: 1 + steps + accepted = its tokens."""
+    ids = engine.tokenizer.encode("def add(a, b):\n    return a + b\n" * 8)[:48]
+    engine.set_attention("sdpa")
+    [row] = bench.measure(engine, ["sdpa"], [48], ids, 8, lambda *_: None, speculate=4)
+    assert row["decode_steps"] > 0 and row["drafted"] >= row["accepted"]
+    assert 1 + row["decode_steps"] + row["accepted"] == row["decode_tokens"]
+
+
 def test_roofline_falls_as_the_context_grows(engine):
     # On a GPU the bandwidth is measured; here any figure checks the arithmetic.
     ceilings = bench.roofline(engine, [256, 1024, 4096], bandwidth=1e11)
