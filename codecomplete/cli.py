@@ -390,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         # --json still says why it holds no result: a FILE left as it was would hold an earlier run's result.
         if getattr(args, "json", None) is not None:
             _emit_error(args.json, error_json(exc.code, f"stopped by {signal.Signals(exc.code - 128).name}"))
+        if serving:     # a server's log says why it ended, as Ctrl-C's "interrupted" does (a command stays quiet)
+            _say(f"{PROG}: stopped by {signal.Signals(exc.code - 128).name}")
         raise
     except (Exception, KeyboardInterrupt) as exc:
         return _report(exc, args.debug, None if isinstance(exc, Cancelled) else getattr(args, "json", None))

@@ -669,6 +669,29 @@ def serve_until_loaded(monkeypatch, *argv):
     return loaded.value.args[0]
 
 
+def test_sigterm_while_a_server_starts_says_so_in_one_line_and_exits_143(served_repo, monkeypatch, capsys):
+    """`kill` while `serve` loaded the model ended it with 143 and nothing in its log, where Ctrl-C there says
+    "interrupted" (130): the log now says why it ended."""
+    import signal
+
+    from codecomplete import cli
+    from codecomplete.server import serve
+
+    def open_session(*args, **kwargs):      # the signal arrives while the model loads
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the start-up")
+    monkeypatch.setattr(serve, "open_session", open_session)
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            cli.main(["serve", str(served_repo), "--port", "0", "--device", "cpu"])
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+    assert stopped.value.code == 143
+    assert capsys.readouterr().err == "codecomplete: stopped by SIGTERM\n"
+
+
 def test_a_server_on_its_defaults_answers_a_question_on_its_defaults(served_repo, monkeypatch):
     """`codecomplete serve REPO` on a CPU, then `codecomplete REPO --ask Q`: the server's cache must hold the prompt
     budget and an answer's default 512 tokens. It held 1,024 + 256, so --ask ran alone (or, with --server, exit 2)."""
