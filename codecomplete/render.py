@@ -67,6 +67,15 @@ def stderr_console() -> Console:
     return _Console(stderr=True, highlight=False, _environ=_environment())
 
 
+def _live_on_stderr(console: Console) -> bool:
+    """Whether a live display (spinner, progress bar) may redraw itself on stderr: only on a terminal. FORCE_COLOR
+    and TTY_COMPATIBLE make rich take a log file for one, where its frames are kilobytes of noise; colour stays."""
+    try:
+        return console.is_terminal and sys.stderr.isatty()
+    except (AttributeError, ValueError):    # closed, or replaced by something without a descriptor
+        return False
+
+
 def _environment() -> dict[str, str]:
     """The environment rich reads, less a COLUMNS or LINES of 0 (some shells and CI runners export them so): rich
     takes a width of 0 as it is and prints nothing at all, no answer, no error. Without them it asks the terminal.
@@ -90,7 +99,7 @@ def warn(message: str) -> None:
 def status(message: str) -> Iterator[Callable[[str], None]]:
     """A spinner on stderr while something slow runs; yields the callback that updates it."""
     console = stderr_console()
-    if not console.is_terminal:
+    if not _live_on_stderr(console):
         yield lambda _message: None
         return
     # Text, not markup: messages name files and folders, and a `[` in a name would be read as a style (or fail).
@@ -102,7 +111,7 @@ def status(message: str) -> Iterator[Callable[[str], None]]:
 def progress_bar(description: str) -> Iterator[Callable[..., None]]:
     """A progress bar on stderr; yields the `progress(done, total, description=None)` callback."""
     console = stderr_console()
-    if not console.is_terminal:
+    if not _live_on_stderr(console):
         yield lambda done, total, description=None: None
         return
     # Descriptions name the repository: shown as text, never read as markup.

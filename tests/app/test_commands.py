@@ -35,13 +35,15 @@ def test_piped_completion_is_the_bare_text(codecomplete, repo, completion_json):
 
 
 def test_forced_colour_never_reaches_a_piped_stdout(script, cli_env, repo, completion_json):
-    """FORCE_COLOR and TTY_COMPATIBLE make rich treat any stream as a terminal; stdout stays the completion."""
+    """FORCE_COLOR and TTY_COMPATIBLE make rich treat any stream as a terminal; stdout stays the completion. A
+    stderr that is no terminal gets no live spinner or progress bar either (kilobytes of frames in a log)."""
     env = {**cli_env, "FORCE_COLOR": "1", "TTY_COMPATIBLE": "1"}
     env.pop("NO_COLOR")
     proc = subprocess.run([str(script), repo, *CURSOR, "--max-tokens", "12"], capture_output=True, text=True,
                           env=env, cwd=repo.parent, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == completion_json["completion"]
+    assert proc.stderr == ""
 
 
 def test_json_completion_has_the_contract_fields_and_its_context(completion_json):

@@ -65,6 +65,7 @@ def test_file_names_are_shown_as_text_never_read_as_rich_markup(monkeypatch):
     table.print(render.context_table([ContextItem(name, 1, 2, 3, "whole") for name in names]))
     err = Console(file=io.StringIO(), width=200, force_terminal=True)
     monkeypatch.setattr(render, "stderr_console", lambda: err)
+    monkeypatch.setattr(render, "_live_on_stderr", lambda console: True)     # (pytest's stderr is no terminal)
     with render.status("Converting a[/]b.gguf") as update:
         update("Loading [link=https://evil.example]m[/link]")
     with render.progress_bar("Indexing [/]repo") as progress:
