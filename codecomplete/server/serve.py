@@ -20,7 +20,7 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from .. import chat, client, workspace
 from ..cli import package_version
-from ..errors import AppError, UsageError
+from ..errors import AppError, Stopped, UsageError
 from ..session import Sampling, open_session
 from . import native, warming
 from .app import Server, create_app
@@ -78,18 +78,24 @@ def run_serve(args) -> None:
           f"({engine.device}, {engine.dtype}, {engine.attention}) on {url} · prompts of {server.prompt_budget:,} "
           f"tokens · Ctrl-C stops", file=sys.stderr, flush=True)
     previous = signal.signal(signal.SIGTERM, _stop)
+    running = _Uvicorn(config, server.worker)
+    hung_up = _hang_up_as_a_stop(running)
     try:
         with announce({**info, "api_key": api_key}):     # the key only into the user's private runtime dir
-            _Uvicorn(config, server.worker).run(sockets=[listener])
+            running.run(sockets=[listener])
     except (KeyboardInterrupt, _Stopped):
         pass                   # uvicorn shut down cleanly, then passed the signal on
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if hung_up is not None:
+            signal.signal(signal.SIGHUP, hung_up[0])
         server.worker.shutdown()
         listener.close()
         if frozen:
             gc.unfreeze()      # the interpreter's exit frees them (else nanobind reports Triton objects as leaked)
     print("codecomplete: stopped", file=sys.stderr, flush=True)
+    if hung_up is not None and len(hung_up) > 1:
+        raise Stopped(128 + signal.SIGHUP)      # stopped as for SIGTERM, and still ended with 129
 
 
 def _description(url: str, root, args, engine) -> dict:
@@ -149,6 +155,24 @@ class _Connection(AutoHTTPProtocol):
 
 class _Stopped(Exception):
     pass
+
+
+def _hang_up_as_a_stop(running: _Uvicorn) -> list | None:
+    """While serving, SIGHUP (the terminal closed) shuts uvicorn down as SIGTERM does: raised inside the event loop,
+    it skipped the shutdown (streams cut without their 503) and left the model to the interpreter's exit, whose
+    nanobind reported leaked Triton objects into the log. The list: the handler before, then each SIGHUP received;
+    None where there is no SIGHUP (Windows) or it is ignored (`nohup`: it stays so)."""
+    number = getattr(signal, "SIGHUP", None)
+    if number is None or signal.getsignal(number) is signal.SIG_IGN:
+        return None
+    hung_up = [signal.getsignal(number)]
+
+    def stop(signum, frame) -> None:
+        hung_up.append(signum)
+        running.worker.cancel_all()
+        running.should_exit = True         # (not handle_exit: uvicorn would raise SIGHUP again once it stopped)
+    signal.signal(number, stop)
+    return hung_up
 
 
 def _stop(signum, frame):

@@ -489,6 +489,30 @@ def test_a_full_queue_answers_503_and_the_server_serves_on(keyed_server):
     assert code == 200 and json.loads(text)["tokens_predicted"] >= 1
 
 
+def test_sighup_stops_a_server_as_sigterm_does_and_exits_129(script, cli_env, served_repo, tmp_path):
+    """The terminal closed (SIGHUP) under a serving server: raised inside its event loop, it cut the stream in flight
+    without its 503 and left the model to the interpreter's exit (nanobind's leak reports filled the log)."""
+    server = ServerProcess(script, served_repo, cli_env, tmp_path, "--context-tokens", "256")
+    try:
+        parts = urlsplit(server.url)
+        body = json.dumps({"prompt": "def main():", "n_predict": 200, "stream": True, "ignore_eos": True}).encode()
+        with socket.create_connection((parts.hostname, parts.port), timeout=60) as connection:
+            connection.sendall(f"POST /completion HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(body)}\r\n\r\n"
+                               .encode() + body)
+            assert connection.recv(1)
+            assert server.stop(signal.SIGHUP, timeout=30) == 128 + signal.SIGHUP
+            received = b""
+            while chunk := connection.recv(65536):
+                received += chunk
+    finally:
+        server.kill()
+    assert b'"code":503' in received and b'"stop":true' not in received, received
+    log = server.log()
+    assert log.endswith("codecomplete: stopped\ncodecomplete: stopped by SIGHUP\n"), log
+    assert "nanobind" not in log and "Traceback" not in log, log
+    assert not list((server.runtime / "servers").glob("*.json"))
+
+
 def test_sigterm_cancels_the_answer_in_flight_and_exits_0(keyed_server):
     """Last in this module: it stops the keyed server."""
     parts = urlsplit(keyed_server.url)
