@@ -198,4 +198,5 @@ class Session:
         # prefill stops when asked too: a warm-up whose client left held the next request for all of it (1.3 s).
         result = self.engine.generate(packed.ids, config, should_stop=should_stop)
         finish = "cancelled" if result.finish_reason == "cancelled" else "length"
-        return replace(result, text="", token_ids=[], healing_tokens=0, finish_reason=finish)
+        return replace(result, text="", token_ids=[], healing_tokens=0, finish_reason=finish,
+                       timings=replace(result.timings, healing_tokens=0))

@@ -17,6 +17,7 @@ import functools
 import importlib.util
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from time import perf_counter
 from typing import NamedTuple
 
@@ -430,6 +431,7 @@ class Engine:
                 penalties.advance(token_list)
             for row, token in zip(rows, token_list):
                 row.accept(token, stop_ids)
+            live.healing_tokens = rows[0].healing_tokens    # before the next text: healing's tokens make none
             if queued:
                 fed.append(token_list[0])
             if all(row.finish_reason for row in rows):      # always so at the last step: budgets <= steps
@@ -481,6 +483,7 @@ class Engine:
         if penalties:
             penalties.advance([pending])
         row.accept(pending, stop_ids)
+        live.healing_tokens = row.healing_tokens
         drafter.extend([pending])
         pos, fed, last = len(prompt), list(prompt), self.context_length - 1
         steps = verify_steps = drafted = accepted = 0
@@ -525,7 +528,7 @@ class Engine:
                 row.accept(token, stop_ids)
                 if row.finish_reason:
                     break
-            accepted = live.accepted_tokens
+            accepted, live.healing_tokens = live.accepted_tokens, row.healing_tokens
             drafter.extend(emitted)
         return _Loop(t_first=t_first, fed=fed, decoded=len(row.token_ids) - 1, steps=steps,
                      verify_steps=verify_steps, drafted=drafted, accepted=accepted)
@@ -672,4 +675,5 @@ class _Row:
     def result(self, prompt_tokens: int, reused: int, timings: Timings) -> GenerationResult:
         return GenerationResult(text=self.stops.text, token_ids=self.token_ids, prompt_tokens=prompt_tokens,
                                 reused_prefix_tokens=reused, finish_reason=self.finish_reason or "length",
-                                timings=timings, stop_string=self.stops.hit, healing_tokens=self.healing_tokens)
+                                timings=replace(timings, healing_tokens=self.healing_tokens),   # (shared by rows)
+                                stop_string=self.stops.hit, healing_tokens=self.healing_tokens)

@@ -38,6 +38,8 @@ class Timings:
     accepted_tokens: int = 0            # of those, accepted into the output (each one a decode step saved)
     decode_steps: int = 0               # decode steps run (tokens after the first / decode_steps = tokens per step)
     verify_steps: int = 0               # of those, steps that verified drafts (the others fed one token)
+    healing_tokens: int = 0             # GenerationResult.healing_tokens, counted live too (engine.progress): whole
+                                        # by the first text (healing's tokens make none), a stream's prompt count
 
     @property
     def acceptance_rate(self) -> float:

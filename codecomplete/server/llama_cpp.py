@@ -203,8 +203,10 @@ async def _answer(server, running, generation, body: Options, limits: Limits, tr
         predicted = 0
 
         def piece(content: str) -> str:
+            # the prompt's tokens as the final event counts them (GenerationResult.token_counts): healing's too
             return sse({"index": 0, "content": content, "tokens": [], "stop": False, "id_slot": 0,
-                        "tokens_predicted": predicted, "tokens_evaluated": len(prompt.ids)})
+                        "tokens_predicted": predicted,
+                        "tokens_evaluated": len(prompt.ids) + running.job.healing_tokens})
 
         def frames(event):
             nonlocal predicted

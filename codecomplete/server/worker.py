@@ -59,6 +59,9 @@ class Job:
         self.submitted, self.began, self.built = time.perf_counter(), None, None
         self.first_text: float | None = None
         self.first_sent: float | None = None
+        # The tokens that only made the healed text again (GenerationResult.healing_tokens), set by the first text:
+        # all of them come before it. A stream's events count them as the prompt's, as its result does.
+        self.healing_tokens = 0
         self._loop = loop
         self._events: asyncio.Queue[Event] = asyncio.Queue()
 
@@ -94,6 +97,7 @@ class Job:
         def on_text(delta: str) -> None:
             if self.first_text is None:
                 self.first_text = time.perf_counter()
+                self.healing_tokens = getattr(getattr(generation.engine, "progress", None), "healing_tokens", 0)
             stop = stop_when is not None and stop_when(delta)   # first: what it decides is known when the text is
             self.send("text", delta)
             if stop:

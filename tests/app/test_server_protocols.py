@@ -576,6 +576,24 @@ def test_an_infill_in_a_classic_mac_file_is_the_same_prompt_as_in_a_unix_one(eng
     assert mac.prompt.ids == unix.prompt.ids and mac.prompt.heal_text == unix.prompt.heal_text
 
 
+@pytest.mark.parametrize("path", ["/completion", "/infill"])
+def test_a_healed_streams_events_count_the_prompt_as_its_final_event_does(server, path):
+    """llama.cpp sends one prompt count in every event; a healed prompt's chunks said 7 (the prompt without its
+    healed token) and its final event 8 (that token, made again, counted as the prompt's: /tokenize's count)."""
+    text = "def add(a, b):"
+    body = {"prompt": text, "n_predict": 4, "temperature": 0, "stream": True}
+    if path == "/infill":
+        body = {**body, "input_prefix": "", "input_suffix": "\n", "response_fields": []}
+    with httpx.stream("POST", server.url + path, json=body, timeout=300) as response:
+        events = [json.loads(line[len("data: "):]) for line in response.iter_lines() if line]
+    *chunks, last = events
+    assert chunks and last["stop"] and all(not chunk["stop"] for chunk in chunks), events
+    assert {chunk["tokens_evaluated"] for chunk in chunks} == {last["tokens_evaluated"]}, events
+    if path == "/completion":
+        prompt = len(httpx.post(server.url + "/tokenize", json={"content": text}).json()["tokens"])
+        assert last["tokens_evaluated"] == prompt, events
+
+
 def test_one_token_after_a_healed_tail_is_one_token_of_new_text(server):
     """Healing takes the prompt's last token off and the model makes it again: that token is not one of
     max_tokens, or `max_tokens: 1` after `def add(a, b):` answered nothing."""

@@ -182,6 +182,22 @@ def test_the_live_count_follows_each_token_of_a_step(smollm_engine, runs):
     assert r.finish_reason == "stop" and len(r.token_ids) == j + 1
 
 
+@pytest.mark.parametrize("depth", [0, DEPTH])
+def test_the_live_healing_count_is_whole_by_the_first_text(smollm_engine, depth):
+    """engine.progress.healing_tokens, read as the first text arrives, is the result's healing_tokens: a server's
+    stream counts them as the prompt's in every event, as its final one does (GenerationResult.token_counts)."""
+    engine = smollm_engine
+    text = "def add(a, b):"
+    ids = engine.tokenizer.encode(text)
+    prompt = engine.tokenizer.encode(text[:-2])             # healed: "):" is left to the model
+    seen = []
+    engine.clear_prefix_cache()
+    r = engine.generate(prompt, GenerationConfig(max_new_tokens=6, required_prefix="):", speculate=depth),
+                        on_text=lambda _text: seen.append(engine.progress.healing_tokens))
+    assert len(ids) == len(prompt) + 1 and r.healing_tokens >= 1 and seen
+    assert set(seen) == {r.healing_tokens} and r.timings.healing_tokens == r.healing_tokens
+
+
 def test_token_limit_inside_an_accepted_draft(smollm_engine, runs):
     prompt, plain, j = first_case(runs, lambda r, j: True)
     a, b = both(smollm_engine, prompt, max_new_tokens=j + 1)
