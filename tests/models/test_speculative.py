@@ -232,7 +232,7 @@ def test_greedy_output_under_penalties_is_identical_with_and_without_speculation
     checked against the penalized choice, and the output is plain decoding's, with drafts accepted on the way."""
     texts, results, _ = runs
     accepted, changed = 0, 0
-    for prompt, unpenalized in list(zip(texts, results[0]))[::3]:        # one prompt per file
+    for prompt, unpenalized in list(zip(texts, results[0]))[::6]:        # one prompt in every other file
         plain, spec = both(smollm_engine, prompt, max_new_tokens=NEW_TOKENS, **penalties)
         assert spec.token_ids == plain.token_ids and spec.text == plain.text
         accepted += spec.timings.accepted_tokens
