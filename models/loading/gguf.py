@@ -143,26 +143,36 @@ def _converted_content(path: Path, out: Path, stamp: dict, dtype: torch.dtype) -
     """(the content record of `path`, {"sha256", "dtype"}, or None where it was not read; whether another
     conversion in the cache was made from the same bytes in this dtype and cache format). The whole file is hashed
     only where a conversion is of its size: another file (not even a GGUF, maybe) is not read before its error."""
-    from models.loading.hf import read_json
-
     records = []
     try:
-        others = list(out.parent.iterdir())
+        for _, record in _conversions_beside(out):
+            with contextlib.suppress(KeyError, AttributeError, TypeError):     # a damaged record
+                if record["source"].get("size") == stamp["size"] and record["content"]["dtype"] == str(dtype):
+                    records.append(record["content"])
     except OSError:                     # no cache yet: this is the first conversion
         return None, False
-    for other in others:
-        try:
-            record = read_json(other / "source.json") if other != out else None
-            if (record and record["source"].get("format") == CACHE_FORMAT
-                    and record["source"].get("size") == stamp["size"] and record["content"]["dtype"] == str(dtype)):
-                records.append(record["content"])
-        except (OSError, ModelError, KeyError, AttributeError, TypeError):     # none there, or a damaged record
-            continue
     try:
         content = {"sha256": content_digest(path), "dtype": str(dtype)} if records else None
     except OSError:                     # unreadable: parsing it says so, in the loader's words
         return None, False
     return content, content is not None and content in records
+
+
+def _conversions_beside(out: Path):
+    """(folder, source.json record) of each other conversion in `out`'s cache folder made in this cache format; a
+    folder without a readable record is passed over. Listing the cache folder may raise OSError."""
+    from models.loading.hf import read_json
+
+    for other in out.parent.iterdir():
+        if other == out:
+            continue
+        try:
+            record = read_json(other / "source.json")
+            if record["source"].get("format") != CACHE_FORMAT:
+                continue
+        except (OSError, ModelError, KeyError, AttributeError, TypeError):     # none there, or a damaged record
+            continue
+        yield other, record
 
 
 def content_digest(path: Path) -> str:
@@ -179,15 +189,10 @@ def _link_same_content(tmp: Path, out: Path, content: dict) -> dict | None:
     copy of the file, a hard link to it, the package installed in another environment), so one file's weights are
     neither dequantized nor stored twice; returns the files' record, or None where there is no such conversion or
     the links cannot be made. Conversions are replaced, never written in place, so shared files stay as they are."""
-    from models.loading.hf import read_json
-
-    for other in out.parent.iterdir():
-        if other == out or not (other / "source.json").is_file():
-            continue
+    for other, record in _conversions_beside(out):
         try:
-            record = read_json(other / "source.json")
-            if (record.get("content") != content or record["source"].get("format") != CACHE_FORMAT
-                    or any(Path(name).name != name for name in record["files"]) or not is_complete(other)):
+            if (record.get("content") != content or any(Path(name).name != name for name in record["files"])
+                    or not is_complete(other)):
                 continue
             tmp.mkdir(mode=0o755)
             for name in record["files"]:
