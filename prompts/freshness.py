@@ -85,8 +85,7 @@ class FreshIndex:
             if not stale:
                 return False
             self._pending = {**stale, **self._pending}
-            changed, removed = self._parse_some(limit=len(stale))
-            self.index = self.index.updated(changed, removed)
+            self._update(limit=len(stale))
             return True
 
     def sweep(self, should_stop: Callable[[], bool] | None = None) -> RepoIndex:
@@ -115,8 +114,8 @@ class FreshIndex:
                 self.index = self.index.updated(changed, removed)
             return self.index
 
-    def _update(self, should_stop: Callable[[], bool] | None = None) -> RepoIndex:
-        changed, removed = self._parse_some(should_stop)
+    def _update(self, should_stop: Callable[[], bool] | None = None, limit: int | None = None) -> RepoIndex:
+        changed, removed = self._parse_some(should_stop, limit)
         if changed or removed:
             self.index = self.index.updated(changed, removed)
         return self.index
