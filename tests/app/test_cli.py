@@ -140,6 +140,20 @@ def test_the_readme_documents_every_option():
     assert missing == []
 
 
+
+def test_the_readme_documents_every_environment_switch():
+    """Each CODECOMPLETE_* variable the packages read is named in the README: the switches for measuring and
+    debugging (CODECOMPLETE_PDL, _COMPILE, _TUNED_PLANS, ...) were documented only in comments."""
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    read = {name for package in ("codecomplete", "models", "kernels", "prompts")
+            for source in (root / package).rglob("*.py")
+            for name in re.findall(r"\b(CODECOMPLETE_[A-Z0-9_]*[A-Z0-9])\b", source.read_text(encoding="utf-8"))}
+    assert {"CODECOMPLETE_PDL", "CODECOMPLETE_MODEL"} <= read          # the scan itself finds names
+    assert sorted(name for name in read if f"`{name}" not in readme) == []
+
 def test_threads_must_be_a_positive_number(capsys):
     assert parse("r", "--file", "a.py", "--threads", "1").threads == 1
     with pytest.raises(SystemExit) as exit:
