@@ -148,7 +148,8 @@ def test_the_other_model_benchmarks_say_a_bad_option_in_one_line(module, monkeyp
                                      "models.prefill_bench", "kernels.fused_gemv_bench", "kernels.gemv",
                                      "kernels.compile_check", "bench/context_eval.py", "bench/fp8_scales.py",
                                      "bench/speculative_bench.py", "bench/prompts_bench.py", "bench/gpu/step_parts.py",
-                                     "bench/gpu/prefill_stop.py", "bench/gpu/graph_spans.py"])
+                                     "bench/gpu/prefill_stop.py", "bench/gpu/graph_spans.py",
+                                     "bench/gpu/soak.py"])
 def test_help_says_what_every_option_does(program, capsys, monkeypatch):
     """--models, --contexts, --batches, --replays, --out and four more said nothing in `python -m models.bench --help`
     (kernels.bench's --out too; serve_bench's --device and --attention; the README's bench/*.py scripts' --budgets,
