@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from codecomplete.cli import _Parser  # noqa: E402
-from codecomplete.serve_bench import Cursor, ServerProcess  # noqa: E402
+from codecomplete.serve_bench import Cursor, ServerProcess, server_stages  # noqa: E402
 
 ROUTES = {"infill": 0.65, "gone": 0.1, "openai": 0.15, "chat": 0.1}
 SOURCES = ("codecomplete", "models", "kernels", "prompts")
@@ -184,7 +184,8 @@ def main(argv=None) -> int:
             health.close()
         finally:
             code = server.stop()
-        log_tail = server.log().splitlines()[-40:]
+        log = server.log()
+        log_tail, stages = log.splitlines()[-40:], server_stages(log)
     windows = []
     for w in range(int(args.seconds // args.window_s + (args.seconds % args.window_s > 0))):
         inside = [r for r in records if w * args.window_s <= r["at_s"] < (w + 1) * args.window_s]
@@ -197,18 +198,25 @@ def main(argv=None) -> int:
                         "rss_mib": [s["rss_mib"] for s in samples
                                     if w * args.window_s <= s["at_s"] < (w + 1) * args.window_s]})
     errors = [r for r in records if "error" in r]
+    # The server's own stages of each /infill's first token, in log order, by thirds of the run: queueing behind
+    # the other clients aside, "prompt" (building it) and "engine" (prefill and first step) should not drift.
+    thirds = [stages[i * len(stages) // 3:(i + 1) * len(stages) // 3] for i in range(3)]
+    stage_p50 = [{key: percentile([s[key] for s in part if key in s], 0.5) for key in ("queued", "prompt", "engine")}
+                 for part in thirds]
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "server": {k: v for k, v in server.info.items() if k != "api_key"},
               "seconds": args.seconds, "clients": args.clients, "routes": ROUTES,
               "requests": len(records), "by_kind": {k: sum(r["kind"] == k for r in records) for k in ROUTES},
               "errors": errors[:50], "healthy_after": healthy, "exit_code": code, "windows": windows,
+              "server_stage_p50_by_third": stage_p50,
               "samples": samples, "records": records, "server_log_tail": log_tail}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "soak.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     lines = [f"# Soak: {len(records)} requests in {args.seconds:.0f} s, {args.clients} clients",
              "", f"{report['date']} · {server.info['engine'].get('device')} · {server.info['engine'].get('name')}",
              f"by kind {report['by_kind']}; errors {len(errors)}; /health after: {healthy}; exit {code}", "",
-             "| from s | requests | errors | infill | first token p50 / p95 ms | GPU MiB (min-max) | RSS MiB (min-max) |",
+             "| from s | requests | errors | infill | first token p50 / p95 ms | GPU MiB (min-max) "
+             "| RSS MiB (min-max) |",
              "|---|---|---|---|---|---|---|"]
     span = lambda xs: (f"{min(x for x in xs if x is not None):.0f}-{max(x for x in xs if x is not None):.0f}"
                        if any(x is not None for x in xs) else "-")
@@ -217,6 +225,11 @@ def main(argv=None) -> int:
         lines.append(f"| {w['from_s']:.0f} | {w['requests']} | {w['errors']} | {w['infill']} | "
                      f"{'-' if p50 is None else f'{p50:.1f} / {p95:.1f}'} | {span(w['gpu_mib'])} | "
                      f"{span(w['rss_mib'])} |")
+    lines += ["", "The server's /infill first-token stages, p50 ms, by thirds of the run (log order):", "",
+              "| third | queued | prompt | engine |", "|---|---|---|---|"]
+    lines += [f"| {i + 1} | " + " | ".join("-" if part[k] is None else f"{part[k]:.1f}"
+                                          for k in ("queued", "prompt", "engine")) + " |"
+              for i, part in enumerate(stage_p50)]
     (args.out / "soak.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
     return 0 if not errors and healthy and code == 0 else 1
