@@ -30,8 +30,10 @@ from models.errors import ModelError, UnsupportedModelError
 from models.loading import cache_root
 from models.loading.gguf_header import check_header_bounds
 
-CACHE_FORMAT = 3   # 2: a linear rope factor without a type, or under rope.scale_linear, is read (config.json)
+CACHE_FORMAT = 4   # 2: a linear rope factor without a type, or under rope.scale_linear, is read (config.json)
                    # 3: a sentencepiece vocabulary spaces text as SentencePiece does (tokenizer.json)
+                   # 4: a byte-level BPE vocabulary splits text as llama.cpp does for its tokenizer.ggml.pre
+                   #    (tokenizer.json); source.json keeps the conversion's warnings
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
                    "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 TOP_LEVEL_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
@@ -100,7 +102,8 @@ def gguf_checkpoint(path: Path, dtype: torch.dtype, progress=None) -> Path:
                              "converting it again")
                 shutil.rmtree(out, ignore_errors=True)
             content = content or {"sha256": content_digest(path), "dtype": str(dtype)}
-            if files := _link_same_content(tmp, out, content):
+            if shared_record := _link_same_content(tmp, out, content):
+                files, warnings = shared_record["files"], shared_record.get("warnings", [])
                 if progress:
                     progress(f"{path.name} has the content of a file converted before: sharing its copy")
             else:
@@ -108,14 +111,14 @@ def gguf_checkpoint(path: Path, dtype: torch.dtype, progress=None) -> Path:
                     reader, config = _checked_gguf(path)
                 if progress:
                     progress(f"Converting {path.name} (first start only; cached in {out.parent})")
-                tokenizer = gguf_tokenizer(path, reader)
+                tokenizer, warnings = gguf_tokenizer(path, reader)
                 tensors = {hf_name(t.name, path): to_torch(t, config, dtype) for t in reader.tensors}
                 tmp.mkdir(mode=0o755)   # not the umask's: a umask of 0 would make it one that anyone may write
                 save_file(tensors, tmp / "model.safetensors")
                 tokenizer.save_pretrained(str(tmp))
                 (tmp / "config.json").write_text(json.dumps(config.to_hf(), indent=2), encoding="utf-8")
                 files = {f.name: f.stat().st_size for f in tmp.iterdir()}
-            record = {"source": stamp, "content": content, "files": files}
+            record = {"source": stamp, "content": content, "files": files, "warnings": warnings}
             (tmp / "source.json").write_text(json.dumps(record), encoding="utf-8")
             os.replace(tmp, out)        # atomic: a half-written conversion is never found
             _remove_unstamped_copies(out, path.stem)
@@ -187,8 +190,9 @@ def content_digest(path: Path) -> str:
 def _link_same_content(tmp: Path, out: Path, content: dict) -> dict | None:
     """Fill `tmp` with hard links to the files of a complete conversion of the same bytes in the same dtype (a
     copy of the file, a hard link to it, the package installed in another environment), so one file's weights are
-    neither dequantized nor stored twice; returns the files' record, or None where there is no such conversion or
-    the links cannot be made. Conversions are replaced, never written in place, so shared files stay as they are."""
+    neither dequantized nor stored twice; returns that conversion's source.json record, or None where there is no
+    such conversion or the links cannot be made. Conversions are replaced, never written in place, so shared files
+    stay as they are."""
     for other, record in _conversions_beside(out):
         try:
             if (record.get("content") != content or any(Path(name).name != name for name in record["files"])
@@ -197,7 +201,7 @@ def _link_same_content(tmp: Path, out: Path, content: dict) -> dict | None:
             tmp.mkdir(mode=0o755)
             for name in record["files"]:
                 os.link(other / name, tmp / name)
-            return record["files"]
+            return record
         except (OSError, ModelError, KeyError, AttributeError, TypeError):     # links unsupported, a record damaged
             shutil.rmtree(tmp, ignore_errors=True)
     return None
@@ -452,16 +456,23 @@ def unpermute_rope_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 def gguf_tokenizer(path: Path, reader):
-    """transformers builds a fast tokenizer from the file's tokenizer.ggml.* metadata (slow: seconds)."""
+    """(the fast tokenizer transformers builds from the file's tokenizer.ggml.* metadata (slow: seconds), the
+    warnings of its making): a byte-level BPE vocabulary then gets the split llama.cpp applies for the file's
+    pre-tokenizer name (models/loading/gguf_pretokenizers.py)."""
     from transformers import AutoTokenizer
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
     except Exception as e:  # transformers raises anything from KeyError to ValueError here
         raise ModelError(f"{path}: cannot build the tokenizer from the GGUF metadata ({type(e).__name__}: {e})") from None
-    if _text_field(reader, "tokenizer.ggml.model") == "llama":
+    vocabulary, warnings = _text_field(reader, "tokenizer.ggml.model"), []
+    if vocabulary == "llama":
         from models.loading.hf import sentencepiece_spaces
         sentencepiece_spaces(tokenizer, _bool_field(reader, "tokenizer.ggml.add_space_prefix", True))
-    return tokenizer
+    elif vocabulary == "gpt2":
+        from models.loading.gguf_pretokenizers import split_as_llama_cpp
+        if warning := split_as_llama_cpp(tokenizer, _text_field(reader, "tokenizer.ggml.pre")):
+            warnings.append(warning)
+    return tokenizer, warnings
 
 
 def _text_field(reader, key: str) -> str | None:

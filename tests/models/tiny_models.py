@@ -118,9 +118,10 @@ def random_blocks(shape: tuple[int, ...], matrix_type: str, rng: np.random.Gener
 
 
 def write_tiny_gguf(path: Path, *, architecture="llama", matrix_type="Q8_0", seed=0, block_count=None,
-                    vocabulary="gpt2", width=None):
+                    vocabulary="gpt2", width=None, pre="gpt-2"):
     """A tiny Llama GGUF written the way llama.cpp's converter writes one; `vocabulary`: "gpt2" (GGUF_TOKENS) or
-    "llama" (SPM_TOKENS); `width`: the hidden and FFN size (K-quants need rows of 256), else TINY's.
+    "llama" (SPM_TOKENS); `width`: the hidden and FFN size (K-quants need rows of 256), else TINY's; `pre`: a
+    gpt2 vocabulary's tokenizer.ggml.pre (None: left out, as old conversions did).
 
     Returns the transformers model holding exactly the weights the file stores (the quantization
     round trip applied), so a correct loader reproduces its logits to float32 precision.
@@ -150,6 +151,8 @@ def write_tiny_gguf(path: Path, *, architecture="llama", matrix_type="Q8_0", see
     if vocabulary == "gpt2":
         writer.add_token_types([3, 3, 3] + [1] * (len(GGUF_TOKENS) - 3))
         writer.add_token_merges(GGUF_MERGES)
+        if pre:
+            writer.add_tokenizer_pre(pre)
     else:
         writer.add_token_types(SPM_TYPES)
         writer.add_token_scores([0.0] * 259 + [-1.0, -2.0, -3.0, -4.0, -5.0, -6.0] + [0.0] * 4)
