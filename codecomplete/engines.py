@@ -142,6 +142,8 @@ def load(args, max_new_tokens: int, default_budget: int | None = None, headroom:
     if engine.context_length > engine.model_max_positions:
         warn(f"{engine.name} was trained on {engine.model_max_positions:,} positions and holds "
              f"{engine.context_length:,} here: past them its output may degrade")
+    for warning in engine.load_warnings:
+        warn(f"{engine.name}: {warning}")
     if engine.attention_is_slow:
         warn("--attention flash on the CPU runs the Triton kernels in their interpreter: very slow")
     check_room(engine, args, max_new_tokens)     # a --max-tokens that leaves no room fails now, not later

@@ -138,6 +138,7 @@ class Engine:
         self.model_max_positions = model.config.context_limit     # its training length (n_ctx_train)
         self.eos_token_ids = sorted(set(eos_token_ids) | set(model.config.eos_token_ids))
         self.load_s = 0.0
+        self.load_warnings: list[str] = []     # one line each: what about the checkpoint may degrade its output
         # The running request's decode steps and speculation counts, for a live status line: its tokens so far are
         # 1 + decode_steps + accepted_tokens, once text came (a token that ends inside a character sends none).
         self.progress = Timings()

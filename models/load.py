@@ -59,6 +59,8 @@ def load_model(spec=None, device=None, dtype=None, attention=None, max_context=N
                     context_length=context, eos_token_ids=loaded.eos_token_ids, cuda_graphs=cuda_graphs,
                     kv_cache=quant)
     engine.load_s = perf_counter() - start
+    from models.loading.gguf import conversion_warnings
+    engine.load_warnings = conversion_warnings(directory)     # said again at each start, not only the first
     return engine
 
 

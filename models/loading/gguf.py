@@ -455,6 +455,20 @@ def unpermute_rope_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
             .transpose(1, 2).reshape(out_features, in_features))
 
 
+def conversion_warnings(directory: Path) -> list[str]:
+    """What the conversion in `directory` warned of (a tokenizer that may split text unlike the model's training),
+    for each start to repeat; [] for a directory that is no conversion of ours."""
+    from models.loading.hf import read_json
+
+    try:
+        record = read_json(directory / "source.json")
+        if record["source"]["format"] == CACHE_FORMAT:
+            return [str(warning) for warning in record.get("warnings", [])]
+    except (OSError, ModelError, KeyError, AttributeError, TypeError):      # not ours, or a damaged record
+        pass
+    return []
+
+
 def gguf_tokenizer(path: Path, reader):
     """(the fast tokenizer transformers builds from the file's tokenizer.ggml.* metadata (slow: seconds), the
     warnings of its making): a byte-level BPE vocabulary then gets the split llama.cpp applies for the file's

@@ -9,7 +9,7 @@ falcon}.gguf with the ids the models' Hugging Face tokenizers give): all 47 text
 from __future__ import annotations
 
 import pytest
-from tiny_models import GGUF_TOKENS
+from tiny_models import GGUF_TOKENS, write_tiny_gguf
 
 # Three texts that tell every split apart: digits after a space, a contraction and two spaces before digits,
 # an indented line after a colon and a newline.
@@ -128,6 +128,21 @@ def test_a_name_transformers_splits_itself_is_left_to_it(tokenizer_for):
     assert pieces(tokenizer, NUMBER) == ["x", " =", " ", *DIGITS]
 
 
+def test_the_warning_is_kept_with_the_conversion_and_given_at_every_load(tmp_path):
+    from models import load_model
+
+    path = tmp_path / "odd.gguf"
+    write_tiny_gguf(path, pre="made-up-split")
+    first = load_model(path, device="cpu", max_context=32)
+    again = load_model(path, device="cpu", max_context=32)     # from the converted copy: the GGUF is not read
+    assert first.load_warnings == again.load_warnings
+    assert len(again.load_warnings) == 1 and "'made-up-split' is unknown here" in again.load_warnings[0]
+    (tmp_path / "copy.gguf").write_bytes(path.read_bytes())    # shares the conversion's files, and its warning
+    assert load_model(tmp_path / "copy.gguf", device="cpu", max_context=32).load_warnings == again.load_warnings
+    write_tiny_gguf(tmp_path / "known.gguf", pre="smollm")
+    assert load_model(tmp_path / "known.gguf", device="cpu", max_context=32).load_warnings == []
+
+
 def test_the_embedded_model_splits_digits_after_spaces_and_newlines_as_it_was_trained(smollm_engine):
     """SmolLM2's file names "smollm": digits one by one first, so the spaces or newlines before a digit stay one
     piece. GPT-2's split (transformers' own) gave "\\n   " + " 1", which BPE made one token more than training."""
@@ -136,3 +151,4 @@ def test_the_embedded_model_splits_digits_after_spaces_and_newlines_as_it_was_tr
         "values", "Ġ=", "Ġ[", "ĊĠĠĠĠ", "1", ",", "ĊĠĠĠĠ", "2", ",", "Ċ", "]"]
     assert tokenizer.tokenize("x  1") == ["x", "ĠĠ", "1"]
     assert tokenizer.tokenize("]\n\n1. Accuracy") == ["]", "ĊĊ", "1", ".", "ĠAccuracy"]
+    assert smollm_engine.load_warnings == []
