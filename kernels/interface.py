@@ -183,8 +183,9 @@ def flash_decode(q, k_cache, v_cache, cache_seqlens=None, *, softmax_scale=None,
             buffer passed as `.transpose(1, 2)` works). Hq must be a multiple of Hkv. In q's dtype,
             or 8-bit (float8_e4m3fn or int8) with k_scale and v_scale.
         cache_seqlens: int32 (B,) valid lengths in 0..S (T..S with T query tokens; checked except
-            while a CUDA graph is captured), or None for S everywhere. Keys at positions >= length are
-            ignored; a length-0 row returns zeros (lse -inf).
+            while a CUDA graph is captured, where a length past S counts as S and a negative one as 0, so
+            the kernels never read outside the cache), or None for S everywhere. Keys at positions >= length
+            are ignored; a length-0 row returns zeros (lse -inf).
         softmax_scale: defaults to D ** -0.5.
         num_splits: force the number of sequence splits (1 = no split); None lets the plan choose (`plan_for`:
             the device's tuned plan, else `plan_launch`'s heuristic).

@@ -114,10 +114,18 @@ def _valid_splits(seqlen, num_splits, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _cache_length(SEQLEN, S):
+    """A sequence's length, at most the cache's S: while a CUDA graph is captured the host cannot check the
+    lengths, and a length past S (a decode loop run past the cache) would read beyond it; the combine clamps
+    the same way, so both stages count the same splits."""
+    return tl.minimum(tl.load(SEQLEN), S)
+
+
+@triton.jit
 def _sequence_split(SEQLENS, S, b, split, num_splits, HAS_SEQLENS: tl.constexpr, BLOCK_N: tl.constexpr):
     """(seqlen, start, end): sequence b's length now and the key range [start, end) of `split`."""
     if HAS_SEQLENS:
-        seqlen = tl.load(SEQLENS + b)
+        seqlen = _cache_length(SEQLENS + b, S)
     else:
         seqlen = S
     start, end = _split_range(seqlen, split, num_splits, BLOCK_N)
@@ -441,7 +449,7 @@ def _combine_kernel(
 ):
     row = tl.program_id(0).to(tl.int64)  # (b * Hq + query head) * T + token
     if HAS_SEQLENS:
-        seqlen = tl.load(SEQLENS + row // ROWS_PER_SEQ)
+        seqlen = _cache_length(SEQLENS + row // ROWS_PER_SEQ, S)
     else:
         seqlen = S
     if USE_PDL:
