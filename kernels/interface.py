@@ -415,7 +415,9 @@ def append_kv(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None, v_scale=N
     pass (scale = amax / 448 for e4m3, amax / 127 for int8, per token and KV head, 1 where amax is 0;
     `kernels.reference.quantize` has the arithmetic) and its scales written to
     k_scale, v_scale float32 (B, Hkv, S). One Triton kernel on CUDA, plain PyTorch elsewhere; both
-    graph-safe (no host sync while a CUDA graph is captured)."""
+    graph-safe (no host sync while a CUDA graph is captured). What is written must be memory of its own: an
+    expanded (stride-0) cache or scale, or K and V (k_scale and v_scale) in shared memory, is a ValueError;
+    new values read from the very rows being written are not checked (those rows are on the device)."""
     if k_cache.is_cuda:
         append_kv_triton(k_new, v_new, k_cache, v_cache, input_pos, k_scale, v_scale, use_pdl=PDL_SUPPORTED)
     else:

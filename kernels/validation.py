@@ -150,9 +150,6 @@ def check_append_inputs(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None,
     if k_new.stride(-1) != 1 or v_new.stride(-1) != 1:    # the kernel reads a row's D values as one contiguous run
         raise ValueError(f"k_new and v_new must have a contiguous last dimension (stride 1), got strides "
                          f"{k_new.stride()} and {v_new.stride()}")
-    if B > 1 and 0 in (k_cache.stride(0), v_cache.stride(0)):
-        raise ValueError("the caches' batch rows alias one another (stride 0, an expanded tensor): "
-                         "appending to one row would write them all")
     if k_cache.shape[0] != B or k_cache.shape[1] != Hkv or k_cache.shape[3] != D:
         raise ValueError(f"k_new {tuple(k_new.shape)} does not match the cache (B, Hkv, S, D) = {tuple(k_cache.shape)}")
     scaled = k_cache.dtype in SCALED_DTYPES
@@ -164,6 +161,7 @@ def check_append_inputs(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None,
     if T > S:
         raise ValueError(f"{T} new tokens do not fit a cache of {S} positions")
     _check_scales(k_cache, k_scale, v_scale, B, Hkv, S)
+    _check_writable(k_cache, v_cache, k_scale, v_scale)
     if not isinstance(input_pos, torch.Tensor) or input_pos.dtype != torch.int64:
         got = input_pos.dtype if isinstance(input_pos, torch.Tensor) else type(input_pos).__name__
         raise ValueError(f"input_pos must be an int64 tensor, got {got}")
@@ -179,6 +177,52 @@ def check_append_inputs(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None,
             raise ValueError(f"input_pos must lie in 0..{S - T} so that {T} tokens fit the cache of {S}, "
                              f"got values in {lo}..{hi}")
     return AppendShape(B, Hkv, T, S, D, scaled)
+
+
+_CACHE_DIMS = ("batch", "KV head", "position", "head dim")
+
+
+def _check_writable(k_cache, v_cache, k_scale, v_scale) -> None:
+    """Every value append_kv writes must land in memory of its own: an expanded (stride-0) cache or scale
+    would write each row into its neighbours, and K and V (or their scales) in shared memory would overwrite
+    each other; on a GPU, as a race between programs. (New values read from the rows being written are not
+    checked: which rows are written is on the device, and copying rows elsewhere in the cache is valid.)"""
+    written = {"k_cache": k_cache, "v_cache": v_cache}
+    if k_scale is not None:
+        written |= {"k_scale": k_scale, "v_scale": v_scale}
+    for name, t in written.items():
+        for dim, (size, stride) in enumerate(zip(t.shape, t.stride())):
+            if size > 1 and stride == 0:
+                raise ValueError(f"{name} has stride 0 along its {_CACHE_DIMS[dim]} dimension ({dim}; an expanded "
+                                 f"tensor): appending to one {_CACHE_DIMS[dim]} would write them all")
+    for a, b in (("k_cache", "v_cache"), ("k_scale", "v_scale"))[:len(written) // 2]:
+        if _share_memory(written[a], written[b]):
+            raise ValueError(f"{a} and {b} share memory: appending to one would overwrite the other; "
+                             f"pass separate tensors")
+
+
+def _share_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether a and b certainly share an element: they lie in one storage and start at one address, or both
+    cover their byte ranges densely and those ranges meet. Never true for views that only interleave (K and V
+    as halves of one buffer's rows, or of a (B, S, 2, Hkv, D) buffer), so it cannot refuse a valid layout."""
+    if a.numel() == 0 or b.numel() == 0 or a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+    if a.data_ptr() == b.data_ptr():
+        return True
+    if not (_dense(a) and _dense(b)):
+        return False
+    return (a.data_ptr() < b.data_ptr() + b.numel() * b.element_size()
+            and b.data_ptr() < a.data_ptr() + a.numel() * a.element_size())
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """t's elements fill its memory without gaps or repeats (any order of dimensions)."""
+    expected = 1
+    for size, stride in sorted(((n, st) for n, st in zip(t.shape, t.stride()) if n > 1), key=lambda p: p[1]):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
 
 
 def _capturing(device) -> bool:

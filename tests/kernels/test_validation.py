@@ -7,6 +7,7 @@ import torch
 
 import kernels
 from kernels import flash_decode, reference
+from kernels.append import append_kv_triton
 
 
 FP8 = dict(k_cache=torch.randn(2, 2, 32, 64).to(torch.float8_e4m3fn),
@@ -76,6 +77,11 @@ def test_float64_is_reference_only():
     assert reference.flash_decode(**args).dtype == torch.float64
 
 
+SHARED_CACHE = torch.randn(2, 2, 32, 64)
+SHARED_SCALE = torch.ones(2, 2, 32)
+SHARED_BUFFER = torch.randn(3 * 4096)
+
+
 def append_args():
     return dict(k_new=torch.randn(2, 2, 3, 64), v_new=torch.randn(2, 2, 3, 64), k_cache=torch.randn(2, 2, 32, 64),
                 v_cache=torch.randn(2, 2, 32, 64), input_pos=torch.tensor([0, 29]))
@@ -97,7 +103,16 @@ BAD_APPEND = [
      dict(v_cache=torch.randn(2, 2, 64, 128)[:, :, ::2, ::2])),
     ("input_pos must be contiguous", dict(input_pos=torch.tensor([3, 50, 10, 60])[::2])),   # row 1 went to 50
     ("k_new and v_new must have a contiguous last dimension", dict(k_new=torch.randn(2, 2, 3, 128)[..., ::2])),
-    ("the caches' batch rows alias one another", dict(k_cache=torch.randn(1, 2, 32, 64).expand(2, -1, -1, -1))),
+    ("k_cache has stride 0 along its batch dimension", dict(k_cache=torch.randn(1, 2, 32, 64).expand(2, -1, -1, -1))),
+    # Writes through aliased memory were silent: head 1's keys overwrote head 0's, V's overwrote K's
+    ("v_cache has stride 0 along its KV head dimension", dict(v_cache=torch.randn(2, 1, 32, 64).expand(-1, 2, -1, -1))),
+    ("k_cache has stride 0 along its position dimension", dict(k_cache=torch.randn(2, 2, 1, 64).expand(-1, -1, 32, -1))),
+    ("k_scale has stride 0 along its batch dimension", dict(**FP8, k_scale=torch.ones(1, 2, 32).expand(2, -1, -1),
+                                                            v_scale=torch.ones(2, 2, 32))),
+    ("k_cache and v_cache share memory", dict(k_cache=SHARED_CACHE, v_cache=SHARED_CACHE)),
+    ("k_cache and v_cache share memory", dict(k_cache=SHARED_BUFFER[:8192].view(2, 2, 32, 64),    # half of V's
+                                              v_cache=SHARED_BUFFER[4096:].view(2, 2, 32, 64))),
+    ("k_scale and v_scale share memory", dict(**FP8, k_scale=SHARED_SCALE, v_scale=SHARED_SCALE)),
     ("is empty: no sequence to append to", dict(k_new=torch.randn(0, 2, 3, 64), v_new=torch.randn(0, 2, 3, 64),
                                                 k_cache=torch.randn(0, 2, 32, 64), v_cache=torch.randn(0, 2, 32, 64),
                                                 input_pos=torch.zeros(0, dtype=torch.int64))),
@@ -110,9 +125,33 @@ def test_a_softmax_scale_that_is_not_a_finite_number_is_refused():
             flash_decode(**good(), softmax_scale=scale)
 
 
-@pytest.mark.parametrize("fn", [kernels.append_kv, reference.append_kv], ids=["kernels", "reference"])
+# kernels.append_kv is the reference on the CPU; append_kv_triton, its CUDA path, runs here in the interpreter
+@pytest.mark.parametrize("fn", [kernels.append_kv, reference.append_kv, append_kv_triton],
+                         ids=["kernels", "reference", "triton"])
 @pytest.mark.parametrize("message, change", BAD_APPEND, ids=[m for m, _ in BAD_APPEND])
 def test_bad_append_is_a_clear_value_error(fn, message, change):
     args = append_args() | change
     with pytest.raises(ValueError, match=re.escape(message)):
         fn(**args)
+
+
+def interleaved_caches(B, Hkv, S, D):
+    """K and V as the two halves of one (B, S, 2, Hkv, D) buffer, seen as (B, Hkv, S, D): views that interleave
+    in memory without sharing an element."""
+    buffer = torch.zeros(B, S, 2, Hkv, D)
+    return buffer, buffer[:, :, 0].transpose(1, 2), buffer[:, :, 1].transpose(1, 2)
+
+
+@pytest.mark.parametrize("fn", [reference.append_kv, append_kv_triton], ids=["reference", "triton"])
+def test_views_that_interleave_without_sharing_memory_are_appended_to(fn):
+    """The aliasing checks refuse only memory certainly shared: K and V interleaved in one buffer, and new
+    values staged in that buffer past the cache, append as separate tensors would."""
+    B, Hkv, S, T, D = 2, 2, 16, 3, 32
+    buffer, k_cache, v_cache = interleaved_caches(B, Hkv, S + T, D)
+    buffer[:, S:] = torch.randn(B, T, 2, Hkv, D)                   # the new rows, staged past the cache
+    k_new, v_new = k_cache[:, :, S:].clone(), v_cache[:, :, S:].clone()
+    pos = torch.tensor([0, S - T])
+    fn(k_cache[:, :, S:], v_cache[:, :, S:], k_cache[:, :, :S], v_cache[:, :, :S], pos)
+    for b in range(B):
+        torch.testing.assert_close(k_cache[b, :, pos[b]:pos[b] + T], k_new[b], rtol=0, atol=0)
+        torch.testing.assert_close(v_cache[b, :, pos[b]:pos[b] + T], v_new[b], rtol=0, atol=0)
