@@ -147,6 +147,9 @@ def check_append_inputs(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None,
     _, _, S, _ = k_cache.shape
     if B == 0:
         raise ValueError(f"k_new {tuple(k_new.shape)} is empty: no sequence to append to")
+    if Hkv == 0 or D == 0:
+        raise ValueError(f"k_new {tuple(k_new.shape)} has {Hkv} KV heads of {D} values: (B, Hkv, T, D) needs "
+                         f"at least one of each")
     if k_new.stride(-1) != 1 or v_new.stride(-1) != 1:    # the kernel reads a row's D values as one contiguous run
         raise ValueError(f"k_new and v_new must have a contiguous last dimension (stride 1), got strides "
                          f"{k_new.stride()} and {v_new.stride()}")

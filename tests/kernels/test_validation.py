@@ -116,6 +116,13 @@ BAD_APPEND = [
     ("is empty: no sequence to append to", dict(k_new=torch.randn(0, 2, 3, 64), v_new=torch.randn(0, 2, 3, 64),
                                                 k_cache=torch.randn(0, 2, 32, 64), v_cache=torch.randn(0, 2, 32, 64),
                                                 input_pos=torch.zeros(0, dtype=torch.int64))),
+    # the Triton path divided by zero planning its grid; the reference failed in amax (8-bit) or did nothing
+    ("has 0 KV heads of 64 values", dict(k_new=torch.randn(2, 0, 3, 64), v_new=torch.randn(2, 0, 3, 64),
+                                         k_cache=torch.randn(2, 0, 32, 64), v_cache=torch.randn(2, 0, 32, 64))),
+    ("has 2 KV heads of 0 values", dict(k_new=torch.randn(2, 2, 3, 0), v_new=torch.randn(2, 2, 3, 0),
+                                        k_cache=torch.zeros(2, 2, 32, 0, dtype=torch.int8),
+                                        v_cache=torch.zeros(2, 2, 32, 0, dtype=torch.int8),
+                                        k_scale=torch.ones(2, 2, 32), v_scale=torch.ones(2, 2, 32))),
 ]
 
 
