@@ -51,6 +51,7 @@ import os
 import torch
 import triton
 from triton.backends.nvidia.compiler import CUDAOptions
+from triton.runtime.interpreter import InterpretedFunction
 
 from kernels import reference
 from kernels.append import append_kv_triton
@@ -74,6 +75,8 @@ COMBINE_TRIGGER = True   # A/B: the combine lets the next kernel launch as it st
 # first tiles' latency then overlaps the kernel before. 4-16 KiB took 15-36 µs off CodeLlama-7B's step on an
 # H200 at 4k-64k, bf16, fp8 and int8 alike; 256 KiB (most of a split) added up to 274 (NOTES.md, Run 16).
 KV_PREFETCH = 8192
+# TRITON_INTERPRET=1 was set before the kernels were defined: they run on CPU tensors, in Triton's interpreter
+INTERPRETED = isinstance(_split_kv_kernel, InterpretedFunction)
 
 
 def sequence_major_v_pays(group: int, cache_dtype: torch.dtype) -> bool:
@@ -174,6 +177,8 @@ def _with_splits(plan: LaunchPlan, num_splits: int | None) -> LaunchPlan:
 def flash_decode(q, k_cache, v_cache, cache_seqlens=None, *, softmax_scale=None, num_splits=None,
                  return_lse=False, k_scale=None, v_scale=None):
     """Attention of the newest query token(s) of each sequence over a KV cache, split along the sequence.
+    On CUDA tensors; on CPU ones only where TRITON_INTERPRET=1 was set before kernels was imported (Triton's
+    interpreter: slow; `kernels.reference.flash_decode` is the CPU path).
 
     Args:
         q: (B, Hq, D) the new token's queries; or (B, Hq, T, D), 1 <= T <= 16, the queries of the last
@@ -201,10 +206,22 @@ def flash_decode(q, k_cache, v_cache, cache_seqlens=None, *, softmax_scale=None,
     """
     B, Hq, Hkv, S, D, T, scaled = check_decode_inputs(q, k_cache, v_cache, cache_seqlens, num_splits,
                                                       k_scale=k_scale, v_scale=v_scale, dtypes=KERNEL_DTYPES)
+    check_launchable(q.device)
     plan = plan_for(q, B, Hq, Hkv, S, D, T, scaled, num_splits, int8=k_cache.dtype == torch.int8)
     out, lse = launch(q, k_cache, v_cache, cache_seqlens, plan, softmax_scale=softmax_scale,
                       k_scale=k_scale, v_scale=v_scale)
     return (out, lse) if return_lse else out
+
+
+def check_launchable(device: torch.device) -> None:
+    """The Triton kernels take CUDA tensors, or CPU tensors where they are interpreted; anything else (CPU
+    tensors with compiled kernels, meta tensors) failed inside Triton ("0 active drivers", "Cannot copy out of
+    meta tensor")."""
+    if device.type == "cuda" or (device.type == "cpu" and INTERPRETED):
+        return
+    hint = ("; on the CPU use kernels.reference.flash_decode, or set TRITON_INTERPRET=1 before kernels is imported "
+            "to run these kernels in Triton's interpreter (slow)") if device.type == "cpu" else ""
+    raise ValueError(f"flash_decode runs Triton kernels on CUDA tensors, got tensors on {device}{hint}")
 
 
 def resident_of(binary, num_warps: int) -> int:

@@ -1,6 +1,9 @@
 """Bad input to flash_decode (and the reference) is a ValueError naming the problem."""
 
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -162,3 +165,24 @@ def test_views_that_interleave_without_sharing_memory_are_appended_to(fn):
     for b in range(B):
         torch.testing.assert_close(k_cache[b, :, pos[b]:pos[b] + T], k_new[b], rtol=0, atol=0)
         torch.testing.assert_close(v_cache[b, :, pos[b]:pos[b] + T], v_new[b], rtol=0, atol=0)
+
+
+def test_tensors_the_kernels_cannot_take_are_a_clear_value_error():
+    """Meta tensors failed inside the launch ("Cannot copy out of meta tensor"); the reference takes them."""
+    meta = {name: t.to("meta") for name, t in good().items()}
+    with pytest.raises(ValueError, match="flash_decode runs Triton kernels on CUDA tensors, got tensors on meta"):
+        flash_decode(**meta)
+    assert reference.flash_decode(**meta).shape == (2, 8, 64)
+
+
+def test_cpu_tensors_without_the_interpreter_are_a_clear_value_error():
+    """Without TRITON_INTERPRET the kernels are compiled: CPU tensors failed in Triton's driver lookup ("0 active
+    drivers" here, a pointer error on a GPU machine). A fresh interpreter, as the variable is read at import."""
+    code = ("import torch; from kernels import flash_decode\n"
+            "try:\n    flash_decode(torch.randn(1, 2, 64), torch.randn(1, 1, 8, 64), torch.randn(1, 1, 8, 64))\n"
+            "except ValueError as e:\n    print(e)\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.startswith("flash_decode runs Triton kernels on CUDA tensors, got tensors on cpu; on the CPU "
+                                 "use kernels.reference.flash_decode, or set TRITON_INTERPRET=1"), run.stdout
