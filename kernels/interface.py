@@ -45,7 +45,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import math
 import os
 
 import torch
@@ -59,7 +58,7 @@ from kernels.plan import LaunchPlan, plan_launch, resident_programs, shape_key, 
 from kernels.split_kv import _combine_kernel, _split_kv_kernel
 from kernels.split_kv_row import _split_kv_row_kernel
 from kernels.split_kv_transposed import _split_kv_transposed_kernel
-from kernels.validation import FP8_DTYPE, SCALED_DTYPES, check_decode_inputs, sequence_major
+from kernels.validation import FP8_DTYPE, SCALED_DTYPES, check_decode_inputs, sequence_major, softmax_scale_of
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 LOG2_E = 1.4426950408889634
@@ -191,7 +190,7 @@ def flash_decode(q, k_cache, v_cache, cache_seqlens=None, *, softmax_scale=None,
             while a CUDA graph is captured, where a length past S counts as S and a negative one as 0, so
             the kernels never read outside the cache), or None for S everywhere. Keys at positions >= length
             are ignored; a length-0 row returns zeros (lse -inf).
-        softmax_scale: defaults to D ** -0.5.
+        softmax_scale: a finite real number (not a tensor), |scale| <= 2.36e38; defaults to D ** -0.5.
         num_splits: force the number of sequence splits (1 = no split); None lets the plan choose (`plan_for`:
             the device's tuned plan, else `plan_launch`'s heuristic).
         return_lse: also return the log-sum-exp of the scores.
@@ -377,9 +376,7 @@ def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scal
     _, Hkv, S, _ = k_cache.shape
     group = Hq // Hkv
     scaled, e4m3 = k_cache.dtype in SCALED_DTYPES, k_cache.dtype == FP8_DTYPE
-    scale = D ** -0.5 if softmax_scale is None else float(softmax_scale)
-    if not math.isfinite(scale):
-        raise ValueError(f"softmax_scale must be a finite number, got {softmax_scale!r}")
+    scale = softmax_scale_of(softmax_scale, D)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
     splits = plan.num_splits

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.validation import FP8_DTYPE, check_append_inputs, check_decode_inputs
+from kernels.validation import FP8_DTYPE, check_append_inputs, check_decode_inputs, softmax_scale_of
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 INT8_MAX = 127.0  # symmetric int8: -127..127
@@ -116,7 +116,7 @@ def flash_decode(q, k_cache, v_cache, cache_seqlens=None, *, softmax_scale=None,
     """
     B, Hq, Hkv, S, D, T, _ = check_decode_inputs(q, k_cache, v_cache, cache_seqlens, num_splits,
                                                  k_scale=k_scale, v_scale=v_scale)
-    scale = D ** -0.5 if softmax_scale is None else softmax_scale
+    scale = softmax_scale_of(softmax_scale, D)
     group = Hq // Hkv
     compute = _compute_dtype(q)
     q4 = q.to(compute).reshape(B, Hq, T, D)                                  # (B, Hq, T, D)
@@ -147,7 +147,7 @@ def eager_decode(q, k_cache, v_cache, cache_seqlens=None, *, softmax_scale=None,
     """
     B, Hq, Hkv, S, D, T, _ = check_decode_inputs(q, k_cache, v_cache, cache_seqlens, None,
                                                  k_scale=k_scale, v_scale=v_scale)
-    scale = D ** -0.5 if softmax_scale is None else softmax_scale
+    scale = softmax_scale_of(softmax_scale, D)
     group = Hq // Hkv
     q4 = q.reshape(B, Hq, T, D)                                                    # (B, Hq, T, D)
     k, v = dequantize(k_cache, k_scale, q.dtype), dequantize(v_cache, v_scale, q.dtype)
@@ -172,7 +172,7 @@ def split_kv_decode(q, k_cache, v_cache, cache_seqlens=None, *, softmax_scale=No
     """
     B, Hq, Hkv, S, D, T, _ = check_decode_inputs(q, k_cache, v_cache, cache_seqlens, num_splits,
                                                  k_scale=k_scale, v_scale=v_scale)
-    scale = D ** -0.5 if softmax_scale is None else softmax_scale
+    scale = softmax_scale_of(softmax_scale, D)
     group = Hq // Hkv
     compute = _compute_dtype(q)
     q4 = q.to(compute).reshape(B, Hq, T, D)                                  # (B, Hq, T, D)

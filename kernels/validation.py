@@ -6,6 +6,8 @@ reaches Triton (whose own errors on bad shapes are crashes or silent garbage).
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import NamedTuple
 
 import torch
@@ -17,6 +19,8 @@ FP8_DTYPE = torch.float8_e4m3fn
 SCALED_DTYPES = (FP8_DTYPE, torch.int8)  # 8-bit caches with a float32 scale per token and KV head
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
 MAX_QUERY_TOKENS = 16
+# The kernels multiply scores by softmax_scale * log2(e) in float32 (their softmax is in base 2)
+MAX_SOFTMAX_SCALE = torch.finfo(torch.float32).max / math.log2(math.e)
 
 
 class AppendShape(NamedTuple):
@@ -130,6 +134,20 @@ def check_decode_inputs(q, k_cache, v_cache, cache_seqlens, num_splits, *, k_sca
     if cache_seqlens is not None:
         _check_seqlens(cache_seqlens, B, S, q.device, min_len=T if T > 1 else 0)
     return DecodeShape(B, Hq, Hkv, S, D, T, scaled)
+
+
+def softmax_scale_of(softmax_scale, D: int) -> float:
+    """The scale a decode call applies to its scores: D ** -0.5 by default, else `softmax_scale`, a finite real
+    number (Python's or NumPy's; not a tensor, whose value a CUDA call could read only by a sync)."""
+    if softmax_scale is None:
+        return D ** -0.5
+    if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real):
+        raise ValueError(f"softmax_scale must be a number (a float), got {type(softmax_scale).__name__}")
+    scale = float(softmax_scale)
+    if not abs(scale) <= MAX_SOFTMAX_SCALE:  # NaN fails this too
+        raise ValueError(f"softmax_scale must be a finite number of magnitude at most {MAX_SOFTMAX_SCALE:.3g} "
+                         f"(float32's largest / log2(e)), got {softmax_scale!r}")
+    return scale
 
 
 def check_append_inputs(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None, v_scale=None,

@@ -129,10 +129,31 @@ BAD_APPEND = [
 ]
 
 
-def test_a_softmax_scale_that_is_not_a_finite_number_is_refused():
-    for scale in (float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="softmax_scale must be a finite number"):
-            flash_decode(**good(), softmax_scale=scale)
+DECODERS = [flash_decode, reference.flash_decode, reference.eager_decode, reference.split_kv_decode]
+
+
+# The reference returned NaN for a NaN scale; the kernels ran "0.5" and read a tensor's value (a sync); a scale
+# whose product with log2(e) overflows float32 made the kernels' output NaN.
+@pytest.mark.parametrize("fn", DECODERS, ids=["triton", "reference", "eager", "split_kv"])
+@pytest.mark.parametrize("scale, message", [(float("nan"), "a finite number"), (float("inf"), "a finite number"),
+                                            (-float("inf"), "a finite number"), (3e38, "a finite number"),
+                                            ("0.5", "a number (a float), got str"),
+                                            (torch.tensor(0.5), "a number (a float), got Tensor"),
+                                            (True, "a number (a float), got bool")])
+def test_a_softmax_scale_that_is_not_a_finite_number_is_refused(fn, scale, message):
+    with pytest.raises(ValueError, match=re.escape(f"softmax_scale must be {message}")):
+        fn(**good(), softmax_scale=scale)
+
+
+@pytest.mark.parametrize("fn", DECODERS, ids=["triton", "reference", "eager", "split_kv"])
+def test_any_finite_softmax_scale_is_taken(fn):
+    import numpy as np
+    args = good()
+    expected = reference.flash_decode(**args, softmax_scale=0.25)
+    for scale in (0.25, np.float32(0.25)):
+        torch.testing.assert_close(fn(**args, softmax_scale=scale), expected, rtol=1e-5, atol=1e-5)
+    uniform = args["v_cache"].mean(2).repeat_interleave(4, dim=1)        # scale 0: every key weighs the same
+    torch.testing.assert_close(fn(**args, softmax_scale=0), uniform, rtol=1e-5, atol=1e-5)
 
 
 # kernels.append_kv is the reference on the CPU; append_kv_triton, its CUDA path, runs here in the interpreter
