@@ -153,6 +153,7 @@ def plan_launch(B: int, Hq: int, Hkv: int, S: int, D: int, *, T: int = 1, scaled
     this heuristic's dot-kernel plan at CodeLlama-34B's rows (B=1 16k-128k, B=8 16k, B=64 2k, both 8-bit kinds;
     bench/results/NOTES.md, Run 20), and within 0-5% of the plans tuned for that card; TMA 0-2.7% faster than
     pointers there (Run 21)."""
+    _check_plan_shape(B, Hq, Hkv, S, D, T, num_sms, num_splits, elem_bytes)
     group = Hq // Hkv
     block_m, block_n, block_d = tiles(group, T, D)
     transposed = wgmma8 and scaled and T == 1 and group > 1 and block_d <= 128
@@ -172,6 +173,22 @@ def plan_launch(B: int, Hq: int, Hkv: int, S: int, D: int, *, T: int = 1, scaled
     return LaunchPlan(num_splits=num_splits, block_m=block_m, block_n=block_n, block_d=block_d,
                       num_warps=8 if block_m >= 64 else 4, num_stages=stages, loop_stages=3 if row else 0,
                       row_kernel=row)
+
+
+def _check_plan_shape(B, Hq, Hkv, S, D, T, num_sms, num_splits, elem_bytes) -> None:
+    """plan_launch's arguments as a call could have them (it is public: a bad shape is a ValueError, not a
+    ZeroDivisionError or a plan of 0 or a million splits); a call's own values are checked again at launch."""
+    sizes = dict(B=B, Hq=Hq, Hkv=Hkv, S=S, D=D, T=T, num_sms=num_sms)
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"plan_launch: {name} must be a positive int, got {value!r}")
+    if Hq % Hkv:
+        raise ValueError(f"plan_launch: query heads ({Hq}) must be a multiple of key/value heads ({Hkv})")
+    if num_splits is not None and (isinstance(num_splits, bool) or not isinstance(num_splits, int)
+                                   or not 1 <= num_splits <= MAX_SPLITS):
+        raise ValueError(f"plan_launch: num_splits must be an int in 1..{MAX_SPLITS} or None, got {num_splits!r}")
+    if elem_bytes not in (1, 2, 4, 8):
+        raise ValueError(f"plan_launch: elem_bytes must be a cache element's size (1, 2, 4 or 8), got {elem_bytes!r}")
 
 
 def resident_programs(registers: int, shared_bytes: int, num_warps: int) -> int:

@@ -207,3 +207,20 @@ def test_cpu_tensors_without_the_interpreter_are_a_clear_value_error():
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.startswith("flash_decode runs Triton kernels on CUDA tensors, got tensors on cpu; on the CPU "
                                  "use kernels.reference.flash_decode, or set TRITON_INTERPRET=1"), run.stdout
+
+
+# kernels.plan_launch is public: a ZeroDivisionError for no KV head, no sequence or no token, and plans of 0 or a
+# million splits for shapes no call can have
+BAD_PLANS = [("Hkv must be a positive int, got 0", dict(Hkv=0)), ("B must be a positive int, got 0", dict(B=0)),
+             ("T must be a positive int, got 0", dict(T=0)), ("S must be a positive int, got 1024.5", dict(S=1024.5)),
+             ("query heads (9) must be a multiple of key/value heads (2)", dict(Hq=9)),
+             ("num_splits must be an int in 1..128 or None, got 0", dict(num_splits=0)),
+             ("num_splits must be an int in 1..128 or None, got 1000000", dict(num_splits=10 ** 6)),
+             ("num_sms must be a positive int, got 0", dict(num_sms=0)), ("elem_bytes must be", dict(elem_bytes=0))]
+
+
+@pytest.mark.parametrize("message, change", BAD_PLANS, ids=[m for m, _ in BAD_PLANS])
+def test_a_plan_for_a_shape_no_call_can_have_is_a_value_error(message, change):
+    args = dict(B=1, Hq=8, Hkv=2, S=1024, D=128) | change
+    with pytest.raises(ValueError, match=re.escape(f"plan_launch: {message}")):
+        kernels.plan_launch(**args)
