@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.validation import FP8_DTYPE, check_append_inputs, check_decode_inputs, softmax_scale_of
+from kernels.validation import FP8_DTYPE, SCALED_DTYPES, check_append_inputs, check_decode_inputs, softmax_scale_of
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 INT8_MAX = 127.0  # symmetric int8: -127..127
@@ -74,6 +74,8 @@ def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def quantize(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """x (..., D) in an 8-bit cache dtype (float8_e4m3fn or int8) with its per-row scales."""
+    if dtype not in SCALED_DTYPES:  # (any other dtype came back as e4m3, asked-for e5m2 included)
+        raise ValueError(f"quantize makes 8-bit caches, float8_e4m3fn or int8, not {dtype}")
     return quantize_int8(x) if dtype == torch.int8 else quantize_fp8(x)
 
 

@@ -152,6 +152,13 @@ def test_a_row_too_small_for_a_scale_gets_scale_1_not_nan(dtype):
     assert (restored[0] - x[0]).abs().max() <= x[0].abs().max() * 2.0 ** -4
 
 
+@pytest.mark.parametrize("dtype", [torch.float8_e5m2, torch.float16, torch.uint8])
+def test_quantize_makes_only_the_8_bit_kinds_it_knows(dtype):
+    """Any other dtype came back as e4m3 values, float8_e5m2 included: a cache of another kind than asked for."""
+    with pytest.raises(ValueError, match=f"quantize makes 8-bit caches, float8_e4m3fn or int8, not {dtype}"):
+        reference.quantize(torch.randn(2, 64), dtype)
+
+
 @pytest.mark.parametrize("layout", ["bhsd", "bshd"])
 @pytest.mark.parametrize("fp8", [False, True])
 def test_append_kv_writes_exactly_its_positions(layout, fp8):
