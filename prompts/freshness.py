@@ -5,11 +5,15 @@ every keystroke would cost a stat of every file (20k files: tens of milliseconds
 seeks), so the work comes in bounded slices:
 
 - ``refresh(path)``, before a request: one stat of the file the request is about, so that a file saved a moment
-  ago is seen at once, and the parsing of what changed (at most ``parses_per_refresh`` files, that one first);
+  ago is seen at once, and one of each folder on its path, listed again when its modification time moved (a file
+  added or removed in it), so that a module created a moment ago next to it (or the request's own new file) is in
+  the index too; then the parsing of what changed (at most ``parses_per_refresh`` files, that one first);
 - ``sweep()``, after a request, while the editor types the next key: the next ``files_per_refresh`` files of a
   walk through the repository that each call resumes where the last one stopped (a finished walk tells which
   files are gone, and the next one starts), and the parsing of what it found changed. ``should_stop`` (a request
   arrived) ends it early, between slices of ``SLICE`` files: the next request does not wait for a whole sweep.
+  Each sweep also looks at the next ``folders_per_sweep`` folders of the repository in turn, as ``refresh`` looks at
+  those of the request's path: a new file anywhere is found in a few sweeps, where the walk takes a pass.
   A server sweeps on in its quiet moments until a walk begun after the last request has ended
   (``walks_begun``, ``walked``).
 
@@ -25,14 +29,21 @@ edit saved in that tick at the same size keeps the size and modification time a 
 from __future__ import annotations
 
 import contextlib
+import os
+import posixpath
+import stat
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from .index import FileEntry, RepoIndex, parse_file, unchanged
-from .scan import MAX_FILE_BYTES, ScanWarning, SourceFile, source_file, walk_sources
+from .scan import (MAX_FILE_BYTES, ScanWarning, SourceFile, list_folder, repository_rules, source_file,
+                   walk_sources)
 
 FILES_PER_REFRESH = 256  # a full pass over 20k files every ~80 requests
+FOLDERS_PER_SWEEP = 32   # folders looked at after a request: 2,000 (20k files) every ~60 requests
+LISTINGS_PER_REFRESH = 8  # folders listed before a request, at most: those on the request's path, then new ones
 PARSES_PER_REFRESH = 8
 SLICE = 8                # files a sweep walks between looks at should_stop (a fraction of a millisecond)
 
@@ -41,11 +52,17 @@ class FreshIndex:
     """The current index of one repository; ``refresh(path)`` before each request keeps it close to the disk."""
 
     def __init__(self, index: RepoIndex, *, files_per_refresh: int = FILES_PER_REFRESH,
-                 parses_per_refresh: int = PARSES_PER_REFRESH, max_file_bytes: int = MAX_FILE_BYTES):
+                 parses_per_refresh: int = PARSES_PER_REFRESH, folders_per_sweep: int = FOLDERS_PER_SWEEP,
+                 max_file_bytes: int = MAX_FILE_BYTES):
         self.index = index
         self.files_per_refresh = files_per_refresh
         self.parses_per_refresh = parses_per_refresh
         self.max_file_bytes = max_file_bytes
+        self.folders_per_sweep = folders_per_sweep
+        # Folder -> its modification time when last listed (None: not yet): a file added to a folder moves it.
+        # Those of the indexed files to begin with, and their parents; those found new when their parent is listed.
+        self._folders: dict[str, int | None] = dict.fromkeys(_with_parents(index.entries))
+        self._ring: deque[str] = deque()  # folders the sweeps look at next
         self._walk: Iterator[SourceFile] | None = None
         self._seen: set[str] = set()  # files the current walk has met
         self._pending: dict[str, SourceFile | None] = {}  # to parse again (None: gone), oldest first
@@ -65,8 +82,10 @@ class FreshIndex:
         """Before a request: look at ``path`` (relative to the root) and parse what changed; returns the index, a new
         object if anything changed."""
         with _quiet():
-            if path is not None and path in self.index.entries:
-                self._compare(path, source_file(self.root, path, self.max_file_bytes))
+            if path is not None:
+                self._look_at_folders(_folders_on_path(self.root, path), LISTINGS_PER_REFRESH)
+                if path in self.index.entries:
+                    self._compare(path, source_file(self.root, path, self.max_file_bytes))
                 if path in self._pending:  # the request's own file goes first
                     self._pending = {path: self._pending.pop(path), **self._pending}
             return self._update()
@@ -92,6 +111,7 @@ class FreshIndex:
         """Between requests: the next part of the rolling rescan, and the parsing of what it found changed; less
         of both once ``should_stop()`` says so."""
         with _quiet():
+            self._sweep_folders(should_stop)
             self._walk_on(should_stop)
             return self._update(should_stop)
 
@@ -119,6 +139,53 @@ class FreshIndex:
         if changed or removed:
             self.index = self.index.updated(changed, removed)
         return self.index
+
+    def _sweep_folders(self, should_stop: Callable[[], bool] | None) -> None:
+        """The next ``folders_per_sweep`` folders of a round through all of them."""
+        if not self._ring:
+            self._ring.extend(self._folders)        # a new round
+        for count in range(self.folders_per_sweep):
+            if not self._ring or should_stop is not None and count % SLICE == SLICE - 1 and should_stop():
+                return
+            self._look_at_folders([self._ring.popleft()], 1)
+
+    def _look_at_folders(self, folders: list[str], listings: int) -> None:
+        """One stat of each folder known, in order, and for each one whose modification time moved, a listing: the
+        files new to the index in it go to be parsed, its new subfolders are listed next. At most ``listings``
+        listings; the new folders left over wait for the sweeps."""
+        rules = repository_rules(self.root)     # (its files are read at its first question: most looks ask none)
+        queue = deque(folders)
+        while queue:
+            folder = queue.popleft()
+            if folder not in self._folders:
+                continue                    # not a folder the walk enters (or no longer)
+            try:
+                status = os.lstat(self.root / folder)
+            except OSError:
+                status = None
+            if status is None or not stat.S_ISDIR(status.st_mode):
+                del self._folders[folder]   # gone, or now a link: its files are left to the walk and rechecks
+                continue
+            if status.st_mtime_ns == self._folders[folder]:
+                continue
+            if listings == 0:
+                self._ring.appendleft(folder)
+                continue
+            listings -= 1
+            listed = list_folder(self.root, folder, rules, self.max_file_bytes, known_files=self.index.entries,
+                                 known_folders=self._folders)
+            if listed is None:
+                del self._folders[folder]
+                continue
+            self._folders[folder] = status.st_mtime_ns    # (taken before the listing: a file added since moves it)
+            sources, subfolders = listed
+            for source in sources:
+                self._compare(source.path, source)
+                if self._walk is not None:
+                    self._seen.add(source.path)   # the walk under way may be past it: it is no file gone
+            for subfolder in subfolders:
+                self._folders[subfolder] = None
+                queue.append(subfolder)
 
     def _walk_on(self, should_stop: Callable[[], bool] | None) -> None:
         for count in range(self.files_per_refresh):
@@ -167,6 +234,30 @@ class FreshIndex:
                 removed.append(path)
         return changed, removed
 
+
+
+def _with_parents(paths: Iterable[str]) -> list[str]:
+    """The folders of ``paths`` (posix, relative to the root) and all the folders above them, the root ("") first."""
+    folders = {""}
+    for folder in {posixpath.dirname(path) for path in paths}:
+        while folder not in folders:
+            folders.add(folder)
+            folder = posixpath.dirname(folder)
+    return sorted(folders)
+
+
+def _folders_on_path(root: Path, path: str) -> list[str]:
+    """The folders from the root down to the one of ``path`` (relative to the root, or absolute inside it), without
+    touching the disk; the root alone for a path outside it."""
+    full = Path(path)
+    if full.is_absolute():
+        if not full.is_relative_to(root):
+            return [""]
+        path = full.relative_to(root).as_posix()
+    parts = posixpath.normpath(path.replace(os.sep, "/")).split("/")[:-1]
+    if ".." in parts:
+        return [""]
+    return ["", *("/".join(parts[:n]) for n in range(1, len(parts) + 1))]
 
 
 @contextlib.contextmanager

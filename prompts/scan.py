@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import codecs
 import errno
+import functools
 import os
 import stat
 import warnings
-from collections.abc import Iterator
+from collections.abc import Container, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
@@ -70,7 +71,7 @@ def scan_repository(root: Path, max_file_bytes: int = MAX_FILE_BYTES) -> list[So
 def walk_sources(root: Path, max_file_bytes: int = MAX_FILE_BYTES) -> Iterator[SourceFile]:
     """The repository's files as a walk that honours the ignore files finds them, lazily and unsorted: a caller can
     take a few at a time (a server keeping its index fresh)."""
-    rules = IgnoreRules(root, (".gitignore", IGNORE_FILE), git_exclude=True)
+    rules = repository_rules(root)
     for path in _walk(root, rules):
         if not _skipped_by_name(path):
             source = _stat(root, path, max_file_bytes, rules)
@@ -90,7 +91,7 @@ def source_file(root: Path, path: str, max_file_bytes: int = MAX_FILE_BYTES) -> 
 
 def count_ignored(root: Path) -> int:
     """How many files the ignore rules leave out: said when they leave nothing to index."""
-    rules = IgnoreRules(root, (".gitignore", IGNORE_FILE), git_exclude=True)
+    rules = repository_rules(root)
     kept = set(_walk(root, rules))
     return sum(1 for path in _walk(root, IgnoreRules(root, ())) if path not in kept)
 
@@ -111,7 +112,7 @@ def read_source(root: Path, path: str, max_file_bytes: int = MAX_FILE_BYTES) -> 
     if os.path.islink(root / path):  # a link the scan kept: read the file it names now, if the scan would keep it
         target = (root / path).resolve()
         inside = target.relative_to(root).as_posix() if target.is_relative_to(root) else None
-        rules = IgnoreRules(root, (".gitignore", IGNORE_FILE), git_exclude=True)
+        rules = repository_rules(root)
         if inside is None or _skipped_by_name(inside) or _ignored_with_folders(rules, inside):
             raise OSError(errno.ELOOP, "a symbolic link the scan would not follow", path)
         path = inside
@@ -208,12 +209,53 @@ def _walk(root: Path, rules: IgnoreRules) -> Iterator[str]:
         if prefix.count("/") >= MAX_DEPTH and dirnames:  # os.walk recurses: a hostile depth would overflow it
             _warn(relative, f"folders nested deeper than {MAX_DEPTH} levels")
             dirnames.clear()
-        dirnames[:] = sorted(
-            d for d in dirnames
-            if d not in SKIPPED_DIRS and not _is_link(os.path.join(directory, d))
-            and not rules.ignored(prefix + d, is_dir=True)
-        )
-        yield from (prefix + f for f in filenames if f != ".git" and not rules.ignored(prefix + f))
+        dirnames[:] = _kept_folders(directory, prefix, dirnames, rules)
+        yield from _kept_files(prefix, filenames, rules)
+
+
+def _kept_folders(directory: str, prefix: str, names: Iterable[str], rules: IgnoreRules) -> list[str]:
+    """The folders named ``names`` in ``directory`` (``prefix``: its path below the root, with a "/") that the walk
+    enters, sorted."""
+    return sorted(d for d in names if d not in SKIPPED_DIRS and not _is_link(os.path.join(directory, d))
+                  and not rules.ignored(prefix + d, is_dir=True))
+
+
+def _kept_files(prefix: str, names: Iterable[str], rules: IgnoreRules) -> Iterator[str]:
+    return (prefix + f for f in names if f != ".git" and not rules.ignored(prefix + f))
+
+
+def list_folder(root: Path, folder: str, rules: IgnoreRules, max_file_bytes: int = MAX_FILE_BYTES,
+                known_files: Container[str] = frozenset(), known_folders: Container[str] = frozenset()
+                ) -> tuple[list[SourceFile], list[str]] | None:
+    """One folder as the walk sees it (``folder``: posix, relative to the root, "" for the root): the files in it that
+    the walk would yield and the subfolders it would enter, as paths relative to the root, but for those known
+    (not looked at); None when it is gone, unreadable, or reached through a link (the walk never enters one).
+    ``rules``: ``repository_rules(root)``."""
+    parts = folder.split("/") if folder else []
+    if any(_is_link(root.joinpath(*parts[:n])) for n in range(1, len(parts) + 1)):
+        return None
+    directory = os.path.join(root, *parts)
+    try:
+        with os.scandir(directory) as listing:
+            names = [(entry.name, entry.is_dir()) for entry in listing]   # (is_dir follows a link, as os.walk's)
+    except OSError:
+        return None
+    prefix = folder + "/" if folder else ""
+    folders = [prefix + d for d in _kept_folders(directory, prefix, (n for n, is_dir in names if is_dir
+                                                                     and prefix + n not in known_folders), rules)
+               ] if len(parts) < MAX_DEPTH else []
+    sources = []
+    for path in _kept_files(prefix, (n for n, is_dir in names if not is_dir and prefix + n not in known_files), rules):
+        if not _skipped_by_name(path):
+            source = _stat(root, path, max_file_bytes, rules)
+            if source is not None:
+                sources.append(source)
+    return sources, folders
+
+
+def repository_rules(root: Path) -> IgnoreRules:
+    """The ignore rules the walk honours."""
+    return IgnoreRules(root, (".gitignore", IGNORE_FILE), git_exclude=True)
 
 
 def _stat(root: Path, path: str, max_file_bytes: int, rules: IgnoreRules | None = None) -> SourceFile | None:
@@ -236,7 +278,7 @@ def _stat(root: Path, path: str, max_file_bytes: int, rules: IgnoreRules | None 
         inside = target.relative_to(root).as_posix()
         if _skipped_by_name(inside):
             return None  # a link into .git (its config may hold a remote's token) or node_modules: left out as those
-        if _ignored_with_folders(rules or IgnoreRules(root, (".gitignore", IGNORE_FILE), git_exclude=True), inside):
+        if _ignored_with_folders(rules or repository_rules(root), inside):
             return None  # settings.py -> .env: what the user keeps out of git (secrets) stays out of prompts
         try:
             info = target.stat()
@@ -273,9 +315,13 @@ class IgnoreRules:
     def __init__(self, root: Path, filenames: tuple[str, ...], git_exclude: bool = False):
         self.root, self.filenames, self.git_exclude = root, filenames, git_exclude
         self._specs: dict[str, list[Rules]] = {}
-        # core.ignorecase (git sets it in a repository on a disk that ignores case: macOS, Windows): `secrets.env`
-        # then ignores Secrets.env too, as git's matching folds ASCII letters.
-        self._fold = _ASCII_LOWER if git_exclude and _is_true(_git_setting(root, "ignorecase")) else None
+
+    @functools.cached_property
+    def _fold(self) -> dict | None:
+        """core.ignorecase (git sets it in a repository on a disk that ignores case: macOS, Windows): `secrets.env`
+        then ignores Secrets.env too, as git's matching folds ASCII letters. (Read at the first question: rules made
+        for a listing that finds nothing new read no file.)"""
+        return _ASCII_LOWER if self.git_exclude and _is_true(_git_setting(self.root, "ignorecase")) else None
 
     def ignored(self, path: str, is_dir: bool = False) -> bool:
         """Whether ``path`` (posix, relative to the root; a folder if ``is_dir``) is ignored."""

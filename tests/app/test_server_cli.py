@@ -106,6 +106,24 @@ def test_an_editors_request_after_a_quiet_spell_has_the_context_files_as_they_ar
         assert one_request(server) == 200
 
 
+def test_a_file_created_after_a_quiet_spell_is_in_the_next_editors_prompt(server, served_repo):
+    """The editor user writes a new module, then calls it from another file: its definition is in the prompt of the
+    first request that imports it. The new file waited for the rolling rescan, which runs after requests only."""
+    helper = served_repo / "new_helper.py"
+    assert one_request(server) == 200
+    time.sleep(2)                   # the sweep after that request is over: no walk is under way
+    helper.write_text('def perimeter_of_square(side):\n    """Four sides of the square."""\n    return 4 * side\n')
+    try:
+        prefix = ("from new_helper import perimeter_of_square\n" + (served_repo / "app.py").read_text()
+                  + "\n\ndef square_report(side):\n    return perimeter_of_square(")
+        body = {"input_prefix": prefix, "input_suffix": ")\n", "filename": "app.py", "n_predict": 0}
+        answer = httpx.post(server.url + "/infill", json=body, timeout=300).json()
+        assert "Four sides of the square." in answer["prompt"]
+    finally:
+        helper.unlink()
+        assert one_request(server) == 200
+
+
 def one_request(server) -> int:
     """Any request (this one only fills the cache): the server tidies its index after each."""
     return raw_post(server.url, "/completion", b'{"prompt": "x", "n_predict": 0}', {})[0]

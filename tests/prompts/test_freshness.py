@@ -97,6 +97,35 @@ def test_a_folder_replaced_by_a_link_out_of_the_repository_is_not_followed(make_
     assert "SECRET" not in index.vocabulary and index.files == ["a.py"]
     assert fresh.rescan().files == ["a.py"]
 
+def test_a_file_created_next_to_the_requests_file_is_in_the_index_at_that_request(make_repo, cache_dir):
+    """An editor user creates a module and imports it from another file: the folders on the request's path are looked
+    at before it (listed when a file was added), where the new module waited for the rolling walk to reach it. A
+    new file elsewhere is found by the sweeps' round of the folders, before the walk gets there."""
+    files = {f"pkg{f}/m{i}.py": f"def f{f}_{i}(x):\n    return x + {i}\n" for f in range(4) for i in range(40)}
+    root = make_repo(files | {".gitignore": "*.log\nscratch/\n", "app.py": "def main():\n    return 0\n"})
+    fresh = FreshIndex(index_repository(root), files_per_refresh=4, folders_per_sweep=2)
+    fresh.sweep()                                      # a walk under way, past pkg0 (sorted first) by the end
+    (root / "new_helper.py").write_text("def new_helper():\n    return 1\n")
+    (root / "tools" / "deep").mkdir(parents=True)      # a new package, its module in a folder below it
+    (root / "tools" / "deep" / "cut.py").write_text("def cut_corners():\n    return 2\n")
+    (root / "pkg0" / "late.py").write_text("def arrived_late():\n    return 3\n")
+    (root / "pkg3" / "debug.log").write_text("def not_code():\n    pass\n")    # ignored: never indexed
+    (root / "scratch").mkdir()
+    (root / "scratch" / "tmp.py").write_text("def scratch():\n    pass\n")
+    index = fresh.refresh("app.py")
+    assert index.definers["new_helper"] and index.definers["cut_corners"]
+    assert "arrived_late" not in index.definers                      # not on the request's path: the sweeps'
+    for _ in range(3):                                               # a round of the 7 folders, 2 a sweep
+        index = fresh.sweep()
+    assert index.definers["arrived_late"] and fresh.walked == 0      # ... long before the walk's end
+    assert fresh.refresh("pkg3/new.py") is index                     # a new file's own path: nothing more there
+    # The walk ends: what the folders brought in stays (the walk had gone past pkg0), and it is what a scan finds.
+    for _ in range(len(files) // 4 + 10):
+        index = fresh.sweep()
+    assert fresh.walked and chunks_of(index) == chunks_of(index_repository(root))
+    assert "pkg3/debug.log" not in index.files and "scratch" not in index.definers
+
+
 def test_a_recheck_parses_every_named_file_that_changed_however_small_the_slice(make_repo, cache_dir):
     """The files a prompt's context came from, looked at again after it was built: each one changed or deleted is
     parsed (or dropped) at once, past the per-request limit; nothing changed, the same index object."""
@@ -172,8 +201,8 @@ def test_a_request_touches_a_bounded_number_of_files_on_a_20k_file_repository(bi
     touched = []
     for request in range(90):  # a little more than one whole pass of the walk
         before = sum(calls.values())
-        fresh.refresh("pkg000/m000.py")  # before the request: one stat
-        assert sum(calls.values()) - before <= 2
+        fresh.refresh("pkg000/m000.py")  # before the request: a stat of the file, and of each folder on its path
+        assert sum(calls.values()) - before <= (2 + 2 if request else 8)      # (the first lists those two folders)
         fresh.sweep()  # after it
         touched.append(sum(calls.values()) - before)
     # About files_per_refresh stats, plus the folders the walk lists on the way (the first call lists the root's
