@@ -21,9 +21,9 @@ seeks), so the work comes in bounded slices:
 questions, and for a request of the command line on a server.
 
 When something changed, the index is rebuilt from the entries it holds (``RepoIndex.updated``), without reading the
-files that did not change. The walk applies the same rules as the scan that built the index. A file modified within a
+files that did not change. The walk applies the same rules as the scan that built the index. A file changed within a
 tick of the file clock before it was last read is read at each look, to compare its text (``index.unchanged``): an
-edit saved in that tick at the same size keeps the size and modification time a stat sees.
+edit saved in that tick at the same size keeps every stamp a stat sees.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The repository index: every file's chunks, cached on disk so that a warm start only reparses what changed.
 
 The cache lives in the user's cache directory (``$CODECOMPLETE_CACHE_DIR`` overrides it), one pickle per
-repository, keyed inside by path, size and modification time (and, for a file modified about when it was read, its
-text: see ``unchanged``); nothing is ever written inside the repository.
+repository, keyed inside by path and what a stat says (size, modification and change times, inode; and, for a file
+changed about when it was read, its text: see ``unchanged``); nothing is ever written inside the repository.
 The first index of a large repository parses in worker processes, reporting ``progress(done, total)``.
 
 Besides the chunks, the index numbers every name the chunks reference (a vocabulary, and per file the term ids
@@ -35,7 +35,7 @@ from .errors import PromptError
 from .imports import Import, PathTable
 from .scan import MAX_FILE_BYTES, ScanWarning, SourceFile, count_ignored, lies_within, read_source, scan_repository
 
-CACHE_VERSION = 5  # bump whenever chunking or the cached layout changes (5: entries keep when and what was read)
+CACHE_VERSION = 6  # bump whenever chunking or the cached layout changes (6: entries keep every stamp of a stat)
 PARALLEL_MIN_BYTES = 2 * 1024 * 1024  # below this much text to parse, worker start-up costs more than it saves
 BATCH_BYTES = 256 * 1024  # text per task sent to a worker: small enough to balance, large enough to amortise
 RACY_NS = 2 * 10**9  # the coarsest tick of a file's modification time (FAT: 2 s; ext3, HFS+: 1 s; ext4: a few ms)
@@ -48,14 +48,17 @@ class FileEntry(NamedTuple):
 
     size: int
     mtime_ns: int
+    changed_ns: int  # (the stamps of SourceFile)
+    inode: int
     indexed: bool  # False: read once and left out (binary, minified); cached so warm runs do not reread it
     imports: tuple[Import, ...]
     chunks: tuple[Chunk, ...]
-    read_ns: int  # the clock just before the file was read
+    read_ns: int  # the clock just before the file was last read
+    tick_ns: int  # the latest the file clock's tick of its stamps began, by this clock (see _racy)
     digest: bytes  # of the text read (b"" when left out): what tells a file racily clean (see unchanged) changed
 
 
-_ABSENT = FileEntry(0, 0, False, (), (), 0, b"")  # what a file missing from the index counts as
+_ABSENT = FileEntry(0, 0, 0, 0, False, (), (), 0, 0, b"")  # what a file missing from the index counts as
 
 
 def _folded(path: str) -> str:
@@ -383,7 +386,8 @@ def _well_formed(saved, root: Path) -> bool:
         return False
     for path, entry in files.items():
         if not (isinstance(path, str) and isinstance(entry, FileEntry) and isinstance(entry.size, int)
-                and isinstance(entry.mtime_ns, int) and isinstance(entry.read_ns, int)
+                and isinstance(entry.mtime_ns, int) and isinstance(entry.changed_ns, int)
+                and isinstance(entry.inode, int) and isinstance(entry.read_ns, int) and isinstance(entry.tick_ns, int)
                 and isinstance(entry.digest, bytes) and isinstance(entry.imports, tuple)
                 and all(isinstance(binding, Import) for binding in entry.imports)
                 and isinstance(entry.chunks, tuple) and all(map(_chunk_well_formed, entry.chunks))):
@@ -433,23 +437,27 @@ def parse_file(root: Path, source: SourceFile, max_file_bytes: int) -> FileEntry
         text = read_source(root, source.path, max_file_bytes)
     except OSError as error:
         return error.strerror or str(error)
+    stamps = _stamps(source)
+    tick_ns = min(source.changed_ns, read_ns)   # (a change time after the reading: the file clock runs ahead)
     if text is None:
-        return FileEntry(source.size, source.mtime_ns, False, (), (), read_ns, _digest(text))
+        return FileEntry(*stamps, False, (), (), read_ns, tick_ns, _digest(text))
     try:
         analysis = analyze_source(source.path, text)
     except RecursionError:  # code nested thousands deep (generated or hostile): one file, not the whole index
         return "nested too deeply to chunk"
-    return FileEntry(source.size, source.mtime_ns, True, analysis.imports, analysis.chunks, read_ns, _digest(text))
+    return FileEntry(*stamps, True, analysis.imports, analysis.chunks, read_ns, tick_ns, _digest(text))
 
 
 def unchanged(root: Path, entry: FileEntry, source: SourceFile, max_file_bytes: int) -> FileEntry | None:
     """``entry`` if the file (``source``, as stat sees it now) still holds the text it was read with, restamped if
     telling took reading it again; None if it changed.
 
-    Size and modification time tell, except for a file modified less than a tick of the file clock before it was
-    read: text saved again within that tick at the same size leaves both as they were (git's "racy git"). Such a
-    racily clean file is read again and its text compared, until a reading comes a tick after its modification."""
-    if (entry.size, entry.mtime_ns) != (source.size, source.mtime_ns):
+    The stamps of a stat tell (size, modification and change times, inode), except for a file changed less than a
+    tick of the file clock before it was read: text saved again within that tick at the same size leaves them all
+    as they were (git's "racy git"). Such a racily clean file is read again and its text compared, until a reading
+    comes a tick after its change. The change time, not the modification time, which a tool may set anywhere: a
+    file dated tomorrow (`touch -d`, clock skew) was read again at every look until tomorrow."""
+    if _stamps(entry) != _stamps(source):
         return None
     if not _racy(entry):
         return entry
@@ -461,9 +469,15 @@ def unchanged(root: Path, entry: FileEntry, source: SourceFile, max_file_bytes: 
     return entry._replace(read_ns=read_ns) if _digest(text) == entry.digest else None
 
 
+def _stamps(file: FileEntry | SourceFile) -> tuple[int, int, int, int]:
+    return file.size, file.mtime_ns, file.changed_ns, file.inode
+
+
 def _racy(entry: FileEntry) -> bool:
-    """Whether a write after the entry's reading could have kept its size and modification time."""
-    return entry.read_ns < entry.mtime_ns + RACY_NS
+    """Whether a write after the entry's last reading could have kept its stamps: whether that reading came less than
+    a tick after the tick of the stamps began. That is the change time by the file clock, or, where the file clock
+    runs ahead of this one (a network disk), the first reading with these stamps, which came after the write."""
+    return entry.read_ns < entry.tick_ns + RACY_NS
 
 
 def _digest(text: str | None) -> bytes:

@@ -18,6 +18,7 @@ import errno
 import functools
 import os
 import stat
+import sys
 import warnings
 from collections.abc import Container, Iterable, Iterator
 from pathlib import Path, PurePosixPath
@@ -56,11 +57,14 @@ class ScanWarning(UserWarning):
 
 
 class SourceFile(NamedTuple):
-    """A candidate file: path relative to the root (posix), with what the cache keys on."""
+    """A candidate file: path relative to the root (posix), with what the cache keys on (its stamps: a write moves
+    one of them, unless it falls within the file clock's tick of the last one)."""
 
     path: str
     size: int
     mtime_ns: int
+    changed_ns: int  # the inode's change time, which a write and a utime both set to now (Windows: mtime, see below)
+    inode: int
 
 
 def scan_repository(root: Path, max_file_bytes: int = MAX_FILE_BYTES) -> list[SourceFile]:
@@ -290,7 +294,13 @@ def _stat(root: Path, path: str, max_file_bytes: int, rules: IgnoreRules | None 
         return None
     if info.st_size > max_file_bytes:
         return None
-    return SourceFile(path, info.st_size, info.st_mtime_ns)
+    return SourceFile(path, info.st_size, info.st_mtime_ns, _change_time(info), info.st_ino)
+
+
+def _change_time(info: os.stat_result) -> int:
+    """When the file last changed by the file clock, whatever its mtime says (`touch -d`, `cp -p`): the inode's
+    change time, except on Windows, where st_ctime is the creation time."""
+    return info.st_mtime_ns if sys.platform == "win32" else info.st_ctime_ns
 
 
 def _ignored_with_folders(rules: IgnoreRules, path: str) -> bool:

@@ -56,6 +56,50 @@ def refuse_open(monkeypatch):
     return refuse
 
 
+@pytest.fixture
+def clock(monkeypatch):
+    """clock[0] = ns: the time the index reads (set, not slept on)."""
+    import time
+
+    import prompts.index
+
+    now = [time.time_ns()]
+    monkeypatch.setattr(prompts.index, "time", type("Clock", (), {"time_ns": lambda: now[0], "sleep": time.sleep}))
+    return now
+
+
+@pytest.fixture
+def file_clock(monkeypatch):
+    """file_clock[path] = ns: the modification and change times a stat gives the file at ``path`` (relative to the
+    root), whatever is written to it, as a file clock whose tick is long (FAT's is 2 s) gives every save within one
+    tick: a save at the same size keeps all of its stamps. Other files' stamps are the disk's."""
+    import prompts.scan
+
+    stamps: dict[str, int] = {}
+    real_stat = prompts.scan._stat
+
+    def coarse_stat(root, path, *rest):
+        source = real_stat(root, path, *rest)
+        if source is not None and path in stamps:
+            source = source._replace(mtime_ns=stamps[path], changed_ns=stamps[path])
+        return source
+
+    monkeypatch.setattr(prompts.scan, "_stat", coarse_stat)
+    return stamps
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """The files the index reads from now on, in order."""
+    import prompts.index
+
+    read = []
+    real_read = prompts.index.read_source
+    monkeypatch.setattr(prompts.index, "read_source", lambda root, path, *rest: read.append(path) or
+                        real_read(root, path, *rest))
+    return read
+
+
 @pytest.fixture(scope="session")
 def smollm2_tokenizer():
     """The embedded model's tokenizer as the product builds it from the GGUF file (transformers' conversion, then

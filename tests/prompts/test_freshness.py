@@ -52,33 +52,75 @@ def test_changes_on_disk_reach_the_index(make_repo, cache_dir):
 
 
 
-def test_an_edit_within_the_tick_of_the_last_reading_is_seen_by_its_text(make_repo, cache_dir, monkeypatch):
+def test_an_edit_within_the_tick_of_the_last_reading_is_seen_by_its_text(make_repo, cache_dir, clock, file_clock,
+                                                                         reads):
     """Git's "racy git": the editor saves again within the file clock's tick of the server's reading, at the same
-    size, and size and modification time stay as they were. The clock is set, not slept on."""
+    size, and every stamp of a stat stays as it was. The clocks are set, not slept on."""
     root = make_repo({"a.py": "def a():\n    pass\n", "app.py": "def main():\n    return 1\n"})
-    written = 1_700_000_000 * 10**9  # the tick both saves fall in
-    now = [written + 1000]  # the server reads just after the first save
-    monkeypatch.setattr(prompts.index, "time", type("Clock", (), {"time_ns": lambda: now[0], "sleep": time.sleep}))
-    reads = []
-    real_read = prompts.index.read_source
-    monkeypatch.setattr(prompts.index, "read_source", lambda root, path, *rest: reads.append(path) or
-                        real_read(root, path, *rest))
-    os.utime(root / "app.py", ns=(written, written))
-    os.utime(root / "a.py", ns=(written - 10**12, written - 10**12))  # long unchanged: never read again
+    written = clock[0] = time.time_ns()  # the tick both saves fall in; the server reads just after the first save
+    clock[0] += 1000
+    file_clock["app.py"] = written
+    file_clock["a.py"] = written - 10**12  # long unchanged: never read again
     fresh = FreshIndex(index_repository(root))
 
     (root / "app.py").write_text("def main():\n    return 2\n")  # as long, within the same tick
-    os.utime(root / "app.py", ns=(written, written))
     index = fresh.refresh("app.py")
     assert [c.text for c in index.chunks if c.path == "app.py"] == ["def main():\n    return 2"]
     # Still racily clean (read within the tick): read again at each look, yet the same text is no new index.
     reads.clear()
     assert fresh.refresh("app.py") is index and not fresh.recheck(["app.py"]) and reads == ["app.py", "app.py"]
-    # Once a reading comes a tick after the modification, size and modification time are trusted again.
-    now[0] = written + 3 * 10**9
+    # Once a reading comes a tick after the change, the stamps are trusted again.
+    clock[0] = written + 3 * 10**9
     reads.clear()
     assert fresh.refresh("app.py") is index and fresh.refresh("app.py") is index and reads == ["app.py"]
     assert fresh.rescan() is index and reads == ["app.py"]
+
+
+def test_a_file_dated_in_the_future_is_read_again_only_until_a_tick_after_its_change(make_repo, cache_dir, clock,
+                                                                                      reads):
+    """`touch -d tomorrow` (or a tool's, or another machine's, clock): the modification time is no time the file
+    clock told, and compared with the reading's it made the file racily clean until tomorrow: read again at every
+    look, every request and every warm start. The change time, which a stat gives too, tells when it changed."""
+    root = make_repo({"later.py": "def later():\n    return 1\n"})
+    tomorrow = time.time_ns() + 86_400 * 10**9
+    os.utime(root / "later.py", ns=(tomorrow, tomorrow))
+    changed = (root / "later.py").stat().st_ctime_ns
+    clock[0] = changed + 1000                   # indexed just after: racily clean, as any file just written
+    fresh = FreshIndex(index_repository(root))
+    clock[0] = changed + 3 * 10**9              # a tick later
+    reads.clear()
+    for _ in range(3):
+        assert fresh.refresh("later.py") is fresh.index and not fresh.recheck(["later.py"])
+    assert reads == ["later.py"]                # compared once more, then trusted by its stamps
+    reads.clear()
+    index_repository(root)                      # a warm start: the same, and what it learnt is saved
+    index_repository(root)
+    assert reads == ["later.py"]
+    # An edit at the same size, dated tomorrow again (cp -p): the change time moved.
+    (root / "later.py").write_text("def later():\n    return 2\n")
+    os.utime(root / "later.py", ns=(tomorrow, tomorrow))
+    assert [c.text for c in fresh.refresh("later.py").chunks if c.path == "later.py"] == \
+        ["def later():\n    return 2"]
+
+
+def test_where_the_file_clock_runs_ahead_of_this_one_a_file_is_trusted_a_tick_after_its_first_reading(
+        make_repo, cache_dir, clock, file_clock, reads):
+    """A network disk whose clock runs a day ahead of this machine's: every stamp is in this clock's future. The
+    tick of a file's stamps began before its first reading, so a reading a tick after that one can trust them;
+    an edit within that tick at the same size is still told by its text."""
+    root = make_repo({"app.py": "def main():\n    return 1\n"})
+    file_clock["app.py"] = time.time_ns()
+    clock[0] = file_clock["app.py"] - 86_400 * 10**9
+    fresh = FreshIndex(index_repository(root))
+    (root / "app.py").write_text("def main():\n    return 2\n")     # within the tick, as long: the same stamps
+    clock[0] += 10**9
+    index = fresh.refresh("app.py")
+    assert [c.text for c in index.chunks if c.path == "app.py"] == ["def main():\n    return 2"]
+    clock[0] += 3 * 10**9
+    reads.clear()
+    for _ in range(3):
+        assert fresh.refresh("app.py") is index and not fresh.recheck(["app.py"])
+    assert reads == ["app.py"]
 
 
 def test_a_folder_replaced_by_a_link_out_of_the_repository_is_not_followed(make_repo, tmp_path, cache_dir):
@@ -161,16 +203,15 @@ def test_a_rescan_catches_up_in_one_call_whatever_the_slice(make_repo, cache_dir
 
 @pytest.fixture(scope="module")
 def big_repo(tmp_path_factory):
-    """20,000 small Python files in 200 folders, indexed once. (Written an hour ago: files modified just before
-    they were read are racily clean, read again when looked at, as the racy test below has it.)"""
+    """20,000 small Python files in 200 folders, indexed once. (A tick after they were written: files changed just
+    before they were read are racily clean, read again when looked at, as the racy test above has it.)"""
     root = tmp_path_factory.mktemp("big") / "repo"
-    stamp = time.time_ns() - 3600 * 10**9
     for folder in range(200):
         (root / f"pkg{folder:03d}").mkdir(parents=True)
         for number in range(100):
             path = root / f"pkg{folder:03d}" / f"m{number:03d}.py"
             path.write_text(f"def f_{folder}_{number}(x):\n    return x + {number}\n")
-            os.utime(path, ns=(stamp, stamp))
+    time.sleep(prompts.index.RACY_NS / 10**9)
     return root, index_repository(root, cache_dir=tmp_path_factory.mktemp("big-cache"))
 
 

@@ -83,32 +83,26 @@ def test_warm_run_reparses_only_changed_files_and_never_writes_into_the_reposito
     assert count_parses == ["pkg/main.py"]
 
 
-def test_a_warm_run_reads_racily_clean_files_again_until_their_stamps_can_be_trusted(make_repo, count_parses,
-                                                                                    monkeypatch, cache_dir):
+def test_a_warm_run_reads_racily_clean_files_again_until_their_stamps_can_be_trusted(make_repo, count_parses, clock,
+                                                                                    file_clock, reads, cache_dir):
     """A file saved again within the file clock's tick of its indexing, at the same size (git's "racy git"), is
-    told by its text on the next run: the cache keeps when each file was read. The clock is set, not slept on."""
+    told by its text on the next run: the cache keeps when each file was read. The clocks are set, not slept on."""
     root = make_repo(FILES)
-    written = 1_700_000_000 * 10**9
-    now = [written + 1000]  # indexed just after the save
-    monkeypatch.setattr(prompts.index, "time", type("Clock", (), {"time_ns": lambda: now[0], "sleep": time.sleep}))
-    reads = []
-    real_read = prompts.index.read_source
-    monkeypatch.setattr(prompts.index, "read_source", lambda root, path, *rest: reads.append(path) or
-                        real_read(root, path, *rest))
-    for path in root.rglob("*"):
-        os.utime(path, ns=(written - 10**12, written - 10**12))  # long unchanged
+    written = clock[0]
+    clock[0] += 1000  # indexed just after the save
+    for path in FILES:
+        file_clock[path] = written - 10**12  # long unchanged
+    file_clock["pkg/main.py"] = written
     main = root / "pkg/main.py"
-    os.utime(main, ns=(written, written))
     index_repository(root)
 
     main.write_text(main.read_text().replace("run", "go!"))  # as long, within the same tick
-    os.utime(main, ns=(written, written))
     count_parses.clear()
     reads.clear()
     assert "go!" in "".join(c.text for c in index_repository(root).chunks) and count_parses == ["pkg/main.py"]
     assert reads == ["pkg/main.py", "pkg/main.py"]  # compared, then parsed
     # A tick later: read once more (the same text, not parsed), and trusted by its stamps from then on.
-    now[0] = written + 3 * 10**9
+    clock[0] = written + 3 * 10**9
     count_parses.clear()
     reads.clear()
     index_repository(root)
