@@ -8,7 +8,7 @@ indexed file, source code first, then the most recently modified first, at most 
 pieces a file in this repository: 147 Python files filled 3,743 pieces, so the warmed pieces stay within what the
 caches keep). It does so before it announces itself, for up to `STARTUP_S` seconds, then one file per `idle_s`
 seconds (worker.py: 0.5) without a request on the engine thread (a request arriving meanwhile waits for that one
-file at most), again for a file that changed.
+file at most), again for a file whose text changed.
 CODECOMPLETE_WARM_PROMPTS=0 turns it off.
 """
 from __future__ import annotations
@@ -35,12 +35,14 @@ class PromptWarmer:
         self.session = session
         self.budget = budget                   # the prompt tokens an editor's request gets
         self.max_files = max_files
-        self.warmed: dict[str, int] = {}       # path -> its mtime (ns) when warmed
+        # path -> the digest of its text when warmed: what a warmed prompt depends on (an mtime missed text saved
+        # under the old date, `cp -p`, and warmed again a file saved unchanged)
+        self.warmed: dict[str, bytes] = {}
         self._order: tuple[object, list[str]] | None = None   # (index, its files to warm, newest first)
 
     def pending(self) -> list[str]:
         """The files still to warm, in order: of the files that have chunks, the `max_files` first by (source code
-        before other text, the most recently modified first, path), those not warmed yet or changed since."""
+        before other text, the most recently modified first, path), those not warmed yet or whose text changed since."""
         index = self.session.index
         if index is None:
             return []
@@ -49,7 +51,7 @@ class PromptWarmer:
             files = sorted((p for p in index.files if entries[p].chunks),
                            key=lambda p: (language_for(p) is None, -entries[p].mtime_ns, p))
             self._order = (index, files[:self.max_files])
-        return [p for p in self._order[1] if self.warmed.get(p) != entries[p].mtime_ns]
+        return [p for p in self._order[1] if self.warmed.get(p) != entries[p].digest]
 
     def step(self) -> bool:
         """Warm the next file; whether any is left after it."""
@@ -58,7 +60,7 @@ class PromptWarmer:
             return False
         path = todo[0]
         entry = self.session.index.entries[path]
-        self.warmed[path] = entry.mtime_ns
+        self.warmed[path] = entry.digest
         try:
             self.session.warm_prompt(path, line=max(1, entry.chunks[-1].end_line // 2), budget=self.budget)
         except Exception:        # a file that cannot make a prompt (gone, unreadable) is not retried until it changes

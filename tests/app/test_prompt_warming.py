@@ -14,6 +14,7 @@ from codecomplete.server.worker import EngineWorker
 from codecomplete.session import Sampling, Session
 from models.generation import GenerationResult, Timings
 from prompts import index_repository
+from prompts.freshness import FreshIndex
 
 FILES = {f"pkg/m{i}.py": f"def f{i}(x):\n    return x + {i}\n\n\ndef g{i}(y):\n    return f{i}(y) * 2\n"
          for i in range(6)}
@@ -55,10 +56,31 @@ def test_source_first_the_newest_first_at_most_max_files_and_again_once_changed(
     assert all(line == 3 and budget == 300 for _, line, budget in session.warmed)   # the middle of 6 lines
     assert warmer.pending() == [] and not warmer.step() and warmer.run(60) == 0
     # A change: the file is warmed again (the index sees it through the session's refresh; here, a new index).
+    (small_repo / "pkg/m3.py").write_text(FILES["pkg/m3.py"] + "\n\ndef h3():\n    return g3(0)\n")
     os.utime(small_repo / "pkg/m3.py", ns=(3 * 10**18,) * 2)
     session.index = index_repository(small_repo, cache_dir=small_repo.parent / "cache")
     assert warmer.pending() == ["pkg/m3.py"]
     assert warmer.step() is False and session.warmed[-1][0] == "pkg/m3.py"
+
+
+def test_a_file_rewritten_under_its_old_modification_time_is_warmed_again_and_one_saved_unchanged_is_not(small_repo):
+    """`cp -p`, `rsync -t`, a checkout tool that keeps dates: the index sees the new text (by the size, the change
+    time), but the warmer went by the modification time alone and took the file as warmed. What a warmed prompt
+    depends on is the file's text."""
+    session = Recording(small_repo)
+    fresh = FreshIndex(session.index)
+    warmer = PromptWarmer(session, budget=300)
+    warmer.run(60)
+    m5 = small_repo / "pkg/m5.py"
+    stamp = m5.stat().st_mtime_ns
+    m5.write_text("def f5_renamed(x):\n    return x\n")
+    os.utime(m5, ns=(stamp, stamp))
+    session.index = fresh.refresh("pkg/m5.py")
+    assert session.index.definers["f5_renamed"] and warmer.pending() == ["pkg/m5.py"]
+    warmer.run(60)
+    os.utime(small_repo / "pkg/m4.py")            # saved again as it was: parsed again, the same text
+    session.index = fresh.refresh("pkg/m4.py")
+    assert session.index.entries["pkg/m4.py"].mtime_ns != 10**18 + 4 * 10**9 and warmer.pending() == []
 
 
 def test_run_stops_at_its_deadline(small_repo):
