@@ -20,6 +20,7 @@ import hashlib
 import os
 import pickle
 import posixpath
+import re
 import sys
 import tempfile
 import time
@@ -36,6 +37,7 @@ from .imports import Import, PathTable
 from .scan import MAX_FILE_BYTES, ScanWarning, SourceFile, count_ignored, lies_within, read_source, scan_repository
 
 CACHE_VERSION = 6  # bump whenever chunking or the cached layout changes (6: entries keep every stamp of a stat)
+STALE_TEMPORARY_S = 3600  # a temporary file this old in an old version's folder is no write under way
 PARALLEL_MIN_BYTES = 2 * 1024 * 1024  # below this much text to parse, worker start-up costs more than it saves
 BATCH_BYTES = 256 * 1024  # text per task sent to a worker: small enough to balance, large enough to amortise
 RACY_NS = 2 * 10**9  # the coarsest tick of a file's modification time (FAT: 2 s; ext3, HFS+: 1 s; ext4: a few ms)
@@ -421,6 +423,7 @@ def _save_cache(cache_file: Path | None, saved: dict) -> None:
             pickle.dump(saved, file, protocol=pickle.HIGHEST_PROTOCOL)
         _replace(temporary, cache_file)
         temporary = None
+        _remove_older_versions(cache_file.parent.parent)
     except OSError as error:
         warnings.warn(f"could not write the index cache {cache_file}: {error.strerror or error}", ScanWarning,
                       stacklevel=3)
@@ -428,6 +431,46 @@ def _save_cache(cache_file: Path | None, saved: dict) -> None:
         if temporary is not None:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
+
+
+_VERSION_FOLDER = re.compile(r"index-v([1-9][0-9]{0,5})")
+_CACHE_FILE = re.compile(r"[0-9a-f]{20}\.pickle")
+_TEMPORARY_FILE = re.compile(r"tmp\w{1,64}\.tmp")
+
+
+def _remove_older_versions(cache_folder: Path) -> None:
+    """Remove the caches of earlier versions of the index (``index-v1``.. below ``CACHE_VERSION``), which no version
+    from this one on reads: each a pickle per repository, left behind for good at every version bump. Only what
+    this program writes there goes (its pickles, and its temporary files once too old to be a write under way), and
+    then the folder if that left it empty; a folder holding anything else, a link, or a newer version's folder is
+    left alone. Another process removing them too, or files that cannot be removed, are no error: the next write
+    tries again."""
+    try:
+        with os.scandir(cache_folder) as listing:
+            folders = [entry.path for entry in listing if _older_version(entry)]
+    except OSError:
+        return
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            with os.scandir(folder) as listing:
+                ours = [entry for entry in listing if entry.is_file(follow_symlinks=False) and _ours(entry)]
+            for entry in ours:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+            os.rmdir(folder)     # (refused while anything is left in it)
+
+
+def _older_version(entry: os.DirEntry) -> bool:
+    match = _VERSION_FOLDER.fullmatch(entry.name)
+    return match is not None and int(match[1]) < CACHE_VERSION and entry.is_dir(follow_symlinks=False)
+
+
+def _ours(entry: os.DirEntry) -> bool:
+    """A pickle of the index, or a temporary file of its write too old to be a write under way."""
+    if _CACHE_FILE.fullmatch(entry.name):
+        return True
+    return bool(_TEMPORARY_FILE.fullmatch(entry.name)) and \
+        entry.stat(follow_symlinks=False).st_mtime_ns < time.time_ns() - STALE_TEMPORARY_S * 10**9
 
 
 def parse_file(root: Path, source: SourceFile, max_file_bytes: int) -> FileEntry | str:

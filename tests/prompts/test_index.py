@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import shutil
 import time
 
 import pytest
@@ -310,6 +311,50 @@ def test_on_windows_the_cache_is_written_once_a_reader_lets_go(make_repo, cache_
         warnings.simplefilter("error", ScanWarning)
         index_repository(root)
     assert refusals == [0] and len(list(cache_dir.rglob("*.pickle"))) == 1
+
+
+def test_the_caches_of_earlier_versions_go_when_this_version_writes_its_own(make_repo, cache_dir, tmp_path):
+    """Each version bump of the cache layout left the earlier version's folder in the user's cache for good (a pickle
+    per repository). Only what the index writes goes: not a newer version's folder, not a link to a folder, not a
+    folder or file of another name, not a write that may be under way."""
+    import warnings
+
+    version = prompts.index.CACHE_VERSION
+    key = "0123456789abcdef0123"
+    for old in range(1, version):
+        (cache_dir / f"index-v{old}").mkdir()
+        (cache_dir / f"index-v{old}" / f"{key}.pickle").write_bytes(b"an old index")
+    (cache_dir / "index-v1" / "tmpa1b2c3d4.tmp").write_bytes(b"a write that crashed long ago")
+    os.utime(cache_dir / "index-v1" / "tmpa1b2c3d4.tmp", ns=(10**18, 10**18))
+    (cache_dir / f"index-v{version - 1}" / "tmpz9y8x7w6.tmp").write_bytes(b"a write under way")
+    (cache_dir / "index-v2" / "notes.txt").write_text("the user's")
+    kept = {f"index-v{version + 1}/{key}.pickle": b"a newer version's", "index-v3-backup/x.pickle": b"other",
+            "index-v03/x.pickle": b"other", "models/weights.bin": b"other"}
+    for name, data in kept.items():
+        (cache_dir / name).parent.mkdir(exist_ok=True)
+        (cache_dir / name).write_bytes(data)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / f"{key}.pickle").write_bytes(b"not ours")
+    shutil.rmtree(cache_dir / "index-v4")
+    (cache_dir / "index-v4").symlink_to(elsewhere, target_is_directory=True)
+    real_unlink = os.unlink
+
+    def unlink(path, *args, **kwargs):  # another process removed it first
+        real_unlink(path, *args, **kwargs)
+        if "index-v3" in str(path):
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+    root = make_repo(FILES)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(os, "unlink", unlink)
+            index_repository(root)
+    left = sorted(p.relative_to(cache_dir).as_posix() for p in cache_dir.rglob("*") if not p.is_dir() or
+                  p.is_symlink())
+    assert left == sorted([*kept, "index-v2/notes.txt", f"index-v{version - 1}/tmpz9y8x7w6.tmp", "index-v4",
+                           f"index-v{version}/{next(cache_dir.glob(f'index-v{version}/*.pickle')).name}"])
+    assert (elsewhere / f"{key}.pickle").read_bytes() == b"not ours"
 
 
 def test_a_cache_dir_that_is_a_file_is_said_once_before_any_parsing(make_repo, tmp_path, count_parses):
