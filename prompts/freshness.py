@@ -5,9 +5,9 @@ every keystroke would cost a stat of every file (20k files: tens of milliseconds
 seeks), so the work comes in bounded slices:
 
 - ``refresh(path)``, before a request: one stat of the file the request is about, so that a file saved a moment
-  ago is seen at once, and one of each folder on its path, listed again when its modification time moved (a file
-  added or removed in it), so that a module created a moment ago next to it (or the request's own new file) is in
-  the index too; then the parsing of what changed (at most ``parses_per_refresh`` files, that one first);
+  ago is seen at once, and one of each folder on its path, listed again when its modification time moved (an entry
+  was added or removed in it), so that a module created a moment ago next to it (or the request's own new file) is
+  in the index too; then the parsing of what changed (at most ``parses_per_refresh`` files, that one first);
 - ``sweep()``, after a request, while the editor types the next key: the next ``files_per_refresh`` files of a
   walk through the repository that each call resumes where the last one stopped (a finished walk tells which
   files are gone, and the next one starts), and the parsing of what it found changed. ``should_stop`` (a request
@@ -32,12 +32,13 @@ import contextlib
 import os
 import posixpath
 import stat
+import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from .index import FileEntry, RepoIndex, parse_file, unchanged
+from .index import RACY_NS, FileEntry, RepoIndex, parse_file, unchanged
 from .scan import (MAX_FILE_BYTES, ScanWarning, SourceFile, list_folder, repository_rules, source_file,
                    walk_sources)
 
@@ -172,12 +173,16 @@ class FreshIndex:
                 self._ring.appendleft(folder)
                 continue
             listings -= 1
+            listed_ns = time.time_ns()
             listed = list_folder(self.root, folder, rules, self.max_file_bytes, known_files=self.index.entries,
                                  known_folders=self._folders)
             if listed is None:
                 del self._folders[folder]
                 continue
-            self._folders[folder] = status.st_mtime_ns    # (taken before the listing: a file added since moves it)
+            # The stamp was taken before the listing: a file added since moves it. Unless it comes within the file
+            # clock's tick of the listing, which that leaves as it was: a folder listed within that tick of its last
+            # change is listed again at its next look.
+            self._folders[folder] = status.st_mtime_ns if listed_ns >= status.st_mtime_ns + RACY_NS else None
             sources, subfolders = listed
             for source in sources:
                 self._compare(source.path, source)

@@ -61,10 +61,13 @@ def clock(monkeypatch):
     """clock[0] = ns: the time the index reads (set, not slept on)."""
     import time
 
+    import prompts.freshness
     import prompts.index
 
     now = [time.time_ns()]
-    monkeypatch.setattr(prompts.index, "time", type("Clock", (), {"time_ns": lambda: now[0], "sleep": time.sleep}))
+    clock = type("Clock", (), {"time_ns": lambda: now[0], "sleep": time.sleep})
+    monkeypatch.setattr(prompts.index, "time", clock)
+    monkeypatch.setattr(prompts.freshness, "time", clock)
     return now
 
 

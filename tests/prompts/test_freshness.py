@@ -168,6 +168,26 @@ def test_a_file_created_next_to_the_requests_file_is_in_the_index_at_that_reques
     assert "pkg3/debug.log" not in index.files and "scratch" not in index.definers
 
 
+def test_a_file_added_within_the_tick_of_its_folders_listing_is_found_at_the_next_look(make_repo, cache_dir, clock):
+    """A folder's modification time moves when an entry is added, except within the file clock's tick of the last
+    change: a listing in that tick may be missing a file that keeps the folder's stamp. The clock is set, and the
+    folder's stamp held, as a coarse file clock would hold it."""
+    root = make_repo({"pkg/a.py": "def a():\n    pass\n", "app.py": "def main():\n    return 0\n"})
+    fresh = FreshIndex(index_repository(root))
+    (root / "pkg" / "b.py").write_text("def b():\n    pass\n")
+    stamp = (root / "pkg").stat().st_mtime_ns
+    clock[0] = stamp + 1000                   # listed just after that change
+    assert fresh.refresh("pkg/a.py").definers["b"]
+    (root / "pkg" / "c.py").write_text("def c():\n    pass\n")
+    os.utime(root / "pkg", ns=(stamp, stamp))  # within the same tick
+    assert fresh.refresh("pkg/a.py").definers["c"]
+    clock[0] = stamp + 3 * 10**9              # a listing a tick later: the stamp is trusted from then on
+    assert fresh.refresh("pkg/a.py").definers["c"]
+    (root / "pkg" / "d.py").write_text("def d():\n    pass\n")
+    os.utime(root / "pkg", ns=(stamp, stamp))  # (no file clock does this a tick later: it shows the stamp is kept)
+    assert "d" not in fresh.refresh("pkg/a.py").definers
+
+
 def test_a_recheck_parses_every_named_file_that_changed_however_small_the_slice(make_repo, cache_dir):
     """The files a prompt's context came from, looked at again after it was built: each one changed or deleted is
     parsed (or dropped) at once, past the per-request limit; nothing changed, the same index object."""
