@@ -112,7 +112,8 @@ class Cursor:
         return self.offset - (self.text.rfind("\n", 0, self.offset) + 1) + 1
 
     def llama_vim_body(self, max_tokens: int) -> dict:
-        """llama.vim's /infill request at this cursor, held to max_tokens greedy tokens (the bench's only change)."""
+        """llama.vim's /infill request at this cursor, held to max_tokens greedy tokens (the bench's only change:
+        temperature 0, listed in samplers, as llama.cpp runs only the samplers listed)."""
         lines = self.text.split("\n")
         row, col = self.line - 1, self.col - 1
         current = lines[row]
@@ -120,8 +121,8 @@ class Cursor:
         return {"id_slot": 0, "input_prefix": "".join(f"{x}\n" for x in lines[max(0, row - N_PREFIX):row]),
                 "input_suffix": current[col:] + "\n" + "".join(f"{x}\n" for x in lines[row + 1:row + 1 + N_SUFFIX]),
                 "input_extra": [], "prompt": prompt, "n_predict": max_tokens, "stop": [], "n_indent": 0,
-                "top_k": 40, "top_p": 0.90, "samplers": ["top_k", "top_p", "infill"], "stream": True,
-                "cache_prompt": True, "t_max_prompt_ms": 500, "t_max_predict_ms": 0, "temperature": 0.0,
+                "top_k": 40, "top_p": 0.90, "samplers": ["top_k", "top_p", "infill", "temperature"],
+                "stream": True, "cache_prompt": True, "t_max_prompt_ms": 500, "t_max_predict_ms": 0, "temperature": 0.0,
                 "ignore_eos": True, "response_fields": [], "model": ""}
 
 

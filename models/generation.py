@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+SAMPLERS = ("temperature", "top_k", "top_p")   # the order they apply in by default (vLLM's, Ollama's)
+
 
 @dataclass(frozen=True)
 class GenerationConfig:
@@ -11,6 +13,9 @@ class GenerationConfig:
     temperature: float = 0.0            # 0 -> greedy
     top_p: float = 1.0                  # nucleus sampling; 1 keeps every token
     top_k: int = 0                      # 0 keeps every token
+    sampler_order: tuple[str, ...] = SAMPLERS   # the order temperature, top-k and top-p apply in (each once; a
+                                                # neutral value turns one off): llama.cpp's chain ends with
+                                                # temperature, so its top-p weighs the untempered distribution
     seed: int | None = None             # None -> a fresh random seed
     stop_token_ids: tuple[int, ...] = ()   # besides the model's EOS ids, which always stop
     stop_strings: tuple[str, ...] = ()     # never part of the returned or streamed text
@@ -23,6 +28,10 @@ class GenerationConfig:
     penalize_prompt: bool = True           # the prompt's tokens among them (llama.cpp); False: only sampled ones
     speculate: int | None = None           # drafts verified per step (prompt lookup); None: the engine's
                                            # default, 0: off. One sequence only: generate_batch ignores it
+
+    def __post_init__(self) -> None:
+        if sorted(self.sampler_order) != sorted(SAMPLERS):
+            raise ValueError(f"sampler_order must name each of {', '.join(SAMPLERS)} once, got {self.sampler_order}")
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Next-token choice on the device: greedy, or temperature / top-k / top-p sampling.
+"""Next-token choice on the device: greedy, or temperature / top-k / top-p sampling (in the config's order).
 
 Everything stays on the device (no .item(), no multinomial), so the decode loop never waits
 on the host to pick a token: sampling uses the exponential-race form of the Gumbel-max trick.
@@ -19,21 +19,28 @@ def sample(logits: torch.Tensor, config: GenerationConfig, generator: torch.Gene
 
 
 def probabilities(logits: torch.Tensor, config: GenerationConfig) -> torch.Tensor:
-    """The distribution (B, V) that sampling draws from: temperature, then top-k, then top-p."""
+    """The distribution (B, V) that sampling draws from: temperature, top-k and top-p in `config.sampler_order`.
+    The order matters for top-p: after temperature it weighs the tempered distribution (vLLM, Ollama), before it
+    the model's own (llama.cpp's chain, which ends with temperature)."""
     # From the largest logit down: a tiny temperature then sends the others to -inf, not the largest to +inf (inf -
-    # inf is NaN in the softmax; 1e-45 made every token id 0). Below float32's smallest normal number the
-    # temperature itself would round to 0 (1e-300: 0 / 0 is NaN): it divides as that number.
-    temperature = max(config.temperature, torch.finfo(torch.float32).tiny)
-    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
-    if 0 < config.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, config.top_k, dim=-1).values[:, -1:]           # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if config.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)        # (B, V)
-        probs = sorted_logits.softmax(dim=-1)
-        # Drop a token when the tokens ranked above it already hold top_p of the mass (the first always stays).
-        drop = probs.cumsum(dim=-1) - probs > config.top_p
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    # inf is NaN in the softmax; 1e-45 made every token id 0). Neither top-k nor top-p drops the largest, so it
+    # stays 0 whatever the order.
+    logits = logits - logits.amax(dim=-1, keepdim=True)
+    for sampler in config.sampler_order:
+        if sampler == "temperature":
+            # Below float32's smallest normal number the temperature itself would round to 0 (1e-300: 0 / 0 is NaN):
+            # it divides as that number.
+            logits = logits / max(config.temperature, torch.finfo(torch.float32).tiny)
+        elif sampler == "top_k" and 0 < config.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, config.top_k, dim=-1).values[:, -1:]           # (B, 1)
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        elif sampler == "top_p" and config.top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, dim=-1, descending=True)        # (B, V)
+            probs = sorted_logits.softmax(dim=-1)
+            # Drop a token when the tokens ranked above it already hold top_p of the mass (the first always stays).
+            drop = probs.cumsum(dim=-1) - probs > config.top_p
+            logits = torch.full_like(logits, float("-inf")).scatter(-1, order,
+                                                                    sorted_logits.masked_fill(drop, float("-inf")))
     return logits.softmax(dim=-1)
 
 

@@ -14,8 +14,9 @@ without FIM tokens); it always fits, the far ends of the client's text and its o
 (`truncated` says so, as it does when the generation filled the context). Bodies are one line of compact JSON
 (llama.vim matches `"content":"` byte for byte); streams are `data: {...}` events that simply end. Sampling:
 temperature, top_k, top_p, seed, stop, and the penalties (repeat_penalty, presence_penalty, frequency_penalty over
-the last repeat_last_n tokens of prompt + answer, as llama.cpp's sampler applies them: models/penalties.py); the
-other samplers llama.cpp knows are accepted and not applied;
+the last repeat_last_n tokens of prompt + answer, as llama.cpp's sampler applies them: models/penalties.py), run
+as `samplers` lists them (samplers.py: one left out does not run; without the field, llama.cpp's default chain,
+temperature last); the other samplers llama.cpp knows are accepted and not applied;
 constrained decoding (grammar, json_schema) and logit_bias are refused (501), not ignored.
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ from fastapi import APIRouter, Request
 from pydantic import AliasChoices, Field
 from starlette.concurrency import run_in_threadpool
 
+from . import samplers
 from .bodies import Body, Seed, check_ids, read_json, stop_strings
 from .errors import ApiError
 from .streaming import json_response, sse, stream
@@ -47,6 +49,7 @@ class Options(Body):
     repeat_last_n: int = Field(64, ge=-1)       # -1: the context's size, 0: no penalties
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    samplers: list[str] | str | None = None   # which run, in order (samplers.py); None: llama.cpp's default chain
     stop: str | list[str] = []         # (one string: llama.cpp's native routes skip it; here it is one stop)
     ignore_eos: bool = False           # here: the prompt format's stops do not apply either (benchmarks)
     stream: bool = False
@@ -165,11 +168,12 @@ def _sampling(server, body: Options):
     if body.grammar or body.json_schema is not None or body.logit_bias:
         # text that ignored them would pass for what was asked (JSON, a banned token left out)
         raise ApiError(501, "grammar, json_schema and logit_bias are not supported")
-    return server.sampling(body.n_predict, temperature=body.temperature, top_k=max(body.top_k, 0),
-                           top_p=body.top_p, seed=None if body.seed < 0 else body.seed,
-                           stop=stop_strings(body.stop), format_stops=not body.ignore_eos,
-                           repeat_penalty=body.repeat_penalty, presence_penalty=body.presence_penalty,
-                           frequency_penalty=body.frequency_penalty, penalty_last_n=body.repeat_last_n)
+    chain = samplers.chain(body.samplers)
+    return server.sampling(body.n_predict, seed=None if body.seed < 0 else body.seed, stop=stop_strings(body.stop),
+                           format_stops=not body.ignore_eos, **samplers.applied(
+                               chain, body.temperature, max(body.top_k, 0), body.top_p,
+                               repeat_penalty=body.repeat_penalty, presence_penalty=body.presence_penalty,
+                               frequency_penalty=body.frequency_penalty, penalty_last_n=body.repeat_last_n))
 
 
 def _settings(server, body: Options | None) -> dict:
@@ -178,7 +182,7 @@ def _settings(server, body: Options | None) -> dict:
             "top_p": body.top_p, "seed": body.seed, "stop": list(stop_strings(body.stop)),
             "repeat_penalty": body.repeat_penalty, "repeat_last_n": body.repeat_last_n,
             "presence_penalty": body.presence_penalty, "frequency_penalty": body.frequency_penalty,
-            "n_ctx": server.engine.context_length}
+            "samplers": list(samplers.chain(body.samplers)), "n_ctx": server.engine.context_length}
 
 
 async def _answer(server, running, generation, body: Options, limits: Limits, truncated: bool):

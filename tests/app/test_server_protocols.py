@@ -667,3 +667,23 @@ def test_a_request_without_penalties_samples_as_before():
                      openai_api._sampling(fake, openai_api.CompletionRequest(prompt="x")),
                      openai_api._sampling(fake, openai_api.ChatRequest(messages=[{"role": "user", "content": "x"}]))):
         assert (sampling.repeat_penalty, sampling.presence_penalty, sampling.frequency_penalty) == (1.0, 0.0, 0.0)
+
+
+def test_a_sampler_left_out_of_samplers_does_not_run(server, files):
+    """llama.cpp builds its chain from `samplers` alone (common_sampler_init): llama.vim's body lists top_k, top_p
+    and infill, so its temperature (none sent: 0.8) does not apply, and a top_p, a top_k or a temperature of 0 left
+    out leaves the draw free. Each of them listed (by name, or by llama.cpp's letter) makes the answer greedy."""
+    prefix, prompt, suffix = around(files["app.py"], 5, 5)
+
+    def answer(samplers, seed: int) -> str:
+        body = llama_vim_body(prefix, prompt, suffix, n_predict=6, n_indent=0, t_max_predict_ms=0, top_k=1,
+                              top_p=0.0, temperature=0.0, samplers=samplers, response_fields=["content"], seed=seed)
+        return post(server, "/infill", body).json()["content"]
+
+    plain = llama_vim_body(prefix, prompt, suffix, n_predict=6, n_indent=0, t_max_predict_ms=0, temperature=0.0)
+    del plain["samplers"]           # llama.cpp's default chain: temperature 0 is greedy
+    greedy = post(server, "/infill", plain).json()["content"]
+    free = [seed for seed in (1, 2, 3) if answer(["infill"], seed) != greedy]
+    assert free, "top_k 1, top_p 0 and temperature 0 ran though samplers left them out"
+    for samplers in (["top_k", "infill"], ["top_p"], ["temperature", "no_such_sampler"], "t"):
+        assert answer(samplers, free[0]) == greedy, samplers

@@ -234,6 +234,24 @@ def test_probabilities_are_temperature_then_top_k_then_top_p(options, kept):
     torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("order, kept", [(("temperature", "top_k", "top_p"), [0]),
+                                         (("top_k", "top_p", "temperature"), [0, 1]),
+                                         (("top_p", "temperature", "top_k"), [0, 1])])
+def test_top_p_weighs_the_distribution_its_place_in_the_order_sees(order, kept):
+    """llama.cpp's chain ends with temperature: its top-p keeps the tokens of the model's own distribution (0.636
+    ranks above token 1, 0.870 above token 2), where after a temperature of 0.5 token 0 alone holds 0.8 (0.867);
+    the temperature then sharpens what is kept."""
+    from models.sampling import probabilities
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])
+    tempered = torch.softmax(logits[0].double() / 0.5, 0)
+    want = torch.zeros(5, dtype=torch.float64)
+    want[kept] = tempered[kept] / tempered[kept].sum()
+    got = probabilities(logits, GenerationConfig(temperature=0.5, top_p=0.8, sampler_order=order))[0]
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="sampler_order"):
+        GenerationConfig(sampler_order=("top_k", "top_p"))
+
+
 def test_timings_are_filled_in(full_run):
     _, result, _ = full_run
     t = result.timings
