@@ -38,6 +38,7 @@ class Sampling:
     frequency_penalty: float = 0.0
     penalty_last_n: int = 64         # over the last n tokens of prompt + answer (0: none, -1: the whole context)
     penalize_prompt: bool = True     # False: over the answer's tokens only (OpenAI's presence and frequency)
+    repeat_window: int | None = None   # the repeat penalty's own window over prompt + answer (None: the same)
     speculate: int | None = None     # draft tokens verified per step; None: the engine's default, 0: off
 
 
@@ -190,7 +191,7 @@ class Session:
             speculate=sampling.speculate,
             repeat_penalty=sampling.repeat_penalty, presence_penalty=sampling.presence_penalty,
             frequency_penalty=sampling.frequency_penalty, penalty_last_n=sampling.penalty_last_n,
-            penalize_prompt=sampling.penalize_prompt,
+            penalize_prompt=sampling.penalize_prompt, repeat_window=sampling.repeat_window,
             stop_token_ids=tuple(packed.stop_token_ids) if stops else (),
             stop_strings=(tuple(packed.stop_strings) if stops else ()) + tuple(sampling.stop),
             required_prefix=packed.heal_text)   # token healing: the text prompts left out

@@ -26,6 +26,9 @@ class GenerationConfig:
     frequency_penalty: float = 0.0
     penalty_last_n: int = 64               # the tokens they look back over (0: none, -1: the whole context)
     penalize_prompt: bool = True           # the prompt's tokens among them (llama.cpp); False: only sampled ones
+    repeat_window: int | None = None       # the repeat penalty's own window over prompt + answer, where it differs
+                                           # (OpenAI routes: vLLM's repetition_penalty sees all of both, presence
+                                           # and frequency the answer); None: penalty_last_n and penalize_prompt's
     speculate: int | None = None           # drafts verified per step (prompt lookup); None: the engine's
                                            # default, 0: off. One sequence only: generate_batch ignores it
 

@@ -9,10 +9,12 @@
 Streams are `data: {...}` events ending with `data: [DONE]`, usage in a last chunk when
 `stream_options.include_usage` asks (and always in a non-streamed answer). One choice per request: `n`, `best_of`,
 `echo` and `logprobs` are refused with 400. `presence_penalty` and `frequency_penalty` (-2..2) apply as OpenAI defines
-them, over the tokens generated so far (models/penalties.py). Text only: tools (`functions`
-too), a `tool_choice` that demands a call, a `response_format` other than text, `logit_bias` (and llama.cpp's
-`grammar` and `json_schema`), an audio answer and content parts other than text are refused with 400, as prose back
-would pass for what was asked.
+them, over the tokens generated so far (models/penalties.py). The other servers' extras the openai client sends
+through `extra_body`: `top_k`; vLLM's `repetition_penalty`, over the whole prompt and answer as vLLM applies it;
+llama.cpp's `repeat_penalty` over the last `repeat_last_n` tokens of them (64), and its `samplers` chain.
+Text only: tools (`functions` too), a `tool_choice` that demands a call, a `response_format` other than text,
+`logit_bias` (and llama.cpp's `grammar` and `json_schema`), an audio answer and content parts other than text are
+refused with 400, as prose back would pass for what was asked.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from fastapi import APIRouter, Request
 from pydantic import AliasChoices, Field
 from starlette.responses import StreamingResponse
 
+from . import samplers
 from .errors import ApiError
 from .bodies import Body, Seed, check_ids, read_json, stop_strings
 from .streaming import json_response, sse, stream
@@ -47,6 +50,11 @@ class Options(Body):
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     logit_bias: dict | None = None
+    top_k: int = 0                              # vLLM's and llama.cpp's extra (0 or -1: every token)
+    repetition_penalty: float | None = Field(None, gt=0)   # vLLM's: over the whole prompt and answer
+    repeat_penalty: float | None = Field(None, gt=0)       # llama.cpp's: over the last repeat_last_n of them
+    repeat_last_n: int = Field(64, ge=-1)
+    samplers: list[str] | str | None = None     # llama.cpp's chain (samplers.py)
     grammar: str = ""                           # llama.cpp's extras on its OpenAI routes
     json_schema: dict | bool | None = None
 
@@ -256,7 +264,15 @@ def _sampling(server, body: Options):
     if body.logit_bias or body.grammar or body.json_schema is not None:
         # text that ignored them would pass for what was asked (a banned token left out, JSON)
         raise ApiError(400, "logit_bias, grammar and json_schema are not supported")
+    if body.repetition_penalty is not None and body.repeat_penalty is not None:
+        raise ApiError(400, "repetition_penalty (vLLM's) and repeat_penalty (llama.cpp's) are one penalty: give one")
+    repeat, window = ((body.repetition_penalty, -1) if body.repetition_penalty is not None
+                      else (body.repeat_penalty or 1.0, body.repeat_last_n))
     # OpenAI counts "how often the token was sampled prior to the current position": the answer's tokens, all of them
-    return server.sampling(body.max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed,
-                           stop=stop_strings(body.stop), presence_penalty=body.presence_penalty,
-                           frequency_penalty=body.frequency_penalty, penalty_last_n=-1, penalize_prompt=False)
+    penalties = dict(presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
+                     penalty_last_n=-1, penalize_prompt=False, repeat_penalty=repeat, repeat_window=window)
+    top_k = max(body.top_k, 0)
+    options = ({"temperature": body.temperature, "top_k": top_k, "top_p": body.top_p, **penalties}
+               if body.samplers is None else
+               samplers.applied(samplers.chain(body.samplers), body.temperature, top_k, body.top_p, **penalties))
+    return server.sampling(body.max_tokens, seed=body.seed, stop=stop_strings(body.stop), **options)

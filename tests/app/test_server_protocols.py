@@ -652,6 +652,24 @@ def test_penalties_change_a_greedy_answer_that_repeats_on_every_route(server):
         penalized["content"]
 
 
+def test_openai_routes_take_vllms_repetition_penalty_and_llama_cpps_repeat_penalty(server):
+    """The openai client sends other servers' fields through extra_body: vLLM's repetition_penalty (over prompt and
+    answer) and llama.cpp's repeat_penalty (its OpenAI routes read every /completion field) were ignored, and the
+    answer repeated as if no penalty had been asked for."""
+    client = OpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0)
+    asked = dict(model="any", prompt=REPEATING, max_tokens=12, temperature=0)
+    native = post(server, "/completion", {"prompt": REPEATING, "n_predict": 12, "temperature": 0,
+                                          "repeat_penalty": 1.3}).json()["content"]
+    assert native.count(" 1") < 3, native
+    for extra in ({"repetition_penalty": 1.3}, {"repeat_penalty": 1.3, "repeat_last_n": 64}):
+        assert client.completions.create(**asked, extra_body=extra).choices[0].text == native, extra
+    chat = client.chat.completions.create(model="any", messages=[{"role": "user", "content": REPEATING}],
+                                          max_tokens=1, extra_body={"repetition_penalty": 1.3, "top_k": 1})
+    assert chat.choices[0].finish_reason == "length"
+    with pytest.raises(openai.BadRequestError, match="one penalty"):
+        client.completions.create(**asked, extra_body={"repetition_penalty": 1.3, "repeat_penalty": 1.3})
+
+
 def test_a_request_without_penalties_samples_as_before():
     """No route turns a penalty on by default (Ollama's own default repeat_penalty is 1.1): a request that names
     none decodes exactly as before penalties existed (models/penalties.py builds nothing for 1 / 0 / 0)."""

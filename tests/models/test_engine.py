@@ -426,6 +426,31 @@ def test_penalties_are_llama_cpps_over_the_last_n_tokens_of_prompt_and_answer():
     torch.testing.assert_close(answer_only.apply(logits)[1], llama_cpp_penalties(logits[1], [3], 1.3, 0.4, 0.25))
 
 
+def test_vllms_repetition_penalty_sees_the_prompt_where_presence_and_frequency_see_the_answer():
+    """vLLM's OpenAI routes: repetition_penalty over every token of prompt and answer (prompt_mask | output_mask),
+    presence and frequency over the answer's (OpenAI's definition); drafts count as answered tokens."""
+    from models.penalties import Penalties
+    logits = torch.randn(2, 40, generator=torch.Generator().manual_seed(13)) * 3           # (B, V)
+    prompts = [[5, 7, 5, 9, 30, 5, 2], [1, 2, 3]]
+    config = GenerationConfig(repeat_penalty=1.3, presence_penalty=0.4, frequency_penalty=0.25, penalty_last_n=-1,
+                              penalize_prompt=False, repeat_window=-1)
+    penalties = Penalties.of(config, prompts, context_length=100)
+    penalties.advance([5, 4])
+    penalties.advance([6, 4])
+    got = penalties.apply(logits)
+    for row, (prompt, answer) in enumerate([(prompts[0], [5, 6]), (prompts[1], [4, 4])]):
+        want = llama_cpp_penalties(logits[row], prompt + answer, 1.3, 0.0, 0.0)       # the repeat penalty alone
+        want -= llama_cpp_penalties(torch.zeros(40), answer, 1.0, 0.4, 0.25).neg()     # minus c * f + p, answer only
+        torch.testing.assert_close(got[row], want)
+    drafted = Penalties.of(config, prompts[:1], context_length=100)
+    drafted.advance([5])
+    rows = drafted.apply(logits[:1].expand(2, 40), drafts=[6])                         # (pending + 1 draft, V)
+    torch.testing.assert_close(rows[1], got[0])
+    # Only the repeat penalty asked for, over its own window: nothing is counted past the prompt's last 2 tokens.
+    repeat_only = Penalties.of(GenerationConfig(repeat_penalty=1.3, repeat_window=2), prompts[:1], context_length=100)
+    torch.testing.assert_close(repeat_only.apply(logits[:1])[0], llama_cpp_penalties(logits[0], [5, 2], 1.3, 0, 0))
+
+
 def test_penalties_of_each_verified_position_see_the_drafts_before_it():
     """Speculation's verification: position i is penalized as plain decoding would be after drafts[:i]."""
     from models.penalties import Penalties
