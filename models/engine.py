@@ -142,6 +142,9 @@ class Engine:
         # The running request's decode steps and speculation counts, for a live status line: its tokens so far are
         # 1 + decode_steps + accepted_tokens, once text came (a token that ends inside a character sends none).
         self.progress = Timings()
+        # The running request's generated ids as they come (the list its result will hold): a stream reads there the
+        # ids behind each text delta, as on_text is called (on this thread) after the row took its token.
+        self.live_tokens: list[int] = []
         self._quant = parse_kv_cache(kv_cache, param.dtype)
         # Drafts per step when a request does not say (GenerationConfig.speculate None); 0 turns it off.
         group = model.config.n_heads // model.config.n_kv_heads
@@ -295,6 +298,7 @@ class Engine:
         B, cap = len(prompts), self.context_length
         depth = self._speculation_depth(config, B)
         rows = [_Row(self.tokenizer, p, config, cap - len(p) + 1, on_text) for p in prompts]
+        self.live_tokens = rows[0].token_ids
         if config.max_new_tokens <= 0:
             return [row.result(len(p), 0, Timings(load_s=self.load_s)) for row, p in zip(rows, prompts)]
         self._ensure_rows(B)

@@ -56,7 +56,7 @@ class Options(Body):
     t_max_predict_ms: int = Field(0, ge=0)
     n_indent: int = Field(0, ge=0)
     n_probs: int = Field(0, ge=0)
-    return_tokens: bool = False        # the generated ids in `tokens` (a whole answer's only)
+    return_tokens: bool = False        # the generated ids in `tokens` (a stream's chunks carry theirs always)
     response_fields: list[str] = []
     grammar: str = ""                  # constrained decoding (and json_schema, logit_bias): refused, not ignored
     json_schema: dict | bool | None = None
@@ -163,8 +163,6 @@ async def completion(request: Request):
 def _sampling(server, body: Options):
     if body.n_probs:
         raise ApiError(501, "n_probs (token probabilities) is not supported")
-    if body.return_tokens and body.stream:      # (a stream's text events carry no ids)
-        raise ApiError(501, "return_tokens is not supported with stream")
     if body.grammar or body.json_schema is not None or body.logit_bias:
         # text that ignored them would pass for what was asked (JSON, a banned token left out)
         raise ApiError(501, "grammar, json_schema and logit_bias are not supported")
@@ -204,25 +202,33 @@ async def _answer(server, running, generation, body: Options, limits: Limits, tr
         }
 
     if body.stream:
-        predicted = 0
+        # As llama.cpp's chunks: the ids behind each piece of text, and the tokens generated so far (n_decoded), every
+        # token counted, those whose text is held back or never shown (a stop string, the end of text) too.
+        predicted, pending = 0, []
 
         def piece(content: str) -> str:
+            nonlocal pending
             # the prompt's tokens as the final event counts them (GenerationResult.token_counts): healing's too
-            return sse({"index": 0, "content": content, "tokens": [], "stop": False, "id_slot": 0,
-                        "tokens_predicted": predicted,
-                        "tokens_evaluated": len(prompt.ids) + running.job.healing_tokens})
+            chunk = {"index": 0, "content": content, "tokens": pending, "stop": False, "id_slot": 0,
+                     "tokens_predicted": predicted, "tokens_evaluated": len(prompt.ids) + running.job.healing_tokens}
+            pending = []
+            return sse(chunk)
 
         def frames(event):
-            nonlocal predicted
+            nonlocal predicted, pending
             if event.kind == "text":   # sent once it is sure to stay: nothing a limit cuts reaches the editor
-                predicted += 1
+                predicted, pending = predicted + len(event.tokens), pending + event.tokens
                 content = limits.release(event.value)
                 return [piece(content)] if content else []
             if event.kind == "error":
                 return [sse(event.value.body())]
-            answer = final(event.value)
+            result = event.value
+            answer = final(result)
             held = limits.held(answer["content"])        # held back, and in the answer after all
-            return [*([piece(held)] if held else []), sse({**answer, "content": ""})]   # (the text went out)
+            pending += result.token_ids[result.healing_tokens + predicted:]     # the ids no text came with
+            predicted = answer["tokens_predicted"]
+            # (the text and its ids went out in the chunks, as llama.cpp's final event says)
+            return [*([piece(held)] if held or pending else []), sse({**answer, "content": "", "tokens": []})]
         return stream(running, frames, "text/event-stream")
     answer = final(await running.result())
     if "prompt" in body.response_fields or not body.response_fields:

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import one_line
 from ..session import Generation
@@ -39,6 +39,8 @@ class Busy(Exception):
 class Event:
     kind: str            # "prompt" (value: the Generation) | "text" (a delta) | "done" (the result) | "error"
     value: object
+    tokens: list[int] = field(default_factory=list)   # "text": the ids generated since the last text (healing's
+                                                      # apart), as llama.cpp's stream chunks carry them
 
 
 class Job:
@@ -71,10 +73,10 @@ class Job:
         self.error = self.error or error
         self.cancelled.set()
 
-    def send(self, kind: str, value: object = None) -> None:
+    def send(self, kind: str, value: object = None, tokens: list[int] | None = None) -> None:
         """From the engine thread: hand an event to the request's coroutine."""
         try:
-            self._loop.call_soon_threadsafe(self._events.put_nowait, Event(kind, value))
+            self._loop.call_soon_threadsafe(self._events.put_nowait, Event(kind, value, tokens or []))
         except RuntimeError:     # the event loop is closed: the server has stopped, nobody listens
             pass
 
@@ -93,13 +95,17 @@ class Job:
         self.built = time.perf_counter()
         self.send("prompt", generation)
         stop_when = self.stop_when
+        sent = 0            # of the engine's live_tokens, how many went out with a text
 
         def on_text(delta: str) -> None:
+            nonlocal sent
             if self.first_text is None:
                 self.first_text = time.perf_counter()
                 self.healing_tokens = getattr(getattr(generation.engine, "progress", None), "healing_tokens", 0)
+            ids = getattr(generation.engine, "live_tokens", [])
+            tokens, sent = ids[max(sent, self.healing_tokens):], len(ids)
             stop = stop_when is not None and stop_when(delta)   # first: what it decides is known when the text is
-            self.send("text", delta)
+            self.send("text", delta, tokens)
             if stop:
                 self.cancelled.set()
         return generation.run(on_text=on_text, should_stop=self.cancelled.is_set)

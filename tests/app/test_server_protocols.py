@@ -1,6 +1,7 @@
 """`codecomplete serve` against what real clients send and read: llama.vim's and llama.vscode's /infill bodies,
 the official openai package, a Continue-style FIM prompt, Ollama's /api/generate; and prefix reuse across
 keystrokes. The server runs as a subprocess on a loopback port (conftest's `server`)."""
+import itertools
 import json
 import re
 import time
@@ -668,6 +669,23 @@ def test_openai_routes_take_vllms_repetition_penalty_and_llama_cpps_repeat_penal
     assert chat.choices[0].finish_reason == "length"
     with pytest.raises(openai.BadRequestError, match="one penalty"):
         client.completions.create(**asked, extra_body={"repetition_penalty": 1.3, "repeat_penalty": 1.3})
+
+
+def test_stream_chunks_carry_their_token_ids_and_count_every_token(server):
+    """llama.cpp sends each token's id in its chunk (`tokens`, return_tokens or not) and n_decoded as
+    `tokens_predicted`. Ours sent `"tokens": []` and counted text events: the tokens a stop string held back (a
+    partial match, then the match, which no text follows) went uncounted, the last chunk saying 1 for 15 tokens."""
+    body = {"prompt": REPEATING, "n_predict": 24, "temperature": 0, "stop": [" 1, 1, 1, 1, 1"]}
+    whole = post(server, "/completion", {**body, "return_tokens": True}).json()
+    assert whole["stop_type"] == "word" and len(whole["tokens"]) == whole["tokens_predicted"], whole
+    with httpx.stream("POST", server.url + "/completion", json={**body, "stream": True, "return_tokens": True},
+                      timeout=300) as response:
+        *chunks, last = [json.loads(line[len("data: "):]) for line in response.iter_lines() if line]
+    assert [i for chunk in chunks for i in chunk["tokens"]] == whole["tokens"], chunks
+    counts = [chunk["tokens_predicted"] for chunk in chunks]
+    assert counts == list(itertools.accumulate(len(chunk["tokens"]) for chunk in chunks)), chunks
+    assert counts[-1] == last["tokens_predicted"] == whole["tokens_predicted"] and last["tokens"] == []
+    assert "".join(chunk["content"] for chunk in chunks) == whole["content"]
 
 
 def test_a_request_without_penalties_samples_as_before():

@@ -46,7 +46,9 @@ INFILL = {"input_prefix": "def f():\n", "input_suffix": ""}
      ["input_extra[0].text"]),
     ("/infill", {**INFILL, "n_predict": -5}, 400, "invalid_request_error", ["n_predict"]),
     ("/infill", {**INFILL, "n_probs": 5}, 501, "not_supported_error", ["n_probs"]),
-    ("/completion", {"prompt": "x", "return_tokens": True, "stream": True}, 501, "not_supported_error", ["stream"]),
+    ("/infill", {**INFILL, "samplers": ["top_k", 5]}, 400, "invalid_request_error", ["samplers[1]"]),
+    ("/v1/completions", {"prompt": "x", "repetition_penalty": 0}, 400, "invalid_request_error",
+     ["repetition_penalty"]),
     # constrained decoding and banned tokens: text that ignored them would pass for what was asked
     ("/completion", {"prompt": "x", "grammar": "root ::= \"yes\""}, 501, "not_supported_error", ["grammar"]),
     ("/completion", {"prompt": "x", "json_schema": {}}, 501, "not_supported_error", ["json_schema"]),
