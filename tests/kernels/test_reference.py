@@ -103,7 +103,10 @@ def test_eager_baseline_is_attention_in_the_models_dtype(T, eight_bit):
     assert T > 1 or (out[1] == 0).all()
     error = (out.double() - exact).abs().max().item()
     scale = exact.abs().max().item()
-    assert 0 < error < 4 * 2 ** -8 * scale
+    # In bf16 ulps of the largest output: bf16 caches at most 3.8 over 2,000 seeds; an 8-bit cache is dequantized to
+    # bf16 first (one more rounding of every key and value), at most 6.0 over 2,000 seeds (4 failed 1 run in 200).
+    # A wrong mask, scale or head pairing errs by hundreds.
+    assert 0 < error < (8 if eight_bit else 4) * 2 ** -8 * scale
 
 
 @pytest.mark.parametrize("T, fp8", [(1, False), (5, True), (16, False)])
