@@ -6,6 +6,7 @@ import sys
 import time
 
 import pytest
+from child_process import wait_until_reading_stdin
 
 
 def check_error(run, code, *words):
@@ -210,7 +211,8 @@ def test_a_hangup_ignored_at_start_stays_ignored_as_nohup_asks(script, cli_env):
                                 preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if ignore_hangup
                                 else None)
     plain, nohup = start(False), start(True)
-    time.sleep(4)                                   # both wait for standard input by now
+    for proc in (plain, nohup):
+        wait_until_reading_stdin(proc)
     for proc in (plain, nohup):
         proc.send_signal(signal.SIGHUP)
     time.sleep(0.5)

@@ -10,10 +10,10 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from child_process import wait_until_reading_stdin
 from test_errors import check_error
 
 TIMEOUT = 120      # the bar is 30 s a case on an idle machine; this one is shared
@@ -338,7 +338,7 @@ def test_sigterm_unwinds_quietly_with_143(script, cli_env, tmp_path):
     """`kill` ends the run as an exit (so `finally` blocks remove temporary files), code 128 + 15, no traceback."""
     proc = subprocess.Popen([str(script), "--prompt", "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=cli_env, cwd=tmp_path)
-    time.sleep(5)              # it is waiting for the prompt on standard input by now
+    wait_until_reading_stdin(proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=TIMEOUT)
     assert (proc.returncode, out, err) == (143, b"", b"")
@@ -352,7 +352,7 @@ def test_a_signal_leaves_json_s_error_object_not_an_earlier_result(script, cli_e
     result.write_text('{"text": "an earlier run", "finish_reason": "stop"}\n')
     proc = subprocess.Popen([str(script), "--prompt", "-", "--json", str(result)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env, cwd=tmp_path)
-    time.sleep(5)              # waiting for the prompt on standard input by now
+    wait_until_reading_stdin(proc)
     proc.send_signal(number)
     out, err = proc.communicate(timeout=TIMEOUT)
     assert (proc.returncode, out, err) == (128 + number, b"", b"")
