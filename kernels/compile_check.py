@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
+import contextlib
 import dataclasses
 import json
+import multiprocessing
 import re
 import subprocess
 import sys
@@ -264,11 +267,27 @@ def compile_append(new: str, cache: str, Hkv: int, D: int, T: int, target: GPUTa
     ptx = binary.asm["ptx"]
     # The quantization must be PyTorch's arithmetic: IEEE divisions (Triton's `/` on fp32 is the
     # 2-ulp div.full), no contraction into fma, one round-to-nearest-even saturating conversion.
-    return {"name": f"append-{new}-{cache}-h{Hkv}-d{D}-t{T}" + ("-vseq" if sequence_major_v else ""),
+    return {"name": _append_name(new, cache, Hkv, D, T, sequence_major_v),
             "append_cubin_bytes": len(binary.asm["cubin"]),
             "fp8_convert": "cvt.rn.satfinite.e4m3x2.f32" in ptx,
             "ieee_divisions": "div.rn.f32" in ptx and not re.search(r"div\.(full|approx)|rcp\.approx", ptx),
             "float_fma": bool(re.search(r"fma\.\w+\.f32", ptx))}
+
+
+def _append_name(new: str, cache: str, Hkv: int, D: int, T: int, sequence_major_v: bool) -> str:
+    return f"append-{new}-{cache}-h{Hkv}-d{D}-t{T}" + ("-vseq" if sequence_major_v else "")
+
+
+def _run_job(job: tuple) -> dict:
+    """One configuration's facts, or its error (every configuration is reported, then the run fails)."""
+    name, kind, what, arch, with_opcodes = job
+    target = GPUTarget("cuda", arch, 32)
+    try:
+        if kind == "main":
+            return compile_config(what, target, with_opcodes)
+        return compile_append(*what[:5], target, what[5])
+    except Exception as error:
+        return {"name": name, "error": f"{type(error).__name__}: {str(error)[-2000:]}"}
 
 
 def main(argv=None) -> int:
@@ -276,25 +295,30 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for H100/H200")
     parser.add_argument("--only", default="", help="comma-separated substrings of configuration names")
     parser.add_argument("--sass", action="store_true", help="add the key loop's SASS opcode histogram")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="configurations compiled at once, in as many processes (default 1); the output "
+                             "keeps the configurations' order")
     args = parser.parse_args(argv)
-    target = GPUTarget("cuda", args.arch, 32)
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: at least 1")
     wanted = [w for w in args.only.split(",") if w]
-    jobs = [(config.name, lambda c=config: compile_config(c, target, args.sass)) for config in MAIN_CONFIGS]
-    jobs += [(f"append-{a}-{b}-h{h}-d{d}-t{t}" + ("-vseq" if seq else ""),
-              lambda a=a, b=b, h=h, d=d, t=t, seq=seq: compile_append(a, b, h, d, t, target, seq))
-             for a, b, h, d, t, seq in APPEND_CONFIGS]
+    jobs = [(config.name, "main", config, args.arch, args.sass) for config in MAIN_CONFIGS]
+    jobs += [(_append_name(*append), "append", append, args.arch, args.sass) for append in APPEND_CONFIGS]
     if wanted:
-        jobs = [(name, job) for name, job in jobs if any(w in name for w in wanted)]
+        jobs = [job for job in jobs if any(w in job[0] for w in wanted)]
         if not jobs:        # a typo checked nothing and passed (exit 0)
             parser.error(f"--only {args.only}: no configuration's name holds it")
-    failures = 0
-    for name, job in jobs:
-        try:
-            facts = job()
-        except Exception as error:  # report every configuration, then fail
-            failures += 1
-            facts = {"name": name, "error": f"{type(error).__name__}: {str(error)[-2000:]}"}
-        print(json.dumps(facts), flush=True)
+    with contextlib.ExitStack() as stack:
+        if args.jobs > 1:   # compiling is CPU-bound Python and ptxas: processes, started fresh (no forked Triton state)
+            pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(
+                min(args.jobs, len(jobs)), mp_context=multiprocessing.get_context("spawn")))
+            results = pool.map(_run_job, jobs)
+        else:
+            results = map(_run_job, jobs)
+        failures = 0
+        for facts in results:
+            failures += "error" in facts
+            print(json.dumps(facts), flush=True)
     return 1 if failures else 0
 
 

@@ -19,7 +19,8 @@ from kernels.compile_check import APPEND_CONFIGS, MAIN_CONFIGS
 @pytest.fixture(scope="module")
 def compiled():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-m", "kernels.compile_check", "--arch", "90", "--sass"],
+    jobs = min(4, os.cpu_count() or 1)       # the session waits meanwhile: every core compiles (~90 s on one)
+    run = subprocess.run([sys.executable, "-m", "kernels.compile_check", "--arch", "90", "--sass", "--jobs", str(jobs)],
                          capture_output=True, text=True, env=env, timeout=600)
     facts = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     assert facts, f"compile_check printed nothing; stderr:\n{run.stderr[-3000:]}"
@@ -162,3 +163,11 @@ def test_an_only_that_matches_no_configuration_is_an_error(capsys):
         compile_check.main(["--only", "no-such-configuration"])
     assert exit.value.code == 2 and "--only no-such-configuration: no configuration's name holds it" in (
         capsys.readouterr().err)
+
+
+def test_jobs_below_one_is_an_error(capsys):
+    """--jobs 0 would start no process and compile nothing: said in one line, status 2, before any compile."""
+    from kernels import compile_check
+    with pytest.raises(SystemExit) as exit:
+        compile_check.main(["--jobs", "0"])
+    assert exit.value.code == 2 and "--jobs 0: at least 1" in capsys.readouterr().err
