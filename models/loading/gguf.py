@@ -164,18 +164,23 @@ def _converted_content(path: Path, out: Path, stamp: dict, dtype: torch.dtype) -
 def _conversions_beside(out: Path):
     """(folder, source.json record) of each other conversion in `out`'s cache folder made in this cache format; a
     folder without a readable record is passed over. Listing the cache folder may raise OSError."""
+    for other in out.parent.iterdir():
+        if other != out and (record := _current_record(other)) is not None:
+            yield other, record
+
+
+def _current_record(folder: Path) -> dict | None:
+    """The source.json record of the conversion in `folder` if it was made in this cache format; None where there is
+    none, it is damaged, or it is of another format."""
     from models.loading.hf import read_json
 
-    for other in out.parent.iterdir():
-        if other == out:
-            continue
-        try:
-            record = read_json(other / "source.json")
-            if record["source"].get("format") != CACHE_FORMAT:
-                continue
-        except (OSError, ModelError, KeyError, AttributeError, TypeError):     # none there, or a damaged record
-            continue
-        yield other, record
+    try:
+        record = read_json(folder / "source.json")
+        if record["source"].get("format") == CACHE_FORMAT:
+            return record
+    except (OSError, ModelError, KeyError, AttributeError, TypeError):     # none there, or a damaged record
+        pass
+    return None
 
 
 def content_digest(path: Path) -> str:
@@ -458,15 +463,11 @@ def unpermute_rope_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
 def conversion_warnings(directory: Path) -> list[str]:
     """What the conversion in `directory` warned of (a tokenizer that may split text unlike the model's training),
     for each start to repeat; [] for a directory that is no conversion of ours."""
-    from models.loading.hf import read_json
-
+    record = _current_record(directory)
     try:
-        record = read_json(directory / "source.json")
-        if record["source"]["format"] == CACHE_FORMAT:
-            return [str(warning) for warning in record.get("warnings", [])]
-    except (OSError, ModelError, KeyError, AttributeError, TypeError):      # not ours, or a damaged record
-        pass
-    return []
+        return [str(warning) for warning in record.get("warnings", [])] if record is not None else []
+    except TypeError:                   # a damaged record: warnings that are no list
+        return []
 
 
 def gguf_tokenizer(path: Path, reader):
