@@ -16,12 +16,14 @@ penalties), so the engine's greedy choice stays `temperature <= 0` with "tempera
 """
 from __future__ import annotations
 
+from models.generation import SAMPLERS
+
 NAMES = {"dry", "top_k", "top_p", "top_n_sigma", "typ_p", "min_p", "temperature", "xtc", "infill", "penalties",
          "adaptive_p"}
 LETTERS = {"d": "dry", "k": "top_k", "y": "typ_p", "p": "top_p", "s": "top_n_sigma", "m": "min_p",
            "t": "temperature", "x": "xtc", "i": "infill", "e": "penalties", "a": "adaptive_p"}
 DEFAULT = ("penalties", "dry", "top_n_sigma", "top_k", "typ_p", "top_p", "min_p", "xtc", "temperature")
-APPLIED = ("temperature", "top_k", "top_p")      # the ones models.sampling orders
+APPLIED = SAMPLERS                                # the ones models.sampling orders
 
 
 def chain(samplers: list[str] | str | None) -> tuple[str, ...]:
