@@ -7,3 +7,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from interpreter_speed import patch_language_once_per_launch  # noqa: E402  (after TRITON_INTERPRET)
 
 patch_language_once_per_launch()
+
+
+def pytest_configure(config):
+    # Under pytest-xdist each worker is one of the machine's cores: torch's default of one thread per core
+    # would run twice as many threads as cores (on a busy 2-core machine 2 threads are many times slower than 1).
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+        torch.set_num_threads(1)

@@ -116,6 +116,16 @@ def engine(cache_dir):
 
 
 @pytest.fixture(scope="session")
+def converted_model(engine, cache_dir) -> Path:
+    """The embedded model's converted folder, which the session's engine fixture made (other tests' GGUFs may be
+    converted into the same cache: under pytest-xdist a worker's files run in any order)."""
+    from models.loading import EMBEDDED_FILE
+
+    (folder,) = [p for p in (cache_dir / "gguf").glob(Path(EMBEDDED_FILE).stem + "-*") if p.is_dir()]  # no .lock
+    return folder
+
+
+@pytest.fixture(scope="session")
 def served_repo(tmp_path_factory) -> Path:
     """A repository of its own for the server tests (some of them change its files)."""
     root = tmp_path_factory.mktemp("served") / "shapes_repo"

@@ -155,13 +155,6 @@ def test_a_repository_whose_files_are_all_ignored_says_so(make_repository, scrip
 
 # ---- checkpoints: config.json is read before any weight, so these fail in the time torch takes to import
 
-@pytest.fixture(scope="module")
-def converted_model(engine, cache_dir) -> Path:
-    """The embedded model's converted folder, which the session's engine fixture made."""
-    (folder,) = [p for p in (cache_dir / "gguf").iterdir() if p.is_dir()]     # not its .lock file
-    return folder
-
-
 def checkpoint(converted: Path, folder: Path, **config_changes) -> Path:
     """A Hugging Face folder sharing the embedded model's weights and tokenizer, with config.json changed."""
     folder.mkdir()

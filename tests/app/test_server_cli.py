@@ -723,12 +723,11 @@ def test_a_server_on_its_defaults_answers_a_question_on_its_defaults(served_repo
     assert session.prompt_budget(256) == 1024           # an editor's prompts: the budget they had
 
 
-def test_a_server_for_a_small_model_starts_on_the_defaults(served_repo, monkeypatch, tmp_path, engine, cache_dir):
+def test_a_server_for_a_small_model_starts_on_the_defaults(served_repo, monkeypatch, tmp_path, converted_model):
     """The answer's headroom is given only where the model holds it: a 512-position checkpoint serves as before."""
     from test_hostile_inputs import checkpoint
 
-    (converted,) = [p for p in (cache_dir / "gguf").iterdir() if p.is_dir()]   # the embedded model's folder
-    small = checkpoint(converted, tmp_path / "small", max_position_embeddings=512)
+    small = checkpoint(converted_model, tmp_path / "small", max_position_embeddings=512)
     session = serve_until_loaded(monkeypatch, served_repo, "--model", small)
     assert session.engine.context_length == 512 and session.prompt_budget(256) == 256
 
