@@ -9,15 +9,17 @@ the difference; while the window's text ends in an incomplete character ('\ufffd
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 PROMPT_CONTEXT_TOKENS = 5   # prompt tokens seeding the window, so the first token's leading space survives
+CONTINUATION_PIECES = re.compile(r"<0x[89AB][0-9A-F]>", re.IGNORECASE)   # byte fallback's UTF-8 continuation bytes
 
 
 class IncrementalDetokenizer:
     def __init__(self, tokenizer, prompt_ids: Sequence[int] = ()):
         self.tokenizer = tokenizer
-        self.ids = list(prompt_ids[-PROMPT_CONTEXT_TOKENS:])
+        self.ids = list(prompt_ids[_window_start(tokenizer, prompt_ids):])
         self.prefix_offset = 0               # window start
         self.read_offset = len(self.ids)     # ids before this have been emitted
 
@@ -41,3 +43,16 @@ class IncrementalDetokenizer:
         text = self._decode(self.ids[self.prefix_offset:])
         self.prefix_offset = self.read_offset = len(self.ids)
         return text[len(emitted):].rstrip("\ufffd")
+
+
+def _window_start(tokenizer, prompt_ids: Sequence[int]) -> int:
+    """Where the window's prompt tokens start: PROMPT_CONTEXT_TOKENS back, then back to the start of a character.
+    Byte-fallback decoding makes a run of byte pieces that is not valid UTF-8 one U+FFFD per byte, so a window
+    opening on a continuation byte (a prompt ending in two CJK characters or emoji) turned every byte piece the
+    model wrote after it into U+FFFD too: held back as incomplete, then dropped or shown as garbage."""
+    start = max(len(prompt_ids) - PROMPT_CONTEXT_TOKENS, 0)
+    for _ in range(3):      # a UTF-8 character has at most three continuation bytes
+        if start == 0 or not CONTINUATION_PIECES.fullmatch(tokenizer.convert_ids_to_tokens(prompt_ids[start]) or ""):
+            break
+        start -= 1
+    return start

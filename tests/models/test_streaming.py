@@ -51,6 +51,20 @@ def test_multibyte_characters_are_held_back_until_complete(llama_tokenizer):
     assert cut_after_text.flush() == ""
 
 
+@pytest.mark.parametrize("prompt", ["x = '中文", "# 😀😀", "s = '🙂中\r"])
+def test_a_prompt_ending_in_byte_pieces_of_several_characters_streams_the_text_after_it(llama_tokenizer, prompt):
+    """The window's first prompt tokens must not start inside a character: byte-fallback decoding turns a run of
+    byte pieces that is not valid UTF-8 into one U+FFFD per byte, so a window from a character's middle made
+    every byte piece after it, the new ones too, into U+FFFD (held back as incomplete, or shown as garbage)."""
+    prompt_ids = llama_tokenizer.encode(prompt)
+    assert llama_tokenizer.convert_ids_to_tokens(prompt_ids[-5])[:4] in ("<0x8", "<0x9", "<0xA", "<0xB")
+    for text in ("文", "😀x", "\xa0\r pop"):
+        new_ids = llama_tokenizer.encode(text, add_special_tokens=False)
+        new_ids = new_ids[1:] if llama_tokenizer.convert_ids_to_tokens(new_ids[0]) == "▁" else new_ids
+        deltas, rest = stream(llama_tokenizer, prompt_ids, new_ids)
+        assert "".join(deltas) + rest == expected_continuation(llama_tokenizer, prompt_ids, new_ids) == text
+
+
 @pytest.mark.parametrize("text", TEXTS)
 def test_byte_level_bpe_streams_exactly_the_decoded_text(smollm_engine, text):
     tokenizer = smollm_engine.tokenizer
