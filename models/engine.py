@@ -628,11 +628,15 @@ class _Row:
     max_new_tokens counts tokens of new text: a token that only makes the healed text again (the prompt's last
     token, which healing took off) is not one of them, or `max_tokens: 1` after a healed cursor returned nothing.
     `budget` is the most tokens the row can take: that plus one token per byte of the healed text, within
-    `room` (what the KV cache has left)."""
+    `room` (what the KV cache has left). A token made only healed text when its bytes lie inside what was left of it."""
 
     def __init__(self, tokenizer, prompt: list[int], config: GenerationConfig, room: int, on_text):
         self.detokenizer = IncrementalDetokenizer(tokenizer, prompt) if tokenizer is not None else None
         self.healed = PrefixStripper(config.required_prefix)   # the generation begins with it: not shown
+        # Healing's tokens are told by their bytes, not by the text they show: a token that ends the healed text and
+        # begins a character (" " + a CJK character's first byte) shows nothing yet, and is new text all the same.
+        self.unhealed = config.required_prefix.encode() if tokenizer is not None else b""
+        self.pieces = vocabulary_bytes(tokenizer).pieces if self.unhealed else []
         self.stops = StopStringMatcher(config.stop_strings)
         self.limit = config.max_new_tokens
         self.budget = min(self.limit + len(config.required_prefix.encode()), room)
@@ -648,9 +652,12 @@ class _Row:
         if token in stop_ids:
             self._finish("stop")
             return
-        healing = self.healed.left > 0
+        if self.unhealed:
+            piece = self.pieces[token] if token < len(self.pieces) else None
+            inside = bool(piece) and self.unhealed.startswith(piece)
+            self.healing_tokens += inside
+            self.unhealed = self.unhealed[len(piece):] if inside else b""
         shown = self.healed.feed(self.detokenizer.push(token) if self.detokenizer else "")
-        self.healing_tokens += healing and not shown
         text, hit = self.stops.feed(shown)
         self._emit(text)
         if hit:

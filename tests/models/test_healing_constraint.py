@@ -118,3 +118,30 @@ def test_max_new_tokens_counts_tokens_of_new_text_not_the_healed_ones(smollm_eng
         assert short.finish_reason == "length" and short.text and whole.text.startswith(short.text)
         healing = len(short.token_ids) - n
         assert healing >= 1 and smollm_engine.tokenizer.decode(short.token_ids[:healing]) in "\n    "
+
+
+@pytest.mark.parametrize("speculate", [0, 3])
+def test_a_token_that_ends_the_healed_text_and_begins_a_character_is_new_text(tmp_path, speculate):
+    """Byte-level vocabularies have tokens of a space and a character's first byte (GPT-2's "Ġæ", before CJK text).
+    After a healed space such a token shows no text yet (half a character), but it is not one that only makes the
+    healed text again: it counts as a generated token, and its id stays among those returned."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from tiny_models import save_tiny_llama
+
+    alphabet = [c for c in sorted(pre_tokenizers.ByteLevel.alphabet()) if c != "Ġ"]   # no lone space token:
+    vocab = {token: i for i, token in enumerate(["<|endoftext|>", *alphabet, "Ġæ"])}   # " " + 0xE6 is the only way
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([AddedToken("<|endoftext|>", special=True)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>")
+    save_tiny_llama(tmp_path, tokenizer, n_kv_heads=2)
+    engine = load_model(tmp_path, device="cpu", max_context=48)
+    space_lead = vocab["Ġæ"]
+    for limit in (1, 4):
+        result = engine.generate(tokenizer.encode("x=1"), GenerationConfig(
+            max_new_tokens=limit, required_prefix=" ", speculate=speculate))
+        assert result.token_ids[0] == space_lead
+        assert result.healing_tokens == 0 and result.token_counts()[1] == len(result.token_ids) == limit
