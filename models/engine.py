@@ -469,7 +469,11 @@ class Engine:
             return None
         if self.tokenizer is None:
             raise ModelError(f"{self.name}: a required prefix needs a tokenizer")
-        return HealingConstraint(vocabulary_bytes(self.tokenizer), config.required_prefix, batch)
+        table = vocabulary_bytes(self.tokenizer)
+        if not table.can_write(config.required_prefix.encode()):    # (a vocabulary without byte pieces)
+            raise ModelError(f"{self.name}: the required prefix {config.required_prefix!r} cannot be written with "
+                             f"this vocabulary's tokens")
+        return HealingConstraint(table, config.required_prefix, batch)
 
     def _decode_speculative(self, prompt, row, tokens, config, generator, stop_ids, should_stop, depth,
                             healing: HealingConstraint | None = None, penalties: Penalties | None = None) -> _Loop:

@@ -35,14 +35,34 @@ class VocabularyBytes:
         self.pieces = pieces  # by id; None for tokens that never heal
 
     def allowed(self, remaining: bytes) -> list[int]:
-        """Ids of the tokens that lie inside ``remaining`` from its start, or begin with all of it."""
-        ids = [number for end in range(1, len(remaining)) for number in self.by_bytes.get(remaining[:end], ())]
-        start = bisect_left(self.sorted_bytes, remaining)
-        stop = len(self.sorted_bytes)
-        successor = _successor(remaining)
-        if successor is not None:
-            stop = bisect_left(self.sorted_bytes, successor, lo=start)
+        """Ids of the tokens that lie inside ``remaining`` from its start, or begin with all of it; of those inside,
+        only the ones after which the rest can still be written (always, where every byte is a token: byte-level
+        BPE, byte fallback; a vocabulary without byte pieces has dead ends, where every token would be masked)."""
+        writable = self._writable(remaining)
+        ids = [number for end in range(1, len(remaining)) if writable[end]
+               for number in self.by_bytes.get(remaining[:end], ())]
+        start, stop = self._beginning_with(remaining)
         return ids + self.sorted_ids[start:stop]
+
+    def can_write(self, text: bytes) -> bool:
+        """Whether some sequence of tokens begins with ``text``."""
+        return self._writable(text)[0]
+
+    def _beginning_with(self, text: bytes) -> tuple[int, int]:
+        """The slice of sorted_bytes (and sorted_ids) that begin with ``text``."""
+        start = bisect_left(self.sorted_bytes, text)
+        successor = _successor(text)
+        stop = len(self.sorted_bytes) if successor is None else bisect_left(self.sorted_bytes, successor, lo=start)
+        return start, stop
+
+    def _writable(self, text: bytes) -> list[bool]:
+        """For each offset i of ``text``, whether tokens can write text[i:] from there (the last may run past it)."""
+        writable = [False] * len(text) + [True]
+        for i in range(len(text) - 1, -1, -1):
+            start, stop = self._beginning_with(text[i:])
+            writable[i] = start < stop or any(writable[end] and text[i:end] in self.by_bytes
+                                              for end in range(i + 1, len(text)))
+        return writable
 
 
 @functools.lru_cache(maxsize=4)

@@ -145,3 +145,38 @@ def test_a_token_that_ends_the_healed_text_and_begins_a_character_is_new_text(tm
             max_new_tokens=limit, required_prefix=" ", speculate=speculate))
         assert result.token_ids[0] == space_lead
         assert result.healing_tokens == 0 and result.token_counts()[1] == len(result.token_ids) == limit
+
+
+def _word_tokenizer(words: list[str]):
+    """A vocabulary of whole words and no byte pieces (no byte fallback): some texts it cannot spell at all."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(["<unk>", "<s>", "</s>", *words])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def test_without_byte_pieces_only_tokens_that_can_still_finish_the_prefix_are_allowed():
+    """"a" begins "abc", but nothing spells the "bc" after it: taking it left no allowed token at all, and the
+    masked logits (all -inf) sampled token 0, <unk>, into the text."""
+    tokenizer = _word_tokenizer(["a", "ab", "c", "x"])
+    table = vocabulary_bytes(tokenizer)
+    assert table.allowed(b"abc") == [tokenizer.convert_tokens_to_ids("ab")]
+    assert table.allowed(b"c") == [tokenizer.convert_tokens_to_ids("c")]
+    assert table.allowed(b"q") == []
+
+
+def test_a_prefix_the_vocabulary_cannot_spell_is_a_clear_error_not_garbage(tmp_path):
+    from models.errors import ModelError
+    from tiny_models import save_tiny_llama
+
+    tokenizer = _word_tokenizer(["a", "ab", "c", "x", "def", "push"])
+    save_tiny_llama(tmp_path, tokenizer, n_kv_heads=2)
+    engine = load_model(tmp_path, device="cpu", max_context=48)
+    prompt = tokenizer.encode("def push")
+    assert engine.generate(prompt, GenerationConfig(max_new_tokens=3, required_prefix="abc")).token_ids[:2] == [
+        tokenizer.convert_tokens_to_ids("ab"), tokenizer.convert_tokens_to_ids("c")]
+    with pytest.raises(ModelError, match="cannot be written"):
+        engine.generate(prompt, GenerationConfig(max_new_tokens=3, required_prefix="🙂"))
