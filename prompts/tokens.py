@@ -131,9 +131,15 @@ class Encoder:
         return [start for start, _ in offsets]
 
     def last_token(self, text: str) -> str:
-        """The text of the last token the tokenizer makes of ``text`` ("" for no text)."""
-        starts = self.token_starts(text)
-        return text[starts[-1] :] if starts else ""
+        """The text of the last token the tokenizer makes of ``text`` ("" for no text, and for an unknown token: a
+        vocabulary without byte pieces has no token that writes that text, so it is no text to leave to the model)."""
+        encoded = self.tokenizer(
+            tokenizable(text), add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True
+        )
+        ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+        if not ids or ids[-1] in self.tokenizer.all_special_ids:
+            return ""
+        return text[offsets[-1][0] :]
 
     def _plain(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(list(map(tokenizable, texts)), add_special_tokens=False, split_special_tokens=True)[

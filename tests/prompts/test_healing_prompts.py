@@ -98,3 +98,20 @@ def test_a_raw_prompt_heals_its_last_token_and_keeps_special_tokens(tokenizer_na
     for text in ("x", tokenizer.all_special_tokens[0], "a = 1" + tokenizer.all_special_tokens[0]):
         packed = build_raw_prompt(tokenizer, text)
         assert packed.heal_text == "" and packed.ids == tokenizer.encode(text)
+
+
+def test_an_unknown_token_is_never_healed(repo_index):
+    """A vocabulary without byte pieces makes a character it lacks <unk>: no token writes that text, so leaving it
+    to the model would ask for what it cannot write (the prompt stays whole instead)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["def", "report", "poly", "area", "=", "(", ")", ":", "'"]
+    vocab = {token: i for i, token in enumerate(["<unk>", "<s>", "</s>", *words])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", unk_token="<unk>")
+    text = "def report(poly):\n    area = '🙂"
+    packed = build_completion_prompt(repo_index, tokenizer, "main.py", text=text)
+    assert packed.heal_text == "" and packed.ids[-1] == vocab["<unk>"]
+    assert build_completion_prompt(repo_index, tokenizer, "main.py", text=text[:-3]).heal_text == "="
