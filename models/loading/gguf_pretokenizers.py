@@ -43,9 +43,12 @@ VIKING = " ?[^(\\s|.,!?\u2026\u3002\uff0c\u3001\u0964\u06d4\u060c)]+"
 
 STARCODER = (r"\p{N}", GPT2)        # digits one by one, then GPT-2's split
 
+# The names llama.cpp gives Llama 3's pre-type (LLAMA_VOCAB_PRE_TYPE_LLAMA3), which alone sets ignore_merges.
+LLAMA3_NAMES = ("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
+                "jina-v5-nano")
+
 SPLITS: dict[str, tuple[str, ...]] = {
-    **dict.fromkeys(("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2",
-                     "jina-v5-nano", "dbrx", "smaug-bpe"), (LLAMA3,)),
+    **dict.fromkeys((*LLAMA3_NAMES, "dbrx", "smaug-bpe"), (LLAMA3,)),
     **dict.fromkeys(("starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b", "mellum2"),
                     STARCODER),
     "deepseek-coder": ("[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", CJK, r"\p{N}"),
@@ -57,9 +60,10 @@ SPLITS: dict[str, tuple[str, ...]] = {
     "default": (r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", "[0-9][0-9][0-9]"),
 }
 
-# llama.cpp takes a piece that is a whole token of the vocabulary as that token, merges or not (as tiktoken does,
-# and Llama 3's tokenizer.json: "ignore_merges": true).
-IGNORE_MERGES = {name for name, split in SPLITS.items() if split == (LLAMA3,)}
+# For these llama.cpp takes a piece that is a whole token of the vocabulary as that token, merges or not (as
+# tiktoken does, and Llama 3's tokenizer.json: "ignore_merges": true). Not for dbrx and smaug-bpe: llama.cpp splits
+# them as Llama 3 but goes by their merges.
+IGNORE_MERGES = set(LLAMA3_NAMES)
 
 # Names llama.cpp splits with GPT-2's regex alone: transformers' default is right for them.
 GPT2_NAMES = {"gpt-2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de", "a.x-4.0", "mellum",

@@ -113,6 +113,14 @@ def test_llama3_takes_a_piece_that_is_a_token_whole_as_llama_cpp_does(tokenizer_
     assert gpt2.tokenize(" the") == ["Ġt", "he"]
 
 
+@pytest.mark.parametrize("name", ["dbrx", "smaug-bpe"])
+def test_llama3s_split_without_its_ignore_merges_goes_by_the_merges_as_llama_cpp_does(tokenizer_for, name):
+    """dbrx and smaug-bpe split as Llama 3 does, but llama.cpp sets ignore_merges for the llama3 names only
+    (`llama_vocab::impl::load`): a piece that is a token goes by the merges there."""
+    tokenizer, _ = tokenizer_for(name, merges=("Ġ t", "h e"))
+    assert tokenizer.tokenize(" the") == ["Ġt", "he"]
+
+
 @pytest.mark.parametrize(("pre", "message"), [("made-up-split", "pre-tokenizer 'made-up-split' is unknown here"),
                                               (None, "names no pre-tokenizer")])
 def test_an_unknown_or_missing_name_keeps_gpt2s_split_and_says_so(tokenizer_for, pre, message):
