@@ -143,7 +143,10 @@ def softmax_scale_of(softmax_scale, D: int) -> float:
         return D ** -0.5
     if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real):
         raise ValueError(f"softmax_scale must be a number (a float), got {type(softmax_scale).__name__}")
-    scale = float(softmax_scale)
+    try:
+        scale = float(softmax_scale)
+    except OverflowError:                   # an int (or Fraction) past float's range: 10**400
+        scale = float("inf")
     if not abs(scale) <= MAX_SOFTMAX_SCALE:  # NaN fails this too
         raise ValueError(f"softmax_scale must be a finite number of magnitude at most {MAX_SOFTMAX_SCALE:.3g} "
                          f"(float32's largest / log2(e)), got {softmax_scale!r}")

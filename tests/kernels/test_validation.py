@@ -137,6 +137,8 @@ DECODERS = [flash_decode, reference.flash_decode, reference.eager_decode, refere
 @pytest.mark.parametrize("fn", DECODERS, ids=["triton", "reference", "eager", "split_kv"])
 @pytest.mark.parametrize("scale, message", [(float("nan"), "a finite number"), (float("inf"), "a finite number"),
                                             (-float("inf"), "a finite number"), (3e38, "a finite number"),
+                                            # float() of it overflows (an OverflowError, not a ValueError)
+                                            pytest.param(10**400, "a finite number", id="10**400"),
                                             ("0.5", "a number (a float), got str"),
                                             (torch.tensor(0.5), "a number (a float), got Tensor"),
                                             (True, "a number (a float), got bool")])
