@@ -39,8 +39,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from .index import RACY_NS, FileEntry, RepoIndex, parse_file, unchanged
-from .scan import (MAX_FILE_BYTES, ScanWarning, SourceFile, list_folder, repository_rules, source_file,
-                   walk_sources)
+from .scan import (MAX_FILE_BYTES, ScanWarning, SourceFile, change_time, list_folder, repository_rules,
+                   source_file, walk_sources)
 
 FILES_PER_REFRESH = 256  # a full pass over 20k files every ~80 requests
 FOLDERS_PER_SWEEP = 32   # folders looked at after a request: 2,000 (20k files) every ~60 requests
@@ -60,9 +60,12 @@ class FreshIndex:
         self.parses_per_refresh = parses_per_refresh
         self.max_file_bytes = max_file_bytes
         self.folders_per_sweep = folders_per_sweep
-        # Folder -> its modification time when last listed (None: not yet): a file added to a folder moves it.
-        # Those of the indexed files to begin with, and their parents; those found new when their parent is listed.
-        self._folders: dict[str, int | None] = dict.fromkeys(_with_parents(index.entries))
+        # Folder -> its stamps (modification and change times) when last listed (None: not yet, or not to be
+        # trusted yet): a file added to a folder moves them. Those of the indexed files to begin with, and their
+        # parents; those found new when their parent is listed.
+        self._folders: dict[str, tuple[int, int] | None] = dict.fromkeys(_with_parents(index.entries))
+        # Folder -> (its stamps, when their tick began by this clock) for a folder listed within that tick
+        self._unsettled: dict[str, tuple[tuple[int, int], int]] = {}
         self._ring: deque[str] = deque()  # folders the sweeps look at next
         self._walk: Iterator[SourceFile] | None = None
         self._seen: set[str] = set()  # files the current walk has met
@@ -166,8 +169,10 @@ class FreshIndex:
                 status = None
             if status is None or not stat.S_ISDIR(status.st_mode):
                 del self._folders[folder]   # gone, or now a link: its files are left to the walk and rechecks
+                self._unsettled.pop(folder, None)
                 continue
-            if status.st_mtime_ns == self._folders[folder]:
+            stamps = (status.st_mtime_ns, change_time(status))
+            if stamps == self._folders[folder]:
                 continue
             if listings == 0:
                 self._ring.appendleft(folder)
@@ -178,11 +183,19 @@ class FreshIndex:
                                  known_folders=self._folders)
             if listed is None:
                 del self._folders[folder]
+                self._unsettled.pop(folder, None)
                 continue
-            # The stamp was taken before the listing: a file added since moves it. Unless it comes within the file
-            # clock's tick of the listing, which that leaves as it was: a folder listed within that tick of its last
-            # change is listed again at its next look.
-            self._folders[folder] = status.st_mtime_ns if listed_ns >= status.st_mtime_ns + RACY_NS else None
+            # The stamps were taken before the listing: a file added since moves them. Unless it comes within the
+            # file clock's tick of the listing, which that leaves as they were: a folder listed within that tick of
+            # its last change is listed again at its next look. The tick is the change time's, which no tool sets
+            # (a folder dated tomorrow was listed at every look until tomorrow), or where the file clock runs ahead
+            # of this one, the first listing that saw these stamps, as for a file (index._racy).
+            unsettled = self._unsettled.pop(folder, None)
+            tick_ns = unsettled[1] if unsettled is not None and unsettled[0] == stamps else min(stamps[1], listed_ns)
+            if listed_ns >= tick_ns + RACY_NS:
+                self._folders[folder] = stamps
+            else:
+                self._folders[folder], self._unsettled[folder] = None, (stamps, tick_ns)
             sources, subfolders = listed
             for source in sources:
                 self._compare(source.path, source)

@@ -294,10 +294,10 @@ def _stat(root: Path, path: str, max_file_bytes: int, rules: IgnoreRules | None 
         return None
     if info.st_size > max_file_bytes:
         return None
-    return SourceFile(path, info.st_size, info.st_mtime_ns, _change_time(info), info.st_ino)
+    return SourceFile(path, info.st_size, info.st_mtime_ns, change_time(info), info.st_ino)
 
 
-def _change_time(info: os.stat_result) -> int:
+def change_time(info: os.stat_result) -> int:
     """When the file last changed by the file clock, whatever its mtime says (`touch -d`, `cp -p`): the inode's
     change time, except on Windows, where st_ctime is the creation time."""
     return info.st_mtime_ns if sys.platform == "win32" else info.st_ctime_ns

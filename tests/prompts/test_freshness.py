@@ -168,10 +168,15 @@ def test_a_file_created_next_to_the_requests_file_is_in_the_index_at_that_reques
     assert "pkg3/debug.log" not in index.files and "scratch" not in index.definers
 
 
-def test_a_file_added_within_the_tick_of_its_folders_listing_is_found_at_the_next_look(make_repo, cache_dir, clock):
+def test_a_file_added_within_the_tick_of_its_folders_listing_is_found_at_the_next_look(make_repo, cache_dir, clock,
+                                                                                       monkeypatch):
     """A folder's modification time moves when an entry is added, except within the file clock's tick of the last
     change: a listing in that tick may be missing a file that keeps the folder's stamp. The clock is set, and the
-    folder's stamp held, as a coarse file clock would hold it."""
+    folder's stamps held, as a coarse file clock would hold them (the change time, which utime cannot set, read as
+    the modification time)."""
+    import prompts.freshness
+
+    monkeypatch.setattr(prompts.freshness, "change_time", lambda info: info.st_mtime_ns)
     root = make_repo({"pkg/a.py": "def a():\n    pass\n", "app.py": "def main():\n    return 0\n"})
     fresh = FreshIndex(index_repository(root))
     (root / "pkg" / "b.py").write_text("def b():\n    pass\n")
@@ -186,6 +191,38 @@ def test_a_file_added_within_the_tick_of_its_folders_listing_is_found_at_the_nex
     (root / "pkg" / "d.py").write_text("def d():\n    pass\n")
     os.utime(root / "pkg", ns=(stamp, stamp))  # (no file clock does this a tick later: it shows the stamp is kept)
     assert "d" not in fresh.refresh("pkg/a.py").definers
+
+
+@pytest.mark.parametrize("dated", ["tomorrow", "by a clock ahead"])
+def test_a_folder_dated_in_the_future_is_listed_again_only_until_a_tick_after_its_change(make_repo, cache_dir,
+                                                                                           clock, monkeypatch, dated):
+    """A folder's modification time set tomorrow (`touch -d`, an archive's), or a disk whose clock runs ahead of
+    this one: its listing is trusted a tick after its change, as a file's reading is, not listed at every look
+    until its date comes."""
+    import prompts.freshness
+
+    root = make_repo({"pkg/a.py": "def a():\n    pass\n", "app.py": "def main():\n    return 0\n"})
+    fresh = FreshIndex(index_repository(root))
+    (root / "pkg" / "b.py").write_text("def b():\n    pass\n")
+    day = 86_400 * 10**9
+    changed = (root / "pkg").stat().st_ctime_ns
+    if dated == "tomorrow":
+        os.utime(root / "pkg", ns=(changed + day, changed + day))
+        changed = (root / "pkg").stat().st_ctime_ns
+        clock[0] = changed + 1000
+    else:
+        clock[0] = changed - day                  # this clock a day behind the disk's
+    listings = Counter()
+    listed = prompts.freshness.list_folder
+    monkeypatch.setattr(prompts.freshness, "list_folder",
+                        lambda root, folder, *args, **kwargs: listings.update([folder]) or listed(root, folder,
+                                                                                             *args, **kwargs))
+    assert fresh.refresh("pkg/a.py").definers["b"]
+    clock[0] += 3 * 10**9                         # a tick later: listed once more, then trusted
+    fresh.refresh("pkg/a.py")
+    for _ in range(3):
+        fresh.refresh("pkg/a.py")
+    assert listings["pkg"] == 2
 
 
 def test_a_recheck_parses_every_named_file_that_changed_however_small_the_slice(make_repo, cache_dir):
