@@ -435,7 +435,7 @@ def _save_cache(cache_file: Path | None, saved: dict) -> None:
 
 _VERSION_FOLDER = re.compile(r"index-v([1-9][0-9]{0,5})")
 _CACHE_FILE = re.compile(r"[0-9a-f]{20}\.pickle")
-_TEMPORARY_FILE = re.compile(r"tmp\w{1,64}\.tmp")
+_TEMPORARY_FILE = re.compile(r"tmp[a-z0-9_]{8}\.tmp")   # tempfile's names: tmp + 8 of [a-z0-9_]
 
 
 def _remove_older_versions(cache_folder: Path) -> None:

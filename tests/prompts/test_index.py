@@ -328,6 +328,10 @@ def test_the_caches_of_earlier_versions_go_when_this_version_writes_its_own(make
     os.utime(cache_dir / "index-v1" / "tmpa1b2c3d4.tmp", ns=(10**18, 10**18))
     (cache_dir / f"index-v{version - 1}" / "tmpz9y8x7w6.tmp").write_bytes(b"a write under way")
     (cache_dir / "index-v2" / "notes.txt").write_text("the user's")
+    # an old file of the user's named like a temporary file, but not as tempfile names one (tmp + 8 of [a-z0-9_])
+    for name in ("tmpnotes.tmp", "tmpNOTES123.tmp"):
+        (cache_dir / "index-v2" / name).write_text("the user's")
+        os.utime(cache_dir / "index-v2" / name, ns=(10**18, 10**18))
     kept = {f"index-v{version + 1}/{key}.pickle": b"a newer version's", "index-v3-backup/x.pickle": b"other",
             "index-v03/x.pickle": b"other", "models/weights.bin": b"other"}
     for name, data in kept.items():
@@ -352,7 +356,8 @@ def test_the_caches_of_earlier_versions_go_when_this_version_writes_its_own(make
             index_repository(root)
     left = sorted(p.relative_to(cache_dir).as_posix() for p in cache_dir.rglob("*") if not p.is_dir() or
                   p.is_symlink())
-    assert left == sorted([*kept, "index-v2/notes.txt", f"index-v{version - 1}/tmpz9y8x7w6.tmp", "index-v4",
+    assert left == sorted([*kept, "index-v2/notes.txt", "index-v2/tmpnotes.tmp", "index-v2/tmpNOTES123.tmp",
+                           f"index-v{version - 1}/tmpz9y8x7w6.tmp", "index-v4",
                            f"index-v{version}/{next(cache_dir.glob(f'index-v{version}/*.pickle')).name}"])
     assert (elsewhere / f"{key}.pickle").read_bytes() == b"not ours"
 
