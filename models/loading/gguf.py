@@ -30,10 +30,11 @@ from models.errors import ModelError, UnsupportedModelError
 from models.loading import cache_root
 from models.loading.gguf_header import check_header_bounds
 
-CACHE_FORMAT = 4   # 2: a linear rope factor without a type, or under rope.scale_linear, is read (config.json)
+CACHE_FORMAT = 5   # 2: a linear rope factor without a type, or under rope.scale_linear, is read (config.json)
                    # 3: a sentencepiece vocabulary spaces text as SentencePiece does (tokenizer.json)
                    # 4: a byte-level BPE vocabulary splits text as llama.cpp does for its tokenizer.ggml.pre
                    #    (tokenizer.json); source.json keeps the conversion's warnings
+                   # 5: a llama3-named vocabulary that does not say puts BOS first, as llama.cpp does
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
                    "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 TOP_LEVEL_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
@@ -484,9 +485,12 @@ def gguf_tokenizer(path: Path, reader):
         from models.loading.hf import sentencepiece_spaces
         sentencepiece_spaces(tokenizer, _bool_field(reader, "tokenizer.ggml.add_space_prefix", True))
     elif vocabulary == "gpt2":
-        from models.loading.gguf_pretokenizers import split_as_llama_cpp
-        if warning := split_as_llama_cpp(tokenizer, _text_field(reader, "tokenizer.ggml.pre")):
+        from models.loading.gguf_pretokenizers import LLAMA3_NAMES, split_as_llama_cpp
+        pre = _text_field(reader, "tokenizer.ggml.pre")
+        if warning := split_as_llama_cpp(tokenizer, pre):
             warnings.append(warning)
+        if pre in LLAMA3_NAMES and "tokenizer.ggml.add_bos_token" not in reader.fields:
+            tokenizer.add_bos_token = True  # llama.cpp's default for these names (Llama 3's files often omit it)
     return tokenizer, warnings
 
 

@@ -121,6 +121,20 @@ def test_llama3s_split_without_its_ignore_merges_goes_by_the_merges_as_llama_cpp
     assert tokenizer.tokenize(" the") == ["Ġt", "he"]
 
 
+def test_llama3s_names_put_bos_first_where_the_file_does_not_say_as_llama_cpp_does(tmp_path):
+    """llama.cpp sets add_bos for the llama3 names (Llama 3's tokenizer_config names no add_bos_token, so its GGUFs
+    often carry no tokenizer.ggml.add_bos_token); transformers added none. Other names keep no BOS, and the
+    converted copy a second load reads keeps the tokenizer's choice."""
+    from models import load_model
+
+    for pre, expected in (("llama-bpe", [1]), ("smollm", [])):
+        write_tiny_gguf(tmp_path / f"{pre}.gguf", pre=pre)
+        for _ in range(2):              # converted, then from the converted copy
+            tokenizer = load_model(tmp_path / f"{pre}.gguf", device="cpu", max_context=32).tokenizer
+            ids = tokenizer("the")["input_ids"]
+            assert ids[:len(expected)] == expected and ids.count(1) == len(expected), (pre, ids)
+
+
 @pytest.mark.parametrize(("pre", "message"), [("made-up-split", "pre-tokenizer 'made-up-split' is unknown here"),
                                               (None, "names no pre-tokenizer")])
 def test_an_unknown_or_missing_name_keeps_gpt2s_split_and_says_so(tokenizer_for, pre, message):
