@@ -29,7 +29,8 @@ class Sampling:
     temperature: float = 0.0         # 0 is greedy
     top_p: float = 1.0
     top_k: int = 0
-    sampler_order: tuple[str, ...] = ("temperature", "top_k", "top_p")   # models.GenerationConfig's
+    min_p: float = 0.0
+    sampler_order: tuple[str, ...] | None = None   # models.GenerationConfig's (None: its default, vLLM's order)
     seed: int | None = None
     stop: tuple[str, ...] = ()       # the caller's stop strings, besides those of the prompt's format
     format_stops: bool = True        # False: only the model's EOS and `stop` end generation (benchmarks)
@@ -187,7 +188,8 @@ class Session:
         stops = sampling.format_stops
         config = GenerationConfig(
             max_new_tokens=max(sampling.max_tokens, 1), temperature=sampling.temperature, top_p=sampling.top_p,
-            top_k=sampling.top_k, sampler_order=sampling.sampler_order, seed=sampling.seed,
+            top_k=sampling.top_k, min_p=sampling.min_p, seed=sampling.seed,
+            **({"sampler_order": sampling.sampler_order} if sampling.sampler_order is not None else {}),
             speculate=sampling.speculate,
             repeat_penalty=sampling.repeat_penalty, presence_penalty=sampling.presence_penalty,
             frequency_penalty=sampling.frequency_penalty, penalty_last_n=sampling.penalty_last_n,

@@ -32,6 +32,7 @@ from models.healing import HealingConstraint, PrefixStripper, vocabulary_bytes
 from models.llama import DenseKernels, Transformer, attention_inputs, attention_output_and_ffn, final_logits
 from models.kv_cache import cache_dtype_name
 from models.options import DEFAULT_MAX_CONTEXT, parse_kv_cache
+from models.infill import InfillSampler
 from models.penalties import Penalties
 from models.sampling import make_generator, sample
 from models.speculative import PromptLookup, accept
@@ -321,16 +322,17 @@ class Engine:
             raise ModelError(f"{self.name}: the model's output is not a number (NaN or inf in its weights?)")
         generator = make_generator(self._device, config.seed) if config.temperature > 0 else None
         healing = self._healing(config, B)
-        penalties = Penalties.of(config, prompts, cap)
-        logits = penalties.apply(logits) if penalties else logits       # first, as llama.cpp's chain has them
-        tokens = sample(healing.restrict(logits) if healing else logits, config, generator)   # (B,)
+        penalties = Penalties.of(config, prompts, cap)      # applied where the chain has them (models/sampling.py)
         stop_ids = set(self.eos_token_ids) | set(config.stop_token_ids)
+        infill = self._infill(config)
+        tokens = sample(healing.restrict(logits) if healing else logits, config, generator,
+                        penalties.apply if penalties else None, infill)                  # (B,)
         if depth:
             loop = self._decode_speculative(prompts[0], rows[0], tokens, config, generator, stop_ids,
-                                            should_stop, depth, healing, penalties)
+                                            should_stop, depth, healing, penalties, infill)
         else:
             loop = self._decode_plain(prompts, rows, tokens, config, generator, stop_ids, should_stop, healing,
-                                      penalties)
+                                      penalties, infill)
         t_end = perf_counter()
         self._cached_ids = loop.fed[:cap - 1]   # a finished row's writes clamp at slot cap - 1
 
@@ -411,7 +413,8 @@ class Engine:
         return logits
 
     def _decode_plain(self, prompts, rows, tokens, config, generator, stop_ids, should_stop,
-                      healing: HealingConstraint | None = None, penalties: Penalties | None = None) -> _Loop:
+                      healing: HealingConstraint | None = None, penalties: Penalties | None = None,
+                      infill: InfillSampler | None = None) -> _Loop:
         """One token per sequence per step; on CUDA, step t+1 is queued before token t is read."""
         state = self._decode_step(len(prompts))
         positions = [len(p) for p in prompts]          # host mirror of state.input_pos
@@ -425,7 +428,7 @@ class Engine:
             # not while healing, nor with penalties: their next choice depends on token t.
             queued = self._lookahead and step + 1 < steps and not (healing and healing.active) and not penalties
             if queued:
-                next_tokens = self._step(state, tokens, positions, config, generator)
+                next_tokens = self._step(state, tokens, positions, config, generator, infill=infill)
             token_list = host.wait()
             live.decode_steps = step                    # before the tokens' text is sent
             if step == 0:
@@ -446,22 +449,23 @@ class Engine:
                     row.cancel()
                 break
             if not queued:
-                next_tokens = self._step(state, tokens, positions, config, generator, healing, penalties)
+                next_tokens = self._step(state, tokens, positions, config, generator, healing, penalties, infill)
                 fed.append(token_list[0])
             tokens = next_tokens
         # Tokens after the first: one decode step each.
         return _Loop(t_first=t_first, fed=fed, decoded=step, steps=step)
 
     def _step(self, state: DecodeStep, tokens, positions: list[int], config, generator,
-              healing: HealingConstraint | None = None, penalties: Penalties | None = None) -> torch.Tensor:
+              healing: HealingConstraint | None = None, penalties: Penalties | None = None,
+              infill: InfillSampler | None = None) -> torch.Tensor:
         """Feed tokens (B,) at the current positions, advance them, and sample the next tokens (on the device)."""
         state.tokens.copy_(tokens[:, None])                                         # (B, 1)
         logits = state.run(kv_len=max(positions) + 1, exact=len(set(positions)) == 1)
         last = self.context_length - 1
         state.input_pos.add_(1).clamp_(max=last)
         positions[:] = [min(p + 1, last) for p in positions]
-        logits = penalties.apply(logits) if penalties else logits
-        return sample(healing.restrict(logits) if healing else logits, config, generator)
+        return sample(healing.restrict(logits) if healing else logits, config, generator,
+                      penalties.apply if penalties else None, infill)
 
     def _healing(self, config: GenerationConfig, batch: int) -> HealingConstraint | None:
         """The token-healing constraint on the first sampled tokens, if the request has a required prefix."""
@@ -475,8 +479,21 @@ class Engine:
                              f"this vocabulary's tokens")
         return HealingConstraint(table, config.required_prefix, batch)
 
+    def _infill(self, config: GenerationConfig) -> InfillSampler | None:
+        """llama.cpp's infill sampler, where the request's chain has it: its end-of-generation tokens are the stop
+        ids, and its one end token the prompt format's end of text (CodeLlama's <EOT>), else EOS."""
+        if "infill" not in config.sampler_order:
+            return None
+        if self.tokenizer is None:
+            raise ModelError(f"{self.name}: the infill sampler needs a tokenizer")
+        ends = [*config.stop_token_ids, *self.eos_token_ids]
+        if not ends:
+            raise ModelError(f"{self.name}: the infill sampler needs an end-of-generation token")
+        return InfillSampler(vocabulary_bytes(self.tokenizer), ends, ends[0])
+
     def _decode_speculative(self, prompt, row, tokens, config, generator, stop_ids, should_stop, depth,
-                            healing: HealingConstraint | None = None, penalties: Penalties | None = None) -> _Loop:
+                            healing: HealingConstraint | None = None, penalties: Penalties | None = None,
+                            infill: InfillSampler | None = None) -> _Loop:
         """One sequence: each step feeds the pending token plus up to `depth` drafts looked up in the text so
         far, and emits the accepted drafts plus the model's own next token (models/speculative.py).
         While token healing still constrains the next token, no drafts: one token a step from the restricted
@@ -511,13 +528,12 @@ class Engine:
             state.input_pos.fill_(pos)
             logits = state.run(kv_len=pos + 1 + len(drafts), exact=True)        # (1, V) or (1, T, V)
             logits = logits.view(1 + len(drafts), -1)                                # (1 + drafts, V)
-            if penalties:
-                logits = penalties.apply(logits, drafts)
+            penalize = (lambda rows, drafts=drafts: penalties.apply(rows, drafts)) if penalties else None
             if healing_now:                             # no drafts: logits (1, V)
-                emitted = accept(healing.restrict(logits), [], config, generator)
+                emitted = accept(healing.restrict(logits), [], config, generator, penalize, infill)
                 healing.advance(emitted)
             else:
-                emitted = accept(logits, drafts, config, generator)
+                emitted = accept(logits, drafts, config, generator, penalize, infill)
             if penalties:
                 penalties.extend(emitted)
             if should_stop is not None and should_stop():

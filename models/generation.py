@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-SAMPLERS = ("temperature", "top_k", "top_p")   # the order they apply in by default (vLLM's, Ollama's)
+SAMPLERS = ("penalties", "temperature", "min_p", "top_k", "top_p")   # the order they apply in by default (vLLM's)
+OPTIONAL_SAMPLERS = ("infill",)                 # run only where sampler_order names them (llama.cpp's `samplers`)
 
 
 @dataclass(frozen=True)
@@ -13,9 +14,11 @@ class GenerationConfig:
     temperature: float = 0.0            # 0 -> greedy
     top_p: float = 1.0                  # nucleus sampling; 1 keeps every token
     top_k: int = 0                      # 0 keeps every token
-    sampler_order: tuple[str, ...] = SAMPLERS   # the order temperature, top-k and top-p apply in (each once; a
-                                                # neutral value turns one off): llama.cpp's chain ends with
-                                                # temperature, so its top-p weighs the untempered distribution
+    min_p: float = 0.0                  # keeps the tokens at least min_p times as likely as the likeliest; 0: off
+    sampler_order: tuple[str, ...] = SAMPLERS   # the order the samplers apply in (each of SAMPLERS once, a neutral
+                                                # value turning one off; "infill" only where named): llama.cpp's
+                                                # chain ends with temperature, so its top-p weighs the untempered
+                                                # distribution; its penalties apply where its `samplers` puts them
     seed: int | None = None             # None -> a fresh random seed
     stop_token_ids: tuple[int, ...] = ()   # besides the model's EOS ids, which always stop
     stop_strings: tuple[str, ...] = ()     # never part of the returned or streamed text
@@ -33,8 +36,13 @@ class GenerationConfig:
                                            # default, 0: off. One sequence only: generate_batch ignores it
 
     def __post_init__(self) -> None:
-        if sorted(self.sampler_order) != sorted(SAMPLERS):
-            raise ValueError(f"sampler_order must name each of {', '.join(SAMPLERS)} once, got {self.sampler_order}")
+        required = [name for name in self.sampler_order if name not in OPTIONAL_SAMPLERS]
+        optional = [name for name in self.sampler_order if name in OPTIONAL_SAMPLERS]
+        if sorted(required) != sorted(SAMPLERS) or len(set(optional)) != len(optional):
+            raise ValueError(f"sampler_order must name each of {', '.join(SAMPLERS)} once (and "
+                             f"{', '.join(OPTIONAL_SAMPLERS)} at most once), got {self.sampler_order}")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise ValueError(f"min_p must lie in 0..1, got {self.min_p}")
 
 
 @dataclass

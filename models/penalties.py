@@ -1,7 +1,9 @@
 """Repetition penalties: the repeat, presence and frequency penalties, as llama.cpp's penalties sampler applies them.
 
-Followed: llama.cpp's `llama_sampler_penalties_apply` (src/llama-sampling.cpp), the first sampler of its chain, on
-the raw logits, before top-k, top-p, min-p and temperature. For every token that occurs c > 0 times in the window,
+Followed: llama.cpp's `llama_sampler_penalties_apply` (src/llama-sampling.cpp), the first sampler of its default
+chain, on the raw logits, before top-k, top-p, min-p and temperature; where a request's `samplers` list puts it
+elsewhere, on the logits as the samplers before it left them (models/sampling.py). For every token that occurs c > 0
+times in the window,
 
     logit = logit * repeat  if logit <= 0  else  logit / repeat        (CTRL's penalty, signs kept apart)
     logit -= c * frequency + presence
@@ -83,7 +85,8 @@ class Penalties:
         # softmax is NaN, and sampling drew token 0 (llama.cpp leaves it to its softmax); inf - inf sinks the token.
         finfo = torch.finfo(logits.dtype)
         penalized = torch.nan_to_num(penalized, nan=finfo.min, posinf=finfo.max, neginf=finfo.min)
-        return torch.where((counts > 0) | (repeats > 0), penalized, logits)
+        # A token an earlier sampler of the chain dropped (-inf) stays dropped, not revived at float32's minimum.
+        return torch.where(((counts > 0) | (repeats > 0)) & (logits > float("-inf")), penalized, logits)
 
     @staticmethod
     def _counts(logits: torch.Tensor, windows: list[list[int]]) -> torch.Tensor:

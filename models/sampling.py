@@ -1,36 +1,64 @@
-"""Next-token choice on the device: greedy, or temperature / top-k / top-p sampling (in the config's order).
+"""Next-token choice on the device: the sampler chain (penalties, temperature, min-p, top-k, top-p and llama.cpp's
+infill, in the config's order), then greedy or a draw.
 
-Everything stays on the device (no .item(), no multinomial), so the decode loop never waits
-on the host to pick a token: sampling uses the exponential-race form of the Gumbel-max trick.
+Each sampler sees the logits as the samplers before it left them, as llama.cpp's chain does: a sampler that drops a
+token sets its logit to -inf, one that reshapes (temperature, penalties) rewrites the logits; the draw is a softmax of
+what is left. Orders that matter: top-p and min-p after temperature weigh the tempered distribution (vLLM, Ollama),
+before it the model's own (llama.cpp's chain, which ends with temperature); penalties after top-k penalize only the
+tokens top-k kept; top-p after min-p renormalizes over what min-p kept.
+
+Greedy (temperature <= 0) is llama.cpp's temperature sampler at 0: the largest logit the samplers before
+"temperature" left wins (those after it choose among that one token).
+
+Everything but "infill" stays on the device (no .item(), no multinomial), so the decode loop never waits on the host
+to pick a token: sampling uses the exponential-race form of the Gumbel-max trick. The infill sampler (models/infill.py)
+reads the candidates on the host: one sync per sampled token.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
 
 import torch
 
 from models.generation import GenerationConfig
 
+Penalize = Callable[[torch.Tensor], torch.Tensor]       # logits (B, V) -> penalized logits (B, V)
 
-def sample(logits: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None) -> torch.Tensor:
-    """Token ids (B,) int64 from float32 logits (B, V)."""
+
+def sample(logits: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None,
+           penalize: Penalize | None = None, infill=None) -> torch.Tensor:
+    """Token ids (B,) int64 from float32 logits (B, V). `penalize`: the request's repetition penalties, applied where
+    the chain has "penalties"; `infill`: a models.infill.InfillSampler where the chain has "infill"."""
+    logits = chained(logits, config, penalize, infill)
     if config.temperature <= 0:
         return logits.argmax(dim=-1)
-    return race(probabilities(logits, config), generator)
+    return race(logits.softmax(dim=-1), generator)
 
 
-def probabilities(logits: torch.Tensor, config: GenerationConfig) -> torch.Tensor:
-    """The distribution (B, V) that sampling draws from: temperature, top-k and top-p in `config.sampler_order`.
-    The order matters for top-p: after temperature it weighs the tempered distribution (vLLM, Ollama), before it
-    the model's own (llama.cpp's chain, which ends with temperature)."""
-    # From the largest logit down: a tiny temperature then sends the others to -inf, not the largest to +inf (inf -
-    # inf is NaN in the softmax; 1e-45 made every token id 0). Neither top-k nor top-p drops the largest, so it
-    # stays 0 whatever the order.
-    logits = logits - logits.amax(dim=-1, keepdim=True)
+def probabilities(logits: torch.Tensor, config: GenerationConfig, penalize: Penalize | None = None,
+                  infill=None) -> torch.Tensor:
+    """The distribution (B, V) that sampling draws from (temperature > 0)."""
+    return chained(logits, config, penalize, infill).softmax(dim=-1)
+
+
+def chained(logits: torch.Tensor, config: GenerationConfig, penalize: Penalize | None = None,
+            infill=None) -> torch.Tensor:
+    """Logits (B, V) after the chain, in `config.sampler_order`; with temperature <= 0, after the samplers before
+    "temperature" only (greedy takes their largest)."""
     for sampler in config.sampler_order:
         if sampler == "temperature":
-            # Below float32's smallest normal number the temperature itself would round to 0 (1e-300: 0 / 0 is NaN):
-            # it divides as that number.
-            logits = logits / max(config.temperature, torch.finfo(torch.float32).tiny)
+            if config.temperature <= 0:
+                break
+            logits = _temperature(logits, config.temperature)
+        elif sampler == "penalties" and penalize is not None:
+            logits = penalize(logits)
+        elif sampler == "min_p" and config.min_p > 0:
+            # llama.cpp's rule on the logits: p_i >= min_p * p_max is logit_i >= max + log(min_p); min_p 1 keeps the
+            # tokens tied with the largest, and the largest always stays.
+            floor = logits.amax(dim=-1, keepdim=True) + math.log(config.min_p)               # (B, 1)
+            logits = logits.masked_fill(logits < floor, float("-inf"))
         elif sampler == "top_k" and 0 < config.top_k < logits.shape[-1]:
             kth = torch.topk(logits, config.top_k, dim=-1).values[:, -1:]           # (B, 1)
             logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -41,7 +69,20 @@ def probabilities(logits: torch.Tensor, config: GenerationConfig) -> torch.Tenso
             drop = probs.cumsum(dim=-1) - probs > config.top_p
             logits = torch.full_like(logits, float("-inf")).scatter(-1, order,
                                                                     sorted_logits.masked_fill(drop, float("-inf")))
-    return logits.softmax(dim=-1)
+        elif sampler == "infill" and infill is not None:
+            logits = infill.apply(logits)
+    return logits
+
+
+def _temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits / temperature, as llama.cpp's temperature sampler (the logits themselves: penalties after it see their
+    signs). Below float32's smallest normal number the temperature would round to 0 (1e-300: 0 / 0 is NaN): it
+    divides as that number. A row whose finite logits overflow (1e-45 sent the largest to +inf, and inf - inf is NaN
+    in the softmax) divides from its largest logit down instead: the others go to -inf, the largest stays 0."""
+    temperature = max(temperature, torch.finfo(torch.float32).tiny)
+    scaled = logits / temperature
+    overflow = (torch.isinf(scaled) & torch.isfinite(logits)).any(dim=-1, keepdim=True)      # (B, 1)
+    return torch.where(overflow, (logits - logits.amax(dim=-1, keepdim=True)) / temperature, scaled)
 
 
 def race(weights: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

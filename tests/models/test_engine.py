@@ -246,7 +246,8 @@ def test_top_p_weighs_the_distribution_its_place_in_the_order_sees(order, kept):
     tempered = torch.softmax(logits[0].double() / 0.5, 0)
     want = torch.zeros(5, dtype=torch.float64)
     want[kept] = tempered[kept] / tempered[kept].sum()
-    got = probabilities(logits, GenerationConfig(temperature=0.5, top_p=0.8, sampler_order=order))[0]
+    got = probabilities(logits, GenerationConfig(temperature=0.5, top_p=0.8,
+                                                 sampler_order=order + ("penalties", "min_p")))[0]
     torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="sampler_order"):
         GenerationConfig(sampler_order=("top_k", "top_p"))
@@ -506,6 +507,32 @@ def test_penalties_apply_before_sampling_as_before_greedy(smollm_engine):
     assert penalized != plain and penalized.count(" 1") < 3, penalized
     assert run(repeat_penalty=1.3, temperature=1.0, top_k=1, seed=3) == penalized
     assert run(frequency_penalty=1.0, penalize_prompt=False, penalty_last_n=-1) != plain
+
+
+def test_penalties_after_top_k_only_weigh_what_top_k_kept(smollm_engine):
+    """llama.cpp applies the penalties where `samplers` lists them: after top_k 1 the one token left is drawn whatever
+    its penalty (the plain answer), before it the penalized logits choose that token (the penalized answer)."""
+    prompt = encode(smollm_engine, "x = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1")
+
+    def run(order, **options):
+        return smollm_engine.generate(prompt, GenerationConfig(max_new_tokens=12, speculate=0, sampler_order=order,
+                                                               **options)).text
+    rest = ("temperature", "min_p", "top_p")
+    plain = run(("penalties", "top_k") + rest)
+    penalized = run(("penalties", "top_k") + rest, repeat_penalty=1.3, temperature=1.0, top_k=1, seed=3)
+    assert penalized != plain
+    assert run(("top_k", "penalties") + rest, repeat_penalty=1.3, temperature=1.0, top_k=1, seed=3) == plain
+
+
+def test_the_infill_sampler_in_the_chain_decodes_alike_with_and_without_speculation(smollm_engine):
+    """Greedy over llama.cpp's infill sampler (models/infill.py): the verification step applies the chain to every
+    position as plain decoding does, so drafts change nothing; and the chain runs (a model without a tokenizer
+    could not)."""
+    prompt = encode(smollm_engine, "def add(a, b):\n    return a + b\n\n\ndef add(a, b):\n    return")
+    order = ("top_k", "infill", "penalties", "temperature", "min_p", "top_p")
+    runs = [smollm_engine.generate(prompt, GenerationConfig(max_new_tokens=10, top_k=40, sampler_order=order,
+                                                            speculate=depth)) for depth in (0, 4)]
+    assert runs[0].token_ids == runs[1].token_ids and runs[0].token_ids
 
 
 def test_architecture_lists_every_field_of_a_generation_result():

@@ -84,8 +84,8 @@ def runs(smollm_engine):
     steps: list[list[list[int]]] = []
     texts = prompts(engine.tokenizer)
 
-    def spy(logits, drafts, config, generator):
-        emitted = accept(logits, drafts, config, generator)
+    def spy(logits, drafts, config, generator, *chain):
+        emitted = accept(logits, drafts, config, generator, *chain)
         steps[-1].append(emitted)
         return emitted
 
@@ -338,8 +338,8 @@ def test_token_healing_with_speculation_gives_the_plain_greedy_output(smollm_eng
     prompt, prefix = tokenizer.encode(text[:cut_at]), text[cut_at:]
     steps: list[tuple[int, list[int]]] = []
 
-    def spy(logits, drafts, config, generator):
-        emitted = accept(logits, drafts, config, generator)
+    def spy(logits, drafts, config, generator, *chain):
+        emitted = accept(logits, drafts, config, generator, *chain)
         steps.append((len(drafts), emitted))
         return emitted
 
@@ -392,8 +392,8 @@ def test_a_cancel_while_a_step_verifies_sends_none_of_its_tokens(smollm_engine, 
     prompt, plain, _ = first_case(runs, lambda r, j: True)
     taken, asked = [1], []                  # tokens emitted so far (the prefill's first); when the cancel came
 
-    def cancel_during_a_verification(logits, drafts, config, generator):
-        emitted = accept(logits, drafts, config, generator)
+    def cancel_during_a_verification(logits, drafts, config, generator, *chain):
+        emitted = accept(logits, drafts, config, generator, *chain)
         if len(emitted) > 1 and not asked:  # a step that accepted drafts
             asked.append(taken[0])
         taken[0] += len(emitted)

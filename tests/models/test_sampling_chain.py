@@ -1,0 +1,267 @@
+"""The sampler chain (models/sampling.py, models/infill.py) against float64 references of each rule, written apart from
+the code under test: min-p as vLLM and Ollama state it (p >= min_p * p_max on probabilities), the penalties at their
+place in the list, and llama.cpp's infill sampler as its pairwise loop reads."""
+import itertools
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from models.generation import SAMPLERS, GenerationConfig
+from models.infill import InfillSampler
+from models.penalties import Penalties
+from models.sampling import probabilities, sample
+
+NEG_INF = float("-inf")
+
+
+def reference(logits: torch.Tensor, config: GenerationConfig, penalize=None) -> torch.Tensor:
+    """Probabilities (B, V) float64: each sampler of config.sampler_order on float64 logits, one row at a time."""
+    out = []
+    for row in logits.double():
+        for name in config.sampler_order:
+            if name == "temperature":
+                row = row / config.temperature
+            elif name == "penalties" and penalize is not None:
+                row = penalize(row[None])[0]
+            elif name == "min_p" and config.min_p > 0:
+                p = torch.softmax(row, 0)
+                row = torch.where(p >= config.min_p * p.max(), row, NEG_INF)
+            elif name == "top_k" and config.top_k > 0:
+                kth = sorted(row.tolist(), reverse=True)[min(config.top_k, len(row)) - 1]
+                row = torch.where(row >= kth, row, NEG_INF)
+            elif name == "top_p" and config.top_p < 1:
+                p = torch.softmax(row, 0).tolist()
+                keep, mass = set(), 0.0
+                for i in sorted(range(len(p)), key=lambda i: -p[i]):
+                    if mass > config.top_p:
+                        break
+                    keep.add(i)
+                    mass += p[i]
+                row = torch.tensor([v if i in keep else NEG_INF for i, v in enumerate(row.tolist())],
+                                   dtype=torch.float64)
+        out.append(torch.softmax(row, 0))
+    return torch.stack(out)
+
+
+ORDERS = [SAMPLERS, ("penalties", "top_k", "top_p", "min_p", "temperature"),      # vLLM's; llama.cpp's default
+          ("penalties", "top_k", "temperature", "top_p", "min_p"),                  # Ollama's
+          ("min_p", "top_p", "temperature", "top_k", "penalties")]
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("min_p", [0.0, 0.01, 0.2, 0.7, 1.0])
+@pytest.mark.parametrize("temperature", [0.4, 1.0, 2.5])
+def test_min_p_in_the_chain_matches_a_float64_reference(order, min_p, temperature):
+    generator = torch.Generator().manual_seed(hash((order, min_p, temperature)) % 2**31)
+    logits = torch.randn(4, 300, generator=generator) * 3                                   # fresh each case
+    for config in (GenerationConfig(temperature=temperature, min_p=min_p, sampler_order=order),
+                   GenerationConfig(temperature=temperature, min_p=min_p, top_k=50, top_p=0.9, sampler_order=order)):
+        got = probabilities(logits, config).double()
+        torch.testing.assert_close(got, reference(logits, config), rtol=1e-5, atol=1e-7)
+
+
+def test_min_p_0_changes_nothing_and_1_keeps_only_the_likeliest():
+    logits = torch.randn(3, 200, generator=torch.Generator().manual_seed(3))
+    plain = probabilities(logits, GenerationConfig(temperature=0.7))
+    assert torch.equal(probabilities(logits, GenerationConfig(temperature=0.7, min_p=0.0)), plain)
+    top = probabilities(logits, GenerationConfig(temperature=0.7, min_p=1.0))
+    assert torch.equal(top, torch.nn.functional.one_hot(logits.argmax(-1), 200).float())
+    tied = torch.tensor([[2.0, 5.0, 5.0, 1.0]])                 # the tokens tied with the largest all stay
+    torch.testing.assert_close(probabilities(tied, GenerationConfig(temperature=1.0, min_p=1.0)),
+                               torch.tensor([[0.0, 0.5, 0.5, 0.0]]))
+
+
+@pytest.mark.parametrize("min_p", [0.0, 0.5, 1.0])
+def test_all_equal_logits_stay_uniform(min_p):
+    """min-p and top-k (ties stay, as vLLM keeps them) keep every token; top-p keeps some, all equally likely."""
+    logits = torch.full((2, 64), 3.25)
+    got = probabilities(logits, GenerationConfig(temperature=0.8, min_p=min_p, top_k=10))
+    torch.testing.assert_close(got, torch.full((2, 64), 1 / 64))
+    nucleus = probabilities(logits, GenerationConfig(temperature=0.8, min_p=min_p, top_p=0.5))
+    kept = nucleus[nucleus > 0]
+    assert not nucleus.isnan().any() and len(kept) == 2 * 33
+    torch.testing.assert_close(kept, torch.full_like(kept, 1 / 33))
+
+
+def test_minus_infinity_logits_are_never_drawn_and_make_no_nan():
+    logits = torch.randn(2, 50, generator=torch.Generator().manual_seed(5))
+    logits[:, ::2] = NEG_INF
+    for min_p, temperature in itertools.product([0.0, 0.3, 1.0], [1e-30, 0.5, 3.0]):
+        config = GenerationConfig(temperature=temperature, min_p=min_p, top_p=0.95)
+        probs = probabilities(logits, config)
+        assert not probs.isnan().any() and probs[:, ::2].sum() == 0, (min_p, temperature)
+        torch.testing.assert_close(probs.double(), reference(logits, config), rtol=1e-5, atol=1e-7)
+
+
+def test_temperature_0_stays_greedy_whatever_the_other_samplers():
+    logits = torch.randn(4, 500, generator=torch.Generator().manual_seed(6)) * 4
+    for order in ORDERS:
+        config = GenerationConfig(temperature=0.0, min_p=0.9, top_k=3, top_p=0.1, sampler_order=order)
+        assert torch.equal(sample(logits, config, None), logits.argmax(-1)), order
+
+
+def test_min_p_before_or_after_top_p_changes_the_distribution():
+    """Probabilities 0.4, 0.3, 0.2, 0.1, top-p 0.75, min-p 0.3 (0.12): top-p first keeps three (0.7 lies above the
+    third), min-p then keeps them; min-p first drops 0.1, and over the renormalized 0.44, 0.33, 0.22 the first two
+    already hold 0.78 > 0.75: two stay. (Ollama: top-p then min-p; vLLM: min-p then top-p.)"""
+    logits = torch.tensor([[0.4, 0.3, 0.2, 0.1]]).log()
+    rest = ("penalties", "temperature", "top_k")
+    after = GenerationConfig(temperature=1.0, top_p=0.75, min_p=0.3, sampler_order=rest + ("top_p", "min_p"))
+    before = GenerationConfig(temperature=1.0, top_p=0.75, min_p=0.3, sampler_order=rest + ("min_p", "top_p"))
+    got_after, got_before = probabilities(logits, after), probabilities(logits, before)
+    torch.testing.assert_close(got_after.double(), reference(logits, after))
+    torch.testing.assert_close(got_before.double(), reference(logits, before))
+    assert (got_after > 0).sum() == 3 and (got_before > 0).sum() == 2
+
+
+def _penalties(presence: float = 0.0, repeat: float = 1.0, seen=(0,), vocab: int = 6):
+    config = GenerationConfig(presence_penalty=presence, repeat_penalty=repeat)
+    return Penalties(config, [list(seen)], context_length=64)
+
+
+def test_penalties_run_where_the_list_puts_them():
+    """A presence penalty of 2 before a temperature of 0.5 costs the token 2 / 0.5 = 4 in tempered logits, after it
+    2; a repeat penalty after top-k 1 leaves the token top-k kept alone, before it another token wins the top."""
+    logits = torch.tensor([[3.0, 2.5, 0.0, -1.0]])
+    penalties = _penalties(presence=2.0)
+    first = GenerationConfig(temperature=0.5, sampler_order=("penalties", "temperature", "min_p", "top_k", "top_p"))
+    later = GenerationConfig(temperature=0.5, sampler_order=("temperature", "penalties", "min_p", "top_k", "top_p"))
+    got_first = probabilities(logits, first, penalties.apply)
+    got_later = probabilities(logits, later, penalties.apply)
+    torch.testing.assert_close(got_first.double(), reference(logits, first, penalties.apply))
+    torch.testing.assert_close(got_later.double(), reference(logits, later, penalties.apply))
+    torch.testing.assert_close(got_first[0].log()[0] - got_first[0].log()[1], torch.tensor((1.0 - 2.5) / 0.5))
+    torch.testing.assert_close(got_later[0].log()[0] - got_later[0].log()[1], torch.tensor(3.0 / 0.5 - 2.0 - 2.5 / 0.5))
+
+    repeat = _penalties(repeat=4.0)                      # token 0: 3 -> 0.75, below token 1's 2.5
+    before = GenerationConfig(temperature=0.0, top_k=1, sampler_order=("penalties", "top_k", "temperature",
+                                                                       "min_p", "top_p"))
+    after = GenerationConfig(temperature=0.0, top_k=1, sampler_order=("top_k", "penalties", "temperature",
+                                                                      "min_p", "top_p"))
+    assert sample(logits, before, None, repeat.apply).item() == 1
+    assert sample(logits, after, None, repeat.apply).item() == 0
+
+
+def test_penalties_leave_a_dropped_token_dropped():
+    """After top-k a penalized token at -inf stays -inf: a presence penalty of -1e300 made it float32's minimum,
+    a token again (drawn where everything else had been dropped too)."""
+    logits = torch.tensor([[NEG_INF, 1.0, NEG_INF]])
+    penalized = _penalties(presence=-1e300, seen=(0, 2)).apply(logits)
+    assert penalized[0, 0] == NEG_INF and penalized[0, 2] == NEG_INF and penalized[0, 1] == 1.0
+
+
+# llama.cpp's infill sampler -------------------------------------------------------------------------------------
+
+
+def infill_reference(values: list[float], pieces: list[bytes | None], ends: set[int], end_token: int):
+    """llama_sampler_infill_apply as it reads, pair by pair over the candidates sorted by probability, in float64:
+    the kept ids (what dist then draws from by their own logits), or [end_token] with the rest gone."""
+    cand = [(i, v) for i, v in enumerate(values) if v != NEG_INF]
+    top = max(v for _, v in cand)
+    weights = [2.718281828459045 ** (v - top) for _, v in cand]
+    total = sum(weights)
+    data = sorted(([i, v, w / total] for (i, v), w in zip(cand, weights)), key=lambda d: -d[1])
+    p_eog = sum(d[2] for d in data if d[0] in ends)
+    p_txt = sum(d[2] for d in data if d[0] not in ends)
+    if 3 * p_eog * len(data) > p_txt:
+        return sorted(d[0] for d in data if d[0] in ends)
+    for i0 in range(len(data)):
+        for i1 in range(len(data)):
+            if data[i0][1] == NEG_INF:
+                break
+            if i0 == i1 or data[i1][1] == NEG_INF:
+                continue
+            a, b = pieces[data[i0][0]] or b"", pieces[data[i1][0]] or b""
+            if len(a) > 0 and len(a) <= len(b) and b[:len(a)] == a:
+                dst, src = (i1, i0) if data[i1][2] > data[i0][2] else (i0, i1)
+                data[dst][2] += data[src][2]
+                data[src][1], data[src][2] = NEG_INF, 0.0
+    kept = [d for d in data if d[2] >= 0.2 or d[0] in ends]
+    texts = sum(d[0] not in ends for d in kept)
+    if texts == 0:
+        return [end_token]
+    total = sum(d[2] for d in kept)
+    kept = [d for d in kept if d[2] / total >= 1 / (texts + 1) or d[0] in ends]
+    return sorted(d[0] for d in kept if d[1] != NEG_INF)
+
+
+def table_of(pieces: list[bytes | None]):
+    by_bytes: dict[bytes, list[int]] = {}
+    for number, piece in enumerate(pieces):
+        if piece:
+            by_bytes.setdefault(piece, []).append(number)
+    return SimpleNamespace(pieces=pieces, by_bytes=by_bytes)
+
+
+def kept_ids(sampler: InfillSampler, logits: torch.Tensor) -> list[int]:
+    return torch.nonzero(sampler.apply(logits)[0] > NEG_INF).flatten().tolist()
+
+
+def test_infill_matches_llama_cpps_loop_on_random_candidates():
+    """Short texts over a 3-letter alphabet make prefixes everywhere (merges into the likelier, chains of them,
+    equal texts); end tokens now likely, now not, so each branch runs."""
+    rng = random.Random(11)
+    branches = set()
+    for trial in range(400):
+        vocab = 40
+        pieces = [bytes(rng.choice(b"ab ") for _ in range(rng.randint(1, 3))) for _ in range(vocab)]
+        ends = {0, 1}
+        pieces[0], pieces[1] = None, None                       # special tokens: no text
+        values = [rng.gauss(0, 1.5) for _ in range(vocab)]
+        values[0] += rng.choice([-12.0, -6.0, -3.0, 0.0])
+        values[1] += rng.choice([-12.0, -6.0])
+        for i in rng.sample(range(2, vocab), rng.randint(0, 30)):   # what top-k / top-p before it dropped
+            values[i] = NEG_INF
+        sampler = InfillSampler(table_of(pieces), [0, 1], 1)
+        want = infill_reference(values, pieces, ends, 1)
+        got = kept_ids(sampler, torch.tensor([values]))
+        assert got == want, (trial, pieces, values)
+        branches.add("end" if got == [1] and values[1] == NEG_INF or set(got) <= ends else "text")
+    assert branches == {"end", "text"}
+
+
+def test_infill_merges_a_prefix_into_the_likelier_and_draws_by_the_logits():
+    """"re" (0.5) absorbs "ret" (0.3) and "return" (0.1): 0.9 >= 0.2 stays; " x" (0.1) leaves. What is drawn from
+    is "re" alone, and the end token (kept always, here 1e-4): softmax of their own logits."""
+    pieces = [None, b"re", b"ret", b"return", b" x"]
+    probs = torch.tensor([1e-4, 0.5, 0.3, 0.1, 0.0999])
+    logits = probs.log()[None]
+    sampler = InfillSampler(table_of(pieces), [0], 0)
+    out = sampler.apply(logits)
+    assert kept_ids(sampler, logits) == [0, 1]
+    torch.testing.assert_close(out.softmax(-1)[0, :2], probs[:2] / probs[:2].sum())
+
+
+def test_infill_ends_when_the_end_is_likely_enough_or_no_text_is_left():
+    pieces = [None, b"a", b"b", b"c"]
+    sampler = InfillSampler(table_of(pieces), [0], 0)
+    # 3 * 0.1 * 4 = 1.2 > 0.9: only the end token stays
+    assert kept_ids(sampler, torch.tensor([[0.1, 0.3, 0.3, 0.3]]).log()) == [0]
+    # the end unlikely (3 * 0.001 * 4 < 0.999): 0.333 each, the text tokens all stay (>= 0.2, >= 1/4), the end too
+    flat = torch.tensor([[0.001] + [0.999 / 3] * 3]).log()
+    assert kept_ids(sampler, flat) == [0, 1, 2, 3]
+    # no text token reaches 0.2 after merging: the end token alone, at logit 1
+    many = InfillSampler(table_of([None] + [bytes([65 + i]) for i in range(10)]), [0], 0)
+    spread = torch.tensor([[1e-6] + [0.1] * 10]).log()
+    out = many.apply(spread)
+    assert torch.nonzero(out[0] > NEG_INF).flatten().tolist() == [0] and out[0, 0] == 1.0
+
+
+def test_infill_in_the_chain_after_top_k_on_the_device_path():
+    """llama.vim's chain: top_k, top_p, infill; the draw only ever picks what infill kept."""
+    pieces = [None] + [bytes(random.Random(i).choice(b"ab") for _ in range(1 + i % 3)) for i in range(1, 30)]
+    sampler = InfillSampler(table_of(pieces), [0], 0)
+    logits = torch.randn(3, 30, generator=torch.Generator().manual_seed(8)) * 2
+    logits[:, 0] = -20.0
+    config = GenerationConfig(temperature=1.0, top_k=8, top_p=0.9,
+                              sampler_order=("top_k", "top_p", "infill") + SAMPLERS[:3])
+    generator = torch.Generator().manual_seed(9)
+    for _ in range(20):
+        tokens = sample(logits, config, generator, infill=sampler)
+        for row, token in enumerate(tokens.tolist()):
+            masked = probabilities(logits[row:row + 1], GenerationConfig(temperature=1.0, top_k=8, top_p=0.9,
+                                                                         sampler_order=SAMPLERS))
+            values = torch.where(masked[0] > 0, logits[row], NEG_INF).tolist()
+            assert token in infill_reference(values, pieces, {0}, 0)
