@@ -13,10 +13,11 @@ cursor, then that text, in the model's format (CodeLlama infill, StarCoder FIM, 
 without FIM tokens); it always fits, the far ends of the client's text and its oldest chunks giving way first
 (`truncated` says so, as it does when the generation filled the context). Bodies are one line of compact JSON
 (llama.vim matches `"content":"` byte for byte); streams are `data: {...}` events that simply end. Sampling:
-temperature, top_k, top_p, seed, stop, and the penalties (repeat_penalty, presence_penalty, frequency_penalty over
-the last repeat_last_n tokens of prompt + answer, as llama.cpp's sampler applies them: models/penalties.py), run
-as `samplers` lists them (samplers.py: one left out does not run; without the field, llama.cpp's default chain,
-temperature last); the other samplers llama.cpp knows are accepted and not applied;
+temperature, top_k, top_p, min_p (0.05), seed, stop, and the penalties (repeat_penalty, presence_penalty,
+frequency_penalty over the last repeat_last_n tokens of prompt + answer, as llama.cpp's sampler applies them:
+models/penalties.py), and llama.cpp's infill sampler, run as `samplers` lists them (samplers.py: one left out does
+not run; without the field, llama.cpp's default chain, temperature last); the samplers llama.cpp has and this server
+does not (dry, typ_p, xtc, top_n_sigma, adaptive_p) are accepted at their neutral values, a 400 otherwise;
 constrained decoding (grammar, json_schema) and logit_bias are refused (501), not ignored.
 """
 from __future__ import annotations
@@ -44,12 +45,21 @@ class Options(Body):
     temperature: float = Field(0.8, ge=0)
     top_k: int = 40
     top_p: float = Field(0.95, ge=0, le=1)
+    min_p: float = Field(0.05, ge=0, le=1)     # runs only where the chain has it (not llama.vim's: no min_p there)
     seed: Seed = -1
     repeat_penalty: float = Field(1.0, gt=0)    # (0 divides by zero)
     repeat_last_n: int = Field(64, ge=-1)       # -1: the context's size, 0: no penalties
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     samplers: list[str] | str | None = None   # which run, in order (samplers.py); None: llama.cpp's default chain
+    typical_p: float = 1.0             # samplers not implemented: accepted at these (llama.cpp's) neutral values,
+    dry_multiplier: float = 0.0        # refused where the chain runs them with another (samplers.py)
+    dry_base: float = 1.75
+    dry_penalty_last_n: int = -1
+    xtc_probability: float = 0.0
+    xtc_threshold: float = 0.1
+    top_n_sigma: float = -1.0
+    adaptive_target: float = -1.0
     stop: str | list[str] = []         # (one string: llama.cpp's native routes skip it; here it is one stop)
     ignore_eos: bool = False           # here: the prompt format's stops do not apply either (benchmarks)
     stream: bool = False
@@ -167,9 +177,10 @@ def _sampling(server, body: Options):
         # text that ignored them would pass for what was asked (JSON, a banned token left out)
         raise ApiError(501, "grammar, json_schema and logit_bias are not supported")
     chain = samplers.chain(body.samplers)
+    samplers.refuse_unsupported(chain, body)
     return server.sampling(body.n_predict, seed=None if body.seed < 0 else body.seed, stop=stop_strings(body.stop),
                            format_stops=not body.ignore_eos, **samplers.applied(
-                               chain, body.temperature, max(body.top_k, 0), body.top_p,
+                               chain, body.temperature, max(body.top_k, 0), body.top_p, body.min_p,
                                repeat_penalty=body.repeat_penalty, presence_penalty=body.presence_penalty,
                                frequency_penalty=body.frequency_penalty, penalty_last_n=body.repeat_last_n))
 
@@ -177,7 +188,7 @@ def _sampling(server, body: Options):
 def _settings(server, body: Options | None) -> dict:
     body = body or Options()
     return {"n_predict": body.n_predict, "temperature": body.temperature, "top_k": body.top_k,
-            "top_p": body.top_p, "seed": body.seed, "stop": list(stop_strings(body.stop)),
+            "top_p": body.top_p, "min_p": body.min_p, "seed": body.seed, "stop": list(stop_strings(body.stop)),
             "repeat_penalty": body.repeat_penalty, "repeat_last_n": body.repeat_last_n,
             "presence_penalty": body.presence_penalty, "frequency_penalty": body.frequency_penalty,
             "samplers": list(samplers.chain(body.samplers)), "n_ctx": server.engine.context_length}

@@ -38,6 +38,7 @@ from .streaming import json_response, ndjson, stream
 PREFIX = "/api/"
 router = APIRouter(prefix="/api")
 public = APIRouter()
+OLLAMA_ORDER = ("penalties", "top_k", "temperature", "top_p", "min_p")    # Ollama's sampler (sample/samplers.go)
 TEMPLATE = "{{- if .Suffix }}<prefix>{{ .Prompt }}<suffix>{{ .Suffix }}<middle>{{- else }}{{ .Prompt }}{{- end }}"
 
 
@@ -45,6 +46,8 @@ class Options(Body):
     temperature: float = Field(0.8, ge=0)
     top_p: float = Field(0.9, ge=0, le=1)
     top_k: int = 40
+    min_p: float = Field(0.0, ge=0, le=1)      # after top_p, as Ollama's sampler (sample/samplers.go)
+    typical_p: float = 1.0                    # not implemented: refused unless 1 (Ollama's llama.cpp runner applied it)
     num_predict: int = Field(-1, ge=-2)       # -1: the server's limit (-2, "fill the context", and 0 too)
     # Penalties over the last repeat_last_n tokens of prompt + answer, as Ollama's llama.cpp runner applies them.
     # Ollama's own default repeat_penalty is 1.1; here 1.0 (off), so a request that sets none keeps the plain output.
@@ -326,9 +329,12 @@ def _check_extras(server, body: GenerateRequest | ChatRequest) -> None:
 
 
 def _sampling(server, options: Options):
+    if options.typical_p < 1.0:
+        raise ApiError(400, "typical_p is not supported (locally typical sampling is not implemented): leave it at 1")
     seed = None if options.seed == -1 else options.seed      # -1: a random seed, Ollama's default (sample/samplers.go)
     # 0 is no limit for Ollama's runner (`numPredict > 0 &&` guards its check), not llama.cpp's "prompt only"
     return server.sampling(options.num_predict or None, temperature=options.temperature, top_p=options.top_p,
-                           top_k=max(options.top_k, 0), seed=seed, stop=stop_strings(options.stop),
+                           top_k=max(options.top_k, 0), min_p=options.min_p, sampler_order=OLLAMA_ORDER, seed=seed,
+                           stop=stop_strings(options.stop),
                            repeat_penalty=options.repeat_penalty, presence_penalty=options.presence_penalty,
                            frequency_penalty=options.frequency_penalty, penalty_last_n=options.repeat_last_n)

@@ -10,8 +10,10 @@ Streams are `data: {...}` events ending with `data: [DONE]`, usage in a last chu
 `stream_options.include_usage` asks (and always in a non-streamed answer). One choice per request: `n`, `best_of`,
 `echo` and `logprobs` are refused with 400. `presence_penalty` and `frequency_penalty` (-2..2) apply as OpenAI defines
 them, over the tokens generated so far (models/penalties.py). The other servers' extras the openai client sends
-through `extra_body`: `top_k`; vLLM's `repetition_penalty`, over the whole prompt and answer as vLLM applies it;
-llama.cpp's `repeat_penalty` over the last `repeat_last_n` tokens of them (64), and its `samplers` chain.
+through `extra_body`: `top_k`; `min_p` (0..1, after temperature as vLLM applies it; default 0, or llama.cpp's 0.05
+with `samplers`); vLLM's `repetition_penalty`, over the whole prompt and answer as vLLM applies it; llama.cpp's
+`repeat_penalty` over the last `repeat_last_n` tokens of them (64), and its `samplers` chain (its samplers this
+server lacks, typical_p and the like, are refused with 400 unless neutral: samplers.py).
 Text only: tools (`functions` too), a `tool_choice` that demands a call, a `response_format` other than text,
 `logit_bias` (and llama.cpp's `grammar` and `json_schema`), an audio answer and content parts other than text are
 refused with 400, as prose back would pass for what was asked.
@@ -51,10 +53,20 @@ class Options(Body):
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     logit_bias: dict | None = None
     top_k: int = 0                              # vLLM's and llama.cpp's extra (0 or -1: every token)
+    min_p: float | None = Field(None, ge=0, le=1)   # vLLM's and llama.cpp's extra; None: vLLM's 0, or llama.cpp's
+                                                    # 0.05 where the request gives llama.cpp's `samplers`
     repetition_penalty: float | None = Field(None, gt=0)   # vLLM's: over the whole prompt and answer
     repeat_penalty: float | None = Field(None, gt=0)       # llama.cpp's: over the last repeat_last_n of them
     repeat_last_n: int = Field(64, ge=-1)
     samplers: list[str] | str | None = None     # llama.cpp's chain (samplers.py)
+    typical_p: float = 1.0                      # llama.cpp's samplers not implemented: refused unless neutral
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_penalty_last_n: int = -1
+    xtc_probability: float = 0.0
+    xtc_threshold: float = 0.1
+    top_n_sigma: float = -1.0
+    adaptive_target: float = -1.0
     grammar: str = ""                           # llama.cpp's extras on its OpenAI routes
     json_schema: dict | bool | None = None
 
@@ -272,7 +284,13 @@ def _sampling(server, body: Options):
     penalties = dict(presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
                      penalty_last_n=-1, penalize_prompt=False, repeat_penalty=repeat, repeat_window=window)
     top_k = max(body.top_k, 0)
-    options = ({"temperature": body.temperature, "top_k": top_k, "top_p": body.top_p, **penalties}
-               if body.samplers is None else
-               samplers.applied(samplers.chain(body.samplers), body.temperature, top_k, body.top_p, **penalties))
+    # llama.cpp's extras are its chain's: without `samplers` its default chain would run them
+    samplers.refuse_unsupported(samplers.chain(body.samplers), body)
+    if body.samplers is None:       # vLLM's chain: penalties, temperature, min_p, top_k, top_p
+        options = {"temperature": body.temperature, "top_k": top_k, "top_p": body.top_p,
+                   "min_p": body.min_p or 0.0, **penalties}
+    else:
+        min_p = samplers.LLAMA_CPP_MIN_P if body.min_p is None else body.min_p
+        options = samplers.applied(samplers.chain(body.samplers), body.temperature, top_k, body.top_p, min_p,
+                                   **penalties)
     return server.sampling(body.max_tokens, seed=body.seed, stop=stop_strings(body.stop), **options)

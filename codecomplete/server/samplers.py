@@ -8,22 +8,31 @@ left out does not run, whatever its field says (no temperature in the list: the 
 (`common_sampler_types_from_names` warns and goes on). Without the field, llama.cpp's default chain runs:
 penalties, dry, top_n_sigma, top_k, typ_p, top_p, min_p, xtc, temperature.
 
-Here the chain's temperature, top_k and top_p run in the order the list gives them (each once: a name given twice
-applies once); the repetition penalties run when "penalties" is listed, and always first, on the raw logits, where
-llama.cpp's default chain has them; the other samplers (dry, top_n_sigma, typ_p, min_p, xtc, infill, adaptive_p)
-are accepted and not applied. A sampler left out gets its neutral value (temperature 1, top_k 0, top_p 1, no
-penalties), so the engine's greedy choice stays `temperature <= 0` with "temperature" in the list.
+Here every sampler of the list runs at its place in it (each once: a name given twice applies once): temperature,
+top_k, top_p, min_p (llama.cpp's rule: logit >= largest + log(min_p), i.e. p >= min_p * p_max, on the logits as the
+samplers before it left them), the repetition penalties ("penalties": on the logits at that point, as llama.cpp's
+penalties sampler; first in the default chain) and infill (models/infill.py: llama.cpp's infill sampler, end of
+generation against text and candidates merged by common prefix). A sampler left out gets its neutral value
+(temperature 1, top_k 0, top_p 1, min_p 0, no penalties), so the engine's greedy choice stays `temperature <= 0`
+with "temperature" in the list. The others (dry, top_n_sigma, typ_p, xtc, adaptive_p) are not implemented: at their
+neutral values (llama.cpp's defaults) they change nothing and are accepted; a request whose chain runs one with a
+field that would change the distribution (typical_p < 1, dry_multiplier != 0 with dry_base >= 1 and
+dry_penalty_last_n != 0, xtc_probability > 0 with xtc_threshold <= 0.5, top_n_sigma > 0, adaptive_target >= 0) is
+refused with a 400 naming the field, as text that ignored it would pass for what was asked.
 """
 from __future__ import annotations
 
-from models.generation import SAMPLERS
+from models.generation import OPTIONAL_SAMPLERS, SAMPLERS
+
+from .errors import ApiError
 
 NAMES = {"dry", "top_k", "top_p", "top_n_sigma", "typ_p", "min_p", "temperature", "xtc", "infill", "penalties",
          "adaptive_p"}
 LETTERS = {"d": "dry", "k": "top_k", "y": "typ_p", "p": "top_p", "s": "top_n_sigma", "m": "min_p",
            "t": "temperature", "x": "xtc", "i": "infill", "e": "penalties", "a": "adaptive_p"}
 DEFAULT = ("penalties", "dry", "top_n_sigma", "top_k", "typ_p", "top_p", "min_p", "xtc", "temperature")
-APPLIED = SAMPLERS                                # the ones models.sampling orders
+APPLIED = SAMPLERS + OPTIONAL_SAMPLERS              # the ones models.sampling runs
+LLAMA_CPP_MIN_P = 0.05                                # llama.cpp's default min_p (vLLM's and Ollama's: 0)
 
 
 def chain(samplers: list[str] | str | None) -> tuple[str, ...]:
@@ -35,15 +44,35 @@ def chain(samplers: list[str] | str | None) -> tuple[str, ...]:
     return tuple(name for name in samplers if name in NAMES)
 
 
-def applied(samplers: tuple[str, ...], temperature: float, top_k: int, top_p: float, **penalties) -> dict:
+def applied(samplers: tuple[str, ...], temperature: float, top_k: int, top_p: float, min_p: float = 0.0,
+            **penalties) -> dict:
     """Sampling options (codecomplete.session.Sampling's) for the chain: a sampler left out at its neutral value,
     the others in the chain's order; `penalties` (repeat_penalty, presence_penalty, frequency_penalty, ...) are
     kept only where the chain has "penalties"."""
     order = tuple(dict.fromkeys(name for name in samplers if name in APPLIED))
-    order += tuple(name for name in APPLIED if name not in order)     # (the neutral ones: anywhere)
+    order += tuple(name for name in SAMPLERS if name not in order)     # (the neutral ones: anywhere)
     options = {"temperature": temperature if "temperature" in samplers else 1.0,
                "top_k": top_k if "top_k" in samplers else 0,
-               "top_p": top_p if "top_p" in samplers else 1.0, "sampler_order": order}
+               "top_p": top_p if "top_p" in samplers else 1.0,
+               "min_p": min_p if "min_p" in samplers else 0.0, "sampler_order": order}
     if "penalties" in samplers:
         options.update(penalties)
     return options
+
+
+def refuse_unsupported(samplers: tuple[str, ...], body) -> None:
+    """A 400 naming the field, where the chain runs a sampler this server does not implement with a value that would
+    change the distribution (llama.cpp's own conditions for each to do something; its defaults do nothing)."""
+    field = lambda name, default: getattr(body, name, default)  # noqa: E731
+    active = {
+        "typ_p": ("typical_p", field("typical_p", 1.0) < 1.0),
+        "dry": ("dry_multiplier", field("dry_multiplier", 0.0) != 0.0 and field("dry_base", 1.75) >= 1.0
+                and field("dry_penalty_last_n", -1) != 0),
+        "xtc": ("xtc_probability", field("xtc_probability", 0.0) > 0.0 and field("xtc_threshold", 0.1) <= 0.5),
+        "top_n_sigma": ("top_n_sigma", field("top_n_sigma", -1.0) > 0.0),
+        "adaptive_p": ("adaptive_target", field("adaptive_target", -1.0) >= 0.0),
+    }
+    for name in samplers:
+        if name in active and active[name][1]:
+            raise ApiError(400, f"{active[name][0]} is not supported (the {name} sampler is not implemented here): "
+                                f"leave it at its neutral value or take {name} out of `samplers`")

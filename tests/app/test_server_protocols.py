@@ -708,7 +708,8 @@ def test_a_request_without_penalties_samples_as_before():
 def test_a_sampler_left_out_of_samplers_does_not_run(server, files):
     """llama.cpp builds its chain from `samplers` alone (common_sampler_init): llama.vim's body lists top_k, top_p
     and infill, so its temperature (none sent: 0.8) does not apply, and a top_p, a top_k or a temperature of 0 left
-    out leaves the draw free. Each of them listed (by name, or by llama.cpp's letter) makes the answer greedy."""
+    out leaves the draw free (here only the neutral penalties run: infill alone sharpens the draw too much to tell).
+    Each of them listed (by name, or by llama.cpp's letter) makes the answer greedy."""
     prefix, prompt, suffix = around(files["app.py"], 5, 5)
 
     def answer(samplers, seed: int) -> str:
@@ -719,7 +720,37 @@ def test_a_sampler_left_out_of_samplers_does_not_run(server, files):
     plain = llama_vim_body(prefix, prompt, suffix, n_predict=6, n_indent=0, t_max_predict_ms=0, temperature=0.0)
     del plain["samplers"]           # llama.cpp's default chain: temperature 0 is greedy
     greedy = post(server, "/infill", plain).json()["content"]
-    free = [seed for seed in (1, 2, 3) if answer(["infill"], seed) != greedy]
+    free = [seed for seed in (1, 2, 3) if answer(["penalties"], seed) != greedy]
     assert free, "top_k 1, top_p 0 and temperature 0 ran though samplers left them out"
     for samplers in (["top_k", "infill"], ["top_p"], ["temperature", "no_such_sampler"], "t"):
         assert answer(samplers, free[0]) == greedy, samplers
+
+
+def test_each_route_runs_min_p_and_the_chain_where_its_server_does():
+    """min_p: llama.cpp's 0.05 where its chain lists min_p (its default chain), not for llama.vim's list (no min_p
+    there); vLLM's 0 on the OpenAI routes (llama.cpp's 0.05 when the request gives its `samplers`), after the
+    temperature; Ollama's 0, after top_p. Each chain in its server's order, penalties where it puts them."""
+    from types import SimpleNamespace
+
+    from codecomplete.server import llama_cpp, ollama, openai_api
+    from codecomplete.session import Sampling
+
+    fake = SimpleNamespace(sampling=lambda max_tokens, **options: Sampling(max_tokens=4, **options))
+    vim = llama_cpp._sampling(fake, llama_cpp.InfillRequest(**llama_vim_body("a", "b", "c")))
+    assert vim.min_p == 0.0 and vim.sampler_order[:3] == ("top_k", "top_p", "infill") and vim.temperature == 1.0
+    default = llama_cpp._sampling(fake, llama_cpp.CompletionRequest(prompt="x"))
+    assert default.min_p == 0.05
+    assert default.sampler_order == ("penalties", "top_k", "top_p", "min_p", "temperature")
+    listed = llama_cpp._sampling(fake, llama_cpp.CompletionRequest(prompt="x", samplers=["min_p", "penalties"],
+                                                                   min_p=0.2, repeat_penalty=1.3))
+    assert (listed.min_p, listed.repeat_penalty, listed.sampler_order[:2]) == (0.2, 1.3, ("min_p", "penalties"))
+    assert openai_api._sampling(fake, openai_api.CompletionRequest(prompt="x")).min_p == 0.0
+    assert openai_api._sampling(fake, openai_api.CompletionRequest(prompt="x", min_p=0.1)).min_p == 0.1
+    assert openai_api._sampling(fake, openai_api.CompletionRequest(prompt="x", samplers="m")).min_p == 0.05
+    chat = openai_api._sampling(fake, openai_api.ChatRequest(messages=[{"role": "user", "content": "x"}], min_p=0.3))
+    assert chat.min_p == 0.3 and chat.sampler_order is None           # models' default: vLLM's order
+    local = ollama._sampling(fake, ollama.Options(min_p=0.25))
+    assert local.min_p == 0.25 and local.sampler_order == ("penalties", "top_k", "temperature", "top_p", "min_p")
+    # samplers this server lacks: neutral values pass, and a value is fine where the chain does not run the sampler
+    llama_cpp._sampling(fake, llama_cpp.CompletionRequest(prompt="x", typical_p=1.0, dry_multiplier=0.0))
+    llama_cpp._sampling(fake, llama_cpp.CompletionRequest(prompt="x", typical_p=0.5, samplers=["top_k"]))
