@@ -19,6 +19,12 @@ neutral values (llama.cpp's defaults) they change nothing and are accepted; a re
 field that would change the distribution (typical_p < 1, dry_multiplier != 0 with dry_base >= 1 and
 dry_penalty_last_n != 0, xtc_probability > 0 with xtc_threshold <= 0.5, top_n_sigma > 0, adaptive_target >= 0) is
 refused with a 400 naming the field, as text that ignored it would pass for what was asked.
+
+min_p is llama.cpp's 0.05 by default on its routes, run only where the list has it: llama.vim's and llama.vscode's
+lists do not, so their draws are not cut by it. The OpenAI routes without `samplers` run vLLM's chain (penalties,
+temperature, min_p at vLLM's 0, top_k, top_p); llama.cpp's extras there (typical_p and the like) are checked against
+llama.cpp's default chain, which would run them. The infill sampler reads the candidates on the host (one sync a
+token: models/infill.py says what it costs).
 """
 from __future__ import annotations
 
