@@ -47,11 +47,17 @@ def chained(logits: torch.Tensor, config: GenerationConfig, penalize: Penalize |
             infill=None) -> torch.Tensor:
     """Logits (B, V) after the chain, in `config.sampler_order`; with temperature <= 0, after the samplers before
     "temperature" only (greedy takes their largest)."""
+    # Greedy reads only the largest logit, which min-p, top-k and top-p never drop: skip their sort and top-k over
+    # the vocabulary each token (llama.cpp's default chain has all three), unless a sampler after them reads what
+    # they leave (infill) or reorders it (penalties after top-k 1 leave its token the largest).
+    only_largest_read = config.temperature <= 0 and infill is None and penalize is None
     for sampler in config.sampler_order:
         if sampler == "temperature":
             if config.temperature <= 0:
                 break
             logits = _temperature(logits, config.temperature)
+        elif only_largest_read and sampler in ("min_p", "top_k", "top_p"):
+            continue
         elif sampler == "penalties" and penalize is not None:
             logits = penalize(logits)
         elif sampler == "min_p" and config.min_p > 0:
