@@ -4,11 +4,15 @@ engine left out. What the server logs as "prompt" (codecomplete/server/worker.py
 
     python bench/prompt_stage.py [--repo .] [--budget 8192] [--requests 40] [--profile] [--digest FILE]
 
+Before/after ratios: run the two versions interleaved several times (PYTHONPATH at each), serving the same frozen
+copy, and compare medians; results under bench/scratch/.
+
 Cursors: serve_bench's typing through `--function` of `--file` (a few characters per request), with a jump to a
 cursor in another file of the repository every `--jump-every` requests. The tokenizer is the embedded model's
 (the one the H200 runs carry as .gpu/tokenizer). Prints the per-request times (ms) and their median; `--digest`
 writes one SHA-256 per prompt (its ids, context, heal text, stops), to compare two versions of the code: the
-prompts must not change. `--profile` prints cProfile's top functions over the replayed requests.
+prompts must not change. Serve a frozen copy of the repository for that (`git archive HEAD | tar -x -C DIR`, then
+`--repo DIR`): served from the working tree, a change to a file the prompts quote moves their line numbers. `--profile` prints cProfile's top functions over the replayed requests.
 Results are for comparing versions on the same machine minutes apart (a shared 2-core box: medians only).
 """
 from __future__ import annotations
