@@ -64,17 +64,19 @@ def digest(packed) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repo", type=Path, default=Path("."))
-    parser.add_argument("--file", default="models/engine.py")
-    parser.add_argument("--function", default="_generate")
+    parser.add_argument("--repo", type=Path, default=Path("."), help="the repository served (default: .)")
+    parser.add_argument("--file", default="models/engine.py", help="the file typed in (default: models/engine.py)")
+    parser.add_argument("--function", default="_generate", help="the function typed through (default: _generate)")
     parser.add_argument("--others", nargs="*", default=["prompts/completion.py", "prompts/packing.py",
-                                                         "codecomplete/server/llama_cpp.py"])
-    parser.add_argument("--chars", type=int, default=3)
-    parser.add_argument("--requests", type=int, default=40)
-    parser.add_argument("--jump-every", type=int, default=10)
-    parser.add_argument("--budget", type=int, default=8192)
+                                                         "codecomplete/server/llama_cpp.py"],
+                        help="files the cursor jumps to now and then")
+    parser.add_argument("--chars", type=int, default=3, help="characters typed per request (default: 3)")
+    parser.add_argument("--requests", type=int, default=40, help="requests typing through (default: 40)")
+    parser.add_argument("--jump-every", type=int, default=10,
+                        help="a jump to another file after this many requests (default: 10; 0: none)")
+    parser.add_argument("--budget", type=int, default=8192, help="prompt budget in tokens (default: 8192)")
     parser.add_argument("--warm", type=int, default=64, help="files the server's warmer builds prompts in first")
-    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="print cProfile's top functions")
     parser.add_argument("--digest", type=Path, help="write one SHA-256 per prompt to this file")
     parser.add_argument("--json", type=Path, help="write the per-request times here")
     args = parser.parse_args()
