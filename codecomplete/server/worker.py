@@ -6,7 +6,8 @@ events it sends back to the request's coroutine (the prompt, text deltas, the re
 over with `call_soon_threadsafe`. Cancelling a job (the client went away, the server stops) sets a flag that the
 engine polls between tokens; a job cancelled while it waits never starts. When no request has come for `idle_s`
 seconds, the thread does one slice of idle work (the index catching up with the disk after a request, then warming
-the prompt caches), then waits again: a request that arrives meanwhile waits for that slice at most.
+the prompt caches), then waits again: a request that arrives meanwhile waits for that slice at most. The first slice
+after a request comes sooner, after `upkeep_after_s` of quiet (UPKEEP_AFTER_S).
 
 The server's warm-up runs on this thread too (`first`), before any request: some of what it prepares is kept per
 thread. PyTorch keeps cuDNN's attention plans in a thread-local cache (aten/src/ATen/native/cudnn/MHA.cpp), so
@@ -29,6 +30,10 @@ from ..session import Generation
 from .errors import ApiError
 
 MAX_WAITING = 8          # requests queued behind the running one; more get 503
+# The upkeep after a request waits this long for quiet: the thread's Python work holds the GIL, and the event loop
+# needs it to send the answer's end (a completion that ended at its first token reached the client 15-20 ms late
+# on an H200's host, Run 29), and a keystroke that follows at once runs before it.
+UPKEEP_AFTER_S = 0.05
 
 
 class Busy(Exception):
@@ -116,13 +121,15 @@ class EngineWorker:
 
     def __init__(self, max_waiting: int = MAX_WAITING, between: Callable[[Callable[[], bool]], None] | None = None,
                  log: Callable[[str], None] | None = None, idle: Callable[[], bool] | None = None,
-                 idle_s: float = 0.5, first: Callable[[], object] | None = None) -> None:
+                 idle_s: float = 0.5, first: Callable[[], object] | None = None,
+                 upkeep_after_s: float = UPKEEP_AFTER_S) -> None:
         self.max_waiting = max_waiting
         # Run after a job when none waits (the session's upkeep), with a function that says when one does.
         self._between = between
-        self._upkeep = False                    # the upkeep said more is left: it goes on in quiet moments
+        self._upkeep = False                    # the upkeep has more to do: it goes on in quiet moments
         self._idle = idle                       # one slice of idle work; returns whether more is left
         self.idle_s = idle_s
+        self.upkeep_after_s = upkeep_after_s
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._live: dict[str, Job] = {}         # submitted and not finished, by id
         self._lock = threading.Lock()
@@ -189,12 +196,16 @@ class EngineWorker:
                 return
         self._ready.set()
         idle_work = self._idle is not None
+        after_job = False                   # a job just ended: its upkeep's first slice comes after upkeep_after_s
         while True:
+            wait = self.upkeep_after_s if after_job else self.idle_s if idle_work else None
             try:
-                job = self._queue.get(timeout=self.idle_s if idle_work else None)
-            except queue.Empty:             # quiet for idle_s: one slice of idle work
+                job = self._queue.get(timeout=wait)
+            except queue.Empty:             # quiet for a while: one slice of idle work
+                after_job = False
                 idle_work = self._run_idle()
                 continue
+            after_job = False
             if job is None:
                 return
             idle_work = self._idle is not None      # a request may have changed what there is to do
@@ -217,13 +228,7 @@ class EngineWorker:
                 self._log(_summary(job, result, time.perf_counter() - started))
             finally:
                 self._finished(job)
-            self._upkeep = self._between is not None      # a request ran: the upkeep may have more to do
-            if self._between is not None and self._queue.empty():
-                try:
-                    self._upkeep = bool(self._between(self._waiting))
-                except Exception as exc:    # upkeep that failed is tried again after the next job
-                    self._upkeep = False
-                    self._log(f"between requests · error: {type(exc).__name__}: {exc}")
+            self._upkeep = after_job = self._between is not None    # a request ran: the upkeep has work to do
             idle_work = idle_work or self._upkeep
 
     def _waiting(self) -> bool:

@@ -202,6 +202,34 @@ def test_quiet_moments_after_a_request_bring_the_whole_index_up_to_the_disk_then
         worker.shutdown()
 
 
+def test_a_request_that_follows_at_once_runs_before_the_upkeep_of_the_one_before():
+    """The upkeep after a request waits for a quiet moment (upkeep_after_s): its Python work holds the GIL that the
+    event loop needs to send the answer's end (a completion that ended at its first token reached the client 15-20
+    ms late on an H200's host), and a keystroke that comes at once goes first. It ran as soon as a job ended."""
+    order = []
+
+    def tidy(should_stop):
+        order.append("upkeep")
+        return False
+
+    result = GenerationResult("", [], 1, 0, "length", Timings(ttft_ms=1.0))
+
+    def job(name):
+        def start():
+            order.append(name)
+            return SimpleNamespace(run=lambda on_text=None, should_stop=None: result)
+        return start
+
+    worker = EngineWorker(between=tidy, idle_s=30, upkeep_after_s=3.0, log=lambda line: None)
+    try:
+        run_worker_job(worker, job("first"))
+        run_worker_job(worker, job("second"))
+        wait_for(lambda: "upkeep" in order)
+        assert order == ["first", "second", "upkeep"]        # once, after both: the slices after it wait idle_s
+    finally:
+        worker.shutdown()
+
+
 def test_failing_idle_work_is_logged_and_the_worker_serves_on():
     lines = []
 
