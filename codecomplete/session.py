@@ -34,6 +34,7 @@ class Sampling:
     seed: int | None = None
     stop: tuple[str, ...] = ()       # the caller's stop strings, besides those of the prompt's format
     format_stops: bool = True        # False: only the model's EOS and `stop` end generation (benchmarks)
+    logit_bias: tuple[tuple[int, float], ...] = ()   # (token id, bias) added to the logits first; -inf bans
     repeat_penalty: float = 1.0      # penalties, as llama.cpp applies them (models/penalties.py): 1 and 0 are off
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -186,6 +187,7 @@ class Session:
         if self._index is not None:     # a request: idle upkeep walks on (the walk under way may be past a change)
             self._tidy_until = self._index.walks_begun + 1
         stops = sampling.format_stops
+        bias = sampling.logit_bias
         config = GenerationConfig(
             max_new_tokens=max(sampling.max_tokens, 1), temperature=sampling.temperature, top_p=sampling.top_p,
             top_k=sampling.top_k, min_p=sampling.min_p, seed=sampling.seed,
@@ -193,7 +195,7 @@ class Session:
             speculate=sampling.speculate,
             repeat_penalty=sampling.repeat_penalty, presence_penalty=sampling.presence_penalty,
             frequency_penalty=sampling.frequency_penalty, penalty_last_n=sampling.penalty_last_n,
-            penalize_prompt=sampling.penalize_prompt, repeat_window=sampling.repeat_window,
+            penalize_prompt=sampling.penalize_prompt, repeat_window=sampling.repeat_window, logit_bias=bias,
             stop_token_ids=tuple(packed.stop_token_ids) if stops else (),
             stop_strings=(tuple(packed.stop_strings) if stops else ()) + tuple(sampling.stop),
             required_prefix=packed.heal_text)   # token healing: the text prompts left out

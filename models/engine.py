@@ -34,7 +34,7 @@ from models.kv_cache import cache_dtype_name
 from models.options import DEFAULT_MAX_CONTEXT, parse_kv_cache
 from models.infill import InfillSampler
 from models.penalties import Penalties
-from models.sampling import make_generator, sample
+from models.sampling import bias_vector, make_generator, sample
 from models.speculative import PromptLookup, accept
 from models.tokenizer import IncrementalDetokenizer, StopStringMatcher
 
@@ -325,14 +325,15 @@ class Engine:
         penalties = Penalties.of(config, prompts, cap)      # applied where the chain has them (models/sampling.py)
         stop_ids = set(self.eos_token_ids) | set(config.stop_token_ids)
         infill = self._infill(config)
+        bias = bias_vector(config, logits.shape[-1], logits.device)     # (V,) or None: built once, added each step
         tokens = sample(healing.restrict(logits) if healing else logits, config, generator,
-                        penalties.apply if penalties else None, infill)                  # (B,)
+                        penalties.apply if penalties else None, infill, bias)            # (B,)
         if depth:
             loop = self._decode_speculative(prompts[0], rows[0], tokens, config, generator, stop_ids,
-                                            should_stop, depth, healing, penalties, infill)
+                                            should_stop, depth, healing, penalties, infill, bias)
         else:
             loop = self._decode_plain(prompts, rows, tokens, config, generator, stop_ids, should_stop, healing,
-                                      penalties, infill)
+                                      penalties, infill, bias)
         t_end = perf_counter()
         self._cached_ids = loop.fed[:cap - 1]   # a finished row's writes clamp at slot cap - 1
 
@@ -414,7 +415,7 @@ class Engine:
 
     def _decode_plain(self, prompts, rows, tokens, config, generator, stop_ids, should_stop,
                       healing: HealingConstraint | None = None, penalties: Penalties | None = None,
-                      infill: InfillSampler | None = None) -> _Loop:
+                      infill: InfillSampler | None = None, bias: torch.Tensor | None = None) -> _Loop:
         """One token per sequence per step; on CUDA, step t+1 is queued before token t is read."""
         state = self._decode_step(len(prompts))
         positions = [len(p) for p in prompts]          # host mirror of state.input_pos
@@ -428,7 +429,7 @@ class Engine:
             # not while healing, nor with penalties: their next choice depends on token t.
             queued = self._lookahead and step + 1 < steps and not (healing and healing.active) and not penalties
             if queued:
-                next_tokens = self._step(state, tokens, positions, config, generator, infill=infill)
+                next_tokens = self._step(state, tokens, positions, config, generator, infill=infill, bias=bias)
             token_list = host.wait()
             live.decode_steps = step                    # before the tokens' text is sent
             if step == 0:
@@ -449,7 +450,8 @@ class Engine:
                     row.cancel()
                 break
             if not queued:
-                next_tokens = self._step(state, tokens, positions, config, generator, healing, penalties, infill)
+                next_tokens = self._step(state, tokens, positions, config, generator, healing, penalties, infill,
+                                         bias)
                 fed.append(token_list[0])
             tokens = next_tokens
         # Tokens after the first: one decode step each.
@@ -457,7 +459,7 @@ class Engine:
 
     def _step(self, state: DecodeStep, tokens, positions: list[int], config, generator,
               healing: HealingConstraint | None = None, penalties: Penalties | None = None,
-              infill: InfillSampler | None = None) -> torch.Tensor:
+              infill: InfillSampler | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
         """Feed tokens (B,) at the current positions, advance them, and sample the next tokens (on the device)."""
         state.tokens.copy_(tokens[:, None])                                         # (B, 1)
         logits = state.run(kv_len=max(positions) + 1, exact=len(set(positions)) == 1)
@@ -465,7 +467,7 @@ class Engine:
         state.input_pos.add_(1).clamp_(max=last)
         positions[:] = [min(p + 1, last) for p in positions]
         return sample(healing.restrict(logits) if healing else logits, config, generator,
-                      penalties.apply if penalties else None, infill)
+                      penalties.apply if penalties else None, infill, bias)
 
     def _healing(self, config: GenerationConfig, batch: int) -> HealingConstraint | None:
         """The token-healing constraint on the first sampled tokens, if the request has a required prefix."""
@@ -493,7 +495,7 @@ class Engine:
 
     def _decode_speculative(self, prompt, row, tokens, config, generator, stop_ids, should_stop, depth,
                             healing: HealingConstraint | None = None, penalties: Penalties | None = None,
-                            infill: InfillSampler | None = None) -> _Loop:
+                            infill: InfillSampler | None = None, bias: torch.Tensor | None = None) -> _Loop:
         """One sequence: each step feeds the pending token plus up to `depth` drafts looked up in the text so
         far, and emits the accepted drafts plus the model's own next token (models/speculative.py).
         While token healing still constrains the next token, no drafts: one token a step from the restricted
@@ -530,10 +532,10 @@ class Engine:
             logits = logits.view(1 + len(drafts), -1)                                # (1 + drafts, V)
             penalize = (lambda rows, drafts=drafts: penalties.apply(rows, drafts)) if penalties else None
             if healing_now:                             # no drafts: logits (1, V)
-                emitted = accept(healing.restrict(logits), [], config, generator, penalize, infill)
+                emitted = accept(healing.restrict(logits), [], config, generator, penalize, infill, bias)
                 healing.advance(emitted)
             else:
-                emitted = accept(logits, drafts, config, generator, penalize, infill)
+                emitted = accept(logits, drafts, config, generator, penalize, infill, bias)
             if penalties:
                 penalties.extend(emitted)
             if should_stop is not None and should_stop():

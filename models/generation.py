@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 SAMPLERS = ("penalties", "temperature", "min_p", "top_k", "top_p")   # the order they apply in by default (vLLM's)
@@ -32,6 +33,9 @@ class GenerationConfig:
     repeat_window: int | None = None       # the repeat penalty's own window over prompt + answer, where it differs
                                            # (OpenAI routes: vLLM's repetition_penalty sees all of both, presence
                                            # and frequency the answer); None: penalty_last_n and penalize_prompt's
+    logit_bias: tuple[tuple[int, float], ...] = ()   # (token id, bias) added to the logits before every sampler
+                                           # (OpenAI's and llama.cpp's logit_bias); -inf bans the token, a token
+                                           # given twice gets both (llama.cpp's list adds each in turn)
     speculate: int | None = None           # drafts verified per step (prompt lookup); None: the engine's
                                            # default, 0: off. One sequence only: generate_batch ignores it
 
@@ -41,6 +45,8 @@ class GenerationConfig:
         if sorted(required) != sorted(SAMPLERS) or len(set(optional)) != len(optional):
             raise ValueError(f"sampler_order must name each of {', '.join(SAMPLERS)} once (and "
                              f"{', '.join(OPTIONAL_SAMPLERS)} at most once), got {self.sampler_order}")
+        if any(math.isnan(bias) or bias == math.inf for _, bias in self.logit_bias):
+            raise ValueError(f"a logit bias must be a number or -inf, got {self.logit_bias}")
         if not 0.0 <= self.min_p <= 1.0:
             raise ValueError(f"min_p must lie in 0..1, got {self.min_p}")
 

@@ -1,5 +1,9 @@
-"""Next-token choice on the device: the sampler chain (penalties, temperature, min-p, top-k, top-p and llama.cpp's
-infill, in the config's order), then greedy or a draw.
+"""Next-token choice on the device: the request's logit bias, then the sampler chain (penalties, temperature, min-p,
+top-k, top-p and llama.cpp's infill, in the config's order), then greedy or a draw.
+
+The logit bias (OpenAI's and llama.cpp's logit_bias, and llama.cpp's ignore_eos, which bans the end-of-generation
+tokens) comes first, as llama.cpp puts its logit-bias sampler before the chain and vLLM applies it before penalties
+and temperature: a vector (V,) built once per request (`bias_vector`) and added to every row, on the device.
 
 Each sampler sees the logits as the samplers before it left them, as llama.cpp's chain does: a sampler that drops a
 token sets its logit to -inf, one that reshapes (temperature, penalties) rewrites the logits; the draw is a softmax of
@@ -27,26 +31,44 @@ from models.generation import GenerationConfig
 Penalize = Callable[[torch.Tensor], torch.Tensor]       # logits (B, V) -> penalized logits (B, V)
 
 
+def bias_vector(config: GenerationConfig, vocab_size: int, device: torch.device) -> torch.Tensor | None:
+    """The request's logit bias as one vector (V,) float32 to add to the logits (each token's biases summed, as
+    llama.cpp adds them one by one), or None without one."""
+    if not config.logit_bias:
+        return None
+    ids = [token for token, _ in config.logit_bias]
+    if min(ids) < 0 or max(ids) >= vocab_size:
+        raise ValueError(f"logit_bias: token id {max(ids) if max(ids) >= vocab_size else min(ids)} is outside the "
+                         f"vocabulary (0..{vocab_size - 1})")
+    bias = torch.zeros(vocab_size, dtype=torch.float32)
+    bias.index_put_((torch.tensor(ids),), torch.tensor([b for _, b in config.logit_bias], dtype=torch.float32),
+                    accumulate=True)
+    return bias.to(device)
+
+
 def sample(logits: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None,
-           penalize: Penalize | None = None, infill=None) -> torch.Tensor:
+           penalize: Penalize | None = None, infill=None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Token ids (B,) int64 from float32 logits (B, V). `penalize`: the request's repetition penalties, applied where
-    the chain has "penalties"; `infill`: a models.infill.InfillSampler where the chain has "infill"."""
-    logits = chained(logits, config, penalize, infill)
+    the chain has "penalties"; `infill`: a models.infill.InfillSampler where the chain has "infill"; `bias`: the
+    request's `bias_vector`, added first."""
+    logits = chained(logits, config, penalize, infill, bias)
     if config.temperature <= 0:
         return logits.argmax(dim=-1)
     return race(logits.softmax(dim=-1), generator)
 
 
 def probabilities(logits: torch.Tensor, config: GenerationConfig, penalize: Penalize | None = None,
-                  infill=None) -> torch.Tensor:
+                  infill=None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """The distribution (B, V) that sampling draws from (temperature > 0)."""
-    return chained(logits, config, penalize, infill).softmax(dim=-1)
+    return chained(logits, config, penalize, infill, bias).softmax(dim=-1)
 
 
 def chained(logits: torch.Tensor, config: GenerationConfig, penalize: Penalize | None = None,
-            infill=None) -> torch.Tensor:
-    """Logits (B, V) after the chain, in `config.sampler_order`; with temperature <= 0, after the samplers before
-    "temperature" only (greedy takes their largest)."""
+            infill=None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits (B, V) after the bias and the chain, in `config.sampler_order`; with temperature <= 0, after the
+    samplers before "temperature" only (greedy takes their largest)."""
+    if bias is not None:
+        logits = logits + bias                                                      # (B, V) + (V,)
     # Greedy reads only the largest logit, which min-p, top-k and top-p never drop: skip their sort and top-k over
     # the vocabulary each token (llama.cpp's default chain has all three), unless a sampler after them reads what
     # they leave (infill) or reorders it (penalties after top-k 1 leave its token the largest).

@@ -81,7 +81,7 @@ class PromptLookup:
 
 
 def accept(logits: torch.Tensor, drafts: list[int], config: GenerationConfig,
-           generator: torch.Generator | None, penalize=None, infill=None) -> list[int]:
+           generator: torch.Generator | None, penalize=None, infill=None, bias=None) -> list[int]:
     """The tokens one verification step emits: the accepted drafts, then one token of the model's own.
 
     logits (T, V) float32 at the pending token and each of the T - 1 drafts (position i predicts what
@@ -89,12 +89,12 @@ def accept(logits: torch.Tensor, drafts: list[int], config: GenerationConfig,
     """
     k = len(drafts)
     if config.temperature <= 0:
-        best = chained(logits, config, penalize, infill).argmax(dim=-1).tolist()   # (T,)
+        best = chained(logits, config, penalize, infill, bias).argmax(dim=-1).tolist()   # (T,)
         a = 0
         while a < k and drafts[a] == best[a]:
             a += 1
         return drafts[:a] + [best[a]]
-    probs = probabilities(logits, config, penalize, infill)                     # (T, V)
+    probs = probabilities(logits, config, penalize, infill, bias)                   # (T, V)
     if k == 0:
         return race(probs, generator).tolist()
     d = torch.tensor(drafts, device=logits.device)                              # (k,)

@@ -18,7 +18,8 @@ frequency_penalty over the last repeat_last_n tokens of prompt + answer, as llam
 models/penalties.py), and llama.cpp's infill sampler, run as `samplers` lists them (samplers.py: one left out does
 not run; without the field, llama.cpp's default chain, temperature last); the samplers llama.cpp has and this server
 does not (dry, typ_p, xtc, top_n_sigma, adaptive_p) are accepted at their neutral values, a 400 otherwise;
-constrained decoding (grammar, json_schema) and logit_bias are refused (501), not ignored.
+logit_bias (pairs or a map; a token an id or text, a bias a number or false: a ban) is added to the logits before
+them (logit_bias.py; a bad one is a 400); constrained decoding (grammar, json_schema) is refused (501), not ignored.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from fastapi import APIRouter, Request
 from pydantic import AliasChoices, Field
 from starlette.concurrency import run_in_threadpool
 
-from . import samplers
+from . import logit_bias, samplers
 from .bodies import Body, Seed, check_ids, read_json, stop_strings
 from .errors import ApiError
 from .streaming import json_response, sse, stream
@@ -68,9 +69,9 @@ class Options(Body):
     n_probs: int = Field(0, ge=0)
     return_tokens: bool = False        # the generated ids in `tokens` (a stream's chunks carry theirs always)
     response_fields: list[str] = []
-    grammar: str = ""                  # constrained decoding (and json_schema, logit_bias): refused, not ignored
+    grammar: str = ""                  # constrained decoding (and json_schema): refused, not ignored
     json_schema: dict | bool | None = None
-    logit_bias: list | dict | None = None
+    logit_bias: list | dict | None = None     # [[token, bias], ...] or {token: bias} (logit_bias.py)
 
 
 class ExtraChunk(Body):
@@ -173,13 +174,15 @@ async def completion(request: Request):
 def _sampling(server, body: Options):
     if body.n_probs:
         raise ApiError(501, "n_probs (token probabilities) is not supported")
-    if body.grammar or body.json_schema is not None or body.logit_bias:
-        # text that ignored them would pass for what was asked (JSON, a banned token left out)
-        raise ApiError(501, "grammar, json_schema and logit_bias are not supported")
+    if body.grammar or body.json_schema is not None:
+        # text that ignored them would pass for what was asked (JSON)
+        raise ApiError(501, "grammar and json_schema are not supported")
     chain = samplers.chain(body.samplers)
     samplers.refuse_unsupported(chain, body)
+    bias = logit_bias.llama_cpp(body.logit_bias, server.tokenizer, server.engine.model.config.vocab_size)
     return server.sampling(body.n_predict, seed=None if body.seed < 0 else body.seed, stop=stop_strings(body.stop),
-                           format_stops=not body.ignore_eos, **samplers.applied(
+                           format_stops=not body.ignore_eos, logit_bias=bias,
+                           **samplers.applied(
                                chain, body.temperature, max(body.top_k, 0), body.top_p, body.min_p,
                                repeat_penalty=body.repeat_penalty, presence_penalty=body.presence_penalty,
                                frequency_penalty=body.frequency_penalty, penalty_last_n=body.repeat_last_n))

@@ -13,10 +13,11 @@ them, over the tokens generated so far (models/penalties.py). The other servers'
 through `extra_body`: `top_k`; `min_p` (0..1, after temperature as vLLM applies it; default 0, or llama.cpp's 0.05
 with `samplers`); vLLM's `repetition_penalty`, over the whole prompt and answer as vLLM applies it; llama.cpp's
 `repeat_penalty` over the last `repeat_last_n` tokens of them (64), and its `samplers` chain (its samplers this
-server lacks, typical_p and the like, are refused with 400 unless neutral: samplers.py).
+server lacks, typical_p and the like, are refused with 400 unless neutral: samplers.py). `logit_bias` ({"token
+id": -100..100}) is added to the logits before every sampler (logit_bias.py; a bad one is a 400).
 Text only: tools (`functions` too), a `tool_choice` that demands a call, a `response_format` other than text,
-`logit_bias` (and llama.cpp's `grammar` and `json_schema`), an audio answer and content parts other than text are
-refused with 400, as prose back would pass for what was asked.
+llama.cpp's `grammar` and `json_schema`, an audio answer and content parts other than text are refused with 400, as
+prose back would pass for what was asked.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from fastapi import APIRouter, Request
 from pydantic import AliasChoices, Field
 from starlette.responses import StreamingResponse
 
-from . import samplers
+from . import logit_bias, samplers
 from .errors import ApiError
 from .bodies import Body, Seed, check_ids, read_json, stop_strings
 from .streaming import json_response, sse, stream
@@ -51,7 +52,7 @@ class Options(Body):
     seed: Seed | None = None
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
-    logit_bias: dict | None = None
+    logit_bias: dict | None = None              # {"token id": -100..100} (logit_bias.py)
     top_k: int = 0                              # vLLM's and llama.cpp's extra (0 or -1: every token)
     min_p: float | None = Field(None, ge=0, le=1)   # vLLM's and llama.cpp's extra; None: vLLM's 0, or llama.cpp's
                                                     # 0.05 where the request gives llama.cpp's `samplers`
@@ -273,9 +274,10 @@ def _text(content) -> str:
 def _sampling(server, body: Options):
     if body.n > 1:
         raise ApiError(400, "n > 1 is not supported: one choice per request")
-    if body.logit_bias or body.grammar or body.json_schema is not None:
-        # text that ignored them would pass for what was asked (a banned token left out, JSON)
-        raise ApiError(400, "logit_bias, grammar and json_schema are not supported")
+    if body.grammar or body.json_schema is not None:
+        # text that ignored them would pass for what was asked (JSON)
+        raise ApiError(400, "grammar and json_schema are not supported")
+    bias = logit_bias.openai(body.logit_bias, server.engine.model.config.vocab_size)
     if body.repetition_penalty is not None and body.repeat_penalty is not None:
         raise ApiError(400, "repetition_penalty (vLLM's) and repeat_penalty (llama.cpp's) are one penalty: give one")
     repeat, window = ((body.repetition_penalty, -1) if body.repetition_penalty is not None
@@ -293,4 +295,4 @@ def _sampling(server, body: Options):
         min_p = samplers.LLAMA_CPP_MIN_P if body.min_p is None else body.min_p
         options = samplers.applied(samplers.chain(body.samplers), body.temperature, top_k, body.top_p, min_p,
                                    **penalties)
-    return server.sampling(body.max_tokens, seed=body.seed, stop=stop_strings(body.stop), **options)
+    return server.sampling(body.max_tokens, seed=body.seed, stop=stop_strings(body.stop), logit_bias=bias, **options)

@@ -49,11 +49,11 @@ INFILL = {"input_prefix": "def f():\n", "input_suffix": ""}
     ("/infill", {**INFILL, "samplers": ["top_k", 5]}, 400, "invalid_request_error", ["samplers[1]"]),
     ("/v1/completions", {"prompt": "x", "repetition_penalty": 0}, 400, "invalid_request_error",
      ["repetition_penalty"]),
-    # constrained decoding and banned tokens: text that ignored them would pass for what was asked
+    # constrained decoding: text that ignored it would pass for what was asked; a logit bias it cannot apply
     ("/completion", {"prompt": "x", "grammar": "root ::= \"yes\""}, 501, "not_supported_error", ["grammar"]),
     ("/completion", {"prompt": "x", "json_schema": {}}, 501, "not_supported_error", ["json_schema"]),
-    ("/infill", {**INFILL, "logit_bias": [[15, False]]}, 501, "not_supported_error", ["logit_bias"]),
-    ("/v1/completions", {"prompt": "x", "logit_bias": {"15": -100}}, 400, "invalid_request_error", ["logit_bias"]),
+    ("/infill", {**INFILL, "logit_bias": [[15, True]]}, 400, "invalid_request_error", ["logit_bias"]),
+    ("/v1/completions", {"prompt": "x", "logit_bias": {"15": -101}}, 400, "invalid_request_error", ["logit_bias"]),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "json_schema": {"type": "object"}},
      400, "invalid_request_error", ["json_schema"]),
     ("/completion", {"prompt": [1, 2, 10 ** 7]}, 400, "invalid_request_error", ["outside the vocabulary"]),

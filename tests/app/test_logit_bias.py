@@ -1,0 +1,116 @@
+"""logit_bias on the llama.cpp and OpenAI routes (a ban, a push, llama.cpp's text tokens and `false`), and bad biases
+refused with a 400.
+In process, on the embedded model, greedy: each test asks for a token or two."""
+import math
+
+import pytest
+import torch
+
+from codecomplete.session import Session
+from models import GenerationConfig
+
+CODE = "def add(a, b):\n    return a + b\n"
+CODE_IDS = [1604, 803, 24, 81, 28, 278, 727, 472, 1003, 253, 1232, 278, 198]   # (no healing): greedy goes on with
+NEWLINE, EQUALS = 198, 45                                                       # "\n"; "=" is one token
+
+
+@pytest.fixture(scope="module")
+def client(engine, repo, tmp_path_factory):
+    from fastapi.testclient import TestClient
+    from prompts import index_repository
+
+    from codecomplete.server.app import Server, create_app
+
+    index = index_repository(repo, cache_dir=tmp_path_factory.mktemp("bias-index"))
+    server = Server(Session(engine, index), max_tokens=8, api_key=None, info={})
+    try:
+        with TestClient(create_app(server), base_url="http://127.0.0.1") as client:
+            yield client
+    finally:
+        server.worker.shutdown()
+
+
+def completion(client, **body) -> dict:
+    response = client.post("/completion", json={"n_predict": 1, "temperature": 0, "return_tokens": True, **body})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def first_token(client, **body) -> int:
+    return completion(client, prompt=CODE_IDS, **body)["tokens"][0]
+
+
+def test_a_llama_cpp_ban_changes_the_greedy_token(client):
+    assert first_token(client) == NEWLINE
+    assert first_token(client, logit_bias=[[NEWLINE, False]]) != NEWLINE
+    assert first_token(client, logit_bias={str(NEWLINE): False}) != NEWLINE
+    assert first_token(client, logit_bias=[[NEWLINE, -1000]]) != NEWLINE
+
+
+def test_a_llama_cpp_text_token_biases_each_token_of_its_tokenization(client, engine):
+    assert engine.tokenizer.encode(CODE) == CODE_IDS and engine.tokenizer.encode("\n") == [NEWLINE]
+    assert first_token(client, logit_bias=[["\n", False]]) != NEWLINE
+    assert first_token(client, logit_bias={"\n": False}) != NEWLINE
+    # a push: " Hello" (its one token) wins over everything
+    (hello,) = engine.tokenizer.encode(" Hello", add_special_tokens=False)
+    assert first_token(client, logit_bias=[[" Hello", 100]]) == hello
+
+
+def test_openai_logit_bias_bans_and_pushes_tokens(client):
+    body = {"model": "any", "prompt": CODE_IDS, "max_tokens": 1, "temperature": 0}
+    plain = client.post("/v1/completions", json=body).json()["choices"][0]["text"]
+    banned = client.post("/v1/completions", json={**body, "logit_bias": {str(NEWLINE): -100}}).json()
+    assert plain == "\n" and banned["choices"][0]["text"] not in ("\n", ""), banned
+    pushed = client.post("/v1/completions", json={**body, "logit_bias": {str(EQUALS): 100}}).json()
+    assert pushed["choices"][0]["text"] == "=", pushed
+    chat = {"model": "any", "messages": [{"role": "user", "content": "Say yes."}], "max_tokens": 1,
+            "temperature": 0, "logit_bias": {str(EQUALS): 100}}
+    assert client.post("/v1/chat/completions", json=chat).json()["choices"][0]["message"]["content"] == "="
+
+
+def test_biases_of_one_token_add_up_and_bans_stay_bans():
+    from models.sampling import bias_vector
+
+    config = GenerationConfig(logit_bias=((3, 1.5), (3, 2.0), (0, -math.inf), (5, -4.0)))
+    bias = bias_vector(config, 8, torch.device("cpu"))
+    assert bias.tolist() == [-math.inf, 0.0, 0.0, 3.5, 0.0, -4.0, 0.0, 0.0]
+    assert bias_vector(GenerationConfig(), 8, torch.device("cpu")) is None
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        bias_vector(GenerationConfig(logit_bias=((8, 1.0),)), 8, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("speculate", [0, 3])
+def test_the_engine_bans_a_token_in_plain_and_speculative_decoding(engine, speculate):
+    """Every step is biased, drafts verified against the biased choice too: the banned token never comes."""
+    ids = engine.tokenizer.encode(CODE * 3)       # repeated: prompt lookup drafts from it
+    plain = engine.generate(ids, GenerationConfig(max_new_tokens=12, speculate=speculate))
+    token = plain.token_ids[4]                    # the comma of "add(a, b)" written again
+    banned = engine.generate(ids, GenerationConfig(max_new_tokens=12, speculate=speculate,
+                                                   logit_bias=((token, -math.inf),)))
+    assert token not in banned.token_ids and len(banned.token_ids) == 12
+    assert (banned.timings.drafted_tokens > 0) == (speculate > 0)
+
+
+@pytest.mark.parametrize("path, bias, words", [
+    ("/v1/completions", {"28": 101}, ["outside -100..100"]),
+    ("/v1/completions", {"28": -100.5}, ["outside -100..100"]),
+    ("/v1/completions", {"49152": 1}, ["token id 49152", "outside the vocabulary"]),
+    ("/v1/completions", {"abc": 1}, ["not a token id"]),
+    ("/v1/completions", {"28": True}, ["finite number"]),
+    ("/v1/completions", {"28": "1"}, ["finite number"]),
+    ("/v1/chat/completions", {"-1": 1}, ["not a token id"]),
+    ("/completion", [[49152, 1]], ["token id 49152", "outside the vocabulary"]),
+    ("/completion", [[-1, 1]], ["token id -1"]),
+    ("/completion", {"-1": 1}, ["token id -1"]),
+    ("/completion", [[28, True]], ["finite number or false"]),
+    ("/completion", [[28, "x"]], ["logit_bias[0]"]),
+    ("/completion", [28], ["[token, bias] pair"]),
+    ("/completion", [[28, 1, 2]], ["[token, bias] pair"]),
+    ("/completion", [[None, 1]], ["id or text"]),
+])
+def test_a_bad_logit_bias_is_a_400_naming_it(client, path, bias, words):
+    body = ({"messages": [{"role": "user", "content": "hi"}]} if "chat" in path else {"prompt": "x"})
+    response = client.post(path, json={**body, "max_tokens": 1, "logit_bias": bias})
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]["message"]
+    assert "logit_bias" in message and all(word in message for word in words), message
