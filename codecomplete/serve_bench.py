@@ -2,7 +2,9 @@
 
 The function's body is typed a few characters per request, each request the /infill body llama.vim sends (256
 lines before the cursor, 64 after), streamed so that the first token's arrival is seen, generation held to
---max-tokens (greedy, the format's stops off: every request generates as much). Per request: time to the first
+--max-tokens (greedy, `ignore_eos`: the end-of-generation tokens banned and the format's stops off, so every
+request generates as much, but where llama.cpp's infill sampler, which llama.vim's body lists, finds no text
+candidate left and ends the middle, as it does in llama.cpp). Per request: time to the first
 token and to the end as the editor sees them, prompt tokens prefilled and reused (the server's timings). Then the
 first request in another file (a cold prefill on a warm server; --more-cold adds first requests in more files), and
 the same cursors through the one-shot command line (`--no-server`) for comparison. The server is a real subprocess on a loopback port.

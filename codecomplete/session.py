@@ -12,6 +12,7 @@ One caller at a time: the server runs every request on a single worker thread.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -35,6 +36,8 @@ class Sampling:
     stop: tuple[str, ...] = ()       # the caller's stop strings, besides those of the prompt's format
     format_stops: bool = True        # False: only the model's EOS and `stop` end generation (benchmarks)
     logit_bias: tuple[tuple[int, float], ...] = ()   # (token id, bias) added to the logits first; -inf bans
+    ignore_eos: bool = False         # llama.cpp's: every token that would end the generation (the model's EOS ids,
+                                     # the format's end tokens) banned, so it runs to max_tokens or a stop string
     repeat_penalty: float = 1.0      # penalties, as llama.cpp applies them (models/penalties.py): 1 and 0 are off
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -188,6 +191,9 @@ class Session:
             self._tidy_until = self._index.walks_begun + 1
         stops = sampling.format_stops
         bias = sampling.logit_bias
+        if sampling.ignore_eos:     # llama.cpp's logit_bias_eog: a -inf bias on each end-of-generation token
+            ends = dict.fromkeys([*self.engine.eos_token_ids, *packed.stop_token_ids])
+            bias += tuple((token, -math.inf) for token in ends)
         config = GenerationConfig(
             max_new_tokens=max(sampling.max_tokens, 1), temperature=sampling.temperature, top_p=sampling.top_p,
             top_k=sampling.top_k, min_p=sampling.min_p, seed=sampling.seed,

@@ -19,7 +19,10 @@ models/penalties.py), and llama.cpp's infill sampler, run as `samplers` lists th
 not run; without the field, llama.cpp's default chain, temperature last); the samplers llama.cpp has and this server
 does not (dry, typ_p, xtc, top_n_sigma, adaptive_p) are accepted at their neutral values, a 400 otherwise;
 logit_bias (pairs or a map; a token an id or text, a bias a number or false: a ban) is added to the logits before
-them (logit_bias.py; a bad one is a 400); constrained decoding (grammar, json_schema) is refused (501), not ignored.
+them (logit_bias.py; a bad one is a 400); ignore_eos bans every end-of-generation token (the model's EOS ids and the
+prompt format's end tokens, as llama.cpp's logit_bias_eog: a -inf bias), so the answer runs to n_predict or a stop
+string (llama.cpp's infill sampler, where `samplers` lists it, may still choose the end when no text is left, as it
+does in llama.cpp); constrained decoding (grammar, json_schema) is refused (501), not ignored.
 """
 from __future__ import annotations
 
@@ -62,7 +65,8 @@ class Options(Body):
     top_n_sigma: float = -1.0
     adaptive_target: float = -1.0
     stop: str | list[str] = []         # (one string: llama.cpp's native routes skip it; here it is one stop)
-    ignore_eos: bool = False           # here: the prompt format's stops do not apply either (benchmarks)
+    ignore_eos: bool = False           # llama.cpp's: every end-of-generation token banned (a -inf bias), so the
+                                       # answer runs to n_predict; the prompt format's stop strings are off too
     stream: bool = False
     t_max_predict_ms: int = Field(0, ge=0)
     n_indent: int = Field(0, ge=0)
@@ -181,7 +185,7 @@ def _sampling(server, body: Options):
     samplers.refuse_unsupported(chain, body)
     bias = logit_bias.llama_cpp(body.logit_bias, server.tokenizer, server.engine.model.config.vocab_size)
     return server.sampling(body.n_predict, seed=None if body.seed < 0 else body.seed, stop=stop_strings(body.stop),
-                           format_stops=not body.ignore_eos, logit_bias=bias,
+                           format_stops=not body.ignore_eos, ignore_eos=body.ignore_eos, logit_bias=bias,
                            **samplers.applied(
                                chain, body.temperature, max(body.top_k, 0), body.top_p, body.min_p,
                                repeat_penalty=body.repeat_penalty, presence_penalty=body.presence_penalty,

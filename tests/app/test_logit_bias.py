@@ -1,5 +1,5 @@
-"""logit_bias on the llama.cpp and OpenAI routes (a ban, a push, llama.cpp's text tokens and `false`), and bad biases
-refused with a 400.
+"""logit_bias on the llama.cpp and OpenAI routes (a ban, a push, llama.cpp's text tokens and `false`), llama.cpp's
+ignore_eos (the end-of-generation tokens banned: the answer runs to n_predict), and bad biases refused with a 400.
 In process, on the embedded model, greedy: each test asks for a token or two."""
 import math
 
@@ -12,6 +12,7 @@ from models import GenerationConfig
 CODE = "def add(a, b):\n    return a + b\n"
 CODE_IDS = [1604, 803, 24, 81, 28, 278, 727, 472, 1003, 253, 1232, 278, 198]   # (no healing): greedy goes on with
 NEWLINE, EQUALS = 198, 45                                                       # "\n"; "=" is one token
+SAID_YES = "<|im_start|>user\nSay yes.<|im_end|>\n<|im_start|>assistant\nYes."     # greedy ends: <|im_end|>
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +67,14 @@ def test_openai_logit_bias_bans_and_pushes_tokens(client):
     chat = {"model": "any", "messages": [{"role": "user", "content": "Say yes."}], "max_tokens": 1,
             "temperature": 0, "logit_bias": {str(EQUALS): 100}}
     assert client.post("/v1/chat/completions", json=chat).json()["choices"][0]["message"]["content"] == "="
+
+
+def test_ignore_eos_runs_to_n_predict_where_the_model_would_end(client, engine):
+    ended = completion(client, prompt=SAID_YES, n_predict=4)
+    assert ended["stop_type"] == "eos" and ended["tokens"] == [2] and ended["content"] == ""
+    ignored = completion(client, prompt=SAID_YES, n_predict=4, ignore_eos=True)
+    assert ignored["stop_type"] == "limit" and ignored["tokens_predicted"] == 4, ignored
+    assert not set(ignored["tokens"]) & set(engine.eos_token_ids) and ignored["content"]
 
 
 def test_biases_of_one_token_add_up_and_bans_stay_bans():
