@@ -44,6 +44,7 @@ class Sampling:
     penalty_last_n: int = 64         # over the last n tokens of prompt + answer (0: none, -1: the whole context)
     penalize_prompt: bool = True     # False: over the answer's tokens only (OpenAI's presence and frequency)
     repeat_window: int | None = None   # the repeat penalty's own window over prompt + answer (None: the same)
+    logprobs: int | None = None      # each token's logprob and the top-N alternatives' (None: not computed)
     speculate: int | None = None     # draft tokens verified per step; None: the engine's default, 0: off
 
 
@@ -198,7 +199,7 @@ class Session:
             max_new_tokens=max(sampling.max_tokens, 1), temperature=sampling.temperature, top_p=sampling.top_p,
             top_k=sampling.top_k, min_p=sampling.min_p, seed=sampling.seed,
             **({"sampler_order": sampling.sampler_order} if sampling.sampler_order is not None else {}),
-            speculate=sampling.speculate,
+            speculate=sampling.speculate, logprobs=sampling.logprobs,
             repeat_penalty=sampling.repeat_penalty, presence_penalty=sampling.presence_penalty,
             frequency_penalty=sampling.frequency_penalty, penalty_last_n=sampling.penalty_last_n,
             penalize_prompt=sampling.penalize_prompt, repeat_window=sampling.repeat_window, logit_bias=bias,
@@ -212,4 +213,5 @@ class Session:
         result = self.engine.generate(packed.ids, config, should_stop=should_stop)
         finish = "cancelled" if result.finish_reason == "cancelled" else "length"
         return replace(result, text="", token_ids=[], healing_tokens=0, finish_reason=finish,
+                       logprobs=None if result.logprobs is None else [],
                        timings=replace(result.timings, healing_tokens=0))

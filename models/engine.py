@@ -34,7 +34,7 @@ from models.kv_cache import cache_dtype_name
 from models.options import DEFAULT_MAX_CONTEXT, parse_kv_cache
 from models.infill import InfillSampler
 from models.penalties import Penalties
-from models.sampling import bias_vector, make_generator, sample
+from models.sampling import bias_vector, logprob_table, make_generator, read_logprobs, sample
 from models.speculative import PromptLookup, accept
 from models.tokenizer import IncrementalDetokenizer, StopStringMatcher
 
@@ -146,6 +146,7 @@ class Engine:
         # The running request's generated ids as they come (the list its result will hold): a stream reads there the
         # ids behind each text delta, as on_text is called (on this thread) after the row took its token.
         self.live_tokens: list[int] = []
+        self.live_logprobs: list | None = None       # its TokenLogprobs, where the request asks for them
         self._quant = parse_kv_cache(kv_cache, param.dtype)
         # Drafts per step when a request does not say (GenerationConfig.speculate None); 0 turns it off.
         group = model.config.n_heads // model.config.n_kv_heads
@@ -275,7 +276,7 @@ class Engine:
         k = self.speculate if config.speculate is None else config.speculate
         if not 0 <= k <= MAX_SPECULATE:
             raise ValueError(f"speculate must be 0..{MAX_SPECULATE} draft tokens per step, got {k}")
-        return k if batch == 1 else 0
+        return k if batch == 1 and config.logprobs is None else 0      # (logprobs: one token a step)
 
     # ---- generation --------------------------------------------------------------------------
 
@@ -300,6 +301,7 @@ class Engine:
         depth = self._speculation_depth(config, B)
         rows = [_Row(self.tokenizer, p, config, cap - len(p) + 1, on_text) for p in prompts]
         self.live_tokens = rows[0].token_ids
+        self.live_logprobs = rows[0].logprobs       # (None unless asked for)
         if config.max_new_tokens <= 0:
             return [row.result(len(p), 0, Timings(load_s=self.load_s)) for row, p in zip(rows, prompts)]
         self._ensure_rows(B)
@@ -328,12 +330,13 @@ class Engine:
         bias = bias_vector(config, logits.shape[-1], logits.device)     # (V,) or None: built once, added each step
         tokens = sample(healing.restrict(logits) if healing else logits, config, generator,
                         penalties.apply if penalties else None, infill, bias)            # (B,)
+        scores = logprob_table(logits, tokens, config.logprobs) if config.logprobs is not None else None
         if depth:
             loop = self._decode_speculative(prompts[0], rows[0], tokens, config, generator, stop_ids,
                                             should_stop, depth, healing, penalties, infill, bias)
         else:
             loop = self._decode_plain(prompts, rows, tokens, config, generator, stop_ids, should_stop, healing,
-                                      penalties, infill, bias)
+                                      penalties, infill, bias, scores)
         t_end = perf_counter()
         self._cached_ids = loop.fed[:cap - 1]   # a finished row's writes clamp at slot cap - 1
 
@@ -415,8 +418,10 @@ class Engine:
 
     def _decode_plain(self, prompts, rows, tokens, config, generator, stop_ids, should_stop,
                       healing: HealingConstraint | None = None, penalties: Penalties | None = None,
-                      infill: InfillSampler | None = None, bias: torch.Tensor | None = None) -> _Loop:
-        """One token per sequence per step; on CUDA, step t+1 is queued before token t is read."""
+                      infill: InfillSampler | None = None, bias: torch.Tensor | None = None,
+                      scores: torch.Tensor | None = None) -> _Loop:
+        """One token per sequence per step; on CUDA, step t+1 is queued before token t is read. `scores`: the first
+        tokens' `logprob_table` where the request asks for logprobs (each step's comes to the host with its tokens)."""
         state = self._decode_step(len(prompts))
         positions = [len(p) for p in prompts]          # host mirror of state.input_pos
         state.input_pos.copy_(torch.tensor(positions))
@@ -425,12 +430,16 @@ class Engine:
         self.progress = live = Timings()
         for step in range(steps):
             host = HostCopy(tokens)
+            host_scores = HostCopy(scores) if scores is not None else None
             # With lookahead, step t+1 is queued before waiting for token t (wasted only if t is the last);
             # not while healing, nor with penalties: their next choice depends on token t.
             queued = self._lookahead and step + 1 < steps and not (healing and healing.active) and not penalties
             if queued:
-                next_tokens = self._step(state, tokens, positions, config, generator, infill=infill, bias=bias)
+                next_tokens, next_scores = self._step(state, tokens, positions, config, generator, infill=infill,
+                                                      bias=bias)
             token_list = host.wait()
+            entries = ([read_logprobs(r, config.logprobs) for r in host_scores.wait()] if host_scores
+                       else [None] * len(rows))
             live.decode_steps = step                    # before the tokens' text is sent
             if step == 0:
                 t_first = perf_counter()
@@ -438,8 +447,8 @@ class Engine:
                 healing.advance(token_list)
             if penalties:
                 penalties.advance(token_list)
-            for row, token in zip(rows, token_list):
-                row.accept(token, stop_ids)
+            for row, token, entry in zip(rows, token_list, entries):
+                row.accept(token, stop_ids, entry)
             live.healing_tokens = rows[0].healing_tokens    # before the next text: healing's tokens make none
             if queued:
                 fed.append(token_list[0])
@@ -450,24 +459,26 @@ class Engine:
                     row.cancel()
                 break
             if not queued:
-                next_tokens = self._step(state, tokens, positions, config, generator, healing, penalties, infill,
-                                         bias)
+                next_tokens, next_scores = self._step(state, tokens, positions, config, generator, healing,
+                                                      penalties, infill, bias)
                 fed.append(token_list[0])
-            tokens = next_tokens
+            tokens, scores = next_tokens, next_scores
         # Tokens after the first: one decode step each.
         return _Loop(t_first=t_first, fed=fed, decoded=step, steps=step)
 
     def _step(self, state: DecodeStep, tokens, positions: list[int], config, generator,
               healing: HealingConstraint | None = None, penalties: Penalties | None = None,
               infill: InfillSampler | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """Feed tokens (B,) at the current positions, advance them, and sample the next tokens (on the device)."""
+        """Feed tokens (B,) at the current positions, advance them, and sample the next tokens (on the device); with
+        them their `logprob_table` where the request asks for logprobs, else None."""
         state.tokens.copy_(tokens[:, None])                                         # (B, 1)
         logits = state.run(kv_len=max(positions) + 1, exact=len(set(positions)) == 1)
         last = self.context_length - 1
         state.input_pos.add_(1).clamp_(max=last)
         positions[:] = [min(p + 1, last) for p in positions]
-        return sample(healing.restrict(logits) if healing else logits, config, generator,
-                      penalties.apply if penalties else None, infill, bias)
+        tokens = sample(healing.restrict(logits) if healing else logits, config, generator,
+                        penalties.apply if penalties else None, infill, bias)
+        return tokens, (logprob_table(logits, tokens, config.logprobs) if config.logprobs is not None else None)
 
     def _healing(self, config: GenerationConfig, batch: int) -> HealingConstraint | None:
         """The token-healing constraint on the first sampled tokens, if the request has a required prefix."""
@@ -664,13 +675,16 @@ class _Row:
         self.budget = min(self.limit + len(config.required_prefix.encode()), room)
         self.on_text = on_text
         self.token_ids: list[int] = []
+        self.logprobs: list | None = [] if config.logprobs is not None else None    # TokenLogprobs per token
         self.healing_tokens = 0             # tokens that made only healed text
         self.finish_reason: str | None = None
 
-    def accept(self, token: int, stop_ids: set[int]) -> None:
+    def accept(self, token: int, stop_ids: set[int], logprobs=None) -> None:
         if self.finish_reason:
             return
         self.token_ids.append(token)
+        if self.logprobs is not None:
+            self.logprobs.append(logprobs)
         if token in stop_ids:
             self._finish("stop")
             return
@@ -710,4 +724,5 @@ class _Row:
         return GenerationResult(text=self.stops.text, token_ids=self.token_ids, prompt_tokens=prompt_tokens,
                                 reused_prefix_tokens=reused, finish_reason=self.finish_reason or "length",
                                 timings=replace(timings, healing_tokens=self.healing_tokens),   # (shared by rows)
-                                stop_string=self.stops.hit, healing_tokens=self.healing_tokens)
+                                stop_string=self.stops.hit, healing_tokens=self.healing_tokens,
+                                logprobs=self.logprobs)

@@ -36,6 +36,10 @@ class GenerationConfig:
     logit_bias: tuple[tuple[int, float], ...] = ()   # (token id, bias) added to the logits before every sampler
                                            # (OpenAI's and llama.cpp's logit_bias); -inf bans the token, a token
                                            # given twice gets both (llama.cpp's list adds each in turn)
+    logprobs: int | None = None            # each token's logprob and the top-N alternatives' (GenerationResult.
+                                           # logprobs), from the model's own distribution (the raw logits'
+                                           # log-softmax, as vLLM and llama.cpp report them); None: not computed.
+                                           # Turns speculation off for the request
     speculate: int | None = None           # drafts verified per step (prompt lookup); None: the engine's
                                            # default, 0: off. One sequence only: generate_batch ignores it
 
@@ -47,6 +51,8 @@ class GenerationConfig:
                              f"{', '.join(OPTIONAL_SAMPLERS)} at most once), got {self.sampler_order}")
         if any(math.isnan(bias) or bias == math.inf for _, bias in self.logit_bias):
             raise ValueError(f"a logit bias must be a number or -inf, got {self.logit_bias}")
+        if self.logprobs is not None and self.logprobs < 0:
+            raise ValueError(f"logprobs must be at least 0 (the top alternatives per token), got {self.logprobs}")
         if not 0.0 <= self.min_p <= 1.0:
             raise ValueError(f"min_p must lie in 0..1, got {self.min_p}")
 
@@ -77,6 +83,13 @@ class Timings:
         return (self.decode_steps + self.accepted_tokens) / self.decode_steps if self.decode_steps else 0.0
 
 
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """A generated token's log-probability under the model and the top alternatives', likeliest first."""
+    logprob: float
+    top: tuple[tuple[int, float], ...]      # (token id, logprob)
+
+
 @dataclass
 class GenerationResult:
     text: str                           # the completion, stop string excluded
@@ -87,6 +100,7 @@ class GenerationResult:
     timings: Timings = field(default_factory=Timings)
     stop_string: str = ""               # the stop string that ended it, if one did
     healing_tokens: int = 0             # of token_ids, the first ones that only made the healed text again
+    logprobs: list[TokenLogprobs] | None = None   # one per token of token_ids, where the config asked for them
 
     def token_counts(self) -> tuple[int, int]:
         """The prompt's tokens and the generated ones as llama.cpp (n_decoded), Ollama (eval_count) and OpenAI usage

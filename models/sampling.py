@@ -16,7 +16,9 @@ Greedy (temperature <= 0) is llama.cpp's temperature sampler at 0: the largest l
 
 Everything but "infill" stays on the device (no .item(), no multinomial), so the decode loop never waits on the host
 to pick a token: sampling uses the exponential-race form of the Gumbel-max trick. The infill sampler (models/infill.py)
-reads the candidates on the host: one sync per sampled token.
+reads the candidates on the host: one sync per sampled token. Where a request asks for token log-probabilities,
+`logprob_table` packs the chosen token's and the top N's (the raw logits' log-softmax) into one small tensor that
+goes to the host with the token; a request that does not ask computes nothing of it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from collections.abc import Callable
 
 import torch
 
-from models.generation import GenerationConfig
+from models.generation import GenerationConfig, TokenLogprobs
 
 Penalize = Callable[[torch.Tensor], torch.Tensor]       # logits (B, V) -> penalized logits (B, V)
 
@@ -111,6 +113,20 @@ def _temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     scaled = logits / temperature
     overflow = (torch.isinf(scaled) & torch.isfinite(logits)).any(dim=-1, keepdim=True)      # (B, 1)
     return torch.where(overflow, (logits - logits.amax(dim=-1, keepdim=True)) / temperature, scaled)
+
+
+def logprob_table(logits: torch.Tensor, tokens: torch.Tensor, n: int) -> torch.Tensor:
+    """Raw logits (B, V) and the tokens chosen (B,) -> (B, 1 + 2n) float64 on the device: the chosen token's logprob,
+    the top n logprobs, their ids (exact in float64), so that one copy brings a step's numbers to the host."""
+    logprobs = logits.float().log_softmax(dim=-1)                                     # (B, V)
+    chosen = logprobs.gather(-1, tokens[:, None])                                      # (B, 1)
+    top = torch.topk(logprobs, n, dim=-1)                                               # (B, n) each
+    return torch.cat([chosen.double(), top.values.double(), top.indices.double()], dim=-1)
+
+
+def read_logprobs(row: list[float], n: int):
+    """One row of `logprob_table`, on the host -> a models.generation.TokenLogprobs."""
+    return TokenLogprobs(row[0], tuple((int(i), v) for v, i in zip(row[1:1 + n], row[1 + n:])))
 
 
 def race(weights: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

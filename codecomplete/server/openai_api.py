@@ -7,8 +7,11 @@
     GET  /v1/models             the one model (GET /v1/models/{id}: it, or a 404 for another id)
 
 Streams are `data: {...}` events ending with `data: [DONE]`, usage in a last chunk when
-`stream_options.include_usage` asks (and always in a non-streamed answer). One choice per request: `n`, `best_of`,
-`echo` and `logprobs` are refused with 400. `presence_penalty` and `frequency_penalty` (-2..2) apply as OpenAI defines
+`stream_options.include_usage` asks (and always in a non-streamed answer). One choice per request: `n`, `best_of`
+and `echo` are refused with 400. Token log-probabilities (logprobs.py: the model's own distribution, before the
+logit bias and the samplers, as vLLM reports it): completions' `logprobs: N` (0..5), chat's `logprobs: true` with
+`top_logprobs` (0..20), in each streamed chunk for its tokens; a request that asks decodes one token a step
+(no speculation), and the top N come to the host with each token; one that does not pays nothing. `presence_penalty` and `frequency_penalty` (-2..2) apply as OpenAI defines
 them, over the tokens generated so far (models/penalties.py). The other servers' extras the openai client sends
 through `extra_body`: `top_k`; `min_p` (0..1, after temperature as vLLM applies it; default 0, or llama.cpp's 0.05
 with `samplers`); vLLM's `repetition_penalty`, over the whole prompt and answer as vLLM applies it; llama.cpp's
@@ -22,6 +25,7 @@ prose back would pass for what was asked.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Literal
 
 from fastapi import APIRouter, Request
@@ -29,12 +33,14 @@ from pydantic import AliasChoices, Field
 from starlette.responses import StreamingResponse
 
 from . import logit_bias, samplers
+from .logprobs import CompletionLogprobs, chat_logprobs
 from .errors import ApiError
 from .bodies import Body, Seed, check_ids, read_json, stop_strings
 from .streaming import json_response, sse, stream
 
 router = APIRouter()
 FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
+MAX_LOGPROBS, MAX_TOP_LOGPROBS = 5, 20       # OpenAI's limits: completions' logprobs, chat's top_logprobs
 
 
 class StreamOptions(Body):
@@ -100,6 +106,7 @@ class ChatRequest(Options):
     tool_choice: str | dict | None = None
     function_call: str | dict | None = None       # the older API's tool_choice
     logprobs: bool = False
+    top_logprobs: int | None = None
     response_format: dict | None = None
     modalities: list[str] | None = None
     audio: dict | None = None                       # a spoken answer's voice and format
@@ -132,10 +139,13 @@ def _model(engine) -> dict:
 async def completions(request: Request):
     server = request.app.state.server
     body = await read_json(request, CompletionRequest)
-    if body.echo or (body.best_of or 1) > 1 or body.logprobs is not None:
-        raise ApiError(400, "echo, best_of and logprobs are not supported")
+    if body.echo or (body.best_of or 1) > 1:
+        raise ApiError(400, "echo and best_of are not supported")
+    if body.logprobs is not None and not 0 <= body.logprobs <= MAX_LOGPROBS:
+        raise ApiError(400, f"logprobs must lie in 0..{MAX_LOGPROBS}, got {body.logprobs}")
     prompt = _one_prompt(body.prompt)
-    sampling = _sampling(server, body)
+    sampling = replace(_sampling(server, body), logprobs=body.logprobs)
+    scores = CompletionLogprobs(server.tokenizer) if body.logprobs is not None else None
     session = server.session
     if body.suffix is not None:
         if not isinstance(prompt, str):
@@ -148,17 +158,27 @@ async def completions(request: Request):
     await running.started()             # (a failure to build the prompt is a plain HTTP error)
     reply = Reply(server, "cmpl", "text_completion", running.job.id)
     if body.stream:
+        sent = 0        # tokens whose logprobs went out
+
         def frames(event):
+            nonlocal sent
             if event.kind == "text":
-                return [sse(reply.chunk({"text": event.value, "index": 0, "logprobs": None, "finish_reason": None}))]
+                sent += len(event.tokens)
+                logprobs = scores(event.tokens, event.logprobs) if scores else None
+                return [sse(reply.chunk({"text": event.value, "index": 0, "logprobs": logprobs,
+                                         "finish_reason": None}))]
             if event.kind == "error":
                 return [sse(event.value.body())]
             result = event.value
-            last = {"text": "", "index": 0, "logprobs": None, "finish_reason": FINISH[result.finish_reason]}
+            start = result.healing_tokens + sent        # the tokens no text came with (the end of text)
+            logprobs = scores(result.token_ids[start:], result.logprobs[start:]) if scores else None
+            last = {"text": "", "index": 0, "logprobs": logprobs, "finish_reason": FINISH[result.finish_reason]}
             return reply.ending(last, result, body.stream_options)
         return stream(running, frames, "text/event-stream")
     result = await running.result()
-    choice = {"text": result.text, "index": 0, "logprobs": None, "finish_reason": FINISH[result.finish_reason]}
+    logprobs = (scores(result.token_ids[result.healing_tokens:], result.logprobs[result.healing_tokens:])
+                if scores else None)
+    choice = {"text": result.text, "index": 0, "logprobs": logprobs, "finish_reason": FINISH[result.finish_reason]}
     return json_response({**reply.head(), "choices": [choice], "usage": usage(result)})
 
 
@@ -175,8 +195,8 @@ async def chat_completions(request: Request):
     if body.response_format and body.response_format.get("type", "text") != "text":
         # no grammar-constrained decoding: prose back where a client asked for JSON would pass for an answer
         raise ApiError(400, f"response_format {body.response_format.get('type')!r} is not supported (only 'text')")
-    if body.logprobs:
-        raise ApiError(400, "logprobs are not supported")
+    if body.top_logprobs is not None and not (body.logprobs and 0 <= body.top_logprobs <= MAX_TOP_LOGPROBS):
+        raise ApiError(400, f"top_logprobs must lie in 0..{MAX_TOP_LOGPROBS}, with logprobs: true")
     if body.audio or set(body.modalities or []) - {"text"}:      # a client that asked for audio reads message.audio
         raise ApiError(400, f"modalities {body.modalities or ['audio']} are not supported (only ['text'])")
     for i, m in enumerate(body.messages):
@@ -184,7 +204,9 @@ async def chat_completions(request: Request):
             raise ApiError(400, f"messages[{i}].content: a {m.role} message needs content")
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": _text(m.content)}
                 for m in body.messages]
-    sampling = _sampling(server, body)
+    top_n = (body.top_logprobs or 0) if body.logprobs else None
+    sampling = replace(_sampling(server, body), logprobs=top_n)
+    scores = (lambda ids, entries: chat_logprobs(server.tokenizer, ids, entries, top_n)) if body.logprobs else None
     reply = Reply(server, "chatcmpl", "chat.completion", "0")
     if messages[-1]["role"] != "user" and sampling.max_tokens == 0:    # a warm-up without a question (llama.vim)
         return _nothing_to_say(reply, body)
@@ -196,17 +218,27 @@ async def chat_completions(request: Request):
         reply.object = "chat.completion.chunk"
         opening = sse(reply.chunk({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}))
 
+        sent = 0        # tokens whose logprobs went out
+
         def frames(event):
+            nonlocal sent
             if event.kind == "text":
-                return [sse(reply.chunk({"index": 0, "delta": {"content": event.value}, "finish_reason": None}))]
+                sent += len(event.tokens)
+                logprobs = {"logprobs": scores(event.tokens, event.logprobs)} if scores else {}
+                return [sse(reply.chunk({"index": 0, "delta": {"content": event.value}, **logprobs,
+                                         "finish_reason": None}))]
             if event.kind == "error":
                 return [sse(event.value.body())]
             result = event.value
-            return reply.ending({"index": 0, "delta": {}, "finish_reason": FINISH[result.finish_reason]}, result,
-                                body.stream_options)
+            start = result.healing_tokens + sent        # the tokens no text came with (the end of text)
+            logprobs = {"logprobs": scores(result.token_ids[start:], result.logprobs[start:])} if scores else {}
+            return reply.ending({"index": 0, "delta": {}, **logprobs, "finish_reason": FINISH[result.finish_reason]},
+                                result, body.stream_options)
         return stream(running, frames, "text/event-stream", first=opening)
     result = await running.result()
-    choice = {"index": 0, "message": {"role": "assistant", "content": result.text}, "logprobs": None,
+    logprobs = (scores(result.token_ids[result.healing_tokens:], result.logprobs[result.healing_tokens:])
+                if scores else None)
+    choice = {"index": 0, "message": {"role": "assistant", "content": result.text}, "logprobs": logprobs,
               "finish_reason": FINISH[result.finish_reason]}
     return json_response({**reply.head(), "choices": [choice], "usage": usage(result)})
 

@@ -46,6 +46,7 @@ class Event:
     value: object
     tokens: list[int] = field(default_factory=list)   # "text": the ids generated since the last text (healing's
                                                       # apart), as llama.cpp's stream chunks carry them
+    logprobs: list = field(default_factory=list)      # "text": their models.TokenLogprobs, where the request asked
 
 
 class Job:
@@ -78,10 +79,10 @@ class Job:
         self.error = self.error or error
         self.cancelled.set()
 
-    def send(self, kind: str, value: object = None, tokens: list[int] | None = None) -> None:
+    def send(self, kind: str, value: object = None, tokens: list[int] | None = None, logprobs: list | None = None) -> None:
         """From the engine thread: hand an event to the request's coroutine."""
         try:
-            self._loop.call_soon_threadsafe(self._events.put_nowait, Event(kind, value, tokens or []))
+            self._loop.call_soon_threadsafe(self._events.put_nowait, Event(kind, value, tokens or [], logprobs or []))
         except RuntimeError:     # the event loop is closed: the server has stopped, nobody listens
             pass
 
@@ -108,9 +109,11 @@ class Job:
                 self.first_text = time.perf_counter()
                 self.healing_tokens = getattr(getattr(generation.engine, "progress", None), "healing_tokens", 0)
             ids = getattr(generation.engine, "live_tokens", [])
-            tokens, sent = ids[max(sent, self.healing_tokens):], len(ids)
+            scores = getattr(generation.engine, "live_logprobs", None) or []
+            start = max(sent, self.healing_tokens)
+            tokens, logprobs, sent = ids[start:], scores[start:len(ids)], len(ids)
             stop = stop_when is not None and stop_when(delta)   # first: what it decides is known when the text is
-            self.send("text", delta, tokens)
+            self.send("text", delta, tokens, logprobs)
             if stop:
                 self.cancelled.set()
         return generation.run(on_text=on_text, should_stop=self.cancelled.is_set)

@@ -1,0 +1,84 @@
+"""Token log-probabilities on the OpenAI routes: the official openai client reading them from a real server on a
+socket (completions' `logprobs: N`, chat's `logprobs` + `top_logprobs`, streamed and not), the numbers a float64
+log-softmax of the model's own logits, and bad values refused with a 400."""
+import math
+
+import httpx
+import pytest
+import torch
+from openai import OpenAI
+
+from models import GenerationConfig
+
+CODE_IDS = [1604, 803, 24, 81, 28, 278, 727, 472, 1003, 253, 1232, 278, 198]     # "def add(a, b):\n return a + b\n"
+
+
+def test_openai_client_reads_completion_logprobs_streamed_or_not(server):
+    client = OpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0)
+    answer = client.completions.create(model="any", prompt=CODE_IDS, max_tokens=5, temperature=0, logprobs=3)
+    choice, n = answer.choices[0], answer.usage.completion_tokens
+    logprobs = choice.logprobs
+    assert len(logprobs.tokens) == len(logprobs.token_logprobs) == len(logprobs.top_logprobs) == n == 5
+    assert "".join(logprobs.tokens) == choice.text
+    assert logprobs.text_offset == [sum(map(len, logprobs.tokens[:i])) for i in range(n)]
+    for token, value, top in zip(logprobs.tokens, logprobs.token_logprobs, logprobs.top_logprobs):
+        assert value <= 0 and 3 <= len(top) <= 4 and top[token] == value
+        assert value == max(top.values())               # greedy: the chosen token is the likeliest
+    chunks = list(client.completions.create(model="any", prompt=CODE_IDS, max_tokens=5, temperature=0, logprobs=3,
+                                            stream=True))
+    streamed = [c.choices[0].logprobs for c in chunks if c.choices[0].logprobs and c.choices[0].logprobs.tokens]
+    assert sum((c.tokens for c in streamed), []) == logprobs.tokens
+    assert sum((c.text_offset for c in streamed), []) == logprobs.text_offset
+    assert sum((c.token_logprobs for c in streamed), []) == pytest.approx(logprobs.token_logprobs, abs=1e-5)
+    plain = client.completions.create(model="any", prompt=CODE_IDS, max_tokens=2, temperature=0)
+    assert plain.choices[0].logprobs is None
+
+
+def test_openai_client_reads_chat_logprobs(server):
+    client = OpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0)
+    question = [{"role": "user", "content": "Say yes."}]
+    answer = client.chat.completions.create(model="any", messages=question, max_tokens=4, temperature=0,
+                                            logprobs=True, top_logprobs=2)
+    content = answer.choices[0].logprobs.content
+    assert len(content) == answer.usage.completion_tokens
+    assert "".join(c.token for c in content).startswith(answer.choices[0].message.content)
+    for c in content:
+        assert len(c.top_logprobs) == 2 and c.top_logprobs[0].logprob == c.logprob    # greedy: the likeliest
+        assert bytes(c.bytes).decode(errors="replace") == c.token
+    chunks = list(client.chat.completions.create(model="any", messages=question, max_tokens=4, temperature=0,
+                                                 logprobs=True, top_logprobs=2, stream=True))
+    streamed = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert [t.token for t in streamed] == [c.token for c in content]
+
+
+def test_logprobs_are_the_log_softmax_of_the_models_logits(engine):
+    """Each token's logprob and its top alternatives', against a float64 log-softmax of the logits the model gives
+    for the prompt and the tokens before it (a fresh prefill each), sampled at temperature 1 with a bias on."""
+    config = GenerationConfig(max_new_tokens=4, logprobs=4, temperature=1.0, seed=7, speculate=0,
+                              logit_bias=((198, -math.inf),))       # the bias is the sampler's: not in the numbers
+    result = engine.generate(CODE_IDS, config)
+    assert len(result.logprobs) == len(result.token_ids) == 4
+    for i, (token, entry) in enumerate(zip(result.token_ids, result.logprobs)):
+        engine.clear_prefix_cache()
+        logits = engine._prefill(CODE_IDS + result.token_ids[:i], 0, 0)                  # (1, V)
+        expected = logits[0].double().log_softmax(dim=-1)
+        top = torch.topk(expected, 4)
+        assert entry.logprob == pytest.approx(expected[token].item(), abs=2e-3)
+        assert [i for i, _ in entry.top] == top.indices.tolist()
+        assert [v for _, v in entry.top] == pytest.approx(top.values.tolist(), abs=2e-3)
+    engine.clear_prefix_cache()
+
+
+@pytest.mark.parametrize("path, body, words", [
+    ("/v1/completions", {"prompt": "x", "logprobs": 6}, ["logprobs", "0..5"]),
+    ("/v1/completions", {"prompt": "x", "logprobs": -1}, ["logprobs", "0..5"]),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "logprobs": True,
+                              "top_logprobs": 21}, ["top_logprobs", "0..20"]),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2},
+     ["top_logprobs", "logprobs: true"]),
+])
+def test_bad_logprobs_are_a_400(server, path, body, words):
+    response = httpx.post(server.url + path, json={**body, "max_tokens": 1}, timeout=300)
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]["message"]
+    assert all(word in message for word in words), message
