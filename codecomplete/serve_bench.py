@@ -13,6 +13,7 @@ Writes NAME.json and NAME.md (default bench/scratch/serve-cpu or serve-gpu) and 
 """
 from __future__ import annotations
 
+import argparse
 import ast
 import datetime
 import http.client
@@ -34,6 +35,7 @@ from .cli import _Parser, _tokens, _whole_number, check_output_path
 from .errors import UsageError
 
 N_PREFIX, N_SUFFIX = 256, 64          # llama.vim's lines before and after the cursor
+LLAMA_VIM_SAMPLERS = ("top_k", "top_p", "infill", "temperature")   # llama.vim's chain, and the greedy temperature
 START_TIMEOUT_S = 900
 BARS = {   # (what, unit, target, the summary key), from the issue
     "cpu": [("p50 time to first token", "ms", 250, "ttft_ms_p50"),
@@ -113,7 +115,7 @@ class Cursor:
     def col(self) -> int:
         return self.offset - (self.text.rfind("\n", 0, self.offset) + 1) + 1
 
-    def llama_vim_body(self, max_tokens: int) -> dict:
+    def llama_vim_body(self, max_tokens: int, samplers: tuple[str, ...] = LLAMA_VIM_SAMPLERS) -> dict:
         """llama.vim's /infill request at this cursor, held to max_tokens greedy tokens (the bench's only change:
         temperature 0, listed in samplers, as llama.cpp runs only the samplers listed)."""
         lines = self.text.split("\n")
@@ -123,7 +125,7 @@ class Cursor:
         return {"id_slot": 0, "input_prefix": "".join(f"{x}\n" for x in lines[max(0, row - N_PREFIX):row]),
                 "input_suffix": current[col:] + "\n" + "".join(f"{x}\n" for x in lines[row + 1:row + 1 + N_SUFFIX]),
                 "input_extra": [], "prompt": prompt, "n_predict": max_tokens, "stop": [], "n_indent": 0,
-                "top_k": 40, "top_p": 0.90, "samplers": ["top_k", "top_p", "infill", "temperature"],
+                "top_k": 40, "top_p": 0.90, "samplers": list(samplers),
                 "stream": True, "cache_prompt": True, "t_max_prompt_ms": 500, "t_max_predict_ms": 0, "temperature": 0.0,
                 "ignore_eos": True, "response_fields": [], "model": ""}
 
@@ -278,7 +280,8 @@ def markdown(report: dict) -> str:
              f"{engine['name']} ({engine['device']}, {engine['dtype']}, {engine['attention']}), prompts of "
              f"{report['server']['prompt_budget']:,} tokens; typing `{report['function']}` in `{report['file']}` "
              f"({report['repo']}), {report['chars_per_request']} characters per request, {report['max_tokens']} new "
-             f"tokens each (greedy). Python {report['machine']['python']}, torch {report['machine'].get('torch')}. "
+             f"tokens each (greedy; samplers {', '.join(report.get('samplers', LLAMA_VIM_SAMPLERS))}). "
+             f"Python {report['machine']['python']}, torch {report['machine'].get('torch')}. "
              f"Load average at start {report['machine']['load_average_start']}, at end "
              f"{report['machine']['load_average_end']}: other work on the machine slows every number here." +
              ("".join(f" {k}={v}." for k, v in sorted(report.get("environment", {}).items()))), "",
@@ -324,6 +327,18 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _sampler_list(text: str) -> tuple[str, ...]:
+    """--samplers: llama.cpp's sampler names, comma-separated (the server skips names it does not know: here an
+    error, since a misspelt one would quietly time another chain)."""
+    from .server.samplers import NAMES
+
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in NAMES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown)}: not a llama.cpp sampler ({', '.join(sorted(NAMES))})")
+    return names
+
+
 def _cold_clause(record: dict) -> str:
     """The server's prompt building and engine time of a request, as a clause for a sentence ("" if unknown)."""
     stages = record.get("server")
@@ -357,6 +372,10 @@ def parse_args(argv):
     parser.add_argument("--attention", choices=("flash", "sdpa", "eager"),
                         help="as for codecomplete (default: its default)")
     parser.add_argument("--context-tokens", type=_tokens, help="the prompt budget (default: codecomplete's)")
+    parser.add_argument("--samplers", type=_sampler_list, default=LLAMA_VIM_SAMPLERS,
+                        help="the bodies' sampler chain, comma-separated (default: llama.vim's, with temperature for "
+                             "greedy: top_k,top_p,infill,temperature; random weights: leave out infill, whose 0.2 "
+                             "threshold drops their near-uniform candidates and ends each answer at once)")
     parser.add_argument("--out", type=Path, help="NAME for NAME.json and NAME.md (default: bench/scratch/serve-DEVICE)")
     args = parser.parse_args(argv)
     for option, path in (("--file", args.file), ("--other-file", args.other_file),
@@ -398,21 +417,21 @@ def main(argv=None) -> int:
             exited = re.match(r"the server exited with (\d+)", str(exc))
             return int(exited.group(1)) if exited else 1
         try:
-            first = infill(server.url, cursors[0].llama_vim_body(args.max_tokens))
+            first = infill(server.url, cursors[0].llama_vim_body(args.max_tokens, args.samplers))
             requests = []
             for cursor in cursors[1:]:
                 requests.append({"line": cursor.line, "col": cursor.col,
-                                 **infill(server.url, cursor.llama_vim_body(args.max_tokens))})
+                                 **infill(server.url, cursor.llama_vim_body(args.max_tokens, args.samplers))})
                 print(f"  {len(requests)}/{len(cursors) - 1}: first token {requests[-1]['ttft_ms']:.0f} ms, "
                       f"total {requests[-1]['total_ms']:.0f} ms, {requests[-1]['prefilled']} prefilled",
                       file=sys.stderr, flush=True)
             other = (repo / args.other_file).read_text(encoding="utf-8")
-            cold = infill(server.url, Cursor(other, len(other) // 2).llama_vim_body(args.max_tokens))
+            cold = infill(server.url, Cursor(other, len(other) // 2).llama_vim_body(args.max_tokens, args.samplers))
             more_cold = []
             for path in args.more_cold:
                 text = (repo / path).read_text(encoding="utf-8")
                 more_cold.append({"file": path, **infill(server.url, Cursor(text, len(text) // 3).llama_vim_body(
-                    args.max_tokens))})
+                    args.max_tokens, args.samplers))})
         finally:
             code = server.stop()
         server_log = server.log()
@@ -436,7 +455,8 @@ def main(argv=None) -> int:
               "chars_per_request": args.chars,
               "environment": {k: v for k, v in os.environ.items()     # the switches the server ran with
                               if k.startswith("CODECOMPLETE_") and k != "CODECOMPLETE_API_KEY"},
-              "max_tokens": args.max_tokens, "summary": summary, "bars": bars(device, summary),
+              "max_tokens": args.max_tokens, "samplers": list(args.samplers), "summary": summary,
+              "bars": bars(device, summary),
               "first_request": first, "cold_other_file": cold, "more_cold": more_cold, "one_shot": oneshots,
               "requests": requests, "server_log": server_log.splitlines()[-80:]}
     out = args.out or Path("bench/scratch") / f"serve-{'gpu' if device.startswith('cuda') else 'cpu'}"

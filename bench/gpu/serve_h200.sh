@@ -28,6 +28,9 @@ fi
 export CODECOMPLETE_CACHE_DIR=${CODECOMPLETE_CACHE_DIR:-/tmp/codecomplete-cache}
 export TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader 2>/dev/null || true
+# Random weights' near-uniform candidates all fall under the infill sampler's 0.2 threshold, which then ends every
+# answer at its first token (as llama.cpp's would): llama.vim's chain without infill (bench/infill_sampler_bench.py
+# times infill itself).
 python3 -m codecomplete.serve_bench --model "$MODEL" --context-tokens "$CONTEXT" --max-tokens "$MAX_TOKENS" \
-  --requests "$REQUESTS" --one-shot 1 --more-cold prompts/packing.py codecomplete/server/llama_cpp.py \
+  --samplers "${SAMPLERS:-top_k,top_p,temperature}" --requests "$REQUESTS" --one-shot 1 --more-cold prompts/packing.py codecomplete/server/llama_cpp.py \
   --out "$OUT/serve-h200" 2> "$OUT/serve-h200.log" | tail -n 12

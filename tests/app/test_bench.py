@@ -168,6 +168,7 @@ def test_a_plot_that_cannot_be_written_is_an_error_not_a_bug(tmp_path, monkeypat
     (["--file", "notes.md"], "--file notes.md: unterminated string literal"),
     (["--bogus"], "unrecognized arguments: --bogus"),                                 # a usage block before
     (["--attention", "flahs"], "argument --attention: invalid choice: 'flahs'"),   # a server that would not start
+    (["--samplers", "top_k,top_q"], "argument --samplers: top_q: not a llama.cpp sampler"),   # would time another chain
     (["--out", "{tmp}/no-folder/serve"], "--out {tmp}/no-folder/serve.json: cannot write it"),  # after the run
     (["--out", "{tmp}/pkg"], "--out {tmp}/pkg.json: is a folder"),        # a folder pkg.json, made below
 ])
@@ -183,8 +184,10 @@ def test_serve_bench_options_are_checked_before_the_server_starts(argv, says, tm
     says = says.replace("{tmp}", str(tmp_path))
     assert exit.value.code == 2 and err.count("\n") == 1 and says in err, err
     # The same files with good options: the cursors it will type, 5 characters of the body at a time.
-    args = serve_bench.parse_args([*base, "--chars", "5", "--requests", "3"])
+    args = serve_bench.parse_args([*base, "--chars", "5", "--requests", "3", "--samplers", "top_k, temperature"])
     assert [c.offset for c in args.cursors] == [19, 24, 29, 34]
+    assert args.cursors[0].llama_vim_body(8, args.samplers)["samplers"] == ["top_k", "temperature"]
+    assert args.cursors[0].llama_vim_body(8)["samplers"] == ["top_k", "top_p", "infill", "temperature"]
 
 
 def test_a_reader_gone_from_the_bench_tables_is_141(monkeypatch):
