@@ -32,6 +32,7 @@ from triton.compiler import ASTSource
 
 from kernels import interface
 from kernels.append import _append_kv_kernel, append_blocks
+from kernels.infill_keep import _infill_keep_kernel
 from kernels.interface import combine_constexprs, combine_warps, split_constexprs, split_kernel
 from kernels.plan import plan_launch, resident_programs
 from kernels.split_kv import _combine_kernel
@@ -136,6 +137,10 @@ MAIN_CONFIGS = [
 APPEND_CONFIGS = [("bf16", "bf16", 32, 128, 1, False), ("bf16", "fp8", 8, 128, 8, False),
                   ("fp32", "fp8", 3, 80, 16, False), ("bf16", "int8", 32, 128, 1, False),
                   ("fp32", "int8", 3, 80, 16, False), ("bf16", "int8", 8, 128, 1, True)]
+
+
+# infill_keep's candidates a row (BLOCK): llama.vim's top_k 40 with slack (64), a small top_k, the largest allowed
+INFILL_CONFIGS = [16, 64, 128]
 
 
 def before_pdl_wait(ptx: str) -> list[str]:
@@ -274,6 +279,22 @@ def compile_append(new: str, cache: str, Hkv: int, D: int, T: int, target: GPUTa
             "float_fma": bool(re.search(r"fma\.\w+\.f32", ptx))}
 
 
+def compile_infill(block: int, target: GPUTarget) -> dict:
+    binary = _compile(_infill_keep_kernel,
+                      dict(VALUES="*fp32", IDS="*i64", TABLE="*u8", LENGTHS="*i32", ENDS="*i8", OUT_IDS="*i64",
+                           OUT_VALUES="*fp32", ALONE="*i8"),
+                      dict(BLOCK=block), target, 4, 1, floats=(),
+                      not_divisible=("n_cols", "n_table", "n_ends", "stride_table"))
+    usage = sass_facts(binary.asm["cubin"])
+    return {"name": _infill_name(block), "infill_cubin_bytes": len(binary.asm["cubin"]),
+            "registers": usage.get("registers"), "local_bytes": usage.get("local_bytes"),
+            "approx_exp": "ex2.approx" in binary.asm["ptx"]}  # (False: the softmax is float64's exp)
+
+
+def _infill_name(block: int) -> str:
+    return f"infill-keep-k{block}"
+
+
 def _append_name(new: str, cache: str, Hkv: int, D: int, T: int, sequence_major_v: bool) -> str:
     return f"append-{new}-{cache}-h{Hkv}-d{D}-t{T}" + ("-vseq" if sequence_major_v else "")
 
@@ -285,6 +306,8 @@ def _run_job(job: tuple) -> dict:
     try:
         if kind == "main":
             return compile_config(what, target, with_opcodes)
+        if kind == "infill":
+            return compile_infill(what, target)
         return compile_append(*what[:5], target, what[5])
     except Exception as error:
         return {"name": name, "error": f"{type(error).__name__}: {str(error)[-2000:]}"}
@@ -304,6 +327,7 @@ def main(argv=None) -> int:
     wanted = [w for w in args.only.split(",") if w]
     jobs = [(config.name, "main", config, args.arch, args.sass) for config in MAIN_CONFIGS]
     jobs += [(_append_name(*append), "append", append, args.arch, args.sass) for append in APPEND_CONFIGS]
+    jobs += [(_infill_name(block), "infill", block, args.arch, args.sass) for block in INFILL_CONFIGS]
     if wanted:
         jobs = [job for job in jobs if any(w in job[0] for w in wanted)]
         if not jobs:        # a typo checked nothing and passed (exit 0)

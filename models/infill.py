@@ -13,13 +13,15 @@ What stays is drawn from the softmax of its own logits, as llama.cpp's dist samp
 probabilities only decide what stays. End-of-generation tokens are the model's EOS ids and the prompt format's stop
 ids (CodeLlama's <EOT>); a token's text is its bytes (models/healing.py: special tokens have none and never merge).
 
-On the host, not the device: the merge is sequential (each merge changes the probabilities the next comparison
-reads) and compares token texts, so the candidates' logits come to the host once per sampled token (one sync, a few
-hundred kB at most), which also turns off the decode loop's lookahead for such requests, as the penalties do. With
-llama.vim's chain (top-k 40 first) that is 40 candidates, about 0.5 ms a token on the host. Merging looks only at a
-candidate's own prefixes (a dictionary lookup per byte of each candidate, not llama.cpp's comparison per pair), but
-a chain with nothing before infill hands it the whole vocabulary: about 1 s a token for SmolLM2's 49,152 tokens when
-the end is too unlikely to decide at once (llama.cpp's pairwise loop costs far more there).
+On CUDA, when a top-k before it bounds the candidates (llama.vim's top_k 40), on the device without a host sync
+(kernels/infill_keep.py: one Triton program per row over the K = top_k + slack likeliest, torch.topk's; the
+vocabulary's bytes as a device table built once per tokenizer), so the decode loop's lookahead keeps the GPU busy.
+A row with more finite logits than K (more ties at top-k's boundary than the slack) is decided on its K likeliest.
+Elsewhere (CPU tensors, where the embedded model runs; a chain with nothing bounding the candidates) on the host:
+the candidates' logits come to the host once per sampled token (one sync). There merging looks only at a
+candidate's own prefixes (a dictionary lookup per byte of each candidate, not llama.cpp's comparison per pair):
+with llama.vim's chain about 0.5 ms a token; with the whole vocabulary about 1 s a token for SmolLM2's 49,152
+tokens when the end is too unlikely to decide at once (llama.cpp's pairwise loop costs far more there).
 """
 
 from __future__ import annotations
@@ -28,10 +30,47 @@ from collections.abc import Sequence
 
 import torch
 
+from models.generation import GenerationConfig
 from models.healing import VocabularyBytes
 
 EOG_RATIO = 3           # 3 * p(eog) * n > p(text): end here
 FIRST_THRESHOLD = 0.2   # text candidates below it leave (after merging)
+TIE_SLACK = 8           # candidates beyond top_k that the device path reads at least (ties at top-k's boundary)
+MAX_DEVICE_CANDIDATES = 128     # kernels.infill_keep.MAX_CANDIDATES (not imported: Triton may be missing on a CPU)
+
+
+def device_candidates(config: GenerationConfig | None, vocab: int) -> int | None:
+    """How many candidates the device path reads: the next power of two at or above top_k + TIE_SLACK, where a
+    top-k runs before "infill" in the chain (what it leaves is top_k plus its ties); None where nothing bounds them
+    or too many for one program."""
+    if config is None or "infill" not in config.sampler_order:
+        return None
+    before = config.sampler_order[:config.sampler_order.index("infill")]
+    if "top_k" not in before or not 0 < config.top_k < vocab:
+        return None
+    block = 1 << (config.top_k + TIE_SLACK - 1).bit_length()
+    return min(block, vocab) if block <= MAX_DEVICE_CANDIDATES else None
+
+
+_DEVICE_VOCABULARIES: dict[tuple[int, torch.device], tuple[object, torch.Tensor, torch.Tensor]] = {}
+
+
+def device_vocabulary(table: VocabularyBytes, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The vocabulary's texts on a device, built once per table (one per tokenizer: models.healing.vocabulary_bytes)
+    and device: bytes (N, L) uint8, zero-padded, and lengths (N,) int32 (0: no text, as special tokens)."""
+    key = (id(table), torch.device(device))
+    if key not in _DEVICE_VOCABULARIES or _DEVICE_VOCABULARIES[key][0] is not table:
+        pieces = [piece or b"" for piece in table.pieces]
+        width = max([1] + [len(piece) for piece in pieces])
+        flat = bytearray(len(pieces) * width)
+        for number, piece in enumerate(pieces):
+            flat[number * width:number * width + len(piece)] = piece
+        data = torch.tensor(list(flat), dtype=torch.uint8).view(len(pieces), width)
+        lengths = torch.tensor([len(piece) for piece in pieces], dtype=torch.int32)
+        while len(_DEVICE_VOCABULARIES) >= 4:                 # (the table is kept alive, so its id stays its own)
+            del _DEVICE_VOCABULARIES[next(iter(_DEVICE_VOCABULARIES))]
+        _DEVICE_VOCABULARIES[key] = (table, data.to(device), lengths.to(device))
+    return _DEVICE_VOCABULARIES[key][1:]
 
 
 class InfillSampler:
@@ -41,9 +80,47 @@ class InfillSampler:
         self.table = table
         self.end_ids = frozenset(end_ids)
         self.end_token = end_token
+        self._on_device: dict[tuple, torch.Tensor] = {}     # end flags and the "end alone" row, per device
 
-    def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        """Logits (B, V) -> logits (B, V), each row on its own."""
+    def apply(self, logits: torch.Tensor, config: GenerationConfig | None = None) -> torch.Tensor:
+        """Logits (B, V) -> logits (B, V), each row on its own; `config`: the chain it runs in (what bounds the
+        candidates). On the device where logits are on CUDA and a top-k before it bounds them, else on the host."""
+        candidates = device_candidates(config, logits.shape[-1])
+        if logits.is_cuda and candidates is not None:
+            return self.apply_on_device(logits, candidates)
+        return self.apply_on_host(logits)
+
+    def apply_on_device(self, logits: torch.Tensor, candidates: int) -> torch.Tensor:
+        """apply() on the `candidates` likeliest of each row, without a host sync (any device Triton runs on; on a
+        CPU only under TRITON_INTERPRET, for tests)."""
+        from kernels.infill_keep import infill_keep
+
+        table, lengths = device_vocabulary(self.table, logits.device)
+        values, ids = torch.topk(logits.float(), min(candidates, logits.shape[-1]), dim=-1)    # (B, K)
+        ids, kept, alone = infill_keep(values, ids, table, lengths, self._end_flags(logits))
+        out = torch.full_like(logits, float("-inf")).scatter_(-1, ids, kept.to(logits.dtype))
+        return torch.where(alone[:, None], self._end_alone(logits), out)
+
+    def _end_flags(self, logits: torch.Tensor) -> torch.Tensor:
+        """(V,) int8 on logits' device: 1 for the end-of-generation tokens (built once per device)."""
+        key = ("ends", logits.device, logits.shape[-1])
+        if key not in self._on_device:
+            flags = torch.zeros(logits.shape[-1], dtype=torch.int8)
+            flags[[token for token in self.end_ids if token < logits.shape[-1]]] = 1
+            self._on_device[key] = flags.to(logits.device)
+        return self._on_device[key]
+
+    def _end_alone(self, logits: torch.Tensor) -> torch.Tensor:
+        """(V,) of logits' dtype and device: the end token at 1, the rest -inf."""
+        key = ("alone", logits.device, logits.dtype, logits.shape[-1])
+        if key not in self._on_device:
+            end = torch.full(logits.shape[-1:], float("-inf"), dtype=logits.dtype)
+            end[self.end_token] = 1.0
+            self._on_device[key] = end.to(logits.device)
+        return self._on_device[key]
+
+    def apply_on_host(self, logits: torch.Tensor) -> torch.Tensor:
+        """apply() with the candidates read on the host (one sync)."""
         rows = logits.detach().to("cpu", torch.float64)                 # the one sync
         kept = torch.zeros(logits.shape, dtype=torch.bool)              # (B, V)
         alone = torch.zeros(logits.shape[0], dtype=torch.bool)         # (B,) rows left with the end token only

@@ -100,7 +100,7 @@ def chained(logits: torch.Tensor, config: GenerationConfig, penalize: Penalize |
             logits = torch.full_like(logits, float("-inf")).scatter(-1, order,
                                                                     sorted_logits.masked_fill(drop, float("-inf")))
         elif sampler == "infill" and infill is not None:
-            logits = infill.apply(logits)
+            logits = infill.apply(logits, config)
     return logits
 
 

@@ -171,3 +171,10 @@ def test_jobs_below_one_is_an_error(capsys):
     with pytest.raises(SystemExit) as exit:
         compile_check.main(["--jobs", "0"])
     assert exit.value.code == 2 and "--jobs 0: at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("block", __import__("kernels.compile_check", fromlist=["INFILL_CONFIGS"]).INFILL_CONFIGS)
+def test_the_infill_kernel_compiles_for_sm90_without_spills(compiled, block):
+    facts = compiled[f"infill-keep-k{block}"]
+    assert "error" not in facts, facts["error"]
+    assert facts["local_bytes"] == 0 and not facts["approx_exp"]

@@ -265,3 +265,83 @@ def test_infill_in_the_chain_after_top_k_on_the_device_path():
                                                                          sampler_order=SAMPLERS))
             values = torch.where(masked[0] > 0, logits[row], NEG_INF).tolist()
             assert token in infill_reference(values, pieces, {0}, 0)
+
+
+# The device path (kernels/infill_keep.py, here under the Triton interpreter) -----------------------------------
+
+
+def device_kept(sampler: InfillSampler, logits: torch.Tensor, candidates: int = 64) -> list[int]:
+    out = sampler.apply_on_device(logits, candidates)
+    assert torch.equal(out, sampler.apply_on_host(logits))          # the same logits as the host path, row by row
+    return torch.nonzero(out[0] > NEG_INF).flatten().tolist()
+
+
+def test_infill_on_the_device_matches_llama_cpps_loop_on_random_candidates():
+    """The 400 candidate sets of the host test above, through the kernel: the same kept set as the float64 port."""
+    rng = random.Random(11)
+    for trial in range(400):
+        vocab = 40
+        pieces = [bytes(rng.choice(b"ab ") for _ in range(rng.randint(1, 3))) for _ in range(vocab)]
+        pieces[0], pieces[1] = None, None
+        values = [rng.gauss(0, 1.5) for _ in range(vocab)]
+        values[0] += rng.choice([-12.0, -6.0, -3.0, 0.0])
+        values[1] += rng.choice([-12.0, -6.0])
+        for i in rng.sample(range(2, vocab), rng.randint(0, 30)):
+            values[i] = NEG_INF
+        sampler = InfillSampler(table_of(pieces), [0, 1], 1)
+        assert device_kept(sampler, torch.tensor([values])) == infill_reference(values, pieces, {0, 1}, 1), trial
+
+
+@pytest.mark.parametrize("case", ["ties", "all_end", "no_end", "chain", "special", "bound", "empty"])
+def test_infill_on_the_device_in_the_edge_cases(case):
+    rng = random.Random(case)
+    vocab = 200
+    pieces = [None] * 4 + [bytes(rng.choice(b"ab") for _ in range(rng.randint(1, 4))) for _ in range(vocab - 4)]
+    ends, values = [0, 1], [NEG_INF] * vocab
+    if case == "ties":                  # equal logits: rank by id, merges into the earlier of equals
+        for i in [0] + list(range(10, 40)):
+            values[i] = 0.0
+    elif case == "all_end":             # every candidate ends generation
+        ends = [0, 1, 50, 51]
+        values[0], values[1], values[50], values[51] = 1.0, 0.5, 2.0, -1.0
+    elif case == "no_end":              # no end token among the candidates
+        for i in range(20, 60):
+            values[i] = rng.gauss(0, 2)
+    elif case == "chain":               # "a" < "ab" < "abb" < "abba", each likelier than the last: one chain
+        pieces[10:14] = [b"a", b"ab", b"abb", b"abba"]
+        for i, v in zip(range(10, 14), [0.0, 0.5, 1.0, 1.5]):
+            values[i] = v
+        values[0] = -9.0
+    elif case == "special":             # text-less tokens (ids 2, 3, past the table) among the candidates
+        pieces = pieces[:150]
+        for i in [2, 3, 160, 199, 20, 21, 22]:
+            values[i] = rng.gauss(0, 1)
+    elif case == "bound":               # exactly K = 64 candidates
+        for i in rng.sample(range(2, vocab), 64):
+            values[i] = rng.gauss(0, 0.5)
+    sampler = InfillSampler(table_of(pieces), ends, ends[0])
+    logits = torch.tensor([values])
+    want = infill_reference(values, pieces + [None] * (vocab - len(pieces)), set(ends), ends[0]) \
+        if case != "empty" else []
+    assert device_kept(sampler, logits) == want
+
+
+def test_infill_on_the_device_decides_rows_alone_and_in_a_batch():
+    """Rows of one batch are independent: the end-alone row gets the end token at logit 1, the others their own."""
+    many = InfillSampler(table_of([None] + [bytes([65 + i]) for i in range(10)]), [0], 0)
+    spread = torch.tensor([[1e-6] + [0.1] * 10, [1e-6] + [0.9] + [0.01] * 9]).log()
+    out = many.apply_on_device(spread, 16)
+    assert torch.equal(out, many.apply_on_host(spread))
+    assert out[0, 0] == 1.0 and (out[0, 1:] == NEG_INF).all() and out[1, 1] == spread[1, 1]
+
+
+def test_the_device_path_reads_top_k_plus_slack_where_a_top_k_runs_before_infill():
+    from models.infill import device_candidates
+    vim = GenerationConfig(top_k=40, sampler_order=("top_k", "top_p", "infill") + SAMPLERS[:3])
+    assert device_candidates(vim, 49152) == 64                    # 40 + 8 ties, to a power of two
+    order = ("top_k", "infill", "top_p") + SAMPLERS[:3]
+    assert device_candidates(GenerationConfig(top_k=40, sampler_order=("infill",) + SAMPLERS), 49152) is None
+    assert device_candidates(GenerationConfig(top_k=40, sampler_order=SAMPLERS), 49152) is None
+    assert device_candidates(GenerationConfig(top_k=0, sampler_order=order), 49152) is None
+    assert device_candidates(GenerationConfig(top_k=200, sampler_order=order), 49152) is None
+    assert device_candidates(GenerationConfig(top_k=5, sampler_order=order), 10) == 10
