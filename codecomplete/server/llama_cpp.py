@@ -183,7 +183,8 @@ def _sampling(server, body: Options):
         raise ApiError(501, "grammar and json_schema are not supported")
     chain = samplers.chain(body.samplers)
     samplers.refuse_unsupported(chain, body)
-    bias = logit_bias.llama_cpp(body.logit_bias, server.tokenizer, server.engine.model.config.vocab_size)
+    bias = (logit_bias.llama_cpp(body.logit_bias, server.tokenizer, server.engine.model.config.vocab_size)
+            if body.logit_bias else ())
     return server.sampling(body.n_predict, seed=None if body.seed < 0 else body.seed, stop=stop_strings(body.stop),
                            format_stops=not body.ignore_eos, ignore_eos=body.ignore_eos, logit_bias=bias,
                            **samplers.applied(

@@ -309,7 +309,7 @@ def _sampling(server, body: Options):
     if body.grammar or body.json_schema is not None:
         # text that ignored them would pass for what was asked (JSON)
         raise ApiError(400, "grammar and json_schema are not supported")
-    bias = logit_bias.openai(body.logit_bias, server.engine.model.config.vocab_size)
+    bias = logit_bias.openai(body.logit_bias, server.engine.model.config.vocab_size) if body.logit_bias else ()
     if body.repetition_penalty is not None and body.repeat_penalty is not None:
         raise ApiError(400, "repetition_penalty (vLLM's) and repeat_penalty (llama.cpp's) are one penalty: give one")
     repeat, window = ((body.repetition_penalty, -1) if body.repetition_penalty is not None

@@ -142,6 +142,7 @@ class _Tokenizer:
     """A stand-in tokenizer (one token per 4 characters, no special tokens): ranking tests need no real one."""
 
     bos_token_id = eos_token_id = None
+    all_special_ids: list[int] = []
     chat_template = None
 
     def __call__(self, texts, add_special_tokens=True, split_special_tokens=False, return_offsets_mapping=False):
