@@ -42,7 +42,7 @@ router = APIRouter()
 public = APIRouter()
 
 
-class Options(Body):
+class Options(samplers.UnimplementedSamplerFields):   # (typical_p, dry_*, xtc_*, ...)
     """What /completion and /infill share (llama.cpp's defaults)."""
 
     n_predict: int = Field(-1, ge=-1, validation_alias=AliasChoices("n_predict", "max_tokens"))
@@ -56,14 +56,6 @@ class Options(Body):
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     samplers: list[str] | str | None = None   # which run, in order (samplers.py); None: llama.cpp's default chain
-    typical_p: float = 1.0             # samplers not implemented: accepted at these (llama.cpp's) neutral values,
-    dry_multiplier: float = 0.0        # refused where the chain runs them with another (samplers.py)
-    dry_base: float = 1.75
-    dry_penalty_last_n: int = -1
-    xtc_probability: float = 0.0
-    xtc_threshold: float = 0.1
-    top_n_sigma: float = -1.0
-    adaptive_target: float = -1.0
     stop: str | list[str] = []         # (one string: llama.cpp's native routes skip it; here it is one stop)
     ignore_eos: bool = False           # llama.cpp's: every end-of-generation token banned (a -inf bias), so the
                                        # answer runs to n_predict; the prompt format's stop strings are off too

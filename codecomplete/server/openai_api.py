@@ -47,7 +47,7 @@ class StreamOptions(Body):
     include_usage: bool = False
 
 
-class Options(Body):
+class Options(samplers.UnimplementedSamplerFields):   # (llama.cpp's extras: typical_p, ...)
     model: str | None = None
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, ge=0, le=1)
@@ -66,14 +66,6 @@ class Options(Body):
     repeat_penalty: float | None = Field(None, gt=0)       # llama.cpp's: over the last repeat_last_n of them
     repeat_last_n: int = Field(64, ge=-1)
     samplers: list[str] | str | None = None     # llama.cpp's chain (samplers.py)
-    typical_p: float = 1.0                      # llama.cpp's samplers not implemented: refused unless neutral
-    dry_multiplier: float = 0.0
-    dry_base: float = 1.75
-    dry_penalty_last_n: int = -1
-    xtc_probability: float = 0.0
-    xtc_threshold: float = 0.1
-    top_n_sigma: float = -1.0
-    adaptive_target: float = -1.0
     grammar: str = ""                           # llama.cpp's extras on its OpenAI routes
     json_schema: dict | bool | None = None
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from models.generation import OPTIONAL_SAMPLERS, SAMPLERS
 
+from .bodies import Body
 from .errors import ApiError
 
 NAMES = {"dry", "top_k", "top_p", "top_n_sigma", "typ_p", "min_p", "temperature", "xtc", "infill", "penalties",
@@ -39,6 +40,20 @@ LETTERS = {"d": "dry", "k": "top_k", "y": "typ_p", "p": "top_p", "s": "top_n_sig
 DEFAULT = ("penalties", "dry", "top_n_sigma", "top_k", "typ_p", "top_p", "min_p", "xtc", "temperature")
 APPLIED = SAMPLERS + OPTIONAL_SAMPLERS              # the ones models.sampling runs
 LLAMA_CPP_MIN_P = 0.05                                # llama.cpp's default min_p (vLLM's and Ollama's: 0)
+
+
+class UnimplementedSamplerFields(Body):
+    """The fields of llama.cpp's samplers not implemented here, at llama.cpp's neutral defaults: accepted so, refused
+    by `refuse_unsupported` where the chain runs one with another value (llama.cpp's routes and its extras on the
+    OpenAI ones)."""
+    typical_p: float = 1.0
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_penalty_last_n: int = -1
+    xtc_probability: float = 0.0
+    xtc_threshold: float = 0.1
+    top_n_sigma: float = -1.0
+    adaptive_target: float = -1.0
 
 
 def chain(samplers: list[str] | str | None) -> tuple[str, ...]:

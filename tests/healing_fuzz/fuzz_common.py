@@ -16,6 +16,21 @@ FRAGMENTS = ["é", "中文", "🙂", "👩‍💻", "e\u0301", "\t", "\r\n", "\r
              "😀😀", "\U0001F1EF\U0001F1F5", "x\u0308", "\u0300"]
 
 
+def arguments(cases: int, which: list[str] | None = None):
+    """`SCRIPT [SEED [CASES [NAME,NAME...]]]`: the seed, the number of cases, the tokenizers' names, a seeded rng."""
+    seed = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+    cases = int(sys.argv[2]) if len(sys.argv) > 2 else cases
+    which = sys.argv[3].split(",") if len(sys.argv) > 3 else which
+    return seed, cases, which, random.Random(seed)
+
+
+class Failures(dict):
+    """Details of each failure, by kind."""
+
+    def add(self, key, detail) -> None:
+        self.setdefault(key, []).append(detail)
+
+
 def random_text(rng: random.Random, n=None) -> str:
     n = n if n is not None else rng.randint(0, 25)
     return "".join(rng.choice(FRAGMENTS) for _ in range(n))

@@ -1,23 +1,18 @@
 """Part B: the engine under a required prefix, tiny random models, random prefixes/prompts/stops."""
 import random, sys, tempfile, traceback
 from pathlib import Path
-from fuzz_common import FRAGMENTS, random_text, tokenizers
+from fuzz_common import FRAGMENTS, Failures, arguments, random_text, tokenizers
 from models import GenerationConfig, load_model
 from models.healing import token_bytes
 from models.tokenizer import IncrementalDetokenizer
 from prompts import build_raw_prompt
 from tiny_models import save_tiny_llama
 
-seed = int(sys.argv[1]) if len(sys.argv) > 1 else 0
-cases = int(sys.argv[2]) if len(sys.argv) > 2 else 100
-which = sys.argv[3].split(",") if len(sys.argv) > 3 else ["llama_tiny", "smollm2"]
-rng = random.Random(seed)
+seed, cases, which, rng = arguments(100, ["llama_tiny", "smollm2"])
 toks = tokenizers()
-failures = {}
+failures = Failures()
+fail = failures.add
 count = 0
-
-def fail(key, detail):
-    failures.setdefault(key, []).append(detail)
 
 for name in which:
     tok = toks[name]

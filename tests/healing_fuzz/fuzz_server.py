@@ -1,7 +1,7 @@
 """Part C: /infill, /completion, /v1/completions in process, tiny random models, random cursors and splits."""
 import json, random, sys, tempfile, traceback
 from pathlib import Path
-from fuzz_common import random_text, tokenizers
+from fuzz_common import Failures, arguments, random_text, tokenizers
 from models import load_model
 from prompts import index_repository
 from tiny_models import save_tiny_llama
@@ -9,15 +9,11 @@ from fastapi.testclient import TestClient
 from codecomplete.session import Session
 from codecomplete.server.app import Server, create_app
 
-seed = int(sys.argv[1]) if len(sys.argv) > 1 else 0
-cases = int(sys.argv[2]) if len(sys.argv) > 2 else 30
-which = sys.argv[3].split(",") if len(sys.argv) > 3 else ["codellama", "starcoder", "smollm2"]
-rng = random.Random(seed)
+seed, cases, which, rng = arguments(30, ["codellama", "starcoder", "smollm2"])
 toks = tokenizers()
-failures = {}
+failures = Failures()
+fail = failures.add
 count = 0
-def fail(key, detail):
-    failures.setdefault(key, []).append(detail)
 
 root = Path(tempfile.mkdtemp()) / "repo"; root.mkdir()
 (root / "geometry.py").write_text("def polygon_area(poly):\n    return 0.0\n")
