@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import torch
 
 from models.generation import SAMPLERS, GenerationConfig
-from models.infill import InfillSampler
+from models.infill import InfillSampler, device_candidates
 from models.sampling import sample
 
 VIM = GenerationConfig(temperature=1.0, top_k=40, top_p=0.99, sampler_order=("top_k", "top_p", "infill") + SAMPLERS[:3])
@@ -32,6 +32,15 @@ class HostOnly:
 
     def apply(self, logits, config=None):
         return self.sampler.apply_on_host(logits)
+
+
+class DeviceOnly:
+    """The same sampler, always on the device path (whatever CODECOMPLETE_INFILL_DEVICE says)."""
+    def __init__(self, sampler):
+        self.sampler = sampler
+
+    def apply(self, logits, config=None):
+        return self.sampler.apply_on_device(logits, device_candidates(config, logits.shape[-1]))
 
 
 def vocabulary(vocab: int, seed: int):
@@ -53,7 +62,7 @@ def check(sampler: InfillSampler, vocab: int, rows: int, seed: int) -> int:
     logits[::7, 100:110] = logits[::7, 100:101]                            # ties (within the slack) in some rows
     kth = torch.topk(logits, 40, dim=-1).values[:, -1:]                    # top_k 40, as the chain's
     masked = logits.masked_fill(logits < kth, float("-inf"))
-    device = sampler.apply(masked, VIM)
+    device = DeviceOnly(sampler).apply(masked, VIM)
     host = sampler.apply_on_host(masked)
     return int(((device > float("-inf")) != (host > float("-inf"))).any(dim=-1).sum())
 
@@ -83,7 +92,7 @@ def main() -> None:
         mismatched = check(sampler, vocab, args.rows, vocab)
         logits = torch.randn(1, vocab, device="cuda") * 3
         generator = torch.Generator(device="cuda").manual_seed(0)
-        cases = {"device infill": lambda: sample(logits, VIM, generator, infill=sampler),
+        cases = {"device infill": lambda: sample(logits, VIM, generator, infill=DeviceOnly(sampler)),
                  "host infill": lambda: sample(logits, VIM, generator, infill=HostOnly(sampler)),
                  "no infill": lambda: sample(logits, PLAIN, generator)}
         for name, fn in cases.items():
