@@ -14,9 +14,10 @@ tokens top-k kept; top-p after min-p renormalizes over what min-p kept.
 Greedy (temperature <= 0) is llama.cpp's temperature sampler at 0: the largest logit the samplers before
 "temperature" left wins (those after it choose among that one token).
 
-Everything but "infill" stays on the device (no .item(), no multinomial), so the decode loop never waits on the host
-to pick a token: sampling uses the exponential-race form of the Gumbel-max trick. The infill sampler (models/infill.py)
-reads the candidates on the host: one sync per sampled token. Where a request asks for token log-probabilities,
+Everything stays on the device (no .item(), no multinomial), so the decode loop never waits on the host to pick a
+token: sampling uses the exponential-race form of the Gumbel-max trick. The infill sampler (models/infill.py) is the
+exception where it cannot run as a kernel (on a CPU, or with no top-k before it): there it reads the candidates on
+the host, one sync per sampled token. Where a request asks for token log-probabilities,
 `logprob_table` packs the chosen token's and the top N's (the raw logits' log-softmax) into one small tensor that
 goes to the host with the token; a request that does not ask computes nothing of it.
 """
@@ -109,6 +110,8 @@ def _temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     signs). Below float32's smallest normal number the temperature would round to 0 (1e-300: 0 / 0 is NaN): it
     divides as that number. A row whose finite logits overflow (1e-45 sent the largest to +inf, and inf - inf is NaN
     in the softmax) divides from its largest logit down instead: the others go to -inf, the largest stays 0."""
+    if temperature >= 1.0:          # |logit| / temperature <= |logit|: nothing overflows (llama.vim's chain leaves
+        return logits if temperature == 1.0 else logits / temperature    # the temperature out: 1, every token)
     temperature = max(temperature, torch.finfo(torch.float32).tiny)
     scaled = logits / temperature
     overflow = (torch.isinf(scaled) & torch.isfinite(logits)).any(dim=-1, keepdim=True)      # (B, 1)
