@@ -138,9 +138,7 @@ class InfillSampler:
                 kept[row, keep] = True
         out = logits.masked_fill(~kept.to(logits.device), float("-inf"))
         if alone.any():
-            end = torch.full_like(logits[0], float("-inf"))
-            end[self.end_token] = 1.0
-            out = torch.where(alone.to(logits.device)[:, None], end, out)
+            out = torch.where(alone.to(logits.device)[:, None], self._end_alone(logits), out)
         return out
 
     def keep(self, values: torch.Tensor) -> list[int] | None:
