@@ -125,21 +125,22 @@ class Encoder:
     def token_starts(self, text: str) -> list[int]:
         """The character offset where each token of ``text`` starts: where a text too long for the budget can be
         cut between tokens."""
-        offsets = self.tokenizer(
-            tokenizable(text), add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True
-        )["offset_mapping"]
-        return [start for start, _ in offsets]
+        return [start for start, _ in self._with_offsets(text)["offset_mapping"]]
 
     def last_token(self, text: str) -> str:
         """The text of the last token the tokenizer makes of ``text`` ("" for no text, and for an unknown token: a
         vocabulary without byte pieces has no token that writes that text, so it is no text to leave to the model)."""
-        encoded = self.tokenizer(
-            tokenizable(text), add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True
-        )
+        encoded = self._with_offsets(text)
         ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
         if not ids or ids[-1] in self.tokenizer.all_special_ids:
             return ""
         return text[offsets[-1][0] :]
+
+    def _with_offsets(self, text: str):
+        """``text``'s tokens and where each lies in it (input_ids, offset_mapping), special-token text as text."""
+        return self.tokenizer(
+            tokenizable(text), add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True
+        )
 
     def _plain(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(list(map(tokenizable, texts)), add_special_tokens=False, split_special_tokens=True)[
