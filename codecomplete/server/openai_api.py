@@ -162,14 +162,12 @@ async def completions(request: Request):
             if event.kind == "error":
                 return [sse(event.value.body())]
             result = event.value
-            start = result.healing_tokens + sent        # the tokens no text came with (the end of text)
-            logprobs = scores(result.token_ids[start:], result.logprobs[start:]) if scores else None
+            logprobs = _logprobs_after(scores, result, sent)     # the tokens no text came with (the end of text)
             last = {"text": "", "index": 0, "logprobs": logprobs, "finish_reason": FINISH[result.finish_reason]}
             return reply.ending(last, result, body.stream_options)
         return stream(running, frames, "text/event-stream")
     result = await running.result()
-    logprobs = (scores(result.token_ids[result.healing_tokens:], result.logprobs[result.healing_tokens:])
-                if scores else None)
+    logprobs = _logprobs_after(scores, result)
     choice = {"text": result.text, "index": 0, "logprobs": logprobs, "finish_reason": FINISH[result.finish_reason]}
     return json_response({**reply.head(), "choices": [choice], "usage": usage(result)})
 
@@ -222,14 +220,12 @@ async def chat_completions(request: Request):
             if event.kind == "error":
                 return [sse(event.value.body())]
             result = event.value
-            start = result.healing_tokens + sent        # the tokens no text came with (the end of text)
-            logprobs = {"logprobs": scores(result.token_ids[start:], result.logprobs[start:])} if scores else {}
+            logprobs = {"logprobs": _logprobs_after(scores, result, sent)} if scores else {}   # (the end of text)
             return reply.ending({"index": 0, "delta": {}, **logprobs, "finish_reason": FINISH[result.finish_reason]},
                                 result, body.stream_options)
         return stream(running, frames, "text/event-stream", first=opening)
     result = await running.result()
-    logprobs = (scores(result.token_ids[result.healing_tokens:], result.logprobs[result.healing_tokens:])
-                if scores else None)
+    logprobs = _logprobs_after(scores, result)
     choice = {"index": 0, "message": {"role": "assistant", "content": result.text}, "logprobs": logprobs,
               "finish_reason": FINISH[result.finish_reason]}
     return json_response({**reply.head(), "choices": [choice], "usage": usage(result)})
@@ -293,6 +289,15 @@ def _text(content) -> str:
     if content is None:
         return ""
     return content if isinstance(content, str) else "\n".join(part.text for part in content)
+
+
+def _logprobs_after(scores, result, sent: int = 0):
+    """`scores` of the answer's tokens after healing's and the `sent` ones a stream's chunks carried, or None without
+    `scores` (the request asked for no logprobs)."""
+    if scores is None:
+        return None
+    start = result.healing_tokens + sent
+    return scores(result.token_ids[start:], result.logprobs[start:])
 
 
 def _sampling(server, body: Options):
