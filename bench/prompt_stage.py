@@ -31,15 +31,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def tokenizer():
-    """The embedded model's tokenizer, as a loaded engine carries it (its GGUF converted once into the cache)."""
-    from models.loading import cache_root, embedded_model_path
-    from models.loading.gguf import gguf_checkpoint
+def tokenizer(folder: Path | None):
+    """The tokenizer in `folder`, or the embedded model's as a loaded engine carries it (its GGUF converted once
+    into the cache)."""
     from models.loading.hf import load_tokenizer
-    import torch
 
-    folder = gguf_checkpoint(embedded_model_path(), torch.float32)
-    return load_tokenizer(Path(folder))
+    if folder is None:
+        import torch
+
+        from models.loading import embedded_model_path
+        from models.loading.gguf import gguf_checkpoint
+
+        folder = Path(gguf_checkpoint(embedded_model_path(), torch.float32))
+    return load_tokenizer(folder)
 
 
 def cursors(repo: Path, file: str, function: str, chars: int, requests: int, jump_every: int, others: list[str]):
@@ -76,6 +80,8 @@ def main() -> None:
                         help="a jump to another file after this many requests (default: 10; 0: none)")
     parser.add_argument("--budget", type=int, default=8192, help="prompt budget in tokens (default: 8192)")
     parser.add_argument("--warm", type=int, default=64, help="files the server's warmer builds prompts in first")
+    parser.add_argument("--tokenizer", type=Path,
+                        help="a folder with the tokenizer (default: the embedded model's; on the H200: .gpu/tokenizer)")
     parser.add_argument("--profile", action="store_true", help="print cProfile's top functions")
     parser.add_argument("--digest", type=Path, help="write one SHA-256 per prompt to this file")
     parser.add_argument("--json", type=Path, help="write the per-request times here")
@@ -88,7 +94,7 @@ def main() -> None:
 
     repo = args.repo.resolve()
     index = index_repository(repo)
-    engine = types.SimpleNamespace(tokenizer=tokenizer(), check_prompt=lambda ids: None)
+    engine = types.SimpleNamespace(tokenizer=tokenizer(args.tokenizer), check_prompt=lambda ids: None)
     session = Session(engine, index, args.budget)
     warmer = PromptWarmer(session, args.budget, max_files=args.warm)
     warmer.run(1e9)                                     # (the server warms before it announces itself)
