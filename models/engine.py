@@ -34,8 +34,9 @@ from models.kv_cache import cache_dtype_name
 from models.options import DEFAULT_MAX_CONTEXT, parse_kv_cache
 from models.infill import InfillSampler
 from models.penalties import Penalties
-from models.sampling import bias_vector, logprob_table, make_generator, read_logprobs, sample
-from models.speculative import PromptLookup, accept
+from models.request_sampler import RequestSampler
+from models.sampling import bias_vector, logprob_table, make_generator, read_logprobs
+from models.speculative import PromptLookup
 from models.tokenizer import IncrementalDetokenizer, StopStringMatcher
 
 
@@ -322,21 +323,14 @@ class Engine:
             logits = torch.cat(logits)                                                  # (B, V)
         if not bool(torch.isfinite(logits).all()):    # NaN or inf weights: the "text" would be token 0 over and over
             raise ModelError(f"{self.name}: the model's output is not a number (NaN or inf in its weights?)")
-        generator = make_generator(self._device, config.seed) if config.temperature > 0 else None
-        healing = self._healing(config, B)
-        penalties = Penalties.of(config, prompts, cap)      # applied where the chain has them (models/sampling.py)
+        sampler = self._sampler(config, prompts, logits)
         stop_ids = set(self.eos_token_ids) | set(config.stop_token_ids)
-        infill = self._infill(config)
-        bias = bias_vector(config, logits.shape[-1], logits.device)     # (V,) or None: built once, added each step
-        tokens = sample(healing.restrict(logits) if healing else logits, config, generator,
-                        penalties.apply if penalties else None, infill, bias)            # (B,)
+        tokens = sampler.pick(logits)                                                    # (B,)
         scores = logprob_table(logits, tokens, config.logprobs) if config.logprobs is not None else None
         if depth:
-            loop = self._decode_speculative(prompts[0], rows[0], tokens, config, generator, stop_ids,
-                                            should_stop, depth, healing, penalties, infill, bias)
+            loop = self._decode_speculative(prompts[0], rows[0], tokens, sampler, stop_ids, should_stop, depth)
         else:
-            loop = self._decode_plain(prompts, rows, tokens, config, generator, stop_ids, should_stop, healing,
-                                      penalties, infill, bias, scores)
+            loop = self._decode_plain(prompts, rows, tokens, sampler, stop_ids, should_stop, scores)
         t_end = perf_counter()
         self._cached_ids = loop.fed[:cap - 1]   # a finished row's writes clamp at slot cap - 1
 
@@ -416,9 +410,7 @@ class Engine:
             logits = state.run(kv_len=position + 1, exact=True)
         return logits
 
-    def _decode_plain(self, prompts, rows, tokens, config, generator, stop_ids, should_stop,
-                      healing: HealingConstraint | None = None, penalties: Penalties | None = None,
-                      infill: InfillSampler | None = None, bias: torch.Tensor | None = None,
+    def _decode_plain(self, prompts, rows, tokens, sampler: RequestSampler, stop_ids, should_stop,
                       scores: torch.Tensor | None = None) -> _Loop:
         """One token per sequence per step; on CUDA, step t+1 is queued before token t is read. `scores`: the first
         tokens' `logprob_table` where the request asks for logprobs (each step's comes to the host with its tokens)."""
@@ -433,20 +425,16 @@ class Engine:
             host_scores = HostCopy(scores) if scores is not None else None
             # With lookahead, step t+1 is queued before waiting for token t (wasted only if t is the last);
             # not while healing, nor with penalties: their next choice depends on token t.
-            queued = self._lookahead and step + 1 < steps and not (healing and healing.active) and not penalties
+            queued = self._lookahead and step + 1 < steps and not sampler.waits_for_tokens
             if queued:
-                next_tokens, next_scores = self._step(state, tokens, positions, config, generator, infill=infill,
-                                                      bias=bias)
+                next_tokens, next_scores = self._step(state, tokens, positions, sampler)
             token_list = host.wait()
-            entries = ([read_logprobs(r, config.logprobs) for r in host_scores.wait()] if host_scores
+            entries = ([read_logprobs(r, sampler.config.logprobs) for r in host_scores.wait()] if host_scores
                        else [None] * len(rows))
             live.decode_steps = step                    # before the tokens' text is sent
             if step == 0:
                 t_first = perf_counter()
-            if healing:
-                healing.advance(token_list)
-            if penalties:
-                penalties.advance(token_list)
+            sampler.took(token_list)
             for row, token, entry in zip(rows, token_list, entries):
                 row.accept(token, stop_ids, entry)
             live.healing_tokens = rows[0].healing_tokens    # before the next text: healing's tokens make none
@@ -459,16 +447,13 @@ class Engine:
                     row.cancel()
                 break
             if not queued:
-                next_tokens, next_scores = self._step(state, tokens, positions, config, generator, healing,
-                                                      penalties, infill, bias)
+                next_tokens, next_scores = self._step(state, tokens, positions, sampler)
                 fed.append(token_list[0])
             tokens, scores = next_tokens, next_scores
         # Tokens after the first: one decode step each.
         return _Loop(t_first=t_first, fed=fed, decoded=step, steps=step)
 
-    def _step(self, state: DecodeStep, tokens, positions: list[int], config, generator,
-              healing: HealingConstraint | None = None, penalties: Penalties | None = None,
-              infill: InfillSampler | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    def _step(self, state: DecodeStep, tokens, positions: list[int], sampler: RequestSampler) -> torch.Tensor:
         """Feed tokens (B,) at the current positions, advance them, and sample the next tokens (on the device); with
         them their `logprob_table` where the request asks for logprobs, else None."""
         state.tokens.copy_(tokens[:, None])                                         # (B, 1)
@@ -476,9 +461,20 @@ class Engine:
         last = self.context_length - 1
         state.input_pos.add_(1).clamp_(max=last)
         positions[:] = [min(p + 1, last) for p in positions]
-        tokens = sample(healing.restrict(logits) if healing else logits, config, generator,
-                        penalties.apply if penalties else None, infill, bias)
-        return tokens, (logprob_table(logits, tokens, config.logprobs) if config.logprobs is not None else None)
+        tokens = sampler.pick(logits)
+        n = sampler.config.logprobs
+        return tokens, (logprob_table(logits, tokens, n) if n is not None else None)
+
+    def _sampler(self, config: GenerationConfig, prompts: list[list[int]], logits: torch.Tensor) -> RequestSampler:
+        """The request's sampler, built once its first logits (B, V) are in: its generator, healing, penalties,
+        infill sampler and logit bias (a vector on the device, added each step)."""
+        return RequestSampler(
+            config,
+            make_generator(self._device, config.seed) if config.temperature > 0 else None,
+            healing=self._healing(config, len(prompts)),
+            penalties=Penalties.of(config, prompts, self.context_length),   # applied where the chain has them
+            infill=self._infill(config),
+            bias=bias_vector(config, logits.shape[-1], logits.device))
 
     def _healing(self, config: GenerationConfig, batch: int) -> HealingConstraint | None:
         """The token-healing constraint on the first sampled tokens, if the request has a required prefix."""
@@ -504,9 +500,8 @@ class Engine:
             raise ModelError(f"{self.name}: the infill sampler needs an end-of-generation token")
         return InfillSampler(vocabulary_bytes(self.tokenizer), ends, ends[0])
 
-    def _decode_speculative(self, prompt, row, tokens, config, generator, stop_ids, should_stop, depth,
-                            healing: HealingConstraint | None = None, penalties: Penalties | None = None,
-                            infill: InfillSampler | None = None, bias: torch.Tensor | None = None) -> _Loop:
+    def _decode_speculative(self, prompt, row, tokens, sampler: RequestSampler, stop_ids, should_stop,
+                            depth: int) -> _Loop:
         """One sequence: each step feeds the pending token plus up to `depth` drafts looked up in the text so
         far, and emits the accepted drafts plus the model's own next token (models/speculative.py).
         While token healing still constrains the next token, no drafts: one token a step from the restricted
@@ -517,10 +512,7 @@ class Engine:
         pending = HostCopy(tokens).wait()[0]           # the newest token, not yet fed
         t_first = perf_counter()
         self.progress = live = Timings()               # before the first token's text is sent
-        if healing:
-            healing.advance([pending])
-        if penalties:
-            penalties.advance([pending])
+        sampler.took([pending])
         row.accept(pending, stop_ids)
         live.healing_tokens = row.healing_tokens
         drafter.extend([pending])
@@ -530,9 +522,8 @@ class Engine:
             if should_stop is not None and should_stop():
                 row.cancel()
                 break
-            healing_now = healing is not None and healing.active
             room = min(depth, row.left - 1, last - pos)
-            drafts = drafter.draft(room) if room > 0 and not healing_now else []
+            drafts = drafter.draft(room) if room > 0 and not sampler.constrained else []
             if drafts and self._graphs_enabled:
                 # One captured graph per width: verify `depth` drafts, padding a short draft (it is only checked).
                 drafts = drafts + drafts[-1:] * (depth - len(drafts)) if pos + depth <= last else []
@@ -541,14 +532,7 @@ class Engine:
             state.input_pos.fill_(pos)
             logits = state.run(kv_len=pos + 1 + len(drafts), exact=True)        # (1, V) or (1, T, V)
             logits = logits.view(1 + len(drafts), -1)                                # (1 + drafts, V)
-            penalize = (lambda rows, drafts=drafts: penalties.apply(rows, drafts)) if penalties else None
-            if healing_now:                             # no drafts: logits (1, V)
-                emitted = accept(healing.restrict(logits), [], config, generator, penalize, infill, bias)
-                healing.advance(emitted)
-            else:
-                emitted = accept(logits, drafts, config, generator, penalize, infill, bias)
-            if penalties:
-                penalties.extend(emitted)
+            emitted = sampler.verify(logits, drafts)
             if should_stop is not None and should_stop():
                 # Asked while the step ran (Ctrl-C, a departed client, a newer request): none of the up to depth + 1
                 # tokens it emitted are sent. Their K/V lie past the cached length, as a plain lookahead step's do.

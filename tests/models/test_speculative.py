@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import models
-import models.engine
+import models.request_sampler
 from models import GenerationConfig, load_model
 from models.llama import Decode
 from models.sampling import probabilities
@@ -95,11 +95,11 @@ def runs(smollm_engine):
         results = []
         for prompt in texts:
             steps.append([])
-            models.engine.accept = spy
+            models.request_sampler.accept = spy
             try:
                 results.append(engine.generate(prompt, GenerationConfig(max_new_tokens=NEW_TOKENS, speculate=depth)))
             finally:
-                models.engine.accept = accept
+                models.request_sampler.accept = accept
         out[depth] = results
     return texts, out, steps[len(out[0]):]
 
@@ -347,12 +347,12 @@ def test_token_healing_with_speculation_gives_the_plain_greedy_output(smollm_eng
     for depth in (0, DEPTH):
         engine.clear_prefix_cache()
         streamed = []
-        models.engine.accept = spy
+        models.request_sampler.accept = spy
         try:
             results[depth] = engine.generate(prompt, GenerationConfig(
                 max_new_tokens=NEW_TOKENS + 12, required_prefix=prefix, speculate=depth), on_text=streamed.append)
         finally:
-            models.engine.accept = accept
+            models.request_sampler.accept = accept
         assert "".join(streamed) == results[depth].text
     plain, spec = results[0], results[DEPTH]
     assert spec.token_ids == plain.token_ids and spec.text == plain.text
@@ -399,14 +399,14 @@ def test_a_cancel_while_a_step_verifies_sends_none_of_its_tokens(smollm_engine, 
         taken[0] += len(emitted)
         return emitted
 
-    monkeypatch.setattr(models.engine, "accept", cancel_during_a_verification)
+    monkeypatch.setattr(models.request_sampler, "accept", cancel_during_a_verification)
     deltas = []
     engine.clear_prefix_cache()
     config = GenerationConfig(max_new_tokens=NEW_TOKENS, speculate=DEPTH)
     r = engine.generate(prompt, config, on_text=deltas.append, should_stop=lambda: bool(asked))
     assert asked and r.finish_reason == "cancelled"
     assert r.token_ids == plain.token_ids[:asked[0]] and "".join(deltas) == r.text
-    monkeypatch.setattr(models.engine, "accept", accept)
+    monkeypatch.setattr(models.request_sampler, "accept", accept)
     again = engine.generate(prompt, config)
     assert again.token_ids == plain.token_ids and again.reused_prefix_tokens == len(prompt) - 1
 
