@@ -125,6 +125,17 @@ def prefill_bucket(device_type: str, config: ModelConfig) -> int:
     return bucket
 
 
+def on_its_device(method):
+    """An Engine method run with the engine's GPU as the thread's current CUDA device. Triton launches its kernels
+    and CUDA graphs capture on the current device, and every new thread (the server's worker) starts on cuda:0,
+    whatever --device said: an engine on cuda:1 would launch there with cuda:1's pointers."""
+    @functools.wraps(method)
+    def on_device(self, *args, **kwargs):
+        with self.current_device():
+            return method(self, *args, **kwargs)
+    return on_device
+
+
 class Engine:
     """A model ready to generate; see ARCHITECTURE.md (models) for the contract."""
 
@@ -174,6 +185,10 @@ class Engine:
         self._ensure_rows(1)
 
     # ---- configuration -----------------------------------------------------------------------
+
+    def current_device(self) -> torch.cuda.device:
+        """A context in which the engine's GPU is the thread's current CUDA device (a no-op off CUDA)."""
+        return torch.cuda.device(self._device if self._device.type == "cuda" else -1)
 
     @property
     def attention_is_slow(self) -> bool:
@@ -281,6 +296,7 @@ class Engine:
 
     # ---- generation --------------------------------------------------------------------------
 
+    @on_its_device
     def generate(self, prompt_ids: Sequence[int], config: GenerationConfig = GenerationConfig(),
                  on_text: Callable[[str], None] | None = None,
                  should_stop: Callable[[], bool] | None = None) -> GenerationResult:
@@ -289,6 +305,7 @@ class Engine:
         prefill: `_prefill_poll`): True ends the request ("cancelled", the text so far)."""
         return self._generate([list(prompt_ids)], config, on_text, should_stop, reuse=True)[0]
 
+    @on_its_device
     def generate_batch(self, prompts: Sequence[Sequence[int]], config: GenerationConfig = GenerationConfig(),
                        should_stop: Callable[[], bool] | None = None) -> list[GenerationResult]:
         """Generate from several prompts at once (any lengths), one result each, in order."""
@@ -381,6 +398,7 @@ class Engine:
                                   should_stop=should_stop)
 
     @torch.no_grad()
+    @on_its_device
     def warm_prefill(self, lengths: Sequence[int]) -> list[int]:
         """Run one prefill of each bucketed span that prompts of these lengths take from an empty cache, so that
         the first real prompt of such a length finds its shapes' setup done (the append kernel compiled, the
@@ -584,6 +602,7 @@ class Engine:
 
     # ---- benchmarking ------------------------------------------------------------------------
 
+    @on_its_device
     def make_decode_step(self, batch_size: int = 1, context_tokens: int | None = None,
                          width: int = 1) -> Callable[[], torch.Tensor]:
         """A zero-argument callable running one decode step with `context_tokens` tokens in every row's cache.
@@ -604,7 +623,8 @@ class Engine:
 
         @torch.no_grad()
         def step() -> torch.Tensor:
-            return state.run(kv_len=context_tokens, exact=True)
+            with self.current_device():         # (its first call captures the graph)
+                return state.run(kv_len=context_tokens, exact=True)
         return step
 
 

@@ -545,3 +545,46 @@ def test_architecture_lists_every_field_of_a_generation_result():
     text = (Path(__file__).resolve().parents[2] / "ARCHITECTURE.md").read_text(encoding="utf-8")
     documented = re.search(r"`GenerationResult\((.*?)\)`", text, re.S)[1]
     assert [name.strip() for name in documented.split(",")] == [f.name for f in dataclasses.fields(GenerationResult)]
+
+
+def test_the_engines_work_runs_with_its_gpu_current(smollm_engine, monkeypatch):
+    """Triton launches and CUDA graph captures use the thread's current device, and a new thread (the server's
+    worker) starts on cuda:0: an engine on cuda:1 must make cuda:1 current for its work, from any thread. (No GPU
+    here: the device context each entry point enters is recorded instead.)"""
+    import threading
+    from types import SimpleNamespace
+
+    from models.engine import Engine
+
+    entered = []
+
+    class Recorded:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            entered.append(self.device)
+
+        def __exit__(self, *exc):
+            return False
+
+    on_gpu = SimpleNamespace(_device=torch.device("cuda", 1))
+    assert torch.cuda.device(torch.device("cuda", 1)).idx == 1      # what the context is given, on cuda:1
+    monkeypatch.setattr(torch.cuda, "device", Recorded)
+    assert Engine.current_device(on_gpu).device == torch.device("cuda", 1)
+    assert Engine.current_device(smollm_engine).device == -1        # off CUDA: a no-op context
+
+    prompt = encode(smollm_engine, CONTEXT)
+    calls = {
+        "generate": lambda: smollm_engine.generate(prompt, GenerationConfig(max_new_tokens=2)),
+        "generate_batch": lambda: smollm_engine.generate_batch([prompt], GenerationConfig(max_new_tokens=2)),
+        "warm_prefill": lambda: smollm_engine.warm_prefill([len(prompt)]),
+        "make_decode_step": lambda: smollm_engine.make_decode_step(1, 8)(),
+    }
+    for name, call in calls.items():
+        entered.clear()
+        worker = threading.Thread(target=call)
+        worker.start()
+        worker.join()
+        assert entered and set(entered) == {-1}, name
+    smollm_engine.clear_prefix_cache()
