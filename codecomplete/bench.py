@@ -336,7 +336,7 @@ def run_bench(args) -> None:
         "copy_bandwidth_bytes_per_s": bandwidth, "roofline": ceilings, "kernels": kernels,
     }
     console.print(Text(f"End-to-end decode tokens/s, {decode_tokens} tokens per run, median of {REPEATS}: "
-                       f"{engine.name} ({engine.dtype}) on {result['card']}", style="bold"))
+                       f"{engine.name} ({engine.precision}) on {result['card']}", style="bold"))
     if kernels:
         console.print(kernel_table(bandwidth, kernels))
     console.print(table(result))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -44,6 +44,12 @@ class EngineInfo:
     context_length: int
     model_max_positions: int
     load_s: float
+    matmul_dtype: str = ""          # the projections' weights' (a server before it: the dtype's)
+
+
+def engine_info(engine: dict) -> EngineInfo:
+    """The server's announced engine (KeyError where a field without a default is missing)."""
+    return EngineInfo(**{f.name: engine[f.name] for f in fields(EngineInfo) if f.default is MISSING or f.name in engine})
 
 
 def connect(args, root: Path | None = None, max_new_tokens: int = 0) -> RemoteSession | None:
@@ -91,10 +97,14 @@ def mismatch(info: dict, args, root: Path | None, max_new_tokens: int) -> str | 
     wanted = model_spec(args.model or os.environ.get("CODECOMPLETE_MODEL"))
     if wanted != model_spec(info.get("model_spec")):
         return f"runs {info.get('model_spec') or 'the embedded model'}, not {wanted or 'the embedded model'}"
-    engine = info.get("engine", {})
+    engine = dict(info.get("engine", {}))
+    engine.setdefault("matmul_dtype", engine.get("dtype"))       # (a server before bfloat16 weights on a CPU)
     # An option this command line leaves out is its default here, which the server's must be too: a server started
     # with --dtype bfloat16 or --kv-cache int8 prints other text than this process would.
     for option, wanted in _engine_options(args, info).items():
+        if option == "matmul_dtype" and wanted is not None and _plain(wanted) != _plain(engine["matmul_dtype"] or ""):
+            return (f"runs {engine.get('dtype')} with {engine['matmul_dtype']} weights, not " +
+                    (f"--dtype {args.dtype}" if args.dtype else f"{wanted} weights (the default here)"))
         if wanted is None or _plain(wanted) != _plain(engine.get(option, "")):
             shown = getattr(args, option) or (f"{wanted} (the default)" if wanted else
                                               "this machine's default (name the option to use this server)")
@@ -133,9 +143,10 @@ def _engine_options(args, info: dict) -> dict[str, str | None]:
     if not isinstance(defaults, dict):     # a server before "defaults": what it was started without is its default
         defaults = {option: engine.get(option) for option in ("dtype", "attention") if info.get(option) is None}
     dtype = args.dtype or defaults.get("dtype")
-    # (an unquantized cache holds the model's dtype, --kv-cache named or not)
+    # (an unquantized cache holds the model's dtype, --kv-cache named or not; --dtype names the weights' too)
     return {"device": device, "dtype": dtype, "attention": args.attention or defaults.get("attention"),
-            "kv_cache": KV_CACHE_DTYPES.get(args.kv_cache or "", args.kv_cache) or dtype}
+            "kv_cache": KV_CACHE_DTYPES.get(args.kv_cache or "", args.kv_cache) or dtype,
+            "matmul_dtype": args.dtype or defaults.get("matmul_dtype") or dtype}
 
 
 def _same_folder(served, root: Path) -> bool:
@@ -170,7 +181,7 @@ class RemoteSession:
     def __init__(self, url: str, info: dict, api_key: str | None, context_tokens: int | None) -> None:
         self.url, self.api_key, self.context_tokens = url, api_key, context_tokens
         self.repo = info.get("repo")
-        self.engine = EngineInfo(**{f.name: info["engine"][f.name] for f in fields(EngineInfo)})
+        self.engine = engine_info(info["engine"])
 
     def complete(self, path: str, *, text: str | None = None, line: int | None = None, col: int | None = None,
                  sampling: Sampling, **_) -> Generation:
@@ -272,7 +283,7 @@ def _get_info(url: str, api_key: str | None) -> dict:
         raise _error(url, response.status, body)
     try:
         info = json.loads(body)
-        EngineInfo(**{f.name: info["engine"][f.name] for f in fields(EngineInfo)})
+        engine_info(info["engine"])
         # (what mismatch computes with, beside what it only compares or shows)
         if not isinstance(info["engine"]["context_length"], int) or not all(
                 isinstance(info.get(key) or "", str) for key in ("repo", "model_spec")):

@@ -125,6 +125,11 @@ def prefill_bucket(device_type: str, config: ModelConfig) -> int:
     return bucket
 
 
+def precision(dtype: str, matmul_dtype: str | None) -> str:
+    """"float32", or "float32, bfloat16 weights" where the projections' weights are in another dtype."""
+    return dtype if matmul_dtype in (None, "", dtype) else f"{dtype}, {matmul_dtype} weights"
+
+
 def on_its_device(method):
     """An Engine method run with the engine's GPU as the thread's current CUDA device. Triton launches its kernels
     and CUDA graphs capture on the current device, and every new thread (the server's worker) starts on cuda:0,
@@ -146,7 +151,8 @@ class Engine:
         self.model, self.tokenizer, self.name = model, tokenizer, name
         self._device = param.device
         self.device = self._device.type
-        self.dtype = str(param.dtype).removeprefix("torch.")
+        self.dtype = str(model.compute_dtype).removeprefix("torch.")     # activations and KV cache
+        self.matmul_dtype = str(model.matmul_dtype).removeprefix("torch.")  # the projections' weights
         self.context_length = context_length or min(model.rope.max_len, DEFAULT_MAX_CONTEXT)
         self.model_max_positions = model.config.context_limit     # its training length (n_ctx_train)
         self.eos_token_ids = sorted(set(eos_token_ids) | set(model.config.eos_token_ids))
@@ -159,7 +165,7 @@ class Engine:
         # ids behind each text delta, as on_text is called (on this thread) after the row took its token.
         self.live_tokens: list[int] = []
         self.live_logprobs: list | None = None       # its TokenLogprobs, where the request asks for them
-        self._quant = parse_kv_cache(kv_cache, param.dtype)
+        self._quant = parse_kv_cache(kv_cache, model.compute_dtype)
         # Drafts per step when a request does not say (GenerationConfig.speculate None); 0 turns it off.
         group = model.config.n_heads // model.config.n_kv_heads
         self.speculate = min(DEFAULT_SPECULATE.get(self._device.type, 0), max(1, TILE_ROWS // group - 1))
@@ -185,6 +191,12 @@ class Engine:
         self._ensure_rows(1)
 
     # ---- configuration -----------------------------------------------------------------------
+
+    @property
+    def precision(self) -> str:
+        """The dtypes as said to a user: "bfloat16", or "float32, bfloat16 weights" where the projections' weights
+        are narrower than the activations (models.options.parse_matmul_dtype)."""
+        return precision(self.dtype, self.matmul_dtype)
 
     def current_device(self) -> torch.cuda.device:
         """A context in which the engine's GPU is the thread's current CUDA device (a no-op off CUDA)."""
@@ -239,11 +251,11 @@ class Engine:
     @property
     def kv_cache_dtype(self) -> str:
         """"fp8", "int8" or the model dtype's name ("bfloat16", "float32", "float16")."""
-        return cache_dtype_name(self._quant, self.model.output.weight.dtype)
+        return cache_dtype_name(self._quant, self.model.compute_dtype)
 
     def set_kv_cache(self, kv_cache: str | None) -> None:
         """Switch the KV cache between the model dtype (None), "fp8" and "int8"; the cache is reallocated empty."""
-        quant = parse_kv_cache(kv_cache, self.model.output.weight.dtype)
+        quant = parse_kv_cache(kv_cache, self.model.compute_dtype)
         if quant != self._quant:
             self._quant = quant
             rows, self._cache_rows = self._cache_rows, 0

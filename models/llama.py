@@ -143,6 +143,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     cuBLAS unless CODECOMPLETE_GEMV=1 asks for split-K (kernels/gemv.py). Batched calls stay on cuBLAS."""
     if _gemv is not None and x.is_cuda and x.numel() == weight.shape[1]:
         return _gemv(x.reshape(1, -1), weight).view(*x.shape[:-1], weight.shape[0])
+    if x.dtype != weight.dtype:     # bfloat16 weights under float32 activations (Transformer.materialize)
+        return F.linear(x.to(weight.dtype), weight).to(x.dtype)
     return F.linear(x, weight)
 
 
@@ -270,12 +272,37 @@ class Transformer(nn.Module):
         if self.config.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
 
-    def materialize(self, device, dtype) -> Transformer:
-        """Turn a model built under torch.device("meta") into uninitialised storage on `device`."""
-        self.to(dtype=dtype).to_empty(device=device)
+    def materialize(self, device, dtype, matmul_dtype=None) -> Transformer:
+        """Turn a model built under torch.device("meta") into uninitialised storage on `device`, in `dtype`; with
+        `matmul_dtype` the projections' weights (and the embeddings tied to the output) in that one instead, the
+        norms, residual stream, attention and KV cache staying in `dtype` (`linear` casts each projection's input
+        and output: a CPU with bfloat16 dot products reads half the bytes and does twice the math at nearly
+        float32's accuracy, models.options.cpu_matmul_dtype)."""
+        self.to(dtype=dtype)
+        if matmul_dtype is not None and matmul_dtype != dtype:
+            for module in self.projections():
+                module.to(dtype=matmul_dtype)           # (still on meta: nothing is allocated)
+        self.to_empty(device=device)
         self._tie_weights()   # to_empty gives each module its own tensor; tie them again
         self.rope.reset()
         return self
+
+    def projections(self) -> list[nn.Module]:
+        """The modules whose weights are matmul operands: every layer's q/k/v, output, gate/up and down
+        projections, the vocabulary projection, and the embeddings where they are its weight."""
+        modules = [m for layer in self.layers for m in (layer.attention.wqkv, layer.attention.wo,
+                                                        layer.feed_forward.w13, layer.feed_forward.w2)]
+        return modules + [self.output] + ([self.tok_embeddings] if self.config.tie_embeddings else [])
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The activations' and the KV cache's dtype (the projections' weights may be narrower: `materialize`)."""
+        return self.norm.weight.dtype
+
+    @property
+    def matmul_dtype(self) -> torch.dtype:
+        """The projections' weights' dtype."""
+        return self.output.weight.dtype
 
     def compile_dense(self) -> None:
         """torch.compile the dense parts of a decode step (norms, projections, RoPE, SwiGLU, residuals).
@@ -309,7 +336,7 @@ class Transformer(nn.Module):
         if max_len > self.rope.max_len:
             raise ValueError(f"cache of {max_len} tokens is longer than the rotary table ({self.rope.max_len})")
         self.free_caches()
-        device, dtype = self.output.weight.device, self.output.weight.dtype
+        device, dtype = self.output.weight.device, self.compute_dtype
         check_kv_cache_fits(self.config, batch, max_len, dtype, device, name, quant)
         c = self.config
         for layer in self.layers:
@@ -330,7 +357,7 @@ class Transformer(nn.Module):
         T = tokens.shape[1]
         positions = torch.arange(start, start + T, device=tokens.device)[None]   # (1, T)
         cos, sin = self.rope(positions, start + T)
-        x = self.tok_embeddings(tokens)                                          # (1, T, dim)
+        x = self.tok_embeddings(tokens).to(self.compute_dtype)                   # (1, T, dim)
         for layer in self.layers:
             if should_stop is not None and should_stop():
                 return None
@@ -348,7 +375,7 @@ class Transformer(nn.Module):
         T = tokens.shape[1]
         positions = step.input_pos[:, None] + torch.arange(T, device=tokens.device)  # (B, T)
         cos, sin = self.rope(positions)                                          # (B, T, D)
-        x = self.tok_embeddings(tokens)                                          # (B, T, dim)
+        x = self.tok_embeddings(tokens).to(self.compute_dtype)                   # (B, T, dim)
         dense = self.decode_kernels
         for layer in self.layers:
             x = layer(x, cos, sin, step, dense)
@@ -399,7 +426,8 @@ def random_checkpoint(config: ModelConfig, device="cpu", dtype=torch.float32,
 
 
 def build_random_model(config: ModelConfig | str, n_layers: int | None = None, device="cpu",
-                       dtype=torch.float32, max_len: int | None = None, seed: int = 0) -> Transformer:
+                       dtype=torch.float32, max_len: int | None = None, seed: int = 0,
+                       matmul_dtype: torch.dtype | None = None) -> Transformer:
     """A model of a preset's (or config's) exact shapes with random weights: times exactly like the real one.
 
     n_layers cuts the depth to fit memory; max_len sizes the rotary table (default: the model's limit),
@@ -410,7 +438,7 @@ def build_random_model(config: ModelConfig | str, n_layers: int | None = None, d
         config = config.replace(n_layers=n_layers)
     with torch.device("meta"):
         model = Transformer(config, max_len=max_len)
-    model.materialize(device, dtype)
+    model.materialize(device, dtype, matmul_dtype)
     slots = hf_tensor_slots(model)
     for name, tensor in random_checkpoint(config, device, dtype, seed):
         slots[name].copy_(tensor)

@@ -14,11 +14,11 @@ import torch
 
 from models.engine import Engine
 from models.kv_cache import check_kv_cache_fits
-from models.options import context_capacity, parse_device, parse_dtype, parse_kv_cache
+from models.options import context_capacity, parse_device, parse_dtype, parse_kv_cache, parse_matmul_dtype
 
 
 def load_model(spec=None, device=None, dtype=None, attention=None, max_context=None, progress=None,
-               cuda_graphs=None, gpus=None, tp=None, kv_cache=None, past_training=False) -> Engine:
+               cuda_graphs=None, gpus=None, tp=None, kv_cache=None, past_training=False, matmul_dtype=None) -> Engine:
     """Load a model (None: $CODECOMPLETE_MODEL or the embedded SmolLM2) into a ready Engine.
 
     spec: a HF checkpoint directory, a .gguf file, a hub id, or "random:PRESET[:TOKENIZER_DIR]" (random
@@ -36,10 +36,15 @@ def load_model(spec=None, device=None, dtype=None, attention=None, max_context=N
     all of them (models/lockstep.py). Under torchrun the ranks exist already and N is its world size.
     tp: this process's `models.tp.TensorParallel` rank (the launcher passes it): load only its part.
     kv_cache: None (the model dtype), "fp8" (e4m3) or "int8": 8 bits with per-token scales, about half the bytes.
+    matmul_dtype: "bfloat16" under a float32 model on a CPU: the projections' weights in bfloat16, the rest in
+    float32 (half the weights' bytes; twice the speed where the CPU has bfloat16 dot products,
+    `models.options.cpu_has_bf16_dots`). Not with gpus > 1.
     """
     from models.loading.hf import load_hf_model, read_config
 
     if tp is None and ((gpus or 1) > 1 or "TORCHELASTIC_RUN_ID" in os.environ):
+        if matmul_dtype is not None:
+            raise ValueError("matmul_dtype is for one process: a split model keeps its dtype")
         from models.lockstep import load_on_ranks
         return load_on_ranks(gpus, spec, device=device, dtype=dtype, attention=attention, max_context=max_context,
                              progress=progress, cuda_graphs=cuda_graphs, kv_cache=kv_cache,
@@ -48,13 +53,15 @@ def load_model(spec=None, device=None, dtype=None, attention=None, max_context=N
     device = tp.device if tp is not None else parse_device(device)
     dtype = parse_dtype(dtype, device)
     quant = parse_kv_cache(kv_cache, dtype)
+    matmul_dtype = parse_matmul_dtype(matmul_dtype, dtype, device)
     if isinstance(spec, str) and spec.startswith(RANDOM_PREFIX):
-        return _random_engine(spec, device, dtype, attention, max_context, cuda_graphs, start, tp, quant, past_training)
+        return _random_engine(spec, device, dtype, attention, max_context, cuda_graphs, start, tp, quant, past_training,
+                              matmul_dtype)
     name, directory = checkpoint_directory(spec, dtype, progress)
     context = _capacity(read_config(directory), max_context, name, past_training, device, dtype, quant, tp)
     if progress:
         progress(f"Loading {name} on {device.type}")
-    loaded = load_hf_model(directory, device, dtype, max_len=context, name=name, tp=tp)
+    loaded = load_hf_model(directory, device, dtype, max_len=context, name=name, tp=tp, matmul_dtype=matmul_dtype)
     engine = Engine(loaded.model, loaded.tokenizer, name=name, attention=attention,
                     context_length=context, eos_token_ids=loaded.eos_token_ids, cuda_graphs=cuda_graphs,
                     kv_cache=quant)
@@ -89,7 +96,7 @@ def checkpoint_directory(spec, dtype: torch.dtype, progress=None) -> tuple[str, 
 
 
 def _random_engine(spec: str, device, dtype, attention, max_context, cuda_graphs, start: float, tp=None,
-                   quant: str | None = None, past_training: bool = False) -> Engine:
+                   quant: str | None = None, past_training: bool = False, matmul_dtype=None) -> Engine:
     """An Engine over random weights of a preset's shapes: times exactly like the real checkpoint.
 
     With a tokenizer directory (`random:CodeLlama-7B:DIR`, e.g. the embedded model's tokenizer files) the whole
@@ -109,7 +116,7 @@ def _random_engine(spec: str, device, dtype, attention, max_context, cuda_graphs
         label = f"{name} (random weights, vocabulary {len(tokenizer)})"
     context = _capacity(config, max_context, name, past_training, device, dtype, quant, tp)
     if tp is None:
-        model = build_random_model(config, device=device, dtype=dtype, max_len=context)
+        model = build_random_model(config, device=device, dtype=dtype, max_len=context, matmul_dtype=matmul_dtype)
     else:
         from models.tp import random_shard
         model = random_shard(config, tp, device, dtype, max_len=context)

@@ -31,6 +31,31 @@ def parse_dtype(dtype, device: torch.device) -> torch.dtype:
     return DTYPES[str(dtype).lower()]
 
 
+def parse_matmul_dtype(matmul_dtype, dtype: torch.dtype, device: torch.device) -> torch.dtype | None:
+    """The projections' weights' dtype where it differs from the model's (`Transformer.materialize`), else None.
+    Only bfloat16 under a float32 model on a CPU: on a GPU the model's dtype is bfloat16 already."""
+    if matmul_dtype is None:
+        return None
+    narrow = parse_dtype(matmul_dtype, device)
+    if narrow == dtype:
+        return None
+    if (narrow, dtype, device.type) != (torch.bfloat16, torch.float32, "cpu"):
+        raise ValueError(f"matmul weights in {str(narrow).removeprefix('torch.')} are for a float32 model on a CPU "
+                         f"(this one: {str(dtype).removeprefix('torch.')} on {device.type})")
+    return narrow
+
+
+def cpu_has_bf16_dots() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX, through oneDNN): there bfloat16
+    projections run about twice as fast as float32 ones (they read half the bytes); elsewhere they are emulated
+    and slower, so float32 stays."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+                    and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()))
+    except (AttributeError, RuntimeError):         # (private torch functions: gone in some version)
+        return False
+
+
 def parse_kv_cache(kv_cache, dtype: torch.dtype) -> str | None:
     """The 8-bit cache type ("fp8", "int8"), or None for the model's own dtype (None or its name)."""
     if kv_cache is None:

@@ -3,6 +3,9 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The command line and the server keep float32 weights on every CPU here, as on CPUs without bfloat16 dot products:
+# the suite's references are float32 (tests of bfloat16 weights turn it on: tests/app/test_cpu_bf16.py).
+os.environ.setdefault("CODECOMPLETE_CPU_BF16", "0")
 
 from interpreter_speed import patch_language_once_per_launch  # noqa: E402  (after TRITON_INTERPRET)
 

@@ -6,6 +6,7 @@ close the socket and end with 0.
 """
 from __future__ import annotations
 
+import argparse
 import errno
 import gc
 import ipaddress
@@ -75,7 +76,7 @@ def run_serve(args) -> None:
                             timeout_graceful_shutdown=GRACE_S, http=_Connection)
     print(f"codecomplete: {warmed}", file=sys.stderr, flush=True)
     print(f"codecomplete: serving {root} ({len(session.index.files):,} files) with {engine.name} "
-          f"({engine.device}, {engine.dtype}, {engine.attention}) on {url} · prompts of {server.prompt_budget:,} "
+          f"({engine.device}, {engine.precision}, {engine.attention}) on {url} · prompts of {server.prompt_budget:,} "
           f"tokens · Ctrl-C stops", file=sys.stderr, flush=True)
     previous = signal.signal(signal.SIGTERM, _stop)
     running = _Uvicorn(config, server.worker)
@@ -112,6 +113,7 @@ def _description(url: str, root, args, engine) -> dict:
             "options": sorted(native.Options.model_fields),   # what a command line's request may set (client.py)
             "defaults": _defaults(args, engine),
             "engine": {"name": engine.name, "device": engine.device, "dtype": engine.dtype,
+                       "matmul_dtype": engine.matmul_dtype,
                        "attention": engine.attention, "kv_cache": engine.kv_cache_dtype,
                        "context_length": engine.context_length,
                        "model_max_positions": engine.model_max_positions, "load_s": engine.load_s}}
@@ -125,8 +127,11 @@ def _defaults(args, engine) -> dict:
     import torch
     from models.options import parse_dtype
 
+    from ..engines import cpu_matmul_dtype
+
     dtype = str(parse_dtype(None, torch.device(engine.device))).removeprefix("torch.")
-    return {"dtype": dtype, "attention": engine.attention if args.attention is None else None}
+    matmul_dtype = cpu_matmul_dtype(argparse.Namespace(dtype=None, gpus=args.gpus), engine.device) or dtype
+    return {"dtype": dtype, "matmul_dtype": matmul_dtype, "attention": engine.attention if args.attention is None else None}
 
 
 class _Uvicorn(uvicorn.Server):

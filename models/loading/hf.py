@@ -242,8 +242,9 @@ def check_special_files(directory: Path) -> None:
 
 
 def load_hf_model(directory: Path, device: torch.device, dtype: torch.dtype, max_len: int | None = None,
-                  name: str | None = None, tp=None) -> LoadedModel:
-    """Build the model on `device` in `dtype` from a checkpoint directory; max_len sizes the rotary table.
+                  name: str | None = None, tp=None, matmul_dtype: torch.dtype | None = None) -> LoadedModel:
+    """Build the model on `device` in `dtype` from a checkpoint directory; max_len sizes the rotary table;
+    `matmul_dtype`: the projections' weights in that dtype instead (`Transformer.materialize`).
 
     tp: a `models.tp.TensorParallel`: build this rank's part only, reading only its slices of the tensors.
     """
@@ -255,7 +256,7 @@ def load_hf_model(directory: Path, device: torch.device, dtype: torch.dtype, max
         if tp is None:
             with torch.device("meta"):
                 model = Transformer(config, max_len=max_len)
-            model.materialize(device, dtype)
+            model.materialize(device, dtype, matmul_dtype)
             load_weights(model, iter_tensors(files), name or str(directory))
         else:
             from models.tp import load_shard
