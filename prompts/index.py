@@ -37,7 +37,7 @@ from .imports import Import, PathTable
 from .scan import MAX_FILE_BYTES, ScanWarning, SourceFile, count_ignored, lies_within, read_source, scan_repository
 
 CACHE_VERSION = 6  # bump whenever chunking or the cached layout changes (6: entries keep every stamp of a stat)
-STALE_TEMPORARY_S = 3600  # a temporary file this old in an old version's folder is no write under way
+STALE_TEMPORARY_S = 3600  # a temporary file of the cache this old is no write under way (a write keeps it fresh)
 PARALLEL_MIN_BYTES = 2 * 1024 * 1024  # below this much text to parse, worker start-up costs more than it saves
 BATCH_BYTES = 256 * 1024  # text per task sent to a worker: small enough to balance, large enough to amortise
 RACY_NS = 2 * 10**9  # the coarsest tick of a file's modification time (FAT: 2 s; ext3, HFS+: 1 s; ext4: a few ms)
@@ -423,6 +423,7 @@ def _save_cache(cache_file: Path | None, saved: dict) -> None:
             pickle.dump(saved, file, protocol=pickle.HIGHEST_PROTOCOL)
         _replace(temporary, cache_file)
         temporary = None
+        _remove_dead_writes(cache_file.parent)
         _remove_older_versions(cache_file.parent.parent)
     except OSError as error:
         warnings.warn(f"could not write the index cache {cache_file}: {error.strerror or error}", ScanWarning,
@@ -460,6 +461,17 @@ def _remove_older_versions(cache_folder: Path) -> None:
             os.rmdir(folder)     # (refused while anything is left in it)
 
 
+def _remove_dead_writes(folder: Path) -> None:
+    """Remove the temporary files of writes into ``folder`` that a process killed outright (SIGKILL, a power cut: no
+    ``finally`` runs) left behind, each as large as its index; only once too old to be a write under way."""
+    with contextlib.suppress(OSError):
+        with os.scandir(folder) as listing:
+            dead = [entry.path for entry in listing if entry.is_file(follow_symlinks=False) and _dead_write(entry)]
+        for path in dead:
+            with contextlib.suppress(OSError):     # (another process removed it first)
+                os.unlink(path)
+
+
 def _older_version(entry: os.DirEntry) -> bool:
     match = _VERSION_FOLDER.fullmatch(entry.name)
     return match is not None and int(match[1]) < CACHE_VERSION and entry.is_dir(follow_symlinks=False)
@@ -467,8 +479,11 @@ def _older_version(entry: os.DirEntry) -> bool:
 
 def _ours(entry: os.DirEntry) -> bool:
     """A pickle of the index, or a temporary file of its write too old to be a write under way."""
-    if _CACHE_FILE.fullmatch(entry.name):
-        return True
+    return bool(_CACHE_FILE.fullmatch(entry.name)) or _dead_write(entry)
+
+
+def _dead_write(entry: os.DirEntry) -> bool:
+    """A temporary file of a cache write, untouched too long to be a write under way."""
     return bool(_TEMPORARY_FILE.fullmatch(entry.name)) and \
         entry.stat(follow_symlinks=False).st_mtime_ns < time.time_ns() - STALE_TEMPORARY_S * 10**9
 

@@ -3,7 +3,11 @@
 import os
 import pickle
 import shutil
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -289,6 +293,43 @@ def test_a_failed_cache_write_leaves_no_temporary_file(make_repo, cache_dir, mon
     with pytest.warns(ScanWarning, match="could not write the index cache .*No space left on device"):
         index_repository(root)
     assert [p for p in cache_dir.rglob("*") if p.is_file()] == []
+
+
+ROOT = Path(__file__).resolve().parents[2]
+# A process killed by SIGKILL (the OOM killer, `kill -9` of a stuck server) halfway through writing the index cache.
+KILLED_WHILE_WRITING = """
+import os, pickle, signal, sys
+import prompts.index
+
+def killed_while_writing(saved, file, protocol=None):
+    file.write(pickle.dumps(saved, protocol=protocol)[:64])     # half a pickle on disk...
+    file.flush()
+    os.kill(os.getpid(), signal.SIGKILL)                         # ...and no `finally` runs
+
+prompts.index.pickle.dump = killed_while_writing
+prompts.index.index_repository(sys.argv[1])
+"""
+
+
+def test_a_write_killed_midway_is_never_read_and_its_temporary_file_goes_in_time(make_repo, cache_dir, count_parses):
+    """SIGKILL skips the write's cleanup: its temporary file stayed in the cache folder for good, as large as the
+    index. The next run builds the index from the files, never from the half-written pickle; a later write removes
+    the dead write's file once it is too old to be a write under way (one that still writes keeps it fresh)."""
+    root = make_repo(FILES)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    killed = subprocess.run([sys.executable, "-c", KILLED_WHILE_WRITING, str(root)], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    folder = cache_dir / f"index-v{prompts.index.CACHE_VERSION}"
+    [dead] = folder.iterdir()                   # the half-written temporary file, and no cache file
+    index = index_repository(root)
+    assert index.definers["helper"] == [4] and len(count_parses) == 4
+    assert dead.exists() and len(list(folder.glob("*.pickle"))) == 1     # fresh: it may be a write under way
+    an_hour_ago = time.time_ns() - (prompts.index.STALE_TEMPORARY_S + 60) * 10**9
+    os.utime(dead, ns=(an_hour_ago, an_hour_ago))
+    (root / "pkg" / "util.py").write_text("def helper(x):\n    return x * 3\n")   # (so that the next run writes)
+    index_repository(root)
+    assert sorted(folder.iterdir()) == sorted(folder.glob("*.pickle")) and len(list(folder.iterdir())) == 1
 
 
 def test_on_windows_the_cache_is_written_once_a_reader_lets_go(make_repo, cache_dir, monkeypatch):
