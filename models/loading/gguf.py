@@ -71,6 +71,7 @@ def gguf_checkpoint(path: Path, dtype: torch.dtype, progress=None) -> Path:
     half-written copy is removed whatever stops the conversion."""
     out, stamp = converted_dir(path, dtype), source_stamp(path)
     check_private(out.parent)
+    _remove_dead_conversions(out.parent)
     if is_complete(out, stamp):
         return out
     with _conversion_lock(out, path, progress, create=False):
@@ -236,6 +237,28 @@ def _not_private(folder: Path) -> str | None:
     return None
 
 
+_TEMPORARY = re.compile(r"(.+)\.tmp[0-9]+")     # a conversion's temporary folder: the converted folder's name.tmp<pid>
+
+
+def _remove_dead_conversions(folder: Path) -> None:
+    """Remove the temporary folders of conversions that a process killed outright left (SIGKILL, the OOM killer, a
+    power cut: no `finally` runs), each as large as its weights, whatever file they were of: a conversion holds its
+    lock while it writes, so a temporary folder whose lock this process can take is no conversion under way. Where
+    locks do not work, or the lock file is gone, nothing is removed."""
+    dead: dict[str, list[str]] = {}
+    try:
+        with os.scandir(folder) as listing:
+            for entry in listing:
+                if (match := _TEMPORARY.fullmatch(entry.name)) and entry.is_dir(follow_symlinks=False):
+                    dead.setdefault(match[1], []).append(entry.path)
+    except OSError:                     # no cache folder yet
+        return
+    for name, temporaries in dead.items():
+        with _conversion_lock(folder / name, folder / name, create=False, wait=False) as locked:
+            for temporary in temporaries if locked else ():
+                shutil.rmtree(temporary, ignore_errors=True)
+
+
 def _remove_unstamped_copies(out: Path, stem: str) -> None:
     """Remove the copies of files named like this one that older versions keyed by size and mtime (no source.json):
     no lookup finds them any more, and each is as large as its weights."""
@@ -247,12 +270,13 @@ def _remove_unstamped_copies(out: Path, stem: str) -> None:
 
 
 @contextlib.contextmanager
-def _conversion_lock(out: Path, path: Path, progress=None, create: bool = True):
+def _conversion_lock(out: Path, path: Path, progress=None, create: bool = True, wait: bool = True):
     """Held while `out` is converted: a second process (a server and a command started together) waits for the
     first one's copy instead of dequantizing the same file alongside it, and may clean up after a killed one.
     Yields whether it holds the lock. The lock file stays (empty): removing it would let a waiting process lock a
     file no newcomer sees. create=False: only where a lock file exists (nothing is written to the cache for a file
-    not yet known to be a GGUF); else yields False at once."""
+    not yet known to be a GGUF); else yields False at once. wait=False: yields False at once where another process
+    holds it."""
     if create:
         out.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         check_private(out.parent)
@@ -266,7 +290,7 @@ def _conversion_lock(out: Path, path: Path, progress=None, create: bool = True):
         yield False
         return
     with os.fdopen(lock_fd, "a", encoding="utf-8") as lock:
-        held = _flock(lock, path, progress)
+        held = _flock(lock, path, progress, wait)
         try:
             yield held
         finally:
@@ -278,15 +302,18 @@ def _conversion_lock(out: Path, path: Path, progress=None, create: bool = True):
         # (closing the file releases a flock)
 
 
-def _flock(lock, path: Path, progress=None) -> bool | str:
-    """Take an exclusive lock on the open file `lock`, waiting for its holder; False where locks do not exist."""
+def _flock(lock, path: Path, progress=None, wait: bool = True) -> bool | str:
+    """Take an exclusive lock on the open file `lock`, waiting for its holder (wait=False: False where there is
+    one); False where locks do not exist."""
     try:
         import fcntl
     except ImportError:                 # Windows
-        return _lock_first_byte(lock, path, progress)
+        return _lock_first_byte(lock, path, progress, wait)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        if not wait:
+            return False
         if progress:
             progress(f"Waiting for another process converting {path.name}")
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -295,7 +322,7 @@ def _flock(lock, path: Path, progress=None) -> bool | str:
     return True
 
 
-def _lock_first_byte(lock, path: Path, progress=None) -> bool | str:
+def _lock_first_byte(lock, path: Path, progress=None, wait: bool = True) -> bool | str:
     """Windows' flock: msvcrt's lock on the file's first byte (the lock file stays empty; a byte past the end may
     be locked). "msvcrt" when held, False where there is no msvcrt either (conversions may run side by side)."""
     try:
@@ -308,7 +335,8 @@ def _lock_first_byte(lock, path: Path, progress=None) -> bool | str:
         msvcrt.locking(descriptor, msvcrt.LK_NBLCK, 1)
         return "msvcrt"
     except PermissionError:             # EACCES: another process holds it
-        pass
+        if not wait:
+            return False
     except OSError:                     # a file system without locks: convert unlocked
         return False
     if progress:

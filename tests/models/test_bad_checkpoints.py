@@ -3,7 +3,11 @@
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -125,6 +129,69 @@ def test_a_conversion_killed_midway_leaves_nothing_the_next_one_keeps(tmp_path, 
     (killed / "model.safetensors").write_bytes(b"half")
     load_model(path, device="cpu", max_context=32)
     assert gguf_loading.is_complete(out) and not [p for p in out.parent.iterdir() if ".tmp" in p.name]
+
+
+ROOT = Path(__file__).resolve().parents[2]
+# Converts argv[1] in another process, which, once the weights are written, is killed outright (argv[2] "killed":
+# SIGKILL, the OOM killer) or waits, its conversion under way, for the file argv[3] to appear ("paused").
+CONVERTING = """
+import os, signal, sys, time
+from pathlib import Path
+import safetensors.torch, torch
+from models.loading import gguf
+
+path, how, go = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+write = safetensors.torch.save_file
+
+def writing(tensors, file, *args, **kwargs):
+    write(tensors, file, *args, **kwargs)
+    if how == "killed":
+        os.kill(os.getpid(), signal.SIGKILL)
+    print("written", flush=True)
+    while not go.exists():
+        time.sleep(0.05)
+
+safetensors.torch.save_file = writing
+gguf.gguf_checkpoint(path, torch.float32)
+"""
+
+
+def _converting(path, how, go):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.Popen([sys.executable, "-c", CONVERTING, str(path), how, str(go)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_a_conversion_killed_outright_is_removed_by_the_next_load_of_any_model(tmp_path, monkeypatch):
+    """A conversion killed by SIGKILL left its temporary folder, as large as the weights, until that very file was
+    converted again, which may never come (the next start loads another model, or the file moved): each load now
+    removes the temporary folders of conversions whose lock nobody holds, and never one that another process is
+    writing, which then lands whole."""
+    import torch
+
+    monkeypatch.setenv("CODECOMPLETE_CACHE_DIR", str(tmp_path / "cache"))
+    killed, paused, loaded = (tmp_path / f"{name}.gguf" for name in ("killed", "paused", "loaded"))
+    for seed, path in enumerate((killed, paused, loaded)):
+        write_tiny_gguf(path, seed=seed)
+    gguf_loading.gguf_checkpoint(loaded, torch.float32)
+    go = tmp_path / "go"
+    writing = _converting(paused, "paused", go)
+    try:
+        assert writing.stdout.readline() == "written\n", writing.stderr.read()
+        dead = _converting(killed, "killed", go)
+        assert dead.wait(120) == -signal.SIGKILL, dead.stderr.read()
+        temporary = {p.name.split(".tmp")[0] for p in (tmp_path / "cache" / "gguf").glob("*.tmp*")}
+        assert temporary == {_converted(killed).name, _converted(paused).name}
+        assert gguf_loading.gguf_checkpoint(loaded, torch.float32) == _converted(loaded)   # (converted: a plain load)
+        temporary = {p.name.split(".tmp")[0] for p in (tmp_path / "cache" / "gguf").glob("*.tmp*")}
+        assert temporary == {_converted(paused).name}
+        go.touch()
+        assert writing.wait(120) == 0, writing.stderr.read()
+    finally:
+        go.touch()
+        writing.kill()
+        writing.wait()
+    assert gguf_loading.is_complete(_converted(paused)) and not list((tmp_path / "cache" / "gguf").glob("*.tmp*"))
 
 
 def _converted_aside(tmp_path, monkeypatch):
