@@ -45,16 +45,22 @@ def announce(info: dict) -> Iterator[Path]:
     except OSError as exc:      # platformdirs refuses a /tmp/runtime-UID that another user made first
         problem = str(exc)
     if problem:
-        print(f"codecomplete: warning: not announcing this server ({problem}); set ${RUNTIME_ENV} to a private "
-              f"folder", file=sys.stderr, flush=True)
+        _not_announcing(problem)
         yield None
         return
     path = folder / f"{os.getpid()}.json"
-    path.unlink(missing_ok=True)        # a file (or link) left by a server that had this process id
-    # (O_EXCL alone refuses a link planted since; Windows has no O_NOFOLLOW)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-        json.dump({**info, "pid": os.getpid()}, file)
+    try:
+        path.unlink(missing_ok=True)        # a file (or link) left by a server that had this process id
+        # (O_EXCL alone refuses a link planted since; Windows has no O_NOFOLLOW)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            json.dump({**info, "pid": os.getpid()}, file)
+    except OSError as exc:      # a full disk or quota: serve all the same, leaving no half-written record
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+        _not_announcing(exc.strerror or str(exc))
+        yield None
+        return
     try:
         yield path
     finally:
@@ -62,6 +68,11 @@ def announce(info: dict) -> Iterator[Path]:
         # process gone and removes it)
         with contextlib.suppress(OSError):
             path.unlink(missing_ok=True)
+
+
+def _not_announcing(problem: str) -> None:
+    print(f"codecomplete: warning: not announcing this server ({problem}); set ${RUNTIME_ENV} to a private "
+          f"folder", file=sys.stderr, flush=True)
 
 
 def running_servers() -> list[dict]:
@@ -77,16 +88,39 @@ def running_servers() -> list[dict]:
         try:
             if not _private(path, regular=True):
                 continue
-            info = json.loads(path.read_text(encoding="utf-8"))
-            alive = _alive(int(info["pid"]))
-        except (OSError, ValueError, KeyError, TypeError):
+            info, written = _record(path.read_text(encoding="utf-8", errors="replace")), path.stat().st_mtime
+        except OSError:
             continue
-        if alive:
-            found.append((path.stat().st_mtime, info))
-        else:
+        # Half a record (a server writing it this moment, or one killed while it did) is not believed; its name, the
+        # process id the server writes it under, says whether that server is gone.
+        pid = _pid(info["pid"]) if info is not None else _pid(path.stem)
+        if pid is None:
+            continue
+        if not _alive(pid):
             with contextlib.suppress(OSError):      # (another client reading it, on Windows)
                 path.unlink(missing_ok=True)     # a server that was killed: its file is stale
+        elif info is not None:
+            found.append((written, info))
     return [info for _, info in sorted(found, key=lambda pair: pair[0], reverse=True)]
+
+
+def _record(text: str) -> dict | None:
+    """A server's whole record (an object with its process id), or None."""
+    try:
+        info = json.loads(text)
+        return info if _pid(info["pid"]) is not None else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _pid(value) -> int | None:
+    """A process id written in a record or a file's name (`announce` writes `PID.json`), or None where it is none
+    (os.kill takes no id past 2**31 - 1, and 0 or one below it would ask about a process group)."""
+    try:
+        pid = int(value)
+    except (ValueError, TypeError, OverflowError):    # (OverflowError: Infinity)
+        return None
+    return pid if 0 < pid < 2**31 else None
 
 
 def _private(path: Path, regular: bool = False) -> bool:

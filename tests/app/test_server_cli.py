@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,6 +15,7 @@ from codecomplete.session import Sampling, Session
 
 CURSOR = ["--file", "app.py", "--line", "5", "--col", "5", "--max-tokens", "8", "--context-tokens", "300"]
 MEASURED = ("timings", "reused_prefix_tokens")      # how long it took and what the cache held: not the output
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(script, env, *args, input=None):
@@ -461,6 +463,64 @@ def test_a_runtime_directory_that_cannot_be_trusted_means_no_server_not_a_crash(
     with announce({"api_key": None}) as path:
         assert path is None
     assert "owned by uid 1001" in capsys.readouterr().err
+
+
+def test_a_server_whose_runtime_file_cannot_be_written_serves_unannounced(tmp_path, monkeypatch, capsys):
+    """A full disk (or quota) under the runtime directory: the write's OSError came out of `announce` and the server
+    stopped with an error after loading its model, leaving an empty file behind. Now it serves, unannounced, as it
+    does where the directory cannot be trusted, and leaves no file."""
+    import errno
+
+    from codecomplete.server import discovery
+
+    def disk_full(record, file):
+        file.write(json.dumps(record)[:10])
+        file.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setenv("CODECOMPLETE_RUNTIME_DIR", str(tmp_path))
+    monkeypatch.setattr(discovery.json, "dump", disk_full)
+    with discovery.announce({"url": "http://127.0.0.1:1", "api_key": "k"}) as path:
+        assert path is None and list((tmp_path / "servers").iterdir()) == []
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not announcing this server (No space left on device)" in err
+
+
+# A server killed (SIGKILL, the OOM killer) while it writes its runtime file: half a record stays.
+KILLED_WHILE_ANNOUNCING = """
+import json, os, signal
+from codecomplete.server import discovery
+
+def killed(record, file):
+    file.write(json.dumps(record)[:10])
+    file.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+discovery.json.dump = killed
+with discovery.announce({"url": "http://127.0.0.1:1", "api_key": None}):
+    pass
+"""
+
+
+def test_half_a_runtime_file_goes_once_its_server_is_gone(tmp_path, monkeypatch):
+    """Clients remove the file of a server that is gone by the process id in it: half a record has none, so the file
+    of a server killed while writing it stayed for good. Its name says the process: gone, the file goes; alive (a
+    server writing it this moment), it stays and is not believed."""
+    import signal
+    import subprocess
+
+    from codecomplete.server import discovery
+
+    monkeypatch.setenv("CODECOMPLETE_RUNTIME_DIR", str(tmp_path))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    killed = subprocess.run([sys.executable, "-c", KILLED_WHILE_ANNOUNCING], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    [half] = (tmp_path / "servers").iterdir()
+    writing = tmp_path / "servers" / f"{os.getpid()}.json"          # a live server's, half written
+    writing.write_text(half.read_text())
+    writing.chmod(0o600)
+    assert discovery.running_servers() == []
+    assert list((tmp_path / "servers").iterdir()) == [writing]
 
 
 def test_servers_are_announced_and_found_on_windows(monkeypatch, tmp_path):
