@@ -523,6 +523,20 @@ def test_half_a_runtime_file_goes_once_its_server_is_gone(tmp_path, monkeypatch)
     assert list((tmp_path / "servers").iterdir()) == [writing]
 
 
+@pytest.mark.parametrize("pid", ["2147483648", "1e400"])
+def test_a_record_whose_pid_no_process_can_have_is_passed_over(tmp_path, monkeypatch, pid):
+    """os.kill takes no id past 2**31 - 1: such a record (Infinity too) made every command line fail with an internal
+    OverflowError while it looked for a server."""
+    from codecomplete.server import discovery
+
+    monkeypatch.setenv("CODECOMPLETE_RUNTIME_DIR", str(tmp_path))
+    folder = tmp_path / "servers"
+    folder.mkdir(mode=0o700)
+    (folder / "odd.json").write_text(f'{{"url": "http://127.0.0.1:1", "pid": {pid}}}')
+    (folder / "odd.json").chmod(0o600)
+    assert discovery.running_servers() == []
+
+
 def test_servers_are_announced_and_found_on_windows(monkeypatch, tmp_path):
     """Windows has no os.geteuid or O_NOFOLLOW (announcing a server, and every command looking for one, was an
     AttributeError), every folder reads as mode 0777 there, and os.kill(pid, 0) is TerminateProcess: asking
