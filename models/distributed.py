@@ -25,6 +25,7 @@ once (os._exit after the atexit handlers), skipping the interpreter's teardown o
 from __future__ import annotations
 
 import atexit
+import contextlib
 import faulthandler
 import logging
 import multiprocessing
@@ -384,12 +385,20 @@ def _abort() -> None:
 
 
 def _terminate(context) -> None:
+    """Stop the spawned ranks still running, and remove the report files of those that failed: torch.multiprocessing
+    has a failing rank write its error to a file in the temporary folder and only ever reads it (a
+    pytorch-errorfile-*.pickle was left in /tmp by every failure). Called once the reports were read, or when they no
+    longer matter."""
     for process in getattr(context, "processes", ()):
         if process.is_alive():
             process.terminate()
             process.join(5)
         if process.is_alive():
             process.kill()
+            process.join(5)     # (a rank killed while writing its report must not write on after the removal)
+    for report in getattr(context, "error_files", ()):
+        with contextlib.suppress(OSError):
+            os.unlink(report)
 
 
 def _exited(context) -> str:

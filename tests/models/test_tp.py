@@ -240,16 +240,26 @@ def test_a_model_that_cannot_load_leaves_the_running_ranks_alone(no_hang, gqa_ch
                 leader.close()
 
 
-def test_a_rank_that_raises_ends_the_launch_in_one_line(no_hang):
+@pytest.fixture
+def temporary_folder(tmp_path, monkeypatch):
+    """The folder tempfile writes in (torch.multiprocessing puts a failed rank's report there): a test's own."""
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    return tmp_path
+
+
+def test_a_rank_that_raises_ends_the_launch_in_one_line(no_hang, temporary_folder):
     with pytest.raises(RankFailed) as failed:      # rank 0 was waiting in an all-reduce for rank 1
         run_on_ranks(2, "cpu", tp_helpers.raise_on_rank_1)
     assert str(failed.value) == "rank 1 failed: ValueError: boom on rank 1"
+    assert list(temporary_folder.iterdir()) == []  # the rank's report file (pytorch-errorfile-*.pickle) was left
 
 
-def test_a_rank_gone_before_its_report_is_written_ends_the_launch_in_one_line(no_hang):
+def test_a_rank_gone_before_its_report_is_written_ends_the_launch_in_one_line(no_hang, temporary_folder):
     with pytest.raises(RankFailed) as failed:      # torch.multiprocessing's join finds an empty report file
         run_on_ranks(2, "cpu", tp_helpers.die_while_reporting)
     assert str(failed.value) == "rank 1 exited with code 1"
+    assert list(temporary_folder.iterdir()) == []
 
 
 def test_a_hung_rank_fails_the_launch_after_the_set_timeout_in_one_line(no_hang, monkeypatch):
