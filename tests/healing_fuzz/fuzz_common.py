@@ -2,9 +2,12 @@
 tests build (the embedded SmolLM2's from its GGUF file, tiny CodeLlama, StarCoder-style byte-level, tiny Llama).
 
 Run from the repository root, e.g. `python tests/healing_fuzz/fuzz_engine.py SEED CASES`; not collected by pytest."""
+import atexit
 import importlib.util
 import random
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,6 +25,14 @@ def arguments(cases: int, which: list[str] | None = None):
     cases = int(sys.argv[2]) if len(sys.argv) > 2 else cases
     which = sys.argv[3].split(",") if len(sys.argv) > 3 else which
     return seed, cases, which, random.Random(seed)
+
+
+def scratch_folder() -> Path:
+    """A fresh folder for this run's repository, index cache or model, removed when the script exits (mkdtemp's
+    were left in /tmp: a `tmpXXXX/repo`, `tmpXXXX/index-v6` and one per tokenizer, every run)."""
+    folder = Path(tempfile.mkdtemp(prefix="healing-fuzz-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 class Failures(dict):

@@ -1,7 +1,6 @@
 """Part B: the engine under a required prefix, tiny random models, random prefixes/prompts/stops."""
-import random, sys, tempfile, traceback
-from pathlib import Path
-from fuzz_common import FRAGMENTS, Failures, arguments, random_text, tokenizers
+import random, sys, traceback
+from fuzz_common import FRAGMENTS, Failures, arguments, random_text, scratch_folder, tokenizers
 from models import GenerationConfig, load_model
 from models.healing import token_bytes
 from models.tokenizer import IncrementalDetokenizer
@@ -16,7 +15,7 @@ count = 0
 
 for name in which:
     tok = toks[name]
-    d = Path(tempfile.mkdtemp()) / name
+    d = scratch_folder() / name
     d.mkdir()
     save_tiny_llama(d, tok, n_kv_heads=2, max_position_embeddings=512, seed=seed)
     engine = load_model(str(d), device="cpu", max_context=256)

@@ -1,7 +1,6 @@
 """Part A: build_completion_prompt at random cursors of random files, every tokenizer/format."""
-import random, sys, tempfile, traceback
-from pathlib import Path
-from fuzz_common import random_text, tokenizers
+import random, sys, traceback
+from fuzz_common import random_text, scratch_folder, tokenizers
 from prompts import build_completion_prompt, index_repository
 from prompts.scan import unix_newlines
 from prompts.tokens import encoder_for, tokenizable
@@ -11,10 +10,10 @@ from models.healing import token_bytes, vocabulary_bytes
 seed = int(sys.argv[1]) if len(sys.argv) > 1 else 0
 cases = int(sys.argv[2]) if len(sys.argv) > 2 else 200
 rng = random.Random(seed)
-root = Path(tempfile.mkdtemp()) / "repo"; root.mkdir()
+root = scratch_folder() / "repo"; root.mkdir()
 (root / "geometry.py").write_text("def polygon_area(poly):\n    return 0.0\n")
 (root / "main.py").write_text("from geometry import polygon_area\nx = 1\n")
-index = index_repository(root, cache_dir=Path(tempfile.mkdtemp()))
+index = index_repository(root, cache_dir=scratch_folder())
 toks = tokenizers()
 failures = {}
 count = 0

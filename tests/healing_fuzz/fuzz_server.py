@@ -1,7 +1,6 @@
 """Part C: /infill, /completion, /v1/completions in process, tiny random models, random cursors and splits."""
-import json, random, sys, tempfile, traceback
-from pathlib import Path
-from fuzz_common import Failures, arguments, random_text, tokenizers
+import json, random, sys, traceback
+from fuzz_common import Failures, arguments, random_text, scratch_folder, tokenizers
 from models import load_model
 from prompts import index_repository
 from tiny_models import save_tiny_llama
@@ -15,7 +14,7 @@ failures = Failures()
 fail = failures.add
 count = 0
 
-root = Path(tempfile.mkdtemp()) / "repo"; root.mkdir()
+root = scratch_folder() / "repo"; root.mkdir()
 (root / "geometry.py").write_text("def polygon_area(poly):\n    return 0.0\n")
 (root / "main.py").write_text("from geometry import polygon_area\nx = 1\n")
 
@@ -26,10 +25,10 @@ def streamed(client, path, body):
 
 for name in which:
     tok = toks[name]
-    d = Path(tempfile.mkdtemp()) / name; d.mkdir()
+    d = scratch_folder() / name; d.mkdir()
     save_tiny_llama(d, tok, n_kv_heads=2, max_position_embeddings=1024, seed=seed)
     engine = load_model(str(d), device="cpu", max_context=768)
-    index = index_repository(root, cache_dir=Path(tempfile.mkdtemp()))
+    index = index_repository(root, cache_dir=scratch_folder())
     server = Server(Session(engine, index, context_tokens=512), max_tokens=8, api_key=None, info={})
     with TestClient(create_app(server), base_url="http://127.0.0.1") as client:
         for case in range(cases):
