@@ -5,7 +5,8 @@ and sets it, so both write to the same place and a problem is said once, before 
 folder the user set, else the user cache dir; one that is inside the repository (a cache dir set to
 `REPO/.cache`, or HOME being the repository), that is not a folder, cannot be written, belongs to another user or
 everyone may write to (what is cached is read back: weights, the index) is passed over, with
-a warning; when none is usable, a temporary folder serves this run and is removed at exit.
+a warning; when none is usable, a temporary folder serves this run and is removed at exit (where none can be made,
+an AppError: exit 1).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from prompts.scan import lies_within
 
+from .errors import AppError
 from .render import warn
 
 VARIABLE = "CODECOMPLETE_CACHE_DIR"
@@ -36,7 +38,11 @@ def prepare(root: Path | None = None) -> Path:
             break
         problems.append(f"{folder} {problem}")
     else:
-        _chosen, lasting = Path(tempfile.mkdtemp(prefix="codecomplete-cache-")), " for this run only"
+        try:
+            _chosen, lasting = Path(tempfile.mkdtemp(prefix="codecomplete-cache-")), " for this run only"
+        except OSError as exc:          # a full disk under the temporary folder too: the machine's failure, said
+            raise AppError(f"no folder can hold the caches: {'; nor '.join(problems)}; nor a temporary folder "
+                           f"({exc.strerror or exc}): set {VARIABLE} to a writable folder of your own") from None
         atexit.register(shutil.rmtree, _chosen, ignore_errors=True)
     if problems:
         warn(f"not caching in {'; nor in '.join(problems)}: caching in {_chosen}{lasting} (set {VARIABLE} to choose)")

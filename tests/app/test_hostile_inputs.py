@@ -270,6 +270,34 @@ def test_every_unusable_cache_dir_falls_back_to_a_temporary_one(make_repository,
     shutil.rmtree(chosen)
 
 
+# Every cache folder unusable, and the disk of the temporary folder full too.
+NO_TEMPORARY_FOLDER = """
+import errno, sys, tempfile
+from codecomplete.cli import main
+
+def disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+tempfile.mkdtemp = disk_full
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_no_folder_at_all_for_the_caches_is_a_one_line_failure(make_repository, tmp_path, cli_env):
+    """With no cache folder usable and no temporary one to be made, the run ended in "internal error: OSError" (a bug,
+    said the message); it is a failure of the machine's (exit 1) that says which folders and what to set."""
+    repo = make_repository(tmp_path / "repo")
+    (tmp_path / "a-file").write_text("x")
+    env = {**cli_env, "CODECOMPLETE_CACHE_DIR": str(tmp_path / "a-file"), "XDG_CACHE_HOME": str(tmp_path / "a-file"),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", NO_TEMPORARY_FOLDER, str(repo), "--file", "app.py"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=TIMEOUT)
+    run = Run(proc.returncode, proc.stdout, proc.stderr)
+    check_error(run, 1, "a-file is not a folder", "nor a temporary folder (No space left on device)",
+                "CODECOMPLETE_CACHE_DIR")
+    assert "internal error" not in run.stderr
+
+
 def test_a_cache_dir_that_every_user_may_write_to_is_passed_over(make_repository, tmp_path, monkeypatch):
     """What is cached is read back (converted weights, the index): a folder anyone can write to is not used."""
     from codecomplete import caches
