@@ -5,12 +5,13 @@ and sets it, so both write to the same place and a problem is said once, before 
 folder the user set, else the user cache dir; one that is inside the repository (a cache dir set to
 `REPO/.cache`, or HOME being the repository), that is not a folder, cannot be written, belongs to another user or
 everyone may write to (what is cached is read back: weights, the index) is passed over, with
-a warning; when none is usable, a temporary folder serves this run and is removed at exit (where none can be made,
-an AppError: exit 1).
+a warning; when none is usable, a temporary folder serves this run and is removed at exit, or by a later run if this
+one is killed outright (where none can be made, an AppError: exit 1).
 """
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import tempfile
@@ -22,7 +23,10 @@ from .errors import AppError
 from .render import warn
 
 VARIABLE = "CODECOMPLETE_CACHE_DIR"
+TEMPORARY_PREFIX = "codecomplete-cache-"
+IN_USE = ".in-use"          # the file in a temporary cache folder its run holds a lock on
 _chosen: Path | None = None
+_held: list = []            # the open lock files of this process's temporary cache folders
 
 
 def prepare(root: Path | None = None) -> Path:
@@ -39,15 +43,46 @@ def prepare(root: Path | None = None) -> Path:
         problems.append(f"{folder} {problem}")
     else:
         try:
-            _chosen, lasting = Path(tempfile.mkdtemp(prefix="codecomplete-cache-")), " for this run only"
+            _chosen, lasting = _temporary_folder(), " for this run only"
         except OSError as exc:          # a full disk under the temporary folder too: the machine's failure, said
             raise AppError(f"no folder can hold the caches: {'; nor '.join(problems)}; nor a temporary folder "
                            f"({exc.strerror or exc}): set {VARIABLE} to a writable folder of your own") from None
-        atexit.register(shutil.rmtree, _chosen, ignore_errors=True)
     if problems:
         warn(f"not caching in {'; nor in '.join(problems)}: caching in {_chosen}{lasting} (set {VARIABLE} to choose)")
     os.environ[VARIABLE] = str(_chosen)
     return _chosen
+
+
+def _temporary_folder() -> Path:
+    """A cache folder for this run only, removed at exit. A run killed outright (SIGKILL: no exit handlers) cannot
+    remove its own, converted model and all: a run holds a lock on a file in its folder while it lives, and each new
+    temporary folder first removes those whose lock nobody holds (where there are no locks, Windows, none)."""
+    _remove_abandoned_folders()
+    folder = Path(tempfile.mkdtemp(prefix=TEMPORARY_PREFIX))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    with contextlib.suppress(ImportError, OSError):     # (without it, this folder is merely never taken for dead)
+        import fcntl
+        held = open(folder / f"{IN_USE}.new", "w", encoding="utf-8")  # noqa: SIM115 (open while this run lives)
+        fcntl.flock(held, fcntl.LOCK_SH)
+        os.replace(folder / f"{IN_USE}.new", folder / IN_USE)     # only ever seen locked
+        _held.append(held)
+    return folder
+
+
+def _remove_abandoned_folders() -> None:
+    try:
+        import fcntl
+        folders = list(Path(tempfile.gettempdir()).glob(f"{TEMPORARY_PREFIX}*"))
+    except (ImportError, OSError):
+        return
+    for folder in folders:
+        # Only our own folders, with the lock file a run makes (one without it may be a run making it now).
+        with contextlib.suppress(OSError):
+            if folder.is_symlink() or not folder.is_dir() or folder.stat().st_uid != os.geteuid():
+                continue
+            with open(folder / IN_USE, encoding="utf-8") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)    # BlockingIOError (an OSError): a run holds it
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def _candidates() -> list[Path]:

@@ -298,6 +298,60 @@ def test_no_folder_at_all_for_the_caches_is_a_one_line_failure(make_repository, 
     assert "internal error" not in run.stderr
 
 
+# A run with no usable cache folder, in a temporary one: it says which, then is killed outright ("killed") or waits
+# for its standard input to close ("alive").
+RUN_IN_A_TEMPORARY_CACHE = """
+import os, signal, sys
+from pathlib import Path
+from codecomplete import caches
+
+print(caches.prepare(Path(sys.argv[1])), flush=True)
+if sys.argv[2] == "killed":
+    os.kill(os.getpid(), signal.SIGKILL)
+sys.stdin.read()
+"""
+
+
+def test_the_temporary_cache_of_a_run_killed_outright_goes_with_the_next_one(make_repository, tmp_path, cli_env,
+                                                                             monkeypatch):
+    """A run with no usable cache folder caches in a temporary one, removed at exit; one killed by SIGKILL (an editor
+    stopping its server, the OOM killer) left it, converted model and all, in /tmp for good. The next such run removes
+    those of runs that are gone, and never the folder of one that still runs."""
+    import tempfile
+
+    from codecomplete import caches
+
+    repo = make_repository(tmp_path / "repo")
+    (tmp_path / "a-file").write_text("x")
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    env = {**cli_env, "CODECOMPLETE_CACHE_DIR": str(tmp_path / "a-file"), "XDG_CACHE_HOME": str(tmp_path / "a-file"),
+           "TMPDIR": str(temporary),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
+
+    def run(how):
+        return subprocess.Popen([sys.executable, "-c", RUN_IN_A_TEMPORARY_CACHE, str(repo), how], env=env, text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    alive = run("alive")
+    try:
+        alive_folder = Path(alive.stdout.readline().strip())
+        killed = run("killed")
+        killed_folder = Path(killed.stdout.readline().strip())
+        assert killed.wait(60) == -signal.SIGKILL and killed_folder.is_dir() and alive_folder.is_dir()
+        (killed_folder / "gguf").mkdir()                 # what it cached, say a converted model
+        monkeypatch.setattr(caches, "_chosen", None)
+        monkeypatch.setattr(caches, "warn", lambda message: None)
+        monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+        monkeypatch.setenv("CODECOMPLETE_CACHE_DIR", str(tmp_path / "a-file"))
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a-file"))
+        chosen = caches.prepare(repo)
+        assert sorted(temporary.iterdir()) == sorted([alive_folder, chosen])
+        shutil.rmtree(chosen)
+    finally:
+        alive.communicate("", timeout=60)
+    assert alive.returncode == 0 and list(temporary.iterdir()) == []     # its own, removed at its exit
+
+
 def test_a_cache_dir_that_every_user_may_write_to_is_passed_over(make_repository, tmp_path, monkeypatch):
     """What is cached is read back (converted weights, the index): a folder anyone can write to is not used."""
     from codecomplete import caches
