@@ -36,17 +36,26 @@ Penalize = Callable[[torch.Tensor], torch.Tensor]       # logits (B, V) -> penal
 
 def bias_vector(config: GenerationConfig, vocab_size: int, device: torch.device) -> torch.Tensor | None:
     """The request's logit bias as one vector (V,) float32 to add to the logits (each token's biases summed, as
-    llama.cpp adds them one by one), or None without one."""
+    llama.cpp adds them one by one), or None without one.
+
+    A finite sum stays finite: summed in float64 and clamped to float32's range (llama.cpp takes any number: 1e39, or
+    two of 3e38, overflowed to +inf, whose softmax is NaN); float32's largest still wins over every unbiased token.
+    A ban (-inf) stays a ban whatever else the token is given."""
     if not config.logit_bias:
         return None
     ids = [token for token, _ in config.logit_bias]
     if min(ids) < 0 or max(ids) >= vocab_size:
         raise ValueError(f"logit_bias: token id {max(ids) if max(ids) >= vocab_size else min(ids)} is outside the "
                          f"vocabulary (0..{vocab_size - 1})")
-    bias = torch.zeros(vocab_size, dtype=torch.float32)
-    bias.index_put_((torch.tensor(ids),), torch.tensor([b for _, b in config.logit_bias], dtype=torch.float32),
-                    accumulate=True)
-    return bias.to(device)
+    finite = [(token, b) for token, b in config.logit_bias if math.isfinite(b)]
+    bias = torch.zeros(vocab_size, dtype=torch.float64)
+    if finite:
+        bias.index_put_((torch.tensor([token for token, _ in finite]),),
+                        torch.tensor([b for _, b in finite], dtype=torch.float64), accumulate=True)
+    largest = torch.finfo(torch.float32).max
+    bias = bias.nan_to_num(posinf=largest, neginf=-largest).clamp(-largest, largest)     # (1e308 twice: inf)
+    bias[[token for token, b in config.logit_bias if b == -math.inf]] = -math.inf
+    return bias.to(device, torch.float32)
 
 
 def sample(logits: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None,

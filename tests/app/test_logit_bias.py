@@ -8,6 +8,7 @@ import torch
 
 from codecomplete.session import Session
 from models import GenerationConfig
+from models.sampling import bias_vector
 
 CODE = "def add(a, b):\n    return a + b\n"
 CODE_IDS = [1604, 803, 24, 81, 28, 278, 727, 472, 1003, 253, 1232, 278, 198]   # (no healing): greedy goes on with
@@ -78,14 +79,23 @@ def test_ignore_eos_runs_to_n_predict_where_the_model_would_end(client, engine):
 
 
 def test_biases_of_one_token_add_up_and_bans_stay_bans():
-    from models.sampling import bias_vector
-
     config = GenerationConfig(logit_bias=((3, 1.5), (3, 2.0), (0, -math.inf), (5, -4.0)))
     bias = bias_vector(config, 8, torch.device("cpu"))
     assert bias.tolist() == [-math.inf, 0.0, 0.0, 3.5, 0.0, -4.0, 0.0, 0.0]
     assert bias_vector(GenerationConfig(), 8, torch.device("cpu")) is None
     with pytest.raises(ValueError, match="outside the vocabulary"):
         bias_vector(GenerationConfig(logit_bias=((8, 1.0),)), 8, torch.device("cpu"))
+
+
+def test_a_bias_past_float32_pushes_the_token_and_never_makes_nan(client):
+    """llama.cpp's biases are any number: 1e39 (or two of 3e38 on one token) overflowed float32 to +inf, whose softmax
+    is NaN, and the draw took token 0 (the embedded model's end of text) instead of the token pushed."""
+    for bias in ([[EQUALS, 1e39]], [[EQUALS, 3e38], [EQUALS, 3e38]], [[EQUALS, 1e308], [EQUALS, 1e308], [EQUALS, 1]]):
+        for temperature in (0, 0.8):
+            assert first_token(client, logit_bias=bias, temperature=temperature, seed=1) == EQUALS, (bias, temperature)
+    config = GenerationConfig(logit_bias=((3, 1e39), (3, 1e39), (5, -1e39), (6, 1e300), (6, -math.inf)))
+    bias = bias_vector(config, 8, torch.device("cpu"))
+    assert bias[3] == torch.finfo(torch.float32).max and bias[6] == -math.inf and torch.isfinite(bias[:6]).all()
 
 
 @pytest.mark.parametrize("speculate", [0, 3])
