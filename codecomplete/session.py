@@ -181,9 +181,24 @@ class Session:
         return engines.prompt_budget(self.engine, self.context_tokens, max_tokens)
 
     def _generation(self, packed, sampling: Sampling) -> Generation:
+        from models.sampling import check_bans
+
         self.engine.check_prompt(packed.ids)     # a prompt that cannot run fails here, before anything streams
+        try:                                     # so does a request that bans every token
+            check_bans(self._bias(packed, sampling), self.engine.model.config.vocab_size)
+        except ValueError as e:
+            from .errors import UsageError
+            raise UsageError(f"{e}{' (ignore_eos bans the end-of-generation tokens)' if sampling.ignore_eos else ''}")
         return Generation(packed, self.engine,
                           lambda on_text=None, should_stop=None: self._run(packed, sampling, on_text, should_stop))
+
+    def _bias(self, packed, sampling: Sampling) -> tuple[tuple[int, float], ...]:
+        """The request's logit bias, with ignore_eos a -inf on each end-of-generation token (llama.cpp's
+        logit_bias_eog): the model's EOS ids and the prompt format's end tokens."""
+        if not sampling.ignore_eos:
+            return sampling.logit_bias
+        ends = dict.fromkeys([*self.engine.eos_token_ids, *packed.stop_token_ids])
+        return sampling.logit_bias + tuple((token, -math.inf) for token in ends)
 
     def _run(self, packed, sampling: Sampling, on_text, should_stop):
         from models import GenerationConfig
@@ -191,10 +206,7 @@ class Session:
         if self._index is not None:     # a request: idle upkeep walks on (the walk under way may be past a change)
             self._tidy_until = self._index.walks_begun + 1
         stops = sampling.format_stops
-        bias = sampling.logit_bias
-        if sampling.ignore_eos:     # llama.cpp's logit_bias_eog: a -inf bias on each end-of-generation token
-            ends = dict.fromkeys([*self.engine.eos_token_ids, *packed.stop_token_ids])
-            bias += tuple((token, -math.inf) for token in ends)
+        bias = self._bias(packed, sampling)
         config = GenerationConfig(
             max_new_tokens=max(sampling.max_tokens, 1), temperature=sampling.temperature, top_p=sampling.top_p,
             top_k=sampling.top_k, min_p=sampling.min_p, seed=sampling.seed,

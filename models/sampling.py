@@ -47,6 +47,7 @@ def bias_vector(config: GenerationConfig, vocab_size: int, device: torch.device)
     if min(ids) < 0 or max(ids) >= vocab_size:
         raise ValueError(f"logit_bias: token id {max(ids) if max(ids) >= vocab_size else min(ids)} is outside the "
                          f"vocabulary (0..{vocab_size - 1})")
+    check_bans(config.logit_bias, vocab_size)
     finite = [(token, b) for token, b in config.logit_bias if math.isfinite(b)]
     bias = torch.zeros(vocab_size, dtype=torch.float64)
     if finite:
@@ -56,6 +57,18 @@ def bias_vector(config: GenerationConfig, vocab_size: int, device: torch.device)
     bias = bias.nan_to_num(posinf=largest, neginf=-largest).clamp(-largest, largest)     # (1e308 twice: inf)
     bias[[token for token, b in config.logit_bias if b == -math.inf]] = -math.inf
     return bias.to(device, torch.float32)
+
+
+def banned(logit_bias) -> set[int]:
+    """The ids a logit bias bans (a -inf among their biases)."""
+    return {token for token, bias in logit_bias if bias == -math.inf}
+
+
+def check_bans(logit_bias, vocab_size: int) -> None:
+    """A ValueError where the bias bans every token of the vocabulary: the softmax of nothing but -inf is NaN (llama.cpp
+    draws from it too), so such a request has nothing to generate."""
+    if len(banned(logit_bias)) >= vocab_size:
+        raise ValueError(f"logit_bias bans every token of the vocabulary ({vocab_size}): nothing is left to generate")
 
 
 def sample(logits: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None,

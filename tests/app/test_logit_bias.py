@@ -78,6 +78,23 @@ def test_ignore_eos_runs_to_n_predict_where_the_model_would_end(client, engine):
     assert not set(ignored["tokens"]) & set(engine.eos_token_ids) and ignored["content"]
 
 
+def test_a_request_that_bans_every_token_is_a_400(client, engine):
+    """Every token banned (with ignore_eos, every token but the ends): softmax of all -inf is NaN, and the draw took
+    token 0 (here the end of text, elsewhere any token). llama.cpp does the same; here the request is refused."""
+    vocab = engine.model.config.vocab_size
+    ends = set(engine.eos_token_ids)
+    for body in ({"logit_bias": [[i, False] for i in range(vocab)]},
+                 {"logit_bias": {str(i): False for i in range(vocab) if i not in ends}, "ignore_eos": True}):
+        for path in ("/completion", "/infill"):
+            prompt = {"prompt": CODE_IDS} if path == "/completion" else {"input_prefix": "x = ", "input_suffix": ""}
+            response = client.post(path, json={**prompt, "n_predict": 2, **body})
+            assert response.status_code == 400, response.text
+            assert "every token" in response.json()["error"]["message"], response.text
+    assert first_token(client, logit_bias=[[i, False] for i in range(vocab) if i != EQUALS]) == EQUALS
+    with pytest.raises(ValueError, match="every token"):
+        bias_vector(GenerationConfig(logit_bias=tuple((i, -math.inf) for i in range(8))), 8, torch.device("cpu"))
+
+
 def test_biases_of_one_token_add_up_and_bans_stay_bans():
     config = GenerationConfig(logit_bias=((3, 1.5), (3, 2.0), (0, -math.inf), (5, -4.0)))
     bias = bias_vector(config, 8, torch.device("cpu"))
