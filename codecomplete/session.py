@@ -91,10 +91,15 @@ class Session:
         for a prompt exactly as a session without history builds it (the command line's, through a server)."""
         from prompts import build_completion_prompt
 
-        packed = self._current(lambda index: build_completion_prompt(
-            index, self.engine.tokenizer, path=path, text=text, line=line, col=col,
-            budget_tokens=budget or self.prompt_budget(sampling.max_tokens), extra=extra,
-            previous=self._chosen.get(path, ()) if sticky else ()), path)
+        def build(index, heal: bool = True):
+            return build_completion_prompt(
+                index, self.engine.tokenizer, path=path, text=text, line=line, col=col,
+                budget_tokens=budget or self.prompt_budget(sampling.max_tokens), extra=extra, heal=heal,
+                previous=self._chosen.get(path, ()) if sticky else ())
+
+        packed = self._current(build, path)
+        if not self._heals(packed, sampling):
+            packed = self._current(lambda index: build(index, heal=False), path)
         if sticky:
             self._chosen = {path: packed.chosen}   # (the last file's only: its context is what the KV cache holds)
         return self._generation(packed, sampling)
@@ -130,7 +135,10 @@ class Session:
         from prompts import PackedPrompt, build_raw_prompt
 
         if isinstance(prompt, str):
-            return self._generation(build_raw_prompt(self.engine.tokenizer, prompt), sampling)
+            packed = build_raw_prompt(self.engine.tokenizer, prompt)
+            if not self._heals(packed, sampling):
+                packed = build_raw_prompt(self.engine.tokenizer, prompt, heal=False)
+            return self._generation(packed, sampling)
         return self._generation(PackedPrompt(list(prompt), [], [], [], "raw"), sampling)
 
     def warm_prompt(self, path: str, *, line: int, budget: int) -> None:
@@ -191,6 +199,18 @@ class Session:
             raise UsageError(f"{e}{' (ignore_eos bans the end-of-generation tokens)' if sampling.ignore_eos else ''}")
         return Generation(packed, self.engine,
                           lambda on_text=None, should_stop=None: self._run(packed, sampling, on_text, should_stop))
+
+    def _heals(self, packed, sampling: Sampling) -> bool:
+        """Whether the request's bans leave tokens that write the prompt's healed text (models/healing.py). A client
+        that bans every token beginning with a newline, the prompt ending in one, left healing nothing to draw: such
+        a prompt keeps its last token instead, as llama.cpp (which does not heal) reads it."""
+        from models.sampling import banned
+
+        bans = banned(self._bias(packed, sampling)) if packed.heal_text else set()
+        if not bans:
+            return True
+        from models.healing import vocabulary_bytes
+        return vocabulary_bytes(self.engine.tokenizer).can_write(packed.heal_text.encode(), bans)
 
     def _bias(self, packed, sampling: Sampling) -> tuple[tuple[int, float], ...]:
         """The request's logit bias, with ignore_eos a -inf on each end-of-generation token (llama.cpp's

@@ -35,7 +35,7 @@ from models.options import DEFAULT_MAX_CONTEXT, parse_kv_cache
 from models.infill import InfillSampler
 from models.penalties import Penalties
 from models.request_sampler import RequestSampler
-from models.sampling import bias_vector, logprob_table, make_generator, read_logprobs
+from models.sampling import banned, bias_vector, logprob_table, make_generator, read_logprobs
 from models.speculative import PromptLookup
 from models.tokenizer import IncrementalDetokenizer, StopStringMatcher
 
@@ -513,10 +513,11 @@ class Engine:
         if self.tokenizer is None:
             raise ModelError(f"{self.name}: a required prefix needs a tokenizer")
         table = vocabulary_bytes(self.tokenizer)
-        if not table.can_write(config.required_prefix.encode()):    # (a vocabulary without byte pieces)
+        bans = banned(config.logit_bias)        # (the caller heals only what its bans leave writable: Session)
+        if not table.can_write(config.required_prefix.encode(), bans):    # (a vocabulary without byte pieces)
             raise ModelError(f"{self.name}: the required prefix {config.required_prefix!r} cannot be written with "
-                             f"this vocabulary's tokens")
-        return HealingConstraint(table, config.required_prefix, batch)
+                             f"this vocabulary's tokens{' (those logit_bias leaves)' if bans else ''}")
+        return HealingConstraint(table, config.required_prefix, batch, bans)
 
     def _infill(self, config: GenerationConfig) -> InfillSampler | None:
         """llama.cpp's infill sampler, where the request's chain has it: its end-of-generation tokens are the stop

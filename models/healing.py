@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 from bisect import bisect_left
+from collections.abc import Set
 
 import torch
 
@@ -34,19 +35,21 @@ class VocabularyBytes:
             self.by_bytes.setdefault(piece, []).append(number)
         self.pieces = pieces  # by id; None for tokens that never heal
 
-    def allowed(self, remaining: bytes) -> list[int]:
+    def allowed(self, remaining: bytes, excluding: Set[int] = frozenset()) -> list[int]:
         """Ids of the tokens that lie inside ``remaining`` from its start, or begin with all of it; of those inside,
         only the ones after which the rest can still be written (always, where every byte is a token: byte-level
-        BPE, byte fallback; a vocabulary without byte pieces has dead ends, where every token would be masked)."""
-        writable = self._writable(remaining)
+        BPE, byte fallback; a vocabulary without byte pieces has dead ends, where every token would be masked).
+        ``excluding``: tokens that may not be used (a request's bans), neither now nor for the rest."""
+        writable = self._writable(remaining, excluding)
         ids = [number for end in range(1, len(remaining)) if writable[end]
                for number in self.by_bytes.get(remaining[:end], ())]
         start, stop = self._beginning_with(remaining)
-        return ids + self.sorted_ids[start:stop]
+        ids += self.sorted_ids[start:stop]
+        return [number for number in ids if number not in excluding] if excluding else ids
 
-    def can_write(self, text: bytes) -> bool:
-        """Whether some sequence of tokens begins with ``text``."""
-        return self._writable(text)[0]
+    def can_write(self, text: bytes, excluding: Set[int] = frozenset()) -> bool:
+        """Whether some sequence of tokens, none of them in ``excluding``, begins with ``text``."""
+        return self._writable(text, excluding)[0]
 
     def _beginning_with(self, text: bytes) -> tuple[int, int]:
         """The slice of sorted_bytes (and sorted_ids) that begin with ``text``."""
@@ -55,13 +58,18 @@ class VocabularyBytes:
         stop = len(self.sorted_bytes) if successor is None else bisect_left(self.sorted_bytes, successor, lo=start)
         return start, stop
 
-    def _writable(self, text: bytes) -> list[bool]:
-        """For each offset i of ``text``, whether tokens can write text[i:] from there (the last may run past it)."""
+    def _writable(self, text: bytes, excluding: Set[int] = frozenset()) -> list[bool]:
+        """For each offset i of ``text``, whether tokens not in ``excluding`` can write text[i:] from there (the last
+        may run past it)."""
+        def usable(ids) -> bool:
+            return any(number not in excluding for number in ids) if excluding else bool(ids)
+
         writable = [False] * len(text) + [True]
         for i in range(len(text) - 1, -1, -1):
             start, stop = self._beginning_with(text[i:])
-            writable[i] = start < stop or any(writable[end] and text[i:end] in self.by_bytes
-                                              for end in range(i + 1, len(text)))
+            begins = usable(self.sorted_ids[j] for j in range(start, stop)) if excluding else start < stop
+            writable[i] = begins or any(writable[end] and usable(self.by_bytes.get(text[i:end], ()))
+                                        for end in range(i + 1, len(text)))
         return writable
 
 
@@ -75,9 +83,10 @@ class HealingConstraint:
     """Per sequence, the bytes of the required prefix not produced yet. ``restrict`` masks logits to the tokens
     allowed next; ``advance`` takes the sampled tokens. ``active`` while any sequence still has bytes to go."""
 
-    def __init__(self, table: VocabularyBytes, required_prefix: str, batch: int):
+    def __init__(self, table: VocabularyBytes, required_prefix: str, batch: int, excluding: Set[int] = frozenset()):
         self.table = table
         self.remaining = [required_prefix.encode("utf-8")] * batch
+        self.excluding = excluding      # tokens the request bans: the prefix is written without them
 
     @property
     def active(self) -> bool:
@@ -90,7 +99,8 @@ class HealingConstraint:
         restricted = logits.clone()
         for row, remaining in enumerate(self.remaining):
             if remaining:
-                allowed = torch.tensor(self.table.allowed(remaining), dtype=torch.long, device=logits.device)
+                allowed = torch.tensor(self.table.allowed(remaining, self.excluding), dtype=torch.long,
+                                       device=logits.device)
                 keep = restricted[row, allowed]
                 restricted[row] = float("-inf")
                 restricted[row, allowed] = keep

@@ -95,6 +95,27 @@ def test_a_request_that_bans_every_token_is_a_400(client, engine):
         bias_vector(GenerationConfig(logit_bias=tuple((i, -math.inf) for i in range(8))), 8, torch.device("cpu"))
 
 
+def test_bans_that_leave_no_way_to_heal_the_prompt_turn_healing_off(client, engine):
+    """A prompt ending in a newline heals it (the model writes it again first); a client that bans every token
+    beginning with a newline (one line at a time) left healing nothing to draw: NaN, token 0, an empty answer. Without
+    healing the model goes on from the newline, as llama.cpp (which does not heal) does."""
+    from models.healing import vocabulary_bytes
+
+    table = vocabulary_bytes(engine.tokenizer)
+    newlines = [[i, False] for i in table.allowed(b"\n")]
+    for path, prompt in (("/completion", {"prompt": "print(x)\n"}),
+                         ("/infill", {"input_prefix": "print(x)\n", "input_suffix": ""})):
+        answer = client.post(path, json={**prompt, "n_predict": 3, "temperature": 0, "return_tokens": True,
+                                         "ignore_eos": True, "logit_bias": newlines}).json()
+        assert answer["stop_type"] == "limit" and len(answer["tokens"]) == 3, answer
+        assert not set(answer["tokens"]) & {i for i, _ in newlines} and answer["content"], answer
+    banned = {i for i, _ in newlines} - {NEWLINE}
+    assert table.can_write(b"\n", excluding=banned) and not table.can_write(b"\n", excluding=banned | {NEWLINE})
+    # a token inside the prefix whose rest only banned tokens can write is not offered
+    (x,) = engine.tokenizer.encode("x", add_special_tokens=False)
+    assert x in table.allowed(b"x\n") and x not in table.allowed(b"x\n", excluding={i for i, _ in newlines})
+
+
 def test_biases_of_one_token_add_up_and_bans_stay_bans():
     config = GenerationConfig(logit_bias=((3, 1.5), (3, 2.0), (0, -math.inf), (5, -4.0)))
     bias = bias_vector(config, 8, torch.device("cpu"))
