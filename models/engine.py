@@ -156,6 +156,9 @@ class Engine:
         self.context_length = context_length or min(model.rope.max_len, DEFAULT_MAX_CONTEXT)
         self.model_max_positions = model.config.context_limit     # its training length (n_ctx_train)
         self.eos_token_ids = sorted(set(eos_token_ids) | set(model.config.eos_token_ids))
+        # A step whose chain leaves nothing to draw (the model's output not a number mid-generation) takes this end of
+        # text, which stops the generation (models.sampling.pick); None: no end token, the first index.
+        self.end_token = self.eos_token_ids[0] if self.eos_token_ids else None
         self.load_s = 0.0
         self.load_warnings: list[str] = []     # one line each: what about the checkpoint may degrade its output
         # The running request's decode steps and speculation counts, for a live status line: its tokens so far are
@@ -504,7 +507,8 @@ class Engine:
             healing=self._healing(config, len(prompts)),
             penalties=Penalties.of(config, prompts, self.context_length),   # applied where the chain has them
             infill=self._infill(config),
-            bias=bias_vector(config, logits.shape[-1], logits.device))
+            bias=bias_vector(config, logits.shape[-1], logits.device),
+            end=self.end_token)
 
     def _healing(self, config: GenerationConfig, batch: int) -> HealingConstraint | None:
         """The token-healing constraint on the first sampled tokens, if the request has a required prefix."""

@@ -29,13 +29,14 @@ class RequestSampler:
 
     def __init__(self, config: GenerationConfig, generator: torch.Generator | None = None,
                  healing: HealingConstraint | None = None, penalties: Penalties | None = None,
-                 infill: InfillSampler | None = None, bias: torch.Tensor | None = None):
+                 infill: InfillSampler | None = None, bias: torch.Tensor | None = None, end: int | None = None):
         self.config = config
         self.generator = generator      # None for greedy
         self.healing = healing          # the required prefix's constraint, or None
         self.penalties = penalties      # where the chain has "penalties" with a non-neutral value, else None
         self.infill = infill            # where the chain has "infill", else None
         self.bias = bias                # (V,) float32 on the device, or None
+        self.end = end                  # the token of a row a step leaves nothing to draw (models.sampling.pick)
 
     @property
     def constrained(self) -> bool:
@@ -54,7 +55,7 @@ class RequestSampler:
         if self.constrained:
             logits = self.healing.restrict(logits)
         penalize = self.penalties.apply if self.penalties is not None else None
-        return sample(logits, self.config, self.generator, penalize, self.infill, self.bias)
+        return sample(logits, self.config, self.generator, penalize, self.infill, self.bias, self.end)
 
     def took(self, tokens: Sequence[int]) -> None:
         """The tokens chosen, one per sequence in row order (plain decoding)."""
@@ -74,10 +75,10 @@ class RequestSampler:
             if drafts:
                 raise ValueError("no drafts while token healing constrains the next token")
             emitted = accept(self.healing.restrict(logits), [], self.config, self.generator, penalize, self.infill,
-                             self.bias)
+                             self.bias, self.end)
             self.healing.advance(emitted)
         else:
-            emitted = accept(logits, drafts, self.config, self.generator, penalize, self.infill, self.bias)
+            emitted = accept(logits, drafts, self.config, self.generator, penalize, self.infill, self.bias, self.end)
         if penalties is not None:
             penalties.extend(emitted)
         return emitted

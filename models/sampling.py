@@ -14,6 +14,10 @@ tokens top-k kept; top-p after min-p renormalizes over what min-p kept.
 Greedy (temperature <= 0) is llama.cpp's temperature sampler at 0: the largest logit the samplers before
 "temperature" left wins (those after it choose among that one token).
 
+Never a draw from NaN: a request whose bans leave no token is refused before it runs (`check_bans`), and a row that a
+step still leaves with nothing to draw (every logit -inf, or the model's output not a number mid-generation) takes
+the engine's end of text (`pick`), so the generation ends there instead of taking token 0 out of NaN.
+
 Everything stays on the device (no .item(), no multinomial), so the decode loop never waits on the host to pick a
 token: sampling uses the exponential-race form of the Gumbel-max trick. The infill sampler (models/infill.py) is the
 exception where it cannot run as a kernel (on a CPU, or with no top-k before it): there it reads the candidates on
@@ -72,14 +76,15 @@ def check_bans(logit_bias, vocab_size: int) -> None:
 
 
 def sample(logits: torch.Tensor, config: GenerationConfig, generator: torch.Generator | None,
-           penalize: Penalize | None = None, infill=None, bias: torch.Tensor | None = None) -> torch.Tensor:
+           penalize: Penalize | None = None, infill=None, bias: torch.Tensor | None = None,
+           end: int | None = None) -> torch.Tensor:
     """Token ids (B,) int64 from float32 logits (B, V). `penalize`: the request's repetition penalties, applied where
     the chain has "penalties"; `infill`: a models.infill.InfillSampler where the chain has "infill"; `bias`: the
-    request's `bias_vector`, added first."""
+    request's `bias_vector`, added first; `end`: the token of a row left with nothing to draw (`pick`)."""
     logits = chained(logits, config, penalize, infill, bias)
     if config.temperature <= 0:
-        return logits.argmax(dim=-1)
-    return race(logits.softmax(dim=-1), generator)
+        return pick(logits, end)
+    return race(logits.softmax(dim=-1), generator, end)
 
 
 def probabilities(logits: torch.Tensor, config: GenerationConfig, penalize: Penalize | None = None,
@@ -154,13 +159,23 @@ def read_logprobs(row: list[float], n: int):
     return TokenLogprobs(row[0], tuple((int(i), v) for v, i in zip(row[1:1 + n], row[1 + n:])))
 
 
-def race(weights: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def race(weights: torch.Tensor, generator: torch.Generator | None, end: int | None = None) -> torch.Tensor:
     """One index per row of non-negative weights (B, V), drawn with probability proportional to the weight.
 
-    argmax(w / E) with E ~ Exp(1) draws index i with probability w_i / sum(w): no normalisation needed.
+    argmax(w / E) with E ~ Exp(1) draws index i with probability w_i / sum(w): no normalisation needed. A row of
+    NaN weights (the softmax of a row with nothing left) gives `end` (`pick`).
     """
     race = torch.empty_like(weights).exponential_(1.0, generator=generator)
-    return (weights / race).argmax(dim=-1)
+    return pick(weights / race, end)
+
+
+def pick(scores: torch.Tensor, end: int | None = None) -> torch.Tensor:
+    """The index of each row's largest score (B, V) -> (B,), the first of ties; with `end`, a row with nothing to
+    choose from (its largest NaN or -inf: every token dropped, or the model's output not a number) gives `end`, the
+    engine's end of text, so a generation whose step leaves nothing to draw ends there instead of taking token 0 out
+    of NaN. On the device: one more elementwise op on (B,), no sync."""
+    largest, index = scores.max(dim=-1)                                                # (B,) each
+    return index if end is None else torch.where(largest > float("-inf"), index, end)
 
 
 def make_generator(device: torch.device, seed: int | None) -> torch.Generator:

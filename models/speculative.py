@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from models.generation import GenerationConfig
-from models.sampling import chained, probabilities, race
+from models.sampling import chained, pick, probabilities, race
 
 NGRAM_LENGTHS = (4, 3, 2)   # longest first: a longer match predicts its continuation better
 
@@ -81,22 +81,23 @@ class PromptLookup:
 
 
 def accept(logits: torch.Tensor, drafts: list[int], config: GenerationConfig,
-           generator: torch.Generator | None, penalize=None, infill=None, bias=None) -> list[int]:
+           generator: torch.Generator | None, penalize=None, infill=None, bias=None, end: int | None = None
+           ) -> list[int]:
     """The tokens one verification step emits: the accepted drafts, then one token of the model's own.
 
     logits (T, V) float32 at the pending token and each of the T - 1 drafts (position i predicts what
-    follows draft i - 1). One host sync.
+    follows draft i - 1). One host sync. `end`: models.sampling.sample's (a row with nothing to draw gives it).
     """
     k = len(drafts)
     if config.temperature <= 0:
-        best = chained(logits, config, penalize, infill, bias).argmax(dim=-1).tolist()   # (T,)
+        best = pick(chained(logits, config, penalize, infill, bias), end).tolist()      # (T,)
         a = 0
         while a < k and drafts[a] == best[a]:
             a += 1
         return drafts[:a] + [best[a]]
     probs = probabilities(logits, config, penalize, infill, bias)                   # (T, V)
     if k == 0:
-        return race(probs, generator).tolist()
+        return race(probs, generator, end).tolist()
     d = torch.tensor(drafts, device=logits.device)                              # (k,)
     rows = torch.arange(k, device=logits.device)                                # (k,)
     p_draft = probs[rows, d]                                                    # (k,)
@@ -107,6 +108,6 @@ def accept(logits: torch.Tensor, drafts: list[int], config: GenerationConfig,
     residual[rows, d] = 0.0
     # p(d) == 1 leaves nothing, but then d is always accepted: keep p there so the row stays valid.
     residual = torch.where(residual.sum(dim=-1, keepdim=True) > 0, residual, probs)
-    picks = race(residual, generator)                                           # (T,)
+    picks = race(residual, generator, end)                                      # (T,)
     a, *picked = torch.cat([n_accepted[None], picks]).tolist()
     return drafts[:a] + [picked[a]]

@@ -12,6 +12,7 @@ from models.generation import SAMPLERS, GenerationConfig
 from models.infill import InfillSampler
 from models.penalties import Penalties
 from models.sampling import probabilities, sample
+from models.speculative import accept
 
 NEG_INF = float("-inf")
 
@@ -100,6 +101,41 @@ def test_temperature_0_stays_greedy_whatever_the_other_samplers():
     for order in ORDERS:
         config = GenerationConfig(temperature=0.0, min_p=0.9, top_k=3, top_p=0.1, sampler_order=order)
         assert torch.equal(sample(logits, config, None), logits.argmax(-1)), order
+
+
+def test_a_row_left_with_nothing_to_draw_takes_the_end_token():
+    """Every token dropped (-inf everywhere) or the model's output not a number: the softmax is NaN and argmax took
+    token 0, whatever it is. With `end` (the engine's end of text) that row ends instead; the others draw as before."""
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(8)) * 3
+    logits[0] = NEG_INF
+    logits[1, 7] = float("nan")
+    for config in (GenerationConfig(temperature=0.0), GenerationConfig(temperature=0.8, top_k=5, top_p=0.9),
+                   GenerationConfig(temperature=1.5, min_p=0.1, sampler_order=ORDERS[1])):
+        got = sample(logits, config, torch.Generator().manual_seed(1), end=3).tolist()
+        assert got[:2] == [3, 3] and got[2] in torch.topk(logits[2], 5).indices.tolist(), (config, got)
+        assert sample(logits[2:], config, torch.Generator().manual_seed(1), end=3).tolist() == \
+            sample(logits[2:], config, torch.Generator().manual_seed(1)).tolist()
+    alive = logits[2:]
+    best = alive.argmax().item()
+    assert accept(torch.cat([alive, logits[:1]]), [best], GenerationConfig(), None, end=3) == [best, 3]
+    assert accept(logits[:1], [], GenerationConfig(temperature=0.7), torch.Generator().manual_seed(2), end=3) == [3]
+
+
+def test_a_model_whose_output_turns_nan_mid_generation_ends_its_answer(tiny_checkpoint):
+    """The engine checks the first step's logits; a later step's NaN logits drew token 0 over and over to the limit."""
+    from models import load_model
+
+    engine = load_model(tiny_checkpoint[0], device="cpu", max_context=48)
+    weight = engine.model.output.weight
+
+    def poison(_text):
+        weight.data.fill_(float("nan"))
+
+    for temperature in (0.0, 0.9):
+        weight.data.normal_()
+        result = engine.generate([1, 5, 6, 7], GenerationConfig(max_new_tokens=12, temperature=temperature, seed=1,
+                                                                speculate=0), on_text=poison)
+        assert result.finish_reason == "stop" and result.token_ids[-1] == engine.end_token, result.token_ids
 
 
 def test_min_p_before_or_after_top_p_changes_the_distribution():
