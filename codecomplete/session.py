@@ -36,8 +36,9 @@ class Sampling:
     stop: tuple[str, ...] = ()       # the caller's stop strings, besides those of the prompt's format
     format_stops: bool = True        # False: only the model's EOS and `stop` end generation (benchmarks)
     logit_bias: tuple[tuple[int, float], ...] = ()   # (token id, bias) added to the logits first; -inf bans
-    ignore_eos: bool = False         # llama.cpp's: every token that would end the generation (the model's EOS ids,
-                                     # the format's end tokens) banned, so it runs to max_tokens or a stop string
+    ignore_eos: bool = False         # llama.cpp's: every token that would end the generation (the engine's EOS ids,
+                                     # llama.cpp's end-of-generation set; the format's end tokens) banned, so it runs
+                                     # to max_tokens or a stop string
     repeat_penalty: float = 1.0      # penalties, as llama.cpp applies them (models/penalties.py): 1 and 0 are off
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0

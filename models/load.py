@@ -108,11 +108,11 @@ def _random_engine(spec: str, device, dtype, attention, max_context, cuda_graphs
     config = preset(name)
     tokenizer, label = None, f"{name} (random weights)"
     if tokenizer_dir:
-        from models.loading.hf import load_tokenizer
+        from models.loading.hf import end_of_generation_ids, load_tokenizer
 
         tokenizer = load_tokenizer(Path(tokenizer_dir).expanduser())
         config = config.replace(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                                eos_token_ids=() if tokenizer.eos_token_id is None else (tokenizer.eos_token_id,))
+                                eos_token_ids=end_of_generation_ids(tokenizer, len(tokenizer)))
         label = f"{name} (random weights, vocabulary {len(tokenizer)})"
     context = _capacity(config, max_context, name, past_training, device, dtype, quant, tp)
     if tp is None:

@@ -19,8 +19,9 @@ models/penalties.py), and llama.cpp's infill sampler, run as `samplers` lists th
 not run; without the field, llama.cpp's default chain, temperature last); the samplers llama.cpp has and this server
 does not (dry, typ_p, xtc, top_n_sigma, adaptive_p) are accepted at their neutral values, a 400 otherwise;
 logit_bias (pairs or a map; a token an id or text, a bias a number or false: a ban) is added to the logits before
-them (logit_bias.py; a bad one is a 400); ignore_eos bans every end-of-generation token (the model's EOS ids and the
-prompt format's end tokens, as llama.cpp's logit_bias_eog: a -inf bias), so the answer runs to n_predict or a stop
+them (logit_bias.py; a bad one is a 400); ignore_eos bans every end-of-generation token (the engine's EOS ids, which
+hold llama.cpp's end-of-generation set, and the prompt format's end tokens, as llama.cpp's logit_bias_eog: a -inf
+bias, on /completion and /infill alike), so the answer runs to n_predict or a stop
 string (llama.cpp's infill sampler, where `samplers` lists it, may still choose the end when no text is left, as it
 does in llama.cpp); constrained decoding (grammar, json_schema) is refused (501), not ignored.
 """

@@ -22,10 +22,18 @@ WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 MAX_JSON_BYTES = 64 * 1024 * 1024     # configs and shard indexes are far smaller
-# Tokens that llama.cpp ends every generation at when a vocabulary has them (its end-of-generation set), besides
-# the EOS ids: CodeLlama's end of an infill (▁<EOT>, 32010), chat models' ends of turn, <|endoftext|> (SmolLM2's 0).
-END_OF_TEXT_TOKENS = ("\u2581<EOT>", "<EOT>", "<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>",
-                      "<|endoftext|>", "<|end_of_text|>")
+# Tokens that llama.cpp ends every generation at when a vocabulary has them (llama_vocab_is_eog: its
+# end-of-generation set, src/llama-vocab.cpp, found by their text), besides the EOS ids: CodeLlama's end of an infill
+# (▁<EOT>, 32010, which its GGUFs name as EOT), chat models' ends of turn, <|endoftext|> (SmolLM2's 0), and the
+# fill-in-the-middle pad, repository and file-separator tokens (SmolLM2's <reponame>, 4; Qwen2.5-Coder's
+# <|fim_pad|>, <|repo_name|>, <|file_sep|>).
+END_OF_TEXT_TOKENS = ("\u2581<EOT>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]", "<|eot_id|>", "<|eom_id|>", "<|im_end|>",
+                      "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>", "<end_of_turn>", "<|endoftext|>",
+                      "</s>", "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+                      "<\uff5cend\u2581of\u2581sentence\uff5c>", "[e~[")
+FIM_END_TOKENS = ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]",                 # llama.cpp's FIM_PAD,
+                  "<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>",     # FIM_REP,
+                  "<|file_sep|>")                                                            # FIM_SEP
 
 
 @dataclass
@@ -214,13 +222,18 @@ def eos_ids(directory: Path, config: ModelConfig, tokenizer) -> tuple[int, ...]:
         # type(...) is int: JSON's true is a Python int (1), which made token 1 (BOS, often) a stop token
         ids.update(i for i in (eos if isinstance(eos, list) else [eos])
                    if type(i) is int and 0 <= i < config.vocab_size)
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    # CodeLlama ends an infill with <EOT> (32010), not EOS, and its configs do not list it; SmolLM2 ends a document
-    # with <|endoftext|>: llama.cpp stops there for every prompt, so raw text or ids (a FIM prompt) stop here too.
-    for token in END_OF_TEXT_TOKENS:
+    return tuple(sorted(ids | set(end_of_generation_ids(tokenizer, config.vocab_size))))
+
+
+def end_of_generation_ids(tokenizer, vocab_size: int) -> tuple[int, ...]:
+    """The tokenizer's EOS and every token of its vocabulary that llama.cpp ends a generation at (END_OF_TEXT_TOKENS,
+    FIM_END_TOKENS). CodeLlama ends an infill with <EOT> (32010), not EOS, and its configs do not list it; SmolLM2
+    ends a document with <|endoftext|>: llama.cpp stops there for every prompt, so raw text or ids (a FIM prompt) stop
+    here too, and llama.cpp's ignore_eos bans them all."""
+    ids = set() if tokenizer.eos_token_id is None else {tokenizer.eos_token_id}
+    for token in END_OF_TEXT_TOKENS + FIM_END_TOKENS:
         number = tokenizer.convert_tokens_to_ids(token)
-        known = isinstance(number, int) and 0 <= number < config.vocab_size
+        known = isinstance(number, int) and 0 <= number < vocab_size
         if known and tokenizer.convert_ids_to_tokens(number) == token:
             ids.add(number)
     return tuple(sorted(ids))

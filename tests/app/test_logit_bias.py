@@ -116,6 +116,16 @@ def test_bans_that_leave_no_way_to_heal_the_prompt_turn_healing_off(client, engi
     assert x in table.allowed(b"x\n") and x not in table.allowed(b"x\n", excluding={i for i, _ in newlines})
 
 
+def test_every_end_of_generation_token_ends_a_raw_completion_and_ignore_eos_bans_them_all(client):
+    """llama.cpp's end-of-generation set (llama_vocab_is_eog) holds the FIM pad, repo and file-separator tokens too:
+    the embedded model's <reponame> (4). A raw /completion ran past it, and with ignore_eos it was not banned."""
+    REPONAME = 4
+    ended = completion(client, prompt=CODE_IDS, n_predict=3, logit_bias=[[REPONAME, 100]])
+    assert ended["tokens"] == [REPONAME] and ended["stop_type"] == "eos", ended
+    ignored = completion(client, prompt=CODE_IDS, n_predict=3, logit_bias=[[REPONAME, 100]], ignore_eos=True)
+    assert REPONAME not in ignored["tokens"] and ignored["stop_type"] == "limit", ignored
+
+
 def test_biases_of_one_token_add_up_and_bans_stay_bans():
     config = GenerationConfig(logit_bias=((3, 1.5), (3, 2.0), (0, -math.inf), (5, -4.0)))
     bias = bias_vector(config, 8, torch.device("cpu"))

@@ -45,7 +45,8 @@ def test_embedded_engine_describes_itself(smollm_engine):
     e = smollm_engine
     assert (e.name, e.device, e.dtype, e.attention) == ("SmolLM2-135M-Instruct.Q4_1", "cpu", "float32", "sdpa")
     assert e.context_length == e.model_max_positions == 8192
-    assert e.eos_token_ids == [0, 2] and e.model.config.tie_embeddings     # <|endoftext|>, <|im_end|> (as llama.cpp)
+    # <|endoftext|>, <|im_end|>, <reponame> (llama.cpp's FIM repo token, end of generation there too)
+    assert e.eos_token_ids == [0, 2, 4] and e.model.config.tie_embeddings
     assert not e.attention_is_slow and e.load_s > 0
 
 
