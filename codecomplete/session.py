@@ -32,6 +32,9 @@ class Sampling:
     top_k: int = 0
     min_p: float = 0.0
     sampler_order: tuple[str, ...] | None = None   # models.GenerationConfig's (None: its default, vLLM's order)
+    top_k_ties: bool = True          # models.GenerationConfig's rules at ties and boundaries: vLLM's by default
+    top_p_strict: bool = False
+    min_keep: int = 0
     seed: int | None = None
     stop: tuple[str, ...] = ()       # the caller's stop strings, besides those of the prompt's format
     format_stops: bool = True        # False: only the model's EOS and `stop` end generation (benchmarks)
@@ -230,7 +233,8 @@ class Session:
         bias = self._bias(packed, sampling)
         config = GenerationConfig(
             max_new_tokens=max(sampling.max_tokens, 1), temperature=sampling.temperature, top_p=sampling.top_p,
-            top_k=sampling.top_k, min_p=sampling.min_p, seed=sampling.seed,
+            top_k=sampling.top_k, min_p=sampling.min_p, seed=sampling.seed, top_k_ties=sampling.top_k_ties,
+            top_p_strict=sampling.top_p_strict, min_keep=sampling.min_keep,
             **({"sampler_order": sampling.sampler_order} if sampling.sampler_order is not None else {}),
             speculate=sampling.speculate, logprobs=sampling.logprobs,
             repeat_penalty=sampling.repeat_penalty, presence_penalty=sampling.presence_penalty,

@@ -16,6 +16,12 @@ class GenerationConfig:
     top_p: float = 1.0                  # nucleus sampling; 1 keeps every token
     top_k: int = 0                      # 0 keeps every token
     min_p: float = 0.0                  # keeps the tokens at least min_p times as likely as the likeliest; 0: off
+    # Each server's rule where the samplers meet ties and boundaries (ranks: by falling logit, the lower id first):
+    top_k_ties: bool = True             # top-k keeps every token tied with its k-th (vLLM); False: exactly k
+                                        # (llama.cpp's partial sort, Ollama's heap)
+    top_p_strict: bool = False          # top-p drops a token once the tokens ranked above it hold top_p (llama.cpp's
+                                        # cum_sum >= p, vLLM's); True: once they hold more than top_p (Ollama's)
+    min_keep: int = 0                   # top-p and min-p keep at least this many tokens (llama.cpp's min_keep)
     sampler_order: tuple[str, ...] = SAMPLERS   # the order the samplers apply in (each of SAMPLERS once, a neutral
                                                 # value turning one off; "infill" only where named): llama.cpp's
                                                 # chain ends with temperature, so its top-p weighs the untempered
@@ -55,6 +61,8 @@ class GenerationConfig:
             raise ValueError(f"logprobs must be at least 0 (the top alternatives per token), got {self.logprobs}")
         if not 0.0 <= self.min_p <= 1.0:
             raise ValueError(f"min_p must lie in 0..1, got {self.min_p}")
+        if self.min_keep < 0:
+            raise ValueError(f"min_keep must be at least 0, got {self.min_keep}")
 
 
 @dataclass

@@ -16,7 +16,8 @@ ids (CodeLlama's <EOT>); a token's text is its bytes (models/healing.py: special
 On CUDA, when a top-k before it bounds the candidates (llama.vim's top_k 40), on the device without a host sync
 (kernels/infill_keep.py: one Triton program per row over the K = top_k + slack likeliest, torch.topk's; the
 vocabulary's bytes as a device table built once per tokenizer), so the decode loop's lookahead keeps the GPU busy.
-A row with more finite logits than K (more ties at top-k's boundary than the slack) is decided on its K likeliest.
+A row with more finite logits than K (more ties at top-k's boundary than the slack) is decided on its K likeliest
+(llama.cpp's chains, the only ones that list infill, keep exactly top_k: there it does not happen).
 Elsewhere (CPU tensors, where the embedded model runs; a chain with nothing bounding the candidates) on the host:
 the candidates' logits come to the host once per sampled token (one sync). There merging looks only at a
 candidate's own prefixes (a dictionary lookup per byte of each candidate, not llama.cpp's comparison per pair):

@@ -114,22 +114,43 @@ def chained(logits: torch.Tensor, config: GenerationConfig, penalize: Penalize |
             logits = penalize(logits)
         elif sampler == "min_p" and config.min_p > 0:
             # llama.cpp's rule on the logits: p_i >= min_p * p_max is logit_i >= max + log(min_p); min_p 1 keeps the
-            # tokens tied with the largest, and the largest always stays.
+            # tokens tied with the largest, and the largest always stays (the min_keep likeliest too).
             floor = logits.amax(dim=-1, keepdim=True) + math.log(config.min_p)               # (B, 1)
-            logits = logits.masked_fill(logits < floor, float("-inf"))
+            drop = logits < floor                                                              # (B, V)
+            if config.min_keep > 1:
+                drop &= ~_likeliest(logits, config.min_keep, ties=False)
+            logits = logits.masked_fill(drop, float("-inf"))
         elif sampler == "top_k" and 0 < config.top_k < logits.shape[-1]:
-            kth = torch.topk(logits, config.top_k, dim=-1).values[:, -1:]           # (B, 1)
-            logits = logits.masked_fill(logits < kth, float("-inf"))
+            logits = logits.masked_fill(~_likeliest(logits, config.top_k, config.top_k_ties), float("-inf"))
         elif sampler == "top_p" and config.top_p < 1.0:
-            sorted_logits, order = torch.sort(logits, dim=-1, descending=True)        # (B, V)
+            # stable: tied tokens rank by id, so which of them a boundary cuts is the same every run, on every device
+            sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)   # (B, V)
             probs = sorted_logits.softmax(dim=-1)
-            # Drop a token when the tokens ranked above it already hold top_p of the mass (the first always stays).
-            drop = probs.cumsum(dim=-1) - probs > config.top_p
+            above = torch.nn.functional.pad(probs.cumsum(dim=-1)[:, :-1], (1, 0))     # (B, V) mass ranked above
+            # Drop a token once the tokens ranked above it hold top_p of the mass (Ollama: more than top_p); the
+            # first (llama.cpp: the min_keep first) always stay.
+            drop = above > config.top_p if config.top_p_strict else above >= config.top_p
+            drop[:, :max(config.min_keep, 1)] = False
             logits = torch.full_like(logits, float("-inf")).scatter(-1, order,
                                                                     sorted_logits.masked_fill(drop, float("-inf")))
         elif sampler == "infill" and infill is not None:
             logits = infill.apply(logits, config)
     return logits
+
+
+def _likeliest(logits: torch.Tensor, k: int, ties: bool) -> torch.Tensor:
+    """Which tokens (B, V) bool are the k likeliest of each row: with `ties`, every token tied with the k-th too
+    (vLLM's top-k); else exactly k, the lower ids first among the tokens tied with the k-th (llama.cpp's partial sort
+    and Ollama's heap keep the earlier ones), decided on the device without a sort."""
+    if k >= logits.shape[-1]:
+        return torch.ones_like(logits, dtype=torch.bool)
+    kth = torch.topk(logits, k, dim=-1).values[:, -1:]                              # (B, 1)
+    if ties:
+        return ~(logits < kth)
+    above = logits > kth                                                             # (B, V)
+    tied = logits == kth
+    room = k - above.sum(dim=-1, keepdim=True)                                       # (B, 1) places left for ties
+    return above | (tied & (tied.cumsum(dim=-1) <= room))
 
 
 def _temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -13,7 +13,7 @@ cursor, then that text, in the model's format (CodeLlama infill, StarCoder FIM, 
 without FIM tokens); it always fits, the far ends of the client's text and its oldest chunks giving way first
 (`truncated` says so, as it does when the generation filled the context). Bodies are one line of compact JSON
 (llama.vim matches `"content":"` byte for byte); streams are `data: {...}` events that simply end. Sampling:
-temperature, top_k, top_p, min_p (0.05), seed, stop, and the penalties (repeat_penalty, presence_penalty,
+temperature, top_k (exactly k), top_p, min_p (0.05), min_keep, seed, stop, and the penalties (repeat_penalty, presence_penalty,
 frequency_penalty over the last repeat_last_n tokens of prompt + answer, as llama.cpp's sampler applies them:
 models/penalties.py), and llama.cpp's infill sampler, run as `samplers` lists them (samplers.py: one left out does
 not run; without the field, llama.cpp's default chain, temperature last); the samplers llama.cpp has and this server
@@ -181,7 +181,7 @@ def _sampling(server, body: Options):
     return server.sampling(body.n_predict, seed=None if body.seed < 0 else body.seed, stop=stop_strings(body.stop),
                            format_stops=not body.ignore_eos, ignore_eos=body.ignore_eos, logit_bias=bias,
                            **samplers.applied(
-                               chain, body.temperature, max(body.top_k, 0), body.top_p, body.min_p,
+                               chain, body.temperature, max(body.top_k, 0), body.top_p, body.min_p, body.min_keep,
                                repeat_penalty=body.repeat_penalty, presence_penalty=body.presence_penalty,
                                frequency_penalty=body.frequency_penalty, penalty_last_n=body.repeat_last_n))
 

@@ -335,6 +335,7 @@ def _sampling(server, options: Options):
     # 0 is no limit for Ollama's runner (`numPredict > 0 &&` guards its check), not llama.cpp's "prompt only"
     return server.sampling(options.num_predict or None, temperature=options.temperature, top_p=options.top_p,
                            top_k=max(options.top_k, 0), min_p=options.min_p, sampler_order=OLLAMA_ORDER, seed=seed,
+                           top_k_ties=False, top_p_strict=True,     # its heap keeps k; its top_p stops past p
                            stop=stop_strings(options.stop),
                            repeat_penalty=options.repeat_penalty, presence_penalty=options.presence_penalty,
                            frequency_penalty=options.frequency_penalty, penalty_last_n=options.repeat_last_n)

@@ -317,11 +317,11 @@ def _sampling(server, body: Options):
     top_k = max(body.top_k, 0)
     # llama.cpp's extras are its chain's: without `samplers` its default chain would run them
     samplers.refuse_unsupported(samplers.chain(body.samplers), body)
-    if body.samplers is None:       # vLLM's chain: penalties, temperature, min_p, top_k, top_p
+    if body.samplers is None:       # vLLM's chain: penalties, temperature, min_p, top_k, top_p (its ties kept)
         options = {"temperature": body.temperature, "top_k": top_k, "top_p": body.top_p,
-                   "min_p": body.min_p or 0.0, **penalties}
+                   "min_p": body.min_p or 0.0, "min_keep": body.min_keep, **penalties}
     else:
         min_p = samplers.LLAMA_CPP_MIN_P if body.min_p is None else body.min_p
         options = samplers.applied(samplers.chain(body.samplers), body.temperature, top_k, body.top_p, min_p,
-                                   **penalties)
+                                   body.min_keep, **penalties)
     return server.sampling(body.max_tokens, seed=body.seed, stop=stop_strings(body.stop), logit_bias=bias, **options)

@@ -12,7 +12,9 @@ Here every sampler of the list runs at its place in it (each once: a name given 
 top_k, top_p, min_p (llama.cpp's rule: logit >= largest + log(min_p), i.e. p >= min_p * p_max, on the logits as the
 samplers before it left them), the repetition penalties ("penalties": on the logits at that point, as llama.cpp's
 penalties sampler; first in the default chain) and infill (models/infill.py: llama.cpp's infill sampler, end of
-generation against text and candidates merged by common prefix). A sampler left out gets its neutral value
+generation against text and candidates merged by common prefix), with llama.cpp's rules at ties and boundaries:
+top_k keeps exactly k (its partial sort; the lower ids first among ties), top_p stops once the mass kept reaches
+top_p, and `min_keep` makes top_p and min_p keep at least that many tokens. A sampler left out gets its neutral value
 (temperature 1, top_k 0, top_p 1, min_p 0, no penalties), so the engine's greedy choice stays `temperature <= 0`
 with "temperature" in the list. The others (dry, top_n_sigma, typ_p, xtc, adaptive_p) are not implemented: at their
 neutral values (llama.cpp's defaults) they change nothing and are accepted; a request whose chain runs one with a
@@ -27,6 +29,8 @@ llama.cpp's default chain, which would run them. The infill sampler reads the ca
 token: models/infill.py says what it costs).
 """
 from __future__ import annotations
+
+from pydantic import Field
 
 from models.generation import OPTIONAL_SAMPLERS, SAMPLERS
 
@@ -54,6 +58,7 @@ class UnimplementedSamplerFields(Body):
     xtc_threshold: float = 0.1
     top_n_sigma: float = -1.0
     adaptive_target: float = -1.0
+    min_keep: int = Field(0, ge=0)      # (implemented: top_p and min_p keep at least this many, as llama.cpp's)
 
 
 def chain(samplers: list[str] | str | None) -> tuple[str, ...]:
@@ -66,16 +71,18 @@ def chain(samplers: list[str] | str | None) -> tuple[str, ...]:
 
 
 def applied(samplers: tuple[str, ...], temperature: float, top_k: int, top_p: float, min_p: float = 0.0,
-            **penalties) -> dict:
+            min_keep: int = 0, **penalties) -> dict:
     """Sampling options (codecomplete.session.Sampling's) for the chain: a sampler left out at its neutral value,
-    the others in the chain's order; `penalties` (repeat_penalty, presence_penalty, frequency_penalty, ...) are
-    kept only where the chain has "penalties"."""
+    the others in the chain's order, with llama.cpp's rules at ties (top_k keeps exactly k: its partial sort) and
+    its min_keep (top_p and min_p keep at least that many); `penalties` (repeat_penalty, presence_penalty,
+    frequency_penalty, ...) are kept only where the chain has "penalties"."""
     order = tuple(dict.fromkeys(name for name in samplers if name in APPLIED))
     order += tuple(name for name in SAMPLERS if name not in order)     # (the neutral ones: anywhere)
     options = {"temperature": temperature if "temperature" in samplers else 1.0,
                "top_k": top_k if "top_k" in samplers else 0,
                "top_p": top_p if "top_p" in samplers else 1.0,
-               "min_p": min_p if "min_p" in samplers else 0.0, "sampler_order": order}
+               "min_p": min_p if "min_p" in samplers else 0.0, "sampler_order": order,
+               "top_k_ties": False, "min_keep": min_keep}
     if "penalties" in samplers:
         options.update(penalties)
     return options

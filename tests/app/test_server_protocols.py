@@ -705,6 +705,32 @@ def test_a_request_without_penalties_samples_as_before():
         assert (sampling.repeat_penalty, sampling.presence_penalty, sampling.frequency_penalty) == (1.0, 0.0, 0.0)
 
 
+def test_each_route_cuts_ties_and_boundaries_as_its_server_does():
+    """top_k: exactly k where llama.cpp (partial sort) and Ollama (heap) keep k, the ties at the k-th where vLLM keeps
+    them (the OpenAI routes without llama.cpp's `samplers`); top_p: Ollama keeps tokens until the mass exceeds top_p,
+    llama.cpp and vLLM until it reaches it; llama.cpp's min_keep (its routes, and its extra on the OpenAI ones)."""
+    from types import SimpleNamespace
+
+    from codecomplete.server import llama_cpp, ollama, openai_api
+    from codecomplete.session import Sampling
+
+    fake = SimpleNamespace(sampling=lambda max_tokens, **options: Sampling(max_tokens=4, **options))
+
+    def rules(sampling):
+        return sampling.top_k_ties, sampling.top_p_strict, sampling.min_keep
+
+    chat = [{"role": "user", "content": "x"}]
+    assert rules(llama_cpp._sampling(fake, llama_cpp.CompletionRequest(prompt="x", min_keep=3))) == (False, False, 3)
+    assert rules(llama_cpp._sampling(fake, llama_cpp.InfillRequest(**llama_vim_body("a", "b", "c")))) == \
+        (False, False, 0)
+    assert rules(openai_api._sampling(fake, openai_api.CompletionRequest(prompt="x"))) == (True, False, 0)
+    assert rules(openai_api._sampling(fake, openai_api.ChatRequest(messages=chat, min_keep=2))) == (True, False, 2)
+    assert rules(openai_api._sampling(fake, openai_api.CompletionRequest(prompt="x", samplers="kp"))) == \
+        (False, False, 0)
+    assert rules(ollama._sampling(fake, ollama.Options())) == (False, True, 0)
+    assert Sampling(max_tokens=1).top_k_ties and not Sampling(max_tokens=1).top_p_strict     # the command line: vLLM's
+
+
 def test_a_sampler_left_out_of_samplers_does_not_run(server, files):
     """llama.cpp builds its chain from `samplers` alone (common_sampler_init): llama.vim's body lists top_k, top_p
     and infill, so its temperature (none sent: 0.8) does not apply, and a top_p, a top_k or a temperature of 0 left

@@ -18,25 +18,35 @@ NEG_INF = float("-inf")
 
 
 def reference(logits: torch.Tensor, config: GenerationConfig, penalize=None) -> torch.Tensor:
-    """Probabilities (B, V) float64: each sampler of config.sampler_order on float64 logits, one row at a time."""
+    """Probabilities (B, V) float64: each sampler of config.sampler_order on float64 logits, one row at a time. Ranks
+    are by falling logit, the lower id first among ties; top-k keeps the ties at its k-th or exactly k
+    (`top_k_ties`); top-p stops once the mass kept reaches top_p (llama.cpp, vLLM) or exceeds it (`top_p_strict`,
+    Ollama); top-p and min-p keep the `min_keep` first ranks whatever their rule says (llama.cpp)."""
     out = []
     for row in logits.double():
         for name in config.sampler_order:
+            ranked = sorted(range(len(row)), key=lambda i: (-row[i].item(), i))
+            first = set(ranked[:config.min_keep])
             if name == "temperature":
                 row = row / config.temperature
             elif name == "penalties" and penalize is not None:
                 row = penalize(row[None])[0]
             elif name == "min_p" and config.min_p > 0:
                 p = torch.softmax(row, 0)
-                row = torch.where(p >= config.min_p * p.max(), row, NEG_INF)
+                keep = (p >= config.min_p * p.max()).tolist()
+                row = torch.tensor([v if keep[i] or i in first else NEG_INF for i, v in enumerate(row.tolist())],
+                                   dtype=torch.float64)
             elif name == "top_k" and config.top_k > 0:
-                kth = sorted(row.tolist(), reverse=True)[min(config.top_k, len(row)) - 1]
-                row = torch.where(row >= kth, row, NEG_INF)
+                kth = row[ranked[min(config.top_k, len(row)) - 1]].item()
+                keep = {i for i in range(len(row)) if row[i] >= kth} if config.top_k_ties else set(ranked[:config.top_k])
+                row = torch.tensor([v if i in keep else NEG_INF for i, v in enumerate(row.tolist())],
+                                   dtype=torch.float64)
             elif name == "top_p" and config.top_p < 1:
                 p = torch.softmax(row, 0).tolist()
                 keep, mass = set(), 0.0
-                for i in sorted(range(len(p)), key=lambda i: -p[i]):
-                    if mass > config.top_p:
+                for i in ranked:
+                    done = mass > config.top_p if config.top_p_strict else mass >= config.top_p
+                    if keep and done and i not in first:
                         break
                     keep.add(i)
                     mass += p[i]
@@ -58,7 +68,9 @@ def test_min_p_in_the_chain_matches_a_float64_reference(order, min_p, temperatur
     generator = torch.Generator().manual_seed(hash((order, min_p, temperature)) % 2**31)
     logits = torch.randn(4, 300, generator=generator) * 3                                   # fresh each case
     for config in (GenerationConfig(temperature=temperature, min_p=min_p, sampler_order=order),
-                   GenerationConfig(temperature=temperature, min_p=min_p, top_k=50, top_p=0.9, sampler_order=order)):
+                   GenerationConfig(temperature=temperature, min_p=min_p, top_k=50, top_p=0.9, sampler_order=order),
+                   GenerationConfig(temperature=temperature, min_p=min_p, top_k=50, top_p=0.3, sampler_order=order,
+                                    top_k_ties=False, top_p_strict=True, min_keep=3)):
         got = probabilities(logits, config).double()
         torch.testing.assert_close(got, reference(logits, config), rtol=1e-5, atol=1e-7)
 
@@ -76,14 +88,49 @@ def test_min_p_0_changes_nothing_and_1_keeps_only_the_likeliest():
 
 @pytest.mark.parametrize("min_p", [0.0, 0.5, 1.0])
 def test_all_equal_logits_stay_uniform(min_p):
-    """min-p and top-k (ties stay, as vLLM keeps them) keep every token; top-p keeps some, all equally likely."""
+    """min-p and top-k (ties stay, as vLLM keeps them) keep every token; top-p keeps some, all equally likely: the 32
+    first (their 1/64 each reach 0.5: llama.cpp's and vLLM's rule), 33 where the mass must exceed it (Ollama's)."""
     logits = torch.full((2, 64), 3.25)
     got = probabilities(logits, GenerationConfig(temperature=0.8, min_p=min_p, top_k=10))
     torch.testing.assert_close(got, torch.full((2, 64), 1 / 64))
-    nucleus = probabilities(logits, GenerationConfig(temperature=0.8, min_p=min_p, top_p=0.5))
-    kept = nucleus[nucleus > 0]
-    assert not nucleus.isnan().any() and len(kept) == 2 * 33
-    torch.testing.assert_close(kept, torch.full_like(kept, 1 / 33))
+    for strict, n in ((False, 32), (True, 33)):
+        nucleus = probabilities(logits, GenerationConfig(temperature=0.8, min_p=min_p, top_p=0.5, top_p_strict=strict))
+        assert not nucleus.isnan().any() and (nucleus[:, :n] > 0).all() and (nucleus[:, n:] == 0).all()
+        torch.testing.assert_close(nucleus[:, :n], torch.full((2, n), 1 / n))
+
+
+def test_top_k_keeps_its_ties_or_exactly_k_the_lower_ids_first():
+    """vLLM keeps every token tied with the k-th; llama.cpp's partial sort and Ollama's heap keep exactly k, the
+    earlier ids among ties (top_k_ties=False). Either way the same tokens every run, on every device."""
+    logits = torch.tensor([[1.0, 3.0, 5.0, 3.0, 3.0, NEG_INF], [2.0] * 6, [NEG_INF, 1.0, NEG_INF, 2.0, 0.5, NEG_INF]])
+
+    def kept(**options):
+        return [torch.nonzero(row).flatten().tolist()
+                for row in probabilities(logits, GenerationConfig(temperature=1.0, **options)) > 0]
+
+    assert kept(top_k=2) == [[1, 2, 3, 4], [0, 1, 2, 3, 4, 5], [1, 3]]
+    assert kept(top_k=2, top_k_ties=False) == [[1, 2], [0, 1], [1, 3]]
+    assert kept(top_k=4, top_k_ties=False) == [[1, 2, 3, 4], [0, 1, 2, 3], [1, 3, 4]]
+    for order in ORDERS:
+        config = GenerationConfig(temperature=0.9, top_k=3, top_k_ties=False, sampler_order=order)
+        torch.testing.assert_close(probabilities(logits, config).double(), reference(logits, config))
+
+
+def test_top_p_and_min_p_keep_min_keep_tokens_the_likeliest_first():
+    """llama.cpp's min_keep: top-p and min-p keep at least that many (top-k does not take it)."""
+    uniform = torch.full((1, 64), 0.5)
+    falling = torch.tensor([[9.0, 8.0, 8.0, 8.0, 1.0, 0.0]])
+
+    def kept(logits, **options):
+        return torch.nonzero(probabilities(logits, GenerationConfig(temperature=1.0, **options))[0]).flatten().tolist()
+
+    assert kept(uniform, top_p=0.0) == [0] and kept(uniform, top_p=0.0, min_keep=5) == [0, 1, 2, 3, 4]
+    assert kept(uniform, top_p=0.5, min_keep=40) == list(range(40))
+    assert kept(uniform, top_p=1 / 64) == [0] and kept(uniform, top_p=1 / 64, top_p_strict=True) == [0, 1]
+    assert kept(falling, min_p=1.0) == [0] and kept(falling, min_p=1.0, min_keep=3) == [0, 1, 2]
+    assert kept(falling, min_p=0.5, min_keep=1) == [0] and kept(falling, top_k=1, min_keep=3) == [0]
+    with pytest.raises(ValueError, match="min_keep"):
+        GenerationConfig(min_keep=-1)
 
 
 def test_minus_infinity_logits_are_never_drawn_and_make_no_nan():
