@@ -47,10 +47,12 @@ class Options(samplers.UnimplementedSamplerFields):   # (typical_p, dry_*, xtc_*
     """What /completion and /infill share (llama.cpp's defaults)."""
 
     n_predict: int = Field(-1, ge=-1, validation_alias=AliasChoices("n_predict", "max_tokens"))
-    temperature: float = Field(0.8, ge=0)
-    top_k: int = 40
-    top_p: float = Field(0.95, ge=0, le=1)
-    min_p: float = Field(0.05, ge=0, le=1)     # runs only where the chain has it (not llama.vim's: no min_p there)
+    # Any number, as llama.cpp reads them (common/sampling.cpp): a temperature <= 0 is greedy, top_p >= 1 and
+    # min_p <= 0 are off, top_p <= 0 keeps the likeliest token; top_p and min_p are taken within 0..1.
+    temperature: float = 0.8
+    top_k: int = 40                            # <= 0: off
+    top_p: float = 0.95
+    min_p: float = 0.05                        # runs only where the chain has it (not llama.vim's: no min_p there)
     seed: Seed = -1
     repeat_penalty: float = Field(1.0, gt=0)    # (0 divides by zero)
     repeat_last_n: int = Field(64, ge=-1)       # -1: the context's size, 0: no penalties
@@ -181,9 +183,15 @@ def _sampling(server, body: Options):
     return server.sampling(body.n_predict, seed=None if body.seed < 0 else body.seed, stop=stop_strings(body.stop),
                            format_stops=not body.ignore_eos, ignore_eos=body.ignore_eos, logit_bias=bias,
                            **samplers.applied(
-                               chain, body.temperature, max(body.top_k, 0), body.top_p, body.min_p, body.min_keep,
+                               chain, max(body.temperature, 0.0), max(body.top_k, 0), _unit(body.top_p),
+                               _unit(body.min_p), body.min_keep,
                                repeat_penalty=body.repeat_penalty, presence_penalty=body.presence_penalty,
                                frequency_penalty=body.frequency_penalty, penalty_last_n=body.repeat_last_n))
+
+
+def _unit(value: float) -> float:
+    """`value` within 0..1, where llama.cpp's top_p and min_p samplers do the same with anything outside it."""
+    return min(max(value, 0.0), 1.0)
 
 
 def _settings(server, body: Options | None) -> dict:

@@ -43,10 +43,10 @@ TEMPLATE = "{{- if .Suffix }}<prefix>{{ .Prompt }}<suffix>{{ .Suffix }}<middle>{
 
 
 class Options(Body):
-    temperature: float = Field(0.8, ge=0)
-    top_p: float = Field(0.9, ge=0, le=1)
+    temperature: float = 0.8                  # any number, clamped as Ollama's NewSampler does: < 0 is 0 (greedy),
+    top_p: float = 0.9                        # top_p and min_p within 0..1
     top_k: int = 40
-    min_p: float = Field(0.0, ge=0, le=1)      # after top_p, as Ollama's sampler (sample/samplers.go)
+    min_p: float = 0.0                        # after top_p, as Ollama's sampler (sample/samplers.go)
     typical_p: float = 1.0                    # not implemented: refused unless 1 (Ollama's llama.cpp runner applied it)
     num_predict: int = Field(-1, ge=-2)       # -1: the server's limit (-2, "fill the context", and 0 too)
     # Penalties over the last repeat_last_n tokens of prompt + answer, as Ollama's llama.cpp runner applies them.
@@ -333,8 +333,10 @@ def _sampling(server, options: Options):
         raise ApiError(400, "typical_p is not supported (locally typical sampling is not implemented): leave it at 1")
     seed = None if options.seed == -1 else options.seed      # -1: a random seed, Ollama's default (sample/samplers.go)
     # 0 is no limit for Ollama's runner (`numPredict > 0 &&` guards its check), not llama.cpp's "prompt only"
-    return server.sampling(options.num_predict or None, temperature=options.temperature, top_p=options.top_p,
-                           top_k=max(options.top_k, 0), min_p=options.min_p, sampler_order=OLLAMA_ORDER, seed=seed,
+    unit = lambda value: min(max(value, 0.0), 1.0)  # noqa: E731
+    return server.sampling(options.num_predict or None, temperature=max(options.temperature, 0.0),
+                           top_p=unit(options.top_p), top_k=max(options.top_k, 0), min_p=unit(options.min_p),
+                           sampler_order=OLLAMA_ORDER, seed=seed,
                            top_k_ties=False, top_p_strict=True,     # its heap keeps k; its top_p stops past p
                            stop=stop_strings(options.stop),
                            repeat_penalty=options.repeat_penalty, presence_penalty=options.presence_penalty,

@@ -59,7 +59,7 @@ class Options(samplers.UnimplementedSamplerFields):   # (llama.cpp's extras: typ
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     logit_bias: dict | None = None              # {"token id": -100..100} (logit_bias.py)
-    top_k: int = 0                              # vLLM's and llama.cpp's extra (0 or -1: every token)
+    top_k: int = Field(0, ge=-1)                # vLLM's and llama.cpp's extra (0 or -1: every token; below: vLLM's 400)
     min_p: float | None = Field(None, ge=0, le=1)   # vLLM's and llama.cpp's extra; None: vLLM's 0, or llama.cpp's
                                                     # 0.05 where the request gives llama.cpp's `samplers`
     repetition_penalty: float | None = Field(None, gt=0)   # vLLM's: over the whole prompt and answer

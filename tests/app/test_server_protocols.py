@@ -731,6 +731,33 @@ def test_each_route_cuts_ties_and_boundaries_as_its_server_does():
     assert Sampling(max_tokens=1).top_k_ties and not Sampling(max_tokens=1).top_p_strict     # the command line: vLLM's
 
 
+def test_out_of_range_sampling_values_are_taken_where_llama_cpp_and_ollama_take_them():
+    """llama.cpp reads any temperature (<= 0: greedy), top_p (>= 1: off; <= 0: the likeliest) and min_p; Ollama's
+    sampler clamps the same three (sample/samplers.go): both answer where this server gave a 400. The OpenAI routes
+    keep OpenAI's and vLLM's bounds: a top_k below -1 is a 400, as vLLM's."""
+    from types import SimpleNamespace
+
+    import pydantic
+
+    from codecomplete.server import llama_cpp, ollama, openai_api
+    from codecomplete.session import Sampling
+
+    fake = SimpleNamespace(sampling=lambda max_tokens, **options: Sampling(max_tokens=4, **options))
+
+    def values(sampling):
+        return sampling.temperature, sampling.top_p, sampling.min_p
+
+    assert values(llama_cpp._sampling(fake, llama_cpp.CompletionRequest(
+        prompt="x", temperature=-1, top_p=1.5, min_p=2))) == (0.0, 1.0, 1.0)
+    assert values(llama_cpp._sampling(fake, llama_cpp.InfillRequest(
+        input_prefix="x", input_suffix="", temperature=0.5, top_p=-0.5, min_p=-1))) == (0.5, 0.0, 0.0)
+    assert values(ollama._sampling(fake, ollama.Options(temperature=-1, top_p=1.5, min_p=-0.5))) == (0.0, 1.0, 0.0)
+    assert values(ollama._sampling(fake, ollama.Options(top_p=-1, min_p=3))) == (0.8, 0.0, 1.0)
+    assert openai_api._sampling(fake, openai_api.CompletionRequest(prompt="x", top_k=-1)).top_k == 0
+    with pytest.raises(pydantic.ValidationError, match="top_k"):
+        openai_api.CompletionRequest(prompt="x", top_k=-2)
+
+
 def test_a_sampler_left_out_of_samplers_does_not_run(server, files):
     """llama.cpp builds its chain from `samplers` alone (common_sampler_init): llama.vim's body lists top_k, top_p
     and infill, so its temperature (none sent: 0.8) does not apply, and a top_p, a top_k or a temperature of 0 left

@@ -122,10 +122,10 @@ INFILL = {"input_prefix": "def f():\n", "input_suffix": ""}
      ["messages[0].content"]),
     ("/codecomplete/v1/chat", {"max_tokens": 1, "messages": [{"role": "tool", "content": "x"}]}, 400,
      "invalid_request_error", ["messages[0].role"]),
-    # min_p is a fraction of the likeliest token's probability: 0..1 on every route that takes it
-    ("/infill", {**INFILL, "min_p": 1.5}, 400, "invalid_request_error", ["min_p"]),
-    ("/completion", {"prompt": "a", "min_p": -0.1}, 400, "invalid_request_error", ["min_p"]),
+    # min_p is a fraction of the likeliest token's probability: 0..1 on the OpenAI routes, as vLLM checks it (llama.cpp
+    # and Ollama take any number, as 0..1), and a top_k below -1 is vLLM's 400 too
     ("/v1/completions", {"prompt": "a", "min_p": 2}, 400, "invalid_request_error", ["min_p"]),
+    ("/v1/completions", {"prompt": "a", "top_k": -2}, 400, "invalid_request_error", ["top_k"]),
     # samplers llama.cpp has and this server does not: a value that would change the draw is refused, not ignored
     ("/completion", {"prompt": "a", "typical_p": 0.5}, 400, "invalid_request_error", ["typical_p", "not supported"]),
     ("/infill", {**INFILL, "samplers": ["top_k", "dry"], "dry_multiplier": 0.8}, 400, "invalid_request_error",
@@ -258,7 +258,7 @@ def test_ollama_routes_answer_errors_in_ollama_shape(server):
     assert response.status_code == 400 and "seed" in response.json()["error"]
     response = httpx.post(server.url + "/api/generate", json={"prompt": "x", "options": {"repeat_last_n": -2}})
     assert response.status_code == 400 and "repeat_last_n" in response.json()["error"]
-    for options, word in [({"min_p": 1.01}, "min_p"), ({"typical_p": 0.7}, "typical_p")]:
+    for options, word in [({"typical_p": 0.7}, "typical_p")]:
         response = httpx.post(server.url + "/api/generate", json={"prompt": "x", "options": options})
         assert response.status_code == 400 and word in response.json()["error"], options
     # no constrained decoding: prose where JSON (or a tool call) was asked for would pass for an answer
