@@ -13,9 +13,9 @@ cursor, then that text, in the model's format (CodeLlama infill, StarCoder FIM, 
 without FIM tokens); it always fits, the far ends of the client's text and its oldest chunks giving way first
 (`truncated` says so, as it does when the generation filled the context). Bodies are one line of compact JSON
 (llama.vim matches `"content":"` byte for byte); streams are `data: {...}` events that simply end. Sampling:
-temperature, top_k (exactly k), top_p, min_p (0.05), min_keep, seed, stop, and the penalties (repeat_penalty, presence_penalty,
-frequency_penalty over the last repeat_last_n tokens of prompt + answer, as llama.cpp's sampler applies them:
-models/penalties.py), and llama.cpp's infill sampler, run as `samplers` lists them (samplers.py: one left out does
+temperature, top_k (exactly k), top_p, min_p (0.05), min_keep, seed, stop, and the penalties (repeat_penalty,
+presence_penalty, frequency_penalty over the last repeat_last_n tokens of prompt + answer, as llama.cpp's sampler
+applies them: models/penalties.py), and llama.cpp's infill sampler, run as `samplers` lists them (samplers.py: one left out does
 not run; without the field, llama.cpp's default chain, temperature last); the samplers llama.cpp has and this server
 does not (dry, typ_p, xtc, top_n_sigma, adaptive_p) are accepted at their neutral values, a 400 otherwise;
 logit_bias (pairs or a map; a token an id or text, a bias a number or false: a ban) is added to the logits before
@@ -183,15 +183,10 @@ def _sampling(server, body: Options):
     return server.sampling(body.n_predict, seed=None if body.seed < 0 else body.seed, stop=stop_strings(body.stop),
                            format_stops=not body.ignore_eos, ignore_eos=body.ignore_eos, logit_bias=bias,
                            **samplers.applied(
-                               chain, max(body.temperature, 0.0), max(body.top_k, 0), _unit(body.top_p),
-                               _unit(body.min_p), body.min_keep,
+                               chain, max(body.temperature, 0.0), max(body.top_k, 0), samplers.unit(body.top_p),
+                               samplers.unit(body.min_p), body.min_keep,
                                repeat_penalty=body.repeat_penalty, presence_penalty=body.presence_penalty,
                                frequency_penalty=body.frequency_penalty, penalty_last_n=body.repeat_last_n))
-
-
-def _unit(value: float) -> float:
-    """`value` within 0..1, where llama.cpp's top_p and min_p samplers do the same with anything outside it."""
-    return min(max(value, 0.0), 1.0)
 
 
 def _settings(server, body: Options | None) -> dict:

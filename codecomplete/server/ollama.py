@@ -33,6 +33,7 @@ from pydantic import Field
 
 from .bodies import Body, Seed, check_ids, read_json, stop_strings
 from .errors import ApiError
+from .samplers import unit
 from .streaming import json_response, ndjson, stream
 
 PREFIX = "/api/"
@@ -333,7 +334,6 @@ def _sampling(server, options: Options):
         raise ApiError(400, "typical_p is not supported (locally typical sampling is not implemented): leave it at 1")
     seed = None if options.seed == -1 else options.seed      # -1: a random seed, Ollama's default (sample/samplers.go)
     # 0 is no limit for Ollama's runner (`numPredict > 0 &&` guards its check), not llama.cpp's "prompt only"
-    unit = lambda value: min(max(value, 0.0), 1.0)  # noqa: E731
     return server.sampling(options.num_predict or None, temperature=max(options.temperature, 0.0),
                            top_p=unit(options.top_p), top_k=max(options.top_k, 0), min_p=unit(options.min_p),
                            sampler_order=OLLAMA_ORDER, seed=seed,

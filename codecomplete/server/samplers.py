@@ -61,6 +61,11 @@ class UnimplementedSamplerFields(Body):
     min_keep: int = Field(0, ge=0)      # (implemented: top_p and min_p keep at least this many, as llama.cpp's)
 
 
+def unit(value: float) -> float:
+    """`value` within 0..1: a top_p or min_p as llama.cpp's samplers and Ollama's NewSampler take any number."""
+    return min(max(value, 0.0), 1.0)
+
+
 def chain(samplers: list[str] | str | None) -> tuple[str, ...]:
     """The samplers a request runs, in order: llama.cpp's names (unknown ones skipped), or its letters."""
     if samplers is None:

@@ -38,7 +38,8 @@ def reference(logits: torch.Tensor, config: GenerationConfig, penalize=None) -> 
                                    dtype=torch.float64)
             elif name == "top_k" and config.top_k > 0:
                 kth = row[ranked[min(config.top_k, len(row)) - 1]].item()
-                keep = {i for i in range(len(row)) if row[i] >= kth} if config.top_k_ties else set(ranked[:config.top_k])
+                keep = ({i for i in range(len(row)) if row[i] >= kth} if config.top_k_ties
+                        else set(ranked[:config.top_k]))
                 row = torch.tensor([v if i in keep else NEG_INF for i, v in enumerate(row.tolist())],
                                    dtype=torch.float64)
             elif name == "top_p" and config.top_p < 1:
