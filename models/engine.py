@@ -698,6 +698,7 @@ class _Row:
         self.token_ids: list[int] = []
         self.logprobs: list | None = [] if config.logprobs is not None else None    # TokenLogprobs per token
         self.healing_tokens = 0             # tokens that made only healed text
+        self.made = 0                       # characters of new text made so far (held back or not)
         self.finish_reason: str | None = None
 
     def accept(self, token: int, stop_ids: set[int], logprobs=None) -> None:
@@ -705,7 +706,7 @@ class _Row:
             return
         self.token_ids.append(token)
         if self.logprobs is not None:
-            self.logprobs.append(logprobs)
+            self.logprobs.append(replace(logprobs, text_offset=self.made))
         if token in stop_ids:
             self._finish("stop")
             return
@@ -715,6 +716,7 @@ class _Row:
             self.healing_tokens += inside
             self.unhealed = self.unhealed[len(piece):] if inside else b""
         shown = self.healed.feed(self.detokenizer.push(token) if self.detokenizer else "")
+        self.made += len(shown)
         text, hit = self.stops.feed(shown)
         self._emit(text)
         if hit:

@@ -93,9 +93,12 @@ class Timings:
 
 @dataclass(frozen=True)
 class TokenLogprobs:
-    """A generated token's log-probability under the model and the top alternatives', likeliest first."""
+    """A generated token's log-probability under the model and the top alternatives', likeliest first, and where its
+    text begins in the answer."""
     logprob: float
     top: tuple[tuple[int, float], ...]      # (token id, logprob)
+    text_offset: int = 0                    # the characters of new text the tokens before it made: a token that
+                                            # ends the healed text or a character begins where its new text does
 
 
 @dataclass

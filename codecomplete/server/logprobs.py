@@ -4,7 +4,10 @@ by default).
 
 /v1/completions, `logprobs: N` (0..5): `{"tokens", "token_logprobs", "top_logprobs", "text_offset"}`, each token's
 text alone, its logprob, a map of the top N tokens' texts to their logprobs with the chosen token's added (so up to
-N + 1 entries, as OpenAI documents), and where each token's text begins in the completion (vLLM's offsets, from 0).
+N + 1 entries, as OpenAI documents), and where each token's text begins in the returned text (vLLM's offsets, from 0;
+OpenAI's legacy API counted the prompt's characters too, and `echo`, which would return the prompt, is refused): the
+characters the tokens before it made, so that a character written in several tokens (an emoji's bytes) leaves no gap,
+and a token that completes the healed end of the prompt (its first characters are the prompt's) begins at 0.
 /v1/chat/completions, `logprobs: true` with `top_logprobs` (0..20): `{"content": [{"token", "logprob", "bytes",
 "top_logprobs": [{"token", "logprob", "bytes"}]}]}`. A stream's chunk carries its own tokens' logprobs.
 """
@@ -13,25 +16,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-class CompletionLogprobs:
-    """The legacy completions shape, chunk by chunk: `text_offset` goes on across a stream's chunks."""
-
-    def __init__(self, tokenizer) -> None:
-        self.tokenizer, self.offset = tokenizer, 0
-
-    def __call__(self, ids: Sequence[int], entries: Sequence) -> dict:
-        texts = [self.tokenizer.decode([i]) for i in ids]
-        offsets = []
-        for text in texts:
-            offsets.append(self.offset)
-            self.offset += len(text)
-        top = []
-        for text, entry in zip(texts, entries):
-            alternatives = {self.tokenizer.decode([i]): value for i, value in entry.top}
-            alternatives.setdefault(text, entry.logprob)
-            top.append(alternatives)
-        return {"tokens": texts, "token_logprobs": [entry.logprob for entry in entries], "top_logprobs": top,
-                "text_offset": offsets}
+def completion_logprobs(tokenizer, ids: Sequence[int], entries: Sequence) -> dict:
+    """The legacy completions shape, for the whole answer or a stream's chunk (the offsets are the answer's)."""
+    texts = [tokenizer.decode([i]) for i in ids]
+    top = []
+    for text, entry in zip(texts, entries):
+        alternatives = {tokenizer.decode([i]): value for i, value in entry.top}
+        alternatives.setdefault(text, entry.logprob)
+        top.append(alternatives)
+    return {"tokens": texts, "token_logprobs": [entry.logprob for entry in entries], "top_logprobs": top,
+            "text_offset": [entry.text_offset for entry in entries]}
 
 
 def chat_logprobs(tokenizer, ids: Sequence[int], entries: Sequence, top_n: int) -> dict:

@@ -33,7 +33,7 @@ from pydantic import AliasChoices, Field
 from starlette.responses import StreamingResponse
 
 from . import logit_bias, samplers
-from .logprobs import CompletionLogprobs, chat_logprobs
+from .logprobs import chat_logprobs, completion_logprobs
 from .errors import ApiError
 from .bodies import Body, Seed, check_ids, read_json, stop_strings
 from .streaming import json_response, sse, stream
@@ -137,7 +137,8 @@ async def completions(request: Request):
         raise ApiError(400, f"logprobs must lie in 0..{MAX_LOGPROBS}, got {body.logprobs}")
     prompt = _one_prompt(body.prompt)
     sampling = replace(_sampling(server, body), logprobs=body.logprobs)
-    scores = CompletionLogprobs(server.tokenizer) if body.logprobs is not None else None
+    scores = ((lambda ids, entries: completion_logprobs(server.tokenizer, ids, entries)) if body.logprobs is not None
+              else None)
     session = server.session
     if body.suffix is not None:
         if not isinstance(prompt, str):

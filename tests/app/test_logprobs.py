@@ -34,6 +34,35 @@ def test_openai_client_reads_completion_logprobs_streamed_or_not(server):
     assert plain.choices[0].logprobs is None
 
 
+@pytest.mark.parametrize("prompt, case", [
+    ("def fibona", "the first token ends the healed prompt"),       # "onacci": "ona" was the prompt's
+    ("emojis = ['😀', '🎉', '🚀', '", "a character in several tokens"),  # an emoji's bytes, 3 tokens
+])
+def test_text_offsets_are_where_each_tokens_text_begins_in_the_returned_text(server, prompt, case):
+    """text[text_offset[i]:text_offset[i + 1]] is the text token i made: the whole token, but for the healed
+    prompt's characters a first token repeats, and a character's bytes, which make it at its last token. Summing
+    the tokens' lengths put every later token past its text. Streamed chunks carry the same offsets."""
+    client = OpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0)
+    request = dict(model="any", prompt=prompt, max_tokens=8, temperature=0, logprobs=1)
+    choice = client.completions.create(**request).choices[0]
+    text, tokens, offsets = choice.text, choice.logprobs.tokens, choice.logprobs.text_offset
+    if case == "the first token ends the healed prompt":
+        assert not text.startswith(tokens[0]), (text, tokens)
+    else:
+        assert any("\ufffd" in token for token in tokens), (text, tokens)
+    assert offsets[0] == 0 and offsets == sorted(offsets) and offsets[-1] <= len(text), (text, offsets)
+    made = [text[start:end] for start, end in zip(offsets, offsets[1:] + [len(text)])]
+    for i, (token, piece) in enumerate(zip(tokens, made)):
+        if "\ufffd" in token:                  # a character's bytes: it is made at the last of them
+            assert len(piece) <= 1, (i, tokens, made)
+        elif i == 0:
+            assert token.endswith(piece) and piece, (tokens, made)
+        else:
+            assert token == piece, (i, tokens, made)
+    chunks = list(client.completions.create(**request, stream=True))
+    assert sum((c.choices[0].logprobs.text_offset for c in chunks if c.choices[0].logprobs), []) == offsets
+
+
 def test_openai_client_reads_chat_logprobs(server):
     client = OpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0)
     question = [{"role": "user", "content": "Say yes."}]
