@@ -10,18 +10,34 @@ characters the tokens before it made, so that a character written in several tok
 and a token that completes the healed end of the prompt (its first characters are the prompt's) begins at 0.
 /v1/chat/completions, `logprobs: true` with `top_logprobs` (0..20): `{"content": [{"token", "logprob", "bytes",
 "top_logprobs": [{"token", "logprob", "bytes"}]}]}`. A stream's chunk carries its own tokens' logprobs.
+
+A token's text is its piece of the vocabulary as it writes it mid-text (`token_text`), not the token decoded alone:
+SentencePiece's decoder (CodeLlama's) strips the space a text begins with, so "▁x" alone decoded to "x" and "▁" to "".
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 
+def token_text(tokenizer, token: int) -> tuple[str, bytes]:
+    """A token's text and bytes as it writes them mid-text: its piece (a character's byte alone shows as U+FFFD), or
+    for a special token, which has none, its text."""
+    from models.healing import vocabulary_bytes
+
+    pieces = vocabulary_bytes(tokenizer).pieces       # (built once per tokenizer)
+    piece = pieces[token] if token < len(pieces) else None
+    if not piece:
+        text = tokenizer.decode([token])
+        return text, text.encode()
+    return piece.decode("utf-8", errors="replace"), piece
+
+
 def completion_logprobs(tokenizer, ids: Sequence[int], entries: Sequence) -> dict:
     """The legacy completions shape, for the whole answer or a stream's chunk (the offsets are the answer's)."""
-    texts = [tokenizer.decode([i]) for i in ids]
+    texts = [token_text(tokenizer, i)[0] for i in ids]
     top = []
     for text, entry in zip(texts, entries):
-        alternatives = {tokenizer.decode([i]): value for i, value in entry.top}
+        alternatives = {token_text(tokenizer, i)[0]: value for i, value in entry.top}
         alternatives.setdefault(text, entry.logprob)
         top.append(alternatives)
     return {"tokens": texts, "token_logprobs": [entry.logprob for entry in entries], "top_logprobs": top,
@@ -31,13 +47,8 @@ def completion_logprobs(tokenizer, ids: Sequence[int], entries: Sequence) -> dic
 def chat_logprobs(tokenizer, ids: Sequence[int], entries: Sequence, top_n: int) -> dict:
     """The chat shape: each token with its bytes (a token's own, a part of a character too; a special token's, its
     text's), and the top_n alternatives."""
-    from models.healing import vocabulary_bytes
-
-    pieces = vocabulary_bytes(tokenizer).pieces
-
     def token(i: int, value: float) -> dict:
-        text = tokenizer.decode([i])
-        piece = pieces[i] if i < len(pieces) and pieces[i] else text.encode()
+        text, piece = token_text(tokenizer, i)
         return {"token": text, "logprob": value, "bytes": list(piece)}
     return {"content": [{**token(i, entry.logprob), "top_logprobs": [token(j, v) for j, v in entry.top[:top_n]]}
                         for i, entry in zip(ids, entries)]}

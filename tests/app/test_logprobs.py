@@ -98,6 +98,31 @@ def test_logprobs_are_the_log_softmax_of_the_models_logits(engine):
     engine.clear_prefix_cache()
 
 
+def test_a_tokens_text_is_its_piece_as_the_answer_writes_it():
+    """A SentencePiece tokenizer (CodeLlama's kind): "▁x" is " x" in the answer, the text the bytes say, where decoding
+    the token alone strips the space a text begins with ("x", and "▁" became "")."""
+    from transformers import LlamaTokenizer
+
+    from codecomplete.server.logprobs import chat_logprobs, completion_logprobs
+    from models.generation import TokenLogprobs
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
+    for piece in ["▁", "a", "d", "x", "=", "▁a", "▁ad", "▁add", "▁x"]:
+        vocab.setdefault(piece, len(vocab))
+    tokenizer = LlamaTokenizer(vocab=vocab, merges=[("▁", "a"), ("▁a", "d"), ("▁ad", "d"), ("▁", "x")])
+    ids = tokenizer.encode("x = add é", add_special_tokens=False)        # ▁x ▁ = ▁add ▁ <0xC3> <0xA9>
+    entries = [TokenLogprobs(-1.0, ((i, -1.0),)) for i in ids]
+    words = [" x", " ", "=", " add", " ", "\ufffd", "\ufffd"]
+    legacy = completion_logprobs(tokenizer, ids, entries)
+    assert legacy["tokens"] == words
+    assert [list(top) for top in legacy["top_logprobs"]] == [[word] for word in words]
+    content = chat_logprobs(tokenizer, ids, entries, 1)["content"]
+    assert [c["token"] for c in content] == [c["top_logprobs"][0]["token"] for c in content] == words
+    assert b"".join(bytes(c["bytes"]) for c in content) == " x = add é".encode()
+    eos = chat_logprobs(tokenizer, [2], [TokenLogprobs(-1.0, ())], 0)["content"][0]
+    assert eos["token"] == "</s>" and bytes(eos["bytes"]) == b"</s>"     # a special token: its text
+
+
 @pytest.mark.parametrize("path, body, words", [
     ("/v1/completions", {"prompt": "x", "logprobs": 6}, ["logprobs", "0..5"]),
     ("/v1/completions", {"prompt": "x", "logprobs": -1}, ["logprobs", "0..5"]),
