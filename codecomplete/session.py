@@ -49,6 +49,7 @@ class Sampling:
     penalize_prompt: bool = True     # False: over the answer's tokens only (OpenAI's presence and frequency)
     repeat_window: int | None = None   # the repeat penalty's own window over prompt + answer (None: the same)
     logprobs: int | None = None      # each token's logprob and the top-N alternatives' (None: not computed)
+    logprobs_after_samplers: bool = False   # of the distribution the draw came from (llama.cpp's post_sampling_probs)
     speculate: int | None = None     # draft tokens verified per step; None: the engine's default, 0: off
 
 
@@ -237,6 +238,7 @@ class Session:
             top_p_strict=sampling.top_p_strict, min_keep=sampling.min_keep,
             **({"sampler_order": sampling.sampler_order} if sampling.sampler_order is not None else {}),
             speculate=sampling.speculate, logprobs=sampling.logprobs,
+            logprobs_after_samplers=sampling.logprobs_after_samplers,
             repeat_penalty=sampling.repeat_penalty, presence_penalty=sampling.presence_penalty,
             frequency_penalty=sampling.frequency_penalty, penalty_last_n=sampling.penalty_last_n,
             penalize_prompt=sampling.penalize_prompt, repeat_window=sampling.repeat_window, logit_bias=bias,

@@ -35,7 +35,7 @@ from models.options import DEFAULT_MAX_CONTEXT, parse_kv_cache
 from models.infill import InfillSampler
 from models.penalties import Penalties
 from models.request_sampler import RequestSampler
-from models.sampling import banned, bias_vector, logprob_table, make_generator, read_logprobs
+from models.sampling import banned, bias_vector, make_generator, read_logprobs
 from models.speculative import PromptLookup
 from models.tokenizer import IncrementalDetokenizer, StopStringMatcher
 
@@ -357,8 +357,7 @@ class Engine:
             raise ModelError(f"{self.name}: the model's output is not a number (NaN or inf in its weights?)")
         sampler = self._sampler(config, prompts, logits)
         stop_ids = set(self.eos_token_ids) | set(config.stop_token_ids)
-        tokens = sampler.pick(logits)                                                    # (B,)
-        scores = logprob_table(logits, tokens, config.logprobs) if config.logprobs is not None else None
+        tokens, scores = sampler.pick(logits)                                            # (B,), table or None
         if depth:
             loop = self._decode_speculative(prompts[0], rows[0], tokens, sampler, stop_ids, should_stop, depth)
         else:
@@ -494,9 +493,7 @@ class Engine:
         last = self.context_length - 1
         state.input_pos.add_(1).clamp_(max=last)
         positions[:] = [min(p + 1, last) for p in positions]
-        tokens = sampler.pick(logits)
-        n = sampler.config.logprobs
-        return tokens, (logprob_table(logits, tokens, n) if n is not None else None)
+        return sampler.pick(logits)
 
     def _sampler(self, config: GenerationConfig, prompts: list[list[int]], logits: torch.Tensor) -> RequestSampler:
         """The request's sampler, built once its first logits (B, V) are in: its generator, healing, penalties,

@@ -46,6 +46,9 @@ class GenerationConfig:
                                            # logprobs), from the model's own distribution (the raw logits'
                                            # log-softmax, as vLLM and llama.cpp report them); None: not computed.
                                            # Turns speculation off for the request
+    logprobs_after_samplers: bool = False  # those logprobs of the distribution the token was drawn from instead:
+                                           # after the logit bias and the sampler chain (greedy: the chosen token
+                                           # alone, at 0), as llama.cpp's post_sampling_probs
     speculate: int | None = None           # drafts verified per step (prompt lookup); None: the engine's
                                            # default, 0: off. One sequence only: generate_batch ignores it
 

@@ -6,7 +6,7 @@ penalties' window (models/penalties.py), llama.cpp's infill sampler (models/infi
 engine builds one per request and its decode loops only ask it for tokens and tell it which were taken:
 
     sampler = engine._sampler(config, prompts, logits)
-    tokens = sampler.pick(logits)              # (B,) on the device
+    tokens, scores = sampler.pick(logits)      # (B,) on the device, and their logprob table where asked for
     sampler.took(tokens.tolist())              # healing and the penalties follow the text
 """
 
@@ -20,7 +20,7 @@ from models.generation import GenerationConfig
 from models.healing import HealingConstraint
 from models.infill import InfillSampler
 from models.penalties import Penalties
-from models.sampling import sample
+from models.sampling import chained, logprob_table, sample
 from models.speculative import accept
 
 
@@ -49,13 +49,31 @@ class RequestSampler:
         next step before reading it."""
         return self.constrained or self.penalties is not None
 
-    def pick(self, logits: torch.Tensor) -> torch.Tensor:
+    def pick(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Float32 logits (B, V) -> token ids (B,) int64, on the device (no host sync but the infill sampler's on a
-        CPU)."""
-        if self.constrained:
-            logits = self.healing.restrict(logits)
-        penalize = self.penalties.apply if self.penalties is not None else None
-        return sample(logits, self.config, self.generator, penalize, self.infill, self.bias, self.end)
+        CPU), and where the request asks for logprobs their `logprob_table` (else None)."""
+        allowed = self.healing.restrict(logits) if self.constrained else logits
+        tokens = sample(allowed, self.config, self.generator, self._penalize(), self.infill, self.bias, self.end)
+        return tokens, self._scores(logits, allowed, tokens)
+
+    def _penalize(self, drafts: list[int] | None = None):
+        penalties = self.penalties
+        return None if penalties is None else lambda rows: penalties.apply(rows, drafts)
+
+    def _scores(self, logits: torch.Tensor, allowed: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor | None:
+        """The `logprob_table` of the tokens (B,) a step chose, where the request asks for logprobs (else None): of the
+        raw logits (B, V), or with `logprobs_after_samplers` of what the draw saw, the `allowed` logits after the bias
+        and the chain (the chain run again: only such requests pay for it); greedy drew from the chosen token alone,
+        as llama.cpp's temperature 0 leaves one candidate."""
+        config = self.config
+        if config.logprobs is None:
+            return None
+        if config.logprobs_after_samplers:
+            if config.temperature <= 0:
+                logits = torch.full_like(logits, float("-inf")).scatter_(-1, tokens[:, None], 0.0)    # (B, V)
+            else:
+                logits = chained(allowed, config, self._penalize(), self.infill, self.bias)
+        return logprob_table(logits, tokens, config.logprobs)
 
     def took(self, tokens: Sequence[int]) -> None:
         """The tokens chosen, one per sequence in row order (plain decoding)."""
@@ -69,8 +87,7 @@ class RequestSampler:
         draft -> the accepted drafts and one token of the model's own (models/speculative.py), taken. While healing
         constrains the next token there are no drafts (a draft's verification would sample unconstrained); the
         penalties see, at each position, the window plain decoding would have had there."""
-        penalties = self.penalties
-        penalize = (lambda rows: penalties.apply(rows, drafts)) if penalties is not None else None
+        penalize = self._penalize(drafts)
         if self.constrained:
             if drafts:
                 raise ValueError("no drafts while token healing constrains the next token")
@@ -79,6 +96,6 @@ class RequestSampler:
             self.healing.advance(emitted)
         else:
             emitted = accept(logits, drafts, self.config, self.generator, penalize, self.infill, self.bias, self.end)
-        if penalties is not None:
-            penalties.extend(emitted)
+        if self.penalties is not None:
+            self.penalties.extend(emitted)
         return emitted

@@ -24,6 +24,11 @@ hold llama.cpp's end-of-generation set, and the prompt format's end tokens, as l
 bias, on /completion and /infill alike), so the answer runs to n_predict or a stop
 string (llama.cpp's infill sampler, where `samplers` lists it, may still choose the end when no text is left, as it
 does in llama.cpp); constrained decoding (grammar, json_schema) is refused (501), not ignored.
+`n_probs` N (0..100; llama.cpp takes up to the vocabulary, whose every token it then lists for every token; OpenAI's
+`logprobs` number where n_probs is not given, as llama.cpp reads it) answers `completion_probabilities`, the chosen
+token's logprob and the N likeliest (logprobs.py): in the answer, without the tokens of the stop word that ended it
+(as many as the word tokenizes to, as llama.cpp counts them), or in each streamed chunk for its `tokens`; of the
+model's own distribution, or with `post_sampling_probs` the probabilities the token was drawn from, after the chain.
 """
 from __future__ import annotations
 
@@ -37,10 +42,12 @@ from starlette.concurrency import run_in_threadpool
 from . import logit_bias, samplers
 from .bodies import Body, Seed, check_ids, read_json, stop_strings
 from .errors import ApiError
+from .logprobs import after_healing, llama_cpp_probabilities
 from .streaming import json_response, sse, stream
 
 router = APIRouter()
 public = APIRouter()
+MAX_N_PROBS = 100       # llama.cpp's legacy web UI asked for up to 10; llama.cpp takes any number, up to the vocabulary
 
 
 class Options(samplers.UnimplementedSamplerFields):   # (typical_p, dry_*, xtc_*, ...)
@@ -65,7 +72,10 @@ class Options(samplers.UnimplementedSamplerFields):   # (typical_p, dry_*, xtc_*
     stream: bool = False
     t_max_predict_ms: int = Field(0, ge=0)
     n_indent: int = Field(0, ge=0)
-    n_probs: int = Field(0, ge=0)
+    n_probs: int = Field(0, ge=0)      # 0..MAX_N_PROBS: each token's probability and the N likeliest alternatives'
+    post_sampling_probs: bool = False  # n_probs' numbers after the sampler chain (probabilities), not the model's
+    logprobs: int | bool | None = None   # OpenAI's name for n_probs, read where n_probs is not given (a bool is not
+                                         # a number: llama.cpp's json_value reads it as the default)
     return_tokens: bool = False        # the generated ids in `tokens` (a stream's chunks carry theirs always)
     response_fields: list[str] = []
     grammar: str = ""                  # constrained decoding (and json_schema): refused, not ignored
@@ -170,9 +180,23 @@ async def completion(request: Request):
     return await _answer(server, running, generation, body, limits, truncated=False)
 
 
+def _n_probs(server, body: Options) -> int:
+    """The alternatives a request asks for per token: n_probs, else OpenAI's `logprobs` number (as llama.cpp reads a
+    request), at most the vocabulary (as llama.cpp takes them); past MAX_N_PROBS a 400."""
+    asked = body.n_probs or (body.logprobs if type(body.logprobs) is int and body.logprobs > 0 else 0)
+    if asked > MAX_N_PROBS:
+        raise ApiError(400, f"n_probs must lie in 0..{MAX_N_PROBS}, got {asked}")
+    return min(asked, server.engine.model.config.vocab_size) if asked else 0
+
+
+def _probabilities(server, body: Options):
+    """`completion_probabilities` of some tokens, as `scores(ids, entries)`; None where the request asks for none."""
+    if not _n_probs(server, body):
+        return None
+    return lambda ids, entries: llama_cpp_probabilities(server.tokenizer, ids, entries, body.post_sampling_probs)
+
+
 def _sampling(server, body: Options):
-    if body.n_probs:
-        raise ApiError(501, "n_probs (token probabilities) is not supported")
     if body.grammar or body.json_schema is not None:
         # text that ignored them would pass for what was asked (JSON)
         raise ApiError(501, "grammar and json_schema are not supported")
@@ -180,8 +204,10 @@ def _sampling(server, body: Options):
     samplers.refuse_unsupported(chain, body)
     bias = (logit_bias.llama_cpp(body.logit_bias, server.tokenizer, server.engine.model.config.vocab_size)
             if body.logit_bias else ())
+    n_probs = _n_probs(server, body)
     return server.sampling(body.n_predict, seed=None if body.seed < 0 else body.seed, stop=stop_strings(body.stop),
                            format_stops=not body.ignore_eos, ignore_eos=body.ignore_eos, logit_bias=bias,
+                           logprobs=n_probs or None, logprobs_after_samplers=body.post_sampling_probs,
                            **samplers.applied(
                                chain, max(body.temperature, 0.0), max(body.top_k, 0), samplers.unit(body.top_p),
                                samplers.unit(body.min_p), body.min_keep,
@@ -195,11 +221,13 @@ def _settings(server, body: Options | None) -> dict:
             "top_p": body.top_p, "min_p": body.min_p, "seed": body.seed, "stop": list(stop_strings(body.stop)),
             "repeat_penalty": body.repeat_penalty, "repeat_last_n": body.repeat_last_n,
             "presence_penalty": body.presence_penalty, "frequency_penalty": body.frequency_penalty,
-            "samplers": list(samplers.chain(body.samplers)), "n_ctx": server.engine.context_length}
+            "samplers": list(samplers.chain(body.samplers)), "n_probs": body.n_probs,
+            "post_sampling_probs": body.post_sampling_probs, "n_ctx": server.engine.context_length}
 
 
 async def _answer(server, running, generation, body: Options, limits: Limits, truncated: bool):
     prompt = generation.prompt
+    scores = _probabilities(server, body)
 
     def final(result) -> dict:
         content = limits.cut(result.text)
@@ -219,20 +247,23 @@ async def _answer(server, running, generation, body: Options, limits: Limits, tr
     if body.stream:
         # As llama.cpp's chunks: the ids behind each piece of text, and the tokens generated so far (n_decoded), every
         # token counted, those whose text is held back or never shown (a stop string, the end of text) too.
-        predicted, pending = 0, []
+        predicted, pending, probabilities = 0, [], []     # (the last two: of the tokens the next chunk carries)
 
         def piece(content: str) -> str:
-            nonlocal pending
+            nonlocal pending, probabilities
             # the prompt's tokens as the final event counts them (GenerationResult.token_counts): healing's too
             chunk = {"index": 0, "content": content, "tokens": pending, "stop": False, "id_slot": 0,
                      "tokens_predicted": predicted, "tokens_evaluated": len(prompt.ids) + running.job.healing_tokens}
-            pending = []
+            if probabilities:
+                chunk["completion_probabilities"] = probabilities
+            pending, probabilities = [], []
             return sse(chunk)
 
         def frames(event):
-            nonlocal predicted, pending
+            nonlocal predicted, pending, probabilities
             if event.kind == "text":   # sent once it is sure to stay: nothing a limit cuts reaches the editor
                 predicted, pending = predicted + len(event.tokens), pending + event.tokens
+                probabilities += scores(event.tokens, event.logprobs) if scores else []
                 content = limits.release(event.value)
                 return [piece(content)] if content else []
             if event.kind == "error":
@@ -241,17 +272,32 @@ async def _answer(server, running, generation, body: Options, limits: Limits, tr
             answer = final(result)
             held = limits.held(answer["content"])        # held back, and in the answer after all
             pending += result.token_ids[result.healing_tokens + predicted:]     # the ids no text came with
+            probabilities += after_healing(scores, result, predicted) or []
             predicted = answer["tokens_predicted"]
             # (the text and its ids went out in the chunks, as llama.cpp's final event says)
             return [*([piece(held)] if held or pending else []), sse({**answer, "content": "", "tokens": []})]
         return stream(running, frames, "text/event-stream")
-    answer = final(await running.result())
+    result = await running.result()
+    answer = final(result)
+    probabilities = _answer_probabilities(server, scores, result, answer) if scores else []
+    if probabilities:                           # (none generated: none listed, as llama.cpp's)
+        answer["completion_probabilities"] = probabilities
     if "prompt" in body.response_fields or not body.response_fields:
         # A raw prompt's healed tail (token healing left it out; the generation begins with it and `content` does not
         # repeat it) belongs to the prompt as sent: prompt + content is the whole text, as with llama.cpp.
         answer["prompt"] = server.tokenizer.decode(prompt.ids) + (prompt.heal_text if prompt.format == "raw"
                                                                    else "")
     return json_response(project(answer, body.response_fields) if body.response_fields else answer)
+
+
+def _answer_probabilities(server, scores, result, answer: dict) -> list[dict]:
+    """A whole answer's `completion_probabilities`: its tokens' (healing's apart), less, where a stop word ended it, as
+    many last tokens as the word tokenizes to (llama.cpp's send_final_response; a stream's chunks keep them)."""
+    probabilities = after_healing(scores, result)
+    if answer["stop_type"] == "word":
+        word_tokens = len(server.tokenizer.encode(answer["stopping_word"], add_special_tokens=False))
+        probabilities = probabilities[:len(probabilities) - min(word_tokens, len(probabilities))]
+    return probabilities
 
 
 def timings(result) -> dict:

@@ -1,6 +1,6 @@
-"""Token log-probabilities in the shapes the OpenAI routes answer with, from the engine's models.TokenLogprobs (the
-model's own distribution: the raw logits' log-softmax, before the logit bias and the samplers, as vLLM reports them
-by default).
+"""Token log-probabilities in the shapes each API answers with, from the engine's models.TokenLogprobs (the model's
+own distribution: the raw logits' log-softmax, before the logit bias and the samplers, as vLLM, llama.cpp and Ollama
+report them by default).
 
 /v1/completions, `logprobs: N` (0..5): `{"tokens", "token_logprobs", "top_logprobs", "text_offset"}`, each token's
 text alone, its logprob, a map of the top N tokens' texts to their logprobs with the chosen token's added (so up to
@@ -11,11 +11,21 @@ and a token that completes the healed end of the prompt (its first characters ar
 /v1/chat/completions, `logprobs: true` with `top_logprobs` (0..20): `{"content": [{"token", "logprob", "bytes",
 "top_logprobs": [{"token", "logprob", "bytes"}]}]}`. A stream's chunk carries its own tokens' logprobs.
 
+llama.cpp's /completion and /infill, `n_probs` N (ggml-org/llama.cpp's tools/server, the current stored snapshot:
+server-task.cpp at 00efb3e, completion_token_output::probs_vector_to_json; server-context.cpp at 001d906,
+populate_token_probs and send_final_response):
+`completion_probabilities`, one `{"id", "token", "bytes", "logprob", "top_logprobs": [{"id", "token", "bytes",
+"logprob"}]}` per token (N alternatives; llama.cpp takes no more than the vocabulary has), in the answer, or in each
+streamed chunk for the tokens it carries (`tokens`); with `post_sampling_probs`, `prob` and `top_probs`: the
+probabilities of the distribution the token was drawn from, after the sampler chain, the tokens it left out (0) not
+listed, so there may be fewer than N (greedy: the chosen token alone, at 1).
+
 A token's text is its piece of the vocabulary as it writes it mid-text (`token_text`), not the token decoded alone:
 SentencePiece's decoder (CodeLlama's) strips the space a text begins with, so "▁x" alone decoded to "x" and "▁" to "".
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 
@@ -42,6 +52,27 @@ def completion_logprobs(tokenizer, ids: Sequence[int], entries: Sequence) -> dic
         top.append(alternatives)
     return {"tokens": texts, "token_logprobs": [entry.logprob for entry in entries], "top_logprobs": top,
             "text_offset": [entry.text_offset for entry in entries]}
+
+
+def llama_cpp_probabilities(tokenizer, ids: Sequence[int], entries: Sequence, post_sampling: bool) -> list[dict]:
+    """llama.cpp's `completion_probabilities` for these tokens."""
+    value, alternatives = ("prob", "top_probs") if post_sampling else ("logprob", "top_logprobs")
+
+    def token(i: int, logprob: float) -> dict:
+        text, piece = token_text(tokenizer, i)
+        return {"id": i, "token": text, "bytes": list(piece), value: math.exp(logprob) if post_sampling else logprob}
+    return [{**token(i, entry.logprob),
+             alternatives: [token(j, v) for j, v in entry.top if not (post_sampling and v == -math.inf)]}
+            for i, entry in zip(ids, entries)]
+
+
+def after_healing(scores, result, sent: int = 0):
+    """`scores` of the answer's tokens after healing's (their text is the prompt's) and the `sent` ones a stream's
+    chunks carried, or None without `scores` (the request asked for no logprobs)."""
+    if scores is None:
+        return None
+    start = result.healing_tokens + sent
+    return scores(result.token_ids[start:], result.logprobs[start:])
 
 
 def chat_logprobs(tokenizer, ids: Sequence[int], entries: Sequence, top_n: int) -> dict:

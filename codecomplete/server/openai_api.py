@@ -33,7 +33,7 @@ from pydantic import AliasChoices, Field
 from starlette.responses import StreamingResponse
 
 from . import logit_bias, samplers
-from .logprobs import chat_logprobs, completion_logprobs
+from .logprobs import after_healing, chat_logprobs, completion_logprobs
 from .errors import ApiError
 from .bodies import Body, Seed, check_ids, read_json, stop_strings
 from .streaming import json_response, sse, stream
@@ -163,12 +163,12 @@ async def completions(request: Request):
             if event.kind == "error":
                 return [sse(event.value.body())]
             result = event.value
-            logprobs = _logprobs_after(scores, result, sent)     # the tokens no text came with (the end of text)
+            logprobs = after_healing(scores, result, sent)     # the tokens no text came with (the end of text)
             last = {"text": "", "index": 0, "logprobs": logprobs, "finish_reason": FINISH[result.finish_reason]}
             return reply.ending(last, result, body.stream_options)
         return stream(running, frames, "text/event-stream")
     result = await running.result()
-    logprobs = _logprobs_after(scores, result)
+    logprobs = after_healing(scores, result)
     choice = {"text": result.text, "index": 0, "logprobs": logprobs, "finish_reason": FINISH[result.finish_reason]}
     return json_response({**reply.head(), "choices": [choice], "usage": usage(result)})
 
@@ -221,12 +221,12 @@ async def chat_completions(request: Request):
             if event.kind == "error":
                 return [sse(event.value.body())]
             result = event.value
-            logprobs = {"logprobs": _logprobs_after(scores, result, sent)} if scores else {}   # (the end of text)
+            logprobs = {"logprobs": after_healing(scores, result, sent)} if scores else {}   # (the end of text)
             return reply.ending({"index": 0, "delta": {}, **logprobs, "finish_reason": FINISH[result.finish_reason]},
                                 result, body.stream_options)
         return stream(running, frames, "text/event-stream", first=opening)
     result = await running.result()
-    logprobs = _logprobs_after(scores, result)
+    logprobs = after_healing(scores, result)
     choice = {"index": 0, "message": {"role": "assistant", "content": result.text}, "logprobs": logprobs,
               "finish_reason": FINISH[result.finish_reason]}
     return json_response({**reply.head(), "choices": [choice], "usage": usage(result)})
@@ -290,15 +290,6 @@ def _text(content) -> str:
     if content is None:
         return ""
     return content if isinstance(content, str) else "\n".join(part.text for part in content)
-
-
-def _logprobs_after(scores, result, sent: int = 0):
-    """`scores` of the answer's tokens after healing's and the `sent` ones a stream's chunks carried, or None without
-    `scores` (the request asked for no logprobs)."""
-    if scores is None:
-        return None
-    start = result.healing_tokens + sent
-    return scores(result.token_ids[start:], result.logprobs[start:])
 
 
 def _sampling(server, body: Options):

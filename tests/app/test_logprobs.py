@@ -1,6 +1,8 @@
-"""Token log-probabilities on the OpenAI routes: the official openai client reading them from a real server on a
-socket (completions' `logprobs: N`, chat's `logprobs` + `top_logprobs`, streamed and not), the numbers a float64
-log-softmax of the model's own logits, and bad values refused with a 400."""
+"""Token log-probabilities from a real server on a socket: the OpenAI routes through the official openai client
+(completions' `logprobs: N`, chat's `logprobs` + `top_logprobs`), llama.cpp's `n_probs` (and `post_sampling_probs`)
+on /completion and /infill with the bodies its clients send, streamed and not; the numbers a float64 log-softmax of
+the model's own logits (or softmax of what the sampler chain left), and bad values refused with a 400."""
+import json
 import math
 
 import httpx
@@ -123,6 +125,92 @@ def test_a_tokens_text_is_its_piece_as_the_answer_writes_it():
     assert eos["token"] == "</s>" and bytes(eos["bytes"]) == b"</s>"     # a special token: its text
 
 
+def model_logprobs(engine, ids) -> torch.Tensor:
+    """The model's own next-token log-probabilities (V,) float64 after `ids`, from a fresh prefill."""
+    engine.clear_prefix_cache()
+    logits = engine._prefill(list(ids), 0, 0)                                            # (1, V)
+    engine.clear_prefix_cache()
+    return logits[0].double().log_softmax(dim=-1)
+
+
+def sse_events(server, path: str, body: dict) -> list[dict]:
+    with httpx.stream("POST", server.url + path, json={**body, "stream": True}, timeout=300) as response:
+        return [json.loads(line[len("data: "):]) for line in response.iter_lines() if line]
+
+
+def test_llama_cpp_n_probs_are_the_log_softmax_of_the_models_logits_streamed_or_not(server, engine):
+    """/completion with n_probs, as llama.cpp's own tests send it: `completion_probabilities`, each token's id, text,
+    bytes and logprob with its n_probs likeliest alternatives, in llama.cpp's field names and order. A stream's
+    chunks carry the same numbers, each for the `tokens` it carries, and its final event none."""
+    body = {"prompt": CODE_IDS, "n_probs": 3, "temperature": 0.0, "n_predict": 5, "return_tokens": True}
+    answer = httpx.post(server.url + "/completion", json=body, timeout=300).json()
+    probabilities = answer["completion_probabilities"]
+    assert [p["id"] for p in probabilities] == answer["tokens"] and len(probabilities) == 5
+    assert "".join(p["token"] for p in probabilities) == answer["content"]
+    for i, p in enumerate(probabilities):
+        expected = model_logprobs(engine, CODE_IDS + answer["tokens"][:i])
+        top = torch.topk(expected, 3)
+        assert list(p) == ["id", "token", "bytes", "logprob", "top_logprobs"]
+        assert p["logprob"] == pytest.approx(expected[p["id"]].item(), abs=2e-3)
+        assert [t["id"] for t in p["top_logprobs"]] == top.indices.tolist()
+        assert [t["logprob"] for t in p["top_logprobs"]] == pytest.approx(top.values.tolist(), abs=2e-3)
+        for t in [p, *p["top_logprobs"]]:
+            assert bytes(t["bytes"]).decode(errors="replace") == t["token"]
+    *chunks, last = sse_events(server, "/completion", body)
+    assert last["stop"] and "completion_probabilities" not in last
+    assert all([p["id"] for p in c.get("completion_probabilities", [])] == c["tokens"] for c in chunks), chunks
+    streamed = [p for c in chunks for p in c.get("completion_probabilities", [])]
+    assert [p["id"] for p in streamed] == answer["tokens"]
+    assert [p["logprob"] for p in streamed] == pytest.approx([p["logprob"] for p in probabilities], abs=1e-5)
+
+
+def test_post_sampling_probs_are_the_distribution_the_token_was_drawn_from(server, engine):
+    """post_sampling_probs: `prob` and `top_probs`, after llama.cpp's chain (here a logit bias banning the likeliest
+    token, top_k 3 and temperature 1.5): a float64 softmax of the three largest logits left, over 1.5; the tokens
+    the chain left out are not listed (3 of n_probs 5). Greedy drew from the chosen token alone: 1."""
+    banned = int(model_logprobs(engine, CODE_IDS).argmax())
+    body = {"prompt": CODE_IDS, "n_probs": 5, "post_sampling_probs": True, "temperature": 1.5, "top_k": 3,
+            "top_p": 1.0, "min_p": 0.0, "seed": 3, "n_predict": 3, "return_tokens": True,
+            "logit_bias": [[banned, False]]}
+    answer = httpx.post(server.url + "/completion", json=body, timeout=300).json()
+    for i, p in enumerate(answer["completion_probabilities"]):
+        logprobs = model_logprobs(engine, CODE_IDS + answer["tokens"][:i])
+        logprobs[banned] = -math.inf
+        top = torch.topk(logprobs, 3)
+        expected = (top.values / 1.5).softmax(dim=-1)
+        assert list(p) == ["id", "token", "bytes", "prob", "top_probs"]
+        assert [t["id"] for t in p["top_probs"]] == top.indices.tolist(), (i, p)
+        assert [t["prob"] for t in p["top_probs"]] == pytest.approx(expected.tolist(), abs=2e-3)
+        assert p["prob"] == pytest.approx(expected[top.indices.tolist().index(p["id"])].item(), abs=2e-3)
+    greedy = httpx.post(server.url + "/completion", timeout=300, json={
+        "prompt": CODE_IDS, "n_probs": 5, "post_sampling_probs": True, "temperature": 0.0, "n_predict": 2}).json()
+    for p in greedy["completion_probabilities"]:
+        assert p["prob"] == 1.0 and p["top_probs"] == [{k: p[k] for k in ("id", "token", "bytes", "prob")}]
+
+
+def test_llama_cpp_probabilities_leave_out_healings_tokens_and_the_answers_stop_word(server):
+    """Which tokens are listed: not those that only wrote a healed prompt's end again (" as" of "import numpy as":
+    the prompt's), on /completion and /infill; in a whole answer not the last tokens of the stop word that ended it,
+    as many as the word tokenizes to (llama.cpp's send_final_response), which a stream's chunks carry."""
+    prompt = "import numpy as"
+    prompt_tokens = len(httpx.post(server.url + "/tokenize", json={"content": prompt}, timeout=300).json()["tokens"])
+    common = {"n_predict": 3, "temperature": 0.0, "n_probs": 1, "return_tokens": True}
+    for path, body in [("/completion", {"prompt": prompt}), ("/infill", {"input_prefix": prompt, "input_suffix": ""})]:
+        answer = httpx.post(server.url + path, json={**body, **common}, timeout=300).json()
+        if path == "/completion":
+            assert answer["tokens_evaluated"] == prompt_tokens       # " as" written again, counted as the prompt's
+        probabilities = answer["completion_probabilities"]
+        assert [p["id"] for p in probabilities] == answer["tokens"] and len(probabilities) == 3, (path, answer)
+        assert "".join(p["token"] for p in probabilities) == answer["content"]
+    body = {"prompt": "def add(a, b):\n    return", "n_predict": 8, "temperature": 0.0, "n_probs": 1,
+            "stop": ["\n"], "return_tokens": True}
+    answer = httpx.post(server.url + "/completion", json=body, timeout=300).json()
+    assert answer["stop_type"] == "word" and answer["stopping_word"] == "\n"
+    assert [p["id"] for p in answer["completion_probabilities"]] == answer["tokens"][:-1]     # "\n": one token
+    streamed = [p["id"] for c in sse_events(server, "/completion", body) for p in c.get("completion_probabilities", [])]
+    assert streamed == answer["tokens"]
+
+
 @pytest.mark.parametrize("path, body, words", [
     ("/v1/completions", {"prompt": "x", "logprobs": 6}, ["logprobs", "0..5"]),
     ("/v1/completions", {"prompt": "x", "logprobs": -1}, ["logprobs", "0..5"]),
@@ -130,6 +218,9 @@ def test_a_tokens_text_is_its_piece_as_the_answer_writes_it():
                               "top_logprobs": 21}, ["top_logprobs", "0..20"]),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2},
      ["top_logprobs", "logprobs: true"]),
+    ("/completion", {"prompt": "x", "n_probs": 101}, ["n_probs", "0..100"]),
+    ("/completion", {"prompt": "x", "logprobs": 101}, ["n_probs", "0..100"]),      # OpenAI's name, as llama.cpp's
+    ("/infill", {"input_prefix": "x", "input_suffix": "", "n_probs": -1}, ["n_probs"]),
 ])
 def test_bad_logprobs_are_a_400(server, path, body, words):
     response = httpx.post(server.url + path, json={**body, "max_tokens": 1}, timeout=300)
