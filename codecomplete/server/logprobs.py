@@ -20,6 +20,13 @@ streamed chunk for the tokens it carries (`tokens`); with `post_sampling_probs`,
 probabilities of the distribution the token was drawn from, after the sampler chain, the tokens it left out (0) not
 listed, so there may be fewer than N (greedy: the chosen token alone, at 1).
 
+Ollama's /api/generate and /api/chat, `logprobs: true` with `top_logprobs` (0..20) (ollama/ollama at fb30760,
+v0.33.0-rc2: api/types.go's Logprob and TokenLogprob, server/routes.go, llm/llama_server.go's convertLogprobs):
+`logprobs`, one `{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}]}` per token, empty
+fields left out (Go's omitempty: no `top_logprobs` with top_logprobs 0), in each streamed line for the tokens behind
+its text and in the whole answer for all those; the tokens that made no text (the end of text, a stop string) are
+not listed, as Ollama drops llama-server's chunks without content and the numbers they carry.
+
 A token's text is its piece of the vocabulary as it writes it mid-text (`token_text`), not the token decoded alone:
 SentencePiece's decoder (CodeLlama's) strips the space a text begins with, so "▁x" alone decoded to "x" and "▁" to "".
 """
@@ -63,6 +70,16 @@ def llama_cpp_probabilities(tokenizer, ids: Sequence[int], entries: Sequence, po
         return {"id": i, "token": text, "bytes": list(piece), value: math.exp(logprob) if post_sampling else logprob}
     return [{**token(i, entry.logprob),
              alternatives: [token(j, v) for j, v in entry.top if not (post_sampling and v == -math.inf)]}
+            for i, entry in zip(ids, entries)]
+
+
+def ollama_logprobs(tokenizer, ids: Sequence[int], entries: Sequence, top_n: int) -> list[dict]:
+    """Ollama's `logprobs` for these tokens, with the top_n alternatives."""
+    def token(i: int, value: float) -> dict:
+        text, piece = token_text(tokenizer, i)
+        return {"token": text, "logprob": value, **({"bytes": list(piece)} if piece else {})}
+    return [{**token(i, entry.logprob), **({"top_logprobs": [token(j, v) for j, v in entry.top[:top_n]]} if top_n
+                                           else {})}
             for i, entry in zip(ids, entries)]
 
 

@@ -17,8 +17,10 @@
 
 Errors come as Ollama writes them, `{"error": "message"}`, since its clients read that shape. What this server
 cannot do is a 400, not ignored: images, `format` (no constrained decoding), tools, `think` (in Ollama's words for a
-model without reasoning), logprobs.
-Durations are in nanoseconds, as Ollama's are.
+model without reasoning).
+Durations are in nanoseconds, as Ollama's are. `logprobs: true` (with `top_logprobs` 0..20, else Ollama's 400) answers
+each token's log-probability under the model and the top_logprobs likeliest alternatives' (logprobs.py), in each
+streamed line for the tokens behind its text, and in the whole answer for all of those.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from pydantic import Field
 
 from .bodies import Body, Seed, check_ids, read_json, stop_strings
 from .errors import ApiError
+from .logprobs import ollama_logprobs
 from .samplers import unit
 from .streaming import json_response, ndjson, stream
 
@@ -40,6 +43,7 @@ PREFIX = "/api/"
 router = APIRouter(prefix="/api")
 public = APIRouter()
 OLLAMA_ORDER = ("penalties", "top_k", "temperature", "top_p", "min_p")    # Ollama's sampler (sample/samplers.go)
+MAX_TOP_LOGPROBS = 20        # Ollama's bound (server/routes.go)
 TEMPLATE = "{{- if .Suffix }}<prefix>{{ .Prompt }}<suffix>{{ .Suffix }}<middle>{{- else }}{{ .Prompt }}{{- end }}"
 
 
@@ -74,7 +78,8 @@ class GenerateRequest(Body):
     images: list[str] | None = None
     format: str | dict | None = None
     think: bool | str | None = None             # true, or a level ("high"): the model's reasoning apart
-    logprobs: bool = False
+    logprobs: bool = False                      # each token's log-probability, and the top_logprobs likeliest
+    top_logprobs: int = 0
     options: Options = Options()
 
 
@@ -93,6 +98,7 @@ class ChatRequest(Body):
     tools: list | None = None
     think: bool | str | None = None
     logprobs: bool = False
+    top_logprobs: int = 0
     options: Options = Options()
 
 
@@ -137,7 +143,7 @@ async def generate(request: Request):
         raise ApiError(400, "images are not supported")
     _check_format(body.format)
     _check_extras(server, body)
-    sampling = _sampling(server, body.options)
+    sampling = _sampling(server, body.options, _logprobs(body))
     session = server.session
     # The answer's `context`: a completion's has nothing to go on from, a raw prompt's is left out (as Ollama does)
     context = lambda generation, result: []  # noqa: E731
@@ -167,8 +173,7 @@ async def generate(request: Request):
                                                       server.engine.eos_token_ids)
     else:     # Ollama loads the model and answers at once
         return _loaded(server, body, {"response": ""})
-    return await _answer(server, server.start(request, start), body.stream,
-                         lambda text: {"response": text}, context)
+    return await _answer(server, server.start(request, start), body, lambda text: {"response": text}, context)
 
 
 @router.post("/chat")
@@ -184,11 +189,10 @@ async def chat(request: Request):
     if not body.messages:
         return _loaded(server, body, {"message": {"role": "assistant", "content": ""}})
     messages = [{"role": m.role, "content": m.content} for m in body.messages]
-    sampling = _sampling(server, body.options)
+    sampling = _sampling(server, body.options, _logprobs(body))
     budget = server.budget(sampling)
     running = server.start(request, lambda: server.session.chat(messages, sampling=sampling, budget=budget))
-    return await _answer(server, running, body.stream,
-                         lambda text: {"message": {"role": "assistant", "content": text}})
+    return await _answer(server, running, body, lambda text: {"message": {"role": "assistant", "content": text}})
 
 
 def _raw(session, text: str, sampling, truncate: bool):
@@ -216,23 +220,30 @@ def _loaded(server, body: GenerateRequest | ChatRequest, piece: dict):
     return json_response({**_head(server), **piece, "done": True, "done_reason": "unload" if unload else "load"})
 
 
-async def _answer(server, running, streamed: bool, piece, context=None):
+async def _answer(server, running, body: GenerateRequest | ChatRequest, piece, context=None):
     """The answer, streamed or whole; `context(generation, result)`: its final `context` (/api/generate's only)."""
     generation = await running.started()
 
     def done(result) -> dict:
         fields = _done(result, time.perf_counter() - running.job.submitted)
         return {**fields, **({"context": context(generation, result)} if context is not None else {})}
-    if streamed:
+
+    def logprobs(events) -> dict:
+        """The `logprobs` of the tokens behind these text events' text, where asked for (none: left out)."""
+        listed = [entry for event in events for entry in ollama_logprobs(
+            server.tokenizer, event.tokens, event.logprobs, body.top_logprobs)] if body.logprobs else []
+        return {"logprobs": listed} if listed else {}
+    if body.stream:
         def frames(event):
             if event.kind == "text":
-                return [ndjson({**_head(server), **piece(event.value), "done": False})]
+                return [ndjson({**_head(server), **piece(event.value), "done": False, **logprobs([event])})]
             if event.kind == "error":
                 return [ndjson({"error": event.value.message})]
             return [ndjson({**_head(server), **piece(""), **done(event.value)})]
         return stream(running, frames, "application/x-ndjson")
-    result = await running.result()
-    return json_response({**_head(server), **piece(result.text), **done(result)})
+    texts = []
+    result = await running.result(on_text=texts.append)
+    return json_response({**_head(server), **piece(result.text), **done(result), **logprobs(texts)})
 
 
 def _context(tokenizer, generation, result, eos_ids=()) -> list[int]:
@@ -321,15 +332,20 @@ def _check_format(format: str | dict | None) -> None:
 
 
 def _check_extras(server, body: GenerateRequest | ChatRequest) -> None:
-    """What a model without them is refused, as Ollama refuses it: reasoning (Ollama's words, which clients look for
-    to ask again without `think`) and log probabilities."""
+    """What a model without it is refused, as Ollama refuses it: reasoning (Ollama's words, which clients look for to
+    ask again without `think`); and top_logprobs out of Ollama's range, in its words (whether logprobs asks or not)."""
     if body.think:
         raise ApiError(400, f'"{_name(server)}" does not support thinking')
-    if body.logprobs:
-        raise ApiError(400, "logprobs are not supported")
+    if not 0 <= body.top_logprobs <= MAX_TOP_LOGPROBS:
+        raise ApiError(400, f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
 
 
-def _sampling(server, options: Options):
+def _logprobs(body: GenerateRequest | ChatRequest) -> int | None:
+    """The alternatives to report per token (None: no logprobs at all)."""
+    return body.top_logprobs if body.logprobs else None
+
+
+def _sampling(server, options: Options, logprobs: int | None = None):
     if options.typical_p < 1.0:
         raise ApiError(400, "typical_p is not supported (locally typical sampling is not implemented): leave it at 1")
     seed = None if options.seed == -1 else options.seed      # -1: a random seed, Ollama's default (sample/samplers.go)
@@ -340,4 +356,5 @@ def _sampling(server, options: Options):
                            top_k_ties=False, top_p_strict=True,     # its heap keeps k; its top_p stops past p
                            stop=stop_strings(options.stop),
                            repeat_penalty=options.repeat_penalty, presence_penalty=options.presence_penalty,
-                           frequency_penalty=options.frequency_penalty, penalty_last_n=options.repeat_last_n)
+                           frequency_penalty=options.frequency_penalty, penalty_last_n=options.repeat_last_n,
+                           logprobs=logprobs)

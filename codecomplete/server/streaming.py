@@ -66,9 +66,11 @@ class Running:
         finally:
             self.close()
 
-    async def result(self):
-        """Wait for the end: the result, or ApiError."""
+    async def result(self, on_text: Callable[[Event], None] | None = None):
+        """Wait for the end: the result, or ApiError; `on_text`, where given, sees each text event on the way."""
         async for event in self.rest():
+            if event.kind == "text" and on_text is not None:
+                on_text(event)
             if event.kind == "error":
                 raise api_error(event.value)
             if event.kind == "done":

@@ -1,6 +1,7 @@
 """Token log-probabilities from a real server on a socket: the OpenAI routes through the official openai client
 (completions' `logprobs: N`, chat's `logprobs` + `top_logprobs`), llama.cpp's `n_probs` (and `post_sampling_probs`)
-on /completion and /infill with the bodies its clients send, streamed and not; the numbers a float64 log-softmax of
+on /completion and /infill and Ollama's `logprobs` + `top_logprobs` with the bodies their clients send, streamed and
+not; the numbers a float64 log-softmax of
 the model's own logits (or softmax of what the sampler chain left), and bad values refused with a 400."""
 import json
 import math
@@ -209,6 +210,43 @@ def test_llama_cpp_probabilities_leave_out_healings_tokens_and_the_answers_stop_
     assert [p["id"] for p in answer["completion_probabilities"]] == answer["tokens"][:-1]     # "\n": one token
     streamed = [p["id"] for c in sse_events(server, "/completion", body) for p in c.get("completion_probabilities", [])]
     assert streamed == answer["tokens"]
+
+
+def test_ollama_logprobs_are_the_log_softmax_of_the_models_logits_streamed_or_not(server, engine):
+    """/api/generate with logprobs and top_logprobs, as Ollama's clients send them: `logprobs`, each token's text,
+    logprob and bytes with its top_logprobs likeliest alternatives, in Ollama's field names. The answer's `context`
+    holds the ids the model read (the healed prompt, then every generated token): the numbers are a float64
+    log-softmax of its logits after each. Each streamed line carries those of the tokens behind its text, the last
+    (done) line none; /api/chat's end of text, which writes nothing, is not listed, and top_logprobs 0 lists none."""
+    from models.healing import vocabulary_bytes
+
+    pieces = vocabulary_bytes(engine.tokenizer).pieces
+    body = {"model": "codecomplete", "prompt": "def add(a, b):\n    return", "stream": False, "logprobs": True,
+            "top_logprobs": 3, "options": {"temperature": 0, "num_predict": 5}}
+    answer = httpx.post(server.url + "/api/generate", json=body, timeout=300).json()
+    ids, listed = answer["context"], answer["logprobs"]
+    assert len(listed) == answer["eval_count"] == 5 and "".join(e["token"] for e in listed) == answer["response"]
+    start = len(ids) - len(listed)
+    for j, entry in enumerate(listed):
+        expected = model_logprobs(engine, ids[:start + j])
+        top = torch.topk(expected, 3)
+        assert list(entry) == ["token", "logprob", "bytes", "top_logprobs"]
+        assert bytes(entry["bytes"]) == pieces[ids[start + j]]
+        assert entry["logprob"] == pytest.approx(expected[ids[start + j]].item(), abs=2e-3)
+        assert [bytes(t["bytes"]) for t in entry["top_logprobs"]] == [pieces[i] for i in top.indices.tolist()]
+        assert [t["logprob"] for t in entry["top_logprobs"]] == pytest.approx(top.values.tolist(), abs=2e-3)
+    with httpx.stream("POST", server.url + "/api/generate", json={**body, "stream": True}, timeout=300) as response:
+        *lines, last = [json.loads(line) for line in response.iter_lines() if line.strip()]
+    assert last["done"] and "logprobs" not in last
+    assert all("".join(e["token"] for e in line["logprobs"]) == line["response"] for line in lines), lines
+    streamed = [e for line in lines for e in line["logprobs"]]
+    assert [e["token"] for e in streamed] == [e["token"] for e in listed]
+    assert [e["logprob"] for e in streamed] == pytest.approx([e["logprob"] for e in listed], abs=1e-5)
+    chat = httpx.post(server.url + "/api/chat", timeout=300, json={
+        "model": "codecomplete", "messages": [{"role": "user", "content": "Say yes."}], "stream": False,
+        "logprobs": True, "options": {"temperature": 0, "num_predict": 24}}).json()
+    assert chat["logprobs"] and all(list(e) == ["token", "logprob", "bytes"] for e in chat["logprobs"])
+    assert "".join(e["token"] for e in chat["logprobs"]) == chat["message"]["content"]
 
 
 @pytest.mark.parametrize("path, body, words", [

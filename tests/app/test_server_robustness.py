@@ -278,8 +278,11 @@ def test_ollama_routes_answer_errors_in_ollama_shape(server):
     for path, body in [("/api/chat", {**chat, "think": True}), ("/api/generate", {"prompt": "x", "think": "high"})]:
         response = httpx.post(server.url + path, json=body, timeout=300)
         assert response.status_code == 400 and "does not support thinking" in response.json()["error"], response.text
-    response = httpx.post(server.url + "/api/generate", json={"prompt": "x", "logprobs": True}, timeout=300)
-    assert response.status_code == 400 and "logprobs" in response.json()["error"]
+    for top in (21, -1):        # Ollama's range and words
+        response = httpx.post(server.url + "/api/generate", json={"prompt": "x", "logprobs": True,
+                                                                  "top_logprobs": top}, timeout=300)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == "top_logprobs must be between 0 and 20"
     assert httpx.post(server.url + "/api/chat", json={**chat, "think": False}, timeout=300).status_code == 200
 
 
