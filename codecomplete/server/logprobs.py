@@ -3,7 +3,7 @@ own distribution: the raw logits' log-softmax, before the logit bias and the sam
 report them by default).
 
 /v1/completions, `logprobs: N` (0..5): `{"tokens", "token_logprobs", "top_logprobs", "text_offset"}`, each token's
-text alone, its logprob, a map of the top N tokens' texts to their logprobs with the chosen token's added (so up to
+text, its logprob, a map of the top N tokens' texts to their logprobs with the chosen token's added (so up to
 N + 1 entries, as OpenAI documents), and where each token's text begins in the returned text (vLLM's offsets, from 0;
 OpenAI's legacy API counted the prompt's characters too, and `echo`, which would return the prompt, is refused): the
 characters the tokens before it made, so that a character written in several tokens (an emoji's bytes) leaves no gap,
@@ -29,6 +29,8 @@ not listed, as Ollama drops llama-server's chunks without content and the number
 
 A token's text is its piece of the vocabulary as it writes it mid-text (`token_text`), not the token decoded alone:
 SentencePiece's decoder (CodeLlama's) strips the space a text begins with, so "▁x" alone decoded to "x" and "▁" to "".
+The tokens that only wrote a healed prompt's end again are the prompt's, as their text is: no shape lists them
+(`after_healing`, and the stream's events, which leave them out).
 """
 from __future__ import annotations
 
