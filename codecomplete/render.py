@@ -267,7 +267,8 @@ def _duration(seconds: float) -> str:
 
 def model_label(engine) -> str:
     # The name is a checkpoint's folder or file name: the welcome, the live line and the summary show it as text.
-    dtypes = engine.dtype if engine.matmul_dtype in ("", engine.dtype) else f"{engine.dtype}, {engine.matmul_dtype} weights"
+    matmul = getattr(engine, "matmul_dtype", "")      # (a server's engine from before it: the dtype's)
+    dtypes = engine.dtype if matmul in ("", engine.dtype) else f"{engine.dtype}, {matmul} weights"
     return printable(f"{engine.name} ({engine.device}, {dtypes}, {engine.attention})")
 
 

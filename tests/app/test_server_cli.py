@@ -371,7 +371,7 @@ def test_a_server_announces_its_defaults_where_it_was_given_options(served_repo,
     session = serve_until_loaded(monkeypatch, *argv)
     args = build_serve_parser().parse_args([*map(str, argv), "--device", "cpu"])
     info = serve._description("http://127.0.0.1:1", served_repo, args, session.engine)
-    assert info["defaults"] == {"dtype": "float32", "attention": None}
+    assert info["defaults"] == {"dtype": "float32", "matmul_dtype": "float32", "attention": None}   # (suite: no bf16)
     assert info["engine"]["dtype"] == "float32" and info["engine"]["attention"] == "sdpa"
     named = args_for(served_repo, "--file", "app.py", "--attention", "sdpa")
     assert client.mismatch(info, named, served_repo, 8) is None
@@ -835,7 +835,7 @@ def test_an_option_a_server_does_not_announce_is_not_dropped_on_the_way(stand_in
     from codecomplete.errors import UsageError
     from codecomplete.server import serve
 
-    engine = types.SimpleNamespace(**{**ENGINE, "kv_cache_dtype": "float32"})
+    engine = types.SimpleNamespace(**{**ENGINE, "kv_cache_dtype": "float32", "matmul_dtype": "float32"})
     info = serve._description("http://127.0.0.1:1", tmp_path, args_for(tmp_path, "--device", "cpu"), engine)
     assert "speculate" in info["options"]
     asked = args_for("--prompt", "x", "--speculate", "0", "--device", "cpu")
