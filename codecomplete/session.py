@@ -197,8 +197,10 @@ class Session:
         from models.sampling import check_bans
 
         self.engine.check_prompt(packed.ids)     # a prompt that cannot run fails here, before anything streams
+        bias = self._bias(packed, sampling)
         try:                                     # so does a request that bans every token
-            check_bans(self._bias(packed, sampling), self.engine.model.config.vocab_size)
+            if bias:
+                check_bans(bias, self.engine.model.config.vocab_size)
         except ValueError as e:
             from .errors import UsageError
             raise UsageError(f"{e}{' (ignore_eos bans the end-of-generation tokens)' if sampling.ignore_eos else ''}")
