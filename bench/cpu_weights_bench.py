@@ -33,7 +33,8 @@ KINDS = {"float32": None, "bfloat16 weights": "bfloat16"}
 
 def speed(engine, prompt: list[int], new_tokens: int) -> tuple[float, float]:
     engine.clear_prefix_cache()
-    result = engine.generate(prompt, GenerationConfig(max_new_tokens=new_tokens, ignore_eos=True))
+    no_end = tuple((token, float("-inf")) for token in engine.eos_token_ids)        # every run decodes new_tokens
+    result = engine.generate(prompt, GenerationConfig(max_new_tokens=new_tokens, logit_bias=no_end))
     return result.timings.prefill_tokens_per_s, result.timings.decode_tokens_per_s
 
 
