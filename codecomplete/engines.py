@@ -155,9 +155,9 @@ def load(args, max_new_tokens: int, default_budget: int | None = None, headroom:
 def cpu_matmul_dtype(args, device: str) -> str | None:
     """On a CPU that multiplies bfloat16 natively (AVX512-BF16, AMX), the float32 model's projections in bfloat16
     unless --dtype chose the dtype (--dtype float32: float32 throughout) or $CODECOMPLETE_CPU_BF16=0. The embedded
-    model then prefills about 2.5x and decodes about 1.6x as fast, with the same accuracy on real code (next-token
-    top-1 54.1% against 54.5% in float32, log-loss +0.1%, over 2,040 positions of installed packages' code;
-    bench/results/NOTES.md, "bfloat16 projections on the CPU")."""
+    model then prefills 1.9-2.7x and decodes 1.8-2.2x as fast on a 2-core EPYC, with the same accuracy on real code
+    (next-token top-1 54.1% against 54.5% in float32, log-loss +0.07%, over 2,040 positions of installed packages'
+    code; bench/results/cpu-bf16-weights.md, NOTES.md "bfloat16 projections on the CPU")."""
     if not device.startswith("cpu") or args.dtype or (args.gpus or 1) > 1:
         return None
     if os.environ.get("CODECOMPLETE_CPU_BF16", "1") == "0":

@@ -357,7 +357,7 @@ class Engine:
             raise ModelError(f"{self.name}: the model's output is not a number (NaN or inf in its weights?)")
         sampler = self._sampler(config, prompts, logits)
         stop_ids = set(self.eos_token_ids) | set(config.stop_token_ids)
-        tokens, scores = sampler.pick(logits)                                            # (B,), table or None
+        tokens, scores = sampler.choose(logits)                                          # (B,), table or None
         if depth:
             loop = self._decode_speculative(prompts[0], rows[0], tokens, sampler, stop_ids, should_stop, depth)
         else:
@@ -493,7 +493,7 @@ class Engine:
         last = self.context_length - 1
         state.input_pos.add_(1).clamp_(max=last)
         positions[:] = [min(p + 1, last) for p in positions]
-        return sampler.pick(logits)
+        return sampler.choose(logits)
 
     def _sampler(self, config: GenerationConfig, prompts: list[list[int]], logits: torch.Tensor) -> RequestSampler:
         """The request's sampler, built once its first logits (B, V) are in: its generator, healing, penalties,

@@ -6,7 +6,7 @@ penalties' window (models/penalties.py), llama.cpp's infill sampler (models/infi
 engine builds one per request and its decode loops only ask it for tokens and tell it which were taken:
 
     sampler = engine._sampler(config, prompts, logits)
-    tokens, scores = sampler.pick(logits)      # (B,) on the device, and their logprob table where asked for
+    tokens, scores = sampler.choose(logits)    # (B,) on the device, and their logprob table where asked for
     sampler.took(tokens.tolist())              # healing and the penalties follow the text
 """
 
@@ -49,7 +49,7 @@ class RequestSampler:
         next step before reading it."""
         return self.constrained or self.penalties is not None
 
-    def pick(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def choose(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Float32 logits (B, V) -> token ids (B,) int64, on the device (no host sync but the infill sampler's on a
         CPU), and where the request asks for logprobs their `logprob_table` (else None)."""
         allowed = self.healing.restrict(logits) if self.constrained else logits
