@@ -47,6 +47,7 @@ EXAMPLE_TOKENS = 128  # at most, of the repository's share (and at most half of 
 EXAMPLE_CHUNKS = 200  # the best chunks of the context ranking that example lines are taken from
 SHARE_STEPS = 16  # the current file's share changes in steps of 1/16 of the budget
 BLOCK_LINES = 32  # the current file enters the prompt in blocks of this many lines
+PART_LINES = 8  # a block too large for what is left enters by its nearest parts of this many lines
 ENCODE_AHEAD = 8  # blocks encoded per call to the tokenizer
 LONGEST_TOKEN = 128  # characters: longer than any token of a real vocabulary (SmolLM2's longest is 81)
 USUAL_TOKEN_CHARS = 8  # characters a token covers at most in ordinary code (3-4 on average)
@@ -456,7 +457,8 @@ class _Window:
         self.tokens = prefix + suffix
 
     def _take(self, pieces: list[_Piece], budget: int) -> tuple[list[_Piece], int]:
-        """The nearest pieces that fit together into ``budget``, the first one cut down if need be."""
+        """The nearest pieces that fit together into ``budget``: the first one cut down if need be, and of the first
+        that does not fit whole, its lines nearest the cursor in parts of PART_LINES."""
         taken, tokens = [], 0
         for number, piece in enumerate(pieces):
             if number and any(c.start_line - 1 <= piece.last and c.end_line - 1 >= piece.first for c in self._avoid):
@@ -466,10 +468,28 @@ class _Window:
                 if number == 0:  # the cursor's own block is too long: keep the part nearest the cursor
                     piece = self._cut(piece, budget, keep_end=pieces is self.above)
                     return [piece], self._cost([piece], 0)
+                # A cursor in the first lines of its block would otherwise see none of the block above it (at the
+                # CPU's 1,024-token budget a dense block of 32 lines does not fit what is left).
+                part = self._part(piece, budget - tokens, keep_end=pieces is self.above)
+                if part is not None:
+                    taken.append(part)
+                    tokens += self._cost([part], 0)
                 break
             taken.append(piece)
             tokens += self._cost(pieces, number)
         return taken, tokens
+
+    def _part(self, piece: _Piece, budget: int, keep_end: bool) -> _Piece | None:
+        """The most of a whole block's lines nearest the cursor that fit into ``budget``, in steps of PART_LINES
+        counted from its far end (so that a keystroke, which changes what is left by a token, seldom moves where
+        the window starts, and the prompt's start stays what the model's cache holds); None if no step fits."""
+        starts, last = self.starts, piece.last + 1
+        for lines in range(piece.last - piece.first + 1 - PART_LINES, 0, -PART_LINES):
+            first, end = (last - lines, last) if keep_end else (piece.first, piece.first + lines)
+            part = _Piece(first, end - 1, self.text[starts[first]:starts[end]])
+            if not _too_long(part.text, budget) and self._cost([part], 0) <= budget:
+                return part
+        return None
 
     def _cost(self, pieces: list[_Piece], number: int) -> int:
         if pieces[number].text not in self._costs:

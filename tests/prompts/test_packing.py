@@ -424,3 +424,23 @@ def test_architecture_lists_every_field_of_a_packed_prompt():
     text = (Path(__file__).resolve().parents[2] / "ARCHITECTURE.md").read_text(encoding="utf-8")
     documented = re.findall(r"^packed\.(\w+):", text, re.M)
     assert documented == [f.name for f in dataclasses.fields(PackedPrompt)]
+
+
+@pytest.mark.parametrize("cursor_row", [33, 34, 66])        # (0-based: the first lines of a 32-line block)
+def test_a_cursor_at_the_top_of_a_block_still_sees_the_code_above_it(repo_index, smollm2_tokenizer, cursor_row):
+    """The current file enters in blocks of 32 lines: a cursor in the first lines of a block, under a block too
+    dense for what the file's share has left, saw only those first lines (1-4 tokens of its own file at the CPU's
+    1,024-token budget, the model completing blind). It now gets the nearest lines of the block above, in parts of 8
+    lines, up to the share."""
+    rows = [f"    value_{n} = compute(value_{n - 1}, factor={n} * scale, name='v{n}', offset=base + {n})"
+            for n in range(100)]
+    text = "def pipeline(base, scale):\n" + "\n".join(rows) + "\n"
+    budget = 1024                                               # the CPU's default
+    packed = build_completion_prompt(repo_index, smollm2_tokenizer, "app/new.py", text=text,
+                                     line=cursor_row + 1, col=5, budget_tokens=budget)
+    shown = smollm2_tokenizer.decode(packed.ids)
+    lines_above = [line for line in text.split("\n")[:cursor_row] if line in shown]
+    assert len(packed.ids) <= budget
+    # The file's share: 40% of the budget, three quarters of it before the cursor, ~300 tokens: 9 of these lines.
+    assert len(lines_above) >= 6, shown[-400:]
+    assert text.split("\n")[cursor_row - 1] in shown            # the line just above the cursor, whatever else
