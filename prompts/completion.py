@@ -457,8 +457,8 @@ class _Window:
         self.tokens = prefix + suffix
 
     def _take(self, pieces: list[_Piece], budget: int) -> tuple[list[_Piece], int]:
-        """The nearest pieces that fit together into ``budget``: the first one cut down if need be, and of the first
-        that does not fit whole, its lines nearest the cursor in parts of PART_LINES."""
+        """The nearest pieces that fit together into ``budget``: the first one cut down if need be, and the next one,
+        where it does not fit whole, by its lines nearest the cursor in parts of PART_LINES."""
         taken, tokens = [], 0
         for number, piece in enumerate(pieces):
             if number and any(c.start_line - 1 <= piece.last and c.end_line - 1 >= piece.first for c in self._avoid):
@@ -469,8 +469,10 @@ class _Window:
                     piece = self._cut(piece, budget, keep_end=pieces is self.above)
                     return [piece], self._cost([piece], 0)
                 # A cursor in the first lines of its block would otherwise see none of the block above it (at the
-                # CPU's 1,024-token budget a dense block of 32 lines does not fit what is left).
-                part = self._part(piece, budget - tokens, keep_end=pieces is self.above)
+                # CPU's 1,024-token budget a dense block of 32 lines does not fit what is left). Only that block: a
+                # farther one gives way whole, as the window's far end moves less often so (what it moves, the
+                # model's cache prefills again).
+                part = self._part(piece, budget - tokens, keep_end=pieces is self.above) if number == 1 else None
                 if part is not None:
                     taken.append(part)
                     tokens += self._cost([part], 0)
