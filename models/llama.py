@@ -277,7 +277,7 @@ class Transformer(nn.Module):
         `matmul_dtype` the projections' weights (and the embeddings tied to the output) in that one instead, the
         norms, residual stream, attention and KV cache staying in `dtype` (`linear` casts each projection's input
         and output: a CPU with bfloat16 dot products reads half the bytes and does twice the math at nearly
-        float32's accuracy, models.options.cpu_matmul_dtype)."""
+        float32's accuracy: codecomplete.engines.cpu_matmul_dtype chooses it there)."""
         self.to(dtype=dtype)
         if matmul_dtype is not None and matmul_dtype != dtype:
             for module in self.projections():
