@@ -268,8 +268,12 @@ def _duration(seconds: float) -> str:
 def model_label(engine) -> str:
     # The name is a checkpoint's folder or file name: the welcome, the live line and the summary show it as text.
     matmul = getattr(engine, "matmul_dtype", "")      # (a server's engine from before it: the dtype's)
-    dtypes = engine.dtype if matmul in ("", engine.dtype) else f"{engine.dtype}, {matmul} weights"
-    return printable(f"{engine.name} ({engine.device}, {dtypes}, {engine.attention})")
+    return printable(f"{engine.name} ({engine.device}, {dtypes_label(engine.dtype, matmul)}, {engine.attention})")
+
+
+def dtypes_label(dtype: str, matmul_dtype: str | None) -> str:
+    """"float32", or "float32, bfloat16 weights" where the projections' weights are in another dtype."""
+    return dtype if matmul_dtype in (None, "", dtype) else f"{dtype}, {matmul_dtype} weights"
 
 
 class LiveView:

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 from .cli import _Parser, _tokens, _whole_number, check_output_path
 from .errors import UsageError
+from .render import dtypes_label
 
 N_PREFIX, N_SUFFIX = 256, 64          # llama.vim's lines before and after the cursor
 LLAMA_VIM_SAMPLERS = ("top_k", "top_p", "infill", "temperature")   # llama.vim's chain, and the greedy temperature
@@ -277,7 +278,8 @@ def markdown(report: dict) -> str:
     s, engine = report["summary"], report["server"]["engine"]
     where = report["machine"].get("gpu") or f"{report['machine']['cpu']}, {report['machine']['cores']} cores"
     lines = [f"# Keystroke replay against codecomplete serve: {where}, {report['date']}", "",
-             f"{engine['name']} ({engine['device']}, {_dtypes(engine)}, {engine['attention']}), prompts of "
+             f"{engine['name']} ({engine['device']}, {dtypes_label(engine['dtype'], engine.get('matmul_dtype'))}, "
+             f"{engine['attention']}), prompts of "
              f"{report['server']['prompt_budget']:,} tokens; typing `{report['function']}` in `{report['file']}` "
              f"({report['repo']}), {report['chars_per_request']} characters per request, {report['max_tokens']} new "
              f"tokens each (greedy; samplers {', '.join(report.get('samplers', LLAMA_VIM_SAMPLERS))}). "
@@ -471,12 +473,6 @@ def main(argv=None) -> int:
     if oneshots:
         print(f"{'one-shot CLI, same cursors (median)':<44} {'':>12} {summary['oneshot_total_s_median']:>10.1f} s")
     return 0
-
-
-def _dtypes(engine: dict) -> str:
-    """The server's dtypes as its engine announces them: "float32", "float32, bfloat16 weights"."""
-    matmul = engine.get("matmul_dtype") or engine["dtype"]
-    return engine["dtype"] if matmul == engine["dtype"] else f"{engine['dtype']}, {matmul} weights"
 
 
 if __name__ == "__main__":
