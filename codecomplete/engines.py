@@ -158,9 +158,12 @@ def cpu_matmul_dtype(args, device: str) -> str | None:
     model then prefills 1.9-2.7x and decodes 1.8-2.2x as fast on a 2-core EPYC, with the same accuracy on real code
     (next-token top-1 54.1% against 54.5% in float32, log-loss +0.07%, over 2,040 positions of installed packages'
     code; bench/results/cpu-bf16-weights.md, NOTES.md "bfloat16 projections on the CPU")."""
-    if not device.startswith("cpu") or args.dtype or (args.gpus or 1) > 1:
-        return None
-    if os.environ.get("CODECOMPLETE_CPU_BF16", "1") == "0":
+    return None if args.dtype else default_matmul_dtype(device, args.gpus)
+
+
+def default_matmul_dtype(device: str, gpus: int | None) -> str | None:
+    """`cpu_matmul_dtype` where --dtype is left out: what this machine chooses (a server announces it)."""
+    if not device.startswith("cpu") or (gpus or 1) > 1 or os.environ.get("CODECOMPLETE_CPU_BF16", "1") == "0":
         return None
     from models.options import cpu_has_bf16_dots
     return "bfloat16" if cpu_has_bf16_dots() else None

@@ -6,7 +6,6 @@ close the socket and end with 0.
 """
 from __future__ import annotations
 
-import argparse
 import errno
 import gc
 import ipaddress
@@ -127,10 +126,10 @@ def _defaults(args, engine) -> dict:
     import torch
     from models.options import parse_dtype
 
-    from ..engines import cpu_matmul_dtype
+    from ..engines import default_matmul_dtype
 
     dtype = str(parse_dtype(None, torch.device(engine.device))).removeprefix("torch.")
-    matmul_dtype = cpu_matmul_dtype(argparse.Namespace(dtype=None, gpus=args.gpus), engine.device) or dtype
+    matmul_dtype = default_matmul_dtype(engine.device, args.gpus) or dtype
     return {"dtype": dtype, "matmul_dtype": matmul_dtype, "attention": engine.attention if args.attention is None else None}
 
 
