@@ -128,14 +128,19 @@ def build_completion_prompt(
     spec = language_for(relative)
     key = example_key(rows[row][:column], spec.keywords if spec else frozenset())
     found = example_lines((chunk for _, chunk in best), key)
-    examples = _fit_examples(encoder, form, comment, found, min(EXAMPLE_TOKENS, (space - share - given) // 2))
-    given += sum(tokens for _, _, tokens in examples)
+    example_room = min(EXAMPLE_TOKENS, (space - share - given) // 2)
+    examples = _fit_examples(encoder, form, comment, found, example_room)
+    shown = sum(tokens for _, _, tokens in examples)
     # The definitions of what the cursor uses get their part of the repository's share first; code like the
-    # code at the cursor (the file's own other parts first) the rest.
-    repository = space - share - given
+    # code at the cursor (the file's own other parts first) the rest. The examples' room is kept whether or not
+    # lines like the cursor's are found: the context must not grow and shrink with them as the cursor moves.
+    repository = space - share - given - example_room
     selection = select_chunks(encoder, layout, _keep_previous(definitions, previous),
                               int(repository * DEFINITION_SHARE), compact=BRIEF)
     selection = select_chunks(encoder, layout, _keep_previous(chain(best, ranked), previous), repository, selection)
+    # The room examples did not use goes to the file's window: both follow the repository's context, so a change
+    # of examples re-reads the window anyway, while the context's tokens, and the model's cache of them, stay.
+    given += shown
     window.fit(space - given - selection.tokens, avoid=selection.chunks(relative))  # what the context left over
 
     while True:

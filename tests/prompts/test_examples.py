@@ -58,3 +58,34 @@ def test_an_example_line_sits_just_before_the_current_file_and_survives_typing(m
         "make_to\n", "make_tok\n"), line=5, col=21, budget_tokens=1024)
     head = len(starcoder_tokenizer.encode(text[:text.index("def handle")]))
     assert typed.ids[:head] == packed.ids[:head]                       # the prompt up to the file is reused
+
+
+def test_the_repository_context_does_not_grow_and_shrink_with_the_examples_found(make_repo, starcoder_tokenizer,
+                                                                                 monkeypatch):
+    # Moving the cursor finds example lines at one line and none at the next; the repository context between the
+    # prompt's opening and the examples must stay token for token, or the server re-reads it all each time.
+    files = {f"lib/part{n}.py": "".join(f"def make_{n}_{k}(state, text):\n    token = make_token('{n}{k}', text)\n"
+                                         f"    return token\n\n\n" for k in range(6)) for n in range(12)}
+    files["app.py"] = "from lib.part1 import make_1_1\n\n\n" + "".join(f"def step_{k}(state):\n    return state + {k}\n\n\n"
+                                                                for k in range(200)) + "def handle(state, text):\n    token = make_to\n"
+    index = index_repository(make_repo(files))
+
+    def prompt():
+        return build_completion_prompt(index, starcoder_tokenizer, "app.py", line=805, col=20, budget_tokens=768)
+
+    with_examples = prompt()
+    monkeypatch.setattr("prompts.completion.example_lines", lambda chunks, key: [])
+    without = prompt()
+
+    def repository(packed):
+        return [(item.path, item.start_line, item.tokens) for item in packed.context if item.path != "app.py"
+                and item.form != EXAMPLE]
+
+    assert any(item.form == EXAMPLE for item in with_examples.context)
+    assert repository(with_examples) == repository(without) != []
+    assert with_examples.chosen == without.chosen
+    head = sum(item.tokens for item in with_examples.context if item.form != EXAMPLE and item.path != "app.py")
+    assert with_examples.ids[:head] == without.ids[:head]
+    # the room the examples did not use is the file's window's, where its own chunks shown above do not bound it
+    shown = sum(item.tokens for item in with_examples.context if item.form == EXAMPLE)
+    assert len(without.ids) - head >= len(with_examples.ids) - head - shown

@@ -220,10 +220,10 @@ def test_the_same_request_again_makes_the_same_prompt(make_repo, starcoder_token
         "app.py": "from lib.a import helper_a\nfrom lib.b import helper_b\n\n\ndef run(total):\n"
                   "    total = helper_a(total) + helper_b(total)\n    \n",
     }))
-    prompts = [build_completion_prompt(index, starcoder_tokenizer, "app.py", line=7, col=5, budget_tokens=120)]
+    prompts = [build_completion_prompt(index, starcoder_tokenizer, "app.py", line=7, col=5, budget_tokens=160)]
     for _ in range(3):
         prompts.append(build_completion_prompt(index, starcoder_tokenizer, "app.py", line=7, col=5,
-                                               budget_tokens=120, previous=prompts[-1].chosen))
+                                               budget_tokens=160, previous=prompts[-1].chosen))
     assert len(prompts[0].chosen) == 1     # (the premise: one of the two fits)
     assert [p.ids for p in prompts] == [prompts[0].ids] * 4
 
