@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
+from kernels.devices import on_first_tensors_device
 from kernels.validation import check_append_inputs
 
 FP8_MAX = tl.constexpr(448.0)
@@ -105,6 +106,7 @@ def append_blocks(Hkv: int, D: int) -> tuple[int, int]:
     return min(triton.next_power_of_2(Hkv), max(1, 512 // block_d)), block_d
 
 
+@on_first_tensors_device
 def append_kv_triton(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None, v_scale=None, use_pdl=False) -> None:
     """The Triton path of `kernels.append_kv` (any device Triton runs on, the interpreter included);
     `use_pdl`: launched as a programmatic dependent launch (Hopper and later)."""

@@ -52,6 +52,7 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from kernels.append import append_kv_triton, quantize_rows
+from kernels.devices import on_first_tensors_device
 from kernels.gemv import BLOCK_K, BLOCK_N, NUM_STAGES, NUM_WARPS, tickets
 from kernels.validation import SCALED_DTYPES, sequence_major
 
@@ -379,6 +380,7 @@ def _launch(config: Config, grid_rows: int, x, weight, y, *, norm_weight=None, e
     return y
 
 
+@on_first_tensors_device
 def gemv(x: torch.Tensor, weight: torch.Tensor, *, residual: torch.Tensor | None = None,
          norm_weight: torch.Tensor | None = None, eps: float = 1e-5, out_dtype: torch.dtype | None = None,
          **config) -> torch.Tensor:
@@ -399,6 +401,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, *, residual: torch.Tensor | None
                    epilogue=RESIDUAL if residual is not None else PLAIN, residual=residual)
 
 
+@on_first_tensors_device
 def norm_swiglu(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, w13: torch.Tensor,
                 **config) -> torch.Tensor:
     """silu(gate) * up (F,) with gate, up = split(rms_norm(x (K,), norm_weight) @ w13 (2F, K)^T, F)."""
@@ -413,6 +416,7 @@ def norm_swiglu(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, w13: tor
                    epilogue=SWIGLU, pair_offset=F)
 
 
+@on_first_tensors_device
 def qkv_rope(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, wqkv: torch.Tensor, cos: torch.Tensor,
              sin: torch.Tensor, pos: torch.Tensor, n_heads: int, n_kv_heads: int,
              cache: tuple[torch.Tensor, torch.Tensor] | None = None,

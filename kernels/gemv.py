@@ -30,6 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.devices import on_first_tensors_device
+
 BLOCK_N, BLOCK_K, NUM_WARPS, NUM_STAGES = 4, 1024, 4, 3   # the H100's best for the wide projections
 K_PER_PROGRAM = 4096          # split deep projections into ranges of at most this many columns (32 KiB of bf16 W)
 MAX_ROW_BLOCKS = 1 << 16      # counters per device (256 KiB): row blocks of a split GEMV, N <= 262,144 rows
@@ -104,6 +106,7 @@ def tickets(device: torch.device) -> torch.Tensor | None:
     return counters
 
 
+@on_first_tensors_device
 def gemv(x: torch.Tensor, weight: torch.Tensor, *, block_n: int = BLOCK_N, block_k: int = BLOCK_K,
          num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES, split_k: int | None = None) -> torch.Tensor:
     """x (1, K) or (K,), weight (N, K) with a contiguous last dim -> (1, N) in x.dtype.

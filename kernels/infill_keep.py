@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.devices import on_first_tensors_device
+
 EOG_RATIO = 3.0          # 3 * p(end) * n > p(text): end here
 FIRST_THRESHOLD = 0.2    # text candidates below it leave (after merging)
 _EOG_RATIO = tl.constexpr(EOG_RATIO)
@@ -135,6 +137,7 @@ def check_infill_inputs(values: torch.Tensor, ids: torch.Tensor, table: torch.Te
         raise ValueError(f"infill_keep: all inputs on one device, got {sorted(map(str, devices))}")
 
 
+@on_first_tensors_device
 def infill_keep(values: torch.Tensor, ids: torch.Tensor, table: torch.Tensor, lengths: torch.Tensor,
                 ends: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -54,6 +54,7 @@ from triton.runtime.interpreter import InterpretedFunction
 
 from kernels import reference
 from kernels.append import append_kv_triton
+from kernels.devices import on_first_tensors_device
 from kernels.plan import LaunchPlan, plan_launch, resident_programs, shape_key, tuned_plan
 from kernels.split_kv import _combine_kernel, _split_kv_kernel
 from kernels.split_kv_row import _split_kv_row_kernel
@@ -364,6 +365,7 @@ def _run(kernel, grid, compile_only: bool, *args, **kwargs):
     return None
 
 
+@on_first_tensors_device
 def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scale=None, k_scale=None,
            v_scale=None, compile_only=False):
     """Run the kernels with an explicit plan (inputs already validated). Returns (out, lse) with
