@@ -50,7 +50,7 @@ class StreamOptions(Body):
 class Options(samplers.UnimplementedSamplerFields):   # (llama.cpp's extras: typical_p, ...)
     model: str | None = None
     temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, ge=0, le=1)
+    top_p: float = Field(1.0, gt=0, le=1)       # vLLM's (0, 1]: 0 is a 400 there, not greedy
     n: int = Field(1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None

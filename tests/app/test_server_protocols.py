@@ -734,7 +734,8 @@ def test_each_route_cuts_ties_and_boundaries_as_its_server_does():
 def test_out_of_range_sampling_values_are_taken_where_llama_cpp_and_ollama_take_them():
     """llama.cpp reads any temperature (<= 0: greedy), top_p (>= 1: off; <= 0: the likeliest) and min_p; Ollama's
     sampler clamps the same three (sample/samplers.go): both answer where this server gave a 400. The OpenAI routes
-    keep OpenAI's and vLLM's bounds: a top_k below -1 is a 400, as vLLM's."""
+    keep vLLM's bounds: a top_k below -1 is a 400, and so is a top_p of 0 (vLLM's SamplingParams: "top_p must be in
+    (0, 1]", checked before a temperature of 0 resets it), which this route took as greedy."""
     from types import SimpleNamespace
 
     import pydantic
@@ -756,6 +757,13 @@ def test_out_of_range_sampling_values_are_taken_where_llama_cpp_and_ollama_take_
     assert openai_api._sampling(fake, openai_api.CompletionRequest(prompt="x", top_k=-1)).top_k == 0
     with pytest.raises(pydantic.ValidationError, match="top_k"):
         openai_api.CompletionRequest(prompt="x", top_k=-2)
+    builders = (lambda **body: openai_api.CompletionRequest(prompt="x", **body),
+                lambda **body: openai_api.ChatRequest(messages=[{"role": "user", "content": "x"}], **body))
+    for build in builders:
+        for top_p in (0, -0.5, 1.5):
+            with pytest.raises(pydantic.ValidationError, match="top_p"):
+                build(top_p=top_p, temperature=0)
+        assert openai_api._sampling(fake, build(top_p=1e-9)).top_p == 1e-9
 
 
 def test_a_sampler_left_out_of_samplers_does_not_run(server, files):
