@@ -357,4 +357,5 @@ def _result(data: dict):
     known = {f.name for f in fields(Timings)}
     timings = Timings(**{key: value for key, value in data["timings"].items() if key in known})
     return GenerationResult(data["text"], data["token_ids"], data["prompt_tokens"], data["reused_prefix_tokens"],
-                            data["finish_reason"], timings, data.get("stop_string", ""), data.get("healing_tokens", 0))
+                            data["finish_reason"], timings, data.get("stop_string", ""), data.get("healing_tokens", 0),
+                            not_a_number=data.get("not_a_number", False))

@@ -8,7 +8,7 @@ import warnings
 
 from . import caches
 from .cancel import CancelOnSigint, InterruptsDeferred
-from .errors import Cancelled, UsageError
+from .errors import Cancelled, UsageError, not_a_number
 from .render import LiveView, status, warn
 
 # On a CPU a prompt prefills at a few hundred tokens/s: a 1k-token default keeps the first
@@ -217,6 +217,8 @@ def generate(generation, view):
     if view.closed:
         raise BrokenPipeError
     view.finish(result, generation.engine)
+    if result.not_a_number:
+        warn(not_a_number(result))
     return result
 
 

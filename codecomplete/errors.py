@@ -55,6 +55,12 @@ def one_line(message: str) -> str:
     return printable(shortened).translate(_LINE_BREAKS)
 
 
+def not_a_number(result) -> str:
+    """What to say of a GenerationResult whose answer the model ended with NaN or inf logits (`not_a_number`)."""
+    return (f"the model's output was not a number (NaN or inf) at token {result.token_counts()[1]} of the answer: "
+            f"the answer ends there, unfinished")
+
+
 class ExitCode(IntEnum):
     OK = 0
     FAILURE = 1          # the model, memory, anything at run time

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -452,6 +453,7 @@ class Engine:
         steps = max(row.budget for row in rows)
         fed = list(prompts[0])                          # row 0's tokens whose K/V are in the cache
         self.progress = live = Timings()
+        sums = None                     # the first tokens' logits were checked after the prefill
         for step in range(steps):
             host = HostCopy(tokens)
             host_scores = HostCopy(scores) if scores is not None else None
@@ -459,7 +461,7 @@ class Engine:
             # not while healing, nor with penalties: their next choice depends on token t.
             queued = self._lookahead and step + 1 < steps and not sampler.waits_for_tokens
             if queued:
-                next_tokens, next_scores = self._step(state, tokens, positions, sampler)
+                next_tokens, next_scores, next_sums = self._step(state, tokens, positions, sampler)
             token_list = host.wait()
             entries = ([read_logprobs(r, sampler.config.logprobs) for r in host_scores.wait()] if host_scores
                        else [None] * len(rows))
@@ -467,8 +469,11 @@ class Engine:
             if step == 0:
                 t_first = perf_counter()
             sampler.took(token_list)
-            for row, token, entry in zip(rows, token_list, entries):
+            for b, (row, token, entry) in enumerate(zip(rows, token_list, entries)):
+                was_open = not row.finish_reason
                 row.accept(token, stop_ids, entry)
+                if was_open and row.finish_reason and token == self.end_token and sums is not None:
+                    row.not_a_number = not math.isfinite(sums[b].item())    # (a sync, at the row's end only)
             live.healing_tokens = rows[0].healing_tokens    # before the next text: healing's tokens make none
             if queued:
                 fed.append(token_list[0])
@@ -479,21 +484,23 @@ class Engine:
                     row.cancel()
                 break
             if not queued:
-                next_tokens, next_scores = self._step(state, tokens, positions, sampler)
+                next_tokens, next_scores, next_sums = self._step(state, tokens, positions, sampler)
                 fed.append(token_list[0])
-            tokens, scores = next_tokens, next_scores
+            tokens, scores, sums = next_tokens, next_scores, next_sums
         # Tokens after the first: one decode step each.
         return _Loop(t_first=t_first, fed=fed, decoded=step, steps=step)
 
-    def _step(self, state: DecodeStep, tokens, positions: list[int], sampler: RequestSampler) -> torch.Tensor:
+    def _step(self, state: DecodeStep, tokens, positions: list[int], sampler: RequestSampler
+              ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Feed tokens (B,) at the current positions, advance them, and sample the next tokens (on the device); with
-        them their `logprob_table` where the request asks for logprobs, else None."""
+        them their `logprob_table` where the request asks for logprobs, else None, and the sums of the logits (B,),
+        not finite where a row's held a NaN or inf (one reduction, read only where a row takes the end of text)."""
         state.tokens.copy_(tokens[:, None])                                         # (B, 1)
         logits = state.run(kv_len=max(positions) + 1, exact=len(set(positions)) == 1)
         last = self.context_length - 1
         state.input_pos.add_(1).clamp_(max=last)
         positions[:] = [min(p + 1, last) for p in positions]
-        return sampler.choose(logits)
+        return *sampler.choose(logits), logits.sum(-1)
 
     def _sampler(self, config: GenerationConfig, prompts: list[list[int]], logits: torch.Tensor) -> RequestSampler:
         """The request's sampler, built once its first logits (B, V) are in: its generator, healing, penalties,
@@ -581,6 +588,7 @@ class Engine:
                 live.accepted_tokens = accepted + i
                 row.accept(token, stop_ids)
                 if row.finish_reason:
+                    row.not_a_number = token == self.end_token and not bool(torch.isfinite(logits[i]).all())
                     break
             accepted, live.healing_tokens = live.accepted_tokens, row.healing_tokens
             drafter.extend(emitted)
@@ -697,6 +705,7 @@ class _Row:
         self.healing_tokens = 0             # tokens that made only healed text
         self.made = 0                       # characters of new text made so far (held back or not)
         self.finish_reason: str | None = None
+        self.not_a_number = False           # it ended on a step whose logits were NaN or inf (GenerationResult)
 
     def accept(self, token: int, stop_ids: set[int], logprobs=None) -> None:
         if self.finish_reason:
@@ -745,4 +754,4 @@ class _Row:
                                 reused_prefix_tokens=reused, finish_reason=self.finish_reason or "length",
                                 timings=replace(timings, healing_tokens=self.healing_tokens),   # (shared by rows)
                                 stop_string=self.stops.hit, healing_tokens=self.healing_tokens,
-                                logprobs=self.logprobs)
+                                logprobs=self.logprobs, not_a_number=self.not_a_number)

@@ -115,6 +115,8 @@ class GenerationResult:
     stop_string: str = ""               # the stop string that ended it, if one did
     healing_tokens: int = 0             # of token_ids, the first ones that only made the healed text again
     logprobs: list[TokenLogprobs] | None = None   # one per token of token_ids, where the config asked for them
+    not_a_number: bool = False          # the model's output (logits) was NaN or inf at the step that ended it: that
+                                        # step took the end of text (models.sampling.pick), not the model's choice
 
     def token_counts(self) -> tuple[int, int]:
         """The prompt's tokens and the generated ones as llama.cpp (n_decoded), Ollama (eval_count) and OpenAI usage

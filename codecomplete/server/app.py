@@ -62,10 +62,11 @@ class Server:
         return min(self.prompt_budget, max(room, self.prompt_budget // 2))
 
     def start(self, request: Request, start: Callable[[], Generation],
-              stop_when: Callable[[str], bool] | None = None) -> Running:
-        """Queue the work (503 when the queue is full) and follow it for this request."""
+              stop_when: Callable[[str], bool] | None = None, failures_in_result: bool = False) -> Running:
+        """Queue the work (503 when the queue is full) and follow it for this request (`failures_in_result`: as
+        `EngineWorker.submit`)."""
         try:
-            job = self.worker.submit(start, f"{request.method} {request.url.path}", stop_when)
+            job = self.worker.submit(start, f"{request.method} {request.url.path}", stop_when, failures_in_result)
         except Busy as exc:
             raise ApiError(503, str(exc)) from None
         return Running(job, request)

@@ -119,7 +119,8 @@ async def _run(request: Request, body: Options, operation):
                                speculate=body.speculate)
     session = server.session
     budget = engines.prompt_budget(session.engine, body.context_tokens, sampling.max_tokens)
-    running = server.start(request, lambda: operation(session, sampling, budget))
+    # an answer the model ended with NaN logits comes as the result that says so: the command warns, as in process
+    running = server.start(request, lambda: operation(session, sampling, budget), failures_in_result=True)
     prompt = (await running.started()).prompt
     first = {"id": running.job.id, "prompt": {
         "ids": list(prompt.ids), "context": [asdict(item) for item in prompt.context],
@@ -131,11 +132,13 @@ async def _run(request: Request, body: Options, operation):
             return [ndjson({"text": event.value})]
         if event.kind == "error":
             return [ndjson(event.value.body())]
-        result = event.value
-        return [ndjson({"result": {"text": result.text, "token_ids": list(result.token_ids),
-                                   "prompt_tokens": result.prompt_tokens,
-                                   "reused_prefix_tokens": result.reused_prefix_tokens,
-                                   "finish_reason": result.finish_reason, "stop_string": result.stop_string,
-                                   "healing_tokens": result.healing_tokens,
-                                   "timings": asdict(result.timings)}})]
+        return [ndjson({"result": result_object(event.value)})]
     return stream(running, frames, "application/x-ndjson", first=ndjson(first))
+
+
+def result_object(result) -> dict:
+    """A GenerationResult as the command line's client reads it back (codecomplete.client)."""
+    return {"text": result.text, "token_ids": list(result.token_ids), "prompt_tokens": result.prompt_tokens,
+            "reused_prefix_tokens": result.reused_prefix_tokens, "finish_reason": result.finish_reason,
+            "stop_string": result.stop_string, "healing_tokens": result.healing_tokens,
+            "timings": asdict(result.timings), "not_a_number": result.not_a_number}

@@ -25,7 +25,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from ..errors import one_line
+from ..errors import not_a_number, one_line
 from ..session import Generation
 from .errors import ApiError
 
@@ -55,9 +55,10 @@ class Job:
     _ids = itertools.count(1)
 
     def __init__(self, start: Callable[[], Generation], label: str, loop: asyncio.AbstractEventLoop,
-                 stop_when: Callable[[str], bool] | None = None) -> None:
+                 stop_when: Callable[[str], bool] | None = None, failures_in_result: bool = False) -> None:
         self.id = f"{next(self._ids)}"
         self.start, self.label, self.stop_when = start, label, stop_when
+        self.failures_in_result = failures_in_result    # (EngineWorker.submit)
         self.cancelled = threading.Event()
         self.error: ApiError | None = None   # what it ends with instead of its result (the server stops)
         self.started = False             # taken from the queue by the engine thread
@@ -152,8 +153,11 @@ class EngineWorker:
         return result
 
     def submit(self, start: Callable[[], Generation], label: str,
-               stop_when: Callable[[str], bool] | None = None) -> Job:
-        job = Job(start, label, asyncio.get_running_loop(), stop_when)
+               stop_when: Callable[[str], bool] | None = None, failures_in_result: bool = False) -> Job:
+        """Queue a job. An answer the model ended with NaN or inf logits (GenerationResult.not_a_number) ends it with
+        a 500 that says so, as vLLM ends a generation that failed (a stream: after the text already sent), or with
+        `failures_in_result` (the command line's routes) with the result, which says so itself."""
+        job = Job(start, label, asyncio.get_running_loop(), stop_when, failures_in_result)
         with self._lock:
             # A cancelled job still in the queue is skipped at once: it does not count.
             waiting = sum(1 for j in self._live.values() if not j.started and not j.cancelled.is_set())
@@ -226,9 +230,13 @@ class EngineWorker:
             else:
                 if job.error is not None and result.finish_reason == "cancelled":
                     job.send("error", job.error)        # cut short by the server's stop: not an answer
+                elif result.not_a_number and not job.failures_in_result:
+                    job.send("error", ApiError(500, not_a_number(result)))   # a "stop" would pass for a whole answer
                 else:
                     job.send("done", result)
                 self._log(_summary(job, result, time.perf_counter() - started))
+                if result.not_a_number:
+                    self._log(f"{job.label} · request {job.id} · warning: {not_a_number(result)}")
             finally:
                 self._finished(job)
             self._upkeep = after_job = self._between is not None    # a request ran: the upkeep has work to do

@@ -315,3 +315,70 @@ def test_running_out_of_memory_on_a_cpu_is_a_failure_not_a_bug():
     assert classify(error.value) == (1, "out of memory: try a smaller --context-tokens")
     assert classify(error.value, options=False) == (1, "out of memory")
     assert classify(RuntimeError("expected scalar type Float but found Half")) is None   # a bug stays one
+
+
+def _not_a_number_result():
+    from models.generation import GenerationResult, Timings
+    return GenerationResult("def f", [5, 6, 2], 4, 0, "stop", Timings(ttft_ms=1.0), not_a_number=True)
+
+
+def test_an_answer_ended_by_nan_logits_is_a_500_and_a_log_line_naming_the_request():
+    """A NaN or inf in the logits mid-answer takes the end of text (models.sampling.pick): the answer went out as a
+    finished one ("stop", a 200) and the log said nothing. Now the request ends with a 500 that says so (in a stream:
+    an error event after the text sent, as vLLM ends a generation that failed), and the log names the request.
+    The command line's own routes get the result as it is, for the command to warn (`failures_in_result`)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from codecomplete.server.errors import ApiError
+    from codecomplete.server.worker import EngineWorker
+
+    lines = []
+    worker = EngineWorker(log=lines.append)
+    generation = SimpleNamespace(run=lambda on_text=None, should_stop=None: _not_a_number_result())
+
+    async def submit(**how):
+        job = worker.submit(lambda: generation, "POST /v1/completions", **how)
+        return job, [event async for event in job.events()]
+
+    try:
+        job, events = asyncio.run(submit())
+        native, native_events = asyncio.run(submit(failures_in_result=True))
+    finally:
+        worker.shutdown()
+    last = events[-1]
+    assert last.kind == "error" and isinstance(last.value, ApiError) and last.value.status == 500, events
+    assert "not a number (NaN or inf) at token 3 of the answer" in last.value.message, last.value.message
+    assert native_events[-1].kind == "done" and native_events[-1].value.not_a_number
+    for request in (job, native):
+        assert any(f"request {request.id}" in line and "not a number" in line for line in lines), lines
+
+
+def test_the_command_line_warns_where_the_model_ended_its_answer_on_nan(monkeypatch):
+    """In process, or through a server's command-line route (the flag travels with the result), one warning line;
+    an answer that ended as the model chose, none."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from codecomplete import client, engines
+    from codecomplete.server import native
+
+    class View:
+        closed, on_text = False, None
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def finish(self, result, engine):
+            pass
+
+    warned = []
+    monkeypatch.setattr(engines, "warn", warned.append)
+    broken = _not_a_number_result()
+    for result in (broken, replace(broken, not_a_number=False)):
+        assert client._result(native.result_object(result)) == result
+        engines.generate(SimpleNamespace(engine=None, run=lambda on_text, should_stop: result), View())
+    assert len(warned) == 1 and "not a number (NaN or inf) at token 3 of the answer" in warned[0], warned

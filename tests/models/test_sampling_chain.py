@@ -170,7 +170,10 @@ def test_a_row_left_with_nothing_to_draw_takes_the_end_token():
 
 
 def test_a_model_whose_output_turns_nan_mid_generation_ends_its_answer(tiny_checkpoint):
-    """The engine checks the first step's logits; a later step's NaN logits drew token 0 over and over to the limit."""
+    """The engine checks the first step's logits; a later step's NaN logits drew token 0 over and over to the limit.
+    Now that row takes the end of text, and its result says why (`not_a_number`): the answer ended with a plain "stop",
+    which no log or client could tell from a finished answer. Speculative steps too; an answer ended by the model's
+    own end of text does not say so."""
     from models import load_model
 
     engine = load_model(tiny_checkpoint[0], device="cpu", max_context=48)
@@ -180,11 +183,18 @@ def test_a_model_whose_output_turns_nan_mid_generation_ends_its_answer(tiny_chec
     def poison(_text):
         weight.data.fill_(float("nan"))
 
-    for temperature in (0.0, 0.9):
+    for temperature, speculate in ((0.0, 0), (0.9, 0), (0.0, 4)):
         weight.data.copy_(trained)
-        result = engine.generate([1, 5, 6, 7], GenerationConfig(max_new_tokens=12, temperature=temperature, seed=1,
-                                                                speculate=0), on_text=poison)
+        config = GenerationConfig(max_new_tokens=12, temperature=temperature, seed=1, speculate=speculate)
+        result = engine.generate([1, 5, 6, 7, 5, 6, 7, 5, 6], config, on_text=poison)
         assert result.finish_reason == "stop" and result.token_ids[-1] == engine.end_token, result.token_ids
+        assert result.not_a_number, (temperature, speculate)
+    weight.data.copy_(trained)
+    biased = [(engine.end_token, 100.0)]           # the model's own end of text, at the second token
+    for speculate in (0, 4):
+        config = GenerationConfig(max_new_tokens=12, temperature=0.0, speculate=speculate, logit_bias=biased)
+        ended = engine.generate([1, 5, 6, 7, 5, 6, 7, 5, 6], config)
+        assert ended.finish_reason == "stop" and ended.token_ids[-1] == engine.end_token and not ended.not_a_number
 
 
 def test_min_p_before_or_after_top_p_changes_the_distribution():
