@@ -61,22 +61,11 @@ def main() -> None:
 
     stdlib = sysconfig.get_paths()["stdlib"]
     load_before = os.getloadavg()
-
-    first_runs = []
-    for _ in range(args.cold_runs):  # other work on a shared machine slows single runs: keep the best
-        cache = tempfile.mkdtemp(prefix="prompts-bench-")
-        start, cpu = time.perf_counter(), _cpu_seconds()
-        index = index_repository(stdlib, cache_dir=cache)
-        first_runs.append({"seconds": time.perf_counter() - start, "cpu_seconds": _cpu_seconds() - cpu})
+    with tempfile.TemporaryDirectory(prefix="prompts-bench-") as scratch:     # the runs' caches, removed after
+        index, first_runs, warm_runs, cursor = _runs(stdlib, scratch, args)
     first = min(first_runs, key=lambda run: run["seconds"])
-    text_mb = sum(len(c.text) for c in index.chunks) / 1e6
-    print(f"first index: {first['seconds']:.1f} s ({len(index.files)} files, {len(index.chunks)} chunks)")
-
-    warm_runs = [_warm_run(stdlib, cache) for _ in range(3)]
     warm = min(warm_runs, key=lambda run: run["process_s"])
-    print(f"warm index: {warm['index_s']:.2f} s in a process of {warm['process_s']:.2f} s")
-
-    cursor = _rank_and_pack(index, args.budget)
+    text_mb = sum(len(c.text) for c in index.chunks) / 1e6
     print(f"rank+pack: first {cursor['first_ms']:.0f} ms, keystrokes median {cursor['keystroke_median_ms']:.0f} ms")
 
     results = {
@@ -97,6 +86,26 @@ def main() -> None:
     out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     out.with_suffix(".md").write_text(_markdown(results))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+
+
+def _runs(stdlib: str, scratch: str, args):
+    """The cold runs (each with an empty cache of its own under `scratch`), the warm runs (fresh processes reading
+    the last cold run's cache) and the cursor's ranking: (index, cold runs, warm runs, cursor timings)."""
+    first_runs = []
+    for run in range(args.cold_runs):  # other work on a shared machine slows single runs: keep the best
+        cache = os.path.join(scratch, f"cold-{run}")
+        start, cpu = time.perf_counter(), _cpu_seconds()
+        index = index_repository(stdlib, cache_dir=cache)
+        first_runs.append({"seconds": time.perf_counter() - start, "cpu_seconds": _cpu_seconds() - cpu})
+    first = min(first_runs, key=lambda run: run["seconds"])
+    print(f"first index: {first['seconds']:.1f} s ({len(index.files)} files, {len(index.chunks)} chunks)")
+
+    warm_runs = [_warm_run(stdlib, cache) for _ in range(3)]
+    warm = min(warm_runs, key=lambda run: run["process_s"])
+    print(f"warm index: {warm['index_s']:.2f} s in a process of {warm['process_s']:.2f} s")
+
+    cursor = _rank_and_pack(index, args.budget)
+    return index, first_runs, warm_runs, cursor
 
 
 def _warm_run(stdlib: str, cache: str) -> dict:

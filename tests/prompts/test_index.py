@@ -444,3 +444,43 @@ def test_prompts_bench_refuses_a_run_of_nothing_before_indexing(argv, monkeypatc
         prompts_bench.main()
     err = capsys.readouterr().err
     assert exit.value.code == 2 and "--cold-runs and --budget take 1 or more" in err and err.count("\n") == 1
+
+
+def test_prompts_bench_leaves_no_cache_folders_behind(tmp_path, monkeypatch):
+    """Each cold run indexed into a fresh `prompts-bench-*` folder under the system's temporary folder, and no run
+    removed them: a folder of index caches left behind per run. Now they go at the end, and when a step fails."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+    script = Path(__file__).parents[2] / "bench" / "prompts_bench.py"
+    monkeypatch.syspath_prepend(str(script.parent))
+    spec = importlib.util.spec_from_file_location("prompts_bench", script)
+    prompts_bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prompts_bench)
+    caches = []
+
+    def index_repository(path, cache_dir):
+        caches.append(Path(cache_dir))
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)     # (as index_repository makes its cache's folder)
+        (Path(cache_dir) / "index.bin").write_bytes(b"x")
+        return SimpleNamespace(files=[], chunks=[])
+
+    def warm_run(stdlib, cache):
+        assert Path(cache) in caches and Path(cache).is_dir()       # the warm runs read the last cold run's cache
+        return {"index_s": 0.1, "process_s": 0.2, "import_s": 0.0, "chunks": 0}
+
+    monkeypatch.setattr(prompts_bench, "index_repository", index_repository)
+    monkeypatch.setattr(prompts_bench, "_warm_run", warm_run)
+    monkeypatch.setattr(prompts_bench, "_rank_and_pack", lambda index, budget: {"first_ms": 1.0,
+                                                                                 "keystroke_median_ms": 1.0})
+    monkeypatch.setattr(prompts_bench, "_markdown", lambda results: "")
+    monkeypatch.setattr(sys, "argv", ["prompts_bench.py", "--out", str(tmp_path / "out"), "--cold-runs", "2"])
+    prompts_bench.main()
+    assert len(caches) == 2 and len(set(caches)) == 2 and not any(cache.exists() for cache in caches), caches
+
+    caches.clear()
+    monkeypatch.setattr(prompts_bench, "_rank_and_pack", lambda index, budget: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        prompts_bench.main()
+    assert caches and not any(cache.exists() for cache in caches), caches
