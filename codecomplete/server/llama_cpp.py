@@ -13,7 +13,8 @@ cursor, then that text, in the model's format (CodeLlama infill, StarCoder FIM, 
 without FIM tokens); it always fits, the far ends of the client's text and its oldest chunks giving way first
 (`truncated` says so, as it does when the generation filled the context). Bodies are one line of compact JSON
 (llama.vim matches `"content":"` byte for byte); streams are `data: {...}` events that simply end. Sampling:
-temperature, top_k (exactly k), top_p, min_p (0.05), min_keep, seed, stop, and the penalties (repeat_penalty,
+temperature, top_k (exactly k), top_p, min_p (0.05), min_keep, seed (32 bits as llama.cpp reads it: an integer's low
+32 bits, 4294967295 and so -1 a random one), stop, and the penalties (repeat_penalty,
 presence_penalty, frequency_penalty over the last repeat_last_n tokens of prompt + answer, as llama.cpp's sampler
 applies them: models/penalties.py), and llama.cpp's infill sampler, run as `samplers` lists them (samplers.py: one left out does
 not run; without the field, llama.cpp's default chain, temperature last); the samplers llama.cpp has and this server
@@ -24,8 +25,8 @@ hold llama.cpp's end-of-generation set, and the prompt format's end tokens, as l
 bias, on /completion and /infill alike), so the answer runs to n_predict or a stop
 string (llama.cpp's infill sampler, where `samplers` lists it, may still choose the end when no text is left, as it
 does in llama.cpp); constrained decoding (grammar, json_schema) is refused (501), not ignored.
-`n_probs` N (0..100; llama.cpp takes up to the vocabulary, whose every token it then lists for every token; OpenAI's
-`logprobs` number where n_probs is not given, as llama.cpp reads it) answers `completion_probabilities`, the chosen
+`n_probs` N (any number, as llama.cpp takes it: up to the vocabulary, whose every token it then lists for every
+token; 0 or less, none; OpenAI's `logprobs` number where n_probs is not given, as llama.cpp reads it) answers `completion_probabilities`, the chosen
 token's logprob and the N likeliest (logprobs.py): in the answer, without the tokens of the stop word that ended it
 (as many as the word tokenizes to, as llama.cpp counts them), or in each streamed chunk for its `tokens`; of the
 model's own distribution, or with `post_sampling_probs` the probabilities the token was drawn from, after the chain.
@@ -47,7 +48,7 @@ from .streaming import json_response, sse, stream
 
 router = APIRouter()
 public = APIRouter()
-MAX_N_PROBS = 100       # llama.cpp's legacy web UI asked for up to 10; llama.cpp takes any number, up to the vocabulary
+RANDOM_SEED = 2 ** 32 - 1   # LLAMA_DEFAULT_SEED: a seed drawn at random (llama-sampling.cpp's get_rng_seed)
 
 
 class Options(samplers.UnimplementedSamplerFields):   # (typical_p, dry_*, xtc_*, ...)
@@ -72,7 +73,7 @@ class Options(samplers.UnimplementedSamplerFields):   # (typical_p, dry_*, xtc_*
     stream: bool = False
     t_max_predict_ms: int = Field(0, ge=0)
     n_indent: int = Field(0, ge=0)
-    n_probs: int = Field(0, ge=0)      # 0..MAX_N_PROBS: each token's probability and the N likeliest alternatives'
+    n_probs: int = 0                   # each token's probability and the N likeliest alternatives' (<= 0: none)
     post_sampling_probs: bool = False  # n_probs' numbers after the sampler chain (probabilities), not the model's
     logprobs: int | bool | None = None   # OpenAI's name for n_probs, read where n_probs is not given (a bool is not
                                          # a number: llama.cpp's json_value reads it as the default)
@@ -182,11 +183,18 @@ async def completion(request: Request):
 
 def _n_probs(server, body: Options) -> int:
     """The alternatives a request asks for per token: n_probs, else OpenAI's `logprobs` number (as llama.cpp reads a
-    request), at most the vocabulary (as llama.cpp takes them); past MAX_N_PROBS a 400."""
-    asked = body.n_probs or (body.logprobs if type(body.logprobs) is int and body.logprobs > 0 else 0)
-    if asked > MAX_N_PROBS:
-        raise ApiError(400, f"n_probs must lie in 0..{MAX_N_PROBS}, got {asked}")
-    return min(asked, server.engine.model.config.vocab_size) if asked else 0
+    request), at most the vocabulary, none for 0 or less (llama.cpp's populate_token_probs and its `n_probs > 0`)."""
+    asked = _asked_n_probs(body)
+    return min(asked, server.engine.model.config.vocab_size) if asked > 0 else 0
+
+
+def _asked_n_probs(body: Options) -> int:
+    return body.n_probs or (body.logprobs if type(body.logprobs) is int else 0)
+
+
+def _seed(seed: int) -> int:
+    """A seed as llama.cpp reads it into its uint32_t: the integer's low 32 bits (-1 is RANDOM_SEED)."""
+    return seed % 2 ** 32
 
 
 def _probabilities(server, body: Options):
@@ -205,7 +213,8 @@ def _sampling(server, body: Options):
     bias = (logit_bias.llama_cpp(body.logit_bias, server.tokenizer, server.engine.model.config.vocab_size)
             if body.logit_bias else ())
     n_probs = _n_probs(server, body)
-    return server.sampling(body.n_predict, seed=None if body.seed < 0 else body.seed, stop=stop_strings(body.stop),
+    seed = _seed(body.seed)
+    return server.sampling(body.n_predict, seed=None if seed == RANDOM_SEED else seed, stop=stop_strings(body.stop),
                            format_stops=not body.ignore_eos, ignore_eos=body.ignore_eos, logit_bias=bias,
                            logprobs=n_probs or None, logprobs_after_samplers=body.post_sampling_probs,
                            **samplers.applied(
@@ -218,10 +227,10 @@ def _sampling(server, body: Options):
 def _settings(server, body: Options | None) -> dict:
     body = body or Options()
     return {"n_predict": body.n_predict, "temperature": body.temperature, "top_k": body.top_k,
-            "top_p": body.top_p, "min_p": body.min_p, "seed": body.seed, "stop": list(stop_strings(body.stop)),
+            "top_p": body.top_p, "min_p": body.min_p, "seed": _seed(body.seed), "stop": list(stop_strings(body.stop)),
             "repeat_penalty": body.repeat_penalty, "repeat_last_n": body.repeat_last_n,
             "presence_penalty": body.presence_penalty, "frequency_penalty": body.frequency_penalty,
-            "samplers": list(samplers.chain(body.samplers)), "n_probs": body.n_probs,
+            "samplers": list(samplers.chain(body.samplers)), "n_probs": _asked_n_probs(body),
             "post_sampling_probs": body.post_sampling_probs, "n_ctx": server.engine.context_length}
 
 

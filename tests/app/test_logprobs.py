@@ -256,9 +256,7 @@ def test_ollama_logprobs_are_the_log_softmax_of_the_models_logits_streamed_or_no
                               "top_logprobs": 21}, ["top_logprobs", "0..20"]),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2},
      ["top_logprobs", "logprobs: true"]),
-    ("/completion", {"prompt": "x", "n_probs": 101}, ["n_probs", "0..100"]),
-    ("/completion", {"prompt": "x", "logprobs": 101}, ["n_probs", "0..100"]),      # OpenAI's name, as llama.cpp's
-    ("/infill", {"input_prefix": "x", "input_suffix": "", "n_probs": -1}, ["n_probs"]),
+    # (llama.cpp's n_probs: any number, test_server_protocols.py)
 ])
 def test_bad_logprobs_are_a_400(server, path, body, words):
     response = httpx.post(server.url + path, json={**body, "max_tokens": 1}, timeout=300)

@@ -815,3 +815,41 @@ def test_each_route_runs_min_p_and_the_chain_where_its_server_does():
     # samplers this server lacks: neutral values pass, and a value is fine where the chain does not run the sampler
     llama_cpp._sampling(fake, llama_cpp.CompletionRequest(prompt="x", typical_p=1.0, dry_multiplier=0.0))
     llama_cpp._sampling(fake, llama_cpp.CompletionRequest(prompt="x", typical_p=0.5, samplers=["top_k"]))
+
+
+def test_llama_cpp_seeds_are_32_bit_as_llama_cpp_reads_them():
+    """llama.cpp's seed is a uint32_t (common_params_sampling.seed, read by json_value): a JSON integer wraps to its
+    low 32 bits, and 4294967295 (LLAMA_DEFAULT_SEED, what -1 wraps to) draws a random seed (llama-sampling.cpp's
+    get_rng_seed). Here every negative seed was random, 4294967295 a fixed one, and 2**32 + 5 another seed than 5;
+    generation_settings echoes the seed llama.cpp's does (-1 reads 4294967295)."""
+    from types import SimpleNamespace
+
+    from codecomplete.server import llama_cpp
+    from codecomplete.session import Sampling
+
+    fake = SimpleNamespace(sampling=lambda max_tokens, **options: Sampling(max_tokens=4, **options),
+                           engine=SimpleNamespace(context_length=64))
+
+    def seed(value):
+        return llama_cpp._sampling(fake, llama_cpp.CompletionRequest(prompt="x", seed=value)).seed
+
+    assert [seed(v) for v in (-1, 2 ** 32 - 1, 2 ** 33 - 1, 2 ** 64 - 1)] == [None] * 4         # random
+    assert [seed(v) for v in (0, 7, -2, 2 ** 32 + 5, -(2 ** 63))] == [0, 7, 2 ** 32 - 2, 5, 0]
+    echoed = llama_cpp._settings(fake, llama_cpp.CompletionRequest(prompt="x", seed=-1))["seed"]
+    assert echoed == 2 ** 32 - 1 and llama_cpp._settings(fake, None)["seed"] == 2 ** 32 - 1
+
+
+def test_llama_cpp_n_probs_go_up_to_the_vocabulary_as_llama_cpp_takes_them():
+    """llama.cpp lists min(n_probs, vocabulary) alternatives (populate_token_probs), and none for n_probs <= 0 (its
+    `n_probs > 0` gates): here past 100 was a 400, and a negative one too. OpenAI's `logprobs` number likewise."""
+    from types import SimpleNamespace
+
+    from codecomplete.server import llama_cpp
+
+    fake = SimpleNamespace(engine=SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace(vocab_size=300))))
+
+    def n_probs(**body):
+        return llama_cpp._n_probs(fake, llama_cpp.CompletionRequest(prompt="x", **body))
+
+    assert [n_probs(n_probs=n) for n in (0, 5, 101, 300, 10 ** 6, -1)] == [0, 5, 101, 300, 300, 0]
+    assert [n_probs(logprobs=n) for n in (101, 10 ** 6, -3)] == [101, 300, 0]
