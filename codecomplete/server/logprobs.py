@@ -29,11 +29,15 @@ not listed, as Ollama drops llama-server's chunks without content and the number
 
 A token's text is its piece of the vocabulary as it writes it mid-text (`token_text`), not the token decoded alone:
 SentencePiece's decoder (CodeLlama's) strips the space a text begins with, so "▁x" alone decoded to "x" and "▁" to "".
+On the OpenAI routes a character written in several byte tokens (SentencePiece's <0xC3> <0xA9>, byte-level BPE's
+partial pieces) is the text of the token that completes it, and the tokens before it "", as vLLM writes them
+(`OpenAITokenTexts`); their `bytes` are each token's own, which joined spell the text (OpenAI's definition).
 The tokens that only wrote a healed prompt's end again are the prompt's, as their text is: no shape lists them
 (`after_healing`, and the stream's events, which leave them out).
 """
 from __future__ import annotations
 
+import codecs
 import math
 from collections.abc import Sequence
 
@@ -51,15 +55,51 @@ def token_text(tokenizer, token: int) -> tuple[str, bytes]:
     return piece.decode("utf-8", errors="replace"), piece
 
 
+class OpenAITokenTexts:
+    """The texts of an answer's tokens, in order, as vLLM gives them (v1/engine/logprobs.py, _correct_decoded_token):
+    a token's piece as `token_text` writes it, but a piece that is not whole UTF-8 (a byte token, part of a character)
+    the characters it completes with the byte tokens before it, "" while its character is incomplete: "é" in
+    <0xC3> <0xA9> is "", "é", where each token alone was U+FFFD and the tokens did not spell the answer. A stream's
+    chunk holds a character's tokens together (a byte that completes none sends no text, so no chunk)."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self._pending = codecs.getincrementaldecoder("utf-8")(errors="replace")   # an unfinished character's bytes
+
+    def take(self, token: int) -> tuple[str, bytes]:
+        """The text and the bytes of the answer's next token."""
+        text, piece = token_text(self.tokenizer, token)
+        if _whole_utf8(piece):
+            self._pending.reset()         # (bytes left unfinished before it are never completed)
+            return text, piece
+        return self._pending.decode(piece), piece
+
+    def alternative(self, token: int) -> tuple[str, bytes]:
+        """What `token` would have written in place of the answer's next token."""
+        state = self._pending.getstate()
+        try:
+            return self.take(token)
+        finally:
+            self._pending.setstate(state)
+
+
+def _whole_utf8(piece: bytes) -> bool:
+    try:
+        piece.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def completion_logprobs(tokenizer, ids: Sequence[int], entries: Sequence) -> dict:
     """The legacy completions shape, for the whole answer or a stream's chunk (the offsets are the answer's)."""
-    texts = [token_text(tokenizer, i)[0] for i in ids]
-    top = []
-    for text, entry in zip(texts, entries):
-        alternatives = {token_text(tokenizer, i)[0]: value for i, value in entry.top}
-        alternatives.setdefault(text, entry.logprob)
+    texts, tokens, top = OpenAITokenTexts(tokenizer), [], []
+    for i, entry in zip(ids, entries):
+        alternatives = {texts.alternative(j)[0]: value for j, value in entry.top}
+        tokens.append(texts.take(i)[0])
+        alternatives.setdefault(tokens[-1], entry.logprob)
         top.append(alternatives)
-    return {"tokens": texts, "token_logprobs": [entry.logprob for entry in entries], "top_logprobs": top,
+    return {"tokens": tokens, "token_logprobs": [entry.logprob for entry in entries], "top_logprobs": top,
             "text_offset": [entry.text_offset for entry in entries]}
 
 
@@ -97,8 +137,12 @@ def after_healing(scores, result, sent: int = 0):
 def chat_logprobs(tokenizer, ids: Sequence[int], entries: Sequence, top_n: int) -> dict:
     """The chat shape: each token with its bytes (a token's own, a part of a character too; a special token's, its
     text's), and the top_n alternatives."""
-    def token(i: int, value: float) -> dict:
-        text, piece = token_text(tokenizer, i)
+    texts, content = OpenAITokenTexts(tokenizer), []
+
+    def token(text_and_bytes: tuple[str, bytes], value: float) -> dict:
+        text, piece = text_and_bytes
         return {"token": text, "logprob": value, "bytes": list(piece)}
-    return {"content": [{**token(i, entry.logprob), "top_logprobs": [token(j, v) for j, v in entry.top[:top_n]]}
-                        for i, entry in zip(ids, entries)]}
+    for i, entry in zip(ids, entries):
+        top = [token(texts.alternative(j), v) for j, v in entry.top[:top_n]]
+        content.append({**token(texts.take(i), entry.logprob), "top_logprobs": top})
+    return {"content": content}
