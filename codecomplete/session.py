@@ -204,8 +204,8 @@ class Session:
         except ValueError as e:
             from .errors import UsageError
             raise UsageError(f"{e}{' (ignore_eos bans the end-of-generation tokens)' if sampling.ignore_eos else ''}")
-        return Generation(packed, self.engine,
-                          lambda on_text=None, should_stop=None: self._run(packed, sampling, on_text, should_stop))
+        return Generation(packed, self.engine, lambda on_text=None, should_stop=None: self._run(
+            packed, sampling, bias, on_text, should_stop))
 
     def _heals(self, packed, sampling: Sampling) -> bool:
         """Whether the request's bans leave tokens that write the prompt's healed text (models/healing.py). A client
@@ -227,13 +227,13 @@ class Session:
         ends = dict.fromkeys([*self.engine.eos_token_ids, *packed.stop_token_ids])
         return sampling.logit_bias + tuple((token, -math.inf) for token in ends)
 
-    def _run(self, packed, sampling: Sampling, on_text, should_stop):
+    def _run(self, packed, sampling: Sampling, bias: tuple[tuple[int, float], ...], on_text, should_stop):
+        """`bias`: the request's `_bias`, made once when its generation was built."""
         from models import GenerationConfig
 
         if self._index is not None:     # a request: idle upkeep walks on (the walk under way may be past a change)
             self._tidy_until = self._index.walks_begun + 1
         stops = sampling.format_stops
-        bias = self._bias(packed, sampling)
         config = GenerationConfig(
             max_new_tokens=max(sampling.max_tokens, 1), temperature=sampling.temperature, top_p=sampling.top_p,
             top_k=sampling.top_k, min_p=sampling.min_p, seed=sampling.seed, top_k_ties=sampling.top_k_ties,

@@ -165,7 +165,7 @@ async def infill(request: Request):
         prefix, body.input_suffix, extra=extra, sampling=sampling, budget=server.budget(sampling)), limits.feed)
     generation = await running.started()
     truncated = _truncated(generation.prompt, [label for label, text in extra if text.strip()])
-    return await _answer(server, running, generation, body, limits, truncated)
+    return await _answer(server, running, generation, body, sampling, limits, truncated)
 
 
 @router.post("/completion")
@@ -178,7 +178,7 @@ async def completion(request: Request):
     limits = Limits(body.t_max_predict_ms, body.n_indent)
     running = server.start(request, lambda: server.session.raw(body.prompt, sampling=sampling), limits.feed)
     generation = await running.started()
-    return await _answer(server, running, generation, body, limits, truncated=False)
+    return await _answer(server, running, generation, body, sampling, limits, truncated=False)
 
 
 def _n_probs(server, body: Options) -> int:
@@ -197,11 +197,13 @@ def _seed(seed: int) -> int:
     return seed % 2 ** 32
 
 
-def _probabilities(server, body: Options):
-    """`completion_probabilities` of some tokens, as `scores(ids, entries)`; None where the request asks for none."""
-    if not _n_probs(server, body):
+def _probabilities(server, sampling):
+    """`completion_probabilities` of some tokens, as `scores(ids, entries)`; None where the request asks for none
+    (its Sampling, from `_sampling`, carries the n_probs it asked for)."""
+    if not sampling.logprobs:
         return None
-    return lambda ids, entries: llama_cpp_probabilities(server.tokenizer, ids, entries, body.post_sampling_probs)
+    return lambda ids, entries: llama_cpp_probabilities(server.tokenizer, ids, entries,
+                                                        sampling.logprobs_after_samplers)
 
 
 def _sampling(server, body: Options):
@@ -234,9 +236,9 @@ def _settings(server, body: Options | None) -> dict:
             "post_sampling_probs": body.post_sampling_probs, "n_ctx": server.engine.context_length}
 
 
-async def _answer(server, running, generation, body: Options, limits: Limits, truncated: bool):
+async def _answer(server, running, generation, body: Options, sampling, limits: Limits, truncated: bool):
     prompt = generation.prompt
-    scores = _probabilities(server, body)
+    scores = _probabilities(server, sampling)
 
     def final(result) -> dict:
         content = limits.cut(result.text)
