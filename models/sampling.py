@@ -34,6 +34,7 @@ from collections.abc import Callable
 import torch
 
 from models.generation import GenerationConfig, TokenLogprobs
+from models.race_draws import race_scores
 
 Penalize = Callable[[torch.Tensor], torch.Tensor]       # logits (B, V) -> penalized logits (B, V)
 
@@ -186,8 +187,7 @@ def race(weights: torch.Tensor, generator: torch.Generator | None, end: int | No
     argmax(w / E) with E ~ Exp(1) draws index i with probability w_i / sum(w): no normalisation needed. A row of
     NaN weights (the softmax of a row with nothing left) gives `end` (`pick`).
     """
-    race = torch.empty_like(weights).exponential_(1.0, generator=generator)
-    return pick(weights / race, end)
+    return pick(race_scores(weights, generator), end)
 
 
 def pick(scores: torch.Tensor, end: int | None = None) -> torch.Tensor:
