@@ -30,9 +30,10 @@ CHAINS = {
     # llama.vim's ["top_k", "top_p", "infill"] without infill (random logits end it at once); the samplers it
     # leaves out run at their neutral values (codecomplete.server.samplers.applied)
     "llama.vim (top_k 40, top_p 0.99)": GenerationConfig(
-        temperature=1.0, top_k=40, top_p=0.99, sampler_order=("top_k", "top_p", "penalties", "temperature", "min_p")),
+        temperature=1.0, top_k=40, top_p=0.99, top_k_ties=False,       # (llama.cpp's routes: exactly k)
+        sampler_order=("top_k", "top_p", "penalties", "temperature", "min_p")),
     "llama.cpp default (top_k 40, top_p 0.95, min_p 0.05, temp 0.8)": GenerationConfig(
-        temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, sampler_order=LLAMA_CPP_DEFAULT),
+        temperature=0.8, top_k=40, top_p=0.95, min_p=0.05, top_k_ties=False, sampler_order=LLAMA_CPP_DEFAULT),
     "OpenAI (temperature 0.2)": GenerationConfig(temperature=0.2),
     "OpenAI (temperature 0.7, top_p 0.9)": GenerationConfig(temperature=0.7, top_p=0.9),
 }

@@ -18,6 +18,11 @@ Never a draw from NaN: a request whose bans leave no token is refused before it 
 step still leaves with nothing to draw (every logit -inf, or the model's output not a number mid-generation) takes
 the engine's end of text (`pick`), so the generation ends there instead of taking token 0 out of NaN.
 
+Once a sampler leaves a row few tokens (top-k's k; on a CPU, where reading how many is free, any sampler), the
+samplers after it and the draw run on those candidates only (models/candidates.py), as llama.cpp's samplers run on
+their candidate array: the same logits, and the same token for the same seed, since the draw still takes the whole
+row's random numbers and reads them at the candidates (models/race_draws.py).
+
 Everything stays on the device (no .item(), no multinomial), so the decode loop never waits on the host to pick a
 token: sampling uses the exponential-race form of the Gumbel-max trick. The infill sampler (models/infill.py) is the
 exception where it cannot run as a kernel (on a CPU, or with no top-k before it): there it reads the candidates on
@@ -33,6 +38,8 @@ from collections.abc import Callable
 
 import torch
 
+import models.candidates as candidates_module
+from models.candidates import Candidates, compacted, kept, survivors_width
 from models.generation import GenerationConfig, TokenLogprobs
 from models.race_draws import race_scores
 
@@ -82,10 +89,10 @@ def sample(logits: torch.Tensor, config: GenerationConfig, generator: torch.Gene
     """Token ids (B,) int64 from float32 logits (B, V). `penalize`: the request's repetition penalties, applied where
     the chain has "penalties"; `infill`: a models.infill.InfillSampler where the chain has "infill"; `bias`: the
     request's `bias_vector`, added first; `end`: the token of a row left with nothing to draw (`pick`)."""
-    logits = chained(logits, config, penalize, infill, bias)
+    candidates = chain(logits, config, penalize, infill, bias)
     if config.temperature <= 0:
-        return pick(logits, end)
-    return race(logits.softmax(dim=-1), generator, end)
+        return pick_candidate(candidates, end)
+    return race_candidates(candidates, generator, end)
 
 
 def probabilities(logits: torch.Tensor, config: GenerationConfig, penalize: Penalize | None = None,
@@ -98,45 +105,133 @@ def chained(logits: torch.Tensor, config: GenerationConfig, penalize: Penalize |
             infill=None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Logits (B, V) after the bias and the chain, in `config.sampler_order`; with temperature <= 0, after the
     samplers before "temperature" only (greedy takes their largest)."""
+    return chain(logits, config, penalize, infill, bias).row()
+
+
+def chain(logits: torch.Tensor, config: GenerationConfig, penalize: Penalize | None = None,
+          infill=None, bias: torch.Tensor | None = None, compact: bool = True) -> Candidates:
+    """`chained`'s logits as models.candidates.Candidates: once a sampler leaves a row few tokens (top-k; on a CPU
+    any sampler), the samplers after it run on those candidates only. `compact` False: on whole rows throughout
+    (the same numbers; tests compare the two)."""
     if bias is not None:
         logits = logits + bias                                                      # (B, V) + (V,)
+    candidates = Candidates(logits, None, logits.shape[-1])
     # Greedy reads only the largest logit, which min-p, top-k and top-p never drop: skip their sort and top-k over
     # the vocabulary each token (llama.cpp's default chain has all three), unless a sampler after them reads what
     # they leave (infill) or reorders it (penalties after top-k 1 leave its token the largest).
     only_largest_read = config.temperature <= 0 and infill is None and penalize is None
     for sampler in config.sampler_order:
+        logits = candidates.values                                                  # (B, W)
         if sampler == "temperature":
             if config.temperature <= 0:
                 break
-            logits = _temperature(logits, config.temperature)
+            candidates = candidates.with_values(_temperature(logits, config.temperature))
         elif only_largest_read and sampler in ("min_p", "top_k", "top_p"):
             continue
         elif sampler == "penalties" and penalize is not None:
-            logits = penalize(logits)
+            candidates = candidates.through_row(penalize)
         elif sampler == "min_p" and config.min_p > 0:
             # llama.cpp's rule on the logits: p_i >= min_p * p_max is logit_i >= max + log(min_p); min_p 1 keeps the
             # tokens tied with the largest, and the largest always stays (the min_keep likeliest too).
             floor = logits.amax(dim=-1, keepdim=True) + math.log(config.min_p)               # (B, 1)
-            drop = logits < floor                                                              # (B, V)
+            drop = logits < floor                                                              # (B, W)
             if config.min_keep > 1:
                 drop &= ~_likeliest(logits, config.min_keep, ties=False)
-            logits = logits.masked_fill(drop, float("-inf"))
+            candidates = candidates.with_values(logits.masked_fill(drop, float("-inf")))
         elif sampler == "top_k" and 0 < config.top_k < logits.shape[-1]:
-            logits = logits.masked_fill(~_likeliest(logits, config.top_k, config.top_k_ties), float("-inf"))
+            if candidates.compact or not compact:
+                candidates = candidates.with_values(
+                    logits.masked_fill(~_likeliest(logits, config.top_k, config.top_k_ties), float("-inf")))
+            else:
+                candidates = _top_k_candidates(logits, config.top_k, config.top_k_ties)
         elif sampler == "top_p" and config.top_p < 1.0:
-            # stable: tied tokens rank by id, so which of them a boundary cuts is the same every run, on every device
-            sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)   # (B, V)
-            probs = sorted_logits.softmax(dim=-1)
-            above = torch.nn.functional.pad(probs.cumsum(dim=-1)[:, :-1], (1, 0))     # (B, V) mass ranked above
-            # Drop a token once the tokens ranked above it hold top_p of the mass (Ollama: more than top_p); the
-            # first (llama.cpp: the min_keep first) always stay.
-            drop = above > config.top_p if config.top_p_strict else above >= config.top_p
-            drop[:, :max(config.min_keep, 1)] = False
-            logits = torch.full_like(logits, float("-inf")).scatter(-1, order,
-                                                                    sorted_logits.masked_fill(drop, float("-inf")))
+            cut = None if candidates.compact or not compact else _top_p_candidates(logits, config)
+            candidates = cut or candidates.with_values(_top_p(logits, config))
         elif sampler == "infill" and infill is not None:
-            logits = infill.apply(logits, config)
-    return logits
+            candidates = _infill(candidates, infill, config)
+        else:
+            continue
+        if compact and sampler in ("min_p", "top_p", "infill"):      # what they dropped may leave few tokens
+            candidates = compacted(candidates)
+    return candidates
+
+
+def _top_k_candidates(logits: torch.Tensor, k: int, ties: bool) -> Candidates:
+    """Top-k on whole rows (B, V), 0 < k < V, as candidates: the tokens `_likeliest` keeps. On a CPU from one
+    torch.topk where the tokens tied with the k-th are all among its k (the usual case: its order among ties is
+    its own), else from `_likeliest`'s mask. On CUDA, where nothing is read on the host: exactly k (`ties` False) in
+    k columns; with the ties (vLLM's) the whole row, masked (how many tie is not known without a read)."""
+    if candidates_module.host_reads(logits):
+        top, ids = torch.topk(logits, k, dim=-1)                                   # (B, k) falling, ties any order
+        kth = top[:, -1:]                                                           # (B, 1)
+        # every token tied with the k-th inside the k (ties: nothing at or above it outside; NaN, torch.topk's
+        # largest, counts as _likeliest's `~(logits < kth)` keeps it)
+        inside = (logits == kth).sum(dim=-1) == (top == kth).sum(dim=-1) if not ties else \
+            (~(logits < kth)).sum(dim=-1) == k                                      # (B,)
+        if bool(inside.all()):
+            ids, order = torch.sort(ids, dim=-1)                                    # rising ids
+            top = top.gather(-1, order)
+            # exactly k: a NaN is no candidate of `_likeliest` (it compares); -inf stays -inf either way
+            return Candidates(top if ties else torch.where(top >= kth, top, float("-inf")), ids, logits.shape[-1])
+    keep = _likeliest(logits, k, ties)                                              # (B, V)
+    if not ties:
+        return kept(logits, keep, k)
+    return compacted(Candidates(logits.masked_fill(~keep, float("-inf")), None, logits.shape[-1]))
+
+
+def _top_p(logits: torch.Tensor, config: GenerationConfig) -> torch.Tensor:
+    """Logits (B, W) with top-p's drops at -inf."""
+    # stable: tied tokens rank by id, so which of them a boundary cuts is the same every run, on every device
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)   # (B, W)
+    drop = _top_p_drops(sorted_logits.softmax(dim=-1), config)
+    return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+
+
+def _top_p_drops(probs: torch.Tensor, config: GenerationConfig) -> torch.Tensor:
+    """Probabilities (B, W) ranked (falling, ties by id) -> which of them top-p drops (B, W) bool."""
+    above = torch.nn.functional.pad(probs.cumsum(dim=-1)[:, :-1], (1, 0))     # (B, W) mass ranked above
+    # Drop a token once the tokens ranked above it hold top_p of the mass (Ollama: more than top_p); the first
+    # (llama.cpp: the min_keep first) always stay.
+    drop = above > config.top_p if config.top_p_strict else above >= config.top_p
+    drop[:, :max(config.min_keep, 1)] = False
+    return drop
+
+
+def _top_p_candidates(logits: torch.Tensor, config: GenerationConfig) -> Candidates | None:
+    """Top-p on whole CPU rows (B, V) without sorting the vocabulary: the likeliest m tokens (every token tied with
+    the m-th too), m growing until each row's boundary falls among them, ranked and cut there as `_top_p` cuts the
+    whole row (the tokens after them, holding no more than what is ranked above them, are all dropped). None where
+    that would not pay (rows on CUDA, a NaN, a boundary past COMPACT_SHARE of the vocabulary): `_top_p` then."""
+    vocab = logits.shape[-1]
+    if not candidates_module.host_reads(logits) or logits.shape[0] == 0 or bool(torch.isnan(logits).any()):
+        return None
+    probs = logits.softmax(dim=-1)                                                  # (B, V) the whole row's
+    first = max(config.min_keep, 1)                                                 # ranks that always stay
+    likeliest = max(64, first)
+    while likeliest <= candidates_module.COMPACT_SHARE * vocab:
+        kth = torch.topk(logits, likeliest, dim=-1).values[:, -1:]                  # (B, 1)
+        inside = (logits >= kth) & (logits > float("-inf"))     # (B, V) whole tie groups (-inf: dropped anyway)
+        candidates = kept(logits, inside, survivors_width(inside))                  # (B, W) rising ids
+        ranked, order = torch.sort(candidates.values, dim=-1, descending=True, stable=True)     # (B, W)
+        ranked_probs = torch.where(ranked > float("-inf"), probs.gather(-1, candidates.ids.gather(-1, order)), 0.0)
+        mass = ranked_probs.cumsum(dim=-1)[:, -1]                                   # (B,) what the m hold
+        beyond = mass > config.top_p if config.top_p_strict else mass >= config.top_p
+        if bool((beyond & (inside.sum(dim=-1) >= first)).all()):
+            drop = _top_p_drops(ranked_probs, config)
+            return candidates.with_values(torch.full_like(ranked, float("-inf")).scatter(
+                -1, order, ranked.masked_fill(drop, float("-inf"))))
+        likeliest *= 4
+    return None
+
+
+def _infill(candidates: Candidates, infill, config: GenerationConfig) -> Candidates:
+    """llama.cpp's infill sampler on the candidates (its own candidate path where it has one, models.infill), else on
+    the whole row they stand for."""
+    on_candidates = getattr(infill, "apply_to_candidates", None)
+    if candidates.compact and on_candidates is not None:
+        values, ids = on_candidates(candidates.values, candidates.ids, config)
+        return Candidates(values, ids, candidates.vocab)
+    return candidates.through_row(lambda rows: infill.apply(rows, config))
 
 
 def _likeliest(logits: torch.Tensor, k: int, ties: bool) -> torch.Tensor:
@@ -188,6 +283,28 @@ def race(weights: torch.Tensor, generator: torch.Generator | None, end: int | No
     NaN weights (the softmax of a row with nothing left) gives `end` (`pick`).
     """
     return pick(race_scores(weights, generator), end)
+
+
+def race_candidates(candidates: Candidates, generator: torch.Generator | None, end: int | None = None
+                    ) -> torch.Tensor:
+    """`race` over the softmax of the candidates' logits -> token ids (B,): the token the whole row's race draws,
+    with the same generator (models/race_draws.py)."""
+    weights = candidates.values.softmax(dim=-1)                                        # (B, W)
+    scores = race_scores(weights, generator, candidates.ids, candidates.vocab)
+    return _token_or_end(candidates, scores, end)
+
+
+def pick_candidate(candidates: Candidates, end: int | None = None) -> torch.Tensor:
+    """`pick` over the candidates' logits -> token ids (B,): the largest, the lower id first among ties."""
+    return _token_or_end(candidates, candidates.values, end)
+
+
+def _token_or_end(candidates: Candidates, scores: torch.Tensor, end: int | None) -> torch.Tensor:
+    if not candidates.compact:
+        return pick(scores, end)
+    largest, position = scores.max(dim=-1)                                            # (B,) each
+    token = candidates.token(position)
+    return token if end is None else torch.where(largest > float("-inf"), token, end)
 
 
 def pick(scores: torch.Tensor, end: int | None = None) -> torch.Tensor:

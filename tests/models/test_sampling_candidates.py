@@ -1,0 +1,170 @@
+"""The sampler chain on candidates (models/candidates.py, models/race_draws.py): once a sampler cuts a row, the
+samplers after it and the draw run on the few tokens left. These tests hold it to the whole-row chain: the same
+logits (`chained`), the same tokens for the same seed as the whole row's exponential race (torch's exponential_ over
+the vocabulary, what the draw always used), and the generator left where that race leaves it."""
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import models.candidates as candidates_module
+import models.race_draws as race_draws
+from models.generation import SAMPLERS, GenerationConfig
+from models.infill import InfillSampler
+from models.penalties import Penalties
+from models.sampling import chain, chained, pick, sample
+
+NEG_INF = float("-inf")
+ORDERS = [SAMPLERS, ("penalties", "top_k", "top_p", "min_p", "temperature"),          # vLLM's; llama.cpp's default
+          ("penalties", "top_k", "temperature", "top_p", "min_p"),                      # Ollama's
+          ("min_p", "top_p", "temperature", "top_k", "penalties"),
+          ("top_k", "top_p", "infill", "penalties", "temperature", "min_p"),           # llama.vim's
+          ("infill", "top_k", "top_p", "penalties", "temperature", "min_p")]
+
+
+def whole_row_sample(logits, config, generator, penalize=None, infill=None, bias=None, end=None):
+    """The draw as it was before candidates: the chain on whole rows, then argmax(softmax / exponential_)."""
+    rows = chain(logits, config, penalize, infill, bias, compact=False).row()
+    if config.temperature <= 0:
+        return pick(rows, end)
+    weights = rows.softmax(dim=-1)
+    return pick(weights / torch.empty_like(weights).exponential_(1.0, generator=generator), end)
+
+
+def vocabulary(rng: random.Random, vocab: int):
+    """Short texts over a 3-letter alphabet (prefixes everywhere, for infill's merges); ids 0-2 special."""
+    pieces = [None] * 3 + [bytes(rng.choice(b"ab ") for _ in range(rng.randint(1, 3))) for _ in range(vocab - 3)]
+    by_bytes: dict[bytes, list[int]] = {}
+    for number, piece in enumerate(pieces):
+        if piece:
+            by_bytes.setdefault(piece, []).append(number)
+    return SimpleNamespace(pieces=pieces, by_bytes=by_bytes)
+
+
+def random_case(rng: random.Random):
+    """A batch of rows and a request's chain: ties (rounded logits), -inf (bans, healing's restriction), NaN rows,
+    top_k 1, k >= V, min_keep, either tie rule, penalties, a logit bias, infill."""
+    vocab = rng.choice([7, 50, 300, 1000])
+    rows = rng.choice([1, 1, 2, 3])
+    logits = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(rng.randrange(2**31)))
+    logits *= rng.choice([0.5, 3.0, 8.0])
+    if rng.random() < 0.3:
+        logits = (logits * rng.choice([0.5, 2.0])).round()                     # many ties
+    if rng.random() < 0.3:
+        logits[torch.rand(rows, vocab) < rng.random()] = NEG_INF
+    if rng.random() < 0.05:
+        logits[0] = float("nan")
+    order = rng.choice(ORDERS)
+    config = GenerationConfig(temperature=rng.choice([0.0, 0.2, 0.7, 1.0, 2.0]),
+                              top_k=rng.choice([0, 1, 5, 40, vocab, vocab + 3]),
+                              top_p=rng.choice([1.0, 0.9, 0.5, 0.99]), min_p=rng.choice([0.0, 0.05, 0.3]),
+                              top_k_ties=rng.random() < 0.5, top_p_strict=rng.random() < 0.3,
+                              min_keep=rng.choice([0, 0, 1, 3]), sampler_order=order)
+    infill = InfillSampler(vocabulary(rng, vocab), [0, 1], 1) if "infill" in order and rng.random() < 0.8 else None
+    penalize = None
+    if rng.random() < 0.4:
+        penalties = GenerationConfig(repeat_penalty=1.3, presence_penalty=0.5, penalty_last_n=-1)
+        history = [[rng.randrange(vocab) for _ in range(8)] for _ in range(rows)]
+        penalize = Penalties(penalties, history, 100).apply
+    bias = None
+    if rng.random() < 0.3:
+        bias = torch.zeros(vocab)
+        bias[rng.randrange(vocab)] = NEG_INF
+        bias[rng.randrange(vocab)] = 2.0
+    return logits, config, penalize, infill, bias
+
+
+def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.equal(a.nan_to_num(nan=123.0), b.nan_to_num(nan=123.0))
+
+
+def check_against_whole_rows(seed: int, cases: int) -> dict:
+    rng = random.Random(seed)
+    compacted = {True: 0, False: 0}
+    for case in range(cases):
+        logits, config, penalize, infill, bias = random_case(rng)
+        assert same(chained(logits, config, penalize, infill, bias),
+                    chain(logits, config, penalize, infill, bias, compact=False).row()), (case, config)
+        compacted[chain(logits, config, penalize, infill, bias).compact] += 1
+        seed = rng.randrange(2**31)
+        ours, theirs = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        for step in range(3):
+            got = sample(logits, config, ours, penalize, infill, bias, end=1)
+            want = whole_row_sample(logits, config, theirs, penalize, infill, bias, end=1)
+            assert torch.equal(got, want), (case, step, config)
+        assert torch.equal(torch.rand(4, generator=ours), torch.rand(4, generator=theirs)), case
+    return compacted
+
+
+def test_the_chain_on_candidates_draws_the_whole_rows_tokens_on_a_cpu():
+    compacted = check_against_whole_rows(seed=1, cases=500)
+    assert compacted[True] > 100 and compacted[False] > 100          # both ways were taken
+
+
+def test_the_chain_on_candidates_without_host_reads_draws_the_same_tokens(monkeypatch):
+    """CUDA's way, here on the CPU: nothing read on the host (top-k's exactly-k cut only, exponential_ itself)."""
+    monkeypatch.setattr(candidates_module, "host_reads", lambda tensor: False)
+    monkeypatch.setattr(race_draws, "_uniforms_match", False)
+    compacted = check_against_whole_rows(seed=2, cases=400)
+    assert compacted[True] > 50
+
+
+def test_the_device_path_reads_nothing_on_the_host(monkeypatch):
+    """No sync in the decode loop's queued sampling: with host reads off, a chain that cuts at top_k runs without
+    a tensor's number coming to the host."""
+    monkeypatch.setattr(candidates_module, "host_reads", lambda tensor: False)
+    monkeypatch.setattr(race_draws, "_uniforms_match", False)
+    logits = torch.randn(2, 500) * 3
+    logits[:, 10:20] = logits[:, 10:11]                                         # ties
+    generator = torch.Generator().manual_seed(0)
+    configs = [GenerationConfig(temperature=t, top_k=40, top_p=0.95, min_p=0.05, top_k_ties=ties, sampler_order=o)
+               for t in (0.0, 0.8) for ties in (False, True) for o in ORDERS[:4]]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a host read in the device path")
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    for config in configs:
+        sample(logits, config, generator, end=1)
+
+
+def test_top_k_on_candidates_keeps_the_lower_ids_among_ties_across_its_boundary():
+    """200 tokens tied at the k-th place: torch.topk's k hold any of them, llama.cpp's rule the lowest ids."""
+    logits = torch.zeros(2, 1000)
+    logits[:, 500:] = -1.0
+    logits[:, 900] = 5.0
+    config = GenerationConfig(temperature=1.0, top_k=40, top_k_ties=False)
+    for compact in (True, False):
+        kept = torch.nonzero(chain(logits, config, compact=compact).row()[0] > NEG_INF).flatten().tolist()
+        assert kept == list(range(39)) + [900]
+    with_ties = GenerationConfig(temperature=1.0, top_k=40, top_k_ties=True)
+    assert (chained(logits, with_ties)[0] > NEG_INF).sum() == 501
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_infill_on_candidates_keeps_what_it_keeps_on_the_whole_row(on_device):
+    """The host loop and the kernel (Triton interpreter) on a chain's candidates, against apply() on the row they
+    stand for; rows left with the end token alone among them."""
+    rng = random.Random(7)
+    alone = 0
+    for trial in range(40 if on_device else 200):
+        vocab = rng.choice([40, 300])
+        flat = trial % 4 == 0           # distinct texts, none another's prefix, all about as likely: nothing
+        table = (SimpleNamespace(pieces=[None] * 3 + [b"%03d" % i for i in range(vocab - 3)], by_bytes={})
+                 if flat else vocabulary(rng, vocab))               # reaches 0.2, the end token alone stays
+        if flat:
+            table.by_bytes.update({piece: [i] for i, piece in enumerate(table.pieces) if piece})
+        sampler = InfillSampler(table, [0, 1], rng.choice([1, vocab - 1]))
+        logits = torch.randn(2, vocab, generator=torch.Generator().manual_seed(trial)) * (0.01 if flat else 2)
+        logits[:, 0] += -12.0 if flat else rng.choice([-12.0, -3.0, 0.0])
+        config = GenerationConfig(temperature=1.0, top_k=rng.choice([4, 16, 30]), top_k_ties=False)
+        candidates = chain(logits, config)                                       # top_k's cut
+        assert candidates.compact
+        apply = sampler.candidates_on_device if on_device else sampler.candidates_on_host
+        values, ids = apply(candidates.values, candidates.ids)
+        assert (ids.diff(dim=-1) > 0).all()                                      # still rising
+        row = torch.full_like(logits, NEG_INF).scatter(-1, ids, values)
+        assert torch.equal(row, sampler.apply_on_host(candidates.row())), trial
+        alone += int(((row > NEG_INF).sum(dim=-1) == 1).sum())
+    assert alone > 0
