@@ -50,11 +50,13 @@ def race_scores(weights: torch.Tensor, generator: torch.Generator | None, ids: t
     bound = weights / uniforms.float()                                                            # (B, W)
     seed = bound.argmax(dim=-1, keepdim=True)                                                     # (B, 1)
     seed_score = weights.gather(-1, seed) / _exact_exponentials(uniforms.gather(-1, seed))         # (B, 1)
-    contenders = bound >= seed_score * (1.0 - CONTENDER_MARGIN)                                   # (B, W)
-    scores = torch.full_like(weights, float("-inf")).masked_scatter(
-        contenders, weights[contenders] / _exact_exponentials(uniforms[contenders]))
-    # a NaN weight (or 0 / 0) makes the row's largest NaN either way (models.sampling.pick: nothing to draw)
-    return torch.where(torch.isnan(seed_score), bound, scores)
+    contenders = torch.nonzero(bound >= seed_score * (1.0 - CONTENDER_MARGIN), as_tuple=True)     # (row, column)
+    scores = torch.full_like(weights, float("-inf"))
+    scores[contenders] = weights[contenders] / _exact_exponentials(uniforms[contenders])
+    if bool(torch.isnan(seed_score).any()):
+        # a NaN weight (or 0 / 0) makes the row's largest NaN either way (models.sampling.pick: nothing to draw)
+        scores = torch.where(torch.isnan(seed_score), bound, scores)
+    return scores
 
 
 def _exact_exponentials(uniforms: torch.Tensor) -> torch.Tensor:

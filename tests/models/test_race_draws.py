@@ -36,3 +36,15 @@ def test_race_keeps_drawing_what_exponential_draws_on_whole_rows():
         ours, theirs = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
         want = pick(weights / torch.empty_like(weights).exponential_(1.0, generator=theirs))
         assert torch.equal(race(weights, ours), want), seed
+
+
+def test_a_row_of_nan_weights_draws_as_exponential_draws():
+    """NaN weights (a whole row: the softmax of a row with nothing left; part of one) among others: race's index is
+    exponential_'s (with an end token, the end: models.sampling.pick)."""
+    weights = (torch.randn(3, 2000, generator=torch.Generator().manual_seed(5)) * 3).softmax(dim=-1)
+    weights[1, 500:] = float("nan")
+    weights[2] = float("nan")
+    for end in (None, 7):
+        ours, theirs = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+        want = pick(weights / torch.empty_like(weights).exponential_(1.0, generator=theirs), end)
+        assert torch.equal(race(weights, ours, end), want)
