@@ -35,6 +35,7 @@ from models.kv_cache import cache_dtype_name
 from models.options import DEFAULT_MAX_CONTEXT, parse_kv_cache
 from models.infill import InfillSampler
 from models.penalties import Penalties
+from models.mirostat import Mirostat
 from models.request_sampler import RequestSampler
 from models.sampling import banned, bias_vector, make_generator, read_logprobs
 from models.speculative import PromptLookup
@@ -308,7 +309,8 @@ class Engine:
         k = self.speculate if config.speculate is None else config.speculate
         if not 0 <= k <= MAX_SPECULATE:
             raise ValueError(f"speculate must be 0..{MAX_SPECULATE} draft tokens per step, got {k}")
-        return k if batch == 1 and config.logprobs is None else 0      # (logprobs: one token a step)
+        one_a_step = config.logprobs is not None or config.mirostat     # (mirostat's mu moves with each token)
+        return k if batch == 1 and not one_a_step else 0
 
     # ---- generation --------------------------------------------------------------------------
 
@@ -504,15 +506,16 @@ class Engine:
 
     def _sampler(self, config: GenerationConfig, prompts: list[list[int]], logits: torch.Tensor) -> RequestSampler:
         """The request's sampler, built once its first logits (B, V) are in: its generator, healing, penalties,
-        infill sampler and logit bias (a vector on the device, added each step)."""
+        infill sampler and logit bias (a vector on the device, added each step), or mirostat in place of the chain."""
+        mirostat = Mirostat.of(config, len(prompts), logits)      # in place of the chain (llama.cpp's)
         return RequestSampler(
             config,
             make_generator(self._device, config.seed) if config.temperature > 0 else None,
             healing=self._healing(config, len(prompts)),
-            penalties=Penalties.of(config, prompts, self.context_length),   # applied where the chain has them
-            infill=self._infill(config),
+            penalties=None if mirostat else Penalties.of(config, prompts, self.context_length),   # where the chain
+            infill=None if mirostat else self._infill(config),                                   # has them
             bias=bias_vector(config, logits.shape[-1], logits.device),
-            end=self.end_token)
+            end=self.end_token, mirostat=mirostat)
 
     def _healing(self, config: GenerationConfig, batch: int) -> HealingConstraint | None:
         """The token-healing constraint on the first sampled tokens, if the request has a required prefix."""

@@ -26,6 +26,11 @@ class GenerationConfig:
                                                 # value turning one off; "infill" only where named): llama.cpp's
                                                 # chain ends with temperature, so its top-p weighs the untempered
                                                 # distribution; its penalties apply where its `samplers` puts them
+    dynatemp_range: float = 0.0         # > 0: llama.cpp's dynamic temperature where "temperature" runs, between
+    dynatemp_exponent: float = 1.0      # temperature -+ range by the candidates' entropy (models/dynatemp.py)
+    mirostat: int = 0                   # 1, 2: llama.cpp's mirostat v1 or v2 in place of the chain, after the logit
+    mirostat_tau: float = 5.0           # bias and the temperature (models/mirostat.py): its target surprise (bits)
+    mirostat_eta: float = 0.1           # and learning rate. One token a step: turns speculation off
     seed: int | None = None             # None -> a fresh random seed
     stop_token_ids: tuple[int, ...] = ()   # besides the model's EOS ids, which always stop
     stop_strings: tuple[str, ...] = ()     # never part of the returned or streamed text
@@ -64,6 +69,8 @@ class GenerationConfig:
             raise ValueError(f"logprobs must be at least 0 (the top alternatives per token), got {self.logprobs}")
         if not 0.0 <= self.min_p <= 1.0:
             raise ValueError(f"min_p must lie in 0..1, got {self.min_p}")
+        if self.mirostat not in (0, 1, 2):
+            raise ValueError(f"mirostat must be 0 (off), 1 or 2 (llama.cpp's versions), got {self.mirostat}")
         if self.min_keep < 0:
             raise ValueError(f"min_keep must be at least 0, got {self.min_keep}")
 

@@ -2,7 +2,8 @@
 
 The chain itself is models/sampling.py's (functions of the logits). What a request adds lives across its steps:
 its random generator, the token-healing constraint on its first tokens (models/healing.py), its repetition
-penalties' window (models/penalties.py), llama.cpp's infill sampler (models/infill.py) and its logit bias. The
+penalties' window (models/penalties.py), llama.cpp's infill sampler (models/infill.py), its logit bias and, where
+asked for, llama.cpp's mirostat in place of the chain (models/mirostat.py: its mu, updated on the device). The
 engine builds one per request and its decode loops only ask it for tokens and tell it which were taken:
 
     sampler = engine._sampler(config, prompts, logits)
@@ -19,6 +20,7 @@ import torch
 from models.generation import GenerationConfig
 from models.healing import HealingConstraint
 from models.infill import InfillSampler
+from models.mirostat import Mirostat
 from models.penalties import Penalties
 from models.sampling import chained, logprob_table, sample
 from models.speculative import accept
@@ -29,7 +31,8 @@ class RequestSampler:
 
     def __init__(self, config: GenerationConfig, generator: torch.Generator | None = None,
                  healing: HealingConstraint | None = None, penalties: Penalties | None = None,
-                 infill: InfillSampler | None = None, bias: torch.Tensor | None = None, end: int | None = None):
+                 infill: InfillSampler | None = None, bias: torch.Tensor | None = None, end: int | None = None,
+                 mirostat: Mirostat | None = None):
         self.config = config
         self.generator = generator      # None for greedy
         self.healing = healing          # the required prefix's constraint, or None
@@ -37,6 +40,7 @@ class RequestSampler:
         self.infill = infill            # where the chain has "infill", else None
         self.bias = bias                # (V,) float32 on the device, or None
         self.end = end                  # the token of a row a step leaves nothing to draw (models.sampling.pick)
+        self.mirostat = mirostat        # where the request asks for it: in place of the chain (models/mirostat.py)
 
     @property
     def constrained(self) -> bool:
@@ -53,6 +57,9 @@ class RequestSampler:
         """Float32 logits (B, V) -> token ids (B,) int64, on the device (no host sync but the infill sampler's on a
         CPU), and where the request asks for logprobs their `logprob_table` (else None)."""
         allowed = self.healing.restrict(logits) if self.constrained else logits
+        if self.mirostat is not None:
+            tokens, drawn_from = self.mirostat.choose(allowed, self.generator, self.bias, self.end)
+            return tokens, self._scores(logits, allowed, tokens, drawn_from)
         tokens = sample(allowed, self.config, self.generator, self._penalize(), self.infill, self.bias, self.end)
         return tokens, self._scores(logits, allowed, tokens)
 
@@ -60,7 +67,8 @@ class RequestSampler:
         penalties = self.penalties
         return None if penalties is None else lambda rows: penalties.apply(rows, drafts)
 
-    def _scores(self, logits: torch.Tensor, allowed: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor | None:
+    def _scores(self, logits: torch.Tensor, allowed: torch.Tensor, tokens: torch.Tensor,
+                drawn_from: torch.Tensor | None = None) -> torch.Tensor | None:
         """The `logprob_table` of the tokens (B,) a step chose, where the request asks for logprobs (else None): of the
         raw logits (B, V), or with `logprobs_after_samplers` of what the draw saw, the `allowed` logits after the bias
         and the chain (the chain run again: only such requests pay for it); greedy drew from the chosen token alone,
@@ -71,6 +79,8 @@ class RequestSampler:
         if config.logprobs_after_samplers:
             if config.temperature <= 0:
                 logits = torch.full_like(logits, float("-inf")).scatter_(-1, tokens[:, None], 0.0)    # (B, V)
+            elif drawn_from is not None:        # (mirostat's cut: it moves with each token, so it is not run again)
+                logits = drawn_from
             else:
                 logits = chained(allowed, config, self._penalize(), self.infill, self.bias)
         return logprob_table(logits, tokens, config.logprobs)
@@ -87,6 +97,8 @@ class RequestSampler:
         draft -> the accepted drafts and one token of the model's own (models/speculative.py), taken. While healing
         constrains the next token there are no drafts (a draft's verification would sample unconstrained); the
         penalties see, at each position, the window plain decoding would have had there."""
+        if self.mirostat is not None:       # (the engine does not speculate for it: mu moves with each token)
+            raise ValueError("no speculative steps with mirostat")
         penalize = self._penalize(drafts)
         if self.constrained:
             if drafts:

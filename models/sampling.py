@@ -40,6 +40,7 @@ import torch
 
 import models.candidates as candidates_module
 from models.candidates import Candidates, compacted, kept, survivors_width
+from models.dynatemp import dynamic_temperature
 from models.generation import GenerationConfig, TokenLogprobs
 from models.race_draws import race_scores
 
@@ -125,7 +126,10 @@ def chain(logits: torch.Tensor, config: GenerationConfig, penalize: Penalize | N
         if sampler == "temperature":
             if config.temperature <= 0:
                 break
-            candidates = candidates.with_values(_temperature(logits, config.temperature))
+            # (dynamic: its entropy over the candidates the samplers before it left, as llama.cpp's cur_p)
+            candidates = candidates.with_values(
+                _temperature(logits, config.temperature) if config.dynatemp_range <= 0 else
+                dynamic_temperature(logits, config.temperature, config.dynatemp_range, config.dynatemp_exponent))
         elif only_largest_read and sampler in ("min_p", "top_k", "top_p"):
             continue
         elif sampler == "penalties" and penalize is not None:

@@ -1,0 +1,161 @@
+"""llama.cpp's mirostat samplers and dynamic temperature (models/mirostat.py, models/dynatemp.py) against values
+worked out by hand from llama.cpp's formulas (src/llama-sampling.cpp), on crafted distributions whose surprises,
+Zipf exponent and entropy are known exactly."""
+import math
+
+import pytest
+import torch
+
+from models.generation import GenerationConfig
+from models.mirostat import Mirostat
+from models.request_sampler import RequestSampler
+from models.sampling import bias_vector, chained, make_generator
+
+NEG_INF = float("-inf")
+
+
+def halving(n: int, vocab: int) -> torch.Tensor:
+    """Logits (1, vocab) whose first n tokens have probabilities 1/2, 1/4, ..., the rest sharing what is left: token
+    i's surprise is i + 1 bits for i < n."""
+    probs = [2.0 ** -(i + 1) for i in range(n)]
+    rest = (1.0 - sum(probs)) / (vocab - n)
+    return torch.tensor([probs + [rest] * (vocab - n)], dtype=torch.float64).log().float()
+
+
+def mirostat_sampler(logits: torch.Tensor, seed: int = 0, **options) -> RequestSampler:
+    config = GenerationConfig(temperature=options.pop("temperature", 1.0), seed=seed, **options)
+    return RequestSampler(config, make_generator(logits.device, seed),
+                          bias=bias_vector(config, logits.shape[-1], logits.device),
+                          mirostat=Mirostat.of(config, logits.shape[0], logits))
+
+
+def test_mirostat_2_keeps_the_tokens_whose_surprise_is_within_mu_and_moves_mu_by_the_error():
+    """mu starts at 2 tau; the draw is among the tokens of surprise <= mu (here 1, 2 and 3 bits: tau 1.5, mu 3),
+    renormalized; then mu -= eta (surprise of the token taken, in the renormalized distribution - tau)."""
+    logits = halving(6, 64)
+    for seed in range(12):
+        sampler = mirostat_sampler(logits, seed, mirostat=2, mirostat_tau=1.5, mirostat_eta=0.25)
+        assert sampler.mirostat.mu.tolist() == [[3.0]]
+        kept = sampler.mirostat.truncate(logits)
+        assert torch.isfinite(kept[0]).nonzero().flatten().tolist() == [0, 1, 2]
+        token = sampler.choose(logits)[0].item()
+        assert token in (0, 1, 2)
+        surprise = -math.log2(2.0 ** -(token + 1) / 0.875)
+        assert sampler.mirostat.mu.item() == pytest.approx(3.0 - 0.25 * (surprise - 1.5), abs=1e-5)
+
+
+def test_mirostat_2_keeps_the_likeliest_when_no_token_is_within_mu_and_each_row_has_its_own_mu():
+    """tau 0.2: mu 0.4 bits, under the likeliest token's 1 bit: llama.cpp keeps that one alone, so the draw is greedy
+    and its surprise 0 raises mu by eta tau. Two rows follow their own mu."""
+    logits = torch.cat([halving(6, 64), halving(6, 64).flip(-1)])                    # (2, 64)
+    sampler = mirostat_sampler(logits, mirostat=2, mirostat_tau=0.2, mirostat_eta=0.5)
+    assert sampler.choose(logits)[0].tolist() == [0, 63]
+    assert sampler.mirostat.mu.flatten().tolist() == pytest.approx([0.4 + 0.5 * 0.2] * 2)
+    wide = torch.cat([halving(6, 64), torch.zeros(1, 64)])        # row 1 uniform: 6 bits each, over mu: one kept
+    sampler = mirostat_sampler(wide, mirostat=2, mirostat_tau=5.0)
+    kept = sampler.mirostat.truncate(wide)
+    assert torch.isfinite(kept).sum(dim=-1).tolist() == [6, 64]   # mu 10 bits: 1..6 bits kept; the uniform row all
+
+
+def test_mirostat_1_keeps_the_k_its_zipf_estimate_gives():
+    """Zipf probabilities p_i ~ 1 / i^s: llama.cpp's estimate over the 100 likeliest is s exactly, and
+    k = (eps 2^mu / (1 - V^-eps))^(1/s) with eps = s - 1, here about 10.6: the 10 likeliest are kept."""
+    vocab, s, tau = 1000, 1.2, 3.0
+    ranks = torch.arange(1, vocab + 1, dtype=torch.float64)
+    logits = (-s * ranks.log())[None].float()                                          # (1, V)
+    eps, mu = s - 1, 2 * tau
+    k = int((eps * 2 ** mu / (1 - vocab ** -eps)) ** (1 / s))
+    assert k == 10
+    sampler = mirostat_sampler(logits, mirostat=1, mirostat_tau=tau)
+    kept = sampler.mirostat.truncate(logits)
+    assert torch.isfinite(kept[0]).nonzero().flatten().tolist() == list(range(k))
+    token = sampler.choose(logits)[0].item()
+    assert token < k
+    kept_mass = (ranks[:k] ** -s).sum().item()
+    surprise = -math.log2(((token + 1) ** -s) / kept_mass)
+    assert sampler.mirostat.mu.item() == pytest.approx(mu - 0.1 * (surprise - tau), abs=1e-4)
+
+
+def test_mirostat_runs_after_the_bias_and_the_temperature_and_replaces_the_rest_of_the_chain():
+    """llama.cpp's chain with mirostat on: logit bias, temperature, mirostat; top_k, top_p, min_p and the penalties do
+    not run. A banned token (here the likeliest) is never kept; temperature 2 flattens 1, 2, 3 bits to 0.5, 1, 1.5
+    (renormalized: every one of the six first tokens within mu 3)."""
+    logits = halving(6, 64)
+    config = dict(mirostat=2, mirostat_tau=1.5, top_k=1, top_p=0.1, min_p=0.9, repeat_penalty=5.0)
+    sampler = mirostat_sampler(logits, temperature=2.0, logit_bias=((0, NEG_INF),), **config)
+    drawn = {mirostat_sampler(logits, seed, temperature=2.0, **config).choose(logits)[0].item() for seed in range(40)}
+    assert len(drawn) > 1                                         # top_k 1 did not run
+    for _ in range(20):
+        assert sampler.choose(logits)[0].item() != 0
+
+
+def test_mirostat_at_temperature_0_is_greedy():
+    """llama.cpp's temperature 0 leaves the likeliest token alone (its temp sampler), which mirostat then takes."""
+    logits = halving(6, 64).flip(-1)
+    for version in (1, 2):
+        sampler = mirostat_sampler(logits, temperature=0.0, mirostat=version, mirostat_tau=50.0)
+        assert [sampler.choose(logits)[0].item() for _ in range(5)] == [63] * 5
+
+
+def test_an_unknown_mirostat_version_is_refused():
+    with pytest.raises(ValueError, match="mirostat"):
+        GenerationConfig(mirostat=3)
+
+
+def entropy_temperature(probs: list[float], temperature: float, spread: float, exponent: float) -> float:
+    """llama.cpp's temp-ext: the entropy of the candidates over its largest (ln n), mapped onto
+    [max(0, temperature - spread), temperature + spread] by the power `exponent`."""
+    entropy = -sum(p * math.log(p) for p in probs if p > 0)
+    low, high = max(0.0, temperature - spread), temperature + spread
+    return low + (high - low) * (entropy / math.log(len(probs))) ** exponent
+
+
+@pytest.mark.parametrize("exponent", [1.0, 2.0, 0.5])
+def test_dynamic_temperature_divides_by_the_temperature_of_the_candidates_entropy(exponent):
+    """Two candidates at 3/4 and 1/4 (the rest dropped: -inf): normalized entropy 0.811; temperature 1 +- 0.5."""
+    logits = torch.full((1, 16), NEG_INF)
+    logits[0, 3], logits[0, 9] = math.log(0.75) + 2.0, math.log(0.25) + 2.0
+    config = GenerationConfig(temperature=1.0, dynatemp_range=0.5, dynatemp_exponent=exponent)
+    temperature = entropy_temperature([0.75, 0.25], 1.0, 0.5, exponent)
+    assert 0.5 < temperature < 1.5
+    out = chained(logits, config)
+    assert out[0, 3].item() == pytest.approx(logits[0, 3].item() / temperature, rel=1e-5)
+    assert out[0, 9].item() == pytest.approx(logits[0, 9].item() / temperature, rel=1e-5)
+    assert torch.isinf(out).sum().item() == 14
+
+
+def test_dynamic_temperature_spans_its_range_and_each_row_has_its_own():
+    """A uniform row has the largest entropy: temperature + range; a row with one candidate is left as it is."""
+    uniform = torch.zeros(1, 8) + 3.0
+    single = torch.full((1, 8), NEG_INF)
+    single[0, 2] = 4.0
+    peaked = halving(4, 8)
+    logits = torch.cat([uniform, single, peaked])                                     # (3, 8)
+    config = GenerationConfig(temperature=0.8, dynatemp_range=0.6)
+    out = chained(logits, config)
+    assert out[0].tolist() == pytest.approx([3.0 / 1.4] * 8)
+    assert out[1].tolist() == single[0].tolist()
+    probs = peaked.double().softmax(-1)[0].tolist()
+    assert out[2].tolist() == pytest.approx((peaked[0] / entropy_temperature(probs, 0.8, 0.6, 1.0)).tolist(),
+                                            rel=1e-5)
+    assert torch.equal(chained(logits, GenerationConfig(temperature=0.8)), logits / 0.8)     # range 0: plain
+
+
+def test_the_engine_runs_mirostat_one_token_a_step_with_a_mu_per_sequence(tiny_checkpoint):
+    """Through the engine's decode loop (lookahead on the device, no speculation: mu moves with each token): tau near
+    0 keeps only the likeliest token at every step, so the answer is the greedy one at any temperature and seed,
+    where plain sampling at that temperature is not; a batch's sequences each keep theirs."""
+    from models import load_model
+
+    engine = load_model(tiny_checkpoint[0], device="cpu", max_context=64)
+    prompt = [1, 5, 6, 7, 5, 6, 7, 5, 6]                  # repeats: prompt lookup would have drafts to verify
+    greedy = engine.generate(prompt, GenerationConfig(max_new_tokens=10, speculate=0)).token_ids
+    hot = dict(max_new_tokens=10, temperature=5.0, speculate=4)
+    assert any(engine.generate(prompt, GenerationConfig(seed=seed, **hot)).token_ids != greedy for seed in range(4))
+    for seed in range(4):
+        result = engine.generate(prompt, GenerationConfig(seed=seed, mirostat=2, mirostat_tau=1e-4, **hot))
+        assert result.token_ids == greedy and result.timings.drafted_tokens == 0
+    other = [1, 9, 8, 7]
+    batch = engine.generate_batch([prompt, other], GenerationConfig(seed=3, mirostat=1, mirostat_tau=1e-4, **hot))
+    alone = engine.generate(other, GenerationConfig(max_new_tokens=10, speculate=0)).token_ids
+    assert [r.token_ids for r in batch] == [greedy, alone]
