@@ -48,6 +48,11 @@ class Sampling:
     penalty_last_n: int = 64         # over the last n tokens of prompt + answer (0: none, -1: the whole context)
     penalize_prompt: bool = True     # False: over the answer's tokens only (OpenAI's presence and frequency)
     repeat_window: int | None = None   # the repeat penalty's own window over prompt + answer (None: the same)
+    dynatemp_range: float = 0.0      # llama.cpp's dynamic temperature (models.GenerationConfig's; 0: off)
+    dynatemp_exponent: float = 1.0
+    mirostat: int = 0                # llama.cpp's mirostat 1 or 2 in place of the chain (models.GenerationConfig's)
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
     logprobs: int | None = None      # each token's logprob and the top-N alternatives' (None: not computed)
     logprobs_after_samplers: bool = False   # of the distribution the draw came from (llama.cpp's post_sampling_probs)
     speculate: int | None = None     # draft tokens verified per step; None: the engine's default, 0: off
@@ -244,6 +249,8 @@ class Session:
             repeat_penalty=sampling.repeat_penalty, presence_penalty=sampling.presence_penalty,
             frequency_penalty=sampling.frequency_penalty, penalty_last_n=sampling.penalty_last_n,
             penalize_prompt=sampling.penalize_prompt, repeat_window=sampling.repeat_window, logit_bias=bias,
+            dynatemp_range=sampling.dynatemp_range, dynatemp_exponent=sampling.dynatemp_exponent,
+            mirostat=sampling.mirostat, mirostat_tau=sampling.mirostat_tau, mirostat_eta=sampling.mirostat_eta,
             stop_token_ids=tuple(packed.stop_token_ids) if stops else (),
             stop_strings=(tuple(packed.stop_strings) if stops else ()) + tuple(sampling.stop),
             required_prefix=packed.heal_text)   # token healing: the text prompts left out

@@ -2,7 +2,7 @@
 (400), then the fields against the protocol's pydantic model (400 naming the first bad field). Types are strict
 ("5" is not a number), numbers finite (JSON's 1e999 reads as infinity), seeds within what a generator takes; fields
 a model does not know are ignored, as llama.cpp and OpenAI ignore them (real clients send many: llama.vim's
-`t_max_prompt_ms`, Continue's `mirostat`); a null is the field's default where the field has no use for None, as
+`t_max_prompt_ms` and `cache_prompt`); a null is the field's default where the field has no use for None, as
 llama.cpp's json_value, Go's decoder (Ollama) and OpenAI's nullable parameters read it (the openai package sends
 `"temperature": null` for temperature=None). A lone surrogate (`"\ud800"` is valid JSON, not valid text) becomes
 U+FFFD, as the command line does with such text: a tokenizer refuses it, and so does a UTF-8 response."""

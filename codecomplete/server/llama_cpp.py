@@ -51,7 +51,7 @@ public = APIRouter()
 RANDOM_SEED = 2 ** 32 - 1   # LLAMA_DEFAULT_SEED: a seed drawn at random (llama-sampling.cpp's get_rng_seed)
 
 
-class Options(samplers.UnimplementedSamplerFields):   # (typical_p, dry_*, xtc_*, ...)
+class Options(samplers.UnimplementedSamplerFields, samplers.AdaptiveSamplerFields):   # (typical_p, dry_*, mirostat...)
     """What /completion and /infill share (llama.cpp's defaults)."""
 
     n_predict: int = Field(-1, ge=-1, validation_alias=AliasChoices("n_predict", "max_tokens"))
@@ -216,14 +216,15 @@ def _sampling(server, body: Options):
             if body.logit_bias else ())
     n_probs = _n_probs(server, body)
     seed = _seed(body.seed)
+    temperature = max(body.temperature, 0.0)
+    options = samplers.applied(chain, temperature, max(body.top_k, 0), samplers.unit(body.top_p),
+                               samplers.unit(body.min_p), body.min_keep,
+                               repeat_penalty=body.repeat_penalty, presence_penalty=body.presence_penalty,
+                               frequency_penalty=body.frequency_penalty, penalty_last_n=body.repeat_last_n)
     return server.sampling(body.n_predict, seed=None if seed == RANDOM_SEED else seed, stop=stop_strings(body.stop),
                            format_stops=not body.ignore_eos, ignore_eos=body.ignore_eos, logit_bias=bias,
                            logprobs=n_probs or None, logprobs_after_samplers=body.post_sampling_probs,
-                           **samplers.applied(
-                               chain, max(body.temperature, 0.0), max(body.top_k, 0), samplers.unit(body.top_p),
-                               samplers.unit(body.min_p), body.min_keep,
-                               repeat_penalty=body.repeat_penalty, presence_penalty=body.presence_penalty,
-                               frequency_penalty=body.frequency_penalty, penalty_last_n=body.repeat_last_n))
+                           **{**options, **samplers.adaptive(chain, body, temperature)})
 
 
 def _settings(server, body: Options | None) -> dict:
@@ -232,6 +233,8 @@ def _settings(server, body: Options | None) -> dict:
             "top_p": body.top_p, "min_p": body.min_p, "seed": _seed(body.seed), "stop": list(stop_strings(body.stop)),
             "repeat_penalty": body.repeat_penalty, "repeat_last_n": body.repeat_last_n,
             "presence_penalty": body.presence_penalty, "frequency_penalty": body.frequency_penalty,
+            "dynatemp_range": body.dynatemp_range, "dynatemp_exponent": body.dynatemp_exponent,
+            "mirostat": body.mirostat, "mirostat_tau": body.mirostat_tau, "mirostat_eta": body.mirostat_eta,
             "samplers": list(samplers.chain(body.samplers)), "n_probs": _asked_n_probs(body),
             "post_sampling_probs": body.post_sampling_probs, "n_ctx": server.engine.context_length}
 

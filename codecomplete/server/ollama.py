@@ -62,6 +62,10 @@ class Options(Body):
     frequency_penalty: float = 0.0
     stop: str | list[str] | None = None
     seed: Seed | None = None
+    # llama.cpp's mirostat in place of the chain, as Ollama's llama.cpp runner ran it through 0.6.8 (samplers.py)
+    mirostat: int = Field(0, ge=0, le=2)
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
 
 
 class GenerateRequest(Body):
@@ -346,7 +350,7 @@ def _logprobs(body: GenerateRequest | ChatRequest) -> int | None:
 
 
 def _sampling(server, options: Options, logprobs: int | None = None):
-    if options.typical_p < 1.0:
+    if options.typical_p < 1.0 and not options.mirostat:      # (mirostat's chain does not run it)
         raise ApiError(400, "typical_p is not supported (locally typical sampling is not implemented): leave it at 1")
     seed = None if options.seed == -1 else options.seed      # -1: a random seed, Ollama's default (sample/samplers.go)
     # 0 is no limit for Ollama's runner (`numPredict > 0 &&` guards its check), not llama.cpp's "prompt only"
@@ -357,4 +361,5 @@ def _sampling(server, options: Options, logprobs: int | None = None):
                            stop=stop_strings(options.stop),
                            repeat_penalty=options.repeat_penalty, presence_penalty=options.presence_penalty,
                            frequency_penalty=options.frequency_penalty, penalty_last_n=options.repeat_last_n,
-                           logprobs=logprobs)
+                           mirostat=options.mirostat, mirostat_tau=options.mirostat_tau,
+                           mirostat_eta=options.mirostat_eta, logprobs=logprobs)

@@ -47,7 +47,8 @@ class StreamOptions(Body):
     include_usage: bool = False
 
 
-class Options(samplers.UnimplementedSamplerFields):   # (llama.cpp's extras: typical_p, ...)
+class Options(samplers.UnimplementedSamplerFields, samplers.AdaptiveSamplerFields):   # (llama.cpp's extras:
+                                                                                        # typical_p, mirostat, ...)
     model: str | None = None
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)       # vLLM's (0, 1]: 0 is a 400 there, not greedy
@@ -308,12 +309,13 @@ def _sampling(server, body: Options):
                      penalty_last_n=-1, penalize_prompt=False, repeat_penalty=repeat, repeat_window=window)
     top_k = max(body.top_k, 0)
     # llama.cpp's extras are its chain's: without `samplers` its default chain would run them
-    samplers.refuse_unsupported(samplers.chain(body.samplers), body)
+    chain = samplers.chain(body.samplers)
+    samplers.refuse_unsupported(chain, body)
     if body.samplers is None:       # vLLM's chain: penalties, temperature, min_p, top_k, top_p (its ties kept)
         options = {"temperature": body.temperature, "top_k": top_k, "top_p": body.top_p,
                    "min_p": body.min_p or 0.0, "min_keep": body.min_keep, **penalties}
     else:
         min_p = samplers.LLAMA_CPP_MIN_P if body.min_p is None else body.min_p
-        options = samplers.applied(samplers.chain(body.samplers), body.temperature, top_k, body.top_p, min_p,
-                                   body.min_keep, **penalties)
+        options = samplers.applied(chain, body.temperature, top_k, body.top_p, min_p, body.min_keep, **penalties)
+    options.update(samplers.adaptive(chain, body, body.temperature))     # (llama.cpp's mirostat, dynatemp)
     return server.sampling(body.max_tokens, seed=body.seed, stop=stop_strings(body.stop), logit_bias=bias, **options)

@@ -27,6 +27,9 @@ lists do not, so their draws are not cut by it. The OpenAI routes without `sampl
 temperature, min_p at vLLM's 0, top_k, top_p); llama.cpp's extras there (typical_p and the like) are checked against
 llama.cpp's default chain, which would run them. The infill sampler reads the candidates on the host (one sync a
 token: models/infill.py says what it costs).
+
+llama.cpp's mirostat and dynamic temperature are implemented (models/mirostat.py, models/dynatemp.py): mirostat 1 or 2
+replaces the whole chain with the temperature and mirostat, as common_sampler_init does (`AdaptiveSamplerFields`).
 """
 from __future__ import annotations
 
@@ -59,6 +62,31 @@ class UnimplementedSamplerFields(Body):
     top_n_sigma: float = -1.0
     adaptive_target: float = -1.0
     min_keep: int = Field(0, ge=0)      # (implemented: top_p and min_p keep at least this many, as llama.cpp's)
+
+
+class AdaptiveSamplerFields(Body):
+    """llama.cpp's mirostat and dynamic temperature (models/mirostat.py, models/dynatemp.py), at its defaults
+    (tools/server reads them per request). mirostat 1 or 2 replaces the chain, `samplers` included: the logit bias,
+    the temperature, then mirostat, as llama.cpp's common_sampler_init builds it; another version is a 400 (llama.cpp
+    stops on an assertion). dynatemp_range > 0 makes the temperature sampler, where the chain runs it, take its
+    temperature between temperature - range and temperature + range by the candidates' entropy."""
+    mirostat: int = Field(0, ge=0, le=2)
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
+    dynatemp_range: float = 0.0
+    dynatemp_exponent: float = 1.0
+
+
+def adaptive(samplers: tuple[str, ...], body, temperature: float) -> dict:
+    """Sampling options for mirostat and the dynamic temperature: with mirostat on, it and the request's own
+    temperature (run by llama.cpp's mirostat chain whatever `samplers` lists); else the dynamic temperature where
+    the chain has "temperature"."""
+    if body.mirostat:
+        return {"mirostat": body.mirostat, "mirostat_tau": body.mirostat_tau, "mirostat_eta": body.mirostat_eta,
+                "temperature": temperature}
+    if "temperature" not in samplers:
+        return {}
+    return {"dynatemp_range": body.dynatemp_range, "dynatemp_exponent": body.dynatemp_exponent}
 
 
 def unit(value: float) -> float:
@@ -95,7 +123,10 @@ def applied(samplers: tuple[str, ...], temperature: float, top_k: int, top_p: fl
 
 def refuse_unsupported(samplers: tuple[str, ...], body) -> None:
     """A 400 naming the field, where the chain runs a sampler this server does not implement with a value that would
-    change the distribution (llama.cpp's own conditions for each to do something; its defaults do nothing)."""
+    change the distribution (llama.cpp's own conditions for each to do something; its defaults do nothing). With
+    mirostat on, the chain does not run."""
+    if getattr(body, "mirostat", 0):
+        return
     field = lambda name, default: getattr(body, name, default)  # noqa: E731
     active = {
         "typ_p": ("typical_p", field("typical_p", 1.0) < 1.0),

@@ -787,6 +787,77 @@ def test_a_sampler_left_out_of_samplers_does_not_run(server, files):
         assert answer(samplers, free[0]) == greedy, samplers
 
 
+def test_each_route_gives_the_sampler_mirostat_and_the_dynamic_temperature():
+    """llama.cpp's routes (and its extras on the OpenAI ones) and Ollama's options pass mirostat, mirostat_tau and
+    mirostat_eta on; with mirostat on, llama.cpp's chain is the temperature then mirostat, so the request's own
+    temperature runs whatever `samplers` lists and an unimplemented sampler's field is not refused (it would not
+    run). dynatemp_range and dynatemp_exponent go where the chain runs the temperature."""
+    from types import SimpleNamespace
+
+    import pydantic
+
+    from codecomplete.server import llama_cpp, ollama, openai_api
+    from codecomplete.session import Sampling
+
+    fake = SimpleNamespace(sampling=lambda max_tokens, **options: Sampling(max_tokens=4, **options))
+
+    def mirostat(sampling):
+        return sampling.mirostat, sampling.mirostat_tau, sampling.mirostat_eta, sampling.temperature
+
+    assert mirostat(llama_cpp._sampling(fake, llama_cpp.CompletionRequest(prompt="x"))) == (0, 5.0, 0.1, 0.8)
+    assert mirostat(llama_cpp._sampling(fake, llama_cpp.CompletionRequest(
+        prompt="x", mirostat=2, mirostat_tau=3.0, mirostat_eta=0.2, temperature=0.7, samplers=["top_k"],
+        typical_p=0.5))) == (2, 3.0, 0.2, 0.7)
+    assert mirostat(llama_cpp._sampling(fake, llama_cpp.InfillRequest(
+        **llama_vim_body("a", "b", "c", mirostat=1)))) == (1, 5.0, 0.1, 0.8)
+    chat = [{"role": "user", "content": "x"}]
+    assert mirostat(openai_api._sampling(fake, openai_api.ChatRequest(messages=chat, mirostat=1, mirostat_tau=2.5,
+                                                                      temperature=0.5))) == (1, 2.5, 0.1, 0.5)
+    assert mirostat(ollama._sampling(fake, ollama.Options(mirostat=2, mirostat_eta=0.3))) == (2, 5.0, 0.3, 0.8)
+    for bad in (3, -1):
+        for model in (llama_cpp.CompletionRequest, openai_api.CompletionRequest):
+            with pytest.raises(pydantic.ValidationError, match="mirostat"):
+                model(prompt="x", mirostat=bad)
+        with pytest.raises(pydantic.ValidationError, match="mirostat"):
+            ollama.Options(mirostat=bad)
+
+    def dynatemp(sampling):
+        return sampling.dynatemp_range, sampling.dynatemp_exponent
+
+    assert dynatemp(llama_cpp._sampling(fake, llama_cpp.CompletionRequest(prompt="x"))) == (0.0, 1.0)
+    assert dynatemp(llama_cpp._sampling(fake, llama_cpp.CompletionRequest(
+        prompt="x", dynatemp_range=0.4, dynatemp_exponent=2.0))) == (0.4, 2.0)
+    assert dynatemp(llama_cpp._sampling(fake, llama_cpp.CompletionRequest(
+        prompt="x", dynatemp_range=0.4, samplers=["top_k"]))) == (0.0, 1.0)          # no temperature in the chain
+    assert dynatemp(openai_api._sampling(fake, openai_api.CompletionRequest(prompt="x", dynatemp_range=0.3))) == \
+        (0.3, 1.0)
+
+
+def test_mirostat_2_with_a_target_near_0_answers_greedily_at_any_temperature(server):
+    """Mirostat's first bound is 2 tau bits of surprise: with tau 1e-4 no token is within it, so llama.cpp's v2 keeps
+    the likeliest alone, every step: the answer at temperature 1.5 is the greedy one whatever the seed, where the
+    same request without mirostat is not. On llama.cpp's route and on Ollama's; a version llama.cpp lacks is a 400."""
+    prompt = "def fibonacci(n):\n"
+
+    def completion(seed: int, **fields) -> str:
+        body = {"prompt": prompt, "n_predict": 12, "temperature": 1.5, "seed": seed, **fields}
+        return post(server, "/completion", body).json()["content"]
+
+    greedy = completion(0, temperature=0.0)
+    free = [seed for seed in (1, 2, 3) if completion(seed) != greedy]
+    assert free, "temperature 1.5 gave the greedy answer for every seed"
+    for seed in free:
+        assert completion(seed, mirostat=2, mirostat_tau=1e-4) == greedy, seed
+    ollama = {"model": "m", "prompt": prompt, "raw": True, "stream": False}
+    assert httpx.post(server.url + "/api/generate", timeout=300, json={**ollama, "options": {
+        "num_predict": 12, "temperature": 1.5, "seed": free[0], "mirostat": 2, "mirostat_tau": 1e-4}}).json()[
+        "response"] == greedy
+    refused = post(server, "/completion", {"prompt": prompt, "mirostat": 3})
+    assert refused.status_code == 400 and "mirostat" in refused.json()["error"]["message"], refused.text
+    refused = httpx.post(server.url + "/api/generate", timeout=300, json={**ollama, "options": {"mirostat": 3}})
+    assert refused.status_code == 400 and "mirostat" in refused.json()["error"], refused.text
+
+
 def test_each_route_runs_min_p_and_the_chain_where_its_server_does():
     """min_p: llama.cpp's 0.05 where its chain lists min_p (its default chain), not for llama.vim's list (no min_p
     there); vLLM's 0 on the OpenAI routes (llama.cpp's 0.05 when the request gives its `samplers`), after the

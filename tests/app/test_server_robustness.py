@@ -243,7 +243,7 @@ def test_a_body_over_the_limit_is_413(server):
 
 
 def test_unknown_fields_are_ignored_as_llama_cpp_and_openai_ignore_them(server):
-    code, text = raw_post(server.url, "/infill", json.dumps({**INFILL, "n_predict": 1, "mirostat": 2,
+    code, text = raw_post(server.url, "/infill", json.dumps({**INFILL, "n_predict": 1, "t_max_prompt_ms": 500,
                                                              "some_new_field": {"x": [1]}}).encode(), {})
     assert code == 200 and "content" in json.loads(text)
 
