@@ -19,6 +19,8 @@ presence_penalty, frequency_penalty over the last repeat_last_n tokens of prompt
 applies them: models/penalties.py), and llama.cpp's infill sampler, run as `samplers` lists them (samplers.py: one left out does
 not run; without the field, llama.cpp's default chain, temperature last); the samplers llama.cpp has and this server
 does not (dry, typ_p, xtc, top_n_sigma, adaptive_p) are accepted at their neutral values, a 400 otherwise;
+mirostat 1 or 2 (mirostat_tau, mirostat_eta) replaces the chain with the temperature and mirostat, and
+dynatemp_range > 0 (dynatemp_exponent) makes the temperature dynamic, as in llama.cpp (samplers.py);
 logit_bias (pairs or a map; a token an id or text, a bias a number or false: a ban) is added to the logits before
 them (logit_bias.py; a bad one is a 400); ignore_eos bans every end-of-generation token (the engine's EOS ids, which
 hold llama.cpp's end-of-generation set, and the prompt format's end tokens, as llama.cpp's logit_bias_eog: a -inf

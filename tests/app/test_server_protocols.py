@@ -813,7 +813,8 @@ def test_each_route_gives_the_sampler_mirostat_and_the_dynamic_temperature():
     chat = [{"role": "user", "content": "x"}]
     assert mirostat(openai_api._sampling(fake, openai_api.ChatRequest(messages=chat, mirostat=1, mirostat_tau=2.5,
                                                                       temperature=0.5))) == (1, 2.5, 0.1, 0.5)
-    assert mirostat(ollama._sampling(fake, ollama.Options(mirostat=2, mirostat_eta=0.3))) == (2, 5.0, 0.3, 0.8)
+    assert mirostat(ollama._sampling(fake, ollama.Options(mirostat=2, mirostat_eta=0.3, typical_p=0.5))) == \
+        (2, 5.0, 0.3, 0.8)
     for bad in (3, -1):
         for model in (llama_cpp.CompletionRequest, openai_api.CompletionRequest):
             with pytest.raises(pydantic.ValidationError, match="mirostat"):

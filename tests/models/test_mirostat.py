@@ -159,3 +159,15 @@ def test_the_engine_runs_mirostat_one_token_a_step_with_a_mu_per_sequence(tiny_c
     batch = engine.generate_batch([prompt, other], GenerationConfig(seed=3, mirostat=1, mirostat_tau=1e-4, **hot))
     alone = engine.generate(other, GenerationConfig(max_new_tokens=10, speculate=0)).token_ids
     assert [r.token_ids for r in batch] == [greedy, alone]
+
+
+def test_post_sampling_logprobs_are_of_the_distribution_mirostat_drew_from():
+    """llama.cpp's post_sampling_probs with mirostat: the tokens it kept, renormalized (here 1/2, 1/4, 1/8 over 7/8),
+    of this step's mu, not the next one's."""
+    logits = halving(6, 64)
+    sampler = mirostat_sampler(logits, mirostat=2, mirostat_tau=1.5, logprobs=3, logprobs_after_samplers=True)
+    token, table = sampler.choose(logits)
+    row = table[0].tolist()
+    assert row[0] == pytest.approx(math.log(2.0 ** -(token.item() + 1) / 0.875), abs=1e-5)
+    assert row[1:4] == pytest.approx([math.log(p / 0.875) for p in (0.5, 0.25, 0.125)], abs=1e-5)
+    assert row[4:] == [0.0, 1.0, 2.0]
