@@ -6,19 +6,24 @@ in kernels/ makes its tensors' device current first, as torch's own ops do."""
 from __future__ import annotations
 
 import functools
+import inspect
 
 import torch
 
 
-def launch_device(tensor: torch.Tensor) -> torch.cuda.device:
-    """A context in which `tensor`'s GPU is the thread's current CUDA device (a no-op off CUDA)."""
-    return torch.cuda.device(tensor.device if tensor.is_cuda else -1)
+def launch_device(tensor) -> torch.cuda.device:
+    """A context in which `tensor`'s GPU is the thread's current CUDA device (a no-op off CUDA, or for what is not
+    a tensor: the launcher's own checks refuse that)."""
+    on_cuda = getattr(tensor, "is_cuda", False)
+    return torch.cuda.device(tensor.device if on_cuda else -1)
 
 
 def on_first_tensors_device(launcher):
-    """`launcher`, run with its first argument's device current (`launch_device`)."""
+    """`launcher`, run with its first parameter's device current (`launch_device`), given by position or name."""
+    first = next(iter(inspect.signature(launcher).parameters))
+
     @functools.wraps(launcher)
-    def on_device(tensor, *args, **kwargs):
-        with launch_device(tensor):
-            return launcher(tensor, *args, **kwargs)
+    def on_device(*args, **kwargs):
+        with launch_device(args[0] if args else kwargs.get(first)):
+            return launcher(*args, **kwargs)
     return on_device

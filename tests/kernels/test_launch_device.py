@@ -81,3 +81,13 @@ def test_each_launcher_launches_inside_its_tensors_device_context(name, events):
     for event in events:             # no launch outside a context
         depth += {"enter": 1, "exit": -1}.get(event[0], 0)
         assert depth > 0 or event[0] != "launch", (name, events)
+
+
+def test_a_launcher_given_its_tensors_by_name_enters_their_device(events):
+    """(tests/kernels/test_validation.py calls the launchers with keywords: the guard took the first by position.)"""
+    g = torch.Generator().manual_seed(1)
+    k_new, v_new = (torch.randn(1, 2, 1, 16, generator=g) for _ in range(2))
+    k_cache, v_cache = (torch.randn(1, 2, 4, 16, generator=g) for _ in range(2))
+    append_kv_triton(k_new=k_new, v_new=v_new, k_cache=k_cache, v_cache=v_cache, input_pos=torch.tensor([1]))
+    assert events[0] == ("enter", -1) and ("launch",) in events
+    torch.testing.assert_close(k_cache[:, :, 1:2], k_new)
