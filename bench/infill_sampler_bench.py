@@ -21,7 +21,7 @@ from models.generation import SAMPLERS, GenerationConfig
 from models.infill import InfillSampler, device_candidates
 from models.sampling import sample
 
-# (llama.cpp's routes: top_k keeps exactly k, so the chain runs on k candidates after it: models/candidates.py)
+# (llama.cpp's routes: top_k keeps exactly k)
 VIM = GenerationConfig(temperature=1.0, top_k=40, top_p=0.99, top_k_ties=False,
                        sampler_order=("top_k", "top_p", "infill") + SAMPLERS[:3])
 PLAIN = GenerationConfig(temperature=1.0, top_k=40, top_p=0.99, top_k_ties=False, sampler_order=SAMPLERS)
@@ -35,9 +35,6 @@ class HostOnly:
     def apply(self, logits, config=None):
         return self.sampler.apply_on_host(logits)
 
-    def apply_to_candidates(self, values, ids, config=None):
-        return self.sampler.candidates_on_host(values, ids)
-
 
 class DeviceOnly:
     """The same sampler, always on the device path (whatever CODECOMPLETE_INFILL_DEVICE says)."""
@@ -46,9 +43,6 @@ class DeviceOnly:
 
     def apply(self, logits, config=None):
         return self.sampler.apply_on_device(logits, device_candidates(config, logits.shape[-1]))
-
-    def apply_to_candidates(self, values, ids, config=None):
-        return self.sampler.candidates_on_device(values, ids)
 
 
 def vocabulary(vocab: int, seed: int):

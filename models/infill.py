@@ -18,9 +18,9 @@ On CUDA, when a top-k before it bounds the candidates (llama.vim's top_k 40), on
 vocabulary's bytes as a device table built once per tokenizer), so the decode loop's lookahead keeps the GPU busy.
 A row with more finite logits than K (more ties at top-k's boundary than the slack) is decided on its K likeliest
 (llama.cpp's chains, the only ones that list infill, keep exactly top_k: there it does not happen).
-On a chain's candidates (models/candidates.py: what a top-k before it left, as token ids and their logits;
-`apply_to_candidates`) it reads only those: the kernel takes them as they are (up to 128), the host loop their W
-logits instead of the row's V, and the rows left with the end token alone keep W columns.
+On a CPU chain's candidates (models/candidates.py: what a top-k before it left, as token ids and their logits;
+`apply_to_candidates`) the host loop reads their W logits instead of the row's V, and the rows left with the end
+token alone keep W columns.
 Elsewhere (CPU tensors, where the embedded model runs; a chain with nothing bounding the candidates) on the host:
 the candidates' logits come to the host once per sampled token (one sync). There merging looks only at a
 candidate's own prefixes (a dictionary lookup per byte of each candidate, not llama.cpp's comparison per pair):
@@ -147,27 +147,10 @@ class InfillSampler:
 
     def apply_to_candidates(self, values: torch.Tensor, ids: torch.Tensor, config: GenerationConfig | None = None
                             ) -> tuple[torch.Tensor, torch.Tensor]:
-        """apply() on a chain's candidates (models/candidates.py): logits (B, W) of token ids (B, W), rising along
-        each row, every other token at -inf -> the same, what it drops at -inf (a row left with the end token alone:
-        that token at logit 1, the rest -inf). On the device (the kernel reads all W, at most MAX_DEVICE_CANDIDATES)
-        where they are on CUDA, else on the host: the same tokens either way as apply() on the whole row."""
-        if ON_DEVICE and values.is_cuda and values.shape[-1] <= MAX_DEVICE_CANDIDATES:
-            return self.candidates_on_device(values, ids)
-        return self.candidates_on_host(values, ids)
-
-    def candidates_on_device(self, values: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """apply_to_candidates() by kernels/infill_keep.py, no host sync (on a CPU only under TRITON_INTERPRET)."""
-        from kernels.infill_keep import infill_keep
-
-        table, lengths = device_vocabulary(self.table, values.device)
-        ranked, kept, alone = infill_keep(values.float(), ids, table, lengths, self._end_flags_for(values.device,
-                                                                                                  ids))
-        ids, order = torch.sort(ranked, dim=-1)                            # back to rising ids
-        kept = kept.to(values.dtype).gather(-1, order)
-        return self._alone_where(alone, kept, ids)
-
-    def candidates_on_host(self, values: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """apply_to_candidates() with the candidates read on the host (one sync where they are on a device)."""
+        """apply() on a chain's candidates (models/candidates.py; CPU rows, the only ones compacted): logits (B, W) of
+        token ids (B, W), rising along each row, every other token at -inf -> the same, what it drops at -inf (a row
+        left with the end token alone: that token at logit 1, the rest -inf); the same tokens as apply() on the whole
+        row, from W logits read instead of V."""
         rows = values.detach().to("cpu", torch.float64)
         row_ids = ids.cpu()
         kept = torch.zeros(values.shape, dtype=torch.bool)              # (B, W)
@@ -180,16 +163,6 @@ class InfillSampler:
                 kept[row] = torch.isin(token_ids, torch.tensor(keep, dtype=torch.int64))
         out = values.masked_fill(~kept.to(values.device), float("-inf"))
         return self._alone_where(alone.to(values.device), out, ids) if alone.any() else (out, ids)
-
-    def _end_flags_for(self, device: torch.device, ids: torch.Tensor) -> torch.Tensor:
-        """`_end_flags` for token ids (any shape): long enough for every end id (the kernel reads flags[id] < len)."""
-        width = max(self.end_ids, default=0) + 1
-        key = ("end flags", device, width)
-        if key not in self._on_device:
-            flags = torch.zeros(width, dtype=torch.int8)
-            flags[list(self.end_ids)] = 1
-            self._on_device[key] = flags.to(device)
-        return self._on_device[key]
 
     def _alone_where(self, alone: torch.Tensor, values: torch.Tensor, ids: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:

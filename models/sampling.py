@@ -143,7 +143,8 @@ def chain(logits: torch.Tensor, config: GenerationConfig, penalize: Penalize | N
                 drop &= ~_likeliest(logits, config.min_keep, ties=False)
             candidates = candidates.with_values(logits.masked_fill(drop, float("-inf")))
         elif sampler == "top_k" and 0 < config.top_k < logits.shape[-1]:
-            if candidates.compact or not compact:
+            # (CUDA rows stay whole: there a step's chain costs its kernels' launches, which compacting adds to)
+            if candidates.compact or not compact or not candidates_module.host_reads(logits):
                 candidates = candidates.with_values(
                     logits.masked_fill(~_likeliest(logits, config.top_k, config.top_k_ties), float("-inf")))
             else:
@@ -161,22 +162,20 @@ def chain(logits: torch.Tensor, config: GenerationConfig, penalize: Penalize | N
 
 
 def _top_k_candidates(logits: torch.Tensor, k: int, ties: bool) -> Candidates:
-    """Top-k on whole rows (B, V), 0 < k < V, as candidates: the tokens `_likeliest` keeps. On a CPU from one
-    torch.topk where the tokens tied with the k-th are all among its k (the usual case: its order among ties is
-    its own), else from `_likeliest`'s mask. On CUDA, where nothing is read on the host: exactly k (`ties` False) in
-    k columns; with the ties (vLLM's) the whole row, masked (how many tie is not known without a read)."""
-    if candidates_module.host_reads(logits):
-        top, ids = torch.topk(logits, k, dim=-1)                                   # (B, k) falling, ties any order
-        kth = top[:, -1:]                                                           # (B, 1)
-        # every token tied with the k-th inside the k (ties: nothing at or above it outside; NaN, torch.topk's
-        # largest, counts as _likeliest's `~(logits < kth)` keeps it)
-        inside = (logits == kth).sum(dim=-1) == (top == kth).sum(dim=-1) if not ties else \
-            (~(logits < kth)).sum(dim=-1) == k                                      # (B,)
-        if bool(inside.all()):
-            ids, order = torch.sort(ids, dim=-1)                                    # rising ids
-            top = top.gather(-1, order)
-            # exactly k: a NaN is no candidate of `_likeliest` (it compares); -inf stays -inf either way
-            return Candidates(top if ties else torch.where(top >= kth, top, float("-inf")), ids, logits.shape[-1])
+    """Top-k on whole CPU rows (B, V), 0 < k < V, as candidates: the tokens `_likeliest` keeps. From one torch.topk
+    where the tokens tied with the k-th are all among its k (the usual case: its order among ties is its own), else
+    from `_likeliest`'s mask."""
+    top, ids = torch.topk(logits, k, dim=-1)                                       # (B, k) falling, ties any order
+    kth = top[:, -1:]                                                               # (B, 1)
+    # every token tied with the k-th inside the k (ties: nothing at or above it outside; NaN, torch.topk's
+    # largest, counts as _likeliest's `~(logits < kth)` keeps it)
+    inside = (logits == kth).sum(dim=-1) == (top == kth).sum(dim=-1) if not ties else \
+        (~(logits < kth)).sum(dim=-1) == k                                          # (B,)
+    if bool(inside.all()):
+        ids, order = torch.sort(ids, dim=-1)                                        # rising ids
+        top = top.gather(-1, order)
+        # exactly k: a NaN is no candidate of `_likeliest` (it compares); -inf stays -inf either way
+        return Candidates(top if ties else torch.where(top >= kth, top, float("-inf")), ids, logits.shape[-1])
     keep = _likeliest(logits, k, ties)                                              # (B, V)
     if not ties:
         return kept(logits, keep, k)
