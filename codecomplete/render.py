@@ -408,7 +408,7 @@ def context_table(items) -> Table:
 
 
 def result_json(text_key: str, result, engine, context=()) -> dict:
-    """The object DESIGN.md fixes, plus finish_reason, prefix reuse and each context item's form. The tokens that
+    """The object DESIGN.md fixes, plus finish_reason, not_a_number, prefix reuse and each context item's form. The tokens that
     only made the healed text again are the prompt's, as the server counts them (GenerationResult.token_counts):
     `--max-tokens 3` after a healed prompt reported 5 completion tokens."""
     prompt_tokens, completion_tokens = result.token_counts()
@@ -422,6 +422,7 @@ def result_json(text_key: str, result, engine, context=()) -> dict:
         "completion_tokens": completion_tokens,
         "reused_prefix_tokens": result.reused_prefix_tokens,
         "finish_reason": result.finish_reason,
+        "not_a_number": result.not_a_number,   # the model's logits were NaN or inf where it ended (stderr warns too)
         "context": [{"path": item.path, "start_line": item.start_line, "end_line": item.end_line,
                      "tokens": item.tokens, "form": item.form} for item in context],
         "timings": asdict(result.timings),

@@ -382,3 +382,16 @@ def test_the_command_line_warns_where_the_model_ended_its_answer_on_nan(monkeypa
         assert client._result(native.result_object(result)) == result
         engines.generate(SimpleNamespace(engine=None, run=lambda on_text, should_stop: result), View())
     assert len(warned) == 1 and "not a number (NaN or inf) at token 3 of the answer" in warned[0], warned
+
+
+def test_the_command_lines_json_says_the_answer_ended_on_nan():
+    """--json goes to scripts and editors, which do not read stderr's warning."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from codecomplete.render import result_json
+
+    engine = SimpleNamespace(name="m", device="cpu", attention="flash")
+    broken = _not_a_number_result()
+    assert result_json("completion", broken, engine)["not_a_number"] is True
+    assert result_json("completion", replace(broken, not_a_number=False), engine)["not_a_number"] is False
