@@ -471,7 +471,9 @@ class _Window:
             too_long = _too_long(piece.text, budget - tokens)
             if too_long or tokens + self._cost(pieces, number) > budget:
                 if number == 0:  # the cursor's own block is too long: keep the part nearest the cursor
-                    piece = self._cut(piece, budget, keep_end=pieces is self.above)
+                    piece = (self._steps_down(piece, budget) if pieces is self.above else None) or piece
+                    if _too_long(piece.text, budget) or self._cost([piece], 0) > budget:
+                        piece = self._cut(piece, budget, keep_end=pieces is self.above)
                     return [piece], self._cost([piece], 0)
                 # A cursor in the first lines of its block would otherwise see none of the block above it (at the
                 # CPU's 1,024-token budget a dense block of 32 lines does not fit what is left). Only that block: a
@@ -497,6 +499,20 @@ class _Window:
             if not _too_long(part.text, budget) and self._cost([part], 0) <= budget:
                 return part
         return None
+
+    def _steps_down(self, piece: _Piece, budget: int) -> _Piece | None:
+        """The cursor's own block, too long for ``budget`` before the cursor: its lines from the first start PART_LINES
+        apart counted from the block's top (the same starts as `_part`'s) whose text fits, or the last such start's
+        if none does (for `_cut` to go on from). Cut line by line, the window's far end moved down a line with every
+        line typed, and the model's cache prefilled the whole window again each time; so it moves once in 8 lines.
+        None where the block holds no such start."""
+        starts, end = self.starts, self.end
+        part = None
+        for first in range(piece.first + PART_LINES, piece.last + 1, PART_LINES):
+            part = _Piece(first, piece.last, self.text[starts[first]:end])
+            if not _too_long(part.text, budget) and self._cost([part], 0) <= budget:
+                return part
+        return part
 
     def _cost(self, pieces: list[_Piece], number: int) -> int:
         if pieces[number].text not in self._costs:

@@ -444,3 +444,21 @@ def test_a_cursor_at_the_top_of_a_block_still_sees_the_code_above_it(repo_index,
     # The file's share: 40% of the budget, three quarters of it before the cursor, ~300 tokens: 9 of these lines.
     assert len(lines_above) >= 6, shown[-400:]
     assert text.split("\n")[cursor_row - 1] in shown            # the line just above the cursor, whatever else
+
+
+def test_typing_lines_into_a_dense_block_moves_the_window_s_far_end_in_steps(repo_index, smollm2_tokenizer):
+    """The cursor's own block, too long for what the file's share leaves, was cut line by line: every line typed
+    moved the window's first line down by one, and the model's cache prefilled the whole window again (the warm
+    server at 1,024 tokens). Its far end now moves in steps of 8 lines counted from the block's top, as the block
+    above the cursor's does."""
+    rows = [f"    value_{n} = compute(value_{n - 1}, factor={n} * scale, name='v{n}', offset=base + {n})"
+            for n in range(64)]
+    firsts = []
+    for typed in range(48, 64):                                 # one more line each time, the cursor under it
+        text = "def pipeline(base, scale):\n" + "\n".join(rows[:typed]) + "\n"
+        packed = build_completion_prompt(repo_index, smollm2_tokenizer, "app/new.py", text=text, budget_tokens=600)
+        window = next(item for item in packed.context if item.path == "app/new.py")
+        assert window.end_line == typed + 2 and len(packed.ids) <= 600  # (the header, the lines, the cursor's)
+        firsts.append(window.start_line)
+    assert {(first - 1) % 8 for first in firsts} == {0}, firsts  # (0-based: a block's top, or 8, 16, 24 lines on)
+    assert len(set(firsts)) <= 3, firsts                        # 16 lines typed: a step of 8 at most twice
