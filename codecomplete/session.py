@@ -5,8 +5,10 @@ tokens, the context it carried), and `run(on_text, should_stop)`, which generate
 and polling `should_stop` between tokens (and between a long prefill's layers). The model's KV cache keeps
 the last prompt between requests, so a request that shares its start with the one before prefills only the rest;
 a completion keeps the repository context the last one in the same file chose while it still ranks near the top
-(`previous` in prompts.completion), so that start survives moving to the next line; the index follows the
-repository's files as they change, a bounded slice of work per request (prompts.freshness).
+(`previous` in prompts.completion), and counts the file's blocks of lines from where the last prompt's were
+(`anchor`: an editor's text that starts 256 lines above the cursor starts a line lower with each line typed), so
+that start survives moving to the next line; the index follows the repository's files as they change, a bounded
+slice of work per request (prompts.freshness).
 
 One caller at a time: the server runs every request on a single worker thread.
 """
@@ -83,7 +85,7 @@ class Session:
         self.engine = engine
         self.context_tokens = context_tokens     # the prompt budget asked for (None: what fits the engine)
         self._index = FreshIndex(index) if index is not None else None
-        self._chosen: dict[str, list] = {}       # path -> the repository chunks its last completion prompt chose
+        self._last: dict[str, object] = {}       # path -> its last sticky completion prompt (prompts.PackedPrompt)
         self._tidy_until = 0                     # the index's walk that idle upkeep goes on to the end of
 
     @property
@@ -97,21 +99,24 @@ class Session:
                  sticky: bool = True) -> Generation:
         """A completion at a cursor of `path` (relative to the repository), in its buffer `text` or as on disk;
         `budget`: the prompt's tokens (None: `prompt_budget`). `sticky`: keep the repository context the last
-        sticky completion in this file chose where it still ranks near the top, and remember this one's; False
+        sticky completion in this file chose where it still ranks near the top, and the rows where its blocks of
+        the file began (`anchor` in prompts.completion), and remember this one's; False
         for a prompt exactly as a session without history builds it (the command line's, through a server)."""
         from prompts import build_completion_prompt
+
+        last = self._last.get(path) if sticky else None
 
         def build(index, heal: bool = True):
             return build_completion_prompt(
                 index, self.engine.tokenizer, path=path, text=text, line=line, col=col,
                 budget_tokens=budget or self.prompt_budget(sampling.max_tokens), extra=extra, heal=heal,
-                previous=self._chosen.get(path, ()) if sticky else ())
+                previous=last.chosen if last else (), anchor=last.anchor if last else None)
 
         packed = self._current(build, path)
         if not self._heals(packed, sampling):
             packed = self._current(lambda index: build(index, heal=False), path)
         if sticky:
-            self._chosen = {path: packed.chosen}   # (the last file's only: its context is what the KV cache holds)
+            self._last = {path: packed}   # (the last file's only: its prompt is what the KV cache holds)
         return self._generation(packed, sampling)
 
     def infill(self, prefix: str, suffix: str, *, path: str | None = None, extra: Sequence[tuple[str, str]] = (),

@@ -12,7 +12,10 @@ it copies from.)
 
 The current file enters the prompt in blocks of 32 lines, counted from the top of the file, plus the two partial
 blocks next to the cursor. While the user types, the blocks further away keep their text and therefore their
-tokens: the tokenizer need not see them again, and the model's cache of the prompt's start stays valid. The
+tokens: the tokenizer need not see them again, and the model's cache of the prompt's start stays valid. An editor
+that sends only the lines around the cursor (llama.vim: the 256 above it) moves the text's top down a line with
+every line typed, and blocks counted from there would move over the code with it: so the blocks are counted from
+where the last prompt's were (its ``anchor``: a row where one began, found again by its text). The
 file's share of the budget grows in steps for the same reason: the repository context does not change with
 every keystroke. The prompt ends one token before the cursor, that token's text left for the model to write
 (token healing).
@@ -54,6 +57,9 @@ USUAL_TOKEN_CHARS = 8  # characters a token covers at most in ordinary code (3-4
 HEAL_LOOKBACK = 256  # characters before the cursor that decide where its last token starts
 AHEAD_CHARS = 16384  # longer pieces are encoded only once they are needed, never ahead
 FRESH = 4  # of each ranking's best, those the last prompt did not have go first (if above all it had)
+ANCHOR_LINES = 4  # rows whose text marks where a block began (the next prompt's blocks are counted from there)
+ANCHOR_REACH = 1024  # rows from where that text was that are searched for it
+ANCHOR_CHARS = 4096  # longer rows mark nothing
 KEEP_REACH, KEEP_SLACK = 2, 16  # a chunk of the last prompt keeps its place while it ranks within 2 N + 16 (N: how
                                 # many that prompt chose)
 
@@ -71,6 +77,7 @@ def build_completion_prompt(
     *,
     heal: bool = True,
     previous: Sequence[tuple[str, int]] = (),
+    anchor: tuple[int, str] | None = None,
 ) -> PackedPrompt:
     """The prompt for completing ``path`` (relative to the repository root, or absolute inside it) at a cursor.
 
@@ -82,6 +89,8 @@ def build_completion_prompt(
     ``previous``: the repository chunks the last prompt at this file chose (``PackedPrompt.chosen``): those that
     still rank near the top keep their places, so the prompt's start, and the model's cache of it, survive the
     small shifts of ranking that moving to the next line makes.
+    ``anchor``: the last prompt's at this file (``PackedPrompt.anchor``): where its blocks of the current file began,
+    so that they begin at the same text again wherever the editor's text now starts.
     """
     relative = index.relative_path(path)
     imports = index.imports(relative) if text is None else None  # the file as indexed, unless it is being edited
@@ -104,7 +113,8 @@ def build_completion_prompt(
                           f"the file name {relative} ({fixed} tokens) and any code")
 
     heal_text = _partial_token(encoder, rows, row, column) if heal else ""
-    window = _Window(encoder, text, rows, row, column, with_suffix=form.fim is not None, heal=len(heal_text))
+    window = _Window(encoder, text, rows, row, column, with_suffix=form.fim is not None, heal=len(heal_text),
+                     origin=_block_origin(rows, anchor))
     share = _file_share(window, space)
     window.fit(share)
     if imports is None:     # a buffer's, from as much of it as the index reads of a file: its grammar's query
@@ -179,6 +189,7 @@ def build_completion_prompt(
         heal_text=heal_text,
         chosen=[(choice.chunk.path, choice.chunk.start_line) for choice in selection.order],
         cut=not window.whole(),
+        anchor=window.anchor(),
     )
 
 
@@ -203,6 +214,20 @@ def _keep_previous(ranked: Iterator[tuple[float, Chunk]], previous: Sequence[tup
                       key=lambda item: order[item[1].path, item[1].start_line])
     yield from (item for item, was in zip(head[fresh:], known[fresh:]) if not was)
     yield from ranked
+
+
+def _block_origin(rows: list[str], anchor: tuple[int, str] | None) -> int:
+    """Where the current file's blocks begin, as a row modulo BLOCK_LINES: at the anchor's text where it is found,
+    the nearest its old row first (the editor's text may have gained or lost lines above it), else at the top."""
+    if anchor is None:
+        return 0
+    near, text = anchor
+    lines = text.split("\n")
+    for distance in range(ANCHOR_REACH):
+        for found in {near - distance, near + distance}:
+            if 0 <= found < len(rows) and rows[found] == lines[0] and rows[found:found + len(lines)] == lines:
+                return found % BLOCK_LINES
+    return 0
 
 
 def _partial_token(encoder: Encoder, rows: list[str], row: int, column: int) -> str:
@@ -401,20 +426,24 @@ class _Window:
     the budget cannot fit and is never tokenized whole (a minified line of megabytes)."""
 
     def __init__(
-        self, encoder: Encoder, text: str, rows: list[str], row: int, column: int, with_suffix: bool, heal: int = 0
+        self, encoder: Encoder, text: str, rows: list[str], row: int, column: int, with_suffix: bool, heal: int = 0,
+        origin: int = 0,
     ):
-        self.encoder, self.text, self.row = encoder, text, row
+        """``origin``: the blocks begin at the rows equal to it modulo BLOCK_LINES (and at the text's top)."""
+        self.encoder, self.text, self.row, self.rows = encoder, text, row, rows
         self.starts = [0, *accumulate(len(r) + 1 for r in rows[:-1]), len(text)]  # offset of each row, and the end
         self.cursor = self.starts[row] + column  # where the suffix starts
         self.end = self.cursor - heal  # where the prefix ends
         self.end_row = bisect_right(self.starts, self.end, hi=row + 1) - 1
-        top = self.end_row // BLOCK_LINES * BLOCK_LINES
+        self.origin = origin
+        top = max(self.end_row - (self.end_row - origin) % BLOCK_LINES, 0)
         self.above = [_Piece(top, self.end_row, text[self.starts[top] : self.end])] + [
-            self._block(first, len(rows)) for first in range(top - BLOCK_LINES, -1, -BLOCK_LINES)
+            self._block(max(first, 0), first + BLOCK_LINES) for first in range(top - BLOCK_LINES, -BLOCK_LINES,
+                                                                               -BLOCK_LINES)
         ]
-        bottom = min(row // BLOCK_LINES * BLOCK_LINES + BLOCK_LINES, len(rows))
+        bottom = min(row + BLOCK_LINES - (row - origin) % BLOCK_LINES, len(rows))
         self.below = [_Piece(row, bottom - 1, text[self.cursor : self.starts[bottom]])] + [
-            self._block(first, len(rows)) for first in range(bottom, len(rows), BLOCK_LINES)
+            self._block(first, first + BLOCK_LINES) for first in range(bottom, len(rows), BLOCK_LINES)
         ] if with_suffix else []
         self._costs: dict[str, int] = {}
         self._avoid: list[Chunk] = []
@@ -422,9 +451,17 @@ class _Window:
         self.suffix: list[_Piece] = []
         self.tokens = 0
 
-    def _block(self, first: int, rows: int) -> _Piece:
-        last = min(first + BLOCK_LINES, rows)
+    def _block(self, first: int, end: int) -> _Piece:
+        last = min(end, len(self.rows))
         return _Piece(first, last - 1, self.text[self.starts[first] : self.starts[last]])
+
+    def anchor(self) -> tuple[int, str] | None:
+        """The row where the last block wholly above the cursor's line begins (with a few rows to spare: the next
+        prompt looks for their text, which typing does not change), and their text; None above the first one."""
+        last = self.row - ANCHOR_LINES
+        first = last - (last - self.origin) % BLOCK_LINES
+        text = "\n".join(self.rows[first:first + ANCHOR_LINES]) if first >= 0 else ""
+        return (first, text) if text and len(text) <= ANCHOR_CHARS else None  # (not megabytes of a minified line)
 
     def lines(self) -> tuple[int, int]:
         """First and last line (1-based) of the file the window shows."""

@@ -61,6 +61,8 @@ class PackedPrompt:
                                                                   # order chosen: the next prompt's `previous`
     cut: bool = False  # the current file's text did not fit whole: its far ends gave way (llama.cpp's `truncated`)
     history: int = 0  # chat: the earlier messages carried before the question (older ones gave way to the budget)
+    anchor: tuple[int, str] | None = None  # completion: a row where a block of the current file began (0-based) and
+                                            # the text of its first rows: the next prompt's `anchor`
 
 
 @dataclass(frozen=True)

@@ -462,3 +462,25 @@ def test_typing_lines_into_a_dense_block_moves_the_window_s_far_end_in_steps(rep
         firsts.append(window.start_line)
     assert {(first - 1) % 8 for first in firsts} == {0}, firsts  # (0-based: a block's top, or 8, 16, 24 lines on)
     assert len(set(firsts)) <= 3, firsts                        # 16 lines typed: a step of 8 at most twice
+
+
+def test_an_editor_sending_the_lines_above_the_cursor_keeps_the_window_s_tokens_line_after_line(
+        repo_index, smollm2_tokenizer):
+    """llama.vim sends the 256 lines above the cursor, so each line typed moves the text's top down a line. The
+    blocks of the window were counted from that top: they moved over the code with it, and every new line changed
+    the whole window's tokens (the warm server prefilled ~500 tokens again at 1,024). Counted from the last
+    prompt's anchor, found again by its text, the window keeps its tokens: only the cursor's end changes."""
+    rows = [f"    value_{n} = compute(value_{n - 1}, factor={n} * scale, name='v{n}', offset=base + {n})"
+            for n in range(400)]
+    prompts = []
+    for typed in range(300, 306):                               # the cursor at the start of the next line each time
+        above = rows[typed - 256:typed]                         # llama.vim's input_prefix: 256 lines
+        text = "\n".join(above) + "\n    "
+        anchor = prompts[-1].anchor if prompts else None
+        prompts.append(build_completion_prompt(repo_index, smollm2_tokenizer, "app/new.py", text=text,
+                                               budget_tokens=1024, anchor=anchor))
+    moved = 0
+    for before, after in zip(prompts, prompts[1:]):
+        shared = next((n for n, (a, b) in enumerate(zip(before.ids, after.ids)) if a != b), len(before.ids))
+        moved += shared < len(before.ids) - 60                  # more than the last line and the cursor's end changed
+    assert moved <= 1, [p.context[-1] for p in prompts]         # (the far end's step of 8 lines, at most once)
