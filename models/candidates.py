@@ -36,7 +36,7 @@ COMPACT_SHARE = 0.25
 def host_reads(tensor: torch.Tensor) -> bool:
     """Whether the chain may read a number of this tensor on the host (how many tokens a row kept), and so compact
     it: CPU tensors, where it costs nothing; not CUDA ones (whose queued sampling must not wait for the GPU, and
-    whose rows stay whole: the module's docstring says why)."""
+    whose rows stay whole: the module's docstring says why). The one place the chain decides it: sampling.chain."""
     return not tensor.is_cuda
 
 
@@ -92,8 +92,9 @@ def survivors_width(keep: torch.Tensor) -> int:
 
 def compacted(candidates: Candidates) -> Candidates:
     """CPU whole rows whose samplers left few tokens (at most COMPACT_SHARE of V, not -inf) as candidates; anything
-    else (CUDA rows, rows already compact, rows that kept many) as it is."""
-    if candidates.compact or not host_reads(candidates.values) or candidates.values.shape[0] == 0:
+    else (rows already compact, rows that kept many) as it is. (The number of survivors is read on the host: the
+    chain calls it only where `host_reads`.)"""
+    if candidates.compact or candidates.values.shape[0] == 0:
         return candidates
     logits = candidates.values
     alive = logits != NEG_INF                                                  # (B, V) (NaN stays a candidate)

@@ -5,7 +5,7 @@ The draw's E are `torch.empty(B, V).exponential_(1.0, generator)`: one Exp(1) pe
 the chain kept, so a seeded request's tokens, and the generator's state for the next step, depend on them all. A
 chain that ends on a few candidates still draws the whole row (the next token's draws must not move), but needs
 only the candidates' E:
-- CUDA: the whole row's exponential_ (cheap there), read at the candidates;
+- CUDA (whose rows the chain keeps whole, models/candidates.py): the whole row's exponential_, cheap there;
 - CPU: torch's exponential_ is one scalar loop, a double uniform then -log1p(-u) per token (DistributionsHelper's
   exponential_distribution), ~1 ms for 49,152 tokens on this machine. The same uniforms come from uniform_ on
   float64 (its own loop, a quarter of the time, the same numbers of the generator), and the candidates' E from

@@ -117,6 +117,7 @@ def chain(logits: torch.Tensor, config: GenerationConfig, penalize: Penalize | N
     if bias is not None:
         logits = logits + bias                                                      # (B, V) + (V,)
     candidates = Candidates(logits, None, logits.shape[-1])
+    compact = compact and candidates_module.host_reads(logits)     # (CUDA rows stay whole: models/candidates.py)
     # Greedy reads only the largest logit, which min-p, top-k and top-p never drop: skip their sort and top-k over
     # the vocabulary each token (llama.cpp's default chain has all three), unless a sampler after them reads what
     # they leave (infill) or reorders it (penalties after top-k 1 leave its token the largest).
@@ -143,8 +144,7 @@ def chain(logits: torch.Tensor, config: GenerationConfig, penalize: Penalize | N
                 drop &= ~_likeliest(logits, config.min_keep, ties=False)
             candidates = candidates.with_values(logits.masked_fill(drop, float("-inf")))
         elif sampler == "top_k" and 0 < config.top_k < logits.shape[-1]:
-            # (CUDA rows stay whole: there a step's chain costs its kernels' launches, which compacting adds to)
-            if candidates.compact or not compact or not candidates_module.host_reads(logits):
+            if candidates.compact or not compact:
                 candidates = candidates.with_values(
                     logits.masked_fill(~_likeliest(logits, config.top_k, config.top_k_ties), float("-inf")))
             else:
@@ -204,9 +204,9 @@ def _top_p_candidates(logits: torch.Tensor, config: GenerationConfig) -> Candida
     """Top-p on whole CPU rows (B, V) without sorting the vocabulary: the likeliest m tokens (every token tied with
     the m-th too), m growing until each row's boundary falls among them, ranked and cut there as `_top_p` cuts the
     whole row (the tokens after them, holding no more than what is ranked above them, are all dropped). None where
-    that would not pay (rows on CUDA, a NaN, a boundary past COMPACT_SHARE of the vocabulary): `_top_p` then."""
+    that would not pay (a NaN, a boundary past COMPACT_SHARE of the vocabulary): `_top_p` then."""
     vocab = logits.shape[-1]
-    if not candidates_module.host_reads(logits) or logits.shape[0] == 0 or bool(torch.isnan(logits).any()):
+    if logits.shape[0] == 0 or bool(torch.isnan(logits).any()):
         return None
     probs = logits.softmax(dim=-1)                                                  # (B, V) the whole row's
     first = max(config.min_keep, 1)                                                 # ranks that always stay
