@@ -13,6 +13,8 @@ cursor in another file of the repository every `--jump-every` requests. The toke
 writes one SHA-256 per prompt (its ids, context, heal text, stops), to compare two versions of the code: the
 prompts must not change. Serve a frozen copy of the repository for that (`git archive HEAD | tar -x -C DIR`, then
 `--repo DIR`): served from the working tree, a change to a file the prompts quote moves their line numbers. `--profile` prints cProfile's top functions over the replayed requests.
+It also prints how much of each prompt the last one began with (what the warm server's cache reuses;
+the engine's own count, serve_bench's, also keeps what the last request generated).
 Results are for comparing versions on the same machine minutes apart (a shared 2-core box: medians only).
 """
 from __future__ import annotations
@@ -118,17 +120,27 @@ def main() -> None:
         session.tidy()                                   # the server's upkeep after each request
         return elapsed, generation.prompt
 
-    times, digests = [], []
+    times, digests, lengths, prefilled = [], [], [], []
+    last: list[int] = []
     for body in bodies:
         elapsed, packed = request(body)
         times.append(elapsed)
         digests.append(digest(packed))
+        if last:    # what the warm server's cache (the last prompt) lacks: everything after the first change
+            same = next((n for n, (a, b) in enumerate(zip(last, packed.ids)) if a != b), min(len(last), len(packed.ids)))
+            lengths.append(len(packed.ids))
+            prefilled.append(len(packed.ids) - same)
+        last = packed.ids
+    reuse = 1 - sum(prefilled) / max(1, sum(lengths))
     print(f"{len(times)} requests over {len(index.files)} files: median {statistics.median(times):.2f} ms, "
           f"mean {statistics.mean(times):.2f} ms, min {min(times):.2f} ms, max {max(times):.2f} ms")
+    print(f"after the first: {statistics.mean(lengths or [0]):.1f} prompt tokens and "
+          f"{statistics.mean(prefilled or [0]):.1f} prefilled a request on average, {100 * reuse:.1f}% reused")
     if args.digest:
         args.digest.write_text("\n".join(digests) + "\n")
     if args.json:
-        args.json.write_text(json.dumps({"times_ms": times, "median_ms": statistics.median(times)}) + "\n")
+        args.json.write_text(json.dumps({"times_ms": times, "median_ms": statistics.median(times),
+                                         "prompt_tokens": lengths, "prefilled": prefilled, "reused": reuse}) + "\n")
     if profiler:
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(70)
         pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
