@@ -9,7 +9,9 @@ runs "temperature" (common/sampling.cpp) with `dynatemp_range` > 0. Over the can
                                                                         high = temperature + range
 
 and the logits are divided by it; a temperature of 0 or less keeps the largest logit alone (llama.cpp's temperature
-sampler at 0), and a row with one candidate or none is left as it is. Each row of a batch has its own temperature.
+sampler at 0), and a row with one candidate or none is left as it is. It runs whatever the request's temperature, as
+llama.cpp's chain runs temp-ext at every temperature: 0 with a range draws at 0..range (GenerationConfig.greedy).
+Each row of a batch has its own temperature.
 On the device, no sync: a softmax and a sum per row more than the plain temperature.
 """
 

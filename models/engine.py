@@ -510,7 +510,7 @@ class Engine:
         mirostat = Mirostat.of(config, len(prompts), logits)      # in place of the chain (llama.cpp's)
         return RequestSampler(
             config,
-            make_generator(self._device, config.seed) if config.temperature > 0 else None,
+            None if config.greedy else make_generator(self._device, config.seed),
             healing=self._healing(config, len(prompts)),
             penalties=None if mirostat else Penalties.of(config, prompts, self.context_length),   # where the chain
             infill=None if mirostat else self._infill(config),                                   # has them

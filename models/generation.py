@@ -12,7 +12,7 @@ OPTIONAL_SAMPLERS = ("infill",)                 # run only where sampler_order n
 @dataclass(frozen=True)
 class GenerationConfig:
     max_new_tokens: int = 128
-    temperature: float = 0.0            # 0 -> greedy
+    temperature: float = 0.0            # 0 -> greedy (`greedy`: unless dynatemp_range > 0)
     top_p: float = 1.0                  # nucleus sampling; 1 keeps every token
     top_k: int = 0                      # 0 keeps every token
     min_p: float = 0.0                  # keeps the tokens at least min_p times as likely as the likeliest; 0: off
@@ -73,6 +73,15 @@ class GenerationConfig:
             raise ValueError(f"mirostat must be 0 (off), 1 or 2 (llama.cpp's versions), got {self.mirostat}")
         if self.min_keep < 0:
             raise ValueError(f"min_keep must be at least 0, got {self.min_keep}")
+
+    @property
+    def greedy(self) -> bool:
+        """Whether each token is the largest logit the samplers before "temperature" leave (no draw, no generator):
+        a temperature of 0 or less, as llama.cpp's temperature sampler at 0, unless the temperature is dynamic.
+        llama.cpp's temp-ext (src/llama-sampling.cpp) with dynatemp_range > 0 takes its temperature in
+        [max(0, temperature - range), temperature + range] by the candidates' entropy whatever the temperature, so
+        0 with a range still draws; only mirostat's chain, which runs the plain temperature, keeps 0 greedy then."""
+        return self.temperature <= 0 and (self.dynatemp_range <= 0 or self.mirostat != 0)
 
 
 @dataclass

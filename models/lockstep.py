@@ -140,7 +140,7 @@ class LeaderEngine:
             arguments = inspect.signature(value).bind(*args, **kwargs).arguments
             local, sent = {}, {}
             for key, arg in arguments.items():
-                if isinstance(arg, GenerationConfig) and arg.temperature > 0 and arg.seed is None:
+                if isinstance(arg, GenerationConfig) and not arg.greedy and arg.seed is None:
                     arg = dataclasses.replace(arg, seed=secrets.randbits(62))   # the same draws on every rank
                 if key == "should_stop" and arg is not None:
                     local[key], sent[key] = _leader_poll(self.ranks.tp, arg), True

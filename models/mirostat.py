@@ -57,7 +57,7 @@ class Mirostat:
         """Float32 logits (B, V) -> the tokens (B,) and the logits (B, V) they were drawn from (after the bias, the
         temperature and the cut); mu updated. `end`: models.sampling.pick's (a row with nothing to draw)."""
         logits = chained(logits, self.before, bias=bias)
-        if self.before.temperature <= 0:
+        if self.before.greedy:
             return pick(logits, end), logits
         kept = self.truncate(logits)
         tokens = race(kept.softmax(dim=-1), generator, end)

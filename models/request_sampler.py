@@ -77,7 +77,7 @@ class RequestSampler:
         if config.logprobs is None:
             return None
         if config.logprobs_after_samplers:
-            if config.temperature <= 0:
+            if config.greedy:
                 logits = torch.full_like(logits, float("-inf")).scatter_(-1, tokens[:, None], 0.0)    # (B, V)
             elif drawn_from is not None:        # (mirostat's cut: it moves with each token, so it is not run again)
                 logits = drawn_from

@@ -11,8 +11,9 @@ what is left. Orders that matter: top-p and min-p after temperature weigh the te
 before it the model's own (llama.cpp's chain, which ends with temperature); penalties after top-k penalize only the
 tokens top-k kept; top-p after min-p renormalizes over what min-p kept.
 
-Greedy (temperature <= 0) is llama.cpp's temperature sampler at 0: the largest logit the samplers before
-"temperature" left wins (those after it choose among that one token).
+Greedy (`GenerationConfig.greedy`: temperature <= 0 without a dynamic temperature) is llama.cpp's temperature
+sampler at 0: the largest logit the samplers before "temperature" left wins (those after it choose among that one
+token). With dynatemp_range > 0 a temperature of 0 still draws, at the entropy's temperature (models/dynatemp.py).
 
 Never a draw from NaN: a request whose bans leave no token is refused before it runs (`check_bans`), and a row that a
 step still leaves with nothing to draw (every logit -inf, or the model's output not a number mid-generation) takes
@@ -91,20 +92,20 @@ def sample(logits: torch.Tensor, config: GenerationConfig, generator: torch.Gene
     the chain has "penalties"; `infill`: a models.infill.InfillSampler where the chain has "infill"; `bias`: the
     request's `bias_vector`, added first; `end`: the token of a row left with nothing to draw (`pick`)."""
     candidates = chain(logits, config, penalize, infill, bias)
-    if config.temperature <= 0:
+    if config.greedy:
         return pick_candidate(candidates, end)
     return race_candidates(candidates, generator, end)
 
 
 def probabilities(logits: torch.Tensor, config: GenerationConfig, penalize: Penalize | None = None,
                   infill=None, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """The distribution (B, V) that sampling draws from (temperature > 0)."""
+    """The distribution (B, V) that sampling draws from (not `config.greedy`)."""
     return chained(logits, config, penalize, infill, bias).softmax(dim=-1)
 
 
 def chained(logits: torch.Tensor, config: GenerationConfig, penalize: Penalize | None = None,
             infill=None, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Logits (B, V) after the bias and the chain, in `config.sampler_order`; with temperature <= 0, after the
+    """Logits (B, V) after the bias and the chain, in `config.sampler_order`; greedy (`config.greedy`), after the
     samplers before "temperature" only (greedy takes their largest)."""
     return chain(logits, config, penalize, infill, bias).row()
 
@@ -121,11 +122,11 @@ def chain(logits: torch.Tensor, config: GenerationConfig, penalize: Penalize | N
     # Greedy reads only the largest logit, which min-p, top-k and top-p never drop: skip their sort and top-k over
     # the vocabulary each token (llama.cpp's default chain has all three), unless a sampler after them reads what
     # they leave (infill) or reorders it (penalties after top-k 1 leave its token the largest).
-    only_largest_read = config.temperature <= 0 and infill is None and penalize is None
+    only_largest_read = config.greedy and infill is None and penalize is None
     for sampler in config.sampler_order:
         logits = candidates.values                                                  # (B, W)
         if sampler == "temperature":
-            if config.temperature <= 0:
+            if config.greedy:
                 break
             # (dynamic: its entropy over the candidates the samplers before it left, as llama.cpp's cur_p)
             candidates = candidates.with_values(

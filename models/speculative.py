@@ -89,7 +89,7 @@ def accept(logits: torch.Tensor, drafts: list[int], config: GenerationConfig,
     follows draft i - 1). One host sync. `end`: models.sampling.sample's (a row with nothing to draw gives it).
     """
     k = len(drafts)
-    if config.temperature <= 0:
+    if config.greedy:
         best = pick(chained(logits, config, penalize, infill, bias), end).tolist()      # (T,)
         a = 0
         while a < k and drafts[a] == best[a]:

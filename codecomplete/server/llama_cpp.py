@@ -20,7 +20,8 @@ applies them: models/penalties.py), and llama.cpp's infill sampler, run as `samp
 not run; without the field, llama.cpp's default chain, temperature last); the samplers llama.cpp has and this server
 does not (dry, typ_p, xtc, top_n_sigma, adaptive_p) are accepted at their neutral values, a 400 otherwise;
 mirostat 1 or 2 (mirostat_tau, mirostat_eta) replaces the chain with the temperature and mirostat, and
-dynatemp_range > 0 (dynatemp_exponent) makes the temperature dynamic, as in llama.cpp (samplers.py);
+dynatemp_range > 0 (dynatemp_exponent) makes the temperature dynamic, as in llama.cpp (samplers.py): between
+max(0, temperature - range) and temperature + range, so that it draws at a temperature of 0 too;
 logit_bias (pairs or a map; a token an id or text, a bias a number or false: a ban) is added to the logits before
 them (logit_bias.py; a bad one is a 400); ignore_eos bans every end-of-generation token (the engine's EOS ids, which
 hold llama.cpp's end-of-generation set, and the prompt format's end tokens, as llama.cpp's logit_bias_eog: a -inf
@@ -57,8 +58,9 @@ class Options(samplers.UnimplementedSamplerFields, samplers.AdaptiveSamplerField
     """What /completion and /infill share (llama.cpp's defaults)."""
 
     n_predict: int = Field(-1, ge=-1, validation_alias=AliasChoices("n_predict", "max_tokens"))
-    # Any number, as llama.cpp reads them (common/sampling.cpp): a temperature <= 0 is greedy, top_p >= 1 and
-    # min_p <= 0 are off, top_p <= 0 keeps the likeliest token; top_p and min_p are taken within 0..1.
+    # Any number, as llama.cpp reads them (common/sampling.cpp): a temperature <= 0 is greedy, but with a dynamic
+    # temperature, whose range starts from it as given (-0.2 with range 0.5: 0..0.3, llama.cpp's temp-ext); top_p >= 1
+    # and min_p <= 0 are off, top_p <= 0 keeps the likeliest token; top_p and min_p are taken within 0..1.
     temperature: float = 0.8
     top_k: int = 40                            # <= 0: off
     top_p: float = 0.95
@@ -218,7 +220,7 @@ def _sampling(server, body: Options):
             if body.logit_bias else ())
     n_probs = _n_probs(server, body)
     seed = _seed(body.seed)
-    temperature = max(body.temperature, 0.0)
+    temperature = body.temperature          # not clamped: a dynamic temperature's range starts from it
     options = samplers.applied(chain, temperature, max(body.top_k, 0), samplers.unit(body.top_p),
                                samplers.unit(body.min_p), body.min_keep,
                                repeat_penalty=body.repeat_penalty, presence_penalty=body.presence_penalty,

@@ -16,11 +16,12 @@ generation against text and candidates merged by common prefix), with llama.cpp'
 top_k keeps exactly k (its partial sort; the lower ids first among ties), top_p stops once the mass kept reaches
 top_p, and `min_keep` makes top_p and min_p keep at least that many tokens. A sampler left out gets its neutral value
 (temperature 1, top_k 0, top_p 1, min_p 0, no penalties), so the engine's greedy choice stays `temperature <= 0`
-with "temperature" in the list. The others (dry, top_n_sigma, typ_p, xtc, adaptive_p) are not implemented: at their
-neutral values (llama.cpp's defaults) they change nothing and are accepted; a request whose chain runs one with a
-field that would change the distribution (typical_p < 1, dry_multiplier != 0 with dry_base >= 1 and
-dry_penalty_last_n != 0, xtc_probability > 0 with xtc_threshold <= 0.5, top_n_sigma > 0, adaptive_target >= 0) is
-refused with a 400 naming the field, as text that ignored it would pass for what was asked.
+with "temperature" in the list and no dynamic temperature (which draws at 0 too: models.GenerationConfig.greedy).
+The others (dry, top_n_sigma, typ_p, xtc, adaptive_p) are not implemented: at their neutral values (llama.cpp's
+defaults) they change nothing and are accepted; a request whose chain runs one with a field that would change the
+distribution (typical_p < 1, dry_multiplier != 0 with dry_base >= 1 and dry_penalty_last_n != 0, xtc_probability > 0
+with xtc_threshold <= 0.5, top_n_sigma > 0, adaptive_target >= 0) is refused with a 400 naming the field, as text
+that ignored it would pass for what was asked.
 
 min_p is llama.cpp's 0.05 by default on its routes, run only where the list has it: llama.vim's and llama.vscode's
 lists do not, so their draws are not cut by it. The OpenAI routes without `samplers` run vLLM's chain (penalties,

@@ -732,8 +732,9 @@ def test_each_route_cuts_ties_and_boundaries_as_its_server_does():
 
 
 def test_out_of_range_sampling_values_are_taken_where_llama_cpp_and_ollama_take_them():
-    """llama.cpp reads any temperature (<= 0: greedy), top_p (>= 1: off; <= 0: the likeliest) and min_p; Ollama's
-    sampler clamps the same three (sample/samplers.go): both answer where this server gave a 400. The OpenAI routes
+    """llama.cpp reads any temperature (<= 0: greedy; kept as given, where a dynamic temperature's range starts),
+    top_p (>= 1: off; <= 0: the likeliest) and min_p; Ollama's sampler clamps the same three (sample/samplers.go):
+    both answer where this server gave a 400. The OpenAI routes
     keep vLLM's bounds: a top_k below -1 is a 400, and so is a top_p of 0 (vLLM's SamplingParams: "top_p must be in
     (0, 1]", checked before a temperature of 0 resets it), which this route took as greedy."""
     from types import SimpleNamespace
@@ -749,7 +750,7 @@ def test_out_of_range_sampling_values_are_taken_where_llama_cpp_and_ollama_take_
         return sampling.temperature, sampling.top_p, sampling.min_p
 
     assert values(llama_cpp._sampling(fake, llama_cpp.CompletionRequest(
-        prompt="x", temperature=-1, top_p=1.5, min_p=2))) == (0.0, 1.0, 1.0)
+        prompt="x", temperature=-1, top_p=1.5, min_p=2))) == (-1.0, 1.0, 1.0)
     assert values(llama_cpp._sampling(fake, llama_cpp.InfillRequest(
         input_prefix="x", input_suffix="", temperature=0.5, top_p=-0.5, min_p=-1))) == (0.5, 0.0, 0.0)
     assert values(ollama._sampling(fake, ollama.Options(temperature=-1, top_p=1.5, min_p=-0.5))) == (0.0, 1.0, 0.0)
@@ -832,6 +833,36 @@ def test_each_route_gives_the_sampler_mirostat_and_the_dynamic_temperature():
         prompt="x", dynatemp_range=0.4, samplers=["top_k"]))) == (0.0, 1.0)          # no temperature in the chain
     assert dynatemp(openai_api._sampling(fake, openai_api.CompletionRequest(prompt="x", dynatemp_range=0.3))) == \
         (0.3, 1.0)
+    below = llama_cpp._sampling(fake, llama_cpp.CompletionRequest(prompt="x", temperature=-0.2, dynatemp_range=0.5))
+    assert (below.temperature, below.dynatemp_range) == (-0.2, 0.5)      # llama.cpp's range: 0..0.3, not 0..0.5
+
+
+def test_a_dynamic_temperature_draws_at_temperature_0_on_each_route_that_takes_it(server):
+    """llama.cpp's temp-ext (src/llama-sampling.cpp) takes its temperature in [max(0, t - range), t + range] by the
+    candidates' entropy even at t = 0, and its chain runs it at any temperature (common/sampling.cpp): with
+    temperature 0 and dynatemp_range 2, /completion, /infill and the OpenAI routes' llama.cpp extras draw (some
+    seed's answer is not the greedy one; a seed gives its answer again), where temperature 0 alone is greedy
+    whatever the seed."""
+    prompt = "def fibonacci(n):\n"
+    completion = {"prompt": prompt, "n_predict": 12, "temperature": 0.0}
+    infill = llama_vim_body("", prompt, "\n", n_predict=12, n_indent=0, t_max_predict_ms=0, temperature=0.0)
+    del infill["samplers"]          # llama.cpp's default chain: the temperature runs
+    client = OpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0)
+
+    def answers(route: str, seeds, **fields) -> list[str]:
+        if route == "/v1/completions":
+            return [client.completions.create(model="any", prompt=prompt, max_tokens=12, temperature=0.0, seed=seed,
+                                              extra_body=fields).choices[0].text for seed in seeds]
+        body = completion if route == "/completion" else infill
+        return [post(server, route, {**body, "seed": seed, **fields}).json()["content"] for seed in seeds]
+
+    for route in ("/completion", "/infill", "/v1/completions"):
+        greedy = answers(route, [0, 1, 2])
+        assert len(set(greedy)) == 1, (route, greedy)
+        drawn = answers(route, [1, 2, 3], dynatemp_range=2.0)
+        free = [seed for seed, text in zip([1, 2, 3], drawn) if text != greedy[0]]
+        assert free, f"{route}: temperature 0 with dynatemp_range 2 gave the greedy answer for every seed"
+        assert answers(route, free[:1], dynatemp_range=2.0) == [drawn[free[0] - 1]], route
 
 
 def test_mirostat_2_with_a_target_near_0_answers_greedily_at_any_temperature(server):

@@ -9,7 +9,7 @@ import torch
 from models.generation import GenerationConfig
 from models.mirostat import Mirostat
 from models.request_sampler import RequestSampler
-from models.sampling import bias_vector, chained, make_generator
+from models.sampling import bias_vector, chained, make_generator, sample
 
 NEG_INF = float("-inf")
 
@@ -139,6 +139,46 @@ def test_dynamic_temperature_spans_its_range_and_each_row_has_its_own():
     assert out[2].tolist() == pytest.approx((peaked[0] / entropy_temperature(probs, 0.8, 0.6, 1.0)).tolist(),
                                             rel=1e-5)
     assert torch.equal(chained(logits, GenerationConfig(temperature=0.8)), logits / 0.8)     # range 0: plain
+
+
+def test_a_dynamic_temperature_draws_at_temperature_0_as_llama_cpps_temp_ext():
+    """llama.cpp's temp-ext with dynatemp_range > 0 takes its temperature in [max(0, t - range), t + range] by the
+    entropy whatever t (common/sampling.cpp runs it for every temperature): at 0 a uniform row is divided by the
+    range, at -0.2 by 0.3, and the token is drawn (both of two tied tokens come up), not the likeliest. Without a
+    range, or with mirostat (whose chain runs the plain temperature), 0 stays greedy: the lower id of the tie."""
+    uniform = torch.zeros(1, 8) + 3.0
+    at_0 = GenerationConfig(temperature=0.0, dynatemp_range=0.5)
+    assert not at_0.greedy
+    assert chained(uniform, at_0)[0].tolist() == pytest.approx([3.0 / 0.5] * 8)
+    assert chained(uniform, GenerationConfig(temperature=-0.2, dynatemp_range=0.5))[0].tolist() == \
+        pytest.approx([3.0 / 0.3] * 8)
+    tie = torch.full((1, 16), NEG_INF)
+    tie[0, 3] = tie[0, 9] = 2.0
+    drawn = {sample(tie, at_0, make_generator(tie.device, seed)).item() for seed in range(16)}
+    assert drawn == {3, 9}
+    for greedy in (GenerationConfig(temperature=0.0), GenerationConfig(temperature=0.0, dynatemp_range=0.0),
+                   GenerationConfig(temperature=0.0, dynatemp_range=0.5, mirostat=2)):
+        assert greedy.greedy
+    assert sample(tie, GenerationConfig(temperature=0.0), None).item() == 3
+
+
+def test_the_engine_draws_at_temperature_0_with_a_dynamic_temperature(tiny_checkpoint):
+    """Through the engine (plain decoding and speculation's verification): temperature 0 with dynatemp_range 5 draws
+    from the seed's generator, so some seed's answer is not the greedy one and a seed gives its answer again;
+    temperature 0 alone is the greedy answer whatever the seed."""
+    from models import load_model
+
+    engine = load_model(tiny_checkpoint[0], device="cpu", max_context=64)
+    prompt = [1, 5, 6, 7, 5, 6, 7, 5, 6]                  # repeats: prompt lookup has drafts to verify
+    greedy = engine.generate(prompt, GenerationConfig(max_new_tokens=10, speculate=0)).token_ids
+    for speculate in (0, 4):
+        assert engine.generate(prompt, GenerationConfig(max_new_tokens=10, seed=1, speculate=speculate)).token_ids \
+            == greedy
+        dynamic = [GenerationConfig(max_new_tokens=10, seed=seed, speculate=speculate, dynatemp_range=5.0)
+                   for seed in range(4)]
+        answers = [engine.generate(prompt, config).token_ids for config in dynamic]
+        assert any(answer != greedy for answer in answers), speculate
+        assert engine.generate(prompt, dynamic[0]).token_ids == answers[0]
 
 
 def test_the_engine_runs_mirostat_one_token_a_step_with_a_mu_per_sequence(tiny_checkpoint):
