@@ -32,6 +32,9 @@ SentencePiece's decoder (CodeLlama's) strips the space a text begins with, so "â
 On the OpenAI routes a character written in several byte tokens (SentencePiece's <0xC3> <0xA9>, byte-level BPE's
 partial pieces) is the text of the token that completes it, and the tokens before it "", as vLLM writes them
 (`OpenAITokenTexts`); their `bytes` are each token's own, which joined spell the text (OpenAI's definition).
+Legacy `top_logprobs` is a map keyed by text, where such texts would collide (<0xE2> and <0xF0> both "" there) and
+alternatives overwrite one another: an alternative whose text is not its own ("", U+FFFD) is named by its bytes, as
+OpenAI's legacy API names such tokens ("bytes:\\xe2\\x9c"), so the N asked for come back (`_named_alternatives`).
 The tokens that only wrote a healed prompt's end again are the prompt's, as their text is: no shape lists them
 (`after_healing`, and the stream's events, which leave them out).
 """
@@ -95,12 +98,39 @@ def completion_logprobs(tokenizer, ids: Sequence[int], entries: Sequence) -> dic
     """The legacy completions shape, for the whole answer or a stream's chunk (the offsets are the answer's)."""
     texts, tokens, top = OpenAITokenTexts(tokenizer), [], []
     for i, entry in zip(ids, entries):
-        alternatives = {texts.alternative(j)[0]: value for j, value in entry.top}
+        name = texts.alternative(i)[0]
+        top.append(_named_alternatives(texts, i, name, entry))
         tokens.append(texts.take(i)[0])
-        alternatives.setdefault(tokens[-1], entry.logprob)
-        top.append(alternatives)
     return {"tokens": tokens, "token_logprobs": [entry.logprob for entry in entries], "top_logprobs": top,
             "text_offset": [entry.text_offset for entry in entries]}
+
+
+def _named_alternatives(texts: OpenAITokenTexts, chosen: int, chosen_name: str, entry) -> dict[str, float]:
+    """One token's legacy `top_logprobs`: a map from names to logprobs, each alternative under a name of its own, so
+    that none overwrites another (byte tokens' texts collide: <0xE2> and <0xF0> both write "" there). The chosen
+    token is under its name in `tokens`; an alternative under the text it would write there where that text is its
+    own (whole UTF-8, or the character it completes), else (a byte of a character left unfinished writes "", one that
+    breaks the character before it U+FFFD) under its bytes, as OpenAI's legacy API names such tokens
+    ("bytes:\\xe2\\x9c"); a name another entry has (a whole "Ã©" beside the byte completing one) falls back to the
+    bytes, then to vLLM's "token_id:N". The chosen token is added where it is not among the top (N + 1 entries)."""
+    named: dict[str, float] = {}
+    for token, value in entry.top:
+        if token == chosen:
+            named[chosen_name] = value
+            continue
+        text, piece = texts.alternative(token)
+        own = _whole_utf8(piece) or (text and "\ufffd" not in text)
+        for name in (text if own else _bytes_name(piece), _bytes_name(piece), f"token_id:{token}"):
+            if name and name != chosen_name and name not in named:
+                break
+        named[name] = value
+    named.setdefault(chosen_name, entry.logprob)
+    return named
+
+
+def _bytes_name(piece: bytes) -> str:
+    """OpenAI's name for a token that is not text of its own: its bytes, "bytes:\\xe2\\x9c" ("" for none)."""
+    return "bytes:" + "".join(f"\\x{b:02x}" for b in piece) if piece else ""
 
 
 def llama_cpp_probabilities(tokenizer, ids: Sequence[int], entries: Sequence, post_sampling: bool) -> list[dict]:

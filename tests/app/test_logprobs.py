@@ -100,6 +100,17 @@ def test_logprobs_are_the_log_softmax_of_the_models_logits(engine):
     engine.clear_prefix_cache()
 
 
+def byte_fallback_tokenizer():
+    """A SentencePiece-style tokenizer (CodeLlama's kind) with byte tokens <0x00>..<0xFF> (ids 3..258) and a few
+    words."""
+    from transformers import LlamaTokenizer
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
+    for piece in ["▁", "a", "d", "x", "=", "▁a", "▁ad", "▁add", "▁x"]:
+        vocab.setdefault(piece, len(vocab))
+    return LlamaTokenizer(vocab=vocab, merges=[("▁", "a"), ("▁a", "d"), ("▁ad", "d"), ("▁", "x")])
+
+
 def test_a_tokens_text_is_its_piece_as_the_answer_writes_it():
     """A SentencePiece tokenizer (CodeLlama's kind): "▁x" is " x" in the answer, the text the bytes say, where decoding
     the token alone strips the space a text begins with ("x", and "▁" became ""). A character written in several byte
@@ -107,15 +118,10 @@ def test_a_tokens_text_is_its_piece_as_the_answer_writes_it():
     them (v1/engine/logprobs.py, _correct_decoded_token): each was U+FFFD, and the tokens did not spell the answer.
     An alternative is the text it would have written there. `bytes` stay each token's own (OpenAI's: joined, they
     spell the text)."""
-    from transformers import LlamaTokenizer
-
     from codecomplete.server.logprobs import chat_logprobs, completion_logprobs
     from models.generation import TokenLogprobs
 
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
-    for piece in ["▁", "a", "d", "x", "=", "▁a", "▁ad", "▁add", "▁x"]:
-        vocab.setdefault(piece, len(vocab))
-    tokenizer = LlamaTokenizer(vocab=vocab, merges=[("▁", "a"), ("▁a", "d"), ("▁ad", "d"), ("▁", "x")])
+    tokenizer = byte_fallback_tokenizer()
     ids = tokenizer.encode("x = add é", add_special_tokens=False)        # ▁x ▁ = ▁add ▁ <0xC3> <0xA9>
     entries = [TokenLogprobs(-1.0, ((i, -1.0),)) for i in ids]
     words = [" x", " ", "=", " add", " ", "", "é"]
@@ -134,6 +140,73 @@ def test_a_tokens_text_is_its_piece_as_the_answer_writes_it():
     assert [t["token"] for t in top] == ["é", " x"] and [t["bytes"] for t in top] == [[0xA9], list(b" x")]
     eos = chat_logprobs(tokenizer, [2], [TokenLogprobs(-1.0, ())], 0)["content"][0]
     assert eos["token"] == "</s>" and bytes(eos["bytes"]) == b"</s>"     # a special token: its text
+
+
+def test_legacy_top_logprobs_give_each_alternative_a_name_of_its_own():
+    """Legacy top_logprobs is a map from names to logprobs. Byte tokens that leave a character unfinished all write
+    "" there (vLLM's text for them), so they overwrote one another and fewer than N came back, the chosen token's
+    logprob among those replaced. The chosen token keeps its name in `tokens`; an alternative whose text is not its
+    own ("", or U+FFFD where it breaks the character before it) is named by its bytes as OpenAI's legacy API names
+    such tokens ("bytes:\\xc3"); one completing the pending character is that character. Chat's list keeps each
+    alternative apart by its own bytes."""
+    from codecomplete.server.logprobs import chat_logprobs, completion_logprobs
+    from models.generation import TokenLogprobs
+
+    tokenizer = byte_fallback_tokenizer()
+    x, c3, e2, a9 = tokenizer.convert_tokens_to_ids(["▁x", "<0xC3>", "<0xE2>", "<0xA9>"])
+    top = ((x, -0.5), (c3, -1.0), (e2, -2.0), (a9, -3.0))
+    legacy = completion_logprobs(tokenizer, [x], [TokenLogprobs(-0.5, top)])
+    assert legacy["top_logprobs"] == [{" x": -0.5, "bytes:\\xc3": -1.0, "bytes:\\xe2": -2.0, "bytes:\\xa9": -3.0}]
+    chosen_byte = completion_logprobs(tokenizer, [c3], [TokenLogprobs(-1.0, top)])
+    assert chosen_byte["tokens"] == [""]
+    assert chosen_byte["top_logprobs"] == [{" x": -0.5, "": -1.0, "bytes:\\xe2": -2.0, "bytes:\\xa9": -3.0}]
+    after_c3 = completion_logprobs(tokenizer, [c3, a9], [TokenLogprobs(-1.0, top), TokenLogprobs(-3.0, top)])
+    assert after_c3["tokens"] == ["", "é"]
+    assert after_c3["top_logprobs"][1] == {" x": -0.5, "bytes:\\xc3": -1.0, "bytes:\\xe2": -2.0, "é": -3.0}
+    assert completion_logprobs(tokenizer, [e2], [TokenLogprobs(-4.0, top[:2])])["top_logprobs"] == \
+        [{" x": -0.5, "bytes:\\xc3": -1.0, "": -4.0}]                       # the chosen token added: N + 1
+    content = chat_logprobs(tokenizer, [x], [TokenLogprobs(-0.5, top)], 4)["content"][0]
+    assert [t["bytes"] for t in content["top_logprobs"]] == [list(b" x"), [0xC3], [0xE2], [0xA9]]
+
+
+def test_completions_top_logprobs_list_every_byte_token_asked_for_streamed_or_not(server, engine):
+    """After "emojis = ['😀', '🎉', '🚀', '" the model's likeliest tokens are pieces of emojis (b"\\xf0\\x9f", b"\\xe2",
+    b"\\xe2\\x9c", ...), which all write "" there: through the OpenAI client, logprobs 5 gave 2 entries, the chosen
+    token's under "" with another's logprob. Now the 5 likeliest, each under its own name (a byte token's bytes,
+    "bytes:\\xe2", the chosen token's its name in `tokens`), with the model's float64 log-softmax values, and a
+    stream's chunks carry the same. llama.cpp's n_probs and Ollama's top_logprobs list them apart too."""
+    from models.healing import vocabulary_bytes
+
+    pieces = vocabulary_bytes(engine.tokenizer).pieces
+    prompt = engine.tokenizer.encode("emojis = ['😀', '🎉', '🚀', '", add_special_tokens=False)
+    client = OpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0)
+    request = dict(model="any", prompt=prompt, max_tokens=3, temperature=0, logprobs=5)
+    logprobs = client.completions.create(**request).choices[0].logprobs
+    context, alternatives = list(prompt), []
+    for token, value, top in zip(logprobs.tokens, logprobs.token_logprobs, logprobs.top_logprobs):
+        expected = torch.topk(model_logprobs(engine, context), 5)
+        alternatives.append(expected.indices.tolist())
+        assert len(top) == 5 and top[token] == value, (token, top)               # greedy: the chosen is among them
+        assert sorted(top.values(), reverse=True) == pytest.approx(expected.values.tolist(), abs=2e-3)
+        context.append(expected.indices[0].item())
+    first = [(i, v) for i, v in zip(alternatives[0], logprobs.top_logprobs[0].values())]
+    unfinished = [(i, v) for i, v in first[1:] if pieces[i].decode(errors="ignore").encode() != pieces[i]]
+    assert len(unfinished) >= 2, [pieces[i] for i, _ in first]         # the premise: pieces that all write "" there
+    for i, v in unfinished:                                             # (nothing pending before the first token)
+        assert logprobs.top_logprobs[0]["bytes:" + "".join(f"\\x{b:02x}" for b in pieces[i])] == v
+    chunks = list(client.completions.create(**request, stream=True))
+    streamed = [c.choices[0].logprobs for c in chunks if c.choices[0].logprobs and c.choices[0].logprobs.tokens]
+    streamed = sum((c.top_logprobs for c in streamed), [])
+    assert [list(top) for top in streamed] == [list(top) for top in logprobs.top_logprobs]
+    assert [list(top.values()) for top in streamed] == \
+        [pytest.approx(list(top.values()), abs=1e-5) for top in logprobs.top_logprobs]
+    n_probs = httpx.post(server.url + "/completion", timeout=300, json={
+        "prompt": prompt, "n_probs": 5, "temperature": 0.0, "n_predict": 3}).json()["completion_probabilities"]
+    assert [[t["id"] for t in p["top_logprobs"]] for p in n_probs] == alternatives
+    ollama = httpx.post(server.url + "/api/generate", timeout=300, json={
+        "model": "m", "prompt": engine.tokenizer.decode(prompt), "raw": True, "stream": False, "logprobs": True,
+        "top_logprobs": 5, "options": {"temperature": 0, "num_predict": 3}}).json()["logprobs"]
+    assert all(len({bytes(t["bytes"]) for t in entry["top_logprobs"]}) == 5 for entry in ollama), ollama
 
 
 def model_logprobs(engine, ids) -> torch.Tensor:
