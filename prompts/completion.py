@@ -218,13 +218,17 @@ def _keep_previous(ranked: Iterator[tuple[float, Chunk]], previous: Sequence[tup
 
 def _block_origin(rows: list[str], anchor: tuple[int, str] | None) -> int:
     """Where the current file's blocks begin, as a row modulo BLOCK_LINES: at the anchor's text where it is found,
-    the nearest its old row first (the editor's text may have gained or lost lines above it), else at the top."""
+    the nearest its old row first (the editor's text may have gained or lost lines above it), above it before below
+    at the same distance (a line typed under it, in an editor that sends the lines above the cursor, moves it up),
+    else at the top."""
     if anchor is None:
         return 0
     near, text = anchor
     lines = text.split("\n")
     for distance in range(ANCHOR_REACH):
-        for found in {near - distance, near + distance}:
+        # (a tuple, not a set: a set of two ints iterates by their hash modulo its table's size, so which of the two
+        # came first depended on the row)
+        for found in (near - distance, near + distance) if distance else (near,):
             if 0 <= found < len(rows) and rows[found] == lines[0] and rows[found:found + len(lines)] == lines:
                 return found % BLOCK_LINES
     return 0

@@ -484,3 +484,27 @@ def test_an_editor_sending_the_lines_above_the_cursor_keeps_the_window_s_tokens_
         shared = next((n for n, (a, b) in enumerate(zip(before.ids, after.ids)) if a != b), len(before.ids))
         moved += shared < len(before.ids) - 60                  # more than the last line and the cursor's end changed
     assert moved <= 1, [p.context[-1] for p in prompts]         # (the far end's step of 8 lines, at most once)
+
+
+def test_an_anchor_found_both_above_and_below_its_row_is_taken_above_as_typing_moved_it(
+        repo_index, smollm2_tokenizer):
+    """The last prompt's anchor is looked for at its old row, then one row away on either side, and so on. llama.vim
+    sends the 256 lines above the cursor, so a line typed moves the anchor's text one row up. Where its text stood
+    one row below too (lines repeating every other line: a table, alternating assignments), the row below was taken
+    at some rows and the row above at others (the order of a set of two ints: row 224, the first anchor of such a
+    text, iterated 225 before 223): the blocks were counted two rows off, and the window's tokens changed."""
+    rows = [f"    value_{n} = compute(value_{n - 1}, factor={n} * scale, name='v{n}', offset=base + {n})"
+            for n in range(400)]
+    rows[268:274] = ["    left = right", "    right = left"] * 3     # the first prompt's anchor rows (its 224..227)
+    firsts = []
+    prompts = []
+    for typed in (300, 301):
+        text = "\n".join(rows[typed - 256:typed]) + "\n    "
+        anchor = prompts[-1].anchor if prompts else None
+        prompts.append(build_completion_prompt(repo_index, smollm2_tokenizer, "app/new.py", text=text,
+                                               budget_tokens=1024, anchor=anchor))
+        window = next(item for item in prompts[-1].context if item.path == "app/new.py")
+        firsts.append(typed - 256 + window.start_line - 1)         # the window's first row of `rows`
+    assert prompts[0].anchor == (224, "\n".join(rows[268:272]))    # (the premise: the repeating rows)
+    assert firsts[0] == firsts[1], firsts                          # the window begins at the same code
+    assert prompts[1].anchor[0] == 223                             # found again where typing moved it
