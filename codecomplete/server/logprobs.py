@@ -98,14 +98,13 @@ def completion_logprobs(tokenizer, ids: Sequence[int], entries: Sequence) -> dic
     """The legacy completions shape, for the whole answer or a stream's chunk (the offsets are the answer's)."""
     texts, tokens, top = OpenAITokenTexts(tokenizer), [], []
     for i, entry in zip(ids, entries):
-        name = texts.alternative(i)[0]
-        top.append(_named_alternatives(texts, i, name, entry))
+        top.append(_named_alternatives(texts, i, entry))     # (before `take`: what each would write in its place)
         tokens.append(texts.take(i)[0])
     return {"tokens": tokens, "token_logprobs": [entry.logprob for entry in entries], "top_logprobs": top,
             "text_offset": [entry.text_offset for entry in entries]}
 
 
-def _named_alternatives(texts: OpenAITokenTexts, chosen: int, chosen_name: str, entry) -> dict[str, float]:
+def _named_alternatives(texts: OpenAITokenTexts, chosen: int, entry) -> dict[str, float]:
     """One token's legacy `top_logprobs`: a map from names to logprobs, each alternative under a name of its own, so
     that none overwrites another (byte tokens' texts collide: <0xE2> and <0xF0> both write "" there). The chosen
     token is under its name in `tokens`; an alternative under the text it would write there where that text is its
@@ -113,6 +112,7 @@ def _named_alternatives(texts: OpenAITokenTexts, chosen: int, chosen_name: str, 
     breaks the character before it U+FFFD) under its bytes, as OpenAI's legacy API names such tokens
     ("bytes:\\xe2\\x9c"); a name another entry has (a whole "é" beside the byte completing one) falls back to the
     bytes, then to vLLM's "token_id:N". The chosen token is added where it is not among the top (N + 1 entries)."""
+    chosen_name = texts.alternative(chosen)[0]     # (what `take` gives it next)
     named: dict[str, float] = {}
     for token, value in entry.top:
         if token == chosen:
