@@ -186,6 +186,11 @@ def build_serve_parser() -> argparse.ArgumentParser:
                           help="tokens a request may generate when it sets no limit (default: 256)")
     requests.add_argument("--max-waiting", type=_positive_int, metavar="N",
                           help="requests that may wait behind the running one; more get 503 (default: 8)")
+    requests.add_argument("--cache-reuse", type=_whole_number(0, 2 ** 31 - 1), default=0, metavar="N",
+                          help="llama.cpp's: past the start a prompt shares with the last one, reuse runs of at least N "
+                               "of its cached tokens by moving them into place (keys re-rotated) instead of "
+                               "prefilling them; approximate (they were computed after tokens since dropped); "
+                               "llama.vim's setup uses 256 (default: 0, off; a request's n_cache_reuse overrides)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.set_defaults(bench=False)       # what the model loader asks of every command line
     return parser

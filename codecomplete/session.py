@@ -58,6 +58,8 @@ class Sampling:
     logprobs: int | None = None      # each token's logprob and the top-N alternatives' (None: not computed)
     logprobs_after_samplers: bool = False   # of the distribution the draw came from (llama.cpp's post_sampling_probs)
     speculate: int | None = None     # draft tokens verified per step; None: the engine's default, 0: off
+    cache_reuse: int = 0             # llama.cpp's n_cache_reuse (models.GenerationConfig's): runs of the last prompt
+                                     # of at least this many tokens moved into place past the shared prefix; 0: off
 
 
 @dataclass
@@ -249,7 +251,7 @@ class Session:
             top_k=sampling.top_k, min_p=sampling.min_p, seed=sampling.seed, top_k_ties=sampling.top_k_ties,
             top_p_strict=sampling.top_p_strict, min_keep=sampling.min_keep,
             **({"sampler_order": sampling.sampler_order} if sampling.sampler_order is not None else {}),
-            speculate=sampling.speculate, logprobs=sampling.logprobs,
+            speculate=sampling.speculate, cache_reuse=sampling.cache_reuse, logprobs=sampling.logprobs,
             logprobs_after_samplers=sampling.logprobs_after_samplers,
             repeat_penalty=sampling.repeat_penalty, presence_penalty=sampling.presence_penalty,
             frequency_penalty=sampling.frequency_penalty, penalty_last_n=sampling.penalty_last_n,

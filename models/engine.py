@@ -25,6 +25,7 @@ from typing import NamedTuple
 import torch
 
 from models.attention import BACKENDS, KERNEL_HEAD_DIMS
+from models.cache_reuse import apply_moves, reusable_runs, reused_end
 from models.config import ModelConfig
 from models.decode_step import DecodeStep, HostCopy
 from models.errors import ContextTooLongError, ModelError, SettingError
@@ -346,6 +347,9 @@ class Engine:
         # Prefill: each prompt into its own cache row, from the first token the cache does not hold.
         t_prefill = perf_counter()
         reused = [self._reusable_prefix(cached, prompts[0]) if reuse else 0] + [0] * (B - 1)
+        prefix = reused[0]     # (what cache reuse moves into place lies after it, each run right after the last)
+        if reuse and config.cache_reuse and not self.model.config.dynamic_rope:
+            reused[0] = self._move_reusable_runs(cached, prompts[0], prefix, config.cache_reuse)
         if B == 1 and len(prompts[0]) - reused[0] <= (GRAPHED_TAIL if self._graphs_enabled else 1):
             logits = self._feed_tail(prompts[0], reused[0])                              # (1, V)
         else:
@@ -375,7 +379,7 @@ class Engine:
                           decode_s=decode_s, decode_tokens_per_s=loop.decoded / decode_s if decode_s > 0 else 0.0,
                           prefill_tokens_per_s=prefilled / prefill_s if prefill_s > 0 else 0.0,
                           drafted_tokens=loop.drafted, accepted_tokens=loop.accepted, decode_steps=loop.steps,
-                          verify_steps=loop.verify_steps)
+                          verify_steps=loop.verify_steps, moved_tokens=max(0, reused[0] - prefix))
         return [row.result(len(p), r, timings) for row, p, r in zip(rows, prompts, reused)]
 
     def _cancelled_in_prefill(self, prompts, rows, reused, t_prefill: float) -> list[GenerationResult]:
@@ -624,6 +628,14 @@ class Engine:
         while n < limit and cached[n] == prompt[n]:
             n += 1
         return n
+
+    def _move_reusable_runs(self, cached: list[int], prompt: list[int], start: int, min_run: int) -> int:
+        """llama.cpp's cache reuse in cache row 0 (models/cache_reuse.py): after the prefix `start`, the runs of at
+        least `min_run` cached tokens that the prompt goes on with, moved into place. Returns how many leading
+        prompt tokens the row then holds."""
+        moves = reusable_runs(cached, prompt, start, min_run)
+        apply_moves(self.model, 0, moves)
+        return reused_end(start, moves)
 
     # ---- benchmarking ------------------------------------------------------------------------
 

@@ -56,6 +56,10 @@ class GenerationConfig:
                                            # alone, at 0), as llama.cpp's post_sampling_probs
     speculate: int | None = None           # drafts verified per step (prompt lookup); None: the engine's
                                            # default, 0: off. One sequence only: generate_batch ignores it
+    cache_reuse: int = 0                   # llama.cpp's n_cache_reuse: past the prefix the last request shares, runs
+                                           # of at least this many of its cached tokens that the prompt goes on with
+                                           # are moved into place, keys re-rotated, not prefilled (approximate:
+                                           # models/cache_reuse.py); 0: off, exact prefix reuse only
 
     def __post_init__(self) -> None:
         required = [name for name in self.sampler_order if name not in OPTIONAL_SAMPLERS]
@@ -73,6 +77,8 @@ class GenerationConfig:
             raise ValueError(f"mirostat must be 0 (off), 1 or 2 (llama.cpp's versions), got {self.mirostat}")
         if self.min_keep < 0:
             raise ValueError(f"min_keep must be at least 0, got {self.min_keep}")
+        if self.cache_reuse < 0:
+            raise ValueError(f"cache_reuse must be at least 0 (0: off), got {self.cache_reuse}")
 
     @property
     def greedy(self) -> bool:
@@ -97,6 +103,8 @@ class Timings:
     accepted_tokens: int = 0            # of those, accepted into the output (each one a decode step saved)
     decode_steps: int = 0               # decode steps run (tokens after the first / decode_steps = tokens per step)
     verify_steps: int = 0               # of those, steps that verified drafts (the others fed one token)
+    moved_tokens: int = 0               # of the reused prompt tokens, those cache reuse moved into place (their K/V
+                                        # from further on in the last request's cache: GenerationConfig.cache_reuse)
     healing_tokens: int = 0             # GenerationResult.healing_tokens, counted live too (engine.progress): whole
                                         # by the first text (healing's tokens make none), a stream's prompt count
 

@@ -115,6 +115,21 @@ class KVCache(nn.Module):
         return view.prefix(start + k.shape[2]).dequantized(self.dtype)
 
 
+    def move(self, row: int, source: int, target: int, length: int, rotate) -> None:
+        """Slots [source, source + length) of row `row` to [target, target + length) (target <= source; the ranges
+        may overlap), the keys through `rotate` (float32 (1, Hkv, n, D) -> the same: models/cache_reuse.py turns them
+        to their new positions). Values and their scales are copied as stored; 8-bit keys are dequantized, rotated
+        and quantized again (new scales), as the append would store them."""
+        old, new, rows = slice(source, source + length), slice(target, target + length), slice(row, row + 1)
+        if self.k_scale is None:
+            self.k[rows, :, new] = rotate(self.k[rows, :, old].float()).to(self.k.dtype)
+        else:
+            from kernels.reference import dequantize, quantize
+            keys = rotate(dequantize(self.k[rows, :, old], self.k_scale[rows, :, old], torch.float32))
+            self.k[rows, :, new], self.k_scale[rows, :, new] = quantize(keys, self.k.dtype)
+            self.v_scale[rows, :, new] = self.v_scale[rows, :, old].clone()
+        self.v[rows, :, new] = self.v[rows, :, old].clone()
+
 def stores_v_sequence_major(group: int, store: torch.dtype, device: torch.device) -> bool:
     """Whether a cache keeps V sequence-major: where flash_decode reads it faster so (CUDA, 8-bit, GQA). On a CPU no
     kernel reads it, and dequantizing it for SDPA is a strided copy (SmolLM2's 32k int8 V: 193 ms against 1.7)."""

@@ -27,7 +27,7 @@ class Server:
 
     def __init__(self, session: Session, *, max_tokens: int, api_key: str | None, info: dict,
                  max_waiting: int | None = None, idle: Callable[[], bool] | None = None,
-                 warm_up: Callable[[], object] | None = None, loopback: bool = True) -> None:
+                 warm_up: Callable[[], object] | None = None, loopback: bool = True, cache_reuse: int = 0) -> None:
         self.session = session
         # The event loop's own tokenizer (/tokenize, /detokenize, a prompt echoed back), copied before the engine
         # thread starts: a fast tokenizer keeps `encode_special_tokens` as state that each call sets, and the engine
@@ -38,6 +38,7 @@ class Server:
         # the first request (worker.wait_ready() returns its result); both on the engine thread.
         self.worker = EngineWorker(max_waiting or MAX_WAITING, between=session.tidy, idle=idle, first=warm_up)
         self.max_tokens = max_tokens            # what a request that sets no limit (or -1) gets
+        self.cache_reuse = cache_reuse          # --cache-reuse: every request's, unless llama.cpp's n_cache_reuse says
         # Editors' prompts keep one size whatever their n_predict, so consecutive requests share their start.
         self.prompt_budget = session.prompt_budget(max_tokens)
         self.api_key = api_key
@@ -53,7 +54,8 @@ class Server:
         llama.cpp and Ollama do: an editor's chat default (4,096) on a small CPU context is no error there."""
         if max_tokens is None or max_tokens < 0:
             max_tokens = self.max_tokens
-        return Sampling(max_tokens=min(max_tokens, self.engine.context_length - 1), **options)
+        return Sampling(max_tokens=min(max_tokens, self.engine.context_length - 1),
+                        **{"cache_reuse": self.cache_reuse, **options})
 
     def budget(self, sampling: Sampling) -> int:
         """The prompt tokens of a request: the server's fixed size, less if many new tokens need room, but never

@@ -86,6 +86,9 @@ class Options(samplers.UnimplementedSamplerFields, samplers.AdaptiveSamplerField
     grammar: str = ""                  # constrained decoding (and json_schema): refused, not ignored
     json_schema: dict | bool | None = None
     logit_bias: list | dict | None = None     # [[token, bias], ...] or {token: bias} (logit_bias.py)
+    cache_prompt: bool = True          # False: no run of the last prompt moved into place (cache reuse) for this
+                                       # request. (Its exact prefix is reused anyway: the same numbers as a prefill.)
+    n_cache_reuse: int | None = Field(None, ge=0)   # the server's --cache-reuse for this request (0: off)
 
 
 class ExtraChunk(Body):
@@ -225,10 +228,12 @@ def _sampling(server, body: Options):
                                samplers.unit(body.min_p), body.min_keep,
                                repeat_penalty=body.repeat_penalty, presence_penalty=body.presence_penalty,
                                frequency_penalty=body.frequency_penalty, penalty_last_n=body.repeat_last_n)
+    reuse = body.n_cache_reuse if body.cache_prompt else 0    # None: the server's --cache-reuse (server.sampling's)
     return server.sampling(body.n_predict, seed=None if seed == RANDOM_SEED else seed, stop=stop_strings(body.stop),
                            format_stops=not body.ignore_eos, ignore_eos=body.ignore_eos, logit_bias=bias,
                            logprobs=n_probs or None, logprobs_after_samplers=body.post_sampling_probs,
-                           **{**options, **samplers.adaptive(chain, body, temperature)})
+                           **{**options, **samplers.adaptive(chain, body, temperature)},
+                           **({} if reuse is None else {"cache_reuse": reuse}))
 
 
 def _settings(server, body: Options | None) -> dict:

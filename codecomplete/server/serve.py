@@ -60,7 +60,7 @@ def run_serve(args) -> None:
     server = Server(session, max_tokens=max_tokens, api_key=api_key, info=info, max_waiting=args.max_waiting,
                     idle=warmer.step if warmer is not None else None,
                     warm_up=lambda: _warm_up(session, budget, warmer),     # on the engine thread (worker.py: why)
-                    loopback=_is_loopback(args.host))
+                    loopback=_is_loopback(args.host), cache_reuse=args.cache_reuse)
     warmed = server.worker.wait_ready()
     frozen = os.environ.get(GC_FREEZE, "1") != "0"
     if frozen:

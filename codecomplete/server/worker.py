@@ -282,5 +282,6 @@ def _summary(job: Job, result, seconds: float) -> str:
             parts.append(f"sent {ms(job.first_text, job.first_sent)}")
         first = (f"first {ms(job.submitted, end)} ms" if end is not None else first) + f" ({', '.join(parts)})"
     prompt, generated = result.token_counts()
-    return (f"{job.label} · prompt {prompt:,} ({result.reused_prefix_tokens:,} reused) · "
+    moved = f", {result.timings.moved_tokens:,} of them moved" if result.timings.moved_tokens else ""
+    return (f"{job.label} · prompt {prompt:,} ({result.reused_prefix_tokens:,} reused{moved}) · "
             f"{generated} tokens · {first} · {seconds:.2f} s · {result.finish_reason}")

@@ -1,0 +1,83 @@
+"""Reusing the last request's KV cache past the first difference: llama.cpp's `--cache-reuse N` (`n_cache_reuse`).
+
+Exact reuse keeps the prompt's longest common prefix with the tokens the cache holds. Past it, llama.cpp's server
+(tools/server, since its PR #9866) walks both sequences: where the prompt goes on with a run of at least N tokens
+that the cache holds further on, that run is moved back to where the prompt has it (the slots in between dropped)
+and its keys rotated to their new positions, instead of being prefilled again; where it does not, the walk
+skips one cached token. An editor's prompt that lost some lines in its middle (llama.vim's ring of extra chunks
+losing its oldest, a window whose top line left) keeps what follows them. The walk never moves a run to the right
+and stops at the first prompt token the cache lacks after a kept run: what follows is prefilled.
+
+Approximate, hence off unless asked for (as in llama.cpp): a moved token's keys and values beyond the first layer
+were computed attending to the tokens that were dropped. Only RoPE's positions are made exact, by undoing the
+rotation of each key's old position and applying the new one's from the model's own table.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from models.llama import apply_rotary
+
+
+class Move(NamedTuple):
+    """Cache slots [source, source + length) of a row to [target, target + length), target <= source."""
+    source: int
+    target: int
+    length: int
+
+
+def reusable_runs(cached: list[int], prompt: list[int], start: int, min_run: int) -> list[Move]:
+    """The runs of `cached` (the tokens a cache row holds) that `prompt` goes on with after its first `start`
+    tokens, each at least `min_run` long, in llama.cpp's walk; every prompt token but the last at most (one is
+    always prefilled, for its logits). After the moves the row holds prompt[:end] with end = the last target +
+    length (or `start` without moves)."""
+    if min_run <= 0:
+        return []
+    moves, head_c, head_p, limit = [], start, start, len(prompt) - 1
+    while head_c < len(cached) and head_p < limit:
+        n = 0
+        while head_c + n < len(cached) and head_p + n < limit and cached[head_c + n] == prompt[head_p + n]:
+            n += 1
+        if n >= min_run:
+            moves.append(Move(head_c, head_p, n))
+            head_c += n
+            head_p += n
+        else:
+            head_c += 1
+    return moves
+
+
+def reused_end(start: int, moves: list[Move]) -> int:
+    """How many leading prompt tokens the row holds after `moves` (the prefix `start` and the runs placed after it)."""
+    return moves[-1].target + moves[-1].length if moves else start
+
+
+def rotation(cos: torch.Tensor, sin: torch.Tensor, move: Move):
+    """Keys (1, Hkv, n, D) float32 rotated from their old positions to their new ones by the model's RoPE table
+    (cos, sin (S_max, D) float32): the old rotation undone (the inverse turns by -sin), the new one applied."""
+    old = slice(move.source, move.source + move.length)
+    new = slice(move.target, move.target + move.length)
+
+    def rotate(keys: torch.Tensor) -> torch.Tensor:
+        unrotated = apply_rotary(keys, cos[None, old], -sin[None, old])                  # (1, Hkv, n, D)
+        return apply_rotary(unrotated, cos[None, new], sin[None, new])
+    return rotate
+
+
+@torch.no_grad()
+def apply_moves(model, row: int, moves: list[Move]) -> None:
+    """Carry out `moves` in cache row `row` of every layer of `model` (a models.llama.Transformer), in order: each
+    target lies before its source and after the last move's run, so no move overwrites a run not yet moved."""
+    if not moves:
+        return
+    if model.config.dynamic_rope:
+        raise ValueError("cache reuse cannot move keys rotated with dynamic RoPE: their frequencies depend on the "
+                         "length of the call that wrote them")
+    cos, sin = model.rope.cos, model.rope.sin                                             # (S_max, D) float32
+    for move in moves:
+        rotate = rotation(cos, sin, move)
+        for layer in model.layers:
+            layer.attention.kv_cache.move(row, move.source, move.target, move.length, rotate)

@@ -1,0 +1,113 @@
+"""llama.cpp's cache reuse through the server: `serve --cache-reuse N` for every request, llama.cpp's `n_cache_reuse`
+and `cache_prompt` per request on its routes, a prompt that lost a chunk in its middle (llama.vim's ring of extra
+chunks dropping its oldest) reusing what follows the chunk. In process, over the embedded model."""
+import pytest
+
+from codecomplete.session import Session
+
+KEPT = "import math\n\n\ndef area(radius):\n    return math.pi * radius ** 2\n\n\n"
+DROPPED = "class Rectangle:\n    def __init__(self, width, height):\n        self.width, self.height = width, height\n\n\n"
+RUN = ("def circumference(radius):\n    \"\"\"The length around a circle of this radius.\"\"\"\n"
+       "    return 2 * math.pi * radius\n\n\ndef diameter(radius):\n    return 2 * radius\n\n\n")
+END = "def volume(radius):\n    return"
+
+
+@pytest.fixture(scope="module")
+def reuse_server(engine):
+    """A server whose --cache-reuse is 16, as an editor's client talks to it."""
+    from fastapi.testclient import TestClient
+
+    from codecomplete.server.app import Server, create_app
+
+    server = Server(Session(engine), max_tokens=8, api_key=None, info={}, cache_reuse=16)
+    try:
+        with TestClient(create_app(server), base_url="http://127.0.0.1") as client:
+            yield client
+    finally:
+        server.worker.shutdown()
+
+
+def count(client, text: str) -> int:
+    return len(client.post("/tokenize", json={"content": text}).json()["tokens"])
+
+
+def after_a_dropped_chunk(client, path: str, **fields) -> dict:
+    """The answer to KEPT + RUN + END right after KEPT + DROPPED + RUN + END filled the cache."""
+    body = lambda prompt: {"prompt": prompt, "n_predict": 2, "temperature": 0, **fields}   # noqa: E731
+    first = client.post(path, json=body(KEPT + DROPPED + RUN + END + " 4"))
+    assert first.status_code == 200, first.text
+    answer = client.post(path, json=body(KEPT + RUN + END))
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def test_the_servers_cache_reuse_moves_what_followed_a_dropped_chunk(reuse_server):
+    run_tokens = count(reuse_server, RUN)
+    timings = after_a_dropped_chunk(reuse_server, "/completion")["timings"]
+    # KEPT's tokens as the exact prefix, RUN's and END's first ones moved: only a few of END's are prefilled
+    assert timings["cache_n"] >= count(reuse_server, KEPT) + run_tokens - 2, timings
+    assert timings["prompt_n"] <= count(reuse_server, END) + 2, timings
+
+
+@pytest.mark.parametrize("fields", [{"n_cache_reuse": 0}, {"cache_prompt": False},
+                                    {"n_cache_reuse": 1000}], ids=["off", "no-cache-prompt", "runs-too-short"])
+def test_a_request_turns_it_off_as_llama_cpp_reads_its_fields(reuse_server, fields):
+    timings = after_a_dropped_chunk(reuse_server, "/completion", **fields)["timings"]
+    assert timings["cache_n"] <= count(reuse_server, KEPT) + 1, timings      # the shared prefix alone
+
+
+def test_a_request_can_ask_for_it_on_a_server_started_without(engine):
+    from fastapi.testclient import TestClient
+
+    from codecomplete.server.app import Server, create_app
+
+    server = Server(Session(engine), max_tokens=8, api_key=None, info={})
+    try:
+        with TestClient(create_app(server), base_url="http://127.0.0.1") as client:
+            plain = after_a_dropped_chunk(client, "/completion")["timings"]
+            asked = after_a_dropped_chunk(client, "/completion", n_cache_reuse=16)["timings"]
+    finally:
+        server.worker.shutdown()
+    assert plain["cache_n"] <= count_tokens(engine, KEPT) + 1 < asked["cache_n"] - 20, (plain, asked)
+
+
+def count_tokens(engine, text: str) -> int:
+    return len(engine.tokenizer.encode(text, add_special_tokens=False))
+
+
+def test_the_openai_routes_get_the_servers_setting(reuse_server):
+    usage = after_a_dropped_chunk(reuse_server, "/v1/completions", max_tokens=2)["usage"]
+    assert usage["prompt_tokens_details"]["cached_tokens"] >= count(reuse_server, KEPT + RUN) - 2, usage
+
+
+@pytest.mark.parametrize("value", [-1, "16", 1.5])
+def test_a_bad_n_cache_reuse_is_a_400_naming_it(reuse_server, value):
+    response = reuse_server.post("/completion", json={"prompt": "x", "n_predict": 1, "n_cache_reuse": value})
+    assert response.status_code == 400 and "n_cache_reuse" in response.json()["error"]["message"]
+    assert reuse_server.post("/completion", json={"prompt": "x", "n_predict": 1}).status_code == 200
+
+
+def test_serve_hands_its_cache_reuse_to_the_server(served_repo, monkeypatch):
+    from codecomplete.cli import build_serve_parser
+    from codecomplete.server import serve
+
+    class Built(Exception):
+        pass
+
+    def server(session, **options):
+        raise Built(options)
+    monkeypatch.setattr(serve, "Server", server)
+    monkeypatch.setattr(serve, "PromptWarmer", lambda *args, **kwargs: None)
+    with pytest.raises(Built) as built:
+        serve.run_serve(build_serve_parser().parse_args(
+            [str(served_repo), "--port", "0", "--device", "cpu", "--cache-reuse", "256"]))
+    assert built.value.args[0]["cache_reuse"] == 256
+
+
+@pytest.mark.parametrize("value", ["-1", "x"])
+def test_a_bad_cache_reuse_option_is_a_usage_error(value, capsys):
+    from codecomplete.cli import build_serve_parser
+
+    with pytest.raises(SystemExit) as stopped:
+        build_serve_parser().parse_args(["--cache-reuse", value])
+    assert stopped.value.code == 2 and "--cache-reuse" in capsys.readouterr().err

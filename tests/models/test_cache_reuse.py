@@ -1,0 +1,232 @@
+"""llama.cpp's cache reuse (models/cache_reuse.py): the walk that finds the runs to move, the move of one run in a
+cache (keys re-rotated, against a float64 reference), and the engine: exact in a one-layer model, where a key depends
+on its token and position alone, and counted right in any."""
+
+import dataclasses
+import random
+
+import pytest
+import torch
+
+from models import GenerationConfig, load_model
+from models.cache_reuse import Move, apply_moves, reusable_runs, reused_end
+from models.kv_cache import KVCache
+from models.llama import apply_rotary
+from tiny_models import save_tiny_llama
+
+# ---- the walk -------------------------------------------------------------------------------------------------
+
+
+def test_a_run_after_dropped_tokens_moves_back_to_where_the_prompt_has_it():
+    kept, dropped, run = [1, 2, 3], [50, 51], [7, 8, 9, 10]
+    cached, prompt = kept + dropped + run + [11], kept + run + [99]
+    assert reusable_runs(cached, prompt, 3, min_run=4) == [Move(source=5, target=3, length=4)]
+    assert reused_end(3, reusable_runs(cached, prompt, 3, min_run=4)) == 7
+    assert reusable_runs(cached, prompt, 3, min_run=5) == []        # shorter than asked: prefilled
+    assert reusable_runs(cached, prompt, 3, min_run=0) == []        # off
+
+
+def test_the_walk_stops_at_a_token_the_cache_lacks_and_never_moves_a_run_right():
+    cached = [1, 2, 3, 40, 41, 42, 43, 44]
+    inserted = [1, 2, 3, 77, 40, 41, 42, 43, 44, 5]      # a token typed before the run: the run would move right
+    assert reusable_runs(cached, inserted, 3, min_run=2) == []
+
+
+def test_several_runs_land_one_after_another_and_the_prompts_last_token_is_left_to_prefill():
+    cached = [1, 2, 60, 10, 11, 12, 61, 62, 20, 21, 22, 23]
+    prompt = [1, 2, 10, 11, 12, 20, 21, 22, 23]
+    moves = reusable_runs(cached, prompt, 2, min_run=3)
+    # the second run stops before the prompt's last token (23): its logits come from a prefill
+    assert moves == [Move(3, 2, 3), Move(8, 5, 3)] and reused_end(2, moves) == 8 == len(prompt) - 1
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_after_the_moves_the_row_holds_the_prompts_first_tokens(seed):
+    """Random edits of a cached sequence (runs dropped, tokens typed, a changed end): the moves, done on a list
+    standing for the row, leave exactly the prompt's first `reused_end` tokens in its first slots."""
+    rng = random.Random(seed)
+    cached = [rng.randrange(6) for _ in range(rng.randrange(1, 60))]
+    prompt = list(cached)
+    for _ in range(rng.randrange(1, 4)):
+        at = rng.randrange(len(prompt) + 1)
+        if rng.random() < 0.6:
+            del prompt[at:at + rng.randrange(1, 8)]
+        else:
+            prompt[at:at] = [rng.randrange(6) for _ in range(rng.randrange(1, 4))]
+    prompt = prompt or [0]
+    start = next((i for i, (a, b) in enumerate(zip(cached, prompt)) if a != b), min(len(cached), len(prompt)))
+    start = min(start, len(prompt) - 1)
+    min_run = rng.randrange(1, 5)
+    moves = reusable_runs(cached, prompt, start, min_run)
+    row = list(cached)
+    for move in moves:
+        assert move.target <= move.source and move.length >= min_run
+        assert move.target == (moves[moves.index(move) - 1].target + moves[moves.index(move) - 1].length
+                               if moves.index(move) else start)
+        row[move.target:move.target + move.length] = row[move.source:move.source + move.length]
+    end = reused_end(start, moves)
+    assert end <= len(prompt) - 1 or end == start
+    assert row[:end] == prompt[:end]
+
+# ---- one run in one cache -------------------------------------------------------------------------------------
+
+
+def rope_table(S: int, D: int, theta: float = 10000.0):
+    """cos, sin (S, D) float32 in the model's rotate-half layout, and the float64 angles (S, D)."""
+    inv = 1.0 / theta ** (torch.arange(0, D, 2, dtype=torch.float64) / D)
+    angles = torch.outer(torch.arange(S, dtype=torch.float64), inv)
+    angles = torch.cat((angles, angles), dim=-1)                                      # (S, D)
+    return angles.cos().float(), angles.sin().float(), angles
+
+
+def rotated64(keys: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Pre-RoPE keys (1, H, n, D) float64 rotated by angles (n, D) float64."""
+    x1, x2 = keys.chunk(2, dim=-1)
+    return keys * angles.cos() + torch.cat((-x2, x1), dim=-1) * angles.sin()
+
+
+@pytest.mark.parametrize("store", ["float32", "bfloat16", "int8", "fp8"])
+@pytest.mark.parametrize("source, target, length", [(40, 10, 20), (25, 17, 20), (63, 0, 1)])
+def test_a_moved_run_holds_the_keys_a_prefill_would_write_at_its_new_place(store, source, target, length):
+    """Keys written at positions source.. (rotated there), moved to target..: they match the float64 rotation of
+    the same pre-RoPE keys at target.. within the storage's rounding; values and scales are the source's, as
+    stored; every slot before the target keeps what it held (overlapping ranges included)."""
+    torch.manual_seed(source * 7 + length)
+    B, H, S, D = 2, 3, 64, 16
+    quant = store if store in ("int8", "fp8") else None
+    dtype = torch.float32 if quant else getattr(torch, store)
+    cache = KVCache(B, H, S, D, dtype, "cpu", quant=quant)
+    cos, sin, angles = rope_table(S, D)
+    pre = torch.randn(B, H, S, D, dtype=torch.float64) * 2                            # pre-RoPE keys, fresh
+    keys = rotated64(pre, angles)                                                      # each at its own slot
+    values = torch.randn(B, H, S, D)
+    cache.write(1, 0, keys[1:].float().to(dtype), values[1:].to(dtype))
+    cache.write(0, 0, keys[:1].float().to(dtype), values[:1].to(dtype))
+    before = [t.clone() for t in (cache.k, cache.v, cache.k_scale, cache.v_scale) if t is not None]
+
+    from models.cache_reuse import rotation
+    move = Move(source, target, length)
+    cache.move(1, source, target, length, rotation(cos, sin, move))
+
+    old, new = slice(source, source + length), slice(target, target + length)
+    expected = rotated64(pre[1:, :, old], angles[new])                                 # (1, H, n, D)
+    if quant:
+        from kernels.reference import dequantize, quantize
+        got = dequantize(cache.k[1:, :, new], cache.k_scale[1:, :, new], torch.float64)
+        # Two roundings: the stored keys' (an element's error turned with its rotate-half partner: at most the pair's
+        # error's length) and the new ones'. int8 rounds to half a scale step, e4m3 to 2^-4 of the value (2^-10 of
+        # the scale below its normal range, e4m3's subnormal step 2^-9).
+        s_old = before[2][1:, :, old, None].double()
+        s_new = cache.k_scale[1:, :, new, None].double()
+        if quant == "int8":
+            bound = s_old * 0.5 * 2 ** 0.5 + s_new * 0.5
+        else:
+            pair = (expected[..., :D // 2] ** 2 + expected[..., D // 2:] ** 2).sqrt()
+            bound = 2 ** -4 * (torch.cat((pair, pair), -1) + expected.abs()) + (s_old + s_new) * 2 ** -10 * 2
+        assert ((got - expected).abs() <= bound * 1.001 + 1e-12).all()
+        assert (got - expected).abs().max() > 0        # (rounded: the bound is what is tested)
+        assert torch.equal(cache.v_scale[1:, :, new], before[3][1:, :, old])
+    else:
+        got = cache.k[1:, :, new].double()
+        eps = torch.finfo(dtype).eps
+        assert (got - expected).abs().max() <= 4 * eps * expected.abs().max()
+    assert torch.equal(cache.v[1:, :, new], before[1][1:, :, old])
+    assert torch.equal(cache.k[0], before[0][0]) and torch.equal(cache.v[0], before[1][0])   # other row untouched
+    assert torch.equal(cache.k[1:, :, :target], before[0][1:, :, :target])
+
+
+def test_moves_refuse_keys_of_dynamic_rope():
+    model = type("M", (), {"config": type("C", (), {"dynamic_rope": True})()})()
+    with pytest.raises(ValueError, match="dynamic RoPE"):
+        apply_moves(model, 0, [Move(5, 2, 3)])
+
+# ---- the engine -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_layer(tmp_path_factory, llama_tokenizer):
+    """An engine over a one-layer checkpoint: each token's K and V depend on the token and its position alone, so a
+    moved run is exactly what a prefill would write (up to rounding)."""
+    directory = tmp_path_factory.mktemp("one-layer")
+    save_tiny_llama(directory, llama_tokenizer, n_kv_heads=2, num_hidden_layers=1, max_position_embeddings=256)
+    return load_model(str(directory), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def two_layers(tmp_path_factory, llama_tokenizer):
+    directory = tmp_path_factory.mktemp("two-layers")
+    save_tiny_llama(directory, llama_tokenizer, n_kv_heads=2, max_position_embeddings=256)
+    return load_model(str(directory), device="cpu")
+
+
+def sequences(engine, seed=0):
+    rng = random.Random(seed)
+    vocab = engine.model.config.vocab_size
+    part = lambda n: [rng.randrange(3, vocab) for _ in range(n)]    # noqa: E731 (ids past BOS/EOS)
+    end = part(5)
+    new_end = [token + 1 if token + 1 < vocab else 3 for token in end[:2]]     # differs from the cached end at once
+    return part(20), part(9), part(30), end, new_end     # kept prefix, dropped tokens, the run, old and new ends
+
+
+PROBE = GenerationConfig(max_new_tokens=4, logprobs=8)
+
+
+def test_a_run_moved_in_a_one_layer_model_gives_a_fresh_prefills_probabilities(one_layer):
+    kept, dropped, run, end, new_end = sequences(one_layer)
+    one_layer.clear_prefix_cache()
+    one_layer.generate(kept + dropped + run + end, GenerationConfig(max_new_tokens=1))
+    prompt = kept + run + new_end
+    warm = one_layer.generate(prompt, dataclasses.replace(PROBE, cache_reuse=16))
+    assert warm.reused_prefix_tokens == len(kept) + len(run) and warm.timings.moved_tokens == len(run)
+    one_layer.clear_prefix_cache()
+    cold = one_layer.generate(prompt, PROBE)
+    assert cold.reused_prefix_tokens == 0 and warm.token_ids == cold.token_ids
+    for a, b in zip(warm.logprobs, cold.logprobs):
+        assert [t for t, _ in a.top] == [t for t, _ in b.top]
+        assert max(abs(x - y) for (_, x), (_, y) in zip(a.top, b.top)) < 1e-4
+
+
+def test_without_cache_reuse_the_same_prompts_reuse_the_prefix_only(one_layer):
+    kept, dropped, run, end, new_end = sequences(one_layer, seed=1)
+    one_layer.clear_prefix_cache()
+    one_layer.generate(kept + dropped + run + end, GenerationConfig(max_new_tokens=1))
+    warm = one_layer.generate(kept + run + new_end, PROBE)
+    assert warm.reused_prefix_tokens == len(kept) and warm.timings.moved_tokens == 0
+
+
+def test_a_run_shorter_than_asked_is_prefilled(one_layer):
+    kept, dropped, run, end, new_end = sequences(one_layer, seed=2)
+    one_layer.clear_prefix_cache()
+    one_layer.generate(kept + dropped + run + end, GenerationConfig(max_new_tokens=1))
+    warm = one_layer.generate(kept + run + new_end, dataclasses.replace(PROBE, cache_reuse=len(run) + 3))
+    assert warm.reused_prefix_tokens == len(kept) and warm.timings.moved_tokens == 0
+
+
+def test_in_a_deeper_model_the_moved_run_is_reused_and_the_next_request_builds_on_it(two_layers):
+    """Beyond the first layer a moved run's K/V saw the dropped tokens: only approximately a prefill's. What is
+    exact: the counts, and that the cache then holds the prompt and the answer (the next request reuses both)."""
+    kept, dropped, run, end, new_end = sequences(two_layers, seed=3)
+    two_layers.clear_prefix_cache()
+    two_layers.generate(kept + dropped + run + end, GenerationConfig(max_new_tokens=1))
+    prompt = kept + run + new_end
+    warm = two_layers.generate(prompt, dataclasses.replace(PROBE, cache_reuse=8))
+    assert warm.reused_prefix_tokens == len(kept) + len(run) and warm.timings.moved_tokens == len(run)
+    follow = two_layers.generate(prompt + warm.token_ids + end[2:], GenerationConfig(max_new_tokens=1))
+    assert follow.reused_prefix_tokens == len(prompt) + len(warm.token_ids) - 1
+
+
+def test_cache_reuse_must_not_be_negative():
+    with pytest.raises(ValueError, match="cache_reuse"):
+        GenerationConfig(cache_reuse=-1)
+
+
+def test_the_rotation_undoes_the_old_position_and_applies_the_new_one():
+    """The rotation helper on its own: keys rotated at 30.. and turned to 3.. equal keys rotated at 3.. directly."""
+    from models.cache_reuse import rotation
+    torch.manual_seed(5)
+    cos, sin, _ = rope_table(64, 8)
+    pre = torch.randn(1, 2, 10, 8)
+    at_30 = apply_rotary(pre, cos[None, 30:40], sin[None, 30:40])
+    turned = rotation(cos, sin, Move(30, 3, 10))(at_30)
+    assert torch.allclose(turned, apply_rotary(pre, cos[None, 3:13], sin[None, 3:13]), atol=1e-5)
+    assert not torch.allclose(at_30, apply_rotary(pre, cos[None, 3:13], sin[None, 3:13]), atol=1e-2)
