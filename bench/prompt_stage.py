@@ -14,7 +14,8 @@ writes one SHA-256 per prompt (its ids, context, heal text, stops), to compare t
 prompts must not change. Serve a frozen copy of the repository for that (`git archive HEAD | tar -x -C DIR`, then
 `--repo DIR`): served from the working tree, a change to a file the prompts quote moves their line numbers. `--profile` prints cProfile's top functions over the replayed requests.
 It also prints how much of each prompt the last one began with (what the warm server's cache reuses;
-the engine's own count, serve_bench's, also keeps what the last request generated).
+the engine's own count, serve_bench's, also keeps what the last request generated), and how much llama.cpp's cache
+reuse (`serve --cache-reuse N`: runs of the last prompt moved into place) would keep.
 Results are for comparing versions on the same machine minutes apart (a shared 2-core box: medians only).
 """
 from __future__ import annotations
@@ -87,6 +88,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print cProfile's top functions")
     parser.add_argument("--digest", type=Path, help="write one SHA-256 per prompt to this file")
     parser.add_argument("--json", type=Path, help="write the per-request times here")
+    parser.add_argument("--cache-reuse", type=int, default=256, metavar="N",
+                        help="also count what llama.cpp's cache reuse with runs of N tokens would keep (default: 256)")
     args = parser.parse_args()
 
     from codecomplete.server.llama_cpp import InfillRequest
@@ -120,7 +123,9 @@ def main() -> None:
         session.tidy()                                   # the server's upkeep after each request
         return elapsed, generation.prompt
 
-    times, digests, lengths, prefilled = [], [], [], []
+    from models.cache_reuse import reusable_runs, reused_end
+
+    times, digests, lengths, prefilled, prefilled_moving = [], [], [], [], []
     last: list[int] = []
     for body in bodies:
         elapsed, packed = request(body)
@@ -130,17 +135,23 @@ def main() -> None:
             same = next((n for n, (a, b) in enumerate(zip(last, packed.ids)) if a != b), min(len(last), len(packed.ids)))
             lengths.append(len(packed.ids))
             prefilled.append(len(packed.ids) - same)
+            start = min(same, len(packed.ids) - 1)
+            kept = reused_end(start, reusable_runs(last, packed.ids, start, args.cache_reuse))
+            prefilled_moving.append(len(packed.ids) - kept)
         last = packed.ids
     reuse = 1 - sum(prefilled) / max(1, sum(lengths))
     print(f"{len(times)} requests over {len(index.files)} files: median {statistics.median(times):.2f} ms, "
           f"mean {statistics.mean(times):.2f} ms, min {min(times):.2f} ms, max {max(times):.2f} ms")
     print(f"after the first: {statistics.mean(lengths or [0]):.1f} prompt tokens and "
-          f"{statistics.mean(prefilled or [0]):.1f} prefilled a request on average, {100 * reuse:.1f}% reused")
+          f"{statistics.mean(prefilled or [0]):.1f} prefilled a request on average, {100 * reuse:.1f}% reused; with "
+          f"--cache-reuse {args.cache_reuse} (runs moved into place) {statistics.mean(prefilled_moving or [0]):.1f} "
+          f"prefilled, {100 * (1 - sum(prefilled_moving) / max(1, sum(lengths))):.1f}% reused")
     if args.digest:
         args.digest.write_text("\n".join(digests) + "\n")
     if args.json:
         args.json.write_text(json.dumps({"times_ms": times, "median_ms": statistics.median(times),
-                                         "prompt_tokens": lengths, "prefilled": prefilled, "reused": reuse}) + "\n")
+                                         "prompt_tokens": lengths, "prefilled": prefilled, "reused": reuse,
+                                         "prefilled_with_cache_reuse": prefilled_moving}) + "\n")
     if profiler:
         pstats.Stats(profiler).sort_stats("cumulative").print_stats(70)
         pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
