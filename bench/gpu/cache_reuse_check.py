@@ -94,15 +94,19 @@ def sequences(vocab: int, seed: int, lengths):
 
 
 def largest_logprob_gap(a, b) -> float:
-    return max(abs(x - y) for p, q in zip(a.logprobs, b.logprobs) for (_, x), (_, y) in zip(p.top, q.top))
+    """The largest difference of the k-th largest logprob (k = 1..8) at the positions both answers reached by the
+    same tokens (after a token that differs they are distributions over different texts)."""
+    same = next((i for i, (x, y) in enumerate(zip(a.token_ids, b.token_ids)) if x != y), len(a.token_ids))
+    pairs = list(zip(a.logprobs, b.logprobs))[:same + 1]
+    return max(abs(x - y) for p, q in pairs for (_, x), (_, y) in zip(p.top, q.top))
 
 
-def check_one_layer(kind: str, tokenizer, device: str, lengths) -> dict:
+def check_one_layer(kind: str, tokenizer, device: str, lengths, shape: str = "CodeLlama-7B") -> dict:
     """The top-8 logprobs of 4 greedy tokens after a moved run, against a fresh prefill's; the noise floor: the same
     against a run that reused only the exact prefix (another span of the prefill, the same numbers otherwise)."""
     dtype = torch.float32 if kind == "float32" else torch.bfloat16
-    model = build_random_model("CodeLlama-7B", n_layers=1, device=device, dtype=dtype, max_len=4096)
-    engine = Engine(model, tokenizer, name="7B 1 layer", context_length=4096, cuda_graphs=False,
+    model = build_random_model(shape, n_layers=1, device=device, dtype=dtype, max_len=4096)
+    engine = Engine(model, tokenizer, name=f"{shape} 1 layer", context_length=4096, cuda_graphs=False,
                     kv_cache=kind if kind in ("fp8", "int8") else None)
     kept, dropped, run, end, new_end = sequences(model.config.vocab_size, 1, lengths)
     probe = GenerationConfig(max_new_tokens=4, logprobs=8)
@@ -115,7 +119,7 @@ def check_one_layer(kind: str, tokenizer, device: str, lengths) -> dict:
     moved = engine.generate(prompt, GenerationConfig(max_new_tokens=4, logprobs=8, cache_reuse=64))
     floor, gap = largest_logprob_gap(prefix_only, cold), largest_logprob_gap(moved, cold)
     same_top = all([t for t, _ in a.top] == [t for t, _ in b.top] for a, b in zip(moved.logprobs, cold.logprobs))
-    result = {"kind": kind, "prompt": len(prompt), "reused": moved.reused_prefix_tokens,
+    result = {"shape": shape, "kind": kind, "prompt": len(prompt), "reused": moved.reused_prefix_tokens,
               "moved": moved.timings.moved_tokens, "same_tokens": moved.token_ids == cold.token_ids,
               "same_top8": same_top, "logprob_gap": gap, "noise_floor": floor}
     # float32: exact but for rounding; bf16 keys are rounded a second time when moved, 8-bit ones a step's worth
@@ -171,8 +175,10 @@ def main() -> int:
     lengths = (300, 200, 1500, 40) if args.device == "cuda" else (30, 20, 100, 10)
     report = {"gpu": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__,
               "moves": [check_move(kind, args.device) for kind in ("bf16", "fp8", "int8")],
-              "one_layer": [check_one_layer(kind, tokenizer, args.device, lengths)
-                            for kind in ("float32", "bf16", "fp8", "int8")],
+              "one_layer": [check_one_layer(kind, tokenizer, args.device, lengths, shape)
+                            for shape, kind in (("CodeLlama-7B", "float32"), ("CodeLlama-7B", "bf16"),
+                                                ("CodeLlama-7B", "fp8"), ("CodeLlama-7B", "int8"),
+                                                ("CodeLlama-34B", "bf16"), ("CodeLlama-34B", "int8"))],
               "dropped_chunk": time_dropped_chunk(tokenizer, args.rounds) if args.rounds else []}
     if args.out:
         args.out.write_text(json.dumps(report, indent=1) + "\n")
@@ -182,11 +188,11 @@ def main() -> int:
     for m in report["moves"]:
         print(f"{m['kind']:6} {str(m['v_sequence_major']):>11} {m['max_error']:10.2e} {m['error_in_units']:9.2f} "
               f"{str(m['values_same'] and m['scales_same']):>14} {str(m['ok']):>4}")
-    print("\none-layer 7B shape, moved run against a fresh prefill:")
-    print(f"{'cache':7} {'reused':>7} {'moved':>6} {'same tokens':>12} {'same top-8':>11} {'logprob gap':>12} "
+    print("\none layer of a shape, moved run against a fresh prefill (34B: GQA, 8-bit V sequence-major):")
+    print(f"{'shape':13} {'cache':7} {'reused':>7} {'moved':>6} {'same tokens':>12} {'same top-8':>11} {'logprob gap':>12} "
           f"{'floor':>7} {'ok':>4}")
     for r in report["one_layer"]:
-        print(f"{r['kind']:7} {r['reused']:7} {r['moved']:6} {str(r['same_tokens']):>12} {str(r['same_top8']):>11} "
+        print(f"{r['shape']:13} {r['kind']:7} {r['reused']:7} {r['moved']:6} {str(r['same_tokens']):>12} {str(r['same_top8']):>11} "
               f"{r['logprob_gap']:12.4f} {r['noise_floor']:7.4f} {str(r['ok']):>4}")
     print("\nCodeLlama-7B shape, 8k prompt after its first 512-token chunk went (ms to the first token):")
     print(f"{'cache_reuse':>11} {'prompt':>7} {'reused':>7} {'moved':>6} {'median':>8}  all")
