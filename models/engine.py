@@ -190,6 +190,9 @@ class Engine:
         self._steps: dict[tuple[int, int], DecodeStep] = {}    # (batch, tokens per step) -> step
         self._cache_rows = 0
         self._cached_ids: list[int] = []       # the tokens whose K/V cache row 0 holds, in order
+        # The first of them whose K/V cache reuse moved, or computed after moved ones (approximate: a request that
+        # asks for no cache reuse reuses only the slots before it); None: all are what a prefill computes.
+        self._approximate_from: int | None = None
         self.attention = ""
         flash_fits = model.config.head_dim in KERNEL_HEAD_DIMS      # else flash's first decode step would fail
         self.set_attention(attention or ("flash" if self._device.type == "cuda" and flash_fits and triton_installed()
@@ -347,13 +350,21 @@ class Engine:
         # Prefill: each prompt into its own cache row, from the first token the cache does not hold.
         t_prefill = perf_counter()
         reused = [self._reusable_prefix(cached, prompts[0]) if reuse else 0] + [0] * (B - 1)
+        exact = len(cached) if self._approximate_from is None else self._approximate_from
+        if not config.cache_reuse:      # K/V moved by an earlier request, or computed after them, only where asked
+            reused[0] = min(reused[0], exact)
         prefix = reused[0]     # (what cache reuse moves into place lies after it, each run right after the last)
         if reuse and config.cache_reuse and not self.model.config.dynamic_rope:
             reused[0] = self._move_reusable_runs(cached, prompts[0], prefix, config.cache_reuse)
-        if B == 1 and len(prompts[0]) - reused[0] <= (GRAPHED_TAIL if self._graphs_enabled else 1):
+        tail = B == 1 and len(prompts[0]) - reused[0] <= (GRAPHED_TAIL if self._graphs_enabled else 1)
+        if not tail:
+            reused = [self.prefill_span(r, len(p))[0] for p, r in zip(prompts, reused)]   # bucketed starts
+        # Past min(exact, prefix) the row's K/V are moved ones, or were computed after them, unless the prefill
+        # rewrites them all (its start is at or before that slot); also what a prefill stopped part way leaves.
+        self._approximate_from = None if reused[0] <= min(exact, prefix) else min(exact, prefix)
+        if tail:
             logits = self._feed_tail(prompts[0], reused[0])                              # (1, V)
         else:
-            reused = [self.prefill_span(r, len(p))[0] for p, r in zip(prompts, reused)]   # bucketed starts
             logits = []
             for b, (p, r) in enumerate(zip(prompts, reused)):
                 logits.append(self._prefill(p, r, b, self._prefill_poll(should_stop, len(p) - r)))  # None: stopped

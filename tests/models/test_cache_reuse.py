@@ -204,14 +204,15 @@ def test_a_run_shorter_than_asked_is_prefilled(one_layer):
 
 def test_in_a_deeper_model_the_moved_run_is_reused_and_the_next_request_builds_on_it(two_layers):
     """Beyond the first layer a moved run's K/V saw the dropped tokens: only approximately a prefill's. What is
-    exact: the counts, and that the cache then holds the prompt and the answer (the next request reuses both)."""
+    exact: the counts, and that the cache then holds the prompt and the answer (the next request that asks for
+    cache reuse too reuses both)."""
     kept, dropped, run, end, new_end = sequences(two_layers, seed=3)
     two_layers.clear_prefix_cache()
     two_layers.generate(kept + dropped + run + end, GenerationConfig(max_new_tokens=1))
     prompt = kept + run + new_end
     warm = two_layers.generate(prompt, dataclasses.replace(PROBE, cache_reuse=8))
     assert warm.reused_prefix_tokens == len(kept) + len(run) and warm.timings.moved_tokens == len(run)
-    follow = two_layers.generate(prompt + warm.token_ids + end[2:], GenerationConfig(max_new_tokens=1))
+    follow = two_layers.generate(prompt + warm.token_ids + end[2:], GenerationConfig(max_new_tokens=1, cache_reuse=8))
     assert follow.reused_prefix_tokens == len(prompt) + len(warm.token_ids) - 1
 
 
@@ -230,3 +231,24 @@ def test_the_rotation_undoes_the_old_position_and_applies_the_new_one():
     turned = rotation(cos, sin, Move(30, 3, 10))(at_30)
     assert torch.allclose(turned, apply_rotary(pre, cos[None, 3:13], sin[None, 3:13]), atol=1e-5)
     assert not torch.allclose(at_30, apply_rotary(pre, cos[None, 3:13], sin[None, 3:13]), atol=1e-2)
+
+
+def test_a_request_without_cache_reuse_does_not_build_on_moved_keys_and_values(two_layers):
+    """Moved K/V beyond the first layer are approximate, and so is what a prefill after them computed: a later
+    request that did not ask for cache reuse (cache_prompt false, the command line's requests) reuses only the
+    exact part of the row, the prefix before the first moved slot, and gets a fresh prefill's numbers."""
+    kept, dropped, run, end, new_end = sequences(two_layers, seed=4)
+    two_layers.clear_prefix_cache()
+    two_layers.generate(kept + dropped + run + end, GenerationConfig(max_new_tokens=1))
+    moved = two_layers.generate(kept + run + new_end, dataclasses.replace(PROBE, cache_reuse=8))
+    assert moved.timings.moved_tokens == len(run)
+    prompt = kept + run + new_end + moved.token_ids + end[:1]     # goes on from the moved request's row
+    exact = two_layers.generate(prompt, PROBE)
+    two_layers.clear_prefix_cache()
+    cold = two_layers.generate(prompt, PROBE)
+    assert exact.reused_prefix_tokens == len(kept) and exact.timings.moved_tokens == 0
+    for a, b in zip(exact.logprobs, cold.logprobs):
+        assert max(abs(x - y) for (_, x), (_, y) in zip(a.top, b.top)) < 1e-5
+    # and then the row is exact again: the same prompt reuses all of it but its last token
+    again = two_layers.generate(prompt, PROBE)
+    assert again.reused_prefix_tokens == len(prompt) - 1
