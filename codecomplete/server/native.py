@@ -115,8 +115,9 @@ def _caught_up(session):
 
 async def _run(request: Request, body: Options, operation):
     server = request.app.state.server
+    # cache_reuse 0 whatever the server's --cache-reuse: moved runs are approximate, and the command line has none
     sampling = server.sampling(body.max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed,
-                               speculate=body.speculate)
+                               speculate=body.speculate, cache_reuse=0)
     session = server.session
     budget = engines.prompt_budget(session.engine, body.context_tokens, sampling.max_tokens)
     # an answer the model ended with NaN logits comes as the result that says so: the command warns, as in process

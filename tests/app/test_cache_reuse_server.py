@@ -80,6 +80,21 @@ def test_the_openai_routes_get_the_servers_setting(reuse_server):
     assert usage["prompt_tokens_details"]["cached_tokens"] >= count(reuse_server, KEPT + RUN) - 2, usage
 
 
+def test_the_command_lines_requests_reuse_no_moved_run(reuse_server):
+    """The command line has no --cache-reuse and prints what it would print alone (codecomplete/client.py's
+    `mismatch` does not look at the server's): its requests reuse only the exact prefix."""
+    import json
+
+    def raw(prompt: str) -> dict:
+        response = reuse_server.post("/codecomplete/v1/raw", json={"prompt": prompt, "max_tokens": 2})
+        assert response.status_code == 200, response.text
+        return json.loads(response.text.splitlines()[-1])["result"]
+    raw(KEPT + DROPPED + RUN + END + " 4")
+    result = raw(KEPT + RUN + END)
+    assert result["timings"]["moved_tokens"] == 0, result
+    assert result["reused_prefix_tokens"] <= count(reuse_server, KEPT) + 1, result
+
+
 @pytest.mark.parametrize("value", [-1, "16", 1.5])
 def test_a_bad_n_cache_reuse_is_a_400_naming_it(reuse_server, value):
     response = reuse_server.post("/completion", json={"prompt": "x", "n_predict": 1, "n_cache_reuse": value})
