@@ -32,14 +32,15 @@ class Move(NamedTuple):
 def reusable_runs(cached: list[int], prompt: list[int], start: int, min_run: int) -> list[Move]:
     """The runs of `cached` (the tokens a cache row holds) that `prompt` goes on with after its first `start`
     tokens, each at least `min_run` long, in llama.cpp's walk; every prompt token but the last at most (one is
-    always prefilled, for its logits). After the moves the row holds prompt[:end] with end = the last target +
-    length (or `start` without moves)."""
+    always prefilled, for its logits: a run that reaches it, a run of its full length for `min_run` as in
+    llama.cpp, moves without it). After the moves the row holds prompt[:end] with end = the last target + length
+    (or `start` without moves)."""
     if min_run <= 0:
         return []
-    moves, head_c, head_p, limit = [], start, start, len(prompt) - 1
-    while head_c < len(cached) and head_p < limit:
+    moves, head_c, head_p = [], start, start
+    while head_c < len(cached) and head_p < len(prompt):
         n = 0
-        while head_c + n < len(cached) and head_p + n < limit and cached[head_c + n] == prompt[head_p + n]:
+        while head_c + n < len(cached) and head_p + n < len(prompt) and cached[head_c + n] == prompt[head_p + n]:
             n += 1
         if n >= min_run:
             moves.append(Move(head_c, head_p, n))
@@ -47,6 +48,9 @@ def reusable_runs(cached: list[int], prompt: list[int], start: int, min_run: int
             head_p += n
         else:
             head_c += 1
+    if moves and head_p == len(prompt):      # the last run ends the prompt: its last token is prefilled
+        last = moves.pop()
+        moves += [last._replace(length=last.length - 1)] if last.length > 1 else []
     return moves
 
 

@@ -32,6 +32,35 @@ def test_the_walk_stops_at_a_token_the_cache_lacks_and_never_moves_a_run_right()
     assert reusable_runs(cached, inserted, 3, min_run=2) == []
 
 
+def llama_cpp_n_past(cached: list[int], prompt: list[int], n_cache_reuse: int) -> int:
+    """How many prompt tokens llama.cpp's server (tools/server, cache_prompt on) keeps in the slot's cache: the
+    common prefix, the runs its walk shifts into place, less one where that is the whole prompt (whose last token
+    it evaluates again, for its logits). Its loop, as written there."""
+    n_past = next((i for i, (a, b) in enumerate(zip(cached, prompt)) if a != b), min(len(cached), len(prompt)))
+    head_c = head_p = n_past
+    while head_c < len(cached) and head_p < len(prompt):
+        n_match = 0
+        while (head_c + n_match < len(cached) and head_p + n_match < len(prompt)
+               and cached[head_c + n_match] == prompt[head_p + n_match]):
+            n_match += 1
+        if n_match >= n_cache_reuse:
+            n_past += n_match
+            head_c += n_match
+            head_p += n_match
+        else:
+            head_c += 1
+    return n_past - 1 if n_past == len(prompt) and n_past > 0 else n_past
+
+
+def test_a_run_that_reaches_the_prompts_last_token_counts_it_as_llama_cpp_does():
+    """A run of N tokens that ends the prompt is a run of N (llama.cpp moves it, then evaluates its last token
+    again): its tokens but the last are moved, not the whole run prefilled for being one short."""
+    cached, prompt = [1, 2, 9, 5, 6, 7, 8], [1, 2, 5, 6, 7]
+    assert reusable_runs(cached, prompt, 2, min_run=3) == [Move(3, 2, 2)]
+    assert reused_end(2, reusable_runs(cached, prompt, 2, min_run=3)) == 4 == llama_cpp_n_past(cached, prompt, 3)
+    assert reusable_runs([1, 2, 9, 5], [1, 2, 5], 2, min_run=1) == []     # one token, the last: nothing to move
+
+
 def test_several_runs_land_one_after_another_and_the_prompts_last_token_is_left_to_prefill():
     cached = [1, 2, 60, 10, 11, 12, 61, 62, 20, 21, 22, 23]
     prompt = [1, 2, 10, 11, 12, 20, 21, 22, 23]
@@ -59,12 +88,14 @@ def test_after_the_moves_the_row_holds_the_prompts_first_tokens(seed):
     min_run = rng.randrange(1, 5)
     moves = reusable_runs(cached, prompt, start, min_run)
     row = list(cached)
+    end = reused_end(start, moves)
+    assert end == llama_cpp_n_past(cached, prompt, min_run)
     for move in moves:
-        assert move.target <= move.source and move.length >= min_run
+        # (a run that reached the prompt's last token lost it: that one is prefilled)
+        assert move.target <= move.source and move.length >= min_run - (move == moves[-1] and end == len(prompt) - 1)
         assert move.target == (moves[moves.index(move) - 1].target + moves[moves.index(move) - 1].length
                                if moves.index(move) else start)
         row[move.target:move.target + move.length] = row[move.source:move.source + move.length]
-    end = reused_end(start, moves)
     assert end <= len(prompt) - 1 or end == start
     assert row[:end] == prompt[:end]
 
