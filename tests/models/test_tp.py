@@ -210,6 +210,31 @@ def test_the_engine_on_two_ranks_generates_what_one_does(no_hang, gqa_checkpoint
         engine.close()
 
 
+def test_two_ranks_move_reused_runs_as_one_does(no_hang, gqa_checkpoint, llama_tokenizer):
+    """Cache reuse on ranks: each moves the runs in its own KV heads, from its own record of the cached tokens, and
+    a request without it then reuses only the exact prefix there too."""
+    single = load_model(str(gqa_checkpoint), device="cpu", max_context=64)
+    engine = load_model(str(gqa_checkpoint), device="cpu", max_context=64, gpus=2)
+    try:
+        ids = llama_tokenizer.encode(tp_helpers.__doc__ + "def fibonacci(n):\n    return n")
+        kept, dropped, run = ids[:10], ids[10:18], ids[18:40]
+        probe = GenerationConfig(max_new_tokens=3, logprobs=4)
+        results = []
+        for prompt, config in ((kept + dropped + run + ids[40:44], probe),
+                               (kept + run + ids[44:46], GenerationConfig(max_new_tokens=3, logprobs=4, cache_reuse=8)),
+                               (kept + run + ids[44:46], probe)):
+            a, b = single.generate(prompt, config), engine.generate(prompt, config)
+            assert b.token_ids == a.token_ids and b.reused_prefix_tokens == a.reused_prefix_tokens
+            assert b.timings.moved_tokens == a.timings.moved_tokens
+            for x, y in zip(a.logprobs, b.logprobs):
+                assert max(abs(p - q) for (_, p), (_, q) in zip(x.top, y.top)) < 1e-4
+            results.append(a)
+        assert results[1].timings.moved_tokens == len(run)       # the run moved back over the dropped tokens
+        assert results[2].reused_prefix_tokens == len(kept)       # which the next request may not build on
+    finally:
+        engine.close()
+
+
 def test_a_model_that_cannot_load_leaves_the_running_ranks_alone(no_hang, gqa_checkpoint, tmp_path):
     """One group per process: loading another model closed the running one first, so a spec that could never load (a
     typo in the REPL's /model) stopped the model in use, and every later request failed. The group goes only once
