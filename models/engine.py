@@ -369,7 +369,7 @@ class Engine:
             for b, (p, r) in enumerate(zip(prompts, reused)):
                 logits.append(self._prefill(p, r, b, self._prefill_poll(should_stop, len(p) - r)))  # None: stopped
                 if logits[-1] is None:
-                    return self._cancelled_in_prefill(prompts, rows, reused, t_prefill)
+                    return self._cancelled_in_prefill(prompts, rows, reused, t_prefill, max(0, reused[0] - prefix))
             logits = torch.cat(logits)                                                  # (B, V)
         if not bool(torch.isfinite(logits).all()):    # NaN or inf weights: the "text" would be token 0 over and over
             raise ModelError(f"{self.name}: the model's output is not a number (NaN or inf in its weights?)")
@@ -393,13 +393,14 @@ class Engine:
                           verify_steps=loop.verify_steps, moved_tokens=max(0, reused[0] - prefix))
         return [row.result(len(p), r, timings) for row, p, r in zip(rows, prompts, reused)]
 
-    def _cancelled_in_prefill(self, prompts, rows, reused, t_prefill: float) -> list[GenerationResult]:
+    def _cancelled_in_prefill(self, prompts, rows, reused, t_prefill: float, moved: int) -> list[GenerationResult]:
         """Results without tokens for a request stopped during its prefill. Cache row 0 still holds the prefix the
-        prefill started from (its span's K/V were written in some layers only, so nothing past it counts)."""
+        prefill started from (its span's K/V were written in some layers only, so nothing past it counts), `moved`
+        of them moved there by cache reuse."""
         self._cached_ids = prompts[0][:reused[0]]
         for row in rows:
             row.cancel()
-        timings = Timings(load_s=self.load_s, prefill_s=perf_counter() - t_prefill)
+        timings = Timings(load_s=self.load_s, prefill_s=perf_counter() - t_prefill, moved_tokens=moved)
         return [row.result(len(p), r, timings) for row, p, r in zip(rows, prompts, reused)]
 
     def _prefill_poll(self, should_stop, new_tokens: int):

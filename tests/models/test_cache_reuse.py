@@ -283,3 +283,20 @@ def test_a_request_without_cache_reuse_does_not_build_on_moved_keys_and_values(t
     # and then the row is exact again: the same prompt reuses all of it but its last token
     again = two_layers.generate(prompt, PROBE)
     assert again.reused_prefix_tokens == len(prompt) - 1
+
+
+def test_a_request_stopped_in_its_prefill_after_a_move_counts_the_moved_run_and_leaves_it_in_place(one_layer):
+    kept, dropped, run, end, new_end = sequences(one_layer, seed=5)
+    one_layer.clear_prefix_cache()
+    one_layer.generate(kept + dropped + run + end, GenerationConfig(max_new_tokens=1))
+    prompt, reuse = kept + run + new_end, dataclasses.replace(PROBE, cache_reuse=16)
+    stopped = one_layer.generate(prompt, reuse, should_stop=lambda: True)      # before the prefill's first layer
+    assert stopped.finish_reason == "cancelled" and stopped.token_ids == []
+    assert stopped.reused_prefix_tokens == len(kept) + len(run) and stopped.timings.moved_tokens == len(run)
+    again = one_layer.generate(prompt, reuse)          # the row holds the moved run: nothing to move this time
+    assert again.reused_prefix_tokens == len(kept) + len(run) and again.timings.moved_tokens == 0
+    one_layer.clear_prefix_cache()
+    cold = one_layer.generate(prompt, PROBE)
+    assert again.token_ids == cold.token_ids
+    for a, b in zip(again.logprobs, cold.logprobs):
+        assert max(abs(x - y) for (_, x), (_, y) in zip(a.top, b.top)) < 1e-4
