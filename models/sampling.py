@@ -41,7 +41,7 @@ import torch
 
 import models.candidates as candidates_module
 from models.candidates import Candidates, compacted, kept, survivors_width
-from models.dynatemp import dynamic_temperature
+import models.dynatemp as dynatemp
 from models.generation import GenerationConfig, TokenLogprobs
 from models.race_draws import race_scores
 
@@ -123,15 +123,19 @@ def chain(logits: torch.Tensor, config: GenerationConfig, penalize: Penalize | N
     # the vocabulary each token (llama.cpp's default chain has all three), unless a sampler after them reads what
     # they leave (infill) or reorders it (penalties after top-k 1 leave its token the largest).
     only_largest_read = config.greedy and infill is None and penalize is None
+    # A dynamic temperature's n: the size of llama.cpp's candidate array, banned tokens in it, cut tokens not
+    # (models/dynatemp.py), (B, 1) on the device; followed only where a dynamic temperature reads it
+    size = dynatemp.array_size(logits) if config.dynatemp_range > 0 else None
     for sampler in config.sampler_order:
         logits = candidates.values                                                  # (B, W)
         if sampler == "temperature":
             if config.greedy:
                 break
-            # (dynamic: its entropy over the candidates the samplers before it left, as llama.cpp's cur_p)
             candidates = candidates.with_values(
                 _temperature(logits, config.temperature) if config.dynatemp_range <= 0 else
-                dynamic_temperature(logits, config.temperature, config.dynatemp_range, config.dynatemp_exponent))
+                dynatemp.dynamic_temperature(logits, config.temperature, config.dynatemp_range,
+                                             config.dynatemp_exponent, size))
+            size = None                                         # (nothing after the temperature reads it)
         elif only_largest_read and sampler in ("min_p", "top_k", "top_p"):
             continue
         elif sampler == "penalties" and penalize is not None:
@@ -141,20 +145,30 @@ def chain(logits: torch.Tensor, config: GenerationConfig, penalize: Penalize | N
             # tokens tied with the largest, and the largest always stays (the min_keep likeliest too).
             floor = logits.amax(dim=-1, keepdim=True) + math.log(config.min_p)               # (B, 1)
             drop = logits < floor                                                              # (B, W)
+            if size is not None:
+                size = dynatemp.cut(size, (~drop).sum(dim=-1, keepdim=True), config.min_keep)
             if config.min_keep > 1:
                 drop &= ~_likeliest(logits, config.min_keep, ties=False)
             candidates = candidates.with_values(logits.masked_fill(drop, float("-inf")))
-        elif sampler == "top_k" and 0 < config.top_k < logits.shape[-1]:
-            if candidates.compact or not compact:
+        elif sampler == "top_k" and config.top_k > 0:
+            if config.top_k >= logits.shape[-1]:
+                pass                    # keeps every candidate (the array's k first, where it holds more: below)
+            elif candidates.compact or not compact:
                 candidates = candidates.with_values(
                     logits.masked_fill(~_likeliest(logits, config.top_k, config.top_k_ties), float("-inf")))
             else:
                 candidates = _top_k_candidates(logits, config.top_k, config.top_k_ties)
+            if size is not None:        # k of the array (more with vLLM's ties: those it keeps)
+                size = dynatemp.cut(size, dynatemp.live(candidates.values), config.top_k)
         elif sampler == "top_p" and config.top_p < 1.0:
             cut = None if candidates.compact or not compact else _top_p_candidates(logits, config)
             candidates = cut or candidates.with_values(_top_p(logits, config))
+            if size is not None:
+                size = dynatemp.cut(size, dynatemp.live(candidates.values), config.min_keep)
         elif sampler == "infill" and infill is not None:
             candidates = _infill(candidates, infill, config)
+            if size is not None:
+                size = dynatemp.cut(size, dynatemp.live(candidates.values), 1)
         else:
             continue
         if compact and sampler in ("min_p", "top_p", "infill"):      # what they dropped may leave few tokens

@@ -2,6 +2,7 @@
 worked out by hand from llama.cpp's formulas (src/llama-sampling.cpp), on crafted distributions whose surprises,
 Zipf exponent and entropy are known exactly."""
 import math
+import random
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ import torch
 from models.generation import GenerationConfig
 from models.mirostat import Mirostat
 from models.request_sampler import RequestSampler
-from models.sampling import bias_vector, chained, make_generator, sample
+from models.sampling import bias_vector, chain, chained, make_generator, sample
 
 NEG_INF = float("-inf")
 
@@ -102,20 +103,24 @@ def test_an_unknown_mirostat_version_is_refused():
         GenerationConfig(mirostat=3)
 
 
-def entropy_temperature(probs: list[float], temperature: float, spread: float, exponent: float) -> float:
-    """llama.cpp's temp-ext: the entropy of the candidates over its largest (ln n), mapped onto
-    [max(0, temperature - spread), temperature + spread] by the power `exponent`."""
+def entropy_temperature(probs: list[float], temperature: float, spread: float, exponent: float,
+                        size: int | None = None) -> float:
+    """llama.cpp's temp-ext: the entropy of the candidates over its largest (ln n, n the candidate array's `size`,
+    by default the number of probabilities), mapped onto [max(0, temperature - spread), temperature + spread] by the
+    power `exponent`."""
     entropy = -sum(p * math.log(p) for p in probs if p > 0)
     low, high = max(0.0, temperature - spread), temperature + spread
-    return low + (high - low) * (entropy / math.log(len(probs))) ** exponent
+    return low + (high - low) * (entropy / math.log(size or len(probs))) ** exponent
 
 
 @pytest.mark.parametrize("exponent", [1.0, 2.0, 0.5])
 def test_dynamic_temperature_divides_by_the_temperature_of_the_candidates_entropy(exponent):
-    """Two candidates at 3/4 and 1/4 (the rest dropped: -inf): normalized entropy 0.811; temperature 1 +- 0.5."""
-    logits = torch.full((1, 16), NEG_INF)
+    """Two candidates at 3/4 and 1/4 (the rest cut by top_k 2 before it, llama.cpp's order): normalized entropy 0.811;
+    temperature 1 +- 0.5."""
+    logits = torch.full((1, 16), -30.0)
     logits[0, 3], logits[0, 9] = math.log(0.75) + 2.0, math.log(0.25) + 2.0
-    config = GenerationConfig(temperature=1.0, dynatemp_range=0.5, dynatemp_exponent=exponent)
+    config = GenerationConfig(temperature=1.0, dynatemp_range=0.5, dynatemp_exponent=exponent, top_k=2,
+                              top_k_ties=False, sampler_order=("penalties", "top_k", "top_p", "min_p", "temperature"))
     temperature = entropy_temperature([0.75, 0.25], 1.0, 0.5, exponent)
     assert 0.5 < temperature < 1.5
     out = chained(logits, config)
@@ -125,7 +130,9 @@ def test_dynamic_temperature_divides_by_the_temperature_of_the_candidates_entrop
 
 
 def test_dynamic_temperature_spans_its_range_and_each_row_has_its_own():
-    """A uniform row has the largest entropy: temperature + range; a row with one candidate is left as it is."""
+    """A uniform row has the largest entropy: temperature + range; a row whose other logits are -inf before any
+    sampler has entropy 0 (llama.cpp's array still holds them: ln 8), so the lowest, temperature - range; a row that
+    the samplers before it cut to one candidate is left as it is."""
     uniform = torch.zeros(1, 8) + 3.0
     single = torch.full((1, 8), NEG_INF)
     single[0, 2] = 4.0
@@ -134,11 +141,15 @@ def test_dynamic_temperature_spans_its_range_and_each_row_has_its_own():
     config = GenerationConfig(temperature=0.8, dynatemp_range=0.6)
     out = chained(logits, config)
     assert out[0].tolist() == pytest.approx([3.0 / 1.4] * 8)
-    assert out[1].tolist() == single[0].tolist()
+    assert out[1].tolist() == (single[0] / 0.2).tolist()
     probs = peaked.double().softmax(-1)[0].tolist()
     assert out[2].tolist() == pytest.approx((peaked[0] / entropy_temperature(probs, 0.8, 0.6, 1.0)).tolist(),
                                             rel=1e-5)
     assert torch.equal(chained(logits, GenerationConfig(temperature=0.8)), logits / 0.8)     # range 0: plain
+    one = GenerationConfig(temperature=0.8, dynatemp_range=0.6, top_k=1, top_k_ties=False,
+                           sampler_order=("penalties", "top_k", "top_p", "min_p", "temperature"))
+    for compact in (True, False):
+        assert chain(peaked, one, compact=compact).row()[0].tolist() == [peaked[0, 0].item()] + [NEG_INF] * 7
 
 
 def test_a_dynamic_temperature_draws_at_temperature_0_as_llama_cpps_temp_ext():
@@ -160,6 +171,157 @@ def test_a_dynamic_temperature_draws_at_temperature_0_as_llama_cpps_temp_ext():
                    GenerationConfig(temperature=0.0, dynatemp_range=0.5, mirostat=2)):
         assert greedy.greedy
     assert sample(tie, GenerationConfig(temperature=0.0), None).item() == 3
+
+
+def llama_cpp_chain(row: list[float], bias: list[float], config: GenerationConfig) -> list[float]:
+    """llama.cpp's chain (src/llama-sampling.cpp) on one row, as its candidate array of (id, logit) pairs: the logit
+    bias adds (-inf stays in the array), top_k, top_p and min_p shrink the array, temp-ext normalizes the entropy by
+    ln of the array's size. The row's logits after it, -inf for the tokens no longer in the array."""
+    cur = [(token, logit + b) for token, (logit, b) in enumerate(zip(row, bias))]
+
+    def softmax(pairs):
+        top = max(logit for _, logit in pairs)
+        weights = [math.exp(logit - top) for _, logit in pairs]
+        return [w / sum(weights) for w in weights]
+
+    for name in config.sampler_order:
+        by_logit = sorted(cur, key=lambda pair: -pair[1])
+        if name == "top_k" and config.top_k > 0:
+            cur = by_logit[:min(config.top_k, len(cur))]
+        elif name == "top_p" and config.top_p < 1.0:
+            total, last = 0.0, len(by_logit)
+            for i, p in enumerate(softmax(by_logit)):
+                total += p
+                if total >= config.top_p and i + 1 >= config.min_keep:
+                    last = i + 1
+                    break
+            cur = by_logit[:last]
+        elif name == "min_p" and config.min_p > 0.0:
+            floor = max(logit for _, logit in cur) + math.log(config.min_p)
+            kept = [pair for pair in cur if pair[1] >= floor]
+            if kept and len(kept) >= config.min_keep:
+                cur = kept
+            else:
+                i = 1
+                while i < len(by_logit) and not (by_logit[i][1] < floor and i >= config.min_keep):
+                    i += 1
+                cur = by_logit[:i]
+        elif name == "temperature" and len(cur) > 1:
+            temperature = entropy_temperature(softmax(cur), config.temperature, config.dynatemp_range,
+                                              config.dynatemp_exponent, size=len(cur))
+            cur = [(token, logit / temperature) for token, logit in cur]
+    out = [NEG_INF] * len(row)
+    for token, logit in cur:
+        out[token] = logit
+    return out
+
+
+def llama_cpp_route_config(samplers_list, **options) -> GenerationConfig:
+    """A GenerationConfig as the llama.cpp routes build it from `samplers` and the sampling fields."""
+    from codecomplete.server import samplers
+
+    fields = dict(temperature=1.0, top_k=40, top_p=0.95, min_p=0.05, min_keep=0)
+    fields.update({name: options.pop(name) for name in list(fields) if name in options})
+    chain = samplers.chain(samplers_list)
+    return GenerationConfig(**samplers.applied(chain, fields["temperature"], fields["top_k"], fields["top_p"],
+                                               fields["min_p"], fields["min_keep"]), **options)
+
+
+@pytest.mark.parametrize("samplers_list,cuts", [(["temperature"], {}),
+                                                (None, dict(top_k=0, top_p=1.0, min_p=0.0))])
+def test_a_dynamic_temperature_counts_the_banned_tokens_as_llama_cpp_does(samplers_list, cuts):
+    """llama.cpp's logit bias sets a banned token's logit to -inf and leaves it in the candidate array; temp-ext
+    divides the entropy by ln(cur_p->size), that array's size. Eight tokens, token 5 banned (ignore_eos's way), no
+    sampler cutting before the temperature: the entropy of the seven others over ln 8, not ln 7. By hand:
+    H = 1.56385 nats, H / ln 8 = 0.75206, temperature 0.5 + (1.5 - 0.5) * 0.75206 = 1.25206 (over ln 7: 1.30366)."""
+    row = [2.0, 1.0, 0.5, 0.0, -0.5, 3.0, -1.0, 1.5]
+    logits = torch.tensor([row])
+    config = llama_cpp_route_config(samplers_list, temperature=1.0, dynatemp_range=0.5, logit_bias=((5, NEG_INF),),
+                                    **cuts)
+    live = [logit for token, logit in enumerate(row) if token != 5]
+    z = sum(math.exp(logit) for logit in live)
+    entropy = -sum(math.exp(logit) / z * (logit - math.log(z)) for logit in live)
+    assert entropy == pytest.approx(1.56385, abs=1e-5)
+    temperature = 0.5 + (1.5 - 0.5) * entropy / math.log(8)
+    assert temperature == pytest.approx(1.25206, abs=1e-5)
+    bias = bias_vector(config, 8, logits.device)
+    for compact in (True, False):
+        out = chain(logits, config, bias=bias, compact=compact).row()[0].tolist()
+        assert out[5] == NEG_INF
+        assert [out[t] for t in range(8) if t != 5] == pytest.approx([x / temperature for x in live], rel=1e-6)
+
+
+def test_a_dynamic_temperature_counts_what_the_samplers_before_it_leave_in_llama_cpps_array():
+    """Samplers that cut (top_k, top_p, min_p) shrink llama.cpp's array; banned tokens they keep (top_k 4 with two
+    tokens not banned keeps two banned ones; min_keep keeps some too) stay counted, those they cut do not."""
+    row = [2.0, 1.0, 0.5, 0.0, -0.5, 3.0, -1.0, 1.5]
+    logits = torch.tensor([row])
+    bans = ((1, NEG_INF), (2, NEG_INF), (3, NEG_INF), (4, NEG_INF), (6, NEG_INF), (7, NEG_INF))   # 0 and 5 left
+    cases = [(dict(top_k=4, top_p=1.0, min_p=0.0), 4),       # the two left and two banned ones: size 4
+             (dict(top_k=0, top_p=0.5, min_p=0.0, min_keep=3), 3),
+             (dict(top_k=0, top_p=1.0, min_p=0.5, min_keep=3), 3),
+             (dict(top_k=0, top_p=1.0, min_p=0.05), 2),          # min_p cuts every -inf
+             (dict(top_k=3, top_p=1.0, min_p=0.0, logit_bias=((5, NEG_INF),)), 3)]
+    for fields, size in cases:
+        config = llama_cpp_route_config(None, dynatemp_range=0.5, **{"logit_bias": bans, **fields})
+        bias = bias_vector(config, 8, logits.device)
+        want = llama_cpp_chain(row, bias.tolist(), config)
+        kept = [logit for logit in want if logit > NEG_INF]
+        for compact in (True, False):
+            out = chain(logits, config, bias=bias, compact=compact)
+            assert out.row()[0].tolist() == pytest.approx(want, rel=1e-6), (fields, compact)
+        live = [row[t] + bias[t].item() for t in range(8) if want[t] > NEG_INF]
+        z = sum(math.exp(x) for x in live)
+        entropy = -sum(math.exp(x) / z * (x - math.log(z)) for x in live)
+        assert kept[0] == pytest.approx(live[0] / (0.5 + entropy / math.log(size)), rel=1e-6), fields
+
+
+def test_a_dynamic_temperature_matches_llama_cpps_array_on_random_rows_bans_and_chains():
+    """Random rows, bans (sometimes nearly the whole vocabulary, so top_k keeps banned tokens) and llama.cpp chains
+    in random orders, against llama_cpp_chain: the same logits on whole rows and on a CPU's candidates."""
+    rng = random.Random(5)
+    for case in range(300):
+        vocab = rng.choice([8, 40, 200])
+        rows = rng.choice([1, 2])
+        logits = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(case)) * rng.choice([0.5, 2.0, 5.0])
+        banned_share = rng.choice([0.0, 0.2, 0.9, 0.97])
+        bans = tuple((t, NEG_INF) for t in range(vocab) if rng.random() < banned_share)
+        if len(bans) == vocab:
+            bans = bans[1:]
+        order = rng.sample(["top_k", "top_p", "min_p", "temperature"], 4)
+        config = llama_cpp_route_config(order, temperature=rng.choice([0.5, 1.0]), top_k=rng.choice([0, 3, 10, 50]),
+                                        top_p=rng.choice([1.0, 0.9, 0.5]), min_p=rng.choice([0.0, 0.05, 0.3]),
+                                        min_keep=rng.choice([0, 1, 5]), dynatemp_range=0.4,
+                                        dynatemp_exponent=rng.choice([1.0, 2.0]), logit_bias=bans)
+        bias = bias_vector(config, vocab, logits.device) if bans else torch.zeros(vocab)
+        want = [llama_cpp_chain(logits[r].tolist(), bias.tolist(), config) for r in range(rows)]
+        for compact in (True, False):
+            out = chain(logits, config, bias=bias if bans else None, compact=compact).row()
+            for r in range(rows):
+                assert out[r].tolist() == pytest.approx(want[r], rel=1e-5), (case, compact, config)
+
+
+def test_a_dynamic_temperature_reads_nothing_on_the_host_where_rows_stay_whole(monkeypatch):
+    """CUDA's way (models/candidates.py), here on a CPU: a dynamic temperature after cuts, with bans, and llama.cpp's
+    array size it follows, without a tensor's number coming to the host."""
+    import models.candidates as candidates_module
+    import models.race_draws as race_draws
+
+    monkeypatch.setattr(candidates_module, "host_reads", lambda tensor: False)
+    monkeypatch.setattr(race_draws, "_uniforms_match", False)
+    logits = torch.randn(2, 300) * 3
+    bans = tuple((t, NEG_INF) for t in range(0, 300, 7))
+    orders = (None, ["temperature"], ["top_k", "temperature", "top_p"], ["min_p", "top_p", "temperature"])
+    configs = [llama_cpp_route_config(order, temperature=0.8, min_keep=2, dynatemp_range=0.5, logit_bias=bans)
+               for order in orders]
+    biases = [bias_vector(config, 300, logits.device) for config in configs]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a host read in the device path")
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    for config, bias in zip(configs, biases):
+        sample(logits, config, make_generator(logits.device, 0), bias=bias, end=1)
 
 
 def test_the_engine_draws_at_temperature_0_with_a_dynamic_temperature(tiny_checkpoint):
