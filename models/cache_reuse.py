@@ -59,16 +59,29 @@ def reused_end(start: int, moves: list[Move]) -> int:
     return moves[-1].target + moves[-1].length if moves else start
 
 
+CHUNK = 2048     # tokens moved at a time: a layer's float32 keys of a long run (64k tokens of CodeLlama-7B: 1 GiB,
+                 # times the rotation's temporaries) would not fit the headroom left beside the cache
+
+
 def rotation(cos: torch.Tensor, sin: torch.Tensor, move: Move):
-    """Keys (1, Hkv, n, D) float32 rotated from their old positions to their new ones by the model's RoPE table
-    (cos, sin (S_max, D) float32): the old rotation undone (the inverse turns by -sin), the new one applied."""
+    """Keys (1, Hkv, n, D) float32 turned from their old positions to their new ones by the model's RoPE table
+    (cos, sin (S_max, D) float32): by the difference of the two angles the table holds, its cos and sin from the
+    table's by the angle-difference identities (the old rotation undone and the new one applied, in one pass)."""
     old = slice(move.source, move.source + move.length)
     new = slice(move.target, move.target + move.length)
+    turn_cos = cos[new] * cos[old] + sin[new] * sin[old]                                 # (n, D) cos(new - old)
+    turn_sin = sin[new] * cos[old] - cos[new] * sin[old]                                 # (n, D) sin(new - old)
 
     def rotate(keys: torch.Tensor) -> torch.Tensor:
-        unrotated = apply_rotary(keys, cos[None, old], -sin[None, old])                  # (1, Hkv, n, D)
-        return apply_rotary(unrotated, cos[None, new], sin[None, new])
+        return apply_rotary(keys, turn_cos[None], turn_sin[None])                        # (1, Hkv, n, D)
     return rotate
+
+
+def chunks(move: Move, size: int | None = None) -> list[Move]:
+    """`move` in pieces of at most `size` (default CHUNK) tokens, first to last: a piece's target ends at or before the next piece's
+    source begins (targets lie before sources), so no piece overwrites keys still to be moved."""
+    size = size or CHUNK
+    return [Move(move.source + at, move.target + at, min(size, move.length - at)) for at in range(0, move.length, size)]
 
 
 @torch.no_grad()
@@ -81,7 +94,7 @@ def apply_moves(model, row: int, moves: list[Move]) -> None:
         raise ValueError("cache reuse cannot move keys rotated with dynamic RoPE: their frequencies depend on the "
                          "length of the call that wrote them")
     cos, sin = model.rope.cos, model.rope.sin                                             # (S_max, D) float32
-    for move in moves:
-        rotate = rotation(cos, sin, move)
+    for piece in (piece for move in moves for piece in chunks(move)):
+        rotate = rotation(cos, sin, piece)
         for layer in model.layers:
-            layer.attention.kv_cache.move(row, move.source, move.target, move.length, rotate)
+            layer.attention.kv_cache.move(row, piece.source, piece.target, piece.length, rotate)

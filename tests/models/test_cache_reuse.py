@@ -300,3 +300,33 @@ def test_a_request_stopped_in_its_prefill_after_a_move_counts_the_moved_run_and_
     assert again.token_ids == cold.token_ids
     for a, b in zip(again.logprobs, cold.logprobs):
         assert max(abs(x - y) for (_, x), (_, y) in zip(a.top, b.top)) < 1e-4
+
+
+def test_a_long_run_moves_in_pieces_that_never_overwrite_keys_still_to_move():
+    """A run longer than a piece, moved back by less than its length (source and target overlap): done piece by
+    piece, first to last, on a list standing for the row, it is the run moved whole."""
+    from models.cache_reuse import chunks
+    for source, target, length, size in [(10, 3, 50, 8), (100, 0, 37, 37), (5, 4, 20, 3), (9, 1, 1, 4)]:
+        row = list(range(200))
+        pieces = chunks(Move(source, target, length), size)
+        assert sum(p.length for p in pieces) == length and all(p.length <= size for p in pieces)
+        for p in pieces:
+            row[p.target:p.target + p.length] = row[p.source:p.source + p.length]
+        assert row[target:target + length] == list(range(source, source + length))
+
+
+def test_a_moved_run_longer_than_a_piece_is_what_a_prefill_writes(one_layer, monkeypatch):
+    """The engine's moves go piece by piece: with pieces of 7 tokens, the one-layer model still gives a fresh
+    prefill's probabilities."""
+    import models.cache_reuse
+    monkeypatch.setattr(models.cache_reuse, "CHUNK", 7)
+    kept, dropped, run, end, new_end = sequences(one_layer, seed=4)
+    one_layer.clear_prefix_cache()
+    one_layer.generate(kept + dropped + run + end, GenerationConfig(max_new_tokens=1))
+    prompt = kept + run + new_end
+    warm = one_layer.generate(prompt, dataclasses.replace(PROBE, cache_reuse=16))
+    assert warm.timings.moved_tokens == len(run)
+    one_layer.clear_prefix_cache()
+    cold = one_layer.generate(prompt, PROBE)
+    for a, b in zip(warm.logprobs, cold.logprobs):
+        assert max(abs(x - y) for (_, x), (_, y) in zip(a.top, b.top)) < 1e-4
