@@ -178,7 +178,7 @@ def test_a_long_limit_leaves_the_prompt_at_least_half_its_budget():
             return max(1, min(1024, self.engine.context_length - max_tokens))     # engines.prompt_budget's rule
 
     served = Server.__new__(Server)
-    served.session, served.max_tokens, served.prompt_budget = FakeSession(), 128, 1024
+    served.session, served.max_tokens, served.prompt_budget, served.cache_reuse = FakeSession(), 128, 1024, 0
     assert served.sampling(None).max_tokens == 128 and served.sampling(-1).max_tokens == 128
     assert served.sampling(4096).max_tokens == 1535                    # as many as the context holds
     assert served.budget(served.sampling(128)) == 1024                 # the usual size
