@@ -32,8 +32,8 @@ class HostOnly:
     def __init__(self, sampler):
         self.sampler = sampler
 
-    def apply(self, logits, config=None):
-        return self.sampler.apply_on_host(logits)
+    def apply(self, logits, config=None, size=None):
+        return self.sampler.apply_on_host(logits, size)
 
 
 class DeviceOnly:
@@ -41,8 +41,8 @@ class DeviceOnly:
     def __init__(self, sampler):
         self.sampler = sampler
 
-    def apply(self, logits, config=None):
-        return self.sampler.apply_on_device(logits, device_candidates(config, logits.shape[-1]))
+    def apply(self, logits, config=None, size=None):
+        return self.sampler.apply_on_device(logits, device_candidates(config, logits.shape[-1]), size)
 
 
 def vocabulary(vocab: int, seed: int):

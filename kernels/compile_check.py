@@ -281,9 +281,9 @@ def compile_append(new: str, cache: str, Hkv: int, D: int, T: int, target: GPUTa
 
 def compile_infill(block: int, target: GPUTarget) -> dict:
     binary = _compile(_infill_keep_kernel,
-                      dict(VALUES="*fp32", IDS="*i64", TABLE="*u8", LENGTHS="*i32", ENDS="*i8", OUT_IDS="*i64",
-                           OUT_VALUES="*fp32", ALONE="*i8"),
-                      dict(BLOCK=block), target, 4, 1, floats=(),
+                      dict(VALUES="*fp32", IDS="*i64", TABLE="*u8", LENGTHS="*i32", ENDS="*i8", SIZES="*i64",
+                           OUT_IDS="*i64", OUT_VALUES="*fp32", ALONE="*i8"),
+                      dict(BLOCK=block, HAS_SIZES=True), target, 4, 1, floats=(),    # (the chain passes its sizes)
                       not_divisible=("n_cols", "n_table", "n_ends", "stride_table"))
     usage = sass_facts(binary.asm["cubin"])
     return {"name": _infill_name(block), "infill_cubin_bytes": len(binary.asm["cubin"]),

@@ -3,7 +3,9 @@ Triton program per row, so that the decode loop never waits on the host for it (
 
 Each program reads K candidates (logits and token ids, in any order; -inf or NaN logits are no candidates), ranks
 them by falling logit, ties by rising id (the host path's order), and runs llama.cpp's sequential pass in float64:
-- 3 * p(end) * n > p(text): only the end-of-generation candidates stay;
+- 3 * p(end) * n > p(text): only the end-of-generation candidates stay (n: the caller's size of llama.cpp's candidate
+  array per row, `sizes`, which counts the tokens a logit bias banned (-inf, p 0) and the candidates beyond K; without
+  it the candidates not at -inf);
 - else, in rank order, each candidate i0 with a text meets the candidates whose text begins with it (rank order):
   the likelier takes the other's probability (a tie: i0), the other leaves; i0's successive absorptions are one
   prefix sum (`tl.cumsum`), the first candidate likelier than what i0 holds by then takes it all;
@@ -41,11 +43,12 @@ def _pick(x, lanes, at):
 
 
 @triton.jit
-def _infill_keep_kernel(VALUES, IDS, TABLE, LENGTHS, ENDS, OUT_IDS, OUT_VALUES, ALONE,
+def _infill_keep_kernel(VALUES, IDS, TABLE, LENGTHS, ENDS, SIZES, OUT_IDS, OUT_VALUES, ALONE,
                         n_cols, n_table, n_ends, stride_table,
-                        BLOCK: tl.constexpr):
+                        BLOCK: tl.constexpr, HAS_SIZES: tl.constexpr):
     """VALUES (B, n_cols) fp32, IDS (B, n_cols) int64; TABLE (n_table, stride_table) uint8, LENGTHS (n_table,) int32,
-    ENDS (n_ends,) int8 -> OUT_IDS (B, n_cols) int64, OUT_VALUES (B, n_cols) fp32, ALONE (B,) int8."""
+    ENDS (n_ends,) int8, SIZES (B,) int64 (read where HAS_SIZES) -> OUT_IDS (B, n_cols) int64, OUT_VALUES (B, n_cols)
+    fp32, ALONE (B,) int8."""
     row = tl.program_id(0)
     lanes = tl.arange(0, BLOCK)                                                     # (K,)
     inside = lanes < n_cols
@@ -54,7 +57,11 @@ def _infill_keep_kernel(VALUES, IDS, TABLE, LENGTHS, ENDS, OUT_IDS, OUT_VALUES, 
     ids = tl.where(inside, ids, (1 << 62) + lanes.to(tl.int64))                    # padding: distinct, ranked last
     cand = v > float("-inf")                                                        # (NaN is no candidate)
     v = tl.where(cand, v, float("-inf"))
-    n = tl.sum(cand.to(tl.int32), axis=0)
+    n = tl.sum(cand.to(tl.int32), axis=0)                                           # candidates here
+    if HAS_SIZES:
+        size = tl.load(SIZES + row).to(tl.float64)                                  # llama.cpp's cur_p->size
+    else:
+        size = n.to(tl.float64)
 
     # Rank by falling logit, ties by rising id (padding after everything): a permutation of the lanes.
     before = (v[None, :] > v[:, None]) | ((v[None, :] == v[:, None]) & (ids[None, :] < ids[:, None]))
@@ -73,7 +80,7 @@ def _infill_keep_kernel(VALUES, IDS, TABLE, LENGTHS, ENDS, OUT_IDS, OUT_VALUES, 
     p = e / tl.maximum(tl.sum(e, axis=0), 1e-300)                                   # (K,) float64
     p_end = tl.sum(tl.where(end, p, 0.0), axis=0)
     p_text = tl.sum(tl.where(scand & ~end, p, 0.0), axis=0)
-    ends_now = _EOG_RATIO * p_end * n.to(tl.float64) > p_text
+    ends_now = _EOG_RATIO * p_end * size > p_text
 
     alive = scand
     if not ends_now:
@@ -115,7 +122,7 @@ def _infill_keep_kernel(VALUES, IDS, TABLE, LENGTHS, ENDS, OUT_IDS, OUT_VALUES, 
 
 
 def check_infill_inputs(values: torch.Tensor, ids: torch.Tensor, table: torch.Tensor, lengths: torch.Tensor,
-                        ends: torch.Tensor) -> None:
+                        ends: torch.Tensor, sizes: torch.Tensor | None = None) -> None:
     """ValueError naming what is wrong, before anything reaches Triton."""
     if values.dim() != 2 or values.dtype != torch.float32:
         raise ValueError(f"infill_keep: values must be (B, K) float32, got {tuple(values.shape)} {values.dtype}")
@@ -132,36 +139,41 @@ def check_infill_inputs(values: torch.Tensor, ids: torch.Tensor, table: torch.Te
                          f"{lengths.dtype}")
     if ends.dim() != 1 or ends.dtype != torch.int8:
         raise ValueError(f"infill_keep: ends must be (V,) int8, got {tuple(ends.shape)} {ends.dtype}")
-    devices = {t.device for t in (values, ids, table, lengths, ends)}
+    if sizes is not None and (sizes.shape != values.shape[:1] or sizes.dtype != torch.int64):
+        raise ValueError(f"infill_keep: sizes must be ({values.shape[0]},) int64, got {tuple(sizes.shape)} "
+                         f"{sizes.dtype}")
+    devices = {t.device for t in (values, ids, table, lengths, ends) + (() if sizes is None else (sizes,))}
     if len(devices) != 1:
         raise ValueError(f"infill_keep: all inputs on one device, got {sorted(map(str, devices))}")
 
 
 @on_first_tensors_device
 def infill_keep(values: torch.Tensor, ids: torch.Tensor, table: torch.Tensor, lengths: torch.Tensor,
-                ends: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                ends: torch.Tensor, out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                sizes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """values (B, K) float32 logits of token ids (B, K) int64 (any order; -inf: no candidate), the vocabulary's
-    byte table (N, L) uint8 and lengths (N,) int32, end-of-generation flags (V,) int8 ->
+    byte table (N, L) uint8 and lengths (N,) int32, end-of-generation flags (V,) int8, `sizes` (B,) int64: each row's
+    n of the end test (llama.cpp's array size; None: its candidates not at -inf) ->
     (ids (B, K) int64 by rank, values (B, K) float32: the logit where kept, else -inf, alone (B,) bool: the row is
     left with the end token alone). No host synchronization. `out`: the three outputs to write (tests poison them)."""
-    check_infill_inputs(values, ids, table, lengths, ends)
+    check_infill_inputs(values, ids, table, lengths, ends, sizes)
     values, ids = values.contiguous(), ids.contiguous()
     B, K = values.shape
     if out is None:
         out = (torch.empty_like(ids), torch.empty_like(values), torch.empty(B, dtype=torch.int8, device=values.device))
     out_ids, out_values, alone = out
     if B:
-        _infill_keep_kernel[(B,)](values, ids, table, lengths, ends, out_ids, out_values, alone,
-                                  K, table.shape[0], ends.shape[0], table.stride(0),
-                                  BLOCK=triton.next_power_of_2(K), num_warps=4)
+        _infill_keep_kernel[(B,)](values, ids, table, lengths, ends, values if sizes is None else sizes.contiguous(),
+                                  out_ids, out_values, alone, K, table.shape[0], ends.shape[0], table.stride(0),
+                                  BLOCK=triton.next_power_of_2(K), HAS_SIZES=sizes is not None, num_warps=4)
     return out_ids, out_values, alone.bool()
 
 
 def infill_keep_reference(values: torch.Tensor, ids: torch.Tensor, table: torch.Tensor, lengths: torch.Tensor,
-                          ends: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                          ends: torch.Tensor, sizes: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`infill_keep` in plain PyTorch and Python, llama.cpp's loop over pairs, in float64."""
-    check_infill_inputs(values, ids, table, lengths, ends)
+    check_infill_inputs(values, ids, table, lengths, ends, sizes)
     B, K = values.shape
     out_ids = torch.empty(B, K, dtype=torch.int64)
     out_values = torch.full((B, K), float("-inf"))
@@ -187,7 +199,8 @@ def infill_keep_reference(values: torch.Tensor, ids: torch.Tensor, table: torch.
             return token < ends.shape[0] and bool(ends[token])
         p_end = sum(d[2] for d in data if is_end(d[0]))
         p_text = sum(d[2] for d in data if not is_end(d[0]))
-        if EOG_RATIO * p_end * len(data) > p_text:
+        n = len(data) if sizes is None else int(sizes[row])
+        if EOG_RATIO * p_end * n > p_text:
             keep = {d[0] for d in data if is_end(d[0])}
         else:
             for i0 in range(len(data)):

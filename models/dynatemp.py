@@ -19,7 +19,8 @@ leaves it there, as does a grammar (here token healing's restriction) and the pe
 it: top_k to k (banned tokens in it where fewer than k are not banned), min_p to the tokens at or above its floor,
 top_p to its nucleus (each at least min_keep), infill to what it keeps. `array_size`, `cut` and `live` follow it
 through models.sampling's chain, on the device as counts (B, 1), whether the chain holds whole rows or a CPU's
-compacted candidates (which drop every -inf column). Two things are not followed, both at the edges: top_p here
+compacted candidates (which drop every -inf column); the infill sampler's end test reads the same n
+(models/infill.py). Two things are not followed, both at the edges: top_p here
 always reaches its mass (llama.cpp's float32 sum that stops short of a top_p within rounding of 1 keeps the whole
 array), and after infill llama.cpp's array also keeps the end-of-generation tokens at -inf (here: what infill left).
 On the device, no sync: a softmax and a sum per row more than the plain temperature, and a count per cutting sampler.

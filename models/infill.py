@@ -3,7 +3,7 @@ fill-in-the-middle completion, end the middle when ending is likely enough, and 
 texts rather than between tokens that spell the same start.
 
 Followed: `llama_sampler_infill_apply` (llama.cpp, src/llama-sampling.cpp). On the candidates the samplers before it
-left (the tokens whose logit is not -inf), with p their softmax and n their number:
+left (the tokens whose logit is not -inf), with p their softmax and n the size of llama.cpp's candidate array there:
 - if 3 * p(end of generation) * n > p(text), only the end-of-generation tokens stay;
 - otherwise, by falling probability, a token whose text begins another's merges with it: the likelier of the two
   takes the other's probability, the other leaves (one after another: a merged probability counts in what follows);
@@ -12,6 +12,10 @@ left (the tokens whose logit is not -inf), with p their softmax and n their numb
 What stays is drawn from the softmax of its own logits, as llama.cpp's dist sampler recomputes them: the merged
 probabilities only decide what stays. End-of-generation tokens are the model's EOS ids and the prompt format's stop
 ids (CodeLlama's <EOT>); a token's text is its bytes (models/healing.py: special tokens have none and never merge).
+n is not the number of candidates: llama.cpp's array keeps a token banned by the logit bias (logit_bias -inf,
+ignore_eos) at -inf, p 0, and only cutting samplers shrink it (top_k to k, banned tokens in it where fewer than k are
+not). The chain (models.sampling) follows that size per row on the device (models.dynatemp's `array_size` and `cut`)
+and passes it as `size` (B, 1); without one (a caller outside the chain), n is the tokens not at -inf.
 
 On CUDA, when a top-k before it bounds the candidates (llama.vim's top_k 40), on the device without a host sync
 (kernels/infill_keep.py: one Triton program per row over the K = top_k + slack likeliest, torch.topk's; the
@@ -82,6 +86,11 @@ def device_vocabulary(table: VocabularyBytes, device: torch.device) -> tuple[tor
     return _DEVICE_VOCABULARIES[key][1:]
 
 
+def _host_sizes(size: torch.Tensor | None, rows: int) -> list[int | None]:
+    """The chain's array sizes (B, 1) as one int a row on the host (None: none given)."""
+    return [None] * rows if size is None else size.reshape(-1).tolist()
+
+
 class InfillSampler:
     """`apply(logits)` keeps what llama.cpp's infill sampler keeps, the other logits set to -inf."""
 
@@ -91,23 +100,27 @@ class InfillSampler:
         self.end_token = end_token
         self._on_device: dict[tuple, torch.Tensor] = {}     # end flags and the "end alone" row, per device
 
-    def apply(self, logits: torch.Tensor, config: GenerationConfig | None = None) -> torch.Tensor:
+    def apply(self, logits: torch.Tensor, config: GenerationConfig | None = None, size: torch.Tensor | None = None
+              ) -> torch.Tensor:
         """Logits (B, V) -> logits (B, V), each row on its own; `config`: the chain it runs in (what bounds the
-        candidates). On the device where logits are on CUDA and a top-k before it bounds them (unless
+        candidates); `size` (B, 1) int64 on logits' device: llama.cpp's array size, the n of the end test (None: the
+        tokens not at -inf). On the device where logits are on CUDA and a top-k before it bounds them (unless
         CODECOMPLETE_INFILL_DEVICE=0), else on the host."""
         candidates = device_candidates(config, logits.shape[-1])
         if ON_DEVICE and logits.is_cuda and candidates is not None:
-            return self.apply_on_device(logits, candidates)
-        return self.apply_on_host(logits)
+            return self.apply_on_device(logits, candidates, size)
+        return self.apply_on_host(logits, size)
 
-    def apply_on_device(self, logits: torch.Tensor, candidates: int) -> torch.Tensor:
+    def apply_on_device(self, logits: torch.Tensor, candidates: int, size: torch.Tensor | None = None
+                        ) -> torch.Tensor:
         """apply() on the `candidates` likeliest of each row, without a host sync (any device Triton runs on; on a
         CPU only under TRITON_INTERPRET, for tests)."""
         from kernels.infill_keep import infill_keep
 
         table, lengths = device_vocabulary(self.table, logits.device)
         values, ids = torch.topk(logits.float(), min(candidates, logits.shape[-1]), dim=-1)    # (B, K)
-        ids, kept, alone = infill_keep(values, ids, table, lengths, self._end_flags(logits))
+        ids, kept, alone = infill_keep(values, ids, table, lengths, self._end_flags(logits),
+                                       sizes=None if size is None else size.reshape(-1))
         out = torch.full_like(logits, float("-inf")).scatter_(-1, ids, kept.to(logits.dtype))
         return torch.where(alone[:, None], self._end_alone(logits), out)
 
@@ -129,13 +142,14 @@ class InfillSampler:
             self._on_device[key] = end.to(logits.device)
         return self._on_device[key]
 
-    def apply_on_host(self, logits: torch.Tensor) -> torch.Tensor:
+    def apply_on_host(self, logits: torch.Tensor, size: torch.Tensor | None = None) -> torch.Tensor:
         """apply() with the candidates read on the host (one sync)."""
         rows = logits.detach().to("cpu", torch.float64)                 # the one sync
+        sizes = _host_sizes(size, logits.shape[0])
         kept = torch.zeros(logits.shape, dtype=torch.bool)              # (B, V)
         alone = torch.zeros(logits.shape[0], dtype=torch.bool)         # (B,) rows left with the end token only
         for row, values in enumerate(rows):
-            keep = self.keep(values)
+            keep = self.keep(values, n=sizes[row])
             if keep is None:
                 alone[row] = True
             else:
@@ -145,18 +159,19 @@ class InfillSampler:
             out = torch.where(alone.to(logits.device)[:, None], self._end_alone(logits), out)
         return out
 
-    def apply_to_candidates(self, values: torch.Tensor, ids: torch.Tensor, config: GenerationConfig | None = None
-                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    def apply_to_candidates(self, values: torch.Tensor, ids: torch.Tensor, config: GenerationConfig | None = None,
+                            size: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """apply() on a chain's candidates (models/candidates.py; CPU rows, the only ones compacted): logits (B, W) of
         token ids (B, W), rising along each row, every other token at -inf -> the same, what it drops at -inf (a row
         left with the end token alone: that token at logit 1, the rest -inf); the same tokens as apply() on the whole
-        row, from W logits read instead of V."""
+        row, from W logits read instead of V; `size` as apply()'s."""
         rows = values.detach().to("cpu", torch.float64)
         row_ids = ids.cpu()
+        sizes = _host_sizes(size, values.shape[0])
         kept = torch.zeros(values.shape, dtype=torch.bool)              # (B, W)
         alone = torch.zeros(values.shape[0], dtype=torch.bool)         # (B,)
         for row, (row_values, token_ids) in enumerate(zip(rows, row_ids)):
-            keep = self.keep(row_values, token_ids)
+            keep = self.keep(row_values, token_ids, sizes[row])
             if keep is None:
                 alone[row] = True
             else:
@@ -178,9 +193,10 @@ class InfillSampler:
         alone_values, alone_ids = self._on_device[key]
         return (torch.where(alone[:, None], alone_values, values), torch.where(alone[:, None], alone_ids, ids))
 
-    def keep(self, values: torch.Tensor, ids: torch.Tensor | None = None) -> list[int] | None:
+    def keep(self, values: torch.Tensor, ids: torch.Tensor | None = None, n: int | None = None) -> list[int] | None:
         """Ids of the tokens to keep from one row of logits (V,) float64, or None for "the end token alone"; with
-        `ids` (W,) rising, the logits are of those tokens (a chain's candidates), every other token at -inf."""
+        `ids` (W,) rising, the logits are of those tokens (a chain's candidates), every other token at -inf; `n`:
+        llama.cpp's array size (None: the tokens not at -inf)."""
         candidates = torch.nonzero(values > float("-inf")).flatten()
         if len(candidates) == 0:
             return []
@@ -193,7 +209,7 @@ class InfillSampler:
         end = [token in self.end_ids for token in ids]
         p_end = sum(q for q, is_end in zip(p, end) if is_end)
         p_text = sum(q for q, is_end in zip(p, end) if not is_end)
-        if EOG_RATIO * p_end * len(ids) > p_text:
+        if EOG_RATIO * p_end * (len(ids) if n is None else n) > p_text:
             return [token for token, is_end in zip(ids, end) if is_end]
 
         alive = self._merge(ids, p)

@@ -123,9 +123,9 @@ def chain(logits: torch.Tensor, config: GenerationConfig, penalize: Penalize | N
     # the vocabulary each token (llama.cpp's default chain has all three), unless a sampler after them reads what
     # they leave (infill) or reorders it (penalties after top-k 1 leave its token the largest).
     only_largest_read = config.greedy and infill is None and penalize is None
-    # A dynamic temperature's n: the size of llama.cpp's candidate array, banned tokens in it, cut tokens not
-    # (models/dynatemp.py), (B, 1) on the device; followed only where a dynamic temperature reads it
-    size = dynatemp.array_size(logits) if config.dynatemp_range > 0 else None
+    # The size of llama.cpp's candidate array, banned tokens in it, cut tokens not (models/dynatemp.py), (B, 1) on
+    # the device: a dynamic temperature's n and infill's; followed only where one of them reads it
+    size = dynatemp.array_size(logits) if config.dynatemp_range > 0 or infill is not None else None
     for sampler in config.sampler_order:
         logits = candidates.values                                                  # (B, W)
         if sampler == "temperature":
@@ -135,7 +135,8 @@ def chain(logits: torch.Tensor, config: GenerationConfig, penalize: Penalize | N
                 _temperature(logits, config.temperature) if config.dynatemp_range <= 0 else
                 dynatemp.dynamic_temperature(logits, config.temperature, config.dynatemp_range,
                                              config.dynatemp_exponent, size))
-            size = None                                         # (nothing after the temperature reads it)
+            if infill is None:
+                size = None                                     # (nothing after the temperature reads it)
         elif only_largest_read and sampler in ("min_p", "top_k", "top_p"):
             continue
         elif sampler == "penalties" and penalize is not None:
@@ -166,7 +167,7 @@ def chain(logits: torch.Tensor, config: GenerationConfig, penalize: Penalize | N
             if size is not None:
                 size = dynatemp.cut(size, dynatemp.live(candidates.values), config.min_keep)
         elif sampler == "infill" and infill is not None:
-            candidates = _infill(candidates, infill, config)
+            candidates = _infill(candidates, infill, config, size)
             if size is not None:
                 size = dynatemp.cut(size, dynatemp.live(candidates.values), 1)
         else:
@@ -242,14 +243,14 @@ def _top_p_candidates(logits: torch.Tensor, config: GenerationConfig) -> Candida
     return None
 
 
-def _infill(candidates: Candidates, infill, config: GenerationConfig) -> Candidates:
+def _infill(candidates: Candidates, infill, config: GenerationConfig, size: torch.Tensor) -> Candidates:
     """llama.cpp's infill sampler on the candidates (its own candidate path where it has one, models.infill), else on
-    the whole row they stand for."""
+    the whole row they stand for; `size` (B, 1): llama.cpp's array size there, the n of its end test."""
     on_candidates = getattr(infill, "apply_to_candidates", None)
     if candidates.compact and on_candidates is not None:
-        values, ids = on_candidates(candidates.values, candidates.ids, config)
+        values, ids = on_candidates(candidates.values, candidates.ids, config, size)
         return Candidates(values, ids, candidates.vocab)
-    return candidates.through_row(lambda rows: infill.apply(rows, config))
+    return candidates.through_row(lambda rows: infill.apply(rows, config, size))
 
 
 def _likeliest(logits: torch.Tensor, k: int, ties: bool) -> torch.Tensor:

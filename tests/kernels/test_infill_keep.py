@@ -53,3 +53,48 @@ def test_bad_inputs_are_refused_with_a_clear_error():
         infill_keep(torch.zeros(1, 200), torch.arange(200)[None], table, lengths, ends)
     with pytest.raises(ValueError, match="lengths"):
         infill_keep(values, ids, table, lengths.long(), ends)
+
+
+def test_n_is_the_callers_array_size_where_given():
+    """llama.cpp's end test is 3 * p(end) * n > p(text) with n its candidate array's size, banned tokens (-inf)
+    counted. Four candidates (end 0.05, text 0.5, 0.3, 0.15) and four at -inf: n 8, 3 * 0.05 * 8 = 1.2 > 0.95, the end
+    alone; n 4 (nothing given: the candidates not at -inf), 0.6 < 0.95: text, 0.5 and 0.3 stay with the end."""
+    table, lengths = torch.zeros(8, 1, dtype=torch.uint8), torch.ones(8, dtype=torch.int32)
+    table[:, 0] = torch.tensor(list(b"_xyzwvut"), dtype=torch.uint8)
+    ends = torch.zeros(8, dtype=torch.int8)
+    ends[0] = 1
+    values = torch.tensor([[0.05, 0.5, 0.3, 0.15] + [0.0] * 4]).log().repeat(2, 1)
+    values[:, 4:] = float("-inf")
+    ids = torch.arange(8).repeat(2, 1)
+    sizes = torch.tensor([8, 4])
+
+    def kept(out):                                      # the ids kept in each row (the outputs are by rank)
+        return [sorted(i for i, v in zip(row_ids, row) if v > float("-inf"))
+                for row_ids, row in zip(out[0].tolist(), out[1].tolist())]
+    assert kept(infill_keep(values, ids, table, lengths, ends, sizes=sizes)) == [[0], [0, 1, 2]]
+    assert kept(infill_keep_reference(values, ids, table, lengths, ends, sizes=sizes)) == [[0], [0, 1, 2]]
+    assert kept(infill_keep(values, ids, table, lengths, ends)) == [[0, 1, 2], [0, 1, 2]]
+
+
+@pytest.mark.parametrize("K", [16, 64])
+def test_kernel_matches_the_reference_with_array_sizes(K):
+    """Random rows and sizes from the candidates not at -inf to past K: the same outputs as the reference, and some
+    rows decided otherwise than with n the candidates not at -inf."""
+    rng = random.Random(100 + K)
+    table, lengths = vocabulary(rng, 300, 280)
+    ends = torch.zeros(300, dtype=torch.int8)
+    ends[3::10] = 1
+    B = 16
+    ids = torch.stack([torch.tensor(rng.sample(range(300), K)) for _ in range(B)])
+    values = torch.randn(B, K, generator=torch.Generator().manual_seed(K)) * 2
+    values -= torch.where(ends[ids].bool(), torch.tensor([[rng.uniform(1, 8)] for _ in range(B)]), 0.0)   # p(end)
+    values[:, K // 2:] = float("-inf")                                                       # banned or cut
+    sizes = torch.tensor([K // 2 + rng.choice([0, 1, 5, 40, 300]) for _ in range(B)])
+    got = infill_keep(values, ids, table, lengths, ends, sizes=sizes)
+    want = infill_keep_reference(values, ids, table, lengths, ends, sizes=sizes)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+    counted_live = infill_keep_reference(values, ids, table, lengths, ends)[1]
+    assert ((got[1] > float("-inf")) != (counted_live > float("-inf"))).any(dim=-1).sum() >= 2
+    with pytest.raises(ValueError, match="sizes"):
+        infill_keep(values, ids, table, lengths, ends, sizes=sizes[:1])

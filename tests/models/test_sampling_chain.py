@@ -11,7 +11,7 @@ import torch
 from models.generation import SAMPLERS, GenerationConfig
 from models.infill import InfillSampler
 from models.penalties import Penalties
-from models.sampling import probabilities, sample
+from models.sampling import bias_vector, chain, probabilities, sample
 from models.speculative import accept
 
 NEG_INF = float("-inf")
@@ -440,3 +440,85 @@ def test_the_device_path_reads_top_k_plus_slack_where_a_top_k_runs_before_infill
     assert device_candidates(GenerationConfig(top_k=0, sampler_order=order), 49152) is None
     assert device_candidates(GenerationConfig(top_k=200, sampler_order=order), 49152) is None
     assert device_candidates(GenerationConfig(top_k=5, sampler_order=order), 10) == 10
+
+
+# llama.cpp's n in infill's 3 * p(end) * n > p(text): its candidate array's size, banned tokens counted -----------
+
+
+def llama_cpp_route(samplers_list: list[str], **fields) -> GenerationConfig:
+    """A GenerationConfig as the llama.cpp routes build it from `samplers` and the sampling fields."""
+    from codecomplete.server import samplers
+
+    options = dict(temperature=1.0, top_k=40, top_p=0.95, min_p=0.05, min_keep=0)
+    options.update({name: fields.pop(name) for name in list(options) if name in fields})
+    return GenerationConfig(**samplers.applied(samplers.chain(samplers_list), options["temperature"],
+                                               options["top_k"], options["top_p"], options["min_p"],
+                                               options["min_keep"]), **fields)
+
+
+class DeviceOnly(InfillSampler):
+    """The sampler on the device path (kernels/infill_keep.py under TRITON_INTERPRET) as on CUDA."""
+
+    def apply(self, logits, config=None, size=None):
+        from models.infill import device_candidates
+
+        return self.apply_on_device(logits, device_candidates(config, logits.shape[-1]), size)
+
+
+BANNED_ROW = torch.tensor([[0.05, 0.5, 0.3, 0.15, 0.5, 0.5, 0.5, 0.5]]).log()    # token 0 ends generation
+BANS = tuple((token, NEG_INF) for token in (4, 5, 6, 7))
+BANNED_PIECES = [None, b"x", b"y", b"z", b"w", b"v", b"u", b"t"]                  # no text begins another
+
+
+@pytest.mark.parametrize("samplers_list,fields,n", [
+    (["top_k", "top_p", "infill"], dict(top_k=40, top_p=1.0), 8),     # llama.vim's list, top_k past the vocabulary
+    (["top_k", "top_p", "infill"], dict(top_k=7, top_p=1.0), 7),      # top_k keeps three banned tokens
+    (["top_p", "infill"], dict(top_p=1.0), 8),                        # no top_k
+    (["infill"], {}, 8)])
+@pytest.mark.parametrize("compact", [True, False])
+def test_infill_counts_the_banned_tokens_in_n_as_llama_cpp_does(samplers_list, fields, n, compact):
+    """llama.cpp's logit bias leaves a banned token in its candidate array at -inf (p 0), and infill's end test is
+    3 * p(end) * cur_p->size > p(text). Eight tokens, four banned, p(end) 0.05 of the four left (text 0.5, 0.3, 0.15):
+    llama.cpp with n 8 or 7: 3 * 0.05 * n >= 1.05 > 0.95, the end alone. Counting the four not banned,
+    3 * 0.05 * 4 = 0.6 < 0.95: text ("x" 0.5 and "y" 0.3 stay, "z" under 0.2 leaves). On a CPU's candidates (the
+    host loop on what top_k left) and on whole rows (the host loop on the row)."""
+    assert 3 * 0.05 * n > 0.95 and not 3 * 0.05 * 4 > 0.95
+    assert banned_row_kept(InfillSampler, samplers_list, fields, compact) == [0]
+
+
+def test_infill_on_the_device_counts_the_banned_tokens_in_n_as_llama_cpp_does():
+    """The same row through llama.vim's list with top_k 7 (three banned tokens in llama.cpp's array: n 7), as CUDA
+    runs it: whole rows, the kernel with the chain's n per row."""
+    assert banned_row_kept(DeviceOnly, ["top_k", "top_p", "infill"], dict(top_k=7, top_p=1.0), False) == [0]
+
+
+def banned_row_kept(sampler_class, samplers_list, fields, compact) -> list[int]:
+    config = llama_cpp_route(samplers_list, logit_bias=BANS, **fields)
+    assert config.sampler_order.index("infill") < config.sampler_order.index("temperature")
+    bias = bias_vector(config, 8, BANNED_ROW.device)
+    sampler = sampler_class(table_of(BANNED_PIECES), [0], 0)
+    out = chain(BANNED_ROW, config, infill=sampler, bias=bias, compact=compact).row()
+    return torch.nonzero(out[0] > NEG_INF).flatten().tolist()
+
+
+def test_infill_on_the_device_reads_nothing_on_the_host_for_its_n(monkeypatch):
+    """CUDA's way (whole rows, the kernel), here on a CPU under TRITON_INTERPRET: llama.vim's list with bans, the
+    array size followed through top_k and top_p and handed to the kernel without a tensor's number on the host."""
+    import models.candidates as candidates_module
+    import models.race_draws as race_draws
+
+    monkeypatch.setattr(candidates_module, "host_reads", lambda tensor: False)
+    monkeypatch.setattr(race_draws, "_uniforms_match", False)
+    pieces = [None] + [bytes(random.Random(i).choice(b"ab") for _ in range(1 + i % 3)) for i in range(1, 60)]
+    sampler = DeviceOnly(table_of(pieces), [0], 0)
+    logits = torch.randn(2, 60, generator=torch.Generator().manual_seed(4)) * 2
+    config = llama_cpp_route(["top_k", "top_p", "infill"], top_k=20, top_p=0.99,
+                             logit_bias=tuple((t, NEG_INF) for t in range(1, 60, 3)))
+    bias = bias_vector(config, 60, logits.device)
+    sampler.apply_on_device(logits + bias, 32)                      # (the byte table built once, before the guard)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a host read in the device path")
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    sample(logits, config, torch.Generator().manual_seed(0), infill=sampler, bias=bias, end=1)
