@@ -9,8 +9,8 @@ losing its oldest, a window whose top line left) keeps what follows them. The wa
 and stops at the first prompt token the cache lacks after a kept run: what follows is prefilled.
 
 Approximate, hence off unless asked for (as in llama.cpp): a moved token's keys and values beyond the first layer
-were computed attending to the tokens that were dropped. Only RoPE's positions are made exact, by undoing the
-rotation of each key's old position and applying the new one's from the model's own table.
+were computed attending to the tokens that were dropped. Only RoPE's positions are made exact: each key is turned by
+the difference between its new and its old angle in the model's own table.
 """
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ def rotation(cos: torch.Tensor, sin: torch.Tensor, move: Move):
 
 
 def chunks(move: Move, size: int | None = None) -> list[Move]:
-    """`move` in pieces of at most `size` (default CHUNK) tokens, first to last: a piece's target ends at or before the next piece's
-    source begins (targets lie before sources), so no piece overwrites keys still to be moved."""
+    """`move` in pieces of at most `size` (default CHUNK) tokens, first to last: a piece's target ends at or before
+    the next piece's source begins (targets lie before sources), so no piece overwrites keys still to be moved."""
     size = size or CHUNK
     return [Move(move.source + at, move.target + at, min(size, move.length - at)) for at in range(0, move.length, size)]
 
