@@ -189,10 +189,12 @@ def main() -> int:
         print(f"{m['kind']:6} {str(m['v_sequence_major']):>11} {m['max_error']:10.2e} {m['error_in_units']:9.2f} "
               f"{str(m['values_same'] and m['scales_same']):>14} {str(m['ok']):>4}")
     print("\none layer of a shape, moved run against a fresh prefill (34B: GQA, 8-bit V sequence-major):")
-    print(f"{'shape':13} {'cache':7} {'reused':>7} {'moved':>6} {'same tokens':>12} {'same top-8':>11} {'logprob gap':>12} "
+    print(f"{'shape':13} {'cache':7} {'reused':>7} {'moved':>6} {'same tokens':>12} {'same top-8':>11} "
+          f"{'logprob gap':>12} "
           f"{'floor':>7} {'ok':>4}")
     for r in report["one_layer"]:
-        print(f"{r['shape']:13} {r['kind']:7} {r['reused']:7} {r['moved']:6} {str(r['same_tokens']):>12} {str(r['same_top8']):>11} "
+        print(f"{r['shape']:13} {r['kind']:7} {r['reused']:7} {r['moved']:6} {str(r['same_tokens']):>12} "
+              f"{str(r['same_top8']):>11} "
               f"{r['logprob_gap']:12.4f} {r['noise_floor']:7.4f} {str(r['ok']):>4}")
     print("\nCodeLlama-7B shape, 8k prompt after its first 512-token chunk went (ms to the first token):")
     print(f"{'cache_reuse':>11} {'prompt':>7} {'reused':>7} {'moved':>6} {'median':>8}  all")

@@ -6,7 +6,8 @@ import pytest
 from codecomplete.session import Session
 
 KEPT = "import math\n\n\ndef area(radius):\n    return math.pi * radius ** 2\n\n\n"
-DROPPED = "class Rectangle:\n    def __init__(self, width, height):\n        self.width, self.height = width, height\n\n\n"
+DROPPED = ("class Rectangle:\n    def __init__(self, width, height):\n"
+           "        self.width, self.height = width, height\n\n\n")
 RUN = ("def circumference(radius):\n    \"\"\"The length around a circle of this radius.\"\"\"\n"
        "    return 2 * math.pi * radius\n\n\ndef diameter(radius):\n    return 2 * radius\n\n\n")
 END = "def volume(radius):\n    return"
