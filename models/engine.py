@@ -362,6 +362,7 @@ class Engine:
         # Past min(exact, prefix) the row's K/V are moved ones, or were computed after them, unless the prefill
         # rewrites them all (its start is at or before that slot); also what a prefill stopped part way leaves.
         self._approximate_from = None if reused[0] <= min(exact, prefix) else min(exact, prefix)
+        moved = max(0, reused[0] - prefix)     # (the runs lie right after the prefix; a bucketed start cut into them)
         if tail:
             logits = self._feed_tail(prompts[0], reused[0])                              # (1, V)
         else:
@@ -369,7 +370,7 @@ class Engine:
             for b, (p, r) in enumerate(zip(prompts, reused)):
                 logits.append(self._prefill(p, r, b, self._prefill_poll(should_stop, len(p) - r)))  # None: stopped
                 if logits[-1] is None:
-                    return self._cancelled_in_prefill(prompts, rows, reused, t_prefill, max(0, reused[0] - prefix))
+                    return self._cancelled_in_prefill(prompts, rows, reused, t_prefill, moved)
             logits = torch.cat(logits)                                                  # (B, V)
         if not bool(torch.isfinite(logits).all()):    # NaN or inf weights: the "text" would be token 0 over and over
             raise ModelError(f"{self.name}: the model's output is not a number (NaN or inf in its weights?)")
@@ -390,7 +391,7 @@ class Engine:
                           decode_s=decode_s, decode_tokens_per_s=loop.decoded / decode_s if decode_s > 0 else 0.0,
                           prefill_tokens_per_s=prefilled / prefill_s if prefill_s > 0 else 0.0,
                           drafted_tokens=loop.drafted, accepted_tokens=loop.accepted, decode_steps=loop.steps,
-                          verify_steps=loop.verify_steps, moved_tokens=max(0, reused[0] - prefix))
+                          verify_steps=loop.verify_steps, moved_tokens=moved)
         return [row.result(len(p), r, timings) for row, p, r in zip(rows, prompts, reused)]
 
     def _cancelled_in_prefill(self, prompts, rows, reused, t_prefill: float, moved: int) -> list[GenerationResult]:
