@@ -15,6 +15,7 @@ the difference between its new and its old angle in the model's own table.
 
 from __future__ import annotations
 
+from array import array
 from typing import NamedTuple
 
 import torch
@@ -29,29 +30,59 @@ class Move(NamedTuple):
     length: int
 
 
+def common_run(a: list[int], i: int, b: list[int], j: int, limit: int) -> int:
+    """How many tokens a[i:] and b[j:] share from their starts, at most `limit`: slices compared by doubling steps,
+    then bisected (C loops, each element compared about twice), not a Python loop over 32k tokens a request."""
+    limit = max(0, min(limit, len(a) - i, len(b) - j))
+    n, step = 0, 64
+    while n < limit:
+        size = min(step, limit - n)
+        if a[i + n:i + n + size] != b[j + n:j + n + size]:
+            lo, hi = n, n + size          # a[i:i + lo] == b[j:j + lo]; they differ before hi
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if a[i + lo:i + mid] == b[j + lo:j + mid]:
+                    lo = mid
+                else:
+                    hi = mid
+            return lo
+        n, step = n + size, step * 2
+    return n
+
+
 def reusable_runs(cached: list[int], prompt: list[int], start: int, min_run: int) -> list[Move]:
     """The runs of `cached` (the tokens a cache row holds) that `prompt` goes on with after its first `start`
     tokens, each at least `min_run` long, in llama.cpp's walk; every prompt token but the last at most (one is
     always prefilled, for its logits: a run that reaches it, a run of its full length for `min_run` as in
     llama.cpp, moves without it). After the moves the row holds prompt[:end] with end = the last target + length
-    (or `start` without moves)."""
+    (or `start` without moves).
+
+    llama.cpp steps through the cache one token at a time, comparing up to `min_run` tokens at each; the next run
+    it keeps starts at the first cached place holding the prompt's next `min_run` tokens, so that is found by a
+    substring search of their bytes (a cache of repeated tokens made the step-by-step walk take a second)."""
     if min_run <= 0:
         return []
     moves, head_c, head_p = [], start, start
-    while head_c < len(cached) and head_p < len(prompt):
-        n = 0
-        while head_c + n < len(cached) and head_p + n < len(prompt) and cached[head_c + n] == prompt[head_p + n]:
-            n += 1
-        if n >= min_run:
-            moves.append(Move(head_c, head_p, n))
-            head_c += n
-            head_p += n
-        else:
-            head_c += 1
+    haystack = array("i", cached).tobytes()                    # int32: every vocabulary fits
+    while head_p + min_run <= len(prompt):
+        at = _find_run(haystack, array("i", prompt[head_p:head_p + min_run]).tobytes(), head_c)
+        if at < 0:
+            break
+        n = min_run + common_run(cached, at + min_run, prompt, head_p + min_run, len(prompt))
+        moves.append(Move(at, head_p, n))
+        head_c, head_p = at + n, head_p + n
     if moves and head_p == len(prompt):      # the last run ends the prompt: its last token is prefilled
         last = moves.pop()
         moves += [last._replace(length=last.length - 1)] if last.length > 1 else []
     return moves
+
+
+def _find_run(haystack: bytes, needle: bytes, start: int) -> int:
+    """The first token index >= start where `needle`'s tokens lie in `haystack` (both int32 bytes), or -1."""
+    at = haystack.find(needle, 4 * start)
+    while at >= 0 and at % 4:                                  # a match across token boundaries
+        at = haystack.find(needle, at + 1)
+    return at // 4 if at >= 0 else -1
 
 
 def reused_end(start: int, moves: list[Move]) -> int:

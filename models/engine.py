@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 
 from models.attention import BACKENDS, KERNEL_HEAD_DIMS
-from models.cache_reuse import apply_moves, reusable_runs, reused_end
+from models.cache_reuse import apply_moves, common_run, reusable_runs, reused_end
 from models.config import ModelConfig
 from models.decode_step import DecodeStep, HostCopy
 from models.errors import ContextTooLongError, ModelError, SettingError
@@ -637,10 +637,7 @@ class Engine:
         """How many leading prompt tokens already sit in cache row 0 (always leaving one to prefill)."""
         if self.model.config.dynamic_rope:
             return 0   # cached keys were rotated with the frequencies of their own call's length
-        n, limit = 0, min(len(cached), len(prompt) - 1)
-        while n < limit and cached[n] == prompt[n]:
-            n += 1
-        return n
+        return common_run(cached, 0, prompt, 0, len(prompt) - 1)
 
     def _move_reusable_runs(self, cached: list[int], prompt: list[int], start: int, min_run: int) -> int:
         """llama.cpp's cache reuse in cache row 0 (models/cache_reuse.py): after the prefix `start`, the runs of at

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from models import GenerationConfig, load_model
-from models.cache_reuse import Move, apply_moves, reusable_runs, reused_end
+from models.cache_reuse import Move, apply_moves, common_run, reusable_runs, reused_end
 from models.kv_cache import KVCache
 from models.llama import apply_rotary
 from tiny_models import save_tiny_llama
@@ -98,6 +98,71 @@ def test_after_the_moves_the_row_holds_the_prompts_first_tokens(seed):
         row[move.target:move.target + move.length] = row[move.source:move.source + move.length]
     assert end <= len(prompt) - 1 or end == start
     assert row[:end] == prompt[:end]
+
+
+def llama_cpp_moves(cached: list[int], prompt: list[int], start: int, min_run: int) -> list[Move]:
+    """llama.cpp's walk as it steps, a token at a time, recording each run it shifts (before the last token's trim)."""
+    moves, head_c, head_p = [], start, start
+    while head_c < len(cached) and head_p < len(prompt):
+        n = 0
+        while head_c + n < len(cached) and head_p + n < len(prompt) and cached[head_c + n] == prompt[head_p + n]:
+            n += 1
+        if n >= min_run:
+            moves.append(Move(head_c, head_p, n))
+            head_c, head_p = head_c + n, head_p + n
+        else:
+            head_c += 1
+    return moves
+
+
+# token ids whose int32 bytes repeat across token boundaries (256 is 00 01 00 00): the search must not match there
+AWKWARD_IDS = [0, 1, 256, 257, 65536, 65792, 16777216, 49151]
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_the_runs_found_by_searching_are_those_llama_cpps_step_by_step_walk_finds(seed):
+    rng = random.Random(seed)
+    ids = rng.choice([AWKWARD_IDS, [7, 8], list(range(3))])
+    cached = [rng.choice(ids) for _ in range(rng.randrange(1, 120))]
+    prompt = list(cached)
+    for _ in range(rng.randrange(1, 5)):
+        at = rng.randrange(len(prompt) + 1)
+        if rng.random() < 0.6:
+            del prompt[at:at + rng.randrange(1, 20)]
+        else:
+            prompt[at:at] = [rng.choice(ids) for _ in range(rng.randrange(1, 6))]
+    prompt = prompt or [ids[0]]
+    start = min(common_run(cached, 0, prompt, 0, len(prompt)), len(prompt) - 1)
+    min_run = rng.randrange(1, 12)
+    expected = llama_cpp_moves(cached, prompt, start, min_run)
+    if expected and expected[-1].target + expected[-1].length == len(prompt):
+        last = expected.pop()
+        expected += [last._replace(length=last.length - 1)] if last.length > 1 else []
+    assert reusable_runs(cached, prompt, start, min_run) == expected
+
+
+def test_a_cache_of_one_repeated_token_is_walked_as_llama_cpp_walks_it():
+    """Every cached place matches the prompt's run of 7s for 200 tokens, never for 256: nothing moves. (Stepping
+    through it as llama.cpp does compared 6.5 million tokens in Python; the search finds no 256 7s once.)"""
+    cached, prompt = [5] + [7] * 20_000, [5] + [7] * 200 + [8]
+    assert reusable_runs(cached, prompt, 1, 256) == [] == llama_cpp_moves(cached[:600], prompt, 1, 256)
+    cached[1] = 3
+    assert reusable_runs(cached, [5] + [7] * 300 + [9], 1, 256) == [Move(2, 1, 300)]
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_the_common_run_of_two_sequences_is_counted_to_its_first_difference(seed):
+    rng = random.Random(seed)
+    a = [rng.randrange(3) for _ in range(rng.randrange(0, 700))]
+    b = a[:rng.randrange(0, len(a) + 1)] + [rng.randrange(3) for _ in range(rng.randrange(0, 50))]
+    i = rng.randrange(0, 5)
+    j = i if rng.random() < 0.5 else rng.randrange(0, 5)
+    limit = rng.choice([len(b), rng.randrange(0, 800), -1])
+    n = 0
+    while n < limit and i + n < len(a) and j + n < len(b) and a[i + n] == b[j + n]:
+        n += 1
+    assert common_run(a, i, b, j, limit) == n
+
 
 # ---- one run in one cache -------------------------------------------------------------------------------------
 
