@@ -54,7 +54,8 @@ public = APIRouter()
 RANDOM_SEED = 2 ** 32 - 1   # LLAMA_DEFAULT_SEED: a seed drawn at random (llama-sampling.cpp's get_rng_seed)
 
 
-class Options(samplers.UnimplementedSamplerFields, samplers.AdaptiveSamplerFields):   # (typical_p, dry_*, mirostat...)
+class Options(samplers.UnimplementedSamplerFields, samplers.AdaptiveSamplerFields,   # (typical_p, dry_*, mirostat...)
+              samplers.PromptCacheFields):
     """What /completion and /infill share (llama.cpp's defaults)."""
 
     n_predict: int = Field(-1, ge=-1, validation_alias=AliasChoices("n_predict", "max_tokens"))
@@ -86,9 +87,6 @@ class Options(samplers.UnimplementedSamplerFields, samplers.AdaptiveSamplerField
     grammar: str = ""                  # constrained decoding (and json_schema): refused, not ignored
     json_schema: dict | bool | None = None
     logit_bias: list | dict | None = None     # [[token, bias], ...] or {token: bias} (logit_bias.py)
-    cache_prompt: bool = True          # False: no run of the last prompt moved into place (cache reuse) for this
-                                       # request. (Its exact prefix is reused anyway: the same numbers as a prefill.)
-    n_cache_reuse: int | None = Field(None, ge=0)   # the server's --cache-reuse for this request (0: off)
 
 
 class ExtraChunk(Body):
@@ -228,12 +226,11 @@ def _sampling(server, body: Options):
                                samplers.unit(body.min_p), body.min_keep,
                                repeat_penalty=body.repeat_penalty, presence_penalty=body.presence_penalty,
                                frequency_penalty=body.frequency_penalty, penalty_last_n=body.repeat_last_n)
-    reuse = body.n_cache_reuse if body.cache_prompt else 0    # None: the server's --cache-reuse (server.sampling's)
     return server.sampling(body.n_predict, seed=None if seed == RANDOM_SEED else seed, stop=stop_strings(body.stop),
                            format_stops=not body.ignore_eos, ignore_eos=body.ignore_eos, logit_bias=bias,
                            logprobs=n_probs or None, logprobs_after_samplers=body.post_sampling_probs,
                            **{**options, **samplers.adaptive(chain, body, temperature)},
-                           **({} if reuse is None else {"cache_reuse": reuse}))
+                           **body.cache_reuse())
 
 
 def _settings(server, body: Options | None) -> dict:

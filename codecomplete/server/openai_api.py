@@ -18,6 +18,7 @@ with `samplers`); vLLM's `repetition_penalty`, over the whole prompt and answer 
 `repeat_penalty` over the last `repeat_last_n` tokens of them (64), and its `samplers` chain (its samplers this
 server lacks, typical_p and the like, are refused with 400 unless neutral: samplers.py). `logit_bias` ({"token
 id": -100..100}) is added to the logits before every sampler (logit_bias.py; a bad one is a 400).
+llama.cpp's `n_cache_reuse` and `cache_prompt` are read as on its own routes (samplers.PromptCacheFields).
 Text only: tools (`functions` too), a `tool_choice` that demands a call, a `response_format` other than text,
 llama.cpp's `grammar` and `json_schema`, an audio answer and content parts other than text are refused with 400, as
 prose back would pass for what was asked.
@@ -47,8 +48,8 @@ class StreamOptions(Body):
     include_usage: bool = False
 
 
-class Options(samplers.UnimplementedSamplerFields, samplers.AdaptiveSamplerFields):   # (llama.cpp's extras:
-                                                                                        # typical_p, mirostat, ...)
+class Options(samplers.UnimplementedSamplerFields, samplers.AdaptiveSamplerFields,   # (llama.cpp's extras:
+              samplers.PromptCacheFields):                                         # typical_p, n_cache_reuse, ...)
     model: str | None = None
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)       # vLLM's (0, 1]: 0 is a 400 there, not greedy
@@ -318,4 +319,5 @@ def _sampling(server, body: Options):
         min_p = samplers.LLAMA_CPP_MIN_P if body.min_p is None else body.min_p
         options = samplers.applied(chain, body.temperature, top_k, body.top_p, min_p, body.min_keep, **penalties)
     options.update(samplers.adaptive(chain, body, body.temperature))     # (llama.cpp's mirostat, dynatemp)
-    return server.sampling(body.max_tokens, seed=body.seed, stop=stop_strings(body.stop), logit_bias=bias, **options)
+    return server.sampling(body.max_tokens, seed=body.seed, stop=stop_strings(body.stop), logit_bias=bias, **options,
+                           **body.cache_reuse())

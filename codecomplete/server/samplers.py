@@ -65,6 +65,19 @@ class UnimplementedSamplerFields(Body):
     min_keep: int = Field(0, ge=0)      # (implemented: top_p and min_p keep at least this many, as llama.cpp's)
 
 
+class PromptCacheFields(Body):
+    """llama.cpp's prompt-cache fields, which it reads on its OpenAI routes as on its own (one parser serves both):
+    `n_cache_reuse` is the server's --cache-reuse for this request (0: off), `"cache_prompt": false` turns cache
+    reuse off. (The exact prefix is reused either way: the same numbers as a prefill.)"""
+    cache_prompt: bool = True
+    n_cache_reuse: int | None = Field(None, ge=0)
+
+    def cache_reuse(self) -> dict:
+        """The engine's `cache_reuse` option this request asks for; none where the server's applies."""
+        reuse = self.n_cache_reuse if self.cache_prompt else 0
+        return {} if reuse is None else {"cache_reuse": reuse}
+
+
 class AdaptiveSamplerFields(Body):
     """llama.cpp's mirostat and dynamic temperature (models/mirostat.py, models/dynatemp.py), at its defaults
     (tools/server reads them per request). mirostat 1 or 2 replaces the chain, `samplers` included: the logit bias,

@@ -1,6 +1,8 @@
 """llama.cpp's cache reuse through the server: `serve --cache-reuse N` for every request, llama.cpp's `n_cache_reuse`
-and `cache_prompt` per request on its routes, a prompt that lost a chunk in its middle (llama.vim's ring of extra
+and `cache_prompt` per request on its routes and its OpenAI ones, a prompt that lost a chunk in its middle (llama.vim's ring of extra
 chunks dropping its oldest) reusing what follows the chunk. In process, over the embedded model."""
+from contextlib import contextmanager
+
 import pytest
 
 from codecomplete.session import Session
@@ -79,6 +81,49 @@ def count_tokens(engine, text: str) -> int:
 def test_the_openai_routes_get_the_servers_setting(reuse_server):
     usage = after_a_dropped_chunk(reuse_server, "/v1/completions", max_tokens=2)["usage"]
     assert usage["prompt_tokens_details"]["cached_tokens"] >= count(reuse_server, KEPT + RUN) - 2, usage
+
+
+def openai_cached_tokens(client, path: str, **fields) -> int:
+    """The cached prompt tokens of the OpenAI answer to KEPT + RUN + END after KEPT + DROPPED + RUN + END."""
+    def body(text: str) -> dict:
+        content = ({"messages": [{"role": "user", "content": text}]} if path.endswith("chat/completions")
+                   else {"prompt": text})
+        return {**content, "max_tokens": 1, "temperature": 0, **fields}
+    assert client.post(path, json=body(KEPT + DROPPED + RUN + END + " 4")).status_code == 200
+    answer = client.post(path, json=body(KEPT + RUN + END))
+    assert answer.status_code == 200, answer.text
+    return answer.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
+
+
+@contextmanager
+def openai_client(engine, repo, cache_reuse: int):
+    """A server over `repo` (chat retrieves from it) whose --cache-reuse is `cache_reuse`."""
+    from fastapi.testclient import TestClient
+
+    from codecomplete.server.app import Server, create_app
+    from prompts import index_repository
+
+    server = Server(Session(engine, index_repository(repo)), max_tokens=8, api_key=None, info={},
+                    cache_reuse=cache_reuse)
+    try:
+        with TestClient(create_app(server), base_url="http://127.0.0.1") as client:
+            yield client
+    finally:
+        server.worker.shutdown()
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_the_openai_routes_read_llama_cpps_fields_as_llama_cpp_does(engine, served_repo, path):
+    """llama.cpp reads `n_cache_reuse` and `cache_prompt` on its OpenAI routes too (clients and proxies send them
+    through `extra_body`)."""
+    moved = count_tokens(engine, RUN) - 4
+    with openai_client(engine, served_repo, cache_reuse=16) as client:
+        assert openai_cached_tokens(client, path, cache_prompt=False) + moved < openai_cached_tokens(client, path)
+    with openai_client(engine, served_repo, cache_reuse=0) as client:
+        assert openai_cached_tokens(client, path) + moved < openai_cached_tokens(client, path, n_cache_reuse=16)
+        bad = client.post(path, json={"prompt": "x", "messages": [{"role": "user", "content": "x"}],
+                                      "n_cache_reuse": -1})
+        assert bad.status_code == 400 and "n_cache_reuse" in bad.json()["error"]["message"], bad.text
 
 
 def test_the_command_lines_requests_reuse_no_moved_run(reuse_server):
