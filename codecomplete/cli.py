@@ -67,6 +67,8 @@ def _whole_number(low: int, high: int | None = None):
     return parse
 
 
+DEFAULT_CACHE_RAM_MIB = 8192      # llama.cpp's --cache-ram
+
 _positive_int = _whole_number(1)
 _tokens = _whole_number(1, MAX_TOKENS)
 _seed = _whole_number(0, MAX_SEED)
@@ -191,6 +193,12 @@ def build_serve_parser() -> argparse.ArgumentParser:
                                "of its cached tokens by moving them into place (keys re-rotated) instead of "
                                "prefilling them; approximate (they were computed after tokens since dropped); "
                                "llama.vim's setup uses 256 (default: 0, off; a request's n_cache_reuse overrides)")
+    requests.add_argument("--cache-ram", type=_whole_number(-1, 2 ** 31 - 1), default=DEFAULT_CACHE_RAM_MIB,
+                          metavar="MIB",
+                          help="llama.cpp's prompt cache: a request that shares little with the last prompt saves that "
+                               "prompt's KV cache in host memory, and takes back the saved prompt that serves it best "
+                               "(chat between inline completions, another file); at most MIB MiB, the oldest going "
+                               f"first (default: {DEFAULT_CACHE_RAM_MIB}, llama.cpp's; -1: no limit; 0: off)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.set_defaults(bench=False)       # what the model loader asks of every command line
     return parser

@@ -34,6 +34,7 @@ from models.healing import HealingConstraint, PrefixStripper, vocabulary_bytes
 from models.llama import DenseKernels, Transformer, attention_inputs, attention_output_and_ffn, final_logits
 from models.kv_cache import cache_dtype_name
 from models.options import DEFAULT_MAX_CONTEXT, parse_kv_cache
+from models.prompt_store import PromptStore, SavedPrompt
 from models.infill import InfillSampler
 from models.penalties import Penalties
 from models.mirostat import Mirostat
@@ -193,6 +194,7 @@ class Engine:
         # The first of them whose K/V cache reuse moved, or computed after moved ones (approximate: a request that
         # asks for no cache reuse reuses only the slots before it); None: all are what a prefill computes.
         self._approximate_from: int | None = None
+        self.prompt_store: PromptStore | None = None   # earlier prompts' K/V in host memory (keep_prompts)
         self.attention = ""
         flash_fits = model.config.head_dim in KERNEL_HEAD_DIMS      # else flash's first decode step would fail
         self.set_attention(attention or ("flash" if self._device.type == "cuda" and flash_fits and triton_installed()
@@ -289,8 +291,18 @@ class Engine:
         self._cached_ids = []
 
     def clear_prefix_cache(self) -> None:
-        """Forget which tokens the KV cache holds: the next request prefills its whole prompt."""
+        """Forget which tokens the KV cache holds, and every saved prompt: the next request prefills its whole
+        prompt."""
         self._cached_ids = []
+        if self.prompt_store is not None:
+            self.prompt_store.saved.clear()
+
+    def keep_prompts(self, limit_mib: int) -> None:
+        """Keep earlier prompts' K/V in host memory, up to `limit_mib` MiB (-1: no limit, 0: none), for requests
+        that share little with the last one: llama.cpp's prompt cache (`--cache-ram`, models/prompt_store.py)."""
+        if limit_mib < -1:
+            raise ValueError(f"the prompt cache's limit must be -1 (none), 0 (off) or a number of MiB, got {limit_mib}")
+        self.prompt_store = None if limit_mib == 0 else PromptStore(None if limit_mib < 0 else limit_mib << 20)
 
     def _ensure_rows(self, batch: int) -> None:
         """A KV cache with at least `batch` rows of context_length tokens."""
@@ -346,6 +358,10 @@ class Engine:
             return [row.result(len(p), 0, Timings(load_s=self.load_s)) for row, p in zip(rows, prompts)]
         self._ensure_rows(B)
         cached, self._cached_ids = self._cached_ids, []   # unknown until this request ends cleanly
+        restored = 0
+        if (reuse and B == 1 and self.prompt_store is not None and not self.model.config.dynamic_rope
+                and PromptStore.wants_switch(cached, prompts[0])):
+            cached, restored = self._switch_prompt(cached, prompts[0])
 
         # Prefill: each prompt into its own cache row, from the first token the cache does not hold.
         t_prefill = perf_counter()
@@ -370,7 +386,7 @@ class Engine:
             for b, (p, r) in enumerate(zip(prompts, reused)):
                 logits.append(self._prefill(p, r, b, self._prefill_poll(should_stop, len(p) - r)))  # None: stopped
                 if logits[-1] is None:
-                    return self._cancelled_in_prefill(prompts, rows, reused, t_prefill, moved)
+                    return self._cancelled_in_prefill(prompts, rows, reused, t_prefill, moved, restored)
             logits = torch.cat(logits)                                                  # (B, V)
         if not bool(torch.isfinite(logits).all()):    # NaN or inf weights: the "text" would be token 0 over and over
             raise ModelError(f"{self.name}: the model's output is not a number (NaN or inf in its weights?)")
@@ -391,17 +407,19 @@ class Engine:
                           decode_s=decode_s, decode_tokens_per_s=loop.decoded / decode_s if decode_s > 0 else 0.0,
                           prefill_tokens_per_s=prefilled / prefill_s if prefill_s > 0 else 0.0,
                           drafted_tokens=loop.drafted, accepted_tokens=loop.accepted, decode_steps=loop.steps,
-                          verify_steps=loop.verify_steps, moved_tokens=moved)
+                          verify_steps=loop.verify_steps, moved_tokens=moved, restored_tokens=restored)
         return [row.result(len(p), r, timings) for row, p, r in zip(rows, prompts, reused)]
 
-    def _cancelled_in_prefill(self, prompts, rows, reused, t_prefill: float, moved: int) -> list[GenerationResult]:
+    def _cancelled_in_prefill(self, prompts, rows, reused, t_prefill: float, moved: int,
+                              restored: int) -> list[GenerationResult]:
         """Results without tokens for a request stopped during its prefill. Cache row 0 still holds the prefix the
         prefill started from (its span's K/V were written in some layers only, so nothing past it counts), `moved`
         of them moved there by cache reuse."""
         self._cached_ids = prompts[0][:reused[0]]
         for row in rows:
             row.cancel()
-        timings = Timings(load_s=self.load_s, prefill_s=perf_counter() - t_prefill, moved_tokens=moved)
+        timings = Timings(load_s=self.load_s, prefill_s=perf_counter() - t_prefill, moved_tokens=moved,
+                          restored_tokens=restored)
         return [row.result(len(p), r, timings) for row, p, r in zip(rows, prompts, reused)]
 
     def _prefill_poll(self, should_stop, new_tokens: int):
@@ -638,6 +656,22 @@ class Engine:
         if self.model.config.dynamic_rope:
             return 0   # cached keys were rotated with the frequencies of their own call's length
         return common_run(cached, 0, prompt, 0, len(prompt) - 1)
+
+    def _switch_prompt(self, cached: list[int], prompt: list[int]) -> tuple[list[int], int]:
+        """llama.cpp's prompt cache (models/prompt_store.py): cache row 0's prompt `cached` saved to host memory, and
+        the saved prompt that serves `prompt` better, if one does, copied back into the row. Returns the tokens the
+        row then holds, and how many of them were copied back."""
+        store = self.prompt_store
+        if not store.holds(cached):
+            store.add(SavedPrompt(cached, [layer.attention.kv_cache.saved(0, len(cached))
+                                           for layer in self.model.layers], self._approximate_from))
+        best = store.take_best(cached, prompt)
+        if best is None:
+            return cached, 0
+        for layer, tensors in zip(self.model.layers, best.layers):
+            layer.attention.kv_cache.restore(0, tensors)
+        self._approximate_from = best.approximate_from
+        return best.tokens, len(best.tokens)
 
     def _move_reusable_runs(self, cached: list[int], prompt: list[int], start: int, min_run: int) -> int:
         """llama.cpp's cache reuse in cache row 0 (models/cache_reuse.py): after the prefix `start`, the runs of at

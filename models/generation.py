@@ -105,6 +105,8 @@ class Timings:
     verify_steps: int = 0               # of those, steps that verified drafts (the others fed one token)
     moved_tokens: int = 0               # of the reused prompt tokens, those cache reuse moved into place (their K/V
                                         # from further on in the last request's cache: GenerationConfig.cache_reuse)
+    restored_tokens: int = 0            # a saved prompt's tokens copied back into the cache before the prefill (the
+                                        # prompt cache: Engine.keep_prompts); the reused ones are among them
     healing_tokens: int = 0             # GenerationResult.healing_tokens, counted live too (engine.progress): whole
                                         # by the first text (healing's tokens make none), a stream's prompt count
 

@@ -114,7 +114,6 @@ class KVCache(nn.Module):
         append_kv(k, v, view.k, view.v, torch.tensor([start], device=k.device), view.k_scale, view.v_scale)
         return view.prefix(start + k.shape[2]).dequantized(self.dtype)
 
-
     def move(self, row: int, source: int, target: int, length: int, rotate) -> None:
         """Slots [source, source + length) of row `row` to [target, target + length) (target <= source; the ranges
         may overlap), the keys through `rotate` (float32 (1, Hkv, n, D) -> the same: models/cache_reuse.py turns them
@@ -129,6 +128,23 @@ class KVCache(nn.Module):
             self.k[rows, :, new], self.k_scale[rows, :, new] = quantize(keys, self.k.dtype)
             self.v_scale[rows, :, new] = self.v_scale[rows, :, old].clone()
         self.v[rows, :, new] = self.v[rows, :, old].clone()
+
+    def saved(self, row: int, length: int) -> tuple[torch.Tensor, ...]:
+        """Host copies of row `row`'s first `length` slots as stored: K, V (1, Hkv, length, D) and, 8-bit, their
+        scales (1, Hkv, length)."""
+        view = self.rows(row, row + 1).prefix(length)
+        return tuple(t.to("cpu", copy=True) for t in view if t is not None)
+
+    def restore(self, row: int, saved: tuple[torch.Tensor, ...]) -> None:
+        """Put `saved` (what `saved` returned, from a cache of this layout) back as row `row`'s first slots."""
+        view = self.rows(row, row + 1)
+        for stored, copy in zip((t for t in view if t is not None), saved, strict=True):
+            if (copy.dtype != stored.dtype or copy.shape[:2] != stored.shape[:2] or copy.shape[3:] != stored.shape[3:]
+                    or copy.shape[2] > stored.shape[2]):
+                raise ValueError(f"a saved cache of {copy.dtype} {tuple(copy.shape)} does not fit this cache's "
+                                 f"{stored.dtype} {tuple(stored.shape)}")
+            stored[:, :, :copy.shape[2]] = copy
+
 
 def stores_v_sequence_major(group: int, store: torch.dtype, device: torch.device) -> bool:
     """Whether a cache keeps V sequence-major: where flash_decode reads it faster so (CUDA, 8-bit, GQA). On a CPU no

@@ -59,7 +59,8 @@ def run_serve(args) -> None:
     info = _description(url, root, args, engine)
     server = Server(session, max_tokens=max_tokens, api_key=api_key, info=info, max_waiting=args.max_waiting,
                     idle=warmer.step if warmer is not None else None,
-                    warm_up=lambda: _warm_up(session, budget, warmer),     # on the engine thread (worker.py: why)
+                    # on the engine thread (worker.py: why)
+                    warm_up=lambda: _warm_up(session, budget, warmer, args.cache_ram),
                     loopback=_is_loopback(args.host), cache_reuse=args.cache_reuse)
     warmed = server.worker.wait_ready()
     frozen = os.environ.get(GC_FREEZE, "1") != "0"
@@ -212,11 +213,13 @@ def _listen(host: str, port: int) -> socket.socket:
     return listener
 
 
-def _warm_up(session, budget: int, warmer: PromptWarmer | None) -> str:
+def _warm_up(session, budget: int, warmer: PromptWarmer | None, cache_ram_mib: int) -> str:
     """Before serving, so that first requests do not pay for one-time setup: one short generation (compiling and
     capturing the decode step), one prefill of each span that prompts of about the server's size take (on CUDA:
     compiling prefill's dense parts where the engine can, and each span's kernels and attention plan), and the
-    prompt caches for a few seconds at most. Returns what it did, for the log."""
+    prompt caches for a few seconds at most; the prompt cache in host memory (--cache-ram) starts after the warm-up
+    spans, so that it keeps the warmed files' prompts but none of the spans' filler. Returns what it did, for the
+    log."""
     started = time.perf_counter()
     session.raw("def main():", sampling=Sampling(max_tokens=4)).run()
     done = ["the decode step"]
@@ -226,6 +229,7 @@ def _warm_up(session, budget: int, warmer: PromptWarmer | None) -> str:
         done.append("the compiled prefill")
     spans = engine.warm_prefill(range(max(1, budget - WARM_PREFILL_BELOW), budget + 1))
     engine.clear_prefix_cache()
+    engine.keep_prompts(cache_ram_mib)
     if spans:
         done.append(f"{len(spans)} prefill spans of {spans[0]:,}-{spans[-1]:,} tokens")
     if warmer is not None:

@@ -283,5 +283,7 @@ def _summary(job: Job, result, seconds: float) -> str:
         first = (f"first {ms(job.submitted, end)} ms" if end is not None else first) + f" ({', '.join(parts)})"
     prompt, generated = result.token_counts()
     moved = f", {result.timings.moved_tokens:,} of them moved" if result.timings.moved_tokens else ""
+    if result.timings.restored_tokens:
+        moved += f", a saved prompt of {result.timings.restored_tokens:,} restored"
     return (f"{job.label} · prompt {prompt:,} ({result.reused_prefix_tokens:,} reused{moved}) · "
             f"{generated} tokens · {first} · {seconds:.2f} s · {result.finish_reason}")

@@ -235,6 +235,28 @@ def test_two_ranks_move_reused_runs_as_one_does(no_hang, gqa_checkpoint, llama_t
         engine.close()
 
 
+def test_two_ranks_save_and_restore_prompts_as_one_does(no_hang, gqa_checkpoint, llama_tokenizer):
+    """The prompt cache on ranks: each saves and restores its own KV heads, deciding from its own record of the
+    cached tokens (the same on every rank), so a restored prompt answers as on one rank."""
+    single = load_model(str(gqa_checkpoint), device="cpu", max_context=64)
+    engine = load_model(str(gqa_checkpoint), device="cpu", max_context=64, gpus=2)
+    try:
+        ids = llama_tokenizer.encode(tp_helpers.__doc__ + "def fibonacci(n):\n    return n")
+        fim, chat = ids[:30], ids[30:50]
+        probe = GenerationConfig(max_new_tokens=3, logprobs=4)
+        for each in (single, engine):
+            each.keep_prompts(16)
+        for prompt in (fim, chat, fim + [5]):
+            a, b = single.generate(prompt, probe), engine.generate(prompt, probe)
+            assert b.token_ids == a.token_ids and b.reused_prefix_tokens == a.reused_prefix_tokens
+            assert b.timings.restored_tokens == a.timings.restored_tokens
+            for x, y in zip(a.logprobs, b.logprobs):
+                assert max(abs(p - q) for (_, p), (_, q) in zip(x.top, y.top)) < 1e-4
+        assert a.timings.restored_tokens == len(fim) + 2 and a.reused_prefix_tokens == len(fim)
+    finally:
+        engine.close()
+
+
 def test_a_model_that_cannot_load_leaves_the_running_ranks_alone(no_hang, gqa_checkpoint, tmp_path):
     """One group per process: loading another model closed the running one first, so a spec that could never load (a
     typo in the REPL's /model) stopped the model in use, and every later request failed. The group goes only once

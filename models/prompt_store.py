@@ -1,0 +1,87 @@
+"""Earlier prompts' KV caches kept in host memory: llama.cpp's prompt cache (`--cache-ram N`, on by default there).
+
+The engine's cache row 0 holds one prompt (and its answer); the next request reuses what it shares with it. An
+editor that talks to one server for two kinds of requests (inline completions and chat, or two files far apart)
+would prefill each from nothing whenever the other came between. llama.cpp's server (tools/server: a slot's
+`prompt_save` and `prompt_load`, `server_prompt_cache`) keeps them: when a request shares too little with the
+cached prompt (its common prefix is at most a tenth of the request, or less than half of the cached prompt), the
+cached prompt's K/V are copied to host memory, and the saved prompt that serves the request best is copied back into
+the row. Exact: the restored K/V are the bytes the row held.
+
+The rules are llama.cpp's, here for its one slot:
+- a save is skipped where a saved prompt already holds the whole cached one; saved prompts that the cached one
+  holds whole are dropped;
+- a saved prompt is taken back when it keeps at least a quarter of itself for the request and beats the cached
+  prompt both in the share of itself kept and in the share of the request it covers; it leaves the store then;
+- past the memory limit the oldest saved prompts go, the newest always stays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from models.cache_reuse import common_run
+
+SIMILAR = 0.1        # llama.cpp's --slot-prompt-similarity: the shared prefix's share of the request that keeps a slot
+KEEP_FOR_SAVE = 0.5  # ... and the share of the cached prompt below which it is saved all the same
+KEEP_TO_LOAD = 0.25  # a saved prompt that would keep less of itself is not taken back ("don't trash large prompts")
+
+
+@dataclass
+class SavedPrompt:
+    tokens: list[int]
+    layers: list[tuple[torch.Tensor, ...]]    # per layer: K, V (1, Hkv, n, D) and, 8-bit, their scales (1, Hkv, n)
+    approximate_from: int | None              # the engine's: where cache reuse's moved K/V begin (None: nowhere)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for layer in self.layers for t in layer)
+
+
+class PromptStore:
+    """Saved prompts, oldest first, within `limit_bytes` (None: no limit)."""
+
+    def __init__(self, limit_bytes: int | None):
+        self.limit_bytes = limit_bytes
+        self.saved: list[SavedPrompt] = []
+
+    @staticmethod
+    def wants_switch(cached: list[int], prompt: list[int]) -> bool:
+        """Whether the request `prompt` shares so little with the `cached` prompt that llama.cpp's server would save
+        it and look for a better one: a common prefix of at most a tenth of the request, or under half of `cached`."""
+        if not cached or not prompt:
+            return False
+        shared = common_run(cached, 0, prompt, 0, len(prompt))
+        return shared <= SIMILAR * len(prompt) or shared < KEEP_FOR_SAVE * len(cached)
+
+    def holds(self, tokens: list[int]) -> bool:
+        """Whether a saved prompt begins with all of `tokens` (saving them again would add nothing)."""
+        return any(common_run(s.tokens, 0, tokens, 0, len(tokens)) == len(tokens) for s in self.saved)
+
+    def add(self, prompt: SavedPrompt) -> None:
+        """Keep `prompt`, dropping the saved ones it holds whole, then the oldest beyond the limit."""
+        self.saved = [s for s in self.saved if common_run(s.tokens, 0, prompt.tokens, 0, len(s.tokens)) < len(s.tokens)]
+        self.saved.append(prompt)
+        while self.limit_bytes is not None and len(self.saved) > 1 and self.nbytes > self.limit_bytes:
+            self.saved.pop(0)
+
+    def take_best(self, cached: list[int], prompt: list[int]) -> SavedPrompt | None:
+        """The saved prompt that serves `prompt` better than `cached` does (removed from the store), or None."""
+        shared = common_run(cached, 0, prompt, 0, len(prompt))
+        best_keep = shared / len(cached) if cached else 0.0
+        best_share = shared / len(prompt)
+        best = None
+        for saved in self.saved:
+            shared = common_run(saved.tokens, 0, prompt, 0, len(prompt))
+            keep, share = shared / len(saved.tokens), shared / len(prompt)
+            if keep >= KEEP_TO_LOAD and keep > best_keep and share > best_share:
+                best, best_keep, best_share = saved, keep, share
+        if best is not None:
+            self.saved.remove(best)
+        return best
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.nbytes for s in self.saved)

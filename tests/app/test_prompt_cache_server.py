@@ -1,0 +1,85 @@
+"""llama.cpp's prompt cache through the server (`serve --cache-ram`, models/prompt_store.py): an editor's inline
+completion after a chat request takes its prompt's KV cache back from host memory instead of prefilling it again.
+In process, over the embedded model."""
+from contextlib import contextmanager
+
+import pytest
+
+from codecomplete.session import Session
+
+from test_server_protocols import llama_vim_body
+
+
+@contextmanager
+def served(engine, repo, cache_ram_mib: int):
+    from fastapi.testclient import TestClient
+
+    from codecomplete.server.app import Server, create_app
+    from prompts import index_repository
+
+    engine.keep_prompts(cache_ram_mib)
+    server = Server(Session(engine, index_repository(repo)), max_tokens=8, api_key=None, info={})
+    try:
+        with TestClient(create_app(server), base_url="http://127.0.0.1") as client:
+            yield client
+    finally:
+        server.worker.shutdown()
+        engine.keep_prompts(0)
+        engine.clear_prefix_cache()
+
+
+def completion_chat_completion(client, served_repo) -> tuple[dict, dict]:
+    """The timings of an inline completion in geometry.py, and of the same one after a chat request."""
+    text = (served_repo / "shapes" / "geometry.py").read_text()
+    body = llama_vim_body(text[:text.index("def ")], "", text[text.index("def "):], n_predict=2,
+                          input_extra=[], id_slot=-1, response_fields=[])
+    first = client.post("/infill", json=body)
+    assert first.status_code == 200, first.text
+    chat = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "What is a shape?"}],
+                                                     "max_tokens": 2})
+    assert chat.status_code == 200, chat.text
+    again = client.post("/infill", json=body)
+    assert again.status_code == 200, again.text
+    return first.json()["timings"], again.json()["timings"]
+
+
+def test_an_inline_completion_after_a_chat_request_restores_its_prompt(engine, served_repo):
+    with served(engine, served_repo, 64) as client:
+        first, again = completion_chat_completion(client, served_repo)
+    # (prefill starts are bucketed: a few of the last tokens may be prefilled again)
+    assert again["cache_n"] + again["prompt_n"] == first["prompt_n"] and again["prompt_n"] < 16, (first, again)
+
+
+def test_without_the_prompt_cache_the_chat_request_costs_the_prompt(engine, served_repo):
+    with served(engine, served_repo, 0) as client:
+        first, again = completion_chat_completion(client, served_repo)
+    assert again["cache_n"] < first["prompt_n"] // 4, (first, again)
+
+
+def test_serve_keeps_prompts_after_its_warm_up(served_repo, monkeypatch):
+    """`serve --cache-ram` reaches the engine on its own thread, after the warm-up's filler prompts."""
+    from codecomplete.cli import build_serve_parser
+    from codecomplete.server import serve
+
+    class Built(Exception):
+        pass
+
+    def server(session, **options):
+        raise Built(options)
+    monkeypatch.setattr(serve, "Server", server)
+    monkeypatch.setattr(serve, "PromptWarmer", lambda *args, **kwargs: None)
+    monkeypatch.setattr(serve, "_warm_up", lambda session, budget, warmer, cache_ram_mib: cache_ram_mib)
+    for given, expected in (([], 8192), (["--cache-ram", "-1"], -1), (["--cache-ram", "0"], 0)):
+        with pytest.raises(Built) as built:
+            serve.run_serve(build_serve_parser().parse_args(
+                [str(served_repo), "--port", "0", "--device", "cpu", *given]))
+        assert built.value.args[0]["warm_up"]() == expected
+
+
+@pytest.mark.parametrize("value", ["-2", "x", "1.5"])
+def test_a_bad_cache_ram_is_a_usage_error(value, capsys):
+    from codecomplete.cli import build_serve_parser
+
+    with pytest.raises(SystemExit) as stopped:
+        build_serve_parser().parse_args(["--cache-ram", value])
+    assert stopped.value.code == 2 and "--cache-ram" in capsys.readouterr().err

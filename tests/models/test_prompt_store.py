@@ -1,0 +1,183 @@
+"""llama.cpp's prompt cache (models/prompt_store.py, Engine.keep_prompts): its rules on token lists, a layer's saved
+K/V put back byte for byte, and the engine: a prompt that another came between is restored, not prefilled, and
+answers with the numbers it had when the cache held it."""
+
+import dataclasses
+import random
+
+import pytest
+import torch
+
+from models import GenerationConfig, load_model
+from models.kv_cache import KVCache
+from models.prompt_store import PromptStore, SavedPrompt
+from tiny_models import save_tiny_llama
+
+# ---- the rules ------------------------------------------------------------------------------------------------
+
+
+def saved(tokens: list[int], nbytes: int = 4) -> SavedPrompt:
+    return SavedPrompt(list(tokens), [(torch.zeros(nbytes, dtype=torch.uint8),)], None)
+
+
+def test_a_request_that_shares_a_tenth_or_less_of_itself_or_under_half_of_the_cached_prompt_switches():
+    cached = list(range(100))
+    assert PromptStore.wants_switch(cached, [500] * 10)                         # nothing shared
+    assert PromptStore.wants_switch(cached, cached[:10] + [500] * 90)           # 10 of 100: a tenth
+    assert not PromptStore.wants_switch(cached, cached[:60] + [500] * 40)       # 60 of 100, 60 of the cached 100
+    assert PromptStore.wants_switch(cached, cached[:40] + [500] * 10)           # 40 of 50, but 40 of the cached 100
+    assert not PromptStore.wants_switch(cached, cached + [7])                   # the cached prompt goes on
+    assert not PromptStore.wants_switch([], [1, 2])                             # nothing cached: nothing to save
+
+
+def test_a_saved_prompt_is_taken_back_where_it_serves_the_request_better_and_keeps_a_quarter_of_itself():
+    store = PromptStore(None)
+    chat, fim = [1] * 5 + list(range(100, 140)), [2] * 5 + list(range(200, 260))
+    store.add(saved(chat))
+    store.add(saved(fim))
+    best = store.take_best([3, 3, 3], fim[:50] + [9, 9])
+    assert best is not None and best.tokens == fim and [s.tokens for s in store.saved] == [chat]
+    assert store.take_best([3, 3, 3], chat[:8] + [9] * 5) is None           # 8 of chat's 45: under a quarter
+    assert store.take_best(chat[:30], chat[:20] + [9]) is None              # the cached prompt serves as well
+
+
+def test_a_save_that_adds_nothing_is_skipped_and_prompts_a_new_one_holds_are_dropped():
+    store = PromptStore(None)
+    store.add(saved([1, 2, 3]))
+    store.add(saved([5, 6]))
+    assert store.holds([1, 2]) and store.holds([1, 2, 3]) and not store.holds([1, 2, 3, 4])
+    store.add(saved([1, 2, 3, 4]))
+    assert [s.tokens for s in store.saved] == [[5, 6], [1, 2, 3, 4]]
+
+
+def test_past_the_limit_the_oldest_go_and_the_newest_always_stays():
+    store = PromptStore(10)
+    for first in (1, 2, 3):
+        store.add(saved([first], nbytes=4))
+    assert [s.tokens for s in store.saved] == [[2], [3]]
+    store.add(saved([9], nbytes=50))
+    assert [s.tokens for s in store.saved] == [[9]]
+
+
+# ---- a layer's K/V --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("quant", [None, "int8", "fp8"])
+def test_a_rows_saved_slots_come_back_byte_for_byte(quant):
+    torch.manual_seed(0)
+    cache = KVCache(2, 2, 32, 8, torch.float32, "cpu", quant=quant)
+    for row in range(2):
+        cache.write(row, 0, torch.randn(1, 2, 20, 8), torch.randn(1, 2, 20, 8))
+    before = [t.clone() for t in cache.rows(1, 2) if t is not None]
+    kept = cache.saved(1, 20)
+    assert all(t.device.type == "cpu" and t.shape[2] == 20 for t in kept)
+    cache.write(1, 0, torch.randn(1, 2, 25, 8), torch.randn(1, 2, 25, 8))         # another prompt in the row
+    cache.restore(1, kept)
+    after = [t for t in cache.rows(1, 2) if t is not None]
+    for old, new in zip(before, after):
+        assert torch.equal(old[:, :, :20], new[:, :, :20])
+
+
+def test_a_saved_cache_of_another_layout_is_refused():
+    kept = KVCache(1, 2, 32, 8, torch.float32, "cpu").saved(0, 4)
+    with pytest.raises(ValueError, match="does not fit"):
+        KVCache(1, 2, 32, 8, torch.float32, "cpu", quant="int8").restore(0, kept)
+    with pytest.raises(ValueError, match="does not fit"):
+        KVCache(1, 2, 2, 8, torch.float32, "cpu").restore(0, kept)
+
+
+# ---- the engine -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory, llama_tokenizer):
+    directory = tmp_path_factory.mktemp("two-layers")
+    save_tiny_llama(directory, llama_tokenizer, n_kv_heads=2, max_position_embeddings=256)
+    return load_model(str(directory), device="cpu")
+
+
+def prompts(engine, seed=0):
+    rng = random.Random(seed)
+    part = lambda n: [rng.randrange(3, engine.model.config.vocab_size) for _ in range(n)]   # noqa: E731
+    return part(60), part(50)       # an inline completion's prompt, and a chat's
+
+
+PROBE = GenerationConfig(max_new_tokens=4, logprobs=8)
+
+
+def test_a_prompt_another_came_between_is_restored_with_the_numbers_it_had(engine):
+    fim, chat = prompts(engine)
+    engine.keep_prompts(64)
+    try:
+        engine.clear_prefix_cache()
+        first = engine.generate(fim, PROBE)
+        again = engine.generate(fim + first.token_ids[:2], PROBE)       # the row still holds it: the reference
+        engine.generate(chat, PROBE)
+        restored = engine.generate(fim + first.token_ids[:2], PROBE)
+        assert restored.timings.restored_tokens == len(fim) + 2 + len(again.token_ids) - 1   # prompt, answer but its last
+        assert restored.reused_prefix_tokens == again.reused_prefix_tokens == len(fim) + 1
+        assert restored.token_ids == again.token_ids
+        for x, y in zip(again.logprobs, restored.logprobs):
+            assert x.top == y.top                                     # the same K/V bytes: the same numbers
+        back = engine.generate(chat + [5], PROBE)                     # and the chat's, saved as the fim came back
+        assert back.timings.restored_tokens > len(chat) and back.reused_prefix_tokens == len(chat)
+    finally:
+        engine.keep_prompts(0)
+
+
+def test_without_the_prompt_cache_the_prompt_is_prefilled_again(engine):
+    fim, chat = prompts(engine, seed=1)
+    engine.keep_prompts(0)
+    engine.clear_prefix_cache()
+    engine.generate(fim, PROBE)
+    engine.generate(chat, PROBE)
+    again = engine.generate(fim, PROBE)
+    assert again.reused_prefix_tokens == 0 and again.timings.restored_tokens == 0
+
+
+def test_a_restored_prompt_keeps_its_record_of_moved_keys(engine):
+    """A prompt whose cache reuse moved runs is saved with where its approximate K/V begin: restored, a request
+    without cache reuse still reuses only what lies before them."""
+    fim, chat = prompts(engine, seed=2)
+    kept, dropped, run = fim[:20], fim[20:29], fim[29:]
+    engine.keep_prompts(64)
+    try:
+        engine.clear_prefix_cache()
+        engine.generate(kept + dropped + run, GenerationConfig(max_new_tokens=1))
+        moved = engine.generate(kept + run + [7, 8], GenerationConfig(max_new_tokens=1, cache_reuse=8))
+        assert moved.timings.moved_tokens == len(run)
+        engine.generate(chat, PROBE)
+        exact_only = engine.generate(kept + run + [7, 8], PROBE)
+        assert exact_only.timings.restored_tokens > 0 and exact_only.reused_prefix_tokens == len(kept)
+    finally:
+        engine.keep_prompts(0)
+
+
+def test_clearing_the_prefix_cache_forgets_the_saved_prompts(engine):
+    fim, chat = prompts(engine, seed=3)
+    engine.keep_prompts(64)
+    try:
+        engine.generate(fim, PROBE)
+        engine.generate(chat, PROBE)
+        engine.clear_prefix_cache()
+        assert engine.generate(fim, PROBE).reused_prefix_tokens == 0
+    finally:
+        engine.keep_prompts(0)
+
+
+@pytest.mark.parametrize("limit", [-2, -100])
+def test_a_limit_below_minus_one_is_refused(engine, limit):
+    with pytest.raises(ValueError, match="-1"):
+        engine.keep_prompts(limit)
+
+
+def test_a_batch_neither_saves_nor_restores(engine):
+    fim, chat = prompts(engine, seed=4)
+    engine.keep_prompts(64)
+    try:
+        engine.clear_prefix_cache()
+        engine.generate(fim, PROBE)
+        results = engine.generate_batch([chat, fim], dataclasses.replace(PROBE, max_new_tokens=2))
+        assert all(r.timings.restored_tokens == 0 for r in results) and engine.prompt_store.saved == []
+    finally:
+        engine.keep_prompts(0)
