@@ -65,6 +65,7 @@ TILE_ROWS = 64
 # of the CodeLlama-7B shape took 45-77 ms of the server's time to first token, the replayed steps 21-28 ms
 # (bench/results/h200-run6/serve/). Without graphs (a CPU) a step costs what a short prefill does: only one token.
 GRAPHED_TAIL = 4
+SAVED_PROMPT_HEADROOM = 4 << 30   # device memory a saved prompt leaves free (prefill's activations, logits, graphs)
 # Prefill spans on CUDA snap to multiples of this many tokens: the start down (re-prefilling up to 127 cached
 # tokens), the end up (pad tokens after the prompt). Every new prefill length cost a first-call setup that nearly
 # every request paid, prompts differing in length: cuDNN builds an attention plan per (new tokens, keys) shape, and
@@ -663,8 +664,10 @@ class Engine:
         row then holds, and how many of them were copied back."""
         store = self.prompt_store
         if not store.holds(cached):
-            store.add(SavedPrompt(cached, [layer.attention.kv_cache.saved(0, len(cached))
-                                           for layer in self.model.layers], self._approximate_from))
+            caches = [layer.attention.kv_cache for layer in self.model.layers]
+            place = self._saved_prompt_place(len(cached) * sum(cache.bytes_per_token() for cache in caches))
+            store.add(SavedPrompt(cached, [cache.saved(0, len(cached), place) for cache in caches],
+                                  self._approximate_from))
         best = store.take_best(cached, prompt)
         if best is None:
             return cached, 0
@@ -672,6 +675,14 @@ class Engine:
             layer.attention.kv_cache.restore(0, tensors)
         self._approximate_from = best.approximate_from
         return best.tokens, len(best.tokens)
+
+    def _saved_prompt_place(self, nbytes: int) -> torch.device:
+        """Where a saved prompt of `nbytes` goes: the GPU's own memory while it has room beside the headroom a
+        prefill needs (a copy within it runs at HBM speed, one to host memory at PCIe speed), else host memory, as
+        llama.cpp keeps it."""
+        if self._device.type == "cuda" and torch.cuda.mem_get_info(self._device)[0] > nbytes + SAVED_PROMPT_HEADROOM:
+            return self._device
+        return torch.device("cpu")
 
     def _move_reusable_runs(self, cached: list[int], prompt: list[int], start: int, min_run: int) -> int:
         """llama.cpp's cache reuse in cache row 0 (models/cache_reuse.py): after the prefix `start`, the runs of at

@@ -129,11 +129,15 @@ class KVCache(nn.Module):
             self.v_scale[rows, :, new] = self.v_scale[rows, :, old].clone()
         self.v[rows, :, new] = self.v[rows, :, old].clone()
 
-    def saved(self, row: int, length: int) -> tuple[torch.Tensor, ...]:
-        """Host copies of row `row`'s first `length` slots as stored: K, V (1, Hkv, length, D) and, 8-bit, their
-        scales (1, Hkv, length)."""
+    def saved(self, row: int, length: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
+        """Copies on `device` of row `row`'s first `length` slots as stored: K, V (1, Hkv, length, D) and, 8-bit,
+        their scales (1, Hkv, length)."""
         view = self.rows(row, row + 1).prefix(length)
-        return tuple(t.to("cpu", copy=True) for t in view if t is not None)
+        return tuple(t.to(device, copy=True) for t in view if t is not None)
+
+    def bytes_per_token(self) -> int:
+        """What one slot of one row holds: K, V and their scales."""
+        return sum(t[0, :, 0].numel() * t.element_size() for t in self.rows(0, 1) if t is not None)
 
     def restore(self, row: int, saved: tuple[torch.Tensor, ...]) -> None:
         """Put `saved` (what `saved` returned, from a cache of this layout) back as row `row`'s first slots."""
