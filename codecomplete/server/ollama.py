@@ -12,6 +12,8 @@
     GET  /api/tags       the one model
     POST /api/show       its details; the template mentions .Suffix, which is how Continue decides that a model
                          can fill in the middle
+    GET  /api/ps         the one model, loaded for good (as Ollama lists one whose keep_alive is forever): its
+                         memory and context (`ollama ps`, the client's ps())
     GET  /api/version    {"version": ...}, which clients ask to tell that an Ollama server answers
     GET  /               "Ollama is running" (HEAD too), without an API key, as Ollama's own liveness check
 
@@ -44,6 +46,7 @@ router = APIRouter(prefix="/api")
 public = APIRouter()
 OLLAMA_ORDER = ("penalties", "top_k", "temperature", "top_p", "min_p")    # Ollama's sampler (sample/samplers.go)
 MAX_TOP_LOGPROBS = 20        # Ollama's bound (server/routes.go)
+FOREVER_NS = 2 ** 63 - 1     # a negative keep_alive's duration for Ollama (api.Duration): its model never expires
 TEMPLATE = "{{- if .Suffix }}<prefix>{{ .Prompt }}<suffix>{{ .Suffix }}<middle>{{- else }}{{ .Prompt }}{{- end }}"
 
 
@@ -119,6 +122,19 @@ async def running():
 @router.get("/tags")
 async def tags(request: Request):
     return json_response({"models": [_model(request.app.state.server)]})
+
+
+@router.get("/ps")
+async def ps(request: Request):
+    server = request.app.state.server
+    engine = server.engine
+    # bytes of every tensor the model holds, weights and KV cache (its buffers), as Ollama counts a loaded model's
+    size = sum(t.numel() * t.element_size() for t in (*engine.model.parameters(), *engine.model.buffers()))
+    never = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(microseconds=FOREVER_NS // 1000)
+    listed = {key: value for key, value in _model(server).items() if key != "modified_at"}
+    return json_response({"models": [{
+        **listed, "expires_at": never.isoformat(), "size": size,
+        "size_vram": size if engine.device == "cuda" else 0, "context_length": engine.context_length}]})
 
 
 @router.get("/version")

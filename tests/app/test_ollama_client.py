@@ -179,3 +179,15 @@ def test_refusals_reach_the_caller_as_response_errors_and_the_server_serves_on(c
         call(client)
     assert refused.value.status_code == status and words in refused.value.error, refused.value
     assert client.generate(MODEL, "def f():", options={"num_predict": 1}).done is True
+
+
+def test_ps_lists_the_one_model_loaded_for_good(client, server):
+    """`ollama ps` (the client's ps(), GET /api/ps): the loaded model, as Ollama lists one kept alive forever (the server
+    never unloads it), with its memory and its context."""
+    running = client.ps()
+    assert isinstance(running, ollama.ProcessResponse) and len(running.models) == 1
+    (model,) = running.models
+    assert model.model == model.name == client.list().models[0].model and model.details.family == "llama"
+    assert model.expires_at - datetime.datetime.now(datetime.timezone.utc) > datetime.timedelta(days=365 * 100)
+    assert model.context_length == server.info["engine"]["context_length"]
+    assert model.size > 50 * 10 ** 6 and model.size_vram == 0         # the embedded model's weights, on the CPU
