@@ -17,6 +17,7 @@
     GET  /api/version    {"version": ...}, which clients ask to tell that an Ollama server answers
     GET  /               "Ollama is running" (HEAD too), without an API key, as Ollama's own liveness check
 
+The one model answers to any name, and under the name the request gave, as Ollama answers (`model: req.Model`).
 Errors come as Ollama writes them, `{"error": "message"}`, since its clients read that shape. What this server
 cannot do is a 400, not ignored: images, `format` (no constrained decoding), tools, `think` (in Ollama's words for a
 model without reasoning).
@@ -237,7 +238,7 @@ def _loaded(server, body: GenerateRequest | ChatRequest, piece: dict):
     "unloaded", as Ollama says (it stays loaded here)."""
     unload = body.keep_alive == 0 or (isinstance(body.keep_alive, str)
                                       and re.fullmatch(r"[+-]?0+(\.0*)?(ns|us|µs|ms|s|m|h)?", body.keep_alive))
-    return json_response({**_head(server), **piece, "done": True, "done_reason": "unload" if unload else "load"})
+    return json_response({**_head(server, body), **piece, "done": True, "done_reason": "unload" if unload else "load"})
 
 
 async def _answer(server, running, body: GenerateRequest | ChatRequest, piece, context=None):
@@ -256,14 +257,14 @@ async def _answer(server, running, body: GenerateRequest | ChatRequest, piece, c
     if body.stream:
         def frames(event):
             if event.kind == "text":
-                return [ndjson({**_head(server), **piece(event.value), "done": False, **logprobs([event])})]
+                return [ndjson({**_head(server, body), **piece(event.value), "done": False, **logprobs([event])})]
             if event.kind == "error":
                 return [ndjson({"error": event.value.message})]
-            return [ndjson({**_head(server), **piece(""), **done(event.value)})]
+            return [ndjson({**_head(server, body), **piece(""), **done(event.value)})]
         return stream(running, frames, "application/x-ndjson")
     texts = []
     result = await running.result(on_text=texts.append)
-    return json_response({**_head(server), **piece(result.text), **done(result), **logprobs(texts)})
+    return json_response({**_head(server, body), **piece(result.text), **done(result), **logprobs(texts)})
 
 
 def _context(tokenizer, generation, result, eos_ids=()) -> list[int]:
@@ -294,8 +295,14 @@ def _done(result, total_s: float) -> dict:
             "eval_count": generated, "eval_duration": nanoseconds(t.decode_s)}
 
 
-def _head(server) -> dict:
-    return {"model": _name(server), "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+def _head(server, body: GenerateRequest | ChatRequest) -> dict:
+    """What every answer (and streamed line) begins with: the model under the name the request gave it, as Ollama
+    answers (`model: req.Model`), so that a client's own name for it comes back (the one model answers to any)."""
+    return {"model": _asked(server, body), "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+
+
+def _asked(server, body: GenerateRequest | ChatRequest) -> str:
+    return body.model or _name(server)
 
 
 def _name(server) -> str:
@@ -355,7 +362,7 @@ def _check_extras(server, body: GenerateRequest | ChatRequest) -> None:
     """What a model without it is refused, as Ollama refuses it: reasoning (Ollama's words, which clients look for to
     ask again without `think`); and top_logprobs out of Ollama's range, in its words (whether logprobs asks or not)."""
     if body.think:
-        raise ApiError(400, f'"{_name(server)}" does not support thinking')
+        raise ApiError(400, f'"{_asked(server, body)}" does not support thinking')
     if not 0 <= body.top_logprobs <= MAX_TOP_LOGPROBS:
         raise ApiError(400, f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
 

@@ -182,8 +182,8 @@ def test_refusals_reach_the_caller_as_response_errors_and_the_server_serves_on(c
 
 
 def test_ps_lists_the_one_model_loaded_for_good(client, server):
-    """`ollama ps` (the client's ps(), GET /api/ps): the loaded model, as Ollama lists one kept alive forever (the server
-    never unloads it), with its memory and its context."""
+    """`ollama ps` (the client's ps(), GET /api/ps): the loaded model, as Ollama lists one kept alive forever (the
+    server never unloads it), with its memory and its context."""
     running = client.ps()
     assert isinstance(running, ollama.ProcessResponse) and len(running.models) == 1
     (model,) = running.models
@@ -191,3 +191,17 @@ def test_ps_lists_the_one_model_loaded_for_good(client, server):
     assert model.expires_at - datetime.datetime.now(datetime.timezone.utc) > datetime.timedelta(days=365 * 100)
     assert model.context_length == server.info["engine"]["context_length"]
     assert model.size > 50 * 10 ** 6 and model.size_vram == 0         # the embedded model's weights, on the CPU
+
+
+def test_any_model_name_is_served_and_answered_under_that_name(client):
+    """The one model answers to any name (Continue's config calls it "codecomplete"), and every answer carries the
+    name the request gave, as Ollama's do (`model: req.Model`): a client matching answers to requests by it, or
+    showing it, sees its own name; a refusal names it too."""
+    name = "no-such-model:7b"
+    assert client.generate(name, "def f():", options=GREEDY).model == name
+    assert {part.model for part in client.generate(name, "def f():", options=GREEDY, stream=True)} == {name}
+    assert {part.model for part in client.chat(name, [{"role": "user", "content": "hi"}], options=GREEDY,
+                                               stream=True)} == {name}
+    assert client.chat(name, []).model == name and client.generate(name, keep_alive=0).model == name
+    with pytest.raises(ollama.ResponseError, match=f'"{name}" does not support thinking'):
+        client.generate(name, "x", think="high")
