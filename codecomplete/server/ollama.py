@@ -2,7 +2,8 @@
 
     POST /api/generate   `prompt` continued (with `suffix`: a fill-in-the-middle completion with the repository's
                          context, in the model's own format; with "raw": true the prompt as it is, suffix ignored,
-                         as Ollama applies no template then); streamed as JSON lines unless "stream": false. A
+                         as Ollama applies no template then, and a template, system text or context refused as
+                         Ollama refuses them); streamed as JSON lines unless "stream": false. A
                          prompt (with a suffix too) comes after the text of `context` (an earlier answer's), and its
                          answer ends with its own `context` (the tokens of both), as Ollama keeps a conversation on
                          this route; a request's `template` made only of {{ .Prompt }}, {{ .Suffix }} and
@@ -164,17 +165,19 @@ async def generate(request: Request):
         raise ApiError(400, "images are not supported")
     _check_format(body.format)
     _check_extras(server, body)
+    if body.raw and (body.template or body.system or body.context):   # Ollama's 400: a raw prompt is the whole prompt
+        raise ApiError(400, "raw mode does not support template, system, or context")
     sampling = _sampling(server, body.options, _logprobs(body))
     session = server.session
     # The answer's `context`: a completion's has nothing to go on from, a raw prompt's is left out (as Ollama does)
     context = lambda generation, result: []  # noqa: E731
-    # As Ollama: without "raw", the text of an earlier answer's `context` goes before the templated prompt (a
-    # fill-in-the-middle one too); a raw prompt is the whole prompt, template, suffix and context left out.
-    if body.context and not body.raw:
+    # As Ollama: the text of an earlier answer's `context` goes before the templated prompt (a fill-in-the-middle one
+    # too); a raw prompt is the whole prompt, the suffix left out (a template, system text or context refused above).
+    if body.context:
         check_ids(server.engine, body.context)
-    earlier = [] if body.raw else body.context or []    # (decoded on the engine thread, whose tokenizer it is)
+    earlier = body.context or []                        # (decoded on the engine thread, whose tokenizer it is)
     before = lambda: session.engine.tokenizer.decode(earlier) if earlier else ""  # noqa: E731
-    own = _template(body.template) if body.template not in ("", TEMPLATE) and not body.raw else None
+    own = _template(body.template) if body.template not in ("", TEMPLATE) else None
     if own is not None and (body.prompt or body.suffix or body.system):
         text = own(prompt=body.prompt, suffix=body.suffix, system=body.system)
         if not text and not earlier:

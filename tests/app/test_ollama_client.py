@@ -10,6 +10,7 @@ import pytest
 
 MODEL = "codecomplete"          # the name Continue's config gives it: the one model answers to any name
 GREEDY = {"temperature": 0, "num_predict": 8}
+RAW_REFUSED = "raw mode does not support template, system, or context"      # Ollama's server/routes.go
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +172,10 @@ def test_list_and_show_describe_the_one_model(client):
     (lambda c: c.chat(MODEL, [{"role": "user", "content": "x"}],
                       tools=[{"type": "function", "function": {"name": "f"}}]), 400, "tools"),
     (lambda c: c.generate(MODEL, "x", context=[10 ** 9]), 400, "outside the vocabulary"),
+    # Ollama's words: a raw prompt is the whole prompt, so what would go into or before it is refused, not dropped
+    (lambda c: c.generate(MODEL, "x", raw=True, system="Be brief."), 400, RAW_REFUSED),
+    (lambda c: c.generate(MODEL, "x", raw=True, template="{{ .Prompt }}"), 400, RAW_REFUSED),
+    (lambda c: c.generate(MODEL, "x", raw=True, context=[1, 2]), 400, RAW_REFUSED),
     (lambda c: list(c.chat(MODEL, [{"role": "user", "content": "x"}], stream=True,
                            options={"temperature": "hot"})), 400, "temperature"),
 ])

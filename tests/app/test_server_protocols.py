@@ -360,7 +360,8 @@ def test_every_system_message_reaches_the_prompt(server):
 
 def test_ollama_generate_context_carries_the_conversation_on(server):
     """An answer's `context` is the tokens of its prompt and its text; sent back, its text comes before the next
-    prompt (Ollama's older way to hold a conversation on /api/generate). A raw prompt has no context."""
+    prompt (Ollama's older way to hold a conversation on /api/generate). A raw prompt has no context, and may not
+    be sent one (Ollama's 400)."""
     body = {"prompt": "The capital of France is", "stream": False, "options": {"num_predict": 4, "temperature": 0}}
     first = httpx.post(server.url + "/api/generate", json=body, timeout=300).json()
     text = httpx.post(server.url + "/detokenize", json={"tokens": first["context"]}).json()["content"]
@@ -380,8 +381,10 @@ def test_ollama_generate_context_carries_the_conversation_on(server):
     assert ended["prompt_eval_count"] + ended["eval_count"] == len(ended["context"]) + 1
     text = httpx.post(server.url + "/detokenize", json={"tokens": ended["context"]}).json()["content"]
     assert text == chat["prompt"] + ended["response"]
-    raw = httpx.post(server.url + "/api/generate", json={**body, "raw": True, "context": [1, 2]}, timeout=300).json()
+    raw = httpx.post(server.url + "/api/generate", json={**body, "raw": True}, timeout=300).json()
     assert "context" not in raw
+    refused = httpx.post(server.url + "/api/generate", json={**body, "raw": True, "context": [1, 2]}, timeout=300)
+    assert refused.status_code == 400 and "raw mode does not support" in refused.json()["error"]
     chat = httpx.post(server.url + "/api/chat", timeout=300, json={
         "messages": [{"role": "user", "content": "hi"}], "stream": False, "options": {"num_predict": 1}}).json()
     assert chat["done"] is True and "context" not in chat      # Ollama's chat answers have none
@@ -403,7 +406,7 @@ def test_ollama_context_leaves_out_every_end_of_text_the_engine_stops_at():
 
 def test_ollama_generate_honours_a_template_and_a_context_before_a_suffix(server):
     """As Ollama: a request's template is the prompt (here: one of {{ .Prompt }}, {{ .Suffix }}, {{ .System }}), and
-    an earlier answer's context goes before a fill-in-the-middle prompt too; raw leaves both out."""
+    an earlier answer's context goes before a fill-in-the-middle prompt too; raw refuses both (Ollama's 400)."""
     options = {"num_predict": 6, "temperature": 0}
     generate = lambda **body: httpx.post(server.url + "/api/generate", timeout=300, json={  # noqa: E731
         "stream": False, "options": options, **body}).json()
@@ -413,7 +416,7 @@ def test_ollama_generate_honours_a_template_and_a_context_before_a_suffix(server
     plain = generate(prompt=rendered, raw=True)
     assert templated["response"] == plain["response"]
     assert templated["prompt_eval_count"] == plain["prompt_eval_count"]
-    assert generate(prompt=rendered, raw=True, template=template)["response"] == plain["response"]
+    assert "raw mode does not support" in generate(prompt=rendered, raw=True, template=template)["error"]
     first = generate(prompt="# shapes\n")
     suffix = "\n\nprint(area_of_circle(2))\n"
     went_on = generate(prompt="import math\n", suffix=suffix, context=first["context"])
