@@ -10,7 +10,7 @@
                          {{ .System }} is the prompt, as it is (any other is a 400); a prompt longer than the
                          context keeps its end, as Ollama's runner cuts it ("truncate": false: a 400)
     POST /api/chat       chat over the repository, as /v1/chat/completions; without messages, Ollama's preload
-    GET  /api/tags       the one model
+    GET  /api/tags       the one model (HEAD too, as /api/version and /, as Ollama's router answers them)
     POST /api/show       its details; the template mentions .Suffix, which is how Continue decides that a model
                          can fill in the middle
     GET  /api/ps         the one model, loaded for good (as Ollama lists one whose keep_alive is forever): its
@@ -121,7 +121,7 @@ async def running():
     return PlainTextResponse("Ollama is running")
 
 
-@router.get("/tags")
+@router.api_route("/tags", methods=["GET", "HEAD"])     # (HEAD too, as Ollama's router answers it)
 async def tags(request: Request):
     return json_response({"models": [_model(request.app.state.server)]})
 
@@ -139,7 +139,7 @@ async def ps(request: Request):
         "size_vram": size if engine.device == "cuda" else 0, "context_length": engine.context_length}]})
 
 
-@router.get("/version")
+@router.api_route("/version", methods=["GET", "HEAD"])
 async def version(request: Request):
     number = request.app.state.server.info.get("version", "")
     # clients compare it as a version number: an uninstalled checkout's "(not installed)" would break them

@@ -210,3 +210,13 @@ def test_any_model_name_is_served_and_answered_under_that_name(client):
     assert client.chat(name, []).model == name and client.generate(name, keep_alive=0).model == name
     with pytest.raises(ollama.ResponseError, match=f'"{name}" does not support thinking'):
         client.generate(name, "x", think="high")
+
+
+def test_head_requests_answer_where_ollamas_do(server):
+    """Ollama's router answers HEAD on /, /api/version and /api/tags (a cheap "is it up, and is it Ollama" check;
+    the client library has no call for it, so httpx here)."""
+    import httpx
+
+    for path in ("/", "/api/version", "/api/tags"):
+        answer = httpx.head(server.url + path)
+        assert answer.status_code == 200 and answer.content == b"", (path, answer.status_code)
