@@ -161,6 +161,8 @@ def test_list_and_show_describe_the_one_model(client):
 
 
 @pytest.mark.parametrize("call, status, words", [
+    # An option of the wrong type: bad input, a 400 naming it (Ollama says `option "temperature" must be of type
+    # float32` with a 500: api.Options.FromMap's error falls through handleScheduleError to its default)
     (lambda c: c.generate(MODEL, "x", options={"temperature": "hot"}), 400, "temperature"),
     (lambda c: c.generate(MODEL, "x", options={"num_predict": "many"}), 400, "num_predict"),
     (lambda c: c.chat(MODEL, [{"role": "user", "content": "x"}], options={"stop": [1, 2]}), 400, "stop"),
