@@ -113,7 +113,8 @@ def _cursor(query):
 def _import(match: dict) -> Import:
     """What one match of an import pattern binds."""
     text = {key: nodes[0].text.decode("utf-8", "replace") for key, nodes in match.items()}
-    return Import(text["module"], "*" if "star" in text else text.get("member"), text.get("alias"))
+    member = "*" if "star" in text else "default" if "default" in text else text.get("member")
+    return Import(text.get("module", ""), member, text.get("alias"))
 
 
 class _LineSizes:

@@ -7,7 +7,9 @@ configuration. Standard library and third-party imports simply match nothing.
 
 A name imported from a file (``from .segment import Segment``) is followed to the chunk that defines it; when
 the file only re-exports it (a package's ``__init__.py``: ``from .segment import Segment``, or ``import *``,
-or a JavaScript ``index.js``: ``export { Segment } from "./segment"``), through that file's own imports.
+or a JavaScript ``index.js``: ``export { Segment } from "./segment"``), through that file's own imports. A
+JavaScript default import is the module's ``default`` export (``export default function f``, or
+``export default f``: f).
 """
 
 from __future__ import annotations
@@ -124,6 +126,8 @@ def follow_imports(index, path: str, language: str, imports: Iterable[Import]) -
     table = index.paths
     budget = [MAX_FOLLOWED_IMPORTS]  # what the re-export searches may still read, shared by all the names
     for imported in imports:
+        if not imported.module:
+            continue  # a name of this file exported under another: binds nothing here
         files = [f for f in module_files(table, path, language, imported.module) if f != path]
         found.files.update(files)
         submodule = [f for f in _submodule_files(table, path, language, imported) if f != path]
@@ -140,6 +144,8 @@ def follow_imports(index, path: str, language: str, imports: Iterable[Import]) -
             if chunks:
                 found.definitions.setdefault(bound, []).extend(chunks)
                 found.files.update(index.chunks[n].path for n in chunks)  # (re-exported: where it lives)
+            elif name == "default" and bound and files:  # a default export that is no definition (an object of
+                found.modules[bound] = files                 # functions): `bound.` is the module's
     return found
 
 
@@ -185,7 +191,11 @@ def _definitions(index, files: list[str], name: str, seen: set[str], budget: lis
                 original = name if imported.name == "*" else imported.name
                 if original is None:
                     continue  # a module bound to the name: not a definition
-                reexported = [f for f in module_files(index.paths, file, language, imported.module) if f != file]
+                if imported.module:
+                    reexported = [f for f in module_files(index.paths, file, language, imported.module) if f != file]
+                else:  # the file's own name, exported under another (`export default g`, `export { g as h }`)
+                    reexported = [file]
+                    seen.discard(file)
                 found += _definitions(index, reexported, original, seen, budget, depth + 1)
     return found
 
@@ -216,17 +226,26 @@ def _python(table: PathTable, folder: str, module: str) -> list[str]:
     return found
 
 
+_COMPILED_JAVASCRIPT = (".js", ".jsx", ".mjs", ".cjs")  # what TypeScript's own imports name a .ts file by
+
+
 def _javascript(table: PathTable, folder: str, module: str) -> list[str]:
     if module.startswith("."):
         target = _relative(folder, module)
         if target is None:
             return []
-        exact = table.files(target, True, extension=True)
-        return exact or table.files(target, True) + table.files(target + "/index", True)
-    if "/" not in module:
+        anchored = True
+    elif "/" not in module:
         return []  # a package from node_modules
-    target = module.split("/", 1)[1] if module[0] in "@~" else module  # "@/lib/x" or "~/lib/x": aliases of src
-    return table.files(target, False) + table.files(target + "/index", False)
+    else:
+        target = module.split("/", 1)[1] if module[0] in "@~" else module  # "@/lib/x" or "~/lib/x": aliases of src
+        anchored = False
+    exact = table.files(target, anchored, extension=True) if anchored else []
+    if exact:
+        return exact
+    if posixpath.splitext(target)[1] in _COMPILED_JAVASCRIPT:  # `./format.js` from TypeScript: format.ts
+        target = _strip_extension(target)
+    return table.files(target, anchored) + table.files(target + "/index", anchored)
 
 
 def _go(table: PathTable, folder: str, module: str) -> list[str]:

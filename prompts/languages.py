@@ -12,7 +12,10 @@ Each tree-sitter language carries two queries (in the spirit of aider's repo map
     ``@module`` captures an imported module, file or package as written in the source; ``@member`` a name
     imported from it (``from m import x``, ``import { x } from "m"``, re-exports too), ``@alias`` the name it
     is bound to when that differs (or the name a whole module is bound to: ``import m as alias``,
-    ``import * as alias``), and ``@star`` marks an import of every name (``from m import *``).
+    ``import * as alias``), ``@star`` marks an import of every name (``from m import *``) and ``@default`` a
+    module's default export bound to a name (``import x from "m"``: its member ``default``). A match without
+    ``@module`` exports a name of the file itself under another (``export default g``, ``export { g as h }``).
+    (A JavaScript ``export default`` declaration defines the name ``default`` too: what such an import finds.)
 
 Other text files are chunked into line windows; ``PLAIN_TEXT`` names a few so that commented file sections
 and chat code fences use the right syntax.
@@ -87,6 +90,8 @@ _JS_BINDINGS = """
     (program [(lexical_declaration (variable_declarator name: (identifier) @name))
               (variable_declaration (variable_declarator name: (identifier) @name))])
     (program (export_statement (lexical_declaration (variable_declarator name: (identifier) @name))))
+    (export_statement "default" @name declaration: (_)) @definition
+    (export_statement "default" @name value: [(arrow_function) (function_expression) (class)]) @definition
 """
 
 JAVASCRIPT = LanguageSpec(
@@ -100,15 +105,17 @@ JAVASCRIPT = LanguageSpec(
     """ + _JS_BINDINGS,
     imports="""
         (import_statement source: (string (string_fragment) @module))
-        (import_statement (import_clause (identifier) @alias) source: (string (string_fragment) @module))
+        (import_statement (import_clause (identifier) @alias @default) source: (string (string_fragment) @module))
         (import_statement (import_clause (namespace_import (identifier) @alias))
           source: (string (string_fragment) @module))
-        (import_statement (import_clause (named_imports (import_specifier name: (_) @member alias: (_)? @alias)))
+        (import_statement (import_clause (named_imports (import_specifier name: _ @member alias: (_)? @alias)))
           source: (string (string_fragment) @module))
         (export_statement source: (string (string_fragment) @module))
         (export_statement "*" @star source: (string (string_fragment) @module))
-        (export_statement (export_clause (export_specifier name: (_) @member alias: (_)? @alias))
+        (export_statement (export_clause (export_specifier name: _ @member alias: _? @alias))
           source: (string (string_fragment) @module))
+        (export_statement (export_clause (export_specifier name: _ @member alias: _ @alias)) !source)
+        (export_statement "default" @alias value: (identifier) @member)
         (call_expression function: (identifier) @_require
           arguments: (arguments . (string (string_fragment) @module))
           (#eq? @_require "require"))

@@ -108,7 +108,7 @@ export const Button = () => <button>OK</button>;
             ("definition", 3, 5, ("Greeting",)),
             ("definition", 7, 7, ("Button",)),
         ],
-        (Import("react"), Import("react", None, "React")),
+        (Import("react"), Import("react", "default", "React")),
     ),
     "sample.go": (
         """\
