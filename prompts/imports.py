@@ -9,12 +9,14 @@ A name imported from a file (``from .segment import Segment``) is followed to th
 the file only re-exports it (a package's ``__init__.py``: ``from .segment import Segment``, or ``import *``,
 or a JavaScript ``index.js``: ``export { Segment } from "./segment"``), through that file's own imports. A
 JavaScript default import is the module's ``default`` export (``export default function f``, or
-``export default f``: f).
+``export default f``: f); a Go import binds its package's name. What a file sees without importing it counts as
+imported too: a Go or Java file's own package (its folder).
 """
 
 from __future__ import annotations
 
 import posixpath
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -146,14 +148,20 @@ def follow_imports(index, path: str, language: str, imports: Iterable[Import]) -
                 found.files.update(index.chunks[n].path for n in chunks)  # (re-exported: where it lives)
             elif name == "default" and bound and files:  # a default export that is no definition (an object of
                 found.modules[bound] = files                 # functions): `bound.` is the module's
+    if language in ("go", "java"):  # a file sees the names of its own package, its folder's files, unimported
+        folder = posixpath.dirname(path)
+        found.files.update(f for f in table.folder(folder, True) if f != path and language_name(f) == language)
     return found
 
 
 def _names(language: str, imported: Import) -> list[tuple[str | None, str | None]]:
     """(name in the module, name bound here) pairs of an import: explicit for Python and JavaScript, the last
-    part of the path for Java (``a.b.Shape``) and Rust (``a::b::Shape``, ``a::b::{C, D}``)."""
+    part of the path for Java (``a.b.Shape``) and Rust (``a::b::Shape``, ``a::b::{C, D}``); a Go package is bound
+    to its alias or its name."""
     if imported.name == "*":
         return []
+    if language == "go" and imported.name is None:
+        return [(None, imported.alias or _go_package(imported.module))]
     if imported.name is not None or language not in ("java", "rust"):
         return [(imported.name, imported.bound)]
     if language == "java":
@@ -170,6 +178,14 @@ def _names(language: str, imported: Import) -> list[tuple[str | None, str | None
         if name and name not in ("self", "*") and "::" not in name:
             pairs.append((name, alias.strip() or name))
     return pairs
+
+
+def _go_package(module: str) -> str:
+    """The name a Go import binds unaliased: the package's, which is its path's last part but for a major version
+    (``example.com/x/v2``: x; ``gopkg.in/yaml.v3``: yaml)."""
+    parts = module.split("/")
+    last = parts[-2] if len(parts) > 1 and re.fullmatch(r"v[0-9]+", parts[-1]) else parts[-1]
+    return re.sub(r"\.v[0-9]+$", "", last)
 
 
 def _definitions(index, files: list[str], name: str, seen: set[str], budget: list[int], depth: int = 0) -> list[int]:

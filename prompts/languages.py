@@ -166,7 +166,10 @@ GO = LanguageSpec(
         (source_file (var_declaration (var_spec name: (identifier) @name)))
     """,
     imports="""
-        (import_spec path: (interpreted_string_literal (interpreted_string_literal_content) @module))
+        (import_spec !name path: (interpreted_string_literal (interpreted_string_literal_content) @module))
+        (import_spec name: (package_identifier) @alias
+          path: (interpreted_string_literal (interpreted_string_literal_content) @module))
+        (import_spec name: (dot) @star path: (interpreted_string_literal (interpreted_string_literal_content) @module))
     """,
     keywords=_words("""
         break case chan const continue default defer else fallthrough for func go goto if import interface map

@@ -113,3 +113,122 @@ def test_typescript_imports_name_the_compiled_js_file_of_a_ts_source(make_repo, 
     assert module_files(index.paths, "src/cart.ts", "typescript", "./utils/money.js") == ["src/utils/money.ts"]
     assert module_files(index.paths, "src/cart.ts", "typescript", "@/utils/money.mjs") == ["src/utils/money.ts"]
     _comes_first(index, packed, ("src/utils/money.ts", "formatPrice"), ("src/legacy/format.ts", "formatPrice"))
+
+
+# Go ------------------------------------------------------------------------------------------------------------
+
+def _go_handlers(count: int) -> dict[str, str]:
+    return {f"internal/handlers/h{i}.go": (
+        f'package handlers\n\nimport "fmt"\n\nfunc HandleOrder{i}(total string, currency string) string {{\n'
+        f'\treturn fmt.Sprintf("%s %s", total, currency)\n}}\n\nfunc New{i}(cents int64, currency string) string {{\n'
+        f'\treturn fmt.Sprintf("%d %s", cents, currency)\n}}\n') for i in range(count)}
+
+
+GO_PRICING = """package pricing
+
+import "fmt"
+
+// Price is an amount of money in cents.
+type Price struct {
+	Cents    int64
+	Currency string
+}
+
+// New makes a price.
+func New(cents int64, currency string) Price {
+	return Price{Cents: cents, Currency: currency}
+}
+
+// Format renders a price for display.
+func Format(p Price, locale string) string {
+	return fmt.Sprintf("%s %.2f", p.Currency, float64(p.Cents)/100)
+}
+"""
+GO_DECOYS = {
+    "internal/legacy/legacy.go": "package legacy\n\nfunc New(amount float64) float64 {\n\treturn amount\n}\n\n"
+                                 "type Price struct {\n\tAmount float64\n}\n",
+    "internal/store/store.go": "package store\n\ntype Store struct {\n\tName string\n}\n\n"
+                               "func New(name string) *Store {\n\treturn &Store{Name: name}\n}\n",
+}
+
+
+def _go_main(imports: str, line: str) -> str:
+    return (f'package main\n\nimport (\n\t"fmt"\n\t"os"\n{imports}\n)\n\nfunc main() {{\n\tname := os.Getenv("SHOP")\n'
+            f"\tfmt.Println(name)\n\t{line}\n}}\n")
+
+
+def test_a_go_import_binds_its_package_name_or_its_alias(make_repo, smollm2_tokenizer):
+    """A Go import bound no name (its alias was not even read), so `pr.` at the cursor lifted nothing and the
+    package's definitions came after others'."""
+    files = _go_handlers(20) | GO_DECOYS | {
+        "go.mod": "module github.com/acme/shop\n\ngo 1.22\n", "internal/pricing/pricing.go": GO_PRICING,
+        "internal/tax/v2/tax.go": "package tax\n\nfunc Rate(region string) float64 {\n\treturn 0.2\n}\n",
+        "cmd/shop/main.go": _go_main('\tpr "github.com/acme/shop/internal/pricing"\n'
+                                    '\t"github.com/acme/shop/internal/tax/v2"\n\t. "github.com/acme/shop/internal/store"',
+                                    "p := pr.")}
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "cmd/shop/main.go", "pr.")
+    found = follow_imports(index, "cmd/shop/main.go", "go", index.imports("cmd/shop/main.go"))
+    assert found.modules == {"pr": ["internal/pricing/pricing.go"], "tax": ["internal/tax/v2/tax.go"]}
+    assert "internal/store/store.go" in found.files  # (a dot import binds no name)
+    assert packed.chosen[0][0] == "internal/pricing/pricing.go"
+    _comes_first(index, packed, ("internal/pricing/pricing.go", "New"), ("internal/legacy/legacy.go", "New"),
+                 ("internal/store/store.go", "New"))
+
+
+def test_go_and_java_files_see_their_own_packages_names_unimported(make_repo, smollm2_tokenizer):
+    """`New(` in pricing/tax.go is pricing.New, a file of its own package it never imports; same-named
+    definitions of other packages came first. Likewise a Java class of the same package."""
+    files = _go_handlers(20) | GO_DECOYS | {
+        "internal/pricing/pricing.go": GO_PRICING,
+        "internal/pricing/tax.go": "package pricing\n\nfunc WithTax(p Price, rate float64) Price {\n"
+                                   "\treturn New(int64(float64(p.Cents)*(1+rate)), \n}\n"}
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "internal/pricing/tax.go", "return New(")
+    _comes_first(index, packed, ("internal/pricing/pricing.go", "New"), ("internal/legacy/legacy.go", "New"),
+                 ("internal/store/store.go", "New"))
+
+    shop = "src/main/java/com/acme/shop/"
+    files = _java_handlers(20) | {
+        shop + "pricing/Price.java": JAVA_PRICE, shop + "legacy/Price.java": JAVA_LEGACY_PRICE,
+        shop + "pricing/Cart.java": _java_cart("com.acme.shop.pricing", "", "Price total = new Price(")}
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, shop + "pricing/Cart.java", "new Price(", "java")
+    _comes_first(index, packed, (shop + "pricing/Price.java", "Price"), (shop + "legacy/Price.java", "Price"))
+
+
+# Java ----------------------------------------------------------------------------------------------------------
+
+def _java_handlers(count: int) -> dict[str, str]:
+    return {f"src/main/java/com/acme/shop/web/OrderHandler{i}.java": (
+        f"package com.acme.shop.web;\n\npublic class OrderHandler{i} {{\n"
+        f"    public static String format(long cents, String currency) {{\n"
+        f'        return String.format("%.2f %s", cents / 100.0, currency);\n    }}\n\n'
+        f"    public Price price(long cents) {{\n        return null;\n    }}\n}}\n") for i in range(count)}
+
+
+JAVA_FORMATTER = """package com.acme.shop.pricing;
+
+import java.util.Locale;
+
+/** Renders prices for display. */
+public final class PriceFormatter {
+    private PriceFormatter() {}
+
+    /** Formats cents in a currency. */
+    public static String format(long cents, String currency, Locale locale) {
+        return String.format(locale, "%s %.2f", currency, cents / 100.0);
+    }
+}
+"""
+JAVA_PRICE = ("package com.acme.shop.pricing;\n\npublic record Price(long cents, String currency) {\n"
+              "    public Price plus(Price other) {\n        return new Price(cents + other.cents, currency);\n    }\n}\n")
+JAVA_LEGACY_PRICE = "package com.acme.shop.legacy;\n\npublic class Price {\n    public double amount;\n}\n"
+JAVA_LEGACY_FORMATTER = ("package com.acme.shop.legacy;\n\npublic class PriceFormatter {\n"
+                         "    public static String format(double amount, String symbol) {\n"
+                         "        return symbol + amount;\n    }\n}\n")
+
+
+def _java_cart(package: str, imports: str, line: str) -> str:
+    return (f"package {package};\n\nimport java.util.List;\nimport java.util.Locale;\n{imports}\n\n"
+            f"public class Cart {{\n    private final List<Long> items;\n\n"
+            f"    public Cart(List<Long> items) {{\n        this.items = items;\n    }}\n\n"
+            f"    public String totalLabel(Locale locale) {{\n"
+            f"        long cents = items.stream().mapToLong(Long::longValue).sum();\n        {line}\n    }}\n}}\n")
