@@ -3,18 +3,20 @@
 Each language's import string is turned into candidate paths: anchored ones (relative imports, resolved from
 the importing file's folder) that must match exactly, and unanchored ones (``a.b.c``, ``crate::a::b``,
 ``"github.com/x/y/pkg"``) that may match at the end of any path, so source roots such as ``src/`` need no
-configuration. Standard library and third-party imports simply match nothing.
+configuration (Rust's ``crate::``, ``self::`` and ``super::`` paths are tried from the crate's root or the file's
+module first). Standard library and third-party imports simply match nothing.
 
 A name imported from a file (``from .segment import Segment``) is followed to the chunk that defines it; when
 the file only re-exports it (a package's ``__init__.py``: ``from .segment import Segment``, or ``import *``,
-or a JavaScript ``index.js``: ``export { Segment } from "./segment"``), through that file's own imports. A
-JavaScript default import is the module's ``default`` export (``export default function f``, or
+a JavaScript ``index.js``: ``export { Segment } from "./segment"``, a Rust ``pub use``), through that file's own
+imports. A JavaScript default import is the module's ``default`` export (``export default function f``, or
 ``export default f``: f); a Go import binds its package's name. What a file sees without importing it counts as
 imported too: a Go or Java file's own package (its folder).
 """
 
 from __future__ import annotations
 
+import functools
 import posixpath
 import re
 from collections.abc import Iterable
@@ -100,16 +102,74 @@ def _ends_with(path: str, target: str, anchored: bool) -> bool:
 def module_files(table: PathTable, path: str, language: str, module: str) -> list[str]:
     """The files a module as written in the file at ``path`` refers to."""
     resolver = _RESOLVERS.get(language)
-    return resolver(table, posixpath.dirname(path), module.strip()) if resolver else []
+    return resolver(table, path, module.strip()) if resolver else []
 
 
 def _submodule_files(table: PathTable, path: str, language: str, imported: Import) -> list[str]:
-    """Python's ``from pkg import sub``: the files of module ``pkg.sub``, if there is one."""
-    if language != "python" or imported.name in (None, "*"):
+    """Python's ``from pkg import sub``, Rust's ``use crate::pkg::sub``: the files of module ``pkg.sub``, if there
+    is one."""
+    if imported.name in (None, "*"):
         return []
     module = imported.module
+    if language == "rust":
+        return _rust_module_files(table, path, f"{module}::{imported.name}")
+    if language != "python":
+        return []
     return module_files(table, path, language, module + imported.name if module.endswith(".") else
                         f"{module}.{imported.name}")
+
+
+def bindings(language: str, imports: Iterable[Import]) -> list[Import]:
+    """The imports of a file in ``language``, one name bound by each: a Rust use tree split into its names
+    (``a::{b::C, D as E}``: C from ``a::b``, and D from ``a`` bound to E; ``mod m;``: module m bound to m)."""
+    if language != "rust":
+        return list(imports)
+    return [leaf for imported in imports for leaf in _rust_leaves(imported)]
+
+
+@functools.lru_cache(maxsize=65536)  # (the same statements are read again for every name followed through them)
+def _rust_leaves(imported: Import) -> tuple[Import, ...]:
+    if imported.name is not None:  # one name already
+        return (imported,)
+    text = " ".join(imported.module.split())  # (a use tree may span lines)
+    return tuple(_use_tree(text, ""))
+
+
+def _use_tree(text: str, prefix: str) -> list[Import]:
+    """The names a Rust use tree (``a::{b::C, D as E, self}``) below the path ``prefix`` imports."""
+    text = text.strip()
+    if "{" in text:
+        brace = text.index("{")
+        if not text.endswith("}"):
+            return []  # (code being written)
+        base = _rust_join(prefix, text[:brace].strip().removesuffix("::"))
+        return [leaf for part in _top_level_parts(text[brace + 1 : -1]) for leaf in _use_tree(part, base)]
+    path, _, alias = text.partition(" as ")
+    full = _rust_join(prefix, path.strip())
+    module, _, name = full.rpartition("::")
+    if name == "self":  # `a::{self}`: module a itself
+        full = module
+        module, _, name = full.rpartition("::")
+    if not name:
+        return []
+    if not module:  # `mod m;`, `use m;`: a module bound to its name
+        return [Import(name, None, alias.strip() or name)]
+    return [Import(module, "*" if name == "*" else name, alias.strip() or None)]
+
+
+def _rust_join(prefix: str, path: str) -> str:
+    return f"{prefix}::{path}" if prefix and path else prefix or path
+
+
+def _top_level_parts(text: str) -> list[str]:
+    """``text`` split at the commas outside braces."""
+    parts, depth, start = [], 0, 0
+    for position, character in enumerate(text):
+        depth += (character == "{") - (character == "}")
+        if character == "," and depth == 0:
+            parts.append(text[start:position])
+            start = position + 1
+    return parts + [text[start:]]
 
 
 @dataclass
@@ -127,7 +187,7 @@ def follow_imports(index, path: str, language: str, imports: Iterable[Import]) -
     found = ImportedNames()
     table = index.paths
     budget = [MAX_FOLLOWED_IMPORTS]  # what the re-export searches may still read, shared by all the names
-    for imported in imports:
+    for imported in bindings(language, imports):
         if not imported.module:
             continue  # a name of this file exported under another: binds nothing here
         files = [f for f in module_files(table, path, language, imported.module) if f != path]
@@ -155,29 +215,17 @@ def follow_imports(index, path: str, language: str, imports: Iterable[Import]) -
 
 
 def _names(language: str, imported: Import) -> list[tuple[str | None, str | None]]:
-    """(name in the module, name bound here) pairs of an import: explicit for Python and JavaScript, the last
-    part of the path for Java (``a.b.Shape``) and Rust (``a::b::Shape``, ``a::b::{C, D}``); a Go package is bound
-    to its alias or its name."""
+    """(name in the module, name bound here) pairs of an import (as ``bindings`` gives it): explicit for Python,
+    JavaScript and Rust, the last part of the path for Java (``a.b.Shape``); a Go package
+    is bound to its alias or its name."""
     if imported.name == "*":
         return []
-    if language == "go" and imported.name is None:
-        return [(None, imported.alias or _go_package(imported.module))]
-    if imported.name is not None or language not in ("java", "rust"):
-        return [(imported.name, imported.bound)]
-    if language == "java":
+    if language == "java" and imported.name is None:
         last = imported.module.rsplit(".", 1)[-1]
         return [(last, last)] if last != "*" else []
-    module = imported.module
-    if "{" in module:
-        names = module[module.index("{") + 1 : module.rindex("}") if "}" in module else len(module)].split(",")
-    else:
-        names = [module.rsplit("::", 1)[-1]]
-    pairs = []
-    for part in names:
-        name, _, alias = part.strip().partition(" as ")
-        if name and name not in ("self", "*") and "::" not in name:
-            pairs.append((name, alias.strip() or name))
-    return pairs
+    if language == "go" and imported.name is None:
+        return [(None, imported.alias or _go_package(imported.module))]
+    return [(imported.name, imported.bound)]
 
 
 def _go_package(module: str) -> str:
@@ -201,8 +249,9 @@ def _definitions(index, files: list[str], name: str, seen: set[str], budget: lis
             continue
         seen.add(file)
         language = language_name(file)
-        budget[0] -= len(index.imports(file))
-        for imported in index.imports(file):
+        imports = bindings(language, index.imports(file))
+        budget[0] -= len(imports)
+        for imported in imports:
             if imported.bound == name or imported.name == "*":
                 original = name if imported.name == "*" else imported.name
                 if original is None:
@@ -224,12 +273,12 @@ def _relative(folder: str, target: str) -> str | None:
     return "" if joined == "." else joined
 
 
-def _python(table: PathTable, folder: str, module: str) -> list[str]:
+def _python(table: PathTable, path: str, module: str) -> list[str]:
     name = module.lstrip(".")
     dots = len(module) - len(name)
     target = name.replace(".", "/")
     if dots:  # from . import x / from ..pkg import y: relative to the importing package
-        base = _relative(folder, "/".join([".."] * (dots - 1)) or ".")
+        base = _relative(posixpath.dirname(path), "/".join([".."] * (dots - 1)) or ".")
         if base is None:
             return []
         target = posixpath.join(base, target) if target else base
@@ -245,9 +294,9 @@ def _python(table: PathTable, folder: str, module: str) -> list[str]:
 _COMPILED_JAVASCRIPT = (".js", ".jsx", ".mjs", ".cjs")  # what TypeScript's own imports name a .ts file by
 
 
-def _javascript(table: PathTable, folder: str, module: str) -> list[str]:
+def _javascript(table: PathTable, path: str, module: str) -> list[str]:
     if module.startswith("."):
-        target = _relative(folder, module)
+        target = _relative(posixpath.dirname(path), module)
         if target is None:
             return []
         anchored = True
@@ -264,40 +313,87 @@ def _javascript(table: PathTable, folder: str, module: str) -> list[str]:
     return table.files(target, anchored) + table.files(target + "/index", anchored)
 
 
-def _go(table: PathTable, folder: str, module: str) -> list[str]:
+def _go(table: PathTable, path: str, module: str) -> list[str]:
     # An import path ends with the package's folder; its last two parts rarely collide.
     return table.folder("/".join(module.split("/")[-2:]), False) if "/" in module else []
 
 
-def _rust(table: PathTable, folder: str, module: str) -> list[str]:
-    path = module.split("{")[0].rstrip(":").split(" as ")[0]
-    parts = [p for p in path.split("::") if p and p != "*"]
-    if not parts:
+def _rust(table: PathTable, path: str, module: str) -> list[str]:
+    """The files of the longest prefix of a path that names a module (``crate::net::client::Client``: client.rs);
+    as written in a use tree, only its path before ``{`` counts."""
+    written = module.split("{")[0].rstrip(":").split(" as ")[0]
+    parts = [p for p in written.split("::") if p and p != "*"]
+    if not parts or parts[0] in ("std", "core", "alloc"):
         return []
-    if len(parts) == 1 and module == parts[0]:  # `mod util;`: a file next to this one
-        target = posixpath.join(folder, parts[0])
-        return table.files(target, True) + table.files(target + "/mod", True)
-    if parts[0] in ("std", "core", "alloc"):
-        return []
-    if parts[0] in ("crate", "self", "super"):
-        parts = parts[1:]
-    found = []
-    for length in range(len(parts), 0, -1):  # the longest prefix that names a module file; the rest are items
-        target = "/".join(parts[:length])
-        found = table.files(target, False) + table.files(target + "/mod", False)
-        if found:
-            break
-    return found
+    if len(parts) == 1 and module == parts[0]:  # `mod util;`: a child module (or, in a crate root such as
+        return (_rust_files(table, _rust_children(path), parts, anchored=True)  # src/bin/tool.rs, a sibling)
+                or _rust_files(table, posixpath.dirname(path), parts, anchored=True))
+    base, parts = _rust_start(table, path, parts)
+    for anchored in (True, False) if base is not None else (False,):
+        for length in range(len(parts), 0, -1):  # the longest prefix that names a module file; the rest are items
+            found = _rust_files(table, base, parts[:length], anchored)
+            if found:
+                return found
+    return []
 
 
-def _c(table: PathTable, folder: str, module: str) -> list[str]:
+def _rust_module_files(table: PathTable, path: str, module: str) -> list[str]:
+    """The files of a Rust path that names a module as a whole (``crate::net``), if one does."""
+    parts = [p for p in module.split("::") if p]
+    if not parts or parts[0] in ("std", "core", "alloc"):
+        return []
+    base, parts = _rust_start(table, path, parts)
+    return _rust_files(table, base, parts, anchored=base is not None) if parts else []
+
+
+def _rust_start(table: PathTable, path: str, parts: list[str]) -> tuple[str | None, list[str]]:
+    """The folder a Rust path's first module is in (None: not known) and the rest of the path: ``crate::`` from
+    the crate's root (the nearest folder above holding lib.rs or main.rs), ``self::`` and a path of the file's
+    own child modules from its child modules' folder, each ``super::`` one folder up from there."""
+    if parts[0] == "crate":
+        return _crate_root(table, path), parts[1:]
+    base = _rust_children(path)
+    if parts[0] == "self":
+        return base, parts[1:]
+    while parts and parts[0] == "super":
+        base, parts = posixpath.dirname(base), parts[1:]
+    return base, parts
+
+
+def _rust_children(path: str) -> str:
+    """The folder of a Rust file's child modules: its own for lib.rs, main.rs and mod.rs, else the one named as the
+    file (src/net.rs: src/net/)."""
+    folder, name = posixpath.split(path)
+    return folder if name in ("lib.rs", "main.rs", "mod.rs") else posixpath.join(folder, name.removesuffix(".rs"))
+
+
+def _crate_root(table: PathTable, path: str) -> str | None:
+    folder = posixpath.dirname(path)
+    while True:
+        if any(table.files(posixpath.join(folder, root), True, extension=True) for root in ("lib.rs", "main.rs")):
+            return folder
+        if not folder:
+            return None
+        folder = posixpath.dirname(folder)
+
+
+def _rust_files(table: PathTable, base: str | None, parts: list[str], anchored: bool) -> list[str]:
+    """The file of the module ``parts`` below the folder ``base`` (``anchored``), or anywhere: ``a/b.rs`` or
+    ``a/b/mod.rs``."""
+    target = "/".join(parts)
+    if anchored:
+        target = posixpath.join(base, target) if base else target
+    return [f for f in table.files(target, anchored) + table.files(target + "/mod", anchored) if f.endswith(".rs")]
+
+
+def _c(table: PathTable, path: str, module: str) -> list[str]:
     target = module.strip('<>"').replace("\\", "/")   # `#include "net\socket.h"`: code written on Windows
-    local = _relative(folder, target)
+    local = _relative(posixpath.dirname(path), target)
     nearby = table.files(local, True, extension=True) if local is not None else []
     return nearby or table.files(target, False, extension=True)
 
 
-def _java(table: PathTable, folder: str, module: str) -> list[str]:
+def _java(table: PathTable, path: str, module: str) -> list[str]:
     target = module.replace(".", "/")
     return table.files(target, False) or table.folder(target, False)
 

@@ -62,7 +62,7 @@ MAX_TERMS = 256  # the heaviest identifiers make the query
 
 _PARTIAL_BEFORE = re.compile(r"\w+$")
 _PARTIAL_AFTER = re.compile(r"^\w+")
-_MODULE_BEFORE = re.compile(r"([A-Za-z_]\w*)\.$")
+_MODULE_BEFORE = re.compile(r"([A-Za-z_]\w*)(?:\.|::)$")  # `module.` or Rust's `module::`
 # Names a file binds itself: assignment targets (and keyword arguments), loop variables, `as` names, parameters.
 _ASSIGNED = re.compile(r"\b([A-Za-z_]\w*)\s*(?::=|(?:[-+*/%&|^@]|//|\*\*|>>|<<)?=(?!=))")
 _LOOP_OR_AS = re.compile(r"\b(?:for|as)\s+([A-Za-z_][\w\s,()]*?)\s*(?:\bin\b|:|\)|$)", re.MULTILINE)

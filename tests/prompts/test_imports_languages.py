@@ -194,6 +194,94 @@ def test_go_and_java_files_see_their_own_packages_names_unimported(make_repo, sm
     _comes_first(index, packed, (shop + "pricing/Price.java", "Price"), (shop + "legacy/Price.java", "Price"))
 
 
+# Rust ----------------------------------------------------------------------------------------------------------
+
+def _rust_handlers(count: int) -> dict[str, str]:
+    return {f"src/handlers/h{i}.rs": (
+        f"pub fn handle_order_{i}(total: &str, currency: &str) -> String {{\n"
+        f'    format!("{{}} {{}}", total, currency)\n}}\n\n'
+        f"pub fn price_label_{i}(cents: i64, currency: &str) -> String {{\n"
+        f'    format!("{{:.2}} {{}}", cents as f64 / 100.0, currency)\n}}\n') for i in range(count)}
+
+
+RUST_FORMAT = """use super::Price;
+
+/// Renders a price for display.
+pub fn format_price(price: &Price, locale: &str) -> String {
+    format!("{} {:.2} ({})", price.currency, price.cents as f64 / 100.0, locale)
+}
+
+pub fn parse_price(text: &str) -> Option<i64> {
+    text.trim().parse::<f64>().ok().map(|v| (v * 100.0) as i64)
+}
+"""
+RUST_PRICING = """pub mod format;
+
+pub use format::format_price;
+pub use self::format::{parse_price as parse};
+
+/// An amount of money.
+pub struct Price {
+    pub cents: i64,
+    pub currency: String,
+}
+"""
+RUST_LEGACY = ("pub fn format_price(amount: f64, symbol: &str) -> String {\n"
+               '    format!("{}{:.2}", symbol, amount)\n}\n\npub struct Price {\n    pub amount: f64,\n}\n')
+
+
+def _rust_cart(uses: str, line: str) -> str:
+    return (f"{uses}\n\npub struct Cart {{\n    pub items: Vec<i64>,\n}}\n\nimpl Cart {{\n"
+            f"    pub fn total_label(&self, locale: &str) -> String {{\n"
+            f"        let cents: i64 = self.items.iter().sum();\n        {line}\n    }}\n}}\n")
+
+
+def _rust_repo(pricing: str = RUST_PRICING, pricing_path: str = "src/pricing/mod.rs") -> dict[str, str]:
+    return _rust_handlers(20) | {
+        "Cargo.toml": '[package]\nname = "shop"\n', "src/lib.rs": "pub mod pricing;\npub mod legacy;\npub mod cart;\n",
+        pricing_path: pricing, "src/pricing/format.rs": RUST_FORMAT, "src/legacy/format.rs": RUST_LEGACY}
+
+
+@pytest.mark.parametrize("pricing, pricing_path, uses", [
+    (RUST_PRICING, "src/pricing/mod.rs", "use crate::pricing::{format_price, parse, Price};"),
+    (RUST_PRICING, "src/pricing.rs", "use crate::pricing::{format_price, parse, Price};"),
+    (RUST_PRICING.replace("pub use format::format_price;", "pub use self::format::*;"), "src/pricing/mod.rs",
+     "use crate::pricing::{format_price, parse, Price};"),
+    (RUST_PRICING, "src/pricing/mod.rs", "use crate::pricing::{\n    format::{format_price, parse_price as parse},\n"
+                                         "    Price,\n};"),
+], ids=["pub-use", "pricing.rs", "pub-use-glob", "nested-groups"])
+def test_rust_use_trees_follow_pub_use_reexports(make_repo, smollm2_tokenizer, pricing, pricing_path, uses):
+    """`pub use format::format_price` in pricing/mod.rs re-exports it; the re-export was not followed (a Rust
+    import bound no name), nor a glob re-export, nor a nested group (`{format::{...}, Price}`), and the
+    same-named function of legacy/format.rs came first."""
+    files = _rust_repo(pricing, pricing_path) | {"src/cart.rs": _rust_cart(uses, "format_price(")}
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "src/cart.rs", "format_price(")
+    found = follow_imports(index, "src/cart.rs", "rust", index.imports("src/cart.rs"))
+    assert _definitions(index, found, "format_price") == {("src/pricing/format.rs", "format_price")}
+    assert _definitions(index, found, "parse") == {("src/pricing/format.rs", "parse_price")}
+    assert _definitions(index, found, "Price") == {(pricing_path, "Price")}
+    _comes_first(index, packed, ("src/pricing/format.rs", "format_price"), ("src/legacy/format.rs", "format_price"))
+
+
+def test_rust_paths_resolve_from_the_crate_root_the_file_and_its_parent(make_repo, smollm2_tokenizer):
+    """`self::`, `super::` and `mod m;` were looked up anywhere by their last parts, so legacy/format.rs was as
+    good as pricing/format.rs; in src/pricing.rs `mod format;` is src/pricing/format.rs; `use crate::pricing;`
+    binds a module, and `pricing::` at the cursor lifts it."""
+    files = _rust_repo(pricing_path="src/pricing.rs") | {"src/cart.rs": _rust_cart("use crate::pricing;", "pricing::")}
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "src/cart.rs", "pricing::")
+
+    def resolve(path, module):
+        return module_files(index.paths, path, "rust", module)
+
+    assert resolve("src/pricing.rs", "format") == ["src/pricing/format.rs"]  # (`mod format;`)
+    assert resolve("src/pricing/tax.rs", "super::format") == ["src/pricing/format.rs"]
+    assert resolve("src/pricing.rs", "self::format::format_price") == ["src/pricing/format.rs"]
+    assert resolve("src/cart.rs", "crate::legacy::format") == ["src/legacy/format.rs"]
+    found = follow_imports(index, "src/cart.rs", "rust", index.imports("src/cart.rs"))
+    assert found.modules == {"pricing": ["src/pricing.rs"]}
+    assert packed.chosen[0][0] == "src/pricing.rs"
+
+
 # Java ----------------------------------------------------------------------------------------------------------
 
 def _java_handlers(count: int) -> dict[str, str]:
