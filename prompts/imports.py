@@ -11,7 +11,8 @@ the file only re-exports it (a package's ``__init__.py``: ``from .segment import
 a JavaScript ``index.js``: ``export { Segment } from "./segment"``, a Rust ``pub use``), through that file's own
 imports. A JavaScript default import is the module's ``default`` export (``export default function f``, or
 ``export default f``: f); a Go import binds its package's name. What a file sees without importing it counts as
-imported too: a Go or Java file's own package (its folder).
+imported too: a Go or Java file's own package (its folder), and the source file of a C or C++ header's name,
+which defines what the header declares.
 """
 
 from __future__ import annotations
@@ -192,6 +193,8 @@ def follow_imports(index, path: str, language: str, imports: Iterable[Import]) -
             continue  # a name of this file exported under another: binds nothing here
         files = [f for f in module_files(table, path, language, imported.module) if f != path]
         found.files.update(files)
+        if language in ("c", "cpp"):  # what a header declares, its source file defines
+            found.files.update(source for header in files for source in _sources_of(index, header))
         submodule = [f for f in _submodule_files(table, path, language, imported) if f != path]
         if submodule:  # a module, bound to its own name or an alias
             found.files.update(submodule)
@@ -216,7 +219,7 @@ def follow_imports(index, path: str, language: str, imports: Iterable[Import]) -
 
 def _names(language: str, imported: Import) -> list[tuple[str | None, str | None]]:
     """(name in the module, name bound here) pairs of an import (as ``bindings`` gives it): explicit for Python,
-    JavaScript and Rust, the last part of the path for Java (``a.b.Shape``); a Go package
+    JavaScript and Rust, the last part of the path for Java (``a.b.Shape``, ``a.b.Shape.member``); a Go package
     is bound to its alias or its name."""
     if imported.name == "*":
         return []
@@ -393,9 +396,44 @@ def _c(table: PathTable, path: str, module: str) -> list[str]:
     return nearby or table.files(target, False, extension=True)
 
 
+_C_HEADERS = (".h", ".hh", ".hpp", ".hxx")
+_C_SOURCES = (".c", ".cc", ".cpp", ".cxx")
+
+
+def _sources_of(index, header: str) -> list[str]:
+    """The source files that define what a C or C++ header declares: those named as it (net/socket.h: socket.c,
+    socket.cpp), those of them that include it if any do, and of several the nearest to it in the folder tree."""
+    name = posixpath.basename(header)
+    stem, extension = posixpath.splitext(name)
+    if extension.lower() not in _C_HEADERS:
+        return []
+    sources = [p for p in index.paths.by_stem.get(stem, ()) if posixpath.splitext(p)[1].lower() in _C_SOURCES]
+    sources = [p for p in sources if any(_included_name(i.module) == name for i in index.imports(p))] or sources
+    if len(sources) <= 1:
+        return sources
+    folders = header.split("/")[:-1]
+    shared = [_shared_parts(folders, p.split("/")[:-1]) for p in sources]
+    return [p for p, common in zip(sources, shared) if common == max(shared)]
+
+
+def _included_name(module: str) -> str:
+    return posixpath.basename(module.strip('<>"').replace("\\", "/"))
+
+
+def _shared_parts(a: list[str], b: list[str]) -> int:
+    count = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        count += 1
+    return count
+
+
 def _java(table: PathTable, path: str, module: str) -> list[str]:
     target = module.replace(".", "/")
-    return table.files(target, False) or table.folder(target, False)
+    # a class, a package (`import a.b.*`), or a class whose member is imported (`import static a.b.Util.format`)
+    return table.files(target, False) or table.folder(target, False) or (
+        table.files(posixpath.dirname(target), False) if "/" in target else [])
 
 
 _RESOLVERS = {

@@ -320,3 +320,73 @@ def _java_cart(package: str, imports: str, line: str) -> str:
             f"    public Cart(List<Long> items) {{\n        this.items = items;\n    }}\n\n"
             f"    public String totalLabel(Locale locale) {{\n"
             f"        long cents = items.stream().mapToLong(Long::longValue).sum();\n        {line}\n    }}\n}}\n")
+
+
+def test_a_java_static_import_names_a_member_of_its_class(make_repo, smollm2_tokenizer):
+    """`import static com.acme.shop.pricing.PriceFormatter.format;` named no file (the path ends with a member, not
+    a class), so `format(` found the legacy class's method first."""
+    shop = "src/main/java/com/acme/shop/"
+    files = _java_handlers(20) | {
+        shop + "pricing/PriceFormatter.java": JAVA_FORMATTER, shop + "legacy/PriceFormatter.java": JAVA_LEGACY_FORMATTER,
+        shop + "cart/Cart.java": _java_cart("com.acme.shop.cart",
+                                            "import static com.acme.shop.pricing.PriceFormatter.format;",
+                                            "return format(")}
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, shop + "cart/Cart.java", "return format(")
+    found = follow_imports(index, shop + "cart/Cart.java", "java", index.imports(shop + "cart/Cart.java"))
+    assert _definitions(index, found, "format") >= {(shop + "pricing/PriceFormatter.java", "format")}
+    _comes_first(index, packed, (shop + "pricing/PriceFormatter.java", "format"),
+                 (shop + "legacy/PriceFormatter.java", "format"))
+
+
+# C and C++ -----------------------------------------------------------------------------------------------------
+
+C_HEADER = """#ifndef SHOP_PRICING_H
+#define SHOP_PRICING_H
+
+#include <stddef.h>
+
+typedef struct price {
+    long cents;
+    const char *currency;
+} price_t;
+
+/* Renders a price for display into out; returns the length written. */
+int format_price(const price_t *price, const char *locale, char *out, size_t size);
+
+#endif
+"""
+C_SOURCE = """#include <stdio.h>
+#include "shop/pricing.h"
+
+int format_price(const price_t *price, const char *locale, char *out, size_t size) {
+    (void)locale;
+    return snprintf(out, size, "%s %.2f", price->currency, price->cents / 100.0);
+}
+"""
+C_LEGACY = """#include <stdio.h>
+
+int format_price(double amount, const char *symbol, char *out, size_t size) {
+    return snprintf(out, size, "%s%.2f", symbol, amount);
+}
+"""
+
+
+@pytest.mark.parametrize("extension", ["c", "cpp"])
+def test_a_c_headers_declarations_bring_their_source_files_definitions(make_repo, smollm2_tokenizer, extension):
+    """cart.c includes shop/pricing.h, which declares format_price; its definition is in src/pricing.c, which
+    nothing includes, so a same-named function elsewhere came before it."""
+    handlers = {f"src/handlers/h{i}.{extension}": (
+        f'#include <stdio.h>\n\nint price_label_{i}(long cents, const char *currency, char *out, size_t size) {{\n'
+        f'    return snprintf(out, size, "%.2f %s", cents / 100.0, currency);\n}}\n') for i in range(20)}
+    cart = ('#include <string.h>\n#include "shop/pricing.h"\n\n'
+            "int cart_total_label(const long *items, size_t count, char *out, size_t size) {\n"
+            '    price_t total = {0, "USD"};\n    for (size_t i = 0; i < count; i++) {\n'
+            "        total.cents += items[i];\n    }\n    return format_price(\n}\n")
+    source, legacy, path = f"src/pricing.{extension}", f"src/legacy/format.{extension}", f"src/cart.{extension}"
+    files = handlers | {"include/shop/pricing.h": C_HEADER, source: C_SOURCE, legacy: C_LEGACY,
+                        f"third_party/money/pricing.{extension}": C_LEGACY.replace("stdio.h", "money.h"), path: cart}
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, path, "format_price(")
+    found = follow_imports(index, path, "cpp" if extension == "cpp" else "c", index.imports(path))
+    assert source in found.files and f"third_party/money/pricing.{extension}" not in found.files  # (not including it)
+    _comes_first(index, packed, ("include/shop/pricing.h", "format_price"), (legacy, "format_price"))
+    _comes_first(index, packed, (source, "format_price"), (legacy, "format_price"))
