@@ -164,7 +164,8 @@ def test_a_go_import_binds_its_package_name_or_its_alias(make_repo, smollm2_toke
         "go.mod": "module github.com/acme/shop\n\ngo 1.22\n", "internal/pricing/pricing.go": GO_PRICING,
         "internal/tax/v2/tax.go": "package tax\n\nfunc Rate(region string) float64 {\n\treturn 0.2\n}\n",
         "cmd/shop/main.go": _go_main('\tpr "github.com/acme/shop/internal/pricing"\n'
-                                    '\t"github.com/acme/shop/internal/tax/v2"\n\t. "github.com/acme/shop/internal/store"',
+                                    '\t"github.com/acme/shop/internal/tax/v2"\n'
+                                    '\t. "github.com/acme/shop/internal/store"',
                                     "p := pr.")}
     index, packed = _prompt(make_repo, smollm2_tokenizer, files, "cmd/shop/main.go", "pr.")
     found = follow_imports(index, "cmd/shop/main.go", "go", index.imports("cmd/shop/main.go"))
@@ -307,7 +308,8 @@ public final class PriceFormatter {
 }
 """
 JAVA_PRICE = ("package com.acme.shop.pricing;\n\npublic record Price(long cents, String currency) {\n"
-              "    public Price plus(Price other) {\n        return new Price(cents + other.cents, currency);\n    }\n}\n")
+              "    public Price plus(Price other) {\n"
+              "        return new Price(cents + other.cents, currency);\n    }\n}\n")
 JAVA_LEGACY_PRICE = "package com.acme.shop.legacy;\n\npublic class Price {\n    public double amount;\n}\n"
 JAVA_LEGACY_FORMATTER = ("package com.acme.shop.legacy;\n\npublic class PriceFormatter {\n"
                          "    public static String format(double amount, String symbol) {\n"
@@ -327,7 +329,8 @@ def test_a_java_static_import_names_a_member_of_its_class(make_repo, smollm2_tok
     a class), so `format(` found the legacy class's method first."""
     shop = "src/main/java/com/acme/shop/"
     files = _java_handlers(20) | {
-        shop + "pricing/PriceFormatter.java": JAVA_FORMATTER, shop + "legacy/PriceFormatter.java": JAVA_LEGACY_FORMATTER,
+        shop + "pricing/PriceFormatter.java": JAVA_FORMATTER,
+        shop + "legacy/PriceFormatter.java": JAVA_LEGACY_FORMATTER,
         shop + "cart/Cart.java": _java_cart("com.acme.shop.cart",
                                             "import static com.acme.shop.pricing.PriceFormatter.format;",
                                             "return format(")}
