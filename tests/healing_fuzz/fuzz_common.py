@@ -29,7 +29,7 @@ def arguments(cases: int, which: list[str] | None = None):
 
 def scratch_folder() -> Path:
     """A fresh folder for this run's repository, index cache or model, removed when the script exits (mkdtemp's
-    were left in /tmp: a `tmpXXXX/repo`, `tmpXXXX/index-v6` and one per tokenizer, every run)."""
+    were left in /tmp: a `tmpXXXX/repo`, `tmpXXXX/index-v7` and one per tokenizer, every run)."""
     folder = Path(tempfile.mkdtemp(prefix="healing-fuzz-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return folder
