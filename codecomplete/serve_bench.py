@@ -283,7 +283,8 @@ def markdown(report: dict) -> str:
              f"{report['server']['prompt_budget']:,} tokens; typing `{report['function']}` in `{report['file']}` "
              f"({report['repo']}), {report['chars_per_request']} characters per request, {report['max_tokens']} new "
              f"tokens each (greedy; samplers {', '.join(report.get('samplers', LLAMA_VIM_SAMPLERS))})"
-             f"{', --cache-reuse ' + str(report['server']['cache_reuse']) if report['server'].get('cache_reuse') else ''}. "
+             f"{', --cache-reuse ' + str(report['server']['cache_reuse']) if report['server'].get('cache_reuse') else ''}"
+             f"{'' if report['server'].get('cache_ram') is None else ', --cache-ram ' + str(report['server']['cache_ram'])}. "
              f"Python {report['machine']['python']}, torch {report['machine'].get('torch')}. "
              f"Load average at start {report['machine']['load_average_start']}, at end "
              f"{report['machine']['load_average_end']}: other work on the machine slows every number here." +
@@ -381,6 +382,8 @@ def parse_args(argv):
                              "threshold drops their near-uniform candidates and ends each answer at once)")
     parser.add_argument("--cache-reuse", type=_whole_number(0), default=0, metavar="N",
                         help="the server's --cache-reuse (llama.cpp's; default: 0, off)")
+    parser.add_argument("--cache-ram", type=_whole_number(-1), default=None, metavar="MIB",
+                        help="the server's --cache-ram (its prompt cache; default: the server's default)")
     parser.add_argument("--out", type=Path, help="NAME for NAME.json and NAME.md (default: bench/scratch/serve-DEVICE)")
     args = parser.parse_args(argv)
     for option, path in (("--file", args.file), ("--other-file", args.other_file),
@@ -416,7 +419,8 @@ def main(argv=None) -> int:
         print(f"starting the server ({' '.join(options) or 'default model'}) …", file=sys.stderr, flush=True)
         try:
             server = ServerProcess(command, repo, env, Path(folder), *options, "--max-tokens", str(args.max_tokens),
-                                   "--cache-reuse", str(args.cache_reuse))
+                                   "--cache-reuse", str(args.cache_reuse),
+                                   *(["--cache-ram", str(args.cache_ram)] if args.cache_ram is not None else []))
         except RuntimeError as exc:     # a bad --model or --device: the server's own one-line error ends its log
             reason = re.sub(r"^the server exited with \d+: ", "", str(exc).strip().splitlines()[-1])
             print(f"python -m codecomplete.serve_bench: the server did not start: {reason}", file=sys.stderr)
@@ -457,7 +461,7 @@ def main(argv=None) -> int:
               "machine": {**machine(info), "load_average_start": load_at_start,
                           "load_average_end": list(os.getloadavg())},
               "server": {**{key: info[key] for key in ("engine", "prompt_budget", "version")},
-                         "cache_reuse": args.cache_reuse},
+                         "cache_reuse": args.cache_reuse, "cache_ram": args.cache_ram},
               "repo": repo.name, "file": args.file, "other_file": args.other_file, "function": args.function,
               "chars_per_request": args.chars,
               "environment": {k: v for k, v in os.environ.items()     # the switches the server ran with

@@ -16,7 +16,7 @@ CONTEXT=${CONTEXT:-8192}
 MAX_TOKENS=${MAX_TOKENS:-32}
 REQUESTS=${REQUESTS:-40}
 REPO=${REPO:-.}      # the repository served and typed in (another: a frozen text, the same workload for two trees)
-# CACHE_REUSE: the server's --cache-reuse (0); ONE_SHOT: one-shot runs (1); NAME: a suffix for the output files
+# CACHE_REUSE: the server's --cache-reuse (0); CACHE_RAM: its --cache-ram (its default); ONE_SHOT: one-shot runs (1); NAME: a suffix for the output files
 # The wheels go outside the repository: the server indexes the repository, and 600 vendored files in it made
 # every prompt rank a larger index (Runs 8-11 and the first of Run 12 served them; bench/results/NOTES.md).
 SITE=${SITE:-/tmp/codecomplete-site}
@@ -35,4 +35,4 @@ nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader 2>/de
 # times infill itself).
 python3 -m codecomplete.serve_bench --repo "$REPO" --model "$MODEL" --context-tokens "$CONTEXT" --max-tokens "$MAX_TOKENS" \
   --samplers "${SAMPLERS:-top_k,top_p,temperature}" --requests "$REQUESTS" --one-shot "${ONE_SHOT:-1}" --more-cold prompts/packing.py codecomplete/server/llama_cpp.py \
-  --cache-reuse "${CACHE_REUSE:-0}" --out "$OUT/serve-h200${NAME:-}" 2> "$OUT/serve-h200${NAME:-}.log" | tail -n 12
+  --cache-reuse "${CACHE_REUSE:-0}" ${CACHE_RAM:+--cache-ram "$CACHE_RAM"} --out "$OUT/serve-h200${NAME:-}" 2> "$OUT/serve-h200${NAME:-}.log" | tail -n 12
