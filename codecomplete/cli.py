@@ -196,7 +196,8 @@ def build_serve_parser() -> argparse.ArgumentParser:
     requests.add_argument("--cache-ram", type=_whole_number(-1, 2 ** 31 - 1), default=DEFAULT_CACHE_RAM_MIB,
                           metavar="MIB",
                           help="llama.cpp's prompt cache: a request that shares little with the last prompt saves that "
-                               "prompt's KV cache in host memory, and takes back the saved prompt that serves it best "
+                               "prompt's KV cache (in host memory; on a GPU in its own memory, at most what it has "
+                               "free), and takes back the saved prompt that serves it best "
                                "(chat between inline completions, another file); at most MIB MiB, the oldest going "
                                f"first (default: {DEFAULT_CACHE_RAM_MIB}, llama.cpp's; -1: no limit; 0: off)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")

@@ -65,7 +65,7 @@ TILE_ROWS = 64
 # of the CodeLlama-7B shape took 45-77 ms of the server's time to first token, the replayed steps 21-28 ms
 # (bench/results/h200-run6/serve/). Without graphs (a CPU) a step costs what a short prefill does: only one token.
 GRAPHED_TAIL = 4
-SAVED_PROMPT_HEADROOM = 4 << 30   # device memory a saved prompt leaves free (prefill's activations, logits, graphs)
+SAVED_PROMPT_HEADROOM = 4 << 30   # GPU memory saved prompts leave free (prefill's activations, logits, graphs)
 # Prefill spans on CUDA snap to multiples of this many tokens: the start down (re-prefilling up to 127 cached
 # tokens), the end up (pad tokens after the prompt). Every new prefill length cost a first-call setup that nearly
 # every request paid, prompts differing in length: cuDNN builds an attention plan per (new tokens, keys) shape, and
@@ -289,7 +289,7 @@ class Engine:
         self.release_graphs()
         self.model.free_caches()
         self._cache_rows = 0
-        self._cached_ids = []
+        self.clear_prefix_cache()
 
     def clear_prefix_cache(self) -> None:
         """Forget which tokens the KV cache holds, and every saved prompt: the next request prefills its whole
@@ -299,17 +299,25 @@ class Engine:
             self.prompt_store.saved.clear()
 
     def keep_prompts(self, limit_mib: int) -> None:
-        """Keep earlier prompts' K/V in host memory, up to `limit_mib` MiB (-1: no limit, 0: none), for requests
-        that share little with the last one: llama.cpp's prompt cache (`--cache-ram`, models/prompt_store.py)."""
+        """Keep earlier prompts' K/V, up to `limit_mib` MiB (-1: no limit, 0: none), for requests that share little
+        with the last one: llama.cpp's prompt cache (`--cache-ram`, models/prompt_store.py); in host memory on a CPU,
+        in the GPU's own memory on a GPU."""
         if limit_mib < -1:
             raise ValueError(f"the prompt cache's limit must be -1 (none), 0 (off) or a number of MiB, got {limit_mib}")
-        self.prompt_store = None if limit_mib == 0 else PromptStore(None if limit_mib < 0 else limit_mib << 20)
+        limit = None if limit_mib < 0 else limit_mib << 20
+        if self._device.type == "cuda" and limit_mib:
+            # Saved prompts stay in the GPU's memory (models/prompt_store.py: why): at most what it has free now
+            # beside the headroom a prefill needs, in whole GiB (so that the ranks of a tensor-parallel model, whose
+            # GPUs hold the same, agree on it: each decides alone which prompts to keep).
+            room = max(0, torch.cuda.mem_get_info(self._device)[0] - SAVED_PROMPT_HEADROOM) >> 30 << 30
+            limit = room if limit is None else min(limit, room)
+        self.prompt_store = None if limit_mib == 0 else PromptStore(limit)
 
     def _ensure_rows(self, batch: int) -> None:
         """A KV cache with at least `batch` rows of context_length tokens."""
         if self._cache_rows < batch:
             self._steps.clear()
-            self._cached_ids = []
+            self.clear_prefix_cache()       # (saved prompts too: on a GPU their memory may be what the rows need)
             self._cache_rows = 0
             self.model.setup_caches(batch, self.context_length, self.name, quant=self._quant)
             self._cache_rows = batch
@@ -659,13 +667,15 @@ class Engine:
         return common_run(cached, 0, prompt, 0, len(prompt) - 1)
 
     def _switch_prompt(self, cached: list[int], prompt: list[int]) -> tuple[list[int], int]:
-        """llama.cpp's prompt cache (models/prompt_store.py): cache row 0's prompt `cached` saved to host memory, and
-        the saved prompt that serves `prompt` better, if one does, copied back into the row. Returns the tokens the
-        row then holds, and how many of them were copied back."""
+        """llama.cpp's prompt cache (models/prompt_store.py): cache row 0's prompt `cached` saved (on a GPU, unless
+        it alone is past the limit), and the saved prompt that serves `prompt` better, if one does, copied back into
+        the row. Returns the tokens the row then holds, and how many of them were copied back."""
         store = self.prompt_store
-        if not store.holds(cached):
-            caches = [layer.attention.kv_cache for layer in self.model.layers]
-            place = self._saved_prompt_place(len(cached) * sum(cache.bytes_per_token() for cache in caches))
+        caches = [layer.attention.kv_cache for layer in self.model.layers]
+        nbytes = len(cached) * sum(cache.bytes_per_token() for cache in caches)
+        fits = self._device.type != "cuda" or nbytes <= store.limit_bytes
+        if fits and not store.holds(cached):
+            place = self._saved_prompt_place()
             store.add(SavedPrompt(cached, [cache.saved(0, len(cached), place) for cache in caches],
                                   self._approximate_from))
         best = store.take_best(cached, prompt)
@@ -676,13 +686,10 @@ class Engine:
         self._approximate_from = best.approximate_from
         return best.tokens, len(best.tokens)
 
-    def _saved_prompt_place(self, nbytes: int) -> torch.device:
-        """Where a saved prompt of `nbytes` goes: the GPU's own memory while it has room beside the headroom a
-        prefill needs (a copy within it runs at HBM speed, one to host memory at PCIe speed), else host memory, as
-        llama.cpp keeps it."""
-        if self._device.type == "cuda" and torch.cuda.mem_get_info(self._device)[0] > nbytes + SAVED_PROMPT_HEADROOM:
-            return self._device
-        return torch.device("cpu")
+    def _saved_prompt_place(self) -> torch.device:
+        """Where saved prompts are kept: the engine's device (host memory on a CPU, as llama.cpp keeps them; a GPU's
+        own memory on a GPU, models/prompt_store.py says why)."""
+        return self._device
 
     def _move_reusable_runs(self, cached: list[int], prompt: list[int], start: int, min_run: int) -> int:
         """llama.cpp's cache reuse in cache row 0 (models/cache_reuse.py): after the prefix `start`, the runs of at

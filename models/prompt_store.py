@@ -6,14 +6,17 @@ would prefill each from nothing whenever the other came between. llama.cpp's ser
 `prompt_save` and `prompt_load`, `server_prompt_cache`) keeps them: when a request shares too little with the
 cached prompt (its common prefix is at most a tenth of the request, or less than half of the cached prompt), the
 cached prompt's K/V are copied to host memory, and the saved prompt that serves the request best is copied back into
-the row. Exact: the restored K/V are the bytes the row held.
+the row. Exact: the restored K/V are the bytes the row held. On a GPU the copies stay in its own memory: on an H200,
+copying a CodeLlama-7B prompt's K/V to host memory and back took 12-15x longer than prefilling it again, within the
+GPU 4x shorter (bench/results/NOTES.md, Run 34).
 
 The rules are llama.cpp's, here for its one slot:
 - a save is skipped where a saved prompt already holds the whole cached one; saved prompts that the cached one
   holds whole are dropped;
 - a saved prompt is taken back when it keeps at least a quarter of itself for the request and beats the cached
   prompt both in the share of itself kept and in the share of the request it covers; it leaves the store then;
-- past the memory limit the oldest saved prompts go, the newest always stays.
+- past the memory limit the oldest saved prompts go, the newest always stays (on a GPU, one larger than the limit is
+  not saved: the limit is what its memory has room for).
 """
 
 from __future__ import annotations
@@ -61,11 +64,12 @@ class PromptStore:
         return any(common_run(s.tokens, 0, tokens, 0, len(tokens)) == len(tokens) for s in self.saved)
 
     def add(self, prompt: SavedPrompt) -> None:
-        """Keep `prompt`, dropping the saved ones it holds whole, then the oldest beyond the limit."""
+        """Keep `prompt`, dropping the saved ones it holds whole, and first the oldest that would leave it past the
+        limit (a prompt larger than the limit alone stays, as in llama.cpp)."""
         self.saved = [s for s in self.saved if common_run(s.tokens, 0, prompt.tokens, 0, len(s.tokens)) < len(s.tokens)]
-        self.saved.append(prompt)
-        while self.limit_bytes is not None and len(self.saved) > 1 and self.nbytes > self.limit_bytes:
+        while self.saved and self.limit_bytes is not None and self.nbytes + prompt.nbytes > self.limit_bytes:
             self.saved.pop(0)
+        self.saved.append(prompt)
 
     def take_best(self, cached: list[int], prompt: list[int]) -> SavedPrompt | None:
         """The saved prompt that serves `prompt` better than `cached` does (removed from the store), or None."""

@@ -4,7 +4,7 @@ between costs, prefilled again or taken back from a saved copy in host memory or
 For each shape (random weights, bf16, flash) and prompt length: request A (an inline completion's prompt), then B
 (a chat's, sharing nothing with A), then A plus one token. Three ways, interleaved per round: no prompt cache (A is
 prefilled again), saved prompts in host memory (llama.cpp's place), saved prompts in device memory (the engine's
-choice while the GPU has room). Medians of the rounds' times to first token for B (which pays for saving A) and
+place on a GPU). Medians of the rounds' times to first token for B (which pays for saving A) and
 for A again (which restores it), after a warm-up round.
 
     PYTHONPATH=. python bench/gpu/prompt_cache_check.py [--tokenizer .gpu/tokenizer] [--out FILE.json]
@@ -45,7 +45,7 @@ def measure(shape: str, lengths: list[int], rounds: int, tokenizer) -> list[dict
         for round_ in range(rounds + 1):          # the first round warms the compiled spans
             for way in WAYS:
                 engine.keep_prompts(0 if way == "prefill" else -1)
-                engine._saved_prompt_place = (lambda n: torch.device("cpu")) if way == "host" else place
+                engine._saved_prompt_place = (lambda: torch.device("cpu")) if way == "host" else place
                 engine.clear_prefix_cache()
                 engine.generate(a, one)
                 torch.cuda.synchronize()

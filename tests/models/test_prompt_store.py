@@ -181,3 +181,41 @@ def test_a_batch_neither_saves_nor_restores(engine):
         assert all(r.timings.restored_tokens == 0 for r in results) and engine.prompt_store.saved == []
     finally:
         engine.keep_prompts(0)
+
+
+class FakeGpu:
+    type = "cuda"
+
+
+def test_on_a_gpu_the_limit_is_at_most_the_whole_gib_free_beside_the_headroom(engine, monkeypatch):
+    from models.engine import SAVED_PROMPT_HEADROOM
+    free = SAVED_PROMPT_HEADROOM + (10 << 30) + (300 << 20)
+    monkeypatch.setattr(engine, "_device", FakeGpu())
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free, 2 * free))
+    try:
+        engine.keep_prompts(-1)
+        assert engine.prompt_store.limit_bytes == 10 << 30
+        engine.keep_prompts(8192)
+        assert engine.prompt_store.limit_bytes == 8 << 30
+        free = 100 << 20
+        engine.keep_prompts(8192)
+        assert engine.prompt_store.limit_bytes == 0
+    finally:
+        engine.keep_prompts(0)
+
+
+def test_on_a_gpu_a_prompt_larger_than_the_limit_is_not_saved(engine, monkeypatch):
+    """(On a CPU llama.cpp's rule keeps it all the same: the newest always stays.)"""
+    fim, chat = prompts(engine, seed=5)
+    engine.keep_prompts(1)
+    try:
+        engine.prompt_store.limit_bytes = 10
+        engine.clear_prefix_cache()
+        engine.generate(fim, PROBE)
+        monkeypatch.setattr(engine, "_device", FakeGpu())
+        assert engine._switch_prompt(fim, chat) == (fim, 0) and engine.prompt_store.saved == []
+        monkeypatch.undo()
+        engine.generate(chat, PROBE)
+        assert [s.tokens[:len(fim)] for s in engine.prompt_store.saved] == [fim]
+    finally:
+        engine.keep_prompts(0)
