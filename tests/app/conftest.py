@@ -152,6 +152,29 @@ def server(script, cli_env, served_repo, tmp_path_factory):
     assert contents(served_repo) == before      # nothing written (tests that edit files put them back)
 
 
+@pytest.fixture
+def serve_options(served_repo, monkeypatch):
+    """What `codecomplete serve REPO ARGS...` hands the Server it builds (options by name), read where the server
+    would start: no model loaded beyond the test engine's, no port taken, no warm-up run."""
+    from codecomplete.cli import build_serve_parser
+    from codecomplete.server import serve
+
+    class Built(Exception):
+        pass
+
+    def server(session, **options):
+        raise Built(options)
+    monkeypatch.setattr(serve, "Server", server)
+    monkeypatch.setattr(serve, "PromptWarmer", lambda *args, **kwargs: None)
+
+    def options(*args: str) -> dict:
+        with pytest.raises(Built) as built:
+            serve.run_serve(build_serve_parser().parse_args(
+                [str(served_repo), "--port", "0", "--device", "cpu", *args]))
+        return built.value.args[0]
+    return options
+
+
 def contents(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 

@@ -148,21 +148,8 @@ def test_a_bad_n_cache_reuse_is_a_400_naming_it(reuse_server, value):
     assert reuse_server.post("/completion", json={"prompt": "x", "n_predict": 1}).status_code == 200
 
 
-def test_serve_hands_its_cache_reuse_to_the_server(served_repo, monkeypatch):
-    from codecomplete.cli import build_serve_parser
-    from codecomplete.server import serve
-
-    class Built(Exception):
-        pass
-
-    def server(session, **options):
-        raise Built(options)
-    monkeypatch.setattr(serve, "Server", server)
-    monkeypatch.setattr(serve, "PromptWarmer", lambda *args, **kwargs: None)
-    with pytest.raises(Built) as built:
-        serve.run_serve(build_serve_parser().parse_args(
-            [str(served_repo), "--port", "0", "--device", "cpu", "--cache-reuse", "256"]))
-    assert built.value.args[0]["cache_reuse"] == 256
+def test_serve_hands_its_cache_reuse_to_the_server(serve_options):
+    assert serve_options("--cache-reuse", "256")["cache_reuse"] == 256
 
 
 @pytest.mark.parametrize("value", ["-1", "x"])

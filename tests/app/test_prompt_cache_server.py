@@ -56,24 +56,13 @@ def test_without_the_prompt_cache_the_chat_request_costs_the_prompt(engine, serv
     assert again["cache_n"] < first["prompt_n"] // 4, (first, again)
 
 
-def test_serve_keeps_prompts_after_its_warm_up(served_repo, monkeypatch):
+def test_serve_keeps_prompts_after_its_warm_up(serve_options, monkeypatch):
     """`serve --cache-ram` reaches the engine on its own thread, after the warm-up's filler prompts."""
-    from codecomplete.cli import build_serve_parser
     from codecomplete.server import serve
 
-    class Built(Exception):
-        pass
-
-    def server(session, **options):
-        raise Built(options)
-    monkeypatch.setattr(serve, "Server", server)
-    monkeypatch.setattr(serve, "PromptWarmer", lambda *args, **kwargs: None)
     monkeypatch.setattr(serve, "_warm_up", lambda session, budget, warmer, cache_ram_mib: cache_ram_mib)
     for given, expected in (([], 8192), (["--cache-ram", "-1"], -1), (["--cache-ram", "0"], 0)):
-        with pytest.raises(Built) as built:
-            serve.run_serve(build_serve_parser().parse_args(
-                [str(served_repo), "--port", "0", "--device", "cpu", *given]))
-        assert built.value.args[0]["warm_up"]() == expected
+        assert serve_options(*given)["warm_up"]() == expected
 
 
 @pytest.mark.parametrize("value", ["-2", "x", "1.5"])
