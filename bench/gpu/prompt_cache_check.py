@@ -8,6 +8,7 @@ place on a GPU). Medians of the rounds' times to first token for B (which pays f
 for A again (which restores it), after a warm-up round.
 
     PYTHONPATH=. python bench/gpu/prompt_cache_check.py [--tokenizer .gpu/tokenizer] [--out FILE.json]
+    (on a CPU: --device cpu --shapes SmolLM2-135M --lengths 1024 --tokenizer the embedded model's folder)
 """
 from __future__ import annotations
 
@@ -28,9 +29,11 @@ from models.llama import build_random_model  # noqa: E402
 WAYS = ("prefill", "host", "device")
 
 
-def measure(shape: str, lengths: list[int], rounds: int, tokenizer) -> list[dict]:
-    model = build_random_model(shape, device="cuda", dtype=torch.bfloat16, max_len=16384)
+def measure(shape: str, lengths: list[int], rounds: int, tokenizer, device: str = "cuda") -> list[dict]:
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = build_random_model(shape, device=device, dtype=dtype, max_len=16384)
     engine = Engine(model, tokenizer, name=f"{shape} (random)", context_length=16384, cuda_graphs=False)
+    synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     engine.compile_prefill = engine.prefill_compilable
     place = engine._saved_prompt_place
     vocab = model.config.vocab_size
@@ -48,11 +51,11 @@ def measure(shape: str, lengths: list[int], rounds: int, tokenizer) -> list[dict
                 engine._saved_prompt_place = (lambda: torch.device("cpu")) if way == "host" else place
                 engine.clear_prefix_cache()
                 engine.generate(a, one)
-                torch.cuda.synchronize()
+                synchronize()
                 second = engine.generate(b, one)
-                torch.cuda.synchronize()
+                synchronize()
                 third = engine.generate(a + [5], one)
-                torch.cuda.synchronize()
+                synchronize()
                 if round_:
                     times[way]["b"].append(second.timings.ttft_ms)
                     times[way]["a_again"].append(third.timings.ttft_ms)
@@ -67,7 +70,8 @@ def measure(shape: str, lengths: list[int], rounds: int, tokenizer) -> list[dict
                          "a_again_all": [round(t, 2) for t in times[way]["a_again"]], **counts[way]})
     engine.keep_prompts(0)
     del engine, model
-    torch.cuda.empty_cache()
+    if device == "cuda":
+        torch.cuda.empty_cache()
     return rows
 
 
@@ -77,13 +81,18 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--shapes", default="CodeLlama-7B,CodeLlama-34B")
     parser.add_argument("--lengths", default="2048,8192")
+    parser.add_argument("--device", default="cuda", help="cuda, or cpu (the host and device ways are one there)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     from models.loading.hf import load_tokenizer
     tokenizer = load_tokenizer(args.tokenizer)
     lengths = [int(n) for n in args.lengths.split(",")]
-    rows = [row for shape in args.shapes.split(",") for row in measure(shape, lengths, args.rounds, tokenizer)]
-    report = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}
+    if args.device == "cpu":
+        torch.set_num_threads(1)
+    rows = [row for shape in args.shapes.split(",")
+            for row in measure(shape, lengths, args.rounds, tokenizer, args.device)]
+    report = {"gpu": torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({args.device}, 1 thread)",
+              "torch": torch.__version__, "rows": rows}
     if args.out:
         args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"{report['gpu']}, torch {report['torch']}; medians of {args.rounds} rounds, ms to the first token")
