@@ -699,6 +699,19 @@ class Engine:
         apply_moves(self.model, 0, moves)
         return reused_end(start, moves)
 
+    @on_its_device
+    def warm_speculation(self) -> bool:
+        """Build the step that verifies drafts (compiled, its graph captured) before a request needs it: the first
+        request whose text repeats its prompt (a newline and an indentation it already holds) otherwise paid for
+        that inside its decode, 2.2-7.1 s on an H200 (bench/results/NOTES.md, Run 34). Only with graphs, where every
+        verification has the one width, 1 + depth (without them a step costs no setup). Returns whether it did."""
+        if not (self.speculate and self._graphs_enabled):
+            return False
+        width = 1 + self.speculate
+        self.make_decode_step(1, max(width, min(self.context_length, 2 * TILE_ROWS)), width)()
+        self._cached_ids = []                   # (it wrote K/V past the cached prompt's slots: no longer known)
+        return True
+
     # ---- benchmarking ------------------------------------------------------------------------
 
     @on_its_device

@@ -224,6 +224,8 @@ def _warm_up(session, budget: int, warmer: PromptWarmer | None, cache_ram_mib: i
     session.raw("def main():", sampling=Sampling(max_tokens=4)).run()
     done = ["the decode step"]
     engine = session.engine
+    if engine.warm_speculation():
+        done.append("the step that verifies drafts")
     engine.compile_prefill = engine.prefill_compilable      # worth its compilation in a long-lived process
     if engine.compile_prefill:
         done.append("the compiled prefill")

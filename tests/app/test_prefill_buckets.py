@@ -166,3 +166,25 @@ def test_the_compiled_prefill_is_the_servers_choice_and_needs_compiled_decoding(
     engine = make_engine(BUCKET)
     assert engine.compile_prefill is False              # one-shot commands: not worth its compilation
     assert engine.prefill_compilable is False           # a CPU engine: no CUDA graphs, no compiled decode step
+
+
+def test_warm_speculation_builds_the_one_verify_step_graphs_use_and_forgets_the_cache(monkeypatch):
+    """With graphs every verification has the width 1 + depth (drafts padded): the warm-up builds that step, as
+    the first request whose text repeats its prompt would otherwise, inside its decode."""
+    engine = make_engine(BUCKET)
+    engine.speculate = 0
+    monkeypatch.setattr(engine, "_graphs_enabled", True)
+    assert not engine.warm_speculation()                            # no speculation: nothing to build
+    monkeypatch.undo()
+    engine.speculate = 4
+    assert not engine.warm_speculation()                            # a CPU: no graphs, no setup to pay ahead
+    ids = prompt(30, seed=4)
+    engine.generate(ids, GenerationConfig(max_new_tokens=2))
+    built = []
+    monkeypatch.setattr(engine, "_graphs_enabled", True)
+    monkeypatch.setattr(engine, "make_decode_step",
+                        lambda batch, context, width: lambda: built.append((batch, context, width)))
+    assert engine.warm_speculation()
+    assert built == [(1, min(engine.context_length, 128), 1 + engine.speculate)]
+    monkeypatch.undo()
+    assert engine.generate(ids, GenerationConfig(max_new_tokens=2)).reused_prefix_tokens == 0
