@@ -217,8 +217,8 @@ def _warm_up(session, budget: int, warmer: PromptWarmer | None, cache_ram_mib: i
     """Before serving, so that first requests do not pay for one-time setup: one short generation (compiling and
     capturing the decode step), one prefill of each span that prompts of about the server's size take (on CUDA:
     compiling prefill's dense parts where the engine can, and each span's kernels and attention plan), and the
-    prompt caches for a few seconds at most; the prompt cache in host memory (--cache-ram) starts after the warm-up
-    spans, so that it keeps the warmed files' prompts but none of the spans' filler. Returns what it did, for the
+    prompt caches for a few seconds at most (prompt building only: no model call). The KV prompt cache (--cache-ram)
+    starts after the warm-up's generations, so that it saves none of their filler. Returns what it did, for the
     log."""
     started = time.perf_counter()
     session.raw("def main():", sampling=Sampling(max_tokens=4)).run()
