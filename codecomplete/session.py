@@ -22,6 +22,7 @@ from . import engines
 
 UNTITLED = "untitled"   # the current file of an infill request that does not name one
 RECHECKS = 3            # prompts built again, at most, for context files that changed meanwhile
+STICKY_FILES = 8        # files whose last sticky prompt is kept where the engine keeps earlier prompts' K/V too
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,8 @@ class Session:
         self.engine = engine
         self.context_tokens = context_tokens     # the prompt budget asked for (None: what fits the engine)
         self._index = FreshIndex(index) if index is not None else None
-        self._last: dict[str, object] = {}       # path -> its last sticky completion prompt (prompts.PackedPrompt)
+        self._last: dict[str, object] = {}       # path -> its last sticky completion prompt (prompts.PackedPrompt),
+                                                 # the most recent last
         self._tidy_until = 0                     # the index's walk that idle upkeep goes on to the end of
 
     @property
@@ -118,8 +120,18 @@ class Session:
         if not self._heals(packed, sampling):
             packed = self._current(lambda index: build(index, heal=False), path)
         if sticky:
-            self._last = {path: packed}   # (the last file's only: its prompt is what the KV cache holds)
+            self._remember(path, packed)
         return self._generation(packed, sampling)
+
+    def _remember(self, path: str, packed) -> None:
+        """Keep `packed` as `path`'s sticky prompt. Without an engine prompt cache only the last file's: its prompt
+        is what the KV cache holds. With one (models/prompt_store.py) the last few files': a request back in one
+        of them builds the prompt the cache saved for it (its chunks, its anchor), so the saved K/V serve it."""
+        self._last.pop(path, None)
+        self._last[path] = packed
+        keep = STICKY_FILES if getattr(self.engine, "prompt_store", None) is not None else 1
+        for old in list(self._last)[:-keep]:
+            del self._last[old]
 
     def infill(self, prefix: str, suffix: str, *, path: str | None = None, extra: Sequence[tuple[str, str]] = (),
                sampling: Sampling, budget: int | None = None) -> Generation:
