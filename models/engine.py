@@ -668,17 +668,24 @@ class Engine:
 
     def _switch_prompt(self, cached: list[int], prompt: list[int]) -> tuple[list[int], int]:
         """llama.cpp's prompt cache (models/prompt_store.py): cache row 0's prompt `cached` saved (on a GPU, unless
-        it alone is past the limit), and the saved prompt that serves `prompt` better, if one does, copied back into
-        the row. Returns the tokens the row then holds, and how many of them were copied back."""
+        it and the prompt taken back are past the limit), and the saved prompt that serves `prompt` better, if one
+        does, copied back into the row. Returns the tokens the row then holds, and how many of them were copied
+        back."""
         store = self.prompt_store
         caches = [layer.attention.kv_cache for layer in self.model.layers]
         nbytes = len(cached) * sum(cache.bytes_per_token() for cache in caches)
-        fits = self._device.type != "cuda" or nbytes <= store.limit_bytes
-        if fits and not store.holds(cached):
-            place = self._saved_prompt_place()
-            store.add(SavedPrompt(cached, [cache.saved(0, len(cached), place) for cache in caches],
-                                  self._approximate_from))
+        on_gpu = self._device.type == "cuda"
+        held_whole = store.holds(cached)        # (by any saved prompt, the one taken back too, as llama.cpp checks)
+        # Taken back before the save, which may drop the oldest saved prompts: llama.cpp drops them only after
+        # the load (the cached prompt itself never serves the request better than it does, saved or not).
         best = store.take_best(cached, prompt)
+        held = best.nbytes if on_gpu and best is not None else 0   # (on a GPU alive beside the copy: the peak)
+        if not held_whole and (not on_gpu or nbytes + held <= store.limit_bytes):
+            place, approximate_from = self._saved_prompt_place(), self._approximate_from
+            store.add(cached, nbytes,
+                      lambda: SavedPrompt(cached, [cache.saved(0, len(cached), place) for cache in caches],
+                                          approximate_from),
+                      held)
         if best is None:
             return cached, 0
         for layer, tensors in zip(self.model.layers, best.layers):

@@ -15,12 +15,14 @@ The rules are llama.cpp's, here for its one slot:
   holds whole are dropped;
 - a saved prompt is taken back when it keeps at least a quarter of itself for the request and beats the cached
   prompt both in the share of itself kept and in the share of the request it covers; it leaves the store then;
-- past the memory limit the oldest saved prompts go, the newest always stays (on a GPU, one larger than the limit is
-  not saved: the limit is what its memory has room for).
+- past the memory limit the oldest saved prompts go, after the one taken back left (the oldest may be the one the
+  request wants), the newest always stays (on a GPU, one larger than the limit is not saved: the limit is what its
+  memory has room for, and the one taken back counts there until it is restored).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -63,13 +65,15 @@ class PromptStore:
         """Whether a saved prompt begins with all of `tokens` (saving them again would add nothing)."""
         return any(common_run(s.tokens, 0, tokens, 0, len(tokens)) == len(tokens) for s in self.saved)
 
-    def add(self, prompt: SavedPrompt) -> None:
-        """Keep `prompt`, dropping the saved ones it holds whole, and first the oldest that would leave it past the
-        limit (a prompt larger than the limit alone stays, as in llama.cpp)."""
-        self.saved = [s for s in self.saved if common_run(s.tokens, 0, prompt.tokens, 0, len(s.tokens)) < len(s.tokens)]
-        while self.saved and self.limit_bytes is not None and self.nbytes + prompt.nbytes > self.limit_bytes:
+    def add(self, tokens: list[int], nbytes: int, copy: Callable[[], SavedPrompt], held: int = 0) -> None:
+        """Keep the prompt `tokens`, whose K/V (`nbytes`) `copy` returns, dropping the saved ones it holds whole,
+        and first the oldest that would leave it past the limit, with `held` bytes (a saved prompt taken back and
+        not yet restored) still alive meanwhile: the copy is made once there is room for it, so the limit bounds
+        the peak. A prompt larger than the limit alone stays, as in llama.cpp."""
+        self.saved = [s for s in self.saved if common_run(s.tokens, 0, tokens, 0, len(s.tokens)) < len(s.tokens)]
+        while self.saved and self.limit_bytes is not None and self.nbytes + nbytes + held > self.limit_bytes:
             self.saved.pop(0)
-        self.saved.append(prompt)
+        self.saved.append(copy())
 
     def take_best(self, cached: list[int], prompt: list[int]) -> SavedPrompt | None:
         """The saved prompt that serves `prompt` better than `cached` does (removed from the store), or None."""

@@ -20,6 +20,10 @@ def saved(tokens: list[int], nbytes: int = 4) -> SavedPrompt:
     return SavedPrompt(list(tokens), [(torch.zeros(nbytes, dtype=torch.uint8),)], None)
 
 
+def keep(store: PromptStore, tokens: list[int], nbytes: int = 4) -> None:
+    store.add(list(tokens), nbytes, lambda: saved(tokens, nbytes))
+
+
 def test_a_request_that_shares_a_tenth_or_less_of_itself_or_under_half_of_the_cached_prompt_switches():
     cached = list(range(100))
     assert PromptStore.wants_switch(cached, [500] * 10)                         # nothing shared
@@ -33,8 +37,8 @@ def test_a_request_that_shares_a_tenth_or_less_of_itself_or_under_half_of_the_ca
 def test_a_saved_prompt_is_taken_back_where_it_serves_the_request_better_and_keeps_a_quarter_of_itself():
     store = PromptStore(None)
     chat, fim = [1] * 5 + list(range(100, 140)), [2] * 5 + list(range(200, 260))
-    store.add(saved(chat))
-    store.add(saved(fim))
+    keep(store, chat)
+    keep(store, fim)
     best = store.take_best([3, 3, 3], fim[:50] + [9, 9])
     assert best is not None and best.tokens == fim and [s.tokens for s in store.saved] == [chat]
     assert store.take_best([3, 3, 3], chat[:8] + [9] * 5) is None           # 8 of chat's 45: under a quarter
@@ -43,19 +47,19 @@ def test_a_saved_prompt_is_taken_back_where_it_serves_the_request_better_and_kee
 
 def test_a_save_that_adds_nothing_is_skipped_and_prompts_a_new_one_holds_are_dropped():
     store = PromptStore(None)
-    store.add(saved([1, 2, 3]))
-    store.add(saved([5, 6]))
+    keep(store, [1, 2, 3])
+    keep(store, [5, 6])
     assert store.holds([1, 2]) and store.holds([1, 2, 3]) and not store.holds([1, 2, 3, 4])
-    store.add(saved([1, 2, 3, 4]))
+    keep(store, [1, 2, 3, 4])
     assert [s.tokens for s in store.saved] == [[5, 6], [1, 2, 3, 4]]
 
 
 def test_past_the_limit_the_oldest_go_and_the_newest_always_stays():
     store = PromptStore(10)
     for first in (1, 2, 3):
-        store.add(saved([first], nbytes=4))
+        keep(store, [first], nbytes=4)
     assert [s.tokens for s in store.saved] == [[2], [3]]
-    store.add(saved([9], nbytes=50))
+    keep(store, [9], nbytes=50)
     assert [s.tokens for s in store.saved] == [[9]]
 
 
@@ -165,6 +169,33 @@ def test_clearing_the_prefix_cache_forgets_the_saved_prompts(engine):
         engine.keep_prompts(0)
 
 
+def cached_bytes(engine, tokens: int) -> int:
+    return tokens * sum(layer.attention.kv_cache.bytes_per_token() for layer in engine.model.layers)
+
+
+def three_prompts(engine, seed):
+    rng = random.Random(seed)
+    return [[rng.randrange(3, engine.model.config.vocab_size) for _ in range(50)] for _ in range(3)]
+
+
+def test_the_saved_prompt_a_request_takes_back_is_not_dropped_to_make_room_for_the_cached_one(engine):
+    """llama.cpp saves the cached prompt, takes the best saved one back (out of the store), and only then drops the
+    oldest past the limit: with room for two prompts, the oldest may be the one the request wants back."""
+    a, b, c = three_prompts(engine, seed=6)
+    engine.keep_prompts(64)
+    try:
+        engine.prompt_store.limit_bytes = cached_bytes(engine, 110)    # two saved prompts of 53 tokens, not three
+        engine.clear_prefix_cache()
+        for prompt in (a, b, c):
+            engine.generate(prompt, PROBE)
+        assert [s.tokens[:50] for s in engine.prompt_store.saved] == [a, b]
+        back = engine.generate(a + [5], PROBE)
+        assert back.timings.restored_tokens == 53 and back.reused_prefix_tokens == 50
+        assert [s.tokens[:50] for s in engine.prompt_store.saved] == [b, c]
+    finally:
+        engine.keep_prompts(0)
+
+
 @pytest.mark.parametrize("limit", [-2, -100])
 def test_a_limit_below_minus_one_is_refused(engine, limit):
     with pytest.raises(ValueError, match="-1"):
@@ -219,3 +250,31 @@ def test_on_a_gpu_a_prompt_larger_than_the_limit_is_not_saved(engine, monkeypatc
         assert [s.tokens[:len(fim)] for s in engine.prompt_store.saved] == [fim]
     finally:
         engine.keep_prompts(0)
+
+
+def test_on_a_gpu_the_copy_is_made_once_there_is_room_for_it_beside_the_prompt_taken_back(engine, monkeypatch):
+    """The limit is what the GPU has room for: the cached prompt's copy, the saved ones and the one taken back (alive
+    until restored) stay within it together; the oldest go first."""
+    a, b, c = three_prompts(engine, seed=7)
+    engine.keep_prompts(64)
+    try:
+        limit = engine.prompt_store.limit_bytes = cached_bytes(engine, 110)
+        engine.clear_prefix_cache()
+        for prompt in (a, b, c):
+            engine.generate(prompt, PROBE)
+        stored_at_copy, copy = [], KVCache.saved
+
+        def recorded(cache, row, length, device="cpu"):
+            stored_at_copy.append(engine.prompt_store.nbytes)
+            return copy(cache, row, length, device)
+
+        monkeypatch.setattr(engine, "_device", FakeGpu())
+        monkeypatch.setattr(engine, "_saved_prompt_place", lambda: torch.device("cpu"))
+        monkeypatch.setattr(KVCache, "saved", recorded)
+        tokens, restored = engine._switch_prompt(engine._cached_ids, a + [5])
+        assert tokens[:50] == a and restored == 53
+        assert stored_at_copy and max(stored_at_copy) + 2 * cached_bytes(engine, 53) <= limit
+        assert [s.tokens[:50] for s in engine.prompt_store.saved] == [c]
+    finally:
+        engine.keep_prompts(0)
+        engine.clear_prefix_cache()
