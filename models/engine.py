@@ -307,9 +307,15 @@ class Engine:
         limit = None if limit_mib < 0 else limit_mib << 20
         if self._device.type == "cuda" and limit_mib:
             # Saved prompts stay in the GPU's memory (models/prompt_store.py: why): at most what it has free now
-            # beside the headroom a prefill needs, in whole GiB (so that the ranks of a tensor-parallel model, whose
-            # GPUs hold the same, agree on it: each decides alone which prompts to keep).
+            # beside the headroom a prefill needs, in whole GiB.
             room = max(0, torch.cuda.mem_get_info(self._device)[0] - SAVED_PROMPT_HEADROOM) >> 30 << 30
+            collectives = self.model.rank_collectives
+            if collectives is not None:
+                # The ranks of a tensor-parallel model each decide alone which prompts to keep: one limit for all,
+                # the least room (whole GiB still differ where a GPU is a few MiB fuller), or they would keep other
+                # prompts, restore on one rank only, and prefill other spans in lockstep.
+                gib = torch.tensor([[room >> 30]], dtype=torch.float32, device=self.model.norm.weight.device)
+                room = int(collectives.gather_logits(gib).min().item()) << 30              # (1, 1) -> (1, world)
             limit = room if limit is None else min(limit, room)
         self.prompt_store = None if limit_mib == 0 else PromptStore(limit)
 

@@ -235,6 +235,29 @@ def test_on_a_gpu_the_limit_is_at_most_the_whole_gib_free_beside_the_headroom(en
         engine.keep_prompts(0)
 
 
+def test_on_tensor_parallel_gpus_every_rank_takes_the_least_room_of_them(engine, monkeypatch):
+    """Each rank decides alone which prompts to keep and restore: ranks with different limits (one GPU with a GiB
+    less free) would drop different prompts, restore on one rank only, and prefill different spans in lockstep."""
+    from models.engine import SAVED_PROMPT_HEADROOM
+    from models.fused_decode import RankCollectives
+    gathered = []
+
+    def gather(local):                       # (1, 1) here -> (1, 2): this rank's and another's with 3 GiB less
+        gathered.append(local.clone())
+        return torch.cat([local, local - 3], dim=-1)
+
+    monkeypatch.setattr(engine, "_device", FakeGpu())
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (SAVED_PROMPT_HEADROOM + (10 << 30), 1 << 40))
+    monkeypatch.setattr(engine.model, "rank_collectives", RankCollectives(lambda x: x, gather))
+    try:
+        engine.keep_prompts(-1)
+        assert gathered and engine.prompt_store.limit_bytes == 7 << 30
+        engine.keep_prompts(8192)
+        assert engine.prompt_store.limit_bytes == 7 << 30
+    finally:
+        engine.keep_prompts(0)
+
+
 def test_on_a_gpu_a_prompt_larger_than_the_limit_is_not_saved(engine, monkeypatch):
     """(On a CPU llama.cpp's rule keeps it all the same: the newest always stays.)"""
     fim, chat = prompts(engine, seed=5)
