@@ -274,6 +274,12 @@ def machine(info: dict) -> dict:
     return described
 
 
+def _server_options(server: dict) -> str:
+    """The server's cache options the report names: --cache-reuse where on, --cache-ram where the run gave it."""
+    reuse, ram = server.get("cache_reuse"), server.get("cache_ram")
+    return (f", --cache-reuse {reuse}" if reuse else "") + (f", --cache-ram {ram}" if ram is not None else "")
+
+
 def markdown(report: dict) -> str:
     s, engine = report["summary"], report["server"]["engine"]
     where = report["machine"].get("gpu") or f"{report['machine']['cpu']}, {report['machine']['cores']} cores"
@@ -283,8 +289,7 @@ def markdown(report: dict) -> str:
              f"{report['server']['prompt_budget']:,} tokens; typing `{report['function']}` in `{report['file']}` "
              f"({report['repo']}), {report['chars_per_request']} characters per request, {report['max_tokens']} new "
              f"tokens each (greedy; samplers {', '.join(report.get('samplers', LLAMA_VIM_SAMPLERS))})"
-             f"{', --cache-reuse ' + str(report['server']['cache_reuse']) if report['server'].get('cache_reuse') else ''}"
-             f"{'' if report['server'].get('cache_ram') is None else ', --cache-ram ' + str(report['server']['cache_ram'])}. "
+             f"{_server_options(report['server'])}. "
              f"Python {report['machine']['python']}, torch {report['machine'].get('torch')}. "
              f"Load average at start {report['machine']['load_average_start']}, at end "
              f"{report['machine']['load_average_end']}: other work on the machine slows every number here." +

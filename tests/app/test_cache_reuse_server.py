@@ -1,6 +1,6 @@
 """llama.cpp's cache reuse through the server: `serve --cache-reuse N` for every request, llama.cpp's `n_cache_reuse`
-and `cache_prompt` per request on its routes and its OpenAI ones, a prompt that lost a chunk in its middle (llama.vim's ring of extra
-chunks dropping its oldest) reusing what follows the chunk. In process, over the embedded model."""
+and `cache_prompt` per request on its routes and its OpenAI ones, a prompt that lost a chunk in its middle (llama.vim's
+ring of extra chunks dropping its oldest) reusing what follows the chunk. In process, over the embedded model."""
 from contextlib import contextmanager
 
 import pytest

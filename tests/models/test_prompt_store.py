@@ -118,7 +118,8 @@ def test_a_prompt_another_came_between_is_restored_with_the_numbers_it_had(engin
         again = engine.generate(fim + first.token_ids[:2], PROBE)       # the row still holds it: the reference
         engine.generate(chat, PROBE)
         restored = engine.generate(fim + first.token_ids[:2], PROBE)
-        assert restored.timings.restored_tokens == len(fim) + 2 + len(again.token_ids) - 1   # prompt, answer but its last
+        # the prompt, and the answer but its last token
+        assert restored.timings.restored_tokens == len(fim) + 2 + len(again.token_ids) - 1
         assert restored.reused_prefix_tokens == again.reused_prefix_tokens == len(fim) + 1
         assert restored.token_ids == again.token_ids
         for x, y in zip(again.logprobs, restored.logprobs):
