@@ -412,21 +412,12 @@ def _sources_of(index, header: str) -> list[str]:
     if len(sources) <= 1:
         return sources
     folders = header.split("/")[:-1]
-    shared = [_shared_parts(folders, p.split("/")[:-1]) for p in sources]
+    shared = [len(posixpath.commonprefix([folders, p.split("/")[:-1]])) for p in sources]   # folders in common
     return [p for p, common in zip(sources, shared) if common == max(shared)]
 
 
 def _included_name(module: str) -> str:
     return posixpath.basename(module.strip('<>"').replace("\\", "/"))
-
-
-def _shared_parts(a: list[str], b: list[str]) -> int:
-    count = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        count += 1
-    return count
 
 
 def _java(table: PathTable, path: str, module: str) -> list[str]:

@@ -341,9 +341,5 @@ def _parts(folder: str) -> list[str]:
 
 def _proximity(here: list[str], there: list[str]) -> float:
     """1 in the same folder, falling with the number of steps through the folder tree."""
-    common = 0
-    for a, b in zip(here, there):
-        if a != b:
-            break
-        common += 1
+    common = len(posixpath.commonprefix([here, there]))     # (of the lists: the folders the two paths share)
     return 1.0 / (1 + len(here) + len(there) - 2 * common)
