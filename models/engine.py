@@ -195,7 +195,7 @@ class Engine:
         # The first of them whose K/V cache reuse moved, or computed after moved ones (approximate: a request that
         # asks for no cache reuse reuses only the slots before it); None: all are what a prefill computes.
         self._approximate_from: int | None = None
-        self.prompt_store: PromptStore | None = None   # earlier prompts' K/V in host memory (keep_prompts)
+        self.prompt_store: PromptStore | None = None   # earlier prompts' K/V, kept aside (keep_prompts)
         self.attention = ""
         flash_fits = model.config.head_dim in KERNEL_HEAD_DIMS      # else flash's first decode step would fail
         self.set_attention(attention or ("flash" if self._device.type == "cuda" and flash_fits and triton_installed()

@@ -1,4 +1,4 @@
-"""Earlier prompts' KV caches kept in host memory: llama.cpp's prompt cache (`--cache-ram N`, on by default there).
+"""Earlier prompts' KV caches kept aside: llama.cpp's prompt cache (`--cache-ram N`, on by default there).
 
 The engine's cache row 0 holds one prompt (and its answer); the next request reuses what it shares with it. An
 editor that talks to one server for two kinds of requests (inline completions and chat, or two files far apart)

@@ -282,8 +282,8 @@ def _summary(job: Job, result, seconds: float) -> str:
             parts.append(f"sent {ms(job.first_text, job.first_sent)}")
         first = (f"first {ms(job.submitted, end)} ms" if end is not None else first) + f" ({', '.join(parts)})"
     prompt, generated = result.token_counts()
-    moved = f", {result.timings.moved_tokens:,} of them moved" if result.timings.moved_tokens else ""
-    if result.timings.restored_tokens:
-        moved += f", a saved prompt of {result.timings.restored_tokens:,} restored"
-    return (f"{job.label} · prompt {prompt:,} ({result.reused_prefix_tokens:,} reused{moved}) · "
+    t = result.timings
+    reuse = (f", {t.moved_tokens:,} of them moved" if t.moved_tokens else "") + (
+        f", a saved prompt of {t.restored_tokens:,} restored" if t.restored_tokens else "")
+    return (f"{job.label} · prompt {prompt:,} ({result.reused_prefix_tokens:,} reused{reuse}) · "
             f"{generated} tokens · {first} · {seconds:.2f} s · {result.finish_reason}")
