@@ -71,6 +71,12 @@ def _takes_int(annotation) -> bool:
 
 
 async def read_json(request: Request, model: type[Model], limit: int = MAX_BODY_BYTES) -> Model:
+    return parse(await read_object(request, limit), model)
+
+
+async def read_object(request: Request, limit: int = MAX_BODY_BYTES) -> dict:
+    """The body as a JSON object, not yet a protocol's: a path two protocols share reads it once, and its fields say
+    whose request it is (`parse` then checks them)."""
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding != "identity":      # RFC 9110 15.5.16: a content coding the server does not apply is 415
         raise ApiError(415, f"Content-Encoding {encoding!r} is not supported: send the JSON body uncompressed")
@@ -91,15 +97,23 @@ async def read_json(request: Request, model: type[Model], limit: int = MAX_BODY_
         data = json.loads(text)
         if not isinstance(data, dict):
             raise ApiError(400, "the request body must be a JSON object")
-        return model.model_validate(_text_of(data))
+        return _text_of(data)
     except json.JSONDecodeError as exc:
         raise ApiError(400, f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
-    except ValidationError as exc:  # (a ValueError too)
-        raise ApiError(400, _first_problem(exc)) from None
     except RecursionError:          # arrays in arrays, a few hundred deep (parsed, or then walked): no request needs it
         raise ApiError(400, "the request body nests too deeply") from None
     except ValueError as exc:       # an integer of more than 4,300 digits
         raise ApiError(400, f"the request body is not usable JSON: {exc}") from None
+
+
+def parse(data: dict, model: type[Model]) -> Model:
+    """A JSON object (`read_object`'s) checked against a protocol's model: 400 naming the first bad field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(400, _first_problem(exc)) from None
+    except RecursionError:
+        raise ApiError(400, "the request body nests too deeply") from None
 
 
 def _text_of(value):
