@@ -6,6 +6,8 @@ One module per protocol over one engine, as llama.cpp's server and vLLM's OpenAI
                    Continue's llama.cpp provider)
     openai_api.py  /v1/completions, /v1/chat/completions, /v1/models (the openai client, Continue)
     ollama.py      /api/generate, /api/chat, /api/tags, /api/show, /api/ps, /api/version, / (Ollama-targeting plugins)
+    tabby.py       /v1/completions with Tabby's `segments`, /v1/health, /v1/events (tabby-agent: Tabby's VS Code,
+                   JetBrains, Vim and Neovim plugins)
     native.py      /codecomplete/v1/... (codecomplete's own command line, through client.py)
 
 Requests are validated at the edge (bodies.py) and run one at a time on the engine thread (worker.py), which

@@ -16,7 +16,8 @@ from starlette.responses import Response
 
 from ..errors import AppError
 from ..session import Generation, Sampling, Session
-from . import llama_cpp, native, ollama, openai_api
+from . import llama_cpp, native, ollama, openai_api, tabby
+from .bodies import read_object
 from .errors import TYPES, ApiError, api_error
 from .streaming import Running, json_response
 from .worker import MAX_WAITING, Busy, EngineWorker
@@ -130,10 +131,16 @@ class LocalNamesOnly:
 def create_app(server: Server) -> FastAPI:
     app = FastAPI(title="codecomplete", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server          # every route finds it as request.app.state.server
-    app.include_router(llama_cpp.public)
-    app.include_router(ollama.public)
-    for module in (llama_cpp, openai_api, ollama, native):
+    for module in (llama_cpp, ollama, tabby):
+        app.include_router(module.public)
+    for module in (llama_cpp, openai_api, ollama, native, tabby):
         app.include_router(module.router, dependencies=[Depends(check_api_key)])
+
+    @app.post("/v1/completions", dependencies=[Depends(check_api_key)])
+    async def completions(request: Request):
+        """Tabby's completion (a `segments` object) and OpenAI's (a `prompt`) share the path: the body decides."""
+        body = await read_object(request)
+        return await (tabby.completions if tabby.speaks(body) else openai_api.completions)(request, body)
 
     @app.exception_handler(ApiError)
     @app.exception_handler(AppError)          # a check the command line shares (a path outside the repository)

@@ -5,7 +5,7 @@
     POST /tokenize     content -> tokens (special-token text becoming those tokens, as /completion reads it, unless
                        parse_special is false); with_pieces: [{id, piece}]; add_special: the tokenizer's BOS as well
     POST /detokenize   tokens -> content
-    GET  /health       {"status":"ok"}, without an API key (also /v1/health)
+    GET  /health       {"status":"ok"}, without an API key (/v1/health too, which tabby.py answers with Tabby's fields)
     GET  /props        default_generation_settings.n_ctx and the like
 
 /infill's prompt is the session's: the client's chunks, then the repository context ranked for the text around the
@@ -139,7 +139,6 @@ async def detokenize(request: Request):
 
 
 @public.api_route("/health", methods=["GET", "HEAD"])
-@public.api_route("/v1/health", methods=["GET", "HEAD"])
 async def health():
     return json_response({"status": "ok"})
 

@@ -2,7 +2,8 @@
 
     POST /v1/completions        `prompt` continued as it is: special-token text becomes those tokens (Continue
                                 writes FIM templates itself); with `suffix`, a fill-in-the-middle completion with the
-                                repository's context, in the model's own format
+                                repository's context, in the model's own format (a body with Tabby's `segments`
+                                is Tabby's: tabby.py; app.py routes the path by the body)
     POST /v1/chat/completions   chat over the repository: context retrieved for the last user message
     GET  /v1/models             the one model (GET /v1/models/{id}: it, or a 404 for another id)
 
@@ -36,7 +37,7 @@ from starlette.responses import StreamingResponse
 from . import logit_bias, samplers
 from .logprobs import after_healing, chat_logprobs, completion_logprobs
 from .errors import ApiError
-from .bodies import Body, Seed, check_ids, read_json, stop_strings
+from .bodies import Body, Seed, check_ids, parse, read_json, stop_strings
 from .streaming import json_response, sse, stream
 
 router = APIRouter()
@@ -129,10 +130,10 @@ def _model(engine) -> dict:
                      "n_ctx": engine.context_length}}
 
 
-@router.post("/v1/completions")
-async def completions(request: Request):
+async def completions(request: Request, data: dict):
+    """POST /v1/completions with a body that is not Tabby's (app.py's `completions` reads it and decides)."""
     server = request.app.state.server
-    body = await read_json(request, CompletionRequest)
+    body = parse(data, CompletionRequest)
     if body.echo or (body.best_of or 1) > 1:
         raise ApiError(400, "echo and best_of are not supported")
     if body.logprobs is not None and not 0 <= body.logprobs <= MAX_LOGPROBS:

@@ -1,0 +1,228 @@
+"""`codecomplete serve` for Tabby's editor plugins: the bodies tabby-agent sends (its 1.5.0 LSP server's, and today's
+codeCompletion/buildRequest.ts's) answered in Tabby's shape, with a prompt built as /infill builds it; the health and
+events the agent asks for; OpenAI's bodies on the shared path answered as before. The server runs as a subprocess
+with an API key, as the agent's token."""
+import json
+import re
+import socket
+import time
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from server_process import ServerProcess, raw_post
+
+KEY = "tabby-token"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+MAX_TOKENS = 12
+PREFIX = "def total_area(rectangles: list[Rectangle]) -> float:\n    \"\"\"The sum of the areas.\"\"\"\n    "
+SUFFIX = "\n\n\ndef report(radius: float) -> str:\n    return str(radius)\n"
+GEOMETRY = "class Rectangle:\n    def area(self) -> float:\n        return self.width * self.height"
+# What today's agent sends on an automatic trigger (no temperature: the server's default), its fields as
+# buildRequest.ts fills them: paths relative to the git root, the declarations of the prefix's symbols, snippets of
+# recently changed and of recently viewed files (a viewed one's score is always 1, an integer in JSON).
+AGENT_BODY = {"language": "python", "segments": {
+    "prefix": PREFIX, "suffix": SUFFIX, "filepath": "app.py", "git_url": "https://github.com/example/shapes.git",
+    "declarations": [{"filepath": "shapes/geometry.py", "body": GEOMETRY}],
+    "relevant_snippets_from_changed_files": [
+        {"filepath": "shapes/geometry.py", "body": "def area_of_circle(radius: float) -> float:", "score": 0.62}],
+    "relevant_snippets_from_recently_opened_files": [
+        {"filepath": "README.md", "body": "# shapes\nA tiny geometry package.", "score": 1}]}}
+# tabby-agent 1.5.0's LSP server: no workspace, so no filepath, and no declarations or snippets (its log, verbatim).
+LSP_BODY = {"language": "python", "segments": {"prefix": "def fibonacci(n):\n    ", "suffix": "\n"}}
+
+
+@pytest.fixture(scope="module")
+def server(script, cli_env, served_repo, tmp_path_factory):
+    process = ServerProcess(script, served_repo, cli_env, tmp_path_factory.mktemp("tabby"), "--api-key", KEY,
+                            "--context-tokens", "512", "--max-tokens", str(MAX_TOKENS))
+    try:
+        yield process
+    finally:
+        assert process.stop() == 0, process.log()
+        assert "Traceback" not in process.log(), process.log()
+
+
+def complete(server, body: dict) -> dict:
+    response = httpx.post(server.url + "/v1/completions", json=body, headers=AUTH, timeout=300)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def debug_prompt(server, body: dict, **segments) -> tuple[str, str]:
+    """The prompt a Tabby body builds (debug_options.return_prompt) and its greedy text."""
+    answer = complete(server, {**body, "segments": {**body["segments"], **segments}, "temperature": 0,
+                               "debug_options": {"return_prompt": True}})
+    return answer["debug_data"]["prompt"], answer["choices"][0]["text"]
+
+
+def test_the_agents_bodies_are_answered_in_tabbys_shape(server):
+    ids = set()
+    for body in (AGENT_BODY, {**AGENT_BODY, "temperature": 0.8}, LSP_BODY, {**LSP_BODY, "seed": 2 ** 64 - 1}):
+        answer = complete(server, body)
+        assert set(answer) == {"id", "choices", "mode"} and answer["mode"] == "standard", answer
+        assert re.fullmatch(r"cmpl-[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}", answer["id"]), answer
+        (choice,) = answer["choices"]
+        assert set(choice) == {"index", "text"} and choice["index"] == 0 and isinstance(choice["text"], str), answer
+        ids.add(answer["id"])
+    assert len(ids) == 4 and complete(server, {**LSP_BODY, "temperature": 0})["choices"][0]["text"].strip()
+    seeded = {**AGENT_BODY, "temperature": 1.5, "seed": 7}
+    assert complete(server, seeded)["choices"] == complete(server, seeded)["choices"]     # the seed reaches the draw
+
+
+def test_the_prompt_is_the_one_infill_builds_with_the_clients_chunks_most_important_nearest(server):
+    """A Tabby body is /infill's request: the cursor's text, the client's declarations and snippets as input_extra
+    (the least important first, where the oldest would be: declarations nearest the code), the same prompt and,
+    greedy, the same text."""
+    segments = {key: value for key, value in AGENT_BODY["segments"].items() if key != "filepath"}
+    prompt, text = debug_prompt(server, {"segments": segments})         # no file named, no language: /infill's
+    chunks = [segments["relevant_snippets_from_recently_opened_files"][0],
+              segments["relevant_snippets_from_changed_files"][0], segments["declarations"][0]]
+    infill = httpx.post(server.url + "/infill", headers=AUTH, timeout=300, json={
+        "input_prefix": PREFIX, "input_suffix": SUFFIX, "temperature": 0,
+        "input_extra": [{"filename": chunk["filepath"], "text": chunk["body"]} for chunk in chunks]}).json()
+    assert prompt == infill["prompt"] and text == infill["content"]
+    assert prompt.index("A tiny geometry package") < prompt.index("area_of_circle(radius") < prompt.index(GEOMETRY)
+
+
+def test_a_raw_prompt_is_continued_as_it_is_as_openais_prompt_is(server):
+    """debug_options.raw_prompt: Tabby's way to test its model with a prompt of its own (the segments unread)."""
+    body = {"segments": {"prefix": "unused"}, "temperature": 0,
+            "debug_options": {"raw_prompt": "def add(a, b):", "return_prompt": True}}
+    answer = complete(server, body)
+    assert answer["debug_data"] == {"prompt": "def add(a, b):"}
+    openai = complete(server, {"prompt": "def add(a, b):", "max_tokens": MAX_TOKENS, "temperature": 0})
+    assert answer["choices"][0]["text"] == openai["choices"][0]["text"]
+
+
+def test_the_cursors_file_is_filepath_in_the_repository_however_the_agent_writes_it(server, served_repo):
+    """Relative to the git root (or workspace), absolute, or the document's file:// URI when the agent found neither:
+    the same file of the repository. A file outside it lends only its extension, as a body without one lends its
+    language's."""
+    prompts = {filepath: debug_prompt(server, AGENT_BODY, filepath=filepath)[0] for filepath in
+               ("app.py", str(served_repo / "app.py"), (served_repo / "app.py").as_uri())}
+    assert len(set(prompts.values())) == 1
+    in_repository = prompts["app.py"]
+    outside, _ = debug_prompt(server, AGENT_BODY, filepath="file:///elsewhere/project/tools.py")
+    unnamed, _ = debug_prompt(server, {**AGENT_BODY, "segments": {
+        key: value for key, value in AGENT_BODY["segments"].items() if key != "filepath"}})
+    assert outside == unnamed != in_repository
+    tail = PREFIX.rstrip()[:30]
+    assert f"app.py\n{tail}" in in_repository and f"untitled.py\n{tail}" in outside and "elsewhere" not in outside
+
+
+def test_text_with_crlf_line_ends_is_answered_with_crlf_line_ends(server):
+    """As Tabby's server: the prompt reads the text with LF, the answer's line ends become the editor's again."""
+    body = {"language": "python", "segments": {"prefix": "def fibonacci(n):\n    ", "suffix": "\n"}, "temperature": 0}
+    unix = complete(server, body)["choices"][0]["text"]
+    assert "\n" in unix                                  # (else there would be nothing to convert)
+    windows = complete(server, {**body, "segments": {"prefix": "def fibonacci(n):\r\n    ", "suffix": "\r\n"}})
+    assert windows["choices"][0]["text"] == unix.replace("\n", "\r\n")
+
+
+def test_health_is_tabbys_and_llama_cpps_without_a_key(server):
+    """The agent is ready on a 200 and offers completions while `model` is set (1.5.0: and `device`); it reads
+    `version.git_describe`, and a version below 0.9 spares it /v1beta/server_setting."""
+    for method in ("GET", "POST"):                 # POST: Tabby's too, which the agent tries after a 405
+        health = httpx.request(method, server.url + "/v1/health").json()
+        assert health["status"] == "ok" and health["model"] == server.info["engine"]["name"], health
+        assert health["device"] == "cpu" and health["cuda_devices"] == [] and health["webserver"] is False
+        assert health["version"]["git_describe"] == f"codecomplete {server.info['version']}"
+    assert httpx.head(server.url + "/v1/health").status_code == 200
+    assert httpx.get(server.url + "/health").json() == {"status": "ok"}         # llama.cpp's, as it was
+
+
+def test_events_are_accepted_and_other_types_refused(server):
+    for kind in ("view", "select", "dismiss"):
+        event = {"type": kind, "completion_id": "cmpl-1", "choice_index": 0, "view_id": "view-1", "elapsed": 120}
+        response = httpx.post(server.url + "/v1/events", params={"select_kind": "line"}, json=event, headers=AUTH)
+        assert response.status_code == 200 and response.content == b""
+
+
+@pytest.mark.parametrize("path, body, status, words", [
+    ("/v1/completions", {"language": "python", "segments": {"suffix": "x"}}, 400, ["segments.prefix", "required"]),
+    ("/v1/completions", {"segments": {"prefix": 5}}, 400, ["segments.prefix", "string"]),
+    ("/v1/completions", {"segments": {"prefix": "x", "declarations": [{"filepath": "a.py"}]}}, 400,
+     ["segments.declarations[0].body"]),
+    ("/v1/completions", {"segments": {"prefix": "x", "relevant_snippets_from_changed_files": [
+        {"filepath": "a.py", "body": "b", "score": "high"}]}}, 400, ["relevant_snippets_from_changed_files[0].score"]),
+    ("/v1/completions", {"segments": {"prefix": "x"}, "temperature": "0.2"}, 400, ["temperature"]),
+    ("/v1/completions", {"segments": {"prefix": "x"}, "temperature": -1}, 400, ["temperature"]),
+    ("/v1/completions", {"segments": {"prefix": "x"}, "seed": -1}, 400, ["seed"]),
+    ("/v1/completions", {"segments": {"prefix": "x"}, "mode": "next_edit_suggestion"}, 400,
+     ["next_edit_suggestion", "not supported"]),
+    ("/v1/completions", {"segments": {"prefix": "x"}, "debug_options": {"return_snippets": True}}, 400,
+     ["return_snippets", "not supported"]),
+    ("/v1/completions", {"language": "python", "debug_options": {"return_prompt": True}}, 400, ["empty prompt"]),
+    ("/v1/completions", {"debug_options": {"raw_prompt": ""}}, 400, ["empty"]),
+    ("/v1/completions", {"segments": {"prefix": "x", "filepath": "../outside.py"}}, 200, []),   # only a name
+    ("/v1/completions", {**LSP_BODY, "segments": {"prefix": "def f(:\n    "}}, 200, []),
+    ("/v1/events", {"type": "click", "completion_id": "cmpl-1", "choice_index": 0}, 400, ["'click'", "view"]),
+    ("/v1/events", {"type": "view", "choice_index": 0}, 400, ["completion_id", "required"]),
+    ("/v1/events", {"type": "view", "completion_id": "cmpl-1", "choice_index": -1}, 400, ["choice_index"]),
+])
+def test_bad_bodies_get_a_400_that_names_the_field_and_the_server_serves_on(server, path, body, status, words):
+    code, text = raw_post(server.url, path, json.dumps(body).encode(), {"Content-Type": "application/json", **AUTH})
+    assert code == status and "Traceback" not in text, (code, text)
+    if status != 200:
+        error = json.loads(text)["error"]
+        assert error["code"] == status and error["type"] == "invalid_request_error", error
+        assert all(word in error["message"] for word in words), error
+    assert httpx.get(server.url + "/v1/health").status_code == 200
+
+
+def test_tabbys_routes_need_the_key_but_health(server):
+    for path, body in (("/v1/completions", LSP_BODY),
+                       ("/v1/events", {"type": "view", "completion_id": "c", "choice_index": 0})):
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            response = httpx.post(server.url + path, json=body, headers=headers)
+            assert response.status_code == 401 and response.json()["error"]["type"] == "authentication_error"
+    assert httpx.get(server.url + "/v1/health").status_code == 200
+
+
+def test_openai_bodies_on_the_shared_path_are_answered_as_before(server):
+    """Only a `segments` (or `debug_options`) object makes a body Tabby's: OpenAI's, `segments: null` included,
+    get OpenAI's answers, streams and errors."""
+    for body in ({"prompt": "def f(x):", "max_tokens": 3, "temperature": 0},
+                 {"prompt": "def f(x):", "suffix": "\n", "max_tokens": 3, "temperature": 0, "segments": None}):
+        answer = complete(server, body)
+        assert answer["object"] == "text_completion" and answer["id"].startswith("cmpl-"), answer
+        assert set(answer) == {"id", "object", "created", "model", "choices", "usage"}
+        assert answer["choices"][0]["finish_reason"] in ("stop", "length") and answer["usage"]["completion_tokens"]
+    with httpx.stream("POST", server.url + "/v1/completions", headers=AUTH, timeout=300,
+                      json={"prompt": "def f(x):", "max_tokens": 2, "stream": True}) as response:
+        events = [line for line in response.iter_lines() if line]
+    assert events[-1] == "data: [DONE]" and all(event.startswith("data: {") for event in events[:-1]), events
+    for body, words in (({}, "prompt: Field required"), ({"prompt": "x", "n": 2}, "n > 1"),
+                        ({"segments": "def f():"}, "prompt: Field required")):
+        response = httpx.post(server.url + "/v1/completions", json=body, headers=AUTH)
+        assert response.status_code == 400 and words in response.json()["error"]["message"], response.text
+
+
+def test_a_client_that_goes_away_cancels_its_completion(server):
+    """tabby-agent aborts the request a keystroke supersedes: its generation stops where it is (its job's log line
+    says `cancelled`), though asked whole the same request runs to the limit."""
+    def completions() -> list[str]:
+        return [line for line in server.log().splitlines() if line.startswith("POST /v1/completions")]
+    before = len(completions())
+    # a prompt the cache does not hold (its prefill takes a while), whose greedy answer runs to the limit
+    prefix = "".join(f"def step_{i}(value: int) -> int:\n    return value * {i} + {i * 7}\n\n\n" for i in range(12))
+    data = json.dumps({"language": "python", "temperature": 0, "segments": {"prefix": prefix + "def step_12(value",
+                                                                              "filepath": "steps.py"}}).encode()
+    parts = urlsplit(server.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=60) as connection:
+        head = f"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {KEY}\r\n"
+        connection.sendall(f"{head}Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+                           + data)
+        time.sleep(0.2)                      # the request is in: the engine took it up
+    complete(server, json.loads(data))       # the same request, whole
+    for _ in range(300):                     # (a job's line is written just after its answer)
+        lines = completions()[before:]       # (earlier requests' lines, if any came late, and then these two)
+        gone = [number for number, line in enumerate(lines) if line.endswith("· cancelled")]
+        if gone and len(lines) > gone[0] + 1:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"no completion was cancelled, or none followed it: {lines}")
+    (whole,) = lines[gone[0] + 1:]
+    assert whole.endswith("· length") and f"· {MAX_TOKENS} tokens ·" in whole, whole
