@@ -1,7 +1,7 @@
 """`codecomplete serve` for Tabby's editor plugins: the bodies tabby-agent sends (its 1.5.0 LSP server's, and today's
 codeCompletion/buildRequest.ts's) answered in Tabby's shape, with a prompt built as /infill builds it; the health and
-events the agent asks for; OpenAI's bodies on the shared path answered as before. The server runs as a subprocess
-with an API key, as the agent's token."""
+events the agent asks for; OpenAI's bodies on the shared path answered as before; and tabby-agent itself, from npm,
+completing code over LSP against the server. The server runs as a subprocess with an API key, as the agent's token."""
 import json
 import re
 import socket
@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from server_process import ServerProcess, raw_post
+from tabby_agent import Agent
 
 KEY = "tabby-token"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -226,3 +227,31 @@ def test_a_client_that_goes_away_cancels_its_completion(server):
         raise AssertionError(f"no completion was cancelled, or none followed it: {lines}")
     (whole,) = lines[gone[0] + 1:]
     assert whole.endswith("· length") and f"· {MAX_TOKENS} tokens ·" in whole, whole
+
+
+def test_tabby_agent_from_npm_completes_code_against_the_server(server, tmp_path):
+    """The real client: tabby-agent (npm, pinned) as an editor starts it, with the server's address and key in its
+    config. It checks the health, is ready, and answers an LSP completion at a cursor with the server's text."""
+    agent = Agent(tmp_path / "home", server.url, KEY)
+    try:
+        started = agent.request("initialize", {"processId": None, "rootUri": None, "capabilities": {},
+                                               "clientInfo": {"name": "pytest", "version": "1"}})
+        assert started["result"]["serverInfo"] == {"name": "tabby-agent", "version": "1.5.0"}, started
+        agent.notify("initialized", {})
+        uri = "file:///tmp/project/fib.py"
+        agent.notify("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "python", "version": 1,
+                                                               "text": "def fibonacci(n):\n    \n"}})
+        listed = agent.request("textDocument/completion", {"textDocument": {"uri": uri},
+                                                           "position": {"line": 1, "character": 4}})["result"]
+    finally:
+        assert agent.close() == 0
+    log = agent.log()
+    statuses = [entry["event"]["status"] for entry in log if entry.get("msg") == "Status changed"]
+    assert statuses and statuses[0] == "ready" and "disconnected" not in statuses, statuses
+    assert not [n for n in agent.notifications if n["method"] == "window/showMessage"], agent.notifications
+    (answer,) = [entry["response"]["data"] for entry in log if entry.get("msg") == "Completion response"]
+    (item,) = listed["items"]
+    assert item["data"]["completionId"] == answer["id"] and answer["id"].startswith("cmpl-")
+    # the agent's own post-processing may trim the text it got (a last line cut short): what it inserts comes from it
+    assert item["textEdit"]["newText"].strip() and answer["choices"][0]["text"].startswith(item["textEdit"]["newText"])
+    assert item["textEdit"]["range"]["start"] == {"line": 1, "character": 4}
