@@ -22,8 +22,10 @@ The prompt: `prefix` | `suffix` at the cursor of `filepath`, relative to the cli
 extension, or the `language`'s, so that the prompt reads it as what it is); the client's `declarations` and snippets
 as /infill's input_extra, in Tabby's order of importance (declarations, snippets of changed files, of recently opened
 ones), the least important giving way first; then the repository's own context (`git_url` and `clipboard` are not
-needed: Tabby's prompts leave the clipboard out too). `temperature` (Tabby's default 0.1) and `seed`; as many new
-tokens as the server gives a request that sets no limit (--max-tokens; Tabby's own default is 64). Text with CRLF
+needed: Tabby's prompts leave the clipboard out too). `temperature` (Tabby's default 0.1) and `seed`; at most
+Tabby's 64 new tokens (or --max-tokens, where fewer), ended as Tabby's server ends them (`STOP_KEYWORDS`): before a
+blank line or a new line that begins a top-level statement or a comment, and at the line's end in a language it
+knows no keywords for; the agent then trims further on its own (its scope and repetition filters). Text with CRLF
 line ends gets an answer with CRLF line ends, as Tabby's server writes it. `debug_options`: `raw_prompt` (that
 prompt as it is, segments aside) and `return_prompt` (`debug_data.prompt`); `return_snippets`,
 `disable_retrieval_augmented_code_completion` and the mode "next_edit_suggestion" are refused (400). Tabby answers a
@@ -55,6 +57,36 @@ from .streaming import json_response
 router = APIRouter()
 public = APIRouter()
 DEFAULT_TEMPERATURE = 0.1           # tabby-inference's CodeGenerationOptions
+MAX_NEW_TOKENS = 64                 # tabby-common's CompletionConfig.max_decoding_tokens (fewer where --max-tokens is)
+# Tabby's stop words (tabby-common's languages.toml and languages.rs), by the editor's language id: a completion
+# ends before a new line that begins with the language's line comment or one of its top-level keywords, or before a
+# blank line. A language without a line comment there (css, html, shell, sql, ...) or unknown ends at its line's
+# end, as Tabby's "\n" + "" does. (Tabby checks for them at the end of prompt + text, so a completion that begins a
+# new top-level line right after the prompt's newline is empty there; here only the completion's own text counts.)
+STOP_KEYWORDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "python": ("#", ("def", "from", "class", "import")),
+    "rust": ("//", ("fn", "trait", "impl", "enum", "pub", "extern", "static", "unsafe", "use")),
+    "java": ("//", ("abstract", "public", "private", "class", "const", "exports", "extends", "implements", "static",
+                    "import", "interface", "module", "package", "var", "enum", "return")),
+    "kotlin": ("//", ("abstract", "public", "private", "companion", "class", "data", "const", "actual", "expect",
+                      "sealed", "suspend", "fun", "import", "interface", "package", "var", "val", "enum")),
+    "go": ("//", ("func", "interface", "struct", "package", "type", "import", "var", "const")),
+    "ruby": ("#", ("begin", "class", "def", "end", "ensure", "include", "module", "require", "rescue", "self")),
+    "c": ("//", ("const", "enum", "extern", "inline", "register", "static", "struct", "typedef", "union", "volatile")),
+    "cpp": ("//", ("auto", "class", "const", "concept", "enum", "extern", "inline", "namespace", "register", "static",
+                   "struct", "template", "typedef", "union", "volatile")),
+    "csharp": ("//", ("class", "struct", "enum", "interface", "abstract", "static", "extern", "namespace", "using",
+                      "var", "dynamic", "async")),
+    "php": ("//", ("abstract", "class", "const", "declare", "extends", "final", "finally", "function", "global",
+                   "implements", "include_once", "include", "interface", "namespace", "private", "protected",
+                   "public", "require_once", "require", "static", "trait", "use")),
+    "lua": ("--", ("and", "break", "do", "else", "elseif", "end", "false", "for", "function", "if", "in", "local",
+                   "nil", "not", "or", "repeat", "return", "then", "true", "until", "while")),
+    "r": ("#", ("function", "library", "install.packages")),
+}
+STOP_KEYWORDS |= dict.fromkeys(("javascript", "typescript", "javascriptreact", "typescriptreact"), (
+    "//", ("abstract", "async", "class", "const", "export", "function", "interface", "module", "package", "type", "var",
+           "enum", "let")))
 EVENT_TYPES = ("view", "select", "dismiss")
 # An editor's language id (VS Code's, which the agent sends) to a file extension the prompts know it by.
 EXTENSIONS = {spec.name: extension for extension, spec in reversed(TREE_SITTER_LANGUAGES.items())} | {
@@ -123,7 +155,8 @@ async def completions(request: Request, data: dict):
         if getattr(debug, name):
             raise ApiError(400, f"debug_options.{name} is not supported")
     temperature = DEFAULT_TEMPERATURE if body.temperature is None else body.temperature
-    sampling = server.sampling(None, temperature=temperature, seed=body.seed)
+    sampling = server.sampling(min(MAX_NEW_TOKENS, server.max_tokens), temperature=temperature, seed=body.seed,
+                               stop=stop_words(body.language))
     session, segments, crlf = server.session, body.segments, False
     if debug.raw_prompt is not None:        # as Tabby's: the segments are not read then
         check_ids(server.engine, debug.raw_prompt)
@@ -169,6 +202,12 @@ async def events(request: Request):
     if body.type not in EVENT_TYPES:        # Tabby's 400 too
         raise ApiError(400, f"type {body.type!r} is not an event (Tabby's are {', '.join(EVENT_TYPES)})")
     return Response(status_code=200)
+
+
+def stop_words(language: str | None) -> tuple[str, ...]:
+    """The strings that end a completion in `language` (an editor's language id), as Tabby's server stops."""
+    comment, keywords = STOP_KEYWORDS.get(language or "", ("", ()))
+    return (f"\n{comment}", *(f"\n{word}" for word in keywords), "\n\n")
 
 
 def _by_importance(segments: Segments) -> list[Declaration]:

@@ -31,6 +31,7 @@ AGENT_BODY = {"language": "python", "segments": {
         {"filepath": "README.md", "body": "# shapes\nA tiny geometry package.", "score": 1}]}}
 # tabby-agent 1.5.0's LSP server: no workspace, so no filepath, and no declarations or snippets (its log, verbatim).
 LSP_BODY = {"language": "python", "segments": {"prefix": "def fibonacci(n):\n    ", "suffix": "\n"}}
+PYTHON_STOPS = ("\n#", "\ndef", "\nfrom", "\nclass", "\nimport", "\n\n")     # Tabby's languages.toml
 
 
 @pytest.fixture(scope="module")
@@ -82,18 +83,55 @@ def test_the_prompt_is_the_one_infill_builds_with_the_clients_chunks_most_import
     infill = httpx.post(server.url + "/infill", headers=AUTH, timeout=300, json={
         "input_prefix": PREFIX, "input_suffix": SUFFIX, "temperature": 0,
         "input_extra": [{"filename": chunk["filepath"], "text": chunk["body"]} for chunk in chunks]}).json()
-    assert prompt == infill["prompt"] and text == infill["content"]
+    # (no language: Tabby's stop words for one it does not know end the text at its line's end; /infill has none)
+    assert prompt == infill["prompt"] and text == infill["content"].split("\n")[0]
     assert prompt.index("A tiny geometry package") < prompt.index("area_of_circle(radius") < prompt.index(GEOMETRY)
+
+
+def test_a_completion_ends_where_tabbys_server_ends_it(server):
+    """Tabby's stop words: in a language it knows, before a blank line or a new line that opens with a top-level
+    keyword or a comment; in one it does not, at the line's end. /infill (which has none) shows where that is."""
+    infill = httpx.post(server.url + "/infill", headers=AUTH, timeout=300, json={
+        "input_prefix": LSP_BODY["segments"]["prefix"], "input_suffix": "\n", "temperature": 0}).json()["content"]
+    unknown = complete(server, {"segments": LSP_BODY["segments"], "temperature": 0})["choices"][0]["text"]
+    assert "\n" in infill.strip() and unknown == infill.split("\n")[0], (infill, unknown)
+    for language in ("plaintext", "css", "a-language-nobody-knows"):      # (Tabby has no keywords for them either)
+        body = {"language": language, "segments": {**LSP_BODY["segments"], "filepath": "fib.py"}, "temperature": 0}
+        assert "\n" not in complete(server, body)["choices"][0]["text"]
+    python = complete(server, {**LSP_BODY, "segments": {**LSP_BODY["segments"], "filepath": "fib.py"},
+                               "temperature": 0})["choices"][0]["text"]
+    assert "\n" in python, python                      # several lines: a function's body goes on
+    # a text that would go on past a blank line into a new definition ends before it
+    prefix = "def double(x):\n    return 2 * x\n\n\ndef triple(x):\n    return 3 * x\n\n\ndef quadruple(x):\n    "
+    body = {"language": "python", "temperature": 0, "segments": {"prefix": prefix, "suffix": "\n", "filepath": "m.py"}}
+    text = complete(server, body)["choices"][0]["text"]
+    openai = complete(server, {"prompt": prefix, "max_tokens": MAX_TOKENS, "temperature": 0})["choices"][0]["text"]
+    assert "\n\n" in openai and text.strip() and "\n\n" not in text and "def" not in text, (text, openai)
+
+
+@pytest.mark.parametrize("language, words", [
+    ("python", ["\n#", "\ndef", "\nclass", "\nimport", "\nfrom", "\n\n"]),
+    ("typescriptreact", ["\n//", "\nexport", "\nfunction", "\nconst", "\n\n"]),
+    ("go", ["\n//", "\nfunc", "\ntype", "\n\n"]),
+    (None, ["\n", "\n\n"]), ("html", ["\n", "\n\n"]),
+])
+def test_tabbys_stop_words_by_language(language, words):
+    from codecomplete.server.tabby import stop_words
+
+    assert set(words) <= set(stop_words(language)) and (language in ("python", "typescriptreact", "go")) == (
+        "\n" not in stop_words(language))
 
 
 def test_a_raw_prompt_is_continued_as_it_is_as_openais_prompt_is(server):
     """debug_options.raw_prompt: Tabby's way to test its model with a prompt of its own (the segments unread)."""
-    body = {"segments": {"prefix": "unused"}, "temperature": 0,
+    body = {"language": "python", "segments": {"prefix": "unused"}, "temperature": 0,
             "debug_options": {"raw_prompt": "def add(a, b):", "return_prompt": True}}
     answer = complete(server, body)
     assert answer["debug_data"] == {"prompt": "def add(a, b):"}
     openai = complete(server, {"prompt": "def add(a, b):", "max_tokens": MAX_TOKENS, "temperature": 0})
-    assert answer["choices"][0]["text"] == openai["choices"][0]["text"]
+    ends = [at for at in (openai["choices"][0]["text"].find(word) for word in PYTHON_STOPS) if at >= 0]
+    assert answer["choices"][0]["text"] == openai["choices"][0]["text"][:min(ends, default=None)]
+    assert "\n" in answer["choices"][0]["text"]
 
 
 def test_the_cursors_file_is_filepath_in_the_repository_however_the_agent_writes_it(server, served_repo):
@@ -110,6 +148,24 @@ def test_the_cursors_file_is_filepath_in_the_repository_however_the_agent_writes
     assert outside == unnamed != in_repository
     tail = PREFIX.rstrip()[:30]
     assert f"app.py\n{tail}" in in_repository and f"untitled.py\n{tail}" in outside and "elsewhere" not in outside
+
+
+def test_at_most_tabbys_64_new_tokens_where_the_server_allows_more(script, cli_env, served_repo, tmp_path):
+    """tabby-agent sets no limit: Tabby's server gives 64 tokens (its max_decoding_tokens), and so does this one
+    when its own default (--max-tokens) is larger; a smaller one wins (the module's server: 12)."""
+    roomy = ServerProcess(script, served_repo, cli_env, tmp_path, "--context-tokens", "256", "--max-tokens", "80")
+    try:
+        body = {"language": "python", "temperature": 0, "segments": {  # one line that goes on and on: no stop word
+            "prefix": "SQUARES = [" + ", ".join(str(i * i) for i in range(1, 9)) + ", ", "suffix": "]\n"}}
+        text = httpx.post(roomy.url + "/v1/completions", json=body, timeout=300).json()["choices"][0]["text"]
+        for _ in range(100):                 # (a job's line is written just after its answer)
+            lines = [line for line in roomy.log().splitlines() if line.startswith("POST /v1/completions")]
+            if lines:
+                break
+            time.sleep(0.1)
+        assert lines[-1].endswith("· length") and "· 64 tokens ·" in lines[-1] and "\n" not in text, (lines, text)
+    finally:
+        assert roomy.stop() == 0, roomy.log()
 
 
 def test_text_with_crlf_line_ends_is_answered_with_crlf_line_ends(server):
