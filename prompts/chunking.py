@@ -111,8 +111,12 @@ def _cursor(query):
 
 
 def _import(match: dict) -> Import:
-    """What one match of an import pattern binds."""
+    """What one match of an import pattern binds. ``@default`` with a module imports its default export (``import
+    x from "m"``, ``const x = require("m")``); without one it exports the file's own name as its default
+    (``module.exports = f``)."""
     text = {key: nodes[0].text.decode("utf-8", "replace") for key, nodes in match.items()}
+    if "default" in text and "module" not in text:
+        return Import("", text.get("member"), "default")
     member = "*" if "star" in text else "default" if "default" in text else text.get("member")
     return Import(text.get("module", ""), member, text.get("alias"))
 
@@ -155,8 +159,9 @@ class _SyntaxChunker:
                 continue
             if "definition" in match:
                 definition_ids.add(match["definition"][0].id)
-            name = match["name"][0]
-            names.append((name.start_point.row, name.text.decode("utf-8", "replace")))
+            name = match["name"][0]  # (`@default` marks the name of a default export: `module.exports = function`)
+            names.append((name.start_point.row, "default" if "default" in match else
+                          name.text.decode("utf-8", "replace")))
         names.sort(key=_row)
         return definition_ids, names, tuple(dict.fromkeys(imports))
 

@@ -252,8 +252,9 @@ def _query(index: RepoIndex, path: str, language: str, imports, rows: list[str],
            shown: tuple[int, int]) -> Query:
     """What the cursor's surroundings ask of the repository: the names near it, and what the file imports."""
     spec = language_for(path)
-    terms = cursor_terms(rows, row, column, spec.keywords if spec else frozenset(), comment_marker(language))
     imported = follow_imports(index, path, language, imports)
+    terms = cursor_terms(rows, row, column, spec.keywords if spec else frozenset(), comment_marker(language),
+                         imported.declared)
     own = {name for number in index.chunk_numbers(path) for name in index.chunks[number].defines}
     return Query(
         weights=terms.weights,
@@ -261,7 +262,7 @@ def _query(index: RepoIndex, path: str, language: str, imports, rows: list[str],
         imported=frozenset(imported.files),
         imported_names=imported.definitions,
         module_at_cursor=imported.modules.get(terms.qualifier, ()),
-        local=terms.local | own,
+        local=(terms.local | own) - imported.declared,
         uses=terms.counts,
         shown=shown,
         expects=terms.expects,

@@ -10,7 +10,9 @@ A name imported from a file (``from .segment import Segment``) is followed to th
 the file only re-exports it (a package's ``__init__.py``: ``from .segment import Segment``, or ``import *``,
 a JavaScript ``index.js``: ``export { Segment } from "./segment"``, a Rust ``pub use``), through that file's own
 imports. A JavaScript default import is the module's ``default`` export (``export default function f``, or
-``export default f``: f); a Go import binds its package's name. What a file sees without importing it counts as
+``export default f``: f), and so is CommonJS's ``const x = require("./m")`` (what ``module.exports =`` names;
+``const { a, b: c } = require(...)`` imports names, which ``exports.a =`` and ``module.exports = { a }`` export);
+a Go import binds its package's name. What a file sees without importing it counts as
 imported too: a Go or Java file's own package (its folder), and the source file of a C or C++ header's name,
 which defines what the header declares.
 """
@@ -180,6 +182,9 @@ class ImportedNames:
     definitions: dict[str, list[int]] = field(default_factory=dict)  # bound name -> chunks defining it
     modules: dict[str, list[str]] = field(default_factory=dict)  # name bound to a module -> its files
     files: set[str] = field(default_factory=set)  # every repository file imported
+    # Names bound by an import that reads as a declaration (`const fmt = require("./money")`): imported, not the
+    # file's own variables, though they look like them.
+    declared: set[str] = field(default_factory=set)
 
 
 def follow_imports(index, path: str, language: str, imports: Iterable[Import]) -> ImportedNames:
@@ -191,6 +196,8 @@ def follow_imports(index, path: str, language: str, imports: Iterable[Import]) -
     for imported in bindings(language, imports):
         if not imported.module:
             continue  # a name of this file exported under another: binds nothing here
+        if language in _DECLARING_IMPORTS and imported.bound:
+            found.declared.add(imported.bound)
         files = [f for f in module_files(table, path, language, imported.module) if f != path]
         found.files.update(files)
         if language in ("c", "cpp"):  # what a header declares, its source file defines
@@ -215,6 +222,9 @@ def follow_imports(index, path: str, language: str, imports: Iterable[Import]) -
         folder = posixpath.dirname(path)
         found.files.update(f for f in table.folder(folder, True) if f != path and language_name(f) == language)
     return found
+
+
+_DECLARING_IMPORTS = ("javascript", "typescript", "tsx")  # languages where `require` binds a name as `const` does
 
 
 def _names(language: str, imported: Import) -> list[tuple[str | None, str | None]]:

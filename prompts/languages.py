@@ -15,7 +15,9 @@ Each tree-sitter language carries two queries (in the spirit of aider's repo map
     ``import * as alias``), ``@star`` marks an import of every name (``from m import *``) and ``@default`` a
     module's default export bound to a name (``import x from "m"``: its member ``default``). A match without
     ``@module`` exports a name of the file itself under another (``export default g``, ``export { g as h }``).
-    (A JavaScript ``export default`` declaration defines the name ``default`` too: what such an import finds.)
+    (A JavaScript ``export default`` declaration defines the name ``default`` too: what such an import finds. So
+    does CommonJS's ``module.exports = function``, its ``@name`` marked ``@default``; ``const x = require("m")``
+    binds m's default, and ``module.exports = f``, ``@default`` without ``@module``, exports the file's f as it.)
 
 Other text files are chunked into line windows; ``PLAIN_TEXT`` names a few so that commented file sections
 and chat code fences use the right syntax.
@@ -92,6 +94,29 @@ _JS_BINDINGS = """
     (program (export_statement (lexical_declaration (variable_declarator name: (identifier) @name))))
     (export_statement "default" @name declaration: (_)) @definition
     (export_statement "default" @name value: [(arrow_function) (function_expression) (class)]) @definition
+    (expression_statement (assignment_expression
+      left: (member_expression object: (identifier) @_module property: (property_identifier) @name @default)
+      right: [(arrow_function) (function_expression) (class)]) (#eq? @_module "module") (#eq? @name "exports"))
+      @definition
+    (expression_statement (assignment_expression
+      left: (member_expression object: (identifier) @_module property: (property_identifier) @_exports)
+      right: [(function_expression name: (identifier) @name) (class name: (_) @name)])
+      (#eq? @_module "module") (#eq? @_exports "exports"))
+    (expression_statement (assignment_expression
+      left: (member_expression object: (identifier) @_exports property: (property_identifier) @name)
+      right: [(arrow_function) (function_expression) (class)]) (#eq? @_exports "exports")) @definition
+    (expression_statement (assignment_expression
+      left: (member_expression object: (member_expression object: (identifier) @_module
+                                                          property: (property_identifier) @_exports)
+                               property: (property_identifier) @name)
+      right: [(arrow_function) (function_expression) (class)])
+      (#eq? @_module "module") (#eq? @_exports "exports")) @definition
+    (program (expression_statement (assignment_expression
+      left: (member_expression
+        object: [(identifier) @_exports (member_expression property: (property_identifier) @_exports)]
+        property: (property_identifier) @name)
+      right: [(object) (array) (number) (string) (template_string) (call_expression) (new_expression)])
+      (#eq? @_exports "exports")))
 """
 
 JAVASCRIPT = LanguageSpec(
@@ -122,7 +147,33 @@ JAVASCRIPT = LanguageSpec(
         (variable_declarator name: (identifier) @alias
           value: (call_expression function: (identifier) @_require
             arguments: (arguments . (string (string_fragment) @module)))
+          (#eq? @_require "require")) @default
+        (variable_declarator
+          name: (object_pattern [(shorthand_property_identifier_pattern) @member
+                                 (object_assignment_pattern left: (shorthand_property_identifier_pattern) @member)
+                                 (pair_pattern key: (property_identifier) @member value: (identifier) @alias)])
+          value: (call_expression function: (identifier) @_require
+            arguments: (arguments . (string (string_fragment) @module)))
           (#eq? @_require "require"))
+        (variable_declarator name: (identifier) @alias
+          value: (member_expression object: (call_expression function: (identifier) @_require
+                                              arguments: (arguments . (string (string_fragment) @module)))
+                                    property: (property_identifier) @member)
+          (#eq? @_require "require"))
+        (expression_statement (assignment_expression
+          left: (member_expression object: (identifier) @_module property: (property_identifier) @_exports)
+          right: (identifier) @member) @default
+          (#eq? @_module "module") (#eq? @_exports "exports"))
+        (expression_statement (assignment_expression
+          left: (member_expression object: (identifier) @_module property: (property_identifier) @_exports)
+          right: (object (pair key: (property_identifier) @alias value: (identifier) @member)))
+          (#eq? @_module "module") (#eq? @_exports "exports"))
+        (expression_statement (assignment_expression
+          left: (member_expression
+            object: [(identifier) @_exports (member_expression property: (property_identifier) @_exports)]
+            property: (property_identifier) @alias)
+          right: (identifier) @member)
+          (#eq? @_exports "exports"))
     """,
     keywords=_words(_JS_KEYWORDS),
 )

@@ -105,9 +105,12 @@ class CursorTerms:
 
 
 def cursor_terms(
-    lines: list[str], row: int, col: int, keywords: frozenset[str], comment: str = "#"
+    lines: list[str], row: int, col: int, keywords: frozenset[str], comment: str = "#",
+    declared: frozenset[str] | set[str] = frozenset(),
 ) -> CursorTerms:
-    """The identifiers around a cursor at 0-based ``row``, ``col`` of ``lines``, weighted by nearness."""
+    """The identifiers around a cursor at 0-based ``row``, ``col`` of ``lines``, weighted by nearness.
+    ``declared``: names that imports bind with what reads as an assignment (``const fmt = require(...)``), not
+    local."""
     cursor_line = lines[row] if row < len(lines) else ""
     before, after = cursor_line[:col][-LINE_CHARS:], cursor_line[col:][:LINE_CHARS]
     qualifier = _MODULE_BEFORE.search(before[-200:])
@@ -127,7 +130,7 @@ def cursor_terms(
             for name in IDENTIFIER.findall(line):
                 if weights[name] < weight:
                     weights[name] = weight
-    local = _bound_names(code)
+    local = _bound_names(code).difference(declared)
     for name in local.intersection(weights):
         weights[name] *= LOCAL_FACTOR
     written = _PARTIAL_BEFORE.sub("", before)[-200:]

@@ -60,7 +60,7 @@ const double = (x) => x * 2;
             ("definition", 9, 13, ("Square", "area")),
             ("definition", 15, 15, ("double",)),
         ],
-        (Import("./base.js"), Import("./base.js", "Shape"), Import("./math", None, "math"), Import("./math")),
+        (Import("./base.js"), Import("./base.js", "Shape"), Import("./math", "default", "math"), Import("./math")),
     ),
     "sample.ts": (
         """\

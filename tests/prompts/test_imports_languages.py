@@ -115,6 +115,84 @@ def test_typescript_imports_name_the_compiled_js_file_of_a_ts_source(make_repo, 
     _comes_first(index, packed, ("src/utils/money.ts", "formatPrice"), ("src/legacy/format.ts", "formatPrice"))
 
 
+def _commonjs_steps(count: int, exported: bool = False) -> str:
+    """CommonJS twins of _money_steps: declared functions, or (``exported``) functions assigned to ``exports``."""
+    head = "exports.moneyStep{i} = function (cents, currency, locale) {{\n" if exported else \
+        "function moneyStep{i}(cents, currency, locale) {{\n"
+    return "".join((head + "  const amount = cents / 100 + {i};\n  return amount.toFixed(2) + ' ' + currency + locale;"
+                    "\n}};\n\n").format(i=i) for i in range(count))
+
+
+COMMONJS_STEPS = "module.exports = { " + ", ".join(f"moneyStep{i}" for i in range(10))
+EXPORTED_PRICE = FORMAT_PRICE.replace("function formatPrice", "exports.formatPrice = function").replace("\n}\n",
+                                                                                                       "\n};\n")
+
+
+@pytest.mark.parametrize("money, barrel, imports, call", [
+    (_commonjs_steps(10) + FORMAT_PRICE + "\n" + COMMONJS_STEPS + ", formatPrice };\n", {},
+     "const { formatPrice: fmt } = require('../utils/money');", "fmt("),
+    (_commonjs_steps(10) + FORMAT_PRICE + "\n" + COMMONJS_STEPS + ", fmt: formatPrice };\n", {},
+     "const { fmt } = require('../utils/money');", "fmt("),
+    (_commonjs_steps(10, exported=True) + EXPORTED_PRICE, {}, "const { formatPrice } = require('../utils/money');",
+     "formatPrice("),
+    (_commonjs_steps(10, exported=True) + EXPORTED_PRICE.replace("exports.", "module.exports."), {},
+     "const { formatPrice } = require('../utils/money');", "formatPrice("),
+    (_commonjs_steps(10, exported=True) + FORMAT_PRICE + "\nexports.fmt = formatPrice;\n", {},
+     "const fmt = require('../utils/money').fmt;", "fmt("),
+    (_commonjs_steps(10) + "module.exports = " + FORMAT_PRICE, {}, "const fmt = require('../utils/money');", "fmt("),
+    (_commonjs_steps(10) + FORMAT_PRICE + "\nmodule.exports = formatPrice;\n", {},
+     "const fmt = require('../utils/money');", "fmt("),
+    (_commonjs_steps(10) + FORMAT_PRICE + "\n" + COMMONJS_STEPS + ", formatPrice };\n",
+     {"src/utils/index.js": "const { formatPrice } = require('./money');\nconst dates = require('./dates');\n\n"
+                            "module.exports = { formatPrice, formatDate: dates.formatDate };\n"},
+     "const { formatPrice: fmt } = require('../utils');", "fmt("),
+], ids=["destructure-alias", "exports-object-pair", "exports-dot", "module-exports-dot", "exports-name",
+        "module-exports-function", "module-exports-name", "barrel"])
+def test_commonjs_requires_follow_to_what_module_exports_names(make_repo, smollm2_tokenizer, money, barrel, imports,
+                                                               call):
+    """A `require` bound no name: `const { formatPrice: fmt } = require(...)` read as the module alone, and `exports.x
+    = function`, `module.exports = function f` or `module.exports = f` defined nothing a name led to, so `fmt(` found
+    the module's other functions, or a same-named function elsewhere, first. A destructured name is now followed to
+    its definition (through a barrel's own requires too), and `const fmt = require(...)` to what module.exports is."""
+    files = _js_widgets(20) | barrel | {
+        "src/utils/money.js": money,
+        "src/utils/dates.js": "function formatDate(date) {\n  return date;\n}\n\nmodule.exports = { formatDate };\n",
+        "src/legacy/format.js": LEGACY_FORMAT, "src/components/Cart.js": _cart(imports, call).replace("export ", "")}
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "src/components/Cart.js", call)
+    found = follow_imports(index, "src/components/Cart.js", "javascript", index.imports("src/components/Cart.js"))
+    bound = call.rstrip("(")
+    assert ("src/utils/money.js", "formatPrice") in _definitions(index, found, bound)
+    _comes_first(index, packed, ("src/utils/money.js", "formatPrice"), ("src/legacy/format.js", "formatPrice"),
+                 *[("src/utils/money.js", f"moneyStep{i}") for i in range(10)])
+
+
+@pytest.mark.parametrize("imports", ["import fmt from '../utils/money';", "const fmt = require('../utils/money');"],
+                         ids=["import", "require"])
+def test_a_default_require_counts_at_the_cursor_as_a_default_import_does(make_repo, smollm2_tokenizer, imports):
+    """`const fmt = require(...)` read as the file's own variable (an assignment, a top-level binding), whose uses
+    count half, and its definition for the base weight alone: the definition of a name used three lines above
+    came before `fmt(`'s, where `import fmt from` put it first."""
+    default = "export default " if imports.startswith("import") else "module.exports = "
+    cart = _cart("const { describeCart } = require('./describe');\n" + imports, "fmt(").replace("export ", "")
+    cart = cart.replace("  return fmt(", "  const label = describeCart(cart);\n\n\n\n  return label + fmt(")
+    files = _js_widgets(20) | {
+        "src/utils/money.js": _commonjs_steps(10) + default + FORMAT_PRICE, "src/components/Cart.js": cart,
+        "src/components/describe.js": ("function describeCart(cart) {\n  return cart.items.length + ' items';\n}\n\n"
+                                       "module.exports = { describeCart };\n")}
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "src/components/Cart.js", "fmt(")
+    _comes_first(index, packed, ("src/utils/money.js", "formatPrice"), ("src/components/describe.js", "describeCart"))
+
+
+def test_a_commonjs_require_of_an_object_binds_the_module(make_repo):
+    """`module.exports = { get }` is no definition: `const api = require(...)` binds the module, whose `api.` lifts
+    its files, as an ES default import of an object does."""
+    index = index_repository(make_repo({
+        "src/api.js": "function get(url) {\n  return url;\n}\n\nmodule.exports = { get };\n",
+        "src/app.js": "const api = require('./api');\n\napi.get('/');\n"}))
+    found = follow_imports(index, "src/app.js", "javascript", index.imports("src/app.js"))
+    assert found.modules == {"api": ["src/api.js"]} and not found.definitions
+
+
 # Go ------------------------------------------------------------------------------------------------------------
 
 def _go_handlers(count: int) -> dict[str, str]:
