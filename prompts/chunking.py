@@ -16,7 +16,7 @@ from bisect import bisect_left
 from itertools import accumulate
 from typing import NamedTuple
 
-from .imports import Import
+from .imports import Import, outside_inline_modules
 from .languages import LanguageSpec, ParseTimeout, language_for, language_name, load_grammar
 
 MAX_CHUNK_TOKENS = 768  # a chunk of up to ~70 lines of code: whole functions, yet not whole modules
@@ -118,7 +118,30 @@ def _import(match: dict) -> Import:
     if "default" in text and "module" not in text:
         return Import("", text.get("member"), "default")
     member = "*" if "star" in text else "default" if "default" in text else text.get("member")
-    return Import(text.get("module", ""), member, text.get("alias"))
+    module = text.get("module", "")
+    if module and match["module"][0].parent.type == "use_declaration":  # (Rust)
+        module = outside_inline_modules(module, _inline_modules(match["module"][0].parent))
+    return Import(module, member, text.get("alias"))
+
+
+def _inline_modules(node) -> int:
+    """How many Rust inline modules (``mod tests { ... }``) a node is inside. One whose code is being written (an
+    unfinished call) parses as an error that holds the tokens `mod name {` and then the node."""
+    depth = 0
+    while (parent := node.parent) is not None:
+        if parent.type == "mod_item":
+            depth += 1
+        elif parent.type == "ERROR":
+            before, sibling = [], node.prev_sibling
+            while sibling is not None and len(before) < MODULE_OPENING_SIBLINGS:
+                before.append(sibling.type)
+                sibling = sibling.prev_sibling
+            depth += sum(before[i : i + 3] == ["{", "identifier", "mod"] for i in range(len(before) - 2))
+        node = parent
+    return depth
+
+
+MODULE_OPENING_SIBLINGS = 256  # how far back in an error an inline module's opening is looked for
 
 
 class _LineSizes:

@@ -4,7 +4,10 @@ Each language's import string is turned into candidate paths: anchored ones (rel
 the importing file's folder) that must match exactly, and unanchored ones (``a.b.c``, ``crate::a::b``,
 ``"github.com/x/y/pkg"``) that may match at the end of any path, so source roots such as ``src/`` need no
 configuration (Rust's ``crate::``, ``self::`` and ``super::`` paths are tried from the crate's root or the file's
-module first). Standard library and third-party imports simply match nothing.
+module first, and a path beginning with the name of another crate of the workspace from that crate's root, as its
+Cargo.toml says; where no module file lies below, the path names that module's own items: ``super::Price``). A use
+inside an inline module (``mod tests { use super::*; }``) is read as the file's module would write it. Standard
+library and third-party imports simply match nothing.
 
 A name imported from a file (``from .segment import Segment``) is followed to the chunk that defines it; when
 the file only re-exports it (a package's ``__init__.py``: ``from .segment import Segment``, or ``import *``,
@@ -22,7 +25,8 @@ from __future__ import annotations
 import functools
 import posixpath
 import re
-from collections.abc import Iterable
+import tomllib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import NamedTuple
@@ -51,9 +55,10 @@ class Import(NamedTuple):
 class PathTable:
     """Repository paths looked up by their last component, with or without extension, and by folder.
     ``root_name`` is the repository folder's own name: a package opened as the repository imports itself
-    under it (``rich/console.py`` says ``from rich.segment import Segment``)."""
+    under it (``rich/console.py`` says ``from rich.segment import Segment``). ``read`` gives the text of a file of
+    the table: its Cargo.toml files name the Rust crates that other crates of the workspace use by name."""
 
-    def __init__(self, paths: Iterable[str], root_name: str = ""):
+    def __init__(self, paths: Iterable[str], root_name: str = "", read: Callable[[str], str] | None = None):
         self.root_name = root_name
         self.by_name: dict[str, list[str]] = {}
         self.by_stem: dict[str, list[str]] = {}
@@ -71,6 +76,9 @@ class PathTable:
             self._by_name_tail.setdefault(_tail(path), []).append(path)
             self._by_stem_tail.setdefault(_tail(_strip_extension(path)), []).append(path)
             self._by_folder_tail.setdefault(_tail(posixpath.dirname(path)), []).append(path)
+        manifests = {path: read(path) for path in self.by_name.get("Cargo.toml", ())} if read else {}
+        self.crates = rust_crates(manifests)  # a library crate's name in `use` paths -> its root file
+        self.crate_roots = {posixpath.dirname(root): root for root in self.crates.values()}  # folder -> root file
 
     def files(self, target: str, anchored: bool, extension: bool = False) -> list[str]:
         """Paths equal to ``target`` (``anchored``) or ending with it at a ``/``; without ``extension`` the
@@ -331,22 +339,34 @@ def _go(table: PathTable, path: str, module: str) -> list[str]:
     return table.folder("/".join(module.split("/")[-2:]), False) if "/" in module else []
 
 
+_RUST_PATH_KEYWORDS = ("crate", "self", "super")
+
+
 def _rust(table: PathTable, path: str, module: str) -> list[str]:
     """The files of the longest prefix of a path that names a module (``crate::net::client::Client``: client.rs);
-    as written in a use tree, only its path before ``{`` counts."""
+    as written in a use tree, only its path before ``{`` counts. A path from a known module (``crate::``,
+    ``super::``, ``self::``, a workspace crate's name) with no module file below it names that module's own items
+    (``super::Price``: the parent module's file)."""
     written = module.split("{")[0].rstrip(":").split(" as ")[0]
     parts = [p for p in written.split("::") if p and p != "*"]
     if not parts or parts[0] in ("std", "core", "alloc"):
         return []
-    if len(parts) == 1 and module == parts[0]:  # `mod util;`: a child module (or, in a crate root such as
-        return (_rust_files(table, _rust_children(path), parts, anchored=True)  # src/bin/tool.rs, a sibling)
-                or _rust_files(table, posixpath.dirname(path), parts, anchored=True))
+    rooted = parts[0] in _RUST_PATH_KEYWORDS or parts[0] in table.crates
+    if len(parts) == 1 and module == parts[0] and parts[0] not in _RUST_PATH_KEYWORDS:  # `mod util;`: a child
+        found = (_rust_files(table, _rust_children(path), parts, anchored=True)  # module (or, in a crate root such
+                 or _rust_files(table, posixpath.dirname(path), parts, anchored=True))  # as src/bin/tool.rs, a
+        if found or not rooted:                                                        # sibling); or a crate
+            return found
     base, parts = _rust_start(table, path, parts)
     for anchored in (True, False) if base is not None else (False,):
         for length in range(len(parts), 0, -1):  # the longest prefix that names a module file; the rest are items
             found = _rust_files(table, base, parts[:length], anchored)
             if found:
                 return found
+        if anchored and rooted:
+            own = _rust_module_file(table, base)
+            if own:
+                return own
     return []
 
 
@@ -365,6 +385,8 @@ def _rust_start(table: PathTable, path: str, parts: list[str]) -> tuple[str | No
     own child modules from its child modules' folder, each ``super::`` one folder up from there."""
     if parts[0] == "crate":
         return _crate_root(table, path), parts[1:]
+    if parts[0] in table.crates:  # another crate of the workspace
+        return posixpath.dirname(table.crates[parts[0]]), parts[1:]
     base = _rust_children(path)
     if parts[0] == "self":
         return base, parts[1:]
@@ -380,10 +402,24 @@ def _rust_children(path: str) -> str:
     return folder if name in ("lib.rs", "main.rs", "mod.rs") else posixpath.join(folder, name.removesuffix(".rs"))
 
 
+def _rust_module_file(table: PathTable, folder: str) -> list[str]:
+    """The file of the module whose child modules are in ``folder``: a crate's root (as its Cargo.toml says, else
+    lib.rs or main.rs), mod.rs, or the file named as the folder (src/pricing: src/pricing.rs)."""
+    candidates = [table.crate_roots.get(folder, ""), *(posixpath.join(folder, name) for name in _RUST_MODULE_FILES)]
+    for candidate in candidates + ([folder + ".rs"] if folder else []):
+        if candidate and table.files(candidate, True, extension=True):
+            return [candidate]
+    return []
+
+
+_RUST_MODULE_FILES = ("lib.rs", "main.rs", "mod.rs")
+
+
 def _crate_root(table: PathTable, path: str) -> str | None:
     folder = posixpath.dirname(path)
     while True:
-        if any(table.files(posixpath.join(folder, root), True, extension=True) for root in ("lib.rs", "main.rs")):
+        if folder in table.crate_roots or any(table.files(posixpath.join(folder, root), True, extension=True)
+                                              for root in ("lib.rs", "main.rs")):
             return folder
         if not folder:
             return None
@@ -397,6 +433,44 @@ def _rust_files(table: PathTable, base: str | None, parts: list[str], anchored: 
     if anchored:
         target = posixpath.join(base, target) if base else target
     return [f for f in table.files(target, anchored) + table.files(target + "/mod", anchored) if f.endswith(".rs")]
+
+
+def rust_crates(manifests: dict[str, str]) -> dict[str, str]:
+    """The library crates that Cargo.toml files (path -> text) define: the name other crates' `use` paths give one
+    (``[lib] name``, else ``[package] name`` with hyphens as underscores) -> its root file (``[lib] path``, else
+    src/lib.rs beside the manifest). A manifest that does not parse is left out."""
+    crates: dict[str, str] = {}
+    for path, text in sorted(manifests.items()):
+        crate = _library_crate(path, text)
+        if crate:
+            crates.setdefault(*crate)
+    return crates
+
+
+@functools.lru_cache(maxsize=4096)  # (read again whenever the path table is built: a vendor/ folder holds hundreds)
+def _library_crate(path: str, text: str) -> tuple[str, str] | None:
+    try:
+        manifest = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, RecursionError):  # (not TOML, or arrays nested thousands deep)
+        return None
+    package, library = manifest.get("package"), manifest.get("lib", {})
+    if not isinstance(package, dict) or not isinstance(library, dict):
+        return None
+    name, root = library.get("name") or package.get("name"), library.get("path", "src/lib.rs")
+    if not isinstance(name, str) or not isinstance(root, str):
+        return None
+    return name.replace("-", "_"), posixpath.normpath(posixpath.join(posixpath.dirname(path), root))
+
+
+def outside_inline_modules(path: str, depth: int) -> str:
+    """A Rust use path written inside ``depth`` inline modules (``mod tests { use super::*; }``) as the file's own
+    module would write it: each ``super`` up to ``depth`` steps out of an inline module, within the file
+    (``super::helpers::f``: ``self::helpers::f``), the rest out of the file's module."""
+    parts = path.split("::")
+    supers = next((n for n, part in enumerate(parts) if part.strip() != "super"), len(parts))
+    if not depth or not supers:
+        return path
+    return "::".join(["self", *parts[supers:]] if supers <= depth else parts[depth:])
 
 
 def _c(table: PathTable, path: str, module: str) -> list[str]:

@@ -36,7 +36,8 @@ from .errors import PromptError
 from .imports import Import, PathTable
 from .scan import MAX_FILE_BYTES, ScanWarning, SourceFile, count_ignored, lies_within, read_source, scan_repository
 
-CACHE_VERSION = 8  # bump whenever chunking or the cached layout changes (8: CommonJS requires and exports)
+CACHE_VERSION = 8  # bump whenever chunking or the cached layout changes (8: CommonJS requires and exports, Rust
+                   # uses inside inline modules)
 STALE_TEMPORARY_S = 3600  # a temporary file of the cache this old is no write under way (a write keeps it fresh)
 PARALLEL_MIN_BYTES = 2 * 1024 * 1024  # below this much text to parse, worker start-up costs more than it saves
 BATCH_BYTES = 256 * 1024  # text per task sent to a worker: small enough to balance, large enough to amortise
@@ -88,7 +89,8 @@ class RepoIndex:
             self.chunks.extend(entries[path].chunks)
             self._file_chunks[path] = range(start, len(self.chunks))
         self._imports = {path: entries[path].imports for path in self.files}
-        self.paths = paths or PathTable(self.files, root.name)  # ``paths``: a table of exactly these files, to reuse
+        # ``paths``: a table of exactly these files (and manifests), to reuse
+        self.paths = paths or PathTable(self.files, root.name, self._text)
         self.definers: dict[str, list[int]] = {}  # name -> positions in ``chunks`` of the chunks defining it
         for number, chunk in enumerate(self.chunks):
             for name in chunk.defines:
@@ -179,6 +181,10 @@ class RepoIndex:
         after = bisect.bisect_right(numbers, first.end_line, key=lambda n: self.chunks[n].start_line)
         return after < len(numbers) and self.chunks[numbers[after]].start_line < second.start_line
 
+    def _text(self, path: str) -> str:
+        """An indexed file's text as its chunks hold it (the lines of its blank edges and blank windows apart)."""
+        return "\n".join(chunk.text for chunk in self.entries[path].chunks)
+
     def imports(self, path: str) -> tuple[Import, ...]:
         """The imports of an indexed file as written in its source."""
         return self._imports.get(path, ())
@@ -197,8 +203,10 @@ class RepoIndex:
                 term_ids[path] = _number_terms(entry.chunks, vocabulary)
         same_files = all(self.entries.get(p, _ABSENT).indexed == entries.get(p, _ABSENT).indexed
                          for p in [*changed, *removed])
+        same_crates = not any(posixpath.basename(p) == "Cargo.toml" for p in changed)  # (what the table reads)
         with _collector_paused():
-            return RepoIndex(self.root, entries, vocabulary, term_ids, paths=self.paths if same_files else None)
+            return RepoIndex(self.root, entries, vocabulary, term_ids,
+                             paths=self.paths if same_files and same_crates else None)
 
     def __repr__(self) -> str:
         return f"RepoIndex({str(self.root)!r}, files={len(self.files)}, chunks={len(self.chunks)})"

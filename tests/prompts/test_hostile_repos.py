@@ -228,6 +228,17 @@ def test_code_or_folders_nested_thousands_deep_skip_one_file_not_the_index(make_
     assert any("nested deeper than" in message for message in messages)
 
 
+def test_cargo_manifests_nested_thousands_deep_or_malformed_name_no_crate_and_stop_nothing(make_repo):
+    """Cargo.toml files are parsed for the workspace's crate names; one nested past the parser's recursion, or not
+    TOML, or with a name of the wrong type, names no crate, and the rest are indexed."""
+    root = make_repo({"deep/Cargo.toml": "[package]\nname = \"deep\"\nx = " + "[\n" * 3000 + "]\n" * 3000,
+                      "typed/Cargo.toml": "[package]\nname = 3\n", "broken/Cargo.toml": "[package\nname = \"broken\"\n",
+                      "good/Cargo.toml": "[package]\nname = \"good-crate\"\n", "good/src/lib.rs": "pub fn f() {}\n"})
+    index = index_repository(root)
+    assert index.paths.crates == {"good_crate": "good/src/lib.rs"}
+    assert {"deep/Cargo.toml", "typed/Cargo.toml", "broken/Cargo.toml", "good/src/lib.rs"} <= set(index.files)
+
+
 def test_invalid_ignore_patterns_are_left_out_as_git_does(make_repo):
     root = make_repo({"a.py": "a = 1\n", "b.log": "b\n", "c.py": "c = 1\n",
                       ".gitignore": "[z-a]\n*.log\n\\\n!\nc.py\n"})

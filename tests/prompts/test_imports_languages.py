@@ -8,6 +8,8 @@ import pytest
 
 from prompts import build_completion_prompt, index_repository
 from prompts.imports import follow_imports, module_files
+from prompts.index import parse_file
+from prompts.scan import source_file
 
 BUDGET = 1024
 
@@ -359,6 +361,142 @@ def test_rust_paths_resolve_from_the_crate_root_the_file_and_its_parent(make_rep
     found = follow_imports(index, "src/cart.rs", "rust", index.imports("src/cart.rs"))
     assert found.modules == {"pricing": ["src/pricing.rs"]}
     assert packed.chosen[0][0] == "src/pricing.rs"
+
+
+RUST_PRICE_ITEMS = """/// An amount of money.
+pub struct Price {
+    pub cents: i64,
+    pub currency: String,
+}
+
+/// Renders a price for display.
+pub fn format_price(price: &Price, locale: &str) -> String {
+    format!("{} {:.2} ({})", price.currency, price.cents as f64 / 100.0, locale)
+}
+"""
+# The decoy: the same definitions in a module not imported (their comments apart: ranking drops a chunk whose text
+# is another's), in a file listed first (ties keep the index's order).
+RUST_CONFIG = "/// Settings of a shop.\npub struct Config {\n    pub locale: String,\n}\n"
+RUST_TWINS = (RUST_CONFIG + "\n" + RUST_PRICE_ITEMS).replace("/// ", "/// Legacy: ")
+RUST_PRICE_TESTS = """{uses}
+
+#[test]
+fn labels_a_price_in_its_currency() {{
+    let config = Config {{ locale: String::from("en-US") }};
+    let cents: i64 = 1999;
+    {line}
+}}
+"""
+
+
+@pytest.mark.parametrize("uses, line, wanted", [
+    ("use super::Price;\nuse crate::Config;", "let price = Price {", ("src/pricing.rs", "Price")),
+    ("use super::{format_price, Price};\nuse crate::Config;", "let label = format_price(",
+     ("src/pricing/format.rs", "format_price")),
+    ("use super::*;\nuse crate::Config;", "let price = Price {", ("src/pricing.rs", "Price")),
+    ("use super::Price;\nuse crate::Config;", "let config = Config {", ("src/lib.rs", "Config")),
+], ids=["super-name", "super-group", "super-glob", "crate-name"])
+def test_rust_super_and_crate_paths_name_items_of_the_parent_module_or_crate_root(make_repo, smollm2_tokenizer,
+                                                                                 uses, line, wanted):
+    """`use super::Price` (or `super::{...}`, `super::*`, `crate::Config`) is a path of one keyword and a name: it was
+    taken for `mod super;`, a child module file named super.rs, and matched nothing, so another module's
+    same-named definitions came first. It names an item of the parent module's file (src/pricing.rs) or of the
+    crate root (src/lib.rs)."""
+    files = _rust_repo(pricing_path="src/pricing.rs") | {
+        "src/lib.rs": "pub mod legacy;\npub mod pricing;\n\n" + RUST_CONFIG,
+        "src/pricing.rs": RUST_PRICING + "\n#[cfg(test)]\nmod tests;\n", "src/legacy.rs": RUST_TWINS,
+        "src/pricing/tests.rs": RUST_PRICE_TESTS.format(uses=uses, line=line)}
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "src/pricing/tests.rs", line)
+    found = follow_imports(index, "src/pricing/tests.rs", "rust", index.imports("src/pricing/tests.rs"))
+    assert {"src/pricing.rs", "src/lib.rs"} <= found.files and "src/legacy.rs" not in found.files
+    _comes_first(index, packed, wanted, ("src/legacy.rs", wanted[1]))
+
+
+RUST_CART = """mod helpers;
+
+pub struct Cart {
+    pub items: Vec<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use super::helpers::make_cart;
+    use super::super::pricing::Price;
+
+    #[test]
+    fn sums_its_items() {
+        let cart = make_cart(
+    }
+}
+"""
+
+
+def test_rust_paths_in_an_inline_module_start_one_module_down(make_repo, smollm2_tokenizer):
+    """In cart.rs's inline `mod tests`, `super::` is cart itself: `super::helpers::make_cart` is cart/helpers.rs
+    (`mod helpers;`), but was resolved from the file's own level, to the crate's src/helpers.rs, whose same-named
+    function came first; `super::*` is the file's own items, not the crate root's."""
+    files = _rust_repo(pricing_path="src/pricing.rs") | {
+        "src/lib.rs": "pub mod pricing;\npub mod cart;\npub mod helpers;\n\npub use helpers::*;\n",
+        "src/helpers.rs": "pub fn make_cart(total: i64) -> Vec<i64> {\n    vec![total]\n}\n",
+        "src/cart/helpers.rs": "use super::Cart;\n\npub fn make_cart(items: &[i64]) -> Cart {\n"
+                               "    Cart { items: items.to_vec() }\n}\n",
+        "src/cart.rs": RUST_CART}
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "src/cart.rs", "make_cart(")
+    found = follow_imports(index, "src/cart.rs", "rust", index.imports("src/cart.rs"))
+    assert _definitions(index, found, "make_cart") == {("src/cart/helpers.rs", "make_cart")}
+    assert _definitions(index, found, "Price") == {("src/pricing.rs", "Price")}
+    assert not {"src/lib.rs", "src/helpers.rs"} & found.files
+    _comes_first(index, packed, ("src/cart/helpers.rs", "make_cart"), ("src/helpers.rs", "make_cart"))
+
+
+
+
+@pytest.mark.parametrize("manifest, crate", [
+    ('[package]\nname = "store-core"\nversion = "0.1.0"\n', "store_core"),
+    ('[package]\nname = "store-core"\n\n[lib]\nname = "core_lib"\n', "core_lib"),
+    ('[package]\nname = "store-core"\n\n[lib]\npath = "lib/core.rs"\n', "store_core"),
+], ids=["package-name", "lib-name", "lib-path"])
+def test_rust_paths_of_a_workspace_crate_resolve_to_that_crates_sources(make_repo, smollm2_tokenizer, manifest, crate):
+    """`use store_core::pricing::format_price` names a member crate of the workspace (crates/store-core, its package
+    name's hyphen an underscore); the path was looked for as a folder store_core/pricing and matched nothing, so the
+    web crate's own legacy function came first."""
+    root = "crates/store-core/" + ("lib" if "lib/core.rs" in manifest else "src")
+    files = _rust_handlers(20) | {
+        "Cargo.toml": '[workspace]\nmembers = ["crates/*"]\n',
+        "crates/store-core/Cargo.toml": manifest,
+        f"{root}/{'core.rs' if root.endswith('lib') else 'lib.rs'}": "pub mod pricing;\n\npub struct Config {\n"
+                                                                     "    pub locale: String,\n}\n",
+        f"{root}/pricing.rs": RUST_PRICE_ITEMS,
+        "crates/shop-web/Cargo.toml": '[package]\nname = "shop-web"\n\n[dependencies]\n'
+                                      'store-core = { path = "../store-core" }\n',
+        "crates/shop-web/src/lib.rs": "pub mod cart;\npub mod legacy;\n",
+        "crates/shop-web/src/legacy.rs": RUST_TWINS,
+        "crates/shop-web/src/cart.rs": _rust_cart(f"use {crate}::pricing::{{format_price, Price}};\n"
+                                                  f"use {crate}::Config;", "format_price(")}
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "crates/shop-web/src/cart.rs", "format_price(")
+    found = follow_imports(index, "crates/shop-web/src/cart.rs", "rust", index.imports("crates/shop-web/src/cart.rs"))
+    assert _definitions(index, found, "format_price") == {(f"{root}/pricing.rs", "format_price")}
+    assert _definitions(index, found, "Config") == {(root + ("/core.rs" if root.endswith("lib") else "/lib.rs"),
+                                                     "Config")}
+    _comes_first(index, packed, (f"{root}/pricing.rs", "format_price"),
+                 ("crates/shop-web/src/legacy.rs", "format_price"))
+
+
+def test_a_renamed_workspace_crate_reaches_a_long_lived_index(make_repo):
+    """A long-lived index reuses its path table while the same files are indexed; a Cargo.toml saved with another
+    crate name must give a new one, or `use` paths keep resolving by the old name."""
+    root = make_repo({"crates/store-core/Cargo.toml": '[package]\nname = "store-core"\n',
+                      "crates/store-core/src/lib.rs": RUST_PRICE_ITEMS,
+                      "crates/shop-web/src/lib.rs": "use money::format_price;\n"})
+    index = index_repository(root)
+    assert index.paths.crates == {"store_core": "crates/store-core/src/lib.rs"}
+    (root / "crates/store-core/Cargo.toml").write_text('[package]\nname = "money"\n')
+    index = index.updated({"crates/store-core/Cargo.toml": parse_file(root, source_file(root, "crates/store-core/"
+                                                                                         "Cargo.toml"), 1 << 20)})
+    assert index.paths.crates == {"money": "crates/store-core/src/lib.rs"}
+    found = follow_imports(index, "crates/shop-web/src/lib.rs", "rust", index.imports("crates/shop-web/src/lib.rs"))
+    assert _definitions(index, found, "format_price") == {("crates/store-core/src/lib.rs", "format_price")}
 
 
 # Java ----------------------------------------------------------------------------------------------------------
