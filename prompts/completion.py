@@ -33,7 +33,7 @@ from .chunking import Chunk, source_imports
 from .errors import BudgetError, PromptError
 from .examples import example_key, example_lines
 from .formats import CompletionFormat, Segment, completion_format
-from .imports import follow_imports
+from .imports import follow_imports, qualified_definitions
 from .index import RepoIndex
 from .languages import comment_marker, language_for, language_name
 from .outline import brief, outline
@@ -266,6 +266,8 @@ def _query(index: RepoIndex, path: str, language: str, imports, rows: list[str],
         uses=terms.counts,
         shown=shown,
         expects=terms.expects,
+        qualified={use: (terms.qualified[use], chunks) for use, chunks in
+                   qualified_definitions(index, language, imported.modules, terms.qualified).items()},
     )
 
 

@@ -249,6 +249,27 @@ def _names(language: str, imported: Import) -> list[tuple[str | None, str | None
     return [(imported.name, imported.bound)]
 
 
+_QUALIFIED_LANGUAGES = ("go",)  # where every use of an imported name is qualified by its package: `pkg.Name`
+
+
+def qualified_definitions(index, language: str, modules: dict[str, list[str]], uses: Iterable[str]
+                          ) -> dict[str, list[int]]:
+    """The chunks defining each qualified use (``"pkg.Name"``) whose qualifier is bound to a module here, among
+    that module's files (Go: two packages that both define New, `store.New` is store's)."""
+    if language not in _QUALIFIED_LANGUAGES:
+        return {}
+    found = {}
+    for use in uses:
+        qualifier, _, name = use.partition(".")
+        files = modules.get(qualifier)
+        if files:
+            inside = set(files)
+            chunks = [n for n in index.definers.get(name, ()) if index.chunks[n].path in inside]
+            if chunks:
+                found[use] = chunks
+    return found
+
+
 def _go_package(module: str) -> str:
     """The name a Go import binds unaliased: the package's, which is its path's last part but for a major version
     (``example.com/x/v2``: x; ``gopkg.in/yaml.v3``: yaml)."""

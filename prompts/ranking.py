@@ -9,6 +9,8 @@ Signals, summed with fixed weights:
   (``__init__`` tells little, ``parse_header`` a lot), somewhat discounted for names used everywhere, and
   raised where the current file imports the defining file;
 - a module at the cursor: right after ``module.``, the chunks of that module's files;
+- qualified uses (Go): ``pkg.Name`` near the cursor is a use of that imported package's Name, weighted by
+  nearness as an imported name is (two packages both define ``New``: ``store.New(`` is store's);
 - lexical similarity: BM25 between the weighted identifiers of the query and those of each chunk, normalised to
   the best match;
 - imports: a little for every chunk of a file the current file imports, shared among those files;
@@ -60,6 +62,7 @@ FILE_LINES = 2000  # how far from the cursor the rest of the file is read
 LINE_CHARS = 1000  # of a longer line, only the part nearest the cursor is read (a minified line of megabytes)
 MAX_TERMS = 256  # the heaviest identifiers make the query
 
+_QUALIFIED = re.compile(r"\b[A-Za-z_]\w*\.[A-Za-z_]\w*")  # `pkg.Name`, wherever it stands: `f(pkg.Name(`
 _PARTIAL_BEFORE = re.compile(r"\w+$")
 _PARTIAL_AFTER = re.compile(r"^\w+")
 _MODULE_BEFORE = re.compile(r"([A-Za-z_]\w*)(?:\.|::)$")  # `module.` or Rust's `module::`
@@ -91,6 +94,8 @@ class Query:
     shown: tuple[int, int] | None = None  # lines of ``path`` already in the prompt, never returned
     expects: str | None = None  # what the code before the cursor expects (CursorTerms.expects)
     mentioned: frozenset[str] = field(default_factory=frozenset)  # files named in a chat question
+    # "pkg.Name" used near the cursor -> (nearness, the chunks of pkg's files defining Name)
+    qualified: Mapping[str, tuple[float, Sequence[int]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,7 @@ class CursorTerms:
     qualifier: str | None  # `name` when the cursor follows `name.`
     counts: Mapping[str, int] = field(default_factory=dict)  # identifier -> occurrences in the file
     expects: str | None = None  # "type" | "exception" | "decorator": what the code before the cursor expects
+    qualified: Mapping[str, float] = field(default_factory=dict)  # "module.name" in the code near it -> nearness
 
 
 def cursor_terms(
@@ -123,6 +129,7 @@ def cursor_terms(
     weights = dict.fromkeys(counts, FILE_WEIGHT)
     top, bottom = max(0, row - LINES_BEFORE), min(len(lines), row + LINES_AFTER + 1)
     code, prose = _split_prose("\n".join(lines[top:bottom]), comment)
+    qualified: dict[str, float] = {}
     for factor, text in ((1.0, code), (PROSE_FACTOR, prose)):
         for number, line in enumerate(text.split("\n"), top):
             distance = row - number if number <= row else 2 * (number - row)
@@ -130,13 +137,16 @@ def cursor_terms(
             for name in IDENTIFIER.findall(line):
                 if weights[name] < weight:
                     weights[name] = weight
+            if factor == 1.0 and "." in line:  # (code, not comments)
+                for use in _QUALIFIED.findall(line):
+                    qualified[use] = max(qualified.get(use, 0.0), weight)
     local = _bound_names(code).difference(declared)
     for name in local.intersection(weights):
         weights[name] *= LOCAL_FACTOR
     written = _PARTIAL_BEFORE.sub("", before)[-200:]
     expects = next((kind for kind, pattern in _EXPECTS if pattern.search(written)), None)
     return CursorTerms(_heaviest(weights, keywords), local, qualifier.group(1) if qualifier else None, counts,
-                       expects)
+                       expects, qualified)
 
 
 def fits_expected(name: str, expects: str | None) -> bool:
@@ -263,6 +273,10 @@ def _definition_scores(index: RepoIndex, query: Query):
         uses = min(USE_WEIGHT_MAX, USE_WEIGHT * math.sqrt(query.uses.get(name, 0)))
         nearness = max(query.weights.get(name, 0.0), uses) if name not in query.local else 0.0
         fit = 1.0 if fits_expected(name, query.expects) else SHAPE_MISMATCH
+        numbers = list(chunks)
+        imported[numbers] = np.maximum(imported[numbers], fit * (IMPORTED_NAME_BASE + nearness) / len(numbers))
+    for use, (nearness, chunks) in query.qualified.items():  # `pkg.Name`: the Name of that package
+        fit = 1.0 if fits_expected(use.rpartition(".")[2], query.expects) else SHAPE_MISMATCH
         numbers = list(chunks)
         imported[numbers] = np.maximum(imported[numbers], fit * (IMPORTED_NAME_BASE + nearness) / len(numbers))
     scores += IMPORTED_NAME_WEIGHT * imported

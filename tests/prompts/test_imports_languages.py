@@ -275,6 +275,26 @@ def test_go_and_java_files_see_their_own_packages_names_unimported(make_repo, sm
     _comes_first(index, packed, (shop + "pricing/Price.java", "Price"), (shop + "legacy/Price.java", "Price"))
 
 
+@pytest.mark.parametrize("earlier, line, wanted, other", [
+    ('p := pr.New(100, "USD")', "stores := append([]*store.Store{}, store.New(", "store", "pricing"),
+    ("s := store.New(name)", "fmt.Println(s.Name, pr.Format(pr.New(", "pricing", "store"),
+    ('p := pr.New(100, "USD")', "var s *store.Store = store.New(", "store", "pricing"),
+    ("s := store.New(name)", "prices := map[string]pr.Price{s.Name: pr.New(", "pricing", "store"),
+], ids=["append-call", "nested-call", "pointer-type", "map-literal"])
+def test_a_go_qualified_use_is_a_use_of_that_packages_name(make_repo, smollm2_tokenizer, earlier, line, wanted,
+                                                            other):
+    """Two imported packages both define New (as Go packages do): `store.New(` at the cursor counted as a use of any
+    New, so the other package's, used a line above, could come first. A qualified use, whatever punctuation is
+    before it, is now one of the package the qualifier names."""
+    files = _go_handlers(20) | GO_DECOYS | {
+        "go.mod": "module github.com/acme/shop\n\ngo 1.22\n", "internal/pricing/pricing.go": GO_PRICING,
+        "cmd/shop/main.go": _go_main('\tpr "github.com/acme/shop/internal/pricing"\n'
+                                     '\t"github.com/acme/shop/internal/store"', f"{earlier}\n\t{line}")}
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "cmd/shop/main.go", line)
+    _comes_first(index, packed, (f"internal/{wanted}/{wanted}.go", "New"), (f"internal/{other}/{other}.go", "New"),
+                 ("internal/legacy/legacy.go", "New"))
+
+
 # Rust ----------------------------------------------------------------------------------------------------------
 
 def _rust_handlers(count: int) -> dict[str, str]:
