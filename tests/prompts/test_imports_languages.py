@@ -140,7 +140,7 @@ EXPORTED_PRICE = FORMAT_PRICE.replace("function formatPrice", "exports.formatPri
     (_commonjs_steps(10, exported=True) + EXPORTED_PRICE.replace("exports.", "module.exports."), {},
      "const { formatPrice } = require('../utils/money');", "formatPrice("),
     (_commonjs_steps(10, exported=True) + FORMAT_PRICE + "\nexports.fmt = formatPrice;\n", {},
-     "const fmt = require('../utils/money').fmt;", "fmt("),
+     "const { fmt } = require('../utils/money');", "fmt("),
     (_commonjs_steps(10) + "module.exports = " + FORMAT_PRICE, {}, "const fmt = require('../utils/money');", "fmt("),
     (_commonjs_steps(10) + FORMAT_PRICE + "\nmodule.exports = formatPrice;\n", {},
      "const fmt = require('../utils/money');", "fmt("),
