@@ -32,6 +32,7 @@ from triton.compiler import ASTSource
 
 from kernels import interface
 from kernels.append import _append_kv_kernel, append_blocks
+from kernels.fused_gemv import build_names
 from kernels.infill_keep import _infill_keep_kernel
 from kernels.interface import combine_constexprs, combine_warps, split_constexprs, split_kernel
 from kernels.plan import plan_launch, resident_programs
@@ -308,6 +309,12 @@ def _run_job(job: tuple) -> dict:
             return compile_config(what, target, with_opcodes)
         if kind == "infill":
             return compile_infill(what, target)
+        if kind == "fused":
+            from kernels.fused_gemv import compile_facts as fused_facts
+            return {"name": name, **fused_facts(arch, names={what})[what]}
+        if kind == "gemv":
+            from kernels.gemv import compile_facts as gemv_facts
+            return {"name": name, "variants": gemv_facts(arch)}
         return compile_append(*what[:5], target, what[5])
     except Exception as error:
         return {"name": name, "error": f"{type(error).__name__}: {str(error)[-2000:]}"}
@@ -328,6 +335,9 @@ def main(argv=None) -> int:
     jobs = [(config.name, "main", config, args.arch, args.sass) for config in MAIN_CONFIGS]
     jobs += [(_append_name(*append), "append", append, args.arch, args.sass) for append in APPEND_CONFIGS]
     jobs += [(_infill_name(block), "infill", block, args.arch, args.sass) for block in INFILL_CONFIGS]
+    # the decode step's dense kernels (kernels/fused_gemv.py, kernels/gemv.py), bf16 and int8 weights
+    jobs += [(f"fused-gemv {name}", "fused", name, args.arch, args.sass) for name in build_names()]
+    jobs += [("gemv bf16 and int8 weights, unsplit and split-K", "gemv", None, args.arch, args.sass)]
     if wanted:
         jobs = [job for job in jobs if any(w in job[0] for w in wanted)]
         if not jobs:        # a typo checked nothing and passed (exit 0)

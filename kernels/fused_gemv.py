@@ -21,6 +21,13 @@ epilogues need two rows that are far apart in W, so a program takes BLOCK_N / 2 
 BLOCK_N neighbours, with no change to the weights' layout: gate row i with up row ffn_dim + i, and for
 RoPE (Hugging Face's rotate-half layout) row j of a head with row j + D/2.
 
+int8 weights (`weight_scale`: a float32 scale per row of W, gpt-fast's int8 weight-only scheme): the program
+streams half the bytes, sums each row's integers times x' in fp32 as it would bf16 weights, and multiplies the
+row's sum by its scale before the norm's rstd and the epilogue (exact: the scale, like the rstd, factors out of
+the row's sum). On the GPU the bytes become fp32 by PRMT and an exact add (`_int8_to_fp32`), not by Triton's
+conversion, whose quarter-rate I2F a weight would cost about as long as streaming them. Without a weight_scale
+nothing changes: the same instructions as before int8 weights (one more, unused, kernel argument).
+
 Numerics: everything between the loads of W and the store of y is fp32, where Hugging Face rounds to the
 activation dtype after the norm, after each projection and inside RoPE: results differ from the unfused
 chain by bf16 rounding, not more (tests/kernels/test_fused_gemv.py bounds both against float64).
@@ -54,6 +61,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 from kernels.append import append_kv_triton, quantize_rows
 from kernels.devices import on_first_tensors_device
 from kernels.gemv import BLOCK_K, BLOCK_N, NUM_STAGES, NUM_WARPS, tickets
+from kernels.split_kv_row import _int8_to_fp32
 from kernels.validation import SCALED_DTYPES, sequence_major
 
 PLAIN, RESIDUAL, SWIGLU, ROPE = 0, 1, 2, 3     # epilogues
@@ -70,14 +78,23 @@ def _wait_for_previous(LATE_DEPENDENTS: tl.constexpr):
 
 
 @triton.jit
+def _fp32(w, INT8_PRMT: tl.constexpr):
+    """A tile of W in fp32: int8 by PRMT and an exact add on the GPU (`_int8_to_fp32`: Triton's own conversion
+    spends a quarter-rate I2F a weight, as slow as streaming them), anything else as Triton converts it."""
+    if INT8_PRMT:
+        return _int8_to_fp32(w)
+    return w.to(tl.float32)
+
+
+@triton.jit
 def _dot_rows(X, NORM_W, W, rows_a, rows_b, K, stride_wn, BLOCK_K: tl.constexpr, NORM: tl.constexpr,
               PAIRED: tl.constexpr, EARLY_TILE: tl.constexpr = False, USE_PDL: tl.constexpr = False,
-              LATE_DEPENDENTS: tl.constexpr = False):
+              LATE_DEPENDENTS: tl.constexpr = False, INT8_PRMT: tl.constexpr = False):
     """fp32 sums over all of K of W[rows] * x' (x' = x * NORM_W with NORM, else x) for rows_a and, PAIRED,
     rows_b (R,) in the same pass; and the sum of x^2 (the RMSNorm's statistic, read on the way).
     EARLY_TILE: the first BLOCK_K columns of W are loaded first and, with USE_PDL, before waiting on the kernel
     before, which x comes from (W does not), so their latency overlaps its tail; then, unless LATE_DEPENDENTS,
-    the next kernel may launch."""
+    the next kernel may launch. An int8 W's sums are of its integers (the caller scales each row's)."""
     offs_k = tl.arange(0, BLOCK_K)
     w_a = W + rows_a[:, None].to(tl.int64) * stride_wn                                 # (R, 1)
     w_b = W + rows_b[:, None].to(tl.int64) * stride_wn
@@ -97,9 +114,9 @@ def _dot_rows(X, NORM_W, W, rows_a, rows_b, K, stride_wn, BLOCK_K: tl.constexpr,
         if NORM:
             sumsq += x * x
             x = x * tl.load(NORM_W + offs_k, mask=mask_k, other=0.0).to(tl.float32)
-        acc_a += first_a.to(tl.float32) * x[None, :]
+        acc_a += _fp32(first_a, INT8_PRMT) * x[None, :]
         if PAIRED:
-            acc_b += first_b.to(tl.float32) * x[None, :]
+            acc_b += _fp32(first_b, INT8_PRMT) * x[None, :]
         k_rest = BLOCK_K
     for k0 in range(k_rest, K, BLOCK_K):
         cols = k0 + offs_k
@@ -108,9 +125,9 @@ def _dot_rows(X, NORM_W, W, rows_a, rows_b, K, stride_wn, BLOCK_K: tl.constexpr,
         if NORM:
             sumsq += x * x
             x = x * tl.load(NORM_W + cols, mask=mask_k, other=0.0).to(tl.float32)
-        acc_a += tl.load(w_a + cols[None, :], mask=mask_k[None, :], other=0.0).to(tl.float32) * x[None, :]
+        acc_a += _fp32(tl.load(w_a + cols[None, :], mask=mask_k[None, :], other=0.0), INT8_PRMT) * x[None, :]
         if PAIRED:
-            acc_b += tl.load(w_b + cols[None, :], mask=mask_k[None, :], other=0.0).to(tl.float32) * x[None, :]
+            acc_b += _fp32(tl.load(w_b + cols[None, :], mask=mask_k[None, :], other=0.0), INT8_PRMT) * x[None, :]
     return tl.sum(acc_a, axis=1), tl.sum(acc_b, axis=1), tl.sum(sumsq, axis=0)
 
 
@@ -162,13 +179,13 @@ def _quantize_head_when_complete(Y, K_CACHE, V_CACHE, K_SCALE, V_SCALE, TICKETS,
 
 @triton.jit
 def _fused_gemv_kernel(
-    X, NORM_W, W, Y, RES, COS, SIN, POS, K_CACHE, V_CACHE, K_SCALE, V_SCALE, TICKETS,
+    X, NORM_W, W, W_SCALE, Y, RES, COS, SIN, POS, K_CACHE, V_CACHE, K_SCALE, V_SCALE, TICKETS,
     N, K, stride_wn, eps, pair_offset, rot_rows, q_rows, kv_rows, stride_ch, stride_cs, stride_vh, stride_vs, stride_vd,
     stride_sh, stride_ss, n_slots,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NORM: tl.constexpr, EPILOGUE: tl.constexpr,
     HEAD_DIM: tl.constexpr, WRITE_CACHE: tl.constexpr, USE_PDL: tl.constexpr, INTERLEAVE: tl.constexpr,
     QUANT_CACHE: tl.constexpr = False, BLOCK_D: tl.constexpr = 2, LATE_DEPENDENTS: tl.constexpr = False,
-    EARLY_TILE: tl.constexpr = False,
+    EARLY_TILE: tl.constexpr = False, SCALED_W: tl.constexpr = False, INT8_PRMT: tl.constexpr = False,
 ):
     if USE_PDL:
         if EARLY_TILE == 0:        # else inside _dot_rows, once the first tile of W is loaded
@@ -188,11 +205,16 @@ def _fused_gemv_kernel(
         if INTERLEAVE:             # one (BLOCK_N, BLOCK_K) tile of rows a0 b0 a1 b1 ..., split after the sum
             pairs = tl.reshape(tl.join(rows_a, rows_b), (BLOCK_N,))
             ab, _, sumsq = _dot_rows(X, NORM_W, W, pairs, pairs, K, stride_wn, BLOCK_K, NORM, False, EARLY_TILE,
-                                     USE_PDL, LATE_DEPENDENTS)
+                                     USE_PDL, LATE_DEPENDENTS, INT8_PRMT)
+            if SCALED_W:           # an int8 W: each row's sum times its scale
+                ab = ab * tl.load(W_SCALE + pairs)
             a, b = tl.split(tl.reshape(ab, (BLOCK_N // 2, 2)))
         else:                      # two (BLOCK_N / 2, BLOCK_K) tiles
             a, b, sumsq = _dot_rows(X, NORM_W, W, rows_a, rows_b, K, stride_wn, BLOCK_K, NORM, True, EARLY_TILE,
-                                   USE_PDL, LATE_DEPENDENTS)
+                                   USE_PDL, LATE_DEPENDENTS, INT8_PRMT)
+            if SCALED_W:
+                a = a * tl.load(W_SCALE + rows_a)
+                b = b * tl.load(W_SCALE + rows_b)
         if NORM:
             rstd = 1.0 / tl.sqrt(sumsq / K + eps)
             a = a * rstd
@@ -230,7 +252,9 @@ def _fused_gemv_kernel(
         mask = rows < N
         rows = tl.where(mask, rows, 0)
         y, _, sumsq = _dot_rows(X, NORM_W, W, rows, rows, K, stride_wn, BLOCK_K, NORM, False, EARLY_TILE, USE_PDL,
-                               LATE_DEPENDENTS)
+                               LATE_DEPENDENTS, INT8_PRMT)
+        if SCALED_W:
+            y = y * tl.load(W_SCALE + rows)
         if NORM:
             y = y / tl.sqrt(sumsq / K + eps)
         if EPILOGUE == 1:
@@ -276,6 +300,7 @@ CONFIGS: dict[str | tuple[str, int, int], Config] = {
     ("gemv_norm", 32000, 8192): Config(4, 512, 4, 4),       # logits, 34B on 1 GPU: 126.2 -> 122.6
 }
 KINDS = ("qkv_rope", "norm_swiglu", "gemv", "gemv_deep", "gemv_norm")
+WEIGHTS_BY_PRMT = True   # A/B: False converts int8 weights by Triton's own I2F, a quarter-rate instruction on sm_90
 _per_shape = True                      # use_per_shape(False): the per-kind defaults everywhere (A/B runs)
 LATE_DEPENDENTS: frozenset = frozenset()   # A/B: epilogues (ROPE, ...) whose programs let the next kernel launch
                                            # at their end, not their start
@@ -345,19 +370,27 @@ def _use_pdl(x: torch.Tensor) -> bool:
     return x.is_cuda and PDL_SUPPORTED and torch.cuda.get_device_capability(x.device)[0] >= 9
 
 
-def _check(x: torch.Tensor, weight: torch.Tensor, what: str) -> int:
+def _check(x: torch.Tensor, weight: torch.Tensor, what: str, weight_scale: torch.Tensor | None = None) -> int:
     K = weight.shape[1]
     if x.numel() != K or not x.is_contiguous() or weight.stride(1) != 1:
         raise ValueError(f"{what}: x must hold one contiguous row of {K} (weight {tuple(weight.shape)}, "
                          f"contiguous rows), got x {tuple(x.shape)}")
-    if x.dtype not in DTYPES or weight.dtype != x.dtype:
+    if weight_scale is None and weight.dtype == torch.int8:
+        raise ValueError(f"{what}: an int8 weight needs its weight_scale (float32, one per row)")
+    if weight_scale is None and (x.dtype not in DTYPES or weight.dtype != x.dtype):
         raise ValueError(f"{what}: x and weight must share a dtype of {DTYPES}, got {x.dtype} and {weight.dtype}")
+    if weight_scale is not None and (x.dtype not in DTYPES or weight.dtype != torch.int8
+                                     or weight_scale.dtype != torch.float32 or weight_scale.shape != weight.shape[:1]
+                                     or not weight_scale.is_contiguous()):
+        raise ValueError(f"{what}: a weight_scale goes with an int8 weight (N, K), one contiguous float32 scale per "
+                         f"row (N,), and x of {DTYPES}: got weight {tuple(weight.shape)} {weight.dtype}, scale "
+                         f"{tuple(weight_scale.shape)} {weight_scale.dtype}, x {x.dtype}")
     return K
 
 
 def _launch(config: Config, grid_rows: int, x, weight, y, *, norm_weight=None, eps=0.0, epilogue=PLAIN,
             residual=None, rope=None, cache=None, scales=None, tickets=None, pair_offset=0, rot_rows=0, q_rows=0,
-            kv_rows=0, head_dim=2, late_dependents: bool = False) -> torch.Tensor:
+            kv_rows=0, head_dim=2, late_dependents: bool = False, weight_scale=None) -> torch.Tensor:
     cos, sin, pos = rope if rope is not None else (y, y, y)
     k_cache, v_cache = cache if cache is not None else (y, y)
     k_scale, v_scale = scales if scales is not None else (y, y)
@@ -368,7 +401,8 @@ def _launch(config: Config, grid_rows: int, x, weight, y, *, norm_weight=None, e
     use_pdl = _use_pdl(x)
     block_k = min(config.block_k, triton.next_power_of_2(weight.shape[1]))   # no half-empty chunks for small K
     _fused_gemv_kernel[(grid_rows,)](
-        x, norm_weight if norm_weight is not None else x, weight, y, residual if residual is not None else y,
+        x, norm_weight if norm_weight is not None else x, weight, weight_scale if weight_scale is not None else y, y,
+        residual if residual is not None else y,
         cos, sin, pos, k_cache, v_cache, k_scale, v_scale, tickets if tickets is not None else y,
         weight.shape[0], weight.shape[1], weight.stride(0), float(eps), pair_offset, rot_rows, q_rows, kv_rows,
         stride_ch, stride_cs, stride_vh, stride_vs, stride_vd, stride_sh, stride_ss, n_slots,
@@ -376,6 +410,7 @@ def _launch(config: Config, grid_rows: int, x, weight, y, *, norm_weight=None, e
         HEAD_DIM=head_dim, WRITE_CACHE=cache is not None, USE_PDL=use_pdl, INTERLEAVE=config.interleave,
         QUANT_CACHE=scales is not None, BLOCK_D=triton.next_power_of_2(head_dim),
         LATE_DEPENDENTS=late_dependents or epilogue in LATE_DEPENDENTS, EARLY_TILE=epilogue in EARLY_TILE,
+        SCALED_W=weight_scale is not None, INT8_PRMT=weight_scale is not None and x.is_cuda and WEIGHTS_BY_PRMT,
         num_warps=config.num_warps, num_stages=config.num_stages, **({"launch_pdl": True} if use_pdl else {}))
     return y
 
@@ -383,12 +418,13 @@ def _launch(config: Config, grid_rows: int, x, weight, y, *, norm_weight=None, e
 @on_first_tensors_device
 def gemv(x: torch.Tensor, weight: torch.Tensor, *, residual: torch.Tensor | None = None,
          norm_weight: torch.Tensor | None = None, eps: float = 1e-5, out_dtype: torch.dtype | None = None,
-         **config) -> torch.Tensor:
+         weight_scale: torch.Tensor | None = None, **config) -> torch.Tensor:
     """y (N,) = [residual (N,) +] x' @ weight (N, K)^T, x' = rms_norm(x (K,), norm_weight (K,)) or x.
 
     The output projection (residual), the logits (norm_weight, out_dtype=torch.float32), any plain one.
+    An int8 weight comes with weight_scale (N,) float32: row n is weight[n] * weight_scale[n].
     """
-    K = _check(x, weight, "gemv")
+    K = _check(x, weight, "gemv", weight_scale)
     N = weight.shape[0]
     if residual is not None and (residual.numel() != N or not residual.is_contiguous()):
         raise ValueError(f"gemv: residual must be one contiguous row of {N}, got {tuple(residual.shape)}")
@@ -398,14 +434,15 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, *, residual: torch.Tensor | None
     kind = "gemv_norm" if norm_weight is not None else "gemv_deep" if N < K else "gemv"
     c = _config(kind, x, weight, config)
     return _launch(c, triton.cdiv(N, c.block_n), x, weight, y, norm_weight=norm_weight, eps=eps,
-                   epilogue=RESIDUAL if residual is not None else PLAIN, residual=residual)
+                   epilogue=RESIDUAL if residual is not None else PLAIN, residual=residual, weight_scale=weight_scale)
 
 
 @on_first_tensors_device
-def norm_swiglu(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, w13: torch.Tensor,
-                **config) -> torch.Tensor:
-    """silu(gate) * up (F,) with gate, up = split(rms_norm(x (K,), norm_weight) @ w13 (2F, K)^T, F)."""
-    K = _check(x, w13, "norm_swiglu")
+def norm_swiglu(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, w13: torch.Tensor, *,
+                weight_scale: torch.Tensor | None = None, **config) -> torch.Tensor:
+    """silu(gate) * up (F,) with gate, up = split(rms_norm(x (K,), norm_weight) @ w13 (2F, K)^T, F); an int8 w13
+    with weight_scale (2F,) float32 per row."""
+    K = _check(x, w13, "norm_swiglu", weight_scale)
     if w13.shape[0] % 2 or norm_weight.numel() != K:
         raise ValueError(f"norm_swiglu: w13 must stack gate and up (2F, K), norm_weight ({K},): got "
                          f"{tuple(w13.shape)} and {tuple(norm_weight.shape)}")
@@ -413,7 +450,7 @@ def norm_swiglu(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, w13: tor
     y = torch.empty(F, dtype=x.dtype, device=x.device)
     c = _config("norm_swiglu", x, w13, config)
     return _launch(c, triton.cdiv(F, c.block_n // 2), x, w13, y, norm_weight=norm_weight, eps=eps,
-                   epilogue=SWIGLU, pair_offset=F)
+                   epilogue=SWIGLU, pair_offset=F, weight_scale=weight_scale)
 
 
 @on_first_tensors_device
@@ -421,7 +458,7 @@ def qkv_rope(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, wqkv: torch
              sin: torch.Tensor, pos: torch.Tensor, n_heads: int, n_kv_heads: int,
              cache: tuple[torch.Tensor, torch.Tensor] | None = None,
              scales: tuple[torch.Tensor, torch.Tensor] | None = None, late_dependents: bool = False,
-             **config) -> torch.Tensor:
+             weight_scale: torch.Tensor | None = None, **config) -> torch.Tensor:
     """q, k, v of one token: rms_norm(x (K,), norm_weight) @ wqkv ((Hq + 2 Hkv) * D, K)^T, RoPE at position
     pos (1,) int64 on q and k from the tables cos, sin (S_max, D) float32 (rotate-half layout).
 
@@ -434,9 +471,9 @@ def qkv_rope(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, wqkv: torch
     scales): each head's last program to finish does it, so an 8-bit step needs no append kernel.
     `late_dependents`: let the next kernel launch only as each program ends, not as it starts (with PDL): for an
     attention call whose programs would crowd some SMs if placed early, or whose plan says so
-    (`kernels.interface.late_in_step`).
+    (`kernels.interface.late_in_step`). An int8 wqkv comes with weight_scale ((Hq + 2 Hkv) * D,) float32 per row.
     """
-    K = _check(x, wqkv, "qkv_rope")
+    K = _check(x, wqkv, "qkv_rope", weight_scale)
     D = cos.shape[-1]
     N = wqkv.shape[0]
     if N != (n_heads + 2 * n_kv_heads) * D or D % 2 or norm_weight.numel() != K or pos.numel() != 1:
@@ -466,7 +503,7 @@ def qkv_rope(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, wqkv: torch
     launch = functools.partial(_launch, c, triton.cdiv(N // 2, c.block_n // 2), x, wqkv, y, norm_weight=norm_weight,
                                eps=eps, epilogue=ROPE, rope=(cos, sin, pos), pair_offset=D // 2,
                                rot_rows=(n_heads + n_kv_heads) * D, q_rows=n_heads * D, kv_rows=n_kv_heads * D,
-                               head_dim=D, late_dependents=late_dependents)
+                               head_dim=D, late_dependents=late_dependents, weight_scale=weight_scale)
     if scales is None:
         return launch(cache=cache)
     if counters is None:           # captured before the tickets exist: quantize in a second kernel
@@ -483,42 +520,69 @@ _BUILDS = {   # kind: (name, epilogue, RMSNorm prologue, cache write), as the de
     "qkv_rope": ("wqkv rope cache", ROPE, True, True)}
 
 
-def compile_facts(arch: int = 90) -> dict:
+def _build_specs() -> dict:
+    """{name: (kind, config, cache pointer type or None, int8 weights)} of every build `compile_facts` makes."""
+    specs = {}
+    keys = [k for k in _BUILDS if k in CONFIGS] + [k for k in CONFIGS if isinstance(k, tuple)]
+    # the 8-bit caches' qkv_rope (it quantizes the cache itself), and int8 weights, in the kind's default configuration
+    builds = ([(key, None, False) for key in keys] + [("qkv_rope", "*fp8e4nv", False), ("qkv_rope", "*i8", False)]
+              + [(kind, None, True) for kind in _BUILDS])
+    built = set()
+    for key, cache_type, int8_weights in builds:
+        kind = key if isinstance(key, str) else key[0]
+        c = CONFIGS[key]
+        if (kind, c, cache_type, int8_weights) in built:
+            continue
+        built.add((kind, c, cache_type, int8_weights))
+        name = _BUILDS[kind][0]
+        if cache_type:
+            name = name.replace("cache", f"{'fp8' if 'fp8' in cache_type else 'int8'} cache")
+        if int8_weights:
+            name += " int8 weights"
+        specs[name if isinstance(key, str) else f"{name} {key[1]}x{key[2]}"] = (kind, c, cache_type, int8_weights)
+    return specs
+
+
+def build_names() -> list[str]:
+    """The names of `compile_facts`'s builds, in its order (without building anything)."""
+    return list(_build_specs())
+
+
+def compile_facts(arch: int = 90, names=None) -> dict:
     """Build each kernel of the step for a GPU target without a GPU, bf16, PDL on, in every configuration the
     decode step launches it with (`CONFIGS`: each kind's default, then each per-shape entry that differs, named
-    "wqkv rope cache 5120x8192"): facts about each binary (must run without TRITON_INTERPRET, see
-    kernels/compile_check.py), among them the global loads issued before the PDL wait (EARLY_TILE's)."""
+    "wqkv rope cache 5120x8192"), and each kind's default with int8 weights ("w13 swiglu int8 weights"): facts
+    about each binary (must run without TRITON_INTERPRET, see kernels/compile_check.py), among them the global
+    loads issued before the PDL wait (EARLY_TILE's) and the int8 -> fp32 conversions by I2F (`cvt.rn.f32.s*`)
+    and by PRMT. `names`: only those builds (`build_names`)."""
     from triton.backends.compiler import GPUTarget
 
     from kernels.compile_check import _compile, before_pdl_wait
-    pointers = dict(X="*bf16", NORM_W="*bf16", W="*bf16", Y="*bf16", RES="*bf16", COS="*fp32", SIN="*fp32",
-                    POS="*i64", K_CACHE="*bf16", V_CACHE="*bf16")
+    pointers = dict(X="*bf16", NORM_W="*bf16", W="*bf16", W_SCALE="*bf16", Y="*bf16", RES="*bf16", COS="*fp32",
+                    SIN="*fp32", POS="*i64", K_CACHE="*bf16", V_CACHE="*bf16")
     quantized = dict(K_SCALE="*fp32", V_SCALE="*fp32", TICKETS="*i32")
-    facts, built = {}, set()
-    keys = [k for k in _BUILDS if k in CONFIGS] + [k for k in CONFIGS if isinstance(k, tuple)]
-    # and the 8-bit caches' qkv_rope (it quantizes the cache itself), in the kind's default configuration
-    builds = [(key, None) for key in keys] + [("qkv_rope", "*fp8e4nv"), ("qkv_rope", "*i8")]
-    for key, cache_type in builds:
-        kind = key if isinstance(key, str) else key[0]
-        c = CONFIGS[key]
-        if (kind, c, cache_type) in built:
+    facts = {}
+    for name, (kind, c, cache_type, int8_weights) in _build_specs().items():
+        if names is not None and name not in names:
             continue
-        built.add((kind, c, cache_type))
-        name, epilogue, norm, cache = _BUILDS[kind]
+        _, epilogue, norm, cache = _BUILDS[kind]
         types = dict(pointers, Y="*fp32") if kind == "gemv_norm" else pointers
         if cache_type:
             types = dict(types, K_CACHE=cache_type, V_CACHE=cache_type, **quantized)
-            name = name.replace("cache", f"{'fp8' if 'fp8' in cache_type else 'int8'} cache")
+        if int8_weights:
+            types = dict(types, W="*i8", W_SCALE="*fp32")
         # 8-bit caches of GQA models hold V sequence-major (a runtime stride); others' unit stride is specialised
         binary = _compile(_fused_gemv_kernel, types,
                           dict(BLOCK_N=c.block_n, BLOCK_K=c.block_k, NORM=norm, EPILOGUE=epilogue, HEAD_DIM=128,
                                **({} if cache_type else {"stride_vd": 1}),
                                WRITE_CACHE=cache, USE_PDL=True, INTERLEAVE=c.interleave,
-                               QUANT_CACHE=cache_type is not None, BLOCK_D=128, EARLY_TILE=epilogue in EARLY_TILE),
+                               QUANT_CACHE=cache_type is not None, BLOCK_D=128, EARLY_TILE=epilogue in EARLY_TILE,
+                               SCALED_W=int8_weights, INT8_PRMT=int8_weights),
                           GPUTarget("cuda", arch, 32), c.num_warps, c.num_stages, floats=("eps",))
         ptx = binary.asm["ptx"]
-        facts[name if isinstance(key, str) else f"{name} {key[1]}x{key[2]}"] = {
+        facts[name] = {
             "cubin_bytes": len(binary.asm["cubin"]), "vector_loads": sum("ld.global.v4" in line for line in ptx.splitlines()),
             "pdl_wait": "griddepcontrol.wait" in ptx, "tickets": re.search(r"atom\.global\S*acq_rel", ptx) is not None,
-            "loads_before_wait": sum("ld.global" in line for line in before_pdl_wait(ptx))}
+            "loads_before_wait": sum("ld.global" in line for line in before_pdl_wait(ptx)),
+            "i2f": len(re.findall(r"cvt\.rn\.f32\.s(?:8|16|32)", ptx)), "prmt": ptx.count("prmt.b32")}
     return facts

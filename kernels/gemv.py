@@ -17,6 +17,10 @@ call). The counters are one zeroed buffer per device (`tickets`), allocated on t
 graph capture: GEMVs on one device must not run concurrently on several streams (a decode step is one
 stream). `gemv_config(N, K)` picks the split; wide projections keep the unsplit kernel as measured.
 
+int8 weights (`weight_scale`, a float32 scale per row) stream half the bytes: each row's sum of integers times x
+(fp32) is scaled once, after the split-K partials meet. `torch.ops.codecomplete.gemv_int8` is their op: always this
+kernel (split-K where deep), as cuBLAS would need the weights dequantized first.
+
 `torch.ops.codecomplete.gemv` is the batch-1 projection as an opaque custom op, so torch.compile'd code
 can call it: the GEMV, or cuBLAS for deep projections while DEEP_ON_CUBLAS is set. The product sets it
 (`models.llama.use_gemv("wide")`, the default: split-K lost to cuBLAS on every deep projection on the H200);
@@ -31,6 +35,7 @@ import triton
 import triton.language as tl
 
 from kernels.devices import on_first_tensors_device
+from kernels.split_kv_row import _int8_to_fp32
 
 BLOCK_N, BLOCK_K, NUM_WARPS, NUM_STAGES = 4, 1024, 4, 3   # the H100's best for the wide projections
 K_PER_PROGRAM = 4096          # split deep projections into ranges of at most this many columns (32 KiB of bf16 W)
@@ -40,8 +45,9 @@ _counters: dict[torch.device, torch.Tensor] = {}
 
 
 @triton.jit
-def _gemv_kernel(X, W, Y, PARTIALS, COUNTERS, N, K, stride_wn, k_per_split,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+def _gemv_kernel(X, W, W_SCALE, Y, PARTIALS, COUNTERS, N, K, stride_wn, k_per_split,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, SCALED_W: tl.constexpr = False,
+                 INT8_PRMT: tl.constexpr = False):
     pid_n = tl.program_id(0)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                                  # (BLOCK_N,)
     mask_n = rows < N
@@ -59,9 +65,14 @@ def _gemv_kernel(X, W, Y, PARTIALS, COUNTERS, N, K, stride_wn, k_per_split,
         mask_k = cols < k_end
         x = tl.load(X + cols, mask=mask_k, other=0.0).to(tl.float32)               # (BLOCK_K,)
         w = tl.load(w_rows + cols[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0.0)
-        acc += w.to(tl.float32) * x[None, :]
+        if INT8_PRMT:      # int8 W on the GPU: PRMT and an exact add, not a quarter-rate I2F a weight
+            acc += _int8_to_fp32(w) * x[None, :]
+        else:
+            acc += w.to(tl.float32) * x[None, :]
     partial = tl.sum(acc, axis=1)                                                   # (BLOCK_N,) fp32
     if SPLIT_K == 1:
+        if SCALED_W:       # an int8 W: the row's sum of integers times its scale
+            partial = partial * tl.load(W_SCALE + rows, mask=mask_n, other=0.0)
         tl.store(Y + rows, partial.to(Y.dtype.element_ty), mask=mask_n)
     else:
         tl.store(PARTIALS + tl.program_id(1) * N + rows, partial, mask=mask_n)
@@ -71,6 +82,8 @@ def _gemv_kernel(X, W, Y, PARTIALS, COUNTERS, N, K, stride_wn, k_per_split,
             total = tl.zeros([BLOCK_N], dtype=tl.float32)
             for s in tl.static_range(SPLIT_K):
                 total += tl.load(PARTIALS + s * N + rows, mask=mask_n, other=0.0, cache_modifier=".cg")
+            if SCALED_W:
+                total = total * tl.load(W_SCALE + rows, mask=mask_n, other=0.0)
             tl.store(Y + rows, total.to(Y.dtype.element_ty), mask=mask_n)
             tl.atomic_xchg(COUNTERS + pid_n, 0, sem="relaxed", scope="gpu")        # ready for the next launch
 
@@ -108,15 +121,23 @@ def tickets(device: torch.device) -> torch.Tensor | None:
 
 @on_first_tensors_device
 def gemv(x: torch.Tensor, weight: torch.Tensor, *, block_n: int = BLOCK_N, block_k: int = BLOCK_K,
-         num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES, split_k: int | None = None) -> torch.Tensor:
+         num_warps: int = NUM_WARPS, num_stages: int = NUM_STAGES, split_k: int | None = None,
+         weight_scale: torch.Tensor | None = None) -> torch.Tensor:
     """x (1, K) or (K,), weight (N, K) with a contiguous last dim -> (1, N) in x.dtype.
 
     split_k: None picks it (`gemv_config`); a number asks for that many K ranges (benchmarks, tests).
+    weight_scale: an int8 weight's float32 scale per row (N,): row n is weight[n] * weight_scale[n] (the sum of
+    the row's integers times x, in fp32, is scaled once).
     """
     K = x.shape[-1]
     N = weight.shape[0]
     if x.numel() != K or weight.shape[1] != K or weight.stride(1) != 1:
         raise ValueError(f"gemv takes x (1, K) and weight (N, K), got {tuple(x.shape)} and {tuple(weight.shape)}")
+    if (weight.dtype == torch.int8) != (weight_scale is not None) or weight_scale is not None and (
+            weight_scale.dtype != torch.float32 or weight_scale.shape != (N,) or not weight_scale.is_contiguous()):
+        raise ValueError(f"gemv: an int8 weight takes a weight_scale of one contiguous float32 per row ({N},), "
+                         f"other weights none; got {weight.dtype} and "
+                         f"{None if weight_scale is None else (tuple(weight_scale.shape), weight_scale.dtype)}")
     if split_k is None:
         split_k, k_per_split = gemv_config(N, K, block_n, block_k)
     else:
@@ -127,10 +148,12 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, *, block_n: int = BLOCK_N, block
         split_k, k_per_split = 1, K
     y = torch.empty((1, N), dtype=x.dtype, device=x.device)
     partials = torch.empty((split_k, N), dtype=torch.float32, device=x.device) if split_k > 1 else y
+    scaled = weight_scale is not None
     _gemv_kernel[(triton.cdiv(N, block_n), split_k)](
-        x.reshape(K).contiguous(), weight, y, partials, counters if counters is not None else y,
-        N, K, weight.stride(0), k_per_split,
-        BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k, num_warps=num_warps, num_stages=num_stages)
+        x.reshape(K).contiguous(), weight, weight_scale if scaled else y, y, partials,
+        counters if counters is not None else y, N, K, weight.stride(0), k_per_split,
+        BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k, SCALED_W=scaled, INT8_PRMT=scaled and x.is_cuda,
+        num_warps=num_warps, num_stages=num_stages)
     return y
 
 
@@ -146,19 +169,36 @@ def _(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return x.new_empty((1, weight.shape[0]))
 
 
+@torch.library.custom_op("codecomplete::gemv_int8", mutates_args=())
+def gemv_int8_op(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
+    """x (1, K) @ (weight (N, K) int8 * weight_scale (N,) float32 per row)^T -> (1, N) in x.dtype: always the GEMV
+    (split-K for deep projections, whatever DEEP_ON_CUBLAS says: cuBLAS would need the weights dequantized first,
+    a weight-sized write per call)."""
+    return gemv(x, weight, weight_scale=weight_scale)
+
+
+@gemv_int8_op.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((1, weight.shape[0]))
+
+
 def compile_facts(arch: int = 90) -> list[dict]:
-    """Build both variants (unsplit, split-K) for a GPU target without a GPU, bf16, as `gemv` launches
-    them: facts about each binary. Must run without TRITON_INTERPRET (see kernels/compile_check.py)."""
+    """Build both variants (unsplit, split-K) for a GPU target without a GPU, bf16 weights then int8 ones, as
+    `gemv` launches them: facts about each binary. Must run without TRITON_INTERPRET (see kernels/compile_check.py)."""
+    import re
+
     from triton.backends.compiler import GPUTarget
 
     from kernels.compile_check import _compile
     facts = []
-    for split in (1, 3):
-        binary = _compile(_gemv_kernel, dict(X="*bf16", W="*bf16", Y="*bf16", PARTIALS="*fp32", COUNTERS="*i32"),
-                          dict(BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, SPLIT_K=split), GPUTarget("cuda", arch, 32),
-                          NUM_WARPS, NUM_STAGES, floats=())
+    for split, int8 in ((1, False), (3, False), (1, True), (3, True)):
+        weights = dict(W="*i8", W_SCALE="*fp32") if int8 else dict(W="*bf16", W_SCALE="*bf16")
+        binary = _compile(_gemv_kernel, dict(X="*bf16", Y="*bf16", PARTIALS="*fp32", COUNTERS="*i32", **weights),
+                          dict(BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, SPLIT_K=split, SCALED_W=int8, INT8_PRMT=int8),
+                          GPUTarget("cuda", arch, 32), NUM_WARPS, NUM_STAGES, floats=())
         ptx = binary.asm["ptx"]
-        facts.append({"split_k": split, "cubin_bytes": len(binary.asm["cubin"]),
+        facts.append({"split_k": split, "int8_weights": int8, "cubin_bytes": len(binary.asm["cubin"]),
+                      "i2f": len(re.findall(r"cvt\.rn\.f32\.s(?:8|16|32)", ptx)), "prmt": ptx.count("prmt.b32"),
                       "vector_loads": sum("ld.global.v4" in line for line in ptx.splitlines()),
                       "ticket": "atom.global.gpu.acq_rel.add" in ptx, "reset": "atom.global.gpu.relaxed.exch" in ptx,
                       "partials_from_l2": ptx.count("ld.global.cg")})

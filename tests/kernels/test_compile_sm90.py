@@ -178,3 +178,17 @@ def test_the_infill_kernel_compiles_for_sm90_without_spills(compiled, block):
     facts = compiled[f"infill-keep-k{block}"]
     assert "error" not in facts, facts["error"]
     assert facts["local_bytes"] == 0 and not facts["approx_exp"]
+
+
+def test_the_dense_kernels_compile_for_sm90_with_bf16_and_int8_weights(compiled):
+    """The decode step's GEMVs (kernels/fused_gemv.py's every build, kernels/gemv.py's four) are part of the check:
+    `--only "int8 weights"` builds the int8-weight ones, which convert their weights by PRMT, with no I2F beyond the
+    one the bf16 build has (K's, in the RMSNorm's mean)."""
+    from kernels.fused_gemv import build_names
+    for name in build_names():
+        facts = compiled[f"fused-gemv {name}"]
+        assert "error" not in facts and facts["cubin_bytes"] > 0, facts
+        if name.endswith(" int8 weights"):
+            assert facts["prmt"] > 0 and facts["i2f"] == compiled[f"fused-gemv {name[:-len(' int8 weights')]}"]["i2f"]
+    variants = compiled["gemv bf16 and int8 weights, unsplit and split-K"]
+    assert "error" not in variants and [v["int8_weights"] for v in variants["variants"]] == [False, False, True, True]

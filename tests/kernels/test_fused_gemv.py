@@ -140,6 +140,95 @@ def test_qkv_rope_quantizes_k_and_v_into_an_8bit_cache_as_append_kv_does(cache_d
     assert want_scales[0][0, :, 7].min() > 0 and want_caches[0].view(torch.uint8)[0, :, 7].float().std() > 0
 
 
+# ---- int8 weights: one float32 scale per output row, the sums of the integers scaled before norm and epilogue ----
+
+def _int8(rows, K):
+    """Random int8 weights with their float32 scale per row (as models quantize theirs: amax / 127), and the
+    dequantized float64 matrix the references multiply by."""
+    weight, scale = reference.quantize_int8(torch.randn(rows, K) * (torch.rand(rows, 1) + 0.1))  # rows of all sizes
+    return weight, scale, weight.double() * scale.double()[:, None]                         # (rows, K) float64
+
+
+@pytest.mark.parametrize("N, K", [(37, 1000), (300, 77), (5, 16), (9, 1500)])
+@pytest.mark.parametrize("dtype, tol", TOLERANCES)
+@pytest.mark.parametrize("fuse", ["plain", "residual", "norm", "norm fp32 out"])
+def test_gemv_with_int8_weights_scales_each_rows_sum(N, K, dtype, tol, fuse, poisoned_empty, early_tile):
+    x = torch.randn(K).to(dtype)
+    weight, scale, dequantized = _int8(N, K)
+    kwargs = {"residual": torch.randn(N).to(dtype)} if fuse == "residual" else {}
+    if fuse.startswith("norm"):
+        kwargs = {"norm_weight": (torch.rand(K) + 0.5).to(dtype), "eps": 1e-5}
+    out_dtype = torch.float32 if fuse == "norm fp32 out" else None
+    y = gemv(x, weight, weight_scale=scale, out_dtype=out_dtype, **kwargs)
+    assert y.shape == (N,) and y.dtype == (out_dtype or dtype)
+    bound = _scale(dequantized, x, kwargs.get("norm_weight"))
+    if fuse == "residual":
+        bound = bound + kwargs["residual"].double().abs()
+    _close(y, reference.fused_gemv(x, dequantized, **kwargs), bound, tol)
+
+
+@pytest.mark.parametrize("F, K", [(64, 96), (43, 1000), (11, 5)])
+@pytest.mark.parametrize("dtype, tol", TOLERANCES)
+@pytest.mark.parametrize("interleave", [False, True])
+def test_norm_swiglu_with_int8_weights(F, K, dtype, tol, interleave, poisoned_empty, early_tile):
+    """Gate row i and up row F + i have scales of their own: each sum is scaled before SwiGLU pairs them."""
+    x, norm_weight = torch.randn(K).to(dtype), (torch.rand(K) + 0.5).to(dtype)
+    w13, scale, dequantized = _int8(2 * F, K)
+    y = norm_swiglu(x, norm_weight, 1e-6, w13, weight_scale=scale, interleave=interleave)
+    assert y.shape == (F,) and y.dtype == dtype
+    gate, up = _scale(dequantized, x, norm_weight, 1e-6).chunk(2)
+    gate_ref, up_ref = (dequantized @ reference._normed(x, norm_weight, 1e-6)).chunk(2)
+    bound = 1.1 * up_ref.abs() * gate + torch.nn.functional.silu(gate_ref).abs() * up
+    _close(y, reference.norm_swiglu(x, norm_weight, 1e-6, dequantized), bound + 1e-30, tol)
+
+
+@pytest.mark.parametrize("heads, kv_heads, D", [(4, 2, 16), (3, 3, 8)])
+@pytest.mark.parametrize("dtype, tol", TOLERANCES)
+@pytest.mark.parametrize("interleave", [False, True])
+@pytest.mark.parametrize("cache_dtype", [None, torch.int8])
+def test_qkv_rope_with_int8_weights(heads, kv_heads, D, dtype, tol, interleave, cache_dtype, poisoned_empty):
+    """Rows j and j + D/2 of a head (RoPE's pair) have scales of their own; k and v reach the cache (x's dtype, or
+    an 8-bit one quantized by the head's last program) as qkv_rope returns them."""
+    K, S, pos = 80, 12, 7
+    x, norm_weight = torch.randn(K).to(dtype), (torch.rand(K) + 0.5).to(dtype)
+    wqkv, scale, dequantized = _int8((heads + 2 * kv_heads) * D, K)
+    angles = torch.rand(S, D // 2) * 6.3
+    cos, sin = torch.cat((angles.cos(), angles.cos()), -1), torch.cat((angles.sin(), angles.sin()), -1)
+    position = torch.tensor([pos])
+    if cache_dtype is None:
+        caches = [torch.full((1, kv_heads, S, D), float("nan"), dtype=dtype) for _ in range(2)]
+        scales = None
+    else:
+        caches = [torch.zeros(1, kv_heads, S, D, dtype=cache_dtype) for _ in range(2)]
+        scales = tuple(torch.full((1, kv_heads, S), float("nan")) for _ in range(2))
+    y = qkv_rope(x, norm_weight, 1e-5, wqkv, cos, sin, position, heads, kv_heads, cache=tuple(caches), scales=scales,
+                 weight_scale=scale, interleave=interleave, **({"block_n": 4} if cache_dtype else {}))
+    want = reference.qkv_rope(x, norm_weight, 1e-5, dequantized, cos, sin, position, heads, kv_heads)
+    bound = _scale(dequantized, x, norm_weight).view(-1, D)
+    bound = (bound + bound.roll(D // 2, dims=-1)).reshape(-1)
+    _close(y, want, bound, tol)
+    k, v = (t.view(1, kv_heads, 1, D) for t in y[heads * D:].chunk(2))
+    if cache_dtype is None:
+        assert torch.equal(caches[0][:, :, pos:pos + 1], k) and torch.equal(caches[1][:, :, pos:pos + 1], v)
+    else:
+        want_caches = [torch.zeros_like(c) for c in caches]
+        want_scales = [torch.full((1, kv_heads, S), float("nan")) for _ in range(2)]
+        reference.append_kv(k, v, *want_caches, position, *want_scales)
+        assert all(torch.equal(a, b) for a, b in zip(caches, want_caches))
+        assert all(torch.equal(a.nan_to_num(), b.nan_to_num()) for a, b in zip(scales, want_scales))
+
+
+def test_int8_weights_without_their_scale_or_with_a_wrong_one_get_one_clear_error():
+    x, weight = torch.randn(16), torch.randint(-127, 128, (8, 16), dtype=torch.int8)
+    with pytest.raises(ValueError, match="int8 weight needs its weight_scale"):
+        gemv(x, weight)
+    for scale in (torch.ones(7), torch.ones(8, dtype=torch.float64), torch.ones(16)[::2]):
+        with pytest.raises(ValueError, match="one contiguous float32 scale per row"):
+            gemv(x, weight, weight_scale=scale)
+    with pytest.raises(ValueError, match="goes with an int8 weight"):
+        norm_swiglu(x, torch.ones(16), 1e-5, torch.randn(8, 16), weight_scale=torch.ones(8))
+
+
 def test_bad_inputs_get_one_clear_error():
     x, w = torch.randn(16), torch.randn(8, 16)
     with pytest.raises(ValueError, match="one contiguous row of 16"):
@@ -176,10 +265,15 @@ def test_every_epilogue_compiles_for_sm90():
                           "print(json.dumps(compile_facts()))"], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     facts = json.loads(run.stdout.splitlines()[-1])
-    assert {"wo+residual", "w2+residual", "logits", "w13 swiglu", "wqkv rope cache", "wqkv rope fp8 cache",
-            "wqkv rope int8 cache"} <= set(facts)
+    kinds = {"wo+residual", "w2+residual", "logits", "w13 swiglu", "wqkv rope cache"}
+    assert kinds | {"wqkv rope fp8 cache", "wqkv rope int8 cache"} | {f"{k} int8 weights" for k in kinds} <= set(facts)
     for name, f in facts.items():
-        assert f["cubin_bytes"] > 0 and f["vector_loads"] >= 2 and f["pdl_wait"], (name, f)
+        # (int8 weights: 16 bytes a load are twice the weights; an int8 W tile may take one load a step)
+        assert f["cubin_bytes"] > 0 and f["vector_loads"] >= (1 if "int8 weights" in name else 2), (name, f)
+        assert f["pdl_wait"], (name, f)
+        if name.endswith("int8 weights"):
+            # int8 weights become fp32 by PRMT, not by I2F (the one I2F left is K's, in the RMSNorm's mean, as in bf16)
+            assert f["prmt"] > 0 and f["i2f"] == facts[name.removesuffix(" int8 weights")]["i2f"] <= 1, (name, f)
         assert f["tickets"] == ("8 cache" in name), (name, f)     # only the 8-bit caches' qkv_rope takes tickets
         # wo, w2 and wqkv load their first tile of W before waiting on the kernel before (EARLY_TILE); the
         # others wait first

@@ -77,6 +77,38 @@ def test_gemv_custom_op_and_strided_weight(poisoned_empty):
     torch.testing.assert_close(y, x @ fused[32:80].T, rtol=1e-5, atol=1e-5)
 
 
+def _int8_weight(N, K):
+    """Random int8 rows with float32 scales (amax / 127 per row), and the float64 matrix they stand for."""
+    from kernels.reference import quantize_int8
+    weight, scale = quantize_int8(torch.randn(N, K) * (torch.rand(N, 1) + 0.1))
+    return weight, scale, weight.double() * scale.double()[:, None]
+
+
+@pytest.mark.parametrize("N, K, block_k, split_k", [(1, 16, 1024, None), (37, 1000, 1024, None), (300, 77, 1024, None),
+                                                    (37, 1000, 128, 3), (64, 300, 128, 5)])
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float16, 2e-3), (torch.bfloat16, 1e-2)])
+def test_int8_weights_scale_each_rows_sum(N, K, block_k, split_k, dtype, tol, poisoned_empty):
+    """An int8 weight with a float32 scale per row, unsplit and split-K (the scale applied once the partials meet),
+    against float64 of the dequantized weights; the custom op the model's projections call."""
+    x = torch.randn(1, K).to(dtype)
+    weight, scale, dequantized = _int8_weight(N, K)
+    y = gemv(x, weight, weight_scale=scale, block_k=block_k, split_k=split_k)
+    _check(y, x, dequantized, dtype, tol)
+    if split_k:
+        assert not gemv_module._counters[x.device].any()
+    else:
+        _check(torch.ops.codecomplete.gemv_int8(x, weight, scale), x, dequantized, dtype, tol)
+
+
+def test_int8_weights_take_their_scale_and_only_theirs():
+    x, weight = torch.randn(1, 16), torch.randint(-127, 128, (8, 16), dtype=torch.int8)
+    for kwargs in ({}, {"weight_scale": torch.ones(7)}, {"weight_scale": torch.ones(8).double()}):
+        with pytest.raises(ValueError, match="an int8 weight takes a weight_scale"):
+            gemv(x, weight, **kwargs)
+    with pytest.raises(ValueError, match="other weights none"):
+        gemv(x, torch.randn(8, 16), weight_scale=torch.ones(8))
+
+
 def test_gemv_rejects_batches():
     with pytest.raises(ValueError, match="gemv takes x"):
         gemv(torch.randn(2, 8), torch.randn(4, 8))
@@ -90,10 +122,15 @@ def test_both_variants_compile_for_sm90():
     run = subprocess.run([sys.executable, "-c", "import json; from kernels.gemv import compile_facts; "
                           "print(json.dumps(compile_facts()))"], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    unsplit, split = json.loads(run.stdout.splitlines()[-1])
+    unsplit, split, unsplit_int8, split_int8 = json.loads(run.stdout.splitlines()[-1])
     assert unsplit["cubin_bytes"] > 0 and unsplit["vector_loads"] >= 4 and not unsplit["ticket"]
     assert split["cubin_bytes"] > 0 and split["vector_loads"] >= 4
     assert split["ticket"] and split["reset"] and split["partials_from_l2"] == 3
+    # int8 weights: 16-byte loads of twice the weights each, converted by PRMT and an exact add, no I2F
+    for facts, ticket in ((unsplit_int8, False), (split_int8, True)):
+        assert facts["int8_weights"] and facts["cubin_bytes"] > 0 and facts["vector_loads"] >= 2, facts
+        assert facts["i2f"] == 0 and facts["prmt"] > 0 and facts["ticket"] == ticket, facts
+    assert split_int8["partials_from_l2"] == 3
 
 
 def test_the_benchmark_without_a_gpu_says_so_in_one_line(monkeypatch, capsys):
