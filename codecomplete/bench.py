@@ -137,7 +137,7 @@ def roofline(engine, contexts, bandwidth: float) -> dict[int, float]:
 
     model = engine.model
     weights = weight_bytes_per_step(model)
-    element_size = model.output.weight.element_size()
+    element_size = model.norm.weight.element_size()      # the KV cache's: the activations' dtype (not int8 weights')
     quant = engine.kv_cache_dtype if engine.kv_cache_dtype in ("fp8", "int8") else None
     return {c: bandwidth / (weights + kv_bytes_per_step(model.config, 1, c, element_size, quant)) for c in contexts}
 

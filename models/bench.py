@@ -1,13 +1,16 @@
 """End-to-end decode benchmark: our model per attention backend, Hugging Face transformers, the roofline.
 
     python -m models.bench [--models 7B,34B] [--contexts 4096,16384,32768,65536] [--batches 1,8]
-                           [--layers-34b N] [--hf static,dynamic] [--kv-caches bf16,fp8] [--out DIR]
+                           [--layers-34b N] [--hf static,dynamic] [--kv-caches bf16,fp8] [--weights bf16,int8]
+                           [--out DIR]
     python -m models.bench --gpus N [--models 34B,70B] [--contexts 16384,65536]   # tensor parallel: models/tp_bench.py
 
 Needs a CUDA GPU and only torch, triton and transformers (the GPU image has no gguf or tree-sitter).
 Random weights of the presets' exact shapes: a decode step's time does not depend on the values.
 Caches are filled with random K/V (never zeros) up to the context; prefill is excluded. --kv-caches adds
-rows with 8-bit caches (fp8, int8: random 8-bit values and scales), read by every backend.
+rows with 8-bit caches (fp8, int8: random 8-bit values and scales), read by every backend. --weights int8 adds
+rows with the projections' weights in int8 (models/int8_weights.py: the bf16 model quantized after its rows), whose
+roofline counts the bytes they read (int8 values and float32 scales).
 (models/decode_bench.py: issues 11 and 13's GPU run, the 8-bit caches' capacity and verification steps.)
 
 Per (model, batch, context) it reports decode tokens/s for:
@@ -42,10 +45,14 @@ PROFILE_TO: Path | None = None   # --profile: a folder for kernel profiles of on
 
 
 def weight_bytes_per_step(model) -> int:
-    """Bytes of weights a decode step reads: every matrix once; of the embedding, one row (unless tied)."""
+    """Bytes of weights a decode step reads: every matrix once, int8 ones with their float32 scales
+    (`Transformer.quantize_weights`); of the embedding, one row (unless it is the output layer's weight: tied and
+    not quantized)."""
     total = sum(p.numel() * p.element_size() for p in model.parameters())
-    if not model.config.tie_embeddings:
-        total -= model.tok_embeddings.weight.numel() * model.tok_embeddings.weight.element_size()
+    total += sum(b.numel() * b.element_size() for name, b in model.named_buffers() if name.endswith("weight_scale"))
+    embedding = model.tok_embeddings.weight
+    if embedding is not model.output.weight:
+        total -= embedding.numel() * embedding.element_size()
     return total
 
 
@@ -160,12 +167,13 @@ def check_fused_8bit(model, one: Decode, token: torch.Tensor, rel) -> dict:
         fill_cache_randomly(model, 1024)
         cache = layer.attention.kv_cache
         want = [t.clone() for t in (cache.k, cache.v, cache.k_scale, cache.v_scale)]
-        device, dtype = cache.k.device, layer.attention.wqkv.weight.dtype
+        device, dtype = cache.k.device, model.compute_dtype
         for pos in range(700, 720):
             x, position = torch.randn(c.dim, device=device, dtype=dtype), torch.tensor([pos], device=device)
             y = qkv_rope(x, layer.attention_norm.weight, layer.attention_norm.eps, layer.attention.wqkv.weight,
                          model.rope.cos, model.rope.sin, position, H, Hkv, cache=(cache.k, cache.v),
-                         scales=(cache.k_scale, cache.v_scale))
+                         scales=(cache.k_scale, cache.v_scale),
+                         weight_scale=getattr(layer.attention.wqkv, "weight_scale", None))
             k, v = (t.view(1, Hkv, 1, D) for t in y[H * D:].chunk(2))
             append_kv_triton(k, v, want[0], want[1], position, want[2], want[3])
         got = (cache.k, cache.v, cache.k_scale, cache.v_scale)
@@ -225,8 +233,33 @@ def fits(n_bytes: int, headroom: int = 3 * GiB) -> bool:
     return n_bytes + headroom < torch.cuda.mem_get_info()[0]
 
 
+@torch.no_grad()
+def check_int8_weights(model, log) -> dict:
+    """int8 weights: the fused one-token step (the int8 fused kernels) against the compiled general step (the int8
+    GEMV op) over the same cache, as relative L2 of the logits (the kernels against float64: bench/gpu/
+    int8_weights_check.py)."""
+    model.setup_caches(1, 1024)
+    fill_cache_randomly(model, 1024)
+    tokens = torch.randint(0, model.config.vocab_size, (1, 1), device="cuda")
+    input_pos = torch.tensor([1000], device="cuda")
+    one = Decode(input_pos, (input_pos + 1).to(torch.int32), "flash")
+
+    def rel(a, b):
+        return ((a - b).norm() / b.norm()).item()
+
+    fused, model.fused_decode = model.fused_decode, True
+    result = {"int8_fused": model.decode(tokens, one).float()}
+    model.fused_decode = False
+    result["int8_compiled"] = model.decode(tokens, one).float()
+    model.fused_decode = fused
+    result = {"int8_fused_vs_compiled": rel(result["int8_fused"], result["int8_compiled"])}
+    log(f"  int8 weights check (relative L2): {result}")
+    model.free_caches()
+    return result
+
+
 def bench_ours(name: str, n_layers: int | None, contexts, batches, bandwidth: float, replays: int, log,
-               checks: dict, kv_caches=("bf16",), backends=BACKENDS) -> list[dict]:
+               checks: dict, kv_caches=("bf16",), backends=BACKENDS, weights=("bf16",)) -> list[dict]:
     model = build_random_model(name, n_layers=n_layers, device="cuda", dtype=torch.bfloat16, max_len=max(contexts))
     checks[name] = check_backends_and_compile(model, log)   # also compiles the dense parts
     if PROFILE_TO is not None:
@@ -235,7 +268,12 @@ def bench_ours(name: str, n_layers: int | None, contexts, batches, bandwidth: fl
             for backend in backends if quant is None else ("flash",):    # 8-bit caches: flash reads them natively
                 profile_step(model, 1, contexts[0], backend, PROFILE_TO / f"profile-{name}-S{contexts[0]}"
                              f"{f'-{kind}' if quant else ''}{'' if backend == 'flash' else f'-{backend}'}.txt", quant)
-    rows = measure_steps(model, name, contexts, batches, bandwidth, replays, log, kv_caches, backends)
+    rows = []
+    for kind in weights:                    # bf16 first: quantizing is one way
+        if kind == "int8":
+            model.quantize_weights()
+            checks[f"{name} int8 weights"] = check_int8_weights(model, log)
+        rows += measure_steps(model, name, contexts, batches, bandwidth, replays, log, kv_caches, backends, kind)
     model.free_caches()
     del model
     gc.collect()
@@ -244,18 +282,19 @@ def bench_ours(name: str, n_layers: int | None, contexts, batches, bandwidth: fl
 
 
 def measure_steps(model, name: str, contexts, batches, bandwidth: float, replays: int, log,
-                  kv_caches=("bf16",), backends=BACKENDS) -> list[dict]:
-    """One row per (batch, context, KV cache type): each backend's decode step as a graph replay."""
+                  kv_caches=("bf16",), backends=BACKENDS, weights: str = "bf16") -> list[dict]:
+    """One row per (batch, context, KV cache type): each backend's decode step as a graph replay; `weights` names
+    the model's ("bf16", or "int8" once quantized)."""
     rows = []
     config = model.config
-    weights = weight_bytes_per_step(model)
+    weights, weight_kind = weight_bytes_per_step(model), weights
     for batch in batches:
         for context in contexts:
             for kind in kv_caches:
                 quant = None if kind == "bf16" else kind
                 kv = kv_bytes_per_step(config, batch, context, quant=quant)
                 row = {"impl": "ours", "model": name, "layers": config.n_layers, "batch": batch, "context": context,
-                       "kv_cache": kind, "weight_gb": weights / 1e9, "kv_gb": kv / 1e9,
+                       "kv_cache": kind, "weights": weight_kind, "weight_gb": weights / 1e9, "kv_gb": kv / 1e9,
                        "roofline_tok_s": batch * bandwidth / (weights + kv), "tok_s": {}, "step_us": {},
                        "compiled": True}
                 model.free_caches()
@@ -277,9 +316,9 @@ def measure_steps(model, name: str, contexts, batches, bandwidth: float, replays
                     except Exception as error:  # a backend that cannot run this size: record why, go on
                         row.setdefault("errors", {})[backend] = f"{type(error).__name__}: {str(error)[:200]}"
                     torch.cuda.synchronize()
-                log(f"  ours {name} L={config.n_layers} B={batch} S={context} {kind}: " + "  ".join(
-                    f"{b} {row['tok_s'].get(b, float('nan')):7.1f}" for b in backends) +
-                    f"  roofline {row['roofline_tok_s']:7.1f} tok/s")
+                log(f"  ours {name} L={config.n_layers} B={batch} S={context} {kind}, {weight_kind} weights: "
+                    + "  ".join(f"{b} {row['tok_s'].get(b, float('nan')):7.1f}" for b in backends)
+                    + f"  roofline {row['roofline_tok_s']:7.1f} tok/s")
                 rows.append(row)
     model.free_caches()
     return rows
@@ -405,15 +444,16 @@ def markdown(env: dict, bandwidth: float, rows: list[dict]) -> str:
              "/ copy bandwidth. tok/s summed over the batch. HF = transformers' LlamaForCausalLM: 'loop' calls the model "
              "once per token with the cache (the leanest eager use), 'generate' is `model.generate`; "
              "'flash/HF best' divides by the fastest of the four.", "",
-             "| model | layers | B | context | KV cache | roofline | flash | % roofline | sdpa | eager | flash/sdpa "
-             "| flash/eager | HF loop static | HF loop dynamic | HF generate static | HF generate dynamic | flash/HF best |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | layers | B | context | weights | KV cache | roofline | flash | % roofline | sdpa | eager "
+             "| flash/sdpa | flash/eager | HF loop static | HF loop dynamic | HF generate static | HF generate dynamic "
+             "| flash/HF best |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["impl"] != "ours":
             continue
         if "skipped" in r:
-            lines.append(f"| {r['model']} | {r['layers']} | {r['batch']} | {r['context']} | {r.get('kv_cache', 'bf16')} "
-                         f"| | {r['skipped']} | | | | | | | | | | |")
+            lines.append(f"| {r['model']} | {r['layers']} | {r['batch']} | {r['context']} | {r.get('weights', 'bf16')} "
+                         f"| {r.get('kv_cache', 'bf16')} | | {r['skipped']} | | | | | | | | | | |")
             continue
         t = r["tok_s"]
         nan = float("nan")
@@ -421,7 +461,8 @@ def markdown(env: dict, bandwidth: float, rows: list[dict]) -> str:
         h = hf.get((r["model"], r["layers"], r["batch"], r["context"]), {"tok_s": {}})["tok_s"]
         best_hf = max(h.values()) if h else nan
         lines.append(
-            f"| {r['model']} | {r['layers']} | {r['batch']} | {r['context']} | {r.get('kv_cache', 'bf16')} | "
+            f"| {r['model']} | {r['layers']} | {r['batch']} | {r['context']} | {r.get('weights', 'bf16')} | "
+            f"{r.get('kv_cache', 'bf16')} | "
             f"{r['roofline_tok_s']:.1f} | {flash:.1f} | "
             f"{100 * flash / r['roofline_tok_s']:.0f}% | {sdpa:.1f} | {eager:.1f} | {flash / sdpa:.2f}x | "
             f"{flash / eager:.2f}x | {h.get('static', nan):.1f} | {h.get('dynamic', nan):.1f} | "
@@ -431,7 +472,7 @@ def markdown(env: dict, bandwidth: float, rows: list[dict]) -> str:
 
 def plot(rows: list[dict], path: Path, card: str) -> None:
     series = [r for r in rows if r["impl"] == "ours" and r["model"] == "CodeLlama-7B" and r["batch"] == 1
-              and "skipped" not in r and r.get("kv_cache", "bf16") == "bf16"]
+              and "skipped" not in r and r.get("kv_cache", "bf16") == "bf16" and r.get("weights", "bf16") == "bf16"]
     hf = [r for r in rows if r["impl"] == "hf" and r["model"] == "CodeLlama-7B" and r["batch"] == 1]
     if not series:
         return
@@ -495,6 +536,8 @@ def main(argv=None) -> int:
                         help="batch sizes transformers is timed at (default: 1)")
     parser.add_argument("--kv-caches", type=comma_list(one_of("bf16", "fp8", "int8")), default="bf16",
                         help="KV cache types to time: bf16, fp8, int8")
+    parser.add_argument("--weights", type=comma_list(one_of("bf16", "int8")), default="bf16",
+                        help="the projections' weights to time: bf16, int8 (int8 values, a float32 scale per row)")
     parser.add_argument("--tag", default="", help="suffix of the output file names")
     parser.add_argument("--gpus", type=whole(0), default=0,
                         help="tensor parallelism: 1 and N GPUs in one run (models/tp_bench.py); "
@@ -515,6 +558,8 @@ def main(argv=None) -> int:
         # ignored without it: the run was not the one asked for
         given = "--sweep" if args.sweep else "--gemv-ab" if args.gemv_ab else "--methods"
         parser.error(f"{given} goes with --gpus")
+    if args.gpus and args.weights != "bf16":    # (tp_bench times the bf16 model only)
+        parser.error("--weights goes without --gpus")
     contexts = [int(c) for c in args.contexts.split(",")]
     hf_contexts = [int(c) for c in args.hf_contexts.split(",")] if args.hf_contexts else contexts
     if not set(hf_contexts) <= set(contexts):       # their rows were dropped, silently
@@ -552,7 +597,8 @@ def main(argv=None) -> int:
         name = full_name(name)
         n_layers = args.layers_34b or None if "34B" in name else None
         rows += bench_ours(name, n_layers, contexts, batches, bandwidth, args.replays, log, checks,
-                           kv_caches=args.kv_caches.split(","), backends=args.backends.split(","))
+                           kv_caches=args.kv_caches.split(","), backends=args.backends.split(","),
+                           weights=sorted(set(args.weights.split(",")), key=("bf16", "int8").index))
         save()
         if kinds:
             hf_batches = [int(b) for b in args.hf_batches.split(",")]

@@ -13,7 +13,8 @@ else (a batch, a verification step of 1 + k tokens, the CPU) runs the general, c
 `Transformer.decode`, which this step matches to bf16 rounding. On a tensor-parallel rank
 (`model.rank_collectives`) wo's and w2's partial outputs are summed over the ranks by one all-reduce each,
 with the residual folded into the lead rank's partial by the GEMV's epilogue (no separate add kernel: the sum
-is the residual plus every partial), and the logits gather the vocabulary's rows.
+is the residual plus every partial), and the logits gather the vocabulary's rows. int8 weights
+(`Transformer.quantize_weights`) go to the same kernels with their scales per row: half the bytes streamed.
 
 Each kernel lets the next one launch as its programs start (PDL), except where flash attention's programs,
 resident that early, could crowd some SMs and leave others idle (`kernels.interface.crowds_when_early`), or
@@ -64,17 +65,18 @@ def decode_one_token(model, token: torch.Tensor, step) -> torch.Tensor:
                        model.rope.cos, model.rope.sin, step.input_pos, Hq, Hkv,
                        cache=(cache.k[:1], cache.v[:1]) if in_place else None,
                        scales=(cache.k_scale[:1], cache.v_scale[:1]) if quantized else None,
-                       late_dependents=late_qkv)                                          # ((Hq + 2 Hkv) * D,)
+                       late_dependents=late_qkv, weight_scale=_scale(a.wqkv))             # ((Hq + 2 Hkv) * D,)
         q, k, v = (t.view(1, -1, 1, D) for t in qkv.split([Hq * D, Hkv * D, Hkv * D]))  # (1, H, 1, D)
         view = cache.rows(0, 1) if in_place else cache.update(step.input_pos, k, v)
         if step.kv_len is not None:
             view = view.prefix(step.kv_len)
         attn = decode_attention(step.backend, q, view, step.cache_seqlens, step.exact)  # (1, Hq, 1, D)
-        h = _row_parallel(gemv, attn.reshape(Hq * D).contiguous(), a.wo.weight, x, collectives)   # (dim,)
-        m = norm_swiglu(h, layer.ffn_norm.weight, layer.ffn_norm.eps, f.w13.weight)     # (ffn_dim,)
-        x = _row_parallel(gemv, m, f.w2.weight, h, collectives)                          # (dim,)
+        h = _row_parallel(gemv, attn.reshape(Hq * D).contiguous(), a.wo, x, collectives)           # (dim,)
+        m = norm_swiglu(h, layer.ffn_norm.weight, layer.ffn_norm.eps, f.w13.weight,
+                        weight_scale=_scale(f.w13))                                      # (ffn_dim,)
+        x = _row_parallel(gemv, m, f.w2, h, collectives)                                 # (dim,)
     logits = gemv(x, model.output.weight, norm_weight=model.norm.weight, eps=model.norm.eps,
-                  out_dtype=torch.float32).view(1, -1)                                   # (1, V or V_rank)
+                  out_dtype=torch.float32, weight_scale=_scale(model.output)).view(1, -1)  # (1, V or V_rank)
     return logits if collectives is None else collectives.gather_logits(logits)          # (1, V)
 
 
@@ -93,10 +95,17 @@ def _attention_late(model, step, dtype: torch.dtype) -> bool:
                         crowding_rule=LATE_WHEN_CROWDED)
 
 
-def _row_parallel(gemv, x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor,
+def _scale(projection) -> torch.Tensor | None:
+    """An int8 projection's float32 scales per output row (`Transformer.quantize_weights`), else None."""
+    return getattr(projection, "weight_scale", None)
+
+
+def _row_parallel(gemv, x: torch.Tensor, projection, residual: torch.Tensor,
                   collectives: RankCollectives | None) -> torch.Tensor:
-    """residual + x @ weight^T, weight (N, K) whole or, on a tensor-parallel rank, its columns: the partials
-    summed over the ranks with the residual in the lead rank's."""
+    """residual + x @ weight^T, the projection's weight (N, K) whole or, on a tensor-parallel rank, its columns (an
+    int8 one with its rows' scales, whole: a row's scale is the whole row's): the partials summed over the ranks
+    with the residual in the lead rank's."""
+    weight, scale = projection.weight, _scale(projection)
     if collectives is None:
-        return gemv(x, weight, residual=residual)
-    return collectives.reduce(gemv(x, weight, residual=residual if collectives.lead else None))
+        return gemv(x, weight, residual=residual, weight_scale=scale)
+    return collectives.reduce(gemv(x, weight, residual=residual if collectives.lead else None, weight_scale=scale))

@@ -5,7 +5,9 @@ Two entry points share the layers:
     decode(tokens (B, T), Decode(...))   T tokens per sequence (1, or 1 + drafts to verify), static shapes,
                                          no host sync: capturable
 q/k/v and gate/up projections are fused (one matmul each), which matters when a decode step is a GEMV.
-Weights keep Hugging Face's names at the boundary (`hf_tensor_slots`), so every loader speaks HF.
+Weights keep Hugging Face's names at the boundary (`hf_tensor_slots`), so every loader speaks HF. After loading,
+`Transformer.quantize_weights` may turn the projections' weights into int8 with a scale per row
+(models/int8_weights.py); every projection goes through `linear`, which takes either kind.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from models.attention import decode_attention, prefill_attention
 from models.config import ModelConfig, preset
 from models.fused_decode import decode_one_token
 from models.errors import SettingError
+from models.int8_weights import Int8Weight, linear_int8, quantize_rows
 from models.kv_cache import KVCache, check_kv_cache_fits
 
 
@@ -136,11 +139,14 @@ GEMV_MODES = {"wide": "deep ones on cuBLAS (the default)", "1": "every batch-1 p
 DEFAULT_GEMV = "wide"
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def linear(x: torch.Tensor, weight: torch.Tensor | Int8Weight) -> torch.Tensor:
     """x @ weight.T. One row of activations (a batch-1 decode step) goes to the batch-1 projection op when
     loaded: the Triton GEMV, which streams wide projections at 89-97% of the copy bandwidth on an H100 where
     cuBLAS reached 67-88%; deep ones (w2, and under tensor parallelism wqkv: fewer rows than columns) go to
-    cuBLAS unless CODECOMPLETE_GEMV=1 asks for split-K (kernels/gemv.py). Batched calls stay on cuBLAS."""
+    cuBLAS unless CODECOMPLETE_GEMV=1 asks for split-K (kernels/gemv.py). Batched calls stay on cuBLAS.
+    An int8 weight with its scales (`Int8Weight`) goes to `models.int8_weights.linear_int8`."""
+    if isinstance(weight, Int8Weight):
+        return linear_int8(x, weight)
     if _gemv is not None and x.is_cuda and x.numel() == weight.shape[1]:
         return _gemv(x.reshape(1, -1), weight).view(*x.shape[:-1], weight.shape[0])
     if x.dtype != weight.dtype:     # bfloat16 weights under float32 activations (Transformer.materialize)
@@ -163,6 +169,13 @@ def use_gemv(mode: str) -> None:
     import kernels.gemv  # (registers torch.ops.codecomplete.gemv)
     kernels.gemv.DEEP_ON_CUBLAS = mode == "wide"
     _gemv = torch.ops.codecomplete.gemv
+
+
+def projection_weight(module: nn.Linear) -> torch.Tensor | Int8Weight:
+    """A projection's weight as `linear` takes it: the tensor, or after `Transformer.quantize_weights` the int8 one
+    with its scales."""
+    scale = getattr(module, "weight_scale", None)
+    return module.weight if scale is None else Int8Weight(module.weight, scale)
 
 
 def attention_inputs(x, norm_weight, eps: float, wqkv, cos, sin, n_heads: int, n_kv_heads: int, head_dim: int):
@@ -245,11 +258,12 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x, cos, sin, step, dense: DenseKernels = DenseKernels()):
         a, f = self.attention, self.feed_forward
-        q, k, v = dense.attention_inputs(x, self.attention_norm.weight, self.attention_norm.eps, a.wqkv.weight,
-                                         cos, sin, a.n_heads, a.n_kv_heads, a.head_dim)
+        q, k, v = dense.attention_inputs(x, self.attention_norm.weight, self.attention_norm.eps,
+                                         projection_weight(a.wqkv), cos, sin, a.n_heads, a.n_kv_heads, a.head_dim)
         attn = a.attend(q, k, v, step)
-        return dense.attention_output_and_ffn(x, attn, a.wo.weight, self.ffn_norm.weight, self.ffn_norm.eps,
-                                              f.w13.weight, f.w2.weight, f.ffn_dim)
+        return dense.attention_output_and_ffn(x, attn, projection_weight(a.wo), self.ffn_norm.weight,
+                                              self.ffn_norm.eps, projection_weight(f.w13), projection_weight(f.w2),
+                                              f.ffn_dim)
 
 
 class Transformer(nn.Module):
@@ -294,6 +308,30 @@ class Transformer(nn.Module):
                                                         layer.feed_forward.w13, layer.feed_forward.w2)]
         return modules + [self.output] + ([self.tok_embeddings] if self.config.tie_embeddings else [])
 
+    def quantize_weights(self, row_amax_of: Callable[[nn.Module], Callable | None] | None = None) -> None:
+        """int8 weights with a float32 scale per output row (models/int8_weights.py) for every layer's wqkv, wo, w13
+        and w2 and the output head, in place, one at a time (each weight's 16-bit tensor is freed as its int8 one
+        takes its place). A head tied to the embeddings gets an int8 copy of its own; the embedding table stays.
+        `row_amax_of(module)`: how that projection's rows' amax are completed (a tensor-parallel rank holding some
+        columns of wo and w2: the maximum over the ranks), or None."""
+        if self.output.weight.is_cuda:
+            import kernels.gemv  # noqa: F401  (registers torch.ops.codecomplete.gemv_int8, the batch-1 op)
+        modules = [m for layer in self.layers for m in (layer.attention.wqkv, layer.attention.wo,
+                                                        layer.feed_forward.w13, layer.feed_forward.w2)]
+        for module in modules + [self.output]:
+            if getattr(module, "weight_scale", None) is not None:
+                continue                                      # quantized already
+            values, scale = quantize_rows(module.weight, row_amax_of(module) if row_amax_of else None)
+            module.weight = nn.Parameter(values, requires_grad=False)      # (a tied head: unties it)
+            module.register_buffer("weight_scale", scale)
+        if self.output.weight.is_cuda:
+            torch.cuda.empty_cache()
+
+    @property
+    def weights_quantized(self) -> bool:
+        """Whether the projections hold int8 weights (`quantize_weights`)."""
+        return getattr(self.output, "weight_scale", None) is not None
+
     @property
     def compute_dtype(self) -> torch.dtype:
         """The activations' and the KV cache's dtype (the projections' weights may be narrower: `materialize`)."""
@@ -301,7 +339,7 @@ class Transformer(nn.Module):
 
     @property
     def matmul_dtype(self) -> torch.dtype:
-        """The projections' weights' dtype."""
+        """The projections' weights' dtype (torch.int8 after `quantize_weights`)."""
         return self.output.weight.dtype
 
     def compile_dense(self) -> None:
@@ -363,7 +401,7 @@ class Transformer(nn.Module):
                 return None
             x = layer(x, cos, sin, Prefill(row, start), dense or self.dense)
         x = x if all_logits else x[:, last]                              # (1, T, dim), or (1, dim)
-        return self.dense.final_logits(x, self.norm.weight, self.norm.eps, self.output.weight)
+        return self.dense.final_logits(x, self.norm.weight, self.norm.eps, projection_weight(self.output))
 
     def decode(self, tokens: torch.Tensor, step: Decode) -> torch.Tensor:
         """T tokens per sequence, tokens (B, T) at positions step.input_pos + 0..T-1.
@@ -379,7 +417,8 @@ class Transformer(nn.Module):
         dense = self.decode_kernels
         for layer in self.layers:
             x = layer(x, cos, sin, step, dense)
-        return dense.final_logits(x[:, 0] if T == 1 else x, self.norm.weight, self.norm.eps, self.output.weight)
+        return dense.final_logits(x[:, 0] if T == 1 else x, self.norm.weight, self.norm.eps,
+                                  projection_weight(self.output))
 
 
 def hf_tensor_slots(model: Transformer) -> dict[str, torch.Tensor]:

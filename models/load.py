@@ -14,11 +14,13 @@ import torch
 
 from models.engine import Engine
 from models.kv_cache import check_kv_cache_fits
-from models.options import context_capacity, parse_device, parse_dtype, parse_kv_cache, parse_matmul_dtype
+from models.options import (context_capacity, parse_device, parse_dtype, parse_kv_cache, parse_matmul_dtype,
+                            parse_weights)
 
 
 def load_model(spec=None, device=None, dtype=None, attention=None, max_context=None, progress=None,
-               cuda_graphs=None, gpus=None, tp=None, kv_cache=None, past_training=False, matmul_dtype=None) -> Engine:
+               cuda_graphs=None, gpus=None, tp=None, kv_cache=None, past_training=False, matmul_dtype=None,
+               weights=None) -> Engine:
     """Load a model (None: $CODECOMPLETE_MODEL or the embedded SmolLM2) into a ready Engine.
 
     spec: a HF checkpoint directory, a .gguf file, a hub id, or "random:PRESET[:TOKENIZER_DIR]" (random
@@ -39,16 +41,22 @@ def load_model(spec=None, device=None, dtype=None, attention=None, max_context=N
     matmul_dtype: "bfloat16" under a float32 model on a CPU: the projections' weights in bfloat16, the rest in
     float32 (half the weights' bytes; twice the speed where the CPU has bfloat16 dot products,
     `models.options.cpu_has_bf16_dots`). Not with gpus > 1.
+    weights: None (the projections in the model's dtype, or matmul_dtype) or "int8": int8 with a float32 scale per
+    output row, quantized once loaded (models/int8_weights.py): half the bytes a decode step streams against bf16.
+    Not with matmul_dtype.
     """
     from models.loading.hf import load_hf_model, read_config
 
+    weights = parse_weights(weights)
+    if weights is not None and matmul_dtype is not None:
+        raise ValueError(f"{weights} weights replace matmul_dtype {matmul_dtype}: ask for one of them")
     if tp is None and ((gpus or 1) > 1 or "TORCHELASTIC_RUN_ID" in os.environ):
         if matmul_dtype is not None:
             raise ValueError("matmul_dtype is for one process: a split model keeps its dtype")
         from models.lockstep import load_on_ranks
         return load_on_ranks(gpus, spec, device=device, dtype=dtype, attention=attention, max_context=max_context,
                              progress=progress, cuda_graphs=cuda_graphs, kv_cache=kv_cache,
-                             past_training=past_training)
+                             past_training=past_training, weights=weights)
     start = perf_counter()
     device = tp.device if tp is not None else parse_device(device)
     dtype = parse_dtype(dtype, device)
@@ -56,12 +64,14 @@ def load_model(spec=None, device=None, dtype=None, attention=None, max_context=N
     matmul_dtype = parse_matmul_dtype(matmul_dtype, dtype, device)
     if isinstance(spec, str) and spec.startswith(RANDOM_PREFIX):
         return _random_engine(spec, device, dtype, attention, max_context, cuda_graphs, start, tp, quant, past_training,
-                              matmul_dtype)
+                              matmul_dtype, weights)
     name, directory = checkpoint_directory(spec, dtype, progress)
     context = _capacity(read_config(directory), max_context, name, past_training, device, dtype, quant, tp)
     if progress:
         progress(f"Loading {name} on {device.type}")
     loaded = load_hf_model(directory, device, dtype, max_len=context, name=name, tp=tp, matmul_dtype=matmul_dtype)
+    if weights == "int8":
+        quantize(loaded.model, tp)
     engine = Engine(loaded.model, loaded.tokenizer, name=name, attention=attention,
                     context_length=context, eos_token_ids=loaded.eos_token_ids, cuda_graphs=cuda_graphs,
                     kv_cache=quant)
@@ -72,6 +82,17 @@ def load_model(spec=None, device=None, dtype=None, attention=None, max_context=N
 
 
 RANDOM_PREFIX = "random:"
+
+
+def quantize(model, tp=None) -> None:
+    """int8 weights once loaded (`Transformer.quantize_weights`), before the Engine sizes its KV cache in the memory
+    they leave free; a tensor-parallel rank's rows of wo and w2 take their scales from the whole rows
+    (`models.tp.quantize_shard`)."""
+    if tp is None:
+        model.quantize_weights()
+    else:
+        from models.tp import quantize_shard
+        quantize_shard(model, tp)
 
 
 def _capacity(config, max_context, name: str, past_training: bool, device, dtype, quant, tp) -> int:
@@ -96,7 +117,7 @@ def checkpoint_directory(spec, dtype: torch.dtype, progress=None) -> tuple[str, 
 
 
 def _random_engine(spec: str, device, dtype, attention, max_context, cuda_graphs, start: float, tp=None,
-                   quant: str | None = None, past_training: bool = False, matmul_dtype=None) -> Engine:
+                   quant: str | None = None, past_training: bool = False, matmul_dtype=None, weights=None) -> Engine:
     """An Engine over random weights of a preset's shapes: times exactly like the real checkpoint.
 
     With a tokenizer directory (`random:CodeLlama-7B:DIR`, e.g. the embedded model's tokenizer files) the whole
@@ -120,6 +141,8 @@ def _random_engine(spec: str, device, dtype, attention, max_context, cuda_graphs
     else:
         from models.tp import random_shard
         model = random_shard(config, tp, device, dtype, max_len=context)
+    if weights == "int8":
+        quantize(model, tp)
     engine = Engine(model, tokenizer, name=label, attention=attention, context_length=context,
                     eos_token_ids=(), cuda_graphs=cuda_graphs, kv_cache=quant)
     engine.load_s = perf_counter() - start

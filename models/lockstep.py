@@ -53,7 +53,7 @@ _active: LeaderEngine | None = None   # one group per process: loading another m
 
 
 def load_on_ranks(gpus: int | None, spec=None, *, device=None, dtype=None, attention=None, max_context=None,
-                  progress=None, cuda_graphs=None, kv_cache=None, past_training=False) -> LeaderEngine:
+                  progress=None, cuda_graphs=None, kv_cache=None, past_training=False, weights=None) -> LeaderEngine:
     """`load_model(..., gpus=N)`: start N ranks (or join torchrun's), each loading its part of the model."""
     global _active
     device_type = parse_device(device).type
@@ -81,7 +81,7 @@ def load_on_ranks(gpus: int | None, spec=None, *, device=None, dtype=None, atten
         progress(f"Loading {name or spec} on {ranks.tp.world} {'GPUs' if device_type == 'cuda' else 'processes'}")
     try:
         leader.load(spec=spec, dtype=dtype, attention=attention, max_context=max_context, cuda_graphs=cuda_graphs,
-                    kv_cache=kv_cache, past_training=past_training)
+                    kv_cache=kv_cache, past_training=past_training, weights=weights)
     except BaseException:
         leader.close()          # nothing loaded: no reason to keep the ranks
         raise

@@ -56,6 +56,20 @@ def cpu_has_bf16_dots() -> bool:
         return False
 
 
+WEIGHTS = ("int8",)
+
+
+def parse_weights(weights) -> str | None:
+    """How the projections' weights are stored: None (the model's dtype, or `parse_matmul_dtype`'s) or "int8" (int8
+    with a float32 scale per output row, models/int8_weights.py)."""
+    if weights is None:
+        return None
+    name = str(weights).lower()
+    if name not in WEIGHTS:
+        raise ValueError(f"unknown weights {weights!r} (choose int8, or leave them in the model's dtype)")
+    return name
+
+
 def parse_kv_cache(kv_cache, dtype: torch.dtype) -> str | None:
     """The 8-bit cache type ("fp8", "int8"), or None for the model's own dtype (None or its name)."""
     if kv_cache is None:

@@ -167,6 +167,19 @@ def random_shard(config: ModelConfig, tp: TensorParallel, device, dtype, max_len
     return load_shard(config, tp, read, device, dtype, max_len, f"random {config.n_layers}-layer model")
 
 
+def quantize_shard(model: Transformer, tp: TensorParallel) -> None:
+    """int8 weights on rank tp.rank (`Transformer.quantize_weights`), the same bytes and scales as the slices of the
+    whole model's: the column-parallel wqkv and w13 and the output layer hold whole rows, each quantized as it is
+    (their scales split with the rows); the row-parallel wo and w2 hold some columns of every row, so each row's
+    amax is the maximum over the ranks, and every rank keeps the whole row's scale."""
+    def max_over_ranks(amax: torch.Tensor) -> torch.Tensor:            # (N,) float32, this rank's columns
+        dist.all_reduce(amax, op=dist.ReduceOp.MAX, group=tp.group)
+        return amax
+
+    row_parallel = {id(m) for layer in model.layers for m in (layer.attention.wo, layer.feed_forward.w2)}
+    model.quantize_weights(lambda module: max_over_ranks if id(module) in row_parallel else None)
+
+
 # ---- communication -----------------------------------------------------------------------------
 
 def rank_collectives(tp: TensorParallel, vocab_size: int) -> RankCollectives:

@@ -16,6 +16,8 @@ from models import bench
     (["--batches", "-1"], "--batches: expected a number from 1 up, got -1"),
     (["--ttft", "16384"], "--ttft: expected 2 comma-separated values"),
     (["--hf", "statc"], "--hf: 'statc' is not one of static, dynamic"),    # ran as a DynamicCache before
+    (["--weights", "bf16,int4"], "--weights: 'int4' is not one of bf16, int8"),
+    (["--weights", "int8", "--gpus", "2"], "--weights goes without --gpus"),  # tp_bench times bf16 only
     (["--replays", "0"], "--replays: expected a number from 1 up, got 0"),
     (["--methods", "nvls"], "--methods: 'nvls' is not one of one_shot, nccl, none"),
     (["--bogus"], "unrecognized arguments: --bogus"),
@@ -87,6 +89,28 @@ def test_the_hf_rows_are_timed_at_the_contexts_asked_for(monkeypatch, tmp_path):
     assert timed == [[4096, 8192], [8192]]
 
 
+def test_int8_weights_are_timed_after_bf16_and_named_in_the_table(monkeypatch, tmp_path):
+    """--weights int8,bf16: bench_ours takes bf16 first (it quantizes the model once its bf16 rows are timed), and the
+    table names each row's weights."""
+    env = {"card": "Test GPU", "date": "2026-12-02", "torch": "t", "triton": "tr"}
+    monkeypatch.setattr(bench, "begin_run", lambda program, out: (env, 4e12, lambda message: None))
+    asked = []
+
+    def bench_ours(name, *args, weights, **kwargs):
+        asked.append(weights)
+        return [{"impl": "ours", "model": name, "layers": 32, "batch": 1, "context": 4096, "kv_cache": "bf16",
+                 "weights": kind, "roofline_tok_s": 250.0 * (1 + (kind == "int8")), "tok_s": {"flash": 200.0}}
+                for kind in weights]
+    monkeypatch.setattr(bench, "bench_ours", bench_ours)
+    monkeypatch.setattr(bench, "plot", lambda rows, path, card: None)
+    argv = ["--models", "7B", "--weights", "int8,bf16", "--hf", "", "--ttft", "", "--out", str(tmp_path)]
+    assert bench.main(argv) == 0
+    assert asked == [["bf16", "int8"]]
+    table = (tmp_path / "e2e.md").read_text()
+    assert "| CodeLlama-7B | 32 | 1 | 4096 | bf16 | bf16 | 250.0 | 200.0 | 80% |" in table
+    assert "| CodeLlama-7B | 32 | 1 | 4096 | int8 | bf16 | 500.0 | 200.0 | 40% |" in table
+
+
 def test_a_run_cut_short_leaves_its_table_next_to_its_json(monkeypatch, tmp_path):
     """e2e.json was written after every model, e2e.md only at the end: Ctrl-C during the second model left the
     first model's JSON next to no table, or next to an earlier run's table (and plot) in the same folder."""
@@ -108,7 +132,8 @@ def test_a_run_cut_short_leaves_its_table_next_to_its_json(monkeypatch, tmp_path
     assert not (tmp_path / "e2e.png").exists()      # it would have sat beside this run's rows
     assert json.loads((tmp_path / "e2e.json").read_text())["rows"] == [row]
     table = (tmp_path / "e2e.md").read_text()
-    assert "| CodeLlama-7B | 32 | 1 | 4096 | bf16 | 250.0 | 200.0 | 80% | 190.0 | 80.0 | 1.05x | 2.50x |" in table
+    assert ("| CodeLlama-7B | 32 | 1 | 4096 | bf16 | bf16 | 250.0 | 200.0 | 80% | 190.0 | 80.0 | 1.05x | 2.50x |"
+            in table)
     assert "Cut short: the rows so far (models CodeLlama-7B of 7B,34B)" in table
     assert bench.main(["--models", "7B", "--hf", "", "--ttft", "", "--out", str(tmp_path)]) == 0
     assert "Cut short" not in (tmp_path / "e2e.md").read_text()             # a whole run's table says nothing so

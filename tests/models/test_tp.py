@@ -17,7 +17,8 @@ from models.config import preset
 from models.distributed import MULTICAST_OFF, RankFailed, Ranks, check_devices, run_on_ranks, under_torchrun
 from models.llama import build_random_model
 from models.loading.hf import load_hf_model
-from models.tp import shard_config
+from models.int8_weights import quantize_rows
+from models.tp import shard_config, vocab_rows
 
 HANG_S = 300
 ROOT = Path(__file__).resolve().parents[2]
@@ -162,6 +163,48 @@ def test_two_ranks_compute_what_one_does(no_hang, gqa_checkpoint, tmp_path):
     for key, reference in expected.items():
         assert reference.std() > 1e-2            # logits of substance, not a row of zeros
         # float32: sums split over ranks (and threads) round differently, ~1e-6 of the largest logit
+        torch.testing.assert_close(got[key], reference, rtol=1e-5, atol=2e-5 * reference.abs().max().item(),
+                                   msg=lambda message: f"{key}: {message}")
+
+
+def test_two_ranks_with_int8_weights_hold_the_slices_of_one_quantization(no_hang, gqa_checkpoint, tmp_path):
+    """int8 weights on ranks: each rank's bytes and scales are the slices of the whole model's quantization (wqkv,
+    w13 and the output layer split by rows, with their scales; wo and w2 split by columns, keeping the whole rows'
+    scales: the amax taken over the ranks), and two ranks compute what one does."""
+    from models.llama import projection_weight
+
+    single = load_hf_model(gqa_checkpoint, torch.device("cpu"), torch.float32, max_len=64).model
+    single.quantize_weights()
+    expected = tp_helpers.logits(single, "eager")
+    got = run_on_ranks(2, "cpu", tp_helpers.rank_int8, str(gqa_checkpoint), str(tmp_path))
+    layer, c = single.layers[0], single.config
+    whole = {name: projection_weight(module) for name, module in (
+        ("wqkv", layer.attention.wqkv), ("wo", layer.attention.wo), ("w13", layer.feed_forward.w13),
+        ("w2", layer.feed_forward.w2), ("output", single.output))}
+    q, kv, F, V = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim, c.ffn_dim, c.vocab_size
+    scales_differ = False
+    for rank in range(2):
+        held = torch.load(tmp_path / f"rank{rank}.pt")
+        half = lambda n: slice(rank * n // 2, (rank + 1) * n // 2)                  # noqa: E731
+        rows = {"wqkv": torch.cat([torch.arange(q)[half(q)], q + torch.arange(kv)[half(kv)],
+                                   q + kv + torch.arange(kv)[half(kv)]]),
+                "w13": torch.cat([torch.arange(F)[half(F)], F + torch.arange(F)[half(F)]]),
+                "output": torch.arange(V)[rank * vocab_rows(V, 2):(rank + 1) * vocab_rows(V, 2)]}
+        for name, (values, scale) in held.items():
+            want_values, want_scale = whole[name]
+            if name in ("wo", "w2"):                  # row-parallel: some columns of every row, the rows' scales whole
+                K = want_values.shape[1]
+                assert torch.equal(values, want_values[:, half(K)]) and torch.equal(scale, want_scale), (rank, name)
+                # (their own columns' amax would have given other scales: the group's maximum mattered)
+                scales_differ |= not torch.equal(quantize_rows(want_values[:, half(K)].float() * want_scale[:, None])
+                                                 .scale, want_scale)
+            else:                                     # (the output layer's padding rows past V: zeros, scale 1)
+                n = len(rows[name])
+                assert torch.equal(values[:n], want_values[rows[name]]), (rank, name)
+                assert torch.equal(scale[:n], want_scale[rows[name]]), (rank, name)
+                assert not values[n:].any() and (scale[n:] == 1).all(), (rank, name)
+    assert scales_differ
+    for key, reference in expected.items():
         torch.testing.assert_close(got[key], reference, rtol=1e-5, atol=2e-5 * reference.abs().max().item(),
                                    msg=lambda message: f"{key}: {message}")
 

@@ -128,3 +128,20 @@ def hang_on_rank_1(tp) -> None:
     if tp.rank == 1:
         time.sleep(120)
     dist.all_reduce(torch.ones(4), group=tp.group)
+
+
+def rank_int8(tp, directory: str, out: str) -> dict[str, torch.Tensor]:
+    """Every rank: its part of the checkpoint with int8 weights (models.tp.quantize_shard), its int8 projections
+    saved to out/rank{r}.pt; rank 0's logits (eager) come back."""
+    from models.llama import projection_weight
+    from models.loading.hf import load_hf_model
+    from models.tp import quantize_shard
+
+    model = load_hf_model(Path(directory), tp.device, torch.float32, max_len=64, tp=tp).model
+    quantize_shard(model, tp)
+    layer = model.layers[0]
+    held = {name: tuple(projection_weight(module)) for name, module in (
+        ("wqkv", layer.attention.wqkv), ("wo", layer.attention.wo), ("w13", layer.feed_forward.w13),
+        ("w2", layer.feed_forward.w2), ("output", model.output))}
+    torch.save(held, Path(out) / f"rank{tp.rank}.pt")
+    return logits(model, "eager")
