@@ -188,3 +188,34 @@ def test_load_model_quantizes_when_asked_and_says_so(tiny_checkpoint):
                       ({"weights": "int8", "matmul_dtype": "bfloat16"}, "int8 weights replace matmul_dtype")):
         with pytest.raises(ValueError, match=says):
             load_model(directory, device="cpu", max_context=48, **bad)
+
+
+@pytest.fixture(scope="module")
+def int8_smollm():
+    """The embedded SmolLM2 loaded with int8 weights, as `--weights int8` loads it."""
+    from models import load_model
+    return load_model(weights="int8", max_context=512)
+
+
+def test_an_int8_engine_generates_through_prefill_decode_speculation_batches_and_the_warm_paths(int8_smollm):
+    """The Engine with int8 weights on every path a request takes: a prefill, one-token steps (one int8 row), drafts
+    verified in multi-token steps (several rows: the dequantized weights), a batch, a prompt that extends the cached
+    one by a few tokens, and the server's warm-up calls. Greedy text with and without speculation is the same
+    (speculation keeps the output), and it is code."""
+    from models import GenerationConfig
+    engine = int8_smollm
+    assert engine.model.weights_quantized and engine.precision == "float32, int8 weights"
+    prompt = engine.tokenizer.encode("class Stack:\n    def __init__(self):\n        self.items = []\n\n"
+                                     "    def push(self, item):\n        self.items.append(item)\n\n    def pop(self):\n")
+    plain = engine.generate(prompt, GenerationConfig(max_new_tokens=24, speculate=0))
+    speculated = engine.generate(prompt, GenerationConfig(max_new_tokens=24, speculate=4))
+    assert len(plain.token_ids) == 24 and "self.items" in plain.text, plain.text
+    assert speculated.token_ids == plain.token_ids
+    assert speculated.timings.verify_steps > 0 and speculated.timings.accepted_tokens > 0
+    extended = engine.generate(prompt + plain.token_ids[:2], GenerationConfig(max_new_tokens=4, speculate=0))
+    assert extended.reused_prefix_tokens >= len(prompt) and extended.token_ids == plain.token_ids[2:6]
+    batch = engine.generate_batch([prompt, prompt[:17]], GenerationConfig(max_new_tokens=6, speculate=0))
+    assert batch[0].token_ids == plain.token_ids[:6] and len(batch[1].token_ids) == 6
+    engine.warm_speculation()
+    assert engine.warm_prefill([40, 41]) is not None
+    assert engine.generate(prompt, GenerationConfig(max_new_tokens=24, speculate=0)).token_ids == plain.token_ids
