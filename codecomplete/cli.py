@@ -163,6 +163,11 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
                             "$OMP_NUM_THREADS if set)")
     model.add_argument("--gpus", type=_positive_int, metavar="N",
                        help="split the model over N GPUs (tensor parallelism; with --device cpu, N processes)")
+    model.add_argument("--weights", choices=("bf16", "int8"),
+                       help="the projections' weights: int8 holds 8 bits with a scale per output row, half the bytes "
+                            "a decode step reads (on a CPU: less memory, not more speed); bf16 (on a CPU: bfloat16 "
+                            "under float32 activations) (default: the model's dtype, on a CPU with bfloat16 dot "
+                            "products bf16)")
     model.add_argument("--kv-cache", choices=("bf16", "fp16", "fp32", "fp8", "int8"),
                        help="KV cache storage (default: the model's dtype): int8 or fp8 hold 8 bits with a scale "
                             "per token, about twice the context in the same memory; int8 is the more accurate and, on "

@@ -103,8 +103,10 @@ def mismatch(info: dict, args, root: Path | None, max_new_tokens: int) -> str | 
     # with --dtype bfloat16 or --kv-cache int8 prints other text than this process would.
     for option, wanted in _engine_options(args, info).items():
         if option == "matmul_dtype" and wanted is not None and _plain(wanted) != _plain(engine["matmul_dtype"] or ""):
+            asked = getattr(args, "weights", None)
             return (f"runs {engine.get('dtype')} with {engine['matmul_dtype']} weights, not " +
-                    (f"--dtype {args.dtype}" if args.dtype else f"{wanted} weights (the default here)"))
+                    (f"--weights {asked}" if asked else f"--dtype {args.dtype}" if args.dtype else
+                     f"{wanted} weights (the default here)"))
         if wanted is None or _plain(wanted) != _plain(engine.get(option, "")):
             shown = getattr(args, option) or (f"{wanted} (the default)" if wanted else
                                               "this machine's default (name the option to use this server)")
@@ -143,10 +145,13 @@ def _engine_options(args, info: dict) -> dict[str, str | None]:
     if not isinstance(defaults, dict):     # a server before "defaults": what it was started without is its default
         defaults = {option: engine.get(option) for option in ("dtype", "attention") if info.get(option) is None}
     dtype = args.dtype or defaults.get("dtype")
-    # (an unquantized cache holds the model's dtype, --kv-cache named or not; --dtype names the weights' too)
+    # (an unquantized cache holds the model's dtype, --kv-cache named or not; --dtype names the weights' too, unless
+    # --weights does: bf16 is bfloat16, or the model's dtype where that is bfloat16 already; int8)
+    weights = getattr(args, "weights", None)
+    matmul_dtype = {"bf16": "bfloat16", "int8": "int8"}.get(weights) or args.dtype or defaults.get("matmul_dtype")
     return {"device": device, "dtype": dtype, "attention": args.attention or defaults.get("attention"),
             "kv_cache": KV_CACHE_DTYPES.get(args.kv_cache or "", args.kv_cache) or dtype,
-            "matmul_dtype": args.dtype or defaults.get("matmul_dtype") or dtype}
+            "matmul_dtype": matmul_dtype or dtype}
 
 
 def _same_folder(served, root: Path) -> bool:

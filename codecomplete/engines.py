@@ -121,6 +121,7 @@ def load(args, max_new_tokens: int, default_budget: int | None = None, headroom:
             os.environ["TRITON_INTERPRET"] = "1"
         from models import ContextTooLongError, load_model
     check_kv_cache(args, device)        # before the weights load
+    check_weights(args, device)
 
     budget = args.context_tokens or default_budget or (CPU_PROMPT_BUDGET if device.startswith("cpu") else None)
     matmul_dtype = cpu_matmul_dtype(args, device)
@@ -130,6 +131,7 @@ def load(args, max_new_tokens: int, default_budget: int | None = None, headroom:
             if not args.debug:      # the one-line error says what went wrong; library warnings only add noise
                 warnings.simplefilter("ignore")
             return load_model(args.model, device=device, dtype=args.dtype, matmul_dtype=matmul_dtype,
+                              weights="int8" if getattr(args, "weights", None) == "int8" else None,
                               attention=args.attention,
                               max_context=max_context, progress=progress, gpus=args.gpus, kv_cache=args.kv_cache,
                               past_training=asked or bool(args.context_tokens))
@@ -157,7 +159,12 @@ def cpu_matmul_dtype(args, device: str) -> str | None:
     unless --dtype chose the dtype (--dtype float32: float32 throughout) or $CODECOMPLETE_CPU_BF16=0. The embedded
     model then prefills 1.9-2.7x and decodes 1.8-2.2x as fast on a 2-core EPYC, with the same accuracy on real code
     (next-token top-1 54.1% against 54.5% in float32, log-loss +0.07%, over 2,040 positions of installed packages'
-    code; bench/results/cpu-bf16-weights.md, NOTES.md "bfloat16 projections on the CPU")."""
+    code; bench/results/cpu-bf16-weights.md, NOTES.md "bfloat16 projections on the CPU"). --weights decides when
+    given: bf16 asks for them (where the model's dtype is not bfloat16 already), int8 for int8 weights instead."""
+    weights = getattr(args, "weights", None)
+    if weights is not None:         # (bf16 under a model of bfloat16 already: the model's dtype, nothing to ask)
+        float32_cpu = device.startswith("cpu") and args.dtype in (None, "float32")
+        return "bfloat16" if weights == "bf16" and float32_cpu else None
     return None if args.dtype else default_matmul_dtype(device, args.gpus)
 
 
@@ -167,6 +174,22 @@ def default_matmul_dtype(device: str, gpus: int | None) -> str | None:
         return None
     from models.options import cpu_has_bf16_dots
     return "bfloat16" if cpu_has_bf16_dots() else None
+
+
+def check_weights(args, device: str) -> None:
+    """--weights bf16 against the model's dtype on `device` and --gpus, as load_model will check it (bfloat16 weights
+    under another dtype are for a float32 model on one CPU process), as a usage error. After models is imported."""
+    if getattr(args, "weights", None) != "bf16":
+        return
+    import torch
+    from models.options import parse_dtype, parse_matmul_dtype
+
+    try:
+        narrow = parse_matmul_dtype("bfloat16", parse_dtype(args.dtype, torch.device(device)), torch.device(device))
+        if narrow is not None and (args.gpus or 1) > 1:
+            raise ValueError("a model split over several processes keeps its dtype: use --dtype bfloat16")
+    except ValueError as exc:
+        raise UsageError(f"--weights bf16: {exc}") from None
 
 
 def check_kv_cache(args, device: str) -> None:

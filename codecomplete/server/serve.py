@@ -108,7 +108,7 @@ def _description(url: str, root, args, engine) -> dict:
             "default_device": "cuda" if torch.cuda.is_available() else "cpu",   # where a command line runs by default
             "model_spec": client.model_spec(args.model or os.environ.get("CODECOMPLETE_MODEL")),
             "device": args.device, "dtype": args.dtype, "attention": args.attention, "gpus": args.gpus,
-            "kv_cache": args.kv_cache,
+            "kv_cache": args.kv_cache, "weights": getattr(args, "weights", None),
             "context_tokens": args.context_tokens,
             "options": sorted(native.Options.model_fields),   # what a command line's request may set (client.py)
             "defaults": _defaults(args, engine),

@@ -206,7 +206,8 @@ def test_an_int8_engine_generates_through_prefill_decode_speculation_batches_and
     engine = int8_smollm
     assert engine.model.weights_quantized and engine.precision == "float32, int8 weights"
     prompt = engine.tokenizer.encode("class Stack:\n    def __init__(self):\n        self.items = []\n\n"
-                                     "    def push(self, item):\n        self.items.append(item)\n\n    def pop(self):\n")
+                                     "    def push(self, item):\n        self.items.append(item)\n\n"
+                                     "    def pop(self):\n")
     plain = engine.generate(prompt, GenerationConfig(max_new_tokens=24, speculate=0))
     speculated = engine.generate(prompt, GenerationConfig(max_new_tokens=24, speculate=4))
     assert len(plain.token_ids) == 24 and "self.items" in plain.text, plain.text
