@@ -299,6 +299,11 @@ CONFIGS: dict[str | tuple[str, int, int], Config] = {
     ("gemv_deep", 8192, 22016): Config(2, 1024, 4, 4),      # w2, 34B on 1 GPU: 90.7 -> 84.9
     ("gemv_norm", 32000, 8192): Config(4, 512, 4, 4),       # logits, 34B on 1 GPU: 126.2 -> 122.6
 }
+# Launch configurations for int8 weights, keyed as CONFIGS and consulted first for them: none measured yet, so int8
+# weights launch with the bf16 entries (each program then has half the bytes in flight).
+# CODECOMPLETE_FUSED_INT8_CONFIGS=FILE (`python -m kernels.fused_gemv_bench --weights int8 --write-configs FILE`)
+# fills it.
+INT8_CONFIGS: dict[str | tuple[str, int, int], Config] = {}
 KINDS = ("qkv_rope", "norm_swiglu", "gemv", "gemv_deep", "gemv_norm")
 WEIGHTS_BY_PRMT = True   # A/B: False converts int8 weights by Triton's own I2F, a quarter-rate instruction on sm_90
 _per_shape = True                      # use_per_shape(False): the per-kind defaults everywhere (A/B runs)
@@ -336,8 +341,11 @@ def read_configs(path: str) -> dict:
     return {config_key(name): Config(*values) for name, values in entries.items()}
 
 
-def config_for(kind: str, N: int, K: int) -> Config:
-    """The launch configuration of kernel `kind` on an (N, K) weight: its own entry, else the kind's."""
+def config_for(kind: str, N: int, K: int, int8: bool = False) -> Config:
+    """The launch configuration of kernel `kind` on an (N, K) weight: its own entry, else the kind's; for int8
+    weights INT8_CONFIGS' entry for the shape or the kind first."""
+    if int8 and (found := (_per_shape and INT8_CONFIGS.get((kind, N, K))) or INT8_CONFIGS.get(kind)):
+        return found
     return CONFIGS.get((kind, N, K), CONFIGS[kind]) if _per_shape else CONFIGS[kind]
 
 
@@ -351,13 +359,15 @@ def use_per_shape(enabled: bool) -> bool:
 
 if os.environ.get("CODECOMPLETE_FUSED_CONFIGS"):
     CONFIGS.update(read_configs(os.environ["CODECOMPLETE_FUSED_CONFIGS"]))
+if os.environ.get("CODECOMPLETE_FUSED_INT8_CONFIGS"):
+    INT8_CONFIGS.update(read_configs(os.environ["CODECOMPLETE_FUSED_INT8_CONFIGS"]))
 
 
 def _config(kind: str, x: torch.Tensor, weight: torch.Tensor, overrides: dict, pairs_per_head: int = 0) -> Config:
     """The launch configuration of `kind` on `weight`, with any fields the caller gives. The CPU interpreter
     runs programs one after another: 16 rows per program there (fewer programs, same arithmetic). Paired rows
     need block_n / 2 to divide a head's pairs."""
-    config = config_for(kind, *weight.shape)._replace(**overrides)
+    config = config_for(kind, *weight.shape, int8=weight.dtype == torch.int8)._replace(**overrides)
     if not x.is_cuda and "block_n" not in overrides:
         config = config._replace(block_n=16)
     if pairs_per_head and pairs_per_head % (config.block_n // 2):

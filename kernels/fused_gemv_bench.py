@@ -4,6 +4,7 @@ fastest that beats the kind's default (the per-shape entries of `kernels.fused_g
 
     python -m kernels.fused_gemv_bench                          # CodeLlama-7B's step
     python -m kernels.fused_gemv_bench --model 34B/2,34B,70B/2  # tensor-parallel ranks' and other models' shapes
+    python -m kernels.fused_gemv_bench --weights int8           # int8 weights (entries for `INT8_CONFIGS`)
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import NamedTuple
 
 import torch
 
-from kernels.fused_gemv import CONFIGS, Config, config_for, config_name, gemv, norm_swiglu, qkv_rope
+from kernels.fused_gemv import CONFIGS, INT8_CONFIGS, Config, config_for, config_name, gemv, norm_swiglu, qkv_rope
 
 # ---- the shapes of a model's decode step -----------------------------------------------------------
 
@@ -118,6 +119,9 @@ def main(argv=None) -> int:
     parser.add_argument("--budget-s", type=float, default=0.0, help="stop starting shapes after this long (0: none)")
     parser.add_argument("--write-configs", default="", metavar="FILE",
                         help="write the per-shape entries (winners by >= 1%% over the default) here, as JSON")
+    parser.add_argument("--weights", choices=("bf16", "int8"), default="bf16",
+                        help="the weights' kind: int8 (a float32 scale per row; its entries are INT8_CONFIGS', "
+                             "CODECOMPLETE_FUSED_INT8_CONFIGS reads them) (default: bf16)")
     parser.add_argument("--device", default="cuda", help=argparse.SUPPRESS)   # cpu: the interpreter (tests)
     args = parser.parse_args(argv)
     try:
@@ -149,21 +153,29 @@ def main(argv=None) -> int:
             D = p.head_dim
             cos, sin, pos = torch.rand(S, D, device=dev), torch.rand(S, D, device=dev), torch.tensor([S - 1], device=dev)
             caches = tuple(torch.randn(1, p.kv_heads, S, D, device=dev, dtype=dt) for _ in range(2))
-            call = lambda w, **c: qkv_rope(x, norm_w, eps, w, cos, sin, pos, p.heads, p.kv_heads, cache=caches, **c)
+            run = lambda w, **c: qkv_rope(x, norm_w, eps, w, cos, sin, pos, p.heads, p.kv_heads, cache=caches, **c)
             want = lambda w: reference.qkv_rope(x, norm_w, eps, w, cos, sin, pos, p.heads, p.kv_heads)
         elif kind == "norm_swiglu":
-            call = lambda w, **c: norm_swiglu(x, norm_w, eps, w, **c)
+            run = lambda w, **c: norm_swiglu(x, norm_w, eps, w, **c)
             want = lambda w: reference.norm_swiglu(x, norm_w, eps, w)
         elif kind == "gemv_norm":
-            call = lambda w, **c: gemv(x, w, norm_weight=norm_w, eps=eps, out_dtype=torch.float32, **c)
+            run = lambda w, **c: gemv(x, w, norm_weight=norm_w, eps=eps, out_dtype=torch.float32, **c)
             want = lambda w: reference.fused_gemv(x, w, norm_weight=norm_w, eps=eps)
         else:
-            call = lambda w, **c: gemv(x, w, residual=res, **c)
+            run = lambda w, **c: gemv(x, w, residual=res, **c)
             want = lambda w: reference.fused_gemv(x, w, residual=res)
-        copies = max(1, -(-rotate // (N * K * 2)))
-        ws = [torch.randn(N, K, device=dev, dtype=dt) * 0.02 for _ in range(copies)]
-        reference_out = want(ws[-1])
-        floor = N * K * 2 / bandwidth * 1e6
+        int8 = args.weights == "int8"
+        element = 1 if int8 else 2
+        copies = max(1, -(-rotate // (N * K * element)))
+        if int8:        # (values, scales) pairs; the reference multiplies by what they stand for
+            ws = [reference.quantize_int8(torch.randn(N, K, device=dev) * 0.02) for _ in range(copies)]
+            call = lambda w, **c: run(w[0], weight_scale=w[1], **c)
+            reference_out = want(ws[-1][0].double() * ws[-1][1].double()[:, None])
+        else:
+            ws = [torch.randn(N, K, device=dev, dtype=dt) * 0.02 for _ in range(copies)]
+            call = run
+            reference_out = want(ws[-1])
+        floor = (N * K * element + 4 * N * int8) / bandwidth * 1e6
 
         def us_of(config: Config, replays: int) -> float:
             return graph_replay_us(lambda: [call(w, **config._asdict()) for w in ws], replays) / copies
@@ -173,10 +185,12 @@ def main(argv=None) -> int:
             err = ((got - reference_out).abs().max() / reference_out.abs().max()).item()
             return err if err == err else float("inf")
 
-        default, current = CONFIGS[kind], config_for(kind, N, K)
+        default = INT8_CONFIGS.get(kind, CONFIGS[kind]) if int8 else CONFIGS[kind]
+        current = config_for(kind, N, K, int8)
         candidates = list(dict.fromkeys([default, current, *SWEEP[kind]]))
-        row = {"kind": kind, "N": N, "K": K, "op": p.name, "floor_us": floor,
-               "cublas_us": graph_replay_us(lambda: [F.linear(x[None], w) for w in ws], args.replays) / copies,
+        cublas_ws = [w[0].to(dt) for w in ws] if int8 else ws         # (int8: cuBLAS on as many bf16 bytes as bf16's)
+        row = {"kind": kind, "N": N, "K": K, "op": p.name, "weights": args.weights, "floor_us": floor,
+               "cublas_us": graph_replay_us(lambda: [F.linear(x[None], w) for w in cublas_ws], args.replays) / copies,
                "configs": []}
         for config in candidates:
             entry = config._asdict()
@@ -216,7 +230,7 @@ def main(argv=None) -> int:
               f"chosen {timed[chosen]:6.1f} ({100 * floor / timed[chosen]:3.0f}%) {tuple(chosen)} "
               f"{'kept' if chosen == default else f'-{100 * gain:.1f}%'}  err {error_of(chosen):.1e}", flush=True)
         rows.append(row)
-        del ws, reference_out
+        del ws, cublas_ws, reference_out
         torch.cuda.empty_cache()
     done = {(r["kind"], r["N"], r["K"]): r for r in rows if "chosen" in r}
     predictions = {}

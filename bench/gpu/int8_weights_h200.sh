@@ -6,6 +6,8 @@
 # (`python -m models.bench --weights bf16,int8`: the fused int8 step against the compiled one, the roofline of the
 # bytes each reads). Nothing to carry. Run from the repository root on the GPU machine:
 #   OUT=/path bash bench/gpu/int8_weights_h200.sh
+# SWEEP=1 also sweeps the fused kernels' launch configurations with int8 weights (kernels.fused_gemv_bench; its
+# entries, CODECOMPLETE_FUSED_INT8_CONFIGS=$OUT/int8-configs.json, for a second run), a few minutes more.
 # Writes under $OUT (default bench/scratch/int8-weights): int8-weights-check.json/.log, e2e-int8w.json/.md, e2e.log,
 # gpu.txt. Prints the checks' verdict, the kernels' times and the end-to-end table last.
 set -uo pipefail
@@ -20,6 +22,10 @@ timeout 200 python -m models.bench --models 7B --batches 1 --hf '' --ttft '' --w
     --contexts 4096,16384,65536 --out "$OUT" --tag int8w > "$OUT/e2e.log" 2>&1
 e2e=$?
 rm -f "$OUT"/*.png
+if [ -n "${SWEEP:-}" ]; then   # SWEEP=1 (a few more minutes): launch configurations for int8 weights at 7B's shapes
+    timeout 300 python -m kernels.fused_gemv_bench --weights int8 --budget-s 240 --json "$OUT/int8-sweep.json" \
+        --write-configs "$OUT/int8-configs.json" > "$OUT/int8-sweep.log" 2>&1; echo "int8 sweep: exit $?"
+fi
 echo "== checks (exit $check): BAD lines, then the kernels with bf16 and int8 weights"
 grep -E "^BAD|checks ok|WRONG" "$OUT/int8-weights-check.log" | cut -c1-300
 grep -E "µs" "$OUT/int8-weights-check.log" | cut -c1-200

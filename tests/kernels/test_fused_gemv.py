@@ -345,7 +345,25 @@ def test_choose_keeps_the_default_unless_the_winner_clears_the_margin():
     assert fused_gemv_bench.choose(default, {default: 100.0, other: 101.0}) == (default, 0.0)
 
 
-def test_the_sweep_runs_a_models_rank_shapes_end_to_end(monkeypatch, tmp_path):
+def test_int8_weights_take_their_own_entries_first(monkeypatch):
+    """INT8_CONFIGS (an int8 sweep's entries) before CONFIGS for int8 weights: the shape's, then the kind's; bf16
+    weights never see them; launches pick by the weight's dtype."""
+    shape, kind_wide = Config(4, 2048, 4, 3), Config(2, 2048, 2, 4)
+    monkeypatch.setitem(fused_gemv.INT8_CONFIGS, ("gemv", 12, 8), shape)
+    monkeypatch.setitem(fused_gemv.INT8_CONFIGS, "gemv", kind_wide)
+    assert config_for("gemv", 12, 8, int8=True) == shape and config_for("gemv", 16, 8, int8=True) == kind_wide
+    assert config_for("gemv", 12, 8) == CONFIGS["gemv"]
+    assert config_for("gemv_deep", 8, 12, int8=True) == CONFIGS["gemv_deep"]
+    launched = []
+    monkeypatch.setattr(fused_gemv, "_launch", lambda config, *a, **k: launched.append(config))
+    x = torch.randn(8)
+    gemv(x, torch.randint(-127, 128, (12, 8), dtype=torch.int8), weight_scale=torch.ones(12))
+    gemv(x, torch.randn(12, 8))
+    assert launched == [shape._replace(block_n=16), CONFIGS["gemv"]._replace(block_n=16)]
+
+
+@pytest.mark.parametrize("weights", ["bf16", "int8"])
+def test_the_sweep_runs_a_models_rank_shapes_end_to_end(monkeypatch, tmp_path, weights):
     """`python -m kernels.fused_gemv_bench --model M/2` on a tiny preset under the interpreter (timings faked): every
     shape of a rank's step, every configuration checked against float64, the entries file readable."""
     import itertools
@@ -358,8 +376,9 @@ def test_the_sweep_runs_a_models_rank_shapes_end_to_end(monkeypatch, tmp_path):
     monkeypatch.setattr(kernels.bench, "graph_replay_us", lambda run, replays=30: (run(), next(times))[1])
     out, entries = tmp_path / "sweep.json", tmp_path / "entries.json"
     assert fused_gemv_bench.main(["--model", "Tiny/2", "--device", "cpu", "--json", str(out),
-                                  "--write-configs", str(entries)]) == 0
+                                  "--write-configs", str(entries), "--weights", weights]) == 0
     result = json.loads(out.read_text())
+    assert {r["weights"] for r in result["rows"]} == {weights}
     shapes = {(r["kind"], r["N"], r["K"]) for r in result["rows"]}
     assert shapes == {("qkv_rope", 64, 64), ("gemv", 64, 32), ("norm_swiglu", 160, 64), ("gemv_deep", 64, 80),
                       ("gemv_norm", 51, 64)}
