@@ -204,6 +204,16 @@ def test_two_ranks_with_int8_weights_hold_the_slices_of_one_quantization(no_hang
                 assert torch.equal(scale[:n], want_scale[rows[name]]), (rank, name)
                 assert not values[n:].any() and (scale[n:] == 1).all(), (rank, name)
     assert scales_differ
+    # Through load_model(gpus=2, weights="int8"): every rank loads its part quantized, in step with one rank.
+    single_engine = load_model(str(gqa_checkpoint), device="cpu", max_context=48, weights="int8")
+    engine = load_model(str(gqa_checkpoint), device="cpu", max_context=48, gpus=2, weights="int8")
+    try:
+        assert engine.matmul_dtype == "int8" and engine.model.weights_quantized
+        greedy = GenerationConfig(max_new_tokens=8)
+        assert engine.generate(tp_helpers.PROMPT_A, greedy).token_ids == \
+            single_engine.generate(tp_helpers.PROMPT_A, greedy).token_ids
+    finally:
+        engine.close()
     for key, reference in expected.items():
         torch.testing.assert_close(got[key], reference, rtol=1e-5, atol=2e-5 * reference.abs().max().item(),
                                    msg=lambda message: f"{key}: {message}")
