@@ -11,8 +11,11 @@ int8 copy of its own.
 
 `linear_int8` computes x @ weight^T for every caller of `models.llama.linear`:
     CUDA, one row      the batch-1 GEMV op on the int8 bytes (`torch.ops.codecomplete.gemv_int8`)
-    CUDA, several rows (prefill, speculative verification, batch > 1) the weight dequantized to the activations'
-                       dtype, then cuBLAS: a weight-sized write (and read) per call on top of the int8 read
+    CUDA, 2..16 rows   (a speculative verification of 1 + k <= 16 tokens, a batch > 1 decode step) the few-row op
+                       on the int8 bytes (`torch.ops.codecomplete.few_rows_int8`: tensor-core dots of the int8
+                       tiles, converted in registers, with x's rows padded to 16), read once
+    CUDA, more rows    (prefill) the weight dequantized to the activations' dtype, then cuBLAS: a weight-sized
+                       write (and read) per call on top of the int8 read, which a compute-bound prefill barely notices
     CPU, one row       `torch._weight_int8pack_mm` where this torch has it and it agrees with a float64 reference
                        (checked once per dtype), else as for several rows
     CPU, several rows  the dequantized weight, as on CUDA
@@ -33,6 +36,7 @@ import torch.nn.functional as F
 
 INT8_MAX = 127.0
 ROWS_PER_CHUNK = 4096       # rows quantized at a time: bounds the float32 copy (34B's w13: 144 MiB, not 1.4 GiB)
+FEW_ROWS = 16               # the most rows the few-row op takes (kernels.few_rows_int8.MAX_ROWS)
 
 
 class Int8Weight(NamedTuple):
@@ -69,18 +73,28 @@ def dequantize(weight: Int8Weight, dtype: torch.dtype) -> torch.Tensor:
 
 
 def linear_int8(x: torch.Tensor, weight: Int8Weight) -> torch.Tensor:
-    """x (..., K) @ weight^T -> (..., N) in x.dtype, where it runs best (the module's docstring)."""
+    """x (..., K) @ weight^T -> (..., N) in x.dtype, where it runs best (the module's docstring, `cuda_route`)."""
     values, scale = weight
     N, K = values.shape
-    if x.is_cuda and x.numel() == K:      # a batch-1 decode step: the GEMV reads the int8 bytes once
-        return torch.ops.codecomplete.gemv_int8(x.reshape(1, K), values, scale).view(*x.shape[:-1], N)
-    if not x.is_cuda and x.numel() == K and int8pack_mm_agrees(x.dtype):
+    if x.is_cuda:
+        route = cuda_route(x.numel() // K)
+        if route == "gemv":              # a batch-1 decode step: the GEMV reads the int8 bytes once
+            return torch.ops.codecomplete.gemv_int8(x.reshape(1, K), values, scale).view(*x.shape[:-1], N)
+        if route == "few rows":          # a verification or batched step: read once too, not dequantized
+            return torch.ops.codecomplete.few_rows_int8(x.reshape(-1, K), values, scale).view(*x.shape[:-1], N)
+    elif x.numel() == K and int8pack_mm_agrees(x.dtype):
         return torch._weight_int8pack_mm(x.reshape(1, K), values, scale.to(x.dtype)).view(*x.shape[:-1], N)
-    # Several rows: dequantize, then cuBLAS (or the CPU's BLAS). That writes (and cuBLAS reads) the weight in the
-    # activations' dtype on every call: 5 bytes a weight moved against bf16 weights' 2, so a speculative verification
-    # step of 1 + k tokens costs about 2.5x its bf16 time (the int8 read alone would be 0.5x). Compiled, the
+    # Prefill (or a CPU): dequantize, then cuBLAS (or the CPU's BLAS). That writes (and cuBLAS reads) the weight in
+    # the activations' dtype on every call, 5 bytes a weight moved against bf16 weights' 2; compiled, the
     # dequantization is one kernel, never fused into the matmul. Prefill, compute-bound, barely notices.
     return F.linear(x, dequantize(weight, x.dtype))
+
+
+def cuda_route(rows: int) -> str:
+    """How `linear_int8` computes `rows` rows of x on CUDA: "gemv" (one row), "few rows" (2 to FEW_ROWS: the int8
+    bytes read once, where dequantizing for cuBLAS made a verification step cost ~2.5x its bf16 time, not ~0.5x),
+    "dequantize" (more: prefill)."""
+    return "gemv" if rows == 1 else "few rows" if rows <= FEW_ROWS else "dequantize"
 
 
 @functools.cache

@@ -315,6 +315,7 @@ class Transformer(nn.Module):
         `row_amax_of(module)`: how that projection's rows' amax are completed (a tensor-parallel rank holding some
         columns of wo and w2: the maximum over the ranks), or None."""
         if self.output.weight.is_cuda:
+            import kernels.few_rows_int8  # noqa: F401  (registers torch.ops.codecomplete.few_rows_int8: 2..16 rows)
             import kernels.gemv  # noqa: F401  (registers torch.ops.codecomplete.gemv_int8, the batch-1 op)
         modules = [m for layer in self.layers for m in (layer.attention.wqkv, layer.attention.wo,
                                                         layer.feed_forward.w13, layer.feed_forward.w2)]

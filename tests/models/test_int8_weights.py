@@ -159,6 +159,30 @@ def test_the_batch1_gemv_op_of_int8_weights_is_well_formed():
                                rtol=1e-5, atol=1e-5)
 
 
+def test_cuda_routes_a_verification_step_to_the_few_row_op_and_prefill_to_cublas():
+    """One row: the batch-1 GEMV; 2..16 rows (a verification of 1 + k <= 16 tokens, a batched step): the few-row op
+    reading the int8 bytes once; more (prefill): the dequantized weight for cuBLAS. The op takes as many rows."""
+    from kernels.few_rows_int8 import MAX_ROWS
+    assert int8_weights.FEW_ROWS == MAX_ROWS == 16
+    assert [int8_weights.cuda_route(rows) for rows in (1, 2, 9, 16, 17, 4096)] == (
+        ["gemv"] + ["few rows"] * 3 + ["dequantize"] * 2)
+
+
+def test_the_few_row_op_computes_a_verification_steps_projection_as_the_dequantized_weight_does():
+    """What linear_int8 calls on CUDA for a verification step of 4 tokens (x (1, 4, K) as rows (4, K)), here in the
+    interpreter, in a torch.compile(fullgraph=True) graph as the compiled step calls it: the dequantized weight's
+    numbers to float32 rounding."""
+    import kernels.few_rows_int8  # noqa: F401  (registers the op)
+    torch._dynamo.reset()
+    weight = quantize_rows(torch.randn(48, 80))
+    x = torch.randn(1, 4, 80)
+
+    def project(x, values, scale):
+        return torch.ops.codecomplete.few_rows_int8(x.reshape(-1, 80), values, scale).view(1, 4, 48)
+    got = torch.compile(project, fullgraph=True, backend="aot_eager")(x, *weight)
+    torch.testing.assert_close(got, linear_int8(x, weight), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("tied", [False, True])
 def test_the_bytes_a_step_reads_count_int8_weights_and_their_scales(tied):
     """models.bench's roofline: int8 values (1 byte) and float32 scales (4 bytes a row) of every projection, the
