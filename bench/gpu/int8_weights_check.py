@@ -1,8 +1,10 @@
-"""int8 weights on the GPU: each fused decode kernel (kernels/fused_gemv.py) and the batch-1 GEMV (kernels/gemv.py)
-with int8 weights against float64 of the dequantized weights, at CodeLlama-7B's shapes and ragged ones, outputs
-NaN-poisoned, fresh random inputs; the PRMT conversion against Triton's own (I2F) bit for bit; an int8 cache's bytes
-from qkv_rope against kernels.append's; then each 7B kernel timed as graph replays with bf16 and int8 weights
-(weights rotated past the L2) and the share of the copy bandwidth each reaches.
+"""int8 weights on the GPU: each fused decode kernel (kernels/fused_gemv.py), the batch-1 GEMV (kernels/gemv.py) and
+the few-row projection of verification steps (kernels/few_rows_int8.py, M = 2, 8, 16) with int8 weights against
+float64 of the dequantized weights, at CodeLlama-7B's shapes and ragged ones, outputs NaN-poisoned, fresh random
+inputs; the PRMT conversion against Triton's own (I2F) bit for bit; an int8 cache's bytes from qkv_rope against
+kernels.append's; then each 7B kernel timed as graph replays with bf16 and int8 weights (weights rotated past the L2)
+and the share of the copy bandwidth each reaches; then each 7B projection at 8 rows (a verification of 1 + 7 tokens):
+the few-row op against the dequantize + cuBLAS path it replaces and against cuBLAS on bf16 weights.
 
     python bench/gpu/int8_weights_check.py OUT_DIR          # writes OUT_DIR/int8-weights-check.json; exit 1 if wrong
 
@@ -22,12 +24,15 @@ import torch
 from kernels import fused_gemv, reference
 from kernels.append import append_kv_triton
 from kernels.bench import copy_bandwidth, graph_replay_us
+from kernels.few_rows_int8 import few_rows_int8
 from kernels.fused_gemv import gemv, norm_swiglu, qkv_rope
 from kernels.gemv import gemv as plain_gemv
 
 BOUND = {torch.bfloat16: 1.2e-2, torch.float32: 1e-5}
 DIM, HEADS, D, FFN, VOCAB = 4096, 32, 128, 11008, 32016          # CodeLlama-7B
 DEVICE = "cuda"
+PROJECTIONS = {"wqkv": (3 * DIM, DIM), "wo": (DIM, DIM), "w13": (2 * FFN, DIM), "w2": (DIM, FFN),
+               "output": (VOCAB, DIM)}
 
 
 def int8_weight(rows: int, K: int):
@@ -91,6 +96,10 @@ def cases(dtype):
         out.append((f"kernels.gemv {N}x{K} split {split or 'auto'}",
                     lambda w, s, x=x, split=split: plain_gemv(x, w, weight_scale=s, split_k=split).view(-1), N, K,
                     lambda w64, x=x: (w64 @ x.double().view(-1), w64.abs() @ x.double().abs().view(-1))))
+    for (N, K), M in [(shape, M) for shape in PROJECTIONS.values() for M in (2, 8, 16)] + [((37, 1000), 9)]:
+        x = torch.randn(M, K, device=DEVICE, dtype=dtype)
+        out.append((f"kernels.few_rows_int8 {M} rows {N}x{K}", lambda w, s, x=x: few_rows_int8(x, w, s), N, K,
+                    lambda w64, x=x: (x.double() @ w64.T, x.double().abs() @ w64.abs().T)))
     return out
 
 
@@ -110,7 +119,7 @@ def check(log) -> list[dict]:
                 w, s, w64 = int8_weight(N, K)
                 y = run(w, s)
                 same = None             # (bf16 only, fused kernels: kernels.gemv has no I2F arm; fewer compiles)
-                if dtype == torch.bfloat16 and "kernels.gemv" not in name:
+                if dtype == torch.bfloat16 and not name.startswith("kernels."):
                     fused_gemv.WEIGHTS_BY_PRMT = False
                     same = torch.equal(y.view(-1), run(w, s).view(-1))
                     fused_gemv.WEIGHTS_BY_PRMT = True
@@ -194,6 +203,42 @@ def timings(log, replays: int = 20) -> list[dict]:
     return [{"copy_bandwidth": bandwidth}] + rows
 
 
+def few_rows_timings(log, M: int = 8, replays: int = 20) -> list[dict]:
+    """µs per call of each 7B projection at M rows: the few-row op on int8 weights, the path it replaced (the weight
+    dequantized to bf16, then cuBLAS: `models.int8_weights.dequantize` + F.linear) and cuBLAS on bf16 weights; the
+    share of the copy bandwidth of the int8 (and bf16) bytes."""
+    from models.int8_weights import Int8Weight, dequantize
+    bandwidth = copy_bandwidth()
+    rotate = max(64 << 20, 2 * (getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 0) or 0))
+    dt = torch.bfloat16
+    rows = []
+    for name, (N, K) in PROJECTIONS.items():
+        x = torch.randn(M, K, device=DEVICE, dtype=dt)
+        row = {"projection": name, "M": M, "N": N, "K": K}
+        int8 = [int8_weight(N, K)[:2] for _ in range(max(1, -(-rotate // (N * K))))]
+        row["few_rows_int8_us"] = graph_replay_us(lambda: [few_rows_int8(x, w, s) for w, s in int8],
+                                                  replays) / len(int8)
+        row["dequantize_cublas_us"] = graph_replay_us(
+            lambda: [torch.nn.functional.linear(x, dequantize(Int8Weight(w, s), dt)) for w, s in int8],
+            replays) / len(int8)
+        del int8
+        bf16 = [torch.randn(N, K, device=DEVICE, dtype=dt) * 0.02 for _ in range(max(1, -(-rotate // (2 * N * K))))]
+        row["bf16_cublas_us"] = graph_replay_us(lambda: [torch.nn.functional.linear(x, w) for w in bf16],
+                                                replays) / len(bf16)
+        del bf16
+        row["int8_floor_us"] = (N * K + 4 * N) / bandwidth * 1e6
+        row["share_of_copy_bandwidth"] = row["int8_floor_us"] / row["few_rows_int8_us"]
+        row["vs_dequantize"] = row["dequantize_cublas_us"] / row["few_rows_int8_us"]
+        row["vs_bf16"] = row["bf16_cublas_us"] / row["few_rows_int8_us"]
+        log(f"{M} rows {name:6s} {N:6d}x{K:<6d} few_rows_int8 {row['few_rows_int8_us']:7.1f} µs "
+            f"({100 * row['share_of_copy_bandwidth']:3.0f}% of copy bw)  dequantize+cuBLAS "
+            f"{row['dequantize_cublas_us']:7.1f} ({row['vs_dequantize']:.2f}x)  bf16 cuBLAS "
+            f"{row['bf16_cublas_us']:7.1f} ({row['vs_bf16']:.2f}x)")
+        rows.append(row)
+        torch.cuda.empty_cache()
+    return rows
+
+
 def main(argv) -> int:
     if not torch.cuda.is_available():
         print("int8_weights_check.py needs a CUDA GPU", file=sys.stderr)
@@ -206,7 +251,9 @@ def main(argv) -> int:
         f"fp32 {BOUND[torch.float32]})")
     checks = check(log)
     times = timings(log)
-    (out / "int8-weights-check.json").write_text(json.dumps({"checks": checks, "timings": times}, indent=1))
+    few_rows = few_rows_timings(log)
+    (out / "int8-weights-check.json").write_text(json.dumps({"checks": checks, "timings": times,
+                                                             "few_rows_timings": few_rows}, indent=1))
     bad = [c["case"] for c in checks if not c["ok"]]
     print(f"int8 weights: {len(checks) - len(bad)} of {len(checks)} checks ok" + (f"; WRONG: {bad}" if bad else ""))
     return 1 if bad else 0
