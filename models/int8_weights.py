@@ -93,8 +93,8 @@ def linear_int8(x: torch.Tensor, weight: Int8Weight) -> torch.Tensor:
 def cuda_route(rows: int) -> str:
     """How `linear_int8` computes `rows` rows of x on CUDA: "gemv" (one row), "few rows" (2 to FEW_ROWS: the int8
     bytes read once, where dequantizing for cuBLAS made a verification step cost ~2.5x its bf16 time, not ~0.5x),
-    "dequantize" (more: prefill)."""
-    return "gemv" if rows == 1 else "few rows" if rows <= FEW_ROWS else "dequantize"
+    "dequantize" (more: prefill; and no rows)."""
+    return "gemv" if rows == 1 else "few rows" if 2 <= rows <= FEW_ROWS else "dequantize"
 
 
 @functools.cache

@@ -164,8 +164,8 @@ def test_cuda_routes_a_verification_step_to_the_few_row_op_and_prefill_to_cublas
     reading the int8 bytes once; more (prefill): the dequantized weight for cuBLAS. The op takes as many rows."""
     from kernels.few_rows_int8 import MAX_ROWS
     assert int8_weights.FEW_ROWS == MAX_ROWS == 16
-    assert [int8_weights.cuda_route(rows) for rows in (1, 2, 9, 16, 17, 4096)] == (
-        ["gemv"] + ["few rows"] * 3 + ["dequantize"] * 2)
+    assert [int8_weights.cuda_route(rows) for rows in (1, 2, 9, 16, 17, 4096, 0)] == (
+        ["gemv"] + ["few rows"] * 3 + ["dequantize"] * 3)
 
 
 def test_the_few_row_op_computes_a_verification_steps_projection_as_the_dequantized_weight_does():
