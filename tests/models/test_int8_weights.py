@@ -139,6 +139,7 @@ def test_the_compiled_dense_kernels_take_int8_weights_as_tensor_arguments():
     torch._dynamo.reset()
     model = build_random_model(CONFIG, max_len=64)
     model.quantize_weights()
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]     # (the process's count: other tests compile too)
     compiled = torch.compile(attention_output_and_ffn, fullgraph=True, dynamic=False, backend="aot_eager")
     x, attn = torch.randn(1, 4, CONFIG.dim), torch.randn(1, 4, CONFIG.n_heads * CONFIG.head_dim)
     for layer in model.layers:
@@ -146,7 +147,7 @@ def test_the_compiled_dense_kernels_take_int8_weights_as_tensor_arguments():
         args = (x, attn, projection_weight(a.wo), layer.ffn_norm.weight, layer.ffn_norm.eps,
                 projection_weight(f.w13), projection_weight(f.w2), f.ffn_dim)
         torch.testing.assert_close(compiled(*args), attention_output_and_ffn(*args), rtol=1e-5, atol=1e-5)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 1
 
 
 def test_the_batch1_gemv_op_of_int8_weights_is_well_formed():
