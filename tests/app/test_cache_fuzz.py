@@ -15,7 +15,7 @@ from models import GenerationConfig, ModelError
 # prompts), move runs for requests that ask for cache reuse and then serve plain ones, and cancel streams whose
 # client left, in the prefill and while decoding (the test asserts that they did).
 SEEDS = (8, 28)
-REQUESTS = 10
+REQUESTS = 8
 SETTINGS = fuzz.Settings(context_tokens=200, cache_ram_mib=16, bucket=32)
 
 KEPT = "import math\n\n\ndef area(radius):\n    return math.pi * radius ** 2\n\n\n"
@@ -79,7 +79,7 @@ def test_a_slot_the_oracle_would_read_without_writing_it_turns_its_answer_to_nan
 def dropped_chunk_sequence() -> list:
     """A plain request, then one without a chunk in its middle that asks for cache reuse (its runs move back), then a
     plain one after it that must build only on the exact prefix."""
-    body = {"n_predict": 2, "temperature": 0}
+    body = {"n_predict": 1, "temperature": 0}
     return [fuzz.Spec("/completion", {**body, "prompt": KEPT + DROPPED + RUN + END}),
             fuzz.Spec("/completion", {**body, "prompt": KEPT + RUN + END, "n_cache_reuse": 4}),
             fuzz.Spec("/completion", {**body, "prompt": KEPT + RUN + END + " 4"})]
@@ -107,7 +107,7 @@ def keeping_a_ban(warm, generate):
 
 
 def same_prompt_thrice() -> list:
-    return [fuzz.Spec("/completion", {"n_predict": 2, "temperature": 0, "prompt": KEPT + RUN + END})] * 3
+    return [fuzz.Spec("/completion", {"n_predict": 1, "temperature": 0, "prompt": KEPT + RUN + END})] * 3
 
 
 @pytest.mark.parametrize("bug, requests, kind", [(forgetting_moved_keys, dropped_chunk_sequence, "KV: "),
