@@ -51,7 +51,7 @@ def test_the_oracle_answers_a_prompt_alike_whatever_came_before(engines, reposit
     warm, oracle = engines
     texts = list(repository[1].values())
     prompts = [warm.tokenizer.encode(text[:length]) for text, length in zip(texts, (200, 450, 300))]
-    config = GenerationConfig(max_new_tokens=6)
+    config = GenerationConfig(max_new_tokens=6, logprobs=5)
     first = [oracle.answer(prompt, config) for prompt in prompts]
     oracle.engine.generate(prompts[1][:-4], GenerationConfig(max_new_tokens=2))
     again = [oracle.answer(prompt, config) for prompt in reversed(prompts)][::-1]
