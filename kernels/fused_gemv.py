@@ -60,8 +60,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from kernels.append import append_kv_triton, quantize_rows
 from kernels.devices import on_first_tensors_device
-from kernels.gemv import BLOCK_K, BLOCK_N, NUM_STAGES, NUM_WARPS, tickets
-from kernels.split_kv_row import _int8_to_fp32
+from kernels.gemv import BLOCK_K, BLOCK_N, NUM_STAGES, NUM_WARPS, _fp32, tickets
 from kernels.validation import SCALED_DTYPES, sequence_major
 
 PLAIN, RESIDUAL, SWIGLU, ROPE = 0, 1, 2, 3     # epilogues
@@ -75,15 +74,6 @@ def _wait_for_previous(LATE_DEPENDENTS: tl.constexpr):
     gdc_wait()
     if LATE_DEPENDENTS == 0:
         gdc_launch_dependents()
-
-
-@triton.jit
-def _fp32(w, INT8_PRMT: tl.constexpr):
-    """A tile of W in fp32: int8 by PRMT and an exact add on the GPU (`_int8_to_fp32`: Triton's own conversion
-    spends a quarter-rate I2F a weight, as slow as streaming them), anything else as Triton converts it."""
-    if INT8_PRMT:
-        return _int8_to_fp32(w)
-    return w.to(tl.float32)
 
 
 @triton.jit

@@ -45,6 +45,15 @@ _counters: dict[torch.device, torch.Tensor] = {}
 
 
 @triton.jit
+def _fp32(w, INT8_PRMT: tl.constexpr):
+    """A tile of W in fp32: int8 by PRMT and an exact add on the GPU (`_int8_to_fp32`: Triton's own conversion
+    spends a quarter-rate I2F a weight, as slow as streaming them), anything else as Triton converts it."""
+    if INT8_PRMT:
+        return _int8_to_fp32(w)
+    return w.to(tl.float32)
+
+
+@triton.jit
 def _gemv_kernel(X, W, W_SCALE, Y, PARTIALS, COUNTERS, N, K, stride_wn, k_per_split,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, SCALED_W: tl.constexpr = False,
                  INT8_PRMT: tl.constexpr = False):
@@ -65,10 +74,7 @@ def _gemv_kernel(X, W, W_SCALE, Y, PARTIALS, COUNTERS, N, K, stride_wn, k_per_sp
         mask_k = cols < k_end
         x = tl.load(X + cols, mask=mask_k, other=0.0).to(tl.float32)               # (BLOCK_K,)
         w = tl.load(w_rows + cols[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0.0)
-        if INT8_PRMT:      # int8 W on the GPU: PRMT and an exact add, not a quarter-rate I2F a weight
-            acc += _int8_to_fp32(w) * x[None, :]
-        else:
-            acc += w.to(tl.float32) * x[None, :]
+        acc += _fp32(w, INT8_PRMT) * x[None, :]
     partial = tl.sum(acc, axis=1)                                                   # (BLOCK_N,) fp32
     if SPLIT_K == 1:
         if SCALED_W:       # an int8 W: the row's sum of integers times its scale
