@@ -282,12 +282,12 @@ def bench_ours(name: str, n_layers: int | None, contexts, batches, bandwidth: fl
 
 
 def measure_steps(model, name: str, contexts, batches, bandwidth: float, replays: int, log,
-                  kv_caches=("bf16",), backends=BACKENDS, weights: str = "bf16") -> list[dict]:
-    """One row per (batch, context, KV cache type): each backend's decode step as a graph replay; `weights` names
-    the model's ("bf16", or "int8" once quantized)."""
+                  kv_caches=("bf16",), backends=BACKENDS, weight_kind: str = "bf16") -> list[dict]:
+    """One row per (batch, context, KV cache type): each backend's decode step as a graph replay; `weight_kind`
+    names the model's weights ("bf16", or "int8" once quantized)."""
     rows = []
     config = model.config
-    weights, weight_kind = weight_bytes_per_step(model), weights
+    weights = weight_bytes_per_step(model)
     for batch in batches:
         for context in contexts:
             for kind in kv_caches:

@@ -317,11 +317,9 @@ class Transformer(nn.Module):
         if self.output.weight.is_cuda:
             import kernels.few_rows_int8  # noqa: F401  (registers torch.ops.codecomplete.few_rows_int8: 2..16 rows)
             import kernels.gemv  # noqa: F401  (registers torch.ops.codecomplete.gemv_int8, the batch-1 op)
-        modules = [m for layer in self.layers for m in (layer.attention.wqkv, layer.attention.wo,
-                                                        layer.feed_forward.w13, layer.feed_forward.w2)]
-        for module in modules + [self.output]:
-            if getattr(module, "weight_scale", None) is not None:
-                continue                                      # quantized already
+        for module in self.projections():
+            if module is self.tok_embeddings or getattr(module, "weight_scale", None) is not None:
+                continue                                      # the table stays; or quantized already
             values, scale = quantize_rows(module.weight, row_amax_of(module) if row_amax_of else None)
             module.weight = nn.Parameter(values, requires_grad=False)      # (a tied head: unties it)
             module.register_buffer("weight_scale", scale)
