@@ -9,6 +9,8 @@ import math
 import pytest
 
 import cache_fuzz as fuzz
+# the prompt that loses a chunk in its middle, as the cache-reuse server tests send it
+from test_cache_reuse_server import DROPPED, END, KEPT, RUN
 from models import GenerationConfig, ModelError
 
 # Two short sequences that between them restore saved prompts (evicting others: 16 MiB holds one or two of these
@@ -17,13 +19,6 @@ from models import GenerationConfig, ModelError
 SEEDS = (8, 28)
 REQUESTS = 8
 SETTINGS = fuzz.Settings(context_tokens=200, cache_ram_mib=16, bucket=32)
-
-KEPT = "import math\n\n\ndef area(radius):\n    return math.pi * radius ** 2\n\n\n"
-DROPPED = ("class Rectangle:\n    def __init__(self, width, height):\n"
-           "        self.width, self.height = width, height\n\n\n")
-RUN = ("def circumference(radius):\n    \"\"\"The length around a circle of this radius.\"\"\"\n"
-       "    return 2 * math.pi * radius\n\n\ndef diameter(radius):\n    return 2 * radius\n\n\n")
-END = "def volume(radius):\n    return"
 
 
 @pytest.fixture(scope="module")
