@@ -7,11 +7,14 @@ a stream whose client left. Its promise: with greedy decoding and without cache 
 what a fresh engine gives for the same prompt, whatever came before.
 
 Here seeded sequences of editor requests (llama.cpp's /infill with input_extra and /completion, OpenAI completions
-and chat, Ollama generate and chat; edits within a line, moves, jumps between files far apart and back, long and
-short prompts, stop strings, streams the client leaves after a few events, `cache_prompt: false`, requests that ask
-for `n_cache_reuse`) go over a loopback socket to the real app under uvicorn. It runs in this process so that each
-call into its engine is seen: the prompt ids and the generation config the server made of the request. Each call
-is then checked, before the next request runs, against the oracle:
+and chat, Ollama generate and chat, the command line's routes; edits within a line, lines deleted and llama.vim's
+ring of chunks losing its oldest, moves, jumps between files far apart and back, long and short prompts and one that
+fills the context, stop strings, penalties, bans, streams the client leaves after a few events or before the first,
+requests it gives up waiting for, `cache_prompt: false`, requests that ask for `n_cache_reuse`) go over a loopback
+socket to the real app under uvicorn, as `codecomplete serve` builds it (its warm-up, its prompt warmer, a small
+`--cache-ram` that evicts). It runs in this process so that each call into its engine is seen: the prompt ids and
+the generation config the server made of the request. Each call is then checked, before the next request runs,
+against the oracle:
 
 - the oracle is a second engine of the same model asked cold: no prompt cache, nothing reused (its cached prefix
   forgotten), every KV slot poisoned with NaN first (a slot it read without writing would turn its answer to NaN),
@@ -21,20 +24,24 @@ is then checked, before the next request runs, against the oracle:
   where asked for, agree to a tolerance (the same numbers, summed in other orders: a prefix reused, a draft verified
   with the tokens around it, differ in their last bits);
 - the KV slots the warm engine says are exact (those it would reuse for a request that asks for no cache reuse)
-  hold what the oracle's prefill wrote for the same tokens, to a tolerance: a slot left from another prompt or moved by
-  cache reuse differs by far more;
-- what the client received (text, token ids, logprobs, per protocol) is the oracle's answer (a prefix, cut short).
+  hold what the oracle's prefill wrote for the same tokens, to a tolerance: a slot left from another prompt or moved
+  by cache reuse differs by far more;
+- what the client received (text, token ids, logprobs, per protocol) is the oracle's answer (a prefix, cut short);
+- a prompt that has no history (a raw one; the command line's completions, which are not sticky) has the ids that a
+  session without history makes of the same request.
 
 A greedy choice between two tokens whose log-probabilities lie within `tie` of each other may go either way with the
 order of a sum: such a divergence is counted as a tie, not as a failure (the tokens after it are not compared). The
-tolerances are the noise of the engines' precision: float32 sums differ in their last bits (1e-5 in a logprob),
-bfloat16 weights' products in their 8th significant bit: there a logprob moves by tenths of a nat and a slot's K/V
-by up to 5%, and the check is that much coarser (an 8-bit KV cache's values, rounded the other way, by one step).
+tolerances are the noise of the engines' precision: float32 sums differ in their last bits (1e-5 in a logprob, 1e-5
+in a slot's K/V). bfloat16 weights round products to 8 significant bits, and an 8-bit KV cache rounds a value the
+other way for such a difference: there a logprob moves by up to a tenth of a nat and a deep layer's K/V by up to 10%,
+and the checks are that much coarser (`--matmul-dtype`, `--kv-cache`: the script's only).
 Requests that ask for cache reuse are approximate by design: only the KV check applies to them.
 
-    python tests/app/cache_fuzz.py --seeds 0-19 --requests 30 [--minimize] [--json FILE]
+    python tests/app/cache_fuzz.py --seeds 0-19 --requests 30 [--vary] [--minimize] [--json FILE]
 
-runs longer (the committed test runs a few short sequences: tests/app/test_cache_fuzz.py).
+runs longer (the committed test runs two short sequences: tests/app/test_cache_fuzz.py); `--vary` draws each seed's
+prompt budget, --cache-ram, bucket, server --cache-reuse and the GPU's decode order from a few.
 """
 from __future__ import annotations
 
@@ -128,6 +135,9 @@ def write_repository(root: Path, seed: int = 0) -> dict[str, str]:
 
 TYPED = ["x", "_", "(", ")", " ", ".", "self", "return ", "0", ", ", "item", ":", "\n    ", "#", "é", "\"", "=="]
 CONTEXT = 1024        # the engines' KV cache, in tokens
+# A request's kind is a draw in [0, 1): below 0.4 llama.vim's /infill, then /completion, OpenAI's completions, Ollama's
+# generate, the command line's routes, chat. These two pick one (the second: a raw prompt from the file's start).
+INFILL, RAW_FROM_THE_START = 0.0, 0.5
 NATIVE = "/codecomplete/v1/"
 STOPS = [["\n"], ["\n\n"], ["("], [")", ":"], ["return"], [" "]]
 
@@ -240,7 +250,7 @@ def sequence(seed: int, n: int, files: dict[str, str], tokenizer=None) -> list[S
         if action == "ring drop" or action.startswith("cut"):
             # What cache reuse is for: the prompt as it was, then the same request without a chunk or a few lines in
             # its middle (llama.vim's /infill, or a raw prompt from the file's start), often asking for cache reuse.
-            kind = 0.0 if action == "ring drop" or rng.random() < 0.4 else 0.5
+            kind = INFILL if action == "ring drop" or rng.random() < 0.4 else RAW_FROM_THE_START
             specs.append(_request(rng, before, f"before the {action}", tokenizer, kind=kind, plain=True))
             specs.append(_request(rng, editor, action, tokenizer, kind=kind))
         else:
@@ -266,8 +276,8 @@ def _llama_cpp_sampling(rng: random.Random) -> dict:
 
 def _request(rng: random.Random, editor: Editor, action: str, tokenizer, kind: float | None = None,
              plain: bool = False) -> Spec:
-    """A request at the editor's cursor; `kind` picks the protocol (as the draw below does), `plain` asks for no
-    cache fields and no cut."""
+    """A request at the editor's cursor; `kind` picks the protocol (as the draw below does: INFILL...), `plain` asks
+    for no cache fields and no cut."""
     above, line, below = editor.around()
     n = rng.randint(1, 6) if rng.random() < 0.9 else rng.randint(12, 24)    # longer: drafts accepted, or not
     stop = rng.choice(STOPS) if rng.random() < 0.2 else []
@@ -293,9 +303,9 @@ def _request(rng: random.Random, editor: Editor, action: str, tokenizer, kind: f
     if kind < 0.4:
         body = {"id_slot": 0, "input_prefix": above[-2400:], "prompt": line, "input_suffix": below[:800],
                 "input_extra": list(editor.ring), "n_predict": 0 if rng.random() < 0.08 and not plain else n,
-                "stop": stop,
-                "n_indent": 0, "top_k": 40, "top_p": 0.9, "temperature": 0.0, "stream": stream, "t_max_predict_ms": 0,
-                "ignore_eos": rng.random() < 0.2, "return_tokens": True, "response_fields": [], **cache}
+                "stop": stop, "n_indent": 0, "top_k": 40, "top_p": 0.9, "temperature": 0.0, "stream": stream,
+                "t_max_predict_ms": 0, "ignore_eos": rng.random() < 0.2, "return_tokens": True, "response_fields": [],
+                **cache}
         body.update(_llama_cpp_sampling(rng))
         if rng.random() < 0.15:
             body["n_probs"] = rng.randint(1, 3)
@@ -306,7 +316,7 @@ def _request(rng: random.Random, editor: Editor, action: str, tokenizer, kind: f
         return Spec("/infill", body, cut if body["n_predict"] else None, f"{action}; infill {where}")
     if kind < 0.55:
         text = above + line
-        prompt = text if kind == 0.5 else text[-rng.choice([60, 200, 600, 3000]):]
+        prompt = text if kind == RAW_FROM_THE_START else text[-rng.choice([60, 200, 600, 3000]):]
         if tokenizer is not None and rng.random() < 0.15:
             prompt = tokenizer.encode(prompt, add_special_tokens=False)
         body = {"prompt": prompt, "n_predict": n, "temperature": 0.0, "stream": stream, "stop": stop,
@@ -429,7 +439,7 @@ def _piece(path: str, event: dict) -> tuple[str, list[int] | None, list[float]]:
                 [p["logprob"] for p in event.get("completion_probabilities", [])])
     if path == "/v1/completions":
         choice = (event.get("choices") or [{}])[0]
-        return choice.get("text", ""), None, [x for x in ((choice.get("logprobs") or {}).get("token_logprobs") or [])]
+        return choice.get("text", ""), None, list((choice.get("logprobs") or {}).get("token_logprobs") or [])
     if path == "/v1/chat/completions":
         choice = (event.get("choices") or [{}])[0]
         content = (choice.get("logprobs") or {}).get("content") or []
