@@ -523,22 +523,19 @@ class Recorder:
     """Wraps the warm engine's `generate`: each call is checked against the oracle on the engine thread, before the
     next request can change the cache."""
 
-    def __init__(self, engine, oracle: ColdOracle) -> None:
+    def __init__(self, engine, oracle: ColdOracle, wrap: Callable | None = None) -> None:
+        """`wrap(engine, generate)`: a stand-in for the engine's generate to check instead (a test's injected bug)."""
         self.engine, self.oracle = engine, oracle
         self.tol = tolerances(engine)
         self.records: list[Record] = []
         self.lock = threading.Lock()
-        self._real = engine.generate
-        self._own = engine.__dict__.get("generate")       # (a test's stand-in for the method)
+        self._real = wrap(engine, engine.generate) if wrap is not None else engine.generate
 
     def install(self) -> None:
         self.engine.generate = self.generate
 
     def remove(self) -> None:
-        if self._own is None:
-            self.engine.__dict__.pop("generate", None)
-        else:
-            self.engine.generate = self._own
+        self.engine.__dict__.pop("generate", None)
 
     def generate(self, prompt_ids, config, on_text=None, should_stop=None):
         warm = self._real(prompt_ids, config, on_text=on_text, should_stop=should_stop)
@@ -658,9 +655,10 @@ class Settings:
 
 
 @contextmanager
-def warm_server(engine, oracle: ColdOracle, root: Path, settings: Settings):
+def warm_server(engine, oracle: ColdOracle, root: Path, settings: Settings, wrap: Callable | None = None):
     """The app as `codecomplete serve` builds it (its warm-up, its prompt warmer, --cache-ram) on a loopback port
-    under uvicorn in a thread; yields (url, recorder). The engine is left as it was found."""
+    under uvicorn in a thread; yields (url, recorder, worker). The engine is left as it was found; `wrap`: the
+    Recorder's, from the first request on."""
     import uvicorn
 
     from codecomplete.server import serve, warming
@@ -675,7 +673,7 @@ def warm_server(engine, oracle: ColdOracle, root: Path, settings: Settings):
     server = Server(session, max_tokens=settings.max_tokens, api_key=None, info={}, idle=warmer.step,
                     warm_up=lambda: serve._warm_up(session, budget, warmer, settings.cache_ram_mib),
                     cache_reuse=settings.cache_reuse)
-    recorder = Recorder(engine, oracle)
+    recorder = Recorder(engine, oracle, wrap)
     listener = serve._listen("127.0.0.1", 0)
     running = uvicorn.Server(uvicorn.Config(create_app(server), log_level="warning", access_log=False,
                                             lifespan="off", http=serve._Connection))
@@ -694,7 +692,8 @@ def warm_server(engine, oracle: ColdOracle, root: Path, settings: Settings):
         yield f"http://{host}:{port}", recorder, server.worker
     finally:
         running.should_exit = True
-        thread.join(30)
+        if thread.is_alive():
+            thread.join(30)
         server.worker.shutdown()
         listener.close()
         recorder.remove()
@@ -725,8 +724,8 @@ class Outcome:
     prompts: int = 0          # calls whose prompt a session without history built again (prompt_problems)
 
 
-def run_sequence(engine, oracle: ColdOracle, root: Path, specs: list[Spec], settings: Settings,
-                 seed: int = 0) -> Outcome:
+def run_sequence(engine, oracle: ColdOracle, root: Path, specs: list[Spec], settings: Settings, seed: int = 0,
+                 wrap: Callable | None = None) -> Outcome:
     """Send `specs` in order to a fresh warm server, each as soon as the last one's answer came (or its client left:
     the next request then waits behind the one winding down, as an editor's does); every engine call and every answer
     checked. Calls are matched to requests by their order: the engine runs requests in the order they came."""
@@ -736,7 +735,7 @@ def run_sequence(engine, oracle: ColdOracle, root: Path, specs: list[Spec], sett
     from prompts import index_repository
 
     outcome = Outcome()
-    with warm_server(engine, oracle, root, settings) as (url, recorder, worker):
+    with warm_server(engine, oracle, root, settings, wrap) as (url, recorder, worker):
         step_of: list[int] = []           # the request behind each engine call
         seen_at: dict[int, Seen] = {}
         with httpx.Client(base_url=url, timeout=300) as client:

@@ -113,11 +113,7 @@ def test_the_fuzz_notices_a_cache_or_a_sampler_that_remembers(engines, repositor
     root = repository[0]
     clean = fuzz.run_sequence(warm, oracle, root, requests(), SETTINGS)
     assert not clean.findings and clean.moved == (requests is dropped_chunk_sequence), clean
-    warm.generate = bug(warm, warm.generate)
-    try:
-        broken = fuzz.run_sequence(warm, oracle, root, requests(), SETTINGS)
-    finally:
-        del warm.generate
+    broken = fuzz.run_sequence(warm, oracle, root, requests(), SETTINGS, wrap=bug)
     assert [finding.step for finding in broken.findings] == [1, 2], broken.findings
     assert all(any(problem.startswith(kind) for problem in finding.problems) for finding in broken.findings)
 
