@@ -131,8 +131,26 @@ def classify(exc: BaseException, options: bool = True) -> tuple[ExitCode, str] |
             return ExitCode.USAGE, f"{exc}: {BUDGET_OPTIONS}" if options else str(exc)
         if isinstance(exc, models.ModelError):
             return ExitCode.FAILURE, str(exc)
+    hidden = hidden_kernels(exc)
+    if hidden is not None:
+        return ExitCode.FAILURE, hidden
     torch = sys.modules.get("torch")
     if isinstance(exc, MemoryError) or (torch is not None and isinstance(exc, torch.OutOfMemoryError)) or (
             isinstance(exc, RuntimeError) and CPU_ALLOCATOR_FAILED in str(exc)):
         return ExitCode.FAILURE, "out of memory: try a smaller --context-tokens" if options else "out of memory"
     return None
+
+
+def hidden_kernels(exc: BaseException) -> str | None:
+    """What to say when `exc` is an import of our `kernels` package that found another distribution's package of that
+    name first (Hugging Face's `kernels`, which transformers 5.25 and later install: its top-level `kernels` and ours
+    cannot share one environment); None for any other failure, an import error inside our own kernels included."""
+    if not isinstance(exc, ImportError) or (exc.name or "").partition(".")[0] != "kernels":
+        return None
+    found = sys.modules.get("kernels")
+    if found is None or getattr(found, "DISTRIBUTION", None) == "codecomplete":
+        return None
+    where = getattr(found, "__file__", None) or ", ".join(getattr(found, "__path__", [])) or "?"
+    return (f"another package named 'kernels' ({where}) hides codecomplete's own (Hugging Face's `kernels`, which "
+            "transformers 5.25 and later install, is one): install codecomplete in a virtual environment of its own, "
+            "or `pip uninstall kernels` in this one")

@@ -5,8 +5,12 @@
     from kernels import reference             # the same functions in plain PyTorch
 """
 
-from kernels import reference
-from kernels.plan import LaunchPlan, plan_launch
+# Read by codecomplete.errors: another distribution's top-level `kernels` (Hugging Face's, which transformers >= 5.25
+# installs) can hide this one on sys.path, and then the first import of ours fails; this name says whose it is.
+DISTRIBUTION = "codecomplete"
+
+from kernels import reference  # noqa: E402
+from kernels.plan import LaunchPlan, plan_launch  # noqa: E402
 
 try:
     import triton  # noqa: F401

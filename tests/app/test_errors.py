@@ -92,6 +92,26 @@ def test_unreadable_model_exits_1(codecomplete, tmp_path):
     check_error(codecomplete("--model", broken, "--prompt", "x"), 1, "broken.gguf")
 
 
+def test_another_package_named_kernels_is_said_as_such(script, cli_env, tmp_path):
+    """Hugging Face's `kernels` (transformers 5.25 installs it) is a top-level `kernels` too: found first, our first
+    import of kernels failed as an internal error naming neither package. A stand-in of it, first on the path."""
+    hidden = tmp_path / "site" / "kernels"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text('__version__ = "0.11.0"\n\ndef get_kernel(repo_id):\n    raise NotImplementedError\n')
+    path = os.pathsep.join(filter(None, [str(hidden.parent), cli_env.get("PYTHONPATH")]))
+    run = subprocess.run([str(script), "--prompt", "x", "--max-tokens", "1", "--device", "cpu"], capture_output=True,
+                         text=True, env={**cli_env, "PYTHONPATH": path}, timeout=300)
+    check_error(run, 1, "another package named 'kernels'", str(hidden / "__init__.py"), "pip uninstall kernels")
+
+
+def test_an_import_error_inside_our_own_kernels_is_not_blamed_on_another_package():
+    from codecomplete.errors import hidden_kernels
+    import kernels
+    assert kernels.DISTRIBUTION == "codecomplete"
+    assert hidden_kernels(ImportError("cannot import name 'x' from 'kernels'", name="kernels")) is None
+    assert hidden_kernels(ImportError("no triton", name="triton")) is None
+
+
 def test_help_and_usage_errors_do_not_import_torch(tmp_path):
     code = ("import contextlib, io, sys; from codecomplete.cli import main\n"
             f"assert main([{str(tmp_path / 'missing')!r}, '--file', 'a.py']) == 2\n"
