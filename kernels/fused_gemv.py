@@ -60,6 +60,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from kernels.append import append_kv_triton, quantize_rows
 from kernels.devices import on_first_tensors_device
+from kernels import gemv as batch1_gemv
 from kernels.gemv import BLOCK_K, BLOCK_N, NUM_STAGES, NUM_WARPS, _fp32, tickets
 from kernels.validation import SCALED_DTYPES, sequence_major
 
@@ -79,13 +80,16 @@ def _wait_for_previous(LATE_DEPENDENTS: tl.constexpr):
 @triton.jit
 def _dot_rows(X, NORM_W, W, rows_a, rows_b, K, stride_wn, BLOCK_K: tl.constexpr, NORM: tl.constexpr,
               PAIRED: tl.constexpr, EARLY_TILE: tl.constexpr = False, USE_PDL: tl.constexpr = False,
-              LATE_DEPENDENTS: tl.constexpr = False, INT8_PRMT: tl.constexpr = False):
+              LATE_DEPENDENTS: tl.constexpr = False, INT8_PRMT: tl.constexpr = False,
+              NARROW_INT8: tl.constexpr = False):
     """fp32 sums over all of K of W[rows] * x' (x' = x * NORM_W with NORM, else x) for rows_a and, PAIRED,
     rows_b (R,) in the same pass; and the sum of x^2 (the RMSNorm's statistic, read on the way).
     EARLY_TILE: the first BLOCK_K columns of W are loaded first and, with USE_PDL, before waiting on the kernel
     before, which x comes from (W does not), so their latency overlaps its tail; then, unless LATE_DEPENDENTS,
     the next kernel may launch. An int8 W's sums are of its integers (the caller scales each row's)."""
     offs_k = tl.arange(0, BLOCK_K)
+    if INT8_PRMT and NARROW_INT8:   # (kernels.gemv.NARROW_INT8_LOADS says why; a hint must not cross a call)
+        offs_k = tl.max_contiguous(offs_k, 128 // X.dtype.element_ty.primitive_bitwidth)
     w_a = W + rows_a[:, None].to(tl.int64) * stride_wn                                 # (R, 1)
     w_b = W + rows_b[:, None].to(tl.int64) * stride_wn
     acc_a = tl.zeros([rows_a.shape[0], BLOCK_K], dtype=tl.float32)
@@ -176,6 +180,7 @@ def _fused_gemv_kernel(
     HEAD_DIM: tl.constexpr, WRITE_CACHE: tl.constexpr, USE_PDL: tl.constexpr, INTERLEAVE: tl.constexpr,
     QUANT_CACHE: tl.constexpr = False, BLOCK_D: tl.constexpr = 2, LATE_DEPENDENTS: tl.constexpr = False,
     EARLY_TILE: tl.constexpr = False, SCALED_W: tl.constexpr = False, INT8_PRMT: tl.constexpr = False,
+    NARROW_INT8: tl.constexpr = False,
 ):
     if USE_PDL:
         if EARLY_TILE == 0:        # else inside _dot_rows, once the first tile of W is loaded
@@ -195,13 +200,13 @@ def _fused_gemv_kernel(
         if INTERLEAVE:             # one (BLOCK_N, BLOCK_K) tile of rows a0 b0 a1 b1 ..., split after the sum
             pairs = tl.reshape(tl.join(rows_a, rows_b), (BLOCK_N,))
             ab, _, sumsq = _dot_rows(X, NORM_W, W, pairs, pairs, K, stride_wn, BLOCK_K, NORM, False, EARLY_TILE,
-                                     USE_PDL, LATE_DEPENDENTS, INT8_PRMT)
+                                     USE_PDL, LATE_DEPENDENTS, INT8_PRMT, NARROW_INT8)
             if SCALED_W:           # an int8 W: each row's sum times its scale
                 ab = ab * tl.load(W_SCALE + pairs)
             a, b = tl.split(tl.reshape(ab, (BLOCK_N // 2, 2)))
         else:                      # two (BLOCK_N / 2, BLOCK_K) tiles
             a, b, sumsq = _dot_rows(X, NORM_W, W, rows_a, rows_b, K, stride_wn, BLOCK_K, NORM, True, EARLY_TILE,
-                                   USE_PDL, LATE_DEPENDENTS, INT8_PRMT)
+                                   USE_PDL, LATE_DEPENDENTS, INT8_PRMT, NARROW_INT8)
             if SCALED_W:
                 a = a * tl.load(W_SCALE + rows_a)
                 b = b * tl.load(W_SCALE + rows_b)
@@ -242,7 +247,7 @@ def _fused_gemv_kernel(
         mask = rows < N
         rows = tl.where(mask, rows, 0)
         y, _, sumsq = _dot_rows(X, NORM_W, W, rows, rows, K, stride_wn, BLOCK_K, NORM, False, EARLY_TILE, USE_PDL,
-                               LATE_DEPENDENTS, INT8_PRMT)
+                               LATE_DEPENDENTS, INT8_PRMT, NARROW_INT8)
         if SCALED_W:
             y = y * tl.load(W_SCALE + rows)
         if NORM:
@@ -417,7 +422,7 @@ def _launch(config: Config, grid_rows: int, x, weight, y, *, norm_weight=None, e
         QUANT_CACHE=scales is not None, BLOCK_D=triton.next_power_of_2(head_dim),
         LATE_DEPENDENTS=late_dependents or epilogue in LATE_DEPENDENTS, EARLY_TILE=epilogue in EARLY_TILE,
         SCALED_W=weight_scale is not None, INT8_PRMT=weight_scale is not None and x.is_cuda and WEIGHTS_BY_PRMT,
-        num_warps=config.num_warps, num_stages=config.num_stages, **({"launch_pdl": True} if use_pdl else {}))
+        NARROW_INT8=batch1_gemv.NARROW_INT8_LOADS, num_warps=config.num_warps, num_stages=config.num_stages, **({"launch_pdl": True} if use_pdl else {}))
     return y
 
 
@@ -559,11 +564,11 @@ def compile_facts(arch: int = 90, names=None) -> dict:
     decode step launches it with (`CONFIGS`: each kind's default, then each per-shape entry that differs, named
     "wqkv rope cache 5120x8192"), and each kind's default with int8 weights ("w13 swiglu int8 weights"): facts
     about each binary (must run without TRITON_INTERPRET, see kernels/compile_check.py), among them the global
-    loads issued before the PDL wait (EARLY_TILE's) and the int8 -> fp32 conversions by I2F (`cvt.rn.f32.s*`)
-    and by PRMT. `names`: only those builds (`build_names`)."""
+    loads issued before the PDL wait (EARLY_TILE's), the int8 -> fp32 conversions by I2F (`cvt.rn.f32.s*`)
+    and by PRMT, and the barriers in the key loop's SASS. `names`: only those builds (`build_names`)."""
     from triton.backends.compiler import GPUTarget
 
-    from kernels.compile_check import _compile, before_pdl_wait
+    from kernels.compile_check import _compile, before_pdl_wait, sass_facts
     pointers = dict(X="*bf16", NORM_W="*bf16", W="*bf16", W_SCALE="*bf16", Y="*bf16", RES="*bf16", COS="*fp32",
                     SIN="*fp32", POS="*i64", K_CACHE="*bf16", V_CACHE="*bf16")
     quantized = dict(K_SCALE="*fp32", V_SCALE="*fp32", TICKETS="*i32")
@@ -583,12 +588,15 @@ def compile_facts(arch: int = 90, names=None) -> dict:
                                **({} if cache_type else {"stride_vd": 1}),
                                WRITE_CACHE=cache, USE_PDL=True, INTERLEAVE=c.interleave,
                                QUANT_CACHE=cache_type is not None, BLOCK_D=128, EARLY_TILE=epilogue in EARLY_TILE,
-                               SCALED_W=int8_weights, INT8_PRMT=int8_weights),
+                               SCALED_W=int8_weights, INT8_PRMT=int8_weights, NARROW_INT8=int8_weights),
                           GPUTarget("cuda", arch, 32), c.num_warps, c.num_stages, floats=("eps",))
         ptx = binary.asm["ptx"]
+        loop = sass_facts(binary.asm["cubin"], with_opcodes=True).get("loop_opcodes", {})
         facts[name] = {
             "cubin_bytes": len(binary.asm["cubin"]), "vector_loads": sum("ld.global.v4" in line for line in ptx.splitlines()),
+            "loads_8_bytes": ptx.count("ld.global.v2.b32"),
             "pdl_wait": "griddepcontrol.wait" in ptx, "tickets": re.search(r"atom\.global\S*acq_rel", ptx) is not None,
             "loads_before_wait": sum("ld.global" in line for line in before_pdl_wait(ptx)),
-            "i2f": len(re.findall(r"cvt\.rn\.f32\.s(?:8|16|32)", ptx)), "prmt": ptx.count("prmt.b32")}
+            "i2f": len(re.findall(r"cvt\.rn\.f32\.s(?:8|16|32)", ptx)), "prmt": ptx.count("prmt.b32"),
+            "loop_barriers": sum(n for op, n in loop.items() if op.startswith("BAR"))}
     return facts

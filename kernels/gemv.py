@@ -41,6 +41,12 @@ BLOCK_N, BLOCK_K, NUM_WARPS, NUM_STAGES = 4, 1024, 4, 3   # the H100's best for 
 K_PER_PROGRAM = 4096          # split deep projections into ranges of at most this many columns (32 KiB of bf16 W)
 MAX_ROW_BLOCKS = 1 << 16      # counters per device (256 KiB): row blocks of a split GEMV, N <= 262,144 rows
 DEEP_ON_CUBLAS = False        # the op sends deep projections (rows < columns) to cuBLAS; the product sets it (use_gemv)
+# int8 weights: a thread loads as many bytes of W as of x (8 of W against bf16 x's 16 bytes), not 16 of each: W's
+# columns are said contiguous only in runs of 16 bytes of x (tl.max_contiguous, in each kernel: the hint does not
+# survive a call). Then a thread holds the same columns of W as of x, and x's tile is used where it was loaded; with
+# 16-byte loads of W, Triton passed x's tile through shared memory every loop step (2-8 barriers a step in each int8
+# kernel's sm_90 SASS, none with bf16 weights, whose elements are x's size). A/B: False loads 16 bytes of W.
+NARROW_INT8_LOADS = True
 _counters: dict[torch.device, torch.Tensor] = {}
 
 
@@ -56,11 +62,13 @@ def _fp32(w, INT8_PRMT: tl.constexpr):
 @triton.jit
 def _gemv_kernel(X, W, W_SCALE, Y, PARTIALS, COUNTERS, N, K, stride_wn, k_per_split,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, SCALED_W: tl.constexpr = False,
-                 INT8_PRMT: tl.constexpr = False):
+                 INT8_PRMT: tl.constexpr = False, NARROW_INT8: tl.constexpr = False):
     pid_n = tl.program_id(0)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                                  # (BLOCK_N,)
     mask_n = rows < N
     offs_k = tl.arange(0, BLOCK_K)
+    if INT8_PRMT and NARROW_INT8:   # W's columns said contiguous in runs of 16 bytes of x: NARROW_INT8_LOADS
+        offs_k = tl.max_contiguous(offs_k, 128 // X.dtype.element_ty.primitive_bitwidth)
     if SPLIT_K == 1:
         k_start = 0
         k_end = K
@@ -159,7 +167,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, *, block_n: int = BLOCK_N, block
         x.reshape(K).contiguous(), weight, weight_scale if scaled else y, y, partials,
         counters if counters is not None else y, N, K, weight.stride(0), k_per_split,
         BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k, SCALED_W=scaled, INT8_PRMT=scaled and x.is_cuda,
-        num_warps=num_warps, num_stages=num_stages)
+        NARROW_INT8=NARROW_INT8_LOADS, num_warps=num_warps, num_stages=num_stages)
     return y
 
 
@@ -190,24 +198,29 @@ def _(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor) -> torc
 
 def compile_facts(arch: int = 90) -> list[dict]:
     """Build both variants (unsplit, split-K) for a GPU target without a GPU, bf16 weights then int8 ones, as
-    `gemv` launches them: facts about each binary. Must run without TRITON_INTERPRET (see kernels/compile_check.py)."""
+    `gemv` launches them: facts about each binary (`loop_barriers`: barriers in the key loop's SASS). Must run without
+    TRITON_INTERPRET (see kernels/compile_check.py)."""
     import re
 
     from triton.backends.compiler import GPUTarget
 
-    from kernels.compile_check import _compile
+    from kernels.compile_check import _compile, sass_facts
     facts = []
     for split, int8 in ((1, False), (3, False), (1, True), (3, True)):
         weights = dict(W="*i8", W_SCALE="*fp32") if int8 else dict(W="*bf16", W_SCALE="*bf16")
         binary = _compile(_gemv_kernel, dict(X="*bf16", Y="*bf16", PARTIALS="*fp32", COUNTERS="*i32", **weights),
-                          dict(BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, SPLIT_K=split, SCALED_W=int8, INT8_PRMT=int8),
+                          dict(BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, SPLIT_K=split, SCALED_W=int8, INT8_PRMT=int8,
+                               NARROW_INT8=int8),
                           GPUTarget("cuda", arch, 32), NUM_WARPS, NUM_STAGES, floats=())
         ptx = binary.asm["ptx"]
+        loop = sass_facts(binary.asm["cubin"], with_opcodes=True).get("loop_opcodes", {})
         facts.append({"split_k": split, "int8_weights": int8, "cubin_bytes": len(binary.asm["cubin"]),
                       "i2f": len(re.findall(r"cvt\.rn\.f32\.s(?:8|16|32)", ptx)), "prmt": ptx.count("prmt.b32"),
                       "vector_loads": sum("ld.global.v4" in line for line in ptx.splitlines()),
+                      "loads_8_bytes": ptx.count("ld.global.v2.b32"),
                       "ticket": "atom.global.gpu.acq_rel.add" in ptx, "reset": "atom.global.gpu.relaxed.exch" in ptx,
-                      "partials_from_l2": ptx.count("ld.global.cg")})
+                      "partials_from_l2": ptx.count("ld.global.cg"),
+                      "loop_barriers": sum(n for op, n in loop.items() if op.startswith("BAR"))})
     return facts
 
 

@@ -92,16 +92,19 @@ def steady_decode(model, batch: int, context: int, backend: str, width: int = 1)
 def ours_step_us(model, batch: int, context: int, backend: str, replays: int, width: int = 1) -> float:
     """µs per decode step (graph replay) with `context` tokens in every row, through `backend`; a backend
     named "NAME:unfused" runs the compiled general step where the fused one would (models/fused_decode.py),
-    "NAME:nopdl" launches no kernel as a programmatic dependent launch."""
+    "NAME:nopdl" launches no kernel as a programmatic dependent launch, "NAME:wideint8" loads int8 weights 16
+    bytes a thread (`kernels.gemv.NARROW_INT8_LOADS` off: the A/B of that choice)."""
+    import kernels.gemv
     import kernels.interface
     backend, _, variant = backend.partition(":")
-    fused, pdl = model.fused_decode, kernels.interface.PDL_SUPPORTED
+    fused, pdl, narrow = model.fused_decode, kernels.interface.PDL_SUPPORTED, kernels.gemv.NARROW_INT8_LOADS
     model.fused_decode = fused and variant != "unfused"
     kernels.interface.PDL_SUPPORTED = pdl and variant != "nopdl"
+    kernels.gemv.NARROW_INT8_LOADS = narrow and variant != "wideint8"
     try:
         return graph_replay_us(steady_decode(model, batch, context, backend, width), replays)
     finally:
-        model.fused_decode, kernels.interface.PDL_SUPPORTED = fused, pdl
+        model.fused_decode, kernels.interface.PDL_SUPPORTED, kernels.gemv.NARROW_INT8_LOADS = fused, pdl, narrow
 
 
 @torch.no_grad()
@@ -503,11 +506,11 @@ def _model(name: str) -> str:
 
 
 def _backend(name: str) -> str:
-    """NAME or NAME:unfused or NAME:nopdl (see ours_step_us)."""
+    """NAME or NAME:unfused, NAME:nopdl or NAME:wideint8 (see ours_step_us)."""
     backend, _, variant = name.partition(":")
     one_of(*BACKENDS)(backend)
     if variant:
-        one_of("unfused", "nopdl")(variant)
+        one_of("unfused", "nopdl", "wideint8")(variant)
     return name
 
 

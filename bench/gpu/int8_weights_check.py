@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from kernels import fused_gemv, reference
+from kernels import gemv as batch1_gemv
 from kernels.append import append_kv_triton
 from kernels.bench import copy_bandwidth, graph_replay_us
 from kernels.few_rows_int8 import few_rows_int8
@@ -184,20 +185,26 @@ def timings(log, replays: int = 20) -> list[dict]:
     rows = []
     for name, ((N, K), call) in kernels.items():
         row = {"kernel": name, "N": N, "K": K}
-        for kind, element in (("bf16", 2), ("int8", 1)):
+        # "int8 wide": W loaded 16 bytes a thread (kernels.gemv.NARROW_INT8_LOADS off), the A/B of the 8-byte loads
+        for kind, element in (("bf16", 2), ("int8", 1), ("int8 wide", 1)):
             copies = max(1, -(-rotate // (N * K * element)))
             if kind == "bf16":
                 ws = [(torch.randn(N, K, device=DEVICE, dtype=dt) * 0.02, None) for _ in range(copies)]
             else:
                 ws = [int8_weight(N, K)[:2] for _ in range(copies)]
-            us = graph_replay_us(lambda: [call(w, s) for w, s in ws], replays) / copies
-            floor = (N * K * element + (4 * N if kind == "int8" else 0)) / bandwidth * 1e6
+            batch1_gemv.NARROW_INT8_LOADS = kind != "int8 wide"
+            try:
+                us = graph_replay_us(lambda: [call(w, s) for w, s in ws], replays) / copies
+            finally:
+                batch1_gemv.NARROW_INT8_LOADS = True
+            floor = (N * K * element + (4 * N if element == 1 else 0)) / bandwidth * 1e6
             row[kind] = {"us": us, "floor_us": floor, "share_of_copy_bandwidth": floor / us}
             del ws
         row["speedup"] = row["bf16"]["us"] / row["int8"]["us"]
-        bf16, int8 = row["bf16"], row["int8"]
+        bf16, int8, wide = row["bf16"], row["int8"], row["int8 wide"]
         log(f"{name:16s} {N:6d}x{K:<6d} bf16 {bf16['us']:7.1f} µs ({100 * bf16['share_of_copy_bandwidth']:3.0f}%)"
-            f"  int8 {int8['us']:7.1f} µs ({100 * int8['share_of_copy_bandwidth']:3.0f}%)  {row['speedup']:.2f}x")
+            f"  int8 {int8['us']:7.1f} µs ({100 * int8['share_of_copy_bandwidth']:3.0f}%)  {row['speedup']:.2f}x"
+            f"  int8 16-byte loads {wide['us']:7.1f} µs ({100 * wide['share_of_copy_bandwidth']:3.0f}%)")
         rows.append(row)
         torch.cuda.empty_cache()
     return [{"copy_bandwidth": bandwidth}] + rows

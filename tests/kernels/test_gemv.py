@@ -126,10 +126,12 @@ def test_both_variants_compile_for_sm90():
     assert unsplit["cubin_bytes"] > 0 and unsplit["vector_loads"] >= 4 and not unsplit["ticket"]
     assert split["cubin_bytes"] > 0 and split["vector_loads"] >= 4
     assert split["ticket"] and split["reset"] and split["partials_from_l2"] == 3
-    # int8 weights: 16-byte loads of twice the weights each, converted by PRMT and an exact add, no I2F
+    # int8 weights: 8-byte loads (as many bytes a thread as of x: no exchange of x's tile through shared memory, so
+    # no barrier in the loop, as with bf16 weights), converted by PRMT and an exact add, no I2F
     for facts, ticket in ((unsplit_int8, False), (split_int8, True)):
-        assert facts["int8_weights"] and facts["cubin_bytes"] > 0 and facts["vector_loads"] >= 2, facts
+        assert facts["int8_weights"] and facts["cubin_bytes"] > 0 and facts["loads_8_bytes"] >= 2, facts
         assert facts["i2f"] == 0 and facts["prmt"] > 0 and facts["ticket"] == ticket, facts
+        assert facts["loop_barriers"] == 0 == unsplit["loop_barriers"], facts
     assert split_int8["partials_from_l2"] == 3
 
 
