@@ -88,7 +88,7 @@ def _dot_rows(X, NORM_W, W, rows_a, rows_b, K, stride_wn, BLOCK_K: tl.constexpr,
     before, which x comes from (W does not), so their latency overlaps its tail; then, unless LATE_DEPENDENTS,
     the next kernel may launch. An int8 W's sums are of its integers (the caller scales each row's)."""
     offs_k = tl.arange(0, BLOCK_K)
-    if INT8_PRMT and NARROW_INT8:   # (kernels.gemv.NARROW_INT8_LOADS says why; a hint must not cross a call)
+    if NARROW_INT8:   # an int8 W (kernels.gemv.NARROW_INT8_LOADS says why; the hint must not cross a call)
         offs_k = tl.max_contiguous(offs_k, 128 // X.dtype.element_ty.primitive_bitwidth)
     w_a = W + rows_a[:, None].to(tl.int64) * stride_wn                                 # (R, 1)
     w_b = W + rows_b[:, None].to(tl.int64) * stride_wn
@@ -422,7 +422,8 @@ def _launch(config: Config, grid_rows: int, x, weight, y, *, norm_weight=None, e
         QUANT_CACHE=scales is not None, BLOCK_D=triton.next_power_of_2(head_dim),
         LATE_DEPENDENTS=late_dependents or epilogue in LATE_DEPENDENTS, EARLY_TILE=epilogue in EARLY_TILE,
         SCALED_W=weight_scale is not None, INT8_PRMT=weight_scale is not None and x.is_cuda and WEIGHTS_BY_PRMT,
-        NARROW_INT8=batch1_gemv.NARROW_INT8_LOADS, num_warps=config.num_warps, num_stages=config.num_stages, **({"launch_pdl": True} if use_pdl else {}))
+        NARROW_INT8=batch1_gemv.NARROW_INT8_LOADS and weight_scale is not None and x.is_cuda,
+        num_warps=config.num_warps, num_stages=config.num_stages, **({"launch_pdl": True} if use_pdl else {}))
     return y
 
 

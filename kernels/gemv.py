@@ -67,7 +67,7 @@ def _gemv_kernel(X, W, W_SCALE, Y, PARTIALS, COUNTERS, N, K, stride_wn, k_per_sp
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                                  # (BLOCK_N,)
     mask_n = rows < N
     offs_k = tl.arange(0, BLOCK_K)
-    if INT8_PRMT and NARROW_INT8:   # W's columns said contiguous in runs of 16 bytes of x: NARROW_INT8_LOADS
+    if NARROW_INT8:   # int8 W's columns said contiguous in runs of 16 bytes of x: NARROW_INT8_LOADS
         offs_k = tl.max_contiguous(offs_k, 128 // X.dtype.element_ty.primitive_bitwidth)
     if SPLIT_K == 1:
         k_start = 0
@@ -167,7 +167,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, *, block_n: int = BLOCK_N, block
         x.reshape(K).contiguous(), weight, weight_scale if scaled else y, y, partials,
         counters if counters is not None else y, N, K, weight.stride(0), k_per_split,
         BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k, SCALED_W=scaled, INT8_PRMT=scaled and x.is_cuda,
-        NARROW_INT8=NARROW_INT8_LOADS, num_warps=num_warps, num_stages=num_stages)
+        NARROW_INT8=NARROW_INT8_LOADS and scaled and x.is_cuda, num_warps=num_warps, num_stages=num_stages)
     return y
 
 
