@@ -375,8 +375,8 @@ class Engine:
         cached, self._cached_ids = self._cached_ids, []   # unknown until this request ends cleanly
         restored = 0
         if (reuse and B == 1 and self.prompt_store is not None and not self.model.config.dynamic_rope
-                and PromptStore.wants_switch(cached, prompts[0])):
-            cached, restored = self._switch_prompt(cached, prompts[0])
+                and PromptStore.wants_switch(cached, prompts[0], self._approximate_from, not config.cache_reuse)):
+            cached, restored = self._switch_prompt(cached, prompts[0], exact_only=not config.cache_reuse)
 
         # Prefill: each prompt into its own cache row, from the first token the cache does not hold.
         t_prefill = perf_counter()
@@ -672,26 +672,28 @@ class Engine:
             return 0   # cached keys were rotated with the frequencies of their own call's length
         return common_run(cached, 0, prompt, 0, len(prompt) - 1)
 
-    def _switch_prompt(self, cached: list[int], prompt: list[int]) -> tuple[list[int], int]:
+    def _switch_prompt(self, cached: list[int], prompt: list[int], exact_only: bool = False) -> tuple[list[int], int]:
         """llama.cpp's prompt cache (models/prompt_store.py): cache row 0's prompt `cached` saved (on a GPU, unless
         it and the prompt taken back are past the limit), and the saved prompt that serves `prompt` better, if one
-        does, copied back into the row. Returns the tokens the row then holds, and how many of them were copied
-        back."""
+        does, copied back into the row; `exact_only`: a request without cache reuse, served only by exact K/V.
+        Returns the tokens the row then holds, and how many of them were copied back."""
         store = self.prompt_store
         caches = [layer.attention.kv_cache for layer in self.model.layers]
         nbytes = len(cached) * sum(cache.bytes_per_token() for cache in caches)
         on_gpu = self._device.type == "cuda"
-        held_whole = store.holds(cached)        # (by any saved prompt, the one taken back too, as llama.cpp checks)
+        approximate_from = self._approximate_from
+        # Held whole by any saved prompt, the one taken back too, as llama.cpp checks:
+        held_whole = store.holds(cached, approximate_from)
         # Taken back before the save, which may drop the oldest saved prompts: llama.cpp drops them only after
         # the load (the cached prompt itself never serves the request better than it does, saved or not).
-        best = store.take_best(cached, prompt)
+        best = store.take_best(cached, prompt, approximate_from, exact_only)
         held = best.nbytes if on_gpu and best is not None else 0   # (on a GPU alive beside the copy: the peak)
         if not held_whole and (not on_gpu or nbytes + held <= store.limit_bytes):
-            place, approximate_from = self._saved_prompt_place(), self._approximate_from
+            place = self._saved_prompt_place()
             store.add(cached, nbytes,
                       lambda: SavedPrompt(cached, [cache.saved(0, len(cached), place) for cache in caches],
                                           approximate_from),
-                      held)
+                      held, approximate_from)
         if best is None:
             return cached, 0
         for layer, tensors in zip(self.model.layers, best.layers):

@@ -16,12 +16,12 @@ from tiny_models import save_tiny_llama
 # ---- the rules ------------------------------------------------------------------------------------------------
 
 
-def saved(tokens: list[int], nbytes: int = 4) -> SavedPrompt:
-    return SavedPrompt(list(tokens), [(torch.zeros(nbytes, dtype=torch.uint8),)], None)
+def saved(tokens: list[int], nbytes: int = 4, approximate_from: int | None = None) -> SavedPrompt:
+    return SavedPrompt(list(tokens), [(torch.zeros(nbytes, dtype=torch.uint8),)], approximate_from)
 
 
-def keep(store: PromptStore, tokens: list[int], nbytes: int = 4) -> None:
-    store.add(list(tokens), nbytes, lambda: saved(tokens, nbytes))
+def keep(store: PromptStore, tokens: list[int], nbytes: int = 4, approximate_from: int | None = None) -> None:
+    store.add(list(tokens), nbytes, lambda: saved(tokens, nbytes, approximate_from), approximate_from=approximate_from)
 
 
 def test_a_request_that_shares_a_tenth_or_less_of_itself_or_under_half_of_the_cached_prompt_switches():
@@ -52,6 +52,53 @@ def test_a_save_that_adds_nothing_is_skipped_and_prompts_a_new_one_holds_are_dro
     assert store.holds([1, 2]) and store.holds([1, 2, 3]) and not store.holds([1, 2, 3, 4])
     keep(store, [1, 2, 3, 4])
     assert [s.tokens for s in store.saved] == [[5, 6], [1, 2, 3, 4]]
+
+
+def test_an_approximate_prompt_holds_an_exact_one_only_as_far_as_its_own_exact_tokens_reach():
+    """Cache reuse's moved K/V (and those computed after them) serve only requests that ask for cache reuse: a
+    prompt whose tokens hold an exact saved one whole, but approximate from inside it, does not cover it, nor does
+    an approximate saved prompt cover an exact cached one."""
+    store = PromptStore(None)
+    exact = list(range(1, 41))
+    keep(store, exact)
+    keep(store, exact + [50, 51], approximate_from=20)          # moved K/V from token 20: the exact 40 stay
+    assert [(s.tokens, s.approximate_from) for s in store.saved] == [(exact, None), (exact + [50, 51], 20)]
+    assert store.holds(exact[:20], approximate_from=None) and store.holds(exact, approximate_from=35)
+    keep(store, exact + [50, 51, 52], approximate_from=30)      # exact as far as the second only: it alone goes
+    assert [s.approximate_from for s in store.saved] == [None, 30]
+    keep(store, exact + [60], approximate_from=40)              # exact as far as the first: it goes
+    assert [s.approximate_from for s in store.saved] == [30, 40]
+
+    store = PromptStore(None)
+    keep(store, exact + [50], approximate_from=10)
+    assert store.holds(exact, approximate_from=10) and store.holds(exact, approximate_from=5)
+    assert not store.holds(exact, approximate_from=None) and not store.holds(exact, approximate_from=30)
+
+
+def test_a_request_without_cache_reuse_counts_only_the_exact_tokens_of_the_cached_and_the_saved_prompts():
+    """Such a request reuses only the K/V before `approximate_from`: a saved prompt is taken back, and the cached one
+    switched from, by what the request can use of them, not by the tokens they share with it."""
+    whole = list(range(1, 101))
+    request = whole[:90] + [7, 7]
+    assert not PromptStore.wants_switch(whole, request, approximate_from=10)            # cache reuse: 90 usable
+    assert PromptStore.wants_switch(whole, request, approximate_from=10, exact_only=True)   # 10 of the cached 100
+    assert not PromptStore.wants_switch(whole, request, approximate_from=None, exact_only=True)
+
+    store = PromptStore(None)
+    keep(store, whole[:60])                                      # exact: 60 usable either way
+    keep(store, whole[:95], approximate_from=20)                 # 90 usable with cache reuse, 20 without
+    assert store.take_best([3], request, exact_only=True).tokens == whole[:60]
+    store = PromptStore(None)
+    keep(store, whole[:95], approximate_from=20)
+    keep(store, whole[:60])
+    assert store.take_best([3], request, exact_only=True).tokens == whole[:60]
+    assert store.take_best([3], request).tokens == whole[:95]                          # (then the only one left)
+    cached = whole[:50] + [4] * 50
+    keep(store, whole[:95], approximate_from=40)                 # 90 usable with cache reuse, 40 without
+    assert store.take_best(cached, request, cached_approximate_from=45, exact_only=True) is None   # 40 of 95: less
+    assert store.take_best(cached, request, cached_approximate_from=45) is not None                # 90 beat 50
+    keep(store, whole[:95], approximate_from=40)
+    assert store.take_best(cached, request, cached_approximate_from=10, exact_only=True) is not None   # 40 beat 10
 
 
 def test_past_the_limit_the_oldest_go_and_the_newest_always_stays():
@@ -154,6 +201,58 @@ def test_a_restored_prompt_keeps_its_record_of_moved_keys(engine):
         engine.generate(chat, PROBE)
         exact_only = engine.generate(kept + run + [7, 8], PROBE)
         assert exact_only.timings.restored_tokens > 0 and exact_only.reused_prefix_tokens == len(kept)
+    finally:
+        engine.keep_prompts(0)
+
+
+def exact_then_moved_over_it(engine, seed):
+    """Saves a prompt `exact` (exact K/V), then one holding it whole whose cache reuse moved runs inside it (its
+    K/V approximate from token 40); returns `exact` and the other saved prompt."""
+    rng = random.Random(seed)
+    part = lambda n: [rng.randrange(3, engine.model.config.vocab_size) for _ in range(n)]   # noqa: E731
+    kept, dropped, run, tail, other, unrelated = part(40), part(5), part(20), part(110), part(30), part(30)
+    exact = kept + run + tail      # (so long that its 40 tokens shared with `kept + dropped + run` are under a quarter)
+    one = GenerationConfig(max_new_tokens=1)
+    engine.clear_prefix_cache()
+    engine.generate(exact, one)
+    engine.generate(other, one)                                   # `exact` saved
+    engine.generate(kept + dropped + run, one)                    # `other` saved; `exact` would keep too little
+    moved = engine.generate(exact + [7, 8], dataclasses.replace(one, cache_reuse=8))
+    assert moved.timings.moved_tokens == len(run) and moved.timings.restored_tokens == 0
+    engine.generate(unrelated, one)                               # saves the moved one, holding `exact` whole
+    return exact, other
+
+
+def test_an_exact_saved_prompt_outlives_an_approximate_one_that_holds_it(engine):
+    """Saving a prompt whose K/V are approximate from inside an exact saved one it holds keeps the exact one, and a
+    request without cache reuse takes that back, reusing all of it instead of the other's exact prefix alone; the
+    answer is a cold prefill's."""
+    engine.keep_prompts(64)
+    try:
+        exact, other = exact_then_moved_over_it(engine, seed=8)
+        assert [(s.tokens, s.approximate_from) for s in engine.prompt_store.saved] == [
+            (exact, None), (other, None), (exact + [7, 8], 40)]
+        back = engine.generate(exact + [9], PROBE)
+        assert back.timings.restored_tokens == len(exact) and back.reused_prefix_tokens == len(exact)
+        engine.clear_prefix_cache()
+        assert back.token_ids == engine.generate(exact + [9], PROBE).token_ids
+    finally:
+        engine.keep_prompts(0)
+
+
+def test_an_approximate_saved_prompt_does_not_stand_in_for_an_exact_cached_one_it_holds(engine):
+    """The cached prompt is saved even where a saved one holds its tokens whole, if that one's K/V are approximate
+    where the cached one's are exact: a request without cache reuse takes the exact one back."""
+    engine.keep_prompts(64)
+    try:
+        exact, other = exact_then_moved_over_it(engine, seed=9)
+        engine.generate(exact + [9], PROBE)                         # `exact` taken back
+        engine.generate(exact, GenerationConfig(max_new_tokens=1))  # the row holds `exact` alone, exact
+        engine.generate(other + [5], PROBE)                         # saves it (then takes `other` back)
+        saved = [(s.tokens, s.approximate_from) for s in engine.prompt_store.saved]
+        assert saved[-1] == (exact, None) and (exact + [7, 8], 40) in saved
+        back = engine.generate(exact + [9], PROBE)
+        assert back.timings.restored_tokens == len(exact) and back.reused_prefix_tokens == len(exact)
     finally:
         engine.keep_prompts(0)
 
