@@ -72,3 +72,27 @@ def test_a_bad_cache_ram_is_a_usage_error(value, capsys):
     with pytest.raises(SystemExit) as stopped:
         build_serve_parser().parse_args(["--cache-ram", value])
     assert stopped.value.code == 2 and "--cache-ram" in capsys.readouterr().err
+
+
+def test_a_request_without_cache_reuse_takes_back_the_exact_prompt_an_approximate_one_held(engine, served_repo):
+    """A prompt saved exact, then one holding it whole whose cache reuse (`n_cache_reuse`) moved K/V inside it, saved
+    too: the first is kept, and a request without cache reuse takes it back instead of the second's exact prefix."""
+    import random
+
+    rng = random.Random(0)
+    part = lambda n: [rng.randrange(100, 40000) for _ in range(n)]   # noqa: E731
+    kept, dropped, run, tail, other, unrelated = part(40), part(5), part(20), part(110), part(30), part(30)
+    exact = kept + run + tail      # (so long that its 40 tokens shared with `kept + dropped + run` are under a quarter)
+    with served(engine, served_repo, 64) as client:
+        def complete(prompt: list[int], **fields) -> dict:
+            answer = client.post("/completion", json={"prompt": prompt, "n_predict": 1, "temperature": 0, **fields})
+            assert answer.status_code == 200, answer.text
+            return answer.json()["timings"]
+
+        for prompt in (exact, other, kept + dropped + run):     # `exact` saved, then `other`
+            complete(prompt)
+        assert complete(exact + [7, 8], n_cache_reuse=8)["cache_n"] >= len(kept + run)   # `run` moved
+        complete(unrelated)                                     # saves the moved prompt, holding `exact` whole
+        back = complete(exact + [9])
+    # (prefill starts are bucketed: a few of the last tokens may be prefilled again)
+    assert back["cache_n"] + back["prompt_n"] == len(exact) + 1 and back["prompt_n"] < 16, back
