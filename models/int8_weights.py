@@ -45,13 +45,14 @@ class Int8Weight(NamedTuple):
     scale: torch.Tensor            # (N,) float32: row n stands for values[n] * scale[n]
 
 
-def quantize_rows(weight: torch.Tensor, row_amax: Callable[[torch.Tensor], torch.Tensor] | None = None
-                  ) -> Int8Weight:
+def quantize_rows(weight: torch.Tensor, row_amax: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  out: Int8Weight | None = None) -> Int8Weight:
     """weight (N, K) -> int8 values (N, K) and float32 scales (N,) per row: amax / 127 rounded once (1 for an all-zero
     row), values round(w / scale) to nearest even, within +-127: `kernels.reference.quantize_int8`'s arithmetic.
 
     `row_amax`: maps the rows' amax (N,) float32 to the amax to use; a tensor-parallel rank holding some of each row's
-    columns takes the maximum over the ranks, so every rank's bytes are the slices of one quantization."""
+    columns takes the maximum over the ranks, so every rank's bytes are the slices of one quantization.
+    `out`: the int8 storage to write (a model's, allocated before its weights load: models/int8_loading.py)."""
     N = weight.shape[0]
     amax = torch.empty(N, dtype=torch.float32, device=weight.device)
     for start in range(0, N, ROWS_PER_CHUNK):
@@ -60,11 +61,21 @@ def quantize_rows(weight: torch.Tensor, row_amax: Callable[[torch.Tensor], torch
         amax = row_amax(amax)
     scale = (amax.double() / INT8_MAX).float()                  # the correctly rounded quotient (see quant_scale)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    values = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+    values = torch.empty(weight.shape, dtype=torch.int8, device=weight.device) if out is None else out.values
     for start in range(0, N, ROWS_PER_CHUNK):
         rows = slice(start, start + ROWS_PER_CHUNK)
         values[rows] = (weight[rows].float() / scale[rows, None]).round().clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
-    return Int8Weight(values, scale)
+    if out is None:
+        return Int8Weight(values, scale)
+    out.scale.copy_(scale)
+    return out
+
+
+def register_cuda_ops() -> None:
+    """Register the ops an int8 projection runs on CUDA (`linear_int8`); done once a model's int8 weights live on a
+    GPU: importing kernels defines Triton kernels, which a CPU run must not do before it can ask for the interpreter."""
+    import kernels.few_rows_int8  # noqa: F401  (torch.ops.codecomplete.few_rows_int8: 2..16 rows)
+    import kernels.gemv  # noqa: F401  (torch.ops.codecomplete.gemv_int8, the batch-1 op)
 
 
 def dequantize(weight: Int8Weight, dtype: torch.dtype) -> torch.Tensor:

@@ -167,24 +167,29 @@ def append_kv(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None, v_scale=N
 
 
 def check_kv_cache_fits(config: ModelConfig, batch: int, max_len: int, dtype: torch.dtype,
-                        device: torch.device, name: str, quant: str | None = None) -> None:
-    """Raise OutOfMemoryError, saying how many tokens would fit, when the cache cannot be allocated."""
+                        device: torch.device, name: str, quant: str | None = None, loading: int = 0) -> None:
+    """Raise OutOfMemoryError, saying how many tokens would fit, when the cache cannot be allocated.
+
+    loading: bytes of weights still to load beside it (a check made before the model is built)."""
     per_token = batch * kv_cache_bytes_per_token(config, dtype, quant)
-    fit = capacity_tokens(config, batch, dtype, device, quant)
+    fit = capacity_tokens(config, batch, dtype, device, quant, loading)
     if max_len > fit:
+        from models.weights_memory import size_text
         free = fit * per_token
+        weights = f" and the {size_text(loading)} of weights to load" if loading else ""
         raise OutOfMemoryError(
             f"{name}: a {cache_dtype_name(quant, dtype)} KV cache of {max_len} tokens x batch {batch} needs "
             f"{per_token * max_len / 2**30:.2f} GiB but only about {free / 2**30:.2f} GiB of {device.type} memory is "
-            f"free (after 1 GiB headroom); about {fit} tokens would fit: ask for a smaller context"
+            f"free (after 1 GiB headroom{weights}); about {fit} tokens would fit: ask for a smaller context"
             + ("" if quant else " (or an 8-bit cache, --kv-cache fp8 or int8: about half the bytes per token)"))
 
 
 def capacity_tokens(config: ModelConfig, batch: int, dtype: torch.dtype, device: torch.device,
-                    quant: str | None = None) -> int:
-    """The most tokens per sequence a cache of this kind could hold in the memory free now."""
+                    quant: str | None = None, loading: int = 0) -> int:
+    """The most tokens per sequence a cache of this kind could hold in the memory free now (less `loading` bytes
+    of weights still to load)."""
     per_token = batch * kv_cache_bytes_per_token(config, dtype, quant)
-    return max(0, (free_memory_bytes(device) - HEADROOM_BYTES) // per_token)
+    return max(0, (free_memory_bytes(device) - HEADROOM_BYTES - loading) // per_token)
 
 
 def free_memory_bytes(device: torch.device) -> int:

@@ -5,9 +5,10 @@ Two entry points share the layers:
     decode(tokens (B, T), Decode(...))   T tokens per sequence (1, or 1 + drafts to verify), static shapes,
                                          no host sync: capturable
 q/k/v and gate/up projections are fused (one matmul each), which matters when a decode step is a GEMV.
-Weights keep Hugging Face's names at the boundary (`hf_tensor_slots`), so every loader speaks HF. After loading,
-`Transformer.quantize_weights` may turn the projections' weights into int8 with a scale per row
-(models/int8_weights.py); every projection goes through `linear`, which takes either kind.
+Weights keep Hugging Face's names at the boundary (`hf_tensor_slots`), so every loader speaks HF. The projections'
+weights may be int8 with a scale per row (models/int8_weights.py): quantized as they load (`materialize(...,
+weights="int8")` and models/int8_loading.py), or after loading (`Transformer.quantize_weights`); every projection
+goes through `linear`, which takes either kind.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from models.attention import decode_attention, prefill_attention
 from models.config import ModelConfig, preset
 from models.fused_decode import decode_one_token
 from models.errors import SettingError
-from models.int8_weights import Int8Weight, linear_int8, quantize_rows
+from models.int8_weights import Int8Weight, linear_int8, quantize_rows, register_cuda_ops
 from models.kv_cache import KVCache, check_kv_cache_fits
 
 
@@ -283,19 +284,28 @@ class Transformer(nn.Module):
         self._tie_weights()
 
     def _tie_weights(self) -> None:
-        if self.config.tie_embeddings:
+        if self.config.tie_embeddings and not self.weights_quantized:     # an int8 head is a copy of its own
             self.output.weight = self.tok_embeddings.weight
 
-    def materialize(self, device, dtype, matmul_dtype=None) -> Transformer:
+    def materialize(self, device, dtype, matmul_dtype=None, weights: str | None = None) -> Transformer:
         """Turn a model built under torch.device("meta") into uninitialised storage on `device`, in `dtype`; with
         `matmul_dtype` the projections' weights (and the embeddings tied to the output) in that one instead, the
         norms, residual stream, attention and KV cache staying in `dtype` (`linear` casts each projection's input
         and output: a CPU with bfloat16 dot products reads half the bytes and does twice the math at nearly
-        float32's accuracy: codecomplete.engines.cpu_matmul_dtype chooses it there)."""
+        float32's accuracy: codecomplete.engines.cpu_matmul_dtype chooses it there).
+        weights="int8": the projections' storage is int8 values and float32 row scales (a tied head's a copy of its
+        own), for models/int8_loading.py to fill as the checkpoint is read: no full-precision projection allocated."""
         self.to(dtype=dtype)
         if matmul_dtype is not None and matmul_dtype != dtype:
             for module in self.projections():
                 module.to(dtype=matmul_dtype)           # (still on meta: nothing is allocated)
+        if weights == "int8":
+            for module in self.projections():
+                if module is not self.tok_embeddings:   # (on meta: the int8 storage comes with to_empty below)
+                    N, K = module.weight.shape
+                    module.weight = nn.Parameter(torch.empty(N, K, dtype=torch.int8, device="meta"),
+                                                 requires_grad=False)
+                    module.register_buffer("weight_scale", torch.empty(N, dtype=torch.float32, device="meta"))
         self.to_empty(device=device)
         self._tie_weights()   # to_empty gives each module its own tensor; tie them again
         self.rope.reset()
@@ -313,10 +323,11 @@ class Transformer(nn.Module):
         and w2 and the output head, in place, one at a time (each weight's 16-bit tensor is freed as its int8 one
         takes its place). A head tied to the embeddings gets an int8 copy of its own; the embedding table stays.
         `row_amax_of(module)`: how that projection's rows' amax are completed (a tensor-parallel rank holding some
-        columns of wo and w2: the maximum over the ranks), or None."""
+        columns of wo and w2: the maximum over the ranks), or None.
+        The model was whole in full precision before this (a benchmark timing both kinds of one model); a load that
+        must never hold it quantizes as it reads instead (`load_model(weights="int8")`, models/int8_loading.py)."""
         if self.output.weight.is_cuda:
-            import kernels.few_rows_int8  # noqa: F401  (registers torch.ops.codecomplete.few_rows_int8: 2..16 rows)
-            import kernels.gemv  # noqa: F401  (registers torch.ops.codecomplete.gemv_int8, the batch-1 op)
+            register_cuda_ops()
         for module in self.projections():
             if module is self.tok_embeddings or getattr(module, "weight_scale", None) is not None:
                 continue                                      # the table stays; or quantized already
@@ -420,28 +431,37 @@ class Transformer(nn.Module):
                                   projection_weight(self.output))
 
 
-def hf_tensor_slots(model: Transformer) -> dict[str, torch.Tensor]:
-    """Where each tensor of a Hugging Face Llama checkpoint goes: views into our (partly fused) parameters."""
+def hf_tensor_slots(model: Transformer, slot: Callable[[nn.Module, slice | None], object] | None = None) -> dict:
+    """Where each tensor of a Hugging Face Llama checkpoint goes: views into our (partly fused) parameters.
+
+    slot(module, rows): what stands for rows `rows` (None: all) of `module.weight` instead of a view (an int8
+    projection's rows assembled before they are quantized: `models.int8_loading.Int8Loader.slot`)."""
     c = model.config
     q, kv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
-    slots = {"model.embed_tokens.weight": model.tok_embeddings.weight, "model.norm.weight": model.norm.weight}
+    slot = slot or weight_rows
+    slots = {"model.embed_tokens.weight": slot(model.tok_embeddings, None), "model.norm.weight": slot(model.norm, None)}
     if not c.tie_embeddings:
-        slots["lm_head.weight"] = model.output.weight
+        slots["lm_head.weight"] = slot(model.output, None)
     for i, layer in enumerate(model.layers):
         p = f"model.layers.{i}."
-        wqkv, w13 = layer.attention.wqkv.weight, layer.feed_forward.w13.weight
+        wqkv, w13 = layer.attention.wqkv, layer.feed_forward.w13
         slots.update({
-            p + "self_attn.q_proj.weight": wqkv[:q],
-            p + "self_attn.k_proj.weight": wqkv[q:q + kv],
-            p + "self_attn.v_proj.weight": wqkv[q + kv:],
-            p + "self_attn.o_proj.weight": layer.attention.wo.weight,
-            p + "mlp.gate_proj.weight": w13[:c.ffn_dim],
-            p + "mlp.up_proj.weight": w13[c.ffn_dim:],
-            p + "mlp.down_proj.weight": layer.feed_forward.w2.weight,
-            p + "input_layernorm.weight": layer.attention_norm.weight,
-            p + "post_attention_layernorm.weight": layer.ffn_norm.weight,
+            p + "self_attn.q_proj.weight": slot(wqkv, slice(0, q)),
+            p + "self_attn.k_proj.weight": slot(wqkv, slice(q, q + kv)),
+            p + "self_attn.v_proj.weight": slot(wqkv, slice(q + kv, q + 2 * kv)),
+            p + "self_attn.o_proj.weight": slot(layer.attention.wo, None),
+            p + "mlp.gate_proj.weight": slot(w13, slice(0, c.ffn_dim)),
+            p + "mlp.up_proj.weight": slot(w13, slice(c.ffn_dim, 2 * c.ffn_dim)),
+            p + "mlp.down_proj.weight": slot(layer.feed_forward.w2, None),
+            p + "input_layernorm.weight": slot(layer.attention_norm, None),
+            p + "post_attention_layernorm.weight": slot(layer.ffn_norm, None),
         })
     return slots
+
+
+def weight_rows(module: nn.Module, rows: slice | None) -> torch.Tensor:
+    """rows `rows` of module.weight (None: the whole tensor), a view to copy a checkpoint tensor into."""
+    return module.weight if rows is None else module.weight[rows]
 
 
 def random_checkpoint(config: ModelConfig, device="cpu", dtype=torch.float32,
@@ -465,19 +485,25 @@ def random_checkpoint(config: ModelConfig, device="cpu", dtype=torch.float32,
 
 def build_random_model(config: ModelConfig | str, n_layers: int | None = None, device="cpu",
                        dtype=torch.float32, max_len: int | None = None, seed: int = 0,
-                       matmul_dtype: torch.dtype | None = None) -> Transformer:
+                       matmul_dtype: torch.dtype | None = None, weights: str | None = None) -> Transformer:
     """A model of a preset's (or config's) exact shapes with random weights: times exactly like the real one.
 
     n_layers cuts the depth to fit memory; max_len sizes the rotary table (default: the model's limit),
     e.g. 65536 to benchmark CodeLlama shapes beyond their 16k training length.
+    weights="int8": the projections quantized as they are drawn (models/int8_loading.py), never all in `dtype`
+    at once: the bytes `quantize_weights` makes of the `dtype` model.
     """
+    from models.int8_loading import Int8Loader
+
     config = preset(config) if isinstance(config, str) else config
     if n_layers:
         config = config.replace(n_layers=n_layers)
     with torch.device("meta"):
         model = Transformer(config, max_len=max_len)
-    model.materialize(device, dtype, matmul_dtype)
-    slots = hf_tensor_slots(model)
+    model.materialize(device, dtype, matmul_dtype, weights)
+    loader = Int8Loader(model)
+    slots = hf_tensor_slots(model, loader.slot)
     for name, tensor in random_checkpoint(config, device, dtype, seed):
         slots[name].copy_(tensor)
+    loader.finish()
     return model

@@ -16,6 +16,7 @@ from models.engine import Engine
 from models.kv_cache import check_kv_cache_fits
 from models.options import (context_capacity, parse_device, parse_dtype, parse_kv_cache, parse_matmul_dtype,
                             parse_weights)
+from models.weights_memory import weight_bytes, weights_fit
 
 
 def load_model(spec=None, device=None, dtype=None, attention=None, max_context=None, progress=None,
@@ -42,8 +43,8 @@ def load_model(spec=None, device=None, dtype=None, attention=None, max_context=N
     float32 (half the weights' bytes; twice the speed where the CPU has bfloat16 dot products,
     `models.options.cpu_has_bf16_dots`). Not with gpus > 1.
     weights: None (the projections in the model's dtype, or matmul_dtype) or "int8": int8 with a float32 scale per
-    output row, quantized once loaded (models/int8_weights.py): half the bytes a decode step streams against bf16.
-    Not with matmul_dtype.
+    output row (models/int8_weights.py), each quantized as it is read (models/int8_loading.py), so a model that fits
+    only as int8 loads: half the bytes a decode step streams against bf16. Not with matmul_dtype.
     """
     from models.loading.hf import load_hf_model, read_config
 
@@ -66,12 +67,13 @@ def load_model(spec=None, device=None, dtype=None, attention=None, max_context=N
         return _random_engine(spec, device, dtype, attention, max_context, cuda_graphs, start, tp, quant, past_training,
                               matmul_dtype, weights)
     name, directory = checkpoint_directory(spec, dtype, progress)
-    context = _capacity(read_config(directory), max_context, name, past_training, device, dtype, quant, tp)
+    config = read_config(directory)
+    context = _capacity(config, max_context, name, past_training, device, dtype, quant, tp,
+                        weight_bytes(config, dtype, weights, matmul_dtype))
     if progress:
         progress(f"Loading {name} on {device.type}")
-    loaded = load_hf_model(directory, device, dtype, max_len=context, name=name, tp=tp, matmul_dtype=matmul_dtype)
-    if weights == "int8":
-        quantize(loaded.model, tp)
+    loaded = load_hf_model(directory, device, dtype, max_len=context, name=name, tp=tp, matmul_dtype=matmul_dtype,
+                           weights=weights)
     engine = Engine(loaded.model, loaded.tokenizer, name=name, attention=attention,
                     context_length=context, eos_token_ids=loaded.eos_token_ids, cuda_graphs=cuda_graphs,
                     kv_cache=quant)
@@ -84,24 +86,15 @@ def load_model(spec=None, device=None, dtype=None, attention=None, max_context=N
 RANDOM_PREFIX = "random:"
 
 
-def quantize(model, tp=None) -> None:
-    """int8 weights once loaded (`Transformer.quantize_weights`), before the Engine sizes its KV cache in the memory
-    they leave free; a tensor-parallel rank's rows of wo and w2 take their scales from the whole rows
-    (`models.tp.quantize_shard`)."""
-    if tp is None:
-        model.quantize_weights()
-    else:
-        from models.tp import quantize_shard
-        quantize_shard(model, tp)
-
-
-def _capacity(config, max_context, name: str, past_training: bool, device, dtype, quant, tp) -> int:
-    """context_capacity, and past the training length a check that the KV cache fits, before the model is built:
-    there no position limit bounds its rotary tables (1 KiB a token at head dim 128), only memory does. (A rank of
-    a split model checks its own part later, in setup_caches.)"""
+def _capacity(config, max_context, name: str, past_training: bool, device, dtype, quant, tp,
+              weights_bytes: int = 0) -> int:
+    """context_capacity, and past the training length a check that the KV cache fits beside the weights about to load
+    (`weights_bytes`, as loaded: int8 ones as int8), before the model is built: there no position limit bounds its
+    rotary tables (1 KiB a token at head dim 128), only memory does. (A rank of a split model checks its own part
+    later, in setup_caches, in the memory its weights left free.)"""
     context = context_capacity(config, max_context, name, past_training)
     if context > config.context_limit and tp is None:
-        check_kv_cache_fits(config, 1, context, dtype, device, name, quant)
+        check_kv_cache_fits(config, 1, context, dtype, device, name, quant, loading=weights_bytes)
     return context
 
 
@@ -135,14 +128,15 @@ def _random_engine(spec: str, device, dtype, attention, max_context, cuda_graphs
         config = config.replace(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                                 eos_token_ids=end_of_generation_ids(tokenizer, len(tokenizer)))
         label = f"{name} (random weights, vocabulary {len(tokenizer)})"
-    context = _capacity(config, max_context, name, past_training, device, dtype, quant, tp)
-    if tp is None:
-        model = build_random_model(config, device=device, dtype=dtype, max_len=context, matmul_dtype=matmul_dtype)
-    else:
-        from models.tp import random_shard
-        model = random_shard(config, tp, device, dtype, max_len=context)
-    if weights == "int8":
-        quantize(model, tp)
+    context = _capacity(config, max_context, name, past_training, device, dtype, quant, tp,
+                        weight_bytes(config, dtype, weights, matmul_dtype))
+    with weights_fit(label, config, device, dtype, weights, matmul_dtype, tp):
+        if tp is None:
+            model = build_random_model(config, device=device, dtype=dtype, max_len=context, matmul_dtype=matmul_dtype,
+                                       weights=weights)
+        else:
+            from models.tp import random_shard
+            model = random_shard(config, tp, device, dtype, max_len=context, weights=weights)
     engine = Engine(model, tokenizer, name=label, attention=attention, context_length=context,
                     eos_token_ids=(), cuda_graphs=cuda_graphs, kv_cache=quant)
     engine.load_s = perf_counter() - start

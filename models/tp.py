@@ -90,15 +90,17 @@ def vocab_rows(vocab_size: int, world: int) -> int:
 
 
 def build_shard(config: ModelConfig, tp: TensorParallel, device, dtype, max_len: int | None = None,
-                name: str = "model") -> Transformer:
-    """Rank tp.rank's part of a model of `config` (uninitialised, output padding zeroed), wired to its group."""
+                name: str = "model", weights: str | None = None) -> Transformer:
+    """Rank tp.rank's part of a model of `config` (uninitialised, output padding zeroed), wired to its group.
+    weights="int8": int8 storage for the projections (`Transformer.materialize`), filled as they load."""
     local = shard_config(config, tp.world, name)
     with torch.device("meta"):
         model = Transformer(local, max_len=max_len)
         model.output = nn.Linear(config.dim, vocab_rows(config.vocab_size, tp.world), bias=False)
     model.requires_grad_(False)
-    model.materialize(device, dtype)
-    model.output.weight[_held_vocab(config, tp):].zero_()
+    model.materialize(device, dtype, weights=weights)
+    if weights != "int8":                   # (int8: the loader quantizes the padding as zeros)
+        model.output.weight[_held_vocab(config, tp):].zero_()
     model.rank_collectives = rank_collectives(tp, config.vocab_size)
     model.dense = model.decode_kernels = parallel_dense(model.rank_collectives)
     return model
@@ -138,46 +140,59 @@ def checkpoint_part(config: ModelConfig, tp: TensorParallel, source: str) -> Cal
 
 
 def load_shard(config: ModelConfig, tp: TensorParallel, read: Callable[[Callable], Iterator], device, dtype,
-               max_len: int | None, source: str) -> Transformer:
-    """Build rank tp.rank's part and fill it; read(part) yields a checkpoint's (name, tensor[part(...)])."""
+               max_len: int | None, source: str, weights: str | None = None) -> Transformer:
+    """Build rank tp.rank's part and fill it; read(part) yields a checkpoint's (name, tensor[part(...)]).
+    weights="int8": each projection quantized as it loads (models/int8_loading.py), wo's and w2's rows with the
+    amax of their whole rows (`quantize_shard`'s bytes and scales)."""
+    from models.int8_loading import Int8Loader
     from models.loading.hf import load_weights
 
-    model = build_shard(config, tp, device, dtype, max_len, source)
-    slots = hf_tensor_slots(model)
+    model = build_shard(config, tp, device, dtype, max_len, source, weights)
+    loader = Int8Loader(model, row_amax_over_ranks(model, tp))
+    slots = hf_tensor_slots(model, loader.slot)
     held = _held_vocab(config, tp)
     del slots["lm_head.weight"]                   # the whole padded output layer: only its real rows load
+    loader.pad(model.output, slice(held, None))
     if not config.tie_embeddings:
-        slots["lm_head.weight"] = model.output.weight[:held]
+        slots["lm_head.weight"] = loader.slot(model.output, slice(0, held))
     tensors = ((n, t) for n, t in read(checkpoint_part(config, tp, source))
                if not (config.tie_embeddings and n == "lm_head.weight"))
     load_weights(model, tensors, source, slots)
     if config.tie_embeddings:                # the output rows are a copy of the replicated embedding's
         start = tp.rank * vocab_rows(config.vocab_size, tp.world)
-        model.output.weight[:held].copy_(model.tok_embeddings.weight[start:start + held])
+        loader.slot(model.output, slice(0, held)).copy_(model.tok_embeddings.weight[start:start + held])
+    loader.finish()
     return model.eval()
 
 
 def random_shard(config: ModelConfig, tp: TensorParallel, device, dtype, max_len: int | None = None,
-                 seed: int = 0) -> Transformer:
-    """Rank tp.rank's part of `build_random_model(config, seed=seed)`: the same numbers, sliced."""
+                 seed: int = 0, weights: str | None = None) -> Transformer:
+    """Rank tp.rank's part of `build_random_model(config, seed=seed, weights=weights)`: the same numbers, sliced."""
     def read(part):
         for name, tensor in random_checkpoint(config, device, dtype, seed):
             index = part(name, tensor.shape)
             yield name, tensor if index is None else tensor[index]
-    return load_shard(config, tp, read, device, dtype, max_len, f"random {config.n_layers}-layer model")
+    return load_shard(config, tp, read, device, dtype, max_len, f"random {config.n_layers}-layer model", weights)
 
 
 def quantize_shard(model: Transformer, tp: TensorParallel) -> None:
-    """int8 weights on rank tp.rank (`Transformer.quantize_weights`), the same bytes and scales as the slices of the
-    whole model's: the column-parallel wqkv and w13 and the output layer hold whole rows, each quantized as it is
-    (their scales split with the rows); the row-parallel wo and w2 hold some columns of every row, so each row's
-    amax is the maximum over the ranks, and every rank keeps the whole row's scale."""
+    """int8 weights on rank tp.rank once its part is loaded (`Transformer.quantize_weights`), the same bytes and
+    scales as the slices of the whole model's: the column-parallel wqkv and w13 and the output layer hold whole rows,
+    each quantized as it is (their scales split with the rows); the row-parallel wo and w2 hold some columns of every
+    row, so each row's amax is the maximum over the ranks, and every rank keeps the whole row's scale. (A load with
+    weights="int8" quantizes as it reads instead, to the same bytes: `load_shard`.)"""
+    model.quantize_weights(row_amax_over_ranks(model, tp))
+
+
+def row_amax_over_ranks(model: Transformer, tp: TensorParallel) -> Callable[[nn.Module], Callable | None]:
+    """For each projection, how its rows' amax are completed: over the ranks for the row-parallel wo and w2 (a
+    collective: every rank quantizes them in the same order), as they are for the others."""
     def max_over_ranks(amax: torch.Tensor) -> torch.Tensor:            # (N,) float32, this rank's columns
         dist.all_reduce(amax, op=dist.ReduceOp.MAX, group=tp.group)
         return amax
 
     row_parallel = {id(m) for layer in model.layers for m in (layer.attention.wo, layer.feed_forward.w2)}
-    model.quantize_weights(lambda module: max_over_ranks if id(module) in row_parallel else None)
+    return lambda module: max_over_ranks if id(module) in row_parallel else None
 
 
 # ---- communication -----------------------------------------------------------------------------

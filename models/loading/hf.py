@@ -14,8 +14,10 @@ from pathlib import Path
 import torch
 
 from models.config import ModelConfig
-from models.errors import ModelError, ModelNotFoundError, OutOfMemoryError, UnsupportedModelError
+from models.errors import ModelError, ModelNotFoundError, UnsupportedModelError
+from models.int8_loading import Int8Loader
 from models.llama import Transformer, hf_tensor_slots
+from models.weights_memory import weights_fit
 
 IGNORED_TENSORS = ("rotary_emb.inv_freq",)   # recomputed, and stored only by old checkpoints
 WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -123,7 +125,8 @@ def load_weights(model: Transformer, tensors: Iterator[tuple[str, torch.Tensor]]
                  slots: dict[str, torch.Tensor] | None = None) -> None:
     """Copy HF-named tensors into the model (casting to its dtype and device); every slot must be filled.
 
-    slots: where each tensor goes (default `hf_tensor_slots(model)`).
+    slots: where each tensor goes (default `hf_tensor_slots(model)`): a tensor, or anything with its `shape` and
+    `copy_` (an int8 projection's rows: `models.int8_loading.Int8Slot`).
     """
     names = set(slots := dict(hf_tensor_slots(model) if slots is None else slots))
     for name, tensor in tensors:
@@ -255,9 +258,11 @@ def check_special_files(directory: Path) -> None:
 
 
 def load_hf_model(directory: Path, device: torch.device, dtype: torch.dtype, max_len: int | None = None,
-                  name: str | None = None, tp=None, matmul_dtype: torch.dtype | None = None) -> LoadedModel:
+                  name: str | None = None, tp=None, matmul_dtype: torch.dtype | None = None,
+                  weights: str | None = None) -> LoadedModel:
     """Build the model on `device` in `dtype` from a checkpoint directory; max_len sizes the rotary table;
-    `matmul_dtype`: the projections' weights in that dtype instead (`Transformer.materialize`).
+    `matmul_dtype`: the projections' weights in that dtype instead (`Transformer.materialize`); weights="int8":
+    int8 projections, each quantized as its tensors are read (models/int8_loading.py).
 
     tp: a `models.tp.TensorParallel`: build this rank's part only, reading only its slices of the tensors.
     """
@@ -265,20 +270,16 @@ def load_hf_model(directory: Path, device: torch.device, dtype: torch.dtype, max
     config = read_config(directory)
     files = weight_files(directory)
     tokenizer = load_tokenizer(directory)
-    try:
+    with weights_fit(name or str(directory), config, device, dtype, weights, matmul_dtype, tp):
         if tp is None:
             with torch.device("meta"):
                 model = Transformer(config, max_len=max_len)
-            model.materialize(device, dtype, matmul_dtype)
-            load_weights(model, iter_tensors(files), name or str(directory))
+            model.materialize(device, dtype, matmul_dtype, weights)
+            loader = Int8Loader(model)
+            load_weights(model, iter_tensors(files), name or str(directory), hf_tensor_slots(model, loader.slot))
+            loader.finish()
         else:
             from models.tp import load_shard
             model = load_shard(config, tp, lambda part: iter_tensors(files, part), device, dtype, max_len,
-                               name or str(directory))
-    except torch.OutOfMemoryError:
-        raise OutOfMemoryError(f"{name or directory}: the weights do not fit in {device} memory") from None
-    except RuntimeError as e:               # the CPU allocator says so in a RuntimeError
-        if "allocate" not in str(e):
-            raise
-        raise OutOfMemoryError(f"{name or directory}: the weights do not fit in {device} memory") from None
+                               name or str(directory), weights)
     return LoadedModel(model.eval(), tokenizer, eos_ids(directory, config, tokenizer))

@@ -219,6 +219,19 @@ def test_two_ranks_with_int8_weights_hold_the_slices_of_one_quantization(no_hang
                                    msg=lambda message: f"{key}: {message}")
 
 
+def test_ranks_quantizing_as_they_load_hold_the_bytes_of_load_then_quantize(no_hang, gqa_checkpoint, tmp_path):
+    """load_hf_model(tp=..., weights="int8") and random_shard(weights="int8") on each of two ranks: each projection
+    quantized as its slices are read, wo's and w2's rows with the amax over the ranks, a tied head from the
+    embedding's rows, the padding rows zeros; the bytes and scales of loading the part and then quantize_shard."""
+    run_on_ranks(2, "cpu", tp_helpers.rank_int8_as_loaded, str(gqa_checkpoint), str(tmp_path))
+    for rank in range(2):
+        for case, (streamed, after) in torch.load(tmp_path / f"rank{rank}.pt").items():
+            assert list(streamed) == list(after) and any(t.dtype == torch.int8 for t in after.values())
+            for name, tensor in after.items():
+                assert streamed[name].dtype == tensor.dtype, (rank, case, name)
+                assert torch.equal(streamed[name].view(torch.uint8), tensor.view(torch.uint8)), (rank, case, name)
+
+
 def test_the_engine_on_two_ranks_generates_what_one_does(no_hang, gqa_checkpoint, llama_tokenizer):
     single = load_model(str(gqa_checkpoint), device="cpu", max_context=48)
     engine = load_model(str(gqa_checkpoint), device="cpu", max_context=48, gpus=2)

@@ -145,3 +145,24 @@ def rank_int8(tp, directory: str, out: str) -> dict[str, torch.Tensor]:
         ("w2", layer.feed_forward.w2), ("output", model.output))}
     torch.save(held, Path(out) / f"rank{tp.rank}.pt")
     return logits(model, "eager")
+
+
+def rank_int8_as_loaded(tp, directory: str, out: str) -> None:
+    """Every rank: its part of the checkpoint (float32 and bfloat16) and of the tied random model, quantized as they
+    load (weights="int8") and after loading (models.tp.quantize_shard), both state dicts saved to out/rank{r}.pt."""
+    from models.loading.hf import load_hf_model
+    from models.tp import quantize_shard, random_shard
+
+    def checkpoint(dtype, weights=None):
+        return load_hf_model(Path(directory), tp.device, dtype, max_len=64, tp=tp, weights=weights).model
+
+    def tied(weights=None):
+        return random_shard(TIED, tp, tp.device, torch.float32, max_len=64, weights=weights)
+
+    saved = {}
+    for case, load in (("float32 checkpoint", lambda w=None: checkpoint(torch.float32, w)),
+                       ("bfloat16 checkpoint", lambda w=None: checkpoint(torch.bfloat16, w)), ("tied random", tied)):
+        after = load()
+        quantize_shard(after, tp)
+        saved[case] = (load("int8").state_dict(), after.state_dict())
+    torch.save(saved, Path(out) / f"rank{tp.rank}.pt")

@@ -1,0 +1,71 @@
+"""What a model's weights take in memory as loaded (int8 weights counted as int8: they never exist in the model's dtype,
+models/int8_loading.py), and the out-of-memory error of a load that says how much was asked of how much was free."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from models.config import ModelConfig
+from models.errors import OutOfMemoryError
+
+
+def size_text(n: int) -> str:
+    """Bytes as a message says them: "13.02 GiB", "3.7 MiB", "96 KiB"."""
+    if n >= 2**30:
+        return f"{n / 2**30:.2f} GiB"
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
+
+
+def weight_bytes(config: ModelConfig, dtype: torch.dtype, weights: str | None = None,
+                 matmul_dtype: torch.dtype | None = None, world: int = 1) -> int:
+    """Bytes of the weights that one of `world` ranks holds: every layer's projections and the vocabulary head in
+    matmul_dtype (default dtype), or with weights="int8" a byte a weight and a float32 scale per row (a tied head then
+    a copy of its own); the embedding table (in matmul_dtype when it is the head's weight) and the norms in dtype.
+    A rank holds 1/world of each layer's heads and FFN, a padded 1/world of the head's rows, the whole table."""
+    c = config
+    q, kv, ffn = c.n_heads * c.head_dim // world, c.n_kv_heads * c.head_dim // world, c.ffn_dim // world
+    shapes = [(q + 2 * kv, c.dim), (c.dim, q), (2 * ffn, c.dim), (c.dim, ffn)] * c.n_layers
+    shared_head = c.tie_embeddings and world == 1 and weights != "int8"
+    if not shared_head:
+        shapes.append((-(-c.vocab_size // world), c.dim))
+    matmul = (matmul_dtype or dtype).itemsize
+    if weights == "int8":
+        projections = sum(n * k + 4 * n for n, k in shapes)
+    else:
+        projections = sum(n * k for n, k in shapes) * matmul
+    table = c.vocab_size * c.dim * (matmul if shared_head else dtype.itemsize)
+    norms = (2 * c.n_layers + 1) * c.dim * dtype.itemsize
+    return projections + table + norms
+
+
+def weights_name(dtype: torch.dtype, weights: str | None = None, matmul_dtype: torch.dtype | None = None) -> str:
+    """How a message names the weights' storage: "int8", "bfloat16", ..."""
+    return weights or str(matmul_dtype or dtype).removeprefix("torch.")
+
+
+@contextmanager
+def weights_fit(name: str, config: ModelConfig, device: torch.device, dtype: torch.dtype, weights: str | None = None,
+                matmul_dtype: torch.dtype | None = None, tp=None) -> Iterator[None]:
+    """Runs a load; out of memory in it (torch's CUDA error, or the CPU allocator's RuntimeError) becomes one
+    OutOfMemoryError naming the weights' kind, their bytes and the memory free when the load began, and where int8
+    weights would fit instead, that option."""
+    from models.kv_cache import free_memory_bytes
+
+    free = free_memory_bytes(device)
+    try:
+        yield
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if not isinstance(e, torch.OutOfMemoryError) and "allocate" not in str(e):
+            raise
+        world = 1 if tp is None else tp.world
+        need = weight_bytes(config, dtype, weights, matmul_dtype, world)
+        whose = f"{name}: its" if tp is None else f"{name}: rank {tp.rank}'s part of its"
+        message = (f"{whose} {weights_name(dtype, weights, matmul_dtype)} weights ({size_text(need)}) do not fit in "
+                   f"the {size_text(free)} of {device.type} memory free")
+        int8 = weight_bytes(config, dtype, "int8", None, world)
+        if weights != "int8" and int8 < free:
+            message += f"; int8 weights would take {size_text(int8)}: --weights int8"
+        raise OutOfMemoryError(message) from None
