@@ -5,13 +5,15 @@ Loading in the model's dtype and then quantizing (`Transformer.quantize_weights`
 model: CodeLlama-13B's 26 GB of bf16 on the way to 13 GB of int8, which a 24 GB card cannot hold. Here the int8
 values and float32 row scales are allocated first (`Transformer.materialize(..., weights="int8")`), and each
 projection is assembled in the model's dtype in a buffer of its own from its checkpoint tensors (q, k, v into wqkv;
-gate, up into w13), quantized into its int8 storage by `quantize_rows` once its last rows arrive, then freed. The
-peak is the int8 model, the embedding table and norms in the model's dtype, and the projections read in part at that
-moment: one, or two where a layer's tensors come in name order (safetensors files list them sorted: k_proj, o_proj,
-q_proj, v_proj, so wqkv stays open while wo loads); a checkpoint that scatters a projection's parts across its
-files keeps more open, never more than it would have held whole. (vLLM's online quantization counts a layer's loaded
-elements the same way and processes the layer once all are in; sglang's layered loader quantizes a layer before it
-reads the next.)
+gate, up into w13), quantized into its int8 storage by `quantize_rows` once its last rows arrive, then freed (a
+tensor that is a whole projection in the model's dtype and device, wo or w2 of a random model, is quantized as it
+is). The peak is the int8 model, the embedding table and norms in the model's dtype, the projections read in part at
+that moment (one, or two where a layer's tensors come in name order: safetensors files list them sorted, k_proj,
+o_proj, q_proj, v_proj, so wqkv stays open while wo loads) and the quantization's float32 temporaries of up to 4096
+rows: the CPU allocator's peak measured 2.0-2.5 projections above the int8 model (tests/models/test_int8_loading.py).
+A checkpoint that scatters a projection's parts across its files keeps more open, never more than it would have held
+whole. (vLLM's online quantization counts a layer's loaded elements the same way and processes the layer once all
+are in; sglang's layered loader quantizes a layer before it reads the next.)
 
 The values quantized are the ones load-then-quantize quantizes (each tensor cast to the model's dtype, the same rows,
 the same chunked arithmetic), so the bytes and scales are the same, bit for bit. A tensor-parallel rank's wo and w2
