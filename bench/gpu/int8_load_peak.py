@@ -1,7 +1,8 @@
 """The device memory a load peaks at, by weights: bf16, int8 quantized as the weights are read (`load_model(...,
 weights="int8")`, models/int8_loading.py), and int8 the earlier way, the bf16 model loaded whole and then quantized
 (`Transformer.quantize_weights`). Random weights of the presets' shapes, each load in a fresh process (so one's
-allocator cache does not serve the next), torch.cuda.max_memory_allocated after the load, and what stays allocated.
+allocator cache does not serve the next), torch.cuda.max_memory_allocated after the load, what stays allocated, and
+the memory free after it with the KV-cache tokens (batch 1) that fit there: what the Engine sizes its cache in.
 
     python bench/gpu/int8_load_peak.py [--models CodeLlama-7B,CodeLlama-13B] [--json FILE]
     python bench/gpu/int8_load_peak.py --dry-run     # no GPU: the same processes on the CPU, SmolLM2-135M's shape,
@@ -50,7 +51,11 @@ def measure(model: str, kind: str, device: str) -> dict:
         import resource
         peak, held = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before, rss_bytes() - before
     assert engine.model.weights_quantized == (kind != "bf16")
+    from models.kv_cache import capacity_tokens, free_memory_bytes
+    # What the Engine sizes its KV cache in: the memory free now (the load's freed buffers handed back).
+    kv_tokens = capacity_tokens(engine.model.config, 1, engine.model.compute_dtype, torch.device(device))
     return {"model": model, "weights": kind, "device": device, "peak_bytes": peak, "held_bytes": held,
+            "free_bytes": free_memory_bytes(torch.device(device)), "kv_tokens_that_fit": kv_tokens,
             "load_s": round(time.perf_counter() - start, 2)}
 
 
@@ -70,16 +75,16 @@ def in_fresh_process(model: str, kind: str, device: str) -> dict:
 
 
 def table(rows: list[dict], what: str) -> str:
-    out = [f"| model | weights | {what} peak GiB | held after load GiB | peak / bf16 peak | load s |",
-           "|---|---|---|---|---|---|"]
+    out = [f"| model | weights | peak GiB ({what}) | held after load GiB | peak / bf16 peak | free after GiB "
+           "| KV tokens that fit | load s |", "|---|---|---|---|---|---|---|---|"]
     bf16 = {r["model"]: r.get("peak_bytes") for r in rows if r["weights"] == "bf16"}
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['model']} | {r['weights']} | failed: {r['error']} | | | |")
+            out.append(f"| {r['model']} | {r['weights']} | failed: {r['error']} | | | | | |")
             continue
         ratio = f"{r['peak_bytes'] / bf16[r['model']]:.2f}" if bf16.get(r["model"]) else ""
         out.append(f"| {r['model']} | {r['weights']} | {r['peak_bytes'] / GiB:.2f} | {r['held_bytes'] / GiB:.2f} "
-                   f"| {ratio} | {r['load_s']} |")
+                   f"| {ratio} | {r['free_bytes'] / GiB:.1f} | {r['kv_tokens_that_fit']:,} | {r['load_s']} |")
     return "\n".join(out)
 
 
@@ -102,7 +107,7 @@ def main() -> int:
     device = "cpu" if args.dry_run else "cuda"
     models = (args.models or ("SmolLM2-135M" if args.dry_run else "CodeLlama-7B,CodeLlama-13B")).split(",")
     rows = [in_fresh_process(model, kind, device) for model in models for kind in KINDS]
-    what = "peak RSS growth," if args.dry_run else "max_memory_allocated"
+    what = "RSS growth" if args.dry_run else "max_memory_allocated"
     label = "CPU (dry run)" if args.dry_run else torch.cuda.get_device_name()
     print(f"Load peaks on {label}, random weights, bf16 model dtype, {time.strftime('%Y-%m-%d')}\n")
     print(table(rows, what))
