@@ -4,10 +4,10 @@ for 1 <= M <= MAX_ROWS, reading the int8 bytes once.
 A speculative verification step (1 + k tokens, k <= 15) or a batch > 1 decode step multiplies a few rows by every
 weight of the model: like batch 1 it is bound by the weights' bytes. The batch-1 GEMV (kernels/gemv.py) serves one
 row; cuBLAS would need the weight dequantized first, a weight-sized write and read per call (5 bytes a weight
-moved against int8's 1). Here each program takes BLOCK_N rows of W over all of K in BLOCK_K chunks: it converts
-each int8 tile to the activations' 16-bit dtype (exact: every int8 is a bf16 and an fp16), multiplies it with
-the tile of x (all M rows, padded to M_PAD = 16 by masked loads: a tensor-core dot's smallest side) on the tensor
-cores, accumulating fp32, and scales each row's sums once at the end:
+moved against int8's 1). Here each program takes BLOCK_N rows of W over K (all of it, or a range: below) in
+BLOCK_K chunks: it converts each int8 tile to the activations' 16-bit dtype (exact: every int8 is a bf16 and an
+fp16), multiplies it with the tile of x (all M rows, padded to M_PAD = 16 by masked loads: a tensor-core dot's
+smallest side) on the tensor cores, accumulating fp32, and scales each row's sums once at the end:
 
     acc (BLOCK_N, M_PAD) += W tile (BLOCK_N, BLOCK_K) @ x tile^T (BLOCK_K, M_PAD)       y^T, a tile at a time
 
@@ -19,42 +19,84 @@ LOP3 and HADD2.BF16 (388 instructions a loop step at BLOCK_N 16 against 478 by w
 conversion to bf16; `compile_facts` checks that no I2F is left). In the interpreter (CPU) the tiles are widened to
 fp32 at once: its 16-bit arithmetic and dots are wrong (DESIGN.md).
 
+Deep projections (CodeLlama-7B's wo and w2: 4096 rows; 34B's: 8192) have too few rows for one program per BLOCK_N
+rows over all of K to fill the GPU: on an H200 at 8 rows 256 programs of 16 rows streamed 27-31% of the copy
+bandwidth (bench/results/NOTES.md, Run 35). Split-K, as kernels/gemv.py does it for one row: programs of
+SPLIT_BLOCK_N rows each take one range of whole BLOCK_K chunks, write their fp32 partial tile (num_splits, M, N) and
+take a ticket from their row block's counter (`kernels.gemv.tickets`, shared with the GEMVs: one stream runs them
+one after another, each leaves them at zero); the last adds the partials in split order (deterministic, whichever
+program finishes last), scales, stores y and resets the counter, all in one launch. `plan(N, K, sms)` picks the tile
+and the split from the shapes and the SM count (enough programs for PROGRAMS_PER_SM an SM), or takes a measured
+entry of `PLANS`. Captured into a CUDA graph before the tickets exist, a call runs unsplit (no allocation that
+needs a sync then).
+
 `torch.ops.codecomplete.few_rows_int8` is the op `models.int8_weights.linear_int8` calls for 2..16 rows on CUDA,
-opaque to torch.compile. The launch configuration (`config`) is a first guess, not yet measured:
-bench/gpu/int8_weights_check.py times it against dequantize + cuBLAS and against bf16 weights' cuBLAS.
+opaque to torch.compile. `python -m kernels.few_rows_int8_bench` sweeps tiles and splits on a GPU at CodeLlama-7B's
+and 34B's projections against bf16 weights' cuBLAS (its --write-plans file feeds CODECOMPLETE_FEW_ROWS_PLANS);
+bench/gpu/int8_weights_check.py checks the default launch against float64 and dequantize + cuBLAS.
 """
 
 from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
 from kernels.devices import on_first_tensors_device
+from kernels.gemv import MAX_ROW_BLOCKS, tickets
 from kernels.split_kv import _int8_to_fp16
 from kernels.split_kv_row import _int8_to_fp32
 
 MAX_ROWS = 16          # x's rows: M_PAD, the dot's padded side
 M_PAD = 16
 BLOCK_K, NUM_WARPS, NUM_STAGES = 256, 4, 3
+SPLIT_BLOCK_N = 64        # rows a program of a split projection: 16 rows made a loop step of 388 instructions for
+                          # 4 KiB of W, 64 one of 796 for 16 KiB (sm_90 SASS, bf16): half the instructions a byte
+PROGRAMS_PER_SM = 2       # programs the split aims at an SM: two resident at 64 rows (172 registers a thread)
+MIN_CHUNKS_PER_SPLIT = 2  # BLOCK_K chunks a K range holds at least (the pipeline's fill paid for)
+DEFAULT_SMS = 132         # the H100's and H200's, for plans made where no GPU is known (the interpreter)
+# Measured plans per weight shape, (N, K): (block_n, block_k, num_warps, num_stages, split_k); none yet. A shape
+# without an entry takes `plan`'s rule. CODECOMPLETE_FEW_ROWS_PLANS=FILE adds or replaces entries (`read_plans`).
+PLANS: dict[tuple[int, int], tuple[int, int, int, int, int]] = {}
 
 
 @triton.jit
-def _few_rows_int8_kernel(X, W, W_SCALE, Y, M, N, K, stride_xm, stride_wn, stride_ym,
-                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, M_PAD: tl.constexpr,
+def _scaled_store(Y, W_SCALE, acc, rows, offs_m, mask_n, mask_m, stride_ym):
+    """y^T's tile (BLOCK_N, M_PAD): each row's sums of integers times the row's scale, once."""
+    acc = acc * tl.load(W_SCALE + rows, mask=mask_n, other=0.0)[:, None]
+    y = Y + offs_m[None, :] * stride_ym + rows[:, None]                             # (BLOCK_N, M_PAD)
+    tl.store(y, acc.to(Y.dtype.element_ty), mask=mask_n[:, None] & mask_m[None, :])
+
+
+@triton.jit(do_not_specialize=["M", "num_splits"])      # one binary for every M and split count: fewer compiles
+def _few_rows_int8_kernel(X, W, W_SCALE, Y, PARTIALS, COUNTERS, M, N, K, stride_xm, stride_wn, stride_ym,
+                          k_per_split, num_splits,
+                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, M_PAD: tl.constexpr, SPLIT: tl.constexpr,
                           INT8_PRMT: tl.constexpr, UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)                      # (BLOCK_N,) rows of W
+    pid_n = tl.program_id(0)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                                  # (BLOCK_N,) rows of W
     mask_n = rows < N
     offs_m = tl.arange(0, M_PAD)                                                    # (M_PAD,) rows of x
     mask_m = offs_m < M
     offs_k = tl.arange(0, BLOCK_K)
+    if SPLIT:              # this program's range of whole BLOCK_K chunks (the last may end at a ragged K)
+        k_start = tl.program_id(1) * k_per_split
+        k_end = tl.minimum(K, k_start + k_per_split)
+    else:
+        k_start = 0
+        k_end = K
     w_rows = W + rows[:, None].to(tl.int64) * stride_wn                             # (BLOCK_N, 1)
     x_cols = X + offs_m[None, :] * stride_xm                                        # (1, M_PAD)
     DOT_DTYPE: tl.constexpr = tl.float32 if UPCAST else X.dtype.element_ty
     acc = tl.zeros([BLOCK_N, M_PAD], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_start, k_end, BLOCK_K):
         cols = k0 + offs_k                                                          # (BLOCK_K,)
-        mask_k = cols < K
+        mask_k = cols < k_end
         w = tl.load(w_rows + cols[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0)  # (BLOCK_N, BLOCK_K)
         xt = tl.load(x_cols + cols[:, None], mask=mask_k[:, None] & mask_m[None, :], other=0.0)  # (BLOCK_K, M_PAD)
         if INT8_PRMT and DOT_DTYPE == tl.float16:    # PRMT and HSUB2, not Triton's I2F.F16 a weight
@@ -68,26 +110,104 @@ def _few_rows_int8_kernel(X, W, W_SCALE, Y, M, N, K, stride_xm, stride_wn, strid
             acc = tl.dot(w, xt, acc, input_precision="ieee")
         else:
             acc = tl.dot(w, xt, acc)                                                # (BLOCK_N, M_PAD) fp32
-    acc = acc * tl.load(W_SCALE + rows, mask=mask_n, other=0.0)[:, None]           # each row's sums, scaled once
-    y = Y + offs_m[None, :] * stride_ym + rows[:, None]                             # (BLOCK_N, M_PAD): y^T's tile
-    tl.store(y, acc.to(Y.dtype.element_ty), mask=mask_n[:, None] & mask_m[None, :])
+    if SPLIT:
+        # fp32 partials (num_splits, M, N), this range's in y^T's tile; the row block's last program adds them
+        tile = offs_m[None, :] * N + rows[:, None]                                  # (BLOCK_N, M_PAD)
+        mask = mask_n[:, None] & mask_m[None, :]
+        tl.store(PARTIALS + tl.program_id(1) * M * N + tile, acc, mask=mask)
+        tl.debug_barrier()          # every thread's partials are written before the ticket releases them
+        ticket = tl.atomic_add(COUNTERS + pid_n, 1, sem="acq_rel", scope="gpu")
+        if ticket == num_splits - 1:    # the last of the row block's programs: every partial is visible
+            total = tl.zeros([BLOCK_N, M_PAD], dtype=tl.float32)
+            for s in range(0, num_splits):      # in split order, whichever program came last: deterministic
+                total += tl.load(PARTIALS + s * M * N + tile, mask=mask, other=0.0, cache_modifier=".cg")
+            _scaled_store(Y, W_SCALE, total, rows, offs_m, mask_n, mask_m, stride_ym)
+            tl.atomic_xchg(COUNTERS + pid_n, 0, sem="relaxed", scope="gpu")        # ready for the next launch
+    else:
+        _scaled_store(Y, W_SCALE, acc, rows, offs_m, mask_n, mask_m, stride_ym)
 
 
-def config(N: int, K: int) -> tuple[int, int, int, int]:
-    """(block_n, block_k, num_warps, num_stages) for N rows of W: programs of 64 rows where there are rows for
-    ~2 waves of them on 132 SMs, fewer rows a program on narrower weights (CodeLlama-7B's wo and w2, 4096 rows:
-    256 programs of 16). A guess to be replaced by the H200's measurements."""
-    block_n = 64 if N >= 64 * 264 else 32 if N >= 32 * 264 else 16
-    return block_n, BLOCK_K, NUM_WARPS, NUM_STAGES
+class Plan(NamedTuple):
+    """How one call runs: the tile and compile options, and K cut into split_k ranges of k_per_split columns
+    (whole BLOCK_K chunks; split_k 1: one range, all of K)."""
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+    split_k: int = 1
+    k_per_split: int = 0
+
+
+def split_for(N: int, K: int, block_n: int, block_k: int, sms: int = DEFAULT_SMS, split_k: int | None = None
+              ) -> tuple[int, int]:
+    """(split_k, k_per_split): with split_k None, enough K ranges for PROGRAMS_PER_SM programs an SM where the row
+    blocks alone are fewer, each at least MIN_CHUNKS_PER_SPLIT chunks of BLOCK_K; a number asks for that many
+    (benchmarks, tests). Either way the fewest ranges of whole chunks with as many chunks each, none empty."""
+    row_blocks = triton.cdiv(N, block_n)
+    chunks = triton.cdiv(K, block_k)
+    if split_k is None:
+        target = PROGRAMS_PER_SM * sms
+        split_k = 1 if row_blocks >= target else min(triton.cdiv(target, row_blocks), chunks // MIN_CHUNKS_PER_SPLIT)
+    if split_k <= 1 or chunks <= 1 or row_blocks > MAX_ROW_BLOCKS:      # (one ticket counter a row block)
+        return 1, K
+    per_split = triton.cdiv(chunks, split_k)                             # whole chunks per range
+    split_k = triton.cdiv(chunks, per_split)
+    return (split_k, per_split * block_k) if split_k > 1 else (1, K)
+
+
+def plan(N: int, K: int, sms: int = DEFAULT_SMS) -> Plan:
+    """The launch of y = x @ W (N, K)^T on a GPU of `sms` SMs: the measured entry for the shape (`PLANS`), else
+    programs of 64 rows where there are rows for PROGRAMS_PER_SM of them an SM, of 32 where 32 do, else (deep
+    projections: CodeLlama-7B's wo and w2, 4096 rows; 34B's, 8192) programs of SPLIT_BLOCK_N rows over ranges of K
+    (`split_for`). Deterministic: shapes and the SM count only."""
+    if (N, K) in PLANS:
+        block_n, block_k, num_warps, num_stages, split_k = PLANS[N, K]
+        return Plan(block_n, block_k, num_warps, num_stages, *split_for(N, K, block_n, block_k, sms, split_k))
+    target = PROGRAMS_PER_SM * sms
+    block_n = 64 if N >= 64 * target else 32 if N >= 32 * target else SPLIT_BLOCK_N
+    return Plan(block_n, BLOCK_K, NUM_WARPS, NUM_STAGES, *split_for(N, K, block_n, BLOCK_K, sms))
+
+
+def read_plans(path: str) -> dict[tuple[int, int], tuple[int, int, int, int, int]]:
+    """PLANS entries from a JSON file of {"NxK": [block_n, block_k, num_warps, num_stages, split_k]}
+    (`python -m kernels.few_rows_int8_bench --write-plans FILE` writes one)."""
+    with open(path, encoding="utf-8") as f:
+        entries = json.load(f)
+    out = {}
+    for key, value in entries.items():
+        N, _, K = key.partition("x")
+        if not (N.isdigit() and K.isdigit() and len(value) == 5 and all(isinstance(v, int) for v in value)):
+            raise ValueError(f"{path}: {key!r}: {value!r} is not \"NxK\": [block_n, block_k, num_warps, "
+                             f"num_stages, split_k]")
+        out[int(N), int(K)] = tuple(value)
+    return out
+
+
+if os.environ.get("CODECOMPLETE_FEW_ROWS_PLANS"):
+    PLANS.update(read_plans(os.environ["CODECOMPLETE_FEW_ROWS_PLANS"]))
+
+
+def sm_count(device: torch.device) -> int:
+    """SMs of a CUDA device (cached by torch: no sync, safe under a capture); DEFAULT_SMS elsewhere (the
+    interpreter plans as the H100/H200 would)."""
+    if device.type != "cuda":
+        return DEFAULT_SMS
+    return _cuda_sms(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _cuda_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 @on_first_tensors_device
 def few_rows_int8(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, *, block_n: int | None = None,
-                  block_k: int | None = None, num_warps: int | None = None, num_stages: int | None = None
-                  ) -> torch.Tensor:
+                  block_k: int | None = None, num_warps: int | None = None, num_stages: int | None = None,
+                  split_k: int | None = None) -> torch.Tensor:
     """x (M, K) with 1 <= M <= MAX_ROWS in float32, bfloat16 or float16; weight (N, K) int8 with a contiguous last
     dim; weight_scale (N,) contiguous float32 -> y (M, N) in x.dtype, y = x @ (weight * weight_scale[:, None])^T.
-    block_n ... num_stages: None takes `config(N, K)`'s (benchmarks and tests ask for others)."""
+    block_n ... num_stages: None takes `plan(N, K)`'s (benchmarks and tests ask for others); split_k: None splits K
+    as the plan does for the tile used, a number asks for that many ranges (1: unsplit)."""
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"few_rows_int8 takes x (M, K) and weight (N, K), got {tuple(x.shape)} and "
                          f"{tuple(weight.shape)}")
@@ -107,16 +227,26 @@ def few_rows_int8(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Ten
     if not x.device == weight.device == weight_scale.device:
         raise ValueError(f"few_rows_int8: x, weight and weight_scale must share a device, got {x.device}, "
                          f"{weight.device} and {weight_scale.device}")
-    chosen = config(N, K)
-    block_n, block_k, num_warps, num_stages = (given if given is not None else default for given, default in
-                                               zip((block_n, block_k, num_warps, num_stages), chosen))
+    sms = sm_count(x.device)
+    chosen = plan(N, K, sms)
+    given = (block_n, block_k, num_warps, num_stages)
+    block_n, block_k, num_warps, num_stages = (g if g is not None else c for g, c in zip(given, chosen))
+    if given[:2] == (None, None) and split_k is None:
+        split_k, k_per_split = chosen.split_k, chosen.k_per_split
+    else:                  # another tile (or a split asked for): K cut for it
+        split_k, k_per_split = split_for(N, K, block_n, block_k, sms, split_k)
+    counters = tickets(x.device) if split_k > 1 else None
+    if counters is None:   # unsplit, or a CUDA graph captured before the tickets exist: one range
+        split_k, k_per_split = 1, K
     if x.stride(1) != 1:
         x = x.contiguous()
     y = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    partials = torch.empty((split_k, M, N), dtype=torch.float32, device=x.device) if split_k > 1 else y
     upcast = not x.is_cuda         # the interpreter: widen to fp32 at once
-    _few_rows_int8_kernel[(triton.cdiv(N, block_n),)](
-        x, weight, weight_scale, y, M, N, K, x.stride(0), weight.stride(0), y.stride(0),
-        BLOCK_N=block_n, BLOCK_K=block_k, M_PAD=M_PAD, INT8_PRMT=x.is_cuda, UPCAST=upcast,
+    _few_rows_int8_kernel[(triton.cdiv(N, block_n), split_k)](
+        x, weight, weight_scale, y, partials, counters if counters is not None else y, M, N, K, x.stride(0),
+        weight.stride(0), y.stride(0), k_per_split, split_k,
+        BLOCK_N=block_n, BLOCK_K=block_k, M_PAD=M_PAD, SPLIT=split_k > 1, INT8_PRMT=x.is_cuda, UPCAST=upcast,
         IEEE_DOT=upcast or x.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages)
     return y
 
@@ -134,29 +264,35 @@ def _(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor) -> torc
 
 
 def compile_facts(arch: int = 90) -> list[dict]:
-    """Build the kernel for a GPU target without a GPU, as `few_rows_int8` launches it for CodeLlama-7B's widest and
-    narrowest projections with bf16, fp16 and float32 activations, and fp16 once with Triton's own int8 conversion
-    (INT8_PRMT off: the arm PRMT replaces): facts about each binary, its main loop's SASS among them. Must run without
-    TRITON_INTERPRET (see kernels/compile_check.py)."""
+    """Build the kernel for a GPU target without a GPU, as `few_rows_int8` launches it for CodeLlama-7B's widest
+    projection (unsplit) and its wo (split-K) with bf16, fp16 and float32 activations, and fp16 once with Triton's
+    own int8 conversion (INT8_PRMT off: the arm PRMT replaces): facts about each binary, its main loop's SASS among
+    them, and for split-K the ticket and the counter's reset. Must run without TRITON_INTERPRET (see
+    kernels/compile_check.py)."""
     from triton.backends.compiler import GPUTarget
 
     from kernels.compile_check import _compile, sass_facts
     facts = []
     for dtype, N, prmt in (("bf16", 32016, True), ("bf16", 4096, True), ("fp16", 4096, True), ("fp32", 4096, True),
                            ("fp16", 4096, False)):
-        block_n, block_k, num_warps, num_stages = config(N, 4096)
-        binary = _compile(_few_rows_int8_kernel, dict(X=f"*{dtype}", W="*i8", W_SCALE="*fp32", Y=f"*{dtype}"),
-                          dict(BLOCK_N=block_n, BLOCK_K=block_k, M_PAD=M_PAD, INT8_PRMT=prmt, UPCAST=False,
-                               IEEE_DOT=dtype == "fp32"),
-                          GPUTarget("cuda", arch, 32), num_warps, num_stages, floats=(), not_divisible=("M",))
+        chosen = plan(N, 4096)
+        binary = _compile(_few_rows_int8_kernel, dict(X=f"*{dtype}", W="*i8", W_SCALE="*fp32", Y=f"*{dtype}",
+                                                      PARTIALS="*fp32", COUNTERS="*i32"),
+                          dict(BLOCK_N=chosen.block_n, BLOCK_K=chosen.block_k, M_PAD=M_PAD, SPLIT=chosen.split_k > 1,
+                               INT8_PRMT=prmt, UPCAST=False, IEEE_DOT=dtype == "fp32"),
+                          GPUTarget("cuda", arch, 32), chosen.num_warps, chosen.num_stages, floats=(),
+                          not_divisible=("M", "num_splits"))
         sass = sass_facts(binary.asm["cubin"], with_opcodes=True)
         loop = sass.get("loop_opcodes", {})
-        facts.append({"dtype": dtype, "N": N, "block_n": block_n, "prmt_arm": prmt,
+        ptx = binary.asm["ptx"]
+        facts.append({"dtype": dtype, "N": N, "block_n": chosen.block_n, "split_k": chosen.split_k, "prmt_arm": prmt,
                       "cubin_bytes": len(binary.asm["cubin"]), "registers": sass.get("registers"),
                       "local_bytes": sass.get("local_bytes"), "loop_instructions": sass.get("loop_instructions"),
                       "i2f": sum(n for op, n in loop.items() if op.startswith("I2F")),
                       "prmt": loop.get("PRMT", 0),
                       "tensor_core_dots": sum(n for op, n in loop.items() if op.startswith(("HMMA", "HGMMA"))),
                       "fma_dots": sum(n for op, n in loop.items() if op.startswith("FFMA")),
-                      "async_copies": sum(n for op, n in loop.items() if op.startswith("LDGSTS"))})
+                      "async_copies": sum(n for op, n in loop.items() if op.startswith("LDGSTS")),
+                      "ticket": "atom.global.gpu.acq_rel.add" in ptx, "reset": "atom.global.gpu.relaxed.exch" in ptx,
+                      "partials_from_l2": ptx.count("ld.global.cg")})
     return facts

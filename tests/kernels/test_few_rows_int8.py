@@ -82,7 +82,8 @@ def test_compiles_for_sm90_without_i2f():
     """Built for the H100/H200 (a subprocess: this session interprets Triton): the main loop streams W by async copies
     into tensor-core dots (fp32 FMAs for float32 activations), converting the int8 tiles without one I2F, for bf16,
     fp16 and float32 activations, with no spills. Triton's own fp16 conversion (the arm PRMT replaces) does spend
-    I2Fs, so the count can tell them apart."""
+    I2Fs, so the count can tell them apart. Split-K builds (7B's wo) take a ticket, read the partials from L2 and
+    reset the counter; the unsplit build (the output layer) has none of that."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     run = subprocess.run([sys.executable, "-c", "import json; from kernels.few_rows_int8 import compile_facts; "
                           "print(json.dumps(compile_facts()))"], capture_output=True, text=True, env=env, timeout=300)
@@ -93,3 +94,7 @@ def test_compiles_for_sm90_without_i2f():
         assert facts["i2f"] == 0 and facts["prmt"] > 0, facts
         assert (facts["fma_dots"] if facts["dtype"] == "fp32" else facts["tensor_core_dots"]) > 0, facts
     assert not i2f_arm["prmt_arm"] and i2f_arm["i2f"] > 0, i2f_arm
+    assert [facts["split_k"] > 1 for facts in prmt_arms] == [False, True, True, True], prmt_arms
+    for facts in prmt_arms + [i2f_arm]:
+        split = facts["split_k"] > 1
+        assert facts["ticket"] == facts["reset"] == split and (facts["partials_from_l2"] > 0) == split, facts
