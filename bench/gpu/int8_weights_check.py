@@ -4,7 +4,8 @@ float64 of the dequantized weights, at CodeLlama-7B's shapes and ragged ones, ou
 inputs; the PRMT conversion against Triton's own (I2F) bit for bit; an int8 cache's bytes from qkv_rope against
 kernels.append's; then each 7B kernel timed as graph replays with bf16 and int8 weights (weights rotated past the L2)
 and the share of the copy bandwidth each reaches; then each 7B projection at 8 rows (a verification of 1 + 7 tokens):
-the few-row op against the dequantize + cuBLAS path it replaces and against cuBLAS on bf16 weights.
+the few-row op against the dequantize + cuBLAS path it replaces and against cuBLAS on bf16 weights (its launch:
+block_n, block_k, warps, stages, split; `python -m kernels.few_rows_int8_bench` sweeps the launches).
 
     python bench/gpu/int8_weights_check.py OUT_DIR          # writes OUT_DIR/int8-weights-check.json; exit 1 if wrong
 
@@ -25,7 +26,7 @@ from kernels import fused_gemv, reference
 from kernels import gemv as batch1_gemv
 from kernels.append import append_kv_triton
 from kernels.bench import copy_bandwidth, graph_replay_us
-from kernels.few_rows_int8 import few_rows_int8
+from kernels.few_rows_int8 import few_rows_int8, plan, sm_count
 from kernels.fused_gemv import gemv, norm_swiglu, qkv_rope
 from kernels.gemv import gemv as plain_gemv
 
@@ -237,10 +238,11 @@ def few_rows_timings(log, M: int = 8, replays: int = 20) -> list[dict]:
         row["share_of_copy_bandwidth"] = row["int8_floor_us"] / row["few_rows_int8_us"]
         row["vs_dequantize"] = row["dequantize_cublas_us"] / row["few_rows_int8_us"]
         row["vs_bf16"] = row["bf16_cublas_us"] / row["few_rows_int8_us"]
+        row["plan"] = list(plan(N, K, sm_count(x.device)))
         log(f"{M} rows {name:6s} {N:6d}x{K:<6d} few_rows_int8 {row['few_rows_int8_us']:7.1f} µs "
             f"({100 * row['share_of_copy_bandwidth']:3.0f}% of copy bw)  dequantize+cuBLAS "
             f"{row['dequantize_cublas_us']:7.1f} ({row['vs_dequantize']:.2f}x)  bf16 cuBLAS "
-            f"{row['bf16_cublas_us']:7.1f} ({row['vs_bf16']:.2f}x)")
+            f"{row['bf16_cublas_us']:7.1f} ({row['vs_bf16']:.2f}x)  launch {tuple(row['plan'][:5])}")
         rows.append(row)
         torch.cuda.empty_cache()
     return rows
