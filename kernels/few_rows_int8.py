@@ -55,9 +55,10 @@ from kernels.split_kv_row import _int8_to_fp32
 MAX_ROWS = 16          # x's rows: M_PAD, the dot's padded side
 M_PAD = 16
 BLOCK_K, NUM_WARPS, NUM_STAGES = 256, 4, 3
-SPLIT_BLOCK_N = 64        # rows a program of a split projection: 16 rows made a loop step of 388 instructions for
-                          # 4 KiB of W, 64 one of 796 for 16 KiB (sm_90 SASS, bf16): half the instructions a byte
-PROGRAMS_PER_SM = 2       # programs the split aims at an SM: two resident at 64 rows (172 registers a thread)
+SPLIT_BLOCK_N = 32        # rows a program of a split projection. sm_90 SASS, bf16, a loop step: 16 rows 388
+                          # instructions for 4 KiB of W, 32 rows 390 for 8 KiB, 64 rows 796 for 16 KiB; 32 rows hold
+                          # 72 registers a thread (7 programs an SM), 64 rows 172 (2)
+PROGRAMS_PER_SM = 2       # programs the plan aims at an SM (Run 35's rule for the unsplit tiles on 132 SMs)
 MIN_CHUNKS_PER_SPLIT = 2  # BLOCK_K chunks a K range holds at least (the pipeline's fill paid for)
 DEFAULT_SMS = 132         # the H100's and H200's, for plans made where no GPU is known (the interpreter)
 # Measured plans per weight shape, (N, K): (block_n, block_k, num_warps, num_stages, split_k); none yet. A shape
@@ -157,9 +158,9 @@ def split_for(N: int, K: int, block_n: int, block_k: int, sms: int = DEFAULT_SMS
 
 def plan(N: int, K: int, sms: int = DEFAULT_SMS) -> Plan:
     """The launch of y = x @ W (N, K)^T on a GPU of `sms` SMs: the measured entry for the shape (`PLANS`), else
-    programs of 64 rows where there are rows for PROGRAMS_PER_SM of them an SM, of 32 where 32 do, else (deep
-    projections: CodeLlama-7B's wo and w2, 4096 rows; 34B's, 8192) programs of SPLIT_BLOCK_N rows over ranges of K
-    (`split_for`). Deterministic: shapes and the SM count only."""
+    programs of 64 rows where there are rows for PROGRAMS_PER_SM of them an SM, of 32 where 32 do (one range of K
+    each), else (deep projections: CodeLlama-7B's wo and w2, 4096 rows; 34B's, 8192) programs of SPLIT_BLOCK_N rows
+    over ranges of K (`split_for`). Deterministic: shapes and the SM count only."""
     if (N, K) in PLANS:
         block_n, block_k, num_warps, num_stages, split_k = PLANS[N, K]
         return Plan(block_n, block_k, num_warps, num_stages, *split_for(N, K, block_n, block_k, sms, split_k))
@@ -188,7 +189,7 @@ if os.environ.get("CODECOMPLETE_FEW_ROWS_PLANS"):
 
 
 def sm_count(device: torch.device) -> int:
-    """SMs of a CUDA device (cached by torch: no sync, safe under a capture); DEFAULT_SMS elsewhere (the
+    """SMs of a CUDA device (asked once a device, no sync: safe under a capture); DEFAULT_SMS elsewhere (the
     interpreter plans as the H100/H200 would)."""
     if device.type != "cuda":
         return DEFAULT_SMS

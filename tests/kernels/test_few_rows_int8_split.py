@@ -79,7 +79,7 @@ def test_the_planned_split_through_the_op_on_a_strided_slice(poisoned_empty, lau
         y = torch.ops.codecomplete.few_rows_int8(wide, weight[20:84], scale[20:84])
         assert y.shape == (9, 64) and _relative_error(y, wide, dequantized[20:84]) < 1e-6
         assert _counters_are_zero()
-    assert launches == [(1, chosen.split_k)] * 2
+    assert launches == [(triton.cdiv(64, chosen.block_n), chosen.split_k)] * 2
 
 
 def test_before_the_tickets_exist_under_a_capture_it_runs_unsplit(monkeypatch, poisoned_empty, launches):
@@ -124,11 +124,13 @@ def test_deep_projections_split_and_wide_ones_do_not():
 
 
 def test_split_for_normalises_what_is_asked():
-    """No empty ranges: 5 ranges asked of 16 chunks make 4; one chunk or split 1 make one range of all of K."""
+    """No empty ranges: 5 ranges asked of 16 chunks make 4; one chunk or split 1 make one range of all of K, and so
+    do more row blocks than there are ticket counters."""
     assert split_for(37, 1000, 16, 64, split_k=5) == (4, 256)
     assert split_for(37, 1000, 16, 64, split_k=100) == (16, 64)
     assert split_for(37, 50, 16, 64, split_k=4) == (1, 50)
     assert split_for(37, 1000, 16, 64, split_k=1) == (1, 1000)
+    assert split_for(16 * few_rows.MAX_ROW_BLOCKS + 1, 1000, 16, 64, split_k=4) == (1, 1000)   # a counter a row block
 
 
 def test_measured_plans_take_precedence(monkeypatch, tmp_path):
