@@ -181,9 +181,9 @@ def test_the_infill_kernel_compiles_for_sm90_without_spills(compiled, block):
 
 
 def test_the_dense_kernels_compile_for_sm90_with_bf16_and_int8_weights(compiled):
-    """The decode step's GEMVs (kernels/fused_gemv.py's every build, kernels/gemv.py's four) are part of the check:
-    `--only "int8 weights"` builds the int8-weight ones, which convert their weights by PRMT, with no I2F beyond the
-    one the bf16 build has (K's, in the RMSNorm's mean)."""
+    """The decode step's GEMVs (kernels/fused_gemv.py's every build, kernels/gemv.py's four) and the few-row int8
+    kernel's five are part of the check: `--only "int8 weights"` builds the int8-weight GEMVs, which convert their
+    weights by PRMT, with no I2F beyond the one the bf16 build has (K's, in the RMSNorm's mean)."""
     from kernels.fused_gemv import build_names
     for name in build_names():
         facts = compiled[f"fused-gemv {name}"]
@@ -192,3 +192,5 @@ def test_the_dense_kernels_compile_for_sm90_with_bf16_and_int8_weights(compiled)
             assert facts["prmt"] > 0 and facts["i2f"] == compiled[f"fused-gemv {name[:-len(' int8 weights')]}"]["i2f"]
     variants = compiled["gemv bf16 and int8 weights, unsplit and split-K"]
     assert "error" not in variants and [v["int8_weights"] for v in variants["variants"]] == [False, False, True, True]
+    few_rows = compiled["few_rows_int8 unsplit and split-K"]       # (2..16 rows: tests/kernels/test_few_rows_int8.py)
+    assert "error" not in few_rows and any(v["split_k"] > 1 for v in few_rows["variants"]), few_rows

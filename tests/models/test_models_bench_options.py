@@ -170,7 +170,8 @@ def test_the_other_model_benchmarks_say_a_bad_option_in_one_line(module, monkeyp
 
 
 @pytest.mark.parametrize("program", ["models.bench", "kernels.bench", "codecomplete.serve_bench", "models.step_plans",
-                                     "models.prefill_bench", "kernels.fused_gemv_bench", "kernels.gemv",
+                                     "models.prefill_bench", "kernels.fused_gemv_bench", "kernels.few_rows_int8_bench",
+                                     "kernels.gemv",
                                      "kernels.compile_check", "bench/context_eval.py", "bench/fp8_scales.py",
                                      "bench/speculative_bench.py", "bench/prompts_bench.py", "bench/gpu/step_parts.py",
                                      "bench/gpu/prefill_stop.py", "bench/gpu/graph_spans.py",
