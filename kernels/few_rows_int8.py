@@ -61,9 +61,16 @@ SPLIT_BLOCK_N = 32        # rows a program of a split projection. sm_90 SASS, bf
 PROGRAMS_PER_SM = 2       # programs the plan aims at an SM (Run 35's rule for the unsplit tiles on 132 SMs)
 MIN_CHUNKS_PER_SPLIT = 2  # BLOCK_K chunks a K range holds at least (the pipeline's fill paid for)
 DEFAULT_SMS = 132         # the H100's and H200's, for plans made where no GPU is known (the interpreter)
-# Measured plans per weight shape, (N, K): (block_n, block_k, num_warps, num_stages, split_k); none yet. A shape
-# without an entry takes `plan`'s rule. CODECOMPLETE_FEW_ROWS_PLANS=FILE adds or replaces entries (`read_plans`).
-PLANS: dict[tuple[int, int], tuple[int, int, int, int, int]] = {}
+# Measured plans per weight shape, (N, K): (block_n, block_k, num_warps, num_stages, split_k). A shape without an
+# entry takes `plan`'s rule. From `bash bench/gpu/few_rows_int8_h200.sh` on one H200 (bench/results/h200-run36/
+# few-rows/, 2026-12-03): the shapes whose fastest launch, summed over 2, 8 and 16 rows, beat the rule's by >= 2%;
+# µs at 8 rows, the rule's launch -> this one. CODECOMPLETE_FEW_ROWS_PLANS=FILE adds or replaces entries.
+PLANS: dict[tuple[int, int], tuple[int, int, int, int, int]] = {
+    (22016, 4096): (32, 256, 4, 3, 2),      # w13, 7B: 45.6 -> 36.3
+    (10240, 8192): (32, 256, 4, 3, 2),      # wqkv, 34B: 38.7 -> 33.4
+    (44032, 8192): (32, 256, 4, 3, 2),      # w13, 34B: 166.0 -> 120.3
+    (8192, 22016): (32, 256, 4, 3, 6),      # w2, 34B: 66.6 -> 65.0
+}
 
 
 @triton.jit

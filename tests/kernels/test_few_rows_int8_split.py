@@ -95,9 +95,11 @@ def test_before_the_tickets_exist_under_a_capture_it_runs_unsplit(monkeypatch, p
                                   (22016, 4096), (10240, 8192), (44032, 8192), (32016, 4096), (576, 1536),
                                   (1000, 77), (5, 3000)])
 @pytest.mark.parametrize("sms", [132, 78, 16])
-def test_the_plan_fills_the_gpu_with_whole_chunks(N, K, sms):
-    """Split only where the row blocks are fewer than PROGRAMS_PER_SM an SM, into no more ranges than reach that
-    (and ranges of at least MIN_CHUNKS_PER_SPLIT chunks); every range whole BLOCK_K chunks, none empty, K covered."""
+def test_the_plan_fills_the_gpu_with_whole_chunks(N, K, sms, monkeypatch):
+    """The rule, for shapes without a measured entry: split only where the row blocks are fewer than PROGRAMS_PER_SM
+    an SM, into no more ranges than reach that (and ranges of at least MIN_CHUNKS_PER_SPLIT chunks); every range whole
+    BLOCK_K chunks, none empty, K covered."""
+    monkeypatch.setattr(few_rows, "PLANS", {})
     chosen = plan(N, K, sms)
     assert chosen == plan(N, K, sms)                       # shapes and SMs only
     row_blocks = triton.cdiv(N, chosen.block_n)
@@ -114,13 +116,26 @@ def test_the_plan_fills_the_gpu_with_whole_chunks(N, K, sms):
         assert row_blocks * (chosen.split_k - 1) < target   # one range fewer would not have been enough
 
 
-def test_deep_projections_split_and_wide_ones_do_not():
-    """At the H200's 132 SMs: CodeLlama-7B's and 34B's wo and w2 split, their wqkv and w13 keep one range."""
+def test_deep_projections_split_and_wide_ones_do_not(monkeypatch):
+    """By the rule at the H200's 132 SMs: CodeLlama-7B's and 34B's wo and w2 split, their wqkv and w13 keep one
+    range. (The measured PLANS split some wide ones too: the test after this one.)"""
+    monkeypatch.setattr(few_rows, "PLANS", {})
     for N, K in ((4096, 4096), (4096, 11008), (8192, 8192), (8192, 22016)):
         assert plan(N, K, DEFAULT_SMS).split_k > 1, (N, K)
     for N, K in ((12288, 4096), (22016, 4096), (10240, 8192), (44032, 8192)):
         assert plan(N, K, DEFAULT_SMS).split_k == 1, (N, K)
     assert few_rows.sm_count(torch.device("cpu")) == DEFAULT_SMS
+
+
+def test_the_measured_entries_are_launches_the_contract_takes():
+    """Each committed PLANS entry: a tile the kernel builds (powers of two, 16-row MMA side), a split that
+    split_for leaves whole, and the plan of its shape."""
+    assert few_rows.PLANS
+    for (N, K), (block_n, block_k, num_warps, num_stages, split_k) in few_rows.PLANS.items():
+        assert block_n >= 16 and block_n & (block_n - 1) == 0 and block_k & (block_k - 1) == 0, (N, K)
+        chosen = plan(N, K, DEFAULT_SMS)
+        assert (chosen.block_n, chosen.block_k, chosen.split_k) == (block_n, block_k, split_k), (N, K, chosen)
+        assert (chosen.split_k - 1) * chosen.k_per_split < K <= chosen.split_k * chosen.k_per_split
 
 
 def test_split_for_normalises_what_is_asked():
