@@ -295,15 +295,17 @@ CONFIGS: dict[str | tuple[str, int, int], Config] = {
     ("gemv_norm", 32000, 8192): Config(4, 512, 4, 4),       # logits, 34B on 1 GPU: 126.2 -> 122.6
 }
 # Launch configurations for int8 weights, keyed as CONFIGS and consulted first for them; a shape without an entry
-# launches with the bf16 ones. From `python -m kernels.fused_gemv_bench --weights int8` on one H200
-# (bench/results/h200-run35/tune/, 2026-12-03), the kernels alone, µs of the bf16 entry -> this one (% of the copy
-# bandwidth); wqkv kept its bf16 entry (17.8 µs, 66%). With them CodeLlama-7B's int8 step at 4k went from 327.3 to
-# 341.8 tokens/s. CODECOMPLETE_FUSED_INT8_CONFIGS=FILE (`... --write-configs FILE`) adds or replaces entries.
+# launches with the bf16 ones. From `python -m kernels.fused_gemv_bench --weights int8` on one H200, the kernels
+# alone: bench/results/h200-run35/tune/ (2026-12-03, 16-byte loads of W) for w2, whose entry the 8-byte loads
+# (gemv.NARROW_INT8_LOADS) kept; bench/results/h200-run36/sweep/ (2026-12-03, 8-byte loads) for the others, µs of
+# the kind's bf16 default -> this one (% of the copy bandwidth); wqkv keeps its bf16 entry (17.8 µs, 66%). With them
+# CodeLlama-7B's int8 step at 4k went from 346.5 to 352.5 tokens/s (Run 36 call 4; Run 35's entries, 341.8 with
+# 16-byte loads). CODECOMPLETE_FUSED_INT8_CONFIGS=FILE (`... --write-configs FILE`) adds or replaces entries.
 INT8_CONFIGS: dict[str | tuple[str, int, int], Config] = {
-    ("gemv", 4096, 4096): Config(4, 1024, 4, 4),            # wo, 7B: 8.2 -> 6.8 (48% -> 58%)
-    ("norm_swiglu", 22016, 4096): Config(4, 512, 2, 4, True),   # w13, 7B: 33.0 -> 30.7 (64% -> 69%)
-    ("gemv_deep", 4096, 11008): Config(2, 1024, 2, 5),      # w2, 7B: 17.5 -> 17.3 (60% -> 61%)
-    ("gemv_norm", 32016, 4096): Config(4, 1024, 4, 4),      # logits, 7B: 64.5 -> 50.1 (48% -> 61%)
+    ("gemv", 4096, 4096): Config(2, 1024, 2, 5),            # wo, 7B: 7.6 -> 6.7 (52% -> 59%)
+    ("norm_swiglu", 22016, 4096): Config(8, 512, 4, 4, True),   # w13, 7B: 34.4 -> 30.0 (62% -> 70%)
+    ("gemv_deep", 4096, 11008): Config(2, 1024, 2, 5),      # w2, 7B (Run 35): 17.5 -> 17.3 (60% -> 61%)
+    ("gemv_norm", 32016, 4096): Config(4, 512, 2, 4),       # logits, 7B: 62.3 -> 42.5 (49% -> 72%)
 }
 KINDS = ("qkv_rope", "norm_swiglu", "gemv", "gemv_deep", "gemv_norm")
 WEIGHTS_BY_PRMT = True   # A/B: False converts int8 weights by Triton's own I2F, a quarter-rate instruction on sm_90
