@@ -35,7 +35,7 @@ for q in Q8_0 Q4_K_M; do
   "$B/build/bin/llama-quantize" "$B/model-f16.gguf" "$B/model-$q.gguf" "$q" 16 > "$B/quantize-$q.log" 2>&1
   echo "quantize $q: exit $? at $(( $(date +%s) - start )) s, $(du -h "$B/model-$q.gguf" | cut -f1)" >> "$log"
 done
-for w in f16 Q8_0 Q4_K_M; do
+for w in ${PEERS:-f16 Q8_0 Q4_K_M}; do     # PEERS="Q8_0 Q4_K_M": 75 s less (a call's 600 s are tight)
   timeout 150 "$B/build/bin/llama-bench" -m "$B/model-$w.gguf" -ngl 99 -fa 1 -p 0 -n 64 -d "$DEPTHS" -r 3 -o json \
       > "$OUT/llamacpp-$w.json" 2> "$B/bench-$w.log"
   echo "llama-bench $w: exit $? at $(( $(date +%s) - start )) s" >> "$log"; tail -n 2 "$B/bench-$w.log" >> "$log"
