@@ -149,8 +149,13 @@ _JS_IMPORTS = """
 """
 
 # The file's own names that CommonJS exports under others: `module.exports = f` (its default), `module.exports =
-# { h: g }`, `exports.h = g`, `module.exports.h = g`.
+# { h: g }`, `exports.h = g`, `module.exports.h = g`; and `module.exports = require("./m")`, all of m's as its own.
 _COMMONJS_EXPORTS = """
+    (expression_statement (assignment_expression
+      left: (member_expression object: (identifier) @_module property: (property_identifier) @_exports)
+      right: (call_expression function: (identifier) @_require
+        arguments: (arguments . (string (string_fragment) @module))) @star)
+      (#eq? @_module "module") (#eq? @_exports "exports") (#eq? @_require "require"))
     (expression_statement (assignment_expression
       left: (member_expression object: (identifier) @_module property: (property_identifier) @_exports)
       right: [(identifier) @member @default
@@ -195,11 +200,18 @@ _TYPESCRIPT_KEYWORDS = _JS_KEYWORDS + """
     string boolean never unknown keyof as is infer
 """
 
+# TypeScript's own CommonJS: `import x = require("m")` binds m's `export =` (else m itself), `export = f` exports f
+# as the file's default.
+_TYPESCRIPT_IMPORTS = """
+    (import_statement (import_require_clause (identifier) @alias @default source: (string (string_fragment) @module)))
+    (export_statement "=" (identifier) @member @default)
+"""
+
 TYPESCRIPT = LanguageSpec(
     name="typescript",
     grammar="tree_sitter_typescript:language_typescript",
     definitions=_TYPESCRIPT_DEFINITIONS,
-    imports=_JS_IMPORTS,
+    imports=_JS_IMPORTS + _TYPESCRIPT_IMPORTS,
     keywords=_words(_TYPESCRIPT_KEYWORDS),
 )
 

@@ -148,14 +148,20 @@ EXPORTED_PRICE = FORMAT_PRICE.replace("function formatPrice", "exports.formatPri
      {"src/utils/index.js": "const { formatPrice } = require('./money');\nconst dates = require('./dates');\n\n"
                             "module.exports = { formatPrice, formatDate: dates.formatDate };\n"},
      "const { formatPrice: fmt } = require('../utils');", "fmt("),
+    (_commonjs_steps(10) + FORMAT_PRICE + "\n" + COMMONJS_STEPS + ", formatPrice };\n",
+     {"src/utils/index.js": "module.exports = require('./money');\n"},
+     "const { formatPrice: fmt } = require('../utils');", "fmt("),
+    (_commonjs_steps(10) + "module.exports = " + FORMAT_PRICE,
+     {"src/utils/index.js": "module.exports = require('./money');\n"}, "const fmt = require('../utils');", "fmt("),
 ], ids=["destructure-alias", "exports-object-pair", "exports-dot", "module-exports-dot", "exports-name",
-        "module-exports-function", "module-exports-name", "barrel"])
+        "module-exports-function", "module-exports-name", "barrel", "barrel-reexport-names", "barrel-reexport-default"])
 def test_commonjs_requires_follow_to_what_module_exports_names(make_repo, smollm2_tokenizer, money, barrel, imports,
                                                                call):
     """A `require` bound no name: `const { formatPrice: fmt } = require(...)` read as the module alone, and `exports.x
     = function`, `module.exports = function f` or `module.exports = f` defined nothing a name led to, so `fmt(` found
     the module's other functions, or a same-named function elsewhere, first. A destructured name is now followed to
-    its definition (through a barrel's own requires too), and `const fmt = require(...)` to what module.exports is."""
+    its definition (through a barrel's own requires too), and `const fmt = require(...)` to what module.exports is.
+    A barrel's `module.exports = require('./money')` (all of money, as its own) was not followed at all."""
     files = _js_widgets(20) | barrel | {
         "src/utils/money.js": money,
         "src/utils/dates.js": "function formatDate(date) {\n  return date;\n}\n\nmodule.exports = { formatDate };\n",
@@ -193,6 +199,23 @@ def test_a_commonjs_require_of_an_object_binds_the_module(make_repo):
         "src/app.js": "const api = require('./api');\n\napi.get('/');\n"}))
     found = follow_imports(index, "src/app.js", "javascript", index.imports("src/app.js"))
     assert found.modules == {"api": ["src/api.js"]} and not found.definitions
+
+
+@pytest.mark.parametrize("api, app, modules, definitions", [
+    ("export function get(url: string): string {\n  return url;\n}\n",
+     "import api = require('./api');\n\napi.get('/');\n", {"api": ["src/api.ts"]}, set()),
+    ("function get(url: string): string {\n  return url;\n}\n\nexport = get;\n", "import fetch = require('./api');\n",
+     {}, {("src/api.ts", "get")}),
+], ids=["module", "export-assignment"])
+def test_a_typescript_import_require_binds_the_module_or_what_export_assigns(make_repo, api, app, modules,
+                                                                             definitions):
+    """TypeScript's `import x = require('./y')` was not read: x bound nothing, and y was not even imported. It binds
+    y's `export =` (as CommonJS's `const x = require` binds what module.exports is), else the module itself."""
+    index = index_repository(make_repo({"src/api.ts": api, "src/app.ts": "import fs = require('fs');\n" + app}))
+    found = follow_imports(index, "src/app.ts", "typescript", index.imports("src/app.ts"))
+    assert found.files == {"src/api.ts"} and found.modules == modules
+    assert {(index.chunks[n].path, name) for chunks in found.definitions.values() for n in chunks
+            for name in index.chunks[n].defines} == definitions
 
 
 # Go ------------------------------------------------------------------------------------------------------------
