@@ -33,7 +33,7 @@ from .chunking import Chunk, source_imports
 from .errors import BudgetError, PromptError
 from .examples import example_key, example_lines
 from .formats import CompletionFormat, Segment, completion_format
-from .imports import follow_imports, qualified_definitions
+from .imports import completions, follow_imports, qualified_definitions, qualifier_files
 from .index import RepoIndex
 from .languages import comment_marker, language_for, language_name
 from .outline import brief, outline
@@ -256,12 +256,15 @@ def _query(index: RepoIndex, path: str, language: str, imports, rows: list[str],
     terms = cursor_terms(rows, row, column, spec.keywords if spec else frozenset(), comment_marker(language),
                          imported.declared)
     own = {name for number in index.chunk_numbers(path) for name in index.chunks[number].defines}
+    module = qualifier_files(index, path, language, imports, imported.modules, terms.qualifier) if (
+        terms.qualifier) else []
     return Query(
         weights=terms.weights,
         path=path,
         imported=frozenset(imported.files),
         imported_names=imported.definitions,
-        module_at_cursor=imported.modules.get(terms.qualifier, ()),
+        module_at_cursor=module,
+        completing=completions(index, module, terms.partial),
         local=(terms.local | own) - imported.declared,
         uses=terms.counts,
         shown=shown,

@@ -14,7 +14,9 @@ the file only re-exports it (a package's ``__init__.py``: ``from .segment import
 a JavaScript ``index.js``: ``export { Segment } from "./segment"``, a Rust ``pub use``), through that file's own
 imports. A JavaScript default import is the module's ``default`` export (``export default function f``, or
 ``export default f``: f), and so is CommonJS's ``const x = require("./m")`` (what ``module.exports =`` names;
-``const { a, b: c } = require(...)`` imports names, which ``exports.a =`` and ``module.exports = { a }`` export);
+``const { a, b: c } = require(...)`` imports names, which ``exports.a =`` and ``module.exports = { a }`` export;
+``module.exports = require("./x")`` re-exports all of x, and TypeScript's ``import x = require("./m")`` is read as
+``const x = require`` is);
 a Go import binds its package's name. What a file sees without importing it counts as
 imported too: a Go or Java file's own package (its folder), and the source file of a C or C++ header's name,
 which defines what the header declares.
@@ -268,6 +270,67 @@ def qualified_definitions(index, language: str, modules: dict[str, list[str]], u
             if chunks:
                 found[use] = chunks
     return found
+
+
+def qualifier_files(index, path: str, language: str, imports: Iterable[Import], modules: dict[str, list[str]],
+                    qualifier: str) -> list[str]:
+    """The files of the module a qualifier right before the cursor names (``pr`` of ``pr.Ne|``, ``crate::cache`` of
+    ``crate::cache::Sto|``): of its longest prefix that is a name bound here to a module, or a module path as the
+    file's imports write them (Python's ``a.b`` where ``import a...`` binds a; Rust's ``crate::``, ``self::``,
+    ``super::`` or a workspace crate's paths). The rest of the path is inside that module (``pr.Price.``: Price's
+    methods, in pricing's files)."""
+    separator = "::" if "::" in qualifier else "."
+    parts = qualifier.split(separator)
+    for length in range(len(parts), 0, -1):
+        prefix = separator.join(parts[:length])
+        if prefix in modules:
+            return modules[prefix]
+        if _written_module(index.paths, language, imports, parts[0]):
+            files = [f for f in module_files(index.paths, path, language, prefix) if f != path]
+            if files:
+                return files
+    return []
+
+
+def _written_module(table: PathTable, language: str, imports: Iterable[Import], head: str) -> bool:
+    """Whether a path beginning with ``head`` names a module as written in code (not a variable's attribute)."""
+    if language == "python":  # `import a.b` binds a: `a.b.` is that module
+        return any(i.name is None and i.alias is None and i.module.split(".")[0] == head for i in imports)
+    return language == "rust" and (head in _RUST_PATH_KEYWORDS or head in table.crates)
+
+
+MAX_COMPLETION_NAMES = 64  # imported names that begin with the word being typed, followed to their definitions
+
+
+def completions(index, files: list[str], partial: str) -> dict[str, list[int]]:
+    """The names of a module (its ``files``) that begin with ``partial``, the word being typed after its qualifier,
+    each with the chunks defining it: the names the files define and those of the files they import every name from
+    (a barrel's ``from .segment import *``, ``export * from``), and the names they import, followed to their
+    definitions. Matched as typed, or failing that in any case (``fmt.pr`` for Println)."""
+    if not partial:
+        return {}
+    own, imported_names = list(files), []
+    for file in files:
+        for imported in bindings(language_name(file), index.imports(file)):
+            if imported.name == "*" and imported.module:
+                own += module_files(index.paths, file, language_name(file), imported.module)
+            elif imported.bound:
+                imported_names.append((file, imported.bound))
+    for fold in (lambda name: name, str.casefold):
+        prefix, found = fold(partial), {}
+        for file in dict.fromkeys(own):
+            for number in index.chunk_numbers(file):
+                for name in index.chunks[number].defines:
+                    if fold(name).startswith(prefix):
+                        found.setdefault(name, []).append(number)
+        budget = [MAX_FOLLOWED_IMPORTS]
+        wanted = [item for item in imported_names if fold(item[1]).startswith(prefix)]
+        for file, name in wanted[:MAX_COMPLETION_NAMES]:
+            found.setdefault(name, []).extend(_definitions(index, [file], name, set(), budget))
+        found = {name: list(dict.fromkeys(chunks)) for name, chunks in found.items() if chunks}
+        if found:
+            return found
+    return {}
 
 
 def _go_package(module: str) -> str:

@@ -8,7 +8,9 @@ Signals, summed with fixed weights:
 - definitions: a chunk that defines an identifier used near the cursor, shared among the chunks defining it
   (``__init__`` tells little, ``parse_header`` a lot), somewhat discounted for names used everywhere, and
   raised where the current file imports the defining file;
-- a module at the cursor: right after ``module.``, the chunks of that module's files;
+- a module at the cursor: right after ``module.`` (or ``a.b.``, ``crate::a::``), the chunks of that module's files;
+  after ``module.Ne``, a word partly typed, more for its definitions whose names begin with that word: what the
+  user is about to complete;
 - qualified uses (Go): ``pkg.Name`` near the cursor is a use of that imported package's Name, weighted by
   nearness as an imported name is (two packages both define ``New``: ``store.New(`` is store's);
 - lexical similarity: BM25 between the weighted identifiers of the query and those of each chunk, normalised to
@@ -22,7 +24,8 @@ the wrong shape for it (``parse_header`` after ``-> ``) counts for less among th
 Query identifiers weigh more the nearer they are to the cursor (before it counts twice as much as after it);
 words in comments and strings, and names the current file binds itself (local variables, parameters, its own
 definitions), weigh less and never pull in definitions from elsewhere. The partial word under the cursor is left
-out, so the ranking does not change with every keystroke.
+out of them, so the ranking does not change with every keystroke; only after a module's qualifier (``pr.Ne|``)
+does it say which of that module's definitions come first.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ IMPORTED_NAME_WEIGHT = 3.0  # the definition of an imported name, at full nearne
 IMPORTED_NAME_BASE = 0.25  # ... and for every imported name, however far from the cursor
 IMPORTED_FILE_BOOST = 2.0  # a definition of a name used near the cursor, in a file the current file imports
 MODULE_WEIGHT = 2.0  # the chunks of the module right before the cursor (`nodes.|`), shared among them
+COMPLETION_WEIGHT = 8.0  # the definitions of its names that begin with the word being typed (`nodes.Se|`), shared
+                         # among the names (by the square root): one name alone outweighs any other name's
+                         # definition (at most DEFINITION_WEIGHT * IMPORTED_FILE_BOOST = 6)
 IMPORT_WEIGHT = 0.5  # every chunk of the imported files, shared among the files
 LEXICAL_WEIGHT = 3.0  # code like the code at the cursor: what a small model copies from best
 PROXIMITY_WEIGHT = 0.25
@@ -65,7 +71,9 @@ MAX_TERMS = 256  # the heaviest identifiers make the query
 _QUALIFIED = re.compile(r"\b[A-Za-z_]\w*\.[A-Za-z_]\w*")  # `pkg.Name`, wherever it stands: `f(pkg.Name(`
 _PARTIAL_BEFORE = re.compile(r"\w+$")
 _PARTIAL_AFTER = re.compile(r"^\w+")
-_MODULE_BEFORE = re.compile(r"([A-Za-z_]\w*)(?:\.|::)$")  # `module.` or Rust's `module::`
+# `module.`, `a.b.`, Rust's `crate::a::`: a path of names right before the cursor (none after `)` or `]`: a call's
+# result is no module).
+_MODULE_BEFORE = re.compile(r"(?<![\w.:)\]])([A-Za-z_]\w*(?:(?:\.|::)[A-Za-z_]\w*)*)(?:\.|::)$")
 # Names a file binds itself: assignment targets (and keyword arguments), loop variables, `as` names, parameters.
 _ASSIGNED = re.compile(r"\b([A-Za-z_]\w*)\s*(?::=|(?:[-+*/%&|^@]|//|\*\*|>>|<<)?=(?!=))")
 _LOOP_OR_AS = re.compile(r"\b(?:for|as)\s+([A-Za-z_][\w\s,()]*?)\s*(?:\bin\b|:|\)|$)", re.MULTILINE)
@@ -89,6 +97,8 @@ class Query:
     imported: frozenset[str] = frozenset()  # files the current file imports
     imported_names: Mapping[str, Sequence[int]] = field(default_factory=dict)  # name -> chunks defining it
     module_at_cursor: Sequence[str] = ()  # files of the module whose attribute is being typed (`nodes.|`)
+    # the module's names that begin with the word being typed after it (`nodes.Se|`) -> the chunks defining each
+    completing: Mapping[str, Sequence[int]] = field(default_factory=dict)
     local: frozenset[str] = frozenset()  # names the current file binds itself
     uses: Mapping[str, int] = field(default_factory=dict)  # identifier -> occurrences in the current file
     shown: tuple[int, int] | None = None  # lines of ``path`` already in the prompt, never returned
@@ -104,10 +114,11 @@ class CursorTerms:
 
     weights: dict[str, float]
     local: frozenset[str]
-    qualifier: str | None  # `name` when the cursor follows `name.`
+    qualifier: str | None  # `name` when the cursor follows `name.` or `name.Pa`; a path: `a.b`, `crate::a`
     counts: Mapping[str, int] = field(default_factory=dict)  # identifier -> occurrences in the file
     expects: str | None = None  # "type" | "exception" | "decorator": what the code before the cursor expects
     qualified: Mapping[str, float] = field(default_factory=dict)  # "module.name" in the code near it -> nearness
+    partial: str = ""  # the word typed after the qualifier, up to the cursor (`Pa` of `name.Pa|`)
 
 
 def cursor_terms(
@@ -119,7 +130,9 @@ def cursor_terms(
     local."""
     cursor_line = lines[row] if row < len(lines) else ""
     before, after = cursor_line[:col][-LINE_CHARS:], cursor_line[col:][:LINE_CHARS]
-    qualifier = _MODULE_BEFORE.search(before[-200:])
+    partial = _PARTIAL_BEFORE.search(before)
+    written = before[: partial.start()] if partial else before
+    qualifier = _MODULE_BEFORE.search(written[-200:])
     first = max(0, row - FILE_LINES)
     lines = [_clip(line) for line in lines[first:row]] + [
         _PARTIAL_BEFORE.sub("", before) + " " + _PARTIAL_AFTER.sub("", after)
@@ -143,10 +156,9 @@ def cursor_terms(
     local = _bound_names(code).difference(declared)
     for name in local.intersection(weights):
         weights[name] *= LOCAL_FACTOR
-    written = _PARTIAL_BEFORE.sub("", before)[-200:]
-    expects = next((kind for kind, pattern in _EXPECTS if pattern.search(written)), None)
+    expects = next((kind for kind, pattern in _EXPECTS if pattern.search(written[-200:])), None)
     return CursorTerms(_heaviest(weights, keywords), local, qualifier.group(1) if qualifier else None, counts,
-                       expects, qualified)
+                       expects, qualified, partial.group() if partial and qualifier else "")
 
 
 def fits_expected(name: str, expects: str | None) -> bool:
@@ -290,6 +302,11 @@ def _definition_scores(index: RepoIndex, query: Query):
     if query.module_at_cursor:
         numbers = [n for path in query.module_at_cursor for n in index.chunk_numbers(path)]
         scores[numbers] += MODULE_WEIGHT / math.sqrt(max(len(numbers), 1))
+    if query.completing:
+        completing = np.zeros(len(index.chunks))  # (a chunk defining two of the names counts once)
+        for chunks in query.completing.values():
+            completing[list(chunks)] = COMPLETION_WEIGHT / math.sqrt(len(query.completing))
+        scores += completing
     return scores
 
 

@@ -1,0 +1,217 @@
+"""A cursor after a qualifier (`pr.Ne|`, `crate::cache::Sto|`, or right after the dot: `pr.|`): the module the
+qualifier names comes first, and of it the definitions whose names begin with the word being typed. Each
+repository has a second imported module whose definition of a name with the same beginning is used on the line
+above the cursor, an unimported twin of the wanted definition, and filler files of a similar vocabulary; at a
+1,024-token budget the wanted definition must come first."""
+
+import pytest
+
+from prompts import build_completion_prompt, index_repository
+from prompts.ranking import cursor_terms
+
+BUDGET = 1024
+
+
+def _prompt(make_repo, tokenizer, files: dict[str, str], path: str, marker: str):
+    """The index of ``files`` and the prompt for a cursor right after ``marker`` (on its first line) in ``path``."""
+    index = index_repository(make_repo(files))
+    rows = files[path].split("\n")
+    row = next(number for number, text in enumerate(rows) if marker in text)
+    col = rows[row].index(marker) + len(marker)
+    return index, build_completion_prompt(index, tokenizer, path, line=row + 1, col=col + 1, budget_tokens=BUDGET)
+
+
+def _place(index, packed, path: str, name: str | None = None) -> int | None:
+    """Where the first chunk of ``path`` (defining ``name``, if given) is among the repository chunks the prompt
+    chose, most relevant first; None when none is in."""
+    starts = {index.chunks[n].start_line for n in index.chunk_numbers(path)
+              if name is None or name in index.chunks[n].defines}
+    return next((i for i, (chosen, line) in enumerate(packed.chosen) if chosen == path and line in starts), None)
+
+
+def _comes_first(index, packed, wanted: tuple[str, ...], *decoys: tuple[str, ...]) -> None:
+    place = _place(index, packed, *wanted)
+    assert place is not None, packed.chosen
+    for decoy in decoys:
+        other = _place(index, packed, *decoy)
+        assert other is None or other > place, (decoy, packed.chosen)
+
+
+def _fillers(folder: str, extension: str, template: str, count: int = 20) -> dict[str, str]:
+    return {f"{folder}/filler{i}.{extension}": template.format(i=i) for i in range(count)}
+
+
+# Python ----------------------------------------------------------------------------------------------------------
+
+PY_PRICING = "".join(f"def price_step{i}(cents, currency):\n    return cents / 100 + {i}, currency\n\n\n"
+                     for i in range(10)) + (
+    "def new_price(cents, currency='USD'):\n    return {'cents': cents, 'currency': currency}\n\n\n"
+    "def format_price(price, locale):\n    return f\"{price['currency']} {price['cents'] / 100:.2f}\"\n")
+PY_FILES = _fillers("misc", "py", "def store_label{i}(name, cents):\n    return name + str(cents)\n\n\n"
+                          "def price_label{i}(cents, currency):\n    return str(cents / 100) + currency\n") | {
+    "shop/__init__.py": "", "shop/pricing.py": PY_PRICING,
+    "shop/store.py": "def new_store(name):\n    return {'name': name}\n",
+    "legacy/old_pricing.py": "def new_price(amount, symbol):\n    return symbol + str(amount)\n"}
+
+
+def _py_app(imports: str, line: str) -> str:
+    return (f"{imports}\nfrom shop import store\n\n\ndef open_shop(name, cents):\n    s = store.new_store(name)\n"
+            f"    {line}\n    return s, p\n")
+
+
+@pytest.mark.parametrize("imports, line, package", [
+    ("import shop.pricing as pr", "p = pr.new_", ""),
+    ("from shop import pricing as pr", "p = pr.new_", ""),
+    ("import shop.pricing", "p = shop.pricing.new_", ""),
+    ("import shop.pricing as pr", "p = pr.New_", ""),
+    ("import shop as pr", "p = pr.new_", "from .pricing import format_price, new_price\n"),
+    ("import shop as pr", "p = pr.new_", "from .pricing import *\n"),
+], ids=["import-as", "from-import-as", "dotted-module", "other-case", "package-reexport", "package-star"])
+def test_a_partly_typed_python_name_after_a_module_is_that_modules(make_repo, smollm2_tokenizer, imports, line,
+                                                                   package):
+    """`pr.new_|` dropped its partial word and its qualifier: nothing said pricing, and store's new_store, used a line
+    above, came first. The definitions of pricing whose names begin with `new_` now do (in any case where none
+    begins as typed), also where a package re-exports them."""
+    files = PY_FILES | {"app/main.py": _py_app(imports, line), "shop/__init__.py": package}
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "app/main.py", line)
+    _comes_first(index, packed, ("shop/pricing.py", "new_price"), ("shop/store.py", "new_store"),
+                 ("legacy/old_pricing.py", "new_price"), ("shop/pricing.py", "format_price"),
+                 *[("shop/pricing.py", f"price_step{i}") for i in range(10)])
+
+
+@pytest.mark.parametrize("line, col, qualifier, partial", [
+    ("p = pr.new_", None, "pr", "new_"),
+    ("p = pr.", None, "pr", ""),
+    ("p = shop.pricing.Ne", None, "shop.pricing", "Ne"),
+    ("let s = crate::cache::Sto", None, "crate::cache", "Sto"),
+    ("x = fmt.Println(a)", 10, "fmt", "Pr"),     # (the word's rest after the cursor is not part of it)
+    ("x = pr.new_ + 1", 11, "pr", "new_"),
+    ("x = new_", None, None, ""),
+    ("x = 1.5", None, None, ""),
+], ids=["partial", "dot", "dotted", "rust-path", "inside-a-word", "mid-line", "unqualified", "number"])
+def test_the_cursor_terms_say_the_qualifier_and_the_partial_word_after_it(line, col, qualifier, partial):
+    terms = cursor_terms([line], 0, len(line) if col is None else col, frozenset())
+    assert (terms.qualifier, terms.partial) == (qualifier, partial)
+    assert partial == "" or partial not in terms.weights     # (the ranking's identifiers still leave it out)
+
+
+# Go --------------------------------------------------------------------------------------------------------------
+
+GO_PRICING = ("package pricing\n\nimport \"fmt\"\n\ntype Price struct {\n\tCents    int64\n\tCurrency string\n}\n\n"
+              "func New(cents int64, currency string) Price {\n\treturn Price{Cents: cents, Currency: currency}\n}\n\n"
+              "func Format(p Price) string {\n\treturn fmt.Sprintf(\"%s %.2f\", p.Currency, float64(p.Cents)/100)\n}\n")
+GO_FILES = _fillers("misc", "go", "package misc\n\nfunc HandleOrder{i}(total string, currency string) string {{\n"
+                                  "\treturn total + currency\n}}\n\n"
+                                  "func NewLabel{i}(cents int64) int64 {{\n\treturn cents\n}}\n") | {
+    "go.mod": "module github.com/acme/shop\n\ngo 1.22\n", "internal/pricing/pricing.go": GO_PRICING,
+    "internal/store/store.go": "package store\n\ntype Store struct {\n\tName string\n}\n\n"
+                               "func New(name string) *Store {\n\treturn &Store{Name: name}\n}\n",
+    "internal/legacy/legacy.go": "package legacy\n\nfunc New(amount float64) float64 {\n\treturn amount\n}\n"}
+
+
+def test_a_partly_typed_go_name_after_a_package_is_that_packages(make_repo, smollm2_tokenizer):
+    """`pr.Ne|`: store.New, used a line above, came first, though the package being typed is pricing."""
+    main = ('package main\n\nimport (\n\t"fmt"\n\tpr "github.com/acme/shop/internal/pricing"\n'
+            '\t"github.com/acme/shop/internal/store"\n)\n\nfunc main() {\n\ts := store.New("shop")\n'
+            "\tp := pr.Ne\n\tfmt.Println(s, p)\n}\n")
+    files = GO_FILES | {"cmd/shop/main.go": main}
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "cmd/shop/main.go", "pr.Ne")
+    _comes_first(index, packed, ("internal/pricing/pricing.go", "New"), ("internal/store/store.go", "New"),
+                 ("internal/legacy/legacy.go", "New"), ("internal/pricing/pricing.go", "Format"))
+
+
+# JavaScript and TypeScript ---------------------------------------------------------------------------------------
+
+def _js_money(exports: str) -> str:
+    steps = "".join(f"function moneyStep{i}(cents, currency) {{\n  return cents / 100 + {i} + currency;\n}}\n\n"
+                    for i in range(10))
+    return (steps + "function newPrice(cents, currency) {\n  return { cents, currency };\n}\n\n"
+            "function formatPrice(price, locale) {\n  return price.currency + (price.cents / 100).toFixed(2);\n}\n\n"
+            + exports.format(names=", ".join([*(f"moneyStep{i}" for i in range(10)), "newPrice", "formatPrice"])))
+
+
+JS_FILES = _fillers("src", "js", "export function openWidget{i}(name, cents) {{\n  const s = name + cents;\n"
+                                "  return [s, cents];\n}}\n\n"
+                                "export function newWidget{i}(cents) {{\n  return cents;\n}}\n") | {
+    "src/store.js": "function newStore(name) {\n  return { name };\n}\n\nmodule.exports = { newStore };\n",
+    "src/legacy/money.js": "function newPrice(amount, symbol) {\n  return symbol + amount;\n}\n\n"
+                           "module.exports = { newPrice };\n"}
+
+
+def _js_cart(imports: str, line: str) -> str:
+    return (f"{imports}\nconst {{ newStore }} = require('./store');\n\nfunction openCart(name, cents) {{\n"
+            f"  const s = newStore(name);\n  {line}\n  return [s, p];\n}}\n")
+
+
+@pytest.mark.parametrize("money, imports, extension", [
+    ("export {{ {names} }};\n", "import * as pr from './utils/money';", "js"),
+    ("module.exports = {{ {names} }};\n", "const pr = require('./utils/money');", "js"),
+    ("export {{ {names} }};\n", "import * as pr from './utils/money.js';", "ts"),
+    ("export {{ {names} }};\n", "import pr = require('./utils/money');", "ts"),
+], ids=["namespace-import", "require", "ts-namespace-import", "ts-import-require"])
+def test_a_partly_typed_javascript_name_after_a_module_is_that_modules(make_repo, smollm2_tokenizer, money, imports,
+                                                                       extension):
+    """`pr.newP|` lost its qualifier (only `pr.|` named the module): store's newStore, used a line above, came first.
+    TypeScript's `import pr = require(...)` was not read at all."""
+    files = JS_FILES | {f"src/utils/money.{extension}": _js_money(money),
+                        f"src/cart.{extension}": _js_cart(imports, "const p = pr.newP")}
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, f"src/cart.{extension}", "pr.newP")
+    _comes_first(index, packed, (f"src/utils/money.{extension}", "newPrice"), ("src/store.js", "newStore"),
+                 ("src/legacy/money.js", "newPrice"), (f"src/utils/money.{extension}", "formatPrice"),
+                 *[(f"src/utils/money.{extension}", f"moneyStep{i}") for i in range(10)])
+
+
+# Rust ------------------------------------------------------------------------------------------------------------
+
+RUST_CACHE = "".join(f"pub fn cache_step_{i}(key: &str) -> usize {{\n    key.len() + {i}\n}}\n\n"
+                     for i in range(10)) + (
+    "pub struct Store {\n    pub entries: Vec<String>,\n}\n\n"
+    "impl Store {\n    pub fn new() -> Store {\n        Store { entries: Vec::new() }\n    }\n}\n\n"
+    "pub fn evict(store: &mut Store) {\n    store.entries.clear();\n}\n")
+RUST_FILES = _fillers("src", "rs", "pub fn open_stall_{i}(name: &str) -> usize {{\n    let stock = name.len();\n"
+                                  "    stock\n}}\n\n"
+                                  "pub struct Stock{i} {{\n    pub count: i64,\n}}\n") | {
+    "Cargo.toml": '[package]\nname = "shop"\n', "src/lib.rs": "pub mod cache;\npub mod stock;\npub mod legacy;\n",
+    "src/cache.rs": RUST_CACHE,
+    "src/stock.rs": "pub struct Stock {\n    pub count: i64,\n}\n\nimpl Stock {\n    pub fn empty() -> Stock {\n"
+                    "        Stock { count: 0 }\n    }\n}\n",
+    "src/legacy.rs": "pub struct Store {\n    pub rows: Vec<u8>,\n}\n"}
+
+
+def _rust_app(uses: str, line: str) -> str:
+    return (f"{uses}\nuse crate::stock::Stock;\n\npub fn open_shop(name: &str) -> usize {{\n"
+            f"    let stock = Stock::empty();\n    {line}\n    name.len()\n}}\n")
+
+
+@pytest.mark.parametrize("uses, line", [
+    ("", "let store = crate::cache::Sto"),
+    ("use crate::cache;", "let store = cache::Sto"),
+    ("use crate::cache as kv;", "let store = kv::Sto"),
+], ids=["crate-path", "used-module", "renamed-module"])
+def test_a_partly_typed_rust_name_after_a_module_path_is_that_modules(make_repo, smollm2_tokenizer, uses, line):
+    """`crate::cache::Sto|` lost its path (and `cache::` was looked up only when bound by a `use`): Stock, used a
+    line above, came first, and legacy's Store could."""
+    files = RUST_FILES | {"src/app.rs": _rust_app(uses, line)}
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "src/app.rs", line)
+    _comes_first(index, packed, ("src/cache.rs", "Store"), ("src/stock.rs", "Stock"), ("src/legacy.rs", "Store"),
+                 ("src/cache.rs", "evict"), *[("src/cache.rs", f"cache_step_{i}") for i in range(10)])
+
+
+# Right after the dot ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("files, path, line, module, fillers", [
+    (JS_FILES | {"src/utils/money.ts": _js_money("export {{ {names} }};\n"),
+                 "src/cart.ts": _js_cart("import pr = require('./utils/money');", "const p = pr.")},
+     "src/cart.ts", "pr.", "src/utils/money.ts", "src/filler{i}.js"),
+    (RUST_FILES | {"src/app.rs": _rust_app("", "let store = crate::cache::")},
+     "src/app.rs", "crate::cache::", "src/cache.rs", "src/filler{i}.rs"),
+], ids=["ts-import-require", "rust-crate-path"])
+def test_right_after_a_qualifier_its_module_outranks_unrelated_files(make_repo, smollm2_tokenizer, files, path, line,
+                                                                     module, fillers):
+    """`pr.|` lifted the module only when `pr` was bound to one, which `import pr = require` did not, nor a Rust path
+    (`crate::cache::|`) that no `use` had bound: files of a similar vocabulary came before most of the module."""
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, path, line)
+    places = [i for i, (chosen, _) in enumerate(packed.chosen) if chosen == module]
+    others = [i for i, (chosen, _) in enumerate(packed.chosen) if chosen in {fillers.format(i=i) for i in range(20)}]
+    assert len(places) == len(index.chunk_numbers(module)) and max(places) < min(others, default=len(packed.chosen))
+
