@@ -28,7 +28,7 @@ import functools
 import posixpath
 import re
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import NamedTuple
@@ -299,15 +299,16 @@ def _written_module(table: PathTable, language: str, imports: Iterable[Import], 
     return language == "rust" and (head in _RUST_PATH_KEYWORDS or head in table.crates)
 
 
-MAX_COMPLETION_NAMES = 64  # imported names that begin with the word being typed, followed to their definitions
+MAX_COMPLETION_NAMES = 64  # imported names of a module that may come next, followed to their definitions
 
 
-def completions(index, files: list[str], partial: str) -> dict[str, list[int]]:
-    """The names of a module (its ``files``) that begin with ``partial``, the word being typed after its qualifier,
-    each with the chunks defining it: the names the files define and those of the files they import every name from
-    (a barrel's ``from .segment import *``, ``export * from``), and the names they import, followed to their
-    definitions. Matched as typed, or failing that in any case (``fmt.pr`` for Println)."""
-    if not partial:
+def completions(index, files: list[str], partial: str, used: Container[str] = ()) -> dict[str, list[int]]:
+    """The names of a module (its ``files``) that may come next after its qualifier, each with the chunks defining
+    it: those that begin with ``partial``, the word being typed (as typed, or failing that in any case: ``fmt.pr``
+    for Println); with no word typed yet (``pr.|``), those the file has ``used`` already, the likeliest to come
+    next. A module's names are those its files define, those of the files they import every name from (a barrel's
+    ``from .segment import *``, ``export * from``), and the names they import, followed to their definitions."""
+    if not partial and not used:
         return {}
     own, imported_names = list(files), []
     for file in files:
@@ -317,18 +318,21 @@ def completions(index, files: list[str], partial: str) -> dict[str, list[int]]:
             elif imported.bound:
                 imported_names.append((file, imported.bound))
     for fold in (lambda name: name, str.casefold):
-        prefix, found = fold(partial), {}
+        prefix = fold(partial)
+
+        def wanted(name: str) -> bool:
+            return fold(name).startswith(prefix) if prefix else name in used
+
+        found: dict[str, list[int]] = {}
         for file in dict.fromkeys(own):
             for number in index.chunk_numbers(file):
-                for name in index.chunks[number].defines:
-                    if fold(name).startswith(prefix):
-                        found.setdefault(name, []).append(number)
+                for name in filter(wanted, index.chunks[number].defines):
+                    found.setdefault(name, []).append(number)
         budget = [MAX_FOLLOWED_IMPORTS]
-        wanted = [item for item in imported_names if fold(item[1]).startswith(prefix)]
-        for file, name in wanted[:MAX_COMPLETION_NAMES]:
+        for file, name in [item for item in imported_names if wanted(item[1])][:MAX_COMPLETION_NAMES]:
             found.setdefault(name, []).extend(_definitions(index, [file], name, set(), budget))
         found = {name: list(dict.fromkeys(chunks)) for name, chunks in found.items() if chunks}
-        if found:
+        if found or not partial:
             return found
     return {}
 

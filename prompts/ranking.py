@@ -9,8 +9,8 @@ Signals, summed with fixed weights:
   (``__init__`` tells little, ``parse_header`` a lot), somewhat discounted for names used everywhere, and
   raised where the current file imports the defining file;
 - a module at the cursor: right after ``module.`` (or ``a.b.``, ``crate::a::``), the chunks of that module's files;
-  after ``module.Ne``, a word partly typed, more for its definitions whose names begin with that word: what the
-  user is about to complete;
+  more for the definitions of the names likeliest to come next: after ``module.Ne``, a word partly typed, those
+  beginning with it (what the user is about to complete); right after the dot, those the file already uses;
 - qualified uses (Go): ``pkg.Name`` near the cursor is a use of that imported package's Name, weighted by
   nearness as an imported name is (two packages both define ``New``: ``store.New(`` is store's);
 - lexical similarity: BM25 between the weighted identifiers of the query and those of each chunk, normalised to
@@ -45,9 +45,10 @@ IMPORTED_NAME_WEIGHT = 3.0  # the definition of an imported name, at full nearne
 IMPORTED_NAME_BASE = 0.25  # ... and for every imported name, however far from the cursor
 IMPORTED_FILE_BOOST = 2.0  # a definition of a name used near the cursor, in a file the current file imports
 MODULE_WEIGHT = 2.0  # the chunks of the module right before the cursor (`nodes.|`), shared among them
-COMPLETION_WEIGHT = 8.0  # the definitions of its names that begin with the word being typed (`nodes.Se|`), shared
-                         # among the names (by the square root): one name alone outweighs any other name's
-                         # definition (at most DEFINITION_WEIGHT * IMPORTED_FILE_BOOST = 6)
+COMPLETION_WEIGHT = 8.0  # the definitions of its names likeliest next (beginning with the word typed, `nodes.Se|`;
+                         # or used in the file, `nodes.|`), shared among the names (by the square root): one name
+                         # alone outweighs any other name's definition (at most DEFINITION_WEIGHT *
+                         # IMPORTED_FILE_BOOST = 6)
 IMPORT_WEIGHT = 0.5  # every chunk of the imported files, shared among the files
 LEXICAL_WEIGHT = 3.0  # code like the code at the cursor: what a small model copies from best
 PROXIMITY_WEIGHT = 0.25
@@ -97,7 +98,7 @@ class Query:
     imported: frozenset[str] = frozenset()  # files the current file imports
     imported_names: Mapping[str, Sequence[int]] = field(default_factory=dict)  # name -> chunks defining it
     module_at_cursor: Sequence[str] = ()  # files of the module whose attribute is being typed (`nodes.|`)
-    # the module's names that begin with the word being typed after it (`nodes.Se|`) -> the chunks defining each
+    # the module's names likeliest next (beginning with the word typed after it, `nodes.Se|`) -> chunks defining each
     completing: Mapping[str, Sequence[int]] = field(default_factory=dict)
     local: frozenset[str] = frozenset()  # names the current file binds itself
     uses: Mapping[str, int] = field(default_factory=dict)  # identifier -> occurrences in the current file

@@ -215,3 +215,17 @@ def test_right_after_a_qualifier_its_module_outranks_unrelated_files(make_repo, 
     others = [i for i, (chosen, _) in enumerate(packed.chosen) if chosen in {fillers.format(i=i) for i in range(20)}]
     assert len(places) == len(index.chunk_numbers(module)) and max(places) < min(others, default=len(packed.chosen))
 
+
+
+def test_right_after_a_modules_dot_its_names_the_file_already_uses_come_first(make_repo, smollm2_tokenizer):
+    """`pr.|` lifted all of pricing's chunks alike, a little each, and store's new_store, used on the line above, came
+    first; of the module's names, those the file has used already (far above: no nearness) are the likeliest next."""
+    earlier = ("def first_price(cents):\n    label = pr.format_price(pr.price_step3(cents, 'USD'), 'en')\n"
+               + "    label = label.strip()\n" * 70 + "    return label\n\n\n")
+    app = _py_app("import shop.pricing as pr", "p = pr.").replace("\n\n\ndef open_shop", "\n\n\n" + earlier
+                                                                           + "def open_shop")
+    files = PY_FILES | {"app/main.py": app}
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "app/main.py", "p = pr.")
+    _comes_first(index, packed, ("shop/pricing.py", "format_price"), ("shop/store.py", "new_store"),
+                 ("shop/pricing.py", "new_price"), *[(f"misc/filler{i}.py",) for i in range(20)])
+    _comes_first(index, packed, ("shop/pricing.py", "price_step3"), ("shop/store.py", "new_store"))
