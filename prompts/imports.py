@@ -317,24 +317,28 @@ def completions(index, files: list[str], partial: str, used: Container[str] = ()
                 own += module_files(index.paths, file, language_name(file), imported.module)
             elif imported.bound:
                 imported_names.append((file, imported.bound))
-    for fold in (lambda name: name, str.casefold):
-        prefix = fold(partial)
+    found = _names_defined(index, own, imported_names, partial, used, fold=False)
+    return found if found or not partial else _names_defined(index, own, imported_names, partial, used, fold=True)
 
-        def wanted(name: str) -> bool:
-            return fold(name).startswith(prefix) if prefix else name in used
 
-        found: dict[str, list[int]] = {}
-        for file in dict.fromkeys(own):
-            for number in index.chunk_numbers(file):
-                for name in filter(wanted, index.chunks[number].defines):
-                    found.setdefault(name, []).append(number)
-        budget = [MAX_FOLLOWED_IMPORTS]
-        for file, name in [item for item in imported_names if wanted(item[1])][:MAX_COMPLETION_NAMES]:
-            found.setdefault(name, []).extend(_definitions(index, [file], name, set(), budget))
-        found = {name: list(dict.fromkeys(chunks)) for name, chunks in found.items() if chunks}
-        if found or not partial:
-            return found
-    return {}
+def _names_defined(index, own: list[str], imported_names: list[tuple[str, str]], partial: str, used: Container[str],
+                   fold: bool) -> dict[str, list[int]]:
+    """``completions`` matched as typed or (``fold``) in any case: the wanted names the files ``own`` define, and
+    those of ``imported_names`` (file, name bound there), followed to their definitions."""
+    prefix = partial.casefold() if fold else partial
+
+    def wanted(name: str) -> bool:
+        return (name.casefold() if fold else name).startswith(prefix) if prefix else name in used
+
+    found: dict[str, list[int]] = {}
+    for file in dict.fromkeys(own):
+        for number in index.chunk_numbers(file):
+            for name in filter(wanted, index.chunks[number].defines):
+                found.setdefault(name, []).append(number)
+    budget = [MAX_FOLLOWED_IMPORTS]
+    for file, name in [item for item in imported_names if wanted(item[1])][:MAX_COMPLETION_NAMES]:
+        found.setdefault(name, []).extend(_definitions(index, [file], name, set(), budget))
+    return {name: list(dict.fromkeys(chunks)) for name, chunks in found.items() if chunks}
 
 
 def _go_package(module: str) -> str:
