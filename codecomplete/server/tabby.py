@@ -34,6 +34,7 @@ of which the agent reads the status only.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
@@ -47,6 +48,7 @@ from fastapi import APIRouter, Request
 from pydantic import Field
 from starlette.responses import Response
 
+from prompts.errors import PromptError
 from prompts.languages import PLAIN_TEXT, TREE_SITTER_LANGUAGES
 
 from ..session import UNTITLED
@@ -88,6 +90,7 @@ STOP_KEYWORDS |= dict.fromkeys(("javascript", "typescript", "javascriptreact", "
     "//", ("abstract", "async", "class", "const", "export", "function", "interface", "module", "package", "type", "var",
            "enum", "let")))
 EVENT_TYPES = ("view", "select", "dismiss")
+_WINDOWS_DRIVE = re.compile(r"[A-Za-z]:/")         # `C:\repo\a.py` once its backslashes are slashes
 # An editor's language id (VS Code's, which the agent sends) to a file extension the prompts know it by.
 EXTENSIONS = {spec.name: extension for extension, spec in reversed(TREE_SITTER_LANGUAGES.items())} | {
     name: extension for extension, (name, _) in reversed(PLAIN_TEXT.items())} | {
@@ -163,7 +166,7 @@ async def completions(request: Request, data: dict):
         start = lambda: session.raw(debug.raw_prompt, sampling=sampling)  # noqa: E731
     elif segments is not None:
         root = session.index.root
-        path = _cursor_file(segments.filepath, body.language, root)
+        path = _cursor_file(segments.filepath, body.language, session.index)
         extra = [(_label(snippet.filepath, root), snippet.body) for snippet in reversed(_by_importance(segments))]
         suffix = segments.suffix or ""
         crlf = "\r\n" in segments.prefix or "\r\n" in suffix
@@ -216,33 +219,44 @@ def _by_importance(segments: Segments) -> list[Declaration]:
             *(segments.relevant_snippets_from_recently_opened_files or ())]
 
 
-def _cursor_file(filepath: str | None, language: str | None, root: Path) -> str:
+def _cursor_file(filepath: str | None, language: str | None, index) -> str:
     """The cursor's file as the session names it: its path in the repository; for a file elsewhere, or none named,
-    `untitled` with the file's extension, or its language's."""
-    inside = _in_repository(filepath, root) if filepath else None
+    `untitled` with the file's extension, or its language's. Elsewhere as the index judges it too: a folder linked
+    out of the repository, or `~`, leads out (the session would refuse the path)."""
+    inside = _in_repository(filepath, index.root) if filepath else None
     if inside is not None:
-        return inside
-    extension = PurePosixPath(_local(filepath)).suffix if filepath else ""
+        with contextlib.suppress(PromptError):
+            return index.relative_path(inside)
+    extension = PurePosixPath(_local(filepath) or filepath).suffix if filepath else ""
     return UNTITLED + (extension or EXTENSIONS.get(language or "", ""))
 
 
 def _label(filepath: str, root: Path) -> str:
     """A chunk's file as the prompt names it: relative to the repository where it lies inside. Only a label: the
     file is never read."""
-    return _in_repository(filepath, root) or _local(filepath)
+    return _in_repository(filepath, root) or _local(filepath) or filepath
 
 
 def _in_repository(filepath: str, root: Path) -> str | None:
     """A client's path (relative to the repository, absolute, or a file:// URI) as a posix path relative to the
     repository; None where it lies outside. By the text only: the session checks links when it looks at the file."""
-    full = Path(os.path.normpath(root / _local(filepath)))     # (an absolute path stays itself)
+    local = _local(filepath)
+    if local is None or _WINDOWS_DRIVE.match(local):       # (another machine's file, or a Windows drive's)
+        return None
+    full = Path(os.path.normpath(root / local))     # (an absolute path stays itself)
     return full.relative_to(root).as_posix() if full.is_relative_to(root) and full != root else None
 
 
-def _local(filepath: str) -> str:
-    """A file:// URI's path (`file:///home/me/a.py`); a Windows client's relative `src\\a.py` with slashes."""
+def _local(filepath: str) -> str | None:
+    """A file:// URI's path (`file:///home/me/a.py`), None for another host's file or a URI that is none
+    (`file://[::1/a.py`); a Windows client's relative `src\\a.py` with slashes."""
     if filepath.startswith("file:"):
-        return unquote(urlsplit(filepath).path)
+        try:
+            parts = urlsplit(filepath)
+            host = parts.hostname
+        except ValueError:
+            return None
+        return unquote(parts.path) if host in (None, "localhost") else None
     return filepath.replace("\\", "/") if "/" not in filepath else filepath
 
 

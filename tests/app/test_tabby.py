@@ -150,6 +150,25 @@ def test_the_cursors_file_is_filepath_in_the_repository_however_the_agent_writes
     assert f"app.py\n{tail}" in in_repository and f"untitled.py\n{tail}" in outside and "elsewhere" not in outside
 
 
+def test_a_cursor_file_named_elsewhere_lends_only_its_extension_however_it_is_named(server, served_repo, tmp_path):
+    """A path through a folder linked out of the repository, one under ~, a Windows drive's path, a file:// URI of
+    another host or one that is no URI at all: a file elsewhere, whose prompt is a file outside's (`untitled.py`),
+    neither a 400 (the session's check of the path) nor a 500 (urlsplit's ValueError)."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "tools.py").write_text("TOKEN = 'not for the prompt'\n")
+    link = served_repo / "linked"
+    link.symlink_to(elsewhere, target_is_directory=True)
+    try:
+        outside, _ = debug_prompt(server, AGENT_BODY, filepath="file:///elsewhere/project/tools.py")
+        for filepath in ("linked/tools.py", "~/tools.py", "C:\\Users\\me\\shapes\\app.py",
+                         f"file://otherhost{served_repo}/app.py", "file://[::1/app.py"):
+            prompt, _ = debug_prompt(server, AGENT_BODY, filepath=filepath)
+            assert prompt == outside, (filepath, prompt)
+    finally:
+        link.unlink()
+
+
 def test_at_most_tabbys_64_new_tokens_where_the_server_allows_more(script, cli_env, served_repo, tmp_path):
     """tabby-agent sets no limit: Tabby's server gives 64 tokens (its max_decoding_tokens), and so does this one
     when its own default (--max-tokens) is larger; a smaller one wins (the module's server: 12)."""
@@ -214,6 +233,8 @@ def test_events_are_accepted_and_other_types_refused(server):
     ("/v1/completions", {"debug_options": {"raw_prompt": ""}}, 400, ["empty"]),
     ("/v1/completions", {"segments": {"prefix": "x", "filepath": "../outside.py"}}, 200, []),   # only a name
     ("/v1/completions", {**LSP_BODY, "segments": {"prefix": "def f(:\n    "}}, 200, []),
+    ("/v1/completions", {"segments": {"prefix": "x", "declarations": [{"filepath": "file://[::1/a.py", "body": "b"}]}},
+     200, []),                                                                           # only a label, not a URI
     ("/v1/events", {"type": "click", "completion_id": "cmpl-1", "choice_index": 0}, 400, ["'click'", "view"]),
     ("/v1/events", {"type": "view", "choice_index": 0}, 400, ["completion_id", "required"]),
     ("/v1/events", {"type": "view", "completion_id": "cmpl-1", "choice_index": -1}, 400, ["choice_index"]),
