@@ -272,9 +272,13 @@ def _temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """logits / temperature, as llama.cpp's temperature sampler (the logits themselves: penalties after it see their
     signs). Below float32's smallest normal number the temperature would round to 0 (1e-300: 0 / 0 is NaN): it
     divides as that number. A row whose finite logits overflow (1e-45 sent the largest to +inf, and inf - inf is NaN
-    in the softmax) divides from its largest logit down instead: the others go to -inf, the largest stays 0."""
+    in the softmax) divides from its largest logit down instead: the others go to -inf, the largest stays 0. Above
+    float32's largest number it would round to inf (1e300: a banned token's -inf / inf is NaN): it divides as that
+    number, which leaves every token alike already."""
     if temperature >= 1.0:          # |logit| / temperature <= |logit|: nothing overflows (llama.vim's chain leaves
-        return logits if temperature == 1.0 else logits / temperature    # the temperature out: 1, every token)
+        if temperature == 1.0:      # the temperature out: 1, every token)
+            return logits
+        return logits / min(temperature, torch.finfo(torch.float32).max)
     temperature = max(temperature, torch.finfo(torch.float32).tiny)
     scaled = logits / temperature
     overflow = (torch.isinf(scaled) & torch.isfinite(logits)).any(dim=-1, keepdim=True)      # (B, 1)

@@ -196,6 +196,17 @@ def test_text_with_crlf_line_ends_is_answered_with_crlf_line_ends(server):
     assert windows["choices"][0]["text"] == unix.replace("\n", "\r\n")
 
 
+def test_a_temperature_past_float32s_range_draws_as_float32s_largest(server):
+    """Tabby (and llama.cpp's routes) take any temperature. Past float32's largest, 1e300 divided the logits into NaN:
+    one token drawn from nothing, an empty answer. It draws as the largest float32 does: every token alike."""
+    body = {**LSP_BODY, "seed": 3}
+    huge, largest = (complete(server, {**body, "temperature": t})["choices"][0]["text"] for t in (1e300, 3e38))
+    assert huge == largest and huge, (huge, largest)
+    reply = httpx.post(server.url + "/completion", headers=AUTH, timeout=300, json={
+        "prompt": "def add(a, b):", "n_predict": 6, "temperature": 1e300, "seed": 3}).json()
+    assert reply["tokens_predicted"] == 6, reply
+
+
 def test_health_is_tabbys_and_llama_cpps_without_a_key(server):
     """The agent is ready on a 200 and offers completions while `model` is set (1.5.0: and `device`); it reads
     `version.git_describe`, and a version below 0.9 spares it /v1beta/server_setting."""
