@@ -329,6 +329,7 @@ def run_bench(args) -> None:
     result = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "device": engine.device,
         "card": _card(engine.device, getattr(engine, "gpus", 1)), "model": engine.name, "dtype": engine.dtype,
+        "matmul_dtype": engine.matmul_dtype,        # the projections' weights: int8 or bfloat16 ones where asked
         "versions": versions(torch.__version__),
         "decode_tokens": decode_tokens, "repeats": REPEATS, "backends": backends, "repo_context": repo_context,
         "kv_cache": engine.kv_cache_dtype, "end_to_end": rows, "speedups": speedups(rows, backends),

@@ -85,3 +85,17 @@ def test_a_server_with_int8_weights_warms_up_serves_and_announces_them(script, c
         code = process.stop()
     assert code == 0 and "warmed up the decode step" in process.log() and "Traceback" not in process.log(), \
         process.log()
+
+
+def test_the_benchmarks_json_names_the_weights_it_timed(codecomplete, tmp_path):
+    """`--bench --weights int8 --json`: a result file says the weights were int8 (the table's title did; the JSON
+    said only float32, as a run of float32 weights does)."""
+    import json
+
+    out = tmp_path / "bench.json"
+    run = codecomplete("--bench", "--weights", "int8", "--contexts", "32", "--max-tokens", "2", "--speculate", "0",
+                       "--json", out)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(out.read_text())
+    assert (result["dtype"], result["matmul_dtype"]) == ("float32", "int8"), result
+    assert "float32, int8 weights" in run.stdout
