@@ -220,13 +220,14 @@ def _by_importance(segments: Segments) -> list[Declaration]:
 
 
 def _cursor_file(filepath: str | None, language: str | None, index) -> str:
-    """The cursor's file as the session names it: its path in the repository; for a file elsewhere, or none named,
-    `untitled` with the file's extension, or its language's. Elsewhere as the index judges it too: a folder linked
-    out of the repository, or `~`, leads out (the session would refuse the path)."""
-    inside = _in_repository(filepath, index.root) if filepath else None
-    if inside is not None:
+    """The cursor's file as the session names it: its path in the repository, as the index finds it (through links,
+    as the command line's --file: an editor's folder may be a link to the server's); for a file elsewhere (a folder
+    linked out of the repository too, or `~`), none named, or no file (a NUL), `untitled` with the file's extension,
+    or its language's."""
+    local = _local(filepath) if filepath else None
+    if local and "\0" not in local and not _WINDOWS_DRIVE.match(local):
         with contextlib.suppress(PromptError):
-            return index.relative_path(inside)
+            return index.relative_path(local)
     extension = PurePosixPath(_local(filepath) or filepath).suffix if filepath else ""
     return UNTITLED + (extension or EXTENSIONS.get(language or "", ""))
 

@@ -134,12 +134,15 @@ def test_a_raw_prompt_is_continued_as_it_is_as_openais_prompt_is(server):
     assert "\n" in answer["choices"][0]["text"]
 
 
-def test_the_cursors_file_is_filepath_in_the_repository_however_the_agent_writes_it(server, served_repo):
-    """Relative to the git root (or workspace), absolute, or the document's file:// URI when the agent found neither:
-    the same file of the repository. A file outside it lends only its extension, as a body without one lends its
-    language's."""
+def test_the_cursors_file_is_filepath_in_the_repository_however_the_agent_writes_it(server, served_repo, tmp_path):
+    """Relative to the git root (or workspace), absolute, or the document's file:// URI when the agent found neither,
+    through a link to the repository too (the editor's folder a link, the server's its target): the same file of the
+    repository. A file outside it lends only its extension, as a body without one lends its language's."""
+    alias = tmp_path / "alias"
+    alias.symlink_to(served_repo, target_is_directory=True)
     prompts = {filepath: debug_prompt(server, AGENT_BODY, filepath=filepath)[0] for filepath in
-               ("app.py", str(served_repo / "app.py"), (served_repo / "app.py").as_uri())}
+               ("app.py", str(served_repo / "app.py"), (served_repo / "app.py").as_uri(), str(alias / "app.py"),
+                (alias / "app.py").as_uri())}
     assert len(set(prompts.values())) == 1
     in_repository = prompts["app.py"]
     outside, _ = debug_prompt(server, AGENT_BODY, filepath="file:///elsewhere/project/tools.py")
@@ -152,8 +155,8 @@ def test_the_cursors_file_is_filepath_in_the_repository_however_the_agent_writes
 
 def test_a_cursor_file_named_elsewhere_lends_only_its_extension_however_it_is_named(server, served_repo, tmp_path):
     """A path through a folder linked out of the repository, one under ~, a Windows drive's path, a file:// URI of
-    another host or one that is no URI at all: a file elsewhere, whose prompt is a file outside's (`untitled.py`),
-    neither a 400 (the session's check of the path) nor a 500 (urlsplit's ValueError)."""
+    another host or one that is no URI at all, a name with a NUL: a file elsewhere, whose prompt is a file outside's
+    (`untitled.py`), neither a 400 (the session's check of the path) nor a 500 (urlsplit's ValueError, resolve's)."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "tools.py").write_text("TOKEN = 'not for the prompt'\n")
@@ -162,7 +165,7 @@ def test_a_cursor_file_named_elsewhere_lends_only_its_extension_however_it_is_na
     try:
         outside, _ = debug_prompt(server, AGENT_BODY, filepath="file:///elsewhere/project/tools.py")
         for filepath in ("linked/tools.py", "~/tools.py", "C:\\Users\\me\\shapes\\app.py",
-                         f"file://otherhost{served_repo}/app.py", "file://[::1/app.py"):
+                         f"file://otherhost{served_repo}/app.py", "file://[::1/app.py", "shapes\0/app.py"):
             prompt, _ = debug_prompt(server, AGENT_BODY, filepath=filepath)
             assert prompt == outside, (filepath, prompt)
     finally:
