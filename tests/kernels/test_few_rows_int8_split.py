@@ -11,20 +11,7 @@ import triton
 import kernels.few_rows_int8 as few_rows
 from kernels.few_rows_int8 import DEFAULT_SMS, PROGRAMS_PER_SM, few_rows_int8, plan, read_plans, split_for
 from kernels.gemv import tickets
-
-
-def _int8_weight(N, K):
-    """Random int8 rows with float32 scales (amax / 127 per row), and the float64 matrix they stand for."""
-    from kernels.reference import quantize_int8
-    weight, scale = quantize_int8(torch.randn(N, K) * (torch.rand(N, 1) + 0.1))
-    return weight, scale, weight.double() * scale.double()[:, None]
-
-
-def _relative_error(y, x, dequantized):
-    """Largest |y - y64| over the sum of |terms| of its output (rounding scales with the terms, not the sum)."""
-    want = x.double() @ dequantized.T
-    terms = x.double().abs() @ dequantized.abs().T
-    return ((y.double() - want).abs() / terms).max().item()
+from test_few_rows_int8 import _int8_weight, _relative_error
 
 
 @pytest.fixture
