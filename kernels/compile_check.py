@@ -207,6 +207,12 @@ def sass_facts(cubin: bytes, with_opcodes: bool = False) -> dict:
     return facts
 
 
+def opcode_count(loop_opcodes: dict, prefixes: str | tuple[str, ...]) -> int:
+    """Instructions in a loop (`sass_facts`' loop_opcodes) whose opcode begins with `prefixes`: opcodes carry their
+    modifiers (`BAR.SYNC.DEFER_BLOCKING`, `HMMA.16816.F32.BF16`)."""
+    return sum(n for op, n in loop_opcodes.items() if op.startswith(prefixes))
+
+
 def compile_config(config: Config, target: GPUTarget = GPUTarget("cuda", 90, 32), with_opcodes: bool = False) -> dict:
     """Compile both kernels as `flash_decode` would launch them on a GPU; returns facts about the binaries."""
     scaled = config.kv in ("fp8", "int8")

@@ -279,7 +279,7 @@ def compile_facts(arch: int = 90) -> list[dict]:
     kernels/compile_check.py)."""
     from triton.backends.compiler import GPUTarget
 
-    from kernels.compile_check import _compile, sass_facts
+    from kernels.compile_check import _compile, opcode_count, sass_facts
     facts = []
     for dtype, N, prmt in (("bf16", 32016, True), ("bf16", 4096, True), ("fp16", 4096, True), ("fp32", 4096, True),
                            ("fp16", 4096, False)):
@@ -296,11 +296,11 @@ def compile_facts(arch: int = 90) -> list[dict]:
         facts.append({"dtype": dtype, "N": N, "block_n": chosen.block_n, "split_k": chosen.split_k, "prmt_arm": prmt,
                       "cubin_bytes": len(binary.asm["cubin"]), "registers": sass.get("registers"),
                       "local_bytes": sass.get("local_bytes"), "loop_instructions": sass.get("loop_instructions"),
-                      "i2f": sum(n for op, n in loop.items() if op.startswith("I2F")),
+                      "i2f": opcode_count(loop, "I2F"),
                       "prmt": loop.get("PRMT", 0),
-                      "tensor_core_dots": sum(n for op, n in loop.items() if op.startswith(("HMMA", "HGMMA"))),
-                      "fma_dots": sum(n for op, n in loop.items() if op.startswith("FFMA")),
-                      "async_copies": sum(n for op, n in loop.items() if op.startswith("LDGSTS")),
+                      "tensor_core_dots": opcode_count(loop, ("HMMA", "HGMMA")),
+                      "fma_dots": opcode_count(loop, "FFMA"),
+                      "async_copies": opcode_count(loop, "LDGSTS"),
                       "ticket": "atom.global.gpu.acq_rel.add" in ptx, "reset": "atom.global.gpu.relaxed.exch" in ptx,
                       "partials_from_l2": ptx.count("ld.global.cg")})
     return facts

@@ -571,7 +571,7 @@ def compile_facts(arch: int = 90, names=None) -> dict:
     and by PRMT, and the barriers in the key loop's SASS. `names`: only those builds (`build_names`)."""
     from triton.backends.compiler import GPUTarget
 
-    from kernels.compile_check import _compile, before_pdl_wait, sass_facts
+    from kernels.compile_check import _compile, before_pdl_wait, opcode_count, sass_facts
     pointers = dict(X="*bf16", NORM_W="*bf16", W="*bf16", W_SCALE="*bf16", Y="*bf16", RES="*bf16", COS="*fp32",
                     SIN="*fp32", POS="*i64", K_CACHE="*bf16", V_CACHE="*bf16")
     quantized = dict(K_SCALE="*fp32", V_SCALE="*fp32", TICKETS="*i32")
@@ -601,5 +601,5 @@ def compile_facts(arch: int = 90, names=None) -> dict:
             "pdl_wait": "griddepcontrol.wait" in ptx, "tickets": re.search(r"atom\.global\S*acq_rel", ptx) is not None,
             "loads_before_wait": sum("ld.global" in line for line in before_pdl_wait(ptx)),
             "i2f": len(re.findall(r"cvt\.rn\.f32\.s(?:8|16|32)", ptx)), "prmt": ptx.count("prmt.b32"),
-            "loop_barriers": sum(n for op, n in loop.items() if op.startswith("BAR"))}
+            "loop_barriers": opcode_count(loop, "BAR")}
     return facts

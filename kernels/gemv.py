@@ -204,7 +204,7 @@ def compile_facts(arch: int = 90) -> list[dict]:
 
     from triton.backends.compiler import GPUTarget
 
-    from kernels.compile_check import _compile, sass_facts
+    from kernels.compile_check import _compile, opcode_count, sass_facts
     facts = []
     for split, int8 in ((1, False), (3, False), (1, True), (3, True)):
         weights = dict(W="*i8", W_SCALE="*fp32") if int8 else dict(W="*bf16", W_SCALE="*bf16")
@@ -220,7 +220,7 @@ def compile_facts(arch: int = 90) -> list[dict]:
                       "loads_8_bytes": ptx.count("ld.global.v2.b32"),
                       "ticket": "atom.global.gpu.acq_rel.add" in ptx, "reset": "atom.global.gpu.relaxed.exch" in ptx,
                       "partials_from_l2": ptx.count("ld.global.cg"),
-                      "loop_barriers": sum(n for op, n in loop.items() if op.startswith("BAR"))})
+                      "loop_barriers": opcode_count(loop, "BAR")})
     return facts
 
 
