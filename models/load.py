@@ -68,8 +68,7 @@ def load_model(spec=None, device=None, dtype=None, attention=None, max_context=N
                               matmul_dtype, weights)
     name, directory = checkpoint_directory(spec, dtype, progress)
     config = read_config(directory)
-    context = _capacity(config, max_context, name, past_training, device, dtype, quant, tp,
-                        weight_bytes(config, dtype, weights, matmul_dtype))
+    context = _capacity(config, max_context, name, past_training, device, dtype, quant, tp, weights, matmul_dtype)
     if progress:
         progress(f"Loading {name} on {device.type}")
     loaded = load_hf_model(directory, device, dtype, max_len=context, name=name, tp=tp, matmul_dtype=matmul_dtype,
@@ -86,15 +85,16 @@ def load_model(spec=None, device=None, dtype=None, attention=None, max_context=N
 RANDOM_PREFIX = "random:"
 
 
-def _capacity(config, max_context, name: str, past_training: bool, device, dtype, quant, tp,
-              weights_bytes: int = 0) -> int:
+def _capacity(config, max_context, name: str, past_training: bool, device, dtype, quant, tp, weights=None,
+              matmul_dtype=None) -> int:
     """context_capacity, and past the training length a check that the KV cache fits beside the weights about to load
-    (`weights_bytes`, as loaded: int8 ones as int8), before the model is built: there no position limit bounds its
+    (`weight_bytes`, as loaded: int8 ones as int8), before the model is built: there no position limit bounds its
     rotary tables (1 KiB a token at head dim 128), only memory does. (A rank of a split model checks its own part
     later, in setup_caches, in the memory its weights left free.)"""
     context = context_capacity(config, max_context, name, past_training)
     if context > config.context_limit and tp is None:
-        check_kv_cache_fits(config, 1, context, dtype, device, name, quant, loading=weights_bytes)
+        check_kv_cache_fits(config, 1, context, dtype, device, name, quant,
+                            loading=weight_bytes(config, dtype, weights, matmul_dtype))
     return context
 
 
@@ -128,8 +128,7 @@ def _random_engine(spec: str, device, dtype, attention, max_context, cuda_graphs
         config = config.replace(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                                 eos_token_ids=end_of_generation_ids(tokenizer, len(tokenizer)))
         label = f"{name} (random weights, vocabulary {len(tokenizer)})"
-    context = _capacity(config, max_context, name, past_training, device, dtype, quant, tp,
-                        weight_bytes(config, dtype, weights, matmul_dtype))
+    context = _capacity(config, max_context, name, past_training, device, dtype, quant, tp, weights, matmul_dtype)
     with weights_fit(label, config, device, dtype, weights, matmul_dtype, tp):
         if tp is None:
             model = build_random_model(config, device=device, dtype=dtype, max_len=context, matmul_dtype=matmul_dtype,
