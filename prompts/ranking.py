@@ -136,7 +136,7 @@ def cursor_terms(
     qualifier = _MODULE_BEFORE.search(written[-200:])
     first = max(0, row - FILE_LINES)
     lines = [_clip(line) for line in lines[first:row]] + [
-        _PARTIAL_BEFORE.sub("", before) + " " + _PARTIAL_AFTER.sub("", after)
+        written + " " + _PARTIAL_AFTER.sub("", after)
     ] + [_clip(line) for line in lines[row + 1 : row + FILE_LINES]]
     row -= first
     counts = Counter(IDENTIFIER.findall("\n".join(lines)))

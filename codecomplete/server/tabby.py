@@ -228,7 +228,7 @@ def _cursor_file(filepath: str | None, language: str | None, index) -> str:
     if local and "\0" not in local and not _WINDOWS_DRIVE.match(local):
         with contextlib.suppress(PromptError):
             return index.relative_path(local)
-    extension = PurePosixPath(_local(filepath) or filepath).suffix if filepath else ""
+    extension = PurePosixPath(local or filepath).suffix if filepath else ""
     return UNTITLED + (extension or EXTENSIONS.get(language or "", ""))
 
 
