@@ -36,6 +36,7 @@ from .formats import CompletionFormat, Segment, completion_format
 from .imports import completions, follow_imports, qualified_definitions, qualifier_files
 from .index import RepoIndex
 from .languages import comment_marker, language_for, language_name
+from .members import type_members
 from .outline import brief, outline
 from .packing import (BRIEF, CHARS_PER_TOKEN_AT_MOST, EXAMPLE, Assembler, ContextItem, Layout, PackedPrompt, count_all,
                       select_chunks)
@@ -258,13 +259,15 @@ def _query(index: RepoIndex, path: str, language: str, imports, rows: list[str],
     own = {name for number in index.chunk_numbers(path) for name in index.chunks[number].defines}
     module = qualifier_files(index, path, language, imports, imported.modules, terms.qualifier) if (
         terms.qualifier) else []
+    members = type_members(index, path, terms.qualifier, imported.definitions, module, terms.partial,
+                           terms.counts) if terms.qualifier else {}
     return Query(
         weights=terms.weights,
         path=path,
         imported=frozenset(imported.files),
         imported_names=imported.definitions,
         module_at_cursor=module,
-        completing=completions(index, module, terms.partial, terms.counts),
+        completing=members or completions(index, module, terms.partial, terms.counts),
         local=(terms.local | own) - imported.declared,
         uses=terms.counts,
         shown=shown,

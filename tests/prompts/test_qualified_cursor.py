@@ -229,3 +229,84 @@ def test_right_after_a_modules_dot_its_names_the_file_already_uses_come_first(ma
     _comes_first(index, packed, ("shop/pricing.py", "format_price"), ("shop/store.py", "new_store"),
                  ("shop/pricing.py", "new_price"), *[(f"misc/filler{i}.py",) for i in range(20)])
     _comes_first(index, packed, ("shop/pricing.py", "price_step3"), ("shop/store.py", "new_store"))
+
+
+# After a type's qualifier ----------------------------------------------------------------------------------------
+
+RUST_STORE_OPS = ("use crate::cache::Store;\n\nimpl Store {\n    pub fn new() -> Store {\n"
+                  "        Store { entries: Vec::new() }\n    }\n}\n\n"
+                  "impl Store {\n    pub fn evict(&mut self) {\n        self.entries.clear();\n    }\n}\n")
+RUST_TYPE_FILES = RUST_FILES | {
+    "src/lib.rs": "pub mod cache;\npub mod cache_ops;\npub mod stock;\npub mod legacy;\npub mod names;\n",
+    "src/cache.rs": "".join(f"pub fn cache_step_{i}(key: &str) -> usize {{\n    key.len() + {i}\n}}\n\n"
+                            for i in range(10)) + "pub struct Store {\n    pub entries: Vec<String>,\n}\n",
+    "src/cache_ops.rs": RUST_STORE_OPS,
+    "src/legacy.rs": "pub struct Store {\n    pub rows: Vec<u8>,\n}\n\n"
+                     "impl Store {\n    pub fn new() -> Store {\n        Store { rows: Vec::new() }\n    }\n}\n",
+    "src/names.rs": "pub fn new_store_name(name: &str) -> String {\n    name.to_string()\n}\n"}
+
+
+@pytest.mark.parametrize("line", ["let store = Store::ne", "let store = Store::"], ids=["partial", "right-after"])
+def test_a_partly_typed_rust_name_after_a_type_is_its_associated_function(make_repo, smollm2_tokenizer, line):
+    """`Store::ne|` named no module: Stock::empty, used a line above, came first, and so could legacy's own
+    `Store::new` or a free `new_store_name`. The `impl Store` blocks of the Store the file uses, here in another
+    file than the struct, now do: the one defining `new` first; right after `::`, both before unrelated code."""
+    files = RUST_TYPE_FILES | {"src/app.rs": _rust_app("use crate::cache::Store;", line)}
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "src/app.rs", line)
+    decoys = [("src/legacy.rs", "new"), ("src/names.rs", "new_store_name"),
+              *[("src/cache.rs", f"cache_step_{i}") for i in range(10)], *[(f"src/filler{i}.rs",) for i in range(20)]]
+    if line.endswith("::"):     # (nothing typed: Stock's impl, just used, may come first, as after a module)
+        for member in ("new", "evict"):
+            _comes_first(index, packed, ("src/cache_ops.rs", member), *decoys)
+    else:
+        _comes_first(index, packed, ("src/cache_ops.rs", "new"), ("src/stock.rs", "Stock"),
+                     ("src/cache_ops.rs", "evict"), *decoys)
+
+
+PY_PRICE = ("class Price:\n    \"\"\"An amount of money.\"\"\"\n\n    def __init__(self, cents, currency):\n"
+            "        self.cents, self.currency = cents, currency\n\n" + "".join(
+                f"    def step{i}(self, factor, rounding='half-even'):\n        \"\"\"Step {i} of the pricing rules.\"\"\"\n"
+                f"        cents = self.cents * factor + {i}\n        return Price(round(cents), self.currency)\n\n"
+                for i in range(12)) +
+            "    @classmethod\n    def from_cents(cls, cents, currency='USD'):\n        return cls(cents, currency)\n\n\n"
+            "def from_text(text):\n    return Price(int(text), 'USD')\n")
+PY_TYPE_FILES = PY_FILES | {
+    "shop/pricing.py": PY_PRICE,
+    "legacy/old_pricing.py": "class Price:\n    @classmethod\n    def from_cents(cls, amount):\n        return amount\n"}
+
+
+def test_a_partly_typed_python_name_after_a_class_is_its_method(make_repo, smollm2_tokenizer):
+    """`Price.fr|` named no module: store's new_store, used a line above, came first. The Price the file imports has
+    `from_cents` in the last part of its long class body (a chunk that names no class), which now comes first,
+    before the module's free `from_text` and an unimported Price's own `from_cents`."""
+    line = "p = Price.fr"
+    files = PY_TYPE_FILES | {"app/main.py": _py_app("from shop.pricing import Price", line)}
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "app/main.py", line)
+    assert len(index.chunk_numbers("shop/pricing.py")) > 2     # (the class is cut into several chunks)
+    _comes_first(index, packed, ("shop/pricing.py", "from_cents"), ("shop/store.py", "new_store"),
+                 ("shop/pricing.py", "from_text"), ("legacy/old_pricing.py", "from_cents"),
+                 ("shop/pricing.py", "Price"))
+
+
+TS_PRICE = ("export class Price {\n  constructor(public cents: number, public currency: string) {}\n\n" + "".join(
+                f"  step{i}(factor: number, rounding: string = 'half-even'): Price {{\n    // step {i} of the rules\n"
+                f"    const cents = this.cents * factor + {i};\n    return new Price(Math.round(cents), this.currency);\n"
+                "  }\n\n" for i in range(12)) +
+            "  static fromCents(cents: number): Price {\n    return new Price(cents, 'USD');\n  }\n\n"
+            "  format(): string {\n    return this.currency + (this.cents / 100).toFixed(2);\n  }\n}\n\n"
+            "export function fromText(text: string): Price {\n  return new Price(Number(text), 'USD');\n}\n")
+
+
+def test_a_partly_typed_typescript_name_after_a_class_is_its_static_member(make_repo, smollm2_tokenizer):
+    """`Price.fr|`: store's newStore, used a line above, came before the part of the long class the file imports
+    that defines fromCents, which now comes first, before the module's free fromText and an unimported Price's own
+    fromCents."""
+    line = "const p = Price.fr"
+    files = JS_FILES | {"src/utils/price.ts": TS_PRICE,
+                        "src/legacy/price.ts": "export class Price {\n  static fromCents(amount: number): number {\n"
+                                               "    return amount;\n  }\n}\n",
+                        "src/cart.ts": _js_cart("import { Price } from './utils/price';", line)}
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "src/cart.ts", line)
+    assert len(index.chunk_numbers("src/utils/price.ts")) > 2
+    _comes_first(index, packed, ("src/utils/price.ts", "fromCents"), ("src/store.js", "newStore"),
+                 ("src/utils/price.ts", "fromText"), ("src/legacy/price.ts", "fromCents"))

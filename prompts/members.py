@@ -1,0 +1,92 @@
+"""The members of a type named right before the cursor: ``Store::ne|``, ``Price.fr|``, ``pr.Price.|``.
+
+A qualifier that is a class, struct, enum or interface (not a module) says the next name is one of that type's
+members: its methods, associated functions and static members. The type is the one the file's imports bind to
+the name (or, for ``module.Type``, the one that module defines), else the file's own; its members are the names
+defined in its body, as the index already records them (a chunk's ``defines`` lists a class's methods after the
+class), in the chunk that names the type and in the chunks a long body was cut into after it (their first line
+indented, still inside it). Rust adds its ``impl Type`` blocks anywhere in the repository, but for those in a
+file that defines another type of the name. Everything is read from the chunks defining the type's name, so the
+cost is a few chunks per keystroke.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Container, Mapping, Sequence
+
+from .imports import MAX_COMPLETION_NAMES
+
+MAX_BODY_CHUNKS = 64  # chunks of one long type body followed after the chunk that names the type
+_INDENTED = re.compile(r"^[ \t]+\S")
+
+
+def type_members(index, path: str, qualifier: str, imported: Mapping[str, Sequence[int]],
+                 module_files: Sequence[str], partial: str, used: Container[str] = ()) -> dict[str, list[int]]:
+    """The members of the type ``qualifier`` names that may come next, each with the chunks defining it: those
+    beginning with ``partial`` (as typed, or failing that in any case); with nothing typed, those the file has
+    ``used`` already, or failing that all of them. ``imported``: name bound by the file's imports -> chunks
+    defining it; ``module_files``: the files of the module a dotted qualifier begins with (``pr`` of
+    ``pr.Price``). Empty where the qualifier names no type the repository defines."""
+    name = re.split(r"\.|::", qualifier)[-1]
+    if name == qualifier:
+        chunks = list(imported.get(name, ())) or [n for n in index.chunk_numbers(path)
+                                                  if name in index.chunks[n].defines]
+    else:
+        inside = set(module_files)
+        chunks = [n for n in index.definers.get(name, ()) if index.chunks[n].path in inside]
+    heads = [n for n in chunks if _declares_type(index.chunks[n].text, name)]
+    if not heads:
+        return {}
+    members = _members(index, name, heads)
+    if partial:
+        found = {member: numbers for member, numbers in members.items() if member.startswith(partial)}
+        if not found:
+            folded = partial.casefold()
+            found = {member: numbers for member, numbers in members.items() if member.casefold().startswith(folded)}
+    else:
+        found = {member: numbers for member, numbers in members.items() if member in used} or members
+    return dict(list(found.items())[:MAX_COMPLETION_NAMES])
+
+
+def _members(index, name: str, heads: list[int]) -> dict[str, list[int]]:
+    """Member name -> chunks defining it, of the type whose chunks naming it are ``heads``."""
+    bodies = list(heads)
+    if index.chunks[heads[0]].language == "rust":
+        own_files = {index.chunks[n].path for n in heads}
+        others = {index.chunks[n].path for n in index.definers.get(name, ())
+                  if index.chunks[n].path not in own_files and _declares_type(index.chunks[n].text, name, "rust-item")}
+        bodies += [n for n in index.definers.get(name, ()) if index.chunks[n].path not in own_files | others
+                   and _declares_type(index.chunks[n].text, name, "rust-impl")]
+    members: dict[str, list[int]] = {}
+    for head in dict.fromkeys(bodies):
+        for number in _body(index, head):
+            for member in index.chunks[number].defines:
+                if member != name:
+                    members.setdefault(member, []).append(number)
+    return members
+
+
+def _body(index, head: int) -> list[int]:
+    """The chunk ``head`` and those after it in its file that continue the same body (their first line indented)."""
+    last = index.chunk_numbers(index.chunks[head].path).stop
+    numbers = [head]
+    for number in range(head + 1, min(last, head + 1 + MAX_BODY_CHUNKS)):
+        chunk = index.chunks[number]
+        if chunk.kind != "definition" or not _INDENTED.match(chunk.text):
+            break
+        numbers.append(number)
+    return numbers
+
+
+_DECLARATIONS = {
+    # a class, struct, enum, interface, record or trait of the name; Rust's `impl Type` and `impl Trait for Type`
+    "any": r"\b(?:class|struct|enum|interface|record|trait|union|object|impl(?:<[^>\n]*>)?(?:[^{{;\n]*\bfor)?)\s+{}\b",
+    "rust-item": r"\b(?:struct|enum|union|type)\s+{}\b",
+    "rust-impl": r"\bimpl(?:<[^>\n]*>)?\s+(?:[^{{;\n]*\bfor\s+)?(?:[\w:]*::)?{}\b",
+}
+
+
+def _declares_type(text: str, name: str, kind: str = "any") -> bool:
+    """Whether a chunk's text declares a type of the name (or, ``rust-impl``, implements one)."""
+    return re.search(_DECLARATIONS[kind].format(re.escape(name)), text) is not None
