@@ -263,16 +263,18 @@ def test_a_partly_typed_rust_name_after_a_type_is_its_associated_function(make_r
                      ("src/cache_ops.rs", "evict"), *decoys)
 
 
+PY_STEP = ("    def step{i}(self, factor, rounding='half-even'):\n        \"\"\"Step {i} of the pricing rules.\"\"\"\n"
+           "        cents = self.cents * factor + {i}\n        return Price(round(cents), self.currency)\n\n")
 PY_PRICE = ("class Price:\n    \"\"\"An amount of money.\"\"\"\n\n    def __init__(self, cents, currency):\n"
-            "        self.cents, self.currency = cents, currency\n\n" + "".join(
-                f"    def step{i}(self, factor, rounding='half-even'):\n        \"\"\"Step {i} of the pricing rules.\"\"\"\n"
-                f"        cents = self.cents * factor + {i}\n        return Price(round(cents), self.currency)\n\n"
-                for i in range(12)) +
-            "    @classmethod\n    def from_cents(cls, cents, currency='USD'):\n        return cls(cents, currency)\n\n\n"
+            "        self.cents, self.currency = cents, currency\n\n"
+            + "".join(PY_STEP.format(i=i) for i in range(12))
+            + "    @classmethod\n    def from_cents(cls, cents, currency='USD'):\n"
+            "        return cls(cents, currency)\n\n\n"
             "def from_text(text):\n    return Price(int(text), 'USD')\n")
 PY_TYPE_FILES = PY_FILES | {
     "shop/pricing.py": PY_PRICE,
-    "legacy/old_pricing.py": "class Price:\n    @classmethod\n    def from_cents(cls, amount):\n        return amount\n"}
+    "legacy/old_pricing.py": "class Price:\n    @classmethod\n    def from_cents(cls, amount):\n"
+                             "        return amount\n"}
 
 
 def test_a_partly_typed_python_name_after_a_class_is_its_method(make_repo, smollm2_tokenizer):
@@ -288,10 +290,11 @@ def test_a_partly_typed_python_name_after_a_class_is_its_method(make_repo, smoll
                  ("shop/pricing.py", "Price"))
 
 
-TS_PRICE = ("export class Price {\n  constructor(public cents: number, public currency: string) {}\n\n" + "".join(
-                f"  step{i}(factor: number, rounding: string = 'half-even'): Price {{\n    // step {i} of the rules\n"
-                f"    const cents = this.cents * factor + {i};\n    return new Price(Math.round(cents), this.currency);\n"
-                "  }\n\n" for i in range(12)) +
+TS_STEP = ("  step{i}(factor: number, rounding: string = 'half-even'): Price {{\n    // step {i} of the rules\n"
+           "    const cents = this.cents * factor + {i};\n    return new Price(Math.round(cents), this.currency);\n"
+           "  }}\n\n")
+TS_PRICE = ("export class Price {\n  constructor(public cents: number, public currency: string) {}\n\n"
+            + "".join(TS_STEP.format(i=i) for i in range(12)) +
             "  static fromCents(cents: number): Price {\n    return new Price(cents, 'USD');\n  }\n\n"
             "  format(): string {\n    return this.currency + (this.cents / 100).toFixed(2);\n  }\n}\n\n"
             "export function fromText(text: string): Price {\n  return new Price(Number(text), 'USD');\n}\n")
