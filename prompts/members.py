@@ -29,13 +29,15 @@ def type_members(index, path: str, qualifier: str, imported: Mapping[str, Sequen
     defining it; ``module_files``: the files of the module a dotted qualifier begins with (``pr`` of
     ``pr.Price``). Empty where the qualifier names no type the repository defines."""
     name = re.split(r"\.|::", qualifier)[-1]
-    if name == qualifier:
-        chunks = list(imported.get(name, ())) or [n for n in index.chunk_numbers(path)
-                                                  if name in index.chunks[n].defines]
+    if name == qualifier and name in imported:
+        chunks = list(imported[name])  # (bound under another name, `import { Price as Money }`: the chunk's first)
+        name = next((index.chunks[n].defines[0] for n in chunks if index.chunks[n].defines), name)
+    elif name == qualifier:
+        chunks = [n for n in index.chunk_numbers(path) if name in index.chunks[n].defines]
     else:
         inside = set(module_files)
         chunks = [n for n in index.definers.get(name, ()) if index.chunks[n].path in inside]
-    heads = [n for n in chunks if _declares_type(index.chunks[n].text, name)]
+    heads = [n for n in chunks if name in index.chunks[n].defines and _declares_type(index.chunks[n].text, name)]
     if not heads:
         return {}
     members = _members(index, name, heads)

@@ -277,12 +277,15 @@ PY_TYPE_FILES = PY_FILES | {
                              "        return amount\n"}
 
 
-def test_a_partly_typed_python_name_after_a_class_is_its_method(make_repo, smollm2_tokenizer):
-    """`Price.fr|` named no module: store's new_store, used a line above, came first. The Price the file imports has
-    `from_cents` in the last part of its long class body (a chunk that names no class), which now comes first,
-    before the module's free `from_text` and an unimported Price's own `from_cents`."""
-    line = "p = Price.fr"
-    files = PY_TYPE_FILES | {"app/main.py": _py_app("from shop.pricing import Price", line)}
+@pytest.mark.parametrize("imports, line", [
+    ("from shop.pricing import Price", "p = Price.fr"),
+    ("from shop.pricing import Price as Money", "p = Money.fr"),
+], ids=["imported-class", "renamed-class"])
+def test_a_partly_typed_python_name_after_a_class_is_its_method(make_repo, smollm2_tokenizer, imports, line):
+    """`Price.fr|` named no module: store's new_store, used a line above, came first. The Price the file imports
+    (under its name or another) has `from_cents` in the last part of its long class body (a chunk that names no
+    class), which now comes first, before the module's free `from_text` and an unimported Price's own `from_cents`."""
+    files = PY_TYPE_FILES | {"app/main.py": _py_app(imports, line)}
     index, packed = _prompt(make_repo, smollm2_tokenizer, files, "app/main.py", line)
     assert len(index.chunk_numbers("shop/pricing.py")) > 2     # (the class is cut into several chunks)
     _comes_first(index, packed, ("shop/pricing.py", "from_cents"), ("shop/store.py", "new_store"),
