@@ -10,7 +10,9 @@ Signals, summed with fixed weights:
   raised where the current file imports the defining file;
 - a module at the cursor: right after ``module.`` (or ``a.b.``, ``crate::a::``), the chunks of that module's files;
   more for the definitions of the names likeliest to come next: after ``module.Ne``, a word partly typed, those
-  beginning with it (what the user is about to complete); right after the dot, those the file already uses;
+  beginning with it (what the user is about to complete); right after the dot, those the file already uses; after
+  a type rather than a module (``Store::ne``, ``Price.fr``), the chunks defining its members so named
+  (members.py);
 - qualified uses (Go): ``pkg.Name`` near the cursor is a use of that imported package's Name, weighted by
   nearness as an imported name is (two packages both define ``New``: ``store.New(`` is store's);
 - lexical similarity: BM25 between the weighted identifiers of the query and those of each chunk, normalised to
@@ -98,7 +100,8 @@ class Query:
     imported: frozenset[str] = frozenset()  # files the current file imports
     imported_names: Mapping[str, Sequence[int]] = field(default_factory=dict)  # name -> chunks defining it
     module_at_cursor: Sequence[str] = ()  # files of the module whose attribute is being typed (`nodes.|`)
-    # the module's names likeliest next (beginning with the word typed after it, `nodes.Se|`) -> chunks defining each
+    # the module's (or type's, `Store::ne|`) names likeliest next (beginning with the word typed after it,
+    # `nodes.Se|`) -> chunks defining each
     completing: Mapping[str, Sequence[int]] = field(default_factory=dict)
     local: frozenset[str] = frozenset()  # names the current file binds itself
     uses: Mapping[str, int] = field(default_factory=dict)  # identifier -> occurrences in the current file
