@@ -259,8 +259,8 @@ def _query(index: RepoIndex, path: str, language: str, imports, rows: list[str],
     own = {name for number in index.chunk_numbers(path) for name in index.chunks[number].defines}
     module = qualifier_files(index, path, language, imports, imported.modules, terms.qualifier) if (
         terms.qualifier) else []
-    members = type_members(index, path, terms.qualifier, imported.definitions, module, terms.partial,
-                           terms.counts) if terms.qualifier else {}
+    members = type_members(index, path, terms.qualifier, imported.definitions, imported.files, module,
+                           terms.partial, terms.counts) if terms.qualifier else {}
     return Query(
         weights=terms.weights,
         path=path,

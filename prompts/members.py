@@ -1,13 +1,13 @@
 """The members of a type named right before the cursor: ``Store::ne|``, ``Price.fr|``, ``pr.Price.|``.
 
 A qualifier that is a class, struct, enum or interface (not a module) says the next name is one of that type's
-members: its methods, associated functions and static members. The type is the one the file's imports bind to
-the name (or, for ``module.Type``, the one that module defines), else the file's own; its members are the names
-defined in its body, as the index already records them (a chunk's ``defines`` lists a class's methods after the
-class), in the chunk that names the type and in the chunks a long body was cut into after it (their first line
-indented, still inside it). Rust adds its ``impl Type`` blocks anywhere in the repository, but for those in a
-file that defines another type of the name. Everything is read from the chunks defining the type's name, so the
-cost is a few chunks per keystroke.
+members: its methods, associated functions, static members (and Java's fields). The type is the one the file's
+imports bind to the name (or, for ``module.Type``, the one that module defines), else the file's own, else one
+of a file it imports or sees (a Java class of its package). Its members are the names defined in its body, as the
+index already records them (a chunk's ``defines`` lists a class's methods after the class), in the chunk that
+names the type and in the chunks a long body was cut into after it (their first line indented, still inside
+it); Rust adds its ``impl Type`` blocks anywhere in the repository, but for those in a file that defines another
+type of the name. Everything is read from the chunks defining the type's name: a few chunks per keystroke.
 """
 
 from __future__ import annotations
@@ -21,19 +21,21 @@ MAX_BODY_CHUNKS = 64  # chunks of one long type body followed after the chunk th
 _INDENTED = re.compile(r"^[ \t]+\S")
 
 
-def type_members(index, path: str, qualifier: str, imported: Mapping[str, Sequence[int]],
+def type_members(index, path: str, qualifier: str, imported: Mapping[str, Sequence[int]], seen: Container[str],
                  module_files: Sequence[str], partial: str, used: Container[str] = ()) -> dict[str, list[int]]:
     """The members of the type ``qualifier`` names that may come next, each with the chunks defining it: those
     beginning with ``partial`` (as typed, or failing that in any case); with nothing typed, those the file has
     ``used`` already, or failing that all of them. ``imported``: name bound by the file's imports -> chunks
-    defining it; ``module_files``: the files of the module a dotted qualifier begins with (``pr`` of
-    ``pr.Price``). Empty where the qualifier names no type the repository defines."""
+    defining it; ``seen``: the files it imports or sees unimported (a Java file's package); ``module_files``: the
+    files of the module a dotted qualifier begins with (``pr`` of ``pr.Price``). Empty where the qualifier names no
+    type the repository defines."""
     name = re.split(r"\.|::", qualifier)[-1]
     if name == qualifier and name in imported:
         chunks = list(imported[name])  # (bound under another name, `import { Price as Money }`: the chunk's first)
         name = next((index.chunks[n].defines[0] for n in chunks if index.chunks[n].defines), name)
-    elif name == qualifier:
-        chunks = [n for n in index.chunk_numbers(path) if name in index.chunks[n].defines]
+    elif name == qualifier:  # the file's own type, else one of a file it sees (a Java class of its package)
+        chunks = [n for n in index.chunk_numbers(path) if name in index.chunks[n].defines] or [
+            n for n in index.definers.get(name, ()) if index.chunks[n].path in seen]
     else:
         inside = set(module_files)
         chunks = [n for n in index.definers.get(name, ()) if index.chunks[n].path in inside]
@@ -83,7 +85,8 @@ def _body(index, head: int) -> list[int]:
 
 _DECLARATIONS = {
     # a class, struct, enum, interface, record or trait of the name; Rust's `impl Type` and `impl Trait for Type`
-    "any": r"\b(?:class|struct|enum|interface|record|trait|union|object|impl(?:<[^>\n]*>)?(?:[^{{;\n]*\bfor)?)\s+{}\b",
+    "any": r"\b(?:class|struct|enum|interface|record|trait|union|object"
+           r"|impl(?:<[^>\n]*>)?(?:[^{{;\n]*\bfor)?)\s+{}\b",
     "rust-item": r"\b(?:struct|enum|union|type)\s+{}\b",
     "rust-impl": r"\bimpl(?:<[^>\n]*>)?\s+(?:[^{{;\n]*\bfor\s+)?(?:[\w:]*::)?{}\b",
 }

@@ -316,3 +316,33 @@ def test_a_partly_typed_typescript_name_after_a_class_is_its_static_member(make_
     assert len(index.chunk_numbers("src/utils/price.ts")) > 2
     _comes_first(index, packed, ("src/utils/price.ts", "fromCents"), ("src/store.js", "newStore"),
                  ("src/utils/price.ts", "fromText"), ("src/legacy/price.ts", "fromCents"))
+
+
+JAVA_STEP = ("    public Price step{i}(long factor, String rounding) {{\n        // step {i} of the pricing rules\n"
+             "        long cents = this.cents * factor + {i};\n"
+             "        return new Price(cents, this.currency);\n    }}\n\n")
+JAVA_PRICE = ("package com.acme.shop;\n\npublic class Price {\n    private final long cents;\n"
+              "    private final String currency;\n\n    public Price(long cents, String currency) {\n"
+              "        this.cents = cents;\n        this.currency = currency;\n    }\n\n"
+              + "".join(JAVA_STEP.format(i=i) for i in range(12))
+              + "    public static Price fromCents(long cents) {\n"
+              "        return new Price(cents, \"USD\");\n    }\n}\n")
+JAVA_FILES = {"src/com/acme/shop/Price.java": JAVA_PRICE,
+              "src/com/acme/shop/Store.java": "package com.acme.shop;\n\npublic class Store {\n"
+                                              "    public Store(String name) {\n    }\n}\n",
+              "src/com/acme/legacy/Price.java": "package com.acme.legacy;\n\npublic class Price {\n"
+                                                "    public static long fromCents(long amount) {\n"
+                                                "        return amount;\n    }\n}\n"}
+
+
+def test_a_partly_typed_java_name_after_a_class_of_the_package_is_its_static_member(make_repo, smollm2_tokenizer):
+    """`Price.fr|`, Price a class of the file's own package (seen unimported): the Store used a line above came
+    before the part of Price's long body that defines fromCents, which now comes first, before a legacy Price's."""
+    line = "Price p = Price.fr"
+    cart = ("package com.acme.shop;\n\npublic class Cart {\n    public Object open(String name) {\n"
+            f"        Store s = new Store(name);\n        {line}\n        return s;\n    }}\n}}\n")
+    files = JAVA_FILES | {"src/com/acme/shop/Cart.java": cart}
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "src/com/acme/shop/Cart.java", line)
+    assert len(index.chunk_numbers("src/com/acme/shop/Price.java")) > 2
+    _comes_first(index, packed, ("src/com/acme/shop/Price.java", "fromCents"),
+                 ("src/com/acme/shop/Store.java", "Store"), ("src/com/acme/legacy/Price.java", "fromCents"))
