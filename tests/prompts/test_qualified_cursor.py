@@ -246,12 +246,16 @@ RUST_TYPE_FILES = RUST_FILES | {
     "src/names.rs": "pub fn new_store_name(name: &str) -> String {\n    name.to_string()\n}\n"}
 
 
-@pytest.mark.parametrize("line", ["let store = Store::ne", "let store = Store::"], ids=["partial", "right-after"])
-def test_a_partly_typed_rust_name_after_a_type_is_its_associated_function(make_repo, smollm2_tokenizer, line):
+@pytest.mark.parametrize("uses, line", [
+    ("use crate::cache::Store;", "let store = Store::ne"),
+    ("use crate::cache::Store;", "let store = Store::"),
+    ("", "let store = crate::cache::Store::ne"),
+], ids=["partial", "right-after", "type-path"])
+def test_a_partly_typed_rust_name_after_a_type_is_its_associated_function(make_repo, smollm2_tokenizer, uses, line):
     """`Store::ne|` named no module: Stock::empty, used a line above, came first, and so could legacy's own
     `Store::new` or a free `new_store_name`. The `impl Store` blocks of the Store the file uses, here in another
     file than the struct, now do: the one defining `new` first; right after `::`, both before unrelated code."""
-    files = RUST_TYPE_FILES | {"src/app.rs": _rust_app("use crate::cache::Store;", line)}
+    files = RUST_TYPE_FILES | {"src/app.rs": _rust_app(uses, line)}
     index, packed = _prompt(make_repo, smollm2_tokenizer, files, "src/app.rs", line)
     decoys = [("src/legacy.rs", "new"), ("src/names.rs", "new_store_name"),
               *[("src/cache.rs", f"cache_step_{i}") for i in range(10)], *[(f"src/filler{i}.rs",) for i in range(20)]]
