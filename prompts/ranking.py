@@ -26,8 +26,8 @@ the wrong shape for it (``parse_header`` after ``-> ``) counts for less among th
 Query identifiers weigh more the nearer they are to the cursor (before it counts twice as much as after it);
 words in comments and strings, and names the current file binds itself (local variables, parameters, its own
 definitions), weigh less and never pull in definitions from elsewhere. The partial word under the cursor is left
-out of them, so the ranking does not change with every keystroke; only after a module's qualifier (``pr.Ne|``)
-does it say which of that module's definitions come first.
+out of them, so the ranking does not change with every keystroke; only after a module's or a type's qualifier
+(``pr.Ne|``, ``Store::ne|``) does it say which of its definitions come first.
 """
 
 from __future__ import annotations
