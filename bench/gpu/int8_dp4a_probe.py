@@ -39,16 +39,22 @@ PROJECTIONS = {"wqkv": (3 * DIM, DIM), "wo": (DIM, DIM), "w13": (2 * FFN, DIM), 
                "output": (VOCAB, DIM)}
 # (block_n, block_w (32-bit words = 4 columns), num_warps, num_stages)
 CONFIGS = [c for c in itertools.product((1, 2, 4, 8), (64, 128, 256), (2, 4), (3, 5)) if c[0] * c[1] <= 1024]
+# the self-quantizing kernel: many rows a thread (x's words are quantized once per thread, whatever its rows)
+SELFQ_CONFIGS = list(itertools.product((8, 16), (64, 128, 256), (1, 2), (2, 3, 4)))
 
 
 @triton.jit
-def _dp4a(w, x, HILO: tl.constexpr, ASM: tl.constexpr):
+def _dp4a(w, x, HILO: tl.constexpr, ASM: tl.constexpr, LOW: tl.constexpr = 256):
     """Per 32-bit word: the sum of w's four int8 lanes times x's (HILO: x a pair of words (high, low), the
-    result high * 256 + low). ASM False emulates DP4A with shifts (the interpreter has no inline assembly)."""
+    result high * LOW + low). ASM False emulates DP4A with shifts (the interpreter has no inline assembly)."""
     if ASM:
-        if HILO:
+        if HILO and LOW == 256:
             return tl.inline_asm_elementwise(
                 "{ .reg .s32 h, l; dp4a.s32.s32 h, $1, $2, 0; dp4a.s32.s32 l, $1, $3, 0; mad.lo.s32 $0, h, 256, l; }",
+                "=r,r,r,r", [w, x[0], x[1]], dtype=tl.int32, is_pure=True, pack=1)
+        if HILO:
+            return tl.inline_asm_elementwise(
+                "{ .reg .s32 h, l; dp4a.s32.s32 h, $1, $2, 0; dp4a.s32.s32 l, $1, $3, 0; mad.lo.s32 $0, h, 254, l; }",
                 "=r,r,r,r", [w, x[0], x[1]], dtype=tl.int32, is_pure=True, pack=1)
         return tl.inline_asm_elementwise("dp4a.s32.s32 $0, $1, $2, 0;", "=r,r,r", [w, x[0]], dtype=tl.int32,
                                          is_pure=True, pack=1)
@@ -60,7 +66,7 @@ def _dp4a(w, x, HILO: tl.constexpr, ASM: tl.constexpr):
         if HILO:
             low += w_lane * ((x[1] << (24 - 8 * lane)) >> 24)
     if HILO:
-        return high * 256 + low
+        return high * LOW + low
     return high
 
 
@@ -89,6 +95,79 @@ def _gemv_dp4a_kernel(XH, XL, XS, W, W_SCALE, Y, N, KW, stride_wn,
             xl = tl.load(XL + cols, mask=mask_k, other=0) if HILO else xh
         x = (tl.broadcast_to(xh[None, :], (BLOCK_N, BLOCK_W)), tl.broadcast_to(xl[None, :], (BLOCK_N, BLOCK_W)))
         acc += _dp4a(w, x, HILO, ASM).to(tl.float32) * xs[None, :]
+    y = tl.sum(acc, axis=1) * tl.load(W_SCALE + rows, mask=mask_n, other=0.0)
+    tl.store(Y + rows, y.to(Y.dtype.element_ty), mask=mask_n)
+
+
+@triton.jit
+def _quantize_words(xa, xb, ASM: tl.constexpr):
+    """Four bf16 values of x (xa: the first two, xb: the last two, as int32 pairs) -> (high word, low word, scale)
+    with x ~ scale * (254 * high + low) to 2^-16 of the four's amax. The remainder is scaled by 254, not 256: a
+    remainder of exactly 1/2 (a tie rounded to even) must still fit a byte."""
+    if ASM:
+        return tl.inline_asm_elementwise(
+            "{ .reg .f32 a0, a1, a2, a3, m, t, inv, q0, q1, q2, q3, h0, h1, h2, h3, r0, r1, r2, r3; "
+            ".reg .b32 c0, c1, l0, l1, l2, l3; .reg .pred z; "
+            "shl.b32 c0, $3, 16; mov.b32 a0, c0; and.b32 c0, $3, 0xFFFF0000; mov.b32 a1, c0; "
+            "shl.b32 c0, $4, 16; mov.b32 a2, c0; and.b32 c0, $4, 0xFFFF0000; mov.b32 a3, c0; "
+            "abs.f32 m, a0; abs.f32 t, a1; max.f32 m, m, t; abs.f32 t, a2; max.f32 m, m, t; "
+            "abs.f32 t, a3; max.f32 m, m, t; setp.gt.f32 z, m, 0f00000000; "
+            "rcp.approx.ftz.f32 inv, m; mul.f32 inv, inv, 0f42FE0000; selp.f32 inv, inv, 0f00000000, z; "
+            "mul.f32 q0, a0, inv; mul.f32 q1, a1, inv; mul.f32 q2, a2, inv; mul.f32 q3, a3, inv; "
+            "add.f32 h0, q0, 0f4B400000; add.f32 h1, q1, 0f4B400000; "
+            "add.f32 h2, q2, 0f4B400000; add.f32 h3, q3, 0f4B400000; "
+            "sub.f32 r0, h0, 0f4B400000; sub.f32 r1, h1, 0f4B400000; "
+            "sub.f32 r2, h2, 0f4B400000; sub.f32 r3, h3, 0f4B400000; "
+            "sub.f32 r0, q0, r0; sub.f32 r1, q1, r1; sub.f32 r2, q2, r2; sub.f32 r3, q3, r3; "
+            "fma.rn.f32 r0, r0, 0f437E0000, 0f4B400000; fma.rn.f32 r1, r1, 0f437E0000, 0f4B400000; "
+            "fma.rn.f32 r2, r2, 0f437E0000, 0f4B400000; fma.rn.f32 r3, r3, 0f437E0000, 0f4B400000; "
+            "mov.b32 l0, h0; mov.b32 l1, h1; prmt.b32 c0, l0, l1, 0x0040; "
+            "mov.b32 l2, h2; mov.b32 l3, h3; prmt.b32 c1, l2, l3, 0x0040; prmt.b32 $0, c0, c1, 0x5410; "
+            "mov.b32 l0, r0; mov.b32 l1, r1; prmt.b32 c0, l0, l1, 0x0040; "
+            "mov.b32 l2, r2; mov.b32 l3, r3; prmt.b32 c1, l2, l3, 0x0040; prmt.b32 $1, c0, c1, 0x5410; "
+            "rcp.approx.ftz.f32 t, inv; mul.f32 t, t, 0f3B810204; selp.f32 $2, t, 0f00000000, z; }",
+            "=r,=r,=f,r,r", [xa, xb], dtype=(tl.int32, tl.int32, tl.float32), is_pure=True, pack=1)
+    a0 = (xa << 16).to(tl.float32, bitcast=True)
+    a1 = (xa & -65536).to(tl.float32, bitcast=True)
+    a2 = (xb << 16).to(tl.float32, bitcast=True)
+    a3 = (xb & -65536).to(tl.float32, bitcast=True)
+    m = tl.maximum(tl.maximum(tl.abs(a0), tl.abs(a1)), tl.maximum(tl.abs(a2), tl.abs(a3)))
+    inv = tl.where(m > 0, 127.0 / m, 0.0)
+    high = tl.zeros_like(xa)
+    low = tl.zeros_like(xa)
+    for lane in tl.static_range(4):
+        a = a0 if lane == 0 else (a1 if lane == 1 else (a2 if lane == 2 else a3))
+        q = a * inv
+        h = (q + ROUNDER) - ROUNDER
+        r = ((q - h) * 254.0 + ROUNDER) - ROUNDER
+        high |= (h.to(tl.int32) & 0xFF) << (8 * lane)
+        low |= (r.to(tl.int32) & 0xFF) << (8 * lane)
+    return high, low, tl.where(m > 0, 1.0 / inv / 254.0, 0.0)
+
+
+@triton.jit
+def _gemv_dp4a_selfq_kernel(X, W, W_SCALE, Y, N, KW, stride_wn,
+                            BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, ASM: tl.constexpr, EVEN: tl.constexpr):
+    """As _gemv_dp4a_kernel (hi+lo), x given in bf16 (seen as int64: four values a word) and quantized by each program in the
+    layout its tile of W was loaded in: no kernel before it, at ~44 instructions a word of x (over BLOCK_N rows)."""
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)                                   # (BLOCK_N,)
+    mask_n = rows < N
+    offs = tl.arange(0, BLOCK_W)
+    w_rows = W + rows[:, None].to(tl.int64) * stride_wn                            # (BLOCK_N, 1) int32 words
+    acc = tl.zeros([BLOCK_N, BLOCK_W], dtype=tl.float32)
+    for k0 in range(0, KW, BLOCK_W):
+        cols = k0 + offs                                                           # (BLOCK_W,) words
+        if EVEN:
+            x4 = tl.load(X + cols)                                                 # (BLOCK_W,) int64: 4 x bf16
+            w = tl.load(w_rows + cols[None, :], mask=mask_n[:, None], other=0)
+        else:
+            mask_k = cols < KW
+            x4 = tl.load(X + cols, mask=mask_k, other=0)
+            w = tl.load(w_rows + cols[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0)
+        xh, xl, xs = _quantize_words(x4.to(tl.int32), (x4 >> 32).to(tl.int32), ASM)
+        x = (tl.broadcast_to(xh[None, :], (BLOCK_N, BLOCK_W)), tl.broadcast_to(xl[None, :], (BLOCK_N, BLOCK_W)))
+        acc += _dp4a(w, x, True, ASM, 254).to(tl.float32) * xs[None, :]
     y = tl.sum(acc, axis=1) * tl.load(W_SCALE + rows, mask=mask_n, other=0.0)
     tl.store(Y + rows, y.to(Y.dtype.element_ty), mask=mask_n)
 
@@ -141,6 +220,20 @@ def gemv_dp4a(quantized, weight: torch.Tensor, weight_scale: torch.Tensor, confi
     return y
 
 
+def gemv_dp4a_selfq(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, config=(4, 128, 4, 3),
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+    """x (K,) bf16, contiguous; weight (N, K) int8, contiguous; weight_scale (N,) fp32 -> y (N,): x quantized inside."""
+    N, K = weight.shape
+    assert x.dtype == torch.bfloat16 and x.is_contiguous() and K % 4 == 0, "x: (K,) bf16, contiguous, K % 4 == 0"
+    block_n, block_w, warps, stages = config
+    words = weight.view(torch.int32)                                                # (N, K/4)
+    y = torch.empty(N, dtype=torch.bfloat16, device=weight.device) if out is None else out
+    _gemv_dp4a_selfq_kernel[(triton.cdiv(N, block_n),)](
+        x.view(torch.int64), words, weight_scale, y, N, K // 4, words.stride(0), BLOCK_N=block_n, BLOCK_W=block_w,
+        ASM=not INTERPRETED, EVEN=(K // 4) % block_w == 0, num_warps=warps, num_stages=stages)
+    return y
+
+
 def _quantize_weights(N: int, K: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     w = torch.randn(N, K, device=device)
     scale = w.abs().amax(1) / 127
@@ -151,20 +244,26 @@ def check(device="cpu") -> int:
     """Each variant against float64 on fresh random inputs, ragged shapes included; y poisoned beforehand."""
     torch.manual_seed(int(time.time()))
     worst = {}
-    for (N, K), hilo, config in itertools.product(((37, 260), (64, 1024), (5, 12)), (True, False),
-                                                  ((1, 64, 2, 3), (4, 128, 4, 3), (8, 64, 2, 5))):
+    for (N, K), variant, config in itertools.product(((37, 260), (64, 1024), (5, 12)), ("hilo", "a8", "selfq"),
+                                                     ((1, 64, 2, 3), (4, 128, 4, 3), (8, 64, 2, 5))):
         w, scale = _quantize_weights(N, K, device)
-        x = torch.randn(K, device=device, dtype=torch.bfloat16) * torch.exp(torch.randn(K, device=device))
+        x = (torch.randn(K, device=device) * torch.exp(torch.randn(K, device=device))).to(torch.bfloat16)
+        x[:4] = 0                                             # a word of zeros: its scale must not be NaN
         want = (w.double() * scale.double()[:, None]) @ x.double()
-        y = gemv_dp4a(quantize_x(x, hilo), w, scale, config, hilo,
-                      out=torch.full((N,), float("nan"), device=device))
+        poisoned = torch.full((N,), float("nan"), device=device)
+        hilo = variant != "a8"
+        if variant == "selfq":
+            y = gemv_dp4a_selfq(x, w, scale, config, out=poisoned)
+        else:
+            y = gemv_dp4a(quantize_x(x, hilo), w, scale, config, hilo, out=poisoned)
         terms = (w.double().abs() * scale.double()[:, None]) @ x.double().abs()     # sum of |terms| per row
-        step = x.double().view(-1, 4).abs().amax(1).repeat_interleave(4) / 127 / (512 if hilo else 2)
+        step = x.double().view(-1, 4).abs().amax(1).repeat_interleave(4) / 127 / (508 if hilo else 2)
         bound = (w.double().abs() * scale.double()[:, None]) @ step + terms * K * 2.0 ** -23   # x's rounding, fp32 sums
         error = ((y.double() - want).abs() / bound).max().item()
-        worst[hilo] = max(worst.get(hilo, 0.0), error)
-        assert error <= 1.0, ((N, K), hilo, config, error)
-    print(f"check passed: worst error / its bound (x's rounding, fp32 sums): hilo {worst[True]:.2f}, a8 {worst[False]:.2f}")
+        worst[variant] = max(worst.get(variant, 0.0), error)
+        assert error <= 1.0, ((N, K), variant, config, error)
+    print("check passed: worst error / its bound (x's rounding, fp32 sums): "
+          + ", ".join(f"{variant} {error:.2f}" for variant, error in worst.items()))
     return 0
 
 
@@ -216,6 +315,15 @@ def main(argv) -> int:
             row[f"{key}_all"] = {"x".join(map(str, c)): t for c, t in times.items()}
             row[f"{key}_with_quantize_us"] = graph_replay_us(
                 lambda: [gemv_dp4a(quantize_x(x, hilo), w, s, best, hilo) for w, s in weights], 20) / len(weights)
+        times = {}
+        for config in SELFQ_CONFIGS:
+            try:
+                times[config] = timed(lambda w, s: gemv_dp4a_selfq(x, w, s, config))
+            except Exception as exc:
+                print(f"  {name} selfq {config}: {type(exc).__name__}", flush=True)
+        best = min(times, key=times.get)
+        row["selfq_us"], row["selfq_config"] = times[best], list(best)
+        row["selfq_all"] = {"x".join(map(str, c)): t for c, t in times.items()}
         row["quantize_x_us"] = graph_replay_us(lambda: quantize_x(x, True), 50)
         del weights
         bf16 = [torch.randn(N, K, device=dev, dtype=dt) * 0.02 for _ in range(max(1, -(-rotate // (2 * N * K))))]
@@ -223,25 +331,26 @@ def main(argv) -> int:
                                                 20) / len(bf16)
         del bf16
         floor = (N * K + 4 * N) / bandwidth * 1e6
-        row["share"] = {k: floor / row[f"{k}_us"] for k in ("int8_product", "hilo", "a8")}
+        row["share"] = {k: floor / row[f"{k}_us"] for k in ("int8_product", "hilo", "a8", "selfq")}
         rows.append(row)
-        print(f"  {name}: product {row['int8_product_us']:.1f} µs, hilo {row['hilo_us']:.1f}, a8 {row['a8_us']:.1f}",
-              flush=True)
+        print(f"  {name}: product {row['int8_product_us']:.1f} µs, hilo {row['hilo_us']:.1f}, a8 {row['a8_us']:.1f}, "
+              f"selfq {row['selfq_us']:.1f}", flush=True)
         torch.cuda.empty_cache()
     (out / "int8-dp4a-probe.json").write_text(json.dumps(
         {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
          "copy_bandwidth": bandwidth, "rows": rows}, indent=1))
     print(f"\n{torch.cuda.get_device_name()}, copy {bandwidth / 1e12:.2f} TB/s; µs (% of the copy bandwidth)")
     print("| projection | N x K | int8 product | dp4a hi+lo (config) | + quantize x | dp4a a8 (config) | quantize x | "
-          "cuBLAS bf16 | hi+lo / product |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "self-quantizing hi+lo (config) | cuBLAS bf16 | hi+lo / product | self-quantizing / product |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         s = r["share"]
         print(f"| {r['projection']} | {r['N']}x{r['K']} | {r['int8_product_us']:.1f} ({100 * s['int8_product']:.0f}%) | "
               f"{r['hilo_us']:.1f} ({100 * s['hilo']:.0f}%) {'x'.join(map(str, r['hilo_config']))} | "
               f"{r['hilo_with_quantize_us']:.1f} | {r['a8_us']:.1f} ({100 * s['a8']:.0f}%) "
-              f"{'x'.join(map(str, r['a8_config']))} | {r['quantize_x_us']:.1f} | {r['cublas_bf16_us']:.1f} | "
-              f"{r['int8_product_us'] / r['hilo_us']:.2f}x |")
+              f"{'x'.join(map(str, r['a8_config']))} | {r['quantize_x_us']:.1f} | {r['selfq_us']:.1f} "
+              f"({100 * s['selfq']:.0f}%) {'x'.join(map(str, r['selfq_config']))} | {r['cublas_bf16_us']:.1f} | "
+              f"{r['int8_product_us'] / r['hilo_us']:.2f}x | {r['int8_product_us'] / r['selfq_us']:.2f}x |")
     return 0
 
 
