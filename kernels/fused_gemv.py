@@ -60,6 +60,8 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from kernels.append import append_kv_triton, quantize_rows
 from kernels.devices import on_first_tensors_device
+from kernels.dp4a import bf16_words, dot_words, quantize_words
+from kernels.dp4a import supported as dp4a_supported
 from kernels import gemv as batch1_gemv
 from kernels.gemv import BLOCK_K, BLOCK_N, NUM_STAGES, NUM_WARPS, _fp32, tickets
 from kernels.validation import SCALED_DTYPES, sequence_major
@@ -81,7 +83,82 @@ def _wait_for_previous(LATE_DEPENDENTS: tl.constexpr):
 def _dot_rows(X, NORM_W, W, rows_a, rows_b, K, stride_wn, BLOCK_K: tl.constexpr, NORM: tl.constexpr,
               PAIRED: tl.constexpr, EARLY_TILE: tl.constexpr = False, USE_PDL: tl.constexpr = False,
               LATE_DEPENDENTS: tl.constexpr = False, INT8_PRMT: tl.constexpr = False,
-              NARROW_INT8: tl.constexpr = False):
+              NARROW_INT8: tl.constexpr = False, DP4A: tl.constexpr = False, ASM: tl.constexpr = False):
+    """`_dot_rows_widened`'s sums, or with DP4A `_dot_rows_dp4a`'s (an int8 W and a bf16 x seen as words)."""
+    if DP4A:
+        a, b, sumsq = _dot_rows_dp4a(X, NORM_W, W, rows_a, rows_b, K, stride_wn, BLOCK_K, NORM, PAIRED, EARLY_TILE,
+                                     USE_PDL, LATE_DEPENDENTS, ASM)
+    else:
+        a, b, sumsq = _dot_rows_widened(X, NORM_W, W, rows_a, rows_b, K, stride_wn, BLOCK_K, NORM, PAIRED,
+                                        EARLY_TILE, USE_PDL, LATE_DEPENDENTS, INT8_PRMT, NARROW_INT8)
+    return a, b, sumsq
+
+
+@triton.jit
+def _x_words(X, NORM_W, cols, mask, NORM: tl.constexpr, ASM: tl.constexpr):
+    """x' = x (* NORM_W) at words `cols` (BLOCK_W,) of four bf16 values, quantized (kernels/dp4a.py): (high, low,
+    scale) and the words' sum of x^2 (the RMSNorm's statistic)."""
+    a0, a1, a2, a3 = bf16_words(tl.load(X + cols, mask=mask, other=0))
+    sumsq = a0 * a0 + a1 * a1 + a2 * a2 + a3 * a3
+    if NORM:
+        g0, g1, g2, g3 = bf16_words(tl.load(NORM_W + cols, mask=mask, other=0))
+        a0, a1, a2, a3 = a0 * g0, a1 * g1, a2 * g2, a3 * g3
+    high, low, scale = quantize_words(a0, a1, a2, a3, ASM)
+    return high, low, scale, sumsq
+
+
+@triton.jit
+def _dot_rows_dp4a(X, NORM_W, W, rows_a, rows_b, K, stride_wn, BLOCK_K: tl.constexpr, NORM: tl.constexpr,
+                   PAIRED: tl.constexpr, EARLY_TILE: tl.constexpr, USE_PDL: tl.constexpr,
+                   LATE_DEPENDENTS: tl.constexpr, ASM: tl.constexpr):
+    """`_dot_rows_widened`'s sums for an int8 W by integer dot products: X and NORM_W int64 words of four bf16
+    values, W int32 words of four weights (stride_wn in words), K in columns; BLOCK_K columns a step. Each program
+    quantizes the words of x' it loads, in its tile's layout: once per thread whatever the rows it holds, so
+    configurations with many rows a thread pay least for it. The sums are the rows' integers times x's scales."""
+    BLOCK_W: tl.constexpr = BLOCK_K // 4
+    words = K // 4
+    offs = tl.arange(0, BLOCK_W)
+    w_a = W + rows_a[:, None].to(tl.int64) * stride_wn                                 # (R, 1) int32 words
+    w_b = W + rows_b[:, None].to(tl.int64) * stride_wn
+    acc_a = tl.zeros([rows_a.shape[0], BLOCK_W], dtype=tl.float32)
+    acc_b = tl.zeros([rows_a.shape[0], BLOCK_W], dtype=tl.float32)
+    sumsq = tl.zeros([BLOCK_W], dtype=tl.float32)
+    shape: tl.constexpr = (rows_a.shape[0], BLOCK_W)
+    k_rest = 0
+    if EARLY_TILE:
+        mask = offs < words
+        first_a = tl.load(w_a + offs[None, :], mask=mask[None, :], other=0)            # (R, BLOCK_W)
+        first_b = first_a
+        if PAIRED:
+            first_b = tl.load(w_b + offs[None, :], mask=mask[None, :], other=0)
+        if USE_PDL:
+            _wait_for_previous(LATE_DEPENDENTS)
+        high, low, scale, sq = _x_words(X, NORM_W, offs, mask, NORM, ASM)
+        sumsq += sq
+        high, low = tl.broadcast_to(high[None, :], shape), tl.broadcast_to(low[None, :], shape)
+        acc_a += dot_words(first_a, high, low, ASM).to(tl.float32) * scale[None, :]
+        if PAIRED:
+            acc_b += dot_words(first_b, high, low, ASM).to(tl.float32) * scale[None, :]
+        k_rest = BLOCK_W
+    for k0 in range(k_rest, words, BLOCK_W):
+        cols = k0 + offs
+        mask = cols < words
+        high, low, scale, sq = _x_words(X, NORM_W, cols, mask, NORM, ASM)
+        sumsq += sq
+        high, low = tl.broadcast_to(high[None, :], shape), tl.broadcast_to(low[None, :], shape)
+        w = tl.load(w_a + cols[None, :], mask=mask[None, :], other=0)
+        acc_a += dot_words(w, high, low, ASM).to(tl.float32) * scale[None, :]
+        if PAIRED:
+            w = tl.load(w_b + cols[None, :], mask=mask[None, :], other=0)
+            acc_b += dot_words(w, high, low, ASM).to(tl.float32) * scale[None, :]
+    return tl.sum(acc_a, axis=1), tl.sum(acc_b, axis=1), tl.sum(sumsq, axis=0)
+
+
+@triton.jit
+def _dot_rows_widened(X, NORM_W, W, rows_a, rows_b, K, stride_wn, BLOCK_K: tl.constexpr, NORM: tl.constexpr,
+                      PAIRED: tl.constexpr, EARLY_TILE: tl.constexpr = False, USE_PDL: tl.constexpr = False,
+                      LATE_DEPENDENTS: tl.constexpr = False, INT8_PRMT: tl.constexpr = False,
+                      NARROW_INT8: tl.constexpr = False):
     """fp32 sums over all of K of W[rows] * x' (x' = x * NORM_W with NORM, else x) for rows_a and, PAIRED,
     rows_b (R,) in the same pass; and the sum of x^2 (the RMSNorm's statistic, read on the way).
     EARLY_TILE: the first BLOCK_K columns of W are loaded first and, with USE_PDL, before waiting on the kernel
@@ -180,7 +257,7 @@ def _fused_gemv_kernel(
     HEAD_DIM: tl.constexpr, WRITE_CACHE: tl.constexpr, USE_PDL: tl.constexpr, INTERLEAVE: tl.constexpr,
     QUANT_CACHE: tl.constexpr = False, BLOCK_D: tl.constexpr = 2, LATE_DEPENDENTS: tl.constexpr = False,
     EARLY_TILE: tl.constexpr = False, SCALED_W: tl.constexpr = False, INT8_PRMT: tl.constexpr = False,
-    NARROW_INT8: tl.constexpr = False,
+    NARROW_INT8: tl.constexpr = False, DP4A: tl.constexpr = False, ASM: tl.constexpr = False,
 ):
     if USE_PDL:
         if EARLY_TILE == 0:        # else inside _dot_rows, once the first tile of W is loaded
@@ -200,13 +277,13 @@ def _fused_gemv_kernel(
         if INTERLEAVE:             # one (BLOCK_N, BLOCK_K) tile of rows a0 b0 a1 b1 ..., split after the sum
             pairs = tl.reshape(tl.join(rows_a, rows_b), (BLOCK_N,))
             ab, _, sumsq = _dot_rows(X, NORM_W, W, pairs, pairs, K, stride_wn, BLOCK_K, NORM, False, EARLY_TILE,
-                                     USE_PDL, LATE_DEPENDENTS, INT8_PRMT, NARROW_INT8)
+                                     USE_PDL, LATE_DEPENDENTS, INT8_PRMT, NARROW_INT8, DP4A, ASM)
             if SCALED_W:           # an int8 W: each row's sum times its scale
                 ab = ab * tl.load(W_SCALE + pairs)
             a, b = tl.split(tl.reshape(ab, (BLOCK_N // 2, 2)))
         else:                      # two (BLOCK_N / 2, BLOCK_K) tiles
             a, b, sumsq = _dot_rows(X, NORM_W, W, rows_a, rows_b, K, stride_wn, BLOCK_K, NORM, True, EARLY_TILE,
-                                   USE_PDL, LATE_DEPENDENTS, INT8_PRMT, NARROW_INT8)
+                                   USE_PDL, LATE_DEPENDENTS, INT8_PRMT, NARROW_INT8, DP4A, ASM)
             if SCALED_W:
                 a = a * tl.load(W_SCALE + rows_a)
                 b = b * tl.load(W_SCALE + rows_b)
@@ -247,7 +324,7 @@ def _fused_gemv_kernel(
         mask = rows < N
         rows = tl.where(mask, rows, 0)
         y, _, sumsq = _dot_rows(X, NORM_W, W, rows, rows, K, stride_wn, BLOCK_K, NORM, False, EARLY_TILE, USE_PDL,
-                               LATE_DEPENDENTS, INT8_PRMT, NARROW_INT8)
+                               LATE_DEPENDENTS, INT8_PRMT, NARROW_INT8, DP4A, ASM)
         if SCALED_W:
             y = y * tl.load(W_SCALE + rows)
         if NORM:
@@ -260,13 +337,16 @@ def _fused_gemv_kernel(
 
 
 class Config(NamedTuple):
-    """How one fused kernel is launched: rows and columns per program step, warps, pipeline stages, and for
-    paired epilogues whether the two rows of a pair share one tile (interleaved) or load as two."""
+    """How one fused kernel is launched: rows and columns per program step, warps, pipeline stages, for
+    paired epilogues whether the two rows of a pair share one tile (interleaved) or load as two, and for int8
+    weights with a bf16 x whether the dots are DP4As on words of x quantized by each program (kernels/dp4a.py)
+    rather than FMAs of weights widened to fp32."""
     block_n: int = BLOCK_N
     block_k: int = BLOCK_K
     num_warps: int = NUM_WARPS
     num_stages: int = NUM_STAGES
     interleave: bool = False
+    dp4a: bool = False
 
 
 # Launch configurations, keyed by kernel kind (the default for any shape) and by (kind, N, K), N x K the
@@ -309,6 +389,7 @@ INT8_CONFIGS: dict[str | tuple[str, int, int], Config] = {
 }
 KINDS = ("qkv_rope", "norm_swiglu", "gemv", "gemv_deep", "gemv_norm")
 WEIGHTS_BY_PRMT = True   # A/B: False converts int8 weights by Triton's own I2F, a quarter-rate instruction on sm_90
+DP4A = True              # A/B: False widens int8 weights to fp32 where a configuration says dp4a
 _per_shape = True                      # use_per_shape(False): the per-kind defaults everywhere (A/B runs)
 LATE_DEPENDENTS: frozenset = frozenset()   # A/B: epilogues (ROPE, ...) whose programs let the next kernel launch
                                            # at their end, not their start
@@ -413,19 +494,25 @@ def _launch(config: Config, grid_rows: int, x, weight, y, *, norm_weight=None, e
     n_slots = min(k_cache.shape[2], cos.shape[0]) if cache is not None else cos.shape[0] if rope else 0
     use_pdl = _use_pdl(x)
     block_k = min(config.block_k, triton.next_power_of_2(weight.shape[1]))   # no half-empty chunks for small K
+    K, stride_wn = weight.shape[1], weight.stride(0)
+    dp4a = DP4A and config.dp4a and weight_scale is not None and dp4a_supported(x, weight, norm_weight) is None
+    if dp4a:      # x (and the norm's weight) as int64 words of four bf16 values, W as int32 words of four weights
+        x, weight, stride_wn = x.view(torch.int64), weight.view(torch.int32), stride_wn // 4
+        norm_weight = norm_weight.view(torch.int64) if norm_weight is not None else None
+        block_k = max(block_k, 4)
     _fused_gemv_kernel[(grid_rows,)](
         x, norm_weight if norm_weight is not None else x, weight, weight_scale if weight_scale is not None else y, y,
         residual if residual is not None else y,
         cos, sin, pos, k_cache, v_cache, k_scale, v_scale, tickets if tickets is not None else y,
-        weight.shape[0], weight.shape[1], weight.stride(0), float(eps), pair_offset, rot_rows, q_rows, kv_rows,
+        weight.shape[0], K, stride_wn, float(eps), pair_offset, rot_rows, q_rows, kv_rows,
         stride_ch, stride_cs, stride_vh, stride_vs, stride_vd, stride_sh, stride_ss, n_slots,
         BLOCK_N=config.block_n, BLOCK_K=block_k, NORM=norm_weight is not None, EPILOGUE=epilogue,
         HEAD_DIM=head_dim, WRITE_CACHE=cache is not None, USE_PDL=use_pdl, INTERLEAVE=config.interleave,
         QUANT_CACHE=scales is not None, BLOCK_D=triton.next_power_of_2(head_dim),
         LATE_DEPENDENTS=late_dependents or epilogue in LATE_DEPENDENTS, EARLY_TILE=epilogue in EARLY_TILE,
         SCALED_W=weight_scale is not None, INT8_PRMT=weight_scale is not None and x.is_cuda and WEIGHTS_BY_PRMT,
-        NARROW_INT8=batch1_gemv.NARROW_INT8_LOADS and weight_scale is not None and x.is_cuda,
-        num_warps=config.num_warps, num_stages=config.num_stages, **({"launch_pdl": True} if use_pdl else {}))
+        NARROW_INT8=batch1_gemv.NARROW_INT8_LOADS and weight_scale is not None and x.is_cuda, DP4A=dp4a,
+        ASM=x.is_cuda, num_warps=config.num_warps, num_stages=config.num_stages, **({"launch_pdl": True} if use_pdl else {}))
     return y
 
 
@@ -535,25 +622,28 @@ _BUILDS = {   # kind: (name, epilogue, RMSNorm prologue, cache write), as the de
 
 
 def _build_specs() -> dict:
-    """{name: (kind, config, cache pointer type or None, int8 weights)} of every build `compile_facts` makes."""
+    """{name: (kind, config, cache pointer type or None, int8 weights, DP4A)} of every build `compile_facts` makes."""
     specs = {}
     keys = [k for k in _BUILDS if k in CONFIGS] + [k for k in CONFIGS if isinstance(k, tuple)]
-    # the 8-bit caches' qkv_rope (it quantizes the cache itself), and int8 weights, in the kind's default configuration
-    builds = ([(key, None, False) for key in keys] + [("qkv_rope", "*fp8e4nv", False), ("qkv_rope", "*i8", False)]
-              + [(kind, None, True) for kind in _BUILDS])
+    # the 8-bit caches' qkv_rope (it quantizes the cache itself), and int8 weights in the kind's default
+    # configuration, widened to fp32 and by DP4A
+    builds = ([(key, None, False, False) for key in keys]
+              + [("qkv_rope", "*fp8e4nv", False, False), ("qkv_rope", "*i8", False, False)]
+              + [(kind, None, True, False) for kind in _BUILDS] + [(kind, None, True, True) for kind in _BUILDS])
     built = set()
-    for key, cache_type, int8_weights in builds:
+    for key, cache_type, int8_weights, dp4a in builds:
         kind = key if isinstance(key, str) else key[0]
         c = CONFIGS[key]
-        if (kind, c, cache_type, int8_weights) in built:
+        if (kind, c, cache_type, int8_weights, dp4a) in built:
             continue
-        built.add((kind, c, cache_type, int8_weights))
+        built.add((kind, c, cache_type, int8_weights, dp4a))
         name = _BUILDS[kind][0]
         if cache_type:
             name = name.replace("cache", f"{'fp8' if 'fp8' in cache_type else 'int8'} cache")
         if int8_weights:
-            name += " int8 weights"
-        specs[name if isinstance(key, str) else f"{name} {key[1]}x{key[2]}"] = (kind, c, cache_type, int8_weights)
+            name += " int8 weights" + (" dp4a" if dp4a else "")
+        specs[name if isinstance(key, str) else f"{name} {key[1]}x{key[2]}"] = (kind, c, cache_type, int8_weights,
+                                                                                 dp4a)
     return specs
 
 
@@ -576,7 +666,7 @@ def compile_facts(arch: int = 90, names=None) -> dict:
                     SIN="*fp32", POS="*i64", K_CACHE="*bf16", V_CACHE="*bf16")
     quantized = dict(K_SCALE="*fp32", V_SCALE="*fp32", TICKETS="*i32")
     facts = {}
-    for name, (kind, c, cache_type, int8_weights) in _build_specs().items():
+    for name, (kind, c, cache_type, int8_weights, dp4a) in _build_specs().items():
         if names is not None and name not in names:
             continue
         _, epilogue, norm, cache = _BUILDS[kind]
@@ -585,13 +675,16 @@ def compile_facts(arch: int = 90, names=None) -> dict:
             types = dict(types, K_CACHE=cache_type, V_CACHE=cache_type, **quantized)
         if int8_weights:
             types = dict(types, W="*i8", W_SCALE="*fp32")
+        if dp4a:         # x and the norm's weight as words of four bf16 values, W as words of four weights
+            types = dict(types, X="*i64", NORM_W="*i64", W="*i32")
         # 8-bit caches of GQA models hold V sequence-major (a runtime stride); others' unit stride is specialised
         binary = _compile(_fused_gemv_kernel, types,
                           dict(BLOCK_N=c.block_n, BLOCK_K=c.block_k, NORM=norm, EPILOGUE=epilogue, HEAD_DIM=128,
                                **({} if cache_type else {"stride_vd": 1}),
                                WRITE_CACHE=cache, USE_PDL=True, INTERLEAVE=c.interleave,
                                QUANT_CACHE=cache_type is not None, BLOCK_D=128, EARLY_TILE=epilogue in EARLY_TILE,
-                               SCALED_W=int8_weights, INT8_PRMT=int8_weights, NARROW_INT8=int8_weights),
+                               SCALED_W=int8_weights, INT8_PRMT=int8_weights and not dp4a,
+                               NARROW_INT8=int8_weights and not dp4a, DP4A=dp4a, ASM=True),
                           GPUTarget("cuda", arch, 32), c.num_warps, c.num_stages, floats=("eps",))
         ptx = binary.asm["ptx"]
         loop = sass_facts(binary.asm["cubin"], with_opcodes=True).get("loop_opcodes", {})
@@ -601,5 +694,5 @@ def compile_facts(arch: int = 90, names=None) -> dict:
             "pdl_wait": "griddepcontrol.wait" in ptx, "tickets": re.search(r"atom\.global\S*acq_rel", ptx) is not None,
             "loads_before_wait": sum("ld.global" in line for line in before_pdl_wait(ptx)),
             "i2f": len(re.findall(r"cvt\.rn\.f32\.s(?:8|16|32)", ptx)), "prmt": ptx.count("prmt.b32"),
-            "loop_barriers": opcode_count(loop, "BAR")}
+            "dp4a": ptx.count("dp4a.s32.s32"), "loop_barriers": opcode_count(loop, "BAR")}
     return facts

@@ -85,6 +85,16 @@ SWEEP = {"qkv_rope": [Config(*c, interleave=True) for c in _PAIRED],
          "norm_swiglu": [Config(*c, interleave=True) for c in _PAIRED],
          "gemv": [Config(*c) for c in _PLAIN], "gemv_deep": [Config(*c) for c in _PLAIN],
          "gemv_norm": [Config(*c) for c in _PLAIN]}
+# int8 weights by DP4A (kernels/dp4a.py; block_n, block_k, num_warps, num_stages): x is quantized once per thread
+# whatever its rows, so many rows a thread and few warps (the H200 probe's best at 7B's shapes: bench/results/NOTES.md,
+# Run 37); timed besides SWEEP's in int8 sweeps.
+_DP4A_PAIRED = [(16, 1024, 2, 3), (16, 256, 2, 4), (16, 512, 2, 3), (16, 512, 1, 3), (32, 512, 2, 3), (32, 1024, 4, 3),
+                (32, 256, 1, 3), (16, 256, 1, 4), (8, 512, 1, 4), (8, 1024, 2, 3)]
+_DP4A_PLAIN = [(8, 1024, 2, 2), (8, 1024, 2, 3), (16, 256, 2, 2), (16, 1024, 2, 3), (16, 512, 1, 3), (8, 512, 1, 4),
+               (4, 1024, 2, 3), (4, 512, 1, 4), (16, 256, 1, 3), (2, 1024, 2, 5)]
+SWEEP_DP4A = {"qkv_rope": [Config(*c, interleave=True, dp4a=True) for c in _DP4A_PAIRED],
+              "norm_swiglu": [Config(*c, interleave=True, dp4a=True) for c in _DP4A_PAIRED],
+              **{kind: [Config(*c, dp4a=True) for c in _DP4A_PLAIN] for kind in ("gemv", "gemv_deep", "gemv_norm")}}
 MARGIN = 0.01          # a shape's winner becomes an entry only if it beats the kind's default by this much
 FINALISTS = 4          # configurations re-timed (with the default and the current entry) before choosing
 
@@ -187,7 +197,7 @@ def main(argv=None) -> int:
 
         default = INT8_CONFIGS.get(kind, CONFIGS[kind]) if int8 else CONFIGS[kind]
         current = config_for(kind, N, K, int8)
-        candidates = list(dict.fromkeys([default, current, *SWEEP[kind]]))
+        candidates = list(dict.fromkeys([default, current, *SWEEP[kind], *(SWEEP_DP4A[kind] if int8 else [])]))
         cublas_ws = [w[0].to(dt) for w in ws] if int8 else ws         # (int8: cuBLAS on as many bf16 bytes as bf16's)
         row = {"kind": kind, "N": N, "K": K, "op": p.name, "weights": args.weights, "floor_us": floor,
                "cublas_us": graph_replay_us(lambda: [F.linear(x[None], w) for w in cublas_ws], args.replays) / copies,

@@ -93,18 +93,23 @@ def ours_step_us(model, batch: int, context: int, backend: str, replays: int, wi
     """µs per decode step (graph replay) with `context` tokens in every row, through `backend`; a backend
     named "NAME:unfused" runs the compiled general step where the fused one would (models/fused_decode.py),
     "NAME:nopdl" launches no kernel as a programmatic dependent launch, "NAME:wideint8" loads int8 weights 16
-    bytes a thread (`kernels.gemv.NARROW_INT8_LOADS` off: the A/B of that choice)."""
+    bytes a thread (`kernels.gemv.NARROW_INT8_LOADS` off: the A/B of that choice), "NAME:nodp4a" widens int8
+    weights to fp32 where their configurations say DP4A (`kernels.fused_gemv.DP4A` off)."""
+    import kernels.fused_gemv
     import kernels.gemv
     import kernels.interface
     backend, _, variant = backend.partition(":")
     fused, pdl, narrow = model.fused_decode, kernels.interface.PDL_SUPPORTED, kernels.gemv.NARROW_INT8_LOADS
+    dp4a = kernels.fused_gemv.DP4A
     model.fused_decode = fused and variant != "unfused"
     kernels.interface.PDL_SUPPORTED = pdl and variant != "nopdl"
     kernels.gemv.NARROW_INT8_LOADS = narrow and variant != "wideint8"
+    kernels.fused_gemv.DP4A = dp4a and variant != "nodp4a"
     try:
         return graph_replay_us(steady_decode(model, batch, context, backend, width), replays)
     finally:
         model.fused_decode, kernels.interface.PDL_SUPPORTED, kernels.gemv.NARROW_INT8_LOADS = fused, pdl, narrow
+        kernels.fused_gemv.DP4A = dp4a
 
 
 @torch.no_grad()
@@ -506,11 +511,11 @@ def _model(name: str) -> str:
 
 
 def _backend(name: str) -> str:
-    """NAME or NAME:unfused, NAME:nopdl or NAME:wideint8 (see ours_step_us)."""
+    """NAME or NAME:unfused, NAME:nopdl, NAME:wideint8 or NAME:nodp4a (see ours_step_us)."""
     backend, _, variant = name.partition(":")
     one_of(*BACKENDS)(backend)
     if variant:
-        one_of("unfused", "nopdl", "wideint8")(variant)
+        one_of("unfused", "nopdl", "wideint8", "nodp4a")(variant)
     return name
 
 

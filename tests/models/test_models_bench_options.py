@@ -8,7 +8,7 @@ from models import bench
 @pytest.mark.parametrize("argv, says", [
     (["--kv-caches", "bf16,q4"], "--kv-caches: 'q4' is not one of bf16, fp8, int8"),
     (["--backends", "flash,fast"], "--backends: 'fast' is not one of flash, sdpa, eager"),
-    (["--backends", "flash:fused"], "--backends: 'fused' is not one of unfused, nopdl, wideint8"),
+    (["--backends", "flash:fused"], "--backends: 'fused' is not one of unfused, nopdl, wideint8, nodp4a"),
     (["--models", "7B,99B"], "--models: unknown preset 'CodeLlama-99B'"),
     (["--contexts", "4096,16k"], "--contexts: expected a whole number, got '16k'"),
     (["--contexts", "0"], "--contexts: expected a number from 1 up, got 0"),
