@@ -29,6 +29,15 @@ def type_members(index, path: str, qualifier: str, imported: Mapping[str, Sequen
     defining it; ``seen``: the files it imports or sees unimported (a Java file's package); ``module_files``: the
     files of the module a dotted qualifier begins with (``pr`` of ``pr.Price``). Empty where the qualifier names no
     type the repository defines."""
+    name, heads = type_heads(index, path, qualifier, imported, seen, module_files)
+    return likeliest_members(members_of(index, name, heads), partial, used) if heads else {}
+
+
+def type_heads(index, path: str, qualifier: str, imported: Mapping[str, Sequence[int]], seen: Container[str],
+               module_files: Sequence[str]) -> tuple[str, list[int]]:
+    """The type a qualifier names, as seen from the file at ``path`` (the arguments as ``type_members`` takes them):
+    its own name (an imported alias's original) and the chunks that declare it; none where the repository defines
+    no type of the name."""
     name = re.split(r"\.|::", qualifier)[-1]
     if name == qualifier and name in imported:
         chunks = list(imported[name])  # (bound under another name, `import { Price as Money }`: the chunk's first)
@@ -39,22 +48,25 @@ def type_members(index, path: str, qualifier: str, imported: Mapping[str, Sequen
     else:
         inside = set(module_files)
         chunks = [n for n in index.definers.get(name, ()) if index.chunks[n].path in inside]
-    heads = [n for n in chunks if name in index.chunks[n].defines and _declares_type(index.chunks[n].text, name)]
-    if not heads:
-        return {}
-    members = _members(index, name, heads)
+    return name, [n for n in chunks if name in index.chunks[n].defines and _declares_type(index.chunks[n].text, name)]
+
+
+def likeliest_members(members: Mapping[str, list[int]], partial: str, used: Container[str] = ()
+                      ) -> dict[str, list[int]]:
+    """Of ``members`` (name -> chunks), those that may come next: beginning with ``partial`` (as typed, or failing
+    that in any case); with nothing typed, those ``used`` already, or failing that all of them."""
     if partial:
         found = {member: numbers for member, numbers in members.items() if member.startswith(partial)}
         if not found:
             folded = partial.casefold()
             found = {member: numbers for member, numbers in members.items() if member.casefold().startswith(folded)}
     else:
-        found = {member: numbers for member, numbers in members.items() if member in used} or members
+        found = {member: numbers for member, numbers in members.items() if member in used} or dict(members)
     return dict(list(found.items())[:MAX_COMPLETION_NAMES])
 
 
-def _members(index, name: str, heads: list[int]) -> dict[str, list[int]]:
-    """Member name -> chunks defining it, of the type whose chunks naming it are ``heads``."""
+def members_of(index, name: str, heads: list[int]) -> dict[str, list[int]]:
+    """Member name -> chunks defining it, of the type ``name`` whose chunks declaring it are ``heads``."""
     bodies = list(heads)
     if index.chunks[heads[0]].language == "rust":
         own_files = {index.chunks[n].path for n in heads}
