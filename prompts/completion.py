@@ -35,6 +35,7 @@ from .examples import example_key, example_lines
 from .formats import CompletionFormat, Segment, completion_format
 from .imports import completions, follow_imports, qualified_definitions, qualifier_files
 from .index import RepoIndex
+from .inherited import inherited_members
 from .languages import comment_marker, language_for, language_name
 from .members import type_members
 from .outline import brief, outline
@@ -259,8 +260,9 @@ def _query(index: RepoIndex, path: str, language: str, imports, rows: list[str],
     own = {name for number in index.chunk_numbers(path) for name in index.chunks[number].defines}
     module = qualifier_files(index, path, language, imports, imported.modules, terms.qualifier) if (
         terms.qualifier) else []
-    members = type_members(index, path, terms.qualifier, imported.definitions, imported.files, module,
-                           terms.partial, terms.counts) if terms.qualifier else {}
+    members = inherited_members(index, path, language, rows, row, column, imports, imported, terms.counts) or (
+        type_members(index, path, terms.qualifier, imported.definitions, imported.files, module, terms.partial,
+                     terms.counts) if terms.qualifier else {})
     return Query(
         weights=terms.weights,
         path=path,

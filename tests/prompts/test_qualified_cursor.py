@@ -350,3 +350,124 @@ def test_a_partly_typed_java_name_after_a_class_of_the_package_is_its_static_mem
     assert len(index.chunk_numbers("src/com/acme/shop/Price.java")) > 2
     _comes_first(index, packed, ("src/com/acme/shop/Price.java", "fromCents"),
                  ("src/com/acme/shop/Store.java", "Store"), ("src/com/acme/legacy/Price.java", "fromCents"))
+
+
+# After the instance or class itself: self., cls., super()., this., super., this-> --------------------------------
+
+def _cut_apart(index, path: str, type_name: str, member: str) -> None:
+    """The long class ``type_name`` of ``path`` is cut into several chunks, ``member`` not in the one naming it."""
+    chunks = [index.chunks[n] for n in index.chunk_numbers(path)]
+    assert [c.defines for c in chunks if member in c.defines and type_name not in c.defines], chunks
+
+
+PY_PARSE_STEP = ("    def step{i}(self, tokens, strict=False):\n        \"\"\"Step {i} of the parsing rules.\"\"\"\n"
+                 "        found = self.tokens[{i}:] + tokens\n        return found if strict else found[:{i}]\n\n")
+PY_BASE_PARSER = ("class BaseParser:\n    \"\"\"Reads the tokens of a text.\"\"\"\n\n    def __init__(self, text):\n"
+                  "        self.text, self.tokens = text, text.split()\n\n"
+                  + "".join(PY_PARSE_STEP.format(i=i) for i in range(16))
+                  + "    def parse(self, rules, strict=False):\n"
+                  "        return [rule(self.tokens) for rule in rules]\n")
+PY_PARSER_FILES = PY_FILES | {
+    "parsing/__init__.py": "", "parsing/base.py": PY_BASE_PARSER,
+    "parsing/grammar.py": "from .base import BaseParser\n\n\nclass Grammar(BaseParser):\n    def rules(self):\n"
+                          "        return []\n",
+    "parsing/tokens.py": "def read_token(text):\n    return text.split()[0]\n\n\n"
+                         "def parse_number(text):\n    return int(text)\n",
+    "legacy/old_parser.py": "class OldParser:\n    def parse(self, rules):\n        return rules\n"}
+PY_PARSER_DECOYS = (("parsing/tokens.py", "read_token"), ("parsing/tokens.py", "parse_number"),
+                    ("legacy/old_parser.py", "parse"), ("parsing/grammar.py", "Grammar"),
+                    ("parsing/base.py", "BaseParser"))
+
+
+def _py_parser(imports: str, head: str, line: str) -> str:
+    return (f"{imports}\nfrom .tokens import parse_number, read_token\n\n\nclass {head}:\n"
+            "    def run(self, text):\n        first = read_token(text)\n"
+            f"        found = {line}\n        return first, found\n")
+
+
+@pytest.mark.parametrize("imports, head, line", [
+    ("from .base import BaseParser", "Parser(BaseParser)", "self.pa"),
+    ("from .base import BaseParser as Base", "Parser(Base)", "self.pa"),
+    ("from . import base", "Parser(base.BaseParser)", "self.pa"),
+    ("from .grammar import Grammar", "Parser(Grammar)", "self.pa"),
+    ("from .base import BaseParser", "Parser(BaseParser)", "super().pa"),
+    ("from .base import BaseParser", "Parser(BaseParser)", "super(Parser, self).pa"),
+    ("from typing import Generic, TypeVar\nfrom .base import BaseParser",
+     "Parser(\n    Generic[T],\n    BaseParser,\n    metaclass=type,\n)", "cls.pa"),
+], ids=["imported-base", "renamed-base", "module-qualified-base", "grandparent", "super", "super-with-arguments",
+        "cls-multiline-head"])
+def test_a_partly_typed_name_after_self_is_a_base_class_method(make_repo, smollm2_tokenizer, imports, head, line):
+    """`self.pa|` in a subclass resolved `self` to nothing: read_token, used on the line above, came first, and the
+    part of the long base class (another file) that defines `parse` was far down. The base (imported under its name
+    or another, through its module, or the base's own base) is read from the class's head, and its `parse` comes
+    first, before an unrelated class's `parse` and the imported `parse_number`."""
+    files = PY_PARSER_FILES | {"parsing/parser.py": _py_parser(imports, head, line)}
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "parsing/parser.py", line)
+    _cut_apart(index, "parsing/base.py", "BaseParser", "parse")
+    _comes_first(index, packed, ("parsing/base.py", "parse"), *PY_PARSER_DECOYS)
+
+
+TS_PARSE_STEP = ("  step{i}(tokens: string[], strict: boolean = false): string[] {{\n    // step {i} of the rules\n"
+                 "    const found = this.tokens.slice({i}).concat(tokens);\n"
+                 "    return strict ? found : found.slice(0, {i});\n  }}\n\n")
+TS_BASE_PARSER = ("export class BaseParser {\n  tokens: string[];\n\n  constructor(public text: string) {\n"
+                  "    this.tokens = text.split(' ');\n  }\n\n"
+                  + "".join(TS_PARSE_STEP.format(i=i) for i in range(14))
+                  + "  parse(rules: string[]): string[] {\n    return rules.map((rule) => rule + this.text);\n  }\n}\n")
+
+
+@pytest.mark.parametrize("line", ["const found = this.pa", "const found = super.pa"], ids=["this", "super"])
+def test_a_partly_typed_typescript_name_after_this_is_a_base_class_method(make_repo, smollm2_tokenizer, line):
+    """`this.pa|` in a class that `extends BaseParser implements Sized`: readToken, used on the line above, came
+    before the part of the long base class (another file) that defines `parse`, which now comes first."""
+    parser = ("import { BaseParser } from './base';\nimport { parseNumber, readToken } from './tokens';\n\n"
+              "interface Sized {\n  size(): number;\n}\n\n"
+              "export class Parser<T> extends BaseParser implements Sized {\n  size(): number {\n    return 0;\n  }\n\n"
+              f"  run(text: string): string[] {{\n    const first = readToken(text);\n    {line}\n"
+              "    return [first, found];\n  }\n}\n")
+    files = JS_FILES | {
+        "src/parsing/base.ts": TS_BASE_PARSER, "src/parsing/parser.ts": parser,
+        "src/parsing/tokens.ts": "export function readToken(text: string): string {\n  return text.split(' ')[0];\n}"
+                                 "\n\nexport function parseNumber(text: string): number {\n  return Number(text);\n}\n",
+        "src/legacy/old.ts": "export class OldParser {\n  parse(rules: string[]): string[] {\n    return rules;\n  }\n}\n"}
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "src/parsing/parser.ts", line)
+    _cut_apart(index, "src/parsing/base.ts", "BaseParser", "parse")
+    _comes_first(index, packed, ("src/parsing/base.ts", "parse"), ("src/parsing/tokens.ts", "readToken"),
+                 ("src/parsing/tokens.ts", "parseNumber"), ("src/legacy/old.ts", "parse"),
+                 ("src/parsing/base.ts", "BaseParser"))
+
+
+JAVA_PARSE_STEP = ("    public String step{i}(String tokens, boolean strict) {{\n        // step {i} of the parsing rules\n"
+                   "        String found = this.text.substring({i}) + tokens;\n"
+                   "        return strict ? found : found.trim();\n    }}\n\n")
+JAVA_BASE_PARSER = ("package com.acme.parsing;\n\npublic class BaseParser {\n    protected final String text;\n\n"
+                    "    public BaseParser(String text) {\n        this.text = text;\n    }\n\n"
+                    + "".join(JAVA_PARSE_STEP.format(i=i) for i in range(12))
+                    + "    public String parse(String rules) {\n        return rules + this.text;\n    }\n}\n")
+
+
+@pytest.mark.parametrize("line", ["String found = this.pa", "String found = super.pa"], ids=["this", "super"])
+def test_a_partly_typed_java_name_after_this_is_a_base_class_method(make_repo, smollm2_tokenizer, line):
+    """`this.pa|` in a class extending a class of its own package (seen unimported): the Tokens made on the line
+    above came before the part of BaseParser's long body that defines `parse`, which now comes first, before the
+    `parse` of a legacy BaseParser of another package."""
+    parser = ("package com.acme.parsing;\n\nimport java.util.List;\n\n"
+              "public class Parser extends BaseParser implements Runnable {\n"
+              "    public Parser(String text) {\n        super(text);\n    }\n\n"
+              "    public void run() {\n    }\n\n"
+              "    public String read(String text) {\n        Tokens first = new Tokens(text);\n"
+              f"        {line}\n        return first.text + found;\n    }}\n}}\n")
+    files = {"src/com/acme/parsing/BaseParser.java": JAVA_BASE_PARSER,
+             "src/com/acme/parsing/Parser.java": parser,
+             "src/com/acme/parsing/Tokens.java": "package com.acme.parsing;\n\npublic class Tokens {\n"
+                                                 "    public final String text;\n\n"
+                                                 "    public Tokens(String text) {\n"
+                                                 "        this.text = text.trim();\n    }\n}\n",
+             "src/com/acme/legacy/BaseParser.java": "package com.acme.legacy;\n\npublic class BaseParser {\n"
+                                                    "    public String parse(String rules) {\n"
+                                                    "        return rules;\n    }\n}\n"}
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "src/com/acme/parsing/Parser.java", line)
+    _cut_apart(index, "src/com/acme/parsing/BaseParser.java", "BaseParser", "parse")
+    _comes_first(index, packed, ("src/com/acme/parsing/BaseParser.java", "parse"),
+                 ("src/com/acme/parsing/Tokens.java", "Tokens"), ("src/com/acme/legacy/BaseParser.java", "parse"),
+                 ("src/com/acme/parsing/BaseParser.java", "BaseParser"))

@@ -1,0 +1,193 @@
+"""The members a class inherits, for a cursor after the instance or class itself: ``self.pa|``, ``cls.pa|``,
+``super().pa|`` (Python), ``this.pa|``, ``super.pa|`` (JavaScript, TypeScript, Java), ``this->pa|`` (C++).
+
+Such a qualifier names no module and no type, yet what comes next is often a method of a base class defined in
+another file. The class around the cursor is found in the text above it, not in the index (the buffer may be
+newer than the index, and a long class is cut into several chunks there): in Python the nearest line above that
+is indented less and begins a class, elsewhere the innermost brace still open whose head declares one. Its base
+classes are read from that head as written (``class A(B, mod.C, Generic[T])``, ``extends B implements I``,
+``: public B``) and each is resolved as a type qualifier is (members.py: the file's imports, aliases and
+re-exports, ``module.Type``, the file's own types, a Java package's classes); then their own bases, read from the
+chunks declaring them and resolved from their files, up to MAX_DEPTH levels, each class once (a cyclic hierarchy
+ends). The bases' members that may come next are the answer (the nearest base's first where two define a name);
+the class's own members are in the current file, which the prompt shows anyway. The work per keystroke is one
+regular expression on the cursor's line, and only after such a qualifier a walk up the text and a few chunks'.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Container, Mapping, Sequence
+
+from .imports import Import, ImportedNames, follow_imports, qualifier_files
+from .languages import language_name
+from .members import likeliest_members, members_of, type_heads
+
+MAX_DEPTH = 3  # levels of base classes followed: parents, grandparents, great-grandparents
+MAX_CLASSES = 12  # base classes looked at in all (a class of many bases, each of many)
+CLASS_REACH = 2000  # lines above the cursor searched for the class around it
+HEAD_LINES = 20  # lines a class's head may span (`class A(\n    B,\n    C,\n):`)
+LINE_CHARS = 1000  # of the cursor's line, the part before the cursor that is read
+
+# The instance or class itself right before the cursor (and the word typed after it), in the languages that give
+# the word that meaning.
+_PYTHON_SELF = r"(?<![\w.])(?:self|cls|super\(\s*(?:\w+\s*,\s*\w+\s*)?\))\.\w*$"
+_BRACES_SELF = r"(?<![\w.$])(?:this|super)\.[\w$]*$"
+_SELF = {
+    "python": re.compile(_PYTHON_SELF),
+    "javascript": re.compile(_BRACES_SELF), "typescript": re.compile(_BRACES_SELF), "tsx": re.compile(_BRACES_SELF),
+    "java": re.compile(_BRACES_SELF),
+    "cpp": re.compile(r"(?<![\w.])this\s*->\s*\w*$"),
+}
+_PARTIAL = re.compile(r"[\w$]*$")
+
+_PYTHON_CLASS = re.compile(r"class\s+([A-Za-z_]\w*)")
+_PYTHON_BLOCK = re.compile(r"(?:class|def|async|if|elif|else|for|while|with|try|except|finally|match|case)\b")
+_BRACE_TOKENS = re.compile(r'"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'|`(?:\\.|[^`\\])*`|//[^\n]*|/\*[\s\S]*?\*/'
+                           r"|[{}]")
+_BRACE_CLASS = re.compile(r"\b(?:class|struct|interface)\s+([A-Za-z_$][\w$]*)([^{};]*)$")
+_BASE_NAME = re.compile(r"[A-Za-z_$][\w$]*(?:(?:\.|::)[A-Za-z_$][\w$]*)*")
+_CLAUSE = re.compile(r"\b(extends|implements)\b")
+_CPP_ACCESS = re.compile(r"\b(?:public|protected|private|virtual)\b")
+
+
+def inherited_members(index, path: str, language: str, rows: Sequence[str], row: int, column: int,
+                      imports: Sequence[Import], imported: ImportedNames, used: Container[str] = ()
+                      ) -> dict[str, list[int]]:
+    """The members of the base classes of the class around the cursor (0-based ``row``, ``column`` of ``rows``, the
+    file at ``path``) that may come next after ``self.``, ``this.`` or ``super().`` there, each with the chunks
+    defining it, as ``members.likeliest_members`` picks them; empty where the cursor follows no such qualifier, is
+    in no class, or the class has no base the repository defines. ``imports`` and ``imported``: the file's, as
+    written and as followed (``imports.follow_imports``); ``used``: the names the file uses."""
+    pattern = _SELF.get(language)
+    before = rows[row][:column][-LINE_CHARS:]
+    if pattern is None or not pattern.search(before):
+        return {}
+    head = _enclosing_class(language, rows, row, column)
+    if head is None:
+        return {}
+    scopes = {path: (imports, imported)}
+    members: dict[str, list[int]] = {}
+    level, seen_heads, looked_at = [(path, base) for base in _bases(language, head)], set(), 0
+    for _ in range(MAX_DEPTH):
+        following = []
+        for file, written in level:
+            if looked_at >= MAX_CLASSES:
+                break
+            name, heads = _resolve(index, file, written, scopes)
+            heads = [n for n in heads if n not in seen_heads]
+            if not heads:
+                continue
+            looked_at += 1
+            seen_heads.update(heads)
+            for member, chunks in members_of(index, name, heads).items():
+                members.setdefault(member, chunks)
+            for number in heads:
+                chunk = index.chunks[number]
+                declared = _declaration(chunk.language, chunk.text, name)
+                following += [(chunk.path, base) for base in _bases(chunk.language, declared)] if declared else []
+        level = following
+    return likeliest_members(members, _PARTIAL.search(before).group(), used)
+
+
+def _resolve(index, file: str, written: str, scopes: dict) -> tuple[str, list[int]]:
+    """The class a base as written in ``file`` names: its own name and the chunks declaring it (members.type_heads).
+    ``scopes``: file -> its imports as written and followed, filled in here for the files a hierarchy goes through."""
+    if file not in scopes:
+        language = language_name(file)
+        scopes[file] = (index.imports(file), follow_imports(index, file, language, index.imports(file)))
+    imports, imported = scopes[file]
+    dotted = written != re.split(r"\.|::", written)[-1]
+    module = qualifier_files(index, file, language_name(file), imports, imported.modules, written) if dotted else []
+    return type_heads(index, file, written, imported.definitions, imported.files, module)
+
+
+def _enclosing_class(language: str, rows: Sequence[str], row: int, column: int) -> str | None:
+    """The head of the innermost class around the cursor, from its name on (``Parser(BaseParser):``,
+    ``Parser extends BaseParser implements Sized ``); None outside any class."""
+    if language == "python":
+        return _python_class(rows, row)
+    first = max(0, row - CLASS_REACH)
+    text = "\n".join([*rows[first:row], rows[row][:column]])
+    opened: list[int] = []
+    for token in _BRACE_TOKENS.finditer(text):
+        if token.group() == "{":
+            opened.append(token.start())
+        elif token.group() == "}" and opened:
+            opened.pop()
+    for brace in reversed(opened):
+        start = max(text.rfind(";", 0, brace), text.rfind("{", 0, brace), text.rfind("}", 0, brace)) + 1
+        declared = _BRACE_CLASS.search(text[max(start, brace - LINE_CHARS):brace])
+        if declared:
+            return declared.group(1) + declared.group(2)
+    return None
+
+
+def _python_class(rows: Sequence[str], row: int) -> str | None:
+    """Python: the head of the class around the cursor's row, found by indentation (lines that begin no block, a
+    multi-line string's or expression's, do not count)."""
+    line = rows[row]
+    indent = len(line) - len(line.lstrip())
+    for number in range(row - 1, max(-1, row - 1 - CLASS_REACH), -1):
+        text = rows[number]
+        stripped = text.lstrip()
+        level = len(text) - len(stripped)
+        if level >= indent or not _PYTHON_BLOCK.match(stripped):
+            continue
+        declared = _PYTHON_CLASS.match(stripped)
+        if declared:
+            return _declaration("python", "\n".join([stripped, *rows[number + 1:number + HEAD_LINES]]),
+                                declared.group(1))
+        if level == 0:
+            return None
+        indent = level
+    return None
+
+
+def _declaration(language: str, text: str, name: str) -> str | None:
+    """The head of the class ``name`` that ``text`` declares, from its name up to its body (``:`` or ``{``)."""
+    found = re.search(rf"\b(?:class|struct|interface)\s+({re.escape(name)})\b", text)
+    if found is None:
+        return None
+    rest = text[found.start(1):found.start(1) + LINE_CHARS * 4]
+    if language != "python":
+        return re.split(r"[{;]", rest, maxsplit=1)[0]
+    depth = 0
+    for position, character in enumerate(rest):
+        depth += (character in "([{") - (character in ")]}")
+        if character == ":" and depth == 0:
+            return rest[:position]
+    return None
+
+
+def _bases(language: str, head: str) -> list[str]:
+    """The base classes a class's head names, as written (``mod.Base``; type arguments left out), in order."""
+    name = re.match(r"[\w$]*", head).group()
+    rest = head[len(name):]
+    if language == "python":
+        if not rest.lstrip().startswith("("):
+            return []
+        inside = _without_nested(_without_nested(rest.strip()[1:-1], "[", "]"), "(", ")", "?")
+        parts = [part.strip() for part in inside.split(",")]
+        return [part for part in parts if _BASE_NAME.fullmatch(part)]  # (not `metaclass=M`, `*mixins`, `f(x)`)
+    rest = _without_nested(rest, "<", ">")
+    if language == "cpp":
+        colon = re.search(r"(?<!:):(?!:)", rest)
+        parts = rest[colon.end():].split(",") if colon else []
+        return [_CPP_ACCESS.sub("", part).strip().rsplit("::", 1)[-1] for part in parts
+                if _BASE_NAME.fullmatch(_CPP_ACCESS.sub("", part).strip())]
+    clauses = _CLAUSE.split(rest)
+    parts = [part.strip() for clause in clauses[2::2] for part in clause.split(",")]
+    return [part for part in parts if _BASE_NAME.fullmatch(part) and "::" not in part]
+
+
+def _without_nested(text: str, opening: str, closing: str, instead: str = "") -> str:
+    """``text`` with what stands between ``opening`` and ``closing`` (nested too, those included) replaced by
+    ``instead``: type arguments left out (``Generic[T]``, ``Base<T>``), a call's arguments (``f?``) whose commas
+    then split nothing."""
+    pattern = re.compile(f"{re.escape(opening)}[^{re.escape(opening + closing)}]*{re.escape(closing)}")
+    for _ in range(8):
+        text, count = pattern.subn(instead, text)
+        if not count:
+            break
+    return text
