@@ -10,14 +10,16 @@ classes are read from that head as written (``class A(B, mod.C, Generic[T])``, `
 re-exports, ``module.Type``, the file's own types, a Java package's classes); then their own bases, read from the
 chunks declaring them and resolved from their files, up to MAX_DEPTH levels, each class once (a cyclic hierarchy
 ends). The bases' members that may come next are the answer (the nearest base's first where two define a name);
-the class's own members are in the current file, which the prompt shows anyway. The work per keystroke is one
-regular expression on the cursor's line, and only after such a qualifier a walk up the text and a few chunks'.
+the class's own members are in the current file, which the prompt shows anyway, but for a C++ method defined
+outside its class (``int Parser::run() { this->|``): there the class's own declaration (a header's) comes first.
+The work per keystroke is one regular expression on the cursor's line; only after such a qualifier, a walk up
+the text and a few chunks' regular expressions.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Container, Sequence
 
 from .imports import Import, ImportedNames, follow_imports, qualifier_files
 from .languages import language_name
@@ -47,6 +49,9 @@ _BRACE_TOKENS = re.compile(r'"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'|`(?:\\.|
                            r"|[{}]")
 _BRACE_CLASS = re.compile(r"\b(?:class|struct|interface)\s+([A-Za-z_$][\w$]*)([^{};]*)$")
 _BASE_NAME = re.compile(r"[A-Za-z_$][\w$]*(?:(?:\.|::)[A-Za-z_$][\w$]*)*")
+# A C++ method defined outside its class (`int Parser::run(int n) const {`, `Parser::Parser() : Base() {`): its
+# class's name.
+_CPP_OUTSIDE = re.compile(r"\s*(?:[\w:<>,*&]+\s+|[*&]\s*)*?([A-Za-z_]\w*)(?:<[^<>{};]*>)?::~?[A-Za-z_]\w*\s*\(")
 _CLAUSE = re.compile(r"\b(extends|implements)\b")
 _CPP_ACCESS = re.compile(r"\b(?:public|protected|private|virtual)\b")
 
@@ -63,13 +68,15 @@ def inherited_members(index, path: str, language: str, rows: Sequence[str], row:
     before = rows[row][:column][-LINE_CHARS:]
     if pattern is None or not pattern.search(before):
         return {}
-    head = _enclosing_class(language, rows, row, column)
+    head, outside = _enclosing_class(language, rows, row, column)
     if head is None:
         return {}
     scopes = {path: (imports, imported)}
     members: dict[str, list[int]] = {}
-    level, seen_heads, looked_at = [(path, base) for base in _bases(language, head)], set(), 0
-    for _ in range(MAX_DEPTH):
+    # (a C++ method defined outside its class: the class's own members, declared elsewhere, come first)
+    level = [(path, head)] if outside else [(path, base) for base in _bases(language, head)]
+    seen_heads, looked_at = set(), 0
+    for _ in range(MAX_DEPTH + outside):
         following = []
         for file, written in level:
             if looked_at >= MAX_CLASSES:
@@ -102,11 +109,12 @@ def _resolve(index, file: str, written: str, scopes: dict) -> tuple[str, list[in
     return type_heads(index, file, written, imported.definitions, imported.files, module)
 
 
-def _enclosing_class(language: str, rows: Sequence[str], row: int, column: int) -> str | None:
+def _enclosing_class(language: str, rows: Sequence[str], row: int, column: int) -> tuple[str | None, bool]:
     """The head of the innermost class around the cursor, from its name on (``Parser(BaseParser):``,
-    ``Parser extends BaseParser implements Sized ``); None outside any class."""
+    ``Parser extends BaseParser implements Sized ``), None outside any class; and whether the cursor is in a C++
+    method defined outside its class (then the head is only the class's name)."""
     if language == "python":
-        return _python_class(rows, row)
+        return _python_class(rows, row), False
     first = max(0, row - CLASS_REACH)
     text = "\n".join([*rows[first:row], rows[row][:column]])
     opened: list[int] = []
@@ -117,10 +125,14 @@ def _enclosing_class(language: str, rows: Sequence[str], row: int, column: int) 
             opened.pop()
     for brace in reversed(opened):
         start = max(text.rfind(";", 0, brace), text.rfind("{", 0, brace), text.rfind("}", 0, brace)) + 1
-        declared = _BRACE_CLASS.search(text[max(start, brace - LINE_CHARS):brace])
+        head = text[max(start, brace - LINE_CHARS):brace]
+        declared = _BRACE_CLASS.search(head)
         if declared:
-            return declared.group(1) + declared.group(2)
-    return None
+            return declared.group(1) + declared.group(2), False
+        method = _CPP_OUTSIDE.match(head) if language == "cpp" else None
+        if method:
+            return method.group(1), True
+    return None, False
 
 
 def _python_class(rows: Sequence[str], row: int) -> str | None:

@@ -42,8 +42,9 @@ def type_heads(index, path: str, qualifier: str, imported: Mapping[str, Sequence
     if name == qualifier and name in imported:
         chunks = list(imported[name])  # (bound under another name, `import { Price as Money }`: the chunk's first)
         name = next((index.chunks[n].defines[0] for n in chunks if index.chunks[n].defines), name)
-    elif name == qualifier:  # the file's own type, else one of a file it sees (a Java class of its package)
-        chunks = [n for n in index.chunk_numbers(path) if name in index.chunks[n].defines] or [
+    elif name == qualifier:  # the file's own type, else one of a file it sees (a Java class of its package; a C++
+        chunks = [n for n in index.chunk_numbers(path) if name in index.chunks[n].defines  # header's class, where
+                  and _declares_type(index.chunks[n].text, name)] or [  # the file defines its constructor)
             n for n in index.definers.get(name, ()) if index.chunks[n].path in seen]
     else:
         inside = set(module_files)

@@ -429,7 +429,8 @@ def test_a_partly_typed_typescript_name_after_this_is_a_base_class_method(make_r
         "src/parsing/base.ts": TS_BASE_PARSER, "src/parsing/parser.ts": parser,
         "src/parsing/tokens.ts": "export function readToken(text: string): string {\n  return text.split(' ')[0];\n}"
                                  "\n\nexport function parseNumber(text: string): number {\n  return Number(text);\n}\n",
-        "src/legacy/old.ts": "export class OldParser {\n  parse(rules: string[]): string[] {\n    return rules;\n  }\n}\n"}
+        "src/legacy/old.ts": "export class OldParser {\n  parse(rules: string[]): string[] {\n    return rules;\n"
+                             "  }\n}\n"}
     index, packed = _prompt(make_repo, smollm2_tokenizer, files, "src/parsing/parser.ts", line)
     _cut_apart(index, "src/parsing/base.ts", "BaseParser", "parse")
     _comes_first(index, packed, ("src/parsing/base.ts", "parse"), ("src/parsing/tokens.ts", "readToken"),
@@ -437,7 +438,8 @@ def test_a_partly_typed_typescript_name_after_this_is_a_base_class_method(make_r
                  ("src/parsing/base.ts", "BaseParser"))
 
 
-JAVA_PARSE_STEP = ("    public String step{i}(String tokens, boolean strict) {{\n        // step {i} of the parsing rules\n"
+JAVA_PARSE_STEP = ("    public String step{i}(String tokens, boolean strict) {{\n"
+                   "        // step {i} of the parsing rules\n"
                    "        String found = this.text.substring({i}) + tokens;\n"
                    "        return strict ? found : found.trim();\n    }}\n\n")
 JAVA_BASE_PARSER = ("package com.acme.parsing;\n\npublic class BaseParser {\n    protected final String text;\n\n"

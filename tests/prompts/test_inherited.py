@@ -1,0 +1,131 @@
+"""The members a class inherits, after ``self.``/``this.``/``super().`` (inherited.py): which class encloses the
+cursor, which bases its head names, and where the search stops. The prompts these members rank into are tested
+in test_qualified_cursor.py."""
+
+import pytest
+
+from prompts import index_repository
+from prompts.imports import follow_imports
+from prompts.inherited import inherited_members
+from prompts.languages import language_name
+
+BASE = ("class BaseParser:\n    def __init__(self, text):\n        self.text = text\n\n"
+        "    def parse(self, rules):\n        return rules\n\n    def reset(self):\n        self.text = ''\n")
+
+
+def _members(make_repo, files: dict[str, str], path: str, marker: str) -> dict[str, list[str]]:
+    """Inherited member -> the files of the chunks defining it, for a cursor right after ``marker`` in ``path``."""
+    index = index_repository(make_repo(files))
+    rows = files[path].split("\n")
+    row = next(number for number, text in enumerate(rows) if marker in text)
+    column = rows[row].index(marker) + len(marker)
+    language = language_name(path)
+    imports = index.imports(path)
+    found = inherited_members(index, path, language, rows, row, column, imports,
+                              follow_imports(index, path, language, imports))
+    return {member: sorted({index.chunks[n].path for n in chunks}) for member, chunks in found.items()}
+
+
+def test_the_bases_members_beginning_with_the_word_typed(make_repo):
+    files = {"pkg/__init__.py": "", "pkg/base.py": BASE,
+             "pkg/parser.py": "from .base import BaseParser\n\n\nclass Parser(BaseParser):\n"
+                              "    def run(self):\n        return self.pa\n"}
+    assert _members(make_repo, files, "pkg/parser.py", "self.pa") == {"parse": ["pkg/base.py"]}
+
+
+@pytest.mark.parametrize("parser", [
+    "from .base import BaseParser\n\n\nclass Parser(BaseParser):\n    pass\n\n\ndef run(self):\n    return self.pa\n",
+    "from .base import BaseParser\n\n\nclass Parser(dict):\n    def run(self):\n        return self.pa\n",
+    "from .base import BaseParser\n\n\nclass Parser:\n    def run(self):\n        return self.pa\n",
+    "from .base import BaseParser\n\n\nclass Parser(BaseParser):\n    def run(self):\n        return this.pa\n",
+    "from .base import BaseParser\n\n\nclass Parser(BaseParser):\n    def run(self):\n        return myself.pa\n",
+    "from .base import BaseParser\n\n\nclass Parser(BaseParser):\n    def run(self):\n        return self.x.pa\n",
+], ids=["outside-any-class", "base-not-in-the-repository", "no-base", "not-pythons-self", "a-longer-name",
+        "an-attribute"])
+def test_nothing_where_no_base_of_the_repository_is_meant(make_repo, parser):
+    """A function after a subclass, a class of `dict` or of no base, and qualifiers that are not the instance
+    itself: no members (a class merely above the cursor is not around it)."""
+    files = {"pkg/__init__.py": "", "pkg/base.py": BASE, "pkg/parser.py": parser}
+    assert _members(make_repo, files, "pkg/parser.py", ".pa") == {}
+
+
+def test_a_cyclic_hierarchy_ends(make_repo):
+    """A imports B and B imports A, each the other's base, and C bases itself on C: each class is looked at once."""
+    files = {"pkg/__init__.py": "",
+             "pkg/a.py": "from .b import B\n\n\nclass A(B):\n    def parse_a(self):\n        return 1\n",
+             "pkg/b.py": "from .a import A\n\n\nclass B(A):\n    def parse_b(self):\n        return 2\n",
+             "pkg/c.py": "from .a import A\n\n\nclass C(C, A):\n    def run(self):\n        return self.pa\n"}
+    assert _members(make_repo, files, "pkg/c.py", "self.pa") == {"parse_a": ["pkg/a.py"], "parse_b": ["pkg/b.py"]}
+
+
+def test_the_nearest_base_defines_a_name_two_define_and_depth_is_bounded(make_repo):
+    """`parse` of the parent, not of the grandparent it overrides; a fourth generation is too far."""
+    chain = {"pkg/__init__.py": "", "pkg/g4.py": "class G4:\n    def part4(self):\n        return 4\n"}
+    for level, base in ((3, "G4"), (2, "G3"), (1, "G2")):
+        chain[f"pkg/g{level}.py"] = (f"from .g{level + 1} import {base}\n\n\nclass G{level}({base}):\n"
+                                     f"    def parse(self):\n        return {level}\n\n"
+                                     f"    def part{level}(self):\n        return {level}\n")
+    chain["pkg/parser.py"] = "from .g1 import G1\n\n\nclass Parser(G1):\n    def run(self):\n        return self.pa\n"
+    assert _members(make_repo, chain, "pkg/parser.py", "self.pa") == {
+        "parse": ["pkg/g1.py"], "part1": ["pkg/g1.py"], "part2": ["pkg/g2.py"], "part3": ["pkg/g3.py"]}
+
+
+def test_the_class_in_the_buffer_is_found_where_the_index_has_none(make_repo):
+    """The class was written after the file was indexed: the text above the cursor says which it is."""
+    files = {"pkg/__init__.py": "", "pkg/base.py": BASE, "pkg/parser.py": "from .base import BaseParser\n"}
+    index = index_repository(make_repo(files))
+    rows = ["from .base import BaseParser", "", "", "class Parser(BaseParser):", "    def run(self):",
+            "        return self.re"]
+    imports = index.imports("pkg/parser.py")
+    found = inherited_members(index, "pkg/parser.py", "python", rows, 5, len(rows[5]), imports,
+                              follow_imports(index, "pkg/parser.py", "python", imports))
+    assert list(found) == ["reset"]
+
+
+def test_a_nested_class_is_the_one_around_the_cursor(make_repo):
+    files = {"pkg/__init__.py": "", "pkg/base.py": BASE + "\n\nclass Other:\n    def part(self):\n        return 0\n",
+             "pkg/parser.py": "from .base import BaseParser, Other\n\n\nclass Parser(Other):\n"
+                              "    class Inner(BaseParser):\n        def run(self):\n            return self.pa\n"}
+    assert _members(make_repo, files, "pkg/parser.py", "self.pa") == {"parse": ["pkg/base.py"]}
+
+
+@pytest.mark.parametrize("files, path, marker", [
+    ({"src/base.ts": "export class BaseParser<T> {\n  parse(rules: T[]): T[] {\n    return rules;\n  }\n}\n",
+      "src/parser.ts": "import * as base from './base';\n\n// a class { in a comment\n"
+                       "export class Parser<T extends object> extends base.BaseParser<T> {\n"
+                       "  run(): string {\n    const s = '}}'; // } closes nothing\n    return this.pa\n  }\n}\n"},
+     "src/parser.ts", "this.pa"),
+    ({"src/base.js": "export class BaseParser {\n  parse(rules) {\n    return rules;\n  }\n}\n",
+      "src/parser.js": "import { BaseParser } from './base.js';\n\nclass Parser extends BaseParser {\n"
+                       "  run() {\n    return [1].map((x) => super.pa\n  }\n}\n"},
+     "src/parser.js", "super.pa"),
+    ({"src/base.h": "#pragma once\n\nnamespace acme {\nclass BaseParser {\n public:\n  int parse(int rules);\n};\n}\n",
+      "src/parser.cpp": '#include "base.h"\n\nclass Parser final : public virtual acme::BaseParser {\n public:\n'
+                        "  int run() {\n    return this->pa\n  }\n};\n"},
+     "src/parser.cpp", "this->pa"),
+    ({"src/a/BaseParser.java": "package a;\n\npublic class BaseParser {\n  public int parse() {\n    return 1;\n"
+                               "  }\n}\n",
+      "src/a/Other.java": "package a;\n\npublic class Other {\n  public int part() {\n    return 1;\n  }\n}\n",
+      "src/a/Parser.java": "package a;\n\npublic class Parser extends Other {\n"
+                           "  static class Inner extends BaseParser implements Runnable {\n"
+                           "    public void run() {\n      int n = this.pa\n    }\n  }\n}\n"},
+     "src/a/Parser.java", "this.pa"),
+], ids=["typescript-module-qualified-generic", "javascript-super-in-an-arrow", "cpp-this-arrow", "java-inner-class"])
+def test_the_bases_of_a_brace_languages_class(make_repo, files, path, marker):
+    """The innermost brace still open that a class's head opened (braces in comments and strings left out; an inner
+    class, not the outer one), its base as written (`base.BaseParser<T>`, `public virtual acme::BaseParser`)."""
+    base = next(file for file in files if "base" in file.lower())
+    assert _members(make_repo, files, path, marker) == {"parse": [base]}
+
+
+def test_a_cpp_method_defined_outside_its_class_has_its_class_and_bases_members(make_repo):
+    """`int Parser::run() { this->|`: the class is declared in the header, not around the cursor; its own members
+    (there, not in this file) and its base's come next, and a chunk of this file naming Parser (its constructor)
+    does not hide the header's class."""
+    files = {"src/base.h": "#pragma once\n\nclass BaseParser {\n public:\n  int parse(int rules);\n};\n",
+             "src/parser.h": '#pragma once\n#include "base.h"\n\nclass Parser : public BaseParser {\n public:\n'
+                             "  Parser();\n  int run();\n  int part();\n};\n",
+             "src/parser.cpp": '#include "parser.h"\n\nParser::Parser() : BaseParser() {\n}\n\n'
+                               "int Parser::run() {\n  if (Parser::ok()) {\n    return this->pa\n  }\n}\n"}
+    assert _members(make_repo, files, "src/parser.cpp", "this->pa") == {"part": ["src/parser.h"],
+                                                                        "parse": ["src/base.h"]}
