@@ -45,8 +45,9 @@ _PARTIAL = re.compile(r"[\w$]*$")
 
 _PYTHON_CLASS = re.compile(r"class\s+([A-Za-z_]\w*)")
 _PYTHON_BLOCK = re.compile(r"(?:class|def|async|if|elif|else|for|while|with|try|except|finally|match|case)\b")
-_BRACE_TOKENS = re.compile(r'"(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\'|`(?:\\.|[^`\\])*`|//[^\n]*|/\*[\s\S]*?\*/'
-                           r"|[{}]")
+# Braces, and the strings and comments whose braces do not count (the lookahead skips other text faster).
+_BRACE_TOKENS = re.compile(r"""(?=[{}"'`/])(?:[{}]|"(?:\\.|[^"\\\n])*"|'(?:\\.|[^'\\\n])*'|`(?:\\.|[^`\\])*`"""
+                           r"|//[^\n]*|/\*[\s\S]*?\*/)")
 _BRACE_CLASS = re.compile(r"\b(?:class|struct|interface)\s+([A-Za-z_$][\w$]*)([^{};]*)$")
 _BASE_NAME = re.compile(r"[A-Za-z_$][\w$]*(?:(?:\.|::)[A-Za-z_$][\w$]*)*")
 # A C++ method defined outside its class (`int Parser::run(int n) const {`, `Parser::Parser() : Base() {`): its
