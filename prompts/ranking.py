@@ -12,7 +12,8 @@ Signals, summed with fixed weights:
   more for the definitions of the names likeliest to come next: after ``module.Ne``, a word partly typed, those
   beginning with it (what the user is about to complete); right after the dot, those the file already uses; after
   a type rather than a module (``Store::ne``, ``Price.fr``), the chunks defining its members so named
-  (members.py);
+  (members.py); after the instance itself (``self.pa``, ``super().pa``, ``this.pa``), those of the members of the
+  enclosing class's base classes, defined in other files as often as not (inherited.py);
 - qualified uses (Go): ``pkg.Name`` near the cursor is a use of that imported package's Name, weighted by
   nearness as an imported name is (two packages both define ``New``: ``store.New(`` is store's);
 - lexical similarity: BM25 between the weighted identifiers of the query and those of each chunk, normalised to
@@ -27,7 +28,7 @@ Query identifiers weigh more the nearer they are to the cursor (before it counts
 words in comments and strings, and names the current file binds itself (local variables, parameters, its own
 definitions), weigh less and never pull in definitions from elsewhere. The partial word under the cursor is left
 out of them, so the ranking does not change with every keystroke; only after a module's or a type's qualifier
-(``pr.Ne|``, ``Store::ne|``) does it say which of its definitions come first.
+(``pr.Ne|``, ``Store::ne|``), or ``self.``/``this.`` (``self.pa|``), does it say which definitions come first.
 """
 
 from __future__ import annotations
@@ -100,8 +101,8 @@ class Query:
     imported: frozenset[str] = frozenset()  # files the current file imports
     imported_names: Mapping[str, Sequence[int]] = field(default_factory=dict)  # name -> chunks defining it
     module_at_cursor: Sequence[str] = ()  # files of the module whose attribute is being typed (`nodes.|`)
-    # the module's (or type's, `Store::ne|`) names likeliest next (beginning with the word typed after it,
-    # `nodes.Se|`) -> chunks defining each
+    # the module's (or type's, `Store::ne|`; or the enclosing class's bases', `self.pa|`) names likeliest next
+    # (beginning with the word typed after it, `nodes.Se|`) -> chunks defining each
     completing: Mapping[str, Sequence[int]] = field(default_factory=dict)
     local: frozenset[str] = frozenset()  # names the current file binds itself
     uses: Mapping[str, int] = field(default_factory=dict)  # identifier -> occurrences in the current file
