@@ -28,8 +28,10 @@ from .members import likeliest_members, members_of, type_heads
 MAX_DEPTH = 3  # levels of base classes followed: parents, grandparents, great-grandparents
 MAX_CLASSES = 12  # base classes looked at in all (a class of many bases, each of many)
 CLASS_REACH = 2000  # lines above the cursor searched for the class around it
+REACH_CHARS = 131072  # ... and at most so many characters
 HEAD_LINES = 20  # lines a class's head may span (`class A(\n    B,\n    C,\n):`)
-LINE_CHARS = 1000  # of the cursor's line, the part before the cursor that is read
+HEAD_CHARS = 4000  # characters of each line of a class's head that are read
+LINE_CHARS = 1000  # of the cursor's line, the part before the cursor that is read (and of the text before a brace)
 
 # The instance or class itself right before the cursor (and the word typed after it), in the languages that give
 # the word that meaning.
@@ -43,6 +45,7 @@ _SELF = {
 }
 _PARTIAL = re.compile(r"[\w$]*$")
 
+_INDENT = re.compile(r"[ \t]*")
 _PYTHON_CLASS = re.compile(r"class\s+([A-Za-z_]\w*)")
 _PYTHON_BLOCK = re.compile(r"(?:class|def|async|if|elif|else|for|while|with|try|except|finally|match|case)\b")
 # Braces, and the strings and comments whose braces do not count (the lookahead skips other text faster).
@@ -116,8 +119,11 @@ def _enclosing_class(language: str, rows: Sequence[str], row: int, column: int) 
     method defined outside its class (then the head is only the class's name)."""
     if language == "python":
         return _python_class(rows, row), False
-    first = max(0, row - CLASS_REACH)
-    text = "\n".join([*rows[first:row], rows[row][:column]])
+    first, size = row, column
+    while first > 0 and row - first < CLASS_REACH and size < REACH_CHARS:
+        first -= 1
+        size += len(rows[first]) + 1
+    text = "\n".join([*rows[first:row], rows[row][:column]])[-REACH_CHARS:]   # (not megabytes of a minified line)
     opened: list[int] = []
     for token in _BRACE_TOKENS.finditer(text):
         if token.group() == "{":
@@ -125,8 +131,9 @@ def _enclosing_class(language: str, rows: Sequence[str], row: int, column: int) 
         elif token.group() == "}" and opened:
             opened.pop()
     for brace in reversed(opened):
-        start = max(text.rfind(";", 0, brace), text.rfind("{", 0, brace), text.rfind("}", 0, brace)) + 1
-        head = text[max(start, brace - LINE_CHARS):brace]
+        low = max(0, brace - LINE_CHARS)
+        start = max(text.rfind(character, low, brace) for character in ";{}") + 1   # (the statement before it ends)
+        head = text[max(start, low):brace]
         declared = _BRACE_CLASS.search(head)
         if declared:
             return declared.group(1) + declared.group(2), False
@@ -139,18 +146,16 @@ def _enclosing_class(language: str, rows: Sequence[str], row: int, column: int) 
 def _python_class(rows: Sequence[str], row: int) -> str | None:
     """Python: the head of the class around the cursor's row, found by indentation (lines that begin no block, a
     multi-line string's or expression's, do not count)."""
-    line = rows[row]
-    indent = len(line) - len(line.lstrip())
+    indent = _INDENT.match(rows[row]).end()
     for number in range(row - 1, max(-1, row - 1 - CLASS_REACH), -1):
         text = rows[number]
-        stripped = text.lstrip()
-        level = len(text) - len(stripped)
-        if level >= indent or not _PYTHON_BLOCK.match(stripped):
+        level = _INDENT.match(text).end()
+        if level >= indent or not _PYTHON_BLOCK.match(text, level):
             continue
-        declared = _PYTHON_CLASS.match(stripped)
+        declared = _PYTHON_CLASS.match(text, level)
         if declared:
-            return _declaration("python", "\n".join([stripped, *rows[number + 1:number + HEAD_LINES]]),
-                                declared.group(1))
+            lines = [text[level:level + HEAD_CHARS], *(r[:HEAD_CHARS] for r in rows[number + 1:number + HEAD_LINES])]
+            return _declaration("python", "\n".join(lines), declared.group(1))
         if level == 0:
             return None
         indent = level
@@ -162,7 +167,7 @@ def _declaration(language: str, text: str, name: str) -> str | None:
     found = re.search(rf"\b(?:class|struct|interface)\s+({re.escape(name)})\b", text)
     if found is None:
         return None
-    rest = text[found.start(1):found.start(1) + LINE_CHARS * 4]
+    rest = text[found.start(1):found.start(1) + HEAD_CHARS]
     if language != "python":
         return re.split(r"[{;]", rest, maxsplit=1)[0]
     depth = 0
