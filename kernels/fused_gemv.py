@@ -376,16 +376,18 @@ CONFIGS: dict[str | tuple[str, int, int], Config] = {
 }
 # Launch configurations for int8 weights, keyed as CONFIGS and consulted first for them; a shape without an entry
 # launches with the bf16 ones. From `python -m kernels.fused_gemv_bench --weights int8` on one H200, the kernels
-# alone: bench/results/h200-run35/tune/ (2026-12-03, 16-byte loads of W) for w2, whose entry the 8-byte loads
-# (gemv.NARROW_INT8_LOADS) kept; bench/results/h200-run36/sweep/ (2026-12-03, 8-byte loads) for the others, µs of
-# the kind's bf16 default -> this one (% of the copy bandwidth); wqkv keeps its bf16 entry (17.8 µs, 66%). With them
-# CodeLlama-7B's int8 step at 4k went from 346.5 to 352.5 tokens/s (Run 36 call 4; Run 35's entries, 341.8 with
-# 16-byte loads). CODECOMPLETE_FUSED_INT8_CONFIGS=FILE (`... --write-configs FILE`) adds or replaces entries.
+# alone: bench/results/h200-run36/sweep/ (2026-12-03, 8-byte loads) for wo, and bench/results/h200-run37/sweep/
+# (2026-12-03, with DP4A configurations) for the others, µs of the previous entry -> this one (% of the copy
+# bandwidth). DP4A (kernels/dp4a.py) wins where a program holds many rows a thread (wqkv, w13, the logits); wo and w2
+# stay widened to fp32 (their best DP4A configurations 7.3 and 18.5 µs). With these, CodeLlama-7B's int8 step went
+# from 352.9 to 372.8 tokens/s at 4k, 237.2 -> 246.5 at 16k, 101.3 -> 102.7 at 64k (Run 37, one call, separate
+# processes). CODECOMPLETE_FUSED_INT8_CONFIGS=FILE (`... --write-configs FILE`) adds or replaces entries.
 INT8_CONFIGS: dict[str | tuple[str, int, int], Config] = {
-    ("gemv", 4096, 4096): Config(2, 1024, 2, 5),            # wo, 7B: 7.6 -> 6.7 (52% -> 59%)
-    ("norm_swiglu", 22016, 4096): Config(8, 512, 4, 4, True),   # w13, 7B: 34.4 -> 30.0 (62% -> 70%)
-    ("gemv_deep", 4096, 11008): Config(2, 1024, 2, 5),      # w2, 7B (Run 35): 17.5 -> 17.3 (60% -> 61%)
-    ("gemv_norm", 32016, 4096): Config(4, 512, 2, 4),       # logits, 7B: 62.3 -> 42.5 (49% -> 72%)
+    ("qkv_rope", 12288, 4096): Config(32, 1024, 4, 3, True, True),   # wqkv, 7B: 17.8 -> 16.9 (66% -> 70%), DP4A
+    ("gemv", 4096, 4096): Config(2, 1024, 2, 5),                    # wo, 7B: 7.6 -> 6.7 (52% -> 59%)
+    ("norm_swiglu", 22016, 4096): Config(16, 256, 1, 4, True, True),  # w13, 7B: 30.0 -> 26.5 (70% -> 80%), DP4A
+    ("gemv_deep", 4096, 11008): Config(4, 1024, 4, 3),              # w2, 7B: 15.6 -> 15.1 (68% -> 70%)
+    ("gemv_norm", 32016, 4096): Config(16, 256, 1, 3, False, True),   # logits, 7B: 42.3 -> 35.2 (73% -> 87%), DP4A
 }
 KINDS = ("qkv_rope", "norm_swiglu", "gemv", "gemv_deep", "gemv_norm")
 WEIGHTS_BY_PRMT = True   # A/B: False converts int8 weights by Triton's own I2F, a quarter-rate instruction on sm_90
@@ -512,7 +514,8 @@ def _launch(config: Config, grid_rows: int, x, weight, y, *, norm_weight=None, e
         LATE_DEPENDENTS=late_dependents or epilogue in LATE_DEPENDENTS, EARLY_TILE=epilogue in EARLY_TILE,
         SCALED_W=weight_scale is not None, INT8_PRMT=weight_scale is not None and x.is_cuda and WEIGHTS_BY_PRMT,
         NARROW_INT8=batch1_gemv.NARROW_INT8_LOADS and weight_scale is not None and x.is_cuda, DP4A=dp4a,
-        ASM=x.is_cuda, num_warps=config.num_warps, num_stages=config.num_stages, **({"launch_pdl": True} if use_pdl else {}))
+        ASM=x.is_cuda, num_warps=config.num_warps, num_stages=config.num_stages,
+        **({"launch_pdl": True} if use_pdl else {}))
     return y
 
 
@@ -622,28 +625,27 @@ _BUILDS = {   # kind: (name, epilogue, RMSNorm prologue, cache write), as the de
 
 
 def _build_specs() -> dict:
-    """{name: (kind, config, cache pointer type or None, int8 weights, DP4A)} of every build `compile_facts` makes."""
+    """{name: (kind, config, cache pointer type or None, int8 weights)} of every build `compile_facts` makes."""
     specs = {}
     keys = [k for k in _BUILDS if k in CONFIGS] + [k for k in CONFIGS if isinstance(k, tuple)]
-    # the 8-bit caches' qkv_rope (it quantizes the cache itself), and int8 weights in the kind's default
-    # configuration, widened to fp32 and by DP4A
-    builds = ([(key, None, False, False) for key in keys]
-              + [("qkv_rope", "*fp8e4nv", False, False), ("qkv_rope", "*i8", False, False)]
-              + [(kind, None, True, False) for kind in _BUILDS] + [(kind, None, True, True) for kind in _BUILDS])
+    # the 8-bit caches' qkv_rope (it quantizes the cache itself), and int8 weights: the kind's default
+    # configuration, then each per-shape entry of INT8_CONFIGS (DP4A where it says so)
+    builds = ([(key, None, False) for key in keys] + [("qkv_rope", "*fp8e4nv", False), ("qkv_rope", "*i8", False)]
+              + [(kind, None, True) for kind in _BUILDS]
+              + [(key, None, True) for key in INT8_CONFIGS if isinstance(key, tuple)])
     built = set()
-    for key, cache_type, int8_weights, dp4a in builds:
+    for key, cache_type, int8_weights in builds:
         kind = key if isinstance(key, str) else key[0]
-        c = CONFIGS[key]
-        if (kind, c, cache_type, int8_weights, dp4a) in built:
+        c = INT8_CONFIGS[key] if int8_weights and isinstance(key, tuple) else CONFIGS[key]
+        if (kind, c, cache_type, int8_weights) in built:
             continue
-        built.add((kind, c, cache_type, int8_weights, dp4a))
+        built.add((kind, c, cache_type, int8_weights))
         name = _BUILDS[kind][0]
         if cache_type:
             name = name.replace("cache", f"{'fp8' if 'fp8' in cache_type else 'int8'} cache")
         if int8_weights:
-            name += " int8 weights" + (" dp4a" if dp4a else "")
-        specs[name if isinstance(key, str) else f"{name} {key[1]}x{key[2]}"] = (kind, c, cache_type, int8_weights,
-                                                                                 dp4a)
+            name += " int8 weights" + (" dp4a" if c.dp4a else "")
+        specs[name if isinstance(key, str) else f"{name} {key[1]}x{key[2]}"] = (kind, c, cache_type, int8_weights)
     return specs
 
 
@@ -666,7 +668,7 @@ def compile_facts(arch: int = 90, names=None) -> dict:
                     SIN="*fp32", POS="*i64", K_CACHE="*bf16", V_CACHE="*bf16")
     quantized = dict(K_SCALE="*fp32", V_SCALE="*fp32", TICKETS="*i32")
     facts = {}
-    for name, (kind, c, cache_type, int8_weights, dp4a) in _build_specs().items():
+    for name, (kind, c, cache_type, int8_weights) in _build_specs().items():
         if names is not None and name not in names:
             continue
         _, epilogue, norm, cache = _BUILDS[kind]
@@ -675,6 +677,7 @@ def compile_facts(arch: int = 90, names=None) -> dict:
             types = dict(types, K_CACHE=cache_type, V_CACHE=cache_type, **quantized)
         if int8_weights:
             types = dict(types, W="*i8", W_SCALE="*fp32")
+        dp4a = int8_weights and c.dp4a
         if dp4a:         # x and the norm's weight as words of four bf16 values, W as words of four weights
             types = dict(types, X="*i64", NORM_W="*i64", W="*i32")
         # 8-bit caches of GQA models hold V sequence-major (a runtime stride); others' unit stride is specialised

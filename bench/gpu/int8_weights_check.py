@@ -1,8 +1,8 @@
 """int8 weights on the GPU: each fused decode kernel (kernels/fused_gemv.py), the batch-1 GEMV (kernels/gemv.py) and
 the few-row projection of verification steps (kernels/few_rows_int8.py, M = 2, 8, 16) with int8 weights against
 float64 of the dequantized weights, at CodeLlama-7B's shapes and ragged ones, outputs NaN-poisoned, fresh random
-inputs; the PRMT conversion against Triton's own (I2F) bit for bit; an int8 cache's bytes from qkv_rope against
-kernels.append's; then each 7B kernel timed as graph replays with bf16 and int8 weights (weights rotated past the L2)
+inputs; the PRMT conversion against Triton's own (I2F) bit for bit (where an entry says DP4A, that it ran); an int8
+cache's bytes from qkv_rope against kernels.append's; then each 7B kernel timed as graph replays with bf16 and int8 weights (weights rotated past the L2)
 and the share of the copy bandwidth each reaches; then each 7B projection at 8 rows (a verification of 1 + 7 tokens):
 the few-row op against the dequantize + cuBLAS path it replaces and against cuBLAS on bf16 weights (its launch:
 block_n, block_k, warps, stages, split; `python -m kernels.few_rows_int8_bench` sweeps the launches).
@@ -120,22 +120,25 @@ def check(log) -> list[dict]:
             for name, run, N, K, want in cases(dtype):
                 w, s, w64 = int8_weight(N, K)
                 y = run(w, s)
-                same = None             # (bf16 only, fused kernels: kernels.gemv has no I2F arm; fewer compiles)
+                same = dp4a = None      # (bf16 only, fused kernels: kernels.gemv has no I2F arm; fewer compiles)
                 if dtype == torch.bfloat16 and not name.startswith("kernels."):
+                    fused_gemv.DP4A = False        # where an entry says DP4A: the same launch widened, to compare
+                    widened = run(w, s).view(-1)
                     fused_gemv.WEIGHTS_BY_PRMT = False
-                    same = torch.equal(y.view(-1), run(w, s).view(-1))
-                    fused_gemv.WEIGHTS_BY_PRMT = True
+                    same = torch.equal(widened, run(w, s).view(-1))
+                    fused_gemv.WEIGHTS_BY_PRMT = fused_gemv.DP4A = True
+                    dp4a = not torch.equal(y.view(-1), widened)       # DP4A ran (x's words are not x)
                 want64, terms = want(w64)
                 err = error(y, want64, terms)
                 ok = err < BOUND[dtype] and same is not False
                 rows.append({"case": name, "dtype": str(dtype).removeprefix("torch."), "error": err,
-                             "prmt_equals_i2f": same, "ok": ok})
+                             "prmt_equals_i2f": same, "dp4a": dp4a, "ok": ok})
                 log(f"{'ok ' if ok else 'BAD'} {name:36s} {rows[-1]['dtype']:8s} error {err:.2e}"
-                    + ("" if same is None else f"  PRMT == I2F: {same}"))
+                    + ("" if same is None else f"  PRMT == I2F: {same}  DP4A: {dp4a}"))
         rows.append(int8_cache_case(log))
     finally:
         torch.empty = real_empty
-        fused_gemv.WEIGHTS_BY_PRMT = True
+        fused_gemv.WEIGHTS_BY_PRMT = fused_gemv.DP4A = True
     return rows
 
 

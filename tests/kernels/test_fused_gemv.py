@@ -267,12 +267,16 @@ def test_every_epilogue_compiles_for_sm90():
     facts = json.loads(run.stdout.splitlines()[-1])
     kinds = {"wo+residual", "w2+residual", "logits", "w13 swiglu", "wqkv rope cache"}
     assert kinds | {"wqkv rope fp8 cache", "wqkv rope int8 cache"} | {f"{k} int8 weights" for k in kinds} <= set(facts)
+    assert any(" int8 weights dp4a" in name for name in facts)        # INT8_CONFIGS' DP4A entries, as launched
     for name, f in facts.items():
         assert f["cubin_bytes"] > 0 and f["pdl_wait"], (name, f)
-        if name.endswith("int8 weights"):
-            bf16 = facts[name.removesuffix(" int8 weights")]
+        if " int8 weights dp4a" in name:
+            # words of four weights times x's words by DP4A (kernels/dp4a.py), in 16-byte loads
+            assert f["dp4a"] > 0 and f["vector_loads"] >= 2, (name, f)
+        elif " int8 weights" in name:
+            bf16 = facts[name.partition(" int8 weights")[0]]
             # int8 weights become fp32 by PRMT, not by I2F (the one I2F left is K's, in the RMSNorm's mean, as in bf16)
-            assert f["prmt"] > 0 and f["i2f"] == bf16["i2f"] <= 1, (name, f)
+            assert f["prmt"] > 0 and f["i2f"] == bf16["i2f"] <= 1 and f["dp4a"] == 0, (name, f)
             # W in 8-byte loads, as many bytes a thread as of bf16 x: x's tile is then used where it was loaded, no
             # more barriers a loop step than with bf16 weights (16-byte loads of W took 2-6 more: NARROW_INT8_LOADS)
             assert f["loads_8_bytes"] >= 1 and f["loop_barriers"] <= bf16["loop_barriers"], (name, f, bf16)
@@ -338,7 +342,8 @@ def test_the_configs_file_adds_shape_entries_and_replaces_defaults(tmp_path):
     run = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120,
                          env=dict(os.environ, CODECOMPLETE_FUSED_CONFIGS=str(path)))
     assert run.returncode == 0, run.stderr[-2000:]
-    assert run.stdout.split("\n")[-2] == str([(4, 512, 4, 3, False), (8, 512, 2, 4, True), tuple(CONFIGS["qkv_rope"])])
+    assert run.stdout.split("\n")[-2] == str([(4, 512, 4, 3, False, False), (8, 512, 2, 4, True, False),
+                                               tuple(CONFIGS["qkv_rope"])])
 
 
 def test_choose_keeps_the_default_unless_the_winner_clears_the_margin():
