@@ -484,6 +484,11 @@ def _check(x: torch.Tensor, weight: torch.Tensor, what: str, weight_scale: torch
     return K
 
 
+def _by_dp4a(config: Config, x, weight, weight_scale, norm_weight) -> bool:
+    """Whether this launch multiplies by DP4A: its configuration says so, DP4A is on, and the inputs allow it."""
+    return DP4A and config.dp4a and weight_scale is not None and dp4a_supported(x, weight, norm_weight) is None
+
+
 def _launch(config: Config, grid_rows: int, x, weight, y, *, norm_weight=None, eps=0.0, epilogue=PLAIN,
             residual=None, rope=None, cache=None, scales=None, tickets=None, pair_offset=0, rot_rows=0, q_rows=0,
             kv_rows=0, head_dim=2, late_dependents: bool = False, weight_scale=None) -> torch.Tensor:
@@ -497,7 +502,7 @@ def _launch(config: Config, grid_rows: int, x, weight, y, *, norm_weight=None, e
     use_pdl = _use_pdl(x)
     block_k = min(config.block_k, triton.next_power_of_2(weight.shape[1]))   # no half-empty chunks for small K
     K, stride_wn = weight.shape[1], weight.stride(0)
-    dp4a = DP4A and config.dp4a and weight_scale is not None and dp4a_supported(x, weight, norm_weight) is None
+    dp4a = _by_dp4a(config, x, weight, weight_scale, norm_weight)
     if dp4a:      # x (and the norm's weight) as int64 words of four bf16 values, W as int32 words of four weights
         x, weight, stride_wn = x.view(torch.int64), weight.view(torch.int32), stride_wn // 4
         norm_weight = norm_weight.view(torch.int64) if norm_weight is not None else None

@@ -2,8 +2,8 @@
 the few-row projection of verification steps (kernels/few_rows_int8.py, M = 2, 8, 16) with int8 weights against
 float64 of the dequantized weights, at CodeLlama-7B's shapes and ragged ones, outputs NaN-poisoned, fresh random
 inputs; the PRMT conversion against Triton's own (I2F) bit for bit (where an entry says DP4A, that it ran); an int8
-cache's bytes from qkv_rope against kernels.append's; then each 7B kernel timed as graph replays with bf16 and int8 weights (weights rotated past the L2)
-and the share of the copy bandwidth each reaches; then each 7B projection at 8 rows (a verification of 1 + 7 tokens):
+cache's bytes from qkv_rope against kernels.append's; then each 7B kernel timed as graph replays with bf16 and int8
+weights (weights rotated past the L2) and the share of the copy bandwidth each reaches; then each 7B projection at 8 rows (a verification of 1 + 7 tokens):
 the few-row op against the dequantize + cuBLAS path it replaces and against cuBLAS on bf16 weights (its launch:
 block_n, block_k, warps, stages, split; `python -m kernels.few_rows_int8_bench` sweeps the launches).
 

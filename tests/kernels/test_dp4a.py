@@ -5,8 +5,21 @@ outputs; where DP4A cannot take the inputs, the widened path's exact results."""
 import pytest
 import torch
 
-from kernels import dp4a, reference
+from kernels import dp4a, fused_gemv, reference
 from kernels.fused_gemv import gemv, norm_swiglu, qkv_rope
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Each fused launch's answer to whether it multiplies by DP4A, in order."""
+    answers = []
+    decide = fused_gemv._by_dp4a
+
+    def spy(*args):
+        answers.append(decide(*args))
+        return answers[-1]
+    monkeypatch.setattr(fused_gemv, "_by_dp4a", spy)
+    return answers
 
 
 def _int8(rows, K):
@@ -34,7 +47,7 @@ def test_words_hold_x_to_the_bound_and_ties_fit_a_byte():
 
 @pytest.mark.parametrize("N, K", [(37, 1000), (9, 260), (64, 96)])
 @pytest.mark.parametrize("fuse", ["plain", "residual", "norm"])
-def test_gemv_by_dp4a_is_within_the_bound_of_xs_words(N, K, fuse, poisoned_empty):
+def test_gemv_by_dp4a_is_within_the_bound_of_xs_words(N, K, fuse, poisoned_empty, launches):
     x = _x(K)
     weight, scale, dequantized = _int8(N, K)
     kwargs = {"residual": torch.randn(N).to(torch.bfloat16)} if fuse == "residual" else {}
@@ -51,7 +64,7 @@ def test_gemv_by_dp4a_is_within_the_bound_of_xs_words(N, K, fuse, poisoned_empty
     terms = dequantized.abs() @ normed.abs() * rstd + (residual.double().abs() if residual is not None else 0)
     bound = dp4a.error_bound(normed, weight, scale) * rstd + terms * K * 2.0 ** -22     # x's words, fp32 sums
     assert not y.isnan().any() and ((y.double() - want).abs() <= bound).all()
-    assert not torch.equal(y, widened)      # DP4A ran: x's words are not x
+    assert launches == [True, False] and not torch.equal(y, widened)     # DP4A ran: x's words are not x
     assert want.abs().max() > 0.1
 
 
@@ -60,7 +73,7 @@ def _near(got, widened):
 
 
 @pytest.mark.parametrize("interleave", [False, True])
-def test_norm_swiglu_and_qkv_rope_by_dp4a_pair_their_rows_as_widened(interleave, poisoned_empty):
+def test_norm_swiglu_and_qkv_rope_by_dp4a_pair_their_rows_as_widened(interleave, poisoned_empty, launches):
     """The paired epilogues see the same sums by DP4A: within bf16's rounding of the widened path's outputs."""
     K, F = 96, 24
     x, norm_weight = _x(K), (torch.rand(K) + 0.5).to(torch.bfloat16)
@@ -76,13 +89,14 @@ def test_norm_swiglu_and_qkv_rope_by_dp4a_pair_their_rows_as_widened(interleave,
     got = qkv_rope(*args, weight_scale=scale, interleave=interleave, dp4a=True)
     widened = qkv_rope(*args, weight_scale=scale, interleave=interleave)
     assert not got.isnan().any() and _near(got, widened)
-    assert not torch.equal(got, widened)
+    assert launches == [True, False, True, False]
 
 
 @pytest.mark.parametrize("dtype, K", [(torch.float32, 96), (torch.float16, 96), (torch.bfloat16, 98)])
-def test_where_dp4a_cannot_take_the_inputs_the_weights_are_widened(dtype, K, poisoned_empty):
+def test_where_dp4a_cannot_take_the_inputs_the_weights_are_widened(dtype, K, poisoned_empty, launches):
     """x not bf16, or K not a multiple of 4: `supported` says why, and a DP4A configuration launches widened."""
     x = torch.randn(K).to(dtype)
     weight, scale, _ = _int8(12, K)
     assert dp4a.supported(x, weight) is not None
     assert torch.equal(gemv(x, weight, weight_scale=scale, dp4a=True), gemv(x, weight, weight_scale=scale))
+    assert launches == [False, False]
