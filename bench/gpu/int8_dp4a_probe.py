@@ -32,6 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.dp4a import bf16_words, dot_words, quantize_words
+
 ROUNDER = tl.constexpr(12582912.0)  # 1.5 x 2^23: (x + it) - it rounds |x| < 2^22 to the nearest integer
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 DIM, FFN, VOCAB = 4096, 11008, 32016          # CodeLlama-7B
@@ -44,17 +46,13 @@ SELFQ_CONFIGS = list(itertools.product((8, 16), (64, 128, 256), (1, 2), (2, 3, 4
 
 
 @triton.jit
-def _dp4a(w, x, HILO: tl.constexpr, ASM: tl.constexpr, LOW: tl.constexpr = 256):
+def _dp4a(w, x, HILO: tl.constexpr, ASM: tl.constexpr):
     """Per 32-bit word: the sum of w's four int8 lanes times x's (HILO: x a pair of words (high, low), the
-    result high * LOW + low). ASM False emulates DP4A with shifts (the interpreter has no inline assembly)."""
+    result high * 256 + low). ASM False emulates DP4A with shifts (the interpreter has no inline assembly)."""
     if ASM:
-        if HILO and LOW == 256:
-            return tl.inline_asm_elementwise(
-                "{ .reg .s32 h, l; dp4a.s32.s32 h, $1, $2, 0; dp4a.s32.s32 l, $1, $3, 0; mad.lo.s32 $0, h, 256, l; }",
-                "=r,r,r,r", [w, x[0], x[1]], dtype=tl.int32, is_pure=True, pack=1)
         if HILO:
             return tl.inline_asm_elementwise(
-                "{ .reg .s32 h, l; dp4a.s32.s32 h, $1, $2, 0; dp4a.s32.s32 l, $1, $3, 0; mad.lo.s32 $0, h, 254, l; }",
+                "{ .reg .s32 h, l; dp4a.s32.s32 h, $1, $2, 0; dp4a.s32.s32 l, $1, $3, 0; mad.lo.s32 $0, h, 256, l; }",
                 "=r,r,r,r", [w, x[0], x[1]], dtype=tl.int32, is_pure=True, pack=1)
         return tl.inline_asm_elementwise("dp4a.s32.s32 $0, $1, $2, 0;", "=r,r,r", [w, x[0]], dtype=tl.int32,
                                          is_pure=True, pack=1)
@@ -66,7 +64,7 @@ def _dp4a(w, x, HILO: tl.constexpr, ASM: tl.constexpr, LOW: tl.constexpr = 256):
         if HILO:
             low += w_lane * ((x[1] << (24 - 8 * lane)) >> 24)
     if HILO:
-        return high * LOW + low
+        return high * 256 + low
     return high
 
 
@@ -100,56 +98,11 @@ def _gemv_dp4a_kernel(XH, XL, XS, W, W_SCALE, Y, N, KW, stride_wn,
 
 
 @triton.jit
-def _quantize_words(xa, xb, ASM: tl.constexpr):
-    """Four bf16 values of x (xa: the first two, xb: the last two, as int32 pairs) -> (high word, low word, scale)
-    with x ~ scale * (254 * high + low) to 2^-16 of the four's amax. The remainder is scaled by 254, not 256: a
-    remainder of exactly 1/2 (a tie rounded to even) must still fit a byte."""
-    if ASM:
-        return tl.inline_asm_elementwise(
-            "{ .reg .f32 a0, a1, a2, a3, m, t, inv, q0, q1, q2, q3, h0, h1, h2, h3, r0, r1, r2, r3; "
-            ".reg .b32 c0, c1, l0, l1, l2, l3; .reg .pred z; "
-            "shl.b32 c0, $3, 16; mov.b32 a0, c0; and.b32 c0, $3, 0xFFFF0000; mov.b32 a1, c0; "
-            "shl.b32 c0, $4, 16; mov.b32 a2, c0; and.b32 c0, $4, 0xFFFF0000; mov.b32 a3, c0; "
-            "abs.f32 m, a0; abs.f32 t, a1; max.f32 m, m, t; abs.f32 t, a2; max.f32 m, m, t; "
-            "abs.f32 t, a3; max.f32 m, m, t; setp.gt.f32 z, m, 0f00000000; "
-            "rcp.approx.ftz.f32 inv, m; mul.f32 inv, inv, 0f42FE0000; selp.f32 inv, inv, 0f00000000, z; "
-            "mul.f32 q0, a0, inv; mul.f32 q1, a1, inv; mul.f32 q2, a2, inv; mul.f32 q3, a3, inv; "
-            "add.f32 h0, q0, 0f4B400000; add.f32 h1, q1, 0f4B400000; "
-            "add.f32 h2, q2, 0f4B400000; add.f32 h3, q3, 0f4B400000; "
-            "sub.f32 r0, h0, 0f4B400000; sub.f32 r1, h1, 0f4B400000; "
-            "sub.f32 r2, h2, 0f4B400000; sub.f32 r3, h3, 0f4B400000; "
-            "sub.f32 r0, q0, r0; sub.f32 r1, q1, r1; sub.f32 r2, q2, r2; sub.f32 r3, q3, r3; "
-            "fma.rn.f32 r0, r0, 0f437E0000, 0f4B400000; fma.rn.f32 r1, r1, 0f437E0000, 0f4B400000; "
-            "fma.rn.f32 r2, r2, 0f437E0000, 0f4B400000; fma.rn.f32 r3, r3, 0f437E0000, 0f4B400000; "
-            "mov.b32 l0, h0; mov.b32 l1, h1; prmt.b32 c0, l0, l1, 0x0040; "
-            "mov.b32 l2, h2; mov.b32 l3, h3; prmt.b32 c1, l2, l3, 0x0040; prmt.b32 $0, c0, c1, 0x5410; "
-            "mov.b32 l0, r0; mov.b32 l1, r1; prmt.b32 c0, l0, l1, 0x0040; "
-            "mov.b32 l2, r2; mov.b32 l3, r3; prmt.b32 c1, l2, l3, 0x0040; prmt.b32 $1, c0, c1, 0x5410; "
-            "rcp.approx.ftz.f32 t, inv; mul.f32 t, t, 0f3B810204; selp.f32 $2, t, 0f00000000, z; }",
-            "=r,=r,=f,r,r", [xa, xb], dtype=(tl.int32, tl.int32, tl.float32), is_pure=True, pack=1)
-    a0 = (xa << 16).to(tl.float32, bitcast=True)
-    a1 = (xa & -65536).to(tl.float32, bitcast=True)
-    a2 = (xb << 16).to(tl.float32, bitcast=True)
-    a3 = (xb & -65536).to(tl.float32, bitcast=True)
-    m = tl.maximum(tl.maximum(tl.abs(a0), tl.abs(a1)), tl.maximum(tl.abs(a2), tl.abs(a3)))
-    inv = tl.where(m > 0, 127.0 / m, 0.0)
-    high = tl.zeros_like(xa)
-    low = tl.zeros_like(xa)
-    for lane in tl.static_range(4):
-        a = a0 if lane == 0 else (a1 if lane == 1 else (a2 if lane == 2 else a3))
-        q = a * inv
-        h = (q + ROUNDER) - ROUNDER
-        r = ((q - h) * 254.0 + ROUNDER) - ROUNDER
-        high |= (h.to(tl.int32) & 0xFF) << (8 * lane)
-        low |= (r.to(tl.int32) & 0xFF) << (8 * lane)
-    return high, low, tl.where(m > 0, 1.0 / inv / 254.0, 0.0)
-
-
-@triton.jit
 def _gemv_dp4a_selfq_kernel(X, W, W_SCALE, Y, N, KW, stride_wn,
                             BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, ASM: tl.constexpr, EVEN: tl.constexpr):
-    """As _gemv_dp4a_kernel (hi+lo), x given in bf16 (seen as int64: four values a word) and quantized by each program in the
-    layout its tile of W was loaded in: no kernel before it, at ~44 instructions a word of x (over BLOCK_N rows)."""
+    """As _gemv_dp4a_kernel (hi+lo), x given in bf16 (seen as int64: four values a word) and quantized by each
+    program in the layout its tile of W was loaded in (kernels/dp4a.py's pieces, which the product adopted after this
+    probe): no kernel before it, at ~44 instructions a word of x (over BLOCK_N rows)."""
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)                                   # (BLOCK_N,)
     mask_n = rows < N
@@ -165,9 +118,10 @@ def _gemv_dp4a_selfq_kernel(X, W, W_SCALE, Y, N, KW, stride_wn,
             mask_k = cols < KW
             x4 = tl.load(X + cols, mask=mask_k, other=0)
             w = tl.load(w_rows + cols[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0)
-        xh, xl, xs = _quantize_words(x4.to(tl.int32), (x4 >> 32).to(tl.int32), ASM)
+        a0, a1, a2, a3 = bf16_words(x4)
+        xh, xl, xs = quantize_words(a0, a1, a2, a3, ASM)
         x = (tl.broadcast_to(xh[None, :], (BLOCK_N, BLOCK_W)), tl.broadcast_to(xl[None, :], (BLOCK_N, BLOCK_W)))
-        acc += _dp4a(w, x, True, ASM, 254).to(tl.float32) * xs[None, :]
+        acc += dot_words(w, x[0], x[1], ASM).to(tl.float32) * xs[None, :]
     y = tl.sum(acc, axis=1) * tl.load(W_SCALE + rows, mask=mask_n, other=0.0)
     tl.store(Y + rows, y.to(Y.dtype.element_ty), mask=mask_n)
 
@@ -345,7 +299,8 @@ def main(argv) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         s = r["share"]
-        print(f"| {r['projection']} | {r['N']}x{r['K']} | {r['int8_product_us']:.1f} ({100 * s['int8_product']:.0f}%) | "
+        print(f"| {r['projection']} | {r['N']}x{r['K']} | "
+              f"{r['int8_product_us']:.1f} ({100 * s['int8_product']:.0f}%) | "
               f"{r['hilo_us']:.1f} ({100 * s['hilo']:.0f}%) {'x'.join(map(str, r['hilo_config']))} | "
               f"{r['hilo_with_quantize_us']:.1f} | {r['a8_us']:.1f} ({100 * s['a8']:.0f}%) "
               f"{'x'.join(map(str, r['a8_config']))} | {r['quantize_x_us']:.1f} | {r['selfq_us']:.1f} "
