@@ -165,12 +165,16 @@ def _segment(segment: str, groups) -> str:
 
 
 def _star_split(segment: str) -> list[str]:
-    """The segment's text between runs of unescaped stars (an escaped star stays in its piece, escaped)."""
+    """The segment's text between runs of unescaped stars (an escaped star, or one in a set such as `[*]`, stays
+    in its piece: git reads it as a member of the set)."""
     pieces, current, i = [], [], 0
     while i < len(segment):
         if segment[i] == "\\":
             current.append(segment[i:i + 2])
             i += 2
+        elif segment[i] == "[" and (end := _set_end(segment, i)) is not None:
+            current.append(segment[i:end + 1])
+            i = end + 1
         elif segment[i] == "*":
             pieces.append("".join(current))
             current = []
@@ -193,7 +197,10 @@ def _fixed(text: str) -> str:
             continue
         if char == "?":
             out.append("[^/]")
-        elif char == "[" and (end := _set_end(text, i)) is not None:
+        elif char == "[":
+            end = _set_end(text, i)
+            if end is None:
+                return "(?!)"       # git's wildmatch gives up at a set never closed: the pattern matches nothing
             out.append(_set(text[i + 1:end]))
             i = end + 1
             continue
@@ -204,7 +211,7 @@ def _fixed(text: str) -> str:
 
 
 def _set_end(text: str, start: int) -> int | None:
-    """The index of the `]` that closes the set opening at `start`, or None (then `[` is literal)."""
+    """The index of the `]` that closes the set opening at `start`, or None (an unclosed set)."""
     i = start + 1
     if i < len(text) and text[i] in "!^":
         i += 1

@@ -61,7 +61,7 @@ TREE = ["a.py", "a.txt", "m.py", "docs/keep.py", "docs/a.py", "docs/sub/x.py", "
         "src/pkg/n.txt", "src/a.txt", "bld/x.py", "bld/sub/y.py", "foo/bar.py", "x/foo", "lib/foo/z.py",
         "logs/debug.log", "logs/keep/important.log", "abc/def/ghi.py", "deep/a/b/c/d.py", "sp ace.py", "sp ace .py",
         "!bang.py", "#hash.py", "q1.py", "q22.py", "set/a1.py", "set/b2.py", "set/c3.py", "set/-.py", "star*.py",
-        "nested/inner/one.py", "nested/inner/two.txt", "nested/other.txt"]
+        "nested/inner/one.py", "nested/inner/two.txt", "nested/other.txt", "[x].py", "set/[ab].py"]
 IGNORE_CASES = [                      # (root .gitignore, {folder: its .gitignore})
     ("docs/**\n!docs/keep.py", {}),    # the folder itself is not matched by "docs/**"
     ("docs/**\n!docs/sub/\n!docs/sub/keep/**", {}),
@@ -83,6 +83,7 @@ IGNORE_CASES = [                      # (root .gitignore, {folder: its .gitignor
     ("nested/", {"nested": "!inner/"}),
     ("[[:punct:]]*\nset/[![:alpha:]]*\nq[[:digit:]][[:digit:]].py", {}),     # character classes
     ("[[:bogus:]]*\n[[:alpha:]\nset/[a[:digit:]-]*", {}),
+    ("star[*].py\nq[*1].py\n[*\nset/[ab*", {}),      # a star in a set is a member; an unclosed set matches nothing
     ("", {"nested/inner": "/one.py", "docs": "sub/keep\nkeep.py"}),
 ]
 
