@@ -123,6 +123,8 @@ def classify(exc: BaseException, options: bool = True) -> tuple[ExitCode, str] |
         return ExitCode.USAGE, f"{exc}: {BUDGET_OPTIONS}" if options else str(exc)
     if prompts is not None and isinstance(exc, prompts.PromptError):
         return ExitCode.USAGE, str(exc)
+    if prompts is not None and isinstance(exc, prompts.ChatTemplateError):
+        return ExitCode.FAILURE, str(exc)      # the model's files, as a model that cannot load
     models = sys.modules.get("models")
     if models is not None:
         if isinstance(exc, (models.ModelNotFoundError, models.SettingError)):

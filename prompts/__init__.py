@@ -11,7 +11,7 @@ Importing this package is cheap: tree-sitter is loaded on first use, torch never
 from .chat import build_chat_prompt
 from .chunking import Chunk
 from .completion import build_completion_prompt
-from .errors import BudgetError, PromptError
+from .errors import BudgetError, ChatTemplateError, PromptError
 from .index import RepoIndex, index_repository
 from .packing import ContextItem, PackedPrompt
 from .raw import build_raw_prompt
@@ -22,6 +22,7 @@ __all__ = [
     "ContextItem",
     "PackedPrompt",
     "BudgetError",
+    "ChatTemplateError",
     "PromptError",
     "RepoIndex",
     "ScanWarning",

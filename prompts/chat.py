@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 
 from .chunking import Chunk
-from .errors import BudgetError, PromptError
+from .errors import BudgetError, ChatTemplateError, PromptError
 from .index import RepoIndex
 from .packing import Layout, PackedPrompt, select_chunks
 from .ranking import Query, rank, text_weights
@@ -184,9 +184,13 @@ def _render_template(tokenizer, encoder: Encoder, system: str, conversation: lis
         text = tokenizer.apply_chat_template(
             [{"role": "system", "content": slots[0]}, *turns], tokenize=False, add_generation_prompt=True
         )
-    except TemplateError:  # a template without a system role: the context goes into the first user message
+    except (TemplateError, TypeError):  # (TypeError: a template that is no text, `"chat_template": 5`)
+        # A template without a system role: the context goes into the first user message.
         first = {"role": "user", "content": f"{slots[0]}\n\n{slots[1]}"}
-        text = tokenizer.apply_chat_template([first, *turns[1:]], tokenize=False, add_generation_prompt=True)
+        try:
+            text = tokenizer.apply_chat_template([first, *turns[1:]], tokenize=False, add_generation_prompt=True)
+        except (TemplateError, TypeError) as exc:
+            raise ChatTemplateError(f"the model's chat template cannot be used ({type(exc).__name__}: {exc})") from None
     ids: list[int] = []
     pieces = _SLOT_SPLIT.split(text)  # markup, slot number, markup, slot number, ...
     space = ""

@@ -259,6 +259,26 @@ def test_chat_templates_without_a_system_role_get_the_context_in_the_first_messa
     assert text.endswith("What does helper do?</user><assistant>")
 
 
+@pytest.mark.parametrize("template, says", [
+    ("{% for m in messages %}{{ m['content'] }}{% endfor", "TemplateSyntaxError"),
+    ("{{ raise_exception('this model only chats in French') }}", "only chats in French"),
+    (5, "TypeError"),
+], ids=["syntax", "raises", "not-text"])
+def test_a_chat_template_that_cannot_render_is_the_models_failure_not_a_bug(make_repo, starcoder_tokenizer,
+                                                                            template, says):
+    """A checkpoint's broken chat template (tokenizer_config.json, a GGUF's tokenizer.chat_template) made every
+    question an internal error: the template's own exception, after the retry without a system role, escaped."""
+    from codecomplete.errors import classify
+    from prompts import ChatTemplateError
+
+    tokenizer = copy.deepcopy(starcoder_tokenizer)
+    tokenizer.chat_template = template
+    index = index_repository(make_repo({"util.py": UTIL}))
+    with pytest.raises(ChatTemplateError, match=f"the model's chat template cannot be used.*{says}") as error:
+        build_chat_prompt(index, tokenizer, [{"role": "user", "content": "What does helper do?"}])
+    assert classify(error.value)[0] == 1
+
+
 def test_a_long_conversation_is_cut_with_a_few_renders_not_one_per_turn(make_repo, smollm2_tokenizer, monkeypatch):
     """20,000 short messages: the turns that fit are found by a binary search (about 15 renders of at most the
     budget's worth of messages); dropping one turn at a time rendered the whole conversation once per turn
