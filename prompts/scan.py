@@ -327,14 +327,26 @@ class IgnoreRules:
         self._specs: dict[str, list[Rules]] = {}
 
     @functools.cached_property
+    def _checkout(self) -> tuple[Path, str]:
+        """A folder of a checkout (`codecomplete services/api`) keeps the checkout's rules: those of its top and of
+        the folders down to the root, asked about the root's path below the top. (Found at the first question, as
+        the rule files are read.)"""
+        return enclosing_checkout(self.root) if self.git_exclude else (self.root, "")
+
+    @property
+    def top(self) -> Path:
+        return self._checkout[0]
+
+    @functools.cached_property
     def _fold(self) -> dict | None:
         """core.ignorecase (git sets it in a repository on a disk that ignores case: macOS, Windows): `secrets.env`
         then ignores Secrets.env too, as git's matching folds ASCII letters. (Read at the first question: rules made
         for a listing that finds nothing new read no file.)"""
-        return _ASCII_LOWER if self.git_exclude and _is_true(_git_setting(self.root, "ignorecase")) else None
+        return _ASCII_LOWER if self.git_exclude and _is_true(_git_setting(self.top, "ignorecase")) else None
 
     def ignored(self, path: str, is_dir: bool = False) -> bool:
         """Whether ``path`` (posix, relative to the root; a folder if ``is_dir``) is ignored."""
+        path = self._checkout[1] + path
         parts = (path.translate(self._fold) if self._fold else path).split("/")
         for depth in range(len(parts) - 1, -1, -1):  # deepest directory first
             directory = "/".join(parts[:depth])
@@ -347,13 +359,13 @@ class IgnoreRules:
 
     def _specs_of(self, directory: str) -> list[Rules]:
         if directory not in self._specs:
-            folder = self.root / directory
+            folder = self.top / directory
             files = [folder / name for name in self.filenames]
             if self.git_exclude and not directory:
-                files[:0] = [*global_excludes_files(self.root), git_dir(self.root) / "info" / "exclude"]
+                files[:0] = [*global_excludes_files(self.top), git_dir(self.top) / "info" / "exclude"]
             specs = []
             for file in files:
-                text = _read_rules(file, follow_links=not file.is_relative_to(self.root))
+                text = _read_rules(file, follow_links=not file.is_relative_to(self.top))
                 if text is not None:
                     text = text.translate(self._fold) if self._fold else text
                     specs.append(Rules(text.split("\n")))  # git's lines: not at a form feed or U+2028
@@ -393,6 +405,27 @@ def _read_rules(path: Path, follow_links: bool = False) -> str | None:
     # Bytes that are not UTF-8 as the walk's file names hold them, so that they match; a byte-order mark (Windows
     # editors write one) dropped, as git does, or it would be part of the first pattern, which would match nothing.
     return os.fsdecode(data.removeprefix(codecs.BOM_UTF8))
+
+
+def enclosing_checkout(root: Path) -> tuple[Path, str]:
+    """(the top folder of the git checkout ``root`` lies in, ``root``'s path below it with a "/"), as git finds it:
+    the nearest folder above with a ``.git``; (root, "") when root has its own or none is found. A checkout another
+    user owns is not taken, as git's safe.directory refuses it: a /tmp/.git does not decide for every folder in /tmp.
+    """
+    for folder in (root, *root.parents):
+        if os.path.lexists(folder / ".git"):
+            if folder == root or not _owned(folder):
+                break
+            return folder, root.relative_to(folder).as_posix() + "/"
+    return root, ""
+
+
+def _owned(folder: Path) -> bool:
+    """Whether this process's user owns ``folder`` (always, on Windows: git checks an owner's SID there)."""
+    try:
+        return not hasattr(os, "geteuid") or os.stat(folder).st_uid == os.geteuid()
+    except OSError:
+        return False
 
 
 def git_dir(root: Path) -> Path:

@@ -182,6 +182,30 @@ def test_globs_that_start_with_plain_text_are_asked_only_of_names_that_start_so(
     assert len(asked) < 40      # (each asked of each path: over 6,000)
 
 
+CHECKOUT = {".gitignore": ".env\n/svc/api/gen/\n", "svc/.gitignore": "cache/\n", "svc/api/.env": "API_KEY=secret\n",
+            "svc/api/a.py": "x = 1\n", "svc/api/gen/g.py": "g = 1\n", "svc/api/cache/c.py": "c = 1\n",
+            "svc/api/b.log": "b\n", "svc/api/keep.py": "k = 1\n", "svc/api/.gitignore": "!b.log\n"}
+
+
+def test_a_folder_of_a_checkout_opened_as_the_repository_keeps_the_checkouts_ignore_rules(make_repo, tmp_path):
+    """`codecomplete services/api` in a monorepo: the checkout's own ignore files (at its top, in the folders down
+    to the one opened, .git/info/exclude) decide there as git decides. They were not read: the folder's .env,
+    ignored at the top as a secret, and the folders generated into it went into prompts."""
+    top = make_repo(CHECKOUT, git=True)
+    (top / ".git" / "info" / "exclude").write_text("*.log\n")
+    listed = subprocess.run(["git", "-C", str(top / "svc" / "api"), "ls-files", "--others", "--exclude-standard"],
+                            capture_output=True, text=True, check=True, env={**os.environ, "HOME": str(tmp_path),
+                                                                              "GIT_CONFIG_NOSYSTEM": "1"}).stdout
+    assert _paths(top / "svc" / "api") == sorted(listed.split()) == [".gitignore", "a.py", "b.log", "keep.py"]
+
+
+def test_a_checkout_above_that_another_user_owns_does_not_decide(make_repo, monkeypatch):
+    """As git's safe.directory: a .git another user made above the folder (a /tmp/.git) is not its checkout."""
+    top = make_repo(CHECKOUT, git=True)
+    monkeypatch.setattr(os, "geteuid", lambda: os.stat(top).st_uid + 1)
+    assert ".env" in _paths(top / "svc" / "api")
+
+
 def test_git_exclude_is_honoured_without_git(make_repo):
     root = make_repo({"a.py": "a = 1\n", "secret.py": "s = 1\n", ".git/info/exclude": "secret.py\n"})
     assert _paths(root) == ["a.py"]
