@@ -225,6 +225,7 @@ def check(args: argparse.Namespace, closed: frozenset[str] = frozenset()) -> Non
         except UsageError:
             args.json = None        # a destination refused gets no error object either: it may be the source file
             raise
+    _check_repo_given(args)
     for option in ("file", "ask", "prompt", "model", "plot", "device", "server"):
         value = getattr(args, option)
         if value is not None and not value.strip():
@@ -270,6 +271,7 @@ def check(args: argparse.Namespace, closed: frozenset[str] = frozenset()) -> Non
 def check_serve(args: argparse.Namespace) -> None:
     """What `serve` takes that argparse cannot check. An empty --api-key ("$KEY" unset) served with no key at all,
     and an empty --host on every interface."""
+    _check_repo_given(args)
     for option in ("host", "api_key", "model", "device"):
         value = getattr(args, option)
         if value is not None and not value.strip():
@@ -278,6 +280,12 @@ def check_serve(args: argparse.Namespace) -> None:
         args.host = args.host[1:-1]     # IPv6 as a URL writes it ([::1]): was "reachable from other machines"
     check_omp_threads()
     check_distributed_debug()
+
+
+def _check_repo_given(args: argparse.Namespace) -> None:
+    """An empty REPO (`codecomplete "$REPO"` with REPO unset) is a mistake, not the current folder: Path("") is "."."""
+    if args.repo is not None and not args.repo.strip():
+        raise UsageError("REPO is empty (give the repository's folder; . for the current one)")
 
 
 def check_omp_threads() -> None:

@@ -314,5 +314,8 @@ def test_serve_refuses_empty_values(monkeypatch, capsys):
     for option in ("--api-key", "--host", "--model", "--device"):
         assert cli.main(["serve", option, " "]) == 2
         assert capsys.readouterr().err == f"codecomplete: error: {option} is empty\n"
+    assert cli.main(["serve", ""]) == 2         # `serve "$REPO"` unset: not the current folder unasked
+    assert capsys.readouterr().err == "codecomplete: error: REPO is empty (give the repository's folder; . for the " \
+                                      "current one)\n"
     assert not served
     assert cli.main(["serve", "--api-key", "k"]) == 0 and served[0].api_key == "k"

@@ -60,6 +60,8 @@ def test_file_must_be_a_regular_file(make_repository, script, cli_env, tmp_path,
 REFUSED_AT_ONCE = [
     (["--prompt", ""], {}, ["--prompt is empty"]),
     (["{repo}", "--file", ""], {}, ["--file is empty"]),
+    (["", "--file", "app.py"], {}, ["REPO is empty"]),        # `codecomplete "$REPO"` unset: was the current folder
+    (["  ", "--bench"], {}, ["REPO is empty"]),
     (["{repo}", "--ask", "  "], {}, ["--ask is empty"]),
     (["--prompt", "x", "--model", ""], {}, ["--model is empty"]),
     (["--prompt", "x", "--seed", "1180591620717411303424", "--temperature", "1"], {}, ["--seed"]),
