@@ -10,7 +10,8 @@ one, which is how git applies "a file cannot be re-included if a parent folder i
 The rules, from gitignore(5): blank lines and `#` comments are skipped; trailing spaces are dropped unless escaped;
 `!` negates; a slash at the start or in the middle anchors the pattern to the ignore file's folder, otherwise it
 matches a name at any depth; `*` and `?` do not cross a slash; `[...]` is a set; `**` as a whole segment is any
-number of folders (`**/x`, `a/**/b`, `a/**` = everything inside `a`); any other run of stars is one star.
+number of folders (`**/x`, `a/**/b`, `a/**` = everything inside `a`); any other run of stars is one star. Names and
+patterns are matched as bytes, as git's wildmatch reads them: `?` and a set take one byte (`??.py` matches é.py).
 
 Stars cannot make matching slow: a star followed by more text takes the first place that text fits and keeps it
 (what fnmatch does; a lookahead and a back-reference make it atomic), so `*a*a*a*a*a*a*a*a*b` against a long name
@@ -56,6 +57,7 @@ class Rules:
 
     def decide(self, path: str, is_dir: bool) -> bool | None:
         """True (ignored) or False (re-included) by the last pattern that matches `path`, or None if none does."""
+        path = as_bytes(path)
         name = path.rpartition("/")[2]
         _, dot, extension = name.rpartition(".")
         keys = [("path", path), ("name", name)] + ([("ext", extension)] if dot else [])
@@ -70,7 +72,7 @@ class Rules:
 
 def compile_pattern(line: str) -> Pattern | None:
     """One line of an ignore file; None for a blank line, a comment, or a pattern git would not read."""
-    line = _strip_trailing_spaces(line.rstrip("\r\n"))
+    line = _strip_trailing_spaces(as_bytes(line).rstrip("\r\n"))
     if not line or line.startswith("#"):
         return None
     negated = line.startswith("!")
@@ -94,6 +96,15 @@ def compile_pattern(line: str) -> Pattern | None:
     except re.error:
         return None
     return Pattern(regex, negated, folders_only, key)
+
+
+def as_bytes(text: str) -> str:
+    """`text` (a name or pattern as os.fsdecode reads it) one character per byte of its UTF-8, as git's wildmatch reads
+    both: "?" and a set take one byte, so `??.py` matches é.py and `?.py` does not."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("latin-1")
+    except UnicodeEncodeError:      # a surrogate that no undecodable byte made (not from the disk)
+        return text.encode("utf-8", "surrogatepass").decode("latin-1")
 
 
 def _key(segments: list[str], anchored: bool) -> tuple[str, str] | None:

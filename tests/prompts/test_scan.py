@@ -105,6 +105,20 @@ def test_ignore_rules_keep_the_files_git_keeps(make_repo, tmp_path, rules):
 
 
 
+def test_wildcards_match_the_bytes_of_a_non_ascii_name_as_git_matches_them(make_repo, tmp_path):
+    """git's wildmatch reads names as bytes: "?" and a set take one byte, so `??.py` ignores é.py (two bytes of
+    UTF-8) and `?.py` does not. Matched by characters, é.py went the other way in both."""
+    files = {name: "x = 1\n" for name in ("a.py", "é.py", "éé.py", "ab.txt", "é.txt", "ok/ü.py", "ok/üx.py")}
+    files[".gitignore"] = "??.py\n[!a].txt\n[é]x.py\n\n"
+    walked = _paths(make_repo(files, name="walk"))
+    git_root = make_repo(files, git=True, name="git")
+    listed = subprocess.run(["git", "-C", str(git_root), "ls-files", "-z", "--others", "--exclude-standard"],
+                            capture_output=True, check=True, env={**os.environ, "HOME": str(tmp_path),
+                                                                  "GIT_CONFIG_NOSYSTEM": "1"}).stdout
+    assert walked == sorted(os.fsdecode(p) for p in listed.split(b"\0") if p) == [
+        ".gitignore", "a.py", "ab.txt", "ok/üx.py", "é.txt", "éé.py"]
+
+
 def test_ignore_files_are_read_as_bytes_split_at_newlines_as_git_reads_them(make_repo, tmp_path):
     """A Latin-1 name in an ignore file matched nothing (its bytes became U+FFFD, the walk's name holds them as
     surrogates), and a form feed split a pattern in two (str.splitlines)."""
