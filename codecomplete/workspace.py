@@ -57,7 +57,8 @@ def file_in(root: Path, path: str, must_exist: bool = True) -> str:
     """The file as a posix path relative to root.
 
     A relative path is looked up in the repository first, then in the current directory,
-    so both `codecomplete ~/proj --file src/a.py` and an editor's `--file %` work. An editor on Windows
+    so both `codecomplete ~/proj --file src/a.py` and an editor's `--file %` work; `./a.py` and `../a.py` are looked
+    up in the current directory first, as the shell reads them. An editor on Windows
     writes `src\\a.py` (a backslash): where no file has the backslashes in its own name, they separate folders.
     """
     candidates, found = _candidates(root, path)
@@ -85,9 +86,16 @@ _WINDOWS_ABSOLUTE = re.compile(r"[A-Za-z]:[\\/]|\\\\")   # `C:\repo\a.py`, `C:/r
 
 
 def _candidates(root: Path, path: str) -> tuple[list[Path], Path | None]:
-    """Where a relative path may be (the repository, then the current folder), and the first that exists."""
+    """Where a relative path may be (the repository, then the current folder; the current folder first for one
+    that starts with `./` or `../`, as the shell reads it), and the first that exists."""
     given = Path(os.path.expanduser(path))
-    candidates = [given] if given.is_absolute() else [root / given, *[folder / given for folder in _cwd()]]
+    here = [folder / given for folder in _cwd()]
+    if given.is_absolute():
+        candidates = [given]
+    elif path.split("/")[0] in (".", ".."):     # (Path("./m.py") is "m.py": asked of the text)
+        candidates = [*here, root / given]
+    else:
+        candidates = [root / given, *here]
     return candidates, next((c for c in candidates if _exists(c, path)), None)
 
 

@@ -299,6 +299,23 @@ def test_a_path_from_an_editor_on_windows_finds_the_file_or_says_what_it_is(tmp_
         file_in(tmp_path, "src\\new.py")
 
 
+def test_a_file_given_from_the_current_folder_with_dot_slash_is_that_folders(tmp_path, monkeypatch):
+    """`./m.py` typed in pkg/ is pkg/m.py, as for the shell and every tool: it was looked up in the repository first,
+    so the root's m.py was completed in, another file than the one meant. A plain `m.py` stays the repository's."""
+    from codecomplete.workspace import file_in
+
+    (tmp_path / "pkg").mkdir()
+    for path in ("m.py", "pkg/m.py", "app.py"):
+        (tmp_path / path).write_text("x = 1\n")
+    monkeypatch.chdir(tmp_path / "pkg")
+    for must_exist in (True, False):
+        assert file_in(tmp_path, "./m.py", must_exist) == "pkg/m.py"
+        assert file_in(tmp_path, ".\\m.py", must_exist) == "pkg/m.py"     # from an editor on Windows
+        assert file_in(tmp_path, "m.py", must_exist) == "m.py"
+        assert file_in(tmp_path, "../app.py", must_exist) == "app.py"
+    assert file_in(tmp_path, "./new.py", must_exist=False) == "pkg/new.py"     # an unsaved buffer
+
+
 def test_on_a_disk_that_ignores_case_a_file_spelled_otherwise_is_in_the_repository(tmp_path, disk_ignoring_case):
     """macOS: the editor's /Users/me/Proj/a.py is the repository ~/proj's a.py, though resolve() keeps each
     spelling: it was refused as outside the repository."""
