@@ -335,6 +335,7 @@ class IgnoreRules:
 
     @property
     def top(self) -> Path:
+        """The checkout's top folder (the root, unless it lies in a checkout): its .git and global rules are read."""
         return self._checkout[0]
 
     @functools.cached_property
