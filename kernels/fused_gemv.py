@@ -26,7 +26,10 @@ streams half the bytes, sums each row's integers times x' in fp32 as it would bf
 row's sum by its scale before the norm's rstd and the epilogue (exact: the scale, like the rstd, factors out of
 the row's sum). On the GPU the bytes become fp32 by PRMT and an exact add (`_int8_to_fp32`), not by Triton's
 conversion, whose quarter-rate I2F a weight would cost about as long as streaming them. Without a weight_scale
-nothing changes: the same instructions as before int8 weights (one more, unused, kernel argument).
+nothing changes: the same instructions as before int8 weights (one more, unused, kernel argument). A launch
+configuration with `dp4a` (INT8_CONFIGS' entries where the H200 sweep found it faster: the wide projections, with
+many rows a thread) multiplies bytes by bytes instead: each program cuts x' into int8 words as it loads it
+(kernels/dp4a.py, `_dot_rows_dp4a`), two DP4As a word of weights where widening took about twelve instructions.
 
 Numerics: everything between the loads of W and the store of y is fp32, where Hugging Face rounds to the
 activation dtype after the norm, after each projection and inside RoPE: results differ from the unfused
