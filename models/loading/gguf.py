@@ -29,6 +29,7 @@ from models.config import ModelConfig
 from models.errors import ModelError, UnsupportedModelError
 from models.loading import cache_root
 from models.loading.gguf_header import check_header_bounds
+from models.loading.lfs import pointer_message
 
 CACHE_FORMAT = 5   # 2: a linear rope factor without a type, or under rope.scale_linear, is read (config.json)
                    # 3: a sentencepiece vocabulary spaces text as SentencePiece does (tokenizer.json)
@@ -381,7 +382,7 @@ def open_gguf(path: Path):
     except OSError as e:                # a file the user may not read (mode 000, another user's), an I/O error
         raise ModelError(f"{path}: cannot read the GGUF file ({e.strerror or e})") from None
     if magic != b"GGUF":
-        raise ModelError(f"{path}: not a GGUF file (no GGUF magic at the start)")
+        raise ModelError(pointer_message(path) or f"{path}: not a GGUF file (no GGUF magic at the start)")
     check_header_bounds(path)
     from gguf import GGUFReader
     try:

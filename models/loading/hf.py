@@ -17,6 +17,7 @@ from models.config import ModelConfig
 from models.errors import ModelError, ModelNotFoundError, UnsupportedModelError
 from models.int8_loading import Int8Loader
 from models.llama import Transformer, hf_tensor_slots
+from models.loading.lfs import pointer_message
 from models.weights_memory import weights_fit
 
 IGNORED_TENSORS = ("rotary_emb.inv_freq",)   # recomputed, and stored only by old checkpoints
@@ -52,7 +53,7 @@ def read_json(path: Path) -> dict:
             raise ModelError(f"{path}: {path.stat().st_size:,} bytes is too large for a JSON config")
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as e:    # ValueError: bad UTF-8 or JSON, a 5,000-digit integer
-        raise ModelError(f"{path}: unreadable JSON ({type(e).__name__}: {e})") from None
+        raise ModelError(pointer_message(path) or f"{path}: unreadable JSON ({type(e).__name__}: {e})") from None
     if not isinstance(value, dict):
         raise ModelError(f"{path}: not a JSON object (a {type(value).__name__})")
     return value
@@ -108,12 +109,12 @@ def iter_tensors(files: list[Path], part=None) -> Iterator[tuple[str, torch.Tens
                         index = None if part is None else part(name, st.get_slice(name).get_shape())
                         yield name, st.get_tensor(name) if index is None else st.get_slice(name)[index]
             except (SafetensorError, OSError) as e:
-                raise ModelError(f"{f}: unreadable safetensors file ({e})") from None
+                raise ModelError(pointer_message(f) or f"{f}: unreadable safetensors file ({e})") from None
         else:
             try:
                 state = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
             except Exception as e:  # pickle and zip errors come in many types
-                raise ModelError(f"{f}: unreadable PyTorch weights ({e})") from None
+                raise ModelError(pointer_message(f) or f"{f}: unreadable PyTorch weights ({e})") from None
             if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
                 raise ModelError(f"{f}: not a state dict of tensors (a {type(state).__name__})")
             for name, tensor in state.items():
@@ -175,6 +176,9 @@ def load_tokenizer(directory: Path):
         tokenizer = (PreTrainedTokenizerFast if generic else AutoTokenizer).from_pretrained(
             str(directory), trust_remote_code=False)
     except Exception as e:  # transformers raises anything from OSError to ValueError here
+        for name in TOKENIZER_FILES:
+            if pointer := pointer_message(directory / name):
+                raise ModelError(pointer) from None
         # Without tokenizer.json, transformers reads a SentencePiece tokenizer.model with sentencepiece and protobuf;
         # lacking them it tries the file as tiktoken's and asks for tiktoken, which would not help.
         alone = (directory / "tokenizer.model").is_file() and not (directory / "tokenizer.json").is_file()

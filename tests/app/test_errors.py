@@ -92,6 +92,15 @@ def test_unreadable_model_exits_1(codecomplete, tmp_path):
     check_error(codecomplete("--model", broken, "--prompt", "x"), 1, "broken.gguf")
 
 
+def test_a_git_lfs_pointer_for_a_model_exits_1_saying_to_pull_it(codecomplete, tmp_path):
+    """A clone made without git-lfs: the same exit code as any unreadable model, and the one thing to do about it."""
+    pointer = tmp_path / "clone" / "model.gguf"
+    pointer.parent.mkdir()
+    pointer.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 98000000\n")
+    check_error(codecomplete("--model", pointer, "--prompt", "x"), 1, "model.gguf: a Git LFS pointer",
+                f"run `git lfs pull` in {pointer.parent}")
+
+
 def test_another_package_named_kernels_is_said_as_such(script, cli_env, tmp_path):
     """Hugging Face's `kernels` (transformers 5.25 installs it) is a top-level `kernels` too: found first, our first
     import of kernels failed as an internal error naming neither package. A stand-in of it, first on the path."""

@@ -552,3 +552,38 @@ def test_a_converted_copy_every_user_may_write_is_converted_again(tmp_path, monk
     (out / "planted").write_text("anyone could have replaced the weights")
     load_model(path, device="cpu", max_context=32)
     assert not (out / "planted").exists() and not out.stat().st_mode & 0o002
+
+
+LFS_POINTER = ("version https://git-lfs.github.com/spec/v1\noid sha256:" + "4d7a" * 16 + "\nsize 269060552\n")
+
+
+@pytest.mark.parametrize("name, remove", [
+    ("config.json", None), ("generation_config.json", None), ("tokenizer_config.json", None),
+    ("tokenizer.json", None), ("tokenizer.model", "tokenizer.json"), ("model.safetensors", None),
+    ("model.safetensors.index.json", None), ("pytorch_model.bin", "model.safetensors"),
+])
+def test_a_git_lfs_pointer_in_place_of_a_checkpoint_file_is_said_to_be_one(tmp_path, tiny_checkpoint, name, remove):
+    """A clone without git-lfs holds ~130-byte pointer files where the data should be: the error said only "unreadable
+    JSON" or "header too large", which sends the user looking for a corrupt download rather than `git lfs pull`."""
+    folder = tmp_path / "clone"
+    shutil.copytree(tiny_checkpoint[0], folder)
+    if remove:
+        (folder / remove).unlink()
+    (folder / name).write_text(LFS_POINTER)
+    message = load_error(folder, ModelError, "Git LFS pointer")
+    assert message.startswith(f"{folder / name}: ") and f"git lfs pull` in {folder}" in message
+    assert "\n" not in message
+
+
+def test_a_git_lfs_pointer_in_place_of_a_gguf_is_said_to_be_one(tmp_path):
+    (tmp_path / "model.gguf").write_text(LFS_POINTER)
+    message = load_error(tmp_path / "model.gguf", ModelError, "Git LFS pointer")
+    assert message.startswith(f"{tmp_path / 'model.gguf'}: ") and f"git lfs pull` in {tmp_path}" in message
+
+
+def test_a_file_that_only_mentions_git_lfs_is_not_taken_for_a_pointer(tmp_path, tiny_checkpoint):
+    """Only the pointer's first line marks one: a broken config that quotes it later is still unreadable JSON."""
+    folder = tmp_path / "mention"
+    shutil.copytree(tiny_checkpoint[0], folder)
+    (folder / "config.json").write_text("{\n" + LFS_POINTER)
+    assert "Git LFS" not in load_error(folder, ModelError, "unreadable JSON")
