@@ -82,8 +82,11 @@ def _torch_default_threads() -> int:
 
 def check_model_spec(args) -> None:
     """Random weights build in seconds to minutes (27 GB for CodeLlama-7B) and, unless they are given a tokenizer
-    folder (random:PRESET:DIR), have none: refuse them at once for anything but --bench."""
+    folder (random:PRESET:DIR), have none: refuse them at once for anything but --bench. A blank
+    $CODECOMPLETE_MODEL is refused at once too, as an empty --model is (an empty one is unset)."""
     spec = args.model or os.environ.get("CODECOMPLETE_MODEL") or ""
+    if not args.model and spec and not spec.strip():
+        raise UsageError(f'CODECOMPLETE_MODEL="{spec}" is empty')
     named = f"--model {spec}" if args.model else f"CODECOMPLETE_MODEL={spec}"
     if not spec.startswith("random:"):
         return

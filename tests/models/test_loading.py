@@ -91,6 +91,24 @@ def test_missing_path(tmp_path):
     assert "nowhere" in load_error(tmp_path / "nowhere" / "model.gguf", ModelNotFoundError, "no such file or directory")
 
 
+@pytest.mark.parametrize("value, message", [
+    ("  ", 'CODECOMPLETE_MODEL="  " is empty'),
+    ("{tmp}/nowhere/model.gguf", "CODECOMPLETE_MODEL={tmp}/nowhere/model.gguf: no such file or directory"),
+    ("./missing", "CODECOMPLETE_MODEL=./missing: no such file or directory"),
+])
+def test_a_missing_or_blank_model_in_the_environment_names_the_variable(tmp_path, monkeypatch, value, message):
+    """The user typed no path: `  : no such file or directory` did not say where the value came from."""
+    monkeypatch.setenv("CODECOMPLETE_MODEL", value.format(tmp=tmp_path))
+    assert load_error(None, ModelNotFoundError, "CODECOMPLETE_MODEL").startswith(message.format(tmp=tmp_path))
+
+
+def test_a_model_named_by_the_environment_that_is_no_model_names_the_variable(tmp_path, monkeypatch):
+    path = tmp_path / "weights.pt"
+    path.write_bytes(b"x")
+    monkeypatch.setenv("CODECOMPLETE_MODEL", str(path))
+    assert load_error(None, UnsupportedModelError, "not a .gguf file").startswith(f"CODECOMPLETE_MODEL={path}: ")
+
+
 @pytest.mark.parametrize("spec", ["m" * 300, "m" * 300 + ".gguf", "a/" * 3000 + "b"])
 def test_a_model_path_too_long_for_the_system_is_a_missing_path_not_a_bug(spec):
     """os.stat's ENAMETOOLONG escaped Path.exists(): an internal error, exit 1, for a value the user typed."""
