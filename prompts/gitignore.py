@@ -9,7 +9,8 @@ one, which is how git applies "a file cannot be re-included if a parent folder i
 
 The rules, from gitignore(5): blank lines and `#` comments are skipped; trailing spaces are dropped unless escaped;
 `!` negates; a slash at the start or in the middle anchors the pattern to the ignore file's folder, otherwise it
-matches a name at any depth; `*` and `?` do not cross a slash; `[...]` is a set; `**` as a whole segment is any
+matches a name at any depth; `*` and `?` do not cross a slash; `[...]` is a set (never matching a slash; a slash
+inside it is a member, not a separator, and anchors the pattern as any slash does); `**` as a whole segment is any
 number of folders (`**/x`, `a/**/b`, `a/**` = everything inside `a`); any other run of stars is one star. Names and
 patterns are matched as bytes, as git's wildmatch reads them: `?` and a set take one byte (`??.py` matches é.py).
 
@@ -82,8 +83,8 @@ def compile_pattern(line: str) -> Pattern | None:
     line = line.rstrip("/") if folders_only else line
     if not line:
         return None
-    anchored = "/" in line
-    segments = line.lstrip("/").split("/")
+    anchored = "/" in line     # as git: any slash, one in a set or escaped too
+    segments = _split(line.lstrip("/"))
     if not any(segments):
         return None
     key = _key(segments, anchored)
@@ -148,6 +149,27 @@ def _path_regex(segments: list[str], groups) -> str:
             group = f"g{next(groups)}"
             out.append(f"(?=(?P<{group}>(?:.*?/)??{text}/))(?P={group})")
     return "".join(out) + (".*" if trailing else "")
+
+
+def _split(line: str) -> list[str]:
+    """The pattern's path segments. A slash inside a set does not end a segment: git's wildmatch reads `a[!/x]b` as
+    one set (which, like `?`, never matches a slash); an escaped slash is a slash, as wildmatch matches it."""
+    segments, current, i = [], [], 0
+    while i < len(line):
+        if line.startswith("\\/", i) or line[i] == "/":
+            segments.append("".join(current))
+            current = []
+            i += 2 if line[i] == "\\" else 1
+        elif line[i] == "\\":
+            current.append(line[i:i + 2])
+            i += 2
+        elif line[i] == "[" and (end := _set_end(line, i)) is not None:
+            current.append(line[i:end + 1])
+            i = end + 1
+        else:
+            current.append(line[i])
+            i += 1
+    return [*segments, "".join(current)]
 
 
 def _is_globstar(segment: str) -> bool:

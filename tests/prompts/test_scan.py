@@ -61,7 +61,8 @@ TREE = ["a.py", "a.txt", "m.py", "docs/keep.py", "docs/a.py", "docs/sub/x.py", "
         "src/pkg/n.txt", "src/a.txt", "bld/x.py", "bld/sub/y.py", "foo/bar.py", "x/foo", "lib/foo/z.py",
         "logs/debug.log", "logs/keep/important.log", "abc/def/ghi.py", "deep/a/b/c/d.py", "sp ace.py", "sp ace .py",
         "!bang.py", "#hash.py", "q1.py", "q22.py", "set/a1.py", "set/b2.py", "set/c3.py", "set/-.py", "star*.py",
-        "nested/inner/one.py", "nested/inner/two.txt", "nested/other.txt", "[x].py", "set/[ab].py"]
+        "nested/inner/one.py", "nested/inner/two.txt", "nested/other.txt", "[x].py", "set/[ab].py",
+        "aYb", "axb", "a/b", "aZb/f", "sub/aYb", "sub/axb", "sub/a/b", "sub/aZb/f"]
 IGNORE_CASES = [                      # (root .gitignore, {folder: its .gitignore})
     ("docs/**\n!docs/keep.py", {}),    # the folder itself is not matched by "docs/**"
     ("docs/**\n!docs/sub/\n!docs/sub/keep/**", {}),
@@ -85,6 +86,10 @@ IGNORE_CASES = [                      # (root .gitignore, {folder: its .gitignor
     ("[[:bogus:]]*\n[[:alpha:]\nset/[a[:digit:]-]*", {}),
     ("star[*].py\nq[*1].py\n[*\nset/[ab*", {}),      # a star in a set is a member; an unclosed set matches nothing
     ("", {"nested/inner": "/one.py", "docs": "sub/keep\nkeep.py"}),
+    # a slash in a set is a member of the one set (which never matches a slash), and anchors the pattern as any slash
+    ("a[!/x]b\nsub/a[x/]b", {}), ("**/a[!/x]b/\n[!/]", {}), ("[/]\na[/]b\n*[/]*\nsu[/b]/a", {}),
+    ("*\n!*/\n!a[!/x]b", {}), ("", {"sub": "a[!/x]b\n/a[/b]/b"}),
+    ("a\\/b\n/a[!/]b/f", {}),     # an escaped slash is a slash
 ]
 
 
