@@ -49,6 +49,8 @@ def load_model(spec=None, device=None, dtype=None, attention=None, max_context=N
     from models.loading.hf import load_hf_model, read_config
 
     weights = parse_weights(weights)
+    if spec is None and (os.environ.get("CODECOMPLETE_MODEL") or "").startswith(RANDOM_PREFIX):
+        spec = os.environ["CODECOMPLETE_MODEL"]     # the default model as --model would name it (no file to resolve)
     if weights is not None and matmul_dtype is not None:
         raise ValueError(f"{weights} weights replace matmul_dtype {matmul_dtype}: ask for one of them")
     if tp is None and ((gpus or 1) > 1 or "TORCHELASTIC_RUN_ID" in os.environ):

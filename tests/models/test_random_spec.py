@@ -18,6 +18,14 @@ def test_random_preset_loads_and_decodes():
     assert engine.generate(prompt, GenerationConfig(max_new_tokens=5)).token_ids == result.token_ids
 
 
+def test_a_random_preset_named_by_the_environment_loads(monkeypatch):
+    """CODECOMPLETE_MODEL=random:PRESET passed the command line's check (`--bench` takes it), then was looked for on
+    disk: "no such file or directory"."""
+    monkeypatch.setenv("CODECOMPLETE_MODEL", "random:SmolLM2-135M")
+    engine = load_model(device="cpu", max_context=64)
+    assert engine.tokenizer is None and "random weights" in engine.name
+
+
 def test_unknown_random_preset_is_a_clear_error():
     with pytest.raises(UnsupportedModelError, match="unknown preset 'Nope'"):
         load_model("random:Nope", device="cpu")
