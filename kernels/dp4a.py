@@ -26,8 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
-ROUNDER = tl.constexpr(12582912.0)  # 1.5 x 2^23: (x + it) - it rounds |x| < 2^22 to the nearest integer, ties to even
-LOW = 254                           # the low word's weight: x ~ scale * (LOW * high + low)
+from kernels.append import ROUNDER   # (x + it) - it rounds |x| < 2^22 to the nearest integer, ties to even
+
 
 
 @triton.jit
@@ -106,8 +106,8 @@ def quantize_words_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     m = words.abs().amax(-1, keepdim=True)
     inv = torch.where(m > 0, 127.0 / torch.where(m > 0, m, 1.0), 0.0)
     q = words * inv
-    high = (q + 12582912.0) - 12582912.0
-    low = ((q - high) * 254.0 + 12582912.0) - 12582912.0
+    high = (q + ROUNDER.value) - ROUNDER.value
+    low = ((q - high) * 254.0 + ROUNDER.value) - ROUNDER.value
     scale = torch.where(m > 0, m / 127.0 / 254.0, 0.0)[..., 0]
     return high.to(torch.int8).flatten(-2), low.to(torch.int8).flatten(-2), scale
 

@@ -32,9 +32,9 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.append import ROUNDER
 from kernels.dp4a import bf16_words, dot_words, quantize_words
 
-ROUNDER = tl.constexpr(12582912.0)  # 1.5 x 2^23: (x + it) - it rounds |x| < 2^22 to the nearest integer
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 DIM, FFN, VOCAB = 4096, 11008, 32016          # CodeLlama-7B
 PROJECTIONS = {"wqkv": (3 * DIM, DIM), "wo": (DIM, DIM), "w13": (2 * FFN, DIM), "w2": (DIM, FFN),
