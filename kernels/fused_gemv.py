@@ -522,6 +522,8 @@ def _launch(config: Config, grid_rows: int, x, weight, y, *, norm_weight=None, e
         x, weight, stride_wn = x.view(torch.int64), weight.view(torch.int32), stride_wn // 4
         norm_weight = norm_weight.view(torch.int64) if norm_weight is not None else None
         block_k = max(block_k, 4)
+    # widening's options only where int8 weights are widened on a GPU: DP4A launches what compile_facts builds
+    widened_on_gpu = weight_scale is not None and x.is_cuda and not dp4a
     _fused_gemv_kernel[(grid_rows,)](
         x, norm_weight if norm_weight is not None else x, weight, weight_scale if weight_scale is not None else y, y,
         residual if residual is not None else y,
@@ -532,9 +534,9 @@ def _launch(config: Config, grid_rows: int, x, weight, y, *, norm_weight=None, e
         HEAD_DIM=head_dim, WRITE_CACHE=cache is not None, USE_PDL=use_pdl, INTERLEAVE=config.interleave,
         QUANT_CACHE=scales is not None, BLOCK_D=triton.next_power_of_2(head_dim),
         LATE_DEPENDENTS=late_dependents or epilogue in LATE_DEPENDENTS, EARLY_TILE=epilogue in EARLY_TILE,
-        SCALED_W=weight_scale is not None, INT8_PRMT=weight_scale is not None and x.is_cuda and WEIGHTS_BY_PRMT,
-        NARROW_INT8=batch1_gemv.NARROW_INT8_LOADS and weight_scale is not None and x.is_cuda, DP4A=dp4a,
-        ASM=x.is_cuda, num_warps=config.num_warps, num_stages=config.num_stages,
+        SCALED_W=weight_scale is not None, INT8_PRMT=widened_on_gpu and WEIGHTS_BY_PRMT,
+        NARROW_INT8=widened_on_gpu and batch1_gemv.NARROW_INT8_LOADS, DP4A=dp4a, ASM=x.is_cuda,
+        num_warps=config.num_warps, num_stages=config.num_stages,
         **({"launch_pdl": True} if use_pdl else {}))
     return y
 
