@@ -105,8 +105,8 @@ def _resolve(index, file: str, written: str, scopes: dict) -> tuple[str, list[in
     """The class a base as written in ``file`` names: its own name and the chunks declaring it (members.type_heads).
     ``scopes``: file -> its imports as written and followed, filled in here for the files a hierarchy goes through."""
     if file not in scopes:
-        language = language_name(file)
-        scopes[file] = (index.imports(file), follow_imports(index, file, language, index.imports(file)))
+        written_imports = index.imports(file)
+        scopes[file] = (written_imports, follow_imports(index, file, language_name(file), written_imports))
     imports, imported = scopes[file]
     dotted = written != re.split(r"\.|::", written)[-1]
     module = qualifier_files(index, file, language_name(file), imports, imported.modules, written) if dotted else []
@@ -192,8 +192,8 @@ def _bases(language: str, head: str) -> list[str]:
     if language == "cpp":
         colon = re.search(r"(?<!:):(?!:)", rest)
         parts = rest[colon.end():].split(",") if colon else []
-        return [_CPP_ACCESS.sub("", part).strip().rsplit("::", 1)[-1] for part in parts
-                if _BASE_NAME.fullmatch(_CPP_ACCESS.sub("", part).strip())]
+        names = [_CPP_ACCESS.sub("", part).strip() for part in parts]     # (`public virtual ns::Base`: ns::Base)
+        return [name.rsplit("::", 1)[-1] for name in names if _BASE_NAME.fullmatch(name)]
     clauses = _CLAUSE.split(rest)
     parts = [part.strip() for clause in clauses[2::2] for part in clause.split(",")]
     return [part for part in parts if _BASE_NAME.fullmatch(part) and "::" not in part]

@@ -53,7 +53,7 @@ def resolve(spec: str | os.PathLike | None, progress=None) -> ModelSource:
 
     A value of the variable that names no model is said with the variable's name: the user typed no path (an empty
     value counts as unset; a blank one is a mistake, as an empty --model is)."""
-    if spec or not (value := os.environ.get("CODECOMPLETE_MODEL")):
+    if spec or not (value := os.environ.get(ENVIRONMENT)):
         return _resolve(spec or None, progress)
     if not value.strip():
         raise ModelNotFoundError(f'{ENVIRONMENT}="{value}" is empty')
