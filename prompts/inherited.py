@@ -1,5 +1,6 @@
 """The members a class inherits, for a cursor after the instance or class itself: ``self.pa|``, ``cls.pa|``,
-``super().pa|`` (Python), ``this.pa|``, ``super.pa|`` (JavaScript, TypeScript, Java), ``this->pa|`` (C++).
+``super().pa|`` (Python), ``this.pa|``, ``super.pa|`` (JavaScript, TypeScript, Java), ``this->pa|`` (C++),
+``self.pa|``, ``Self::pa|`` (Rust).
 
 Such a qualifier names no module and no type, yet what comes next is often a method of a base class defined in
 another file. The class around the cursor is found in the text above it, not in the index (the buffer may be
@@ -12,6 +13,10 @@ chunks declaring them and resolved from their files, up to MAX_DEPTH levels, eac
 ends). The bases' members that may come next are the answer (the nearest base's first where two define a name);
 the class's own members are in the current file, which the prompt shows anyway, but for a C++ method defined
 outside its class (``int Parser::run() { this->|``): there the class's own declaration (a header's) comes first.
+So in Rust, where a type's methods are spread over ``impl`` blocks anywhere and its fields are in another item:
+in ``impl Store`` or ``impl Evict for Store``, Store's struct fields (read from its declaration: the index records
+no field) and the methods of all its impl blocks (members.py), then the trait's and its supertraits' methods; in
+a trait's own block, the trait's and its supertraits'.
 The work per keystroke is one regular expression on the cursor's line; only after such a qualifier, a walk up
 the text and a few chunks' regular expressions.
 """
@@ -42,6 +47,7 @@ _SELF = {
     "javascript": re.compile(_BRACES_SELF), "typescript": re.compile(_BRACES_SELF), "tsx": re.compile(_BRACES_SELF),
     "java": re.compile(_BRACES_SELF),
     "cpp": re.compile(r"(?<![\w.])this\s*->\s*\w*$"),
+    "rust": re.compile(r"(?<![\w.:])(?:self\.|Self::)\w*$"),
 }
 _PARTIAL = re.compile(r"[\w$]*$")
 
@@ -51,11 +57,30 @@ _PYTHON_BLOCK = re.compile(r"(?:class|def|async|if|elif|else|for|while|with|try|
 # Braces, and the strings and comments whose braces do not count (the lookahead skips other text faster).
 _BRACE_TOKENS = re.compile(r"""(?=[{}"'`/])(?:[{}]|"(?:\\.|[^"\\\n])*"|'(?:\\.|[^'\\\n])*'|`(?:\\.|[^`\\])*`"""
                            r"|//[^\n]*|/\*[\s\S]*?\*/)")
+# Rust's: a string may span lines, a quote is a one-character literal ('{', '\u{7b}') or a lifetime ('a, which
+# closes nothing: read as a string it hid the brace of `where T: 'a {`).
+_RUST_BRACE_TOKENS = re.compile(r"(?=[{}\"'/])(?:[{}]|\"(?:\\.|[^\"\\])*\"|'(?:\\(?:x\w\w|u\{\w*\}|.)|[^'\\\n])'"
+                                r"|//[^\n]*|/\*[\s\S]*?\*/)")
 _BRACE_CLASS = re.compile(r"\b(?:class|struct|interface)\s+([A-Za-z_$][\w$]*)([^{};]*)$")
 _BASE_NAME = re.compile(r"[A-Za-z_$][\w$]*(?:(?:\.|::)[A-Za-z_$][\w$]*)*")
 # A C++ method defined outside its class (`int Parser::run(int n) const {`, `Parser::Parser() : Base() {`): its
 # class's name.
 _CPP_OUTSIDE = re.compile(r"\s*(?:[\w:<>,*&]+\s+|[*&]\s*)*?([A-Za-z_]\w*)(?:<[^<>{};]*>)?::~?[A-Za-z_]\w*\s*\(")
+# Rust: the block whose `self` and `Self` are a type, `impl<T> Trait<T> for path::Type<T> where ...` (type
+# arguments and arrows' `>` left out first), an item that begins a line (not `fn f() -> impl Iterator {`): the
+# trait (group 1, if any) and the type (2); a trait's block, whose `self` is any of its implementers.
+_RUST_ITEM = r"^[ \t]*(?:(?:pub(?:\([^)\n]*\))?|unsafe|default|auto)\s+)*"
+_RUST_IMPL = re.compile(_RUST_ITEM + r"impl\s+(?:!?\s*((?:[A-Za-z_]\w*::)*[A-Za-z_]\w*)\s+for\s+)?[&\s]*(?:'\w+\s+)?"
+                        r"(?:(?:mut|dyn)\s+)*((?:[A-Za-z_]\w*::)*[A-Za-z_]\w*)\s*(?:where\b[^{};]*)?$", re.M)
+_RUST_TRAIT = re.compile(_RUST_ITEM + r"trait\s+([A-Za-z_]\w*)\s*(?::[^{};]*)?$", re.M)
+# The words that declare a type whose head names its bases, where other than class, struct and interface.
+_DECLARING = {"rust": "trait"}
+# A type's fields that its declaration lists and the index records no name for (it records definitions): per
+# language, where the list opens after the type's name (a pattern of the name), and a field's name in the list.
+_FIELD_LISTS = {
+    "rust": (r"\bstruct\s+{}\b[^{{;(]*\{{",
+             re.compile(r"^[ \t]*(?:pub(?:\s*\([^)\n]*\))?\s+)?([A-Za-z_]\w*)\s*:(?!:)", re.M)),
+}
 _CLAUSE = re.compile(r"\b(extends|implements)\b")
 _CPP_ACCESS = re.compile(r"\b(?:public|protected|private|virtual)\b")
 
@@ -70,17 +95,20 @@ def inherited_members(index, path: str, language: str, rows: Sequence[str], row:
     written and as followed (``imports.follow_imports``); ``used``: the names the file uses."""
     pattern = _SELF.get(language)
     before = rows[row][:column][-LINE_CHARS:]
-    if pattern is None or not pattern.search(before):
+    qualifier = pattern.search(before) if pattern else None
+    if qualifier is None:
         return {}
-    head, outside = _enclosing_class(language, rows, row, column)
-    if head is None:
+    head, own = _enclosing_class(language, rows, row, column)
+    if head is None and not own:
         return {}
     scopes = {path: (imports, imported)}
     members: dict[str, list[int]] = {}
-    # (a C++ method defined outside its class: the class's own members, declared elsewhere, come first)
-    level = [(path, head)] if outside else [(path, base) for base in _bases(language, head)]
+    instance = not qualifier.group().startswith("Self::")  # (`Self::` names no field)
+    # Types whose own members are not around the cursor (a C++ method defined outside its class, a Rust impl block
+    # of a type and a trait) come first, their bases read from where the index declares them.
+    level = [(path, name) for name in own] or [(path, base) for base in _bases(language, head)]
     seen_heads, looked_at = set(), 0
-    for _ in range(MAX_DEPTH + outside):
+    for _ in range(MAX_DEPTH + bool(own)):
         following = []
         for file, written in level:
             if looked_at >= MAX_CLASSES:
@@ -95,6 +123,8 @@ def inherited_members(index, path: str, language: str, rows: Sequence[str], row:
                 members.setdefault(member, chunks)
             for number in heads:
                 chunk = index.chunks[number]
+                for field in _fields(chunk.language, chunk.text, name) if instance else ():
+                    members.setdefault(field, [number])
                 declared = _declaration(chunk.language, chunk.text, name)
                 following += [(chunk.path, base) for base in _bases(chunk.language, declared)] if declared else []
         level = following
@@ -113,19 +143,21 @@ def _resolve(index, file: str, written: str, scopes: dict) -> tuple[str, list[in
     return type_heads(index, file, written, imported.definitions, imported.files, module)
 
 
-def _enclosing_class(language: str, rows: Sequence[str], row: int, column: int) -> tuple[str | None, bool]:
+def _enclosing_class(language: str, rows: Sequence[str], row: int, column: int
+                     ) -> tuple[str | None, tuple[str, ...]]:
     """The head of the innermost class around the cursor, from its name on (``Parser(BaseParser):``,
-    ``Parser extends BaseParser implements Sized ``), None outside any class; and whether the cursor is in a C++
-    method defined outside its class (then the head is only the class's name)."""
+    ``Parser extends BaseParser implements Sized ``), None outside any class; or, where the cursor is in a block
+    whose own members are declared elsewhere, the types declaring them (a C++ method defined outside its class: the
+    class; a Rust impl block: its type, then its trait; a trait's block: the trait)."""
     if language == "python":
-        return _python_class(rows, row), False
+        return _python_class(rows, row), ()
     first, size = row, column
     while first > 0 and row - first < CLASS_REACH and size < REACH_CHARS:
         first -= 1
         size += len(rows[first]) + 1
     text = "\n".join([*rows[first:row], rows[row][:column]])[-REACH_CHARS:]   # (not megabytes of a minified line)
     opened: list[int] = []
-    for token in _BRACE_TOKENS.finditer(text):
+    for token in (_RUST_BRACE_TOKENS if language == "rust" else _BRACE_TOKENS).finditer(text):
         if token.group() == "{":
             opened.append(token.start())
         elif token.group() == "}" and opened:
@@ -134,13 +166,20 @@ def _enclosing_class(language: str, rows: Sequence[str], row: int, column: int) 
         low = max(0, brace - LINE_CHARS)
         start = max(text.rfind(character, low, brace) for character in ";{}") + 1   # (the statement before it ends)
         head = text[max(start, low):brace]
+        if language == "rust":
+            if "impl" in head or "trait" in head:   # (most blocks are neither: no type arguments to take out)
+                plain = _without_nested(head.replace("->", "- "), "<", ">")
+                block = _RUST_IMPL.search(plain) or _RUST_TRAIT.search(plain)
+                if block:
+                    return None, tuple(name for name in block.groups()[::-1] if name)
+            continue
         declared = _BRACE_CLASS.search(head)
         if declared:
-            return declared.group(1) + declared.group(2), False
+            return declared.group(1) + declared.group(2), ()
         method = _CPP_OUTSIDE.match(head) if language == "cpp" else None
         if method:
-            return method.group(1), True
-    return None, False
+            return None, (method.group(1),)
+    return None, ()
 
 
 def _python_class(rows: Sequence[str], row: int) -> str | None:
@@ -164,7 +203,8 @@ def _python_class(rows: Sequence[str], row: int) -> str | None:
 
 def _declaration(language: str, text: str, name: str) -> str | None:
     """The head of the class ``name`` that ``text`` declares, from its name up to its body (``:`` or ``{``)."""
-    found = re.search(rf"\b(?:class|struct|interface)\s+({re.escape(name)})\b", text)
+    keywords = _DECLARING.get(language, "class|struct|interface")
+    found = re.search(rf"\b(?:{keywords})\s+({re.escape(name)})\b", text)
     if found is None:
         return None
     rest = text[found.start(1):found.start(1) + HEAD_CHARS]
@@ -189,6 +229,10 @@ def _bases(language: str, head: str) -> list[str]:
         parts = [part.strip() for part in inside.split(",")]
         return [part for part in parts if _BASE_NAME.fullmatch(part)]  # (not `metaclass=M`, `*mixins`, `f(x)`)
     rest = _without_nested(rest, "<", ">")
+    if language == "rust":  # a trait's supertraits: `Evict: Clear + fmt::Debug + 'static where ...`
+        rest = rest.lstrip()
+        parts = re.split(r"\bwhere\b", rest[1:], maxsplit=1)[0].split("+") if rest.startswith(":") else []
+        return [part.strip() for part in parts if _BASE_NAME.fullmatch(part.strip())]
     if language == "cpp":
         colon = re.search(r"(?<!:):(?!:)", rest)
         parts = rest[colon.end():].split(",") if colon else []
@@ -197,6 +241,23 @@ def _bases(language: str, head: str) -> list[str]:
     clauses = _CLAUSE.split(rest)
     parts = [part.strip() for clause in clauses[2::2] for part in clause.split(",")]
     return [part for part in parts if _BASE_NAME.fullmatch(part) and "::" not in part]
+
+
+def _fields(language: str, text: str, name: str) -> list[str]:
+    """The fields that the declaration of the type ``name`` in ``text`` lists, where the index records none (a
+    Rust struct's)."""
+    shape = _FIELD_LISTS.get(language)
+    opened = re.search(shape[0].format(re.escape(name)), text) if shape else None
+    if opened is None:
+        return []
+    closing = {"{": "}", "(": ")"}[text[opened.end() - 1]]
+    depth, end = 1, len(text)
+    for bracket in re.finditer(re.escape(text[opened.end() - 1]) + "|" + re.escape(closing), text[opened.end():]):
+        depth += 1 if bracket.group() != closing else -1
+        if depth == 0:
+            end = opened.end() + bracket.start()
+            break
+    return shape[1].findall(text, opened.end(), end)
 
 
 def _without_nested(text: str, opening: str, closing: str, instead: str = "") -> str:

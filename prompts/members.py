@@ -98,10 +98,11 @@ def _body(index, head: int) -> list[int]:
 
 _DECLARATIONS = {
     # a class, struct, enum, interface, record or trait of the name; Rust's `impl Type` and `impl Trait for Type`
+    # (their type parameters' bounds may take arguments: `impl<T: Into<String>> Type<T>`)
     "any": r"\b(?:class|struct|enum|interface|record|trait|union|object"
-           r"|impl(?:<[^>\n]*>)?(?:[^{{;\n]*\bfor)?)\s+{}\b",
+           r"|impl(?:<(?:[^<>\n]|<[^<>\n]*>)*>)?(?:[^{{;\n]*\bfor)?)\s+{}\b",
     "rust-item": r"\b(?:struct|enum|union|type)\s+{}\b",
-    "rust-impl": r"\bimpl(?:<[^>\n]*>)?\s+(?:[^{{;\n]*\bfor\s+)?(?:[\w:]*::)?{}\b",
+    "rust-impl": r"\bimpl(?:<(?:[^<>\n]|<[^<>\n]*>)*>)?\s+(?:[^{{;\n]*\bfor\s+)?(?:[\w:]*::)?{}\b",
 }
 
 

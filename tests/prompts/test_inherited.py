@@ -129,3 +129,54 @@ def test_a_cpp_method_defined_outside_its_class_has_its_class_and_bases_members(
                                "int Parser::run() {\n  if (Parser::ok()) {\n    return this->pa\n  }\n}\n"}
     assert _members(make_repo, files, "src/parser.cpp", "this->pa") == {"part": ["src/parser.h"],
                                                                         "parse": ["src/base.h"]}
+
+
+RUST_STORE = {
+    "src/lib.rs": "pub mod evict;\npub mod store;\npub mod ops;\npub mod app;\npub mod legacy;\n",
+    "src/evict.rs": "pub trait Clear {\n    fn clear_all(&mut self);\n}\n\n"
+                    "pub trait Evict: Clear + Send {\n    fn evict(&mut self);\n\n"
+                    "    fn evict_later(&mut self) {\n        self.evict();\n    }\n}\n",
+    "src/store.rs": "/// Entries, evicted past a limit.\npub struct Store<T> {\n    pub entries: Vec<T>,\n"
+                    "    pub(crate) limit: usize,\n}\n\nimpl<T> Store<T> {\n    pub fn new() -> Self {\n"
+                    "        Store { entries: Vec::new(), limit: 0 }\n    }\n}\n",
+    "src/ops.rs": "use crate::store::Store;\n\nimpl<T: Clone + Into<String>> Store<T> {\n"
+                  "    pub fn extend(&mut self, more: &[T]) {\n        self.entries.extend_from_slice(more);\n"
+                  "    }\n}\n",
+    "src/legacy.rs": "pub struct Store {\n    pub rows: Vec<u8>,\n}\n\nimpl Store {\n    pub fn erase(&mut self) {\n"
+                     "    }\n}\n",
+}
+RUST_APP = ("use crate::evict::Evict;\nuse crate::store::Store;\n\n"
+            "impl<T> Evict for Store<T>\nwhere\n    T: Clone,\n{\n    fn evict(&mut self) {\n"
+            "        let first = '{';\n        if self.e\n    }\n}\n")
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("if self.e", {"entries": ["src/store.rs"], "extend": ["src/ops.rs"], "evict": ["src/app.rs"],
+                   "evict_later": ["src/evict.rs"]}),
+    ("if self.", {"entries": ["src/store.rs"], "limit": ["src/store.rs"], "new": ["src/store.rs"],
+                  "extend": ["src/ops.rs"], "evict": ["src/app.rs"], "evict_later": ["src/evict.rs"],
+                  "clear_all": ["src/evict.rs"]}),
+    ("if Self::ne", {"new": ["src/store.rs"]}),
+], ids=["self-partial", "self-everything", "Self-path"])
+def test_rust_self_in_an_impl_is_the_types_fields_and_methods_and_the_traits(make_repo, line, expected):
+    """`self.e|` in `impl Evict for Store<T>` found no class: now the struct's fields (not after `Self::`), the
+    methods of every `impl Store` block (of this Store, not legacy's; `impl<T: Into<String>>` too), the trait's and
+    its supertrait's methods come next (a `'{'` opens nothing)."""
+    files = RUST_STORE | {"src/app.rs": RUST_APP.replace("if self.e", line)}
+    assert _members(make_repo, files, "src/app.rs", line) == expected
+
+
+def test_rust_self_in_a_traits_default_method_is_the_traits_and_its_supertraits(make_repo):
+    files = RUST_STORE | {"src/app.rs": "pub fn open() {\n}\n"}
+    files["src/evict.rs"] = files["src/evict.rs"].replace("self.evict();", "self.cl")
+    assert _members(make_repo, files, "src/evict.rs", "self.cl") == {"clear_all": ["src/evict.rs"]}
+
+
+@pytest.mark.parametrize("app", [
+    "use crate::store::Store;\n\nfn run(store: &Store<u8>) {\n    if self.e\n}\n",
+    "use crate::store::Store;\n\nimpl Unknown {\n    fn run(&self) {\n        if self.e\n    }\n}\n",
+    "use crate::store::Store;\n\nimpl Store<u8> {\n    fn run(&self) {\n        if myself.e\n    }\n}\n",
+], ids=["outside-any-impl", "a-type-not-in-the-repository", "a-longer-name"])
+def test_rust_nothing_outside_an_impl_of_a_type_of_the_repository(make_repo, app):
+    files = RUST_STORE | {"src/app.rs": app}
+    assert _members(make_repo, files, "src/app.rs", ".e") == {}
