@@ -7,11 +7,14 @@ of a file it imports or sees (a Java class of its package). Its members are the 
 index already records them (a chunk's ``defines`` lists a class's methods after the class), in the chunk that
 names the type and in the chunks a long body was cut into after it (their first line indented, still inside
 it); Rust adds its ``impl Type`` blocks anywhere in the repository, but for those in a file that defines another
-type of the name. Everything is read from the chunks defining the type's name: a few chunks per keystroke.
+type of the name, and Go its methods (``func (s *Type) Name(``) in the files of its package, its folder. Everything
+is read from the chunks defining the type's name (and a Go package's chunks' first lines): a few chunks per
+keystroke.
 """
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Container, Mapping, Sequence
 
@@ -19,6 +22,10 @@ from .imports import MAX_COMPLETION_NAMES
 
 MAX_BODY_CHUNKS = 64  # chunks of one long type body followed after the chunk that names the type
 _INDENTED = re.compile(r"^[ \t]+\S")
+# A Go method's head, after its comments (a chunk's first lines): the receiver's name (group 1, if any) and its type's
+# (2), `func (s *Server[T]) Run(`.
+GO_RECEIVER = re.compile(r"(?:[ \t]*//[^\n]*+\n|[ \t]*/\*(?s:.)*?\*/\s*)*+"
+                         r"func[ \t]*\([ \t]*(?:([A-Za-z_]\w*)[ \t]+)?\*?[ \t]*([A-Za-z_]\w*)")
 
 
 def type_members(index, path: str, qualifier: str, imported: Mapping[str, Sequence[int]], seen: Container[str],
@@ -44,12 +51,12 @@ def type_heads(index, path: str, qualifier: str, imported: Mapping[str, Sequence
         name = next((index.chunks[n].defines[0] for n in chunks if index.chunks[n].defines), name)
     elif name == qualifier:  # the file's own type, else one of a file it sees (a Java class of its package; a C++
         chunks = [n for n in index.chunk_numbers(path) if name in index.chunks[n].defines  # header's class, where
-                  and _declares_type(index.chunks[n].text, name)] or [  # the file defines its constructor)
+                  and _declares_type(index.chunks[n], name)] or [  # the file defines its constructor)
             n for n in index.definers.get(name, ()) if index.chunks[n].path in seen]
     else:
         inside = set(module_files)
         chunks = [n for n in index.definers.get(name, ()) if index.chunks[n].path in inside]
-    return name, [n for n in chunks if name in index.chunks[n].defines and _declares_type(index.chunks[n].text, name)]
+    return name, [n for n in chunks if name in index.chunks[n].defines and _declares_type(index.chunks[n], name)]
 
 
 def likeliest_members(members: Mapping[str, list[int]], partial: str, used: Container[str] = ()
@@ -66,22 +73,46 @@ def likeliest_members(members: Mapping[str, list[int]], partial: str, used: Cont
     return dict(list(found.items())[:MAX_COMPLETION_NAMES])
 
 
-def members_of(index, name: str, heads: list[int]) -> dict[str, list[int]]:
-    """Member name -> chunks defining it, of the type ``name`` whose chunks declaring it are ``heads``."""
-    bodies = list(heads)
+def members_of(index, name: str, heads: list[int], packages: dict | None = None) -> dict[str, list[int]]:
+    """Member name -> chunks defining it, of the type ``name`` whose chunks declaring it are ``heads``.
+    ``packages``: Go folder -> its methods as ``go_methods`` gives them, kept across calls by a caller that asks
+    for several types of one package (a struct and the ones it embeds)."""
+    bodies, methods = list(heads), []
     if index.chunks[heads[0]].language == "rust":
         own_files = {index.chunks[n].path for n in heads}
         others = {index.chunks[n].path for n in index.definers.get(name, ())
-                  if index.chunks[n].path not in own_files and _declares_type(index.chunks[n].text, name, "rust-item")}
+                  if index.chunks[n].path not in own_files and _declares_type(index.chunks[n], name, "rust-item")}
         bodies += [n for n in index.definers.get(name, ()) if index.chunks[n].path not in own_files | others
-                   and _declares_type(index.chunks[n].text, name, "rust-impl")]
+                   and _declares_type(index.chunks[n], name, "rust-impl")]
+    elif index.chunks[heads[0]].language == "go":
+        packages = {} if packages is None else packages
+        for folder in dict.fromkeys(posixpath.dirname(index.chunks[n].path) for n in heads):
+            if folder not in packages:
+                packages[folder] = go_methods(index, folder)
+            methods += packages[folder].get(name, [])
     members: dict[str, list[int]] = {}
     for head in dict.fromkeys(bodies):
         for number in _body(index, head):
             for member in index.chunks[number].defines:
                 if member != name:
                     members.setdefault(member, []).append(number)
+    for number in methods:  # (a method's chunk defines its name alone; the chunks a long one was cut into, none)
+        for member in index.chunks[number].defines:
+            members.setdefault(member, []).append(number)
     return members
+
+
+def go_methods(index, folder: str) -> dict[str, list[int]]:
+    """Go: type name -> the chunks of the methods declared on it in the package in ``folder`` (its ``.go`` files):
+    the first lines of each of the package's chunks, read once for all its types."""
+    methods: dict[str, list[int]] = {}
+    for file in index.paths.folder(folder, True):
+        if file.endswith(".go"):
+            for number in index.chunk_numbers(file):
+                method = GO_RECEIVER.match(index.chunks[number].text)
+                if method:
+                    methods.setdefault(method.group(2), []).append(number)
+    return methods
 
 
 def _body(index, head: int) -> list[int]:
@@ -102,10 +133,13 @@ _DECLARATIONS = {
     "any": r"\b(?:class|struct|enum|interface|record|trait|union|object"
            r"|impl(?:<(?:[^<>\n]|<[^<>\n]*>)*>)?(?:[^{{;\n]*\bfor)?)\s+{}\b",
     "rust-item": r"\b(?:struct|enum|union|type)\s+{}\b",
+    "go-type": r"(?m)(?:\btype[ \t]+|^[ \t]+){}\b",  # (`type Server struct`, or one of a `type (...)` group)
     "rust-impl": r"\bimpl(?:<(?:[^<>\n]|<[^<>\n]*>)*>)?\s+(?:[^{{;\n]*\bfor\s+)?(?:[\w:]*::)?{}\b",
 }
 
 
-def _declares_type(text: str, name: str, kind: str = "any") -> bool:
-    """Whether a chunk's text declares a type of the name (or, ``rust-impl``, implements one)."""
-    return re.search(_DECLARATIONS[kind].format(re.escape(name)), text) is not None
+def _declares_type(chunk, name: str, kind: str | None = None) -> bool:
+    """Whether a chunk's text declares a type of the name (or, ``rust-impl``, implements one); ``kind``, else the
+    chunk's language's (``go-type``) or ``any``."""
+    kind = kind or ("go-type" if chunk.language == "go" else "any")
+    return re.search(_DECLARATIONS[kind].format(re.escape(name)), chunk.text) is not None

@@ -180,3 +180,53 @@ def test_rust_self_in_a_traits_default_method_is_the_traits_and_its_supertraits(
 def test_rust_nothing_outside_an_impl_of_a_type_of_the_repository(make_repo, app):
     files = RUST_STORE | {"src/app.rs": app}
     assert _members(make_repo, files, "src/app.rs", ".e") == {}
+
+
+GO_SERVER = {
+    "go.mod": "module example.com/shop\n\ngo 1.22\n",
+    "internal/store/cache.go": "package store\n\ntype Cache struct {\n\tEntries []string\n"
+                               "\tdata    map[string]interface{}\n}\n\n// Get reads one entry.\n"
+                               "func (c *Cache) Get(key string) string {\n\treturn key\n}\n",
+    "internal/srv/base.go": "package srv\n\ntype Closer interface {\n\tClose() error\n}\n\n"
+                            "type Base struct {\n\tCloser\n\tname string `json:\"name\"`\n}\n\n"
+                            "func (b Base) Name() string {\n\treturn b.name\n}\n",
+    "internal/srv/server.go": "package srv\n\nimport \"example.com/shop/internal/store\"\n\ntype Server struct {\n"
+                              "\tBase\n\t*store.Cache // the hot entries\n\taddr, host string\n"
+                              "\tpool       struct {\n\t\tsize int\n\t}\n}\n\n"
+                              "func (s *Server) Addr() string {\n\treturn s.addr\n}\n",
+    "internal/other/server.go": "package other\n\ntype Server struct {\n\tport int\n}\n\n"
+                                "func (s *Server) Port() int {\n\treturn s.port\n}\n",
+}
+GO_RUN = ("package srv\n\nimport \"fmt\"\n\nfunc (s *Server) Run(\n\tverbose bool,\n) error {\n"
+          "\tfmt.Println(verbose)\n\tif s.\n}\n")
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("if s.", {"Base": ["internal/srv/server.go"], "Cache": ["internal/srv/server.go"],
+               "addr": ["internal/srv/server.go"], "host": ["internal/srv/server.go"],
+               "pool": ["internal/srv/server.go"], "Addr": ["internal/srv/server.go"],
+               "Run": ["internal/srv/run.go"],
+               "Closer": ["internal/srv/base.go"], "name": ["internal/srv/base.go"], "Name": ["internal/srv/base.go"],
+               "Close": ["internal/srv/base.go"], "Entries": ["internal/store/cache.go"],
+               "data": ["internal/store/cache.go"], "Get": ["internal/store/cache.go"]}),
+    ("if s.Cl", {"Closer": ["internal/srv/base.go"], "Close": ["internal/srv/base.go"]}),
+    ("if s.Ge", {"Get": ["internal/store/cache.go"]}),
+], ids=["everything", "embedded-interface", "embedded-pointer-of-another-package"])
+def test_go_a_methods_receiver_has_its_types_fields_and_methods_and_the_embedded_types(make_repo, line, expected):
+    """`s.|` in `func (s *Server) Run(...)` named no class: now Server's fields (not a nested struct's) and the
+    methods of its package's files (not another package's Server's), then those its embedded types bring, an
+    interface's methods too, as a subclass has its bases'."""
+    files = GO_SERVER | {"internal/srv/run.go": GO_RUN.replace("if s.", line)}
+    assert _members(make_repo, files, "internal/srv/run.go", line) == expected
+
+
+@pytest.mark.parametrize("run", [
+    GO_RUN.replace("\tif s.", "\tif fmt.Pr"),
+    GO_RUN.replace("\tif s.", "\tif server.A"),
+    GO_RUN.replace("func (s *Server) Run(", "func Run(s *Server,"),
+    GO_RUN.replace("\tif s.\n}\n", "\treturn nil\n}\n\nvar v = s."),
+], ids=["a-package", "another-name", "a-function-not-a-method", "after-the-method"])
+def test_go_nothing_but_after_the_methods_receiver(make_repo, run):
+    files = GO_SERVER | {"internal/srv/run.go": run}
+    marker = next(word for word in ("fmt.Pr", "server.A", "v = s.", "if s.") if word in run)
+    assert _members(make_repo, files, "internal/srv/run.go", marker) == {}
