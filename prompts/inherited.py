@@ -5,20 +5,23 @@
 Such a qualifier names no module and no type, yet what comes next is often a method of a base class defined in
 another file. The class around the cursor is found in the text above it, not in the index (the buffer may be
 newer than the index, and a long class is cut into several chunks there): in Python the nearest line above that
-is indented less and begins a class, elsewhere the innermost brace still open whose head declares one. Its base
-classes are read from that head as written (``class A(B, mod.C, Generic[T])``, ``extends B implements I``,
-``: public B``) and each is resolved as a type qualifier is (members.py: the file's imports, aliases and
-re-exports, ``module.Type``, the file's own types, a Java package's classes); then their own bases, read from the
-chunks declaring them and resolved from their files, up to MAX_DEPTH levels, each class once (a cyclic hierarchy
-ends). The bases' members that may come next are the answer (the nearest base's first where two define a name);
-the class's own members are in the current file, which the prompt shows anyway, but for a C++ method defined
-outside its class (``int Parser::run() { this->|``): there the class's own declaration (a header's) comes first.
+is indented less and begins a class, elsewhere the innermost brace still open whose head declares one (or an
+anonymous one, not the class around it: Java's ``new Runnable() {``, whose base is Runnable, a class expression's
+``class extends B {``). Its base classes are read from that head as written (``class A(B, mod.C, Generic[T])``,
+``extends B implements I``, ``: public B``) and each is resolved as a type qualifier is (members.py: the file's
+imports, aliases and re-exports, ``module.Type``, the file's own types, a Java package's classes); then their own
+bases, read from the chunks declaring them and resolved from their files, up to MAX_DEPTH levels, each class once
+(a cyclic hierarchy ends). The bases' members that may come next are the answer (the nearest base's first where
+two define a name); the class's own members are in the current file, which the prompt shows anyway, but for a C++
+method defined outside its class (``int Parser::run() { this->|``): there the class's own declaration (a
+header's) comes first.
 So in Rust, where a type's methods are spread over ``impl`` blocks anywhere and its fields are in another item:
 in ``impl Store`` or ``impl Evict for Store``, Store's struct fields (read from its declaration: the index records
 no field) and the methods of all its impl blocks (members.py), then the trait's and its supertraits' methods; in
 a trait's own block, the trait's and its supertraits'. And in Go, after a method's receiver (``s.`` in
 ``func (s *Server) Run() {``, the method found by the top-level declaration the cursor is in): Server's fields
-and its package's methods of Server, then its embedded types' (``struct { Base; *pkg.Cache }``) as bases.
+and its package's methods of Server, then its embedded types' (``struct { Base; *pkg.Cache }``) as bases. A Java
+record's components and methods (where the index has it) come before its interfaces' methods.
 The work per keystroke is one regular expression on the cursor's line; only after such a qualifier, a walk up
 the text and a few chunks' regular expressions (Go: after any name's dot, a walk up the rows of the declaration
 the cursor is in; after the receiver's, a match on the first lines of each chunk of the package, once: 0.7 ms for
@@ -66,7 +69,6 @@ _BRACE_TOKENS = re.compile(r"""(?=[{}"'`/])(?:[{}]|"(?:\\.|[^"\\\n])*"|'(?:\\.|[
 # closes nothing: read as a string it hid the brace of `where T: 'a {`).
 _RUST_BRACE_TOKENS = re.compile(r"(?=[{}\"'/])(?:[{}]|\"(?:\\.|[^\"\\])*\"|'(?:\\(?:x\w\w|u\{\w*\}|.)|[^'\\\n])'"
                                 r"|//[^\n]*|/\*[\s\S]*?\*/)")
-_BRACE_CLASS = re.compile(r"\b(?:class|struct|interface)\s+([A-Za-z_$][\w$]*)([^{};]*)$")
 _BASE_NAME = re.compile(r"[A-Za-z_$][\w$]*(?:(?:\.|::)[A-Za-z_$][\w$]*)*")
 # A C++ method defined outside its class (`int Parser::run(int n) const {`, `Parser::Parser() : Base() {`): its
 # class's name.
@@ -85,16 +87,30 @@ _GO_TOP_LEVEL = re.compile(r"[^\s)/]")
 _GO_EMBEDDED = re.compile(r"^[ \t]*\*?[ \t]*((?:[A-Za-z_]\w*\.)?[A-Za-z_]\w*)(?:\[[^\]\n]*\])?[ \t]*"
                           r"(?:`[^`\n]*`|\"[^\"\n]*\")?[ \t]*(?://[^\n]*)?$", re.M)
 # The words that declare a type whose head names its bases, where other than class, struct and interface.
-_DECLARING = {"rust": "trait"}
+_DECLARING = {"rust": "trait", "java": "class|interface|record|enum"}
+# A brace's head that declares a class: its keyword (group 1), its name (2) and the rest, its bases (3).
+_BRACE_CLASS = {language: re.compile(rf"\b({words})\s+(?!(?:extends|implements)\b)([A-Za-z_$][\w$]*)([^{{}};]*)$")
+                for language, words in [("", "class|struct|interface"), ("java", _DECLARING["java"])]}
+# An anonymous class's head, its base (group 1): Java's `new Runnable() {`, whose `this` is that class, not the one
+# around it; a class expression's `class extends Base {` (JavaScript, TypeScript).
+_CLASS_EXPRESSION = re.compile(r"(?<![\w$.])class(\s+(?:extends|implements)\b[^{};]*)?\s*$")
+_ANONYMOUS = {
+    "java": re.compile(r"(?<![\w$.])new\s+((?:[A-Za-z_$][\w$]*\.)*[A-Za-z_$][\w$]*)\s*(?:<[^{};]*>)?\s*"
+                       r"\((?:[^(){};]|\([^(){};]*\))*\)\s*$"),
+    "javascript": _CLASS_EXPRESSION, "typescript": _CLASS_EXPRESSION, "tsx": _CLASS_EXPRESSION,
+}
 # A type's fields that its declaration lists and the index records no name for (it records definitions): per
-# language, where the list opens after the type's name (a pattern of the name), and a field's name in the list.
+# language, where the list opens after the type's name (a pattern of the name), a field's name in the list (after
+# what stands between the brackets named last is left out: a nested type's fields, type and annotations' arguments).
 _FIELD_LISTS = {
     "rust": (r"\bstruct\s+{}\b[^{{;(]*\{{",
-             re.compile(r"^[ \t]*(?:pub(?:\s*\([^)\n]*\))?\s+)?([A-Za-z_]\w*)\s*:(?!:)", re.M)),
+             re.compile(r"^[ \t]*(?:pub(?:\s*\([^)\n]*\))?\s+)?([A-Za-z_]\w*)\s*:(?!:)", re.M), ("{}", "()", "<>")),
     # a struct's fields (`a, b int`; an embedded type's name, `*pkg.Base`: Base), an interface's methods
     "go": (r"(?m)(?:\btype[ \t]+|^[ \t]+){}(?:\[[^\]\n]*\])?[ \t]+(?:struct|interface)[ \t]*\{{",
            re.compile(r"^[ \t]*(?:\*[ \t]*)?(?:[A-Za-z_]\w*\.)?([A-Za-z_]\w*(?:[ \t]*,[ \t]*[A-Za-z_]\w*)*)"
-                      r"(?=[ \t(\[]|$)(?![ \t]*\|)", re.M)),
+                      r"(?=[ \t(\[]|$)(?![ \t]*\|)", re.M), ("{}", "()")),   # (`<-chan T` is no bracket)
+    # a record's components (`@Size(max = 3) List<T> ys`: ys)
+    "java": (r"\brecord\s+{}\b\s*(?:<[^(]*>)?\s*\(", re.compile(r"([A-Za-z_$][\w$]*)\s*(?:,|$)"), ("()", "<>")),
 }
 _CLAUSE = re.compile(r"\b(extends|implements)\b")
 _CPP_ACCESS = re.compile(r"\b(?:public|protected|private|virtual)\b")
@@ -124,10 +140,11 @@ def inherited_members(index, path: str, language: str, rows: Sequence[str], row:
     members: dict[str, list[int]] = {}
     instance = not qualifier.group().startswith("Self::")  # (`Self::` names no field)
     # Types whose own members are not around the cursor (a C++ method defined outside its class, a Rust impl block
-    # of a type and a trait, a Go method's receiver) come first, their bases read from where the index declares them.
-    level = [(path, name) for name in own] or [(path, base) for base in _bases(language, head)]
+    # of a type and a trait, a Go method's receiver) come first, their bases read from where the index declares them;
+    # a Java record's components, not in the index's names, come first too, its bases are its head's.
+    level = [(path, name) for name in own] + [(path, base) for base in (_bases(language, head) if head else ())]
     seen_heads, looked_at, packages = set(), 0, {}
-    for _ in range(MAX_DEPTH + bool(own)):
+    for _ in range(MAX_DEPTH + (head is None)):
         following = []
         for file, written in level:
             if looked_at >= MAX_CLASSES:
@@ -191,9 +208,12 @@ def _enclosing_class(language: str, rows: Sequence[str], row: int, column: int
                 if block:
                     return None, tuple(name for name in block.groups()[::-1] if name)
             continue
-        declared = _BRACE_CLASS.search(head)
-        if declared:
-            return declared.group(1) + declared.group(2), ()
+        declared = _BRACE_CLASS.get(language, _BRACE_CLASS[""]).search(head)
+        if declared:  # (a record's own components and methods too, which the index has where the file parsed)
+            return declared.group(2) + declared.group(3), (declared.group(2),) if declared.group(1) == "record" else ()
+        anonymous = _ANONYMOUS[language].search(head) if language in _ANONYMOUS else None
+        if anonymous:
+            return (f" extends {anonymous.group(1)}" if language == "java" else anonymous.group(1) or ""), ()
         method = _CPP_OUTSIDE.match(head) if language == "cpp" else None
         if method:
             return None, (method.group(1),)
@@ -287,7 +307,10 @@ def _fields(language: str, text: str, name: str) -> list[str]:
     listed = _listed(language, text, name)
     if not listed:
         return []
-    found = _FIELD_LISTS[language][1].findall(_without_nested(listed, "{", "}"))
+    _, field, nested = _FIELD_LISTS[language]
+    for opening, closing in nested:
+        listed = _without_nested(listed, opening, closing)
+    found = field.findall(listed)
     return [field.strip() for names in found for field in names.split(",")]
 
 

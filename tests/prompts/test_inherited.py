@@ -230,3 +230,67 @@ def test_go_nothing_but_after_the_methods_receiver(make_repo, run):
     files = GO_SERVER | {"internal/srv/run.go": run}
     marker = next(word for word in ("fmt.Pr", "server.A", "v = s.", "if s.") if word in run)
     assert _members(make_repo, files, "internal/srv/run.go", marker) == {}
+
+
+JAVA_SHAPES = {
+    "src/a/Shape.java": "package a;\n\npublic interface Shape {\n    double area();\n\n"
+                        "    default String label() {\n        return \"shape\";\n    }\n}\n",
+    "src/a/BaseParser.java": "package a;\n\npublic class BaseParser {\n    public int parse() {\n        return 1;\n"
+                             "    }\n}\n",
+    "src/a/Other.java": "package a;\n\npublic class Other {\n    public int part() {\n        return 1;\n    }\n}\n",
+}
+
+
+POINT = ("package a;\n\npublic record Point(@Size(max = 3) Integer x, java.util.List<Map<String, Integer>> ys)\n"
+         "        implements Shape, Comparable<Point> {\n    public double area() {\n        return 0;\n    }\n\n"
+         "    public double norm() {\n        return this.x;\n    }\n}\n")
+
+
+@pytest.mark.parametrize("point, marker, expected", [
+    (POINT, "this.", {"x": ["src/a/Point.java"], "ys": ["src/a/Point.java"], "area": ["src/a/Point.java"],
+                      "norm": ["src/a/Point.java"], "label": ["src/a/Shape.java"]}),
+    (POINT.replace("this.x", "this.label()"), "this.l", {"label": ["src/a/Shape.java"]}),
+    (POINT.replace("this.x;", "this."), "this.", {"area": ["src/a/Shape.java"], "label": ["src/a/Shape.java"]}),
+], ids=["everything", "the-interfaces-method", "as-typed-the-index-has-no-record"])
+def test_java_a_records_components_and_methods_then_its_interfaces(make_repo, point, marker, expected):
+    """`this.|` in a record named no class: now its components (annotated, of generic types) and its body's
+    methods where the index has the record (not in a file that does not parse), then the methods of the
+    interfaces its head names."""
+    files = JAVA_SHAPES | {"src/a/Point.java": point}
+    assert _members(make_repo, files, "src/a/Point.java", marker) == expected
+
+
+@pytest.mark.parametrize("files, path, expected", [
+    ({"src/a/Parser.java": "package a;\n\npublic class Parser extends Other {\n    void run() {\n"
+                           "        Runnable r = new BaseParser(\"x\", f(1)) {\n            public void go() {\n"
+                           "                int n = this.pa\n            }\n        };\n    }\n}\n"},
+     "src/a/Parser.java", {"parse": ["src/a/BaseParser.java"]}),
+    ({"src/a/Parser.java": "package a;\n\npublic class Parser extends Other {\n    void run() {\n"
+                           "        Runnable r = new Runnable() {\n            public void run() {\n"
+                           "                int n = this.pa\n            }\n        };\n    }\n}\n"},
+     "src/a/Parser.java", {}),
+    ({"src/a/Parser.java": "package a;\n\npublic class Parser extends Other {\n    void run() {\n"
+                           "        Runnable r = () -> {\n            int n = this.pa\n        };\n    }\n}\n"},
+     "src/a/Parser.java", {"part": ["src/a/Other.java"]}),
+    ({"src/a/Parser.java": "package a;\n\npublic class Parser extends Other {\n    enum Mode implements Runnable {\n"
+                           "        FAST;\n\n        public void run() {\n            int n = this.pa\n        }\n"
+                           "    }\n}\n"},
+     "src/a/Parser.java", {}),
+    ({"src/base.ts": "export class BaseParser {\n  parse(): number {\n    return 1;\n  }\n}\n\n"
+                     "export class Other {\n  part(): number {\n    return 1;\n  }\n}\n",
+      "src/parser.ts": "import { BaseParser, Other } from './base';\n\nexport class Parser extends Other {\n"
+                       "  make() {\n    return new (class extends BaseParser {\n      run() {\n"
+                       "        return this.pa\n      }\n    })();\n  }\n}\n"},
+     "src/parser.ts", {"parse": ["src/base.ts"]}),
+    ({"src/base.ts": "export class Other {\n  part(): number {\n    return 1;\n  }\n}\n",
+      "src/parser.ts": "import { Other } from './base';\n\nexport class Parser extends Other {\n"
+                       "  make() {\n    return class {\n      run() {\n        return this.pa\n      }\n    };\n"
+                       "  }\n}\n"},
+     "src/parser.ts", {}),
+], ids=["java-anonymous-of-a-class", "java-anonymous-of-an-interface-elsewhere", "java-lambda-keeps-this",
+        "java-nested-enum", "typescript-class-expression", "typescript-class-expression-of-no-base"])
+def test_this_in_an_anonymous_class_is_that_class_not_the_outer_one(make_repo, files, path, expected):
+    """`this.pa|` in `new BaseParser(...) { ... }` (or a class expression) ranked the OUTER class's base's `part`:
+    `this` there is the anonymous class, whose base is the named type (none: nothing); a lambda's is the outer; a
+    nested enum's is the enum."""
+    assert _members(make_repo, JAVA_SHAPES | files, path, "this.pa") == expected
