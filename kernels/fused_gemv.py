@@ -393,7 +393,7 @@ INT8_CONFIGS: dict[str | tuple[str, int, int], Config] = {
     ("gemv_norm", 32016, 4096): Config(16, 256, 1, 3, False, True),   # logits, 7B: 42.3 -> 35.2 (73% -> 87%), DP4A
     # 13B and 34B (bench/results/h200-run37/sweep-13b-34b/; before: the bf16 kind defaults). 13B's step went from
     # 175.5 to 211.8 tokens/s at 4k, 126.6 -> 144.5 at 16k (Run 37, separate processes); 34B's kernels went from
-    # 10.2 to 9.3 ms a step (the sweep's sum), and its step decodes 108.6 tokens/s at 4k, 102.9 at 16k (Run 38).
+    # 10.2 to 9.3 ms a step (the sweep's sum), its step 98.1 -> 108.6 tokens/s at 4k, 94.1 -> 102.9 at 16k (Run 38).
     ("qkv_rope", 15360, 5120): Config(16, 256, 1, 4, True, True),    # wqkv, 13B: 35.8 -> 25.6 (51% -> 72%), DP4A
     ("gemv", 5120, 5120): Config(8, 1024, 2, 3, False, True),        # wo, 13B: 12.1 -> 10.2 (51% -> 60%), DP4A
     ("norm_swiglu", 27648, 5120): Config(16, 256, 1, 4, True, True),  # w13, 13B: 49.5 -> 38.8 (67% -> 85%), DP4A
