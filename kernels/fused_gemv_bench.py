@@ -233,12 +233,13 @@ def main(argv=None) -> int:
         row["final"] = [c._asdict() | {"us": timed[c], "runs": again[c]} for c in finalists]
         row["chosen"], row["gain"] = chosen._asdict() | {"us": timed[chosen]}, gain
         row["default_us"] = timed[default]
-        if chosen != default:
-            entries[(kind, N, K)] = chosen
+        row["current_us"] = timed.get(current, timed[default])
+        if chosen != current:   # (current: what launches without this sweep's entry; for int8 weights a bf16
+            entries[(kind, N, K)] = chosen   # entry, which a kept default must override)
         print(f"{p.name:16s} {str((N, K)):14s} floor {floor:6.1f} µs  cuBLAS {row['cublas_us']:6.1f} "
               f"({100 * floor / row['cublas_us']:3.0f}%)  default {timed[default]:6.1f} ({100 * floor / timed[default]:3.0f}%)  "
               f"chosen {timed[chosen]:6.1f} ({100 * floor / timed[chosen]:3.0f}%) {tuple(chosen)} "
-              f"{'kept' if chosen == default else f'-{100 * gain:.1f}%'}  err {error_of(chosen):.1e}", flush=True)
+              f"{'kept' if chosen == current else 'the default' if chosen == default else f'-{100 * gain:.1f}%'}  err {error_of(chosen):.1e}", flush=True)
         rows.append(row)
         del ws, cublas_ws, reference_out
         torch.cuda.empty_cache()
@@ -246,9 +247,9 @@ def main(argv=None) -> int:
     predictions = {}
     for (model, tp), projections in steps.items():       # what the entries should take off each decode step
         have = [p for p in projections if (p.kind, p.N, p.K) in done]
-        before = sum(p.per_step * done[p.kind, p.N, p.K]["default_us"] for p in have)
+        before = sum(p.per_step * done[p.kind, p.N, p.K]["current_us"] for p in have)
         after = sum(p.per_step * done[p.kind, p.N, p.K]["chosen"]["us"] for p in have)
-        predictions[f"{model}/{tp}"] = {"default_us": before, "chosen_us": after, "shapes": len(have)}
+        predictions[f"{model}/{tp}"] = {"current_us": before, "chosen_us": after, "shapes": len(have)}
         print(f"{model} on {'one GPU' if tp == 1 else f'one rank of {tp}'}: the step's fused kernels "
               f"{before:.0f} -> {after:.0f} µs ({after - before:+.0f} µs; {len(have)} of {len(projections)} shapes timed)")
     table = {config_name(k): list(c) for k, c in entries.items()}

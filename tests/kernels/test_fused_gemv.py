@@ -399,6 +399,25 @@ def test_the_sweep_runs_a_models_rank_shapes_end_to_end(monkeypatch, tmp_path, w
     assert result["predictions"]["Tiny/2"]["shapes"] == 5
 
 
+def test_an_int8_sweep_that_keeps_the_default_over_a_bf16_entry_writes_it(monkeypatch, tmp_path):
+    """Without an int8 entry, int8 weights launch the shape's bf16 entry (`config_for`), not the kind's default the
+    sweep measures gains against: a sweep that keeps the default must write it, or the bf16 entry keeps launching
+    (CodeLlama-34B's rank-of-2 w2 in Run 38: the bf16 entry 27.4 µs with int8 weights, the default 26.9)."""
+    import kernels.bench
+    monkeypatch.setitem(fused_gemv_bench.MODELS, "Tiny", (2, 64, 4, 2, 16, 160, 101))
+    monkeypatch.setattr(fused_gemv_bench, "SWEEP", {k: v[:1] for k, v in fused_gemv_bench.SWEEP.items()})
+    monkeypatch.setattr(fused_gemv_bench, "SWEEP_DP4A", {k: [] for k in fused_gemv_bench.SWEEP_DP4A})
+    bf16_entry = Config(8, 256, 2, 2)
+    monkeypatch.setitem(fused_gemv.CONFIGS, ("gemv", 64, 32), bf16_entry)
+    monkeypatch.setattr(fused_gemv_bench, "choose", lambda default, timed: (default, 0.0))
+    monkeypatch.setattr(kernels.bench, "copy_bandwidth", lambda: 4e12)
+    monkeypatch.setattr(kernels.bench, "graph_replay_us", lambda run, replays=30: (run(), 5.0)[1])
+    entries = tmp_path / "entries.json"
+    assert fused_gemv_bench.main(["--model", "Tiny/2", "--device", "cpu", "--write-configs", str(entries),
+                                  "--weights", "int8"]) == 0
+    assert read_configs(str(entries)) == {("gemv", 64, 32): CONFIGS["gemv"]}
+
+
 def test_the_per_shape_entries_are_the_h200_sweeps():
     """CONFIGS' per-shape entries are what bench/results/h200-tp-shapes' sweep wrote, no more, no fewer."""
     from pathlib import Path
