@@ -403,6 +403,27 @@ INT8_CONFIGS: dict[str | tuple[str, int, int], Config] = {
     ("gemv", 8192, 8192): Config(4, 1024, 2, 3, False, True),        # wo, 34B: 21.2 -> 20.7 (74% -> 76%), DP4A
     ("norm_swiglu", 44032, 8192): Config(16, 512, 1, 3, True, True),  # w13, 34B: 108.3 -> 94.7 (78% -> 89%), DP4A
     ("gemv_norm", 32000, 8192): Config(16, 256, 1, 3, False, True),   # logits, 34B: 101.3 -> 66.3 (61% -> 93%), DP4A
+    # A rank of 2 (bench/results/h200-run38/tp-int8/, the kernels alone on one H200; before: the bf16 entries where
+    # there are some, else the kind defaults). The sweep's sums of a rank's fused kernels a step: 7B 1,503 -> 1,305 µs,
+    # 13B 2,740 -> 2,368, 34B 5,668 -> 5,159, 70B 10,961 -> 9,793; a rank's whole step on one GPU: Run 38.
+    ("qkv_rope", 6144, 4096): Config(16, 1024, 2, 3, True, True),    # wqkv, 7B/2: 14.0 -> 10.3 (42% -> 57%), DP4A
+    ("gemv", 4096, 2048): Config(2, 1024, 2, 4),                    # wo, 7B/2: 4.4 -> 4.1 (45% -> 48%)
+    ("norm_swiglu", 11008, 4096): Config(16, 1024, 2, 3, True, True),  # w13, 7B/2: 18.5 -> 16.7 (57% -> 63%), DP4A
+    ("gemv_norm", 16008, 4096): Config(4, 512, 1, 4, False, True),    # logits, 7B/2: 32.4 -> 21.0 (47% -> 73%), DP4A
+    ("qkv_rope", 7680, 5120): Config(8, 512, 2, 4, True),            # wqkv, 13B/2: 18.6 -> 14.4 (50% -> 64%)
+    ("gemv", 5120, 2560): Config(4, 512, 1, 4, False, True),         # wo, 13B/2: 7.0 -> 6.6 (44% -> 47%), DP4A (the
+                                    # sweep's 6.5, widened, 4 warps, has 4-byte loads of W: barriers a step)
+    ("norm_swiglu", 13824, 5120): Config(8, 512, 1, 4, True, True),   # w13, 13B/2: 27.6 -> 24.1 (60% -> 69%), DP4A
+    ("gemv_deep", 5120, 6912): Config(8, 1024, 2, 2, False, True),    # w2, 13B/2: 14.3 -> 13.6 (58% -> 61%), DP4A
+    ("gemv_norm", 16008, 5120): Config(4, 512, 1, 4, False, True),    # logits, 13B/2: 37.4 -> 25.3 (51% -> 76%), DP4A
+    ("qkv_rope", 5120, 8192): Config(8, 1024, 2, 3, True, True),     # wqkv, 34B/2, 70B/2: 18.3 -> 17.9 (55%), DP4A
+    ("norm_swiglu", 22016, 8192): Config(16, 256, 1, 4, True, True),  # w13, 34B/2: 59.8 -> 50.4 (71% -> 84%), DP4A
+    ("gemv_deep", 8192, 11008): Config(4, 1024, 4, 3),              # w2, 34B/2: 27.4 -> 26.9 (the kind's default over
+                                                                    # the bf16 entry)
+    ("gemv_norm", 16000, 8192): Config(4, 512, 1, 4, False, True),    # logits, 34B/2: 53.9 -> 39.4 (57% -> 78%), DP4A
+    ("norm_swiglu", 28672, 8192): Config(16, 256, 1, 4, True, True),  # w13, 70B/2: 72.9 -> 59.8 (75% -> 92%), DP4A
+    ("gemv_deep", 8192, 14336): Config(4, 1024, 2, 3, False, True),   # w2, 70B/2: 33.7 -> 32.8 (81% -> 84%), DP4A
+    ("gemv_norm", 16008, 8192): Config(4, 512, 1, 4, False, True),    # logits, 70B/2: 54.0 -> 39.4 (57% -> 78%), DP4A
 }
 KINDS = ("qkv_rope", "norm_swiglu", "gemv", "gemv_deep", "gemv_norm")
 WEIGHTS_BY_PRMT = True   # A/B: False converts int8 weights by Triton's own I2F, a quarter-rate instruction on sm_90

@@ -4,7 +4,7 @@ launch configurations and with the per-kind ones only, alternating (issue 12; ru
 A rank of N runs the step of `models.tp.shard_config(config, N)` (its heads, FFN columns, ceil(V / N)
 vocabulary rows) plus two all-reduces per layer and the logits gather: the model built here from those shapes
 times exactly the rank's compute (the 'none' arm of models.bench --gpus N), on a card with one GPU. Random
-weights, bf16, batch 1, flash attention, graph replays of the product's fused one-token step.
+weights, bf16 (or --weights int8), batch 1, flash attention, graph replays of the product's fused one-token step.
 
     python bench/gpu/tp_shapes_step.py --models 34B/2,34B,70B/2 --context 16384 [--json FILE]
 """
@@ -44,9 +44,12 @@ def main(argv=None) -> int:
     parser.add_argument("--replays", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3, help="alternations of the two arms")
     parser.add_argument("--json", default="")
+    parser.add_argument("--weights", choices=("bf16", "int8"), default="bf16",
+                        help="int8: the projections quantized (their arms: INT8_CONFIGS' entries, or the bf16 kinds')")
     args = parser.parse_args(argv)
     bandwidth = copy_bandwidth()
-    shaped = {fused_gemv.config_name(k): list(c) for k, c in fused_gemv.CONFIGS.items() if isinstance(k, tuple)}
+    entries = fused_gemv.INT8_CONFIGS if args.weights == "int8" else fused_gemv.CONFIGS
+    shaped = {fused_gemv.config_name(k): list(c) for k, c in entries.items() if isinstance(k, tuple)}
     print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s; {len(shaped)} per-shape entries", flush=True)
     rows = []
     for spec in filter(None, args.models.split(",")):
@@ -54,6 +57,8 @@ def main(argv=None) -> int:
         world = int(world or 1)
         config = rank_config(name, world)
         model = build_random_model(config, device="cuda", dtype=torch.bfloat16, max_len=args.context)
+        if args.weights == "int8":
+            model.quantize_weights()
         model.compile_dense()
         model.setup_caches(1, args.context)
         fill_cache_randomly(model, args.context)
@@ -67,9 +72,9 @@ def main(argv=None) -> int:
                 finally:
                     fused_gemv.use_per_shape(previous)
         best = {arm: min(v) for arm, v in arms.items()}
-        row = {"model": spec, "context": args.context, "roofline_us": roofline_us, "runs_us": arms, "best_us": best}
+        row = {"model": spec, "weights": args.weights, "context": args.context, "roofline_us": roofline_us, "runs_us": arms, "best_us": best}
         rows.append(row)
-        print(f"{spec:8s} S={args.context}: roofline {roofline_us:7.0f} µs; per-kind {best['per-kind']:7.0f} µs "
+        print(f"{spec:8s} {args.weights} S={args.context}: roofline {roofline_us:7.0f} µs; per-kind {best['per-kind']:7.0f} µs "
               f"({100 * roofline_us / best['per-kind']:.1f}%), per-shape {best['per-shape']:7.0f} µs "
               f"({100 * roofline_us / best['per-shape']:.1f}%): {best['per-shape'] - best['per-kind']:+.0f} µs; "
               f"runs {[round(u) for u in arms['per-kind']]} / {[round(u) for u in arms['per-shape']]}", flush=True)
