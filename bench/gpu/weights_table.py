@@ -1,5 +1,7 @@
 """Ours (bf16 and int8 weights) against llama.cpp (F16, Q8_0, Q4_K_M weights) from one device call's files:
 `bench/gpu/weights_vs_llamacpp.sh` writes models.bench's e2e-weights.json and llama-bench's llamacpp-<type>.json.
+Both sides with the same kind of KV cache: llama.cpp's (its JSON's type_k: f16 or q8_0) and ours to match (bf16,
+or int8: 8 bits with a scale, as q8_0).
 
     python bench/gpu/weights_table.py DIR       # prints a markdown table: decode tokens/s per context, and ratios
 """
@@ -10,29 +12,35 @@ import sys
 from pathlib import Path
 
 PEER_TYPES = ("f16", "Q8_0", "Q4_K_M")
+OUR_CACHE = {"f16": "bf16", "q8_0": "int8"}     # llama.cpp's KV cache type -> ours of the same kind
 
 
-def peer_rates(directory: Path) -> dict:
-    """llama-bench's decode tokens/s per weight type and depth (the mean of its repetitions)."""
-    rates = {}
+def peer_rates(directory: Path) -> tuple[dict, str]:
+    """llama-bench's decode tokens/s per weight type and depth (the mean of its repetitions), and its KV cache type."""
+    rates, caches = {}, set()
     for kind in PEER_TYPES:
         path = directory / f"llamacpp-{kind}.json"
         if path.exists() and path.stat().st_size:
             for test in json.loads(path.read_text(encoding="utf-8")):
                 if test.get("n_gen", 0) > 0 and not test.get("n_prompt", 0):
                     rates.setdefault(kind, {})[int(test["n_depth"])] = float(test["avg_ts"])
-    return rates
+                    caches.add(test.get("type_k", "f16"))
+    if len(caches) > 1:
+        raise SystemExit(f"weights_table.py: llama.cpp's runs in {directory} used different KV caches: {sorted(caches)}")
+    return rates, caches.pop() if caches else "f16"
 
 
 def main(directory: Path) -> int:
     e2e = json.loads((directory / "e2e-weights.json").read_text(encoding="utf-8"))
+    peer, peer_cache = peer_rates(directory)
+    cache, nan = OUR_CACHE.get(peer_cache, "bf16"), float("nan")
     ours = {(r.get("weights", "bf16"), r["context"]): r for r in e2e["rows"]
-            if r["impl"] == "ours" and r["batch"] == 1 and "skipped" not in r}
-    peer, nan = peer_rates(directory), float("nan")
+            if r["impl"] == "ours" and r["batch"] == 1 and "skipped" not in r and r.get("kv_cache", "bf16") == cache}
     env = e2e["env"]
-    print(f"# CodeLlama-7B shape, batch 1, flash attention, bf16/F16 KV: weights against llama.cpp's — {env['card']}, "
-          f"{env['date']}\n\nDecode tokens/s in one device call (ours: models.bench, graph replays; llama.cpp: "
-          "llama-bench -fa 1 -p 0 -n 64 -d DEPTH -r 3). Roofline: weights + KV a step reads / this run's copy bandwidth.\n")
+    print(f"# CodeLlama-7B shape, batch 1, flash attention, {cache} / {peer_cache} KV cache: weights against "
+          f"llama.cpp's — {env['card']}, {env['date']}\n\nDecode tokens/s in one device call (ours: models.bench, "
+          f"graph replays, a {cache} cache; llama.cpp: llama-bench -fa 1 -p 0 -n 64 -d DEPTH -r 3 -ctk {peer_cache} "
+          f"-ctv {peer_cache}). Roofline: weights + KV a step reads / this run's copy bandwidth.\n")
     print("| context | ours bf16 | ours int8 | int8 / bf16 | llama.cpp F16 | Q8_0 | Q4_K_M | ours int8 / Q8_0 "
           "| ours int8 / Q4_K_M | ours bf16 / F16 | int8 roofline |")
     print("|---" * 11 + "|")
