@@ -41,16 +41,21 @@ def main(directory: Path) -> int:
           f"llama.cpp's — {env['card']}, {env['date']}\n\nDecode tokens/s in one device call (ours: models.bench, "
           f"graph replays, a {cache} cache; llama.cpp: llama-bench -fa 1 -p 0 -n 64 -d DEPTH -r 3 -ctk {peer_cache} "
           f"-ctv {peer_cache}). Roofline: weights + KV a step reads / this run's copy bandwidth.\n")
-    print("| context | ours bf16 | ours int8 | int8 / bf16 | llama.cpp F16 | Q8_0 | Q4_K_M | ours int8 / Q8_0 "
-          "| ours int8 / Q4_K_M | ours bf16 / F16 | int8 roofline |")
-    print("|---" * 11 + "|")
+    kinds = [kind for kind in PEER_TYPES if kind in peer]     # the weight types llama-bench ran (PEERS)
+    label = {"f16": "F16"}
+    head = ["context", "ours bf16", "ours int8", "int8 / bf16"] + [f"llama.cpp {label.get(k, k)}" for k in kinds]
+    head += [f"ours {'bf16' if k == 'f16' else 'int8'} / {label.get(k, k)}" for k in kinds] + ["int8 roofline"]
+    print("| " + " | ".join(head) + " |")
+    print("|---" * len(head) + "|")
     for context in sorted({c for (_, c) in ours}):
         bf16 = ours.get(("bf16", context), {}).get("tok_s", {}).get("flash", nan)
         row8 = ours.get(("int8", context), {})
         int8 = row8.get("tok_s", {}).get("flash", nan)
-        f16, q8, q4 = (peer.get(kind, {}).get(context, nan) for kind in PEER_TYPES)
-        print(f"| {context} | {bf16:.1f} | {int8:.1f} | {int8 / bf16:.2f}x | {f16:.1f} | {q8:.1f} | {q4:.1f} | "
-              f"{int8 / q8:.2f}x | {int8 / q4:.2f}x | {bf16 / f16:.2f}x | {row8.get('roofline_tok_s', nan):.1f} |")
+        rates = [peer[kind].get(context, nan) for kind in kinds]
+        ratios = [(bf16 if kind == "f16" else int8) / rate for kind, rate in zip(kinds, rates)]
+        cells = [str(context), f"{bf16:.1f}", f"{int8:.1f}", f"{int8 / bf16:.2f}x"] + [f"{r:.1f}" for r in rates]
+        cells += [f"{r:.2f}x" for r in ratios] + [f"{row8.get('roofline_tok_s', nan):.1f}"]
+        print("| " + " | ".join(cells) + " |")
     return 0
 
 

@@ -46,5 +46,5 @@ for w in ${PEERS:-f16 Q8_0 Q4_K_M}; do     # PEERS="Q8_0 Q4_K_M": 75 s less (a c
       > "$OUT/llamacpp-$w.json" 2> "$B/bench-$w.log"
   echo "llama-bench $w: exit $? at $(( $(date +%s) - start )) s" >> "$log"; tail -n 2 "$B/bench-$w.log" >> "$log"
 done
-grep -m1 -E "ggml_cuda_init|Device 0" "$B/bench-f16.log" >> "$log"
+grep -h -m1 "Device 0" "$B"/bench-*.log | head -n 1 >> "$log"
 python bench/gpu/weights_table.py "$OUT" | tee "$OUT/weights-vs-llamacpp.md"
