@@ -107,8 +107,7 @@ def main(argv=None) -> int:
             out = causal_attention(q, scheme(k).double(), scheme(v).double())
             errors[name].append(((out - exact).norm() / exact.norm()).item())
     info = run_info.header(load_before, ["torch", "transformers"])    # the machine and versions, as every CPU bench
-    lines = [f"{info['date']}, {info['machine']['cpu']} ({info['machine']['cores']} cores), Python "
-             f"{info['machine']['python']}, " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
+    lines = [f"{info['date']}, {run_info.describe(info)}",
              f"SmolLM2-135M (GGUF Q4_1 weights, float32 CPU), {ids.shape[1]} tokens of transformers/generation "
              f"sources, causal attention of the last {args.queries} tokens, {len(queries)} layers: "
              "relative L2 error against float64 over the unquantized cache",

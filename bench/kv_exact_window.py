@@ -128,10 +128,8 @@ def main(argv=None) -> int:
     info = run_info.header(load_before, ["torch", "transformers"])
     report = "\n".join([
         f"# 8-bit KV cache with exact sink and window tokens, simulated: {info['date']}", "",
-        f"{info['machine']['cpu']} ({info['machine']['cores']} cores), Python {info['machine']['python']}, "
-        + ", ".join(f"{k} {v}" for k, v in info["versions"].items())
-        + f". The embedded SmolLM2, {positions} positions ({len(files)} files of {args.tokens} predicted tokens, "
-        "one prefill each), top-1 agreement and mean KL(unquantized || scheme) against the unquantized cache.", "",
+        run_info.describe(info) + f". The embedded SmolLM2, {positions} positions ({len(files)} files of "
+        f"{args.tokens} predicted tokens, one prefill each), top-1 agreement and mean KL(unquantized || scheme) against the unquantized cache.", "",
         "| cache | sink tokens | window tokens | top-1 agreement | mean KL (nats) |", "|---|---|---|---|---|",
         *rows]) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -39,3 +39,10 @@ def header(load_average_before: tuple[float, float, float], version_names: list[
         "load_average_after": os.getloadavg(),
         "versions": versions(version_names),
     }
+
+
+def describe(info: dict) -> str:
+    """A header's machine and versions as one line of prose: "CPU (N cores), Python X, torch Y, ..."."""
+    found = info["machine"]
+    return (f"{found['cpu']} ({found['cores']} cores), Python {found['python']}, "
+            + ", ".join(f"{name} {version}" for name, version in info["versions"].items()))
