@@ -10,6 +10,8 @@ Functions with the contracts of their Triton twins (ARCHITECTURE.md, "Contracts 
 - `split_kv_decode`: the same split-KV algorithm as the Triton kernels (partial softmax per split,
   then a log-sum-exp combine), so each step of the kernel has a readable twin;
 - `append_kv`: writes new keys/values at given positions, quantizing them for an 8-bit cache;
+- `flash_decode_exact_window`: an 8-bit cache whose sink and window tokens are read exact (`ExactTokens`),
+  the arithmetic of kernels/exact_window.py;
 - `quantize_fp8`, `quantize_int8` / `dequantize`: the 8-bit arithmetic every path shares;
 - `fused_gemv`, `norm_swiglu`, `qkv_rope`: the fused one-token step's dense kernels (kernels/fused_gemv.py),
   in float64.
@@ -19,7 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels.validation import FP8_DTYPE, SCALED_DTYPES, check_append_inputs, check_decode_inputs, softmax_scale_of
+from kernels.validation import (FP8_DTYPE, SCALED_DTYPES, check_append_inputs, check_decode_inputs,
+                                ExactTokens, check_exact_tokens, softmax_scale_of)
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 INT8_MAX = 127.0  # symmetric int8: -127..127
@@ -260,3 +263,73 @@ def qkv_rope(x, norm_weight, eps, wqkv, cos, sin, pos, n_heads, n_kv_heads):
     rot = y[:n_heads + n_kv_heads]
     y[:n_heads + n_kv_heads] = rot * c + torch.cat((-rot[:, D // 2:], rot[:, :D // 2]), dim=-1) * s
     return y.reshape(-1)
+
+
+# ---- an 8-bit cache with exact sink and window tokens (kernels/exact_window.py) ---------------------------
+
+def query_positions(lengths: torch.Tensor, T: int) -> torch.Tensor:
+    """int64 (B, T): the positions of each row's last T tokens (the queries of a decode step)."""
+    return lengths.long()[:, None] - T + torch.arange(T, device=lengths.device)
+
+
+def quantized_keys_visible(query_pos: torch.Tensor, S: int, sink: int, window: int) -> torch.Tensor:
+    """(B, T, S) bool: cache slot j is read from the 8-bit cache by the query at query_pos (B, T) iff
+    sink <= j <= i - window (every other visible key is exact)."""
+    j = torch.arange(S, device=query_pos.device)
+    return (j >= sink) & (j <= query_pos[:, :, None] - window)
+
+
+def exact_slots_visible(pos: torch.Tensor, query_pos: torch.Tensor, sink: int, window: int) -> torch.Tensor:
+    """(B, T, N) bool: exact slot n, holding position pos[b, n] (-1: none), is read by the query at
+    query_pos[b, t] iff that position is one of its sink or window positions (and not after it)."""
+    p, i = pos[:, None, :], query_pos[:, :, None]
+    return (p >= 0) & (p <= i) & ((p < sink) | (p > i - window))
+
+
+def masked_partial(q4: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor,
+                   scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One partial of a split softmax: q4 (B, Hq, T, D) over k, v (B, Hkv, N, D) where visible (B, T, N), all in
+    q4's dtype. Returns out (B, Hq, T, D) normalised by its own sum, and its lse (B, Hq, T): zeros and -inf
+    where a query sees no key."""
+    group = q4.shape[1] // k.shape[1]
+    k, v = (t.to(q4.dtype).repeat_interleave(group, dim=1) for t in (k, v))       # (B, Hq, N, D)
+    scores = torch.einsum("bhtd,bhnd->bhtn", q4, k) * scale                       # (B, Hq, T, N)
+    scores = scores.masked_fill(~visible[:, None], float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)                                         # (B, Hq, T)
+    probs = torch.exp(scores - lse.masked_fill(lse == float("-inf"), 0.0)[..., None])
+    v = v.masked_fill(~visible.any(dim=1)[:, None, :, None], 0.0)                 # unread slots: 0 x NaN is NaN
+    return torch.einsum("bhtn,bhnd->bhtd", probs, v), lse
+
+
+def merge_partials(out_a, lse_a, out_b, lse_b) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two partials (out (B, Hq, T, D), lse (B, Hq, T)) of one softmax as its whole, in out_b's dtype (float32 or
+    float64): each weighted by exp(its lse - the total's). A partial without keys (lse -inf) weighs 0 whatever
+    its out holds; with neither, zeros and -inf."""
+    lse = torch.logaddexp(lse_a.to(lse_b.dtype), lse_b)                           # (B, Hq, T)
+    safe = lse.masked_fill(lse == float("-inf"), 0.0)
+    part_a = torch.where((lse_a > float("-inf"))[..., None], out_a.to(out_b.dtype), 0.0)
+    part_b = torch.where((lse_b > float("-inf"))[..., None], out_b, 0.0)
+    out = part_a * torch.exp(lse_a.to(lse_b.dtype) - safe)[..., None] + part_b * torch.exp(lse_b - safe)[..., None]
+    return out, lse
+
+
+def flash_decode_exact_window(q, k_cache, v_cache, cache_seqlens=None, *, k_scale, v_scale, exact: ExactTokens,
+                              softmax_scale=None, return_lse=False):
+    """`flash_decode` over an 8-bit cache whose sink and window tokens are read exact (`ExactTokens`): in float32
+    (float64 stays float64), the 8-bit keys dequantized. The arithmetic of `kernels.exact_window`: one partial
+    over the 8-bit keys each query reads (sink <= j <= i - window), one over its exact slots, merged by their
+    log-sum-exp. Arguments as `flash_decode`'s; returns the same."""
+    B, Hq, Hkv, S, D, T, scaled = check_decode_inputs(q, k_cache, v_cache, cache_seqlens, None,
+                                                      k_scale=k_scale, v_scale=v_scale)
+    check_exact_tokens(exact, B, Hkv, D, q.device, scaled)
+    scale = softmax_scale_of(softmax_scale, D)
+    compute = _compute_dtype(q)
+    q4 = q.to(compute).reshape(B, Hq, T, D)                                       # (B, Hq, T, D)
+    query_pos = query_positions(_lengths(cache_seqlens, B, S, q.device), T)       # (B, T)
+    k, v = dequantize(k_cache, k_scale, compute), dequantize(v_cache, v_scale, compute)   # (B, Hkv, S, D)
+    rough = masked_partial(q4, k, v, quantized_keys_visible(query_pos, S, exact.sink, exact.window), scale)
+    fine = masked_partial(q4, exact.k, exact.v, exact_slots_visible(exact.pos, query_pos, exact.sink,
+                                                                    exact.window), scale)
+    out, lse = merge_partials(*rough, *fine)
+    out, lse = out.to(q.dtype).reshape(q.shape), lse.float().reshape(q.shape[:-1])
+    return (out, lse) if return_lse else out

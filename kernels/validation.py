@@ -42,6 +42,38 @@ class DecodeShape(NamedTuple):
     scaled: bool   # 8-bit caches (e4m3 or int8) with per-token scales
 
 
+class ExactTokens(NamedTuple):
+    """A quantized cache's exact copies of some tokens per row, in the model's dtype: for the query at position
+    i, keys 0 .. sink-1 and i-window+1 .. i are read from here, the others from the 8-bit cache.
+    k, v (B, Hkv, N, D); pos int64 (B, N): the position each slot holds, -1 for none. `models.kv_cache` says
+    which slots hold what (the first `sink` positions, then a ring)."""
+    k: torch.Tensor
+    v: torch.Tensor
+    pos: torch.Tensor
+    sink: int
+    window: int
+
+
+def check_exact_tokens(exact, B: int, Hkv: int, D: int, device, scaled: bool) -> None:
+    """Validate the exact tokens of an 8-bit cache (`ExactTokens`) against a decode call's shapes."""
+    if not scaled:
+        raise ValueError("exact sink and window tokens are for 8-bit (float8_e4m3fn, int8) caches only")
+    if not isinstance(exact, ExactTokens):
+        raise ValueError(f"exact must be an ExactTokens, got {type(exact).__name__}")
+    if exact.k.shape != exact.v.shape or exact.k.dim() != 4 or exact.k.shape[:2] != (B, Hkv) or exact.k.shape[3] != D:
+        raise ValueError(f"exact k, v must have shape (B, Hkv, N, D) = ({B}, {Hkv}, N, {D}), got "
+                         f"{tuple(exact.k.shape)} and {tuple(exact.v.shape)}")
+    if exact.pos.dtype != torch.int64 or exact.pos.shape != exact.k.shape[:1] + exact.k.shape[2:3]:
+        raise ValueError(f"exact pos must be int64 (B, N) = {tuple(exact.k.shape[:1] + exact.k.shape[2:3])}, "
+                         f"got {exact.pos.dtype} {tuple(exact.pos.shape)}")
+    if not exact.k.device == exact.v.device == exact.pos.device == device:
+        raise ValueError(f"exact tokens must be on the cache's device ({device})")
+    if exact.k.dtype != exact.v.dtype or exact.k.dtype in SCALED_DTYPES:
+        raise ValueError(f"exact k, v must share a 16- or 32-bit dtype, got {exact.k.dtype} and {exact.v.dtype}")
+    if not (isinstance(exact.sink, int) and isinstance(exact.window, int) and exact.sink >= 0 and exact.window >= 1):
+        raise ValueError(f"exact sink >= 0 and window >= 1 must be ints, got {exact.sink!r} and {exact.window!r}")
+
+
 def _dtype_names(dtypes) -> str:
     return ", ".join(str(d).removeprefix("torch.") for d in dtypes)
 

@@ -6,7 +6,10 @@
            "standard attention" baseline (transformers' eager attention)
 
 All three read the same (B, Hkv, S, D) cache with per-sequence lengths, so switching is free; an 8-bit
-cache (fp8, int8) is read by flash and eager with its scales and dequantized for sdpa.
+cache (fp8, int8) is read by flash and eager with its scales and dequantized for sdpa, and each query's exact
+sink and window tokens (`kernels.reference.ExactTokens`, models/kv_cache.py) from their exact copies: by
+kernels.flash_decode_exact_window, its PyTorch twin (eager), and sdpa and prefill over the dequantized cache and
+the exact tokens side by side, each key masked to the one set it belongs to for its query.
 A decode step carries T >= 1 tokens per sequence (1 + drafts under verification), causal among themselves.
 """
 
@@ -37,6 +40,32 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
+def prefill_attention_exact(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prior, k_new: torch.Tensor,
+                            v_new: torch.Tensor, start: int) -> torch.Tensor:
+    """`prefill_attention` over an 8-bit cache with exact sink and window tokens: query i (at start + t) reads
+    keys sink .. i - window from k, v (1, Hkv, S, D), the cache dequantized (S = start + T), and its sink and
+    window keys exact: the prefix's from `prior` (`ExactTokens`, the row's copies of positions before `start`),
+    the span's own from k_new, v_new (1, Hkv, T, D), what the model computed. Every key in exactly one set, so
+    one softmax over the three side by side, masked, is exact. Returns (1, Hq, T, D)."""
+    T, S = q.shape[2], k.shape[2]
+    reference = _reference()
+    sink, window = prior.sink, prior.window
+    keys = torch.cat((k, prior.k.to(k.dtype), k_new.to(k.dtype)), dim=2)                 # (1, Hkv, S + N + T, D)
+    values = torch.cat((v, prior.v.to(v.dtype), v_new.to(v.dtype)), dim=2)
+    span = torch.arange(start, start + T, device=q.device)[None]                          # (1, T) positions
+    out = torch.empty_like(q)                                                            # (1, Hq, T, D)
+    # Queries a block at a time: the mask is (block, S + N + T) booleans, not T x 2S at a long prompt.
+    block = max(1, (1 << 26) // keys.shape[2])
+    for first in range(0, T, block):
+        i = span[:, first:first + block]                                                 # (1, t) query positions
+        mask = torch.cat((reference.quantized_keys_visible(i, S, sink, window),
+                          reference.exact_slots_visible(prior.pos, i, sink, window),
+                          reference.exact_slots_visible(span, i, sink, window)), dim=-1)  # (1, t, S + N + T)
+        out[:, :, first:first + block] = F.scaled_dot_product_attention(
+            q[:, :, first:first + block], keys, values, attn_mask=mask[:, None], enable_gqa=q.shape[1] != k.shape[1])
+    return out
+
+
 def decode_attention(backend: str, q: torch.Tensor, cache: CacheView, cache_seqlens: torch.Tensor,
                      exact: bool) -> torch.Tensor:
     """The last T tokens of each sequence over its cache, causal among themselves (bottom-right).
@@ -46,6 +75,8 @@ def decode_attention(backend: str, q: torch.Tensor, cache: CacheView, cache_seql
     `exact` promises every row holds exactly S tokens, so SDPA can skip the mask for T = 1 (its fastest kernels).
     Returns (B, Hq, T, D).
     """
+    if cache.exact is not None:
+        return _decode_exact(backend, q, cache, cache_seqlens)
     if backend in ("flash", "eager"):
         fn = _flash_decode() if backend == "flash" else _reference_decode()
         single = q.shape[2] == 1           # the one-token kernel, exactly as before multi-token decoding
@@ -75,6 +106,30 @@ def _sdpa_decode(q, k_cache, v_cache, cache_seqlens, exact: bool) -> torch.Tenso
     return out.view(B, Hq, T, D)
 
 
+def _decode_exact(backend: str, q: torch.Tensor, cache: CacheView, cache_seqlens: torch.Tensor) -> torch.Tensor:
+    """`decode_attention` over an 8-bit cache with exact sink and window tokens (cache.exact)."""
+    if backend in ("flash", "eager"):
+        # eager: the float32 PyTorch twin of the kernels' arithmetic (no model-dtype baseline of this cache)
+        fn = _flash_decode_exact() if backend == "flash" else _reference_decode_exact()
+        return fn(q, cache.k, cache.v, cache_seqlens, k_scale=cache.k_scale, v_scale=cache.v_scale, exact=cache.exact)
+    if backend != "sdpa":
+        raise ValueError(f"unknown attention backend {backend!r} (choose from {', '.join(BACKENDS)})")
+    reference = _reference()
+    B, Hq, T, D = q.shape
+    exact = cache.exact
+    k, v = cache.dequantized(q.dtype)                                                   # (B, Hkv, S, D)
+    Hkv, S = k.shape[1], k.shape[2]
+    G = Hq // Hkv
+    keys = torch.cat((k, exact.k.to(q.dtype)), dim=2)                                   # (B, Hkv, S + N, D)
+    values = torch.cat((v, exact.v.to(q.dtype)), dim=2)
+    i = reference.query_positions(cache_seqlens, T)                                     # (B, T)
+    mask = torch.cat((reference.quantized_keys_visible(i, S, exact.sink, exact.window),
+                      reference.exact_slots_visible(exact.pos, i, exact.sink, exact.window)), dim=-1)  # (B, T, S+N)
+    mask = mask[:, None].expand(B, G, T, S + exact.pos.shape[1]).reshape(B, 1, G * T, -1)          # (B, 1, G*T, S+N)
+    out = F.scaled_dot_product_attention(q.reshape(B, Hkv, G * T, D), keys, values, attn_mask=mask)
+    return out.view(B, Hq, T, D)
+
+
 # Lazy: importing kernels JIT-decorates Triton functions, and on CPU that must happen after
 # TRITON_INTERPRET=1 is set (the codecomplete command sets it before Triton is imported).
 @functools.cache
@@ -87,3 +142,21 @@ def _flash_decode():
 def _reference_decode():
     from kernels.reference import eager_decode
     return eager_decode
+
+
+@functools.cache
+def _reference():
+    from kernels import reference
+    return reference
+
+
+@functools.cache
+def _flash_decode_exact():
+    from kernels import flash_decode_exact_window
+    return flash_decode_exact_window
+
+
+@functools.cache
+def _reference_decode_exact():
+    from kernels.reference import flash_decode_exact_window
+    return flash_decode_exact_window

@@ -387,9 +387,11 @@ class Engine:
         prefix = reused[0]     # (what cache reuse moves into place lies after it, each run right after the last)
         if reuse and config.cache_reuse and not self.model.config.dynamic_rope:
             reused[0] = self._move_reusable_runs(cached, prompts[0], prefix, config.cache_reuse)
+        reused[0] = self._with_exact_window(reused[0])
         tail = B == 1 and len(prompts[0]) - reused[0] <= (GRAPHED_TAIL if self._graphs_enabled else 1)
         if not tail:
             reused = [self.prefill_span(r, len(p))[0] for p, r in zip(prompts, reused)]   # bucketed starts
+            reused[0] = self._with_exact_window(reused[0])
         # Past min(exact, prefix) the row's K/V are moved ones, or were computed after them, unless the prefill
         # rewrites them all (its start is at or before that slot); also what a prefill stopped part way leaves.
         self._approximate_from = None if reused[0] <= min(exact, prefix) else min(exact, prefix)
@@ -671,6 +673,16 @@ class Engine:
         if self.model.config.dynamic_rope:
             return 0   # cached keys were rotated with the frequencies of their own call's length
         return common_run(cached, 0, prompt, 0, len(prompt) - 1)
+
+    def _with_exact_window(self, start: int) -> int:
+        """Where row 0's prefill may start so that every query reads its exact sink and window tokens (an 8-bit
+        cache, models/kv_cache.py): `start` where the row still holds the copies of the window before it (a cut of
+        at most EXACT_RING - EXACT_WINDOW tokens, a restored prompt), else 0: the copies of positions the ring has
+        overwritten (or a cache-reuse move dropped) are gone, and only a prefill from the start computes them
+        exactly again."""
+        if start == 0 or all(layer.attention.kv_cache.window_valid(0, start) for layer in self.model.layers):
+            return start
+        return 0
 
     def _switch_prompt(self, cached: list[int], prompt: list[int], exact_only: bool = False) -> tuple[list[int], int]:
         """llama.cpp's prompt cache (models/prompt_store.py): cache row 0's prompt `cached` saved (on a GPU, unless

@@ -8,7 +8,8 @@ launches than in bytes. `decode_one_token` runs each layer as
 
 (kernels/fused_gemv.py), and the logits as one normed GEMV stored in float32. qkv_rope writes the cache
 itself, quantizing an 8-bit one (no append kernel: on an H200 the append cost 1.8 µs a layer inside the
-7B fp8 step, bench/results/NOTES.md); a cache of another dtype goes through `KVCache.update`. Everything
+7B fp8 step, bench/results/NOTES.md), and `KVCache.write_exact` keeps an 8-bit cache's exact sink and window
+copies beside it (two small scatters a layer); a cache of another dtype goes through `KVCache.update`. Everything
 else (a batch, a verification step of 1 + k tokens, the CPU) runs the general, compiled path of
 `Transformer.decode`, which this step matches to bf16 rounding. On a tensor-parallel rank
 (`model.rank_collectives`) wo's and w2's partial outputs are summed over the ranks by one all-reduce each,
@@ -67,7 +68,11 @@ def decode_one_token(model, token: torch.Tensor, step) -> torch.Tensor:
                        scales=(cache.k_scale[:1], cache.v_scale[:1]) if quantized else None,
                        late_dependents=late_qkv, weight_scale=_scale(a.wqkv))             # ((Hq + 2 Hkv) * D,)
         q, k, v = (t.view(1, -1, 1, D) for t in qkv.split([Hq * D, Hkv * D, Hkv * D]))  # (1, H, 1, D)
-        view = cache.rows(0, 1) if in_place else cache.update(step.input_pos, k, v)
+        if in_place:
+            cache.write_exact(step.input_pos, k, v)      # an 8-bit cache's exact copies (qkv_rope wrote the rest)
+            view = cache.rows(0, 1)
+        else:
+            view = cache.update(step.input_pos, k, v)
         if step.kv_len is not None:
             view = view.prefix(step.kv_len)
         attn = decode_attention(step.backend, q, view, step.cache_seqlens, step.exact)  # (1, Hq, 1, D)

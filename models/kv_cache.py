@@ -15,13 +15,21 @@ kernels take both with the same scales and plans: the append quantizes either, a
 either in its key loop (bench/results/NOTES.md has their speeds side by side). On a GPU, where the model has
 GQA, an 8-bit V is stored sequence-major, (B, Hkv, D, S_max) seen as (B, Hkv, S_max, D): the layout
 flash_decode's dot kernel reads fastest (`kernels.interface.sequence_major_v_pays` says why and by how much).
+
+Exact sink and window tokens: an 8-bit cache also keeps, per layer, a model-dtype copy of each row's first
+EXACT_SINK tokens and, in a ring of EXACT_RING slots, its most recent ones (`ExactTokens`; every token is still
+quantized on the way in, so a token leaving the window needs no move). Every reader takes, for the query at
+position i, keys 0 .. EXACT_SINK-1 and i-EXACT_WINDOW+1 .. i from the copy and the others from the 8-bit cache
+(kernels/exact_window.py, `kernels.reference.flash_decode_exact_window`, models/attention.py for prefill and
+sdpa). A slot records the position it holds (-1: none), so a reader never takes a stale one for another
+position; `KVCache.window_valid` says whether a row cut to some length still holds its window (prefix reuse).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import nn
@@ -29,9 +37,26 @@ from torch import nn
 from models.config import ModelConfig
 from models.errors import OutOfMemoryError
 
+if TYPE_CHECKING:   # (imported lazily at run time: kernels must import after TRITON_INTERPRET is set)
+    from kernels.validation import ExactTokens
+
 HEADROOM_BYTES = 1 << 30  # left free for activations, logits and the CUDA-graph pool
 QUANTIZED = {"fp8": torch.float8_e4m3fn, "int8": torch.int8}   # 8-bit cache types, by user-facing name
 SCALE_BYTES = 4           # one float32 scale per token, KV head and tensor (K and V)
+
+# Exact tokens of an 8-bit cache. e4m3 agreed with the unquantized cache's top-1 next token at 95.7% of 2,040
+# positions of real code (SmolLM2; issue 11's bar: 98%); read exact, the first 4 (attention sinks) and last 32
+# keys of every query took it to 98.6% (98.5% at 8,188 positions), int8 from 98.0% to 99.7%. Fewer missed:
+# 4 + 16 gave 98.1%, 0 + 32 97.8%, 4 + 0 96.3%; more bought little (16 + 32: 98.6%; 4 + 64: 98.9%)
+# (bench/kv_exact_window.py, bench/results/NOTES.md "Issue 11's accuracy bar").
+EXACT_SINK = 4
+EXACT_WINDOW = 32
+# The ring holds the window plus the most tokens one step writes (1 + the drafts a verification carries: the
+# kernels take up to 16 query tokens), so that drafts written and rolled back never overwrite a kept token.
+MAX_STEP_TOKENS = 16
+EXACT_RING = EXACT_WINDOW + MAX_STEP_TOKENS
+EXACT_SLOTS = EXACT_SINK + EXACT_RING
+POSITION_BYTES = 8        # an exact slot's int64 position
 
 
 def cache_dtype_name(quant: str | None, dtype: torch.dtype) -> str:
@@ -40,22 +65,44 @@ def cache_dtype_name(quant: str | None, dtype: torch.dtype) -> str:
 
 
 def kv_cache_bytes_per_token(config: ModelConfig, dtype: torch.dtype, quant: str | None = None) -> int:
-    """Bytes one token occupies in the cache over all layers: K and V, plus their scales when quantized."""
+    """Bytes one token occupies in the cache over all layers: K and V, plus their scales when quantized (an 8-bit
+    cache's exact tokens are a fixed cost per row: `exact_bytes_per_row`)."""
     if not quant:
         return config.kv_bytes_per_token(torch.tensor([], dtype=dtype).element_size())
     return config.kv_bytes_per_token(1) + 2 * config.n_layers * config.n_kv_heads * SCALE_BYTES
 
 
+def exact_bytes_per_row(config: ModelConfig, dtype: torch.dtype, quant: str | None = None) -> int:
+    """Bytes of one row's exact sink and window tokens over all layers (8-bit caches; 0 otherwise): K and V in the
+    model dtype and each slot's position, EXACT_SLOTS slots a layer."""
+    if not quant:
+        return 0
+    per_slot = config.kv_bytes_per_token(torch.tensor([], dtype=dtype).element_size()) + config.n_layers * POSITION_BYTES
+    return EXACT_SLOTS * per_slot
+
+
+def exact_slot(positions: torch.Tensor) -> torch.Tensor:
+    """The exact slot of each position (any shape, int64): the position itself below EXACT_SINK, else its place
+    in the ring."""
+    return torch.where(positions < EXACT_SINK, positions, EXACT_SINK + (positions - EXACT_SINK) % EXACT_RING)
+
+
 class CacheView(NamedTuple):
-    """What attention reads: caches (B, Hkv, S, D) and, when quantized, their scales (B, Hkv, S)."""
+    """What attention reads: caches (B, Hkv, S, D) and, when quantized, their scales (B, Hkv, S) and exact sink
+    and window tokens (`ExactTokens`, slots of their own: not cut by `prefix`)."""
     k: torch.Tensor
     v: torch.Tensor
     k_scale: torch.Tensor | None = None
     v_scale: torch.Tensor | None = None
+    exact: ExactTokens | None = None
+
+    def stored(self) -> tuple[torch.Tensor | None, ...]:
+        """K, V and their scales (None for a 16/32-bit cache's)."""
+        return self.k, self.v, self.k_scale, self.v_scale
 
     def prefix(self, length: int) -> CacheView:
         """The first `length` slots of every row."""
-        return CacheView(*(t if t is None else t[:, :, :length] for t in self))
+        return CacheView(*(t if t is None else t[:, :, :length] for t in self.stored()), self.exact)
 
     def dequantized(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V in `dtype` (a copy when quantized, the cache itself otherwise)."""
@@ -67,7 +114,8 @@ class CacheView(NamedTuple):
     def zeroed_past(self, cache_seqlens: torch.Tensor, dtype: torch.dtype) -> CacheView:
         """K and V in `dtype` with every slot at or past its row's length (cache_seqlens (B,)) zeroed: a copy."""
         past = torch.arange(self.k.shape[2], device=self.k.device) >= cache_seqlens[:, None]           # (B, S)
-        return CacheView(*(t.masked_fill(past[:, None, :, None], 0.0) for t in self.dequantized(dtype)))
+        return CacheView(*(t.masked_fill(past[:, None, :, None], 0.0) for t in self.dequantized(dtype)),
+                         exact=self.exact)
 
 
 class KVCache(nn.Module):
@@ -89,36 +137,106 @@ class KVCache(nn.Module):
         scales = (lambda: torch.ones(shape[:3], dtype=torch.float32, device=device)) if quant else (lambda: None)
         self.register_buffer("k_scale", scales(), persistent=False)
         self.register_buffer("v_scale", scales(), persistent=False)
+        # 8-bit: the exact sink and ring slots (module docstring), each slot's position, -1 for none.
+        exact = (batch, n_kv_heads, EXACT_SLOTS, head_dim)
+        self.register_buffer("k_exact", torch.zeros(exact, dtype=dtype, device=device) if quant else None,
+                             persistent=False)                                                  # (B, Hkv, N, D)
+        self.register_buffer("v_exact", torch.zeros(exact, dtype=dtype, device=device) if quant else None,
+                             persistent=False)
+        self.register_buffer("exact_pos", torch.full((batch, EXACT_SLOTS), -1, dtype=torch.int64, device=device)
+                             if quant else None, persistent=False)                              # (B, N)
 
     def rows(self, first: int, end: int) -> CacheView:
         """Cache rows first..end-1, every slot."""
-        return CacheView(*(t if t is None else t[first:end] for t in (self.k, self.v, self.k_scale, self.v_scale)))
+        view = CacheView(*(t if t is None else t[first:end] for t in (self.k, self.v, self.k_scale, self.v_scale)))
+        if self.k_exact is None:
+            return view
+        from kernels.validation import ExactTokens
+        return view._replace(exact=ExactTokens(self.k_exact[first:end], self.v_exact[first:end],
+                                               self.exact_pos[first:end], EXACT_SINK, EXACT_WINDOW))
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> CacheView:
         """Decode: store each sequence's new k, v (B, Hkv, T, D) at positions input_pos[b] .. + T - 1.
 
-        One fused append (quantizing an 8-bit cache), no host sync: safe inside a captured CUDA graph.
-        Returns the first B rows, (B, Hkv, S_max, D) and their scales.
+        One fused append (quantizing an 8-bit cache; and its exact copies), no host sync: safe inside a captured
+        CUDA graph. Returns the first B rows, (B, Hkv, S_max, D) and their scales.
         """
         view = self.rows(0, k.shape[0])
         append_kv(k, v, view.k, view.v, input_pos, view.k_scale, view.v_scale)
+        self.write_exact(input_pos, k, v)
         return view
+
+    def write_exact(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """An 8-bit cache's exact copies of k, v (B, Hkv, T, D) at positions input_pos[b] .. + T - 1 (int64 (B,)),
+        in their slots (`exact_slot`); nothing for another cache. Graph-safe (two scatters, no host sync). The
+        quantized values are written elsewhere (`update`, or the fused step's qkv_rope)."""
+        if self.k_exact is None:
+            return
+        B, Hkv, T, D = k.shape
+        if T > MAX_STEP_TOKENS:     # (a shape: known while tracing, no sync)
+            raise ValueError(f"a decode step of {T} tokens would overwrite exact window tokens still read (the "
+                             f"ring holds {EXACT_WINDOW} + {MAX_STEP_TOKENS}); at most {MAX_STEP_TOKENS} a step")
+        positions = input_pos[:, None] + torch.arange(T, device=k.device)                    # (B, T)
+        slots = exact_slot(positions)                                                        # (B, T)
+        index = slots[:, None, :, None].expand(B, Hkv, T, D)
+        self.k_exact[:B].scatter_(2, index, k.to(self.dtype))
+        self.v_exact[:B].scatter_(2, index, v.to(self.dtype))
+        self.exact_pos[:B].scatter_(1, slots, positions)
 
     def write(self, row: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Prefill: store k, v (1, Hkv, T, D) at positions start..start+T of one sequence.
 
         Returns that sequence's keys and values so far, (1, Hkv, start + T, D) in the model dtype:
         views of the cache, or for an 8-bit cache its dequantized copy (so prefill reads what decoding will).
+        An 8-bit cache's exact copies of the span's sink tokens and last EXACT_RING are written too: read what
+        the prefill needs of them first (`exact_before`).
         """
         view = self.rows(row, row + 1)
         append_kv(k, v, view.k, view.v, torch.tensor([start], device=k.device), view.k_scale, view.v_scale)
+        if self.k_exact is not None:
+            T = k.shape[2]
+            # Only these: a scatter with repeated slots (the ring's earlier laps) writes in no defined order.
+            keep = [t for t in range(T) if start + t < EXACT_SINK or t >= T - EXACT_RING]
+            self.exact_pos[row:row + 1].masked_fill_(self.exact_pos[row:row + 1] >= start, -1)  # past the span
+            self._write_exact_rows(row, start, torch.tensor(keep, device=k.device), k, v)
         return view.prefix(start + k.shape[2]).dequantized(self.dtype)
+
+    def _write_exact_rows(self, row: int, start: int, index: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Row `row`'s exact copies of the span's tokens `index` (their offsets in k, v (1, Hkv, T, D))."""
+        positions = (start + index)[None]                                                    # (1, n)
+        slots = exact_slot(positions)
+        Hkv, D = k.shape[1], k.shape[3]
+        dest = slots[:, None, :, None].expand(1, Hkv, slots.shape[1], D)
+        self.k_exact[row:row + 1].scatter_(2, dest, k[:, :, index].to(self.dtype))
+        self.v_exact[row:row + 1].scatter_(2, dest, v[:, :, index].to(self.dtype))
+        self.exact_pos[row:row + 1].scatter_(1, slots, positions)
+
+    def exact_before(self, row: int, start: int) -> ExactTokens | None:
+        """A copy of row `row`'s exact tokens at positions before `start` (the others' slots marked empty): what a
+        prefill from `start` reads of the prefix before its own write overwrites ring slots. None when not 8-bit."""
+        exact = self.rows(row, row + 1).exact
+        if exact is None:
+            return None
+        pos = exact.pos.masked_fill(exact.pos >= start, -1)
+        return exact._replace(k=exact.k.clone(), v=exact.v.clone(), pos=pos)
+
+    def window_valid(self, row: int, length: int) -> bool:
+        """Whether row `row`, cut to `length` tokens, still holds the exact copies its next queries read: positions
+        0 .. min(EXACT_SINK, length) - 1 and length - EXACT_WINDOW .. length - 1 (True when not 8-bit). A host
+        sync: for prefix reuse, between requests."""
+        if self.exact_pos is None:
+            return True
+        needed = torch.tensor(sorted(set(range(min(EXACT_SINK, length)))
+                                     | set(range(max(0, length - EXACT_WINDOW), length))), dtype=torch.int64)
+        held = self.exact_pos[row].cpu()
+        return bool((held[exact_slot(needed)] == needed).all())
 
     def move(self, row: int, source: int, target: int, length: int, rotate) -> None:
         """Slots [source, source + length) of row `row` to [target, target + length) (target <= source; the ranges
         may overlap), the keys through `rotate` (float32 (1, Hkv, n, D) -> the same: models/cache_reuse.py turns them
         to their new positions). Values and their scales are copied as stored; 8-bit keys are dequantized, rotated
-        and quantized again (new scales), as the append would store them."""
+        and quantized again (new scales), as the append would store them. An 8-bit cache's exact copies of
+        positions from `target` on are dropped (marked empty): `window_valid` then says the row must be repaired."""
         old, new, rows = slice(source, source + length), slice(target, target + length), slice(row, row + 1)
         if self.k_scale is None:
             self.k[rows, :, new] = rotate(self.k[rows, :, old].float()).to(self.k.dtype)
@@ -127,27 +245,45 @@ class KVCache(nn.Module):
             keys = rotate(dequantize(self.k[rows, :, old], self.k_scale[rows, :, old], torch.float32))
             self.k[rows, :, new], self.k_scale[rows, :, new] = quantize(keys, self.k.dtype)
             self.v_scale[rows, :, new] = self.v_scale[rows, :, old].clone()
+            self.exact_pos[rows].masked_fill_(self.exact_pos[rows] >= target, -1)
         self.v[rows, :, new] = self.v[rows, :, old].clone()
 
     def saved(self, row: int, length: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
         """Copies on `device` of row `row`'s first `length` slots as stored: K, V (1, Hkv, length, D) and, 8-bit,
-        their scales (1, Hkv, length)."""
-        view = self.rows(row, row + 1).prefix(length)
-        return tuple(t.to(device, copy=True) for t in view if t is not None)
+        their scales (1, Hkv, length) and the exact tokens' K, V (1, Hkv, EXACT_SLOTS, D) and positions
+        (1, EXACT_SLOTS) (those at or past `length` marked empty)."""
+        view = self.rows(row, row + 1)
+        copies = tuple(t.to(device, copy=True) for t in view.prefix(length).stored() if t is not None)
+        if view.exact is None:
+            return copies
+        pos = view.exact.pos.masked_fill(view.exact.pos >= length, -1)
+        return copies + tuple(t.to(device, copy=True) for t in (view.exact.k, view.exact.v, pos))
 
     def bytes_per_token(self) -> int:
-        """What one slot of one row holds: K, V and their scales."""
-        return sum(t[0, :, 0].numel() * t.element_size() for t in self.rows(0, 1) if t is not None)
+        """What one slot of one row holds: K, V and their scales (an 8-bit row's exact tokens: `exact_bytes`)."""
+        return sum(t[0, :, 0].numel() * t.element_size() for t in self.rows(0, 1).stored() if t is not None)
+
+    def exact_bytes(self) -> int:
+        """What one row's exact tokens hold (0 when not 8-bit): K, V and positions."""
+        exact = self.rows(0, 1).exact
+        return 0 if exact is None else sum(t.numel() * t.element_size() for t in (exact.k, exact.v, exact.pos))
 
     def restore(self, row: int, saved: tuple[torch.Tensor, ...]) -> None:
-        """Put `saved` (what `saved` returned, from a cache of this layout) back as row `row`'s first slots."""
+        """Put `saved` (what `saved` returned, from a cache of this layout) back as row `row`'s first slots (and, 8-bit,
+        its exact tokens)."""
         view = self.rows(row, row + 1)
-        for stored, copy in zip((t for t in view if t is not None), saved, strict=True):
-            if (copy.dtype != stored.dtype or copy.shape[:2] != stored.shape[:2] or copy.shape[3:] != stored.shape[3:]
-                    or copy.shape[2] > stored.shape[2]):
+        stored = [t for t in view.stored() if t is not None]
+        if view.exact is not None:
+            stored += [view.exact.k, view.exact.v, view.exact.pos]
+        for place, copy in zip(stored, saved, strict=True):
+            if (copy.dtype != place.dtype or copy.shape[:2] != place.shape[:2] or copy.shape[3:] != place.shape[3:]
+                    or copy.shape[2:3] > place.shape[2:3]):
                 raise ValueError(f"a saved cache of {copy.dtype} {tuple(copy.shape)} does not fit this cache's "
-                                 f"{stored.dtype} {tuple(stored.shape)}")
-            stored[:, :, :copy.shape[2]] = copy
+                                 f"{place.dtype} {tuple(place.shape)}")
+            if place.dim() == 2:                 # exact positions (1, EXACT_SLOTS)
+                place.copy_(copy)
+            else:
+                place[:, :, :copy.shape[2]] = copy
 
 
 def stores_v_sequence_major(group: int, store: torch.dtype, device: torch.device) -> bool:
@@ -172,14 +308,15 @@ def check_kv_cache_fits(config: ModelConfig, batch: int, max_len: int, dtype: to
 
     loading: bytes of weights still to load beside it (a check made before the model is built)."""
     per_token = batch * kv_cache_bytes_per_token(config, dtype, quant)
+    exact = batch * exact_bytes_per_row(config, dtype, quant)       # 8-bit: the exact sink and window tokens
     fit = capacity_tokens(config, batch, dtype, device, quant, loading)
     if max_len > fit:
         from models.weights_memory import size_text
-        free = fit * per_token
+        free = fit * per_token + exact
         weights = f" and the {size_text(loading)} of weights to load" if loading else ""
         raise OutOfMemoryError(
             f"{name}: a {cache_dtype_name(quant, dtype)} KV cache of {max_len} tokens x batch {batch} needs "
-            f"{per_token * max_len / 2**30:.2f} GiB but only about {free / 2**30:.2f} GiB of {device.type} memory is "
+            f"{(per_token * max_len + exact) / 2**30:.2f} GiB but only about {free / 2**30:.2f} GiB of {device.type} memory is "
             f"free (after 1 GiB headroom{weights}); about {fit} tokens would fit: ask for a smaller context"
             + ("" if quant else " (or an 8-bit cache, --kv-cache fp8 or int8: about half the bytes per token)"))
 
@@ -189,7 +326,8 @@ def capacity_tokens(config: ModelConfig, batch: int, dtype: torch.dtype, device:
     """The most tokens per sequence a cache of this kind could hold in the memory free now (less `loading` bytes
     of weights still to load)."""
     per_token = batch * kv_cache_bytes_per_token(config, dtype, quant)
-    return max(0, (free_memory_bytes(device) - HEADROOM_BYTES - loading) // per_token)
+    exact = batch * exact_bytes_per_row(config, dtype, quant)
+    return max(0, (free_memory_bytes(device) - HEADROOM_BYTES - loading - exact) // per_token)
 
 
 def free_memory_bytes(device: torch.device) -> int:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.attention import decode_attention, prefill_attention
+from models.attention import decode_attention, prefill_attention, prefill_attention_exact
 from models.config import ModelConfig, preset
 from models.fused_decode import decode_one_token
 from models.errors import SettingError
@@ -237,8 +237,13 @@ class Attention(nn.Module):
                     cache = cache.zeroed_past(step.cache_seqlens, q.dtype)
             out = decode_attention(step.backend, q, cache, step.cache_seqlens, step.exact)  # (B, Hq, T, D)
             return out.transpose(1, 2).reshape(B, T, Hq * D)
+        prior = self.kv_cache.exact_before(step.row, step.start)            # 8-bit: the prefix's exact tokens
         k_all, v_all = self.kv_cache.write(step.row, step.start, k, v)      # (1, Hkv, start+T, D)
-        return prefill_attention(q, k_all, v_all).transpose(1, 2).reshape(B, T, Hq * D)
+        if prior is not None:
+            out = prefill_attention_exact(q, k_all, v_all, prior, k, v, step.start)
+        else:
+            out = prefill_attention(q, k_all, v_all)
+        return out.transpose(1, 2).reshape(B, T, Hq * D)
 
 
 class FeedForward(nn.Module):

@@ -14,13 +14,14 @@ from models.llama import Decode
 from tiny_models import load_error
 
 PROMPT = list(range(10, 40))
+LONG = list(range(10, 70))   # past the exact sink and window (4 + 32 tokens): its later queries read 8-bit keys
 
 
 @pytest.fixture(scope="module", params=["fp8", "int8"])
 def engines(tiny_checkpoint, request):
     directory, _ = tiny_checkpoint
-    return (load_model(directory, device="cpu", max_context=48),
-            load_model(directory, device="cpu", max_context=48, kv_cache=request.param))
+    return (load_model(directory, device="cpu", max_context=64),
+            load_model(directory, device="cpu", max_context=64, kv_cache=request.param))
 
 
 def cache_of(engine, layer=0):
@@ -88,8 +89,8 @@ def test_every_backend_reads_the_same_8bit_cache(engines, T):
     fp8._ensure_rows(2)
     fp8.clear_prefix_cache()
     generator = torch.Generator().manual_seed(0)
-    tokens = torch.randint(3, model.config.vocab_size, (2, 40), generator=generator)
-    input_pos = torch.tensor([30, 17])
+    tokens = torch.randint(3, model.config.vocab_size, (2, 64), generator=generator)
+    input_pos = torch.tensor([58, 41])
     logits = {}
     with torch.no_grad():
         for row in range(2):
@@ -106,15 +107,17 @@ def test_prefill_and_decode_read_the_same_quantized_values(engines):
     """Teacher-forced prefill logits equal step-by-step decode logits with an 8-bit cache (both dequantize the
     same stored values), and differ from the unquantized cache's."""
     plain, fp8 = engines
-    ids = torch.tensor([PROMPT])
+    ids = torch.tensor([LONG])
     with torch.no_grad():
-        forced = fp8.model.prefill(ids, all_logits=True)                          # (1, 30, V)
+        forced = fp8.model.prefill(ids, all_logits=True)                          # (1, 60, V)
         exact = plain.model.prefill(ids, all_logits=True)
-        fp8.model.prefill(ids[:, :20])
-        for pos in range(20, 30):
+        fp8.model.prefill(ids[:, :40])
+        for pos in range(40, 60):
             input_pos = torch.tensor([pos])
             step = fp8.model.decode(ids[:, pos:pos + 1], Decode(input_pos, (input_pos + 1).int(), "sdpa"))
             torch.testing.assert_close(step[0], forced[0, pos], atol=1e-4, rtol=1e-4)
+    # Exact sink and window: the first 36 positions read no 8-bit key, the later ones do.
+    torch.testing.assert_close(forced[0, :36], exact[0, :36], atol=1e-4, rtol=1e-4)
     assert (forced - exact).abs().max() > 1e-3     # the quantization is visible (the tiny model amplifies it)
 
 
@@ -127,6 +130,15 @@ def test_the_engine_generates_and_reuses_its_prefix_with_an_8bit_cache(engines):
     warm = fp8.generate(PROMPT[:25] + [50, 51], config)
     again = fp8.generate(PROMPT, config)
     assert warm.reused_prefix_tokens == 25 and again.token_ids == cold.token_ids
+    # Past the exact window: a row cut back further than the ring keeps (48 - 32 tokens) lost the exact copies
+    # of its window, and is prefilled from the start instead (never read stale); a short cut keeps its prefix.
+    long_cold = fp8.generate(LONG[:50], config)                 # the row holds 55 tokens; the ring 7..54
+    cut = fp8.generate(LONG[:25] + [50, 51], config)            # its window, 0..24, lost 4..6
+    near = fp8.generate(LONG[:50], config)                      # the row holds 32 tokens: a cut of 7
+    assert cut.reused_prefix_tokens == 0 and near.reused_prefix_tokens == 25
+    assert near.token_ids == long_cold.token_ids
+    fp8.clear_prefix_cache()
+    assert fp8.generate(LONG[:25] + [50, 51], config).token_ids == cut.token_ids
     # The decode loop computes what a teacher-forced prefill over the same tokens with an 8-bit cache does.
     with torch.no_grad():
         forced = fp8.model.prefill(torch.tensor([PROMPT + cold.token_ids]), all_logits=True)[0]
@@ -152,14 +164,19 @@ def test_bad_kv_cache_choices_are_one_line_errors(tiny_checkpoint):
 
 def test_out_of_memory_counts_the_smaller_cache(tiny_checkpoint, monkeypatch):
     # Tiny model, per token: float32 2 layers x 2 KV heads x 16 dims x 2 (K, V) x 4 bytes = 512 bytes;
-    # fp8 the same in 1 byte (128) + 2 x 2 x 2 float32 scales (32) = 160 bytes.
+    # fp8 the same in 1 byte (128) + 2 x 2 x 2 float32 scales (32) = 160 bytes, and per row its exact sink and
+    # window tokens: 52 slots x (512 float32 bytes + 2 layers x an int64 position) = 27,456 bytes.
     monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + 512 * 40)
     message = load_error(tiny_checkpoint[0], OutOfMemoryError, "float32 KV cache of 64 tokens .* about 40 tokens",
                          max_context=64)
     assert "--kv-cache fp8 or int8" in message
-    assert load_model(tiny_checkpoint[0], device="cpu", max_context=64, kv_cache="fp8").kv_cache_dtype == "fp8"
-    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + 160 * 50)
+    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + 160 * 50 + 27456)
     load_error(tiny_checkpoint[0], OutOfMemoryError, "fp8 KV cache of 64 tokens .* about 50 tokens would fit",
+               max_context=64, kv_cache="fp8")
+    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + 160 * 64 + 27456)
+    assert load_model(tiny_checkpoint[0], device="cpu", max_context=64, kv_cache="fp8").kv_cache_dtype == "fp8"
+    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + 160 * 64 + 27455)
+    load_error(tiny_checkpoint[0], OutOfMemoryError, "fp8 KV cache of 64 tokens .* about 63 tokens would fit",
                max_context=64, kv_cache="fp8")
 
 

@@ -119,14 +119,20 @@ def test_a_rows_saved_slots_come_back_byte_for_byte(quant):
     cache = KVCache(2, 2, 32, 8, torch.float32, "cpu", quant=quant)
     for row in range(2):
         cache.write(row, 0, torch.randn(1, 2, 20, 8), torch.randn(1, 2, 20, 8))
-    before = [t.clone() for t in cache.rows(1, 2) if t is not None]
+    before = [t.clone() for t in cache.rows(1, 2).stored() if t is not None]
+    exact_before = cache.rows(1, 2).exact
+    exact_before = exact_before and [t.clone() for t in exact_before[:3]]
     kept = cache.saved(1, 20)
-    assert all(t.device.type == "cpu" and t.shape[2] == 20 for t in kept)
+    assert all(t.device.type == "cpu" for t in kept) and all(t.shape[2] == 20 for t in kept[:4 if quant else 2])
     cache.write(1, 0, torch.randn(1, 2, 25, 8), torch.randn(1, 2, 25, 8))         # another prompt in the row
     cache.restore(1, kept)
-    after = [t for t in cache.rows(1, 2) if t is not None]
+    after = [t for t in cache.rows(1, 2).stored() if t is not None]
     for old, new in zip(before, after):
         assert torch.equal(old[:, :, :20], new[:, :, :20])
+    if quant:       # the exact sink and window tokens come back too: the row's next queries read them
+        k, v, pos = cache.rows(1, 2).exact[:3]
+        assert cache.window_valid(1, 20) and torch.equal(pos, exact_before[2]) and (pos >= 0).sum() == 20
+        assert torch.equal(k, exact_before[0]) and torch.equal(v, exact_before[1])
 
 
 def test_a_saved_cache_of_another_layout_is_refused():
