@@ -24,4 +24,5 @@ else:
     from kernels.exact_window import flash_decode_exact_window
     from kernels.interface import append_kv, flash_decode
 
-__all__ = ["HAS_TRITON", "flash_decode", "flash_decode_exact_window", "append_kv", "reference", "plan_launch", "LaunchPlan"]
+__all__ = ["HAS_TRITON", "flash_decode", "flash_decode_exact_window", "append_kv", "reference", "plan_launch",
+           "LaunchPlan"]

@@ -32,6 +32,7 @@ from triton.compiler import ASTSource
 
 from kernels import interface
 from kernels.append import _append_kv_kernel, append_blocks
+from kernels.exact_window import EXACT_MERGE_WARPS, _exact_merge_kernel, exact_merge_constexprs
 from kernels.fused_gemv import build_names
 from kernels.infill_keep import _infill_keep_kernel
 from kernels.interface import combine_constexprs, combine_warps, split_constexprs, split_kernel
@@ -138,6 +139,26 @@ MAIN_CONFIGS = [
 APPEND_CONFIGS = [("bf16", "bf16", 32, 128, 1, False), ("bf16", "fp8", 8, 128, 8, False),
                   ("fp32", "fp8", 3, 80, 16, False), ("bf16", "int8", 32, 128, 1, False),
                   ("fp32", "int8", 3, 80, 16, False), ("bf16", "int8", 8, 128, 1, True)]
+
+
+# the exact-window merge (kernels/exact_window.py): (q dtype, group, head dim, exact slots, 8-bit keys read too)
+EXACT_MERGE_CONFIGS = [("bf16", 8, 128, 52, True), ("bf16", 1, 128, 52, True), ("fp16", 3, 64, 52, False),
+                       ("fp32", 4, 80, 52, True)]
+
+
+def compile_exact_merge(dtype: str, group: int, D: int, N: int, has_quantized: bool, target: GPUTarget) -> dict:
+    binary = _compile(_exact_merge_kernel,
+                      dict(Q=POINTER[dtype], EXACT_K=POINTER[dtype], EXACT_V=POINTER[dtype], EXACT_POS="*i64",
+                           SEQLENS="*i32", OUT=POINTER[dtype], LSE="*fp32"),
+                      exact_merge_constexprs(group, N, D, has_quantized), target, EXACT_MERGE_WARPS, 1,
+                      not_divisible=("stride_pb", "Hq", "T", "N", "D", "S", "sink", "window"))
+    usage = sass_facts(binary.asm["cubin"])
+    return {"name": _exact_merge_name(dtype, group, D, N, has_quantized), "cubin_bytes": len(binary.asm["cubin"]),
+            "registers": usage.get("registers"), "local_bytes": usage.get("local_bytes")}
+
+
+def _exact_merge_name(dtype: str, group: int, D: int, N: int, has_quantized: bool) -> str:
+    return f"exact-merge-{dtype}-g{group}-d{D}-n{N}" + ("" if has_quantized else "-exact-only")
 
 
 # infill_keep's candidates a row (BLOCK): llama.vim's top_k 40 with slack (64), a small top_k, the largest allowed
@@ -315,6 +336,8 @@ def _run_job(job: tuple) -> dict:
             return compile_config(what, target, with_opcodes)
         if kind == "infill":
             return compile_infill(what, target)
+        if kind == "exact_merge":
+            return compile_exact_merge(*what, target)
         if kind == "fused":
             from kernels.fused_gemv import compile_facts as fused_facts
             return {"name": name, **fused_facts(arch, names={what})[what]}
@@ -344,6 +367,7 @@ def main(argv=None) -> int:
     jobs = [(config.name, "main", config, args.arch, args.sass) for config in MAIN_CONFIGS]
     jobs += [(_append_name(*append), "append", append, args.arch, args.sass) for append in APPEND_CONFIGS]
     jobs += [(_infill_name(block), "infill", block, args.arch, args.sass) for block in INFILL_CONFIGS]
+    jobs += [(_exact_merge_name(*c), "exact_merge", c, args.arch, args.sass) for c in EXACT_MERGE_CONFIGS]
     # the decode step's dense kernels (kernels/fused_gemv.py, kernels/gemv.py), bf16 and int8 weights
     jobs += [(f"fused-gemv {name}", "fused", name, args.arch, args.sass) for name in build_names()]
     jobs += [("gemv bf16 and int8 weights, unsplit and split-K", "gemv", None, args.arch, args.sass)]

@@ -318,10 +318,11 @@ def flash_decode_exact_window(q, k_cache, v_cache, cache_seqlens=None, *, k_scal
     """`flash_decode` over an 8-bit cache whose sink and window tokens are read exact (`ExactTokens`): in float32
     (float64 stays float64), the 8-bit keys dequantized. The arithmetic of `kernels.exact_window`: one partial
     over the 8-bit keys each query reads (sink <= j <= i - window), one over its exact slots, merged by their
-    log-sum-exp. Arguments as `flash_decode`'s; returns the same."""
-    B, Hq, Hkv, S, D, T, scaled = check_decode_inputs(q, k_cache, v_cache, cache_seqlens, None,
-                                                      k_scale=k_scale, v_scale=v_scale)
-    check_exact_tokens(exact, B, Hkv, D, q.device, scaled)
+    log-sum-exp. Arguments as `flash_decode`'s (the cache may also be one dequantized already, without scales);
+    returns the same."""
+    B, Hq, Hkv, S, D, T, _ = check_decode_inputs(q, k_cache, v_cache, cache_seqlens, None,
+                                                 k_scale=k_scale, v_scale=v_scale)
+    check_exact_tokens(exact, B, Hkv, D, q.device, scaled=True)   # (a cache dequantized already is read as it is)
     scale = softmax_scale_of(softmax_scale, D)
     compute = _compute_dtype(q)
     q4 = q.to(compute).reshape(B, Hq, T, D)                                       # (B, Hq, T, D)

@@ -32,7 +32,7 @@ from models.errors import ContextTooLongError, ModelError, SettingError
 from models.generation import GenerationConfig, GenerationResult, Timings
 from models.healing import HealingConstraint, PrefixStripper, vocabulary_bytes
 from models.llama import DenseKernels, Transformer, attention_inputs, attention_output_and_ffn, final_logits
-from models.kv_cache import cache_dtype_name
+from models.kv_cache import cache_dtype_name, exact_window_valid, repair_start
 from models.options import DEFAULT_MAX_CONTEXT, parse_kv_cache
 from models.prompt_store import PromptStore, SavedPrompt
 from models.infill import InfillSampler
@@ -387,11 +387,12 @@ class Engine:
         prefix = reused[0]     # (what cache reuse moves into place lies after it, each run right after the last)
         if reuse and config.cache_reuse and not self.model.config.dynamic_rope:
             reused[0] = self._move_reusable_runs(cached, prompts[0], prefix, config.cache_reuse)
-        reused[0] = self._with_exact_window(reused[0])
         tail = B == 1 and len(prompts[0]) - reused[0] <= (GRAPHED_TAIL if self._graphs_enabled else 1)
         if not tail:
             reused = [self.prefill_span(r, len(p))[0] for p, r in zip(prompts, reused)]   # bucketed starts
-            reused[0] = self._with_exact_window(reused[0])
+        start = self._with_exact_window(prompts[0], reused[0])
+        if start != reused[0]:          # 0: the whole prompt prefilled
+            reused[0], tail = start, B == 1 and len(prompts[0]) <= (GRAPHED_TAIL if self._graphs_enabled else 1)
         # Past min(exact, prefix) the row's K/V are moved ones, or were computed after them, unless the prefill
         # rewrites them all (its start is at or before that slot); also what a prefill stopped part way leaves.
         self._approximate_from = None if reused[0] <= min(exact, prefix) else min(exact, prefix)
@@ -674,15 +675,22 @@ class Engine:
             return 0   # cached keys were rotated with the frequencies of their own call's length
         return common_run(cached, 0, prompt, 0, len(prompt) - 1)
 
-    def _with_exact_window(self, start: int) -> int:
-        """Where row 0's prefill may start so that every query reads its exact sink and window tokens (an 8-bit
-        cache, models/kv_cache.py): `start` where the row still holds the copies of the window before it (a cut of
-        at most EXACT_RING - EXACT_WINDOW tokens, a restored prompt), else 0: the copies of positions the ring has
-        overwritten (or a cache-reuse move dropped) are gone, and only a prefill from the start computes them
-        exactly again."""
-        if start == 0 or all(layer.attention.kv_cache.window_valid(0, start) for layer in self.model.layers):
+    def _with_exact_window(self, prompt: list[int], start: int) -> int:
+        """Where row 0's prefill of `prompt` may start so that every query reads its exact sink and window tokens
+        (an 8-bit cache, models/kv_cache.py). `start` where the row still holds the copies of the window before it
+        (a cut of at most EXACT_RING - EXACT_WINDOW tokens, a restored prompt). Where the ring overwrote them (a
+        longer cut) or a cache-reuse move dropped them, they are computed again by a repair prefill of the
+        `repair_span` tokens before `start` (which the row holds), unless that reaches back to the sink: then 0,
+        the whole prompt prefilled."""
+        caches = [layer.attention.kv_cache for layer in self.model.layers]
+        if start == 0 or exact_window_valid(caches, 0, start):
             return start
-        return 0
+        first = repair_start(start, len(caches))
+        if first == 0 or not exact_window_valid(caches, 0, start, sink_only=True):
+            return 0
+        tokens = torch.tensor([prompt[first:start]], device=self._device)                    # (1, repair_span)
+        self.model.prefill(tokens, first, 0, repair=True)
+        return start
 
     def _switch_prompt(self, cached: list[int], prompt: list[int], exact_only: bool = False) -> tuple[list[int], int]:
         """llama.cpp's prompt cache (models/prompt_store.py): cache row 0's prompt `cached` saved (on a GPU, unless
@@ -691,7 +699,7 @@ class Engine:
         Returns the tokens the row then holds, and how many of them were copied back."""
         store = self.prompt_store
         caches = [layer.attention.kv_cache for layer in self.model.layers]
-        nbytes = len(cached) * sum(cache.bytes_per_token() for cache in caches)
+        nbytes = sum(len(cached) * cache.bytes_per_token() + cache.exact_bytes() for cache in caches)
         on_gpu = self._device.type == "cuda"
         approximate_from = self._approximate_from
         # Held whole by any saved prompt, the one taken back too, as llama.cpp checks:

@@ -10,7 +10,8 @@ step; the fused one-token step's qkv_rope quantizes them itself, to the same byt
 Every reader sees the same quantized values: flash_decode and eager take the scales, sdpa and prefill dequantize.
 About half the bytes of bf16: twice the context, and half the attention reads.
 int8 (scale amax / 127) is the accurate one: on SmolLM2 over real code its top-1 next token agrees with an
-unquantized cache's at 98.2% of positions, e4m3's at 95.9% (tests/models/test_kv_cache_accuracy.py). The
+unquantized cache's at 98.2% of positions, e4m3's at 95.9%; with the exact sink and window tokens below, 99.6%
+and 98.6% (tests/models/test_kv_cache_accuracy.py). The
 kernels take both with the same scales and plans: the append quantizes either, and flash_decode converts
 either in its key loop (bench/results/NOTES.md has their speeds side by side). On a GPU, where the model has
 GQA, an 8-bit V is stored sequence-major, (B, Hkv, D, S_max) seen as (B, Hkv, S_max, D): the layout
@@ -47,9 +48,12 @@ SCALE_BYTES = 4           # one float32 scale per token, KV head and tensor (K a
 # Exact tokens of an 8-bit cache. e4m3 agreed with the unquantized cache's top-1 next token at 95.7% of 2,040
 # positions of real code (SmolLM2; issue 11's bar: 98%); read exact, the first 4 (attention sinks) and last 32
 # keys of every query took it to 98.6% (98.5% at 8,188 positions), int8 from 98.0% to 99.7%. Fewer missed:
-# 4 + 16 gave 98.1%, 0 + 32 97.8%, 4 + 0 96.3%; more bought little (16 + 32: 98.6%; 4 + 64: 98.9%)
-# (bench/kv_exact_window.py, bench/results/NOTES.md "Issue 11's accuracy bar").
-EXACT_SINK = 4
+# 4 + 16 gave 98.1%, 0 + 32 97.8%, 4 + 0 96.3%; more bought little (16 + 32: 98.6%, KL 7.0e-4 against 4 + 32's
+# 7.7e-4; 4 + 64: 98.9%) (bench/kv_exact_window.py, bench/results/NOTES.md "Issue 11's accuracy bar").
+# 16 sink tokens, not 4: flash_decode reads the 8-bit keys from slot EXACT_SINK on, and only 16 slots keep that
+# view of a sequence-major 8-bit V (one byte a slot) on the 16-byte alignment its tensor descriptors and vector
+# loads need; the same top-1 for 12 slots more a row (24 KB a layer of CodeLlama-7B).
+EXACT_SINK = 16
 EXACT_WINDOW = 32
 # The ring holds the window plus the most tokens one step writes (1 + the drafts a verification carries: the
 # kernels take up to 16 query tokens), so that drafts written and rolled back never overwrite a kept token.
@@ -77,7 +81,8 @@ def exact_bytes_per_row(config: ModelConfig, dtype: torch.dtype, quant: str | No
     model dtype and each slot's position, EXACT_SLOTS slots a layer."""
     if not quant:
         return 0
-    per_slot = config.kv_bytes_per_token(torch.tensor([], dtype=dtype).element_size()) + config.n_layers * POSITION_BYTES
+    element = torch.tensor([], dtype=dtype).element_size()
+    per_slot = config.kv_bytes_per_token(element) + config.n_layers * POSITION_BYTES
     return EXACT_SLOTS * per_slot
 
 
@@ -183,23 +188,34 @@ class KVCache(nn.Module):
         self.v_exact[:B].scatter_(2, index, v.to(self.dtype))
         self.exact_pos[:B].scatter_(1, slots, positions)
 
-    def write(self, row: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def write(self, row: int, start: int, k: torch.Tensor, v: torch.Tensor, repair: bool = False,
+              end: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Prefill: store k, v (1, Hkv, T, D) at positions start..start+T of one sequence.
 
         Returns that sequence's keys and values so far, (1, Hkv, start + T, D) in the model dtype:
         views of the cache, or for an 8-bit cache its dequantized copy (so prefill reads what decoding will).
-        An 8-bit cache's exact copies of the span's sink tokens and last EXACT_RING are written too: read what
-        the prefill needs of them first (`exact_before`).
+        An 8-bit cache's exact copies of the span's sink tokens and last EXACT_RING before `end` (default: the
+        span's end; padding after it would push the prompt's last tokens out of the ring) are written too: read
+        what the prefill needs of them first (`exact_before`).
+        `repair` (8-bit): the row already holds the span; only the exact copies of its last EXACT_WINDOW tokens are
+        written (`models.llama.Transformer.prefill` says when they are right), the 8-bit cache is read as stored.
         """
         view = self.rows(row, row + 1)
-        append_kv(k, v, view.k, view.v, torch.tensor([start], device=k.device), view.k_scale, view.v_scale)
+        T = k.shape[2]
+        kept = T if end is None else end - start        # the span's tokens before `end`
+        if not repair:
+            append_kv(k, v, view.k, view.v, torch.tensor([start], device=k.device), view.k_scale, view.v_scale)
+        elif self.k_exact is None:
+            raise ValueError("only an 8-bit cache's exact window can be repaired")
         if self.k_exact is not None:
-            T = k.shape[2]
-            # Only these: a scatter with repeated slots (the ring's earlier laps) writes in no defined order.
-            keep = [t for t in range(T) if start + t < EXACT_SINK or t >= T - EXACT_RING]
-            self.exact_pos[row:row + 1].masked_fill_(self.exact_pos[row:row + 1] >= start, -1)  # past the span
-            self._write_exact_rows(row, start, torch.tensor(keep, device=k.device), k, v)
-        return view.prefix(start + k.shape[2]).dequantized(self.dtype)
+            if repair:
+                keep = range(max(0, kept - EXACT_WINDOW), kept)
+            else:
+                # Only these: a scatter with repeated slots (the ring's earlier laps) writes in no defined order.
+                keep = [t for t in range(kept) if start + t < EXACT_SINK or t >= kept - EXACT_RING]
+                self.exact_pos[row:row + 1].masked_fill_(self.exact_pos[row:row + 1] >= start, -1)  # past the span
+            self._write_exact_rows(row, start, torch.tensor(list(keep), device=k.device), k, v)
+        return view.prefix(start + T).dequantized(self.dtype)
 
     def _write_exact_rows(self, row: int, start: int, index: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Row `row`'s exact copies of the span's tokens `index` (their offsets in k, v (1, Hkv, T, D))."""
@@ -221,15 +237,9 @@ class KVCache(nn.Module):
         return exact._replace(k=exact.k.clone(), v=exact.v.clone(), pos=pos)
 
     def window_valid(self, row: int, length: int) -> bool:
-        """Whether row `row`, cut to `length` tokens, still holds the exact copies its next queries read: positions
-        0 .. min(EXACT_SINK, length) - 1 and length - EXACT_WINDOW .. length - 1 (True when not 8-bit). A host
-        sync: for prefix reuse, between requests."""
-        if self.exact_pos is None:
-            return True
-        needed = torch.tensor(sorted(set(range(min(EXACT_SINK, length)))
-                                     | set(range(max(0, length - EXACT_WINDOW), length))), dtype=torch.int64)
-        held = self.exact_pos[row].cpu()
-        return bool((held[exact_slot(needed)] == needed).all())
+        """Whether row `row`, cut to `length` tokens, still holds the exact copies its next queries read (True when
+        not 8-bit; `exact_window_valid`)."""
+        return exact_window_valid([self], row, length)
 
     def move(self, row: int, source: int, target: int, length: int, rotate) -> None:
         """Slots [source, source + length) of row `row` to [target, target + length) (target <= source; the ranges
@@ -286,6 +296,34 @@ class KVCache(nn.Module):
                 place[:, :, :copy.shape[2]] = copy
 
 
+def repair_span(n_layers: int) -> int:
+    """How many tokens before a row's length a repair prefill (`models.llama.Transformer.prefill`) starts for its
+    last EXACT_WINDOW exact copies to come out right: the copies before it are missing, which errs in the layer's
+    output at the EXACT_WINDOW - 1 positions after them, hence in the next layer's keys there, and so on."""
+    return EXACT_WINDOW + (n_layers - 1) * (EXACT_WINDOW - 1)
+
+
+def repair_start(start: int, n_layers: int) -> int:
+    """Where a repair prefill for a row cut to `start` begins (`repair_span` before it), or 0 where that would
+    reach into the sink: then the row is prefilled from its start instead."""
+    first = start - repair_span(n_layers)
+    return first if first >= EXACT_SINK else 0
+
+
+def exact_window_valid(caches: list[KVCache], row: int, length: int, sink_only: bool = False) -> bool:
+    """Whether row `row` of every cache, cut to `length` tokens, still holds the exact copies its next queries
+    read: positions 0 .. min(EXACT_SINK, length) - 1 and (unless `sink_only`) length - EXACT_WINDOW .. length - 1.
+    True for caches that are not 8-bit. One host sync (for prefix reuse, between requests)."""
+    caches = [c for c in caches if c.exact_pos is not None]
+    if not caches or length == 0:
+        return True
+    needed = set(range(min(EXACT_SINK, length))) | (set() if sink_only else set(range(max(0, length - EXACT_WINDOW),
+                                                                                         length)))
+    needed = torch.tensor(sorted(needed), dtype=torch.int64)
+    held = torch.stack([c.exact_pos[row] for c in caches]).cpu()                               # (layers, N)
+    return bool((held[:, exact_slot(needed)] == needed).all())
+
+
 def stores_v_sequence_major(group: int, store: torch.dtype, device: torch.device) -> bool:
     """Whether a cache keeps V sequence-major: where flash_decode reads it faster so (CUDA, 8-bit, GQA). On a CPU no
     kernel reads it, and dequantizing it for SDPA is a strided copy (SmolLM2's 32k int8 V: 193 ms against 1.7)."""
@@ -316,8 +354,8 @@ def check_kv_cache_fits(config: ModelConfig, batch: int, max_len: int, dtype: to
         weights = f" and the {size_text(loading)} of weights to load" if loading else ""
         raise OutOfMemoryError(
             f"{name}: a {cache_dtype_name(quant, dtype)} KV cache of {max_len} tokens x batch {batch} needs "
-            f"{(per_token * max_len + exact) / 2**30:.2f} GiB but only about {free / 2**30:.2f} GiB of {device.type} memory is "
-            f"free (after 1 GiB headroom{weights}); about {fit} tokens would fit: ask for a smaller context"
+            f"{(per_token * max_len + exact) / 2**30:.2f} GiB but only about {free / 2**30:.2f} GiB of {device.type} "
+            f"memory is free (after 1 GiB headroom{weights}); about {fit} tokens would fit: ask for a smaller context"
             + ("" if quant else " (or an 8-bit cache, --kv-cache fp8 or int8: about half the bytes per token)"))
 
 

@@ -29,13 +29,17 @@ from models.config import ModelConfig, preset
 from models.fused_decode import decode_one_token
 from models.errors import SettingError
 from models.int8_weights import Int8Weight, linear_int8, quantize_rows, register_cuda_ops
-from models.kv_cache import KVCache, check_kv_cache_fits
+from models.kv_cache import KVCache, check_kv_cache_fits, exact_window_valid
 
 
 class Prefill(NamedTuple):
-    """Where a prefill chunk goes: cache row `row`, which already holds positions [0, start)."""
+    """Where a prefill chunk goes: cache row `row`, which already holds positions [0, start); `repair`: and the
+    chunk's too, of which only an 8-bit cache's exact window is written (`Transformer.prefill`). `end`: where the
+    prompt ends within the chunk (padding after it: an 8-bit cache's exact ring keeps the tokens before it)."""
     row: int
     start: int
+    repair: bool = False
+    end: int | None = None
 
 
 @dataclass
@@ -238,7 +242,7 @@ class Attention(nn.Module):
             out = decode_attention(step.backend, q, cache, step.cache_seqlens, step.exact)  # (B, Hq, T, D)
             return out.transpose(1, 2).reshape(B, T, Hq * D)
         prior = self.kv_cache.exact_before(step.row, step.start)            # 8-bit: the prefix's exact tokens
-        k_all, v_all = self.kv_cache.write(step.row, step.start, k, v)      # (1, Hkv, start+T, D)
+        k_all, v_all = self.kv_cache.write(step.row, step.start, k, v, step.repair, step.end)  # (1, Hkv, start+T, D)
         if prior is not None:
             out = prefill_attention_exact(q, k_all, v_all, prior, k, v, step.start)
         else:
@@ -398,7 +402,7 @@ class Transformer(nn.Module):
 
     def prefill(self, tokens: torch.Tensor, start: int = 0, row: int = 0, all_logits: bool = False,
                 last: int = -1, dense: DenseKernels | None = None,
-                should_stop: Callable[[], bool] | None = None) -> torch.Tensor | None:
+                should_stop: Callable[[], bool] | None = None, repair: bool = False) -> torch.Tensor | None:
         """Run tokens (1, T) at positions start..start+T of cache row `row` (which holds [0, start) already).
 
         Returns float32 logits (1, T, V) with all_logits, else position `last`'s (1, V) (a padded span's last
@@ -406,15 +410,30 @@ class Transformer(nn.Module):
         `should_stop` is asked before each layer: True ends the prefill there and returns None (the layers run
         wrote this span's K/V, the others did not: the row then holds [0, start) only). Between layers, not
         between chunks of the prompt, so that every number computed stays what one whole prefill computes.
+
+        An 8-bit cache's row must hold the exact copies of its sink and of the window before `start` (ValueError
+        otherwise: its queries would miss them). Where it lost them (a prefix cut back past its ring), `repair`
+        recomputes them: the row already holds the tokens at [start, start + T), and only the exact copies of the
+        last EXACT_WINDOW of them are written (returns None). They come out exact when T >= `repair_span`: an
+        error in the copies before `start` reaches EXACT_WINDOW - 1 positions further each layer (through the
+        queries whose windows hold it), and the 8-bit keys, read as stored, are right.
         """
         T = tokens.shape[1]
+        # (one host sync, for 8-bit caches only; a repair needs the sink alone)
+        if start > 0 and not exact_window_valid([layer.attention.kv_cache for layer in self.layers], row, start,
+                                                sink_only=repair):
+            raise ValueError(f"cache row {row} no longer holds the exact {'sink' if repair else 'window'} before "
+                             f"position {start} (8-bit cache): prefill from 0"
+                             + ("" if repair else ", or repair it first (`repair`)"))
         positions = torch.arange(start, start + T, device=tokens.device)[None]   # (1, T)
         cos, sin = self.rope(positions, start + T)
         x = self.tok_embeddings(tokens).to(self.compute_dtype)                   # (1, T, dim)
         for layer in self.layers:
             if should_stop is not None and should_stop():
                 return None
-            x = layer(x, cos, sin, Prefill(row, start), dense or self.dense)
+            x = layer(x, cos, sin, Prefill(row, start, repair, start + last % T + 1), dense or self.dense)
+        if repair:
+            return None
         x = x if all_logits else x[:, last]                              # (1, T, dim), or (1, dim)
         return self.dense.final_logits(x, self.norm.weight, self.norm.eps, projection_weight(self.output))
 

@@ -180,6 +180,14 @@ def test_the_infill_kernel_compiles_for_sm90_without_spills(compiled, block):
     assert facts["local_bytes"] == 0 and not facts["approx_exp"]
 
 
+@pytest.mark.parametrize("config", __import__("kernels.compile_check", fromlist=["x"]).EXACT_MERGE_CONFIGS)
+def test_the_exact_window_merge_compiles_for_sm90_without_spills(compiled, config):
+    from kernels.compile_check import _exact_merge_name
+    facts = compiled[_exact_merge_name(*config)]
+    assert "error" not in facts, facts["error"]
+    assert facts["cubin_bytes"] > 0 and facts["local_bytes"] == 0
+
+
 def test_the_dense_kernels_compile_for_sm90_with_bf16_and_int8_weights(compiled):
     """The decode step's GEMVs (kernels/fused_gemv.py's every build, kernels/gemv.py's four) and the few-row int8
     kernel's five are part of the check: `--only "int8 weights"` builds the int8-weight GEMVs, which convert their

@@ -12,7 +12,7 @@ from kernel_inputs import CACHE_DTYPES, make_inputs, quantized_copy
 from kernels import flash_decode_exact_window, reference
 from kernels.validation import ExactTokens
 
-SINK, WINDOW, SLOTS = 4, 32, 4 + 48
+SINK, WINDOW, RING = 4, 32, 48     # (models/kv_cache.py keeps 16 + a ring of 48; both sinks are tested)
 HEADS = [(8, 8), (8, 2), (12, 4), (9, 3), (8, 1)]
 HEAD_DIMS = [64, 80, 128]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -20,25 +20,26 @@ CASES = list(itertools.product(HEADS, HEAD_DIMS, DTYPES))
 TOL = {torch.float32: 2e-3, torch.float16: 4e-3, torch.bfloat16: 1.2e-2}   # 8-bit dots run in fp16 on a GPU
 
 
-def exact_tokens(k, v, lengths, T, gen) -> ExactTokens:
+def exact_tokens(k, v, lengths, T, gen, sink=SINK) -> ExactTokens:
     """Exact copies of k, v (B, Hkv, S, D) as a cache holds them after a step of T tokens: every sink position and
     the last WINDOW + T - 1 positions of each row (what its queries read) in random slots, plus a stale draft past
     the length (finite garbage) and empty slots (NaN values, position -1)."""
     B, Hkv, S, D = k.shape
+    SLOTS = sink + RING
     ek = torch.full((B, Hkv, SLOTS, D), float("nan"), dtype=k.dtype)
     ev = torch.full((B, Hkv, SLOTS, D), float("nan"), dtype=k.dtype)
     pos = torch.full((B, SLOTS), -1, dtype=torch.int64)
     for b, length in enumerate(lengths.tolist()):
-        keep = sorted(set(range(min(SINK, length))) | set(range(max(0, length - WINDOW - T + 1), length)))
+        keep = sorted(set(range(min(sink, length))) | set(range(max(0, length - WINDOW - T + 1), length)))
         slots = torch.randperm(SLOTS, generator=gen)
         for p, slot in zip(keep, slots.tolist()):
             ek[b, :, slot], ev[b, :, slot], pos[b, slot] = k[b, :, p], v[b, :, p], p
         stale = slots[len(keep)].item()
         ek[b, :, stale], ev[b, :, stale], pos[b, stale] = 7.0, -7.0, length + 1     # a rolled-back draft
-    return ExactTokens(ek, ev, pos, SINK, WINDOW)
+    return ExactTokens(ek, ev, pos, sink, WINDOW)
 
 
-def float64_oracle(q, k, v, k8, v8, scales, lengths):
+def float64_oracle(q, k, v, k8, v8, scales, lengths, sink=SINK):
     """Attention in float64: the query at i reads keys j < SINK and i - WINDOW < j <= i exact, the rest
     dequantized."""
     B, Hq, T, D = q.shape
@@ -49,7 +50,7 @@ def float64_oracle(q, k, v, k8, v8, scales, lengths):
     S = k.shape[2]
     i = lengths.long()[:, None, None] - T + torch.arange(T)[None, :, None]                  # (B, T, 1)
     j = torch.arange(S)[None, None]                                                        # (1, 1, S)
-    exact = ((j < SINK) | (j > i - WINDOW))[:, None]                                       # (B, 1, T, S)
+    exact = ((j < sink) | (j > i - WINDOW))[:, None]                                       # (B, 1, T, S)
     qd = q.double() * D ** -0.5
     scores = torch.where(exact, qd @ exact_k.transpose(-1, -2), qd @ rough_k.transpose(-1, -2))
     scores = scores.masked_fill((j > i)[:, None], float("-inf"))                           # (B, Hq, T, S)
@@ -63,19 +64,19 @@ def rel_err(x, ref):
     return ((x.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
-def run_case(B, Hq, Hkv, S, D, dtype, kv, lengths, T, num_splits, layout="bhsd", seed=None):
+def run_case(B, Hq, Hkv, S, D, dtype, kv, lengths, T, num_splits, layout="bhsd", seed=None, sink=SINK):
     seed = torch.seed() % 2**31 if seed is None else seed
     gen = torch.Generator().manual_seed(seed)
     q, k, v = make_inputs(B, Hq * T, Hkv, S, D, dtype, layout=layout, seed=seed + 1)
     q = q.reshape(B, Hq, T, D)
     k8, k_scale, v8, v_scale = quantized_copy(k, v, layout=layout, dtype=CACHE_DTYPES[kv])
     scales = {"k_scale": k_scale, "v_scale": v_scale}
-    exact = exact_tokens(k, v, lengths, T, gen)
+    exact = exact_tokens(k, v, lengths, T, gen, sink)
     out, lse = flash_decode_exact_window(q, k8, v8, lengths, exact=exact, num_splits=num_splits, return_lse=True,
                                          **scales)
     assert out.shape == q.shape and out.dtype == dtype and lse.shape == (B, Hq, T)
     assert not out.isnan().any(), f"seed {seed}: an output element was never written"
-    ref_out, ref_lse = float64_oracle(q, k, v, k8, v8, scales, lengths)
+    ref_out, ref_lse = float64_oracle(q, k, v, k8, v8, scales, lengths, sink)
     empty = lengths == 0
     assert (out[empty] == 0).all() and (lse[empty] == float("-inf")).all(), f"seed {seed}"
     full = ~empty
@@ -100,15 +101,17 @@ def test_matches_float64_oracle_over_the_8bit_sweep(case_index, poisoned_empty):
     run_case(B, Hq, Hkv, S, D, dtype, kv, lengths, 1, (None, 1, 2, 7)[case_index % 4], layout)
 
 
+@pytest.mark.parametrize("sink", [4, 16])
 @pytest.mark.parametrize("kv", ["fp8", "int8"])
 @pytest.mark.parametrize("T, splits", [(1, 1), (1, 3), (4, 1), (4, 3), (16, 2)])
-def test_edge_lengths_and_verification(kv, T, splits, poisoned_empty):
-    """Rows of length 0, < SINK, < SINK + WINDOW, = SINK + WINDOW, just past it, and S; T query tokens (a
+def test_edge_lengths_and_verification(kv, T, splits, sink, poisoned_empty):
+    """Rows of length 0, < sink, < sink + WINDOW, = sink + WINDOW, just past it, and S; T query tokens (a
     verification step: each query its own window), forced splits."""
     S = 150
-    lengths = [0, 3, 20, 36, 37, 60, S] if T == 1 else [T, 20, 36, 37 + T, 60, S]
+    edge = sink + WINDOW
+    lengths = [0, 3, 20, edge, edge + 1, 70, S] if T == 1 else [T, 20, edge, edge + 1 + T, 70, S]
     lengths = torch.tensor([n for n in lengths if n >= T or (T == 1 and n == 0)], dtype=torch.int32)
-    run_case(len(lengths), 4, 2, S, 64, torch.float16, kv, lengths, T, splits, layout="vseq")
+    run_case(len(lengths), 4, 2, S, 64, torch.float16, kv, lengths, T, splits, layout="vseq", sink=sink)
 
 
 def test_cache_shorter_than_sink_and_window():

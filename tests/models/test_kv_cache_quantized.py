@@ -14,7 +14,7 @@ from models.llama import Decode
 from tiny_models import load_error
 
 PROMPT = list(range(10, 40))
-LONG = list(range(10, 70))   # past the exact sink and window (4 + 32 tokens): its later queries read 8-bit keys
+LONG = list(range(10, 70))   # past the exact sink and window (16 + 32 tokens): its later queries read 8-bit keys
 
 
 @pytest.fixture(scope="module", params=["fp8", "int8"])
@@ -98,6 +98,9 @@ def test_every_backend_reads_the_same_8bit_cache(engines, T):
         new = torch.stack([tokens[b, p:p + T] for b, p in enumerate(input_pos.tolist())])   # (2, T)
         for backend in ("flash", "sdpa", "eager"):
             logits[backend] = model.decode(new, Decode(input_pos, (input_pos + T).int(), backend))
+            # over the first kv_len slots, rows shorter (sdpa and eager read a zeroed dequantized copy)
+            spanned = model.decode(new, Decode(input_pos, (input_pos + T).int(), backend, kv_len=62))
+            torch.testing.assert_close(spanned, logits[backend], atol=1e-4, rtol=1e-4)
     assert logits["eager"].abs().max() > 1.0
     torch.testing.assert_close(logits["sdpa"], logits["eager"], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(logits["flash"], logits["eager"], atol=1e-4, rtol=1e-4)
@@ -116,8 +119,8 @@ def test_prefill_and_decode_read_the_same_quantized_values(engines):
             input_pos = torch.tensor([pos])
             step = fp8.model.decode(ids[:, pos:pos + 1], Decode(input_pos, (input_pos + 1).int(), "sdpa"))
             torch.testing.assert_close(step[0], forced[0, pos], atol=1e-4, rtol=1e-4)
-    # Exact sink and window: the first 36 positions read no 8-bit key, the later ones do.
-    torch.testing.assert_close(forced[0, :36], exact[0, :36], atol=1e-4, rtol=1e-4)
+    # Exact sink and window: the first 48 positions read no 8-bit key, the later ones do.
+    torch.testing.assert_close(forced[0, :48], exact[0, :48], atol=1e-4, rtol=1e-4)
     assert (forced - exact).abs().max() > 1e-3     # the quantization is visible (the tiny model amplifies it)
 
 
@@ -130,15 +133,6 @@ def test_the_engine_generates_and_reuses_its_prefix_with_an_8bit_cache(engines):
     warm = fp8.generate(PROMPT[:25] + [50, 51], config)
     again = fp8.generate(PROMPT, config)
     assert warm.reused_prefix_tokens == 25 and again.token_ids == cold.token_ids
-    # Past the exact window: a row cut back further than the ring keeps (48 - 32 tokens) lost the exact copies
-    # of its window, and is prefilled from the start instead (never read stale); a short cut keeps its prefix.
-    long_cold = fp8.generate(LONG[:50], config)                 # the row holds 55 tokens; the ring 7..54
-    cut = fp8.generate(LONG[:25] + [50, 51], config)            # its window, 0..24, lost 4..6
-    near = fp8.generate(LONG[:50], config)                      # the row holds 32 tokens: a cut of 7
-    assert cut.reused_prefix_tokens == 0 and near.reused_prefix_tokens == 25
-    assert near.token_ids == long_cold.token_ids
-    fp8.clear_prefix_cache()
-    assert fp8.generate(LONG[:25] + [50, 51], config).token_ids == cut.token_ids
     # The decode loop computes what a teacher-forced prefill over the same tokens with an 8-bit cache does.
     with torch.no_grad():
         forced = fp8.model.prefill(torch.tensor([PROMPT + cold.token_ids]), all_logits=True)[0]
@@ -165,17 +159,17 @@ def test_bad_kv_cache_choices_are_one_line_errors(tiny_checkpoint):
 def test_out_of_memory_counts_the_smaller_cache(tiny_checkpoint, monkeypatch):
     # Tiny model, per token: float32 2 layers x 2 KV heads x 16 dims x 2 (K, V) x 4 bytes = 512 bytes;
     # fp8 the same in 1 byte (128) + 2 x 2 x 2 float32 scales (32) = 160 bytes, and per row its exact sink and
-    # window tokens: 52 slots x (512 float32 bytes + 2 layers x an int64 position) = 27,456 bytes.
+    # window tokens: 64 slots x (512 float32 bytes + 2 layers x an int64 position) = 33,792 bytes.
     monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + 512 * 40)
     message = load_error(tiny_checkpoint[0], OutOfMemoryError, "float32 KV cache of 64 tokens .* about 40 tokens",
                          max_context=64)
     assert "--kv-cache fp8 or int8" in message
-    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + 160 * 50 + 27456)
+    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + 160 * 50 + 33792)
     load_error(tiny_checkpoint[0], OutOfMemoryError, "fp8 KV cache of 64 tokens .* about 50 tokens would fit",
                max_context=64, kv_cache="fp8")
-    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + 160 * 64 + 27456)
+    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + 160 * 64 + 33792)
     assert load_model(tiny_checkpoint[0], device="cpu", max_context=64, kv_cache="fp8").kv_cache_dtype == "fp8"
-    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + 160 * 64 + 27455)
+    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + 160 * 64 + 33791)
     load_error(tiny_checkpoint[0], OutOfMemoryError, "fp8 KV cache of 64 tokens .* about 63 tokens would fit",
                max_context=64, kv_cache="fp8")
 
@@ -253,3 +247,112 @@ def test_fp8_scales_report_names_the_machine_and_versions_and_checks_its_options
     assert f"{os.cpu_count()} cores" in first and f"torch {torch.__version__}" in first
     assert f"transformers {transformers.__version__}" in first and first[:4].isdigit()       # the date first
     assert "32 tokens" in second and "last 4 tokens, 2 layers" in second
+
+
+def small_ring(monkeypatch) -> None:
+    for name, value in (("EXACT_SINK", 4), ("EXACT_WINDOW", 4), ("EXACT_RING", 8), ("EXACT_SLOTS", 12),
+                        ("MAX_STEP_TOKENS", 4)):
+        monkeypatch.setattr(f"models.kv_cache.{name}", value)
+
+
+def test_a_cut_whose_repair_would_reach_the_sink_is_prefilled_from_the_start(tiny_checkpoint, monkeypatch):
+    """Never a stale exact copy: a cut to 10 tokens (its window 6..9 overwritten by later laps of the ring) would be
+    repaired from 10 - 7 = 3, inside the sink, so the row is prefilled from 0; a cut of at most ring - window
+    tokens keeps its window and its prefix."""
+    small_ring(monkeypatch)
+    engine = load_model(tiny_checkpoint[0], device="cpu", max_context=64, kv_cache="fp8")
+    config = GenerationConfig(max_new_tokens=6, speculate=0)
+    engine.generate(LONG[:40], config)                      # the row holds 45 tokens, the ring 37..44
+    cut = engine.generate(LONG[:10] + [3, 4, 5], config)
+    assert cut.reused_prefix_tokens == 0
+    near = engine.generate(LONG[:10] + [3, 4, 5, 6], config)    # the row held 13 + 5: a cut of 5, repaired from 6
+    assert near.reused_prefix_tokens == 13
+    engine.clear_prefix_cache()
+    assert engine.generate(LONG[:10] + [3, 4, 5], config).token_ids == cut.token_ids
+
+
+@pytest.mark.parametrize("quant", ["fp8", "int8"])
+def test_a_prefix_cut_past_the_ring_is_repaired_to_what_a_cold_prefill_computes(tiny_checkpoint, monkeypatch, quant):
+    """A row cut back further than its ring keeps loses the exact copies of its window; the engine prefills the
+    `repair_span` tokens before the cut again (writing only those copies) and keeps the prefix. The copies then
+    equal a cold prefill's. A sink of 4 and a window of 4 (a ring of 8): the tiny model's 64 positions then hold
+    laps of the ring, and the repair starts past the sink on 2 layers."""
+    small_ring(monkeypatch)
+    engine = load_model(tiny_checkpoint[0], device="cpu", max_context=64, kv_cache=quant)
+    config = GenerationConfig(max_new_tokens=6, speculate=0)
+    prompt = LONG[:40] + [3, 4, 5]
+
+    def window_copies():                                    # each layer's exact K, V of positions 36..39
+        copies = []
+        for layer in engine.model.layers:
+            cache = layer.attention.kv_cache
+            slots = [int((cache.exact_pos[0] == p).nonzero()) for p in range(36, 40)]
+            copies += [cache.k_exact[0, :, slots].clone(), cache.v_exact[0, :, slots].clone()]
+        return copies
+
+    engine.generate(LONG[:55], config)                      # the row holds 60 tokens, the ring 52..59
+    assert not engine.model.layers[0].attention.kv_cache.window_valid(0, 40)
+    warm = engine.generate(prompt, config)                  # cut to 40: repaired from 40 - (4 + 3) = 33
+    assert warm.reused_prefix_tokens == 40
+    engine.generate(LONG[:55], config)
+    engine.generate(prompt[:41], GenerationConfig(max_new_tokens=1, speculate=0))   # (repairs, then one token)
+    repaired = window_copies()
+    engine.clear_prefix_cache()
+    cold = engine.generate(prompt, config)
+    engine.clear_prefix_cache()
+    engine.generate(prompt[:41], GenerationConfig(max_new_tokens=1, speculate=0))
+    for got, want in zip(repaired, window_copies(), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert warm.token_ids == cold.token_ids
+
+
+def test_a_prefill_refuses_a_row_without_its_exact_window(tiny_checkpoint, monkeypatch):
+    small_ring(monkeypatch)
+    engine = load_model(tiny_checkpoint[0], device="cpu", max_context=64, kv_cache="fp8")
+    with torch.no_grad():
+        engine.model.prefill(torch.tensor([LONG[:40]]))     # the ring holds 32..39: the window before 20 is gone
+        with pytest.raises(ValueError, match="exact window before position 20"):
+            engine.model.prefill(torch.tensor([LONG[20:30]]), start=20)
+        engine.model.prefill(torch.tensor([LONG[36:40]]), start=36)     # its window, 32..35, is there
+
+
+def test_prefill_padding_keeps_the_prompts_last_tokens_in_the_ring(tiny_checkpoint, monkeypatch):
+    """A bucketed prefill pads the span past the prompt; the exact ring keeps the prompt's last tokens, not the
+    padding's (which would push the first decode step's window out): the same tokens as an unpadded prefill."""
+    small_ring(monkeypatch)
+    engine = load_model(tiny_checkpoint[0], device="cpu", max_context=64, kv_cache="fp8")
+    config = GenerationConfig(max_new_tokens=6, speculate=0)
+    plain = engine.generate(LONG[:42], config).token_ids
+    engine.clear_prefix_cache()
+    engine.prefill_bucket = 32                               # the span 0..64: 22 padding tokens after the prompt
+    assert engine.prefill_span(0, 42) == (0, 64)
+    assert engine.generate(LONG[:42], config).token_ids == plain
+
+
+@pytest.mark.parametrize("quant", ["fp8", "int8"])
+def test_the_fused_step_keeps_and_reads_the_exact_window_as_the_general_step_does(quant):
+    """The fused one-token step (qkv_rope writes the 8-bit cache, `write_exact` the exact copies; kernels
+    interpreted) against the general step (`KVCache.update`), both with flash attention, past the sink and window."""
+    from models.config import ModelConfig
+    from models.llama import build_random_model
+    config = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, vocab_size=97)
+    model = build_random_model(config, max_len=96)
+    tokens = torch.randint(0, 97, (1, 66), generator=torch.Generator().manual_seed(0))
+    runs = []
+    with torch.no_grad():
+        for fused in (False, True):
+            model.setup_caches(1, 96, quant=quant)
+            model.prefill(tokens[:, :62])
+            model.fused_decode = fused
+            steps = [Decode(torch.tensor([p]), torch.tensor([p + 1], dtype=torch.int32), "flash") for p in range(62, 66)]
+            logits = [model.decode(tokens[:, p:p + 1], step) for p, step in zip(range(62, 66), steps)]
+            caches = [layer.attention.kv_cache for layer in model.layers]
+            exact = [(c.k_exact.clone(), c.v_exact.clone(), c.exact_pos.clone()) for c in caches]
+            runs.append((torch.cat(logits), exact))
+    (general, general_exact), (fused, fused_exact) = runs
+    assert general.abs().max() > 0
+    torch.testing.assert_close(fused, general, atol=1e-4, rtol=1e-4)
+    for (k, v, pos), (k_fused, v_fused, pos_fused) in zip(general_exact, fused_exact, strict=True):
+        assert torch.equal(pos, pos_fused) and (pos >= 0).sum() == 16 + 48
+        torch.testing.assert_close(k_fused, k, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(v_fused, v, atol=1e-5, rtol=1e-5)
