@@ -132,3 +132,29 @@ def test_refuses_a_16bit_cache_and_bad_exact_tokens():
     with pytest.raises(ValueError, match="shape"):
         flash_decode_exact_window(q, k8, v8, exact=exact._replace(k=exact.k[:, :1], v=exact.v[:, :1]),
                                   k_scale=ks, v_scale=vs)
+
+
+@pytest.mark.parametrize("kv, transposed", [("fp8", True), ("int8", True), ("fp8", False)])
+def test_the_shifted_view_keeps_tensor_descriptors_with_16_sink_slots(kv, transposed, poisoned_empty, monkeypatch):
+    """Plans with tensor descriptors (`tma`), the transposed kernel's too, forced for the call's shape: the split
+    kernels read the 8-bit caches from slot `sink` on, and with 16 sink slots (models/kv_cache.py) a sequence-major
+    8-bit V seen from there stays 16-byte aligned, so the descriptors are built (with 4 it starts 4 bytes off, and
+    the call falls back to pointers: still right). The dot kernel's descriptors, over head-dim-contiguous rows, too."""
+    import dataclasses
+
+    from kernels import interface
+    from kernels.plan import plan_launch, shape_key
+    built = []
+    real = interface._descriptor
+    monkeypatch.setattr(interface, "_descriptor", lambda cache, block: built.append(block) or real(cache, block))
+    B, Hq, Hkv, S, D, T = 2, 16, 2, 336, 128, 2
+    plan = dataclasses.replace(plan_launch(B, Hq, Hkv, S, D, T=T, scaled=True, num_splits=2), transposed=transposed,
+                               tma=True, block_n=64)
+    lengths = torch.tensor([S, 90], dtype=torch.int32)
+    for sink in (16, 4):
+        built.clear()
+        with interface.forced_plans([(shape_key(B, Hq, Hkv, S, D, T, True, kv == "int8"), plan)]):
+            # (the dot kernel takes descriptors over a V of head-dim-contiguous rows only: every sink aligns those)
+            run_case(B, Hq, Hkv, S, D, torch.bfloat16, kv, lengths, T, None, layout="vseq" if transposed else "bhsd",
+                     sink=sink)
+        assert (len(built) == 2) == (sink == 16 or not transposed), (sink, built)
