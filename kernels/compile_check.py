@@ -32,7 +32,8 @@ from triton.compiler import ASTSource
 
 from kernels import interface
 from kernels.append import _append_kv_kernel, append_blocks
-from kernels.exact_window import EXACT_MERGE_WARPS, _exact_merge_kernel, exact_merge_constexprs
+from kernels.exact_combine import EXACT_WARPS, _combine_exact_kernel, _exact_merge_kernel
+from kernels.exact_window import exact_merge_constexprs
 from kernels.fused_gemv import build_names
 from kernels.infill_keep import _infill_keep_kernel
 from kernels.interface import combine_constexprs, combine_warps, split_constexprs, split_kernel
@@ -147,14 +148,30 @@ EXACT_MERGE_CONFIGS = [("bf16", 8, 128, 52, True), ("bf16", 1, 128, 52, True), (
 
 
 def compile_exact_merge(dtype: str, group: int, D: int, N: int, has_quantized: bool, target: GPUTarget) -> dict:
-    binary = _compile(_exact_merge_kernel,
-                      dict(Q=POINTER[dtype], EXACT_K=POINTER[dtype], EXACT_V=POINTER[dtype], EXACT_POS="*i64",
-                           SEQLENS="*i32", OUT=POINTER[dtype], LSE="*fp32"),
-                      exact_merge_constexprs(group, N, D, has_quantized), target, EXACT_MERGE_WARPS, 1,
-                      not_divisible=("stride_pb", "Hq", "T", "N", "D", "S", "sink", "window"))
+    """The exact-window merge after an unsplit call and, with `has_quantized`, the combine that merges it into a
+    split call's partials (8 splits, bfloat16 partials, PDL as flash_decode launches it)."""
+    exact_pointers = dict(Q=POINTER[dtype], EXACT_K=POINTER[dtype], EXACT_V=POINTER[dtype], EXACT_POS="*i64",
+                          LENGTHS="*i32")
+    odd = ("stride_pb", "Hq", "T", "N", "D", "S", "sink", "window")
+    binary = _compile(_exact_merge_kernel, dict(exact_pointers, OUT=POINTER[dtype], LSE="*fp32"),
+                      exact_merge_constexprs(group, N, D, has_quantized), target, EXACT_WARPS, 1,
+                      not_divisible=odd)
     usage = sass_facts(binary.asm["cubin"])
-    return {"name": _exact_merge_name(dtype, group, D, N, has_quantized), "cubin_bytes": len(binary.asm["cubin"]),
-            "registers": usage.get("registers"), "local_bytes": usage.get("local_bytes")}
+    facts = {"name": _exact_merge_name(dtype, group, D, N, has_quantized), "cubin_bytes": len(binary.asm["cubin"]),
+             "registers": usage.get("registers"), "local_bytes": usage.get("local_bytes")}
+    if has_quantized:
+        plan = dataclasses.replace(plan_launch(1, 8 * group, 8, 4096, D, scaled=True, num_splits=8),
+                                   partials="bfloat16")
+        combine = _compile(_combine_exact_kernel,
+                           dict(exact_pointers, SEQLENS="*i32", PART_OUT="*bf16", PART_LSE="*fp32",
+                                OUT=POINTER[dtype], LSE="*fp32"),
+                           {**combine_constexprs(plan, has_seqlens=True, use_pdl=True),
+                            "GROUP": group, "EXACT_BLOCK": exact_merge_constexprs(group, N, D, True)["EXACT_BLOCK"]},
+                           target, max(combine_warps(plan), EXACT_WARPS), 1, not_divisible=odd + ("num_splits", "S_cache"))
+        combine_usage = sass_facts(combine.asm["cubin"])
+        facts |= {"combine_cubin_bytes": len(combine.asm["cubin"]), "combine_local_bytes":
+                  combine_usage.get("local_bytes"), "combine_pdl_wait": "griddepcontrol.wait" in combine.asm["ptx"]}
+    return facts
 
 
 def _exact_merge_name(dtype: str, group: int, D: int, N: int, has_quantized: bool) -> str:

@@ -55,6 +55,7 @@ from triton.runtime.interpreter import InterpretedFunction
 from kernels import reference
 from kernels.append import append_kv_triton
 from kernels.devices import on_first_tensors_device
+from kernels.exact_combine import EXACT_WARPS, _combine_exact_kernel
 from kernels.plan import LaunchPlan, plan_launch, resident_programs, shape_key, tuned_plan
 from kernels.split_kv import _combine_kernel, _split_kv_kernel
 from kernels.split_kv_row import _split_kv_row_kernel
@@ -367,11 +368,12 @@ def _run(kernel, grid, compile_only: bool, *args, **kwargs):
 
 @on_first_tensors_device
 def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scale=None, k_scale=None,
-           v_scale=None, compile_only=False):
+           v_scale=None, compile_only=False, exact=None):
     """Run the kernels with an explicit plan (inputs already validated). Returns (out, lse) with
     out of q's shape and lse (B, Hq) or (B, Hq, T). `compile_only` builds the kernels the call would
     launch and returns the split kernel's binary instead (benchmarks compile their candidate plans in
-    parallel first, and read registers and shared memory from the binaries)."""
+    parallel first, and read registers and shared memory from the binaries). `exact`
+    (`kernels.exact_window.ExactLaunch`, split plans only): the combine merges an 8-bit cache's exact tokens too."""
     B, Hq, D = q.shape[0], q.shape[1], q.shape[-1]
     T = q.shape[2] if q.dim() == 4 else 1
     q4 = q if q.dim() == 4 else q.unsqueeze(2)                                # (B, Hq, T, D)
@@ -414,12 +416,15 @@ def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scal
         num_warps=plan.num_warps, num_stages=plan.num_stages, **({"maxnreg": plan.maxnreg} if plan.maxnreg else {}),
         **({"launch_pdl": True} if use_pdl else {}),
     )
+    if exact is not None and splits == 1:
+        raise ValueError("the exact tokens are merged by the combine of a split plan only")
     if splits > 1:
-        _run(_combine_kernel, (B * Hq * T,), compile_only,
+        _run(_combine_kernel if exact is None else _combine_exact_kernel, (B * Hq * T,), compile_only,
             seqlens, part_out, part_lse, out, lse,
-            S, Hq * T, D, splits,
+            S, Hq * T, D, splits, *(exact.args if exact is not None else ()),
             **combine_constexprs(plan, has_seqlens=has_seqlens, use_pdl=use_pdl),
-            num_warps=combine_warps(plan),
+            **(exact.constexprs if exact is not None else {}),
+            num_warps=combine_warps(plan) if exact is None else max(combine_warps(plan), EXACT_WARPS),
             **({"launch_pdl": True} if use_pdl else {}),
         )
     return binary if compile_only else (out, lse)

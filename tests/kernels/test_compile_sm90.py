@@ -181,11 +181,13 @@ def test_the_infill_kernel_compiles_for_sm90_without_spills(compiled, block):
 
 
 @pytest.mark.parametrize("config", __import__("kernels.compile_check", fromlist=["x"]).EXACT_MERGE_CONFIGS)
-def test_the_exact_window_merge_compiles_for_sm90_without_spills(compiled, config):
+def test_the_exact_window_merge_and_combine_compile_for_sm90_without_spills(compiled, config):
     from kernels.compile_check import _exact_merge_name
     facts = compiled[_exact_merge_name(*config)]
     assert "error" not in facts, facts["error"]
     assert facts["cubin_bytes"] > 0 and facts["local_bytes"] == 0
+    if config[-1]:      # 8-bit keys too: the split call's combine that merges the exact partial
+        assert facts["combine_cubin_bytes"] > 0 and facts["combine_local_bytes"] == 0 and facts["combine_pdl_wait"]
 
 
 def test_the_dense_kernels_compile_for_sm90_with_bf16_and_int8_weights(compiled):
