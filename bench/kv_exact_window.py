@@ -12,6 +12,8 @@ agreement with the unquantized cache and the mean KL divergence, as that test do
 This is a simulation at the level of scores, not a cache the product has: attention runs on the CPU over the exact
 cache and picks, per (query, key), the exact or the quantized key and value (`attention`). It says how much such a
 cache would recover; bench/results/NOTES.md (the section on this script) sketches how the kernels would carry it.
+The product's 8-bit caches now carry 16 + 32 exact tokens (models/kv_cache.py; NOTES.md, "Issue 11's accuracy
+bar, built"); this script stays the way to weigh other choices without rebuilding the cache.
 """
 
 from __future__ import annotations

@@ -23,7 +23,9 @@ quantized on the way in, so a token leaving the window needs no move). Every rea
 position i, keys 0 .. EXACT_SINK-1 and i-EXACT_WINDOW+1 .. i from the copy and the others from the 8-bit cache
 (kernels/exact_window.py, `kernels.reference.flash_decode_exact_window`, models/attention.py for prefill and
 sdpa). A slot records the position it holds (-1: none), so a reader never takes a stale one for another
-position; `KVCache.window_valid` says whether a row cut to some length still holds its window (prefix reuse).
+position; `exact_window_valid` says whether a row cut to some length still holds its window (prefix reuse). One
+cut back past the ring is repaired by a prefill of the `repair_span` tokens before the cut that writes only the
+exact copies (`models.llama.Transformer.prefill`), or prefilled from 0 where that would reach into the sink.
 """
 
 from __future__ import annotations
