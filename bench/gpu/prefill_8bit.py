@@ -1,0 +1,62 @@
+"""What an 8-bit KV cache costs a prompt on a GPU: CodeLlama-7B shape (random weights), one prompt, flash attention.
+Per cache (bf16, fp8, int8): `Transformer.prefill` of a fresh prompt (CUDA events, median of 5), and the Engine's
+first token for a request that shares all but the prompt's last EDIT tokens with the one before it (the prefix
+cache reuses the rest; with the exact sink and window tokens, a cut that deep re-prefills the window's span).
+Run it with this tree and with the code before a change, in separate processes, to put them side by side.
+
+    python bench/gpu/prefill_8bit.py [TOKENS ...]          # from the repository root, on the GPU machine
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+EDIT = 100          # tokens changed at the end of the prompt between two requests
+
+
+def _ms(fn, repeats: int = 5) -> float:
+    times = []
+    for _ in range(repeats + 1):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times[1:])[repeats // 2]
+
+
+@torch.no_grad()
+def main(argv: list[str]) -> int:
+    from models.engine import Engine
+    from models.generation import GenerationConfig
+    from models.llama import build_random_model
+    lengths = [int(a) for a in argv] or [8192, 32768]
+    model = build_random_model("CodeLlama-7B", device="cuda", dtype=torch.bfloat16, max_len=max(lengths) + 256)
+    engine = Engine(model, None, name="CodeLlama-7B", attention="flash", context_length=max(lengths) + 256)
+    config = GenerationConfig(max_new_tokens=1)
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for kind in (None, "fp8", "int8"):
+        engine.set_kv_cache(kind)
+        for T in lengths:
+            ids = torch.randint(3, model.config.vocab_size, (T,), generator=gen).tolist()
+            prefill = _ms(lambda: model.prefill(torch.tensor([ids], device="cuda")))
+            engine.clear_prefix_cache()
+            engine.generate(ids, config)                                     # the first request, then edits
+            edits = []
+            for i in range(3):
+                edited = ids[:T - EDIT] + [(x + i + 1) % model.config.vocab_size or 3 for x in ids[T - EDIT:]]
+                edits.append(engine.generate(edited, config).timings.ttft_ms)
+            rows.append(f"| {kind or 'bf16'} | {T} | {prefill:.1f} | {sorted(edits)[1]:.1f} |")
+            print(rows[-1], flush=True)
+    print(f"\nCodeLlama-7B shape, {torch.cuda.get_device_name()}, torch {torch.__version__}\n")
+    print(f"| KV cache | prompt tokens | prefill (ms) | first token after an edit of the last {EDIT} tokens (ms) |")
+    print("|---|---|---|---|")
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
