@@ -76,6 +76,9 @@ def _prefill_attention_masked(q, k, v, prior, k_new, v_new, start) -> torch.Tens
     return out
 
 
+PREFILL_BAND_CHUNK = 256     # queries a step of the exact band: scores (Hq, 256, 287) floats, a few launches each
+
+
 def prefill_attention_two_pass(q, k, v, prior, k_new, v_new, start: int, rough_partial):
     """prefill_attention_exact as two partials of one softmax merged by their log-sum-exp: the 8-bit keys
     (positions sink .. i - window for the query at i: a causal mask aligned bottom-right on that span, which
@@ -106,24 +109,25 @@ def prefill_attention_two_pass(q, k, v, prior, k_new, v_new, start: int, rough_p
     band_v = torch.nn.functional.pad(exact_v[:, band], (0, 0, pad, 0))
     sink_k, sink_v = exact_k[:, first], exact_v[:, first]                                 # (Hkv, s, D)
     qf = q[0].float().reshape(Hkv, G, T, D) * scale                                        # (Hkv, G, T, D)
+    sink_k, sink_v = sink_k.float()[:, None], sink_v.float()[:, None]                     # (Hkv, 1, s, D)
+    sink_pos = torch.arange(first.shape[0], device=q.device)
     out_b = torch.empty(Hkv, G, T, D, device=q.device)
     lse_b = torch.empty(Hkv, G, T, device=q.device)
-    w = torch.arange(window, device=q.device)
-    chunk = max(1, (1 << 26) // (Hkv * window * D))     # queries at a time: the unfolded band is copied once
-    for t0 in range(0, T, chunk):
-        t1 = min(T, t0 + chunk)
-        t = torch.arange(t0, t1, device=q.device)
-        bk = band_k[:, t0:t1 + window - 1].unfold(1, window, 1).float()                  # (Hkv, C, D, window)
-        bv = band_v[:, t0:t1 + window - 1].unfold(1, window, 1).float()
-        band_pos = start + t[:, None] - (window - 1) + w                                 # (C, window)
+    # Queries CHUNK at a time against the keys their bands span (CHUNK + window - 1, dense, masked to the band):
+    # a few matmuls a chunk instead of a copy of every query's own window of keys.
+    for t0 in range(0, T, PREFILL_BAND_CHUNK):
+        t1 = min(T, t0 + PREFILL_BAND_CHUNK)
+        keys, values = band_k[:, None, t0:t1 + window - 1].float(), band_v[:, None, t0:t1 + window - 1].float()
+        key_pos = start - (window - 1) + torch.arange(t0, t1 + window - 1, device=q.device)   # (C + window - 1,)
+        query_pos = start + torch.arange(t0, t1, device=q.device)[:, None]                      # (C, 1)
+        in_band = (key_pos <= query_pos) & (key_pos > query_pos - window) & (key_pos >= sink)   # (C, C + window - 1)
         scores = torch.cat((
-            torch.einsum("kgcd,kcdw->kgcw", qf[:, :, t0:t1], bk).masked_fill(band_pos < sink, float("-inf")),
-            torch.einsum("kgcd,ksd->kgcs", qf[:, :, t0:t1], sink_k.float()).masked_fill(
-                torch.arange(first.shape[0], device=q.device) > start + t[:, None], float("-inf"))), dim=-1)
+            (qf[:, :, t0:t1] @ keys.transpose(-1, -2)).masked_fill(~in_band, float("-inf")),
+            (qf[:, :, t0:t1] @ sink_k.transpose(-1, -2)).masked_fill(sink_pos > query_pos, float("-inf"))), dim=-1)
         lse = torch.logsumexp(scores, dim=-1)                                            # (Hkv, G, C)
         probs = torch.exp(scores - lse[..., None])                  # every query sees itself: lse is finite
-        out_b[:, :, t0:t1] = (torch.einsum("kgcw,kcdw->kgcd", probs[..., :window], bv)
-                              + torch.einsum("kgcs,ksd->kgcd", probs[..., window:], sink_v.float()))
+        band = keys.shape[2]
+        out_b[:, :, t0:t1] = probs[..., :band] @ values + probs[..., band:] @ sink_v
         lse_b[:, :, t0:t1] = lse
     out_b, lse_b = out_b.view(1, Hq, T, D), lse_b.view(1, Hq, T)
     span = end - window - sink                          # 8-bit keys the last query reads

@@ -10,14 +10,15 @@ step; the fused one-token step's qkv_rope quantizes them itself, to the same byt
 Every reader sees the same quantized values: flash_decode and eager take the scales, sdpa and prefill dequantize.
 About half the bytes of bf16: twice the context, and half the attention reads.
 int8 (scale amax / 127) is the accurate one: on SmolLM2 over real code its top-1 next token agrees with an
-unquantized cache's at 98.2% of positions, e4m3's at 95.9%; with the exact sink and window tokens below, 99.6%
-and 98.6% (tests/models/test_kv_cache_accuracy.py). The
+unquantized cache's at 98.2% of positions, e4m3's at 95.9%, and 98.6% with the exact sink and window tokens
+below, which fp8 keeps (tests/models/test_kv_cache_accuracy.py; int8 with them 99.6%, but their prefill costs a GPU
+2.5-3.3x, so int8 keeps none). The
 kernels take both with the same scales and plans: the append quantizes either, and flash_decode converts
 either in its key loop (bench/results/NOTES.md has their speeds side by side). On a GPU, where the model has
 GQA, an 8-bit V is stored sequence-major, (B, Hkv, D, S_max) seen as (B, Hkv, S_max, D): the layout
 flash_decode's dot kernel reads fastest (`kernels.interface.sequence_major_v_pays` says why and by how much).
 
-Exact sink and window tokens: an 8-bit cache also keeps, per layer, a model-dtype copy of each row's first
+Exact sink and window tokens: an fp8 cache (EXACT_WINDOW_CACHES) also keeps, per layer, a model-dtype copy of each row's first
 EXACT_SINK tokens and, in a ring of EXACT_RING slots, its most recent ones (`ExactTokens`; every token is still
 quantized on the way in, so a token leaving the window needs no move). Every reader takes, for the query at
 position i, keys 0 .. EXACT_SINK-1 and i-EXACT_WINDOW+1 .. i from the copy and the others from the 8-bit cache
@@ -62,6 +63,10 @@ EXACT_WINDOW = 32
 MAX_STEP_TOKENS = 16
 EXACT_RING = EXACT_WINDOW + MAX_STEP_TOKENS
 EXACT_SLOTS = EXACT_SINK + EXACT_RING
+# The caches that keep them: e4m3 needs them for the 98% bar; int8 meets it alone (98.2%), and the exact tokens
+# cost a prompt's prefill on a GPU (a 32k prompt 1.46 -> 3.6 s, an 8k one 0.28 -> 0.93 s, CodeLlama-7B shape on an
+# H200: bench/results/NOTES.md, Run 39), so int8, the fast one, stays without them.
+EXACT_WINDOW_CACHES = ("fp8",)
 POSITION_BYTES = 8        # an exact slot's int64 position
 
 
@@ -81,7 +86,7 @@ def kv_cache_bytes_per_token(config: ModelConfig, dtype: torch.dtype, quant: str
 def exact_bytes_per_row(config: ModelConfig, dtype: torch.dtype, quant: str | None = None) -> int:
     """Bytes of one row's exact sink and window tokens over all layers (8-bit caches; 0 otherwise): K and V in the
     model dtype and each slot's position, EXACT_SLOTS slots a layer."""
-    if not quant:
+    if quant not in EXACT_WINDOW_CACHES:
         return 0
     element = torch.tensor([], dtype=dtype).element_size()
     per_slot = config.kv_bytes_per_token(element) + config.n_layers * POSITION_BYTES
@@ -146,12 +151,13 @@ class KVCache(nn.Module):
         self.register_buffer("v_scale", scales(), persistent=False)
         # 8-bit: the exact sink and ring slots (module docstring), each slot's position, -1 for none.
         exact = (batch, n_kv_heads, EXACT_SLOTS, head_dim)
-        self.register_buffer("k_exact", torch.zeros(exact, dtype=dtype, device=device) if quant else None,
+        windowed = quant in EXACT_WINDOW_CACHES
+        self.register_buffer("k_exact", torch.zeros(exact, dtype=dtype, device=device) if windowed else None,
                              persistent=False)                                                  # (B, Hkv, N, D)
-        self.register_buffer("v_exact", torch.zeros(exact, dtype=dtype, device=device) if quant else None,
+        self.register_buffer("v_exact", torch.zeros(exact, dtype=dtype, device=device) if windowed else None,
                              persistent=False)
         self.register_buffer("exact_pos", torch.full((batch, EXACT_SLOTS), -1, dtype=torch.int64, device=device)
-                             if quant else None, persistent=False)                              # (B, N)
+                             if windowed else None, persistent=False)                           # (B, N)
 
     def rows(self, first: int, end: int) -> CacheView:
         """Cache rows first..end-1, every slot."""
@@ -257,7 +263,8 @@ class KVCache(nn.Module):
             keys = rotate(dequantize(self.k[rows, :, old], self.k_scale[rows, :, old], torch.float32))
             self.k[rows, :, new], self.k_scale[rows, :, new] = quantize(keys, self.k.dtype)
             self.v_scale[rows, :, new] = self.v_scale[rows, :, old].clone()
-            self.exact_pos[rows].masked_fill_(self.exact_pos[rows] >= target, -1)
+            if self.exact_pos is not None:
+                self.exact_pos[rows].masked_fill_(self.exact_pos[rows] >= target, -1)
         self.v[rows, :, new] = self.v[rows, :, old].clone()
 
     def saved(self, row: int, length: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:

@@ -129,7 +129,7 @@ def test_a_rows_saved_slots_come_back_byte_for_byte(quant):
     after = [t for t in cache.rows(1, 2).stored() if t is not None]
     for old, new in zip(before, after):
         assert torch.equal(old[:, :, :20], new[:, :, :20])
-    if quant:       # the exact sink and window tokens come back too: the row's next queries read them
+    if exact_before:    # fp8's exact sink and window tokens come back too: the row's next queries read them
         k, v, pos = cache.rows(1, 2).exact[:3]
         assert cache.window_valid(1, 20) and torch.equal(pos, exact_before[2]) and (pos >= 0).sum() == 20
         assert torch.equal(k, exact_before[0]) and torch.equal(v, exact_before[1])
