@@ -47,16 +47,6 @@ def prefill_attention_exact(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p
     window keys exact: the prefix's from `prior` (`ExactTokens`, the row's copies of positions before `start`),
     the span's own from k_new, v_new (1, Hkv, T, D), what the model computed. Every key in exactly one set, so
     one softmax over the three side by side, masked, is exact. Returns (1, Hq, T, D)."""
-    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] % 8 == 0:
-        out = prefill_attention_two_pass(q, k, v, prior, k_new, v_new, start, _flash_lower_right)
-        if out is not None:
-            return out
-    return _prefill_attention_masked(q, k, v, prior, k_new, v_new, start)
-
-
-def _prefill_attention_masked(q, k, v, prior, k_new, v_new, start) -> torch.Tensor:
-    """prefill_attention_exact as one masked softmax (any device; slow at long prompts: SDPA cannot take its
-    fast causal kernels with an arbitrary mask, 3.6x the time of the bf16 cache's prefill at 32k on an H200)."""
     T, S = q.shape[2], k.shape[2]
     reference = _reference()
     sink, window = prior.sink, prior.window
@@ -74,87 +64,6 @@ def _prefill_attention_masked(q, k, v, prior, k_new, v_new, start) -> torch.Tens
         out[:, :, first:first + block] = F.scaled_dot_product_attention(
             q[:, :, first:first + block], keys, values, attn_mask=mask[:, None], enable_gqa=q.shape[1] != k.shape[1])
     return out
-
-
-PREFILL_BAND_CHUNK = 256     # queries a step of the exact band: scores (Hq, 256, 287) floats, a few launches each
-
-
-def prefill_attention_two_pass(q, k, v, prior, k_new, v_new, start: int, rough_partial):
-    """prefill_attention_exact as two partials of one softmax merged by their log-sum-exp: the 8-bit keys
-    (positions sink .. i - window for the query at i: a causal mask aligned bottom-right on that span, which
-    FlashAttention runs as it is, `rough_partial`) and the exact ones (at most sink + window a query: a band
-    beside the diagonal and the first tokens, gathered by position). Returns (1, Hq, T, D), or None where a
-    window position has no exact copy (the caller's masked softmax says what it reads then)."""
-    _, Hq, T, D = q.shape
-    Hkv = k.shape[1]
-    G = Hq // Hkv
-    sink, window = prior.sink, prior.window
-    scale = D ** -0.5
-    end = start + T
-    # The exact keys by position: the prefix's copies (stale drafts past `start` left out), then the span's own.
-    pos = prior.pos[0]                                                                   # (N,)
-    keep = (pos >= 0) & (pos < start)
-    slot_of = torch.full((end,), -1, dtype=torch.long, device=q.device)                  # position -> index
-    slot_of[pos[keep]] = torch.nonzero(keep).flatten()
-    slot_of[start:] = torch.arange(pos.shape[0], pos.shape[0] + T, device=q.device)
-    exact_k = torch.cat((prior.k[0], k_new[0].to(prior.k.dtype)), dim=1)                  # (Hkv, N + T, D)
-    exact_v = torch.cat((prior.v[0], v_new[0].to(prior.v.dtype)), dim=1)
-    lo = max(0, start - (window - 1))                  # the first position a query of the span reads in its band
-    first = slot_of[: min(sink, end)]                  # the sink's positions
-    band = slot_of[lo:end]
-    if bool((first < 0).any()) or bool((band < 0).any()):
-        return None
-    pad = (window - 1) - (start - lo)                  # band slots before position 0: masked
-    band_k = torch.nn.functional.pad(exact_k[:, band], (0, 0, pad, 0))                   # (Hkv, window - 1 + T, D)
-    band_v = torch.nn.functional.pad(exact_v[:, band], (0, 0, pad, 0))
-    sink_k, sink_v = exact_k[:, first], exact_v[:, first]                                 # (Hkv, s, D)
-    qf = q[0].float().reshape(Hkv, G, T, D) * scale                                        # (Hkv, G, T, D)
-    sink_k, sink_v = sink_k.float()[:, None], sink_v.float()[:, None]                     # (Hkv, 1, s, D)
-    sink_pos = torch.arange(first.shape[0], device=q.device)
-    out_b = torch.empty(Hkv, G, T, D, device=q.device)
-    lse_b = torch.empty(Hkv, G, T, device=q.device)
-    # Queries CHUNK at a time against the keys their bands span (CHUNK + window - 1, dense, masked to the band):
-    # a few matmuls a chunk instead of a copy of every query's own window of keys.
-    for t0 in range(0, T, PREFILL_BAND_CHUNK):
-        t1 = min(T, t0 + PREFILL_BAND_CHUNK)
-        keys, values = band_k[:, None, t0:t1 + window - 1].float(), band_v[:, None, t0:t1 + window - 1].float()
-        key_pos = start - (window - 1) + torch.arange(t0, t1 + window - 1, device=q.device)   # (C + window - 1,)
-        query_pos = start + torch.arange(t0, t1, device=q.device)[:, None]                      # (C, 1)
-        in_band = (key_pos <= query_pos) & (key_pos > query_pos - window) & (key_pos >= sink)   # (C, C + window - 1)
-        scores = torch.cat((
-            (qf[:, :, t0:t1] @ keys.transpose(-1, -2)).masked_fill(~in_band, float("-inf")),
-            (qf[:, :, t0:t1] @ sink_k.transpose(-1, -2)).masked_fill(sink_pos > query_pos, float("-inf"))), dim=-1)
-        lse = torch.logsumexp(scores, dim=-1)                                            # (Hkv, G, C)
-        probs = torch.exp(scores - lse[..., None])                  # every query sees itself: lse is finite
-        band = keys.shape[2]
-        out_b[:, :, t0:t1] = probs[..., :band] @ values + probs[..., band:] @ sink_v
-        lse_b[:, :, t0:t1] = lse
-    out_b, lse_b = out_b.view(1, Hq, T, D), lse_b.view(1, Hq, T)
-    span = end - window - sink                          # 8-bit keys the last query reads
-    if span <= 0:
-        return out_b.to(q.dtype)
-    out_a, lse_a = rough_partial(q, k[:, :, sink:sink + span], v[:, :, sink:sink + span], scale)
-    lse_a = lse_a.masked_fill(torch.arange(T, device=q.device) < T - span, float("-inf"))   # rows with no key
-    return _reference().merge_partials(out_a, lse_a, out_b, lse_b)[0].to(q.dtype)
-
-
-def _flash_lower_right(q, k, v, scale):
-    """FlashAttention over k, v (1, Hkv, Sk, D) with the causal mask aligned bottom-right (query t sees keys up to
-    Sk - T + t: its op's is_causal, as torch.nn.attention.bias.causal_lower_right dispatches to it), and its
-    log-sum-exp: (out (1, Hq, T, D), lse float32 (1, Hq, T)); a row without keys gets no finite lse."""
-    group = q.shape[1] // k.shape[1]
-    if group > 1:
-        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)        # (1, Hq, Sk, D)
-    out, lse = torch.ops.aten._scaled_dot_product_flash_attention(
-        q, k.to(q.dtype), v.to(q.dtype), 0.0, is_causal=True, return_debug_mask=False, scale=scale)[:2]
-    return out, lse
-
-
-def reference_lower_right(q, k, v, scale):
-    """_flash_lower_right's arithmetic in PyTorch (float32; any device): for tests and the CPU."""
-    T, Sk = q.shape[2], k.shape[2]
-    visible = torch.arange(Sk, device=q.device) <= Sk - T + torch.arange(T, device=q.device)[:, None]   # (T, Sk)
-    return _reference().masked_partial(q.float(), k.float(), v.float(), visible[None], scale)
 
 
 def decode_attention(backend: str, q: torch.Tensor, cache: CacheView, cache_seqlens: torch.Tensor,

@@ -10,23 +10,23 @@ step; the fused one-token step's qkv_rope quantizes them itself, to the same byt
 Every reader sees the same quantized values: flash_decode and eager take the scales, sdpa and prefill dequantize.
 About half the bytes of bf16: twice the context, and half the attention reads.
 int8 (scale amax / 127) is the accurate one: on SmolLM2 over real code its top-1 next token agrees with an
-unquantized cache's at 98.2% of positions, e4m3's at 95.9%, and 98.6% with the exact sink and window tokens
-below, which fp8 keeps (tests/models/test_kv_cache_accuracy.py; int8 with them 99.6%, but their prefill costs a GPU
-2.5-3.3x, so int8 keeps none). The
+unquantized cache's at 98.4% of positions (98.2% on 2026-11-30), e4m3's at 95.9%, and 98.6% with the exact sink
+and window tokens below, which fp8 keeps (tests/models/test_kv_cache_accuracy.py; int8 with them 99.6%, but their
+prefill costs a GPU 2-3.6x, so int8 keeps none). The
 kernels take both with the same scales and plans: the append quantizes either, and flash_decode converts
 either in its key loop (bench/results/NOTES.md has their speeds side by side). On a GPU, where the model has
 GQA, an 8-bit V is stored sequence-major, (B, Hkv, D, S_max) seen as (B, Hkv, S_max, D): the layout
 flash_decode's dot kernel reads fastest (`kernels.interface.sequence_major_v_pays` says why and by how much).
 
-Exact sink and window tokens: an fp8 cache (EXACT_WINDOW_CACHES) also keeps, per layer, a model-dtype copy of each row's first
-EXACT_SINK tokens and, in a ring of EXACT_RING slots, its most recent ones (`ExactTokens`; every token is still
-quantized on the way in, so a token leaving the window needs no move). Every reader takes, for the query at
+Exact sink and window tokens: an fp8 cache (EXACT_WINDOW_CACHES) also keeps, per layer, a model-dtype copy of each
+row's first EXACT_SINK tokens and, in a ring of EXACT_RING slots, its most recent ones (`ExactTokens`; every token
+is still quantized on the way in, so a token leaving the window needs no move). Every reader takes, for the query at
 position i, keys 0 .. EXACT_SINK-1 and i-EXACT_WINDOW+1 .. i from the copy and the others from the 8-bit cache
-(kernels/exact_window.py, `kernels.reference.flash_decode_exact_window`, models/attention.py for prefill and
-sdpa). A slot records the position it holds (-1: none), so a reader never takes a stale one for another
-position; `exact_window_valid` says whether a row cut to some length still holds its window (prefix reuse). One
-cut back past the ring is repaired by a prefill of the `repair_span` tokens before the cut that writes only the
-exact copies (`models.llama.Transformer.prefill`), or prefilled from 0 where that would reach into the sink.
+(kernels/exact_window.py, `kernels.reference.flash_decode_exact_window`, models/attention.py for prefill and sdpa).
+A slot records the position it holds (-1: none), so a reader never takes a stale one for another position;
+`exact_window_valid` says whether a row cut to some length still holds its window (prefix reuse). One cut back past
+the ring is repaired by a prefill of the `repair_span` tokens before the cut that writes only the exact copies
+(`models.llama.Transformer.prefill`), or prefilled from 0 where that would reach into the sink.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ MAX_STEP_TOKENS = 16
 EXACT_RING = EXACT_WINDOW + MAX_STEP_TOKENS
 EXACT_SLOTS = EXACT_SINK + EXACT_RING
 # The caches that keep them: e4m3 needs them for the 98% bar; int8 meets it alone (98.2%), and the exact tokens
-# cost a prompt's prefill on a GPU (a 32k prompt 1.46 -> 3.6 s, an 8k one 0.28 -> 0.93 s, CodeLlama-7B shape on an
+# cost a prompt's prefill on a GPU (a 32k prompt 1.46 -> 5.2 s, an 8k one 0.28 -> 0.55 s, CodeLlama-7B shape on an
 # H200: bench/results/NOTES.md, Run 39), so int8, the fast one, stays without them.
 EXACT_WINDOW_CACHES = ("fp8",)
 POSITION_BYTES = 8        # an exact slot's int64 position
