@@ -42,10 +42,13 @@ class Pattern(NamedTuple):
 
 
 class Rules:
-    """The patterns of one ignore file, in order."""
+    """The patterns of one ignore file, in order; with ``ignorecase`` (git's core.ignorecase) matched ignoring ASCII
+    case, as git's wildmatch folds: names and literal text, and a set's members and ranges (`[A-C]` takes b,
+    `[[:upper:]]` a lower-case letter), but not a class's name (`[[:UPPER:]]` is no class)."""
 
-    def __init__(self, lines: list[str]) -> None:
-        self.patterns = [p for p in map(compile_pattern, lines) if p is not None]
+    def __init__(self, lines: list[str], ignorecase: bool = False) -> None:
+        self.ignorecase = ignorecase
+        self.patterns = [p for p in (compile_pattern(line, ignorecase) for line in lines) if p is not None]
         self._filed: dict[tuple[str, str], list[int]] = {}   # key -> numbers of the patterns filed under it
         self._others: list[int] = []
         for number, pattern in enumerate(self.patterns):
@@ -59,6 +62,8 @@ class Rules:
     def decide(self, path: str, is_dir: bool) -> bool | None:
         """True (ignored) or False (re-included) by the last pattern that matches `path`, or None if none does."""
         path = as_bytes(path)
+        if self.ignorecase:
+            path = path.translate(_ASCII_LOWER)     # (the keys are folded; a regex folds by its flag)
         name = path.rpartition("/")[2]
         _, dot, extension = name.rpartition(".")
         keys = [("path", path), ("name", name)] + ([("ext", extension)] if dot else [])
@@ -71,8 +76,12 @@ class Rules:
         return None
 
 
-def compile_pattern(line: str) -> Pattern | None:
-    """One line of an ignore file; None for a blank line, a comment, or a pattern git would not read."""
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def compile_pattern(line: str, ignorecase: bool = False) -> Pattern | None:
+    """One line of an ignore file; None for a blank line, a comment, or a pattern git would not read. With
+    ``ignorecase`` the pattern's key is folded to lower case, and its regex ignores ASCII case."""
     line = _strip_trailing_spaces(as_bytes(line).rstrip("\r\n"))
     if not line or line.startswith("#"):
         return None
@@ -88,12 +97,15 @@ def compile_pattern(line: str) -> Pattern | None:
     if not any(segments):
         return None
     key = _key(segments, anchored)
+    if key and ignorecase:
+        key = (key[0], key[1].translate(_ASCII_LOWER))
     if key and key[0] in ("path", "name"):  # a plain path or name matches exactly the paths filed under it: no regex
         return Pattern(None, negated, folders_only, key)   # (compiling 40,000 of them took 2.5 s every walk)
     groups = iter(range(1 << 30))
     body = _path_regex(segments, groups)
     try:
-        regex = re.compile(body if anchored else f"(?:.*/)?{body}", re.DOTALL)
+        regex = re.compile(body if anchored else f"(?:.*/)?{body}",
+                           re.DOTALL | (re.IGNORECASE | re.ASCII if ignorecase else 0))
     except re.error:
         return None
     return Pattern(regex, negated, folders_only, key)

@@ -339,16 +339,16 @@ class IgnoreRules:
         return self._checkout[0]
 
     @functools.cached_property
-    def _fold(self) -> dict | None:
+    def _ignorecase(self) -> bool:
         """core.ignorecase (git sets it in a repository on a disk that ignores case: macOS, Windows): `secrets.env`
-        then ignores Secrets.env too, as git's matching folds ASCII letters. (Read at the first question: rules made
-        for a listing that finds nothing new read no file.)"""
-        return _ASCII_LOWER if self.git_exclude and _is_true(_git_setting(self.top, "ignorecase")) else None
+        then ignores Secrets.env too, as git's matching folds ASCII letters. Only the matching folds: the folders
+        whose ignore files are read keep their names (Sub/.gitignore, not sub/.gitignore). (Read at the first
+        question: rules made for a listing that finds nothing new read no file.)"""
+        return self.git_exclude and _is_true(_git_setting(self.top, "ignorecase"))
 
     def ignored(self, path: str, is_dir: bool = False) -> bool:
         """Whether ``path`` (posix, relative to the root; a folder if ``is_dir``) is ignored."""
-        path = self._checkout[1] + path
-        parts = (path.translate(self._fold) if self._fold else path).split("/")
+        parts = (self._checkout[1] + path).split("/")
         for depth in range(len(parts) - 1, -1, -1):  # deepest directory first
             directory = "/".join(parts[:depth])
             below = "/".join(parts[depth:])
@@ -368,8 +368,7 @@ class IgnoreRules:
             for file in files:
                 text = _read_rules(file, follow_links=not file.is_relative_to(self.top))
                 if text is not None:
-                    text = text.translate(self._fold) if self._fold else text
-                    specs.append(Rules(text.split("\n")))  # git's lines: not at a form feed or U+2028
+                    specs.append(Rules(text.split("\n"), self._ignorecase))  # git's lines: not at a form feed
             self._specs[directory] = specs
         return self._specs[directory]
 
@@ -463,9 +462,6 @@ def _git_setting(root: Path, name: str) -> str | None:
     for config in (xdg / "config", home / ".gitconfig", git_dir(root) / "config"):
         value = _core_setting(config, home, name) or value
     return value
-
-
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def _is_true(value: str | None) -> bool:

@@ -293,6 +293,33 @@ def test_a_repository_that_ignores_case_matches_its_ignore_files_ignoring_case_a
     assert _paths(walk_root) == [".gitignore", "Gen/x.py", "Secrets.env", "a.LOG", "keep.py", "\u00c9t\u00e9.txt"]
 
 
+@pytest.mark.parametrize("ignore_case", ["true", "false"])
+def test_under_ignorecase_a_subfolders_ignore_file_and_character_classes_decide_as_in_git(make_repo, tmp_path,
+                                                                                         ignore_case):
+    """core.ignorecase folds the names matched, not the folders the ignore files are read from: the walk folded the
+    path first and then looked for Sub/.gitignore at sub/.gitignore (nothing, on a disk that keeps case), so what
+    Sub/.gitignore ignores (x.py, X.py) was indexed, and a folder opened inside a checkout (Svc/Api) lost the rules
+    of the folders above it. Its classes fold as git's wildmatch folds them: [[:upper:]] also takes a lower-case
+    letter, [A-C] a lower-case one; a class name is not folded ([[:UPPER:]] is no class)."""
+    files = {"Sub/.gitignore": "x.py\n", "Sub/x.py": "x\n", "Sub/X.py": "x\n", "Sub/y.py": "y\n",
+             "Svc/.gitignore": "q.py\n", "Svc/Api/Q.py": "q\n", "Svc/Api/r.py": "r\n",
+             "cls/Up.txt": "u\n", "cls/lo.txt": "l\n", "cls/1.txt": "1\n", "rng/A.md": "a\n", "rng/b.md": "b\n",
+             "rng/D.md": "d\n", "rng/e.md": "e\n", "bogus/U.c": "u\n", "bogus/u.c": "u\n",
+             ".gitignore": "cls/[[:upper:]]*.txt\nrng/[A-C].md\nrng/[d-f].md\nbogus/[[:UPPER:]].c\n"}
+    env = {**os.environ, "HOME": str(tmp_path), "GIT_CONFIG_NOSYSTEM": "1"}
+    walk_root, git_root = make_repo(files, name="walk"), make_repo(files, git=True, name="git")
+    (walk_root / ".git").mkdir()
+    (walk_root / ".git" / "config").write_text(f"[core]\n\tignorecase = {ignore_case}\n")
+    subprocess.run(["git", "-C", str(git_root), "config", "core.ignorecase", ignore_case], check=True, env=env)
+    for folder in ("", "Svc/Api"):
+        listed = subprocess.run(["git", "-C", str(git_root / folder), "ls-files", "-z", "--others",
+                                 "--exclude-standard"], capture_output=True, check=True, env=env).stdout
+        assert _paths(walk_root / folder) == sorted(os.fsdecode(p) for p in listed.split(b"\0") if p)
+    if ignore_case == "true":
+        assert _paths(walk_root) == [".gitignore", "Sub/.gitignore", "Sub/y.py", "Svc/.gitignore", "Svc/Api/r.py",
+                                     "bogus/U.c", "bogus/u.c", "cls/1.txt"]
+
+
 def test_a_byte_order_mark_is_not_text(make_repo):
     root = make_repo({"bom.py": b"\xef\xbb\xbfimport os\r\n\ndef f():\r\n    return os.sep\r\n"})
     assert read_source(root, "bom.py") == "import os\n\ndef f():\n    return os.sep\n"
