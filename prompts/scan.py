@@ -17,6 +17,7 @@ import codecs
 import errno
 import functools
 import os
+import re
 import stat
 import sys
 import warnings
@@ -320,11 +321,17 @@ class IgnoreRules:
     ``!keep.log`` can re-include); ``.git/info/exclude`` and then the user's global excludes file count as the
     weakest files of the root. Rule files are read only when they are regular files of sane size (git itself
     does not follow a symbolic link named ``.gitignore``).
+
+    Inside a nested repository (a clone in third_party/, a submodule) its own rules decide, as git run there
+    decides: its ignore files, its info/exclude and its config's excludes file and ignorecase, not those of the
+    folders above it (which decide only whether the walk enters it).
     """
 
     def __init__(self, root: Path, filenames: tuple[str, ...], git_exclude: bool = False):
         self.root, self.filenames, self.git_exclude = root, filenames, git_exclude
-        self._specs: dict[str, list[Rules]] = {}
+        self._specs: dict[tuple[str, str], list[Rules]] = {}   # (repository, folder in it) -> its files' rules
+        self._repositories: dict[str, bool] = {}                # folder below the top -> holds a nested repository
+        self._ignorecases: dict[str, bool] = {}                 # repository -> its core.ignorecase
 
     @functools.cached_property
     def _checkout(self) -> tuple[Path, str]:
@@ -338,39 +345,58 @@ class IgnoreRules:
         """The checkout's top folder (the root, unless it lies in a checkout): its .git and global rules are read."""
         return self._checkout[0]
 
-    @functools.cached_property
-    def _ignorecase(self) -> bool:
-        """core.ignorecase (git sets it in a repository on a disk that ignores case: macOS, Windows): `secrets.env`
-        then ignores Secrets.env too, as git's matching folds ASCII letters. Only the matching folds: the folders
-        whose ignore files are read keep their names (Sub/.gitignore, not sub/.gitignore). (Read at the first
-        question: rules made for a listing that finds nothing new read no file.)"""
-        return self.git_exclude and _is_true(_git_setting(self.top, "ignorecase"))
+    def _ignorecase(self, repository: str) -> bool:
+        """core.ignorecase of the repository in folder ``repository`` below the top ("": the top's) (git sets it in a
+        repository on a disk that ignores case: macOS, Windows): `secrets.env` then ignores Secrets.env too, as git's
+        matching folds ASCII letters. Only the matching folds: the folders whose ignore files are read keep their
+        names (Sub/.gitignore, not sub/.gitignore). (Read at the first question: rules made for a listing that finds
+        nothing new read no file.)"""
+        if repository not in self._ignorecases:
+            self._ignorecases[repository] = self.git_exclude and _is_true(_git_setting(self.top / repository,
+                                                                                      "ignorecase"))
+        return self._ignorecases[repository]
 
     def ignored(self, path: str, is_dir: bool = False) -> bool:
         """Whether ``path`` (posix, relative to the root; a folder if ``is_dir``) is ignored."""
         parts = (self._checkout[1] + path).split("/")
-        for depth in range(len(parts) - 1, -1, -1):  # deepest directory first
-            directory = "/".join(parts[:depth])
+        start = self._repository_depth(parts)
+        repository = "/".join(parts[:start])
+        for depth in range(len(parts) - 1, start - 1, -1):  # deepest directory first, up to the repository's top
+            directory = "/".join(parts[start:depth])
             below = "/".join(parts[depth:])
-            for rules in reversed(self._specs_of(directory)):
+            for rules in reversed(self._specs_of(repository, directory)):
                 decision = rules.decide(below, is_dir)
                 if decision is not None:
                     return decision
         return False
 
-    def _specs_of(self, directory: str) -> list[Rules]:
-        if directory not in self._specs:
-            folder = self.top / directory
-            files = [folder / name for name in self.filenames]
+    def _repository_depth(self, parts: list[str]) -> int:
+        """How many of the path's leading parts name the folder of the deepest repository holding it (0: the top)."""
+        if not self.git_exclude:
+            return 0
+        for depth in range(len(parts) - 1, 0, -1):
+            folder = "/".join(parts[:depth])
+            if folder not in self._repositories:
+                self._repositories[folder] = is_repository(self.top / folder)
+            if self._repositories[folder]:
+                return depth
+        return 0
+
+    def _specs_of(self, repository: str, directory: str) -> list[Rules]:
+        """The rules of the files in ``directory`` of the repository in folder ``repository`` (both below its top)."""
+        if (repository, directory) not in self._specs:
+            top = self.top / repository
+            files = [top / directory / name for name in self.filenames]
             if self.git_exclude and not directory:
-                files[:0] = [*global_excludes_files(self.top), git_dir(self.top) / "info" / "exclude"]
+                files[:0] = [*global_excludes_files(top), git_dir(top) / "info" / "exclude"]
             specs = []
             for file in files:
                 text = _read_rules(file, follow_links=not file.is_relative_to(self.top))
                 if text is not None:
-                    specs.append(Rules(text.split("\n"), self._ignorecase))  # git's lines: not at a form feed
-            self._specs[directory] = specs
-        return self._specs[directory]
+                    # git's lines: not at a form feed or U+2028
+                    specs.append(Rules(text.split("\n"), self._ignorecase(repository)))
+            self._specs[repository, directory] = specs
+        return self._specs[repository, directory]
 
 
 def read_regular_file(path: Path, limit: int, follow_links: bool = True, dir_fd: int | None = None) -> bytes | None:
@@ -432,12 +458,38 @@ def git_dir(root: Path) -> Path:
     """The folder that holds the repository's ``info/exclude``: ``.git``; or, when ``.git`` is a file (a linked
     worktree, a submodule), the folder its ``gitdir:`` line names, or that folder's ``commondir`` (a worktree's
     exclude file is its main repository's), as git finds it. Read, never run: at worst a wrong path, read as rules."""
+    return _common_dir(_own_git_dir(root))
+
+
+def _own_git_dir(root: Path) -> Path:
+    """``root``'s ``.git`` folder, or the one its ``.git`` file's ``gitdir:`` line names (relative to the root)."""
     folder = root / ".git"
     text = _read_rules(folder)  # None for a folder
     if text is not None and text.startswith("gitdir:"):
         folder = root / text.partition("\n")[0][len("gitdir:"):].strip()  # relative to the root, or absolute
+    return folder
+
+
+def _common_dir(folder: Path) -> Path:
     common = _read_rules(folder / "commondir", follow_links=True)
     return folder / common.strip() if common and common.strip() else folder
+
+
+_HEAD = re.compile(r"ref:\s*refs/.*|[0-9a-f]{40}(?:[0-9a-f]{24})?\s*", re.DOTALL)
+
+
+def is_repository(folder: Path) -> bool:
+    """Whether ``folder`` holds a git repository as git tells one (is_git_directory): its ``.git`` (a folder, or a
+    file naming one) has a HEAD naming a branch or a commit, and objects and refs folders (a worktree's in its
+    commondir). An empty .git, or a .git folder an archive brought, is no repository: git treats its folder as a
+    plain one of the repository above."""
+    if not os.path.lexists(folder / ".git"):
+        return False
+    own = _own_git_dir(folder)
+    head = _read_rules(own / "HEAD", follow_links=True)
+    common = _common_dir(own)
+    return (head is not None and _HEAD.fullmatch(head) is not None
+            and os.path.isdir(common / "objects") and os.path.isdir(common / "refs"))
 
 
 def global_excludes_files(root: Path) -> list[Path]:

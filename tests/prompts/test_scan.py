@@ -225,6 +225,48 @@ def test_a_checkout_above_that_another_user_owns_does_not_decide(make_repo, monk
     assert ".env" in _paths(top / "svc" / "api")
 
 
+def _git_listing(folder, env):
+    """`git ls-files --others --exclude-standard` in ``folder``, with each nested repository it shows as a folder
+    (`inner/`) listed as git lists it there, where it is the repository of those files."""
+    listed = subprocess.run(["git", "-C", str(folder), "ls-files", "-z", "--others", "--exclude-standard"],
+                            capture_output=True, check=True, env=env).stdout
+    paths = []
+    for path in (os.fsdecode(p) for p in listed.split(b"\0") if p):
+        paths += [path + inner for inner in _git_listing(folder / path, env)] if path.endswith("/") else [path]
+    return sorted(paths)
+
+
+def test_inside_a_nested_repository_its_own_ignore_rules_decide_as_git_decides_there(make_repo, tmp_path):
+    """A repository inside the repository (a clone in third_party/, a submodule): git run in it reads its own
+    .gitignore files, its .git/info/exclude and its config, and not the outer repository's rules (git in the outer
+    one lists the folder alone). The walk applied the outer rules there and never the inner info/exclude: a secret
+    the inner repository excludes was indexed. Whether the walk enters the folder is the outer rules' question, and
+    a folder holding a `.git` that is no repository (an empty one) is a plain folder to git."""
+    env = {**os.environ, "HOME": str(tmp_path), "GIT_CONFIG_NOSYSTEM": "1"}
+    files = {".gitignore": "*.log\nskipped/\n", "top.py": "t\n", "top.log": "l\n",
+             "inner/.gitignore": "gen.py\n", "inner/a.log": "a\n", "inner/gen.py": "g\n", "inner/secret.py": "s\n",
+             "inner/ok.py": "o\n", "inner/sub/gen.py": "g\n", "inner/sub/k.py": "k\n",
+             "inner/deeper/x.py": "x\n", "inner/deeper/x.txt": "x\n", "inner/deeper/y.log": "y\n",
+             "mod/m.log": "m\n", "mod/private.py": "p\n", "mod/m.py": "m\n",
+             "skipped/s.py": "s\n", "notrepo/b.log": "b\n", "notrepo/b.py": "b\n"}
+    roots = {}
+    for name in ("walk", "git"):
+        root = roots[name] = make_repo(files, name=name)
+        (root / ".git" / "modules").mkdir(parents=True)
+        for command in (["init", "-q", "."], ["init", "-q", "inner"], ["init", "-q", "inner/deeper"],
+                        ["init", "-q", "--separate-git-dir", str(root / ".git" / "modules" / "mod"), "mod"],
+                        ["init", "-q", "skipped"]):
+            subprocess.run(["git", "-C", str(root), *command], check=True, env=env)
+        (root / "inner" / ".git" / "info" / "exclude").write_text("secret.py\n")
+        (root / "inner" / "deeper" / ".git" / "info" / "exclude").write_text("*.txt\n")
+        (root / ".git" / "modules" / "mod" / "info" / "exclude").write_text("private.py\n")
+        (root / "notrepo" / ".git").mkdir()
+    expected = _git_listing(roots["git"], env)
+    assert _paths(roots["walk"]) == expected == [
+        ".gitignore", "inner/.gitignore", "inner/a.log", "inner/deeper/x.py", "inner/deeper/y.log", "inner/ok.py",
+        "inner/sub/k.py", "mod/m.log", "mod/m.py", "notrepo/b.py", "top.py"]
+
+
 def test_git_exclude_is_honoured_without_git(make_repo):
     root = make_repo({"a.py": "a = 1\n", "secret.py": "s = 1\n", ".git/info/exclude": "secret.py\n"})
     assert _paths(root) == ["a.py"]
