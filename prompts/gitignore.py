@@ -26,6 +26,7 @@ only of those filed under its own path, name, extension or a start of its name, 
 """
 from __future__ import annotations
 
+import functools
 import heapq
 import re
 from typing import NamedTuple
@@ -109,6 +110,28 @@ def compile_pattern(line: str, ignorecase: bool = False) -> Pattern | None:
     except re.error:
         return None
     return Pattern(regex, negated, folders_only, key)
+
+
+def ascii_lower(text: str) -> str:
+    """``text`` with ASCII letters in lower case, as git folds (C's tolower): É stays É."""
+    return text.translate(_ASCII_LOWER)
+
+
+def wildmatch(pattern: str, text: str, ignorecase: bool = False) -> bool:
+    """Whether the whole of ``text`` matches the glob ``pattern`` as git's wildmatch with WM_PATHNAME matches it (a
+    config's `gitdir:` and `onbranch:` conditions): `*`, `?` and sets take no slash, `**` as a whole segment takes
+    any number of folders; matched as bytes, ignoring ASCII case with ``ignorecase``."""
+    regex = _wildmatch_regex(pattern, ignorecase)
+    return regex is not None and regex.fullmatch(as_bytes(text)) is not None
+
+
+@functools.lru_cache(maxsize=256)
+def _wildmatch_regex(pattern: str, ignorecase: bool) -> re.Pattern | None:
+    try:
+        return re.compile(_path_regex(_split(as_bytes(pattern)), iter(range(1 << 30))),
+                          re.DOTALL | (re.IGNORECASE | re.ASCII if ignorecase else 0))
+    except re.error:
+        return None
 
 
 def as_bytes(text: str) -> str:

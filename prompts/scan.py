@@ -25,6 +25,7 @@ from collections.abc import Container, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
+from . import gitconfig
 from .gitignore import Rules
 
 MAX_FILE_BYTES = 512 * 1024  # larger files are almost always generated or data
@@ -499,10 +500,9 @@ def global_excludes_files(root: Path) -> list[Path]:
     runs from (not the current folder)."""
     home = Path(os.environ.get("HOME") or "/nonexistent")
     configured = _git_setting(root, "excludesfile")
-    if configured and configured.startswith("~/"):
-        return [home / configured[2:]]
     xdg = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "git"
-    return [root / configured if configured else xdg / "ignore"]     # (an absolute `configured` stays itself)
+    # (an absolute `configured` stays itself)
+    return [root / gitconfig.expand_path(configured, home) if configured else xdg / "ignore"]
 
 
 def _git_setting(root: Path, name: str) -> str | None:
@@ -510,9 +510,16 @@ def _git_setting(root: Path, name: str) -> str | None:
     as text: nothing in it is run)."""
     home = Path(os.environ.get("HOME") or "/nonexistent")
     xdg = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "git"
+    own = _own_git_dir(root)
+    repository = gitconfig.Repository(own if os.path.lexists(own) else None, None)
+    if repository.git_dir is not None:
+        head = _read_rules(own / "HEAD", follow_links=True) or ""
+        branch = head.partition("\n")[0].removeprefix("ref:").strip() if head.startswith("ref:") else ""
+        repository = repository._replace(branch=branch.removeprefix("refs/heads/")
+                                         if branch.startswith("refs/heads/") else None)
     value = None
     for config in (xdg / "config", home / ".gitconfig", git_dir(root) / "config"):
-        value = _core_setting(config, home, name) or value
+        value = _core_setting(config, home, name, repository) or value
     return value
 
 
@@ -523,22 +530,21 @@ def _is_true(value: str | None) -> bool:
 MAX_INCLUDE_DEPTH = 10  # git's own limit on [include] within [include]: a loop of them ends
 
 
-def _core_setting(config: Path, home: Path, name: str, depth: int = 0) -> str | None:
-    """A [core] setting (``name`` in lower case) from a git config file (the common forms: a plain or quoted
-    value; a bare key is "true"), through the files its [include] sections name, where they name them, as git
-    reads them (dotfile setups keep the setting in an included ~/.gitconfig.local)."""
+def _core_setting(config: Path, home: Path, name: str, repository: gitconfig.Repository, depth: int = 0
+                  ) -> str | None:
+    """A [core] setting (``name`` in lower case) from a git config file (a bare key is "true"), through the files
+    its [include] sections name, and its [includeIf] sections whose condition holds for ``repository``, where they
+    name them, as git reads them (dotfile setups keep the setting in an included ~/.gitconfig.local, a work profile
+    in a file included for gitdir:~/work/)."""
     text = _read_rules(config, follow_links=True)  # dotfile managers link these
-    section, value = "", None
-    for raw in (text or "").splitlines():
-        line = raw.strip()
-        if line.startswith("["):
-            section = line[1:line.find("]")].strip().lower() if "]" in line else ""
-        elif section in ("core", "include"):
-            key, equals, rest = line.partition("=")
-            setting = rest.split(" #")[0].split(" ;")[0].strip().strip('"') if equals else "true"
-            if section == "core" and key.strip().lower() == name:
-                value = setting or None
-            elif section == "include" and equals and key.strip().lower() == "path" and depth < MAX_INCLUDE_DEPTH:
-                included = home / setting[2:] if setting.startswith("~/") else config.parent / setting
-                value = _core_setting(included, home, name, depth + 1) or value
+    value = None
+    for entry in gitconfig.entries(text or ""):
+        if entry.section == "core" and entry.subsection is None and entry.key == name:
+            value = "true" if entry.value is None else entry.value or None
+        elif entry.key == "path" and entry.value and depth < MAX_INCLUDE_DEPTH and (
+                (entry.section == "include" and entry.subsection is None)
+                or (entry.section == "includeif" and entry.subsection is not None
+                    and gitconfig.include_condition_holds(entry.subsection, config, repository, home))):
+            included = config.parent / gitconfig.expand_path(entry.value, home)
+            value = _core_setting(included, home, name, repository, depth + 1) or value
     return value

@@ -243,3 +243,94 @@ def test_invalid_ignore_patterns_are_left_out_as_git_does(make_repo):
     root = make_repo({"a.py": "a = 1\n", "b.log": "b\n", "c.py": "c = 1\n",
                       ".gitignore": "[z-a]\n*.log\n\\\n!\nc.py\n"})
     assert [s.path for s in scan_repository(root)] == [".gitignore", "a.py"]
+
+
+INCLUDE_IF_CASES = [   # (config file holding it, the section's header, HEAD's branch, whether git includes the file)
+    ("global", '[includeIf "gitdir:~/work/"]', "main", True),
+    ("global", '[includeIf "gitdir:~/work"]', "main", False),     # a trailing slash is a folder and all inside
+    ("global", '[includeIf "gitdir:Proj/.git"]', "main", True),   # no ~/, ./ or /: **/ before it
+    ("global", '[includeIf "gitdir:proj/"]', "main", False),
+    ("global", '[includeIf "gitdir/i:proj/"]', "main", True),     # /i: ignoring case
+    ("global", '[includeIf "gitdir:./work/"]', "main", True),     # ./: the config file's folder
+    ("repo", '[includeIf "gitdir:./"]', "main", False),
+    ("global", '[includeIf "gitdir:~/w*k/P?oj/.git"]', "main", True),
+    ("global", '[includeIf "gitdir:~/*/.git"]', "main", False),   # a star takes no slash
+    ("global", '[includeIf "gitdir:~/**/.git"]', "main", True),
+    ("global", '[includeIf "gitdir:Pr[o]j/"]', "main", True),     # a "]" inside the header's quotes
+    ("global", '[includeIf "gitdir:{repo}/.git"]', "main", True),
+    ("global", '[includeIf "gitdir:{repo}"]', "main", False),
+    ("global", '[includeIf "GITDIR:~/work/"]', "main", False),    # the condition's name keeps its case
+    ("global", '[includeIf  "gitdir:~/wo\\rk/"] ; a comment', "main", True),  # an escape in the header
+    ("global", '[includeIf "onbranch:main"]', "main", True),
+    ("repo", '[includeIf "onbranch:main"]', "main", True),
+    ("global", '[includeIf "onbranch:main"]', "dev", False),
+    ("global", '[includeIf "onbranch:feat/"]', "feat/x", True),
+    ("global", '[includeIf "onbranch:f*"]', "feat/x", False),
+    ("global", '[includeIf "onbranch:feat/*"]', "feat/x", True),
+    ("global", '[includeIf "hasconfig:remote.*.url:https://example.com/**"]', "main", False),
+    ("global", '[includeIf "bogus:x"]', "main", False),
+]
+
+
+@pytest.mark.parametrize("case", INCLUDE_IF_CASES, ids=[f"case{i}" for i in range(len(INCLUDE_IF_CASES))])
+def test_conditional_includes_are_evaluated_as_git_evaluates_them(make_repo, tmp_path, monkeypatch, case):
+    """core.excludesFile kept in a file that [includeIf "gitdir:~/work/"] or [includeIf "onbranch:main"] names (a
+    work profile) was never read: conditional includes were skipped, and the secret that file ignores was indexed.
+    Evaluated as git does (gitdir patterns with ~/, ./, **/ before a bare one, a trailing slash, /i; onbranch from
+    HEAD), never running anything; differential against git."""
+    where, header, branch, included = case
+    home = tmp_path / "home"
+    (home / "work").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    repo = home / "work" / "Proj"
+    repo.mkdir()
+    (repo / "secret.py").write_text("KEY = 1\n")
+    (repo / "a.py").write_text("a = 1\n")
+    env = {**os.environ, "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1"}
+    subprocess.run(["git", "init", "-q", str(repo)], check=True, env=env)
+    subprocess.run(["git", "-C", str(repo), "symbolic-ref", "HEAD", f"refs/heads/{branch}"], check=True, env=env)
+    (home / "my-ignores").write_text("secret.py\n")
+    config = home / ".gitconfig" if where == "global" else repo / ".git" / "config"
+    (config.parent / "work-profile").write_text(f"[core]\n\texcludesFile = {home}/my-ignores\n")
+    with open(config, "a") as file:
+        file.write(f"{header.format(repo=repo)}\n\tpath = work-profile  # the work profile\n")
+    listed = subprocess.run(["git", "-C", str(repo), "ls-files", "--others", "--exclude-standard"],
+                            capture_output=True, text=True, check=True, env=env).stdout.split()
+    assert [s.path for s in scan_repository(repo)] == sorted(listed)
+    assert ("secret.py" not in listed) == included
+
+
+CONFIG_TEXTS = [     # a config's text as git's parser reads it: what core.excludesFile is
+    '[core]\n\texcludesFile = ~/a#b\n',                 # a comment needs no space before it
+    '[core]\n\texcludesFile = "~/a #b" ; c\n',           # but not in quotes
+    '[core] excludesFile = ~/same-line\n',               # a key after the header, on its line
+    '[Core]\n\tEXCLUDESFILE = ~/x\\\n y\n',              # names ignore case; a line continued
+    '[core]\n\texcludesFile = ~/a\\tb\n',                # an escape
+    '[core "sub"]\n\texcludesFile = ~/not-core\n[core]\n\texcludesFile = ~/core\n',
+    '[core]\n\texcludesFile = ~/first\n\texcludesFile = ~/last\n',
+    '[core]\n\texcludesFile = ~/kept\n[broken\n\texcludesFile = ~/after\n',
+    '[core]\r\n\texcludesFile = ~/crlf  \r\n',
+]
+
+
+@pytest.mark.parametrize("text", CONFIG_TEXTS, ids=[f"config{i}" for i in range(len(CONFIG_TEXTS))])
+def test_git_config_text_is_parsed_as_git_parses_it(tmp_path, monkeypatch, text):
+    """The config was read a line at a time by partitioning at "=": `excludesFile = ~/a#b` kept `#b` (git: a
+    comment), a key on its header's line or a continued line was missed, `[core "sub"]` counted as [core]."""
+    from prompts.scan import _git_setting
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    repo = tmp_path / "repo"
+    env = {**os.environ, "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1"}
+    subprocess.run(["git", "init", "-q", str(repo)], check=True, env=env)
+    (home / ".gitconfig").write_text(text)
+    got = subprocess.run(["git", "-C", str(repo), "config", "--get", "core.excludesFile"], capture_output=True,
+                         text=True, env=env)
+    if "bad config line" in got.stderr:     # git refuses to run at all; the settings before the line are kept
+        assert _git_setting(repo, "excludesfile") == "~/kept"
+    else:
+        assert _git_setting(repo, "excludesfile") == got.stdout[:-1]
