@@ -280,6 +280,8 @@ def check_serve(args: argparse.Namespace) -> None:
         args.host = args.host[1:-1]     # IPv6 as a URL writes it ([::1]): was "reachable from other machines"
     check_omp_threads()
     check_distributed_debug()
+    from .engines import check_model_spec
+    check_model_spec(args)
 
 
 def _check_repo_given(args: argparse.Namespace) -> None:

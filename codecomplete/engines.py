@@ -89,6 +89,10 @@ def check_model_spec(args) -> None:
         raise UsageError(f'CODECOMPLETE_MODEL="{spec}" is empty')
     named = f"--model {spec}" if args.model else f"CODECOMPLETE_MODEL={spec}"
     if not spec.startswith("random:"):
+        if not _served_elsewhere(args):
+            # A missing path (a typo) is said now, not after torch, transformers and the repository's index loaded.
+            from models.loading import check_local
+            check_local(args.model)
         return
     name, _, folder = spec[len("random:"):].partition(":")
     from models.config import preset
@@ -99,6 +103,16 @@ def check_model_spec(args) -> None:
         raise UsageError(f"{named}: {exc}") from None
     if not folder and not args.bench:         # `random:PRESET:` names no folder: the model loads without one
         raise UsageError(f"{named}: random weights have no tokenizer; only --bench can use them")
+
+
+def _served_elsewhere(args) -> bool:
+    """Whether a server the user named (--server, $CODECOMPLETE_SERVER) loads the model for this command: the path
+    is the server's, which need not exist here."""
+    from .client import SERVER_ENV
+
+    uses_server = any(getattr(args, option, None) is not None for option in ("file", "ask", "prompt"))
+    return (uses_server and not getattr(args, "no_server", False)
+            and bool(getattr(args, "server", None) or os.environ.get(SERVER_ENV)))
 
 
 def load(args, max_new_tokens: int, default_budget: int | None = None, headroom: int = 0, asked: bool = False):

@@ -53,18 +53,29 @@ def resolve(spec: str | os.PathLike | None, progress=None) -> ModelSource:
 
     A value of the variable that names no model is said with the variable's name: the user typed no path (an empty
     value counts as unset; a blank one is a mistake, as an empty --model is)."""
+    return _named(spec, progress, hub=True)
+
+
+def check_local(spec: str | os.PathLike | None) -> None:
+    """Raise what resolve(spec) would raise for a model on this machine (a missing path, a FIFO, a file that is no
+    model's), without loading anything, importing torch or asking the hub: a command line says a typo at once."""
+    _named(spec, None, hub=False)
+
+
+def _named(spec: str | os.PathLike | None, progress, hub: bool) -> ModelSource | None:
     if spec or not (value := os.environ.get(ENVIRONMENT)):
-        return _resolve(spec or None, progress)
+        return _resolve(spec or None, progress, hub)
     if not value.strip():
         raise ModelNotFoundError(f'{ENVIRONMENT}="{value}" is empty')
     try:
-        return _resolve(value, progress)
+        return _resolve(value, progress, hub)
     except ModelError as e:
         message = str(e).removeprefix(f"{value}: ")       # the value once, after the variable's name
         raise type(e)(f"{ENVIRONMENT}={value}: {message}") from None
 
 
-def _resolve(spec: str | os.PathLike | None, progress=None) -> ModelSource:
+def _resolve(spec: str | os.PathLike | None, progress=None, hub: bool = True) -> ModelSource | None:
+    """(None for a hub id without ``hub``: nothing looked up.)"""
     if spec is None:
         path = embedded_model_path()
         return ModelSource(path.stem, path, "gguf")
@@ -95,6 +106,8 @@ def _resolve(spec: str | os.PathLike | None, progress=None) -> ModelSource:
     if folder := _leading_folder(spec):     # `models/foo` run where models/ exists: a mistyped path, not a hub id
         raise ModelNotFoundError(f"{spec}: no such file or directory (a local path, since {folder}/ exists here)")
     if _HUB_ID.match(spec) and not spec.lower().endswith(".gguf"):
+        if not hub:
+            return None
         from models.loading.hub import snapshot
         return ModelSource(spec, snapshot(spec, progress), "hf")
     raise ModelNotFoundError(f"{spec}: no such file or directory")
