@@ -581,6 +581,39 @@ def test_a_git_lfs_pointer_in_place_of_a_gguf_is_said_to_be_one(tmp_path):
     assert message.startswith(f"{tmp_path / 'model.gguf'}: ") and f"git lfs pull` in {tmp_path}" in message
 
 
+OLDER_POINTERS = [   # (the pointer's text, what it is said to be, what to run)
+    ("version https://hawser.github.com/spec/v1\noid sha256:" + "4d7a" * 16 + "\nsize 12345\n",
+     "a Git LFS pointer", "git lfs pull"),                      # Git LFS before its launch (git-lfs reads it)
+    ("version http://git-media.io/v/2\noid sha256:" + "4d7a" * 16 + "\nsize 12345\n",
+     "a Git LFS pointer", "git lfs pull"),                      # its alpha (git-lfs reads it too)
+    ("[git-media]\nversion=http://git-media.io/v/2\noid=sha256:" + "4d7a" * 16 + "\nsize=12345\n",
+     "a git-media pointer", "git media sync"),                  # the git-media spec's INI form
+    ("# git-media\n" + "4d7a" * 10 + "\n", "a git-media pointer", "git media sync"),    # a comment and the id
+    ("# external\n" + "4d7a" * 10 + "\n", "a git-media pointer", "git media sync"),
+]
+
+
+@pytest.mark.parametrize("text, kind, run", OLDER_POINTERS, ids=["hawser", "git-media-v2", "git-media-ini",
+                                                                  "git-media-comment", "external-comment"])
+def test_an_older_large_file_pointer_in_place_of_a_model_is_said_to_be_one(tmp_path, tiny_checkpoint, text, kind,
+                                                                           run):
+    """Pointers older than Git LFS's public launch (its pre-release Hawser's, its alpha's, git-media's) are still in
+    old repositories and mirrors: only the launch's first line was known, and they failed as 'not a GGUF file' or
+    'unreadable JSON'."""
+    (tmp_path / "model.gguf").write_text(text)
+    message = load_error(tmp_path / "model.gguf", ModelError, kind)
+    assert message == f"{tmp_path / 'model.gguf'}: {kind}, not the file's data: run `{run}` in {tmp_path}"
+    folder = tmp_path / "clone"
+    shutil.copytree(tiny_checkpoint[0], folder)
+    (folder / "config.json").write_text(text)
+    assert load_error(folder, ModelError, kind).startswith(f"{folder / 'config.json'}: {kind}")
+
+
+def test_a_small_file_that_starts_with_a_comment_is_no_pointer(tmp_path):
+    (tmp_path / "model.gguf").write_text("# my notes\n" + "x" * 20 + "\n")
+    assert "pointer" not in load_error(tmp_path / "model.gguf", ModelError, "not a GGUF file")
+
+
 def test_a_file_that_only_mentions_git_lfs_is_not_taken_for_a_pointer(tmp_path, tiny_checkpoint):
     """Only the pointer's first line marks one: a broken config that quotes it later is still unreadable JSON."""
     folder = tmp_path / "mention"
