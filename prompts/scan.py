@@ -387,12 +387,14 @@ class IgnoreRules:
         """The rules of the files in ``directory`` of the repository in folder ``repository`` (both below its top)."""
         if (repository, directory) not in self._specs:
             top = self.top / repository
-            files = [top / directory / name for name in self.filenames]
+            # (a folder's own ignore file is not followed where it is a link, as git reads it; info/exclude and the
+            # excludes file are, wherever they are: a shared list, dotfiles)
+            files = [(top / directory / name, False) for name in self.filenames]
             if self.git_exclude and not directory:
-                files[:0] = [*global_excludes_files(top), git_dir(top) / "info" / "exclude"]
+                files[:0] = [(file, True) for file in (*global_excludes_files(top), git_dir(top) / "info" / "exclude")]
             specs = []
-            for file in files:
-                text = _read_rules(file, follow_links=not file.is_relative_to(self.top))
+            for file, follow_links in files:
+                text = _read_rules(file, follow_links)
                 if text is not None:
                     # git's lines: not at a form feed or U+2028
                     specs.append(Rules(text.split("\n"), self._ignorecase(repository)))

@@ -130,6 +130,28 @@ def test_rule_files_that_are_links_fifos_or_devices_are_not_read(make_repo, tmp_
     assert paths == ["a.py", "deep/c.py", "sub/b.py"]
 
 
+def test_a_linked_info_exclude_or_excludes_file_is_followed_as_git_follows_it(make_repo, tmp_path, monkeypatch):
+    """git refuses a .gitignore that is a link in the working tree, but follows .git/info/exclude and the excludes
+    file when they are links (a shared exclude list, dotfiles): the walk refused every rule file inside the
+    repository that was a link, so what they exclude was indexed (differential against git)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    env = {**os.environ, "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1"}
+    (tmp_path / "shared-exclude").write_text("secret.py\n")
+    (tmp_path / "shared-ignores").write_text("*.key\n")
+    root = make_repo({"a.py": "a = 1\n", "secret.py": "s = 1\n", "id.key": "k\n"}, git=True)
+    (root / ".git" / "info" / "exclude").unlink()
+    os.symlink(tmp_path / "shared-exclude", root / ".git" / "info" / "exclude")
+    os.symlink(tmp_path / "shared-ignores", root / "linked-ignores")
+    (root / ".git" / "config").write_text("[core]\n\texcludesFile = linked-ignores\n")
+    listed = subprocess.run(["git", "-C", str(root), "ls-files", "--others", "--exclude-standard"],
+                            capture_output=True, text=True, check=True, env=env).stdout.split()
+    with pytest.warns(ScanWarning):     # linked-ignores itself: a link to outside, left out
+        assert [s.path for s in scan_repository(root)] == sorted(set(listed) - {"linked-ignores"}) == ["a.py"]
+
+
 def test_a_file_swapped_for_a_fifo_after_the_scan_is_skipped_not_waited_on(make_repo, tmp_path):
     root = make_repo({"a.py": "def a():\n    return 1\n", "b.py": "def b():\n    return 2\n"})
     sources = scan_repository(root)
