@@ -51,7 +51,9 @@ SKIPPED_SUFFIXES = (
 SNIFF_BYTES = 8192  # a NUL byte in the first 8 KiB marks a binary file, as git decides
 MINIFIED_LINE_CHARS = 400  # text whose lines average longer than this is minified or generated
 MAX_DEPTH = 64  # folder levels walked; real repositories stay far below
-MAX_RULES_BYTES = 1024 * 1024  # an ignore or git config file larger than this is not one a person wrote
+MAX_RULES_BYTES = 1024 * 1024  # a git config file (or .git pointer) larger than this is not one a person wrote
+# An ignore file may be generated (tens of thousands of paths): git reads one up to this size, and skips a larger one.
+MAX_IGNORE_BYTES = 100 * 1024 * 1024 - 1
 
 
 class ScanWarning(UserWarning):
@@ -394,7 +396,7 @@ class IgnoreRules:
                 files[:0] = [(file, True) for file in (*global_excludes_files(top), git_dir(top) / "info" / "exclude")]
             specs = []
             for file, follow_links in files:
-                text = _read_rules(file, follow_links)
+                text = _read_rules(file, follow_links, MAX_IGNORE_BYTES)
                 if text is not None:
                     # git's lines: not at a form feed or U+2028
                     specs.append(Rules(text.split("\n"), self._ignorecase(repository)))
@@ -423,13 +425,13 @@ def read_regular_file(path: Path, limit: int, follow_links: bool = True, dir_fd:
         return file.read(limit)
 
 
-def _read_rules(path: Path, follow_links: bool = False) -> str | None:
+def _read_rules(path: Path, follow_links: bool = False, limit: int = MAX_RULES_BYTES) -> str | None:
     """The text of an ignore or config file; None when there is none that can be read as a small regular file."""
     try:
-        data = read_regular_file(path, MAX_RULES_BYTES + 1, follow_links)
+        data = read_regular_file(path, limit + 1, follow_links)
     except (OSError, ValueError):  # ValueError: a NUL in a path that a .git file or a git config names
         return None
-    if data is None or len(data) > MAX_RULES_BYTES:
+    if data is None or len(data) > limit:
         return None
     # Bytes that are not UTF-8 as the walk's file names hold them, so that they match; a byte-order mark (Windows
     # editors write one) dropped, as git does, or it would be part of the first pattern, which would match nothing.

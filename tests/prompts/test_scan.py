@@ -362,6 +362,23 @@ def test_under_ignorecase_a_subfolders_ignore_file_and_character_classes_decide_
                                      "bogus/U.c", "bogus/u.c", "cls/1.txt"]
 
 
+def test_a_generated_ignore_file_over_a_mebibyte_is_applied_as_git_applies_it(make_repo, tmp_path):
+    """An ignore file listing tens of thousands of generated paths (1.3 MB here) is read by git, which skips only
+    those of 100 MiB or more: the walk dropped any over 1 MiB whole, silently, and the .env it also names was
+    indexed (differential against git)."""
+    generated = "".join(f"gen/out_{n:06d}/module_{n:06d}.py\n" for n in range(40000))
+    files = {".gitignore": ".env\n" + generated + "!keep.env\n", ".env": "KEY=1\n", "keep.env": "K=2\n",
+             "a.py": "a = 1\n", "gen/out_000007/module_000007.py": "g = 1\n", "gen/other.py": "o = 1\n"}
+    assert len(files[".gitignore"]) > 1 << 20
+    walked = _paths(make_repo(files, name="walk"))
+    git_root = make_repo(files, git=True, name="git")
+    listed = subprocess.run(["git", "-C", str(git_root), "ls-files", "--others", "--exclude-standard"],
+                            capture_output=True, text=True, check=True, env={**os.environ, "HOME": str(tmp_path),
+                                                                              "GIT_CONFIG_NOSYSTEM": "1"}).stdout
+    # (the ignore file itself is over the size of a source file worth reading)
+    assert walked == sorted(set(listed.split()) - {".gitignore"}) == ["a.py", "gen/other.py", "keep.env"]
+
+
 def test_a_byte_order_mark_is_not_text(make_repo):
     root = make_repo({"bom.py": b"\xef\xbb\xbfimport os\r\n\ndef f():\r\n    return os.sep\r\n"})
     assert read_source(root, "bom.py") == "import os\n\ndef f():\n    return os.sep\n"
