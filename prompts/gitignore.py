@@ -18,8 +18,8 @@ Stars cannot make matching slow: a star followed by more text takes the first pl
 (what fnmatch does; a lookahead and a back-reference make it atomic), so `*a*a*a*a*a*a*a*a*b` against a long name
 of `a`s is linear, where a plain regular expression backtracks through every way of splitting the name.
 
-Nor can many patterns: an ignore file may list thousands of generated paths (up to 100 MiB, as git reads them), and asking
-each of them about each of a repository's thousands of files took minutes. A pattern that is a plain name, a
+Nor can many patterns: an ignore file may list thousands of generated paths (up to 100 MiB, as git reads them), and
+asking each of them about each of a repository's thousands of files took minutes. A pattern that is a plain name, a
 plain path, or ends with an extension (`*.ext`, `build/lib*.o`) is filed under the name, path or extension it
 needs, and one whose last part starts with plain text (`gen*`, `npm-debug.log*`) under that text; a path is asked
 only of those filed under its own path, name, extension or a start of its name, and of the other patterns.
