@@ -522,8 +522,39 @@ def _git_setting(root: Path, name: str) -> str | None:
         repository = repository._replace(branch=branch.removeprefix("refs/heads/")
                                          if branch.startswith("refs/heads/") else None)
     value = None
-    for config in (xdg / "config", home / ".gitconfig", git_dir(root) / "config"):
+    for config in (*_system_and_global_configs(home, xdg), git_dir(root) / "config"):
         value = _core_setting(config, home, name, repository) or value
+    return _environment_setting(name) or value
+
+
+SYSTEM_CONFIG = Path("/etc/gitconfig")      # where a packaged git keeps its system-wide config (not on Windows)
+
+
+def _system_and_global_configs(home: Path, xdg: Path) -> list[Path]:
+    """The config files git reads before the repository's, as its environment names them: $GIT_CONFIG_SYSTEM (else
+    /etc/gitconfig) unless $GIT_CONFIG_NOSYSTEM; $GIT_CONFIG_GLOBAL alone where it is set (empty or /dev/null: none),
+    else the XDG config and ~/.gitconfig."""
+    files = []
+    if not _is_true(os.environ.get("GIT_CONFIG_NOSYSTEM")) and sys.platform != "win32":
+        files.append(Path(os.environ.get("GIT_CONFIG_SYSTEM") or SYSTEM_CONFIG))
+    configured = os.environ.get("GIT_CONFIG_GLOBAL")
+    if configured is None:
+        return [*files, xdg / "config", home / ".gitconfig"]
+    return [*files, Path(configured)] if configured else files
+
+
+def _environment_setting(name: str) -> str | None:
+    """A [core] setting given as `git -c` gives it through the environment ($GIT_CONFIG_COUNT, with
+    $GIT_CONFIG_KEY_<n> and $GIT_CONFIG_VALUE_<n>): it wins over every file, as in git."""
+    try:
+        count = int(os.environ.get("GIT_CONFIG_COUNT") or 0)
+    except ValueError:          # git refuses to run with it
+        return None
+    value = None
+    for n in range(min(count, 10_000)):
+        section, _, key = os.environ.get(f"GIT_CONFIG_KEY_{n}", "").rpartition(".")
+        if section.lower() == "core" and key.lower() == name:
+            value = os.environ.get(f"GIT_CONFIG_VALUE_{n}")
     return value
 
 

@@ -18,6 +18,12 @@ def cache_dir(tmp_path_factory, monkeypatch):
     return folder
 
 
+@pytest.fixture(autouse=True)
+def no_system_git_config(monkeypatch):
+    """The machine's /etc/gitconfig decides nothing in a test, for the walk as for the git it is compared with."""
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+
+
 @pytest.fixture
 def make_repo(tmp_path):
     """make_repo({"a.py": "...", ...}, git=False) writes files into a fresh folder and returns its path."""

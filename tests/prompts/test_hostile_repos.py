@@ -356,3 +356,45 @@ def test_git_config_text_is_parsed_as_git_parses_it(tmp_path, monkeypatch, text)
         assert _git_setting(repo, "excludesfile") == "~/kept"
     else:
         assert _git_setting(repo, "excludesfile") == got.stdout[:-1]
+
+
+CONFIG_ENVIRONMENTS = [     # git's environment for its config files: which one names core.excludesFile
+    {"GIT_CONFIG_GLOBAL": "{tmp}/custom-global"},           # instead of ~/.gitconfig and the XDG config
+    {"GIT_CONFIG_GLOBAL": ""},                              # no global config at all
+    {"GIT_CONFIG_GLOBAL": "/dev/null"},
+    {"GIT_CONFIG_SYSTEM": "{tmp}/custom-global"},           # the system's, under the user's (not in ~/.gitconfig)
+    {"GIT_CONFIG_SYSTEM": "{tmp}/custom-global", "GIT_CONFIG_NOSYSTEM": "1"},
+    {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "Core.ExcludesFile", "GIT_CONFIG_VALUE_0": "{tmp}/from-env"},
+    {"GIT_CONFIG_COUNT": "2", "GIT_CONFIG_KEY_0": "core.excludesfile", "GIT_CONFIG_VALUE_0": "{tmp}/from-env",
+     "GIT_CONFIG_KEY_1": "user.name", "GIT_CONFIG_VALUE_1": "x"},
+]
+
+
+@pytest.mark.parametrize("settings", CONFIG_ENVIRONMENTS, ids=[f"env{i}" for i in range(len(CONFIG_ENVIRONMENTS))])
+def test_the_config_files_git_reads_are_those_its_environment_names(tmp_path, monkeypatch, settings):
+    """$GIT_CONFIG_GLOBAL (a dotfiles setup, a CI job) replaces ~/.gitconfig, $GIT_CONFIG_SYSTEM names the system's,
+    $GIT_CONFIG_COUNT/KEY/VALUE add settings as `git -c` does: the walk read ~/.gitconfig whatever they said, so an
+    excludes file they name was never read and what it ignores was indexed (differential against git)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".gitconfig").write_text(f"[core]\n\texcludesFile = {tmp_path}/from-home\n")
+    (tmp_path / "custom-global").write_text(f"[core]\n\texcludesFile = {tmp_path}/from-custom\n")
+    for name in ("from-home", "from-custom", "from-env"):
+        (tmp_path / name).write_text(f"{name}.py\n")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("a.py", "from-home.py", "from-custom.py", "from-env.py"):
+        (repo / name).write_text("x = 1\n")
+    env = {name: value for name, value in os.environ.items() if not name.startswith("GIT_CONFIG")}
+    env |= {"HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1"} | {k: v.format(tmp=tmp_path) for k, v in settings.items()}
+    if "GIT_CONFIG_SYSTEM" in settings and "GIT_CONFIG_NOSYSTEM" not in settings:
+        del env["GIT_CONFIG_NOSYSTEM"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True, env=env)
+    for name in [n for n in os.environ if n.startswith("GIT_CONFIG")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    listed = subprocess.run(["git", "-C", str(repo), "ls-files", "--others", "--exclude-standard"],
+                            capture_output=True, text=True, check=True, env=env).stdout.split()
+    assert [s.path for s in scan_repository(repo)] == sorted(listed)
