@@ -8,7 +8,8 @@ comments (`#` or `;` anywhere outside quotes) and line continuations. A line git
 (git refuses to run with it). `include_condition_holds` answers an `[includeIf "..."]` section's condition as git
 does: `gitdir:` and `gitdir/i:` (a glob against the repository's git folder: `~/` is the home folder, `./` the
 config file's folder, a pattern starting with none of those or `/` gets `**/` before it, one ending in `/` gets `**`
-after it) and `onbranch:` (a glob against the branch HEAD names); any other condition (hasconfig:) is false.
+after it), `onbranch:` (a glob against the branch HEAD names) and `hasconfig:remote.*.url:` (a glob against each
+remote's URL); any other condition is false.
 """
 
 from __future__ import annotations
@@ -166,6 +167,7 @@ class Repository(NamedTuple):
 
     git_dir: Path | None        # its own git folder (a worktree's, a submodule's), None outside one
     branch: str | None          # the branch HEAD names (refs/heads/...), None for a detached or unreadable HEAD
+    remote_urls: tuple[str, ...] | None     # every remote.*.url of its config; None while they are being gathered
 
 
 def include_condition_holds(condition: str, config: Path, repository: Repository, home: Path) -> bool:
@@ -174,6 +176,9 @@ def include_condition_holds(condition: str, config: Path, repository: Repository
         if condition.startswith(kind):
             return repository.git_dir is not None and _gitdir_matches(condition[len(kind):], config,
                                                                       repository.git_dir, home, ignorecase)
+    if condition.startswith("hasconfig:remote.*.url:"):
+        pattern = condition[len("hasconfig:remote.*.url:"):]
+        return repository.remote_urls is None or any(wildmatch(pattern, url) for url in repository.remote_urls)
     if condition.startswith("onbranch:"):
         pattern = condition[len("onbranch:"):]
         return bool(pattern) and repository.branch is not None and wildmatch(

@@ -510,20 +510,28 @@ def global_excludes_files(root: Path) -> list[Path]:
 
 
 def _git_setting(root: Path, name: str) -> str | None:
-    """A [core] setting (lower case) as git finds it: the later file wins, the repository's own config last (read
-    as text: nothing in it is run)."""
+    """A [core] setting (lower case) as git finds it: the later file wins, the repository's own config last, a
+    setting in the environment over all (read as text: nothing in it is run)."""
     home = Path(os.environ.get("HOME") or "/nonexistent")
     xdg = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "git"
     own = _own_git_dir(root)
-    repository = gitconfig.Repository(own if os.path.lexists(own) else None, None)
+    repository = gitconfig.Repository(own if os.path.lexists(own) else None, None, None)
     if repository.git_dir is not None:
         head = _read_rules(own / "HEAD", follow_links=True) or ""
         branch = head.partition("\n")[0].removeprefix("ref:").strip() if head.startswith("ref:") else ""
         repository = repository._replace(branch=branch.removeprefix("refs/heads/")
                                          if branch.startswith("refs/heads/") else None)
+    configs = (*_system_and_global_configs(home, xdg), git_dir(root) / "config")
+    # hasconfig:remote.*.url: asks the remotes' URLs, which git gathers first from all of the files (every hasconfig
+    # include taken: a file it includes may not name a remote)
+    urls = tuple(entry.value for config in configs for entry in _config_entries(config, home, repository)
+                 if entry.section == "remote" and entry.subsection is not None and entry.key == "url" and entry.value)
+    repository = repository._replace(remote_urls=urls)
     value = None
-    for config in (*_system_and_global_configs(home, xdg), git_dir(root) / "config"):
-        value = _core_setting(config, home, name, repository) or value
+    for config in configs:
+        for entry in _config_entries(config, home, repository):
+            if entry.section == "core" and entry.subsection is None and entry.key == name:
+                value = "true" if entry.value is None else entry.value or None
     return _environment_setting(name) or value
 
 
@@ -563,23 +571,26 @@ def _is_true(value: str | None) -> bool:
 
 
 MAX_INCLUDE_DEPTH = 10  # git's own limit on [include] within [include]: a loop of them ends
+# Files included in all, from one config file: a file that includes itself four times over was read 4 ** 10 times
+# (git refuses it at once, "exceeded maximum include depth"; no real setup comes near).
+MAX_INCLUDES = 100
 
 
-def _core_setting(config: Path, home: Path, name: str, repository: gitconfig.Repository, depth: int = 0
-                  ) -> str | None:
-    """A [core] setting (``name`` in lower case) from a git config file (a bare key is "true"), through the files
-    its [include] sections name, and its [includeIf] sections whose condition holds for ``repository``, where they
-    name them, as git reads them (dotfile setups keep the setting in an included ~/.gitconfig.local, a work profile
-    in a file included for gitdir:~/work/)."""
+def _config_entries(config: Path, home: Path, repository: gitconfig.Repository, depth: int = 0,
+                    included: list[int] | None = None) -> Iterator[gitconfig.Entry]:
+    """The settings of a git config file in order, with those of the files its [include] sections name, and its
+    [includeIf] sections whose condition holds for ``repository``, in their place, as git reads them (dotfile setups
+    keep settings in an included ~/.gitconfig.local, a work profile in a file included for gitdir:~/work/).
+    ``included``: how many files have been included so far (at most MAX_INCLUDES)."""
+    included = [0] if included is None else included
     text = _read_rules(config, follow_links=True)  # dotfile managers link these
-    value = None
     for entry in gitconfig.entries(text or ""):
-        if entry.section == "core" and entry.subsection is None and entry.key == name:
-            value = "true" if entry.value is None else entry.value or None
-        elif entry.key == "path" and entry.value and depth < MAX_INCLUDE_DEPTH and (
+        if entry.key == "path" and entry.value and depth < MAX_INCLUDE_DEPTH and included[0] < MAX_INCLUDES and (
                 (entry.section == "include" and entry.subsection is None)
                 or (entry.section == "includeif" and entry.subsection is not None
                     and gitconfig.include_condition_holds(entry.subsection, config, repository, home))):
-            included = config.parent / gitconfig.expand_path(entry.value, home)
-            value = _core_setting(included, home, name, repository, depth + 1) or value
-    return value
+            included[0] += 1
+            yield from _config_entries(config.parent / gitconfig.expand_path(entry.value, home), home, repository,
+                                       depth + 1, included)
+        else:
+            yield entry

@@ -290,6 +290,9 @@ INCLUDE_IF_CASES = [   # (config file holding it, the section's header, HEAD's b
     ("global", '[includeIf "onbranch:f*"]', "feat/x", False),
     ("global", '[includeIf "onbranch:feat/*"]', "feat/x", True),
     ("global", '[includeIf "hasconfig:remote.*.url:https://example.com/**"]', "main", False),
+    ("global", '[includeIf "hasconfig:remote.*.url:https://github.com/work-org/**"]', "main", True),   # a remote's
+    ("repo", '[includeIf "hasconfig:remote.*.url:*://github.com/work-org/*"]', "main", True),
+    ("global", '[includeIf "hasconfig:remote.*.url:https://github.com/*"]', "main", False),  # a star takes no slash
     ("global", '[includeIf "bogus:x"]', "main", False),
 ]
 
@@ -299,7 +302,7 @@ def test_conditional_includes_are_evaluated_as_git_evaluates_them(make_repo, tmp
     """core.excludesFile kept in a file that [includeIf "gitdir:~/work/"] or [includeIf "onbranch:main"] names (a
     work profile) was never read: conditional includes were skipped, and the secret that file ignores was indexed.
     Evaluated as git does (gitdir patterns with ~/, ./, **/ before a bare one, a trailing slash, /i; onbranch from
-    HEAD), never running anything; differential against git."""
+    HEAD; hasconfig:remote.*.url: against every remote's URL), never running anything; differential against git."""
     where, header, branch, included = case
     home = tmp_path / "home"
     (home / "work").mkdir(parents=True)
@@ -312,6 +315,8 @@ def test_conditional_includes_are_evaluated_as_git_evaluates_them(make_repo, tmp
     env = {**os.environ, "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1"}
     subprocess.run(["git", "init", "-q", str(repo)], check=True, env=env)
     subprocess.run(["git", "-C", str(repo), "symbolic-ref", "HEAD", f"refs/heads/{branch}"], check=True, env=env)
+    subprocess.run(["git", "-C", str(repo), "remote", "add", "origin", "https://github.com/work-org/proj.git"],
+                   check=True, env=env)
     (home / "my-ignores").write_text("secret.py\n")
     config = home / ".gitconfig" if where == "global" else repo / ".git" / "config"
     (config.parent / "work-profile").write_text(f"[core]\n\texcludesFile = {home}/my-ignores\n")
@@ -398,3 +403,20 @@ def test_the_config_files_git_reads_are_those_its_environment_names(tmp_path, mo
     listed = subprocess.run(["git", "-C", str(repo), "ls-files", "--others", "--exclude-standard"],
                             capture_output=True, text=True, check=True, env=env).stdout.split()
     assert [s.path for s in scan_repository(repo)] == sorted(listed)
+
+
+def test_a_config_that_includes_itself_many_times_over_is_read_a_bounded_number_of_times(make_repo, monkeypatch):
+    """`[include] path = config` four times in .git/config: each include is followed to git's depth of 10, four ways
+    at each level, a million reads (over two minutes) before the first file was listed; git refuses such a config at
+    once ("exceeded maximum include depth"). A config file's includes are read a bounded number of times in all."""
+    import prompts.scan
+
+    root = make_repo({"a.py": "a = 1\n", "secret.py": "s = 1\n"}, git=True)
+    with open(root / ".git" / "config", "a") as file:
+        file.write("[core]\n\texcludesFile = .myignore\n[include]\n" + "\tpath = config\n" * 4)
+    (root / ".myignore").write_text("secret.py\n")
+    reads = []
+    real = prompts.scan._read_rules
+    monkeypatch.setattr(prompts.scan, "_read_rules", lambda path, *a, **k: reads.append(path) or real(path, *a, **k))
+    assert [s.path for s in scan_repository(root)] == [".myignore", "a.py"]
+    assert len(reads) < 1000
