@@ -18,12 +18,15 @@ from .errors import UsageError
 from .render import progress_bar, warn
 
 
-def repository(path: str) -> Path:
+def repository(path: str, serving: bool = False) -> Path:
+    """The repository's folder, resolved (``serving``: for `serve`, which takes no --file)."""
     root = Path(os.path.expanduser(path))
     if not _exists(root, path):
         raise UsageError(f"repository not found: {path}")
     if not root.is_dir():
-        raise UsageError(f"not a folder: {path} (give the repository, then --file {path})")
+        hint = "give the repository's folder; an editor names the file in each request" if serving else \
+            f"give the repository, then --file {path}"
+        raise UsageError(f"not a folder: {path} ({hint})")
     root = root.resolve()
     caches.prepare(root)        # before any work: the caches never go inside the repository
     return root

@@ -43,7 +43,7 @@ def run_serve(args) -> None:
     if not _is_loopback(args.host) and not api_key:
         raise UsageError(f"--host {args.host} is reachable from other machines: give an --api-key (or "
                          f"${client.API_KEY_ENV})")
-    root = workspace.repository(args.repo or ".")
+    root = workspace.repository(args.repo or ".", serving=True)
     listener = _listen(args.host, args.port)       # a taken port fails now, not after the model loads
     max_tokens = args.max_tokens or DEFAULT_MAX_TOKENS
     # The default cache also has room for an --ask answer's default length where the model holds it, or `codecomplete

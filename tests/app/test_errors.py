@@ -165,6 +165,19 @@ def test_a_missing_model_is_said_before_torch_is_imported(tmp_path):
                    env={**os.environ, "CODECOMPLETE_SERVER": "", "CODECOMPLETE_MODEL": ""})
 
 
+def test_serve_given_a_file_does_not_offer_an_option_it_lacks(tmp_path):
+    """`codecomplete serve repo/a.py` was told "give the repository, then --file repo/a.py": serve takes no --file
+    (an editor names the file in each request)."""
+    (tmp_path / "a.py").write_text("x = 1\n")
+    code = ("import contextlib, io; from codecomplete.cli import main\n"
+            "err = io.StringIO()\n"
+            "with contextlib.redirect_stderr(err):\n"
+            f"    assert main(['serve', {str(tmp_path / 'a.py')!r}]) == 2\n"
+            f"assert err.getvalue() == 'codecomplete: error: not a folder: ' + {str(tmp_path / 'a.py')!r} + "
+            "' (give the repository\\'s folder; an editor names the file in each request)\\n', err.getvalue()")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
 def test_starts_where_the_platform_has_no_sighup(tmp_path):
     """Windows' signal module has no SIGHUP: reaching for it ended every command in an AttributeError traceback
     before the first line ran. SIGTERM still unwinds like an exit there, and so does SIGBREAK (a closed console
