@@ -79,6 +79,8 @@ def file_in(root: Path, path: str, must_exist: bool = True) -> str:
         raise UsageError(f"{path} is outside the repository {root}")
     if resolved.is_dir():
         raise UsageError(f"{path} is a folder, not a file")
+    if path.endswith(("/", os.sep)):    # a.py/ names a folder (the system says "Not a directory"); Path drops the slash
+        raise UsageError(f"{path}: not a folder (a file's name ends without a slash)")
     if found is not None and not resolved.is_file():
         # Reading a FIFO would wait forever, a device such as /dev/zero would never end.
         raise UsageError(f"{path} is not a regular file (a FIFO, socket or device)")

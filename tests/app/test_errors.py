@@ -1,5 +1,6 @@
 """Every failure is one line on stderr with its exit code, and never a traceback."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -335,6 +336,24 @@ def test_a_path_this_system_cannot_encode_is_said_to_be_so(tmp_path):
         file_in(tmp_path, "\ud800.py")
     with pytest.raises(UsageError, match="a path cannot contain a NUL character"):
         file_in(tmp_path, "a\0b.py")
+
+
+def test_a_file_named_with_a_slash_at_its_end_is_not_that_file(tmp_path):
+    """`--file a.py/` names a folder a.py, which the system refuses ("Not a directory"): the slash was dropped
+    (Path("a.py/") is a.py) and a.py completed; with --stdin, a new file "new.py/" was taken as new.py."""
+    from codecomplete.errors import UsageError
+    from codecomplete.workspace import file_in
+
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "sub").mkdir()
+    for must_exist in (True, False):
+        for path in ("a.py/",) if must_exist else ("a.py/", "new.py/", "sub/a.py/"):
+            with pytest.raises(UsageError, match=rf"^{re.escape(path)}: not a folder \(a file's name ends without "
+                                                 r"a slash\)$"):
+                file_in(tmp_path, path, must_exist)
+        with pytest.raises(UsageError, match=r"^sub/ is a folder, not a file$"):
+            file_in(tmp_path, "sub/", must_exist)
+    assert file_in(tmp_path, "a.py") == "a.py"
 
 
 def test_a_path_from_an_editor_on_windows_finds_the_file_or_says_what_it_is(tmp_path):
