@@ -521,7 +521,10 @@ def _git_setting(root: Path, name: str) -> str | None:
         branch = head.partition("\n")[0].removeprefix("ref:").strip() if head.startswith("ref:") else ""
         repository = repository._replace(branch=branch.removeprefix("refs/heads/")
                                          if branch.startswith("refs/heads/") else None)
-    configs = (*_system_and_global_configs(home, xdg), git_dir(root) / "config")
+    local = git_dir(root) / "config"
+    configs = (*_system_and_global_configs(home, xdg), local)
+    if _is_true(_last(_config_entries(local, home, repository), "extensions", "worktreeconfig")):
+        configs += (own / "config.worktree",)     # `git config --worktree`: the worktree's own, read last
     # hasconfig:remote.*.url: asks the remotes' URLs, which git gathers first from all of the files (every hasconfig
     # include taken: a file it includes may not name a remote)
     urls = tuple(entry.value for config in configs for entry in _config_entries(config, home, repository)
@@ -563,6 +566,15 @@ def _environment_setting(name: str) -> str | None:
         section, _, key = os.environ.get(f"GIT_CONFIG_KEY_{n}", "").rpartition(".")
         if section.lower() == "core" and key.lower() == name:
             value = os.environ.get(f"GIT_CONFIG_VALUE_{n}")
+    return value
+
+
+def _last(entries: Iterable[gitconfig.Entry], section: str, key: str) -> str | None:
+    """The last value of section.key (lower case, no subsection) among ``entries``; a bare key is "true"."""
+    value = None
+    for entry in entries:
+        if entry.section == section and entry.subsection is None and entry.key == key:
+            value = "true" if entry.value is None else entry.value
     return value
 
 

@@ -420,3 +420,23 @@ def test_a_config_that_includes_itself_many_times_over_is_read_a_bounded_number_
     monkeypatch.setattr(prompts.scan, "_read_rules", lambda path, *a, **k: reads.append(path) or real(path, *a, **k))
     assert [s.path for s in scan_repository(root)] == [".myignore", "a.py"]
     assert len(reads) < 1000
+
+
+def test_a_worktrees_own_config_is_read_where_the_repository_enables_it(make_repo, tmp_path, monkeypatch):
+    """With extensions.worktreeConfig, `git config --worktree` keeps settings in the worktree's config.worktree
+    (sparse checkouts do), which git reads after the repository's config: it was never read, so an excludes file
+    set there was not either (differential against git)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    env = {**os.environ, "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1"}
+    root = make_repo({"a.py": "a = 1\n", "secret.py": "s = 1\n", "other.py": "o = 1\n"}, git=True)
+    (tmp_path / "worktree-ignores").write_text("secret.py\n")
+    (tmp_path / "repo-ignores").write_text("other.py\n")
+    for args in (["core.excludesFile", str(tmp_path / "repo-ignores")], ["extensions.worktreeConfig", "true"],
+                 ["--worktree", "core.excludesFile", str(tmp_path / "worktree-ignores")]):
+        subprocess.run(["git", "-C", str(root), "config", *args], check=True, env=env)
+    listed = subprocess.run(["git", "-C", str(root), "ls-files", "--others", "--exclude-standard"],
+                            capture_output=True, text=True, check=True, env=env).stdout.split()
+    assert [s.path for s in scan_repository(root)] == sorted(listed) == ["a.py", "other.py"]
