@@ -248,6 +248,11 @@ class RemoteSession:
 
 def _connection(url: str, timeout: float | None) -> http.client.HTTPConnection:
     address = _address(url)
+    if address is not None and "@" in (url.partition("://")[2] if "://" in url else url).partition("/")[0]:
+        # (http.client sends no user or password from a URL: the server would answer 401, said with the password)
+        shown = f"http://{address[0]}:{address[1]}" if ":" not in address[0] else f"http://[{address[0]}]:{address[1]}"
+        raise UsageError(f"--server: a user or password in the URL is not sent (give {shown}; the server's key goes "
+                         f"in $CODECOMPLETE_API_KEY)")
     if address is None:
         raise UsageError(f"--server {url}: expected http://HOST:PORT")
     return http.client.HTTPConnection(*address, timeout=timeout)

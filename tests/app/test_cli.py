@@ -115,6 +115,17 @@ def test_a_server_url_the_resolver_cannot_encode_is_a_usage_error(tmp_path, caps
         assert "expected http://HOST:PORT" in capsys.readouterr().err
 
 
+def test_a_server_url_with_a_user_and_password_is_refused_without_showing_the_password(tmp_path, capsys):
+    """`--server http://me:s3cret@host:8012`: the user and password were dropped unsaid (never sent: the server
+    answered 401, or another server did) and the error said the password on stderr, into logs."""
+    (tmp_path / "a.py").write_text("x = 1\n")
+    for url in ("http://me:s3cret@127.0.0.1:9", "me:s3cret@127.0.0.1:9", "http://s3cret@127.0.0.1:9"):
+        assert cli.main([str(tmp_path), "--file", "a.py", "--server", url]) == 2
+        err = capsys.readouterr().err
+        assert "s3cret" not in err and err.count("\n") == 1, err
+        assert "not sent" in err and "CODECOMPLETE_API_KEY" in err, err
+
+
 def test_help_mentions_every_command(capsys):
     with pytest.raises(SystemExit) as exit:
         cli.main(["--help"])
