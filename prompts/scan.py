@@ -31,6 +31,8 @@ from .gitignore import Rules
 MAX_FILE_BYTES = 512 * 1024  # larger files are almost always generated or data
 MAX_BUFFER_BYTES = 64 * 1024 * 1024  # the file being edited: none is this large (an 8 GB sparse one is not read whole)
 IGNORE_FILE = ".codecompleteignore"
+GIT_EXCLUDES = ""       # (the name the rules of info/exclude and the excludes file go by)
+GIT_IGNORE_FILES = (".gitignore", GIT_EXCLUDES)     # a repository's own: not a nested repository's
 
 SKIPPED_DIRS = frozenset({
     ".git", ".hg", ".svn", "node_modules", ".venv", "venv", "__pycache__", "build", "dist", ".tox", ".nox",
@@ -332,7 +334,7 @@ class IgnoreRules:
 
     def __init__(self, root: Path, filenames: tuple[str, ...], git_exclude: bool = False):
         self.root, self.filenames, self.git_exclude = root, filenames, git_exclude
-        self._specs: dict[tuple[str, str], list[Rules]] = {}   # (repository, folder in it) -> its files' rules
+        self._specs: dict[tuple[str, str], list[tuple[str, Rules]]] = {}   # (repository, folder in it) -> its files' rules
         self._repositories: dict[str, bool] = {}                # folder below the top -> holds a nested repository
         self._ignorecases: dict[str, bool] = {}                 # repository -> its core.ignorecase
 
@@ -363,11 +365,14 @@ class IgnoreRules:
         """Whether ``path`` (posix, relative to the root; a folder if ``is_dir``) is ignored."""
         parts = (self._checkout[1] + path).split("/")
         start = self._repository_depth(parts)
-        repository = "/".join(parts[:start])
-        for depth in range(len(parts) - 1, start - 1, -1):  # deepest directory first, up to the repository's top
-            directory = "/".join(parts[start:depth])
+        for depth in range(len(parts) - 1, -1, -1):  # deepest directory first
+            # (above the path's repository only codecomplete's own files decide: git's there are another repository's)
+            holder = start if depth >= start else self._repository_depth(parts[:depth + 1])
             below = "/".join(parts[depth:])
-            for rules in reversed(self._specs_of(repository, directory)):
+            specs = self._specs_of("/".join(parts[:holder]), "/".join(parts[holder:depth]))
+            for name, rules in reversed(specs):
+                if depth < start and name in GIT_IGNORE_FILES:
+                    continue
                 decision = rules.decide(below, is_dir)
                 if decision is not None:
                     return decision
@@ -385,21 +390,23 @@ class IgnoreRules:
                 return depth
         return 0
 
-    def _specs_of(self, repository: str, directory: str) -> list[Rules]:
-        """The rules of the files in ``directory`` of the repository in folder ``repository`` (both below its top)."""
+    def _specs_of(self, repository: str, directory: str) -> list[tuple[str, Rules]]:
+        """The rules of the files in ``directory`` of the repository in folder ``repository`` (both below its top),
+        with each file's name (GIT_EXCLUDES for info/exclude and the excludes file)."""
         if (repository, directory) not in self._specs:
             top = self.top / repository
             # (a folder's own ignore file is not followed where it is a link, as git reads it; info/exclude and the
             # excludes file are, wherever they are: a shared list, dotfiles)
-            files = [(top / directory / name, False) for name in self.filenames]
+            files = [(name, top / directory / name, False) for name in self.filenames]
             if self.git_exclude and not directory:
-                files[:0] = [(file, True) for file in (*global_excludes_files(top), git_dir(top) / "info" / "exclude")]
+                files[:0] = [(GIT_EXCLUDES, file, True)
+                             for file in (*global_excludes_files(top), git_dir(top) / "info" / "exclude")]
             specs = []
-            for file, follow_links in files:
+            for name, file, follow_links in files:
                 text = _read_rules(file, follow_links, MAX_IGNORE_BYTES)
                 if text is not None:
                     # git's lines: not at a form feed or U+2028
-                    specs.append(Rules(text.split("\n"), self._ignorecase(repository)))
+                    specs.append((name, Rules(text.split("\n"), self._ignorecase(repository))))
             self._specs[repository, directory] = specs
         return self._specs[repository, directory]
 

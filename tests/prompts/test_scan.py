@@ -267,6 +267,16 @@ def test_inside_a_nested_repository_its_own_ignore_rules_decide_as_git_decides_t
         "inner/sub/k.py", "mod/m.log", "mod/m.py", "notrepo/b.py", "top.py"]
 
 
+def test_codecompleteignore_files_above_a_nested_repository_still_decide_inside_it(make_repo):
+    """.codecompleteignore is codecomplete's own: unlike the outer repository's git rules, those of the folders above
+    a nested repository apply inside it too (`docs/` at the top leaves out every docs folder, a clone's as well)."""
+    root = make_repo({".codecompleteignore": "docs/\n/inner/gen.py\n", "inner/a.py": "a\n", "inner/gen.py": "g\n",
+                      "inner/docs/d.py": "d\n", "inner/.codecompleteignore": "*.txt\n", "inner/notes.txt": "n\n",
+                      ".gitignore": "*.py\n", "docs/x.md": "x\n"}, git=True)
+    subprocess.run(["git", "init", "-q", str(root / "inner")], check=True)
+    assert _paths(root) == [".codecompleteignore", ".gitignore", "inner/.codecompleteignore", "inner/a.py"]
+
+
 def test_git_exclude_is_honoured_without_git(make_repo):
     root = make_repo({"a.py": "a = 1\n", "secret.py": "s = 1\n", ".git/info/exclude": "secret.py\n"})
     assert _paths(root) == ["a.py"]
