@@ -334,7 +334,8 @@ class IgnoreRules:
 
     def __init__(self, root: Path, filenames: tuple[str, ...], git_exclude: bool = False):
         self.root, self.filenames, self.git_exclude = root, filenames, git_exclude
-        self._specs: dict[tuple[str, str], list[tuple[str, Rules]]] = {}   # (repository, folder in it) -> its files' rules
+        # (repository, folder in it) -> its files' rules, by file name
+        self._specs: dict[tuple[str, str], list[tuple[str, Rules]]] = {}
         self._repositories: dict[str, bool] = {}                # folder below the top -> holds a nested repository
         self._ignorecases: dict[str, bool] = {}                 # repository -> its core.ignorecase
 
