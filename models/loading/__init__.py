@@ -58,8 +58,23 @@ def resolve(spec: str | os.PathLike | None, progress=None) -> ModelSource:
 
 def check_local(spec: str | os.PathLike | None) -> None:
     """Raise what resolve(spec) would raise for a model on this machine (a missing path, a FIFO, a file that is no
-    model's), without loading anything, importing torch or asking the hub: a command line says a typo at once."""
-    _named(spec, None, hub=False)
+    model's, a folder without a checkpoint's config.json), without loading anything, importing torch or asking the
+    hub: a command line says a typo at once."""
+    source = _named(spec, None, hub=False)
+    if source is not None and source.kind == "hf":
+        checkpoint_config(source.path)
+
+
+def checkpoint_config(directory: Path) -> Path:
+    """A checkpoint folder's config.json, or the error for a folder that holds none to read."""
+    path = directory / "config.json"
+    if path.exists() and not path.is_file():
+        raise ModelError(f"{path}: not a regular file (reading a FIFO or device would block or never end)")
+    if not path.is_file():
+        raise ModelNotFoundError(
+            f"{directory}: no config.json, so not a Hugging Face checkpoint directory "
+            "(pass the directory holding config.json and the weights, or a .gguf file)")
+    return path
 
 
 def _named(spec: str | os.PathLike | None, progress, hub: bool) -> ModelSource | None:

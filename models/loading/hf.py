@@ -17,6 +17,7 @@ from models.config import ModelConfig
 from models.errors import ModelError, ModelNotFoundError, UnsupportedModelError
 from models.int8_loading import Int8Loader
 from models.llama import Transformer, hf_tensor_slots
+from models.loading import checkpoint_config
 from models.loading.lfs import pointer_message
 from models.weights_memory import weights_fit
 
@@ -60,13 +61,7 @@ def read_json(path: Path) -> dict:
 
 
 def read_config(directory: Path) -> ModelConfig:
-    path = directory / "config.json"
-    if path.exists() and not path.is_file():
-        raise ModelError(f"{path}: not a regular file (reading a FIFO or device would block or never end)")
-    if not path.is_file():
-        raise ModelNotFoundError(
-            f"{directory}: no config.json, so not a Hugging Face checkpoint directory "
-            "(pass the directory holding config.json and the weights, or a .gguf file)")
+    path = checkpoint_config(directory)
     return ModelConfig.from_hf(read_json(path), str(path))
 
 

@@ -166,6 +166,24 @@ def test_a_missing_model_is_said_before_torch_is_imported(tmp_path):
                    env={**os.environ, "CODECOMPLETE_SERVER": "", "CODECOMPLETE_MODEL": ""})
 
 
+def test_a_model_folder_without_a_checkpoint_is_said_before_torch_is_imported(tmp_path):
+    """`--model ~/models` (the folder above the checkpoint's): "no config.json" came after torch and the index."""
+    empty = tmp_path / "models"
+    empty.mkdir()
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "a.py").write_text("x = 1\n")
+    code = ("import contextlib, io, sys; from codecomplete.cli import main\n"
+            "err = io.StringIO()\n"
+            "with contextlib.redirect_stderr(err):\n"
+            f"    assert main([{str(repo)!r}, '--file', 'a.py', '--model', {str(empty)!r}]) == 2\n"
+            f"assert err.getvalue().startswith('codecomplete: error: ' + {str(empty)!r} + ': no config.json'), "
+            "err.getvalue()\n"
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120,
+                   env={**os.environ, "CODECOMPLETE_SERVER": "", "CODECOMPLETE_MODEL": ""})
+
+
 def test_serve_given_a_file_does_not_offer_an_option_it_lacks(tmp_path):
     """`codecomplete serve repo/a.py` was told "give the repository, then --file repo/a.py": serve takes no --file
     (an editor names the file in each request)."""
