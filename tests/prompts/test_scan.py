@@ -110,6 +110,27 @@ def test_ignore_rules_keep_the_files_git_keeps(make_repo, tmp_path, rules):
 
 
 
+def test_every_ignore_case_keeps_the_files_git_keeps_under_ignorecase(make_repo, tmp_path):
+    """The differential cases above again, with core.ignorecase on and names in other cases (filed patterns, sets,
+    classes, folders' own ignore files), against git with the same setting."""
+    upper = ["Docs/Keep.py", "SRC/pkg/M.py", "Logs/Debug.LOG", "A.PY", "Q1.py", "Set/A1.py", "STAR*.py",
+             "Nested/Inner/One.py", "ABC/def/GHI.py"]
+    cases = [*IGNORE_CASES, ("*.LOG\nsrc/\n!SRC/pkg/\nQ?.PY\n[a-c]*.py\n", {}),
+             ("", {"Docs": "KEEP.py", "nested/inner": "ONE.PY"})]
+    env = {**os.environ, "HOME": str(tmp_path), "GIT_CONFIG_NOSYSTEM": "1"}
+    for n, (root_rules, folder_rules) in enumerate(cases):
+        files = {path: "x = 1\n" for path in TREE + upper} | {".gitignore": root_rules + "\n"}
+        files |= {f"{folder}/.gitignore": text + "\n" for folder, text in folder_rules.items()}
+        walk_root, git_root = make_repo(files, name=f"walk{n}"), make_repo(files, git=True, name=f"git{n}")
+        (walk_root / ".git").mkdir()
+        (walk_root / ".git" / "config").write_text("[core]\n\tignorecase = true\n")
+        subprocess.run(["git", "-C", str(git_root), "config", "core.ignorecase", "true"], check=True, env=env)
+        listed = subprocess.run(["git", "-C", str(git_root), "ls-files", "--others", "--exclude-standard"],
+                                capture_output=True, text=True, check=True, env=env).stdout
+        assert [p for p in _paths(walk_root) if not p.endswith(".gitignore")] == sorted(
+            p for p in listed.splitlines() if not p.endswith(".gitignore") and not p.startswith('"')), (n, root_rules)
+
+
 def test_wildcards_match_the_bytes_of_a_non_ascii_name_as_git_matches_them(make_repo, tmp_path):
     """git's wildmatch reads names as bytes: "?" and a set take one byte, so `??.py` ignores é.py (two bytes of
     UTF-8) and `?.py` does not. Matched by characters, é.py went the other way in both."""
