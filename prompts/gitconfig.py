@@ -188,8 +188,6 @@ def include_condition_holds(condition: str, config: Path, repository: Repository
 
 def _gitdir_matches(pattern: str, config: Path, git_dir: Path, home: Path, ignorecase: bool) -> bool:
     """git's include_by_gitdir: the pattern against the git folder's real path, then its absolute one."""
-    if not pattern:
-        return False
     pattern = expand_path(pattern, home)
     prefix = ""
     if pattern.startswith("./"):

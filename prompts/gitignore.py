@@ -103,7 +103,7 @@ def compile_pattern(line: str, ignorecase: bool = False) -> Pattern | None:
     if key and key[0] in ("path", "name"):  # a plain path or name matches exactly the paths filed under it: no regex
         return Pattern(None, negated, folders_only, key)   # (compiling 40,000 of them took 2.5 s every walk)
     groups = iter(range(1 << 30))
-    body = _path_regex(segments, groups)
+    body = _path_regex(segments, groups, ignorecase)
     try:
         regex = re.compile(body if anchored else f"(?:.*/)?{body}",
                            re.DOTALL | (re.IGNORECASE | re.ASCII if ignorecase else 0))
@@ -128,7 +128,7 @@ def wildmatch(pattern: str, text: str, ignorecase: bool = False) -> bool:
 @functools.lru_cache(maxsize=256)
 def _wildmatch_regex(pattern: str, ignorecase: bool) -> re.Pattern | None:
     try:
-        return re.compile(_path_regex(_split(as_bytes(pattern)), iter(range(1 << 30))),
+        return re.compile(_path_regex(_split(as_bytes(pattern)), iter(range(1 << 30)), ignorecase),
                           re.DOTALL | (re.IGNORECASE | re.ASCII if ignorecase else 0))
     except re.error:
         return None
@@ -157,7 +157,7 @@ def _key(segments: list[str], anchored: bool) -> tuple[str, str] | None:
     return ("start", plain) if plain else None
 
 
-def _path_regex(segments: list[str], groups) -> str:
+def _path_regex(segments: list[str], groups, fold: bool = False) -> str:
     """The segments as one expression; "**" segments split them into pieces (`a/**/b/**/c`: a, b, c). A piece
     after a "**" is taken at the shallowest folder where it fits, and kept, except the last, which must end the
     path: a deeper fit never leaves more for the pieces after it, and trying them all is exponential."""
@@ -173,7 +173,7 @@ def _path_regex(segments: list[str], groups) -> str:
         return ".*"
     out = []
     for n, piece in enumerate(pieces):
-        text = "/".join(_segment(segment, groups) for segment in piece)
+        text = "/".join(_segment(segment, groups, fold) for segment in piece)
         follows_globstar = n > 0 or leading
         last = n == len(pieces) - 1 and not trailing
         if not follows_globstar:
@@ -218,12 +218,12 @@ def _strip_trailing_spaces(line: str) -> str:
     return stripped
 
 
-def _segment(segment: str, groups) -> str:
+def _segment(segment: str, groups, fold: bool = False) -> str:
     """A regular expression for one path segment; runs of stars are one star; each star but the last atomic."""
     pieces = _star_split(segment)
-    out = [_fixed(pieces[0])]
+    out = [_fixed(pieces[0], fold)]
     for n, piece in enumerate(pieces[1:], start=1):
-        text = _fixed(piece)
+        text = _fixed(piece, fold)
         if n == len(pieces) - 1:            # the last piece must end the segment: a plain star may backtrack here
             out.append(f"[^/]*{text}")
         else:                               # the first place the piece fits, kept (an atomic group on Python 3.10)
@@ -254,7 +254,7 @@ def _star_split(segment: str) -> list[str]:
     return [*pieces, "".join(current)]
 
 
-def _fixed(text: str) -> str:
+def _fixed(text: str, fold: bool = False) -> str:
     """Star-free text: `?`, `[...]` sets and backslash escapes; everything else literal."""
     out, i = [], 0
     while i < len(text):
@@ -269,7 +269,7 @@ def _fixed(text: str) -> str:
             end = _set_end(text, i)
             if end is None:
                 return "(?!)"       # git's wildmatch gives up at a set never closed: the pattern matches nothing
-            out.append(_set(text[i + 1:end]))
+            out.append(_set(text[i + 1:end], fold))
             i = end + 1
             continue
         else:
@@ -315,22 +315,33 @@ def _class_end(text: str, i: int) -> int | None:
     return close if close > i + 2 and text[close - 1] == ":" else None
 
 
-def _set(inner: str) -> str:
+def _set(inner: str, fold: bool = False) -> str:
+    """A set as a regular expression's. With ``fold`` (the regex then ignores case), an upper-case letter that
+    stands alone in the set is left out: git's wildmatch folds the name to lower case but not the set's members, so
+    under core.ignorecase `[P]` matches nothing and `[!P]` every letter (a range, `[A-C]`, is asked in both cases)."""
     negated = inner[:1] in ("!", "^")
     inner = inner[1:] if negated else inner
-    members = []
+    members: list[tuple[str, str | None]] = []     # (its expression, the member's one character, if it is one)
     i = 0
     while i < len(inner):
         if inner[i] == "\\" and i + 1 < len(inner):
-            members.append(re.escape(inner[i + 1]))
+            members.append((re.escape(inner[i + 1]), inner[i + 1]))
             i += 2
             continue
         if (end := _class_end(inner, i)) is not None:
             if inner[i + 2:end - 1] not in _CLASSES:
                 return "(?!)"                   # git: a malformed class, and the pattern matches nothing
-            members.append(_CLASSES[inner[i + 2:end - 1]])
+            members.append((_CLASSES[inner[i + 2:end - 1]], None))
             i = end + 1
             continue
-        members.append("-" if inner[i] == "-" and 0 < i < len(inner) - 1 else re.escape(inner[i]))
+        dash = inner[i] == "-" and 0 < i < len(inner) - 1
+        members.append(("-", None) if dash else (re.escape(inner[i]), inner[i]))
         i += 1
-    return f"[^/{''.join(members)}]" if negated else f"(?!/)[{''.join(members)}]"
+    if fold:
+        ranged = {n + step for n, member in enumerate(members) if member == ("-", None) for step in (-1, 1)}
+        members = [member for n, member in enumerate(members)
+                   if n in ranged or member[1] is None or not ("A" <= member[1] <= "Z")]
+    body = "".join(expression for expression, _ in members)
+    if not body:
+        return "[^/]" if negated else "(?!)"
+    return f"[^/{body}]" if negated else f"(?!/)[{body}]"

@@ -279,6 +279,9 @@ INCLUDE_IF_CASES = [   # (config file holding it, the section's header, HEAD's b
     ("global", '[includeIf "gitdir:~/*/.git"]', "main", False),   # a star takes no slash
     ("global", '[includeIf "gitdir:~/**/.git"]', "main", True),
     ("global", '[includeIf "gitdir:Pr[o]j/"]', "main", True),     # a "]" inside the header's quotes
+    ("global", '[includeIf "gitdir/i:[P]roj/"]', "main", False),  # /i folds the path, not a set's members
+    ("global", '[includeIf "gitdir/i:[p]ROJ/"]', "main", True),
+    ("global", '[includeIf "gitdir:"]', "main", True),            # nothing: **/ then **, every folder
     ("global", '[includeIf "gitdir:{repo}/.git"]', "main", True),
     ("global", '[includeIf "gitdir:{repo}"]', "main", False),
     ("global", '[includeIf "GITDIR:~/work/"]', "main", False),    # the condition's name keeps its case
