@@ -255,12 +255,14 @@ def _star_split(segment: str) -> list[str]:
 
 
 def _fixed(text: str, fold: bool = False) -> str:
-    """Star-free text: `?`, `[...]` sets and backslash escapes; everything else literal."""
+    """Star-free text: `?`, `[...]` sets and backslash escapes; everything else literal. With ``fold``, an escaped
+    upper-case letter matches nothing, as in git's wildmatch, which folds the name and the pattern's plain letters
+    but not an escaped one."""
     out, i = [], 0
     while i < len(text):
         char = text[i]
         if char == "\\" and i + 1 < len(text):
-            out.append(re.escape(text[i + 1]))
+            out.append("(?!)" if fold and "A" <= text[i + 1] <= "Z" else re.escape(text[i + 1]))
             i += 2
             continue
         if char == "?":

@@ -119,7 +119,8 @@ def test_every_ignore_case_keeps_the_files_git_keeps_under_ignorecase(make_repo,
              ("", {"Docs": "KEEP.py", "nested/inner": "ONE.PY"}),
              # wildmatch folds the name, not a set's members: an upper-case letter alone in a set never matches
              # (nor escaped); in a range it does, and a negated set of one takes every letter
-             ("[A]*.py\n[\\Q]?.py\nSet/[!B]2.py\n[X-Z]b\n[[:upper:]]Zb/\n", {})]
+             ("[A]*.py\n[\\Q]?.py\nSet/[!B]2.py\n[X-Z]b\n[[:upper:]]Zb/\n", {}),
+             ("\\Docs/\n\\A.PY\n\\q1.py\n", {})]     # so is an escaped upper-case letter (a lower-case one folds)
     env = {**os.environ, "HOME": str(tmp_path), "GIT_CONFIG_NOSYSTEM": "1"}
     for n, (root_rules, folder_rules) in enumerate(cases):
         files = {path: "x = 1\n" for path in TREE + upper} | {".gitignore": root_rules + "\n"}
