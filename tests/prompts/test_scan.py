@@ -135,6 +135,30 @@ def test_every_ignore_case_keeps_the_files_git_keeps_under_ignorecase(make_repo,
             p for p in listed.splitlines() if not p.endswith(".gitignore") and not p.startswith('"')), (n, root_rules)
 
 
+@pytest.mark.parametrize("ignore_case", ["true", "false"])
+def test_random_ignore_files_keep_the_files_git_keeps(make_repo, tmp_path, ignore_case):
+    """A seeded random differential: ignore files of one to three lines made of pattern pieces (sets, ranges,
+    classes, escapes, stars, slashes, names in both cases) over one tree, against git with the same core.ignorecase
+    (it found the escaped upper-case letter under ignorecase)."""
+    import random
+
+    names = ["a.py", "A.py", "b.PY", "Ab.txt", "x/a.py", "X/B.py", "x/y/z.md", "Q1.py", "q-2.py", "[a].py", "é.py",
+             "sub/Sub/a.py", "a b.py", "Z_.py", "-a", "!n.py"]
+    pieces = ["a", "A", "b", "*", "**", "?", "/", "[", "]", "!", "-", "\\", ".py", "x", "X", "[a-c]", "[A-C]", "[!a]",
+              "[!A]", "[[:upper:]]", "[[:lower:]]", "[Z-a]", "sub", "Sub", " ", "é", "1", "q"]
+    root = make_repo({name: "x\n" for name in names}, git=True)
+    env = {**os.environ, "HOME": str(tmp_path), "GIT_CONFIG_NOSYSTEM": "1"}
+    subprocess.run(["git", "-C", str(root), "config", "core.ignorecase", ignore_case], check=True, env=env)
+    draw = random.Random(33)
+    for _ in range(120):
+        lines = ["".join(draw.choice(pieces) for _ in range(draw.randint(1, 5))) for _ in range(draw.randint(1, 3))]
+        (root / ".gitignore").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        listed = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--others", "--exclude-standard"],
+                                capture_output=True, check=True, env=env).stdout
+        assert [p for p in _paths(root) if p != ".gitignore"] == sorted(
+            os.fsdecode(p) for p in listed.split(b"\0") if p and p != b".gitignore"), lines
+
+
 def test_wildcards_match_the_bytes_of_a_non_ascii_name_as_git_matches_them(make_repo, tmp_path):
     """git's wildmatch reads names as bytes: "?" and a set take one byte, so `??.py` ignores é.py (two bytes of
     UTF-8) and `?.py` does not. Matched by characters, é.py went the other way in both."""
