@@ -65,11 +65,14 @@ class Server:
         return min(self.prompt_budget, max(room, self.prompt_budget // 2))
 
     def start(self, request: Request, start: Callable[[], Generation],
-              stop_when: Callable[[str], bool] | None = None, failures_in_result: bool = False) -> Running:
-        """Queue the work (503 when the queue is full) and follow it for this request (`failures_in_result`: as
-        `EngineWorker.submit`)."""
+              stop_when: Callable[[str], bool] | None = None, failures_in_result: bool = False,
+              describe: Callable[[list[int], list], list] | None = None,
+              finish: Callable[[object, object], list] | None = None) -> Running:
+        """Queue the work (503 when the queue is full) and follow it for this request (`failures_in_result`,
+        `describe`, `finish`: as `EngineWorker.submit`)."""
         try:
-            job = self.worker.submit(start, f"{request.method} {request.url.path}", stop_when, failures_in_result)
+            job = self.worker.submit(start, f"{request.method} {request.url.path}", stop_when, failures_in_result,
+                                     describe, finish)
         except Busy as exc:
             raise ApiError(503, str(exc)) from None
         return Running(job, request)

@@ -37,9 +37,11 @@ model's own distribution, or with `post_sampling_probs` the probabilities the to
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from fastapi import APIRouter, Request
+from starlette.responses import Response
 from pydantic import AliasChoices, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -47,7 +49,7 @@ from . import logit_bias, samplers
 from .bodies import Body, Seed, check_ids, read_json, stop_strings
 from .errors import ApiError
 from .logprobs import after_healing, llama_cpp_probabilities
-from .streaming import json_response, sse, stream
+from .streaming import compact, json_response, sse, stream
 
 router = APIRouter()
 public = APIRouter()
@@ -161,12 +163,14 @@ async def infill(request: Request):
     server = request.app.state.server
     body = await read_json(request, InfillRequest)
     sampling = _sampling(server, body)
+    biased = _text_bias(server, body, sampling)
     root = server.session.index.root
     extra = [(_label(chunk.filename, root), chunk.text) for chunk in body.input_extra]
     limits = Limits(body.t_max_predict_ms, body.n_indent)
     prefix = body.input_prefix + body.prompt
     running = server.start(request, lambda: server.session.infill(
-        prefix, body.input_suffix, extra=extra, sampling=sampling, budget=server.budget(sampling)), limits.feed)
+        prefix, body.input_suffix, extra=extra, sampling=biased(), budget=server.budget(sampling)), limits.feed,
+        **_probability_work(server, body, sampling, limits))
     generation = await running.started()
     truncated = _truncated(generation.prompt, [label for label, text in extra if text.strip()])
     return await _answer(server, running, generation, body, sampling, limits, truncated)
@@ -178,9 +182,11 @@ async def completion(request: Request):
     server = request.app.state.server
     body = await read_json(request, CompletionRequest)
     sampling = _sampling(server, body)
+    biased = _text_bias(server, body, sampling)
     check_ids(server.engine, body.prompt)
     limits = Limits(body.t_max_predict_ms, body.n_indent)
-    running = server.start(request, lambda: server.session.raw(body.prompt, sampling=sampling), limits.feed)
+    running = server.start(request, lambda: server.session.raw(body.prompt, sampling=biased()), limits.feed,
+                           **_probability_work(server, body, sampling, limits))
     generation = await running.started()
     return await _answer(server, running, generation, body, sampling, limits, truncated=False)
 
@@ -201,13 +207,26 @@ def _seed(seed: int) -> int:
     return seed % 2 ** 32
 
 
-def _probabilities(server, sampling):
-    """`completion_probabilities` of some tokens, as `scores(ids, entries)`; None where the request asks for none
-    (its Sampling, from `_sampling`, carries the n_probs it asked for)."""
+def _probability_work(server, body: Options, sampling, limits: Limits) -> dict:
+    """`completion_probabilities`, made on the engine thread with its tokenizer (the job's `describe` and `finish`):
+    a token's text for each of n_probs alternatives (up to the vocabulary, 49,152 on the embedded model) per token
+    took seconds of the event loop, during which no other request was answered and no stream sent a token. A
+    stream's chunks carry their tokens' (`describe`), its end the tokens no text came with (`finish`); a whole
+    answer's are made at its end (`finish`). None where the request asks for none."""
     if not sampling.logprobs:
-        return None
-    return lambda ids, entries: llama_cpp_probabilities(server.tokenizer, ids, entries,
-                                                        sampling.logprobs_after_samplers)
+        return {}
+    tokenizer = server.session.engine.tokenizer       # (the engine thread's)
+
+    def scores(ids, entries) -> list[dict]:
+        return llama_cpp_probabilities(tokenizer, ids, entries, sampling.logprobs_after_samplers)
+    if body.stream:
+        return {"describe": scores, "finish": lambda job, result: after_healing(scores, result, job.carried) or []}
+
+    def whole(job, result) -> tuple[list[dict], str]:
+        stop_type, word = _stop(server, job.generation.prompt, result, limits)
+        probabilities = _answer_probabilities(tokenizer, scores, result, stop_type, word)
+        return probabilities, _written(probabilities)
+    return {"finish": whole}
 
 
 def _sampling(server, body: Options):
@@ -216,8 +235,7 @@ def _sampling(server, body: Options):
         raise ApiError(501, "grammar and json_schema are not supported")
     chain = samplers.chain(body.samplers)
     samplers.refuse_unsupported(chain, body)
-    bias = (logit_bias.llama_cpp(body.logit_bias, server.tokenizer, server.engine.model.config.vocab_size)
-            if body.logit_bias else ())
+    bias = logit_bias.llama_cpp(body.logit_bias, server.engine.model.config.vocab_size)[0] if body.logit_bias else ()
     n_probs = _n_probs(server, body)
     seed = _seed(body.seed)
     temperature = body.temperature          # not clamped: a dynamic temperature's range starts from it
@@ -230,6 +248,19 @@ def _sampling(server, body: Options):
                            logprobs=n_probs or None, logprobs_after_samplers=body.post_sampling_probs,
                            **{**options, **samplers.adaptive(chain, body, temperature)},
                            **body.cache_reuse())
+
+
+def _text_bias(server, body: Options, sampling):
+    """The request's sampling (`_sampling`'s: the logit bias of token ids) with the bias of tokens given as text,
+    for the engine thread: tokenized there, with its tokenizer (logit_bias.py)."""
+    texts = logit_bias.llama_cpp(body.logit_bias, server.engine.model.config.vocab_size)[1] if body.logit_bias else ()
+
+    def biased():
+        if not texts:
+            return sampling
+        return replace(sampling, logit_bias=sampling.logit_bias + logit_bias.tokenized(
+            texts, server.session.engine.tokenizer))
+    return biased
 
 
 def _settings(server, body: Options | None) -> dict:
@@ -246,7 +277,6 @@ def _settings(server, body: Options | None) -> dict:
 
 async def _answer(server, running, generation, body: Options, sampling, limits: Limits, truncated: bool):
     prompt = generation.prompt
-    scores = _probabilities(server, sampling)
 
     def final(result) -> dict:
         content = limits.cut(result.text)
@@ -282,7 +312,7 @@ async def _answer(server, running, generation, body: Options, sampling, limits: 
             nonlocal predicted, pending, probabilities
             if event.kind == "text":   # sent once it is sure to stay: nothing a limit cuts reaches the editor
                 predicted, pending = predicted + len(event.tokens), pending + event.tokens
-                probabilities += scores(event.tokens, event.logprobs) if scores else []
+                probabilities += event.described       # (made on the engine thread)
                 content = limits.release(event.value)
                 return [piece(content)] if content else []
             if event.kind == "error":
@@ -291,30 +321,48 @@ async def _answer(server, running, generation, body: Options, sampling, limits: 
             answer = final(result)
             held = limits.held(answer["content"])        # held back, and in the answer after all
             pending += result.token_ids[result.healing_tokens + predicted:]     # the ids no text came with
-            probabilities += after_healing(scores, result, predicted) or []
+            probabilities += event.described       # (of the tokens after the `predicted` ones)
             predicted = answer["tokens_predicted"]
             # (the text and its ids went out in the chunks, as llama.cpp's final event says)
             return [*([piece(held)] if held or pending else []), sse({**answer, "content": "", "tokens": []})]
         return stream(running, frames, "text/event-stream")
     result = await running.result()
     answer = final(result)
-    probabilities = _answer_probabilities(server, scores, result, answer) if scores else []
-    if probabilities:                           # (none generated: none listed, as llama.cpp's)
-        answer["completion_probabilities"] = probabilities
+    probabilities, written = running.finished or ([], "")     # (made on the engine thread, and written as JSON)
     if "prompt" in body.response_fields or not body.response_fields:
         # A raw prompt's healed tail (token healing left it out; the generation begins with it and `content` does not
         # repeat it) belongs to the prompt as sent: prompt + content is the whole text, as with llama.cpp.
         answer["prompt"] = server.tokenizer.decode(prompt.ids) + (prompt.heal_text if prompt.format == "raw"
                                                                    else "")
-    return json_response(project(answer, body.response_fields) if body.response_fields else answer)
+    if body.response_fields:
+        if probabilities:
+            answer["completion_probabilities"] = probabilities
+        return json_response(project(answer, body.response_fields))
+    text = compact(answer)
+    if probabilities:                           # (none generated: none listed, as llama.cpp's)
+        text = f'{text[:-1]},"completion_probabilities":{written}}}'
+    return Response(text, media_type="application/json")
 
 
-def _answer_probabilities(server, scores, result, answer: dict) -> list[dict]:
+def _written(probabilities: list[dict]) -> str:
+    """`completion_probabilities` as compact JSON, written an alternative at a time: json.dumps of the whole list
+    (18 MB for 4 tokens of the embedded model's whole vocabulary) is one call that holds the GIL, and so the event
+    loop, for a second; small calls on the engine thread let it run between them."""
+    tokens = []
+    for entry in probabilities:
+        listed = "top_probs" if "top_probs" in entry else "top_logprobs"
+        head = compact({key: value for key, value in entry.items() if key != listed})
+        alternatives = ",".join(compact(alternative) for alternative in entry[listed])
+        tokens.append(f'{head[:-1]},"{listed}":[{alternatives}]}}')
+    return f"[{','.join(tokens)}]"
+
+
+def _answer_probabilities(tokenizer, scores, result, stop_type: str, word: str) -> list[dict]:
     """A whole answer's `completion_probabilities`: its tokens' (healing's apart), less, where a stop word ended it, as
     many last tokens as the word tokenizes to (llama.cpp's send_final_response; a stream's chunks keep them)."""
     probabilities = after_healing(scores, result)
-    if answer["stop_type"] == "word":
-        word_tokens = len(server.tokenizer.encode(answer["stopping_word"], add_special_tokens=False))
+    if stop_type == "word":
+        word_tokens = len(tokenizer.encode(word, add_special_tokens=False))
         probabilities = probabilities[:len(probabilities) - min(word_tokens, len(probabilities))]
     return probabilities
 

@@ -33,10 +33,13 @@ def openai(bias: dict | None, vocab_size: int) -> tuple[tuple[int, float], ...]:
     return tuple(pairs)
 
 
-def llama_cpp(bias: list | dict | None, tokenizer, vocab_size: int) -> tuple[tuple[int, float], ...]:
-    """llama.cpp's list of [token, bias] pairs or map {token: bias}; a token is an id or text to tokenize."""
+def llama_cpp(bias: list | dict | None, vocab_size: int) -> tuple[tuple[tuple[int, float], ...],
+                                                                 tuple[tuple[str, float], ...]]:
+    """llama.cpp's list of [token, bias] pairs or map {token: bias}; a token is an id or text to tokenize. Checked
+    here, on the event loop; the (id, bias) pairs, and the (text, bias) ones, which `tokenized` makes pairs on the
+    engine thread (a text of a body's size took 1-2 s to tokenize, which every other request waited for)."""
     if bias is None:
-        return ()
+        return (), ()
     if isinstance(bias, dict):
         entries = [(key, value, f"logit_bias[{key!r}]") for key, value in bias.items()]
     else:
@@ -45,7 +48,7 @@ def llama_cpp(bias: list | dict | None, tokenizer, vocab_size: int) -> tuple[tup
             if not (isinstance(pair, list) and len(pair) == 2):
                 raise ApiError(400, f"logit_bias[{i}]: expected a [token, bias] pair, got {pair!r}")
             entries.append((pair[0], pair[1], f"logit_bias[{i}]"))
-    pairs = []
+    pairs, texts = [], []
     for token, value, where in entries:
         value = -math.inf if value is False else _number(value, where, " or false (a ban)")   # llama.cpp's ban
         if isinstance(token, str) and _ID.fullmatch(token):         # an object's keys are strings: "15" is an id
@@ -55,8 +58,16 @@ def llama_cpp(bias: list | dict | None, tokenizer, vocab_size: int) -> tuple[tup
         if isinstance(token, int):
             pairs.append((_token_id(token, vocab_size, where), value))
         else:
-            ids = tokenizer.encode(token, add_special_tokens=False, split_special_tokens=True)
-            pairs += [(i, value) for i in ids]
+            texts.append((token, value))
+    return tuple(pairs), tuple(texts)
+
+
+def tokenized(texts: tuple[tuple[str, float], ...], tokenizer) -> tuple[tuple[int, float], ...]:
+    """llama.cpp's (text, bias) pairs as (id, bias) ones: every token of the text's tokenization (no BOS, special-
+    token text read as text) gets the bias."""
+    pairs = []
+    for text, value in texts:
+        pairs += [(i, value) for i in tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)]
     return tuple(pairs)
 
 

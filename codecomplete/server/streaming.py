@@ -41,6 +41,7 @@ class Running:
 
     def __init__(self, job: Job, request: Request) -> None:
         self.job = job
+        self.finished: list = []         # the "done" event's `described` (what the job's `finish` made), once `result`
         self._events = job.events()
         self._watcher = asyncio.ensure_future(_cancel_on_disconnect(request, job))
 
@@ -74,6 +75,7 @@ class Running:
             if event.kind == "error":
                 raise api_error(event.value)
             if event.kind == "done":
+                self.finished = event.described
                 return event.value
 
     def close(self) -> None:

@@ -47,6 +47,8 @@ class Event:
     tokens: list[int] = field(default_factory=list)   # "text": the ids generated since the last text (healing's
                                                       # apart), as llama.cpp's stream chunks carry them
     logprobs: list = field(default_factory=list)      # "text": their models.TokenLogprobs, where the request asked
+    described: list = field(default_factory=list)     # "text": the job's `describe` of its tokens (one item each);
+                                                      # "done": what the job's `finish` made of the result
 
 
 class Job:
@@ -55,10 +57,18 @@ class Job:
     _ids = itertools.count(1)
 
     def __init__(self, start: Callable[[], Generation], label: str, loop: asyncio.AbstractEventLoop,
-                 stop_when: Callable[[str], bool] | None = None, failures_in_result: bool = False) -> None:
+                 stop_when: Callable[[str], bool] | None = None, failures_in_result: bool = False,
+                 describe: Callable[[list[int], list], list] | None = None,
+                 finish: Callable[[Job, object], list] | None = None) -> None:
         self.id = f"{next(self._ids)}"
         self.start, self.label, self.stop_when = start, label, stop_when
         self.failures_in_result = failures_in_result    # (EngineWorker.submit)
+        # Work on what the generation makes that would hold the event loop (a tokenizer's, per token), done on the
+        # engine thread: `describe` of each text event's tokens and logprobs, `finish` of the job and its result
+        # (the job's generation, and the tokens its text events carried, are known then).
+        self.describe, self.finish = describe, finish
+        self.generation: Generation | None = None
+        self.carried = 0                 # the tokens the text events carried, healing's apart
         self.cancelled = threading.Event()
         self.error: ApiError | None = None   # what it ends with instead of its result (the server stops)
         self.started = False             # taken from the queue by the engine thread
@@ -80,10 +90,12 @@ class Job:
         self.error = self.error or error
         self.cancelled.set()
 
-    def send(self, kind: str, value: object = None, tokens: list[int] | None = None, logprobs: list | None = None) -> None:
+    def send(self, kind: str, value: object = None, tokens: list[int] | None = None, logprobs: list | None = None,
+             described: list | None = None) -> None:
         """From the engine thread: hand an event to the request's coroutine."""
         try:
-            self._loop.call_soon_threadsafe(self._events.put_nowait, Event(kind, value, tokens or [], logprobs or []))
+            self._loop.call_soon_threadsafe(self._events.put_nowait, Event(kind, value, tokens or [], logprobs or [],
+                                                                           described or []))
         except RuntimeError:     # the event loop is closed: the server has stopped, nobody listens
             pass
 
@@ -101,6 +113,7 @@ class Job:
         generation = self.start()
         self.built = time.perf_counter()
         self.send("prompt", generation)
+        self.generation = generation
         stop_when = self.stop_when
         sent = 0            # of the engine's live_tokens, how many went out with a text
 
@@ -114,7 +127,9 @@ class Job:
             start = max(sent, self.healing_tokens)
             tokens, logprobs, sent = ids[start:], scores[start:len(ids)], len(ids)
             stop = stop_when is not None and stop_when(delta)   # first: what it decides is known when the text is
-            self.send("text", delta, tokens, logprobs)
+            described = self.describe(tokens, logprobs) if self.describe is not None and tokens else []
+            self.carried += len(tokens)
+            self.send("text", delta, tokens, logprobs, described)
             if stop:
                 self.cancelled.set()
         return generation.run(on_text=on_text, should_stop=self.cancelled.is_set)
@@ -153,11 +168,14 @@ class EngineWorker:
         return result
 
     def submit(self, start: Callable[[], Generation], label: str,
-               stop_when: Callable[[str], bool] | None = None, failures_in_result: bool = False) -> Job:
+               stop_when: Callable[[str], bool] | None = None, failures_in_result: bool = False,
+               describe: Callable[[list[int], list], list] | None = None,
+               finish: Callable[[Job, object], list] | None = None) -> Job:
         """Queue a job. An answer the model ended with NaN or inf logits (GenerationResult.not_a_number) ends it with
         a 500 that says so, as vLLM ends a generation that failed (a stream: after the text already sent), or with
-        `failures_in_result` (the command line's routes) with the result, which says so itself."""
-        job = Job(start, label, asyncio.get_running_loop(), stop_when, failures_in_result)
+        `failures_in_result` (the command line's routes) with the result, which says so itself. `describe` and
+        `finish`: as Job's."""
+        job = Job(start, label, asyncio.get_running_loop(), stop_when, failures_in_result, describe, finish)
         with self._lock:
             # A cancelled job still in the queue is skipped at once: it does not count.
             waiting = sum(1 for j in self._live.values() if not j.started and not j.cancelled.is_set())
@@ -224,6 +242,8 @@ class EngineWorker:
             started = time.perf_counter()
             try:
                 result = job.run()
+                finished = (job.finish(job, result) if job.finish is not None
+                            and not (job.error is not None and result.finish_reason == "cancelled") else [])
             except Exception as exc:        # reported to the request as an error; the thread serves on
                 job.send("error", exc)
                 self._log(f"{job.label} · error: {type(exc).__name__}: {exc}")
@@ -233,7 +253,7 @@ class EngineWorker:
                 elif result.not_a_number and not job.failures_in_result:
                     job.send("error", ApiError(500, not_a_number(result)))   # a "stop" would pass for a whole answer
                 else:
-                    job.send("done", result)
+                    job.send("done", result, described=finished)
                 self._log(_summary(job, result, time.perf_counter() - started))
                 if result.not_a_number:
                     self._log(f"{job.label} · request {job.id} · warning: {not_a_number(result)}")
