@@ -2,6 +2,7 @@
 checks (DNS rebinding), and errors as JSON."""
 from __future__ import annotations
 
+import asyncio
 import copy
 import hmac
 import ipaddress
@@ -18,9 +19,14 @@ from ..errors import AppError
 from ..session import Generation, Sampling, Session
 from . import llama_cpp, native, ollama, openai_api, tabby
 from .bodies import read_object
-from .errors import TYPES, ApiError, api_error
-from .streaming import Running, json_response
+from .errors import TYPES, ApiError, api_error, error_body
+from .streaming import Running
 from .worker import MAX_WAITING, Busy, EngineWorker
+
+# The scope's future through which the server's connection (serve._Connection) ends a request whose body is still
+# arriving: its result, an ApiError (408: not in time; 503: the server stops), is raised by the app's next read of
+# the body, so that the app answers it in the route's protocol's shape.
+CUT = "codecomplete.cut"
 
 
 class Server:
@@ -131,6 +137,34 @@ class LocalNamesOnly:
         return await self.app(scope, receive, send)
 
 
+class BodyCuts:
+    """Reads of a request's body that end with the connection's cut (`CUT`) when it comes first."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        cut = scope.get(CUT) if scope["type"] == "http" else None
+        if cut is None:
+            return await self.app(scope, receive, send)
+        body_in = False
+
+        async def receive_or_cut():
+            nonlocal body_in
+            if body_in:
+                return await receive()
+            if cut.done():
+                raise cut.result()
+            message = asyncio.ensure_future(receive())
+            await asyncio.wait((message, cut), return_when=asyncio.FIRST_COMPLETED)
+            if not message.done():
+                message.cancel()
+                raise cut.result()
+            body_in = message.result()["type"] != "http.request" or not message.result().get("more_body", False)
+            return message.result()
+        return await self.app(scope, receive_or_cut, send)
+
+
 def create_app(server: Server) -> FastAPI:
     app = FastAPI(title="codecomplete", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server          # every route finds it as request.app.state.server
@@ -174,14 +208,15 @@ def create_app(server: Server) -> FastAPI:
         return _error_response(request, api_error(exc))
 
     app.add_middleware(LocalNamesOnly, server=server)
+    app.add_middleware(BodyCuts)
     return app
 
 
 def _error_response(request: Request, error: ApiError):
-    if request.url.path.startswith(ollama.PREFIX):
-        response = json_response({"error": error.message}, error.status)     # Ollama's shape, which its clients read
-    else:
-        response = json_response(error.body(), error.status)
+    response = Response(error_body(request.url.path, error), status_code=error.status, media_type="application/json")
     if error.status == 503:
         response.headers["Retry-After"] = "1"       # busy with other requests: a generation takes about a second
+    cut = request.scope.get(CUT)
+    if cut is not None and cut.done():              # its body never came whole: the connection takes no other request
+        response.headers["Connection"] = "close"
     return response

@@ -3,6 +3,7 @@ use for it. Every failure becomes one of these (a bug too, as a 500 with a one-l
 reaches a client, and the server serves on."""
 from __future__ import annotations
 
+import json
 import sys
 from contextvars import ContextVar
 
@@ -18,6 +19,7 @@ TYPES = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
     500: "server_error",
@@ -33,6 +35,16 @@ class ApiError(Exception):
 
     def body(self) -> dict:
         return {"error": {"code": self.status, "message": self.message, "type": self.type}}
+
+
+# Ollama's routes answer errors as Ollama writes them, `{"error": "message"}`: its clients read that shape.
+OLLAMA_PREFIX = "/api/"
+
+
+def error_body(path: str, error: ApiError) -> bytes:
+    """An error as the protocol that `path` speaks writes it, as one line of JSON."""
+    shaped = {"error": error.message} if path.startswith(OLLAMA_PREFIX) else error.body()
+    return json.dumps(shaped, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def api_error(exc: BaseException) -> ApiError:

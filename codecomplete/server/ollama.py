@@ -38,12 +38,12 @@ from fastapi.responses import PlainTextResponse
 from pydantic import Field
 
 from .bodies import Body, Seed, check_ids, read_json, stop_strings
-from .errors import ApiError
+from .errors import OLLAMA_PREFIX, ApiError
 from .logprobs import ollama_logprobs
 from .samplers import unit
 from .streaming import json_response, ndjson, stream
 
-PREFIX = "/api/"
+PREFIX = OLLAMA_PREFIX
 router = APIRouter(prefix="/api")
 public = APIRouter()
 OLLAMA_ORDER = ("penalties", "top_k", "temperature", "top_p", "min_p")    # Ollama's sampler (sample/samplers.go)

@@ -6,8 +6,10 @@ close the socket and end with 0.
 """
 from __future__ import annotations
 
+import asyncio
 import errno
 import gc
+import http
 import ipaddress
 import os
 import signal
@@ -15,20 +17,25 @@ import socket
 import sys
 import time
 
+import h11
 import uvicorn
-from uvicorn.protocols.http.auto import AutoHTTPProtocol
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .. import chat, client, workspace
 from ..cli import package_version
 from ..errors import AppError, Stopped, UsageError
 from ..session import Sampling, open_session
 from . import native, warming
-from .app import Server, create_app
+from .app import CUT, Server, create_app
+from .errors import ApiError, error_body
 from .discovery import announce
 from .warming import PromptWarmer
 
 DEFAULT_MAX_TOKENS = 256      # per request, when it sets no limit
 GRACE_S = 5                   # for streams to end after a stop signal
+REQUEST_S = 10                # for a request's headers and body to arrive, from its first byte (then a 408)
+DROP_S = 1                    # after a stop signal, for a response whose client reads nothing to take its writes
+HEAD_BYTES = 4096             # of a request's first bytes kept until its headers are in: its path, for an error's shape
 # Prompts of an editor's request come to within this many tokens of the server's prompt budget (an 8k budget:
 # 7,776-8,125 tokens seen): their prefill spans are warmed before serving (models/engine.py PREFILL_BUCKET).
 WARM_PREFILL_BELOW = 1024
@@ -147,15 +154,109 @@ class _Uvicorn(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-class _Connection(AutoHTTPProtocol):
-    """uvicorn's HTTP connection, closed when it sends nothing for `timeout_keep_alive` seconds (5) after it opens, as
-    after each answer: uvicorn starts that clock only once it has answered, so a connection that never sent a request
-    stayed open for good, each an open file; at the process's limit (1,024 by default on Linux, 256 on macOS) the
-    server accepted no other client until they closed."""
+class _Connection(H11Protocol):
+    """uvicorn's HTTP connection (h11's: what follows reads its states), with bounds on what a client can hold:
+
+    - closed when it sends nothing for `timeout_keep_alive` seconds (5) after it opens, as after each answer:
+      uvicorn starts that clock only once it has answered, so a connection that never sent a request stayed open
+      for good, each an open file; at the process's limit (1,024 by default on Linux, 256 on macOS) the server
+      accepted no other client until they closed.
+    - a request must be all in (headers and body) REQUEST_S after its first byte, else it is answered 408 and the
+      connection closed: uvicorn has no such clock, so a client sending a header or a body byte a second (slowloris)
+      held its connection and its coroutine for good. Headers not all in: this answers, in the shape of the protocol
+      the request line's path speaks (the bytes of this request only: a kept-alive connection's earlier request may
+      be another protocol's); a body not all in: the app answers (its read ends with the error, `CUT`), as it answers
+      any error. A request answered before its body was in (a 401, a 413) has its connection closed then.
+    - on a stop signal, a request whose headers or body are still arriving is answered 503 at once (uvicorn waited
+      out its grace period, cancelled the app and answered a text/plain 500 with a traceback in the log); an answer
+      whose client takes none of its bytes (its writes paused) after DROP_S more is dropped, not waited for.
+    - a request h11 cannot parse is a JSON 400 (uvicorn's is text/plain).
+    """
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+        self._head = bytearray()        # this request's first bytes
+        self._request_timer: asyncio.TimerHandle | None = None
+
+    def connection_lost(self, exc) -> None:
+        self._stop_request_clock()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._request_timer is None and self.conn.their_state is h11.IDLE:     # a request's first bytes
+            self._head.clear()
+            self._request_timer = self.loop.call_later(REQUEST_S, self._request_timed_out)
+        if len(self._head) < HEAD_BYTES:
+            self._head += data[:HEAD_BYTES - len(self._head)]
+        cycle = self.cycle
+        super().data_received(data)
+        if self.cycle is not cycle:     # its headers are in: its app reads the body through a cut the clock can make
+            self.cycle.scope[CUT] = self.loop.create_future()
+        if self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):       # all in (or the connection is done)
+            self._stop_request_clock()
+
+    def _stop_request_clock(self) -> None:
+        if self._request_timer is not None:
+            self._request_timer.cancel()
+            self._request_timer = None
+
+    def _request_timed_out(self) -> None:
+        self._cut(ApiError(408, f"the request did not arrive in time (its headers and body within {REQUEST_S} s)"))
+        self._request_timer = None
+
+    def _cut(self, error: ApiError) -> bool:
+        """End the request still arriving with `error`; whether there was one."""
+        if self.transport.is_closing():
+            return False
+        state, cycle = self.conn.their_state, self.cycle
+        if state is h11.IDLE and self._request_timer is not None:      # its headers are arriving
+            self._answer(error)
+            return True
+        if state is not h11.SEND_BODY or cycle is None:
+            return False
+        if cycle.response_complete:        # answered without its body: the connection cannot take another request
+            self.transport.close()
+        elif not cycle.response_started and not cycle.scope[CUT].done():
+            cycle.scope[CUT].set_result(error)      # the app's read of the body raises it: the app answers
+        cycle.keep_alive = False
+        return True
+
+    def _answer(self, error: ApiError) -> None:
+        """Answer `error` before any app has the request, and close."""
+        line = bytes(self._head).split(b"\r\n", 1)[0].split(b" ")
+        path = line[1].split(b"?")[0].decode("latin-1") if len(line) > 1 else ""
+        body = error_body(path, error)
+        retry = b"retry-after: 1\r\n" if error.status == 503 else b""
+        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s"
+                             b"connection: close\r\n\r\n%s" % (error.status, _phrase(error.status), len(body), retry,
+                                                                body))
+        self._stop_request_clock()
+        try:
+            self.conn.send(h11.ConnectionClosed())
+        except h11.LocalProtocolError:
+            pass
+        self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        """h11 could not parse the request (a bad request line, headers over its limit): a JSON 400."""
+        self._answer(ApiError(400, "the request is not valid HTTP/1.1"))
+
+    def shutdown(self) -> None:
+        if self._cut(ApiError(503, "the server is shutting down")) and self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is not None and cycle.response_started and not cycle.response_complete:
+            self.loop.call_later(DROP_S, self._drop_if_unread, cycle)
+        super().shutdown()
+
+    def _drop_if_unread(self, cycle) -> None:
+        if not cycle.response_complete and self.flow.write_paused and not self.transport.is_closing():
+            self.transport.abort()     # its client takes nothing: the answer's end (a 503 frame) cannot reach it
+
+
+def _phrase(status: int) -> bytes:
+    return http.HTTPStatus(status).phrase.encode()
 
 
 class _Stopped(Exception):

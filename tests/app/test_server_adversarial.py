@@ -1,10 +1,127 @@
-"""`codecomplete serve` against hostile and broken clients, on a real socket: requests whose answers take heavy
-tokenizer work leave the event loop answering others."""
+"""`codecomplete serve` against hostile and broken clients, on a real socket: clients that send their request
+slowly or never finish it, a stop signal while bodies are still arriving or while a stream's client reads nothing,
+requests whose answers take heavy tokenizer work, and bodies other servers accept. Each answer is the protocol's
+own error shape with its status, and the server serves on (or, stopped, ends promptly and cleanly)."""
 import json
+import select
+import signal
+import socket
 import threading
 import time
+from urllib.parse import urlsplit
 
 import httpx
+import pytest
+from server_process import ServerProcess
+
+from codecomplete.server.serve import REQUEST_S
+
+
+def _address(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname, parts.port
+
+
+def _read_response(connection: socket.socket) -> tuple[int, dict, bytes]:
+    """One HTTP response off the socket (a body with Content-Length): status, headers, body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = connection.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before a whole response: {data!r}")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    length = int(headers.get("content-length", 0))
+    while len(body) < length:
+        chunk = connection.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+def dribble(url: str, first: bytes, drip: bytes = b"", every: float = 1.0, before: bytes = b"",
+            limit: float = 3 * REQUEST_S) -> dict:
+    """Send `before` (a whole request, whose answer is read: the connection is then a kept-alive one), then `first`,
+    then `drip` every `every` seconds (nothing where it is empty) until the server answers or closes; the answer,
+    the seconds from `first` to it, and whether the server closed the connection after it."""
+    with socket.create_connection(_address(url), timeout=limit) as connection:
+        if before:
+            connection.sendall(before)
+            assert _read_response(connection)[0] == 200
+        started = time.monotonic()
+        connection.sendall(first)
+        while time.monotonic() - started < limit:
+            if select.select([connection], [], [], every)[0]:
+                break
+            try:
+                if drip:
+                    connection.sendall(drip)
+            except OSError:
+                break
+        status, headers, body = _read_response(connection)
+        took = time.monotonic() - started
+        connection.settimeout(5)
+        try:
+            closed = connection.recv(1) == b""
+        except (TimeoutError, ConnectionError):
+            closed = False
+        return {"status": status, "headers": headers, "body": json.loads(body), "took": took, "closed": closed}
+
+
+HEAD = b"Host: localhost\r\nContent-Type: application/json\r\n"
+
+
+def test_slow_requests_get_408_in_their_protocol_s_shape_and_free_their_connection(server):
+    """Slowloris: a request whose headers or body come a byte at a time (or stop coming) held its connection, and
+    a coroutine, for good: each now ends REQUEST_S after its first byte with a 408, in the shape of the protocol
+    its path speaks (Ollama's routes `{"error": "..."}`, including on a kept-alive connection whose earlier request
+    was another protocol's), and the connection closes."""
+    health = b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    version = b"GET /api/version HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    clients = {
+        "headers": dict(first=b"POST /completion HTTP/1.1\r\n" + HEAD, drip=b"X-Slow: 1\r\n"),
+        "body": dict(first=b"POST /completion HTTP/1.1\r\n" + HEAD + b"Content-Length: 500\r\n\r\n{\"prompt\"",
+                     drip=b" "),
+        "ollama body": dict(first=b"POST /api/generate HTTP/1.1\r\n" + HEAD + b"Content-Length: 500\r\n\r\n{"),
+        "ollama headers": dict(first=b"POST /api/chat HTTP/1.1\r\n" + HEAD, drip=b"X-Slow: 1\r\n"),
+        "ollama after health": dict(before=health, first=b"POST /api/generate HTTP/1.1\r\n" + HEAD),
+        "openai after ollama": dict(before=version, first=b"POST /v1/completions HTTP/1.1\r\n" + HEAD),
+        "request line": dict(first=b"POST /api/gen", drip=b"e"),
+    }
+    answers = {}
+
+    def run(name, options):
+        try:
+            answers[name] = dribble(server.url, **options)
+        except Exception as exc:       # (reported below)
+            answers[name] = exc
+    threads = [threading.Thread(target=run, args=item) for item in clients.items()]
+    for thread in threads:
+        thread.start()
+    time.sleep(1)
+    slowest = 0.0
+    while any(thread.is_alive() for thread in threads):       # the event loop answers others meanwhile
+        started = time.monotonic()
+        assert httpx.get(server.url + "/health", timeout=60).status_code == 200
+        slowest = max(slowest, time.monotonic() - started)
+        time.sleep(0.2)
+    assert slowest < 2, slowest
+    for name, answer in answers.items():
+        assert isinstance(answer, dict), (name, answer)
+        assert answer["status"] == 408 and answer["closed"], (name, answer)
+        assert REQUEST_S - 1 < answer["took"] < REQUEST_S + 5, (name, answer)
+        assert answer["headers"]["content-type"] == "application/json", (name, answer)
+        error = answer["body"]["error"]
+        if name in ("ollama body", "ollama headers", "ollama after health", "request line"):
+            assert isinstance(error, str) and "in time" in error, (name, answer)
+        else:
+            assert error["code"] == 408 and "in time" in error["message"], (name, answer)
+    assert httpx.post(server.url + "/completion", json={"prompt": "x", "n_predict": 1},
+                      timeout=300).status_code == 200
+    assert "Traceback" not in server.log()
 
 
 def _loop_free_while(server, post) -> tuple[float, float]:
@@ -58,3 +175,75 @@ def test_a_logit_bias_of_text_is_tokenized_off_the_event_loop(server):
     response = httpx.post(server.url + "/completion", json={
         "prompt": "x", "n_predict": 1, "logit_bias": [["def", -1], [10 ** 9, 1]]}, timeout=300)
     assert response.status_code == 400 and "logit_bias" in response.json()["error"]["message"]
+
+
+def test_a_stop_answers_bodies_still_arriving_503_and_drops_streams_nobody_reads(script, cli_env, served_repo,
+                                                                                 tmp_path):
+    """SIGTERM while requests' bodies were still arriving: uvicorn waited out its grace period, cancelled them and
+    answered a text/plain 500 with a traceback in the log; now each gets a 503 at once in its protocol's shape. A
+    stream whose client reads nothing (its writes paused) held the shutdown as long: it is dropped."""
+    process = ServerProcess(script, served_repo, cli_env, tmp_path, "--context-tokens", "256")
+    answers = {}
+    try:
+        address = _address(process.url)
+        quiet = socket.socket()
+        quiet.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        quiet.connect(address)
+        body = json.dumps({"prompt": "def main():", "n_predict": 200, "ignore_eos": True, "stream": True,
+                           "n_probs": 20_000}).encode()
+        quiet.sendall(b"POST /completion HTTP/1.1\r\n" + HEAD + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        time.sleep(4)                   # megabytes of chunks: its writes are paused
+        halves = {"llama.cpp": b"POST /completion HTTP/1.1\r\n" + HEAD + b"Content-Length: 500\r\n\r\n{\"prompt\"",
+                  "ollama": b"POST /api/generate HTTP/1.1\r\n" + HEAD + b"Content-Length: 500\r\n\r\n{"}
+        connections = {name: socket.create_connection(address, timeout=60) for name in halves}
+        for name, data in halves.items():
+            connections[name].sendall(data)
+        time.sleep(0.5)
+        started = time.monotonic()
+        code = process.stop(signal.SIGTERM, timeout=60)
+        took = time.monotonic() - started
+        for name, connection in connections.items():
+            answers[name] = _read_response(connection)
+            connection.close()
+        quiet.close()
+    finally:
+        process.kill()
+    log = process.log()
+    assert code == 0 and "Traceback" not in log and "timeout graceful shutdown exceeded" not in log, log
+    assert took < 15, took      # (the log says it: no task was left to uvicorn's grace period to cancel)
+    status, headers, data = answers["llama.cpp"]
+    error = json.loads(data)["error"]
+    assert status == 503 and error["code"] == 503 and "shutting down" in error["message"], answers
+    status, headers, data = answers["ollama"]
+    assert status == 503 and "shutting down" in json.loads(data)["error"], answers
+
+
+def test_a_request_that_is_not_http_gets_a_json_400_in_its_route_s_shape(server):
+    """uvicorn answers what h11 cannot parse with a text/plain 400; clients (and the standards here) read JSON."""
+    for data, ollama in [(b"GARBAGE\r\n\r\n", False),
+                         (b"POST /completion HTTP/1.1\r\nHost: localhost\r\nContent-Length: x\r\n\r\n", False),
+                         (b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\nContent-Length: -1\r\n\r\n", True)]:
+        with socket.create_connection(_address(server.url), timeout=30) as connection:
+            connection.sendall(data)
+            status, headers, body = _read_response(connection)
+        error = json.loads(body)["error"]
+        assert status == 400 and headers["content-type"] == "application/json", (data[:40], body)
+        assert isinstance(error, str) if ollama else error["code"] == 400, (data[:40], body)
+        assert "not valid HTTP" in (error if ollama else error["message"]), body
+    assert httpx.get(server.url + "/health").status_code == 200
+
+
+def test_a_request_answered_before_its_body_came_cannot_hold_its_connection(server):
+    """A request answered at once (a wrong method: 405) whose body then comes a byte a second: each byte put off the
+    kept-alive connection's 5 s clock, so the connection stayed open for good; the request's clock closes it."""
+    with socket.create_connection(_address(server.url), timeout=60) as connection:
+        connection.sendall(b"POST /health HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n{")
+        assert _read_response(connection)[0] == 405
+        started = time.monotonic()
+        closed = False
+        while time.monotonic() - started < 3 * REQUEST_S:
+            if select.select([connection], [], [], 1)[0]:
+                closed = connection.recv(1) == b""
+                break
+            connection.sendall(b" ")
+        assert closed and time.monotonic() - started < REQUEST_S + 5
