@@ -4,8 +4,9 @@
 a model does not know are ignored, as llama.cpp and OpenAI ignore them (real clients send many: llama.vim's
 `t_max_prompt_ms` and `cache_prompt`); a null is the field's default where the field has no use for None, as
 llama.cpp's json_value, Go's decoder (Ollama) and OpenAI's nullable parameters read it (the openai package sends
-`"temperature": null` for temperature=None). A lone surrogate (`"\ud800"` is valid JSON, not valid text) becomes
-U+FFFD, as the command line does with such text: a tokenizer refuses it, and so does a UTF-8 response."""
+`"temperature": null` for temperature=None); a UTF-8 byte order mark may come first, as llama.cpp reads a body. A
+lone surrogate (`"\ud800"` is valid JSON, not valid text) becomes U+FFFD, as the command line does with such text: a
+tokenizer refuses it, and so does a UTF-8 response."""
 from __future__ import annotations
 
 import json
@@ -89,8 +90,12 @@ async def read_object(request: Request, limit: int = MAX_BODY_BYTES) -> dict:
         if size > limit:
             raise ApiError(413, f"the request body is larger than {limit:,} bytes")
         chunks.append(chunk)
+    data = b"".join(chunks)
+    # One UTF-8 byte order mark before the JSON is skipped, as llama.cpp's server reads a body (nlohmann::json's
+    # lexer skips it at the start of the input, and refuses it anywhere else, as here); Windows tools write one.
+    data = data.removeprefix(b"\xef\xbb\xbf")
     try:
-        text = b"".join(chunks).decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ApiError(400, f"the request body is not valid UTF-8 (byte {exc.start})") from None
     try:

@@ -124,6 +124,21 @@ def test_slow_requests_get_408_in_their_protocol_s_shape_and_free_their_connecti
     assert "Traceback" not in server.log()
 
 
+def test_a_json_body_may_begin_with_a_utf8_bom(server):
+    """A body that starts with a UTF-8 byte order mark (Windows tools write one) is read as llama.cpp's server reads
+    it (nlohmann::json skips one BOM at the start of its input, and refuses it anywhere else)."""
+    bom = b"\xef\xbb\xbf"
+    for path, body in [("/completion", {"prompt": "x", "n_predict": 1}),
+                       ("/api/generate", {"prompt": "x", "stream": False, "options": {"num_predict": 1}}),
+                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})]:
+        response = httpx.post(server.url + path, content=bom + json.dumps(body).encode(),
+                              headers={"Content-Type": "application/json"}, timeout=300)
+        assert response.status_code == 200, (path, response.text)
+    for data in (bom + bom + b'{"prompt": "x"}', b'{"prompt": "x"}' + bom, b"\xff\xfe{}"):
+        response = httpx.post(server.url + "/completion", content=data, timeout=300)
+        assert response.status_code == 400 and response.json()["error"]["code"] == 400, (data, response.text)
+
+
 def _loop_free_while(server, post) -> tuple[float, float]:
     """The longest /health while `post()` runs, and how long `post()` took."""
     took = {}
