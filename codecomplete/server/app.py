@@ -7,10 +7,13 @@ import copy
 import hmac
 import ipaddress
 import logging
+import threading
 from collections.abc import Callable
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
@@ -27,6 +30,7 @@ from .worker import MAX_WAITING, Busy, EngineWorker
 # arriving: its result, an ApiError (408: not in time; 503: the server stops), is raised by the app's next read of
 # the body, so that the app answers it in the route's protocol's shape.
 CUT = "codecomplete.cut"
+T = TypeVar("T")
 
 
 class Server:
@@ -40,6 +44,10 @@ class Server:
         # thread starts: a fast tokenizer keeps `encode_special_tokens` as state that each call sets, and the engine
         # thread's prompts set it their way meanwhile (ids of the other kind back, or "Already borrowed").
         self.tokenizer = copy.deepcopy(session.engine.tokenizer)
+        # The thread pool's (/tokenize, off the event loop), one call at a time: its threads shared the event loop's,
+        # and two requests reading special-token text differently (parse_special) got each other's ids.
+        self._pool_tokenizer = copy.deepcopy(session.engine.tokenizer)
+        self._pool_tokenizer_lock = threading.Lock()
         self.loopback = loopback                # bound to this machine only: requests must name it (LocalNamesOnly)
         # `idle`: one slice of work for quiet moments (warming the prompt caches); `warm_up`: what to prepare before
         # the first request (worker.wait_ready() returns its result); both on the engine thread.
@@ -50,6 +58,13 @@ class Server:
         self.prompt_budget = session.prompt_budget(max_tokens)
         self.api_key = api_key
         self.info = info                        # what /codecomplete/v1/info and the runtime file tell clients
+
+    async def with_tokenizer(self, work: Callable[[object], T]) -> T:
+        """`work(tokenizer)` in a thread off the event loop, with the thread pool's tokenizer (one at a time)."""
+        def locked() -> T:
+            with self._pool_tokenizer_lock:
+                return work(self._pool_tokenizer)
+        return await run_in_threadpool(locked)
 
     @property
     def engine(self):

@@ -43,7 +43,6 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 from pydantic import AliasChoices, Field
-from starlette.concurrency import run_in_threadpool
 
 from . import logit_bias, samplers
 from .bodies import Body, Seed, check_ids, read_json, stop_strings
@@ -120,15 +119,14 @@ class DetokenizeRequest(Body):
 
 @router.post("/tokenize")
 async def tokenize(request: Request):
-    tokenizer = request.app.state.server.tokenizer
     body = await read_json(request, TokenizeRequest)
 
-    def tokens() -> list:
+    def tokens(tokenizer) -> list:
         ids = tokenizer.encode(body.content, add_special_tokens=body.add_special,
                                split_special_tokens=not body.parse_special)
         return [{"id": i, "piece": tokenizer.decode([i])} for i in ids] if body.with_pieces else ids
     # Off the event loop: a body near the size limit takes 0.6-2.2 s, which every stream and request would wait for.
-    return json_response({"tokens": await run_in_threadpool(tokens)})
+    return json_response({"tokens": await request.app.state.server.with_tokenizer(tokens)})
 
 
 @router.post("/detokenize")

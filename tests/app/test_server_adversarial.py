@@ -262,3 +262,27 @@ def test_a_request_answered_before_its_body_came_cannot_hold_its_connection(serv
                 break
             connection.sendall(b" ")
         assert closed and time.monotonic() - started < REQUEST_S + 5
+
+
+def test_concurrent_tokenize_requests_each_get_their_own_reading_of_special_tokens(server):
+    """/tokenize runs in a thread pool, and its threads shared one fast tokenizer, whose `encode_special_tokens` is
+    state each call sets: with parse_special true and false at once, a request got the other's reading (5 of 45
+    false ones answered as true, seen)."""
+    content = "x<|endoftext|>y " * 2000
+    expected = {special: len(httpx.post(server.url + "/tokenize", json={"content": content, "parse_special": special},
+                                        timeout=120).json()["tokens"]) for special in (True, False)}
+    assert expected[True] < expected[False]
+    wrong = []
+
+    def tokenize(special: bool) -> None:
+        for _ in range(10):
+            tokens = httpx.post(server.url + "/tokenize", json={"content": content, "parse_special": special},
+                                timeout=120).json()["tokens"]
+            if len(tokens) != expected[special]:
+                wrong.append((special, len(tokens)))
+    threads = [threading.Thread(target=tokenize, args=(i % 2 == 0,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not wrong, wrong
