@@ -191,7 +191,19 @@ class _Connection(H11Protocol):
             self._head += data[:HEAD_BYTES - len(self._head)]
         cycle = self.cycle
         super().data_received(data)
-        if self.cycle is not cycle:     # its headers are in: its app reads the body through a cut the clock can make
+        self._follow(cycle)
+
+    def on_response_complete(self) -> None:
+        cycle = self.cycle
+        super().on_response_complete()      # (starts a request pipelined behind this one, whose bytes h11 held)
+        if self.cycle is not cycle and self._request_timer is None and self.conn.their_state is h11.SEND_BODY:
+            self._request_timer = self.loop.call_later(REQUEST_S, self._request_timed_out)    # its body is arriving
+        self._follow(cycle)
+
+    def _follow(self, cycle) -> None:
+        """After h11 read on: a request whose headers are in (a cycle other than `cycle`) reads its body through a
+        cut the clock can make (its app has not run yet); a request all in stops the clock."""
+        if self.cycle is not cycle:
             self.cycle.scope[CUT] = self.loop.create_future()
         if self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):       # all in (or the connection is done)
             self._stop_request_clock()

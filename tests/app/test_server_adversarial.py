@@ -43,16 +43,19 @@ def _read_response(connection: socket.socket) -> tuple[int, dict, bytes]:
 
 
 def dribble(url: str, first: bytes, drip: bytes = b"", every: float = 1.0, before: bytes = b"",
-            limit: float = 3 * REQUEST_S) -> dict:
+            limit: float = 3 * REQUEST_S, pipelined: bool = False) -> dict:
     """Send `before` (a whole request, whose answer is read: the connection is then a kept-alive one), then `first`,
     then `drip` every `every` seconds (nothing where it is empty) until the server answers or closes; the answer,
-    the seconds from `first` to it, and whether the server closed the connection after it."""
+    the seconds from `first` to it, and whether the server closed the connection after it. `pipelined`: `first`
+    begins with a whole request, whose answer is read first."""
     with socket.create_connection(_address(url), timeout=limit) as connection:
         if before:
             connection.sendall(before)
             assert _read_response(connection)[0] == 200
         started = time.monotonic()
         connection.sendall(first)
+        if pipelined:
+            assert _read_response(connection)[0] == 200
         while time.monotonic() - started < limit:
             if select.select([connection], [], [], every)[0]:
                 break
@@ -90,6 +93,9 @@ def test_slow_requests_get_408_in_their_protocol_s_shape_and_free_their_connecti
         "ollama after health": dict(before=health, first=b"POST /api/generate HTTP/1.1\r\n" + HEAD),
         "openai after ollama": dict(before=version, first=b"POST /v1/completions HTTP/1.1\r\n" + HEAD),
         "request line": dict(first=b"POST /api/gen", drip=b"e"),
+        # pipelined behind a whole request: h11 holds it until the first is answered, when uvicorn starts it
+        "pipelined": dict(first=b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\nPOST /completion HTTP/1.1\r\n" + HEAD
+                          + b"Content-Length: 500\r\n\r\n{", pipelined=True),
     }
     answers = {}
 
