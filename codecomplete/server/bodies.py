@@ -99,7 +99,7 @@ async def read_object(request: Request, limit: int = MAX_BODY_BYTES) -> dict:
     except UnicodeDecodeError as exc:
         raise ApiError(400, f"the request body is not valid UTF-8 (byte {exc.start})") from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_not_json)
         if not isinstance(data, dict):
             raise ApiError(400, "the request body must be a JSON object")
         return _text_of(data)
@@ -109,6 +109,11 @@ async def read_object(request: Request, limit: int = MAX_BODY_BYTES) -> dict:
         raise ApiError(400, "the request body nests too deeply") from None
     except ValueError as exc:       # an integer of more than 4,300 digits
         raise ApiError(400, f"the request body is not usable JSON: {exc}") from None
+
+
+def _not_json(literal: str):
+    """NaN, Infinity and -Infinity, which Python's json reads and JSON has not (llama.cpp's parser refuses them)."""
+    raise ValueError(f"{literal} is not a JSON value")
 
 
 def parse(data: dict, model: type[Model]) -> Model:

@@ -292,3 +292,15 @@ def test_concurrent_tokenize_requests_each_get_their_own_reading_of_special_toke
     for thread in threads:
         thread.join()
     assert not wrong, wrong
+
+
+def test_nan_and_infinity_literals_are_not_json(server):
+    """Python's json reads NaN, Infinity and -Infinity, which JSON has not (llama.cpp's nlohmann::json refuses them):
+    in a field no model checks (an Ollama `format` schema, a chat's `response_format`) they passed as numbers."""
+    for literal in (b"NaN", b"Infinity", b"-Infinity"):
+        for path, data in [("/completion", b'{"prompt": "x", "n_predict": 1, "extra": %s}' % literal),
+                           ("/api/generate", b'{"prompt": "x", "stream": false, "format": {"max": %s}}' % literal)]:
+            response = httpx.post(server.url + path, content=data, timeout=300)
+            error = response.json()["error"]
+            assert response.status_code == 400, (path, literal, response.text)
+            assert "JSON" in (error if path.startswith("/api/") else error["message"]), response.text
