@@ -15,21 +15,10 @@ import torch
 EDIT = 100          # tokens changed at the end of the prompt between two requests
 
 
-def _ms(fn, repeats: int = 5) -> float:
-    times = []
-    for _ in range(repeats + 1):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times[1:])[repeats // 2]
-
-
 @torch.no_grad()
 def main(argv: list[str]) -> int:
     from models.engine import Engine
+    from models.prefill_bench import _ms          # CUDA events, the median of 5 after one
     from models.generation import GenerationConfig
     from models.llama import build_random_model
     lengths = [int(a) for a in argv] or [8192, 32768]
