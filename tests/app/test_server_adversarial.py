@@ -178,7 +178,9 @@ def test_n_probs_of_a_whole_answer_are_built_off_the_event_loop(server):
         probabilities = response.json()["completion_probabilities"]
         assert len(probabilities) == 4 and all(len(p["top_logprobs"]) == vocabulary for p in probabilities)
     slowest, took = _loop_free_while(server, post)
-    assert slowest < took / 4, (slowest, took)
+    # Built on the loop, one /health waited out the whole build (slowest ~ took). Off it, the loop still shares the
+    # GIL with the engine thread's Python work and answers in turns: 0.30 of took seen under the CI's load.
+    assert slowest < took / 2, (slowest, took)
 
 
 def test_a_logit_bias_of_text_is_tokenized_off_the_event_loop(server):
@@ -191,7 +193,7 @@ def test_a_logit_bias_of_text_is_tokenized_off_the_event_loop(server):
             "prompt": "x", "n_predict": 1, "logit_bias": [[text, -0.5]]}, timeout=300)
         assert response.status_code == 200, response.text
     slowest, took = _loop_free_while(server, post)
-    assert slowest < took / 4, (slowest, took)
+    assert slowest < took / 2, (slowest, took)     # (as for n_probs above: the GIL is shared)
     # still checked: a bad entry next to text is a 400 naming it, and the server serves on
     response = httpx.post(server.url + "/completion", json={
         "prompt": "x", "n_predict": 1, "logit_bias": [["def", -1], [10 ** 9, 1]]}, timeout=300)
