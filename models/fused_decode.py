@@ -8,7 +8,7 @@ launches than in bytes. `decode_one_token` runs each layer as
 
 (kernels/fused_gemv.py), and the logits as one normed GEMV stored in float32. qkv_rope writes the cache
 itself, quantizing an 8-bit one (no append kernel: on an H200 the append cost 1.8 µs a layer inside the
-7B fp8 step, bench/results/NOTES.md), and `KVCache.write_exact` keeps an 8-bit cache's exact sink and window
+7B fp8 step, bench/results/NOTES.md), and `KVCache.write_exact` keeps an fp8 cache's exact sink and window
 copies beside it (two small scatters a layer); a cache of another dtype goes through `KVCache.update`. Everything
 else (a batch, a verification step of 1 + k tokens, the CPU) runs the general, compiled path of
 `Transformer.decode`, which this step matches to bf16 rounding. On a tensor-parallel rank
@@ -69,7 +69,7 @@ def decode_one_token(model, token: torch.Tensor, step) -> torch.Tensor:
                        late_dependents=late_qkv, weight_scale=_scale(a.wqkv))             # ((Hq + 2 Hkv) * D,)
         q, k, v = (t.view(1, -1, 1, D) for t in qkv.split([Hq * D, Hkv * D, Hkv * D]))  # (1, H, 1, D)
         if in_place:
-            cache.write_exact(step.input_pos, k, v)      # an 8-bit cache's exact copies (qkv_rope wrote the rest)
+            cache.write_exact(step.input_pos, k, v)      # an fp8 cache's exact copies (qkv_rope wrote the rest)
             view = cache.rows(0, 1)
         else:
             view = cache.update(step.input_pos, k, v)

@@ -48,7 +48,7 @@ HEADROOM_BYTES = 1 << 30  # left free for activations, logits and the CUDA-graph
 QUANTIZED = {"fp8": torch.float8_e4m3fn, "int8": torch.int8}   # 8-bit cache types, by user-facing name
 SCALE_BYTES = 4           # one float32 scale per token, KV head and tensor (K and V)
 
-# Exact tokens of an 8-bit cache. e4m3 agreed with the unquantized cache's top-1 next token at 95.7% of 2,040
+# Exact tokens of an fp8 cache. e4m3 agreed with the unquantized cache's top-1 next token at 95.7% of 2,040
 # positions of real code (SmolLM2; issue 11's bar: 98%); read exact, the first 4 (attention sinks) and last 32
 # keys of every query took it to 98.6% (98.5% at 8,188 positions), int8 from 98.0% to 99.7%. Fewer missed:
 # 4 + 16 gave 98.1%, 0 + 32 97.8%, 4 + 0 96.3%; more bought little (16 + 32: 98.6%, KL 7.0e-4 against 4 + 32's
@@ -77,15 +77,15 @@ def cache_dtype_name(quant: str | None, dtype: torch.dtype) -> str:
 
 def kv_cache_bytes_per_token(config: ModelConfig, dtype: torch.dtype, quant: str | None = None) -> int:
     """Bytes one token occupies in the cache over all layers: K and V, plus their scales when quantized (an 8-bit
-    cache's exact tokens are a fixed cost per row: `exact_bytes_per_row`)."""
+    cache's exact tokens, fp8's, are a fixed cost per row: `exact_bytes_per_row`)."""
     if not quant:
         return config.kv_bytes_per_token(torch.tensor([], dtype=dtype).element_size())
     return config.kv_bytes_per_token(1) + 2 * config.n_layers * config.n_kv_heads * SCALE_BYTES
 
 
 def exact_bytes_per_row(config: ModelConfig, dtype: torch.dtype, quant: str | None = None) -> int:
-    """Bytes of one row's exact sink and window tokens over all layers (8-bit caches; 0 otherwise): K and V in the
-    model dtype and each slot's position, EXACT_SLOTS slots a layer."""
+    """Bytes of one row's exact sink and window tokens over all layers (EXACT_WINDOW_CACHES; 0 otherwise): K and V
+    in the model dtype and each slot's position, EXACT_SLOTS slots a layer."""
     if quant not in EXACT_WINDOW_CACHES:
         return 0
     element = torch.tensor([], dtype=dtype).element_size()
@@ -149,7 +149,7 @@ class KVCache(nn.Module):
         scales = (lambda: torch.ones(shape[:3], dtype=torch.float32, device=device)) if quant else (lambda: None)
         self.register_buffer("k_scale", scales(), persistent=False)
         self.register_buffer("v_scale", scales(), persistent=False)
-        # 8-bit: the exact sink and ring slots (module docstring), each slot's position, -1 for none.
+        # fp8: the exact sink and ring slots (module docstring), each slot's position, -1 for none.
         exact = (batch, n_kv_heads, EXACT_SLOTS, head_dim)
         windowed = quant in EXACT_WINDOW_CACHES
         self.register_buffer("k_exact", torch.zeros(exact, dtype=dtype, device=device) if windowed else None,
@@ -171,8 +171,8 @@ class KVCache(nn.Module):
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> CacheView:
         """Decode: store each sequence's new k, v (B, Hkv, T, D) at positions input_pos[b] .. + T - 1.
 
-        One fused append (quantizing an 8-bit cache; and its exact copies), no host sync: safe inside a captured
-        CUDA graph. Returns the first B rows, (B, Hkv, S_max, D) and their scales.
+        One fused append (quantizing an 8-bit cache; and an fp8 one's exact copies), no host sync: safe inside a
+        captured CUDA graph. Returns the first B rows, (B, Hkv, S_max, D) and their scales.
         """
         view = self.rows(0, k.shape[0])
         append_kv(k, v, view.k, view.v, input_pos, view.k_scale, view.v_scale)
@@ -180,21 +180,16 @@ class KVCache(nn.Module):
         return view
 
     def write_exact(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """An 8-bit cache's exact copies of k, v (B, Hkv, T, D) at positions input_pos[b] .. + T - 1 (int64 (B,)),
+        """An fp8 cache's exact copies of k, v (B, Hkv, T, D) at positions input_pos[b] .. + T - 1 (int64 (B,)),
         in their slots (`exact_slot`); nothing for another cache. Graph-safe (two scatters, no host sync). The
         quantized values are written elsewhere (`update`, or the fused step's qkv_rope)."""
         if self.k_exact is None:
             return
-        B, Hkv, T, D = k.shape
+        T = k.shape[2]
         if T > MAX_STEP_TOKENS:     # (a shape: known while tracing, no sync)
             raise ValueError(f"a decode step of {T} tokens would overwrite exact window tokens still read (the "
                              f"ring holds {EXACT_WINDOW} + {MAX_STEP_TOKENS}); at most {MAX_STEP_TOKENS} a step")
-        positions = input_pos[:, None] + torch.arange(T, device=k.device)                    # (B, T)
-        slots = exact_slot(positions)                                                        # (B, T)
-        index = slots[:, None, :, None].expand(B, Hkv, T, D)
-        self.k_exact[:B].scatter_(2, index, k.to(self.dtype))
-        self.v_exact[:B].scatter_(2, index, v.to(self.dtype))
-        self.exact_pos[:B].scatter_(1, slots, positions)
+        self._scatter_exact(0, input_pos[:, None] + torch.arange(T, device=k.device), k, v)    # positions (B, T)
 
     def write(self, row: int, start: int, k: torch.Tensor, v: torch.Tensor, repair: bool = False,
               end: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,10 +197,10 @@ class KVCache(nn.Module):
 
         Returns that sequence's keys and values so far, (1, Hkv, start + T, D) in the model dtype:
         views of the cache, or for an 8-bit cache its dequantized copy (so prefill reads what decoding will).
-        An 8-bit cache's exact copies of the span's sink tokens and last EXACT_RING before `end` (default: the
+        An fp8 cache's exact copies of the span's sink tokens and last EXACT_RING before `end` (default: the
         span's end; padding after it would push the prompt's last tokens out of the ring) are written too: read
         what the prefill needs of them first (`exact_before`).
-        `repair` (8-bit): the row already holds the span; only the exact copies of its last EXACT_WINDOW tokens are
+        `repair` (fp8): the row already holds the span; only the exact copies of its last EXACT_WINDOW tokens are
         written (`models.llama.Transformer.prefill` says when they are right), the 8-bit cache is read as stored.
         """
         view = self.rows(row, row + 1)
@@ -214,7 +209,7 @@ class KVCache(nn.Module):
         if not repair:
             append_kv(k, v, view.k, view.v, torch.tensor([start], device=k.device), view.k_scale, view.v_scale)
         elif self.k_exact is None:
-            raise ValueError("only an 8-bit cache's exact window can be repaired")
+            raise ValueError("only an fp8 cache's exact window can be repaired")
         if self.k_exact is not None:
             if repair:
                 keep = range(max(0, kept - EXACT_WINDOW), kept)
@@ -222,22 +217,24 @@ class KVCache(nn.Module):
                 # Only these: a scatter with repeated slots (the ring's earlier laps) writes in no defined order.
                 keep = [t for t in range(kept) if start + t < EXACT_SINK or t >= kept - EXACT_RING]
                 self.exact_pos[row:row + 1].masked_fill_(self.exact_pos[row:row + 1] >= start, -1)  # past the span
-            self._write_exact_rows(row, start, torch.tensor(list(keep), device=k.device), k, v)
+            index = torch.tensor(list(keep), device=k.device)                                # offsets in the span
+            self._scatter_exact(row, (start + index)[None], k[:, :, index], v[:, :, index])
         return view.prefix(start + T).dequantized(self.dtype)
 
-    def _write_exact_rows(self, row: int, start: int, index: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Row `row`'s exact copies of the span's tokens `index` (their offsets in k, v (1, Hkv, T, D))."""
-        positions = (start + index)[None]                                                    # (1, n)
-        slots = exact_slot(positions)
-        Hkv, D = k.shape[1], k.shape[3]
-        dest = slots[:, None, :, None].expand(1, Hkv, slots.shape[1], D)
-        self.k_exact[row:row + 1].scatter_(2, dest, k[:, :, index].to(self.dtype))
-        self.v_exact[row:row + 1].scatter_(2, dest, v[:, :, index].to(self.dtype))
-        self.exact_pos[row:row + 1].scatter_(1, slots, positions)
+    def _scatter_exact(self, first: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Exact copies of k, v (b, Hkv, n, D) at positions (b, n) (int64) of rows first .. first + b - 1, in their
+        slots (`exact_slot`), each slot's position recorded."""
+        b, Hkv, n, D = k.shape
+        slots = exact_slot(positions)                                                        # (b, n)
+        index = slots[:, None, :, None].expand(b, Hkv, n, D)
+        rows = slice(first, first + b)
+        self.k_exact[rows].scatter_(2, index, k.to(self.dtype))
+        self.v_exact[rows].scatter_(2, index, v.to(self.dtype))
+        self.exact_pos[rows].scatter_(1, slots, positions)
 
     def exact_before(self, row: int, start: int) -> ExactTokens | None:
         """A copy of row `row`'s exact tokens at positions before `start` (the others' slots marked empty): what a
-        prefill from `start` reads of the prefix before its own write overwrites ring slots. None when not 8-bit."""
+        prefill from `start` reads of the prefix before its own write overwrites ring slots. None without them."""
         exact = self.rows(row, row + 1).exact
         if exact is None:
             return None
@@ -246,14 +243,14 @@ class KVCache(nn.Module):
 
     def window_valid(self, row: int, length: int) -> bool:
         """Whether row `row`, cut to `length` tokens, still holds the exact copies its next queries read (True when
-        not 8-bit; `exact_window_valid`)."""
+        without exact tokens; `exact_window_valid`)."""
         return exact_window_valid([self], row, length)
 
     def move(self, row: int, source: int, target: int, length: int, rotate) -> None:
         """Slots [source, source + length) of row `row` to [target, target + length) (target <= source; the ranges
         may overlap), the keys through `rotate` (float32 (1, Hkv, n, D) -> the same: models/cache_reuse.py turns them
         to their new positions). Values and their scales are copied as stored; 8-bit keys are dequantized, rotated
-        and quantized again (new scales), as the append would store them. An 8-bit cache's exact copies of
+        and quantized again (new scales), as the append would store them. An fp8 cache's exact copies of
         positions from `target` on are dropped (marked empty): `window_valid` then says the row must be repaired."""
         old, new, rows = slice(source, source + length), slice(target, target + length), slice(row, row + 1)
         if self.k_scale is None:
@@ -269,7 +266,7 @@ class KVCache(nn.Module):
 
     def saved(self, row: int, length: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
         """Copies on `device` of row `row`'s first `length` slots as stored: K, V (1, Hkv, length, D) and, 8-bit,
-        their scales (1, Hkv, length) and the exact tokens' K, V (1, Hkv, EXACT_SLOTS, D) and positions
+        their scales (1, Hkv, length) and, fp8, the exact tokens' K, V (1, Hkv, EXACT_SLOTS, D) and positions
         (1, EXACT_SLOTS) (those at or past `length` marked empty)."""
         view = self.rows(row, row + 1)
         copies = tuple(t.to(device, copy=True) for t in view.prefix(length).stored() if t is not None)
@@ -279,16 +276,16 @@ class KVCache(nn.Module):
         return copies + tuple(t.to(device, copy=True) for t in (view.exact.k, view.exact.v, pos))
 
     def bytes_per_token(self) -> int:
-        """What one slot of one row holds: K, V and their scales (an 8-bit row's exact tokens: `exact_bytes`)."""
+        """What one slot of one row holds: K, V and their scales (an fp8 row's exact tokens: `exact_bytes`)."""
         return sum(t[0, :, 0].numel() * t.element_size() for t in self.rows(0, 1).stored() if t is not None)
 
     def exact_bytes(self) -> int:
-        """What one row's exact tokens hold (0 when not 8-bit): K, V and positions."""
+        """What one row's exact tokens hold (0 without them): K, V and positions."""
         exact = self.rows(0, 1).exact
         return 0 if exact is None else sum(t.numel() * t.element_size() for t in (exact.k, exact.v, exact.pos))
 
     def restore(self, row: int, saved: tuple[torch.Tensor, ...]) -> None:
-        """Put `saved` (what `saved` returned, from a cache of this layout) back as row `row`'s first slots (and, 8-bit,
+        """Put `saved` (what `saved` returned, from a cache of this layout) back as row `row`'s first slots (and, fp8,
         its exact tokens)."""
         view = self.rows(row, row + 1)
         stored = [t for t in view.stored() if t is not None]
@@ -322,7 +319,7 @@ def repair_start(start: int, n_layers: int) -> int:
 def exact_window_valid(caches: list[KVCache], row: int, length: int, sink_only: bool = False) -> bool:
     """Whether row `row` of every cache, cut to `length` tokens, still holds the exact copies its next queries
     read: positions 0 .. min(EXACT_SINK, length) - 1 and (unless `sink_only`) length - EXACT_WINDOW .. length - 1.
-    True for caches that are not 8-bit. One host sync (for prefix reuse, between requests)."""
+    True for caches without exact tokens. One host sync (for prefix reuse, between requests)."""
     caches = [c for c in caches if c.exact_pos is not None]
     if not caches or length == 0:
         return True
@@ -355,7 +352,7 @@ def check_kv_cache_fits(config: ModelConfig, batch: int, max_len: int, dtype: to
 
     loading: bytes of weights still to load beside it (a check made before the model is built)."""
     per_token = batch * kv_cache_bytes_per_token(config, dtype, quant)
-    exact = batch * exact_bytes_per_row(config, dtype, quant)       # 8-bit: the exact sink and window tokens
+    exact = batch * exact_bytes_per_row(config, dtype, quant)       # fp8: the exact sink and window tokens
     fit = capacity_tokens(config, batch, dtype, device, quant, loading)
     if max_len > fit:
         from models.weights_memory import size_text

@@ -34,8 +34,8 @@ from models.kv_cache import KVCache, check_kv_cache_fits, exact_window_valid
 
 class Prefill(NamedTuple):
     """Where a prefill chunk goes: cache row `row`, which already holds positions [0, start); `repair`: and the
-    chunk's too, of which only an 8-bit cache's exact window is written (`Transformer.prefill`). `end`: where the
-    prompt ends within the chunk (padding after it: an 8-bit cache's exact ring keeps the tokens before it)."""
+    chunk's too, of which only an fp8 cache's exact window is written (`Transformer.prefill`). `end`: where the
+    prompt ends within the chunk (padding after it: an fp8 cache's exact ring keeps the tokens before it)."""
     row: int
     start: int
     repair: bool = False
@@ -241,7 +241,7 @@ class Attention(nn.Module):
                     cache = cache.zeroed_past(step.cache_seqlens, q.dtype)
             out = decode_attention(step.backend, q, cache, step.cache_seqlens, step.exact)  # (B, Hq, T, D)
             return out.transpose(1, 2).reshape(B, T, Hq * D)
-        prior = self.kv_cache.exact_before(step.row, step.start)            # 8-bit: the prefix's exact tokens
+        prior = self.kv_cache.exact_before(step.row, step.start)            # fp8: the prefix's exact tokens
         k_all, v_all = self.kv_cache.write(step.row, step.start, k, v, step.repair, step.end)  # (1, Hkv, start+T, D)
         if prior is not None:
             out = prefill_attention_exact(q, k_all, v_all, prior, k, v, step.start)
@@ -411,7 +411,7 @@ class Transformer(nn.Module):
         wrote this span's K/V, the others did not: the row then holds [0, start) only). Between layers, not
         between chunks of the prompt, so that every number computed stays what one whole prefill computes.
 
-        An 8-bit cache's row must hold the exact copies of its sink and of the window before `start` (ValueError
+        An fp8 cache's row must hold the exact copies of its sink and of the window before `start` (ValueError
         otherwise: its queries would miss them). Where it lost them (a prefix cut back past its ring), `repair`
         recomputes them: the row already holds the tokens at [start, start + T), and only the exact copies of the
         last EXACT_WINDOW of them are written (returns None). They come out exact when T >= `repair_span`: an
@@ -419,7 +419,7 @@ class Transformer(nn.Module):
         queries whose windows hold it), and the 8-bit keys, read as stored, are right.
         """
         T = tokens.shape[1]
-        # (one host sync, for 8-bit caches only; a repair needs the sink alone)
+        # (one host sync, for fp8 caches only; a repair needs the sink alone)
         if start > 0 and not exact_window_valid([layer.attention.kv_cache for layer in self.layers], row, start,
                                                 sink_only=repair):
             raise ValueError(f"cache row {row} no longer holds the exact {'sink' if repair else 'window'} before "
