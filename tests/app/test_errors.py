@@ -137,6 +137,17 @@ def test_help_and_usage_errors_do_not_import_torch(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def _cli_in_a_child_without_torch(body: str) -> None:
+    """Run `body` in a fresh Python (no server or model named by the environment): its lines indented by four spaces
+    call `main` with stderr read into `err`, the others check it; then torch must not have been imported."""
+    code = ("import contextlib, io, os, sys; from codecomplete.cli import main\n"
+            "err = io.StringIO()\n"
+            "with contextlib.redirect_stderr(err):\n" + body +
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120,
+                   env={**os.environ, "CODECOMPLETE_SERVER": "", "CODECOMPLETE_MODEL": ""})
+
+
 def test_a_missing_model_is_said_before_torch_is_imported(tmp_path):
     """`--model ~/models/typo.gguf`: the missing file was said only after torch, transformers and the repository's
     index had loaded (4-6 s on a CPU, a whole index on a large repository). Said at once now, with the same message
@@ -146,9 +157,7 @@ def test_a_missing_model_is_said_before_torch_is_imported(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "a.py").write_text("x = 1\n")
-    code = ("import contextlib, io, os, sys; from codecomplete.cli import main\n"
-            "err = io.StringIO()\n"
-            "with contextlib.redirect_stderr(err):\n"
+    _cli_in_a_child_without_torch(
             f"    assert main(['--model', {missing!r}, '--prompt', 'x']) == 2\n"
             f"    assert main([{str(repo)!r}, '--file', 'a.py', '--model', {missing!r}]) == 2\n"
             f"    assert main(['serve', {str(repo)!r}, '--model', {missing!r}]) == 2\n"
@@ -160,10 +169,7 @@ def test_a_missing_model_is_said_before_torch_is_imported(tmp_path):
             "lines = err.getvalue().splitlines()\n"
             f"assert lines[:4] == ['codecomplete: error: ' + {missing!r} + ': no such file or directory'] * 3 + ["
             f"'codecomplete: error: CODECOMPLETE_MODEL=' + {missing!r} + ': no such file or directory'], lines\n"
-            "assert 'cannot reach the server' in lines[4], lines\n"
-            "assert 'torch' not in sys.modules, 'torch imported'")
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120,
-                   env={**os.environ, "CODECOMPLETE_SERVER": "", "CODECOMPLETE_MODEL": ""})
+            "assert 'cannot reach the server' in lines[4], lines\n")
 
 
 def test_a_model_folder_without_a_checkpoint_is_said_before_torch_is_imported(tmp_path):
@@ -173,15 +179,10 @@ def test_a_model_folder_without_a_checkpoint_is_said_before_torch_is_imported(tm
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "a.py").write_text("x = 1\n")
-    code = ("import contextlib, io, sys; from codecomplete.cli import main\n"
-            "err = io.StringIO()\n"
-            "with contextlib.redirect_stderr(err):\n"
+    _cli_in_a_child_without_torch(
             f"    assert main([{str(repo)!r}, '--file', 'a.py', '--model', {str(empty)!r}]) == 2\n"
             f"assert err.getvalue().startswith('codecomplete: error: ' + {str(empty)!r} + ': no config.json'), "
-            "err.getvalue()\n"
-            "assert 'torch' not in sys.modules, 'torch imported'")
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120,
-                   env={**os.environ, "CODECOMPLETE_SERVER": "", "CODECOMPLETE_MODEL": ""})
+            "err.getvalue()\n")
 
 
 def test_serve_given_a_file_does_not_offer_an_option_it_lacks(tmp_path):
