@@ -165,7 +165,7 @@ def compile_exact_merge(dtype: str, group: int, D: int, N: int, has_quantized: b
         combine = _compile(_combine_exact_kernel,
                            dict(exact_pointers, SEQLENS="*i32", PART_OUT="*bf16", PART_LSE="*fp32",
                                 OUT=POINTER[dtype], LSE="*fp32"),
-                           {**combine_constexprs(plan, has_seqlens=True, use_pdl=True),
+                           {**combine_constexprs(plan, has_seqlens=True, use_pdl=True, seqlen_shift=48),
                             "GROUP": group, "EXACT_BLOCK": exact_merge_constexprs(group, N, D, True)["EXACT_BLOCK"]},
                            target, max(combine_warps(plan), EXACT_WARPS), 1, not_divisible=odd + ("num_splits", "S_cache"))
         combine_usage = sass_facts(combine.asm["cubin"])

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from kernels.split_kv import _valid_splits
+from kernels.split_kv import _cache_length, _valid_splits
 
 # A (slots, head dim) tile of up to 64 x 256 floats a program (K's, then V's): 128 threads, in the merge and in the
 # combine that carries it (whose own tiles would take 1 warp at short head dims).
@@ -96,22 +96,26 @@ def _combine_exact_kernel(
     Hq, T, N, S_cache, qk_scale, sink, window,
     HAS_SEQLENS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     USE_PDL: tl.constexpr, TRIGGER: tl.constexpr, GROUP: tl.constexpr, EXACT_BLOCK: tl.constexpr,
+    SEQLEN_SHIFT: tl.constexpr = 0, KEY_START: tl.constexpr = 0,
 ):
-    """`_combine_kernel` (its first nine arguments and constexprs: SEQLENS are the split kernels' shifted lengths,
-    S their view's length) with the row's exact partial as one more: LENGTHS are the rows' lengths, S_cache the
-    cache's."""
+    """`_combine_kernel` (its first nine arguments and constexprs: the split kernels' lengths are SEQLENS as
+    `_cache_length` shifts them, S their view's length) with the row's exact partial as one more: LENGTHS are the
+    rows' lengths, S_cache the cache's."""
     row = tl.program_id(0).to(tl.int64)                    # (b * Hq + query head) * T + token
     if HAS_SEQLENS:
-        seqlen = tl.minimum(tl.load(SEQLENS + row // ROWS_PER_SEQ), S)
+        seqlen = _cache_length(SEQLENS + row // ROWS_PER_SEQ, S, SEQLEN_SHIFT, KEY_START)
     else:
         seqlen = S
+    # The exact partial before the wait, under the split kernels' stream: it reads only what the step wrote before
+    # them (q, the exact copies), complete once this grid runs (it launches as every split program passes its own
+    # wait for that writer). After the wait its dependent loads were ~10 µs a layer on the 7B step (Run 40).
+    out, m, total = _exact_partial(Q, EXACT_K, EXACT_V, EXACT_POS, LENGTHS, row, stride_qb, stride_qh, stride_qt,
+                                   stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_pb,
+                                   Hq, T, N, D, S_cache, qk_scale, sink, window, GROUP, EXACT_BLOCK, BLOCK_D)
     if USE_PDL:
         gdc_wait()  # stage 1's partials are complete and visible from here on
         if TRIGGER:
             gdc_launch_dependents()
-    out, m, total = _exact_partial(Q, EXACT_K, EXACT_V, EXACT_POS, LENGTHS, row, stride_qb, stride_qh, stride_qt,
-                                   stride_kb, stride_kh, stride_kn, stride_vb, stride_vh, stride_vn, stride_pb,
-                                   Hq, T, N, D, S_cache, qk_scale, sink, window, GROUP, EXACT_BLOCK, BLOCK_D)
     n_valid = _valid_splits(seqlen, num_splits, BLOCK_N)
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)

@@ -5,14 +5,14 @@ e4m3's 3 mantissa bits cost a model its top-1 next token at ~4% of positions; re
 it (models/kv_cache.py has the measurements). For the query at position i the keys split in two disjoint sets:
     8-bit:  sink <= j <= i - window            (read by the split kernels)
     exact:  j < sink, or i - window < j <= i   (the cache's `ExactTokens`, at most sink + ring slots)
-The 8-bit set is the split kernels' own causal span shifted: the caches seen from slot `sink` on, with lengths
-len - sink - window, put query t's last key at (len - T + t) - window (the kernels align their causal mask
-bottom-right), so the kernels run unchanged. The exact slots are one more partial (kernels/exact_combine.py), one
+The 8-bit set is the split kernels' own causal span with both ends moved: `key_start` = sink makes the first
+split start there, and `seqlen_shift` = window shortens every length, which puts query t's last key at
+(len - T + t) - window (the kernels align their causal mask bottom-right). The exact slots are one more partial (kernels/exact_combine.py), one
 program per (batch, query head, token) attending its row's exact slots (at most sink + ring keys, on the CUDA
 cores in float32), merged with the split kernels' partials by their log-sum-exp: inside the combine where the call
 splits (no launch beyond a plain call's), by one merge kernel after an unsplit call
-(`kernels.reference.flash_decode_exact_window` is the arithmetic). Graph-safe: the shifted lengths are computed
-on the device; every shape is static.
+(`kernels.reference.flash_decode_exact_window` is the arithmetic). Graph-safe: the kernels shift the lengths
+themselves (a PyTorch op for it cost a 7B step 32 launches); every shape is static.
 """
 
 from __future__ import annotations
@@ -41,14 +41,15 @@ def flash_decode_exact_window(q, k_cache, v_cache, cache_seqlens=None, *, k_scal
     q4 = q.reshape(B, Hq, T, D)                                                              # (B, Hq, T, D)
     span = S - exact.sink - exact.window     # the most 8-bit keys a query reads; none at all when <= 0
     if span > 0:
-        shifted = (lengths - (exact.sink + exact.window)).clamp_min(0).to(torch.int32)       # (B,)
-        tail = slice(exact.sink, None)                       # slots sink.. : query t's keys 0 .. shifted - T + t
+        # The split kernels read query t's keys sink .. len - window - T + t of the whole cache, bounds they apply
+        # themselves (`key_start`, `seqlen_shift`): a view from slot sink would put a sequence-major 8-bit V's
+        # tiles 16 bytes off their 128-byte lines (the 34B step 10% slower, Run 40).
         # The whole cache's plan: the tuned and forced plans (models/step_plans.py) are keyed by its shape.
         plan = plan_for(q, B, Hq, Hkv, S, D, T, True, num_splits, int8=k_cache.dtype == torch.int8)
         # split: the combine merges the exact partials too; unsplit: the split kernel writes out, then a merge
         combined = combine_exact_launch(q4, exact, lengths, scale, S) if plan.num_splits > 1 else None
-        out, lse = launch(q4, k_cache[:, :, tail], v_cache[:, :, tail], shifted, plan, softmax_scale=scale,
-                          k_scale=k_scale[:, :, tail], v_scale=v_scale[:, :, tail], exact=combined)
+        out, lse = launch(q4, k_cache, v_cache, lengths, plan, softmax_scale=scale, k_scale=k_scale,
+                          v_scale=v_scale, exact=combined, seqlen_shift=exact.window, key_start=exact.sink)
     else:
         combined = None
         out = torch.empty(q4.shape, dtype=q.dtype, device=q.device)                         # (B, Hq, T, D)

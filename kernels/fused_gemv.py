@@ -255,12 +255,13 @@ def _quantize_head_when_complete(Y, K_CACHE, V_CACHE, K_SCALE, V_SCALE, TICKETS,
 def _fused_gemv_kernel(
     X, NORM_W, W, W_SCALE, Y, RES, COS, SIN, POS, K_CACHE, V_CACHE, K_SCALE, V_SCALE, TICKETS,
     N, K, stride_wn, eps, pair_offset, rot_rows, q_rows, kv_rows, stride_ch, stride_cs, stride_vh, stride_vs, stride_vd,
-    stride_sh, stride_ss, n_slots,
+    stride_sh, stride_ss, n_slots, EXACT_K, EXACT_V, EXACT_POS, stride_xh, stride_xs, exact_sink, exact_ring,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NORM: tl.constexpr, EPILOGUE: tl.constexpr,
     HEAD_DIM: tl.constexpr, WRITE_CACHE: tl.constexpr, USE_PDL: tl.constexpr, INTERLEAVE: tl.constexpr,
     QUANT_CACHE: tl.constexpr = False, BLOCK_D: tl.constexpr = 2, LATE_DEPENDENTS: tl.constexpr = False,
     EARLY_TILE: tl.constexpr = False, SCALED_W: tl.constexpr = False, INT8_PRMT: tl.constexpr = False,
     NARROW_INT8: tl.constexpr = False, DP4A: tl.constexpr = False, ASM: tl.constexpr = False,
+    EXACT: tl.constexpr = False,
 ):
     if USE_PDL:
         if EARLY_TILE == 0:        # else inside _dot_rows, once the first tile of W is loaded
@@ -311,6 +312,14 @@ def _fused_gemv_kernel(
             b_out = tl.where(rotate, b * cos_b + a * sin_b, b)
             tl.store(Y + rows_a, a_out.to(Y.dtype.element_ty), mask=mask)
             tl.store(Y + rows_b, b_out.to(Y.dtype.element_ty), mask=mask)
+            if EXACT:   # an 8-bit cache's exact copies of k and v, in the ring's slot (models/kv_cache.py: exact_slot)
+                slot = tl.where(pos < exact_sink, pos, exact_sink + (pos - exact_sink) % exact_ring)
+                _store_kv(EXACT_K, EXACT_V, rows_a, a_out, mask & in_cache, slot, q_rows, kv_rows, stride_xh,
+                          stride_xs, stride_xh, stride_xs, 1, HEAD_DIM)
+                _store_kv(EXACT_K, EXACT_V, rows_b, b_out, mask & in_cache, slot, q_rows, kv_rows, stride_xh,
+                          stride_xs, stride_xh, stride_xs, 1, HEAD_DIM)
+                if slot_ok & (tl.program_id(0) == 0):
+                    tl.store(EXACT_POS + slot, pos)
             if QUANT_CACHE:
                 if slot_ok:
                     _quantize_head_when_complete(Y, K_CACHE, V_CACHE, K_SCALE, V_SCALE, TICKETS, pid, pos, q_rows,
@@ -527,8 +536,10 @@ def _by_dp4a(config: Config, x, weight, weight_scale, norm_weight) -> bool:
 
 def _launch(config: Config, grid_rows: int, x, weight, y, *, norm_weight=None, eps=0.0, epilogue=PLAIN,
             residual=None, rope=None, cache=None, scales=None, tickets=None, pair_offset=0, rot_rows=0, q_rows=0,
-            kv_rows=0, head_dim=2, late_dependents: bool = False, weight_scale=None) -> torch.Tensor:
+            kv_rows=0, head_dim=2, late_dependents: bool = False, weight_scale=None, exact=None) -> torch.Tensor:
     cos, sin, pos = rope if rope is not None else (y, y, y)
+    exact_k, exact_v, exact_pos, exact_sink, exact_ring = exact if exact is not None else (y, y, y, 0, 1)
+    stride_xh, stride_xs = (exact_k.stride(1), exact_k.stride(2)) if exact is not None else (0, 0)
     k_cache, v_cache = cache if cache is not None else (y, y)
     k_scale, v_scale = scales if scales is not None else (y, y)
     stride_ch, stride_cs = (k_cache.stride(1), k_cache.stride(2)) if cache is not None else (0, 0)
@@ -551,12 +562,13 @@ def _launch(config: Config, grid_rows: int, x, weight, y, *, norm_weight=None, e
         cos, sin, pos, k_cache, v_cache, k_scale, v_scale, tickets if tickets is not None else y,
         weight.shape[0], K, stride_wn, float(eps), pair_offset, rot_rows, q_rows, kv_rows,
         stride_ch, stride_cs, stride_vh, stride_vs, stride_vd, stride_sh, stride_ss, n_slots,
+        exact_k, exact_v, exact_pos, stride_xh, stride_xs, exact_sink, exact_ring,
         BLOCK_N=config.block_n, BLOCK_K=block_k, NORM=norm_weight is not None, EPILOGUE=epilogue,
         HEAD_DIM=head_dim, WRITE_CACHE=cache is not None, USE_PDL=use_pdl, INTERLEAVE=config.interleave,
         QUANT_CACHE=scales is not None, BLOCK_D=triton.next_power_of_2(head_dim),
         LATE_DEPENDENTS=late_dependents or epilogue in LATE_DEPENDENTS, EARLY_TILE=epilogue in EARLY_TILE,
         SCALED_W=weight_scale is not None, INT8_PRMT=widened_on_gpu and WEIGHTS_BY_PRMT,
-        NARROW_INT8=widened_on_gpu and batch1_gemv.NARROW_INT8_LOADS, DP4A=dp4a, ASM=x.is_cuda,
+        NARROW_INT8=widened_on_gpu and batch1_gemv.NARROW_INT8_LOADS, DP4A=dp4a, ASM=x.is_cuda, EXACT=exact is not None,
         num_warps=config.num_warps, num_stages=config.num_stages,
         **({"launch_pdl": True} if use_pdl else {}))
     return y
@@ -605,7 +617,7 @@ def qkv_rope(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, wqkv: torch
              sin: torch.Tensor, pos: torch.Tensor, n_heads: int, n_kv_heads: int,
              cache: tuple[torch.Tensor, torch.Tensor] | None = None,
              scales: tuple[torch.Tensor, torch.Tensor] | None = None, late_dependents: bool = False,
-             weight_scale: torch.Tensor | None = None, **config) -> torch.Tensor:
+             weight_scale: torch.Tensor | None = None, exact: tuple | None = None, **config) -> torch.Tensor:
     """q, k, v of one token: rms_norm(x (K,), norm_weight) @ wqkv ((Hq + 2 Hkv) * D, K)^T, RoPE at position
     pos (1,) int64 on q and k from the tables cos, sin (S_max, D) float32 (rotate-half layout).
 
@@ -619,6 +631,10 @@ def qkv_rope(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, wqkv: torch
     `late_dependents`: let the next kernel launch only as each program ends, not as it starts (with PDL): for an
     attention call whose programs would crowd some SMs if placed early, or whose plan says so
     (`kernels.interface.late_in_step`). An int8 wqkv comes with weight_scale ((Hq + 2 Hkv) * D,) float32 per row.
+    `exact` = (k_exact, v_exact, exact_pos, sink, ring): k and v are also stored in x's dtype at slot `pos` below
+    `sink`, else sink + (pos - sink) % ring, of k_exact, v_exact (1, Hkv, N, D) (one layout, last dim contiguous),
+    and pos at that slot of exact_pos int64 (N,) (an fp8 cache's exact copies, models/kv_cache.py): in this kernel,
+    not in a scatter per layer a step.
     """
     K = _check(x, wqkv, "qkv_rope", weight_scale)
     D = cos.shape[-1]
@@ -644,13 +660,15 @@ def qkv_rope(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, wqkv: torch
                              f"{[(tuple(s.shape), s.dtype) for s in scales]}")
     elif scales is not None:
         raise ValueError("qkv_rope: scales come with 8-bit caches")
+    if exact is not None:
+        _check_exact(exact, n_kv_heads, D, x.dtype)
     counters = tickets(x.device) if scales is not None else None
     y = torch.empty(N, dtype=x.dtype, device=x.device)
     c = _config("qkv_rope", x, wqkv, config, pairs_per_head=D // 2)
     launch = functools.partial(_launch, c, triton.cdiv(N // 2, c.block_n // 2), x, wqkv, y, norm_weight=norm_weight,
                                eps=eps, epilogue=ROPE, rope=(cos, sin, pos), pair_offset=D // 2,
                                rot_rows=(n_heads + n_kv_heads) * D, q_rows=n_heads * D, kv_rows=n_kv_heads * D,
-                               head_dim=D, late_dependents=late_dependents, weight_scale=weight_scale)
+                               head_dim=D, late_dependents=late_dependents, weight_scale=weight_scale, exact=exact)
     if scales is None:
         return launch(cache=cache)
     if counters is None:           # captured before the tickets exist: quantize in a second kernel
@@ -659,6 +677,19 @@ def qkv_rope(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, wqkv: torch
         append_kv_triton(k, v, *cache, pos, *scales, use_pdl=_use_pdl(x))
         return y
     return launch(cache=cache, scales=scales, tickets=counters[-2 * n_kv_heads:])
+
+
+def _check_exact(exact: tuple, n_kv_heads: int, D: int, dtype: torch.dtype) -> None:
+    k_exact, v_exact, exact_pos, sink, ring = exact
+    n = k_exact.shape[2] if k_exact.dim() == 4 else 0
+    if (k_exact.shape != (1, n_kv_heads, n, D) or v_exact.shape != k_exact.shape or k_exact.dtype != dtype
+            or v_exact.dtype != dtype or k_exact.stride() != v_exact.stride() or k_exact.stride(3) != 1
+            or exact_pos.shape[-1] != n or exact_pos.dtype != torch.int64 or exact_pos.stride(-1) != 1
+            or not 0 <= sink < sink + ring <= n):
+        raise ValueError(f"qkv_rope: exact copies must be (1, {n_kv_heads}, N, {D}) of {dtype}, K and V in one "
+                         f"layout with a contiguous last dim, positions int64 (N,), sink + ring <= N; got "
+                         f"{tuple(k_exact.shape)} {k_exact.dtype} {k_exact.stride()}, {tuple(v_exact.shape)} "
+                         f"{v_exact.stride()}, {tuple(exact_pos.shape)} {exact_pos.dtype}, sink {sink}, ring {ring}")
 
 
 _BUILDS = {   # kind: (name, epilogue, RMSNorm prologue, cache write), as the decode step launches it
@@ -716,8 +747,11 @@ def compile_facts(arch: int = 90, names=None) -> dict:
             continue
         _, epilogue, norm, cache = _BUILDS[kind]
         types = dict(pointers, Y="*fp32") if kind == "gemv_norm" else pointers
+        exact = cache_type == "*fp8e4nv"     # an fp8 cache's step writes its exact copies too (models/kv_cache.py)
         if cache_type:
             types = dict(types, K_CACHE=cache_type, V_CACHE=cache_type, **quantized)
+        if exact:
+            types = dict(types, EXACT_K="*bf16", EXACT_V="*bf16", EXACT_POS="*i64")
         if int8_weights:
             types = dict(types, W="*i8", W_SCALE="*fp32")
         dp4a = int8_weights and c.dp4a
@@ -730,7 +764,7 @@ def compile_facts(arch: int = 90, names=None) -> dict:
                                WRITE_CACHE=cache, USE_PDL=True, INTERLEAVE=c.interleave,
                                QUANT_CACHE=cache_type is not None, BLOCK_D=128, EARLY_TILE=epilogue in EARLY_TILE,
                                SCALED_W=int8_weights, INT8_PRMT=int8_weights and not dp4a,
-                               NARROW_INT8=int8_weights and not dp4a, DP4A=dp4a, ASM=True),
+                               NARROW_INT8=int8_weights and not dp4a, DP4A=dp4a, ASM=True, EXACT=exact),
                           GPUTarget("cuda", arch, 32), c.num_warps, c.num_stages, floats=("eps",))
         ptx = binary.asm["ptx"]
         loop = sass_facts(binary.asm["cubin"], with_opcodes=True).get("loop_opcodes", {})

@@ -325,11 +325,13 @@ def _tma_sources(k_cache: torch.Tensor, v_cache: torch.Tensor, plan: LaunchPlan,
 
 def split_constexprs(plan: LaunchPlan, *, group: int, T: int, D: int, scaled: bool, e4m3: bool, has_seqlens: bool,
                      upcast: bool, ieee_dot: bool, use_pdl: bool, use_tma: bool, prefetch: int = 0,
-                     element_bytes: int = 2) -> dict:
+                     element_bytes: int = 2, seqlen_shift: int = 0, key_start: int = 0) -> dict:
     """The compile-time arguments of `_split_kv_kernel` for a plan (launch and compile_check share them):
     `scaled`, an 8-bit cache with scales; `e4m3`, that cache is float8_e4m3fn (the options of fp8 dots and
     conversions apply to it only); `prefetch`, bytes of each split's K and V to prefetch before the PDL wait
-    (with PDL only)."""
+    (with PDL only); `seqlen_shift` and `key_start`, each row's last and first keys the kernels leave out
+    (kernels/exact_window.py).
+    """
     return dict(GROUP=group, T=T, HAS_SEQLENS=has_seqlens, SPLIT=plan.num_splits > 1,
                 BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_D=plan.block_d,
                 SCALED=scaled, FP8_DOT=e4m3 and plan.fp8_dot, FP8_EARLY=e4m3 and plan.fp8_early,
@@ -337,7 +339,8 @@ def split_constexprs(plan: LaunchPlan, *, group: int, T: int, D: int, scaled: bo
                 INT8_DOT=scaled and not e4m3 and plan.int8_dot,
                 IEEE_DOT=ieee_dot, USE_PDL=use_pdl, TMA=use_tma, LOOP_STAGES=plan.loop_stages or None,
                 CACHE_MODIFIER=plan.cache_modifier, EVICTION=plan.eviction, EVEN_D=D == plan.block_d,
-                PREFETCH=prefetch if use_pdl else 0, ELEMENT_BYTES=element_bytes)
+                PREFETCH=prefetch if use_pdl else 0, ELEMENT_BYTES=element_bytes,
+                SEQLEN_SHIFT=seqlen_shift, KEY_START=key_start)
 
 
 def split_kernel(plan: LaunchPlan, group: int, T: int, *, transposable: bool = False):
@@ -350,9 +353,11 @@ def split_kernel(plan: LaunchPlan, group: int, T: int, *, transposable: bool = F
     return _split_kv_row_kernel if row else _split_kv_kernel
 
 
-def combine_constexprs(plan: LaunchPlan, *, has_seqlens: bool, use_pdl: bool) -> dict:
+def combine_constexprs(plan: LaunchPlan, *, has_seqlens: bool, use_pdl: bool, seqlen_shift: int = 0,
+                       key_start: int = 0) -> dict:
     return dict(HAS_SEQLENS=has_seqlens, BLOCK_S=triton.next_power_of_2(plan.num_splits),
-                BLOCK_N=plan.block_n, BLOCK_D=plan.block_d, USE_PDL=use_pdl, TRIGGER=COMBINE_TRIGGER)
+                BLOCK_N=plan.block_n, BLOCK_D=plan.block_d, USE_PDL=use_pdl, TRIGGER=COMBINE_TRIGGER,
+                SEQLEN_SHIFT=seqlen_shift, KEY_START=key_start)
 
 
 def combine_warps(plan: LaunchPlan) -> int:
@@ -368,12 +373,15 @@ def _run(kernel, grid, compile_only: bool, *args, **kwargs):
 
 @on_first_tensors_device
 def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scale=None, k_scale=None,
-           v_scale=None, compile_only=False, exact=None):
+           v_scale=None, compile_only=False, exact=None, seqlen_shift=0,
+           key_start=0):
     """Run the kernels with an explicit plan (inputs already validated). Returns (out, lse) with
     out of q's shape and lse (B, Hq) or (B, Hq, T). `compile_only` builds the kernels the call would
     launch and returns the split kernel's binary instead (benchmarks compile their candidate plans in
     parallel first, and read registers and shared memory from the binaries). `exact`
-    (`kernels.exact_window.ExactLaunch`, split plans only): the combine merges an 8-bit cache's exact tokens too."""
+    (`kernels.exact_window.ExactLaunch`, split plans only): the combine merges an 8-bit cache's exact tokens too;
+    `seqlen_shift`, `key_start` (with cache_seqlens only): each row's keys key_start .. len - seqlen_shift - 1 are
+    read, its causal mask ending at len - seqlen_shift (a row of key_start keys or fewer reads none)."""
     B, Hq, D = q.shape[0], q.shape[1], q.shape[-1]
     T = q.shape[2] if q.dim() == 4 else 1
     q4 = q if q.dim() == 4 else q.unsqueeze(2)                                # (B, Hq, T, D)
@@ -390,11 +398,17 @@ def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scal
     else:  # the split kernel writes `out` and `lse` itself
         part_out, part_lse = out, lse
     has_seqlens = cache_seqlens is not None
+    if (seqlen_shift or key_start) and not has_seqlens:
+        raise ValueError("seqlen_shift and key_start shift cache_seqlens: pass them")
     seqlens = cache_seqlens if has_seqlens else lse  # any pointer; never read without HAS_SEQLENS
     upcast = not q.is_cuda  # the interpreter's 16-bit arithmetic is wrong; widen on load
     use_pdl = q.is_cuda and PDL_SUPPORTED and plan.pdl
     kernel = split_kernel(plan, group, T, transposable=scaled and sequence_major(v_cache))
-    descriptors = plan.tma and _tma_sources(k_cache, v_cache, plan, kernel is _split_kv_transposed_kernel)
+    transposed = kernel is _split_kv_transposed_kernel
+    # a descriptor's tile starts 16-byte aligned along its innermost dimension: the transposed kernel's V tiles
+    # start at key_start (the first split's) in bytes of keys
+    descriptors = (plan.tma and (not transposed or key_start * v_cache.element_size() % 16 == 0)
+                   and _tma_sources(k_cache, v_cache, plan, transposed))
     use_tma = bool(descriptors)
     # the L2 prefetch needs 16-byte aligned rows; a sequence-major V is not prefetched (kernels.split_kv)
     aligned = tma_capable(k_cache) and (tma_capable(v_cache) or sequence_major(v_cache))
@@ -412,7 +426,8 @@ def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scal
         **split_constexprs(plan, group=group, T=T, D=D, scaled=scaled, e4m3=e4m3, has_seqlens=has_seqlens,
                            upcast=upcast, ieee_dot=q.dtype == torch.float32 and not scaled, use_pdl=use_pdl,
                            use_tma=use_tma, prefetch=KV_PREFETCH if aligned else 0,
-                           element_bytes=k_cache.element_size()),
+                           element_bytes=k_cache.element_size(), seqlen_shift=seqlen_shift,
+                           key_start=key_start),
         num_warps=plan.num_warps, num_stages=plan.num_stages, **({"maxnreg": plan.maxnreg} if plan.maxnreg else {}),
         **({"launch_pdl": True} if use_pdl else {}),
     )
@@ -422,7 +437,8 @@ def launch(q, k_cache, v_cache, cache_seqlens, plan: LaunchPlan, *, softmax_scal
         _run(_combine_kernel if exact is None else _combine_exact_kernel, (B * Hq * T,), compile_only,
             seqlens, part_out, part_lse, out, lse,
             S, Hq * T, D, splits, *(exact.args if exact is not None else ()),
-            **combine_constexprs(plan, has_seqlens=has_seqlens, use_pdl=use_pdl),
+            **combine_constexprs(plan, has_seqlens=has_seqlens, use_pdl=use_pdl, seqlen_shift=seqlen_shift,
+                                 key_start=key_start),
             **(exact.constexprs if exact is not None else {}),
             num_warps=combine_warps(plan) if exact is None else max(combine_warps(plan), EXACT_WARPS),
             **({"launch_pdl": True} if use_pdl else {}),

@@ -114,21 +114,36 @@ def _valid_splits(seqlen, num_splits, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def _cache_length(SEQLEN, S):
-    """A sequence's length, at most the cache's S: while a CUDA graph is captured the host cannot check the
-    lengths, and a length past S (a decode loop run past the cache) would read beyond it; the combine clamps
-    the same way, so both stages count the same splits."""
-    return tl.minimum(tl.load(SEQLEN), S)
+def _cache_length(SEQLEN, S, SHIFT: tl.constexpr, KEY_START: tl.constexpr):
+    """A sequence's length less SHIFT, at most the cache's S: while a CUDA graph is captured the host cannot check
+    the lengths, and a length past S (a decode loop run past the cache) would read beyond it; the combine clamps
+    the same way, so both stages count the same splits. SHIFT and KEY_START: the keys a caller reads elsewhere
+    (kernels/exact_window.py: an fp8 cache's exact window, its last SHIFT keys, and sink, its first KEY_START),
+    applied here rather than by a PyTorch op a call (a launch per layer, and a break in the step's PDL chain); a
+    length of KEY_START or less has no keys left: 0."""
+    n = tl.load(SEQLEN)
+    if SHIFT > 0:
+        n = n - SHIFT
+    if KEY_START > 0:
+        n = tl.where(n > KEY_START, n, 0)
+    elif SHIFT > 0:
+        n = tl.maximum(n, 0)
+    return tl.minimum(n, S)
 
 
 @triton.jit
-def _sequence_split(SEQLENS, S, b, split, num_splits, HAS_SEQLENS: tl.constexpr, BLOCK_N: tl.constexpr):
-    """(seqlen, start, end): sequence b's length now and the key range [start, end) of `split`."""
+def _sequence_split(SEQLENS, S, b, split, num_splits, HAS_SEQLENS: tl.constexpr, BLOCK_N: tl.constexpr,
+                    SEQLEN_SHIFT: tl.constexpr, KEY_START: tl.constexpr):
+    """(seqlen, start, end): sequence b's length now (`_cache_length`) and the key range [start, end) of `split`,
+    from key KEY_START on: the first split's range starts there (so its tiles, only, start off a block; the view
+    of the cache stays where the tensor's own alignment keeps a sequence-major 8-bit V's tiles on whole lines)."""
     if HAS_SEQLENS:
-        seqlen = _cache_length(SEQLENS + b, S)
+        seqlen = _cache_length(SEQLENS + b, S, SEQLEN_SHIFT, KEY_START)
     else:
         seqlen = S
     start, end = _split_range(seqlen, split, num_splits, BLOCK_N)
+    if KEY_START > 0:
+        start = tl.maximum(start, KEY_START)   # a split past KEY_START is untouched; one of KEY_START or less: empty
     return seqlen, start, end
 
 
@@ -165,12 +180,13 @@ def _kv_pointers(Q, K, V, K_SCALE, V_SCALE, b, h, offs_d,
 @triton.jit
 def _prefetch_split(K_BASE, V_BASE, SEQLENS, S, D, b, h, split, num_splits, stride_kb, stride_kh, stride_kn,
                     stride_vb, stride_vh, stride_vn, stride_vd, HAS_SEQLENS: tl.constexpr, BLOCK_N: tl.constexpr,
-                    PREFETCH: tl.constexpr, ELEMENT_BYTES: tl.constexpr):
+                    PREFETCH: tl.constexpr, ELEMENT_BYTES: tl.constexpr, SEQLEN_SHIFT: tl.constexpr,
+                    KEY_START: tl.constexpr):
     """The first PREFETCH bytes of the split's K and V rows into L2, before the wait on the kernel before
     (K_BASE, V_BASE: the caches' pointers, also under TMA). The lengths are read before that wait: no kernel
     that may run alongside this one's start (the one before it, past its own wait) writes them; the key it
     appends may land after the prefetch, which is no harm: L2 holds the newest bytes either way."""
-    _, start, end = _sequence_split(SEQLENS, S, b, split, num_splits, HAS_SEQLENS, BLOCK_N)
+    _, start, end = _sequence_split(SEQLENS, S, b, split, num_splits, HAS_SEQLENS, BLOCK_N, SEQLEN_SHIFT, KEY_START)
     if start < end:
         prefetch_rows(K_BASE + b * stride_kb + h * stride_kh + start * stride_kn, end - start, D, stride_kn,
                       PREFETCH, ELEMENT_BYTES)
@@ -339,6 +355,7 @@ def _split_kv_kernel(
     USE_PDL: tl.constexpr, TMA: tl.constexpr, LOOP_STAGES: tl.constexpr,
     CACHE_MODIFIER: tl.constexpr, EVICTION: tl.constexpr, EVEN_D: tl.constexpr,
     PREFETCH: tl.constexpr = 0, ELEMENT_BYTES: tl.constexpr = 2, INT8_DOT: tl.constexpr = False,
+    SEQLEN_SHIFT: tl.constexpr = 0, KEY_START: tl.constexpr = 0,
 ):
     """Q (B, Hq, T, D) strided; K, V (B, Hkv, S, D) (pointers, or tensor descriptors with TMA);
     K_SCALE, V_SCALE (B, Hkv, S) fp32 with SCALED; OUT (B, Hq, T, D), LSE (B, Hq, T) contiguous;
@@ -356,11 +373,12 @@ def _split_kv_kernel(
             if pid % ROW_BLOCKS == 0:    # one program of those sharing the KV head asks
                 _prefetch_split(K_BASE, V_BASE, SEQLENS, S, D, b, h, split, num_splits, stride_kb, stride_kh,
                                 stride_kn, stride_vb, stride_vh, stride_vn, stride_vd, HAS_SEQLENS, BLOCK_N, PREFETCH,
-                                ELEMENT_BYTES)
+                                ELEMENT_BYTES, SEQLEN_SHIFT, KEY_START)
         gdc_wait()               # whose writes (q, the new key and value) are visible from here on
         gdc_launch_dependents()  # let the combine's (or the next kernel's) programs get resident
 
-    seqlen, start, end = _sequence_split(SEQLENS, S, b, split, num_splits, HAS_SEQLENS, BLOCK_N)
+    seqlen, start, end = _sequence_split(SEQLENS, S, b, split, num_splits, HAS_SEQLENS, BLOCK_N, SEQLEN_SHIFT,
+                                         KEY_START)
     if SPLIT:
         if start >= end:
             return  # past the end of this sequence; the combine does not read this split
@@ -445,11 +463,12 @@ def _combine_kernel(
     SEQLENS, PART_OUT, PART_LSE, OUT, LSE,
     S, ROWS_PER_SEQ, D, num_splits,
     HAS_SEQLENS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    USE_PDL: tl.constexpr, TRIGGER: tl.constexpr = True,
+    USE_PDL: tl.constexpr, TRIGGER: tl.constexpr = True, SEQLEN_SHIFT: tl.constexpr = 0,
+    KEY_START: tl.constexpr = 0,
 ):
     row = tl.program_id(0).to(tl.int64)  # (b * Hq + query head) * T + token
     if HAS_SEQLENS:
-        seqlen = _cache_length(SEQLENS + row // ROWS_PER_SEQ, S)
+        seqlen = _cache_length(SEQLENS + row // ROWS_PER_SEQ, S, SEQLEN_SHIFT, KEY_START)
     else:
         seqlen = S
     if USE_PDL:

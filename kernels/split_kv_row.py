@@ -100,6 +100,7 @@ def _split_kv_row_kernel(
     USE_PDL: tl.constexpr, TMA: tl.constexpr, LOOP_STAGES: tl.constexpr,
     CACHE_MODIFIER: tl.constexpr, EVICTION: tl.constexpr, EVEN_D: tl.constexpr,
     PREFETCH: tl.constexpr = 0, ELEMENT_BYTES: tl.constexpr = 2, INT8_DOT: tl.constexpr = False,
+    SEQLEN_SHIFT: tl.constexpr = 0, KEY_START: tl.constexpr = 0,
 ):
     """Q (B, Hq = Hkv, 1, D) strided; K, V (B, Hkv, S, D) (pointers, or tensor descriptors with TMA);
     K_SCALE, V_SCALE (B, Hkv, S) fp32 with SCALED; OUT (B, Hq, 1, D), LSE (B, Hq, 1) contiguous;
@@ -114,10 +115,10 @@ def _split_kv_row_kernel(
         if PREFETCH > 0:
             _prefetch_split(K_BASE, V_BASE, SEQLENS, S, D, b, h, split, num_splits, stride_kb, stride_kh, stride_kn,
                             stride_vb, stride_vh, stride_vn, stride_vd, HAS_SEQLENS, BLOCK_N, PREFETCH,
-                            ELEMENT_BYTES)
+                            ELEMENT_BYTES, SEQLEN_SHIFT, KEY_START)
         gdc_wait()
         gdc_launch_dependents()
-    _, start, end = _sequence_split(SEQLENS, S, b, split, num_splits, HAS_SEQLENS, BLOCK_N)
+    _, start, end = _sequence_split(SEQLENS, S, b, split, num_splits, HAS_SEQLENS, BLOCK_N, SEQLEN_SHIFT, KEY_START)
     if SPLIT:
         if start >= end:
             return  # past the end of this sequence; the combine does not read this split

@@ -238,6 +238,7 @@ def _split_kv_transposed_kernel(
     USE_PDL: tl.constexpr, TMA: tl.constexpr, LOOP_STAGES: tl.constexpr,
     CACHE_MODIFIER: tl.constexpr, EVICTION: tl.constexpr, EVEN_D: tl.constexpr,
     PREFETCH: tl.constexpr = 0, ELEMENT_BYTES: tl.constexpr = 2, INT8_DOT: tl.constexpr = False,
+    SEQLEN_SHIFT: tl.constexpr = 0, KEY_START: tl.constexpr = 0,
 ):
     """Q (B, Hq, T, D) strided; K (B, Hkv, S, D) 8-bit, head dim contiguous; V (B, Hkv, S, D) 8-bit, a view of a
     (B, Hkv, D, S) tensor (stride_vn == 1); with TMA, descriptors over K and over V's (B, Hkv, D, S) storage;
@@ -259,11 +260,12 @@ def _split_kv_transposed_kernel(
             if pid % ROW_BLOCKS == 0:
                 _prefetch_split(K_BASE, V_BASE, SEQLENS, S, D, b, h, split, num_splits, stride_kb, stride_kh,
                                 stride_kn, stride_vb, stride_vh, stride_vn, stride_vd, HAS_SEQLENS, BLOCK_N, PREFETCH,
-                                ELEMENT_BYTES)
+                                ELEMENT_BYTES, SEQLEN_SHIFT, KEY_START)
         gdc_wait()
         gdc_launch_dependents()
 
-    seqlen, start, end = _sequence_split(SEQLENS, S, b, split, num_splits, HAS_SEQLENS, BLOCK_N)
+    seqlen, start, end = _sequence_split(SEQLENS, S, b, split, num_splits, HAS_SEQLENS, BLOCK_N, SEQLEN_SHIFT,
+                                         KEY_START)
     if SPLIT:
         if start >= end:
             return  # past the end of this sequence; the combine does not read this split

@@ -8,8 +8,9 @@ launches than in bytes. `decode_one_token` runs each layer as
 
 (kernels/fused_gemv.py), and the logits as one normed GEMV stored in float32. qkv_rope writes the cache
 itself, quantizing an 8-bit one (no append kernel: on an H200 the append cost 1.8 µs a layer inside the
-7B fp8 step, bench/results/NOTES.md), and `KVCache.write_exact` keeps an fp8 cache's exact sink and window
-copies beside it (two small scatters a layer); a cache of another dtype goes through `KVCache.update`. Everything
+7B fp8 step, bench/results/NOTES.md), and writes an fp8 cache's exact sink and window copies beside it
+(`KVCache.fused_exact`: as PyTorch scatters, with the slot's arithmetic, they were ten launches a layer and cost
+the 7B step 17% at 16k, Run 40); a cache of another dtype goes through `KVCache.update`. Everything
 else (a batch, a verification step of 1 + k tokens, the CPU) runs the general, compiled path of
 `Transformer.decode`, which this step matches to bf16 rounding. On a tensor-parallel rank
 (`model.rank_collectives`) wo's and w2's partial outputs are summed over the ranks by one all-reduce each,
@@ -66,10 +67,10 @@ def decode_one_token(model, token: torch.Tensor, step) -> torch.Tensor:
                        model.rope.cos, model.rope.sin, step.input_pos, Hq, Hkv,
                        cache=(cache.k[:1], cache.v[:1]) if in_place else None,
                        scales=(cache.k_scale[:1], cache.v_scale[:1]) if quantized else None,
-                       late_dependents=late_qkv, weight_scale=_scale(a.wqkv))             # ((Hq + 2 Hkv) * D,)
+                       late_dependents=late_qkv, weight_scale=_scale(a.wqkv),
+                       exact=cache.fused_exact() if in_place else None)                  # ((Hq + 2 Hkv) * D,)
         q, k, v = (t.view(1, -1, 1, D) for t in qkv.split([Hq * D, Hkv * D, Hkv * D]))  # (1, H, 1, D)
-        if in_place:
-            cache.write_exact(step.input_pos, k, v)      # an fp8 cache's exact copies (qkv_rope wrote the rest)
+        if in_place:       # qkv_rope wrote k and v (and an fp8 cache's exact copies) into the cache
             view = cache.rows(0, 1)
         else:
             view = cache.update(step.input_pos, k, v)

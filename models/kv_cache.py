@@ -53,9 +53,9 @@ SCALE_BYTES = 4           # one float32 scale per token, KV head and tensor (K a
 # keys of every query took it to 98.6% (98.5% at 8,188 positions), int8 from 98.0% to 99.7%. Fewer missed:
 # 4 + 16 gave 98.1%, 0 + 32 97.8%, 4 + 0 96.3%; more bought little (16 + 32: 98.6%, KL 7.0e-4 against 4 + 32's
 # 7.7e-4; 4 + 64: 98.9%) (bench/kv_exact_window.py, bench/results/NOTES.md "Issue 11's accuracy bar").
-# 16 sink tokens, not 4: flash_decode reads the 8-bit keys from slot EXACT_SINK on, and only 16 slots keep that
-# view of a sequence-major 8-bit V (one byte a slot) on the 16-byte alignment its tensor descriptors and vector
-# loads need; the same top-1 for 12 slots more a row (24 KB a layer of CodeLlama-7B).
+# 16 sink tokens, not 4: through the product's own path 16 + 32 gave 98.63% (KL 6.9e-4) against 4 + 32's 98.53%
+# (7.6e-4), for 12 slots more a row (24 KB a layer of CodeLlama-7B). (They were first chosen to keep a view of the
+# cache from slot EXACT_SINK aligned; flash_decode now reads the whole cache and starts at the sink itself.)
 EXACT_SINK = 16
 EXACT_WINDOW = 32
 # The ring holds the window plus the most tokens one step writes (1 + the drafts a verification carries: the
@@ -190,6 +190,13 @@ class KVCache(nn.Module):
             raise ValueError(f"a decode step of {T} tokens would overwrite exact window tokens still read (the "
                              f"ring holds {EXACT_WINDOW} + {MAX_STEP_TOKENS}); at most {MAX_STEP_TOKENS} a step")
         self._scatter_exact(0, input_pos[:, None] + torch.arange(T, device=k.device), k, v)    # positions (B, T)
+
+    def fused_exact(self) -> tuple | None:
+        """What the fused one-token step's qkv_rope needs to write row 0's exact copies itself
+        (`kernels.fused_gemv.qkv_rope`'s `exact`): None without them."""
+        if self.k_exact is None:
+            return None
+        return self.k_exact[:1], self.v_exact[:1], self.exact_pos[0], EXACT_SINK, EXACT_RING
 
     def write(self, row: int, start: int, k: torch.Tensor, v: torch.Tensor, repair: bool = False,
               end: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -135,11 +135,12 @@ def test_refuses_a_16bit_cache_and_bad_exact_tokens():
 
 
 @pytest.mark.parametrize("kv, transposed", [("fp8", True), ("int8", True), ("fp8", False)])
-def test_the_shifted_view_keeps_tensor_descriptors_with_16_sink_slots(kv, transposed, poisoned_empty, monkeypatch):
+def test_tensor_descriptors_with_16_sink_slots(kv, transposed, poisoned_empty, monkeypatch):
     """Plans with tensor descriptors (`tma`), the transposed kernel's too, forced for the call's shape: the split
-    kernels read the 8-bit caches from slot `sink` on, and with 16 sink slots (models/kv_cache.py) a sequence-major
-    8-bit V seen from there stays 16-byte aligned, so the descriptors are built (with 4 it starts 4 bytes off, and
-    the call falls back to pointers: still right). The dot kernel's descriptors, over head-dim-contiguous rows, too."""
+    kernels read the whole 8-bit caches and start their first split at key `sink` themselves (`key_start`); with
+    16 sink slots (models/kv_cache.py) the transposed kernel's first V tile starts 16-byte aligned, so the
+    descriptors are built (with 4 it would start 4 bytes off, and the call falls back to pointers: still right).
+    The dot kernel's descriptors, over head-dim-contiguous rows, take any sink."""
     import dataclasses
 
     from kernels import interface

@@ -140,6 +140,46 @@ def test_qkv_rope_quantizes_k_and_v_into_an_8bit_cache_as_append_kv_does(cache_d
     assert want_scales[0][0, :, 7].min() > 0 and want_caches[0].view(torch.uint8)[0, :, 7].float().std() > 0
 
 
+@pytest.mark.parametrize("heads, kv_heads, D, block_n", [(4, 2, 16, 4), (8, 1, 32, 8), (2, 1, 24, 8)])
+@pytest.mark.parametrize("interleave", [False, True])
+def test_qkv_rope_writes_exact_copies_at_their_ring_slots(heads, kv_heads, D, block_n, interleave):
+    """`exact`: k and v as returned, bit for bit, at slot pos below the sink and sink + (pos - sink) % ring past it
+    (the ring wrapped twice), pos recorded there; every other slot untouched (NaN-poisoned, positions -7), and
+    nothing for a position past the cache. The fp8 cache is written as without them."""
+    K, S, sink, ring, dtype = 64, 40, 3, 5, torch.bfloat16
+    x, wqkv = torch.randn(K).to(dtype), torch.randn((heads + 2 * kv_heads) * D, K).to(dtype)
+    norm_weight = (torch.rand(K) + 0.5).to(dtype)
+    angles = torch.rand(S, D // 2) * 6.3
+    cos, sin = torch.cat((angles.cos(), angles.cos()), -1), torch.cat((angles.sin(), angles.sin()), -1)
+    caches = [torch.randint(-100, 100, (1, kv_heads, S, D), dtype=torch.int8).view(torch.float8_e4m3fn)
+              for _ in range(2)]
+    scales = [torch.full((1, kv_heads, S), float("nan")) for _ in range(2)]
+    n = sink + ring + 2                                           # two slots past the ring: never written
+    k_exact, v_exact = (torch.full((1, kv_heads, n, D), float("nan"), dtype=dtype) for _ in range(2))
+    exact_pos = torch.full((n,), -7, dtype=torch.int64)
+    want_k, want_v, want_pos = k_exact.clone(), v_exact.clone(), exact_pos.clone()
+    for pos in (1, 5, 9, 13, 14, 22, S + 2):
+        plain_caches = [c.clone() for c in caches]
+        plain_scales = [s.clone() for s in scales]
+        position = torch.tensor([pos])
+        y = qkv_rope(x, norm_weight, 1e-5, wqkv, cos, sin, position, heads, kv_heads, cache=tuple(caches),
+                     scales=tuple(scales), block_n=block_n, interleave=interleave,
+                     exact=(k_exact, v_exact, exact_pos, sink, ring))
+        qkv_rope(x, norm_weight, 1e-5, wqkv, cos, sin, position, heads, kv_heads, cache=tuple(plain_caches),
+                 scales=tuple(plain_scales), block_n=block_n, interleave=interleave)
+        for got, want in zip(caches + scales, plain_caches + plain_scales):
+            assert torch.equal(got.view(torch.uint8) if got.dtype == torch.float8_e4m3fn else got.nan_to_num(),
+                               want.view(torch.uint8) if want.dtype == torch.float8_e4m3fn else want.nan_to_num())
+        if pos < S:
+            slot = pos if pos < sink else sink + (pos - sink) % ring
+            k, v = (t.view(kv_heads, D) for t in y[heads * D:].chunk(2))
+            want_k[0, :, slot], want_v[0, :, slot], want_pos[slot] = k, v, pos
+        for got, want in ((k_exact, want_k), (v_exact, want_v)):
+            assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(), want.nan_to_num())
+        assert torch.equal(exact_pos, want_pos)
+    assert want_pos.tolist()[:sink + ring] == [-7, 1, -7, 13, 14, 5, -7, 22] and k_exact[0, :, 1].abs().max() > 0
+
+
 # ---- int8 weights: one float32 scale per output row, the sums of the integers scaled before norm and epilogue ----
 
 def _int8(rows, K):
