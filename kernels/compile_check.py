@@ -142,22 +142,23 @@ APPEND_CONFIGS = [("bf16", "bf16", 32, 128, 1, False), ("bf16", "fp8", 8, 128, 8
                   ("fp32", "int8", 3, 80, 16, False), ("bf16", "int8", 8, 128, 1, True)]
 
 
-# the exact-window merge (kernels/exact_window.py): (q dtype, group, head dim, exact slots, 8-bit keys read too)
-EXACT_MERGE_CONFIGS = [("bf16", 8, 128, 52, True), ("bf16", 1, 128, 52, True), ("fp16", 3, 64, 52, False),
-                       ("fp32", 4, 80, 52, True)]
+# the exact-window merge (kernels/exact_window.py): (q dtype, group, head dim, exact keys a query reads (sink +
+# window: the ring's slots are gathered, N is a run-time argument), 8-bit keys read too)
+EXACT_MERGE_CONFIGS = [("bf16", 8, 128, 48, True), ("bf16", 1, 128, 48, True), ("fp16", 3, 64, 36, False),
+                       ("fp32", 4, 80, 48, True)]
 
 
-def compile_exact_merge(dtype: str, group: int, D: int, N: int, has_quantized: bool, target: GPUTarget) -> dict:
+def compile_exact_merge(dtype: str, group: int, D: int, read: int, has_quantized: bool, target: GPUTarget) -> dict:
     """The exact-window merge after an unsplit call and, with `has_quantized`, the combine that merges it into a
     split call's partials (8 splits, bfloat16 partials, PDL as flash_decode launches it)."""
     exact_pointers = dict(Q=POINTER[dtype], EXACT_K=POINTER[dtype], EXACT_V=POINTER[dtype], EXACT_POS="*i64",
                           LENGTHS="*i32")
     odd = ("stride_pb", "Hq", "T", "N", "D", "S", "sink", "window")
     binary = _compile(_exact_merge_kernel, dict(exact_pointers, OUT=POINTER[dtype], LSE="*fp32"),
-                      exact_merge_constexprs(group, N, D, has_quantized), target, EXACT_WARPS, 1,
+                      exact_merge_constexprs(group, read, D, has_quantized), target, EXACT_WARPS, 1,
                       not_divisible=odd)
     usage = sass_facts(binary.asm["cubin"])
-    facts = {"name": _exact_merge_name(dtype, group, D, N, has_quantized), "cubin_bytes": len(binary.asm["cubin"]),
+    facts = {"name": _exact_merge_name(dtype, group, D, read, has_quantized), "cubin_bytes": len(binary.asm["cubin"]),
              "registers": usage.get("registers"), "local_bytes": usage.get("local_bytes")}
     if has_quantized:
         plan = dataclasses.replace(plan_launch(1, 8 * group, 8, 4096, D, scaled=True, num_splits=8),
@@ -165,8 +166,8 @@ def compile_exact_merge(dtype: str, group: int, D: int, N: int, has_quantized: b
         combine = _compile(_combine_exact_kernel,
                            dict(exact_pointers, SEQLENS="*i32", PART_OUT="*bf16", PART_LSE="*fp32",
                                 OUT=POINTER[dtype], LSE="*fp32"),
-                           {**combine_constexprs(plan, has_seqlens=True, use_pdl=True, seqlen_shift=48),
-                            "GROUP": group, "EXACT_BLOCK": exact_merge_constexprs(group, N, D, True)["EXACT_BLOCK"]},
+                           {**combine_constexprs(plan, has_seqlens=True, use_pdl=True, seqlen_shift=32, key_start=16),
+                            "GROUP": group, "EXACT_BLOCK": exact_merge_constexprs(group, read, D, True)["EXACT_BLOCK"]},
                            target, max(combine_warps(plan), EXACT_WARPS), 1, not_divisible=odd + ("num_splits", "S_cache"))
         combine_usage = sass_facts(combine.asm["cubin"])
         facts |= {"combine_cubin_bytes": len(combine.asm["cubin"]), "combine_local_bytes":
@@ -174,8 +175,8 @@ def compile_exact_merge(dtype: str, group: int, D: int, N: int, has_quantized: b
     return facts
 
 
-def _exact_merge_name(dtype: str, group: int, D: int, N: int, has_quantized: bool) -> str:
-    return f"exact-merge-{dtype}-g{group}-d{D}-n{N}" + ("" if has_quantized else "-exact-only")
+def _exact_merge_name(dtype: str, group: int, D: int, read: int, has_quantized: bool) -> str:
+    return f"exact-merge-{dtype}-g{group}-d{D}-r{read}" + ("" if has_quantized else "-exact-only")
 
 
 # infill_keep's candidates a row (BLOCK): llama.vim's top_k 40 with slack (64), a small top_k, the largest allowed

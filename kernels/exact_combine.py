@@ -1,8 +1,10 @@
 """Triton kernels that add an 8-bit cache's exact sink and window tokens to Flash-Decoding's result
 (kernels/exact_window.py says what is read where).
 
-`_exact_partial`: one (batch, query head, token) row's attention over its row's exact slots whose positions are
-the query's sink or window keys, in float32 on the CUDA cores (at most sink + ring slots a row).
+`_exact_partial`: one (batch, query head, token) row's attention over the query's sink and window keys' exact
+slots, in float32 on the CUDA cores: it computes each wanted position's slot (the cache's layout: `ExactTokens`)
+and gathers those sink + window slots, each read only where the slot records that position, so its cost does not
+grow with the ring (a cache keeps hundreds of slots a row so that edits need no repair: models/kv_cache.py).
 `_combine_exact_kernel`: the combine of a split call (kernels/split_kv.py's `_combine_row`) with that partial as
 one more, merged by log-sum-exp: no launch beyond a plain split call's.
 `_exact_merge_kernel`: the same merge after an unsplit call (whose split kernel writes the output itself), in place.
@@ -16,8 +18,8 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from kernels.split_kv import _cache_length, _valid_splits
 
-# A (slots, head dim) tile of up to 64 x 256 floats a program (K's, then V's): 128 threads, in the merge and in the
-# combine that carries it (whose own tiles would take 1 warp at short head dims).
+# A (sink + window slots, head dim) tile of up to 64 x 256 floats a program (K's, then V's): 128 threads, in the
+# merge and in the combine that carries it (whose own tiles would take 1 warp at short head dims).
 EXACT_WARPS = 4
 LOG2_E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
@@ -30,26 +32,32 @@ def _exact_partial(Q, EXACT_K, EXACT_V, EXACT_POS, LENGTHS, row,
                    GROUP: tl.constexpr, EXACT_BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
     """Row `row` ((b * Hq + query head) * T + token): (out (BLOCK_D,) unnormalised, m, total), the partial's
     output being out / total and its log-sum-exp (base 2) m + log2(total); total 0 where no slot is read.
-    Scores are scaled by qk_scale = softmax scale x log2(e)."""
+    Scores are scaled by qk_scale = softmax scale x log2(e). The N slots: `sink`, then a ring of N - sink
+    (>= window); EXACT_BLOCK >= sink + window lanes."""
     t = row % T
     h = (row // T) % Hq
     b = row // (T * Hq)
     kv = h // GROUP
     i = tl.minimum(tl.load(LENGTHS + b), S) - T + t         # the query's position
-    offs_n = tl.arange(0, EXACT_BLOCK)
+    lane = tl.arange(0, EXACT_BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
-    pos = tl.load(EXACT_POS + b * stride_pb + offs_n, mask=offs_n < N, other=-1)                     # (EXACT_BLOCK,)
-    read = (pos >= 0) & (pos <= i) & ((pos < sink) | (pos > i - window))
+    # Lanes 0..sink-1: the sink positions; sink..sink+window-1: the window's, i-window+1 .. i.
+    wanted = tl.where(lane < sink, lane, i - window + 1 + (lane - sink))                             # (EXACT_BLOCK,)
+    use = (lane < sink + window) & (wanted >= 0) & (wanted <= i) & ((lane < sink) | (wanted >= sink))
+    # Their slots, as models/kv_cache.py's exact_slot lays them (a window lane below the sink is not used)
+    slot = tl.where(lane < sink, lane, sink + tl.maximum(wanted - sink, 0) % (N - sink))
+    pos = tl.load(EXACT_POS + b * stride_pb + slot, mask=use, other=-1)                              # (EXACT_BLOCK,)
+    read = use & (pos == wanted)            # a slot holding another position (another lap, a stale draft): not read
     q = tl.load(Q + b * stride_qb + h * stride_qh + t * stride_qt + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     tile = read[:, None] & mask_d[None, :]
-    k = tl.load(EXACT_K + b * stride_kb + kv * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :],
+    k = tl.load(EXACT_K + b * stride_kb + kv * stride_kh + slot[:, None] * stride_kn + offs_d[None, :],
                 mask=tile, other=0.0).to(tl.float32)                                               # (EXACT_BLOCK, BLOCK_D)
     scores = tl.where(read, tl.sum(k * q[None, :], axis=1) * qk_scale, float("-inf"))             # (EXACT_BLOCK,)
     m = tl.max(scores, axis=0)
     m = tl.where(m == float("-inf"), 0.0, m)                # no slot read: weights 0, exp2 finite
     p = tl.exp2(scores - m)
-    v = tl.load(EXACT_V + b * stride_vb + kv * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :],
+    v = tl.load(EXACT_V + b * stride_vb + kv * stride_vh + slot[:, None] * stride_vn + offs_d[None, :],
                 mask=tile, other=0.0).to(tl.float32)
     return tl.sum(p[:, None] * v, axis=0), m, tl.sum(p, axis=0)
 

@@ -4,12 +4,13 @@ e4m3's 3 mantissa bits cost a model its top-1 next token at ~4% of positions; re
 `sink` keys (attention sinks) and last `window` keys (KIVI's recent window) from an exact copy recovers most of
 it (models/kv_cache.py has the measurements). For the query at position i the keys split in two disjoint sets:
     8-bit:  sink <= j <= i - window            (read by the split kernels)
-    exact:  j < sink, or i - window < j <= i   (the cache's `ExactTokens`, at most sink + ring slots)
+    exact:  j < sink, or i - window < j <= i   (the cache's `ExactTokens`: sink + window slots gathered)
 The 8-bit set is the split kernels' own causal span with both ends moved: `key_start` = sink makes the first
 split start there, and `seqlen_shift` = window shortens every length, which puts query t's last key at
-(len - T + t) - window (the kernels align their causal mask bottom-right). The exact slots are one more partial (kernels/exact_combine.py), one
-program per (batch, query head, token) attending its row's exact slots (at most sink + ring keys, on the CUDA
-cores in float32), merged with the split kernels' partials by their log-sum-exp: inside the combine where the call
+(len - T + t) - window (the kernels align their causal mask bottom-right). The exact slots are one more partial
+(kernels/exact_combine.py), one program per (batch, query head, token) attending the slots of its sink and window
+positions (sink + window keys, found by the cache's layout, however long its ring; on the CUDA cores in float32),
+merged with the split kernels' partials by their log-sum-exp: inside the combine where the call
 splits (no launch beyond a plain call's), by one merge kernel after an unsplit call
 (`kernels.reference.flash_decode_exact_window` is the arithmetic). Graph-safe: the kernels shift the lengths
 themselves (a PyTorch op for it cost a 7B step 32 launches); every shape is static.
@@ -83,15 +84,16 @@ def merge_exact(q4, exact: ExactTokens, lengths, out, lse, scale: float, S: int,
     B, Hq, T, D = q4.shape
     front = exact_arguments(q4, exact, lengths)
     args = (*front[:5], out, lse, *front[5:], D, S, scale * LOG2_E, exact.sink, exact.window)
-    constexprs = exact_merge_constexprs(Hq // exact.k.shape[1], exact.pos.shape[1], D, has_quantized)
+    constexprs = exact_merge_constexprs(Hq // exact.k.shape[1], exact.sink + exact.window, D, has_quantized)
     if compile_only:
         return _exact_merge_kernel.warmup(*args, grid=(B * Hq * T,), **constexprs, num_warps=EXACT_WARPS)
     _exact_merge_kernel[(B * Hq * T,)](*args, **constexprs, num_warps=EXACT_WARPS)
     return None
 
 
-def exact_merge_constexprs(group: int, N: int, D: int, has_quantized: bool) -> dict:
-    return dict(GROUP=group, HAS_QUANTIZED=has_quantized, EXACT_BLOCK=triton.next_power_of_2(N),
+def exact_merge_constexprs(group: int, read: int, D: int, has_quantized: bool) -> dict:
+    """read: the exact keys a query reads at most, sink + window (not the ring's slots: they are gathered)."""
+    return dict(GROUP=group, HAS_QUANTIZED=has_quantized, EXACT_BLOCK=triton.next_power_of_2(read),
                 BLOCK_D=triton.next_power_of_2(D))
 
 
@@ -99,4 +101,5 @@ def combine_exact_launch(q4, exact: ExactTokens, lengths, scale: float, S: int) 
     """`launch`'s `exact`: the split call's combine then merges the exact partials too."""
     front = exact_arguments(q4, exact, lengths)
     return ExactLaunch((*front, S, scale * LOG2_E, exact.sink, exact.window),
-                       dict(GROUP=q4.shape[1] // exact.k.shape[1], EXACT_BLOCK=triton.next_power_of_2(exact.pos.shape[1])))
+                       dict(GROUP=q4.shape[1] // exact.k.shape[1],
+                            EXACT_BLOCK=triton.next_power_of_2(exact.sink + exact.window)))

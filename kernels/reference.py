@@ -279,6 +279,33 @@ def quantized_keys_visible(query_pos: torch.Tensor, S: int, sink: int, window: i
     return (j >= sink) & (j <= query_pos[:, :, None] - window)
 
 
+def ring_slot(positions: torch.Tensor, sink: int, ring: int) -> torch.Tensor:
+    """The slot of each position (any shape, int64) in exact tokens laid out as a cache keeps them
+    (`ExactTokens`): the position itself below `sink`, else sink + (position - sink) % ring."""
+    return torch.where(positions < sink, positions, sink + (positions - sink) % ring)
+
+
+def gather_exact(exact: ExactTokens, end: torch.Tensor, ring: int) -> ExactTokens:
+    """The exact tokens a reader needs near `end` (int (B,)), gathered by slot instead of scanning every slot:
+    row b's copies of positions 0 .. sink-1 and end[b]-ring .. end[b]-1 (those below end[b]), laid out as a
+    cache's with a ring of `ring` slots (`ring_slot`), so sink + ring slots whatever exact's N. A slot whose
+    recorded position is not the one wanted (another lap of the ring, a rolled-back draft, none) comes out
+    empty (pos -1; its K, V whatever the slot held): a stale copy is never taken for another position.
+    Graph-safe (no host sync). Returns ExactTokens k, v (B, Hkv, sink + ring, D), pos (B, sink + ring)."""
+    B, Hkv, N, D = exact.k.shape
+    sink = exact.sink
+    lane = torch.arange(sink + ring, device=exact.pos.device)                             # (M,) new slots
+    end = end.to(device=exact.pos.device, dtype=torch.int64)[:, None]                      # (B, 1)
+    first = end - ring
+    # ring lane s: the one position p in [end - ring, end) with ring_slot(p) = s, i.e. p = s (mod ring)
+    wanted = torch.where(lane < sink, lane, first + (lane - first) % ring)                  # (B, M)
+    use = (wanted >= 0) & (wanted < end) & ((lane < sink) | (wanted >= sink))   # (the sink lanes hold p < sink)
+    slots = ring_slot(wanted.clamp_min(0), sink, N - sink)                                  # (B, M) in exact
+    pos = torch.where(use & (exact.pos.gather(1, slots) == wanted), wanted, -1)             # (B, M)
+    index = slots[:, None, :, None].expand(B, Hkv, sink + ring, D)
+    return ExactTokens(exact.k.gather(2, index), exact.v.gather(2, index), pos, sink, exact.window)
+
+
 def exact_slots_visible(pos: torch.Tensor, query_pos: torch.Tensor, sink: int, window: int) -> torch.Tensor:
     """(B, T, N) bool: exact slot n, holding position pos[b, n] (-1: none), is read by the query at
     query_pos[b, t] iff that position is one of its sink or window positions (and not after it)."""
@@ -318,7 +345,8 @@ def flash_decode_exact_window(q, k_cache, v_cache, cache_seqlens=None, *, k_scal
     """`flash_decode` over an 8-bit cache whose sink and window tokens are read exact (`ExactTokens`): in float32
     (float64 stays float64), the 8-bit keys dequantized. The arithmetic of `kernels.exact_window`: one partial
     over the 8-bit keys each query reads (sink <= j <= i - window), one over its exact slots, merged by their
-    log-sum-exp. Arguments as `flash_decode`'s (the cache may also be one dequantized already, without scales);
+    log-sum-exp; the exact slots gathered by position, as the kernel does (`gather_exact`). Arguments as
+    `flash_decode`'s (the cache may also be one dequantized already, without scales);
     returns the same."""
     B, Hq, Hkv, S, D, T, _ = check_decode_inputs(q, k_cache, v_cache, cache_seqlens, None,
                                                  k_scale=k_scale, v_scale=v_scale)
@@ -329,8 +357,10 @@ def flash_decode_exact_window(q, k_cache, v_cache, cache_seqlens=None, *, k_scal
     query_pos = query_positions(_lengths(cache_seqlens, B, S, q.device), T)       # (B, T)
     k, v = dequantize(k_cache, k_scale, compute), dequantize(v_cache, v_scale, compute)   # (B, Hkv, S, D)
     rough = masked_partial(q4, k, v, quantized_keys_visible(query_pos, S, exact.sink, exact.window), scale)
-    fine = masked_partial(q4, exact.k, exact.v, exact_slots_visible(exact.pos, query_pos, exact.sink,
-                                                                    exact.window), scale)
+    # The step's queries read positions 0..sink-1 and i_0 - window + 1 .. i_{T-1}: those slots only, not all N
+    near = gather_exact(exact, query_pos[:, -1] + 1, exact.window + T - 1)                 # sink + window + T - 1
+    fine = masked_partial(q4, near.k, near.v, exact_slots_visible(near.pos, query_pos, exact.sink,
+                                                                  exact.window), scale)
     out, lse = merge_partials(*rough, *fine)
     out, lse = out.to(q.dtype).reshape(q.shape), lse.float().reshape(q.shape[:-1])
     return (out, lse) if return_lse else out

@@ -45,8 +45,10 @@ class DecodeShape(NamedTuple):
 class ExactTokens(NamedTuple):
     """A quantized cache's exact copies of some tokens per row, in the model's dtype: for the query at position
     i, keys 0 .. sink-1 and i-window+1 .. i are read from here, the others from the 8-bit cache.
-    k, v (B, Hkv, N, D); pos int64 (B, N): the position each slot holds, -1 for none. `models.kv_cache` says
-    which slots hold what (the first `sink` positions, then a ring)."""
+    k, v (B, Hkv, N, D); pos int64 (B, N): the position each slot holds, -1 for none. Laid out as
+    `models.kv_cache` keeps them: position p < sink in slot p, a later one in slot sink + (p - sink) % (N - sink)
+    (a ring of N - sink >= window slots), so a reader finds a position's slot without scanning (the decode
+    kernels do); it reads a slot only where pos records the position it wants."""
     k: torch.Tensor
     v: torch.Tensor
     pos: torch.Tensor
@@ -72,6 +74,9 @@ def check_exact_tokens(exact, B: int, Hkv: int, D: int, device, scaled: bool) ->
         raise ValueError(f"exact k, v must share a 16- or 32-bit dtype, got {exact.k.dtype} and {exact.v.dtype}")
     if not (isinstance(exact.sink, int) and isinstance(exact.window, int) and exact.sink >= 0 and exact.window >= 1):
         raise ValueError(f"exact sink >= 0 and window >= 1 must be ints, got {exact.sink!r} and {exact.window!r}")
+    if exact.k.shape[2] < exact.sink + exact.window:
+        raise ValueError(f"exact tokens of {exact.k.shape[2]} slots cannot hold a sink of {exact.sink} and a ring "
+                         f"of at least the window's {exact.window} slots")
 
 
 def _dtype_names(dtypes) -> str:
