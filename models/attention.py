@@ -116,13 +116,14 @@ def _decode_exact(backend: str, q: torch.Tensor, cache: CacheView, cache_seqlens
         raise ValueError(f"unknown attention backend {backend!r} (choose from {', '.join(BACKENDS)})")
     reference = _reference()
     B, Hq, T, D = q.shape
-    exact = cache.exact
     k, v = cache.dequantized(q.dtype)                                                   # (B, Hkv, S, D)
     Hkv, S = k.shape[1], k.shape[2]
     G = Hq // Hkv
+    i = reference.query_positions(cache_seqlens, T)                                     # (B, T)
+    # Only the slots of the step's sink and window positions (N = sink + window + T - 1), not the whole ring
+    exact = reference.gather_exact(cache.exact, i[:, -1] + 1, cache.exact.window + T - 1)
     keys = torch.cat((k, exact.k.to(q.dtype)), dim=2)                                   # (B, Hkv, S + N, D)
     values = torch.cat((v, exact.v.to(q.dtype)), dim=2)
-    i = reference.query_positions(cache_seqlens, T)                                     # (B, T)
     mask = torch.cat((reference.quantized_keys_visible(i, S, exact.sink, exact.window),
                       reference.exact_slots_visible(exact.pos, i, exact.sink, exact.window)), dim=-1)  # (B, T, S+N)
     mask = mask[:, None].expand(B, G, T, S + exact.pos.shape[1]).reshape(B, 1, G * T, -1)          # (B, 1, G*T, S+N)

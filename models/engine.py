@@ -678,7 +678,7 @@ class Engine:
     def _with_exact_window(self, prompt: list[int], start: int) -> int:
         """Where row 0's prefill of `prompt` may start so that every query reads its exact sink and window tokens
         (an fp8 cache, models/kv_cache.py). `start` where the row still holds the copies of the window before it
-        (a cut of at most EXACT_RING - EXACT_WINDOW tokens, a restored prompt). Where the ring overwrote them (a
+        (a cut of at most EXACT_RING - EXACT_WINDOW = 480 tokens, a restored prompt: no repair). Where the ring overwrote them (a
         longer cut) or a cache-reuse move dropped them, they are computed again by a repair prefill of the
         `repair_span` tokens before `start` (which the row holds), unless that reaches back to the sink: then 0,
         the whole prompt prefilled."""
@@ -699,7 +699,7 @@ class Engine:
         Returns the tokens the row then holds, and how many of them were copied back."""
         store = self.prompt_store
         caches = [layer.attention.kv_cache for layer in self.model.layers]
-        nbytes = sum(len(cached) * cache.bytes_per_token() + cache.exact_bytes() for cache in caches)
+        nbytes = sum(len(cached) * cache.bytes_per_token() + cache.exact_bytes(len(cached)) for cache in caches)
         on_gpu = self._device.type == "cuda"
         approximate_from = self._approximate_from
         # Held whole by any saved prompt, the one taken back too, as llama.cpp checks:

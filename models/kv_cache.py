@@ -24,9 +24,14 @@ is still quantized on the way in, so a token leaving the window needs no move). 
 position i, keys 0 .. EXACT_SINK-1 and i-EXACT_WINDOW+1 .. i from the copy and the others from the 8-bit cache
 (kernels/exact_window.py, `kernels.reference.flash_decode_exact_window`, models/attention.py for prefill and sdpa).
 A slot records the position it holds (-1: none), so a reader never takes a stale one for another position;
-`exact_window_valid` says whether a row cut to some length still holds its window (prefix reuse). One cut back past
-the ring is repaired by a prefill of the `repair_span` tokens before the cut that writes only the exact copies
-(`models.llama.Transformer.prefill`), or prefilled from 0 where that would reach into the sink.
+`exact_window_valid` says whether a row cut to some length still holds its window (prefix reuse). The ring keeps
+the last EXACT_RING = 512 tokens' copies, far more than a step reads (EXACT_WINDOW + MAX_STEP_TOKENS = 48), so that
+an edit cutting a prompt back by up to EXACT_RING - EXACT_WINDOW = 480 tokens keeps its window; readers gather the
+slots of the positions they want (`exact_slot`), never scan the ring, so decoding costs the same whatever its size,
+and a prefill is handed only the sink and window before its start (`exact_before`). A cut further back, or a
+cache-reuse move (which drops the copies past its target), is repaired by a prefill of the `repair_span` tokens
+before the cut that writes only the exact copies (`models.llama.Transformer.prefill`), or prefilled from 0 where
+that would reach into the sink.
 """
 
 from __future__ import annotations
@@ -58,10 +63,19 @@ SCALE_BYTES = 4           # one float32 scale per token, KV head and tensor (K a
 # cache from slot EXACT_SINK aligned; flash_decode now reads the whole cache and starts at the sink itself.)
 EXACT_SINK = 16
 EXACT_WINDOW = 32
-# The ring holds the window plus the most tokens one step writes (1 + the drafts a verification carries: the
-# kernels take up to 16 query tokens), so that drafts written and rolled back never overwrite a kept token.
+# The ring holds at least the window plus the most tokens one step writes (1 + the drafts a verification carries:
+# the kernels take up to 16 query tokens), so that drafts written and rolled back never overwrite a kept token.
 MAX_STEP_TOKENS = 16
-EXACT_RING = EXACT_WINDOW + MAX_STEP_TOKENS
+# And a surplus, for edits: a prefix cut back by more than EXACT_RING - EXACT_WINDOW tokens has lost its window's
+# copies, and rebuilding them re-prefills `repair_span` tokens (993 for CodeLlama-7B: an edit of a 32k prompt's last
+# 100 tokens took its first token from 78 to 408 ms on an H200 with the 48-slot ring, bench/results/NOTES.md Run 39).
+# 512 keeps cuts of up to 480 tokens free (an edit near the end of a prompt; llama.cpp's /infill caps its suffix at
+# n_batch / 4 = 512 tokens, so most cursor edits there too). Its price is memory only (readers gather the slots they
+# need): a slot is K + V in bf16, 2 x D x 2 = 512 bytes per KV head and layer at D = 128, so 528 slots a row are
+# 264 MiB for CodeLlama-7B (32 layers x 32 KV heads: 512 KiB a slot), 99 MiB for -34B (48 x 8: 192 KiB), 12 MiB for
+# SmolLM2 in bf16, about 1,000 tokens of their fp8 caches (3% of a 32k one); 64 slots were 32 / 12 MiB.
+EXACT_RING = 512
+assert EXACT_RING >= EXACT_WINDOW + MAX_STEP_TOKENS
 EXACT_SLOTS = EXACT_SINK + EXACT_RING
 # The caches that keep them: e4m3 needs them for the 98% bar; int8 meets it alone (98.2%), and the exact tokens
 # cost a prompt's prefill on a GPU (a 32k prompt 1.46 -> 5.2 s, an 8k one 0.28 -> 0.55 s, CodeLlama-7B shape on an
@@ -95,7 +109,7 @@ def exact_bytes_per_row(config: ModelConfig, dtype: torch.dtype, quant: str | No
 
 def exact_slot(positions: torch.Tensor) -> torch.Tensor:
     """The exact slot of each position (any shape, int64): the position itself below EXACT_SINK, else its place
-    in the ring."""
+    in the ring (`kernels.reference.ring_slot` with this cache's sizes: the layout every reader relies on)."""
     return torch.where(positions < EXACT_SINK, positions, EXACT_SINK + (positions - EXACT_SINK) % EXACT_RING)
 
 
@@ -187,8 +201,8 @@ class KVCache(nn.Module):
             return
         T = k.shape[2]
         if T > MAX_STEP_TOKENS:     # (a shape: known while tracing, no sync)
-            raise ValueError(f"a decode step of {T} tokens would overwrite exact window tokens still read (the "
-                             f"ring holds {EXACT_WINDOW} + {MAX_STEP_TOKENS}); at most {MAX_STEP_TOKENS} a step")
+            raise ValueError(f"a decode step of {T} tokens is more than the exact ring and the kernels are sized for "
+                             f"(a window of {EXACT_WINDOW} + {MAX_STEP_TOKENS}); at most {MAX_STEP_TOKENS} a step")
         self._scatter_exact(0, input_pos[:, None] + torch.arange(T, device=k.device), k, v)    # positions (B, T)
 
     def fused_exact(self) -> tuple | None:
@@ -205,8 +219,9 @@ class KVCache(nn.Module):
         Returns that sequence's keys and values so far, (1, Hkv, start + T, D) in the model dtype:
         views of the cache, or for an 8-bit cache its dequantized copy (so prefill reads what decoding will).
         An fp8 cache's exact copies of the span's sink tokens and last EXACT_RING before `end` (default: the
-        span's end; padding after it would push the prompt's last tokens out of the ring) are written too: read
-        what the prefill needs of them first (`exact_before`).
+        span's end; padding after it would push the prompt's last tokens out of the ring) are written too, so a
+        later cut back by up to EXACT_RING - EXACT_WINDOW tokens keeps its window: read what the prefill needs of
+        them first (`exact_before`).
         `repair` (fp8): the row already holds the span; only the exact copies of its last EXACT_WINDOW tokens are
         written (`models.llama.Transformer.prefill` says when they are right), the 8-bit cache is read as stored.
         """
@@ -218,13 +233,13 @@ class KVCache(nn.Module):
         elif self.k_exact is None:
             raise ValueError("only an fp8 cache's exact window can be repaired")
         if self.k_exact is not None:
+            offsets = torch.arange(kept, device=k.device)                                    # in the span
             if repair:
-                keep = range(max(0, kept - EXACT_WINDOW), kept)
+                index = offsets[-EXACT_WINDOW:]
             else:
                 # Only these: a scatter with repeated slots (the ring's earlier laps) writes in no defined order.
-                keep = [t for t in range(kept) if start + t < EXACT_SINK or t >= kept - EXACT_RING]
+                index = offsets[(start + offsets < EXACT_SINK) | (offsets >= kept - EXACT_RING)]
                 self.exact_pos[row:row + 1].masked_fill_(self.exact_pos[row:row + 1] >= start, -1)  # past the span
-            index = torch.tensor(list(keep), device=k.device)                                # offsets in the span
             self._scatter_exact(row, (start + index)[None], k[:, :, index], v[:, :, index])
         return view.prefix(start + T).dequantized(self.dtype)
 
@@ -240,13 +255,16 @@ class KVCache(nn.Module):
         self.exact_pos[rows].scatter_(1, slots, positions)
 
     def exact_before(self, row: int, start: int) -> ExactTokens | None:
-        """A copy of row `row`'s exact tokens at positions before `start` (the others' slots marked empty): what a
-        prefill from `start` reads of the prefix before its own write overwrites ring slots. None without them."""
+        """What a prefill from `start` reads of row `row`'s exact copies of the prefix, copied before its own write
+        overwrites ring slots: positions 0 .. EXACT_SINK-1 and start-EXACT_WINDOW .. start-1 (a query at or past
+        `start` reads no other prefix position exact), those the row holds; k, v (1, Hkv, EXACT_SINK +
+        EXACT_WINDOW, D), laid out as a cache with a ring of EXACT_WINDOW (`kernels.reference.gather_exact`), so a
+        prefill's N stays 48 however long the cache's ring. None without them."""
         exact = self.rows(row, row + 1).exact
         if exact is None:
             return None
-        pos = exact.pos.masked_fill(exact.pos >= start, -1)
-        return exact._replace(k=exact.k.clone(), v=exact.v.clone(), pos=pos)
+        from kernels.reference import gather_exact
+        return gather_exact(exact, torch.tensor([start], device=exact.pos.device), EXACT_WINDOW)
 
     def window_valid(self, row: int, length: int) -> bool:
         """Whether row `row`, cut to `length` tokens, still holds the exact copies its next queries read (True when
@@ -273,23 +291,29 @@ class KVCache(nn.Module):
 
     def saved(self, row: int, length: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
         """Copies on `device` of row `row`'s first `length` slots as stored: K, V (1, Hkv, length, D) and, 8-bit,
-        their scales (1, Hkv, length) and, fp8, the exact tokens' K, V (1, Hkv, EXACT_SLOTS, D) and positions
-        (1, EXACT_SLOTS) (those at or past `length` marked empty)."""
+        their scales (1, Hkv, length) and, fp8, the exact tokens' K, V (1, Hkv, n, D) and positions (1, n) (those
+        at or past `length` marked empty), n = min(length, EXACT_SLOTS): positions below EXACT_SLOTS sit in their
+        own slots, so a short prompt's copies are its first slots, not the whole ring's (`exact_bytes`)."""
         view = self.rows(row, row + 1)
         copies = tuple(t.to(device, copy=True) for t in view.prefix(length).stored() if t is not None)
         if view.exact is None:
             return copies
-        pos = view.exact.pos.masked_fill(view.exact.pos >= length, -1)
-        return copies + tuple(t.to(device, copy=True) for t in (view.exact.k, view.exact.v, pos))
+        n = min(length, EXACT_SLOTS)
+        pos = view.exact.pos[:, :n].masked_fill(view.exact.pos[:, :n] >= length, -1)
+        return copies + tuple(t.to(device, copy=True) for t in (view.exact.k[:, :, :n], view.exact.v[:, :, :n], pos))
 
     def bytes_per_token(self) -> int:
         """What one slot of one row holds: K, V and their scales (an fp8 row's exact tokens: `exact_bytes`)."""
         return sum(t[0, :, 0].numel() * t.element_size() for t in self.rows(0, 1).stored() if t is not None)
 
-    def exact_bytes(self) -> int:
-        """What one row's exact tokens hold (0 without them): K, V and positions."""
+    def exact_bytes(self, length: int | None = None) -> int:
+        """What one row's exact tokens hold (0 without them): K, V and positions; of a row of `length` tokens as
+        `saved` copies them (its first min(length, EXACT_SLOTS) slots), default all."""
         exact = self.rows(0, 1).exact
-        return 0 if exact is None else sum(t.numel() * t.element_size() for t in (exact.k, exact.v, exact.pos))
+        if exact is None:
+            return 0
+        n = exact.pos.shape[1] if length is None else min(length, exact.pos.shape[1])
+        return sum(t[0, ..., :n, :].numel() * t.element_size() for t in (exact.k, exact.v)) + n * POSITION_BYTES
 
     def restore(self, row: int, saved: tuple[torch.Tensor, ...]) -> None:
         """Put `saved` (what `saved` returned, from a cache of this layout) back as row `row`'s first slots (and, fp8,
@@ -299,14 +323,14 @@ class KVCache(nn.Module):
         if view.exact is not None:
             stored += [view.exact.k, view.exact.v, view.exact.pos]
         for place, copy in zip(stored, saved, strict=True):
-            if (copy.dtype != place.dtype or copy.shape[:2] != place.shape[:2] or copy.shape[3:] != place.shape[3:]
-                    or copy.shape[2:3] > place.shape[2:3]):
+            axis = 1 if place.dim() == 2 else 2  # the slots' (exact positions are (1, n))
+            if (copy.dtype != place.dtype or copy.dim() != place.dim() or copy.shape[axis] > place.shape[axis]
+                    or copy.shape[:axis] + copy.shape[axis + 1:] != place.shape[:axis] + place.shape[axis + 1:]):
                 raise ValueError(f"a saved cache of {copy.dtype} {tuple(copy.shape)} does not fit this cache's "
                                  f"{place.dtype} {tuple(place.shape)}")
-            if place.dim() == 2:                 # exact positions (1, EXACT_SLOTS)
-                place.copy_(copy)
-            else:
-                place[:, :, :copy.shape[2]] = copy
+            if place.dim() == 2:                 # the exact slots past the saved ones hold no position
+                place.fill_(-1)
+            place[(slice(None),) * axis + (slice(0, copy.shape[axis]),)] = copy
 
 
 def repair_span(n_layers: int) -> int:

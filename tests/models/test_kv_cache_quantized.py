@@ -160,17 +160,17 @@ def test_bad_kv_cache_choices_are_one_line_errors(tiny_checkpoint):
 def test_out_of_memory_counts_the_smaller_cache(tiny_checkpoint, monkeypatch):
     # Tiny model, per token: float32 2 layers x 2 KV heads x 16 dims x 2 (K, V) x 4 bytes = 512 bytes;
     # fp8 the same in 1 byte (128) + 2 x 2 x 2 float32 scales (32) = 160 bytes, and per row its exact sink and
-    # window tokens: 64 slots x (512 float32 bytes + 2 layers x an int64 position) = 33,792 bytes.
+    # ring tokens: 16 + 512 slots x (512 float32 bytes + 2 layers x an int64 position) = 278,784 bytes.
     monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + 512 * 40)
     message = load_error(tiny_checkpoint[0], OutOfMemoryError, "float32 KV cache of 64 tokens .* about 40 tokens",
                          max_context=64)
     assert "--kv-cache fp8 or int8" in message
-    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + 160 * 50 + 33792)
+    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + 160 * 50 + 278784)
     load_error(tiny_checkpoint[0], OutOfMemoryError, "fp8 KV cache of 64 tokens .* about 50 tokens would fit",
                max_context=64, kv_cache="fp8")
-    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + 160 * 64 + 33792)
+    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + 160 * 64 + 278784)
     assert load_model(tiny_checkpoint[0], device="cpu", max_context=64, kv_cache="fp8").kv_cache_dtype == "fp8"
-    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + 160 * 64 + 33791)
+    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + 160 * 64 + 278783)
     load_error(tiny_checkpoint[0], OutOfMemoryError, "fp8 KV cache of 64 tokens .* about 63 tokens would fit",
                max_context=64, kv_cache="fp8")
 
@@ -307,6 +307,90 @@ def test_a_prefix_cut_past_the_ring_is_repaired_to_what_a_cold_prefill_computes(
     assert warm.token_ids == cold.token_ids
 
 
+def wide_ring(monkeypatch) -> None:
+    """The small window and sink, with a ring of 24: a surplus of 16 slots past the window and a step's 4."""
+    small_ring(monkeypatch)
+    monkeypatch.setattr("models.kv_cache.EXACT_RING", 24)
+    monkeypatch.setattr("models.kv_cache.EXACT_SLOTS", 28)
+
+
+@pytest.mark.parametrize("quant", EXACT_WINDOW_CACHES)
+def test_a_cut_within_the_rings_surplus_needs_no_repair(tiny_checkpoint, monkeypatch, quant):
+    """An edit cutting the row back by more than a window and a step (4 + 4 here, 32 + 16 in the product) but at
+    most ring - window (20; 480) keeps its window's exact copies: no repair prefill, the prefix kept, and the tokens
+    a cold prefill of the same prompt gives. 21 back, the ring has lost the window: repaired."""
+    wide_ring(monkeypatch)
+    engine = load_model(tiny_checkpoint[0], device="cpu", max_context=64, kv_cache=quant)
+    config = GenerationConfig(max_new_tokens=6, speculate=0)
+    repairs = []
+    prefill = engine.model.prefill
+    monkeypatch.setattr(engine.model, "prefill", lambda *a, **kw: repairs.append(kw.get("repair")) or prefill(*a, **kw))
+    for cut in (9, 14, 20, 21):
+        held = LONG[:50] + engine.generate(LONG[:50], config).token_ids[:-1]     # positions 0..54 in the row
+        written = int(cache_of(engine).exact_pos[0].max()) + 1                   # 55: every position written
+        assert written == len(held) == 55
+        prompt = held[:written - cut] + [3, 4, 5]
+        repairs.clear()
+        warm = engine.generate(prompt, config)
+        assert warm.reused_prefix_tokens == written - cut
+        assert repairs.count(True) == (cut > 20), (cut, repairs)
+        engine.clear_prefix_cache()
+        assert engine.generate(prompt, config).token_ids == warm.token_ids, cut
+        engine.clear_prefix_cache()
+
+
+def test_a_prefill_after_a_cut_within_the_surplus_computes_a_cold_prefills_logits(tiny_checkpoint, monkeypatch):
+    """The model's own check (`exact_window_valid`, by recorded positions) against the ring's reach: a row of 60
+    tokens keeps positions 36..59 exact, so a prefill from 60 - 5 .. 60 - 20 reads its window from the ring and
+    its logits are a cold prefill's; from 60 - 21 it is refused (the window's first copy, 35, was overwritten)."""
+    wide_ring(monkeypatch)
+    engine = load_model(tiny_checkpoint[0], device="cpu", max_context=64, kv_cache="fp8")
+    model = engine.model
+    old = torch.tensor([LONG])                                                          # (1, 60)
+    with torch.no_grad():
+        for cut in (5, 12, 20):
+            start = 60 - cut
+            new = torch.cat((old[:, :start], torch.tensor([[5, 6, 7, 8] * 5])[:, :cut]), dim=1)   # an edit at start
+            model.setup_caches(1, 64, quant="fp8")
+            model.prefill(old)                                          # a prompt whose end is then edited
+            warm = model.prefill(new[:, start:], start=start, all_logits=True)          # (1, cut, V)
+            model.setup_caches(1, 64, quant="fp8")
+            cold = model.prefill(new, all_logits=True)[:, start:]
+            torch.testing.assert_close(warm, cold, atol=1e-5, rtol=1e-5)
+        model.setup_caches(1, 64, quant="fp8")
+        model.prefill(old)
+        with pytest.raises(ValueError, match="exact window before position 39"):
+            model.prefill(torch.tensor([[5, 6, 7]]), start=39)
+
+
+def test_the_product_ring_keeps_480_tokens_of_cut_and_hands_a_prefill_48_slots():
+    """With the product's sizes (a sink of 16, a ring of 512, a window of 32): after 1,100 tokens the ring holds
+    588..1,099, so a cut to 1,100 - 480 keeps its window and 1,100 - 481 does not; a prefill from any start gets
+    the sink and the 32 positions before it (`exact_before`: 48 slots, not 528), each slot's values its position's;
+    the bytes counted per row are the 528 slots'."""
+    from models.config import ModelConfig
+    from models.kv_cache import EXACT_SLOTS, exact_slot
+    cache = KVCache(1, 2, 1200, 16, torch.float32, "cpu", quant="fp8")
+    k, v = torch.randn(1, 2, 1100, 16), torch.randn(1, 2, 1100, 16)
+    for first in range(0, 1100, 275):                       # in chunks, as a long prompt is prefilled
+        cache.write(0, first, k[:, :, first:first + 275], v[:, :, first:first + 275])
+    held = cache.exact_pos[0]
+    assert EXACT_SLOTS == 528 and sorted(held.tolist()) == [*range(16), *range(588, 1100)]
+    assert torch.equal(exact_slot(held), torch.arange(528))             # every position in its own slot
+    assert cache.window_valid(0, 1100 - 480) and cache.window_valid(0, 1100 - 17)
+    assert not cache.window_valid(0, 1100 - 481)
+    for start in (10, 40, 700, 1100):
+        prior = cache.exact_before(0, start)
+        assert prior.k.shape == (1, 2, 48, 16) and prior.pos.shape == (1, 48)
+        got = sorted(p for p in prior.pos[0].tolist() if p >= 0)     # the sink, and the window the ring holds
+        assert got == [*range(min(16, start)), *range(max(16, 588, start - 32), start)], start
+        for lane, p in enumerate(prior.pos[0].tolist()):
+            if p >= 0:
+                assert torch.equal(prior.k[0, :, lane], k[0, :, p]) and torch.equal(prior.v[0, :, lane], v[0, :, p])
+    config = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, vocab_size=97)   # D = 16
+    assert exact_bytes_per_row(config, torch.float32, "fp8") == 528 * (2 * 2 * 2 * 16 * 4 + 2 * 8) == 2 * cache.exact_bytes()
+
+
 def test_a_prefill_refuses_a_row_without_its_exact_window(tiny_checkpoint, monkeypatch):
     small_ring(monkeypatch)
     engine = load_model(tiny_checkpoint[0], device="cpu", max_context=64, kv_cache="fp8")
@@ -354,7 +438,7 @@ def test_the_fused_step_keeps_and_reads_the_exact_window_as_the_general_step_doe
     assert general.abs().max() > 0
     torch.testing.assert_close(fused, general, atol=1e-4, rtol=1e-4)
     for (k, v, pos), (k_fused, v_fused, pos_fused) in zip(general_exact, fused_exact, strict=True):
-        assert torch.equal(pos, pos_fused) and (pos >= 0).sum() == 16 + 48
+        assert torch.equal(pos, pos_fused) and (pos >= 0).sum() == 66      # (the ring holds 512: all 66)
         torch.testing.assert_close(k_fused, k, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(v_fused, v, atol=1e-5, rtol=1e-5)
 
