@@ -28,7 +28,7 @@ A slot records the position it holds (-1: none), so a reader never takes a stale
 the last EXACT_RING = 512 tokens' copies, far more than a step reads (EXACT_WINDOW + MAX_STEP_TOKENS = 48), so that
 an edit cutting a prompt back by up to EXACT_RING - EXACT_WINDOW = 480 tokens keeps its window; readers gather the
 slots of the positions they want (`exact_slot`), never scan the ring, so decoding costs the same whatever its size,
-and a prefill is handed only the sink and window before its start (`exact_before`). A cut further back, or a
+and a prefill is handed only the sink and the 48 positions before its start (`exact_before`: 64 slots). A cut further back, or a
 cache-reuse move (which drops the copies past its target), is repaired by a prefill of the `repair_span` tokens
 before the cut that writes only the exact copies (`models.llama.Transformer.prefill`), or prefilled from 0 where
 that would reach into the sink.
@@ -77,6 +77,10 @@ MAX_STEP_TOKENS = 16
 EXACT_RING = 512
 assert EXACT_RING >= EXACT_WINDOW + MAX_STEP_TOKENS
 EXACT_SLOTS = EXACT_SINK + EXACT_RING
+# What a prefill is handed of the prefix (`exact_before`): the sink and a ring of the 48 positions before its start
+# (it reads 31 of them), 64 slots as the cache's whole ring was before the surplus: the prefill's N, and the layout
+# its readers know, stay as they were however long the cache's ring.
+PRIOR_RING = EXACT_WINDOW + MAX_STEP_TOKENS
 # The caches that keep them: e4m3 needs them for the 98% bar; int8 meets it alone (98.2%), and the exact tokens
 # cost a prompt's prefill on a GPU (a 32k prompt 1.46 -> 5.2 s, an 8k one 0.28 -> 0.55 s, CodeLlama-7B shape on an
 # H200: bench/results/NOTES.md, Run 39), so int8, the fast one, stays without them.
@@ -256,15 +260,16 @@ class KVCache(nn.Module):
 
     def exact_before(self, row: int, start: int) -> ExactTokens | None:
         """What a prefill from `start` reads of row `row`'s exact copies of the prefix, copied before its own write
-        overwrites ring slots: positions 0 .. EXACT_SINK-1 and start-EXACT_WINDOW .. start-1 (a query at or past
-        `start` reads no other prefix position exact), those the row holds; k, v (1, Hkv, EXACT_SINK +
-        EXACT_WINDOW, D), laid out as a cache with a ring of EXACT_WINDOW (`kernels.reference.gather_exact`), so a
-        prefill's N stays 48 however long the cache's ring. None without them."""
+        overwrites ring slots: positions 0 .. EXACT_SINK-1 and start-PRIOR_RING .. start-1 (a query at or past
+        `start` reads none before start-EXACT_WINDOW+1 exact but the sink), those the row holds (pos -1 for the
+        others); k, v (1, Hkv, EXACT_SINK + PRIOR_RING, D), pos (1, EXACT_SINK + PRIOR_RING), laid out as a cache
+        with a ring of PRIOR_RING (`kernels.reference.gather_exact`): 64 slots however long the cache's ring.
+        None without them."""
         exact = self.rows(row, row + 1).exact
         if exact is None:
             return None
         from kernels.reference import gather_exact
-        return gather_exact(exact, torch.tensor([start], device=exact.pos.device), EXACT_WINDOW)
+        return gather_exact(exact, torch.tensor([start], device=exact.pos.device), PRIOR_RING)
 
     def window_valid(self, row: int, length: int) -> bool:
         """Whether row `row`, cut to `length` tokens, still holds the exact copies its next queries read (True when

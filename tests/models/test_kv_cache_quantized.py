@@ -363,10 +363,10 @@ def test_a_prefill_after_a_cut_within_the_surplus_computes_a_cold_prefills_logit
             model.prefill(torch.tensor([[5, 6, 7]]), start=39)
 
 
-def test_the_product_ring_keeps_480_tokens_of_cut_and_hands_a_prefill_48_slots():
+def test_the_product_ring_keeps_480_tokens_of_cut_and_hands_a_prefill_64_slots():
     """With the product's sizes (a sink of 16, a ring of 512, a window of 32): after 1,100 tokens the ring holds
     588..1,099, so a cut to 1,100 - 480 keeps its window and 1,100 - 481 does not; a prefill from any start gets
-    the sink and the 32 positions before it (`exact_before`: 48 slots, not 528), each slot's values its position's;
+    the sink and the 48 positions before it (`exact_before`: 64 slots, not 528), each slot's values its position's;
     the bytes counted per row are the 528 slots'."""
     from models.config import ModelConfig
     from models.kv_cache import EXACT_SLOTS, exact_slot
@@ -381,9 +381,9 @@ def test_the_product_ring_keeps_480_tokens_of_cut_and_hands_a_prefill_48_slots()
     assert not cache.window_valid(0, 1100 - 481)
     for start in (10, 40, 700, 1100):
         prior = cache.exact_before(0, start)
-        assert prior.k.shape == (1, 2, 48, 16) and prior.pos.shape == (1, 48)
-        got = sorted(p for p in prior.pos[0].tolist() if p >= 0)     # the sink, and the window the ring holds
-        assert got == [*range(min(16, start)), *range(max(16, 588, start - 32), start)], start
+        assert prior.k.shape == (1, 2, 64, 16) and prior.pos.shape == (1, 64)
+        got = sorted(p for p in prior.pos[0].tolist() if p >= 0)     # the sink, and what the ring holds of the 48
+        assert got == [*range(min(16, start)), *range(max(16, 588, start - 48), start)], start
         for lane, p in enumerate(prior.pos[0].tolist()):
             if p >= 0:
                 assert torch.equal(prior.k[0, :, lane], k[0, :, p]) and torch.equal(prior.v[0, :, lane], v[0, :, p])
