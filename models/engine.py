@@ -678,10 +678,10 @@ class Engine:
     def _with_exact_window(self, prompt: list[int], start: int) -> int:
         """Where row 0's prefill of `prompt` may start so that every query reads its exact sink and window tokens
         (an fp8 cache, models/kv_cache.py). `start` where the row still holds the copies of the window before it
-        (a cut of at most EXACT_RING - EXACT_WINDOW = 480 tokens, a restored prompt: no repair). Where the ring overwrote them (a
-        longer cut) or a cache-reuse move dropped them, they are computed again by a repair prefill of the
-        `repair_span` tokens before `start` (which the row holds), unless that reaches back to the sink: then 0,
-        the whole prompt prefilled."""
+        (a cut of at most EXACT_RING - EXACT_WINDOW = 480 tokens, a restored prompt: no repair). Where the ring
+        overwrote them (a longer cut) or a cache-reuse move dropped them, they are computed again by a repair
+        prefill of the `repair_span` tokens before `start` (which the row holds), unless that reaches back to the
+        sink: then 0, the whole prompt prefilled."""
         caches = [layer.attention.kv_cache for layer in self.model.layers]
         if start == 0 or exact_window_valid(caches, 0, start):
             return start

@@ -28,10 +28,10 @@ A slot records the position it holds (-1: none), so a reader never takes a stale
 the last EXACT_RING = 512 tokens' copies, far more than a step reads (EXACT_WINDOW + MAX_STEP_TOKENS = 48), so that
 an edit cutting a prompt back by up to EXACT_RING - EXACT_WINDOW = 480 tokens keeps its window; readers gather the
 slots of the positions they want (`exact_slot`), never scan the ring, so decoding costs the same whatever its size,
-and a prefill is handed only the sink and the 48 positions before its start (`exact_before`: 64 slots). A cut further back, or a
-cache-reuse move (which drops the copies past its target), is repaired by a prefill of the `repair_span` tokens
-before the cut that writes only the exact copies (`models.llama.Transformer.prefill`), or prefilled from 0 where
-that would reach into the sink.
+and a prefill is handed only the sink and the 48 positions before its start (`exact_before`: 64 slots). A cut
+further back, or a cache-reuse move (which drops the copies past its target), is repaired by a prefill of the
+`repair_span` tokens before the cut that writes only the exact copies (`models.llama.Transformer.prefill`), or
+prefilled from 0 where that would reach into the sink.
 """
 
 from __future__ import annotations
@@ -303,7 +303,7 @@ class KVCache(nn.Module):
         copies = tuple(t.to(device, copy=True) for t in view.prefix(length).stored() if t is not None)
         if view.exact is None:
             return copies
-        n = min(length, EXACT_SLOTS)
+        n = min(length, view.exact.pos.shape[1])
         pos = view.exact.pos[:, :n].masked_fill(view.exact.pos[:, :n] >= length, -1)
         return copies + tuple(t.to(device, copy=True) for t in (view.exact.k[:, :, :n], view.exact.v[:, :, :n], pos))
 

@@ -25,7 +25,7 @@ from kernels import flash_decode_exact_window                         # noqa: E4
 from kernels.validation import ExactTokens                             # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"     # the CPU (TRITON_INTERPRET=1, --small): a dry run
-SINK, RING = 16, 512                        # models/kv_cache.py's EXACT_SINK and EXACT_RING (the tests' builders take them)
+SINK, RING = 16, 512                        # models/kv_cache.py's EXACT_SINK and EXACT_RING (the tests' builders' too)
 LOST = 4                                    # stale slots a row (tests/kernels/test_exact_window.py's exact_tokens)
 SHAPES = {"7B": (32, 32, 128, "bhsd"), "34B": (64, 8, 128, "vseq")}   # (Hq, Hkv, D, V layout as the models keep it)
 
@@ -73,7 +73,7 @@ def main(argv: list[str]) -> int:
     small = "--small" in argv
     print(f"{torch.cuda.get_device_name() if DEVICE == 'cuda' else 'CPU, interpreter'}, torch {torch.__version__}")
     rows, failed = [], 0
-    sizes = (("34B", 1100),) if small else (("7B", 16384), ("34B", 16384), ("34B", 4096))   # (float64 oracle on the CPU)
+    sizes = (("34B", 1100),) if small else (("7B", 16384), ("34B", 16384), ("34B", 4096))   # (float64 oracle: CPU)
     for model, S in sizes:
         for kv in ("fp8", "int8"):
             for T, splits in ((1, None), (1, 7), (8, None))[:1 if small else 3]:

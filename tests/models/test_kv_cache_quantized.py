@@ -388,7 +388,8 @@ def test_the_product_ring_keeps_480_tokens_of_cut_and_hands_a_prefill_64_slots()
             if p >= 0:
                 assert torch.equal(prior.k[0, :, lane], k[0, :, p]) and torch.equal(prior.v[0, :, lane], v[0, :, p])
     config = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, vocab_size=97)   # D = 16
-    assert exact_bytes_per_row(config, torch.float32, "fp8") == 528 * (2 * 2 * 2 * 16 * 4 + 2 * 8) == 2 * cache.exact_bytes()
+    per_slot = 2 * 2 * 2 * 16 * 4 + 2 * 8             # K, V of 2 layers x 2 KV heads x D 16 in float32; positions
+    assert exact_bytes_per_row(config, torch.float32, "fp8") == 528 * per_slot == 2 * cache.exact_bytes()
 
 
 def test_a_prefill_refuses_a_row_without_its_exact_window(tiny_checkpoint, monkeypatch):
