@@ -364,3 +364,33 @@ def flash_decode_exact_window(q, k_cache, v_cache, cache_seqlens=None, *, k_scal
     out, lse = merge_partials(*rough, *fine)
     out, lse = out.to(q.dtype).reshape(q.shape), lse.float().reshape(q.shape[:-1])
     return (out, lse) if return_lse else out
+
+
+def prefill_attention_exact(q, k, v, prior: ExactTokens, k_new, v_new, start: int, *, softmax_scale=None):
+    """Causal prefill attention over an 8-bit cache with exact sink and window tokens, with the contract of
+    `kernels.prefill_exact.prefill_attention_exact` (q (B, Hq, T, D) at positions start .. start + T - 1; k, v
+    (B, Hkv, S, D), S >= start + T, the cache dequantized; prior `ExactTokens`, the row's exact copies of positions
+    before `start`; k_new, v_new (B, Hkv, T, D) the span's own): query i reads keys sink .. i - window from k, v and
+    its sink and window keys exact, the prefix's from the prior slot that records them (a position none records is
+    read by neither), the span's from k_new, v_new. Every key in at most one set, so one softmax over the three side
+    by side, each key masked to the set it belongs to, is exact: SDPA in q's dtype (the models' CPU path; float64
+    stays float64). Returns (B, Hq, T, D)."""
+    B, T, S = q.shape[0], q.shape[2], start + q.shape[2]
+    k, v = k[:, :, :S], v[:, :, :S]
+    sink, window = prior.sink, prior.window
+    prior_pos = prior.pos.masked_fill(prior.pos >= start, -1)                          # (B, N) the prefix's only
+    keys = torch.cat((k, prior.k.to(k.dtype), k_new.to(k.dtype)), dim=2)                # (B, Hkv, S + N + T, D)
+    values = torch.cat((v, prior.v.to(v.dtype), v_new.to(v.dtype)), dim=2)
+    span = torch.arange(start, start + T, device=q.device)[None].expand(B, T)           # (B, T) positions
+    out = torch.empty_like(q)                                                           # (B, Hq, T, D)
+    # Queries a block at a time: the mask is (block, S + N + T) booleans, not T x 2S at a long prompt.
+    block = max(1, (1 << 26) // keys.shape[2])
+    for first in range(0, T, block):
+        i = span[:, first:first + block]                                                # (B, t) query positions
+        mask = torch.cat((quantized_keys_visible(i, S, sink, window),
+                          exact_slots_visible(prior_pos, i, sink, window),
+                          exact_slots_visible(span, i, sink, window)), dim=-1)          # (B, t, S + N + T)
+        out[:, :, first:first + block] = torch.nn.functional.scaled_dot_product_attention(
+            q[:, :, first:first + block], keys, values, attn_mask=mask[:, None], scale=softmax_scale,
+            enable_gqa=q.shape[1] != k.shape[1])
+    return out

@@ -1,4 +1,5 @@
-"""Attention: prefill always through PyTorch SDPA; the decode step through one of three backends.
+"""Attention: prefill through PyTorch SDPA (an fp8 cache's, on a GPU, through kernels/prefill_exact.py); the decode
+step through one of three backends.
 
     flash  kernels.flash_decode: Triton split-KV Flash-Decoding (graph-safe; the GPU default)
     sdpa   torch's scaled_dot_product_attention for the decode tokens too (the CPU default)
@@ -27,6 +28,9 @@ BACKENDS = ("flash", "sdpa", "eager")
 # Head dims flash and eager take: the Triton kernels' range (kernels.validation), which their PyTorch twin
 # shares; sdpa takes any. A constant here, as importing kernels would import Triton (see below).
 KERNEL_HEAD_DIMS = range(16, 257)
+# A/B switch (bench/gpu/prefill_8bit.py --masked): False runs an fp8 cache's prefill through the masked softmax on a
+# GPU too, as before the Triton kernel.
+PREFILL_EXACT_KERNEL = True
 
 
 def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -45,25 +49,19 @@ def prefill_attention_exact(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p
     """`prefill_attention` over an 8-bit cache with exact sink and window tokens: query i (at start + t) reads
     keys sink .. i - window from k, v (1, Hkv, S, D), the cache dequantized (S = start + T), and its sink and
     window keys exact: the prefix's from `prior` (`ExactTokens`, the row's copies of positions before `start`),
-    the span's own from k_new, v_new (1, Hkv, T, D), what the model computed. Every key in exactly one set, so
-    one softmax over the three side by side, masked, is exact. Returns (1, Hq, T, D)."""
-    T, S = q.shape[2], k.shape[2]
-    reference = _reference()
-    sink, window = prior.sink, prior.window
-    keys = torch.cat((k, prior.k.to(k.dtype), k_new.to(k.dtype)), dim=2)                 # (1, Hkv, S + N + T, D)
-    values = torch.cat((v, prior.v.to(v.dtype), v_new.to(v.dtype)), dim=2)
-    span = torch.arange(start, start + T, device=q.device)[None]                          # (1, T) positions
-    out = torch.empty_like(q)                                                            # (1, Hq, T, D)
-    # Queries a block at a time: the mask is (block, S + N + T) booleans, not T x 2S at a long prompt.
-    block = max(1, (1 << 26) // keys.shape[2])
-    for first in range(0, T, block):
-        i = span[:, first:first + block]                                                 # (1, t) query positions
-        mask = torch.cat((reference.quantized_keys_visible(i, S, sink, window),
-                          reference.exact_slots_visible(prior.pos, i, sink, window),
-                          reference.exact_slots_visible(span, i, sink, window)), dim=-1)  # (1, t, S + N + T)
-        out[:, :, first:first + block] = F.scaled_dot_product_attention(
-            q[:, :, first:first + block], keys, values, attn_mask=mask[:, None], enable_gqa=q.shape[1] != k.shape[1])
-    return out
+    the span's own from k_new, v_new (1, Hkv, T, D), what the model computed. Returns (1, Hq, T, D).
+    On a GPU one Triton kernel (kernels/prefill_exact.py: a flash forward whose sink and band tiles read the exact
+    copies); elsewhere one masked softmax over the three sets side by side (`kernels.reference`), which SDPA cannot
+    run through its fast causal kernels."""
+    if PREFILL_EXACT_KERNEL and _prefill_kernel_applies(q):
+        return _prefill_exact()(q, k, v, prior, k_new, v_new, start)
+    return _reference().prefill_attention_exact(q, k, v, prior, k_new, v_new, start)
+
+
+def _prefill_kernel_applies(q: torch.Tensor) -> bool:
+    """Whether the Triton prefill kernel takes this call: CUDA, and a head dim and dtype the kernels take."""
+    return q.is_cuda and q.shape[-1] in KERNEL_HEAD_DIMS and q.dtype in (torch.float16, torch.bfloat16,
+                                                                         torch.float32)
 
 
 def decode_attention(backend: str, q: torch.Tensor, cache: CacheView, cache_seqlens: torch.Tensor,
@@ -149,6 +147,12 @@ def _reference_decode():
 def _reference():
     from kernels import reference
     return reference
+
+
+@functools.cache
+def _prefill_exact():
+    from kernels.prefill_exact import prefill_attention_exact
+    return prefill_attention_exact
 
 
 @functools.cache

@@ -1,0 +1,302 @@
+"""Prefill attention over an 8-bit cache whose sink and window tokens are read exact: one Triton kernel.
+
+A prompt's span of T tokens at positions start .. start + T - 1 attends, causally, the row's keys 0 .. i. For the
+query at position i the keys split in two disjoint sets (kernels/exact_window.py's, for decoding):
+    8-bit:  sink <= j <= i - window            (the cache, dequantized to the model's dtype by the caller)
+    exact:  j < sink, or i - window < j <= i   (the span's own k, v for j >= start, what the model computed; the
+                                                row's exact slots, `ExactTokens`, for j < start)
+`kernels.reference.prefill_attention_exact` is the same softmax in PyTorch: one masked SDPA over the three sets
+side by side, which cannot take SDPA's flash or cuDNN causal kernels (on an H200 it cost an 8k prompt of
+CodeLlama-7B 554 ms against 273 with a bf16 cache; bench/results/NOTES.md, Run 39).
+
+The kernel is FlashAttention-2's forward (Triton's fused-attention tutorial): one program per (block of BLOCK_M
+queries, query head, row) keeps an online softmax over key blocks of BLOCK_N. A query block's keys fall in three
+ranges, visited in order:
+    sink   [0, sink_end)         mixed tiles: the sink's keys exact, the others 8-bit
+    middle [sink_end, band_lo)   every key 8-bit for every query of the block: a plain flash tile, no mask
+    band   [band_lo, last + 1)   mixed tiles: window keys exact, older ones 8-bit, later ones masked (causal)
+A mixed tile scores both copies of its keys (two QK dots), picks per (query, key) which one counts, and adds both
+PV dots with the probabilities split between them. Only the sink's tile and the ~(BLOCK_M + window) / BLOCK_N
+band tiles of each query block are mixed, so the cost is about one causal flash forward plus a thin band.
+
+Where an exact key of the prefix (j < start) comes from: the slot of `prior` that records position j; the kernel
+finds it by comparing the tile's positions with the slots' (at most a few dozen), so it needs no layout of the
+ring and no gather on the host. A position no slot records is read by neither set (as by the reference): a
+repair prefill (`models.llama.Transformer.prefill`) runs so, without the window before its start.
+
+Why the dequantized cache and not the 8-bit bytes with their scales: `models.kv_cache.KVCache.write` hands prefill
+the dequantized prefix already (SDPA reads it), a pass over memory that is small beside O(T x S) attention;
+reading fp8 here would save that pass but put conversions and scales in the hot loop. Not graph-captured (prefill
+never is): the launch reads `start` and the shapes on the host.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.devices import on_first_tensors_device
+from kernels.split_kv import _head_dim_mask
+from kernels.validation import (MAX_HEAD_DIM, MIN_HEAD_DIM, ExactTokens, check_exact_tokens, softmax_scale_of)
+
+PREFILL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+LOG2_E = 1.4426950408889634
+
+
+class PrefillTiles(NamedTuple):
+    """A launch's tiling: queries per program, keys per tile, warps, pipeline stages of the key loops' loads."""
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+# Candidates for a GPU sweep (bench/gpu/prefill_exact_check.py --sweep); the first that fits a head dim is the
+# default (`default_tiles`). 128 x 64, 8 warps, 3 stages is the fused-attention tutorial's Hopper choice at D = 128.
+TILE_CHOICES = (PrefillTiles(128, 64, 8, 3), PrefillTiles(128, 64, 4, 3), PrefillTiles(128, 128, 8, 2),
+                PrefillTiles(64, 64, 4, 3), PrefillTiles(128, 32, 4, 3), PrefillTiles(64, 32, 4, 2))
+
+
+def default_tiles(D: int, dtype: torch.dtype) -> PrefillTiles:
+    """The tiling a call takes unless told: 128 x 64 up to D = 128 (8 warps at 128, 4 below); 64 x 32 for wider
+    heads or fp32, whose tiles take twice the registers and shared memory."""
+    if D > 128 or dtype == torch.float32:
+        return PrefillTiles(64, 32, 4, 2)
+    return PrefillTiles(128, 64, 8 if D > 64 else 4, 3)
+
+
+@triton.jit
+def _load_rows(ptrs, rows, stride, mask, UPCAST: tl.constexpr):
+    """Rows `rows` (BLOCK_N,) of a (rows, head dim) tensor whose columns are `ptrs` (1, BLOCK_D): (BLOCK_N, BLOCK_D),
+    0 where `mask` (BLOCK_N, BLOCK_D) is false; widened to float32 in the interpreter (its 16-bit arithmetic is
+    wrong)."""
+    x = tl.load(ptrs + rows[:, None] * stride, mask=mask, other=0.0)
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _dot(a, b, IEEE_DOT: tl.constexpr):
+    """a @ b in float32; fp32 inputs in IEEE precision (not tf32), so fp32 callers get fp32 accuracy."""
+    if IEEE_DOT:
+        return tl.dot(a, b, input_precision="ieee")
+    return tl.dot(a, b)
+
+
+@triton.jit
+def _quantized_tile(q, m_i, l_i, acc, n0, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_n, tile_mask, qk_scale,
+                    UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr):
+    """Online softmax of q (BLOCK_M, BLOCK_D) over the 8-bit keys n0 .. n0 + BLOCK_N - 1, all read by every query
+    (no mask); m_i, l_i (BLOCK_M,) running max and sum (base 2), acc (BLOCK_M, BLOCK_D)."""
+    j = n0 + offs_n                                                         # (BLOCK_N,) key positions
+    k = _load_rows(k_ptrs, j, stride_kn, tile_mask, UPCAST)                 # (BLOCK_N, BLOCK_D)
+    v = _load_rows(v_ptrs, j, stride_vn, tile_mask, UPCAST)
+    s = _dot(q, tl.trans(k), IEEE_DOT) * qk_scale                           # (BLOCK_M, BLOCK_N)
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))                              # finite: every key counts
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE_DOT)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _mixed_tile(q, m_i, l_i, acc, n0, i, last, start, sink, window,
+                k_ptrs, v_ptrs, kn_ptrs, vn_ptrs, pk_ptrs, pv_ptrs, prior_pos, offs_p,
+                stride_kn, stride_vn, stride_knn, stride_vnn, stride_pkn, stride_pvn,
+                offs_n, mask_d, qk_scale, UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr):
+    """Online softmax over keys n0 .. n0 + BLOCK_N - 1 where queries i (BLOCK_M,) (positions) read some keys exact
+    and some 8-bit: each key's score and value from the copy its (query, key) pair reads; keys past the query, or
+    past `last` (the block's last query), not at all. prior_pos (PRIOR_BLOCK,) the prior's slots' positions (-1:
+    none), offs_p their indices."""
+    j = n0 + offs_n                                                         # (BLOCK_N,) key positions
+    real = j <= last
+    tile = real[:, None] & mask_d[None, :]
+    kq = _load_rows(k_ptrs, j, stride_kn, tile, UPCAST)                     # (BLOCK_N, BLOCK_D) 8-bit, dequantized
+    vq = _load_rows(v_ptrs, j, stride_vn, tile, UPCAST)
+    # exact copies: the span's own from j >= start; before it, the prior slot recording j, if one does
+    in_span = j >= start
+    span_tile = tile & in_span[:, None]
+    ke = _load_rows(kn_ptrs, j - start, stride_knn, span_tile, UPCAST)
+    ve = _load_rows(vn_ptrs, j - start, stride_vnn, span_tile, UPCAST)
+    match = prior_pos[None, :] == j[:, None]                                # (BLOCK_N, PRIOR_BLOCK)
+    held = (tl.max(match.to(tl.int32), axis=1) > 0) & (j < start)           # (BLOCK_N,)
+    slot = tl.sum(tl.where(match, offs_p[None, :], 0), axis=1)              # (BLOCK_N,) (one slot a position)
+    prior_tile = tile & held[:, None]
+    ke = tl.where(in_span[:, None], ke, _load_rows(pk_ptrs, slot, stride_pkn, prior_tile, UPCAST))
+    ve = tl.where(in_span[:, None], ve, _load_rows(pv_ptrs, slot, stride_pvn, prior_tile, UPCAST))
+    s_rough = _dot(q, tl.trans(kq), IEEE_DOT) * qk_scale                    # (BLOCK_M, BLOCK_N)
+    s_exact = _dot(q, tl.trans(ke), IEEE_DOT) * qk_scale
+    jj = j[None, :]
+    ii = i[:, None]
+    exact = (in_span | held)[None, :] & (jj <= ii) & ((jj < sink) | (jj > ii - window))   # (BLOCK_M, BLOCK_N)
+    rough = (jj >= sink) & (jj <= ii - window)                              # (disjoint from `exact`)
+    s = tl.where(exact, s_exact, tl.where(rough, s_rough, float("-inf")))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)    # a query without keys yet: p = 0, alpha finite
+    alpha = tl.exp2(m_i - m_use)
+    p = tl.exp2(s - m_use[:, None])                          # 0 where neither set reads the key
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    p_exact = tl.where(exact, p, 0.0)
+    p_rough = p - p_exact
+    acc = acc * alpha[:, None] + _dot(p_exact.to(ve.dtype), ve, IEEE_DOT) + _dot(p_rough.to(vq.dtype), vq, IEEE_DOT)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _prefill_exact_kernel(
+    Q, K, V, K_NEW, V_NEW, PRIOR_K, PRIOR_V, PRIOR_POS, OUT,
+    stride_qb, stride_qh, stride_qt,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_knb, stride_knh, stride_knn,
+    stride_vnb, stride_vnh, stride_vnn,
+    stride_pkb, stride_pkh, stride_pkn,
+    stride_pvb, stride_pvh, stride_pvn,
+    stride_pb,
+    Hq, T, start, N, D, qk_scale, sink, window,
+    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRIOR_BLOCK: tl.constexpr, EVEN_D: tl.constexpr, UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr,
+):
+    """Q (B, Hq, T, D); K, V (B, Hkv, >= start + T, D) the cache dequantized; K_NEW, V_NEW (B, Hkv, T, D) the span's
+    exact keys and values; PRIOR_K, PRIOR_V (B, Hkv, N, D) and PRIOR_POS int64 (B, N) the row's exact slots; OUT
+    (B, Hq, T, D) contiguous. Scores are scaled by qk_scale = softmax scale x log2(e) (base 2). Grid:
+    (query blocks, Hq, B), the query blocks with the most keys first (the causal triangle's long rows start early,
+    so the last wave is short)."""
+    m_block = tl.num_programs(0) - 1 - tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)       # int64: offsets into long caches overflow 32 bits
+    kv = (h // GROUP).to(tl.int64)
+    offs_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)                      # (BLOCK_M,) offsets in the span
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_p = tl.arange(0, PRIOR_BLOCK)
+    mask_d = _head_dim_mask(offs_d, D, EVEN_D, BLOCK_D)
+    i = start + offs_m                                                      # (BLOCK_M,) query positions
+    first = start + m_block * BLOCK_M                                       # the block's first and last query
+    last = tl.minimum(first + BLOCK_M, start + T) - 1
+
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :],
+                mask=(offs_m < T)[:, None] & mask_d[None, :], other=0.0)   # (BLOCK_M, BLOCK_D)
+    if UPCAST:
+        q = q.to(tl.float32)
+    k_ptrs = K + b * stride_kb + kv * stride_kh + offs_d[None, :]           # (1, BLOCK_D) row 0's columns
+    v_ptrs = V + b * stride_vb + kv * stride_vh + offs_d[None, :]
+    kn_ptrs = K_NEW + b * stride_knb + kv * stride_knh + offs_d[None, :]
+    vn_ptrs = V_NEW + b * stride_vnb + kv * stride_vnh + offs_d[None, :]
+    pk_ptrs = PRIOR_K + b * stride_pkb + kv * stride_pkh + offs_d[None, :]
+    pv_ptrs = PRIOR_V + b * stride_pvb + kv * stride_pvh + offs_d[None, :]
+    prior_pos = tl.load(PRIOR_POS + b * stride_pb + offs_p, mask=offs_p < N, other=-1).to(tl.int32)  # (PRIOR_BLOCK,)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    # The band starts at the tile of the first query's oldest window key; the middle is what lies between the
+    # sink's tiles and it (none where they meet).
+    band_lo = tl.maximum(first - window + 1, 0) // BLOCK_N * BLOCK_N
+    sink_end = tl.minimum(tl.cdiv(sink, BLOCK_N) * BLOCK_N, band_lo)
+    for n0 in range(0, sink_end, BLOCK_N):
+        m_i, l_i, acc = _mixed_tile(q, m_i, l_i, acc, n0, i, last, start, sink, window,
+                                    k_ptrs, v_ptrs, kn_ptrs, vn_ptrs, pk_ptrs, pv_ptrs, prior_pos, offs_p,
+                                    stride_kn, stride_vn, stride_knn, stride_vnn, stride_pkn, stride_pvn,
+                                    offs_n, mask_d, qk_scale, UPCAST, IEEE_DOT)
+    whole = tl.full([BLOCK_N], 1, tl.int1)[:, None] & mask_d[None, :]      # (a constant where EVEN_D)
+    for n0 in tl.range(sink_end, band_lo, BLOCK_N):                        # the hot loop
+        m_i, l_i, acc = _quantized_tile(q, m_i, l_i, acc, n0, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_n, whole,
+                                        qk_scale, UPCAST, IEEE_DOT)
+    for n0 in range(band_lo, last + 1, BLOCK_N):
+        m_i, l_i, acc = _mixed_tile(q, m_i, l_i, acc, n0, i, last, start, sink, window,
+                                    k_ptrs, v_ptrs, kn_ptrs, vn_ptrs, pk_ptrs, pv_ptrs, prior_pos, offs_p,
+                                    stride_kn, stride_vn, stride_knn, stride_vnn, stride_pkn, stride_pvn,
+                                    offs_n, mask_d, qk_scale, UPCAST, IEEE_DOT)
+
+    # Every query reads at least its own key (exact, from the span): l_i > 0. The guard keeps padding rows finite.
+    out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
+    out_rows = (b * Hq + h) * T + offs_m                                    # (BLOCK_M,) rows of OUT (B, Hq, T)
+    tl.store(OUT + out_rows[:, None] * D + offs_d[None, :], out.to(OUT.dtype.element_ty),
+             mask=(offs_m < T)[:, None] & mask_d[None, :])
+
+
+def check_prefill_inputs(q, k, v, prior, k_new, v_new, start) -> tuple[int, int, int, int, int]:
+    """Validate a `prefill_attention_exact` call (shapes in its docstring); returns (B, Hq, Hkv, T, D)."""
+    for name, t in (("q", q), ("k", k), ("v", v), ("k_new", k_new), ("v_new", v_new)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ValueError(f"{name} must be a 4-dimensional tensor, got "
+                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+        if t.dtype != q.dtype:
+            raise ValueError(f"{name} has dtype {t.dtype}, q {q.dtype}: all must share one")
+        if t.device != q.device:
+            raise ValueError(f"{name} is on {t.device}, q on {q.device}")
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must have a contiguous last dimension (stride 1), got strides {t.stride()}")
+    if q.dtype not in PREFILL_DTYPES:
+        raise ValueError(f"q has dtype {q.dtype}; supported: float16, bfloat16, float32")
+    B, Hq, T, D = q.shape
+    Hkv = k.shape[1]
+    if not MIN_HEAD_DIM <= D <= MAX_HEAD_DIM:
+        raise ValueError(f"head dim {D} is outside {MIN_HEAD_DIM}..{MAX_HEAD_DIM}")
+    if Hkv == 0 or Hq % Hkv:
+        raise ValueError(f"query heads ({Hq}) must be a multiple of KV heads ({Hkv})")
+    if not isinstance(start, int) or isinstance(start, bool) or start < 0:
+        raise ValueError(f"start must be an int >= 0, got {start!r}")
+    if k.shape != v.shape or k.shape[0] != B or k.shape[3] != D or k.shape[2] < start + T:
+        raise ValueError(f"k, v must have shape (B, Hkv, S, D) with S >= start + T = {start + T}, got "
+                         f"{tuple(k.shape)} and {tuple(v.shape)}")
+    if k_new.shape != (B, Hkv, T, D) or v_new.shape != k_new.shape:
+        raise ValueError(f"k_new, v_new must have shape (B, Hkv, T, D) = {(B, Hkv, T, D)}, got "
+                         f"{tuple(k_new.shape)} and {tuple(v_new.shape)}")
+    check_exact_tokens(prior, B, Hkv, D, q.device, scaled=True)
+    if prior.k.dtype != q.dtype:
+        raise ValueError(f"prior k, v have dtype {prior.k.dtype}, q {q.dtype}: all must share one")
+    if prior.k.stride(-1) != 1 or prior.v.stride(-1) != 1:
+        raise ValueError("prior k, v must have a contiguous last dimension (stride 1)")
+    return B, Hq, Hkv, T, D
+
+
+@on_first_tensors_device
+def prefill_attention_exact(q, k, v, prior: ExactTokens, k_new, v_new, start: int, *, softmax_scale=None,
+                            tiles: PrefillTiles | None = None, compile_only: bool = False):
+    """Causal attention of a span's T queries over an 8-bit cache with exact sink and window tokens (module
+    docstring; `kernels.reference.prefill_attention_exact` is the same in PyTorch).
+
+    q (B, Hq, T, D), the queries at positions start .. start + T - 1; k, v (B, Hkv, S, D), S >= start + T, the cache
+    dequantized to q's dtype (the span's keys included); prior (`ExactTokens`; k, v (B, Hkv, N, D), pos int64
+    (B, N), -1 for an empty slot) the row's exact copies of positions before `start` (slots at or past it are
+    ignored; a position is held by one slot at most, as the cache's ring keeps them); k_new, v_new (B, Hkv, T, D)
+    the span's exact keys and values. All in one of fp16, bf16, fp32, on one device, last dimension contiguous;
+    D in 16..256; Hq a multiple of Hkv. `tiles` (`PrefillTiles`) overrides `default_tiles`. Returns out
+    (B, Hq, T, D) in q's dtype. `compile_only` builds the kernel without launching it and returns its binary.
+    CUDA tensors, or CPU ones under TRITON_INTERPRET=1 (slow)."""
+    B, Hq, Hkv, T, D = check_prefill_inputs(q, k, v, prior, k_new, v_new, start)
+    from kernels.interface import check_launchable       # (lazy: interface imports every decode kernel)
+    check_launchable(q.device)
+    scale = softmax_scale_of(softmax_scale, D)
+    out = torch.empty((B, Hq, T, D), dtype=q.dtype, device=q.device)        # (B, Hq, T, D)
+    if T == 0:
+        return out
+    tiles = tiles or default_tiles(D, q.dtype)
+    N = prior.pos.shape[1]
+    grid = (triton.cdiv(T, tiles.block_m), Hq, B)
+    args = (q, k, v, k_new, v_new, prior.k, prior.v, prior.pos, out,
+            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *k_new.stride()[:3], *v_new.stride()[:3],
+            *prior.k.stride()[:3], *prior.v.stride()[:3], prior.pos.stride(0),
+            Hq, T, start, N, D, scale * LOG2_E, prior.sink, prior.window)
+    constexprs = prefill_constexprs(tiles, group=Hq // Hkv, D=D, N=N, upcast=not q.is_cuda,
+                                    ieee_dot=q.dtype == torch.float32)
+    if compile_only:
+        return _prefill_exact_kernel.warmup(*args, grid=grid, **constexprs, num_warps=tiles.num_warps,
+                                            num_stages=tiles.num_stages)
+    _prefill_exact_kernel[grid](*args, **constexprs, num_warps=tiles.num_warps, num_stages=tiles.num_stages)
+    return out
+
+
+def prefill_constexprs(tiles: PrefillTiles, *, group: int, D: int, N: int, upcast: bool, ieee_dot: bool) -> dict:
+    """The kernel's compile-time arguments (a launch and kernels.compile_check share them)."""
+    block_d = max(16, triton.next_power_of_2(D))
+    return dict(GROUP=group, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_D=block_d,
+                PRIOR_BLOCK=max(16, triton.next_power_of_2(max(N, 1))), EVEN_D=D == block_d, UPCAST=upcast,
+                IEEE_DOT=ieee_dot)
