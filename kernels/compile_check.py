@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 from dataclasses import dataclass, field
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -38,6 +39,7 @@ from kernels.fused_gemv import build_names
 from kernels.infill_keep import _infill_keep_kernel
 from kernels.interface import combine_constexprs, combine_warps, split_constexprs, split_kernel
 from kernels.plan import plan_launch, resident_programs
+from kernels.prefill_exact import TILE_CHOICES, PrefillTiles, _prefill_exact_kernel, default_tiles, prefill_constexprs
 from kernels.split_kv import _combine_kernel
 from kernels.split_kv_transposed import _split_kv_transposed_kernel
 
@@ -177,6 +179,38 @@ def compile_exact_merge(dtype: str, group: int, D: int, read: int, has_quantized
 
 def _exact_merge_name(dtype: str, group: int, D: int, read: int, has_quantized: bool) -> str:
     return f"exact-merge-{dtype}-g{group}-d{D}-r{read}" + ("" if has_quantized else "-exact-only")
+
+
+# the prefill kernel over an fp8 cache's exact tokens (kernels/prefill_exact.py): (q dtype, group, head dim, tiles or
+# None for the default): CodeLlama-7B, -34B, SmolLM2, an odd head dim, D = 256; with `--prefill-tiles` also fp32 (no
+# model takes the kernel in fp32: 25 s to build its CUDA-core dots) and the GPU sweep's other candidates
+# (TILE_CHOICES), ~1.5 min on one core
+PREFILL_CONFIGS = [("bf16", 1, 128, None), ("bf16", 8, 128, None), ("fp16", 3, 64, None), ("bf16", 4, 80, None),
+                   ("bf16", 1, 256, None)]
+PREFILL_SWEEP_CONFIGS = [("fp32", 4, 80, None)] + [("bf16", 1, 128, tuple(t)) for t in TILE_CHOICES]
+
+
+def compile_prefill(dtype: str, group: int, D: int, tiles: tuple | None, target: GPUTarget,
+                    with_opcodes: bool = False) -> dict:
+    """The prefill kernel as `prefill_attention_exact` launches it (64 exact slots, as models/kv_cache.py keeps)."""
+    name = _prefill_name(dtype, group, D, tiles)
+    tiles = PrefillTiles(*tiles) if tiles else default_tiles(D, {"fp32": torch.float32}.get(dtype, torch.bfloat16))
+    elem = POINTER[dtype]
+    pointers = dict(Q=elem, K=elem, V=elem, K_NEW=elem, V_NEW=elem, PRIOR_K=elem, PRIOR_V=elem, PRIOR_POS="*i64",
+                    OUT=elem)
+    binary = _compile(_prefill_exact_kernel, pointers,
+                      prefill_constexprs(tiles, group=group, D=D, N=64, upcast=False, ieee_dot=dtype == "fp32"),
+                      target, tiles.num_warps, tiles.num_stages,
+                      not_divisible=("T", "start", "N", "sink", "window", "Hq"))
+    facts = {"name": name, "tiles": list(tiles), "cubin_bytes": len(binary.asm["cubin"]),
+             "shared_bytes": binary.metadata.shared, "tensor_cores": "mma" in binary.asm["ptx"]}
+    return facts | sass_facts(binary.asm["cubin"], with_opcodes=with_opcodes)
+
+
+def _prefill_name(dtype: str, group: int, D: int, tiles: tuple | None) -> str:
+    if tiles is None:
+        return f"prefill-exact-{dtype}-g{group}-d{D}"
+    return f"prefill-exact-{dtype}-g{group}-d{D}-m{tiles[0]}-n{tiles[1]}-w{tiles[2]}-s{tiles[3]}"
 
 
 # infill_keep's candidates a row (BLOCK): llama.vim's top_k 40 with slack (64), a small top_k, the largest allowed
@@ -356,6 +390,8 @@ def _run_job(job: tuple) -> dict:
             return compile_infill(what, target)
         if kind == "exact_merge":
             return compile_exact_merge(*what, target)
+        if kind == "prefill":
+            return compile_prefill(*what, target, with_opcodes)
         if kind == "fused":
             from kernels.fused_gemv import compile_facts as fused_facts
             return {"name": name, **fused_facts(arch, names={what})[what]}
@@ -375,6 +411,8 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for H100/H200")
     parser.add_argument("--only", default="", help="comma-separated substrings of configuration names")
     parser.add_argument("--sass", action="store_true", help="add the key loop's SASS opcode histogram")
+    parser.add_argument("--prefill-tiles", action="store_true",
+                        help="also every tiling the GPU sweep of the prefill kernel tries (kernels.prefill_exact)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="configurations compiled at once, in as many processes (default 1); the output "
                              "keeps the configurations' order")
@@ -386,6 +424,8 @@ def main(argv=None) -> int:
     jobs += [(_append_name(*append), "append", append, args.arch, args.sass) for append in APPEND_CONFIGS]
     jobs += [(_infill_name(block), "infill", block, args.arch, args.sass) for block in INFILL_CONFIGS]
     jobs += [(_exact_merge_name(*c), "exact_merge", c, args.arch, args.sass) for c in EXACT_MERGE_CONFIGS]
+    prefill = PREFILL_CONFIGS + [c for c in PREFILL_SWEEP_CONFIGS if args.prefill_tiles and c not in PREFILL_CONFIGS]
+    jobs += [(_prefill_name(*c), "prefill", c, args.arch, args.sass) for c in prefill]
     # the decode step's dense kernels (kernels/fused_gemv.py, kernels/gemv.py), bf16 and int8 weights
     jobs += [(f"fused-gemv {name}", "fused", name, args.arch, args.sass) for name in build_names()]
     jobs += [("gemv bf16 and int8 weights, unsplit and split-K", "gemv", None, args.arch, args.sass)]

@@ -62,8 +62,11 @@ TILE_CHOICES = (PrefillTiles(128, 64, 8, 3), PrefillTiles(128, 64, 4, 3), Prefil
 
 def default_tiles(D: int, dtype: torch.dtype) -> PrefillTiles:
     """The tiling a call takes unless told: 128 x 64 up to D = 128 (8 warps at 128, 4 below); 64 x 32 for wider
-    heads or fp32, whose tiles take twice the registers and shared memory."""
-    if D > 128 or dtype == torch.float32:
+    heads, whose tiles take twice the registers and shared memory; 32 x 32 for fp32, whose IEEE dots run on the
+    CUDA cores (a fallback: models run 16-bit on GPUs)."""
+    if dtype == torch.float32:
+        return PrefillTiles(32, 32, 4, 2)
+    if D > 128:
         return PrefillTiles(64, 32, 4, 2)
     return PrefillTiles(128, 64, 8 if D > 64 else 4, 3)
 
@@ -108,32 +111,38 @@ def _quantized_tile(q, m_i, l_i, acc, n0, k_ptrs, v_ptrs, stride_kn, stride_vn, 
 def _mixed_tile(q, m_i, l_i, acc, n0, i, last, start, sink, window,
                 k_ptrs, v_ptrs, kn_ptrs, vn_ptrs, pk_ptrs, pv_ptrs, prior_pos, offs_p,
                 stride_kn, stride_vn, stride_knn, stride_vnn, stride_pkn, stride_pvn,
-                offs_n, mask_d, qk_scale, UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr):
+                offs_n, mask_d, qk_scale, PRIOR: tl.constexpr, UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr):
     """Online softmax over keys n0 .. n0 + BLOCK_N - 1 where queries i (BLOCK_M,) (positions) read some keys exact
     and some 8-bit: each key's score and value from the copy its (query, key) pair reads; keys past the query, or
-    past `last` (the block's last query), not at all. prior_pos (PRIOR_BLOCK,) the prior's slots' positions (-1:
-    none), offs_p their indices."""
+    past `last` (the block's last query), not at all. PRIOR: the tile has keys before `start`, whose exact copies
+    are the prior's (prior_pos (PRIOR_BLOCK,) its slots' positions, -1 for none; offs_p their indices); without it
+    every exact copy is the span's."""
     j = n0 + offs_n                                                         # (BLOCK_N,) key positions
     real = j <= last
     tile = real[:, None] & mask_d[None, :]
     kq = _load_rows(k_ptrs, j, stride_kn, tile, UPCAST)                     # (BLOCK_N, BLOCK_D) 8-bit, dequantized
     vq = _load_rows(v_ptrs, j, stride_vn, tile, UPCAST)
-    # exact copies: the span's own from j >= start; before it, the prior slot recording j, if one does
-    in_span = j >= start
-    span_tile = tile & in_span[:, None]
-    ke = _load_rows(kn_ptrs, j - start, stride_knn, span_tile, UPCAST)
-    ve = _load_rows(vn_ptrs, j - start, stride_vnn, span_tile, UPCAST)
-    match = prior_pos[None, :] == j[:, None]                                # (BLOCK_N, PRIOR_BLOCK)
-    held = (tl.max(match.to(tl.int32), axis=1) > 0) & (j < start)           # (BLOCK_N,)
-    slot = tl.sum(tl.where(match, offs_p[None, :], 0), axis=1)              # (BLOCK_N,) (one slot a position)
-    prior_tile = tile & held[:, None]
-    ke = tl.where(in_span[:, None], ke, _load_rows(pk_ptrs, slot, stride_pkn, prior_tile, UPCAST))
-    ve = tl.where(in_span[:, None], ve, _load_rows(pv_ptrs, slot, stride_pvn, prior_tile, UPCAST))
+    if PRIOR:   # the span's own copies from j >= start; before it, the prior slot recording j, if one does
+        in_span = j >= start
+        span_tile = tile & in_span[:, None]
+        match = prior_pos[None, :] == j[:, None]                            # (BLOCK_N, PRIOR_BLOCK)
+        held = (tl.max(match.to(tl.int32), axis=1) > 0) & (j < start)       # (BLOCK_N,)
+        slot = tl.sum(tl.where(match, offs_p[None, :], 0), axis=1)          # (BLOCK_N,) (one slot a position)
+        prior_tile = tile & held[:, None]
+        ke = tl.where(in_span[:, None], _load_rows(kn_ptrs, j - start, stride_knn, span_tile, UPCAST),
+                      _load_rows(pk_ptrs, slot, stride_pkn, prior_tile, UPCAST))
+        ve = tl.where(in_span[:, None], _load_rows(vn_ptrs, j - start, stride_vnn, span_tile, UPCAST),
+                      _load_rows(pv_ptrs, slot, stride_pvn, prior_tile, UPCAST))
+        has_exact = (in_span | held)[None, :]                               # (1, BLOCK_N)
+    else:
+        ke = _load_rows(kn_ptrs, j - start, stride_knn, tile, UPCAST)
+        ve = _load_rows(vn_ptrs, j - start, stride_vnn, tile, UPCAST)
+        has_exact = real[None, :]                                           # (every key past start has one)
     s_rough = _dot(q, tl.trans(kq), IEEE_DOT) * qk_scale                    # (BLOCK_M, BLOCK_N)
     s_exact = _dot(q, tl.trans(ke), IEEE_DOT) * qk_scale
     jj = j[None, :]
     ii = i[:, None]
-    exact = (in_span | held)[None, :] & (jj <= ii) & ((jj < sink) | (jj > ii - window))   # (BLOCK_M, BLOCK_N)
+    exact = has_exact & (jj <= ii) & ((jj < sink) | (jj > ii - window))    # (BLOCK_M, BLOCK_N)
     rough = (jj >= sink) & (jj <= ii - window)                              # (disjoint from `exact`)
     s = tl.where(exact, s_exact, tl.where(rough, s_rough, float("-inf")))
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -145,6 +154,28 @@ def _mixed_tile(q, m_i, l_i, acc, n0, i, last, start, sink, window,
     p_rough = p - p_exact
     acc = acc * alpha[:, None] + _dot(p_exact.to(ve.dtype), ve, IEEE_DOT) + _dot(p_rough.to(vq.dtype), vq, IEEE_DOT)
     return m_new, l_i, acc
+
+
+@triton.jit
+def _mixed_tiles(q, m_i, l_i, acc, lo, hi, i, last, start, sink, window,
+                 k_ptrs, v_ptrs, kn_ptrs, vn_ptrs, pk_ptrs, pv_ptrs, prior_pos, offs_p,
+                 stride_kn, stride_vn, stride_knn, stride_vnn, stride_pkn, stride_pvn,
+                 offs_n, mask_d, qk_scale, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr):
+    """`_mixed_tile` over the tiles from lo up to hi; only those with keys before `start` look at the prior's slots.
+    Not software-pipelined (num_stages=1): six tiles of loads a step, whose stages would take more shared memory than
+    an SM has (288 KB at 128 x 64, D = 128, 3 stages); they are a few steps a program."""
+    for n0 in tl.range(lo, hi, BLOCK_N, num_stages=1):
+        if n0 < start:
+            m_i, l_i, acc = _mixed_tile(q, m_i, l_i, acc, n0, i, last, start, sink, window,
+                                        k_ptrs, v_ptrs, kn_ptrs, vn_ptrs, pk_ptrs, pv_ptrs, prior_pos, offs_p,
+                                        stride_kn, stride_vn, stride_knn, stride_vnn, stride_pkn, stride_pvn,
+                                        offs_n, mask_d, qk_scale, True, UPCAST, IEEE_DOT)
+        else:
+            m_i, l_i, acc = _mixed_tile(q, m_i, l_i, acc, n0, i, last, start, sink, window,
+                                        k_ptrs, v_ptrs, kn_ptrs, vn_ptrs, pk_ptrs, pv_ptrs, prior_pos, offs_p,
+                                        stride_kn, stride_vn, stride_knn, stride_vnn, stride_pkn, stride_pvn,
+                                        offs_n, mask_d, qk_scale, False, UPCAST, IEEE_DOT)
+    return m_i, l_i, acc
 
 
 @triton.jit
@@ -199,20 +230,18 @@ def _prefill_exact_kernel(
     # sink's tiles and it (none where they meet).
     band_lo = tl.maximum(first - window + 1, 0) // BLOCK_N * BLOCK_N
     sink_end = tl.minimum(tl.cdiv(sink, BLOCK_N) * BLOCK_N, band_lo)
-    for n0 in range(0, sink_end, BLOCK_N):
-        m_i, l_i, acc = _mixed_tile(q, m_i, l_i, acc, n0, i, last, start, sink, window,
-                                    k_ptrs, v_ptrs, kn_ptrs, vn_ptrs, pk_ptrs, pv_ptrs, prior_pos, offs_p,
-                                    stride_kn, stride_vn, stride_knn, stride_vnn, stride_pkn, stride_pvn,
-                                    offs_n, mask_d, qk_scale, UPCAST, IEEE_DOT)
+    m_i, l_i, acc = _mixed_tiles(q, m_i, l_i, acc, 0, sink_end, i, last, start, sink, window,       # sink
+                                 k_ptrs, v_ptrs, kn_ptrs, vn_ptrs, pk_ptrs, pv_ptrs, prior_pos, offs_p,
+                                 stride_kn, stride_vn, stride_knn, stride_vnn, stride_pkn, stride_pvn,
+                                 offs_n, mask_d, qk_scale, BLOCK_N, UPCAST, IEEE_DOT)
     whole = tl.full([BLOCK_N], 1, tl.int1)[:, None] & mask_d[None, :]      # (a constant where EVEN_D)
-    for n0 in tl.range(sink_end, band_lo, BLOCK_N):                        # the hot loop
+    for n0 in tl.range(sink_end, band_lo, BLOCK_N):                        # middle: the hot loop
         m_i, l_i, acc = _quantized_tile(q, m_i, l_i, acc, n0, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_n, whole,
                                         qk_scale, UPCAST, IEEE_DOT)
-    for n0 in range(band_lo, last + 1, BLOCK_N):
-        m_i, l_i, acc = _mixed_tile(q, m_i, l_i, acc, n0, i, last, start, sink, window,
-                                    k_ptrs, v_ptrs, kn_ptrs, vn_ptrs, pk_ptrs, pv_ptrs, prior_pos, offs_p,
-                                    stride_kn, stride_vn, stride_knn, stride_vnn, stride_pkn, stride_pvn,
-                                    offs_n, mask_d, qk_scale, UPCAST, IEEE_DOT)
+    m_i, l_i, acc = _mixed_tiles(q, m_i, l_i, acc, band_lo, last + 1, i, last, start, sink, window,  # band
+                                 k_ptrs, v_ptrs, kn_ptrs, vn_ptrs, pk_ptrs, pv_ptrs, prior_pos, offs_p,
+                                 stride_kn, stride_vn, stride_knn, stride_vnn, stride_pkn, stride_pvn,
+                                 offs_n, mask_d, qk_scale, BLOCK_N, UPCAST, IEEE_DOT)
 
     # Every query reads at least its own key (exact, from the span): l_i > 0. The guard keeps padding rows finite.
     out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]

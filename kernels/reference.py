@@ -379,8 +379,9 @@ def prefill_attention_exact(q, k, v, prior: ExactTokens, k_new, v_new, start: in
     k, v = k[:, :, :S], v[:, :, :S]
     sink, window = prior.sink, prior.window
     prior_pos = prior.pos.masked_fill(prior.pos >= start, -1)                          # (B, N) the prefix's only
-    keys = torch.cat((k, prior.k.to(k.dtype), k_new.to(k.dtype)), dim=2)                # (B, Hkv, S + N + T, D)
-    values = torch.cat((v, prior.v.to(v.dtype), v_new.to(v.dtype)), dim=2)
+    empty = (prior_pos < 0)[:, None, :, None]                  # unread slots: a masked NaN would still be NaN
+    keys = torch.cat((k, prior.k.to(k.dtype).masked_fill(empty, 0.0), k_new.to(k.dtype)), dim=2)  # (B, Hkv, S+N+T, D)
+    values = torch.cat((v, prior.v.to(v.dtype).masked_fill(empty, 0.0), v_new.to(v.dtype)), dim=2)
     span = torch.arange(start, start + T, device=q.device)[None].expand(B, T)           # (B, T) positions
     out = torch.empty_like(q)                                                           # (B, Hq, T, D)
     # Queries a block at a time: the mask is (block, S + N + T) booleans, not T x 2S at a long prompt.

@@ -59,9 +59,9 @@ def prefill_attention_exact(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p
 
 
 def _prefill_kernel_applies(q: torch.Tensor) -> bool:
-    """Whether the Triton prefill kernel takes this call: CUDA, and a head dim and dtype the kernels take."""
-    return q.is_cuda and q.shape[-1] in KERNEL_HEAD_DIMS and q.dtype in (torch.float16, torch.bfloat16,
-                                                                         torch.float32)
+    """Whether the Triton prefill kernel takes this call: CUDA, 16-bit (an fp32 model keeps the masked softmax: the
+    kernel's fp32 dots would run on the CUDA cores), and a head dim the kernels take."""
+    return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] in KERNEL_HEAD_DIMS
 
 
 def decode_attention(backend: str, q: torch.Tensor, cache: CacheView, cache_seqlens: torch.Tensor,

@@ -204,3 +204,15 @@ def test_the_dense_kernels_compile_for_sm90_with_bf16_and_int8_weights(compiled)
     assert "error" not in variants and [v["int8_weights"] for v in variants["variants"]] == [False, False, True, True]
     few_rows = compiled["few_rows_int8 unsplit and split-K"]       # (2..16 rows: tests/kernels/test_few_rows_int8.py)
     assert "error" not in few_rows and any(v["split_k"] > 1 for v in few_rows["variants"]), few_rows
+
+
+@pytest.mark.parametrize("config", __import__("kernels.compile_check", fromlist=["x"]).PREFILL_CONFIGS,
+                         ids=lambda c: "-".join(map(str, c)))
+def test_the_prefill_kernel_compiles_for_sm90(compiled, config):
+    """kernels/prefill_exact.py as it launches on the GPU: fits Hopper's shared memory (the mixed tiles' six loads
+    are not staged: 3 stages of them took 288 KB), 16-bit dots on the tensor cores."""
+    from kernels.compile_check import _prefill_name
+    facts = compiled[_prefill_name(*config)]
+    assert "error" not in facts, facts["error"]
+    assert facts["cubin_bytes"] > 0 and facts["shared_bytes"] <= 227 * 1024
+    assert facts["tensor_cores"]

@@ -1,0 +1,137 @@
+"""kernels.prefill_exact (prefill attention over an fp8 cache with exact sink and window tokens) under the interpreter
+against a float64 oracle that picks, per (query, key), the exact or the dequantized copy by position, and
+kernels.reference.prefill_attention_exact (the models' CPU path) against the same oracle. Fresh random inputs,
+NaN-poisoned outputs; the prior's slots in random order with stale (past the span's start) and empty ones (NaN
+values, position -1); spans from 0 and from later starts, shorter than the window, crossing the sink, not a multiple
+of the tile; GQA groups 1, 4, 8; head dims 64, 128 (and 80 in fp32); bf16 and fp16."""
+
+import pytest
+import torch
+from kernel_inputs import quantized_copy
+
+from kernels import reference
+from kernels.prefill_exact import PrefillTiles, default_tiles, prefill_attention_exact
+from kernels.validation import ExactTokens
+
+SINK, WINDOW, RING = 16, 32, 48     # models/kv_cache.py's
+SMALL = PrefillTiles(16, 16, 4, 1)  # several query blocks and key tiles at test sizes: every range of the kernel
+
+
+def make_case(B, Hq, Hkv, start, T, D, dtype, seed, missing=()):
+    """Inputs of one call and what the oracle needs: the true keys and values by position, the dequantized cache,
+    and which positions before `start` the prior holds. The prior (SINK + RING slots, random order) holds the
+    sink and the RING positions before `start`, but for `missing` (a repair's lost window), a stale slot past the
+    span's start (finite garbage) and empty slots (NaN, -1)."""
+    gen = torch.Generator().manual_seed(seed)
+    S = start + T
+    q = torch.randn(B, Hq, T, D, generator=gen).to(dtype)
+    k, v = (torch.randn(B, S, Hkv, D, generator=gen).to(dtype).transpose(1, 2) for _ in range(2))   # (B, Hkv, S, D)
+    k8, k_scale, v8, v_scale = quantized_copy(k, v)
+    k_cache = reference.dequantize(k8, k_scale, dtype)                                  # (B, Hkv, S, D) as prefill
+    v_cache = reference.dequantize(v8, v_scale, dtype)                                  # reads the cache
+    N = SINK + RING
+    prior_k = torch.full((B, Hkv, N, D), float("nan"), dtype=dtype)
+    prior_v = torch.full((B, Hkv, N, D), float("nan"), dtype=dtype)
+    pos = torch.full((B, N), -1, dtype=torch.int64)
+    held = torch.zeros(B, S, dtype=torch.bool)
+    for b in range(B):
+        kept = sorted((set(range(min(SINK, start))) | set(range(max(0, start - RING), start))) - set(missing))
+        slots = torch.randperm(N, generator=gen).tolist()
+        for p, slot in zip(kept, slots):
+            prior_k[b, :, slot], prior_v[b, :, slot], pos[b, slot] = k[b, :, p], v[b, :, p], p
+            held[b, p] = True
+        if len(kept) < N:
+            stale = slots[len(kept)]
+            prior_k[b, :, stale], prior_v[b, :, stale], pos[b, stale] = 7.0, -7.0, start + T // 2   # a later draft
+    prior = ExactTokens(prior_k, prior_v, pos, SINK, WINDOW)
+    k_new, v_new = k[:, :, start:], v[:, :, start:]                                     # strided views, as a model's
+    return q, k_cache, v_cache, prior, k_new, v_new, (k, v, held)
+
+
+def float64_oracle(q, k_cache, v_cache, start, truth):
+    """The query at i reads keys j < SINK and i - WINDOW < j <= i exact (the true copy, where j >= start or the prior
+    holds it; else not at all), keys SINK <= j <= i - WINDOW dequantized. float64."""
+    k, v, held = truth
+    B, Hq, T, D = q.shape
+    group = Hq // k.shape[1]
+    S = start + T
+    exact_k, exact_v, rough_k, rough_v = (t.double().repeat_interleave(group, 1) for t in (k, v, k_cache, v_cache))
+    i = (start + torch.arange(T))[:, None]                                               # (T, 1)
+    j = torch.arange(S)[None]                                                            # (1, S)
+    has_copy = (held | (torch.arange(S) >= start))[:, None, None]                       # (B, 1, 1, S)
+    exact = has_copy & ((j < SINK) | (j > i - WINDOW)) & (j <= i)                        # (B, 1, T, S)
+    rough = (j >= SINK) & (j <= i - WINDOW)                                              # (T, S)
+    qd = q.double() * D ** -0.5
+    scores = torch.where(exact, qd @ exact_k.transpose(-1, -2), qd @ rough_k.transpose(-1, -2))
+    scores = scores.masked_fill(~(exact | rough), float("-inf"))                        # (B, Hq, T, S)
+    p = torch.softmax(scores, dim=-1)
+    return (p * exact) @ exact_v + (p * ~exact) @ rough_v
+
+
+def rel_err(x, ref):
+    return ((x.double() - ref).norm() / ref.norm()).item()
+
+
+def run_case(B, Hq, Hkv, start, T, D, dtype, tiles=SMALL, missing=()):
+    seed = torch.seed() % 2**31
+    q, k_cache, v_cache, prior, k_new, v_new, truth = make_case(B, Hq, Hkv, start, T, D, dtype, seed, missing)
+    out = prefill_attention_exact(q, k_cache, v_cache, prior, k_new, v_new, start, tiles=tiles)
+    assert out.shape == q.shape and out.dtype == dtype
+    assert not out.isnan().any(), f"seed {seed}: an output element was never written, or a NaN slot was read"
+    oracle = float64_oracle(q, k_cache, v_cache, start, truth)
+    # the reference (the models' CPU path) in float64 is the oracle's arithmetic; in the call's dtype it is the
+    # error PyTorch makes, which bounds the kernel's (interpreted: float32 arithmetic, stores that truncate)
+    as64 = [t.double() for t in (q, k_cache, v_cache, k_new, v_new)]
+    prior64 = prior._replace(k=prior.k.double(), v=prior.v.double())
+    twin64 = reference.prefill_attention_exact(as64[0], as64[1], as64[2], prior64, as64[3], as64[4], start)
+    assert rel_err(twin64, oracle) <= 1e-12, f"seed {seed}"
+    twin = reference.prefill_attention_exact(q, k_cache, v_cache, prior, k_new, v_new, start)
+    torch_err, err = rel_err(twin, oracle), rel_err(out, oracle)
+    assert err <= 3 * torch_err, f"seed {seed}: kernel {err:.2e} against PyTorch's {torch_err:.2e} in {dtype}"
+
+
+@pytest.mark.parametrize("B, Hq, Hkv, start, T, D, dtype", [
+    (1, 4, 4, 0, 50, 64, torch.bfloat16),      # from 0: the sink and the band in the span itself
+    (1, 8, 2, 0, 20, 128, torch.float16),      # a span shorter than the window
+    (1, 8, 1, 5, 40, 64, torch.bfloat16),      # a start inside the sink: its first 5 from the prior, the rest new
+    (1, 8, 2, 70, 45, 128, torch.bfloat16),    # a prefix in the cache; T not a multiple of the tiles
+    (1, 4, 4, 100, 10, 64, torch.float16),     # a short span: every window reaches into the prior
+    (2, 8, 1, 64, 33, 64, torch.float16),      # two rows, each its own prior; group 8
+])
+def test_matches_float64_oracle(B, Hq, Hkv, start, T, D, dtype, poisoned_empty):
+    run_case(B, Hq, Hkv, start, T, D, dtype)
+
+
+def test_a_position_no_slot_holds_is_read_by_neither_set(poisoned_empty):
+    """A repair prefill runs without the window before its start: those keys drop out of the softmax, as in the
+    masked softmax of the models' CPU path (the oracle leaves them out)."""
+    run_case(1, 8, 2, 90, 37, 64, torch.bfloat16, missing=(60, 75, 88, 89))
+
+
+def test_default_tiles(poisoned_empty):
+    """The GPU's tiling (128 x 64): one query block, sink, middle and band ranges."""
+    assert default_tiles(128, torch.bfloat16) == PrefillTiles(128, 64, 8, 3)
+    run_case(1, 4, 1, 60, 70, 128, torch.bfloat16, tiles=None)
+
+
+def test_float32_and_an_odd_head_dim(poisoned_empty):
+    """fp32 (IEEE dots on a GPU), head dim 80 (tiles of 128 columns, masked)."""
+    run_case(1, 4, 1, 40, 30, 80, torch.float32, tiles=PrefillTiles(16, 32, 4, 1))
+
+
+def test_refuses_what_it_cannot_compute():
+    q, k_cache, v_cache, prior, k_new, v_new, _ = make_case(1, 4, 2, 20, 8, 64, torch.float16, 0)
+    with pytest.raises(ValueError, match="head dim 8"):
+        small = [t[..., :8] for t in (q, k_cache, v_cache, k_new, v_new)]
+        prefill_attention_exact(small[0], small[1], small[2], prior._replace(k=prior.k[..., :8], v=prior.v[..., :8]),
+                                small[3], small[4], 20)
+    with pytest.raises(ValueError, match="dtype"):
+        prefill_attention_exact(q.float(), k_cache, v_cache, prior, k_new, v_new, 20)
+    with pytest.raises(ValueError, match="S >= start"):
+        prefill_attention_exact(q, k_cache, v_cache, prior, k_new, v_new, 21)
+    with pytest.raises(ValueError, match="start must be"):
+        prefill_attention_exact(q, k_cache, v_cache, prior, k_new, v_new, -1)
+    with pytest.raises(ValueError, match="multiple"):
+        prefill_attention_exact(q[:, :3], k_cache, v_cache, prior, k_new, v_new, 20)
+    with pytest.raises(ValueError, match="int64"):
+        prefill_attention_exact(q, k_cache, v_cache, prior._replace(pos=prior.pos.int()), k_new, v_new, 20)
