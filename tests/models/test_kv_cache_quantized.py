@@ -453,3 +453,36 @@ def test_only_e4m3_keeps_exact_sink_and_window_tokens():
         cache = KVCache(1, 2, 64, 16, torch.float32, "cpu", quant=quant)
         assert (cache.k_exact is not None) == kept and (cache.rows(0, 1).exact is not None) == kept
         assert (exact_bytes_per_row(config, torch.float32, quant) > 0) == kept
+
+
+def test_prefill_through_the_triton_kernel_equals_the_masked_softmax(monkeypatch):
+    """On a GPU an fp8 cache's prefill runs kernels/prefill_exact.py (here interpreted); elsewhere the masked
+    softmax over the dequantized cache and the exact tokens side by side. Both give one model the same logits and
+    exact copies: a cold prefill past the sink and window, a later span reading the first's copies back from the
+    cache, and a repair of a window."""
+    import models.attention
+    from models.config import ModelConfig
+    from models.llama import build_random_model
+    config = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, vocab_size=97)
+    model = build_random_model(config, max_len=128)
+    tokens = torch.randint(0, 97, (1, 100), generator=torch.Generator().manual_seed(torch.seed() % 2**31))
+    kernel = models.attention._prefill_exact()
+    calls = []
+    runs = []
+    with torch.no_grad():
+        for through_kernel in (False, True):
+            monkeypatch.setattr(models.attention, "_prefill_kernel_applies", lambda q: through_kernel)
+            monkeypatch.setattr(models.attention, "_prefill_exact", lambda: lambda *a: calls.append(1) or kernel(*a))
+            model.setup_caches(1, 128, quant="fp8")
+            logits = [model.prefill(tokens[:, :70], all_logits=True),
+                      model.prefill(tokens[:, 70:100], start=70, all_logits=True)]
+            model.prefill(tokens[:, 40:100], start=40, repair=True)
+            caches = [layer.attention.kv_cache for layer in model.layers]
+            runs.append((torch.cat(logits, dim=1), [(c.k_exact.clone(), c.v_exact.clone()) for c in caches]))
+    assert len(calls) == 3 * config.n_layers       # the kernel ran every layer of the second pass's three prefills
+    (masked, masked_exact), (triton, triton_exact) = runs
+    assert masked.abs().max() > 0
+    torch.testing.assert_close(triton, masked, atol=1e-4, rtol=1e-4)
+    for (k, v), (k_triton, v_triton) in zip(masked_exact, triton_exact, strict=True):
+        torch.testing.assert_close(k_triton, k, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(v_triton, v, atol=1e-5, rtol=1e-5)
