@@ -98,10 +98,10 @@ def _quantized_tile(q, m_i, l_i, acc, n0, k_ptrs, v_ptrs, stride_kn, stride_vn, 
     j = n0 + offs_n                                                         # (BLOCK_N,) key positions
     k = _load_rows(k_ptrs, j, stride_kn, tile_mask, UPCAST)                 # (BLOCK_N, BLOCK_D)
     v = _load_rows(v_ptrs, j, stride_vn, tile_mask, UPCAST)
-    s = _dot(q, tl.trans(k), IEEE_DOT) * qk_scale                           # (BLOCK_M, BLOCK_N)
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))                              # finite: every key counts
+    s = _dot(q, tl.trans(k), IEEE_DOT)                                      # (BLOCK_M, BLOCK_N) unscaled
+    m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)                   # finite: every key counts
     alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(s - m_new[:, None])
+    p = tl.exp2(s * qk_scale - m_new[:, None])              # one FFMA a score (the tutorial's), not a FMUL and a FADD
     l_i = l_i * alpha + tl.sum(p, axis=1)
     acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE_DOT)
     return m_new, l_i, acc
@@ -297,13 +297,15 @@ def prefill_attention_exact(q, k, v, prior: ExactTokens, k_new, v_new, start: in
     (B, N), -1 for an empty slot) the row's exact copies of positions before `start` (slots at or past it are
     ignored; a position is held by one slot at most, as the cache's ring keeps them); k_new, v_new (B, Hkv, T, D)
     the span's exact keys and values. All in one of fp16, bf16, fp32, on one device, last dimension contiguous;
-    D in 16..256; Hq a multiple of Hkv. `tiles` (`PrefillTiles`) overrides `default_tiles`. Returns out
+    D in 16..256; Hq a multiple of Hkv; softmax_scale (default D ** -0.5) positive. `tiles` (`PrefillTiles`) overrides `default_tiles`. Returns out
     (B, Hq, T, D) in q's dtype. `compile_only` builds the kernel without launching it and returns its binary.
     CUDA tensors, or CPU ones under TRITON_INTERPRET=1 (slow)."""
     B, Hq, Hkv, T, D = check_prefill_inputs(q, k, v, prior, k_new, v_new, start)
     from kernels.interface import check_launchable       # (lazy: interface imports every decode kernel)
     check_launchable(q.device)
     scale = softmax_scale_of(softmax_scale, D)
+    if scale <= 0:      # (the key loop takes each tile's largest score before scaling it)
+        raise ValueError(f"softmax_scale must be positive here, got {softmax_scale!r}")
     out = torch.empty((B, Hq, T, D), dtype=q.dtype, device=q.device)        # (B, Hq, T, D)
     if T == 0:
         return out

@@ -48,7 +48,7 @@ def make_case(B, Hq, Hkv, start, T, D, dtype, seed, missing=()):
     return q, k_cache, v_cache, prior, k_new, v_new, (k, v, held)
 
 
-def float64_oracle(q, k_cache, v_cache, start, truth):
+def float64_oracle(q, k_cache, v_cache, start, truth, scale=None):
     """The query at i reads keys j < SINK and i - WINDOW < j <= i exact (the true copy, where j >= start or the prior
     holds it; else not at all), keys SINK <= j <= i - WINDOW dequantized. float64."""
     k, v, held = truth
@@ -61,7 +61,7 @@ def float64_oracle(q, k_cache, v_cache, start, truth):
     has_copy = (held | (torch.arange(S) >= start))[:, None, None]                       # (B, 1, 1, S)
     exact = has_copy & ((j < SINK) | (j > i - WINDOW)) & (j <= i)                        # (B, 1, T, S)
     rough = (j >= SINK) & (j <= i - WINDOW)                                              # (T, S)
-    qd = q.double() * D ** -0.5
+    qd = q.double() * (D ** -0.5 if scale is None else scale)
     scores = torch.where(exact, qd @ exact_k.transpose(-1, -2), qd @ rough_k.transpose(-1, -2))
     scores = scores.masked_fill(~(exact | rough), float("-inf"))                        # (B, Hq, T, S)
     p = torch.softmax(scores, dim=-1)
@@ -72,20 +72,21 @@ def rel_err(x, ref):
     return ((x.double() - ref).norm() / ref.norm()).item()
 
 
-def run_case(B, Hq, Hkv, start, T, D, dtype, tiles=SMALL, missing=()):
+def run_case(B, Hq, Hkv, start, T, D, dtype, tiles=SMALL, missing=(), scale=None):
     seed = torch.seed() % 2**31
     q, k_cache, v_cache, prior, k_new, v_new, truth = make_case(B, Hq, Hkv, start, T, D, dtype, seed, missing)
-    out = prefill_attention_exact(q, k_cache, v_cache, prior, k_new, v_new, start, tiles=tiles)
+    out = prefill_attention_exact(q, k_cache, v_cache, prior, k_new, v_new, start, tiles=tiles, softmax_scale=scale)
     assert out.shape == q.shape and out.dtype == dtype
     assert not out.isnan().any(), f"seed {seed}: an output element was never written, or a NaN slot was read"
-    oracle = float64_oracle(q, k_cache, v_cache, start, truth)
+    oracle = float64_oracle(q, k_cache, v_cache, start, truth, scale)
     # the reference (the models' CPU path) in float64 is the oracle's arithmetic; in the call's dtype it is the
     # error PyTorch makes, which bounds the kernel's (interpreted: float32 arithmetic, stores that truncate)
     as64 = [t.double() for t in (q, k_cache, v_cache, k_new, v_new)]
     prior64 = prior._replace(k=prior.k.double(), v=prior.v.double())
-    twin64 = reference.prefill_attention_exact(as64[0], as64[1], as64[2], prior64, as64[3], as64[4], start)
+    twin64 = reference.prefill_attention_exact(as64[0], as64[1], as64[2], prior64, as64[3], as64[4], start,
+                                               softmax_scale=scale)
     assert rel_err(twin64, oracle) <= 1e-12, f"seed {seed}"
-    twin = reference.prefill_attention_exact(q, k_cache, v_cache, prior, k_new, v_new, start)
+    twin = reference.prefill_attention_exact(q, k_cache, v_cache, prior, k_new, v_new, start, softmax_scale=scale)
     torch_err, err = rel_err(twin, oracle), rel_err(out, oracle)
     assert err <= 3 * torch_err, f"seed {seed}: kernel {err:.2e} against PyTorch's {torch_err:.2e} in {dtype}"
 
@@ -115,8 +116,8 @@ def test_default_tiles(poisoned_empty):
 
 
 def test_float32_and_an_odd_head_dim(poisoned_empty):
-    """fp32 (IEEE dots on a GPU), head dim 80 (tiles of 128 columns, masked)."""
-    run_case(1, 4, 1, 40, 30, 80, torch.float32, tiles=PrefillTiles(16, 32, 4, 1))
+    """fp32 (IEEE dots on a GPU), head dim 80 (tiles of 128 columns, masked), a softmax scale of the caller's."""
+    run_case(1, 4, 1, 40, 30, 80, torch.float32, tiles=PrefillTiles(16, 32, 4, 1), scale=0.3)
 
 
 def test_refuses_what_it_cannot_compute():
@@ -133,5 +134,7 @@ def test_refuses_what_it_cannot_compute():
         prefill_attention_exact(q, k_cache, v_cache, prior, k_new, v_new, -1)
     with pytest.raises(ValueError, match="multiple"):
         prefill_attention_exact(q[:, :3], k_cache, v_cache, prior, k_new, v_new, 20)
+    with pytest.raises(ValueError, match="positive"):
+        prefill_attention_exact(q, k_cache, v_cache, prior, k_new, v_new, 20, softmax_scale=-0.1)
     with pytest.raises(ValueError, match="int64"):
         prefill_attention_exact(q, k_cache, v_cache, prior._replace(pos=prior.pos.int()), k_new, v_new, 20)
