@@ -12,6 +12,8 @@ Functions with the contracts of their Triton twins (ARCHITECTURE.md, "Contracts 
 - `append_kv`: writes new keys/values at given positions, quantizing them for an 8-bit cache;
 - `flash_decode_exact_window`: an 8-bit cache whose sink and window tokens are read exact (`ExactTokens`),
   the arithmetic of kernels/exact_window.py;
+- `prefill_attention_exact`: prefill over such a cache, one masked softmax (the models' CPU path; on a GPU
+  kernels/prefill_exact.py);
 - `quantize_fp8`, `quantize_int8` / `dequantize`: the 8-bit arithmetic every path shares;
 - `fused_gemv`, `norm_swiglu`, `qkv_rope`: the fused one-token step's dense kernels (kernels/fused_gemv.py),
   in float64.
