@@ -138,3 +138,16 @@ def test_refuses_what_it_cannot_compute():
         prefill_attention_exact(q, k_cache, v_cache, prior, k_new, v_new, 20, softmax_scale=-0.1)
     with pytest.raises(ValueError, match="int64"):
         prefill_attention_exact(q, k_cache, v_cache, prior._replace(pos=prior.pos.int()), k_new, v_new, 20)
+
+
+def test_the_gpu_check_script_runs_its_dry_run(capsys):
+    """bench/gpu/prefill_exact_check.py --small (the interpreter, two small cases) passes and prints its summary, so
+    the script the H200 runs does not rot between GPU runs."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[2] / "bench" / "gpu" / "prefill_exact_check.py"
+    spec = importlib.util.spec_from_file_location("prefill_exact_check", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--small"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("2 of 2 passed")
