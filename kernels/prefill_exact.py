@@ -139,21 +139,20 @@ def _mixed_tile(q, m_i, l_i, acc, n0, i, last, start, sink, window,
         ke = _load_rows(kn_ptrs, j - start, stride_knn, tile, UPCAST)
         ve = _load_rows(vn_ptrs, j - start, stride_vnn, tile, UPCAST)
         has_exact = real[None, :]                                           # (every key past start has one)
-    s_rough = _dot(q, tl.trans(kq), IEEE_DOT) * qk_scale                    # (BLOCK_M, BLOCK_N)
-    s_exact = _dot(q, tl.trans(ke), IEEE_DOT) * qk_scale
-    jj = j[None, :]
-    ii = i[:, None]
-    exact = has_exact & (jj <= ii) & ((jj < sink) | (jj > ii - window))    # (BLOCK_M, BLOCK_N)
-    rough = (jj >= sink) & (jj <= ii - window)                              # (disjoint from `exact`)
+    s_rough = _dot(q, tl.trans(kq), IEEE_DOT)                               # (BLOCK_M, BLOCK_N) unscaled
+    s_exact = _dot(q, tl.trans(ke), IEEE_DOT)
+    age = i[:, None] - j[None, :]                           # (BLOCK_M, BLOCK_N) how far key j lies behind query i
+    sunk = (j < sink)[None, :]
+    exact = has_exact & (age >= 0) & (sunk | (age < window))
+    rough = (age >= window) & ~sunk                         # (disjoint from `exact`)
     s = tl.where(exact, s_exact, tl.where(rough, s_rough, float("-inf")))
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)    # a query without keys yet: p = 0, alpha finite
     alpha = tl.exp2(m_i - m_use)
-    p = tl.exp2(s - m_use[:, None])                          # 0 where neither set reads the key
+    p = tl.exp2(s * qk_scale - m_use[:, None])              # 0 where neither set reads the key
     l_i = l_i * alpha + tl.sum(p, axis=1)
-    p_exact = tl.where(exact, p, 0.0)
-    p_rough = p - p_exact
-    acc = acc * alpha[:, None] + _dot(p_exact.to(ve.dtype), ve, IEEE_DOT) + _dot(p_rough.to(vq.dtype), vq, IEEE_DOT)
+    acc = acc * alpha[:, None] + _dot(tl.where(exact, p, 0.0).to(ve.dtype), ve, IEEE_DOT) \
+        + _dot(tl.where(rough, p, 0.0).to(vq.dtype), vq, IEEE_DOT)
     return m_new, l_i, acc
 
 
