@@ -192,14 +192,15 @@ PREFILL_SWEEP_CONFIGS = [("fp32", 4, 80, None)] + [("bf16", 1, 128, tuple(t)) fo
 
 def compile_prefill(dtype: str, group: int, D: int, tiles: tuple | None, target: GPUTarget,
                     with_opcodes: bool = False) -> dict:
-    """The prefill kernel as `prefill_attention_exact` launches it (64 exact slots, as models/kv_cache.py keeps)."""
+    """The prefill kernel as `prefill_attention_exact` launches it (16 sink and 64 exact slots, as models/kv_cache.py
+    keeps)."""
     name = _prefill_name(dtype, group, D, tiles)
     tiles = PrefillTiles(*tiles) if tiles else default_tiles(D, {"fp32": torch.float32}.get(dtype, torch.bfloat16))
     elem = POINTER[dtype]
     pointers = dict(Q=elem, K=elem, V=elem, K_NEW=elem, V_NEW=elem, PRIOR_K=elem, PRIOR_V=elem, PRIOR_POS="*i64",
                     OUT=elem)
     binary = _compile(_prefill_exact_kernel, pointers,
-                      prefill_constexprs(tiles, group=group, D=D, N=64, upcast=False, ieee_dot=dtype == "fp32"),
+                      prefill_constexprs(tiles, group=group, D=D, N=64, sink=16, upcast=False, ieee_dot=dtype == "fp32"),
                       target, tiles.num_warps, tiles.num_stages,
                       not_divisible=("T", "start", "N", "sink", "window", "Hq"))
     facts = {"name": name, "tiles": list(tiles), "cubin_bytes": len(binary.asm["cubin"]),

@@ -12,12 +12,13 @@ CodeLlama-7B 554 ms against 273 with a bf16 cache; bench/results/NOTES.md, Run 3
 The kernel is FlashAttention-2's forward (Triton's fused-attention tutorial): one program per (block of BLOCK_M
 queries, query head, row) keeps an online softmax over key blocks of BLOCK_N. A query block's keys fall in three
 ranges, visited in order:
-    sink   [0, sink_end)         mixed tiles: the sink's keys exact, the others 8-bit
-    middle [sink_end, band_lo)   every key 8-bit for every query of the block: a plain flash tile, no mask
+    sink   [0, sink)             one narrow tile (16 keys wide for models/kv_cache.py's sink of 16), read exact
+    middle [sink, band_lo)       every key 8-bit for every query of the block: a plain flash tile, no mask
     band   [band_lo, last + 1)   mixed tiles: window keys exact, older ones 8-bit, later ones masked (causal)
 A mixed tile scores both copies of its keys (two QK dots), picks per (query, key) which one counts, and adds both
-PV dots with the probabilities split between them. Only the sink's tile and the ~(BLOCK_M + window) / BLOCK_N
-band tiles of each query block are mixed, so the cost is about one causal flash forward plus a thin band.
+PV dots with the probabilities split between them (the sink's tile goes through the same code). Only the
+~(BLOCK_M + window) / BLOCK_N band tiles of each query block are mixed, so the cost is about one causal flash
+forward plus a thin band.
 
 Where an exact key of the prefix (j < start) comes from: the slot of `prior` that records position j; the kernel
 finds it by comparing the tile's positions with the slots' (at most a few dozen), so it needs no layout of the
@@ -43,6 +44,7 @@ from kernels.split_kv import _head_dim_mask
 from kernels.validation import (MAX_HEAD_DIM, MIN_HEAD_DIM, ExactTokens, check_exact_tokens, softmax_scale_of)
 
 PREFILL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+NEVER = tl.constexpr(1 << 30)     # an age no (query, key) pair reaches
 LOG2_E = 1.4426950408889634
 
 
@@ -109,17 +111,17 @@ def _quantized_tile(q, m_i, l_i, acc, n0, k_ptrs, v_ptrs, stride_kn, stride_vn, 
 
 
 @triton.jit
-def _mixed_tile(q, m_i, l_i, acc, n0, i, last, start, sink, window,
+def _mixed_tile(q, m_i, l_i, acc, n0, end, i, start, sink, window,
                 k_ptrs, v_ptrs, kn_ptrs, vn_ptrs, pk_ptrs, pv_ptrs, prior_pos, offs_p,
                 stride_kn, stride_vn, stride_knn, stride_vnn, stride_pkn, stride_pvn,
                 offs_n, mask_d, qk_scale, PRIOR: tl.constexpr, UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr):
     """Online softmax over keys n0 .. n0 + BLOCK_N - 1 where queries i (BLOCK_M,) (positions) read some keys exact
     and some 8-bit: each key's score and value from the copy its (query, key) pair reads; keys past the query, or
-    past `last` (the block's last query), not at all. PRIOR: the tile has keys before `start`, whose exact copies
+    from `end` on (past the block's last query, or the sink's end), not at all. PRIOR: the tile has keys before `start`, whose exact copies
     are the prior's (prior_pos (PRIOR_BLOCK,) its slots' positions, -1 for none; offs_p their indices); without it
     every exact copy is the span's."""
     j = n0 + offs_n                                                         # (BLOCK_N,) key positions
-    real = j <= last
+    real = j < end
     tile = real[:, None] & mask_d[None, :]
     kq = _load_rows(k_ptrs, j, stride_kn, tile, UPCAST)                     # (BLOCK_N, BLOCK_D) 8-bit, dequantized
     vq = _load_rows(v_ptrs, j, stride_vn, tile, UPCAST)
@@ -134,17 +136,22 @@ def _mixed_tile(q, m_i, l_i, acc, n0, i, last, start, sink, window,
                       _load_rows(pk_ptrs, slot, stride_pkn, prior_tile, UPCAST))
         ve = tl.where(in_span[:, None], _load_rows(vn_ptrs, j - start, stride_vnn, span_tile, UPCAST),
                       _load_rows(pv_ptrs, slot, stride_pvn, prior_tile, UPCAST))
-        has_exact = (in_span | held)[None, :]                               # (1, BLOCK_N)
+        has_exact = in_span | held                                          # (BLOCK_N,)
     else:
         ke = _load_rows(kn_ptrs, j - start, stride_knn, tile, UPCAST)
         ve = _load_rows(vn_ptrs, j - start, stride_vnn, tile, UPCAST)
-        has_exact = real[None, :]                                           # (every key past start has one)
+        has_exact = real                                                    # (every key past start has one)
     s_rough = _dot(q, tl.trans(kq), IEEE_DOT)                               # (BLOCK_M, BLOCK_N) unscaled
     s_exact = _dot(q, tl.trans(ke), IEEE_DOT)
-    age = i[:, None] - j[None, :]                           # (BLOCK_M, BLOCK_N) how far key j lies behind query i
-    sunk = (j < sink)[None, :]
-    exact = has_exact & (age >= 0) & (sunk | (age < window))
-    rough = (age >= window) & ~sunk                         # (disjoint from `exact`)
+    # Which copy each (query, key) pair reads, from how far key j lies behind query i (one compare each a pair):
+    # exact for 0 <= age < the key's limit (window; any age for a sink key; none without a copy), unsigned so that
+    # a key after its query (age < 0) is never read; 8-bit from age >= window on (never for a sink key, or past end).
+    age = i[:, None] - j[None, :]                                           # (BLOCK_M, BLOCK_N)
+    sunk = j < sink
+    exact_limit = tl.where(has_exact, tl.where(sunk, NEVER, window), 0)    # (BLOCK_N,)
+    rough_from = tl.where(real & ~sunk, window, NEVER)
+    exact = age.to(tl.uint32) < exact_limit[None, :].to(tl.uint32)
+    rough = age >= rough_from[None, :]                                      # (disjoint from `exact`)
     s = tl.where(exact, s_exact, tl.where(rough, s_rough, float("-inf")))
     m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)    # a query without keys yet: p = 0, alpha finite
@@ -157,21 +164,22 @@ def _mixed_tile(q, m_i, l_i, acc, n0, i, last, start, sink, window,
 
 
 @triton.jit
-def _mixed_tiles(q, m_i, l_i, acc, lo, hi, i, last, start, sink, window,
+def _mixed_tiles(q, m_i, l_i, acc, lo, end, i, start, sink, window,
                  k_ptrs, v_ptrs, kn_ptrs, vn_ptrs, pk_ptrs, pv_ptrs, prior_pos, offs_p,
                  stride_kn, stride_vn, stride_knn, stride_vnn, stride_pkn, stride_pvn,
                  offs_n, mask_d, qk_scale, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr):
-    """`_mixed_tile` over the tiles from lo up to hi; only those with keys before `start` look at the prior's slots.
+    """`_mixed_tile` over the keys lo .. end - 1, BLOCK_N (offs_n's length) at a time; only tiles with keys before
+    `start` look at the prior's slots.
     Not software-pipelined (num_stages=1): six tiles of loads a step, whose stages would take more shared memory than
     an SM has (288 KB at 128 x 64, D = 128, 3 stages); they are a few steps a program."""
-    for n0 in tl.range(lo, hi, BLOCK_N, num_stages=1):
+    for n0 in tl.range(lo, end, BLOCK_N, num_stages=1):
         if n0 < start:
-            m_i, l_i, acc = _mixed_tile(q, m_i, l_i, acc, n0, i, last, start, sink, window,
+            m_i, l_i, acc = _mixed_tile(q, m_i, l_i, acc, n0, end, i, start, sink, window,
                                         k_ptrs, v_ptrs, kn_ptrs, vn_ptrs, pk_ptrs, pv_ptrs, prior_pos, offs_p,
                                         stride_kn, stride_vn, stride_knn, stride_vnn, stride_pkn, stride_pvn,
                                         offs_n, mask_d, qk_scale, True, UPCAST, IEEE_DOT)
         else:
-            m_i, l_i, acc = _mixed_tile(q, m_i, l_i, acc, n0, i, last, start, sink, window,
+            m_i, l_i, acc = _mixed_tile(q, m_i, l_i, acc, n0, end, i, start, sink, window,
                                         k_ptrs, v_ptrs, kn_ptrs, vn_ptrs, pk_ptrs, pv_ptrs, prior_pos, offs_p,
                                         stride_kn, stride_vn, stride_knn, stride_vnn, stride_pkn, stride_pvn,
                                         offs_n, mask_d, qk_scale, False, UPCAST, IEEE_DOT)
@@ -191,7 +199,8 @@ def _prefill_exact_kernel(
     stride_pb,
     Hq, T, start, N, D, qk_scale, sink, window,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    PRIOR_BLOCK: tl.constexpr, EVEN_D: tl.constexpr, UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr,
+    SINK_BLOCK: tl.constexpr, PRIOR_BLOCK: tl.constexpr, EVEN_D: tl.constexpr, UPCAST: tl.constexpr,
+    IEEE_DOT: tl.constexpr,
 ):
     """Q (B, Hq, T, D); K, V (B, Hkv, >= start + T, D) the cache dequantized; K_NEW, V_NEW (B, Hkv, T, D) the span's
     exact keys and values; PRIOR_K, PRIOR_V (B, Hkv, N, D) and PRIOR_POS int64 (B, N) the row's exact slots; OUT
@@ -226,19 +235,18 @@ def _prefill_exact_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    # The band starts at the tile of the first query's oldest window key; the middle is what lies between the
-    # sink's tiles and it (none where they meet).
-    band_lo = tl.maximum(first - window + 1, 0) // BLOCK_N * BLOCK_N
-    sink_end = tl.minimum(tl.cdiv(sink, BLOCK_N) * BLOCK_N, band_lo)
-    m_i, l_i, acc = _mixed_tiles(q, m_i, l_i, acc, 0, sink_end, i, last, start, sink, window,       # sink
+    # The sink's keys (at most SINK_BLOCK) are one narrow tile of their own; the other tiles are laid from `sink` on,
+    # and the band starts at the tile of the block's first query's oldest window key: the middle lies between.
+    m_i, l_i, acc = _mixed_tiles(q, m_i, l_i, acc, 0, tl.minimum(sink, last + 1), i, start, sink, window,  # sink
                                  k_ptrs, v_ptrs, kn_ptrs, vn_ptrs, pk_ptrs, pv_ptrs, prior_pos, offs_p,
                                  stride_kn, stride_vn, stride_knn, stride_vnn, stride_pkn, stride_pvn,
-                                 offs_n, mask_d, qk_scale, BLOCK_N, UPCAST, IEEE_DOT)
+                                 tl.arange(0, SINK_BLOCK), mask_d, qk_scale, SINK_BLOCK, UPCAST, IEEE_DOT)
+    band_lo = sink + tl.maximum(first - window + 1 - sink, 0) // BLOCK_N * BLOCK_N
     whole = tl.full([BLOCK_N], 1, tl.int1)[:, None] & mask_d[None, :]      # (a constant where EVEN_D)
-    for n0 in tl.range(sink_end, band_lo, BLOCK_N):                        # middle: the hot loop
+    for n0 in tl.range(sink, band_lo, BLOCK_N):                            # middle: the hot loop
         m_i, l_i, acc = _quantized_tile(q, m_i, l_i, acc, n0, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_n, whole,
                                         qk_scale, UPCAST, IEEE_DOT)
-    m_i, l_i, acc = _mixed_tiles(q, m_i, l_i, acc, band_lo, last + 1, i, last, start, sink, window,  # band
+    m_i, l_i, acc = _mixed_tiles(q, m_i, l_i, acc, band_lo, last + 1, i, start, sink, window,         # band
                                  k_ptrs, v_ptrs, kn_ptrs, vn_ptrs, pk_ptrs, pv_ptrs, prior_pos, offs_p,
                                  stride_kn, stride_vn, stride_knn, stride_vnn, stride_pkn, stride_pvn,
                                  offs_n, mask_d, qk_scale, BLOCK_N, UPCAST, IEEE_DOT)
@@ -316,7 +324,7 @@ def prefill_attention_exact(q, k, v, prior: ExactTokens, k_new, v_new, start: in
             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *k_new.stride()[:3], *v_new.stride()[:3],
             *prior.k.stride()[:3], *prior.v.stride()[:3], prior.pos.stride(0),
             Hq, T, start, N, D, scale * LOG2_E, prior.sink, prior.window)
-    constexprs = prefill_constexprs(tiles, group=Hq // Hkv, D=D, N=N, upcast=not q.is_cuda,
+    constexprs = prefill_constexprs(tiles, group=Hq // Hkv, D=D, N=N, sink=prior.sink, upcast=not q.is_cuda,
                                     ieee_dot=q.dtype == torch.float32)
     if compile_only:
         return _prefill_exact_kernel.warmup(*args, grid=grid, **constexprs, num_warps=tiles.num_warps,
@@ -325,9 +333,11 @@ def prefill_attention_exact(q, k, v, prior: ExactTokens, k_new, v_new, start: in
     return out
 
 
-def prefill_constexprs(tiles: PrefillTiles, *, group: int, D: int, N: int, upcast: bool, ieee_dot: bool) -> dict:
+def prefill_constexprs(tiles: PrefillTiles, *, group: int, D: int, N: int, sink: int, upcast: bool,
+                       ieee_dot: bool) -> dict:
     """The kernel's compile-time arguments (a launch and kernels.compile_check share them)."""
     block_d = max(16, triton.next_power_of_2(D))
     return dict(GROUP=group, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_D=block_d,
+                SINK_BLOCK=max(16, triton.next_power_of_2(max(sink, 1))),
                 PRIOR_BLOCK=max(16, triton.next_power_of_2(max(N, 1))), EVEN_D=D == block_d, UPCAST=upcast,
                 IEEE_DOT=ieee_dot)

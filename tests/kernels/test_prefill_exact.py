@@ -17,7 +17,7 @@ SINK, WINDOW, RING = 16, 32, 48     # models/kv_cache.py's
 SMALL = PrefillTiles(16, 16, 4, 1)  # several query blocks and key tiles at test sizes: every range of the kernel
 
 
-def make_case(B, Hq, Hkv, start, T, D, dtype, seed, missing=()):
+def make_case(B, Hq, Hkv, start, T, D, dtype, seed, missing=(), sink=SINK):
     """Inputs of one call and what the oracle needs: the true keys and values by position, the dequantized cache,
     and which positions before `start` the prior holds. The prior (SINK + RING slots, random order) holds the
     sink and the RING positions before `start`, but for `missing` (a repair's lost window), a stale slot past the
@@ -29,13 +29,13 @@ def make_case(B, Hq, Hkv, start, T, D, dtype, seed, missing=()):
     k8, k_scale, v8, v_scale = quantized_copy(k, v)
     k_cache = reference.dequantize(k8, k_scale, dtype)                                  # (B, Hkv, S, D) as prefill
     v_cache = reference.dequantize(v8, v_scale, dtype)                                  # reads the cache
-    N = SINK + RING
+    N = sink + RING
     prior_k = torch.full((B, Hkv, N, D), float("nan"), dtype=dtype)
     prior_v = torch.full((B, Hkv, N, D), float("nan"), dtype=dtype)
     pos = torch.full((B, N), -1, dtype=torch.int64)
     held = torch.zeros(B, S, dtype=torch.bool)
     for b in range(B):
-        kept = sorted((set(range(min(SINK, start))) | set(range(max(0, start - RING), start))) - set(missing))
+        kept = sorted((set(range(min(sink, start))) | set(range(max(0, start - RING), start))) - set(missing))
         slots = torch.randperm(N, generator=gen).tolist()
         for p, slot in zip(kept, slots):
             prior_k[b, :, slot], prior_v[b, :, slot], pos[b, slot] = k[b, :, p], v[b, :, p], p
@@ -43,12 +43,12 @@ def make_case(B, Hq, Hkv, start, T, D, dtype, seed, missing=()):
         if len(kept) < N:
             stale = slots[len(kept)]
             prior_k[b, :, stale], prior_v[b, :, stale], pos[b, stale] = 7.0, -7.0, start + T // 2   # a later draft
-    prior = ExactTokens(prior_k, prior_v, pos, SINK, WINDOW)
+    prior = ExactTokens(prior_k, prior_v, pos, sink, WINDOW)
     k_new, v_new = k[:, :, start:], v[:, :, start:]                                     # strided views, as a model's
     return q, k_cache, v_cache, prior, k_new, v_new, (k, v, held)
 
 
-def float64_oracle(q, k_cache, v_cache, start, truth, scale=None):
+def float64_oracle(q, k_cache, v_cache, start, truth, scale=None, sink=SINK):
     """The query at i reads keys j < SINK and i - WINDOW < j <= i exact (the true copy, where j >= start or the prior
     holds it; else not at all), keys SINK <= j <= i - WINDOW dequantized. float64."""
     k, v, held = truth
@@ -59,8 +59,8 @@ def float64_oracle(q, k_cache, v_cache, start, truth, scale=None):
     i = (start + torch.arange(T))[:, None]                                               # (T, 1)
     j = torch.arange(S)[None]                                                            # (1, S)
     has_copy = (held | (torch.arange(S) >= start))[:, None, None]                       # (B, 1, 1, S)
-    exact = has_copy & ((j < SINK) | (j > i - WINDOW)) & (j <= i)                        # (B, 1, T, S)
-    rough = (j >= SINK) & (j <= i - WINDOW)                                              # (T, S)
+    exact = has_copy & ((j < sink) | (j > i - WINDOW)) & (j <= i)                        # (B, 1, T, S)
+    rough = (j >= sink) & (j <= i - WINDOW)                                              # (T, S)
     qd = q.double() * (D ** -0.5 if scale is None else scale)
     scores = torch.where(exact, qd @ exact_k.transpose(-1, -2), qd @ rough_k.transpose(-1, -2))
     scores = scores.masked_fill(~(exact | rough), float("-inf"))                        # (B, Hq, T, S)
@@ -72,13 +72,13 @@ def rel_err(x, ref):
     return ((x.double() - ref).norm() / ref.norm()).item()
 
 
-def run_case(B, Hq, Hkv, start, T, D, dtype, tiles=SMALL, missing=(), scale=None):
+def run_case(B, Hq, Hkv, start, T, D, dtype, tiles=SMALL, missing=(), scale=None, sink=SINK):
     seed = torch.seed() % 2**31
-    q, k_cache, v_cache, prior, k_new, v_new, truth = make_case(B, Hq, Hkv, start, T, D, dtype, seed, missing)
+    q, k_cache, v_cache, prior, k_new, v_new, truth = make_case(B, Hq, Hkv, start, T, D, dtype, seed, missing, sink)
     out = prefill_attention_exact(q, k_cache, v_cache, prior, k_new, v_new, start, tiles=tiles, softmax_scale=scale)
     assert out.shape == q.shape and out.dtype == dtype
     assert not out.isnan().any(), f"seed {seed}: an output element was never written, or a NaN slot was read"
-    oracle = float64_oracle(q, k_cache, v_cache, start, truth, scale)
+    oracle = float64_oracle(q, k_cache, v_cache, start, truth, scale, sink)
     # the reference (the models' CPU path) in float64 is the oracle's arithmetic; in the call's dtype it is the
     # error PyTorch makes, which bounds the kernel's (interpreted: float32 arithmetic, stores that truncate)
     as64 = [t.double() for t in (q, k_cache, v_cache, k_new, v_new)]
@@ -107,6 +107,13 @@ def test_a_position_no_slot_holds_is_read_by_neither_set(poisoned_empty):
     """A repair prefill runs without the window before its start: those keys drop out of the softmax, as in the
     masked softmax of the models' CPU path (the oracle leaves them out)."""
     run_case(1, 8, 2, 90, 37, 64, torch.bfloat16, missing=(60, 75, 88, 89))
+
+
+@pytest.mark.parametrize("start", [0, 50])
+def test_a_sink_narrower_than_its_tile(start, poisoned_empty):
+    """A sink of 4 (the decode kernels' tests keep one too): its tile is 16 keys wide, and keys 4..15 belong to the
+    8-bit and band ranges, not to it."""
+    run_case(1, 4, 2, start, 40, 64, torch.float16, tiles=PrefillTiles(16, 32, 4, 1), sink=4)
 
 
 def test_default_tiles(poisoned_empty):
