@@ -200,7 +200,8 @@ def compile_prefill(dtype: str, group: int, D: int, tiles: tuple | None, target:
     pointers = dict(Q=elem, K=elem, V=elem, K_NEW=elem, V_NEW=elem, PRIOR_K=elem, PRIOR_V=elem, PRIOR_POS="*i64",
                     OUT=elem)
     binary = _compile(_prefill_exact_kernel, pointers,
-                      prefill_constexprs(tiles, group=group, D=D, N=64, sink=16, upcast=False, ieee_dot=dtype == "fp32"),
+                      prefill_constexprs(tiles, group=group, D=D, N=64, sink=16, upcast=False,
+                                         ieee_dot=dtype == "fp32"),
                       target, tiles.num_warps, tiles.num_stages,
                       not_divisible=("T", "start", "N", "sink", "window", "Hq"))
     facts = {"name": name, "tiles": list(tiles), "cubin_bytes": len(binary.asm["cubin"]),

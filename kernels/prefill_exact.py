@@ -117,9 +117,9 @@ def _mixed_tile(q, m_i, l_i, acc, n0, end, i, start, sink, window,
                 offs_n, mask_d, qk_scale, PRIOR: tl.constexpr, UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr):
     """Online softmax over keys n0 .. n0 + BLOCK_N - 1 where queries i (BLOCK_M,) (positions) read some keys exact
     and some 8-bit: each key's score and value from the copy its (query, key) pair reads; keys past the query, or
-    from `end` on (past the block's last query, or the sink's end), not at all. PRIOR: the tile has keys before `start`, whose exact copies
-    are the prior's (prior_pos (PRIOR_BLOCK,) its slots' positions, -1 for none; offs_p their indices); without it
-    every exact copy is the span's."""
+    from `end` on (past the block's last query, or the sink's end), not at all. PRIOR: the tile has keys before
+    `start`, whose exact copies are the prior's (prior_pos (PRIOR_BLOCK,) its slots' positions, -1 for none; offs_p
+    their indices); without it every exact copy is the span's."""
     j = n0 + offs_n                                                         # (BLOCK_N,) key positions
     real = j < end
     tile = real[:, None] & mask_d[None, :]
@@ -305,9 +305,9 @@ def prefill_attention_exact(q, k, v, prior: ExactTokens, k_new, v_new, start: in
     (B, N), -1 for an empty slot) the row's exact copies of positions before `start` (slots at or past it are
     ignored; a position is held by one slot at most, as the cache's ring keeps them); k_new, v_new (B, Hkv, T, D)
     the span's exact keys and values. All in one of fp16, bf16, fp32, on one device, last dimension contiguous;
-    D in 16..256; Hq a multiple of Hkv; softmax_scale (default D ** -0.5) positive. `tiles` (`PrefillTiles`) overrides `default_tiles`. Returns out
-    (B, Hq, T, D) in q's dtype. `compile_only` builds the kernel without launching it and returns its binary.
-    CUDA tensors, or CPU ones under TRITON_INTERPRET=1 (slow)."""
+    D in 16..256; Hq a multiple of Hkv; softmax_scale (default D ** -0.5) positive. `tiles` (`PrefillTiles`)
+    overrides `default_tiles`. Returns out (B, Hq, T, D) in q's dtype. `compile_only` builds the kernel without
+    launching it and returns its binary. CUDA tensors, or CPU ones under TRITON_INTERPRET=1 (slow)."""
     B, Hq, Hkv, T, D = check_prefill_inputs(q, k, v, prior, k_new, v_new, start)
     from kernels.interface import check_launchable       # (lazy: interface imports every decode kernel)
     check_launchable(q.device)
