@@ -3,6 +3,7 @@
     from kernels import flash_decode          # the Triton split-KV kernels
     from kernels import append_kv             # write new K/V into a cache (quantizing an 8-bit one)
     from kernels import flash_decode_exact_window   # an 8-bit cache with exact sink and window tokens
+    from kernels import prefill_attention_exact     # its prefill: one flash forward (kernels/prefill_exact.py)
     from kernels import reference             # the same functions in plain PyTorch
 """
 
@@ -17,12 +18,13 @@ try:
     import triton  # noqa: F401
 except ImportError:     # no Triton for this platform (macOS; Windows): the CPU's plain-PyTorch path, no flash_decode
     HAS_TRITON = False
-    flash_decode = flash_decode_exact_window = None
+    flash_decode = flash_decode_exact_window = prefill_attention_exact = None
     append_kv = reference.append_kv     # (what kernels.interface runs off CUDA anyway)
 else:
     HAS_TRITON = True
     from kernels.exact_window import flash_decode_exact_window
     from kernels.interface import append_kv, flash_decode
+    from kernels.prefill_exact import prefill_attention_exact
 
-__all__ = ["HAS_TRITON", "flash_decode", "flash_decode_exact_window", "append_kv", "reference", "plan_launch",
-           "LaunchPlan"]
+__all__ = ["HAS_TRITON", "flash_decode", "flash_decode_exact_window", "prefill_attention_exact", "append_kv",
+           "reference", "plan_launch", "LaunchPlan"]
