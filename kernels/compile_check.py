@@ -182,12 +182,11 @@ def _exact_merge_name(dtype: str, group: int, D: int, read: int, has_quantized: 
 
 
 # the prefill kernel over an fp8 cache's exact tokens (kernels/prefill_exact.py): (q dtype, group, head dim, tiles or
-# None for the default): CodeLlama-7B, -34B, SmolLM2, an odd head dim, D = 256; with `--prefill-tiles` also fp32 (no
-# model takes the kernel in fp32: 25 s to build its CUDA-core dots) and the GPU sweep's other candidates
-# (TILE_CHOICES), ~1.5 min on one core
-PREFILL_CONFIGS = [("bf16", 1, 128, None), ("bf16", 8, 128, None), ("fp16", 3, 64, None), ("bf16", 4, 80, None),
-                   ("bf16", 1, 256, None)]
-PREFILL_SWEEP_CONFIGS = [("fp32", 4, 80, None)] + [("bf16", 1, 128, tuple(t)) for t in TILE_CHOICES]
+# None for the default): CodeLlama-7B, SmolLM2, an odd head dim, D = 256 (each ~8 s on one core; -34B's group of 8
+# changes one division); with `--prefill-tiles` also fp32 (no model takes the kernel in fp32: 25 s to build its
+# CUDA-core dots) and the GPU sweep's other candidates (TILE_CHOICES), ~1.5 min on one core
+PREFILL_CONFIGS = [("bf16", 1, 128, None), ("fp16", 3, 64, None), ("bf16", 4, 80, None), ("bf16", 1, 256, None)]
+PREFILL_SWEEP_CONFIGS = [("bf16", 8, 128, None), ("fp32", 4, 80, None)] + [("bf16", 1, 128, tuple(t)) for t in TILE_CHOICES]
 
 
 def compile_prefill(dtype: str, group: int, D: int, tiles: tuple | None, target: GPUTarget,
