@@ -8,16 +8,18 @@
 # PARTS: any of check e2e prefill (default: all).
 set -uo pipefail
 OUT=${OUT:-bench/scratch/exact-window}; BEFORE=${BEFORE:-bench/scratch/before}; PARTS=${*:-check e2e prefill}
-mkdir -p "$OUT"
+mkdir -p "$OUT"; OUT_ABS=$(realpath "$OUT")
 export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/card.txt"
 if [[ " $PARTS " == *" check "* ]]; then
   PYTHONPATH="$PWD" timeout 200 python bench/gpu/exact_window_check.py > "$OUT/check.md" 2> "$OUT/check.log"
   echo "check: exit $?"; tail -n 1 "$OUT/check.md"; grep FAILED "$OUT/check.md"; tail -n 3 "$OUT/check.log"
 fi
-arm() {   # arm NAME CODE MODEL WEIGHTS CONTEXT
-  PYTHONPATH="$2" timeout 200 python -m models.bench --models "$3" --batches 1 --hf '' --ttft '' --weights "$4" \
-      --kv-caches bf16,fp8 --backends flash --contexts "$5" --out "$OUT/$1" --tag "$1" > "$OUT/$1.log" 2>&1
+arm() {   # arm NAME CODE MODEL WEIGHTS CONTEXT  (run from inside CODE: `python -m` puts the working folder ahead of
+  # PYTHONPATH, so from the repository root both arms imported the repository's code: Run 39's e2e rows, Run 40)
+  (cd "$2" && PYTHONPATH="$2" timeout 200 python -m models.bench --models "$3" --batches 1 --hf '' --ttft '' \
+      --weights "$4" --kv-caches bf16,fp8 --backends flash --contexts "$5" --out "$OUT_ABS/$1" --tag "$1") \
+      > "$OUT/$1.log" 2>&1
   echo "$1: exit $?"; grep -E "^  ours |check" "$OUT/$1.log" | cut -c1-200; rm -f "$OUT/$1"/*.png
 }
 if [[ " $PARTS " == *" e2e "* ]]; then
