@@ -11,8 +11,8 @@ Every reader sees the same quantized values: flash_decode and eager take the sca
 About half the bytes of bf16: twice the context, and half the attention reads.
 int8 (scale amax / 127) is the accurate one: on SmolLM2 over real code its top-1 next token agrees with an
 unquantized cache's at 98.4% of positions (98.2% on 2026-11-30), e4m3's at 95.9%, and 98.6% with the exact sink
-and window tokens below, which fp8 keeps (tests/models/test_kv_cache_accuracy.py; int8 with them 99.6%, but their
-prefill costs a GPU 2-3.6x, so int8 keeps none). The
+and window tokens below, which fp8 keeps (tests/models/test_kv_cache_accuracy.py; int8 with them 99.6%, but it
+meets the bar without them and they cost a GPU's prefill and decode some, so int8 keeps none). The
 kernels take both with the same scales and plans: the append quantizes either, and flash_decode converts
 either in its key loop (bench/results/NOTES.md has their speeds side by side). On a GPU, where the model has
 GQA, an 8-bit V is stored sequence-major, (B, Hkv, D, S_max) seen as (B, Hkv, S_max, D): the layout
@@ -82,8 +82,8 @@ EXACT_SLOTS = EXACT_SINK + EXACT_RING
 # its readers know, stay as they were however long the cache's ring.
 PRIOR_RING = EXACT_WINDOW + MAX_STEP_TOKENS
 # The caches that keep them: e4m3 needs them for the 98% bar; int8 meets it alone (98.2%), and the exact tokens
-# cost a prompt's prefill on a GPU (a 32k prompt 1.46 -> 5.2 s, an 8k one 0.28 -> 0.55 s, CodeLlama-7B shape on an
-# H200: bench/results/NOTES.md, Run 39), so int8, the fast one, stays without them.
+# cost a GPU (CodeLlama-7B shape on an H200, bench/results/NOTES.md Run 40: a 32k prompt's prefill 1.64 s where a
+# bf16 cache's takes 1.41, decode 3-5%), so int8, the fast one, stays without them.
 EXACT_WINDOW_CACHES = ("fp8",)
 POSITION_BYTES = 8        # an exact slot's int64 position
 
