@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "kernels"))
-from kernel_inputs import CACHE_DTYPES, make_inputs, quantized_copy   # noqa: E402
+from kernel_inputs import CACHE_DTYPES, make_inputs, nan_poisoned_empty, quantized_copy   # noqa: E402
 from test_exact_window import TOL, exact_tokens, float64_oracle, rel_err   # noqa: E402
 
 from kernels import flash_decode_exact_window                         # noqa: E402
@@ -28,15 +28,6 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"     # the CPU (TRITON_IN
 SINK, RING = 16, 512                        # models/kv_cache.py's EXACT_SINK and EXACT_RING (the tests' builders' too)
 LOST = 4                                    # stale slots a row (tests/kernels/test_exact_window.py's exact_tokens)
 SHAPES = {"7B": (32, 32, 128, "bhsd"), "34B": (64, 8, 128, "vseq")}   # (Hq, Hkv, D, V layout as the models keep it)
-
-
-def nan_poisoned_empty(real=torch.empty):
-    def empty(*args, **kwargs):
-        t = real(*args, **kwargs)
-        if t.is_floating_point():
-            t.fill_(float("nan"))
-        return t
-    return empty
 
 
 def check(model: str, S: int, kv: str, T: int, splits) -> tuple[float, float, bool]:

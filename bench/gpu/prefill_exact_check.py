@@ -18,27 +18,22 @@ from __future__ import annotations
 
 import statistics
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from kernels import reference
-from kernels.prefill_exact import TILE_CHOICES, PrefillTiles, default_tiles, prefill_attention_exact
-from kernels.validation import ExactTokens
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "kernels"))
+from kernel_inputs import nan_poisoned_empty                          # noqa: E402
+
+from kernels import reference                                         # noqa: E402
+from kernels.prefill_exact import TILE_CHOICES, PrefillTiles, default_tiles, prefill_attention_exact  # noqa: E402
+from kernels.validation import ExactTokens                            # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SINK, WINDOW, RING = 16, 32, 48          # models/kv_cache.py's
 SHAPES = {"7B": (32, 32, 128), "34B": (64, 8, 128)}          # (Hq, Hkv, D)
 DTYPE = torch.bfloat16
-
-
-def nan_poisoned_empty(real=torch.empty):
-    def empty(*args, **kwargs):
-        t = real(*args, **kwargs)
-        if t.is_floating_point():
-            t.fill_(float("nan"))
-        return t
-    return empty
 
 
 def make_case(Hq, Hkv, D, start, T, seed):
