@@ -10,6 +10,7 @@ from . import caches
 from .cancel import CancelOnSigint, InterruptsDeferred
 from .errors import Cancelled, UsageError, not_a_number
 from .render import LiveView, status, warn
+from .repeats import RepeatedLines
 
 # On a CPU a prompt prefills at a few hundred tokens/s: a 1k-token default keeps the first
 # token within seconds. On CUDA the default is the whole context the engine was built for.
@@ -246,14 +247,19 @@ def sampling(args, max_new_tokens: int):
                     speculate=args.speculate)
 
 
-def generate(generation, view):
+def generate(generation, view, *, stop_repeats: bool = False):
     """Stream one generation (a session's, in process or on a server) into a view. Ctrl-C ends it between tokens
     (or the prefill's layers) with finish_reason "cancelled" and the text so far; a closed pipe raises
-    BrokenPipeError."""
+    BrokenPipeError. `stop_repeats` (an inline suggestion): a line written three times running ends it, the copies
+    never shown (codecomplete/repeats.py)."""
     if isinstance(view, LiveView):      # the live line shows speculation's acceptance as it goes
         view.progress = lambda: getattr(generation.engine, "progress", None)
+    repeats = RepeatedLines(view.on_text) if stop_repeats else None
     with CancelOnSigint() as cancel, view:
-        result = generation.run(on_text=view.on_text, should_stop=lambda: cancel() or view.closed)
+        result = generation.run(on_text=repeats.feed if repeats else view.on_text,
+                                should_stop=lambda: cancel() or view.closed or bool(repeats and repeats.looped))
+        if repeats is not None:
+            result = repeats.finish(result)
     if view.closed:
         raise BrokenPipeError
     view.finish(result, generation.engine)

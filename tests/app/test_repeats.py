@@ -1,0 +1,100 @@
+"""An inline suggestion that loops on one line stops where the loop starts (codecomplete/repeats.py): the copies
+are never shown, what streams is what the result says, and text that only looks like a loop passes whole."""
+
+import io
+import random
+from dataclasses import dataclass, field
+
+import pytest
+
+from codecomplete import engines
+from codecomplete.render import PlainView
+from codecomplete.repeats import REPEATS, RepeatedLines
+
+LOOP = "\n    end: int\n    end: int\n    end: int\n    end: int\n    end: int\n"   # the README's first command, once
+
+
+def pieces(text: str, seed: int) -> list[str]:
+    """text cut at random places, as tokens come (a newline alone, inside a piece, or at its end)."""
+    rng = random.Random(seed)
+    cuts = sorted(rng.sample(range(1, len(text)), k=min(len(text) - 1, len(text) // 3)))
+    return [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+
+
+@dataclass
+class Result:
+    text: str
+    finish_reason: str
+    token_ids: list = field(default_factory=list)
+    not_a_number: bool = False
+
+
+def shown(text: str, seed: int = 0) -> tuple[str, bool]:
+    """What streams of text fed in pieces, then finished (what is held passed on), and whether it looped; the
+    finished result says the same text."""
+    out: list[str] = []
+    lines = RepeatedLines(out.append)
+    for piece in pieces(text, seed):
+        lines.feed(piece)
+    result = lines.finish(Result(text, "length"))
+    assert result.text == "".join(out)
+    return result.text, lines.looped
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_line_written_a_third_time_running_ends_it_and_no_copy_is_shown(seed):
+    assert REPEATS == 3
+    assert shown(LOOP, seed) == ("\n    end: int\n", True)
+    assert shown("def f():\n    x = 1\n    x = 1\n    x = 1\n    return x\n", seed) == ("def f():\n    x = 1\n", True)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("text", [
+    "a = 1\na = 1\nb = 2\n",                     # two copies: a line may be written twice
+    "a = 1\na = 1\na = 1.5\n",                   # a third that only starts like the line
+    "x\n\n\n\n\ny\n",                            # blank lines never loop,
+    "x\n    \n    \n    \n    \ny\n",            # nor lines of only spaces
+    "    }\n  }\n}\n",                           # the same text at other indentations is another line
+    "pass\r\npass\r\npass",                      # a last copy not finished: not yet a loop
+    "a\na\nb\na\na\nc",                          # runs broken before their third
+])
+def test_text_that_does_not_loop_streams_whole(seed, text):
+    assert shown(text, seed) == (text, False)
+
+
+def test_crlf_lines_loop_as_lines():
+    assert shown("x = 1\r\nx = 1\r\nx = 1\r\ny\r\n") == ("x = 1\r\n", True)
+
+
+class FakeGeneration:
+    """Writes `text` a character a token, asking should_stop before each, as the engine does; the result says what it
+    wrote, "cancelled" where it was asked to stop (the engine's word for it)."""
+    engine = None
+
+    def __init__(self, text: str) -> None:
+        self.text, self.written = text, ""
+
+    def run(self, on_text, should_stop):
+        for ch in self.text:
+            if should_stop():
+                return Result(self.written, "cancelled")
+            self.written += ch
+            on_text(ch)
+        return Result(self.written, "length")
+
+
+@pytest.mark.parametrize("text, want, reason", [(LOOP, "\n    end: int\n", "stop"),
+                                                ("a\na\nb\n", "a\na\nb\n", "length")])
+def test_a_suggestion_stops_generating_at_the_loop_and_prints_what_it_says(text, want, reason):
+    stream = io.StringIO()
+    generation = FakeGeneration(text)
+    result = engines.generate(generation, PlainView(stream), stop_repeats=True)
+    assert (stream.getvalue(), result.text, result.finish_reason) == (want, want, reason)
+    if reason == "stop":       # generation ended at the third copy's newline: the rest was never generated
+        assert generation.written == "\n    end: int\n    end: int\n    end: int\n"
+
+
+def test_without_stop_repeats_the_loop_is_the_text():
+    stream = io.StringIO()
+    result = engines.generate(FakeGeneration(LOOP), PlainView(stream))
+    assert stream.getvalue() == result.text == LOOP
