@@ -1,0 +1,78 @@
+"""What the fp8 cache's exact sink and window tokens cost the attention call alone: `flash_decode` over the fp8 cache
+against `flash_decode_exact_window` over the same cache with the product's exact slots (a sink of 16, a ring of
+512 holding the row's last positions), CUDA-graph replays, each call its own graph (no step around it: the step's
+PDL overlap is models.bench's). CodeLlama-7B (MHA, V token-major) at 16k and 64k, -34B (GQA, V sequence-major) at
+16k and 128k, batch 1, one token; the planned splits. Run 40 measured the step end to end (7B 64k 127.7 against
+134.5 tok/s without the copies, 34B 128k int8 weights 77.9 against 80.6); this says how much of that is the call.
+
+    python bench/gpu/exact_kernel_cost.py           # from the repository root, on the GPU machine; a table last
+    TRITON_INTERPRET=1 python bench/gpu/exact_kernel_cost.py --small   # a dry run on a CPU (no timings)
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+
+import torch
+
+from kernels import flash_decode, flash_decode_exact_window
+from kernels.interface import as_sequence_major
+from kernels.reference import quantize
+from kernels.validation import ExactTokens
+from models.kv_cache import EXACT_RING, EXACT_SINK, EXACT_WINDOW, exact_slot
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+SHAPES = [("7B", 32, 32, 128, False, 16384), ("7B", 32, 32, 128, False, 65536),
+          ("34B", 64, 8, 128, True, 16384), ("34B", 64, 8, 128, True, 131072)]   # (name, Hq, Hkv, D, V seq-major, S)
+
+
+def inputs(Hq: int, Hkv: int, D: int, seq_major: bool, S: int):
+    """q (1, Hq, 1, D) bf16; an fp8 cache of S random tokens (V sequence-major where asked) with its scales; the
+    exact slots as the cache keeps them for a row of S tokens; lengths (1,) = S."""
+    gen = torch.Generator(device=DEVICE).manual_seed(S + Hq)
+    q = torch.randn(1, Hq, 1, D, generator=gen, device=DEVICE).to(torch.bfloat16)
+    k8, k_scale = quantize(torch.randn(1, Hkv, S, D, generator=gen, device=DEVICE).to(torch.bfloat16),
+                           torch.float8_e4m3fn)
+    v8, v_scale = quantize(torch.randn(1, Hkv, S, D, generator=gen, device=DEVICE).to(torch.bfloat16),
+                           torch.float8_e4m3fn)
+    if seq_major:
+        v8 = as_sequence_major(v8)
+    n = EXACT_SINK + EXACT_RING
+    positions = torch.cat((torch.arange(EXACT_SINK), torch.arange(max(EXACT_SINK, S - EXACT_RING), S))).to(DEVICE)
+    pos = torch.full((1, n), -1, dtype=torch.int64, device=DEVICE)
+    pos[0, exact_slot(positions)] = positions
+    k_exact, v_exact = (torch.randn(1, Hkv, n, D, generator=gen, device=DEVICE).to(torch.bfloat16) for _ in range(2))
+    exact = ExactTokens(k_exact, v_exact, pos, EXACT_SINK, EXACT_WINDOW)
+    lengths = torch.tensor([S], dtype=torch.int32, device=DEVICE)
+    return q, k8, v8, k_scale, v_scale, exact, lengths
+
+
+def replay_us(run, rounds: int = 3) -> float:
+    from kernels.bench import graph_replay_us
+    return statistics.median(graph_replay_us(run, 50) for _ in range(rounds))
+
+
+def main(argv: list[str]) -> int:
+    small = "--small" in argv
+    shapes = [("34B", 8, 2, 64, True, 1100)] if small else SHAPES
+    print(f"{torch.cuda.get_device_name() if DEVICE == 'cuda' else 'CPU, interpreter'}, torch {torch.__version__}")
+    rows = []
+    for name, Hq, Hkv, D, seq_major, S in shapes:
+        q, k8, v8, k_scale, v_scale, exact, lengths = inputs(Hq, Hkv, D, seq_major, S)
+        plain = lambda: flash_decode(q, k8, v8, lengths, k_scale=k_scale, v_scale=v_scale)           # noqa: E731
+        windowed = lambda: flash_decode_exact_window(q, k8, v8, lengths, k_scale=k_scale,           # noqa: E731
+                                                     v_scale=v_scale, exact=exact)
+        if small:     # the dry run: both calls go through, finite
+            assert plain().isfinite().all() and windowed().isfinite().all()
+            rows.append(f"| {name} | {S} | - | - | - |")
+            continue
+        a, b = replay_us(plain), replay_us(windowed)
+        rows.append(f"| {name} | {S} | {a:.1f} | {b:.1f} | {b / a:.3f} |")
+        print(rows[-1], flush=True)
+    print("\n| model | S | fp8 flash_decode (µs) | with the exact tokens (µs) | ratio |\n|---|---|---|---|---|")
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
