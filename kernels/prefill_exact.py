@@ -137,7 +137,7 @@ def _mixed_tile(q, m_i, l_i, acc, n0, end, i, start, sink, window,
                       _load_rows(pk_ptrs, slot, stride_pkn, prior_tile, UPCAST))
         ve = tl.where(in_span[:, None], _load_rows(vn_ptrs, j - start, stride_vnn, span_tile, UPCAST),
                       _load_rows(pv_ptrs, slot, stride_pvn, prior_tile, UPCAST))
-        has_exact = in_span | held                                          # (BLOCK_N,)
+        has_exact = (in_span | held) & real    # (BLOCK_N,): not past `end` (a sink narrower than its tile)
     else:
         ke = _load_rows(kn_ptrs, j - start, stride_knn, tile, UPCAST)
         ve = _load_rows(vn_ptrs, j - start, stride_vnn, tile, UPCAST)

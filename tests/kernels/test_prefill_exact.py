@@ -109,10 +109,11 @@ def test_a_position_no_slot_holds_is_read_by_neither_set(poisoned_empty):
     run_case(1, 8, 2, 90, 37, 64, torch.bfloat16, missing=(60, 75, 88, 89))
 
 
-@pytest.mark.parametrize("start", [0, 50])
+@pytest.mark.parametrize("start", [0, 5, 40, 50])
 def test_a_sink_narrower_than_its_tile(start, poisoned_empty):
     """A sink of 4 (the decode kernels' tests keep one too): its tile is 16 keys wide, and keys 4..15 belong to the
-    8-bit and band ranges, not to it."""
+    8-bit and band ranges, not to it, whether they are the span's own (from 5) or the prior's within a query's window
+    (from 40: 9..15); read there too, they counted twice."""
     run_case(1, 4, 2, start, 40, 64, torch.float16, tiles=PrefillTiles(16, 32, 4, 1), sink=4)
 
 
