@@ -290,8 +290,6 @@ def check_prefill_inputs(q, k, v, prior, k_new, v_new, start) -> tuple[int, int,
     check_exact_tokens(prior, B, Hkv, D, q.device, scaled=True)
     if prior.k.dtype != q.dtype:
         raise ValueError(f"prior k, v have dtype {prior.k.dtype}, q {q.dtype}: all must share one")
-    if prior.k.stride(-1) != 1 or prior.v.stride(-1) != 1:
-        raise ValueError("prior k, v must have a contiguous last dimension (stride 1)")
     return B, Hq, Hkv, T, D
 
 

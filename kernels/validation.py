@@ -77,6 +77,11 @@ def check_exact_tokens(exact, B: int, Hkv: int, D: int, device, scaled: bool) ->
     if exact.k.shape[2] < exact.sink + exact.window:
         raise ValueError(f"exact tokens of {exact.k.shape[2]} slots cannot hold a sink of {exact.sink} and a ring "
                          f"of at least the window's {exact.window} slots")
+    # The kernels index a slot's head dim and a row's positions by offsets from their pointers (strides of the
+    # other dimensions are taken): a strided last dimension would read other slots' values or positions.
+    if exact.k.stride(-1) != 1 or exact.v.stride(-1) != 1 or exact.pos.stride(-1) != 1:
+        raise ValueError(f"exact k, v and pos must have a contiguous last dimension (stride 1), got strides "
+                         f"{exact.k.stride()}, {exact.v.stride()} and {exact.pos.stride()}")
 
 
 def _dtype_names(dtypes) -> str:

@@ -194,6 +194,10 @@ def test_refuses_a_16bit_cache_and_bad_exact_tokens():
                            pos=exact.pos[:, :SINK + WINDOW - 1])
     with pytest.raises(ValueError, match="ring of at least"):     # a window would not fit its ring
         flash_decode_exact_window(q, k8, v8, exact=short, k_scale=ks, v_scale=vs)
+    strided = torch.stack((exact.pos, torch.full_like(exact.pos, -1)), dim=-1)[..., 0]   # (B, N), stride 2
+    for bad in (exact._replace(pos=strided), exact._replace(k=exact.k.transpose(2, 3).contiguous().transpose(2, 3))):
+        with pytest.raises(ValueError, match="contiguous last dimension"):   # (the kernels read other slots')
+            flash_decode_exact_window(q, k8, v8, exact=bad, k_scale=ks, v_scale=vs)
 
 
 @pytest.mark.parametrize("kv, transposed", [("fp8", True), ("int8", True), ("fp8", False)])

@@ -146,6 +146,9 @@ def test_refuses_what_it_cannot_compute():
         prefill_attention_exact(q, k_cache, v_cache, prior, k_new, v_new, 20, softmax_scale=-0.1)
     with pytest.raises(ValueError, match="int64"):
         prefill_attention_exact(q, k_cache, v_cache, prior._replace(pos=prior.pos.int()), k_new, v_new, 20)
+    strided = torch.stack((prior.pos, torch.full_like(prior.pos, -1)), dim=-1)[..., 0]   # (B, N), stride 2
+    with pytest.raises(ValueError, match="contiguous last dimension"):   # (the kernel read every other slot's)
+        prefill_attention_exact(q, k_cache, v_cache, prior._replace(pos=strided), k_new, v_new, 20)
 
 
 def test_the_gpu_check_script_runs_its_dry_run(capsys):
