@@ -18,6 +18,7 @@ themselves (a PyTorch op for it cost a 7B step 32 launches); every shape is stat
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import torch
@@ -47,6 +48,11 @@ def flash_decode_exact_window(q, k_cache, v_cache, cache_seqlens=None, *, k_scal
         # tiles 16 bytes off their 128-byte lines (the 34B step 10% slower, Run 40).
         # The whole cache's plan: the tuned and forced plans (models/step_plans.py) are keyed by its shape.
         plan = plan_for(q, B, Hq, Hkv, S, D, T, True, num_splits, int8=k_cache.dtype == torch.int8)
+        if plan.num_splits > 1 and exact.sink >= plan.block_n:
+            # Splits are laid from key 0 and the first starts at the sink: a sink of a whole tile or more can leave
+            # the first splits of a short row no key, and the combine would read their unwritten partials. One
+            # split always has its keys (models/kv_cache.py's sink of 16 is under every plan's tile: unaffected).
+            plan = dataclasses.replace(plan, num_splits=1)
         # split: the combine merges the exact partials too; unsplit: the split kernel writes out, then a merge
         combined = combine_exact_launch(q4, exact, lengths, scale, S) if plan.num_splits > 1 else None
         out, lse = launch(q4, k_cache, v_cache, lengths, plan, softmax_scale=scale, k_scale=k_scale,

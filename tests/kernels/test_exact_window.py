@@ -153,6 +153,15 @@ def test_a_long_ring_wrapped_several_times_with_stale_slots(T, splits, ring, poi
     run_case(3, 4, 2, S, 32, torch.bfloat16, "fp8", lengths, T, splits, layout="vseq", sink=sink, ring=ring, lost=4)
 
 
+@pytest.mark.parametrize("splits", [None, 4])
+def test_a_sink_as_wide_as_a_tile(splits, poisoned_empty):
+    """A sink of 64 keys, a whole 64-key tile (models/kv_cache.py keeps 16; the kernels take any): the split kernels
+    lay their splits from key 0 and start the first at the sink, so a row of 130 (98 keys before its window) split
+    four ways had a first split of no key, whose unwritten partial the combine read. Such a call runs unsplit."""
+    lengths = torch.tensor([200, 130], dtype=torch.int32)
+    run_case(2, 4, 2, 200, 64, torch.float16, "fp8", lengths, 1, splits, sink=64, ring=64)
+
+
 def test_the_twin_reads_only_the_slots_near_the_queries():
     """`gather_exact` (the twin's and sdpa's reads) hands out the sink and the positions before `end`, each
     checked against its slot's record: the last lap's positions, never an older one left in the ring (there
