@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -93,6 +94,29 @@ class CheckCase:
         return {"dtype": str(self.dtype), "D": self.D, "Hq": self.Hq, "Hkv": self.Hkv, "S": self.S, "T": self.T,
                 "fp8": self.fp8, "int8": self.int8, "splits": self.splits, "layout": self.layout,
                 "options": dict(self.options)}
+
+
+def nan_filled(real=torch.empty):
+    """A stand-in for torch.empty whose float tensors come filled with NaN, so an output element a kernel leaves
+    unwritten (or a partial it should ignore and reads) shows as NaN (the kernel tests' `poisoned_empty` fixture)."""
+    def empty(*args, **kwargs):
+        t = real(*args, **kwargs)
+        if t.is_floating_point():
+            t.fill_(float("nan"))
+        return t
+    return empty
+
+
+@contextmanager
+def nan_poisoned_empty():
+    """Within it, torch.empty is `nan_filled` (the GPU check scripts' outputs: bench/gpu/exact_window_check.py,
+    prefill_exact_check.py)."""
+    real = torch.empty
+    torch.empty = nan_filled(real)
+    try:
+        yield
+    finally:
+        torch.empty = real
 
 
 def poisoned_tails(k, v, scales, lengths):

@@ -18,10 +18,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "kernels"))
-from kernel_inputs import CACHE_DTYPES, make_inputs, nan_poisoned_empty, quantized_copy   # noqa: E402
+from kernel_inputs import CACHE_DTYPES, make_inputs, quantized_copy   # noqa: E402
 from test_exact_window import TOL, exact_tokens, float64_oracle, rel_err   # noqa: E402
 
 from kernels import flash_decode_exact_window                         # noqa: E402
+from kernels.check import nan_poisoned_empty                           # noqa: E402
 from kernels.validation import ExactTokens                             # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"     # the CPU (TRITON_INTERPRET=1, --small): a dry run
@@ -42,15 +43,11 @@ def check(model: str, S: int, kv: str, T: int, splits) -> tuple[float, float, bo
     exact, missing = exact_tokens(k, v, lengths, T, gen, SINK, RING, LOST)
     assert v8.to(DEVICE).stride() == v8.stride()       # .to(DEVICE) keeps a sequence-major V as it is
     gpu_exact = ExactTokens(*(t.to(DEVICE) for t in exact[:3]), exact.sink, exact.window)
-    real_empty = torch.empty
-    torch.empty = nan_poisoned_empty(real_empty)
-    try:
+    with nan_poisoned_empty():
         out, lse = flash_decode_exact_window(q.to(DEVICE), k8.to(DEVICE), v8.to(DEVICE), lengths.to(DEVICE), exact=gpu_exact,
                                              k_scale=k_scale.to(DEVICE), v_scale=v_scale.to(DEVICE), num_splits=splits,
                                              return_lse=True)
         torch.cuda.synchronize() if DEVICE == "cuda" else None
-    finally:
-        torch.empty = real_empty
     out, lse = out.cpu(), lse.cpu()
     ref_out, ref_lse = float64_oracle(q, k, v, k8, v8, {"k_scale": k_scale, "v_scale": v_scale}, lengths, SINK,
                                       missing)

@@ -18,17 +18,14 @@ from __future__ import annotations
 
 import statistics
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "kernels"))
-from kernel_inputs import nan_poisoned_empty                          # noqa: E402
-
-from kernels import reference                                         # noqa: E402
-from kernels.prefill_exact import TILE_CHOICES, PrefillTiles, default_tiles, prefill_attention_exact  # noqa: E402
-from kernels.validation import ExactTokens                            # noqa: E402
+from kernels import reference
+from kernels.check import nan_poisoned_empty
+from kernels.prefill_exact import TILE_CHOICES, PrefillTiles, default_tiles, prefill_attention_exact
+from kernels.validation import ExactTokens
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SINK, WINDOW, RING = 16, 32, 48          # models/kv_cache.py's
@@ -88,13 +85,9 @@ def oracle_error(out, q, k, v, k_cache, v_cache, start, block=1024) -> float:
 def check(model: str, start: int, T: int, seed: int) -> tuple[float, float, bool]:
     Hq, Hkv, D = SHAPES[model]
     q, k_cache, v_cache, prior, k_new, v_new, k, v = make_case(Hq, Hkv, D, start, T, seed)
-    real_empty = torch.empty
-    torch.empty = nan_poisoned_empty(real_empty)
-    try:
+    with nan_poisoned_empty():
         out = prefill_attention_exact(q, k_cache, v_cache, prior, k_new, v_new, start)
         torch.cuda.synchronize() if DEVICE == "cuda" else None
-    finally:
-        torch.empty = real_empty
     twin = reference.prefill_attention_exact(q, k_cache, v_cache, prior, k_new, v_new, start)
     err = oracle_error(out, q, k, v, k_cache, v_cache, start)
     torch_err = oracle_error(twin, q, k, v, k_cache, v_cache, start)

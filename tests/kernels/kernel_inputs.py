@@ -58,14 +58,3 @@ def assert_interpreter_e4m3(got, expected):
     tiny = ((g & 0x7F) <= 8) & ((e & 0x7F) <= 8) & ((g >> 7) == (e >> 7))
     assert ((steps <= 1) | lost_carry | tiny).all() and (steps == 0).float().mean() > 0.9
 
-
-def nan_poisoned_empty(real=torch.empty):
-    """A stand-in for torch.empty whose float tensors come filled with NaN, so a kernel that leaves any output
-    element unwritten (or reads a partial it should ignore) shows up as NaN (the tests' `poisoned_empty` fixture,
-    the GPU check scripts)."""
-    def empty(*args, **kwargs):
-        t = real(*args, **kwargs)
-        if t.is_floating_point():
-            t.fill_(float("nan"))
-        return t
-    return empty
