@@ -110,7 +110,7 @@ def nan_filled(real=torch.empty):
 @contextmanager
 def nan_poisoned_empty():
     """Within it, torch.empty is `nan_filled` (the GPU check scripts' outputs: bench/gpu/exact_window_check.py,
-    prefill_exact_check.py)."""
+    prefill_exact_check.py; the few-rows int8 sweep, kernels/few_rows_int8_bench.py)."""
     real = torch.empty
     torch.empty = nan_filled(real)
     try:

@@ -15,12 +15,12 @@ a tile (`do_not_specialize`), so TILES x {one range, split} builds in all.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 
 import torch
 
+from kernels.check import nan_poisoned_empty
 from kernels.few_rows_int8 import BLOCK_K, NUM_STAGES, NUM_WARPS, few_rows_int8, plan, sm_count, split_for
 
 # (N, K) of the projections of CodeLlama-7B and -34B on one GPU, deep ones first (the split's reason).
@@ -55,23 +55,6 @@ def launches(N: int, K: int, sms: int) -> list[tuple[int, int, int, int, int]]:
         if launch not in out:
             out.append(launch)
     return out
-
-
-@contextlib.contextmanager
-def poisoned_empty():
-    """Every float tensor torch.empty hands out (y, the partials) NaN-filled: an unwritten output shows."""
-    real_empty = torch.empty
-
-    def empty(*args, **kwargs):
-        t = real_empty(*args, **kwargs)
-        if t.is_floating_point():
-            t.fill_(float("nan"))
-        return t
-    torch.empty = empty
-    try:
-        yield
-    finally:
-        torch.empty = real_empty
 
 
 def sweep(shapes: dict[str, tuple[int, int]], rows: list[int], device: torch.device, timer, bandwidth: float,
@@ -115,7 +98,7 @@ def sweep(shapes: dict[str, tuple[int, int]], rows: list[int], device: torch.dev
             us = {}
             for launch in candidates:
                 try:
-                    with poisoned_empty():
+                    with nan_poisoned_empty():      # (y and the partials: an unwritten output shows)
                         y = call(launch, *weights[-1])                                        # (M, N)
                 except Exception as error:      # (a build or launch refused: reported, the sweep goes on)
                     wrong.append(f"{name} M={M} {launch}: {type(error).__name__}: {str(error)[-300:]}")
