@@ -486,3 +486,44 @@ def test_prefill_through_the_triton_kernel_equals_the_masked_softmax(monkeypatch
     for (k, v), (k_triton, v_triton) in zip(masked_exact, triton_exact, strict=True):
         torch.testing.assert_close(k_triton, k, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(v_triton, v, atol=1e-5, rtol=1e-5)
+
+
+def test_edits_of_a_long_prompt_reuse_the_product_rings_window_as_a_cold_prefill_would(tmp_path, llama_tokenizer,
+                                                                                       monkeypatch):
+    """The engine end to end with the product's ring (a sink of 16, a window of 32, 512 slots), not a patched one: a
+    prompt of 1,000 tokens and its answer, then edits that cut it back by 10, 100, 480 tokens (the window's copies
+    still in the ring: the prefix kept, no repair) and by 481, 600 (repaired from `repair_span` before the cut), each
+    answering what a cold engine answers, to its logprobs; then the edits one after another, speculation on."""
+    from tiny_models import save_tiny_llama
+    save_tiny_llama(tmp_path, llama_tokenizer, n_kv_heads=2, max_position_embeddings=1200)
+    warm, cold = (load_model(str(tmp_path), device="cpu", max_context=1200, kv_cache="fp8") for _ in range(2))
+    repairs = []
+    prefill = warm.model.prefill
+    monkeypatch.setattr(warm.model, "prefill", lambda *a, **kw: repairs.append(kw.get("repair")) or prefill(*a, **kw))
+    base = torch.randint(5, 200, (1000,), generator=torch.Generator().manual_seed(0)).tolist()
+    config = GenerationConfig(max_new_tokens=5, speculate=0, logprobs=1)
+
+    def answers_as_cold(prompt, result):
+        cold.clear_prefix_cache()
+        want = cold.generate(prompt, GenerationConfig(max_new_tokens=5, speculate=0, logprobs=1))
+        assert result.token_ids == want.token_ids
+        for got, expected in zip(result.logprobs, want.logprobs, strict=True):
+            assert abs(got.logprob - expected.logprob) < 1e-4
+
+    for cut in (10, 100, 480, 481, 600):
+        warm.clear_prefix_cache()
+        held = base + warm.generate(base, config).token_ids[:-1]             # every token the row holds
+        written = int(cache_of(warm).exact_pos[0].max()) + 1
+        assert written == len(held)
+        prompt = held[:written - cut] + [3, 4, 5]
+        repairs.clear()
+        result = warm.generate(prompt, config)
+        assert result.reused_prefix_tokens == written - cut
+        assert repairs.count(True) == (cut > 480), (cut, repairs)
+        answers_as_cold(prompt, result)
+    held = base
+    for cut in (10, 100, 490, 30, 2):                                        # one edit after another
+        prompt = held[:len(held) - cut] + [7, 8, 9]
+        result = warm.generate(prompt, GenerationConfig(max_new_tokens=5, speculate=3, logprobs=1))
+        answers_as_cold(prompt, result)
+        held = prompt + result.token_ids
