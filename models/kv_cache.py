@@ -392,13 +392,19 @@ def check_kv_cache_fits(config: ModelConfig, batch: int, max_len: int, dtype: to
     fit = capacity_tokens(config, batch, dtype, device, quant, loading)
     if max_len > fit:
         from models.weights_memory import size_text
-        free = fit * per_token + exact
+        # (measured, not fit x per_token + exact: where not even the exact tokens fit, that overstated it)
+        free = max(0, free_memory_bytes(device) - HEADROOM_BYTES - loading)
         weights = f" and the {size_text(loading)} of weights to load" if loading else ""
+        if fit == 0 and exact:      # a row's exact tokens are a fixed cost: no smaller context fits
+            advice = (f"its exact sink and window tokens alone take {exact / 2**30:.2f} GiB (--kv-cache int8 keeps "
+                      f"none)")
+        else:
+            advice = "ask for a smaller context" + ("" if quant else " (or an 8-bit cache, --kv-cache fp8 or int8: "
+                                                                     "about half the bytes per token)")
         raise OutOfMemoryError(
             f"{name}: a {cache_dtype_name(quant, dtype)} KV cache of {max_len} tokens x batch {batch} needs "
             f"{(per_token * max_len + exact) / 2**30:.2f} GiB but only about {free / 2**30:.2f} GiB of {device.type} "
-            f"memory is free (after 1 GiB headroom{weights}); about {fit} tokens would fit: ask for a smaller context"
-            + ("" if quant else " (or an 8-bit cache, --kv-cache fp8 or int8: about half the bytes per token)"))
+            f"memory is free (after 1 GiB headroom{weights}); about {fit} tokens would fit: {advice}")
 
 
 def capacity_tokens(config: ModelConfig, batch: int, dtype: torch.dtype, device: torch.device,

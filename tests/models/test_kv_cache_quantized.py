@@ -314,6 +314,22 @@ def wide_ring(monkeypatch) -> None:
     monkeypatch.setattr("models.kv_cache.EXACT_SLOTS", 28)
 
 
+def test_out_of_memory_where_not_even_the_exact_tokens_fit(monkeypatch):
+    """fp8's exact sink and window tokens are a fixed cost a row, 264 MiB for CodeLlama-7B with the 512-slot ring:
+    with 100 MiB free past the headroom the message gives the memory free as measured and says what takes it (it
+    said 0.26 GiB free, 0 tokens' worth plus the exact tokens, and to ask for a smaller context, which cannot help);
+    where tokens fit it is as before."""
+    from models.config import preset
+    from models.kv_cache import check_kv_cache_fits
+    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + (100 << 20))
+    config, cpu = preset("codellama-7b"), torch.device("cpu")
+    with pytest.raises(OutOfMemoryError, match=r"only about 0\.10 GiB .* about 0 tokens would fit: its exact sink and "
+                                               r"window tokens alone take 0\.26 GiB \(--kv-cache int8 keeps none\)"):
+        check_kv_cache_fits(config, 1, 4096, torch.bfloat16, cpu, "CodeLlama-7B", "fp8")
+    with pytest.raises(OutOfMemoryError, match=r"only about 0\.10 GiB .* about 200 tokens would fit: ask for a smaller"):
+        check_kv_cache_fits(config, 1, 4096, torch.bfloat16, cpu, "CodeLlama-7B")
+
+
 @pytest.mark.parametrize("quant", EXACT_WINDOW_CACHES)
 def test_a_cut_within_the_rings_surplus_needs_no_repair(tiny_checkpoint, monkeypatch, quant):
     """An edit cutting the row back by more than a window and a step (4 + 4 here, 32 + 16 in the product) but at
