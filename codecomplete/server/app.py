@@ -30,6 +30,13 @@ from .worker import MAX_WAITING, Busy, EngineWorker
 # arriving: its result, an ApiError (408: not in time; 503: the server stops), is raised by the app's next read of
 # the body, so that the app answers it in the route's protocol's shape.
 CUT = "codecomplete.cut"
+# A request's head: its request line's target (path and query) may take MAX_TARGET_BYTES (cpp-httplib's limit, that
+# of llama.cpp's server: a 414 past it), the request line and header fields together MAX_HEAD_BYTES (h11's default
+# bound on what it holds unparsed, Node's limit too: a 431 past it). Editors send a few hundred bytes of each.
+# cpp-httplib (httplib.h, 0.53) answers a header line over 8 KiB or more than 100 headers with a plain 400, and
+# drops a connection whose line passes 32 KiB without an answer; 431 is HTTP's status for it (RFC 6585).
+MAX_TARGET_BYTES = 8 * 1024
+MAX_HEAD_BYTES = 16 * 1024
 T = TypeVar("T")
 
 
@@ -152,6 +159,40 @@ class LocalNamesOnly:
         return await self.app(scope, receive, send)
 
 
+def head_error(target_bytes: int, head_bytes: int) -> ApiError | None:
+    """The error for a request head of these sizes (its request line's target; its request line and header fields
+    together), or None where it is within the limits."""
+    if target_bytes > MAX_TARGET_BYTES:
+        return ApiError(414, f"the request's URL is longer than {MAX_TARGET_BYTES:,} bytes")
+    if head_bytes > MAX_HEAD_BYTES:
+        return ApiError(431, f"the request's header fields are larger than {MAX_HEAD_BYTES:,} bytes "
+                             "(with its request line)")
+    return None
+
+
+class HeadLimits:
+    """A request whose head is over the limits (`head_error`) is answered 414 or 431 in its route's shape, and its
+    connection closed, before any other check. A head that arrives bit by bit is held by h11 up to MAX_HEAD_BYTES,
+    then refused by the connection (serve._Connection); one that arrives in a single read of the socket (up to
+    256 KiB) is parsed whole, and refused here."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            target = len(scope["raw_path"]) + (len(scope["query_string"]) + 1 if scope["query_string"] else 0)
+            # as sent: "METHOD TARGET HTTP/1.1\r\n", each "name: value\r\n", the blank line
+            head = (len(scope["method"]) + target + 11 + sum(len(name) + len(value) + 4
+                                                             for name, value in scope["headers"]) + 2)
+            error = head_error(target, head)
+            if error is not None:
+                response = _error_response(Request(scope), error)
+                response.headers["Connection"] = "close"     # its body, if any, is not read
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 class BodyCuts:
     """Reads of a request's body that end with the connection's cut (`CUT`) when it comes first."""
 
@@ -224,6 +265,7 @@ def create_app(server: Server) -> FastAPI:
 
     app.add_middleware(LocalNamesOnly, server=server)
     app.add_middleware(BodyCuts)
+    app.add_middleware(HeadLimits)         # (the last added runs first)
     return app
 
 

@@ -26,7 +26,7 @@ from ..cli import package_version
 from ..errors import AppError, Stopped, UsageError
 from ..session import Sampling, open_session
 from . import native, warming
-from .app import CUT, Server, create_app
+from .app import CUT, MAX_HEAD_BYTES, Server, create_app, head_error
 from .errors import ApiError, error_body
 from .discovery import announce
 from .warming import PromptWarmer
@@ -80,7 +80,8 @@ def run_serve(args) -> None:
         gc.freeze()
     info["prompt_budget"] = server.prompt_budget
     config = uvicorn.Config(create_app(server), log_level="warning", access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=GRACE_S, http=_Connection)
+                            timeout_graceful_shutdown=GRACE_S, http=_Connection,
+                            h11_max_incomplete_event_size=MAX_HEAD_BYTES)
     print(f"codecomplete: {warmed}", file=sys.stderr, flush=True)
     print(f"codecomplete: serving {root} ({len(session.index.files):,} files) with {engine.name} "
           f"({engine.device}, {engine.precision}, {engine.attention}) on {url} · prompts of {server.prompt_budget:,} "
@@ -170,7 +171,10 @@ class _Connection(H11Protocol):
     - on a stop signal, a request whose headers or body are still arriving is answered 503 at once (uvicorn waited
       out its grace period, cancelled the app and answered a text/plain 500 with a traceback in the log); an answer
       whose client takes none of its bytes (its writes paused) after DROP_S more is dropped, not waited for.
-    - a request h11 cannot parse is a JSON 400 (uvicorn's is text/plain).
+    - a request h11 cannot parse is a JSON 400 (uvicorn's is text/plain); one whose head h11 stopped holding, past
+      MAX_HEAD_BYTES without its end, a 414 where its request line is that long or its target over MAX_TARGET_BYTES,
+      else a 431 (uvicorn answered both 400; a head that came in one read was parsed whole and served, however
+      large: app.HeadLimits refuses those).
     """
 
     def connection_made(self, transport) -> None:
@@ -251,7 +255,16 @@ class _Connection(H11Protocol):
         self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
-        """h11 could not parse the request (a bad request line, headers over its limit): a JSON 400."""
+        """h11 could not parse the request: a JSON 400; a head over h11's bound (MAX_HEAD_BYTES) without its end, a
+        414 or 431. (uvicorn calls this inside its `except h11.RemoteProtocolError`, whose hint says which.)"""
+        error = sys.exc_info()[1]
+        if isinstance(error, h11.RemoteProtocolError) and error.error_status_hint == 431:
+            held = self.conn.trailing_data[0]          # the head so far, over MAX_HEAD_BYTES
+            line, ended, _ = held.partition(b"\n")
+            parts = line.split(b" ")
+            target = len(parts[1]) if ended and len(parts) > 1 else len(held)   # a request line without its end: 414
+            self._answer(head_error(target, len(held)))
+            return
         self._answer(ApiError(400, "the request is not valid HTTP/1.1"))
 
     def shutdown(self) -> None:

@@ -306,3 +306,68 @@ def test_nan_and_infinity_literals_are_not_json(server):
             error = response.json()["error"]
             assert response.status_code == 400, (path, literal, response.text)
             assert "JSON" in (error if path.startswith("/api/") else error["message"]), response.text
+
+
+def _send_head(url: str, data: bytes, piece: int | None = None) -> tuple[int, dict, bytes, bool]:
+    """Send `data` at once, or `piece` bytes at a time until the server answers (h11 then holds the head unparsed
+    until it is too long, where at once it parses whatever one read of the socket brings); the answer, and whether
+    the server closed the connection after it."""
+    with socket.create_connection(_address(url), timeout=30) as connection:
+        try:
+            if piece is None:
+                connection.sendall(data)
+            else:
+                for start in range(0, len(data), piece):
+                    if select.select([connection], [], [], 0.002)[0]:      # answered already
+                        break
+                    connection.sendall(data[start:start + piece])
+        except OSError:       # (the server closed as the rest came: its answer is still there to read)
+            pass
+        status, headers, body = _read_response(connection)
+        try:
+            closed = connection.recv(1) == b""
+        except ConnectionError:
+            closed = True
+        return status, headers, body, closed
+
+
+def test_a_head_over_the_limits_is_431_or_a_url_414_in_the_route_s_shape(server):
+    """A header of 100 KB, or 300 headers of 30 KB together, got a 200 when they came in one read of the socket and
+    a 400 "not valid HTTP" when they came in pieces (h11 holds 16 KiB unparsed); a 100 KB URL the same. Now the head
+    (request line and headers) may take MAX_HEAD_BYTES and the URL MAX_TARGET_BYTES (cpp-httplib's, llama.cpp's
+    server's), however it arrives: past them a 431 or a 414 in the route's shape, the connection closed, and the
+    server serves on."""
+    from codecomplete.server.app import MAX_HEAD_BYTES, MAX_TARGET_BYTES
+
+    host = b"Host: localhost\r\n"
+    one_header = b"X-Big: " + b"a" * 100_000 + b"\r\n"
+    many_headers = b"".join(b"X-Header-%d: %s\r\n" % (i, b"b" * 100) for i in range(300))
+    cases = {
+        "one header": (b"GET /health HTTP/1.1\r\n" + host + one_header + b"\r\n", 431),
+        "many headers": (b"GET /health HTTP/1.1\r\n" + host + many_headers + b"\r\n", 431),
+        "just over": (b"GET /health HTTP/1.1\r\n" + host + b"X-Big: " + b"c" * MAX_HEAD_BYTES + b"\r\n\r\n", 431),
+        "a body's": (b"POST /completion HTTP/1.1\r\n" + host + many_headers + b"Content-Length: 2\r\n\r\n{}", 431),
+        "ollama": (b"POST /api/generate HTTP/1.1\r\n" + host + one_header + b"Content-Length: 2\r\n\r\n{}", 431),
+        "long url": (b"GET /health?q=" + b"q" * 100_000 + b" HTTP/1.1\r\n" + host + b"\r\n", 414),
+        "url over": (b"GET /v1/models?q=" + b"q" * MAX_TARGET_BYTES + b" HTTP/1.1\r\n" + host + b"\r\n", 414),
+        "ollama url": (b"GET /api/tags?q=" + b"q" * 100_000 + b" HTTP/1.1\r\n" + host + b"\r\n", 414),
+    }
+    for name, (data, expected) in cases.items():
+        for piece in (None, 1000):
+            status, headers, body, closed = _send_head(server.url, data, piece)
+            assert (status, closed) == (expected, True), (name, piece, status, body[:200])
+            assert headers["content-type"] == "application/json", (name, piece, headers)
+            error = json.loads(body)["error"]
+            if name.startswith("ollama"):
+                assert isinstance(error, str) and ("header" in error if expected == 431 else "URL" in error), error
+            else:
+                assert error["code"] == expected and error["type"] == "invalid_request_error", (name, error)
+                assert ("header" if expected == 431 else "URL") in error["message"], (name, error)
+    # within the limits: served, whether they come at once or in pieces
+    within = b"X-Fine: " + b"d" * (MAX_HEAD_BYTES - 1024) + b"\r\n"
+    for data in (b"GET /health HTTP/1.1\r\n" + host + within + b"Connection: close\r\n\r\n",
+                 b"GET /health?q=" + b"e" * (MAX_TARGET_BYTES - len(b"/health?q=")) + b" HTTP/1.1\r\n" + host + b"Connection: close\r\n\r\n"):
+        for piece in (None, 1000):
+            assert _send_head(server.url, data, piece)[0] == 200
+    assert httpx.post(server.url + "/completion", json={"prompt": "x", "n_predict": 1}, timeout=300).status_code == 200
+    assert "Traceback" not in server.log()
