@@ -9,6 +9,16 @@ seconds, the thread does one slice of idle work (the index catching up with the 
 the prompt caches), then waits again: a request that arrives meanwhile waits for that slice at most. The first slice
 after a request comes sooner, after `upkeep_after_s` of quiet (UPKEEP_AFTER_S).
 
+A stream's client may read slower than the engine writes, or stop reading and keep its connection open: uvicorn's
+`send` then waits for the socket (its flow control), and the events the engine thread made piled up behind it without
+bound (a client reading none of a 150-token stream with n_probs 20,000 held 1.5 GB, and the engine ran on to its last
+token). Each job now holds at most MAX_UNREAD text events its request has not taken: the engine thread waits for room,
+and when none comes for STALL_S it stops that generation, which ends with a 408 error event, as a stop signal's 503
+ends one. The engine thread is shared, so it cannot wait long for one client: the wait (a client that reads nothing
+delays the requests behind it by STALL_S once) is the price of not cutting a reader that is slow for a moment, and
+bounded memory is what the bound buys. Before the engine waits, the socket's buffers (the kernel's, and the 64 KiB
+uvicorn's transport holds) must be full: an ordinary stream, a few hundred small events, never waits.
+
 The server's warm-up runs on this thread too (`first`), before any request: some of what it prepares is kept per
 thread. PyTorch keeps cuDNN's attention plans in a thread-local cache (aten/src/ATen/native/cudnn/MHA.cpp), so
 prefill spans warmed on the main thread left the engine thread to build its own plan at its first cold prefill:
@@ -34,6 +44,8 @@ MAX_WAITING = 8          # requests queued behind the running one; more get 503
 # needs it to send the answer's end (a completion that ended at its first token reached the client 15-20 ms late
 # on an H200's host, Run 29), and a keystroke that follows at once runs before it.
 UPKEEP_AFTER_S = 0.05
+MAX_UNREAD = 8           # a job's text events its request has not taken (a stream whose client reads nothing)
+STALL_S = 2.0            # the engine thread waits this long for room among them, then stops the generation
 
 
 class Busy(Exception):
@@ -83,12 +95,32 @@ class Job:
         self.healing_tokens = 0
         self._loop = loop
         self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._unread = 0                 # text events sent and not yet taken by the request's coroutine
+        self._room = threading.Condition()
+        self.stalled = False             # stopped because its client took none of its text for STALL_S
 
     def cancel(self, error: ApiError | None = None) -> None:
         """Stop at the next token; with `error`, end with it rather than with the text so far, which would pass for
         a whole answer (a stream's normal end, a 200)."""
         self.error = self.error or error
         self.cancelled.set()
+        with self._room:                 # (a reentrant lock: a signal handler may call this on the event loop's thread)
+            self._room.notify_all()      # the engine thread waiting for room goes on, to stop
+
+    def _wait_for_room(self) -> None:
+        """On the engine thread, before a text event: wait while MAX_UNREAD wait to be taken; none taken for STALL_S,
+        stop the job (the event still goes: no text is lost, should it be the generation's last)."""
+        with self._room:
+            if not self._room.wait_for(lambda: self._unread < MAX_UNREAD or self.cancelled.is_set(), STALL_S):
+                self.stalled = True
+                self.cancel(ApiError(408, f"the client read none of the stream for {STALL_S:g} s: its generation "
+                                          "was stopped"))
+            self._unread += 1
+
+    def _taken(self) -> None:
+        with self._room:
+            self._unread -= 1
+            self._room.notify_all()
 
     def send(self, kind: str, value: object = None, tokens: list[int] | None = None, logprobs: list | None = None,
              described: list | None = None) -> None:
@@ -103,6 +135,8 @@ class Job:
         """Every event up to and including the last ("done" or "error")."""
         while True:
             event = await self._events.get()
+            if event.kind == "text":
+                self._taken()
             yield event
             if event.kind in ("done", "error"):
                 return
@@ -129,6 +163,7 @@ class Job:
             stop = stop_when is not None and stop_when(delta)   # first: what it decides is known when the text is
             described = self.describe(tokens, logprobs) if self.describe is not None and tokens else []
             self.carried += len(tokens)
+            self._wait_for_room()
             self.send("text", delta, tokens, logprobs, described)
             if stop:
                 self.cancelled.set()
@@ -255,6 +290,9 @@ class EngineWorker:
                 else:
                     job.send("done", result, described=finished)
                 self._log(_summary(job, result, time.perf_counter() - started))
+                if job.stalled:
+                    self._log(f"{job.label} · request {job.id} · stopped: its client read none of the stream for "
+                              f"{STALL_S:g} s")
                 if result.not_a_number:
                     self._log(f"{job.label} · request {job.id} · warning: {not_a_number(result)}")
             finally:

@@ -3,6 +3,7 @@ slowly or never finish it, a stop signal while bodies are still arriving or whil
 requests whose answers take heavy tokenizer work, and bodies other servers accept. Each answer is the protocol's
 own error shape with its status, and the server serves on (or, stopped, ends promptly and cleanly)."""
 import json
+import os
 import select
 import signal
 import socket
@@ -370,4 +371,59 @@ def test_a_head_over_the_limits_is_431_or_a_url_414_in_the_route_s_shape(server)
         for piece in (None, 1000):
             assert _send_head(server.url, data, piece)[0] == 200
     assert httpx.post(server.url + "/completion", json={"prompt": "x", "n_predict": 1}, timeout=300).status_code == 200
+    assert "Traceback" not in server.log()
+
+
+def _rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the server's memory from /proc")
+def test_a_stream_whose_client_reads_nothing_is_stopped_with_bounded_memory(server):
+    """A client that opens a stream and reads nothing, its connection open: the engine ran the generation to its
+    last token, the events it made piling up behind uvicorn's paused send (150 tokens with n_probs 20,000: 1.5 GB,
+    25 s of the engine). Now the engine thread waits for room among MAX_UNREAD unread events, then stops the
+    generation after STALL_S; the server serves others meanwhile, and a client that reads at last finds the stream
+    ended by a 408 error event, never passing for a whole answer."""
+    from codecomplete.server.worker import MAX_UNREAD, STALL_S
+
+    n_predict = 200
+    mark = len(server.log())
+    before = _rss_bytes(server.process.pid)
+    quiet = socket.socket()
+    quiet.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    quiet.connect(_address(server.url))
+    try:
+        body = json.dumps({"prompt": "def main():", "n_predict": n_predict, "ignore_eos": True, "stream": True,
+                           "n_probs": 20_000}).encode()
+        quiet.sendall(b"POST /completion HTTP/1.1\r\n" + HEAD + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        started = time.monotonic()
+        summary = None
+        while summary is None and time.monotonic() - started < 120:        # the request's line in the log
+            time.sleep(0.2)
+            lines = server.log()[mark:].splitlines()
+            # the line before the engine's "stopped" line (the engine thread writes both), or one of all its tokens
+            summary = next((before for before, line in zip(lines, lines[1:]) if "read none of the stream" in line),
+                           next((line for line in lines if f" · {n_predict} tokens · " in line), None))
+        grown = _rss_bytes(server.process.pid) - before
+        generated = int(summary.split(" tokens · ")[0].rsplit(" ", 1)[1])
+        assert generated < MAX_UNREAD + 20 and summary.endswith("cancelled"), summary
+        assert f"read none of the stream for {STALL_S:g} s" in server.log()[mark:]
+        assert grown < 512 * 2**20, grown
+        assert time.monotonic() - started < STALL_S + 30
+        response = httpx.post(server.url + "/completion", json={"prompt": "x", "n_predict": 1}, timeout=60)
+        assert response.status_code == 200
+        quiet.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)     # (a window under a segment crawls)
+        quiet.settimeout(30)
+        data = b""
+        while not data.endswith(b"0\r\n\r\n"):             # the client reads at last: the stream's end
+            chunk = quiet.recv(1 << 20)
+            assert chunk, data[-300:]
+            data += chunk
+        last = data.rstrip(b"\r\n0").rsplit(b"data: ", 1)[1]
+        assert b'"code":408' in last and b"read none of the stream" in last, last[-300:]
+    finally:
+        quiet.close()
+    assert httpx.get(server.url + "/health").status_code == 200
     assert "Traceback" not in server.log()
