@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import gc
 import http
 import ipaddress
 import os
 import signal
 import socket
+import struct
 import sys
 import time
 
@@ -29,6 +31,8 @@ from . import native, warming
 from .app import CUT, MAX_HEAD_BYTES, Server, create_app, head_error
 from .errors import ApiError, error_body
 from .discovery import announce
+from .streaming import DROP
+from .worker import STALL_S
 from .warming import PromptWarmer
 
 DEFAULT_MAX_TOKENS = 256      # per request, when it sets no limit
@@ -171,6 +175,8 @@ class _Connection(H11Protocol):
     - on a stop signal, a request whose headers or body are still arriving is answered 503 at once (uvicorn waited
       out its grace period, cancelled the app and answered a text/plain 500 with a traceback in the log); an answer
       whose client takes none of its bytes (its writes paused) after DROP_S more is dropped, not waited for.
+    - a stream the engine stopped because its client read nothing (worker.STALL_S) is dropped if its client has
+      still taken none of its bytes STALL_S later (`DROP`, `_stalled`).
     - a request h11 cannot parse is a JSON 400 (uvicorn's is text/plain); one whose head h11 stopped holding, past
       MAX_HEAD_BYTES without its end, a 414 where its request line is that long or its target over MAX_TARGET_BYTES,
       else a 431 (uvicorn answered both 400; a head that came in one read was parsed whole and served, however
@@ -182,6 +188,7 @@ class _Connection(H11Protocol):
         self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
         self._head = bytearray()        # this request's first bytes
         self._request_timer: asyncio.TimerHandle | None = None
+        self._resumed = 0               # times its writes resumed: its client took bytes
 
     def connection_lost(self, exc) -> None:
         self._stop_request_clock()
@@ -209,6 +216,7 @@ class _Connection(H11Protocol):
         cut the clock can make (its app has not run yet); a request all in stops the clock."""
         if self.cycle is not cycle:
             self.cycle.scope[CUT] = self.loop.create_future()
+            self.cycle.scope[DROP] = functools.partial(self._stalled, self.cycle)
         if self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):       # all in (or the connection is done)
             self._stop_request_clock()
 
@@ -275,9 +283,31 @@ class _Connection(H11Protocol):
             self.loop.call_later(DROP_S, self._drop_if_unread, cycle)
         super().shutdown()
 
-    def _drop_if_unread(self, cycle) -> None:
+    def resume_writing(self) -> None:
+        self._resumed += 1
+        super().resume_writing()
+
+    def _stalled(self, cycle) -> None:
+        """The engine stopped this stream's generation: its client read none of it for STALL_S (worker.py). Reading
+        nothing STALL_S more, it is dropped: else its socket, its coroutine and the events it left unread stayed
+        for as long as it kept the connection open."""
+        self.loop.call_later(STALL_S, self._drop_if_unread, cycle, self._resumed)
+
+    def _drop_if_unread(self, cycle, resumed: int | None = None) -> None:
+        """Abort the connection of an answer not complete whose client takes nothing now (its writes paused), and
+        has taken nothing since its writes had resumed `resumed` times, where given."""
+        if resumed is not None and self._resumed != resumed:
+            return
         if not cycle.response_complete and self.flow.write_paused and not self.transport.is_closing():
-            self.transport.abort()     # its client takes nothing: the answer's end (a 503 frame) cannot reach it
+            # Its client takes nothing: the answer's end (a 503 or 408 frame) cannot reach it. A reset, not a close:
+            # a close would leave the bytes it never read in the kernel, behind them the FIN it would never get.
+            connection = self.transport.get_extra_info("socket")
+            if connection is not None:
+                try:
+                    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                except OSError:
+                    pass
+            self.transport.abort()
 
 
 def _phrase(status: int) -> bytes:

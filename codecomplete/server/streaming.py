@@ -18,6 +18,10 @@ from starlette.responses import Response, StreamingResponse
 from .errors import api_error
 from .worker import Event, Job
 
+# The scope's function, from the server's connection (serve._Connection), that drops the connection if its client
+# goes on reading nothing: called when the engine stopped a generation whose stream it did not read (worker.STALL_S).
+DROP = "codecomplete.drop"
+
 
 def compact(obj) -> str:
     """One line of JSON without spaces: llama.vim looks for `"content":"` byte for byte."""
@@ -43,6 +47,7 @@ class Running:
         self.job = job
         self.finished: list = []         # the "done" event's `described` (what the job's `finish` made), once `result`
         self._events = job.events()
+        job.on_stall = request.scope.get(DROP)
         self._watcher = asyncio.ensure_future(_cancel_on_disconnect(request, job))
 
     async def started(self):

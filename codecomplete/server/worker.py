@@ -14,7 +14,8 @@ A stream's client may read slower than the engine writes, or stop reading and ke
 bound (a client reading none of a 150-token stream with n_probs 20,000 held 1.5 GB, and the engine ran on to its last
 token). Each job now holds at most MAX_UNREAD text events its request has not taken: the engine thread waits for room,
 and when none comes for STALL_S it stops that generation, which ends with a 408 error event, as a stop signal's 503
-ends one. The engine thread is shared, so it cannot wait long for one client: the wait (a client that reads nothing
+ends one; a client that still reads nothing STALL_S later has its connection dropped (serve._Connection), which would
+otherwise hold its socket, its coroutine and those events for as long as the client kept it open. The engine thread is shared, so it cannot wait long for one client: the wait (a client that reads nothing
 delays the requests behind it by STALL_S once) is the price of not cutting a reader that is slow for a moment, and
 bounded memory is what the bound buys. Before the engine waits, the socket's buffers (the kernel's, and the 64 KiB
 uvicorn's transport holds) must be full: an ordinary stream, a few hundred small events, never waits.
@@ -98,6 +99,9 @@ class Job:
         self._unread = 0                 # text events sent and not yet taken by the request's coroutine
         self._room = threading.Condition()
         self.stalled = False             # stopped because its client took none of its text for STALL_S
+        # Called on the event loop when it stalled: the request's connection drops a client that goes on reading
+        # nothing (streaming.Running sets it, from serve._Connection), so that it holds no socket and no events.
+        self.on_stall: Callable[[], None] | None = None
 
     def cancel(self, error: ApiError | None = None) -> None:
         """Stop at the next token; with `error`, end with it rather than with the text so far, which would pass for
@@ -115,6 +119,11 @@ class Job:
                 self.stalled = True
                 self.cancel(ApiError(408, f"the client read none of the stream for {STALL_S:g} s: its generation "
                                           "was stopped"))
+                if self.on_stall is not None:
+                    try:
+                        self._loop.call_soon_threadsafe(self.on_stall)
+                    except RuntimeError:     # the event loop is closed: the server has stopped
+                        pass
             self._unread += 1
 
     def _taken(self) -> None:

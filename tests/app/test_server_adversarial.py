@@ -427,3 +427,33 @@ def test_a_stream_whose_client_reads_nothing_is_stopped_with_bounded_memory(serv
         quiet.close()
     assert httpx.get(server.url + "/health").status_code == 200
     assert "Traceback" not in server.log()
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_INFO"), reason="reads the connection's state from TCP_INFO (Linux)")
+def test_a_stream_s_client_that_goes_on_reading_nothing_is_dropped(server):
+    """The generation stopped, a client that still reads nothing held its connection, its coroutine and the events
+    it left unread for as long as it kept the socket open: STALL_S after the stop it is dropped."""
+    from codecomplete.server.worker import STALL_S
+
+    mark = len(server.log())
+    quiet = socket.socket()
+    quiet.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    quiet.connect(_address(server.url))
+    try:
+        body = json.dumps({"prompt": "def main():", "n_predict": 200, "ignore_eos": True, "stream": True,
+                           "n_probs": 20_000}).encode()
+        quiet.sendall(b"POST /completion HTTP/1.1\r\n" + HEAD + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        started = time.monotonic()
+        while "read none of the stream" not in server.log()[mark:] and time.monotonic() - started < 120:
+            time.sleep(0.1)
+        stopped = time.monotonic()
+        established = lambda: quiet.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == 1  # noqa: E731
+        assert established()                    # (read nothing, and the server has not closed it)
+        while established() and time.monotonic() - stopped < STALL_S + 10:
+            time.sleep(0.1)
+        took = time.monotonic() - stopped
+        assert not established() and STALL_S - 0.5 < took < STALL_S + 5, took
+    finally:
+        quiet.close()
+    assert httpx.post(server.url + "/completion", json={"prompt": "x", "n_predict": 1}, timeout=60).status_code == 200
+    assert "Traceback" not in server.log()
