@@ -14,11 +14,13 @@ A stream's client may read slower than the engine writes, or stop reading and ke
 bound (a client reading none of a 150-token stream with n_probs 20,000 held 1.5 GB, and the engine ran on to its last
 token). Each job now holds at most MAX_UNREAD text events its request has not taken: the engine thread waits for room,
 and when none comes for STALL_S it stops that generation, which ends with a 408 error event, as a stop signal's 503
-ends one; a client that still reads nothing STALL_S later has its connection dropped (serve._Connection), which would
-otherwise hold its socket, its coroutine and those events for as long as the client kept it open. The engine thread is shared, so it cannot wait long for one client: the wait (a client that reads nothing
-delays the requests behind it by STALL_S once) is the price of not cutting a reader that is slow for a moment, and
-bounded memory is what the bound buys. Before the engine waits, the socket's buffers (the kernel's, and the 64 KiB
-uvicorn's transport holds) must be full: an ordinary stream, a few hundred small events, never waits.
+ends one; a client that still reads nothing STALL_S later has its connection reset (serve._Connection), which would
+otherwise hold its socket, its coroutine and those events for as long as the client kept it open.
+Why stop rather than pause: the engine thread is shared, and a paused generation would hold it (and the KV cache) for
+everyone. So it waits a little only: a client that reads nothing delays the requests behind it by STALL_S once, the
+price of not cutting a reader that is slow for a moment; bounded memory is what the bound buys. Before the engine
+waits, the socket's buffers (the kernel's, and the 64 KiB uvicorn's transport holds) must be full: an ordinary
+stream, a few hundred small events, never waits.
 
 The server's warm-up runs on this thread too (`first`), before any request: some of what it prepares is kept per
 thread. PyTorch keeps cuDNN's attention plans in a thread-local cache (aten/src/ATen/native/cudnn/MHA.cpp), so

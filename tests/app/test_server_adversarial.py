@@ -367,7 +367,8 @@ def test_a_head_over_the_limits_is_431_or_a_url_414_in_the_route_s_shape(server)
     # within the limits: served, whether they come at once or in pieces
     within = b"X-Fine: " + b"d" * (MAX_HEAD_BYTES - 1024) + b"\r\n"
     for data in (b"GET /health HTTP/1.1\r\n" + host + within + b"Connection: close\r\n\r\n",
-                 b"GET /health?q=" + b"e" * (MAX_TARGET_BYTES - len(b"/health?q=")) + b" HTTP/1.1\r\n" + host + b"Connection: close\r\n\r\n"):
+                 b"GET /health?q=" + b"e" * (MAX_TARGET_BYTES - len(b"/health?q=")) + b" HTTP/1.1\r\n" + host
+                 + b"Connection: close\r\n\r\n"):
         for piece in (None, 1000):
             assert _send_head(server.url, data, piece)[0] == 200
     assert httpx.post(server.url + "/completion", json={"prompt": "x", "n_predict": 1}, timeout=300).status_code == 200
