@@ -114,7 +114,8 @@ def exact_bytes_per_row(config: ModelConfig, dtype: torch.dtype, quant: str | No
 def exact_slot(positions: torch.Tensor) -> torch.Tensor:
     """The exact slot of each position (any shape, int64): the position itself below EXACT_SINK, else its place
     in the ring (`kernels.reference.ring_slot` with this cache's sizes: the layout every reader relies on)."""
-    return torch.where(positions < EXACT_SINK, positions, EXACT_SINK + (positions - EXACT_SINK) % EXACT_RING)
+    from kernels.reference import ring_slot      # (lazily, as `rows` imports ExactTokens)
+    return ring_slot(positions, EXACT_SINK, EXACT_RING)
 
 
 class CacheView(NamedTuple):

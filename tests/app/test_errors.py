@@ -148,15 +148,21 @@ def _cli_in_a_child_without_torch(body: str) -> None:
                    env={**os.environ, "CODECOMPLETE_SERVER": "", "CODECOMPLETE_MODEL": ""})
 
 
+def _one_file_repo(tmp_path):
+    """tmp_path/repo holding a.py, for a command line that completes in it."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "a.py").write_text("x = 1\n")
+    return repo
+
+
 def test_a_missing_model_is_said_before_torch_is_imported(tmp_path):
     """`--model ~/models/typo.gguf`: the missing file was said only after torch, transformers and the repository's
     index had loaded (4-6 s on a CPU, a whole index on a large repository). Said at once now, with the same message
     and exit code, for --model, $CODECOMPLETE_MODEL and `serve`; not where --server names a server, which loads its
     own model (the path need not exist here)."""
     missing = str(tmp_path / "models" / "typo.gguf")
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    (repo / "a.py").write_text("x = 1\n")
+    repo = _one_file_repo(tmp_path)
     _cli_in_a_child_without_torch(
             f"    assert main(['--model', {missing!r}, '--prompt', 'x']) == 2\n"
             f"    assert main([{str(repo)!r}, '--file', 'a.py', '--model', {missing!r}]) == 2\n"
@@ -176,9 +182,7 @@ def test_a_model_folder_without_a_checkpoint_is_said_before_torch_is_imported(tm
     """`--model ~/models` (the folder above the checkpoint's): "no config.json" came after torch and the index."""
     empty = tmp_path / "models"
     empty.mkdir()
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    (repo / "a.py").write_text("x = 1\n")
+    repo = _one_file_repo(tmp_path)
     _cli_in_a_child_without_torch(
             f"    assert main([{str(repo)!r}, '--file', 'a.py', '--model', {str(empty)!r}]) == 2\n"
             f"assert err.getvalue().startswith('codecomplete: error: ' + {str(empty)!r} + ': no config.json'), "
