@@ -6,6 +6,7 @@ PDL overlap is models.bench's). CodeLlama-7B (MHA, V token-major) at 16k and 64k
 134.5 tok/s without the copies, 34B 128k int8 weights 77.9 against 80.6); this says how much of that is the call.
 
     python bench/gpu/exact_kernel_cost.py           # from the repository root, on the GPU machine; a table last
+    python bench/gpu/exact_kernel_cost.py --ragged  # rows of S - 37 tokens: splits end off a whole tile
     TRITON_INTERPRET=1 python bench/gpu/exact_kernel_cost.py --small   # a dry run on a CPU (no timings)
 """
 from __future__ import annotations
@@ -16,7 +17,8 @@ import sys
 import torch
 
 from kernels import flash_decode, flash_decode_exact_window
-from kernels.interface import as_sequence_major
+from kernels.exact_window import combine_exact_launch
+from kernels.interface import as_sequence_major, launch, plan_for
 from kernels.reference import quantize
 from kernels.validation import ExactTokens
 from models.kv_cache import EXACT_RING, EXACT_SINK, EXACT_WINDOW, exact_slot
@@ -26,7 +28,7 @@ SHAPES = [("7B", 32, 32, 128, False, 16384), ("7B", 32, 32, 128, False, 65536),
           ("34B", 64, 8, 128, True, 16384), ("34B", 64, 8, 128, True, 131072)]   # (name, Hq, Hkv, D, V seq-major, S)
 
 
-def inputs(Hq: int, Hkv: int, D: int, seq_major: bool, S: int):
+def inputs(Hq: int, Hkv: int, D: int, seq_major: bool, S: int, short: int = 0):
     """q (1, Hq, 1, D) bf16; an fp8 cache of S random tokens (V sequence-major where asked) with its scales; the
     exact slots as the cache keeps them for a row of S tokens; lengths (1,) = S."""
     gen = torch.Generator(device=DEVICE).manual_seed(S + Hq)
@@ -43,7 +45,7 @@ def inputs(Hq: int, Hkv: int, D: int, seq_major: bool, S: int):
     pos[0, exact_slot(positions)] = positions
     k_exact, v_exact = (torch.randn(1, Hkv, n, D, generator=gen, device=DEVICE).to(torch.bfloat16) for _ in range(2))
     exact = ExactTokens(k_exact, v_exact, pos, EXACT_SINK, EXACT_WINDOW)
-    lengths = torch.tensor([S], dtype=torch.int32, device=DEVICE)
+    lengths = torch.tensor([S - short], dtype=torch.int32, device=DEVICE)   # (the slots hold S's: timing only)
     return q, k8, v8, k_scale, v_scale, exact, lengths
 
 
@@ -54,22 +56,40 @@ def replay_us(run, rounds: int = 3) -> float:
 
 def main(argv: list[str]) -> int:
     small = "--small" in argv
+    # --ragged: each row S - 37 tokens long, as a decode step mostly finds it (no split ends on a whole tile)
+    short = 37 if "--ragged" in argv else 0
     shapes = [("34B", 8, 2, 64, True, 1100)] if small else SHAPES
     print(f"{torch.cuda.get_device_name() if DEVICE == 'cuda' else 'CPU, interpreter'}, torch {torch.__version__}")
     rows = []
     for name, Hq, Hkv, D, seq_major, S in shapes:
-        q, k8, v8, k_scale, v_scale, exact, lengths = inputs(Hq, Hkv, D, seq_major, S)
+        q, k8, v8, k_scale, v_scale, exact, lengths = inputs(Hq, Hkv, D, seq_major, S, short)
         plain = lambda: flash_decode(q, k8, v8, lengths, k_scale=k_scale, v_scale=v_scale)           # noqa: E731
         windowed = lambda: flash_decode_exact_window(q, k8, v8, lengths, k_scale=k_scale,           # noqa: E731
                                                      v_scale=v_scale, exact=exact)
-        if small:     # the dry run: both calls go through, finite
+        # Attribution, one part each (the whole call's plan, as flash_decode_exact_window launches it): the split
+        # kernels' shifted span (key_start, seqlen_shift) with the plain combine; the plain span with the exact
+        # combine (wrong numbers, the same work).
+        plan = plan_for(q, 1, Hq, Hkv, S, D, 1, True, None, int8=False)
+        scale = D ** -0.5
+        shifted = lambda: launch(q, k8, v8, lengths, plan, softmax_scale=scale, k_scale=k_scale,    # noqa: E731
+                                 v_scale=v_scale, seqlen_shift=exact.window, key_start=exact.sink)
+        shift_only = lambda: launch(q, k8, v8, lengths, plan, softmax_scale=scale, k_scale=k_scale, # noqa: E731
+                                    v_scale=v_scale, seqlen_shift=exact.window)
+        combined = combine_exact_launch(q, exact, lengths, scale, S)
+        exact_combine = lambda: launch(q, k8, v8, lengths, plan, softmax_scale=scale,              # noqa: E731
+                                       k_scale=k_scale, v_scale=v_scale, exact=combined)
+        if small:     # the dry run: every call goes through, finite
             assert plain().isfinite().all() and windowed().isfinite().all()
-            rows.append(f"| {name} | {S} | - | - | - |")
+            assert shifted()[0].isfinite().all() and exact_combine()[0].isfinite().all()
+            assert shift_only()[0].isfinite().all()
+            rows.append(f"| {name} | {S} | - | - | - | - | - | - |")
             continue
-        a, b = replay_us(plain), replay_us(windowed)
-        rows.append(f"| {name} | {S} | {a:.1f} | {b:.1f} | {b / a:.3f} |")
+        a, b, c, e = (replay_us(f) for f in (plain, windowed, shifted, shift_only))
+        d = replay_us(exact_combine) if plan.num_splits > 1 else float("nan")   # (unsplit: a merge kernel after)
+        rows.append(f"| {name} | {S} | {a:.1f} | {b:.1f} | {b / a:.3f} | {c:.1f} | {e:.1f} | {d:.1f} |")
         print(rows[-1], flush=True)
-    print("\n| model | S | fp8 flash_decode (µs) | with the exact tokens (µs) | ratio |\n|---|---|---|---|---|")
+    print("\n| model | S | fp8 flash_decode (µs) | with the exact tokens (µs) | ratio | shifted span only (µs) "
+          "| seqlen_shift only (µs) | exact combine only (µs) |\n|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     return 0
 
