@@ -32,7 +32,7 @@ from models.errors import ContextTooLongError, ModelError, SettingError
 from models.generation import GenerationConfig, GenerationResult, Timings
 from models.healing import HealingConstraint, PrefixStripper, vocabulary_bytes
 from models.llama import DenseKernels, Transformer, attention_inputs, attention_output_and_ffn, final_logits
-from models.kv_cache import cache_dtype_name, exact_window_valid, repair_start
+from models.kv_cache import cache_dtype_name, exact_tokens_held, repair_start
 from models.options import DEFAULT_MAX_CONTEXT, parse_kv_cache
 from models.prompt_store import PromptStore, SavedPrompt
 from models.infill import InfillSampler
@@ -402,7 +402,9 @@ class Engine:
         else:
             logits = []
             for b, (p, r) in enumerate(zip(prompts, reused)):
-                logits.append(self._prefill(p, r, b, self._prefill_poll(should_stop, len(p) - r)))  # None: stopped
+                poll = self._prefill_poll(should_stop, len(p) - r)
+                # (exact_checked: row 0's window before r, by _with_exact_window; the other rows start at 0)
+                logits.append(self._prefill(p, r, b, poll, b == 0))                             # None: stopped
                 if logits[-1] is None:
                     return self._cancelled_in_prefill(prompts, rows, reused, t_prefill, moved, restored)
             logits = torch.cat(logits)                                                  # (B, V)
@@ -456,16 +458,17 @@ class Engine:
             return start, length
         return start // bucket * bucket, min(-(-length // bucket) * bucket, self.context_length)
 
-    def _prefill(self, prompt: list[int], start: int, row: int, should_stop=None) -> torch.Tensor | None:
+    def _prefill(self, prompt: list[int], start: int, row: int, should_stop=None,
+                 exact_checked: bool = False) -> torch.Tensor | None:
         """The logits (1, V) after `prompt`, whose first `start` tokens cache row `row` holds: a prefill of the rest,
         padded at the end to the bucketed span (pad keys and values land past the prompt, never read).
-        None if `should_stop` said so between two layers."""
+        None if `should_stop` said so between two layers. `exact_checked`: `Transformer.prefill`'s."""
         end = self.prefill_span(start, len(prompt))[1]
         ids = prompt[start:] + [prompt[-1]] * (end - len(prompt))
         tokens = torch.tensor([ids], device=self._device)                            # (1, end - start)
         dense = compiled_prefill_kernels() if self.compile_prefill else None
         return self.model.prefill(tokens, start, row, last=len(prompt) - 1 - start, dense=dense,
-                                  should_stop=should_stop)
+                                  should_stop=should_stop, exact_checked=exact_checked)
 
     @torch.no_grad()
     @on_its_device
@@ -681,15 +684,19 @@ class Engine:
         (a cut of at most EXACT_RING - EXACT_WINDOW = 480 tokens, a restored prompt: no repair). Where the ring
         overwrote them (a longer cut) or a cache-reuse move dropped them, they are computed again by a repair
         prefill of the `repair_span` tokens before `start` (which the row holds), unless that reaches back to the
-        sink: then 0, the whole prompt prefilled."""
+        sink: then 0, the whole prompt prefilled.
+        The request's one check of them (one host sync): its prefills are told it was made (`exact_checked`)."""
+        if start == 0:
+            return start
         caches = [layer.attention.kv_cache for layer in self.model.layers]
-        if start == 0 or exact_window_valid(caches, 0, start):
+        sink, window = exact_tokens_held(caches, 0, start)
+        if window:
             return start
         first = repair_start(start, len(caches))
-        if first == 0 or not exact_window_valid(caches, 0, start, sink_only=True):
+        if first == 0 or not sink:
             return 0
         tokens = torch.tensor([prompt[first:start]], device=self._device)                    # (1, repair_span)
-        self.model.prefill(tokens, first, 0, repair=True)
+        self.model.prefill(tokens, first, 0, repair=True, exact_checked=True)
         return start
 
     def _switch_prompt(self, cached: list[int], prompt: list[int], exact_only: bool = False) -> tuple[list[int], int]:

@@ -402,7 +402,8 @@ class Transformer(nn.Module):
 
     def prefill(self, tokens: torch.Tensor, start: int = 0, row: int = 0, all_logits: bool = False,
                 last: int = -1, dense: DenseKernels | None = None,
-                should_stop: Callable[[], bool] | None = None, repair: bool = False) -> torch.Tensor | None:
+                should_stop: Callable[[], bool] | None = None, repair: bool = False,
+                exact_checked: bool = False) -> torch.Tensor | None:
         """Run tokens (1, T) at positions start..start+T of cache row `row` (which holds [0, start) already).
 
         Returns float32 logits (1, T, V) with all_logits, else position `last`'s (1, V) (a padded span's last
@@ -417,11 +418,13 @@ class Transformer(nn.Module):
         last EXACT_WINDOW of them are written (returns None). They come out exact when T >= `repair_span`: an
         error in the copies before `start` reaches EXACT_WINDOW - 1 positions further each layer (through the
         queries whose windows hold it), and the 8-bit keys, read as stored, are right.
+        `exact_checked`: the caller has just found that the row holds them (`models.kv_cache.exact_tokens_held`: the
+        engine, choosing `start`), so it is not checked again (a host sync, between requests).
         """
         T = tokens.shape[1]
-        # (one host sync, for fp8 caches only; a repair needs the sink alone)
-        if start > 0 and not exact_window_valid([layer.attention.kv_cache for layer in self.layers], row, start,
-                                                sink_only=repair):
+        # (one host sync, for fp8 caches only, unless the caller made it; a repair needs the sink alone)
+        caches = [layer.attention.kv_cache for layer in self.layers]
+        if start > 0 and not exact_checked and not exact_window_valid(caches, row, start, sink_only=repair):
             raise ValueError(f"cache row {row} no longer holds the exact {'sink' if repair else 'window'} before "
                              f"position {start} (8-bit cache): prefill from 0"
                              + ("" if repair else ", or repair it first (`repair`)"))

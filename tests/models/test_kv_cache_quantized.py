@@ -543,3 +543,49 @@ def test_edits_of_a_long_prompt_reuse_the_product_rings_window_as_a_cold_prefill
         result = warm.generate(prompt, GenerationConfig(max_new_tokens=5, speculate=3, logprobs=1))
         answers_as_cold(prompt, result)
         held = prompt + result.token_ids
+
+
+class HostReads:
+    """Counts what models/kv_cache.py (where the exact-window check lives) reads of tensors to the host: `.cpu()`,
+    `.tolist()`, `.item()`, bool(), int(), float(), each a host sync on a GPU, and the bytes of the tensors read."""
+
+    METHODS = ("cpu", "tolist", "item", "__bool__", "__int__", "__float__")
+
+    def __init__(self, monkeypatch):
+        import sys
+        self.reads, self.nbytes = 0, 0
+        for name in self.METHODS:
+            original = getattr(torch.Tensor, name)
+
+            def counted(tensor, *args, _original=original, **kwargs):
+                if sys._getframe(1).f_code.co_filename.endswith(os.path.join("models", "kv_cache.py")):
+                    self.reads += 1
+                    self.nbytes += tensor.numel() * tensor.element_size()
+                return _original(tensor, *args, **kwargs)
+            monkeypatch.setattr(torch.Tensor, name, counted)
+
+
+@pytest.mark.parametrize("ring", ["wide", "small"])
+def test_a_reused_prefix_checks_its_exact_window_once_with_one_small_read(tiny_checkpoint, monkeypatch, ring):
+    """A request reusing a cached prefix of an fp8 cache checks once that the row holds the exact sink and window
+    before its start, in one host read of a few bytes: the engine (`_with_exact_window`) checked, then the
+    prefill's guard checked again, each reading every layer's slot positions to the host (2 x 2 layers x 28 slots
+    x 8 bytes here, 2 x 135 KB for CodeLlama-7B), and a repair added two more checks. With a ring of 24 the cut
+    (5 tokens, of a row of 35) keeps the window; with a ring of 8 it is repaired. The guard still refuses a
+    direct prefill without its window (test_a_prefill_refuses_a_row_without_its_exact_window)."""
+    (wide_ring if ring == "wide" else small_ring)(monkeypatch)
+    engine = load_model(tiny_checkpoint[0], device="cpu", max_context=64, kv_cache="fp8")
+    config = GenerationConfig(max_new_tokens=6, speculate=0)
+    repairs = []
+    prefill = engine.model.prefill
+    monkeypatch.setattr(engine.model, "prefill", lambda *a, **kw: repairs.append(kw.get("repair")) or prefill(*a, **kw))
+    engine.generate(LONG[:30], config)                      # the row holds 35 tokens
+    repairs.clear()
+    with monkeypatch.context() as counting:
+        host = HostReads(counting)
+        warm = engine.generate(LONG[:45], config)           # 30 of them reused
+    assert warm.reused_prefix_tokens == 30
+    assert repairs == ([None] if ring == "wide" else [True, None])
+    assert (host.reads, host.nbytes) == (1, 2)              # (sink held, window held): two bools
+    engine.clear_prefix_cache()
+    assert engine.generate(LONG[:45], config).token_ids == warm.token_ids
