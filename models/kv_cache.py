@@ -31,7 +31,8 @@ slots of the positions they want (`exact_slot`), never scan the ring, so decodin
 and a prefill is handed only the sink and the 48 positions before its start (`exact_before`: 64 slots). A cut
 further back, or a cache-reuse move (which drops the copies past its target), is repaired by a prefill of the
 `repair_span` tokens before the cut that writes only the exact copies (`models.llama.Transformer.prefill`), or
-prefilled from 0 where that would reach into the sink.
+prefilled from 0 where that would reach into the sink. A cache of fewer than EXACT_SINK + EXACT_RING tokens keeps
+a ring of only its own length past the sink (`exact_ring_size`): every position has its own slot there.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ MAX_STEP_TOKENS = 16
 # n_batch / 4 = 512 tokens, so most cursor edits there too). Its price is memory only (readers gather the slots they
 # need): a slot is K + V in bf16, 2 x D x 2 = 512 bytes per KV head and layer at D = 128, so 528 slots a row are
 # 264 MiB for CodeLlama-7B (32 layers x 32 KV heads: 512 KiB a slot), 99 MiB for -34B (48 x 8: 192 KiB), 12 MiB for
-# SmolLM2 in bf16, about 1,000 tokens of their fp8 caches (3% of a 32k one); 64 slots were 32 / 12 MiB.
+# SmolLM2 in bf16, about 1,000 tokens of their fp8 caches (3% of a 32k one); 64 slots were 32 / 12 MiB. (The most:
+# a shorter cache's ring is shorter, `exact_ring_size`.)
 EXACT_RING = 512
 assert EXACT_RING >= EXACT_WINDOW + MAX_STEP_TOKENS
 EXACT_SLOTS = EXACT_SINK + EXACT_RING
@@ -101,21 +103,34 @@ def kv_cache_bytes_per_token(config: ModelConfig, dtype: torch.dtype, quant: str
     return config.kv_bytes_per_token(1) + 2 * config.n_layers * config.n_kv_heads * SCALE_BYTES
 
 
-def exact_bytes_per_row(config: ModelConfig, dtype: torch.dtype, quant: str | None = None) -> int:
+def exact_bytes_per_row(config: ModelConfig, dtype: torch.dtype, quant: str | None = None,
+                        max_len: int | None = None) -> int:
     """Bytes of one row's exact sink and window tokens over all layers (EXACT_WINDOW_CACHES; 0 otherwise): K and V
-    in the model dtype and each slot's position, EXACT_SLOTS slots a layer."""
+    in the model dtype and each slot's position, EXACT_SINK + `exact_ring_size(max_len)` slots a layer (None: the
+    most, EXACT_SLOTS)."""
     if quant not in EXACT_WINDOW_CACHES:
         return 0
     element = torch.tensor([], dtype=dtype).element_size()
     per_slot = config.kv_bytes_per_token(element) + config.n_layers * POSITION_BYTES
-    return EXACT_SLOTS * per_slot
+    return (EXACT_SLOTS if max_len is None else EXACT_SINK + exact_ring_size(max_len)) * per_slot
 
 
-def exact_slot(positions: torch.Tensor) -> torch.Tensor:
+def exact_ring_size(max_len: int) -> int:
+    """How many ring slots a cache of `max_len` tokens keeps: EXACT_RING, or max_len - EXACT_SINK where that is
+    fewer (but at least a window and a step, as ExactTokens and the kernels assume a ring of at least the window). A
+    cache holds no position past max_len - 1 (the engine clamps its steps there; the append and the fused step drop
+    what lies past it), so such a ring never laps: each position keeps its own slot (slot p, as in the longest
+    ring), and the longest ring's slots past max_len would never be written. (Were one written past it, it would
+    take an earlier position's slot, recording its own: readers then miss that copy, never read a wrong one.)"""
+    return min(EXACT_RING, max(max_len - EXACT_SINK, EXACT_WINDOW + MAX_STEP_TOKENS))
+
+
+def exact_slot(positions: torch.Tensor, ring: int | None = None) -> torch.Tensor:
     """The exact slot of each position (any shape, int64): the position itself below EXACT_SINK, else its place
-    in the ring (`kernels.reference.ring_slot` with this cache's sizes: the layout every reader relies on)."""
+    in a ring of `ring` slots (the cache's `KVCache.exact_ring`; None: EXACT_RING) (`kernels.reference.ring_slot`
+    with the cache's sizes: the layout every reader relies on)."""
     from kernels.reference import ring_slot      # (lazily, as `rows` imports ExactTokens)
-    return ring_slot(positions, EXACT_SINK, EXACT_RING)
+    return ring_slot(positions, EXACT_SINK, EXACT_RING if ring is None else ring)
 
 
 class CacheView(NamedTuple):
@@ -168,14 +183,17 @@ class KVCache(nn.Module):
         scales = (lambda: torch.ones(shape[:3], dtype=torch.float32, device=device)) if quant else (lambda: None)
         self.register_buffer("k_scale", scales(), persistent=False)
         self.register_buffer("v_scale", scales(), persistent=False)
-        # fp8: the exact sink and ring slots (module docstring), each slot's position, -1 for none.
-        exact = (batch, n_kv_heads, EXACT_SLOTS, head_dim)
+        # fp8: the exact sink and ring slots (module docstring), each slot's position, -1 for none; a ring of no more
+        # slots than the cache has tokens past the sink (`exact_ring_size`).
         windowed = quant in EXACT_WINDOW_CACHES
+        self.exact_ring = exact_ring_size(max_len) if windowed else None
+        slots = EXACT_SINK + exact_ring_size(max_len)
+        exact = (batch, n_kv_heads, slots, head_dim)
         self.register_buffer("k_exact", torch.zeros(exact, dtype=dtype, device=device) if windowed else None,
                              persistent=False)                                                  # (B, Hkv, N, D)
         self.register_buffer("v_exact", torch.zeros(exact, dtype=dtype, device=device) if windowed else None,
                              persistent=False)
-        self.register_buffer("exact_pos", torch.full((batch, EXACT_SLOTS), -1, dtype=torch.int64, device=device)
+        self.register_buffer("exact_pos", torch.full((batch, slots), -1, dtype=torch.int64, device=device)
                              if windowed else None, persistent=False)                           # (B, N)
 
     def rows(self, first: int, end: int) -> CacheView:
@@ -215,7 +233,7 @@ class KVCache(nn.Module):
         (`kernels.fused_gemv.qkv_rope`'s `exact`): None without them."""
         if self.k_exact is None:
             return None
-        return self.k_exact[:1], self.v_exact[:1], self.exact_pos[0], EXACT_SINK, EXACT_RING
+        return self.k_exact[:1], self.v_exact[:1], self.exact_pos[0], EXACT_SINK, self.exact_ring
 
     def write(self, row: int, start: int, k: torch.Tensor, v: torch.Tensor, repair: bool = False,
               end: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,10 +241,10 @@ class KVCache(nn.Module):
 
         Returns that sequence's keys and values so far, (1, Hkv, start + T, D) in the model dtype:
         views of the cache, or for an 8-bit cache its dequantized copy (so prefill reads what decoding will).
-        An fp8 cache's exact copies of the span's sink tokens and last EXACT_RING before `end` (default: the
-        span's end; padding after it would push the prompt's last tokens out of the ring) are written too, so a
-        later cut back by up to EXACT_RING - EXACT_WINDOW tokens keeps its window: read what the prefill needs of
-        them first (`exact_before`).
+        An fp8 cache's exact copies of the span's sink tokens and last `exact_ring` (EXACT_RING) before `end`
+        (default: the span's end; padding after it would push the prompt's last tokens out of the ring) are written
+        too, so a later cut back by up to EXACT_RING - EXACT_WINDOW tokens keeps its window: read what the prefill
+        needs of them first (`exact_before`).
         `repair` (fp8): the row already holds the span; only the exact copies of its last EXACT_WINDOW tokens are
         written (`models.llama.Transformer.prefill` says when they are right), the 8-bit cache is read as stored.
         """
@@ -243,7 +261,7 @@ class KVCache(nn.Module):
                 index = offsets[-EXACT_WINDOW:]
             else:
                 # Only these: a scatter with repeated slots (the ring's earlier laps) writes in no defined order.
-                index = offsets[(start + offsets < EXACT_SINK) | (offsets >= kept - EXACT_RING)]
+                index = offsets[(start + offsets < EXACT_SINK) | (offsets >= kept - self.exact_ring)]
                 self.exact_pos[row:row + 1].masked_fill_(self.exact_pos[row:row + 1] >= start, -1)  # past the span
             self._scatter_exact(row, (start + index)[None], k[:, :, index], v[:, :, index])
         return view.prefix(start + T).dequantized(self.dtype)
@@ -252,7 +270,7 @@ class KVCache(nn.Module):
         """Exact copies of k, v (b, Hkv, n, D) at positions (b, n) (int64) of rows first .. first + b - 1, in their
         slots (`exact_slot`), each slot's position recorded."""
         b, Hkv, n, D = k.shape
-        slots = exact_slot(positions)                                                        # (b, n)
+        slots = exact_slot(positions, self.exact_ring)                                       # (b, n)
         index = slots[:, None, :, None].expand(b, Hkv, n, D)
         rows = slice(first, first + b)
         self.k_exact[rows].scatter_(2, index, k.to(self.dtype))
@@ -298,8 +316,8 @@ class KVCache(nn.Module):
     def saved(self, row: int, length: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
         """Copies on `device` of row `row`'s first `length` slots as stored: K, V (1, Hkv, length, D) and, 8-bit,
         their scales (1, Hkv, length) and, fp8, the exact tokens' K, V (1, Hkv, n, D) and positions (1, n) (those
-        at or past `length` marked empty), n = min(length, EXACT_SLOTS): positions below EXACT_SLOTS sit in their
-        own slots, so a short prompt's copies are its first slots, not the whole ring's (`exact_bytes`)."""
+        at or past `length` marked empty), n = min(length, N) of the cache's N slots: positions below N sit in
+        their own slots, so a short prompt's copies are its first slots, not the whole ring's (`exact_bytes`)."""
         view = self.rows(row, row + 1)
         copies = tuple(t.to(device, copy=True) for t in view.prefix(length).stored() if t is not None)
         if view.exact is None:
@@ -314,7 +332,7 @@ class KVCache(nn.Module):
 
     def exact_bytes(self, length: int | None = None) -> int:
         """What one row's exact tokens hold (0 without them): K, V and positions; of a row of `length` tokens as
-        `saved` copies them (its first min(length, EXACT_SLOTS) slots), default all."""
+        `saved` copies them (its first min(length, N) of N slots), default all."""
         exact = self.rows(0, 1).exact
         if exact is None:
             return 0
@@ -368,7 +386,7 @@ def exact_tokens_held(caches: list[KVCache], row: int, length: int) -> tuple[boo
     needed = torch.cat((torch.arange(sink, device=device),
                         torch.arange(max(0, length - EXACT_WINDOW), length, device=device)))     # (n,) int64
     held = torch.stack([c.exact_pos[row] for c in caches])                                      # (layers, N)
-    found = held[:, exact_slot(needed)] == needed                                               # (layers, n)
+    found = held[:, exact_slot(needed, caches[0].exact_ring)] == needed       # (layers, n) (one ring: one max_len)
     return tuple(torch.stack((found[:, :sink].all(), found.all())).tolist())
 
 
@@ -401,15 +419,16 @@ def check_kv_cache_fits(config: ModelConfig, batch: int, max_len: int, dtype: to
 
     loading: bytes of weights still to load beside it (a check made before the model is built)."""
     per_token = batch * kv_cache_bytes_per_token(config, dtype, quant)
-    exact = batch * exact_bytes_per_row(config, dtype, quant)       # fp8: the exact sink and window tokens
+    exact = batch * exact_bytes_per_row(config, dtype, quant, max_len)      # fp8: the exact sink and window tokens
     fit = capacity_tokens(config, batch, dtype, device, quant, loading)
     if max_len > fit:
         from models.weights_memory import size_text
         # (measured, not fit x per_token + exact: where not even the exact tokens fit, that overstated it)
         free = max(0, free_memory_bytes(device) - HEADROOM_BYTES - loading)
         weights = f" and the {size_text(loading)} of weights to load" if loading else ""
-        if fit == 0 and exact:      # a row's exact tokens are a fixed cost: no smaller context fits
-            advice = (f"its exact sink and window tokens alone take {exact / 2**30:.2f} GiB (--kv-cache int8 keeps "
+        if fit == 0 and exact:      # even the fewest exact slots a row keeps (a window and a step) do not fit
+            least = batch * exact_bytes_per_row(config, dtype, quant, 1)
+            advice = (f"its exact sink and window tokens alone take {least / 2**30:.2f} GiB (--kv-cache int8 keeps "
                       f"none)")
         else:
             advice = "ask for a smaller context" + ("" if quant else " (or an 8-bit cache, --kv-cache fp8 or int8: "
@@ -425,8 +444,16 @@ def capacity_tokens(config: ModelConfig, batch: int, dtype: torch.dtype, device:
     """The most tokens per sequence a cache of this kind could hold in the memory free now (less `loading` bytes
     of weights still to load)."""
     per_token = batch * kv_cache_bytes_per_token(config, dtype, quant)
-    exact = batch * exact_bytes_per_row(config, dtype, quant)
-    return max(0, (free_memory_bytes(device) - HEADROOM_BYTES - loading - exact) // per_token)
+    free = free_memory_bytes(device) - HEADROOM_BYTES - loading
+
+    def fits(tokens: int) -> bool:      # (an fp8 row's exact slots grow with its length up to EXACT_SLOTS)
+        return tokens * per_token + batch * exact_bytes_per_row(config, dtype, quant, tokens) <= free
+
+    low, high = 0, max(0, free // per_token)        # fits(low) or low == 0; not fits(high + 1)
+    while low < high:                               # (what fits only shrinks as the length grows)
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle - 1)
+    return low
 
 
 def free_memory_bytes(device: torch.device) -> int:

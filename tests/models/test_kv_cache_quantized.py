@@ -160,17 +160,18 @@ def test_bad_kv_cache_choices_are_one_line_errors(tiny_checkpoint):
 def test_out_of_memory_counts_the_smaller_cache(tiny_checkpoint, monkeypatch):
     # Tiny model, per token: float32 2 layers x 2 KV heads x 16 dims x 2 (K, V) x 4 bytes = 512 bytes;
     # fp8 the same in 1 byte (128) + 2 x 2 x 2 float32 scales (32) = 160 bytes, and per row its exact sink and
-    # ring tokens: 16 + 512 slots x (512 float32 bytes + 2 layers x an int64 position) = 278,784 bytes.
+    # ring tokens: 16 + 48 slots (a ring of max_len - 16, at least 48) x (512 float32 bytes + 2 layers x an int64
+    # position) = 33,792 bytes.
     monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + 512 * 40)
     message = load_error(tiny_checkpoint[0], OutOfMemoryError, "float32 KV cache of 64 tokens .* about 40 tokens",
                          max_context=64)
     assert "--kv-cache fp8 or int8" in message
-    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + 160 * 50 + 278784)
+    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + 160 * 50 + 33792)
     load_error(tiny_checkpoint[0], OutOfMemoryError, "fp8 KV cache of 64 tokens .* about 50 tokens would fit",
                max_context=64, kv_cache="fp8")
-    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + 160 * 64 + 278784)
+    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + 160 * 64 + 33792)
     assert load_model(tiny_checkpoint[0], device="cpu", max_context=64, kv_cache="fp8").kv_cache_dtype == "fp8"
-    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + 160 * 64 + 278783)
+    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + 160 * 64 + 33791)
     load_error(tiny_checkpoint[0], OutOfMemoryError, "fp8 KV cache of 64 tokens .* about 63 tokens would fit",
                max_context=64, kv_cache="fp8")
 
@@ -315,16 +316,20 @@ def wide_ring(monkeypatch) -> None:
 
 
 def test_out_of_memory_where_not_even_the_exact_tokens_fit(monkeypatch):
-    """fp8's exact sink and window tokens are a fixed cost a row, 264 MiB for CodeLlama-7B with the 512-slot ring:
-    with 100 MiB free past the headroom the message gives the memory free as measured and says what takes it (it
-    said 0.26 GiB free, 0 tokens' worth plus the exact tokens, and to ask for a smaller context, which cannot help);
-    where tokens fit it is as before."""
+    """fp8's exact sink and window tokens are a cost a row, 264 MiB for CodeLlama-7B with the 512-slot ring, and
+    at least 32 MiB (a cache of at most 64 tokens keeps 64 slots: `exact_ring_size`): with 20 MiB free past the
+    headroom the message gives the memory free as measured and says what takes it (it said 0 tokens' worth plus the
+    exact tokens, and to ask for a smaller context, which cannot help); with 100 MiB a 131-token fp8 cache (131
+    slots) fits; where tokens fit it is as before."""
     from models.config import preset
     from models.kv_cache import check_kv_cache_fits
-    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + (100 << 20))
+    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + (20 << 20))
     config, cpu = preset("codellama-7b"), torch.device("cpu")
-    with pytest.raises(OutOfMemoryError, match=r"only about 0\.10 GiB .* about 0 tokens would fit: its exact sink and "
-                                               r"window tokens alone take 0\.26 GiB \(--kv-cache int8 keeps none\)"):
+    with pytest.raises(OutOfMemoryError, match=r"only about 0\.02 GiB .* about 0 tokens would fit: its exact sink and "
+                                               r"window tokens alone take 0\.03 GiB \(--kv-cache int8 keeps none\)"):
+        check_kv_cache_fits(config, 1, 4096, torch.bfloat16, cpu, "CodeLlama-7B", "fp8")
+    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + (100 << 20))
+    with pytest.raises(OutOfMemoryError, match=r"only about 0\.10 GiB .* about 131 tokens would fit: ask for a smaller"):
         check_kv_cache_fits(config, 1, 4096, torch.bfloat16, cpu, "CodeLlama-7B", "fp8")
     with pytest.raises(OutOfMemoryError, match=r"only about 0\.10 GiB .* about 200 tokens would fit: ask for a smaller"):
         check_kv_cache_fits(config, 1, 4096, torch.bfloat16, cpu, "CodeLlama-7B")
@@ -455,7 +460,7 @@ def test_the_fused_step_keeps_and_reads_the_exact_window_as_the_general_step_doe
     assert general.abs().max() > 0
     torch.testing.assert_close(fused, general, atol=1e-4, rtol=1e-4)
     for (k, v, pos), (k_fused, v_fused, pos_fused) in zip(general_exact, fused_exact, strict=True):
-        assert torch.equal(pos, pos_fused) and (pos >= 0).sum() == 66      # (the ring holds 512: all 66)
+        assert torch.equal(pos, pos_fused) and (pos >= 0).sum() == 66      # (16 + a ring of 80: all 66)
         torch.testing.assert_close(k_fused, k, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(v_fused, v, atol=1e-5, rtol=1e-5)
 
@@ -589,3 +594,80 @@ def test_a_reused_prefix_checks_its_exact_window_once_with_one_small_read(tiny_c
     assert (host.reads, host.nbytes) == (1, 2)              # (sink held, window held): two bools
     engine.clear_prefix_cache()
     assert engine.generate(LONG[:45], config).token_ids == warm.token_ids
+
+
+def test_a_cache_shorter_than_the_sink_and_ring_allocates_only_its_own_slots():
+    """The ring keeps 512 tokens' copies for edits cutting a long prompt back; a cache of fewer tokens than the sink
+    and ring never laps it, so its ring is max_len - sink (at least a window and a step, 48): 256 slots for 256
+    tokens, not 528; 64 for 40. Each position then keeps its own slot: a prompt filling the cache leaves every
+    position's copy, so a cut anywhere keeps its window. The bytes counted for a row (`exact_bytes_per_row`, which
+    the out-of-memory check adds) are those allocated."""
+    from models.config import ModelConfig
+    config = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, vocab_size=97)   # D = 16
+    per_slot = 2 * 2 * 2 * 16 * 4 + 2 * 8             # K, V of 2 layers x 2 KV heads x D 16 in float32; positions
+    for max_len, slots in ((40, 64), (64, 64), (256, 256), (527, 527), (528, 528), (1200, 528)):
+        cache = KVCache(1, 2, max_len, 16, torch.float32, "cpu", quant="fp8")
+        assert cache.k_exact.shape == cache.v_exact.shape == (1, 2, slots, 16), max_len
+        assert cache.exact_pos.shape == (1, slots)
+        assert exact_bytes_per_row(config, torch.float32, "fp8", max_len) == slots * per_slot == 2 * cache.exact_bytes()
+    cache = KVCache(1, 2, 256, 16, torch.float32, "cpu", quant="fp8")
+    k, v = torch.randn(1, 2, 256, 16), torch.randn(1, 2, 256, 16)
+    cache.write(0, 0, k[:, :, :200], v[:, :, :200])
+    for p in range(200, 256, 8):                        # decode steps of 8 tokens (1 + drafts)
+        cache.update(torch.tensor([p]), k[:, :, p:p + 8], v[:, :, p:p + 8])
+    assert torch.equal(cache.exact_pos[0], torch.arange(256))
+    assert torch.equal(cache.k_exact, k) and torch.equal(cache.v_exact, v)
+    assert all(cache.window_valid(0, length) for length in (17, 60, 200, 255, 256))
+
+
+def test_out_of_memory_counts_the_exact_slots_a_short_cache_allocates(monkeypatch):
+    """A 256-token fp8 cache of CodeLlama-7B's shape allocates 256 exact slots (128 MiB in bf16), not 528 (264 MiB):
+    where exactly its bytes are free past the headroom it fits, a byte less and 255 tokens would fit."""
+    from models.config import preset
+    from models.kv_cache import capacity_tokens, check_kv_cache_fits, kv_cache_bytes_per_token
+    config, cpu = preset("codellama-7b"), torch.device("cpu")
+    per_token = kv_cache_bytes_per_token(config, torch.bfloat16, "fp8")            # 264 KiB
+    per_slot = config.kv_bytes_per_token(2) + config.n_layers * 8                    # 512 KiB + the positions
+    assert exact_bytes_per_row(config, torch.bfloat16, "fp8", 256) == 256 * per_slot
+    needed = 256 * per_token + 256 * per_slot
+    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + needed)
+    check_kv_cache_fits(config, 1, 256, torch.bfloat16, cpu, "CodeLlama-7B", "fp8")
+    assert capacity_tokens(config, 1, torch.bfloat16, cpu, "fp8") == 256
+    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + needed - 1)
+    with pytest.raises(OutOfMemoryError, match=r"fp8 KV cache of 256 tokens x batch 1 needs 0\.19 GiB .* about 255 "
+                                               r"tokens would fit: ask for a smaller context"):
+        check_kv_cache_fits(config, 1, 256, torch.bfloat16, cpu, "CodeLlama-7B", "fp8")
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_ring_sized_to_a_short_cache_computes_what_the_full_ring_does(monkeypatch, fused):
+    """A 100-token fp8 cache's ring of 84 slots against the product's 512 on the same model: a cold prefill, a
+    prefill after an edit (reading its window from the ring), and decode steps through the flash kernels (the exact
+    partial's slots, N - sink; with `fused`, qkv_rope's exact store with the cache's ring; interpreted) give the
+    same logits and the same exact copies of every position."""
+    import models.kv_cache
+    from models.config import ModelConfig
+    from models.llama import build_random_model
+    config = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, vocab_size=97)
+    model = build_random_model(config, max_len=100)
+    model.fused_decode = fused
+    tokens = torch.randint(0, 97, (1, 100), generator=torch.Generator().manual_seed(1))
+    sized = models.kv_cache.exact_ring_size
+    runs = []
+    with torch.no_grad():
+        for ring in (sized, lambda max_len: 512):
+            monkeypatch.setattr(models.kv_cache, "exact_ring_size", ring)
+            model.setup_caches(1, 100, quant="fp8")
+            first = model.prefill(tokens[:, :70], all_logits=True)                       # (1, 70, V)
+            edited = model.prefill(tokens[:, 60:96], start=60, all_logits=True)          # (1, 36, V)
+            steps = [model.decode(tokens[:, p:p + 1], Decode(torch.tensor([p]), torch.tensor([p + 1], dtype=torch.int32),
+                                                              "flash")) for p in range(96, 100)]
+            caches = [layer.attention.kv_cache for layer in model.layers]
+            runs.append((torch.cat((first[0], edited[0], torch.cat(steps))),
+                         [(c.exact_pos[0], c.k_exact[0], c.v_exact[0]) for c in caches]))
+    (short, short_exact), (full, full_exact) = runs
+    assert [pos.shape[0] for pos, _, _ in short_exact] == [100, 100] and full_exact[0][0].shape[0] == 528
+    torch.testing.assert_close(short, full, atol=1e-5, rtol=1e-5)
+    for (pos, k, v), (pos_full, k_full, v_full) in zip(short_exact, full_exact, strict=True):
+        assert torch.equal(pos, torch.arange(100)) and torch.equal(pos_full[:100], pos)
+        assert torch.equal(k, k_full[:, :100]) and torch.equal(v, v_full[:, :100])
