@@ -80,6 +80,7 @@ def build_completion_prompt(
     heal: bool = True,
     previous: Sequence[tuple[str, int]] = (),
     anchor: tuple[int, str] | None = None,
+    suffix_first: bool = False,
 ) -> PackedPrompt:
     """The prompt for completing ``path`` (relative to the repository root, or absolute inside it) at a cursor.
 
@@ -93,6 +94,8 @@ def build_completion_prompt(
     small shifts of ranking that moving to the next line makes.
     ``anchor``: the last prompt's at this file (``PackedPrompt.anchor``): where its blocks of the current file began,
     so that they begin at the same text again wherever the editor's text now starts.
+    ``suffix_first``: a FIM format's text after the cursor goes before the text before it (SPM, formats.py), so
+    that the prompt ends at the cursor.
     """
     relative = index.relative_path(path)
     imports = index.imports(relative) if text is None else None  # the file as indexed, unless it is being edited
@@ -103,7 +106,7 @@ def build_completion_prompt(
     row, column = _cursor(rows, line, col)
 
     encoder = encoder_for(tokenizer)
-    form = completion_format(encoder)
+    form = completion_format(encoder, suffix_first)
     language = language_name(relative)
     comment = comment_marker(language)
     limit = budget_tokens - reserve_tokens
@@ -415,10 +418,13 @@ def _add_cursor(
         path, comment, [p.text for p in reversed(window.prefix)], [p.text for p in window.suffix], has_context
     )
     first, last = window.lines()
-    items = [ContextItem(path, first, window.row + 1, assembler.add(before))]
-    tokens = assembler.add(after)
+    tokens = {}
+    for segments, is_before in form.in_order(before, after):
+        # SPM's suffix comes first but is text from mid-file: no SentencePiece leading space (the prefix gets it)
+        tokens[is_before] = assembler.add(segments, may_lead=is_before or not form.suffix_first)
+    items = [ContextItem(path, first, window.row + 1, tokens[True])]
     if any(p.text for p in window.suffix):
-        items.append(ContextItem(path, window.row + 1, last, tokens))
+        items.append(ContextItem(path, window.row + 1, last, tokens[False]))
     return items
 
 

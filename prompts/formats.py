@@ -9,6 +9,13 @@ A layout is told as segments: an ``int`` is a special token id, a ``str`` is tex
                       ``<fim-prefix>`` and ``<｜fim▁begin｜>`` spellings of Qwen, SantaCoder and DeepSeek-Coder).
 ``left-to-right``     no FIM tokens (the embedded SmolLM2): the prompt ends at the cursor.
 
+The two FIM formats lay the cursor's text out prefix-suffix-middle (PSM) by default, or, with ``suffix_first``,
+suffix-prefix-middle (SPM) as llama.cpp's ``--spm-infill`` does: its format_prompt_infill swaps its two parts,
+``[FIM_PRE] prefix`` and ``[FIM_SUF] suffix``, so the prompt reads ``[SUF] suffix [PRE] prefix [MID]`` after the
+repository context. The text a keystroke changes then ends the prompt, and the model's cache of everything before
+it, the suffix included, stays valid. (CodeLlama's own SPM, ``[PRE, SUF] suffix [MID] prefix``, is not this.)
+A left-to-right prompt has no suffix to move: ``suffix_first`` changes nothing there.
+
 Repository context comes as file sections: delimited by ``<file_sep>`` (or ``<filename>``) after an optional
 ``<repo_name>`` where the vocabulary has them, StarCoder2's repository format; otherwise as comments in the
 current file's language, at the start of the prefix ("Path: ..." followed by the chunk's lines commented out,
@@ -50,14 +57,15 @@ class CompletionFormat:
     file_sep: int | None  # a token that opens each file; None: comment headers
     repo_name: int | None
     stop_token_ids: tuple[int, ...]
+    suffix_first: bool = False  # SPM: the text after the cursor comes first (llama.cpp's --spm-infill)
 
     def opening(self, repo: str, comment: str, has_context: bool) -> list[Segment]:
         """Everything before the first context section."""
         segments: list[Segment] = list(self.start_ids)
         if self.file_sep is not None:
             return segments + ([self.repo_name, repo] if self.repo_name is not None else [])
-        if self.fim is not None:
-            segments.append(self.fim[0])  # commented context lives inside the prefix
+        if self.fim is not None and not self.suffix_first:
+            segments.append(self.fim[0])  # commented context lives inside the prefix (SPM: before the suffix)
         return segments + ([f"{comment} Repository: {repo}\n"] if has_context else [])
 
     def section(self, path: str, comment: str) -> list[Segment]:
@@ -84,14 +92,25 @@ class CompletionFormat:
         self, path: str, comment: str, prefix: list[str], suffix: list[str], has_context: bool
     ) -> tuple[list[Segment], list[Segment]]:
         """The current file around the cursor, the part that changes with every keystroke, from the pieces of
-        text before and after the cursor (in file order): what goes before the cursor, and what after it."""
+        text before and after the cursor (in file order): the segments carrying the text before the cursor, and
+        those carrying the text after it, each with the markers that go with it (``in_order`` lays them out)."""
         if self.file_sep is not None:
-            before: list[Segment] = [self.file_sep] + ([self.fim[0]] if self.fim else []) + [f"{path}\n", *prefix]
+            opens, header = [self.file_sep], [f"{path}\n"]
         else:
-            before = ([f"{comment} Path: {path}\n"] if has_context else []) + list(prefix)
+            opens, header = [], ([f"{comment} Path: {path}\n"] if has_context else [])
         if self.fim is None:
-            return before, []
-        return before, [self.fim[1], *suffix, self.fim[2]]
+            return opens + header + list(prefix), []
+        pre, suf, mid = self.fim
+        if self.suffix_first:   # llama.cpp's: the file's header ([FIM_SEP]name), [SUF] suffix [PRE] prefix [MID]
+            return [pre, *prefix, mid], [*opens, *header, suf, *suffix]
+        before = opens + ([pre] if self.file_sep is not None else []) + header + list(prefix)   # (codellama's PRE
+        return before, [suf, *suffix, mid]                                                       # opens the prompt)
+
+    def in_order(self, before: list[Segment], after: list[Segment]) -> list[tuple[list[Segment], bool]]:
+        """``cursor``'s two parts in prompt order, each with whether it holds the text before the cursor."""
+        if self.suffix_first and self.fim is not None:
+            return [(after, False), (before, True)]
+        return [(before, True), (after, False)]
 
     def stop_strings(self, mid_line: bool) -> list[str]:
         """Left to right, the model cannot know where the code after the cursor begins: stop at the end of the
@@ -101,8 +120,9 @@ class CompletionFormat:
         return ["\n"] if mid_line else ["\n\n"]
 
 
-def completion_format(encoder) -> CompletionFormat:
-    """The format the tokenizer's vocabulary supports, best first: CodeLlama infill, StarCoder FIM, left to right."""
+def completion_format(encoder, suffix_first: bool = False) -> CompletionFormat:
+    """The format the tokenizer's vocabulary supports, best first: CodeLlama infill, StarCoder FIM, left to right;
+    ``suffix_first``: SPM rather than PSM where it has FIM tokens."""
     token_id = encoder.token_id
     stops = [i for i in map(token_id, CONTROL_TOKENS) if i is not None]
     eos = encoder.tokenizer.eos_token_id
@@ -115,11 +135,13 @@ def completion_format(encoder) -> CompletionFormat:
         ids = [token_id(token) for token in spelling]
         if None not in ids:
             eot = [i for i in map(token_id, CODELLAMA_EOT) if i is not None]
-            return CompletionFormat("codellama-infill", start, tuple(ids), None, None, _unique(eot + stops))
+            return CompletionFormat("codellama-infill", start, tuple(ids), None, None, _unique(eot + stops),
+                                    suffix_first)
     for spelling in STARCODER_FIM:
         ids = [token_id(token) for token in spelling]
         if None not in ids:
-            return CompletionFormat("starcoder-fim", start, tuple(ids), file_sep, repo_name, _unique(ids + stops))
+            return CompletionFormat("starcoder-fim", start, tuple(ids), file_sep, repo_name, _unique(ids + stops),
+                                    suffix_first)
     return CompletionFormat("left-to-right", start, None, file_sep, repo_name, _unique(stops))
 
 

@@ -300,13 +300,16 @@ class Assembler:
         self.ids: list[int] = []
         self._text_seen = False
 
-    def add(self, segments: list[Segment]) -> int:
-        """Append segments; returns how many ids they took."""
+    def add(self, segments: list[Segment], may_lead: bool = True) -> int:
+        """Append segments; returns how many ids they took. ``may_lead``: False for text that never opens the
+        prompt's text, even when it comes first (a suffix-first infill's suffix: text from the middle of a file)."""
         before = len(self.ids)
         for segment in segments:
             if isinstance(segment, int):
                 self.ids.append(segment)
+            elif self._text_seen or not may_lead:
+                self.ids += self.encoder.encode(segment)
             else:
-                self.ids += self.encoder.encode(segment) if self._text_seen else self.encoder.encode_lead(segment)
+                self.ids += self.encoder.encode_lead(segment)
                 self._text_seen = True
         return len(self.ids) - before

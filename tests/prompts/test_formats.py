@@ -323,3 +323,62 @@ def test_files_a_question_names_are_looked_up_once_per_word_by_their_last_parts(
     question = "Traceback: " + "File p7/__init__.py, line 1 " * 500 + "and src/ranking.py, ranking"
     assert _mentioned_files(index, question) == {"p7/__init__.py", "src/ranking.py", "xsrc/ranking.py"}
     assert sum(examined) < 20     # (every mention against every __init__.py: 150,000)
+
+
+# llama.cpp's --spm-infill (tools/server/server-common.cpp, format_prompt_infill): the extra context, then the
+# current file's [FIM_SEP]filename, then [FIM_SUF] suffix [FIM_PRE] prefix [FIM_MID]; without the flag (PSM)
+# [FIM_PRE] prefix [FIM_SUF] suffix [FIM_MID]. The expected sequences below are written out from that order.
+
+def test_codellama_suffix_first_ids_are_llama_cpps_spm_order(make_repo, codellama_tokenizer):
+    root = make_repo({"add.py": "def add(x, y):\n    return x + y\n"})
+    packed = build_completion_prompt(index_repository(root), codellama_tokenizer, "add.py", line=2, col=12,
+                                     suffix_first=True)
+    # The suffix is mid-file text ("x", not "▁x"); the prefix opens the file, with SentencePiece's leading space.
+    suffix = ["x", "▁", "+", "▁y", "<0x0A>"]
+    prefix = ["▁def", "▁add", "(", "x", ",", "▁y", ")", ":", "<0x0A>", "▁", "▁", "▁", "▁return"]
+    expected = [BOS, SUF] + _ids(codellama_tokenizer, suffix) + [PRE] + _ids(codellama_tokenizer, prefix) + [MID]
+    assert packed.ids == expected
+    assert packed.heal_text == " " and packed.format == "codellama-infill"
+    assert [(item.start_line, item.end_line) for item in packed.context] == [(1, 2), (2, 3)]   # before, after
+
+
+def test_codellama_suffix_first_keeps_the_repository_context_first(make_repo, codellama_tokenizer):
+    root = make_repo({"util.py": UTIL, "main.py": MAIN})
+    packed = build_completion_prompt(index_repository(root), codellama_tokenizer, "main.py", line=5, col=26,
+                                     suffix_first=True)
+    ids, decode = packed.ids, codellama_tokenizer.decode
+    assert ids[0] == BOS and [i for i in ids if i in (PRE, SUF, MID)] == [SUF, PRE, MID] and ids[-1] == MID
+    assert decode(ids[1:ids.index(SUF)]) == (
+        "# Repository: repo\n"
+        "# Path: util.py\n# import os\n#\n#\n# def helper(x):\n#     return x * 2\n"
+        "# Path: main.py\n")
+    assert decode(ids[ids.index(SUF) + 1:ids.index(PRE)]) == ")\n    return result\n"
+    assert decode(ids[ids.index(PRE) + 1:-1]) == MAIN[: MAIN.index("helper(value") + 11]
+    assert packed.heal_text == "e"
+
+
+@pytest.mark.parametrize("suffix_first", [False, True], ids=["psm", "spm"])
+def test_starcoder_fim_order_of_the_cursors_parts(make_repo, starcoder_tokenizer, suffix_first):
+    end = "# a file may say <file_sep> or <fim_middle> as text\n"
+    root = make_repo({"util.py": UTIL, "main.py": MAIN + end})
+    packed = build_completion_prompt(index_repository(root), starcoder_tokenizer, "main.py", line=5, col=26,
+                                     suffix_first=suffix_first)
+    prefix, suffix = MAIN[: MAIN.index("helper(value") + 11], ")\n    return result\n" + end
+    context = "<repo_name>repo<file_sep>util.py\n" + UTIL
+    if suffix_first:
+        expected = context + "<file_sep>main.py\n<fim_suffix>" + suffix + "<fim_prefix>" + prefix + "<fim_middle>"
+    else:   # (this project's PSM puts the file name after <fim_prefix>; llama.cpp's before it)
+        expected = context + "<file_sep><fim_prefix>main.py\n" + prefix + "<fim_suffix>" + suffix + "<fim_middle>"
+    assert starcoder_tokenizer.decode(packed.ids) == expected
+    fim = _ids(starcoder_tokenizer, ["<fim_prefix>", "<fim_suffix>", "<fim_middle>"])
+    order = [i for i in packed.ids if i in fim]
+    assert order == ([fim[1], fim[0], fim[2]] if suffix_first else fim)    # the file's own stay text
+
+
+def test_suffix_first_changes_nothing_without_fim_tokens(make_repo, smollm2_tokenizer):
+    """A left-to-right prompt ends at the cursor already and holds no suffix: the same ids either way."""
+    root = make_repo({"util.py": UTIL, "main.py": MAIN})
+    index = index_repository(root)
+    psm = build_completion_prompt(index, smollm2_tokenizer, "main.py", line=5, col=26)
+    spm = build_completion_prompt(index, smollm2_tokenizer, "main.py", line=5, col=26, suffix_first=True)
+    assert spm.format == psm.format == "left-to-right" and spm.ids == psm.ids
