@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     task.add_argument("--col", type=_positive_int, metavar="M", help="cursor column, 1-based (default: end of the line)")
     task.add_argument("--stdin", action="store_true",
                       help="read the buffer from standard input (an editor's unsaved text); --file names it")
+    task.add_argument("--spm-infill", action="store_true", help=SPM_INFILL_HELP)
     task.add_argument("--plot", metavar="FILE", help="with --bench: write a PNG plot")
     task.add_argument("--contexts", type=_contexts, metavar="N,N,...",
                       help="with --bench: context lengths in tokens (default: 4096,16384,32768 on CUDA, 256,1024 on CPU)")
@@ -174,6 +175,11 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
                             "an H200, as fast or faster")
 
 
+SPM_INFILL_HELP = ("llama.cpp's: fill-in-the-middle prompts put the code after the cursor first (suffix, prefix, "
+                   "middle: the text a keystroke changes ends the prompt, so the cached rest is reused; default: "
+                   "prefix first); no effect for a model without FIM tokens")
+
+
 def build_serve_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=f"{PROG} serve", usage="%(prog)s [REPO] [options]",
                      description="A warm server for editors over REPO (default: the current folder): llama.cpp's "
@@ -198,6 +204,7 @@ def build_serve_parser() -> argparse.ArgumentParser:
                                "of its cached tokens by moving them into place (keys re-rotated) instead of "
                                "prefilling them; approximate (they were computed after tokens since dropped); "
                                "llama.vim's setup uses 256 (default: 0, off; a request's n_cache_reuse overrides)")
+    requests.add_argument("--spm-infill", action="store_true", help=SPM_INFILL_HELP)
     requests.add_argument("--cache-ram", type=_whole_number(-1, 2 ** 31 - 1), default=DEFAULT_CACHE_RAM_MIB,
                           metavar="MIB",
                           help="llama.cpp's prompt cache: a request that shares little with the last prompt saves that "
@@ -230,9 +237,9 @@ def check(args: argparse.Namespace, closed: frozenset[str] = frozenset()) -> Non
         value = getattr(args, option)
         if value is not None and not value.strip():
             raise UsageError(f"--{option} is empty")
-    for option in ("line", "col", "stdin"):
+    for option in ("line", "col", "stdin", "spm_infill"):
         if getattr(args, option) and args.file is None:
-            raise UsageError(f"--{option} goes with --file")
+            raise UsageError(f"--{option.replace('_', '-')} goes with --file")
     for option in ("plot", "contexts"):
         if getattr(args, option) and not args.bench:
             raise UsageError(f"--{option} goes with --bench")

@@ -97,6 +97,10 @@ def mismatch(info: dict, args, root: Path | None, max_new_tokens: int) -> str | 
     wanted = model_spec(args.model or os.environ.get("CODECOMPLETE_MODEL"))
     if wanted != model_spec(info.get("model_spec")):
         return f"runs {info.get('model_spec') or 'the embedded model'}, not {wanted or 'the embedded model'}"
+    spm = bool(getattr(args, "spm_infill", False))
+    if getattr(args, "file", None) is not None and bool(info.get("spm_infill")) != spm:   # (other prompts: the same)
+        return (f"lays infill prompts out {'suffix' if info.get('spm_infill') else 'prefix'} first, not "
+                f"{'suffix first (--spm-infill)' if spm else 'prefix first (no --spm-infill)'}")
     engine = dict(info.get("engine", {}))
     engine.setdefault("matmul_dtype", engine.get("dtype"))       # (a server before bfloat16 weights on a CPU)
     # An option this command line leaves out is its default here, which the server's must be too: a server started

@@ -78,15 +78,17 @@ def open_session(args, root=None, max_new_tokens: int = 0, headroom: int = 0) ->
     from . import workspace
 
     index = workspace.index(root) if root is not None else None
-    return Session(engines.load(args, max_new_tokens, headroom=headroom), index, args.context_tokens)
+    return Session(engines.load(args, max_new_tokens, headroom=headroom), index, args.context_tokens,
+                   suffix_first=getattr(args, "spm_infill", False))
 
 
 class Session:
-    def __init__(self, engine, index=None, context_tokens: int | None = None) -> None:
+    def __init__(self, engine, index=None, context_tokens: int | None = None, *, suffix_first: bool = False) -> None:
         from prompts.freshness import FreshIndex
 
         self.engine = engine
         self.context_tokens = context_tokens     # the prompt budget asked for (None: what fits the engine)
+        self.suffix_first = suffix_first         # --spm-infill: completions' FIM prompts suffix first (prompts.formats)
         self._index = FreshIndex(index) if index is not None else None
         self._last: dict[str, object] = {}       # path -> its last sticky completion prompt (prompts.PackedPrompt),
                                                  # the most recent last
@@ -114,7 +116,8 @@ class Session:
             return build_completion_prompt(
                 index, self.engine.tokenizer, path=path, text=text, line=line, col=col,
                 budget_tokens=budget or self.prompt_budget(sampling.max_tokens), extra=extra, heal=heal,
-                previous=last.chosen if last else (), anchor=last.anchor if last else None)
+                previous=last.chosen if last else (), anchor=last.anchor if last else None,
+                suffix_first=self.suffix_first)
 
         packed = self._current(build, path)
         if not self._heals(packed, sampling):

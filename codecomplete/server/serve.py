@@ -87,6 +87,8 @@ def run_serve(args) -> None:
                             timeout_graceful_shutdown=GRACE_S, http=_Connection,
                             h11_max_incomplete_event_size=MAX_HEAD_BYTES)
     print(f"codecomplete: {warmed}", file=sys.stderr, flush=True)
+    if args.spm_infill:
+        print(f"codecomplete: {_infill_order(engine)}", file=sys.stderr, flush=True)
     print(f"codecomplete: serving {root} ({len(session.index.files):,} files) with {engine.name} "
           f"({engine.device}, {engine.precision}, {engine.attention}) on {url} · prompts of {server.prompt_budget:,} "
           f"tokens · Ctrl-C stops", file=sys.stderr, flush=True)
@@ -111,6 +113,17 @@ def run_serve(args) -> None:
         raise Stopped(128 + signal.SIGHUP)      # stopped as for SIGTERM, and still ended with 129
 
 
+def _infill_order(engine) -> str:
+    """What --spm-infill does with this model: a left-to-right prompt (no FIM tokens) has no suffix to move."""
+    from prompts.formats import completion_format
+    from prompts.tokens import encoder_for
+
+    if completion_format(encoder_for(engine.tokenizer)).fim is None:
+        return (f"--spm-infill: {engine.name} has no fill-in-the-middle tokens; its prompts end at the cursor "
+                "either way, the code after it left out")
+    return "infill prompts suffix first (--spm-infill): the code after the cursor, then the code before it"
+
+
 def _description(url: str, root, args, engine) -> dict:
     """What clients learn about this server (/codecomplete/v1/info, the runtime file): where it is, what it serves,
     and the options it was started with, for the command line to tell whether it answers as it would."""
@@ -121,7 +134,7 @@ def _description(url: str, root, args, engine) -> dict:
             "model_spec": client.model_spec(args.model or os.environ.get("CODECOMPLETE_MODEL")),
             "device": args.device, "dtype": args.dtype, "attention": args.attention, "gpus": args.gpus,
             "kv_cache": args.kv_cache, "weights": getattr(args, "weights", None),
-            "context_tokens": args.context_tokens,
+            "context_tokens": args.context_tokens, "spm_infill": args.spm_infill,
             "options": sorted(native.Options.model_fields),   # what a command line's request may set (client.py)
             "defaults": _defaults(args, engine),
             "engine": {"name": engine.name, "device": engine.device, "dtype": engine.dtype,

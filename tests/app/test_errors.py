@@ -28,6 +28,8 @@ def check_error(run, code, *words):
     (["{repo}", "--file", "app.py", "--line", "1", "--col", "300"], ["column 300 is out of range"]),
     (["{repo}", "--file", "app.py", "--line", "0"], ["--line"]),
     (["{repo}", "--line", "3"], ["--line goes with --file"]),
+    (["{repo}", "--ask", "why?", "--spm-infill"], ["--spm-infill goes with --file"]),    # an infill prompt's order
+    (["--prompt", "x", "--spm-infill"], ["--spm-infill goes with --file"]),
     (["{repo}", "--file", "app.py", "--ask", "why?"], ["not allowed with"]),
     (["--prompt", "x", "{repo}"], ["--prompt takes no repository"]),
     ([], ["give a repository"]),
