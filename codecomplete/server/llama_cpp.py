@@ -3,7 +3,8 @@
     POST /infill       input_prefix + prompt | input_suffix, with input_extra chunks: a fill-in-the-middle completion
     POST /completion   prompt (text, special-token text becoming those tokens, or token ids) continued as it is
     POST /tokenize     content -> tokens (special-token text becoming those tokens, as /completion reads it, unless
-                       parse_special is false); with_pieces: [{id, piece}]; add_special: the tokenizer's BOS as well
+                       parse_special is false); with_pieces: [{id, piece}] (a piece not whole UTF-8: its bytes);
+                       add_special: the tokenizer's BOS as well
     POST /detokenize   tokens -> content
     GET  /health       {"status":"ok"}, without an API key (/v1/health too, which tabby.py answers with Tabby's fields)
     GET  /props        default_generation_settings.n_ctx and the like
@@ -47,7 +48,7 @@ from pydantic import AliasChoices, Field
 from . import logit_bias, samplers
 from .bodies import Body, Seed, check_ids, read_json, stop_strings
 from .errors import ApiError
-from .logprobs import after_healing, llama_cpp_probabilities
+from .logprobs import after_healing, llama_cpp_probabilities, token_text
 from .streaming import compact, json_response, sse, stream
 
 router = APIRouter()
@@ -124,9 +125,23 @@ async def tokenize(request: Request):
     def tokens(tokenizer) -> list:
         ids = tokenizer.encode(body.content, add_special_tokens=body.add_special,
                                split_special_tokens=not body.parse_special)
-        return [{"id": i, "piece": tokenizer.decode([i])} for i in ids] if body.with_pieces else ids
+        return token_pieces(tokenizer, ids) if body.with_pieces else ids
     # Off the event loop: a body near the size limit takes 0.6-2.2 s, which every stream and request would wait for.
     return json_response({"tokens": await request.app.state.server.with_tokenizer(tokens)})
+
+
+def token_pieces(tokenizer, ids: list[int]) -> list[dict]:
+    """/tokenize's `with_pieces`, as llama.cpp's: each token's piece as it writes it mid-text (SentencePiece's "▁add"
+    is " add"; a special token its text), a piece that is not whole UTF-8 (a byte token, part of a character) as the
+    list of its bytes. Decoding each token alone made those U+FFFD and dropped a SentencePiece piece's leading space."""
+    pieces = []
+    for token in ids:
+        _, piece = token_text(tokenizer, token)
+        try:
+            pieces.append({"id": token, "piece": piece.decode("utf-8")})
+        except UnicodeDecodeError:
+            pieces.append({"id": token, "piece": list(piece)})
+    return pieces
 
 
 @router.post("/detokenize")

@@ -514,6 +514,31 @@ def test_tokenize_and_detokenize_round_trip_as_llama_cpp_answers_them(server):
     assert bad.status_code == 400 and "outside the vocabulary" in bad.json()["error"]["message"]
 
 
+def test_tokenize_pieces_are_each_tokens_bytes_as_llama_cpp_gives_them(server):
+    """llama.cpp's /tokenize with_pieces: a piece that is whole UTF-8 is its text, else the list of its bytes (a
+    character written in several byte tokens): joined, the pieces' bytes spell the content. Each token decoded alone
+    made every such piece U+FFFD, and the pieces no longer spelled it."""
+    text = "s = '😀 日本語 ✓'"
+    pieces = httpx.post(server.url + "/tokenize", json={"content": text, "with_pieces": True}).json()["tokens"]
+    assert any(isinstance(p["piece"], list) for p in pieces)        # the embedded model spells 😀 in byte tokens
+    assert b"".join(bytes(p["piece"]) if isinstance(p["piece"], list) else p["piece"].encode()
+                    for p in pieces) == text.encode()
+    assert not any(isinstance(p["piece"], str) and "\ufffd" in p["piece"] for p in pieces)
+
+
+def test_a_sentencepiece_tokens_piece_keeps_its_leading_space():
+    """CodeLlama's kind of vocabulary: "▁add" is " add", as llama.cpp's common_token_to_piece writes it, where the
+    token decoded alone lost the space a text begins with; a byte token is its byte; a special token its text."""
+    from codecomplete.server.llama_cpp import token_pieces
+    from test_logprobs import byte_fallback_tokenizer
+
+    tokenizer = byte_fallback_tokenizer()
+    ids = tokenizer.encode("x = add é", add_special_tokens=False)        # ▁x ▁ = ▁add ▁ <0xC3> <0xA9>
+    assert [p["piece"] for p in token_pieces(tokenizer, ids)] == [" x", " ", "=", " add", " ", [0xC3], [0xA9]]
+    assert [p["id"] for p in token_pieces(tokenizer, ids)] == ids
+    assert token_pieces(tokenizer, [1])[0]["piece"] == "<s>"
+
+
 def test_ollama_raw_takes_the_prompt_as_it_is_and_leaves_the_suffix_out(server):
     """Ollama applies no template with "raw": true, so no fill-in-the-middle: the prompt continued, as without a
     suffix."""
