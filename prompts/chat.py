@@ -54,8 +54,9 @@ def build_chat_prompt(
     render = _renderer(tokenizer, encoder)
     # Every system message counts, in order (a client's own beside a tool's, or one mid-conversation), as OpenAI
     # and Ollama take each one; the conversation itself is the rest.
-    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system") or SYSTEM.format(name=index.name)
-    whole = _latest_turns_that_fit(render, system, [m for m in messages if m["role"] != "system"], limit)
+    given = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    system = given or SYSTEM.format(name=index.name)
+    whole = _latest_turns_that_fit(render, system, [m for m in messages if m["role"] != "system"], limit, bool(given))
     conversation = whole
     if history_share < 1 and len(whole) > 1:
         # A long chat filled the whole budget and left no room for the code it is about, pinned files included.
@@ -95,9 +96,11 @@ def build_chat_prompt(
     return PackedPrompt(ids, context, list(dict.fromkeys(stops)), [], "chat", history=len(conversation) - 1)
 
 
-def _latest_turns_that_fit(render: Renderer, system: str, conversation: list[Message], limit: int) -> list[Message]:
+def _latest_turns_that_fit(render: Renderer, system: str, conversation: list[Message], limit: int,
+                           clients_system: bool = False) -> list[Message]:
     """The conversation from its earliest turn that still fits `limit` with the system message: older exchanges
-    (a user message and its answer) give way first, the question never. Found by a binary search over where to
+    (a user message and its answer) give way first, the question never (``clients_system``: the system message is
+    the client's, to be named where it alone leaves the question no room). Found by a binary search over where to
     start: dropping one turn at a time rendered the whole conversation once per turn, and 20,000 short messages
     (700 KB) kept the engine busy for minutes."""
     starts = [0]                                    # where the kept conversation may begin, oldest first
@@ -107,7 +110,13 @@ def _latest_turns_that_fit(render: Renderer, system: str, conversation: list[Mes
     # Every message renders to a token at least: a start leaving more messages than `limit` cannot fit.
     low = next(i for i, start in enumerate(starts) if len(conversation) - start <= max(limit, 1))
     high = len(starts) - 1
-    if len(render(system, conversation[starts[high]:])) > limit:
+    question = conversation[starts[high]:]
+    size = len(render(system, question))
+    if size > limit:
+        alone = len(render("", question)) if clients_system else size
+        if alone <= limit:      # the client's own system message (rules, a pasted file) is what leaves no room
+            raise BudgetError(f"the system message ({size - alone} tokens) leaves no room for the question in a "
+                              f"prompt budget of {limit} tokens")
         raise BudgetError(f"the question does not fit into a prompt budget of {limit} tokens")
     while low < high:                               # the earliest start that fits (fewer turns, fewer tokens)
         middle = (low + high) // 2

@@ -160,6 +160,20 @@ def test_chat_pins_files_and_drops_old_turns_to_fit(make_repo, smollm2_tokenizer
         build_chat_prompt(index, smollm2_tokenizer, [question], pinned_paths=["missing.md"])
 
 
+def test_a_system_message_too_long_for_the_budget_is_said_to_be_the_system_message(make_repo, smollm2_tokenizer):
+    """A client's own system message (Continue's rules, a pasted file) that leaves no room for a short question is
+    named as what does not fit, with its size: it was "the question does not fit", of a question of one word."""
+    index = index_repository(make_repo({"a.py": "x = 1\n"}))
+    system = {"role": "system", "content": "Follow these rules. " * 60}
+    question = {"role": "user", "content": "Hi?"}
+    with pytest.raises(PromptError, match=r"^the system message \(\d+ tokens\) leaves no room for the question in a "
+                                          r"prompt budget of 150 tokens$"):
+        build_chat_prompt(index, smollm2_tokenizer, [system, question], budget_tokens=150)
+    with pytest.raises(PromptError, match="^the question does not fit"):
+        build_chat_prompt(index, smollm2_tokenizer, [{"role": "user", "content": "Why? " * 200}], budget_tokens=150)
+    assert len(build_chat_prompt(index, smollm2_tokenizer, [system, question], budget_tokens=400).ids) <= 400
+
+
 def test_a_history_share_keeps_room_for_the_code_but_never_cuts_the_question(make_repo, smollm2_tokenizer):
     """With history_share (the REPL's), earlier turns past that part of the budget give way to the pinned file;
     a question, or the exchange it follows up, longer than the share is still sent whole; without it the
