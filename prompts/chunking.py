@@ -267,25 +267,29 @@ class _SyntaxChunker:
         return _pack(first, last, sorted(cuts), self.sizes, self.max_tokens)
 
     def _collect_cuts(self, nodes: list, cuts: set[int]) -> None:
-        """Rows where a piece may start: each node's start (its leading comments' start, if any), recursing
-        into nodes over the limit; a node too long and without children may be cut at any of its rows."""
-        previous = None
-        for node in nodes:
-            glued = (
-                previous is not None
-                and previous.type in self.spec.leading
-                and _last_row(previous) + 1 >= node.start_point.row
-            )
-            if not glued:
-                cuts.add(node.start_point.row)
-            first, last = node.start_point.row, _last_row(node)
-            if self.sizes.tokens(first, last) > self.max_tokens:
-                children = node.named_children
-                if children:
-                    self._collect_cuts(children, cuts)
-                else:
-                    cuts.update(range(first + 1, last + 1))
-            previous = node
+        """Rows where a piece may start: each node's start (its leading comments' start, if any), descending
+        into nodes over the limit; a node too long and without children may be cut at any of its rows. The
+        sibling lists still to walk are a stack, not Python's: an expression nested a thousand levels deep
+        (generated data) was a RecursionError, and its file left out of the index."""
+        to_walk = [nodes]
+        while to_walk:
+            previous = None
+            for node in to_walk.pop():
+                glued = (
+                    previous is not None
+                    and previous.type in self.spec.leading
+                    and _last_row(previous) + 1 >= node.start_point.row
+                )
+                if not glued:
+                    cuts.add(node.start_point.row)
+                first, last = node.start_point.row, _last_row(node)
+                if self.sizes.tokens(first, last) > self.max_tokens:
+                    children = node.named_children
+                    if children:
+                        to_walk.append(children)
+                    else:
+                        cuts.update(range(first + 1, last + 1))
+                previous = node
 
 
 def _pack(first: int, last: int, cuts: list[int], sizes: _LineSizes, limit: int) -> list[tuple[int, int]]:

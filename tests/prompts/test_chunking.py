@@ -341,6 +341,21 @@ def test_a_syntax_error_still_yields_chunks_with_the_definitions_after_it():
     assert {6, 7} <= covered  # the broken part is kept as code
 
 
+@pytest.mark.parametrize("path, nested, after", [
+    ("data.py", "def f():\n    x = " + "[\n" * 3000 + "]\n" * 3000 + "    return x\n", "def g():\n    return f()\n"),
+    ("data.js", "const T = " + "(\n" * 3000 + "1" + ")\n" * 3000 + ";\n", "function g() { return T; }\n"),
+])
+def test_code_nested_thousands_deep_is_chunked_and_the_definitions_after_it_found(path, nested, after):
+    """Generated data nested deeper than Python's recursion limit: the walk for cut points recursed once a level,
+    and the whole file (`g` with it) was left out of the index as "nested too deeply to chunk"."""
+    source = nested + "\n" + after
+    chunks = analyze_source(path, source).chunks
+    assert [c.defines for c in chunks if "g" in c.defines] == [("g",)]
+    last = source.count("\n")
+    assert chunks[-1].end_line == last and chunks[0].start_line == 1
+    assert all(a.end_line < b.start_line for a, b in zip(chunks, chunks[1:]))
+
+
 def test_other_text_files_fall_back_to_line_windows():
     source = "".join(f"line {i} of the notes\n" for i in range(1, 101))
     chunks = analyze_source("docs/notes.md", source).chunks

@@ -227,7 +227,7 @@ def test_tokenizable_replaces_lone_surrogates_one_for_one():
     assert tokenizable(os.fsdecode(b"a\xffb\xfe")) == "a\ufffdb\ufffd"
 
 
-def test_code_or_folders_nested_thousands_deep_skip_one_file_not_the_index(make_repo):
+def test_code_nested_thousands_deep_is_indexed_and_folders_so_deep_skipped_not_the_index(make_repo, monkeypatch):
     root = make_repo({"a.py": "def add(a, b):\n    return a + b\n",
                       "deep.py": "x = " + "[\n" * 3000 + "]\n" * 3000})
     folder = str(root)
@@ -244,10 +244,22 @@ def test_code_or_folders_nested_thousands_deep_skip_one_file_not_the_index(make_
         while folder != str(root):
             os.rmdir(folder)
             folder = os.path.dirname(folder)
-    assert index.files == ["a.py"]
+    assert index.files == ["a.py", "deep.py"]       # (its chunks are found without recursion: chunking.py)
     messages = {str(w.message) for w in caught}
-    assert "skipped deep.py: nested too deeply to chunk" in messages
+    assert not any("deep.py" in message for message in messages)
     assert any("nested deeper than" in message for message in messages)
+    # Recursion the chunker still hits somewhere costs that file only.
+    import prompts.index
+
+    analyze = prompts.index.analyze_source
+
+    def recursing(path, text):
+        if path == "deep.py":
+            raise RecursionError
+        return analyze(path, text)
+    monkeypatch.setattr(prompts.index, "analyze_source", recursing)
+    with pytest.warns(ScanWarning, match="skipped deep.py: nested too deeply to chunk"):
+        assert index_repository(make_repo({"a.py": "a = 1\n", "deep.py": "x = 1\n"}, name="other")).files == ["a.py"]
 
 
 def test_cargo_manifests_nested_thousands_deep_or_malformed_name_no_crate_and_stop_nothing(make_repo):
