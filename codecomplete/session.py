@@ -102,9 +102,10 @@ class Session:
 
     def complete(self, path: str, *, text: str | None = None, line: int | None = None, col: int | None = None,
                  extra: Sequence[tuple[str, str]] = (), sampling: Sampling, budget: int | None = None,
-                 sticky: bool = True) -> Generation:
+                 sticky: bool = True, room: int | None = None) -> Generation:
         """A completion at a cursor of `path` (relative to the repository), in its buffer `text` or as on disk;
-        `budget`: the prompt's tokens (None: `prompt_budget`). `sticky`: keep the repository context the last
+        `budget`: the prompt's tokens (None: `prompt_budget`); `room`: the KV cache's tokens for the prompt and the
+        answer, as `_healing_overflow` counts them (None: the engine's). `sticky`: keep the repository context the last
         sticky completion in this file chose where it still ranks near the top, and the rows where its blocks of
         the file began (`anchor` in prompts.completion), and remember this one's; False
         for a prompt exactly as a session without history builds it (the command line's, through a server)."""
@@ -112,16 +113,23 @@ class Session:
 
         last = self._last.get(path) if sticky else None
 
-        def build(index, heal: bool = True):
+        def build(index, heal: bool = True, tokens: int | None = None):
             return build_completion_prompt(
                 index, self.engine.tokenizer, path=path, text=text, line=line, col=col,
-                budget_tokens=budget or self.prompt_budget(sampling.max_tokens), extra=extra, heal=heal,
+                budget_tokens=tokens or budget or self.prompt_budget(sampling.max_tokens), extra=extra, heal=heal,
                 previous=last.chosen if last else (), anchor=last.anchor if last else None,
                 suffix_first=self.suffix_first)
 
         packed = self._current(build, path)
         if not self._heals(packed, sampling):
             packed = self._current(lambda index: build(index, heal=False), path)
+        over = self._healing_overflow(packed, sampling.max_tokens, room)
+        if 0 < over < len(packed.ids):
+            from prompts import BudgetError
+            try:
+                packed = self._current(lambda index: build(index, tokens=len(packed.ids) - over), path)
+            except BudgetError:     # a budget too small to give any way: the answer gets what room is left
+                pass
         if sticky:
             self._remember(path, packed)
         return self._generation(packed, sampling)
@@ -233,6 +241,20 @@ class Session:
             raise UsageError(f"{e}{' (ignore_eos bans the end-of-generation tokens)' if sampling.ignore_eos else ''}")
         return Generation(packed, self.engine, lambda on_text=None, should_stop=None: self._run(
             packed, sampling, bias, on_text, should_stop))
+
+    def _healing_overflow(self, packed, max_tokens: int, room: int | None = None) -> int:
+        """The tokens `packed` must give way for the healing: the model may write the healed text again one token a
+        byte, where the prompt left out one token, and each is a place in the KV cache that the answer's
+        `max_tokens` new ones would miss (a cache of the budget and the new tokens, the command line's, had none: a
+        prompt that filled the budget got fewer tokens than asked, or none). 0 where the cache holds them all."""
+        extra = len(packed.heal_text.encode()) - 1
+        if extra <= 0 or max_tokens <= 0:     # (0: a prompt only read into the cache, or built to warm the index)
+            return 0
+        # (the engine's row takes at most context_length - len(ids) + 1 tokens: the last is never fed back)
+        room = min(room or self.engine.context_length, self.engine.context_length)
+        if len(packed.ids) + max_tokens > room:
+            return 0        # an answer the cache cannot hold anyway runs until it is full: the prompt stays as it is
+        return max(0, min(len(packed.ids) + extra + max_tokens - room, extra))
 
     def _heals(self, packed, sampling: Sampling) -> bool:
         """Whether the request's bans leave tokens that write the prompt's healed text (models/healing.py). A client

@@ -80,9 +80,11 @@ async def complete(request: Request):
     # As the command line checks it: inside the repository once links are resolved, so that no request makes
     # the server read a file elsewhere (a link in the repository to /etc/passwd included).
     path = workspace.file_in(request.app.state.server.session.index.root, body.path, must_exist=body.text is None)
-    # Not sticky: the command line prints what it would print alone, whatever an editor typed before.
+    # Not sticky: the command line prints what it would print alone, whatever an editor typed before; and its prompt
+    # gives way to a healing as much as its own KV cache (the budget and the new tokens) would make it.
     return await _run(request, body, lambda session, sampling, budget: _caught_up(session).complete(
-        path, text=body.text, line=body.line, col=body.col, sampling=sampling, budget=budget, sticky=False))
+        path, text=body.text, line=body.line, col=body.col, sampling=sampling, budget=budget, sticky=False,
+        room=budget + sampling.max_tokens))
 
 
 @router.post("/chat")

@@ -787,7 +787,7 @@ def prompt_problems(fresh, spec: Spec, seen: Seen | None, record: Record) -> lis
     elif spec.path == NATIVE + "complete":
         budget = engines.prompt_budget(fresh.engine, body["context_tokens"], sampling.max_tokens)
         ids = fresh.complete(body["path"], text=body["text"], line=body["line"], col=body["col"], sampling=sampling,
-                             budget=budget, sticky=False).prompt.ids
+                             budget=budget, sticky=False, room=budget + sampling.max_tokens).prompt.ids   # (native's)
     else:
         return None
     problems = [] if ids == record.prompt else [f"prompt ids {record.prompt} against a fresh session's {ids}"]

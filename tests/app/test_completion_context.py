@@ -57,3 +57,35 @@ def test_llama_vim_typing_line_after_line_keeps_the_prompt_s_start_in_the_warm_s
         shared = next((n for n, (a, b) in enumerate(zip(before.ids, after.ids)) if a != b), len(before.ids))
         moved += shared < len(before.ids) - 60                  # more than the last line and the cursor's end changed
     assert moved <= 1, [p.context[-1] for p in prompts]         # (the far end's step of 8 lines, at most once)
+
+
+def test_a_healed_text_written_in_several_tokens_leaves_the_answer_its_max_tokens(engine, repo, tmp_path):
+    """The prompt stops one token before the cursor and the model writes that text again, which may take it one
+    token a byte ("aaaa" as a, a, a, a). A KV cache that holds the prompt budget and the new tokens (the command
+    line's) had no room left for those: a prompt that filled the budget got fewer new tokens than asked, none at
+    all with --max-tokens 3. The prompt gives way by what the healing may take beyond its one token."""
+    budget, max_tokens = engine.context_length - 3, 3          # a cache of the budget and the new tokens, as `--file`
+    session = Session(engine, index_repository(repo, cache_dir=tmp_path / "cache"), budget)
+    generation = session.complete("long.py", text="x = '" + "a" * 20_000, sampling=Sampling(max_tokens=max_tokens))
+    assert len(generation.prompt.heal_text.encode()) > 1
+    result = generation.run()
+    assert result.finish_reason == "length" and result.healing_tokens > 1       # the healing took several tokens
+    assert len(result.token_ids) - result.healing_tokens == max_tokens and result.text
+    assert len(generation.prompt.ids) + len(result.token_ids) <= engine.context_length + 1
+
+
+def test_a_prompt_gives_way_only_where_the_healing_alone_would_cost_the_answer_tokens():
+    """A row takes at most context_length - len(ids) + 1 tokens; the healed text may take one a byte. The prompt
+    gives way by what that costs the answer, never more than the healing's extra tokens, and not at all where the
+    answer would not fit anyway (it runs until the cache is full, an editor's prompt kept as its budget made it)."""
+    session = Session(SimpleNamespace(context_length=100), None)
+    packed = SimpleNamespace(ids=[0] * 90, heal_text="abcd")                # up to 4 tokens where 1 was left out
+    assert session._healing_overflow(packed, 7) == 0                        # 90 + 3 + 7 = 100: they all fit
+    assert session._healing_overflow(packed, 8) == 1
+    assert session._healing_overflow(packed, 10) == 3                       # at most the 3 extra tokens
+    assert session._healing_overflow(packed, 11) == 0                       # 90 + 11 > 100 without any healing
+    assert session._healing_overflow(packed, 8, room=95) == 0               # 90 + 8 > 95: the answer does not fit
+    assert session._healing_overflow(packed, 5, room=95) == 3
+    assert session._healing_overflow(SimpleNamespace(ids=[0] * 99, heal_text="é"), 1) == 1    # é: 2 bytes
+    assert session._healing_overflow(SimpleNamespace(ids=[0] * 99, heal_text="a"), 1) == 0
+    assert session._healing_overflow(packed, 0) == 0                        # a prompt only read into the cache
