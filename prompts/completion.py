@@ -17,8 +17,9 @@ that sends only the lines around the cursor (llama.vim: the 256 above it) moves 
 every line typed, and blocks counted from there would move over the code with it: so the blocks are counted from
 where the last prompt's were (its ``anchor``: a row where one began, found again by its text). The
 file's share of the budget grows in steps for the same reason: the repository context does not change with
-every keystroke. The prompt ends one token before the cursor, that token's text left for the model to write
-(token healing).
+every keystroke; and within it the text typing changes (the prefix's piece at the cursor) holds its tokens in
+steps, so that the far ends of the text before and after the cursor stay where they are while the user types. The
+prompt ends one token before the cursor, that token's text left for the model to write (token healing).
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ PREFIX_SHARE = 0.75  # of the current file's share, before the cursor
 DEFINITION_SHARE = 0.6  # of the repository's share, first for the definitions of the names the cursor uses
 EXAMPLE_TOKENS = 128  # at most, of the repository's share (and at most half of it), for example lines
 EXAMPLE_CHUNKS = 200  # the best chunks of the context ranking that example lines are taken from
-SHARE_STEPS = 16  # the current file's share changes in steps of 1/16 of the budget
+SHARE_STEPS = 16  # the current file's share changes in steps of 1/16 of the budget, and the cursor's piece holds
+                  # its share in steps of 1/16 of that
 BLOCK_LINES = 32  # the current file enters the prompt in blocks of this many lines
 PART_LINES = 8  # a block too large for what is left enters by its nearest parts of this many lines
 ENCODE_AHEAD = 8  # blocks encoded per call to the tokenizer
@@ -369,8 +371,12 @@ def _file_share(window: _Window, space: int) -> int:
     need = window.need(up_to=half)
     if need > half:
         return half
-    step = max(1, space // SHARE_STEPS)
-    return min(space, -(-need // step) * step)
+    return min(space, _in_steps(need, max(1, space // SHARE_STEPS)))
+
+
+def _in_steps(tokens: int, step: int) -> int:
+    """``tokens`` rounded up to whole steps: what it decides moves once a step, not with every token typed."""
+    return -(-tokens // step) * step
 
 
 def _read(full: Path, shown: str) -> str:
@@ -471,6 +477,7 @@ class _Window:
         self.prefix: list[_Piece] = []
         self.suffix: list[_Piece] = []
         self.tokens = 0
+        self._step = 1  # the prefix's piece at the cursor holds its tokens in steps of this many (`fit`)
 
     def _block(self, first: int, end: int) -> _Piece:
         last = min(end, len(self.rows))
@@ -510,41 +517,52 @@ class _Window:
 
     def fit(self, share: int, avoid: list[Chunk] | None = None) -> None:
         """Choose the window for ``share`` tokens: up to three quarters before the cursor, more if the text after
-        it needs less; never over rows of the chunks to ``avoid`` (in the prompt already; kept for refits)."""
+        it needs less; never over rows of the chunks to ``avoid`` (in the prompt already; kept for refits).
+
+        Typing changes only the prefix's piece at the cursor. Counted exactly, its tokens moved the far ends of both
+        windows whenever they crossed a part's worth (the suffix gets what the prefix leaves), and the model's cache
+        prefilled everything after the moved end again; so it counts in steps of a sixteenth of the share, as the
+        file's share is of the budget, and a keystroke moves neither far end until it crosses a step. A text that
+        fits whole has no far ends to move and is taken whole."""
         if avoid is not None:
             self._avoid = avoid
         share = max(share, 0)
-        _, wanted = self._take(self.above, int(share * PREFIX_SHARE))
-        self.suffix, suffix = self._take(self.below, share - wanted)
-        self.prefix, prefix = self._take(self.above, share - suffix)
+        self._step = 1 if self.need(up_to=share) <= share else max(1, share // SHARE_STEPS)
+        _, _, wanted = self._take(self.above, int(share * PREFIX_SHARE))
+        self.suffix, suffix, _ = self._take(self.below, share - wanted)
+        self.prefix, prefix, _ = self._take(self.above, share - suffix)
         self.tokens = prefix + suffix
 
-    def _take(self, pieces: list[_Piece], budget: int) -> tuple[list[_Piece], int]:
+    def _take(self, pieces: list[_Piece], budget: int) -> tuple[list[_Piece], int, int]:
         """The nearest pieces that fit together into ``budget``: the first one cut down if need be, and the next one,
-        where it does not fit whole, by its lines nearest the cursor in parts of PART_LINES."""
-        taken, tokens = [], 0
+        where it does not fit whole, by its lines nearest the cursor in parts of PART_LINES; as (pieces, their
+        tokens, the tokens they hold of the budget: the prefix's piece at the cursor in steps, see `fit`)."""
+        taken, tokens, held = [], 0, 0
         for number, piece in enumerate(pieces):
             if number and any(c.start_line - 1 <= piece.last and c.end_line - 1 >= piece.first for c in self._avoid):
                 break
-            too_long = _too_long(piece.text, budget - tokens)
-            if too_long or tokens + self._cost(pieces, number) > budget:
+            too_long = _too_long(piece.text, budget - held)
+            if too_long or held + self._cost(pieces, number) > budget:
                 if number == 0:  # the cursor's own block is too long: keep the part nearest the cursor
                     piece = (self._steps_down(piece, budget) if pieces is self.above else None) or piece
                     if _too_long(piece.text, budget) or self._cost([piece], 0) > budget:
                         piece = self._cut(piece, budget, keep_end=pieces is self.above)
-                    return [piece], self._cost([piece], 0)
+                    return [piece], self._cost([piece], 0), budget  # (it fills the budget, however it is cut)
                 # A cursor in the first lines of its block would otherwise see none of the block above it (at the
                 # CPU's 1,024-token budget a dense block of 32 lines does not fit what is left). Only that block: a
                 # farther one gives way whole, as the window's far end moves less often so (what it moves, the
                 # model's cache prefills again).
-                part = self._part(piece, budget - tokens, keep_end=pieces is self.above) if number == 1 else None
+                part = self._part(piece, budget - held, keep_end=pieces is self.above) if number == 1 else None
                 if part is not None:
                     taken.append(part)
                     tokens += self._cost([part], 0)
+                    held += self._cost([part], 0)
                 break
             taken.append(piece)
             tokens += self._cost(pieces, number)
-        return taken, tokens
+            held += min(_in_steps(tokens, self._step), budget) if number == 0 and pieces is self.above else (
+                self._cost(pieces, number))
+        return taken, tokens, held
 
     def _part(self, piece: _Piece, budget: int, keep_end: bool) -> _Piece | None:
         """The most of a whole block's lines nearest the cursor that fit into ``budget``, in steps of PART_LINES

@@ -6,6 +6,7 @@ its errors. The model: a tiny random Llama over a byte-level vocabulary with Sta
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -85,17 +86,23 @@ def test_a_typed_character_prefills_only_the_end_of_a_suffix_first_prompt(fim_mo
         assert (repaired != []) == (kv_cache == "fp8"), repaired
 
 
-def llama_vscode_body(served_repo: Path, files: dict, prompt: str) -> dict:
-    """llama.vscode's /infill body (test_server_protocols.py's), at app.py's line 5 column 5 with `prompt` typed
-    there: its 256 lines before (the whole file here), the line's rest and 64 lines after, a chunk of its ring."""
-    lines = files["app.py"].split("\n")
-    return {"id_slot": 0, "input_prefix": "".join(f"{row}\n" for row in lines[:4]),
-            "input_suffix": lines[4][4:] + "\n" + "".join(f"{row}\n" for row in lines[5:]),
-            "input_extra": [{"text": files["shapes/geometry.py"], "time": 1764460000000,
-                             "filename": str(served_repo / "shapes" / "geometry.py")}],
+def vscode_body(lines: list[str], row: int, column: int, prompt: str, extra: list[tuple[str, str]]) -> dict:
+    """llama.vscode's /infill body for a cursor at 0-based ``row``, ``column`` of ``lines``, with ``prompt`` (the line's
+    text before the cursor, as typed) there: the 256 lines before the cursor's line, the line's rest and the 64 lines
+    after, and ``extra`` chunks of its ring as (file name, text)."""
+    return {"id_slot": 0, "input_prefix": "".join(f"{line}\n" for line in lines[max(0, row - 256):row]),
+            "input_suffix": lines[row][column:] + "\n" + "".join(f"{line}\n" for line in lines[row + 1:row + 65]),
+            "input_extra": [{"text": text, "time": 1764460000000, "filename": filename} for filename, text in extra],
             "prompt": prompt, "n_predict": 4, "n_cmpl": 3, "top_k": 40, "top_p": 0.99, "stream": False,
             "samplers": ["top_k", "top_p", "infill"], "cache_prompt": True, "n_indent": 4, "t_max_prompt_ms": 500,
             "t_max_predict_ms": 500}
+
+
+def llama_vscode_body(served_repo: Path, files: dict, prompt: str) -> dict:
+    """llama.vscode's /infill body (test_server_protocols.py's), at app.py's line 5 column 5 with `prompt` typed
+    there: its 256 lines before (the whole file here), the line's rest and 64 lines after, a chunk of its ring."""
+    return vscode_body(files["app.py"].split("\n"), 4, 4, prompt,
+                       [(str(served_repo / "shapes" / "geometry.py"), files["shapes/geometry.py"])])
 
 
 @pytest.mark.parametrize("order", ["--spm-infill", None], ids=["spm", "psm"])
@@ -149,3 +156,44 @@ def test_a_command_line_and_a_server_of_the_other_order_are_not_used_together():
     assert mismatch(info, args(), None, 8) == "lays infill prompts out suffix first, not prefix first (no --spm-infill)"
     assert mismatch({**info, "spm_infill": False}, args(spm_infill=True), None, 8) == (
         "lays infill prompts out prefix first, not suffix first (--spm-infill)")
+
+
+@pytest.mark.parametrize("suffix_first", [False, True], ids=["psm", "spm"])
+@pytest.mark.parametrize("budget", [1280, 1536, 1792, 2048, 2560, 3072])
+def test_typing_at_the_cursor_changes_the_prompt_only_at_the_cursor_until_a_step_is_crossed(fim_model, tmp_path,
+                                                                                           suffix_first, budget):
+    """Thirty characters typed on a new line, one llama.vscode request each, read as the server reads them. The
+    suffix's window got what the prefix's left of the file's share, so a typed token took one from the suffix and,
+    once a part of 8 lines no longer fitted, the suffix lost it (or, the prefix losing a part, gained one): at each
+    of these budgets one keystroke changed the file's window, and the model's cache prefilled everything after the
+    change (suffix first: the whole prefix and the suffix's changed end). The prefix's piece at the cursor now holds
+    its tokens in steps of a sixteenth of the file's share (36 or more here, a token a byte), which these 30
+    characters, on a line that began with 4 spaces, do not cross: each prompt is the last with the typed character
+    inserted at the cursor (with the byte healing had left to the model), and nothing else changed."""
+    from transformers import AutoTokenizer
+
+    from prompts import index_repository
+
+    rows = ["def run(f, v0):"] + [f"    v{n} = f(v{n - 1}, {n})" for n in range(400)]
+    (tmp_path / "app.py").write_text("\n".join(rows) + "\n")
+    helpers = "".join(f"def f{n}(x):\n    return x + {n}\n\n\n" for n in range(40))
+    (tmp_path / "util.py").write_text(helpers)
+    ring = [(str(tmp_path / "util.py"), "\n".join(helpers.split("\n")[start:start + 16])) for start in (0, 16, 32)]
+    tokenizer = AutoTokenizer.from_pretrained(fim_model)
+    session = Session(SimpleNamespace(tokenizer=tokenizer, check_prompt=lambda ids: None), index_repository(tmp_path),
+                      suffix_first=suffix_first)
+    rows.insert(300, "    ")                       # a new line, the cursor after its indentation
+    typed = "total = compute(v299, factor) "
+    prompts = []
+    for count in range(len(typed) + 1):
+        body = vscode_body(rows, 300, 4, "    " + typed[:count], ring)
+        prompts.append(session.infill(body["input_prefix"] + body["prompt"], body["input_suffix"],
+                                      extra=[(chunk["filename"], chunk["text"]) for chunk in body["input_extra"]],
+                                      sampling=Sampling(max_tokens=0), budget=budget).prompt)
+    assert prompts[0].cut and len(prompts[0].ids) > budget * 0.9       # (the premise: the file's text was cut)
+    for count, (before, after) in enumerate(zip(prompts, prompts[1:]), 1):
+        head = next(n for n, (a, b) in enumerate(zip(before.ids, after.ids)) if a != b)
+        assert after.ids[:head] + after.ids[head + 1:] == before.ids, (        # one token more, at the cursor
+            count, [(item.start_line, item.end_line) for item in before.context[-2:]],
+            [(item.start_line, item.end_line) for item in after.context[-2:]])
+        assert tokenizer.decode(after.ids[head:head + 1]) == ("    " + typed)[count + 2]     # (healed last time)

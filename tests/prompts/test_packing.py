@@ -508,3 +508,25 @@ def test_an_anchor_found_both_above_and_below_its_row_is_taken_above_as_typing_m
     assert prompts[0].anchor == (224, "\n".join(rows[268:272]))    # (the premise: the repeating rows)
     assert firsts[0] == firsts[1], firsts                          # the window begins at the same code
     assert prompts[1].anchor[0] == 223                             # found again where typing moved it
+
+
+def test_the_windows_far_ends_move_only_when_the_cursor_s_piece_crosses_a_step(starcoder_tokenizer):
+    """Typing changes only the prefix's piece at the cursor. Its tokens, counted exactly, moved the far ends of both
+    windows whenever a part of 8 lines stopped (or started) fitting; held in steps of a sixteenth of the share, they
+    move only when those steps are crossed, and the window never exceeds its share."""
+    from prompts.completion import SHARE_STEPS, _in_steps, _Window
+    from prompts.tokens import encoder_for
+
+    encoder = encoder_for(starcoder_tokenizer)     # a token a byte
+    rows = [f"    v{n} = f(v{n - 1}, {n})" for n in range(400)]
+    share = 600
+    ends: dict[int, set] = {}
+    for count in range(150):                        # a line typed (its block fits 3/4 of the share)
+        text = "\n".join(rows[:300] + ["    " + "x" * count] + rows[300:])
+        window = _Window(encoder, text, text.split("\n"), 300, 4 + count, with_suffix=True, heal=1)
+        window.fit(share)
+        assert window.tokens <= share
+        held = _in_steps(window._cost(window.above, 0), share // SHARE_STEPS)
+        ends.setdefault(held, set()).add((window.prefix[-1].first, window.suffix[-1].last))
+    assert all(len(found) == 1 for found in ends.values()), ends
+    assert len(ends) >= 5 and len(set().union(*ends.values())) > 1      # (the premise: steps crossed, ends moved)
