@@ -1,12 +1,15 @@
 """Tokens a keystroke prefills with prefix-first (PSM, the default) and suffix-first (SPM, `--spm-infill`) infill
 prompts, for llama.vscode's /infill body, and the repair prefills an fp8 cache runs for them.
 
-    python bench/spm_infill_prefill.py [--out FILE]
+    python bench/spm_infill_prefill.py [--out FILE] [--text FOLDER]
 
-The editor's text: prompts/completion.py, the cursor in the middle of a line inside `_Window.__init__`;
-llama.vscode's defaults (its 256 lines before the cursor's line, the line's rest and its 64 lines after, three
-64-line chunks of its ring as `input_extra`), at prompt budgets of 1,024 (the CPU default), 4,096 and 8,192 tokens.
-Eight characters are typed at the cursor, one request each, through the server's own path (`Session.infill`).
+The editor's text: prompts/completion.py (or `--text`'s), the cursor in the middle of a line inside
+`_Window.__init__`; llama.vscode's defaults (its 256 lines before the cursor's line, the line's rest and its 64 lines
+after, three 64-line chunks of its ring as `input_extra`), at prompt budgets of 1,024 (the CPU default), 4,096 and
+8,192 tokens.
+Thirty characters are typed at the cursor, one request each, through the server's own path (`Session.infill`);
+a keystroke "moves the window" where the current file's lines in the prompt (the first before the cursor, the last
+after it) differ from the last request's.
 The vocabulary is a real one: the embedded SmolLM2's, with StarCoder's three FIM tokens added (it has none);
 the model is a random 2-layer Llama of that vocabulary, since only token counts are measured. A repair prefill
 spans `models.kv_cache.repair_span(layers)` tokens: 63 for these 2 layers, 993 for CodeLlama-7B's 32.
@@ -32,8 +35,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 import run_info  # noqa: E402  (bench/, next to this script)
 
 FIM_TOKENS = ["<fim_prefix>", "<fim_middle>", "<fim_suffix>"]
-CURSOR_ROW, CURSOR_COL = 455, 12        # 0-based: "        self.cursor = self.starts[row] + column  # ..."
-TYPED = "result.f"
+CURSOR_LINE, CURSOR_COL = "        self.cursor = self.starts[row] + column", 12  # the line it is on, 0-based column
+TYPED = "result.fit(share - used, keep)"  # 30 characters
 BUDGETS = (1024, 4096, 8192)
 
 
@@ -57,34 +60,43 @@ def fim_checkpoint(folder: Path) -> Path:
     return folder
 
 
-def keystrokes(engine, repo: Path, budget: int, suffix_first: bool, repairs: list) -> list[tuple[int, int, int]]:
-    """(prompt tokens, tokens prefilled, repair tokens) for each typed character after the first request."""
+def keystrokes(engine, repo: Path, budget: int, suffix_first: bool, repairs: list
+               ) -> list[tuple[int, int, int, bool]]:
+    """(prompt tokens, tokens prefilled, repair tokens, whether the window moved) for each typed character after the
+    first request."""
     from codecomplete.session import Sampling, Session
     from prompts import index_repository
 
     rows = (repo / "completion.py").read_text().split("\n")
-    line = rows[CURSOR_ROW]
-    before = "".join(row + "\n" for row in rows[max(0, CURSOR_ROW - 256):CURSOR_ROW])
-    after = line[CURSOR_COL:] + "\n" + "".join(row + "\n" for row in rows[CURSOR_ROW + 1:CURSOR_ROW + 65])
+    cursor_row = next(number for number, row in enumerate(rows) if row.startswith(CURSOR_LINE))
+    line = rows[cursor_row]
+    before = "".join(row + "\n" for row in rows[max(0, cursor_row - 256):cursor_row])
+    after = line[CURSOR_COL:] + "\n" + "".join(row + "\n" for row in rows[cursor_row + 1:cursor_row + 65])
     ring = (repo / "packing.py").read_text().split("\n")
     extra = [("packing.py", "\n".join(ring[start:start + 64])) for start in (0, 64, 128)]
     engine.clear_prefix_cache()
     session = Session(engine, index_repository(repo), suffix_first=suffix_first)
-    counts = []
+    counts, last = [], None
     for typed in range(len(TYPED) + 1):
         repairs.clear()
         generation = session.infill(before + line[:CURSOR_COL] + TYPED[:typed], after, path="completion.py",
                                     extra=extra, sampling=Sampling(max_tokens=1), budget=budget)
         result = generation.run()
+        own = [item for item in generation.prompt.context if item.path == "completion.py"][-2:]
+        window = (own[0].start_line, own[-1].end_line)
         if typed:
             counts.append((len(generation.prompt.ids), len(generation.prompt.ids) - result.reused_prefix_tokens,
-                           sum(repairs)))
+                           sum(repairs), window != last))
+        last = window
     return counts
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "spm-infill-prefill.md")
+    parser.add_argument("--text", type=Path, default=ROOT / "prompts",
+                        help="the folder the editor's repository copies (default: prompts/; a fixed copy compares "
+                             "two versions of the code on the same text)")
     args = parser.parse_args(argv)
     from models import load_model
 
@@ -92,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint = fim_checkpoint(Path(scratch) / "model")
         repo = Path(scratch) / "repo"
-        shutil.copytree(ROOT / "prompts", repo, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(args.text, repo, ignore=shutil.ignore_patterns("__pycache__"))
         for file in repo.iterdir():     # a repository's files, written long before the editor's requests
             os.utime(file, (time.time() - 3600,) * 2)
         for kv_cache in (None, "fp8"):
@@ -110,14 +122,17 @@ def main(argv: list[str] | None = None) -> int:
                     counts = keystrokes(engine, repo, budget, suffix_first, repairs)
                     rows.append((kv_cache or "fp32", budget, "SPM" if suffix_first else "PSM", counts))
     lines = [f"# Tokens prefilled per keystroke, PSM vs SPM (`bench/spm_infill_prefill.py`, {run_info.now()})", "",
-             f"{run_info.machine()}; torch {torch.__version__}", "",
-             "| KV cache | budget | order | prompt tokens | prefilled per keystroke (8 typed) | mean | repair tokens |",
-             "|---|---|---|---|---|---|---|"]
+             f"{run_info.machine()}; torch {torch.__version__}; the editor's text: "
+             f"{'prompts/' if args.text == ROOT / 'prompts' else args.text.name + '/ (--text)'}", "",
+             f"| KV cache | budget | order | prompt tokens | prefilled per keystroke ({len(TYPED)} typed) | mean | "
+             "window moved at | repairs (tokens) |",
+             "|---|---|---|---|---|---|---|---|"]
     for kv_cache, budget, order, counts in rows:
-        sizes, prefilled, repaired = zip(*counts)
+        sizes, prefilled, repaired, moved = zip(*counts)
+        at = [str(number) for number, move in enumerate(moved, 1) if move]
         lines.append(f"| {kv_cache} | {budget:,} | {order} | {min(sizes):,}-{max(sizes):,} | "
                      f"{', '.join(map(str, prefilled))} | {sum(prefilled) / len(prefilled):.1f} | "
-                     f"{', '.join(map(str, repaired))} |")
+                     f"{', '.join(at) or '-'} | {sum(1 for r in repaired if r)} ({sum(repaired)}) |")
     text = "\n".join(lines) + "\n"
     args.out.write_text(text)
     print(text, end="")
