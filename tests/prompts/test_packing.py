@@ -269,7 +269,8 @@ def test_the_next_line_keeps_the_repository_context_and_the_prompts_start(make_r
 
     from codecomplete.session import Sampling, Session
 
-    session = Session(SimpleNamespace(tokenizer=smollm2_tokenizer, check_prompt=lambda ids: None), index)
+    session = Session(SimpleNamespace(tokenizer=smollm2_tokenizer, check_prompt=lambda ids: None, context_length=2048),
+                      index)
     sampling = Sampling(max_tokens=8)
 
     def complete(k: int, sticky: bool = True):
