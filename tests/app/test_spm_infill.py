@@ -24,17 +24,10 @@ SUFFIX = "".join(f"\n\ndef f{i}(x):\n    return x * {i}  # helper number {i}" fo
 def fim_model(tmp_path_factory) -> Path:
     """A checkpoint folder: 2 layers of width 64, every byte a token (exact round trips), FIM tokens first."""
     import torch
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from byte_level import byte_level_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    vocab = {token: i for i, token in enumerate(SPECIALS)}
-    for character in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab[character] = len(vocab)
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in SPECIALS])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>")
+    tokenizer = byte_level_tokenizer(SPECIALS, eos_token="<|endoftext|>")
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                          bos_token_id=None, eos_token_id=0)

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO), str(REPO / "tests" / "prompts"), str(REPO / "tests" / "models")]
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "prompts"), str(REPO / "tests" / "models"), str(REPO / "tests")]
 
 FRAGMENTS = ["é", "中文", "🙂", "👩‍💻", "e\u0301", "\t", "\r\n", "\r", "\n", "\f", "\ufeff", "\u200b", "    ", "  \t ",
              "==", "->", "**=", "\\", "'str ing'", "\"s\"", "# comment é", "x", "abc_def", "123", "0x1F", " ", "  ",
