@@ -234,6 +234,12 @@ def graph_replay_us(run, replays: int = 30) -> float:
     return samples[len(samples) // 2]
 
 
+def median_replay_us(run, replays: int = 50, rounds: int = 3) -> float:
+    """The median over `rounds` fresh captures of `graph_replay_us(run, replays)`: one capture's median can sit a
+    few percent off (a bench/gpu script comparing two calls of a few µs difference takes this)."""
+    return sorted(graph_replay_us(run, replays) for _ in range(rounds))[rounds // 2]
+
+
 def time_graph(fn, sets, replays: int = 30) -> float:
     """Median µs per call of a graph holding one call of fn per input set (sets rotate past L2)."""
     def run_all():

@@ -11,12 +11,12 @@ PDL overlap is models.bench's). CodeLlama-7B (MHA, V token-major) at 16k and 64k
 """
 from __future__ import annotations
 
-import statistics
 import sys
 
 import torch
 
 from kernels import flash_decode, flash_decode_exact_window
+from kernels.bench import median_replay_us
 from kernels.exact_window import combine_exact_launch
 from kernels.interface import as_sequence_major, launch, plan_for
 from kernels.reference import quantize
@@ -49,11 +49,6 @@ def inputs(Hq: int, Hkv: int, D: int, seq_major: bool, S: int, short: int = 0):
     return q, k8, v8, k_scale, v_scale, exact, lengths
 
 
-def replay_us(run, rounds: int = 3) -> float:
-    from kernels.bench import graph_replay_us
-    return statistics.median(graph_replay_us(run, 50) for _ in range(rounds))
-
-
 def main(argv: list[str]) -> int:
     small = "--small" in argv
     # --ragged: each row S - 37 tokens long, as a decode step mostly finds it (no split ends on a whole tile)
@@ -84,8 +79,8 @@ def main(argv: list[str]) -> int:
             assert shift_only()[0].isfinite().all()
             rows.append(f"| {name} | {S} | - | - | - | - | - | - |")
             continue
-        a, b, c, e = (replay_us(f) for f in (plain, windowed, shifted, shift_only))
-        d = replay_us(exact_combine) if plan.num_splits > 1 else float("nan")   # (unsplit: a merge kernel after)
+        a, b, c, e = (median_replay_us(f) for f in (plain, windowed, shifted, shift_only))
+        d = median_replay_us(exact_combine) if plan.num_splits > 1 else float("nan")   # (unsplit: a merge after)
         rows.append(f"| {name} | {S} | {a:.1f} | {b:.1f} | {b / a:.3f} | {c:.1f} | {e:.1f} | {d:.1f} |")
         print(rows[-1], flush=True)
     print("\n| model | S | fp8 flash_decode (µs) | with the exact tokens (µs) | ratio | shifted span only (µs) "

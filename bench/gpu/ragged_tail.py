@@ -9,23 +9,18 @@ masked tail tile, read after its pipelined loop (kernels/split_kv.py). A decode 
 """
 from __future__ import annotations
 
-import statistics
 import sys
 
 import torch
 
 from kernels import flash_decode
+from kernels.bench import median_replay_us
 from kernels.interface import as_sequence_major
 from kernels.reference import quantize
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 SHAPES = [("7B", 32, 32, 128, 65536), ("34B", 64, 8, 128, 131072)]      # (name, Hq, Hkv, D, S)
 SHORT = (0, 1, 37, 127, 128)
-
-
-def replay_us(run, rounds: int = 3) -> float:
-    from kernels.bench import graph_replay_us
-    return statistics.median(graph_replay_us(run, 50) for _ in range(rounds))
 
 
 def main(argv: list[str]) -> int:
@@ -54,7 +49,7 @@ def main(argv: list[str]) -> int:
                     assert run().isfinite().all()
                     times.append(float("nan"))
                 else:
-                    times.append(replay_us(run))
+                    times.append(median_replay_us(run))
             rows.append(f"| {name} | {S} | {cache} | " + " | ".join(f"{t:.1f}" for t in times) + " |")
             print(rows[-1], flush=True)
     print("\n| model | S | cache | " + " | ".join(f"len S - {s} (µs)" for s in SHORT) + " |\n|---|---|---|"
