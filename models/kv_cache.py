@@ -187,7 +187,7 @@ class KVCache(nn.Module):
         # slots than the cache has tokens past the sink (`exact_ring_size`).
         windowed = quant in EXACT_WINDOW_CACHES
         self.exact_ring = exact_ring_size(max_len) if windowed else None
-        slots = EXACT_SINK + exact_ring_size(max_len)
+        slots = EXACT_SINK + (self.exact_ring or 0)
         exact = (batch, n_kv_heads, slots, head_dim)
         self.register_buffer("k_exact", torch.zeros(exact, dtype=dtype, device=device) if windowed else None,
                              persistent=False)                                                  # (B, Hkv, N, D)
