@@ -77,7 +77,7 @@ def simulated(kind: str, sink: int, window: int):
     def patched(self, q, k, v, step):
         if not isinstance(step, llama.Prefill):
             return attend(self, q, k, v, step)
-        k_all, v_all = self.kv_cache.write(step.row, step.start, k, v)
+        k_all, v_all = self.kv_cache.write(step.row, step.start, k, v).dequantized(q.dtype)
         out = attention(q, k_all, v_all, step.start, kind, sink, window).to(q.dtype)
         return out.transpose(1, 2).reshape(q.shape[0], q.shape[2], -1)
     llama.Attention.attend = patched

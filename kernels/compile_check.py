@@ -181,26 +181,33 @@ def _exact_merge_name(dtype: str, group: int, D: int, read: int, has_quantized: 
     return f"exact-merge-{dtype}-g{group}-d{D}-r{read}" + ("" if has_quantized else "-exact-only")
 
 
-# the prefill kernel over an fp8 cache's exact tokens (kernels/prefill_exact.py): (q dtype, group, head dim, tiles or
-# None for the default): CodeLlama-7B, SmolLM2, an odd head dim, D = 256 (each ~8 s on one core; -34B's group of 8
-# changes one division); with `--prefill-tiles` also fp32 (no model takes the kernel in fp32: 25 s to build its
-# CUDA-core dots) and the GPU sweep's other candidates (TILE_CHOICES), ~1.5 min on one core
-PREFILL_CONFIGS = [("bf16", 1, 128, None), ("fp16", 3, 64, None), ("bf16", 4, 80, None), ("bf16", 1, 256, None)]
-PREFILL_SWEEP_CONFIGS = [("bf16", 8, 128, None), ("fp32", 4, 80, None)] + [("bf16", 1, 128, tuple(t)) for t in TILE_CHOICES]
+# the prefill kernel over an fp8 cache's exact tokens (kernels/prefill_exact.py): (q dtype, cache dtype, group, head
+# dim, tiles or None for the default): CodeLlama-7B, SmolLM2, an odd head dim, D = 256, -34B's group of 8 (each ~8 s
+# on one core; a group > 1 reads an 8-bit V sequence-major, as models/kv_cache.py stores it on a GPU); with
+# `--prefill-tiles` also int8 bytes, a cache already in q's dtype, fp32 (no model takes the kernel in fp32: 25 s to
+# build its CUDA-core dots) and the GPU sweep's other candidates (TILE_CHOICES), ~2 min on one core
+PREFILL_CONFIGS = [("bf16", "fp8", 1, 128, None), ("fp16", "fp8", 3, 64, None), ("bf16", "fp8", 4, 80, None),
+                   ("bf16", "fp8", 1, 256, None), ("bf16", "fp8", 8, 128, None)]
+PREFILL_SWEEP_CONFIGS = [("bf16", "int8", 8, 128, None), ("bf16", "bf16", 1, 128, None), ("fp32", "fp8", 4, 80, None)] \
+    + [("bf16", "fp8", 1, 128, tuple(t)) for t in TILE_CHOICES]
 
 
-def compile_prefill(dtype: str, group: int, D: int, tiles: tuple | None, target: GPUTarget,
+def compile_prefill(dtype: str, cache: str, group: int, D: int, tiles: tuple | None, target: GPUTarget,
                     with_opcodes: bool = False) -> dict:
     """The prefill kernel as `prefill_attention_exact` launches it (16 sink and 64 exact slots, as models/kv_cache.py
-    keeps)."""
-    name = _prefill_name(dtype, group, D, tiles)
+    keeps; an 8-bit cache's bytes and scales, its V sequence-major where the group is > 1; the unit strides a launch
+    specialises as constants)."""
+    name = _prefill_name(dtype, cache, group, D, tiles)
     tiles = PrefillTiles(*tiles) if tiles else default_tiles(D, {"fp32": torch.float32}.get(dtype, torch.bfloat16))
     elem = POINTER[dtype]
-    pointers = dict(Q=elem, K=elem, V=elem, K_NEW=elem, V_NEW=elem, PRIOR_K=elem, PRIOR_V=elem, PRIOR_POS="*i64",
-                    OUT=elem)
+    scaled = cache in ("fp8", "int8")
+    pointers = dict(Q=elem, K=POINTER[cache], V=POINTER[cache], K_SCALE="*fp32", V_SCALE="*fp32", K_NEW=elem,
+                    V_NEW=elem, PRIOR_K=elem, PRIOR_V=elem, PRIOR_POS="*i64", OUT=elem)
+    unit = dict(stride_kd=1, stride_kss=1, stride_vss=1,
+                **({"stride_vn": 1} if scaled and group > 1 else {"stride_vd": 1}))
     binary = _compile(_prefill_exact_kernel, pointers,
-                      prefill_constexprs(tiles, group=group, D=D, N=64, sink=16, upcast=False,
-                                         ieee_dot=dtype == "fp32"),
+                      prefill_constexprs(tiles, group=group, D=D, N=64, sink=16, scaled=scaled, upcast=False,
+                                         ieee_dot=dtype == "fp32") | unit,
                       target, tiles.num_warps, tiles.num_stages,
                       not_divisible=("T", "start", "N", "sink", "window", "Hq"))
     facts = {"name": name, "tiles": list(tiles), "cubin_bytes": len(binary.asm["cubin"]),
@@ -208,10 +215,9 @@ def compile_prefill(dtype: str, group: int, D: int, tiles: tuple | None, target:
     return facts | sass_facts(binary.asm["cubin"], with_opcodes=with_opcodes)
 
 
-def _prefill_name(dtype: str, group: int, D: int, tiles: tuple | None) -> str:
-    if tiles is None:
-        return f"prefill-exact-{dtype}-g{group}-d{D}"
-    return f"prefill-exact-{dtype}-g{group}-d{D}-m{tiles[0]}-n{tiles[1]}-w{tiles[2]}-s{tiles[3]}"
+def _prefill_name(dtype: str, cache: str, group: int, D: int, tiles: tuple | None) -> str:
+    name = f"prefill-exact-{dtype}-{cache}-cache-g{group}-d{D}"
+    return name if tiles is None else f"{name}-m{tiles[0]}-n{tiles[1]}-w{tiles[2]}-s{tiles[3]}"
 
 
 # infill_keep's candidates a row (BLOCK): llama.vim's top_k 40 with slack (64), a small top_k, the largest allowed

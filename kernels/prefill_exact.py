@@ -2,7 +2,7 @@
 
 A prompt's span of T tokens at positions start .. start + T - 1 attends, causally, the row's keys 0 .. i. For the
 query at position i the keys split in two disjoint sets (kernels/exact_window.py's, for decoding):
-    8-bit:  sink <= j <= i - window            (the cache, dequantized to the model's dtype by the caller)
+    8-bit:  sink <= j <= i - window            (the cache: its bytes and scales, or a dequantized copy)
     exact:  j < sink, or i - window < j <= i   (the span's own k, v for j >= start, what the model computed; the
                                                 row's exact slots, `ExactTokens`, for j < start)
 `kernels.reference.prefill_attention_exact` is the same softmax in PyTorch: one masked SDPA over the three sets
@@ -26,10 +26,18 @@ finds it by comparing the tile's positions with the slots' (at most a few dozen)
 ring and no gather on the host. A position no slot records is read by neither set (as by the reference): a
 repair prefill (`models.llama.Transformer.prefill`) runs so, without the window before its start.
 
-Why the dequantized cache and not the 8-bit bytes with their scales: `models.kv_cache.KVCache.write` hands prefill
-the dequantized prefix already (SDPA reads it), a pass over memory that is small beside O(T x S) attention;
-reading fp8 here would save that pass but put conversions and scales in the hot loop. Not graph-captured (prefill
-never is): the launch reads `start` and the shapes on the host.
+Bytes or a copy (`reads_bytes`). The kernel takes the cache as stored, 8-bit bytes and scales, and can dequantize
+each tile as it loads it (as `kernels.reference.dequantize` rounds: the same output, bit for bit, as from a
+dequantized copy). Every program converts each tile it reads, so the conversions cost (query blocks x group)
+passes over the cache, where a copy is one pass (PyTorch's several kernels: widen, scale, round, write, read back),
+and the main loop, issue-bound already, takes the conversions' instructions (sm_90: 855 -> 974 a tile at 7B's
+tiling, 1,112 with -34B's sequence-major V). One H200, one layer (bench/results/h200-run42): CodeLlama-7B, an edit's
+100 tokens (one query block, MHA: one reader a tile) 2.07 -> 1.04 ms at a 32k prefix, 0.57 -> 0.40 at 8k; whole
+prompts from 0 (64-256 blocks) 1.88 -> 2.25 ms at 8k, 20.0 -> 28.2 at 32k; -34B's edit at 131k (group 8: eight
+readers) 4.03 -> 7.26. So a call reads the bytes only where one program reads each tile (BYTE_READERS), else it
+dequantizes the prefix to a copy first. (Until then `models.kv_cache.KVCache.write` handed every prefill the copy:
+an edit of a 32k prompt's last 100 tokens took its first token in 116 ms against bf16's 45-52.) Not graph-captured
+(prefill never is): the launch reads `start` and the shapes on the host.
 """
 
 from __future__ import annotations
@@ -42,10 +50,14 @@ import triton.language as tl
 
 from kernels.devices import on_first_tensors_device
 from kernels.split_kv import _head_dim_mask
-from kernels.validation import (MAX_HEAD_DIM, MIN_HEAD_DIM, ExactTokens, check_exact_tokens, softmax_scale_of)
+from kernels.validation import (MAX_HEAD_DIM, MIN_HEAD_DIM, SCALED_DTYPES, ExactTokens, check_exact_tokens,
+                                softmax_scale_of)
 
 PREFILL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 NEVER = tl.constexpr(1 << 30)     # an age no (query, key) pair reaches
+# The most programs that may read each KV head's tiles for a call to read an 8-bit cache's bytes (`reads_bytes`):
+# each such program converts every tile it reads, where the copy is one pass (module docstring, "Bytes or a copy").
+BYTE_READERS = 1
 LOG2_E = 1.4426950408889634
 
 
@@ -87,6 +99,29 @@ def _load_rows(ptrs, rows, stride, mask, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _load_cache_rows(ptrs, scale_ptr, rows, stride, stride_s, mask, row_mask, SCALED: tl.constexpr,
+                     DTYPE: tl.constexpr, UPCAST: tl.constexpr):
+    """`_load_rows` of the cache: rows `rows` (BLOCK_N,) of K or V, (BLOCK_N, BLOCK_D) in DTYPE (the queries'). An
+    8-bit cache (SCALED) is dequantized here, tile by tile, as `kernels.reference.dequantize` does the whole cache:
+    the byte widened exactly, times its row's scale rounded to DTYPE, the product rounded to DTYPE (under the
+    interpreter the float32 product, unrounded). `row_mask`
+    (BLOCK_N,) masks the scales' loads (None: every row is real)."""
+    x = tl.load(ptrs + rows[:, None] * stride, mask=mask, other=0.0)
+    if SCALED:
+        if row_mask is None:
+            scale = tl.load(scale_ptr + rows * stride_s)                                # (BLOCK_N,) float32
+        else:
+            scale = tl.load(scale_ptr + rows * stride_s, mask=row_mask, other=0.0)
+        if UPCAST:      # the interpreter: float32 (its conversions to bf16 truncate, a bias in every key)
+            x = x.to(tl.float32) * scale[:, None]
+        else:
+            x = (x.to(tl.float32) * scale.to(DTYPE).to(tl.float32)[:, None]).to(DTYPE)
+    elif UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
 def _dot(a, b, IEEE_DOT: tl.constexpr):
     """a @ b in float32; fp32 inputs in IEEE precision (not tf32), so fp32 callers get fp32 accuracy."""
     if IEEE_DOT:
@@ -95,13 +130,14 @@ def _dot(a, b, IEEE_DOT: tl.constexpr):
 
 
 @triton.jit
-def _quantized_tile(q, m_i, l_i, acc, n0, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_n, tile_mask, qk_scale,
-                    UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr):
+def _quantized_tile(q, m_i, l_i, acc, n0, k_ptrs, v_ptrs, ks_ptr, vs_ptr, stride_kn, stride_vn, stride_ks, stride_vs,
+                    offs_n, tile_mask, qk_scale, SCALED: tl.constexpr, DTYPE: tl.constexpr, UPCAST: tl.constexpr,
+                    IEEE_DOT: tl.constexpr):
     """Online softmax of q (BLOCK_M, BLOCK_D) over the 8-bit keys n0 .. n0 + BLOCK_N - 1, all read by every query
     (no mask); m_i, l_i (BLOCK_M,) running max and sum (base 2), acc (BLOCK_M, BLOCK_D)."""
     j = n0 + offs_n                                                         # (BLOCK_N,) key positions
-    k = _load_rows(k_ptrs, j, stride_kn, tile_mask, UPCAST)                 # (BLOCK_N, BLOCK_D)
-    v = _load_rows(v_ptrs, j, stride_vn, tile_mask, UPCAST)
+    k = _load_cache_rows(k_ptrs, ks_ptr, j, stride_kn, stride_ks, tile_mask, None, SCALED, DTYPE, UPCAST)
+    v = _load_cache_rows(v_ptrs, vs_ptr, j, stride_vn, stride_vs, tile_mask, None, SCALED, DTYPE, UPCAST)
     s = _dot(q, tl.trans(k), IEEE_DOT)                                      # (BLOCK_M, BLOCK_N) unscaled
     m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)                   # finite: every key counts
     alpha = tl.exp2(m_i - m_new)
@@ -113,9 +149,10 @@ def _quantized_tile(q, m_i, l_i, acc, n0, k_ptrs, v_ptrs, stride_kn, stride_vn, 
 
 @triton.jit
 def _mixed_tile(q, m_i, l_i, acc, n0, end, i, start, sink, window,
-                k_ptrs, v_ptrs, kn_ptrs, vn_ptrs, pk_ptrs, pv_ptrs, prior_pos, offs_p,
-                stride_kn, stride_vn, stride_knn, stride_vnn, stride_pkn, stride_pvn,
-                offs_n, mask_d, qk_scale, PRIOR: tl.constexpr, UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr):
+                k_ptrs, v_ptrs, ks_ptr, vs_ptr, kn_ptrs, vn_ptrs, pk_ptrs, pv_ptrs, prior_pos, offs_p,
+                stride_kn, stride_vn, stride_ks, stride_vs, stride_knn, stride_vnn, stride_pkn, stride_pvn,
+                offs_n, mask_d, qk_scale, PRIOR: tl.constexpr, SCALED: tl.constexpr, DTYPE: tl.constexpr,
+                UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr):
     """Online softmax over keys n0 .. n0 + BLOCK_N - 1 where queries i (BLOCK_M,) (positions) read some keys exact
     and some 8-bit: each key's score and value from the copy its (query, key) pair reads; keys past the query, or
     from `end` on (past the block's last query, or the sink's end), not at all. PRIOR: the tile has keys before
@@ -124,8 +161,8 @@ def _mixed_tile(q, m_i, l_i, acc, n0, end, i, start, sink, window,
     j = n0 + offs_n                                                         # (BLOCK_N,) key positions
     real = j < end
     tile = real[:, None] & mask_d[None, :]
-    kq = _load_rows(k_ptrs, j, stride_kn, tile, UPCAST)                     # (BLOCK_N, BLOCK_D) 8-bit, dequantized
-    vq = _load_rows(v_ptrs, j, stride_vn, tile, UPCAST)
+    kq = _load_cache_rows(k_ptrs, ks_ptr, j, stride_kn, stride_ks, tile, real, SCALED, DTYPE, UPCAST)  # (BLOCK_N,
+    vq = _load_cache_rows(v_ptrs, vs_ptr, j, stride_vn, stride_vs, tile, real, SCALED, DTYPE, UPCAST)  # BLOCK_D)
     if PRIOR:   # the span's own copies from j >= start; before it, the prior slot recording j, if one does
         in_span = j >= start
         span_tile = tile & in_span[:, None]
@@ -166,9 +203,10 @@ def _mixed_tile(q, m_i, l_i, acc, n0, end, i, start, sink, window,
 
 @triton.jit
 def _mixed_tiles(q, m_i, l_i, acc, lo, end, i, start, sink, window,
-                 k_ptrs, v_ptrs, kn_ptrs, vn_ptrs, pk_ptrs, pv_ptrs, prior_pos, offs_p,
-                 stride_kn, stride_vn, stride_knn, stride_vnn, stride_pkn, stride_pvn,
-                 offs_n, mask_d, qk_scale, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr):
+                 k_ptrs, v_ptrs, ks_ptr, vs_ptr, kn_ptrs, vn_ptrs, pk_ptrs, pv_ptrs, prior_pos, offs_p,
+                 stride_kn, stride_vn, stride_ks, stride_vs, stride_knn, stride_vnn, stride_pkn, stride_pvn,
+                 offs_n, mask_d, qk_scale, BLOCK_N: tl.constexpr, SCALED: tl.constexpr, DTYPE: tl.constexpr,
+                 UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr):
     """`_mixed_tile` over the keys lo .. end - 1, BLOCK_N (offs_n's length) at a time; only tiles with keys before
     `start` look at the prior's slots.
     Not software-pipelined (num_stages=1): six tiles of loads a step, whose stages would take more shared memory than
@@ -176,23 +214,27 @@ def _mixed_tiles(q, m_i, l_i, acc, lo, end, i, start, sink, window,
     for n0 in tl.range(lo, end, BLOCK_N, num_stages=1):
         if n0 < start:
             m_i, l_i, acc = _mixed_tile(q, m_i, l_i, acc, n0, end, i, start, sink, window,
-                                        k_ptrs, v_ptrs, kn_ptrs, vn_ptrs, pk_ptrs, pv_ptrs, prior_pos, offs_p,
-                                        stride_kn, stride_vn, stride_knn, stride_vnn, stride_pkn, stride_pvn,
-                                        offs_n, mask_d, qk_scale, True, UPCAST, IEEE_DOT)
+                                        k_ptrs, v_ptrs, ks_ptr, vs_ptr, kn_ptrs, vn_ptrs, pk_ptrs, pv_ptrs,
+                                        prior_pos, offs_p, stride_kn, stride_vn, stride_ks, stride_vs,
+                                        stride_knn, stride_vnn, stride_pkn, stride_pvn,
+                                        offs_n, mask_d, qk_scale, True, SCALED, DTYPE, UPCAST, IEEE_DOT)
         else:
             m_i, l_i, acc = _mixed_tile(q, m_i, l_i, acc, n0, end, i, start, sink, window,
-                                        k_ptrs, v_ptrs, kn_ptrs, vn_ptrs, pk_ptrs, pv_ptrs, prior_pos, offs_p,
-                                        stride_kn, stride_vn, stride_knn, stride_vnn, stride_pkn, stride_pvn,
-                                        offs_n, mask_d, qk_scale, False, UPCAST, IEEE_DOT)
+                                        k_ptrs, v_ptrs, ks_ptr, vs_ptr, kn_ptrs, vn_ptrs, pk_ptrs, pv_ptrs,
+                                        prior_pos, offs_p, stride_kn, stride_vn, stride_ks, stride_vs,
+                                        stride_knn, stride_vnn, stride_pkn, stride_pvn,
+                                        offs_n, mask_d, qk_scale, False, SCALED, DTYPE, UPCAST, IEEE_DOT)
     return m_i, l_i, acc
 
 
 @triton.jit
 def _prefill_exact_kernel(
-    Q, K, V, K_NEW, V_NEW, PRIOR_K, PRIOR_V, PRIOR_POS, OUT,
+    Q, K, V, K_SCALE, V_SCALE, K_NEW, V_NEW, PRIOR_K, PRIOR_V, PRIOR_POS, OUT,
     stride_qb, stride_qh, stride_qt,
-    stride_kb, stride_kh, stride_kn,
-    stride_vb, stride_vh, stride_vn,
+    stride_kb, stride_kh, stride_kn, stride_kd,
+    stride_vb, stride_vh, stride_vn, stride_vd,
+    stride_ksb, stride_ksh, stride_kss,
+    stride_vsb, stride_vsh, stride_vss,
     stride_knb, stride_knh, stride_knn,
     stride_vnb, stride_vnh, stride_vnn,
     stride_pkb, stride_pkh, stride_pkn,
@@ -200,12 +242,13 @@ def _prefill_exact_kernel(
     stride_pb,
     Hq, T, start, N, D, qk_scale, sink, window,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    SINK_BLOCK: tl.constexpr, PRIOR_BLOCK: tl.constexpr, EVEN_D: tl.constexpr, UPCAST: tl.constexpr,
-    IEEE_DOT: tl.constexpr,
+    SINK_BLOCK: tl.constexpr, PRIOR_BLOCK: tl.constexpr, EVEN_D: tl.constexpr, SCALED: tl.constexpr,
+    UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr,
 ):
-    """Q (B, Hq, T, D); K, V (B, Hkv, >= start + T, D) the cache dequantized; K_NEW, V_NEW (B, Hkv, T, D) the span's
-    exact keys and values; PRIOR_K, PRIOR_V (B, Hkv, N, D) and PRIOR_POS int64 (B, N) the row's exact slots; OUT
-    (B, Hq, T, D) contiguous. Scores are scaled by qk_scale = softmax scale x log2(e) (base 2). Grid:
+    """Q (B, Hq, T, D); K, V (B, Hkv, >= start + T, D) the cache, any strides: 8-bit with K_SCALE, V_SCALE
+    (B, Hkv, >= start + T) float32 where SCALED, else in Q's dtype (the scale pointers unused); K_NEW, V_NEW
+    (B, Hkv, T, D) the span's exact keys and values; PRIOR_K, PRIOR_V (B, Hkv, N, D) and PRIOR_POS int64 (B, N) the
+    row's exact slots; OUT (B, Hq, T, D) contiguous. Scores are scaled by qk_scale = softmax scale x log2(e) (base 2). Grid:
     (query blocks, Hq, B), the query blocks with the most keys first (the causal triangle's long rows start early,
     so the last wave is short)."""
     m_block = tl.num_programs(0) - 1 - tl.program_id(0)
@@ -225,8 +268,11 @@ def _prefill_exact_kernel(
                 mask=(offs_m < T)[:, None] & mask_d[None, :], other=0.0)   # (BLOCK_M, BLOCK_D)
     if UPCAST:
         q = q.to(tl.float32)
-    k_ptrs = K + b * stride_kb + kv * stride_kh + offs_d[None, :]           # (1, BLOCK_D) row 0's columns
-    v_ptrs = V + b * stride_vb + kv * stride_vh + offs_d[None, :]
+    DTYPE: tl.constexpr = OUT.dtype.element_ty                             # what the dots take
+    k_ptrs = K + b * stride_kb + kv * stride_kh + offs_d[None, :] * stride_kd   # (1, BLOCK_D) row 0's columns
+    v_ptrs = V + b * stride_vb + kv * stride_vh + offs_d[None, :] * stride_vd   # (a sequence-major V: stride_vn 1)
+    ks_ptr = K_SCALE + b * stride_ksb + kv * stride_ksh                     # row 0's scale
+    vs_ptr = V_SCALE + b * stride_vsb + kv * stride_vsh
     kn_ptrs = K_NEW + b * stride_knb + kv * stride_knh + offs_d[None, :]
     vn_ptrs = V_NEW + b * stride_vnb + kv * stride_vnh + offs_d[None, :]
     pk_ptrs = PRIOR_K + b * stride_pkb + kv * stride_pkh + offs_d[None, :]
@@ -239,18 +285,21 @@ def _prefill_exact_kernel(
     # The sink's keys (at most SINK_BLOCK) are one narrow tile of their own; the other tiles are laid from `sink` on,
     # and the band starts at the tile of the block's first query's oldest window key: the middle lies between.
     m_i, l_i, acc = _mixed_tiles(q, m_i, l_i, acc, 0, tl.minimum(sink, last + 1), i, start, sink, window,  # sink
-                                 k_ptrs, v_ptrs, kn_ptrs, vn_ptrs, pk_ptrs, pv_ptrs, prior_pos, offs_p,
-                                 stride_kn, stride_vn, stride_knn, stride_vnn, stride_pkn, stride_pvn,
-                                 tl.arange(0, SINK_BLOCK), mask_d, qk_scale, SINK_BLOCK, UPCAST, IEEE_DOT)
+                                 k_ptrs, v_ptrs, ks_ptr, vs_ptr, kn_ptrs, vn_ptrs, pk_ptrs, pv_ptrs, prior_pos,
+                                 offs_p, stride_kn, stride_vn, stride_kss, stride_vss, stride_knn, stride_vnn,
+                                 stride_pkn, stride_pvn, tl.arange(0, SINK_BLOCK), mask_d, qk_scale, SINK_BLOCK,
+                                 SCALED, DTYPE, UPCAST, IEEE_DOT)
     band_lo = sink + tl.maximum(first - window + 1 - sink, 0) // BLOCK_N * BLOCK_N
     whole = tl.full([BLOCK_N], 1, tl.int1)[:, None] & mask_d[None, :]      # (a constant where EVEN_D)
     for n0 in tl.range(sink, band_lo, BLOCK_N):                            # middle: the hot loop
-        m_i, l_i, acc = _quantized_tile(q, m_i, l_i, acc, n0, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_n, whole,
-                                        qk_scale, UPCAST, IEEE_DOT)
+        m_i, l_i, acc = _quantized_tile(q, m_i, l_i, acc, n0, k_ptrs, v_ptrs, ks_ptr, vs_ptr, stride_kn, stride_vn,
+                                        stride_kss, stride_vss, offs_n, whole, qk_scale, SCALED, DTYPE, UPCAST,
+                                        IEEE_DOT)
     m_i, l_i, acc = _mixed_tiles(q, m_i, l_i, acc, band_lo, last + 1, i, start, sink, window,         # band
-                                 k_ptrs, v_ptrs, kn_ptrs, vn_ptrs, pk_ptrs, pv_ptrs, prior_pos, offs_p,
-                                 stride_kn, stride_vn, stride_knn, stride_vnn, stride_pkn, stride_pvn,
-                                 offs_n, mask_d, qk_scale, BLOCK_N, UPCAST, IEEE_DOT)
+                                 k_ptrs, v_ptrs, ks_ptr, vs_ptr, kn_ptrs, vn_ptrs, pk_ptrs, pv_ptrs, prior_pos,
+                                 offs_p, stride_kn, stride_vn, stride_kss, stride_vss, stride_knn, stride_vnn,
+                                 stride_pkn, stride_pvn, offs_n, mask_d, qk_scale, BLOCK_N, SCALED, DTYPE, UPCAST,
+                                 IEEE_DOT)
 
     # Every query reads at least its own key (exact, from the span): l_i > 0. The guard keeps padding rows finite.
     out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
@@ -259,18 +308,29 @@ def _prefill_exact_kernel(
              mask=(offs_m < T)[:, None] & mask_d[None, :])
 
 
-def check_prefill_inputs(q, k, v, prior, k_new, v_new, start) -> tuple[int, int, int, int, int]:
+def check_prefill_inputs(q, k, v, prior, k_new, v_new, start, k_scale=None, v_scale=None
+                         ) -> tuple[int, int, int, int, int]:
     """Validate a `prefill_attention_exact` call (shapes in its docstring); returns (B, Hq, Hkv, T, D)."""
+    scaled = isinstance(k, torch.Tensor) and k.dtype in SCALED_DTYPES
     for name, t in (("q", q), ("k", k), ("v", v), ("k_new", k_new), ("v_new", v_new)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
-            raise ValueError(f"{name} must be a 4-dimensional tensor, got "
-                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
-        if t.dtype != q.dtype:
-            raise ValueError(f"{name} has dtype {t.dtype}, q {q.dtype}: all must share one")
+            raise ValueError(f"{name} must be a 4-dimensional tensor, got {_described(t)}")
+        cache = name in ("k", "v")
+        if t.dtype != (k.dtype if cache and scaled else q.dtype):
+            raise ValueError(f"{name} has dtype {t.dtype}, q {q.dtype}: all must share one (an 8-bit cache's k and v "
+                             f"share theirs)")
         if t.device != q.device:
             raise ValueError(f"{name} is on {t.device}, q on {q.device}")
-        if t.stride(-1) != 1:
+        if t.stride(-1) != 1 and not cache:     # (the cache's rows and columns are read by their strides)
             raise ValueError(f"{name} must have a contiguous last dimension (stride 1), got strides {t.stride()}")
+    if scaled:
+        for name, scale in (("k_scale", k_scale), ("v_scale", v_scale)):
+            if not isinstance(scale, torch.Tensor) or scale.dtype != torch.float32 or scale.shape != k.shape[:3] \
+                    or scale.device != q.device:
+                raise ValueError(f"an 8-bit cache needs {name}: float32 (B, Hkv, S) = {tuple(k.shape[:3])} on "
+                                 f"{q.device}, got {_described(scale)}")
+    elif k_scale is not None or v_scale is not None:
+        raise ValueError(f"k_scale and v_scale go with an 8-bit cache (float8_e4m3fn, int8); k has dtype {k.dtype}")
     if q.dtype not in PREFILL_DTYPES:
         raise ValueError(f"q has dtype {q.dtype}; supported: float16, bfloat16, float32")
     B, Hq, T, D = q.shape
@@ -293,21 +353,30 @@ def check_prefill_inputs(q, k, v, prior, k_new, v_new, start) -> tuple[int, int,
     return B, Hq, Hkv, T, D
 
 
+def _described(t) -> str:
+    return f"{t.dtype} {tuple(t.shape)} on {t.device}" if isinstance(t, torch.Tensor) else type(t).__name__
+
+
 @on_first_tensors_device
-def prefill_attention_exact(q, k, v, prior: ExactTokens, k_new, v_new, start: int, *, softmax_scale=None,
-                            tiles: PrefillTiles | None = None, compile_only: bool = False):
+def prefill_attention_exact(q, k, v, prior: ExactTokens, k_new, v_new, start: int, *, k_scale=None, v_scale=None,
+                            softmax_scale=None, tiles: PrefillTiles | None = None, read_bytes: bool | None = None,
+                            compile_only: bool = False):
     """Causal attention of a span's T queries over an 8-bit cache with exact sink and window tokens (module
     docstring; `kernels.reference.prefill_attention_exact` is the same in PyTorch).
 
     q (B, Hq, T, D), the queries at positions start .. start + T - 1; k, v (B, Hkv, S, D), S >= start + T, the cache
-    dequantized to q's dtype (the span's keys included); prior (`ExactTokens`; k, v (B, Hkv, N, D), pos int64
+    (the span's keys included) as stored, any strides (a sequence-major V too): 8-bit (float8_e4m3fn or int8) with
+    k_scale, v_scale (B, Hkv, S) float32, read as `kernels.reference.dequantize` reads it, or already in q's dtype
+    without scales; prior (`ExactTokens`; k, v (B, Hkv, N, D), pos int64
     (B, N), -1 for an empty slot) the row's exact copies of positions before `start` (slots at or past it are
     ignored; a position is held by one slot at most, as the cache's ring keeps them); k_new, v_new (B, Hkv, T, D)
-    the span's exact keys and values. All in one of fp16, bf16, fp32, on one device, last dimension contiguous;
+    the span's exact keys and values. All but an 8-bit k, v in one of fp16, bf16, fp32, on one device, last dimension
+    contiguous (k, v: any strides);
     D in 16..256; Hq a multiple of Hkv; softmax_scale (default D ** -0.5) positive. `tiles` (`PrefillTiles`)
-    overrides `default_tiles`. Returns out (B, Hq, T, D) in q's dtype. `compile_only` builds the kernel without
+    overrides `default_tiles`. An 8-bit cache is read as bytes or first dequantized to a copy as `reads_bytes`
+    plans (`read_bytes` overrides it; the same output either way, bit for bit on a GPU). Returns out (B, Hq, T, D) in q's dtype. `compile_only` builds the kernel without
     launching it and returns its binary. CUDA tensors, or CPU ones under TRITON_INTERPRET=1 (slow)."""
-    B, Hq, Hkv, T, D = check_prefill_inputs(q, k, v, prior, k_new, v_new, start)
+    B, Hq, Hkv, T, D = check_prefill_inputs(q, k, v, prior, k_new, v_new, start, k_scale, v_scale)
     from kernels.interface import check_launchable       # (lazy: interface imports every decode kernel)
     check_launchable(q.device)
     scale = softmax_scale_of(softmax_scale, D)
@@ -317,14 +386,21 @@ def prefill_attention_exact(q, k, v, prior: ExactTokens, k_new, v_new, start: in
     if T == 0:
         return out
     tiles = tiles or default_tiles(D, q.dtype)
+    if k_scale is not None and not (reads_bytes(T, Hq // Hkv, tiles) if read_bytes is None else read_bytes):
+        from kernels.reference import dequantize
+        k, v = dequantize(k, k_scale, q.dtype), dequantize(v, v_scale, q.dtype)         # (B, Hkv, S, D) copies
+        k_scale = v_scale = None
     N = prior.pos.shape[1]
     grid = (triton.cdiv(T, tiles.block_m), Hq, B)
-    args = (q, k, v, k_new, v_new, prior.k, prior.v, prior.pos, out,
-            *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *k_new.stride()[:3], *v_new.stride()[:3],
+    scaled = k_scale is not None
+    k_scale, v_scale = (k_scale, v_scale) if scaled else (k, v)         # (unread pointers, any strides)
+    args = (q, k, v, k_scale, v_scale, k_new, v_new, prior.k, prior.v, prior.pos, out,
+            *q.stride()[:3], *k.stride(), *v.stride(), *k_scale.stride()[:3], *v_scale.stride()[:3],
+            *k_new.stride()[:3], *v_new.stride()[:3],
             *prior.k.stride()[:3], *prior.v.stride()[:3], prior.pos.stride(0),
             Hq, T, start, N, D, scale * LOG2_E, prior.sink, prior.window)
-    constexprs = prefill_constexprs(tiles, group=Hq // Hkv, D=D, N=N, sink=prior.sink, upcast=not q.is_cuda,
-                                    ieee_dot=q.dtype == torch.float32)
+    constexprs = prefill_constexprs(tiles, group=Hq // Hkv, D=D, N=N, sink=prior.sink, scaled=scaled,
+                                    upcast=not q.is_cuda, ieee_dot=q.dtype == torch.float32)
     if compile_only:
         return _prefill_exact_kernel.warmup(*args, grid=grid, **constexprs, num_warps=tiles.num_warps,
                                             num_stages=tiles.num_stages)
@@ -332,11 +408,18 @@ def prefill_attention_exact(q, k, v, prior: ExactTokens, k_new, v_new, start: in
     return out
 
 
-def prefill_constexprs(tiles: PrefillTiles, *, group: int, D: int, N: int, sink: int, upcast: bool,
+def reads_bytes(T: int, group: int, tiles: PrefillTiles) -> bool:
+    """Whether a span of T queries reads an 8-bit cache's bytes (each tile dequantized as it loads) rather than a
+    dequantized copy of it: where at most BYTE_READERS programs read each KV head's tiles (module docstring)."""
+    return triton.cdiv(T, tiles.block_m) * group <= BYTE_READERS
+
+
+def prefill_constexprs(tiles: PrefillTiles, *, group: int, D: int, N: int, sink: int, scaled: bool, upcast: bool,
                        ieee_dot: bool) -> dict:
     """The kernel's compile-time arguments (a launch and kernels.compile_check share them)."""
     block_d = max(16, triton.next_power_of_2(D))
     return dict(GROUP=group, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_D=block_d,
                 SINK_BLOCK=max(16, triton.next_power_of_2(max(sink, 1))),
-                PRIOR_BLOCK=max(16, triton.next_power_of_2(max(N, 1))), EVEN_D=D == block_d, UPCAST=upcast,
+                PRIOR_BLOCK=max(16, triton.next_power_of_2(max(N, 1))), EVEN_D=D == block_d, SCALED=scaled,
+                UPCAST=upcast,
                 IEEE_DOT=ieee_dot)

@@ -44,17 +44,20 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
-def prefill_attention_exact(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prior, k_new: torch.Tensor,
-                            v_new: torch.Tensor, start: int) -> torch.Tensor:
+def prefill_attention_exact(q: torch.Tensor, cache: CacheView, prior, k_new: torch.Tensor, v_new: torch.Tensor,
+                            start: int) -> torch.Tensor:
     """`prefill_attention` over an 8-bit cache with exact sink and window tokens: query i (at start + t) reads
-    keys sink .. i - window from k, v (1, Hkv, S, D), the cache dequantized (S = start + T), and its sink and
-    window keys exact: the prefix's from `prior` (`ExactTokens`, the row's copies of positions before `start`),
-    the span's own from k_new, v_new (1, Hkv, T, D), what the model computed. Returns (1, Hq, T, D).
-    On a GPU one Triton kernel (kernels/prefill_exact.py: a flash forward whose sink and band tiles read the exact
-    copies); elsewhere one masked softmax over the three sets side by side (`kernels.reference`), which SDPA cannot
-    run through its fast causal kernels."""
+    keys sink .. i - window from `cache` (the row's (1, Hkv, S, D) bytes and (1, Hkv, S) scales as stored,
+    S = start + T), and its sink and window keys exact: the prefix's from `prior` (`ExactTokens`, the row's copies
+    of positions before `start`), the span's own from k_new, v_new (1, Hkv, T, D), what the model computed.
+    Returns (1, Hq, T, D). On a GPU one Triton kernel (kernels/prefill_exact.py: a flash forward that dequantizes
+    the 8-bit tiles as it loads them, whose sink and band tiles read the exact copies); elsewhere one masked softmax
+    over the dequantized cache and the exact sets side by side (`kernels.reference`), which SDPA cannot run through
+    its fast causal kernels."""
     if PREFILL_EXACT_KERNEL and _prefill_kernel_applies(q):
-        return _prefill_exact()(q, k, v, prior, k_new, v_new, start)
+        return _prefill_exact()(q, cache.k, cache.v, prior, k_new, v_new, start, k_scale=cache.k_scale,
+                                v_scale=cache.v_scale)
+    k, v = cache.dequantized(q.dtype)                                   # (1, Hkv, S, D)
     return _reference().prefill_attention_exact(q, k, v, prior, k_new, v_new, start)
 
 

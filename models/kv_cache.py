@@ -7,7 +7,8 @@ being verified). Rolling back rejected drafts is only a shorter length: their sl
 8-bit caches ("fp8": float8_e4m3fn, "int8"): K and V in 8 bits with one float32 scale per token and KV
 head (B, Hkv, S_max), quantized on the way in by `kernels.append_kv` (one fused pass, no separate quantize
 step; the fused one-token step's qkv_rope quantizes them itself, to the same bytes: kernels/fused_gemv.py).
-Every reader sees the same quantized values: flash_decode and eager take the scales, sdpa and prefill dequantize.
+Every reader sees the same quantized values: flash_decode, eager and the fp8 prefill kernel take the scales, sdpa
+and the CPU's prefill dequantize.
 About half the bytes of bf16: twice the context, and half the attention reads.
 int8 (scale amax / 127) is the accurate one: on SmolLM2 over real code its top-1 next token agrees with an
 unquantized cache's at 98.4% of positions (98.2% on 2026-11-30), e4m3's at 95.9%, and 98.6% with the exact sink
@@ -236,11 +237,12 @@ class KVCache(nn.Module):
         return self.k_exact[:1], self.v_exact[:1], self.exact_pos[0], EXACT_SINK, self.exact_ring
 
     def write(self, row: int, start: int, k: torch.Tensor, v: torch.Tensor, repair: bool = False,
-              end: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+              end: int | None = None) -> CacheView:
         """Prefill: store k, v (1, Hkv, T, D) at positions start..start+T of one sequence.
 
-        Returns that sequence's keys and values so far, (1, Hkv, start + T, D) in the model dtype:
-        views of the cache, or for an 8-bit cache its dequantized copy (so prefill reads what decoding will).
+        Returns that sequence's keys and values so far as stored, (1, Hkv, start + T, D) views of the cache (and
+        an 8-bit cache's (1, Hkv, start + T) scales): prefill reads what decoding will, the fp8 prefill kernel the
+        bytes themselves, other readers `CacheView.dequantized`.
         An fp8 cache's exact copies of the span's sink tokens and last `exact_ring` (EXACT_RING) before `end`
         (default: the span's end; padding after it would push the prompt's last tokens out of the ring) are written
         too, so a later cut back by up to EXACT_RING - EXACT_WINDOW tokens keeps its window: read what the prefill
@@ -264,7 +266,7 @@ class KVCache(nn.Module):
                 index = offsets[(start + offsets < EXACT_SINK) | (offsets >= kept - self.exact_ring)]
                 self.exact_pos[row:row + 1].masked_fill_(self.exact_pos[row:row + 1] >= start, -1)  # past the span
             self._scatter_exact(row, (start + index)[None], k[:, :, index], v[:, :, index])
-        return view.prefix(start + T).dequantized(self.dtype)
+        return view.prefix(start + T)
 
     def _scatter_exact(self, first: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Exact copies of k, v (b, Hkv, n, D) at positions (b, n) (int64) of rows first .. first + b - 1, in their

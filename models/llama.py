@@ -242,11 +242,11 @@ class Attention(nn.Module):
             out = decode_attention(step.backend, q, cache, step.cache_seqlens, step.exact)  # (B, Hq, T, D)
             return out.transpose(1, 2).reshape(B, T, Hq * D)
         prior = self.kv_cache.exact_before(step.row, step.start)            # fp8: the prefix's exact tokens
-        k_all, v_all = self.kv_cache.write(step.row, step.start, k, v, step.repair, step.end)  # (1, Hkv, start+T, D)
+        cache = self.kv_cache.write(step.row, step.start, k, v, step.repair, step.end)  # (1, Hkv, start+T, D) stored
         if prior is not None:
-            out = prefill_attention_exact(q, k_all, v_all, prior, k, v, step.start)
+            out = prefill_attention_exact(q, cache, prior, k, v, step.start)
         else:
-            out = prefill_attention(q, k_all, v_all)
+            out = prefill_attention(q, *cache.dequantized(q.dtype))
         return out.transpose(1, 2).reshape(B, T, Hq * D)
 
 

@@ -4,14 +4,17 @@ the interpreter): CodeLlama-7B (32 heads, MHA, D = 128) and -34B (64 query heads
 in the empty ones), one span crossing the sink, one shorter than the window. The oracle picks, per (query, key),
 the exact or the dequantized copy by position (tests/kernels/test_prefill_exact.py's, computed on the GPU in
 float64 a head and a block of queries at a time); the bar is 3x the error of PyTorch's masked softmax in bf16
-(`kernels.reference.prefill_attention_exact`, the path the kernel replaces), as in the tests. Outputs NaN-poisoned.
+(`kernels.reference.prefill_attention_exact`, the path the kernel replaces), as in the tests. The kernel reads the
+cache as the model stores it: e4m3 bytes and scales, V sequence-major for the grouped 34B. Outputs NaN-poisoned.
 Prints one line per case and a summary line.
 
 `--sweep` then times one layer's attention at 8k and 32k (7B shape, from position 0) for every tiling in
 kernels.prefill_exact.TILE_CHOICES, beside the masked softmax and SDPA's plain causal attention over a bf16 cache
-(the cost without the exact tokens), CUDA events, median of 5 after a warm-up.
+(the cost without the exact tokens), CUDA events, median of 5 after a warm-up. `--bytes` times, per layer, the
+kernel on the cache's bytes against what ran before it read them (the whole prefix dequantized, then the kernel on
+that copy), for 7B and 34B prompts from 0 and for an edit (the last 100 tokens of a long prompt).
 
-    python bench/gpu/prefill_exact_check.py [--sweep]          # from the repository root, on the GPU machine
+    python bench/gpu/prefill_exact_check.py [--sweep] [--bytes]    # from the repository root, on the GPU machine
     TRITON_INTERPRET=1 python bench/gpu/prefill_exact_check.py --small    # a dry run of the script on a CPU
 """
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch.nn.functional as F
 
 from kernels import reference
 from kernels.check import nan_poisoned_empty
+from kernels.interface import as_sequence_major
 from kernels.prefill_exact import TILE_CHOICES, PrefillTiles, default_tiles, prefill_attention_exact
 from kernels.validation import ExactTokens
 
@@ -34,15 +38,18 @@ DTYPE = torch.bfloat16
 
 
 def make_case(Hq, Hkv, D, start, T, seed):
-    """q (1, Hq, T, D); the cache dequantized (1, Hkv, S, D); the prior (slots in random order: the sink and the last
+    """q (1, Hq, T, D); the cache (1, Hkv, S, D) dequantized, and as stored (`stored`: e4m3 k, v and their (1, Hkv, S)
+    scales, v sequence-major where Hq > Hkv, models/kv_cache.py's layout on a GPU); the prior (slots in random order: the sink and the last
     RING positions before start, one stale slot past start, NaN in empty ones); k_new, v_new; the true k, v."""
     gen = torch.Generator(device=DEVICE).manual_seed(seed)
     S = start + T
     q = torch.randn(1, Hq, T, D, generator=gen, device=DEVICE).to(DTYPE)
     k = torch.randn(1, Hkv, S, D, generator=gen, device=DEVICE).to(DTYPE)
     v = torch.randn(1, Hkv, S, D, generator=gen, device=DEVICE).to(DTYPE)
-    k_cache = reference.dequantize(*reference.quantize(k, torch.float8_e4m3fn), DTYPE)
-    v_cache = reference.dequantize(*reference.quantize(v, torch.float8_e4m3fn), DTYPE)
+    k8, k_scale = reference.quantize(k, torch.float8_e4m3fn)
+    v8, v_scale = reference.quantize(v, torch.float8_e4m3fn)
+    k_cache, v_cache = reference.dequantize(k8, k_scale, DTYPE), reference.dequantize(v8, v_scale, DTYPE)
+    stored = dict(k=k8, v=as_sequence_major(v8) if Hq > Hkv else v8, k_scale=k_scale, v_scale=v_scale)
     N = SINK + RING
     prior_k = torch.full((1, Hkv, N, D), float("nan"), dtype=DTYPE, device=DEVICE)
     prior_v = prior_k.clone()
@@ -55,7 +62,22 @@ def make_case(Hq, Hkv, D, start, T, seed):
         stale = slots[len(kept)]
         prior_k[0, :, stale], prior_v[0, :, stale], pos[0, stale] = 7.0, -7.0, start + T // 2
     prior = ExactTokens(prior_k, prior_v, pos, SINK, WINDOW)
-    return q, k_cache, v_cache, prior, k[:, :, start:], v[:, :, start:], k, v
+    return q, k_cache, v_cache, prior, k[:, :, start:], v[:, :, start:], k, v, stored
+
+
+def on_bytes(q, stored, prior, k_new, v_new, start, **options):
+    """The kernel on the cache's bytes and scales, its tiles dequantized as they load (`read_bytes`, whatever the
+    plan would choose)."""
+    return prefill_attention_exact(q, stored["k"], stored["v"], prior, k_new, v_new, start, k_scale=stored["k_scale"],
+                                   v_scale=stored["v_scale"], read_bytes=True, **options)
+
+
+def on_dequantized_copy(q, stored, prior, k_new, v_new, start):
+    """What ran before the kernel read the bytes: the prefix dequantized (models/kv_cache.py's `write` returned that
+    copy every layer), then the kernel on the copy."""
+    k = reference.dequantize(stored["k"], stored["k_scale"], q.dtype)
+    v = reference.dequantize(stored["v"], stored["v_scale"], q.dtype)
+    return prefill_attention_exact(q, k, v, prior, k_new, v_new, start)
 
 
 def oracle_error(out, q, k, v, k_cache, v_cache, start, block=1024) -> float:
@@ -84,9 +106,9 @@ def oracle_error(out, q, k, v, k_cache, v_cache, start, block=1024) -> float:
 
 def check(model: str, start: int, T: int, seed: int) -> tuple[float, float, bool]:
     Hq, Hkv, D = SHAPES[model]
-    q, k_cache, v_cache, prior, k_new, v_new, k, v = make_case(Hq, Hkv, D, start, T, seed)
+    q, k_cache, v_cache, prior, k_new, v_new, k, v, stored = make_case(Hq, Hkv, D, start, T, seed)
     with nan_poisoned_empty():
-        out = prefill_attention_exact(q, k_cache, v_cache, prior, k_new, v_new, start)
+        out = on_bytes(q, stored, prior, k_new, v_new, start)
         torch.cuda.synchronize() if DEVICE == "cuda" else None
     twin = reference.prefill_attention_exact(q, k_cache, v_cache, prior, k_new, v_new, start)
     err = oracle_error(out, q, k, v, k_cache, v_cache, start)
@@ -113,19 +135,36 @@ def sweep(lengths) -> list[str]:
     Hq, Hkv, D = SHAPES["7B"]
     rows = []
     for T in lengths:
-        q, k_cache, v_cache, prior, k_new, v_new, k, v = make_case(Hq, Hkv, D, 0, T, 0)
+        q, k_cache, v_cache, prior, k_new, v_new, k, v, stored = make_case(Hq, Hkv, D, 0, T, 0)
         causal = _ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
         masked = _ms(lambda: reference.prefill_attention_exact(q, k_cache, v_cache, prior, k_new, v_new, 0))
         rows.append(f"| {T} | SDPA causal, bf16 cache | {causal:.2f} | 1.00 |")
         rows.append(f"| {T} | masked softmax (before) | {masked:.2f} | {masked / causal:.2f} |")
         for tiles in TILE_CHOICES:
             try:
-                ms = _ms(lambda: prefill_attention_exact(q, k_cache, v_cache, prior, k_new, v_new, 0, tiles=tiles))
+                ms = _ms(lambda: on_bytes(q, stored, prior, k_new, v_new, 0, tiles=tiles))
                 rows.append(f"| {T} | kernel {tuple(tiles)}{' (default)' if tiles == default_tiles(D, DTYPE) else ''}"
                             f" | {ms:.2f} | {ms / causal:.2f} |")
             except Exception as error:            # a tiling that does not build or launch here: say so, go on
                 rows.append(f"| {T} | kernel {tuple(tiles)} | {type(error).__name__}: {str(error)[:80]} | |")
             print(rows[-1], flush=True)
+    return rows
+
+
+def bytes_against_copy(cases) -> list[str]:
+    """One layer's attention, ms: the kernel on the bytes against the dequantized copy and the kernel on it, and
+    whether the two give bit for bit the same output (the tile's dequantization rounds as `reference.dequantize`)."""
+    rows = []
+    for model, start, T in cases:
+        q, k_cache, v_cache, prior, k_new, v_new, k, v, stored = make_case(*SHAPES[model], start, T, 0)
+        del k_cache, v_cache, k, v
+        same = torch.equal(on_dequantized_copy(q, stored, prior, k_new, v_new, start),
+                           on_bytes(q, stored, prior, k_new, v_new, start))     # the same values, the same dots
+        before = _ms(lambda: on_dequantized_copy(q, stored, prior, k_new, v_new, start))
+        after = _ms(lambda: on_bytes(q, stored, prior, k_new, v_new, start))
+        rows.append(f"| {model} | {start} | {T} | {before:.3f} | {after:.3f} | {before / after:.2f}x | "
+                    f"{'identical' if same else 'DIFFERENT'} |")
+        print(rows[-1], flush=True)
     return rows
 
 
@@ -150,6 +189,12 @@ def main(argv: list[str]) -> int:
     if "--sweep" in argv and DEVICE == "cuda":
         table = sweep([8192, 32768])
         print("\n| prompt T | attention of one layer, 7B shape | ms | vs SDPA causal |\n|---|---|---|---|")
+        print("\n".join(table))
+    if "--bytes" in argv and DEVICE == "cuda":
+        table = bytes_against_copy([("7B", 0, 8192), ("7B", 0, 32768), ("7B", 32668, 100), ("7B", 8092, 100),
+                                    ("34B", 0, 8192), ("34B", 0, 32768), ("34B", 131000, 100)])
+        print("\n| model | start | span T | dequantized copy + kernel (before), ms | kernel on the bytes, ms | | "
+              "outputs |\n|---|---|---|---|---|---|---|")
         print("\n".join(table))
     return 1 if failed else 0
 

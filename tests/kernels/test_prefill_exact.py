@@ -3,7 +3,9 @@ against a float64 oracle that picks, per (query, key), the exact or the dequanti
 kernels.reference.prefill_attention_exact (the models' CPU path) against the same oracle. Fresh random inputs,
 NaN-poisoned outputs; the prior's slots in random order with stale (past the span's start) and empty ones (NaN
 values, position -1); spans from 0 and from later starts, shorter than the window, crossing the sink, not a multiple
-of the tile; GQA groups 1, 4, 8; head dims 64, 128 (and 80 in fp32); bf16 and fp16."""
+of the tile; GQA groups 1, 4, 8; head dims 64, 128 (and 80 in fp32); bf16 and fp16. The kernel reads the cache as the
+model stores it, e4m3 or int8 bytes with their scales (V sequence-major, as a GPU stores a grouped model's), or a
+16-bit copy (the oracle takes the same values dequantized)."""
 
 import pytest
 import torch
@@ -17,18 +19,21 @@ SINK, WINDOW, RING = 16, 32, 48     # models/kv_cache.py's
 SMALL = PrefillTiles(16, 16, 4, 1)  # several query blocks and key tiles at test sizes: every range of the kernel
 
 
-def make_case(B, Hq, Hkv, start, T, D, dtype, seed, missing=(), sink=SINK):
-    """Inputs of one call and what the oracle needs: the true keys and values by position, the dequantized cache,
-    and which positions before `start` the prior holds. The prior (SINK + RING slots, random order) holds the
+def make_case(B, Hq, Hkv, start, T, D, dtype, seed, missing=(), sink=SINK, stored="fp8"):
+    """Inputs of one call and what the oracle needs: the true keys and values by position, the cache as `stored`
+    ("fp8", "int8": bytes and scales; "vseq": e4m3 with V sequence-major; "dequantized": in `dtype`) with its
+    dequantized copy, and which positions before `start` the prior holds. The prior (SINK + RING slots, random order) holds the
     sink and the RING positions before `start`, but for `missing` (a repair's lost window), a stale slot past the
     span's start (finite garbage) and empty slots (NaN, -1)."""
     gen = torch.Generator().manual_seed(seed)
     S = start + T
     q = torch.randn(B, Hq, T, D, generator=gen).to(dtype)
     k, v = (torch.randn(B, S, Hkv, D, generator=gen).to(dtype).transpose(1, 2) for _ in range(2))   # (B, Hkv, S, D)
-    k8, k_scale, v8, v_scale = quantized_copy(k, v)
+    k8, k_scale, v8, v_scale = quantized_copy(k, v, layout="vseq" if stored == "vseq" else "bhsd",
+                                              dtype=torch.int8 if stored == "int8" else torch.float8_e4m3fn)
     k_cache = reference.dequantize(k8, k_scale, dtype)                                  # (B, Hkv, S, D) as prefill
     v_cache = reference.dequantize(v8, v_scale, dtype)                                  # reads the cache
+    cache = (k_cache, v_cache, {}) if stored == "dequantized" else (k8, v8, dict(k_scale=k_scale, v_scale=v_scale))
     N = sink + RING
     prior_k = torch.full((B, Hkv, N, D), float("nan"), dtype=dtype)
     prior_v = torch.full((B, Hkv, N, D), float("nan"), dtype=dtype)
@@ -45,7 +50,7 @@ def make_case(B, Hq, Hkv, start, T, D, dtype, seed, missing=(), sink=SINK):
             prior_k[b, :, stale], prior_v[b, :, stale], pos[b, stale] = 7.0, -7.0, start + T // 2   # a later draft
     prior = ExactTokens(prior_k, prior_v, pos, sink, WINDOW)
     k_new, v_new = k[:, :, start:], v[:, :, start:]                                     # strided views, as a model's
-    return q, k_cache, v_cache, prior, k_new, v_new, (k, v, held)
+    return q, k_cache, v_cache, prior, k_new, v_new, (k, v, held), cache
 
 
 def float64_oracle(q, k_cache, v_cache, start, truth, scale=None, sink=SINK):
@@ -72,10 +77,15 @@ def rel_err(x, ref):
     return ((x.double() - ref).norm() / ref.norm()).item()
 
 
-def run_case(B, Hq, Hkv, start, T, D, dtype, tiles=SMALL, missing=(), scale=None, sink=SINK):
+def run_case(B, Hq, Hkv, start, T, D, dtype, tiles=SMALL, missing=(), scale=None, sink=SINK, stored="fp8",
+             read_bytes=True):
+    """`read_bytes`: an 8-bit cache's bytes read by the tiles (True), dequantized to a copy first (False), or as
+    `reads_bytes` plans (None)."""
     seed = torch.seed() % 2**31
-    q, k_cache, v_cache, prior, k_new, v_new, truth = make_case(B, Hq, Hkv, start, T, D, dtype, seed, missing, sink)
-    out = prefill_attention_exact(q, k_cache, v_cache, prior, k_new, v_new, start, tiles=tiles, softmax_scale=scale)
+    q, k_cache, v_cache, prior, k_new, v_new, truth, (k, v, scales) = make_case(B, Hq, Hkv, start, T, D, dtype, seed,
+                                                                             missing, sink, stored)
+    out = prefill_attention_exact(q, k, v, prior, k_new, v_new, start, tiles=tiles, softmax_scale=scale,
+                                  read_bytes=read_bytes, **scales)
     assert out.shape == q.shape and out.dtype == dtype
     assert not out.isnan().any(), f"seed {seed}: an output element was never written, or a NaN slot was read"
     oracle = float64_oracle(q, k_cache, v_cache, start, truth, scale, sink)
@@ -91,16 +101,34 @@ def run_case(B, Hq, Hkv, start, T, D, dtype, tiles=SMALL, missing=(), scale=None
     assert err <= 3 * torch_err, f"seed {seed}: kernel {err:.2e} against PyTorch's {torch_err:.2e} in {dtype}"
 
 
-@pytest.mark.parametrize("B, Hq, Hkv, start, T, D, dtype", [
-    (1, 4, 4, 0, 50, 64, torch.bfloat16),      # from 0: the sink and the band in the span itself
-    (1, 8, 2, 0, 20, 128, torch.float16),      # a span shorter than the window
-    (1, 8, 1, 5, 40, 64, torch.bfloat16),      # a start inside the sink: its first 5 from the prior, the rest new
-    (1, 8, 2, 70, 45, 128, torch.bfloat16),    # a prefix in the cache; T not a multiple of the tiles
-    (1, 4, 4, 100, 10, 64, torch.float16),     # a short span: every window reaches into the prior
-    (2, 8, 1, 64, 33, 64, torch.float16),      # two rows, each its own prior; group 8
+@pytest.mark.parametrize("B, Hq, Hkv, start, T, D, dtype, stored", [
+    (1, 4, 4, 0, 50, 64, torch.bfloat16, "fp8"),      # from 0: the sink and the band in the span itself
+    (1, 8, 2, 0, 20, 128, torch.float16, "vseq"),     # a span shorter than the window
+    (1, 8, 1, 5, 40, 64, torch.bfloat16, "vseq"),     # a start inside the sink: its first 5 from the prior, the rest
+    (1, 8, 2, 70, 45, 128, torch.bfloat16, "fp8"),    # a prefix in the cache; T not a multiple of the tiles
+    (1, 4, 4, 100, 10, 64, torch.float16, "int8"),    # a short span: every window reaches into the prior
+    (2, 8, 1, 64, 33, 64, torch.float16, "vseq"),     # two rows, each its own prior; group 8
+    (1, 8, 2, 70, 45, 64, torch.bfloat16, "dequantized"),   # a cache handed over in q's dtype
 ])
-def test_matches_float64_oracle(B, Hq, Hkv, start, T, D, dtype, poisoned_empty):
-    run_case(B, Hq, Hkv, start, T, D, dtype)
+def test_matches_float64_oracle(B, Hq, Hkv, start, T, D, dtype, stored, poisoned_empty):
+    run_case(B, Hq, Hkv, start, T, D, dtype, stored=stored)
+
+
+@pytest.mark.parametrize("read_bytes", [False, None])
+def test_a_dequantized_copy_and_the_plan(read_bytes, poisoned_empty):
+    """The copy route (whole prompts, grouped heads) and the planned one, e4m3 with V sequence-major and int8."""
+    run_case(1, 8, 2, 30, 40, 64, torch.bfloat16, stored="vseq", read_bytes=read_bytes)
+    run_case(1, 4, 4, 40, 16, 64, torch.float16, stored="int8", read_bytes=read_bytes)
+
+
+def test_reads_the_bytes_where_one_program_reads_each_tile():
+    """The measured plan (module docstring): an MHA span of one query block reads the bytes; more blocks, or a
+    group that has several query heads read each KV head's tiles, take the copy."""
+    from kernels.prefill_exact import reads_bytes
+    tiles = default_tiles(128, torch.bfloat16)
+    assert reads_bytes(100, 1, tiles) and reads_bytes(128, 1, tiles)
+    assert not reads_bytes(129, 1, tiles) and not reads_bytes(8192, 1, tiles)
+    assert not reads_bytes(100, 8, tiles) and not reads_bytes(1, 3, tiles)
 
 
 def test_a_position_no_slot_holds_is_read_by_neither_set(poisoned_empty):
@@ -129,7 +157,16 @@ def test_float32_and_an_odd_head_dim(poisoned_empty):
 
 
 def test_refuses_what_it_cannot_compute():
-    q, k_cache, v_cache, prior, k_new, v_new, _ = make_case(1, 4, 2, 20, 8, 64, torch.float16, 0)
+    q, k_cache, v_cache, prior, k_new, v_new, _, (k8, v8, scales) = make_case(1, 4, 2, 20, 8, 64, torch.float16, 0)
+    with pytest.raises(ValueError, match="needs k_scale"):
+        prefill_attention_exact(q, k8, v8, prior, k_new, v_new, 20)
+    with pytest.raises(ValueError, match="needs v_scale"):
+        prefill_attention_exact(q, k8, v8, prior, k_new, v_new, 20, k_scale=scales["k_scale"],
+                                v_scale=scales["v_scale"][..., :-1])
+    with pytest.raises(ValueError, match="go with an 8-bit cache"):
+        prefill_attention_exact(q, k_cache, v_cache, prior, k_new, v_new, 20, **scales)
+    with pytest.raises(ValueError, match="v has dtype"):
+        prefill_attention_exact(q, k8, v8.view(torch.int8), prior, k_new, v_new, 20, **scales)
     with pytest.raises(ValueError, match="head dim 8"):
         small = [t[..., :8] for t in (q, k_cache, v_cache, k_new, v_new)]
         prefill_attention_exact(small[0], small[1], small[2], prior._replace(k=prior.k[..., :8], v=prior.v[..., :8]),

@@ -476,7 +476,8 @@ def test_only_e4m3_keeps_exact_sink_and_window_tokens():
         assert (exact_bytes_per_row(config, torch.float32, quant) > 0) == kept
 
 
-def test_prefill_through_the_triton_kernel_equals_the_masked_softmax(monkeypatch):
+@pytest.mark.parametrize("n_kv_heads", [2, 4])       # grouped: a dequantized copy; MHA spans: the bytes
+def test_prefill_through_the_triton_kernel_equals_the_masked_softmax(monkeypatch, n_kv_heads):
     """On a GPU an fp8 cache's prefill runs kernels/prefill_exact.py (here interpreted); elsewhere the masked
     softmax over the dequantized cache and the exact tokens side by side. Both give one model the same logits and
     exact copies: a cold prefill past the sink and window, a later span reading the first's copies back from the
@@ -484,7 +485,7 @@ def test_prefill_through_the_triton_kernel_equals_the_masked_softmax(monkeypatch
     import models.attention
     from models.config import ModelConfig
     from models.llama import build_random_model
-    config = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, vocab_size=97)
+    config = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=n_kv_heads, ffn_dim=128, vocab_size=97)
     model = build_random_model(config, max_len=128)
     tokens = torch.randint(0, 97, (1, 100), generator=torch.Generator().manual_seed(torch.seed() % 2**31))
     kernel = models.attention._prefill_exact()
@@ -493,7 +494,7 @@ def test_prefill_through_the_triton_kernel_equals_the_masked_softmax(monkeypatch
     with torch.no_grad():
         for through_kernel in (False, True):
             monkeypatch.setattr(models.attention, "_prefill_kernel_applies", lambda q: through_kernel)
-            monkeypatch.setattr(models.attention, "_prefill_exact", lambda: lambda *a: calls.append(1) or kernel(*a))
+            monkeypatch.setattr(models.attention, "_prefill_exact", lambda: lambda *a, **kw: calls.append(kw) or kernel(*a, **kw))
             model.setup_caches(1, 128, quant="fp8")
             logits = [model.prefill(tokens[:, :70], all_logits=True),
                       model.prefill(tokens[:, 70:100], start=70, all_logits=True)]
@@ -501,6 +502,7 @@ def test_prefill_through_the_triton_kernel_equals_the_masked_softmax(monkeypatch
             caches = [layer.attention.kv_cache for layer in model.layers]
             runs.append((torch.cat(logits, dim=1), [(c.k_exact.clone(), c.v_exact.clone()) for c in caches]))
     assert len(calls) == 3 * config.n_layers       # the kernel ran every layer of the second pass's three prefills
+    assert all(kw["k_scale"] is not None for kw in calls)     # on the cache's bytes, no dequantized copy
     (masked, masked_exact), (triton, triton_exact) = runs
     assert masked.abs().max() > 0
     torch.testing.assert_close(triton, masked, atol=1e-4, rtol=1e-4)
