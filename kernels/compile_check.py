@@ -182,41 +182,45 @@ def _exact_merge_name(dtype: str, group: int, D: int, read: int, has_quantized: 
 
 
 # the prefill kernel over an fp8 cache's exact tokens (kernels/prefill_exact.py): (q dtype, cache dtype, group, head
-# dim, tiles or None for the default): CodeLlama-7B, SmolLM2, an odd head dim, D = 256, -34B's group of 8 (each ~8 s
+# dim, tiles or None for the default, split or not): CodeLlama-7B (and split, as an edit's span runs), SmolLM2, an odd
+# head dim, D = 256, -34B's group of 8 (each ~8 s
 # on one core; a group > 1 reads an 8-bit V sequence-major, as models/kv_cache.py stores it on a GPU); with
 # `--prefill-tiles` also int8 bytes, a cache already in q's dtype, fp32 (no model takes the kernel in fp32: 25 s to
 # build its CUDA-core dots) and the GPU sweep's other candidates (TILE_CHOICES), ~2 min on one core
-PREFILL_CONFIGS = [("bf16", "fp8", 1, 128, None), ("fp16", "fp8", 3, 64, None), ("bf16", "fp8", 4, 80, None),
-                   ("bf16", "fp8", 1, 256, None), ("bf16", "fp8", 8, 128, None)]
-PREFILL_SWEEP_CONFIGS = [("bf16", "int8", 8, 128, None), ("bf16", "bf16", 1, 128, None), ("fp32", "fp8", 4, 80, None)] \
-    + [("bf16", "fp8", 1, 128, tuple(t)) for t in TILE_CHOICES]
+PREFILL_CONFIGS = [("bf16", "fp8", 1, 128, None, False), ("bf16", "fp8", 1, 128, None, True),
+                   ("fp16", "fp8", 3, 64, None, False), ("bf16", "fp8", 4, 80, None, False),
+                   ("bf16", "fp8", 1, 256, None, False), ("bf16", "fp8", 8, 128, None, False)]
+PREFILL_SWEEP_CONFIGS = [("bf16", "int8", 8, 128, None, False), ("bf16", "bf16", 1, 128, None, False),
+                         ("fp32", "fp8", 4, 80, None, False)] \
+    + [("bf16", "fp8", 1, 128, tuple(t), False) for t in TILE_CHOICES]
 
 
-def compile_prefill(dtype: str, cache: str, group: int, D: int, tiles: tuple | None, target: GPUTarget,
+def compile_prefill(dtype: str, cache: str, group: int, D: int, tiles: tuple | None, split: bool, target: GPUTarget,
                     with_opcodes: bool = False) -> dict:
     """The prefill kernel as `prefill_attention_exact` launches it (16 sink and 64 exact slots, as models/kv_cache.py
     keeps; an 8-bit cache's bytes and scales, its V sequence-major where the group is > 1; the unit strides a launch
     specialises as constants)."""
-    name = _prefill_name(dtype, cache, group, D, tiles)
+    name = _prefill_name(dtype, cache, group, D, tiles, split)
     tiles = PrefillTiles(*tiles) if tiles else default_tiles(D, {"fp32": torch.float32}.get(dtype, torch.bfloat16))
     elem = POINTER[dtype]
     scaled = cache in ("fp8", "int8")
     pointers = dict(Q=elem, K=POINTER[cache], V=POINTER[cache], K_SCALE="*fp32", V_SCALE="*fp32", K_NEW=elem,
-                    V_NEW=elem, PRIOR_K=elem, PRIOR_V=elem, PRIOR_POS="*i64", OUT=elem)
+                    V_NEW=elem, PRIOR_K=elem, PRIOR_V=elem, PRIOR_POS="*i64", OUT=elem, PART_ACC="*fp32",
+                    PART_M="*fp32", PART_L="*fp32")
     unit = dict(stride_kd=1, stride_kss=1, stride_vss=1,
                 **({"stride_vn": 1} if scaled and group > 1 else {"stride_vd": 1}))
     binary = _compile(_prefill_exact_kernel, pointers,
                       prefill_constexprs(tiles, group=group, D=D, N=64, sink=16, scaled=scaled, upcast=False,
-                                         ieee_dot=dtype == "fp32") | unit,
+                                         ieee_dot=dtype == "fp32", split=split) | unit,
                       target, tiles.num_warps, tiles.num_stages,
-                      not_divisible=("T", "start", "N", "sink", "window", "Hq"))
+                      not_divisible=("T", "start", "N", "sink", "window", "Hq", "splits"))
     facts = {"name": name, "tiles": list(tiles), "cubin_bytes": len(binary.asm["cubin"]),
              "shared_bytes": binary.metadata.shared, "tensor_cores": "mma" in binary.asm["ptx"]}
     return facts | sass_facts(binary.asm["cubin"], with_opcodes=with_opcodes)
 
 
-def _prefill_name(dtype: str, cache: str, group: int, D: int, tiles: tuple | None) -> str:
-    name = f"prefill-exact-{dtype}-{cache}-cache-g{group}-d{D}"
+def _prefill_name(dtype: str, cache: str, group: int, D: int, tiles: tuple | None, split: bool = False) -> str:
+    name = f"prefill-exact-{dtype}-{cache}-cache-g{group}-d{D}" + ("-split" if split else "")
     return name if tiles is None else f"{name}-m{tiles[0]}-n{tiles[1]}-w{tiles[2]}-s{tiles[3]}"
 
 

@@ -36,8 +36,14 @@ tiling, 1,112 with -34B's sequence-major V). One H200, one layer (bench/results/
 prompts from 0 (64-256 blocks) 1.88 -> 2.25 ms at 8k, 20.0 -> 28.2 at 32k; -34B's edit at 131k (group 8: eight
 readers) 4.03 -> 7.26. So a call reads the bytes only where one program reads each tile (BYTE_READERS), else it
 dequantizes the prefix to a copy first. (Until then `models.kv_cache.KVCache.write` handed every prefill the copy:
-an edit of a 32k prompt's last 100 tokens took its first token in 116 ms against bf16's 45-52.) Not graph-captured
-(prefill never is): the launch reads `start` and the shapes on the host.
+an edit of a 32k prompt's last 100 tokens took its first token in 116 ms against bf16's 45-52.)
+
+Split keys (`prefill_splits`). A short span after a long prefix is few programs (7B's 100-token edit: one query
+block x 32 heads, on 132 SMs), each through the whole prefix; its blocks' middle tiles are split over up to a wave
+of programs and merged by their running maxima and sums (`_merge_splits`), as Flash-Decoding splits a decode step.
+One layer on the H200 (Run 42): 7B edit at 32k 2.07 ms (the copy, unsplit) -> 1.10 (bytes) -> 0.50 (bytes, 4
+splits); 8 tokens at 32k 2.06 -> 0.49; -34B's edit at 131k 4.07 -> 2.94 (the copy, 2 splits), at 32k 1.08 -> 0.91.
+Not graph-captured (prefill never is): the launch reads `start` and the shapes on the host.
 """
 
 from __future__ import annotations
@@ -58,6 +64,9 @@ NEVER = tl.constexpr(1 << 30)     # an age no (query, key) pair reaches
 # The most programs that may read each KV head's tiles for a call to read an 8-bit cache's bytes (`reads_bytes`):
 # each such program converts every tile it reads, where the copy is one pass (module docstring, "Bytes or a copy").
 BYTE_READERS = 1
+# The fewest key tiles of the prefix a split reads (`prefill_splits`): a split has a merge to pay for. 4 splits of
+# 16 tiles lost at an 8k prefix (7B, 100 tokens: 0.40 ms unsplit, 0.43 split; Run 42) and won at 32k (1.10 -> 0.50).
+MIN_SPLIT_TILES = 64
 LOG2_E = 1.4426950408889634
 
 
@@ -229,7 +238,7 @@ def _mixed_tiles(q, m_i, l_i, acc, lo, end, i, start, sink, window,
 
 @triton.jit
 def _prefill_exact_kernel(
-    Q, K, V, K_SCALE, V_SCALE, K_NEW, V_NEW, PRIOR_K, PRIOR_V, PRIOR_POS, OUT,
+    Q, K, V, K_SCALE, V_SCALE, K_NEW, V_NEW, PRIOR_K, PRIOR_V, PRIOR_POS, OUT, PART_ACC, PART_M, PART_L,
     stride_qb, stride_qh, stride_qt,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -240,18 +249,21 @@ def _prefill_exact_kernel(
     stride_pkb, stride_pkh, stride_pkn,
     stride_pvb, stride_pvh, stride_pvn,
     stride_pb,
-    Hq, T, start, N, D, qk_scale, sink, window,
+    Hq, T, start, N, D, qk_scale, sink, window, splits,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     SINK_BLOCK: tl.constexpr, PRIOR_BLOCK: tl.constexpr, EVEN_D: tl.constexpr, SCALED: tl.constexpr,
-    UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr,
+    UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr, SPLIT: tl.constexpr,
 ):
     """Q (B, Hq, T, D); K, V (B, Hkv, >= start + T, D) the cache, any strides: 8-bit with K_SCALE, V_SCALE
     (B, Hkv, >= start + T) float32 where SCALED, else in Q's dtype (the scale pointers unused); K_NEW, V_NEW
     (B, Hkv, T, D) the span's exact keys and values; PRIOR_K, PRIOR_V (B, Hkv, N, D) and PRIOR_POS int64 (B, N) the
-    row's exact slots; OUT (B, Hq, T, D) contiguous. Scores are scaled by qk_scale = softmax scale x log2(e) (base 2). Grid:
-    (query blocks, Hq, B), the query blocks with the most keys first (the causal triangle's long rows start early,
-    so the last wave is short)."""
-    m_block = tl.num_programs(0) - 1 - tl.program_id(0)
+    row's exact slots; OUT (B, Hq, T, D) contiguous. Scores are scaled by qk_scale = softmax scale x log2(e) (base 2).
+    Grid: (query blocks x splits, Hq, B), the query blocks with the most keys first (the causal triangle's long rows
+    start early, so the last wave is short). SPLIT (splits > 1): split s of a block reads the s-th part of its middle
+    tiles (the first split also the sink's, the last the band), and writes its unnormalized acc (B, Hq, splits, T, D)
+    to PART_ACC, its running max and sum (B, Hq, splits, T) to PART_M, PART_L, for `_merge_splits`."""
+    m_block = tl.num_programs(0) // splits - 1 - tl.program_id(0) // splits
+    split = tl.program_id(0) % splits
     h = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)       # int64: offsets into long caches overflow 32 bits
     kv = (h // GROUP).to(tl.int64)
@@ -284,28 +296,39 @@ def _prefill_exact_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     # The sink's keys (at most SINK_BLOCK) are one narrow tile of their own; the other tiles are laid from `sink` on,
     # and the band starts at the tile of the block's first query's oldest window key: the middle lies between.
-    m_i, l_i, acc = _mixed_tiles(q, m_i, l_i, acc, 0, tl.minimum(sink, last + 1), i, start, sink, window,  # sink
+    sink_end = tl.where(split == 0, tl.minimum(sink, last + 1), 0)
+    m_i, l_i, acc = _mixed_tiles(q, m_i, l_i, acc, 0, sink_end, i, start, sink, window,                   # sink
                                  k_ptrs, v_ptrs, ks_ptr, vs_ptr, kn_ptrs, vn_ptrs, pk_ptrs, pv_ptrs, prior_pos,
                                  offs_p, stride_kn, stride_vn, stride_kss, stride_vss, stride_knn, stride_vnn,
                                  stride_pkn, stride_pvn, tl.arange(0, SINK_BLOCK), mask_d, qk_scale, SINK_BLOCK,
                                  SCALED, DTYPE, UPCAST, IEEE_DOT)
     band_lo = sink + tl.maximum(first - window + 1 - sink, 0) // BLOCK_N * BLOCK_N
+    per_split = tl.cdiv((band_lo - sink) // BLOCK_N, splits) * BLOCK_N     # this block's middle keys a split
+    middle_lo = tl.minimum(sink + split * per_split, band_lo)
+    middle_hi = tl.minimum(middle_lo + per_split, band_lo)
     whole = tl.full([BLOCK_N], 1, tl.int1)[:, None] & mask_d[None, :]      # (a constant where EVEN_D)
-    for n0 in tl.range(sink, band_lo, BLOCK_N):                            # middle: the hot loop
+    for n0 in tl.range(middle_lo, middle_hi, BLOCK_N):                     # middle: the hot loop
         m_i, l_i, acc = _quantized_tile(q, m_i, l_i, acc, n0, k_ptrs, v_ptrs, ks_ptr, vs_ptr, stride_kn, stride_vn,
                                         stride_kss, stride_vss, offs_n, whole, qk_scale, SCALED, DTYPE, UPCAST,
                                         IEEE_DOT)
-    m_i, l_i, acc = _mixed_tiles(q, m_i, l_i, acc, band_lo, last + 1, i, start, sink, window,         # band
+    band_end = tl.where(split == splits - 1, last + 1, band_lo)
+    m_i, l_i, acc = _mixed_tiles(q, m_i, l_i, acc, band_lo, band_end, i, start, sink, window,         # band
                                  k_ptrs, v_ptrs, ks_ptr, vs_ptr, kn_ptrs, vn_ptrs, pk_ptrs, pv_ptrs, prior_pos,
                                  offs_p, stride_kn, stride_vn, stride_kss, stride_vss, stride_knn, stride_vnn,
                                  stride_pkn, stride_pvn, offs_n, mask_d, qk_scale, BLOCK_N, SCALED, DTYPE, UPCAST,
                                  IEEE_DOT)
 
-    # Every query reads at least its own key (exact, from the span): l_i > 0. The guard keeps padding rows finite.
-    out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
-    out_rows = (b * Hq + h) * T + offs_m                                    # (BLOCK_M,) rows of OUT (B, Hq, T)
-    tl.store(OUT + out_rows[:, None] * D + offs_d[None, :], out.to(OUT.dtype.element_ty),
-             mask=(offs_m < T)[:, None] & mask_d[None, :])
+    rows_mask = (offs_m < T)[:, None] & mask_d[None, :]
+    if SPLIT:       # a split without keys leaves m = -inf, l = 0, acc = 0: its weight in the merge is 0
+        part_rows = ((b * Hq + h) * splits + split) * T + offs_m            # (BLOCK_M,) rows of (B, Hq, splits, T)
+        tl.store(PART_ACC + part_rows[:, None] * D + offs_d[None, :], acc, mask=rows_mask)
+        tl.store(PART_M + part_rows, m_i, mask=offs_m < T)
+        tl.store(PART_L + part_rows, l_i, mask=offs_m < T)
+    else:
+        # Every query reads at least its own key (exact, from the span): l_i > 0. The guard keeps padding rows finite.
+        out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
+        out_rows = (b * Hq + h) * T + offs_m                                # (BLOCK_M,) rows of OUT (B, Hq, T)
+        tl.store(OUT + out_rows[:, None] * D + offs_d[None, :], out.to(OUT.dtype.element_ty), mask=rows_mask)
 
 
 def check_prefill_inputs(q, k, v, prior, k_new, v_new, start, k_scale=None, v_scale=None
@@ -360,7 +383,7 @@ def _described(t) -> str:
 @on_first_tensors_device
 def prefill_attention_exact(q, k, v, prior: ExactTokens, k_new, v_new, start: int, *, k_scale=None, v_scale=None,
                             softmax_scale=None, tiles: PrefillTiles | None = None, read_bytes: bool | None = None,
-                            compile_only: bool = False):
+                            num_splits: int | None = None, compile_only: bool = False):
     """Causal attention of a span's T queries over an 8-bit cache with exact sink and window tokens (module
     docstring; `kernels.reference.prefill_attention_exact` is the same in PyTorch).
 
@@ -374,7 +397,9 @@ def prefill_attention_exact(q, k, v, prior: ExactTokens, k_new, v_new, start: in
     contiguous (k, v: any strides);
     D in 16..256; Hq a multiple of Hkv; softmax_scale (default D ** -0.5) positive. `tiles` (`PrefillTiles`)
     overrides `default_tiles`. An 8-bit cache is read as bytes or first dequantized to a copy as `reads_bytes`
-    plans (`read_bytes` overrides it; the same output either way, bit for bit on a GPU). Returns out (B, Hq, T, D) in q's dtype. `compile_only` builds the kernel without
+    plans (`read_bytes` overrides it; the same output either way, bit for bit on a GPU). A span of few query blocks
+    after a long prefix splits each block's keys over `prefill_splits` programs (`num_splits` overrides it), merged
+    after. Returns out (B, Hq, T, D) in q's dtype. `compile_only` builds the kernel without
     launching it and returns its binary. CUDA tensors, or CPU ones under TRITON_INTERPRET=1 (slow)."""
     B, Hq, Hkv, T, D = check_prefill_inputs(q, k, v, prior, k_new, v_new, start, k_scale, v_scale)
     from kernels.interface import check_launchable       # (lazy: interface imports every decode kernel)
@@ -391,21 +416,52 @@ def prefill_attention_exact(q, k, v, prior: ExactTokens, k_new, v_new, start: in
         k, v = dequantize(k, k_scale, q.dtype), dequantize(v, v_scale, q.dtype)         # (B, Hkv, S, D) copies
         k_scale = v_scale = None
     N = prior.pos.shape[1]
-    grid = (triton.cdiv(T, tiles.block_m), Hq, B)
+    if num_splits is None:
+        num_splits = prefill_splits(T, Hq, B, start, tiles, q.device)
+    if not isinstance(num_splits, int) or isinstance(num_splits, bool) or num_splits < 1:
+        raise ValueError(f"num_splits must be an int >= 1, got {num_splits!r}")
+    grid = (triton.cdiv(T, tiles.block_m) * num_splits, Hq, B)
     scaled = k_scale is not None
     k_scale, v_scale = (k_scale, v_scale) if scaled else (k, v)         # (unread pointers, any strides)
-    args = (q, k, v, k_scale, v_scale, k_new, v_new, prior.k, prior.v, prior.pos, out,
+    parts = [out] * 3                                                   # (unread unless split)
+    if num_splits > 1:
+        parts = [torch.empty((B, Hq, num_splits, T) + (D,) * (n == 0), dtype=torch.float32, device=q.device)
+                 for n in range(3)]                                     # acc (B, Hq, s, T, D); m, l (B, Hq, s, T)
+    args = (q, k, v, k_scale, v_scale, k_new, v_new, prior.k, prior.v, prior.pos, out, *parts,
             *q.stride()[:3], *k.stride(), *v.stride(), *k_scale.stride()[:3], *v_scale.stride()[:3],
             *k_new.stride()[:3], *v_new.stride()[:3],
             *prior.k.stride()[:3], *prior.v.stride()[:3], prior.pos.stride(0),
-            Hq, T, start, N, D, scale * LOG2_E, prior.sink, prior.window)
+            Hq, T, start, N, D, scale * LOG2_E, prior.sink, prior.window, num_splits)
     constexprs = prefill_constexprs(tiles, group=Hq // Hkv, D=D, N=N, sink=prior.sink, scaled=scaled,
-                                    upcast=not q.is_cuda, ieee_dot=q.dtype == torch.float32)
+                                    upcast=not q.is_cuda, ieee_dot=q.dtype == torch.float32, split=num_splits > 1)
     if compile_only:
         return _prefill_exact_kernel.warmup(*args, grid=grid, **constexprs, num_warps=tiles.num_warps,
                                             num_stages=tiles.num_stages)
     _prefill_exact_kernel[grid](*args, **constexprs, num_warps=tiles.num_warps, num_stages=tiles.num_stages)
-    return out
+    return _merge_splits(*parts, out) if num_splits > 1 else out
+
+
+def _merge_splits(acc: torch.Tensor, m: torch.Tensor, l: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The splits' partial softmaxes, acc (B, Hq, s, T, D) unnormalized with running max m and sum l (B, Hq, s, T)
+    (base 2), into out (B, Hq, T, D): each weighed by 2^(m - the largest m). Every query's own key is in the last
+    split, so the largest is finite; a split without keys (m = -inf) weighs 0. A few PyTorch ops on small tensors
+    (T x Hq x splits rows), beside a prefill's matmuls."""
+    weight = torch.exp2(m - m.amax(dim=2, keepdim=True))                                # (B, Hq, s, T)
+    merged = (weight[..., None] * acc).sum(dim=2) / (weight * l).sum(dim=2)[..., None]  # (B, Hq, T, D)
+    return out.copy_(merged)
+
+
+def prefill_splits(T: int, Hq: int, B: int, start: int, tiles: PrefillTiles, device: torch.device) -> int:
+    """How many programs share each query block's keys: a span of few blocks after a long prefix (an edit, a
+    keystroke) launches fewer programs than a GPU has SMs (CodeLlama-7B, a 100-token span: 32 programs, each through
+    the whole prefix, on an H200's 132), so its keys are split until the programs fill one wave (one program an SM:
+    the kernel takes 255 registers a thread), each split at least MIN_SPLIT_TILES tiles of the prefix. 1 off a GPU."""
+    if device.type != "cuda":
+        return 1
+    from kernels.interface import device_facts           # (lazy, as check_launchable)
+    programs = triton.cdiv(T, tiles.block_m) * Hq * B
+    _, sms = device_facts(device.index if device.index is not None else torch.cuda.current_device())
+    return max(1, min(sms // programs, start // (tiles.block_n * MIN_SPLIT_TILES)))
 
 
 def reads_bytes(T: int, group: int, tiles: PrefillTiles) -> bool:
@@ -415,11 +471,11 @@ def reads_bytes(T: int, group: int, tiles: PrefillTiles) -> bool:
 
 
 def prefill_constexprs(tiles: PrefillTiles, *, group: int, D: int, N: int, sink: int, scaled: bool, upcast: bool,
-                       ieee_dot: bool) -> dict:
+                       ieee_dot: bool, split: bool = False) -> dict:
     """The kernel's compile-time arguments (a launch and kernels.compile_check share them)."""
     block_d = max(16, triton.next_power_of_2(D))
     return dict(GROUP=group, BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_D=block_d,
                 SINK_BLOCK=max(16, triton.next_power_of_2(max(sink, 1))),
                 PRIOR_BLOCK=max(16, triton.next_power_of_2(max(N, 1))), EVEN_D=D == block_d, SCALED=scaled,
                 UPCAST=upcast,
-                IEEE_DOT=ieee_dot)
+                IEEE_DOT=ieee_dot, SPLIT=split)

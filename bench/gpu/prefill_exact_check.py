@@ -72,12 +72,18 @@ def on_bytes(q, stored, prior, k_new, v_new, start, **options):
                                    v_scale=stored["v_scale"], read_bytes=True, **options)
 
 
-def on_dequantized_copy(q, stored, prior, k_new, v_new, start):
+def on_dequantized_copy(q, stored, prior, k_new, v_new, start, **options):
     """What ran before the kernel read the bytes: the prefix dequantized (models/kv_cache.py's `write` returned that
     copy every layer), then the kernel on the copy."""
     k = reference.dequantize(stored["k"], stored["k_scale"], q.dtype)
     v = reference.dequantize(stored["v"], stored["v_scale"], q.dtype)
-    return prefill_attention_exact(q, k, v, prior, k_new, v_new, start)
+    return prefill_attention_exact(q, k, v, prior, k_new, v_new, start, **options)
+
+
+def as_planned(q, stored, prior, k_new, v_new, start):
+    """As the model calls it: the bytes, the kernel's plans (`reads_bytes`, `prefill_splits`)."""
+    return prefill_attention_exact(q, stored["k"], stored["v"], prior, k_new, v_new, start, k_scale=stored["k_scale"],
+                                   v_scale=stored["v_scale"])
 
 
 def oracle_error(out, q, k, v, k_cache, v_cache, start, block=1024) -> float:
@@ -152,18 +158,27 @@ def sweep(lengths) -> list[str]:
 
 
 def bytes_against_copy(cases) -> list[str]:
-    """One layer's attention, ms: the kernel on the bytes against the dequantized copy and the kernel on it, and
-    whether the two give bit for bit the same output (the tile's dequantization rounds as `reference.dequantize`)."""
+    """One layer's attention, ms: the dequantized copy and the kernel on it, unsplit (what ran before the kernel read
+    bytes or split keys), the kernel on the bytes unsplit, and as the model now calls it (`as_planned`: its route and
+    splits); whether the two unsplit ones give bit for bit the same output (the tile's dequantization rounds as
+    `reference.dequantize`), and the planned one's largest difference from the copy's."""
+    from kernels.prefill_exact import default_tiles, prefill_splits, reads_bytes
     rows = []
     for model, start, T in cases:
-        q, k_cache, v_cache, prior, k_new, v_new, k, v, stored = make_case(*SHAPES[model], start, T, 0)
+        Hq, Hkv, D = SHAPES[model]
+        q, k_cache, v_cache, prior, k_new, v_new, k, v, stored = make_case(Hq, Hkv, D, start, T, 0)
         del k_cache, v_cache, k, v
-        same = torch.equal(on_dequantized_copy(q, stored, prior, k_new, v_new, start),
-                           on_bytes(q, stored, prior, k_new, v_new, start))     # the same values, the same dots
-        before = _ms(lambda: on_dequantized_copy(q, stored, prior, k_new, v_new, start))
-        after = _ms(lambda: on_bytes(q, stored, prior, k_new, v_new, start))
-        rows.append(f"| {model} | {start} | {T} | {before:.3f} | {after:.3f} | {before / after:.2f}x | "
-                    f"{'identical' if same else 'DIFFERENT'} |")
+        copy = on_dequantized_copy(q, stored, prior, k_new, v_new, start, num_splits=1)
+        same = torch.equal(copy, on_bytes(q, stored, prior, k_new, v_new, start, num_splits=1))
+        planned_diff = (as_planned(q, stored, prior, k_new, v_new, start).float() - copy.float()).abs().max().item()
+        before = _ms(lambda: on_dequantized_copy(q, stored, prior, k_new, v_new, start, num_splits=1))
+        unsplit = _ms(lambda: on_bytes(q, stored, prior, k_new, v_new, start, num_splits=1))
+        planned = _ms(lambda: as_planned(q, stored, prior, k_new, v_new, start))
+        tiles = default_tiles(D, DTYPE)
+        plan = (f"{'bytes' if reads_bytes(T, Hq // Hkv, tiles) else 'copy'}, "
+                f"{prefill_splits(T, Hq, 1, start, tiles, q.device)} split(s)")
+        rows.append(f"| {model} | {start} | {T} | {before:.3f} | {unsplit:.3f} | {planned:.3f} ({plan}) | "
+                    f"{before / planned:.2f}x | {'identical' if same else 'DIFFERENT'} | {planned_diff:.1e} |")
         print(rows[-1], flush=True)
     return rows
 
@@ -192,9 +207,9 @@ def main(argv: list[str]) -> int:
         print("\n".join(table))
     if "--bytes" in argv and DEVICE == "cuda":
         table = bytes_against_copy([("7B", 0, 8192), ("7B", 0, 32768), ("7B", 32668, 100), ("7B", 8092, 100),
-                                    ("34B", 0, 8192), ("34B", 0, 32768), ("34B", 131000, 100)])
-        print("\n| model | start | span T | dequantized copy + kernel (before), ms | kernel on the bytes, ms | | "
-              "outputs |\n|---|---|---|---|---|---|---|")
+                                    ("7B", 32760, 8), ("34B", 0, 8192), ("34B", 32668, 100), ("34B", 131000, 100)])
+        print("\n| model | start | span T | copy + kernel, unsplit (before), ms | bytes, unsplit, ms | as planned, ms | "
+              "before / planned | unsplit outputs | planned - copy, max |\n|---|---|---|---|---|---|---|---|---|")
         print("\n".join(table))
     return 1 if failed else 0
 

@@ -78,14 +78,14 @@ def rel_err(x, ref):
 
 
 def run_case(B, Hq, Hkv, start, T, D, dtype, tiles=SMALL, missing=(), scale=None, sink=SINK, stored="fp8",
-             read_bytes=True):
+             read_bytes=True, num_splits=None):
     """`read_bytes`: an 8-bit cache's bytes read by the tiles (True), dequantized to a copy first (False), or as
-    `reads_bytes` plans (None)."""
+    `reads_bytes` plans (None). `num_splits`: forced (the plan gives 1 off a GPU)."""
     seed = torch.seed() % 2**31
     q, k_cache, v_cache, prior, k_new, v_new, truth, (k, v, scales) = make_case(B, Hq, Hkv, start, T, D, dtype, seed,
                                                                              missing, sink, stored)
     out = prefill_attention_exact(q, k, v, prior, k_new, v_new, start, tiles=tiles, softmax_scale=scale,
-                                  read_bytes=read_bytes, **scales)
+                                  read_bytes=read_bytes, num_splits=num_splits, **scales)
     assert out.shape == q.shape and out.dtype == dtype
     assert not out.isnan().any(), f"seed {seed}: an output element was never written, or a NaN slot was read"
     oracle = float64_oracle(q, k_cache, v_cache, start, truth, scale, sink)
@@ -129,6 +129,36 @@ def test_reads_the_bytes_where_one_program_reads_each_tile():
     assert reads_bytes(100, 1, tiles) and reads_bytes(128, 1, tiles)
     assert not reads_bytes(129, 1, tiles) and not reads_bytes(8192, 1, tiles)
     assert not reads_bytes(100, 8, tiles) and not reads_bytes(1, 3, tiles)
+
+
+@pytest.mark.parametrize("B, Hq, Hkv, start, T, splits", [
+    (1, 4, 4, 200, 20, 3),      # an edit's span after a prefix: the middle's tiles over 3 programs, the last the band
+    (1, 8, 2, 100, 40, 4),      # 3 query blocks, a group of 4
+    (2, 4, 1, 40, 30, 5),       # more splits than some blocks have middle tiles: those splits read nothing
+    (1, 4, 2, 0, 50, 2),        # from 0: early blocks without a middle at all
+])
+def test_split_keys_merge_to_the_oracle(B, Hq, Hkv, start, T, splits, poisoned_empty):
+    """A block's keys split over several programs (the sink's tile in the first, the band in the last), merged by
+    their running maxima and sums."""
+    run_case(B, Hq, Hkv, start, T, 64, torch.bfloat16, stored="vseq" if Hq > Hkv else "fp8", num_splits=splits)
+
+
+def test_splits_fill_one_wave_of_an_edit():
+    """The plan (`prefill_splits`): 1 off a GPU; on one, a span whose programs fill less than a wave splits its keys
+    until they do, each split at least MIN_SPLIT_TILES tiles of the prefix."""
+    from unittest import mock
+
+    from kernels import prefill_exact
+    tiles = default_tiles(128, torch.bfloat16)
+    cuda = torch.device("cuda", 0)
+    assert prefill_exact.prefill_splits(100, 32, 1, 32668, tiles, torch.device("cpu")) == 1
+    with mock.patch("kernels.interface.device_facts", return_value=("H200", 132)):
+        assert prefill_exact.prefill_splits(100, 32, 1, 32668, tiles, cuda) == 4      # 7B's edit: 32 -> 128 programs
+        assert prefill_exact.prefill_splits(100, 64, 1, 131000, tiles, cuda) == 2     # 34B's: 64 -> 128
+        assert prefill_exact.prefill_splits(8192, 32, 1, 0, tiles, cuda) == 1         # a whole prompt: no prefix
+        assert prefill_exact.prefill_splits(100, 32, 1, 8192, tiles, cuda) == 2       # 128 tiles: two splits of 64
+        assert prefill_exact.prefill_splits(100, 32, 1, 8092, tiles, cuda) == 1       # fewer: the merge did not pay
+        assert prefill_exact.prefill_splits(300, 32, 1, 32668, tiles, cuda) == 1      # 96 programs: within a wave
 
 
 def test_a_position_no_slot_holds_is_read_by_neither_set(poisoned_empty):
@@ -177,6 +207,8 @@ def test_refuses_what_it_cannot_compute():
         prefill_attention_exact(q, k_cache, v_cache, prior, k_new, v_new, 21)
     with pytest.raises(ValueError, match="start must be"):
         prefill_attention_exact(q, k_cache, v_cache, prior, k_new, v_new, -1)
+    with pytest.raises(ValueError, match="num_splits"):
+        prefill_attention_exact(q, k_cache, v_cache, prior, k_new, v_new, 20, num_splits=0)
     with pytest.raises(ValueError, match="multiple"):
         prefill_attention_exact(q[:, :3], k_cache, v_cache, prior, k_new, v_new, 20)
     with pytest.raises(ValueError, match="positive"):
