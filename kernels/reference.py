@@ -294,18 +294,30 @@ def gather_exact(exact: ExactTokens, end: torch.Tensor, ring: int) -> ExactToken
     recorded position is not the one wanted (another lap of the ring, a rolled-back draft, none) comes out
     empty (pos -1; its K, V whatever the slot held): a stale copy is never taken for another position.
     Graph-safe (no host sync). Returns ExactTokens k, v (B, Hkv, sink + ring, D), pos (B, sink + ring)."""
-    B, Hkv, N, D = exact.k.shape
-    sink = exact.sink
-    lane = torch.arange(sink + ring, device=exact.pos.device)                             # (M,) new slots
-    end = end.to(device=exact.pos.device, dtype=torch.int64)[:, None]                      # (B, 1)
+    slots, pos = exact_gather_slots(exact.pos, end, exact.sink, ring)
+    return take_exact(exact, slots, pos)
+
+
+def exact_gather_slots(exact_pos: torch.Tensor, end: torch.Tensor, sink: int, ring: int
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`gather_exact`'s indices from the slots' positions exact_pos (B, N) alone: which slot each of the sink + ring
+    lanes takes (B, sink + ring) and the position it holds there (-1: none). A prefill reuses them in every layer,
+    whose slots record the same positions (models/kv_cache.py `KVCache.prefill_indices`)."""
+    lane = torch.arange(sink + ring, device=exact_pos.device)                              # (M,) new slots
+    end = end.to(device=exact_pos.device, dtype=torch.int64)[:, None]                       # (B, 1)
     first = end - ring
     # ring lane s: the one position p in [end - ring, end) with ring_slot(p) = s, i.e. p = s (mod ring)
     wanted = torch.where(lane < sink, lane, first + (lane - first) % ring)                  # (B, M)
     use = (wanted >= 0) & (wanted < end) & ((lane < sink) | (wanted >= sink))   # (the sink lanes hold p < sink)
-    slots = ring_slot(wanted.clamp_min(0), sink, N - sink)                                  # (B, M) in exact
-    pos = torch.where(use & (exact.pos.gather(1, slots) == wanted), wanted, -1)             # (B, M)
-    index = slots[:, None, :, None].expand(B, Hkv, sink + ring, D)
-    return ExactTokens(exact.k.gather(2, index), exact.v.gather(2, index), pos, sink, exact.window)
+    slots = ring_slot(wanted.clamp_min(0), sink, exact_pos.shape[1] - sink)                 # (B, M) in exact
+    return slots, torch.where(use & (exact_pos.gather(1, slots) == wanted), wanted, -1)     # (B, M) each
+
+
+def take_exact(exact: ExactTokens, slots: torch.Tensor, pos: torch.Tensor) -> ExactTokens:
+    """The exact tokens in slots (B, M) of `exact` as ExactTokens of M slots holding positions pos (B, M)."""
+    B, Hkv, _, D = exact.k.shape
+    index = slots[:, None, :, None].expand(B, Hkv, slots.shape[1], D)
+    return ExactTokens(exact.k.gather(2, index), exact.v.gather(2, index), pos, exact.sink, exact.window)
 
 
 def exact_slots_visible(pos: torch.Tensor, query_pos: torch.Tensor, sink: int, window: int) -> torch.Tensor:

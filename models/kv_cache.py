@@ -165,6 +165,19 @@ class CacheView(NamedTuple):
                          exact=self.exact)
 
 
+class PrefillIndices(NamedTuple):
+    """What every layer's cache writes and reads alike for one prefill chunk, computed once from the first layer's
+    (`KVCache.prefill_indices`): every layer's exact slots record the same positions, so their slots, the prior's
+    gather and the positions after the write are one set of small tensors, not ~40 tiny kernels a layer (an fp8
+    edit's first token was host-bound: 3,044 launches against bf16's 1,238, bench/results/NOTES.md Run 42)."""
+    start: torch.Tensor                         # (1,) int64: the chunk's first position, on the device
+    prior_slots: torch.Tensor | None = None     # (1, EXACT_SINK + PRIOR_RING) slots `exact_before` gathers
+    prior_pos: torch.Tensor | None = None       # (1, EXACT_SINK + PRIOR_RING) their positions, -1 for none
+    span_index: torch.Tensor | None = None      # (n,) offsets in the span whose exact copies are written
+    slots: torch.Tensor | None = None           # (1, n) their slots
+    pos_after: torch.Tensor | None = None       # (1, slots) the row's slot positions once written
+
+
 class KVCache(nn.Module):
     """One layer's keys and values for up to `batch` sequences of up to `max_len` tokens."""
 
@@ -236,8 +249,31 @@ class KVCache(nn.Module):
             return None
         return self.k_exact[:1], self.v_exact[:1], self.exact_pos[0], EXACT_SINK, self.exact_ring
 
+    def prefill_indices(self, row: int, start: int, T: int, repair: bool = False, end: int | None = None
+                        ) -> PrefillIndices:
+        """`PrefillIndices` of a chunk of T tokens at start .. start + T - 1 of row `row` (`write` says what
+        `repair` and `end` mean), from this cache's slots before the chunk is written: valid for every layer's."""
+        first = torch.tensor([start], device=self.k.device)
+        if self.k_exact is None:
+            return PrefillIndices(first)
+        from kernels.reference import exact_gather_slots
+        pos = self.exact_pos[row:row + 1]                                                    # (1, slots)
+        prior_slots, prior_pos = exact_gather_slots(pos, first, EXACT_SINK, PRIOR_RING)
+        kept = T if end is None else end - start        # the span's tokens before `end`
+        offsets = torch.arange(kept, device=self.k.device)                                   # in the span
+        pos_after = pos.clone()
+        if repair:
+            index = offsets[-EXACT_WINDOW:]
+        else:
+            # Only these: a scatter with repeated slots (the ring's earlier laps) writes in no defined order.
+            index = offsets[(start + offsets < EXACT_SINK) | (offsets >= kept - self.exact_ring)]
+            pos_after.masked_fill_(pos_after >= start, -1)                                   # past the span
+        positions = (start + index)[None]                                                    # (1, n)
+        slots = exact_slot(positions, self.exact_ring)
+        return PrefillIndices(first, prior_slots, prior_pos, index, slots, pos_after.scatter_(1, slots, positions))
+
     def write(self, row: int, start: int, k: torch.Tensor, v: torch.Tensor, repair: bool = False,
-              end: int | None = None) -> CacheView:
+              end: int | None = None, indices: PrefillIndices | None = None) -> CacheView:
         """Prefill: store k, v (1, Hkv, T, D) at positions start..start+T of one sequence.
 
         Returns that sequence's keys and values so far as stored, (1, Hkv, start + T, D) views of the cache (and
@@ -249,23 +285,21 @@ class KVCache(nn.Module):
         needs of them first (`exact_before`).
         `repair` (fp8): the row already holds the span; only the exact copies of its last EXACT_WINDOW tokens are
         written (`models.llama.Transformer.prefill` says when they are right), the 8-bit cache is read as stored.
+        `indices`: the chunk's `prefill_indices` (computed here without them), shared by the layers.
         """
+        if repair and self.k_exact is None:
+            raise ValueError("only an fp8 cache's exact window can be repaired")
         view = self.rows(row, row + 1)
         T = k.shape[2]
-        kept = T if end is None else end - start        # the span's tokens before `end`
+        indices = indices or self.prefill_indices(row, start, T, repair, end)
         if not repair:
-            append_kv(k, v, view.k, view.v, torch.tensor([start], device=k.device), view.k_scale, view.v_scale)
-        elif self.k_exact is None:
-            raise ValueError("only an fp8 cache's exact window can be repaired")
+            append_kv(k, v, view.k, view.v, indices.start, view.k_scale, view.v_scale)
         if self.k_exact is not None:
-            offsets = torch.arange(kept, device=k.device)                                    # in the span
-            if repair:
-                index = offsets[-EXACT_WINDOW:]
-            else:
-                # Only these: a scatter with repeated slots (the ring's earlier laps) writes in no defined order.
-                index = offsets[(start + offsets < EXACT_SINK) | (offsets >= kept - self.exact_ring)]
-                self.exact_pos[row:row + 1].masked_fill_(self.exact_pos[row:row + 1] >= start, -1)  # past the span
-            self._scatter_exact(row, (start + index)[None], k[:, :, index], v[:, :, index])
+            n = indices.slots.shape[1]
+            index = indices.slots[:, None, :, None].expand(1, k.shape[1], n, k.shape[3])
+            self.k_exact[row:row + 1].scatter_(2, index, k[:, :, indices.span_index].to(self.dtype))
+            self.v_exact[row:row + 1].scatter_(2, index, v[:, :, indices.span_index].to(self.dtype))
+            self.exact_pos[row:row + 1].copy_(indices.pos_after)
         return view.prefix(start + T)
 
     def _scatter_exact(self, first: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -279,17 +313,20 @@ class KVCache(nn.Module):
         self.v_exact[rows].scatter_(2, index, v.to(self.dtype))
         self.exact_pos[rows].scatter_(1, slots, positions)
 
-    def exact_before(self, row: int, start: int) -> ExactTokens | None:
+    def exact_before(self, row: int, start: int, indices: PrefillIndices | None = None) -> ExactTokens | None:
         """What a prefill from `start` reads of row `row`'s exact copies of the prefix, copied before its own write
         overwrites ring slots: positions 0 .. EXACT_SINK-1 and start-PRIOR_RING .. start-1 (a query at or past
         `start` reads none before start-EXACT_WINDOW+1 exact but the sink), those the row holds (pos -1 for the
         others); k, v (1, Hkv, EXACT_SINK + PRIOR_RING, D), pos (1, EXACT_SINK + PRIOR_RING), laid out as a cache
         with a ring of PRIOR_RING (`kernels.reference.gather_exact`): 64 slots however long the cache's ring.
-        None without them."""
+        `indices`: the chunk's `prefill_indices` (their prior slots), computed before any layer wrote. None without
+        exact tokens."""
         exact = self.rows(row, row + 1).exact
         if exact is None:
             return None
-        from kernels.reference import gather_exact
+        from kernels.reference import gather_exact, take_exact
+        if indices is not None:
+            return take_exact(exact, indices.prior_slots, indices.prior_pos)
         return gather_exact(exact, torch.tensor([start], device=exact.pos.device), PRIOR_RING)
 
     def window_valid(self, row: int, length: int) -> bool:

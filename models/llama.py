@@ -29,7 +29,7 @@ from models.config import ModelConfig, preset
 from models.fused_decode import decode_one_token
 from models.errors import SettingError
 from models.int8_weights import Int8Weight, linear_int8, quantize_rows, register_cuda_ops
-from models.kv_cache import KVCache, check_kv_cache_fits, exact_window_valid
+from models.kv_cache import KVCache, PrefillIndices, check_kv_cache_fits, exact_window_valid
 
 
 class Prefill(NamedTuple):
@@ -40,6 +40,7 @@ class Prefill(NamedTuple):
     start: int
     repair: bool = False
     end: int | None = None
+    indices: PrefillIndices | None = None      # every layer's cache indices for the chunk, computed once
 
 
 @dataclass
@@ -241,8 +242,9 @@ class Attention(nn.Module):
                     cache = cache.zeroed_past(step.cache_seqlens, q.dtype)
             out = decode_attention(step.backend, q, cache, step.cache_seqlens, step.exact)  # (B, Hq, T, D)
             return out.transpose(1, 2).reshape(B, T, Hq * D)
-        prior = self.kv_cache.exact_before(step.row, step.start)            # fp8: the prefix's exact tokens
-        cache = self.kv_cache.write(step.row, step.start, k, v, step.repair, step.end)  # (1, Hkv, start+T, D) stored
+        prior = self.kv_cache.exact_before(step.row, step.start, step.indices)     # fp8: the prefix's exact tokens
+        cache = self.kv_cache.write(step.row, step.start, k, v, step.repair, step.end,
+                                    step.indices)                           # (1, Hkv, start + T, D) as stored
         if prior is not None:
             out = prefill_attention_exact(q, cache, prior, k, v, step.start)
         else:
@@ -431,10 +433,12 @@ class Transformer(nn.Module):
         positions = torch.arange(start, start + T, device=tokens.device)[None]   # (1, T)
         cos, sin = self.rope(positions, start + T)
         x = self.tok_embeddings(tokens).to(self.compute_dtype)                   # (1, T, dim)
+        end = start + last % T + 1
+        step = Prefill(row, start, repair, end, caches[0].prefill_indices(row, start, T, repair, end))
         for layer in self.layers:
             if should_stop is not None and should_stop():
                 return None
-            x = layer(x, cos, sin, Prefill(row, start, repair, start + last % T + 1), dense or self.dense)
+            x = layer(x, cos, sin, step, dense or self.dense)
         if repair:
             return None
         x = x if all_logits else x[:, last]                              # (1, T, dim), or (1, dim)
