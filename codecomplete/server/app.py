@@ -222,7 +222,9 @@ class BodyCuts:
 
 
 def create_app(server: Server) -> FastAPI:
-    app = FastAPI(title="codecomplete", docs_url=None, redoc_url=None, openapi_url=None)
+    # No redirect from `/infill/` to `/infill` (Starlette's default, a 307 with no body): an unknown path is a 404 in
+    # the route's error shape, as llama.cpp answers it.
+    app = FastAPI(title="codecomplete", docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
     app.state.server = server          # every route finds it as request.app.state.server
     for module in (llama_cpp, ollama, tabby):
         app.include_router(module.public)

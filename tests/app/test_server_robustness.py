@@ -322,6 +322,19 @@ def test_a_wrong_method_is_405_with_allow_and_health_answers_head(server):
     assert httpx.head(server.url + "/health").status_code == 200
 
 
+def test_a_path_with_a_trailing_slash_is_no_route_and_never_a_redirect(server):
+    """`POST /infill/` was Starlette's 307 to /infill with an empty body (a client that follows it posts again,
+    one that does not reads no JSON); llama.cpp answers 404. Each protocol's error shape, as for any unknown path."""
+    check_error(server, 404, "not_found_error", "/infill/", INFILL, ["no route POST /infill/"])
+    check_error(server, 404, "not_found_error", "/v1/chat/completions/",
+                {"messages": [{"role": "user", "content": "hi"}]}, ["no route"])
+    for method, path in [("GET", "/health/"), ("GET", "/props/"), ("POST", "/api/generate/")]:
+        response = httpx.request(method, server.url + path, json={"prompt": "x"}, follow_redirects=False)
+        assert response.status_code == 404 and "location" not in response.headers, (path, response.text)
+        error = response.json()["error"]
+        assert "no route" in (error if path.startswith("/api/") else error["message"]), (path, error)
+
+
 def test_continue_and_llama_vim_authorization_headers_pass_without_a_key(server):
     for header in ("Bearer undefined", "Bearer "):
         code, _ = raw_post(server.url, "/v1/completions", json.dumps({"prompt": "x", "max_tokens": 1}).encode(),
