@@ -118,8 +118,8 @@ def check_api_key(request: Request) -> None:
 
 
 def local_name(authority: str) -> bool:
-    """Whether a Host header's (or an Origin's) host[:port] can only mean this machine: localhost, *.localhost, a
-    loopback address."""
+    """Whether a Host header's (or an Origin's) host[:port] can only mean this machine: localhost, *.localhost (either
+    with DNS's trailing dot: `localhost.` is the same name, made absolute), a loopback address."""
     authority = authority.strip()
     if authority.count(":") > 1 and not authority.startswith("["):   # a bare IPv6 address, no port
         authority = f"[{authority}]"
@@ -127,7 +127,8 @@ def local_name(authority: str) -> bool:
         name = urlsplit(f"//{authority}").hostname or ""              # lower case, brackets and port taken off
     except ValueError:                                              # "[::1" and the like
         return False
-    if name == "localhost" or name.endswith(".localhost"):
+    absolute = name.removesuffix(".")                               # one dot only: "localhost.." names nothing
+    if absolute == "localhost" or absolute.endswith(".localhost"):
         return True
     try:
         return ipaddress.ip_address(name).is_loopback

@@ -219,6 +219,13 @@ def test_pinned_files_are_the_indexed_ones_only(server, served_repo, tmp_path):
 
 @pytest.mark.parametrize("headers, words", [
     ({"Host": "rebind.attacker.example:8012"}, ["Host 'rebind.attacker.example:8012' does not name this machine"]),
+    # a trailing dot makes "localhost" absolute (localhost. is accepted below), and nothing more
+    ({"Host": "localhost.evil.com"}, ["does not name this machine"]),
+    ({"Host": "localhost..:8012"}, ["does not name this machine"]),
+    ({"Host": "localhost.localhost.evil."}, ["does not name this machine"]),
+    ({"Host": "evil.com."}, ["does not name this machine"]),
+    ({"Host": "127.0.0.1."}, ["does not name this machine"]),       # an address is no name: no dot to take off
+    ({"Host": "."}, ["does not name this machine"]),
     ({"Origin": "http://rebind.attacker.example"}, ["from web pages"]),
     ({"Origin": "null"}, ["from web pages"]),
 ])
@@ -229,6 +236,15 @@ def test_requests_that_name_another_host_or_come_from_a_web_page_are_refused(ser
     code, _ = raw_post(server.url, "/completion", b'{"prompt": "x", "n_predict": 1}',
                        {"Host": "localhost", "Origin": "http://127.0.0.1:5173"})
     assert code == 200
+
+
+@pytest.mark.parametrize("host", ["localhost.", "localhost.:8012", "LOCALHOST.", "app.localhost.:8012"])
+def test_a_host_name_with_its_trailing_dot_is_the_name(server, host):
+    """`localhost.` is the absolute form of `localhost` (DNS's root label; a browser sends what the user typed): the
+    same machine, so it is answered as `localhost` is, and an Origin of it too."""
+    code, text = raw_post(server.url, "/completion", b'{"prompt": "x", "n_predict": 1}',
+                          {"Host": host, "Origin": f"http://{host}"})
+    assert code == 200, text
 
 
 def test_a_compressed_body_is_415(server):
