@@ -8,7 +8,8 @@
     GET  /v1/models             the one model (GET /v1/models/{id}: it, or a 404 for another id)
 
 Streams are `data: {...}` events ending with `data: [DONE]`, usage in a last chunk when
-`stream_options.include_usage` asks (and always in a non-streamed answer). One choice per request: `n`, `best_of`
+`stream_options.include_usage` asks (and always in a non-streamed answer; `stream_options` without `stream: true` is
+vLLM's 400). One choice per request: `n`, `best_of`
 and `echo` are refused with 400. Token log-probabilities (logprobs.py: the model's own distribution, before the
 logit bias and the samplers, as vLLM reports it): completions' `logprobs: N` (0..5), chat's `logprobs: true` with
 `top_logprobs` (0..20), in each streamed chunk for its tokens; a request that asks decodes one token a step
@@ -298,6 +299,8 @@ def _text(content) -> str:
 def _sampling(server, body: Options):
     if body.n > 1:
         raise ApiError(400, "n > 1 is not supported: one choice per request")
+    if body.stream_options is not None and not body.stream:   # (its usage goes in a stream's last chunk: vLLM's 400)
+        raise ApiError(400, "stream_options can only be given with stream: true")
     if body.grammar or body.json_schema is not None:
         # text that ignored them would pass for what was asked (JSON)
         raise ApiError(400, "grammar and json_schema are not supported")

@@ -65,6 +65,11 @@ INFILL = {"input_prefix": "def f():\n", "input_suffix": ""}
     ("/completion", {"prompt": "x " * 2000, "stream": True}, 400, "exceed_context_size_error", ["does not fit"]),
     ("/v1/completions", {"prompt": "x " * 2000, "stream": True}, 400, "exceed_context_size_error", ["does not fit"]),
     ("/v1/completions", {"prompt": ["a", "b"]}, 400, "invalid_request_error", ["one prompt"]),
+    # usage asked for in a last chunk that no stream will send: vLLM's 400 (OpenAI's too)
+    ("/v1/completions", {"prompt": "a", "max_tokens": 1, "stream_options": {"include_usage": True}}, 400,
+     "invalid_request_error", ["stream_options", "stream: true"]),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, "stream": False,
+                              "stream_options": {}}, 400, "invalid_request_error", ["stream_options", "stream: true"]),
     ("/v1/completions", {"prompt": "a", "n": 2}, 400, "invalid_request_error", ["n > 1"]),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]},
      400, "invalid_request_error", ["tools"]),
