@@ -263,10 +263,13 @@ def _connection(url: str, timeout: float | None) -> http.client.HTTPConnection:
 
 
 def _address(url: str) -> tuple[str, int] | None:
-    """The (host, port) an http:// URL (or a bare HOST:PORT) names; None if it is not one."""
+    """The (host, port) an http:// URL (or a bare HOST:PORT) names; None if it is not one (a bare word such as
+    `notaurl` too: without the scheme, only the port says it is an address)."""
     try:       # urlsplit refuses a bad port or an unclosed [ with ValueError (http.client a space, later)
-        parts = urlsplit(url if "://" in url else f"http://{url}")
-        if parts.scheme == "http" and parts.hostname and parts.hostname.isprintable() and " " not in parts.hostname:
+        bare = "://" not in url
+        parts = urlsplit(f"http://{url}" if bare else url)
+        if (parts.scheme == "http" and parts.hostname and parts.hostname.isprintable() and " " not in parts.hostname
+                and not (bare and parts.port is None)):
             parts.hostname.encode("idna")   # what the resolver will do: a label over 63 characters fails there
             return parts.hostname, parts.port or 80
     except ValueError:                      # (UnicodeError too)

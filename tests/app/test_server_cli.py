@@ -654,8 +654,10 @@ def test_a_server_never_announces_itself_inside_its_repository(monkeypatch, tmp_
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:abc", "http://[::1", "http://127.0.0.1:99999", "http://a b:80",
-                                 "ftp://127.0.0.1:1", "  "])
+                                 "ftp://127.0.0.1:1", "  ", "notaurl", "http:notaurl", "localhost"])
 def test_a_bad_server_url_is_a_usage_error(url, capsys):
+    """`notaurl` was taken for a bare host at port 80, and its failed lookup exited 1: neither http://HOST[:PORT] nor
+    a bare HOST:PORT is a usage error, said before any connection."""
     from codecomplete.cli import main
 
     assert main(["--prompt", "x", "--server", url, "--max-tokens", "1"]) == 2
