@@ -36,6 +36,11 @@ def cursor(text: str, line: int | None, col: int | None) -> tuple[int, int]:
     return line, col
 
 
+def line_start(text: str, line: int, col: int) -> str:
+    """The cursor's line before the cursor (1-based, as `cursor` checked them), as prompts reads the buffer."""
+    return unix_newlines(text).split("\n")[line - 1][:col - 1]
+
+
 def _read(path: Path) -> str:
     try:
         data = read_regular_file(path, MAX_BUFFER_BYTES + 1)
@@ -65,7 +70,7 @@ def run_complete(args) -> None:
                               info=f"{len(packed.ids):,} prompt tokens · {render.model_label(generation.engine)}")
     if isinstance(view, render.LiveView):
         view.console.print(_summary(f"{path}:{line}:{col}", packed))
-    result = engines.generate(generation, view, stop_repeats=True)
+    result = engines.generate(generation, view, stop_repeats=True, line_start=line_start(buffer, line, col))
     if args.json:
         render.emit_json(args.json, render.result_json("completion", result, generation.engine, packed.context))
     engines.exit_if_cancelled(result)

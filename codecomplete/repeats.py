@@ -6,6 +6,11 @@ times). Editors' agents trim such text after the fact (Tabby's removeRepetitiveL
 stops generating at the loop instead, and never shows it: a finished line equal to the one before it (not blank) is
 held back, and a line written REPEATS times running ends the generation with the held copies dropped. Held text is
 let through as soon as what follows differs, so what streams is what the result says, token for token.
+
+The suggestion's first line ends the cursor's line, so that line is compared whole, its text before the cursor too
+(`line_start`): a model at the end of `    end: int` that writes it twice more has written it three times running.
+The text after the cursor is no part of it: an editor puts it after the suggestion's last line, which is never
+compared (only finished lines are).
 """
 
 from __future__ import annotations
@@ -19,15 +24,15 @@ REPEATS = 3     # a line and two copies of it in a row: code rarely writes one l
 class RepeatedLines:
     """Text deltas in (`feed`, generation's on_text), the same text out to `on_text` less a line's third copy in a
     row and all after it; `looped` once that happened (the generation's should_stop); `finish` passes on what is
-    still held and says the result as it was shown."""
+    still held and says the result as it was shown. `line_start`: the cursor's line before the cursor."""
 
-    def __init__(self, on_text: Callable[[str], None]) -> None:
+    def __init__(self, on_text: Callable[[str], None], line_start: str = "") -> None:
         self._on_text = on_text
         self.shown: list[str] = []      # what was passed on
         self.looped = False
         self._last: str | None = None   # the last finished line shown (without its newline)
         self._copies = 0                # finished copies of it held back
-        self._line = ""                 # the line being written
+        self._line = line_start         # the line being written (the first: the cursor's, which the buffer shows)
         self._held_line = False         # whether it is held back too (it may still become a copy)
 
     def feed(self, delta: str) -> None:

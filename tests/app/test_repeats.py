@@ -29,11 +29,11 @@ class Result:
     not_a_number: bool = False
 
 
-def shown(text: str, seed: int = 0) -> tuple[str, bool]:
+def shown(text: str, seed: int = 0, line_start: str = "") -> tuple[str, bool]:
     """What streams of text fed in pieces, then finished (what is held passed on), and whether it looped; the
-    finished result says the same text."""
+    finished result says the same text. `line_start`: the cursor's line before the cursor."""
     out: list[str] = []
-    lines = RepeatedLines(out.append)
+    lines = RepeatedLines(out.append, line_start)
     for piece in pieces(text, seed):
         lines.feed(piece)
     result = lines.finish(Result(text, "length"))
@@ -60,6 +60,20 @@ def test_a_line_written_a_third_time_running_ends_it_and_no_copy_is_shown(seed):
 ])
 def test_text_that_does_not_loop_streams_whole(seed, text):
     assert shown(text, seed) == (text, False)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_cursors_line_is_the_first_of_the_lines_that_loop(seed):
+    """The suggestion's first line ends the cursor's line: the line, its text before the cursor with it, is the one
+    the next lines may repeat. At the end of `    end: int`, two more were the loop, not one copy and one more."""
+    assert shown(LOOP, seed, "    end: int") == ("\n", True)
+    assert shown("1\n    x = 1\n    x = 1\n    y\n", seed, "    x = ") == ("1\n", True)
+    assert shown("1\r\n    x = 1\r\n    x = 1\r\n", seed, "    x = ") == ("1\r\n", True)      # a CRLF file's
+    for text, line_start in [("\n    end: int\n    y\n", "    end: int"),       # one copy of it may follow
+                             ("2\n    x = 1\n    x = 1\n    y\n", "    x = "),   # the cursor's line is x = 2
+                             ("\n\n\n\n", "    "),                                # blank lines never loop
+                             ("int\n    end: int\n", "    end: ")]:
+        assert shown(text, seed, line_start) == (text, False)
 
 
 def test_crlf_lines_loop_as_lines():
@@ -92,6 +106,32 @@ def test_a_suggestion_stops_generating_at_the_loop_and_prints_what_it_says(text,
     assert (stream.getvalue(), result.text, result.finish_reason) == (want, want, reason)
     if reason == "stop":       # generation ended at the third copy's newline: the rest was never generated
         assert generation.written == "\n    end: int\n    end: int\n    end: int\n"
+
+
+@pytest.mark.parametrize("col, written, want", [(None, LOOP, "\n"),
+                                                 (10, "int" + LOOP, "int\n"),
+                                                 (1, "    end: int" + LOOP, "    end: int\n")])
+def test_an_inline_suggestion_counts_the_cursors_line(tmp_path, monkeypatch, capsys, col, written, want):
+    """`codecomplete REPO --file F --line 2` at the end of `    end: int` (or inside it): the command line hands the
+    stop its cursor's line, as the buffer has it before the cursor (a model that writes the line twice more stops
+    at once; a cursor at the line's start has nothing before it there)."""
+    from types import SimpleNamespace
+
+    from codecomplete import cli, complete
+    from prompts import PackedPrompt
+
+    (tmp_path / "a.py").write_text("class A:\n    end: int\n")
+    engine = SimpleNamespace(name="fake", device="cpu", dtype="float32", attention="sdpa")
+
+    class Session:
+        def complete(self, path, **_):
+            generation = FakeGeneration(written)
+            generation.prompt, generation.engine = PackedPrompt([1], [], [], [], "left-to-right"), engine
+            return generation
+    monkeypatch.setattr(complete, "open_session", lambda *args: Session())
+    argv = [str(tmp_path), "--file", "a.py", "--line", "2", "--no-server"] + (["--col", str(col)] if col else [])
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out == want
 
 
 def test_without_stop_repeats_the_loop_is_the_text():
