@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from . import engines
+from .line_ends import CRLF, LineEnds
 
 UNTITLED = "untitled"   # the current file of an infill request that does not name one
 RECHECKS = 3            # prompts built again, at most, for context files that changed meanwhile
@@ -70,6 +71,8 @@ class Generation:
     prompt: object                   # prompts.PackedPrompt
     engine: object
     run: Callable                    # run(on_text=None, should_stop=None) -> models.GenerationResult
+    line_ends: object = None         # a line_ends.LineEnds where the client's text ends its lines with "\r\n": the
+                                     # text run streams and returns has them, the engine's token offsets map to it
 
 
 def open_session(args, root=None, max_new_tokens: int = 0, headroom: int = 0) -> Session:
@@ -239,8 +242,13 @@ class Session:
         except ValueError as e:
             from .errors import UsageError
             raise UsageError(f"{e}{' (ignore_eos bans the end-of-generation tokens)' if sampling.ignore_eos else ''}")
-        return Generation(packed, self.engine, lambda on_text=None, should_stop=None: self._run(
-            packed, sampling, bias, on_text, should_stop))
+        # The model reads and writes "\n"; the text goes back with the client's line ends (codecomplete/line_ends.py).
+        ends = LineEnds() if packed.line_end == CRLF else None
+
+        def run(on_text=None, should_stop=None):
+            generate = lambda deltas: self._run(packed, sampling, bias, deltas, should_stop)  # noqa: E731
+            return generate(on_text) if ends is None else ends.run(generate, on_text)
+        return Generation(packed, self.engine, run, ends)
 
     def _healing_overflow(self, packed, max_tokens: int, room: int | None = None) -> int:
         """The tokens `packed` must give way for the healing: the model may write the healed text again one token a

@@ -43,7 +43,7 @@ from .outline import brief, outline
 from .packing import (BRIEF, CHARS_PER_TOKEN_AT_MOST, EXAMPLE, Assembler, ContextItem, Layout, PackedPrompt, count_all,
                       select_chunks)
 from .ranking import Query, cursor_terms, rank_both
-from .scan import MAX_BUFFER_BYTES, MAX_FILE_BYTES, read_regular_file, unix_newlines
+from .scan import MAX_BUFFER_BYTES, MAX_FILE_BYTES, line_end, read_regular_file, unix_newlines
 from .tokens import Encoder, encoder_for, tokenizable
 
 FILE_SHARE = 0.4  # of the budget, for the text around the cursor while the repository has more to offer
@@ -103,6 +103,7 @@ def build_completion_prompt(
     imports = index.imports(relative) if text is None else None  # the file as indexed, unless it is being edited
     if text is None:
         text = _read(index.root / relative, path)
+    ends = line_end(text)
     text = unix_newlines(tokenizable(text))      # (a caller's lone surrogates: U+FFFD, as the app's own)
     rows = text.split("\n")
     row, column = _cursor(rows, line, col)
@@ -197,6 +198,7 @@ def build_completion_prompt(
         chosen=[(choice.chunk.path, choice.chunk.start_line) for choice in selection.order],
         cut=not window.whole(),
         anchor=window.anchor(),
+        line_end=ends,
     )
 
 

@@ -63,6 +63,8 @@ class PackedPrompt:
     history: int = 0  # chat: the earlier messages carried before the question (older ones gave way to the budget)
     anchor: tuple[int, str] | None = None  # completion: a row where a block of the current file began (0-based) and
                                             # the text of its first rows: the next prompt's `anchor`
+    line_end: str = "\n"  # completion and raw: the client's text's ("\r\n" where it had one; scan.line_end), which the
+                          # prompt reads as "\n": the text generated is to be written with it
 
 
 @dataclass(frozen=True)

@@ -4,20 +4,24 @@ A client's prompt ends wherever its user stopped typing: after a space, inside a
 (``completion._partial_token``), the prompt ends one token earlier and the generation must begin with that
 token's text (``PackedPrompt.heal_text``), which is not repeated in the output. Special-token text in the prompt
 becomes those tokens, as ``tokenizer.encode`` makes it; a prompt that ends with a special token, or is one token
-long, is not healed.
+long, is not healed. A prompt with "\\r\\n" line ends (a Windows file's text, as Continue sends it) is read with
+"\\n", as a completion's file is (``PackedPrompt.line_end`` keeps which); other text, a lone "\\r" too, as it is.
 """
 
 from __future__ import annotations
 
 from .packing import PackedPrompt
+from .scan import line_end
 
 
 def build_raw_prompt(tokenizer, text: str, *, heal: bool = True) -> PackedPrompt:
+    ends = line_end(text)
+    text = text.replace("\r\n", "\n")
     ids = tokenizer.encode(text)
     heal_text = _partial_token(tokenizer, text, ids) if heal else ""
     if heal_text:
         ids = tokenizer.encode(text[: len(text) - len(heal_text)])
-    return PackedPrompt(ids, [], [], [], "raw", heal_text=heal_text)
+    return PackedPrompt(ids, [], [], [], "raw", heal_text=heal_text, line_end=ends)
 
 
 def _partial_token(tokenizer, text: str, ids: list[int]) -> str:

@@ -112,6 +112,12 @@ def unix_newlines(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+def line_end(text: str) -> str:
+    """The line end a completion in `text` writes: "\\r\\n" where the text has one (a Windows editor's; Tabby's server
+    decides so too), else "\\n". The model reads "\\n" either way (unix_newlines); the app writes its text back."""
+    return "\r\n" if "\r\n" in text else "\n"
+
+
 def read_source(root: Path, path: str, max_file_bytes: int = MAX_FILE_BYTES) -> str | None:
     """The text of a file, or None when it is binary, too large or minified.
 

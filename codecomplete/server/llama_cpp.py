@@ -45,6 +45,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 from pydantic import AliasChoices, Field
 
+from .. import line_ends
 from . import logit_bias, samplers
 from .bodies import Body, Seed, check_ids, read_json, stop_strings
 from .errors import ApiError
@@ -344,9 +345,11 @@ async def _answer(server, running, generation, body: Options, sampling, limits: 
     probabilities, written = running.finished or ([], "")     # (made on the engine thread, and written as JSON)
     if "prompt" in body.response_fields or not body.response_fields:
         # A raw prompt's healed tail (token healing left it out; the generation begins with it and `content` does not
-        # repeat it) belongs to the prompt as sent: prompt + content is the whole text, as with llama.cpp.
-        answer["prompt"] = server.tokenizer.decode(prompt.ids) + (prompt.heal_text if prompt.format == "raw"
-                                                                   else "")
+        # repeat it) belongs to the prompt as sent, and so do its line ends (the model read "\n"): prompt + content
+        # is the whole text, as with llama.cpp.
+        text = server.tokenizer.decode(prompt.ids)
+        answer["prompt"] = (line_ends.written(text + prompt.heal_text, prompt.line_end) if prompt.format == "raw"
+                            else text)
     if body.response_fields:
         if probabilities:
             answer["completion_probabilities"] = probabilities

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import codecs
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 def token_text(tokenizer, token: int) -> tuple[str, bytes]:
@@ -94,14 +94,17 @@ def _whole_utf8(piece: bytes) -> bool:
     return True
 
 
-def completion_logprobs(tokenizer, ids: Sequence[int], entries: Sequence) -> dict:
-    """The legacy completions shape, for the whole answer or a stream's chunk (the offsets are the answer's)."""
+def completion_logprobs(tokenizer, ids: Sequence[int], entries: Sequence,
+                        position: Callable[[int], int] | None = None) -> dict:
+    """The legacy completions shape, for the whole answer or a stream's chunk (the offsets are the answer's: where
+    the text has other line ends than the model wrote, `position` maps the engine's offsets into it)."""
     texts, tokens, top = OpenAITokenTexts(tokenizer), [], []
     for i, entry in zip(ids, entries):
         top.append(_named_alternatives(texts, i, entry))     # (before `take`: what each would write in its place)
         tokens.append(texts.take(i)[0])
+    offsets = [entry.text_offset for entry in entries]
     return {"tokens": tokens, "token_logprobs": [entry.logprob for entry in entries], "top_logprobs": top,
-            "text_offset": [entry.text_offset for entry in entries]}
+            "text_offset": [position(offset) for offset in offsets] if position is not None else offsets}
 
 
 def _named_alternatives(texts: OpenAITokenTexts, chosen: int, entry) -> dict[str, float]:

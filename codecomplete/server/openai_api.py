@@ -141,8 +141,6 @@ async def completions(request: Request, data: dict):
         raise ApiError(400, f"logprobs must lie in 0..{MAX_LOGPROBS}, got {body.logprobs}")
     prompt = _one_prompt(body.prompt)
     sampling = replace(_sampling(server, body), logprobs=body.logprobs)
-    scores = ((lambda ids, entries: completion_logprobs(server.tokenizer, ids, entries)) if body.logprobs is not None
-              else None)
     session = server.session
     if body.suffix is not None:
         if not isinstance(prompt, str):
@@ -152,7 +150,11 @@ async def completions(request: Request, data: dict):
         check_ids(server.engine, prompt)
         start = lambda: session.raw(prompt, sampling=sampling)  # noqa: E731
     running = server.start(request, start)
-    await running.started()             # (a failure to build the prompt is a plain HTTP error)
+    generation = await running.started()        # (a failure to build the prompt is a plain HTTP error)
+    # (offsets into the text as returned, whose line ends may not be the model's: codecomplete/line_ends.py)
+    position = generation.line_ends.position if generation.line_ends is not None else None
+    scores = ((lambda ids, entries: completion_logprobs(server.tokenizer, ids, entries, position))
+              if body.logprobs is not None else None)
     reply = Reply(server, "cmpl", "text_completion", running.job.id)
     if body.stream:
         sent = 0        # tokens whose logprobs went out

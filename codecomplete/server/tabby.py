@@ -26,7 +26,8 @@ needed: Tabby's prompts leave the clipboard out too). `temperature` (Tabby's def
 Tabby's 64 new tokens (or --max-tokens, where fewer), ended as Tabby's server ends them (`STOP_KEYWORDS`): before a
 blank line or a new line that begins a top-level statement or a comment, and at the line's end in a language it
 knows no keywords for; the agent then trims further on its own (its scope and repetition filters). Text with CRLF
-line ends gets an answer with CRLF line ends, as Tabby's server writes it. `debug_options`: `raw_prompt` (that
+line ends gets an answer with CRLF line ends, as Tabby's server writes it (as on every route: the session's
+codecomplete/line_ends.py). `debug_options`: `raw_prompt` (that
 prompt as it is, segments aside) and `return_prompt` (`debug_data.prompt`); `return_snippets`,
 `disable_retrieval_augmented_code_completion` and the mode "next_edit_suggestion" are refused (400). Tabby answers a
 bad request with a bare 400 (axum's 422 and a line of text for a wrong type); here it is the server's JSON error,
@@ -160,7 +161,7 @@ async def completions(request: Request, data: dict):
     temperature = DEFAULT_TEMPERATURE if body.temperature is None else body.temperature
     sampling = server.sampling(min(MAX_NEW_TOKENS, server.max_tokens), temperature=temperature, seed=body.seed,
                                stop=stop_words(body.language))
-    session, segments, crlf = server.session, body.segments, False
+    session, segments = server.session, body.segments
     if debug.raw_prompt is not None:        # as Tabby's: the segments are not read then
         check_ids(server.engine, debug.raw_prompt)
         start = lambda: session.raw(debug.raw_prompt, sampling=sampling)  # noqa: E731
@@ -169,7 +170,6 @@ async def completions(request: Request, data: dict):
         path = _cursor_file(segments.filepath, body.language, session.index)
         extra = [(_label(snippet.filepath, root), snippet.body) for snippet in reversed(_by_importance(segments))]
         suffix = segments.suffix or ""
-        crlf = "\r\n" in segments.prefix or "\r\n" in suffix
         start = lambda: session.infill(segments.prefix, suffix, path=path, extra=extra,  # noqa: E731
                                        sampling=sampling, budget=server.budget(sampling))
     else:
@@ -177,8 +177,7 @@ async def completions(request: Request, data: dict):
     running = server.start(request, start)
     prompt = (await running.started()).prompt
     result = await running.result()
-    answer = {"id": f"cmpl-{uuid.uuid4()}", "choices": [{"index": 0, "text": _crlf(result.text) if crlf else
-                                                          result.text}], "mode": "standard"}
+    answer = {"id": f"cmpl-{uuid.uuid4()}", "choices": [{"index": 0, "text": result.text}], "mode": "standard"}
     if body.debug_options is not None:
         # (a raw prompt's healed tail, left to the generation, is the prompt's as sent, as on llama.cpp's routes)
         text = server.tokenizer.decode(prompt.ids) + (prompt.heal_text if prompt.format == "raw" else "")
@@ -259,10 +258,6 @@ def _local(filepath: str) -> str | None:
             return None
         return unquote(parts.path) if host in (None, "localhost") else None
     return filepath.replace("\\", "/") if "/" not in filepath else filepath
-
-
-def _crlf(text: str) -> str:
-    return re.sub(r"(?<!\r)\n", "\r\n", text)
 
 
 @functools.cache

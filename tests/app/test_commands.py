@@ -92,3 +92,24 @@ def test_a_healed_prompt_counts_only_the_new_tokens_max_tokens_asked_for(codecom
     obj = json.loads(run.stdout)
     check_result_object(obj, "text")
     assert obj["completion_tokens"] == 3 and obj["finish_reason"] == "length"
+
+
+def test_a_file_with_crlf_line_ends_gets_a_suggestion_with_crlf_line_ends(codecomplete, tmp_path):
+    """The prompt reads a Windows file with LF line ends, as it reads any file, and the suggestion (what an editor
+    inserts) is written with the file's line ends again: from the file on disk and from a buffer on standard input,
+    in process (through a server, the same: test_server_cli)."""
+    text = "def fibonacci(n):\n    if n < 2:\n        return n\n"
+    answers = {}
+    for name, ends in (("crlf", "\r\n"), ("lf", "\n")):
+        root = tmp_path / name / "repo"       # (the same name: the prompt names the repository)
+        root.mkdir(parents=True)
+        (root / "fib.py").write_bytes(text.replace("\n", ends).encode())
+        run = codecomplete(root, "--file", "fib.py", "--max-tokens", "16", "--json", "--no-server")
+        assert run.returncode == 0, run.stderr
+        answers[ends] = json.loads(run.stdout)["completion"]        # (JSON: the text-mode pipe reads "\r\n" as "\n")
+    assert "\n" in answers["\n"] and "\r" not in answers["\n"], answers
+    assert answers["\r\n"] == answers["\n"].replace("\n", "\r\n")
+    # the LF file's repository, and a CRLF buffer: the buffer decides
+    run = codecomplete(root, "--file", "fib.py", "--stdin", "--max-tokens", "16", "--json", "--no-server",
+                       input=text.replace("\n", "\r\n"))
+    assert run.returncode == 0 and json.loads(run.stdout)["completion"] == answers["\r\n"], run.stderr

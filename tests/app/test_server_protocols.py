@@ -576,6 +576,56 @@ def test_infill_says_truncated_when_the_cursors_own_line_was_cut(server):
     assert httpx.post(server.url + "/infill", json=body, timeout=300).json()["truncated"] is False
 
 
+POINT = "class Point:\n    def __init__(self, x, y, z):\n        self.x = x\n"    # greedy: the lines that follow
+
+
+def crlf(text: str) -> str:
+    return text.replace("\n", "\r\n")
+
+
+def test_text_with_crlf_line_ends_gets_crlf_line_ends_back_on_infill_and_completion(server):
+    """As on Tabby's route (test_tabby): the prompt reads the client's text with LF, as it reads a file, and the
+    answer's line ends are the client's again, whole and streamed (no event ends between a "\r" and its "\n");
+    /completion's echoed prompt too, so that prompt + content is still the whole text."""
+    for path, body, text_fields in [
+            ("/infill", {"input_prefix": POINT, "input_suffix": "\n"}, ("input_prefix", "input_suffix")),
+            ("/completion", {"prompt": POINT}, ("prompt",))]:
+        body = {**body, "n_predict": 24, "temperature": 0}
+        unix = post(server, path, body).json()
+        assert "\n" in unix["content"] and "\r" not in unix["content"], unix      # (else nothing to convert)
+        windows_body = {**body, **{name: crlf(body[name]) for name in text_fields}}
+        windows = post(server, path, windows_body).json()
+        assert windows["content"] == crlf(unix["content"]), (path, windows["content"])
+        with httpx.stream("POST", server.url + path, json={**windows_body, "stream": True}, timeout=300) as response:
+            pieces = [json.loads(line[len("data: "):])["content"] for line in response.iter_lines() if line]
+        assert "".join(pieces) == windows["content"] and not any(piece.endswith("\r") for piece in pieces), pieces
+        if path == "/completion":
+            assert windows["prompt"] == crlf(unix["prompt"]) and windows["prompt"].endswith(crlf(POINT))
+
+
+@pytest.mark.parametrize("suffix", [None, "\n"])      # a raw prompt; with a suffix, the session's infill
+def test_openai_completions_of_crlf_text_have_crlf_line_ends_and_offsets_into_them(server, suffix):
+    """/v1/completions as the openai package asks: the text with the prompt's CRLF line ends, and each token's
+    text_offset where its text begins in that text (the model wrote "\n": its offsets count one character less a
+    line), whole and streamed."""
+    client = OpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0)
+    asked = dict(model="any", max_tokens=24, temperature=0, logprobs=0)
+    if suffix is not None:
+        asked["suffix"] = suffix
+    unix = client.completions.create(prompt=POINT, **asked).choices[0]
+    assert "\n" in unix.text and "\r" not in unix.text, unix.text
+    windows = client.completions.create(prompt=crlf(POINT), **{
+        **asked, **({"suffix": crlf(suffix)} if suffix is not None else {})}).choices[0]
+    assert windows.text == crlf(unix.text)
+    offsets = [offset + unix.text[:offset].count("\n") for offset in unix.logprobs.text_offset]
+    assert windows.logprobs.text_offset == offsets and windows.logprobs.tokens == unix.logprobs.tokens
+    chunks = list(client.completions.create(prompt=crlf(POINT), stream=True, **{
+        **asked, **({"suffix": crlf(suffix)} if suffix is not None else {})}))
+    assert "".join(chunk.choices[0].text for chunk in chunks) == windows.text
+    assert [offset for chunk in chunks if chunk.choices[0].logprobs
+            for offset in chunk.choices[0].logprobs.text_offset] == offsets
+
+
 def test_a_cursor_between_cr_and_lf_ends_its_line(engine, served_repo, tmp_path):
     """An infill whose prefix ends inside a CRLF ("...\\r" | "\\n...") is the completion at the end of that line: the
     prompt reads CRLF as one line break, and the column counted with the "\\r" lay past the line (a 400)."""

@@ -100,6 +100,21 @@ def test_a_raw_prompt_heals_its_last_token_and_keeps_special_tokens(tokenizer_na
         assert packed.heal_text == "" and packed.ids == tokenizer.encode(text)
 
 
+def test_crlf_text_is_read_with_lf_and_its_line_end_kept(repo_index, smollm2_tokenizer):
+    """A Windows buffer (or a raw prompt of one) makes the prompt of its LF twin, and `line_end` says "\\r\\n", in
+    which the app writes the answer (codecomplete/line_ends.py); a lone "\\r" in a raw prompt stays as it is."""
+    from prompts import build_raw_prompt
+
+    unix = build_completion_prompt(repo_index, smollm2_tokenizer, "main.py", text=MAIN, line=2, col=3)
+    windows = build_completion_prompt(repo_index, smollm2_tokenizer, "main.py", text=MAIN.replace("\n", "\r\n"),
+                                      line=2, col=3)
+    assert (windows.ids, windows.heal_text, windows.line_end, unix.line_end) == (unix.ids, unix.heal_text, "\r\n",
+                                                                                 "\n")
+    text = "def report(poly):\r\n    return\rpoly\r\n    "
+    raw, lf = build_raw_prompt(smollm2_tokenizer, text), build_raw_prompt(smollm2_tokenizer, text.replace("\r\n", "\n"))
+    assert (raw.ids, raw.heal_text, raw.line_end, lf.line_end) == (lf.ids, lf.heal_text, "\r\n", "\n")
+
+
 def test_an_unknown_token_is_never_healed(repo_index):
     """A vocabulary without byte pieces makes a character it lacks <unk>: no token writes that text, so leaving it
     to the model would ask for what it cannot write (the prompt stays whole instead)."""
