@@ -4,9 +4,11 @@ Every operation builds a prompt and hands back a `Generation`: the packed prompt
 tokens, the context it carried), and `run(on_text, should_stop)`, which generates from it, streaming text deltas
 and polling `should_stop` between tokens (and between a long prefill's layers). The model's KV cache keeps
 the last prompt between requests, so a request that shares its start with the one before prefills only the rest;
-a completion keeps the repository context the last one in the same file chose while it still ranks near the top
-(`previous` in prompts.completion), and counts the file's blocks of lines from where the last prompt's were
-(`anchor`: an editor's text that starts 256 lines above the cursor starts a line lower with each line typed), so
+a completion keeps the repository context the last one in the same file chose, token for token, while the cursor
+stays at its place and the ranking does not clearly prefer other chunks (`held`, prompts/holding.py; else what still
+ranks near the top, `previous` in prompts.completion), and counts the file's blocks of lines from where the last
+prompt's were (`anchor`: an editor's text that starts 256 lines above the cursor starts a line lower with each line
+typed), so
 that start survives moving to the next line; the index follows the repository's files as they change, a bounded
 slice of work per request (prompts.freshness).
 
@@ -109,8 +111,9 @@ class Session:
         """A completion at a cursor of `path` (relative to the repository), in its buffer `text` or as on disk;
         `budget`: the prompt's tokens (None: `prompt_budget`); `room`: the KV cache's tokens for the prompt and the
         answer, as `_healing_overflow` counts them (None: the engine's). `sticky`: keep the repository context the last
-        sticky completion in this file chose where it still ranks near the top, and the rows where its blocks of
-        the file began (`anchor` in prompts.completion), and remember this one's; False
+        sticky completion in this file chose (held while the cursor stays at its place, else where it still ranks near
+        the top), and the rows where its blocks of the file began (`anchor` in prompts.completion), and remember this
+        one's; False
         for a prompt exactly as a session without history builds it (the command line's, through a server)."""
         from prompts import build_completion_prompt
 
@@ -121,7 +124,7 @@ class Session:
                 index, self.engine.tokenizer, path=path, text=text, line=line, col=col,
                 budget_tokens=tokens or budget or self.prompt_budget(sampling.max_tokens), extra=extra, heal=heal,
                 previous=last.chosen if last else (), anchor=last.anchor if last else None,
-                suffix_first=self.suffix_first)
+                held=last.held if last else None, suffix_first=self.suffix_first)
 
         packed = self._current(build, path)
         if not self._heals(packed, sampling):

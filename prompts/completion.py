@@ -34,15 +34,16 @@ from .chunking import Chunk, source_imports
 from .errors import BudgetError, PromptError
 from .examples import example_key, example_lines
 from .formats import CompletionFormat, Segment, completion_format
+from .holding import HEAD, HeldContext, Place, found_again, held_chunks, still_at, still_wanted
 from .imports import completions, follow_imports, qualified_definitions, qualifier_files
 from .index import RepoIndex
 from .inherited import inherited_members
 from .languages import comment_marker, language_for, language_name
 from .members import type_members
 from .outline import brief, outline
-from .packing import (BRIEF, CHARS_PER_TOKEN_AT_MOST, EXAMPLE, Assembler, ContextItem, Layout, PackedPrompt, count_all,
-                      select_chunks)
-from .ranking import Query, cursor_terms, rank_both
+from .packing import (BRIEF, CHARS_PER_TOKEN_AT_MOST, EXAMPLE, Assembler, ContextItem, Layout, PackedPrompt, Selection,
+                      count_all, select_chunks, selection_of)
+from .ranking import Query, cursor_terms, ordered, score_both
 from .scan import MAX_BUFFER_BYTES, MAX_FILE_BYTES, line_end, read_regular_file, unix_newlines
 from .tokens import Encoder, encoder_for, tokenizable
 
@@ -62,7 +63,6 @@ HEAL_LOOKBACK = 256  # characters before the cursor that decide where its last t
 AHEAD_CHARS = 16384  # longer pieces are encoded only once they are needed, never ahead
 FRESH = 4  # of each ranking's best, those the last prompt did not have go first (if above all it had)
 ANCHOR_LINES = 4  # rows whose text marks where a block began (the next prompt's blocks are counted from there)
-ANCHOR_REACH = 1024  # rows from where that text was that are searched for it
 ANCHOR_CHARS = 4096  # longer rows mark nothing
 KEEP_REACH, KEEP_SLACK = 2, 16  # a chunk of the last prompt keeps its place while it ranks within 2 N + 16 (N: how
                                 # many that prompt chose)
@@ -83,6 +83,7 @@ def build_completion_prompt(
     previous: Sequence[tuple[str, int]] = (),
     anchor: tuple[int, str] | None = None,
     suffix_first: bool = False,
+    held: HeldContext | None = None,
 ) -> PackedPrompt:
     """The prompt for completing ``path`` (relative to the repository root, or absolute inside it) at a cursor.
 
@@ -98,6 +99,9 @@ def build_completion_prompt(
     so that they begin at the same text again wherever the editor's text now starts.
     ``suffix_first``: a FIM format's text after the cursor goes before the text before it (SPM, formats.py), so
     that the prompt ends at the cursor.
+    ``held``: the last prompt's at this file (``PackedPrompt.held``): its repository context, kept token for token
+    while the cursor stays near where it was chosen and the ranking does not clearly prefer other chunks (holding.py);
+    a cursor that left that place gets the context of its new place, ``previous`` ignored.
     """
     relative = index.relative_path(path)
     imports = index.imports(relative) if text is None else None  # the file as indexed, unless it is being edited
@@ -120,6 +124,8 @@ def build_completion_prompt(
         raise BudgetError(f"a prompt budget of {limit} tokens cannot hold the {form.name} format's own tokens and "
                           f"the file name {relative} ({fixed} tokens) and any code")
 
+    if held is not None and not still_at(held.place, rows, row):
+        held, previous = None, ()       # (another place: what the last prompt chose is no guide here)
     heal_text = _partial_token(encoder, rows, row, column) if heal else ""
     window = _Window(encoder, text, rows, row, column, with_suffix=form.fim is not None, heal=len(heal_text),
                      origin=_block_origin(rows, anchor))
@@ -130,18 +136,23 @@ def build_completion_prompt(
         imports = source_imports(relative, head[:head.rfind("\n") + 1] if len(text) > MAX_FILE_BYTES else text)
     query = _query(index, relative, language, imports, rows, row, column, window.lines())
     wanted = frozenset(query.weights).union(query.imported_names)  # names whose definitions a brief shows
-    layout = Layout(
-        section=lambda chunk: form.section(chunk.path, comment),
-        chunk=lambda chunk: form.chunk(chunk.text, comment),
-        gap=lambda chunk: form.gap(comment_marker(chunk.language), comment),
-        blank=lambda chunk: form.blank(comment),
-        code_between=index.code_between,
-        outline=lambda chunk: _outlined(form, chunk, comment),
-        brief=lambda chunk: _outlined(form, chunk, comment, wanted),
-    )
+
+    def layout_showing(wanted: frozenset[str]) -> Layout:  # (a brief shows the wanted names)
+        return Layout(
+            section=lambda chunk: form.section(chunk.path, comment),
+            chunk=lambda chunk: form.chunk(chunk.text, comment),
+            gap=lambda chunk: form.gap(comment_marker(chunk.language), comment),
+            blank=lambda chunk: form.blank(comment),
+            code_between=index.code_between,
+            outline=lambda chunk: _outlined(form, chunk, comment),
+            brief=lambda chunk: _outlined(form, chunk, comment, wanted),
+        )
     extras = _fit_extra(encoder, form, comment, extra, space - share)
     given = sum(tokens for _, _, tokens in extras)
-    definitions, ranked = rank_both(index, query)
+    definition_scores, scores = score_both(index, query)
+    definitions, ranked = ordered(index, query, definition_scores), ordered(index, query, scores)
+    head = list(islice(definitions, HEAD))      # (a held context is judged by these on their own too)
+    definitions = chain(head, definitions)
     best = list(islice(ranked, EXAMPLE_CHUNKS))  # (example lines come from these; they are ranked again below)
     spec = language_for(relative)
     key = example_key(rows[row][:column], spec.keywords if spec else frozenset())
@@ -153,9 +164,23 @@ def build_completion_prompt(
     # code at the cursor (the file's own other parts first) the rest. The examples' room is kept whether or not
     # lines like the cursor's are found: the context must not grow and shrink with them as the cursor moves.
     repository = space - share - given - example_room
+    layout = layout_showing(wanted)
     selection = select_chunks(encoder, layout, _keep_previous(definitions, previous),
                               int(repository * DEFINITION_SHARE), compact=BRIEF)
     selection = select_chunks(encoder, layout, _keep_previous(chain(best, ranked), previous), repository, selection)
+    # The last prompt's context, token for token, unless the cursor left its place or the choice just made is
+    # clearly better (holding.py): a word typed nudges the scores, and a nudge must not cost the model's cache.
+    if held is not None:
+        # (its room: what the file's text leaves, not its share: a file that fits whole has its share in steps, and
+        # a step crossed as the text grows would otherwise push the context out, where the window needs no more)
+        room = repository + share - min(window.need(up_to=share), share)
+        kept = _held_selection(index, encoder, layout_showing(held.wanted), held, query, room)
+        if kept is not None and still_wanted(index, [choice.chunk for choice in kept.order],
+                                             [choice.chunk for choice in selection.order], scores,
+                                             [chunk for _, chunk in head], definition_scores):
+            selection = kept
+        else:
+            held = None
     # The room examples did not use goes to the file's window: both follow the repository's context, so a change
     # of examples re-reads the window anyway, while the context's tokens, and the model's cache of them, stay.
     given += shown
@@ -199,6 +224,8 @@ def build_completion_prompt(
         cut=not window.whole(),
         anchor=window.anchor(),
         line_end=ends,
+        held=held or HeldContext(tuple((choice.chunk.path, choice.chunk.start_line, choice.form)
+                                       for choice in selection.order), wanted, Place(row, window.anchor())),
     )
 
 
@@ -226,21 +253,24 @@ def _keep_previous(ranked: Iterator[tuple[float, Chunk]], previous: Sequence[tup
 
 
 def _block_origin(rows: list[str], anchor: tuple[int, str] | None) -> int:
-    """Where the current file's blocks begin, as a row modulo BLOCK_LINES: at the anchor's text where it is found,
-    the nearest its old row first (the editor's text may have gained or lost lines above it), above it before below
-    at the same distance (a line typed under it, in an editor that sends the lines above the cursor, moves it up),
-    else at the top."""
-    if anchor is None:
-        return 0
-    near, text = anchor
-    lines = text.split("\n")
-    for distance in range(ANCHOR_REACH):
-        # (a tuple, not a set: a set of two ints iterates by their hash modulo its table's size, so which of the two
-        # came first depended on the row)
-        for found in (near - distance, near + distance) if distance else (near,):
-            if 0 <= found < len(rows) and rows[found] == lines[0] and rows[found:found + len(lines)] == lines:
-                return found % BLOCK_LINES
-    return 0
+    """Where the current file's blocks begin, as a row modulo BLOCK_LINES: at the anchor's text where it is found
+    again (holding.found_again), else at the top."""
+    found = found_again(rows, anchor) if anchor is not None else None
+    return 0 if found is None else found % BLOCK_LINES
+
+
+def _held_selection(index: RepoIndex, encoder: Encoder, layout: Layout, held: HeldContext, query: Query,
+                    room: int) -> Selection | None:
+    """The held context as this prompt's selection, where it may still hold: every chunk still in the index in its
+    form and none in the lines of the file the prompt shows, all within ``room``. (Whether the cursor is still at its
+    place is asked first, whether the ranking still wants it after: holding.py.)"""
+    chunks = held_chunks(index, held)
+    first, last = query.shown or (0, -1)
+    if chunks is None or any(chunk.path == query.path and chunk.start_line <= last and chunk.end_line >= first
+                             for chunk, _ in chunks):
+        return None
+    kept = selection_of(encoder, layout, chunks)
+    return kept if kept is not None and kept.tokens <= room else None
 
 
 def _partial_token(encoder: Encoder, rows: list[str], row: int, column: int) -> str:

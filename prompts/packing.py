@@ -13,10 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain, islice
+from typing import TYPE_CHECKING
 
 from .chunking import Chunk
 from .formats import Segment
 from .tokens import Encoder
+
+if TYPE_CHECKING:
+    from .holding import HeldContext
 
 ENCODE_BATCH = 32  # candidates encoded per call to the tokenizer
 MAX_BLANK_LINES = 2  # blank lines kept between two chunks shown together (PEP 8's two between definitions)
@@ -65,6 +69,7 @@ class PackedPrompt:
                                             # the text of its first rows: the next prompt's `anchor`
     line_end: str = "\n"  # completion and raw: the client's text's ("\r\n" where it had one; scan.line_end), which the
                           # prompt reads as "\n": the text generated is to be written with it
+    held: HeldContext | None = None  # completion: its repository context as the next prompt may hold it (holding.py)
 
 
 @dataclass(frozen=True)
@@ -214,6 +219,20 @@ def select_chunks(encoder: Encoder, layout: Layout, ranked: Iterable[tuple[float
         for chunk in batch:
             taken = _whole_or_outline(encoder, selection, chunk, wholes.get(id(chunk)), outlines.get(id(chunk)), budget)
             misses = 0 if taken else misses + 1
+    return selection
+
+
+def selection_of(encoder: Encoder, layout: Layout, choices: Iterable[tuple[Chunk, str]]) -> Selection | None:
+    """The chunks in the forms given, chosen in this order, each counted again (a held context, holding.py: the same
+    choices make the same segments, so the same tokens); None where one of them has no such form."""
+    selection = Selection(layout)
+    choices = list(choices)
+    forms = [layout.form(chunk, form) for chunk, form in choices]
+    if any(segments is None for segments in forms):
+        return None
+    for (chunk, form), tokens in zip(choices, count_all(encoder, forms)):
+        _opened(encoder, selection, chunk)
+        selection.add(Choice(chunk, tokens, form))
     return selection
 
 

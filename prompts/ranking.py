@@ -236,14 +236,15 @@ def rank(index: RepoIndex, query: Query, definitions_only: bool = False) -> Iter
     prompt already shows. All chunks are scored at once, as vectors over the index's chunk-by-term matrix.
     ``definitions_only``: score by the definition signals alone (what the names at the cursor are)."""
     definitions = _definition_scores(index, query)
-    return _ordered(index, query, definitions if definitions_only else _with_context(index, query, definitions))
+    return ordered(index, query, definitions if definitions_only else _with_context(index, query, definitions))
 
 
-def rank_both(index: RepoIndex, query: Query) -> tuple[Iterator[tuple[float, Chunk]], Iterator[tuple[float, Chunk]]]:
-    """``rank(definitions_only=True)`` and ``rank()`` of one query, the definition signals scored once."""
+def score_both(index: RepoIndex, query: Query):
+    """The scores per chunk that ``rank(definitions_only=True)`` and ``rank()`` order by, the definition signals
+    scored once (``ordered`` yields them as ``rank`` does; the general ones also say what a choice of chunks is worth,
+    holding.py)."""
     definitions = _definition_scores(index, query)
-    return (_ordered(index, query, definitions.copy()),
-            _ordered(index, query, _with_context(index, query, definitions)))
+    return definitions.copy(), _with_context(index, query, definitions)
 
 
 def _with_context(index: RepoIndex, query: Query, scores):
@@ -259,8 +260,9 @@ def _with_context(index: RepoIndex, query: Query, scores):
     return scores
 
 
-def _ordered(index: RepoIndex, query: Query, scores) -> Iterator[tuple[float, Chunk]]:
-    """The chunks with positive scores (changed in place), best first, as ``rank`` yields them."""
+def ordered(index: RepoIndex, query: Query, scores) -> Iterator[tuple[float, Chunk]]:
+    """The chunks with positive scores (those of lines the prompt shows set to 0 in place), best first, as ``rank``
+    yields them."""
     import numpy as np
 
     if query.path is not None and query.shown is not None:

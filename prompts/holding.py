@@ -1,0 +1,122 @@
+"""Holding a completion's repository context still while the user types at one place.
+
+Each keystroke is a new request, and the ranking is made anew from the words at the cursor: a completed word, or
+one more of them, nudges the scores, a chunk near the edge of what fits gives way to another, and the model's
+cache prefills everything after the first change again (at 8,192 tokens, ~3,900 tokens for one keystroke). The
+context that fits is what matters to the model, not which of two nearly equal chunks it holds; so, as a thermostat
+does (hysteresis), a prompt keeps the last prompt's context, the same chunks in the same forms and order and so
+the same tokens, unless
+
+- the cursor is no longer where that context was chosen: more than PLACE_LINES rows from there (llama.vim takes
+  new chunks of the ring once the cursor moved 32 lines), or the text that marked the place is gone;
+- it no longer fits the room the repository's context has now, or a chunk of it is gone from the index, lost its
+  form, or is now in the file's own window;
+- the ranking now clearly prefers other chunks: what the packer would choose now is worth HOLD_MARGIN more than the
+  held ones, worth being the sum of the chunks' scores for this cursor, over all of them or over the head of the
+  definitions ranking (its HEAD best: a name just completed whose definition the context lacks is what the model
+  needs next, and one more chunk among dozens would hardly move the sum of all).
+
+A held context is a pure function of the request and the last prompt's `HeldContext`: the same two give the same
+prompt. What replaces it is the ranking's own choice (with `previous`, completion.py's, keeping what still ranks
+near the top in its place), and the place moves to the cursor.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from .chunking import Chunk
+from .index import RepoIndex
+
+HOLD_MARGIN = 0.2  # the fresh choice must be worth this much more (a fifth) than the held one to replace it
+HEAD = 4  # the definitions ranking's best, whose worth is compared on its own
+PLACE_LINES = 32  # rows the cursor may stray from where the context was chosen before it is chosen again
+ANCHOR_REACH = 1024  # rows from where a text was that are searched for it
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a cursor was: its row, and rows above it that mark it by their text (their first row and the text: the
+    window's anchor; None where the cursor's block is the text's first), so that it is found again in an editor's
+    text whose top moves (llama.vim's 256 lines above the cursor)."""
+
+    row: int
+    anchor: tuple[int, str] | None
+
+
+@dataclass(frozen=True)
+class HeldContext:
+    """A completion prompt's repository context as the next prompt at its file may hold it: the chunks, as (path,
+    first line, form) in the order chosen, the names their briefs showed (a brief shows the wanted ones), and where
+    the cursor was when they were chosen."""
+
+    choices: tuple[tuple[str, int, str], ...]
+    wanted: frozenset[str]
+    place: Place
+
+
+def found_again(rows: list[str], anchor: tuple[int, str]) -> int | None:
+    """The row where the anchor's text begins in ``rows``, the nearest its old row first (the editor's text may have
+    gained or lost lines above it), above it before below at the same distance (a line typed under it, in an editor
+    that sends the lines above the cursor, moves it up); None where it is not within ANCHOR_REACH rows."""
+    near, text = anchor
+    lines = text.split("\n")
+    for distance in range(ANCHOR_REACH):
+        # (a tuple, not a set: a set of two ints iterates by their hash modulo its table's size, so which of the two
+        # came first depended on the row)
+        for found in (near - distance, near + distance) if distance else (near,):
+            if 0 <= found < len(rows) and rows[found] == lines[0] and rows[found:found + len(lines)] == lines:
+                return found
+    return None
+
+
+def still_at(place: Place, rows: list[str], row: int) -> bool:
+    """Whether a cursor at ``row`` of ``rows`` is within PLACE_LINES rows of ``place``, measured from the place's
+    marking rows where it has them."""
+    if place.anchor is None:
+        return abs(row - place.row) <= PLACE_LINES
+    found = found_again(rows, place.anchor)
+    return found is not None and abs((row - found) - (place.row - place.anchor[0])) <= PLACE_LINES
+
+
+def held_chunks(index: RepoIndex, held: HeldContext) -> list[tuple[Chunk, str]] | None:
+    """The held choices as (chunk, form) of the index as it is now; None where one of them is gone."""
+    chunks = []
+    for path, first_line, form in held.choices:
+        number = chunk_number(index, path, first_line)
+        if number is None:
+            return None
+        chunks.append((index.chunks[number], form))
+    return chunks
+
+
+def chunk_number(index: RepoIndex, path: str, first_line: int) -> int | None:
+    """The position in ``index.chunks`` of the chunk of ``path`` starting at ``first_line``, if there is one."""
+    numbers = index.chunk_numbers(path)
+    found = bisect_left(numbers, first_line, key=lambda number: index.chunks[number].start_line)
+    return numbers[found] if found < len(numbers) and index.chunks[numbers[found]].start_line == first_line else None
+
+
+def worth(index: RepoIndex, chunks: Iterable[Chunk], scores) -> float:
+    """What chunks are worth to a cursor: the sum of their ``scores`` (the general ranking's, per chunk number)."""
+    numbers = (chunk_number(index, chunk.path, chunk.start_line) for chunk in chunks)
+    return sum(float(scores[number]) for number in numbers if number is not None)
+
+
+def still_wanted(index: RepoIndex, held: Sequence[Chunk], fresh: Sequence[Chunk], scores, head: Sequence[Chunk],
+                 definition_scores) -> bool:
+    """Whether the held chunks stay, against the ``fresh`` choice: it is worth no HOLD_MARGIN more than they are, by
+    the general ranking's ``scores`` over all their chunks, nor by the ``definition_scores`` over those of the
+    definitions ranking's ``head`` each holds."""
+    def in_head(chunks: Sequence[Chunk]) -> list[Chunk]:
+        keys = {(chunk.path, chunk.start_line) for chunk in chunks}
+        return [chunk for chunk in head if (chunk.path, chunk.start_line) in keys]
+
+    return (_holds(worth(index, held, scores), worth(index, fresh, scores))
+            and _holds(worth(index, in_head(held), definition_scores), worth(index, in_head(fresh), definition_scores)))
+
+
+def _holds(held_worth: float, fresh_worth: float) -> bool:
+    return fresh_worth <= held_worth * (1 + HOLD_MARGIN)
