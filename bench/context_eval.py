@@ -1,7 +1,8 @@
 """Does repository context help completions? Retrieval and next-line accuracy at cross-file use sites.
 
     python bench/context_eval.py [--set tuning|heldout] [--repos a,b] [--sites 300] [--model-sites 60]
-                                 [--budgets 1024,4096] [--no-model] [--out bench/results/context-eval-heldout]
+                                 [--budgets 1024,4096] [--no-model] [--history]
+                                 [--out bench/results/context-eval-heldout]
 
 Repositories are installed pure-Python packages, each indexed as it lies in site-packages (the package folder
 is the repository). A use site is a cursor right before a name (``Segment(...)``, ``segment.Segment``) defined
@@ -11,6 +12,9 @@ seeded sample of sites it measures, CrossCodeEval-style:
 - recall: whether the chunk that defines the name is in the packed context, at each budget, with the file as
   it is on disk (the code after the cursor too, as when editing in the middle of a file) and with only the
   text before the cursor (as when typing at the end of it);
+- with ``--history``, recall after an earlier request in the same file, handed on as a session does: the name
+  typed with the context held from the request before it (prompts/holding.py) and without that history, and the
+  site's request after one 100 lines away (a held context would be stale there);
 - next-line accuracy with the embedded model, greedy, 1 torch thread: exact match and edit similarity of the
   completion (up to the end of the line) at the first budget, with repository context and with the same prompt
   builder over the current file alone, each with token healing on and off; split by whether the cursor follows
@@ -51,6 +55,7 @@ RUNS = ("repo_heal", "repo_raw", "file_heal", "file_raw")  # context (repository
 # Not run by default: the file-alone builder handed the chunk that defines the name (as an editor's extra chunk, cut
 # to half the budget): what perfect retrieval of the definition would add over the file alone, an upper bound.
 ORACLE = "oracle_heal"
+HISTORIES = ("typed_held", "typed_fresh", "moved")  # --history's recalls (recall_after_history)
 VERSIONS = ["torch", "transformers", "tokenizers", "tree-sitter", "tree-sitter-python", "numpy"]
 
 
@@ -194,9 +199,35 @@ def recall(index, tokenizer, site: Site, budget: int, prefix_only: bool) -> bool
         text = "\n".join(source[: site.line - 1] + [source[site.line - 1][: site.col - 1]])
     packed = build_completion_prompt(index, tokenizer, site.path, text=text, line=site.line, col=site.col,
                                      budget_tokens=budget)
+    return holds_definition(packed, site)
+
+
+def holds_definition(packed, site: Site) -> bool:
     path, line = site.definition
     return any(item.path == path and item.start_line <= line <= item.end_line and item.form != EXAMPLE
                for item in packed.context)
+
+
+def recall_after_history(index, tokenizer, site: Site, budget: int) -> dict[str, bool]:
+    """Recall where an earlier prompt in the file came first, handed on as a session does (prompts/holding.py):
+    "typed_held", the name and the character after it typed at the end of the text, after the request before them;
+    "typed_fresh", the same request without that history; "moved", the site's request in the file as on disk after
+    one 100 lines away (a context held from there would be stale)."""
+    source = (index.root / site.path).read_text(encoding="utf-8", errors="replace").split("\n")
+    typed = site.truth[:len(site.name) + 1]
+    before = "\n".join(source[: site.line - 1] + [source[site.line - 1][: site.col - 1]])
+
+    def build(text, line, col, last=None):
+        return build_completion_prompt(index, tokenizer, site.path, text=text, line=line, col=col,
+                                       budget_tokens=budget, previous=last.chosen if last else (),
+                                       anchor=last.anchor if last else None, held=last.held if last else None)
+
+    first = build(before, site.line, site.col)
+    far = site.line - 100 if site.line > 100 else min(site.line + 100, len(source))
+    elsewhere = build(None, far, None)
+    return {"typed_held": holds_definition(build(before + typed, site.line, site.col + len(typed), first), site),
+            "typed_fresh": holds_definition(build(before + typed, site.line, site.col + len(typed)), site),
+            "moved": holds_definition(build(None, site.line, site.col, elsewhere), site)}
 
 
 class FileAlone:
@@ -262,9 +293,10 @@ def edit_similarity(a: str, b: str) -> float:
 def summary(sites: list[Site], budgets: list[int], with_model: bool) -> dict:
     out: dict = {"sites": len(sites)}
     for budget in budgets:
-        for buffer in ("file", "prefix"):
+        for buffer in ("file", "prefix", *HISTORIES):
             key = f"recall_{buffer}_{budget}"
-            out[key] = _mean([s.results[key] for s in sites if key in s.results])
+            if any(key in s.results for s in sites):
+                out[key] = _mean([s.results[key] for s in sites if key in s.results])
     if with_model:
         modelled = [s for s in sites if any(run in s.results for run in RUNS + (ORACLE,))]
         out["model_sites"] = len(modelled)
@@ -307,6 +339,9 @@ def main() -> None:
     parser.add_argument("--model-sites", type=int, default=60, help="of those, sites per repository for the model")
     parser.add_argument("--budgets", default="1024,4096", help="prompt budgets in tokens (default: 1024,4096)")
     parser.add_argument("--no-model", action="store_true", help="recall only")
+    parser.add_argument("--history", action="store_true",
+                        help="also recall after an earlier request in the file: the name typed with the context held "
+                             "from before it, and without; after a request 100 lines away")
     parser.add_argument("--runs", default=",".join(RUNS),
                         help=f"model runs per site, of {','.join(RUNS + (ORACLE,))} (fewer for a quicker look)")
     parser.add_argument("--seed", type=int, default=0, help="which sites are drawn (default: 0)")
@@ -335,7 +370,8 @@ def main() -> None:
     finished = {}
     # What a site's results depend on besides the site: a resumed run with other budgets or runs took the earlier
     # sites' results as they were, and averaged a budget they lack over the new sites alone, under the whole count.
-    setup = {"budgets": budgets, "model": not args.no_model, "runs": runs, "model_sites": args.model_sites}
+    setup = {"budgets": budgets, "model": not args.no_model, "runs": runs, "model_sites": args.model_sites,
+             **({"history": True} if args.history else {})}
     if progress.exists():
         records = list(map(json.loads, progress.read_text().splitlines()))
         finished = {r["key"]: r["results"] for r in records if r.get("setup") == setup}
@@ -379,6 +415,9 @@ def main() -> None:
                     for buffer in ("file", "prefix"):
                         site.results[f"recall_{buffer}_{budget}"] = recall(index, tokenizer, site, budget,
                                                                            buffer == "prefix")
+                    if args.history:
+                        for history, holds in recall_after_history(index, tokenizer, site, budget).items():
+                            site.results[f"recall_{history}_{budget}"] = holds
                 if engine is not None and number < args.model_sites:
                     solo = alone.index(index, repo, site.path)
                     for run in runs:
@@ -442,6 +481,17 @@ def markdown(results: dict) -> str:
                              for b in budgets)
         lines.append(f"| {name} | {data.get('version', '')} | {data.get('files', '')} | "
                      f"{data.get('sites_found', '')} | {data['sites']} | {recalls} |")
+    if any(f"recall_typed_held_{b}" in results["overall"] for b in budgets):
+        lines += ["", "After an earlier request in the file (--history): the name and the character after it typed, the"
+                  " context held from the request before them / the same request without that history; the site's"
+                  " request after one 100 lines away (the file as on disk; compare recall file above).", "",
+                  "| repository | " + " | ".join(f"typed@{b} held / fresh | moved@{b}" for b in budgets) + " |",
+                  "|---|" + "---|---|" * len(budgets)]
+        for name, data in rows:
+            cells = " | ".join(f"{percent(data.get(f'recall_typed_held_{b}'))} / "
+                               f"{percent(data.get(f'recall_typed_fresh_{b}'))} | "
+                               f"{percent(data.get(f'recall_moved_{b}'))}" for b in budgets)
+            lines.append(f"| {name} | {cells} |")
     if results["model"]:
         lines += [
             "",

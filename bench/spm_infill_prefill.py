@@ -9,7 +9,8 @@ after, three 64-line chunks of its ring as `input_extra`), at prompt budgets of 
 8,192 tokens.
 Thirty characters are typed at the cursor, one request each, through the server's own path (`Session.infill`);
 a keystroke "moves the window" where the current file's lines in the prompt (the first before the cursor, the last
-after it) differ from the last request's.
+after it) differ from the last request's, and "moves the context" where anything before them does (the ring's chunks,
+the repository's, example lines: their places, lines or forms).
 The vocabulary is a real one: the embedded SmolLM2's, with StarCoder's three FIM tokens added (it has none);
 the model is a random 2-layer Llama of that vocabulary, since only token counts are measured. A repair prefill
 spans `models.kv_cache.repair_span(layers)` tokens: 63 for these 2 layers, 993 for CodeLlama-7B's 32.
@@ -61,9 +62,9 @@ def fim_checkpoint(folder: Path) -> Path:
 
 
 def keystrokes(engine, repo: Path, budget: int, suffix_first: bool, repairs: list
-               ) -> list[tuple[int, int, int, bool]]:
-    """(prompt tokens, tokens prefilled, repair tokens, whether the window moved) for each typed character after the
-    first request."""
+               ) -> list[tuple[int, int, int, bool, bool]]:
+    """(prompt tokens, tokens prefilled, repair tokens, whether the window moved, whether the context moved) for each
+    typed character after the first request."""
     from codecomplete.session import Sampling, Session
     from prompts import index_repository
 
@@ -76,7 +77,7 @@ def keystrokes(engine, repo: Path, budget: int, suffix_first: bool, repairs: lis
     extra = [("packing.py", "\n".join(ring[start:start + 64])) for start in (0, 64, 128)]
     engine.clear_prefix_cache()
     session = Session(engine, index_repository(repo), suffix_first=suffix_first)
-    counts, last = [], None
+    counts, last, last_context = [], None, None
     for typed in range(len(TYPED) + 1):
         repairs.clear()
         generation = session.infill(before + line[:CURSOR_COL] + TYPED[:typed], after, path="completion.py",
@@ -84,10 +85,12 @@ def keystrokes(engine, repo: Path, budget: int, suffix_first: bool, repairs: lis
         result = generation.run()
         own = [item for item in generation.prompt.context if item.path == "completion.py"][-2:]
         window = (own[0].start_line, own[-1].end_line)
+        context = [(item.path, item.start_line, item.end_line, item.form) for item in generation.prompt.context
+                   if item not in own]
         if typed:
             counts.append((len(generation.prompt.ids), len(generation.prompt.ids) - result.reused_prefix_tokens,
-                           sum(repairs), window != last))
-        last = window
+                           sum(repairs), window != last, context != last_context))
+        last, last_context = window, context
     return counts
 
 
@@ -125,14 +128,16 @@ def main(argv: list[str] | None = None) -> int:
              f"{run_info.machine()}; torch {torch.__version__}; the editor's text: "
              f"{'prompts/' if args.text == ROOT / 'prompts' else args.text.name + '/ (--text)'}", "",
              f"| KV cache | budget | order | prompt tokens | prefilled per keystroke ({len(TYPED)} typed) | mean | "
-             "window moved at | repairs (tokens) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "window moved at | context moved at | repairs (tokens) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for kv_cache, budget, order, counts in rows:
-        sizes, prefilled, repaired, moved = zip(*counts)
+        sizes, prefilled, repaired, moved, changed = zip(*counts)
         at = [str(number) for number, move in enumerate(moved, 1) if move]
+        context_at = [str(number) for number, change in enumerate(changed, 1) if change]
         lines.append(f"| {kv_cache} | {budget:,} | {order} | {min(sizes):,}-{max(sizes):,} | "
                      f"{', '.join(map(str, prefilled))} | {sum(prefilled) / len(prefilled):.1f} | "
-                     f"{', '.join(at) or '-'} | {sum(1 for r in repaired if r)} ({sum(repaired)}) |")
+                     f"{', '.join(at) or '-'} | {', '.join(context_at) or '-'} | "
+                     f"{sum(1 for r in repaired if r)} ({sum(repaired)}) |")
     text = "\n".join(lines) + "\n"
     args.out.write_text(text)
     print(text, end="")
