@@ -30,8 +30,9 @@ Bytes or a copy (`reads_bytes`). The kernel takes the cache as stored, 8-bit byt
 each tile as it loads it (as `kernels.reference.dequantize` rounds: the same output, bit for bit, as from a
 dequantized copy). Every program converts each tile it reads, so the conversions cost (query blocks x group)
 passes over the cache, where a copy is one pass (PyTorch's several kernels: widen, scale, round, write, read back),
-and the main loop, issue-bound already, takes the conversions' instructions (sm_90: 855 -> 974 a tile at 7B's
-tiling, 1,112 with -34B's sequence-major V). One H200, one layer (bench/results/h200-run42): CodeLlama-7B, an edit's
+and the main loop takes the conversions' instructions (sm_90, the middle's loop at 7B's tiling: 373 instructions a
+tile on a bf16 copy, 578 on e4m3 bytes, 745 with -34B's sequence-major V; by estimate 8 warps then issue about as
+many cycles as the tile's dots take on the tensor cores, ~1,100). One H200, one layer (bench/results/h200-run42): CodeLlama-7B, an edit's
 100 tokens (one query block, MHA: one reader a tile) 2.07 -> 1.04 ms at a 32k prefix, 0.57 -> 0.40 at 8k; whole
 prompts from 0 (64-256 blocks) 1.88 -> 2.25 ms at 8k, 20.0 -> 28.2 at 32k; -34B's edit at 131k (group 8: eight
 readers) 4.03 -> 7.26. So a call reads the bytes only where one program reads each tile (BYTE_READERS), else it
