@@ -100,6 +100,22 @@ def test_text_after_the_cursor_and_in_comments_weighs_less():
     assert weights["in_comment"] == pytest.approx(PROSE_FACTOR * weights["up_one"])
 
 
+@pytest.mark.parametrize("opener, closer, comment", [('    """Loads the index.', '    """', "#"),
+                                                      ("  const usage = `Loads the index.", "  `;", "//")])
+def test_a_window_that_starts_inside_a_docstring_keeps_code_and_prose_apart(opener, closer, comment):
+    """The query's window of lines before the cursor may begin inside a long docstring (a Python triple-quoted
+    string, a JavaScript template literal): what lies above the window decides that its top is prose, so the
+    code after the string's end weighs as code and the string's words as prose, not the other way round."""
+    from prompts.ranking import DISTANCE_SCALE, LINES_BEFORE, PROSE_FACTOR
+    lines = ["def long_function(arg):", opener, *[f"    Explains step {i}." for i in range(LINES_BEFORE + 10)],
+             "    Returns docstring_word.", closer, "    index_repository(arg)", "    "]
+    row = len(lines) - 1
+    assert row - LINES_BEFORE > 1  # the window's top is inside the string
+    weights = cursor_terms(lines, row, 4, frozenset({"def"}), comment).weights
+    assert weights["index_repository"] == pytest.approx(1 / (1 + 1 / DISTANCE_SCALE))
+    assert weights["docstring_word"] == pytest.approx(PROSE_FACTOR / (1 + 3 / DISTANCE_SCALE))
+
+
 DEFINITIONS_REPO = {
     "app.py": "x = rare_name(1) + common_name(2) + once_defined(3) + twice_defined(4) + both_defined(5)\n",
     "lib/rare.py": "def rare_name(value):\n    return value\n",
