@@ -7,10 +7,10 @@ The editor's text: prompts/completion.py (or `--text`'s), the cursor in the midd
 `_Window.__init__`; llama.vscode's defaults (its 256 lines before the cursor's line, the line's rest and its 64 lines
 after, three 64-line chunks of its ring as `input_extra`), at prompt budgets of 1,024 (the CPU default), 4,096 and
 8,192 tokens.
-Thirty characters are typed at the cursor, one request each, through the server's own path (`Session.infill`);
-a keystroke "moves the window" where the current file's lines in the prompt (the first before the cursor, the last
-after it) differ from the last request's, and "moves the context" where anything before them does (the ring's chunks,
-the repository's, example lines: their places, lines or forms).
+Thirty characters (`--typed`) are typed at the cursor, one request each, through the server's own path
+(`Session.infill`); a keystroke "moves the window" where the current file's lines in the prompt (the first before the
+cursor, the last after it) differ from the last request's, and "moves the context" where anything before them does
+(the ring's chunks, the repository's, example lines: their places, lines or forms).
 The vocabulary is a real one: the embedded SmolLM2's, with StarCoder's three FIM tokens added (it has none);
 the model is a random 2-layer Llama of that vocabulary, since only token counts are measured. A repair prefill
 spans `models.kv_cache.repair_span(layers)` tokens: 63 for these 2 layers, 993 for CodeLlama-7B's 32.
@@ -61,10 +61,10 @@ def fim_checkpoint(folder: Path) -> Path:
     return folder
 
 
-def keystrokes(engine, repo: Path, budget: int, suffix_first: bool, repairs: list
-               ) -> list[tuple[int, int, int, bool, bool]]:
+def keystrokes(engine, repo: Path, budget: int, suffix_first: bool, repairs: list, typed_text: str = TYPED,
+               already: int = 0) -> list[tuple[int, int, int, bool, bool]]:
     """(prompt tokens, tokens prefilled, repair tokens, whether the window moved, whether the context moved) for each
-    typed character after the first request."""
+    typed character after the first request (made with ``already`` characters typed)."""
     from codecomplete.session import Sampling, Session
     from prompts import index_repository
 
@@ -78,16 +78,16 @@ def keystrokes(engine, repo: Path, budget: int, suffix_first: bool, repairs: lis
     engine.clear_prefix_cache()
     session = Session(engine, index_repository(repo), suffix_first=suffix_first)
     counts, last, last_context = [], None, None
-    for typed in range(len(TYPED) + 1):
+    for typed in range(already, len(typed_text) + 1):
         repairs.clear()
-        generation = session.infill(before + line[:CURSOR_COL] + TYPED[:typed], after, path="completion.py",
+        generation = session.infill(before + line[:CURSOR_COL] + typed_text[:typed], after, path="completion.py",
                                     extra=extra, sampling=Sampling(max_tokens=1), budget=budget)
         result = generation.run()
         own = [item for item in generation.prompt.context if item.path == "completion.py"][-2:]
         window = (own[0].start_line, own[-1].end_line)
         context = [(item.path, item.start_line, item.end_line, item.form) for item in generation.prompt.context
                    if item not in own]
-        if typed:
+        if typed > already:
             counts.append((len(generation.prompt.ids), len(generation.prompt.ids) - result.reused_prefix_tokens,
                            sum(repairs), window != last, context != last_context))
         last, last_context = window, context
@@ -100,7 +100,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text", type=Path, default=ROOT / "prompts",
                         help="the folder the editor's repository copies (default: prompts/; a fixed copy compares "
                              "two versions of the code on the same text)")
+    parser.add_argument("--typed", type=int, default=len(TYPED),
+                        help=f"characters typed, a request each (default {len(TYPED)}; more repeat the text, two "
+                             "spaces apart, on the same line: a step of the window's share is ~27 tokens at 1,024)")
+    parser.add_argument("--start", type=int, default=0,
+                        help="characters of the typed text already there at the first request (to look at a step "
+                             "crossing far into a line without a request for each character before it)")
+    parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)), help="comma-separated prompt budgets")
+    parser.add_argument("--fp32-only", action="store_true", help="skip the fp8 cache's rows")
     args = parser.parse_args(argv)
+    typed_text = ((TYPED + " " * 2) * ((args.start + args.typed) // (len(TYPED) + 2) + 1))[:args.start + args.typed]
+    budgets = tuple(int(b) for b in args.budgets.split(","))
     from models import load_model
 
     rows = []
@@ -110,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copytree(args.text, repo, ignore=shutil.ignore_patterns("__pycache__"))
         for file in repo.iterdir():     # a repository's files, written long before the editor's requests
             os.utime(file, (time.time() - 3600,) * 2)
-        for kv_cache in (None, "fp8"):
-            engine = load_model(str(checkpoint), device="cpu", max_context=max(BUDGETS) + 16, kv_cache=kv_cache)
+        for kv_cache in (None,) if args.fp32_only else (None, "fp8"):
+            engine = load_model(str(checkpoint), device="cpu", max_context=max(budgets) + 16, kv_cache=kv_cache)
             repairs: list[int] = []
             prefill = engine.model.prefill
 
@@ -120,14 +130,15 @@ def main(argv: list[str] | None = None) -> int:
                     repairs.append(tokens.shape[1])
                 return prefill(tokens, *rest, **options)
             engine.model.prefill = counted
-            for budget in BUDGETS:
+            for budget in budgets:
                 for suffix_first in (False, True):
-                    counts = keystrokes(engine, repo, budget, suffix_first, repairs)
+                    counts = keystrokes(engine, repo, budget, suffix_first, repairs, typed_text, args.start)
                     rows.append((kv_cache or "fp32", budget, "SPM" if suffix_first else "PSM", counts))
     lines = [f"# Tokens prefilled per keystroke, PSM vs SPM (`bench/spm_infill_prefill.py`, {run_info.now()})", "",
              f"{run_info.machine()}; torch {torch.__version__}; the editor's text: "
              f"{'prompts/' if args.text == ROOT / 'prompts' else args.text.name + '/ (--text)'}", "",
-             f"| KV cache | budget | order | prompt tokens | prefilled per keystroke ({len(TYPED)} typed) | mean | "
+             f"| KV cache | budget | order | prompt tokens | prefilled per keystroke ({args.typed} typed"
+             f"{f' after {args.start}' if args.start else ''}) | mean | "
              "window moved at | context moved at | repairs (tokens) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for kv_cache, budget, order, counts in rows:

@@ -128,7 +128,7 @@ def build_completion_prompt(
         held, previous = None, ()       # (another place: what the last prompt chose is no guide here)
     heal_text = _partial_token(encoder, rows, row, column) if heal else ""
     window = _Window(encoder, text, rows, row, column, with_suffix=form.fim is not None, heal=len(heal_text),
-                     origin=_block_origin(rows, anchor))
+                     origin=_block_origin(rows, anchor), suffix_first=form.suffix_first)
     share = _file_share(window, space)
     window.fit(share)
     if imports is None:     # a buffer's, from as much of it as the index reads of a file: its grammar's query
@@ -486,10 +486,12 @@ class _Window:
 
     def __init__(
         self, encoder: Encoder, text: str, rows: list[str], row: int, column: int, with_suffix: bool, heal: int = 0,
-        origin: int = 0,
+        origin: int = 0, suffix_first: bool = False,
     ):
-        """``origin``: the blocks begin at the rows equal to it modulo BLOCK_LINES (and at the text's top)."""
+        """``origin``: the blocks begin at the rows equal to it modulo BLOCK_LINES (and at the text's top);
+        ``suffix_first``: the prompt lays the suffix out before the prefix (SPM; which far end gives way, `fit`)."""
         self.encoder, self.text, self.row, self.rows = encoder, text, row, rows
+        self.suffix_first = suffix_first
         self.starts = [0, *accumulate(len(r) + 1 for r in rows[:-1]), len(text)]  # offset of each row, and the end
         self.cursor = self.starts[row] + column  # where the suffix starts
         self.end = self.cursor - heal  # where the prefix ends
@@ -554,21 +556,38 @@ class _Window:
         Typing changes only the prefix's piece at the cursor. Counted exactly, its tokens moved the far ends of both
         windows whenever they crossed a part's worth (the suffix gets what the prefix leaves), and the model's cache
         prefilled everything after the moved end again; so it counts in steps of a sixteenth of the share, as the
-        file's share is of the budget, and a keystroke moves neither far end until it crosses a step. A text that
-        fits whole has no far ends to move and is taken whole."""
+        file's share is of the budget, and a keystroke moves neither far end until it crosses a step. Which end a
+        crossing moves depends on the prompt's order (below). A text that fits whole has no far ends to move and is
+        taken whole."""
         if avoid is not None:
             self._avoid = avoid
         share = max(share, 0)
         self._step = 1 if self.need(up_to=share) <= share else max(1, share // SHARE_STEPS)
-        _, _, wanted = self._take(self.above, int(share * PREFIX_SHARE))
-        self.suffix, suffix, _ = self._take(self.below, share - wanted)
-        self.prefix, prefix, _ = self._take(self.above, share - suffix)
+        if self.suffix_first:
+            # SPM ([SUF] suffix [PRE] prefix): whichever far end a step crossed moves, the first changed token is the
+            # suffix's end or the prefix's top, one [PRE] apart, and the whole prefix is prefilled again; letting the
+            # prefix's top alone give way saved that [PRE] but fitted the window worse (it gives way by 8 lines, the
+            # suffix's piece at the cursor by one), so both ends follow the stepped count
+            _, _, wanted = self._take(self.above, int(share * PREFIX_SHARE), before=True)
+            self.suffix, suffix, _ = self._take(self.below, share - wanted)
+            self.prefix, prefix, _ = self._take(self.above, share - suffix, before=True)
+        else:
+            # PSM ([PRE] prefix [SUF] suffix): every new token prefills the suffix again anyway, while a moved top
+            # prefills the whole window: the top is chosen from text typing on the line leaves alone (the suffix's
+            # quarter, and the cursor's piece up to its line), and the suffix's far end gives way at a step
+            _, quarter, _ = self._take(self.below, share - int(share * PREFIX_SHARE))
+            top = self.above[0]
+            settled = [replace(top, text=top.text[:self.starts[top.last] - self.starts[top.first]])] + self.above[1:]
+            far, _, _ = self._take(settled, share - quarter, before=True)
+            self.prefix, prefix, held = self._take([top] + far[1:], share, before=True)
+            self.suffix, suffix, _ = self._take(self.below, share - held)
         self.tokens = prefix + suffix
 
-    def _take(self, pieces: list[_Piece], budget: int) -> tuple[list[_Piece], int, int]:
+    def _take(self, pieces: list[_Piece], budget: int, before: bool = False) -> tuple[list[_Piece], int, int]:
         """The nearest pieces that fit together into ``budget``: the first one cut down if need be, and the next one,
         where it does not fit whole, by its lines nearest the cursor in parts of PART_LINES; as (pieces, their
-        tokens, the tokens they hold of the budget: the prefix's piece at the cursor in steps, see `fit`)."""
+        tokens, the tokens they hold of the budget: the prefix's piece at the cursor in steps, see `fit`); ``before``:
+        they are the prefix's."""
         taken, tokens, held = [], 0, 0
         for number, piece in enumerate(pieces):
             if number and any(c.start_line - 1 <= piece.last and c.end_line - 1 >= piece.first for c in self._avoid):
@@ -576,15 +595,15 @@ class _Window:
             too_long = _too_long(piece.text, budget - held)
             if too_long or held + self._cost(pieces, number) > budget:
                 if number == 0:  # the cursor's own block is too long: keep the part nearest the cursor
-                    piece = (self._steps_down(piece, budget) if pieces is self.above else None) or piece
+                    piece = (self._steps_down(piece, budget) if before else None) or piece
                     if _too_long(piece.text, budget) or self._cost([piece], 0) > budget:
-                        piece = self._cut(piece, budget, keep_end=pieces is self.above)
+                        piece = self._cut(piece, budget, keep_end=before)
                     return [piece], self._cost([piece], 0), budget  # (it fills the budget, however it is cut)
                 # A cursor in the first lines of its block would otherwise see none of the block above it (at the
                 # CPU's 1,024-token budget a dense block of 32 lines does not fit what is left). Only that block: a
                 # farther one gives way whole, as the window's far end moves less often so (what it moves, the
                 # model's cache prefills again).
-                part = self._part(piece, budget - held, keep_end=pieces is self.above) if number == 1 else None
+                part = self._part(piece, budget - held, keep_end=before) if number == 1 else None
                 if part is not None:
                     taken.append(part)
                     tokens += self._cost([part], 0)
@@ -592,7 +611,7 @@ class _Window:
                 break
             taken.append(piece)
             tokens += self._cost(pieces, number)
-            held += min(_in_steps(tokens, self._step), budget) if number == 0 and pieces is self.above else (
+            held += min(_in_steps(tokens, self._step), budget) if number == 0 and before else (
                 self._cost(pieces, number))
         return taken, tokens, held
 

@@ -531,3 +531,25 @@ def test_the_windows_far_ends_move_only_when_the_cursor_s_piece_crosses_a_step(s
         ends.setdefault(held, set()).add((window.prefix[-1].first, window.suffix[-1].last))
     assert all(len(found) == 1 for found in ends.values()), ends
     assert len(ends) >= 5 and len(set().union(*ends.values())) > 1      # (the premise: steps crossed, ends moved)
+
+
+def test_a_step_crossed_while_typing_moves_the_suffix_s_end_not_the_prefix_s_top(starcoder_tokenizer):
+    """A step crossed must move a far end, and the model's cache prefills everything after the first changed token
+    again. PSM ([PRE] prefix [SUF] suffix) prefills its suffix again with every new token anyway, and the whole window
+    when the prefix's top moves: while a line is typed the top holds and the suffix's end gives way (both moved
+    before). SPM's two far ends are one [PRE] apart in the prompt: it keeps the plain split (not tested here)."""
+    from prompts.completion import _Window
+    from prompts.tokens import encoder_for
+
+    encoder = encoder_for(starcoder_tokenizer)     # a token a byte
+    rows = [f"    v{n} = f(v{n - 1}, {n})" for n in range(400)]
+    share = 500
+    tops, bottoms = set(), set()
+    for count in range(150):                        # a line typed: steps of 31 tokens crossed
+        text = "\n".join(rows[:300] + ["    " + "x" * count] + rows[300:])
+        window = _Window(encoder, text, text.split("\n"), 300, 4 + count, with_suffix=True, heal=1)
+        window.fit(share)
+        assert window.tokens <= share
+        tops.add(window.prefix[-1].first)
+        bottoms.add(window.suffix[-1].last)
+    assert len(tops) == 1 and len(bottoms) > 1, (tops, bottoms)
