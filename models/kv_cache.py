@@ -295,23 +295,25 @@ class KVCache(nn.Module):
         if not repair:
             append_kv(k, v, view.k, view.v, indices.start, view.k_scale, view.v_scale)
         if self.k_exact is not None:
-            n = indices.slots.shape[1]
-            index = indices.slots[:, None, :, None].expand(1, k.shape[1], n, k.shape[3])
-            self.k_exact[row:row + 1].scatter_(2, index, k[:, :, indices.span_index].to(self.dtype))
-            self.v_exact[row:row + 1].scatter_(2, index, v[:, :, indices.span_index].to(self.dtype))
+            self._scatter_copies(row, indices.slots, k[:, :, indices.span_index], v[:, :, indices.span_index])
             self.exact_pos[row:row + 1].copy_(indices.pos_after)
         return view.prefix(start + T)
 
     def _scatter_exact(self, first: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Exact copies of k, v (b, Hkv, n, D) at positions (b, n) (int64) of rows first .. first + b - 1, in their
         slots (`exact_slot`), each slot's position recorded."""
-        b, Hkv, n, D = k.shape
         slots = exact_slot(positions, self.exact_ring)                                       # (b, n)
+        self._scatter_copies(first, slots, k, v)
+        self.exact_pos[first:first + k.shape[0]].scatter_(1, slots, positions)
+
+    def _scatter_copies(self, first: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v (b, Hkv, n, D) into the exact slots (b, n) of rows first .. first + b - 1 (their positions are the
+        caller's to record)."""
+        b, Hkv, n, D = k.shape
         index = slots[:, None, :, None].expand(b, Hkv, n, D)
         rows = slice(first, first + b)
         self.k_exact[rows].scatter_(2, index, k.to(self.dtype))
         self.v_exact[rows].scatter_(2, index, v.to(self.dtype))
-        self.exact_pos[rows].scatter_(1, slots, positions)
 
     def exact_before(self, row: int, start: int, indices: PrefillIndices | None = None) -> ExactTokens | None:
         """What a prefill from `start` reads of row `row`'s exact copies of the prefix, copied before its own write
