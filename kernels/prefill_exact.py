@@ -116,19 +116,16 @@ def _load_cache_rows(ptrs, scale_ptr, rows, stride, stride_s, mask, row_mask, SC
     the byte widened exactly, times its row's scale rounded to DTYPE, the product rounded to DTYPE (under the
     interpreter the float32 product, unrounded). `row_mask`
     (BLOCK_N,) masks the scales' loads (None: every row is real)."""
-    x = tl.load(ptrs + rows[:, None] * stride, mask=mask, other=0.0)
-    if SCALED:
-        if row_mask is None:
-            scale = tl.load(scale_ptr + rows * stride_s)                                # (BLOCK_N,) float32
-        else:
-            scale = tl.load(scale_ptr + rows * stride_s, mask=row_mask, other=0.0)
-        if UPCAST:      # the interpreter: float32 (its conversions to bf16 truncate, a bias in every key)
-            x = x.to(tl.float32) * scale[:, None]
-        else:
-            x = (x.to(tl.float32) * scale.to(DTYPE).to(tl.float32)[:, None]).to(DTYPE)
-    elif UPCAST:
-        x = x.to(tl.float32)
-    return x
+    if not SCALED:
+        return _load_rows(ptrs, rows, stride, mask, UPCAST)
+    x = _load_rows(ptrs, rows, stride, mask, False)                         # the bytes
+    if row_mask is None:
+        scale = tl.load(scale_ptr + rows * stride_s)                        # (BLOCK_N,) float32
+    else:
+        scale = tl.load(scale_ptr + rows * stride_s, mask=row_mask, other=0.0)
+    if UPCAST:      # the interpreter: float32 (its conversions to bf16 truncate, a bias in every key)
+        return x.to(tl.float32) * scale[:, None]
+    return (x.to(tl.float32) * scale.to(DTYPE).to(tl.float32)[:, None]).to(DTYPE)
 
 
 @triton.jit
