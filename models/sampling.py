@@ -231,6 +231,8 @@ def _top_p_candidates(logits: torch.Tensor, config: GenerationConfig) -> Candida
         kth = torch.topk(logits, likeliest, dim=-1).values[:, -1:]                  # (B, 1)
         inside = (logits >= kth) & (logits > float("-inf"))     # (B, V) whole tie groups (-inf: dropped anyway)
         candidates = kept(logits, inside, survivors_width(inside))                  # (B, W) rising ids
+        if candidates.values.shape[-1] == 0:
+            return None                                 # every row all -inf: nothing to rank (`_top_p` keeps them so)
         ranked, order = torch.sort(candidates.values, dim=-1, descending=True, stable=True)     # (B, W)
         ranked_probs = torch.where(ranked > float("-inf"), probs.gather(-1, candidates.ids.gather(-1, order)), 0.0)
         mass = ranked_probs.cumsum(dim=-1)[:, -1]                                   # (B,) what the m hold

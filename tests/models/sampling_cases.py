@@ -42,12 +42,13 @@ def random_case(rng: random.Random):
     top_k 1, k >= V, min_keep, either tie rule, penalties, a logit bias, infill."""
     vocab = rng.choice([7, 50, 300, 1000])
     rows = rng.choice([1, 1, 2, 3])
-    logits = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(rng.randrange(2**31)))
+    generator = torch.Generator().manual_seed(rng.randrange(2**31))     # the case from `rng` alone, whatever ran before
+    logits = torch.randn(rows, vocab, generator=generator)
     logits *= rng.choice([0.5, 3.0, 8.0])
     if rng.random() < 0.3:
         logits = (logits * rng.choice([0.5, 2.0])).round()                     # many ties
     if rng.random() < 0.3:
-        logits[torch.rand(rows, vocab) < rng.random()] = NEG_INF
+        logits[torch.rand(rows, vocab, generator=generator) < rng.random()] = NEG_INF
     if rng.random() < 0.05:
         logits[0] = float("nan")
     order = rng.choice(ORDERS)

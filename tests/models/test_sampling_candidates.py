@@ -67,6 +67,20 @@ def test_the_device_path_reads_nothing_on_the_host(monkeypatch):
         sample(logits, config, generator, end=1)
 
 
+def test_top_p_on_candidates_takes_rows_with_every_token_banned():
+    """A batch whose rows are all -inf (every token banned by a bias or healing's restriction): top-p on candidates
+    has nothing to rank (it once indexed an empty cumsum) and leaves them to the whole row's top-p, as the whole-row
+    chain does; with one live row beside it, the same."""
+    live = torch.randn(1, 300, generator=torch.Generator().manual_seed(3)) * 3
+    for logits in (torch.full((2, 300), NEG_INF), torch.cat([torch.full((1, 300), NEG_INF), live])):
+        for config in (GenerationConfig(temperature=1.0, top_p=0.9),
+                       GenerationConfig(temperature=2.0, top_p=0.99, top_k=300, min_p=0.05)):
+            assert same(chain(logits, config).row(), chain(logits, config, compact=False).row())
+            assert same(chain(logits, config).row(), chained(logits, config))
+            ours, theirs = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+            assert torch.equal(sample(logits, config, ours, end=1), whole_row_sample(logits, config, theirs, end=1))
+
+
 def test_top_k_on_candidates_keeps_the_lower_ids_among_ties_across_its_boundary():
     """200 tokens tied at the k-th place: torch.topk's k hold any of them, llama.cpp's rule the lowest ids."""
     logits = torch.zeros(2, 1000)
