@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from itertools import accumulate, chain, islice
 from pathlib import Path
 
+from .alignment import BufferLines
 from .chunking import Chunk, source_imports
 from .errors import BudgetError, PromptError
 from .examples import example_key, example_lines
@@ -134,7 +135,11 @@ def build_completion_prompt(
     if imports is None:     # a buffer's, from as much of it as the index reads of a file: its grammar's query
         head = text[:MAX_FILE_BYTES]    # reads 0.6 MB a second at worst (a 64 MiB buffer: two minutes a keystroke)
         imports = source_imports(relative, head[:head.rfind("\n") + 1] if len(text) > MAX_FILE_BYTES else text)
-    query = _query(index, relative, language, imports, rows, row, column, window.lines())
+    # The file's chunks are numbered by the disk's lines, the window by the buffer's rows: compared through their text
+    own = index.entries[relative].chunks if relative in index.entries else ()
+    lines = BufferLines(own, rows) if own else None
+    query = _query(index, relative, language, imports, rows, row, column,
+                   lines and lines.lines_on(*(line - 1 for line in window.lines())))
     wanted = frozenset(query.weights).union(query.imported_names)  # names whose definitions a brief shows
 
     def layout_showing(wanted: frozenset[str]) -> Layout:  # (a brief shows the wanted names)
@@ -184,7 +189,8 @@ def build_completion_prompt(
     # The room examples did not use goes to the file's window: both follow the repository's context, so a change
     # of examples re-reads the window anyway, while the context's tokens, and the model's cache of them, stay.
     given += shown
-    window.fit(space - given - selection.tokens, avoid=selection.chunks(relative))  # what the context left over
+    avoid = [span for span in map(lines.rows_of, selection.chunks(relative)) if span is not None] if lines else []
+    window.fit(space - given - selection.tokens, avoid=avoid)  # what the context left over
 
     while True:
         has_context = bool(selection or extras or examples)
@@ -288,8 +294,9 @@ def _partial_token(encoder: Encoder, rows: list[str], row: int, column: int) -> 
 
 
 def _query(index: RepoIndex, path: str, language: str, imports, rows: list[str], row: int, column: int,
-           shown: tuple[int, int]) -> Query:
-    """What the cursor's surroundings ask of the repository: the names near it, and what the file imports."""
+           shown: tuple[int, int] | None) -> Query:
+    """What the cursor's surroundings ask of the repository: the names near it, and what the file imports;
+    ``shown``: the lines of the file (as the index numbers them) that the window shows."""
     spec = language_for(path)
     imported = follow_imports(index, path, language, imports)
     terms = cursor_terms(rows, row, column, spec.keywords if spec else frozenset(), comment_marker(language),
@@ -507,7 +514,7 @@ class _Window:
             self._block(first, first + BLOCK_LINES) for first in range(bottom, len(rows), BLOCK_LINES)
         ] if with_suffix else []
         self._costs: dict[str, int] = {}
-        self._avoid: list[Chunk] = []
+        self._avoid: list[tuple[int, int]] = []
         self.prefix: list[_Piece] = []
         self.suffix: list[_Piece] = []
         self.tokens = 0
@@ -549,9 +556,10 @@ class _Window:
         before, after = sum(len(p.text) for p in self.prefix), sum(len(p.text) for p in self.suffix)
         return before == self.end and (not self.below or after == len(self.text) - self.cursor)
 
-    def fit(self, share: int, avoid: list[Chunk] | None = None) -> None:
+    def fit(self, share: int, avoid: list[tuple[int, int]] | None = None) -> None:
         """Choose the window for ``share`` tokens: up to three quarters before the cursor, more if the text after
-        it needs less; never over rows of the chunks to ``avoid`` (in the prompt already; kept for refits).
+        it needs less; never over the rows to ``avoid`` (first, last: those of chunks in the prompt already, as they
+        lie in this text; kept for refits).
 
         Typing changes only the prefix's piece at the cursor. Counted exactly, its tokens moved the far ends of both
         windows whenever they crossed a part's worth (the suffix gets what the prefix leaves), and the model's cache
@@ -590,8 +598,12 @@ class _Window:
         they are the prefix's."""
         taken, tokens, held = [], 0, 0
         for number, piece in enumerate(pieces):
-            if number and any(c.start_line - 1 <= piece.last and c.end_line - 1 >= piece.first for c in self._avoid):
-                break
+            cleared = self._clear_of_avoided(piece, before, number)
+            if cleared is not None:  # the window ends where a chunk in the prompt begins, within a block too
+                if cleared.first > cleared.last:
+                    break
+                pieces = pieces[:number] + [cleared]  # (the last piece: the loop ends with it)
+                piece = cleared
             too_long = _too_long(piece.text, budget - held)
             if too_long or held + self._cost(pieces, number) > budget:
                 if number == 0:  # the cursor's own block is too long: keep the part nearest the cursor
@@ -613,7 +625,28 @@ class _Window:
             tokens += self._cost(pieces, number)
             held += min(_in_steps(tokens, self._step), budget) if number == 0 and before else (
                 self._cost(pieces, number))
+            if cleared is not None:
+                break
         return taken, tokens, held
+
+    def _clear_of_avoided(self, piece: _Piece, before: bool, number: int) -> _Piece | None:
+        """The ``number``-th piece (``before``: of the prefix's) without the rows to avoid in it and those beyond them,
+        the cursor's row kept (no rows left: first past last); None where it has none. Stopped at the block instead,
+        a window that grew past the share it had when the context was ranked left out the rows between (their
+        chunks, shown then, were not chosen), and in the cursor's own block, which was never stopped, showed a chunk
+        the context held (it was not shown then) a second time."""
+        inside = [(first, last) for first, last in self._avoid if first <= piece.last and last >= piece.first]
+        if not inside:
+            return None
+        if before:  # (the prefix's pieces begin at their first row)
+            first = max(last for _, last in inside) + 1
+            first = min(first, self.end_row) if number == 0 else first
+            offset = self.starts[min(first, piece.last + 1)] - self.starts[piece.first]
+            return _Piece(first, piece.last, piece.text[offset:])
+        last = min(first for first, _ in inside) - 1
+        last = max(last, self.row) if number == 0 else last
+        start = self.cursor if number == 0 else self.starts[piece.first]  # (the suffix's first begins at the cursor)
+        return _Piece(piece.first, last, piece.text[:max(self.starts[last + 1] - start, 0)])
 
     def _part(self, piece: _Piece, budget: int, keep_end: bool) -> _Piece | None:
         """The most of a whole block's lines nearest the cursor that fit into ``budget``, in steps of PART_LINES

@@ -107,7 +107,7 @@ class Query:
     completing: Mapping[str, Sequence[int]] = field(default_factory=dict)
     local: frozenset[str] = frozenset()  # names the current file binds itself
     uses: Mapping[str, int] = field(default_factory=dict)  # identifier -> occurrences in the current file
-    shown: tuple[int, int] | None = None  # lines of ``path`` already in the prompt, never returned
+    shown: tuple[int, int] | None = None  # lines of ``path`` (as indexed) already in the prompt, never returned
     expects: str | None = None  # what the code before the cursor expects (CursorTerms.expects)
     mentioned: frozenset[str] = field(default_factory=frozenset)  # files named in a chat question
     # "pkg.Name" used near the cursor -> (nearness, the chunks of pkg's files defining Name)
