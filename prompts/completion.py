@@ -635,9 +635,9 @@ class _Window:
         a window that grew past the share it had when the context was ranked left out the rows between (their
         chunks, shown then, were not chosen), and in the cursor's own block, which was never stopped, showed a chunk
         the context held (it was not shown then) a second time."""
-        inside = [(first, last) for first, last in self._avoid if first <= piece.last and last >= piece.first]
-        if not inside:
+        if not any(first <= piece.last and last >= piece.first for first, last in self._avoid):
             return None
+        inside = [(first, last) for first, last in self._avoid if first <= piece.last and last >= piece.first]
         if before:  # (the prefix's pieces begin at their first row)
             first = max(last for _, last in inside) + 1
             first = min(first, self.end_row) if number == 0 else first
