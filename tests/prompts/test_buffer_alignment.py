@@ -174,3 +174,21 @@ def test_a_held_context_is_not_kept_where_the_window_now_shows_its_chunks(index,
     rows = [row for number, row in enumerate(ROWS) if number not in gone]
     assert 0 < len(gone) <= 16
     check_neither_repeated_nor_dropped(complete(rows), rows, all_fit=False)
+
+
+def test_lines_edited_all_over_the_file_lie_where_they_were():
+    """A rename across the file, not yet saved: every tenth row differs from the disk's, each stays where it was. Two
+    functions swapped: the rows keep their order on both sides, so one of them is found where it went and the other
+    lies nowhere (a move is a deletion and an insertion); the rest stay."""
+    edited = [row + "  # renamed" if number % 10 == 0 and row else row for number, row in enumerate(ROWS)]
+    lines = BufferLines(CHUNKS, edited)
+    assert all(lines.rows_of(chunk) == (chunk.start_line - 1, chunk.end_line - 1) for chunk in CHUNKS)
+    assert lines.lines_on(0, len(ROWS) - 1) == (1, CHUNKS[-1].end_line)
+    first, second = chunk_at("step_30"), chunk_at("step_31")
+    swapped = (ROWS[:first.start_line - 1] + ROWS[second.start_line - 1:second.end_line] + ["", ""]
+               + ROWS[first.start_line - 1:first.end_line] + ROWS[second.end_line:])
+    moved = BufferLines(CHUNKS, swapped)
+    assert moved.rows_of(chunk_at("step_20")) == (chunk_at("step_20").start_line - 1, chunk_at("step_20").end_line - 1)
+    found = {chunk.text.split("\n")[0]: moved.rows_of(chunk) for chunk in (first, second)}
+    assert sum(rows is None for rows in found.values()) == 1
+    assert all(swapped[rows[0]] == head for head, rows in found.items() if rows is not None)
