@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from . import engines
-from .line_ends import CRLF, LineEnds
+from .line_ends import LF, LineEnds
 
 UNTITLED = "untitled"   # the current file of an infill request that does not name one
 RECHECKS = 3            # prompts built again, at most, for context files that changed meanwhile
@@ -73,8 +73,9 @@ class Generation:
     prompt: object                   # prompts.PackedPrompt
     engine: object
     run: Callable                    # run(on_text=None, should_stop=None) -> models.GenerationResult
-    line_ends: object = None         # a line_ends.LineEnds where the client's text ends its lines with "\r\n": the
-                                     # text run streams and returns has them, the engine's token offsets map to it
+    line_ends: object = None         # a line_ends.LineEnds where the client's text ends its lines with "\r\n" or
+                                     # "\r": the text run streams and returns has them, and is cut at stop strings
+                                     # as it has them; the engine's token offsets and token texts map to it
 
 
 def open_session(args, root=None, max_new_tokens: int = 0, headroom: int = 0) -> Session:
@@ -175,11 +176,16 @@ class Session:
             history_share=history_share))
         return self._generation(packed, sampling)
 
-    def raw(self, prompt: str | Sequence[int], *, sampling: Sampling) -> Generation:
+    def raw(self, prompt: str | Sequence[int], *, sampling: Sampling, last_tokens: int | None = None) -> Generation:
         """The model continues `prompt` as it is: text (special-token text becomes those tokens; its last token
-        healed, as a completion's is) or token ids (as they are)."""
+        healed, as a completion's is) or token ids (as they are). `last_tokens`: a text prompt keeps only its last
+        so many tokens, not healed (Ollama's runner cuts a prompt longer than its context so); its answer is still
+        written with the text's line ends."""
         from prompts import PackedPrompt, build_raw_prompt
 
+        if isinstance(prompt, str) and last_tokens is not None:
+            packed = build_raw_prompt(self.engine.tokenizer, prompt, heal=False)
+            return self._generation(replace(packed, ids=packed.ids[-last_tokens:] if last_tokens > 0 else []), sampling)
         if isinstance(prompt, str):
             packed = build_raw_prompt(self.engine.tokenizer, prompt)
             if not self._heals(packed, sampling):
@@ -245,13 +251,21 @@ class Session:
         except ValueError as e:
             from .errors import UsageError
             raise UsageError(f"{e}{' (ignore_eos bans the end-of-generation tokens)' if sampling.ignore_eos else ''}")
-        # The model reads and writes "\n"; the text goes back with the client's line ends (codecomplete/line_ends.py).
-        ends = LineEnds() if packed.line_end == CRLF else None
+        # The model reads and writes "\n"; the text goes back with the client's line ends, and the stop strings are
+        # matched in it, where the client sees them (codecomplete/line_ends.py): the engine then matches none.
+        ends = None if packed.line_end == LF else LineEnds(packed.line_end, self._stops(packed, sampling))
 
         def run(on_text=None, should_stop=None):
-            generate = lambda deltas: self._run(packed, sampling, bias, deltas, should_stop)  # noqa: E731
-            return generate(on_text) if ends is None else ends.run(generate, on_text)
+            if ends is None:
+                return self._run(packed, sampling, bias, on_text, should_stop)
+            return ends.run(lambda deltas, stop: self._run(packed, sampling, bias, deltas, stop, strings=False),
+                            on_text, should_stop, lambda: getattr(self.engine, "live_tokens", None) or [])
         return Generation(packed, self.engine, run, ends)
+
+    @staticmethod
+    def _stops(packed, sampling: Sampling) -> tuple[str, ...]:
+        """The stop strings: the prompt format's (unless `format_stops` is off), then the caller's."""
+        return (tuple(packed.stop_strings) if sampling.format_stops else ()) + tuple(sampling.stop)
 
     def _healing_overflow(self, packed, max_tokens: int, room: int | None = None) -> int:
         """The tokens `packed` must give way for the healing: the model may write the healed text again one token a
@@ -287,8 +301,10 @@ class Session:
         ends = dict.fromkeys([*self.engine.eos_token_ids, *packed.stop_token_ids])
         return sampling.logit_bias + tuple((token, -math.inf) for token in ends)
 
-    def _run(self, packed, sampling: Sampling, bias: tuple[tuple[int, float], ...], on_text, should_stop):
-        """`bias`: the request's `_bias`, made once when its generation was built."""
+    def _run(self, packed, sampling: Sampling, bias: tuple[tuple[int, float], ...], on_text, should_stop,
+             strings: bool = True):
+        """`bias`: the request's `_bias`, made once when its generation was built; `strings`: the engine matches the
+        stop strings (False: LineEnds does, in the text as written)."""
         from models import GenerationConfig
 
         if self._index is not None:     # a request: idle upkeep walks on (the walk under way may be past a change)
@@ -307,7 +323,7 @@ class Session:
             dynatemp_range=sampling.dynatemp_range, dynatemp_exponent=sampling.dynatemp_exponent,
             mirostat=sampling.mirostat, mirostat_tau=sampling.mirostat_tau, mirostat_eta=sampling.mirostat_eta,
             stop_token_ids=tuple(packed.stop_token_ids) if stops else (),
-            stop_strings=(tuple(packed.stop_strings) if stops else ()) + tuple(sampling.stop),
+            stop_strings=self._stops(packed, sampling) if strings else (),
             required_prefix=packed.heal_text)   # token healing: the text prompts left out
         if sampling.max_tokens > 0:
             return self.engine.generate(packed.ids, config, on_text=on_text, should_stop=should_stop)

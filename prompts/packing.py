@@ -67,8 +67,9 @@ class PackedPrompt:
     history: int = 0  # chat: the earlier messages carried before the question (older ones gave way to the budget)
     anchor: tuple[int, str] | None = None  # completion: a row where a block of the current file began (0-based) and
                                             # the text of its first rows: the next prompt's `anchor`
-    line_end: str = "\n"  # completion and raw: the client's text's ("\r\n" where it had one; scan.line_end), which the
-                          # prompt reads as "\n": the text generated is to be written with it
+    line_end: str = "\n"  # completion and raw: the client's text's ("\r\n" where it had one; a completion's "\r"
+                          # where its breaks are lone CRs: scan.line_end), which the prompt reads as "\n": the text
+                          # generated is to be written with it
     held: HeldContext | None = None  # completion: its repository context as the next prompt may hold it (holding.py)
 
 

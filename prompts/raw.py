@@ -15,7 +15,7 @@ from .scan import line_end
 
 
 def build_raw_prompt(tokenizer, text: str, *, heal: bool = True) -> PackedPrompt:
-    ends = line_end(text)
+    ends = line_end(text, lone_cr=False)        # (a lone "\r" is read as it is: the answer is the model's too)
     text = text.replace("\r\n", "\n")
     ids = tokenizer.encode(text)
     heal_text = _partial_token(tokenizer, text, ids) if heal else ""

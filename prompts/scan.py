@@ -112,10 +112,14 @@ def unix_newlines(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def line_end(text: str) -> str:
+def line_end(text: str, lone_cr: bool = True) -> str:
     """The line end a completion in `text` writes: "\\r\\n" where the text has one (a Windows editor's; Tabby's server
-    decides so too), else "\\n". The model reads "\\n" either way (unix_newlines); the app writes its text back."""
-    return "\r\n" if "\r\n" in text else "\n"
+    decides so too); with `lone_cr`, "\\r" where its line breaks are all lone "\\r"s (classic Mac OS's, a line break to
+    the prompt too); else "\\n". The model reads "\\n" either way (unix_newlines); the app writes its text back
+    (codecomplete/line_ends.py)."""
+    if "\r\n" in text:
+        return "\r\n"
+    return "\r" if lone_cr and "\r" in text and "\n" not in text else "\n"
 
 
 def read_source(root: Path, path: str, max_file_bytes: int = MAX_FILE_BYTES) -> str | None:

@@ -94,7 +94,7 @@ class Server:
 
     def start(self, request: Request, start: Callable[[], Generation],
               stop_when: Callable[[str], bool] | None = None, failures_in_result: bool = False,
-              describe: Callable[[list[int], list], list] | None = None,
+              describe: Callable[[object, list[int], list], list] | None = None,
               finish: Callable[[object, object], list] | None = None) -> Running:
         """Queue the work (503 when the queue is full) and follow it for this request (`failures_in_result`,
         `describe`, `finish`: as `EngineWorker.submit`)."""

@@ -37,6 +37,7 @@ model's own distribution, or with `post_sampling_probs` the probabilities the to
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -231,14 +232,17 @@ def _probability_work(server, body: Options, sampling, limits: Limits) -> dict:
         return {}
     tokenizer = server.session.engine.tokenizer       # (the engine thread's)
 
-    def scores(ids, entries) -> list[dict]:
-        return llama_cpp_probabilities(tokenizer, ids, entries, sampling.logprobs_after_samplers)
+    def scorer(job):
+        """The tokens' probabilities, their texts as the job's answer writes them (line_ends.py)."""
+        return lambda ids, entries: llama_cpp_probabilities(tokenizer, ids, entries, sampling.logprobs_after_samplers,
+                                                            job.generation.line_ends)
     if body.stream:
-        return {"describe": scores, "finish": lambda job, result: after_healing(scores, result, job.carried) or []}
+        return {"describe": lambda job, ids, entries: scorer(job)(ids, entries),
+                "finish": lambda job, result: after_healing(scorer(job), result, job.carried) or []}
 
     def whole(job, result) -> tuple[list[dict], str]:
         stop_type, word = _stop(server, job.generation.prompt, result, limits)
-        probabilities = _answer_probabilities(tokenizer, scores, result, stop_type, word)
+        probabilities = _answer_probabilities(tokenizer, scorer(job), result, stop_type, word)
         return probabilities, _written(probabilities)
     return {"finish": whole}
 
@@ -303,7 +307,8 @@ async def _answer(server, running, generation, body: Options, sampling, limits: 
             "tokens": result.token_ids[result.healing_tokens:] if body.return_tokens else [],
             "model": server.engine.name, "tokens_predicted": predicted,
             "tokens_evaluated": evaluated, "generation_settings": _settings(server, body),
-            "has_new_line": "\n" in content, "truncated": truncated or cached >= server.engine.context_length,
+            "has_new_line": "\n" in content or "\r" in content,      # ("\r": a classic Mac file's line end)
+            "truncated": truncated or cached >= server.engine.context_length,
             "stop_type": stop_type, "stopping_word": word, "tokens_cached": cached, "timings": timings(result),
         }
 
@@ -454,6 +459,7 @@ class Limits:
     def __init__(self, max_predict_ms: int, n_indent: int) -> None:
         self.max_predict_ms, self.n_indent = max_predict_ms, n_indent
         self.text = ""
+        self.lines = ""                     # `text` with each lone "\r" (a classic Mac line end) as "\n": its lines
         self.started: float | None = None
         self.cut_at: int | None = None      # where the answer ends, once a limit is reached
         self.streamed = ""                  # the text as a stream has received it (a prefix of `text`)
@@ -468,11 +474,14 @@ class Limits:
         now = time.perf_counter()
         self.started = self.started or now
         start, self.text = len(self.text), self.text + delta
+        # (a "\r" that ends the text may be a CRLF's, whose "\n" comes next: it is told with the next delta)
+        told = len(self.lines) - 1 if self.lines.endswith("\r") else len(self.lines)
+        self.lines = self.lines[:told] + _LONE_CR.sub("\n", self.text[told:])
         if self.cut_at is None and self.n_indent:
-            self.cut_at = _dedent_at(self.text, self.n_indent, self.undecided)
-            self.undecided = self.text.rfind("\n") + 1    # the lines before the last one are decided: kept
+            self.cut_at = _dedent_at(self.lines, self.n_indent, self.undecided)
+            self.undecided = self.lines.rfind("\n") + 1    # the lines before the last one are decided: kept
         if self.cut_at is None and self.max_predict_ms and 1000 * (now - self.started) > self.max_predict_ms:
-            newline = self.text.find("\n", start)
+            newline = self.lines.find("\n", start)
             if newline >= 0:
                 self.cut_at = newline + 1
         return self.reached
@@ -495,11 +504,15 @@ class Limits:
         """How much of `text` (a prefix of what was fed) is sure to be in the answer: not past the cut, and, with
         n_indent, not a last line that has no text yet (whether it stays depends on the indentation to come)."""
         end = len(text) if self.cut_at is None else min(len(text), self.cut_at)
+        text = self.lines[:len(text)] + text[len(self.lines):]      # (its line breaks, as far as they were fed)
         if self.n_indent and self.cut_at is None and "\n" in text:
             line_start = text.rfind("\n") + 1
             if not text[line_start:].strip():
                 end = min(end, line_start)
         return end
+
+
+_LONE_CR = re.compile(r"\r(?!\n|$)")     # a "\r" not before a "\n" (nor at the end, where one may follow)
 
 
 def _dedent_at(text: str, n_indent: int, offset: int = 0) -> int | None:

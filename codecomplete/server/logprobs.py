@@ -37,6 +37,10 @@ alternatives overwrite one another: an alternative whose text is not its own (""
 OpenAI's legacy API names such tokens ("bytes:\\xe2\\x9c"), so the N asked for come back (`_named_alternatives`).
 The tokens that only wrote a healed prompt's end again are the prompt's, as their text is: no shape lists them
 (`after_healing`, and the stream's events, which leave them out).
+Where the answer is written with the client's line ends ("\\r\\n" or "\\r": codecomplete/line_ends.py), so are the
+tokens' texts, their alternatives' and their bytes (`ends`, the generation's LineEnds: a "\\n" token is "\\r\\n" there),
+and the offsets count the text as written: the texts joined spell the answer, but for the prompt's end that a healed
+prompt's first token writes again.
 """
 from __future__ import annotations
 
@@ -94,20 +98,31 @@ def _whole_utf8(piece: bytes) -> bool:
     return True
 
 
-def completion_logprobs(tokenizer, ids: Sequence[int], entries: Sequence,
-                        position: Callable[[int], int] | None = None) -> dict:
-    """The legacy completions shape, for the whole answer or a stream's chunk (the offsets are the answer's: where
-    the text has other line ends than the model wrote, `position` maps the engine's offsets into it)."""
+def completion_logprobs(tokenizer, ids: Sequence[int], entries: Sequence, ends=None) -> dict:
+    """The legacy completions shape, for the whole answer or a stream's chunk. The texts and offsets are the answer's:
+    where it has other line ends than the model wrote, `ends` (the generation's line_ends.LineEnds) writes each
+    token's text (and its alternatives') with them and maps the engine's offsets into it."""
     texts, tokens, top = OpenAITokenTexts(tokenizer), [], []
     for i, entry in zip(ids, entries):
-        top.append(_named_alternatives(texts, i, entry))     # (before `take`: what each would write in its place)
-        tokens.append(texts.take(i)[0])
+        write = _writer(ends, entry)
+        top.append(_named_alternatives(texts, i, entry, write))     # (before `take`: what each would write there)
+        tokens.append(write(texts.take(i)[0]))
     offsets = [entry.text_offset for entry in entries]
     return {"tokens": tokens, "token_logprobs": [entry.logprob for entry in entries], "top_logprobs": top,
-            "text_offset": [position(offset) for offset in offsets] if position is not None else offsets}
+            "text_offset": [ends.position(offset) for offset in offsets] if ends is not None else offsets}
 
 
-def _named_alternatives(texts: OpenAITokenTexts, chosen: int, entry) -> dict[str, float]:
+def _writer(ends, entry) -> Callable[[str], str]:
+    """How a text at `entry`'s place in the answer is written (`ends`: a LineEnds or None, the model's text)."""
+    return (lambda text: text) if ends is None else (lambda text: ends.token_text(text, entry.text_offset))
+
+
+def _bytes_writer(ends, entry) -> Callable[[bytes], bytes]:
+    return (lambda piece: piece) if ends is None else (lambda piece: ends.token_bytes(piece, entry.text_offset))
+
+
+def _named_alternatives(texts: OpenAITokenTexts, chosen: int, entry,
+                        write: Callable[[str], str] = lambda text: text) -> dict[str, float]:
     """One token's legacy `top_logprobs`: a map from names to logprobs, each alternative under a name of its own, so
     that none overwrites another (byte tokens' texts collide: <0xE2> and <0xF0> both write "" there). The chosen
     token is under its name in `tokens`; an alternative under the text it would write there where that text is its
@@ -115,7 +130,7 @@ def _named_alternatives(texts: OpenAITokenTexts, chosen: int, entry) -> dict[str
     breaks the character before it U+FFFD) under its bytes, as OpenAI's legacy API names such tokens
     ("bytes:\\xe2\\x9c"); a name another entry has (a whole "é" beside the byte completing one) falls back to the
     bytes, then to vLLM's "token_id:N". The chosen token is added where it is not among the top (N + 1 entries)."""
-    chosen_name = texts.alternative(chosen)[0]     # (what `take` gives it next)
+    chosen_name = write(texts.alternative(chosen)[0])     # (what `take` gives it next)
     named: dict[str, float] = {}
     for token, value in entry.top:
         if token == chosen:
@@ -123,7 +138,7 @@ def _named_alternatives(texts: OpenAITokenTexts, chosen: int, entry) -> dict[str
             continue
         text, piece = texts.alternative(token)
         own = _whole_utf8(piece) or (text and "\ufffd" not in text)
-        for name in (text if own else _bytes_name(piece), _bytes_name(piece), f"token_id:{token}"):
+        for name in (write(text) if own else _bytes_name(piece), _bytes_name(piece), f"token_id:{token}"):
             if name and name != chosen_name and name not in named:
                 break
         named[name] = value
@@ -136,26 +151,36 @@ def _bytes_name(piece: bytes) -> str:
     return "bytes:" + "".join(f"\\x{b:02x}" for b in piece) if piece else ""
 
 
-def llama_cpp_probabilities(tokenizer, ids: Sequence[int], entries: Sequence, post_sampling: bool) -> list[dict]:
-    """llama.cpp's `completion_probabilities` for these tokens."""
+def llama_cpp_probabilities(tokenizer, ids: Sequence[int], entries: Sequence, post_sampling: bool,
+                            ends=None) -> list[dict]:
+    """llama.cpp's `completion_probabilities` for these tokens; `ends` as `completion_logprobs`'s (the texts and bytes
+    written with the answer's line ends)."""
     value, alternatives = ("prob", "top_probs") if post_sampling else ("logprob", "top_logprobs")
 
-    def token(i: int, logprob: float) -> dict:
-        text, piece = token_text(tokenizer, i)
-        return {"id": i, "token": text, "bytes": list(piece), value: math.exp(logprob) if post_sampling else logprob}
-    return [{**token(i, entry.logprob),
-             alternatives: [token(j, v) for j, v in entry.top if not (post_sampling and v == -math.inf)]}
-            for i, entry in zip(ids, entries)]
+    def probabilities(i: int, entry) -> dict:
+        write, write_bytes = _writer(ends, entry), _bytes_writer(ends, entry)
+
+        def token(j: int, logprob: float) -> dict:
+            text, piece = token_text(tokenizer, j)
+            return {"id": j, "token": write(text), "bytes": list(write_bytes(piece)),
+                    value: math.exp(logprob) if post_sampling else logprob}
+        return {**token(i, entry.logprob),
+                alternatives: [token(j, v) for j, v in entry.top if not (post_sampling and v == -math.inf)]}
+    return [probabilities(i, entry) for i, entry in zip(ids, entries)]
 
 
-def ollama_logprobs(tokenizer, ids: Sequence[int], entries: Sequence, top_n: int) -> list[dict]:
-    """Ollama's `logprobs` for these tokens, with the top_n alternatives."""
-    def token(i: int, value: float) -> dict:
-        text, piece = token_text(tokenizer, i)
-        return {"token": text, "logprob": value, **({"bytes": list(piece)} if piece else {})}
-    return [{**token(i, entry.logprob), **({"top_logprobs": [token(j, v) for j, v in entry.top[:top_n]]} if top_n
-                                           else {})}
-            for i, entry in zip(ids, entries)]
+def ollama_logprobs(tokenizer, ids: Sequence[int], entries: Sequence, top_n: int, ends=None) -> list[dict]:
+    """Ollama's `logprobs` for these tokens, with the top_n alternatives; `ends` as `completion_logprobs`'s."""
+    def listed(i: int, entry) -> dict:
+        write, write_bytes = _writer(ends, entry), _bytes_writer(ends, entry)
+
+        def token(j: int, value: float) -> dict:
+            text, piece = token_text(tokenizer, j)
+            piece = write_bytes(piece)
+            return {"token": write(text), "logprob": value, **({"bytes": list(piece)} if piece else {})}
+        return {**token(i, entry.logprob), **({"top_logprobs": [token(j, v) for j, v in entry.top[:top_n]]} if top_n
+                                              else {})}
+    return [listed(i, entry) for i, entry in zip(ids, entries)]
 
 
 def after_healing(scores, result, sent: int = 0):

@@ -224,7 +224,6 @@ def _raw(session, text: str, sampling, truncate: bool):
     Ollama's runner cuts an input longer than its context (unless "truncate": false, its 400), leaving room for the
     answer here: a 400 for what Ollama answers stopped its editor's completion."""
     from models import ContextTooLongError
-    from prompts import build_raw_prompt
 
     try:
         return session.raw(text, sampling=sampling)
@@ -233,7 +232,7 @@ def _raw(session, text: str, sampling, truncate: bool):
             raise
     engine = session.engine
     room = max(engine.context_length - sampling.max_tokens, engine.context_length // 2)
-    return session.raw(build_raw_prompt(engine.tokenizer, text, heal=False).ids[-room:], sampling=sampling)
+    return session.raw(text, sampling=sampling, last_tokens=room)      # (answered with the text's line ends)
 
 
 def _loaded(server, body: GenerateRequest | ChatRequest, piece: dict):
@@ -255,7 +254,8 @@ async def _answer(server, running, body: GenerateRequest | ChatRequest, piece, c
     def logprobs(events) -> dict:
         """The `logprobs` of the tokens behind these text events' text, where asked for (none: left out)."""
         listed = [entry for event in events for entry in ollama_logprobs(
-            server.tokenizer, event.tokens, event.logprobs, body.top_logprobs)] if body.logprobs else []
+            server.tokenizer, event.tokens, event.logprobs, body.top_logprobs, generation.line_ends)
+            ] if body.logprobs else []
         return {"logprobs": listed} if listed else {}
     if body.stream:
         def frames(event):

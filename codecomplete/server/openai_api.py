@@ -151,9 +151,8 @@ async def completions(request: Request, data: dict):
         start = lambda: session.raw(prompt, sampling=sampling)  # noqa: E731
     running = server.start(request, start)
     generation = await running.started()        # (a failure to build the prompt is a plain HTTP error)
-    # (offsets into the text as returned, whose line ends may not be the model's: codecomplete/line_ends.py)
-    position = generation.line_ends.position if generation.line_ends is not None else None
-    scores = ((lambda ids, entries: completion_logprobs(server.tokenizer, ids, entries, position))
+    # (texts and offsets as the text returned has them, whose line ends may not be the model's: line_ends.py)
+    scores = ((lambda ids, entries: completion_logprobs(server.tokenizer, ids, entries, generation.line_ends))
               if body.logprobs is not None else None)
     reply = Reply(server, "cmpl", "text_completion", running.job.id)
     if body.stream:

@@ -73,14 +73,14 @@ class Job:
 
     def __init__(self, start: Callable[[], Generation], label: str, loop: asyncio.AbstractEventLoop,
                  stop_when: Callable[[str], bool] | None = None, failures_in_result: bool = False,
-                 describe: Callable[[list[int], list], list] | None = None,
+                 describe: Callable[[object, list[int], list], list] | None = None,
                  finish: Callable[[Job, object], list] | None = None) -> None:
         self.id = f"{next(self._ids)}"
         self.start, self.label, self.stop_when = start, label, stop_when
         self.failures_in_result = failures_in_result    # (EngineWorker.submit)
         # Work on what the generation makes that would hold the event loop (a tokenizer's, per token), done on the
-        # engine thread: `describe` of each text event's tokens and logprobs, `finish` of the job and its result
-        # (the job's generation, and the tokens its text events carried, are known then).
+        # engine thread: `describe` of the job and each text event's tokens and logprobs, `finish` of the job and its
+        # result (the job's generation, and the tokens its text events carried, are known then).
         self.describe, self.finish = describe, finish
         self.generation: Generation | None = None
         self.carried = 0                 # the tokens the text events carried, healing's apart
@@ -172,7 +172,7 @@ class Job:
             start = max(sent, self.healing_tokens)
             tokens, logprobs, sent = ids[start:], scores[start:len(ids)], len(ids)
             stop = stop_when is not None and stop_when(delta)   # first: what it decides is known when the text is
-            described = self.describe(tokens, logprobs) if self.describe is not None and tokens else []
+            described = self.describe(self, tokens, logprobs) if self.describe is not None and tokens else []
             self.carried += len(tokens)
             self._wait_for_room()
             self.send("text", delta, tokens, logprobs, described)
@@ -215,7 +215,7 @@ class EngineWorker:
 
     def submit(self, start: Callable[[], Generation], label: str,
                stop_when: Callable[[str], bool] | None = None, failures_in_result: bool = False,
-               describe: Callable[[list[int], list], list] | None = None,
+               describe: Callable[[object, list[int], list], list] | None = None,
                finish: Callable[[Job, object], list] | None = None) -> Job:
         """Queue a job. An answer the model ended with NaN or inf logits (GenerationResult.not_a_number) ends it with
         a 500 that says so, as vLLM ends a generation that failed (a stream: after the text already sent), or with

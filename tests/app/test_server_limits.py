@@ -204,3 +204,26 @@ def test_truncated_compares_no_more_labels_than_the_prompt_has_items():
     assert _truncated(prompt("b.py", "repo.py"), Labels(["a.py", "b.py"])) is True
     assert _truncated(prompt("a.py", "b.py", first_line=40), Labels(["a.py", "b.py"])) is True   # a.py's tail only
     assert sum(copied) < 100          # (every count: 200 million labels copied)
+
+
+@pytest.mark.parametrize("split", [1, 3, 7, 100])
+@pytest.mark.parametrize("line_end", ["\r\n", "\r"])
+def test_the_limits_see_the_line_breaks_of_a_crlf_or_classic_mac_answer(split, line_end):
+    """An answer written with the client's line ends (codecomplete/line_ends.py; a stream never ends a piece inside
+    a CRLF): n_indent cuts and t_max_predict_ms ends lines at its "\\r\\n" or its lone "\\r" as at a "\\n"."""
+    text = COMPLETION.replace("\n", line_end)
+    deltas, held = [], ""
+    for i in range(0, len(text), split):
+        delta, held = held + text[i:i + split], ""
+        if line_end == "\r\n" and delta.endswith("\r"):     # (as LineEnds streams it: held until its "\n" comes)
+            delta, held = delta[:-1], "\r"
+        deltas.append(delta)
+    limits = Limits(0, 8)
+    pieces, content = streamed(limits, deltas)
+    assert content == "x2, y2 = poly[i + 1]\n        s += x1 * y2\n    ".replace("\n", line_end)
+    assert "".join(pieces) == content and limits.reached
+    late = Limits(5, 0)
+    assert not late.feed("def f():" + line_end)
+    time.sleep(0.02)
+    assert late.feed("    s = 0" + line_end + "    t = 1" + line_end)
+    assert late.cut(late.text) == "def f():" + line_end + "    s = 0" + line_end

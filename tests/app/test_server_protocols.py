@@ -605,9 +605,9 @@ def test_text_with_crlf_line_ends_gets_crlf_line_ends_back_on_infill_and_complet
 
 @pytest.mark.parametrize("suffix", [None, "\n"])      # a raw prompt; with a suffix, the session's infill
 def test_openai_completions_of_crlf_text_have_crlf_line_ends_and_offsets_into_them(server, suffix):
-    """/v1/completions as the openai package asks: the text with the prompt's CRLF line ends, and each token's
-    text_offset where its text begins in that text (the model wrote "\n": its offsets count one character less a
-    line), whole and streamed."""
+    """/v1/completions as the openai package asks: the text with the prompt's CRLF line ends, and each token's text
+    and text_offset as that text has them (the model wrote "\n": its offsets count one character less a line),
+    whole and streamed."""
     client = OpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0)
     asked = dict(model="any", max_tokens=24, temperature=0, logprobs=0)
     if suffix is not None:
@@ -618,7 +618,8 @@ def test_openai_completions_of_crlf_text_have_crlf_line_ends_and_offsets_into_th
         **asked, **({"suffix": crlf(suffix)} if suffix is not None else {})}).choices[0]
     assert windows.text == crlf(unix.text)
     offsets = [offset + unix.text[:offset].count("\n") for offset in unix.logprobs.text_offset]
-    assert windows.logprobs.text_offset == offsets and windows.logprobs.tokens == unix.logprobs.tokens
+    # (the tokens' texts as the text has them: joined, they spell it, test_crlf_answers)
+    assert windows.logprobs.text_offset == offsets and windows.logprobs.tokens == list(map(crlf, unix.logprobs.tokens))
     chunks = list(client.completions.create(prompt=crlf(POINT), stream=True, **{
         **asked, **({"suffix": crlf(suffix)} if suffix is not None else {})}))
     assert "".join(chunk.choices[0].text for chunk in chunks) == windows.text
