@@ -131,7 +131,7 @@ class LineEnds:
             was = self.hit
             piece = self.feed(delta)
             if self.hit and not was and tokens is not None:
-                self.hit_tokens = len(tokens())
+                self.hit_tokens = len(tokens()) or None     # (none: an engine that does not show them, all kept)
             if piece and on_text is not None:
                 on_text(piece)
 

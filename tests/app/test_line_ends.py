@@ -160,3 +160,6 @@ def test_a_stop_stops_the_generation_and_cuts_its_tokens_back_to_the_one_that_co
     result = LineEnds(CRLF, ["\r\ny"]).run(generate, out.append, None, lambda: ids)
     assert (result.text, "".join(out), result.finish_reason, result.stop_string) == ("x = 1", "x = 1", "stop", "\r\ny")
     assert result.token_ids == result.logprobs == [0, 1, 2] and ids == [0, 1, 2]
+    # an engine that shows no tokens (none when asked): the result keeps them all rather than none
+    ids.clear()
+    assert LineEnds(CRLF, ["\r\ny"]).run(generate, None, None, lambda: []).token_ids == [0, 1, 2]
