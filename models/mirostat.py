@@ -42,7 +42,9 @@ class Mirostat:
     def __init__(self, config: GenerationConfig, batch: int, vocab_size: int, device: torch.device):
         self.version, self.tau, self.eta = config.mirostat, config.mirostat_tau, config.mirostat_eta
         self.vocab_size = vocab_size
-        self.mu = torch.full((batch, 1), 2.0 * self.tau, dtype=torch.float32, device=device)      # (B, 1) bits
+        # (B, 1) bits, in float32 as llama.cpp's float holds it: a tau past float32's range is an infinite mu, which
+        # torch.full refused ("cannot be converted to type float without overflow": a server's 500)
+        self.mu = torch.tensor(2.0 * self.tau, dtype=torch.float32, device=device).expand(batch, 1).clone()
         # llama.cpp's chain before mirostat: the logit bias and the temperature, every other sampler neutral
         self.before = dataclasses.replace(config, top_k=0, top_p=1.0, min_p=0.0, dynatemp_range=0.0,
                                           sampler_order=tuple(n for n in config.sampler_order if n != "infill"))

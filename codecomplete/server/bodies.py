@@ -10,6 +10,7 @@ tokenizer refuses it, and so does a UTF-8 response."""
 from __future__ import annotations
 
 import json
+import sys
 import types
 from typing import Annotated, TypeVar, Union, get_args, get_origin
 
@@ -107,8 +108,10 @@ async def read_object(request: Request, limit: int = MAX_BODY_BYTES) -> dict:
         raise ApiError(400, f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
     except RecursionError:          # arrays in arrays, a few hundred deep (parsed, or then walked): no request needs it
         raise ApiError(400, "the request body nests too deeply") from None
-    except ValueError as exc:       # an integer of more than 4,300 digits
-        raise ApiError(400, f"the request body is not usable JSON: {exc}") from None
+    except ValueError:              # an integer of more than 4,300 digits (Python's own limit on converting one)
+        # (its message tells the client to call sys.set_int_max_str_digits(): the server's workings, not the request's)
+        raise ApiError(400, f"the request body is not usable JSON: an integer of more than "
+                            f"{sys.get_int_max_str_digits():,} digits") from None
 
 
 def _not_json(literal: str):

@@ -458,3 +458,35 @@ def test_a_stream_s_client_that_goes_on_reading_nothing_is_dropped(server):
         quiet.close()
     assert httpx.post(server.url + "/completion", json={"prompt": "x", "n_predict": 1}, timeout=60).status_code == 200
     assert "Traceback" not in server.log()
+
+
+def test_a_mirostat_target_past_float32_s_range_is_an_answer_not_a_500(server):
+    """llama.cpp reads mirostat_tau into a C float, where 1e300 is infinite; the engine built its mu with torch.full,
+    which refused the value ("cannot be converted to type float without overflow"): a 500 on every route with
+    mirostat, for a request within each API's bounds. The server answers, and serves on."""
+    from openai import OpenAI
+
+    for tau in (1e300, -1e300, 3.5e38):
+        response = httpx.post(server.url + "/completion", json={"prompt": "def f(x):", "n_predict": 3, "mirostat": 2,
+                                                                "mirostat_tau": tau, "temperature": 0.7}, timeout=300)
+        assert response.status_code == 200, (tau, response.text)
+        assert response.json()["tokens_predicted"] >= 1
+        response = httpx.post(server.url + "/api/generate", timeout=300, json={
+            "model": "m", "prompt": "def f(x):", "stream": False,
+            "options": {"num_predict": 3, "mirostat": 1, "mirostat_tau": tau, "temperature": 0.7}})
+        assert response.status_code == 200, (tau, response.text)
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    completion = client.completions.create(model="m", prompt="def f(x):", max_tokens=3, temperature=0.5,
+                                           extra_body={"mirostat": 1, "mirostat_tau": 1e300, "mirostat_eta": 1e300})
+    assert completion.choices[0].finish_reason in ("length", "stop")
+    assert httpx.get(server.url + "/health", timeout=30).json()["status"] == "ok"
+
+
+def test_an_integer_too_long_to_read_is_a_400_that_names_no_python_call(server):
+    """Python refuses to convert an integer of more than 4,300 digits; its message (which the 400 quoted) tells
+    the reader to call sys.set_int_max_str_digits(), advice for the server's code, not for the client."""
+    response = httpx.post(server.url + "/completion", content=b'{"prompt": "x", "n_predict": ' + b"1" * 5000 + b"}",
+                          headers={"Content-Type": "application/json"}, timeout=300)
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]["message"]
+    assert "digits" in message and "sys." not in message and "set_int_max_str_digits" not in message, message
