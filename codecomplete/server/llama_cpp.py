@@ -160,7 +160,7 @@ async def health():
     return json_response({"status": "ok"})
 
 
-@router.get("/props")
+@router.api_route("/props", methods=["GET", "HEAD"])     # (HEAD too, as llama.cpp's cpp-httplib answers it)
 async def props(request: Request):
     server = request.app.state.server
     engine = server.engine

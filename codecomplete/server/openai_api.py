@@ -108,14 +108,15 @@ class ChatRequest(Options):
     audio: dict | None = None                       # a spoken answer's voice and format
 
 
-@router.get("/v1/models")
-@router.get("/models")
+# (HEAD too: llama.cpp's HTTP library answers HEAD with each GET route, a body left out)
+@router.api_route("/v1/models", methods=["GET", "HEAD"])
+@router.api_route("/models", methods=["GET", "HEAD"])
 async def models(request: Request):
     return json_response({"object": "list", "data": [_model(request.app.state.server.engine)]})
 
 
-@router.get("/v1/models/{model_id:path}")
-@router.get("/models/{model_id:path}")
+@router.api_route("/v1/models/{model_id:path}", methods=["GET", "HEAD"])
+@router.api_route("/models/{model_id:path}", methods=["GET", "HEAD"])
 async def model(request: Request, model_id: str):
     """The openai package's `models.retrieve`: the one model by its id (model ids may hold slashes)."""
     engine = request.app.state.server.engine

@@ -597,3 +597,18 @@ def test_a_reachable_host_needs_an_api_key(codecomplete, repo):
     assert run.returncode == 2 and "--api-key" in run.stderr and len(run.stderr.strip().splitlines()) == 1
     run = codecomplete("serve", repo, "--port", "0", "--api-key", "sécret")     # a header carries it as Latin-1
     assert run.returncode == 2 and "ASCII" in run.stderr and len(run.stderr.strip().splitlines()) == 1
+
+
+def test_head_is_answered_wherever_get_is_on_the_llama_cpp_and_openai_routes(server):
+    """llama.cpp's HTTP library (cpp-httplib) routes HEAD to every GET handler, and HTTP asks a server to answer
+    HEAD wherever it answers GET: /props and the model listings were a 405 whose Allow named GET alone. The answer
+    is GET's status and headers without a body; a POST's 405 names HEAD among the methods allowed."""
+    engine_name = httpx.get(server.url + "/v1/models").json()["data"][0]["id"]
+    for path in ("/props", "/v1/models", "/models", f"/v1/models/{engine_name}", f"/models/{engine_name}"):
+        got = httpx.get(server.url + path)
+        response = httpx.head(server.url + path)
+        assert response.status_code == got.status_code == 200, (path, response.status_code)
+        assert response.content == b"" and response.headers["content-type"] == got.headers["content-type"], path
+        refused = httpx.post(server.url + path, json={})
+        assert refused.status_code == 405 and set(refused.headers["allow"].split(", ")) == {"GET", "HEAD"}, path
+    assert httpx.head(server.url + "/v1/models/another-model").status_code == 404
