@@ -44,7 +44,7 @@ from pathlib import Path
 
 from fastapi import APIRouter, Request
 from starlette.responses import Response
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 
 from .. import line_ends
 from . import logit_bias, samplers
@@ -107,6 +107,23 @@ class InfillRequest(Options):
 
 class CompletionRequest(Options):
     prompt: str | list[int]
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _one_prompt(cls, value):
+        """llama.cpp's `prompt` may also be an array of prompts (`["text"]`, `[[ids]]`: one each) or one prompt mixing
+        text and ids (`["def f(", 87]`). An array of one prompt is that prompt; several are refused as the OpenAI route
+        refuses them (llama.cpp answers each: one request, one answer here), and so is a mix, which was refused as
+        `prompt[0]: Input should be a valid integer` (a `["text"]` too), blaming the text for not being a number."""
+        if not isinstance(value, list) or not any(isinstance(item, (str, list)) for item in value):
+            return value                                # (text, ids, or what the model's check words best)
+        if any(type(item) is int for item in value) and all(type(item) in (int, str) for item in value):
+            raise ApiError(400, "prompt: text and token ids in one array are not supported: send the text, or the ids")
+        if not all(isinstance(item, (str, list)) for item in value):
+            return value
+        if len(value) != 1:
+            raise ApiError(400, f"one prompt per request, got {len(value)}")
+        return value[0]
 
 
 class TokenizeRequest(Body):

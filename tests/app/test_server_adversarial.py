@@ -490,3 +490,24 @@ def test_an_integer_too_long_to_read_is_a_400_that_names_no_python_call(server):
     assert response.status_code == 400, response.text
     message = response.json()["error"]["message"]
     assert "digits" in message and "sys." not in message and "set_int_max_str_digits" not in message, message
+
+
+def test_completion_takes_llama_cpp_s_array_of_one_prompt_and_says_what_it_refuses(server):
+    """llama.cpp's /completion takes `prompt` as an array of prompts (`["text"]`, `[[ids]]`) or as one prompt mixing
+    text and ids. `["text"]` was a 400 `prompt[0]: Input should be a valid integer`, blaming the text for not being a
+    number; now an array of one prompt is that prompt (the same answer as the prompt alone), and several prompts or a
+    mix are refused by name."""
+    def post(prompt):
+        return httpx.post(server.url + "/completion", json={"prompt": prompt, "n_predict": 4, "temperature": 0},
+                          timeout=300)
+
+    ids = httpx.post(server.url + "/tokenize", json={"content": "def area(r):"}, timeout=60).json()["tokens"]
+    for alone, wrapped in [("def area(r):", ["def area(r):"]), (ids, [ids])]:
+        expected, got = post(alone), post(wrapped)
+        assert expected.status_code == got.status_code == 200, got.text
+        assert got.json()["content"] == expected.json()["content"], got.text
+        assert got.json()["tokens_evaluated"] == expected.json()["tokens_evaluated"]
+    for prompt, words in [(["a", "b"], "one prompt per request, got 2"), ([ids, ids], "one prompt per request"),
+                          (["def f(", ids[0]], "text and token ids"), ([[10 ** 9]], "outside the vocabulary")]:
+        response = post(prompt)
+        assert response.status_code == 400 and words in response.json()["error"]["message"], (prompt, response.text)
