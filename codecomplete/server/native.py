@@ -20,7 +20,7 @@ from pydantic import Field
 from prompts.scan import MAX_BUFFER_BYTES
 
 from .. import engines, workspace
-from .bodies import MAX_BODY_BYTES, Body, Seed, read_json
+from .bodies import MAX_BODY_BYTES, Body, Seed, check_ids, read_json
 from .errors import COMMAND_LINE
 from .streaming import json_response, ndjson, stream
 
@@ -98,6 +98,7 @@ async def chat(request: Request):
 @router.post("/raw")
 async def raw(request: Request):
     body = await read_json(request, RawRequest, MAX_COMMAND_BODY_BYTES)
+    check_ids(request.app.state.server.engine, body.prompt)   # an empty prompt is the client's error: 400, not the engine's 500
     return await _run(request, body, lambda session, sampling, budget: session.raw(body.prompt, sampling=sampling))
 
 

@@ -511,3 +511,13 @@ def test_completion_takes_llama_cpp_s_array_of_one_prompt_and_says_what_it_refus
                           (["def f(", ids[0]], "text and token ids"), ([[10 ** 9]], "outside the vocabulary")]:
         response = post(prompt)
         assert response.status_code == 400 and words in response.json()["error"]["message"], (prompt, response.text)
+
+
+def test_the_command_line_s_raw_route_answers_an_empty_prompt_400(server):
+    """The command line refuses `--prompt ""` itself, but its route is a route like any other: an empty prompt
+    reached the engine, whose ModelError made it a 500 (a server error for the client's mistake), where
+    /completion and /v1/completions answer 400 "the prompt is empty"."""
+    response = httpx.post(server.url + "/codecomplete/v1/raw", json={"prompt": "", "max_tokens": 2}, timeout=300)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["message"] == "the prompt is empty"
+    assert httpx.get(server.url + "/health", timeout=30).json()["status"] == "ok"
