@@ -35,7 +35,8 @@ from .chunking import Chunk, source_imports
 from .errors import BudgetError, PromptError
 from .examples import example_key, example_lines
 from .formats import CompletionFormat, Segment, completion_format
-from .holding import HEAD, HeldContext, Place, found_again, held_chunks, still_at, still_wanted
+from .holding import (HEAD, HeldContext, Place, found_again, held_chunks, held_examples, still_at,
+                      still_wanted)
 from .imports import completions, follow_imports, qualified_definitions, qualifier_files
 from .index import RepoIndex
 from .inherited import inherited_members
@@ -101,8 +102,10 @@ def build_completion_prompt(
     ``suffix_first``: a FIM format's text after the cursor goes before the text before it (SPM, formats.py), so
     that the prompt ends at the cursor.
     ``held``: the last prompt's at this file (``PackedPrompt.held``): its repository context, kept token for token
-    while the cursor stays near where it was chosen and the ranking does not clearly prefer other chunks (holding.py);
-    a cursor that left that place gets the context of its new place, ``previous`` ignored.
+    while the cursor stays near where it was chosen and the ranking does not clearly prefer other chunks (holding.py),
+    and with it its example lines while the cursor's line goes on as the one they were found for and lines that begin
+    as it now does are no more among the fresh ones than among them; a cursor that left that place gets the context of
+    its new place, ``previous`` ignored.
     """
     relative = index.relative_path(path)
     imports = index.imports(relative) if text is None else None  # the file as indexed, unless it is being edited
@@ -164,7 +167,6 @@ def build_completion_prompt(
     found = example_lines((chunk for _, chunk in best), key)
     example_room = min(EXAMPLE_TOKENS, (space - share - given) // 2)
     examples = _fit_examples(encoder, form, comment, found, example_room)
-    shown = sum(tokens for _, _, tokens in examples)
     # The definitions of what the cursor uses get their part of the repository's share first; code like the
     # code at the cursor (the file's own other parts first) the rest. The examples' room is kept whether or not
     # lines like the cursor's are found: the context must not grow and shrink with them as the cursor moves.
@@ -186,6 +188,17 @@ def build_completion_prompt(
             selection = kept
         else:
             held = None
+    # The example lines held with the context, unless the fresh ones are clearly better (holding.py): a word completed
+    # on the cursor's line changes what they look for, and a change of them prefills the file's window again.
+    if held is not None:
+        shown_lines = query.shown and (relative, *query.shown)
+        kept_lines = held_examples(index, held, key, len(examples), shown_lines)
+        kept = _fit_examples(encoder, form, comment, kept_lines, example_room) if kept_lines is not None else []
+        if kept_lines is not None and len(kept) == len(kept_lines):
+            examples = kept
+        else:
+            held = replace(held, examples=_example_choices(found, examples), example_key=key)
+    shown = sum(tokens for _, _, tokens in examples)
     # The room examples did not use goes to the file's window: both follow the repository's context, so a change
     # of examples re-reads the window anyway, while the context's tokens, and the model's cache of them, stay.
     given += shown
@@ -231,7 +244,8 @@ def build_completion_prompt(
         anchor=window.anchor(),
         line_end=ends,
         held=held or HeldContext(tuple((choice.chunk.path, choice.chunk.start_line, choice.form)
-                                       for choice in selection.order), wanted, Place(row, window.anchor())),
+                                       for choice in selection.order), wanted, Place(row, window.anchor()),
+                                 _example_choices(found, examples), key),
     )
 
 
@@ -389,6 +403,14 @@ def _fit_examples(encoder: Encoder, form: CompletionFormat, comment: str, found:
                  ContextItem(chunk.path, number, number, 0, EXAMPLE))
                 for chunk, number, line in found if len(line) <= CHARS_PER_TOKEN_AT_MOST * budget]
     return _fit_sections(encoder, sections, budget)
+
+
+def _example_choices(found: list[tuple[Chunk, int, str]], examples: list[tuple[list[Segment], ContextItem, int]]
+                     ) -> tuple[tuple[str, int, str], ...]:
+    """The example lines the prompt shows (``examples``, fitted from ``found``) as HeldContext keeps them, best
+    first."""
+    shown = {(item.path, item.start_line) for _, item, _ in examples}
+    return tuple((chunk.path, number, line) for chunk, number, line in found if (chunk.path, number) in shown)
 
 
 def _fit_sections(encoder: Encoder, sections: list[tuple[list[Segment], ContextItem]],

@@ -6,8 +6,10 @@ move it far less (bench/results/NOTES.md, "Repository context", rounds 3 and 4).
 chunks of the context ranking: the current file's other parts, code like the code at the cursor.
 
 They are looked up by the cursor's line up to its last word boundary, indentation aside, so typing inside a word
-does not change them, nor the prompt before the current file, which they are part of. A line that so far holds
-only keywords (``return ``, ``raise ``, ``self.``) gets none: lines of every shape begin so.
+does not change them, nor the prompt before the current file, which they are part of; while the repository context
+is held, a word completed does not change them either unless lines that begin as the line now does are more among
+the fresh ones than among them (holding.py: a new name typed begins no line, and the lines found before it stay).
+A line that so far holds only keywords (``return ``, ``raise ``, ``self.``) gets none: lines of every shape begin so.
 """
 
 from __future__ import annotations

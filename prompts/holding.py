@@ -16,6 +16,16 @@ the same tokens, unless
   definitions ranking (its HEAD best: a name just completed whose definition the context lacks is what the model
   needs next, and one more chunk among dozens would hardly move the sum of all).
 
+The example lines (examples.py) are laid out after the context, just before the current file, and are looked up by
+the words on the cursor's line: each word completed changes what they look for, and a change of them prefills the
+file's whole window again. While the context is held they are held too, unless one of them is gone from the index or
+lies in the file's window now, they no longer fit their room, they were found for another line (the start of the
+line they were found for, `example_key`, no longer begins the cursor's line: a new line, or the line typed over),
+or the fresh lines are clearly better: more of the fresh ones than of the held ones begin as the cursor's line now
+does. A new name typed begins no line of the repository, so the lines of the words before it stay (before, the
+examples vanished); a word typed that lines of the repository begin with brings those lines in, once the word is
+complete.
+
 A held context is a pure function of the request and the last prompt's `HeldContext`: the same two give the same
 prompt. What replaces it is the ranking's own choice (with `previous`, completion.py's, keeping what still ranks
 near the top in its place), and the place moves to the cursor.
@@ -23,7 +33,7 @@ near the top in its place), and the place moves to the cursor.
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -49,12 +59,15 @@ class Place:
 @dataclass(frozen=True)
 class HeldContext:
     """A completion prompt's repository context as the next prompt at its file may hold it: the chunks, as (path,
-    first line, form) in the order chosen, the names their briefs showed (a brief shows the wanted ones), and where
-    the cursor was when they were chosen."""
+    first line, form) in the order chosen, the names their briefs showed (a brief shows the wanted ones), where
+    the cursor was when they were chosen, and the example lines, as (path, line number, line), best first, with the
+    start of the cursor's line they were found for (examples.example_key)."""
 
     choices: tuple[tuple[str, int, str], ...]
     wanted: frozenset[str]
     place: Place
+    examples: tuple[tuple[str, int, str], ...] = ()
+    example_key: str = ""
 
 
 def found_again(rows: list[str], anchor: tuple[int, str]) -> int | None:
@@ -90,6 +103,35 @@ def held_chunks(index: RepoIndex, held: HeldContext) -> list[tuple[Chunk, str]] 
             return None
         chunks.append((index.chunks[number], form))
     return chunks
+
+
+def held_examples(index: RepoIndex, held: HeldContext, key: str, fresh: int, shown: tuple[str, int, int] | None
+                  ) -> list[tuple[Chunk, int, str]] | None:
+    """The held example lines as (chunk, line number, line) of the index as it is now, where they may still hold:
+    found for a start of the cursor's line as it is now (its ``key`` begins with theirs: they are what an earlier
+    keystroke on this line found, not another line's), each still in its chunk as it was and not in the ``shown``
+    lines (path, first, last) of the file's window, and no fewer of them begin with ``key`` (as
+    examples.example_lines asks of a line) than of the ``fresh`` lines found for it; else None."""
+    if not key.startswith(held.example_key):
+        return None
+    found = []
+    for path, number, line in held.examples:
+        chunk = _chunk_at(index, path, number)
+        if chunk is None or chunk.text.split("\n")[number - chunk.start_line] != line or (
+                shown is not None and path == shown[0] and shown[1] <= number <= shown[2]):
+            return None
+        found.append((chunk, number, line))
+    code = [line.strip() for _, _, line in found]
+    begins = sum(1 for line in code if key and len(line) > len(key) and line.startswith(key))
+    return found if begins >= fresh else None
+
+
+def _chunk_at(index: RepoIndex, path: str, number: int) -> Chunk | None:
+    """The chunk of ``path`` that holds line ``number``, if one does."""
+    numbers = index.chunk_numbers(path)
+    found = bisect_right(numbers, number, key=lambda at: index.chunks[at].start_line) - 1
+    chunk = index.chunks[numbers[found]] if found >= 0 else None
+    return chunk if chunk is not None and number <= chunk.end_line else None
 
 
 def chunk_number(index: RepoIndex, path: str, first_line: int) -> int | None:

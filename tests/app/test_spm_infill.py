@@ -190,3 +190,27 @@ def test_typing_at_the_cursor_changes_the_prompt_only_at_the_cursor_until_a_step
             count, [(item.start_line, item.end_line) for item in before.context[-2:]],
             [(item.start_line, item.end_line) for item in after.context[-2:]])
         assert tokenizer.decode(after.ids[head:head + 1]) == ("    " + typed)[count + 2]     # (healed last time)
+
+
+def test_a_new_name_typed_after_words_with_example_lines_keeps_a_keystrokes_prefill_to_the_prompts_end(
+        script, cli_env, served_repo, fim_model, tmp_path):
+    """`return math.tau * r` typed through llama.vscode's /infill, suffix first: `return math.` finds geometry.py's
+    `return math.pi * radius ** 2` as an example line; `return math.tau ` begins no line, and the example vanished
+    (prompts/holding.py holds it now), so that keystroke prefilled the whole prefix again, not the prompt's end."""
+    from server_process import ServerProcess
+
+    files = {str(p.relative_to(served_repo)): p.read_text() for p in served_repo.rglob("*.py")}
+    process = ServerProcess(script, served_repo, cli_env, tmp_path, "--model", str(fim_model), "--device", "cpu",
+                            "--context-tokens", "2048", "--max-tokens", "4", "--spm-infill")
+    try:
+        prefilled = []
+        for typed in ("    return math.t", "    return math.ta", "    return math.tau", "    return math.tau ",
+                      "    return math.tau *", "    return math.tau * ", "    return math.tau * r"):
+            response = httpx.post(process.url + "/infill", json=llama_vscode_body(served_repo, files, typed),
+                                  timeout=300)
+            assert response.status_code == 200, response.text
+            prefilled.append(response.json()["timings"]["prompt_n"])
+        assert max(prefilled[1:]) <= 3, prefilled
+    finally:
+        assert process.stop() == 0, process.log()
+    assert "Traceback" not in process.log()

@@ -1,0 +1,143 @@
+"""Example lines hold still while the user types (prompts/holding.py, `held_examples`): they are laid out just before
+the current file, so a change of them prefills the file's whole window again. A keystroke's prompt keeps the last
+one's example lines while its repository context is held and the fresh lines (those that begin as the cursor's line
+now does) are no more than the held ones that still do. Built through the session, as every route builds
+completion prompts."""
+from types import SimpleNamespace
+
+import pytest
+
+from codecomplete.session import Sampling, Session
+
+OPS = ("def summary(values):\n"
+       "    total = compute_sum(values, 1)\n    total = compute_sum(values, 2)\n"
+       "    total = compute_sum(values, 3)\n    total = compute_sum(values, 4)\n    return total\n\n\n"
+       "def spread(values):\n"
+       + "".join(f"    total = compute_mean(values, {n})\n" for n in range(1, 7)) + "    return total\n")
+APP = ("from lib.ops import summary\n\n\ndef run(values):\n    values = sorted(values)\n    \n    return values\n"
+       + "".join(f"\n\ndef filler_{n}(value):\n    return value + {n}\n" for n in range(24))
+       + "\n\ndef far(values):\n    \n    return values\n")
+ROW = 5  # (0-based) the empty line in `run`
+
+
+@pytest.fixture
+def repo(make_repo):
+    from prompts import index_repository
+
+    root = make_repo({"lib/__init__.py": "", "lib/ops.py": OPS, "app.py": APP})
+    assert APP.split("\n")[ROW] == "    "
+    return index_repository(root)
+
+
+def typed(session, row: int, text: str, budget: int) -> list:
+    """One request a character typed on ``row`` (after its indentation)."""
+    rows = APP.split("\n")
+    prompts = []
+    for count in range(len(text) + 1):
+        rows[row] = "    " + text[:count]
+        prompts.append(session.complete("app.py", text="\n".join(rows), line=row + 1, col=5 + count,
+                                        sampling=Sampling(max_tokens=0), budget=budget).prompt)
+    return prompts
+
+
+def once(tokenizer, index, row: int, text: str, budget: int, suffix_first: bool, session=None):
+    """The prompt a session without history (or ``session``) builds for ``text`` on ``row``, in one request."""
+    rows = APP.split("\n")
+    rows[row] = "    " + text
+    return (session or new_session(tokenizer, index, suffix_first)).complete(
+        "app.py", text="\n".join(rows), line=row + 1, col=5 + len(text), sampling=Sampling(max_tokens=0),
+        budget=budget).prompt
+
+
+def new_session(tokenizer, index, suffix_first: bool) -> Session:
+    return Session(SimpleNamespace(tokenizer=tokenizer, check_prompt=lambda ids: None, context_length=4096), index,
+                   suffix_first=suffix_first)
+
+
+def examples(packed) -> list[tuple[str, int]]:
+    return [(item.path, item.start_line) for item in packed.context if item.form == "example"]
+
+
+def before_file(packed) -> list[int]:
+    """The prompt's ids before the current file's own text: the opening, the repository's context, the examples."""
+    return packed.ids[:len(packed.ids) - sum(item.tokens for item in packed.context if item.path == "app.py")]
+
+
+@pytest.mark.parametrize("suffix_first", [False, True], ids=["psm", "spm"])
+@pytest.mark.parametrize("budget", [600, 1200])
+def test_typing_a_new_name_keeps_the_example_lines(repo, starcoder_tokenizer, budget, suffix_first):
+    """`total = brand_new(values)` typed: `total ` finds the lines that begin so (compute_sum's, the best chunk's
+    first); `total = brand_new(` begins no line of the repository, and the examples vanished (before: from that
+    keystroke on, the prompt changed from the examples, the file's whole window after them prefilled again). The
+    lines of `total = ` are still the best examples there are: they stay, and with them every token before the
+    file."""
+    prompts = typed(new_session(starcoder_tokenizer, repo, suffix_first), ROW, "total = brand_new(values)", budget)
+    start = len("total ")
+    assert examples(prompts[start]) and examples(prompts[start - 1]) == []      # (the premise)
+    assert [count for count, packed in enumerate(prompts[start:], start)
+            if before_file(packed) != before_file(prompts[start])] == []
+    # (what a prompt without history has there)
+    assert examples(once(starcoder_tokenizer, repo, ROW, "total = brand_new(", budget, suffix_first)) == []
+
+
+@pytest.mark.parametrize("suffix_first", [False, True], ids=["psm", "spm"])
+def test_lines_that_begin_as_the_typed_line_does_replace_held_ones_that_no_longer_do(repo, starcoder_tokenizer,
+                                                                                       suffix_first):
+    """`total = compute_mean(` typed after `total = ` held compute_sum's lines: the fresh lines (compute_mean's)
+    begin as the line does, the held ones no longer do, so the fresh ones come in, at the `(` that completes the word,
+    not before; and they are what a prompt without history shows."""
+    prompts = typed(new_session(starcoder_tokenizer, repo, suffix_first), ROW, "total = compute_mean(", 1200)
+    sums = examples(prompts[len("total = ")])
+    assert sums and all(line <= 5 for _, line in sums)                           # compute_sum's (lines 2-5)
+    changed = [count for count, packed in enumerate(prompts) if count > len("total ")
+               and examples(packed) != examples(prompts[count - 1])]
+    assert changed == [len("total = compute_mean(")]
+    alone = once(starcoder_tokenizer, repo, ROW, "total = compute_mean(", 1200, suffix_first)
+    assert examples(prompts[-1]) == examples(alone) and all(line >= 10 for _, line in examples(alone))
+
+
+@pytest.mark.parametrize("suffix_first", [False, True], ids=["psm", "spm"])
+def test_a_cursor_moved_far_away_gets_the_example_lines_of_its_new_place(repo, starcoder_tokenizer, suffix_first):
+    """After `total = ` in `run` (compute_sum's lines), the cursor goes to `far`, over 32 lines down: the lines are
+    not held there; its line gets what a session without history gives it (none: no line begins `total = brand_new(`).
+    """
+    session = new_session(starcoder_tokenizer, repo, suffix_first)
+    at_run = typed(session, ROW, "total = ", 1200)
+    far_row = APP.split("\n").index("def far(values):") + 1
+    assert far_row - ROW > 32 and examples(at_run[-1])
+    at_far = once(starcoder_tokenizer, repo, far_row, "total = brand_new(", 1200, suffix_first, session)
+    alone = once(starcoder_tokenizer, repo, far_row, "total = brand_new(", 1200, suffix_first)
+    assert examples(at_far) == examples(alone) == []
+
+
+def test_held_example_lines_that_no_longer_fit_give_way(repo, starcoder_tokenizer):
+    """The examples' room shrinks with the budget: held lines that no longer fit it are not kept; the prompt has what
+    a session without history has."""
+    session = new_session(starcoder_tokenizer, repo, False)
+    rows = APP.split("\n")
+    rows[ROW] = "    total = brand_new("
+    text = "\n".join(rows)
+    request = dict(text=text, line=ROW + 1, col=len(rows[ROW]) + 1, sampling=Sampling(max_tokens=0))
+    rows[ROW] = "    total = "
+    first = session.complete("app.py", text="\n".join(rows), line=ROW + 1, col=len(rows[ROW]) + 1,
+                             sampling=Sampling(max_tokens=0), budget=1200).prompt
+    assert examples(first)
+    small = session.complete("app.py", budget=300, **request).prompt
+    alone = new_session(starcoder_tokenizer, repo, False).complete("app.py", budget=300, **request).prompt
+    assert examples(small) == examples(alone)
+
+
+@pytest.mark.parametrize("suffix_first", [False, True], ids=["psm", "spm"])
+def test_held_example_lines_belong_to_the_line_they_were_found_for(repo, starcoder_tokenizer, suffix_first):
+    """Held lines are only those a prompt at an earlier keystroke of the same line found: after `total = brand_new(`
+    (compute_sum's lines held), a new line below it, or the line typed over with another start, gets what a session
+    without history gives it (no example lines), not the lines of `total `."""
+    session = new_session(starcoder_tokenizer, repo, suffix_first)
+    assert examples(typed(session, ROW, "total = brand_new(", 1200)[-1])
+    rows = APP.split("\n")
+    rows[ROW:ROW + 1] = ["    total = brand_new(values)", "    "]
+    below = session.complete("app.py", text="\n".join(rows), line=ROW + 2, col=5, sampling=Sampling(max_tokens=0),
+                             budget=1200).prompt
+    assert examples(below) == []
+    assert examples(typed(session, ROW, "total = brand_new(", 1200)[-1])
+    assert examples(once(starcoder_tokenizer, repo, ROW, "count = brand_new(", 1200, suffix_first, session)) == []
