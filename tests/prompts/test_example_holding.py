@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from codecomplete.session import Sampling, Session
+from test_holding import typed_prompts
 
 OPS = ("def summary(values):\n"
        "    total = compute_sum(values, 1)\n    total = compute_sum(values, 2)\n"
@@ -31,13 +32,7 @@ def repo(make_repo):
 
 def typed(session, row: int, text: str, budget: int) -> list:
     """One request a character typed on ``row`` (after its indentation)."""
-    rows = APP.split("\n")
-    prompts = []
-    for count in range(len(text) + 1):
-        rows[row] = "    " + text[:count]
-        prompts.append(session.complete("app.py", text="\n".join(rows), line=row + 1, col=5 + count,
-                                        sampling=Sampling(max_tokens=0), budget=budget).prompt)
-    return prompts
+    return typed_prompts(None, None, APP, row, text, budget, session.suffix_first, session=session)
 
 
 def once(tokenizer, index, row: int, text: str, budget: int, suffix_first: bool, session=None):
