@@ -121,12 +121,12 @@ def build_completion_prompt(
     language = language_name(relative)
     comment = comment_marker(language)
     limit = budget_tokens - reserve_tokens
-    before, after = form.cursor(relative, comment, [], [], True)
-    fixed = count_all(encoder, [form.opening(index.name, comment, True) + before + after])[0]
+    fixed = _fixed_tokens(encoder, form, index.name, relative, comment)
     space = limit - fixed - int(encoder.leading_space)  # the first text may gain SentencePiece's leading space
     if space < 1:
         raise BudgetError(f"a prompt budget of {limit} tokens cannot hold the {form.name} format's own tokens and "
-                          f"the file name {relative} ({fixed} tokens) and any code")
+                          f"the file name {relative} ({fixed} tokens) and any code: it takes at least "
+                          f"{limit - space + 1} tokens")
 
     if held is not None and not still_at(held.place, rows, row):
         held, previous = None, ()       # (another place: what the last prompt chose is no guide here)
@@ -247,6 +247,23 @@ def build_completion_prompt(
                                        for choice in selection.order), wanted, Place(row, window.anchor()),
                                  _example_choices(found, examples), key),
     )
+
+
+def smallest_budget(tokenizer, repo_name: str, path: str, *, suffix_first: bool = False) -> int:
+    """The fewest prompt tokens (``budget_tokens - reserve_tokens``) that ``build_completion_prompt`` accepts for a
+    file at ``path`` (relative) in a repository named ``repo_name``: the completion format's own tokens with the
+    names it writes, and room for one token of code. A smaller budget is its BudgetError whatever the text."""
+    encoder = encoder_for(tokenizer)
+    form = completion_format(encoder, suffix_first)
+    fixed = _fixed_tokens(encoder, form, repo_name, path, comment_marker(language_name(path)))
+    return fixed + int(encoder.leading_space) + 1
+
+
+def _fixed_tokens(encoder, form, repo_name: str, relative: str, comment: str) -> int:
+    """The tokens every completion prompt for ``relative`` takes, whatever its text and context: the format's
+    opening and cursor markers with the repository's and the file's names (laid out as with context: the most)."""
+    before, after = form.cursor(relative, comment, [], [], True)
+    return count_all(encoder, [form.opening(repo_name, comment, True) + before + after])[0]
 
 
 def _keep_previous(ranked: Iterator[tuple[float, Chunk]], previous: Sequence[tuple[str, int]]

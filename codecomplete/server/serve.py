@@ -63,6 +63,7 @@ def run_serve(args) -> None:
     headroom = 0 if args.context_tokens else max(0, chat.DEFAULT_MAX_TOKENS - max_tokens)
     session = open_session(args, root, max_tokens, headroom=headroom)
     budget = session.prompt_budget(max_tokens)      # (the Server's prompt_budget too)
+    _check_budget(session, budget)
     warmer = PromptWarmer(session, budget) if warming.enabled() else None
     engine = session.engine
     host, port = listener.getsockname()[:2]
@@ -111,6 +112,26 @@ def run_serve(args) -> None:
     print("codecomplete: stopped", file=sys.stderr, flush=True)
     if hung_up is not None and len(hung_up) > 1:
         raise Stopped(128 + signal.SIGHUP)      # stopped as for SIGTERM, and still ended with 129
+
+
+def _check_budget(session, budget: int) -> None:
+    """A prompt budget too small for the completion format's own tokens (with the repository's name and the name of
+    an editor's untitled buffer) would answer every editor request 400: refused now, naming the smallest that works.
+    Only the tokenizer counts, no model call."""
+    from prompts.completion import smallest_budget
+    from prompts.formats import completion_format
+    from prompts.tokens import encoder_for
+
+    from ..errors import BUDGET_OPTIONS
+    from ..session import UNTITLED
+
+    tokenizer = session.engine.tokenizer
+    smallest = smallest_budget(tokenizer, session.index.name, UNTITLED, suffix_first=session.suffix_first)
+    if budget < smallest:
+        form = completion_format(encoder_for(tokenizer), session.suffix_first)
+        raise UsageError(f"a prompt budget of {budget:,} tokens cannot hold the {form.name} format's own tokens, the "
+                         f"repository's and a file's name and any code: editors' prompts take at least {smallest:,} "
+                         f"(a longer file name more): {BUDGET_OPTIONS}")
 
 
 def _infill_order(engine) -> str:

@@ -396,3 +396,24 @@ def test_suffix_first_changes_nothing_without_fim_tokens(make_repo, smollm2_toke
     psm = build_completion_prompt(index, smollm2_tokenizer, "main.py", line=5, col=26)
     spm = build_completion_prompt(index, smollm2_tokenizer, "main.py", line=5, col=26, suffix_first=True)
     assert spm.format == psm.format == "left-to-right" and spm.ids == psm.ids
+
+
+@pytest.mark.parametrize("tokenizer", ["smollm2_tokenizer", "codellama_tokenizer", "starcoder_tokenizer"])
+@pytest.mark.parametrize("suffix_first", [False, True])
+def test_the_smallest_budget_is_the_fewest_tokens_a_completion_prompt_takes(make_repo, request, tokenizer,
+                                                                           suffix_first):
+    """`smallest_budget` (what `serve` checks its budget against at start-up) is exactly the edge of the
+    BudgetError, which names it."""
+    from prompts import BudgetError
+    from prompts.completion import smallest_budget
+
+    tokenizer = request.getfixturevalue(tokenizer)
+    index = index_repository(make_repo({"pkg/some_module.py": "def f():\n    return 1\n"}))
+    for path in ("pkg/some_module.py", "untitled"):
+        smallest = smallest_budget(tokenizer, index.name, path, suffix_first=suffix_first)
+        packed = build_completion_prompt(index, tokenizer, path, text="x = 1\n", budget_tokens=smallest,
+                                         suffix_first=suffix_first)
+        assert 0 < len(packed.ids) <= smallest
+        with pytest.raises(BudgetError, match=f"at least {smallest} tokens$"):
+            build_completion_prompt(index, tokenizer, path, text="x = 1\n", budget_tokens=smallest - 1,
+                                    suffix_first=suffix_first)
