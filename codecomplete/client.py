@@ -214,10 +214,15 @@ class RemoteSession:
         first = _event(next(lines, b""), needs="prompt")
         try:
             prompt = first["prompt"]
+            # (line_end: what the server writes the answer with; a server before it said none wrote "\n")
+            line_end = prompt.get("line_end", "\n")
+            if line_end not in ("\n", "\r\n", "\r"):
+                raise TypeError(line_end)
             packed = PackedPrompt(prompt["ids"], [ContextItem(**item) for item in prompt["context"]],
-                                  prompt["stop_token_ids"], prompt["stop_strings"], prompt["format"])
+                                  prompt["stop_token_ids"], prompt["stop_strings"], prompt["format"],
+                                  line_end=line_end)
             job = first["id"]
-        except (KeyError, TypeError):
+        except (KeyError, TypeError, AttributeError):
             raise _malformed() from None
 
         def run(on_text=None, should_stop=None):

@@ -70,7 +70,8 @@ def run_complete(args) -> None:
                               info=f"{len(packed.ids):,} prompt tokens · {render.model_label(generation.engine)}")
     if isinstance(view, render.LiveView):
         view.console.print(_summary(f"{path}:{line}:{col}", packed))
-    result = engines.generate(generation, view, stop_repeats=True, line_start=line_start(buffer, line, col))
+    result = engines.generate(generation, view, stop_repeats=True, line_start=line_start(buffer, line, col),
+                              line_end=packed.line_end)
     if args.json:
         render.emit_json(args.json, render.result_json("completion", result, generation.engine, packed.context))
     engines.exit_if_cancelled(result)

@@ -247,14 +247,15 @@ def sampling(args, max_new_tokens: int):
                     speculate=args.speculate)
 
 
-def generate(generation, view, *, stop_repeats: bool = False, line_start: str = ""):
+def generate(generation, view, *, stop_repeats: bool = False, line_start: str = "", line_end: str = "\n"):
     """Stream one generation (a session's, in process or on a server) into a view. Ctrl-C ends it between tokens
     (or the prefill's layers) with finish_reason "cancelled" and the text so far; a closed pipe raises
     BrokenPipeError. `stop_repeats` (an inline suggestion): a line written three times running ends it, the copies
-    never shown, the cursor's line (`line_start`: its text before the cursor) counted (codecomplete/repeats.py)."""
+    never shown, the cursor's line (`line_start`: its text before the cursor) counted, lines ended as `line_end`
+    (the prompt's, which the text is written with) ends them (codecomplete/repeats.py)."""
     if isinstance(view, LiveView):      # the live line shows speculation's acceptance as it goes
         view.progress = lambda: getattr(generation.engine, "progress", None)
-    repeats = RepeatedLines(view.on_text, line_start) if stop_repeats else None
+    repeats = RepeatedLines(view.on_text, line_start, line_end) if stop_repeats else None
     with CancelOnSigint() as cancel, view:
         result = generation.run(on_text=repeats.feed if repeats else view.on_text,
                                 should_stop=lambda: cancel() or view.closed or bool(repeats and repeats.looped))

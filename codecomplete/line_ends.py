@@ -32,6 +32,14 @@ _BARE_LF = re.compile(r"(?<!\r)\n")        # a "\n" the model wrote without its 
 _LINE_BREAK = re.compile(r"\r?\n")         # a "\n", or a "\r\n", the model wrote: one line break
 
 
+def line_break(line_end: str) -> str:
+    """The character that ends a line of text written with `line_end`: "\\r" for "\\r" (no "\\n" is left in it),
+    else "\\n" (a "\\r\\n"'s "\\r" is its line's last character)."""
+    if line_end not in (LF, CRLF, CR):
+        raise ValueError(f"a line end is '\\n', '\\r\\n' or '\\r', got {line_end!r}")
+    return CR if line_end == CR else LF
+
+
 def written(text: str, line_end: str) -> str:
     """`text` (the model's, or a prompt's as the model read it) with `line_end` ending its lines."""
     if line_end == CRLF:

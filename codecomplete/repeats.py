@@ -11,6 +11,11 @@ The suggestion's first line ends the cursor's line, so that line is compared who
 (`line_start`): a model at the end of `    end: int` that writes it twice more has written it three times running.
 The text after the cursor is no part of it: an editor puts it after the suggestion's last line, which is never
 compared (only finished lines are).
+
+Lines end where the text's own line ends put them (`line_end`, the prompt's, which the session's LineEnds writes:
+codecomplete/line_ends.py `line_break`): at "\\n" in a "\\n" or "\\r\\n" text (a "\\r\\n"'s "\\r" is its line's), at
+"\\r" in a classic Mac OS one, whose suggestion holds no "\\n" (split at "\\n" only, it had no finished line, and a
+loop ran to its token limit).
 """
 
 from __future__ import annotations
@@ -18,25 +23,29 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable
 
+from .line_ends import LF, line_break
+
 REPEATS = 3     # a line and two copies of it in a row: code rarely writes one line three times running
 
 
 class RepeatedLines:
     """Text deltas in (`feed`, generation's on_text), the same text out to `on_text` less a line's third copy in a
     row and all after it; `looped` once that happened (the generation's should_stop); `finish` passes on what is
-    still held and says the result as it was shown. `line_start`: the cursor's line before the cursor."""
+    still held and says the result as it was shown. `line_start`: the cursor's line before the cursor; `line_end`:
+    the text's ("\\n", "\\r\\n" or "\\r")."""
 
-    def __init__(self, on_text: Callable[[str], None], line_start: str = "") -> None:
+    def __init__(self, on_text: Callable[[str], None], line_start: str = "", line_end: str = LF) -> None:
         self._on_text = on_text
+        self._break = line_break(line_end)      # what ends a line of the text
         self.shown: list[str] = []      # what was passed on
         self.looped = False
-        self._last: str | None = None   # the last finished line shown (without its newline)
+        self._last: str | None = None   # the last finished line shown (without its line break)
         self._copies = 0                # finished copies of it held back
         self._line = line_start         # the line being written (the first: the cursor's, which the buffer shows)
         self._held_line = False         # whether it is held back too (it may still become a copy)
 
     def feed(self, delta: str) -> None:
-        *finished, rest = delta.split("\n")        # lines end at "\n" only (a "\r" before it is the line's)
+        *finished, rest = delta.split(self._break)
         for line in finished:
             if self.looped:
                 return
@@ -67,7 +76,7 @@ class RepeatedLines:
             self._copies += 1
             self.looped = self._copies + 1 >= REPEATS
         else:
-            self._show(self._held() + "\n")
+            self._show(self._held() + self._break)
             self._last = self._line
         self._line = ""
         self._held_line = self._may_repeat("")
@@ -77,7 +86,7 @@ class RepeatedLines:
 
     def _held(self) -> str:
         """What is held back, released: the copies, then the line so far; nothing held after it."""
-        text = (f"{self._last}\n" * self._copies if self._copies else "") + (self._line if self._held_line else "")
+        text = (f"{self._last}{self._break}" * self._copies if self._copies else "") + (self._line if self._held_line else "")
         self._copies, self._held_line = 0, False
         return text
 

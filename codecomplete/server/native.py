@@ -1,7 +1,8 @@
 """codecomplete's own protocol, for its command line (client.py): the same three operations the command runs in
 process, with its options, streamed as JSON lines, so that it can print exactly what it would print alone.
 
-    {"id": ..., "prompt": {"ids", "context", "stop_token_ids", "stop_strings", "format"}}   the prompt, first
+    {"id": ..., "prompt": {"ids", "context", "stop_token_ids", "stop_strings", "format", "line_end"}}   the prompt,
+                                                                                    first (line_end: the answer's)
     {"text": ...}                                                                            text deltas
     {"result": {"text", "token_ids", "prompt_tokens", "reused_prefix_tokens", "finish_reason", "stop_string",
                 "healing_tokens", "timings"}}
@@ -129,7 +130,7 @@ async def _run(request: Request, body: Options, operation):
     first = {"id": running.job.id, "prompt": {
         "ids": list(prompt.ids), "context": [asdict(item) for item in prompt.context],
         "stop_token_ids": list(prompt.stop_token_ids), "stop_strings": list(prompt.stop_strings),
-        "format": prompt.format}}
+        "format": prompt.format, "line_end": prompt.line_end}}
 
     def frames(event):
         if event.kind == "text":

@@ -29,11 +29,11 @@ class Result:
     not_a_number: bool = False
 
 
-def shown(text: str, seed: int = 0, line_start: str = "") -> tuple[str, bool]:
+def shown(text: str, seed: int = 0, line_start: str = "", line_end: str = "\n") -> tuple[str, bool]:
     """What streams of text fed in pieces, then finished (what is held passed on), and whether it looped; the
-    finished result says the same text. `line_start`: the cursor's line before the cursor."""
+    finished result says the same text. `line_start`: the cursor's line before the cursor; `line_end`: the text's."""
     out: list[str] = []
-    lines = RepeatedLines(out.append, line_start)
+    lines = RepeatedLines(out.append, line_start, line_end)
     for piece in pieces(text, seed):
         lines.feed(piece)
     result = lines.finish(Result(text, "length"))
@@ -77,7 +77,18 @@ def test_the_cursors_line_is_the_first_of_the_lines_that_loop(seed):
 
 
 def test_crlf_lines_loop_as_lines():
-    assert shown("x = 1\r\nx = 1\r\nx = 1\r\ny\r\n") == ("x = 1\r\n", True)
+    assert shown("x = 1\r\nx = 1\r\nx = 1\r\ny\r\n", line_end="\r\n") == ("x = 1\r\n", True)
+    assert shown("x = 1\r\nx = 1\r\nx = 1\r\ny\r\n") == ("x = 1\r\n", True)      # (the default: "\r" is the line's)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lone_cr_lines_loop_as_lines(seed):
+    """In a classic Mac OS file (lone CRs) the suggestion's lines end at "\r" (line_ends.py writes them so): they
+    loop as lines. Split at "\n" only, a CR suggestion had no finished line and a loop ran to its token limit."""
+    assert shown(LOOP.replace("\n", "\r"), seed, line_end="\r") == ("\r    end: int\r", True)
+    assert shown(LOOP.replace("\n", "\r"), seed, "    end: int", line_end="\r") == ("\r", True)
+    for text in ("a = 1\ra = 1\rb = 2\r", "x\r\r\r\r\ry\r", "pass\rpass\rpass"):
+        assert shown(text, seed, line_end="\r") == (text, False)
 
 
 class FakeGeneration:
@@ -132,6 +143,31 @@ def test_an_inline_suggestion_counts_the_cursors_line(tmp_path, monkeypatch, cap
     argv = [str(tmp_path), "--file", "a.py", "--line", "2", "--no-server"] + (["--col", str(col)] if col else [])
     assert cli.main(argv) == 0
     assert capsys.readouterr().out == want
+
+
+def test_an_inline_suggestion_in_a_lone_cr_file_stops_at_the_loop(tmp_path, monkeypatch, capsys):
+    """`codecomplete REPO --file F` in a file whose lines end in lone CRs: the suggestion (written with "\r", as
+    the session's LineEnds writes it) stops at its third copy, generated no further, as in a "\n" file."""
+    from types import SimpleNamespace
+
+    from codecomplete import cli, complete
+    from prompts import PackedPrompt
+
+    (tmp_path / "a.py").write_bytes(b"class A:\r    end: int\r")
+    engine = SimpleNamespace(name="fake", device="cpu", dtype="float32", attention="sdpa")
+    made = []
+
+    class Session:
+        def complete(self, path, **_):
+            generation = FakeGeneration(LOOP.replace("\n", "\r") * 4)     # at the end of `    end: int`
+            generation.prompt = PackedPrompt([1], [], [], [], "left-to-right", line_end="\r")
+            generation.engine = engine
+            made.append(generation)
+            return generation
+    monkeypatch.setattr(complete, "open_session", lambda *args: Session())
+    assert cli.main([str(tmp_path), "--file", "a.py", "--line", "2", "--no-server"]) == 0
+    assert capsys.readouterr().out == "\r"
+    assert made[0].written == "\r    end: int\r    end: int\r"      # generation stopped at the loop
 
 
 def test_without_stop_repeats_the_loop_is_the_text():

@@ -854,3 +854,19 @@ def test_an_option_a_server_does_not_announce_is_not_dropped_on_the_way(stand_in
     announce_file(tmp_path / "run" / "servers", url, tmp_path, os.getpid())     # found, not named: run in process
     assert client.connect(asked, None, 8) is None and client.connect(args_for("--prompt", "x"), None, 8).url == url
     assert posts == []
+
+
+def test_a_completion_through_the_server_knows_its_texts_line_end(server, served_repo):
+    """The command line's repeated-lines stop splits the suggestion where the text's line ends put them
+    (codecomplete/repeats.py): through a server, the prompt it gets back says the line end the server writes the
+    answer with ("\\r" for a lone-CR buffer), as the in-process prompt does; a "\\n" buffer's stays "\\n"."""
+    from codecomplete import client
+
+    remote = client.RemoteSession(server.url, server.info, None, 300)
+    for text, line_end in [("def f():\r    return 1\r\rdef g():\r    ", "\r"),
+                           ("def f():\r\n    return 1\r\n\r\ndef g():\r\n    ", "\r\n"),
+                           ("def f():\n    return 1\n\ndef g():\n    ", "\n")]:
+        generation = remote.complete("cr.py", text=text, line=5, col=5, sampling=Sampling(max_tokens=2))
+        assert generation.prompt.line_end == line_end
+        result = generation.run()
+        assert "\n" not in result.text or line_end != "\r"
