@@ -12,6 +12,7 @@ import signal
 import sys
 import traceback
 
+from . import switches
 from .errors import UNENCODABLE, Cancelled, ExitCode, Stopped, UsageError, classify, error_json, one_line
 
 PROG = "codecomplete"
@@ -408,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     serving = argv[:1] == ["serve"]
     args = build_serve_parser().parse_args(argv[1:]) if serving else build_parser().parse_args(argv)
     try:
+        switches.check_environment()    # (before anything imports models or kernels, which read them too)
         if serving:
             check_serve(args)
             from .server.serve import run_serve

@@ -188,7 +188,9 @@ def cpu_matmul_dtype(args, device: str) -> str | None:
 
 def default_matmul_dtype(device: str, gpus: int | None) -> str | None:
     """`cpu_matmul_dtype` where --dtype is left out: what this machine chooses (a server announces it)."""
-    if not device.startswith("cpu") or (gpus or 1) > 1 or os.environ.get("CODECOMPLETE_CPU_BF16", "1") == "0":
+    from .switches import CPU_BF16, on
+
+    if not device.startswith("cpu") or (gpus or 1) > 1 or not on(CPU_BF16):
         return None
     from models.options import cpu_has_bf16_dots
     return "bfloat16" if cpu_has_bf16_dots() else None

@@ -23,7 +23,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .. import chat, client, workspace
+from .. import chat, client, switches, workspace
 from ..cli import package_version
 from ..errors import AppError, Stopped, UsageError
 from ..session import Sampling, open_session
@@ -43,7 +43,7 @@ HEAD_BYTES = 4096             # of a request's first bytes kept until its header
 # Prompts of an editor's request come to within this many tokens of the server's prompt budget (an 8k budget:
 # 7,776-8,125 tokens seen): their prefill spans are warmed before serving (models/engine.py PREFILL_BUCKET).
 WARM_PREFILL_BELOW = 1024
-GC_FREEZE = "CODECOMPLETE_GC_FREEZE"    # 0: leave start-up's objects to the garbage collector
+GC_FREEZE = switches.GC_FREEZE         # off: leave start-up's objects to the garbage collector
 
 
 def run_serve(args) -> None:
@@ -75,7 +75,7 @@ def run_serve(args) -> None:
                     warm_up=lambda: _warm_up(session, budget, warmer, args.cache_ram),
                     loopback=_is_loopback(args.host), cache_reuse=args.cache_reuse)
     warmed = server.worker.wait_ready()
-    frozen = os.environ.get(GC_FREEZE, "1") != "0"
+    frozen = switches.on(GC_FREEZE)
     if frozen:
         # What start-up built (the model's Python side, compiled code, the index, the tokenizer, the warmed caches:
         # ~0.5M objects) leaves the collector's sight. Else a full collection, which Python runs once enough new

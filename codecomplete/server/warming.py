@@ -9,11 +9,10 @@ pieces a file in this repository: 147 Python files filled 3,743 pieces, so the w
 caches keep). It does so before it announces itself, for up to `STARTUP_S` seconds, then one file per `idle_s`
 seconds (worker.py: 0.5) without a request on the engine thread (a request arriving meanwhile waits for that one
 file at most), again for a file whose text changed.
-CODECOMPLETE_WARM_PROMPTS=0 turns it off.
+CODECOMPLETE_WARM_PROMPTS=0 (or false, no, off: codecomplete/switches.py) turns it off.
 """
 from __future__ import annotations
 
-import os
 import time
 
 from prompts.languages import language_for
@@ -21,11 +20,12 @@ from prompts.tokens import CACHE_PIECES
 
 STARTUP_S = 6.0                  # at most, added to a start that loads and compiles a model for tens of seconds
 MAX_FILES = CACHE_PIECES // 32   # files warmed per repository (256)
-VARIABLE = "CODECOMPLETE_WARM_PROMPTS"
+VARIABLE = "CODECOMPLETE_WARM_PROMPTS"     # (switches.WARM_PROMPTS)
 
 
 def enabled() -> bool:
-    return os.environ.get(VARIABLE, "1") != "0"
+    from ..switches import on
+    return on(VARIABLE)
 
 
 class PromptWarmer:

@@ -1,6 +1,8 @@
 """`codecomplete serve` refuses at start-up what would make it answer every request with an error: a prompt budget
 too small for the completion format's own tokens (each editor request was a 400)."""
+import os
 import re
+import subprocess
 
 import httpx
 import pytest
@@ -41,3 +43,64 @@ def test_a_budget_too_small_for_the_completion_format_is_refused_at_start_up_nam
     line = _refused(script, cli_env, served_repo, tmp_path / "fewer", "--context-tokens", str(smallest - 1),
                     "--max-tokens", "8")
     assert f"at least {smallest:,}" in line, line
+
+
+def test_the_user_facing_switches_take_the_usual_words_for_off(script, cli_env, served_repo, tmp_path):
+    """CODECOMPLETE_WARM_PROMPTS, _GC_FREEZE and _CPU_BF16 took only "0" as off: `=false`, `=no`, `=off` silently
+    meant on. Now they take 0/false/no/off and 1/true/yes/on, in any case; the server's log and its announced
+    engine say they were read as off."""
+    from models.options import cpu_has_bf16_dots
+
+    env = {**cli_env, "CODECOMPLETE_WARM_PROMPTS": "false", "CODECOMPLETE_GC_FREEZE": "No",
+           "CODECOMPLETE_CPU_BF16": "OFF", "CODECOMPLETE_COMPILE": "off"}
+    server = ServerProcess(script, served_repo, env, tmp_path, "--context-tokens", "64", "--max-tokens", "8")
+    try:
+        assert "the prompts of" not in server.log(), server.log()          # no prompts warmed
+        if cpu_has_bf16_dots():     # (else float32 anyway)
+            assert server.info["engine"]["matmul_dtype"] == server.info["engine"]["dtype"] == "float32"
+    finally:
+        assert server.stop() == 0, server.log()
+
+
+@pytest.mark.parametrize("name, value", [("CODECOMPLETE_WARM_PROMPTS", "bogus"), ("CODECOMPLETE_GC_FREEZE", "2"),
+                                         ("CODECOMPLETE_CPU_BF16", "disabled"), ("CODECOMPLETE_FUSED", "nope")])
+def test_a_switch_of_another_value_is_refused_at_start_up(script, cli_env, served_repo, tmp_path, name, value):
+    """Anything but those words is a usage error (exit 2, one line naming the variable), before the model loads:
+    for `serve` and for the command line."""
+    env = {**cli_env, name: value}
+    line = _refused(script, env, served_repo, tmp_path / "serve", "--context-tokens", "64")
+    assert name in line and repr(value) in line and "false" in line, line
+    run = subprocess.run([str(script), "--prompt", "def f():", "--max-tokens", "1", "--no-server"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and run.stdout == "", run
+    assert run.stderr.count("\n") == 1 and name in run.stderr, run.stderr
+
+
+def test_switches_read_the_usual_words_and_are_written_back_for_the_layers_below(monkeypatch):
+    """`on` reads each word in any case (empty as unset: on); `check_environment` writes every switch set back as
+    "0" or "1", which models and kernels (`!= "0"`) read as meant, and refuses other values."""
+    from codecomplete import switches
+    from codecomplete.errors import UsageError
+
+    for value, want in [("0", False), ("FALSE", False), (" no ", False), ("Off", False), ("1", True), ("True", True),
+                        ("YES", True), ("on", True), ("", True)]:
+        monkeypatch.setenv("CODECOMPLETE_WARM_PROMPTS", value)
+        assert switches.on("CODECOMPLETE_WARM_PROMPTS") is want, value
+    monkeypatch.delenv("CODECOMPLETE_WARM_PROMPTS")
+    assert switches.on("CODECOMPLETE_WARM_PROMPTS") is True
+    monkeypatch.setenv("CODECOMPLETE_COMPILE", "false")
+    monkeypatch.setenv("CODECOMPLETE_PDL", "Yes")
+    monkeypatch.setenv("CODECOMPLETE_FUSED", "")
+    switches.check_environment()
+    assert [os.environ[name] for name in ("CODECOMPLETE_COMPILE", "CODECOMPLETE_PDL", "CODECOMPLETE_FUSED")] == \
+        ["0", "1", ""]
+    monkeypatch.setenv("CODECOMPLETE_TUNED_PLANS", "nein")
+    with pytest.raises(UsageError, match=r"^\$CODECOMPLETE_TUNED_PLANS is 'nein': it takes 0, false, no, off"):
+        switches.check_environment()
+    # every switch the lower layers read as `!= "0"` is one check_environment writes back
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    read = {name for package in ("models", "kernels") for source in (root / package).rglob("*.py")
+            for name in re.findall(r'environ\.get\("(CODECOMPLETE_[A-Z0-9_]+)", "1"\) != "0"', source.read_text())}
+    assert read and read <= set(switches.SWITCHES), read - set(switches.SWITCHES)
