@@ -86,7 +86,8 @@ class RepeatedLines:
 
     def _held(self) -> str:
         """What is held back, released: the copies, then the line so far; nothing held after it."""
-        text = (f"{self._last}{self._break}" * self._copies if self._copies else "") + (self._line if self._held_line else "")
+        copies = (self._last + self._break) * self._copies if self._copies else ""
+        text = copies + (self._line if self._held_line else "")
         self._copies, self._held_line = 0, False
         return text
 

@@ -18,13 +18,14 @@ import time
 from prompts.languages import language_for
 from prompts.tokens import CACHE_PIECES
 
+from ..switches import WARM_PROMPTS, on
+
 STARTUP_S = 6.0                  # at most, added to a start that loads and compiles a model for tens of seconds
 MAX_FILES = CACHE_PIECES // 32   # files warmed per repository (256)
-VARIABLE = "CODECOMPLETE_WARM_PROMPTS"     # (switches.WARM_PROMPTS)
+VARIABLE = WARM_PROMPTS
 
 
 def enabled() -> bool:
-    from ..switches import on
     return on(VARIABLE)
 
 
