@@ -424,7 +424,8 @@ def result_json(text_key: str, result, engine, context=()) -> dict:
         "finish_reason": result.finish_reason,
         "not_a_number": result.not_a_number,   # the model's logits were NaN or inf where it ended (stderr warns too)
         "context": [{"path": item.path, "start_line": item.start_line, "end_line": item.end_line,
-                     "tokens": item.tokens, "form": item.form} for item in context],
+                     "tokens": item.tokens, "form": item.form,
+                     "lines": "buffer" if item.buffer else "disk"} for item in context],
         "timings": asdict(result.timings),
     }
 

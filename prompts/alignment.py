@@ -46,7 +46,12 @@ class BufferLines:
 
     def rows_of(self, chunk: Chunk) -> tuple[int, int] | None:
         """The first and last buffer rows the chunk's lines lie on; None where none of them is in the buffer."""
-        return _image(self._runs, self._disk_starts, chunk.start_line - 1, chunk.end_line - 1, 0)
+        return self.rows_on(chunk.start_line, chunk.end_line)
+
+    def rows_on(self, first_line: int, last_line: int) -> tuple[int, int] | None:
+        """The first and last buffer rows disk lines ``first_line``..``last_line`` (1-based) lie on; None where none
+        of them is in the buffer."""
+        return _image(self._runs, self._disk_starts, first_line - 1, last_line - 1, 0)
 
     def lines_on(self, first_row: int, last_row: int) -> tuple[int, int] | None:
         """The first and last disk lines (1-based) lying on buffer rows ``first_row``..``last_row``; None where no

@@ -212,7 +212,8 @@ def build_completion_prompt(
         context = [replace(item, tokens=assembler.add(segments)) for segments, item, _ in extras]
         context_segments, ranked = selection.segments()
         assembler.add(context_segments)
-        context += ranked + [replace(item, tokens=assembler.add(segments)) for segments, item, _ in examples]
+        context += _on_rows(lines, relative, ranked + [replace(item, tokens=assembler.add(segments))
+                                                       for segments, item, _ in examples])
         context += _add_cursor(assembler, form, relative, comment, window, has_context)
         excess = len(assembler.ids) - limit
         if excess <= 0:
@@ -264,6 +265,17 @@ def _fixed_tokens(encoder, form, repo_name: str, relative: str, comment: str) ->
     opening and cursor markers with the repository's and the file's names (laid out as with context: the most)."""
     before, after = form.cursor(relative, comment, [], [], True)
     return count_all(encoder, [form.opening(repo_name, comment, True) + before + after])[0]
+
+
+def _on_rows(lines: BufferLines | None, path: str, items: list[ContextItem]) -> list[ContextItem]:
+    """The items, those of the file being completed (``path``) numbered as the window is, by the rows of the editor's
+    text, where they lie on its rows (else by the disk's lines, as the index has them: unsaved deletions, lines outside
+    the part of the file an editor sent)."""
+    def on_rows(item: ContextItem) -> ContextItem:
+        span = lines.rows_on(item.start_line, item.end_line) if item.path == path and lines else None
+        return item if span is None else replace(item, start_line=span[0] + 1, end_line=span[1] + 1, buffer=True)
+
+    return [on_rows(item) for item in items]
 
 
 def _keep_previous(ranked: Iterator[tuple[float, Chunk]], previous: Sequence[tuple[str, int]]
@@ -506,9 +518,9 @@ def _add_cursor(
     for segments, is_before in form.in_order(before, after):
         # SPM's suffix comes first but is text from mid-file: no SentencePiece leading space (the prefix gets it)
         tokens[is_before] = assembler.add(segments, may_lead=is_before or not form.suffix_first)
-    items = [ContextItem(path, first, window.row + 1, tokens[True])]
+    items = [ContextItem(path, first, window.row + 1, tokens[True], buffer=True)]
     if any(p.text for p in window.suffix):
-        items.append(ContextItem(path, window.row + 1, last, tokens[False]))
+        items.append(ContextItem(path, window.row + 1, last, tokens[False], buffer=True))
     return items
 
 

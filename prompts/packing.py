@@ -44,6 +44,8 @@ class ContextItem:
     tokens: int
     form: str = WHOLE  # or OUTLINE (signatures, docstring first lines), BRIEF (what a caller needs): no body;
                        # or EXAMPLE: one line
+    buffer: bool = False  # the lines are rows of the editor's text of the file being completed (its window, and its
+                          # chunks where they lie on its rows), not lines of the file as indexed (the disk's)
 
     @property
     def outline(self) -> bool:

@@ -49,8 +49,10 @@ def test_forced_colour_never_reaches_a_piped_stdout(script, cli_env, repo, compl
 def test_json_completion_has_the_contract_fields_and_its_context(completion_json):
     check_result_object(completion_json, "completion")
     context = completion_json["context"]
-    assert context and all(set(item) == {"path", "start_line", "end_line", "tokens", "form"} for item in context)
+    assert context and all(set(item) == {"path", "start_line", "end_line", "tokens", "form", "lines"}
+                           for item in context)
     assert {item["form"] for item in context} <= {"whole", "outline", "brief"}
+    assert {item["lines"] for item in context} <= {"buffer", "disk"}  # (how the lines count: README)
     # The cursor sits after a call of area_of_circle: its definition is in the prompt.
     assert "shapes/geometry.py" in {item["path"] for item in context}
     for item in context:

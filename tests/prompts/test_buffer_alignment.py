@@ -46,7 +46,10 @@ def window_and_own(packed, rows: list[str]) -> tuple[list[str], list[int]]:
     own = [item for item in packed.context if item.path == "app.py" and item.form != EXAMPLE]
     window = own[-2:] if len(own) > 1 and own[-1].start_line == own[-2].end_line else own[-1:]
     first, last = window[0].start_line, window[-1].end_line
-    return rows[first - 1:last], [item.start_line for item in own[:-len(window)]]
+    # (the file's items are numbered by the buffer's rows where they lie on them: test_context_numbering.py; each
+    # chunk's first line is the disk file's only such line)
+    return rows[first - 1:last], [ROWS.index(rows[item.start_line - 1]) + 1 if item.buffer else item.start_line
+                                  for item in own[:-len(window)]]
 
 
 def check_neither_repeated_nor_dropped(packed, rows: list[str], all_fit: bool, whole: bool = True) -> None:
