@@ -233,6 +233,11 @@ def build_completion_prompt(
                 window.fit(0)
         else:
             raise BudgetError(f"a prompt budget of {limit} tokens does not hold even the prompt format's markers")
+    if held is not None:    # (what the loop gave up is not held: the next prompt holds what this one holds)
+        shown_examples = {(item.path, item.start_line) for _, item, _ in examples}
+        held = replace(held, choices=tuple((choice.chunk.path, choice.chunk.start_line, choice.form)
+                                           for choice in selection.order),
+                       examples=tuple(line for line in held.examples if line[:2] in shown_examples))
     return PackedPrompt(
         ids=list(assembler.ids),
         context=context,

@@ -136,3 +136,30 @@ def test_held_example_lines_belong_to_the_line_they_were_found_for(repo, starcod
     assert examples(below) == []
     assert examples(typed(session, ROW, "total = brand_new(", 1200)[-1])
     assert examples(once(starcoder_tokenizer, repo, ROW, "count = brand_new(", 1200, suffix_first, session)) == []
+
+
+@pytest.mark.parametrize("suffix_first", [False, True], ids=["psm", "spm"])
+def test_what_an_overflow_gives_up_is_not_held(repo, starcoder_tokenizer, monkeypatch, suffix_first):
+    """The prompt's fitting loop gives up chunks of the context, then example lines, where the exact count overflows
+    (a tokenizer whose leading space defeats the infill encoding; forced here): the held state still named what was
+    given up until the next prompt fitted it again. It names what the prompt holds."""
+    from prompts import completion
+    from prompts.packing import Assembler
+
+    session = new_session(starcoder_tokenizer, repo, suffix_first)
+    last = typed(session, ROW, "total ", 1200)[-1]
+    assert len(examples(last)) >= 2 and last.chosen          # (the premise: lines and a context to hold)
+    overflows = [len(last.chosen) + 1]                       # every chunk of the context, then one example line
+
+    class Overflowing(Assembler):
+        def __init__(self, encoder):
+            super().__init__(encoder)
+            if overflows[0] > 0:
+                overflows[0] -= 1
+                self.ids += [0] * 100_000
+
+    monkeypatch.setattr(completion, "Assembler", Overflowing)
+    packed = once(starcoder_tokenizer, repo, ROW, "total =", 1200, suffix_first, session=session)
+    assert packed.chosen == [] and len(examples(packed)) == len(examples(last)) - 1   # (the premise: given up)
+    assert [(path, line) for path, line, _ in packed.held.choices] == packed.chosen
+    assert sorted((path, number) for path, number, _ in packed.held.examples) == sorted(examples(packed))
