@@ -218,7 +218,7 @@ class RemoteSession:
             line_end = prompt.get("line_end", "\n")
             if line_end not in ("\n", "\r\n", "\r"):
                 raise TypeError(line_end)
-            packed = PackedPrompt(prompt["ids"], [ContextItem(**item) for item in prompt["context"]],
+            packed = PackedPrompt(prompt["ids"], [_context_item(item) for item in prompt["context"]],
                                   prompt["stop_token_ids"], prompt["stop_strings"], prompt["format"],
                                   line_end=line_end)
             job = first["id"]
@@ -368,6 +368,14 @@ def _lines(response: http.client.HTTPResponse, url: str):
     except (http.client.HTTPException, OSError):
         raise AppError(f"the server at {url} closed the connection mid-answer") from None
 
+
+
+def _context_item(item: dict):
+    """A context item as the server described it; fields a newer server adds are left out (an older client reads
+    what it knows), a field this one needs and the server lacks is a malformed answer (TypeError)."""
+    from prompts import ContextItem
+    known = {field.name for field in fields(ContextItem)}
+    return ContextItem(**{name: value for name, value in item.items() if name in known})
 
 def _malformed() -> AppError:
     return AppError("the server sent something that is not part of an answer")

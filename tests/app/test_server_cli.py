@@ -870,3 +870,14 @@ def test_a_completion_through_the_server_knows_its_texts_line_end(server, served
         assert generation.prompt.line_end == line_end
         result = generation.run()
         assert "\n" not in result.text or line_end != "\r"
+
+
+def test_the_client_reads_context_items_with_fields_it_does_not_know():
+    """A newer server's context items may carry more fields (`buffer` came so): the client keeps those it knows
+    instead of refusing the answer as malformed; one it needs and lacks still is."""
+    from codecomplete import client
+    item = client._context_item({"path": "a.py", "start_line": 3, "end_line": 9, "tokens": 40, "form": "whole",
+                                 "buffer": True, "added_later": [1, 2]})
+    assert (item.path, item.start_line, item.end_line, item.tokens, item.buffer) == ("a.py", 3, 9, 40, True)
+    with pytest.raises(TypeError):
+        client._context_item({"path": "a.py", "start_line": 3, "tokens": 40})
