@@ -31,11 +31,11 @@ from __future__ import annotations
 import datetime
 import re
 import time
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from .bodies import Body, Seed, check_ids, read_json, stop_strings
 from .errors import OLLAMA_PREFIX, ApiError
@@ -50,6 +50,24 @@ OLLAMA_ORDER = ("penalties", "top_k", "temperature", "top_p", "min_p")    # Olla
 MAX_TOP_LOGPROBS = 20        # Ollama's bound (server/routes.go)
 FOREVER_NS = 2 ** 63 - 1     # a negative keep_alive's duration for Ollama (api.Duration): its model never expires
 TEMPLATE = "{{- if .Suffix }}<prefix>{{ .Prompt }}<suffix>{{ .Suffix }}<middle>{{- else }}{{ .Prompt }}{{- end }}"
+
+
+# Go's time.ParseDuration, which Ollama's api.Duration applies to a string keep_alive ("5m", "1h30m", "-1s", "0"); a
+# number in a string is taken as seconds, as a JSON number is
+_GO_DURATION = re.compile(r"[+-]?(0|((\d+(\.\d*)?|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h))+)")
+
+
+def _duration(value: float | str | None) -> float | str | None:
+    """A keep_alive as Ollama reads it: a duration string that does not parse is its 400 (Go's own words)."""
+    if isinstance(value, str) and not _GO_DURATION.fullmatch(value):
+        try:
+            float(value)
+        except ValueError:
+            raise ValueError(f'time: invalid duration "{value}"') from None
+    return value
+
+
+KeepAlive = Annotated[float | str | None, AfterValidator(_duration)]
 
 
 class Options(Body):
@@ -80,7 +98,7 @@ class GenerateRequest(Body):
     system: str = ""
     template: str = ""                          # the request's own prompt template, in place of the model's
     stream: bool = True
-    keep_alive: float | str | None = None       # seconds, or a duration ("5m"); 0: unload after the request
+    keep_alive: KeepAlive = None                # seconds, or a duration ("5m"); 0: unload after the request
     raw: bool = False
     truncate: bool = True                       # a prompt longer than the context keeps its end (false: a 400)
     context: list[int] | None = None            # an earlier answer's `context`: its text goes before the prompt
@@ -102,7 +120,7 @@ class ChatRequest(Body):
     model: str = ""
     messages: list[Message] = []                # none: only load the model (Ollama's documented preload)
     stream: bool = True
-    keep_alive: float | str | None = None
+    keep_alive: KeepAlive = None
     format: str | dict | None = None
     tools: list | None = None
     think: bool | str | None = None

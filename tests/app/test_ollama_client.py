@@ -174,6 +174,9 @@ def test_list_and_show_describe_the_one_model(client):
     (lambda c: c.chat(MODEL, [{"role": "user", "content": "x"}],
                       tools=[{"type": "function", "function": {"name": "f"}}]), 400, "tools"),
     (lambda c: c.generate(MODEL, "x", context=[10 ** 9]), 400, "outside the vocabulary"),
+    # a keep_alive that is no duration: Ollama's 400 in Go's words (time.ParseDuration)
+    (lambda c: c.generate(MODEL, "x", keep_alive="bogus"), 400, 'time: invalid duration "bogus"'),
+    (lambda c: c.chat(MODEL, [{"role": "user", "content": "x"}], keep_alive="5 minutes"), 400, "invalid duration"),
     # Ollama's words: a raw prompt is the whole prompt, so what would go into or before it is refused, not dropped
     (lambda c: c.generate(MODEL, "x", raw=True, system="Be brief."), 400, RAW_REFUSED),
     (lambda c: c.generate(MODEL, "x", raw=True, template="{{ .Prompt }}"), 400, RAW_REFUSED),
@@ -186,6 +189,11 @@ def test_refusals_reach_the_caller_as_response_errors_and_the_server_serves_on(c
         call(client)
     assert refused.value.status_code == status and words in refused.value.error, refused.value
     assert client.generate(MODEL, "def f():", options={"num_predict": 1}).done is True
+
+
+@pytest.mark.parametrize("keep_alive", ["5m", "1h30m", "-1s", "0", "1.5h", "300", "-1", 300, -1])
+def test_keep_alive_durations_ollama_parses_are_accepted(client, keep_alive):
+    assert client.generate(MODEL, "def f():", keep_alive=keep_alive, options={"num_predict": 1}).done is True
 
 
 def test_ps_lists_the_one_model_loaded_for_good(client, server):
