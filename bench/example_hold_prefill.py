@@ -64,15 +64,11 @@ def cursors(repo: Path, count: int, seed: int = 0) -> list[tuple[str, int]]:
     return random.Random(seed).sample(lines, count)
 
 
-def common(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    return next((i for i in range(n) if a[i] != b[i]), n)
-
-
 def type_line(session_for, index, path: str, text: str, row: int, budget: int, suffix_first: bool) -> list:
     """(prefilled, examples changed, examples matching the key, fresh examples, examples) for each keystroke after the
     first."""
     from codecomplete.session import Sampling
+    from models.cache_reuse import common_run
     from prompts.examples import example_key
     from prompts.languages import language_for
 
@@ -93,8 +89,9 @@ def type_line(session_for, index, path: str, text: str, row: int, budget: int, s
         matching = sum(1 for p, n in examples if key and index_line(index, p, n).strip().startswith(key))
         fresh_count = sum(1 for item in fresh.context if item.form == "example")
         if last_ids is not None:
-            out.append((max(1, len(packed.ids) - common(last_ids, packed.ids)), examples != last_examples,
-                        matching, fresh_count, len(examples)))
+            shared = common_run(last_ids, 0, packed.ids, 0, len(packed.ids))
+            out.append((max(1, len(packed.ids) - shared), examples != last_examples, matching, fresh_count,
+                        len(examples)))
         last_ids, last_examples = packed.ids, examples
     return out
 

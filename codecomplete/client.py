@@ -369,13 +369,13 @@ def _lines(response: http.client.HTTPResponse, url: str):
         raise AppError(f"the server at {url} closed the connection mid-answer") from None
 
 
-
 def _context_item(item: dict):
     """A context item as the server described it; fields a newer server adds are left out (an older client reads
     what it knows), a field this one needs and the server lacks is a malformed answer (TypeError)."""
     from prompts import ContextItem
     known = {field.name for field in fields(ContextItem)}
     return ContextItem(**{name: value for name, value in item.items() if name in known})
+
 
 def _malformed() -> AppError:
     return AppError("the server sent something that is not part of an answer")

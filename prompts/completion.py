@@ -233,10 +233,10 @@ def build_completion_prompt(
                 window.fit(0)
         else:
             raise BudgetError(f"a prompt budget of {limit} tokens does not hold even the prompt format's markers")
+    choices = tuple((choice.chunk.path, choice.chunk.start_line, choice.form) for choice in selection.order)
     if held is not None:    # (what the loop gave up is not held: the next prompt holds what this one holds)
-        shown_examples = {(item.path, item.start_line) for _, item, _ in examples}
-        held = replace(held, choices=tuple((choice.chunk.path, choice.chunk.start_line, choice.form)
-                                           for choice in selection.order),
+        shown_examples = _shown_examples(examples)
+        held = replace(held, choices=choices,
                        examples=tuple(line for line in held.examples if line[:2] in shown_examples))
     return PackedPrompt(
         ids=list(assembler.ids),
@@ -249,9 +249,7 @@ def build_completion_prompt(
         cut=not window.whole(),
         anchor=window.anchor(),
         line_end=ends,
-        held=held or HeldContext(tuple((choice.chunk.path, choice.chunk.start_line, choice.form)
-                                       for choice in selection.order), wanted, Place(row, window.anchor()),
-                                 _example_choices(found, examples), key),
+        held=held or HeldContext(choices, wanted, Place(row, window.anchor()), _example_choices(found, examples), key),
     )
 
 
@@ -443,8 +441,13 @@ def _example_choices(found: list[tuple[Chunk, int, str]], examples: list[tuple[l
                      ) -> tuple[tuple[str, int, str], ...]:
     """The example lines the prompt shows (``examples``, fitted from ``found``) as HeldContext keeps them, best
     first."""
-    shown = {(item.path, item.start_line) for _, item, _ in examples}
+    shown = _shown_examples(examples)
     return tuple((chunk.path, number, line) for chunk, number, line in found if (chunk.path, number) in shown)
+
+
+def _shown_examples(examples: list[tuple[list[Segment], ContextItem, int]]) -> set[tuple[str, int]]:
+    """The (path, line number) of each example line the prompt shows."""
+    return {(item.path, item.start_line) for _, item, _ in examples}
 
 
 def _fit_sections(encoder: Encoder, sections: list[tuple[list[Segment], ContextItem]],
@@ -691,9 +694,9 @@ class _Window:
         a window that grew past the share it had when the context was ranked left out the rows between (their
         chunks, shown then, were not chosen), and in the cursor's own block, which was never stopped, showed a chunk
         the context held (it was not shown then) a second time."""
-        if not any(first <= piece.last and last >= piece.first for first, last in self._avoid):
-            return None
         inside = [(first, last) for first, last in self._avoid if first <= piece.last and last >= piece.first]
+        if not inside:
+            return None
         if before:  # (the prefix's pieces begin at their first row)
             first = max(last for _, last in inside) + 1
             first = min(first, self.end_row) if number == 0 else first

@@ -99,7 +99,8 @@ async def chat(request: Request):
 @router.post("/raw")
 async def raw(request: Request):
     body = await read_json(request, RawRequest, MAX_COMMAND_BODY_BYTES)
-    check_ids(request.app.state.server.engine, body.prompt)   # an empty prompt is the client's error: 400, not the engine's 500
+    # an empty prompt is the client's error: 400, not the engine's 500
+    check_ids(request.app.state.server.engine, body.prompt)
     return await _run(request, body, lambda session, sampling, budget: session.raw(body.prompt, sampling=sampling))
 
 
