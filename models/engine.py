@@ -60,10 +60,14 @@ MAX_SPECULATE = 15     # the multi-token decode kernel takes up to 16 query toke
 # (8 per KV head) at 9 tokens takes two tiles: its attention cost 1.60-1.64x a one-token step's on an H200
 # (bench/results/h200-run5/decode/, h200-run6/decode/), so the default depth is capped at 7 drafts there.
 TILE_ROWS = 64
-# A prompt that differs from the cached one in at most this many trailing tokens (an editor typing a character)
-# feeds them through the graph-replayed one-token step instead of an eager prefill: on an H200 a 1-2 token prefill
-# of the CodeLlama-7B shape took 45-77 ms of the server's time to first token, the replayed steps 21-28 ms
-# (bench/results/h200-run6/serve/). Without graphs (a CPU) a step costs what a short prefill does: only one token.
+# A prompt that differs from the cached one in a few trailing tokens (an editor typing a character) feeds them
+# through graph replays of the decode step instead of an eager prefill: on an H200 a 1-2 token prefill of the
+# CodeLlama-7B shape took 45-77 ms of the server's time to first token, the replayed steps 21-28 ms
+# (bench/results/h200-run6/serve/). Each replay feeds the verification step's width of tokens (1 + drafts, its graph
+# captured at warm-up; padded past the prompt's end, where the next step overwrites them) or, without speculation,
+# one; at most GRAPHED_TAIL replays: beyond them the bucketed prefill is as quick (on an H200, bench/results/h200-run43/
+# tail-width/: 7B 36 tokens 23 / 36 ms at 8k / 32k against the prefill's 40 / 46; 34B 4 replays tie it). Without
+# graphs (a CPU) a step costs what a short prefill does: only one token.
 GRAPHED_TAIL = 4
 SAVED_PROMPT_HEADROOM = 4 << 30   # GPU memory saved prompts leave free (prefill's activations, logits, graphs)
 # Prefill spans on CUDA snap to multiples of this many tokens: the start down (re-prefilling up to 127 cached
@@ -190,6 +194,7 @@ class Engine:
         # the server's, since the first prefill compiles them (then inductor's disk cache serves later starts).
         self.compile_prefill = False
         self._steps: dict[tuple[int, int], DecodeStep] = {}    # (batch, tokens per step) -> step
+        self.tail_override: tuple[int, int] | None = None      # (replays, width) of a prompt's tail (tail_plan)
         self._cache_rows = 0
         self._cached_ids: list[int] = []       # the tokens whose K/V cache row 0 holds, in order
         # The first of them whose K/V cache reuse moved, or computed after moved ones (approximate: a request that
@@ -387,12 +392,12 @@ class Engine:
         prefix = reused[0]     # (what cache reuse moves into place lies after it, each run right after the last)
         if reuse and config.cache_reuse and not self.model.config.dynamic_rope:
             reused[0] = self._move_reusable_runs(cached, prompts[0], prefix, config.cache_reuse)
-        tail = B == 1 and len(prompts[0]) - reused[0] <= (GRAPHED_TAIL if self._graphs_enabled else 1)
+        tail = B == 1 and self._feeds_tail(len(prompts[0]) - reused[0])
         if not tail:
             reused = [self.prefill_span(r, len(p))[0] for p, r in zip(prompts, reused)]   # bucketed starts
         start = self._with_exact_window(prompts[0], reused[0])
         if start != reused[0]:          # 0: the whole prompt prefilled
-            reused[0], tail = start, B == 1 and len(prompts[0]) <= (GRAPHED_TAIL if self._graphs_enabled else 1)
+            reused[0], tail = start, B == 1 and self._feeds_tail(len(prompts[0]))
         # Past min(exact, prefix) the row's K/V are moved ones, or were computed after them, unless the prefill
         # rewrites them all (its start is at or before that slot); also what a prefill stopped part way leaves.
         self._approximate_from = None if reused[0] <= min(exact, prefix) else min(exact, prefix)
@@ -490,16 +495,39 @@ class Engine:
             torch.cuda.synchronize(self._device)
         return ends
 
+    def tail_plan(self) -> tuple[int, int]:
+        """(replays, width): a prompt's new tokens go through at most `replays` decode steps of `width` tokens each
+        instead of a prefill; `tail_override` where set (a benchmark's arms, a CPU test of the graphs' path)."""
+        if self.tail_override is not None:
+            return self.tail_override
+        if not self._graphs_enabled:
+            return 1, 1
+        return GRAPHED_TAIL, 1 + self.speculate if self.speculate else 1
+
+    def _feeds_tail(self, new_tokens: int) -> bool:
+        replays, width = self.tail_plan()
+        return new_tokens <= replays * width
+
     def _feed_tail(self, prompt: list[int], start: int) -> torch.Tensor:
-        """The logits (1, V) after prompt[start:], fed one token at a time through the one-token decode step,
+        """The logits (1, V) after prompt[start:], fed `width` tokens a step (`tail_plan`) through the decode step,
         graph-replayed when graphs are on (the cache holds prompt[:start]): what a prefill of these few tokens
-        computes, without its eager launches."""
-        state = self._decode_step(1)
-        for position in range(start, len(prompt)):
-            state.tokens.fill_(prompt[position])
+        computes, without its eager launches. A last step with fewer tokens is padded with copies of its last one,
+        whose K/V lie past the prompt (as rejected drafts' do); near the cache's end the rest go one at a time."""
+        # (one token goes alone: a one-token step is ~1 ms quicker than a padded 9-wide one, CodeLlama-7B at 8k on
+        # an H200, 5.8 against 6.7 ms; two already take 10.4 ms one at a time: bench/results/h200-run43/tail-width/)
+        width = self.tail_plan()[1] if len(prompt) - start > 1 else 1
+        position = start
+        while position < len(prompt):
+            if position + width > self.context_length:
+                width = 1
+            chunk = prompt[position:position + width]
+            state = self._decode_step(1, width)
+            state.tokens.copy_(torch.tensor([chunk + chunk[-1:] * (width - len(chunk))]))   # (1, width)
             state.input_pos.fill_(position)
-            logits = state.run(kv_len=position + 1, exact=True)
-        return logits
+            logits = state.run(kv_len=position + width, exact=True)             # (1, V) or (1, width, V)
+            position += len(chunk)
+        # (a view of the graph's output: copied, the next replay of the same step overwrites it)
+        return logits.view(width, -1)[len(chunk) - 1:len(chunk)].clone()       # (1, V)
 
     def _decode_plain(self, prompts, rows, tokens, sampler: RequestSampler, stop_ids, should_stop,
                       scores: torch.Tensor | None = None) -> _Loop:

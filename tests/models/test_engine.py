@@ -64,15 +64,60 @@ def test_prefix_reuse_prefills_only_the_new_tokens_and_changes_nothing(smollm_en
 @pytest.mark.parametrize("typed", [1, 2, 4, 5])
 def test_a_few_typed_tokens_go_through_the_decode_step_and_change_nothing(smollm_engine, full_run, typed):
     """An editor's next keystroke: the cache holds all but the last `typed` tokens, which the one-token decode
-    step feeds (on a CPU one of them, with CUDA graphs up to GRAPHED_TAIL; more take the prefill) with the cold
-    run's tokens as result."""
-    from models.engine import GRAPHED_TAIL
+    step feeds (on a CPU one of them; more take the prefill) with the cold run's tokens as result."""
     prompt, cold, _ = full_run
+    assert smollm_engine.tail_plan() == (1, 1)
     smollm_engine.clear_prefix_cache()
     smollm_engine.generate(prompt[:-typed], GenerationConfig(max_new_tokens=1))
     warm = smollm_engine.generate(prompt, GREEDY)
-    assert warm.reused_prefix_tokens == len(prompt) - typed and GRAPHED_TAIL == 4
+    assert warm.reused_prefix_tokens == len(prompt) - typed
     assert warm.token_ids == cold.token_ids and warm.text == cold.text
+
+
+@pytest.mark.parametrize("typed", [1, 8, 9, 10, 17, 27])
+def test_a_tail_goes_through_verification_wide_steps_as_graphs_feed_it(smollm_engine, full_run, typed, monkeypatch):
+    """With graphs the tail goes through the verification step's width a replay (here 9 tokens, up to 3 replays,
+    forced on the CPU's eager step; one token alone): the last step padded past the prompt, its logits the last
+    real token's, the pads' K/V overwritten by the tokens that follow. The cold run's tokens, from the right row."""
+    prompt, cold, _ = full_run
+    monkeypatch.setattr(smollm_engine, "tail_override", (3, 9))
+    fed = []
+    real_step = smollm_engine._decode_step
+    monkeypatch.setattr(smollm_engine, "_decode_step", lambda batch, width=1: fed.append(width) or real_step(batch, width))
+    smollm_engine.clear_prefix_cache()
+    smollm_engine.generate(prompt[:-typed], GenerationConfig(max_new_tokens=1))
+    fed.clear()
+    warm = smollm_engine.generate(prompt, dataclasses.replace(GREEDY, speculate=0))
+    assert warm.reused_prefix_tokens == len(prompt) - typed
+    # the tail's steps (a lone token alone: a padded step costs more), then the decode loop's one-token step
+    assert fed == ([9] * -(-typed // 9) if typed > 1 else [1]) + [1]
+    assert warm.token_ids == cold.token_ids and warm.text == cold.text
+
+
+def test_a_tail_past_the_replays_takes_the_prefill(smollm_engine, full_run, monkeypatch):
+    prompt, cold, _ = full_run
+    monkeypatch.setattr(smollm_engine, "tail_override", (3, 9))
+    smollm_engine.clear_prefix_cache()
+    smollm_engine.generate(prompt[:-28], GenerationConfig(max_new_tokens=1))
+    monkeypatch.setattr(smollm_engine, "_feed_tail", lambda *a: pytest.fail("28 tokens fed as a tail"))
+    warm = smollm_engine.generate(prompt, GREEDY)
+    assert warm.token_ids == cold.token_ids
+
+
+def test_a_tail_at_the_cache_end_is_not_padded_past_it(monkeypatch):
+    """Where the padded last step would write past the cache, the tail's rest goes one token a step."""
+    engine = load_model(max_context=64)
+    prompt = encode(engine, CONTEXT * 2)[:62]
+    cold = engine.generate(prompt, GenerationConfig(max_new_tokens=2))
+    engine.clear_prefix_cache()
+    engine.generate(prompt[:50], GenerationConfig(max_new_tokens=1))
+    monkeypatch.setattr(engine, "tail_override", (2, 9))
+    fed = []
+    real_step = engine._decode_step
+    monkeypatch.setattr(engine, "_decode_step", lambda batch, width=1: fed.append(width) or real_step(batch, width))
+    warm = engine.generate(prompt, GenerationConfig(max_new_tokens=2, speculate=0))
+    assert warm.reused_prefix_tokens == 50 and fed == [9, 1, 1, 1, 1]     # 50-58, then 59, 60, 61 (59 + 9 > 64); decoding
+    assert warm.token_ids == cold.token_ids
 
 
 @pytest.mark.parametrize("speculate, lookahead", [(None, False), (0, False), (0, True)],
