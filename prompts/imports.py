@@ -27,13 +27,17 @@ from __future__ import annotations
 import functools
 import posixpath
 import re
-import tomllib
 from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import NamedTuple
 
 from .languages import language_name
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, as the package tomli (a dependency there)
+    import tomli as tomllib
 
 MAX_REEXPORTS = 4  # re-exports a name is followed through (a chain's depth) before its definition
 MAX_FOLLOWED_FILES = 256  # files one name's search may read at all: star imports can fan out widely

@@ -226,7 +226,7 @@ def _go_receiver(rows: Sequence[str], row: int) -> tuple[str, str] | None:
     for number in range(row, max(-1, row - CLASS_REACH), -1):
         if _GO_TOP_LEVEL.match(rows[number]):
             method = GO_RECEIVER.match(rows[number])
-            return method.groups() if method and method.group(1) else None
+            return method.group("receiver", "type") if method and method.group("receiver") else None
     return None
 
 

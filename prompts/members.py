@@ -22,10 +22,12 @@ from .imports import MAX_COMPLETION_NAMES
 
 MAX_BODY_CHUNKS = 64  # chunks of one long type body followed after the chunk that names the type
 _INDENTED = re.compile(r"^[ \t]+\S")
-# A Go method's head, after its comments (a chunk's first lines): the receiver's name (group 1, if any) and its type's
-# (2), `func (s *Server[T]) Run(`.
-GO_RECEIVER = re.compile(r"(?:[ \t]*//[^\n]*+\n|[ \t]*/\*(?s:.)*?\*/\s*)*+"
-                         r"func[ \t]*\([ \t]*(?:([A-Za-z_]\w*)[ \t]+)?\*?[ \t]*([A-Za-z_]\w*)")
+# A Go method's head, after its comments (a chunk's first lines): the receiver's name (group "receiver", if any) and
+# its type's ("type"), `func (s *Server[T]) Run(`. The comments are matched once and never backtracked into (a
+# lookahead's match taken by a backreference: an atomic group, which 3.10's re lacks), or a run of comments before
+# no `func` would be retried every way its spaces split.
+GO_RECEIVER = re.compile(r"(?=(?P<comments>(?:[ \t]*//[^\n]*\n|[ \t]*/\*(?s:.)*?\*/\s*)*))(?P=comments)"
+                         r"func[ \t]*\([ \t]*(?:(?P<receiver>[A-Za-z_]\w*)[ \t]+)?\*?[ \t]*(?P<type>[A-Za-z_]\w*)")
 
 
 def type_members(index, path: str, qualifier: str, imported: Mapping[str, Sequence[int]], seen: Container[str],
@@ -111,7 +113,7 @@ def go_methods(index, folder: str) -> dict[str, list[int]]:
             for number in index.chunk_numbers(file):
                 method = GO_RECEIVER.match(index.chunks[number].text)
                 if method:
-                    methods.setdefault(method.group(2), []).append(number)
+                    methods.setdefault(method.group("type"), []).append(number)
     return methods
 
 
