@@ -24,6 +24,7 @@ from . import engines
 from .line_ends import LF, LineEnds
 
 UNTITLED = "untitled"   # the current file of an infill request that does not name one
+RECOGNIZED_CHARS = 48_000  # an unnamed text's characters before the cursor that name its file (a quarter as many after)
 RECHECKS = 3            # prompts built again, at most, for context files that changed meanwhile
 STICKY_FILES = 8        # files whose last sticky prompt is kept where the engine keeps earlier prompts' K/V too
 
@@ -154,15 +155,25 @@ class Session:
     def infill(self, prefix: str, suffix: str, *, path: str | None = None, extra: Sequence[tuple[str, str]] = (),
                sampling: Sampling, budget: int | None = None) -> Generation:
         """Fill the gap between `prefix` and `suffix` (an editor's text around its cursor), with the repository's
-        context ranked for it, as a completion at the end of `prefix`."""
+        context ranked for it, as a completion at the end of `prefix`; `path` None: the repository's file the text
+        is a version of, where one is (`_recognized`), else an untitled buffer."""
         if prefix.endswith("\r") and suffix.startswith("\n"):
             # A cursor inside a CRLF: the prompt reads the pair as one line break, so the cursor ends the line.
             prefix, suffix = prefix[:-1], "\r" + suffix
         from prompts.scan import unix_newlines
         lines = unix_newlines(prefix)   # counted as the prompt reads the text: a lone "\r" (classic Mac) ends a line
-        return self.complete(path or UNTITLED, text=prefix + suffix, line=lines.count("\n") + 1,
+        # (recognized by the text near the cursor: a 2 MB buffer is a request's to send, not every request's to read)
+        return self.complete(path or self._recognized(prefix[-RECOGNIZED_CHARS:] + suffix[:RECOGNIZED_CHARS // 4]),
+                             text=prefix + suffix,
+                             line=lines.count("\n") + 1,
                              col=len(lines.rpartition("\n")[2]) + 1,
                              extra=extra, sampling=sampling, budget=budget)
+
+    def _recognized(self, text: str) -> str:
+        """The repository's file an unnamed editor text is a version of (prompts.recognize: llama.vim's and
+        llama.vscode's /infill name none), else UNTITLED."""
+        from prompts.recognize import recognize
+        return (recognize(self._index.index, text) if self._index is not None else None) or UNTITLED
 
     def chat(self, messages: Sequence[dict], *, pinned: Sequence[str] = (), sampling: Sampling,
              budget: int | None = None, history_share: float = 1.0) -> Generation:

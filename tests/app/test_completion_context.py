@@ -89,3 +89,31 @@ def test_a_prompt_gives_way_only_where_the_healing_alone_would_cost_the_answer_t
     assert session._healing_overflow(SimpleNamespace(ids=[0] * 99, heal_text="é"), 1) == 1    # é: 2 bytes
     assert session._healing_overflow(SimpleNamespace(ids=[0] * 99, heal_text="a"), 1) == 0
     assert session._healing_overflow(packed, 0) == 0                        # a prompt only read into the cache
+
+
+def test_an_unnamed_editor_text_is_completed_as_the_repository_s_file_it_is(engine, tmp_path):
+    """llama.vim's /infill names no file: the session recognizes the text as the file on disk (prompts.recognize), so
+    the prompt names it and its disk chunks lie on the text's rows (none repeated as repository context, none of its
+    lines an example of itself). A text no file holds is still an untitled buffer."""
+    root = tmp_path / "repo"
+    (root / "pkg").mkdir(parents=True)
+    rows = [f"def stage_{k}(items, weight):\n    kept = [item for item in items if item.weight > {k}]\n"
+            f"    return sum(item.cost * weight for item in kept) + {k}\n" for k in range(80)]
+    (root / "pkg" / "stages.py").write_text("\n\n".join(rows))
+    (root / "pkg" / "other.py").write_text("from .stages import stage_1\n\n\ndef run(items):\n    return stage_1(items, 2)\n")
+    session = Session(SimpleNamespace(tokenizer=engine.tokenizer, check_prompt=lambda ids: None),
+                      index_repository(root, cache_dir=tmp_path / "cache"))
+    lines = (root / "pkg" / "stages.py").read_text().split("\n")
+    cursor = lines.index("def stage_50(items, weight):") + 1           # (0-based) the body's first row
+    prefix = "".join(f"{row}\n" for row in lines[cursor - 120:cursor]) + "    kept = [item for item in items if item.w"
+    suffix = "\n" + "".join(f"{row}\n" for row in lines[cursor + 1:cursor + 40])
+    prompt = session.infill(prefix, suffix, sampling=Sampling(max_tokens=0), budget=1024).prompt
+    text = engine.tokenizer.decode(prompt.ids)
+    assert "untitled" not in text and all(item.path != "untitled" for item in prompt.context)
+    own = [item for item in prompt.context if item.path == "pkg/stages.py"]
+    assert own and all(item.buffer or not cursor - 120 < item.end_line and item.start_line <= cursor + 40
+                       for item in own), own                      # the disk's copy of the sent rows: never again
+    assert text.count("kept = [item for item in items if item.weight > 49]") == 1
+    unknown = session.infill("def fresh(a, b):\n    return a + b\n" * 3 + "x = fre", "\n", sampling=Sampling(max_tokens=0),
+                             budget=1024).prompt
+    assert any(item.path == "untitled" for item in unknown.context)

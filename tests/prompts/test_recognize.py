@@ -1,0 +1,64 @@
+"""An editor's unnamed text (llama.vim's and llama.vscode's /infill name no file) recognized as the repository's
+file it is a version of (prompts/recognize.py), edits unsaved and only the lines around the cursor sent; a text no
+file holds enough of stays untitled."""
+import random
+
+import pytest
+
+from prompts import index_repository
+from prompts.recognize import MIN_LINES, recognize
+
+
+def module(name: str, count: int) -> str:
+    return "\n\n".join(f"def {name}_{k}(value, scale):\n    {name}_total = value * {k} + scale\n"
+                       f"    return {name}_total - {k} * scale\n" for k in range(count)) + "\n"
+
+
+ENGINE = module("engine", 60)
+HELPERS = module("helper", 30)
+
+
+@pytest.fixture
+def index(make_repo):
+    return index_repository(make_repo({"pkg/engine.py": ENGINE, "pkg/helpers.py": HELPERS,
+                                       "pkg/partial.py": ENGINE[:len(ENGINE) // 3],   # a copy of engine's start
+                                       "README.md": "# pkg\n\nSome words about the package.\n"}))
+
+
+def test_the_lines_around_a_cursor_name_their_file(index):
+    rows = ENGINE.split("\n")
+    assert recognize(index, "\n".join(rows[100:180])) == "pkg/engine.py"
+    assert recognize(index, "\n".join(HELPERS.split("\n")[10:60])) == "pkg/helpers.py"
+
+
+def test_unsaved_edits_still_name_the_file(index):
+    """Every third line rewritten, a function typed in, the cursor's line half typed: most lines are the disk's."""
+    rng = random.Random(0)
+    rows = ENGINE.split("\n")[60:200]
+    edited = [row + "  # changed" if i % 3 == 0 and row.strip() else row for i, row in enumerate(rows)]
+    typed = [f"def typed_{i}(x):\n    return x * {rng.random()}" for i in range(6)]
+    assert recognize(index, "\n".join(edited[:70] + typed + ["    engine_total = va"] + edited[70:])) == "pkg/engine.py"
+
+
+def test_the_file_holding_more_of_the_text_wins_over_a_partial_copy(index):
+    """pkg/partial.py holds engine.py's first third: the text from its end lies in engine.py alone, and the text
+    from its start in both, where engine.py is named no less (the copy holds no more of it)."""
+    rows = ENGINE.split("\n")
+    assert recognize(index, "\n".join(rows[-90:])) == "pkg/engine.py"
+    assert recognize(index, "\n".join(rows[:60])) in ("pkg/engine.py", "pkg/partial.py")
+
+
+def test_a_text_no_file_holds_stays_untitled(index):
+    new = "\n".join(f"    result_{k} = transform(result_{k - 1}, weight={k})" for k in range(1, 80))
+    assert recognize(index, new) is None
+    # half new, a third of the lines the disk's: below the share that names a file
+    rows = ENGINE.split("\n")[:40]
+    assert recognize(index, "\n".join(rows + new.split("\n"))) is None
+
+
+def test_too_little_text_names_no_file(index):
+    """A few distinctive lines (a short buffer, or one of blank lines and braces) could be anyone's."""
+    rows = [row for row in ENGINE.split("\n") if len(row.strip()) >= 16]
+    assert recognize(index, "\n".join(rows[:MIN_LINES - 1])) is None
+    assert recognize(index, "\n".join(rows[-MIN_LINES - 4:])) == "pkg/engine.py"
+    assert recognize(index, "}\n\n  }\nelse:\n" * 40) is None
