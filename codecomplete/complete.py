@@ -5,7 +5,7 @@ from pathlib import Path
 
 from rich.text import Text
 
-from prompts.scan import MAX_BUFFER_BYTES, SNIFF_BYTES, read_regular_file, unix_newlines
+from prompts.scan import MAX_BUFFER_BYTES, SNIFF_BYTES, decode_source, read_regular_file, unix_newlines
 
 from . import client, engines, render, workspace
 from .errors import UsageError, printable
@@ -50,7 +50,7 @@ def _read(path: Path) -> str:
         raise UsageError(f"{path} is not a regular file")
     if len(data) > MAX_BUFFER_BYTES:
         raise UsageError(f"{path} is over {MAX_BUFFER_BYTES // 2 ** 20} MiB: not a file to complete in")
-    return data.decode("utf-8-sig", errors="replace")  # as prompts reads it: a byte-order mark is not a column
+    return decode_source(data)  # as the index reads a file (UTF-8, or UTF-16 with a byte-order mark)
 
 
 def run_complete(args) -> None:

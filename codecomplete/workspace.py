@@ -11,7 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from prompts.scan import MAX_BUFFER_BYTES, relative_within
+from prompts.scan import MAX_BUFFER_BYTES, decode_source, relative_within
 
 from . import caches
 from .errors import UsageError
@@ -118,7 +118,7 @@ def read_stdin() -> str:
         raise UsageError(f"cannot read standard input: {exc.strerror}") from None
     if len(data) > MAX_STDIN_BYTES:
         raise UsageError(f"standard input is over {MAX_STDIN_BYTES // 2 ** 20} MiB: not a buffer to complete")
-    return data.decode("utf-8-sig", errors="replace")  # (`--stdin < file`: its byte-order mark is not a column)
+    return decode_source(data)  # as the index reads a file (UTF-8, or UTF-16 with a byte-order mark)
 
 
 def index(root: Path):

@@ -46,7 +46,7 @@ from .outline import brief, outline
 from .packing import (BRIEF, CHARS_PER_TOKEN_AT_MOST, EXAMPLE, Assembler, ContextItem, Layout, PackedPrompt, Selection,
                       count_all, select_chunks, selection_of)
 from .ranking import Query, cursor_terms, ordered, score_both
-from .scan import MAX_BUFFER_BYTES, MAX_FILE_BYTES, line_end, read_regular_file, unix_newlines
+from .scan import MAX_BUFFER_BYTES, MAX_FILE_BYTES, decode_source, line_end, read_regular_file, unix_newlines
 from .tokens import Encoder, encoder_for, tokenizable
 
 FILE_SHARE = 0.4  # of the budget, for the text around the cursor while the repository has more to offer
@@ -492,7 +492,7 @@ def _read(full: Path, shown: str) -> str:
         raise PromptError(f"not a regular file: {shown}")
     if len(data) > MAX_BUFFER_BYTES:
         raise PromptError(f"{shown} is over {MAX_BUFFER_BYTES // 2 ** 20} MiB: not a file to complete in")
-    return data.decode("utf-8-sig", errors="replace")  # (-sig: a byte-order mark is not text, nor a column)
+    return decode_source(data)  # as the index reads a file (UTF-8, or UTF-16 with a byte-order mark)
 
 
 def _cursor(rows: list[str], line: int | None, col: int | None) -> tuple[int, int]:

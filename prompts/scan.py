@@ -122,11 +122,25 @@ def line_end(text: str, lone_cr: bool = True) -> str:
     return "\r" if lone_cr and "\r" in text and "\n" not in text else "\n"
 
 
-def read_source(root: Path, path: str, max_file_bytes: int = MAX_FILE_BYTES) -> str | None:
-    """The text of a file, or None when it is binary, too large or minified.
+UTF16_MARKS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
-    Undecodable bytes become U+FFFD, Windows' and classic Mac OS's line ends "\\n", and a UTF-8 byte-order mark is
-    dropped. OSError propagates (an unreadable file, or a file swapped since the scan for a link the scan would not
+
+def decode_source(data: bytes) -> str:
+    """A file's or an editor buffer's bytes as text: UTF-16 where a UTF-16 byte-order mark begins them (Visual Studio
+    saves C and C++ sources so, and editors open them as text; read as UTF-8, every ASCII character's zero byte made
+    the file look binary), else UTF-8. Undecodable bytes become U+FFFD; the byte-order mark is dropped (it is not
+    text, nor a column). A UTF-32 mark begins as UTF-16's: its text holds NULs, and so is binary as before."""
+    if data[:2] in UTF16_MARKS:
+        return data.decode("utf-16", errors="replace")
+    return data.decode("utf-8-sig", errors="replace")
+
+
+def read_source(root: Path, path: str, max_file_bytes: int = MAX_FILE_BYTES) -> str | None:
+    """The text of a file, or None when it is binary (a NUL byte near its start, as git decides; in UTF-16 text, a
+    NUL character), too large or minified.
+
+    Text as decode_source reads it (UTF-8, or UTF-16 with a byte-order mark), with Windows' and classic Mac OS's line
+    ends "\\n". OSError propagates (an unreadable file, or a file swapped since the scan for a link the scan would not
     keep).
     """
     if os.path.islink(root / path):  # a link the scan kept: read the file it names now, if the scan would keep it
@@ -139,9 +153,12 @@ def read_source(root: Path, path: str, max_file_bytes: int = MAX_FILE_BYTES) -> 
     data = _read_inside(root, path, max_file_bytes + 1)
     if data is None:
         raise OSError(errno.EINVAL, "not a regular file", path)  # swapped for a FIFO or device since the scan
-    if len(data) > max_file_bytes or b"\0" in data[:SNIFF_BYTES]:
+    if len(data) > max_file_bytes:
         return None
-    text = unix_newlines(data.decode("utf-8-sig", errors="replace"))  # (-sig: a byte-order mark is not text)
+    text = decode_source(data)
+    if "\0" in text[:SNIFF_BYTES // 2] if data[:2] in UTF16_MARKS else b"\0" in data[:SNIFF_BYTES]:
+        return None
+    text = unix_newlines(text)
     if len(text) > 4 * MINIFIED_LINE_CHARS and len(text) > MINIFIED_LINE_CHARS * (text.count("\n") + 1):
         return None
     return text

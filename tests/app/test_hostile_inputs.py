@@ -437,3 +437,25 @@ def test_a_signal_leaves_json_s_error_object_not_an_earlier_result(script, cli_e
     assert (proc.returncode, out, err) == (128 + number, b"", b"")
     assert json.loads(result.read_text()) == {"error": {"code": 128 + number, "type": "interrupted",
                                                         "message": f"stopped by {signal.Signals(number).name}"}}
+
+
+def test_a_utf16_file_is_completed_not_refused_as_binary(make_repository, script, cli_env, tmp_path):
+    """A UTF-16 file with a byte-order mark (Visual Studio's C and C++ sources) is text, as editors open it: `--file`
+    refused it as "binary (a NUL byte near its start)". Its cursor counts its characters, as for any file."""
+    root = make_repository(tmp_path / "repo")
+    source = "from shapes.geometry import area_of_circle\r\n\r\n\r\ndef circle_report(r):\r\n    return area_of_"
+    (root / "report.py").write_bytes(b"\xff\xfe" + source.encode("utf-16-le"))
+    before = snapshot(root)
+    run = run_cli(script, cli_env, root, "--file", "report.py", "--line", "5", "--col", "20", "--max-tokens", "3",
+                  "--json", cwd=tmp_path)
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    result = json.loads(run.stdout)
+    assert result["completion_tokens"] >= 1
+    assert {item["path"] for item in result["context"]} >= {"report.py", "shapes/geometry.py"}
+    # The same buffer on standard input (`--stdin < report.py`): the same suggestion.
+    piped = subprocess.run([str(script), str(root), "--file", "report.py", "--stdin", "--line", "5", "--col", "20",
+                            "--max-tokens", "3", "--json"], input=(root / "report.py").read_bytes(),
+                           capture_output=True, env=cli_env, cwd=tmp_path, timeout=TIMEOUT)
+    assert piped.returncode == 0, piped.stderr
+    assert json.loads(piped.stdout)["completion"] == result["completion"]
+    assert snapshot(root) == before

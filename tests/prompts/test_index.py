@@ -484,3 +484,12 @@ def test_prompts_bench_leaves_no_cache_folders_behind(tmp_path, monkeypatch):
     with pytest.raises(ZeroDivisionError):
         prompts_bench.main()
     assert caches and not any(cache.exists() for cache in caches), caches
+
+
+def test_a_utf16_file_is_indexed_and_its_definitions_found(make_repo):
+    source = "int add_numbers(int a, int b) {\r\n    return a + b;\r\n}\r\n"
+    root = make_repo({"util.c": b"\xff\xfe" + source.encode("utf-16-le"), "main.c": "int main(void) { return 0; }\n"})
+    index = index_repository(root)
+    assert index.files == ["main.c", "util.c"]
+    [number] = index.definers["add_numbers"]
+    assert index.chunks[number].text == source.replace("\r\n", "\n").rstrip("\n")

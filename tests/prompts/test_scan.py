@@ -532,3 +532,21 @@ def test_a_windows_junction_is_not_followed(make_repo, monkeypatch, as_on_window
     as_on_windows()
     with pytest.raises(OSError):
         read_source(root, "elsewhere/secret.py")
+
+
+def test_utf16_files_with_a_byte_order_mark_are_read_as_text(make_repo):
+    """Visual Studio saves C and C++ sources as UTF-16 with a byte-order mark, and editors open them as text: such a
+    file was left out as binary (its ASCII characters' zero bytes), and `--file` refused it as "binary"."""
+    source = "#include <stdio.h>\r\n\r\nint add_caf\u00e9(int a, int b) { return a + b; }\r\n"
+    root = make_repo({
+        "le.c": b"\xff\xfe" + source.encode("utf-16-le"),
+        "be.c": b"\xfe\xff" + source.encode("utf-16-be"),
+        "plain.c": source.encode("utf-8"),
+        "utf32.c": source.encode("utf-32"),        # a UTF-32 byte-order mark begins as UTF-16's: still binary
+        "no_mark.c": source.encode("utf-16-le"),   # no mark: no way to tell it from binary data, as git decides
+        "nul.c": b"\xff\xfe" + "int x;\0".encode("utf-16-le"),     # UTF-16 text with a NUL character: binary
+    })
+    expected = source.replace("\r\n", "\n")
+    assert read_source(root, "le.c") == read_source(root, "be.c") == read_source(root, "plain.c") == expected
+    for binary in ("utf32.c", "no_mark.c", "nul.c"):
+        assert read_source(root, binary) is None, binary
