@@ -8,7 +8,7 @@ from rich.text import Text
 from prompts.scan import MAX_BUFFER_BYTES, SNIFF_BYTES, decode_source, read_regular_file, unix_newlines
 
 from . import client, engines, render, workspace
-from .errors import UsageError, printable
+from .errors import UsageError, one_line
 from .session import open_session
 from .workspace import read_stdin
 
@@ -82,4 +82,5 @@ def _summary(where: str, packed, shown: int = 4) -> Text:
     items = [f"{item.path}:{item.start_line}-{item.end_line}" for item in packed.context]
     more = f", +{len(items) - shown} more" if len(items) > shown else ""
     context = f" · context: {', '.join(items[:shown])}{more}" if items else ""
-    return Text(printable(f"{where} · {len(packed.ids):,} prompt tokens ({packed.format}){context}"), style="dim")
+    # one_line: a file name may hold a newline, which broke the one line in two
+    return Text(one_line(f"{where} · {len(packed.ids):,} prompt tokens ({packed.format}){context}"), style="dim")

@@ -402,8 +402,9 @@ def context_table(items) -> Table:
     table.add_column("form")
     for item in items:
         # A cell given as a str is rich markup: a file named `a[/]b.py` failed /context, `[link=URL]x[/link].py`
-        # became a hyperlink. The path is Text, shown as it is named.
-        table.add_row(Text(printable(item.path)), f"{item.start_line}-{item.end_line}", f"{item.tokens:,}", item.form)
+        # became a hyperlink. The path is Text, shown as it is named, on one line (a newline in it as `\n`: as two rows
+        # it read as two files).
+        table.add_row(Text(one_line(item.path)), f"{item.start_line}-{item.end_line}", f"{item.tokens:,}", item.form)
     return table
 
 

@@ -252,16 +252,16 @@ class Repl:
                        else "no earlier exchange")
             self.console.print(Text(f"{len(packed.ids):,} prompt tokens ({packed.format}) · {history}", style="dim"))
         pinned = ", ".join(conversation.pinned) or "none (/add PATH)"
-        self.console.print(Text(f"pinned: {printable(pinned)}", style="dim"))
+        self.console.print(Text(f"pinned: {one_line(pinned)}", style="dim"))
 
     def _add(self, argument: str) -> None:
         if not argument:
             raise UsageError("/add needs a file: /add PATH")
-        self.console.print(Text(f"pinned {printable(self.conversation.pin(argument))}", style="green"))
+        self.console.print(Text(f"pinned {one_line(self.conversation.pin(argument))}", style="green"))
 
     def _drop(self, argument: str) -> None:
         dropped = self.conversation.unpin(argument or None)
-        self.console.print(Text(f"unpinned {printable(', '.join(dropped)) or 'nothing'}", style="green"))
+        self.console.print(Text(f"unpinned {one_line(', '.join(dropped)) or 'nothing'}", style="green"))
 
     def _reset(self, _argument: str) -> None:
         self.conversation.reset()
@@ -302,7 +302,7 @@ class Repl:
     def _welcome(self) -> Text:
         index = self.conversation.index
         return Text.assemble(
-            ("codecomplete", "bold"), f" · {printable(index.root.name)} ({len(index.files):,} files) · ",
+            ("codecomplete", "bold"), f" · {one_line(index.root.name)} ({len(index.files):,} files) · ",
             render.model_label(self.conversation.engine), "\n",
             ("Ask about the code. /help lists the commands. " + KEYS, "dim"))
 

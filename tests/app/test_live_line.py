@@ -228,3 +228,21 @@ def test_the_live_count_is_of_tokens_not_text_pieces(engine, speculate):
     assert tokens - 1 <= view._meter.count <= tokens, (view._meter.count, tokens)
     console.print(view._frame())
     assert f"{view._meter.count} tokens" in console.file.getvalue()
+
+
+def test_a_file_name_with_a_newline_is_shown_on_its_own_row_and_line():
+    """A file named `new\\nline.py` (any file name works) took two rows of the context table, `new` and `line.py`,
+    as if two files, and broke the command line's one-line summary in two: names are shown with the newline as
+    `\\n`, as error messages show them."""
+    from prompts.packing import ContextItem, PackedPrompt
+
+    from codecomplete import complete
+
+    items = [ContextItem("new\nline.py", 1, 2, 3, "whole"), ContextItem("b\u2028c.py", 4, 5, 6, "whole")]
+    table = Console(file=io.StringIO(), width=200)
+    table.print(render.context_table(items))
+    rows = [row for row in table.file.getvalue().splitlines() if ".py" in row]
+    assert len(rows) == 2 and "new\\nline.py" in rows[0] and "b\\u2028c.py" in rows[1], rows
+    summary = complete._summary("new\nline.py:1:1", PackedPrompt([1, 2], items, [], [], "left-to-right"))
+    assert "\n" not in summary.plain and "\u2028" not in summary.plain
+    assert summary.plain.startswith("new\\nline.py:1:1 · 2 prompt tokens"), summary.plain

@@ -465,3 +465,20 @@ def test_a_pinned_file_deleted_since_is_unpinned_with_a_notice(engine, tmp_path)
     with pytest.raises(Exception) as refused:
         prompts_chat.pinnable(conversation.index, "blob.bin")
     assert f"error: {refused.value}" in " ".join(printed.split())
+
+
+def test_a_pinned_file_named_with_a_newline_is_said_on_one_line(engine, tmp_path):
+    """`/add` of a file named `new\\nline.py` said "pinned new" on one line and "line.py" on the next, as /context's
+    pinned list did: the name is shown with its newline as `\\n`, as errors show it."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "new\nline.py").write_text("def newline_helper():\n    return 1\n")
+    (root / "kept.py").write_text("def kept():\n    return 2\n")
+    args = cli.build_parser().parse_args([str(root), "--max-tokens", "2"])
+    conversation = chat.Conversation(Session(engine, workspace.index(root)), args)
+    printed = drive(conversation, ["/add new" + ESC_ENTER + "line.py\r", "/context\r", "/drop new" + ESC_ENTER +
+                                   "line.py\r", "/exit\r"], tmp_path / "history")
+    lines = printed.splitlines()
+    assert "pinned new\\nline.py" in lines and "pinned: new\\nline.py" in lines, printed
+    assert "unpinned new\\nline.py" in lines and "line.py" not in lines, printed
+    assert conversation.pinned == []
