@@ -79,12 +79,13 @@ class Generation:
                                      # as it has them; the engine's token offsets and token texts map to it
 
 
-def open_session(args, root=None, max_new_tokens: int = 0, headroom: int = 0) -> Session:
+def open_session(args, root=None, max_new_tokens: int = 0, headroom: int = 0, allow_empty: bool = False) -> Session:
     """The command line's in-process session: index the repository (if any), then load the model (the slow part
-    comes last, so a bad path fails at once). `headroom`: engines.load's."""
+    comes last, so a bad path fails at once). `headroom`: engines.load's; `allow_empty`: a repository with nothing
+    to index yet is no error (a server, a suggestion: prompts.index_repository's)."""
     from . import workspace
 
-    index = workspace.index(root) if root is not None else None
+    index = workspace.index(root, allow_empty=allow_empty) if root is not None else None
     return Session(engines.load(args, max_new_tokens, headroom=headroom), index, args.context_tokens,
                    suffix_first=getattr(args, "spm_infill", False))
 

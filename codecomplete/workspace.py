@@ -121,15 +121,16 @@ def read_stdin() -> str:
     return decode_source(data)  # as the index reads a file (UTF-8, or UTF-16 with a byte-order mark)
 
 
-def index(root: Path):
-    """Scan and chunk the repository (cached across runs), with a progress bar on stderr.
+def index(root: Path, allow_empty: bool = False):
+    """Scan and chunk the repository (cached across runs), with a progress bar on stderr; `allow_empty`:
+    index_repository's.
 
     Files the scan skips (unreadable, broken links) become one warning line each."""
     from prompts import ScanWarning, index_repository
 
     with warnings.catch_warnings(record=True) as caught, progress_bar(f"Indexing {root.name}") as progress:
         warnings.simplefilter("always", ScanWarning)
-        repo_index = index_repository(root, progress=progress)
+        repo_index = index_repository(root, progress=progress, allow_empty=allow_empty)
     for warning in caught:
         if issubclass(warning.category, ScanWarning):
             warn(str(warning.message))

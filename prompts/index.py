@@ -220,21 +220,33 @@ def index_repository(
     *,
     max_file_bytes: int = MAX_FILE_BYTES,
     workers: int | None = None,
+    allow_empty: bool = False,
 ) -> RepoIndex:
     """Scan and chunk the repository at ``root``, reusing the on-disk cache for unchanged files.
 
     ``progress(done, total)`` is called while files are (re)parsed, last with done == total; not at all when
     nothing changed. ``workers`` caps the worker processes for a large first index (default: the CPU count);
     they are started by "spawn", so a script that indexes a large repository needs the usual
-    ``if __name__ == "__main__":`` guard. Raises PromptError when ``root`` is not a directory or holds nothing
-    to index.
+    ``if __name__ == "__main__":`` guard. Raises PromptError when ``root`` is not a directory or, unless
+    ``allow_empty`` (a server or a suggestion in a new project: the files come later, the buffer is the text), holds
+    nothing to index (`nothing_to_index` says why).
     """
     root_path = Path(os.path.expanduser(root))
     if not root_path.is_dir():
         raise PromptError(f"not a directory: {root}")
     root_path = root_path.resolve()
     with _collector_paused():
-        return _index(root_path, cache_dir, progress, max_file_bytes, workers)
+        index = _index(root_path, cache_dir, progress, max_file_bytes, workers)
+    if not index.chunks and not allow_empty:
+        raise PromptError(nothing_to_index(root_path))
+    return index
+
+
+def nothing_to_index(root: Path) -> str:
+    """Why a repository's index holds no chunk, in a sentence (the ignore rules, where they left files out)."""
+    ignored = count_ignored(root)
+    because = f" ({ignored:,} files are ignored by .gitignore or .codecompleteignore rules)" if ignored else ""
+    return f"nothing to index in {root}: no text files with content{because}"
 
 
 @contextlib.contextmanager
@@ -286,10 +298,6 @@ def _index(
         saved = {"root": str(root_path), "files": entries, "vocabulary": index.vocabulary,
                  "term_ids": index._term_ids}
         _save_cache(cache_file, saved)
-    if not index.chunks:
-        ignored = count_ignored(root_path)
-        because = f" ({ignored:,} files are ignored by .gitignore or .codecompleteignore rules)" if ignored else ""
-        raise PromptError(f"nothing to index in {root_path}: no text files with content{because}")
     return index
 
 

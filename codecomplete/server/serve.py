@@ -61,7 +61,8 @@ def run_serve(args) -> None:
     # REPO --ask Q` never found a CPU server on its defaults fit (1,024 + 256 tokens held, 1,024 + 512 asked) and ran
     # alone. The prompt budget stays what max_tokens leaves; an explicit --context-tokens is sized as given.
     headroom = 0 if args.context_tokens else max(0, chat.DEFAULT_MAX_TOKENS - max_tokens)
-    session = open_session(args, root, max_tokens, headroom=headroom)
+    # A new project's folder may hold nothing to index yet: the files an editor adds are indexed as they come.
+    session = open_session(args, root, max_tokens, headroom=headroom, allow_empty=True)
     budget = session.prompt_budget(max_tokens)      # (the Server's prompt_budget too)
     _check_budget(session, budget)
     warmer = PromptWarmer(session, budget) if warming.enabled() else None
@@ -90,6 +91,10 @@ def run_serve(args) -> None:
     print(f"codecomplete: {warmed}", file=sys.stderr, flush=True)
     if args.spm_infill:
         print(f"codecomplete: {_infill_order(engine)}", file=sys.stderr, flush=True)
+    if not session.index.chunks:
+        from prompts.index import nothing_to_index
+        print(f"codecomplete: {nothing_to_index(root)} yet: files added while it serves are indexed as they come",
+              file=sys.stderr, flush=True)
     print(f"codecomplete: serving {root} ({len(session.index.files):,} files) with {engine.name} "
           f"({engine.device}, {engine.precision}, {engine.attention}) on {url} · prompts of {server.prompt_budget:,} "
           f"tokens · Ctrl-C stops", file=sys.stderr, flush=True)

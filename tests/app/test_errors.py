@@ -1,4 +1,5 @@
 """Every failure is one line on stderr with its exit code, and never a traceback."""
+import json
 import os
 import re
 import signal
@@ -534,3 +535,17 @@ def test_the_command_lines_json_says_the_answer_ended_on_nan():
     broken = _not_a_number_result()
     assert result_json("completion", broken, engine)["not_a_number"] is True
     assert result_json("completion", replace(broken, not_a_number=False), engine)["not_a_number"] is False
+
+
+def test_a_suggestion_in_an_empty_repository_completes_the_buffer(codecomplete, tmp_path):
+    """The first file of a new project (`--file main.py --stdin` in an empty folder, or a file saved empty) was
+    refused, "nothing to index": the buffer is the text to complete. A question about nothing is still refused."""
+    empty = tmp_path / "new"
+    empty.mkdir()
+    run = codecomplete(empty, "--file", "main.py", "--stdin", "--max-tokens", "2", "--json", input="def add(a, b):\n")
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    assert json.loads(run.stdout)["context"][0]["path"] == "main.py"
+    (empty / "main.py").write_text("")
+    run = codecomplete(empty, "--file", "main.py", "--max-tokens", "2", "--json")
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    check_error(codecomplete(empty, "--ask", "anything?"), 2, "nothing to index")

@@ -139,7 +139,7 @@ def test_an_inline_suggestion_counts_the_cursors_line(tmp_path, monkeypatch, cap
             generation = FakeGeneration(written)
             generation.prompt, generation.engine = PackedPrompt([1], [], [], [], "left-to-right"), engine
             return generation
-    monkeypatch.setattr(complete, "open_session", lambda *args: Session())
+    monkeypatch.setattr(complete, "open_session", lambda *args, **kwargs: Session())
     argv = [str(tmp_path), "--file", "a.py", "--line", "2", "--no-server"] + (["--col", str(col)] if col else [])
     assert cli.main(argv) == 0
     assert capsys.readouterr().out == want
@@ -164,7 +164,7 @@ def test_an_inline_suggestion_in_a_lone_cr_file_stops_at_the_loop(tmp_path, monk
             generation.engine = engine
             made.append(generation)
             return generation
-    monkeypatch.setattr(complete, "open_session", lambda *args: Session())
+    monkeypatch.setattr(complete, "open_session", lambda *args, **kwargs: Session())
     assert cli.main([str(tmp_path), "--file", "a.py", "--line", "2", "--no-server"]) == 0
     assert capsys.readouterr().out == "\r"
     assert made[0].written == "\r    end: int\r    end: int\r"      # generation stopped at the loop

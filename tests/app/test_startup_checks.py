@@ -1,5 +1,6 @@
 """`codecomplete serve` refuses at start-up what would make it answer every request with an error: a prompt budget
 too small for the completion format's own tokens (each editor request was a 400)."""
+import json
 import os
 import re
 import subprocess
@@ -104,3 +105,32 @@ def test_switches_read_the_usual_words_and_are_written_back_for_the_layers_below
     read = {name for package in ("models", "kernels") for source in (root / package).rglob("*.py")
             for name in re.findall(r'environ\.get\("(CODECOMPLETE_[A-Z0-9_]+)", "1"\) != "0"', source.read_text())}
     assert read and read <= set(switches.SWITCHES), read - set(switches.SWITCHES)
+
+
+def test_a_server_starts_on_an_empty_folder_and_indexes_files_as_they_come(script, cli_env, tmp_path):
+    """A new project (`mkdir proj && cd proj && codecomplete serve`, an editor opening its first file) exited 2,
+    "nothing to index": a running server whose files all went answered on, and one that starts empty serves too,
+    saying in its log that nothing is indexed yet, and a file added later is in the next request's prompt."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    (tmp_path / "server").mkdir()
+    server = ServerProcess(script, root, cli_env, tmp_path / "server", "--context-tokens", "256", "--max-tokens", "8")
+    try:
+        assert "nothing to index in" in server.log() and "yet" in server.log(), server.log()
+        assert "Traceback" not in server.log()
+        answer = httpx.post(server.url + "/infill", json={"input_prefix": "def f():\n", "input_suffix": "",
+                                                          "n_predict": 2}, timeout=120)
+        assert answer.status_code == 200, answer.text
+        (root / "helpers.py").write_text("def zebra_unique_helper(x):\n    return x + 1\n")
+        # The command line through the server: its answer lists the context, the new file's definition in it.
+        run = subprocess.run([str(script), str(root), "--file", "main.py", "--stdin", "--server", server.url,
+                              "--context-tokens", "256", "--max-tokens", "2", "--json"],
+                             input="from helpers import zebra_unique_helper\n\nprint(zebra_", capture_output=True,
+                             text=True, env=cli_env, timeout=120)
+        assert run.returncode == 0, run.stderr
+        assert "helpers.py" in {item["path"] for item in json.loads(run.stdout)["context"]}, run.stdout
+        chat = httpx.post(server.url + "/v1/chat/completions", json={"messages": [
+            {"role": "user", "content": "What does zebra_unique_helper return?"}], "max_tokens": 2}, timeout=120)
+        assert chat.status_code == 200, chat.text
+    finally:
+        assert server.stop() == 0, server.log()
