@@ -330,6 +330,9 @@ def _post(connection: http.client.HTTPConnection, path: str, body: dict, api_key
     return response
 
 
+LOADING = "Loading model"        # what a server answers (503) while its model loads
+
+
 def _error(url: str, status: int, body: bytes) -> AppError:
     """The server's error as the command line reports it: the same message and exit code as in process."""
     try:
@@ -339,6 +342,8 @@ def _error(url: str, status: int, body: bytes) -> AppError:
             raise TypeError(message)
     except (ValueError, KeyError, TypeError):
         message, kind = f"the server{' at ' + url if url else ''} answered HTTP {status}", ""
+    if status == 503 and message == LOADING:        # (serve._LoadingAnswers: llama.cpp's words)
+        message = f"the server{' at ' + url if url else ''} is still loading its model: ask again once it serves"
     usage = status in (400, 404, 413) and kind != "exceed_context_size_error"
     return UsageError(message) if usage else AppError(message)
 

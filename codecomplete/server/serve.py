@@ -13,10 +13,12 @@ import gc
 import http
 import ipaddress
 import os
+import select
 import signal
 import socket
 import struct
 import sys
+import threading
 import time
 
 import h11
@@ -29,6 +31,7 @@ from ..errors import AppError, Stopped, UsageError
 from ..session import Sampling, open_session
 from . import native, warming
 from .app import CUT, MAX_HEAD_BYTES, Server, create_app, head_error
+from .bodies import MAX_BODY_BYTES
 from .errors import ApiError, error_body
 from .discovery import announce
 from .streaming import DROP
@@ -40,6 +43,7 @@ GRACE_S = 5                   # for streams to end after a stop signal
 REQUEST_S = 10                # for a request's headers and body to arrive, from its first byte (then a 408)
 DROP_S = 1                    # after a stop signal, for a response whose client reads nothing to take its writes
 HEAD_BYTES = 4096             # of a request's first bytes kept until its headers are in: its path, for an error's shape
+LOADING_READ_S = 1            # for a request that arrives while the model loads to send itself (_LoadingAnswers)
 # Prompts of an editor's request come to within this many tokens of the server's prompt budget (an 8k budget:
 # 7,776-8,125 tokens seen): their prefill spans are warmed before serving (models/engine.py PREFILL_BUCKET).
 WARM_PREFILL_BELOW = 1024
@@ -56,6 +60,15 @@ def run_serve(args) -> None:
                          f"${client.API_KEY_ENV})")
     root = workspace.repository(args.repo or ".", serving=True)
     listener = _listen(args.host, args.port)       # a taken port fails now, not after the model loads
+    loading = _LoadingAnswers(listener)              # ... and answers 503 "Loading model" until then
+    try:
+        _serve(args, root, listener, loading, api_key)
+    finally:
+        loading.stop()
+        listener.close()
+
+
+def _serve(args, root, listener: socket.socket, loading: _LoadingAnswers, api_key: str | None) -> None:
     max_tokens = args.max_tokens or DEFAULT_MAX_TOKENS
     # The default cache also has room for an --ask answer's default length where the model holds it, or `codecomplete
     # REPO --ask Q` never found a CPU server on its defaults fit (1,024 + 256 tokens held, 1,024 + 512 asked) and ran
@@ -98,6 +111,7 @@ def run_serve(args) -> None:
     print(f"codecomplete: serving {root} ({len(session.index.files):,} files) with {engine.name} "
           f"({engine.device}, {engine.precision}, {engine.attention}) on {url} · prompts of {server.prompt_budget:,} "
           f"tokens · Ctrl-C stops", file=sys.stderr, flush=True)
+    loading.stop()             # uvicorn takes the listener from here
     previous = signal.signal(signal.SIGTERM, _stop)
     running = _Uvicorn(config, server.worker)
     hung_up = _hang_up_as_a_stop(running)
@@ -386,6 +400,76 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+class _LoadingAnswers:
+    """Until the server serves, a thread answers each request on the listener 503 "Loading model" (in its route's
+    shape, Ollama's on /api/) and closes it, as llama.cpp's server answers while its model loads: the port is taken
+    before the load, so that a taken port fails at once, and a client polling /health meanwhile (tens of seconds with a
+    7B model on a GPU) got no answer at all, its connection accepted by the kernel and left waiting. One connection at
+    a time, each given at most LOADING_READ_S to send its request; `stop()` returns once the thread has let go of the
+    listener."""
+
+    def __init__(self, listener: socket.socket) -> None:
+        self._listener = listener
+        listener.setblocking(False)     # (a connection its client reset between select and accept: no wait)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="codecomplete-loading", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join()
+        if self._listener.fileno() >= 0:
+            self._listener.setblocking(True)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                ready, _, _ = select.select([self._listener], [], [], 0.05)
+                if not ready:
+                    continue
+                connection, _ = self._listener.accept()
+            except (OSError, ValueError):     # closed under it (a failed start), or a connection gone at once
+                if self._listener.fileno() < 0:
+                    return
+                continue
+            with connection:
+                try:
+                    self._answer(connection)
+                except OSError:
+                    pass
+
+    @staticmethod
+    def _answer(connection: socket.socket) -> None:
+        connection.settimeout(LOADING_READ_S)
+        head = b""
+        while b"\r\n\r\n" not in head and len(head) < MAX_HEAD_BYTES:
+            try:
+                data = connection.recv(HEAD_BYTES)
+            except OSError:         # (a timeout: answered all the same)
+                break
+            if not data:
+                break
+            head += data
+        line = head.split(b"\r\n", 1)[0].split(b" ")
+        path = line[1].split(b"?")[0].decode("latin-1") if len(line) > 1 else ""
+        body = error_body(path, ApiError(503, client.LOADING))
+        connection.sendall(b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+                           b"content-length: %d\r\nretry-after: 1\r\nconnection: close\r\n\r\n%s"
+                           % (len(body), b"" if line[0] == b"HEAD" else body))
+        # What is left of the request (a POST's body) is read before the close, which would otherwise reset the
+        # connection and lose the answer on its way.
+        connection.shutdown(socket.SHUT_WR)
+        left, until = MAX_BODY_BYTES, time.monotonic() + LOADING_READ_S
+        while left > 0 and time.monotonic() < until:
+            try:
+                data = connection.recv(65536)
+            except OSError:
+                break
+            if not data:
+                break
+            left -= len(data)
 
 
 def _listen(host: str, port: int) -> socket.socket:

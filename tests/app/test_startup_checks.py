@@ -3,7 +3,10 @@ too small for the completion format's own tokens (each editor request was a 400)
 import json
 import os
 import re
+import signal
+import socket
 import subprocess
+import time
 
 import httpx
 import pytest
@@ -134,3 +137,64 @@ def test_a_server_starts_on_an_empty_folder_and_indexes_files_as_they_come(scrip
         assert chat.status_code == 200, chat.text
     finally:
         assert server.stop() == 0, server.log()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_requests_while_the_model_loads_are_answered_503_loading_model(script, cli_env, served_repo, tmp_path):
+    """The port is taken before the model loads (a taken port fails at once), but nothing answered on it until the
+    server was ready: a client polling /health while it loaded (tens of seconds with a 7B model on a GPU) got no
+    answer at all, its connection accepted by the kernel and left waiting. llama.cpp's server answers 503 "Loading
+    model" then; so does this one, in each route's shape (Ollama's on /api/), and serves once ready."""
+    port = _free_port()
+    log = open(tmp_path / "server.log", "wb")
+    process = subprocess.Popen([str(script), "serve", str(served_repo), "--port", str(port), "--context-tokens", "64",
+                                "--max-tokens", "8"], env=cli_env, stdout=log, stderr=subprocess.STDOUT)
+    seen: dict[int, list] = {}
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+            except httpx.ConnectError:      # not listening yet
+                time.sleep(0.05)
+                continue
+            except httpx.TimeoutException:  # listening, not answering (the defect)
+                seen.setdefault(0, []).append(None)
+                continue
+            seen.setdefault(answer.status_code, []).append(answer)
+            if answer.status_code == 200:
+                break
+            ollama = httpx.post(f"http://127.0.0.1:{port}/api/generate", json={"model": "m", "prompt": "x"},
+                                timeout=5)
+            if ollama.status_code == 503:
+                seen.setdefault("ollama", []).append(ollama)
+            time.sleep(0.05)
+        assert 200 in seen, (seen, (tmp_path / "server.log").read_text())
+        assert 0 not in seen, "a /health during the load went unanswered"
+        loading = seen[503][0]
+        assert loading.json() == {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}
+        assert loading.headers["retry-after"] == "1"
+        assert seen["ollama"][0].json() == {"error": "Loading model"}
+        served = httpx.post(f"http://127.0.0.1:{port}/completion", json={"prompt": "def f(", "n_predict": 2},
+                            timeout=120)
+        assert served.status_code == 200, served.text
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(60) == 0
+        log.close()
+    assert "Traceback" not in (tmp_path / "server.log").read_text()
+
+
+def test_the_command_line_says_a_server_is_still_loading():
+    """`--server URL` while that server loads: "error: Loading model" alone, now what it means."""
+    from codecomplete import client
+
+    error = client._error("http://127.0.0.1:8012", 503, json.dumps(
+        {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}).encode())
+    assert str(error) == "the server at http://127.0.0.1:8012 is still loading its model: ask again once it serves"
+    assert client._error("", 503, b'{"error": {"code": 503, "message": "busy", "type": "x"}}').args == ("busy",)
