@@ -43,10 +43,24 @@ class ApiError(Exception):
 OLLAMA_PREFIX = "/api/"
 
 
+def compact(obj) -> str:
+    """One line of JSON without spaces: llama.vim looks for `"content":"` byte for byte. Text stays text (UTF-8 on
+    the wire, not \\u escapes), but for a lone surrogate, which is how Python holds a byte of a file or folder name
+    that is not UTF-8: raw it cannot be encoded, and every answer naming such a repository (its /codecomplete/v1/info
+    too) failed, a 500 and a traceback; it goes as its JSON escape, `\\udcff`, which a client decodes to the same
+    name."""
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:      # (in a JSON string only: json.dumps writes nothing else that is not ASCII)
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def error_body(path: str, error: ApiError) -> bytes:
     """An error as the protocol that `path` speaks writes it, as one line of JSON."""
     shaped = {"error": error.message} if path.startswith(OLLAMA_PREFIX) else error.body()
-    return json.dumps(shaped, ensure_ascii=False, separators=(",", ":")).encode()
+    return compact(shaped).encode()
 
 
 def api_error(exc: BaseException) -> ApiError:

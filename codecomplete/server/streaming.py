@@ -8,24 +8,18 @@ next token: a task listens for the ASGI `http.disconnect` message the whole time
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from .errors import api_error
+from .errors import api_error, compact
 from .worker import Event, Job
 
 # The scope's function, from the server's connection (serve._Connection), that drops the connection if its client
 # goes on reading nothing: called when the engine stopped a generation whose stream it did not read (worker.STALL_S).
 DROP = "codecomplete.drop"
-
-
-def compact(obj) -> str:
-    """One line of JSON without spaces: llama.vim looks for `"content":"` byte for byte."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
 def json_response(obj, status: int = 200) -> Response:

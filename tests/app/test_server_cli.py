@@ -881,3 +881,33 @@ def test_the_client_reads_context_items_with_fields_it_does_not_know():
     assert (item.path, item.start_line, item.end_line, item.tokens, item.buffer) == ("a.py", 3, 9, 40, True)
     with pytest.raises(TypeError):
         client._context_item({"path": "a.py", "start_line": 3, "tokens": 40})
+
+
+def test_a_server_for_a_repository_whose_path_is_not_utf8_answers_and_is_used(script, cli_env, tmp_path):
+    """A repository folder whose name is not UTF-8 (`r\\xff`, as os gives it: a lone surrogate): every JSON answer
+    that named it failed to encode, a 500 with a traceback in the log: /codecomplete/v1/info, which the command line
+    asks first, so that it never used the server and ran alone; and an error naming the repository. Now the name
+    goes out as its JSON \\u escape, and the command line prints through the server what it prints alone."""
+    from server_process import ServerProcess
+
+    root = Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), b"repo_\xff")))
+    root.mkdir()
+    (root / "geometry.py").write_text("def area_of_square(side):\n    return side * side\n")
+    (root / "app.py").write_text("from geometry import area_of_square\n\n\ndef total(sides):\n    return sum(area_")
+    (tmp_path / "server").mkdir()
+    server = ServerProcess(script, root, cli_env, tmp_path / "server", "--context-tokens", "256", "--max-tokens", "8")
+    try:
+        info = httpx.get(server.url + "/codecomplete/v1/info", timeout=60)
+        assert info.status_code == 200 and info.json()["repo"] == str(root), info.text
+        outside = httpx.post(server.url + "/codecomplete/v1/complete", json={"path": "/etc/passwd", "max_tokens": 2}, timeout=60)
+        assert outside.status_code == 400 and str(root) in outside.json()["error"]["message"], outside.text
+        args = [root, "--file", "app.py", "--max-tokens", "3", "--context-tokens", "256", "--json"]
+        code, served, err = run(script, server.env, *args)
+        assert code == 0 and err == "", err
+        assert server.log().count("POST /codecomplete/v1/complete") == 1, server.log()     # it went to the server
+        code, alone, err = run(script, server.env, *args, "--no-server")
+        assert code == 0, err
+        same_output(served, alone)
+    finally:
+        assert server.stop() == 0, server.log()
+    assert "Traceback" not in server.log(), server.log()
