@@ -52,10 +52,16 @@ def engine_info(engine: dict) -> EngineInfo:
     return EngineInfo(**{f.name: engine[f.name] for f in fields(EngineInfo) if f.default is MISSING or f.name in engine})
 
 
-def connect(args, root: Path | None = None, max_new_tokens: int = 0) -> RemoteSession | None:
+def connect(args, root: Path | None = None, max_new_tokens: int = 0, file: str | None = None) -> RemoteSession | None:
+    """A server that prints what this process would, or None; `file`: the request's file, relative to `root`."""
     if getattr(args, "no_server", False):
         return None
     url = getattr(args, "server", None) or os.environ.get(SERVER_ENV)
+    unsendable = _unsendable(file)
+    if url and unsendable:
+        raise UsageError(f"the server at {url} {unsendable}")
+    if unsendable:      # completed alone, as it prints alone
+        return None
     if url:   # named by the user: it must do, or it is an error
         key = _announced_key(url) or os.environ.get(API_KEY_ENV)
         info = _get_info(url, key)
@@ -75,6 +81,16 @@ def connect(args, root: Path | None = None, max_new_tokens: int = 0) -> RemoteSe
             # for another repository, took the port: what answers must fit too.
             if mismatch(info, args, root, max_new_tokens) is None:
                 return RemoteSession(announced["url"], info, announced.get("api_key"), args.context_tokens)
+    return None
+
+
+def _unsendable(file: str | None) -> str | None:
+    """Why a request for `file` cannot go to a server (None: it can): a name that is not UTF-8 (os holds its bytes as
+    lone surrogates) reaches it with U+FFFD in their place, the name of another file, or of none."""
+    try:
+        (file or "").encode("utf-8")
+    except UnicodeEncodeError:
+        return f"cannot take the file name {file}, which is not UTF-8: run without it (--no-server)"
     return None
 
 

@@ -64,7 +64,7 @@ def run_complete(args) -> None:
 
     max_new = args.max_tokens or DEFAULT_MAX_TOKENS
     # (a new project's first file: the buffer is the text to complete, whatever the repository holds yet)
-    session = client.connect(args, root, max_new) or open_session(args, root, max_new, allow_empty=True)
+    session = client.connect(args, root, max_new, file=path) or open_session(args, root, max_new, allow_empty=True)
     generation = session.complete(path, text=text, line=line, col=col, sampling=engines.sampling(args, max_new))
     packed = generation.prompt
     view = render.choose_view(args, render.code_body(path),

@@ -911,3 +911,31 @@ def test_a_server_for_a_repository_whose_path_is_not_utf8_answers_and_is_used(sc
     finally:
         assert server.stop() == 0, server.log()
     assert "Traceback" not in server.log(), server.log()
+
+
+def test_a_file_name_that_is_not_utf8_is_completed_alone_not_sent_to_the_server(script, cli_env, tmp_path):
+    """`--file h_\\xff.py` with a server running for the repository: the name reached the server with U+FFFD in
+    place of the byte, another name, and the command failed "file not found: h_\\ufffd.py" (exit 2), though it
+    completes alone. Such a name is completed in process, as it prints alone; a server named with --server says why
+    it cannot take it (exit 2)."""
+    from server_process import ServerProcess
+
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "geometry.py").write_text("def area_of_square(side):\n    return side * side\n")
+    name = os.fsdecode(b"h_\xff.py")
+    (root / name).write_text("from geometry import area_of_square\n\n\ndef total(sides):\n    return sum(area_")
+    (tmp_path / "server").mkdir()
+    server = ServerProcess(script, root, cli_env, tmp_path / "server", "--context-tokens", "256", "--max-tokens", "8")
+    try:
+        args = [root, "--file", name, "--max-tokens", "3", "--context-tokens", "256", "--json"]
+        code, found, err = run(script, server.env, *args)
+        assert code == 0 and err == "", err
+        code, alone, err = run(script, server.env, *args, "--no-server")
+        assert code == 0, err
+        same_output(found, alone)
+        code, named, err = run(script, server.env, *args, "--server", server.url)
+        assert code == 2 and "not UTF-8" in err and "--no-server" in err, err
+        assert "/codecomplete/v1/complete" not in server.log()        # nothing sent: another file's name
+    finally:
+        assert server.stop() == 0, server.log()
