@@ -183,7 +183,10 @@ def test_typing_at_the_cursor_changes_the_prompt_only_at_the_cursor_until_a_step
         prompts.append(session.infill(body["input_prefix"] + body["prompt"], body["input_suffix"],
                                       extra=[(chunk["filename"], chunk["text"]) for chunk in body["input_extra"]],
                                       sampling=Sampling(max_tokens=0), budget=budget).prompt)
-    assert prompts[0].cut and len(prompts[0].ids) > budget * 0.9       # (the premise: the file's text was cut)
+    # (the premise: the file's text was cut, the budget binding; the text is recognized as app.py, whose window takes
+    # its room in parts of 8 lines, so up to a part's tokens stay over: 89% at 2,560 with pytest's longest paths in
+    # the ring's labels, 93% with short ones)
+    assert prompts[0].cut and len(prompts[0].ids) > budget * 0.85
     for count, (before, after) in enumerate(zip(prompts, prompts[1:]), 1):
         head = next(n for n, (a, b) in enumerate(zip(before.ids, after.ids)) if a != b)
         assert after.ids[:head] + after.ids[head + 1:] == before.ids, (        # one token more, at the cursor
