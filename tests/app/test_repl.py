@@ -99,14 +99,20 @@ def test_a_command_that_takes_no_argument_refuses_one(conversation, tmp_path):
     conversation.reset()
 
 
+def conversation_over(engine, root, files: dict[str, str], max_tokens: int):
+    """A REPL conversation over a new repository of these files, as `codecomplete ROOT --max-tokens N` opens it."""
+    root.mkdir()
+    for name, text in files.items():
+        (root / name).write_text(text)
+    args = cli.build_parser().parse_args([str(root), "--max-tokens", str(max_tokens)])
+    return chat.Conversation(Session(engine, workspace.index(root)), args)
+
+
 def test_the_repl_sees_files_change_between_questions(engine, tmp_path):
     """Files added, deleted or edited while the REPL waits are what its next command or question sees."""
     root = tmp_path / "repo"
-    root.mkdir()
-    (root / "old.py").write_text("def old_helper():\n    return 1\n")
-    (root / "kept.py").write_text("def kept():\n    return 2\n")
-    args = cli.build_parser().parse_args([str(root), "--max-tokens", "4"])
-    conversation = chat.Conversation(Session(engine, workspace.index(root)), args)
+    conversation = conversation_over(engine, root, {"old.py": "def old_helper():\n    return 1\n",
+                                                    "kept.py": "def kept():\n    return 2\n"}, max_tokens=4)
     (root / "new.py").write_text("def zebra_unique_fn():\n    return 3\n")
     (root / "old.py").unlink()
     (root / "kept.py").write_text("def kept_renamed():\n    return 2\n")
@@ -470,12 +476,8 @@ def test_a_pinned_file_deleted_since_is_unpinned_with_a_notice(engine, tmp_path)
 def test_a_pinned_file_named_with_a_newline_is_said_on_one_line(engine, tmp_path):
     """`/add` of a file named `new\\nline.py` said "pinned new" on one line and "line.py" on the next, as /context's
     pinned list did: the name is shown with its newline as `\\n`, as errors show it."""
-    root = tmp_path / "repo"
-    root.mkdir()
-    (root / "new\nline.py").write_text("def newline_helper():\n    return 1\n")
-    (root / "kept.py").write_text("def kept():\n    return 2\n")
-    args = cli.build_parser().parse_args([str(root), "--max-tokens", "2"])
-    conversation = chat.Conversation(Session(engine, workspace.index(root)), args)
+    conversation = conversation_over(engine, tmp_path / "repo", {"new\nline.py": "def newline_helper():\n    return 1\n",
+                                                                "kept.py": "def kept():\n    return 2\n"}, max_tokens=2)
     printed = drive(conversation, ["/add new" + ESC_ENTER + "line.py\r", "/context\r", "/drop new" + ESC_ENTER +
                                    "line.py\r", "/exit\r"], tmp_path / "history")
     lines = printed.splitlines()
