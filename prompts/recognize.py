@@ -8,52 +8,57 @@ a replay typing through models/engine.py, bench/keystroke_prompts.py, that examp
 the ~2,600-token window four times in 39 keystrokes). Named, the file is the current one: its disk lines are matched
 to the text's rows (alignment.py) and the prompt says its name.
 
-The text is recognized by its lines: candidates are the files that reference the most of the text's rare
-identifiers (the index's postings; a term in more than RARE_SHARE of the chunks tells nothing), and the one whose
-lines hold at least SHARED of the text's distinctive lines (stripped, at least MIN_CHARS long; at least MIN_LINES
-of them) is the file. A buffer with unsaved edits still shares most of its lines with its saved copy; a new file, a
-scratch buffer or a text pasted from elsewhere in pieces does not, and stays untitled.
+The text is recognized by its lines. A line tells files apart only if it is long enough (MIN_CHARS, stripped) and
+names something few chunks name (an identifier referenced by at most RARE_SHARE of the chunks): a licence header, a
+block of common imports or `return self.value` is in many files, and a new file that begins as its neighbours do is
+no copy of them. Candidates are the files referencing the most of the text's rare identifiers (the index's
+postings); the one holding at least SHARED of the text's telling lines (and at least MIN_LINES of them) is the
+file. A buffer with unsaved edits still shares most of its telling lines with its saved copy, and one with new code
+typed below the saved lines still has only those to tell (new names are in no chunk); a new file or a scratch
+buffer has none on disk, and stays untitled.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
-import numpy as np
-
 from .chunking import IDENTIFIER
 from .index import RepoIndex
 
 MIN_CHARS = 16      # a line shorter than this (`return x`, `}`, `else:`) is in too many files to tell them apart
-MIN_LINES = 8       # fewer distinctive lines: too little text to name its file
-SHARED = 0.5        # of the text's distinctive lines, the file must hold at least this share
-RARE_SHARE = 0.01   # identifiers referenced by more of the chunks than this do not pick candidates
+MIN_LINES = 8       # fewer telling lines: too little text to name its file
+SHARED = 0.5        # of the text's telling lines, the file must hold at least this share
+RARE_SHARE = 0.01   # an identifier referenced by more of the chunks than this picks no candidate, tells no line
 CANDIDATES = 3      # files whose lines are compared
 
 
 def recognize(index: RepoIndex, text: str) -> str | None:
     """The path (relative to the repository, as the index has it) of the indexed file `text` is a version of, or
-    None where no file holds at least SHARED of its distinctive lines."""
-    lines = {stripped for line in text.splitlines() if len(stripped := line.strip()) >= MIN_CHARS}
+    None where no file holds at least SHARED of its telling lines."""
+    rare = _rare_names(index, text)
+    lines = {stripped for line in text.splitlines()
+             if len(stripped := line.strip()) >= MIN_CHARS and not rare.isdisjoint(IDENTIFIER.findall(stripped))}
     if len(lines) < MIN_LINES:
         return None
-    scored = [(len(lines & _file_lines(index, path)), path) for path in _candidates(index, text)]
+    scored = [(len(lines & _file_lines(index, path)), path) for path in _candidates(index, rare)]
     shared, path = max(scored, key=lambda pair: pair[0], default=(0, None))    # (equal: the one with more votes)
     return path if shared >= max(MIN_LINES, SHARED * len(lines)) else None
 
 
-def _candidates(index: RepoIndex, text: str) -> list[str]:
-    """The CANDIDATES files referencing the most of the text's rare identifiers."""
-    terms = [index.vocabulary[name] for name in set(IDENTIFIER.findall(text)) if name in index.vocabulary]
-    if not terms:
-        return []
-    terms = np.array(terms, dtype=np.int64)
-    rare = terms[index.document_frequency[terms] <= max(2, RARE_SHARE * len(index.chunks))]
+def _rare_names(index: RepoIndex, text: str) -> set[str]:
+    """The text's identifiers that some chunk references, and at most RARE_SHARE of them do."""
+    limit = max(2, RARE_SHARE * len(index.chunks))
+    return {name for name in set(IDENTIFIER.findall(text))
+            if (term := index.vocabulary.get(name)) is not None and 0 < index.document_frequency[term] <= limit}
+
+
+def _candidates(index: RepoIndex, rare: set[str]) -> list[str]:
+    """The CANDIDATES files referencing the most of the rare identifiers."""
     starts, owners = index.postings
     votes: Counter[str] = Counter()
-    for term in rare:
-        files = {index.chunks[chunk].path for chunk in owners[starts[term]:starts[term + 1]]}
-        votes.update(files)
+    for name in rare:
+        term = index.vocabulary[name]
+        votes.update({index.chunks[chunk].path for chunk in owners[starts[term]:starts[term + 1]]})
     return [path for path, _ in votes.most_common(CANDIDATES)]
 
 

@@ -48,17 +48,33 @@ def test_the_file_holding_more_of_the_text_wins_over_a_partial_copy(index):
     assert recognize(index, "\n".join(rows[:60])) in ("pkg/engine.py", "pkg/partial.py")
 
 
-def test_a_text_no_file_holds_stays_untitled(index):
+def test_a_text_no_file_holds_stays_untitled_and_new_code_below_a_file_s_lines_is_that_file(index):
     new = "\n".join(f"    result_{k} = transform(result_{k - 1}, weight={k})" for k in range(1, 80))
     assert recognize(index, new) is None
-    # half new, a third of the lines the disk's: below the share that names a file
-    rows = ENGINE.split("\n")[:40]
-    assert recognize(index, "\n".join(rows + new.split("\n"))) is None
+    # new code typed below the file's saved lines: its new names are in no chunk, so the saved lines tell the file
+    rows = ENGINE.split("\n")[-40:]
+    assert recognize(index, "\n".join(rows + new.split("\n"))) == "pkg/engine.py"
 
 
 def test_too_little_text_names_no_file(index):
-    """A few distinctive lines (a short buffer, or one of blank lines and braces) could be anyone's."""
-    rows = [row for row in ENGINE.split("\n") if len(row.strip()) >= 16]
-    assert recognize(index, "\n".join(rows[:MIN_LINES - 1])) is None
-    assert recognize(index, "\n".join(rows[-MIN_LINES - 4:])) == "pkg/engine.py"
+    """A few telling lines (a short buffer, or one of blank lines and braces) could be anyone's. Here a function's
+    `def` line is its only telling one: its other lines name what every function of the file names."""
+    rows = ENGINE.split("\n")
+    telling = [n for n, row in enumerate(rows) if row.startswith("def ")]
+    assert recognize(index, "\n".join(rows[telling[-MIN_LINES + 1]:])) is None
+    assert recognize(index, "\n".join(rows[telling[-MIN_LINES]:])) == "pkg/engine.py"
     assert recognize(index, "}\n\n  }\nelse:\n" * 40) is None
+
+
+def test_a_new_file_that_begins_as_its_neighbours_do_is_none_of_them(make_repo):
+    """A licence header and common imports are in many files: a new test file with them and three lines of its own
+    is not the module it imports (which the header and imports alone would have made it)."""
+    header = "".join(f"# Copyright 2026 The Example Authors, line {i} of the licence text\n" for i in range(14))
+    imports = "import os\nimport sys\nfrom collections import defaultdict, OrderedDict\nfrom typing import Optional\n"
+    files = {"foo.py": header + imports + "\n\ndef frobnicate_widgets(items):\n    return [item for item in items]\n"}
+    files.update({f"other{k}.py": header + imports + f"\n\ndef other_{k}(x):\n    return x + {k}\n" for k in range(5)})
+    index = index_repository(make_repo(files))
+    new = (header + imports + "from foo import frobnicate_widgets\n\n\ndef test_frobnicate_widgets():\n"
+           "    assert frobnicate_widgets([0, 1]) == [0, 1]\n")
+    assert recognize(index, new) is None
+    assert recognize(index, files["foo.py"]) is None          # (foo.py itself: too few telling lines to say so)
