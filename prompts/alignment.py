@@ -35,7 +35,7 @@ class BufferLines:
     the editor's ``rows``."""
 
     def __init__(self, chunks: Sequence[Chunk], rows: Sequence[str]):
-        disk = _disk_rows(tuple(chunks))
+        disk = disk_rows(tuple(chunks))
         buffer = ["" if row.isspace() else row for row in rows]
         end = len(buffer)
         while end and not buffer[end - 1]:  # (a final newline's empty row, blank rows after the last chunk)
@@ -60,8 +60,9 @@ class BufferLines:
         return None if found is None else (found[0] + 1, found[1] + 1)
 
 
-def _disk_rows(chunks: tuple[Chunk, ...]) -> list[str]:
-    """The file's rows as its chunks hold them, blank between chunks (a file's every other line is blank)."""
+def disk_rows(chunks: tuple[Chunk, ...]) -> list[str]:
+    """The file's rows as its chunks hold them, blank between chunks (a file's every other line is blank); the last
+    few files' remembered (the index's tuple of a file's chunks is the key)."""
     for known, rows in _disk_memo:
         if known is chunks:
             return rows

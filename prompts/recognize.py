@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from .alignment import disk_rows
 from .chunking import IDENTIFIER
 from .index import RepoIndex
 
@@ -35,9 +36,10 @@ CANDIDATES = 3      # files whose lines are compared
 def recognize(index: RepoIndex, text: str) -> str | None:
     """The path (relative to the repository, as the index has it) of the indexed file `text` is a version of, or
     None where no file holds at least SHARED of its telling lines."""
-    rare = _rare_names(index, text)
-    lines = {stripped for line in text.splitlines()
-             if len(stripped := line.strip()) >= MIN_CHARS and not rare.isdisjoint(IDENTIFIER.findall(stripped))}
+    named = [(stripped, set(IDENTIFIER.findall(stripped))) for line in text.splitlines()
+             if (stripped := line.strip())]                                    # (line, its identifiers)
+    rare = _rare_names(index, set().union(*(names for _, names in named)))
+    lines = {stripped for stripped, names in named if len(stripped) >= MIN_CHARS and not rare.isdisjoint(names)}
     if len(lines) < MIN_LINES:
         return None
     scored = [(len(lines & _file_lines(index, path)), path) for path in _candidates(index, rare)]
@@ -45,10 +47,10 @@ def recognize(index: RepoIndex, text: str) -> str | None:
     return path if shared >= max(MIN_LINES, SHARED * len(lines)) else None
 
 
-def _rare_names(index: RepoIndex, text: str) -> set[str]:
-    """The text's identifiers that some chunk references, and at most RARE_SHARE of them do."""
+def _rare_names(index: RepoIndex, names: set[str]) -> set[str]:
+    """Those of `names` that some chunk references, and at most RARE_SHARE of them do."""
     limit = max(2, RARE_SHARE * len(index.chunks))
-    return {name for name in set(IDENTIFIER.findall(text))
+    return {name for name in names
             if (term := index.vocabulary.get(name)) is not None and 0 < index.document_frequency[term] <= limit}
 
 
@@ -63,4 +65,5 @@ def _candidates(index: RepoIndex, rare: set[str]) -> list[str]:
 
 
 def _file_lines(index: RepoIndex, path: str) -> set[str]:
-    return {line.strip() for number in index.chunk_numbers(path) for line in index.chunks[number].text.split("\n")}
+    # (alignment's rows of the file: remembered, and the recognized file's are what its alignment reads next)
+    return {row.strip() for row in disk_rows(index.entries[path].chunks)}
