@@ -153,10 +153,11 @@ def read_source(root: Path, path: str, max_file_bytes: int = MAX_FILE_BYTES) -> 
     data = _read_inside(root, path, max_file_bytes + 1)
     if data is None:
         raise OSError(errno.EINVAL, "not a regular file", path)  # swapped for a FIFO or device since the scan
-    if len(data) > max_file_bytes:
-        return None
+    utf16 = data[:2] in UTF16_MARKS
+    if len(data) > max_file_bytes or not utf16 and b"\0" in data[:SNIFF_BYTES]:
+        return None         # (a binary file is not decoded whole first: most of a repository's left-out files are)
     text = decode_source(data)
-    if "\0" in text[:SNIFF_BYTES // 2] if data[:2] in UTF16_MARKS else b"\0" in data[:SNIFF_BYTES]:
+    if utf16 and "\0" in text[:SNIFF_BYTES // 2]:
         return None
     text = unix_newlines(text)
     if len(text) > 4 * MINIFIED_LINE_CHARS and len(text) > MINIFIED_LINE_CHARS * (text.count("\n") + 1):
