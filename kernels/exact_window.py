@@ -35,7 +35,7 @@ def flash_decode_exact_window(q, k_cache, v_cache, cache_seqlens=None, *, k_scal
     as flash_decode's; `kernels.reference.flash_decode_exact_window` is the same arithmetic in PyTorch)."""
     B, Hq, Hkv, S, D, T, scaled = check_decode_inputs(q, k_cache, v_cache, cache_seqlens, num_splits,
                                                       k_scale=k_scale, v_scale=v_scale, dtypes=KERNEL_DTYPES)
-    check_exact_tokens(exact, B, Hkv, D, q.device, scaled)
+    check_exact_tokens(exact, B, Hkv, D, q.device, scaled, query_tokens=T)
     check_launchable(q.device)
     scale = softmax_scale_of(softmax_scale, D)
     lengths = (cache_seqlens if cache_seqlens is not None

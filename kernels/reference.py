@@ -364,7 +364,7 @@ def flash_decode_exact_window(q, k_cache, v_cache, cache_seqlens=None, *, k_scal
     returns the same."""
     B, Hq, Hkv, S, D, T, _ = check_decode_inputs(q, k_cache, v_cache, cache_seqlens, None,
                                                  k_scale=k_scale, v_scale=v_scale)
-    check_exact_tokens(exact, B, Hkv, D, q.device, scaled=True)   # (a cache dequantized already is read as it is)
+    check_exact_tokens(exact, B, Hkv, D, q.device, scaled=True, query_tokens=T)   # (a cache dequantized already is read as it is)
     scale = softmax_scale_of(softmax_scale, D)
     compute = _compute_dtype(q)
     q4 = q.to(compute).reshape(B, Hq, T, D)                                       # (B, Hq, T, D)

@@ -18,7 +18,12 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 FP8_DTYPE = torch.float8_e4m3fn
 SCALED_DTYPES = (FP8_DTYPE, torch.int8)  # 8-bit caches with a float32 scale per token and KV head
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
-MAX_QUERY_TOKENS = 16
+# Query tokens a decode call takes: a verification step's 1 + drafts, or a prompt's tail of up to 128 new tokens fed
+# through a graph-replayed step (models/engine.py, WIDE_TAIL); rows past the tile's 64 are more row blocks.
+MAX_QUERY_TOKENS = 128
+# With exact sink and window tokens (an 8-bit cache's): its ring and gathers are sized for a window plus at most
+# this many (models/kv_cache.py, MAX_STEP_TOKENS).
+MAX_EXACT_QUERY_TOKENS = 16
 # The kernels multiply scores by softmax_scale * log2(e) in float32 (their softmax is in base 2)
 MAX_SOFTMAX_SCALE = torch.finfo(torch.float32).max / math.log2(math.e)
 
@@ -56,8 +61,12 @@ class ExactTokens(NamedTuple):
     window: int
 
 
-def check_exact_tokens(exact, B: int, Hkv: int, D: int, device, scaled: bool) -> None:
-    """Validate the exact tokens of an 8-bit cache (`ExactTokens`) against a decode call's shapes."""
+def check_exact_tokens(exact, B: int, Hkv: int, D: int, device, scaled: bool, query_tokens: int | None = None) -> None:
+    """Validate the exact tokens of an 8-bit cache (`ExactTokens`) against a call's shapes (a decode call's
+    `query_tokens`: T, which they limit; a prefill's span is not)."""
+    if query_tokens is not None and query_tokens > MAX_EXACT_QUERY_TOKENS:
+        raise ValueError(f"q has {query_tokens} query tokens per sequence; with exact tokens supported: "
+                         f"1..{MAX_EXACT_QUERY_TOKENS}")
     if not scaled:
         raise ValueError("exact sink and window tokens are for 8-bit (float8_e4m3fn, int8) caches only")
     if not isinstance(exact, ExactTokens):

@@ -69,6 +69,16 @@ TILE_ROWS = 64
 # tail-width/: 7B 36 tokens 23 / 36 ms at 8k / 32k against the prefill's 40 / 46; 34B 4 replays tie it). Without
 # graphs (a CPU) a step costs what a short prefill does: only one token.
 GRAPHED_TAIL = 4
+# A longer tail (a paste, a word the editor completed, an edit a line back) goes through at most WIDE_TAIL_REPLAYS
+# replays of a step WIDE_TAIL tokens wide, its graph captured at warm-up (`warm_wide_tail`), instead of the
+# bucketed prefill, whose ~1,200 eager launches make it host-bound at these lengths. On an H200 one replay costs
+# about what one verification-wide replay does, two of those more (bench/results/h200-run44/wide-tail/: 7B at 8k
+# 7.5-7.8 ms for 37-128 tokens, two 14.3 for 256, against the prefill's 33-41 ms; 34B at 32k 39-40 and 77 against
+# 90-129), so with it the narrow step takes one replay's worth at most. Its queries are the decode kernel's rows as
+# a verification's are, so only with the flash backend (one graph for every span) and an unquantized cache (an
+# 8-bit cache's exact ring and kernels take at most models.kv_cache.MAX_STEP_TOKENS a step).
+WIDE_TAIL = 128
+WIDE_TAIL_REPLAYS = 2
 SAVED_PROMPT_HEADROOM = 4 << 30   # GPU memory saved prompts leave free (prefill's activations, logits, graphs)
 # Prefill spans on CUDA snap to multiples of this many tokens: the start down (re-prefilling up to 127 cached
 # tokens), the end up (pad tokens after the prompt). Every new prefill length cost a first-call setup that nearly
@@ -392,18 +402,18 @@ class Engine:
         prefix = reused[0]     # (what cache reuse moves into place lies after it, each run right after the last)
         if reuse and config.cache_reuse and not self.model.config.dynamic_rope:
             reused[0] = self._move_reusable_runs(cached, prompts[0], prefix, config.cache_reuse)
-        tail = B == 1 and self._feeds_tail(len(prompts[0]) - reused[0])
-        if not tail:
+        tail = self._tail_width(reused[0], len(prompts[0])) if B == 1 else None     # None: a prefill
+        if tail is None:
             reused = [self.prefill_span(r, len(p))[0] for p, r in zip(prompts, reused)]   # bucketed starts
         start = self._with_exact_window(prompts[0], reused[0])
         if start != reused[0]:          # 0: the whole prompt prefilled
-            reused[0], tail = start, B == 1 and self._feeds_tail(len(prompts[0]))
+            reused[0], tail = start, self._tail_width(0, len(prompts[0])) if B == 1 else None
         # Past min(exact, prefix) the row's K/V are moved ones, or were computed after them, unless the prefill
         # rewrites them all (its start is at or before that slot); also what a prefill stopped part way leaves.
         self._approximate_from = None if reused[0] <= min(exact, prefix) else min(exact, prefix)
         moved = max(0, reused[0] - prefix)     # (the runs lie right after the prefix; a bucketed start cut into them)
-        if tail:
-            logits = self._feed_tail(prompts[0], reused[0])                              # (1, V)
+        if tail is not None:
+            logits = self._feed_tail(prompts[0], reused[0], tail)                        # (1, V)
         else:
             logits = []
             for b, (p, r) in enumerate(zip(prompts, reused)):
@@ -495,27 +505,45 @@ class Engine:
             torch.cuda.synchronize(self._device)
         return ends
 
-    def tail_plan(self) -> tuple[int, int]:
-        """(replays, width): a prompt's new tokens go through at most `replays` decode steps of `width` tokens each
-        instead of a prefill; `tail_override` where set (a benchmark's arms, a CPU test of the graphs' path)."""
+    def tail_plan(self) -> tuple[tuple[int, int], ...]:
+        """The ways a prompt's new tokens may reach the cache without a prefill, narrowest first: (replays, width),
+        at most `replays` decode steps of `width` tokens each; `tail_override` alone where set (a benchmark's arms,
+        a CPU test of the graphs' path)."""
         if self.tail_override is not None:
-            return self.tail_override
+            return (self.tail_override,)
         if not self._graphs_enabled:
-            return 1, 1
-        return GRAPHED_TAIL, 1 + self.speculate if self.speculate else 1
+            return ((1, 1),)
+        narrow = 1 + self.speculate if self.speculate else 1
+        wide = self._steps.get((1, WIDE_TAIL))
+        if wide is not None and wide.graphs and self._wide_tail_applies():     # captured (`warm_wide_tail`)
+            # (one wide replay costs what one narrow one does, two narrow ones more: Run 44)
+            return (1, narrow), (WIDE_TAIL_REPLAYS, WIDE_TAIL)
+        return ((GRAPHED_TAIL, narrow),)
 
-    def _feeds_tail(self, new_tokens: int) -> bool:
-        replays, width = self.tail_plan()
-        return new_tokens <= replays * width
+    def _wide_tail_applies(self) -> bool:
+        return (self._graphs_enabled and self.attention == "flash" and self._quant is None
+                and self.context_length >= 2 * WIDE_TAIL)
 
-    def _feed_tail(self, prompt: list[int], start: int) -> torch.Tensor:
-        """The logits (1, V) after prompt[start:], fed `width` tokens a step (`tail_plan`) through the decode step,
+    def _tail_width(self, start: int, end: int) -> int | None:
+        """The width of the decode steps that feed prompt[start:end] (`tail_plan`), or None: a prefill does."""
+        # (one token goes alone: a one-token step is ~1 ms quicker than a padded 9-wide one, CodeLlama-7B at 8k on
+        # an H200, 5.8 against 6.7 ms; two already take 10.4 ms one at a time: bench/results/h200-run43/tail-width/)
+        new_tokens = end - start
+        for replays, width in self.tail_plan():
+            if new_tokens <= replays * width:
+                if new_tokens == 1 or width == 1:
+                    return 1
+                # A narrow step near the cache's end feeds the rest one at a time (`_feed_tail`); a wide one
+                # would, a hundred of them: there the prefill does
+                if width <= 1 + MAX_SPECULATE or start + -(-new_tokens // width) * width <= self.context_length:
+                    return width
+        return None
+
+    def _feed_tail(self, prompt: list[int], start: int, width: int) -> torch.Tensor:
+        """The logits (1, V) after prompt[start:], fed `width` tokens a step (`_tail_width`) through the decode step,
         graph-replayed when graphs are on (the cache holds prompt[:start]): what a prefill of these few tokens
         computes, without its eager launches. A last step with fewer tokens is padded with copies of its last one,
         whose K/V lie past the prompt (as rejected drafts' do); near the cache's end the rest go one at a time."""
-        # (one token goes alone: a one-token step is ~1 ms quicker than a padded 9-wide one, CodeLlama-7B at 8k on
-        # an H200, 5.8 against 6.7 ms; two already take 10.4 ms one at a time: bench/results/h200-run43/tail-width/)
-        width = self.tail_plan()[1] if len(prompt) - start > 1 else 1
         position = start
         while position < len(prompt):
             if position + width > self.context_length:
@@ -779,6 +807,17 @@ class Engine:
             return False
         width = 1 + self.speculate
         self.make_decode_step(1, max(width, min(self.context_length, 2 * TILE_ROWS)), width)()
+        self._cached_ids = []                   # (it wrote K/V past the cached prompt's slots: no longer known)
+        return True
+
+    @on_its_device
+    def warm_wide_tail(self) -> bool:
+        """Capture the step that feeds a long tail (WIDE_TAIL tokens; compiled, its graph captured) before a
+        request needs it: until then `tail_plan` leaves such tails to the prefill, since a first capture costs
+        seconds. Only where it applies (flash, an unquantized cache, graphs). Returns whether it did."""
+        if not self._wide_tail_applies():
+            return False
+        self.make_decode_step(1, WIDE_TAIL, WIDE_TAIL)()
         self._cached_ids = []                   # (it wrote K/V past the cached prompt's slots: no longer known)
         return True
 

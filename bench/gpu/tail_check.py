@@ -6,6 +6,7 @@ the prompt less its last n, then the prompt; the top-8 logprobs of 4 greedy toke
 noise floor: the same prompt prefilled from another start (a 256-token span). Prints a table; exits 1 on a failure.
 
     CODECOMPLETE_COMPILE=0 python bench/gpu/tail_check.py        # from the repository root, on the GPU machine
+    ... tail_check.py --widths 64,128      # instead: wider steps (bf16 caches), tails of up to two replays
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from models.llama import build_random_model  # noqa: E402
 COUNTS = (2, 8, 9, 10, 30, 36)
 
 
-def check(shape: str, kind: str) -> list[dict]:
+def check(shape: str, kind: str, width: int | None = None) -> list[dict]:
     model = build_random_model(shape, n_layers=1, device="cuda", dtype=torch.bfloat16, max_len=4096)
     engine = Engine(model, None, name=f"{shape} 1 layer", attention="flash", context_length=4096,
                     kv_cache=kind if kind != "bf16" else None)
@@ -39,14 +40,15 @@ def check(shape: str, kind: str) -> list[dict]:
     spanned = engine.generate(prompt, probe)
     floor = largest_logprob_gap(spanned, cold)
     rows = []
-    for n in COUNTS:
+    for n in COUNTS if width is None else (width // 2 + 5, width - 1, width, width + 1, 2 * width):
+        engine.tail_override = None if width is None else (2, width)
         engine.generate(prompt[:-n], GenerationConfig(max_new_tokens=1))
         warm = engine.generate(prompt, probe)
         gap = largest_logprob_gap(warm, cold)
         limit = max(3 * floor, {"bf16": 0.1, "int8": 0.25, "fp8": 0.5}[kind])
         fed = len(prompt) - warm.reused_prefix_tokens
-        replays, width = engine.tail_plan()
-        tail = n <= replays * width                     # (else the bucketed prefill takes them: more are fed)
+        width = engine._tail_width(len(prompt) - n, len(prompt))
+        tail = width is not None                        # (else the bucketed prefill takes them: more are fed)
         rows.append({"shape": shape, "kind": kind, "new": n, "fed": fed, "width": width if tail else "prefill",
                      "same_tokens": warm.token_ids == cold.token_ids, "gap": gap, "floor": floor,
                      "ok": (fed == n) == tail and gap <= limit})
@@ -56,8 +58,12 @@ def check(shape: str, kind: str) -> list[dict]:
 
 
 def main() -> int:
-    rows = [r for shape in ("CodeLlama-7B", "CodeLlama-34B") for kind in ("bf16", "fp8", "int8")
-            for r in check(shape, kind)]
+    widths = [int(w) for w in sys.argv[sys.argv.index("--widths") + 1].split(",")] if "--widths" in sys.argv else []
+    if widths:
+        rows = [r for shape in ("CodeLlama-7B", "CodeLlama-34B") for w in widths for r in check(shape, "bf16", w)]
+    else:
+        rows = [r for shape in ("CodeLlama-7B", "CodeLlama-34B") for kind in ("bf16", "fp8", "int8")
+                for r in check(shape, kind)]
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}: tail through graph replays against a prefill")
     print("| shape | cache | new tokens | fed | tail width | same tokens | logprob gap | floor | ok |")
     print("|---|---|---|---|---|---|---|---|---|")

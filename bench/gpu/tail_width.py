@@ -7,6 +7,7 @@ then the prompt plus n fresh tokens, one new token; time to the first token (the
 interleaved, median of REPS. Prints one table per model and context, the arms' medians in ms.
 
     python bench/gpu/tail_width.py [--models 7B,34B] [--contexts 8192,32768] [--reps 5] [--out FILE.json]
+        [--widths 32,64,128 --counts 37,64,128]     # wider steps too (their graphs captured at first use)
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ ONE_TOKEN_UP_TO = 16          # one-token steps past this are plainly slower tha
 
 
 @torch.no_grad()
-def measure(model_name: str, contexts: list[int], reps: int, deadline: float) -> list[dict]:
+def measure(model_name: str, contexts: list[int], reps: int, deadline: float, widths=(), counts=COUNTS) -> list[dict]:
     from models.engine import Engine
     from models.generation import GenerationConfig
     from models.llama import build_random_model
@@ -40,14 +41,16 @@ def measure(model_name: str, contexts: list[int], reps: int, deadline: float) ->
     for ctx in contexts:
         base = [rng.randrange(3, vocab) for _ in range(ctx)]
         arms = {"prefill": lambda n: (0, 1), "one-token": lambda n: (n, 1), f"width {width}": lambda n: (-(-n // width), width)}
-        for n in COUNTS:
+        arms.update({f"width {w}": (lambda n, w=w: (-(-n // w), w)) for w in widths})
+        for n in counts:
             if time.monotonic() > deadline:
                 return rows
             times: dict[str, list[float]] = {name: [] for name in arms}
             reused: dict[str, set[int]] = {name: set() for name in arms}
             for rep in range(reps + 1):                          # the first round warms the shapes up, untimed
                 for name, plan in arms.items():
-                    if name == "one-token" and n > ONE_TOKEN_UP_TO:
+                    if (name == "one-token" and n > ONE_TOKEN_UP_TO) or (name == f"width {width}" and widths
+                                                                          and n > 6 * width):
                         continue
                     length = ctx - 128 - n + rng.randrange(128)
                     engine.tail_override = None
@@ -77,13 +80,17 @@ def main() -> int:
     parser.add_argument("--contexts", default="8192,32768")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--budget-s", type=float, default=420.0)
+    parser.add_argument("--widths", default="", help="more step widths to time (at most 128: the kernels' limit)")
+    parser.add_argument("--counts", default=",".join(map(str, COUNTS)))
     parser.add_argument("--out")
     args = parser.parse_args()
+    widths = [int(w) for w in args.widths.split(",") if w]
     deadline = time.monotonic() + args.budget_s
     contexts = [int(c) for c in args.contexts.split(",")]
     rows = []
     for name in args.models.split(","):
-        rows += measure(f"CodeLlama-{name}", contexts, args.reps, deadline)
+        rows += measure(f"CodeLlama-{name}", contexts, args.reps, deadline, widths,
+                        [int(n) for n in args.counts.split(",")])
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"card": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1)

@@ -505,6 +505,8 @@ def _warm_up(session, budget: int, warmer: PromptWarmer | None, cache_ram_mib: i
     engine = session.engine
     if engine.warm_speculation():
         done.append("the step that verifies drafts")
+    if engine.warm_wide_tail():
+        done.append("the step that feeds a longer edit")
     engine.compile_prefill = engine.prefill_compilable      # worth its compilation in a long-lived process
     if engine.compile_prefill:
         done.append("the compiled prefill")

@@ -188,3 +188,28 @@ def test_warm_speculation_builds_the_one_verify_step_graphs_use_and_forgets_the_
     assert built == [(1, min(engine.context_length, 128), 1 + engine.speculate)]
     monkeypatch.undo()
     assert engine.generate(ids, GenerationConfig(max_new_tokens=2)).reused_prefix_tokens == 0
+
+
+def test_warm_wide_tail_builds_the_wide_step_where_it_applies_and_forgets_the_cache(monkeypatch):
+    """The step that feeds a longer edit (WIDE_TAIL tokens): captured at the server's warm-up where graphs, flash
+    attention and an unquantized cache make it apply; nowhere else (a CPU, sdpa, an 8-bit cache)."""
+    from models.engine import WIDE_TAIL
+    engine = make_engine(BUCKET)
+    assert not engine.warm_wide_tail()                              # a CPU: no graphs
+    ids = prompt(30, seed=5)
+    engine.generate(ids, GenerationConfig(max_new_tokens=2))
+    built = []
+    monkeypatch.setattr(engine, "_graphs_enabled", True)
+    monkeypatch.setattr(engine, "make_decode_step",
+                        lambda batch, context, width: lambda: built.append((batch, context, width)))
+    assert not engine.warm_wide_tail() and not built               # sdpa: a graph per key span
+    monkeypatch.setattr(engine, "attention", "flash")
+    monkeypatch.setattr(engine, "_quant", object())
+    assert not engine.warm_wide_tail() and not built               # an 8-bit cache
+    monkeypatch.setattr(engine, "_quant", None)
+    assert engine.context_length < 2 * WIDE_TAIL and not engine.warm_wide_tail() and not built   # too short a cache
+    monkeypatch.setattr(engine, "context_length", 4 * WIDE_TAIL)
+    assert engine.warm_wide_tail()
+    assert built == [(1, WIDE_TAIL, WIDE_TAIL)]
+    monkeypatch.undo()
+    assert engine.generate(ids, GenerationConfig(max_new_tokens=2)).reused_prefix_tokens == 0

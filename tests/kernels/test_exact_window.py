@@ -12,7 +12,7 @@ import torch
 from kernel_inputs import CACHE_DTYPES, make_inputs, quantized_copy
 
 from kernels import flash_decode_exact_window, reference
-from kernels.validation import ExactTokens
+from kernels.validation import MAX_EXACT_QUERY_TOKENS, ExactTokens
 
 SINK, WINDOW, RING = 4, 32, 48     # (models/kv_cache.py keeps 16 + a ring of 512; both sinks and rings are tested)
 HEADS = [(8, 8), (8, 2), (12, 4), (9, 3), (8, 1)]
@@ -203,6 +203,10 @@ def test_refuses_a_16bit_cache_and_bad_exact_tokens():
                            pos=exact.pos[:, :SINK + WINDOW - 1])
     with pytest.raises(ValueError, match="ring of at least"):     # a window would not fit its ring
         flash_decode_exact_window(q, k8, v8, exact=short, k_scale=ks, v_scale=vs)
+    wide = torch.randn(1, 4, MAX_EXACT_QUERY_TOKENS + 1, 32, dtype=q.dtype)   # more than the ring is sized for
+    for fn in (flash_decode_exact_window, reference.flash_decode_exact_window):
+        with pytest.raises(ValueError, match=f"with exact tokens supported: 1..{MAX_EXACT_QUERY_TOKENS}"):
+            fn(wide, k8, v8, exact=exact, k_scale=ks, v_scale=vs)
     strided = torch.stack((exact.pos, torch.full_like(exact.pos, -1)), dim=-1)[..., 0]   # (B, N), stride 2
     for bad in (exact._replace(pos=strided), exact._replace(k=exact.k.transpose(2, 3).contiguous().transpose(2, 3))):
         with pytest.raises(ValueError, match="contiguous last dimension"):   # (the kernels read other slots')

@@ -23,6 +23,9 @@ CASES = [
     (5, "bshd", (8, 1), torch.bfloat16, None, 64),
     (16, "bhsd", (16, 2), torch.float16, 3, 32),
     (16, "bshd", (8, 2), torch.float32, 7, 64),
+    # a prompt's tail through a wide step (models/engine.py, WIDE_TAIL): 128 tokens, two and 16 row blocks
+    (128, "bhsd", (4, 4), torch.bfloat16, 3, 64),
+    (100, "bshd", (8, 2), torch.float16, None, 32),
 ]
 
 

@@ -27,7 +27,8 @@ def call(fn, q, k_cache, v_cache, **kwargs):
 
 BAD = [
     ("q must have 3 or 4 dimensions", dict(q=torch.randn(2, 8, 1, 1, 64))),
-    ("17 query tokens per sequence; supported: 1..16", dict(q=torch.randn(2, 8, 17, 64))),
+    ("129 query tokens per sequence; supported: 1..128", dict(q=torch.randn(2, 8, 129, 64), k_cache=torch.randn(2, 2, 256, 64),
+                                                             v_cache=torch.randn(2, 2, 256, 64))),
     ("5 query tokens but the cache holds only 4", dict(q=torch.randn(2, 8, 5, 64), k_cache=torch.randn(2, 2, 4, 64),
                                                       v_cache=torch.randn(2, 2, 4, 64))),
     ("must be at least 3 (the query tokens", dict(q=torch.randn(2, 8, 3, 64),

@@ -66,7 +66,7 @@ def test_a_few_typed_tokens_go_through_the_decode_step_and_change_nothing(smollm
     """An editor's next keystroke: the cache holds all but the last `typed` tokens, which the one-token decode
     step feeds (on a CPU one of them; more take the prefill) with the cold run's tokens as result."""
     prompt, cold, _ = full_run
-    assert smollm_engine.tail_plan() == (1, 1)
+    assert smollm_engine.tail_plan() == ((1, 1),)
     smollm_engine.clear_prefix_cache()
     smollm_engine.generate(prompt[:-typed], GenerationConfig(max_new_tokens=1))
     warm = smollm_engine.generate(prompt, GREEDY)
@@ -118,6 +118,60 @@ def test_a_tail_at_the_cache_end_is_not_padded_past_it(monkeypatch):
     warm = engine.generate(prompt, GenerationConfig(max_new_tokens=2, speculate=0))
     assert warm.reused_prefix_tokens == 50 and fed == [9, 1, 1, 1, 1]     # 50-58, then 59, 60, 61 (59 + 9 > 64); decoding
     assert warm.token_ids == cold.token_ids
+
+
+def test_a_long_tail_through_wide_steps_changes_nothing(smollm_engine, full_run, monkeypatch):
+    """A paste's worth of new tokens through steps wider than a verification's (the GPU's WIDE_TAIL, forced on the
+    CPU's eager step): two 24-wide steps, the last padded; the cold run's tokens."""
+    prompt, cold, _ = full_run
+    typed = 40
+    assert len(prompt) > typed
+    monkeypatch.setattr(smollm_engine, "tail_override", (2, 24))
+    fed = []
+    real_step = smollm_engine._decode_step
+    monkeypatch.setattr(smollm_engine, "_decode_step", lambda batch, width=1: fed.append(width) or real_step(batch, width))
+    smollm_engine.clear_prefix_cache()
+    smollm_engine.generate(prompt[:-typed], GenerationConfig(max_new_tokens=1))
+    fed.clear()
+    warm = smollm_engine.generate(prompt, dataclasses.replace(GREEDY, speculate=0))
+    assert warm.reused_prefix_tokens == len(prompt) - typed
+    assert fed == [24, 24, 1]
+    assert warm.token_ids == cold.token_ids and warm.text == cold.text
+
+
+def test_a_wide_tail_that_would_pad_past_the_cache_takes_the_prefill(monkeypatch):
+    """Near the cache's end a verification-wide tail goes on one token a step; a wide one would take dozens of
+    them, so the prefill feeds it."""
+    engine = load_model(max_context=64)
+    prompt = encode(engine, CONTEXT * 2)[:60]
+    cold = engine.generate(prompt, GenerationConfig(max_new_tokens=2))
+    engine.clear_prefix_cache()
+    engine.generate(prompt[:20], GenerationConfig(max_new_tokens=1))
+    monkeypatch.setattr(engine, "tail_override", (2, 24))      # 20 + 2 x 24 > 64
+    monkeypatch.setattr(engine, "_feed_tail", lambda *a: pytest.fail("fed as a tail past the cache's end"))
+    warm = engine.generate(prompt, GenerationConfig(max_new_tokens=2, speculate=0))
+    assert warm.token_ids == cold.token_ids
+
+
+def test_the_wide_tail_is_offered_once_its_graph_is_captured(smollm_engine, monkeypatch):
+    """`tail_plan` on a GPU (graphs on, flash): the verification-wide replays, and the wide step only once
+    `warm_wide_tail` captured it (a first capture mid-request would cost seconds), never over an 8-bit cache
+    (its exact ring takes at most 16 tokens a step)."""
+    from models.engine import GRAPHED_TAIL, WIDE_TAIL, WIDE_TAIL_REPLAYS
+    monkeypatch.setattr(smollm_engine, "_graphs_enabled", True)
+    monkeypatch.setattr(smollm_engine, "attention", "flash")
+    monkeypatch.setattr(smollm_engine, "_steps", {})
+    narrow = (GRAPHED_TAIL, 1 + smollm_engine.speculate)
+    assert smollm_engine.tail_plan() == (narrow,)
+    captured = type("Step", (), {"graphs": {None: "graph"}})()
+    smollm_engine._steps[1, WIDE_TAIL] = captured
+    width = narrow[1]                      # then one narrow replay at most: two cost more than one wide one
+    assert smollm_engine.tail_plan() == ((1, width), (WIDE_TAIL_REPLAYS, WIDE_TAIL))
+    assert smollm_engine._tail_width(100, 101) == 1 and smollm_engine._tail_width(100, 100 + width) == width
+    assert smollm_engine._tail_width(100, 101 + width) == WIDE_TAIL
+    assert smollm_engine._tail_width(100, 101 + WIDE_TAIL_REPLAYS * WIDE_TAIL) is None
+    monkeypatch.setattr(smollm_engine, "_quant", object())     # an 8-bit cache
+    assert smollm_engine.tail_plan() == (narrow,)
 
 
 @pytest.mark.parametrize("speculate, lookahead", [(None, False), (0, False), (0, True)],
