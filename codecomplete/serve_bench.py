@@ -466,7 +466,8 @@ def main(argv=None) -> int:
               "machine": {**machine(info), "load_average_start": load_at_start,
                           "load_average_end": list(os.getloadavg())},
               "server": {**{key: info[key] for key in ("engine", "prompt_budget", "version")},
-                         "cache_reuse": args.cache_reuse, "cache_ram": args.cache_ram},
+                         "cache_reuse": args.cache_reuse, "cache_ram": args.cache_ram,
+                         "warm_up": next((line.strip() for line in server_log.splitlines() if "warmed up" in line), None)},
               "repo": repo.name, "file": args.file, "other_file": args.other_file, "function": args.function,
               "chars_per_request": args.chars,
               "environment": {k: v for k, v in os.environ.items()     # the switches the server ran with
