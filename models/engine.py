@@ -521,6 +521,7 @@ class Engine:
         return ((GRAPHED_TAIL, narrow),)
 
     def _wide_tail_applies(self) -> bool:
+        """Whether a WIDE_TAIL step may feed tails here (WIDE_TAIL's comment says why only so)."""
         return (self._graphs_enabled and self.attention == "flash" and self._quant is None
                 and self.context_length >= 2 * WIDE_TAIL)
 
