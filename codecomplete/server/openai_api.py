@@ -9,7 +9,8 @@
 
 Streams are `data: {...}` events ending with `data: [DONE]`, usage in a last chunk when
 `stream_options.include_usage` asks (and always in a non-streamed answer; `stream_options` without `stream: true` is
-vLLM's 400). One choice per request: `n`, `best_of`
+vLLM's 400). A chat's `max_tokens` or `max_completion_tokens` of 0 is OpenAI's 400; llama.cpp's `n_predict: 0` (llama.vim's
+warm-up) reads the prompt into the cache and answers no text. One choice per request: `n`, `best_of`
 and `echo` are refused with 400. Token log-probabilities (logprobs.py: the model's own distribution, before the
 logit bias and the samplers, as vLLM reports it): completions' `logprobs: N` (0..5), chat's `logprobs: true` with
 `top_logprobs` (0..20), in each streamed chunk for its tokens; a request that asks decodes one token a step
@@ -38,7 +39,7 @@ from starlette.responses import StreamingResponse
 from . import logit_bias, samplers
 from .logprobs import after_healing, chat_logprobs, completion_logprobs
 from .errors import ApiError
-from .bodies import Body, Seed, check_ids, parse, read_json, stop_strings
+from .bodies import Body, Seed, check_ids, parse, read_object, stop_strings
 from .streaming import json_response, sse, stream
 
 router = APIRouter()
@@ -183,7 +184,9 @@ async def completions(request: Request, data: dict):
 @router.post("/chat/completions")
 async def chat_completions(request: Request):
     server = request.app.state.server
-    body = await read_json(request, ChatRequest)
+    data = await read_object(request)
+    body = parse(data, ChatRequest)
+    _at_least_one_token(data)
     if body.tools or body.functions:
         raise ApiError(400, "tools are not supported")
     for name, choice in (("tool_choice", body.tool_choice), ("function_call", body.function_call)):
@@ -236,6 +239,17 @@ async def chat_completions(request: Request):
     choice = {"index": 0, "message": {"role": "assistant", "content": result.text}, "logprobs": logprobs,
               "finish_reason": FINISH[result.finish_reason]}
     return json_response({**reply.head(), "choices": [choice], "usage": usage(result)})
+
+
+def _at_least_one_token(data: dict) -> None:
+    """OpenAI's limits, `max_tokens` and `max_completion_tokens`, are at least 1 there (and in vLLM): 0 is its 400, not
+    an empty answer that a client whose budget was computed down to 0 would show as the model's. A prompt read into
+    the cache with no answer is llama.cpp's `n_predict: 0`, which llama.vim's instruct warm-up sends."""
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = data.get(name)
+        if type(value) in (int, float) and value == 0:      # (a negative one is already a 400: the field's bound)
+            raise ApiError(400, f"Invalid '{name}': integer below minimum value. Expected a value >= 1, but got 0 "
+                                f"instead (n_predict: 0 reads the prompt into the cache and answers no text)")
 
 
 def _nothing_to_say(reply: Reply, body: ChatRequest):

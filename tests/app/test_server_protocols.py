@@ -148,19 +148,54 @@ def test_openai_client_chat(server):
 
 
 def test_a_warm_up_answers_in_the_shape_asked_for_streamed_or_not(server):
-    """llama.vim's instruct warm-up (a system message, no question, no tokens), through the openai package: a stream
+    """A warm-up of a system message alone (no question, `n_predict: 0`), through the openai package: a stream
     when it asked for one (a JSON body gave the client no events at all), one empty choice ended by its limit."""
     client = OpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0)
     system = [{"role": "system", "content": "You are a coding assistant."}]
-    answer = client.chat.completions.create(model="any", messages=system, max_tokens=0)
+    nothing = {"n_predict": 0}
+    answer = client.chat.completions.create(model="any", messages=system, extra_body=nothing)
     assert answer.choices[0].message.content == "" and answer.choices[0].finish_reason == "length"
-    chunks = list(client.chat.completions.create(model="any", messages=system, max_tokens=0, stream=True,
+    chunks = list(client.chat.completions.create(model="any", messages=system, extra_body=nothing, stream=True,
                                                  stream_options={"include_usage": True}))
     assert [c.object for c in chunks] == ["chat.completion.chunk"] * 3
     assert chunks[0].choices[0].delta.role == "assistant" and chunks[1].choices[0].finish_reason == "length"
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 0
     chunks = list(client.completions.create(model="any", prompt="def f(", max_tokens=0, stream=True))
     assert chunks and chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_llama_vim_instruct_warm_up_fills_the_cache_for_the_instruction(server):
+    """llama.vim's instruct warm-up as it sends it (autoload/llama.vim `llama#inst`): the system message and a user
+    message with no instruction yet, `n_predict: 0` (llama.cpp's field), while the user types; the request with the
+    instruction that follows finds the conversation's start in the cache."""
+    system = {"role": "system", "content": "You are a text-editing assistant, session 7f3c9e. Respond ONLY with the "
+                                           "result of applying INSTRUCTION to SELECTION.\n--- SELECTION ---\nx = 1\n"}
+    warm = post(server, "/v1/chat/completions", {"id_slot": 0, "messages": [system, {"role": "user", "content": ""}],
+                                                  "samplers": [], "n_predict": 0, "stream": False,
+                                                  "cache_prompt": True, "response_fields": [""]})
+    assert warm.status_code == 200, warm.text
+    assert warm.json()["usage"]["completion_tokens"] == 0
+    asked = {"messages": [system, {"role": "user", "content": "INSTRUCTION: rename x to y"}], "n_predict": 2,
+             "temperature": 0.1, "cache_prompt": True}
+    answer = post(server, "/v1/chat/completions", asked).json()
+    assert answer["usage"]["prompt_tokens_details"]["cached_tokens"] >= 20       # the system message's tokens
+
+
+def test_an_openai_limit_of_0_is_refused_as_openai_refuses_it(server):
+    """`max_tokens` and `max_completion_tokens` are OpenAI's: below 1 is its 400 ("Invalid 'max_tokens': integer
+    below minimum value", vLLM's too), not an empty answer a client takes for the model's (a budget computed down to
+    0). llama.cpp's `n_predict: 0`, llama.vim's warm-up, still prefills the prompt and answers no text."""
+    client = OpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0)
+    question = [{"role": "user", "content": "hi"}]
+    for field in ("max_tokens", "max_completion_tokens"):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.chat.completions.create(model="any", messages=question, **{field: 0})
+        assert refused.value.status_code == 400
+        assert f"'{field}'" in refused.value.message and ">= 1" in refused.value.message, refused.value.message
+        with pytest.raises(openai.BadRequestError):       # streamed too: the 400 before any event
+            list(client.chat.completions.create(model="any", messages=question, stream=True, **{field: 0}))
+    warm = client.chat.completions.create(model="any", messages=question, extra_body={"n_predict": 0})
+    assert warm.choices[0].message.content == "" and warm.usage.completion_tokens == 0 and warm.usage.prompt_tokens
 
 
 def test_a_null_is_the_fields_default_as_clients_send_it(server):
@@ -335,7 +370,7 @@ def test_text_parts_of_a_message_are_its_lines(server):
     the string with newlines, not the parts run together."""
     def prompt_tokens(content) -> int:
         answer = httpx.post(server.url + "/v1/chat/completions", timeout=300, json={
-            "messages": [{"role": "user", "content": content}], "max_tokens": 0}).json()
+            "messages": [{"role": "user", "content": content}], "n_predict": 0}).json()
         return answer["usage"]["prompt_tokens"]
     parts = [{"type": "text", "text": "def f():\n    return 1"}, {"type": "text", "text": "What does f return?"}]
     assert prompt_tokens(parts) == prompt_tokens("def f():\n    return 1\nWhat does f return?")
@@ -347,7 +382,7 @@ def test_every_system_message_reaches_the_prompt(server):
     the conversation, is in the prompt too, not dropped."""
     def prompt_tokens(*messages) -> int:
         answer = httpx.post(server.url + "/v1/chat/completions", timeout=300, json={
-            "messages": [*messages, {"role": "user", "content": "hi"}], "max_tokens": 0}).json()
+            "messages": [*messages, {"role": "user", "content": "hi"}], "n_predict": 0}).json()
         return answer["usage"]["prompt_tokens"]
     first = {"role": "system", "content": "Answer briefly."}
     second = "Always answer in French, and name the files you refer to."
