@@ -1,7 +1,8 @@
 """`codecomplete REPO`: the chat REPL (prompt-toolkit for input, rich for answers).
 
 Keys: Enter sends, Esc Enter (or Meta Enter) starts a new line, pasted text keeps its lines;
-Tab completes slash commands and file paths; Ctrl-C clears the line, or cancels the answer
+Tab completes slash commands and file paths; a line that begins with a path is a question, one that
+begins with // asks the rest (one slash less); Ctrl-C clears the line, or cancels the answer
 being generated; Ctrl-D on an empty line leaves. History persists in the user state dir.
 """
 from __future__ import annotations
@@ -45,6 +46,7 @@ COMMANDS = {
     "/exit": ("", "leave (Ctrl-D does too)"),
 }
 KEYS = "Enter sends · Esc Enter new line · Tab completes · Ctrl-C cancels · Ctrl-D leaves"
+ESCAPE = "A question that begins with a path is asked as typed; //word asks one that begins with /word."
 MAX_PATH_COMPLETIONS = 200
 UNDO_CHARS = 4096          # typing keeps undo copies of the line while it is shorter than this
 HISTORY_TAIL_BYTES = 1 << 20   # of the history file, read at start-up: its newest entries (thousands of lines)
@@ -154,6 +156,14 @@ def _question(typed: str) -> str:
     return re.sub(r"\A(?:[ \t]*\n)+", "", typed.rstrip())
 
 
+def _is_command(text: str) -> bool:
+    """Whether a line is a slash command: its first word is a slash and a word (`/help`, `/add PATH`; `/contxt`, a
+    mistyped one, is refused with the commands' list and how to ask instead). A line that begins with a path is a
+    question (`/usr/lib holds what?`, `/etc/hosts: who reads it?`, `/tmp/x.py?`): it was an unknown command, and
+    nothing typed could ask it."""
+    return re.fullmatch(r"/(?:[^\W\d][\w-]*)?", text.split(maxsplit=1)[0]) is not None
+
+
 def _undo_copy(event) -> bool:
     """Whether to save the line for undo before this key: as prompt-toolkit does (every key), below UNDO_CHARS."""
     return len(event.current_buffer.text) < UNDO_CHARS
@@ -190,7 +200,9 @@ class Repl:
                 continue
             try:
                 self.conversation.session.catch_up()     # the files may have changed while the user typed
-                if text.startswith("/"):
+                if text.startswith("//"):          # the escape: a question that begins with a slash
+                    self.ask(re.sub(r"\A(\s*)/", r"\1", _question(typed), count=1))
+                elif _is_command(text):
                     if not self.command(text):
                         return
                 else:
@@ -227,7 +239,8 @@ class Repl:
         handlers = {"/help": self._help, "/context": self._context, "/add": self._add, "/drop": self._drop,
                     "/reset": self._reset, "/model": self._model}
         if name not in handlers:
-            raise UsageError(f"unknown command {name} (/help lists them)")
+            raise UsageError(f"unknown command {name} (/help lists them; /{name} asks a question that begins with "
+                             f"{name})")
         handlers[name](argument)
         return True
 
@@ -237,6 +250,7 @@ class Repl:
             table.add_row(Text(f"{name} {arg}".strip(), style="bold"), help_text)
         self.console.print(table)
         self.console.print(Text(KEYS, style="dim"))
+        self.console.print(Text(ESCAPE, style="dim"))
 
     def _context(self, _argument: str) -> None:
         conversation = self.conversation

@@ -99,6 +99,21 @@ def test_a_command_that_takes_no_argument_refuses_one(conversation, tmp_path):
     conversation.reset()
 
 
+def test_a_question_that_begins_with_a_path_is_asked(conversation, tmp_path):
+    """A line that begins with a path (`/usr/lib holds what?`) is a question, not an unknown command; a bare unknown
+    /word (`/etc`, or a mistyped command) is refused with how to ask it: `//` at the start asks the rest, one slash
+    less (WeeChat's escape). Commands are still commands."""
+    conversation.reset()
+    printed = drive(conversation, ["/usr/lib holds what?\r", "/etc holds what?\r", "//etc holds what?\r",
+                                   "/contxt\r", "/context\r", "/exit\r"], tmp_path / "history")
+    asked = [m["content"] for m in conversation.messages if m["role"] == "user"]
+    assert asked == ["/usr/lib holds what?", "/etc holds what?"]
+    assert "error: unknown command /etc (/help lists them; //etc asks a question that begins with /etc)" in printed
+    assert "error: unknown command /contxt" in printed
+    assert "Retrieved for the last question" in printed                 # /context ran
+    conversation.reset()
+
+
 def conversation_over(engine, root, files: dict[str, str], max_tokens: int):
     """A REPL conversation over a new repository of these files, as `codecomplete ROOT --max-tokens N` opens it."""
     root.mkdir()
