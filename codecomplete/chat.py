@@ -119,7 +119,8 @@ def run_ask(args) -> None:
     generation = conversation.prompt_for(args.ask)
     packed = generation.prompt
     view = render.choose_view(args, render.markdown_body,
-                              info=f"{len(packed.ids):,} context tokens · {render.model_label(generation.engine)}")
+                              info=render.model_label(generation.engine), prompt_tokens=len(packed.ids),
+                              noun="context")
     result = conversation.answer(args.ask, generation, view)
     if args.json:
         render.emit_json(args.json, render.result_json("answer", result, generation.engine, packed.context))

@@ -67,10 +67,10 @@ def run_complete(args) -> None:
     session = client.connect(args, root, max_new, file=path) or open_session(args, root, max_new, allow_empty=True)
     generation = session.complete(path, text=text, line=line, col=col, sampling=engines.sampling(args, max_new))
     packed = generation.prompt
-    view = render.choose_view(args, render.code_body(path),
-                              info=f"{len(packed.ids):,} prompt tokens · {render.model_label(generation.engine)}")
-    if isinstance(view, render.LiveView):
-        view.console.print(_summary(f"{path}:{line}:{col}", packed))
+    # (the header and the live line count the prompt as the summary line below the answer does: render.LiveView)
+    view = render.choose_view(args, render.code_body(path), info=render.model_label(generation.engine),
+                              prompt_tokens=len(packed.ids),
+                              header=lambda tokens: _summary(f"{path}:{line}:{col}", packed, tokens=tokens))
     result = engines.generate(generation, view, stop_repeats=True, line_start=line_start(buffer, line, col),
                               line_end=packed.line_end)
     if args.json:
@@ -78,10 +78,12 @@ def run_complete(args) -> None:
     engines.exit_if_cancelled(result)
 
 
-def _summary(where: str, packed, shown: int = 4) -> Text:
-    """`pkg/a.py:40:1 · 1,834 prompt tokens (left-to-right) · context: b.py:1-40, c.py:3-9, +2 more`"""
+def _summary(where: str, packed, shown: int = 4, tokens: int | None = None) -> Text:
+    """`pkg/a.py:40:1 · 1,834 prompt tokens (left-to-right) · context: b.py:1-40, c.py:3-9, +2 more` (`tokens`: the
+    prompt's size as the result counts it, the healed token's rewriting included; None: the ids built)"""
     items = [f"{item.path}:{item.start_line}-{item.end_line}" for item in packed.context]
     more = f", +{len(items) - shown} more" if len(items) > shown else ""
     context = f" · context: {', '.join(items[:shown])}{more}" if items else ""
     # one_line: a file name may hold a newline, which broke the one line in two
-    return Text(one_line(f"{where} · {len(packed.ids):,} prompt tokens ({packed.format}){context}"), style="dim")
+    tokens = len(packed.ids) if tokens is None else tokens
+    return Text(one_line(f"{where} · {tokens:,} prompt tokens ({packed.format}){context}"), style="dim")

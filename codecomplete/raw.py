@@ -16,8 +16,8 @@ def run_prompt(args) -> None:
     max_new = args.max_tokens or DEFAULT_MAX_TOKENS
     session = client.connect(args, max_new_tokens=max_new) or open_session(args, max_new_tokens=max_new)
     generation = session.raw(text, sampling=engines.sampling(args, max_new))
-    view = render.choose_view(args, render.text_body, info=f"{len(generation.prompt.ids):,} prompt tokens · "
-                                                           f"{render.model_label(generation.engine)}")
+    view = render.choose_view(args, render.text_body, info=render.model_label(generation.engine),
+                              prompt_tokens=len(generation.prompt.ids))
     result = engines.generate(generation, view)
     if args.json:
         render.emit_json(args.json, render.result_json("text", result, generation.engine))

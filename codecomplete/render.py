@@ -277,10 +277,19 @@ def dtypes_label(dtype: str, matmul_dtype: str | None) -> str:
 
 
 class LiveView:
-    def __init__(self, console: Console, body: Callable[[str], RenderableType], info: str) -> None:
+    """The answer as it streams, above a status line, then the answer and its summary line. `prompt_tokens`: the
+    prompt's size as built, shown as `N {noun} tokens`; `header(N)`: a line shown above the answer (--file's). Both
+    count the prompt as the summary line does (GenerationResult.token_counts): the tokens that only wrote a healed
+    prompt's last token again are the prompt's, once known (in process, by the first text); the header stays on the
+    screen as the result counts it."""
+
+    def __init__(self, console: Console, body: Callable[[str], RenderableType], info: str, *,
+                 prompt_tokens: int | None = None, noun: str = "prompt",
+                 header: Callable[[int], RenderableType] | None = None) -> None:
         self.console = console
         self.body = body
         self.info = info
+        self.prompt_tokens, self.noun, self.header = prompt_tokens, noun, header
         self.closed = False
         self._parts: list[str] = []
         self._meter = _Meter()
@@ -299,6 +308,8 @@ class LiveView:
 
     def __exit__(self, exc_type, *exc_info) -> None:
         self._live.stop()
+        if exc_type is not None and self.header is not None:
+            self.console.print(self.header(self._prompt_count()))
         if exc_type is not None and self.text.strip():
             # Left without a result (a second Ctrl-C mid-answer, a model error): the live view is transient, so what
             # streamed would vanish from the screen; it stays, and the error follows it.
@@ -309,24 +320,39 @@ class LiveView:
         running = self.progress() if self.progress else None
         self._meter.tick(None if running is None else 1 + running.decode_steps + running.accepted_tokens)
 
+    def _healing_tokens(self) -> int:
+        """The tokens generated so far that only wrote the healed text again (0 before the first text, or unknown)."""
+        running = self.progress() if self.progress and self._meter.count else None
+        return getattr(running, "healing_tokens", 0) if running is not None else 0
+
+    def _prompt_count(self) -> int:
+        return (self.prompt_tokens or 0) + self._healing_tokens()
+
     def _frame(self) -> RenderableType:
         meter = self._meter
         if meter.count:
             rate = meter.rate()
-            progress = (f"{rate:.1f} tok/s · " if rate else "") + _plural(meter.count, "token")
+            progress = (f"{rate:.1f} tok/s · " if rate else "") + _plural(meter.count - self._healing_tokens(), "token")
             running = self.progress() if self.progress else None
             if running is not None and running.drafted_tokens:
                 progress += f" · {speculation(running)}"
         else:               # prefill: the prompt is read before the first token comes
             progress = f"reading the prompt {_duration(time.perf_counter() - self._started)}"
+        size = f"{self._prompt_count():,} {self.noun} tokens · " if self.prompt_tokens is not None else ""
         line = Table.grid(padding=(0, 1))
-        line.add_row(Spinner("dots", style="cyan"), Text(f"{progress} · {self.info}", style="dim"))
+        line.add_row(Spinner("dots", style="cyan"), Text(f"{progress} · {size}{self.info}", style="dim"))
         width, height = self.console.size
         shown = _live_text(self.text, width, height, markdown=self.body is markdown_body)
-        return Group(_Tail(self.body(_shown(shown)), reserved_lines=2), line)
+        if self.header is None:
+            return Group(_Tail(self.body(_shown(shown)), reserved_lines=2), line)
+        header = self.header(self._prompt_count())
+        lines = len(self.console.render_lines(header, self.console.options, pad=False))
+        return Group(header, _Tail(self.body(_shown(shown)), reserved_lines=2 + lines), line)
 
     def finish(self, result, engine) -> None:
         self._live.stop()
+        if self.header is not None:
+            self.console.print(self.header(result.token_counts()[0]))
         if result.text.strip():
             self.console.print(self.body(_shown(result.text)))
         else:
@@ -383,13 +409,14 @@ class QuietView(PlainView):
         pass
 
 
-def choose_view(args, body: Callable[[str], RenderableType], info: str):
-    """The view for this command line: JSON on stdout silences streaming; a terminal gets it live."""
+def choose_view(args, body: Callable[[str], RenderableType], info: str, **live):
+    """The view for this command line: JSON on stdout silences streaming; a terminal gets it live (`live`: the
+    LiveView's prompt_tokens, noun and header)."""
     if args.json == "-":
         return QuietView()
     console = stdout_console()
     if console.is_terminal:
-        return LiveView(console, body, info)
+        return LiveView(console, body, info, **live)
     return PlainView()
 
 

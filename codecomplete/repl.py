@@ -221,8 +221,8 @@ class Repl:
         generation = self.conversation.prompt_for(question)
         for cut in self.conversation.pinned_cut(generation.prompt):
             self.console.print(Text(f"pinned {one_line(cut)}: the prompt budget is full", style="yellow"))
-        view = render.LiveView(self.console, render.markdown_body, info=f"{len(generation.prompt.ids):,} context "
-                                                                        f"tokens · {render.model_label(generation.engine)}")
+        view = render.LiveView(self.console, render.markdown_body, info=render.model_label(generation.engine),
+                               prompt_tokens=len(generation.prompt.ids), noun="context")
         result = self.conversation.answer(question, generation, view)
         self.last_rate = result.timings.decode_tokens_per_s
 

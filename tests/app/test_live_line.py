@@ -246,3 +246,75 @@ def test_a_file_name_with_a_newline_is_shown_on_its_own_row_and_line():
     summary = complete._summary("new\nline.py:1:1", PackedPrompt([1, 2], items, [], [], "left-to-right"))
     assert "\n" not in summary.plain and "\u2028" not in summary.plain
     assert summary.plain.startswith("new\\nline.py:1:1 · 2 prompt tokens"), summary.plain
+
+
+def in_a_terminal(command: list[str], env: dict, cwd) -> str:
+    """What a command prints in a pseudo-terminal (stdout and stderr both), escape sequences removed."""
+    import os
+    import pty
+    import re
+    import subprocess
+
+    leader, follower = pty.openpty()
+    os.set_blocking(leader, True)
+    try:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower, cwd=cwd,
+                                   env={**env, "COLUMNS": "200", "LINES": "50", "TERM": "xterm"})
+    finally:
+        os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:         # (Linux: EIO once the last writer closed)
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert process.wait(timeout=300) == 0, b"".join(chunks).decode(errors="replace")
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
+
+
+def test_the_header_and_the_closing_line_count_the_prompt_alike(script, cli_env, repo):
+    """`--file` in a terminal: the header above the suggestion and the line below it say the same prompt size. With
+    the cursor inside a name the prompt is healed (its last token left to the model): the header counted the prompt
+    without that token and the closing line with it (GenerationResult.token_counts: the token the model wrote again
+    is the prompt's, as the servers count it), one apart."""
+    import re
+
+    shown = in_a_terminal([str(script), str(repo), "--file", "app.py", "--line", "5", "--col", "20",
+                           "--max-tokens", "4", "--temperature", "0", "--no-server"], cli_env, repo.parent)
+    headers = re.findall(r"app\.py:5:20 · ([\d,]+) prompt tokens", shown)
+    closing = re.findall(r"first token [^·]+ · prompt ([\d,]+)", shown)
+    assert headers and len(closing) == 1, shown
+    assert headers[-1] == closing[0], shown         # the header left on the screen
+
+
+def test_the_live_line_counts_the_prompt_and_the_answer_as_the_summary_does():
+    """The token the model wrote again for a healed prompt is the prompt's on the live line too, once the first text
+    says how many there were: the live line read "6 tokens · 6 prompt tokens" where the summary read "5 tokens ·
+    prompt 7"."""
+    from rich.text import Text
+
+    def shown(renderable) -> str:
+        console = Console(file=io.StringIO(), width=200, force_terminal=True, color_system=None)
+        console.print(renderable)
+        return console.file.getvalue()
+
+    console = Console(file=io.StringIO(), width=200, force_terminal=True, color_system=None)
+    view = render.LiveView(console, render.text_body, info="model", prompt_tokens=6,
+                           header=lambda tokens: Text(f"app.py:1:4 · {tokens} prompt tokens"))
+    prefill = shown(view._frame())                          # no healing known yet
+    assert "app.py:1:4 · 6 prompt tokens" in prefill and "· 6 prompt tokens · model" in prefill, prefill
+    running = Timings(decode_steps=5, healing_tokens=1)     # 6 tokens sampled, the first one the healed text again
+    view.progress = lambda: running
+    view.on_text("x = 1")
+    live = shown(view._frame())
+    assert "5 tokens · 7 prompt tokens · model" in live and "app.py:1:4 · 7 prompt tokens" in live, live
+    result = GenerationResult("x = 1", [1] * 6, 6, 0, "length", running, healing_tokens=1)
+    assert render.summary_line(result).startswith("5 tokens · first token") and "prompt 7" in render.summary_line(
+        result)
+    view.finish(result, None)
+    printed = console.file.getvalue()
+    assert "app.py:1:4 · 7 prompt tokens" in printed and printed.index("7 prompt tokens") < printed.index("x = 1")
