@@ -204,6 +204,19 @@ def build_completion_prompt(
     given += shown
     avoid = [span for span in map(lines.rows_of, selection.chunks(relative)) if span is not None] if lines else []
     window.fit(space - given - selection.tokens, avoid=avoid)  # what the context left over
+    offered, step = space - given - selection.tokens, max(1, space // SHARE_STEPS)
+    # (the examples' room stays theirs or the window's, as when the context was chosen: the context must not grow and
+    # shrink with the example lines found)
+    spare = offered + shown - example_room - window.tokens
+    if spare >= step and window.walled(offered):
+        # A line too long for the whole prompt stopped the window (it has no holes): the room it cannot use goes to
+        # more of the repository's context, in whole steps, so that typing at the cursor seldom moves it; the window
+        # is fitted again clear of the chunks that came in.
+        more = spare // step * step
+        selection = select_chunks(encoder, layout, _keep_previous(ordered(index, query, scores), previous),
+                                  selection.tokens + more, selection)
+        avoid = [span for span in map(lines.rows_of, selection.chunks(relative)) if span is not None] if lines else []
+        window.fit(space - given - selection.tokens, avoid=avoid)
 
     while True:
         has_context = bool(selection or extras or examples)
@@ -469,7 +482,9 @@ def _file_share(window: _Window, space: int) -> int:
     need = window.need(up_to=half)
     if need > half:
         return half
-    return min(space, _in_steps(need, max(1, space // SHARE_STEPS)))
+    # (at least a step: a healed prompt's window of one token or none, the cursor below a line it cannot reach past,
+    # must not take a step and give it back as a word is typed, the context changing with it)
+    return min(space, _in_steps(max(need, 1), max(1, space // SHARE_STEPS)))
 
 
 def _in_steps(tokens: int, step: int) -> int:
@@ -598,16 +613,66 @@ class _Window:
         return first + 1, last + 1
 
     def need(self, up_to: int) -> int:
-        """Tokens of the whole file, or of as much of it as passes ``up_to`` (then possibly an estimate)."""
+        """Tokens of the whole file, or of as much of it as passes ``up_to`` (then possibly an estimate). A line that
+        alone takes more than ``up_to`` (a data URI of hundreds of KB among short lines) is as far as a window of
+        ``up_to`` reaches that way, having no holes: the text beyond it is not needed, and the share it would have
+        had goes to the rest of the prompt (it stayed unused)."""
         total = 0
-        for pieces in (self.above, self.below):
+        for before, pieces in ((True, self.above), (False, self.below)):
             for number in range(len(pieces)):
-                if _too_long(pieces[number].text, up_to - total):
+                piece = pieces[number]
+                if not (_too_long(piece.text, up_to - total) or total + self._cost(pieces, number) > up_to):
+                    total += self._cost(pieces, number)
+                    continue
+                wall = self._wall_in(piece, number, before, up_to)
+                if wall is None:
+                    return up_to + 1 if _too_long(piece.text, up_to - total) else total + self._cost(pieces, number)
+                reach = self._reach(piece, number, before, wall)
+                if _too_long(reach, up_to - total):
                     return up_to + 1
-                total += self._cost(pieces, number)
+                total += self._text_cost(reach)
                 if total > up_to:
                     return total
+                break       # (the other way, if any)
         return total
+
+    def walled(self, budget: int) -> bool:
+        """Whether the window, fitted, ends at a line that alone takes more than ``budget`` tokens on a side where text
+        is left (not where the text ends, or a chunk of the context is shown: those leave no room the window could
+        have used but the examples', see need)."""
+        first = self.prefix[-1].first if self.prefix else self.end_row + 1
+        if first > 0 and any(self._is_wall(row, budget) for row in range(first - 1, max(first - PART_LINES, 0) - 1, -1)
+                             if row != self.end_row):
+            return True
+        if not self.below:
+            return False
+        last = self.suffix[-1].last if self.suffix else self.row - 1
+        return any(self._is_wall(row, budget) for row in range(last + 1, min(last + PART_LINES, len(self.rows) - 1) + 1)
+                   if row != self.row)
+
+    def _wall_in(self, piece: _Piece, number: int, before: bool, budget: int) -> int | None:
+        """The row of ``piece`` nearest the cursor (not the cursor's own: that one is cut within) that alone takes more
+        than ``budget`` tokens, if one does."""
+        if before:
+            rows = range(min(piece.last, self.end_row - 1) if number == 0 else piece.last, piece.first - 1, -1)
+        else:
+            rows = range(max(piece.first, self.row + 1) if number == 0 else piece.first, piece.last + 1)
+        return next((row for row in rows if self._is_wall(row, budget)), None)
+
+    def _is_wall(self, row: int, budget: int) -> bool:
+        line = self.rows[row]           # (a line of no more characters than the budget's tokens always fits)
+        return len(line) > budget and (_too_long(line, budget) or self._text_cost(line) > budget)
+
+    def _reach(self, piece: _Piece, number: int, before: bool, wall: int) -> str:
+        """The text of ``piece`` between the cursor's side and the row ``wall``."""
+        if before:
+            return self.text[self.starts[wall + 1]:self.end if number == 0 else self.starts[piece.last + 1]]
+        return self.text[self.cursor if number == 0 else self.starts[piece.first]:self.starts[wall]]
+
+    def _text_cost(self, text: str) -> int:
+        if text not in self._costs:
+            self._costs[text] = len(self.encoder.encode(text))
+        return self._costs[text]
 
     def whole(self) -> bool:
         """Whether the window holds all of the text: else its far ends gave way (the text after the cursor is only
@@ -666,10 +731,17 @@ class _Window:
             too_long = _too_long(piece.text, budget - held)
             if too_long or held + self._cost(pieces, number) > budget:
                 if number == 0:  # the cursor's own block is too long: keep the part nearest the cursor
+                    block = piece
                     piece = (self._steps_down(piece, budget) if before else None) or piece
                     if _too_long(piece.text, budget) or self._cost([piece], 0) > budget:
                         piece = self._cut(piece, budget, keep_end=before)
-                    return [piece], self._cost([piece], 0), budget  # (it fills the budget, however it is cut)
+                    cost = self._cost([piece], 0)
+                    # It fills the budget, however it is cut, but where a line too long for all of it stopped it:
+                    # then what it leaves goes to the other side of the cursor (need() counts so)
+                    beyond = (range(max(block.first, piece.first - PART_LINES), piece.first) if before
+                              else range(piece.last + 1, min(piece.last + PART_LINES, block.last) + 1))
+                    walled = any(row != self.row and self._is_wall(row, budget) for row in beyond)
+                    return [piece], cost, min(_in_steps(cost, self._step), budget) if walled else budget
                 # A cursor in the first lines of its block would otherwise see none of the block above it (at the
                 # CPU's 1,024-token budget a dense block of 32 lines does not fit what is left). Only that block: a
                 # farther one gives way whole, as the window's far end moves less often so (what it moves, the

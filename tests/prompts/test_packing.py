@@ -147,6 +147,33 @@ def test_a_line_of_megabytes_costs_what_the_budget_holds_not_what_the_file_holds
         assert counting.characters < 2_000_000
 
 
+@pytest.mark.parametrize("tokenizer_name", ["smollm2_tokenizer", "codellama_tokenizer"])
+def test_a_line_too_long_for_the_budget_leaves_its_room_to_the_rest_of_the_prompt(make_repo, tokenizer_name, request):
+    """The window never has holes, so a line that alone outgrows the file's share (a 200 KB data URI among short
+    functions) is as far as it reaches that way. The share was still half the budget, which the window could not
+    use, so the prompt held about half its budget (450 of 1,024 tokens, 4,136 of 8,192 below a 400 KB line): that
+    room goes to the repository's context, and (with a suffix) to the text on the other side of the cursor. The
+    prompt is then as full as the same file's with the long line short (whose blocks leave what they leave) but for
+    the examples' room, which stays theirs or the window's: the context does not change with the example lines found."""
+    from prompts.completion import EXAMPLE_TOKENS
+
+    tokenizer = request.getfixturevalue(tokenizer_name)
+    functions = [f"def scale_{i}(x):\n    return x * {i} + {i % 7}\n\n\n" for i in range(600)]
+    uri = 'ICON = "data:image/png;base64,' + "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk" * 3300 + '"'
+    sizes = {}
+    for name, line_text in (("long", uri), ("short", "ICON = 1")):
+        text = "".join(functions[:300]) + line_text + "\n" + "".join(functions[300:])
+        index = index_repository(make_repo({"big.py": text, "util.py": "def clamp(x, lo, hi):\n    return x\n"},
+                                           name=name))
+        wall = text.split("\n").index(line_text) + 1
+        for line in (wall + 1, wall + 21) + ((wall - 4, wall - 20) if tokenizer_name == "codellama_tokenizer" else ()):
+            packed = build_completion_prompt(index, tokenizer, "big.py", line=line, col=5, budget_tokens=1024)
+            sizes[name, line - wall] = len(packed.ids)
+            assert len(packed.ids) <= 1024 and "data:image" not in tokenizer.decode(packed.ids)
+    assert all(sizes["long", at] >= sizes["short", at] - EXAMPLE_TOKENS for _, at in sizes), sizes
+    assert all(sizes["long", at] >= 750 for _, at in sizes), sizes
+
+
 def test_the_encoder_forgets_the_least_recently_used_pieces_never_the_ones_it_returns(smollm2_tokenizer, monkeypatch):
     """A full cache evicts while a call is under way: the pieces the call returns (cached ones among them) are
     never the ones it forgets, and the pieces used most recently stay."""
