@@ -83,11 +83,27 @@ def _serve(args, root, listener: socket.socket, loading: _LoadingAnswers, api_ke
     host, port = listener.getsockname()[:2]
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
     info = _description(url, root, args, engine)
+    stopping = threading.Event()        # set: the warm-up ends at its next step
     server = Server(session, max_tokens=max_tokens, api_key=api_key, info=info, max_waiting=args.max_waiting,
                     idle=warmer.step if warmer is not None else None,
                     # on the engine thread (worker.py: why)
-                    warm_up=lambda: _warm_up(session, budget, warmer, args.cache_ram),
+                    warm_up=lambda: _warm_up(session, budget, warmer, args.cache_ram, should_stop=stopping.is_set),
                     loopback=_is_loopback(args.host), cache_reuse=args.cache_reuse)
+    try:
+        _run(args, root, listener, loading, api_key, session, server, info, url)
+    except BaseException:
+        # Ctrl-C or SIGTERM before uvicorn took over (while the engine thread warms up, or just after): the engine
+        # thread ends before the interpreter does. Left running, the interpreter's exit caught it inside torch's
+        # native code, whose unwinding aborted the process ("terminate called without an active exception", 134).
+        stopping.set()
+        server.worker.shutdown()
+        raise
+
+
+def _run(args, root, listener: socket.socket, loading: _LoadingAnswers, api_key: str | None, session,
+         server: Server, info: dict, url: str) -> None:
+    """Wait for the warm-up, then serve until stopped."""
+    engine = session.engine
     warmed = server.worker.wait_ready()
     frozen = switches.on(GC_FREEZE)
     if frozen:
@@ -492,17 +508,20 @@ def _listen(host: str, port: int) -> socket.socket:
     return listener
 
 
-def _warm_up(session, budget: int, warmer: PromptWarmer | None, cache_ram_mib: int) -> str:
+def _warm_up(session, budget: int, warmer: PromptWarmer | None, cache_ram_mib: int,
+             should_stop=lambda: False) -> str:
     """Before serving, so that first requests do not pay for one-time setup: one short generation (compiling and
     capturing the decode step), one prefill of each span that prompts of about the server's size take (on CUDA:
     compiling prefill's dense parts where the engine can, and each span's kernels and attention plan), and the
     prompt caches for a few seconds at most (prompt building only: no model call). The KV prompt cache (--cache-ram)
     starts after the warm-up's generations, so that it saves none of their filler. Returns what it did, for the
-    log."""
+    log. `should_stop()` (a stop signal came meanwhile): the rest is skipped, between its steps."""
     started = time.perf_counter()
-    session.raw("def main():", sampling=Sampling(max_tokens=4)).run()
+    session.raw("def main():", sampling=Sampling(max_tokens=4)).run(should_stop=should_stop)
     done = ["the decode step"]
     engine = session.engine
+    if should_stop():
+        return "stopped during the warm-up"
     if engine.warm_speculation():
         done.append("the step that verifies drafts")
     if engine.warm_wide_tail():
@@ -510,11 +529,13 @@ def _warm_up(session, budget: int, warmer: PromptWarmer | None, cache_ram_mib: i
     engine.compile_prefill = engine.prefill_compilable      # worth its compilation in a long-lived process
     if engine.compile_prefill:
         done.append("the compiled prefill")
+    if should_stop():
+        return "stopped during the warm-up"
     spans = engine.warm_prefill(range(max(1, budget - WARM_PREFILL_BELOW), budget + 1))
     engine.clear_prefix_cache()
     engine.keep_prompts(cache_ram_mib)
     if spans:
         done.append(f"{len(spans)} prefill spans of {spans[0]:,}-{spans[-1]:,} tokens")
-    if warmer is not None:
-        done.append(f"the prompts of {warmer.run(warming.STARTUP_S)} files")
+    if warmer is not None and not should_stop():
+        done.append(f"the prompts of {warmer.run(warming.STARTUP_S, should_stop)} files")
     return f"warmed up {', '.join(done)} in {time.perf_counter() - started:.1f} s"

@@ -68,10 +68,10 @@ class PromptWarmer:
             pass
         return len(todo) > 1
 
-    def run(self, seconds: float) -> int:
-        """Warm files until none is left or `seconds` have passed; how many were warmed."""
+    def run(self, seconds: float, should_stop=lambda: False) -> int:
+        """Warm files until none is left, `seconds` have passed or `should_stop()`; how many were warmed."""
         deadline, count = time.perf_counter() + seconds, 0
-        while time.perf_counter() < deadline and self.pending():
+        while time.perf_counter() < deadline and not should_stop() and self.pending():
             self.step()
             count += 1
         return count

@@ -60,7 +60,7 @@ def test_serve_keeps_prompts_after_its_warm_up(serve_options, monkeypatch):
     """`serve --cache-ram` reaches the engine on its own thread, after the warm-up's filler prompts."""
     from codecomplete.server import serve
 
-    monkeypatch.setattr(serve, "_warm_up", lambda session, budget, warmer, cache_ram_mib: cache_ram_mib)
+    monkeypatch.setattr(serve, "_warm_up", lambda session, budget, warmer, cache_ram_mib, **_: cache_ram_mib)
     for given, expected in (([], 8192), (["--cache-ram", "-1"], -1), (["--cache-ram", "0"], 0)):
         assert serve_options(*given)["warm_up"]() == expected
 
