@@ -393,18 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:       # (torchrun's variables set by hand to odd values, say): one line
             return _report(exc, debug="--debug" in sys.argv)
     closed = _standard_streams()
-    # `kill` (SIGTERM, SIGHUP) unwinds like an exit, so temporary files and folders are removed on the way out.
-    # A signal ignored when we start stays ignored: `nohup codecomplete serve &` must outlive its terminal.
-    # Windows has no SIGHUP: there a closed console window (or Ctrl-Break) comes as SIGBREAK.
-    for name in ("SIGTERM", "SIGHUP", "SIGBREAK"):
-        number = getattr(signal, name, None)
-        if number is None:
-            continue
-        try:
-            if signal.getsignal(number) is not signal.SIG_IGN:
-                signal.signal(number, _exit_on_signal)
-        except ValueError:      # not the main thread (an embedding program): its own handlers stand
-            pass
+    _stop_signals()
     argv = sys.argv[1:] if argv is None else argv
     serving = argv[:1] == ["serve"]
     args = build_serve_parser().parse_args(argv[1:]) if serving else build_parser().parse_args(argv)
@@ -439,8 +428,47 @@ def _torchrun_follower() -> bool:
     return bool(os.environ.get("TORCHELASTIC_RUN_ID")) and os.environ.get("RANK", "0") != "0"
 
 
+def _stop_signals() -> None:
+    """`kill` (SIGTERM, SIGHUP) unwinds like an exit, so temporary files and folders are removed on the way out.
+    A signal ignored when we start stays ignored: `nohup codecomplete serve &` must outlive its terminal.
+    Windows has no SIGHUP: there a closed console window (or Ctrl-Break) comes as SIGBREAK."""
+    for name in ("SIGTERM", "SIGHUP", "SIGBREAK"):
+        number = getattr(signal, name, None)
+        if number is None:
+            continue
+        try:
+            if signal.getsignal(number) is not signal.SIG_IGN:
+                signal.signal(number, _exit_on_signal)
+        except ValueError:      # not the main thread (an embedding program): its own handlers stand
+            return
+    if not isinstance(sys.unraisablehook, _StopsSentAgain):
+        sys.unraisablehook = _StopsSentAgain(sys.unraisablehook)
+
+
 def _exit_on_signal(number: int, _frame) -> None:
     raise Stopped(128 + number)
+
+
+class _StopsSentAgain:
+    """A stop (SIGTERM, SIGHUP, or Ctrl-C's KeyboardInterrupt) that came while Python ran a finalizer (an object's
+    __del__, a weakref callback: the regex package's, while a server started) was raised there, where Python prints
+    it as "Exception ignored" with a traceback and goes on: the stop was lost, and the server went on to serve. The
+    signal is sent again a moment later, once the finalizer is over; other such exceptions go to the hook before."""
+
+    def __init__(self, previous) -> None:
+        self.previous = previous
+
+    def __call__(self, unraisable) -> None:
+        error = unraisable.exc_value
+        if isinstance(error, Stopped) and isinstance(error.code, int) and error.code > 128:
+            number = error.code - 128
+        elif isinstance(error, KeyboardInterrupt) and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            number = signal.SIGINT
+        else:
+            return self.previous(unraisable)
+        import threading
+
+        threading.Timer(0.01, os.kill, (os.getpid(), number)).start()
 
 
 def _report(exc: BaseException, debug: bool, json_to: str | None = None) -> int:

@@ -3,7 +3,10 @@ the model loaded, before it serves), on a real process and its real socket."""
 import os
 import signal
 import subprocess
+import sys
 import time
+
+import pytest
 
 # In the server's process: when the engine thread begins the warm-up, a file says so, and the thread computes in torch
 # for a few seconds first (as a GPU's warm-up compiles and captures for tens of seconds), its native code running
@@ -55,3 +58,39 @@ def test_sigterm_while_the_server_warms_up_ends_it_with_143_not_an_abort(script,
     assert "terminate called" not in text and "Traceback" not in text, text
     assert text.strip().splitlines()[-1] == "codecomplete: stopped by SIGTERM", text
 
+
+@pytest.mark.parametrize("raised", ["SIGTERM", "SIGINT"])
+def test_a_stop_signal_that_lands_in_a_finalizer_is_sent_again_not_lost(raised):
+    """A SIGTERM that came while Python ran an object's __del__ (the regex package's, as a server started: seen in
+    the sweep) raised its exit there, which Python prints as "Exception ignored" and drops: the server went on to
+    serve. The signal comes again once the finalizer is over, and the run unwinds as for any stop."""
+    from codecomplete import cli
+    from codecomplete.errors import Stopped
+
+    number = getattr(signal, raised)
+    handlers = {n: signal.getsignal(n) for n in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    hook = sys.unraisablehook
+    ignored = []
+
+    class Finalized:
+        def __del__(self):
+            signal.raise_signal(number)             # the signal lands while the finalizer runs
+
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        sys.unraisablehook = ignored.append         # (what the hook before would have printed)
+        cli._stop_signals()
+        with pytest.raises((Stopped, KeyboardInterrupt)) as stopped:
+            Finalized()                             # (freed at once: its __del__ runs here)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+    finally:
+        sys.unraisablehook = hook
+        for n, handler in handlers.items():
+            signal.signal(n, handler)
+    assert not ignored
+    if raised == "SIGTERM":
+        assert isinstance(stopped.value, Stopped) and stopped.value.code == 128 + signal.SIGTERM
+    else:
+        assert isinstance(stopped.value, KeyboardInterrupt)
