@@ -468,7 +468,10 @@ class _StopsSentAgain:
             return self.previous(unraisable)
         import threading
 
-        threading.Timer(0.01, os.kill, (os.getpid(), number)).start()
+        try:
+            threading.Timer(0.01, os.kill, (os.getpid(), number)).start()
+        except RuntimeError:        # the interpreter is exiting (no new threads): it stops anyway
+            pass
 
 
 def _report(exc: BaseException, debug: bool, json_to: str | None = None) -> int:
