@@ -39,8 +39,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from .index import RACY_NS, FileEntry, RepoIndex, parse_file, unchanged
-from .scan import (MAX_FILE_BYTES, ScanWarning, SourceFile, change_time, list_folder, repository_rules,
-                   source_file, walk_sources)
+from .scan import (IGNORE_FILE, MAX_FILE_BYTES, ScanWarning, SourceFile, _ignored_with_folders, change_time,
+                   git_dir, list_folder, repository_rules, source_file, walk_sources)
 
 FILES_PER_REFRESH = 256  # a full pass over 20k files every ~80 requests
 FOLDERS_PER_SWEEP = 32   # folders looked at after a request: 2,000 (20k files) every ~60 requests
@@ -72,6 +72,11 @@ class FreshIndex:
         self._pending: dict[str, SourceFile | None] = {}  # to parse again (None: gone), oldest first
         self.walks_begun = 0      # walks through the repository begun so far (the one under way included)
         self.walked = 0           # the number of the last walk that went through it all (0: none yet)
+        # Ignore file -> its stamps when last looked at (None: there was none): the root's and those of the folders
+        # on requests' paths, so that a file the user has just ignored leaves the index at the next request.
+        self._rule_stamps: dict[Path, tuple | None] = {}
+        self._exclude = git_dir(self.root) / "info" / "exclude"     # (where .git points: read once)
+        self._rules_changed([""])       # (the root's, as the index was built)
 
     @property
     def root(self) -> Path:
@@ -86,6 +91,8 @@ class FreshIndex:
         """Before a request: look at ``path`` (relative to the root) and parse what changed; returns the index, a new
         object if anything changed."""
         with _quiet():
+            if self._rules_changed(_folders_on_path(self.root, path) if path is not None else [""]):
+                self._drop_ignored()
             if path is not None:
                 self._look_at_folders(_folders_on_path(self.root, path), LISTINGS_PER_REFRESH)
                 if path in self.index.entries:
@@ -137,6 +144,35 @@ class FreshIndex:
             if changed or removed:
                 self.index = self.index.updated(changed, removed)
             return self.index
+
+    def _rules_changed(self, folders: list[str]) -> bool:
+        """One stat of each ignore file in these folders (with the root, of the repository's info/exclude too): whether
+        one looked at before has changed, appeared or gone since. One seen for the first time counts as unchanged (the
+        index was built with it, or the walk finds what it changes)."""
+        files = [self.root / folder / name for folder in folders for name in (".gitignore", IGNORE_FILE)]
+        if "" in folders:
+            files.append(self._exclude)
+        changed = False
+        for file in files:
+            try:
+                info = os.stat(file)
+                stamps = (info.st_mtime_ns, change_time(info), info.st_size, info.st_ino)
+            except (OSError, ValueError):
+                stamps = None
+            if file in self._rule_stamps and self._rule_stamps[file] != stamps:
+                changed = True
+            self._rule_stamps[file] = stamps
+        return changed
+
+    def _drop_ignored(self) -> None:
+        """The ignore rules changed: the indexed files they now leave out go at once (the walk would take a pass to
+        find them gone, and meanwhile prompts carried a file its user had just ignored: a secret, say). Files they
+        no longer leave out come with the walk."""
+        rules = repository_rules(self.root)
+        ignored = {path for path in self.index.entries if _ignored_with_folders(rules, path)}
+        # (first: a slice of parsing ends at its count of parsed files, whatever it had still to remove)
+        self._pending = {**dict.fromkeys(ignored), **{p: s for p, s in self._pending.items() if p not in ignored}}
+        self._walk = None       # one under way reads the rules as they were: it would bring them back
 
     def _update(self, should_stop: Callable[[], bool] | None = None, limit: int | None = None) -> RepoIndex:
         changed, removed = self._parse_some(should_stop, limit)

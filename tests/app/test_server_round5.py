@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import httpx
 import pytest
 
 # In the server's process: when the engine thread begins the warm-up, a file says so, and the thread computes in torch
@@ -94,3 +95,31 @@ def test_a_stop_signal_that_lands_in_a_finalizer_is_sent_again_not_lost(raised):
         assert isinstance(stopped.value, Stopped) and stopped.value.code == 128 + signal.SIGTERM
     else:
         assert isinstance(stopped.value, KeyboardInterrupt)
+
+
+def test_a_file_ignored_while_the_server_runs_is_in_no_later_prompt(script, cli_env, tmp_path):
+    """`.gitignore` edited to leave out a file of secrets while a server ran: the next two /infill prompts still
+    carried it (the sweep between requests had not found it gone yet; half a second of quiet had). Now the request
+    after the edit already leaves it out."""
+    from server_process import ServerProcess
+
+    root = tmp_path / "project"
+    root.mkdir()
+    (root / "shapes.py").write_text("class Rectangle:\n    def __init__(self, width, height):\n"
+                                    "        self.width, self.height = width, height\n")
+    (root / "secret.py").write_text("from shapes import Rectangle\n\nSECRET_KEY = 'hunter2-zebra'\n\n\n"
+                                    "def secret_rectangle():\n    return Rectangle(SECRET_KEY, 2)\n")
+    (root / ".gitignore").write_text("*.log\n")
+    server = ServerProcess(script, root, cli_env, tmp_path, "--context-tokens", "512", "--max-tokens", "4")
+    body = {"input_prefix": "from secret import secret_rectangle\n\n\ndef g():\n    return secret_rectangle",
+            "input_suffix": "\n", "n_predict": 2}
+    try:
+        first = httpx.post(server.url + "/infill", json=body, timeout=120)
+        assert first.status_code == 200 and "Rectangle(SECRET_KEY" in first.json()["prompt"], first.text
+        (root / ".gitignore").write_text("*.log\nsecret.py\n")
+        for _ in range(2):
+            answer = httpx.post(server.url + "/infill", json=body, timeout=120)
+            assert answer.status_code == 200 and "SECRET_KEY" not in answer.json()["prompt"], answer.text
+    finally:
+        assert server.stop() == 0, server.log()
+    assert "Traceback" not in server.log()

@@ -139,6 +139,32 @@ def test_a_folder_replaced_by_a_link_out_of_the_repository_is_not_followed(make_
     assert "SECRET" not in index.vocabulary and index.files == ["a.py"]
     assert fresh.rescan().files == ["a.py"]
 
+@pytest.mark.parametrize("rules", [".gitignore", "pkg/.gitignore", ".codecompleteignore", ".git/info/exclude"])
+def test_a_file_ignored_while_served_leaves_the_index_at_the_next_request(make_repo, cache_dir, rules):
+    """A user adds a file of secrets to .gitignore while a server runs: the walk that finds it gone takes a pass of
+    the repository (tens of requests on a large one), and meanwhile every prompt that ranked it carried it. The
+    ignore files of the root and of the request's path are looked at (a stat each) before each request; changed,
+    the files they now leave out go at once, and a walk under way (the old rules) starts again."""
+    files = {f"pkg/m{i}.py": f"def f{i}(x):\n    return x + {i}\n" for i in range(40)}
+    root = make_repo(files | {"pkg/secrets.py": "API_KEY = 'hunter2'\n", "app.py": "def main():\n    return 0\n",
+                              ".git/info/exclude": "", ".gitignore": "", "pkg/.gitignore": ""})
+    fresh = FreshIndex(index_repository(root), files_per_refresh=4)
+    assert "pkg/secrets.py" in fresh.refresh("pkg/m1.py").files
+    fresh.sweep()                                       # a walk under way, with the rules as they were
+    (root / rules).write_text("secrets.py\n")
+    index = fresh.refresh("pkg/m1.py")
+    assert "pkg/secrets.py" not in index.files and "pkg/m2.py" in index.files
+    for _ in range(2 * len(files) // 4 + 4):            # the walks find the same: it stays out
+        index = fresh.sweep()
+    assert fresh.walked and "pkg/secrets.py" not in index.files
+    assert chunks_of(index) == chunks_of(index_repository(root))
+    (root / rules).write_text("")                       # ignored no more: back with the walk
+    fresh.refresh("pkg/m1.py")
+    for _ in range(2 * len(files) // 4 + 4):
+        index = fresh.sweep()
+    assert "pkg/secrets.py" in index.files
+
+
 def test_a_file_created_next_to_the_requests_file_is_in_the_index_at_that_request(make_repo, cache_dir):
     """An editor user creates a module and imports it from another file: the folders on the request's path are looked
     at before it (listed when a file was added), where the new module waited for the rolling walk to reach it. A
@@ -299,8 +325,10 @@ def test_a_request_touches_a_bounded_number_of_files_on_a_20k_file_repository(bi
     touched = []
     for request in range(90):  # a little more than one whole pass of the walk
         before = sum(calls.values())
-        fresh.refresh("pkg000/m000.py")  # before the request: a stat of the file, and of each folder on its path
-        assert sum(calls.values()) - before <= (2 + 2 if request else 8)      # (the first lists those two folders)
+        # before the request: a stat of the file, of each folder on its path, and of the ignore files there (.gitignore
+        # and .codecompleteignore of each, info/exclude)
+        fresh.refresh("pkg000/m000.py")
+        assert sum(calls.values()) - before <= (2 + 2 + 5 if request else 8 + 5)   # (the first lists those 2 folders)
         fresh.sweep()  # after it
         touched.append(sum(calls.values()) - before)
     # About files_per_refresh stats, plus the folders the walk lists on the way (the first call lists the root's
