@@ -7,6 +7,7 @@ close the socket and end with 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import gc
@@ -226,6 +227,18 @@ class _Uvicorn(uvicorn.Server):
     def handle_exit(self, sig, frame) -> None:
         self.worker.cancel_all()
         super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        """uvicorn's handlers, but a Ctrl-C ignored when serving began stays ignored: a shell script's background job
+        (`codecomplete serve &`) has SIGINT ignored so that Ctrl-C ends the script, not the job, as the one-shot
+        commands and the start-up leave it; uvicorn's handler took it back, and the script's Ctrl-C stopped the
+        server."""
+        ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        with super().capture_signals():
+            if ignored:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            yield
 
 
 class _Connection(H11Protocol):

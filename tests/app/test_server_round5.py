@@ -123,3 +123,27 @@ def test_a_file_ignored_while_the_server_runs_is_in_no_later_prompt(script, cli_
     finally:
         assert server.stop() == 0, server.log()
     assert "Traceback" not in server.log()
+
+
+def test_a_server_started_with_ctrl_c_ignored_keeps_ignoring_it_once_it_serves(script, cli_env, served_repo,
+                                                                              tmp_path, monkeypatch):
+    """`codecomplete serve &` in a shell script starts with SIGINT ignored, so that Ctrl-C ends the script and not
+    the job (the one-shot commands and the start-up keep it so; `nohup` keeps SIGHUP so): once serving, uvicorn
+    installed its own handler over it, and the script's Ctrl-C stopped the server. SIGTERM still stops it."""
+    import subprocess as processes
+
+    from server_process import ServerProcess
+
+    popen = processes.Popen
+    monkeypatch.setattr(processes, "Popen", lambda *args, **kwargs: popen(
+        *args, **kwargs, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)))
+    server = ServerProcess(script, served_repo, cli_env, tmp_path, "--context-tokens", "256", "--max-tokens", "4")
+    monkeypatch.undo()
+    try:
+        os.kill(server.process.pid, signal.SIGINT)
+        time.sleep(1)
+        assert server.process.poll() is None, server.log()
+        assert httpx.get(server.url + "/health", timeout=30).status_code == 200
+    finally:
+        code = server.stop(signal.SIGTERM, timeout=30)
+    assert code == 0, server.log()
