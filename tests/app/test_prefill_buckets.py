@@ -168,6 +168,17 @@ def test_the_compiled_prefill_is_the_servers_choice_and_needs_compiled_decoding(
     assert engine.prefill_compilable is False           # a CPU engine: no CUDA graphs, no compiled decode step
 
 
+def steps_built_with_graphs(engine, ids, monkeypatch) -> list[tuple[int, int, int]]:
+    """After a generation of `ids` fills the cache: graphs on, and the (batch, context, width) of each decode step
+    a warm-up then builds, recorded instead of run (a CPU cannot capture)."""
+    engine.generate(ids, GenerationConfig(max_new_tokens=2))
+    built = []
+    monkeypatch.setattr(engine, "_graphs_enabled", True)
+    monkeypatch.setattr(engine, "make_decode_step",
+                        lambda batch, context, width: lambda: built.append((batch, context, width)))
+    return built
+
+
 def test_warm_speculation_builds_the_one_verify_step_graphs_use_and_forgets_the_cache(monkeypatch):
     """With graphs every verification has the width 1 + depth (drafts padded): the warm-up builds that step, as
     the first request whose text repeats its prompt would otherwise, inside its decode."""
@@ -179,11 +190,7 @@ def test_warm_speculation_builds_the_one_verify_step_graphs_use_and_forgets_the_
     engine.speculate = 4
     assert not engine.warm_speculation()                            # a CPU: no graphs, no setup to pay ahead
     ids = prompt(30, seed=4)
-    engine.generate(ids, GenerationConfig(max_new_tokens=2))
-    built = []
-    monkeypatch.setattr(engine, "_graphs_enabled", True)
-    monkeypatch.setattr(engine, "make_decode_step",
-                        lambda batch, context, width: lambda: built.append((batch, context, width)))
+    built = steps_built_with_graphs(engine, ids, monkeypatch)
     assert engine.warm_speculation()
     assert built == [(1, min(engine.context_length, 128), 1 + engine.speculate)]
     monkeypatch.undo()
@@ -197,11 +204,7 @@ def test_warm_wide_tail_builds_the_wide_step_where_it_applies_and_forgets_the_ca
     engine = make_engine(BUCKET)
     assert not engine.warm_wide_tail()                              # a CPU: no graphs
     ids = prompt(30, seed=5)
-    engine.generate(ids, GenerationConfig(max_new_tokens=2))
-    built = []
-    monkeypatch.setattr(engine, "_graphs_enabled", True)
-    monkeypatch.setattr(engine, "make_decode_step",
-                        lambda batch, context, width: lambda: built.append((batch, context, width)))
+    built = steps_built_with_graphs(engine, ids, monkeypatch)
     assert not engine.warm_wide_tail() and not built               # sdpa: a graph per key span
     monkeypatch.setattr(engine, "attention", "flash")
     monkeypatch.setattr(engine, "_quant", object())

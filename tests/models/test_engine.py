@@ -74,13 +74,17 @@ def test_a_few_typed_tokens_go_through_the_decode_step_and_change_nothing(smollm
     assert warm.token_ids == cold.token_ids and warm.text == cold.text
 
 
-@pytest.mark.parametrize("typed", [1, 8, 9, 10, 17, 27])
-def test_a_tail_goes_through_verification_wide_steps_as_graphs_feed_it(smollm_engine, full_run, typed, monkeypatch):
-    """With graphs the tail goes through the verification step's width a replay (here 9 tokens, up to 3 replays,
-    forced on the CPU's eager step; one token alone): the last step padded past the prompt, its logits the last
-    real token's, the pads' K/V overwritten by the tokens that follow. The cold run's tokens, from the right row."""
+@pytest.mark.parametrize("plan, typed", [((3, 9), 1), ((3, 9), 8), ((3, 9), 9), ((3, 9), 10), ((3, 9), 17), ((3, 9), 27),
+                                         ((2, 24), 40)])
+def test_a_tail_goes_through_graph_wide_steps_as_graphs_feed_it(smollm_engine, full_run, plan, typed, monkeypatch):
+    """With graphs the tail goes through steps of a captured width (a verification's, here 9 tokens, up to 3
+    replays; or wider, as the GPU's WIDE_TAIL, here 24; forced on the CPU's eager step; one token alone): the last
+    step padded past the prompt, its logits the last real token's, the pads' K/V overwritten by the tokens that
+    follow. The cold run's tokens, from the right row."""
     prompt, cold, _ = full_run
-    monkeypatch.setattr(smollm_engine, "tail_override", (3, 9))
+    assert len(prompt) > typed
+    monkeypatch.setattr(smollm_engine, "tail_override", plan)
+    width = plan[1]
     fed = []
     real_step = smollm_engine._decode_step
     monkeypatch.setattr(smollm_engine, "_decode_step", lambda batch, width=1: fed.append(width) or real_step(batch, width))
@@ -90,7 +94,7 @@ def test_a_tail_goes_through_verification_wide_steps_as_graphs_feed_it(smollm_en
     warm = smollm_engine.generate(prompt, dataclasses.replace(GREEDY, speculate=0))
     assert warm.reused_prefix_tokens == len(prompt) - typed
     # the tail's steps (a lone token alone: a padded step costs more), then the decode loop's one-token step
-    assert fed == ([9] * -(-typed // 9) if typed > 1 else [1]) + [1]
+    assert fed == ([width] * -(-typed // width) if typed > 1 else [1]) + [1]
     assert warm.token_ids == cold.token_ids and warm.text == cold.text
 
 
@@ -118,25 +122,6 @@ def test_a_tail_at_the_cache_end_is_not_padded_past_it(monkeypatch):
     warm = engine.generate(prompt, GenerationConfig(max_new_tokens=2, speculate=0))
     assert warm.reused_prefix_tokens == 50 and fed == [9, 1, 1, 1, 1]     # 50-58, then 59, 60, 61 (59 + 9 > 64); decoding
     assert warm.token_ids == cold.token_ids
-
-
-def test_a_long_tail_through_wide_steps_changes_nothing(smollm_engine, full_run, monkeypatch):
-    """A paste's worth of new tokens through steps wider than a verification's (the GPU's WIDE_TAIL, forced on the
-    CPU's eager step): two 24-wide steps, the last padded; the cold run's tokens."""
-    prompt, cold, _ = full_run
-    typed = 40
-    assert len(prompt) > typed
-    monkeypatch.setattr(smollm_engine, "tail_override", (2, 24))
-    fed = []
-    real_step = smollm_engine._decode_step
-    monkeypatch.setattr(smollm_engine, "_decode_step", lambda batch, width=1: fed.append(width) or real_step(batch, width))
-    smollm_engine.clear_prefix_cache()
-    smollm_engine.generate(prompt[:-typed], GenerationConfig(max_new_tokens=1))
-    fed.clear()
-    warm = smollm_engine.generate(prompt, dataclasses.replace(GREEDY, speculate=0))
-    assert warm.reused_prefix_tokens == len(prompt) - typed
-    assert fed == [24, 24, 1]
-    assert warm.token_ids == cold.token_ids and warm.text == cold.text
 
 
 def test_a_wide_tail_that_would_pad_past_the_cache_takes_the_prefill(monkeypatch):
