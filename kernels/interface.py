@@ -18,9 +18,12 @@ What flash_decode supports, and why not the rest:
   the probabilities become 8-bit digits; the tuned plans take it for the batched 34B rows (Run 20).
 - head dim 16..256, any value: tiles are padded to the next power of two and masked.
 - Hq a multiple of Hkv (MHA, GQA, MQA): one program reads a KV head once for its whole group.
-- 1..16 query tokens per sequence (decode, and verification of speculative drafts): the tokens are
-  packed with the group's heads into one program's rows, so K/V are still read once. Not more,
-  because that is prefill, which belongs to a prefill kernel.
+- 1..128 query tokens per sequence (decode, verification of speculative drafts, and a prompt's short tail
+  fed through a graph-replayed step: models/engine.py, WIDE_TAIL): the tokens are packed with the group's
+  heads into a program's rows, so up to 64 rows (a verification's tokens) read K/V once; more rows take more
+  row blocks, each reading its KV head again (a 128-token tail: 2 for MHA, 16 for 34B's groups of 8), which
+  at these lengths still beats an eager prefill's launches (bench/results/NOTES.md, Run 44). Not more: a
+  longer span is prefill, which belongs to a prefill kernel. With an 8-bit cache's exact tokens, 1..16.
 - any strides but the last dimension's, which must be 1 (rows are loaded as contiguous vectors); V may
   instead be sequence-major, a (B, Hkv, D, S) tensor seen as (B, Hkv, S, D) (`sequence_major`), which is
   how an 8-bit cache of a GQA model should store it (`sequence_major_v_pays`). The dot and row kernels load

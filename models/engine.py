@@ -53,7 +53,7 @@ def triton_installed() -> bool:
 
 # Drafts verified per step when GenerationConfig.speculate is None, by device (bench/results/NOTES.md).
 DEFAULT_SPECULATE = {"cpu": 8, "cuda": 8}
-MAX_SPECULATE = 15     # the multi-token decode kernel takes up to 16 query tokens
+MAX_SPECULATE = 15     # a verification of 16 tokens: what an 8-bit cache's exact ring is sized for (MAX_STEP_TOKENS)
 # Query rows one program of the decode kernel holds: kernels.plan.MAX_BLOCK_M (not imported here: importing
 # kernels defines the Triton kernels, which on a CPU must wait for TRITON_INTERPRET; a test keeps the two equal).
 # A verification step whose rows (query heads per KV head x tokens) fit in one tile reads K/V once. CodeLlama-34B

@@ -66,7 +66,8 @@ SCALE_BYTES = 4           # one float32 scale per token, KV head and tensor (K a
 EXACT_SINK = 16
 EXACT_WINDOW = 32
 # The ring holds at least the window plus the most tokens one step writes (1 + the drafts a verification carries:
-# the kernels take up to 16 query tokens), so that drafts written and rolled back never overwrite a kept token.
+# the exact-window kernels take up to 16 query tokens), so that drafts written and rolled back never overwrite a
+# kept token.
 MAX_STEP_TOKENS = 16
 # And a surplus, for edits: a prefix cut back by more than EXACT_RING - EXACT_WINDOW tokens has lost its window's
 # copies, and rebuilding them re-prefills `repair_span` tokens (993 for CodeLlama-7B: an edit of a 32k prompt's last
