@@ -326,7 +326,10 @@ PLOT_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".webp")
 def _check_streams(args: argparse.Namespace, closed: frozenset[str]) -> None:
     if "stdin" in closed and (args.stdin or args.prompt == "-"):
         raise UsageError(f"standard input is closed: nothing to read for {'--stdin' if args.stdin else '--prompt -'}")
-    if "stdout" in closed and args.json in (None, "-") and (args.file or args.ask or args.prompt is not None):
+    # (--bench's table goes there too, or its JSON with --json -: where only a --plot file is written, it is not needed)
+    result = args.file or args.ask or args.prompt is not None
+    if "stdout" in closed and (args.json == "-" and (result or args.bench)
+                               or args.json is None and (result or args.bench and not args.plot)):
         raise UsageError("standard output is closed: the result would go nowhere (--json FILE writes it to a file)")
 
 

@@ -135,6 +135,10 @@ def test_a_dash_leading_file_name_is_a_value_not_an_option():
     ("{cc} {repo} --file app.py --stdin <&-", ["standard input is closed", "--stdin"]),
     ("{cc} --prompt x >&-", ["standard output is closed"]),
     ("{cc} {repo} --ask why >&-", ["standard output is closed"]),
+    # --bench timed its contexts and exited 0, its table (or its JSON, --json -) gone nowhere
+    ("{cc} {repo} --bench --contexts 64 --max-tokens 2 >&-", ["standard output is closed"]),
+    ("{cc} {repo} --bench --contexts 64 --max-tokens 2 --json - --plot {repo}/../p.png >&-",
+     ["standard output is closed"]),
 ])
 def test_closed_descriptors_are_usage_errors(make_repository, script, cli_env, tmp_path, shell, words):
     repo = make_repository(tmp_path / "repo")
