@@ -108,15 +108,21 @@ async def read_object(request: Request, limit: int = MAX_BODY_BYTES) -> dict:
         raise ApiError(400, f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
     except RecursionError:          # arrays in arrays, a few hundred deep (parsed, or then walked): no request needs it
         raise ApiError(400, "the request body nests too deeply") from None
+    except NotJson as exc:          # (a ValueError too: before the next clause, which took it for a long integer)
+        raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
     except ValueError:              # an integer of more than 4,300 digits (Python's own limit on converting one)
         # (its message tells the client to call sys.set_int_max_str_digits(): the server's workings, not the request's)
         raise ApiError(400, f"the request body is not usable JSON: an integer of more than "
                             f"{sys.get_int_max_str_digits():,} digits") from None
 
 
+class NotJson(ValueError):
+    """A literal Python's json reads and JSON has not."""
+
+
 def _not_json(literal: str):
     """NaN, Infinity and -Infinity, which Python's json reads and JSON has not (llama.cpp's parser refuses them)."""
-    raise ValueError(f"{literal} is not a JSON value")
+    raise NotJson(f"{literal} is not a JSON value")
 
 
 def parse(data: dict, model: type[Model]) -> Model:
