@@ -12,6 +12,7 @@ processes started from here (tensor parallelism's workers) inherit the normalize
 """
 from __future__ import annotations
 
+import json
 import os
 
 from .errors import UsageError
@@ -25,6 +26,13 @@ LOWER = ("CODECOMPLETE_COMPILE", "CODECOMPLETE_COMPILE_PREFILL", "CODECOMPLETE_F
          "CODECOMPLETE_INFILL_DEVICE",                                                   # models/infill.py
          "CODECOMPLETE_PDL", "CODECOMPLETE_TUNED_PLANS")                                 # kernels/interface.py
 SWITCHES = (CPU_BF16, GC_FREEZE, WARM_PROMPTS, *LOWER)
+
+# files and a folder that kernels read (at import, on a GPU, after the model loaded): a missing file was an "internal
+# error" (exit 1) from that import, a missing folder silently the heuristic's plans. Checked here as JSON objects of
+# lists; what each entry means stays for the kernels to check.
+FILES = ("CODECOMPLETE_FUSED_CONFIGS", "CODECOMPLETE_FUSED_INT8_CONFIGS",    # kernels/fused_gemv.py
+         "CODECOMPLETE_FEW_ROWS_PLANS")                                      # kernels/few_rows_int8.py
+FOLDERS = ("CODECOMPLETE_PLANS_DIR",)                                        # kernels/plan.py
 
 OFF = ("0", "false", "no", "off")
 ON = ("1", "true", "yes", "on")
@@ -41,7 +49,30 @@ def on(name: str) -> bool:
 
 
 def check_environment() -> None:
-    """Every switch set: checked (`on`), and written back as "0" or "1" for the layers below, which read "0" alone."""
+    """Every switch set: checked (`on`), and written back as "0" or "1" for the layers below, which read "0" alone;
+    the files and folders named: there, and the files JSON objects of lists (`check_file`)."""
     for name in SWITCHES:
         if os.environ.get(name, "").strip():
             os.environ[name] = "1" if on(name) else "0"
+    for name in FILES:
+        if os.environ.get(name):        # (empty: unset, as the kernels read it)
+            check_file(name, os.environ[name])
+    for name in FOLDERS:
+        if os.environ.get(name) and not os.path.isdir(os.environ[name]):
+            raise UsageError(f"${name} is {os.environ[name]!r}: no such folder")
+
+
+def check_file(name: str, path: str) -> None:
+    """A file of launch configurations or plans, as the kernels read it: a JSON object whose values are lists."""
+    if os.path.exists(path) and not os.path.isfile(path):    # (a FIFO's read would wait for a writer)
+        raise UsageError(f"${name} is {path!r}: not a file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            entries = json.load(f)
+    except OSError as exc:
+        raise UsageError(f"${name} is {path!r}: {exc.strerror or exc}") from None
+    except ValueError as exc:      # (not JSON, or not UTF-8)
+        raise UsageError(f"${name} is {path!r}: not a JSON file ({exc})") from None
+    if not isinstance(entries, dict) or not all(isinstance(value, list) for value in entries.values()):
+        raise UsageError(f"${name} is {path!r}: not a JSON object of lists, as the kernels' benchmarks write "
+                         f"(README: Switches for measuring and debugging)")

@@ -198,3 +198,40 @@ def test_the_command_line_says_a_server_is_still_loading():
         {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}).encode())
     assert str(error) == "the server at http://127.0.0.1:8012 is still loading its model: ask again once it serves"
     assert client._error("", 503, b'{"error": {"code": 503, "message": "busy", "type": "x"}}').args == ("busy",)
+
+
+def test_the_kernels_files_and_folder_are_checked_at_start_up(monkeypatch, tmp_path, script, cli_env):
+    """CODECOMPLETE_FUSED_CONFIGS, _FUSED_INT8_CONFIGS and _FEW_ROWS_PLANS are read by kernels as they are imported,
+    on a GPU after the model loaded: a missing file (a typo) ended the run as an "internal error" (exit 1), a folder
+    or a FIFO the same or a wait for ever; CODECOMPLETE_PLANS_DIR naming no folder silently meant the heuristic's
+    plans. Each is now a usage error at start-up (exit 2, one line naming the variable), on every device."""
+    from codecomplete import switches
+    from codecomplete.errors import UsageError
+
+    good = tmp_path / "good.json"
+    good.write_text('{"gemv": [2, 512, 2, 4], "gemv 8192x4096": [4, 1024, 4, 3]}')
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "values.json").write_text('{"gemv": 3}')
+    (tmp_path / "text.json").write_text("gemv 2 512")
+    os.mkfifo(tmp_path / "fifo.json")
+    for name in switches.FILES:
+        for path, words in [(tmp_path / "none.json", "No such file"), (tmp_path, "not a file"),
+                            (tmp_path / "fifo.json", "not a file"), (tmp_path / "list.json", "not a JSON object"),
+                            (tmp_path / "values.json", "not a JSON object"), (tmp_path / "text.json", "not a JSON file")]:
+            monkeypatch.setenv(name, str(path))
+            with pytest.raises(UsageError, match=rf"^\${name} is '{path}': {words}"):
+                switches.check_environment()
+        monkeypatch.setenv(name, str(good))
+        switches.check_environment()
+        monkeypatch.setenv(name, "")                    # (empty: unset)
+        switches.check_environment()
+    monkeypatch.setenv("CODECOMPLETE_PLANS_DIR", str(tmp_path / "none"))
+    with pytest.raises(UsageError, match="CODECOMPLETE_PLANS_DIR is .*: no such folder"):
+        switches.check_environment()
+    monkeypatch.setenv("CODECOMPLETE_PLANS_DIR", str(tmp_path))
+    switches.check_environment()
+    env = {**cli_env, "CODECOMPLETE_FUSED_CONFIGS": str(tmp_path / "none.json")}
+    run = subprocess.run([str(script), "--prompt", "def f():", "--max-tokens", "1", "--no-server"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and run.stdout == "", run
+    assert run.stderr.count("\n") == 1 and "CODECOMPLETE_FUSED_CONFIGS" in run.stderr, run.stderr
