@@ -64,6 +64,8 @@ def connect(args, root: Path | None = None, max_new_tokens: int = 0, file: str |
         return None
     if url:   # named by the user: it must do, or it is an error
         key = _announced_key(url) or os.environ.get(API_KEY_ENV)
+        if key is not None and not sendable_key(key):      # (httpx's header encoding raised: an internal error)
+            raise UsageError(f"${API_KEY_ENV} must be {KEY_RULE}")
         info = _get_info(url, key)
         problem = mismatch(info, args, root, max_new_tokens)
         if problem:
@@ -82,6 +84,15 @@ def connect(args, root: Path | None = None, max_new_tokens: int = 0, file: str |
             if mismatch(info, args, root, max_new_tokens) is None:
                 return RemoteSession(announced["url"], info, announced.get("api_key"), args.context_tokens)
     return None
+
+
+KEY_RULE = "printable ASCII without spaces (it travels in an HTTP header)"
+
+
+def sendable_key(key: str) -> bool:
+    """Whether an API key can travel in a header: HTTP carries a header's bytes as Latin-1, and clients (the openai
+    package, httpx) refuse anything else; a space or a control character would end or split it."""
+    return key.isascii() and key.isprintable() and " " not in key
 
 
 def _unsendable(file: str | None) -> str | None:

@@ -53,9 +53,8 @@ GC_FREEZE = switches.GC_FREEZE         # off: leave start-up's objects to the ga
 
 def run_serve(args) -> None:
     api_key = args.api_key or os.environ.get(client.API_KEY_ENV) or None
-    if api_key is not None and not (api_key.isascii() and api_key.isprintable() and " " not in api_key):
-        # an HTTP header carries its bytes as Latin-1 and clients (the openai package) refuse anything else
-        raise UsageError("the API key must be printable ASCII without spaces (it travels in an HTTP header)")
+    if api_key is not None and not client.sendable_key(api_key):
+        raise UsageError(f"the API key must be {client.KEY_RULE}")
     if not _is_loopback(args.host) and not api_key:
         raise UsageError(f"--host {args.host} is reachable from other machines: give an --api-key (or "
                          f"${client.API_KEY_ENV})")

@@ -939,3 +939,15 @@ def test_a_file_name_that_is_not_utf8_is_completed_alone_not_sent_to_the_server(
         assert "/codecomplete/v1/complete" not in server.log()        # nothing sent: another file's name
     finally:
         assert server.stop() == 0, server.log()
+
+
+@pytest.mark.parametrize("key", ["ключ", "a\nb", "tab\there", "bell\x07"])
+def test_an_api_key_no_header_can_carry_is_a_usage_error(script, cli_env, tmp_path, key):
+    """$CODECOMPLETE_API_KEY with a character an HTTP header cannot carry (non-ASCII, a newline) made `--server URL`
+    fail inside httpx: "internal error: UnicodeEncodeError ..." or "ValueError: Invalid header value", exit 1. `serve`
+    refuses such a key at start-up (exit 2); the client now says the same of it, before any connection."""
+    env = {**cli_env, "CODECOMPLETE_API_KEY": key, "CODECOMPLETE_RUNTIME_DIR": str(tmp_path / "run")}
+    code, out, err = run(script, env, "--prompt", "x", "--max-tokens", "1", "--server", "http://127.0.0.1:9")
+    assert (code, out) == (2, ""), err
+    assert err.count("\n") == 1 and "$CODECOMPLETE_API_KEY must be printable ASCII" in err, err
+    assert "internal error" not in err, err
