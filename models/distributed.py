@@ -113,7 +113,7 @@ def loopback_interface() -> str | None:
 def collective_timeout() -> timedelta:
     """The bound on a collective's wait: $CODECOMPLETE_TP_TIMEOUT seconds, or DEFAULT_TIMEOUT_S."""
     setting = os.environ.get(TIMEOUT_VARIABLE)
-    if setting is None:
+    if setting is None or not setting.strip():     # (empty: unset)
         return timedelta(seconds=DEFAULT_TIMEOUT_S)
     try:
         seconds = float(setting)

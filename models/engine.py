@@ -133,7 +133,7 @@ def prefill_bucket(device_type: str, config: ModelConfig) -> int:
     if config.dynamic_rope:
         return 0
     setting = os.environ.get("CODECOMPLETE_PREFILL_BUCKET")
-    if setting is None:
+    if setting is None or not setting.strip():     # (empty: unset, as every CODECOMPLETE_* setting reads it)
         return PREFILL_BUCKET.get(device_type, 0)
     try:
         bucket = int(setting)

@@ -375,7 +375,7 @@ class Transformer(nn.Module):
         compilation; on a tensor-parallel rank, with its collectives) unless CODECOMPLETE_FUSED=0.
         """
         if self.output.weight.is_cuda:
-            use_gemv(os.environ.get("CODECOMPLETE_GEMV", DEFAULT_GEMV))
+            use_gemv(os.environ.get("CODECOMPLETE_GEMV") or DEFAULT_GEMV)      # (empty: unset)
             plain = self.dense == DenseKernels() or self.rank_collectives is not None
             self.fused_decode = os.environ.get("CODECOMPLETE_FUSED", "1") != "0" and plain
         compile = functools.partial(torch.compile, fullgraph=True, dynamic=False)

@@ -235,7 +235,7 @@ class Collectives:
 
     def __init__(self, group: dist.ProcessGroup, world: int):
         self.group, self.world = group, world
-        self.method = os.environ.get("CODECOMPLETE_ALLREDUCE", "auto")
+        self.method = os.environ.get("CODECOMPLETE_ALLREDUCE") or "auto"      # (empty: unset)
         if self.method not in ALL_REDUCE_METHODS:
             raise SettingError(f"CODECOMPLETE_ALLREDUCE={self.method!r}: choose from {', '.join(ALL_REDUCE_METHODS)}")
         self.one_shot_error: str | None = None   # why the one-shot path is unavailable, once tried

@@ -549,3 +549,30 @@ def test_a_suggestion_in_an_empty_repository_completes_the_buffer(codecomplete, 
     run = codecomplete(empty, "--file", "main.py", "--max-tokens", "2", "--json")
     assert run.returncode == 0 and run.stderr == "", run.stderr
     check_error(codecomplete(empty, "--ask", "anything?"), 2, "nothing to index")
+
+
+def test_an_empty_tuning_setting_is_unset(script, cli_env, monkeypatch):
+    """Every CODECOMPLETE_* variable reads empty as unset (README: `CODECOMPLETE_MODEL`, the switches), so that a
+    script can clear one with `VAR=`; CODECOMPLETE_PREFILL_BUCKET= refused the command (exit 2, "''": a number of
+    tokens), and _TP_TIMEOUT=, _ALLREDUCE= and _GEMV= were refused where read (tensor parallelism, a GPU)."""
+    run = subprocess.run([str(script), "--prompt", "def f(", "--max-tokens", "1", "--no-server"], capture_output=True,
+                         text=True, env={**cli_env, "CODECOMPLETE_PREFILL_BUCKET": ""}, timeout=300)
+    assert run.returncode == 0, run.stderr
+    from models.distributed import DEFAULT_TIMEOUT_S, collective_timeout
+    from models.engine import PREFILL_BUCKET, prefill_bucket
+    from models.llama import DEFAULT_GEMV
+    from models.tp import ALL_REDUCE_METHODS
+
+    for blank in ("", " "):
+        monkeypatch.setenv("CODECOMPLETE_PREFILL_BUCKET", blank)
+        monkeypatch.setenv("CODECOMPLETE_TP_TIMEOUT", blank)
+        assert prefill_bucket("cuda", type("Config", (), {"dynamic_rope": False})()) == PREFILL_BUCKET["cuda"]
+        assert collective_timeout().total_seconds() == DEFAULT_TIMEOUT_S
+    import inspect
+
+    import models.llama
+    import models.tp
+    # (read on a GPU and by a tensor-parallel rank only: their reading of an empty value, by their source)
+    assert 'os.environ.get("CODECOMPLETE_GEMV") or DEFAULT_GEMV' in inspect.getsource(models.llama)
+    assert 'os.environ.get("CODECOMPLETE_ALLREDUCE") or "auto"' in inspect.getsource(models.tp)
+    assert DEFAULT_GEMV and "auto" in ALL_REDUCE_METHODS
