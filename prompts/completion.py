@@ -190,11 +190,25 @@ def build_completion_prompt(
             held = None
     # The example lines held with the context, unless the fresh ones are clearly better (holding.py): a word completed
     # on the cursor's line changes what they look for, and a change of them prefills the file's window again.
+    # While the file's window begins where it began in the last prompt, they are held whatever the cursor's line
+    # finds (a new line, a word that lines of the repository begin with): a change of them would prefill the whole
+    # window again; once the window moves (a far end crossed a step, a part gave way), it is prefilled again anyway,
+    # and they follow the cursor's line as above.
     if held is not None:
         shown_lines = query.shown and (relative, *query.shown)
-        kept_lines = held_examples(index, held, key, len(examples), shown_lines)
-        kept = _fit_examples(encoder, form, comment, kept_lines, example_room) if kept_lines is not None else []
-        if kept_lines is not None and len(kept) == len(kept_lines):
+
+        def kept_examples(any_line: bool):
+            held_lines = held_examples(index, held, key, len(examples), shown_lines, any_line=any_line)
+            kept = _fit_examples(encoder, form, comment, held_lines, example_room) if held_lines is not None else []
+            return kept if held_lines is not None and len(kept) == len(held_lines) else None
+
+        kept = kept_examples(any_line=True)
+        if kept is not None:
+            window.fit(space - given - sum(tokens for _, _, tokens in kept) - selection.tokens,
+                       avoid=_avoided(lines, relative, selection))
+            if _window_start(window, form) != held.window_start:
+                kept = kept_examples(any_line=False)
+        if kept is not None:
             examples = kept
         else:
             held = replace(held, examples=_example_choices(found, examples), example_key=key)
@@ -202,8 +216,7 @@ def build_completion_prompt(
     # The room examples did not use goes to the file's window: both follow the repository's context, so a change
     # of examples re-reads the window anyway, while the context's tokens, and the model's cache of them, stay.
     given += shown
-    avoid = [span for span in map(lines.rows_of, selection.chunks(relative)) if span is not None] if lines else []
-    window.fit(space - given - selection.tokens, avoid=avoid)  # what the context left over
+    window.fit(space - given - selection.tokens, avoid=_avoided(lines, relative, selection))  # what the context left
     offered, step = space - given - selection.tokens, max(1, space // SHARE_STEPS)
     # (the examples' room stays theirs or the window's, as when the context was chosen: the context must not grow and
     # shrink with the example lines found)
@@ -215,8 +228,7 @@ def build_completion_prompt(
         more = spare // step * step
         selection = select_chunks(encoder, layout, _keep_previous(ordered(index, query, scores), previous),
                                   selection.tokens + more, selection)
-        avoid = [span for span in map(lines.rows_of, selection.chunks(relative)) if span is not None] if lines else []
-        window.fit(space - given - selection.tokens, avoid=avoid)
+        window.fit(space - given - selection.tokens, avoid=_avoided(lines, relative, selection))
 
     while True:
         has_context = bool(selection or extras or examples)
@@ -250,7 +262,8 @@ def build_completion_prompt(
     if held is not None:    # (what the loop gave up is not held: the next prompt holds what this one holds)
         shown_examples = _shown_examples(examples)
         held = replace(held, choices=choices,
-                       examples=tuple(line for line in held.examples if line[:2] in shown_examples))
+                       examples=tuple(line for line in held.examples if line[:2] in shown_examples),
+                       window_start=_window_start(window, form))
     return PackedPrompt(
         ids=list(assembler.ids),
         context=context,
@@ -262,7 +275,8 @@ def build_completion_prompt(
         cut=not window.whole(),
         anchor=window.anchor(),
         line_end=ends,
-        held=held or HeldContext(choices, wanted, Place(row, window.anchor()), _example_choices(found, examples), key),
+        held=held or HeldContext(choices, wanted, Place(row, window.anchor()), _example_choices(found, examples), key,
+                                 _window_start(window, form)),
     )
 
 
@@ -461,6 +475,30 @@ def _example_choices(found: list[tuple[Chunk, int, str]], examples: list[tuple[l
 def _shown_examples(examples: list[tuple[list[Segment], ContextItem, int]]) -> set[tuple[str, int]]:
     """The (path, line number) of each example line the prompt shows."""
     return {(item.path, item.start_line) for _, item, _ in examples}
+
+
+def _avoided(lines: BufferLines | None, relative: str, selection: Selection) -> list[tuple[int, int]]:
+    """The rows of the buffer that chunks of the file in ``selection`` show (the window must not show them again)."""
+    if lines is None:
+        return []
+    return [span for span in map(lines.rows_of, selection.chunks(relative)) if span is not None]
+
+
+def _window_start(window: _Window, form: CompletionFormat) -> tuple[str, ...]:
+    """Where the file's window begins in prompt order, as text typing leaves alone: its far end before the cursor (the
+    text of its farthest piece; the first line of the cursor's piece where that is all there is), and, in SPM, where
+    the suffix, laid out first, ends. Two prompts whose windows begin alike share their tokens up to the cursor's
+    piece (its far blocks do not change): the example lines just before the window are then all that a change of
+    them would prefill again."""
+    def far(pieces: list[_Piece], before: bool) -> str:
+        if not pieces:
+            return ""
+        if len(pieces) > 1:
+            return pieces[-1].text
+        text = pieces[0].text
+        return text.split("\n", 1)[0] if before else text[-ANCHOR_CHARS:]
+
+    return (far(window.prefix, True),) + ((far(window.suffix, False),) if form.suffix_first else ())
 
 
 def _fit_sections(encoder: Encoder, sections: list[tuple[list[Segment], ContextItem]],

@@ -61,13 +61,16 @@ class HeldContext:
     """A completion prompt's repository context as the next prompt at its file may hold it: the chunks, as (path,
     first line, form) in the order chosen, the names their briefs showed (a brief shows the wanted ones), where
     the cursor was when they were chosen, and the example lines, as (path, line number, line), best first, with the
-    start of the cursor's line they were found for (examples.example_key)."""
+    start of the cursor's line they were found for (examples.example_key), and where the file's window began in
+    prompt order (completion.py's `_window_start`: while it begins there, a change of the example lines is what
+    would prefill the window again)."""
 
     choices: tuple[tuple[str, int, str], ...]
     wanted: frozenset[str]
     place: Place
     examples: tuple[tuple[str, int, str], ...] = ()
     example_key: str = ""
+    window_start: tuple[str, ...] = ()
 
 
 def found_again(rows: list[str], anchor: tuple[int, str]) -> int | None:
@@ -105,14 +108,16 @@ def held_chunks(index: RepoIndex, held: HeldContext) -> list[tuple[Chunk, str]] 
     return chunks
 
 
-def held_examples(index: RepoIndex, held: HeldContext, key: str, fresh: int, shown: tuple[str, int, int] | None
-                  ) -> list[tuple[Chunk, int, str]] | None:
+def held_examples(index: RepoIndex, held: HeldContext, key: str, fresh: int, shown: tuple[str, int, int] | None,
+                  *, any_line: bool = False) -> list[tuple[Chunk, int, str]] | None:
     """The held example lines as (chunk, line number, line) of the index as it is now, where they may still hold:
     found for a start of the cursor's line as it is now (its ``key`` begins with theirs: they are what an earlier
     keystroke on this line found, not another line's), each still in its chunk as it was and not in the ``shown``
     lines (path, first, last) of the file's window, and no fewer of them begin with ``key`` (as
-    examples.example_lines asks of a line) than of the ``fresh`` lines found for it; else None."""
-    if not key.startswith(held.example_key):
+    examples.example_lines asks of a line) than of the ``fresh`` lines found for it; else None. ``any_line``: only
+    the lines themselves are checked (in their chunks, not shown), whatever line the cursor is on and whatever is
+    found for it (the file's window has not moved: a change would prefill it again)."""
+    if not any_line and not key.startswith(held.example_key):
         return None
     found = []
     for path, number, line in held.examples:
@@ -121,6 +126,8 @@ def held_examples(index: RepoIndex, held: HeldContext, key: str, fresh: int, sho
                 shown is not None and path == shown[0] and shown[1] <= number <= shown[2]):
             return None
         found.append((chunk, number, line))
+    if any_line:
+        return found
     code = [line.strip() for _, _, line in found]
     begins = sum(1 for line in code if key and len(line) > len(key) and line.startswith(key))
     return found if begins >= fresh else None

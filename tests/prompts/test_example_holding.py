@@ -1,8 +1,10 @@
 """Example lines hold still while the user types (prompts/holding.py, `held_examples`): they are laid out just before
 the current file, so a change of them prefills the file's whole window again. A keystroke's prompt keeps the last
-one's example lines while its repository context is held and the fresh lines (those that begin as the cursor's line
-now does) are no more than the held ones that still do. Built through the session, as every route builds
-completion prompts."""
+one's example lines while its repository context is held and the file's window begins where it began (whatever the
+cursor's line finds); once the window moves (it is prefilled again anyway), they are kept while the fresh lines
+(those that begin as the cursor's line now does) are no more than the held ones that still do (`window_moves`: every
+prompt's window counted as moved). Built through the session, as every route builds completion prompts."""
+from itertools import count
 from types import SimpleNamespace
 
 import pytest
@@ -19,6 +21,15 @@ APP = ("from lib.ops import summary\n\n\ndef run(values):\n    values = sorted(v
        + "".join(f"\n\ndef filler_{n}(value):\n    return value + {n}\n" for n in range(24))
        + "\n\ndef far(values):\n    \n    return values\n")
 ROW = 5  # (0-based) the empty line in `run`
+
+
+@pytest.fixture
+def window_moves(monkeypatch):
+    """Every prompt's file window counted as begun elsewhere than the last one's (as where typing crossed a step)."""
+    from prompts import completion
+
+    numbers = count()
+    monkeypatch.setattr(completion, "_window_start", lambda window, form: (str(next(numbers)),))
 
 
 @pytest.fixture
@@ -60,7 +71,7 @@ def before_file(packed) -> list[int]:
 
 @pytest.mark.parametrize("suffix_first", [False, True], ids=["psm", "spm"])
 @pytest.mark.parametrize("budget", [600, 1200])
-def test_typing_a_new_name_keeps_the_example_lines(repo, starcoder_tokenizer, budget, suffix_first):
+def test_typing_a_new_name_keeps_the_example_lines(window_moves, repo, starcoder_tokenizer, budget, suffix_first):
     """`total = brand_new(values)` typed: `total ` finds the lines that begin so (compute_sum's, the best chunk's
     first); `total = brand_new(` begins no line of the repository, and the examples vanished (before: from that
     keystroke on, the prompt changed from the examples, the file's whole window after them prefilled again). The
@@ -76,7 +87,8 @@ def test_typing_a_new_name_keeps_the_example_lines(repo, starcoder_tokenizer, bu
 
 
 @pytest.mark.parametrize("suffix_first", [False, True], ids=["psm", "spm"])
-def test_lines_that_begin_as_the_typed_line_does_replace_held_ones_that_no_longer_do(repo, starcoder_tokenizer,
+def test_lines_that_begin_as_the_typed_line_does_replace_held_ones_that_no_longer_do(window_moves, repo,
+                                                                                       starcoder_tokenizer,
                                                                                        suffix_first):
     """`total = compute_mean(` typed after `total = ` held compute_sum's lines: the fresh lines (compute_mean's)
     begin as the line does, the held ones no longer do, so the fresh ones come in, at the `(` that completes the word,
@@ -92,7 +104,7 @@ def test_lines_that_begin_as_the_typed_line_does_replace_held_ones_that_no_longe
 
 
 @pytest.mark.parametrize("suffix_first", [False, True], ids=["psm", "spm"])
-def test_a_cursor_moved_far_away_gets_the_example_lines_of_its_new_place(repo, starcoder_tokenizer, suffix_first):
+def test_a_cursor_moved_far_away_gets_the_example_lines_of_its_new_place(window_moves, repo, starcoder_tokenizer, suffix_first):
     """After `total = ` in `run` (compute_sum's lines), the cursor goes to `far`, over 32 lines down: the lines are
     not held there; its line gets what a session without history gives it (none: no line begins `total = brand_new(`).
     """
@@ -105,7 +117,7 @@ def test_a_cursor_moved_far_away_gets_the_example_lines_of_its_new_place(repo, s
     assert examples(at_far) == examples(alone) == []
 
 
-def test_held_example_lines_that_no_longer_fit_give_way(repo, starcoder_tokenizer):
+def test_held_example_lines_that_no_longer_fit_give_way(window_moves, repo, starcoder_tokenizer):
     """The examples' room shrinks with the budget: held lines that no longer fit it are not kept; the prompt has what
     a session without history has."""
     session = new_session(starcoder_tokenizer, repo, False)
@@ -123,7 +135,7 @@ def test_held_example_lines_that_no_longer_fit_give_way(repo, starcoder_tokenize
 
 
 @pytest.mark.parametrize("suffix_first", [False, True], ids=["psm", "spm"])
-def test_held_example_lines_belong_to_the_line_they_were_found_for(repo, starcoder_tokenizer, suffix_first):
+def test_held_example_lines_belong_to_the_line_they_were_found_for(window_moves, repo, starcoder_tokenizer, suffix_first):
     """Held lines are only those a prompt at an earlier keystroke of the same line found: after `total = brand_new(`
     (compute_sum's lines held), a new line below it, or the line typed over with another start, gets what a session
     without history gives it (no example lines), not the lines of `total `."""
@@ -139,7 +151,7 @@ def test_held_example_lines_belong_to_the_line_they_were_found_for(repo, starcod
 
 
 @pytest.mark.parametrize("suffix_first", [False, True], ids=["psm", "spm"])
-def test_what_an_overflow_gives_up_is_not_held(repo, starcoder_tokenizer, monkeypatch, suffix_first):
+def test_what_an_overflow_gives_up_is_not_held(window_moves, repo, starcoder_tokenizer, monkeypatch, suffix_first):
     """The prompt's fitting loop gives up chunks of the context, then example lines, where the exact count overflows
     (a tokenizer whose leading space defeats the infill encoding; forced here): the held state still named what was
     given up until the next prompt fitted it again. It names what the prompt holds."""
@@ -163,3 +175,76 @@ def test_what_an_overflow_gives_up_is_not_held(repo, starcoder_tokenizer, monkey
     assert packed.chosen == [] and len(examples(packed)) == len(examples(last)) - 1   # (the premise: given up)
     assert [(path, line) for path, line, _ in packed.held.choices] == packed.chosen
     assert sorted((path, number) for path, number, _ in packed.held.examples) == sorted(examples(packed))
+
+
+def assert_changed_only_where_the_window_moved(prompts: list) -> None:
+    """Each prompt's ids before the file are the last one's unless its window began elsewhere."""
+    assert [number for number in range(1, len(prompts)) if before_file(prompts[number]) != before_file(
+        prompts[number - 1]) and prompts[number].held.window_start == prompts[number - 1].held.window_start] == []
+
+
+@pytest.mark.parametrize("suffix_first", [False, True], ids=["psm", "spm"])
+@pytest.mark.parametrize("budget", [600, 1200])
+def test_example_lines_hold_through_the_line_and_the_next_while_the_window_holds(repo, starcoder_tokenizer, budget,
+                                                                                 suffix_first):
+    """`total = compute_mean(values, 7)` typed, then a new line below it. Before, the examples came in at `total `
+    (compute_sum's lines), changed to compute_mean's at `(` and went at the new line: each time the file's whole
+    window after them was prefilled again (llama.vim's replay: ~2,600 tokens at 8,160, keystrokes #20 and #23). Now
+    the prompt's ids before the file change only where the window begins elsewhere than the last prompt's (prefix
+    first it never does here: the examples are what the first keystroke found, none, throughout; suffix first the
+    suffix's far end crosses a step once)."""
+    session = new_session(starcoder_tokenizer, repo, suffix_first)
+    prompts = typed(session, ROW, "total = compute_mean(values, 7)", budget)
+    rows = APP.split("\n")
+    rows[ROW:ROW + 1] = ["    total = compute_mean(values, 7)", "    "]
+    prompts.append(session.complete("app.py", text="\n".join(rows), line=ROW + 2, col=5,
+                                    sampling=Sampling(max_tokens=0), budget=budget).prompt)
+    if not suffix_first:
+        assert [number for number, packed in enumerate(prompts) if before_file(packed) != before_file(prompts[0])] == []
+    assert_changed_only_where_the_window_moved(prompts)
+    if not suffix_first:
+        assert {packed.held.window_start for packed in prompts} == {prompts[0].held.window_start}    # (the premise)
+        assert all(examples(packed) == [] for packed in prompts)
+    # (what a prompt without history has there: lines typing them in would have cost the window)
+    assert examples(once(starcoder_tokenizer, repo, ROW, "total = compute_mean(", budget, suffix_first))
+
+
+@pytest.mark.parametrize("suffix_first", [False, True], ids=["psm", "spm"])
+def test_example_lines_found_first_stay_over_other_lines_while_the_window_holds(repo, starcoder_tokenizer,
+                                                                                suffix_first):
+    """The first request at the place has `total ` (compute_sum's lines); the line is then typed over as
+    `count = brand_new(` and a new line is begun below: the lines stay (they are in the index as they were, and not
+    in the file's window), and every token before the file with them, while the window begins where it began."""
+    session = new_session(starcoder_tokenizer, repo, suffix_first)
+    first = once(starcoder_tokenizer, repo, ROW, "total ", 1200, suffix_first, session)
+    assert examples(first)
+    prompts = typed(session, ROW, "count = brand_new(", 1200)
+    rows = APP.split("\n")
+    rows[ROW:ROW + 1] = ["    count = brand_new(", "    "]
+    prompts.append(session.complete("app.py", text="\n".join(rows), line=ROW + 2, col=5,
+                                    sampling=Sampling(max_tokens=0), budget=1200).prompt)
+    if not suffix_first:
+        assert all(before_file(packed) == before_file(first) for packed in prompts)
+        assert all(examples(packed) == examples(first) for packed in prompts)
+    assert_changed_only_where_the_window_moved([first] + prompts)
+
+
+def test_a_moved_window_lets_the_example_lines_follow_the_line(repo, starcoder_tokenizer):
+    """The held state names where the window began; a prompt whose window begins elsewhere (forced here: the held
+    state's start replaced) chooses its example lines as a prompt without history does, at no extra cost."""
+    from dataclasses import replace
+
+    from prompts.completion import build_completion_prompt
+
+    rows = APP.split("\n")
+    rows[ROW] = "    total = compute_mean("
+    request = dict(text="\n".join(rows), line=ROW + 1, col=len(rows[ROW]) + 1, budget_tokens=1200)
+    rows[ROW] = "    total "
+    first = build_completion_prompt(repo, starcoder_tokenizer, "app.py", text="\n".join(rows), line=ROW + 1,
+                                    col=len(rows[ROW]) + 1, budget_tokens=1200)
+    held = build_completion_prompt(repo, starcoder_tokenizer, "app.py", held=first.held, **request)
+    moved = build_completion_prompt(repo, starcoder_tokenizer, "app.py",
+                                    held=replace(first.held, window_start=("elsewhere",)), **request)
+    alone = build_completion_prompt(repo, starcoder_tokenizer, "app.py", **request)
+    assert examples(held) == examples(first) != examples(alone)
+    assert examples(moved) == examples(alone)
