@@ -103,9 +103,10 @@ def build_completion_prompt(
     that the prompt ends at the cursor.
     ``held``: the last prompt's at this file (``PackedPrompt.held``): its repository context, kept token for token
     while the cursor stays near where it was chosen and the ranking does not clearly prefer other chunks (holding.py),
-    and with it its example lines while the cursor's line goes on as the one they were found for and lines that begin
-    as it now does are no more among the fresh ones than among them; a cursor that left that place gets the context of
-    its new place, ``previous`` ignored.
+    and with it its example lines: whatever the cursor's line finds while the file's window begins where the last
+    prompt's began, else while the cursor's line goes on as the one they were found for and lines that begin as it
+    now does are no more among the fresh ones than among them; a cursor that left that place gets the context of its
+    new place, ``previous`` ignored.
     """
     relative = index.relative_path(path)
     imports = index.imports(relative) if text is None else None  # the file as indexed, unless it is being edited

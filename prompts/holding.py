@@ -19,12 +19,16 @@ the same tokens, unless
 The example lines (examples.py) are laid out after the context, just before the current file, and are looked up by
 the words on the cursor's line: each word completed changes what they look for, and a change of them prefills the
 file's whole window again. While the context is held they are held too, unless one of them is gone from the index or
-lies in the file's window now, they no longer fit their room, they were found for another line (the start of the
-line they were found for, `example_key`, no longer begins the cursor's line: a new line, or the line typed over),
-or the fresh lines are clearly better: more of the fresh ones than of the held ones begin as the cursor's line now
-does. A new name typed begins no line of the repository, so the lines of the words before it stay (before, the
-examples vanished); a word typed that lines of the repository begin with brings those lines in, once the word is
-complete.
+lies in the file's window now, or they no longer fit their room; and while the file's window begins where the last
+prompt's began (`HeldContext.window_start`), that is all: whatever the cursor's line finds, a new line, a word that
+lines of the repository begin with (llama.vim's replay: an example line appearing mid-line, and going at the next
+line, each prefilled the ~2,600 tokens of the window again). Once the window moves (a far end crossed a step, a part
+gave way), it is prefilled again anyway, and they follow the cursor's line: they give way where they were found for
+another line (the start of the line they were found for, `example_key`, no longer begins the cursor's line: a new
+line, or the line typed over), or the fresh lines are clearly better: more of the fresh ones than of the held ones
+begin as the cursor's line now does. A new name typed begins no line of the repository, so the lines of the words
+before it stay; a word typed that lines of the repository begin with brings those lines in, once the word is
+complete and the window moves.
 
 A held context is a pure function of the request and the last prompt's `HeldContext`: the same two give the same
 prompt. What replaces it is the ranking's own choice (with `previous`, completion.py's, keeping what still ranks
