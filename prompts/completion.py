@@ -103,10 +103,10 @@ def build_completion_prompt(
     that the prompt ends at the cursor.
     ``held``: the last prompt's at this file (``PackedPrompt.held``): its repository context, kept token for token
     while the cursor stays near where it was chosen and the ranking does not clearly prefer other chunks (holding.py),
-    and with it its example lines: whatever the cursor's line finds while the file's window begins where the last
-    prompt's began, else while the cursor's line goes on as the one they were found for and lines that begin as it
-    now does are no more among the fresh ones than among them; a cursor that left that place gets the context of its
-    new place, ``previous`` ignored.
+    and with it its example lines while lines that begin as the cursor's line now does are no more among the fresh
+    ones than among them, and the cursor's line goes on as the one they were found for or the file's window begins
+    where the last prompt's began; a cursor that left that place gets the context of its new place, ``previous``
+    ignored.
     """
     relative = index.relative_path(path)
     imports = index.imports(relative) if text is None else None  # the file as indexed, unless it is being edited
@@ -191,10 +191,10 @@ def build_completion_prompt(
             held = None
     # The example lines held with the context, unless the fresh ones are clearly better (holding.py): a word completed
     # on the cursor's line changes what they look for, and a change of them prefills the file's window again.
-    # While the file's window begins where it began in the last prompt, they are held whatever the cursor's line
-    # finds (a new line, a word that lines of the repository begin with): a change of them would prefill the whole
-    # window again; once the window moves (a far end crossed a step, a part gave way), it is prefilled again anyway,
-    # and they follow the cursor's line as above.
+    # While the file's window begins where it began in the last prompt, lines found for another line (a new line,
+    # one typed over) stay until better ones are found, as a change of them would prefill the whole window again;
+    # once the window moves (a far end crossed a step, a part gave way), it is prefilled again anyway, and those
+    # give way.
     if held is not None:
         shown_lines = query.shown and (relative, *query.shown)
 

@@ -7,9 +7,9 @@ chunks of the context ranking: the current file's other parts, code like the cod
 
 They are looked up by the cursor's line up to its last word boundary, indentation aside, so typing inside a word
 does not change them, nor the prompt before the current file, which they are part of; while the repository context
-is held, a word completed or a new line does not change them either while the file's window begins where it began,
-and after that only where lines that begin as the line now does are more among the fresh ones than among them
-(holding.py: a new name typed begins no line, and the lines found before it stay).
+is held, a word completed does not change them either unless lines that begin as the line now does are more among
+the fresh ones than among them (holding.py: a new name typed begins no line, and the lines found before it stay),
+nor a new line while the file's window begins where it began, until the new line finds lines of its own.
 A line that so far holds only keywords (``return ``, ``raise ``, ``self.``) gets none: lines of every shape begin so.
 """
 

@@ -19,16 +19,17 @@ the same tokens, unless
 The example lines (examples.py) are laid out after the context, just before the current file, and are looked up by
 the words on the cursor's line: each word completed changes what they look for, and a change of them prefills the
 file's whole window again. While the context is held they are held too, unless one of them is gone from the index or
-lies in the file's window now, or they no longer fit their room; and while the file's window begins where the last
-prompt's began (`HeldContext.window_start`), that is all: whatever the cursor's line finds, a new line, a word that
-lines of the repository begin with (llama.vim's replay: an example line appearing mid-line, and going at the next
-line, each prefilled the ~2,600 tokens of the window again). Once the window moves (a far end crossed a step, a part
-gave way), it is prefilled again anyway, and they follow the cursor's line: they give way where they were found for
-another line (the start of the line they were found for, `example_key`, no longer begins the cursor's line: a new
-line, or the line typed over), or the fresh lines are clearly better: more of the fresh ones than of the held ones
-begin as the cursor's line now does. A new name typed begins no line of the repository, so the lines of the words
-before it stay; a word typed that lines of the repository begin with brings those lines in, once the word is
-complete and the window moves.
+lies in the file's window now, they no longer fit their room, or the fresh lines are clearly better: more of the
+fresh ones than of the held ones begin as the cursor's line now does (a word typed that lines of the repository begin
+with brings those lines in, once the word is complete; a new name typed begins no line, so the lines of the words
+before it stay). Held lines found for another line (the start of the line they were found for, `example_key`, no
+longer begins the cursor's line: a new line, or the line typed over) give way too, unless the file's window begins
+where the last prompt's began (`HeldContext.window_start`): then they stay until the line finds better ones, since a
+change of them would prefill the window again (llama.vim's replay: example lines going at a new line, where nothing
+was found yet, prefilled the ~2,600 tokens of the window). Holding them whatever the line finds, while the window
+holds, took that replay's last such re-prefill away too, but the line's own lines then came in a quarter as often
+and the model lost ~2 points where the prompts differed (bench/results/NOTES.md, "Example lines no longer re-prefill
+the window"): one change a line, when its lines are first found, is kept.
 
 A held context is a pure function of the request and the last prompt's `HeldContext`: the same two give the same
 prompt. What replaces it is the ranking's own choice (with `previous`, completion.py's, keeping what still ranks
@@ -118,9 +119,9 @@ def held_examples(index: RepoIndex, held: HeldContext, key: str, fresh: int, sho
     found for a start of the cursor's line as it is now (its ``key`` begins with theirs: they are what an earlier
     keystroke on this line found, not another line's), each still in its chunk as it was and not in the ``shown``
     lines (path, first, last) of the file's window, and no fewer of them begin with ``key`` (as
-    examples.example_lines asks of a line) than of the ``fresh`` lines found for it; else None. ``any_line``: only
-    the lines themselves are checked (in their chunks, not shown), whatever line the cursor is on and whatever is
-    found for it (the file's window has not moved: a change would prefill it again)."""
+    examples.example_lines asks of a line) than of the ``fresh`` lines found for it; else None. ``any_line``: whatever
+    line they were found for (the file's window has not moved, and a change would prefill it again: lines of another
+    line stay where nothing better is found, over a new line), the rest as above."""
     if not any_line and not key.startswith(held.example_key):
         return None
     found = []
@@ -130,8 +131,6 @@ def held_examples(index: RepoIndex, held: HeldContext, key: str, fresh: int, sho
                 shown is not None and path == shown[0] and shown[1] <= number <= shown[2]):
             return None
         found.append((chunk, number, line))
-    if any_line:
-        return found
     code = [line.strip() for _, _, line in found]
     begins = sum(1 for line in code if key and len(line) > len(key) and line.startswith(key))
     return found if begins >= fresh else None

@@ -185,28 +185,27 @@ def assert_changed_only_where_the_window_moved(prompts: list) -> None:
 
 @pytest.mark.parametrize("suffix_first", [False, True], ids=["psm", "spm"])
 @pytest.mark.parametrize("budget", [600, 1200])
-def test_example_lines_hold_through_the_line_and_the_next_while_the_window_holds(repo, starcoder_tokenizer, budget,
-                                                                                 suffix_first):
-    """`total = compute_mean(values, 7)` typed, then a new line below it. Before, the examples came in at `total `
-    (compute_sum's lines), changed to compute_mean's at `(` and went at the new line: each time the file's whole
-    window after them was prefilled again (llama.vim's replay: ~2,600 tokens at 8,160, keystrokes #20 and #23). Now
-    the prompt's ids before the file change only where the window begins elsewhere than the last prompt's (prefix
-    first it never does here: the examples are what the first keystroke found, none, throughout; suffix first the
-    suffix's far end crosses a step once)."""
+def test_a_new_line_keeps_the_last_lines_examples_while_the_window_holds(repo, starcoder_tokenizer, budget,
+                                                                         suffix_first):
+    """`total = compute_mean(values, 7)` typed, then a new line below it. The examples come in as the line finds
+    them (compute_mean's at `(`: one change, the old rule's); at the new line, which finds none of its own, they went
+    before, and the file's whole window after them was prefilled again (llama.vim's replay: ~2,600 tokens at 8,160,
+    keystroke #23). Now, while the window begins where it began, the new line keeps them, and every token before
+    the file."""
     session = new_session(starcoder_tokenizer, repo, suffix_first)
     prompts = typed(session, ROW, "total = compute_mean(values, 7)", budget)
     rows = APP.split("\n")
     rows[ROW:ROW + 1] = ["    total = compute_mean(values, 7)", "    "]
-    prompts.append(session.complete("app.py", text="\n".join(rows), line=ROW + 2, col=5,
-                                    sampling=Sampling(max_tokens=0), budget=budget).prompt)
+    new_line = session.complete("app.py", text="\n".join(rows), line=ROW + 2, col=5,
+                                sampling=Sampling(max_tokens=0), budget=budget).prompt
+    line_end = prompts[-1]
+    assert examples(line_end) == examples(once(starcoder_tokenizer, repo, ROW, "total = compute_mean(", budget,
+                                                  suffix_first))              # (what its `(` found)
+    assert examples(line_end)
     if not suffix_first:
-        assert [number for number, packed in enumerate(prompts) if before_file(packed) != before_file(prompts[0])] == []
-    assert_changed_only_where_the_window_moved(prompts)
-    if not suffix_first:
-        assert {packed.held.window_start for packed in prompts} == {prompts[0].held.window_start}    # (the premise)
-        assert all(examples(packed) == [] for packed in prompts)
-    # (what a prompt without history has there: lines typing them in would have cost the window)
-    assert examples(once(starcoder_tokenizer, repo, ROW, "total = compute_mean(", budget, suffix_first))
+        assert new_line.held.window_start == line_end.held.window_start       # (the premise)
+    if new_line.held.window_start == line_end.held.window_start:
+        assert examples(new_line) == examples(line_end) and before_file(new_line) == before_file(line_end)
 
 
 @pytest.mark.parametrize("suffix_first", [False, True], ids=["psm", "spm"])
@@ -229,22 +228,24 @@ def test_example_lines_found_first_stay_over_other_lines_while_the_window_holds(
     assert_changed_only_where_the_window_moved([first] + prompts)
 
 
-def test_a_moved_window_lets_the_example_lines_follow_the_line(repo, starcoder_tokenizer):
-    """The held state names where the window began; a prompt whose window begins elsewhere (forced here: the held
-    state's start replaced) chooses its example lines as a prompt without history does, at no extra cost."""
+def test_a_moved_window_lets_the_example_lines_of_another_line_go(repo, starcoder_tokenizer):
+    """The held state names where the window began; at a new line that finds no lines of its own, a prompt whose
+    window begins where it began keeps the last line's example lines, one whose window begins elsewhere (forced here:
+    the held state's start replaced) has what a prompt without history has (none), at no extra cost."""
     from dataclasses import replace
 
     from prompts.completion import build_completion_prompt
 
     rows = APP.split("\n")
-    rows[ROW] = "    total = compute_mean("
-    request = dict(text="\n".join(rows), line=ROW + 1, col=len(rows[ROW]) + 1, budget_tokens=1200)
     rows[ROW] = "    total "
     first = build_completion_prompt(repo, starcoder_tokenizer, "app.py", text="\n".join(rows), line=ROW + 1,
                                     col=len(rows[ROW]) + 1, budget_tokens=1200)
+    rows[ROW:ROW + 1] = ["    total = brand_new(", "    "]
+    request = dict(text="\n".join(rows), line=ROW + 2, col=5, budget_tokens=1200)
     held = build_completion_prompt(repo, starcoder_tokenizer, "app.py", held=first.held, **request)
     moved = build_completion_prompt(repo, starcoder_tokenizer, "app.py",
                                     held=replace(first.held, window_start=("elsewhere",)), **request)
     alone = build_completion_prompt(repo, starcoder_tokenizer, "app.py", **request)
-    assert examples(held) == examples(first) != examples(alone)
+    assert held.held.window_start == first.held.window_start                 # (the premise)
+    assert examples(held) == examples(first) != examples(alone) == []
     assert examples(moved) == examples(alone)
