@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import shutil
 import sys
-import sysconfig
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,7 +22,7 @@ from types import SimpleNamespace
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from example_hold_prefill import PACKAGES, cursors  # noqa: E402
+from example_hold_prefill import stdlib_cursors  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from codecomplete.session import Sampling, Session
     from models import GenerationConfig, load_model
-    from prompts import completion, index_repository
+    from prompts import completion
     from prompts.examples import example_key
     from prompts.languages import language_for
 
@@ -55,39 +53,34 @@ def main(argv: list[str] | None = None) -> int:
     scores = {"held": [], "follow": []}
     with_key, sites = [], 0
     with tempfile.TemporaryDirectory() as scratch:
-        for package in PACKAGES:
-            repo = Path(scratch) / package
-            shutil.copytree(Path(sysconfig.get_paths()["stdlib"]) / package, repo,
-                            ignore=shutil.ignore_patterns("__pycache__", "test*"))
-            index = index_repository(repo, cache_dir=Path(scratch) / "cache")
-            for path, row in cursors(repo, args.cursors):
-                rows = (repo / path).read_text(encoding="utf-8").split("\n")
-                line = rows[row]
-                indent = len(line) - len(line.lstrip())
-                sessions = {"held": Session(builder, index), "follow": Session(builder, index)}
-                differing = []
-                for typed in range(len(line) - indent + 1):
-                    rows[row] = line[:indent + typed]
-                    kwargs = dict(text="\n".join(rows), line=row + 1, col=indent + typed + 1, budget=args.budget,
-                                  sampling=Sampling(max_tokens=0))
-                    prompts = {}
-                    for name, session in sessions.items():
-                        moved[0] = name == "follow"
-                        prompts[name] = session.complete(path, **kwargs).prompt
-                    moved[0] = False
-                    sites += 1
-                    if prompts["held"].ids != prompts["follow"].ids:
-                        differing.append((typed, prompts))
-                rows[row] = line
-                step = max(1, len(differing) / args.per_line)
-                for typed, prompts in (differing[int(k * step)] for k in range(min(args.per_line, len(differing)))):
-                    truth = line[indent + typed:].rstrip()
-                    for name, packed in prompts.items():
-                        scores[name].append(run(packed) == truth)
-                    with_key.append(bool(example_key(line[:indent + typed], language_for(path).keywords)))
-                print(f"{package}/{path}:{row + 1}: {len(differing)} differing keystrokes; held "
-                      f"{sum(scores['held'])}, follow {sum(scores['follow'])} of {len(scores['held'])} so far",
-                      flush=True)
+        for package, index, repo, path, row in stdlib_cursors(Path(scratch), args.cursors):
+            rows = (repo / path).read_text(encoding="utf-8").split("\n")
+            line = rows[row]
+            indent = len(line) - len(line.lstrip())
+            sessions = {"held": Session(builder, index), "follow": Session(builder, index)}
+            differing = []
+            for typed in range(len(line) - indent + 1):
+                rows[row] = line[:indent + typed]
+                kwargs = dict(text="\n".join(rows), line=row + 1, col=indent + typed + 1, budget=args.budget,
+                              sampling=Sampling(max_tokens=0))
+                prompts = {}
+                for name, session in sessions.items():
+                    moved[0] = name == "follow"
+                    prompts[name] = session.complete(path, **kwargs).prompt
+                moved[0] = False
+                sites += 1
+                if prompts["held"].ids != prompts["follow"].ids:
+                    differing.append((typed, prompts))
+            rows[row] = line
+            step = max(1, len(differing) / args.per_line)
+            for typed, prompts in (differing[int(k * step)] for k in range(min(args.per_line, len(differing)))):
+                truth = line[indent + typed:].rstrip()
+                for name, packed in prompts.items():
+                    scores[name].append(run(packed) == truth)
+                with_key.append(bool(example_key(line[:indent + typed], language_for(path).keywords)))
+            print(f"{package}/{path}:{row + 1}: {len(differing)} differing keystrokes; held "
+                  f"{sum(scores['held'])}, follow {sum(scores['follow'])} of {len(scores['held'])} so far",
+                  flush=True)
     held, follow = scores["held"], scores["follow"]
     gained = sum(1 for h, f in zip(held, follow) if h and not f)
     lost = sum(1 for h, f in zip(held, follow) if f and not h)

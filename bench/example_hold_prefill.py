@@ -51,6 +51,20 @@ def cursors(repo: Path, count: int, seed: int = 0) -> list[tuple[str, int]]:
     return random.Random(seed).sample(lines, count)
 
 
+def stdlib_cursors(scratch: Path, per_package: int):
+    """(package, its index, its folder, path, row) for `per_package` cursors in each of PACKAGES, each package
+    copied from the standard library (its tests left out) into `scratch` and indexed there."""
+    from prompts import index_repository
+
+    for package in PACKAGES:
+        repo = Path(scratch) / package
+        shutil.copytree(Path(sysconfig.get_paths()["stdlib"]) / package, repo,
+                        ignore=shutil.ignore_patterns("__pycache__", "test*"))
+        index = index_repository(repo, cache_dir=Path(scratch) / "cache")
+        for path, row in cursors(repo, per_package):
+            yield package, index, repo, path, row
+
+
 def type_line(session_for, index, path: str, text: str, row: int, budget: int, suffix_first: bool) -> list:
     """(prefilled, examples changed, examples matching the key, fresh examples, examples) for each keystroke after the
     first."""
@@ -99,25 +113,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     budgets = tuple(int(b) for b in args.budgets.split(","))
     from codecomplete.session import Session
-    from prompts import index_repository
 
     tok = fim_tokenizer()
     engine = SimpleNamespace(tokenizer=tok, check_prompt=lambda ids: None, context_length=16384)
     results = {(budget, order): [] for budget in budgets for order in ("PSM", "SPM")}
     with tempfile.TemporaryDirectory() as scratch:
-        for package in PACKAGES:
-            repo = Path(scratch) / package
-            shutil.copytree(Path(sysconfig.get_paths()["stdlib"]) / package, repo,
-                            ignore=shutil.ignore_patterns("__pycache__", "test*"))
-            index = index_repository(repo, cache_dir=Path(scratch) / "cache")
-            for path, row in cursors(repo, args.cursors):
-                text = (repo / path).read_text(encoding="utf-8")
-                for budget in budgets:
-                    for order in ("PSM", "SPM"):
-                        def session_for(suffix_first):
-                            return Session(engine, index, suffix_first=suffix_first)
-                        counts = type_line(session_for, index, path, text, row, budget, order == "SPM")
-                        results[budget, order].append((f"{package}/{path}:{row + 1}", counts))
+        for package, index, repo, path, row in stdlib_cursors(Path(scratch), args.cursors):
+            text = (repo / path).read_text(encoding="utf-8")
+            for budget in budgets:
+                for order in ("PSM", "SPM"):
+                    def session_for(suffix_first, index=index):
+                        return Session(engine, index, suffix_first=suffix_first)
+                    counts = type_line(session_for, index, path, text, row, budget, order == "SPM")
+                    results[budget, order].append((f"{package}/{path}:{row + 1}", counts))
     lines = [f"# Example lines and tokens prefilled per keystroke, lines typed again in stdlib files "
              f"(`bench/example_hold_prefill.py`, {run_info.now()})", "",
              f"{run_info.machine()}; packages {', '.join(PACKAGES)}, {args.cursors} cursors each", "",
