@@ -197,18 +197,15 @@ def build_completion_prompt(
     # give way.
     if held is not None:
         shown_lines = query.shown and (relative, *query.shown)
-
-        def kept_examples(any_line: bool):
-            held_lines = held_examples(index, held, key, len(examples), shown_lines, any_line=any_line)
-            kept = _fit_examples(encoder, form, comment, held_lines, example_room) if held_lines is not None else []
-            return kept if held_lines is not None and len(kept) == len(held_lines) else None
-
-        kept = kept_examples(any_line=True)
-        if kept is not None:
+        held_lines = held_examples(index, held, key, len(examples), shown_lines)
+        kept = _fit_examples(encoder, form, comment, held_lines, example_room) if held_lines is not None else []
+        if held_lines is None or len(kept) != len(held_lines):
+            kept = None
+        elif not key.startswith(held.example_key):      # found for another line: where does the window begin now?
             window.fit(space - given - sum(tokens for _, _, tokens in kept) - selection.tokens,
                        avoid=_avoided(lines, relative, selection))
             if _window_start(window, form) != held.window_start:
-                kept = kept_examples(any_line=False)
+                kept = None
         if kept is not None:
             examples = kept
         else:

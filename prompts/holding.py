@@ -113,17 +113,13 @@ def held_chunks(index: RepoIndex, held: HeldContext) -> list[tuple[Chunk, str]] 
     return chunks
 
 
-def held_examples(index: RepoIndex, held: HeldContext, key: str, fresh: int, shown: tuple[str, int, int] | None,
-                  *, any_line: bool = False) -> list[tuple[Chunk, int, str]] | None:
+def held_examples(index: RepoIndex, held: HeldContext, key: str, fresh: int, shown: tuple[str, int, int] | None
+                  ) -> list[tuple[Chunk, int, str]] | None:
     """The held example lines as (chunk, line number, line) of the index as it is now, where they may still hold:
-    found for a start of the cursor's line as it is now (its ``key`` begins with theirs: they are what an earlier
-    keystroke on this line found, not another line's), each still in its chunk as it was and not in the ``shown``
-    lines (path, first, last) of the file's window, and no fewer of them begin with ``key`` (as
-    examples.example_lines asks of a line) than of the ``fresh`` lines found for it; else None. ``any_line``: whatever
-    line they were found for (the file's window has not moved, and a change would prefill it again: lines of another
-    line stay where nothing better is found, over a new line), the rest as above."""
-    if not any_line and not key.startswith(held.example_key):
-        return None
+    each still in its chunk as it was and not in the ``shown`` lines (path, first, last) of the file's window, and no
+    fewer of them begin with ``key`` (the cursor's line, as examples.example_lines asks of a line) than of the
+    ``fresh`` lines found for it; else None. Whatever line they were found for: lines of another line (``key`` no
+    longer begins with `example_key`) are the caller's to keep only while the file's window holds (completion.py)."""
     found = []
     for path, number, line in held.examples:
         chunk = _chunk_at(index, path, number)
