@@ -39,8 +39,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from .index import RACY_NS, FileEntry, RepoIndex, parse_file, unchanged
-from .scan import (IGNORE_FILE, MAX_FILE_BYTES, ScanWarning, SourceFile, _ignored_with_folders, change_time,
-                   git_dir, list_folder, repository_rules, source_file, walk_sources)
+from .scan import (IGNORE_FILE, MAX_FILE_BYTES, ScanWarning, SourceFile, change_time, git_dir, ignored_with_folders,
+                   list_folder, repository_rules, source_file, walk_sources)
 
 FILES_PER_REFRESH = 256  # a full pass over 20k files every ~80 requests
 FOLDERS_PER_SWEEP = 32   # folders looked at after a request: 2,000 (20k files) every ~60 requests
@@ -169,7 +169,7 @@ class FreshIndex:
         find them gone, and meanwhile prompts carried a file its user had just ignored: a secret, say). Files they
         no longer leave out come with the walk."""
         rules = repository_rules(self.root)
-        ignored = {path for path in self.index.entries if _ignored_with_folders(rules, path)}
+        ignored = {path for path in self.index.entries if ignored_with_folders(rules, path)}
         # (first: a slice of parsing ends at its count of parsed files, whatever it had still to remove)
         self._pending = {**dict.fromkeys(ignored), **{p: s for p, s in self._pending.items() if p not in ignored}}
         self._walk = None       # one under way reads the rules as they were: it would bring them back

@@ -147,7 +147,7 @@ def read_source(root: Path, path: str, max_file_bytes: int = MAX_FILE_BYTES) -> 
         target = (root / path).resolve()
         inside = target.relative_to(root).as_posix() if target.is_relative_to(root) else None
         rules = repository_rules(root)
-        if inside is None or _skipped_by_name(inside) or _ignored_with_folders(rules, inside):
+        if inside is None or _skipped_by_name(inside) or ignored_with_folders(rules, inside):
             raise OSError(errno.ELOOP, "a symbolic link the scan would not follow", path)
         path = inside
     data = _read_inside(root, path, max_file_bytes + 1)
@@ -316,7 +316,7 @@ def _stat(root: Path, path: str, max_file_bytes: int, rules: IgnoreRules | None 
         inside = target.relative_to(root).as_posix()
         if _skipped_by_name(inside):
             return None  # a link into .git (its config may hold a remote's token) or node_modules: left out as those
-        if _ignored_with_folders(rules or repository_rules(root), inside):
+        if ignored_with_folders(rules or repository_rules(root), inside):
             return None  # settings.py -> .env: what the user keeps out of git (secrets) stays out of prompts
         try:
             info = target.stat()
@@ -337,7 +337,7 @@ def change_time(info: os.stat_result) -> int:
     return info.st_mtime_ns if sys.platform == "win32" else info.st_ctime_ns
 
 
-def _ignored_with_folders(rules: IgnoreRules, path: str) -> bool:
+def ignored_with_folders(rules: IgnoreRules, path: str) -> bool:
     """Whether the walk would leave `path` out: it or one of its folders is ignored."""
     parts = path.split("/")
     return any(rules.ignored("/".join(parts[:n]), is_dir=True) for n in range(1, len(parts))) or rules.ignored(path)
