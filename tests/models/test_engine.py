@@ -672,3 +672,15 @@ def test_the_engines_work_runs_with_its_gpu_current(smollm_engine, monkeypatch):
         worker.join()
         assert entered and set(entered) == {-1}, name
     smollm_engine.clear_prefix_cache()
+
+
+def test_the_engines_step_widths_are_within_the_kernels_limits():
+    """The engine's and the cache's copies of the kernels' query-token limits (models cannot import kernels before
+    TRITON_INTERPRET is set): the wide tail's step within the decode kernel's, a verification within the exact-window
+    kernels', whose limit is the 8-bit cache's ring sizing."""
+    from kernels.validation import MAX_EXACT_QUERY_TOKENS, MAX_QUERY_TOKENS
+    from models.engine import MAX_SPECULATE, WIDE_TAIL
+    from models.kv_cache import MAX_STEP_TOKENS
+
+    assert MAX_EXACT_QUERY_TOKENS == MAX_STEP_TOKENS
+    assert 1 + MAX_SPECULATE <= MAX_STEP_TOKENS < WIDE_TAIL <= MAX_QUERY_TOKENS
