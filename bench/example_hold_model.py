@@ -7,7 +7,10 @@ CPU, the embedded model, one torch thread.
 
     python bench/example_hold_model.py [--budget 1024] [--cursors 8] [--per-line 6]
 
---per-line: at most this many differing keystrokes a line, spread evenly (the model's time).
+--per-line: at most this many differing keystrokes a line, spread evenly (the model's time). --new-line: each
+session first completes at the end of the line above, the cursor's line not there yet (the line above typed, then
+Enter): the cursor's line begins with the lines found for the line above held, the case the held lines of another
+line decide (within a line, the two sessions' prompts never differ).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=int, default=1024)
     parser.add_argument("--cursors", type=int, default=8, help="cursors a package")
     parser.add_argument("--per-line", type=int, default=6)
+    parser.add_argument("--new-line", action="store_true", help="the line above completed first, then Enter")
     args = parser.parse_args(argv)
     import torch
 
@@ -59,6 +63,13 @@ def main(argv: list[str] | None = None) -> int:
             indent = len(line) - len(line.lstrip())
             sessions = {"held": Session(builder, index), "follow": Session(builder, index)}
             differing = []
+            if args.new_line and row > 0:
+                above = rows[:row] + rows[row + 1:]     # the line above just typed, the cursor's line not yet begun
+                for name, session in sessions.items():
+                    moved[0] = name == "follow"
+                    session.complete(path, text="\n".join(above), line=row, col=len(rows[row - 1]) + 1,
+                                     budget=args.budget, sampling=Sampling(max_tokens=0))
+                moved[0] = False
             for typed in range(len(line) - indent + 1):
                 rows[row] = line[:indent + typed]
                 kwargs = dict(text="\n".join(rows), line=row + 1, col=indent + typed + 1, budget=args.budget,
