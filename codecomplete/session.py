@@ -9,7 +9,9 @@ stays at its place and the ranking does not clearly prefer other chunks (`held`,
 ranks near the top, `previous` in prompts.completion), and counts the file's blocks of lines from where the last
 prompt's were (`anchor`: an editor's text that starts 256 lines above the cursor starts a line lower with each line
 typed), so
-that start survives moving to the next line; the index follows the repository's files as they change, a bounded
+that start survives moving to the next line; a chat turn holds the excerpts of the turn before it in the same
+conversation while the ranking does not clearly prefer others (prompts.chat), so that a follow-up prefills only
+itself; the index follows the repository's files as they change, a bounded
 slice of work per request (prompts.freshness).
 
 One caller at a time: the server runs every request on a single worker thread.
@@ -101,6 +103,8 @@ class Session:
         self._last: dict[str, object] = {}       # path -> its last sticky completion prompt (prompts.PackedPrompt),
                                                  # the most recent last
         self._tidy_until = 0                     # the index's walk that idle upkeep goes on to the end of
+        self._last_chat = None                   # the last chat prompt's excerpts (prompts.chat.HeldExcerpts): the
+                                                 # next turn of its conversation may hold them
 
     @property
     def index(self):
@@ -178,14 +182,15 @@ class Session:
 
     def chat(self, messages: Sequence[dict], *, pinned: Sequence[str] = (), sampling: Sampling,
              budget: int | None = None, history_share: float = 1.0) -> Generation:
-        """An answer to the last (user) message, with repository context retrieved for it; `history_share`:
-        build_chat_prompt's."""
+        """An answer to the last (user) message, with repository context retrieved for it, or held from the last chat
+        prompt where this continues its conversation (prompts.chat); `history_share`: build_chat_prompt's."""
         from prompts import build_chat_prompt
 
         packed = self._current(lambda index: build_chat_prompt(
             index, self.engine.tokenizer, messages=list(messages),
             budget_tokens=budget or self.prompt_budget(sampling.max_tokens), pinned_paths=tuple(pinned),
-            history_share=history_share))
+            history_share=history_share, held=self._last_chat))
+        self._last_chat = packed.held
         return self._generation(packed, sampling)
 
     def raw(self, prompt: str | Sequence[int], *, sampling: Sampling, last_tokens: int | None = None) -> Generation:

@@ -3,6 +3,16 @@ retrieved for the question (and the pinned files) in the system message.
 
 Tokenizers without a chat template get CodeLlama-Instruct's format: ``<s>[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n
 {user} [/INST]``. When the conversation alone overflows the budget, its oldest turns are dropped.
+
+The excerpts are retrieved for the question and, at a lower weight, the questions before it: a follow-up ("why is
+that check needed?") is about the code the question before it was given. A later turn of the same conversation
+holds the excerpts the last prompt carried, text for text, unless the ranking clearly prefers others (holding.py's
+margin) or holding them would carry fewer earlier turns than a fresh choice: the model's cache then still holds the
+system message, the earlier turns and the last answer, and a follow-up prefills only itself, where excerpts
+retrieved again for its few words (and laid out before the whole conversation) prefilled the whole prompt. Excerpts
+take all the room the turns leave (a question may have no follow-up), so the turn after may find them still wanted
+but without room for its longer conversation: they are then chosen again leaving GROWTH_SHARE of the budget for the
+conversation to grow into, and the turns after that can hold them.
 """
 
 from __future__ import annotations
@@ -10,12 +20,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 from .chunking import Chunk
 from .errors import BudgetError, ChatTemplateError, PromptError
+from .holding import HOLD_MARGIN, chunk_number, worth
 from .index import RepoIndex
-from .packing import Layout, PackedPrompt, select_chunks
-from .ranking import Query, rank, text_weights
+from .packing import ContextItem, Layout, PackedPrompt, select_chunks
+from .ranking import Query, ordered, score_both, text_weights
 from .tokens import Encoder, encoder_for
 
 SYSTEM = (
@@ -27,10 +39,26 @@ END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoft
 B_INST, E_INST = "[INST]", "[/INST]"
 B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
 
+EARLIER_QUESTIONS = 3  # the user's messages before the question whose identifiers weigh in the retrieval too,
+EARLIER_WEIGHT = 0.5   # each at this much of the next one's weight
+GROWTH_SHARE = 0.25    # of the budget, left for the conversation to grow into by excerpts chosen again that it outgrew
+HOLD_HEAD = 3          # held excerpts and a fresh choice are compared by the worth of their best few chunks
+
 _WORD = re.compile(r"[\w./-]+")
 
 Message = dict[str, str]
 Renderer = Callable[[str, list[Message]], list[int]]
+
+
+@dataclass(frozen=True)
+class HeldExcerpts:
+    """A chat prompt's repository excerpts, as the next turn of its conversation may hold them."""
+
+    messages: tuple[tuple[str, str], ...]  # (role, content) of the messages the prompt answered
+    pinned: tuple[str, ...]                # the pinned files it was given
+    chunks: tuple[Chunk, ...]              # the chunks the excerpts show, as indexed then
+    text: str                              # the excerpts, as appended to the system message
+    context: tuple[ContextItem, ...]       # PackedPrompt.context
 
 
 def build_chat_prompt(
@@ -41,12 +69,14 @@ def build_chat_prompt(
     pinned_paths: Sequence[str] = (),
     reserve_tokens: int = 0,
     history_share: float = 1.0,
+    held: HeldExcerpts | None = None,
 ) -> PackedPrompt:
     """The prompt for answering the last (user) message of ``messages``, within ``budget_tokens -
     reserve_tokens``. Pinned files (paths relative to the root) are included first, as much as fits.
     ``history_share``: the part of that the earlier turns may take, the rest kept for the repository's excerpts
     (the question and the exchange before it may take more; room the excerpts leave goes back to the turns); 1:
-    the conversation first, as an API client's own context."""
+    the conversation first, as an API client's own context. ``held``: the last prompt's ``held``, whose excerpts
+    this one keeps if it continues that conversation and they are still wanted (the module's docstring)."""
     if not messages or messages[-1].get("role") != "user":
         raise PromptError("a chat prompt needs the user's message last")
     encoder = encoder_for(tokenizer)
@@ -57,20 +87,19 @@ def build_chat_prompt(
     given = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
     system = given or SYSTEM.format(name=index.name)
     whole = _latest_turns_that_fit(render, system, [m for m in messages if m["role"] != "system"], limit, bool(given))
-    conversation = whole
+    shared = whole      # the turns within the history share
     if history_share < 1 and len(whole) > 1:
         # A long chat filled the whole budget and left no room for the code it is about, pinned files included.
         # The last exchange stays whole (a follow-up refers to it); older ones only within the share.
         latest = len(render(system, whole[-3:]))
-        conversation = _latest_turns_that_fit(render, system, whole, max(latest, int(limit * history_share)))
+        shared = _latest_turns_that_fit(render, system, whole, max(latest, int(limit * history_share)))
 
     pinned = [_pinned_chunks(index, path) for path in pinned_paths]
-    question = conversation[-1]["content"]
+    question = shared[-1]["content"]
     weights = {name: PINNED_WEIGHT for chunks in pinned for chunk in chunks for name in chunk.references}
-    weights.update(text_weights(question))
+    weights.update(_question_weights(whole))
     query = Query(weights=weights, mentioned=frozenset(_mentioned_files(index, question)))
-    candidates = _pinned_first([c for chunks in pinned for c in chunks], rank(index, query))
-
+    _, scores = score_both(index, query)
     layout = Layout(
         section=lambda c: [f"\n{c.path}\n"],
         chunk=lambda c: [_excerpt(c)],
@@ -78,22 +107,88 @@ def build_chat_prompt(
         blank=lambda c: [],
         code_between=index.code_between,
     )
-    room = limit - len(render(system, conversation))
-    selection = select_chunks(encoder, layout, candidates, room)
-    while True:
-        segments, context = selection.segments()  # all text: the chat layout has no special tokens
-        ids = render(system + "".join(segments), conversation)
-        if len(ids) <= limit:
-            break
-        selection.drop_last()  # the template joined the pieces into a few more tokens than counted
-    if len(conversation) < len(whole):
-        # The share kept room the excerpts did not take (a question naming no code): older turns have it back.
-        conversation = _latest_turns_that_fit(render, system + "".join(segments), whole, limit)
-        ids = render(system + "".join(segments), conversation)
+
+    def choose(room: int) -> tuple[str, tuple[Chunk, ...], list[ContextItem], list[Message], list[int]]:
+        """Excerpts chosen for ``room`` tokens: their text, chunks and items, the turns carried, the ids."""
+        candidates = _pinned_first([c for chunks in pinned for c in chunks], ordered(index, query, scores))
+        selection = select_chunks(encoder, layout, candidates, room)
+        while True:
+            segments, context = selection.segments()  # all text: the chat layout has no special tokens
+            ids = render(system + "".join(segments), shared)
+            if len(ids) <= limit:
+                break
+            selection.drop_last()  # the template joined the pieces into a few more tokens than counted
+        excerpts, turns = "".join(segments), shared
+        if len(shared) < len(whole):
+            # The share kept room the excerpts did not take (a question naming no code): older turns have it back.
+            turns = _latest_turns_that_fit(render, system + excerpts, whole, limit)
+            ids = render(system + excerpts, turns)
+        return excerpts, tuple(choice.chunk for choice in selection.order), context, turns, ids
+
+    room = limit - len(render(system, shared))
+    excerpts, chunks, context, conversation, ids = choose(room)
+    if held is not None and _continues(held, messages, pinned_paths) and _still_wanted(index, held, chunks, scores):
+        kept = _turns_beside(render, system + held.text, whole, limit)
+        if len(kept) >= len(conversation):     # (holding them must not cost the conversation earlier turns)
+            excerpts, chunks, context, conversation = held.text, held.chunks, list(held.context), kept
+            ids = render(system + excerpts, conversation)
+        else:
+            # Still wanted, but the conversation outgrew the room they left it: chosen again, leaving it room to
+            # grow into (at most half of what the turns leave), so that the next turns can hold them.
+            excerpts, chunks, context, conversation, ids = choose(room - min(int(limit * GROWTH_SHARE), room // 2))
     stops = [i for i in map(encoder.token_id, END_OF_TURN) if i is not None]
     if tokenizer.eos_token_id is not None:
         stops.append(tokenizer.eos_token_id)
-    return PackedPrompt(ids, context, list(dict.fromkeys(stops)), [], "chat", history=len(conversation) - 1)
+    now = HeldExcerpts(tuple((m["role"], m["content"]) for m in messages), tuple(pinned_paths), chunks, excerpts,
+                       tuple(context))
+    return PackedPrompt(ids, context, list(dict.fromkeys(stops)), [], "chat", history=len(conversation) - 1,
+                        held=now)
+
+
+def _question_weights(conversation: list[Message]) -> dict[str, float]:
+    """Identifier weights for the retrieval: the question's, and those of the EARLIER_QUESTIONS user messages before
+    it at EARLIER_WEIGHT less each (an identifier keeps its heaviest weight)."""
+    questions = [m["content"] for m in reversed(conversation) if m["role"] == "user"][:EARLIER_QUESTIONS + 1]
+    weights: dict[str, float] = {}
+    for age, text in reversed(list(enumerate(questions))):     # the oldest first: newer ones overwrite
+        for name, weight in text_weights(text).items():
+            weights[name] = max(weights.get(name, 0.0), weight * EARLIER_WEIGHT ** age)
+    return weights
+
+
+def _continues(held: HeldExcerpts, messages: Sequence[Message], pinned: Sequence[str]) -> bool:
+    """Whether ``messages`` continue the conversation ``held`` was built for (its messages, then more, or none more:
+    the same request again, a retry or a prompt only looked at, gets the same prompt), with the same pinned files."""
+    return (len(messages) >= len(held.messages) and tuple(pinned) == held.pinned
+            and all((m["role"], m["content"]) == past for m, past in zip(messages, held.messages)))
+
+
+def _still_wanted(index: RepoIndex, held: HeldExcerpts, fresh: Sequence[Chunk], scores) -> bool:
+    """Whether the held excerpts stay: every chunk they show is indexed still as it was, and the ``fresh`` choice is
+    worth no HOLD_MARGIN more than they are, by the ranking's ``scores`` for this question (over each side's best).
+    """
+    for chunk in held.chunks:
+        number = chunk_number(index, chunk.path, chunk.start_line)
+        if number is None or index.chunks[number] != chunk:
+            return False
+    # Each side by its HOLD_HEAD best chunks (fewer where either has fewer): whether the question brings other code
+    # is in the ranking's head; over all of them, the fresh choice, the ranking's own, is ahead by its tail alone.
+    best = min(HOLD_HEAD, len(fresh), len(held.chunks))
+    return _best_worth(index, fresh, scores, best) <= _best_worth(index, held.chunks, scores, best) * (1 + HOLD_MARGIN)
+
+
+def _best_worth(index: RepoIndex, chunks: Sequence[Chunk], scores, count: int) -> float:
+    """The worth (holding.worth) of the ``count`` best of ``chunks``."""
+    return sum(sorted((worth(index, [chunk], scores) for chunk in chunks), reverse=True)[:count])
+
+
+def _turns_beside(render: Renderer, system: str, conversation: list[Message], limit: int) -> list[Message]:
+    """The latest turns that fit ``limit`` beside ``system`` (_latest_turns_that_fit), or none where the question
+    alone does not."""
+    try:
+        return _latest_turns_that_fit(render, system, conversation, limit)
+    except BudgetError:
+        return []
 
 
 def _latest_turns_that_fit(render: Renderer, system: str, conversation: list[Message], limit: int,

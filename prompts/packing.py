@@ -20,6 +20,7 @@ from .formats import Segment
 from .tokens import Encoder
 
 if TYPE_CHECKING:
+    from .chat import HeldExcerpts
     from .holding import HeldContext
 
 ENCODE_BATCH = 32  # candidates encoded per call to the tokenizer
@@ -72,7 +73,8 @@ class PackedPrompt:
     line_end: str = "\n"  # completion and raw: the client's text's ("\r\n" where it had one; a completion's "\r"
                           # where its breaks are lone CRs: scan.line_end), which the prompt reads as "\n": the text
                           # generated is to be written with it
-    held: HeldContext | None = None  # completion: its repository context as the next prompt may hold it (holding.py)
+    held: HeldContext | HeldExcerpts | None = None  # its repository context as the next prompt may hold it:
+                                                     # a completion's (holding.py), a chat's excerpts (chat.py)
 
 
 @dataclass(frozen=True)

@@ -499,3 +499,28 @@ def test_a_pinned_file_named_with_a_newline_is_said_on_one_line(engine, tmp_path
     assert "pinned new\\nline.py" in lines and "pinned: new\\nline.py" in lines, printed
     assert "unpinned new\\nline.py" in lines and "line.py" not in lines, printed
     assert conversation.pinned == []
+
+
+def test_a_follow_up_prefills_only_itself(engine, tmp_path):
+    """A later question of the same conversation holds the excerpts the one before it carried (prompts/chat.py): the
+    model's cache holds that prompt and its answer, and only the new question is read."""
+    def module(topic: str) -> str:
+        return "\n\n".join(f"def {topic}_{k}(value, limit):\n    checked = value * {k} + limit\n"
+                           f"    if checked > limit:\n        return {topic}_{(k + 1) % 40}(checked, limit)\n"
+                           f"    return checked\n" for k in range(40))
+    conversation = conversation_over(engine, tmp_path / "repo", {f"{topic}.py": module(topic) for topic in
+                                                                 ("encode_floats", "decode_objects", "read_until")},
+                                     max_tokens=40)
+    turns, answer = [], conversation.answer
+
+    def answered(question, generation, view):
+        turns.append((generation.prompt, answer(question, generation, view)))
+        return turns[-1][1]
+    conversation.answer = answered
+    drive(conversation, ["How does encode_floats_3 use its limit?\r", "Why that limit?\r", "Why?\r", "/exit\r"],
+          tmp_path / "history")
+    (first, _), (second, _), (third, result) = turns
+    assert len(first.ids) > conversation.session.prompt_budget(40) - 50     # the first question's fill the budget
+    assert third.context == second.context and "encode_floats.py" in {item.path for item in third.context}
+    assert result.reused_prefix_tokens >= len(second.ids)
+    assert result.prompt_tokens - result.reused_prefix_tokens < 30

@@ -147,6 +147,20 @@ def test_openai_client_chat(server):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == answer.usage.completion_tokens
 
 
+def test_an_openai_clients_follow_up_reads_only_itself(server):
+    """A chat client sends the whole conversation each turn: a follow-up holds the excerpts the turn before carried
+    (prompts/chat.py), so the server's cache holds that prompt and its answer (usage's cached tokens)."""
+    client = OpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0)
+    messages = [{"role": "user", "content": "What does area_of_circle return?"}]
+    for question in ("Which module is it in?", "Why?"):
+        answer = client.chat.completions.create(model="any", messages=messages, max_tokens=24, temperature=0)
+        messages += [{"role": "assistant", "content": answer.choices[0].message.content},
+                     {"role": "user", "content": question}]
+    follow_up = client.chat.completions.create(model="any", messages=messages, max_tokens=4, temperature=0)
+    assert follow_up.usage.prompt_tokens_details.cached_tokens >= answer.usage.prompt_tokens
+    assert follow_up.usage.prompt_tokens - follow_up.usage.prompt_tokens_details.cached_tokens < 20
+
+
 def test_a_warm_up_answers_in_the_shape_asked_for_streamed_or_not(server):
     """A warm-up of a system message alone (no question, `n_predict: 0`), through the openai package: a stream
     when it asked for one (a JSON body gave the client no events at all), one empty choice ended by its limit."""

@@ -1,0 +1,154 @@
+"""A chat's later turns hold the excerpts the turn before carried (prompts/chat.py): a follow-up reads only itself."""
+
+import pytest
+
+from prompts import build_chat_prompt, index_repository
+from prompts.chat import EARLIER_WEIGHT, GROWTH_SHARE, _question_weights
+
+
+def _module(name: str, topic: str, count: int = 12) -> str:
+    """A file of `count` functions about `topic`, each with a few lines of its own."""
+    return "\n\n".join(
+        f"def {name}_{topic}_{k}(value, limit):\n"
+        f"    \"\"\"Step {k} of {topic}.\"\"\"\n"
+        f"    checked_{topic} = value * {k} + limit\n"
+        f"    if checked_{topic} > limit:\n"
+        f"        return {name}_{topic}_{(k + 1) % count}(checked_{topic}, limit)\n"
+        f"    return checked_{topic}\n"
+        for k in range(count)) + "\n"
+
+
+FILES = {"encoder.py": _module("encode", "floats"), "decoder.py": _module("decode", "objects"),
+         "streams.py": _module("read", "until")}
+BUDGET = 900
+
+
+@pytest.fixture
+def index(make_repo):
+    return index_repository(make_repo(FILES))
+
+
+def _turn(index, tokenizer, messages, held=None, **options):
+    """A turn as the REPL builds it (half the budget for the earlier turns at most)."""
+    return build_chat_prompt(index, tokenizer, messages, budget_tokens=BUDGET, history_share=0.5, held=held,
+                             **options)
+
+
+def _ask(question: str) -> dict:
+    return {"role": "user", "content": question}
+
+
+def _answer(text: str) -> dict:
+    return {"role": "assistant", "content": text}
+
+
+def _excerpt_tokens(packed) -> int:
+    return sum(item.tokens for item in packed.context)
+
+
+def _second_turn(index, tokenizer):
+    """A conversation's second turn about encoder.py, and its prompt: its excerpts still wanted, but chosen again
+    with room for the conversation to grow into (the first question's took it all)."""
+    first = [_ask("How does encode_floats_3 use its limit?")]
+    second = [*first, _answer("It adds the limit."), _ask("Why that limit?")]
+    packed = _turn(index, tokenizer, second, held=_turn(index, tokenizer, first).held)
+    assert "encoder.py" in {item.path for item in packed.context}
+    return second, packed
+
+
+def test_a_follow_up_naming_no_code_holds_the_excerpts_and_continues_the_last_prompt(index, smollm2_tokenizer):
+    second, before = _second_turn(index, smollm2_tokenizer)
+    follow_up = [*second, _answer("It adds the limit, then calls the next step with the sum. " * 4), _ask("Why?")]
+    after = _turn(index, smollm2_tokenizer, follow_up, held=before.held)
+    assert after.context == before.context
+    # The last prompt (up to where its answer began) is where this one begins: the model's cache holds all of it.
+    assert after.ids[:len(before.ids)] == before.ids
+    assert len(after.ids) <= BUDGET
+    # Without the last prompt's excerpts the same turn is chosen again: less room (the answer took some), other
+    # excerpts, and a prompt that differs from its start.
+    fresh = _turn(index, smollm2_tokenizer, follow_up)
+    assert fresh.context != before.context and fresh.ids[:len(before.ids)] != before.ids
+
+
+def test_a_question_about_other_code_gets_its_own_excerpts(index, smollm2_tokenizer):
+    first = [_ask("How does encode_floats_3 use its limit?")]
+    before = _turn(index, smollm2_tokenizer, first)
+    turn = [*first, _answer("It adds the limit."), _ask("And how do read_until_5 and read_until_6 stop?")]
+    after = _turn(index, smollm2_tokenizer, turn, held=before.held)
+    assert "streams.py" in {item.path for item in after.context}
+    assert after.context != before.context
+
+
+def test_excerpts_still_wanted_but_outgrown_are_chosen_again_leaving_room_to_grow(index, smollm2_tokenizer):
+    first = [_ask("How does encode_floats_3 use its limit?")]
+    before = _turn(index, smollm2_tokenizer, first)
+    assert len(before.ids) > BUDGET - 50         # a first question's excerpts take what the turn leaves
+    turn = [*first, _answer("It adds the limit."), _ask("Why that limit?")]
+    after = _turn(index, smollm2_tokenizer, turn, held=before.held)
+    alone = _turn(index, smollm2_tokenizer, turn)      # the same messages without the conversation's last prompt
+    assert _excerpt_tokens(after) <= _excerpt_tokens(alone) - GROWTH_SHARE * BUDGET + 100
+    assert len(alone.ids) > BUDGET - 100 and len(after.ids) < BUDGET - GROWTH_SHARE * BUDGET + 100
+
+
+def test_a_question_about_other_code_takes_the_whole_room_as_a_first_one_does(index, smollm2_tokenizer):
+    first = [_ask("How does encode_floats_3 use its limit?")]
+    before = _turn(index, smollm2_tokenizer, first)
+    turn = [*first, _answer("It adds the limit."), _ask("And how do read_until_5 and read_until_6 stop?")]
+    assert _turn(index, smollm2_tokenizer, turn, held=before.held).ids == _turn(index, smollm2_tokenizer, turn).ids
+
+
+@pytest.mark.parametrize("change", ["another conversation", "an edited question", "another pinned file"])
+def test_excerpts_are_held_only_for_the_same_conversation_and_pins(index, smollm2_tokenizer, change):
+    first = [_ask("How does encode_floats_3 use its limit?")]
+    before = _turn(index, smollm2_tokenizer, first)
+    messages = [*first, _answer("It adds the limit."), _ask("Why?")]
+    pinned = ()
+    if change == "another conversation":
+        messages = [_ask("Why?")]
+    elif change == "an edited question":
+        messages[0] = _ask("How does encode_floats_4 use its limit?")
+    else:
+        pinned = ("decoder.py",)
+    held = _turn(index, smollm2_tokenizer, messages, held=before.held, pinned_paths=pinned)
+    assert held.ids == _turn(index, smollm2_tokenizer, messages, pinned_paths=pinned).ids
+
+
+def test_excerpts_of_a_file_changed_since_are_not_held(make_repo, smollm2_tokenizer):
+    root = make_repo(FILES)
+    second, before = _second_turn(index_repository(root), smollm2_tokenizer)
+    assert "floats = value * 3 + limit" in smollm2_tokenizer.decode(before.ids)
+    edited = FILES["encoder.py"].replace("floats = value * 3 + limit", "floats = value * 3 - limit")
+    (root / "encoder.py").write_text(edited)
+    follow_up = [*second, _answer("It adds the limit."), _ask("Why?")]
+    after = _turn(index_repository(root), smollm2_tokenizer, follow_up, held=before.held)
+    text = smollm2_tokenizer.decode(after.ids)
+    assert "floats = value * 3 - limit" in text and "floats = value * 3 + limit" not in text
+
+
+def test_holding_never_costs_the_conversation_an_earlier_turn(index, smollm2_tokenizer):
+    first = [_ask("How does encode_floats_3 use its limit?")]
+    before = _turn(index, smollm2_tokenizer, first)
+    # An answer long enough that the held excerpts and the conversation do not fit the budget together.
+    follow_up = [*first, _answer("It adds the limit, step by step. " * 40), _ask("Why?")]
+    after = _turn(index, smollm2_tokenizer, follow_up, held=before.held)
+    assert after.history == 2 and len(after.ids) <= BUDGET
+    assert after.ids[:len(before.ids)] != before.ids        # chosen again, smaller
+
+
+def test_the_questions_before_weigh_in_at_a_lower_weight():
+    conversation = [_ask("alpha beta"), _answer("gamma"), _ask("beta delta"), _answer("x"), _ask("epsilon")]
+    weights = _question_weights(conversation)
+    assert weights["epsilon"] == 1.0
+    assert weights["delta"] == weights["beta"] == EARLIER_WEIGHT            # beta: its heavier (newer) weight
+    assert weights["alpha"] == EARLIER_WEIGHT ** 2
+    assert "gamma" not in weights                                           # the answers' words do not count
+
+
+def test_the_same_messages_again_get_the_same_prompt(index, smollm2_tokenizer):
+    """A retry, or a prompt only looked at first (llama.cpp's /apply-template), then asked: the prompt does not change,
+    as the conversation's next turn would hold it."""
+    second, before = _second_turn(index, smollm2_tokenizer)
+    again = _turn(index, smollm2_tokenizer, second, held=before.held)
+    assert again.ids == before.ids
+    follow_up = [*second, _answer("It adds the limit."), _ask("Why?")]
+    assert _turn(index, smollm2_tokenizer, follow_up, held=again.held).context == before.context
