@@ -27,9 +27,20 @@ def repository(path: str, serving: bool = False) -> Path:
         hint = "give the repository's folder; an editor names the file in each request" if serving else \
             f"give the repository, then --file {path}"
         raise UsageError(f"not a folder: {path} ({hint})")
+    _check_listable(root, path)
     root = root.resolve()
     caches.prepare(root)        # before any work: the caches never go inside the repository
     return root
+
+
+def _check_listable(root: Path, shown: str) -> None:
+    """A folder whose names cannot be read (another user's, mode 700; or 311) has no files to index: `--ask` said
+    "nothing to index: no text files with content", and `serve` served no context for good, the cause unsaid."""
+    try:
+        with os.scandir(root):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot read the repository {shown}: {exc.strerror or exc}") from None
 
 
 def _cwd() -> list[Path]:

@@ -161,6 +161,36 @@ def test_a_repository_whose_files_are_all_ignored_says_so(make_repository, scrip
                 "ignored by .gitignore")
 
 
+def unprivileged(argv: list[str]) -> list[str]:
+    """`argv` run so that file modes bind it: as is for a user; for root (this sandbox, CI containers) without the
+    capabilities that read past them (setpriv); the test is skipped where neither can be had."""
+    if os.geteuid() != 0:
+        return argv
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("root without setpriv: file modes do not stop a read")
+    caps = "-dac_override,-dac_read_search"
+    return [setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}", *argv]
+
+
+@pytest.mark.parametrize("mode", [0o000, 0o311])     # nothing allowed; names not listable (files open by name)
+@pytest.mark.parametrize("args", [["--ask", "why?"], ["--file", "app.py"], ["serve", "--port", "0"]])
+def test_a_repository_that_cannot_be_listed_says_so(make_repository, script, cli_env, tmp_path, mode, args):
+    """Another user's folder (mode 700): --ask said "nothing to index: no text files with content" and serve served
+    no context for good, its cause unsaid (a raw `<frozen os>:361: ScanWarning` line in its log)."""
+    repo = make_repository(tmp_path / "repo")
+    repo.chmod(mode)
+    try:
+        argv = [str(script), *(args[:1] if args[0] == "serve" else []), str(repo),
+                *(args[1:] if args[0] == "serve" else args)]
+        proc = subprocess.run(unprivileged(argv), capture_output=True, text=True, env=cli_env, cwd=tmp_path,
+                              timeout=TIMEOUT)
+    finally:
+        repo.chmod(0o755)
+    check_error(Run(proc.returncode, proc.stdout, proc.stderr), 2, f"cannot read the repository {repo}",
+                "Permission denied")
+
+
 # ---- checkpoints: config.json is read before any weight, so these fail in the time torch takes to import
 
 def checkpoint(converted: Path, folder: Path, **config_changes) -> Path:
