@@ -139,10 +139,12 @@ def index(root: Path, allow_empty: bool = False):
     Files the scan skips (unreadable, broken links) become one warning line each."""
     from prompts import ScanWarning, index_repository
 
-    with warnings.catch_warnings(record=True) as caught, progress_bar(f"Indexing {root.name}") as progress:
-        warnings.simplefilter("always", ScanWarning)
-        repo_index = index_repository(root, progress=progress, allow_empty=allow_empty)
-    for warning in caught:
-        if issubclass(warning.category, ScanWarning):
-            warn(str(warning.message))
-    return repo_index
+    caught: list = []
+    try:
+        with warnings.catch_warnings(record=True) as caught, progress_bar(f"Indexing {root.name}") as progress:
+            warnings.simplefilter("always", ScanWarning)
+            return index_repository(root, progress=progress, allow_empty=allow_empty)
+    finally:    # also before "nothing to index", which a folder that could not be read may explain
+        for warning in caught:
+            if issubclass(warning.category, ScanWarning):
+                warn(str(warning.message))

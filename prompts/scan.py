@@ -100,10 +100,13 @@ def source_file(root: Path, path: str, max_file_bytes: int = MAX_FILE_BYTES) -> 
 
 
 def count_ignored(root: Path) -> int:
-    """How many files the ignore rules leave out: said when they leave nothing to index."""
+    """How many files the ignore rules leave out: said when they leave nothing to index. Quiet: its walks repeat the
+    index's, whose warnings were told (in `serve`'s log they came out raw, `<frozen os>:361: ScanWarning: ...`)."""
     rules = repository_rules(root)
-    kept = set(_walk(root, rules))
-    return sum(1 for path in _walk(root, IgnoreRules(root, ())) if path not in kept)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ScanWarning)
+        kept = set(_walk(root, rules))
+        return sum(1 for path in _walk(root, IgnoreRules(root, ())) if path not in kept)
 
 
 def unix_newlines(text: str) -> str:

@@ -576,3 +576,27 @@ def test_an_empty_tuning_setting_is_unset(script, cli_env, monkeypatch):
     assert 'os.environ.get("CODECOMPLETE_GEMV") or DEFAULT_GEMV' in inspect.getsource(models.llama)
     assert 'os.environ.get("CODECOMPLETE_ALLREDUCE") or "auto"' in inspect.getsource(models.tp)
     assert DEFAULT_GEMV and "auto" in ALL_REDUCE_METHODS
+
+
+def test_files_skipped_are_told_before_nothing_to_index(tmp_path, monkeypatch):
+    """A repository whose only folder cannot be read: --ask in a terminal said "nothing to index: no text files
+    with content" alone, the skipped folder's warning dropped with the index's exception."""
+    from codecomplete import workspace
+    from prompts import PromptError
+
+    root = tmp_path / "repo"
+    (root / "secret").mkdir(parents=True)
+    (root / "secret" / "a.py").write_text("a = 1\n")
+    real_scandir = os.scandir
+
+    def scandir(path="."):          # (tests run as root, for whom chmod 000 changes nothing)
+        if os.fspath(path).endswith("secret"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+    monkeypatch.setattr(os, "scandir", scandir)
+    told = []
+    monkeypatch.setattr(workspace, "warn", told.append)
+    monkeypatch.setenv("CODECOMPLETE_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(PromptError, match="nothing to index"):
+        workspace.index(root)
+    assert told == ["skipped secret: Permission denied"]

@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import warnings
 
 import pytest
 
@@ -550,3 +551,22 @@ def test_utf16_files_with_a_byte_order_mark_are_read_as_text(make_repo):
     assert read_source(root, "le.c") == read_source(root, "be.c") == read_source(root, "plain.c") == expected
     for binary in ("utf32.c", "no_mark.c", "nul.c"):
         assert read_source(root, binary) is None, binary
+
+
+def test_counting_the_ignored_files_warns_of_nothing_the_index_told(make_repo, monkeypatch):
+    """`nothing_to_index` counts the ignored files with two more walks; their warnings repeated the index's, and in
+    `serve`'s log (no filter catching them) came out raw: `<frozen os>:361: ScanWarning: skipped secret: ...`."""
+    from prompts.scan import count_ignored
+
+    root = make_repo({"secret/a.py": "a = 1\n", ".gitignore": "b.py\n", "b.py": "b = 1\n"})
+    real_scandir = os.scandir
+
+    def scandir(path="."):          # (tests run as root, for whom chmod 000 changes nothing)
+        if os.fspath(path).endswith("secret"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+    monkeypatch.setattr(os, "scandir", scandir)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert count_ignored(root) == 1
+    assert [str(w.message) for w in caught] == []
