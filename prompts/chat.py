@@ -229,8 +229,15 @@ def pinnable(index: RepoIndex, path: str) -> str:
     the one check, and message, for /add and for every prompt after it."""
     relative = index.relative_path(path)
     if relative not in index.files:
-        if not os.path.lexists(index.root / relative):
-            raise PromptError(f"no such file: {path}")
+        full = index.root / relative
+        try:
+            os.lstat(full)
+        except (FileNotFoundError, NotADirectoryError):
+            raise PromptError(f"no such file: {path}") from None
+        except OSError as exc:          # a folder on its way that cannot be searched: the file is there
+            raise PromptError(f"cannot read {path}: {exc.strerror or exc}") from None
+        if os.path.exists(full) and not os.access(full, os.R_OK):    # (not a broken link; the index skipped it)
+            raise PromptError(f"cannot read {path}: Permission denied")
         raise PromptError(f"{path} is not among the indexed files (ignored, binary, too large, not a regular file, "
                           "or a link out of the repository)")
     return relative

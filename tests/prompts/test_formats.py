@@ -160,6 +160,41 @@ def test_chat_pins_files_and_drops_old_turns_to_fit(make_repo, smollm2_tokenizer
         build_chat_prompt(index, smollm2_tokenizer, [question], pinned_paths=["missing.md"])
 
 
+def test_pinning_a_file_that_cannot_be_read_says_so(make_repo, refuse_open, monkeypatch):
+    """`/add locked.py` (mode 600, another user's) was "not among the indexed files (ignored, binary, too large, ...)",
+    and a file in a folder that cannot be searched "no such file", though there it is."""
+    import os
+    import warnings
+
+    from prompts.chat import pinnable
+
+    root = make_repo({"a.py": "x = 1\n", "locked.py": "y = 2\n", "secret/hidden.py": "z = 3\n"})
+    # (tests run as root, for whom chmod 000 changes nothing: the system's answers for such files stood in)
+    refuse_open("locked.py")
+    with warnings.catch_warnings(record=True):
+        index = index_repository(root)
+    assert index.files == ["a.py", "secret/hidden.py"]
+    real_lstat, real_access = os.lstat, os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: not os.fspath(path).endswith("locked.py")
+                        and real_access(path, mode, **kw))
+
+    def lstat(path, *args, **kwargs):
+        if os.fspath(path).endswith("hidden.py"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_lstat(path, *args, **kwargs)
+    monkeypatch.setattr(os, "lstat", lstat)
+    index.files.remove("secret/hidden.py")          # (as the walk leaves a folder that cannot be read)
+    with pytest.raises(PromptError, match=r"^cannot read locked.py: Permission denied$"):
+        pinnable(index, "locked.py")
+    with pytest.raises(PromptError, match=r"^cannot read secret/hidden.py: Permission denied$"):
+        pinnable(index, "secret/hidden.py")
+    with pytest.raises(PromptError, match="^no such file: missing.py$"):
+        pinnable(index, "missing.py")
+    os.symlink("missing.py", root / "broken.py")
+    with pytest.raises(PromptError, match="^broken.py is not among the indexed files"):
+        pinnable(index, "broken.py")
+
+
 def test_a_system_message_too_long_for_the_budget_is_said_to_be_the_system_message(make_repo, smollm2_tokenizer):
     """A client's own system message (Continue's rules, a pasted file) that leaves no room for a short question is
     named as what does not fit, with its size: it was "the question does not fit", of a question of one word."""
