@@ -79,9 +79,13 @@ async def read_json(request: Request, model: type[Model], limit: int = MAX_BODY_
 async def read_object(request: Request, limit: int = MAX_BODY_BYTES) -> dict:
     """The body as a JSON object, not yet a protocol's: a path two protocols share reads it once, and its fields say
     whose request it is (`parse` then checks them)."""
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding != "identity":      # RFC 9110 15.5.16: a content coding the server does not apply is 415
-        raise ApiError(415, f"Content-Encoding {encoding!r} is not supported: send the JSON body uncompressed")
+    # A list of codings, over any number of header lines, empty elements allowed (RFC 9110 8.4, 5.6.1); identity is
+    # none. RFC 9110 15.5.16: a content coding the server does not apply is 415.
+    codings = [c.strip().lower() for line in request.headers.getlist("content-encoding") for c in line.split(",")]
+    applied = [c for c in codings if c not in ("", "identity")]
+    if applied:
+        raise ApiError(415, f"Content-Encoding {', '.join(applied)!r} is not supported: send the JSON body "
+                            "uncompressed")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"the request body is larger than {limit:,} bytes")

@@ -258,6 +258,20 @@ def test_a_compressed_body_is_415(server):
                 ["Content-Encoding 'gzip' is not supported"], headers={"Content-Encoding": "gzip"})
 
 
+@pytest.mark.parametrize("coding", ["", "identity, identity", " Identity ,", "identity, gzip"])
+def test_content_encoding_is_read_as_the_list_it_is(server, coding):
+    """Content-Encoding is a list of codings (RFC 9110 8.4; empty elements allowed, 5.6.1), identity meaning none: an
+    empty header (a client's wrapper that always sets it) or `identity, identity` was a 415 "Content-Encoding ''
+    is not supported"; a gzip anywhere in the list is still refused, by its name."""
+    body = b'{"prompt": "x", "n_predict": 1}'
+    code, text = raw_post(server.url, "/completion", body,
+                          {"Content-Type": "application/json", "Content-Encoding": coding})
+    if "gzip" in coding:
+        assert code == 415 and "Content-Encoding 'gzip' is not supported" in text, (code, text)
+    else:
+        assert code == 200 and json.loads(text)["content"] is not None, (code, text)
+
+
 def test_a_body_over_the_limit_is_413(server):
     check_error(server, 413, "invalid_request_error", "/infill",
                 json.dumps({**INFILL, "input_extra": [{"text": "x" * (2 << 20)}]}).encode(), ["larger than"])
