@@ -34,11 +34,13 @@ def repository(path: str, serving: bool = False) -> Path:
 
 
 def _check_listable(root: Path, shown: str) -> None:
-    """A folder whose names cannot be read (another user's, mode 700; or 311) has no files to index: `--ask` said
-    "nothing to index: no text files with content", and `serve` served no context for good, the cause unsaid."""
+    """A folder whose names cannot be read (another user's, mode 700; or 311), or whose files cannot be reached
+    (444), has no files to index: `--ask` said "nothing to index: no text files with content", and `serve` served no
+    context for good, the cause unsaid."""
     try:
         with os.scandir(root):
             pass
+        os.stat(os.path.join(root, "."))        # a name looked up in it: the folder must be searchable
     except OSError as exc:
         raise UsageError(f"cannot read the repository {shown}: {exc.strerror or exc}") from None
 

@@ -173,7 +173,8 @@ def unprivileged(argv: list[str]) -> list[str]:
     return [setpriv, f"--bounding-set={caps}", f"--inh-caps={caps}", *argv]
 
 
-@pytest.mark.parametrize("mode", [0o000, 0o311])     # nothing allowed; names not listable (files open by name)
+# nothing allowed; names not listable (files open by name); names listable, files not reachable
+@pytest.mark.parametrize("mode", [0o000, 0o311, 0o444])
 @pytest.mark.parametrize("args", [["--ask", "why?"], ["--file", "app.py"], ["serve", "--port", "0"]])
 def test_a_repository_that_cannot_be_listed_says_so(make_repository, script, cli_env, tmp_path, mode, args):
     """Another user's folder (mode 700): --ask said "nothing to index: no text files with content" and serve served
