@@ -70,7 +70,8 @@ def test_the_stop_string_that_ended_the_text_is_known():
 
 class FakeRequest:
     def __init__(self, body: bytes) -> None:
-        self.headers, self._body = {"content-length": str(len(body))}, body
+        from starlette.datastructures import Headers      # (what a request's are: a header may come several times)
+        self.headers, self._body = Headers({"content-length": str(len(body))}), body
 
     async def stream(self):
         yield self._body
