@@ -68,6 +68,12 @@ def check_local(spec: str | os.PathLike | None) -> None:
 def checkpoint_config(directory: Path) -> Path:
     """A checkpoint folder's config.json, or the error for a folder that holds none to read."""
     path = directory / "config.json"
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        pass            # (said below: no config.json)
+    except OSError as e:        # a folder we may not search (another user's): not the program's failure
+        raise ModelError(f"{directory}: cannot read it ({e.strerror or e})") from None
     if path.exists() and not path.is_file():
         raise ModelError(f"{path}: not a regular file (reading a FIFO or device would block or never end)")
     if not path.is_file():

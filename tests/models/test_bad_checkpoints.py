@@ -84,6 +84,24 @@ def test_special_files_in_a_checkpoint_are_refused_not_read(tmp_path, tiny_check
     load_error(tmp_path / "model.gguf", ModelNotFoundError, "not a regular file or folder")
 
 
+def test_a_checkpoint_folder_that_cannot_be_searched_is_a_model_error(tmp_path, tiny_checkpoint, monkeypatch):
+    """A checkpoint folder of another user (mode 700) or of mode 000: the command line's up-front check of the spec
+    said "internal error: PermissionError: ... config.json" (Path.exists raises what is not a missing file)."""
+    from models.loading import check_local
+
+    directory = tmp_path / "locked"
+    shutil.copytree(tiny_checkpoint[0], directory)
+    real_stat = Path.stat
+
+    def stat(self, *args, **kwargs):        # (tests run as root, for whom chmod 000 changes nothing)
+        if self.parent == directory:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_stat(self, *args, **kwargs)
+    monkeypatch.setattr(Path, "stat", stat)
+    with pytest.raises(ModelError, match=r"locked: cannot read it \(Permission denied\)$"):
+        check_local(str(directory))
+
+
 def _converted(path):
     import torch
     return gguf_loading.converted_dir(path, torch.float32)
