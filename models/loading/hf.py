@@ -7,6 +7,7 @@ the target device, so loading never holds a second copy of the weights.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +90,16 @@ def weight_files(directory: Path) -> list[Path]:
     raise ModelNotFoundError(f"{directory}: no weights (model.safetensors or pytorch_model.bin)")
 
 
+def _unopenable(path: Path) -> str | None:
+    """Why the system will not open `path` (None: it will): safetensors reports every failure to open, a file of mode
+    000 included, as "No such file or directory". (Opened without blocking: a FIFO would wait for a writer.)"""
+    try:
+        os.close(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)))
+    except OSError as e:
+        return f"{path}: cannot read it ({e.strerror or e})"
+    return None
+
+
 def iter_tensors(files: list[Path], part=None) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, CPU tensor) for every tensor, one at a time (safetensors memory-mapped).
 
@@ -104,7 +115,8 @@ def iter_tensors(files: list[Path], part=None) -> Iterator[tuple[str, torch.Tens
                         index = None if part is None else part(name, st.get_slice(name).get_shape())
                         yield name, st.get_tensor(name) if index is None else st.get_slice(name)[index]
             except (SafetensorError, OSError) as e:
-                raise ModelError(pointer_message(f) or f"{f}: unreadable safetensors file ({e})") from None
+                raise ModelError(pointer_message(f) or _unopenable(f)
+                                 or f"{f}: unreadable safetensors file ({e})") from None
         else:
             try:
                 state = torch.load(f, map_location="cpu", weights_only=True, mmap=True)

@@ -102,6 +102,28 @@ def test_a_checkpoint_folder_that_cannot_be_searched_is_a_model_error(tmp_path, 
         check_local(str(directory))
 
 
+def test_weights_that_cannot_be_read_are_said_to_be_so(tmp_path, tiny_checkpoint, monkeypatch):
+    """A mode-000 model.safetensors was "unreadable safetensors file (No such file or directory: ...)": safetensors
+    reports every failure to open as a missing file; the message now says what the system says."""
+    directory = tmp_path / "locked_weights"
+    shutil.copytree(tiny_checkpoint[0], directory)
+    weights = directory / "model.safetensors"
+    assert weights.is_file()
+    real_open = os.open
+
+    def refusing_open(path, flags, *args, **kwargs):    # (tests run as root, for whom chmod 000 changes nothing)
+        if os.fspath(path) == str(weights):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_open(path, flags, *args, **kwargs)
+    import safetensors
+
+    def safe_open(path, *args, **kwargs):                # what safetensors raises for it
+        raise FileNotFoundError(f"No such file or directory: {path}")
+    monkeypatch.setattr(os, "open", refusing_open)
+    monkeypatch.setattr(safetensors, "safe_open", safe_open)
+    load_error(directory, ModelError, r"model.safetensors: cannot read it \(Permission denied\)$")
+
+
 def _converted(path):
     import torch
     return gguf_loading.converted_dir(path, torch.float32)
