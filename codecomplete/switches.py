@@ -28,8 +28,9 @@ LOWER = ("CODECOMPLETE_COMPILE", "CODECOMPLETE_COMPILE_PREFILL", "CODECOMPLETE_F
 SWITCHES = (CPU_BF16, GC_FREEZE, WARM_PROMPTS, *LOWER)
 
 # files and a folder that kernels read (at import, on a GPU, after the model loaded): a missing file was an "internal
-# error" (exit 1) from that import, a missing folder silently the heuristic's plans. Checked here as JSON objects of
-# lists; what each entry means stays for the kernels to check.
+# error" (exit 1) from that import, a missing folder silently the heuristic's plans, an unknown kernel kind or a wrong
+# count of numbers in an entry an import failure. Checked here, entries too, by the kernels' own tables
+# (kernels/settings.py, through models.kernel_settings: no torch or Triton is imported); so is CODECOMPLETE_GEMV.
 FILES = ("CODECOMPLETE_FUSED_CONFIGS", "CODECOMPLETE_FUSED_INT8_CONFIGS",    # kernels/fused_gemv.py
          "CODECOMPLETE_FEW_ROWS_PLANS")                                      # kernels/few_rows_int8.py
 FOLDERS = ("CODECOMPLETE_PLANS_DIR",)                                        # kernels/plan.py
@@ -50,7 +51,8 @@ def on(name: str) -> bool:
 
 def check_environment() -> None:
     """Every switch set: checked (`on`), and written back as "0" or "1" for the layers below, which read "0" alone;
-    the files and folders named: there, and the files JSON objects of lists (`check_file`)."""
+    the files and folders named: there, and the files JSON objects of lists the kernels take (`check_file`);
+    CODECOMPLETE_GEMV one of its modes."""
     for name in SWITCHES:
         if os.environ.get(name, "").strip():
             os.environ[name] = "1" if on(name) else "0"
@@ -60,10 +62,17 @@ def check_environment() -> None:
     for name in FOLDERS:
         if os.environ.get(name) and not os.path.isdir(os.environ[name]):
             raise UsageError(f"${name} is {os.environ[name]!r}: no such folder")
+    from models.kernel_settings import GEMV, gemv_mode
+    if os.environ.get(GEMV):
+        try:
+            gemv_mode(os.environ[GEMV])
+        except ValueError as exc:
+            raise UsageError(f"${GEMV} is {os.environ[GEMV]!r}: {exc}") from None
 
 
 def check_file(name: str, path: str) -> None:
-    """A file of launch configurations or plans, as the kernels read it: a JSON object whose values are lists."""
+    """A file of launch configurations or plans, as the kernels read it: a JSON object whose values are lists, each
+    entry one the kernels take (kernels/settings.py)."""
     if os.path.exists(path) and not os.path.isfile(path):    # (a FIFO's read would wait for a writer)
         raise UsageError(f"${name} is {path!r}: not a file")
     try:
@@ -76,3 +85,8 @@ def check_file(name: str, path: str) -> None:
     if not isinstance(entries, dict) or not all(isinstance(value, list) for value in entries.values()):
         raise UsageError(f"${name} is {path!r}: not a JSON object of lists, as the kernels' benchmarks write "
                          f"(README: Switches for measuring and debugging)")
+    from models.kernel_settings import check_file_entries
+    try:
+        check_file_entries(name, entries)
+    except ValueError as exc:       # (an entry the kernels would refuse: its kind, its count of numbers)
+        raise UsageError(f"${name} is {path!r}: {exc}") from None

@@ -39,7 +39,6 @@ bench/gpu/int8_weights_check.py checks the default launch against float64 and de
 from __future__ import annotations
 
 import functools
-import json
 import os
 from typing import NamedTuple
 
@@ -47,6 +46,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import settings
 from kernels.devices import on_first_tensors_device
 from kernels.gemv import MAX_ROW_BLOCKS, tickets
 from kernels.split_kv import _int8_to_fp16
@@ -178,17 +178,9 @@ def plan(N: int, K: int, sms: int = DEFAULT_SMS) -> Plan:
 
 def read_plans(path: str) -> dict[tuple[int, int], tuple[int, int, int, int, int]]:
     """PLANS entries from a JSON file of {"NxK": [block_n, block_k, num_warps, num_stages, split_k]}
-    (`python -m kernels.few_rows_int8_bench --write-plans FILE` writes one)."""
-    with open(path, encoding="utf-8") as f:
-        entries = json.load(f)
-    out = {}
-    for key, value in entries.items():
-        N, _, K = key.partition("x")
-        if not (N.isdigit() and K.isdigit() and len(value) == 5 and all(isinstance(v, int) for v in value)):
-            raise ValueError(f"{path}: {key!r}: {value!r} is not \"NxK\": [block_n, block_k, num_warps, "
-                             f"num_stages, split_k]")
-        out[int(N), int(K)] = tuple(value)
-    return out
+    (`python -m kernels.few_rows_int8_bench --write-plans FILE` writes one), checked by kernels.settings (the app's
+    start-up check reads them the same way)."""
+    return settings.read("CODECOMPLETE_FEW_ROWS_PLANS", path)
 
 
 if os.environ.get("CODECOMPLETE_FEW_ROWS_PLANS"):

@@ -50,7 +50,6 @@ is now chosen per step by `kernels.interface.late_in_step`.)
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import re
@@ -66,6 +65,7 @@ from kernels.devices import on_first_tensors_device
 from kernels.dp4a import bf16_words, dot_words, quantize_words
 from kernels.dp4a import supported as dp4a_supported
 from kernels import gemv as batch1_gemv
+from kernels import settings
 from kernels.gemv import BLOCK_K, BLOCK_N, NUM_STAGES, NUM_WARPS, _fp32, tickets
 from kernels.validation import SCALED_DTYPES, sequence_major
 
@@ -434,7 +434,7 @@ INT8_CONFIGS: dict[str | tuple[str, int, int], Config] = {
     ("gemv_deep", 8192, 14336): Config(4, 1024, 2, 3, False, True),   # w2, 70B/2: 33.7 -> 32.8 (81% -> 84%), DP4A
     ("gemv_norm", 16008, 8192): Config(4, 512, 1, 4, False, True),    # logits, 70B/2: 54.0 -> 39.4 (57% -> 78%), DP4A
 }
-KINDS = ("qkv_rope", "norm_swiglu", "gemv", "gemv_deep", "gemv_norm")
+KINDS = settings.FUSED_KINDS
 WEIGHTS_BY_PRMT = True   # A/B: False converts int8 weights by Triton's own I2F, a quarter-rate instruction on sm_90
 DP4A = True              # A/B: False widens int8 weights to fp32 where a configuration says dp4a
 _per_shape = True                      # use_per_shape(False): the per-kind defaults everywhere (A/B runs)
@@ -448,15 +448,7 @@ EARLY_TILE: frozenset = frozenset({RESIDUAL, ROPE})
 
 def config_key(text: str) -> str | tuple[str, int, int]:
     """A CONFIGS key from its JSON spelling: "gemv" or "gemv 8192x4096" -> ("gemv", 8192, 4096)."""
-    kind, _, shape = text.strip().partition(" ")
-    if kind not in KINDS:
-        raise ValueError(f"fused configs: unknown kernel kind {kind!r} in {text!r} (known: {', '.join(KINDS)})")
-    if not shape:
-        return kind
-    n, _, k = shape.strip().partition("x")
-    if not (n.isdigit() and k.isdigit()):
-        raise ValueError(f"fused configs: {text!r} is not 'kind NxK'")
-    return kind, int(n), int(k)
+    return settings.fused_key(text)
 
 
 def config_name(key: str | tuple[str, int, int]) -> str:
@@ -464,12 +456,10 @@ def config_name(key: str | tuple[str, int, int]) -> str:
     return key if isinstance(key, str) else f"{key[0]} {key[1]}x{key[2]}"
 
 
-def read_configs(path: str) -> dict:
+def read_configs(path: str, name: str = "CODECOMPLETE_FUSED_CONFIGS") -> dict:
     """CONFIGS entries from a JSON file of {"kind" or "kind NxK": [block_n, block_k, num_warps, num_stages
-    (, interleave)]}."""
-    with open(path, encoding="utf-8") as f:
-        entries = json.load(f)
-    return {config_key(name): Config(*values) for name, values in entries.items()}
+    (, interleave(, dp4a))]}, checked by kernels.settings (the app's start-up check reads them the same way)."""
+    return {key: Config(*values) for key, values in settings.read(name, path).items()}
 
 
 def config_for(kind: str, N: int, K: int, int8: bool = False) -> Config:
@@ -491,7 +481,7 @@ def use_per_shape(enabled: bool) -> bool:
 if os.environ.get("CODECOMPLETE_FUSED_CONFIGS"):
     CONFIGS.update(read_configs(os.environ["CODECOMPLETE_FUSED_CONFIGS"]))
 if os.environ.get("CODECOMPLETE_FUSED_INT8_CONFIGS"):
-    INT8_CONFIGS.update(read_configs(os.environ["CODECOMPLETE_FUSED_INT8_CONFIGS"]))
+    INT8_CONFIGS.update(read_configs(os.environ["CODECOMPLETE_FUSED_INT8_CONFIGS"], "CODECOMPLETE_FUSED_INT8_CONFIGS"))
 
 
 def _config(kind: str, x: torch.Tensor, weight: torch.Tensor, overrides: dict, pairs_per_head: int = 0) -> Config:

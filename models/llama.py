@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.settings import DEFAULT_GEMV, GEMV_MODES, gemv_mode  # noqa: F401 (data only: defines no Triton kernel)
 from models.attention import decode_attention, prefill_attention, prefill_attention_exact
 from models.config import ModelConfig, preset
 from models.fused_decode import decode_one_token
@@ -138,11 +139,6 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 # torch.ops.codecomplete.gemv once `Transformer.compile_dense` has loaded it on a GPU (importing
 # kernels at module load would define Triton kernels before a CPU run can ask for the interpreter).
 _gemv = None
-GEMV_MODES = {"wide": "deep ones on cuBLAS (the default)", "1": "every batch-1 projection, deep ones split-K",
-              "0": "none: cuBLAS"}
-# Measured on 2 x H200 (bench/results/tp-x2-run2/): split-K lost to cuBLAS on every deep projection
-# (34B w2 115 vs 89 µs) and made whole steps 6-8% slower, so deep projections stay on cuBLAS by default.
-DEFAULT_GEMV = "wide"
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor | Int8Weight) -> torch.Tensor:
@@ -166,9 +162,10 @@ def use_gemv(mode: str) -> None:
     (for A/B runs: decided when the op runs, so a new graph capture switches it, no recompilation); "0"
     none (compiled code is guarded on it: recompiles at the next call)."""
     global _gemv
-    if mode not in GEMV_MODES:
-        raise SettingError(f"CODECOMPLETE_GEMV={mode!r}: choose from " +
-                         ", ".join(f"{m} ({what})" for m, what in GEMV_MODES.items()))
+    try:
+        gemv_mode(mode)         # (checked at the app's start-up too, on any machine: models.kernel_settings)
+    except ValueError as exc:
+        raise SettingError(f"CODECOMPLETE_GEMV={mode!r}: {exc}") from None
     if mode == "0":
         _gemv = None
         return

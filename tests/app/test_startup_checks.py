@@ -208,8 +208,10 @@ def test_the_kernels_files_and_folder_are_checked_at_start_up(monkeypatch, tmp_p
     from codecomplete import switches
     from codecomplete.errors import UsageError
 
-    good = tmp_path / "good.json"
-    good.write_text('{"gemv": [2, 512, 2, 4], "gemv 8192x4096": [4, 1024, 4, 3]}')
+    good = {"CODECOMPLETE_FUSED_CONFIGS": tmp_path / "fused.json", "CODECOMPLETE_FUSED_INT8_CONFIGS": tmp_path / "fused.json",
+            "CODECOMPLETE_FEW_ROWS_PLANS": tmp_path / "plans.json"}
+    good["CODECOMPLETE_FUSED_CONFIGS"].write_text('{"gemv": [2, 512, 2, 4], "gemv 8192x4096": [4, 1024, 4, 3]}')
+    good["CODECOMPLETE_FEW_ROWS_PLANS"].write_text('{"4096x4096": [32, 256, 4, 3, 2]}')
     (tmp_path / "list.json").write_text("[1, 2]")
     (tmp_path / "values.json").write_text('{"gemv": 3}')
     (tmp_path / "text.json").write_text("gemv 2 512")
@@ -221,7 +223,7 @@ def test_the_kernels_files_and_folder_are_checked_at_start_up(monkeypatch, tmp_p
             monkeypatch.setenv(name, str(path))
             with pytest.raises(UsageError, match=rf"^\${name} is '{path}': {words}"):
                 switches.check_environment()
-        monkeypatch.setenv(name, str(good))
+        monkeypatch.setenv(name, str(good[name]))
         switches.check_environment()
         monkeypatch.setenv(name, "")                    # (empty: unset)
         switches.check_environment()
@@ -235,3 +237,56 @@ def test_the_kernels_files_and_folder_are_checked_at_start_up(monkeypatch, tmp_p
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and run.stdout == "", run
     assert run.stderr.count("\n") == 1 and "CODECOMPLETE_FUSED_CONFIGS" in run.stderr, run.stderr
+
+
+def _one_shot(script, env) -> subprocess.CompletedProcess:
+    return subprocess.run([str(script), "--prompt", "def f():", "--max-tokens", "1", "--no-server"], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("CODECOMPLETE_FUSED_CONFIGS", {"gemm": [2, 512, 2, 4]}, "unknown kernel kind 'gemm' in 'gemm' (known: qkv_rope, "),
+    ("CODECOMPLETE_FUSED_CONFIGS", {"gemv": [2, 512, 2]}, "'gemv': [2, 512, 2] is 3 values; an entry is [block_n, "
+                                                          "block_k, num_warps, num_stages(, interleave(, dp4a))]"),
+    ("CODECOMPLETE_FUSED_INT8_CONFIGS", {"qkv_rope 5120x8192": [8, 512, 2, 4, True, False, 1]}, "is 7 values"),
+    ("CODECOMPLETE_FUSED_INT8_CONFIGS", {"gemv": [2, 500, 2, 4]}, "block_k is 500, not a power of two"),
+    ("CODECOMPLETE_FEW_ROWS_PLANS", {"gemv": [32, 256, 4, 3, 2]}, "'gemv' is not \"NxK\""),
+    ("CODECOMPLETE_FEW_ROWS_PLANS", {"4096x4096": [32, 256, 4, 3]}, "is 4 values; an entry is [block_n, block_k, "
+                                                                    "num_warps, num_stages, split_k]"),
+    ("CODECOMPLETE_GEMV", "bogus", "'bogus': choose from wide (deep ones on cuBLAS (the default)), 1 ("),
+    ("CODECOMPLETE_GEMV", " 1", "' 1': choose from wide"),
+])
+def test_a_kernel_setting_the_kernels_would_refuse_is_refused_at_start_up(script, cli_env, served_repo, tmp_path,
+                                                                          name, value, words):
+    """The kernels read these on a GPU after the model loaded: a configurations file naming an unknown kernel kind or
+    holding the wrong count of numbers failed the kernels' import there (exit 1, after a 30 s load), and
+    CODECOMPLETE_GEMV=bogus was refused (exit 2) only then; on a CPU neither was ever read. Now both are usage errors
+    at start-up on any machine (exit 2, one line naming the variable and the entry), for the command line and serve."""
+    if isinstance(value, dict):
+        (tmp_path / "settings.json").write_text(json.dumps(value))
+        value = str(tmp_path / "settings.json")
+    env = {**cli_env, name: value}
+    run = _one_shot(script, env)
+    assert run.returncode == 2 and run.stdout == "", run
+    assert run.stderr.count("\n") == 1 and f"${name} is " in run.stderr and words in run.stderr, run.stderr
+    line = _refused(script, env, served_repo, tmp_path / "serve", "--context-tokens", "64")
+    assert f"${name} is " in line and words in line, line
+
+
+def test_good_kernel_settings_are_taken_on_a_cpu(script, cli_env, tmp_path):
+    """What the kernels' benchmarks write (every field, or the numbers alone) and every GEMV mode pass the check;
+    a CPU run then goes on as usual (the kernels read them only on a GPU)."""
+    from kernels.settings import GEMV_MODES
+    (tmp_path / "fused.json").write_text(json.dumps({"gemv": [2, 512, 2, 4], "qkv_rope 5120x8192": [8, 512, 2, 4, True],
+                                                     "gemv_norm 32016x4096": [16, 256, 1, 3, False, True]}))
+    (tmp_path / "plans.json").write_text(json.dumps({"4096x4096": [32, 128, 8, 4, 3]}))
+    env = {**cli_env, "CODECOMPLETE_FUSED_CONFIGS": str(tmp_path / "fused.json"),
+           "CODECOMPLETE_FUSED_INT8_CONFIGS": str(tmp_path / "fused.json"),
+           "CODECOMPLETE_FEW_ROWS_PLANS": str(tmp_path / "plans.json")}
+    run = _one_shot(script, {**env, "CODECOMPLETE_GEMV": "1"})
+    assert run.returncode == 0 and run.stderr == "", run
+    from codecomplete import switches
+    for mode in GEMV_MODES:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("CODECOMPLETE_GEMV", mode)
+            switches.check_environment()

@@ -1,0 +1,73 @@
+"""kernels.settings, the tables the app's start-up check reads, against what the kernels actually use: if a kernel
+kind, a configuration's field or a plan's field changes there, these fail until the table says the same."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from kernels import few_rows_int8, fused_gemv, settings
+from kernels.fused_gemv import CONFIGS, INT8_CONFIGS, config_name
+
+
+def test_the_fused_kinds_are_those_the_kernels_launch(monkeypatch):
+    launched = []
+    monkeypatch.setattr(fused_gemv, "_launch", lambda *a, **k: None)
+    lookup = fused_gemv.config_for
+    monkeypatch.setattr(fused_gemv, "config_for", lambda kind, *a, **k: launched.append(kind) or lookup(kind, *a, **k))
+    x8, x12 = torch.randn(8), torch.randn(12)
+    fused_gemv.gemv(x8, torch.randn(12, 8), residual=torch.randn(12))
+    fused_gemv.gemv(x12, torch.randn(8, 12))
+    fused_gemv.gemv(x8, torch.randn(10, 8), norm_weight=torch.ones(8), out_dtype=torch.float32)
+    fused_gemv.norm_swiglu(x8, torch.ones(8), 1e-5, torch.randn(12, 8))
+    fused_gemv.qkv_rope(x8, torch.ones(8), 1e-5, torch.randn(32, 8), torch.ones(4, 8), torch.ones(4, 8),
+                        torch.tensor([1]), 2, 1)
+    assert sorted(launched) == sorted(settings.FUSED_KINDS) == sorted(fused_gemv.KINDS)
+    assert {key if isinstance(key, str) else key[0] for key in CONFIGS} == set(settings.FUSED_KINDS)
+
+
+def test_a_fused_configuration_holds_the_configs_fields_and_every_committed_one_reads_back():
+    assert fused_gemv.Config._fields == settings.FUSED_NUMBERS + settings.FUSED_FLAGS
+    for table in (CONFIGS, INT8_CONFIGS):
+        written = {config_name(key): list(config) for key, config in table.items()}      # as the bench writes them
+        assert {key: fused_gemv.Config(*values) for key, values in settings.fused_entries(written).items()} == table
+
+
+def test_a_few_rows_plan_holds_the_plans_fields_and_every_committed_one_reads_back():
+    assert few_rows_int8.Plan._fields[:len(settings.FEW_ROWS_NUMBERS)] == settings.FEW_ROWS_NUMBERS
+    written = {f"{n}x{k}": list(values) for (n, k), values in few_rows_int8.PLANS.items()}
+    assert settings.few_rows_entries(written) == few_rows_int8.PLANS
+
+
+@pytest.mark.parametrize("entries, words", [
+    ({"gemm": [2, 512, 2, 4]}, "unknown kernel kind 'gemm'"),
+    ({"gemv": [2, 512, 2]}, "is 3 values; an entry is [block_n, block_k, num_warps, num_stages(, interleave(, dp4a))]"),
+    ({"gemv": [2, 512, 2, 4, True, False, True]}, "is 7 values"),
+    ({"gemv": 3}, "is not a list"),
+    ({"gemv": [2, "512", 2, 4]}, "block_k is \"512\", not a power of two"),
+    ({"gemv": [3, 512, 2, 4]}, "block_n is 3, not a power of two"),
+    ({"gemv": [2, 512, 2, 0]}, "num_stages is 0, not a positive integer"),
+    ({"gemv": [2, 512, 2, 4, 1]}, "interleave is 1, not true or false"),
+    ({"gemv 12x": [2, 512, 2, 4]}, "is not 'kind NxK'"),
+])
+def test_a_bad_fused_entry_names_itself(entries, words):
+    with pytest.raises(ValueError) as refused:
+        settings.fused_entries(entries)
+    assert words in str(refused.value)
+
+
+def test_a_bad_few_rows_entry_names_itself():
+    for entries, words in [({"gemv": [32, 256, 4, 3, 2]}, "'gemv' is not \"NxK\""),
+                           ({"4096x4096": [32, 256, 4, 3]}, "is 4 values; an entry is [block_n, block_k, num_warps, "
+                                                            "num_stages, split_k]"),
+                           ({"4096x4096": [32, 256, 4, 3, -1]}, "split_k is -1, not a positive integer")]:
+        with pytest.raises(ValueError) as refused:
+            settings.few_rows_entries(entries)
+        assert words in str(refused.value)
+
+
+def test_the_settings_module_imports_neither_torch_nor_triton():
+    """The app's start-up check imports it on any machine, before anything loads (kernels/__init__ is lazy too)."""
+    code = ("import sys, kernels.settings, models.kernel_settings\n"
+            "assert not {'torch', 'triton'} & set(sys.modules), sorted({'torch', 'triton'} & set(sys.modules))")
+    subprocess.run([sys.executable, "-c", code], check=True)
