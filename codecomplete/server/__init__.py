@@ -4,7 +4,8 @@ One module per protocol over one engine, as llama.cpp's server and vLLM's OpenAI
 
     llama_cpp.py   /infill, /completion, /tokenize, /detokenize, /health, /props (llama.vim, llama.vscode,
                    Continue's llama.cpp provider)
-    openai_api.py  /v1/completions, /v1/chat/completions, /v1/models (the openai client, Continue)
+    openai_api.py  /v1/completions, /v1/chat/completions, /v1/models (the openai client, Continue), and
+                   llama.cpp's /apply-template (the chat prompt, which the chat route builds)
     ollama.py      /api/generate, /api/chat, /api/tags, /api/show, /api/ps, /api/version, / (Ollama-targeting plugins)
     tabby.py       /v1/completions with Tabby's `segments`, /v1/health, /v1/events (tabby-agent: Tabby's VS Code,
                    JetBrains, Vim and Neovim plugins)

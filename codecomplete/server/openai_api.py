@@ -5,6 +5,7 @@
                                 repository's context, in the model's own format (a body with Tabby's `segments`
                                 is Tabby's: tabby.py; app.py routes the path by the body)
     POST /v1/chat/completions   chat over the repository: context retrieved for the last user message
+    POST /apply-template        llama.cpp's: the prompt the chat route would feed for `messages`, as text, nothing generated
     GET  /v1/models             the one model (GET /v1/models/{id}: it, or a 404 for another id)
 
 Streams are `data: {...}` events ending with `data: [DONE]`, usage in a last chunk when
@@ -36,6 +37,9 @@ from fastapi import APIRouter, Request
 from pydantic import AliasChoices, Field
 from starlette.responses import StreamingResponse
 
+from models.generation import GenerationResult
+
+from ..session import Generation, Sampling
 from . import logit_bias, samplers
 from .logprobs import after_healing, chat_logprobs, completion_logprobs
 from .errors import ApiError
@@ -184,28 +188,8 @@ async def completions(request: Request, data: dict):
 @router.post("/chat/completions")
 async def chat_completions(request: Request):
     server = request.app.state.server
-    data = await read_object(request)
-    body = parse(data, ChatRequest)
-    _at_least_one_token(data)
-    if body.tools or body.functions:
-        raise ApiError(400, "tools are not supported")
-    for name, choice in (("tool_choice", body.tool_choice), ("function_call", body.function_call)):
-        if choice not in (None, "none", "auto"):     # it demands a call: prose back would pass for one
-            raise ApiError(400, f"{name} {choice!r} is not supported (no tools: only 'none' or 'auto')")
-    if body.response_format and body.response_format.get("type", "text") != "text":
-        # no grammar-constrained decoding: prose back where a client asked for JSON would pass for an answer
-        raise ApiError(400, f"response_format {body.response_format.get('type')!r} is not supported (only 'text')")
-    if body.top_logprobs is not None and not (body.logprobs and 0 <= body.top_logprobs <= MAX_TOP_LOGPROBS):
-        raise ApiError(400, f"top_logprobs must lie in 0..{MAX_TOP_LOGPROBS}, with logprobs: true")
-    if body.audio or set(body.modalities or []) - {"text"}:      # a client that asked for audio reads message.audio
-        raise ApiError(400, f"modalities {body.modalities or ['audio']} are not supported (only ['text'])")
-    for i, m in enumerate(body.messages):
-        if m.content is None and m.role != "assistant":     # (an assistant's may be null: it made tool calls)
-            raise ApiError(400, f"messages[{i}].content: a {m.role} message needs content")
-    messages = [{"role": "system" if m.role == "developer" else m.role, "content": _text(m.content)}
-                for m in body.messages]
-    top_n = (body.top_logprobs or 0) if body.logprobs else None
-    sampling = replace(_sampling(server, body), logprobs=top_n)
+    body, messages, sampling = _chat_request(server, await read_object(request))
+    top_n = sampling.logprobs
     scores = (lambda ids, entries: chat_logprobs(server.tokenizer, ids, entries, top_n)) if body.logprobs else None
     reply = Reply(server, "chatcmpl", "chat.completion", "0")
     if messages[-1]["role"] != "user" and sampling.max_tokens == 0:    # a warm-up without a question (llama.vim)
@@ -239,6 +223,55 @@ async def chat_completions(request: Request):
     choice = {"index": 0, "message": {"role": "assistant", "content": result.text}, "logprobs": logprobs,
               "finish_reason": FINISH[result.finish_reason]}
     return json_response({**reply.head(), "choices": [choice], "usage": usage(result)})
+
+
+def _chat_request(server, data: dict) -> tuple[ChatRequest, list[dict], Sampling]:
+    """A chat body checked as the chat routes read it (/apply-template's too): the request, its messages as the
+    prompt takes them, and its sampling."""
+    if not isinstance(data.get("messages"), list):      # (llama.cpp's words, on its chat route and /apply-template)
+        raise ApiError(400, "'messages' is required" if "messages" not in data else "Expected 'messages' to be an array")
+    body = parse(data, ChatRequest)
+    _at_least_one_token(data)
+    if body.tools or body.functions:
+        raise ApiError(400, "tools are not supported")
+    for name, choice in (("tool_choice", body.tool_choice), ("function_call", body.function_call)):
+        if choice not in (None, "none", "auto"):     # it demands a call: prose back would pass for one
+            raise ApiError(400, f"{name} {choice!r} is not supported (no tools: only 'none' or 'auto')")
+    if body.response_format and body.response_format.get("type", "text") != "text":
+        # no grammar-constrained decoding: prose back where a client asked for JSON would pass for an answer
+        raise ApiError(400, f"response_format {body.response_format.get('type')!r} is not supported (only 'text')")
+    if body.top_logprobs is not None and not (body.logprobs and 0 <= body.top_logprobs <= MAX_TOP_LOGPROBS):
+        raise ApiError(400, f"top_logprobs must lie in 0..{MAX_TOP_LOGPROBS}, with logprobs: true")
+    if body.audio or set(body.modalities or []) - {"text"}:      # a client that asked for audio reads message.audio
+        raise ApiError(400, f"modalities {body.modalities or ['audio']} are not supported (only ['text'])")
+    for i, m in enumerate(body.messages):
+        if m.content is None and m.role != "assistant":     # (an assistant's may be null: it made tool calls)
+            raise ApiError(400, f"messages[{i}].content: a {m.role} message needs content")
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": _text(m.content)}
+                for m in body.messages]
+    top_n = (body.top_logprobs or 0) if body.logprobs else None
+    return body, messages, replace(_sampling(server, body), logprobs=top_n)
+
+
+@router.post("/apply-template")
+async def apply_template(request: Request):
+    """llama.cpp's: the prompt /v1/chat/completions would feed for these messages, the generation prompt appended, as
+    text, and nothing generated (`{"prompt": ...}`; llama.vscode counts a chat's tokens with it and /tokenize). The
+    chat route's code builds it (the repository's context for the last user message included: the model reads it),
+    on the engine thread that builds every prompt, as a job that ends once the prompt is built."""
+    server = request.app.state.server
+    _, messages, sampling = _chat_request(server, await read_object(request))
+    budget = server.budget(sampling)
+
+    def prompt_only() -> Generation:
+        generation = server.session.chat(messages, sampling=sampling, budget=budget)
+        built = GenerationResult("", [], len(generation.prompt.ids), 0, "length")
+        return replace(generation, run=lambda on_text=None, should_stop=None: built)
+    running = server.start(request, prompt_only)
+    generation = await running.started()
+    await running.result()
+    ids = generation.prompt.ids
+    return json_response({"prompt": await server.with_tokenizer(lambda tokenizer: tokenizer.decode(ids))})
 
 
 def _at_least_one_token(data: dict) -> None:
