@@ -23,7 +23,8 @@ with `samplers`); vLLM's `repetition_penalty`, over the whole prompt and answer 
 server lacks, typical_p and the like, are refused with 400 unless neutral: samplers.py). `logit_bias` ({"token
 id": -100..100}) is added to the logits before every sampler (logit_bias.py; a bad one is a 400).
 llama.cpp's `n_cache_reuse` and `cache_prompt` are read as on its own routes (samplers.PromptCacheFields).
-Text only: tools (`functions` too), a `tool_choice` that demands a call, a `response_format` other than text,
+Text only: tools (`functions` too), a `tool_choice` that demands a call, tool messages and an assistant's
+`tool_calls` in the history, a `response_format` other than text,
 llama.cpp's `grammar` and `json_schema`, an audio answer and content parts other than text are refused with 400, as
 prose back would pass for what was asked.
 """
@@ -47,6 +48,11 @@ from .bodies import Body, Seed, check_ids, parse, read_object, stop_strings
 from .streaming import json_response, sse, stream
 
 router = APIRouter()
+# Why a chat with tools is refused: llama.cpp (with --jinja, its default now) writes tools into the prompt and constrains
+# the answer to its JSON by a grammar, which this server lacks; without it llama.cpp refuses tools too ("tools param
+# requires --jinja flag"). A text answer in place of tool calls would end an agent's loop (llama.vscode's askAgent
+# takes an answer without tool_calls as its last) as if the task were done.
+NO_TOOLS = "this server answers in text and makes no tool calls (README: codecomplete serve)"
 FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
 MAX_LOGPROBS, MAX_TOP_LOGPROBS = 5, 20       # OpenAI's limits: completions' logprobs, chat's top_logprobs
 
@@ -94,8 +100,12 @@ class TextPart(Body):
 
 
 class Message(Body):
-    role: Literal["system", "developer", "user", "assistant"]     # "developer": newer clients' name for system
+    # "developer": newer clients' name for system; "tool" and "function" (the older API's) carry a tool's result, and
+    # an assistant's `tool_calls` (`function_call`) its calls: read only to be refused by name (NO_TOOLS)
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextPart] | None = None
+    tool_calls: list | None = None
+    function_call: dict | None = None
 
 
 class ChatRequest(Options):
@@ -233,7 +243,7 @@ def _chat_request(server, data: dict) -> tuple[ChatRequest, list[dict], Sampling
     body = parse(data, ChatRequest)
     _at_least_one_token(data)
     if body.tools or body.functions:
-        raise ApiError(400, "tools are not supported")
+        raise ApiError(400, f"tools are not supported: {NO_TOOLS}")
     for name, choice in (("tool_choice", body.tool_choice), ("function_call", body.function_call)):
         if choice not in (None, "none", "auto"):     # it demands a call: prose back would pass for one
             raise ApiError(400, f"{name} {choice!r} is not supported (no tools: only 'none' or 'auto')")
@@ -245,6 +255,11 @@ def _chat_request(server, data: dict) -> tuple[ChatRequest, list[dict], Sampling
     if body.audio or set(body.modalities or []) - {"text"}:      # a client that asked for audio reads message.audio
         raise ApiError(400, f"modalities {body.modalities or ['audio']} are not supported (only ['text'])")
     for i, m in enumerate(body.messages):
+        if m.role in ("tool", "function"):
+            raise ApiError(400, f"messages[{i}]: a {m.role} message (a tool's result) is not supported: {NO_TOOLS}")
+        if m.tool_calls or m.function_call:     # (read as an empty turn, the calls were silently dropped)
+            name = "tool_calls" if m.tool_calls else "function_call"
+            raise ApiError(400, f"messages[{i}].{name}: an assistant's tool calls are not supported: {NO_TOOLS}")
         if m.content is None and m.role != "assistant":     # (an assistant's may be null: it made tool calls)
             raise ApiError(400, f"messages[{i}].content: a {m.role} message needs content")
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": _text(m.content)}

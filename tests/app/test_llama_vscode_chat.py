@@ -37,3 +37,55 @@ def test_apply_template_refuses_bad_messages_as_llama_cpp_does(server):
         error = answer.json()["error"]
         assert error["code"] == 400 and error["type"] == "invalid_request_error" and words in error["message"], error
     assert httpx.get(server.url + "/health", timeout=30).json()["status"] == "ok"
+
+
+# llama.vscode's agent (llama-agent.ts askAgent; llama-server.ts createToolsRequestPayload): its system prompt, the
+# user's query behind the project's folder, and its tools (one of its tools.ts definitions, in OpenAI's form)
+READ_FILE = {"type": "function", "function": {
+    "name": "read_file", "description": "Read the content of a file from the project.",
+    "parameters": {"type": "object", "properties": {"file_path": {"type": "string", "description": "The file's path"}},
+                   "required": ["file_path"]}}}
+AGENT_QUERY = [{"role": "system", "content": "You are an agent with tools. Use them to complete the task."},
+               {"role": "user", "content": " Project root folder: /home/me/shapes\nObligatory read the file before "
+                                           "editing it with a tool.\n\nWhat does area_of_circle return?"}]
+
+
+def _tools_request(messages: list[dict]) -> dict:
+    """createToolsRequestPayload's body, `model` left out as its settings leave it by default."""
+    return {"messages": messages, "stream": False, "temperature": 0.8, "top_p": 0.95, "tools": [READ_FILE],
+            "tool_choice": "auto"}
+
+
+def test_llama_vscodes_agent_gets_a_clear_400_not_a_text_answer(server):
+    """This server makes no tool calls (no grammar to hold a model to a call's JSON, as llama.cpp's generic format
+    does). llama.vscode's agent takes an answer without `tool_calls` as its last, so a text answer would end its task
+    as done; an error ends it as failed. Its first request (with `tools`) was already refused; a conversation that
+    carries a tool's result (`tool`) or an assistant's `tool_calls` was refused by pydantic's words (the role's
+    choices), and one with `tool_calls` but no tool message was answered in text, the calls silently dropped. Each
+    is now a 400 in OpenAI's shape that says tools are not supported, on the chat route and /apply-template, and the
+    server serves on."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "read_file",
+                                                             "arguments": '{"file_path": "shapes/geometry.py"}'}}
+    called = [*AGENT_QUERY, {"role": "assistant", "content": None, "tool_calls": [call]}]
+    result = {"role": "tool", "tool_call_id": "call_1", "content": "def area_of_circle(radius): ..."}
+    for path in ("/v1/chat/completions", "/apply-template"):
+        for body, words in [
+                (_tools_request(AGENT_QUERY), "tools are not supported"),
+                ({**_tools_request([*AGENT_QUERY, result]), "tools": []}, "messages[2]: a tool message (a tool's "
+                                                                          "result) is not supported"),
+                ({**_tools_request([*called, result]), "tools": []}, "messages[2].tool_calls: an assistant's tool "
+                                                                     "calls are not supported"),
+                ({"messages": [*called, {"role": "user", "content": "Go on."}], "max_tokens": 2},
+                 "messages[2].tool_calls: an assistant's tool calls are not supported"),
+                ({"messages": [*AGENT_QUERY[:1], {"role": "function", "name": "f", "content": "x"},
+                               AGENT_QUERY[1]]}, "messages[1]: a function message")]:
+            answer = httpx.post(server.url + path, json=body, timeout=300)
+            assert answer.status_code == 400, (path, words, answer.text)
+            error = answer.json()["error"]
+            assert error["type"] == "invalid_request_error" and words in error["message"], error
+            assert "makes no tool calls" in error["message"], error
+    # A history without calls still chats, `tool_choice: "auto"` (no tools) and an empty `tool_calls` included.
+    plain = {"messages": [*AGENT_QUERY, {"role": "assistant", "content": "It returns pi r squared.", "tool_calls": []},
+                          {"role": "user", "content": "Thanks."}], "tool_choice": "auto", "max_tokens": 2}
+    answer = httpx.post(server.url + "/v1/chat/completions", json=plain, timeout=300)
+    assert answer.status_code == 200 and answer.json()["choices"][0]["finish_reason"] in ("stop", "length"), answer.text
