@@ -9,7 +9,7 @@ from codecomplete import bench, serve_bench
 
 def test_bench_on_cpu(codecomplete, repo, tmp_path):
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
-    run = codecomplete(repo, "--bench", "--contexts", "32,64", "--max-tokens", "2",
+    run = codecomplete(repo, "--bench", "--contexts", "64,32,64", "--max-tokens", "2",    # (64 twice: timed once)
                        "--json", out, "--plot", png)
     assert run.returncode == 0, run.stderr
     assert "Flash-Decoding needs a CUDA GPU" in run.stdout
@@ -26,6 +26,7 @@ def test_bench_on_cpu(codecomplete, repo, tmp_path):
     assert set(result["versions"]) == {"codecomplete", "torch", "triton", "python"}
     contexts = {row["context"] for row in result["end_to_end"]}
     assert {32, 64, result["repo_context"]} == contexts
+    assert [row["context"] for row in result["end_to_end"]] == [c for c in sorted(contexts) for _ in range(2)]
     assert all(row["decode_tokens_per_s"] > 0 for row in result["end_to_end"])
     assert {(s["context"], s["over"]) for s in result["speedups"]} == {(c, "eager") for c in contexts}
     # The first backend again with each 8-bit KV cache and with speculative decoding, plain rows unspeculated.
