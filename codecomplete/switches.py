@@ -33,7 +33,7 @@ SWITCHES = (CPU_BF16, GC_FREEZE, WARM_PROMPTS, *LOWER)
 # (kernels/settings.py, through models.kernel_settings: no torch or Triton is imported); so is CODECOMPLETE_GEMV.
 FILES = ("CODECOMPLETE_FUSED_CONFIGS", "CODECOMPLETE_FUSED_INT8_CONFIGS",    # kernels/fused_gemv.py
          "CODECOMPLETE_FEW_ROWS_PLANS")                                      # kernels/few_rows_int8.py
-FOLDERS = ("CODECOMPLETE_PLANS_DIR",)                                        # kernels/plan.py
+FOLDERS = ("CODECOMPLETE_PLANS_DIR",)           # kernels/plan.py: a folder of plan tables (check_tables)
 
 OFF = ("0", "false", "no", "off")
 ON = ("1", "true", "yes", "on")
@@ -59,10 +59,15 @@ def check_environment() -> None:
     for name in FILES:
         if os.environ.get(name):        # (empty: unset, as the kernels read it)
             check_file(name, os.environ[name])
+    from models.kernel_settings import GEMV, check_tables, gemv_mode
     for name in FOLDERS:
         if os.environ.get(name) and not os.path.isdir(os.environ[name]):
             raise UsageError(f"${name} is {os.environ[name]!r}: no such folder")
-    from models.kernel_settings import GEMV, gemv_mode
+        if os.environ.get(name):
+            try:
+                check_tables(os.environ[name])      # (each *.json: a table the planner reads at a GPU's first call)
+            except ValueError as exc:
+                raise UsageError(f"${name} is {os.environ[name]!r}: {exc}") from None
     if os.environ.get(GEMV):
         try:
             gemv_mode(os.environ[GEMV])

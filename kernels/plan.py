@@ -214,14 +214,68 @@ def shape_key(B: int, Hq: int, Hkv: int, S: int, D: int, T: int, scaled: bool, i
             "Hkv": Hkv, "S": S}
 
 
+TABLE_KINDS = ("bf16", "fp8", "int8")              # shape_key's kinds
+KEY_FIELDS = ("group", "D", "T", "B", "Hkv", "S")   # and its numbers
+_PLAN_TYPES = {"int": int, "str": str, "bool": bool}
+_TYPE_WORDS = {int: "an integer", str: "a string", bool: "true or false"}
+
+
+def check_table(table) -> None:
+    """A plan file's JSON as `tuned_plan` reads it, checked: a ValueError naming the first entry it could not use (a
+    cache kind it does not know, a shape number missing, a plan field LaunchPlan has not or of another type). The app's
+    start-up check reads CODECOMPLETE_PLANS_DIR's tables with it (this module imports neither torch nor Triton)."""
+    if not isinstance(table, dict) or not isinstance(table.get("entries"), list):
+        raise ValueError('not a plan table: a JSON object with a list of "entries", as python -m kernels.bench --tune '
+                         'writes it')
+    fields = {f.name: _PLAN_TYPES[f.type] for f in dataclasses.fields(LaunchPlan)}
+    for i, entry in enumerate(table["entries"]):
+        key, plan = (entry.get("key"), entry.get("plan")) if isinstance(entry, dict) else (None, None)
+        if not isinstance(key, dict) or not isinstance(plan, dict):
+            raise ValueError(f'entries[{i}]: not {{"key": {{...}}, "plan": {{...}}, ...}}')
+        if key.get("kind") not in TABLE_KINDS:
+            raise ValueError(f"entries[{i}]: key.kind is {json.dumps(key.get('kind'))}, not one of "
+                             f"{', '.join(TABLE_KINDS)}")
+        for name in KEY_FIELDS:
+            if name not in key or type(key[name]) is not int or key[name] < 1:
+                raise ValueError(f"entries[{i}]: key.{name} is " + (f"{json.dumps(key[name])}, not a positive integer"
+                                                                   if name in key else "missing"))
+        for name, value in plan.items():
+            if name not in fields:
+                raise ValueError(f"entries[{i}]: plan: {name} is no field of a launch plan")
+            if type(value) is not fields[name]:
+                raise ValueError(f"entries[{i}]: plan: {name} is {json.dumps(value)}, not {_TYPE_WORDS[fields[name]]}")
+        try:
+            LaunchPlan(**plan)
+        except (TypeError, ValueError) as exc:      # (a field missing; a step_launch it does not know)
+            raise ValueError(f"entries[{i}]: plan: {exc}") from None
+        for name in ("items", "programs_per_sm"):   # (the nearest entry's, lent to another shape)
+            if not isinstance(entry.get(name), (int, float)) or isinstance(entry.get(name), bool):
+                raise ValueError(f"entries[{i}]: {name} is {json.dumps(entry.get(name))}, not a number")
+
+
+def check_tables(directory: Path) -> None:
+    """Every `*.json` of a plans folder, as `load_table` would read it: a ValueError naming the file and its problem."""
+    for path in sorted(Path(directory).glob("*.json")):
+        if not path.is_file():      # (a FIFO's read would wait for a writer)
+            raise ValueError(f"{path.name}: not a file")
+        try:
+            check_table(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:        # (not JSON, not UTF-8, unreadable: also ValueErrors or OSErrors)
+            raise ValueError(f"{path.name}: {exc}") from None
+
+
 @functools.lru_cache(maxsize=8)
 def load_table(name: str, num_sms: int, directory: Path = PLANS_DIR) -> tuple[dict, ...]:
     """The tuned entries for this device, or () when there is no file or it was made for another
-    SM count (a partitioned or different card)."""
+    SM count (a partitioned or different card); a table `check_table` refuses is a ValueError naming it."""
     path = directory / f"{device_slug(name)}.json"
     if not path.exists():
         return ()
     table = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        check_table(table)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     if table.get("device", {}).get("sms") != num_sms:
         return ()
     return tuple(table["entries"])

@@ -1,7 +1,9 @@
 """The kernels' environment settings, checked without loading torch or Triton: the app's start-up check asks here
 (the app may import models, not kernels), so a bad value is refused before the model loads on any machine, not when
-the kernels read it on a GPU after the load. The tables and checks are kernels.settings', which imports nothing."""
+the kernels read it on a GPU after the load. The tables and checks are kernels.settings' and kernels.plan's, which
+import neither."""
 
+from kernels.plan import check_tables  # noqa: F401 (re-exported for the app: CODECOMPLETE_PLANS_DIR's tables)
 from kernels.settings import FILES, GEMV_MODES, gemv_mode  # noqa: F401 (re-exported for the app)
 
 GEMV = "CODECOMPLETE_GEMV"     # read by models.llama.Transformer.compile_dense, on a GPU

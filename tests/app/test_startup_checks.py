@@ -230,8 +230,12 @@ def test_the_kernels_files_and_folder_are_checked_at_start_up(monkeypatch, tmp_p
     monkeypatch.setenv("CODECOMPLETE_PLANS_DIR", str(tmp_path / "none"))
     with pytest.raises(UsageError, match="CODECOMPLETE_PLANS_DIR is .*: no such folder"):
         switches.check_environment()
-    monkeypatch.setenv("CODECOMPLETE_PLANS_DIR", str(tmp_path))
+    (tmp_path / "plans").mkdir()     # (tmp_path's *.json are no plan tables: the next test's case)
+    monkeypatch.setenv("CODECOMPLETE_PLANS_DIR", str(tmp_path / "plans"))
     switches.check_environment()
+    monkeypatch.setenv("CODECOMPLETE_PLANS_DIR", str(tmp_path))     # a FIFO named .json there: said, not waited on
+    with pytest.raises(UsageError, match=r"CODECOMPLETE_PLANS_DIR is .*: fifo.json: not a file"):
+        switches.check_environment()
     env = {**cli_env, "CODECOMPLETE_FUSED_CONFIGS": str(tmp_path / "none.json")}
     run = subprocess.run([str(script), "--prompt", "def f():", "--max-tokens", "1", "--no-server"], env=env,
                          capture_output=True, text=True, timeout=300)
@@ -290,3 +294,34 @@ def test_good_kernel_settings_are_taken_on_a_cpu(script, cli_env, tmp_path):
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("CODECOMPLETE_GEMV", mode)
             switches.check_environment()
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda entry: entry["key"].update(kind="bf17"), "entries[0]: key.kind is \"bf17\", not one of bf16, fp8, int8"),
+    (lambda entry: entry["key"].pop("S"), "entries[0]: key.S is missing"),
+    (lambda entry: entry["plan"].update(num_split=2), "entries[0]: plan: num_split is no field of a launch plan"),
+    (lambda entry: entry["plan"].update(num_warps="4"), "entries[0]: plan: num_warps is \"4\", not an integer"),
+    (lambda entry: entry["plan"].update(step_launch="soon"), "entries[0]: plan: step_launch 'soon'"),
+])
+def test_a_plans_folder_holding_a_table_the_planner_would_refuse_is_refused_at_start_up(script, cli_env, tmp_path,
+                                                                                       change, words):
+    """CODECOMPLETE_PLANS_DIR's tables are read by the planner at a GPU's first attention call, after the model loaded:
+    an entry of an unknown cache kind, a plan field the planner does not know or of the wrong type failed there. Every
+    `*.json` in the folder is now checked at start-up as the planner reads a table (exit 2, one line naming the file
+    and the entry); the committed table passes."""
+    from pathlib import Path
+    committed = Path(__file__).resolve().parents[2] / "kernels" / "plans" / "nvidia-h200.json"
+    table = json.loads(committed.read_text())
+    change(table["entries"][0])
+    folder = tmp_path / "plans"
+    folder.mkdir()
+    (folder / "nvidia-h200.json").write_text(json.dumps(table))
+    run = _one_shot(script, {**cli_env, "CODECOMPLETE_PLANS_DIR": str(folder)})
+    assert run.returncode == 2 and run.stdout == "", run
+    assert run.stderr.count("\n") == 1 and "$CODECOMPLETE_PLANS_DIR is " in run.stderr, run.stderr
+    assert "nvidia-h200.json: " + words in run.stderr, run.stderr
+    from codecomplete import switches
+    (folder / "nvidia-h200.json").write_text(committed.read_text())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CODECOMPLETE_PLANS_DIR", str(folder))
+        switches.check_environment()

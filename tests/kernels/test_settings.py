@@ -71,3 +71,20 @@ def test_the_settings_module_imports_neither_torch_nor_triton():
     code = ("import sys, kernels.settings, models.kernel_settings\n"
             "assert not {'torch', 'triton'} & set(sys.modules), sorted({'torch', 'triton'} & set(sys.modules))")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_committed_plan_table_passes_the_planners_check_and_a_bad_one_is_named(tmp_path):
+    """kernels.plan.check_table, which the app's start-up check runs over CODECOMPLETE_PLANS_DIR, is what load_table
+    runs: the committed table passes, an entry the planner cannot use is a ValueError naming the file and entry."""
+    import json
+
+    from kernels import plan
+    plan.check_tables(plan.PLANS_DIR)
+    table = json.loads((plan.PLANS_DIR / "nvidia-h200.json").read_text())
+    table["entries"][1]["plan"]["tile"] = 64
+    (tmp_path / "nvidia-h200.json").write_text(json.dumps(table))
+    with pytest.raises(ValueError, match=r"nvidia-h200.json: entries\[1\]: plan: tile is no field of a launch plan"):
+        plan.load_table("NVIDIA H200", table["device"]["sms"], tmp_path)
+    (tmp_path / "notes.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="notes.json: not a plan table"):
+        plan.check_tables(tmp_path)
