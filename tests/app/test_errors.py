@@ -9,6 +9,7 @@ import time
 
 import pytest
 from child_process import wait_until_reading_stdin
+from unreadable import deny_folder
 
 
 def check_error(run, code, *words):
@@ -587,13 +588,7 @@ def test_files_skipped_are_told_before_nothing_to_index(tmp_path, monkeypatch):
     root = tmp_path / "repo"
     (root / "secret").mkdir(parents=True)
     (root / "secret" / "a.py").write_text("a = 1\n")
-    real_scandir = os.scandir
-
-    def scandir(path="."):          # (tests run as root, for whom chmod 000 changes nothing)
-        if os.fspath(path).endswith("secret"):
-            raise PermissionError(13, "Permission denied", os.fspath(path))
-        return real_scandir(path)
-    monkeypatch.setattr(os, "scandir", scandir)
+    deny_folder(monkeypatch, "secret")
     told = []
     monkeypatch.setattr(workspace, "warn", told.append)
     monkeypatch.setenv("CODECOMPLETE_CACHE_DIR", str(tmp_path / "cache"))

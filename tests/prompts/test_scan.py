@@ -7,6 +7,7 @@ import warnings
 import pytest
 
 from prompts.scan import MAX_FILE_BYTES, ScanWarning, read_source, scan_repository
+from unreadable import deny_folder
 
 FILES = {
     "app.py": "print('hi')\n",
@@ -559,13 +560,7 @@ def test_counting_the_ignored_files_warns_of_nothing_the_index_told(make_repo, m
     from prompts.scan import count_ignored
 
     root = make_repo({"secret/a.py": "a = 1\n", ".gitignore": "b.py\n", "b.py": "b = 1\n"})
-    real_scandir = os.scandir
-
-    def scandir(path="."):          # (tests run as root, for whom chmod 000 changes nothing)
-        if os.fspath(path).endswith("secret"):
-            raise PermissionError(13, "Permission denied", os.fspath(path))
-        return real_scandir(path)
-    monkeypatch.setattr(os, "scandir", scandir)
+    deny_folder(monkeypatch, "secret")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert count_ignored(root) == 1
