@@ -111,9 +111,11 @@ class GenerateRequest(Body):
 
 
 class Message(Body):
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]   # "tool": a tool's result, read only to be refused
     content: str = ""                           # (Go's decoder reads a missing string as "")
     images: list[str] | None = None
+    tool_calls: list | None = None              # an assistant's calls: read only to be refused (dropped, the turn
+                                                # read as text only, a client's agent loop would go on as if done)
 
 
 class ChatRequest(Body):
@@ -226,6 +228,10 @@ async def chat(request: Request):
         raise ApiError(400, "images are not supported")
     if body.tools:
         raise ApiError(400, "tools are not supported")
+    for i, m in enumerate(body.messages):
+        if m.role == "tool" or m.tool_calls:
+            what = "a tool message (a tool's result)" if m.role == "tool" else "an assistant's tool_calls"
+            raise ApiError(400, f"messages[{i}]: {what} is not supported: tools are not supported")
     _check_format(body.format)
     _check_extras(server, body)
     if not body.messages:

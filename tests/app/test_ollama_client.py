@@ -173,6 +173,13 @@ def test_list_and_show_describe_the_one_model(client):
     (lambda c: c.generate(MODEL, "x", images=[b"\x89PNG"]), 400, "images"),
     (lambda c: c.chat(MODEL, [{"role": "user", "content": "x"}],
                       tools=[{"type": "function", "function": {"name": "f"}}]), 400, "tools"),
+    # a tool's result or an assistant's calls in the history: refused by name, not read as text (the calls dropped)
+    (lambda c: c.chat(MODEL, [{"role": "user", "content": "x"}, {"role": "assistant", "content": "",
+                                "tool_calls": [{"function": {"name": "f", "arguments": {}}}]},
+                               {"role": "user", "content": "y"}]),
+     400, "messages[1]: an assistant's tool_calls is not supported"),
+    (lambda c: c.chat(MODEL, [{"role": "user", "content": "x"}, {"role": "tool", "content": "42"}]), 400,
+     "messages[1]: a tool message"),
     (lambda c: c.generate(MODEL, "x", context=[10 ** 9]), 400, "outside the vocabulary"),
     # a keep_alive that is no duration: Ollama's 400 in Go's words (time.ParseDuration)
     (lambda c: c.generate(MODEL, "x", keep_alive="bogus"), 400, 'time: invalid duration "bogus"'),
