@@ -181,16 +181,20 @@ class Session:
         return (recognize(self._index.index, text) if self._index is not None else None) or UNTITLED
 
     def chat(self, messages: Sequence[dict], *, pinned: Sequence[str] = (), sampling: Sampling,
-             budget: int | None = None, history_share: float = 1.0) -> Generation:
+             budget: int | None = None, history_share: float = 1.0, sticky: bool = True,
+             remember: bool = True) -> Generation:
         """An answer to the last (user) message, with repository context retrieved for it, or held from the last chat
-        prompt where this continues its conversation (prompts.chat); `history_share`: build_chat_prompt's."""
+        prompt where this continues its conversation (prompts.chat); `history_share`: build_chat_prompt's. `sticky`:
+        hold from the last one (False: the prompt exactly as a session without history builds it, the command line's
+        through a server); `remember`: be the one the next holds from (False: a prompt only looked at)."""
         from prompts import build_chat_prompt
 
         packed = self._current(lambda index: build_chat_prompt(
             index, self.engine.tokenizer, messages=list(messages),
             budget_tokens=budget or self.prompt_budget(sampling.max_tokens), pinned_paths=tuple(pinned),
-            history_share=history_share, held=self._last_chat))
-        self._last_chat = packed.held
+            history_share=history_share, held=self._last_chat if sticky else None))
+        if sticky and remember:
+            self._last_chat = packed.held
         return self._generation(packed, sampling)
 
     def raw(self, prompt: str | Sequence[int], *, sampling: Sampling, last_tokens: int | None = None) -> Generation:

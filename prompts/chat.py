@@ -21,6 +21,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .chunking import Chunk
 from .errors import BudgetError, ChatTemplateError, PromptError
@@ -55,7 +56,7 @@ class HeldExcerpts:
     """A chat prompt's repository excerpts, as the next turn of its conversation may hold them."""
 
     messages: tuple[tuple[str, str], ...]  # (role, content) of the messages the prompt answered
-    pinned: tuple[str, ...]                # the pinned files it was given
+    pinned: tuple[tuple[str, tuple[Chunk, ...]], ...]   # the pinned files it was given, each with its chunks then
     chunks: tuple[Chunk, ...]              # the chunks the excerpts show, as indexed then
     text: str                              # the excerpts, as appended to the system message
     context: tuple[ContextItem, ...]       # PackedPrompt.context
@@ -95,6 +96,7 @@ def build_chat_prompt(
         shared = _latest_turns_that_fit(render, system, whole, max(latest, int(limit * history_share)))
 
     pinned = [_pinned_chunks(index, path) for path in pinned_paths]
+    pins = tuple((path, tuple(chunks)) for path, chunks in zip(pinned_paths, pinned))
     question = shared[-1]["content"]
     weights = {name: PINNED_WEIGHT for chunks in pinned for chunk in chunks for name in chunk.references}
     weights.update(_question_weights(whole))
@@ -108,8 +110,8 @@ def build_chat_prompt(
         code_between=index.code_between,
     )
 
-    def choose(room: int) -> tuple[str, tuple[Chunk, ...], list[ContextItem], list[Message], list[int]]:
-        """Excerpts chosen for ``room`` tokens: their text, chunks and items, the turns carried, the ids."""
+    def choose(room: int) -> _Chosen:
+        """Excerpts chosen for ``room`` tokens, and the turns they leave room for."""
         candidates = _pinned_first([c for chunks in pinned for c in chunks], ordered(index, query, scores))
         selection = select_chunks(encoder, layout, candidates, room)
         while True:
@@ -123,24 +125,26 @@ def build_chat_prompt(
             # The share kept room the excerpts did not take (a question naming no code): older turns have it back.
             turns = _latest_turns_that_fit(render, system + excerpts, whole, limit)
             ids = render(system + excerpts, turns)
-        return excerpts, tuple(choice.chunk for choice in selection.order), context, turns, ids
+        return _Chosen(excerpts, tuple(choice.chunk for choice in selection.order), context, turns, ids)
 
     room = limit - len(render(system, shared))
-    excerpts, chunks, context, conversation, ids = choose(room)
-    if held is not None and _continues(held, messages, pinned_paths) and _still_wanted(index, held, chunks, scores):
+    chosen = choose(room)
+    if held is not None and _continues(held, messages, pins) and _still_wanted(index, held, chosen.chunks, scores):
         kept = _turns_beside(render, system + held.text, whole, limit)
-        if len(kept) >= len(conversation):     # (holding them must not cost the conversation earlier turns)
-            excerpts, chunks, context, conversation = held.text, held.chunks, list(held.context), kept
-            ids = render(system + excerpts, conversation)
+        if len(kept) >= len(chosen.conversation):     # (holding them must not cost the conversation earlier turns)
+            chosen = _Chosen(held.text, held.chunks, list(held.context), kept, render(system + held.text, kept))
         else:
             # Still wanted, but the conversation outgrew the room they left it: chosen again, leaving it room to
-            # grow into (at most half of what the turns leave), so that the next turns can hold them.
-            excerpts, chunks, context, conversation, ids = choose(room - min(int(limit * GROWTH_SHARE), room // 2))
+            # grow into (at most half of what the turns leave), so that the next turns can hold them; not where
+            # that would cut a pinned file (/add promised it whole, as far as the budget allows).
+            again = choose(room - min(int(limit * GROWTH_SHARE), room // 2))
+            if _pinned_shown(again, pinned) == _pinned_shown(chosen, pinned):
+                chosen = again
+    excerpts, chunks, context, conversation, ids = chosen
     stops = [i for i in map(encoder.token_id, END_OF_TURN) if i is not None]
     if tokenizer.eos_token_id is not None:
         stops.append(tokenizer.eos_token_id)
-    now = HeldExcerpts(tuple((m["role"], m["content"]) for m in messages), tuple(pinned_paths), chunks, excerpts,
-                       tuple(context))
+    now = HeldExcerpts(tuple((m["role"], m["content"]) for m in messages), pins, chunks, excerpts, tuple(context))
     return PackedPrompt(ids, context, list(dict.fromkeys(stops)), [], "chat", history=len(conversation) - 1,
                         held=now)
 
@@ -150,16 +154,33 @@ def _question_weights(conversation: list[Message]) -> dict[str, float]:
     it at EARLIER_WEIGHT less each (an identifier keeps its heaviest weight)."""
     questions = [m["content"] for m in reversed(conversation) if m["role"] == "user"][:EARLIER_QUESTIONS + 1]
     weights: dict[str, float] = {}
-    for age, text in reversed(list(enumerate(questions))):     # the oldest first: newer ones overwrite
+    for age, text in enumerate(questions):
         for name, weight in text_weights(text).items():
             weights[name] = max(weights.get(name, 0.0), weight * EARLIER_WEIGHT ** age)
     return weights
 
 
-def _continues(held: HeldExcerpts, messages: Sequence[Message], pinned: Sequence[str]) -> bool:
+class _Chosen(NamedTuple):
+    """A chat prompt's excerpts and the conversation beside them."""
+
+    excerpts: str                     # as appended to the system message
+    chunks: tuple[Chunk, ...]         # the chunks they show, in the order chosen
+    context: list[ContextItem]
+    conversation: list[Message]       # the turns carried
+    ids: list[int]
+
+
+def _pinned_shown(chosen: _Chosen, pinned: list[list[Chunk]]) -> int:
+    """How many of the pinned files' chunks the excerpts show."""
+    keys = {(chunk.path, chunk.start_line) for chunks in pinned for chunk in chunks}
+    return sum((chunk.path, chunk.start_line) in keys for chunk in chosen.chunks)
+
+
+def _continues(held: HeldExcerpts, messages: Sequence[Message], pins) -> bool:
     """Whether ``messages`` continue the conversation ``held`` was built for (its messages, then more, or none more:
-    the same request again, a retry or a prompt only looked at, gets the same prompt), with the same pinned files."""
-    return (len(messages) >= len(held.messages) and tuple(pinned) == held.pinned
+    the same request again, a retry or a prompt only looked at, gets the same prompt), with the same pinned files,
+    chunk for chunk (a function added to one would be missing from the excerpts held)."""
+    return (len(messages) >= len(held.messages) and pins == held.pinned
             and all((m["role"], m["content"]) == past for m, past in zip(messages, held.messages)))
 
 
@@ -167,6 +188,8 @@ def _still_wanted(index: RepoIndex, held: HeldExcerpts, fresh: Sequence[Chunk], 
     """Whether the held excerpts stay: every chunk they show is indexed still as it was, and the ``fresh`` choice is
     worth no HOLD_MARGIN more than they are, by the ranking's ``scores`` for this question (over each side's best).
     """
+    if not held.chunks:     # (nothing held: held again at every turn, the conversation would never get any)
+        return not fresh
     for chunk in held.chunks:
         number = chunk_number(index, chunk.path, chunk.start_line)
         if number is None or index.chunks[number] != chunk:

@@ -92,8 +92,9 @@ async def complete(request: Request):
 async def chat(request: Request):
     body = await read_json(request, ChatRequest, MAX_COMMAND_BODY_BYTES)
     messages = [message.model_dump() for message in body.messages]
+    # Not sticky: --ask prints what it would print alone, whatever chat came before (complete's rule).
     return await _run(request, body, lambda session, sampling, budget: _caught_up(session).chat(
-        messages, pinned=body.pinned, sampling=sampling, budget=budget))
+        messages, pinned=body.pinned, sampling=sampling, budget=budget, sticky=False))
 
 
 @router.post("/raw")

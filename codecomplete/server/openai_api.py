@@ -279,7 +279,9 @@ async def apply_template(request: Request):
     budget = server.budget(sampling)
 
     def prompt_only() -> Generation:
-        generation = server.session.chat(messages, sampling=sampling, budget=budget)
+        # (held as the chat route would hold it, but not remembered: a count of another message set, llama.vscode's,
+        # must not take the live conversation's place)
+        generation = server.session.chat(messages, sampling=sampling, budget=budget, remember=False)
         built = GenerationResult("", [], len(generation.prompt.ids), 0, "length")
         return replace(generation, run=lambda on_text=None, should_stop=None: built)
     running = server.start(request, prompt_only)

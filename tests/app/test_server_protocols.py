@@ -156,6 +156,9 @@ def test_an_openai_clients_follow_up_reads_only_itself(server):
         answer = client.chat.completions.create(model="any", messages=messages, max_tokens=24, temperature=0)
         messages += [{"role": "assistant", "content": answer.choices[0].message.content},
                      {"role": "user", "content": question}]
+    # llama.vscode counts another chat's tokens meanwhile: a prompt only looked at takes no conversation's place
+    counted = post(server, "/apply-template", {"messages": [{"role": "user", "content": "What is a Rectangle?"}]})
+    assert counted.status_code == 200, counted.text
     follow_up = client.chat.completions.create(model="any", messages=messages, max_tokens=4, temperature=0)
     assert follow_up.usage.prompt_tokens_details.cached_tokens >= answer.usage.prompt_tokens
     assert follow_up.usage.prompt_tokens - follow_up.usage.prompt_tokens_details.cached_tokens < 20

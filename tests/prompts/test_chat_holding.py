@@ -152,3 +152,42 @@ def test_the_same_messages_again_get_the_same_prompt(index, smollm2_tokenizer):
     assert again.ids == before.ids
     follow_up = [*second, _answer("It adds the limit."), _ask("Why?")]
     assert _turn(index, smollm2_tokenizer, follow_up, held=again.held).context == before.context
+
+
+def test_a_first_turn_without_excerpts_does_not_keep_the_conversation_from_them(index, smollm2_tokenizer):
+    first = [_ask("Hello there!")]
+    before = _turn(index, smollm2_tokenizer, first)
+    assert before.context == []            # nothing in the repository ranks for it
+    turn = [*first, _answer("Hello."), _ask("How does read_until_3 use its limit?")]
+    assert "streams.py" in {item.path for item in _turn(index, smollm2_tokenizer, turn, held=before.held).context}
+
+
+def test_a_pinned_file_changed_since_is_not_held_without_its_new_part(make_repo, smollm2_tokenizer):
+    root = make_repo({**FILES, "notes.py": _module("note", "pins", count=2)})
+    pins = ["notes.py"]
+    first = [_ask("How does encode_floats_3 use its limit?")]
+    second = [*first, _answer("It adds the limit."), _ask("Why that limit?")]
+    index = index_repository(root)
+    before = _turn(index, smollm2_tokenizer, second, pinned_paths=pins,
+                   held=_turn(index, smollm2_tokenizer, first, pinned_paths=pins).held)
+    follow_up = [*second, _answer("It adds the limit."), _ask("Why?")]
+    assert _turn(index, smollm2_tokenizer, follow_up, held=before.held, pinned_paths=pins).context == before.context
+    # A function added to the pinned file, in a chunk of its own: the chunks held are all still there as they were.
+    added = "\n\ndef note_tail_added(value):\n    return value\n"
+    (root / "notes.py").write_text(_module("note", "pins", count=2) + added)
+    after = _turn(index_repository(root), smollm2_tokenizer, follow_up, held=before.held, pinned_paths=pins)
+    assert "note_tail_added" in smollm2_tokenizer.decode(after.ids)
+
+
+def test_excerpts_chosen_again_never_cut_a_pinned_file_for_the_room_to_grow(make_repo, smollm2_tokenizer):
+    index = index_repository(make_repo({**FILES, "notes.py": _module("note", "pins", count=9)}))
+    pins = ["notes.py"]
+    first = [_ask("How does encode_floats_3 use its limit?")]
+    before = _turn(index, smollm2_tokenizer, first, pinned_paths=pins)
+    pinned_rows = {item.start_line for item in before.context if item.path == "notes.py"}
+    assert len(pinned_rows) == len(index.chunk_numbers("notes.py"))          # the whole file fits a turn
+    # An answer long enough that the held excerpts no longer fit beside the conversation: still wanted, chosen again.
+    turn = [*first, _answer("It adds the limit, then calls the next step. " * 8), _ask("Why that limit?")]
+    after = _turn(index, smollm2_tokenizer, turn, held=before.held, pinned_paths=pins)
+    assert after.context != before.context
+    assert {item.start_line for item in after.context if item.path == "notes.py"} == pinned_rows
