@@ -227,6 +227,9 @@ def check_table(table) -> None:
     if not isinstance(table, dict) or not isinstance(table.get("entries"), list):
         raise ValueError('not a plan table: a JSON object with a list of "entries", as python -m kernels.bench --tune '
                          'writes it')
+    device = table.get("device")
+    if not isinstance(device, dict) or type(device.get("sms")) is not int:     # (load_table matches the card by it)
+        raise ValueError(f'device is {json.dumps(device)}, not {{"sms": the SM count, ...}}')
     fields = {f.name: _PLAN_TYPES[f.type] for f in dataclasses.fields(LaunchPlan)}
     for i, entry in enumerate(table["entries"]):
         key, plan = (entry.get("key"), entry.get("plan")) if isinstance(entry, dict) else (None, None)
@@ -276,7 +279,7 @@ def load_table(name: str, num_sms: int, directory: Path = PLANS_DIR) -> tuple[di
         check_table(table)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
-    if table.get("device", {}).get("sms") != num_sms:
+    if table["device"]["sms"] != num_sms:
         return ()
     return tuple(table["entries"])
 

@@ -132,6 +132,12 @@ def _decode_exact(backend: str, q: torch.Tensor, cache: CacheView, cache_seqlens
     return out.view(B, Hq, T, D)
 
 
+def load_kernels() -> None:
+    """Import the Triton attention kernels now: a GPU engine calls it before it compiles or captures anything, so that
+    their first use (kernels/__init__ loads them lazily) falls in no torch.compile trace or CUDA-graph capture."""
+    _flash_decode()
+
+
 # Lazy: importing kernels JIT-decorates Triton functions, and on CPU that must happen after
 # TRITON_INTERPRET=1 is set (the codecomplete command sets it before Triton is imported).
 @functools.cache

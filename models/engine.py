@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import torch
 
-from models.attention import BACKENDS, KERNEL_HEAD_DIMS
+from models.attention import BACKENDS, KERNEL_HEAD_DIMS, load_kernels
 from models.cache_reuse import apply_moves, common_run, reusable_runs, reused_end
 from models.config import ModelConfig
 from models.decode_step import DecodeStep, HostCopy
@@ -192,6 +192,8 @@ class Engine:
         group = model.config.n_heads // model.config.n_kv_heads
         self.speculate = min(DEFAULT_SPECULATE.get(self._device.type, 0), max(1, TILE_ROWS // group - 1))
         self._graphs_enabled = self._device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        if self._device.type == "cuda" and triton_installed():
+            load_kernels()
         if self._graphs_enabled and os.environ.get("CODECOMPLETE_COMPILE", "1") != "0" and triton_installed():
             # Fuse the decode step's norms, RoPE and SwiGLU around the matmuls (compiled once, at the
             # first step; inductor caches it on disk for later starts). On an H100 this took CodeLlama-7B

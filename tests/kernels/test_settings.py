@@ -88,3 +88,37 @@ def test_the_committed_plan_table_passes_the_planners_check_and_a_bad_one_is_nam
     (tmp_path / "notes.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="notes.json: not a plan table"):
         plan.check_tables(tmp_path)
+
+
+@pytest.mark.parametrize("device", [None, "h200", {"name": "NVIDIA H200"}, {"sms": "132"}])
+def test_a_plan_table_without_its_cards_sm_count_is_named(tmp_path, device):
+    """load_table matches a table to the card by device.sms: without it the table passed the start-up check, then
+    failed at a GPU's first attention call (AttributeError on a string, or the table never used)."""
+    import json
+
+    from kernels import plan
+    table = json.loads((plan.PLANS_DIR / "nvidia-h200.json").read_text())
+    table["device"] = device
+    (tmp_path / "nvidia-h200.json").write_text(json.dumps(table))
+    with pytest.raises(ValueError, match=r"nvidia-h200.json: device is .*, not \{\"sms\""):
+        plan.check_tables(tmp_path)
+
+
+def test_every_launch_plan_field_has_a_type_the_tables_check_knows():
+    """A LaunchPlan field of a type check_table cannot name would be a KeyError, an internal error at every start-up
+    with CODECOMPLETE_PLANS_DIR set."""
+    import dataclasses
+
+    from kernels import plan
+    assert {f.type for f in dataclasses.fields(plan.LaunchPlan)} <= set(plan._PLAN_TYPES)
+
+
+def test_a_gpu_engine_can_load_the_lazy_kernels_before_it_compiles_or_captures():
+    """models.attention.load_kernels (a CUDA engine's start) imports what the first decode step would."""
+    code = ("import os, sys; os.environ['TRITON_INTERPRET'] = '1'\n"
+            "import kernels, models.attention\n"
+            "assert 'kernels.interface' not in sys.modules\n"
+            "models.attention.load_kernels()\n"
+            "assert {'kernels.interface', 'kernels.exact_window', 'kernels.prefill_exact'} <= set(sys.modules)\n"
+            "assert vars(kernels)['flash_decode'] is models.attention._flash_decode()")
+    subprocess.run([sys.executable, "-c", code], check=True)
