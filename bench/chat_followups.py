@@ -2,9 +2,12 @@
 REPL's conversation (codecomplete.chat.Conversation over an in-process session: retrieval, the history share, the
 model's KV cache of the last prompt and answer). Each turn prints the prompt's tokens, those the cache already held
 (the last prompt's and answer's common start), those prefilled, the time to the first token, and the files its
-repository context came from. CPU, the embedded model, greedy, one torch thread.
+repository context came from. Greedy; on the CPU one torch thread.
 
-    python bench/chat_followups.py [--max-tokens 96] [--budget 1024]
+    python bench/chat_followups.py [--max-tokens 96] [--budget 1024] [--model SPEC] [--device cuda]
+
+--model: what codecomplete's --model takes (default: the embedded model), e.g. random:CodeLlama-7B:TOKENIZER_DIR on
+a GPU, where only the times mean anything (random weights answer noise, as long as --max-tokens).
 
 Follow-ups that name no code ("Why?") rank the repository on next to nothing: what they are about is the code the
 question before them was given.
@@ -71,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--budget", type=int, default=1024, help="the prompt's tokens (--context-tokens)")
+    parser.add_argument("--model", default=None, help="a checkpoint, .gguf, hub id or random:PRESET:TOKENIZER_DIR")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     import torch
 
@@ -79,8 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     from models import load_model
     from prompts import index_repository
 
-    torch.set_num_threads(1)
-    engine = load_model(device="cpu")
+    if args.device == "cpu":
+        torch.set_num_threads(1)
+    # (on a GPU a cache just past the budget and an answer; the CPU's default, the model's training length, as before)
+    room = args.budget + args.max_tokens + 256 if args.device == "cuda" else None
+    engine = load_model(args.model, device=args.device, max_context=room)
     options = SimpleNamespace(max_tokens=args.max_tokens, temperature=0.0, top_p=1.0, seed=None, speculate=None)
     rows, totals = [], {"prompt": 0, "reused": 0, "ttft": 0.0, "turns": 0}
     with tempfile.TemporaryDirectory() as scratch:
@@ -104,9 +112,10 @@ def main(argv: list[str] | None = None) -> int:
                     totals["ttft"] += result.timings.ttft_ms
                     totals["turns"] += 1
     now = datetime.datetime.now(datetime.timezone.utc)
-    print(f"\n{now:%Y-%m-%d %H:%M} UTC · {platform.processor() or platform.machine()}, {os.cpu_count()} cores · torch "
-          f"{torch.__version__} · the embedded model, greedy, 1 thread · budget {args.budget}, answers of up to "
-          f"{args.max_tokens} tokens · load average {os.getloadavg()[0]:.1f}\n")
+    where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU, 1 thread"
+    print(f"\n{now:%Y-%m-%d %H:%M} UTC · {platform.processor() or platform.machine()}, {os.cpu_count()} cores · "
+          f"torch {torch.__version__} · {where} · {args.model or 'the embedded model'}, greedy · budget "
+          f"{args.budget}, answers of up to {args.max_tokens} tokens · load average {os.getloadavg()[0]:.1f}\n")
     print("| package | turn | question | prompt | cached | prefilled | first token (ms) | context from |")
     print("|---|---|---|---|---|---|---|---|")
     for package, turn, question, prompt, reused, ttft, files in rows:
