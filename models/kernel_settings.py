@@ -4,7 +4,7 @@ the kernels read it on a GPU after the load. The tables and checks are kernels.s
 import neither."""
 
 from kernels.plan import check_tables  # noqa: F401 (re-exported for the app: CODECOMPLETE_PLANS_DIR's tables)
-from kernels.settings import FILES, GEMV_MODES, gemv_mode  # noqa: F401 (re-exported for the app)
+from kernels.settings import FILES, gemv_mode  # noqa: F401 (gemv_mode re-exported for the app)
 
 GEMV = "CODECOMPLETE_GEMV"     # read by models.llama.Transformer.compile_dense, on a GPU
 

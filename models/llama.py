@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.settings import DEFAULT_GEMV, GEMV_MODES, gemv_mode  # noqa: F401 (data only: defines no Triton kernel)
+from kernels.settings import DEFAULT_GEMV, gemv_mode  # (data only: defines no Triton kernel)
 from models.attention import decode_attention, prefill_attention, prefill_attention_exact
 from models.config import ModelConfig, preset
 from models.fused_decode import decode_one_token
