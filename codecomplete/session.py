@@ -29,6 +29,7 @@ UNTITLED = "untitled"   # the current file of an infill request that does not na
 RECOGNIZED_CHARS = 48_000  # an unnamed text's characters before the cursor that name its file (a quarter as many after)
 RECHECKS = 3            # prompts built again, at most, for context files that changed meanwhile
 STICKY_FILES = 8        # files whose last sticky prompt is kept where the engine keeps earlier prompts' K/V too
+STICKY_CHATS = 4        # conversations whose last chat prompt is kept there, likewise
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,8 @@ class Session:
         self._last: dict[str, object] = {}       # path -> its last sticky completion prompt (prompts.PackedPrompt),
                                                  # the most recent last
         self._tidy_until = 0                     # the index's walk that idle upkeep goes on to the end of
-        self._last_chat = None                   # the last chat prompt's excerpts (prompts.chat.HeldExcerpts): the
-                                                 # next turn of its conversation may hold them
+        self._chats: list = []                   # the last chat prompts' excerpts (prompts.chat.HeldExcerpts), one
+                                                 # a conversation, the most recent last: its next turn may hold them
 
     @property
     def index(self):
@@ -184,18 +185,29 @@ class Session:
              budget: int | None = None, history_share: float = 1.0, sticky: bool = True,
              remember: bool = True) -> Generation:
         """An answer to the last (user) message, with repository context retrieved for it, or held from the last chat
-        prompt where this continues its conversation (prompts.chat); `history_share`: build_chat_prompt's. `sticky`:
-        hold from the last one (False: the prompt exactly as a session without history builds it, the command line's
-        through a server); `remember`: be the one the next holds from (False: a prompt only looked at)."""
+        prompt of the conversation this continues (prompts.chat); `history_share`: build_chat_prompt's. `sticky`:
+        hold from it (False: the prompt exactly as a session without history builds it, the command line's through
+        a server); `remember`: be the one the conversation's next turn holds from (False: a prompt only looked at).
+        """
         from prompts import build_chat_prompt
+        from prompts.chat import continued
 
+        held = continued(self._chats, messages) if sticky else None
         packed = self._current(lambda index: build_chat_prompt(
             index, self.engine.tokenizer, messages=list(messages),
             budget_tokens=budget or self.prompt_budget(sampling.max_tokens), pinned_paths=tuple(pinned),
-            history_share=history_share, held=self._last_chat if sticky else None))
+            history_share=history_share, held=held))
         if sticky and remember:
-            self._last_chat = packed.held
+            self._remember_chat(held, packed.held)
         return self._generation(packed, sampling)
+
+    def _remember_chat(self, held, now) -> None:
+        """Keep `now` as its conversation's last chat prompt, in place of `held`, the one it continued. Without an
+        engine prompt cache only the last conversation's (the KV cache holds its prompt alone); with one the last
+        few, so that chat clients taking turns each find theirs (as `_remember` keeps the last few files')."""
+        self._chats = [past for past in self._chats if past is not held] + [now]
+        keep = STICKY_CHATS if getattr(self.engine, "prompt_store", None) is not None else 1
+        del self._chats[:-keep]
 
     def raw(self, prompt: str | Sequence[int], *, sampling: Sampling, last_tokens: int | None = None) -> Generation:
         """The model continues `prompt` as it is: text (special-token text becomes those tokens; its last token

@@ -176,11 +176,24 @@ def _pinned_shown(chosen: _Chosen, pinned: list[list[Chunk]]) -> int:
     return sum((chunk.path, chunk.start_line) in keys for chunk in chosen.chunks)
 
 
+def continued(held: Sequence[HeldExcerpts], messages: Sequence[Message]) -> HeldExcerpts | None:
+    """Of several conversations' last prompts (``held``, the most recent last), the one ``messages`` continue: the
+    longest, the most recent of equals; None where they continue none. (Two chat clients taking turns on one server
+    each continue their own.)"""
+    going_on = [past for past in held if _same_start(past, messages)]
+    return max(reversed(going_on), key=lambda past: len(past.messages), default=None)
+
+
 def _continues(held: HeldExcerpts, messages: Sequence[Message], pins) -> bool:
-    """Whether ``messages`` continue the conversation ``held`` was built for (its messages, then more, or none more:
-    the same request again, a retry or a prompt only looked at, gets the same prompt), with the same pinned files,
-    chunk for chunk (a function added to one would be missing from the excerpts held)."""
-    return (len(messages) >= len(held.messages) and pins == held.pinned
+    """Whether ``messages`` continue the conversation ``held`` was built for (`_same_start`) with the same pinned
+    files, chunk for chunk (a function added to one would be missing from the excerpts held)."""
+    return pins == held.pinned and _same_start(held, messages)
+
+
+def _same_start(held: HeldExcerpts, messages: Sequence[Message]) -> bool:
+    """Whether ``messages`` are the ones ``held`` answered, then more, or none more (the same request again, a retry
+    or a prompt only looked at, gets the same prompt)."""
+    return (len(messages) >= len(held.messages)
             and all((m["role"], m["content"]) == past for m, past in zip(messages, held.messages)))
 
 

@@ -164,6 +164,24 @@ def test_an_openai_clients_follow_up_reads_only_itself(server):
     assert follow_up.usage.prompt_tokens - follow_up.usage.prompt_tokens_details.cached_tokens < 20
 
 
+def test_two_chat_clients_taking_turns_each_read_only_their_follow_ups(server):
+    """Two conversations on one server, a turn each in turn: each follow-up holds its own conversation's excerpts,
+    and the prompt cache (--cache-ram) gives back that conversation's K/V, though the other's came between."""
+    client = OpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0)
+    conversations = [[{"role": "user", "content": "What does area_of_circle return?"}],
+                     [{"role": "user", "content": "What is a Rectangle?"}]]
+    asked = [None, None]
+    for question in ("Which module is it in?", "Why?"):
+        for k, messages in enumerate(conversations):
+            asked[k] = client.chat.completions.create(model="any", messages=messages, max_tokens=16, temperature=0)
+            messages += [{"role": "assistant", "content": asked[k].choices[0].message.content},
+                         {"role": "user", "content": question}]
+    for k, messages in enumerate(conversations):
+        follow_up = client.chat.completions.create(model="any", messages=messages, max_tokens=4, temperature=0)
+        assert follow_up.usage.prompt_tokens_details.cached_tokens >= asked[k].usage.prompt_tokens, k
+        assert follow_up.usage.prompt_tokens - follow_up.usage.prompt_tokens_details.cached_tokens < 20, k
+
+
 def test_a_warm_up_answers_in_the_shape_asked_for_streamed_or_not(server):
     """A warm-up of a system message alone (no question, `n_predict: 0`), through the openai package: a stream
     when it asked for one (a JSON body gave the client no events at all), one empty choice ended by its limit."""

@@ -3,7 +3,7 @@
 import pytest
 
 from prompts import build_chat_prompt, index_repository
-from prompts.chat import EARLIER_WEIGHT, GROWTH_SHARE, _question_weights
+from prompts.chat import EARLIER_WEIGHT, GROWTH_SHARE, _question_weights, continued
 
 
 def _module(name: str, topic: str, count: int = 12) -> str:
@@ -191,3 +191,19 @@ def test_excerpts_chosen_again_never_cut_a_pinned_file_for_the_room_to_grow(make
     after = _turn(index, smollm2_tokenizer, turn, held=before.held, pinned_paths=pins)
     assert after.context != before.context
     assert {item.start_line for item in after.context if item.path == "notes.py"} == pinned_rows
+
+
+def test_of_several_conversations_the_one_continued_is_found(index, smollm2_tokenizer):
+    """Two chat clients taking turns on one server: each turn continues its own conversation's last prompt, the
+    longest one it continues (a later turn of it), never another's."""
+    floats = [_ask("How does encode_floats_3 use its limit?")]
+    until = [_ask("How does read_until_2 use its limit?")]
+    first_floats, first_until = (_turn(index, smollm2_tokenizer, m).held for m in (floats, until))
+    floats_2 = [*floats, _answer("It adds it."), _ask("Why?")]
+    second_floats = _turn(index, smollm2_tokenizer, floats_2, held=first_floats).held
+    held = [first_floats, first_until, second_floats]
+    assert continued(held, [*floats_2, _answer("Because."), _ask("And then?")]) is second_floats
+    assert continued(held, [*until, _answer("It adds it too."), _ask("Why?")]) is first_until
+    assert continued(held, floats) is first_floats     # (the same request again: the one it repeats)
+    assert continued(held, [_ask("How does decode_objects_1 use its limit?")]) is None
+    assert continued([], floats) is None
