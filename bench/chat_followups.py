@@ -4,7 +4,9 @@ model's KV cache of the last prompt and answer). Each turn prints the prompt's t
 (the last prompt's and answer's common start), those prefilled, the time to the first token, and the files its
 repository context came from. Greedy; on the CPU one torch thread.
 
-    python bench/chat_followups.py [--max-tokens 96] [--budget 1024] [--model SPEC] [--device cuda]
+    python bench/chat_followups.py [--max-tokens 96] [--budget 1024] [--rounds 1] [--model SPEC] [--device cuda]
+
+--rounds N: each conversation asks its questions N times over, a conversation that outgrows the budget.
 
 --model: what codecomplete's --model takes (default: the embedded model), e.g. random:CodeLlama-7B:TOKENIZER_DIR on
 a GPU, where only the times mean anything (random weights answer noise, as long as --max-tokens).
@@ -76,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=int, default=1024, help="the prompt's tokens (--context-tokens)")
     parser.add_argument("--model", default=None, help="a checkpoint, .gguf, hub id or random:PRESET:TOKENIZER_DIR")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--rounds", type=int, default=1, help="each conversation's questions asked this many times over")
     args = parser.parse_args(argv)
     import torch
 
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                             ignore=shutil.ignore_patterns("__pycache__", "test*"))
             index = index_repository(repo, cache_dir=Path(scratch) / "cache")
             conversation = chat.Conversation(Session(engine, index, args.budget), options)
-            for turn, question in enumerate(questions, 1):
+            for turn, question in enumerate(questions * args.rounds, 1):
                 generation = conversation.prompt_for(question)
                 result = conversation.answer(question, generation, _Quiet())
                 files = sorted({item.path for item in generation.prompt.context})
@@ -112,10 +115,11 @@ def main(argv: list[str] | None = None) -> int:
                     totals["ttft"] += result.timings.ttft_ms
                     totals["turns"] += 1
     now = datetime.datetime.now(datetime.timezone.utc)
+    rounds = f" · the questions {args.rounds} times over" if args.rounds > 1 else ""
     where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU, 1 thread"
     print(f"\n{now:%Y-%m-%d %H:%M} UTC · {platform.processor() or platform.machine()}, {os.cpu_count()} cores · "
           f"torch {torch.__version__} · {where} · {args.model or 'the embedded model'}, greedy · budget "
-          f"{args.budget}, answers of up to {args.max_tokens} tokens · load average {os.getloadavg()[0]:.1f}\n")
+          f"{args.budget}, answers of up to {args.max_tokens} tokens{rounds} · load average {os.getloadavg()[0]:.1f}\n")
     print("| package | turn | question | prompt | cached | prefilled | first token (ms) | context from |")
     print("|---|---|---|---|---|---|---|---|")
     for package, turn, question, prompt, reused, ttft, files in rows:
