@@ -12,7 +12,10 @@ system message, the earlier turns and the last answer, and a follow-up prefills 
 retrieved again for its few words (and laid out before the whole conversation) prefilled the whole prompt. Excerpts
 take all the room the turns leave (a question may have no follow-up), so the turn after may find them still wanted
 but without room for its longer conversation: they are then chosen again leaving GROWTH_SHARE of the budget for the
-conversation to grow into, and the turns after that can hold them.
+conversation to grow into, and the turns after that can hold them. Likewise a conversation that fills the room
+beside its held excerpts: the turn that must drop older exchanges drops them down to GROWTH_SHARE of the budget, and
+the turns after it begin where it does (dropping one exchange a turn moved every later turn's start, and each read
+its whole conversation again).
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ class HeldExcerpts:
     chunks: tuple[Chunk, ...]              # the chunks the excerpts show, as indexed then
     text: str                              # the excerpts, as appended to the system message
     context: tuple[ContextItem, ...]       # PackedPrompt.context
+    dropped: int = 0                       # the conversation's messages (not the system's) left out, oldest first
 
 
 def build_chat_prompt(
@@ -87,7 +91,8 @@ def build_chat_prompt(
     # and Ollama take each one; the conversation itself is the rest.
     given = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
     system = given or SYSTEM.format(name=index.name)
-    whole = _latest_turns_that_fit(render, system, [m for m in messages if m["role"] != "system"], limit, bool(given))
+    turns = [m for m in messages if m["role"] != "system"]
+    whole = _latest_turns_that_fit(render, system, turns, limit, bool(given))
     shared = whole      # the turns within the history share
     if history_share < 1 and len(whole) > 1:
         # A long chat filled the whole budget and left no room for the code it is about, pinned files included.
@@ -132,6 +137,7 @@ def build_chat_prompt(
     if held is not None and _continues(held, messages, pins) and _still_wanted(index, held, chosen.chunks, scores):
         kept = _turns_beside(render, system + held.text, whole, limit)
         if len(kept) >= len(chosen.conversation):     # (holding them must not cost the conversation earlier turns)
+            kept = _held_turns(render, system + held.text, turns, held.dropped, kept, limit)
             chosen = _Chosen(held.text, held.chunks, list(held.context), kept, render(system + held.text, kept))
         else:
             # Still wanted, but the conversation outgrew the room they left it: chosen again, leaving it room to
@@ -144,7 +150,8 @@ def build_chat_prompt(
     stops = [i for i in map(encoder.token_id, END_OF_TURN) if i is not None]
     if tokenizer.eos_token_id is not None:
         stops.append(tokenizer.eos_token_id)
-    now = HeldExcerpts(tuple((m["role"], m["content"]) for m in messages), pins, chunks, excerpts, tuple(context))
+    now = HeldExcerpts(tuple((m["role"], m["content"]) for m in messages), pins, chunks, excerpts, tuple(context),
+                       dropped=len(turns) - len(conversation))
     return PackedPrompt(ids, context, list(dict.fromkeys(stops)), [], "chat", history=len(conversation) - 1,
                         held=now)
 
@@ -216,6 +223,19 @@ def _still_wanted(index: RepoIndex, held: HeldExcerpts, fresh: Sequence[Chunk], 
 def _best_worth(index: RepoIndex, chunks: Sequence[Chunk], scores, count: int) -> float:
     """The worth (holding.worth) of the ``count`` best of ``chunks``."""
     return sum(sorted((worth(index, [chunk], scores) for chunk in chunks), reverse=True)[:count])
+
+
+def _held_turns(render: Renderer, system: str, turns: list[Message], dropped: int, fitting: list[Message],
+                limit: int) -> list[Message]:
+    """The turns a held prompt carries: those from where the last prompt's began (``dropped`` of ``turns`` before
+    it), while they fit beside ``system`` (its held excerpts); then the cached prompt goes on past its turns, where
+    ``fitting`` (the latest turns that fit) would begin a message later each turn once the conversation filled the
+    room, and every turn would read its whole conversation again. Where they no longer fit, the older ones give way
+    down to GROWTH_SHARE of the budget below ``limit``, so that the turns after this one begin where it does (as
+    llama.cpp's context shift drops half its context at once); never below ``fitting``'s question."""
+    if 0 < len(turns) - dropped <= len(fitting) and len(render(system, turns[dropped:])) <= limit:
+        return turns[dropped:]          # (fewer than fitting's where the last cut left room to grow into)
+    return _turns_beside(render, system, fitting, limit - int(limit * GROWTH_SHARE)) or fitting
 
 
 def _turns_beside(render: Renderer, system: str, conversation: list[Message], limit: int) -> list[Message]:

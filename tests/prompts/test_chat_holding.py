@@ -207,3 +207,38 @@ def test_of_several_conversations_the_one_continued_is_found(index, smollm2_toke
     assert continued(held, floats) is first_floats     # (the same request again: the one it repeats)
     assert continued(held, [_ask("How does decode_objects_1 use its limit?")]) is None
     assert continued([], floats) is None
+
+
+def _long_conversation(index, tokenizer, turns: int):
+    """A conversation about encode_floats_3 of `turns` follow-ups about it (each naming it: "Why?" alone, four
+    times over, has nothing left to rank by), each turn built from the last one's held prompt, as a session builds
+    them: the prompts."""
+    messages = [_ask("How does encode_floats_3 use its limit?")]
+    prompts = [_turn(index, tokenizer, messages)]
+    for k in range(turns):
+        messages = [*messages, _answer(f"Step {k} adds the limit, then calls the next step with the sum. " * 2),
+                    _ask("Why does encode_floats_3 do that?")]
+        prompts.append(_turn(index, tokenizer, messages, held=prompts[-1].held))
+    return prompts
+
+
+def test_a_long_conversation_drops_its_older_turns_a_step_at_a_time(index, smollm2_tokenizer):
+    """Once the conversation fills the room beside its held excerpts, dropping the one oldest exchange a turn moved
+    every later turn's start: each turn read its whole conversation again. Now the turn that must drop drops down to
+    GROWTH_SHARE of the budget below it, and the turns after it begin where it does."""
+    prompts = _long_conversation(index, smollm2_tokenizer, 16)
+    cuts = [k for k in range(2, len(prompts)) if prompts[k].held.dropped != prompts[k - 1].held.dropped]
+    assert cuts, "the conversation never outgrew the budget: the test shows nothing"
+    for k in range(2, len(prompts)):
+        before, after = prompts[k - 1], prompts[k]
+        assert len(after.ids) <= BUDGET
+        if after.context != before.context:
+            continue      # (excerpts outgrown and chosen again: test_excerpts_still_wanted_but_outgrown_...)
+        if k in cuts:     # the older turns gave way down to a quarter of the budget below it
+            assert len(after.ids) <= BUDGET * (1 - GROWTH_SHARE)
+            assert after.held.dropped > before.held.dropped
+        else:             # the last prompt is where this one begins: the model's cache holds it all
+            assert after.ids[:len(before.ids)] == before.ids, k
+    read_whole = [k for k in range(cuts[0] + 1, len(prompts)) if prompts[k].ids[:len(prompts[k - 1].ids)]
+                  != prompts[k - 1].ids]
+    assert len(read_whole) <= (len(prompts) - cuts[0]) // 3, read_whole     # not every turn, as it was
