@@ -20,6 +20,7 @@ its whole conversation again).
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -104,7 +105,7 @@ def build_chat_prompt(
     pins = tuple((path, tuple(chunks)) for path, chunks in zip(pinned_paths, pinned))
     question = shared[-1]["content"]
     weights = {name: PINNED_WEIGHT for chunks in pinned for chunk in chunks for name in chunk.references}
-    weights.update(_question_weights(whole))
+    weights.update(_question_weights(whole, defined=index.definers.__contains__))
     query = Query(weights=weights, mentioned=frozenset(_mentioned_files(index, question)))
     _, scores = score_both(index, query)
     layout = Layout(
@@ -156,14 +157,21 @@ def build_chat_prompt(
                         held=now)
 
 
-def _question_weights(conversation: list[Message]) -> dict[str, float]:
+def _question_weights(conversation: list[Message], defined: Callable[[str], bool] = lambda name: True
+                      ) -> dict[str, float]:
     """Identifier weights for the retrieval: the question's, and those of the EARLIER_QUESTIONS user messages before
-    it at EARLIER_WEIGHT less each (an identifier keeps its heaviest weight)."""
-    questions = [m["content"] for m in reversed(conversation) if m["role"] == "user"][:EARLIER_QUESTIONS + 1]
+    it at EARLIER_WEIGHT less each (an identifier keeps its heaviest weight). Where none of them names code (a word
+    the repository ``defined``: "Why?" four times over), the last question that did counts as the oldest of them:
+    those follow-ups are about what it named, and left the retrieval nothing to rank by."""
+    questions = [m["content"] for m in reversed(conversation) if m["role"] == "user"]
+    window = questions[:EARLIER_QUESTIONS + 1]
+    if not any(defined(name) for question in window for name in text_weights(question)):
+        named = (q for q in questions[EARLIER_QUESTIONS + 1:] if any(map(defined, text_weights(q))))
+        window += [question for question in itertools.islice(named, 1)]
     weights: dict[str, float] = {}
-    for age, text in enumerate(questions):
+    for age, text in enumerate(window):
         for name, weight in text_weights(text).items():
-            weights[name] = max(weights.get(name, 0.0), weight * EARLIER_WEIGHT ** age)
+            weights[name] = max(weights.get(name, 0.0), weight * EARLIER_WEIGHT ** min(age, EARLIER_QUESTIONS))
     return weights
 
 

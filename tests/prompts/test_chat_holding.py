@@ -3,7 +3,7 @@
 import pytest
 
 from prompts import build_chat_prompt, index_repository
-from prompts.chat import EARLIER_WEIGHT, GROWTH_SHARE, _question_weights, continued
+from prompts.chat import EARLIER_QUESTIONS, EARLIER_WEIGHT, GROWTH_SHARE, _question_weights, continued
 
 
 def _module(name: str, topic: str, count: int = 12) -> str:
@@ -142,6 +142,20 @@ def test_the_questions_before_weigh_in_at_a_lower_weight():
     assert weights["delta"] == weights["beta"] == EARLIER_WEIGHT            # beta: its heavier (newer) weight
     assert weights["alpha"] == EARLIER_WEIGHT ** 2
     assert "gamma" not in weights                                           # the answers' words do not count
+
+
+def test_follow_ups_that_name_no_code_keep_the_question_that_did(index, smollm2_tokenizer):
+    """Four follow-ups naming no code ("Why?") pushed the question they are about out of the retrieval's questions:
+    the fifth ranked on "Why" alone, its excerpts no longer about encode_floats_3. (Where a question in the window
+    names code, the window is as it was: test_the_questions_before_weigh_in_at_a_lower_weight.)"""
+    conversation = [_ask("How does encode_floats_3 use its limit?")]
+    for k in range(5):
+        conversation += [_answer(f"Step {k} adds it."), _ask("Why?")]
+    weights = _question_weights(conversation, defined=index.definers.__contains__)
+    assert weights["encode_floats_3"] == EARLIER_WEIGHT ** EARLIER_QUESTIONS and weights["Why"] == 1.0
+    assert "encode_floats_3" not in _question_weights(conversation)     # (each question counted: the old rule)
+    packed = _turn(index, smollm2_tokenizer, conversation)
+    assert "encoder.py" in {item.path for item in packed.context}
 
 
 def test_the_same_messages_again_get_the_same_prompt(index, smollm2_tokenizer):
