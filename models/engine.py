@@ -515,12 +515,21 @@ class Engine:
             return (self.tail_override,)
         if not self._graphs_enabled:
             return ((1, 1),)
-        narrow = 1 + self.speculate if self.speculate else 1
-        wide = self._steps.get((1, WIDE_TAIL))
-        if wide is not None and wide.graphs and self._wide_tail_applies():     # captured (`warm_wide_tail`)
+        # Only steps already captured: a first capture mid-request costs seconds (the verification step's, 11.7 s
+        # for a 22-token chat follow-up of the CodeLlama-7B shape on an H100 in a process that had not warmed it,
+        # bench/results/NOTES.md), where a prefill takes tens of ms. The server captures both at its warm-up
+        # (`warm_speculation`, `warm_wide_tail`); elsewhere a one-token step, captured by the first answer, feeds
+        # the few tokens of a keystroke.
+        narrow = 1 + self.speculate if self.speculate and self._captured(1 + self.speculate) else 1
+        if self._captured(WIDE_TAIL) and self._wide_tail_applies():
             # (one wide replay costs what one narrow one does, two narrow ones more: Run 44)
             return (1, narrow), (WIDE_TAIL_REPLAYS, WIDE_TAIL)
         return ((GRAPHED_TAIL, narrow),)
+
+    def _captured(self, width: int) -> bool:
+        """Whether the one-sequence step of `width` tokens has a graph captured."""
+        step = self._steps.get((1, width))
+        return step is not None and bool(step.graphs)
 
     def _wide_tail_applies(self) -> bool:
         """Whether a WIDE_TAIL step may feed tails here (WIDE_TAIL's comment says why only so)."""

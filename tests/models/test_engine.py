@@ -139,16 +139,22 @@ def test_a_wide_tail_that_would_pad_past_the_cache_takes_the_prefill(monkeypatch
 
 
 def test_the_wide_tail_is_offered_once_its_graph_is_captured(smollm_engine, monkeypatch):
-    """`tail_plan` on a GPU (graphs on, flash): the verification-wide replays, and the wide step only once
-    `warm_wide_tail` captured it (a first capture mid-request would cost seconds), never over an 8-bit cache
-    (its exact ring takes at most 16 tokens a step)."""
+    """`tail_plan` on a GPU (graphs on, flash): the verification-wide replays once their step is captured, and the
+    wide step only once `warm_wide_tail` captured it (a first capture mid-request would cost seconds), never over
+    an 8-bit cache (its exact ring takes at most 16 tokens a step)."""
     from models.engine import GRAPHED_TAIL, WIDE_TAIL, WIDE_TAIL_REPLAYS
     monkeypatch.setattr(smollm_engine, "_graphs_enabled", True)
     monkeypatch.setattr(smollm_engine, "attention", "flash")
     monkeypatch.setattr(smollm_engine, "_steps", {})
     narrow = (GRAPHED_TAIL, 1 + smollm_engine.speculate)
-    assert smollm_engine.tail_plan() == (narrow,)
     captured = type("Step", (), {"graphs": {None: "graph"}})()
+    # Not yet captured (a process that warmed nothing: the REPL, a benchmark): one token a step, which the first
+    # answer captured, not a first capture inside the request
+    assert smollm_engine.tail_plan() == ((GRAPHED_TAIL, 1),)
+    smollm_engine._steps[1, narrow[1]] = type("Step", (), {"graphs": {}})()     # built, its graph not captured
+    assert smollm_engine.tail_plan() == ((GRAPHED_TAIL, 1),)
+    smollm_engine._steps[1, narrow[1]] = captured       # `warm_speculation`, or an answer's speculation
+    assert smollm_engine.tail_plan() == (narrow,)
     smollm_engine._steps[1, WIDE_TAIL] = captured
     width = narrow[1]                      # then one narrow replay at most: two cost more than one wide one
     assert smollm_engine.tail_plan() == ((1, width), (WIDE_TAIL_REPLAYS, WIDE_TAIL))
