@@ -167,7 +167,7 @@ def _question_weights(conversation: list[Message], defined: Callable[[str], bool
     window = questions[:EARLIER_QUESTIONS + 1]
     if not any(defined(name) for question in window for name in text_weights(question)):
         named = (q for q in questions[EARLIER_QUESTIONS + 1:] if any(map(defined, text_weights(q))))
-        window += [question for question in itertools.islice(named, 1)]
+        window += list(itertools.islice(named, 1))
     weights: dict[str, float] = {}
     for age, text in enumerate(window):
         for name, weight in text_weights(text).items():
