@@ -11,7 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from prompts.scan import MAX_BUFFER_BYTES, decode_source, relative_within
+from prompts.scan import MAX_BUFFER_BYTES, decode_source, git_folder_around, relative_within
 
 from . import caches
 from .errors import UsageError
@@ -29,6 +29,7 @@ def repository(path: str, serving: bool = False) -> Path:
         raise UsageError(f"not a folder: {path} ({hint})")
     _check_listable(root, path)
     root = root.resolve()
+    _check_work_tree(root, path)
     caches.prepare(root)        # before any work: the caches never go inside the repository
     return root
 
@@ -43,6 +44,20 @@ def _check_listable(root: Path, shown: str) -> None:
         os.stat(os.path.join(root, "."))        # a name looked up in it: the folder must be searchable
     except OSError as exc:
         raise UsageError(f"cannot read the repository {shown}: {exc.strerror or exc}") from None
+
+
+def _check_work_tree(root: Path, shown: str) -> None:
+    """A bare repository, a checkout's .git or a folder in either holds git's own files, none checked out: indexed,
+    they went into prompts, config with a remote's token too. Refused, as git refuses it ("must be run in a work
+    tree")."""
+    git = git_folder_around(root)
+    if git is None:
+        return
+    inside = "" if git == root else "inside "
+    if git.name == ".git":
+        raise UsageError(f"{shown} is {inside}git's own folder {git}, not a checkout: give the repository, {git.parent}")
+    raise UsageError(f"{shown} is {inside}the bare git repository {git}, which has no files checked out: give a "
+                     f"checkout of it (git clone, git worktree add)")
 
 
 def _cwd() -> list[Path]:

@@ -527,13 +527,28 @@ def is_repository(folder: Path) -> bool:
     file naming one) has a HEAD naming a branch or a commit, and objects and refs folders (a worktree's in its
     commondir). An empty .git, or a .git folder an archive brought, is no repository: git treats its folder as a
     plain one of the repository above."""
-    if not os.path.lexists(folder / ".git"):
-        return False
-    own = _own_git_dir(folder)
-    head = _read_rules(own / "HEAD", follow_links=True)
-    common = _common_dir(own)
+    return os.path.lexists(folder / ".git") and _is_git_dir(_own_git_dir(folder))
+
+
+def _is_git_dir(folder: Path) -> bool:
+    """git's is_git_directory: a HEAD naming a branch or a commit, and objects and refs (in its commondir)."""
+    head = _read_rules(folder / "HEAD", follow_links=True)
+    common = _common_dir(folder)
     return (head is not None and _HEAD.fullmatch(head) is not None
             and os.path.isdir(common / "objects") and os.path.isdir(common / "refs"))
+
+
+def git_folder_around(root: Path) -> Path | None:
+    """The git folder ``root`` is or lies in (a bare repository, a checkout's ``.git``, a folder of either), as git
+    finds one going up (setup_git_directory: the first folder with a ``.git`` is a work tree, one that is itself a
+    git folder has none); None for a work tree or no repository. Its files are git's, not sources: config may hold
+    a remote's token."""
+    for folder in (root, *root.parents):
+        if os.path.lexists(folder / ".git"):
+            return None
+        if _is_git_dir(folder):
+            return folder
+    return None
 
 
 def global_excludes_files(root: Path) -> list[Path]:

@@ -69,6 +69,36 @@ def test_empty_repository_exits_2(codecomplete, tmp_path):
     check_error(codecomplete(tmp_path / "empty", "--ask", "anything?"), 2, "nothing to index")
 
 
+def _git_folder(folder, remote: str):
+    """A git folder as `git init --bare` lays one out (HEAD, objects, refs, a config naming a remote)."""
+    for name in ("objects", "refs/heads", "hooks"):
+        (folder / name).mkdir(parents=True)
+    (folder / "HEAD").write_text("ref: refs/heads/main\n")
+    (folder / "config").write_text(f'[core]\n\tbare = true\n[remote "origin"]\n\turl = {remote}\n')
+    (folder / "hooks" / "pre-commit.sample").write_text("#!/bin/sh\nexit 0\n")
+    return folder
+
+
+@pytest.mark.parametrize("where", ["bare", ".git", ".git/hooks"])
+@pytest.mark.parametrize("args", [["--ask", "What is the remote's url?"], ["--file", "config"], ["serve"]])
+def test_a_git_folder_given_as_the_repository_is_refused(codecomplete, tmp_path, where, args):
+    """A bare repository (`proj.git`), a checkout's `.git` or a folder in it has git's own files, no checked-out
+    ones: they were indexed as the repository, and `config` (which may hold a remote's token) went into the prompt
+    of `--ask`, a suggestion or a server's every request. Refused as git refuses (not a work tree), exit 2; a
+    checkout's own folder is served as before."""
+    token = "https://alice:ghp_SECRET@example.com/alice/proj.git"
+    checkout = tmp_path / "proj"
+    checkout.mkdir()
+    (checkout / "main.py").write_text("def main():\n    return 1\n")
+    git = _git_folder(tmp_path / "proj.git" if where == "bare" else checkout / ".git", token)
+    repo = git if where == "bare" else checkout / where
+    argv = ["serve", str(repo), "--port", "0"] if args == ["serve"] else [str(repo), *args]
+    run = codecomplete(*argv, timeout=120)
+    check_error(run, 2, str(repo), "git")
+    assert "ghp_SECRET" not in run.stderr
+    assert codecomplete(checkout, "--file", "main.py", "--max-tokens", "1", "--no-server").returncode == 0
+
+
 def test_model_not_found_exits_2(codecomplete, tmp_path):
     check_error(codecomplete("--model", tmp_path / "nowhere.gguf", "--prompt", "x"), 2, "nowhere.gguf")
 

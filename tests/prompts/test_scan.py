@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 
-from prompts.scan import MAX_FILE_BYTES, ScanWarning, read_source, scan_repository
+from prompts.scan import MAX_FILE_BYTES, ScanWarning, git_folder_around, read_source, scan_repository
 from unreadable import deny_folder
 
 FILES = {
@@ -348,6 +348,25 @@ def test_the_exclude_file_of_a_worktree_or_submodule_is_found_where_its_git_file
     assert _paths(superproject / "sub") == ["b.py"]
     for pointer in (b"gitdir: a\0b\n", b"gitdir: /dev/zero\n", b"gitdir:\n", b"\xff\xfe"):  # nothing to read
         assert _paths(make_repo({".git": pointer, "c.py": "c = 1\n"}, name=f"odd{len(pointer)}")) == ["c.py"]
+
+def test_a_git_folder_is_told_from_a_work_tree_as_git_tells_it(make_repo):
+    """git_folder_around: a bare repository, a checkout's .git and a folder in them (a worktree's own folder, whose
+    objects are its commondir's, too) are git folders, which the app refuses to index; a checkout, a folder of it and
+    a worktree (whose .git is a file) are work trees; a .git folder an archive brought (no HEAD) is no git folder."""
+    git = {"HEAD": "ref: refs/heads/main\n", "objects/.keep": "", "refs/heads/.keep": "", "config": "[core]\n"}
+    bare = make_repo(git, name="bare.git")
+    main = make_repo({**{f".git/{k}": v for k, v in git.items()}, "src/a.py": "a = 1\n",
+                      ".git/worktrees/tree/HEAD": "ref: refs/heads/other\n",
+                      ".git/worktrees/tree/commondir": "../..\n"}, name="main")
+    tree = make_repo({".git": f"gitdir: {main}/.git/worktrees/tree\n", "b.py": "b = 1\n"}, name="tree")
+    unpacked = make_repo({".git/objects/.keep": "", "c.py": "c = 1\n"}, name="unpacked")
+    assert git_folder_around(bare) == bare and git_folder_around(bare / "objects") == bare
+    assert git_folder_around(main / ".git") == main / ".git"
+    assert git_folder_around(main / ".git" / "refs" / "heads") == main / ".git"
+    assert git_folder_around(main / ".git" / "worktrees" / "tree") == main / ".git" / "worktrees" / "tree"
+    for work_tree in (main, main / "src", tree, unpacked, unpacked / ".git"):
+        assert git_folder_around(work_tree) is None, work_tree
+
 
 def test_git_lists_untracked_files_but_not_ignored_ones(make_repo):
     files = {"tracked.py": "t = 1\n", "new.py": "n = 1\n", "skip.py": "s = 1\n", ".gitignore": "skip.py\n"}
