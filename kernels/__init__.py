@@ -10,6 +10,8 @@
 read `kernels.settings` (the environment's kernel settings, as data) on any machine without importing either.
 """
 
+import sys
+
 # Read by codecomplete.errors: another distribution's top-level `kernels` (Hugging Face's, which transformers >= 5.25
 # installs) can hide this one on sys.path, and then the first import of ours fails; this name says whose it is.
 DISTRIBUTION = "codecomplete"
@@ -44,4 +46,10 @@ def __getattr__(name: str):
         return getattr(importlib.import_module("kernels.plan"), name)
     if name in __all__:
         return _kernels()[name]
-    raise AttributeError(f"module 'kernels' has no attribute {name!r}")
+    # (name and obj: Python's "Did you mean" for a mistyped name looks them up, in __dir__'s list)
+    raise AttributeError(f"module 'kernels' has no attribute {name!r}", name=name, obj=sys.modules[__name__])
+
+
+def __dir__() -> list[str]:
+    """The public names too, before they load: tab completion and help() list what `from kernels import` takes."""
+    return sorted({*globals(), *__all__})

@@ -113,6 +113,22 @@ def test_every_launch_plan_field_has_a_type_the_tables_check_knows():
     assert {f.type for f in dataclasses.fields(plan.LaunchPlan)} <= set(plan._PLAN_TYPES)
 
 
+def test_the_lazy_names_are_listed_before_they_load():
+    """dir(kernels) (tab completion, help(), the "Did you mean" of a mistyped name) listed none of the public names
+    until they had loaded; it lists them all and loads nothing, and a mistyped name is said as Python says one."""
+    code = ("import sys, kernels\n"
+            "assert set(kernels.__all__) <= set(dir(kernels)), sorted(set(kernels.__all__) - set(dir(kernels)))\n"
+            "assert 'kernels.interface' not in sys.modules and 'torch' not in sys.modules\n"
+            "try:\n"
+            "    kernels.flash_decod\n"
+            "except AttributeError as exc:\n"
+            "    assert exc.name == 'flash_decod' and exc.obj is kernels, (exc.name, exc.obj)\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    mistyped = subprocess.run([sys.executable, "-c", "import kernels; kernels.flash_decod"], capture_output=True,
+                              text=True)
+    assert "Did you mean: 'flash_decode'?" in mistyped.stderr, mistyped.stderr
+
+
 def test_a_gpu_engine_can_load_the_lazy_kernels_before_it_compiles_or_captures():
     """models.attention.load_kernels (a CUDA engine's start) imports what the first decode step would."""
     code = ("import os, sys; os.environ['TRITON_INTERPRET'] = '1'\n"
