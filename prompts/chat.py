@@ -389,13 +389,22 @@ _SLOT_SPLIT = re.compile("\ue000(\\d+)\ue001")
 
 
 def _render_llama_instruct(tokenizer, encoder: Encoder, system: str, conversation: list[Message]) -> list[int]:
-    """Llama 2 / CodeLlama-Instruct's reference format, turn by turn."""
+    """Llama 2 / CodeLlama-Instruct's reference format, turn by turn: each user message in its own [INST] block and
+    each answer after it, whatever the order of roles, as CodeLlama-Instruct's own template renders them (two
+    questions in a row, an answer that opens the conversation or follows another); the system text opens the first
+    question. Paired by position, a second question in a row was rendered as the model's answer to the first."""
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     turns = [dict(m) for m in conversation]
-    turns[0]["content"] = B_SYS + system + E_SYS + turns[0]["content"]
+    first = next(k for k, m in enumerate(turns) if m["role"] == "user")     # (the last message is a question)
+    turns[first]["content"] = B_SYS + system + E_SYS + turns[first]["content"]
     ids: list[int] = []
-    for user, answer in zip(turns[:-1:2], turns[1::2]):
-        text = f"{B_INST} {user['content'].strip()} {E_INST} {answer['content'].strip()} "
-        ids += [*bos, *encoder.encode_lead(text), *eos]
-    return ids + [*bos, *encoder.encode_lead(f"{B_INST} {turns[-1]['content'].strip()} {E_INST}")]
+    for k, turn in enumerate(turns):
+        answer = turns[k + 1]["content"] if k + 1 < len(turns) and turns[k + 1]["role"] == "assistant" else None
+        if turn["role"] == "user" and answer is None:
+            ids += [*bos, *encoder.encode_lead(f"{B_INST} {turn['content'].strip()} {E_INST}")]
+        elif turn["role"] == "user":
+            ids += [*bos, *encoder.encode_lead(f"{B_INST} {turn['content'].strip()} {E_INST} {answer.strip()} "), *eos]
+        elif k == 0 or turns[k - 1]["role"] != "user":      # an answer to no question: its own text
+            ids += [*(bos if not ids else []), *encoder.encode_lead(f"{turn['content'].strip()} "), *eos]
+    return ids

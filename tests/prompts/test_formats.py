@@ -294,6 +294,36 @@ def test_codellama_instructs_own_template_gives_the_reference_formats_ids(make_r
     assert reference.count(_ids(codellama_tokenizer, ["▁add"])[0]) == 1
 
 
+@pytest.mark.parametrize("roles", [("user", "user"), ("assistant", "user"), ("user", "assistant", "assistant", "user"),
+                                   ("user", "user", "assistant", "user")])
+def test_codellama_instruct_keeps_each_messages_role_whatever_their_order(make_repo, codellama_tokenizer, roles):
+    """Without a chat template, turns were paired by position: a second question in a row was rendered as the
+    model's answer to the first (and asked again), an assistant's opening message as the user's question. Each
+    question is in its own [INST] block and each answer follows one, as CodeLlama-Instruct's own template renders
+    them; where the system text opens the first message, the same ids as that template gives."""
+    from models.loading.hf import sentencepiece_spaces
+
+    index = index_repository(make_repo({"util.py": UTIL}))
+    messages = [{"role": role, "content": f"Message {k} ({role})."} for k, role in enumerate(roles)]
+    plain = copy.deepcopy(codellama_tokenizer)
+    sentencepiece_spaces(plain, True)
+    ids = build_chat_prompt(index, plain, messages, budget_tokens=2000).ids
+    text = plain.decode(ids)
+    for k, role in enumerate(roles):
+        said = f"Message {k} ({role})."
+        assert text.count(said) == 1, text
+        before = text[:text.index(said)].rstrip(" \n")
+        if role == "user":      # (the first question follows the system text in its block)
+            assert before.endswith(("[INST]", "<</SYS>>")), text
+        else:
+            assert not before.endswith("[INST]") and not before.endswith("<</SYS>>"), text
+    assert text.endswith(f"{messages[-1]['content']} [/INST]")
+    if roles[0] == "user":
+        templated = copy.deepcopy(plain)
+        templated.chat_template = CODELLAMA_INSTRUCT_TEMPLATE
+        assert build_chat_prompt(index, templated, messages, budget_tokens=2000).ids == ids
+
+
 def test_chat_templates_without_a_system_role_get_the_context_in_the_first_message(make_repo, starcoder_tokenizer):
     tokenizer = copy.deepcopy(starcoder_tokenizer)
     tokenizer.chat_template = (
