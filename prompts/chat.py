@@ -365,7 +365,10 @@ def _render_template(tokenizer, encoder: Encoder, system: str, conversation: lis
         try:
             text = tokenizer.apply_chat_template([first, *turns[1:]], tokenize=False, add_generation_prompt=True)
         except (TemplateError, TypeError) as exc:
-            raise ChatTemplateError(f"the model's chat template cannot be used ({type(exc).__name__}: {exc})") from None
+            said = f"{type(exc).__name__}: {exc}"
+            if _renders_a_question(tokenizer):     # the template works: it refuses this conversation's roles
+                raise PromptError(f"the model's chat template refuses this conversation ({said})") from None
+            raise ChatTemplateError(f"the model's chat template cannot be used ({said})") from None
     ids: list[int] = []
     pieces = _SLOT_SPLIT.split(text)  # markup, slot number, markup, slot number, ...
     space = ""
@@ -382,6 +385,22 @@ def _render_template(tokenizer, encoder: Encoder, system: str, conversation: lis
             space = ""
             ids += encoder.encode_lead(content) if not ids else encoder.encode(content)
     return ids
+
+
+def _renders_a_question(tokenizer) -> bool:
+    """Whether the chat template renders a lone question (with a system message or without): one that refuses only
+    some conversations (CodeLlama-Instruct's and Llama 2's raise unless user and assistant alternate) is no broken
+    model; the client's conversation is what it refuses (a 400, exit 2), where it was "cannot be used" (a 500)."""
+    from jinja2 import TemplateError
+
+    for messages in ([{"role": "system", "content": "s"}, {"role": "user", "content": "q"}],
+                     [{"role": "user", "content": "q"}]):
+        try:
+            tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return True
+        except (TemplateError, TypeError):
+            pass
+    return False
 
 
 _SLOT = "\ue000{}\ue001"                  # private-use characters: no template or tokenizer gives them a meaning

@@ -358,6 +358,32 @@ def test_a_chat_template_that_cannot_render_is_the_models_failure_not_a_bug(make
     assert classify(error.value)[0] == 1
 
 
+ALTERNATING = ("{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"   # CodeLlama-Instruct's own check
+               "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}")
+
+
+def test_a_template_that_refuses_a_conversations_roles_refuses_the_request_not_the_model(make_repo,
+                                                                                         codellama_tokenizer):
+    """CodeLlama-Instruct's (and Llama 2's) template raises unless user and assistant alternate: two questions in a
+    row from a client were "the model's chat template cannot be used", exit 1 and a server's 500 (which the openai
+    client retries), as for a broken checkpoint. The conversation is what is refused, in the template's words: a
+    PromptError (exit 2, a 400); the alternating one is answered."""
+    from codecomplete.errors import classify
+    from prompts import PromptError
+
+    tokenizer = copy.deepcopy(codellama_tokenizer)
+    tokenizer.chat_template = CODELLAMA_INSTRUCT_TEMPLATE.replace("{% for message in loop_messages %}",
+                                                                  "{% for message in loop_messages %}" + ALTERNATING)
+    index = index_repository(make_repo({"util.py": UTIL}))
+    twice = [{"role": "user", "content": "Hi"}, {"role": "user", "content": "What does helper do?"}]
+    with pytest.raises(PromptError, match="the model's chat template refuses this conversation.*must alternate") \
+            as error:
+        build_chat_prompt(index, tokenizer, twice)
+    assert classify(error.value)[0] == 2
+    answered = [twice[0], {"role": "assistant", "content": "Hello"}, twice[1]]
+    assert tokenizer.decode(build_chat_prompt(index, tokenizer, answered).ids).endswith("What does helper do? [/INST]")
+
+
 def test_a_long_conversation_is_cut_with_a_few_renders_not_one_per_turn(make_repo, smollm2_tokenizer, monkeypatch):
     """20,000 short messages: the turns that fit are found by a binary search (about 15 renders of at most the
     budget's worth of messages); dropping one turn at a time rendered the whole conversation once per turn
