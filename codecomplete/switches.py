@@ -87,6 +87,8 @@ def check_file(name: str, path: str) -> None:
         raise UsageError(f"${name} is {path!r}: {exc.strerror or exc}") from None
     except ValueError as exc:      # (not JSON, or not UTF-8)
         raise UsageError(f"${name} is {path!r}: not a JSON file ({exc})") from None
+    except RecursionError:         # (arrays in arrays, thousands deep: Python's reader gives up)
+        raise UsageError(f"${name} is {path!r}: not a JSON file (it nests too deeply)") from None
     if not isinstance(entries, dict) or not all(isinstance(value, list) for value in entries.values()):
         raise UsageError(f"${name} is {path!r}: not a JSON object of lists, as the kernels' benchmarks write "
                          f"(README: Switches for measuring and debugging)")

@@ -265,6 +265,8 @@ def check_tables(directory: Path) -> None:
             check_table(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError) as exc:        # (not JSON, not UTF-8, unreadable: also ValueErrors or OSErrors)
             raise ValueError(f"{path.name}: {exc}") from None
+        except RecursionError:                      # (arrays in arrays, thousands deep: Python's reader gives up)
+            raise ValueError(f"{path.name}: it nests too deeply to be a plan table") from None
 
 
 @functools.lru_cache(maxsize=8)

@@ -243,6 +243,26 @@ def test_the_kernels_files_and_folder_are_checked_at_start_up(monkeypatch, tmp_p
     assert run.stderr.count("\n") == 1 and "CODECOMPLETE_FUSED_CONFIGS" in run.stderr, run.stderr
 
 
+def test_a_kernels_file_nested_too_deeply_is_said_as_json_that_is_not_theirs(monkeypatch, tmp_path):
+    """A configurations file or plan table of arrays in arrays (a file a tool wrote wrong, or not JSON meant for
+    this): Python's JSON reader ran out of recursion, "internal error: RecursionError" (exit 1, --debug to see).
+    A usage error naming the variable and the file, as any other file that is not the JSON the kernels read."""
+    from codecomplete import switches
+    from codecomplete.errors import UsageError
+
+    deep = tmp_path / "plans" / "deep.json"
+    deep.parent.mkdir()
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    for name in switches.FILES:
+        monkeypatch.setenv(name, str(deep))
+        with pytest.raises(UsageError, match=rf"^\${name} is '{deep}': not a JSON file \(it nests too deeply\)"):
+            switches.check_environment()
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("CODECOMPLETE_PLANS_DIR", str(deep.parent))
+    with pytest.raises(UsageError, match=r"CODECOMPLETE_PLANS_DIR is .*: deep.json: it nests too deeply"):
+        switches.check_environment()
+
+
 def _one_shot(script, env) -> subprocess.CompletedProcess:
     return subprocess.run([str(script), "--prompt", "def f():", "--max-tokens", "1", "--no-server"], env=env,
                           capture_output=True, text=True, timeout=300)
