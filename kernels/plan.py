@@ -218,6 +218,28 @@ TABLE_KINDS = ("bf16", "fp8", "int8")              # shape_key's kinds
 KEY_FIELDS = ("group", "D", "T", "B", "Hkv", "S")   # and its numbers
 _PLAN_TYPES = {"int": int, "str": str, "bool": bool}
 _TYPE_WORDS = {int: "an integer", str: "a string", bool: "true or false"}
+# The values a plan's fields may take, where the kernels refuse others only at a GPU's first call (after the load):
+# tl.arange sizes and warp counts are powers of two, a split count at least 1 (0 launched an empty grid), the
+# partials' dtypes kernels.interface has, the load hints Triton's code generator takes.
+POWERS_OF_TWO = ("block_m", "block_n", "block_d", "num_warps")
+AT_LEAST_ONE = ("num_splits",)
+PARTIALS = ("float32", "bfloat16")
+CACHE_MODIFIERS = ("", ".ca", ".cg", ".cs", ".cv")
+EVICTIONS = ("", "evict_first", "evict_last")
+_CHOICES = {"partials": PARTIALS, "cache_modifier": CACHE_MODIFIERS, "eviction": EVICTIONS}
+
+
+def _value_refused(name: str, value) -> str | None:
+    """Why a plan field's value (of the field's type) cannot launch, or None."""
+    if name in POWERS_OF_TWO and (value < 1 or value & (value - 1)):
+        return "a power of two"
+    if name in AT_LEAST_ONE and value < 1:
+        return "a positive integer"
+    if type(value) is int and value < 0:
+        return "0 or more"
+    if name in _CHOICES and value not in _CHOICES[name]:
+        return "one of " + ", ".join(json.dumps(choice) for choice in _CHOICES[name])
+    return None
 
 
 def check_table(table) -> None:
@@ -247,6 +269,9 @@ def check_table(table) -> None:
                 raise ValueError(f"entries[{i}]: plan: {name} is no field of a launch plan")
             if type(value) is not fields[name]:
                 raise ValueError(f"entries[{i}]: plan: {name} is {json.dumps(value)}, not {_TYPE_WORDS[fields[name]]}")
+            need = _value_refused(name, value)
+            if need is not None:
+                raise ValueError(f"entries[{i}]: plan: {name} is {json.dumps(value)}, not {need}")
         try:
             LaunchPlan(**plan)
         except (TypeError, ValueError) as exc:      # (a field missing; a step_launch it does not know)

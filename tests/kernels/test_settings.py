@@ -104,6 +104,50 @@ def test_a_plan_table_without_its_cards_sm_count_is_named(tmp_path, device):
         plan.check_tables(tmp_path)
 
 
+@pytest.mark.parametrize("field, value, words", [
+    ("num_splits", 0, "num_splits is 0, not a positive integer"),
+    ("block_n", 48, "block_n is 48, not a power of two"),
+    ("block_d", -128, "block_d is -128, not a power of two"),
+    ("num_warps", 3, "num_warps is 3, not a power of two"),
+    ("num_stages", -1, "num_stages is -1, not 0 or more"),
+    ("maxnreg", -8, "maxnreg is -8, not 0 or more"),
+    ("partials", "float64", "partials is \"float64\", not one of \"float32\", \"bfloat16\""),
+    ("cache_modifier", ".cgg", "cache_modifier is \".cgg\", not one of"),
+    ("eviction", "evict_never", "eviction is \"evict_never\", not one of"),
+])
+def test_a_plan_value_the_kernels_cannot_launch_is_named(tmp_path, field, value, words):
+    """check_table took any integer and any string of the right type: a hand-edited table's `partials: "float64"`
+    (a KeyError in kernels.interface), a block of 48 keys or 3 warps (Triton's compile error) or an unknown load
+    hint (Triton's ValueError) failed at a GPU's first attention call, after the model loaded; 0 splits launched an
+    empty grid. Each is named at start-up with the values the kernels take."""
+    import json
+
+    from kernels import plan
+    table = json.loads((plan.PLANS_DIR / "nvidia-h200.json").read_text())
+    table["entries"][2]["plan"][field] = value
+    (tmp_path / "nvidia-h200.json").write_text(json.dumps(table))
+    with pytest.raises(ValueError) as refused:
+        plan.check_tables(tmp_path)
+    assert f"nvidia-h200.json: entries[2]: plan: {words}" in str(refused.value), refused.value
+
+
+def test_the_plans_value_sets_are_those_the_kernels_take():
+    """kernels.plan's sets (which import neither torch nor Triton) against kernels.interface's partial dtypes and
+    the load hints Triton's own code generator takes."""
+    from triton.language import semantic
+
+    from kernels import interface, plan
+    assert set(plan.PARTIALS) == set(interface.PARTIAL_DTYPES)
+    builder = semantic.TritonSemantic.__new__(semantic.TritonSemantic) if hasattr(semantic, "TritonSemantic") \
+        else semantic
+    for hint in plan.CACHE_MODIFIERS:
+        builder._str_to_load_cache_modifier(hint)
+    for hint in plan.EVICTIONS:
+        builder._str_to_eviction_policy(hint)
+    with pytest.raises(ValueError):
+        builder._str_to_eviction_policy("evict_never")
+
+
 def test_every_launch_plan_field_has_a_type_the_tables_check_knows():
     """A LaunchPlan field of a type check_table cannot name would be a KeyError, an internal error at every start-up
     with CODECOMPLETE_PLANS_DIR set."""
