@@ -9,6 +9,7 @@ from prompts.chat import pinnable
 from . import client, engines, render, workspace
 from .errors import UsageError
 from .session import open_session
+from .workspace import read_stdin
 
 DEFAULT_MAX_TOKENS = 512
 HISTORY_SHARE = 0.5     # of the prompt budget, for the earlier turns: the rest stays for the repository's code
@@ -115,13 +116,18 @@ def open_conversation(args) -> Conversation:
 
 
 def run_ask(args) -> None:
+    question = args.ask
+    if question == "-":         # (as --prompt - reads its text: a question piped in, or a file of one)
+        question = read_stdin().rstrip().lstrip("\r\n")
+        if not question.strip():
+            raise UsageError("--ask -: standard input is empty, no question to answer")
     conversation = open_conversation(args)
-    generation = conversation.prompt_for(args.ask)
+    generation = conversation.prompt_for(question)
     packed = generation.prompt
     view = render.choose_view(args, render.markdown_body,
                               info=render.model_label(generation.engine), prompt_tokens=len(packed.ids),
                               noun="context")
-    result = conversation.answer(args.ask, generation, view)
+    result = conversation.answer(question, generation, view)
     if args.json:
         render.emit_json(args.json, render.result_json("answer", result, generation.engine, packed.context))
     engines.exit_if_cancelled(result)

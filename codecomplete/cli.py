@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     task = parser.add_argument_group("what to do (default with REPO: the chat REPL)")
     modes = task.add_mutually_exclusive_group()
     modes.add_argument("--file", metavar="PATH", help="suggest a completion at a cursor in PATH (inside REPO)")
-    modes.add_argument("--ask", metavar="QUESTION", help="answer one question about REPO, no REPL")
+    modes.add_argument("--ask", metavar="QUESTION",
+                       help="answer one question about REPO, no REPL ('-' reads standard input)")
     modes.add_argument("--prompt", metavar="TEXT", help="raw generation from TEXT ('-' reads standard input)")
     modes.add_argument("--bench", action="store_true", help="standard attention against Flash-Decoding")
     task.add_argument("--line", type=_positive_int, metavar="N", help="cursor line, 1-based (default: end of file)")
@@ -324,8 +325,9 @@ PLOT_SUFFIXES = (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".webp")
 
 
 def _check_streams(args: argparse.Namespace, closed: frozenset[str]) -> None:
-    if "stdin" in closed and (args.stdin or args.prompt == "-"):
-        raise UsageError(f"standard input is closed: nothing to read for {'--stdin' if args.stdin else '--prompt -'}")
+    if "stdin" in closed and (args.stdin or args.prompt == "-" or args.ask == "-"):
+        reader = "--stdin" if args.stdin else "--prompt -" if args.prompt == "-" else "--ask -"
+        raise UsageError(f"standard input is closed: nothing to read for {reader}")
     # (--bench's table goes there too, or its JSON with --json -: where only a --plot file is written, it is not needed)
     result = args.file or args.ask or args.prompt is not None
     if "stdout" in closed and (args.json == "-" and (result or args.bench)

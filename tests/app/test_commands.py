@@ -3,6 +3,7 @@ import json
 import subprocess
 
 import pytest
+from test_errors import check_error
 
 CURSOR = ["--file", "app.py", "--line", "5", "--col", "5"]      # in report(), before `area = ...`
 TIMING_KEYS = {"load_s", "prefill_s", "ttft_ms", "decode_tokens_per_s"}
@@ -82,6 +83,19 @@ def test_raw_prompt_from_stdin(codecomplete):
     obj = json.loads(run.stdout)
     check_result_object(obj, "text")
     assert obj["context"] == []
+
+
+def test_a_question_from_stdin(codecomplete, repo):
+    """`--ask -` reads the question from standard input, as `--prompt -` reads its text: it asked the model "-",
+    the piped question unread, and printed an answer about nothing (no repository context) with exit 0. An empty
+    input is refused as `--prompt -`'s is."""
+    run = codecomplete(repo, "--ask", "-", "--max-tokens", "2", "--json", "--no-server",
+                       input="What does area_of_circle compute?\n")
+    assert run.returncode == 0, run.stderr
+    obj = json.loads(run.stdout)
+    check_result_object(obj, "answer")
+    assert "shapes/geometry.py" in [item["path"] for item in obj["context"]], obj["context"]
+    check_error(codecomplete(repo, "--ask", "-", "--no-server", input=" \n"), 2, "--ask -", "standard input is empty")
 
 
 def test_a_healed_prompt_counts_only_the_new_tokens_max_tokens_asked_for(codecomplete):

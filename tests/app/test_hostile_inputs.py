@@ -132,6 +132,7 @@ def test_a_dash_leading_file_name_is_a_value_not_an_option():
 
 @pytest.mark.parametrize("shell, words", [
     ("{cc} --prompt - <&-", ["standard input is closed", "--prompt -"]),
+    ("{cc} {repo} --ask - <&-", ["standard input is closed", "--ask -"]),
     ("{cc} {repo} --file app.py --stdin <&-", ["standard input is closed", "--stdin"]),
     ("{cc} --prompt x >&-", ["standard output is closed"]),
     ("{cc} {repo} --ask why >&-", ["standard output is closed"]),
