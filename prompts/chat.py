@@ -77,14 +77,16 @@ def build_chat_prompt(
     history_share: float = 1.0,
     held: HeldExcerpts | None = None,
 ) -> PackedPrompt:
-    """The prompt for answering the last (user) message of ``messages``, within ``budget_tokens -
-    reserve_tokens``. Pinned files (paths relative to the root) are included first, as much as fits.
+    """The prompt for answering the last (user) message of ``messages``, or for going on with the answer begun by
+    an assistant's message after it (llama.cpp's assistant prefill, a chat client's "continue"), within
+    ``budget_tokens - reserve_tokens``. Pinned files (paths relative to the root) are included first, as much as fits.
     ``history_share``: the part of that the earlier turns may take, the rest kept for the repository's excerpts
     (the question and the exchange before it may take more; room the excerpts leave goes back to the turns); 1:
     the conversation first, as an API client's own context. ``held``: the last prompt's ``held``, whose excerpts
     this one keeps if it continues that conversation and they are still wanted (the module's docstring)."""
-    if not messages or messages[-1].get("role") != "user":
-        raise PromptError("a chat prompt needs the user's message last")
+    if not messages or messages[-1].get("role") not in ("user", "assistant") or not any(
+            m.get("role") == "user" for m in messages):
+        raise PromptError("a chat prompt needs the user's message last (or an answer begun after it, to go on with)")
     encoder = encoder_for(tokenizer)
     limit = budget_tokens - reserve_tokens
     render = _renderer(tokenizer, encoder)
@@ -103,7 +105,7 @@ def build_chat_prompt(
 
     pinned = [_pinned_chunks(index, path) for path in pinned_paths]
     pins = tuple((path, tuple(chunks)) for path, chunks in zip(pinned_paths, pinned))
-    question = shared[-1]["content"]
+    question = next(m["content"] for m in reversed(shared) if m["role"] == "user")
     weights = {name: PINNED_WEIGHT for chunks in pinned for chunk in chunks for name in chunk.references}
     weights.update(_question_weights(whole, defined=index.definers.__contains__))
     query = Query(weights=weights, mentioned=frozenset(_mentioned_files(index, question)))
@@ -265,7 +267,10 @@ def _latest_turns_that_fit(render: Renderer, system: str, conversation: list[Mes
     starts = [0]                                    # where the kept conversation may begin, oldest first
     while starts[-1] < len(conversation) - 1:
         first = starts[-1]
-        starts.append(first + 2 if conversation[first + 1]["role"] == "assistant" else first + 1)
+        following = first + 2 if conversation[first + 1]["role"] == "assistant" else first + 1
+        if following == len(conversation):          # (a question and the answer begun to it: the question's start)
+            break
+        starts.append(following)
     # Every message renders to a token at least: a start leaving more messages than `limit` cannot fit.
     low = next(i for i, start in enumerate(starts) if len(conversation) - start <= max(limit, 1))
     high = len(starts) - 1
@@ -355,15 +360,18 @@ def _render_template(tokenizer, encoder: Encoder, system: str, conversation: lis
     contents = [system, *(m["content"] for m in conversation)]
     slots = [_SLOT.format(i) for i in range(len(contents))]
     turns = [{**m, "content": slot} for m, slot in zip(conversation, slots[1:])]
+    # An answer begun (the last message the assistant's) goes on where it stops: its turn left open, no new one
+    going_on = {"add_generation_prompt": not _answer_begun(conversation), "continue_final_message":
+                _answer_begun(conversation)}
     try:
         text = tokenizer.apply_chat_template(
-            [{"role": "system", "content": slots[0]}, *turns], tokenize=False, add_generation_prompt=True
+            [{"role": "system", "content": slots[0]}, *turns], tokenize=False, **going_on
         )
     except (TemplateError, TypeError):  # (TypeError: a template that is no text, `"chat_template": 5`)
         # A template without a system role: the context goes into the first user message.
         first = {"role": "user", "content": f"{slots[0]}\n\n{slots[1]}"}
         try:
-            text = tokenizer.apply_chat_template([first, *turns[1:]], tokenize=False, add_generation_prompt=True)
+            text = tokenizer.apply_chat_template([first, *turns[1:]], tokenize=False, **going_on)
         except (TemplateError, TypeError) as exc:
             said = f"{type(exc).__name__}: {exc}"
             if _renders_a_question(tokenizer):     # the template works: it refuses this conversation's roles
@@ -385,6 +393,12 @@ def _render_template(tokenizer, encoder: Encoder, system: str, conversation: lis
             space = ""
             ids += encoder.encode_lead(content) if not ids else encoder.encode(content)
     return ids
+
+
+def _answer_begun(conversation: list[Message]) -> bool:
+    """Whether the conversation ends with an answer begun, for the model to go on with (the assistant's message
+    last)."""
+    return bool(conversation) and conversation[-1]["role"] == "assistant"
 
 
 def _renders_a_question(tokenizer) -> bool:
@@ -415,15 +429,19 @@ def _render_llama_instruct(tokenizer, encoder: Encoder, system: str, conversatio
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     turns = [dict(m) for m in conversation]
-    first = next(k for k, m in enumerate(turns) if m["role"] == "user")     # (the last message is a question)
+    first = next(k for k, m in enumerate(turns) if m["role"] == "user")     # (build_chat_prompt: there is one)
     turns[first]["content"] = B_SYS + system + E_SYS + turns[first]["content"]
     ids: list[int] = []
     for k, turn in enumerate(turns):
         answer = turns[k + 1]["content"] if k + 1 < len(turns) and turns[k + 1]["role"] == "assistant" else None
         if turn["role"] == "user" and answer is None:
             ids += [*bos, *encoder.encode_lead(f"{B_INST} {turn['content'].strip()} {E_INST}")]
+        elif turn["role"] == "user" and k + 2 == len(turns):    # an answer begun: it goes on as it stops
+            ids += [*bos, *encoder.encode_lead(f"{B_INST} {turn['content'].strip()} {E_INST} {answer.lstrip()}")]
         elif turn["role"] == "user":
             ids += [*bos, *encoder.encode_lead(f"{B_INST} {turn['content'].strip()} {E_INST} {answer.strip()} "), *eos]
+        elif k + 1 == len(turns) and turns[k - 1]["role"] != "user":    # begun after another answer: goes on
+            ids += encoder.encode_lead(turn["content"].lstrip())
         elif k == 0 or turns[k - 1]["role"] != "user":      # an answer to no question: its own text
             ids += [*(bos if not ids else []), *encoder.encode_lead(f"{turn['content'].strip()} "), *eos]
     return ids

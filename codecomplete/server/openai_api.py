@@ -23,7 +23,8 @@ with `samplers`); vLLM's `repetition_penalty`, over the whole prompt and answer 
 server lacks, typical_p and the like, are refused with 400 unless neutral: samplers.py). `logit_bias` ({"token
 id": -100..100}) is added to the logits before every sampler (logit_bias.py; a bad one is a 400).
 llama.cpp's `n_cache_reuse` and `cache_prompt` are read as on its own routes (samplers.PromptCacheFields).
-Text only: tools (`functions` too), a `tool_choice` that demands a call, tool messages and an assistant's
+A conversation ending with the assistant's message goes on with that answer (llama.cpp's assistant prefill).
+Text only: tools (`functions` too) unless `tool_choice` is "none", tool messages and an assistant's
 `tool_calls` in the history, a `response_format` other than text,
 llama.cpp's `grammar` and `json_schema`, an audio answer and content parts other than text are refused with 400, as
 prose back would pass for what was asked.
@@ -242,7 +243,8 @@ def _chat_request(server, data: dict) -> tuple[ChatRequest, list[dict], Sampling
         raise ApiError(400, "'messages' is required" if "messages" not in data else "Expected 'messages' to be an array")
     body = parse(data, ChatRequest)
     _at_least_one_token(data)
-    if body.tools or body.functions:
+    # (tools a client forbids calling, `tool_choice: "none"`, ask for a text answer: llama.cpp answers so too)
+    if (body.tools and body.tool_choice != "none") or (body.functions and body.function_call != "none"):
         raise ApiError(400, f"tools are not supported: {NO_TOOLS}")
     for name, choice in (("tool_choice", body.tool_choice), ("function_call", body.function_call)):
         if choice not in (None, "none", "auto"):     # it demands a call: prose back would pass for one

@@ -89,3 +89,34 @@ def test_llama_vscodes_agent_gets_a_clear_400_not_a_text_answer(server):
                           {"role": "user", "content": "Thanks."}], "tool_choice": "auto", "max_tokens": 2}
     answer = httpx.post(server.url + "/v1/chat/completions", json=plain, timeout=300)
     assert answer.status_code == 200 and answer.json()["choices"][0]["finish_reason"] in ("stop", "length"), answer.text
+
+
+def test_tools_a_client_forbids_calling_get_a_text_answer(server):
+    """`tool_choice: "none"` asks for text with the tools beside it (llama.cpp answers it as a plain chat); it was the
+    same 400 as a request that wants calls. Tools that may be called (`auto`, or no choice) are still refused."""
+    for forbidding in ({"tools": [READ_FILE], "tool_choice": "none"},
+                       {"functions": [READ_FILE["function"]], "function_call": "none"}):
+        answer = httpx.post(server.url + "/v1/chat/completions",
+                            json={"messages": AGENT_QUERY, "max_tokens": 2, **forbidding}, timeout=300)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["choices"][0]["message"]["role"] == "assistant"
+    answer = httpx.post(server.url + "/v1/chat/completions",
+                        json={"messages": AGENT_QUERY, "max_tokens": 2, "tools": [READ_FILE]}, timeout=300)
+    assert answer.status_code == 400 and "makes no tool calls" in answer.json()["error"]["message"]
+
+
+def test_an_answer_begun_by_the_client_goes_on(server):
+    """llama.cpp's assistant prefill (Open WebUI's "continue"): a conversation that ends with the assistant's message
+    was a 400 ("needs the user's message last"). The prompt now ends with that answer's text, its turn left open,
+    and the reply holds only what follows it, through the openai client as through /apply-template."""
+    from openai import OpenAI
+
+    begun = "It returns the circle's area, math.pi *"
+    messages = [*VSCODE_CHAT, {"role": "assistant", "content": begun}]
+    prompt = httpx.post(server.url + "/apply-template", json={"messages": messages}, timeout=300).json()["prompt"]
+    assert prompt.endswith("<|im_start|>assistant\n" + begun), prompt[-200:]
+    client = OpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0)
+    answer = client.chat.completions.create(model="any", messages=messages, max_tokens=6, temperature=0)
+    tokens = httpx.post(server.url + "/tokenize", json={"content": prompt}, timeout=300).json()["tokens"]
+    assert answer.usage.prompt_tokens == len(tokens)
+    assert answer.choices[0].message.content and not answer.choices[0].message.content.startswith(begun)

@@ -508,3 +508,39 @@ def test_the_smallest_budget_is_the_fewest_tokens_a_completion_prompt_takes(make
         with pytest.raises(BudgetError, match=f"at least {smallest} tokens$"):
             build_completion_prompt(index, tokenizer, path, text="x = 1\n", budget_tokens=smallest - 1,
                                     suffix_first=suffix_first)
+
+
+def test_an_answer_begun_goes_on_where_it_stops(make_repo, smollm2_tokenizer):
+    """llama.cpp's assistant prefill (a chat client's "continue"): a conversation that ends with the assistant's
+    message was refused ("needs the user's message last"); its turn is now left open, the repository context still
+    retrieved for the question before it, and a long conversation keeps the question with the answer begun."""
+    index = index_repository(make_repo({"util.py": UTIL, "main.py": MAIN}))
+    begun = [{"role": "user", "content": "What does helper return?"},
+             {"role": "assistant", "content": "It returns x times two:\n```python\ndef helper(x):"}]
+    packed = build_chat_prompt(index, smollm2_tokenizer, begun, budget_tokens=1000)
+    text = smollm2_tokenizer.decode(packed.ids)
+    assert text.endswith("<|im_start|>user\nWhat does helper return?<|im_end|>\n<|im_start|>assistant\n"
+                         "It returns x times two:\n```python\ndef helper(x):")
+    assert ("util.py", 4, 5) in [(i.path, i.start_line, i.end_line) for i in packed.context]
+    older = [m for k in range(40) for m in ({"role": "user", "content": f"Question {k} about helper?"},
+                                           {"role": "assistant", "content": f"Answer {k}, at some length. " * 4})]
+    cut = build_chat_prompt(index, smollm2_tokenizer, older + begun, budget_tokens=400)
+    assert smollm2_tokenizer.decode(cut.ids).endswith("```python\ndef helper(x):") and len(cut.ids) <= 400
+    assert "What does helper return?" in smollm2_tokenizer.decode(cut.ids)
+    with pytest.raises(PromptError, match="user's message last"):    # an answer to no question
+        build_chat_prompt(index, smollm2_tokenizer, [{"role": "assistant", "content": "x"}])
+
+
+def test_an_answer_begun_in_codellama_instruct_goes_on_as_its_template_renders_it(make_repo, codellama_tokenizer):
+    from models.loading.hf import sentencepiece_spaces
+
+    index = index_repository(make_repo({"util.py": UTIL}))
+    plain = copy.deepcopy(codellama_tokenizer)
+    sentencepiece_spaces(plain, True)
+    begun = [{"role": "user", "content": "What does helper do?"}, {"role": "assistant", "content": "It doubles"}]
+    ids = build_chat_prompt(index, plain, begun, budget_tokens=2000).ids
+    assert plain.decode(ids).endswith("What does helper do? [/INST] It doubles")
+    assert ids[-1] != plain.eos_token_id
+    templated = copy.deepcopy(plain)
+    templated.chat_template = CODELLAMA_INSTRUCT_TEMPLATE
+    assert build_chat_prompt(index, templated, begun, budget_tokens=2000).ids == ids
