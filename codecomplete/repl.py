@@ -304,7 +304,8 @@ class Repl:
                 if classify(exc) is None:
                     raise AppError(f"/model {argument}: cannot load it ({type(exc).__name__}: {exc})") from exc
                 raise
-            conversation.session.engine, conversation.args = engine, args
+            conversation.session.use(engine)
+            conversation.args = args
             self.last_rate = 0.0        # the toolbar's tok/s was the old model's
             # The old model's weights go now, not at Python's next full collection: the last answer's live view
             # is a reference cycle that holds its generation, and so the old engine.

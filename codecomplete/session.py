@@ -111,6 +111,14 @@ class Session:
     def index(self):
         return self._index.index if self._index is not None else None
 
+    def use(self, engine) -> None:
+        """Generate with `engine` from now on (the REPL's /model), forgetting the prompts held for the next
+        request: their chunks were chosen and counted with the old model's tokenizer, and the new model's cache
+        holds none of them."""
+        self.engine = engine
+        self._last.clear()
+        self._chats.clear()
+
     # ---- operations ---------------------------------------------------------------------------
 
     def complete(self, path: str, *, text: str | None = None, line: int | None = None, col: int | None = None,
