@@ -96,6 +96,8 @@ def source_file(root: Path, path: str, max_file_bytes: int = MAX_FILE_BYTES) -> 
     folders = path.split("/")[:-1]
     if _skipped_by_name(path) or any(os.path.islink(root.joinpath(*folders[:n])) for n in range(1, len(folders) + 1)):
         return None
+    if any(_git_folder_inside(os.path.join(root, *folders[:n - 1]), folders[n - 1]) for n in range(1, len(folders) + 1)):
+        return None         # (in a git folder, which the walk never enters)
     return _stat(root, path, max_file_bytes)
 
 
@@ -258,7 +260,15 @@ def _kept_folders(directory: str, prefix: str, names: Iterable[str], rules: Igno
     """The folders named ``names`` in ``directory`` (``prefix``: its path below the root, with a "/") that the walk
     enters, sorted."""
     return sorted(d for d in names if d not in SKIPPED_DIRS and not _is_link(os.path.join(directory, d))
-                  and not rules.ignored(prefix + d, is_dir=True))
+                  and not rules.ignored(prefix + d, is_dir=True) and not _git_folder_inside(directory, d))
+
+
+def _git_folder_inside(directory: str, name: str) -> bool:
+    """Whether the folder ``name`` in ``directory`` is a git folder (a bare repository committed as files, such as
+    ``vendor/tool.git``): git's files, not sources, whose config may hold a remote's token, as a checkout's
+    ``.git`` (skipped by name) may."""
+    folder = os.path.join(directory, name)
+    return os.path.isfile(os.path.join(folder, "HEAD")) and _is_git_dir(Path(folder))
 
 
 def _kept_files(prefix: str, names: Iterable[str], rules: IgnoreRules) -> Iterator[str]:

@@ -6,7 +6,8 @@ import warnings
 
 import pytest
 
-from prompts.scan import MAX_FILE_BYTES, ScanWarning, git_folder_around, read_source, scan_repository
+from prompts.scan import (MAX_FILE_BYTES, ScanWarning, git_folder_around, list_folder, read_source, repository_rules,
+                          scan_repository, source_file)
 from unreadable import deny_folder
 
 FILES = {
@@ -366,6 +367,19 @@ def test_a_git_folder_is_told_from_a_work_tree_as_git_tells_it(make_repo):
     assert git_folder_around(main / ".git" / "worktrees" / "tree") == main / ".git" / "worktrees" / "tree"
     for work_tree in (main, main / "src", tree, unpacked, unpacked / ".git"):
         assert git_folder_around(work_tree) is None, work_tree
+
+
+def test_a_git_folder_inside_the_repository_is_not_indexed(make_repo):
+    """A bare repository committed as files (vendor/tool.git) was indexed as any folder, its config (a remote's URL
+    with a token) and hook samples included: git's files, like a checkout's .git, which is skipped by name."""
+    git = {"HEAD": "ref: refs/heads/main\n", "objects/.keep": "", "refs/heads/.keep": "",
+           "config": '[remote "origin"]\n\turl = https://me:ghp_secret@example.com/tool.git\n',
+           "hooks/pre-commit.sample": "#!/bin/sh\nexit 0\n"}
+    root = make_repo({"src/a.py": "a = 1\n", **{f"vendor/tool.git/{k}": v for k, v in git.items()},
+                      "notes/HEAD": "not a git folder's\n"})
+    assert _paths(root) == ["notes/HEAD", "src/a.py"]
+    assert source_file(root, "vendor/tool.git/config") is None and source_file(root, "src/a.py") is not None
+    assert list_folder(root, "vendor", repository_rules(root)) == ([], [])
 
 
 def test_git_lists_untracked_files_but_not_ignored_ones(make_repo):
