@@ -96,8 +96,9 @@ def source_file(root: Path, path: str, max_file_bytes: int = MAX_FILE_BYTES) -> 
     folders = path.split("/")[:-1]
     if _skipped_by_name(path) or any(os.path.islink(root.joinpath(*folders[:n])) for n in range(1, len(folders) + 1)):
         return None
-    if any(_git_folder_inside(os.path.join(root, *folders[:n - 1]), folders[n - 1]) for n in range(1, len(folders) + 1)):
-        return None         # (in a git folder, which the walk never enters)
+    if any(os.path.isfile(root.joinpath(*folders[:n], "HEAD")) and _is_git_dir(root.joinpath(*folders[:n]))
+           for n in range(1, len(folders) + 1)):
+        return None         # (in a git folder, which the walk leaves out)
     return _stat(root, path, max_file_bytes)
 
 
@@ -252,6 +253,9 @@ def _walk(root: Path, rules: IgnoreRules) -> Iterator[str]:
         if prefix.count("/") >= MAX_DEPTH and dirnames:  # os.walk recurses: a hostile depth would overflow it
             _warn(relative, f"folders nested deeper than {MAX_DEPTH} levels")
             dirnames.clear()
+        if prefix and _a_git_folder(directory, filenames):
+            dirnames.clear()
+            continue
         dirnames[:] = _kept_folders(directory, prefix, dirnames, rules)
         yield from _kept_files(prefix, filenames, rules)
 
@@ -260,15 +264,14 @@ def _kept_folders(directory: str, prefix: str, names: Iterable[str], rules: Igno
     """The folders named ``names`` in ``directory`` (``prefix``: its path below the root, with a "/") that the walk
     enters, sorted."""
     return sorted(d for d in names if d not in SKIPPED_DIRS and not _is_link(os.path.join(directory, d))
-                  and not rules.ignored(prefix + d, is_dir=True) and not _git_folder_inside(directory, d))
+                  and not rules.ignored(prefix + d, is_dir=True))
 
 
-def _git_folder_inside(directory: str, name: str) -> bool:
-    """Whether the folder ``name`` in ``directory`` is a git folder (a bare repository committed as files, such as
-    ``vendor/tool.git``): git's files, not sources, whose config may hold a remote's token, as a checkout's
-    ``.git`` (skipped by name) may."""
-    folder = os.path.join(directory, name)
-    return os.path.isfile(os.path.join(folder, "HEAD")) and _is_git_dir(Path(folder))
+def _a_git_folder(directory: str, file_names: Iterable[str]) -> bool:
+    """Whether ``directory``, whose files are ``file_names``, is a git folder (a bare repository committed as files,
+    such as ``vendor/tool.git``): git's files, not sources, whose config may hold a remote's token, as a checkout's
+    ``.git`` (skipped by name) may. The walk leaves it out as it lists it: no look into other folders."""
+    return "HEAD" in file_names and _is_git_dir(Path(directory))
 
 
 def _kept_files(prefix: str, names: Iterable[str], rules: IgnoreRules) -> Iterator[str]:
@@ -292,6 +295,8 @@ def list_folder(root: Path, folder: str, rules: IgnoreRules, max_file_bytes: int
     except OSError:
         return None
     prefix = folder + "/" if folder else ""
+    if prefix and _a_git_folder(directory, (n for n, is_dir in names if not is_dir)):
+        return [], []
     folders = [prefix + d for d in _kept_folders(directory, prefix, (n for n, is_dir in names if is_dir
                                                                      and prefix + n not in known_folders), rules)
                ] if len(parts) < MAX_DEPTH else []

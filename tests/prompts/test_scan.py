@@ -379,7 +379,7 @@ def test_a_git_folder_inside_the_repository_is_not_indexed(make_repo):
                       "notes/HEAD": "not a git folder's\n"})
     assert _paths(root) == ["notes/HEAD", "src/a.py"]
     assert source_file(root, "vendor/tool.git/config") is None and source_file(root, "src/a.py") is not None
-    assert list_folder(root, "vendor", repository_rules(root)) == ([], [])
+    assert list_folder(root, "vendor/tool.git", repository_rules(root)) == ([], [])    # (a server's sweep)
 
 
 def test_git_lists_untracked_files_but_not_ignored_ones(make_repo):
