@@ -526,19 +526,26 @@ def test_a_follow_up_prefills_only_itself(engine, tmp_path):
     assert result.prompt_tokens - result.reused_prefix_tokens < 30
 
 
-def test_a_model_switch_forgets_the_prompts_held(engine, tmp_path):
-    """After /model the session holds no prompt of the old model's: its excerpts were counted with the old tokenizer
-    (/context showed those counts) and the new model's cache holds none of them. A follow-up is built afresh."""
+def _asked_once(engine, root):
+    """A session over two modules that answered one question about encode_floats_3, its sampling, and a follow-up
+    to that question."""
     from codecomplete.session import Sampling
 
-    root = tmp_path / "repo"
     conversation = conversation_over(engine, root, {f"{topic}.py": "\n\n".join(
         f"def {topic}_{k}(value, limit):\n    return value * {k} + limit\n" for k in range(40))
         for topic in ("encode_floats", "read_until")}, max_tokens=8)
     session, sampling = conversation.session, Sampling(max_tokens=8)
     first = [{"role": "user", "content": "How does encode_floats_3 use its limit?"}]
-    follow_up = [*first, {"role": "assistant", "content": "It adds it. " * 20}, {"role": "user", "content": "Why?"}]
     session.chat(first, sampling=sampling)
+    return session, sampling, [*first, {"role": "assistant", "content": "It adds it. " * 20},
+                               {"role": "user", "content": "Why?"}]
+
+
+def test_a_model_switch_forgets_the_prompts_held(engine, tmp_path):
+    """After /model the session holds no prompt of the old model's: its excerpts were counted with the old tokenizer
+    (/context showed those counts) and the new model's cache holds none of them. A follow-up is built afresh."""
+    root = tmp_path / "repo"
+    session, sampling, follow_up = _asked_once(engine, root)
     session.complete("encode_floats.py", line=3, sampling=sampling)
     alone = Session(engine, workspace.index(root)).chat(follow_up, sampling=sampling).prompt.ids
     session.use(engine)     # (the same model again: what is held goes all the same)
@@ -548,16 +555,8 @@ def test_a_model_switch_forgets_the_prompts_held(engine, tmp_path):
 def test_a_chat_that_is_not_sticky_is_built_as_by_a_session_without_history(engine, tmp_path):
     """The native route's chat (--ask through a server) prints what it would print alone: it neither holds from the
     chat before it nor is held from."""
-    from codecomplete.session import Sampling
-
     root = tmp_path / "repo"
-    conversation = conversation_over(engine, root, {f"{topic}.py": "\n\n".join(
-        f"def {topic}_{k}(value, limit):\n    return value * {k} + limit\n" for k in range(40))
-        for topic in ("encode_floats", "read_until")}, max_tokens=8)
-    session, sampling = conversation.session, Sampling(max_tokens=8)
-    first = [{"role": "user", "content": "How does encode_floats_3 use its limit?"}]
-    follow_up = [*first, {"role": "assistant", "content": "It adds it. " * 20}, {"role": "user", "content": "Why?"}]
-    session.chat(first, sampling=sampling)
+    session, sampling, follow_up = _asked_once(engine, root)
     alone = Session(engine, workspace.index(root)).chat(follow_up, sampling=sampling).prompt.ids
     assert session.chat(follow_up, sampling=sampling, sticky=False).prompt.ids == alone
     assert session.chat(follow_up, sampling=sampling).prompt.ids != alone      # (the sticky one holds, or leaves room)
