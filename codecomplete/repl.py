@@ -12,6 +12,7 @@ import gc
 import os
 import re
 import sys
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from rich.text import Text
 from prompts.scan import lies_within
 
 from . import chat, engines, render, workspace
+from .cancel import CancelOnSigint
 from .errors import AppError, UsageError, classify, one_line, printable
 from .session import open_session
 
@@ -188,6 +190,7 @@ class Repl:
 
     def run(self) -> None:
         self.console.print(self._welcome())
+        self._warm_up()
         while True:
             try:
                 typed = self.session.prompt("› ")
@@ -214,6 +217,23 @@ class Repl:
                 if known is None:
                     raise
                 self.console.print(Text(f"error: {one_line(known[1])}", style="red"))
+
+    def _warm_up(self) -> None:
+        """On a GPU, build the decode steps now (Session.warm_up), as the server does before it serves, not inside
+        the first answers: a process that warmed nothing captured its verification step inside a follow-up (11.7 s
+        to the first token, CodeLlama-7B shape on an H100) or inside an answer's first speculative step. On this
+        thread, which runs every answer. Ctrl-C skips the rest."""
+        if not self._builds_ahead():
+            return
+        started = time.perf_counter()
+        with render.status("warming up the model on the GPU (Ctrl-C skips it)"), CancelOnSigint() as cancel:
+            done = self.conversation.session.warm_up(should_stop=cancel)
+        self.console.print(Text(f"warmed up {', '.join(done)} in {time.perf_counter() - started:.1f} s"
+                                + (" (skipped the rest)" if cancel() else ""), style="dim"))
+
+    def _builds_ahead(self) -> bool:
+        """Whether the model's steps are built ahead of use: with CUDA graphs (a CPU's steps cost no setup)."""
+        return bool(getattr(self.conversation.engine, "use_cuda_graphs", False))
 
     def ask(self, question: str) -> None:
         for reason in self.conversation.unpin_gone():
@@ -310,6 +330,7 @@ class Repl:
             # The old model's weights go now, not at Python's next full collection: the last answer's live view
             # is a reference cycle that holds its generation, and so the old engine.
             gc.collect()
+            self._warm_up()
         engine = conversation.engine
         self.console.print(Text(f"{render.model_label(engine)} · context {engine.context_length:,} tokens"
                                 f" (trained on {engine.model_max_positions:,}) · loaded in {engine.load_s:.1f} s"))

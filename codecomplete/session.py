@@ -234,6 +234,20 @@ class Session:
             return self._generation(packed, sampling)
         return self._generation(PackedPrompt(list(prompt), [], [], [], "raw"), sampling)
 
+    def warm_up(self, should_stop: Callable[[], bool] = lambda: False) -> list[str]:
+        """Build what a GPU engine would otherwise build inside a request, seconds each: the decode step (one short
+        generation compiles and captures it), the step that verifies drafts and the one that feeds a longer edit
+        (`Engine.warm_speculation`, `warm_wide_tail`; without them the first speculative step stalls its answer, and
+        a prompt's tail takes the slower ways). On the thread that runs the engine afterwards: some of it is kept per
+        thread (cuDNN's plans). `should_stop()`: the rest is skipped, between steps. Returns what it built."""
+        self.raw("def main():", sampling=Sampling(max_tokens=4)).run(should_stop=should_stop)
+        done = ["the decode step"]
+        for warm, what in ((self.engine.warm_speculation, "the step that verifies drafts"),
+                           (self.engine.warm_wide_tail, "the step that feeds a longer edit")):
+            if not should_stop() and warm():
+                done.append(what)
+        return done
+
     def warm_prompt(self, path: str, *, line: int, budget: int) -> None:
         """Build, and throw away, the completion prompt at `line` of `path` as it is on disk: the pieces a first
         request there tokenizes and the outlines it parses are remembered afterwards (codecomplete/server/warming.py).

@@ -29,7 +29,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from .. import chat, client, switches, workspace
 from ..cli import package_version
 from ..errors import AppError, Stopped, UsageError
-from ..session import Sampling, open_session
+from ..session import open_session
 from . import native, warming
 from .app import CUT, MAX_HEAD_BYTES, Server, create_app, head_error
 from .bodies import MAX_BODY_BYTES
@@ -522,22 +522,17 @@ def _listen(host: str, port: int) -> socket.socket:
 
 def _warm_up(session, budget: int, warmer: PromptWarmer | None, cache_ram_mib: int,
              should_stop=lambda: False) -> str:
-    """Before serving, so that first requests do not pay for one-time setup: one short generation (compiling and
-    capturing the decode step), one prefill of each span that prompts of about the server's size take (on CUDA:
+    """Before serving, so that first requests do not pay for one-time setup: the session's warm-up (the decode
+    steps compiled and captured: `Session.warm_up`), one prefill of each span that prompts of about the server's size take (on CUDA:
     compiling prefill's dense parts where the engine can, and each span's kernels and attention plan), and the
     prompt caches for a few seconds at most (prompt building only: no model call). The KV prompt cache (--cache-ram)
     starts after the warm-up's generations, so that it saves none of their filler. Returns what it did, for the
     log. `should_stop()` (a stop signal came meanwhile): the rest is skipped, between its steps."""
     started = time.perf_counter()
-    session.raw("def main():", sampling=Sampling(max_tokens=4)).run(should_stop=should_stop)
-    done = ["the decode step"]
+    done = session.warm_up(should_stop)
     engine = session.engine
     if should_stop():
         return "stopped during the warm-up"
-    if engine.warm_speculation():
-        done.append("the step that verifies drafts")
-    if engine.warm_wide_tail():
-        done.append("the step that feeds a longer edit")
     engine.compile_prefill = engine.prefill_compilable      # worth its compilation in a long-lived process
     if engine.compile_prefill:
         done.append("the compiled prefill")

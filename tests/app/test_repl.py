@@ -560,3 +560,35 @@ def test_a_chat_that_is_not_sticky_is_built_as_by_a_session_without_history(engi
     alone = Session(engine, workspace.index(root)).chat(follow_up, sampling=sampling).prompt.ids
     assert session.chat(follow_up, sampling=sampling, sticky=False).prompt.ids == alone
     assert session.chat(follow_up, sampling=sampling).prompt.ids != alone      # (the sticky one holds, or leaves room)
+
+
+def test_on_a_gpu_the_repl_warms_the_model_up_before_the_first_question(conversation, tmp_path, monkeypatch):
+    """A process that warmed nothing built its decode steps inside its answers: a chat follow-up's 22 new tokens
+    waited 11.7 s for the verification step's capture (CodeLlama-7B shape, an H100; bench/results/NOTES.md, Run 45).
+    The REPL now warms up as the server does (Session.warm_up) before its first prompt, and again after /model; a
+    CPU builds nothing ahead."""
+    warmed = []
+
+    def warm_up(session, should_stop=lambda: False):
+        warmed.append(session.engine)
+        return ["the decode step", "the step that verifies drafts"]
+    monkeypatch.setattr(Session, "warm_up", warm_up)
+    assert "warmed up" not in drive(conversation, ["/exit\r"], tmp_path / "history") and warmed == []  # a CPU
+    monkeypatch.setattr(repl.Repl, "_builds_ahead", lambda self: True)    # (as on a GPU: CUDA graphs)
+    engine = conversation.engine
+    monkeypatch.setattr(repl.engines, "load", lambda args, max_new_tokens: engine)
+    printed = drive(conversation, ["/model again\r", "/exit\r"], tmp_path / "history")
+    assert warmed == [engine, engine]       # before the first prompt, and after /model
+    assert printed.count("warmed up the decode step, the step that verifies drafts in ") == 2, printed
+
+
+def test_the_sessions_warm_up_builds_each_step_once_and_stops_between_them(conversation, monkeypatch):
+    """Session.warm_up, the server's and the REPL's: a short generation (the decode step), then the verifying and
+    the wide steps where the engine builds them (a CPU's engine does not); a stop asked skips the rest."""
+    session, engine = conversation.session, conversation.engine
+    calls = []
+    monkeypatch.setattr(engine, "warm_speculation", lambda: calls.append("verify") or True)
+    monkeypatch.setattr(engine, "warm_wide_tail", lambda: calls.append("wide") or False)
+    assert session.warm_up() == ["the decode step", "the step that verifies drafts"] and calls == ["verify", "wide"]
+    calls.clear()
+    assert session.warm_up(should_stop=lambda: True) == ["the decode step"] and calls == []
