@@ -119,6 +119,17 @@ def test_chat_multi_turn_with_a_system_message_whole_and_streamed(client):
     assert parts[-1].eval_count == whole.eval_count
 
 
+def test_chat_goes_on_with_an_answer_begun(client):
+    """Ollama continues an assistant's message that ends the conversation (Open WebUI's "continue"): a 400 here
+    before. The answer holds only what follows it, and the prompt read ends with it."""
+    question = [{"role": "user", "content": "What is a list in Python?"}]
+    begun = [*question, {"role": "assistant", "content": "A list is an ordered,"}]
+    asked, going_on = client.chat(MODEL, question, options=GREEDY), client.chat(MODEL, begun, options=GREEDY)
+    assert going_on.message.role == "assistant" and going_on.message.content
+    assert not going_on.message.content.startswith("A list is an ordered,")
+    assert going_on.prompt_eval_count > asked.prompt_eval_count     # (the answer begun is read, its turn left open)
+
+
 def test_chat_logprobs_parse_into_the_clients_logprob_model(client):
     question = [{"role": "user", "content": "Say hello."}]
     answer = client.chat(MODEL, question, logprobs=True, top_logprobs=3, options=GREEDY)
