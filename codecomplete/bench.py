@@ -106,7 +106,8 @@ def measure_variants(engine, backend, contexts, ids, decode_tokens, progress, sp
     variants = [(kind, kind, 0) for kind in ("fp8", "int8") if kind != base_cache]
     if speculate != 0:      # --speculate 0 turned it off: a "speculate 0" column would time the plain run again
         drafts = speculate if speculate is not None else engine.speculate
-        variants.append((f"speculate {drafts}", base_cache, speculate))
+        variants.append((f"speculate {drafts}", base_cache, drafts))   # (the depth named: the default is only
+                                                                          # taken once the process captured its step)
     rows = []
     for label, cache, depth in variants:
         engine.set_kv_cache(None if cache not in ("fp8", "int8") else cache)

@@ -353,11 +353,16 @@ class Engine:
         return self._steps[batch, width]
 
     def _speculation_depth(self, config: GenerationConfig, batch: int) -> int:
-        """Drafts per step for this request: 0 (plain decoding) for a batch, else the config's or the default."""
+        """Drafts per step for this request: 0 (plain decoding) for a batch, else the config's or the default; the
+        default with graphs only once the verifying step is captured (`warm_speculation`: a long-lived process, the
+        server or the REPL, captures it at its start). Its first capture inside an answer cost 2.2-7.1 s on an H200
+        (Run 34), more than speculation saves a one-shot answer (a completion decodes in ~0.2 s)."""
         k = self.speculate if config.speculate is None else config.speculate
         if not 0 <= k <= MAX_SPECULATE:
             raise ValueError(f"speculate must be 0..{MAX_SPECULATE} draft tokens per step, got {k}")
         one_a_step = config.logprobs is not None or config.mirostat     # (mirostat's mu moves with each token)
+        if config.speculate is None and k and self._graphs_enabled and not self._captured(1 + k):
+            return 0
         return k if batch == 1 and not one_a_step else 0
 
     # ---- generation --------------------------------------------------------------------------

@@ -165,6 +165,21 @@ def test_the_wide_tail_is_offered_once_its_graph_is_captured(smollm_engine, monk
     assert smollm_engine.tail_plan() == (narrow,)
 
 
+def test_the_default_speculation_waits_for_its_step_to_be_captured(smollm_engine, monkeypatch):
+    """With graphs (a GPU), the default depth speculates only once the verifying step is captured: its first capture
+    inside an answer (2.2-7.1 s on an H200) cost a one-shot run more than speculation saves it. A depth asked for
+    (`--speculate`, a benchmark's) is taken at once; a CPU has nothing to capture."""
+    config = GenerationConfig()
+    k = smollm_engine.speculate
+    assert k and smollm_engine._speculation_depth(config, 1) == k            # a CPU
+    monkeypatch.setattr(smollm_engine, "_graphs_enabled", True)
+    monkeypatch.setattr(smollm_engine, "_steps", {})
+    assert smollm_engine._speculation_depth(config, 1) == 0
+    assert smollm_engine._speculation_depth(dataclasses.replace(config, speculate=3), 1) == 3
+    smollm_engine._steps[1, 1 + k] = type("Step", (), {"graphs": {None: "graph"}})()    # `warm_speculation`
+    assert smollm_engine._speculation_depth(config, 1) == k
+
+
 @pytest.mark.parametrize("speculate, lookahead", [(None, False), (0, False), (0, True)],
                          ids=["speculative", "plain", "plain-lookahead"])
 def test_the_cache_also_holds_the_generated_tokens(smollm_engine, full_run, speculate, lookahead, monkeypatch):
