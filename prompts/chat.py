@@ -264,11 +264,12 @@ def _latest_turns_that_fit(render: Renderer, system: str, conversation: list[Mes
     the client's, to be named where it alone leaves the question no room). Found by a binary search over where to
     start: dropping one turn at a time rendered the whole conversation once per turn, and 20,000 short messages
     (700 KB) kept the engine busy for minutes."""
+    asked = max((k for k, m in enumerate(conversation) if m["role"] == "user"), default=len(conversation) - 1)
     starts = [0]                                    # where the kept conversation may begin, oldest first
     while starts[-1] < len(conversation) - 1:
         first = starts[-1]
         following = first + 2 if conversation[first + 1]["role"] == "assistant" else first + 1
-        if following == len(conversation):          # (a question and the answer begun to it: the question's start)
+        if following > asked:       # (never past the question: the answer begun after it, or two, go with it)
             break
         starts.append(following)
     # Every message renders to a token at least: a start leaving more messages than `limit` cannot fit.

@@ -531,6 +531,29 @@ def test_an_answer_begun_goes_on_where_it_stops(make_repo, smollm2_tokenizer):
         build_chat_prompt(index, smollm2_tokenizer, [{"role": "assistant", "content": "x"}])
 
 
+@pytest.mark.parametrize("tokenizer", ["smollm2_tokenizer", "codellama_tokenizer"])
+def test_an_answer_begun_after_another_is_cut_with_its_question(make_repo, request, tokenizer):
+    """An answer begun after another answer (user, assistant, assistant): where the conversation did not fit, the
+    latest start that might was the second answer alone, no question left: a StopIteration (a 500) or a prompt
+    without the question. It keeps the question, as the answer begun right after one does."""
+    tokenizer = request.getfixturevalue(tokenizer)
+    index = index_repository(make_repo({"util.py": UTIL, "main.py": MAIN}))
+    conversation = [{"role": "user", "content": "What does helper return? " * 10},
+                    {"role": "assistant", "content": "It returns its argument twice. " * 10},
+                    {"role": "assistant", "content": "And so"}]
+    whole = len(build_chat_prompt(index, tokenizer, conversation, budget_tokens=4000).ids)
+    refused = 0
+    for budget in range(20, whole, 10):
+        try:
+            packed = build_chat_prompt(index, tokenizer, conversation, budget_tokens=budget)
+        except PromptError as exc:
+            assert "does not fit" in str(exc)
+            refused += 1
+            continue
+        assert "What does helper return?" in tokenizer.decode(packed.ids) and len(packed.ids) <= budget
+    assert 0 < refused < len(range(20, whole, 10))
+
+
 def test_an_answer_begun_in_codellama_instruct_goes_on_as_its_template_renders_it(make_repo, codellama_tokenizer):
     from models.loading.hf import sentencepiece_spaces
 
