@@ -209,9 +209,15 @@ def _continues(held: HeldExcerpts, messages: Sequence[Message], pins) -> bool:
 
 def _same_start(held: HeldExcerpts, messages: Sequence[Message]) -> bool:
     """Whether ``messages`` are the ones ``held`` answered, then more, or none more (the same request again, a retry
-    or a prompt only looked at, gets the same prompt)."""
-    return (len(messages) >= len(held.messages)
-            and all((m["role"], m["content"]) == past for m, past in zip(messages, held.messages)))
+    or a prompt only looked at, gets the same prompt). An answer ``held`` went on with (the assistant's message
+    last) may come back longer: the client's next turn carries it whole, begun and then the model's words."""
+    if len(messages) < len(held.messages):
+        return False
+    *before, (role, content) = held.messages
+    last = messages[len(before)]
+    return (all((m["role"], m["content"]) == past for m, past in zip(messages, before))
+            and last["role"] == role and (last["content"] == content
+                                          or role == "assistant" and last["content"].startswith(content)))
 
 
 def _still_wanted(index: RepoIndex, held: HeldExcerpts, fresh: Sequence[Chunk], scores) -> bool:

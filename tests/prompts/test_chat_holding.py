@@ -256,3 +256,19 @@ def test_a_long_conversation_drops_its_older_turns_a_step_at_a_time(index, smoll
     read_whole = [k for k in range(cuts[0] + 1, len(prompts)) if prompts[k].ids[:len(prompts[k - 1].ids)]
                   != prompts[k - 1].ids]
     assert len(read_whole) <= (len(prompts) - cuts[0]) // 3, read_whole     # not every turn, as it was
+
+
+def test_the_turn_after_an_answer_begun_holds_its_excerpts(index, smollm2_tokenizer):
+    """A client's "continue" (the answer begun, the assistant's message last) is remembered with the answer as it
+    was begun; the client's next turn carries that answer whole (begun, then the model's words), which matched no
+    conversation held: its excerpts were chosen again and the whole prompt read again."""
+    second, before = _second_turn(index, smollm2_tokenizer)
+    going_on = _turn(index, smollm2_tokenizer, [*second, _answer("It adds the limit")], held=before.held)
+    assert going_on.context == before.context
+    follow_up = [*second, _answer("It adds the limit, then calls the next step with the sum."), _ask("Why?")]
+    assert continued([going_on.held], follow_up) is going_on.held
+    after = _turn(index, smollm2_tokenizer, follow_up, held=going_on.held)
+    assert after.context == going_on.context
+    # (an answer that is not the one begun, or a question in its place, continues nothing)
+    assert continued([going_on.held], [*second, _answer("It subtracts it."), _ask("Why?")]) is None
+    assert continued([going_on.held], [*second, _ask("It adds the limit, then?")]) is None
