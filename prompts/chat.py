@@ -375,10 +375,12 @@ def _render_template(tokenizer, encoder: Encoder, system: str, conversation: lis
             [{"role": "system", "content": slots[0]}, *turns], tokenize=False, **going_on
         )
     except (TemplateError, TypeError):  # (TypeError: a template that is no text, `"chat_template": 5`)
-        # A template without a system role: the context goes into the first user message.
-        first = {"role": "user", "content": f"{slots[0]}\n\n{slots[1]}"}
+        # A template without a system role: the context goes into the first user message (an answer before it,
+        # a client's greeting, stays the assistant's).
+        first = next(k for k, m in enumerate(turns) if m["role"] == "user")     # (build_chat_prompt: there is one)
+        merged = [*turns[:first], {"role": "user", "content": f"{slots[0]}\n\n{slots[first + 1]}"}, *turns[first + 1:]]
         try:
-            text = tokenizer.apply_chat_template([first, *turns[1:]], tokenize=False, **going_on)
+            text = tokenizer.apply_chat_template(merged, tokenize=False, **going_on)
         except (TemplateError, TypeError) as exc:
             said = f"{type(exc).__name__}: {exc}"
             if _renders_a_question(tokenizer):     # the template works: it refuses this conversation's roles

@@ -338,6 +338,23 @@ def test_chat_templates_without_a_system_role_get_the_context_in_the_first_messa
     assert text.endswith("What does helper do?</user><assistant>")
 
 
+def test_a_template_without_a_system_role_keeps_an_opening_answers_role(make_repo, starcoder_tokenizer):
+    """A conversation a client opens with the assistant's greeting: the context went into its first message made a
+    user's, the greeting rendered as the user's words. The context goes into the first question, each message keeps
+    its role (as without a template: test_codellama_instruct_keeps_each_messages_role_whatever_their_order)."""
+    tokenizer = copy.deepcopy(starcoder_tokenizer)
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}"
+        "<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>{% endfor %}<assistant>"
+    )
+    index = index_repository(make_repo({"util.py": UTIL}))
+    messages = [{"role": "assistant", "content": "Hello, ask me about the code."},
+                {"role": "user", "content": "What does helper do?"}]
+    text = tokenizer.decode(build_chat_prompt(index, tokenizer, messages).ids)
+    assert text.startswith("<assistant>Hello, ask me about the code.</assistant><user>You are a coding assistant")
+    assert "def helper(x):" in text and text.endswith("What does helper do?</user><assistant>")
+
+
 @pytest.mark.parametrize("template, says", [
     ("{% for m in messages %}{{ m['content'] }}{% endfor", "TemplateSyntaxError"),
     ("{{ raise_exception('this model only chats in French') }}", "only chats in French"),
