@@ -370,17 +370,25 @@ def _render_template(tokenizer, encoder: Encoder, system: str, conversation: lis
     # An answer begun (the last message the assistant's) goes on where it stops: its turn left open, no new one
     going_on = {"add_generation_prompt": not _answer_begun(conversation), "continue_final_message":
                 _answer_begun(conversation)}
+
+    def apply(messages: list[Message]) -> str:
+        try:
+            return tokenizer.apply_chat_template(messages, tokenize=False, **going_on)
+        except ValueError:      # (transformers': continue_final_message, and the template rendered no such answer)
+            if not going_on["continue_final_message"]:
+                raise
+            raise PromptError("the model's chat template leaves out the answer begun (the assistant's message "
+                              "last): it cannot go on with it") from None
+
     try:
-        text = tokenizer.apply_chat_template(
-            [{"role": "system", "content": slots[0]}, *turns], tokenize=False, **going_on
-        )
+        text = apply([{"role": "system", "content": slots[0]}, *turns])
     except (TemplateError, TypeError):  # (TypeError: a template that is no text, `"chat_template": 5`)
         # A template without a system role: the context goes into the first user message (an answer before it,
         # a client's greeting, stays the assistant's).
         first = next(k for k, m in enumerate(turns) if m["role"] == "user")     # (build_chat_prompt: there is one)
         merged = [*turns[:first], {"role": "user", "content": f"{slots[0]}\n\n{slots[first + 1]}"}, *turns[first + 1:]]
         try:
-            text = tokenizer.apply_chat_template(merged, tokenize=False, **going_on)
+            text = apply(merged)
         except (TemplateError, TypeError) as exc:
             said = f"{type(exc).__name__}: {exc}"
             if _renders_a_question(tokenizer):     # the template works: it refuses this conversation's roles

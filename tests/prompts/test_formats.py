@@ -571,6 +571,24 @@ def test_an_answer_begun_after_another_is_cut_with_its_question(make_repo, reque
     assert 0 < refused < len(range(20, whole, 10))
 
 
+def test_a_template_that_leaves_out_the_answer_begun_refuses_to_go_on_with_it(make_repo, starcoder_tokenizer):
+    """A chat template that renders no assistant's message (or not the last one) has no answer begun to go on
+    with: transformers' ValueError escaped, an internal error (a server's 500). The request is refused, a
+    PromptError (exit 2, a 400); the same conversation's question is answered."""
+    from codecomplete.errors import classify
+
+    tokenizer = copy.deepcopy(starcoder_tokenizer)
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] != 'assistant' %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>"
+        "{% endif %}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
+    index = index_repository(make_repo({"util.py": UTIL}))
+    question = [{"role": "user", "content": "What does helper do?"}]
+    with pytest.raises(PromptError, match="cannot go on with") as error:
+        build_chat_prompt(index, tokenizer, [*question, {"role": "assistant", "content": "It doubles"}])
+    assert classify(error.value)[0] == 2
+    assert tokenizer.decode(build_chat_prompt(index, tokenizer, question).ids).endswith("</user><assistant>")
+
+
 def test_an_answer_begun_in_codellama_instruct_goes_on_as_its_template_renders_it(make_repo, codellama_tokenizer):
     from models.loading.hf import sentencepiece_spaces
 
