@@ -13,9 +13,9 @@ retrieved again for its few words (and laid out before the whole conversation) p
 take all the room the turns leave (a question may have no follow-up), so the turn after may find them still wanted
 but without room for its longer conversation: they are then chosen again leaving GROWTH_SHARE of the budget for the
 conversation to grow into, and the turns after that can hold them. Likewise a conversation that fills the room
-beside its held excerpts: the turn that must drop older exchanges drops them down to GROWTH_SHARE of the budget, and
-the turns after it begin where it does (dropping one exchange a turn moved every later turn's start, and each read
-its whole conversation again).
+beside its held excerpts: the turn that must drop older exchanges drops them until GROWTH_SHARE of the budget is
+left for it to grow into, and the turns after it begin where it does (dropping one exchange a turn moved every later
+turn's start, and each read its whole conversation again).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
 EARLIER_QUESTIONS = 3  # the user's messages before the question whose identifiers weigh in the retrieval too,
 EARLIER_WEIGHT = 0.5   # each at this much of the next one's weight
 GROWTH_SHARE = 0.25    # of the budget, left for the conversation to grow into by excerpts chosen again that it outgrew
+                       # and by the older turns a conversation that outgrew its held excerpts' room drops
 HOLD_HEAD = 3          # held excerpts and a fresh choice are compared by the worth of their best few chunks
 
 _WORD = re.compile(r"[\w./-]+")
