@@ -279,9 +279,10 @@ def _latest_turns_that_fit(render: Renderer, system: str, conversation: list[Mes
         if following > asked:       # (never past the question: the answer begun after it, or two, go with it)
             break
         starts.append(following)
-    # Every message renders to a token at least: a start leaving more messages than `limit` cannot fit.
-    low = next(i for i, start in enumerate(starts) if len(conversation) - start <= max(limit, 1))
+    # Every message renders to a token at least: a start leaving more messages than `limit` cannot fit (none may:
+    # a question and the answer begun after it in a budget of one token, the question's error below).
     high = len(starts) - 1
+    low = next((i for i, start in enumerate(starts) if len(conversation) - start <= max(limit, 1)), high)
     question = conversation[starts[high]:]
     size = len(render(system, question))
     if size > limit:

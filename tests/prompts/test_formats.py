@@ -571,6 +571,20 @@ def test_an_answer_begun_after_another_is_cut_with_its_question(make_repo, reque
     assert 0 < refused < len(range(20, whole, 10))
 
 
+@pytest.mark.parametrize("roles", [("user", "assistant"), ("user", "assistant", "assistant")])
+def test_an_answer_begun_in_a_budget_of_a_token_or_two_does_not_fit(make_repo, smollm2_tokenizer, roles):
+    """A server's prompt budget is 1 token at least (max_tokens all but the context's last): the question and the
+    answer begun after it are more messages than tokens, and the search for a start that might fit found none, a
+    StopIteration (a 500). It is the budget's error, as for a lone question."""
+    from prompts import BudgetError
+
+    index = index_repository(make_repo({"util.py": UTIL}))
+    messages = [{"role": role, "content": "What does helper do?"} for role in roles]
+    for budget in range(1, len(roles) + 1):
+        with pytest.raises(BudgetError, match="does not fit"):
+            build_chat_prompt(index, smollm2_tokenizer, messages, budget_tokens=budget)
+
+
 def test_a_template_that_leaves_out_the_answer_begun_refuses_to_go_on_with_it(make_repo, starcoder_tokenizer):
     """A chat template that renders no assistant's message (or not the last one) has no answer begun to go on
     with: transformers' ValueError escaped, an internal error (a server's 500). The request is refused, a
