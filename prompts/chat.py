@@ -248,7 +248,7 @@ def _held_turns(render: Renderer, system: str, turns: list[Message], dropped: in
     it), while they fit beside ``system`` (its held excerpts); then the cached prompt goes on past its turns, where
     ``fitting`` (the latest turns that fit) would begin a message later each turn once the conversation filled the
     room, and every turn would read its whole conversation again. Where they no longer fit, the older ones give way
-    down to GROWTH_SHARE of the budget below ``limit``, so that the turns after this one begin where it does (as
+    until GROWTH_SHARE of the budget below ``limit`` is free, so that the turns after this one begin where it does (as
     llama.cpp's context shift drops half its context at once); never below ``fitting``'s question."""
     if 0 < len(turns) - dropped <= len(fitting) and len(render(system, turns[dropped:])) <= limit:
         return turns[dropped:]          # (fewer than fitting's where the last cut left room to grow into)
