@@ -96,6 +96,8 @@ def build_chat_prompt(
     given = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
     system = given or SYSTEM.format(name=index.name)
     turns = [m for m in messages if m["role"] != "system"]
+    if turns[-1]["role"] == "assistant" and not turns[-1]["content"]:
+        turns.pop()     # (an empty answer begun is none: CodeLlama-Instruct's would end the prompt in a lone space)
     whole = _latest_turns_that_fit(render, system, turns, limit, bool(given))
     shared = whole      # the turns within the history share
     if history_share < 1 and len(whole) > 1:

@@ -616,3 +616,14 @@ def test_an_answer_begun_in_codellama_instruct_goes_on_as_its_template_renders_i
     templated = copy.deepcopy(plain)
     templated.chat_template = CODELLAMA_INSTRUCT_TEMPLATE
     assert build_chat_prompt(index, templated, begun, budget_tokens=2000).ids == ids
+
+
+def test_an_empty_answer_begun_is_the_question_alone(make_repo, smollm2_tokenizer, codellama_tokenizer):
+    """A client's "continue" of an answer still empty (an assistant message of "" last, or null content): the
+    prompt is the question's, where CodeLlama-Instruct's format ended it in a lone space after [/INST]."""
+    index = index_repository(make_repo({"util.py": UTIL}))
+    question = [{"role": "user", "content": "What does helper do?"}]
+    for tokenizer in (smollm2_tokenizer, codellama_tokenizer):
+        alone = build_chat_prompt(index, tokenizer, question, budget_tokens=2000).ids
+        assert build_chat_prompt(index, tokenizer, [*question, {"role": "assistant", "content": ""}],
+                                 budget_tokens=2000).ids == alone
