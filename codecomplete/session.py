@@ -162,8 +162,7 @@ class Session:
         of them builds the prompt the cache saved for it (its chunks, its anchor), so the saved K/V serve it."""
         self._last.pop(path, None)
         self._last[path] = packed
-        keep = STICKY_FILES if getattr(self.engine, "prompt_store", None) is not None else 1
-        for old in list(self._last)[:-keep]:
+        for old in list(self._last)[:-self._prompts_kept(STICKY_FILES)]:
             del self._last[old]
 
     def infill(self, prefix: str, suffix: str, *, path: str | None = None, extra: Sequence[tuple[str, str]] = (),
@@ -214,8 +213,12 @@ class Session:
         engine prompt cache only the last conversation's (the KV cache holds its prompt alone); with one the last
         few, so that chat clients taking turns each find theirs (as `_remember` keeps the last few files')."""
         self._chats = [past for past in self._chats if past is not held] + [now]
-        keep = STICKY_CHATS if getattr(self.engine, "prompt_store", None) is not None else 1
-        del self._chats[:-keep]
+        del self._chats[:-self._prompts_kept(STICKY_CHATS)]
+
+    def _prompts_kept(self, many: int) -> int:
+        """How many held prompts of one kind are worth keeping: `many` where the engine keeps earlier prompts' K/V
+        (models/prompt_store.py), else 1, the one its KV cache holds."""
+        return many if getattr(self.engine, "prompt_store", None) is not None else 1
 
     def raw(self, prompt: str | Sequence[int], *, sampling: Sampling, last_tokens: int | None = None) -> Generation:
         """The model continues `prompt` as it is: text (special-token text becomes those tokens; its last token

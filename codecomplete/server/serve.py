@@ -523,11 +523,11 @@ def _listen(host: str, port: int) -> socket.socket:
 def _warm_up(session, budget: int, warmer: PromptWarmer | None, cache_ram_mib: int,
              should_stop=lambda: False) -> str:
     """Before serving, so that first requests do not pay for one-time setup: the session's warm-up (the decode
-    steps compiled and captured: `Session.warm_up`), one prefill of each span that prompts of about the server's size take (on CUDA:
-    compiling prefill's dense parts where the engine can, and each span's kernels and attention plan), and the
-    prompt caches for a few seconds at most (prompt building only: no model call). The KV prompt cache (--cache-ram)
-    starts after the warm-up's generations, so that it saves none of their filler. Returns what it did, for the
-    log. `should_stop()` (a stop signal came meanwhile): the rest is skipped, between its steps."""
+    steps compiled and captured: `Session.warm_up`), one prefill of each span that prompts of about the server's
+    size take (on CUDA: compiling prefill's dense parts where the engine can, and each span's kernels and attention
+    plan), and the prompt caches for a few seconds at most (prompt building only: no model call). The KV prompt
+    cache (--cache-ram) starts after the warm-up's generations, so that it saves none of their filler. Returns what
+    it did, for the log. `should_stop()` (a stop signal came meanwhile): the rest is skipped, between its steps."""
     started = time.perf_counter()
     done = session.warm_up(should_stop)
     engine = session.engine
