@@ -1,8 +1,13 @@
 """The chat REPL, in process, typed into through prompt-toolkit's pipe input."""
+import importlib.util
 import io
+import json
 import os
 import select
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from prompt_toolkit.document import Document
@@ -13,6 +18,11 @@ from rich.console import Console
 from codecomplete import chat, cli, repl, workspace
 from codecomplete.session import Session
 from prompts import chat as prompts_chat
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("repl_pty", ROOT / "bench" / "repl_pty.py")
+repl_pty = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(repl_pty)
 
 CTRL_C, CTRL_D, ESC_ENTER = "\x03", "\x04", "\x1b\r"     # Esc Enter: a new line, not send
 
@@ -592,3 +602,22 @@ def test_the_sessions_warm_up_builds_each_step_once_and_stops_between_them(conve
     assert session.warm_up() == ["the decode step", "the step that verifies drafts"] and calls == ["verify", "wide"]
     calls.clear()
     assert session.warm_up(should_stop=lambda: True) == ["the decode step"] and calls == []
+
+
+def test_the_pty_benchmark_reads_each_answer_as_the_repl_reports_it(cli_env, repo, tmp_path):
+    """bench/repl_pty.py times the REPL a user meets (a pseudo-terminal, prompt-toolkit's cursor queries answered):
+    it must find the first prompt, send each question, and read each answer's closing line, or a GPU call's
+    warm-up measurement comes back empty."""
+    out = tmp_path / "repl.md"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "repl_pty.py"), "--repo", str(repo), "--out", str(out),
+                           "--timeout", "240", "--", "--max-tokens", "3"], env=cli_env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["failure"] is None and result["exit"] == 0 and result["ready_s"] > 0
+    rows = result["rows"]
+    assert [row["question"] for row in rows] == repl_pty.QUESTIONS
+    for row in rows:
+        assert 1 <= row["tokens"] <= 3 and row["prompt"] > 10 and row["first_token_ms"] > 0, row
+        assert 0 < row["enter_to_answer_s"] < 240, row
+    assert "| What does _make_iterencode do with floats? | " in out.read_text()
