@@ -70,6 +70,15 @@ class Sampling:
                                      # of at least this many tokens moved into place past the shared prefix; 0: off
 
 
+@dataclass(frozen=True)
+class _HeldChat:
+    """A chat prompt's excerpts as the next turn of its conversation may hold them, and how many conversations stand
+    at its messages: chat clients that open alike (the same system message and first question) each continue it."""
+
+    held: object                     # prompts.chat.HeldExcerpts
+    conversations: int = 1
+
+
 @dataclass
 class Generation:
     """A prompt ready to run: `prompt` is the packed prompt, `engine` the model that will run it."""
@@ -104,8 +113,8 @@ class Session:
         self._last: dict[str, object] = {}       # path -> its last sticky completion prompt (prompts.PackedPrompt),
                                                  # the most recent last
         self._tidy_until = 0                     # the index's walk that idle upkeep goes on to the end of
-        self._chats: list = []                   # the last chat prompts' excerpts (prompts.chat.HeldExcerpts), one
-                                                 # a conversation, the most recent last: its next turn may hold them
+        self._chats: list[_HeldChat] = []        # the last chat prompts' excerpts, one a place some conversation
+                                                 # stands at, the most recent last: its next turn may hold them
 
     @property
     def index(self):
@@ -199,7 +208,7 @@ class Session:
         from prompts import build_chat_prompt
         from prompts.chat import continued
 
-        held = continued(self._chats, messages) if sticky else None
+        held = continued([chat.held for chat in self._chats], messages) if sticky else None
         packed = self._current(lambda index: build_chat_prompt(
             index, self.engine.tokenizer, messages=list(messages),
             budget_tokens=budget or self.prompt_budget(sampling.max_tokens), pinned_paths=tuple(pinned),
@@ -209,10 +218,21 @@ class Session:
         return self._generation(packed, sampling)
 
     def _remember_chat(self, held, now) -> None:
-        """Keep `now` as its conversation's last chat prompt, in place of `held`, the one it continued. Without an
-        engine prompt cache only the last conversation's (the KV cache holds its prompt alone); with one the last
-        few, so that chat clients taking turns each find theirs (as `_remember` keeps the last few files')."""
-        self._chats = [past for past in self._chats if past is not held] + [now]
+        """Keep `now` as its conversation's last chat prompt, in place of `held`, the one it continued, unless
+        another conversation still stands at `held`: conversations that open alike (two clients' same system message
+        and question) share it until each has gone on, or the first to go on took it from the others. Without an
+        engine prompt cache only the last prompt is kept (the KV cache holds it alone); with one the last few, so
+        that chat clients taking turns each find theirs (as `_remember` keeps the last few files')."""
+        standing = 1        # the conversations at `now`'s messages
+        kept = []
+        for chat in self._chats:
+            if chat.held is not held:
+                kept.append(chat)
+            elif now.messages == held.messages:     # the same messages again: another client there, or a retry
+                standing += chat.conversations
+            elif chat.conversations > 1:            # one of those standing there went on; the others stay
+                kept.append(replace(chat, conversations=chat.conversations - 1))
+        self._chats = kept + [_HeldChat(now, standing)]
         del self._chats[:-self._prompts_kept(STICKY_CHATS)]
 
     def _prompts_kept(self, many: int) -> int:

@@ -182,6 +182,25 @@ def test_two_chat_clients_taking_turns_each_read_only_their_follow_ups(server):
         assert follow_up.usage.prompt_tokens - follow_up.usage.prompt_tokens_details.cached_tokens < 20, k
 
 
+def test_two_chat_clients_that_open_alike_each_read_only_their_follow_ups(server):
+    """Two conversations that begin alike (the same system message and question), then part: the second to go on
+    holds the excerpts they opened with too. The first to go on took the opening's hold, and the other's follow-up
+    had its excerpts chosen again: its whole prompt read again."""
+    client = OpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0)
+    opening = [{"role": "system", "content": "You are a terse reviewer of this repository."},
+               {"role": "user", "content": "What does area_of_circle return?"}]
+    conversations = [list(opening), list(opening)]
+    asked = [client.chat.completions.create(model="any", messages=messages, max_tokens=16, temperature=0)
+             for messages in conversations]
+    for messages, answer, question in zip(conversations, asked, ("Which module is it in?", "Why math.pi?")):
+        messages += [{"role": "assistant", "content": answer.choices[0].message.content},
+                     {"role": "user", "content": question}]
+    for k, messages in enumerate(conversations):
+        follow_up = client.chat.completions.create(model="any", messages=messages, max_tokens=4, temperature=0)
+        assert follow_up.usage.prompt_tokens_details.cached_tokens >= asked[k].usage.prompt_tokens, k
+        assert follow_up.usage.prompt_tokens - follow_up.usage.prompt_tokens_details.cached_tokens < 20, k
+
+
 def test_a_warm_up_answers_in_the_shape_asked_for_streamed_or_not(server):
     """A warm-up of a system message alone (no question, `n_predict: 0`), through the openai package: a stream
     when it asked for one (a JSON body gave the client no events at all), one empty choice ended by its limit."""
