@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .chunking import Chunk
+from .chunking import IDENTIFIER, Chunk
 from .errors import BudgetError, ChatTemplateError, PromptError
 from .holding import HOLD_MARGIN, chunk_number, worth
 from .index import RepoIndex
@@ -51,6 +51,7 @@ GROWTH_SHARE = 0.25    # of the budget, left for the conversation to grow into b
 HOLD_HEAD = 3          # held excerpts and a fresh choice are compared by the worth of their best few chunks
 
 _WORD = re.compile(r"[\w./-]+")
+_CODE_SHAPED = re.compile(r"[_0-9]|.[A-Z]")    # snake_case, a digit; camelCase, CamelCase's inner capitals, CONSTANTS
 
 Message = dict[str, str]
 Renderer = Callable[[str, list[Message]], list[int]]
@@ -165,19 +166,47 @@ def build_chat_prompt(
 def _question_weights(conversation: list[Message], defined: Callable[[str], bool] = lambda name: True
                       ) -> dict[str, float]:
     """Identifier weights for the retrieval: the question's, and those of the EARLIER_QUESTIONS user messages before
-    it at EARLIER_WEIGHT less each (an identifier keeps its heaviest weight). Where none of them names code (a word
-    the repository ``defined``: "Why?" four times over), the last question that did counts as the oldest of them:
-    those follow-ups are about what it named, and left the retrieval nothing to rank by."""
+    it at EARLIER_WEIGHT less each (an identifier keeps its heaviest weight). Where none of them names code
+    (`_names_code`: "Why?" four times over), the last question that did counts as the oldest of them: those
+    follow-ups are about what it named, and left the retrieval nothing to rank by."""
     questions = [m["content"] for m in reversed(conversation) if m["role"] == "user"]
     window = questions[:EARLIER_QUESTIONS + 1]
-    if not any(defined(name) for question in window for name in text_weights(question)):
-        named = (q for q in questions[EARLIER_QUESTIONS + 1:] if any(map(defined, text_weights(q))))
+    if not any(_names_code(question, defined) for question in window):
+        named = (q for q in questions[EARLIER_QUESTIONS + 1:] if _names_code(q, defined))
         window += list(itertools.islice(named, 1))
     weights: dict[str, float] = {}
     for age, text in enumerate(window):
         for name, weight in text_weights(text).items():
             weights[name] = max(weights.get(name, 0.0), weight * EARLIER_WEIGHT ** min(age, EARLIER_QUESTIONS))
     return weights
+
+
+def _names_code(question: str, defined: Callable[[str], bool]) -> bool:
+    """Whether ``question`` names the repository's code: a name the repository ``defined``, written as code is
+    (`_identifiers_as_written`). A word of prose is not, though the repository defines it (`it`, `work`, `run`):
+    "Why does it work?" is about what a question before it named."""
+    return any(defined(name) and as_code for name, as_code in _identifiers_as_written(question))
+
+
+def _identifiers_as_written(text: str) -> Iterator[tuple[str, bool]]:
+    """Each identifier of ``text``, and whether it is written as code: shaped as code (an underscore, a digit, a
+    capital after its first letter: `encode_floats`, `utf8`, `JSONDecoder`, `MAX`), set as code (in backticks,
+    called, dotted: `work`, work(), it.work), or capitalized mid-sentence, as a class is named ("What does a
+    Rectangle hold?"); a capital that begins a sentence ("Why", "List them") is prose's. One pass over the text:
+    a pasted log of 100 KB is a question too."""
+    quoted, end = False, 0
+    for found in IDENTIFIER.finditer(text):
+        name, start = found.group(), found.start()
+        gap = text[end:start]                       # since the identifier before, or the start
+        quoted ^= gap.count("`") % 2 == 1
+        before, after = text[max(0, start - 2):start], text[found.end():found.end() + 2]
+        dotted = (len(before) == 2 and before[1] == "." and before[0].isalnum()
+                  or after[:1] == "." and after[1:2].isalpha())        # ("it works." ends a sentence)
+        lead = gap.rstrip()
+        begins_sentence = not lead and end == 0 or lead[-1:] in (".", "!", "?", ":") or "\n" in gap[len(lead):]
+        yield name, bool(_CODE_SHAPED.search(name) or quoted or after[:1] == "(" or dotted
+                         or name[0].isupper() and not begins_sentence)
+        end = found.end()
 
 
 class _Chosen(NamedTuple):

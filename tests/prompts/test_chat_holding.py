@@ -3,7 +3,7 @@
 import pytest
 
 from prompts import build_chat_prompt, index_repository
-from prompts.chat import EARLIER_QUESTIONS, EARLIER_WEIGHT, GROWTH_SHARE, _question_weights, continued
+from prompts.chat import EARLIER_QUESTIONS, EARLIER_WEIGHT, GROWTH_SHARE, _names_code, _question_weights, continued
 
 
 def _module(name: str, topic: str, count: int = 12) -> str:
@@ -153,7 +153,6 @@ def test_follow_ups_that_name_no_code_keep_the_question_that_did(index, smollm2_
         conversation += [_answer(f"Step {k} adds it."), _ask("Why?")]
     weights = _question_weights(conversation, defined=index.definers.__contains__)
     assert weights["encode_floats_3"] == EARLIER_WEIGHT ** EARLIER_QUESTIONS and weights["Why"] == 1.0
-    assert "encode_floats_3" not in _question_weights(conversation)     # (each question counted: the old rule)
     packed = _turn(index, smollm2_tokenizer, conversation)
     assert "encoder.py" in {item.path for item in packed.context}
 
@@ -272,3 +271,50 @@ def test_the_turn_after_an_answer_begun_holds_its_excerpts(index, smollm2_tokeni
     # (an answer that is not the one begun, or a question in its place, continues nothing)
     assert continued([going_on.held], [*second, _answer("It subtracts it."), _ask("Why?")]) is None
     assert continued([going_on.held], [*second, _ask("It adds the limit, then?")]) is None
+
+
+COMMON_WORDS = {**FILES, "workers.py": (
+    "it = iter(range(3))\n\n\ndef work(value):\n    return next(it) + value\n\n\n"
+    "class Worker:\n    def work_on(self, value):\n        return work(value)\n")}
+
+
+def _five_follow_ups(last: str) -> list[dict]:
+    """A question about encode_floats_3, then five follow-ups, the last ``last``, the others "Why does it work?"."""
+    conversation = [_ask("How does encode_floats_3 use its limit?")]
+    for k, question in enumerate(["Why does it work?"] * 4 + [last]):
+        conversation += [_answer(f"Step {k} adds it."), _ask(question)]
+    return conversation
+
+
+def test_a_common_word_the_repository_defines_is_prose_in_a_follow_up(make_repo, smollm2_tokenizer):
+    """Where the repository defines `it` and `work`, "Why does it work?" counted as naming code, so five such
+    follow-ups kept the window of questions as it was: the question about encode_floats_3 fell out of the retrieval
+    and the excerpts went to workers.py. A word written as prose is prose (the retrieval still weighs it)."""
+    index = index_repository(make_repo(COMMON_WORDS))
+    assert {"it", "work"} <= set(index.definers)       # (else the test shows nothing)
+    conversation = _five_follow_ups("Why does it work?")
+    weights = _question_weights(conversation, defined=index.definers.__contains__)
+    assert weights["encode_floats_3"] == EARLIER_WEIGHT ** EARLIER_QUESTIONS and weights["work"] == 1.0
+    assert "encoder.py" in {item.path for item in _turn(index, smollm2_tokenizer, conversation).context}
+
+
+@pytest.mark.parametrize("last", ["Why does `work` need it?", "Why does work() need it?", "Is it.work called?",
+                                  "Why does work_on call it?", "Why does a Worker need it?"])
+def test_a_name_written_as_code_still_names_code(make_repo, last):
+    """Backticked, called, dotted, shaped as code (an underscore) or capitalized mid-sentence (a class): the last
+    follow-up names code, so the window of questions stays as it is, the question about encode_floats_3 out of it."""
+    index = index_repository(make_repo(COMMON_WORDS))
+    assert {"work", "work_on", "Worker"} <= set(index.definers)
+    weights = _question_weights(_five_follow_ups(last), defined=index.definers.__contains__)
+    assert "encode_floats_3" not in weights and weights["it"] == 1.0
+
+
+@pytest.mark.parametrize("question, names", [
+    ("Why does it work?", False), ("Does it work. Why?", False), ("it works...", False), ("Why?", False),
+    ("List them again?", False),                # (a class `List`: a capital that begins a sentence is prose's)
+    ("What does work() return?", True), ("Why `it`?", True), ("Is it.work right?", True),
+    ("What is a Worker?", True), ("Why work_on?", True), ("Why is it slow?\nAnd a Worker?", True)])
+def test_a_question_names_code_by_a_defined_name_written_as_code(question, names):
+    defined = {"it", "work", "work_on", "Worker", "List"}.__contains__
+    assert _names_code(question, defined) is names
+    assert not _names_code(question, lambda name: False)      # (a name the repository does not define is none)
