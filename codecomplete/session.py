@@ -14,7 +14,8 @@ conversation while the ranking does not clearly prefer others (prompts.chat), so
 itself; the index follows the repository's files as they change, a bounded
 slice of work per request (prompts.freshness).
 
-One caller at a time: the server runs every request on a single worker thread.
+One caller at a time: the server runs every request on a single worker thread (`chat_prompt` alone, which changes
+nothing, may run beside it).
 """
 from __future__ import annotations
 
@@ -126,7 +127,7 @@ class Session:
         holds none of them."""
         self.engine = engine
         self._last.clear()
-        self._chats.clear()
+        self._chats = []
 
     # ---- operations ---------------------------------------------------------------------------
 
@@ -198,13 +199,11 @@ class Session:
         return (recognize(self._index.index, text) if self._index is not None else None) or UNTITLED
 
     def chat(self, messages: Sequence[dict], *, pinned: Sequence[str] = (), sampling: Sampling,
-             budget: int | None = None, history_share: float = 1.0, sticky: bool = True,
-             remember: bool = True) -> Generation:
+             budget: int | None = None, history_share: float = 1.0, sticky: bool = True) -> Generation:
         """An answer to the last (user) message, with repository context retrieved for it, or held from the last chat
         prompt of the conversation this continues (prompts.chat); `history_share`: build_chat_prompt's. `sticky`:
-        hold from it (False: the prompt exactly as a session without history builds it, the command line's through
-        a server); `remember`: be the one the conversation's next turn holds from (False: a prompt only looked at).
-        """
+        hold from it, and be the one the conversation's next turn holds from (False: the prompt exactly as a session
+        without history builds it, the command line's through a server)."""
         from prompts import build_chat_prompt
         from prompts.chat import continued
 
@@ -213,9 +212,26 @@ class Session:
             index, self.engine.tokenizer, messages=list(messages),
             budget_tokens=budget or self.prompt_budget(sampling.max_tokens), pinned_paths=tuple(pinned),
             history_share=history_share, held=held))
-        if sticky and remember:
+        if sticky:
             self._remember_chat(held, packed.held)
         return self._generation(packed, sampling)
+
+    def chat_prompt(self, messages: Sequence[dict], tokenizer, *, budget: int):
+        """The prompt (prompts.PackedPrompt) `chat` builds for `messages`, held as it would hold it, but not
+        remembered (a prompt only looked at: llama.cpp's /apply-template, which llama.vscode counts another chat's
+        tokens with, must take no conversation's place); built with `tokenizer`, a copy of the engine's, from the
+        index as the last request left it (not refreshed, not rechecked). So it may be built off the engine thread
+        while that thread generates: it changes nothing, and what it reads stays as it was meanwhile (an index
+        update makes a new RepoIndex; `_remember_chat` replaces the list of holds, never changes it)."""
+        from prompts import build_chat_prompt
+        from prompts.chat import continued
+
+        index, chats = self.index, self._chats      # (each read once: the engine thread may replace them)
+        if index is None:
+            from .errors import UsageError
+            raise UsageError("this session has no repository")
+        return build_chat_prompt(index, tokenizer, messages=list(messages), budget_tokens=budget,
+                                 held=continued([chat.held for chat in chats], messages))
 
     def _remember_chat(self, held, now) -> None:
         """Keep `now` as its conversation's last chat prompt, in place of `held`, the one it continued, unless
@@ -232,8 +248,7 @@ class Session:
                 standing += chat.conversations
             elif chat.conversations > 1:            # one of those standing there went on; the others stay
                 kept.append(replace(chat, conversations=chat.conversations - 1))
-        self._chats = kept + [_HeldChat(now, standing)]
-        del self._chats[:-self._prompts_kept(STICKY_CHATS)]
+        self._chats = (kept + [_HeldChat(now, standing)])[-self._prompts_kept(STICKY_CHATS):]
 
     def _prompts_kept(self, many: int) -> int:
         """How many held prompts of one kind are worth keeping: `many` where the engine keeps earlier prompts' K/V

@@ -39,12 +39,10 @@ from fastapi import APIRouter, Request
 from pydantic import AliasChoices, Field
 from starlette.responses import StreamingResponse
 
-from models.generation import GenerationResult
-
-from ..session import Generation, Sampling
+from ..session import Sampling
 from . import logit_bias, samplers
 from .logprobs import after_healing, chat_logprobs, completion_logprobs
-from .errors import ApiError
+from .errors import ApiError, api_error
 from .bodies import Body, Seed, check_ids, parse, read_object, stop_strings
 from .streaming import json_response, sse, stream
 
@@ -275,22 +273,19 @@ async def apply_template(request: Request):
     """llama.cpp's: the prompt /v1/chat/completions would feed for these messages, the generation prompt appended, as
     text, and nothing generated (`{"prompt": ...}`; llama.vscode counts a chat's tokens with it and /tokenize). The
     chat route's code builds it (the repository's context for the last user message included: the model reads it),
-    on the engine thread that builds every prompt, as a job that ends once the prompt is built."""
+    beside the engine thread rather than on it (`Session.chat_prompt`), as llama.cpp answers it on its HTTP thread:
+    queued as a job, it waited for a generation under way to end."""
     server = request.app.state.server
     _, messages, sampling = _chat_request(server, await read_object(request))
     budget = server.budget(sampling)
 
-    def prompt_only() -> Generation:
-        # (held as the chat route would hold it, but not remembered: a count of another message set, llama.vscode's,
-        # must not take the live conversation's place)
-        generation = server.session.chat(messages, sampling=sampling, budget=budget, remember=False)
-        built = GenerationResult("", [], len(generation.prompt.ids), 0, "length")
-        return replace(generation, run=lambda on_text=None, should_stop=None: built)
-    running = server.start(request, prompt_only)
-    generation = await running.started()
-    await running.result()
-    ids = generation.prompt.ids
-    return json_response({"prompt": await server.with_tokenizer(lambda tokenizer: tokenizer.decode(ids))})
+    def prompt_text(tokenizer) -> str:
+        return tokenizer.decode(server.session.chat_prompt(messages, tokenizer, budget=budget).ids)
+    try:
+        prompt = await server.with_tokenizer(prompt_text)
+    except Exception as exc:        # (as a job's failure reaches its request: a conversation refused is a 400)
+        raise api_error(exc) from None
+    return json_response({"prompt": prompt})
 
 
 def _at_least_one_token(data: dict) -> None:

@@ -1,6 +1,10 @@
 """llama.vscode's chat side against `codecomplete serve`, on a real server and its real socket: `/apply-template`,
 which it counts a chat's tokens with (beside `/tokenize`), and its agent's tool calls (llama.vscode's
 src/llama-server.ts and src/llama-agent.ts, as bench/results/NOTES.md's round-6 leftovers read them)."""
+import json
+import threading
+import time
+
 import httpx
 
 # llama.vscode's chat request (createChatRequestPayload), and a conversation of three turns
@@ -24,6 +28,33 @@ def test_apply_template_answers_the_prompt_the_chat_route_feeds(server):
         chat = httpx.post(server.url + "/v1/chat/completions", json={"messages": messages, "max_tokens": 1},
                           timeout=300).json()
         assert len(tokens) == chat["usage"]["prompt_tokens"], (len(tokens), chat["usage"])
+
+
+def test_apply_template_answers_beside_a_running_generation(server):
+    """llama.vscode counts a chat's tokens with /apply-template, as its user types: it waited behind a generation
+    under way (the engine thread built it), 2.3 s behind a 300-token one in round 8; llama.cpp answers it at once.
+    Now it is answered while the generation goes on, and it is the prompt a quiet server answers."""
+    quiet = httpx.post(server.url + "/apply-template", json={"messages": VSCODE_CHAT}, timeout=300).json()["prompt"]
+    body = {"prompt": "def main():", "n_predict": 160, "ignore_eos": True, "stream": True, "temperature": 0}
+    read: list[tuple[float, dict]] = []          # each event of the generation's stream, and when it was read
+
+    def follow(stream) -> None:
+        for line in stream.iter_lines():
+            if line.startswith("data: "):
+                read.append((time.monotonic(), json.loads(line[6:])))
+
+    with httpx.stream("POST", server.url + "/completion", json=body, timeout=300) as stream:
+        reader = threading.Thread(target=follow, args=(stream,))
+        reader.start()
+        while not read:                          # the generation is under way
+            time.sleep(0.01)
+        answer = httpx.post(server.url + "/apply-template", json={"messages": VSCODE_CHAT}, timeout=300)
+        answered = time.monotonic()
+        reader.join(300)
+    assert answer.status_code == 200 and answer.json()["prompt"] == quiet
+    assert read[-1][1]["stop"] is True and len(read) > 100, read[-1]
+    later = [event for when, event in read if when > answered]
+    assert len(later) > 20, f"{len(later)} of {len(read)} events came after /apply-template's answer"
 
 
 def test_apply_template_refuses_bad_messages_as_llama_cpp_does(server):
