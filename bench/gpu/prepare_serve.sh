@@ -26,7 +26,7 @@ for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
 print(f"{target}: {', '.join(sorted(p.name for p in target.iterdir()))}")
 PY
 packages=(fastapi opentelemetry-api starlette pydantic pydantic-core annotated-types annotated-doc typing-inspection typing-extensions
-          uvicorn click tree-sitter tree-sitter-python tree-sitter-javascript tree-sitter-typescript tree-sitter-go
+          uvicorn click prompt-toolkit wcwidth rich markdown-it-py mdurl pygments tree-sitter tree-sitter-python tree-sitter-javascript tree-sitter-typescript tree-sitter-go
           tree-sitter-rust tree-sitter-c tree-sitter-cpp tree-sitter-java pathspec platformdirs)
 pinned=$(python - "${packages[@]}" <<'PY'
 import sys
