@@ -1,5 +1,6 @@
 """The chat REPL as a user meets it, driven through a pseudo-terminal: the time from the command to its first prompt
-(the model's load, the index, and on a GPU the warm-up that builds the decode steps before anyone types), then each
+(the model's load and the index; on a GPU the warm-up that builds the decode steps runs on from there while the
+user types, and the first question waits for what is left of it), then each
 question's answer as the REPL reports it (its closing line: tokens, tok/s, first token, prompt and reused tokens)
 with the wall time from pressing Enter to the next prompt. The REPL is run as a user runs it (`python -m
 codecomplete REPO ...`) in a terminal of 200 columns that answers prompt-toolkit's cursor-position requests.
@@ -108,6 +109,8 @@ def main() -> int:
     parser.add_argument("--repo", default=str(Path(json.__file__).parent))
     parser.add_argument("--out", default="bench/scratch/repl-pty.md")
     parser.add_argument("--timeout", type=float, default=240, help="seconds for the start, and for each answer")
+    parser.add_argument("--typing", type=float, default=0.0,
+                        help="seconds the first question takes to type, after the prompt shows (0: at once)")
     parser.add_argument("options", nargs="*", help="codecomplete's options, after --")
     args = parser.parse_args()
     out = Path(args.out)
@@ -121,8 +124,10 @@ def main() -> int:
     if prompt is None:
         failure = "no prompt within the time limit"
     else:
-        warmed = _WARMED.search(terminal.text)
         offset = prompt.end()
+        typing_until = time.monotonic() + args.typing
+        while time.monotonic() < typing_until and terminal.pump(0.05):
+            pass
         for question in QUESTIONS:
             terminal.type(question)
             sent = time.monotonic()
@@ -140,11 +145,13 @@ def main() -> int:
                          "reused": int(reused.replace(",", "")) if reused else 0, "enter_to_answer_s": answered_s})
         terminal.type("/exit")
     code = terminal.close()
+    warmed = _WARMED.search(terminal.text)
     lines = [f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC · {platform.machine()}, "
              f"{os.cpu_count()} cores · {_card()} · `{' '.join(['codecomplete', args.repo, *args.options])}`", "",
-             f"start to the first prompt: {ready_s:.1f} s"
-             + (f" (the REPL warmed up {warmed.group(1)} in {warmed.group(2)} s of them)" if warmed
-                else " (no warm-up: the engine builds no steps ahead here)"), "",
+             f"start to the first prompt: {ready_s:.1f} s; "
+             + (f"the warm-up (from just before it) built {warmed.group(1)} in {warmed.group(2)} s"
+                if warmed else "no warm-up (the engine builds no steps ahead here)")
+             + f"; the first question sent {args.typing:g} s after the prompt showed", "",
              "| question | tokens | tok/s | first token (ms) | prompt | reused | Enter to answer (s) |",
              "|---|---|---|---|---|---|---|"]
     for row in rows:

@@ -4,6 +4,8 @@ Keys: Enter sends, Esc Enter (or Meta Enter) starts a new line, pasted text keep
 Tab completes slash commands and file paths; a line that begins with a path is a question, one that
 begins with // asks the rest (one slash less); Ctrl-C clears the line, or cancels the answer
 being generated; Ctrl-D on an empty line leaves. History persists in the user state dir.
+On a GPU the model's steps are built (the warm-up) in the background from the start, while the first question is
+typed; the first line waits for what is left of it (Ctrl-C skips that).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import gc
 import os
 import re
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -171,12 +174,60 @@ def _undo_copy(event) -> bool:
     return len(event.current_buffer.text) < UNDO_CHARS
 
 
+def _first_word(text: str) -> str:
+    return text.split(maxsplit=1)[0] if text.split() else ""
+
+
+class _WarmUp:
+    """Session.warm_up on a thread of its own, while the prompt waits for the first question. Its steps are CUDA
+    graphs, replayed from any thread; cuDNN's prefill plans are kept per thread, so the answering thread's first
+    prefill still builds its own (~70 ms once on an H200, Run 12), a small price for the seconds the user no longer
+    watches a spinner for. Nothing else may use the session meanwhile (it is one caller's at a time, and a capture
+    must not meet other GPU work): the REPL waits for it (`finish`) before a line does anything."""
+
+    def __init__(self, session, on_end) -> None:
+        self.built: list[str] = []
+        self.error: BaseException | None = None
+        self.seconds = 0.0
+        self._stop = threading.Event()
+        self._started = time.perf_counter()
+        self._thread = threading.Thread(target=self._run, args=(session, on_end), name="warm-up", daemon=True)
+        self._thread.start()
+
+    def _run(self, session, on_end) -> None:
+        try:
+            self.built = session.warm_up(should_stop=self._stop.is_set)
+        except BaseException as exc:        # (given to the REPL's thread by `finish`)
+            self.error = exc
+        finally:
+            self.seconds = time.perf_counter() - self._started
+            try:
+                on_end()
+            except Exception:               # a redraw of a prompt that is gone
+                pass
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def finish(self, should_stop) -> None:
+        """Wait for the warm-up to end; once `should_stop()`, it skips its steps after the one under way."""
+        while self._thread.is_alive():
+            if should_stop():
+                self._stop.set()
+            self._thread.join(timeout=0.05)
+
+
 class Repl:
     def __init__(self, conversation: chat.Conversation, console: Console, *,
                  input=None, output=None, history: Path | None = None) -> None:
         self.conversation = conversation
         self.console = console
         self.last_rate = 0.0
+        self._warming: _WarmUp | None = None
         history = history or history_path(conversation.index.root)
         # prompt-toolkit takes TERM=dumb's plain line editing only without an output of ours, yet its session still
         # resets a terminal output's cursor as it is made (`\x1b[?12l\x1b[?25h`): there the output is plain text.
@@ -190,7 +241,14 @@ class Repl:
 
     def run(self) -> None:
         self.console.print(self._welcome())
-        self._warm_up()
+        self._start_warm_up()
+        try:
+            self._read_lines()
+        finally:
+            if self._warming is not None:       # leaving while it runs: it stops after the step under way
+                self._warming.finish(should_stop=lambda: True)
+
+    def _read_lines(self) -> None:
         while True:
             try:
                 typed = self.session.prompt("› ")
@@ -201,7 +259,10 @@ class Repl:
             text = typed.strip()
             if not text:
                 continue
+            if _first_word(text) in ("/exit", "/quit") and text == _first_word(text):
+                return                      # (`run` stops the warm-up; `/exit now?` goes on to be refused)
             try:
+                self._finish_warm_up(skip_rest=_first_word(text) == "/model")
                 self.conversation.session.catch_up()     # the files may have changed while the user typed
                 if text.startswith("//"):          # the escape: a question that begins with a slash
                     self.ask(re.sub(r"\A(\s*)/", r"\1", _question(typed), count=1))
@@ -218,18 +279,41 @@ class Repl:
                     raise
                 self.console.print(Text(f"error: {one_line(known[1])}", style="red"))
 
-    def _warm_up(self) -> None:
+    def _start_warm_up(self) -> None:
         """On a GPU, build the decode steps now (Session.warm_up), as the server does before it serves, not inside
         the first answers: a process that warmed nothing captured its verification step inside a follow-up (11.7 s
-        to the first token, CodeLlama-7B shape on an H100) or inside an answer's first speculative step. On this
-        thread, which runs every answer. Ctrl-C skips the rest."""
-        if not self._builds_ahead():
+        to the first token, CodeLlama-7B shape on an H100; Run 45). In the background, while the user types the
+        first question (17.0 s on a fresh H100, 6.7 s once Triton's kernel cache holds the kernels; Run 46): what
+        the line typed does waits for it to end (`_finish_warm_up`)."""
+        self._warming = _WarmUp(self.conversation.session, self._redraw) if self._builds_ahead() else None
+
+    def _finish_warm_up(self, skip_rest: bool = False) -> None:
+        """Wait for the warm-up under way, with a spinner (Ctrl-C skips the rest of it), and say what it built.
+        `skip_rest`: stop it after the step under way (/model: the model it warms goes)."""
+        warming, self._warming = self._warming, None
+        if warming is None:
             return
-        started = time.perf_counter()
-        with render.status("warming up the model on the GPU (Ctrl-C skips it)"), CancelOnSigint() as cancel:
-            done = self.conversation.session.warm_up(should_stop=cancel)
-        self.console.print(Text(f"warmed up {', '.join(done)} in {time.perf_counter() - started:.1f} s"
-                                + (" (skipped the rest)" if cancel() else ""), style="dim"))
+        if skip_rest:
+            warming.finish(should_stop=lambda: True)
+        elif warming.running():
+            with render.status("finishing the model's warm-up on the GPU (Ctrl-C skips the rest)"), \
+                    CancelOnSigint() as cancel:
+                warming.finish(should_stop=cancel)
+        else:
+            warming.finish(should_stop=lambda: False)
+        if warming.error is not None:
+            if classify(warming.error) is None:
+                raise warming.error
+            self.console.print(Text(f"warm-up: {one_line(classify(warming.error)[1])}", style="yellow"))
+            return
+        skipped = " (skipped the rest)" if warming.stopped else ""
+        self.console.print(Text(f"warmed up {', '.join(warming.built)} in {warming.seconds:.1f} s{skipped}",
+                                style="dim"))
+
+    def _redraw(self) -> None:
+        """The toolbar says whether the warm-up runs: redrawn when it ends (from its thread: prompt-toolkit's
+        invalidate is safe there, and does nothing while no prompt shows)."""
+        self.session.app.invalidate()
 
     def _builds_ahead(self) -> bool:
         """Whether the model's steps are built ahead of use: with CUDA graphs (a CPU's steps cost no setup)."""
@@ -330,7 +414,7 @@ class Repl:
             # The old model's weights go now, not at Python's next full collection: the last answer's live view
             # is a reference cycle that holds its generation, and so the old engine.
             gc.collect()
-            self._warm_up()
+            self._start_warm_up()
         engine = conversation.engine
         self.console.print(Text(f"{render.model_label(engine)} · context {engine.context_length:,} tokens"
                                 f" (trained on {engine.model_max_positions:,}) · loaded in {engine.load_s:.1f} s"))
@@ -347,7 +431,9 @@ class Repl:
         packed = self.conversation.last_prompt
         context = f"{len(packed.ids):,} context tokens" if packed else "no context yet"
         rate = f" · {self.last_rate:.1f} tok/s" if self.last_rate else ""
-        return f" {render.model_label(engine)} · {context}{rate} · {len(self.conversation.pinned)} pinned · /help"
+        warming = " · warming up the GPU" if self._warming is not None and self._warming.running() else ""
+        return (f" {render.model_label(engine)} · {context}{rate} · {len(self.conversation.pinned)} pinned"
+                f"{warming} · /help")
 
 
 def run_repl(args) -> None:
