@@ -13,7 +13,7 @@ import sys
 import traceback
 
 from . import switches
-from .errors import UNENCODABLE, Cancelled, ExitCode, Stopped, UsageError, classify, error_json, one_line
+from .errors import UNENCODABLE, Cancelled, ExitCode, Stopped, UsageError, classify, error_json, one_line, say
 
 PROG = "codecomplete"
 MAX_SEED = 2 ** 64 - 1     # what torch.Generator.manual_seed takes
@@ -516,10 +516,7 @@ def _emit_error(destination: str, obj: dict) -> None:
 
 def _say(line: str) -> None:
     """One line on stderr, which may be a pipe nobody reads any more: then the exit code says it all."""
-    try:
-        print(one_line(line), file=sys.stderr, flush=True)
-    except (OSError, ValueError):
-        pass
+    say(line)
 
 
 STREAMS = ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w"))

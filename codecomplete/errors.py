@@ -6,6 +6,8 @@ The contract (../shared/DESIGN.md): 0 success, 1 runtime failure, 2 usage or inp
 from __future__ import annotations
 
 import codecs
+import errno
+import os
 import re
 import sys
 from enum import IntEnum
@@ -53,6 +55,25 @@ def one_line(message: str) -> str:
     half = LONG_WORD // 2
     shortened = _LONG.sub(lambda word: f"{word[0][:half]}…{word[0][-half:]}", message)
     return printable(shortened).translate(_LINE_BREAKS)
+
+
+def say(line: str) -> None:
+    """One line on stderr (`one_line`'s), which may be a pipe nobody reads any more, a terminal hung up or a full
+    disk: then the line is dropped, never an exception (a server's engine thread, which logs each request, ended at
+    the first such line and served no more). A reader gone for good (a closed pipe, a hung-up terminal): stderr
+    becomes /dev/null, so that the lines after it, and the flush at exit, do not fail again."""
+    try:
+        print(one_line(line), file=sys.stderr, flush=True)
+    except OSError as exc:
+        if exc.errno in (errno.EPIPE, errno.EIO):
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stderr.fileno())
+                os.close(devnull)
+            except (OSError, ValueError):
+                pass
+    except ValueError:                  # stderr closed by the program itself
+        pass
 
 
 def not_a_number(result) -> str:

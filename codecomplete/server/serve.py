@@ -28,7 +28,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .. import chat, client, switches, workspace
 from ..cli import package_version
-from ..errors import AppError, Stopped, UsageError
+from ..errors import AppError, Stopped, UsageError, say
 from ..session import open_session
 from . import native, warming
 from .app import CUT, MAX_HEAD_BYTES, Server, create_app, head_error
@@ -144,7 +144,7 @@ def _run(args, root, listener: socket.socket, loading: _LoadingAnswers, api_key:
         listener.close()
         if frozen:
             gc.unfreeze()      # the interpreter's exit frees them (else nanobind reports Triton objects as leaked)
-    print("codecomplete: stopped", file=sys.stderr, flush=True)
+    say("codecomplete: stopped")      # (its log may have no reader any more)
     if hung_up is not None and len(hung_up) > 1:
         raise Stopped(128 + signal.SIGHUP)      # stopped as for SIGTERM, and still ended with 129
 

@@ -32,13 +32,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import queue
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from ..errors import not_a_number, one_line
+from ..errors import not_a_number, say
 from ..session import Generation
 from .errors import ApiError
 
@@ -198,7 +197,7 @@ class EngineWorker:
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._live: dict[str, Job] = {}         # submitted and not finished, by id
         self._lock = threading.Lock()
-        self._log = log or (lambda line: print(one_line(line), file=sys.stderr, flush=True))
+        self._log = log or say      # (a log nobody reads any more drops its lines: the thread serves on)
         self._first = first                     # run on the thread before any job (the server's warm-up)
         self._ready = threading.Event()
         self._first_result: tuple[object, BaseException | None] = (None, None)

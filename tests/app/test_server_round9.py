@@ -1,0 +1,53 @@
+"""`codecomplete serve` against the adversarial sweep's ninth round (bench/results/NOTES.md), on a real server and
+its real socket."""
+import json
+import signal
+import subprocess
+import time
+
+import httpx
+
+START_TIMEOUT_S = 120
+
+
+def _announced(runtime, process) -> dict:
+    """The record a server writes once it serves (discovery.announce), waited for."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"the server exited with {process.returncode}"
+        for path in (runtime / "servers").glob("*.json"):
+            try:
+                return json.loads(path.read_text(encoding="utf-8"))
+            except ValueError:      # being written
+                pass
+        time.sleep(0.2)
+    raise AssertionError(f"the server did not start within {START_TIMEOUT_S} s")
+
+
+def test_a_server_whose_log_nobody_reads_any_more_serves_on(script, cli_env, served_repo, tmp_path):
+    """A server whose stderr is a pipe its reader closed (an editor or a supervisor that started it and stopped
+    reading its log, `codecomplete serve . 2>&1 | head`; a full disk under a log file fails alike): the engine thread
+    wrote each request's summary line with a plain print, whose BrokenPipeError ended the thread after the first
+    answer. The server then stopped serving for good while /health said ok: every later request waited forever (the
+    sweep's client timed out), and SIGTERM ended it with 141. The log's lines are dropped now, the answers go on, and
+    a stop ends it as any stop once serving does."""
+    runtime = tmp_path / "runtime"
+    process = subprocess.Popen(
+        [str(script), "serve", str(served_repo), "--port", "0", "--context-tokens", "256", "--max-tokens", "8"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**cli_env, "CODECOMPLETE_RUNTIME_DIR": str(runtime)})
+    try:
+        url = _announced(runtime, process)["url"]
+        process.stderr.close()          # the log's reader goes away
+        for path, body in [("/completion", {"prompt": "def area(", "n_predict": 2}),
+                           ("/infill", {"input_prefix": "def area(", "input_suffix": "", "n_predict": 2}),
+                           ("/completion", {"prompt": "import ", "n_predict": 2, "stream": True}),
+                           ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}),
+                           ("/completion", {"prompt": "class ", "n_predict": 2})]:
+            answer = httpx.post(url + path, json=body, timeout=60)
+            assert answer.status_code == 200, (path, answer.status_code, answer.text)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
