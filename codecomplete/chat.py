@@ -118,7 +118,7 @@ def open_conversation(args) -> Conversation:
 def run_ask(args) -> None:
     question = args.ask
     if question == "-":         # (as --prompt - reads its text: a question piped in, or a file of one)
-        question = read_stdin().rstrip().lstrip("\r\n")
+        question = read_stdin("a question (--ask -)").rstrip().lstrip("\r\n")
         if not question.strip():
             raise UsageError("--ask -: standard input is empty, no question to answer")
     conversation = open_conversation(args)

@@ -10,7 +10,7 @@ DEFAULT_MAX_TOKENS = 256
 
 
 def run_prompt(args) -> None:
-    text = read_stdin() if args.prompt == "-" else args.prompt
+    text = read_stdin("a prompt (--prompt -)") if args.prompt == "-" else args.prompt
     if not text:
         raise UsageError("--prompt -: standard input is empty, nothing to continue from")
     max_new = args.max_tokens or DEFAULT_MAX_TOKENS

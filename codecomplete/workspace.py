@@ -135,9 +135,9 @@ def _candidates(root: Path, path: str) -> tuple[list[Path], Path | None]:
 MAX_STDIN_BYTES = MAX_BUFFER_BYTES     # no editor buffer is this large; `< /dev/zero` would never end
 
 
-def read_stdin() -> str:
-    """Standard input as text (an editor's buffer, a prompt); bytes that are not UTF-8 become U+FFFD, a leading
-    byte-order mark is dropped."""
+def read_stdin(what: str = "a buffer to complete (--stdin)") -> str:
+    """Standard input as text (an editor's buffer, a prompt, a question: `what`, as a refusal names it); bytes that
+    are not UTF-8 become U+FFFD, a leading byte-order mark is dropped."""
     import sys
 
     try:
@@ -145,7 +145,7 @@ def read_stdin() -> str:
     except OSError as exc:
         raise UsageError(f"cannot read standard input: {exc.strerror}") from None
     if len(data) > MAX_STDIN_BYTES:
-        raise UsageError(f"standard input is over {MAX_STDIN_BYTES // 2 ** 20} MiB: not a buffer to complete")
+        raise UsageError(f"standard input is over {MAX_STDIN_BYTES // 2 ** 20} MiB: not {what}")
     return decode_source(data)  # as the index reads a file (UTF-8, or UTF-16 with a byte-order mark)
 
 

@@ -98,6 +98,19 @@ def test_a_question_from_stdin(codecomplete, repo):
     check_error(codecomplete(repo, "--ask", "-", "--no-server", input=" \n"), 2, "--ask -", "standard input is empty")
 
 
+@pytest.mark.parametrize("args, what", [(["--ask", "-"], "not a question (--ask -)"),
+                                        (["--prompt", "-"], "not a prompt (--prompt -)"),
+                                        (["--file", "app.py", "--stdin"], "not a buffer to complete (--stdin)")])
+def test_standard_input_over_the_limit_is_said_of_what_it_was_for(codecomplete, repo, args, what):
+    """Standard input past MAX_STDIN_BYTES was "not a buffer to complete" whatever read it: a question piped to
+    `--ask -` or a prompt to `--prompt -` was said to be an editor's buffer. The message names what it was read for."""
+    from codecomplete.workspace import MAX_STDIN_BYTES
+
+    repository = [] if args[0] == "--prompt" else [repo]
+    run = codecomplete(*repository, *args, "--no-server", input="a" * (MAX_STDIN_BYTES + 1))
+    check_error(run, 2, "standard input is over 64 MiB", what)
+
+
 def test_a_healed_prompt_counts_only_the_new_tokens_max_tokens_asked_for(codecomplete):
     """`--max-tokens` bounds the tokens after token healing (the model first writes the prompt's healed tail
     again), as llama.cpp counts n_predict: those are the completion's tokens, the healing ones the prompt's, as
