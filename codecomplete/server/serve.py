@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import errno
 import functools
 import gc
 import http
 import ipaddress
+import logging
 import os
 import select
 import signal
@@ -28,7 +30,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .. import chat, client, switches, workspace
 from ..cli import package_version
-from ..errors import AppError, Stopped, UsageError, say
+from ..errors import AppError, Stopped, UsageError, say, would_wait
 from ..session import open_session
 from . import native, warming
 from .app import CUT, MAX_HEAD_BYTES, Server, create_app, head_error
@@ -115,6 +117,7 @@ def _run(args, root, listener: socket.socket, loading: _LoadingAnswers, api_key:
         gc.freeze()
     info["prompt_budget"] = server.prompt_budget
     config = uvicorn.Config(create_app(server), log_level="warning", access_log=False, lifespan="off",
+                            log_config=_log_config(),
                             timeout_graceful_shutdown=GRACE_S, http=_Connection,
                             h11_max_incomplete_event_size=MAX_HEAD_BYTES)
     print(f"codecomplete: {warmed}", file=sys.stderr, flush=True)
@@ -147,6 +150,29 @@ def _run(args, root, listener: socket.socket, loading: _LoadingAnswers, api_key:
     say("codecomplete: stopped")      # (its log may have no reader any more)
     if hung_up is not None and len(hung_up) > 1:
         raise Stopped(128 + signal.SIGHUP)      # stopped as for SIGTERM, and still ended with 129
+
+
+class _LogHandler(logging.StreamHandler):
+    """The server's log records (uvicorn's, "Invalid HTTP request received." for each malformed request; a request's
+    internal error with its traceback) on standard error, a record dropped where writing it would wait: a pipe its
+    reader never drains filled up after a few thousand, and the event loop, which writes them, waited for good."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not would_wait(self.stream):
+            super().emit(record)
+
+
+def _log_config() -> dict:
+    """uvicorn's logging configuration, its handlers `_LogHandler`s, and one for codecomplete.server's records (a
+    request's internal error), written as Python's last-resort handler wrote them."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    handler = f"{__name__}._LogHandler"
+    for name in config["handlers"]:
+        config["handlers"][name]["class"] = handler
+    config["formatters"]["plain"] = {"format": "%(message)s"}
+    config["handlers"]["plain"] = {"formatter": "plain", "class": handler, "stream": "ext://sys.stderr"}
+    config["loggers"]["codecomplete.server"] = {"handlers": ["plain"], "level": "WARNING", "propagate": False}
+    return config
 
 
 def _check_budget(session, budget: int) -> None:

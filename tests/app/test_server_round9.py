@@ -2,10 +2,17 @@
 its real socket."""
 import json
 import signal
+import socket
 import subprocess
 import time
 
 import httpx
+import pytest
+
+try:
+    import fcntl
+except ImportError:        # (Windows)
+    fcntl = None
 
 START_TIMEOUT_S = 120
 
@@ -51,3 +58,35 @@ def test_a_server_whose_log_nobody_reads_any_more_serves_on(script, cli_env, ser
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.mark.skipif(not hasattr(fcntl, "F_SETPIPE_SZ"), reason="Linux's pipe sizes")
+def test_a_server_whose_log_nobody_drains_serves_on(script, cli_env, served_repo, tmp_path):
+    """A server whose stderr is a pipe that its parent never reads (an editor plugin that spawned it with pipes and
+    reads none of them; `Popen(stderr=PIPE)` left alone): once the pipe was full, the next log line's write waited
+    forever, in the engine thread (each request's summary) or on the event loop (uvicorn's "Invalid HTTP request
+    received." for each malformed request): every later request hung, 467 requests into a 64 KiB pipe in the sweep,
+    and SIGTERM could not stop it. A line that would wait is dropped now: requests go on, and SIGTERM ends it."""
+    runtime = tmp_path / "runtime"
+    process = subprocess.Popen(
+        [str(script), "serve", str(served_repo), "--port", "0", "--context-tokens", "256", "--max-tokens", "8"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**cli_env, "CODECOMPLETE_RUNTIME_DIR": str(runtime)})
+    try:
+        url = _announced(runtime, process)["url"]
+        fcntl.fcntl(process.stderr.fileno(), fcntl.F_SETPIPE_SZ, 4096)     # a page: full after a few dozen lines
+        host, port = url.removeprefix("http://").split(":")
+        for _ in range(300):        # malformed requests: uvicorn logs a warning for each (a 400 answers them)
+            with socket.create_connection((host, int(port)), timeout=30) as connection:
+                connection.sendall(b"GARBAGE\r\n\r\n")
+                assert connection.recv(12) == b"HTTP/1.1 400"
+        for i in range(40):         # each logs its summary line
+            answer = httpx.post(url + "/infill", json={"input_prefix": f"def area{i}(", "input_suffix": "",
+                                                       "n_predict": 1}, timeout=30)
+            assert answer.status_code == 200, answer.text
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stderr.close()
