@@ -97,8 +97,11 @@ def build_chat_prompt(
     given = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
     system = given or SYSTEM.format(name=index.name)
     turns = [m for m in messages if m["role"] != "system"]
-    if turns[-1]["role"] == "assistant" and not turns[-1]["content"]:
-        turns.pop()     # (an empty answer begun is none: CodeLlama-Instruct's would end the prompt in a lone space)
+    if turns[-1]["role"] == "assistant" and not turns[-1]["content"].strip():
+        # An answer begun that is empty or white space only is none: CodeLlama-Instruct's format, and ChatML's with
+        # " ", would end the prompt in a lone space (or newline) token, which a byte-level vocabulary almost only
+        # has before digits.
+        turns.pop()
     whole = _latest_turns_that_fit(render, system, turns, limit, bool(given))
     shared = whole      # the turns within the history share
     if history_share < 1 and len(whole) > 1:
@@ -321,6 +324,9 @@ def _latest_turns_that_fit(render: Renderer, system: str, conversation: list[Mes
         if alone <= limit:      # the client's own system message (rules, a pasted file) is what leaves no room
             raise BudgetError(f"the system message ({size - alone} tokens) leaves no room for the question in a "
                               f"prompt budget of {limit} tokens")
+        if question[-1]["role"] == "assistant" and len(render(system, question[:-1])) <= limit:
+            raise BudgetError(f"the answer begun after the question (the assistant's last message) does not fit "
+                              f"into a prompt budget of {limit} tokens with it")
         raise BudgetError(f"the question does not fit into a prompt budget of {limit} tokens")
     while low < high:                               # the earliest start that fits (fewer turns, fewer tokens)
         middle = (low + high) // 2

@@ -618,12 +618,28 @@ def test_an_answer_begun_in_codellama_instruct_goes_on_as_its_template_renders_i
     assert build_chat_prompt(index, templated, begun, budget_tokens=2000).ids == ids
 
 
-def test_an_empty_answer_begun_is_the_question_alone(make_repo, smollm2_tokenizer, codellama_tokenizer):
-    """A client's "continue" of an answer still empty (an assistant message of "" last, or null content): the
-    prompt is the question's, where CodeLlama-Instruct's format ended it in a lone space after [/INST]."""
+@pytest.mark.parametrize("begun", ["", " ", "\n", "  \n"])
+def test_an_empty_answer_begun_is_the_question_alone(make_repo, smollm2_tokenizer, codellama_tokenizer, begun):
+    """A client's "continue" of an answer still empty (an assistant message of "" last, or null content) or white
+    space only: the prompt is the question's, where CodeLlama-Instruct's format ended it in a lone space after
+    [/INST], and ChatML's in a lone space token for " " (round 9)."""
     index = index_repository(make_repo({"util.py": UTIL}))
     question = [{"role": "user", "content": "What does helper do?"}]
     for tokenizer in (smollm2_tokenizer, codellama_tokenizer):
         alone = build_chat_prompt(index, tokenizer, question, budget_tokens=2000).ids
-        assert build_chat_prompt(index, tokenizer, [*question, {"role": "assistant", "content": ""}],
+        assert build_chat_prompt(index, tokenizer, [*question, {"role": "assistant", "content": begun}],
                                  budget_tokens=2000).ids == alone
+
+
+def test_an_answer_begun_too_long_is_named_as_what_does_not_fit(make_repo, smollm2_tokenizer):
+    """A question that fits with an answer begun after it that does not: the error blamed the question."""
+    from prompts import BudgetError
+
+    index = index_repository(make_repo({"util.py": UTIL}))
+    question = [{"role": "user", "content": "What does helper do?"}]
+    with pytest.raises(BudgetError, match="the answer begun after the question .* does not fit into a prompt budget"):
+        build_chat_prompt(index, smollm2_tokenizer, [*question, {"role": "assistant", "content": "x " * 3000}],
+                          budget_tokens=500)
+    with pytest.raises(BudgetError, match="^the question does not fit"):
+        build_chat_prompt(index, smollm2_tokenizer, [{"role": "user", "content": "why " * 3000},
+                                                     {"role": "assistant", "content": "It"}], budget_tokens=500)
