@@ -144,7 +144,10 @@ def build_chat_prompt(
 
     room = limit - len(render(system, shared))
     chosen = choose(room)
-    if held is not None and _continues(held, messages, pins) and _still_wanted(index, held, chosen.chunks, scores):
+    # A question that names no code nor file ("Why?") is about what the last answer was given.
+    follows_on = not (_names_code(question, index.definers.__contains__) or query.mentioned)
+    if (held is not None and _continues(held, messages, pins)
+            and _still_wanted(index, held, chosen.chunks, scores, follows_on)):
         kept = _turns_beside(render, system + held.text, whole, limit)
         if len(kept) >= len(chosen.conversation):     # (holding them must not cost the conversation earlier turns)
             kept = _held_turns(render, system + held.text, turns, held.dropped, kept, limit)
@@ -255,16 +258,21 @@ def _same_start(held: HeldExcerpts, messages: Sequence[Message]) -> bool:
                                           or role == "assistant" and last["content"].startswith(content)))
 
 
-def _still_wanted(index: RepoIndex, held: HeldExcerpts, fresh: Sequence[Chunk], scores) -> bool:
-    """Whether the held excerpts stay: every chunk they show is indexed still as it was, and the ``fresh`` choice is
-    worth no HOLD_MARGIN more than they are, by the ranking's ``scores`` for this question (over each side's best).
-    """
+def _still_wanted(index: RepoIndex, held: HeldExcerpts, fresh: Sequence[Chunk], scores, follows_on: bool) -> bool:
+    """Whether the held excerpts stay: every chunk they show is indexed still as it was, and either the question
+    names no code (``follows_on``: "Why?", "Explain it with an example." are about what the last answer was given)
+    or the ``fresh`` choice is worth no HOLD_MARGIN more than they are, by the ranking's ``scores`` for this question
+    (over each side's best). A question naming no code ranks on its prose words and the earlier questions' at less
+    weight: as older turns were cut, "ok" went from a quarter to an eighth of a weight and a fresh choice of the same
+    two files came out a fifth ahead, and the REPL read its whole prompt again (round 9)."""
     if not held.chunks:     # (nothing held: held again at every turn, the conversation would never get any)
         return not fresh
     for chunk in held.chunks:
         number = chunk_number(index, chunk.path, chunk.start_line)
         if number is None or index.chunks[number] != chunk:
             return False
+    if follows_on:
+        return True
     # Each side by its HOLD_HEAD best chunks (fewer where either has fewer): whether the question brings other code
     # is in the ranking's head; over all of them, the fresh choice, the ranking's own, is ahead by its tail alone.
     best = min(HOLD_HEAD, len(fresh), len(held.chunks))

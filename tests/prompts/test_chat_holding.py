@@ -318,3 +318,20 @@ def test_a_question_names_code_by_a_defined_name_written_as_code(question, names
     defined = {"it", "work", "work_on", "Worker", "List"}.__contains__
     assert _names_code(question, defined) is names
     assert not _names_code(question, lambda name: False)      # (a name the repository does not define is none)
+
+
+def test_a_follow_up_naming_no_code_keeps_its_excerpts_whatever_the_ranking_says(index, smollm2_tokenizer,
+                                                                                  monkeypatch):
+    """A follow-up naming no code ranks on prose and on earlier questions at less weight, and as older turns were
+    cut those weights moved: a fresh choice of the same files came out a fifth ahead, and the REPL read its whole
+    prompt again (round 9). Such a follow-up keeps the held excerpts whatever the worth of a fresh choice (here
+    made to win every comparison); one naming code, or a file, is still ranked against them."""
+    import prompts.chat
+
+    monkeypatch.setattr(prompts.chat, "HOLD_MARGIN", -0.99)    # a fresh choice is worth more than 1% of the held
+    second, before = _second_turn(index, smollm2_tokenizer)
+    for question, holds in [("Why?", True), ("Explain it with an example.", True),
+                            ("Why does encode_floats_3 add it?", False), ("What is in streams.py?", False)]:
+        follow_up = [*second, _answer("It adds the limit."), _ask(question)]
+        after = _turn(index, smollm2_tokenizer, follow_up, held=before.held)
+        assert (after.ids[:len(before.ids)] == before.ids) == holds, question
