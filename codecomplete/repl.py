@@ -190,6 +190,7 @@ class _WarmUp:
         self.error: BaseException | None = None
         self.seconds = 0.0
         self._stop = threading.Event()
+        self._ended = threading.Event()
         self._started = time.perf_counter()
         self._thread = threading.Thread(target=self._run, args=(session, on_end), name="warm-up", daemon=True)
         self._thread.start()
@@ -201,6 +202,7 @@ class _WarmUp:
             self.error = exc
         finally:
             self.seconds = time.perf_counter() - self._started
+            self._ended.set()               # (before `on_end`: the toolbar it redraws asks `running`)
             try:
                 on_end()
             except Exception:               # a redraw of a prompt that is gone
@@ -211,14 +213,21 @@ class _WarmUp:
         return self._stop.is_set()
 
     def running(self) -> bool:
-        return self._thread.is_alive()
+        return not self._ended.is_set()
+
+    def stop(self) -> None:
+        """Skip the steps after the one under way."""
+        self._stop.set()
 
     def finish(self, should_stop) -> None:
-        """Wait for the warm-up to end; once `should_stop()`, it skips its steps after the one under way."""
-        while self._thread.is_alive():
+        """Wait for the warm-up to end; once `should_stop()`, it skips its steps after the one under way. Waited for
+        by its end, not by the thread's: Python 3.11's Thread.join, interrupted by Ctrl-C, marks a thread that still
+        runs as ended (gh-90882), and the line after a second Ctrl-C ran beside the warm-up."""
+        while not self._ended.is_set():
             if should_stop():
-                self._stop.set()
-            self._thread.join(timeout=0.05)
+                self.stop()
+            self._ended.wait(timeout=0.05)
+        self._thread.join()             # (what is left of it: the redraw, at once)
 
 
 class Repl:
@@ -262,7 +271,8 @@ class Repl:
             if _first_word(text) in ("/exit", "/quit") and text == _first_word(text):
                 return                      # (`run` stops the warm-up; `/exit now?` goes on to be refused)
             try:
-                self._finish_warm_up(skip_rest=_first_word(text) == "/model")
+                # (`/model SPEC` loads another model: the one warmed goes; `/model` alone only shows it)
+                self._finish_warm_up(skip_rest=_first_word(text) == "/model" and text != "/model")
                 self.conversation.session.catch_up()     # the files may have changed while the user typed
                 if text.startswith("//"):          # the escape: a question that begins with a slash
                     self.ask(re.sub(r"\A(\s*)/", r"\1", _question(typed), count=1))
@@ -289,18 +299,25 @@ class Repl:
 
     def _finish_warm_up(self, skip_rest: bool = False) -> None:
         """Wait for the warm-up under way, with a spinner (Ctrl-C skips the rest of it), and say what it built.
-        `skip_rest`: stop it after the step under way (/model: the model it warms goes)."""
-        warming, self._warming = self._warming, None
+        `skip_rest`: stop it after the step under way (/model SPEC: the model it warms goes). Interrupted (a second
+        Ctrl-C, the step under way going on), the line ends and the warm-up, told to stop, stays the next line's to
+        wait for: nothing may use the session beside it."""
+        warming = self._warming
         if warming is None:
             return
-        if skip_rest:
-            warming.finish(should_stop=lambda: True)
-        elif warming.running():
-            with render.status("finishing the model's warm-up on the GPU (Ctrl-C skips the rest)"), \
-                    CancelOnSigint() as cancel:
-                warming.finish(should_stop=cancel)
-        else:
-            warming.finish(should_stop=lambda: False)
+        try:
+            if skip_rest:
+                warming.finish(should_stop=lambda: True)
+            elif warming.running():
+                with render.status("finishing the model's warm-up on the GPU (Ctrl-C skips the rest)"), \
+                        CancelOnSigint() as cancel:
+                    warming.finish(should_stop=cancel)
+            else:
+                warming.finish(should_stop=lambda: False)
+        except BaseException:
+            warming.stop()
+            raise
+        self._warming = None
         if warming.error is not None:
             if classify(warming.error) is None:
                 raise warming.error

@@ -676,3 +676,76 @@ def test_the_pty_benchmark_reads_each_answer_as_the_repl_reports_it(cli_env, rep
         assert 1 <= row["tokens"] <= 3 and row["prompt"] > 10 and row["first_token_ms"] > 0, row
         assert 0 < row["enter_to_answer_s"] < 240, row
     assert "| What does _make_iterencode do with floats? | " in out.read_text()
+
+
+def test_showing_the_model_lets_the_warm_up_finish(conversation, tmp_path, monkeypatch):
+    """`/model` alone only shows the model: the warm-up under way goes on to its end. Only `/model SPEC` skips the
+    rest (the model it warms goes); a bare `/model` skipped it too, and the next answers built the steps skipped."""
+    seen = {}
+
+    def warm_up(session, should_stop=lambda: False):
+        deadline = time.monotonic() + 0.5           # a step under way when the line is typed
+        while time.monotonic() < deadline and not should_stop():
+            time.sleep(0.01)
+        seen["stopped"] = should_stop()
+        return ["the decode step"]
+    monkeypatch.setattr(Session, "warm_up", warm_up)
+    monkeypatch.setattr(repl.Repl, "_builds_ahead", lambda self: True)
+    printed = drive(conversation, ["/model\r", "/exit\r"], tmp_path / "history")
+    assert seen == {"stopped": False}
+    assert "warmed up the decode step in " in printed and "skipped the rest" not in printed, printed
+
+
+def test_a_second_ctrl_c_while_a_line_waits_for_the_warm_up_does_not_let_the_next_line_beside_it(
+        conversation, tmp_path, monkeypatch):
+    """Ctrl-C twice while a line waits for the warm-up (the step under way, a capture of seconds, does not stop at
+    once; a second Ctrl-C is KeyboardInterrupt): the line is interrupted, and the warm-up, still running, is still
+    waited for by the next line. It was forgotten instead (and Python 3.11's Thread.join, interrupted, marks the
+    thread ended though it runs, gh-90882): the next line ran beside it, its answer's GPU work beside a capture, the
+    session two callers', and /exit did not wait for it either."""
+    from codecomplete.cancel import CancelOnSigint
+
+    order = []
+
+    def press_ctrl_c(pressed: int) -> None:
+        """From the warm-up's thread, once the line waits for it (CancelOnSigint handles SIGINT)."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            cancel = getattr(signal.getsignal(signal.SIGINT), "__self__", None)
+            if isinstance(cancel, CancelOnSigint) and cancel.cancelled == (pressed > 0):
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.01)
+        raise AssertionError("the line did not wait for the warm-up")
+
+    def warm_up(session, should_stop=lambda: False):
+        press_ctrl_c(0)
+        press_ctrl_c(1)
+        time.sleep(1.0)                             # the step under way goes on after the second press
+        order.append("warm-up ended")
+        return ["the decode step"]
+    monkeypatch.setattr(Session, "warm_up", warm_up)
+    monkeypatch.setattr(Session, "catch_up", lambda session: order.append("line ran"))
+    monkeypatch.setattr(repl.Repl, "_builds_ahead", lambda self: True)
+    printed = drive(conversation, ["/help\r", "/help\r", "/exit\r"], tmp_path / "history")
+    assert "interrupted" in printed
+    assert order == ["warm-up ended", "line ran"], (order, printed)
+    assert "warmed up the decode step in " in printed and "(skipped the rest)" in printed, printed
+
+
+def test_the_toolbar_redrawn_as_the_warm_up_ends_says_it_ended(conversation):
+    """The warm-up's thread asks for a redraw as it ends, so that the toolbar drops "warming up the GPU": a redraw
+    run at once (the event loop's thread may run it before the warm-up's thread has ended) still said it ran, and
+    nothing redrew the toolbar again until a key was pressed."""
+    toolbars, go = [], threading.Event()
+
+    class _Session:
+        def warm_up(self, should_stop):
+            assert go.wait(timeout=30)
+            return ["the decode step"]
+    session = repl.Repl(conversation, Console(file=io.StringIO()), input=None, output=DummyOutput(),
+                        history=None)
+    session._warming = repl._WarmUp(_Session(), lambda: toolbars.append(session._toolbar()))
+    go.set()
+    session._warming.finish(should_stop=lambda: False)
+    assert toolbars and "warming up" not in toolbars[0], toolbars
