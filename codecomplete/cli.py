@@ -17,6 +17,7 @@ from .errors import UNENCODABLE, Cancelled, ExitCode, Stopped, UsageError, class
 
 PROG = "codecomplete"
 MAX_SEED = 2 ** 64 - 1     # what torch.Generator.manual_seed takes
+LAST_LINE_PATIENCE_S = 3.0     # how long the line a command ends with waits for a standard error that is full
 MAX_TOKENS = 10_000_000    # beyond any model's positions: a larger count is a typo, said at once
 
 DESCRIPTION = """\
@@ -515,8 +516,10 @@ def _emit_error(destination: str, obj: dict) -> None:
 
 
 def _say(line: str) -> None:
-    """One line on stderr, which may be a pipe nobody reads any more: then the exit code says it all."""
-    say(line)
+    """The line a command ends with, on stderr, which may be a pipe nobody reads any more: then the exit code says it
+    all. Full for the moment (a reader that pages, `2>&1 | less`; a terminal behind a slow link, after a long answer),
+    it is waited for a few seconds (LAST_LINE_PATIENCE_S), not dropped at once as a server's log lines are."""
+    say(line, patience_s=LAST_LINE_PATIENCE_S)
 
 
 STREAMS = ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w"))

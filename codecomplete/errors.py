@@ -58,13 +58,13 @@ def one_line(message: str) -> str:
     return printable(shortened).translate(_LINE_BREAKS)
 
 
-def say(line: str) -> None:
+def say(line: str, patience_s: float = 0.0) -> None:
     """One line on stderr (`one_line`'s), which may be a pipe nobody reads any more, one nobody drains, a terminal
-    hung up or a full disk: then the line is dropped, never waited for nor an exception (a server's engine thread,
-    which logs each request, ended at the first such line, or waited at it for good, and served no more). A reader
-    gone for good (a closed pipe, a hung-up terminal): stderr becomes /dev/null, so that the lines after it, and the
-    flush at exit, do not fail again."""
-    if would_wait(sys.stderr):
+    hung up or a full disk: then the line is dropped, never waited for (past `patience_s`) nor an exception (a
+    server's engine thread, which logs each request, ended at the first such line, or waited at it for good, and
+    served no more). A reader gone for good (a closed pipe, a hung-up terminal): stderr becomes /dev/null, so that
+    the lines after it, and the flush at exit, do not fail again."""
+    if would_wait(sys.stderr, patience_s):
         return
     try:
         print(one_line(line), file=sys.stderr, flush=True)
@@ -80,15 +80,16 @@ def say(line: str) -> None:
         pass
 
 
-def would_wait(stream) -> bool:
-    """Whether a line written to `stream` now would wait: a pipe full because its reader reads none of it (a parent
-    that spawned the program with pipes and reads only stdout). A line of a log is worth less than the work that
-    writes it. (Not asked on Windows, whose select takes sockets only; nor of a stream without a descriptor.)"""
+def would_wait(stream, timeout_s: float = 0.0) -> bool:
+    """Whether a line written to `stream` now (or within `timeout_s`) would wait: a pipe full because its reader
+    reads none of it (a parent that spawned the program with pipes and reads only stdout). A line of a log is worth
+    less than the work that writes it. (Not asked on Windows, whose select takes sockets only; nor of a stream
+    without a descriptor.)"""
     if sys.platform == "win32":
         return False
     try:
         descriptor = stream.fileno()
-        return not select.select([], [descriptor], [], 0)[1]
+        return not select.select([], [descriptor], [], timeout_s)[1]
     except (AttributeError, OSError, ValueError):    # (io.UnsupportedOperation: a test's capture)
         return False
 

@@ -625,3 +625,66 @@ def test_files_skipped_are_told_before_nothing_to_index(tmp_path, monkeypatch):
     with pytest.raises(PromptError, match="nothing to index"):
         workspace.index(root)
     assert told == ["skipped secret: Permission denied"]
+
+
+def _full_pipe():
+    """A pipe whose buffer is full (nobody has read it yet): its read and write ends."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    try:
+        while True:
+            os.write(write_end, b"x" * 4096)
+    except BlockingIOError:
+        pass
+    os.set_blocking(write_end, True)
+    return read_end, write_end
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="select takes sockets only there")
+def test_the_command_lines_last_line_waits_a_moment_for_a_reader_that_drains(monkeypatch):
+    """The line a command ends with (its error, "interrupted") on a standard error that is full for the moment: a
+    pipe whose reader pages (`codecomplete ... 2>&1 | less`) or a terminal behind a slow link, after a long answer.
+    It was dropped at once, as a server's log line is (whose reader may never drain); it now waits a moment."""
+    from codecomplete import cli
+
+    read_end, write_end = _full_pipe()
+    stream = open(write_end, "w", encoding="utf-8", closefd=True)
+    monkeypatch.setattr(sys, "stderr", stream)
+    drained = bytearray()
+
+    def drain():
+        time.sleep(0.3)
+        while chunk := os.read(read_end, 1 << 16):      # (to the end: the line, or none)
+            drained.extend(chunk)
+    reader = __import__("threading").Thread(target=drain)
+    reader.start()
+    try:
+        cli._say("codecomplete: error: the last line")
+        stream.close()
+        reader.join(timeout=30)
+    finally:
+        os.close(read_end)
+    assert drained.endswith(b"codecomplete: error: the last line\n"), drained[-80:]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="select takes sockets only there")
+def test_a_log_line_is_dropped_only_where_it_would_wait(tmp_path):
+    """`errors.would_wait`, which a server's log lines ask: a full pipe would wait; a regular file, /dev/null, a new
+    pipe, a terminal with room and a stream without a descriptor would not."""
+    import pty
+
+    from codecomplete.errors import would_wait
+
+    read_end, write_end = _full_pipe()
+    with open(write_end, "w", closefd=True) as full:
+        assert would_wait(full)
+        os.read(read_end, 1 << 20)              # room again
+        assert not would_wait(full)
+    os.close(read_end)
+    with open(tmp_path / "log", "w") as regular, open(os.devnull, "w") as null:
+        assert not would_wait(regular) and not would_wait(null)
+    controller, terminal = pty.openpty()
+    with open(terminal, "w", closefd=True) as stream:
+        assert not would_wait(stream)
+    os.close(controller)
+    assert not would_wait(__import__("io").StringIO())
