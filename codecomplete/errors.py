@@ -67,7 +67,7 @@ def say(line: str, patience_s: float = 0.0) -> None:
     if would_wait(sys.stderr, patience_s):
         return
     try:
-        print(one_line(line), file=sys.stderr, flush=True)
+        write_or_drop(sys.stderr, one_line(line) + "\n")
     except OSError as exc:
         if exc.errno in (errno.EPIPE, errno.EIO):
             try:
@@ -78,6 +78,22 @@ def say(line: str, patience_s: float = 0.0) -> None:
                 pass
     except ValueError:                  # stderr closed by the program itself
         pass
+
+
+# Characters written at a time by `write_or_drop`: room for a pipe's PIPE_BUF bytes (4,096 on Linux, 512 on macOS) is
+# what `select` promises, and a character takes up to 10 bytes (`\U0001f600`, backslash-replaced for an ASCII stream).
+_PIECE = max(1, select.PIPE_BUF // 16) if hasattr(select, "PIPE_BUF") else 256
+
+
+def write_or_drop(stream, text: str) -> None:
+    """`text` on `stream`, a piece at a time while each is taken at once (`would_wait`); the rest dropped where one
+    is not. A record longer than a pipe's free page (a traceback) waited at its second page for good where the
+    pipe's reader never drains it, though `select` said there was room."""
+    for start in range(0, len(text), _PIECE):
+        if would_wait(stream):
+            return
+        stream.write(text[start:start + _PIECE])
+        stream.flush()
 
 
 def would_wait(stream, timeout_s: float = 0.0) -> bool:

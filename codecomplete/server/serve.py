@@ -30,7 +30,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .. import chat, client, switches, workspace
 from ..cli import package_version
-from ..errors import AppError, Stopped, UsageError, say, would_wait
+from ..errors import AppError, Stopped, UsageError, say, write_or_drop
 from ..session import open_session
 from . import native, warming
 from .app import CUT, MAX_HEAD_BYTES, Server, create_app, head_error
@@ -154,12 +154,17 @@ def _run(args, root, listener: socket.socket, loading: _LoadingAnswers, api_key:
 
 class _LogHandler(logging.StreamHandler):
     """The server's log records (uvicorn's, "Invalid HTTP request received." for each malformed request; a request's
-    internal error with its traceback) on standard error, a record dropped where writing it would wait: a pipe its
-    reader never drains filled up after a few thousand, and the event loop, which writes them, waited for good."""
+    internal error with its traceback) on standard error, written as far as it is taken at once (`write_or_drop`),
+    the rest dropped: a pipe its reader never drains filled up after a few thousand, and the event loop, which
+    writes them, waited for good."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        if not would_wait(self.stream):
-            super().emit(record)
+        try:
+            write_or_drop(self.stream, self.format(record) + self.terminator)     # (a traceback: pieces)
+        except RecursionError:          # (as StreamHandler.emit)
+            raise
+        except Exception:
+            self.handleError(record)
 
 
 def _log_config() -> dict:

@@ -688,3 +688,38 @@ def test_a_log_line_is_dropped_only_where_it_would_wait(tmp_path):
         assert not would_wait(stream)
     os.close(controller)
     assert not would_wait(__import__("io").StringIO())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux's pipes: room for a page takes a page")
+def test_a_long_log_record_into_a_pipe_with_little_room_is_cut_not_waited_for():
+    """A server's log record longer than a pipe's page (a request's internal error with its traceback) where its
+    reader never drains the pipe: `select` says a page is free, and the record's write waited at the second page
+    for good, on the event loop that logs it. It is written a piece at a time while each fits, the rest dropped."""
+    import logging
+    import threading
+
+    from codecomplete.server.serve import _LogHandler
+
+    read_end, write_end = _full_pipe()
+    os.read(read_end, 4096)                 # one page of room
+    stream = open(write_end, "w", encoding="utf-8", closefd=True)
+    handler = _LogHandler(stream)
+    record = logging.LogRecord("codecomplete.server", logging.ERROR, __file__, 1, "Traceback: " + "x" * 20000,
+                               None, None)
+    emitting = threading.Thread(target=handler.emit, args=(record,), daemon=True)
+    emitting.start()
+    emitting.join(timeout=5)
+    waited = emitting.is_alive()
+    os.set_blocking(read_end, False)
+    try:
+        while emitting.is_alive() or os.read(read_end, 1 << 16):    # (the old code's write let go)
+            try:
+                os.read(read_end, 1 << 16)
+            except BlockingIOError:
+                time.sleep(0.01)
+    except BlockingIOError:
+        pass
+    emitting.join(timeout=5)
+    stream.close()
+    os.close(read_end)
+    assert not waited, "the record's write waited for a reader that never reads"
