@@ -237,6 +237,7 @@ class Repl:
         self.console = console
         self.last_rate = 0.0
         self._warming: _WarmUp | None = None
+        self._warm_again = False        # a /model that failed to load: the old model's steps went with its memory
         history = history or history_path(conversation.index.root)
         # prompt-toolkit takes TERM=dumb's plain line editing only without an output of ours, yet its session still
         # resets a terminal output's cursor as it is made (`\x1b[?12l\x1b[?25h`): there the output is plain text.
@@ -259,6 +260,10 @@ class Repl:
 
     def _read_lines(self) -> None:
         while True:
+            if self._warm_again:
+                self._warm_again = False
+                gc.collect()                # (what the failed load left on the GPU goes first)
+                self._start_warm_up()
             try:
                 typed = self.session.prompt("› ")
             except KeyboardInterrupt:       # Ctrl-C at the prompt: the line is cleared
@@ -416,7 +421,9 @@ class Repl:
                 # and a new model is the only way back, which this refusal closed for the rest of the session.
                 pass
             try:
+                self._warm_again = True
                 engine = engines.load(args, conversation.max_new_tokens)
+                self._warm_again = False
             except UsageError as exc:   # said of the command line's --model: here it was the /model command
                 message = str(exc)
                 raise UsageError(f"/model {message.removeprefix('--model ')}"

@@ -749,3 +749,24 @@ def test_the_toolbar_redrawn_as_the_warm_up_ends_says_it_ended(conversation):
     go.set()
     session._warming.finish(should_stop=lambda: False)
     assert toolbars and "warming up" not in toolbars[0], toolbars
+
+
+def test_a_model_that_fails_to_load_leaves_the_old_one_warmed_up_again(conversation, tmp_path, monkeypatch):
+    """/model SPEC hands the old model's KV cache and graphs back before it loads the new one; where the load fails
+    the old model stays, its steps gone: its next answers built them inside themselves (a capture of seconds in a
+    follow-up, Run 45). It is warmed up again, in the background, from the next prompt on."""
+    warmed = []
+
+    def warm_up(session, should_stop=lambda: False):
+        warmed.append(session.engine)
+        return ["the decode step"]
+
+    def load(args, max_new_tokens):
+        raise repl.UsageError("--model nowhere: not found")
+    monkeypatch.setattr(Session, "warm_up", warm_up)
+    monkeypatch.setattr(repl.Repl, "_builds_ahead", lambda self: True)
+    monkeypatch.setattr(repl.engines, "load", load)
+    printed = drive(conversation, ["/model nowhere\r", "/help\r", "/exit\r"], tmp_path / "history")
+    assert "error: /model nowhere: not found" in printed
+    assert warmed == [conversation.engine, conversation.engine], printed
+    assert printed.count("warmed up the decode step in ") == 2, printed
