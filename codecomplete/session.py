@@ -276,8 +276,9 @@ class Session:
         """Build what a GPU engine would otherwise build inside a request, seconds each: the decode step (one short
         generation compiles and captures it), the step that verifies drafts and the one that feeds a longer edit
         (`Engine.warm_speculation`, `warm_wide_tail`; without them the first speculative step stalls its answer, and
-        a prompt's tail takes the slower ways). On the thread that runs the engine afterwards: some of it is kept per
-        thread (cuDNN's plans). `should_stop()`: the rest is skipped, between steps. Returns what it built."""
+        a prompt's tail takes the slower ways). The server runs it on the thread that runs the engine afterwards
+        (some of it is kept per thread: cuDNN's plans), the REPL on a thread of its own while the first question is
+        typed (repl._WarmUp). `should_stop()`: the rest is skipped, between steps. Returns what it built."""
         self.raw("def main():", sampling=Sampling(max_tokens=4)).run(should_stop=should_stop)
         done = ["the decode step"]
         for warm, what in ((self.engine.warm_speculation, "the step that verifies drafts"),
