@@ -144,10 +144,9 @@ def build_chat_prompt(
 
     room = limit - len(render(system, shared))
     chosen = choose(room)
-    # A question that names no code nor file ("Why?") is about what the last answer was given.
-    follows_on = not (_names_code(question, index.definers.__contains__) or query.mentioned)
     if (held is not None and _continues(held, messages, pins)
-            and _still_wanted(index, held, chosen.chunks, scores, follows_on)):
+            and _still_wanted(index, held, chosen.chunks, scores,
+                              follows_on=not (query.mentioned or _finds_code(index, question)))):
         kept = _turns_beside(render, system + held.text, whole, limit)
         if len(kept) >= len(chosen.conversation):     # (holding them must not cost the conversation earlier turns)
             kept = _held_turns(render, system + held.text, turns, held.dropped, kept, limit)
@@ -260,9 +259,9 @@ def _same_start(held: HeldExcerpts, messages: Sequence[Message]) -> bool:
 
 def _still_wanted(index: RepoIndex, held: HeldExcerpts, fresh: Sequence[Chunk], scores, follows_on: bool) -> bool:
     """Whether the held excerpts stay: every chunk they show is indexed still as it was, and either the question
-    names no code (``follows_on``: "Why?", "Explain it with an example." are about what the last answer was given)
-    or the ``fresh`` choice is worth no HOLD_MARGIN more than they are, by the ranking's ``scores`` for this question
-    (over each side's best). A question naming no code ranks on its prose words and the earlier questions' at less
+    finds no code nor file (``follows_on``: "Why?", "Explain it with an example." are about what the last answer
+    was given) or the ``fresh`` choice is worth no HOLD_MARGIN more than they are, by the ranking's ``scores`` for this question
+    (over each side's best). A question finding no code ranks on its prose words and the earlier questions' at less
     weight: as older turns were cut, "ok" went from a quarter to an eighth of a weight and a fresh choice of the same
     two files came out a fifth ahead, and the REPL read its whole prompt again (round 9)."""
     if not held.chunks:     # (nothing held: held again at every turn, the conversation would never get any)
@@ -277,6 +276,14 @@ def _still_wanted(index: RepoIndex, held: HeldExcerpts, fresh: Sequence[Chunk], 
     # is in the ranking's head; over all of them, the fresh choice, the ranking's own, is ahead by its tail alone.
     best = min(HOLD_HEAD, len(fresh), len(held.chunks))
     return _best_worth(index, fresh, scores, best) <= _best_worth(index, held.chunks, scores, best) * (1 + HOLD_MARGIN)
+
+
+def _finds_code(index: RepoIndex, question: str) -> bool:
+    """Whether the question's own words rank any chunk: "Why?" and "Explain it with an example." find none, and
+    are about what the last answer was given; "How are passwords hashed and checked?" finds login.py, a new topic
+    in prose (whether it names code as code, `_names_code`, does not tell them apart)."""
+    _, own = score_both(index, Query(weights=text_weights(question)))
+    return bool((own > 0).any())
 
 
 def _best_worth(index: RepoIndex, chunks: Sequence[Chunk], scores, count: int) -> float:

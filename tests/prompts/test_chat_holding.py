@@ -3,7 +3,8 @@
 import pytest
 
 from prompts import build_chat_prompt, index_repository
-from prompts.chat import EARLIER_QUESTIONS, EARLIER_WEIGHT, GROWTH_SHARE, _names_code, _question_weights, continued
+from prompts.chat import (EARLIER_QUESTIONS, EARLIER_WEIGHT, GROWTH_SHARE, _finds_code, _names_code,
+                          _question_weights, continued)
 
 
 def _module(name: str, topic: str, count: int = 12) -> str:
@@ -320,18 +321,38 @@ def test_a_question_names_code_by_a_defined_name_written_as_code(question, names
     assert not _names_code(question, lambda name: False)      # (a name the repository does not define is none)
 
 
-def test_a_follow_up_naming_no_code_keeps_its_excerpts_whatever_the_ranking_says(index, smollm2_tokenizer,
-                                                                                  monkeypatch):
-    """A follow-up naming no code ranks on prose and on earlier questions at less weight, and as older turns were
+LOGIN = ("import hashlib\n\n\ndef hash_password(password, salt):\n"
+         "    return hashlib.sha256(salt + password).hexdigest()\n\n\n"
+         "def check_password(password, salt, hashed):\n    return hash_password(password, salt) == hashed\n")
+
+
+def test_a_follow_up_finding_no_code_keeps_its_excerpts_whatever_the_ranking_says(index, smollm2_tokenizer,
+                                                                                   monkeypatch):
+    """A follow-up whose words find no code ranks on earlier questions at less weight, and as older turns were
     cut those weights moved: a fresh choice of the same files came out a fifth ahead, and the REPL read its whole
     prompt again (round 9). Such a follow-up keeps the held excerpts whatever the worth of a fresh choice (here
-    made to win every comparison); one naming code, or a file, is still ranked against them."""
+    made to win every comparison)."""
     import prompts.chat
 
     monkeypatch.setattr(prompts.chat, "HOLD_MARGIN", -0.99)    # a fresh choice is worth more than 1% of the held
     second, before = _second_turn(index, smollm2_tokenizer)
-    for question, holds in [("Why?", True), ("Explain it with an example.", True),
-                            ("Why does encode_floats_3 add it?", False), ("What is in streams.py?", False)]:
+    for question in ["Why?", "Explain it with an example."]:
         follow_up = [*second, _answer("It adds the limit."), _ask(question)]
         after = _turn(index, smollm2_tokenizer, follow_up, held=before.held)
-        assert (after.ids[:len(before.ids)] == before.ids) == holds, question
+        assert after.ids[:len(before.ids)] == before.ids, question
+
+
+def test_a_follow_up_naming_code_a_file_or_a_new_topic_in_prose_is_ranked_again(make_repo, smollm2_tokenizer):
+    """What finds code is ranked against the held excerpts, as before: a question naming code, a file, or a new
+    topic in prose (words of login.py's, written as prose: "passwords" is no name written as code, and a rule by
+    `_names_code` kept the old excerpts, which lack check_password)."""
+    index = index_repository(make_repo({**FILES, "login.py": LOGIN}))
+    assert not _finds_code(index, "Why?") and not _finds_code(index, "Explain it with an example.")
+    assert _finds_code(index, "Why does encode_floats_3 add it?")
+    assert _finds_code(index, "How is a password hashed and checked?")
+    second, before = _second_turn(index, smollm2_tokenizer)
+    for question, path in [("How is a password hashed and checked?", "login.py"),
+                           ("What is in streams.py?", "streams.py")]:
+        follow_up = [*second, _answer("It adds the limit."), _ask(question)]
+        after = _turn(index, smollm2_tokenizer, follow_up, held=before.held)
+        assert path in {item.path for item in after.context} and path not in {item.path for item in before.context}
