@@ -90,11 +90,18 @@ class Terminal:
         os.write(self.master, line.encode() + b"\r")        # Enter sends (Esc Enter is a new line)
 
     def close(self) -> int:
+        """Wait for the child to leave, reading what it prints meanwhile (a full terminal would hold it), then
+        release the terminal; a child still there after 20 s is killed."""
+        deadline = time.monotonic() + 20
+        while self.process.poll() is None and time.monotonic() < deadline:
+            if not self.pump(0.1):
+                break
         try:
-            self.process.wait(timeout=20)
+            self.process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        os.close(self.master)
         self.raw.close()
         return self.process.returncode
 
