@@ -52,13 +52,15 @@ class ServerProcess:
     """`codecomplete serve` as a subprocess on a free loopback port, with its own runtime dir (so it is the only
     server its clients find), its output in a log file, and a stop that always ends it."""
 
-    def __init__(self, command: list[str], repo: Path, env: dict, folder: Path, *options: str) -> None:
+    def __init__(self, command: list[str], repo: Path, env: dict, folder: Path, *options: str,
+                 stderr=subprocess.STDOUT) -> None:
+        """`stderr`: where its log goes (Popen's; by default with its output into the log file)."""
         self.runtime = folder / "runtime"
         self.env = {**env, "CODECOMPLETE_RUNTIME_DIR": str(self.runtime)}
         self.log_path = folder / "server.log"
         self._log = open(self.log_path, "w", encoding="utf-8")
         self.process = subprocess.Popen([*command, "serve", str(repo), "--port", "0", *options],
-                                        stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
+                                        stdout=self._log, stderr=stderr, env=self.env)
         try:
             self.info = self._wait_for_announcement()
         except BaseException:

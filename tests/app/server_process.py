@@ -10,8 +10,8 @@ from codecomplete.serve_bench import ServerProcess as _ServerProcess
 
 
 class ServerProcess(_ServerProcess):
-    def __init__(self, script: Path, repo: Path, env: dict, folder: Path, *options: str) -> None:
-        super().__init__([str(script)], repo, env, folder, *options)
+    def __init__(self, script: Path, repo: Path, env: dict, folder: Path, *options: str, **popen) -> None:
+        super().__init__([str(script)], repo, env, folder, *options, **popen)
 
 
 def raw_post(url: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:

@@ -1,34 +1,23 @@
 """`codecomplete serve` against the adversarial sweep's ninth round (bench/results/NOTES.md), on a real server and
 its real socket."""
-import json
 import signal
 import socket
 import subprocess
-import time
 
 import httpx
 import pytest
+
+from server_process import ServerProcess
 
 try:
     import fcntl
 except ImportError:        # (Windows)
     fcntl = None
 
-START_TIMEOUT_S = 120
-
-
-def _announced(runtime, process) -> dict:
-    """The record a server writes once it serves (discovery.announce), waited for."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"the server exited with {process.returncode}"
-        for path in (runtime / "servers").glob("*.json"):
-            try:
-                return json.loads(path.read_text(encoding="utf-8"))
-            except ValueError:      # being written
-                pass
-        time.sleep(0.2)
-    raise AssertionError(f"the server did not start within {START_TIMEOUT_S} s")
+def _serving_with_its_log_on_a_pipe(script, cli_env, served_repo, tmp_path) -> ServerProcess:
+    """A server whose stderr (its log) is a pipe for the test to read, or not."""
+    return ServerProcess(script, served_repo, cli_env, tmp_path, "--context-tokens", "256", "--max-tokens", "8",
+                         stderr=subprocess.PIPE)
 
 
 def test_a_server_whose_log_nobody_reads_any_more_serves_on(script, cli_env, served_repo, tmp_path):
@@ -38,13 +27,10 @@ def test_a_server_whose_log_nobody_reads_any_more_serves_on(script, cli_env, ser
     answer. The server then stopped serving for good while /health said ok: every later request waited forever (the
     sweep's client timed out), and SIGTERM ended it with 141. The log's lines are dropped now, the answers go on, and
     a stop ends it as any stop once serving does."""
-    runtime = tmp_path / "runtime"
-    process = subprocess.Popen(
-        [str(script), "serve", str(served_repo), "--port", "0", "--context-tokens", "256", "--max-tokens", "8"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**cli_env, "CODECOMPLETE_RUNTIME_DIR": str(runtime)})
+    server = _serving_with_its_log_on_a_pipe(script, cli_env, served_repo, tmp_path)
     try:
-        url = _announced(runtime, process)["url"]
-        process.stderr.close()          # the log's reader goes away
+        url = server.url
+        server.process.stderr.close()   # the log's reader goes away
         for path, body in [("/completion", {"prompt": "def area(", "n_predict": 2}),
                            ("/infill", {"input_prefix": "def area(", "input_suffix": "", "n_predict": 2}),
                            ("/completion", {"prompt": "import ", "n_predict": 2, "stream": True}),
@@ -52,12 +38,9 @@ def test_a_server_whose_log_nobody_reads_any_more_serves_on(script, cli_env, ser
                            ("/completion", {"prompt": "class ", "n_predict": 2})]:
             answer = httpx.post(url + path, json=body, timeout=60)
             assert answer.status_code == 200, (path, answer.status_code, answer.text)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(60) == 0
+        assert server.stop(signal.SIGTERM) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        server.kill()
 
 
 @pytest.mark.skipif(not hasattr(fcntl, "F_SETPIPE_SZ"), reason="Linux's pipe sizes")
@@ -67,13 +50,10 @@ def test_a_server_whose_log_nobody_drains_serves_on(script, cli_env, served_repo
     forever, in the engine thread (each request's summary) or on the event loop (uvicorn's "Invalid HTTP request
     received." for each malformed request): every later request hung, 467 requests into a 64 KiB pipe in the sweep,
     and SIGTERM could not stop it. A line that would wait is dropped now: requests go on, and SIGTERM ends it."""
-    runtime = tmp_path / "runtime"
-    process = subprocess.Popen(
-        [str(script), "serve", str(served_repo), "--port", "0", "--context-tokens", "256", "--max-tokens", "8"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**cli_env, "CODECOMPLETE_RUNTIME_DIR": str(runtime)})
+    server = _serving_with_its_log_on_a_pipe(script, cli_env, served_repo, tmp_path)
     try:
-        url = _announced(runtime, process)["url"]
-        fcntl.fcntl(process.stderr.fileno(), fcntl.F_SETPIPE_SZ, 4096)     # a page: full after a few dozen lines
+        url = server.url
+        fcntl.fcntl(server.process.stderr.fileno(), fcntl.F_SETPIPE_SZ, 4096)     # a page: full after a few dozen lines
         host, port = url.removeprefix("http://").split(":")
         for _ in range(300):        # malformed requests: uvicorn logs a warning for each (a 400 answers them)
             with socket.create_connection((host, int(port)), timeout=30) as connection:
@@ -83,10 +63,7 @@ def test_a_server_whose_log_nobody_drains_serves_on(script, cli_env, served_repo
             answer = httpx.post(url + "/infill", json={"input_prefix": f"def area{i}(", "input_suffix": "",
                                                        "n_predict": 1}, timeout=30)
             assert answer.status_code == 200, answer.text
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(30) == 0
+        assert server.stop(signal.SIGTERM, timeout=30) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        process.stderr.close()
+        server.kill()
+        server.process.stderr.close()
