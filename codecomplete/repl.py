@@ -37,7 +37,7 @@ from rich.text import Text
 from prompts.scan import lies_within
 
 from . import chat, engines, render, workspace
-from .cancel import CancelOnSigint
+from .cancel import CancelOnSigint, InterruptsDeferred
 from .errors import AppError, UsageError, classify, one_line, printable
 from .session import open_session
 
@@ -256,7 +256,10 @@ class Repl:
             self._read_lines()
         finally:
             if self._warming is not None:       # leaving while it runs: it stops after the step under way
-                self._warming.finish(should_stop=lambda: True)
+                # A Ctrl-C meanwhile waits for that step too (then leaves as an interrupt): an exit with the thread
+                # inside a capture could leave the GPU's context broken on the way out.
+                with InterruptsDeferred():
+                    self._warming.finish(should_stop=lambda: True)
 
     def _read_lines(self) -> None:
         while True:

@@ -770,3 +770,24 @@ def test_a_model_that_fails_to_load_leaves_the_old_one_warmed_up_again(conversat
     assert "error: /model nowhere: not found" in printed
     assert warmed == [conversation.engine, conversation.engine], printed
     assert printed.count("warmed up the decode step in ") == 2, printed
+
+
+def test_ctrl_c_while_leaving_waits_for_the_warm_up_step_under_way(conversation, tmp_path, monkeypatch):
+    """/exit while the warm-up runs stops it after the step under way and waits; a Ctrl-C during that wait left at
+    once, the warm-up's thread still inside its step (on a GPU a capture, cut off by the interpreter's exit). The
+    Ctrl-C now waits for the step too, then leaves as an interrupt."""
+    seen = {"ended": False}
+
+    def warm_up(session, should_stop=lambda: False):
+        deadline = time.monotonic() + 60
+        while not should_stop() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)     # Ctrl-C while the REPL waits for the step under way
+        time.sleep(0.5)                         # (the step's end)
+        seen["ended"] = True
+        return ["the decode step"]
+    monkeypatch.setattr(Session, "warm_up", warm_up)
+    monkeypatch.setattr(repl.Repl, "_builds_ahead", lambda self: True)
+    with pytest.raises(KeyboardInterrupt):
+        drive(conversation, ["/exit\r"], tmp_path / "history")
+    assert seen["ended"]
