@@ -93,12 +93,13 @@ def source_file(root: Path, path: str, max_file_bytes: int = MAX_FILE_BYTES) -> 
     """One file as the scan would list it now (its size and mtime), or None if the scan would leave it out: also
     when a folder on its path is a link, which the walk never enters (a folder replaced since by a link out of the
     repository would bring in the file of that name there)."""
-    folders = path.split("/")[:-1]
-    if _skipped_by_name(path) or any(os.path.islink(root.joinpath(*folders[:n])) for n in range(1, len(folders) + 1)):
+    if _skipped_by_name(path):
         return None
-    if any(os.path.isfile(root.joinpath(*folders[:n], "HEAD")) and _is_git_dir(root.joinpath(*folders[:n]))
-           for n in range(1, len(folders) + 1)):
-        return None         # (in a git folder, which the walk leaves out)
+    folders = path.split("/")[:-1]
+    for n in range(1, len(folders) + 1):
+        folder = root.joinpath(*folders[:n])
+        if os.path.islink(folder) or os.path.isfile(folder / "HEAD") and _is_git_dir(folder):
+            return None     # (a link the walk never enters, a git folder it leaves out)
     return _stat(root, path, max_file_bytes)
 
 
