@@ -64,10 +64,8 @@ def say(line: str, patience_s: float = 0.0) -> None:
     server's engine thread, which logs each request, ended at the first such line, or waited at it for good, and
     served no more). A reader gone for good (a closed pipe, a hung-up terminal): stderr becomes /dev/null, so that
     the lines after it, and the flush at exit, do not fail again."""
-    if would_wait(sys.stderr, patience_s):
-        return
     try:
-        write_or_drop(sys.stderr, one_line(line) + "\n")
+        write_or_drop(sys.stderr, one_line(line) + "\n", patience_s)
     except OSError as exc:
         if exc.errno in (errno.EPIPE, errno.EIO):
             try:
@@ -85,12 +83,12 @@ def say(line: str, patience_s: float = 0.0) -> None:
 _PIECE = max(1, select.PIPE_BUF // 16) if hasattr(select, "PIPE_BUF") else 256
 
 
-def write_or_drop(stream, text: str) -> None:
-    """`text` on `stream`, a piece at a time while each is taken at once (`would_wait`); the rest dropped where one
-    is not. A record longer than a pipe's free page (a traceback) waited at its second page for good where the
-    pipe's reader never drains it, though `select` said there was room."""
+def write_or_drop(stream, text: str, patience_s: float = 0.0) -> None:
+    """`text` on `stream`, a piece at a time while each is taken at once (`would_wait`; the first within
+    `patience_s`); the rest dropped where one is not. A record longer than a pipe's free page (a traceback) waited at
+    its second page for good where the pipe's reader never drains it, though `select` said there was room."""
     for start in range(0, len(text), _PIECE):
-        if would_wait(stream):
+        if would_wait(stream, patience_s if start == 0 else 0.0):
             return
         stream.write(text[start:start + _PIECE])
         stream.flush()
