@@ -174,10 +174,6 @@ def _undo_copy(event) -> bool:
     return len(event.current_buffer.text) < UNDO_CHARS
 
 
-def _first_word(text: str) -> str:
-    return text.split(maxsplit=1)[0] if text.split() else ""
-
-
 class _WarmUp:
     """Session.warm_up on a thread of its own, while the prompt waits for the first question. Its steps are CUDA
     graphs, replayed from any thread; cuDNN's prefill plans are kept per thread, so the answering thread's first
@@ -276,11 +272,11 @@ class Repl:
             text = typed.strip()
             if not text:
                 continue
-            if _first_word(text) in ("/exit", "/quit") and text == _first_word(text):
+            if text in ("/exit", "/quit"):
                 return                      # (`run` stops the warm-up; `/exit now?` goes on to be refused)
             try:
                 # (`/model SPEC` loads another model: the one warmed goes; `/model` alone only shows it)
-                self._finish_warm_up(skip_rest=_first_word(text) == "/model" and text != "/model")
+                self._finish_warm_up(skip_rest=text.split(maxsplit=1)[0] == "/model" and text != "/model")
                 self.conversation.session.catch_up()     # the files may have changed while the user typed
                 if text.startswith("//"):          # the escape: a question that begins with a slash
                     self.ask(re.sub(r"\A(\s*)/", r"\1", _question(typed), count=1))
