@@ -80,6 +80,13 @@ class _HeldChat:
     conversations: int = 1
 
 
+def _held_for(chats: Sequence[_HeldChat], messages: Sequence[dict]):
+    """The held excerpts among `chats` that `messages` continue (prompts.chat.continued), or None."""
+    from prompts.chat import continued
+
+    return continued([chat.held for chat in chats], messages)
+
+
 @dataclass
 class Generation:
     """A prompt ready to run: `prompt` is the packed prompt, `engine` the model that will run it."""
@@ -205,9 +212,8 @@ class Session:
         hold from it, and be the one the conversation's next turn holds from (False: the prompt exactly as a session
         without history builds it, the command line's through a server)."""
         from prompts import build_chat_prompt
-        from prompts.chat import continued
 
-        held = continued([chat.held for chat in self._chats], messages) if sticky else None
+        held = _held_for(self._chats, messages) if sticky else None
         packed = self._current(lambda index: build_chat_prompt(
             index, self.engine.tokenizer, messages=list(messages),
             budget_tokens=budget or self.prompt_budget(sampling.max_tokens), pinned_paths=tuple(pinned),
@@ -224,14 +230,13 @@ class Session:
         while that thread generates: it changes nothing, and what it reads stays as it was meanwhile (an index
         update makes a new RepoIndex; `_remember_chat` replaces the list of holds, never changes it)."""
         from prompts import build_chat_prompt
-        from prompts.chat import continued
 
         index, chats = self.index, self._chats      # (each read once: the engine thread may replace them)
         if index is None:
             from .errors import UsageError
             raise UsageError("this session has no repository")
         return build_chat_prompt(index, tokenizer, messages=list(messages), budget_tokens=budget,
-                                 held=continued([chat.held for chat in chats], messages))
+                                 held=_held_for(chats, messages))
 
     def _remember_chat(self, held, now) -> None:
         """Keep `now` as its conversation's last chat prompt, in place of `held`, the one it continued, unless

@@ -422,14 +422,14 @@ def _render_template(tokenizer, encoder: Encoder, system: str, conversation: lis
     slots = [_SLOT.format(i) for i in range(len(contents))]
     turns = [{**m, "content": slot} for m, slot in zip(conversation, slots[1:])]
     # An answer begun (the last message the assistant's) goes on where it stops: its turn left open, no new one
-    going_on = {"add_generation_prompt": not _answer_begun(conversation), "continue_final_message":
-                _answer_begun(conversation)}
+    begun = _answer_begun(conversation)
+    going_on = {"add_generation_prompt": not begun, "continue_final_message": begun}
 
     def apply(messages: list[Message]) -> str:
         try:
             return tokenizer.apply_chat_template(messages, tokenize=False, **going_on)
         except ValueError:      # (transformers': continue_final_message, and the template rendered no such answer)
-            if not going_on["continue_final_message"]:
+            if not begun:
                 raise
             raise PromptError("the model's chat template leaves out the answer begun (the assistant's message "
                               "last): it cannot go on with it") from None
@@ -439,7 +439,7 @@ def _render_template(tokenizer, encoder: Encoder, system: str, conversation: lis
     except (TemplateError, TypeError):  # (TypeError: a template that is no text, `"chat_template": 5`)
         # A template without a system role: the context goes into the first user message (an answer before it,
         # a client's greeting, stays the assistant's).
-        first = next(k for k, m in enumerate(turns) if m["role"] == "user")     # (build_chat_prompt: there is one)
+        first = _first_question(turns)
         merged = [*turns[:first], {"role": "user", "content": f"{slots[0]}\n\n{slots[first + 1]}"}, *turns[first + 1:]]
         try:
             text = apply(merged)
@@ -464,6 +464,11 @@ def _render_template(tokenizer, encoder: Encoder, system: str, conversation: lis
             space = ""
             ids += encoder.encode_lead(content) if not ids else encoder.encode(content)
     return ids
+
+
+def _first_question(turns: list[Message]) -> int:
+    """Where the first user message is (build_chat_prompt saw that there is one): the system text goes with it."""
+    return next(k for k, m in enumerate(turns) if m["role"] == "user")
 
 
 def _answer_begun(conversation: list[Message]) -> bool:
@@ -500,7 +505,7 @@ def _render_llama_instruct(tokenizer, encoder: Encoder, system: str, conversatio
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     turns = [dict(m) for m in conversation]
-    first = next(k for k, m in enumerate(turns) if m["role"] == "user")     # (build_chat_prompt: there is one)
+    first = _first_question(turns)
     turns[first]["content"] = B_SYS + system + E_SYS + turns[first]["content"]
     ids: list[int] = []
     for k, turn in enumerate(turns):
