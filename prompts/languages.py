@@ -418,14 +418,16 @@ class Grammar:
     first_import_pattern: int
     import_query: object  # tree_sitter.Query: the imports alone, for a file whose definitions are not wanted
 
-    def parse(self, source: bytes):
+    def parse(self, source: bytes, old_tree=None):
         """The tree of ``source``, or ParseTimeout past PARSE_SECONDS + PARSE_SECONDS_PER_MB of it. Real files parse
         at 10 MB/s or more, but tree-sitter-python takes time quadratic in a run of comment lines (8,000 of them:
         3 s, and a hostile file of 60,000 minutes, one uninterruptible C call); a deadline keeps one file from
-        holding an index build or the server's engine thread."""
+        holding an index build or the server's engine thread. ``old_tree``: an earlier text's tree, edited to where
+        ``source`` differs from that text (tree-sitter's ``Tree.edit``), whose unchanged parts are reused."""
         deadline = time.monotonic() + PARSE_SECONDS + PARSE_SECONDS_PER_MB * len(source) / 2**20
         try:
             return self.parser.parse(lambda offset, _point: source[offset:offset + 65536],
+                                     *(() if old_tree is None else (old_tree,)),
                                      progress_callback=lambda *_state: time.monotonic() > deadline)
         except ValueError:      # "Parsing failed": cancelled by the callback
             self.parser.reset()  # (else the next parse would resume this one)

@@ -36,34 +36,81 @@ CANDIDATES = 3      # files whose lines are compared
 def recognize(index: RepoIndex, text: str) -> str | None:
     """The path (relative to the repository, as the index has it) of the indexed file `text` is a version of, or
     None where no file holds at least SHARED of its telling lines."""
-    named = [(stripped, set(IDENTIFIER.findall(stripped))) for line in text.splitlines()
-             if (stripped := line.strip())]                                    # (line, its identifiers)
-    rare = _rare_names(index, set().union(*(names for _, names in named)))
+    memo = _memo_for(index)
+    named = [_named(line) for line in text.splitlines()]                        # (stripped line, its identifiers)
+    rare = memo.rare_among(set().union(*(names for _, names in named)))
     lines = {stripped for stripped, names in named if len(stripped) >= MIN_CHARS and not rare.isdisjoint(names)}
     if len(lines) < MIN_LINES:
         return None
-    scored = [(len(lines & _file_lines(index, path)), path) for path in _candidates(index, rare)]
+    scored = [(len(lines & memo.file_lines(path)), path) for path in memo.candidates(rare)]
     shared, path = max(scored, key=lambda pair: pair[0], default=(0, None))    # (equal: the one with more votes)
     return path if shared >= max(MIN_LINES, SHARED * len(lines)) else None
 
 
-def _rare_names(index: RepoIndex, names: set[str]) -> set[str]:
-    """Those of `names` that some chunk references, and at most RARE_SHARE of them do."""
-    limit = max(2, RARE_SHARE * len(index.chunks))
-    return {name for name in names
-            if (term := index.vocabulary.get(name)) is not None and 0 < index.document_frequency[term] <= limit}
+# An editor asks again at every few keystrokes with nearly the same text: what a line says, whether a name is rare,
+# the candidates of a set of rare names and a file's lines are remembered (1.8 ms a keystroke of a 20 KB llama.vim
+# text on a CPU, most of the server's cost of naming the file, bench/results/NOTES.md, Run 47).
+_LINES_KEPT = 1 << 16      # lines whose identifiers are remembered, any index's (then forgotten all at once)
+_FILES_KEPT = 8            # files whose lines are remembered, the last index's
+_lines: dict[str, tuple[str, frozenset[str]]] = {}
 
 
-def _candidates(index: RepoIndex, rare: set[str]) -> list[str]:
-    """The CANDIDATES files referencing the most of the rare identifiers."""
-    starts, owners = index.postings
-    votes: Counter[str] = Counter()
-    for name in rare:
-        term = index.vocabulary[name]
-        votes.update({index.chunks[chunk].path for chunk in owners[starts[term]:starts[term + 1]]})
-    return [path for path, _ in votes.most_common(CANDIDATES)]
+def _named(line: str) -> tuple[str, frozenset[str]]:
+    """The line stripped, and the identifiers it names."""
+    known = _lines.get(line)
+    if known is None:
+        if len(_lines) >= _LINES_KEPT:
+            _lines.clear()
+        stripped = line.strip()
+        known = _lines[line] = (stripped, frozenset(IDENTIFIER.findall(stripped)))
+    return known
 
 
-def _file_lines(index: RepoIndex, path: str) -> set[str]:
-    # (alignment's rows of the file: remembered, and the recognized file's are what its alignment reads next)
-    return {row.strip() for row in disk_rows(index.entries[path].chunks)}
+class _Memo:
+    """What recognize has looked up in one index (an index changes by becoming a new object: prompts.freshness)."""
+
+    def __init__(self, index: RepoIndex) -> None:
+        self.index = index
+        self._rare: dict[str, bool] = {}
+        self._limit = max(2, RARE_SHARE * len(index.chunks))
+        self._candidates: tuple[frozenset[str], list[str]] | None = None   # (rare names, their candidates), the last
+        self._file_lines: dict[str, set[str]] = {}
+
+    def rare_among(self, names: set[str]) -> set[str]:
+        """Those of `names` that some chunk references, and at most RARE_SHARE of them do."""
+        rare = self._rare
+        for name in names - rare.keys():
+            term = self.index.vocabulary.get(name)
+            rare[name] = term is not None and 0 < self.index.document_frequency[term] <= self._limit
+        return {name for name in names if rare[name]}
+
+    def candidates(self, rare: set[str]) -> list[str]:
+        """The CANDIDATES files referencing the most of the rare identifiers."""
+        key = frozenset(rare)
+        if self._candidates is None or self._candidates[0] != key:
+            starts, owners = self.index.postings
+            votes: Counter[str] = Counter()
+            for name in rare:
+                term = self.index.vocabulary[name]
+                votes.update({self.index.chunks[chunk].path for chunk in owners[starts[term]:starts[term + 1]]})
+            self._candidates = key, [path for path, _ in votes.most_common(CANDIDATES)]
+        return self._candidates[1]
+
+    def file_lines(self, path: str) -> set[str]:
+        lines = self._file_lines.get(path)
+        if lines is None:
+            if len(self._file_lines) >= _FILES_KEPT:
+                self._file_lines.clear()
+            # (alignment's rows of the file: remembered, and the recognized file's are what its alignment reads next)
+            lines = self._file_lines[path] = {row.strip() for row in disk_rows(self.index.entries[path].chunks)}
+        return lines
+
+
+_memo: _Memo | None = None
+
+
+def _memo_for(index: RepoIndex) -> _Memo:
+    global _memo
+    if _memo is None or _memo.index is not index:
+        _memo = _Memo(index)        # (the last index's only: an older one's memory goes with it)
+    return _memo

@@ -419,3 +419,48 @@ def test_a_file_that_parses_as_one_error_of_many_pieces_is_chunked_as_text_in_bo
     typed = "[\nexport function f() {\n  return a;\n}\n\nfunction g() {\n  return [1, 2\n}\n"
     assert [(chunk.kind, chunk.defines) for chunk in analyze_source("typed.js", typed).chunks] == [
         ("header", ()), ("definition", ("f",)), ("definition", ("g",))]
+
+
+def _nodes(root) -> list[tuple]:
+    """Every node of a tree with its place: (type, start and end byte, start and end point)."""
+    found, stack = [], [root]
+    while stack:
+        node = stack.pop()
+        found.append((node.type, node.start_byte, node.end_byte, node.start_point, node.end_point))
+        stack.extend(reversed(node.children))
+    return found
+
+
+@pytest.mark.parametrize("name", [*SAMPLES, "chunking.py"])
+def test_a_buffer_reparsed_from_its_last_version_has_a_fresh_parse_s_tree_and_imports(name):
+    """An editor's buffer is reparsed from the grammar's last buffer's tree, told the edit between the two texts
+    (chunking._reparse): after keystrokes, deletions, pasted lines (imports among them), multi-byte characters and
+    a switch to another buffer, every node sits where a fresh parse puts it and the imports are the whole
+    analysis's."""
+    import random
+
+    from pathlib import Path
+
+    from prompts import chunking
+    from prompts.languages import language_for, load_grammar
+
+    source = Path(chunking.__file__).read_text(encoding="utf-8") if name == "chunking.py" else SAMPLES[name][0]
+    path = f"src/{name}"
+    grammar = load_grammar(language_for(path))
+    pastes = [line for sample, _, _ in SAMPLES.values() for line in sample.split("\n")[:4]]
+    rng = random.Random(name)
+    text = source
+    for step in range(60):
+        at = rng.randrange(len(text) + 1)
+        choice = rng.random()
+        if choice < 0.5:
+            text = text[:at] + rng.choice(["a", "é", " ", "\n", "(", "{", "}", "\"", "_x1", "→"]) + text[at:]
+        elif choice < 0.8:
+            text = text[:at] + text[at + rng.randrange(1, 40):]
+        elif choice < 0.95:
+            text = text[:at] + rng.choice(pastes) + "\n" + text[at:]
+        else:
+            text = rng.choice([sample for sample, _, _ in SAMPLES.values()])      # another buffer
+        encoded = "\n".join(chunking.split_lines(text)).encode("utf-8")
+        assert _nodes(chunking._reparse(grammar, encoded)) == _nodes(grammar.parse(encoded).root_node), step
+        assert source_imports(path, text) == analyze_source(path, text).imports, step

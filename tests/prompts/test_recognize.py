@@ -6,6 +6,7 @@ import random
 import pytest
 
 from prompts import index_repository
+import prompts.recognize as recognize_module
 from prompts.recognize import MIN_LINES, recognize
 
 
@@ -78,3 +79,34 @@ def test_a_new_file_that_begins_as_its_neighbours_do_is_none_of_them(make_repo):
            "    assert frobnicate_widgets([0, 1]) == [0, 1]\n")
     assert recognize(index, new) is None
     assert recognize(index, files["foo.py"]) is None          # (foo.py itself: too few telling lines to say so)
+
+
+def _unremembered(index, text):
+    """recognize with nothing remembered from earlier calls."""
+    recognize_module._memo = None
+    recognize_module._lines.clear()
+    return recognize(index, text)
+
+
+def test_an_editor_s_next_texts_are_named_as_with_nothing_remembered(index, make_repo):
+    """recognize remembers lines, rare names, candidates and files' lines between calls (an editor asks at every few
+    keystrokes): texts typed through, lines deleted, another file's text, then the same repository indexed again
+    with engine.py renamed (a new index object) are each named as a first call would name them."""
+    rng = random.Random(1)
+    rows = ENGINE.split("\n")
+    texts = ["\n".join(rows[100:180])]
+    for _ in range(30):
+        lines = texts[-1].split("\n")
+        at = rng.randrange(len(lines))
+        if rng.random() < 0.5:
+            lines[at] += rng.choice(["x", " = engine_7(value, scale)", "_total", "\n    return helper_3(1, 2)"])
+        else:
+            del lines[at:at + rng.randrange(1, 30)]
+        texts.append("\n".join(lines))
+    texts += ["\n".join(HELPERS.split("\n")[10:60]), "\n".join(rows[-90:])]
+    renamed = index_repository(make_repo({"pkg/motor.py": ENGINE, "pkg/helpers.py": HELPERS}, name="renamed"))
+    expected = [(_unremembered(index, text), _unremembered(renamed, text)) for text in texts]
+    assert {named for pair in expected for named in pair} >= {"pkg/engine.py", "pkg/motor.py", "pkg/helpers.py",
+                                                              None}
+    recognize_module._memo = None
+    assert [(recognize(index, text), recognize(renamed, text)) for text in texts] == expected
