@@ -106,10 +106,10 @@ class FreshIndex:
         changed (or went); whether any did. A file saved (a ``git checkout``) while no request came stayed as
         indexed until the rolling rescan reached it, and its old text went into prompts."""
         with _quiet():
-            stale = {}
+            stale, folders_seen = {}, {}
             for path in dict.fromkeys(paths):
                 if path in self.index.entries:
-                    self._compare(path, source_file(self.root, path, self.max_file_bytes))
+                    self._compare(path, source_file(self.root, path, self.max_file_bytes, folders_seen))
                     if path in self._pending:
                         stale[path] = self._pending.pop(path)
             if not stale:

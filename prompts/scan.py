@@ -89,17 +89,26 @@ def walk_sources(root: Path, max_file_bytes: int = MAX_FILE_BYTES) -> Iterator[S
                 yield source
 
 
-def source_file(root: Path, path: str, max_file_bytes: int = MAX_FILE_BYTES) -> SourceFile | None:
+def source_file(root: Path, path: str, max_file_bytes: int = MAX_FILE_BYTES,
+                folders_seen: dict[str, bool] | None = None) -> SourceFile | None:
     """One file as the scan would list it now (its size and mtime), or None if the scan would leave it out: also
     when a folder on its path is a link, which the walk never enters (a folder replaced since by a link out of the
-    repository would bring in the file of that name there)."""
+    repository would bring in the file of that name there). `folders_seen`: folder -> whether the walk enters it,
+    shared by the calls of one look at several files (a prompt's context: 36 files of 8k tokens, in a few folders)."""
     if _skipped_by_name(path):
         return None
-    folders = path.split("/")[:-1]
-    for n in range(1, len(folders) + 1):
-        folder = root.joinpath(*folders[:n])
-        if os.path.islink(folder) or os.path.isfile(folder / "HEAD") and _is_git_dir(folder):
+    folders_seen = {} if folders_seen is None else folders_seen
+    end = path.find("/")
+    while end != -1:
+        folder = path[:end]
+        entered = folders_seen.get(folder)
+        if entered is None:
+            full = os.path.join(root, folder)
+            entered = folders_seen[folder] = not (os.path.islink(full) or os.path.isfile(os.path.join(full, "HEAD"))
+                                                  and _is_git_dir(Path(full)))
+        if not entered:
             return None     # (a link the walk never enters, a git folder it leaves out)
+        end = path.find("/", end + 1)
     return _stat(root, path, max_file_bytes)
 
 

@@ -139,6 +139,33 @@ def test_a_folder_replaced_by_a_link_out_of_the_repository_is_not_followed(make_
     assert "SECRET" not in index.vocabulary and index.files == ["a.py"]
     assert fresh.rescan().files == ["a.py"]
 
+
+def test_a_recheck_of_a_prompt_s_files_leaves_out_each_one_under_a_folder_turned_link_or_git_folder(make_repo, tmp_path,
+                                                                                               cache_dir):
+    """A recheck looks at each folder on its files' paths once (prompts.scan.source_file's folders_seen): every
+    file under a folder now a link out of the repository, or now a git folder of its own, leaves the index; the
+    files beside them in the folders above stay."""
+    files = {"pkg/linked/a.py": "A = 1\n", "pkg/linked/b.py": "B = 2\n", "pkg/sub/c.py": "C = 3\n",
+             "pkg/nested/d.py": "D = 4\n", "pkg/e.py": "E = 5\n", "f.py": "F = 6\n"}
+    root = make_repo(files)
+    fresh = FreshIndex(index_repository(root))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name in ("a.py", "b.py"):
+        (outside / name).write_text("SECRET = 'outside the repository'\n")
+    for part in (root / "pkg/linked").iterdir():
+        part.unlink()
+    (root / "pkg/linked").rmdir()
+    (root / "pkg/linked").symlink_to(outside, target_is_directory=True)
+    git = root / "pkg/nested"               # a repository of its own now (git init there)
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    (git / "objects").mkdir()
+    (git / "refs").mkdir()
+    assert fresh.recheck(list(files))
+    index = fresh.index
+    assert index.files == ["f.py", "pkg/e.py", "pkg/sub/c.py"] and "SECRET" not in index.vocabulary
+    assert index.files == index_repository(root).files
+
 @pytest.mark.parametrize("rules", [".gitignore", "pkg/.gitignore", ".codecompleteignore", ".git/info/exclude"])
 def test_a_file_ignored_while_served_leaves_the_index_at_the_next_request(make_repo, cache_dir, rules):
     """A user adds a file of secrets to .gitignore while a server runs: the walk that finds it gone takes a pass of
