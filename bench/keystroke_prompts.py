@@ -2,8 +2,8 @@
 bodies: 256 lines before the cursor, 64 after, no file name), each body through `Session.infill` as the server's
 route calls it, and each prompt against the one before: the tokens past the prefix they share (what the engine's
 cache prefills again, before its bucketing) and, where that is more than a few, the context items that went and
-came. No model runs (a random SmolLM2-135M's engine holds the tokenizer): counts, the same on every machine. CPU,
-~1 minute.
+came. No model runs (a random SmolLM2-135M's engine holds the tokenizer): counts, the same on every machine; and
+what building each prompt took here (the server's "prompt" part of a keystroke's first token). CPU, ~1 minute.
 
     python bench/keystroke_prompts.py REPO [--tokenizer DIR] [--file models/engine.py] [--function _generate]
         [--budget 8160] [--requests 40]
@@ -15,7 +15,9 @@ makes .gpu/tokenizer), which the GPU replay's model carries.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,12 +45,14 @@ def main() -> int:
     session = Session(engine, workspace.index(args.repo), args.budget + 32)
     cursors = typing_through((args.repo / args.file).read_text(encoding="utf-8"), args.function, 3, args.requests)
     sampling = Sampling(max_tokens=32)
-    last, total, big = None, 0, 0
+    last, total, big, took = None, 0, 0, []
     print(f"| # | line:col | prompt | re-prefilled | context items gone | came |\n|---|---|---|---|---|---|")
     for number, cursor in enumerate(cursors, 1):
         body = cursor.llama_vim_body(32)
+        started = time.perf_counter()
         prompt = session.infill(body["input_prefix"] + body["prompt"], body["input_suffix"], sampling=sampling,
                                 budget=args.budget).prompt
+        took.append((time.perf_counter() - started) * 1e3)
         items = [(item.path, item.start_line, item.end_line, item.form) for item in prompt.context]
         if last is None:
             new, gone, came = len(prompt.ids), [], items
@@ -65,6 +69,9 @@ def main() -> int:
         last = prompt
     print(f"\n{len(cursors) - 1} keystrokes after the first: {total / max(1, len(cursors) - 1):.1f} tokens re-prefilled "
           f"a keystroke, {big} of them more than {SMALL}")
+    after_first = sorted(took[1:]) or [0.0]
+    print(f"building a keystroke's prompt (Session.infill, this machine): p50 {statistics.median(after_first):.1f} ms, "
+          f"p90 {after_first[int(0.9 * (len(after_first) - 1))]:.1f} ms; the first request's {took[0]:.1f} ms")
     return 0
 
 
