@@ -50,7 +50,9 @@ def recognize(index: RepoIndex, text: str) -> str | None:
 # An editor asks again at every few keystrokes with nearly the same text: what a line says, whether a name is rare,
 # the candidates of a set of rare names and a file's lines are remembered (1.8 ms a keystroke of a 20 KB llama.vim
 # text on a CPU, most of the server's cost of naming the file, bench/results/NOTES.md, Run 47).
-_LINES_KEPT = 1 << 16      # lines whose identifiers are remembered, any index's (then forgotten all at once)
+_LINES_KEPT = 1 << 14      # lines whose identifiers are remembered, any index's (then forgotten all at once)
+_LONGEST_KEPT = 512        # characters of a line, or a name, remembered: the memory stays bounded (~25 MB at most)
+_NAMES_KEPT = 1 << 16      # names whose rarity is remembered, an index's
 _FILES_KEPT = 8            # files whose lines are remembered, the last index's
 _lines: dict[str, tuple[str, frozenset[str]]] = {}
 
@@ -59,10 +61,12 @@ def _named(line: str) -> tuple[str, frozenset[str]]:
     """The line stripped, and the identifiers it names."""
     known = _lines.get(line)
     if known is None:
-        if len(_lines) >= _LINES_KEPT:
-            _lines.clear()
         stripped = line.strip()
-        known = _lines[line] = (stripped, frozenset(IDENTIFIER.findall(stripped)))
+        known = stripped, frozenset(IDENTIFIER.findall(stripped))
+        if len(line) <= _LONGEST_KEPT:
+            if len(_lines) >= _LINES_KEPT:
+                _lines.clear()
+            _lines[line] = known
     return known
 
 
@@ -78,11 +82,19 @@ class _Memo:
 
     def rare_among(self, names: set[str]) -> set[str]:
         """Those of `names` that some chunk references, and at most RARE_SHARE of them do."""
-        rare = self._rare
-        for name in names - rare.keys():
-            term = self.index.vocabulary.get(name)
-            rare[name] = term is not None and 0 < self.index.document_frequency[term] <= self._limit
-        return {name for name in names if rare[name]}
+        known, found = self._rare, set()
+        for name in names:
+            is_rare = known.get(name)
+            if is_rare is None:
+                term = self.index.vocabulary.get(name)
+                is_rare = term is not None and 0 < self.index.document_frequency[term] <= self._limit
+                if len(name) <= _LONGEST_KEPT:
+                    if len(known) >= _NAMES_KEPT:
+                        known.clear()
+                    known[name] = is_rare
+            if is_rare:
+                found.add(name)
+        return found
 
     def candidates(self, rare: set[str]) -> list[str]:
         """The CANDIDATES files referencing the most of the rare identifiers."""

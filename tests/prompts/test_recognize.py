@@ -110,3 +110,21 @@ def test_an_editor_s_next_texts_are_named_as_with_nothing_remembered(index, make
                                                               None}
     recognize_module._memo = None
     assert [(recognize(index, text), recognize(renamed, text)) for text in texts] == expected
+
+
+def test_what_recognize_remembers_stays_bounded_whatever_the_texts(index):
+    """A client may send any text: lines and names past _LONGEST_KEPT characters are not remembered, and no more
+    than _LINES_KEPT lines and _NAMES_KEPT names are (a few MB at most, where 65,536 distinct 60 KB lines, the
+    longest a request names its file by, would have kept 4 GB)."""
+    recognize_module._memo = None
+    recognize_module._lines.clear()
+    long_line = "engine_total = " + "x" * 100_000
+    for k in range(20):
+        assert recognize(index, f"{long_line}{k}\n" * 3) is None
+    assert not recognize_module._lines and all(len(name) <= recognize_module._LONGEST_KEPT
+                                               for name in recognize_module._memo._rare)
+    for k in range(max(recognize_module._LINES_KEPT // 100, recognize_module._NAMES_KEPT // 200) + 5):
+        recognize(index, "\n".join(f"value_{k}_{j} = scale_{k}_{j}" for j in range(100)))
+    assert 0 < len(recognize_module._lines) <= recognize_module._LINES_KEPT
+    assert len(recognize_module._memo._rare) <= recognize_module._NAMES_KEPT
+    assert recognize(index, "\n".join(ENGINE.split("\n")[100:180])) == "pkg/engine.py"
