@@ -6,7 +6,7 @@ came. No model runs (a random SmolLM2-135M's engine holds the tokenizer): counts
 what building each prompt took here (the server's "prompt" part of a keystroke's first token). CPU, ~1 minute.
 
     python bench/keystroke_prompts.py REPO [--tokenizer DIR] [--file models/engine.py] [--function _generate]
-        [--budget 8160] [--requests 40]
+        [--budget 8160] [--requests 40] [--profile N]
 
 REPO: a frozen text of this repository, as bench/gpu/serve_h200.sh types in (`git archive HEAD codecomplete kernels
 models prompts tests | tar -x -C DIR`); --tokenizer: the embedded tokenizer's folder (bench/gpu/prepare_serve.sh
@@ -40,6 +40,8 @@ def main() -> int:
     parser.add_argument("--budget", type=int, default=8192 - 32, help="prompt tokens (serve --context-tokens 8192 "
                         "less 32 new tokens, the GPU replay's)")
     parser.add_argument("--requests", type=int, default=40)
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="then type through again under cProfile and print its N costliest functions")
     args = parser.parse_args()
     engine = load_model(f"random:SmolLM2-135M:{args.tokenizer}", max_context=args.budget + 32)
     session = Session(engine, workspace.index(args.repo), args.budget + 32)
@@ -72,6 +74,19 @@ def main() -> int:
     after_first = sorted(took[1:]) or [0.0]
     print(f"building a keystroke's prompt (Session.infill, this machine): p50 {statistics.median(after_first):.1f} ms, "
           f"p90 {after_first[int(0.9 * (len(after_first) - 1))]:.1f} ms; the first request's {took[0]:.1f} ms")
+    if args.profile:
+        import cProfile
+        import pstats
+
+        profile = cProfile.Profile()
+        profile.enable()
+        for cursor in cursors[1:]:
+            body = cursor.llama_vim_body(32)
+            session.infill(body["input_prefix"] + body["prompt"], body["input_suffix"], sampling=sampling,
+                           budget=args.budget)
+        profile.disable()
+        print(f"\n{len(cursors) - 1} keystrokes again, under cProfile (cumulative):\n")
+        pstats.Stats(profile, stream=sys.stdout).sort_stats("cumulative").print_stats(args.profile)
     return 0
 
 
