@@ -20,7 +20,6 @@ import functools
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.bias import causal_lower_right
 
 from models.kv_cache import CacheView
 
@@ -40,8 +39,15 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
     The causal triangle is aligned bottom-right (query i sees keys 0..S-T+i), which SDPA's
     flash and efficient kernels support natively, so no (T, S) mask is ever built on the GPU.
     """
-    mask = causal_lower_right(q.shape[2], k.shape[2])
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+    T, S = q.shape[2], k.shape[2]
+    if T == S:          # no prefix: both alignments are the one causal triangle
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
+    # (imported here: torch.nn.attention.bias imports torch._dynamo, 0.8 s of every start on a CPU, where nothing
+    # else needs it and a first prompt has no prefix)
+    from torch.nn.attention.bias import causal_lower_right
+
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(T, S),
+                                          enable_gqa=q.shape[1] != k.shape[1])
 
 
 def prefill_attention_exact(q: torch.Tensor, cache: CacheView, prior, k_new: torch.Tensor, v_new: torch.Tensor,

@@ -279,7 +279,10 @@ class Transformer(nn.Module):
     def __init__(self, config: ModelConfig, max_len: int | None = None):
         super().__init__()
         self.config = config
-        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        # (its storage given: Embedding's own init, normal_, runs through torch._refs on the meta device, which
+        # imports torch._dynamo, 0.8 s of a CPU start; the weights are loaded or made after `materialize` anyway)
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim, _weight=torch.empty(config.vocab_size,
+                                                                                           config.dim))
         self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)

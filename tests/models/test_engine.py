@@ -491,6 +491,29 @@ else:
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=300)
 
 
+def test_loading_and_a_first_answer_on_a_cpu_import_no_torch_dynamo(tmp_path):
+    """torch._dynamo is 0.8 s of imports: nn.Embedding's own init under the meta device (normal_ through torch._refs)
+    and torch.nn.attention.bias (for a prefill's bottom-right causal mask) each imported it, on every start of the
+    command line, where a CPU never compiles and a first prompt has no prefix to align the triangle to."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tiny_models import write_tiny_gguf
+
+    write_tiny_gguf(tmp_path / "tiny.gguf")        # (here: making it takes transformers' model, which imports it)
+    code = f"""
+import sys
+from models import GenerationConfig, load_model
+engine = load_model({str(tmp_path / "tiny.gguf")!r}, device="cpu", max_context=64)
+assert len(engine.generate(list(range(1, 20)), GenerationConfig(max_new_tokens=4)).token_ids) == 4
+assert "torch._dynamo" not in sys.modules, "torch._dynamo imported"
+"""
+    env = {**os.environ, "CODECOMPLETE_CACHE_DIR": str(tmp_path / "cache")}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=300)
+
+
 def llama_cpp_penalties(logits: torch.Tensor, window: list[int], repeat: float, presence: float,
                         frequency: float) -> torch.Tensor:
     """llama.cpp's llama_sampler_penalties_apply written out a token at a time: each token seen c > 0 times in the
