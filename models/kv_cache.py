@@ -451,7 +451,10 @@ def stores_v_sequence_major(group: int, store: torch.dtype, device: torch.device
 def append_kv(k_new, v_new, k_cache, v_cache, input_pos, k_scale=None, v_scale=None) -> None:
     """`kernels.append_kv`: k_new, v_new (B, Hkv, T, D) at positions input_pos[b] .. + T - 1 of row b, an
     8-bit cache quantized in the same pass."""
-    from kernels import append_kv as kernel  # lazy: kernels must import after TRITON_INTERPRET is set (CPU)
+    if k_cache.is_cuda:
+        from kernels import append_kv as kernel  # lazy: kernels must import after TRITON_INTERPRET is set (CPU)
+    else:   # (kernels.interface's own choice off CUDA, without importing Triton and every kernel: 0.15 s of a start)
+        from kernels.reference import append_kv as kernel
     kernel(k_new, v_new, k_cache, v_cache, input_pos, k_scale, v_scale)
 
 

@@ -317,8 +317,10 @@ class Transformer(nn.Module):
                     module.weight = nn.Parameter(torch.empty(N, K, dtype=torch.int8, device="meta"),
                                                  requires_grad=False)
                     module.register_buffer("weight_scale", torch.empty(N, dtype=torch.float32, device="meta"))
-        self.to_empty(device=device)
-        self._tie_weights()   # to_empty gives each module its own tensor; tie them again
+        # (to_empty's empty_like runs through torch._refs for meta tensors, which imports torch.fx's symbolic shapes:
+        # 0.15 s of a CPU start; the parameters here are all contiguous, as torch.empty makes them)
+        self._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device=device))
+        self._tie_weights()   # each module has a tensor of its own now; tie them again
         self.rope.reset()
         return self
 
