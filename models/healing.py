@@ -27,12 +27,12 @@ class VocabularyBytes:
 
     def __init__(self, tokenizer):
         pieces = token_bytes(tokenizer)
-        ordered = sorted((piece, number) for number, piece in enumerate(pieces) if piece)
-        self.sorted_bytes = [piece for piece, _ in ordered]
-        self.sorted_ids = [number for _, number in ordered]
+        # (ids sorted by their bytes, a stable sort: equal bytes in id order; sorting (bytes, id) pairs took 2x)
+        self.sorted_ids = sorted((number for number, piece in enumerate(pieces) if piece), key=pieces.__getitem__)
+        self.sorted_bytes = [pieces[number] for number in self.sorted_ids]
         self.by_bytes: dict[bytes, list[int]] = {}
-        for piece, number in ordered:
-            self.by_bytes.setdefault(piece, []).append(number)
+        for number in self.sorted_ids:
+            self.by_bytes.setdefault(pieces[number], []).append(number)
         self.pieces = pieces  # by id; None for tokens that never heal
 
     def allowed(self, remaining: bytes, excluding: Set[int] = frozenset()) -> list[int]:
@@ -137,13 +137,20 @@ def token_bytes(tokenizer) -> list[bytes | None]:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     decoder = repr(getattr(backend, "decoder", None))
     if "ByteLevel" in decoder:
-        alphabet = {character: byte for byte, character in _byte_alphabet().items()}
-        convert = lambda token: bytes(alphabet[c] for c in token) if all(c in alphabet for c in token) else None  # noqa: E731
+        convert = _byte_level_bytes
     elif "ByteFallback" in decoder or "Metaspace" in decoder or "\u2581" in decoder:
         convert = _sentencepiece_bytes
     else:
         convert = lambda token: token.encode("utf-8")  # noqa: E731
     return [None if number in skip or token is None else convert(token) for number, token in enumerate(tokens)]
+
+
+def _byte_level_bytes(token: str) -> bytes | None:
+    """A byte-level BPE token's bytes (each character of the alphabet one byte); None if it has another character."""
+    try:
+        return token.translate(_FROM_BYTE_ALPHABET).encode("latin-1")
+    except UnicodeEncodeError:
+        return None
 
 
 def _sentencepiece_bytes(token: str) -> bytes:
@@ -166,6 +173,12 @@ def _byte_alphabet() -> dict[int, str]:
             mapping[byte] = chr(256 + extra)
             extra += 1
     return mapping
+
+
+# character of the byte alphabet -> the Latin-1 character of its byte; a Latin-1 character outside the alphabet (a
+# space, a control character) -> one Latin-1 cannot encode, so that a token holding one has no bytes
+_FROM_BYTE_ALPHABET = {code: "\uffff" for code in range(256)} | {
+    ord(character): chr(byte) for byte, character in _byte_alphabet().items()}
 
 
 def _successor(prefix: bytes) -> bytes | None:

@@ -27,6 +27,16 @@ def test_token_bytes_spell_exactly_what_the_tokenizers_encode(llama_tokenizer, s
         assert all(pieces[i] is None for i in tokenizer.all_special_ids)
 
 
+def test_a_byte_level_token_has_bytes_only_where_each_character_is_of_the_byte_alphabet():
+    """GPT-2's alphabet: printable Latin-1 stands for itself, the other bytes for U+0100 on; a token holding any other
+    character (a raw space or control character, a CJK character: an added token's) never heals."""
+    from models.healing import _byte_level_bytes
+
+    assert _byte_level_bytes("\u0120hi") == b" hi" and _byte_level_bytes("\u010a") == b"\n"
+    assert _byte_level_bytes("\u00e9\u0100\u0143") == b"\xe9\x00\xad"
+    assert [_byte_level_bytes(token) for token in ("a b", "\t", "\x7f", "\u00ad", "\u4e2d", "\u0144")] == [None] * 6
+
+
 @pytest.mark.parametrize("remaining", [b" ", b"\n    ", b"ar", b"return", "é".encode()[:1], b"\xff\xff"])
 def test_allowed_tokens_are_exactly_those_inside_the_prefix_or_covering_it(smollm_engine, llama_tokenizer, remaining):
     for tokenizer in (smollm_engine.tokenizer, llama_tokenizer):
