@@ -167,7 +167,6 @@ def load_tokenizer(directory: Path):
     if not found:       # a mistyped random:PRESET:DIR is no folder at all: say that, not that its files are missing
         raise ModelNotFoundError(f"{directory}: " + ("no tokenizer files (tokenizer.json or tokenizer.model)"
                                                      if directory.is_dir() else "no such folder"))
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
     config = directory / "tokenizer_config.json"
     settings = read_json(config) if config.is_file() else {}
     generic = settings.get("tokenizer_class") in GENERIC_TOKENIZER_CLASSES
@@ -180,8 +179,12 @@ def load_tokenizer(directory: Path):
         # The generic class is what AutoTokenizer would build, minus its ~2 s detour through the model config.
         # Never the folder's own code (an `auto_map` in tokenizer_config.json): transformers would otherwise ask
         # on stdin whether to run it, behind the spinner, and run it on a "y".
-        tokenizer = (PreTrainedTokenizerFast if generic else AutoTokenizer).from_pretrained(
-            str(directory), trust_remote_code=False)
+        # (AutoTokenizer imported only where it is used: importing it is 0.9 s of transformers' lazy modules)
+        if generic:
+            from transformers import PreTrainedTokenizerFast as tokenizer_class
+        else:
+            from transformers import AutoTokenizer as tokenizer_class
+        tokenizer = tokenizer_class.from_pretrained(str(directory), trust_remote_code=False)
     except Exception as e:  # transformers raises anything from OSError to ValueError here
         for name in TOKENIZER_FILES:
             if pointer := pointer_message(directory / name):
