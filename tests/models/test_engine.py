@@ -495,8 +495,9 @@ def test_loading_and_a_first_answer_on_a_cpu_import_neither_torch_dynamo_nor_tri
     """torch._dynamo is 0.8 s of imports: nn.Embedding's own init under the meta device (normal_ through torch._refs)
     and torch.nn.attention.bias (for a prefill's bottom-right causal mask) each imported it, on every start of the
     command line, where a CPU never compiles and a first prompt has no prefix to align the triangle to. Module.to_empty
-    imported torch.fx's symbolic shapes (0.15 s), and the cache's append imported Triton and every kernel (0.15 s)
-    to run the plain-PyTorch append that kernels.interface runs off CUDA."""
+    imported torch.fx's symbolic shapes (0.15 s), the cache's append imported Triton and every kernel (0.15 s) to run
+    the plain-PyTorch append that kernels.interface runs off CUDA, and a generic tokenizer.json imported
+    AutoTokenizer (0.9 s of transformers' lazy modules) without using it."""
     import os
     import subprocess
     import sys
@@ -510,7 +511,8 @@ import sys
 from models import GenerationConfig, load_model
 engine = load_model({str(tmp_path / "tiny.gguf")!r}, device="cpu", max_context=64)
 assert len(engine.generate(list(range(1, 20)), GenerationConfig(max_new_tokens=4)).token_ids) == 4
-for module in ("torch._dynamo", "torch.fx.experimental.symbolic_shapes", "triton", "kernels.interface"):
+for module in ("torch._dynamo", "torch.fx.experimental.symbolic_shapes", "triton", "kernels.interface",
+               "transformers.models.auto.tokenization_auto"):
     assert module not in sys.modules or sys.argv[1] == "first", module + " imported"
 """
     env = {**os.environ, "CODECOMPLETE_CACHE_DIR": str(tmp_path / "cache")}
