@@ -251,11 +251,16 @@ class Repl:
         try:
             self._read_lines()
         finally:
-            if self._warming is not None:       # leaving while it runs: it stops after the step under way
+            warming, self._warming = self._warming, None
+            if warming is not None:             # leaving while it runs: it stops after the step under way
                 # A Ctrl-C meanwhile waits for that step too (then leaves as an interrupt): an exit with the thread
                 # inside a capture could leave the GPU's context broken on the way out.
                 with InterruptsDeferred():
-                    self._warming.finish(should_stop=lambda: True)
+                    warming.finish(should_stop=lambda: True)
+                    if warming.error is not None:
+                        # No line will raise it now: said in one line on the way out (a bug's too, which a line
+                        # raises; the user asked to leave, so the exit stays theirs), not dropped unheard.
+                        self.console.print(self._warm_up_failure(warming.error))
 
     def _read_lines(self) -> None:
         while True:
@@ -325,11 +330,20 @@ class Repl:
         if warming.error is not None:
             if classify(warming.error) is None:
                 raise warming.error
-            self.console.print(Text(f"warm-up: {one_line(classify(warming.error)[1])}", style="yellow"))
+            self.console.print(self._warm_up_failure(warming.error))
             return
         skipped = " (skipped the rest)" if warming.stopped else ""
         self.console.print(Text(f"warmed up {', '.join(warming.built)} in {warming.seconds:.1f} s{skipped}",
                                 style="dim"))
+
+    @staticmethod
+    def _warm_up_failure(error: BaseException) -> Text:
+        """The line that says the warm-up failed: a known failure's message, or a bug's type and message (as the
+        command line's "internal error" says it), on one line."""
+        known = classify(error)
+        if known is not None:
+            return Text(f"warm-up: {one_line(known[1])}", style="yellow")
+        return Text(f"warm-up failed: internal error: {type(error).__name__}: {one_line(str(error))}", style="red")
 
     def _redraw(self) -> None:
         """The toolbar says whether the warm-up runs: redrawn when it ends (from its thread: prompt-toolkit's

@@ -791,3 +791,40 @@ def test_ctrl_c_while_leaving_waits_for_the_warm_up_step_under_way(conversation,
     with pytest.raises(KeyboardInterrupt):
         drive(conversation, ["/exit\r"], tmp_path / "history")
     assert seen["ended"]
+
+
+@pytest.mark.parametrize("leave", ["/exit\r", CTRL_D])
+@pytest.mark.parametrize("when", ["before", "while"])
+def test_a_warm_up_error_is_said_on_the_way_out_where_no_line_came(conversation, tmp_path, monkeypatch, leave, when):
+    """A warm-up that failed in a way the REPL does not know (a bug, a driver's odd error) was raised at the first
+    line; where the user left first (/exit, Ctrl-D) it was never said, the exit as clean as a warm-up's success.
+    It is now said on the way out in one line, no traceback, the exit still the user's (no exception), whether it
+    came before the user left or during the wait for the step under way."""
+    def warm_up(session, should_stop=lambda: False):
+        if when == "while":
+            deadline = time.monotonic() + 60
+            while not should_stop() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        raise RuntimeError("the driver said no\nat line two")
+    monkeypatch.setattr(Session, "warm_up", warm_up)
+    monkeypatch.setattr(repl.Repl, "_builds_ahead", lambda self: True)
+    if when == "before":                        # the warm-up has failed by the time the user leaves
+        prompt = repl.PromptSession.prompt
+        monkeypatch.setattr(repl.PromptSession, "prompt",
+                            lambda self, *args, **kwargs: time.sleep(0.3) or prompt(self, *args, **kwargs))
+    printed = drive(conversation, [leave], tmp_path / "history")
+    lines = [line for line in printed.splitlines() if "warm-up" in line]
+    assert lines == ["warm-up failed: internal error: RuntimeError: the driver said no\\nat line two"], printed
+    assert "Traceback" not in printed
+
+
+def test_a_known_warm_up_error_is_said_on_the_way_out_as_at_a_line(conversation, tmp_path, monkeypatch):
+    """A warm-up error the REPL knows (out of memory, say) is said in yellow at the first line; the user who left
+    first heard nothing of it either. It is said on the way out as a line would have said it."""
+    def warm_up(session, should_stop=lambda: False):
+        raise MemoryError()
+    monkeypatch.setattr(Session, "warm_up", warm_up)
+    monkeypatch.setattr(repl.Repl, "_builds_ahead", lambda self: True)
+    printed = drive(conversation, ["/exit\r"], tmp_path / "history")
+    assert [line for line in printed.splitlines() if "warm-up" in line] == [
+        "warm-up: out of memory: try a smaller --context-tokens"], printed
