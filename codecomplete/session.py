@@ -87,6 +87,12 @@ def _held_for(chats: Sequence[_HeldChat], messages: Sequence[dict]):
     return continued([chat.held for chat in chats], messages)
 
 
+def _an_opening(messages) -> bool:
+    """Whether a chat prompt's `messages` ((role, content) pairs) hold no answer yet, but for one begun last (an
+    assistant prefill): a conversation's first turn, which several clients may send alike."""
+    return all(role != "assistant" for role, _ in messages[:-1])
+
+
 @dataclass
 class Generation:
     """A prompt ready to run: `prompt` is the packed prompt, `engine` the model that will run it."""
@@ -250,7 +256,12 @@ class Session:
             if chat.held is not held:
                 kept.append(chat)
             elif now.messages == held.messages:     # the same messages again: another client there, or a retry
-                standing += chat.conversations
+                # Two clients stand at the same messages only at an opening (no answer among them yet): past an
+                # answer that would take the same answer and then the same question again. So the same messages
+                # past an answer are a retry (a timeout's, a "regenerate"), the conversation already counted: it
+                # added one, and after its next turn a phantom hold kept one of the places until pushed out. (An
+                # opening sent again still counts one more: by its messages a retry of it is another client.)
+                standing += chat.conversations - (not _an_opening(now.messages))
             elif chat.conversations > 1:            # one of those standing there went on; the others stay
                 kept.append(replace(chat, conversations=chat.conversations - 1))
         self._chats = (kept + [_HeldChat(now, standing)])[-self._prompts_kept(STICKY_CHATS):]

@@ -127,3 +127,21 @@ def make_chat_repo(tmp_path):
     for name, text in CHAT_FILES.items():
         (root / name).write_text(text)
     return root
+
+
+def test_a_retried_turn_takes_no_other_conversations_place(engine, make_chat_repo):
+    """A follow-up sent twice (a client's retry after a timeout, a "regenerate"), then the conversation goes on:
+    the retry counted as a second conversation standing at those messages, so a phantom hold stayed there after
+    the next turn, one of STICKY_CHATS' places, and another conversation's hold was pushed out before its time."""
+    first = _conversation("How does decode_2 use its limit?", ["Why?"])
+    retried = _conversation("How does stream_5 use its limit?", ["Why?", "And then?"])
+    session = _chat_session(engine, make_chat_repo)
+    opened = _chat_prompt(session, first[0])
+    _chat_prompt(session, retried[0])
+    _chat_prompt(session, retried[1])
+    _chat_prompt(session, retried[1])           # the retry
+    _chat_prompt(session, retried[2])
+    assert [chat.conversations for chat in session._chats] == [1, 1]
+    for k in range(STICKY_CHATS - 2):           # others open, up to the places left
+        _chat_prompt(session, _conversation(f"How does encode_{k} use its limit?", [])[0])
+    assert [opened, _chat_prompt(session, first[1])] == _alone(engine, make_chat_repo, first)
