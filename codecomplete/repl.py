@@ -148,6 +148,14 @@ def _key_bindings() -> KeyBindings:
     def _newline(event):
         event.current_buffer.insert_text("\n")
 
+    # prompt-toolkit reads `ESC [ digits m` (and `ESC [ M` with any 3 characters) as a terminal's mouse report; its
+    # handler raised on one it could not parse, a colour code (`\x1b[31m`) in text pasted where the terminal does not
+    # bracket pastes, and the REPL printed "Unhandled exception in event loop", a traceback and "Press ENTER to
+    # continue...", which took the next key. The REPL asks for no mouse reports (mouse_support is off): all dropped.
+    @bindings.add(Keys.Vt100MouseEvent)
+    def _no_mouse(event):
+        pass
+
     # prompt-toolkit saves a copy of the whole line for undo before every key typed: n characters typed (or pasted by
     # a terminal without bracketed paste) cost n^2 / 2 bytes, 1.7 GB for 60k. Past UNDO_CHARS typing saves none.
     bindings.add(Keys.Any, filter=vi_insert_mode | emacs_insert_mode, save_before=_undo_copy)(

@@ -828,3 +828,22 @@ def test_a_known_warm_up_error_is_said_on_the_way_out_as_at_a_line(conversation,
     printed = drive(conversation, ["/exit\r"], tmp_path / "history")
     assert [line for line in printed.splitlines() if "warm-up" in line] == [
         "warm-up: out of memory: try a smaller --context-tokens"], printed
+
+
+def test_an_escape_sequence_typed_raw_is_no_traceback(conversation, tmp_path, capfd):
+    """Text with a terminal's colour codes in it (`\\x1b[31m`, pasted where the terminal does not bracket pastes,
+    or typed), or a malformed mouse report: prompt-toolkit reads `ESC [ digits m` as a mouse event, its handler
+    failed to parse it, and the REPL printed "Unhandled exception in event loop", a traceback and "Press ENTER to
+    continue...", which waited for a key. Such a sequence is now dropped, the rest of the line kept."""
+    out = io.StringIO()
+    with create_pipe_input() as pipe:
+        session = repl.Repl(conversation, Console(file=out, width=100), input=pipe, output=DummyOutput(),
+                            history=tmp_path / "history")
+        pipe.send_text("/hel\x1b[31mp\x1b[0m\x1b[<1;2m\x1b[M!!!\r/exit\r")
+        thread = threading.Thread(target=session.run, daemon=True)    # (the old code never returned here)
+        thread.start()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "the REPL waited for a key after the escape sequence"
+    printed, captured = out.getvalue(), capfd.readouterr()
+    assert "Unhandled exception" not in captured.out + captured.err + printed
+    assert "this help" in printed, printed
