@@ -375,7 +375,8 @@ class Repl:
 
     def command(self, line: str) -> bool:
         """Run one slash command; False means leave."""
-        name, _, argument = line.partition(" ")
+        # (split at any whitespace, as `_is_command` finds the command: `/add` Esc Enter `PATH` was "unknown command")
+        name, argument = (line.split(maxsplit=1) + [""])[:2]
         argument = argument.strip()
         known = COMMANDS.get("/exit" if name == "/quit" else name)
         if argument and known is not None and not known[0]:

@@ -111,6 +111,20 @@ def test_a_command_that_takes_no_argument_refuses_one(conversation, tmp_path):
     conversation.reset()
 
 
+def test_a_command_and_its_argument_may_be_parted_by_any_space(conversation, tmp_path):
+    """A line is a command by its first word as any whitespace ends it (`_is_command`), but the command was read up
+    to the first plain space: `/add` Esc Enter `PATH` (or a pasted `/add` newline `PATH`) said "unknown command
+    /add\nPATH", and `/reset` Esc Enter `more` "unknown command", not that /reset takes no argument."""
+    conversation.reset()
+    conversation.unpin(None)
+    printed = drive(conversation, ["/add" + ESC_ENTER + "shapes/geometry.py\r",
+                                   "/drop" + ESC_ENTER + " shapes/geometry.py\r",
+                                   "/reset" + ESC_ENTER + "more\r", "/exit\r"], tmp_path / "history")
+    assert "pinned shapes/geometry.py" in printed and "unpinned shapes/geometry.py" in printed, printed
+    assert "error: /reset takes no argument" in printed and "unknown command" not in printed, printed
+    assert conversation.pinned == []
+
+
 def test_a_question_that_begins_with_a_path_is_asked(conversation, tmp_path):
     """A line that begins with a path (`/usr/lib holds what?`) is a question, not an unknown command; a bare unknown
     /word (`/etc`, or a mistyped command) is refused with how to ask it: `//` at the start asks the rest, one slash
