@@ -53,6 +53,16 @@ class InterruptsDeferred(_SigintHandled):
         self.pending = True
 
 
+class InterruptsDropped(_SigintHandled):
+    """`with InterruptsDropped(): session.prompt(...)`: a Ctrl-C inside the block that nothing else handles is
+    dropped. prompt-toolkit handles SIGINT itself (a key: the line cleared) only once its event loop runs, and puts
+    the handler before back as it ends; raised while it made that loop, the KeyboardInterrupt left a half-made loop
+    whose finalizer printed a traceback."""
+
+    def _on_sigint(self, signum, frame) -> None:
+        pass
+
+
 class CancelOnSigint(_SigintHandled):
     """`with CancelOnSigint() as cancel: engine.generate(..., should_stop=cancel)`."""
 

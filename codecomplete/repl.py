@@ -37,7 +37,7 @@ from rich.text import Text
 from prompts.scan import lies_within
 
 from . import chat, engines, render, workspace
-from .cancel import CancelOnSigint, InterruptsDeferred
+from .cancel import CancelOnSigint, InterruptsDeferred, InterruptsDropped
 from .errors import AppError, UsageError, classify, one_line, printable
 from .session import open_session
 
@@ -277,7 +277,11 @@ class Repl:
                 gc.collect()                # (what the failed load left on the GPU goes first)
                 self._start_warm_up()
             try:
-                typed = self.session.prompt("› ")
+                # A Ctrl-C as the prompt comes up or goes (pressed as an answer ended) is dropped, the prompt empty
+                # as after one at the prompt: raised inside prompt-toolkit's making of its event loop, it printed
+                # a traceback (the half-made loop's) and a warning.
+                with InterruptsDropped():
+                    typed = self.session.prompt("› ")
             except KeyboardInterrupt:       # Ctrl-C at the prompt: the line is cleared
                 continue
             except EOFError:                # Ctrl-D

@@ -861,3 +861,32 @@ def test_an_escape_sequence_typed_raw_is_no_traceback(conversation, tmp_path, ca
     printed, captured = out.getvalue(), capfd.readouterr()
     assert "Unhandled exception" not in captured.out + captured.err + printed
     assert "this help" in printed, printed
+
+
+def test_a_ctrl_c_as_the_prompt_comes_up_is_no_traceback(conversation, tmp_path, monkeypatch):
+    """Ctrl-C pressed as an answer ends (the user meant to stop it) can come while prompt-toolkit is still making the
+    prompt's event loop, before it handles SIGINT itself: the KeyboardInterrupt raised there left a half-made loop,
+    whose finalizer printed "Exception ignored in: <function BaseEventLoop.__del__ ...>", a traceback, and "coroutine
+    'Application.run_async' was never awaited" (seen in a pty, about one Ctrl-C in 40 pressed as answers ended).
+    Such a Ctrl-C is dropped: the prompt comes up as after a Ctrl-C at the prompt, empty, and reads on."""
+    import asyncio.selector_events
+
+    make_self_pipe, pressed, unraisable = asyncio.selector_events.BaseSelectorEventLoop._make_self_pipe, [], []
+
+    def pressed_meanwhile(loop):
+        if not pressed:
+            pressed.append(1)
+            signal.raise_signal(signal.SIGINT)      # (handled at once: inside the loop's making, before its pipe)
+        make_self_pipe(loop)
+    monkeypatch.setattr(asyncio.selector_events.BaseSelectorEventLoop, "_make_self_pipe", pressed_meanwhile)
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    out = io.StringIO()
+    with create_pipe_input() as pipe:
+        session = repl.Repl(conversation, Console(file=out, width=100), input=pipe, output=DummyOutput(),
+                            history=tmp_path / "history")
+        pipe.send_text("/help\r/exit\r")
+        session.run()
+    import gc as collector
+    collector.collect()                             # (the half-made loop's finalizer)
+    assert pressed and "this help" in out.getvalue()
+    assert [f"{u.exc_type.__name__}: {u.exc_value}" for u in unraisable] == []
