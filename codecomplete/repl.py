@@ -272,15 +272,16 @@ class Repl:
 
     def _read_lines(self) -> None:
         while True:
-            if self._warm_again:
-                self._warm_again = False
-                gc.collect()                # (what the failed load left on the GPU goes first)
-                self._start_warm_up()
             try:
                 # A Ctrl-C as the prompt comes up or goes (pressed as an answer ended) is dropped, the prompt empty
                 # as after one at the prompt: raised inside prompt-toolkit's making of its event loop, it printed
-                # a traceback (the half-made loop's) and a warning.
+                # a traceback (the half-made loop's) and a warning; raised while the old model was set to warm up
+                # again, outside any line, it ended the REPL, or left the warm-up's thread unwaited for.
                 with InterruptsDropped():
+                    if self._warm_again:
+                        self._warm_again = False
+                        gc.collect()        # (what the failed load left on the GPU goes first)
+                        self._start_warm_up()
                     typed = self.session.prompt("› ")
             except KeyboardInterrupt:       # Ctrl-C at the prompt: the line is cleared
                 continue

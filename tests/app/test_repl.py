@@ -890,3 +890,29 @@ def test_a_ctrl_c_as_the_prompt_comes_up_is_no_traceback(conversation, tmp_path,
     collector.collect()                             # (the half-made loop's finalizer)
     assert pressed and "this help" in out.getvalue()
     assert [f"{u.exc_type.__name__}: {u.exc_value}" for u in unraisable] == []
+
+
+def test_a_ctrl_c_while_the_old_model_is_set_to_warm_up_again_leaves_no_repl_gone(conversation, tmp_path,
+                                                                                  monkeypatch):
+    """After a /model SPEC that failed to load, the next prompt first collects what the load left and starts the old
+    model's warm-up again; a Ctrl-C there (pressed at the error) was raised outside any line, so the REPL ended
+    ("interrupted", exit 130), and where it came as the warm-up's thread had started, it left without waiting for it.
+    It is dropped, as one as the prompt comes up."""
+    def load(args, max_new_tokens):
+        raise repl.UsageError("--model nowhere: not found")
+    collect, pressed = repl.gc.collect, []
+
+    def collect_pressed(*args):
+        if not pressed:
+            pressed.append(1)
+            signal.raise_signal(signal.SIGINT)
+        return collect(*args)
+    monkeypatch.setattr(Session, "warm_up", lambda session, should_stop=lambda: False: ["the decode step"])
+    monkeypatch.setattr(repl.Repl, "_builds_ahead", lambda self: True)
+    monkeypatch.setattr(repl.engines, "load", load)
+    monkeypatch.setattr(repl.gc, "collect", collect_pressed)
+    try:
+        printed = drive(conversation, ["/model nowhere\r", "/help\r", "/exit\r"], tmp_path / "history")
+    except KeyboardInterrupt:
+        pytest.fail("the Ctrl-C ended the REPL")
+    assert pressed and "this help" in printed and printed.count("warmed up the decode step in ") == 2, printed
