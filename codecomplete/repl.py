@@ -39,7 +39,7 @@ from prompts.scan import lies_within
 from . import chat, engines, render, workspace
 from .cancel import CancelOnSigint, InterruptsDeferred, InterruptsDropped
 from .errors import AppError, UsageError, classify, one_line, printable
-from .session import open_session
+from .session import open_session, timed_steps
 
 COMMANDS = {
     "/help": ("", "this help"),
@@ -201,7 +201,7 @@ class _WarmUp:
 
     def _run(self, session, on_end) -> None:
         try:
-            self.built = session.warm_up(should_stop=self._stop.is_set)
+            self.built = timed_steps(session, session.warm_up(should_stop=self._stop.is_set))
         except BaseException as exc:        # (given to the REPL's thread by `finish`)
             self.error = exc
         finally:

@@ -20,6 +20,7 @@ nothing, may run beside it).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -105,6 +106,13 @@ class Generation:
                                      # as it has them; the engine's token offsets and token texts map to it
 
 
+def timed_steps(session, built: Sequence[str]) -> list[str]:
+    """What `Session.warm_up` built, each with the seconds it took where the session timed it ("the decode step
+    (12.3 s)"): which step a first start waits for is a GPU's question (Run 47: 24-27 s in all on an H100)."""
+    seconds = getattr(session, "warm_up_seconds", {})
+    return [f"{what} ({seconds[what]:.1f} s)" if what in seconds else what for what in built]
+
+
 def open_session(args, root=None, max_new_tokens: int = 0, headroom: int = 0, allow_empty: bool = False) -> Session:
     """The command line's in-process session: index the repository (if any), then load the model (the slow part
     comes last, so a bad path fails at once). `headroom`: engines.load's; `allow_empty`: a repository with nothing
@@ -127,6 +135,7 @@ class Session:
         self._last: dict[str, object] = {}       # path -> its last sticky completion prompt (prompts.PackedPrompt),
                                                  # the most recent last
         self._tidy_until = 0                     # the index's walk that idle upkeep goes on to the end of
+        self.warm_up_seconds: dict[str, float] = {}   # what the last warm_up built -> the seconds it took
         self._chats: list[_HeldChat] = []        # the last chat prompts' excerpts, one a place some conversation
                                                  # stands at, the most recent last: its next turn may hold them
 
@@ -294,13 +303,19 @@ class Session:
         (`Engine.warm_speculation`, `warm_wide_tail`; without them the first speculative step stalls its answer, and
         a prompt's tail takes the slower ways). The server runs it on the thread that runs the engine afterwards
         (some of it is kept per thread: cuDNN's plans), the REPL on a thread of its own while the first question is
-        typed (repl._WarmUp). `should_stop()`: the rest is skipped, between steps. Returns what it built."""
+        typed (repl._WarmUp). `should_stop()`: the rest is skipped, between steps. Returns what it built; the seconds
+        each took are `warm_up_seconds` (timed_steps says them)."""
+        self.warm_up_seconds = {}
+        started = time.perf_counter()
         self.raw("def main():", sampling=Sampling(max_tokens=4)).run(should_stop=should_stop)
         done = ["the decode step"]
+        self.warm_up_seconds[done[-1]] = time.perf_counter() - started
         for warm, what in ((self.engine.warm_speculation, "the step that verifies drafts"),
                            (self.engine.warm_wide_tail, "the step that feeds a longer edit")):
+            started = time.perf_counter()
             if not should_stop() and warm():
                 done.append(what)
+                self.warm_up_seconds[what] = time.perf_counter() - started
         return done
 
     def warm_prompt(self, path: str, *, line: int, budget: int) -> None:

@@ -31,7 +31,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from .. import chat, client, switches, workspace
 from ..cli import package_version
 from ..errors import AppError, Stopped, UsageError, say, write_or_drop
-from ..session import open_session
+from ..session import open_session, timed_steps
 from . import native, warming
 from .app import CUT, MAX_HEAD_BYTES, Server, create_app, head_error
 from .bodies import MAX_BODY_BYTES
@@ -560,7 +560,7 @@ def _warm_up(session, budget: int, warmer: PromptWarmer | None, cache_ram_mib: i
     cache (--cache-ram) starts after the warm-up's generations, so that it saves none of their filler. Returns what
     it did, for the log. `should_stop()` (a stop signal came meanwhile): the rest is skipped, between its steps."""
     started = time.perf_counter()
-    done = session.warm_up(should_stop)
+    done = timed_steps(session, session.warm_up(should_stop))
     engine = session.engine
     if should_stop():
         return "stopped during the warm-up"

@@ -18,7 +18,7 @@ from prompt_toolkit.output import DummyOutput
 from rich.console import Console
 
 from codecomplete import chat, cli, repl, workspace
-from codecomplete.session import Session
+from codecomplete.session import Session, timed_steps
 from prompts import chat as prompts_chat
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -666,11 +666,19 @@ def test_the_sessions_warm_up_builds_each_step_once_and_stops_between_them(conve
     the wide steps where the engine builds them (a CPU's engine does not); a stop asked skips the rest."""
     session, engine = conversation.session, conversation.engine
     calls = []
-    monkeypatch.setattr(engine, "warm_speculation", lambda: calls.append("verify") or True)
+    monkeypatch.setattr(session, "warm_up_seconds", {})    # (the module's session: as it was, afterwards)
+    monkeypatch.setattr(engine, "warm_speculation", lambda: calls.append("verify") or time.sleep(0.2) or True)
     monkeypatch.setattr(engine, "warm_wide_tail", lambda: calls.append("wide") or False)
-    assert session.warm_up() == ["the decode step", "the step that verifies drafts"] and calls == ["verify", "wide"]
+    built = session.warm_up()
+    assert built == ["the decode step", "the step that verifies drafts"] and calls == ["verify", "wide"]
+    # each step built is timed, and said with its seconds (the REPL's line, the server's log)
+    assert session.warm_up_seconds.keys() == set(built) and session.warm_up_seconds[built[1]] >= 0.2
+    said = timed_steps(session, built)
+    assert said[1] == f"the step that verifies drafts ({session.warm_up_seconds[built[1]]:.1f} s)", said
+    assert said[0].startswith("the decode step (") and said[0].endswith(" s)"), said
     calls.clear()
     assert session.warm_up(should_stop=lambda: True) == ["the decode step"] and calls == []
+    assert list(session.warm_up_seconds) == ["the decode step"]
 
 
 def test_the_pty_benchmark_reads_each_answer_as_the_repl_reports_it(cli_env, repo, tmp_path):
