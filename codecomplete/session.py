@@ -305,18 +305,16 @@ class Session:
         (some of it is kept per thread: cuDNN's plans), the REPL on a thread of its own while the first question is
         typed (repl._WarmUp). `should_stop()`: the rest is skipped, between steps. Returns what it built; the seconds
         each took are `warm_up_seconds` (timed_steps says them)."""
-        self.warm_up_seconds = {}
+        self.warm_up_seconds = {}       # (in the order built)
         started = time.perf_counter()
         self.raw("def main():", sampling=Sampling(max_tokens=4)).run(should_stop=should_stop)
-        done = ["the decode step"]
-        self.warm_up_seconds[done[-1]] = time.perf_counter() - started
+        self.warm_up_seconds["the decode step"] = time.perf_counter() - started
         for warm, what in ((self.engine.warm_speculation, "the step that verifies drafts"),
                            (self.engine.warm_wide_tail, "the step that feeds a longer edit")):
             started = time.perf_counter()
             if not should_stop() and warm():
-                done.append(what)
                 self.warm_up_seconds[what] = time.perf_counter() - started
-        return done
+        return list(self.warm_up_seconds)
 
     def warm_prompt(self, path: str, *, line: int, budget: int) -> None:
         """Build, and throw away, the completion prompt at `line` of `path` as it is on disk: the pieces a first
