@@ -101,10 +101,9 @@ def _reparse(grammar, source: bytes):
     last = _last_trees.pop(grammar, None)       # (a parse that times out keeps none)
     old_tree = _edited(*last, source) if last is not None else None
     tree = grammar.parse(source, old_tree)
-    if tree.root_node.type == "ERROR" and tree.root_node.child_count > MAX_ERROR_CHILDREN:
-        raise ParseTimeout
+    root = _checked(tree.root_node)
     _last_trees[grammar] = source, tree
-    return tree.root_node
+    return root
 
 
 def _edited(old: bytes, tree, new: bytes):
@@ -142,7 +141,11 @@ def _parse(grammar, lines: list[str]):
     the query's walk of an error holding a long run of brackets is quadratic in its pieces (450 KB of `[` took
     three minutes, one uninterruptible C call; tree-sitter 0.26's query progress_callback crashes the process);
     such a file is not code to chunk by its syntax."""
-    root = grammar.parse("\n".join(lines).encode("utf-8")).root_node
+    return _checked(grammar.parse("\n".join(lines).encode("utf-8")).root_node)
+
+
+def _checked(root):
+    """`root`, or ParseTimeout where the whole text parsed as one error of more than MAX_ERROR_CHILDREN pieces."""
     if root.type == "ERROR" and root.child_count > MAX_ERROR_CHILDREN:
         raise ParseTimeout
     return root
