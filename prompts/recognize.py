@@ -62,12 +62,18 @@ def _named(line: str) -> tuple[str, frozenset[str]]:
     known = _lines.get(line)
     if known is None:
         stripped = line.strip()
-        known = stripped, frozenset(IDENTIFIER.findall(stripped))
-        if len(line) <= _LONGEST_KEPT:
-            if len(_lines) >= _LINES_KEPT:
-                _lines.clear()
-            _lines[line] = known
+        known = _remember(_lines, _LINES_KEPT, line, (stripped, frozenset(IDENTIFIER.findall(stripped))))
     return known
+
+
+def _remember(memo: dict, most: int, key: str, value):
+    """`value`, kept in `memo` under `key` unless the key is longer than _LONGEST_KEPT; a memo holding `most` is
+    forgotten all at once first."""
+    if len(key) <= _LONGEST_KEPT:
+        if len(memo) >= most:
+            memo.clear()
+        memo[key] = value
+    return value
 
 
 class _Memo:
@@ -87,11 +93,8 @@ class _Memo:
             is_rare = known.get(name)
             if is_rare is None:
                 term = self.index.vocabulary.get(name)
-                is_rare = term is not None and 0 < self.index.document_frequency[term] <= self._limit
-                if len(name) <= _LONGEST_KEPT:
-                    if len(known) >= _NAMES_KEPT:
-                        known.clear()
-                    known[name] = is_rare
+                is_rare = _remember(known, _NAMES_KEPT, name,
+                                    term is not None and 0 < self.index.document_frequency[term] <= self._limit)
             if is_rare:
                 found.add(name)
         return found
