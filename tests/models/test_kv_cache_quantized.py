@@ -481,29 +481,47 @@ def test_prefill_through_the_triton_kernel_equals_the_masked_softmax(monkeypatch
     """On a GPU an fp8 cache's prefill runs kernels/prefill_exact.py (here interpreted); elsewhere the masked
     softmax over the dequantized cache and the exact tokens side by side. Both give one model the same logits and
     exact copies: a cold prefill past the sink and window, a later span reading the first's copies back from the
-    cache, and a repair of a window."""
+    cache, and a repair of a window.
+
+    The two paths' first layers agree to ~1e-7, so a later layer's K or V value lying that close to an e4m3 rounding
+    boundary is stored as one code by one path and the neighbouring code by the other: 7 draws in 260 here, most
+    moving the logits by under 1e-6, one (CI saw another) by 1.4e-4. From that position on the paths read different
+    caches and the comparison is no longer of the kernel, so such a draw is replaced by a fresh one."""
     import models.attention
     from models.config import ModelConfig
     from models.llama import build_random_model
     config = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=n_kv_heads, ffn_dim=128, vocab_size=97)
-    model = build_random_model(config, max_len=128)
-    tokens = torch.randint(0, 97, (1, 100), generator=torch.Generator().manual_seed(torch.seed() % 2**31))
     kernel = models.attention._prefill_exact()
-    calls = []
-    runs = []
-    with torch.no_grad():
-        for through_kernel in (False, True):
-            monkeypatch.setattr(models.attention, "_prefill_kernel_applies", lambda q: through_kernel)
-            monkeypatch.setattr(models.attention, "_prefill_exact", lambda: lambda *a, **kw: calls.append(kw) or kernel(*a, **kw))
-            model.setup_caches(1, 128, quant="fp8")
-            logits = [model.prefill(tokens[:, :70], all_logits=True),
-                      model.prefill(tokens[:, 70:100], start=70, all_logits=True)]
-            model.prefill(tokens[:, 40:100], start=40, repair=True)
-            caches = [layer.attention.kv_cache for layer in model.layers]
-            runs.append((torch.cat(logits, dim=1), [(c.k_exact.clone(), c.v_exact.clone()) for c in caches]))
+
+    def both_paths(seed):
+        torch.manual_seed(seed)
+        model = build_random_model(config, max_len=128)
+        tokens = torch.randint(0, 97, (1, 100))
+        calls, runs = [], []
+        with torch.no_grad():
+            for through_kernel in (False, True):
+                monkeypatch.setattr(models.attention, "_prefill_kernel_applies", lambda q: through_kernel)
+                monkeypatch.setattr(models.attention, "_prefill_exact",
+                                    lambda: lambda *a, **kw: calls.append(kw) or kernel(*a, **kw))
+                model.setup_caches(1, 128, quant="fp8")
+                logits = [model.prefill(tokens[:, :70], all_logits=True),
+                          model.prefill(tokens[:, 70:100], start=70, all_logits=True)]
+                caches = [layer.attention.kv_cache for layer in model.layers]
+                stored = torch.cat([torch.stack((c.k, c.v)).float().flatten() for c in caches])  # -0 == +0
+                model.prefill(tokens[:, 40:100], start=40, repair=True)
+                exact = [(c.k_exact.clone(), c.v_exact.clone()) for c in caches]
+                runs.append((torch.cat(logits, dim=1), stored, exact))
+        return calls, runs
+
+    for _ in range(5):
+        calls, runs = both_paths(torch.seed() % 2**31)
+        (masked, masked_codes, masked_exact), (triton, triton_codes, triton_exact) = runs
+        if torch.equal(masked_codes, triton_codes):
+            break
+    else:
+        raise AssertionError("five draws in a row stored different fp8 codes on the two paths: not a rounding tie")
     assert len(calls) == 3 * config.n_layers       # the kernel ran every layer of the second pass's three prefills
     assert all(kw["k_scale"] is not None for kw in calls)     # on the cache's bytes, no dequantized copy
-    (masked, masked_exact), (triton, triton_exact) = runs
     assert masked.abs().max() > 0
     torch.testing.assert_close(triton, masked, atol=1e-4, rtol=1e-4)
     for (k, v), (k_triton, v_triton) in zip(masked_exact, triton_exact, strict=True):
