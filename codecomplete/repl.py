@@ -3,7 +3,8 @@
 Keys: Enter sends, Esc Enter (or Meta Enter) starts a new line, pasted text keeps its lines;
 Tab completes slash commands and file paths; a line that begins with a path is a question, one that
 begins with // asks the rest (one slash less); Ctrl-C clears the line, or cancels the answer
-being generated; Ctrl-D on an empty line leaves. History persists in the user state dir.
+being generated; Ctrl-D on an empty line leaves. Keys typed while an answer prints wait for the next prompt.
+History persists in the user state dir.
 On a GPU the model's steps are built (the warm-up) in the background from the start, while the first question is
 typed; the first line waits for what is left of it (Ctrl-C skips that).
 """
@@ -16,8 +17,9 @@ import re
 import sys
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Iterator
 
 from platformdirs import user_state_dir
 from prompt_toolkit import PromptSession
@@ -494,5 +496,35 @@ def run_repl(args) -> None:
         raise UsageError("the chat REPL needs a terminal; in scripts use --ask QUESTION")
     # In process: the REPL pins files from the index and can switch models, which a server cannot do for it.
     max_new = args.max_tokens or chat.DEFAULT_MAX_TOKENS
-    session = open_session(args, workspace.repository(args.repo), max_new)
-    Repl(chat.Conversation(session, args), render.stdout_console()).run()
+    with _keys_kept_between_prompts(sys.stdin):     # (from the load on: what is typed meanwhile waits too)
+        session = open_session(args, workspace.repository(args.repo), max_new)
+        Repl(chat.Conversation(session, args), render.stdout_console()).run()
+
+
+@contextmanager
+def _keys_kept_between_prompts(stdin) -> Iterator[None]:
+    """The terminal keeps keys as typed while the REPL runs, as terminal programs keep theirs: between prompts (an
+    answer, a command's output, a wait for the warm-up) its cooked mode took a Ctrl-D for its end-of-file mark, not a
+    key, so the next prompt never saw it, and echoed text typed ahead, which the next prompt then showed again. Now
+    keys wait unedited and unechoed for the next prompt, as it reads them; signals stay on (Ctrl-C cancels an answer).
+    prompt-toolkit puts back after each prompt the mode it found, this one; the user's own comes back on every way
+    out."""
+    if sys.platform == "win32":         # (its console input is no termios terminal)
+        yield
+        return
+    import termios
+    import tty
+
+    descriptor = stdin.fileno()
+    users_mode, between_prompts = termios.tcgetattr(descriptor), termios.tcgetattr(descriptor)
+    between_prompts[tty.LFLAG] &= ~(termios.ICANON | termios.ECHO)
+    between_prompts[tty.IFLAG] &= ~termios.ICRNL    # Enter stays \r: Esc Enter typed ahead is a new line, as typed
+    # (TCSANOW, no flush: what was typed during the start waits for the first prompt too)
+    termios.tcsetattr(descriptor, termios.TCSANOW, between_prompts)
+    try:
+        yield
+    finally:
+        try:
+            termios.tcsetattr(descriptor, termios.TCSANOW, users_mode)
+        except termios.error:       # the terminal is gone (a SIGHUP's)
+            pass

@@ -1,23 +1,30 @@
 """The chat REPL, in process, typed into through prompt-toolkit's pipe input."""
+import dataclasses
+import fcntl
 import importlib.util
 import io
 import json
 import os
 import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from prompt_toolkit.application import create_app_session
 from prompt_toolkit.document import Document
-from prompt_toolkit.input import create_pipe_input
+from prompt_toolkit.input import create_input, create_pipe_input
+from prompt_toolkit.input.typeahead import clear_typeahead
 from prompt_toolkit.output import DummyOutput
 from rich.console import Console
 
 from codecomplete import chat, cli, repl, workspace
+from codecomplete.errors import Stopped
 from codecomplete.session import Session, timed_steps
 from prompts import chat as prompts_chat
 
@@ -924,3 +931,106 @@ def test_a_ctrl_c_while_the_old_model_is_set_to_warm_up_again_leaves_no_repl_gon
     except KeyboardInterrupt:
         pytest.fail("the Ctrl-C ended the REPL")
     assert pressed and "this help" in printed and printed.count("warmed up the decode step in ") == 2, printed
+
+
+@dataclasses.dataclass
+class TerminalRun:
+    prompts: list           # what each prompt returned, or the type of what it raised
+    shown: bytes            # all the terminal showed (its echo among it)
+    between_prompts: list   # the terminal's attributes as the first line ran
+    restored: bool          # whether its attributes at the end were those before
+    raised: BaseException | None
+
+
+def run_in_a_terminal(conversation, monkeypatch, tmp_path, lines, meanwhile="") -> TerminalRun:
+    """The REPL as `codecomplete REPO` runs it (run_repl), its stdin and stdout a pseudo-terminal: the keys in `lines`
+    typed one as each prompt comes up, `meanwhile` as the first line starts to run (the REPL between prompts)."""
+    leader, follower = os.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
+    before, shown, seen = termios.tcgetattr(follower), [], {"prompts": [], "between": None}
+    reader = threading.Thread(target=lambda: _read_until_closed(leader, shown), daemon=True)
+    reader.start()
+    prompt, catch_up = repl.PromptSession.prompt, conversation.session.catch_up
+
+    def typed(self, *args, **kwargs):
+        os.write(leader, lines.pop(0).encode())
+        try:
+            text = prompt(self, *args, **kwargs)
+        except (EOFError, KeyboardInterrupt) as exc:
+            seen["prompts"].append(type(exc))
+            raise
+        seen["prompts"].append(text)
+        return text
+
+    def typed_meanwhile():
+        if seen["between"] is None:
+            seen["between"] = termios.tcgetattr(follower)
+            os.write(leader, meanwhile.encode())
+        catch_up()
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setattr(repl.PromptSession, "prompt", typed)
+    monkeypatch.setattr(conversation.session, "catch_up", typed_meanwhile)
+    monkeypatch.setattr(repl, "open_session", lambda args, root, max_new_tokens: conversation.session)
+    monkeypatch.setattr(repl, "history_path", lambda root=None: tmp_path / "history")
+    raised = None
+    with open(follower, "r", closefd=False) as stdin, open(follower, "w", encoding="utf-8", closefd=False) as stdout:
+        monkeypatch.setattr(sys, "stdin", stdin)
+        monkeypatch.setattr(sys, "stdout", stdout)
+        keys = create_input(stdin)
+        try:
+            with create_app_session(input=keys, output=DummyOutput()):
+                repl.run_repl(cli.build_parser().parse_args([str(conversation.index.root), "--max-tokens", "12"]))
+        except BaseException as exc:        # (a way out the test asks for)
+            raised = exc
+        restored = termios.tcgetattr(follower) == before
+        # Keys read past the last prompt's end wait for a next prompt on this descriptor's number: another test's.
+        clear_typeahead(keys)
+    os.close(follower)
+    reader.join(timeout=60)
+    os.close(leader)
+    return TerminalRun(seen["prompts"], b"".join(shown), seen["between"], restored, raised)
+
+
+def _read_until_closed(leader: int, chunks: list) -> None:
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:         # (Linux: EIO once the terminal's last user closed it)
+            return
+        if not chunk:
+            return
+        chunks.append(chunk)
+
+
+@pytest.mark.parametrize("line", ["/help\r", "Explain Rectangle.\r"])
+def test_ctrl_d_typed_while_the_repl_prints_leaves_at_the_next_prompt(conversation, tmp_path, monkeypatch, line):
+    """Ctrl-D pressed as the help or an answer printed: the terminal, in its cooked mode between prompts, took it for
+    its end-of-file mark, not a key, and the next prompt never saw it (the REPL stayed; a second Ctrl-D left). Between
+    prompts the terminal now keeps keys as they are typed (no line editing, no echo), signals still on: Ctrl-C still
+    cancels an answer. The user's own settings come back as the REPL leaves."""
+    run = run_in_a_terminal(conversation, monkeypatch, tmp_path, [line, "/exit\r"], meanwhile=CTRL_D)
+    assert run.raised is None and run.prompts == [line.rstrip("\r"), EOFError], run.prompts    # not /exit's
+    modes = run.between_prompts[3]
+    assert not modes & (termios.ICANON | termios.ECHO) and modes & termios.ISIG
+    assert run.restored
+
+
+def test_text_typed_while_the_repl_prints_is_shown_once_by_the_next_prompt(conversation, tmp_path, monkeypatch):
+    """Lines typed ahead while an answer printed: the terminal echoed them there, and the next prompt showed them
+    again as it read them. Now only the prompt shows them, and reads them as it reads keys (Esc Enter a new line)."""
+    run = run_in_a_terminal(conversation, monkeypatch, tmp_path, ["Explain Rectangle.\r", "", "/exit\r"],
+                            meanwhile=f"/add{ESC_ENTER}app.py\r")
+    assert run.raised is None and run.prompts == ["Explain Rectangle.", "/add\napp.py", "/exit"], run.prompts
+    assert b"pinned app.py" in run.shown and b"/add" not in run.shown, run.shown
+    assert run.restored
+
+
+@pytest.mark.parametrize("error", [RuntimeError("a bug"), Stopped(143)], ids=["a bug", "SIGTERM"])
+def test_the_users_terminal_settings_come_back_however_the_repl_ends(conversation, tmp_path, monkeypatch, error):
+    """The REPL ended by a bug, or by `kill` (SIGTERM and SIGHUP unwind as Stopped), as a line runs: the terminal
+    keeps its settings between prompts no longer."""
+    def catch_up():
+        raise error
+    monkeypatch.setattr(conversation.session, "catch_up", catch_up)
+    run = run_in_a_terminal(conversation, monkeypatch, tmp_path, ["/help\r"])
+    assert run.raised is error and run.restored
