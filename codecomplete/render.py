@@ -97,9 +97,14 @@ def warn(message: str) -> None:
 
 @contextmanager
 def status(message: str) -> Iterator[Callable[[str], None]]:
-    """A spinner on stderr while something slow runs; yields the callback that updates it."""
+    """A spinner on stderr while something slow runs; yields the callback that updates it. A terminal that draws no
+    live display (TERM=dumb) is told the message once, on a line: there a wait of seconds said nothing."""
     console = stderr_console()
     if not _live_on_stderr(console):
+        yield lambda _message: None
+        return
+    if console.is_dumb_terminal:
+        console.print(Text(printable(message), style="dim"))
         yield lambda _message: None
         return
     # Text, not markup: messages name files and folders, and a `[` in a name would be read as a style (or fail).

@@ -24,6 +24,7 @@ from prompt_toolkit.output import DummyOutput
 from rich.console import Console
 
 from codecomplete import chat, cli, repl, workspace
+from codecomplete.cancel import CancelOnSigint
 from codecomplete.errors import Stopped
 from codecomplete.session import Session, timed_steps
 from prompts import chat as prompts_chat
@@ -732,20 +733,12 @@ def test_a_second_ctrl_c_while_a_line_waits_for_the_warm_up_does_not_let_the_nex
     waited for by the next line. It was forgotten instead (and Python 3.11's Thread.join, interrupted, marks the
     thread ended though it runs, gh-90882): the next line ran beside it, its answer's GPU work beside a capture, the
     session two callers', and /exit did not wait for it either."""
-    from codecomplete.cancel import CancelOnSigint
-
     order = []
 
     def press_ctrl_c(pressed: int) -> None:
-        """From the warm-up's thread, once the line waits for it (CancelOnSigint handles SIGINT)."""
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            cancel = getattr(signal.getsignal(signal.SIGINT), "__self__", None)
-            if isinstance(cancel, CancelOnSigint) and cancel.cancelled == (pressed > 0):
-                os.kill(os.getpid(), signal.SIGINT)
-                return
-            time.sleep(0.01)
-        raise AssertionError("the line did not wait for the warm-up")
+        """From the warm-up's thread, once the line waits for it."""
+        until_a_line_waits_for_the_warm_up(cancelled=pressed > 0)
+        os.kill(os.getpid(), signal.SIGINT)
 
     def warm_up(session, should_stop=lambda: False):
         press_ctrl_c(0)
@@ -760,6 +753,38 @@ def test_a_second_ctrl_c_while_a_line_waits_for_the_warm_up_does_not_let_the_nex
     assert "interrupted" in printed
     assert order == ["warm-up ended", "line ran"], (order, printed)
     assert "warmed up the decode step in " in printed and "(skipped the rest)" in printed, printed
+
+
+def until_a_line_waits_for_the_warm_up(cancelled: bool = False) -> None:
+    """From the warm-up's thread: return once a line waits for it (CancelOnSigint handles SIGINT, a Ctrl-C pressed
+    meanwhile or not as `cancelled` says)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        cancel = getattr(signal.getsignal(signal.SIGINT), "__self__", None)
+        if isinstance(cancel, CancelOnSigint) and cancel.cancelled == cancelled:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the line did not wait for the warm-up")
+
+
+def test_a_dumb_terminal_is_told_what_a_line_waits_for(conversation, tmp_path, monkeypatch):
+    """TERM=dumb draws no spinner: a line typed while the warm-up ran waited for the rest of it in silence (up to
+    the warm-up's seconds on a GPU). It says what it waits for on one plain line."""
+    def warm_up(session, should_stop=lambda: False):
+        until_a_line_waits_for_the_warm_up()
+        return ["the decode step"]
+    monkeypatch.setattr(Session, "warm_up", warm_up)
+    monkeypatch.setattr(repl.Repl, "_builds_ahead", lambda self: True)
+    monkeypatch.setenv("TERM", "dumb")
+    terminal, tty = os.openpty()
+    with open(tty, "w", encoding="utf-8") as stderr:
+        monkeypatch.setattr(sys, "stderr", stderr)
+        printed = drive(conversation, ["/help\r", "/exit\r"], tmp_path / "history")
+    said = []
+    _read_until_closed(terminal, said)
+    os.close(terminal)
+    assert b"".join(said).decode().splitlines() == ["finishing the model's warm-up on the GPU (Ctrl-C skips the rest)"]
+    assert "warmed up the decode step in " in printed and "this help" in printed, printed
 
 
 def test_the_toolbar_redrawn_as_the_warm_up_ends_says_it_ended(conversation):
