@@ -1,4 +1,4 @@
-"""The chat REPL, in process, typed into through prompt-toolkit's pipe input."""
+"""The chat REPL, in process, typed into through prompt-toolkit's pipe input (or, for the terminal's modes, a pty)."""
 import dataclasses
 import fcntl
 import importlib.util
