@@ -100,8 +100,9 @@ def build_chat_prompt(
     if turns[-1]["role"] == "assistant" and not turns[-1]["content"].strip():
         # An answer begun that is empty or white space only is none: CodeLlama-Instruct's format, and ChatML's with
         # " ", would end the prompt in a lone space (or newline) token, which a byte-level vocabulary almost only
-        # has before digits.
-        turns.pop()
+        # has before digits. It stays as an empty message, the renderers' mark for a fresh answer: dropped, an
+        # answer before it would become the answer begun (`_answer_begun`).
+        turns[-1] = {"role": "assistant", "content": ""}
     whole = _latest_turns_that_fit(render, system, turns, limit, bool(given))
     shared = whole      # the turns within the history share
     if history_share < 1 and len(whole) > 1:
@@ -418,11 +419,12 @@ def _render_template(tokenizer, encoder: Encoder, system: str, conversation: lis
     turn or open another."""
     from jinja2 import TemplateError
 
+    # An answer begun (the last message the assistant's) goes on where it stops: its turn left open, no new one
+    begun = _answer_begun(conversation)
+    conversation = _before_the_answer(conversation)
     contents = [system, *(m["content"] for m in conversation)]
     slots = [_SLOT.format(i) for i in range(len(contents))]
     turns = [{**m, "content": slot} for m, slot in zip(conversation, slots[1:])]
-    # An answer begun (the last message the assistant's) goes on where it stops: its turn left open, no new one
-    begun = _answer_begun(conversation)
     going_on = {"add_generation_prompt": not begun, "continue_final_message": begun}
 
     def apply(messages: list[Message]) -> str:
@@ -473,8 +475,16 @@ def _first_question(turns: list[Message]) -> int:
 
 def _answer_begun(conversation: list[Message]) -> bool:
     """Whether the conversation ends with an answer begun, for the model to go on with (the assistant's message
-    last)."""
-    return bool(conversation) and conversation[-1]["role"] == "assistant"
+    last, with text: an empty one is build_chat_prompt's mark for a fresh answer)."""
+    return bool(conversation) and conversation[-1]["role"] == "assistant" and bool(conversation[-1]["content"])
+
+
+def _before_the_answer(conversation: list[Message]) -> list[Message]:
+    """The conversation without the mark for a fresh answer (an empty assistant's message last), if it ends in one:
+    an answer before the mark stays closed, as vLLM renders two answers last by default, and the model answers
+    anew."""
+    fresh = bool(conversation) and conversation[-1]["role"] == "assistant" and not conversation[-1]["content"]
+    return conversation[:-1] if fresh else conversation
 
 
 def _renders_a_question(tokenizer) -> bool:
@@ -504,7 +514,8 @@ def _render_llama_instruct(tokenizer, encoder: Encoder, system: str, conversatio
     question. Paired by position, a second question in a row was rendered as the model's answer to the first."""
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    turns = [dict(m) for m in conversation]
+    begun = _answer_begun(conversation)
+    turns = [dict(m) for m in _before_the_answer(conversation)]
     first = _first_question(turns)
     turns[first]["content"] = B_SYS + system + E_SYS + turns[first]["content"]
     ids: list[int] = []
@@ -512,11 +523,11 @@ def _render_llama_instruct(tokenizer, encoder: Encoder, system: str, conversatio
         answer = turns[k + 1]["content"] if k + 1 < len(turns) and turns[k + 1]["role"] == "assistant" else None
         if turn["role"] == "user" and answer is None:
             ids += [*bos, *encoder.encode_lead(f"{B_INST} {turn['content'].strip()} {E_INST}")]
-        elif turn["role"] == "user" and k + 2 == len(turns):    # an answer begun: it goes on as it stops
+        elif turn["role"] == "user" and begun and k + 2 == len(turns):     # an answer begun: goes on
             ids += [*bos, *encoder.encode_lead(f"{B_INST} {turn['content'].strip()} {E_INST} {answer.lstrip()}")]
         elif turn["role"] == "user":
             ids += [*bos, *encoder.encode_lead(f"{B_INST} {turn['content'].strip()} {E_INST} {answer.strip()} "), *eos]
-        elif k + 1 == len(turns) and turns[k - 1]["role"] != "user":    # begun after another answer: goes on
+        elif begun and k + 1 == len(turns) and turns[k - 1]["role"] != "user":     # begun after another answer
             ids += encoder.encode_lead(turn["content"].lstrip())
         elif k == 0 or turns[k - 1]["role"] != "user":      # an answer to no question: its own text
             ids += [*(bos if not ids else []), *encoder.encode_lead(f"{turn['content'].strip()} "), *eos]

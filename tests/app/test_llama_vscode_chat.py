@@ -151,3 +151,16 @@ def test_an_answer_begun_by_the_client_goes_on(server):
     tokens = httpx.post(server.url + "/tokenize", json={"content": prompt}, timeout=300).json()["tokens"]
     assert answer.usage.prompt_tokens == len(tokens)
     assert answer.choices[0].message.content and not answer.choices[0].message.content.startswith(begun)
+
+
+def test_a_blank_answer_begun_after_an_answer_is_answered_anew(server):
+    """[..., assistant A, assistant " "]: the blank answer begun was dropped and the model went on with A, as if A
+    were the answer begun. A stays closed now and a fresh answer begins (vLLM's rendering; llama.cpp refuses two
+    assistant messages last), on /apply-template as on the chat route, which answers it."""
+    answered = "It returns the circle's area."
+    messages = [*VSCODE_CHAT, {"role": "assistant", "content": answered}, {"role": "assistant", "content": " "}]
+    prompt = httpx.post(server.url + "/apply-template", json={"messages": messages}, timeout=300).json()["prompt"]
+    assert prompt.endswith(f"{answered}<|im_end|>\n<|im_start|>assistant\n"), prompt[-200:]
+    answer = httpx.post(server.url + "/v1/chat/completions", json={"messages": messages, "max_tokens": 2},
+                        timeout=300)
+    assert answer.status_code == 200, answer.text

@@ -631,6 +631,27 @@ def test_an_empty_answer_begun_is_the_question_alone(make_repo, smollm2_tokenize
                                  budget_tokens=2000).ids == alone
 
 
+@pytest.mark.parametrize("blank", ["", " ", "\n"])
+def test_a_blank_answer_begun_after_an_answer_leaves_that_answer_closed(make_repo, smollm2_tokenizer,
+                                                                        codellama_tokenizer, blank):
+    """Two answers last, the second blank ([user Q, assistant A, assistant " "]): the blank one was dropped and A
+    became the answer begun, its turn left open for the model to go on with. An answer begun after another leaves
+    that one closed, and a blank answer begun is none: A stays closed and the model answers anew, as vLLM renders
+    the conversation by default (llama.cpp refuses two assistant messages last). The prompt is that of an answer
+    begun after A, less the begun text."""
+    index = index_repository(make_repo({"util.py": UTIL}))
+    exchange = [{"role": "user", "content": "What does helper do?"}, {"role": "assistant", "content": "It doubles x."}]
+    for tokenizer in (smollm2_tokenizer, codellama_tokenizer):
+        begun = build_chat_prompt(index, tokenizer, [*exchange, {"role": "assistant", "content": "Also"}],
+                                  budget_tokens=2000).ids
+        fresh = build_chat_prompt(index, tokenizer, [*exchange, {"role": "assistant", "content": blank}],
+                                  budget_tokens=2000).ids
+        assert fresh == begun[:len(fresh)] and tokenizer.decode(begun[len(fresh):]).strip() == "Also"
+    text = smollm2_tokenizer.decode(build_chat_prompt(index, smollm2_tokenizer, [*exchange, {"role": "assistant",
+                                                                                          "content": blank}]).ids)
+    assert text.endswith("It doubles x.<|im_end|>\n<|im_start|>assistant\n"), text[-200:]
+
+
 def test_an_answer_begun_too_long_is_named_as_what_does_not_fit(make_repo, smollm2_tokenizer):
     """A question that fits with an answer begun after it that does not: the error blamed the question."""
     from prompts import BudgetError
