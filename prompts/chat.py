@@ -51,7 +51,8 @@ GROWTH_SHARE = 0.25    # of the budget, left for the conversation to grow into b
 HOLD_HEAD = 3          # held excerpts and a fresh choice are compared by the worth of their best few chunks
 
 _WORD = re.compile(r"[\w./-]+")
-_CODE_SHAPED = re.compile(r"[_0-9]|.[A-Z]")    # snake_case, a digit; camelCase, CamelCase's inner capitals, CONSTANTS
+_CODE_SHAPED = re.compile(r"[_0-9]|.[A-Z]")    # snake_case, a digit; camelCase, CamelCase's inner capitals
+_ACRONYM = re.compile(r"[A-Z]{2,}s?")          # API, JSON, URLs: prose's capitals, not a constant's nor a class's
 
 Message = dict[str, str]
 Renderer = Callable[[str, list[Message]], list[int]]
@@ -196,10 +197,11 @@ def _names_code(question: str, defined: Callable[[str], bool]) -> bool:
 
 def _identifiers_as_written(text: str) -> Iterator[tuple[str, bool]]:
     """Each identifier of ``text``, and whether it is written as code: shaped as code (an underscore, a digit, a
-    capital after its first letter: `encode_floats`, `utf8`, `JSONDecoder`, `MAX`), set as code (in backticks,
+    capital after its first letter: `encode_floats`, `utf8`, `JSONDecoder`, `MAX_LEN`), set as code (in backticks,
     called, dotted: `work`, work(), it.work), or capitalized mid-sentence, as a class is named ("What does a
-    Rectangle hold?"); a capital that begins a sentence ("Why", "List them") is prose's. One pass over the text:
-    a pasted log of 100 KB is a question too."""
+    Rectangle hold?"); a capital that begins a sentence ("Why", "List them") is prose's, and so is a word in
+    capitals alone, an acronym ("Does the API answer JSON?"), unless set as code. One pass over the text: a pasted
+    log of 100 KB is a question too."""
     quoted, end = False, 0
     for found in IDENTIFIER.finditer(text):
         name, start = found.group(), found.start()
@@ -210,8 +212,9 @@ def _identifiers_as_written(text: str) -> Iterator[tuple[str, bool]]:
                   or after[:1] == "." and after[1:2].isalpha())        # ("it works." ends a sentence)
         lead = gap.rstrip()
         begins_sentence = not lead and end == 0 or lead[-1:] in (".", "!", "?", ":") or "\n" in gap[len(lead):]
-        yield name, bool(_CODE_SHAPED.search(name) or quoted or after[:1] == "(" or dotted
-                         or name[0].isupper() and not begins_sentence)
+        set_as_code = quoted or after[:1] == "(" or dotted
+        shaped_as_code = _CODE_SHAPED.search(name) or name[0].isupper() and not begins_sentence   # (or a class)
+        yield name, bool(set_as_code or shaped_as_code and not _ACRONYM.fullmatch(name))
         end = found.end()
 
 

@@ -321,6 +321,32 @@ def test_a_question_names_code_by_a_defined_name_written_as_code(question, names
     assert not _names_code(question, lambda name: False)      # (a name the repository does not define is none)
 
 
+@pytest.mark.parametrize("question, names", [
+    ("Which parser should it use, e.g. for a config file?", False), ("Is the cache emptied, i.e. cleared?", False),
+    ("Why does the API answer JSON here?", False), ("Is it OK to call this twice?", False),
+    ("How are HTTP errors and URLs handled?", False), ("What does the CLI print, e.g. on a bad flag?", False),
+    ("Why does `API` answer it?", True), ("Is API.get called twice?", True), ("Is OK() called?", True),
+    ("Where is OK_STATUS set?", True), ("What does a JSONDecoder hold?", True), ("Use a helper, e.g. work_on?", True)])
+def test_abbreviations_and_acronyms_in_prose_name_no_code(question, names):
+    """A word in capitals (API, JSON, OK, URLs) counted as code-shaped and as a class capitalized mid-sentence:
+    where the repository defined it (`API = ...`, `OK = 200`), a question in prose named code. An acronym is
+    prose's; written as code (backticked, dotted, called, an underscore, a class's inner capitals) it still names
+    code. ("e.g." and "i.e." never did: an identifier is two characters or more.)"""
+    defined = {"API", "JSON", "OK", "HTTP", "URLs", "CLI", "OK_STATUS", "JSONDecoder", "work_on", "get"}.__contains__
+    assert _names_code(question, defined) is names
+
+
+def test_an_acronym_the_repository_defines_is_prose_in_a_follow_up(make_repo):
+    """Where the repository defines `OK` and `API`, "Is it OK to call the API twice?" named code: five such
+    follow-ups left the question about encode_floats_3 out of the retrieval. It is prose now, as "Why does it
+    work?" is."""
+    index = index_repository(make_repo({**FILES, "status.py": "OK = 200\n\n\nclass API:\n    base = '/v1'\n"}))
+    assert {"OK", "API"} <= set(index.definers)        # (else the test shows nothing)
+    weights = _question_weights(_five_follow_ups("Is it OK to call the API twice?"),
+                                defined=index.definers.__contains__)
+    assert weights["encode_floats_3"] == EARLIER_WEIGHT ** EARLIER_QUESTIONS and weights["OK"] == 1.0
+
+
 LOGIN = ("import hashlib\n\n\ndef hash_password(password, salt):\n"
          "    return hashlib.sha256(salt + password).hexdigest()\n\n\n"
          "def check_password(password, salt, hashed):\n    return hash_password(password, salt) == hashed\n")
