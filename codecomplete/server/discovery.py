@@ -19,6 +19,8 @@ from pathlib import Path
 
 from prompts.scan import lies_within
 
+from ..errors import say
+
 RUNTIME_ENV = "CODECOMPLETE_RUNTIME_DIR"
 
 
@@ -71,8 +73,7 @@ def announce(info: dict) -> Iterator[Path]:
 
 
 def _not_announcing(problem: str) -> None:
-    print(f"codecomplete: warning: not announcing this server ({problem}); set ${RUNTIME_ENV} to a private "
-          f"folder", file=sys.stderr, flush=True)
+    say(f"codecomplete: warning: not announcing this server ({problem}); set ${RUNTIME_ENV} to a private folder")
 
 
 def running_servers() -> list[dict]:

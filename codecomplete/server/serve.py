@@ -120,16 +120,17 @@ def _run(args, root, listener: socket.socket, loading: _LoadingAnswers, api_key:
                             log_config=_log_config(),
                             timeout_graceful_shutdown=GRACE_S, http=_Connection,
                             h11_max_incomplete_event_size=MAX_HEAD_BYTES)
-    print(f"codecomplete: {warmed}", file=sys.stderr, flush=True)
+    # The log is best effort from its first line, as llama.cpp's and uvicorn's are: a standard error that cannot be
+    # written (a full disk, a descriptor closed or read-only) ended the server before it served, without a word.
+    say(f"codecomplete: {warmed}")
     if args.spm_infill:
-        print(f"codecomplete: {_infill_order(engine)}", file=sys.stderr, flush=True)
+        say(f"codecomplete: {_infill_order(engine)}")
     if not session.index.chunks:
         from prompts.index import nothing_to_index
-        print(f"codecomplete: {nothing_to_index(root)} yet: files added while it serves are indexed as they come",
-              file=sys.stderr, flush=True)
-    print(f"codecomplete: serving {root} ({len(session.index.files):,} files) with {engine.name} "
-          f"({engine.device}, {engine.precision}, {engine.attention}) on {url} · prompts of {server.prompt_budget:,} "
-          f"tokens · Ctrl-C stops", file=sys.stderr, flush=True)
+        say(f"codecomplete: {nothing_to_index(root)} yet: files added while it serves are indexed as they come")
+    say(f"codecomplete: serving {root} ({len(session.index.files):,} files) with {engine.name} ({engine.device}, "
+        f"{engine.precision}, {engine.attention}) on {url} · prompts of {server.prompt_budget:,} tokens "
+        f"· Ctrl-C stops")
     loading.stop()             # uvicorn takes the listener from here
     previous = signal.signal(signal.SIGTERM, _stop)
     running = _Uvicorn(config, server.worker)

@@ -1,5 +1,6 @@
 """`codecomplete serve` against the adversarial sweep's ninth round (bench/results/NOTES.md), on a real server and
 its real socket."""
+import os
 import signal
 import socket
 import subprocess
@@ -7,6 +8,7 @@ import subprocess
 import httpx
 import pytest
 
+from codecomplete.serve_bench import ServerProcess as CommandServerProcess
 from server_process import ServerProcess
 
 try:
@@ -67,3 +69,28 @@ def test_a_server_whose_log_nobody_drains_serves_on(script, cli_env, served_repo
     finally:
         server.kill()
         server.process.stderr.close()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="a device that is always full")
+@pytest.mark.parametrize("redirect", ["2>/dev/full", "2>&-", "2<{log}"])
+def test_a_server_whose_log_cannot_be_written_from_the_start_serves(script, cli_env, served_repo, tmp_path,
+                                                                    redirect):
+    """A server started with a standard error it cannot write (a full disk under its log file, as /dev/full is; a
+    descriptor open for reading only, EBADF; closed, `2>&-`): its first start-up line ("warmed up ...") was a plain
+    print, whose error ended it with exit 1 before it served, and without a word, as its error line failed too.
+    A log is best effort from the start, as llama.cpp's (its writes' errors unchecked) and uvicorn's (logging's
+    handleError) are: it serves, and a stop ends it with 0."""
+    log = tmp_path / "log.txt"
+    log.write_text("")
+    command = ["sh", "-c", f'exec "$0" "$@" {redirect.format(log=log)}', str(script)]
+    server = CommandServerProcess(command, served_repo, cli_env, tmp_path, "--context-tokens", "256",
+                                  "--max-tokens", "8")
+    try:
+        for path, body in [("/completion", {"prompt": "def area(", "n_predict": 2}),
+                           ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}),
+                           ("/completion", {"prompt": "{", "n_predict": "many"})]:       # (a 400: its log line too)
+            answer = httpx.post(server.url + path, json=body, timeout=60)
+            assert answer.status_code in (200, 400), (path, answer.status_code, answer.text)
+        assert server.stop(signal.SIGTERM) == 0, server.log()
+    finally:
+        server.kill()
