@@ -51,9 +51,9 @@ def recognize(index: RepoIndex, text: str) -> str | None:
 # the candidates of a set of rare names and a file's lines are remembered (1.8 ms a keystroke of a 20 KB llama.vim
 # text on a CPU, most of the server's cost of naming the file, bench/results/NOTES.md, Run 47).
 _LINES_KEPT = 1 << 14      # lines whose identifiers are remembered, any index's (then forgotten all at once)
-_LONGEST_KEPT = 512        # characters of a line, or a name, remembered: the memory stays bounded (~25 MB at most)
+_LONGEST_KEPT = 512        # characters of a line, name or path remembered: lines and names take ~25 MB at most
 _NAMES_KEPT = 1 << 16      # names whose rarity is remembered, an index's
-_FILES_KEPT = 8            # files whose lines are remembered, the last index's
+_FILES_KEPT = 8            # files whose lines are remembered, the last index's (each at most scan.MAX_FILE_BYTES)
 _lines: dict[str, tuple[str, frozenset[str]]] = {}
 
 
@@ -114,10 +114,9 @@ class _Memo:
     def file_lines(self, path: str) -> set[str]:
         lines = self._file_lines.get(path)
         if lines is None:
-            if len(self._file_lines) >= _FILES_KEPT:
-                self._file_lines.clear()
             # (alignment's rows of the file: remembered, and the recognized file's are what its alignment reads next)
-            lines = self._file_lines[path] = {row.strip() for row in disk_rows(self.index.entries[path].chunks)}
+            rows = disk_rows(self.index.entries[path].chunks)
+            lines = _remember(self._file_lines, _FILES_KEPT, path, {row.strip() for row in rows})
         return lines
 
 

@@ -128,3 +128,26 @@ def test_what_recognize_remembers_stays_bounded_whatever_the_texts(index):
     assert 0 < len(recognize_module._lines) <= recognize_module._LINES_KEPT
     assert len(recognize_module._memo._rare) <= recognize_module._NAMES_KEPT
     assert recognize(index, "\n".join(ENGINE.split("\n")[100:180])) == "pkg/engine.py"
+
+
+def test_the_files_lines_recognize_remembers_stay_bounded_however_many_and_large(make_repo):
+    """Texts of many files, two of them as large as a file is indexed (scan.MAX_FILE_BYTES) and one under a path
+    past _LONGEST_KEPT characters, each named in turn: recognize keeps the lines of at most _FILES_KEPT files, by
+    the rule every memo of it keeps (`_remember`): no key past _LONGEST_KEPT characters, forgotten all at once when
+    full. What it holds stays under _FILES_KEPT indexed files' text, however many files a client's texts name."""
+    from prompts.scan import MAX_FILE_BYTES
+
+    deep = "/".join(["folder" * 30] * 3) + "/deep.py"
+    files = {f"pkg/m{k}.py": module(f"m{k}", 40) for k in range(3 * recognize_module._FILES_KEPT)}
+    files |= {f"pkg/big{k}.py": module(f"big{k}", 60) * (MAX_FILE_BYTES // len(module(f"big{k}", 60))) for k in
+              range(2)}
+    files[deep] = module("deep", 40)
+    index = index_repository(make_repo(files))
+    assert {f"pkg/big{k}.py" for k in range(2)} <= set(index.entries) and len(deep) > recognize_module._LONGEST_KEPT
+    recognize_module._memo = None
+    for path, text in files.items():
+        rows = text.split("\n")
+        assert recognize(index, "\n".join(rows[-60:])) == path
+        held = recognize_module._memo._file_lines
+        assert len(held) <= recognize_module._FILES_KEPT and deep not in held
+        assert sum(map(len, (line for lines in held.values() for line in lines))) <= len(held) * MAX_FILE_BYTES
