@@ -639,6 +639,8 @@ def test_a_blank_answer_begun_after_an_answer_leaves_that_answer_closed(make_rep
     that one closed, and a blank answer begun is none: A stays closed and the model answers anew, as vLLM renders
     the conversation by default (llama.cpp refuses two assistant messages last). The prompt is that of an answer
     begun after A, less the begun text."""
+    from models.loading.hf import sentencepiece_spaces
+
     index = index_repository(make_repo({"util.py": UTIL}))
     exchange = [{"role": "user", "content": "What does helper do?"}, {"role": "assistant", "content": "It doubles x."}]
     for tokenizer in (smollm2_tokenizer, codellama_tokenizer):
@@ -650,6 +652,13 @@ def test_a_blank_answer_begun_after_an_answer_leaves_that_answer_closed(make_rep
     text = smollm2_tokenizer.decode(build_chat_prompt(index, smollm2_tokenizer, [*exchange, {"role": "assistant",
                                                                                           "content": blank}]).ids)
     assert text.endswith("It doubles x.<|im_end|>\n<|im_start|>assistant\n"), text[-200:]
+    plain = copy.deepcopy(codellama_tokenizer)      # (CodeLlama-Instruct's format: A closed, as its template does)
+    sentencepiece_spaces(plain, True)
+    templated = copy.deepcopy(plain)
+    templated.chat_template = CODELLAMA_INSTRUCT_TEMPLATE
+    fresh = [*exchange, {"role": "assistant", "content": blank}]
+    ids = build_chat_prompt(index, plain, fresh, budget_tokens=2000).ids
+    assert ids[-1] == plain.eos_token_id and build_chat_prompt(index, templated, fresh, budget_tokens=2000).ids == ids
 
 
 def test_an_answer_begun_too_long_is_named_as_what_does_not_fit(make_repo, smollm2_tokenizer):
