@@ -1,5 +1,6 @@
 """`codecomplete serve` against the adversarial sweep's ninth round (bench/results/NOTES.md), on a real server and
 its real socket."""
+import contextlib
 import os
 import signal
 import socket
@@ -94,3 +95,29 @@ def test_a_server_whose_log_cannot_be_written_from_the_start_serves(script, cli_
         assert server.stop(signal.SIGTERM) == 0, server.log()
     finally:
         server.kill()
+
+
+@pytest.mark.skipif(not hasattr(fcntl, "F_SETPIPE_SZ"), reason="Linux's pipe sizes")
+def test_a_server_whose_log_pipe_is_full_from_the_start_serves(script, cli_env, served_repo, tmp_path):
+    """A standard error that is a pipe already full when the server starts (another process's output filled the
+    pipe they share, and nobody drains it): the start-up lines were plain prints, which waited for good before the
+    server announced itself or served. They are dropped as its later lines are."""
+    reader, writer = os.pipe()
+    try:
+        fcntl.fcntl(writer, fcntl.F_SETPIPE_SZ, 4096)
+        os.set_blocking(writer, False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(writer, b"x" * 512)
+        os.set_blocking(writer, True)       # (a blocking pipe, as a parent's is)
+        server = CommandServerProcess([str(script)], served_repo, cli_env, tmp_path, "--context-tokens", "256",
+                                      "--max-tokens", "8", stderr=writer)
+        try:
+            answer = httpx.post(server.url + "/completion", json={"prompt": "def area(", "n_predict": 2}, timeout=60)
+            assert answer.status_code == 200, answer.text
+            assert server.stop(signal.SIGTERM) == 0, server.log()
+        finally:
+            server.kill()
+    finally:
+        os.close(reader)
+        os.close(writer)
