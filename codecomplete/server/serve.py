@@ -121,7 +121,8 @@ def _run(args, root, listener: socket.socket, loading: _LoadingAnswers, api_key:
                             timeout_graceful_shutdown=GRACE_S, http=_Connection,
                             h11_max_incomplete_event_size=MAX_HEAD_BYTES)
     # The log is best effort from its first line, as llama.cpp's and uvicorn's are: a standard error that cannot be
-    # written (a full disk, a descriptor closed or read-only) ended the server before it served, without a word.
+    # written (a full disk, a descriptor open for reading only) ended the server before it served, without a word,
+    # and a pipe already full held it there for good.
     say(f"codecomplete: {warmed}")
     if args.spm_infill:
         say(f"codecomplete: {_infill_order(engine)}")
