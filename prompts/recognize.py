@@ -20,6 +20,7 @@ buffer has none on disk, and stays untitled.
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 
 from .alignment import disk_rows
@@ -100,7 +101,7 @@ class _Memo:
         return found
 
     def candidates(self, rare: set[str]) -> list[str]:
-        """The CANDIDATES files referencing the most of the rare identifiers."""
+        """The CANDIDATES files referencing the most of the rare identifiers (of as many, the first by path)."""
         key = frozenset(rare)
         if self._candidates is None or self._candidates[0] != key:
             starts, owners = self.index.postings
@@ -108,7 +109,10 @@ class _Memo:
             for name in rare:
                 term = self.index.vocabulary[name]
                 votes.update({self.index.chunks[chunk].path for chunk in owners[starts[term]:starts[term + 1]]})
-            self._candidates = key, [path for path, _ in votes.most_common(CANDIDATES)]
+            # (ties by path: in the order the votes came, a file and its copy were ranked by the set of names'
+            # order, which follows the process's string hashes, so another process named the other copy)
+            best = heapq.nsmallest(CANDIDATES, votes.items(), key=lambda vote: (-vote[1], vote[0]))
+            self._candidates = key, [path for path, _ in best]
         return self._candidates[1]
 
     def file_lines(self, path: str) -> set[str]:

@@ -151,3 +151,27 @@ def test_the_files_lines_recognize_remembers_stay_bounded_however_many_and_large
         held = recognize_module._memo._file_lines
         assert len(held) <= recognize_module._FILES_KEPT and deep not in held
         assert sum(map(len, (line for lines in held.values() for line in lines))) <= len(held) * MAX_FILE_BYTES
+
+
+def test_a_file_and_its_copy_are_told_apart_alike_in_every_process(make_repo):
+    """A text both a file and its vendored copy hold names the same one of them in every process: the candidates
+    tied in votes were in the order of a set of names, so which copy a text was named by followed the process's
+    string hashes (PYTHONHASHSEED; seen failing: pkg/engine.py in some, vendor/pkg/engine.py in others), and a
+    server restarted, or the command line beside it, named the other file and prompted with its name."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = make_repo({"pkg/engine.py": ENGINE, "vendor/pkg/engine.py": ENGINE, "pkg/helpers.py": HELPERS})
+    index_repository(root)          # (the cache each process loads)
+    text = "\n".join(ENGINE.split("\n")[100:180])
+    script = ("import sys; from prompts import index_repository; from prompts.recognize import recognize; "
+              "print(recognize(index_repository(sys.argv[1]), sys.stdin.read()))")
+    named = set()
+    for seed in range(6):
+        env = {**os.environ, "PYTHONHASHSEED": str(seed),
+               "PYTHONPATH": str(Path(recognize_module.__file__).parents[1])}
+        named.add(subprocess.run([sys.executable, "-c", script, str(root)], input=text, env=env, text=True,
+                                 capture_output=True, check=True).stdout.strip())
+    assert named == {"pkg/engine.py"}
