@@ -97,12 +97,17 @@ _last_trees: dict[object, tuple[bytes, object]] = {}
 
 
 def _reparse(grammar, source: bytes):
-    """``_parse``'s root of ``source``, reparsed from the grammar's last buffer's tree where there is one."""
+    """``_parse``'s root of ``source``, reparsed from the grammar's last buffer's tree where there is one and neither
+    tree holds a syntax error. An incremental parse may recover from an error otherwise than a fresh parse of the same
+    text (tree-sitter/tree-sitter#4001, #1645; a C buffer's `if` typed on to `ifa` after a stray `}`: a return
+    statement where a fresh parse finds a declaration), and a buffer's imports are to be the whole analysis's."""
     last = _last_trees.pop(grammar, None)       # (a parse that times out keeps none)
-    old_tree = _edited(*last, source) if last is not None else None
-    tree = grammar.parse(source, old_tree)
+    tree = grammar.parse(source, _edited(*last, source)) if last is not None else None
+    if tree is None or tree.root_node.has_error:
+        tree = grammar.parse(source)
     root = _checked(tree.root_node)
-    _last_trees[grammar] = source, tree
+    if not root.has_error:                      # (only a tree without errors is reparsed from)
+        _last_trees[grammar] = source, tree
     return root
 
 

@@ -464,3 +464,18 @@ def test_a_buffer_reparsed_from_its_last_version_has_a_fresh_parse_s_tree_and_im
         encoded = "\n".join(chunking.split_lines(text)).encode("utf-8")
         assert _nodes(chunking._reparse(grammar, encoded)) == _nodes(grammar.parse(encoded).root_node), step
         assert source_imports(path, text) == analyze_source(path, text).imports, step
+
+
+def test_a_buffer_whose_parse_recovers_from_an_error_is_reparsed_as_parsed_whole():
+    """tree-sitter's incremental parse may recover from a syntax error otherwise than a fresh parse of the same text
+    (upstream: tree-sitter/tree-sitter#4001, #1645): `if` typed on to `ifa` in this C buffer (a stray `}` before it)
+    came back as an error and a return statement, where a fresh parse finds a declaration. Found by the warm against
+    cold fuzz (tests/prompts/test_warm_against_cold.py, seed 32: 7 of 200 sequences, in C and JavaScript)."""
+    from prompts import chunking
+    from prompts.languages import language_for, load_grammar
+
+    grammar = load_grammar(language_for("src/object.c"))
+    before = b"  } else if(PyArray_Check(obj)) {\n    }\n  else\n  return sz;"
+    after = before.replace(b"if(", b"ifa(")
+    chunking._reparse(grammar, before)
+    assert _nodes(chunking._reparse(grammar, after)) == _nodes(grammar.parse(after).root_node)
