@@ -261,8 +261,9 @@ def _run_sequence(seed: int, root: Path, tokenizer, cache_dir: Path) -> None:
         fresh.rescan()                   # (the index as the disk is: an interactive prompt's catch_up)
         warm_index = fresh.refresh(buffer.path)
         version = sorted((p, p.stat().st_mtime_ns, p.stat().st_size) for p in root.rglob("*") if p.is_file())
-        if version != disk_version:
-            cold_index, disk_version = index_repository(root, cache_dir=cache_dir / f"cold{step}"), version
+        if version != disk_version:     # (a new process's: from the index cache a last run left, or from none)
+            cached = cache_dir / ("cold" if rng.random() < 0.5 else f"none{step}")
+            cold_index, disk_version = index_repository(root, cache_dir=cached), version
         trees = dict(chunking._last_trees)
         warm = _prompt(warm_index, tokenizer, buffer, line, col, last, budget)
         where = f"seed {seed}, step {step} ({action}): {warm[0]} at {line}:{col}"
