@@ -279,4 +279,5 @@ def test_a_keystroke_s_prompt_is_what_a_process_remembering_nothing_builds(seed,
                                                                            tmp_path):
     """(Seen failing with recognize's memo kept across indexes, with the reparse told an edit a byte short, and with
     the reparse from a tree that held a syntax error: 7 of 200 sequences, test_chunking's recovering buffer.)"""
-    _run_sequence(seed, repository, smollm2_tokenizer, tmp_path / "caches")
+    with nothing_remembered():      # (the warm side starts as a new process: whatever tests ran before in this one)
+        _run_sequence(seed, repository, smollm2_tokenizer, tmp_path / "caches")
