@@ -21,6 +21,7 @@ import functools
 import importlib
 import importlib.util
 import os
+import pkgutil
 import random
 import shutil
 import weakref
@@ -30,6 +31,7 @@ from pathlib import Path
 import pytest
 from test_chunking import _nodes
 
+import prompts
 from prompts import build_completion_prompt, chunking, index_repository
 from prompts.freshness import FreshIndex
 from prompts.recognize import recognize
@@ -67,10 +69,7 @@ KEPT_WARM = {("prompts.languages", "load_grammar")}
 
 
 def _functools_caches() -> list[tuple[str, str, object]]:
-    """Every functools cache of a prompts module (module, name, an empty copy of it)."""
-    import pkgutil
-
-    import prompts
+    """Every functools cache of a prompts module: (module, name, what makes an empty copy of it)."""
     found = []
     for info in pkgutil.iter_modules(prompts.__path__):
         module = importlib.import_module(f"prompts.{info.name}")
