@@ -23,6 +23,7 @@ from ..session import Generation, Sampling, Session
 from . import llama_cpp, native, ollama, openai_api, tabby
 from .bodies import read_object
 from .errors import TYPES, ApiError, api_error, error_body
+from .memory import release_freed
 from .streaming import Running
 from .worker import MAX_WAITING, Busy, EngineWorker
 
@@ -58,7 +59,8 @@ class Server:
         self.loopback = loopback                # bound to this machine only: requests must name it (LocalNamesOnly)
         # `idle`: one slice of work for quiet moments (warming the prompt caches); `warm_up`: what to prepare before
         # the first request (worker.wait_ready() returns its result); both on the engine thread.
-        self.worker = EngineWorker(max_waiting or MAX_WAITING, between=session.tidy, idle=idle, first=warm_up)
+        self.worker = EngineWorker(max_waiting or MAX_WAITING, between=session.tidy, idle=idle, first=warm_up,
+                                   release=release_freed)
         self.max_tokens = max_tokens            # what a request that sets no limit (or -1) gets
         self.cache_reuse = cache_reuse          # --cache-reuse: every request's, unless llama.cpp's n_cache_reuse says
         # Editors' prompts keep one size whatever their n_predict, so consecutive requests share their start.

@@ -7,7 +7,8 @@ over with `call_soon_threadsafe`. Cancelling a job (the client went away, the se
 engine polls between tokens; a job cancelled while it waits never starts. When no request has come for `idle_s`
 seconds, the thread does one slice of idle work (the index catching up with the disk after a request, then warming
 the prompt caches), then waits again: a request that arrives meanwhile waits for that slice at most. The first slice
-after a request comes sooner, after `upkeep_after_s` of quiet (UPKEEP_AFTER_S).
+after a request comes sooner, after `upkeep_after_s` of quiet (UPKEEP_AFTER_S). Once that upkeep is done, the next
+slice hands what the requests freed back to the system (`release`, memory.py), once after each run of requests.
 
 A stream's client may read slower than the engine writes, or stop reading and keep its connection open: uvicorn's
 `send` then waits for the socket (its flow control), and the events the engine thread made piled up behind it without
@@ -186,12 +187,14 @@ class EngineWorker:
     def __init__(self, max_waiting: int = MAX_WAITING, between: Callable[[Callable[[], bool]], None] | None = None,
                  log: Callable[[str], None] | None = None, idle: Callable[[], bool] | None = None,
                  idle_s: float = 0.5, first: Callable[[], object] | None = None,
-                 upkeep_after_s: float = UPKEEP_AFTER_S) -> None:
+                 upkeep_after_s: float = UPKEEP_AFTER_S, release: Callable[[], None] | None = None) -> None:
         self.max_waiting = max_waiting
         # Run after a job when none waits (the session's upkeep), with a function that says when one does.
         self._between = between
         self._upkeep = False                    # the upkeep has more to do: it goes on in quiet moments
         self._idle = idle                       # one slice of idle work; returns whether more is left
+        self._release = release                 # hands freed memory back, once quiet after requests
+        self._release_due = False               # requests ran since it last did
         self.idle_s = idle_s
         self.upkeep_after_s = upkeep_after_s
         self._queue: queue.Queue[Job | None] = queue.Queue()
@@ -308,18 +311,23 @@ class EngineWorker:
             finally:
                 self._finished(job)
             self._upkeep = after_job = self._between is not None    # a request ran: the upkeep has work to do
-            idle_work = idle_work or self._upkeep
+            self._release_due = self._release is not None
+            idle_work = idle_work or self._upkeep or self._release_due
 
     def _waiting(self) -> bool:
         """Whether a job waits in the queue (upkeep between jobs stops early for it)."""
         return not self._queue.empty()
 
     def _run_idle(self) -> bool:
-        """One slice of the upkeep while it has more (the index catching up with the disk), else of the idle work;
-        whether any is left."""
+        """One slice of the upkeep while it has more (the index catching up with the disk), then the release of
+        what the requests freed, else of the idle work; whether any is left."""
         try:
             if self._upkeep:
                 self._upkeep = bool(self._between(self._waiting))
+                return True
+            if self._release_due:
+                self._release_due = False
+                self._release()
                 return True
             return self._idle is not None and bool(self._idle())
         except Exception as exc:            # tried again after the next job
