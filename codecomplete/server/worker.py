@@ -85,6 +85,7 @@ class Job:
         self.generation: Generation | None = None
         self.carried = 0                 # the tokens the text events carried, healing's apart
         self.cancelled = threading.Event()
+        self.limited = False             # stopped by its own `stop_when` (a limit of the request), not by a cancel
         self.error: ApiError | None = None   # what it ends with instead of its result (the server stops)
         self.started = False             # taken from the queue by the engine thread
         # Where its time to the first token went (perf_counter seconds), for the log's summary line: submitted,
@@ -177,6 +178,7 @@ class Job:
             self._wait_for_room()
             self.send("text", delta, tokens, logprobs, described)
             if stop:
+                self.limited = True
                 self.cancelled.set()
         return generation.run(on_text=on_text, should_stop=self.cancelled.is_set)
 
@@ -361,5 +363,7 @@ def _summary(job: Job, result, seconds: float) -> str:
     t = result.timings
     reuse = (f", {t.moved_tokens:,} of them moved" if t.moved_tokens else "") + (
         f", a saved prompt of {t.restored_tokens:,} restored" if t.restored_tokens else "")
+    # (a limit stops the engine as a client that left does: the log tells them apart, as llama.cpp's stop_type does)
+    reason = "limit" if job.limited and result.finish_reason == "cancelled" else result.finish_reason
     return (f"{job.label} · prompt {prompt:,} ({result.reused_prefix_tokens:,} reused{reuse}) · "
-            f"{generated} tokens · {first} · {seconds:.2f} s · {result.finish_reason}")
+            f"{generated} tokens · {first} · {seconds:.2f} s · {reason}")

@@ -42,3 +42,21 @@ def test_a_quiet_server_gives_back_the_memory_its_requests_freed(script, cli_env
         assert server.stop() == 0
     finally:
         server.kill()
+
+
+def test_the_log_tells_an_answer_a_limit_ended_from_one_whose_client_left(server):
+    """llama.cpp's t_max_predict_ms (and n_indent) end an answer where the text passes the limit: the engine is
+    stopped as for a client that left, and the log line said `cancelled`, so a log of llama.vim's requests (which
+    send both) read as if its clients kept leaving. It says `limit` now, as the answer's stop_type does."""
+    def completions() -> list[str]:
+        return [line for line in server.log().splitlines() if line.startswith("POST /completion ")]
+    before = len(completions())
+    answer = httpx.post(server.url + "/completion", timeout=120, json={
+        "prompt": "import os\nimport sys\n", "n_predict": 40, "t_max_predict_ms": 1, "samplers": ["top_k"],
+        "top_k": 1}).json()
+    assert answer["stop_type"] == "limit" and answer["tokens_predicted"] < 40, answer     # the time limit ended it
+    deadline = time.monotonic() + 30
+    while len(completions()) == before and time.monotonic() < deadline:     # (written just after the answer)
+        time.sleep(0.1)
+    (line,) = completions()[before:]
+    assert line.endswith("· limit"), line
