@@ -1,5 +1,6 @@
 """`codecomplete serve` against the adversarial sweep's eleventh round, a server an editor talks to all day
 (bench/results/NOTES.md), on a real server and its real socket."""
+import platform
 import random
 import sys
 import time
@@ -18,7 +19,8 @@ def resident_mb(pid: int) -> float:
     return int(line.split()[1]) / 1024
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc, read through /proc")
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="glibc's malloc, read through /proc")
 def test_a_quiet_server_gives_back_the_memory_its_requests_freed(script, cli_env, served_repo, tmp_path):
     """glibc's malloc keeps what a process frees, and a heap gives pages back only from its top: each request's
     prefill allocated and freed tens of MB, what stayed between requests landed among the free pages, and the
