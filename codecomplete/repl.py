@@ -14,6 +14,7 @@ import argparse
 import gc
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -23,7 +24,7 @@ from typing import Iterator
 
 from platformdirs import user_state_dir
 from prompt_toolkit import PromptSession
-from prompt_toolkit.application import create_app_session
+from prompt_toolkit.application import create_app_session, get_app_or_none
 from prompt_toolkit.completion import Completer, Completion
 from prompt_toolkit.filters import emacs_insert_mode, vi_insert_mode
 from prompt_toolkit.history import FileHistory, InMemoryHistory
@@ -508,7 +509,8 @@ def _keys_kept_between_prompts(stdin) -> Iterator[None]:
     key, so the next prompt never saw it, and echoed text typed ahead, which the next prompt then showed again. Now
     keys wait unedited and unechoed for the next prompt, as it reads them; signals stay on (Ctrl-C cancels an answer).
     prompt-toolkit puts back after each prompt the mode it found, this one; the user's own comes back on every way
-    out."""
+    out. A stopped REPL (Ctrl-Z) that the shell resumes (`fg`) gets the terminal back in the shell's mode (bash keeps
+    none of a stopped job's), which each prompt would then keep: it is set again on the resume."""
     if sys.platform == "win32":         # (its console input is no termios terminal)
         yield
         return
@@ -521,10 +523,28 @@ def _keys_kept_between_prompts(stdin) -> Iterator[None]:
     between_prompts[tty.IFLAG] &= ~termios.ICRNL    # Enter stays \r: Esc Enter typed ahead is a new line, as typed
     # (TCSANOW, no flush: what was typed during the start waits for the first prompt too)
     termios.tcsetattr(descriptor, termios.TCSANOW, between_prompts)
+
+    def resumed(_signal, _frame) -> None:
+        if get_app_or_none() is None and _in_the_foreground(descriptor):    # (a prompt owns its own raw mode)
+            try:
+                termios.tcsetattr(descriptor, termios.TCSANOW, between_prompts)
+            except termios.error:
+                pass
+    on_resume = signal.signal(signal.SIGCONT, resumed)
     try:
         yield
     finally:
+        signal.signal(signal.SIGCONT, on_resume)
         try:
             termios.tcsetattr(descriptor, termios.TCSANOW, users_mode)
         except termios.error:       # the terminal is gone (a SIGHUP's)
             pass
+
+
+def _in_the_foreground(descriptor: int) -> bool:
+    """Whether this process's group has the terminal; resumed in the background (`bg`) the terminal's mode is the
+    shell's, and setting it from there would stop the REPL again (SIGTTOU)."""
+    try:
+        return os.tcgetpgrp(descriptor) == os.getpgrp()
+    except OSError:             # not this process's controlling terminal: no shell's job control over it
+        return False

@@ -967,9 +967,10 @@ class TerminalRun:
     raised: BaseException | None
 
 
-def run_in_a_terminal(conversation, monkeypatch, tmp_path, lines, meanwhile="") -> TerminalRun:
+def run_in_a_terminal(conversation, monkeypatch, tmp_path, lines, meanwhile="", resumed=False) -> TerminalRun:
     """The REPL as `codecomplete REPO` runs it (run_repl), its stdin and stdout a pseudo-terminal: the keys in `lines`
-    typed one as each prompt comes up, `meanwhile` as the first line starts to run (the REPL between prompts)."""
+    typed one as each prompt comes up, `meanwhile` as the first line starts to run (the REPL between prompts).
+    `resumed`: the REPL stopped there and brought back (Ctrl-Z, `fg`), the shell's mode handed back with it."""
     leader, follower = os.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
     before, shown, seen = termios.tcgetattr(follower), [], {"prompts": [], "between": None}
@@ -989,6 +990,9 @@ def run_in_a_terminal(conversation, monkeypatch, tmp_path, lines, meanwhile="") 
 
     def typed_meanwhile():
         if seen["between"] is None:
+            if resumed:     # bash gives a job it resumes the terminal in its own mode, the user's (5.2, probed)
+                termios.tcsetattr(follower, termios.TCSANOW, before)
+                os.kill(os.getpid(), signal.SIGCONT)
             seen["between"] = termios.tcgetattr(follower)
             os.write(leader, meanwhile.encode())
         catch_up()
@@ -1048,6 +1052,56 @@ def test_text_typed_while_the_repl_prints_is_shown_once_by_the_next_prompt(conve
     assert run.raised is None and run.prompts == ["Explain Rectangle.", "/add\napp.py", "/exit"], run.prompts
     assert b"pinned app.py" in run.shown and b"/add" not in run.shown, run.shown
     assert run.restored
+
+
+def test_keys_typed_after_a_stop_and_fg_still_wait_for_the_next_prompt(conversation, tmp_path, monkeypatch):
+    """Ctrl-Z as an answer printed, then `fg`: the shell handed the terminal back in its cooked mode, which each
+    prompt then put back as it ended, so a Ctrl-D typed between prompts was lost again until the exit. The REPL sets
+    its mode between prompts again as it is resumed, in the terminal's foreground."""
+    monkeypatch.setattr(repl.os, "tcgetpgrp", lambda descriptor: os.getpgrp())     # (the test's pty is no ctty)
+    run = run_in_a_terminal(conversation, monkeypatch, tmp_path, ["Explain Rectangle.\r", "/exit\r"],
+                            meanwhile=CTRL_D, resumed=True)
+    assert run.raised is None and run.prompts == ["Explain Rectangle.", EOFError], run.prompts
+    assert not run.between_prompts[3] & (termios.ICANON | termios.ECHO)
+    assert run.restored
+
+
+def test_a_resume_in_the_background_leaves_the_terminal_to_the_shell(conversation, tmp_path, monkeypatch):
+    """`bg` resumes the REPL too, the shell's prompt in the foreground: the terminal's mode is the shell's then (and
+    setting it from the background would stop the REPL again, SIGTTOU)."""
+    monkeypatch.setattr(repl.os, "tcgetpgrp", lambda descriptor: os.getpgrp() + 1)
+    run = run_in_a_terminal(conversation, monkeypatch, tmp_path, ["/help\r", "/exit\r"], resumed=True)
+    assert run.raised is None and run.between_prompts[3] & termios.ICANON and run.restored
+
+
+def test_a_resume_while_a_prompt_reads_leaves_its_raw_mode(conversation, tmp_path, monkeypatch):
+    """The REPL stopped from outside (`kill -STOP`) as a prompt reads and resumed: the prompt owns the terminal's
+    mode (raw, signals off), which a resume must not change."""
+    modes_resumed = []
+    prompt = repl.PromptSession.prompt
+
+    def resumed_while_reading(self, *args, **kwargs):
+        stdin = sys.stdin.fileno()
+
+        def resume_once_raw():
+            deadline = time.monotonic() + 30
+            while termios.tcgetattr(stdin)[3] & termios.ISIG and time.monotonic() < deadline:   # (the prompt's)
+                time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGCONT)
+            time.sleep(0.2)
+            modes_resumed.append(termios.tcgetattr(stdin)[3])
+            self.app.loop.call_soon_threadsafe(lambda: self.app.exit(exception=EOFError()))    # (Ctrl-D's way out)
+        resumer = threading.Thread(target=resume_once_raw)
+        resumer.start()
+        try:
+            return prompt(self, *args, **kwargs)
+        finally:
+            resumer.join()
+    monkeypatch.setattr(repl.PromptSession, "prompt", resumed_while_reading)
+    monkeypatch.setattr(repl.os, "tcgetpgrp", lambda descriptor: os.getpgrp())
+    run = run_in_a_terminal(conversation, monkeypatch, tmp_path, [""])
+    assert run.raised is None and run.prompts == [EOFError] and run.restored
+    assert not modes_resumed[0] & termios.ISIG
 
 
 @pytest.mark.parametrize("error", [RuntimeError("a bug"), Stopped(143)], ids=["a bug", "SIGTERM"])
