@@ -104,7 +104,7 @@ def status(message: str) -> Iterator[Callable[[str], None]]:
         yield lambda _message: None
         return
     if console.is_dumb_terminal:
-        console.print(Text(printable(message), style="dim"))
+        _say_once(console, message)
         yield lambda _message: None
         return
     # Text, not markup: messages name files and folders, and a `[` in a name would be read as a style (or fail).
@@ -114,9 +114,14 @@ def status(message: str) -> Iterator[Callable[[str], None]]:
 
 @contextmanager
 def progress_bar(description: str) -> Iterator[Callable[..., None]]:
-    """A progress bar on stderr; yields the `progress(done, total, description=None)` callback."""
+    """A progress bar on stderr; yields the `progress(done, total, description=None)` callback. A terminal that draws
+    no live display (TERM=dumb) is told the description once, as by `status`."""
     console = stderr_console()
     if not _live_on_stderr(console):
+        yield lambda done, total, description=None: None
+        return
+    if console.is_dumb_terminal:
+        _say_once(console, description)
         yield lambda done, total, description=None: None
         return
     # Descriptions name the repository: shown as text, never read as markup.
@@ -125,6 +130,11 @@ def progress_bar(description: str) -> Iterator[Callable[..., None]]:
         task = bar.add_task(printable(description), total=None)
         yield lambda done, total, description=None: bar.update(
             task, completed=done, total=total, description=printable(description or bar.tasks[0].description))
+
+
+def _say_once(console: Console, message: str) -> None:
+    """What a live display would show, on one dim line: a dumb terminal shows no redraws (nor escape codes)."""
+    console.print(Text(printable(message), style="dim"))
 
 
 # Bodies: how the text of each kind of result is drawn in a terminal.

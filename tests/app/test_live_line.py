@@ -318,3 +318,30 @@ def test_the_live_line_counts_the_prompt_and_the_answer_as_the_summary_does():
     view.finish(result, None)
     printed = console.file.getvalue()
     assert "app.py:1:4 · 7 prompt tokens" in printed and printed.index("7 prompt tokens") < printed.index("x = 1")
+
+
+def test_a_dumb_terminal_is_told_what_is_indexed_and_a_pipe_nothing(tmp_path, monkeypatch):
+    """TERM=dumb draws no progress bar: indexing a repository said nothing there, however long it took. It says what
+    it indexes on one plain line, as `status` does; a pipe is still told nothing."""
+    import os
+
+    from codecomplete import workspace
+
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "app.py").write_text("def area(w, h):\n    return w * h\n")
+    monkeypatch.setenv("TERM", "dumb")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    said = {}
+    for kind, (reader, writer) in (("terminal", os.openpty()), ("pipe", os.pipe())):
+        with open(writer, "w", encoding="utf-8") as stderr:
+            monkeypatch.setattr("sys.stderr", stderr)
+            workspace.index(tmp_path / "repo")
+        said[kind] = os.read(reader, 65536) if kind == "pipe" or _readable(reader) else b""
+        os.close(reader)
+    assert said["terminal"].decode().splitlines() == ["Indexing repo"], said
+    assert said["pipe"] == b""
+
+
+def _readable(descriptor: int) -> bool:
+    import select
+    return bool(select.select([descriptor], [], [], 1)[0])
