@@ -53,6 +53,7 @@ HOLD_HEAD = 3          # held excerpts and a fresh choice are compared by the wo
 _WORD = re.compile(r"[\w./-]+")
 _CODE_SHAPED = re.compile(r"[_0-9]|.[A-Z]")    # snake_case, a digit; camelCase, CamelCase's inner capitals
 _ACRONYM = re.compile(r"[A-Z]{2,}s?")          # API, JSON, URLs: prose's capitals, not a constant's nor a class's
+_LIST_ITEM = re.compile(r"[ \t]*(?:[-*+]|\d{1,3}[.)])[ \t]+")     # a list item's mark, at its line's start
 
 Message = dict[str, str]
 Renderer = Callable[[str, list[Message]], list[int]]
@@ -199,9 +200,9 @@ def _identifiers_as_written(text: str) -> Iterator[tuple[str, bool]]:
     """Each identifier of ``text``, and whether it is written as code: shaped as code (an underscore, a digit, a
     capital after its first letter: `encode_floats`, `utf8`, `JSONDecoder`, `MAX_LEN`), set as code (in backticks,
     called, dotted: `work`, work(), it.work), or capitalized mid-sentence, as a class is named ("What does a
-    Rectangle hold?"); a capital that begins a sentence ("Why", "List them") is prose's, and so is a word in
-    capitals alone, an acronym ("Does the API answer JSON?"), unless set as code. One pass over the text: a pasted
-    log of 100 KB is a question too."""
+    Rectangle hold?"); a capital that begins a clause (`_begins_a_clause`: "Why", "List them", "- Explain") is
+    prose's, and so is a word in capitals alone, an acronym ("Does the API answer JSON?"), unless set as code. One
+    pass over the text: a pasted log of 100 KB is a question too."""
     quoted, end = False, 0
     for found in IDENTIFIER.finditer(text):
         name, start = found.group(), found.start()
@@ -210,12 +211,22 @@ def _identifiers_as_written(text: str) -> Iterator[tuple[str, bool]]:
         before, after = text[max(0, start - 2):start], text[found.end():found.end() + 2]
         dotted = (len(before) == 2 and before[1] == "." and before[0].isalnum()
                   or after[:1] == "." and after[1:2].isalpha())        # ("it works." ends a sentence)
-        lead = gap.rstrip()
-        begins_sentence = not lead and end == 0 or lead[-1:] in (".", "!", "?", ":") or "\n" in gap[len(lead):]
         set_as_code = quoted or after[:1] == "(" or dotted
-        shaped_as_code = _CODE_SHAPED.search(name) or name[0].isupper() and not begins_sentence   # (or a class)
+        shaped_as_code = _CODE_SHAPED.search(name) or name[0].isupper() and not _begins_a_clause(gap, end == 0)
         yield name, bool(set_as_code or shaped_as_code and not _ACRONYM.fullmatch(name))
         end = found.end()
+
+
+def _begins_a_clause(gap: str, first: bool) -> bool:
+    """Whether the word after ``gap`` (the text since the identifier before it; ``first``: there is none) begins a
+    clause of prose: a sentence (after a sentence's end, a colon or a line break, or an opening parenthesis there:
+    "Why? (Maybe ...)") or a list item ("- ", "* ", "1) "). A parenthesis or a comma mid-sentence does not: "(see
+    Rectangle)", "(Rectangle, Circle)" name classes."""
+    if ("\n" in gap or first) and _LIST_ITEM.fullmatch(gap.rpartition("\n")[2]):
+        return True
+    lead = gap.rstrip()
+    lead = lead[:-1].rstrip() if lead.endswith("(") else lead
+    return not lead and first or lead[-1:] in (".", "!", "?", ":") or "\n" in gap[len(lead):]
 
 
 class _Chosen(NamedTuple):

@@ -336,6 +336,23 @@ def test_abbreviations_and_acronyms_in_prose_name_no_code(question, names):
     assert _names_code(question, defined) is names
 
 
+@pytest.mark.parametrize("question, names", [
+    ("Two things:\n- Explain the cache\n- Check the retries", False),
+    ("What next?\n* List the callers\n* Check them", False), ("1) Explain the cache\n2) Check it", False),
+    ("  - Explain the nested item", False), ("Why is it slow? (Maybe the cache?)", False),
+    ("(Also: is it thread-safe?)", False), ("It fails.\n(Check the log?)", False),
+    ("Which shapes (Rectangle, Circle) define area?", True), ("Is area defined (see Rectangle) twice?", True),
+    ("Does it hold width, Rectangle and Circle?", True), ("Which holds state - Rectangle or Circle?", True),
+    ("- Why does a Rectangle hold it?", True), ("Compare:\n- the Rectangle\n- the Circle", True)])
+def test_a_capital_that_opens_a_list_item_or_a_parenthesized_sentence_is_prose(question, names):
+    """A capital after a list item's mark ("- ", "* ", "1) ") or an opening parenthesis that begins a sentence read
+    as a class's: where the repository defined `Explain`, `Check` or `Maybe`, the question named code. They begin a
+    clause, as a sentence's first word does. A parenthesis or a comma mid-sentence still takes a class's name: "(see
+    Rectangle)", "(Rectangle, Circle)"."""
+    defined = {"Explain", "Check", "List", "Maybe", "Also", "Rectangle", "Circle"}.__contains__
+    assert _names_code(question, defined) is names
+
+
 def test_an_acronym_the_repository_defines_is_prose_in_a_follow_up(make_repo):
     """Where the repository defines `OK` and `API`, "Is it OK to call the API twice?" named code: five such
     follow-ups left the question about encode_floats_3 out of the retrieval. It is prose now, as "Why does it
