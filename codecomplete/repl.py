@@ -528,7 +528,7 @@ def _keys_kept_between_prompts(stdin) -> Iterator[None]:
         if get_app_or_none() is None and _in_the_foreground(descriptor):    # (a prompt owns its own raw mode)
             try:
                 termios.tcsetattr(descriptor, termios.TCSANOW, between_prompts)
-            except termios.error:
+            except termios.error:       # the terminal went away while stopped: the way out restores nothing either
                 pass
     on_resume = signal.signal(signal.SIGCONT, resumed)
     try:
