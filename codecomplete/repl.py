@@ -524,21 +524,21 @@ def _keys_kept_between_prompts(stdin) -> Iterator[None]:
     # (TCSANOW, no flush: what was typed during the start waits for the first prompt too)
     termios.tcsetattr(descriptor, termios.TCSANOW, between_prompts)
 
+    def set_mode(mode) -> None:
+        try:
+            termios.tcsetattr(descriptor, termios.TCSANOW, mode)
+        except termios.error:       # the terminal is gone (a SIGHUP's, or while stopped): no mode left to set
+            pass
+
     def resumed(_signal, _frame) -> None:
         if get_app_or_none() is None and _in_the_foreground(descriptor):    # (a prompt owns its own raw mode)
-            try:
-                termios.tcsetattr(descriptor, termios.TCSANOW, between_prompts)
-            except termios.error:       # the terminal went away while stopped: the way out restores nothing either
-                pass
+            set_mode(between_prompts)
     on_resume = signal.signal(signal.SIGCONT, resumed)
     try:
         yield
     finally:
         signal.signal(signal.SIGCONT, on_resume)
-        try:
-            termios.tcsetattr(descriptor, termios.TCSANOW, users_mode)
-        except termios.error:       # the terminal is gone (a SIGHUP's)
-            pass
+        set_mode(users_mode)
 
 
 def _in_the_foreground(descriptor: int) -> bool:

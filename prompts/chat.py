@@ -276,9 +276,9 @@ def _still_wanted(index: RepoIndex, held: HeldExcerpts, fresh: Sequence[Chunk], 
     """Whether the held excerpts stay: every chunk they show is indexed still as it was, and either the question
     finds no code nor file (``follows_on``: "Why?", "Explain it with an example." are about what the last answer
     was given) or the ``fresh`` choice is worth no HOLD_MARGIN more than they are, by the ranking's ``scores`` for
-    this question (over each side's best). A question finding no code ranks on its prose words and the earlier questions' at less
-    weight: as older turns were cut, "ok" went from a quarter to an eighth of a weight and a fresh choice of the same
-    two files came out a fifth ahead, and the REPL read its whole prompt again (round 9)."""
+    this question (over each side's best). A question finding no code ranks on its prose words and the earlier
+    questions' at less weight: as older turns were cut, "ok" went from a quarter to an eighth of a weight and a fresh
+    choice of the same two files came out a fifth ahead, and the REPL read its whole prompt again (round 9)."""
     if not held.chunks:     # (nothing held: held again at every turn, the conversation would never get any)
         return not fresh
     for chunk in held.chunks:
