@@ -20,7 +20,7 @@ import threading
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from platformdirs import user_state_dir
 from prompt_toolkit import PromptSession
@@ -239,8 +239,10 @@ class _WarmUp:
 
 class Repl:
     def __init__(self, conversation: chat.Conversation, console: Console, *,
-                 input=None, output=None, history: Path | None = None) -> None:
+                 input=None, output=None, history: Path | None = None,
+                 after_each_prompt: Callable[[], None] = lambda: None) -> None:
         self.conversation = conversation
+        self._after_each_prompt = after_each_prompt     # (run_repl's: the terminal's mode between prompts, again)
         self.console = console
         self.last_rate = 0.0
         self._warming: _WarmUp | None = None
@@ -286,6 +288,7 @@ class Repl:
                         gc.collect()        # (what the failed load left on the GPU goes first)
                         self._start_warm_up()
                     typed = self.session.prompt("› ")
+                    self._after_each_prompt()
             except KeyboardInterrupt:       # Ctrl-C at the prompt: the line is cleared
                 continue
             except EOFError:                # Ctrl-D
@@ -497,22 +500,24 @@ def run_repl(args) -> None:
         raise UsageError("the chat REPL needs a terminal; in scripts use --ask QUESTION")
     # In process: the REPL pins files from the index and can switch models, which a server cannot do for it.
     max_new = args.max_tokens or chat.DEFAULT_MAX_TOKENS
-    with _keys_kept_between_prompts(sys.stdin):     # (from the load on: what is typed meanwhile waits too)
+    with _keys_kept_between_prompts(sys.stdin) as keys_kept_again:  # (from the load on: typed meanwhile waits too)
         session = open_session(args, workspace.repository(args.repo), max_new)
-        Repl(chat.Conversation(session, args), render.stdout_console()).run()
+        Repl(chat.Conversation(session, args), render.stdout_console(), after_each_prompt=keys_kept_again).run()
 
 
 @contextmanager
-def _keys_kept_between_prompts(stdin) -> Iterator[None]:
+def _keys_kept_between_prompts(stdin) -> Iterator[Callable[[], None]]:
     """The terminal keeps keys as typed while the REPL runs, as terminal programs keep theirs: between prompts (an
     answer, a command's output, a wait for the warm-up) its cooked mode took a Ctrl-D for its end-of-file mark, not a
     key, so the next prompt never saw it, and echoed text typed ahead, which the next prompt then showed again. Now
     keys wait unedited and unechoed for the next prompt, as it reads them; signals stay on (Ctrl-C cancels an answer).
     prompt-toolkit puts back after each prompt the mode it found, this one; the user's own comes back on every way
     out. A stopped REPL (Ctrl-Z) that the shell resumes (`fg`) gets the terminal back in the shell's mode (bash keeps
-    none of a stopped job's), which each prompt would then keep: it is set again on the resume."""
+    none of a stopped job's), which each prompt would then keep: it is set again on the resume. One resumed in the
+    background (`bg`) and brought to the foreground later gets no signal at `fg` (bash 5.2 sends SIGCONT only to a
+    stopped job; probed), so the mode is also set again as each prompt ends: what this yields, for the REPL to call."""
     if sys.platform == "win32":         # (its console input is no termios terminal)
-        yield
+        yield lambda: None
         return
     import termios
     import tty
@@ -530,12 +535,16 @@ def _keys_kept_between_prompts(stdin) -> Iterator[None]:
         except termios.error:       # the terminal is gone (a SIGHUP's, or while stopped): no mode left to set
             pass
 
-    def resumed(_signal, _frame) -> None:
-        if get_app_or_none() is None and _in_the_foreground(descriptor):    # (a prompt owns its own raw mode)
+    def kept_again() -> None:
+        if _in_the_foreground(descriptor):
             set_mode(between_prompts)
+
+    def resumed(_signal, _frame) -> None:
+        if get_app_or_none() is None:       # (a prompt owns its own raw mode)
+            kept_again()
     on_resume = signal.signal(signal.SIGCONT, resumed)
     try:
-        yield
+        yield kept_again
     finally:
         signal.signal(signal.SIGCONT, on_resume)
         set_mode(users_mode)

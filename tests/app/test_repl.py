@@ -962,18 +962,21 @@ def test_a_ctrl_c_while_the_old_model_is_set_to_warm_up_again_leaves_no_repl_gon
 class TerminalRun:
     prompts: list           # what each prompt returned, or the type of what it raised
     shown: bytes            # all the terminal showed (its echo among it)
-    between_prompts: list   # the terminal's attributes as the first line ran
+    between_prompts: list   # the terminal's attributes as the line `meanwhile` was typed during ran
     restored: bool          # whether its attributes at the end were those before
     raised: BaseException | None
 
 
-def run_in_a_terminal(conversation, monkeypatch, tmp_path, lines, meanwhile="", resumed=False) -> TerminalRun:
+def run_in_a_terminal(conversation, monkeypatch, tmp_path, lines, meanwhile="", resumed=None,
+                      meanwhile_line=0) -> TerminalRun:
     """The REPL as `codecomplete REPO` runs it (run_repl), its stdin and stdout a pseudo-terminal: the keys in `lines`
-    typed one as each prompt comes up, `meanwhile` as the first line starts to run (the REPL between prompts).
-    `resumed`: the REPL stopped there and brought back (Ctrl-Z, `fg`), the shell's mode handed back with it."""
+    typed one as each prompt comes up, `meanwhile` as line number `meanwhile_line` (from 0) starts to run (the REPL
+    between prompts). `resumed`: as the first line runs, the REPL brought back to the foreground by the shell, which
+    hands the terminal back in its own mode: "stopped" (Ctrl-Z, `fg`: a SIGCONT with it) or "running" (Ctrl-Z, `bg`,
+    `fg`: bash 5.2 sends a job already running none, probed)."""
     leader, follower = os.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 200, 0, 0))
-    before, shown, seen = termios.tcgetattr(follower), [], {"prompts": [], "between": None}
+    before, shown, seen = termios.tcgetattr(follower), [], {"prompts": [], "between": None, "lines": 0}
     reader = threading.Thread(target=lambda: _read_until_closed(leader, shown), daemon=True)
     reader.start()
     prompt, catch_up = repl.PromptSession.prompt, conversation.session.catch_up
@@ -989,12 +992,14 @@ def run_in_a_terminal(conversation, monkeypatch, tmp_path, lines, meanwhile="", 
         return text
 
     def typed_meanwhile():
-        if seen["between"] is None:
-            if resumed:     # bash gives a job it resumes the terminal in its own mode, the user's (5.2, probed)
-                termios.tcsetattr(follower, termios.TCSANOW, before)
+        if seen["lines"] == 0 and resumed:  # bash gives a job it resumes the terminal in its own mode (5.2, probed)
+            termios.tcsetattr(follower, termios.TCSANOW, before)
+            if resumed == "stopped":
                 os.kill(os.getpid(), signal.SIGCONT)
+        if seen["lines"] == meanwhile_line:
             seen["between"] = termios.tcgetattr(follower)
             os.write(leader, meanwhile.encode())
+        seen["lines"] += 1
         catch_up()
     monkeypatch.setenv("TERM", "xterm")
     monkeypatch.setattr(repl.PromptSession, "prompt", typed)
@@ -1060,8 +1065,22 @@ def test_keys_typed_after_a_stop_and_fg_still_wait_for_the_next_prompt(conversat
     its mode between prompts again as it is resumed, in the terminal's foreground."""
     monkeypatch.setattr(repl.os, "tcgetpgrp", lambda descriptor: os.getpgrp())     # (the test's pty is no ctty)
     run = run_in_a_terminal(conversation, monkeypatch, tmp_path, ["Explain Rectangle.\r", "/exit\r"],
-                            meanwhile=CTRL_D, resumed=True)
+                            meanwhile=CTRL_D, resumed="stopped")
     assert run.raised is None and run.prompts == ["Explain Rectangle.", EOFError], run.prompts
+    assert not run.between_prompts[3] & (termios.ICANON | termios.ECHO)
+    assert run.restored
+
+
+def test_keys_typed_after_a_stop_bg_and_fg_wait_for_the_next_prompt_from_the_next_line_on(
+        conversation, tmp_path, monkeypatch):
+    """Ctrl-Z as an answer printed, `bg`, then `fg` while it still ran: bash hands the terminal back in its cooked
+    mode and sends no SIGCONT (the job was running), so the resume left that mode, which each prompt then put back,
+    and a Ctrl-D typed between prompts was lost until the exit. The REPL sets its mode between prompts again as each
+    prompt ends, in the terminal's foreground: from the next line on keys wait for the next prompt again."""
+    monkeypatch.setattr(repl.os, "tcgetpgrp", lambda descriptor: os.getpgrp())     # (the test's pty is no ctty)
+    run = run_in_a_terminal(conversation, monkeypatch, tmp_path, ["Explain Rectangle.\r", "/help\r", "/exit\r"],
+                            meanwhile=CTRL_D, meanwhile_line=1, resumed="running")
+    assert run.raised is None and run.prompts == ["Explain Rectangle.", "/help", EOFError], run.prompts
     assert not run.between_prompts[3] & (termios.ICANON | termios.ECHO)
     assert run.restored
 
@@ -1070,7 +1089,7 @@ def test_a_resume_in_the_background_leaves_the_terminal_to_the_shell(conversatio
     """`bg` resumes the REPL too, the shell's prompt in the foreground: the terminal's mode is the shell's then (and
     setting it from the background would stop the REPL again, SIGTTOU)."""
     monkeypatch.setattr(repl.os, "tcgetpgrp", lambda descriptor: os.getpgrp() + 1)
-    run = run_in_a_terminal(conversation, monkeypatch, tmp_path, ["/help\r", "/exit\r"], resumed=True)
+    run = run_in_a_terminal(conversation, monkeypatch, tmp_path, ["/help\r", "/exit\r"], resumed="stopped")
     assert run.raised is None and run.between_prompts[3] & termios.ICANON and run.restored
 
 
