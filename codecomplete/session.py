@@ -74,24 +74,24 @@ class Sampling:
 
 @dataclass(frozen=True)
 class _HeldChat:
-    """A chat prompt's excerpts as the next turn of its conversation may hold them, and how many conversations stand
-    at its messages: chat clients that open alike (the same system message and first question) each continue it."""
+    """A chat prompt's excerpts as the next turn of its conversation may hold them, with its conversation's opening:
+    chat clients that open alike (the same system message and first question) each continue that opening."""
 
     held: object                     # prompts.chat.HeldExcerpts
-    conversations: int = 1
+    opening: object                  # the HeldExcerpts of its conversation's first turn held here (`held` itself there)
 
 
 def _held_for(chats: Sequence[_HeldChat], messages: Sequence[dict]):
-    """The held excerpts among `chats` that `messages` continue (prompts.chat.continued), or None."""
+    """The held excerpts among `chats` that `messages` continue (prompts.chat.continued), or None; the openings that
+    conversations went on from count as older than every held prompt (a retry of one is held from its own)."""
     from prompts.chat import continued
 
-    return continued([chat.held for chat in chats], messages)
+    return continued([chat.opening for chat in chats] + [chat.held for chat in chats], messages)
 
 
-def _an_opening(messages) -> bool:
-    """Whether a chat prompt's `messages` ((role, content) pairs) hold no answer yet, but for one begun last (an
-    assistant prefill): a conversation's first turn, which several clients may send alike."""
-    return all(role != "assistant" for role, _ in messages[:-1])
+def _opening_of(chats: Sequence[_HeldChat], held):
+    """The opening kept with `held`'s place, or `held` itself where it is one of the openings kept (_held_for's)."""
+    return next((chat.opening for chat in chats if chat.held is held), held)
 
 
 @dataclass
@@ -254,26 +254,19 @@ class Session:
                                  held=_held_for(chats, messages))
 
     def _remember_chat(self, held, now) -> None:
-        """Keep `now` as its conversation's last chat prompt, in place of `held`, the one it continued, unless
-        another conversation still stands at `held`: conversations that open alike (two clients' same system message
-        and question) share it until each has gone on, or the first to go on took it from the others. Without an
-        engine prompt cache only the last prompt is kept (the KV cache holds it alone); with one the last few, so
-        that chat clients taking turns each find theirs (as `_remember` keeps the last few files')."""
-        standing = 1        # the conversations at `now`'s messages
-        kept = []
-        for chat in self._chats:
-            if chat.held is not held:
-                kept.append(chat)
-            elif now.messages == held.messages:     # the same messages again: another client there, or a retry
-                # Two clients stand at the same messages only at an opening (no answer among them yet): past an
-                # answer that would take the same answer and then the same question again. So the same messages
-                # past an answer are a retry (a timeout's, a "regenerate"), the conversation already counted: it
-                # added one, and after its next turn a phantom hold kept one of the places until pushed out. (An
-                # opening sent again still counts one more: by its messages a retry of it is another client.)
-                standing += chat.conversations - (not _an_opening(now.messages))
-            elif chat.conversations > 1:            # one of those standing there went on; the others stay
-                kept.append(replace(chat, conversations=chat.conversations - 1))
-        self._chats = (kept + [_HeldChat(now, standing)])[-self._prompts_kept(STICKY_CHATS):]
+        """Keep `now` as its conversation's last chat prompt, in place of `held`, the one it continued. By their
+        messages a retried turn (a timeout's, a "regenerate") and a second client's same turn are one request: only
+        openings are sent alike by several clients (past an answer they would need the same answer, then the same
+        question), so it takes the one place, and each place keeps its conversation's opening: the others that opened
+        alike find it there as they go on, though the first took its place (counting each opening sent as one more
+        conversation kept a retried one's phantom place after its next turn). Without an engine prompt cache only
+        the last prompt is kept (the KV cache holds it alone); with one the last few, so that chat clients taking
+        turns each find theirs (as `_remember` keeps the last few files')."""
+        opening = now if held is None else _opening_of(self._chats, held)
+        if opening.messages == now.messages:        # the opening again: the newer prompt holds it
+            opening = now
+        kept = [chat for chat in self._chats if chat.held is not held]
+        self._chats = (kept + [_HeldChat(now, opening)])[-self._prompts_kept(STICKY_CHATS):]
 
     def _prompts_kept(self, many: int) -> int:
         """How many held prompts of one kind are worth keeping: `many` where the engine keeps earlier prompts' K/V
