@@ -487,18 +487,23 @@ def _first_question(turns: list[Message]) -> int:
     return next(k for k, m in enumerate(turns) if m["role"] == "user")
 
 
+def _last_answer(conversation: list[Message]) -> str | None:
+    """The text of the assistant's message that ends the conversation: an answer begun, or "", build_chat_prompt's
+    mark for a fresh answer; None where the last message is no answer."""
+    if conversation and conversation[-1]["role"] == "assistant":
+        return conversation[-1]["content"] or ""
+    return None
+
+
 def _answer_begun(conversation: list[Message]) -> bool:
-    """Whether the conversation ends with an answer begun, for the model to go on with (the assistant's message
-    last, with text: an empty one is build_chat_prompt's mark for a fresh answer)."""
-    return bool(conversation) and conversation[-1]["role"] == "assistant" and bool(conversation[-1]["content"])
+    """Whether the conversation ends with an answer begun, for the model to go on with."""
+    return bool(_last_answer(conversation))
 
 
 def _before_the_answer(conversation: list[Message]) -> list[Message]:
-    """The conversation without the mark for a fresh answer (an empty assistant's message last), if it ends in one:
-    an answer before the mark stays closed, as vLLM renders two answers last by default, and the model answers
-    anew."""
-    fresh = bool(conversation) and conversation[-1]["role"] == "assistant" and not conversation[-1]["content"]
-    return conversation[:-1] if fresh else conversation
+    """The conversation without the mark for a fresh answer, if it ends in one: an answer before the mark stays
+    closed, as vLLM renders two answers last by default, and the model answers anew."""
+    return conversation[:-1] if _last_answer(conversation) == "" else conversation
 
 
 def _renders_a_question(tokenizer) -> bool:
