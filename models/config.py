@@ -263,12 +263,15 @@ def _hf_rope(hf: dict[str, Any], source: str) -> tuple[float, RopeScaling | None
             f"{source}: rope scaling {kind!r} is not supported (only {', '.join(ROPE_SCALING_KINDS)})")
     scaling = RopeScaling(kind, _positive(params, "factor", source))
     if kind == "llama3":
+        # Where transformers looks for the training length: a top-level key first (Phi-3 keeps it there), then the
+        # rope dict's, then max_position_embeddings, whose default is 2048.
+        key = "original_max_position_embeddings"
+        where = hf if hf.get(key) is not None else params if params.get(key) is not None else None
+        original = (_whole(where, key, source, LIMITS["max_positions"]) if where is not None
+                    else _whole(hf, "max_position_embeddings", source, LIMITS["max_positions"], default=2048))
         scaling = dataclasses.replace(
             scaling, low_freq_factor=_positive(params, "low_freq_factor", source),
-            high_freq_factor=_positive(params, "high_freq_factor", source),
-            original_max_positions=_whole(params, "original_max_position_embeddings", source, LIMITS["max_positions"],
-                                          default=_whole(hf, "max_position_embeddings", source,
-                                                         LIMITS["max_positions"], default=8192)))
+            high_freq_factor=_positive(params, "high_freq_factor", source), original_max_positions=original)
     return theta, scaling
 
 

@@ -159,6 +159,24 @@ def load_weights(model: Transformer, tensors: Iterator[tuple[str, torch.Tensor]]
             f"{source}: checkpoint lacks {len(missing)} tensors, e.g. {', '.join(missing[:3])}")
 
 
+def tie_as_stored(config: ModelConfig, files: list[Path]) -> ModelConfig:
+    """`config` untied where the checkpoint stores an lm_head.weight unlike its embeddings despite tie_word_embeddings:
+    transformers 5 then keeps the two apart (tying would drop the stored head without a word)."""
+    if not config.tie_embeddings:
+        return config
+    wanted = ("lm_head.weight", "model.embed_tokens.weight")
+    # The other tensors are read as empty slices, so this reads only the two tables (tied checkpoints rarely store
+    # a head at all: then nothing).
+    stored = {name: tensor for name, tensor in
+              iter_tensors(files, lambda name, shape: None if name in wanted or not len(shape) else slice(0, 0))
+              if name in wanted}
+    if len(stored) < 2:
+        return config
+    head, embeddings = (stored[name] for name in wanted)
+    same = head.shape == embeddings.shape and torch.equal(head, embeddings.to(head.dtype))
+    return config if same else config.replace(tie_embeddings=False)
+
+
 def load_tokenizer(directory: Path):
     try:
         found = any((directory / f).is_file() for f in TOKENIZER_FILES)
@@ -283,6 +301,7 @@ def load_hf_model(directory: Path, device: torch.device, dtype: torch.dtype, max
     check_special_files(directory)
     config = read_config(directory)
     files = weight_files(directory)
+    config = tie_as_stored(config, files)
     tokenizer = load_tokenizer(directory)
     with weights_fit(name or str(directory), config, device, dtype, weights, matmul_dtype, tp):
         if tp is None:

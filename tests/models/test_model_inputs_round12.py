@@ -1,0 +1,73 @@
+"""Round 12 of the adversarial sweep: checkpoints whose config.json transformers reads one way and we read another.
+
+Each probe is a tiny random checkpoint saved by transformers, then edited as a user's files may be; our prefill
+logits must be transformers' LlamaForCausalLM's for the same files (or loading must refuse, in one line).
+"""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from models import load_model
+
+from tiny_models import save_tiny_llama
+
+PROMPT_LEN = 40
+LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 16}
+
+
+def edited_copy(tmp_path, tokenizer, name, edit, **save):
+    directory = tmp_path / name
+    save_tiny_llama(directory, tokenizer, n_kv_heads=2, **save)
+    config = json.loads((directory / "config.json").read_text())
+    edit(config)
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+def assert_logits_match_transformers(directory):
+    from transformers import LlamaForCausalLM
+    ids = torch.randint(3, 200, (1, PROMPT_LEN), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = LlamaForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()(ids).logits
+        got = load_model(directory, device="cpu", max_context=64, past_training=True).model.prefill(ids, all_logits=True)
+    torch.testing.assert_close(got, expected, atol=2e-4, rtol=1e-4)
+
+
+def test_a_head_stored_apart_from_tied_embeddings_is_used_as_transformers_uses_it(tmp_path, llama_tokenizer):
+    """config.json says tie_word_embeddings, but the weights hold an lm_head.weight of their own that differs from the
+    embeddings (a checkpoint saved untied, its config edited or converted by another tool): transformers 5 keeps the
+    two apart ("both are present in the checkpoints with different values, so we will NOT tie them"); we tied them,
+    dropping the stored head without a word, and every logit differed (by up to 9.7)."""
+    directory = edited_copy(tmp_path, llama_tokenizer, "claims-tied", lambda c: c.update(tie_word_embeddings=True))
+    assert_logits_match_transformers(directory)
+
+
+def test_a_head_stored_equal_to_tied_embeddings_stays_tied(tmp_path, llama_tokenizer):
+    """A tied checkpoint that also stores its head (the same values) loads as one table, as before."""
+    from safetensors.torch import load_file, save_file
+    directory = tmp_path / "tied-stored-twice"
+    save_tiny_llama(directory, llama_tokenizer, n_kv_heads=2, tie=True)
+    (file,) = directory.glob("*.safetensors")
+    tensors = load_file(file)
+    save_file({**tensors, "lm_head.weight": tensors["model.embed_tokens.weight"].clone()}, file,
+              metadata={"format": "pt"})
+    engine = load_model(directory, device="cpu", max_context=64)
+    assert engine.model.output.weight is engine.model.tok_embeddings.weight
+    assert_logits_match_transformers(directory)
+
+
+@pytest.mark.parametrize("edit", [
+    # transformers gives a top-level original_max_position_embeddings (Phi-3's place for it) priority over the
+    # rope dict's; we read the rope dict's (16) where transformers reads 8.
+    pytest.param(lambda c: c.update(original_max_position_embeddings=8), id="top-level-original-length"),
+    # Neither given: transformers takes max_position_embeddings, whose default is 2048; we took 8192.
+    pytest.param(lambda c: (c.pop("max_position_embeddings"), c["rope_parameters"].pop(
+        "original_max_position_embeddings")), id="no-lengths-at-all"),
+])
+def test_llama3_rope_reads_its_original_length_where_transformers_does(tmp_path, llama_tokenizer, edit):
+    directory = edited_copy(tmp_path, llama_tokenizer, "llama3", edit, rope_scaling=dict(LLAMA3))
+    assert_logits_match_transformers(directory)
