@@ -25,6 +25,7 @@ from models.weights_memory import weights_fit
 IGNORED_TENSORS = ("rotary_emb.inv_freq",)   # recomputed, and stored only by old checkpoints
 WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+VOCABULARY_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")   # what a tokenizer can be built from
 GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
 MAX_JSON_BYTES = 64 * 1024 * 1024     # configs and shard indexes are far smaller
 # Tokens that llama.cpp ends every generation at when a vocabulary has them (llama_vocab_is_eog: its
@@ -207,6 +208,9 @@ def load_tokenizer(directory: Path):
         for name in TOKENIZER_FILES:
             if pointer := pointer_message(directory / name):
                 raise ModelError(pointer) from None
+        if not any((directory / name).is_file() for name in VOCABULARY_FILES):   # a partial download, most likely
+            raise ModelNotFoundError(f"{directory}: no tokenizer.json or tokenizer.model (tokenizer_config.json "
+                                     "describes a tokenizer, it does not hold one)") from None
         # Without tokenizer.json, transformers reads a SentencePiece tokenizer.model with sentencepiece and protobuf;
         # lacking them it tries the file as tiktoken's and asks for tiktoken, which would not help.
         alone = (directory / "tokenizer.model").is_file() and not (directory / "tokenizer.json").is_file()

@@ -71,3 +71,17 @@ def test_a_head_stored_equal_to_tied_embeddings_stays_tied(tmp_path, llama_token
 def test_llama3_rope_reads_its_original_length_where_transformers_does(tmp_path, llama_tokenizer, edit):
     directory = edited_copy(tmp_path, llama_tokenizer, "llama3", edit, rope_scaling=dict(LLAMA3))
     assert_logits_match_transformers(directory)
+
+
+def test_a_tokenizer_config_without_the_tokenizer_it_describes_is_a_missing_file(tmp_path, tiny_checkpoint):
+    """A partial download: tokenizer_config.json came, tokenizer.json did not. The error was transformers' own, over
+    four lines ("Couldn't instantiate the backend tokenizer from one of: (1) ...") and exit 1; a folder with no
+    tokenizer file at all already said "no tokenizer files" (exit 2). Now both name what is missing."""
+    from models import ModelNotFoundError
+    from tiny_models import load_error
+    directory = tmp_path / "no-tokenizer-json"
+    shutil.copytree(tiny_checkpoint[0], directory)
+    (directory / "tokenizer.json").unlink()
+    assert (directory / "tokenizer_config.json").is_file()
+    message = load_error(directory, ModelNotFoundError, "no tokenizer.json or tokenizer.model")
+    assert "\n" not in message and str(directory) in message
