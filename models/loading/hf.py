@@ -69,8 +69,8 @@ def read_config(directory: Path) -> ModelConfig:
 
 def weight_files(directory: Path) -> list[Path]:
     """The checkpoint's weight files, safetensors preferred; shards as listed in the index."""
-    for index_name, pattern in (("model.safetensors.index.json", "*.safetensors"),
-                                ("pytorch_model.bin.index.json", "pytorch_model*.bin")):
+    for index_name, single, pattern in (("model.safetensors.index.json", "model.safetensors", "*.safetensors"),
+                                        ("pytorch_model.bin.index.json", "pytorch_model.bin", "pytorch_model*.bin")):
         index = directory / index_name
         if index.is_file():
             weight_map = read_json(index).get("weight_map", {})
@@ -86,6 +86,9 @@ def weight_files(directory: Path) -> list[Path]:
                 if not f.is_file():
                     raise ModelNotFoundError(f"{f}: listed in {index.name} but missing")
             return files
+        # The one file alone, as transformers reads it: a PEFT adapter or another copy may lie beside it.
+        if (directory / single).is_file():
+            return [directory / single]
         if files := sorted(directory.glob(pattern)):
             return files
     raise ModelNotFoundError(f"{directory}: no weights (model.safetensors or pytorch_model.bin)")

@@ -211,7 +211,9 @@ def test_missing_shard_and_missing_weights(tmp_path, tiny_checkpoint):
 def test_a_tensor_stored_twice_is_named_as_such(tmp_path, tiny_checkpoint):
     """Two shardings of one checkpoint in one folder, no index: a plain Llama, not an 'unexpected tensor'."""
     target = copy_checkpoint(tiny_checkpoint[0], tmp_path / "twice")
+    # (no model.safetensors: beside it, it alone would load, as transformers reads it)
     shutil.copy(target / "model.safetensors", target / "model-00001-of-00001.safetensors")
+    (target / "model.safetensors").rename(target / "model-00001-of-00002.safetensors")
     load_error(target, UnsupportedModelError, "tensor [a-z_.0-9]+ is stored twice")
 
 

@@ -85,3 +85,20 @@ def test_a_tokenizer_config_without_the_tokenizer_it_describes_is_a_missing_file
     assert (directory / "tokenizer_config.json").is_file()
     message = load_error(directory, ModelNotFoundError, "no tokenizer.json or tokenizer.model")
     assert "\n" not in message and str(directory) in message
+
+
+@pytest.mark.parametrize("beside", ["adapter_model.safetensors", "model.fp16.safetensors"])
+def test_model_safetensors_loads_alone_whatever_lies_beside_it(tmp_path, tiny_checkpoint, beside):
+    """Without an index transformers reads model.safetensors and nothing else; we read every *.safetensors of the
+    folder, so a PEFT adapter left beside a merged model (or a second copy of the weights) refused to load:
+    'unexpected tensor base_model.model...' or 'stored twice'."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    directory = tmp_path / "with-a-neighbour"
+    shutil.copytree(tiny_checkpoint[0], directory)
+    weights = load_file(directory / "model.safetensors")
+    other = ({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(8, 64)}
+             if beside.startswith("adapter") else {name: t.half() for name, t in weights.items()})
+    save_file(other, directory / beside)
+    engine = load_model(directory, device="cpu", max_context=32)
+    torch.testing.assert_close(engine.model.tok_embeddings.weight, weights["model.embed_tokens.weight"])
