@@ -244,12 +244,14 @@ def _token_ids(fields: dict[str, Any], key: str, source: str, default: Any, sing
 
 def _hf_rope(hf: dict[str, Any], source: str) -> tuple[float, RopeScaling | None]:
     """(theta, scaling) from transformers 5's `rope_parameters` or the older rope_theta + rope_scaling."""
-    params: dict[str, Any] = {}
+    given = {}
     for key in ("rope_scaling", "rope_parameters"):
-        value = hf.get(key)
+        value = given[key] = hf.get(key)
         if value is not None and not isinstance(value, dict):
             raise ModelError(f"{source}: {key} must be an object, not {value!r}")
-        params.update(value or {})
+    # As transformers 5 reads them: a non-empty rope_scaling replaces rope_parameters whole (an old recipe's
+    # rope_scaling added to a config saved with rope_parameters is what takes effect there).
+    params: dict[str, Any] = dict(given["rope_scaling"] or given["rope_parameters"] or {})
     if "rope_theta" not in params and "rope_theta" in hf:
         params["rope_theta"] = hf["rope_theta"]
     # Converted CodeLlama configs often omit it; CodeLlama's is 1e6, not Llama 2's 1e4.

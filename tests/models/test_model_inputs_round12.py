@@ -102,3 +102,18 @@ def test_model_safetensors_loads_alone_whatever_lies_beside_it(tmp_path, tiny_ch
     save_file(other, directory / beside)
     engine = load_model(directory, device="cpu", max_context=32)
     torch.testing.assert_close(engine.model.tok_embeddings.weight, weights["model.embed_tokens.weight"])
+
+
+@pytest.mark.parametrize("saved, added", [
+    # A pre-5 recipe for a longer context ("add rope_scaling to config.json") applied to a config transformers 5 saved
+    # (rope_parameters only): transformers reads the added rope_scaling; we merged the two, rope_parameters winning,
+    # and ignored the scaling without a word.
+    pytest.param(None, {"rope_type": "linear", "factor": 2.0}, id="scaling-added-to-a-plain-config"),
+    pytest.param({"rope_type": "linear", "factor": 2.0}, {"rope_type": "linear", "factor": 4.0},
+                 id="scaling-changed-beside-the-saved-one"),
+])
+def test_a_rope_scaling_beside_rope_parameters_is_read_as_transformers_reads_it(tmp_path, llama_tokenizer, saved,
+                                                                                  added):
+    directory = edited_copy(tmp_path, llama_tokenizer, "both-rope-keys", lambda c: c.update(rope_scaling=added),
+                            rope_scaling=saved)
+    assert_logits_match_transformers(directory)
