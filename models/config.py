@@ -185,6 +185,14 @@ class ModelConfig:
         if rotary is not None and rotary != rotated:   # llama.cpp refuses it too ("invalid n_rot")
             raise UnsupportedModelError(f"{source}: llama.rope.dimension_count {rotary!r} is not the head dim "
                                         f"{rotated} (rotary embeddings over part of a head are not supported)")
+        value_length = get("attention.value_length")
+        if value_length is not None and value_length != rotated:    # llama.cpp sizes the V heads by it
+            raise UnsupportedModelError(f"{source}: llama.attention.value_length {value_length!r} is not the key "
+                                        f"length {rotated} (value heads of another size are not supported)")
+        attn_factor = get("rope.scaling.attn_factor")
+        if attn_factor is not None and attn_factor != 1:  # llama.cpp: yarn_attn_factor *= it, for every architecture
+            raise UnsupportedModelError(f"{source}: llama.rope.scaling.attn_factor {attn_factor!r} is not supported "
+                                        "(llama.cpp scales the rotary cos and sin by it)")
         vocab = get("vocab_size") or len(meta.get("tokenizer.ggml.tokens", ()))
         return cls.checked(
             source,

@@ -396,9 +396,19 @@ def open_gguf(path: Path):
             f"{path}: truncated or corrupt GGUF file ({path.stat().st_size} bytes; {type(e).__name__}: {e})") from None
 
 
+PER_LAYER_KEYS = ("llama.attention.head_count", "llama.attention.head_count_kv", "llama.feed_forward_length")
+
+
 def read_gguf_config(reader, path: Path) -> ModelConfig:
     from gguf import GGUFValueType
     meta = {key: field.contents() for key, field in reader.fields.items() if field.types[0] != GGUFValueType.ARRAY}
+    for key in PER_LAYER_KEYS:      # llama.cpp takes one number, or one per layer (not read as missing here)
+        field = reader.fields.get(key)
+        if field is not None and field.types[0] == GGUFValueType.ARRAY:
+            values = field.contents()
+            shown = f"{values[:8]}"[:-1] + (", ...]" if len(values) > 8 else "]")
+            raise UnsupportedModelError(f"{path}: {key} is given per layer ({shown}), which is not supported "
+                                        "(one number for every layer is)")
     if "llama.vocab_size" not in meta and "tokenizer.ggml.tokens" in reader.fields:
         meta["llama.vocab_size"] = len(reader.fields["tokenizer.ggml.tokens"].data)
     parts, number = meta.get("split.count"), meta.get("split.no")

@@ -117,3 +117,54 @@ def test_a_rope_scaling_beside_rope_parameters_is_read_as_transformers_reads_it(
     directory = edited_copy(tmp_path, llama_tokenizer, "both-rope-keys", lambda c: c.update(rope_scaling=added),
                             rope_scaling=saved)
     assert_logits_match_transformers(directory)
+
+
+def gguf_with_metadata(tmp_path, name, changes=None, remove=()):
+    """The tiny GGUF written again with metadata keys set ((type, value) each) or removed, tensors as they were."""
+    import gguf
+    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+    from tiny_models import write_tiny_gguf
+    source, target = tmp_path / "source.gguf", tmp_path / f"{name}.gguf"
+    write_tiny_gguf(source)
+    reader = gguf.GGUFReader(str(source))
+    writer = gguf.GGUFWriter(str(target), arch="llama", endianess=reader.endianess)
+    copy_with_new_metadata(reader, writer, {k: MetadataDetails(*v) for k, v in (changes or {}).items()}, list(remove))
+    return target
+
+
+def test_a_gguf_rope_attention_factor_is_refused_not_ignored(tmp_path):
+    """llama.cpp multiplies every rotary cos/sin by llama.rope.scaling.attn_factor (yarn_attn_factor *=
+    rope_attn_factor, for every architecture), so attention scores scale by its square; we ignored the key."""
+    from gguf import GGUFValueType as T
+    from models import ModelError
+    from tiny_models import load_error
+    path = gguf_with_metadata(tmp_path, "attn-factor", {"llama.rope.scaling.attn_factor": (T.FLOAT32, 0.5)})
+    message = load_error(path, ModelError, "llama.rope.scaling.attn_factor")
+    assert "0.5" in message and "\n" not in message
+    plain = gguf_with_metadata(tmp_path, "attn-factor-one", {"llama.rope.scaling.attn_factor": (T.FLOAT32, 1.0)})
+    load_model(plain, device="cpu", max_context=32)
+
+
+def test_a_gguf_value_length_unlike_its_key_length_is_refused(tmp_path):
+    """llama.cpp sizes V heads by llama.attention.value_length (and would refuse these tensors); we ignored it."""
+    from gguf import GGUFValueType as T
+    from models import ModelError
+    from tiny_models import load_error
+    path = gguf_with_metadata(tmp_path, "value-length", {"llama.attention.value_length": (T.UINT32, 8)})
+    load_error(path, ModelError, "llama.attention.value_length 8 is not the key length 16")
+
+
+@pytest.mark.parametrize("key, values", [("llama.attention.head_count_kv", [2, 2]),
+                                         ("llama.attention.head_count", [4, 4]),
+                                         ("llama.feed_forward_length", [128, 96])])
+def test_gguf_per_layer_sizes_are_refused_as_such(tmp_path, key, values):
+    """llama.cpp takes head counts and FFN sizes as one number or one per layer; an array was dropped here and the
+    size taken as missing: 'lacks llama.attention.head_count', or the KV heads taken as the query heads', which
+    then blamed the tensors ('k_proj.weight has shape (32, 64), the config implies (64, 64)'). (Even a uniform
+    array would fail later: transformers' GGUF tokenizer reading takes the config's counts as numbers.)"""
+    from gguf import GGUFValueType as T
+    from models import ModelError
+    from tiny_models import load_error
+    path = gguf_with_metadata(tmp_path, "per-layer", {key: (T.ARRAY, values)})
+    message = load_error(path, ModelError, f"{key} is given per layer")
+    assert str(values) in message
