@@ -44,6 +44,22 @@ def backends_for(args, device: str) -> tuple[list[str], list[str]]:
     return ["sdpa", "eager"], [f"{slow} Comparing sdpa and eager on the CPU instead."]
 
 
+def runnable(engine, backends: list[str], notes: list[str]) -> list[str]:
+    """The backends this model can run (flash and eager kernels take head dims 16..256, flash needs Triton): each
+    other one is left out with a note saying why, not found out by a failure halfway through the run."""
+    from models import ModelError
+
+    kept = []
+    for backend in backends:
+        try:
+            engine.set_attention(backend)
+        except ModelError as exc:
+            notes.append(f"{backend} left out: {exc}")
+            continue
+        kept.append(backend)
+    return kept
+
+
 def source_ids(tokenizer, root: Path | None, index, cap: int, vocab_size: int) -> list[int]:
     """Real code as prompt tokens, up to cap (random ids make a model stop or loop at once):
     the repository's files, or without REPO this program's own source. A random-weight model
@@ -293,6 +309,7 @@ def run_bench(args) -> None:
         limit = engine.context_length - decode_tokens
         notes.append(f"{engine.name} holds {engine.context_length:,} tokens here: "
                      f"{limit:,} of context and {decode_tokens} to decode")
+    backends = runnable(engine, backends, notes)
     ids = source_ids(engine.tokenizer, root, index, cap=limit, vocab_size=engine.model.config.vocab_size)
     repo_context = len(ids) if index is not None else None
     contexts = sorted({c for c in wanted if c <= limit} | ({repo_context} if repo_context else set()))

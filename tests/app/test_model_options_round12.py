@@ -33,3 +33,20 @@ def test_a_tokenizer_config_without_its_tokenizer_exits_2_in_one_line(codecomple
     (line,) = run.stderr.strip().splitlines()
     assert "no tokenizer.json or tokenizer.model" in line and str(without_tokenizer_json) in line
     assert snapshot(without_tokenizer_json) == before
+
+
+def test_bench_on_a_model_whose_head_dim_the_kernels_do_not_take_times_what_can_run(codecomplete, tmp_path):
+    """Head dim 8 (transformers runs it; our flash and eager kernels take 16..256): `--bench` loaded the model, then
+    failed with exit 1 at the first eager run, 'eager attention takes head dims 16..256 ...: use sdpa', even with
+    --attention sdpa. The backends it can time are timed, and a note says which was left out and why."""
+    import json
+    folder = tmp_path / "head-dim-8"
+    save_tiny_llama(folder, make_llama_tokenizer(), n_kv_heads=2, head_dim=8)
+    out = tmp_path / "bench.json"
+    run = codecomplete("--bench", "--device", "cpu", "--model", folder, "--contexts", "32", "--max-tokens", "2",
+                       "--json", out, timeout=200)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(out.read_text())
+    assert result["backends"] == ["sdpa"]
+    assert {row["attention"] for row in result["end_to_end"]} == {"sdpa"}
+    assert any("eager" in note and "head dims 16..256" in note for note in result["notes"])
