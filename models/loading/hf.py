@@ -169,13 +169,14 @@ def tie_as_stored(config: ModelConfig, files: list[Path]) -> ModelConfig:
     if not config.tie_embeddings:
         return config
     wanted = ("lm_head.weight", "model.embed_tokens.weight")
-    # The other tensors are read as empty slices, so this reads only the two tables (tied checkpoints rarely store
-    # a head at all: then nothing).
+    # Tensors read as empty slices cost nothing: the names first, the two tables only where both are stored (a
+    # tied checkpoint rarely stores a head).
+    names = {name for name, _ in iter_tensors(files, lambda name, shape: slice(0, 0) if len(shape) else None)}
+    if not names.issuperset(wanted):
+        return config
     stored = {name: tensor for name, tensor in
               iter_tensors(files, lambda name, shape: None if name in wanted or not len(shape) else slice(0, 0))
               if name in wanted}
-    if len(stored) < 2:
-        return config
     head, embeddings = (stored[name] for name in wanted)
     same = head.shape == embeddings.shape and torch.equal(head, embeddings.to(head.dtype))
     return config if same else config.replace(tie_embeddings=False)
