@@ -91,7 +91,7 @@ class ModelConfig:
         for key in ("attention_bias", "mlp_bias"):
             if hf.get(key):
                 raise UnsupportedModelError(f"{source}: {key}=true is not supported (plain Llama has no biases)")
-        if hf.get("hidden_act", "silu") != "silu":
+        if hf.get("hidden_act", "silu") not in ("silu", "swish"):     # transformers: swish is SiLU by another name
             raise UnsupportedModelError(f"{source}: hidden_act {hf['hidden_act']!r} is not supported (only silu)")
         missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                                "vocab_size") if k not in hf]

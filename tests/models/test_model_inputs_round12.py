@@ -168,3 +168,9 @@ def test_gguf_per_layer_sizes_are_refused_as_such(tmp_path, key, values):
     path = gguf_with_metadata(tmp_path, "per-layer", {key: (T.ARRAY, values)})
     message = load_error(path, ModelError, f"{key} is given per layer")
     assert str(values) in message
+
+
+def test_swish_is_silu_as_transformers_reads_it(tmp_path, llama_tokenizer):
+    """transformers' ACT2FN maps hidden_act "swish" to SiLU; we refused the config ("only silu")."""
+    directory = edited_copy(tmp_path, llama_tokenizer, "swish", lambda c: c.update(hidden_act="swish"))
+    assert_logits_match_transformers(directory)
