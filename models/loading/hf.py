@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -297,6 +298,21 @@ def check_special_files(directory: Path) -> None:
             raise ModelError(f"{entry}: unreadable ({e.strerror or e})") from None
 
 
+@contextmanager
+def quantization_said(directory: Path, source: str):
+    """A tensor the loader refuses in a quantized checkpoint (a quantization_config in config.json: GPTQ, AWQ,
+    bitsandbytes ...) is refused as that: its packed integers and scales are why it is no plain Llama."""
+    try:
+        yield
+    except UnsupportedModelError:
+        settings = read_json(checkpoint_config(directory)).get("quantization_config")
+        if not isinstance(settings, dict):
+            raise
+        method = settings.get("quant_method") or "an unnamed method"
+        raise UnsupportedModelError(f"{source}: quantized with {method} (quantization_config in config.json), which "
+                                    "is not supported: load the unquantized checkpoint, or a GGUF of it") from None
+
+
 def load_hf_model(directory: Path, device: torch.device, dtype: torch.dtype, max_len: int | None = None,
                   name: str | None = None, tp=None, matmul_dtype: torch.dtype | None = None,
                   weights: str | None = None) -> LoadedModel:
@@ -311,7 +327,8 @@ def load_hf_model(directory: Path, device: torch.device, dtype: torch.dtype, max
     files = weight_files(directory)
     config = tie_as_stored(config, files)
     tokenizer = load_tokenizer(directory)
-    with weights_fit(name or str(directory), config, device, dtype, weights, matmul_dtype, tp):
+    with weights_fit(name or str(directory), config, device, dtype, weights, matmul_dtype, tp), \
+            quantization_said(directory, name or str(directory)):
         if tp is None:
             with torch.device("meta"):
                 model = Transformer(config, max_len=max_len)

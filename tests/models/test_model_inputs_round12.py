@@ -174,3 +174,38 @@ def test_swish_is_silu_as_transformers_reads_it(tmp_path, llama_tokenizer):
     """transformers' ACT2FN maps hidden_act "swish" to SiLU; we refused the config ("only silu")."""
     directory = edited_copy(tmp_path, llama_tokenizer, "swish", lambda c: c.update(hidden_act="swish"))
     assert_logits_match_transformers(directory)
+
+
+@pytest.mark.parametrize("method, tensors", [
+    ("gptq", lambda prefix, w: {f"{prefix}.qweight": torch.zeros(w.shape[1] // 8, w.shape[0], dtype=torch.int32),
+                                f"{prefix}.scales": torch.ones(1, w.shape[0], dtype=torch.float16),
+                                f"{prefix}.g_idx": torch.zeros(w.shape[1], dtype=torch.int32)}),
+    ("bitsandbytes", lambda prefix, w: {f"{prefix}.weight": w.to(torch.int8), f"{prefix}.SCB": torch.ones(w.shape[0])}),
+])
+def test_a_quantized_checkpoint_is_said_to_be_one(tmp_path, tiny_checkpoint, method, tensors):
+    """A hub model's GPTQ or bitsandbytes files (a common thing to point --model at) failed as 'unexpected tensor
+    model.layers.0.mlp.down_proj.g_idx (not a plain Llama checkpoint)': true, but not why."""
+    from safetensors.torch import load_file, save_file
+    from models import ModelError
+    from tiny_models import load_error
+    directory = tmp_path / method
+    shutil.copytree(tiny_checkpoint[0], directory)
+    stored = {}
+    for name, weight in load_file(directory / "model.safetensors").items():
+        stored.update(tensors(name.removesuffix(".weight"), weight) if name.endswith("_proj.weight") else {name: weight})
+    save_file(stored, directory / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((directory / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": method, "bits": 4}
+    (directory / "config.json").write_text(json.dumps(config))
+    message = load_error(directory, ModelError, f"quantized with {method} \\(quantization_config")
+    assert "GGUF" in message and "\n" not in message
+
+
+def test_a_quantization_config_over_float_weights_still_loads(tmp_path, tiny_checkpoint):
+    """(A config naming a quantization its float weights never had: they load as they are.)"""
+    directory = tmp_path / "floats"
+    shutil.copytree(tiny_checkpoint[0], directory)
+    config = json.loads((directory / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (directory / "config.json").write_text(json.dumps(config))
+    load_model(directory, device="cpu", max_context=32)
