@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import snapshot
 
-sys.path.insert(0, str(Path(__file__).parent.parent / "models"))
+sys.path.append(str(Path(__file__).parent.parent / "models"))     # tiny_models, the models tests' own
 from tiny_models import make_llama_tokenizer, save_tiny_llama  # noqa: E402
 
 
