@@ -409,6 +409,10 @@ def read_gguf_config(reader, path: Path) -> ModelConfig:
             shown = f"{values[:8]}"[:-1] + (", ...]" if len(values) > 8 else "]")
             raise UnsupportedModelError(f"{path}: {key} is given per layer ({shown}), which is not supported "
                                         "(one number for every layer is)")
+    experts = meta.get("llama.expert_count")
+    if isinstance(experts, int) and experts > 0:   # Mixtral's GGUFs say "llama"; 0 is llama.cpp's own "dense"
+        raise UnsupportedModelError(f"{path}: a mixture of experts ({experts} experts, llama.expert_count), which is "
+                                    "not supported (dense Llama models are)")
     if "llama.vocab_size" not in meta and "tokenizer.ggml.tokens" in reader.fields:
         meta["llama.vocab_size"] = len(reader.fields["tokenizer.ggml.tokens"].data)
     parts, number = meta.get("split.count"), meta.get("split.no")

@@ -209,3 +209,18 @@ def test_a_quantization_config_over_float_weights_still_loads(tmp_path, tiny_che
     config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
     (directory / "config.json").write_text(json.dumps(config))
     load_model(directory, device="cpu", max_context=32)
+
+
+def test_a_gguf_of_experts_is_refused_as_one(tmp_path):
+    """Mixtral's GGUFs say architecture "llama" with llama.expert_count; llama.cpp then wants the experts' tensors.
+    Over dense tensors the key was ignored and the file loaded as a dense model: a mixture of experts is refused by
+    name (a count of 0 is llama.cpp's own "dense")."""
+    from gguf import GGUFValueType as T
+    from models import ModelError
+    from tiny_models import load_error
+    path = gguf_with_metadata(tmp_path, "experts", {"llama.expert_count": (T.UINT32, 8),
+                                                    "llama.expert_used_count": (T.UINT32, 2)})
+    message = load_error(path, ModelError, "mixture of experts")
+    assert "8 experts" in message and "\n" not in message
+    dense = gguf_with_metadata(tmp_path, "experts-none", {"llama.expert_count": (T.UINT32, 0)})
+    load_model(dense, device="cpu", max_context=32)
