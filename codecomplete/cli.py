@@ -90,7 +90,11 @@ def _float_in(low: float, high: float, *, low_open: bool = False):
 
 
 def _contexts(text: str) -> list[int]:
-    return [_tokens(part) for part in text.split(",") if part.strip()]
+    parts = text.split(",")
+    if any(not part.strip() for part in parts) and any(part.strip() for part in parts):
+        # "1,,2" is a typo more often than a list of two: say so, as for an empty --prompt
+        raise argparse.ArgumentTypeError(f"an empty length in {text!r} (e.g. --contexts 256,1024)")
+    return [_tokens(part) for part in parts if part.strip()]
 
 
 def package_version() -> str:

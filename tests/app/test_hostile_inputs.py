@@ -77,6 +77,8 @@ REFUSED_AT_ONCE = [
     (["{repo}", "--file", "app.py", "--json", "{repo}"], {}, ["is a folder"]),
     (["--bench", "--plot", "plot.gif"], {}, ["--plot plot.gif"]),
     (["--bench", "--contexts", ","], {}, ["--contexts"]),
+    (["--bench", "--contexts", "256,,1024"], {}, ["--contexts", "an empty length in '256,,1024'"]),
+    (["--bench", "--contexts", "256,"], {}, ["--contexts", "an empty length"]),
     (["{repo}", "--file", "shapes"], {}, ["shapes is a folder"]),
     (["{repo}", "--file", "x" * 300 + ".py"], {}, ["File name too long"]),
     (["{repo}", "--file", "../outside.py", "--stdin"], {}, ["outside the repository"]),
