@@ -10,7 +10,9 @@ record it (tree-sitter), lies in exactly one other file; a C or C++ name may als
 that file (``sds.h`` beside ``sds.c``), and either counts. Names are found with tree-sitter too: identifiers
 outside import, include, package and use statements, and not the name of a definition in the file itself; a
 bare name (not after ``.``, ``::`` or ``->``) only where the language lets it be the definition's (a Go name of the
-file's own package; a JavaScript, TypeScript or Rust name an import binds), else it is a local of the same name.
+file's own package; a JavaScript, TypeScript or Rust name an import binds; a Java class of the file's package or
+a name imported), else it is a local of the same name; and
+in C and C++ no field after ``.`` or ``->`` (fields are no definitions the index records).
 
 For a seeded sample of sites per repository and language it measures what bench/context_eval.py measures, with
 the same prompt builder: whether a chunk defining the name is in the packed context at each budget, with the file
@@ -95,6 +97,8 @@ def find_sites(repo: str, index) -> list[LanguageSite]:
             kind = "qualified" if re.search(r"(\.|::|->)\s*$", before) else "name"
             if kind == "name" and not _can_see(index, path, language, name, definitions):
                 continue  # a local of the same name
+            if kind == "qualified" and language in ("c", "cpp") and "::" not in before[-3:]:
+                continue  # a struct's field (`ci->next`): fields are no definitions the index records
             sites.append(LanguageSite(repo, path, row + 1, col + 1, name, kind, text[col:].rstrip(),
                                       not before.strip() or before[-1].isspace(), definitions[0], language=language,
                                       imported=any(p in followed for p, _ in definitions), also=tuple(definitions[1:])))
@@ -103,13 +107,17 @@ def find_sites(repo: str, index) -> list[LanguageSite]:
 
 def _can_see(index, path: str, language: str, name: str, definitions: list[tuple[str, int]]) -> bool:
     """Whether a bare name in the file can be the definition's: in Go only a name of the file's own package (its
-    folder); in JavaScript, TypeScript and Rust only a name an import binds (or a ``*`` import may); elsewhere any
-    (Java's package and imports, C's includes: taken as written)."""
+    folder); in JavaScript, TypeScript and Rust only a name an import binds (or a ``*`` import may); in Java a class
+    of the file's package or a name imported; in C and C++ any (what the includes declare, taken as written)."""
     if language == "go":
         return any(posixpath.dirname(p) == posixpath.dirname(path) for p, _ in definitions)
     if language in ("javascript", "typescript", "tsx", "rust"):
         imports = bindings(language, index.imports(path))
         return any(i.bound == name or i.name == "*" for i in imports)
+    if language == "java":  # a class of the file's package, or a name imported (a class; a static member)
+        same_package = name[:1].isupper() and any(posixpath.dirname(p) == posixpath.dirname(path)
+                                                   for p, _ in definitions)
+        return same_package or any(i.module.rsplit(".", 1)[-1] == name for i in index.imports(path))
     return True
 
 
@@ -131,10 +139,11 @@ def _defined_once(index) -> dict[str, list[tuple[str, int]]]:
 
 
 def _line_of(chunk, name: str) -> int:
-    """The line of the chunk that names ``name`` first (a definition's chunk may open with its comment)."""
+    """The line of the chunk's code that names ``name`` first (a definition's chunk may open with its comment, which
+    an outline of it leaves out)."""
     pattern = re.compile(rf"\b{re.escape(name)}\b")
     for offset, line in enumerate(chunk.text.split("\n")):
-        if pattern.search(line):
+        if pattern.search(line) and not line.lstrip().startswith(("//", "/*", "*", "#[", "@")):
             return chunk.start_line + offset
     return chunk.start_line
 

@@ -17,7 +17,8 @@ imports. A JavaScript default import is the module's ``default`` export (``expor
 ``const { a, b: c } = require(...)`` imports names, which ``exports.a =`` and ``module.exports = { a }`` export;
 ``module.exports = require("./x")`` re-exports all of x, and TypeScript's ``import x = require("./m")`` is read as
 ``const x = require`` is);
-a Go import binds its package's name. What a file sees without importing it counts as
+a Go import binds its package's name, and its path is a module's (as a go.mod's ``module`` line says) and a folder
+below that go.mod. What a file sees without importing it counts as
 imported too: a Go or Java file's own package (its folder), and the source file of a C or C++ header's name,
 which defines what the header declares.
 """
@@ -62,7 +63,8 @@ class PathTable:
     """Repository paths looked up by their last component, with or without extension, and by folder.
     ``root_name`` is the repository folder's own name: a package opened as the repository imports itself
     under it (``rich/console.py`` says ``from rich.segment import Segment``). ``read`` gives the text of a file of
-    the table: its Cargo.toml files name the Rust crates that other crates of the workspace use by name."""
+    the table: its Cargo.toml files name the Rust crates that other crates of the workspace use by name, its go.mod
+    files the Go modules whose paths imports begin with."""
 
     def __init__(self, paths: Iterable[str], root_name: str = "", read: Callable[[str], str] | None = None):
         self.root_name = root_name
@@ -84,6 +86,8 @@ class PathTable:
             self._by_folder_tail.setdefault(_tail(posixpath.dirname(path)), []).append(path)
         manifests = {path: read(path) for path in self.by_name.get("Cargo.toml", ())} if read else {}
         self.crates = rust_crates(manifests)  # a library crate's name in `use` paths -> its root file
+        go_manifests = {path: read(path) for path in self.by_name.get("go.mod", ())} if read else {}
+        self.go_modules = go_modules(go_manifests)  # a Go module's path -> the folder of its go.mod
         self.crate_roots = {posixpath.dirname(root): root for root in self.crates.values()}  # folder -> root file
 
     def files(self, target: str, anchored: bool, extension: bool = False) -> list[str]:
@@ -431,8 +435,36 @@ def _javascript(table: PathTable, path: str, module: str) -> list[str]:
 
 
 def _go(table: PathTable, path: str, module: str) -> list[str]:
-    # An import path ends with the package's folder; its last two parts rarely collide.
+    """The .go files of the package's folder: below the go.mod of the longest module path the import path begins
+    with (``github.com/go-chi/chi/v5/middleware``: middleware/ beside chi's go.mod); else, a module not in the
+    repository's go.mod files, the folder ending with the path's last two parts, which rarely collide."""
+    for prefix in _path_prefixes(module):
+        if prefix in table.go_modules:
+            folder = posixpath.join(table.go_modules[prefix], module[len(prefix) + 1 :])
+            found = [f for f in table.folder(folder.rstrip("/"), True) if f.endswith(".go")]
+            if found:
+                return found
+            break
     return table.folder("/".join(module.split("/")[-2:]), False) if "/" in module else []
+
+
+def _path_prefixes(module: str) -> list[str]:
+    """An import path and each shorter path it begins with, longest first."""
+    parts = module.split("/")
+    return ["/".join(parts[:length]) for length in range(len(parts), 0, -1)]
+
+
+def go_modules(manifests: dict[str, str]) -> dict[str, str]:
+    """The Go modules that go.mod files (path -> text) define: module path -> the go.mod's folder."""
+    modules: dict[str, str] = {}
+    for path, text in sorted(manifests.items()):
+        declared = _GO_MODULE_LINE.search(text)
+        if declared:
+            modules.setdefault(declared.group(1).strip('"`'), posixpath.dirname(path))
+    return modules
+
+
+_GO_MODULE_LINE = re.compile(r"^\s*module\s+(\S+)", re.MULTILINE)
 
 
 _RUST_PATH_KEYWORDS = ("crate", "self", "super")

@@ -204,10 +204,11 @@ class RepoIndex:
                 term_ids[path] = _number_terms(entry.chunks, vocabulary)
         same_files = all(self.entries.get(p, _ABSENT).indexed == entries.get(p, _ABSENT).indexed
                          for p in [*changed, *removed])
-        same_crates = not any(posixpath.basename(p) == "Cargo.toml" for p in changed)  # (what the table reads)
+        # (the manifests the path table reads: Rust's crate names, Go's module paths)
+        same_manifests = not any(posixpath.basename(p) in ("Cargo.toml", "go.mod") for p in changed)
         with _collector_paused():
             return RepoIndex(self.root, entries, vocabulary, term_ids,
-                             paths=self.paths if same_files and same_crates else None)
+                             paths=self.paths if same_files and same_manifests else None)
 
     def __repr__(self) -> str:
         return f"RepoIndex({str(self.root)!r}, files={len(self.files)}, chunks={len(self.chunks)})"

@@ -298,6 +298,33 @@ def test_go_and_java_files_see_their_own_packages_names_unimported(make_repo, sm
     _comes_first(index, packed, (shop + "pricing/Price.java", "Price"), (shop + "legacy/Price.java", "Price"))
 
 
+def test_a_go_import_path_is_the_modules_path_then_a_folder(make_repo):
+    """A Go import path is the module's path (go.mod's `module` line) and then a folder below go.mod's; it was read
+    as its last two parts, which match no folder where the module path ends with a major version
+    (`github.com/go-chi/chi/v5/middleware`: no folder v5/middleware) or where the package is the module's root
+    (`github.com/spf13/cobra`, imported by its own doc/ package): neither package was followed."""
+    root_go = "package shop\n\nfunc NewRouter() *Router {\n\treturn &Router{}\n}\n\ntype Router struct{}\n"
+    files = GO_DECOYS | {
+        "go.mod": "module github.com/acme/shop/v2\n\ngo 1.22\n", "shop.go": root_go,
+        "pricing/pricing.go": GO_PRICING, "README.md": "# shop\n",
+        "examples/demo/go.mod": "module example.com/demo\n\nrequire github.com/acme/shop/v2 v2.0.0\n",
+        "examples/demo/main.go": _go_main('\t"github.com/acme/shop/v2"\n\t"example.com/demo/util"', "shop."),
+        "examples/demo/util/util.go": "package util\n\nfunc Pad(s string) string {\n\treturn s\n}\n",
+        "cmd/shop/main.go": _go_main('\tpr "github.com/acme/shop/v2/pricing"\n'
+                                     '\t"github.com/acme/shop/v2"', "r := shop.NewRouter()\n\tp := pr.")}
+    index = index_repository(make_repo(files))
+    found = follow_imports(index, "cmd/shop/main.go", "go", index.imports("cmd/shop/main.go"))
+    assert found.modules == {"pr": ["pricing/pricing.go"], "shop": ["shop.go"]}
+    found = follow_imports(index, "examples/demo/main.go", "go", index.imports("examples/demo/main.go"))
+    assert found.modules == {"shop": ["shop.go"], "util": ["examples/demo/util/util.go"]}
+    # A long-lived index reuses its path table while the same files are indexed: a go.mod saved with another module
+    # path must give a new one.
+    root = index.root
+    (root / "go.mod").write_text("module github.com/acme/store\n")
+    index = index.updated({"go.mod": parse_file(root, source_file(root, "go.mod"), 1 << 20)})
+    assert index.paths.go_modules["github.com/acme/store"] == ""
+
+
 @pytest.mark.parametrize("earlier, line, wanted, other", [
     ('p := pr.New(100, "USD")', "stores := append([]*store.Store{}, store.New(", "store", "pricing"),
     ("s := store.New(name)", "fmt.Println(s.Name, pr.Format(pr.New(", "pricing", "store"),
