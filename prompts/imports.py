@@ -362,7 +362,8 @@ def _definitions(index, files: list[str], name: str, seen: set[str], budget: lis
     MAX_REEXPORTS re-exports deep. ``seen``: the files looked through already, in any branch (a cycle ends there);
     ``budget``: how many more import statements may be read (a one-item list, spent here)."""
     inside = set(files)
-    found = [n for n in index.definers.get(name, ()) if index.chunks[n].path in inside]
+    found = [n for n in index.definers.get(name, ()) if index.chunks[n].path in inside] or _exported_macros(
+        index, files, name)
     if found or depth >= MAX_REEXPORTS:
         return found
     for file in files:
@@ -384,6 +385,18 @@ def _definitions(index, files: list[str], name: str, seen: set[str], budget: lis
                     seen.discard(file)
                 found += _definitions(index, reexported, original, seen, budget, depth + 1)
     return found
+
+
+def _exported_macros(index, files: list[str], name: str) -> list[int]:
+    """Rust: the chunks defining a ``#[macro_export]`` macro ``name`` in the crate of a crate root among ``files``
+    (such a macro is an item of the crate's root wherever in the crate it is defined: ``use serde_json::json;``)."""
+    roots = [posixpath.dirname(f) for f in files if f.endswith(".rs") and (
+        posixpath.basename(f) in ("lib.rs", "main.rs") or f in index.paths.crate_roots.values())]
+    if not roots:
+        return []
+    exported = re.compile(rf"#\[macro_export[^\]]*\]\s*(?:#\[[^\]]*\]\s*)*macro_rules!\s*{re.escape(name)}\b")
+    return [n for n in index.definers.get(name, ()) if any(not root or index.chunks[n].path.startswith(root + "/")
+                                                            for root in roots) and exported.search(index.chunks[n].text)]
 
 
 def _relative(folder: str, target: str) -> str | None:

@@ -569,6 +569,20 @@ def test_a_renamed_workspace_crate_reaches_a_long_lived_index(make_repo):
     assert _definitions(index, found, "format_price") == {("crates/store-core/src/lib.rs", "format_price")}
 
 
+def test_a_rust_exported_macro_is_an_item_of_its_crates_root(make_repo):
+    """`#[macro_export]` puts a macro at its crate's root wherever in the crate it is defined, so a test or another
+    crate writes `use shop::price;` (serde_json's tests: `use serde_json::json;`); the crate's lib.rs defines no
+    `price`, and the name was followed nowhere. A macro not exported, or one of another crate, is no such item."""
+    macro = "#[macro_export]\nmacro_rules! price {\n    ($cents:expr) => {\n        $cents as f64 / 100.0\n    };\n}\n"
+    files = {"Cargo.toml": '[package]\nname = "shop"\n', "src/lib.rs": "#[macro_use]\nmod macros;\npub mod cart;\n",
+             "src/macros.rs": macro, "src/cart.rs": "macro_rules! price {\n    () => { 0 };\n}\n",
+             "other/Cargo.toml": '[package]\nname = "other"\n', "other/src/lib.rs": macro,
+             "tests/prices.rs": "use shop::price;\n\n#[test]\nfn cents() {\n    assert_eq!(price!(250), 2.5);\n}\n"}
+    index = index_repository(make_repo(files))
+    found = follow_imports(index, "tests/prices.rs", "rust", index.imports("tests/prices.rs"))
+    assert _definitions(index, found, "price") == {("src/macros.rs", "price")}
+
+
 # Java ----------------------------------------------------------------------------------------------------------
 
 def _java_handlers(count: int) -> dict[str, str]:
