@@ -5,6 +5,8 @@ Signals, summed with fixed weights:
 - imported names: the chunk defining each name the current file imports, followed through re-exports
   (imports.py), weighted by how near the cursor the name is used; every imported name keeps a base weight, so
   a name about to be used for the first time (its only mention the import line) still has its definition in;
+  shared among its chunks, but a file's first chunk defining it less so (overloads, constructors, impl blocks
+  are one definition, not rivals);
 - definitions: a chunk that defines an identifier used near the cursor, shared among the chunks defining it
   (``__init__`` tells little, ``parse_header`` a lot), somewhat discounted for names used everywhere, and
   raised where the current file imports the defining file;
@@ -313,6 +315,16 @@ def _definition_scores(index: RepoIndex, query: Query):
         fit = 1.0 if fits_expected(name, query.expects) else SHAPE_MISMATCH
         numbers = list(chunks)
         imported[numbers] = np.maximum(imported[numbers], fit * (IMPORTED_NAME_BASE + nearness) / len(numbers))
+        # A file's first chunk defining the name is its definition (the class, the struct, the first overload), not a
+        # rival of the file's others (constructors, impl blocks, overloads): its share is taken among the files as
+        # much as among the chunks (their geometric mean; by the files alone, a struct's impl blocks crowd out the
+        # other names' definitions)
+        first_in_file: dict[str, int] = {}
+        for number in sorted(numbers):
+            first_in_file.setdefault(index.chunks[number].path, number)
+        firsts = list(first_in_file.values())
+        imported[firsts] = np.maximum(imported[firsts], fit * (IMPORTED_NAME_BASE + nearness) / math.sqrt(
+            len(firsts) * len(numbers)))
     for use, (nearness, chunks) in query.qualified.items():  # `pkg.Name`: the Name of that package
         fit = 1.0 if fits_expected(use.rpartition(".")[2], query.expects) else SHAPE_MISMATCH
         numbers = list(chunks)

@@ -153,6 +153,29 @@ def test_each_definition_signal_weighs_as_documented(make_repo):
     assert list(scores(False, weights={}, mentioned=frozenset({"lib/common.py"}))) == ["lib/common.py"]
 
 
+def test_an_imported_names_definitions_in_one_file_are_one_definition_not_rival_candidates(make_repo):
+    """An imported name defined by several chunks of one file (TypeScript's overloads, a Java class and its
+    constructors, a Rust struct and its impl blocks) had its weight shared among the chunks as among rival
+    definitions in several files, so ky's `createHttpTestServer` (two overload signatures and the function) came
+    after every name defined once: its file's first chunk now counts as the definition, the share taken among the
+    files and the chunks alike (the geometric mean of the two)."""
+    overloads = "".join(f"export function createServer(options: Options{i}): Server;\n" for i in range(2))
+    files = {"src/server.ts": overloads + "export function createServer(options?: unknown): Server {\n"
+                                          "  return new Server(options);\n}\n",
+             **{f"src/parse_{part}.ts": f"export function parse(text: string) {{\n  return text.split('{part}');\n}}\n"
+                for part in "abc"}}
+    index = index_repository(make_repo(files))
+    server = list(index.definers["createServer"])
+    parse = list(index.definers["parse"])
+    assert len(server) == 3 and len({index.chunks[n].path for n in server}) == 1 and len(parse) == 3
+    scores = {(chunk.path, chunk.start_line): score for score, chunk in rank(
+        index, Query(weights={}, imported_names={"createServer": server, "parse": parse}), True)}
+    first, *others = [scores[index.chunks[n].path, index.chunks[n].start_line] for n in server]
+    rivals = [scores[index.chunks[n].path, index.chunks[n].start_line] for n in parse]
+    assert first > max(rivals) and first == pytest.approx(3 ** 0.5 * rivals[0])
+    assert others == pytest.approx(rivals[:2])
+
+
 @pytest.mark.parametrize(
     "language, importer, imports, expected",
     [
