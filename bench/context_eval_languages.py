@@ -68,7 +68,7 @@ class LanguageSite(Site):
 
     language: str = ""
     imported: bool = False  # the file's imports, followed, reach the defining file
-    also: tuple = ()  # another chunk that counts as the definition (a C header's declaration): (path, line)
+    also: tuple = ()  # other chunks that count as the definition (an overload, a C header's declaration): (path, line)
 
 
 def find_sites(repo: str, index) -> list[LanguageSite]:
@@ -122,8 +122,9 @@ def _can_see(index, path: str, language: str, name: str, definitions: list[tuple
 
 
 def _defined_once(index) -> dict[str, list[tuple[str, int]]]:
-    """Name -> where its definitions are, (path, line) each, for names defined in one file only, or in a C or C++
-    source and the header named as it; the source's first."""
+    """Name -> where its definitions are, (path, line) of each chunk defining it (TypeScript's overloads, a C
+    prototype: several), for names defined in one file only, or in a C or C++ source and the header named as it; the
+    source's first."""
     found = {}
     for name, numbers in index.definers.items():
         chunks = [index.chunks[n] for n in numbers]
@@ -134,7 +135,7 @@ def _defined_once(index) -> dict[str, list[tuple[str, int]]]:
                 continue
         elif len(files) != 1:
             continue
-        found[name] = [(path, _line_of(next(c for c in chunks if c.path == path), name)) for path in files]
+        found[name] = [(path, _line_of(chunk, name)) for path in files for chunk in chunks if chunk.path == path]
     return found
 
 
