@@ -6,8 +6,8 @@
 Repositories are folders given on the command line (snapshots of public repositories, never part of this one);
 each is indexed as it lies. For every language whose imports the index reads (JavaScript, TypeScript, Go, Rust,
 C, C++, Java), a use site is a cursor right before a name in one file whose definition, as the index's own chunks
-record it (tree-sitter), lies in exactly one other file; a C or C++ name may also be declared in a header named as
-that file (``sds.h`` beside ``sds.c``), and either counts. Names are found with tree-sitter too: identifiers
+record it (tree-sitter), lies in exactly one other file; a C or C++ name may also be declared in one header (``sds.h``
+for ``sds.c``, ``lua.h`` for ``lapi.c``), and either counts. Names are found with tree-sitter too: identifiers
 outside import, include, package and use statements, and not the name of a definition in the file itself; a
 bare name (not after ``.``, ``::`` or ``->``) only where the language lets it be the definition's (a Go name of the
 file's own package; a JavaScript, TypeScript or Rust name an import binds; a Java class of the file's package or
@@ -123,15 +123,14 @@ def _can_see(index, path: str, language: str, name: str, definitions: list[tuple
 
 def _defined_once(index) -> dict[str, list[tuple[str, int]]]:
     """Name -> where its definitions are, (path, line) of each chunk defining it (TypeScript's overloads, a C
-    prototype: several), for names defined in one file only, or in a C or C++ source and the header named as it; the
+    prototype: several), for names defined in one file only, or in a C or C++ source and declared in a header; the
     source's first."""
     found = {}
     for name, numbers in index.definers.items():
         chunks = [index.chunks[n] for n in numbers]
         files = sorted({c.path for c in chunks}, key=lambda p: posixpath.splitext(p)[1].lower() in _HEADERS)
-        if len(files) == 2:
-            stems = {posixpath.splitext(posixpath.basename(p))[0] for p in files}
-            if len(stems) > 1 or not any(p.lower().endswith(_HEADERS) for p in files):
+        if len(files) == 2:  # a C function's definition and its prototype in a header
+            if sum(p.lower().endswith(_HEADERS) for p in files) != 1:
                 continue
         elif len(files) != 1:
             continue

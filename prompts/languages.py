@@ -285,6 +285,13 @@ _C_DEFINITIONS = """
     (preproc_def name: (identifier) @name)
     (preproc_function_def name: (identifier) @name)
     (declaration declarator: (function_declarator declarator: (identifier) @name))
+    ; a prototype's name in parentheses, kept from function-like macros (`int (f) (int x);`), after an export macro
+    ; too (`LUA_API int (lua_gettop) (lua_State *L);`, which parses as the call of a function named as the type)
+    (declaration declarator: [
+      (function_declarator declarator: (parenthesized_declarator (identifier) @name))
+      (pointer_declarator declarator: (function_declarator declarator: (parenthesized_declarator (identifier) @name)))
+      (function_declarator declarator: (function_declarator declarator: (identifier)
+        parameters: (parameter_list . (parameter_declaration type: (type_identifier) @name !declarator) .)))])
 """
 
 _C_KEYWORDS = """

@@ -268,6 +268,20 @@ def test_each_language_chunks_into_definitions_with_a_header(name):
         assert chunk.approx_tokens > 0
 
 
+@pytest.mark.parametrize("extension", ["h", "hpp"])
+def test_a_c_prototype_with_its_name_in_parentheses_declares_it(extension):
+    """`int (lua_gettop) (lua_State *L);`: a prototype's name in parentheses, so that no function-like macro of
+    that name expands there (Lua's lua.h declares all of its API so, behind LUA_API). It declared nothing, so a
+    call of lua_gettop had only its definition in lapi.c, which nothing includes, to be followed to."""
+    source = ("#ifndef LUA_H\n#define LUA_H\n\nint (plain_paren) (int x);\n"
+              "LUA_API int   (lua_gettop) (lua_State *L);\nLUA_API void  (lua_settop) (lua_State *L, int idx);\n"
+              "LUA_API const char *(lua_tolstring) (lua_State *L, int idx, size_t *len);\n"
+              "LUAI_FUNC void luaD_hook (lua_State *L, int event);\n\n#endif\n")
+    defines = {name for chunk in analyze_source(f"include/lua.{extension}", source).chunks for name in chunk.defines}
+    assert {"plain_paren", "lua_gettop", "lua_settop", "lua_tolstring", "luaD_hook"} <= defines
+    assert not {"int", "void", "lua_State", "L"} & defines
+
+
 def test_chunks_carry_language_and_referenced_identifiers_without_keywords():
     source, _, _ = SAMPLES["sample.py"]
     chunks = analyze_source("shapes.py", source).chunks
