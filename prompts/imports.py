@@ -237,8 +237,9 @@ def follow_imports(index, path: str, language: str, imports: Iterable[Import]) -
             elif name == "default" and bound and files:  # a default export that is no definition (an object of
                 found.modules[bound] = files                 # functions): `bound.` is the module's
     if language in ("go", "java"):  # a file sees the names of its own package, its folder's files, unimported
-        folder = posixpath.dirname(path)
-        found.files.update(f for f in table.folder(folder, True) if f != path and language_name(f) == language)
+        folder = posixpath.dirname(path)            # (a Go package's tests only from its tests)
+        found.files.update(f for f in table.folder(folder, True) if f != path and language_name(f) == language
+                           and (language != "go" or _go_test(path) or not _go_test(f)))
     return found
 
 
@@ -395,8 +396,9 @@ def _exported_macros(index, files: list[str], name: str) -> list[int]:
     if not roots:
         return []
     exported = re.compile(rf"#\[macro_export[^\]]*\]\s*(?:#\[[^\]]*\]\s*)*macro_rules!\s*{re.escape(name)}\b")
-    return [n for n in index.definers.get(name, ()) if any(not root or index.chunks[n].path.startswith(root + "/")
-                                                            for root in roots) and exported.search(index.chunks[n].text)]
+    in_crate = [n for n in index.definers.get(name, ()) if any(
+        not root or index.chunks[n].path.startswith(root + "/") for root in roots)]
+    return [n for n in in_crate if exported.search(index.chunks[n].text)]
 
 
 def _relative(folder: str, target: str) -> str | None:
@@ -454,11 +456,18 @@ def _go(table: PathTable, path: str, module: str) -> list[str]:
     for prefix in _path_prefixes(module):
         if prefix in table.go_modules:
             folder = posixpath.join(table.go_modules[prefix], module[len(prefix) + 1 :])
-            found = [f for f in table.folder(folder.rstrip("/"), True) if f.endswith(".go")]
+            found = [f for f in table.folder(folder.rstrip("/"), True) if f.endswith(".go") and not _go_test(f)]
             if found:
                 return found
             break
-    return table.folder("/".join(module.split("/")[-2:]), False) if "/" in module else []
+    if "/" not in module:
+        return []
+    return [f for f in table.folder("/".join(module.split("/")[-2:]), False) if not _go_test(f)]
+
+
+def _go_test(path: str) -> bool:
+    """A Go test file: compiled into its package's tests alone, never into what imports the package."""
+    return path.endswith("_test.go")
 
 
 def _path_prefixes(module: str) -> list[str]:

@@ -325,6 +325,24 @@ def test_a_go_import_path_is_the_modules_path_then_a_folder(make_repo):
     assert index.paths.go_modules["github.com/acme/store"] == ""
 
 
+def test_a_go_packages_test_files_are_not_what_importing_it_sees(make_repo):
+    """A Go package's _test.go files are compiled only into its own tests, never into a package that imports it,
+    nor into the package's other files; they were followed as the package's files (chi's mux_test.go: two thirds
+    of the package's text, whose chunks shared the weight of `chi.` at the cursor with mux.go's)."""
+    files = {"go.mod": "module github.com/acme/shop\n", "pricing/pricing.go": GO_PRICING,
+             "pricing/tax.go": "package pricing\n\nfunc WithTax(p Price) Price {\n\treturn p\n}\n",
+             "pricing/pricing_test.go": "package pricing\n\nfunc newTestPrice() Price {\n\treturn New(1, \"EUR\")\n}\n",
+             "cmd/shop/main.go": _go_main('\t"github.com/acme/shop/pricing"', "p := pricing.")}
+    index = index_repository(make_repo(files))
+    found = follow_imports(index, "cmd/shop/main.go", "go", index.imports("cmd/shop/main.go"))
+    assert found.modules == {"pricing": ["pricing/pricing.go", "pricing/tax.go"]}
+    assert "pricing/pricing_test.go" not in found.files
+    found = follow_imports(index, "pricing/tax.go", "go", index.imports("pricing/tax.go"))
+    assert found.files == {"pricing/pricing.go"}
+    found = follow_imports(index, "pricing/pricing_test.go", "go", index.imports("pricing/pricing_test.go"))
+    assert found.files == {"pricing/pricing.go", "pricing/tax.go"}   # (its tests see the package's files)
+
+
 @pytest.mark.parametrize("earlier, line, wanted, other", [
     ('p := pr.New(100, "USD")', "stores := append([]*store.Store{}, store.New(", "store", "pricing"),
     ("s := store.New(name)", "fmt.Println(s.Name, pr.Format(pr.New(", "pricing", "store"),
