@@ -97,6 +97,9 @@ def find_sites(repo: str, index) -> list[LanguageSite]:
             kind = "qualified" if re.search(r"(\.|::|->)\s*$", before) else "name"
             if kind == "name" and not _can_see(index, path, language, name, definitions):
                 continue  # a local of the same name
+            if language == "go" and not path.endswith("_test.go") and all(p.endswith("_test.go")
+                                                                           for p, _ in definitions):
+                continue  # a Go package's tests are compiled into its tests alone
             if kind == "qualified" and language in ("c", "cpp") and "::" not in before[-3:]:
                 continue  # a struct's field (`ci->next`): fields are no definitions the index records
             sites.append(LanguageSite(repo, path, row + 1, col + 1, name, kind, text[col:].rstrip(),
