@@ -273,3 +273,52 @@ def test_context_eval_options_are_checked_first(argv, says, monkeypatch, capsys)
         context_eval.main()
     err = capsys.readouterr().err
     assert exit.value.code == 2 and says in err and err.count("\n") == 1      # one line, as the product's commands
+
+
+def _context_eval_languages(monkeypatch):
+    """bench/context_eval_languages.py as a module (it imports context_eval, beside it)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+    _context_eval(monkeypatch)
+    script = Path(__file__).parents[2] / "bench" / "context_eval_languages.py"
+    spec = importlib.util.spec_from_file_location("context_eval_languages", script)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "context_eval_languages", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_context_eval_languages_finds_uses_of_names_defined_in_one_other_file(make_repo, monkeypatch):
+    """A use site is a name defined in exactly one other file, where the language lets the name be that definition:
+    an imported name or a qualified one, not a local or a parameter named alike, not a keyword."""
+    evaluation = _context_eval_languages(monkeypatch)
+    files = {"src/money.ts": "export function formatPrice(cents: number): string {\n  return String(cents);\n}\n",
+             "src/cart.ts": "import { formatPrice } from './money';\n\nexport function label(total: number) {\n"
+                            "  return formatPrice(total);\n}\n",
+             "src/other.ts": "export function show(formatPrice: number) {\n  return formatPrice + 1;\n}\n",
+             "go.mod": "module example.com/shop\n",
+             "store/store.go": "package store\n\nfunc Open(name string) string {\n\treturn name\n}\n",
+             "cmd/main.go": 'package main\n\nimport "example.com/shop/store"\n\nfunc main() {\n'
+                            '\tOpen := 1\n\t_ = Open\n\t_ = store.Open("x")\n}\n'}
+    index = index_repository(make_repo(files))
+    sites = {(s.path, s.line, s.col, s.name, s.kind, s.imported, s.definition[0])
+             for s in evaluation.find_sites("shop", index)}
+    assert sites == {("src/cart.ts", 4, 10, "formatPrice", "name", True, "src/money.ts"),
+                     ("cmd/main.go", 8, 12, "Open", "qualified", True, "store/store.go")}
+
+
+@pytest.mark.parametrize("argv, says", [(["--budgets", "1k"], "--budgets 1k: token counts expected"),
+                                        (["--tuning", "/no/such/folder"], "not a folder"),
+                                        ([], "name repositories with --tuning")])
+def test_context_eval_languages_options_are_checked_first(argv, says, monkeypatch, capsys, tmp_path):
+    import sys
+    evaluation = _context_eval_languages(monkeypatch)
+    monkeypatch.setattr(evaluation, "index_repository", lambda *a, **kw: pytest.fail("indexed"))
+    monkeypatch.setattr(evaluation, "embedded_tokenizer", lambda: pytest.fail("tokenizer loaded"))
+    given = argv if "--tuning" in argv or not argv else ["--tuning", str(tmp_path), *argv]
+    monkeypatch.setattr(sys, "argv", ["context_eval_languages.py", *given])
+    with pytest.raises(SystemExit) as exit:
+        evaluation.main()
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and says in err and err.count("\n") == 1
