@@ -2,6 +2,7 @@
 
     python bench/context_eval_languages.py --tuning NAME=PATH,... --heldout NAME=PATH,... [--sites 150]
                                            [--budgets 1024,4096] [--seed 0] [--out bench/results/context-languages]
+                                           [--before RESULTS.json]
 
 Repositories are folders given on the command line (snapshots of public repositories, never part of this one);
 each is indexed as it lies. For every language whose imports the index reads (JavaScript, TypeScript, Go, Rust,
@@ -21,6 +22,8 @@ prompts/imports.py resolves its imports: the name's file among the files followe
 or Java package's other files, a C global, a name reached through a variable).
 
 "Tuning" repositories were looked at while fixing ranking and import resolution; "held-out" ones only run at the end.
+``--before`` takes the results of the same command run on other code (an earlier commit's prompts/): its recalls
+go beside these, row by row.
 """
 
 from __future__ import annotations
@@ -217,7 +220,15 @@ def main() -> None:
     parser.add_argument("--budgets", default="1024,4096", help="prompt budgets in tokens (default: 1024,4096)")
     parser.add_argument("--seed", type=int, default=0, help="which sites are drawn (default: 0)")
     parser.add_argument("--out", default="bench/scratch/context-languages", help="results path without extension")
+    parser.add_argument("--before", help="results JSON of the same command on other code, to compare with")
     args = parser.parse_args()
+    before = None
+    if args.before:
+        try:
+            before = json.loads(Path(args.before).read_text())
+            before = {"rows": before["rows"], "overall": before["overall"], "date": before["date"]}
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            parser.error(f"--before {args.before}: not a results file of this script ({error})")
     repos = _repositories(parser, args.tuning, "tuning") + _repositories(parser, args.heldout, "heldout")
     if not repos:
         parser.error("name repositories with --tuning and/or --heldout")
@@ -264,10 +275,17 @@ def main() -> None:
                "seconds": time.perf_counter() - started, "rows": rows,
                "overall": {role: summary([s for s in all_sites if _role(s, repos) == role], budgets, False)
                            for role in ("tuning", "heldout")},
-               "sites": [asdict(site) for site in all_sites]}
-    out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+               **({"before": before} if before else {}), "sites": [asdict(site) for site in all_sites]}
+    out.with_suffix(".json").write_text(_json(results))
     out.with_suffix(".md").write_text(markdown(results))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+
+
+def _json(results: dict) -> str:
+    """The results as JSON, one line a site (indented, every site's fields on lines of their own took 1.7 MB)."""
+    head = json.dumps({**results, "sites": []}, indent=1)
+    sites = ",\n".join(json.dumps(site, separators=(",", ":")) for site in results["sites"])
+    return head.replace('"sites": []', f'"sites": [\n{sites}\n]') + "\n"
 
 
 def _role(site: LanguageSite, repos) -> str:
@@ -312,6 +330,24 @@ def markdown(results: dict) -> str:
     for role, data in results["overall"].items():
         if data["sites"]:
             lines.append(f"| {role} | all | | | | | {data['sites']} | {cells(data)} | | |")
+    before = results.get("before")
+    if before:
+        earlier = {(row["repository"], row["language"]): row for row in before["rows"]}
+        lines += ["", f"Before and after: recall of the run of {before['date']} (--before) -> this one's, the file"
+                  " as on disk / only the text before the cursor (a different sample where the index's definitions"
+                  " changed: sites found differs).", "",
+                  "| set | repository | language | sites found before | " + " | ".join(
+                      f"recall@{b} file | recall@{b} prefix" for b in budgets) + " |",
+                  "|---|---|---|---|" + "---|---|" * len(budgets)]
+        pairs = [(row, earlier.get((row["repository"], row["language"]), {})) for row in results["rows"]]
+        pairs += [({"role": role, "repository": "all", "language": "", **data}, before["overall"].get(role, {}))
+                  for role, data in results["overall"].items() if data["sites"]]
+        for row, old in pairs:
+            changes = " | ".join(
+                f"{percent(old.get(f'recall_{buffer}_{b}'))} -> {percent(row.get(f'recall_{buffer}_{b}'))}"
+                for b in budgets for buffer in ("file", "prefix"))
+            lines.append(f"| {row['role']} | {row['repository']} | {row['language']} | {old.get('sites_found', '')} | "
+                         f"{changes} |")
     lines.append("")
     return "\n".join(lines)
 
