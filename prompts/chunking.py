@@ -215,6 +215,19 @@ def _last_row(node) -> int:
     return row - 1 if column == 0 and row > node.start_point.row else row
 
 
+_BLOCK_SCOPED = ("c", "cpp")  # languages whose names declared in a function's body are local to it
+
+
+def _in_a_block(node) -> bool:
+    """Whether a node lies in a function's body (a C compound statement)."""
+    node = node.parent
+    while node is not None:
+        if node.type == "compound_statement":
+            return True
+        node = node.parent
+    return False
+
+
 class _SyntaxChunker:
     """Chunks the lines of one file (or, when recovering from a syntax error, a part of it) with a grammar."""
 
@@ -234,9 +247,11 @@ class _SyntaxChunker:
             if pattern >= grammar.first_import_pattern:
                 imports.append(_import(match))
                 continue
+            name = match["name"][0]  # (`@default` marks the name of a default export: `module.exports = function`)
+            if self.spec.name in _BLOCK_SCOPED and _in_a_block(name):
+                continue  # a C declaration in a function's body is its own (or a call tree-sitter misread)
             if "definition" in match:
                 definition_ids.add(match["definition"][0].id)
-            name = match["name"][0]  # (`@default` marks the name of a default export: `module.exports = function`)
             names.append((name.start_point.row, "default" if "default" in match else
                           name.text.decode("utf-8", "replace")))
         names.sort(key=_row)

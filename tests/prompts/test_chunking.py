@@ -282,6 +282,19 @@ def test_a_c_prototype_with_its_name_in_parentheses_declares_it(extension):
     assert not {"int", "void", "lua_State", "L"} & defines
 
 
+@pytest.mark.parametrize("extension", ["c", "cpp"])
+def test_a_c_declaration_inside_a_function_defines_nothing_outside_it(extension):
+    """A declaration in a function's body is local to it; and where tree-sitter reads a call as one (Lua's ldo.c
+    calls `f(L, ud);` inside a C++ `try` compiled as C), a one-letter name became a definition of the repository,
+    whose chunk every nearby `f` then pulled in."""
+    source = ("int helper(int x);\n\nstatic void protect (lua_State *L, Pfunc f, void *ud) {\n  try {\n"
+              "    f(L, ud);\n  }\n  catch (...) {\n    L->status = -1;\n  }\n}\n\n"
+              "int run(void) {\n  int local_helper(int);\n  return local_helper(helper(1));\n}\n")
+    defines = {name for chunk in analyze_source(f"src/ldo.{extension}", source).chunks for name in chunk.defines}
+    assert {"helper", "protect", "run"} <= defines
+    assert not {"f", "local_helper"} & defines
+
+
 def test_chunks_carry_language_and_referenced_identifiers_without_keywords():
     source, _, _ = SAMPLES["sample.py"]
     chunks = analyze_source("shapes.py", source).chunks
