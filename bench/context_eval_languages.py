@@ -2,7 +2,7 @@
 
     python bench/context_eval_languages.py --tuning NAME=PATH,... --heldout NAME=PATH,... [--sites 150]
                                            [--budgets 1024,4096] [--seed 0] [--out bench/results/context-languages]
-                                           [--before RESULTS.json]
+                                           [--before RESULTS.json.gz]
 
 Repositories are folders given on the command line (snapshots of public repositories, never part of this one);
 each is indexed as it lies. For every language whose imports the index reads (JavaScript, TypeScript, Go, Rust,
@@ -31,6 +31,7 @@ go beside these, row by row.
 from __future__ import annotations
 
 import hashlib
+import gzip
 import json
 import os
 import posixpath
@@ -222,12 +223,13 @@ def main() -> None:
     parser.add_argument("--budgets", default="1024,4096", help="prompt budgets in tokens (default: 1024,4096)")
     parser.add_argument("--seed", type=int, default=0, help="which sites are drawn (default: 0)")
     parser.add_argument("--out", default="bench/scratch/context-languages", help="results path without extension")
-    parser.add_argument("--before", help="results JSON of the same command on other code, to compare with")
+    parser.add_argument("--before", help="results (.json.gz or .json) of the same command on other code, to compare with")
     args = parser.parse_args()
     before = None
     if args.before:
         try:
-            before = json.loads(Path(args.before).read_text())
+            raw = Path(args.before).read_bytes()
+            before = json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
             before = {"rows": before["rows"], "overall": before["overall"], "date": before["date"]}
         except (OSError, ValueError, KeyError, TypeError) as error:
             parser.error(f"--before {args.before}: not a results file of this script ({error})")
@@ -277,9 +279,10 @@ def main() -> None:
                "overall": {role: summary([s for s in all_sites if _role(s, repos) == role], budgets, False)
                            for role in ("tuning", "heldout")},
                **({"before": before} if before else {}), "sites": [asdict(site) for site in all_sites]}
-    out.with_suffix(".json").write_text(_json(results))
+    # Every site is kept (1.3 MB for 17 repositories): gzipped, as the other per-site results are.
+    out.with_suffix(".json.gz").write_bytes(gzip.compress(_json(results).encode(), mtime=0))
     out.with_suffix(".md").write_text(markdown(results))
-    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    print(f"wrote {out.with_suffix('.json.gz')} and {out.with_suffix('.md')}")
 
 
 def _draw(seed: int, site: LanguageSite) -> bytes:
