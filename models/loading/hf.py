@@ -83,10 +83,14 @@ def weight_files(directory: Path) -> list[Path]:
             if outside is not None:
                 raise ModelError(f"{index}: shard {outside!r} is not a file of the checkpoint's folder")
             files = [directory / f for f in sorted(set(weight_map.values()))]
-            for f in files:
-                if not f.is_file():
-                    raise ModelNotFoundError(f"{f}: listed in {index.name} but missing")
-            return files
+            missing = next((f for f in files if not f.is_file()), None)
+            if missing is None:
+                return files
+            # save_pretrained unsharded over a sharded save deletes the shards, not their index; transformers reads
+            # the one file before any index.
+            if (directory / single).is_file():
+                return [directory / single]
+            raise ModelNotFoundError(f"{missing}: listed in {index.name} but missing")
         # The one file alone, as transformers reads it: a PEFT adapter or another copy may lie beside it.
         if (directory / single).is_file():
             return [directory / single]

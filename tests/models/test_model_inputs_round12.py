@@ -104,6 +104,20 @@ def test_model_safetensors_loads_alone_whatever_lies_beside_it(tmp_path, tiny_ch
     torch.testing.assert_close(engine.model.tok_embeddings.weight, weights["model.embed_tokens.weight"])
 
 
+def test_a_stale_index_beside_model_safetensors_loads_the_file_as_transformers_does(tmp_path, tiny_checkpoint):
+    """save_pretrained unsharded into a folder of an earlier sharded save deletes the shards but keeps their index;
+    transformers reads model.safetensors before any index and loads the folder, where we refused it ("listed in
+    model.safetensors.index.json but missing", exit 2)."""
+    directory = tmp_path / "saved-again-unsharded"
+    shutil.copytree(tiny_checkpoint[0], directory)
+    tiny_checkpoint[1].save_pretrained(directory, max_shard_size="100KB")
+    assert (directory / "model.safetensors.index.json").is_file()
+    tiny_checkpoint[1].save_pretrained(directory)
+    assert (directory / "model.safetensors.index.json").is_file()      # (its shards are gone)
+    assert not list(directory.glob("model-*-of-*.safetensors"))
+    assert_logits_match_transformers(directory)
+
+
 @pytest.mark.parametrize("saved, added", [
     # A pre-5 recipe for a longer context ("add rope_scaling to config.json") applied to a config transformers 5 saved
     # (rope_parameters only): transformers reads the added rope_scaling; we merged the two, rope_parameters winning,
