@@ -78,7 +78,7 @@ class _HeldChat:
     chat clients that open alike (the same system message and first question) each continue that opening."""
 
     held: object                     # prompts.chat.HeldExcerpts
-    opening: object                  # the HeldExcerpts of its conversation's first turn held here (`held` itself there)
+    opening: object                  # the HeldExcerpts of its conversation's first turn (`held` until it goes on)
 
 
 def _held_for(chats: Sequence[_HeldChat], messages: Sequence[dict]):
@@ -254,14 +254,13 @@ class Session:
                                  held=_held_for(chats, messages))
 
     def _remember_chat(self, held, now) -> None:
-        """Keep `now` as its conversation's last chat prompt, in place of `held`, the one it continued. By their
-        messages a retried turn (a timeout's, a "regenerate") and a second client's same turn are one request: only
-        openings are sent alike by several clients (past an answer they would need the same answer, then the same
-        question), so it takes the one place, and each place keeps its conversation's opening: the others that opened
-        alike find it there as they go on, though the first took its place (counting each opening sent as one more
-        conversation kept a retried one's phantom place after its next turn). Without an engine prompt cache only
-        the last prompt is kept (the KV cache holds it alone); with one the last few, so that chat clients taking
-        turns each find theirs (as `_remember` keeps the last few files')."""
+        """Keep `now` as its conversation's last chat prompt, in place of `held`, the one it continued, with that
+        conversation's opening. Only openings are sent alike by several clients (past an answer they would need the
+        same answer, then the same question), so `held`'s messages sent again are a retry (a timeout's, a
+        "regenerate") and take the one place; clients that opened alike find the opening kept with each place as they
+        go on. (Counting each opening sent as one more conversation kept a retried one's phantom place after its next
+        turn.) Without an engine prompt cache only the last prompt is kept (the KV cache holds it alone); with one the
+        last few, so that chat clients taking turns each find theirs (as `_remember` keeps the last few files')."""
         opening = now if held is None else _opening_of(self._chats, held)
         if opening.messages == now.messages:        # the opening again: the newer prompt holds it
             opening = now

@@ -33,7 +33,8 @@ def assert_logits_match_transformers(directory):
     ids = torch.randint(3, 200, (1, PROMPT_LEN), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = LlamaForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()(ids).logits
-        got = load_model(directory, device="cpu", max_context=64, past_training=True).model.prefill(ids, all_logits=True)
+        engine = load_model(directory, device="cpu", max_context=64, past_training=True)
+        got = engine.model.prefill(ids, all_logits=True)
     torch.testing.assert_close(got, expected, atol=2e-4, rtol=1e-4)
 
 
@@ -206,7 +207,8 @@ def test_a_quantized_checkpoint_is_said_to_be_one(tmp_path, tiny_checkpoint, met
     shutil.copytree(tiny_checkpoint[0], directory)
     stored = {}
     for name, weight in load_file(directory / "model.safetensors").items():
-        stored.update(tensors(name.removesuffix(".weight"), weight) if name.endswith("_proj.weight") else {name: weight})
+        quantized = name.endswith("_proj.weight")
+        stored.update(tensors(name.removesuffix(".weight"), weight) if quantized else {name: weight})
     save_file(stored, directory / "model.safetensors", metadata={"format": "pt"})
     config = json.loads((directory / "config.json").read_text())
     config["quantization_config"] = {"quant_method": method, "bits": 4}
