@@ -41,7 +41,6 @@ from .imports import completions, follow_imports, qualified_definitions, qualifi
 from .index import RepoIndex
 from .inherited import inherited_members
 from .languages import comment_marker, language_for, language_name
-from .locals import function_locals
 from .members import type_members
 from .outline import brief, outline
 from .packing import (BRIEF, CHARS_PER_TOKEN_AT_MOST, EXAMPLE, Assembler, ContextItem, Layout, PackedPrompt, Selection,
@@ -372,7 +371,7 @@ def _query(index: RepoIndex, path: str, language: str, imports, rows: list[str],
     spec = language_for(path)
     imported = follow_imports(index, path, language, imports)
     terms = cursor_terms(rows, row, column, spec.keywords if spec else frozenset(), comment_marker(language),
-                         imported.declared, function_locals(path, rows, row, column))
+                         imported.declared)
     own = {name for number in index.chunk_numbers(path) for name in index.chunks[number].defines}
     module = qualifier_files(index, path, language, imports, imported.modules, terms.qualifier) if (
         terms.qualifier) else []

@@ -131,11 +131,11 @@ class CursorTerms:
 
 def cursor_terms(
     lines: list[str], row: int, col: int, keywords: frozenset[str], comment: str = "#",
-    declared: frozenset[str] | set[str] = frozenset(), bound: frozenset[str] = frozenset(),
+    declared: frozenset[str] | set[str] = frozenset(),
 ) -> CursorTerms:
     """The identifiers around a cursor at 0-based ``row``, ``col`` of ``lines``, weighted by nearness.
     ``declared``: names that imports bind with what reads as an assignment (``const fmt = require(...)``), not
-    local. ``bound``: names the functions around the cursor bind, as their syntax says (locals.py), local too."""
+    local."""
     cursor_line = lines[row] if row < len(lines) else ""
     before, after = cursor_line[:col][-LINE_CHARS:], cursor_line[col:][:LINE_CHARS]
     partial = _PARTIAL_BEFORE.search(before)
@@ -163,7 +163,7 @@ def cursor_terms(
             if factor == 1.0 and "." in line:  # (code, not comments)
                 for use in _QUALIFIED.findall(line):
                     qualified[use] = max(qualified.get(use, 0.0), weight)
-    local = _bound_names(code).union(bound).difference(declared)
+    local = _bound_names(code).difference(declared)
     for name in local.intersection(weights):
         weights[name] *= LOCAL_FACTOR
     expects = next((kind for kind, pattern in _EXPECTS if pattern.search(written[-200:])), None)

@@ -128,45 +128,6 @@ def test_comment_words_and_local_names_pull_in_no_definitions(make_repo):
     assert not pads or pads[0] > 0
 
 
-@pytest.mark.parametrize("path, text, cursor_after, bound, not_bound", [
-    ("A.java", "class A {\n  Foo read(JsonReader in, int... xs) {\n    int n = 1, m;\n    for (Foo f : list) {}\n"
-     "    run(x -> x);\n    in.|\n  }\n  void other(Bar far) {}\n}\n", "in.", {"in", "xs", "n", "m", "f"},
-     {"JsonReader", "Foo", "far", "x"}),
-    ("a.c", "int g(int a, char **argv, int (*cmp)(int)) {\n  struct s t;\n  int x = 1, *y;\n  h(L, ud);\n  |\n}\n",
-     "  ", {"a", "argv", "cmp", "t", "x", "y"}, {"h", "g", "s"}),
-    ("a.go", "package a\n\nfunc (r *Router) F(a, b int, h Handler) {\n\tx := 1\n\tvar y T\n"
-     "\tfor i, v := range xs {\n\t\t|\n\t}\n}\n", "\t\t", {"r", "a", "b", "h", "x", "y", "i", "v"},
-     {"Router", "Handler", "T", "xs"}),
-    ("a.rs", "fn f(mut a: Foo, (b, c): (i32, i32)) {\n    let Some(w) = o else { return };\n"
-     "    let p = |q| q;\n    |\n}\n", "    ", {"a", "b", "c", "w", "p"}, {"Foo", "Some", "o", "q"}),
-    ("a.ts", "describe(() => {\n  const app = make()\n  it(() => { const other = 1 })\n"
-     "  it(async ({ page }, [first, ...rest]: T, n = limit) => {\n    |\n  })\n})\n", "    ",
-     {"app", "page", "first", "rest", "n"}, {"other", "limit", "T"}),
-    ("A.java", "class A {\n  void read(JsonReader in) {\n    int n = 1;\n    in.", "in.", {"in", "n"},
-     {"JsonReader"}),  # (the text before the cursor alone: the method not yet closed)
-])
-def test_the_functions_around_the_cursor_bind_their_parameters_and_locals(path, text, cursor_after, bound,
-                                                                           not_bound):
-    """Issue 14: parameters and local declarations in the typed languages (`read(JsonReader in)`: `in`), the
-    lambdas' and closures' around the cursor too, but not a sibling closure's or another method's."""
-    from prompts.locals import function_locals
-
-    rows = text.replace("|", "").split("\n")
-    row = next(number for number, line in enumerate(text.split("\n")) if "|" in line) if "|" in text else (
-        len(rows) - 1)
-    names = function_locals(path, rows, row, len(cursor_after))
-    assert bound <= names and not names & not_bound
-
-
-def test_names_the_syntax_binds_are_local_to_the_query_too():
-    """`read(JsonReader in)`: no regular expression binds `in`; locals.py's names count as the file's own."""
-    rows = ["  int read(JsonReader in) {", "    return in.peek() + count;", "  }"]
-    plain = cursor_terms(rows, 1, 11, frozenset({"int", "return"}), "//")
-    terms = cursor_terms(rows, 1, 11, frozenset({"int", "return"}), "//", bound=frozenset({"in"}))
-    assert "in" not in plain.local and "in" in terms.local
-    assert terms.weights["in"] < plain.weights["in"] and terms.weights["count"] == plain.weights["count"]
-
-
 def test_imports_count_wherever_they_are_in_a_long_file(make_repo):
     """Issue 14, item 5: the import line 3,000 lines above the cursor still brings the definition."""
     app = "from .segment import Segment\n" + "x = 1\n" * 3000 + "def last():\n    return \n"
