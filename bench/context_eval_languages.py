@@ -12,7 +12,9 @@ for ``sds.c``, ``lua.h`` for ``lapi.c``), and either counts. Names are found wit
 outside import, include, package and use statements, and not the name of a definition in the file itself; a
 bare name (not after ``.``, ``::`` or ``->``) only where the language lets it be the definition's (a Go name of the
 file's own package; a JavaScript, TypeScript or Rust name an import binds; a Java class of the file's package or
-a name imported), else it is a local of the same name; and in C and C++ no field after ``.`` or ``->`` (fields
+a name imported), else it is a local of the same name, and never a name that a function around it binds (a
+parameter, a local declaration: bench/function_locals.py reads them from the tree; hiredis's ``void *privdata``
+parameters are no uses of test.c's ``struct privdata``); and in C and C++ no field after ``.`` or ``->`` (fields
 are no definitions the index records).
 
 For a seeded sample of sites per repository and language (each site's place in the draw a hash of the seed and
@@ -49,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import run_info  # noqa: E402  (bench/, next to this script)
 from context_eval import Site, embedded_tokenizer, packed_at, summary  # noqa: E402
+from function_locals import bound_by_function  # noqa: E402  (bench/, the eval's own)
 from codecomplete.cli import _Parser  # noqa: E402  (the product's one-line usage errors)
 from prompts import ScanWarning, index_repository  # noqa: E402
 from prompts.imports import bindings, follow_imports  # noqa: E402
@@ -89,7 +92,7 @@ def find_sites(repo: str, index) -> list[LanguageSite]:
         lines = source.decode("utf-8", "replace").split("\n")
         followed = None
         keywords = language_for(path).keywords  # (`string` in Go: a type, never a use of a method named string)
-        for name, row, byte_col in _names_used(path, source):
+        for name, row, byte_col, bound in _names_used(path, source):
             definitions = where.get(name)
             if name in keywords or name == "_" or not definitions or any(p == path for p, _ in definitions):
                 continue
@@ -101,8 +104,8 @@ def find_sites(repo: str, index) -> list[LanguageSite]:
                 followed = follow_imports(index, path, language, index.imports(path)).files
             before = text[:col]
             kind = "qualified" if re.search(r"(\.|::|->)\s*$", before) else "name"
-            if kind == "name" and not _can_see(index, path, language, name, definitions):
-                continue  # a local of the same name
+            if kind == "name" and (bound or not _can_see(index, path, language, name, definitions)):
+                continue  # a local of the same name (a parameter or declaration of a function around it)
             if language == "go" and not path.endswith("_test.go") and all(p.endswith("_test.go")
                                                                            for p, _ in definitions):
                 continue  # a Go package's tests are compiled into its tests alone
@@ -158,24 +161,29 @@ def _line_of(chunk, name: str) -> int:
 
 
 def _names_used(path: str, source: bytes):
-    """(name, 0-based row, byte column) of every identifier in the file that is a use: not inside an import,
-    include, package or use statement, and not the name a definition of the file gives."""
-    grammar = load_grammar(language_for(path))
+    """(name, 0-based row, byte column, whether a function around it binds the name) of every identifier in the
+    file that is a use: not inside an import, include, package or use statement, and not the name a definition of
+    the file gives."""
+    spec = language_for(path)
+    grammar = load_grammar(spec)
     try:
         tree = grammar.parse(source)
     except Exception:  # (a parse past its deadline: no sites in that file)
         return
-    stack = [tree.root_node]
+    binds = bound_by_function(spec, tree.root_node)
+    stack = [(tree.root_node, frozenset())]  # a node, and the names the functions around it bind
     while stack:
-        node = stack.pop()
+        node, bound = stack.pop()
         if node.type in _NOT_USES:
             continue
         if node.type in _NAME_TYPES and node.child_count == 0:
             parent = node.parent
             if parent is None or parent.child_by_field_name("name") != node or not _declares(parent.type):
-                yield node.text.decode("utf-8", "replace"), node.start_point[0], node.start_point[1]
+                name = node.text.decode("utf-8", "replace")
+                yield name, node.start_point[0], node.start_point[1], name in bound
             continue
-        stack.extend(reversed(node.children))
+        bound |= binds.get(node.id, frozenset())
+        stack.extend((child, bound) for child in reversed(node.children))
 
 
 def _declares(node_type: str) -> bool:

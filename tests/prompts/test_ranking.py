@@ -308,6 +308,43 @@ def test_context_eval_languages_finds_uses_of_names_defined_in_one_other_file(ma
                      ("cmd/main.go", 8, 12, "Open", "qualified", True, "store/store.go")}
 
 
+def test_context_eval_languages_takes_no_name_a_function_around_it_binds_for_a_use(make_repo, monkeypatch):
+    """A bare name that a function around the site binds (a parameter, a local declaration, an outer function's
+    parameter seen from a closure) is that local, not another file's definition of the name: hiredis's adapters'
+    `void *privdata` parameter was a site with test.c's `struct privdata` as its truth. Outside such a function the
+    same name is still a use."""
+    evaluation = _context_eval_languages(monkeypatch)
+    files = {"test.c": "struct privdata {\n    int dtor_counter;\n};\n\nint counter(void) {\n    return 0;\n}\n",
+             "adapters/ae.h": "static void readEvent(int fd, void *privdata, int mask) {\n"
+                              "    int counter;\n    use(privdata, counter);\n}\n\n"
+                              "static void count(void) {\n    counter();\n}\n",
+             "go.mod": "module example.com/shop\n",
+             "store/open.go": "package store\n\nfunc Open(name string) string {\n\treturn name\n}\n",
+             "store/use.go": "package store\n\nfunc Use(Open string) func() string {\n"
+                             "\treturn func() string { return Open }\n}\n\nfunc Loop() {\n"
+                             "\tfor Open := range []string{} {\n\t\t_ = Open\n\t}\n}\n\n"
+                             "func Again() string {\n\treturn Open(\"x\")\n}\n",
+             "src/money.ts": "export function formatPrice(cents: number): string {\n  return String(cents);\n}\n",
+             "src/cart.ts": "import { formatPrice } from './money';\n\n"
+                            "export const label = (formatPrice: number) => formatPrice + 1;\n"
+                            "export function total({ formatPrice }: { formatPrice: number }) {\n"
+                            "  return formatPrice;\n}\n"
+                            "export function shown() {\n  return formatPrice(1);\n}\n",
+             "src/lib.rs": "pub mod money;\nuse crate::money::price;\n\n"
+                           "pub fn total(items: &[u32]) -> u32 {\n    let price = 1;\n    price\n}\n\n"
+                           "pub fn shown() -> u32 {\n    price()\n}\n",
+             "src/money.rs": "pub fn price() -> u32 {\n    1\n}\n",
+             "java/shop/Price.java": "package shop;\n\npublic class Price {\n}\n",
+             "java/shop/Cart.java": "package shop;\n\nclass Cart {\n    int total(int Price) {\n"
+                                    "        return Price;\n    }\n\n    Object shown() {\n"
+                                    "        return new Price();\n    }\n}\n"}
+    index = index_repository(make_repo(files))
+    sites = {(s.path, s.line, s.col, s.name) for s in evaluation.find_sites("shop", index)}
+    assert sites == {("adapters/ae.h", 7, 5, "counter"), ("store/use.go", 14, 9, "Open"),
+                     ("src/cart.ts", 8, 10, "formatPrice"), ("src/lib.rs", 10, 5, "price"),
+                     ("java/shop/Cart.java", 9, 20, "Price")}
+
+
 @pytest.mark.parametrize("argv, says", [(["--budgets", "1k"], "--budgets 1k: token counts expected"),
                                         (["--tuning", "/no/such/folder"], "not a folder"),
                                         ([], "name repositories with --tuning")])
