@@ -64,6 +64,8 @@ _LANGUAGES = {
 """),
 }
 
+# a parameter whose list is the scope of its name even without a body (`int attach(void *privdata);`)
+_PARAMETERS = frozenset({"parameter_declaration", "optional_parameter_declaration", "variadic_parameter_declaration"})
 _NAMES = frozenset({"identifier", "shorthand_property_identifier_pattern", "shorthand_field_identifier"})
 # patterns and declarators whose names lie in one field (`b = g()`: b; `d: e`: e; `*p`: p)
 _IN_FIELD = {"assignment_pattern": "left", "object_assignment_pattern": "left", "pair_pattern": "value",
@@ -78,7 +80,8 @@ _IN_PARTS = frozenset({"rest_pattern", "object_pattern", "array_pattern", "tuple
 def bound_by_function(spec, root) -> dict[int, frozenset[str]]:
     """Function node id -> the names that function itself binds (parameters, local declarations, loop and catch
     variables; a function inside it binds its own), for the tree ``root`` of ``spec``'s grammar; empty for a
-    language without functions here. A name a function binds is bound anywhere inside it."""
+    language without functions here. A name a function binds is bound anywhere inside it. A C, C++ or Go parameter
+    list binds its parameters' names as well (the key is the list's id): a prototype's are no uses either."""
     if spec is None or spec.name not in _LANGUAGES:
         return {}
     from tree_sitter import QueryCursor
@@ -91,6 +94,8 @@ def bound_by_function(spec, root) -> dict[int, frozenset[str]]:
             function = function.parent
         if function is not None:  # (a declaration outside functions is the file's own definition, no local)
             _bound_names(node, bound.setdefault(function.id, set()))
+        if node.parent.type in _PARAMETERS and node.parent.parent is not None:  # its list too: a prototype
+            _bound_names(node, bound.setdefault(node.parent.parent.id, set()))
     return {key: frozenset(names) for key, names in bound.items()}
 
 

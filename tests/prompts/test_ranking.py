@@ -317,7 +317,7 @@ def test_context_eval_languages_takes_no_name_a_function_around_it_binds_for_a_u
     files = {"test.c": "struct privdata {\n    int dtor_counter;\n};\n\nint counter(void) {\n    return 0;\n}\n",
              "adapters/ae.h": "static void readEvent(int fd, void *privdata, int mask) {\n"
                               "    int counter;\n    use(privdata, counter);\n}\n\n"
-                              "static void count(void) {\n    counter();\n}\n",
+                              "static void count(void) {\n    counter();\n}\n\nint attach(void *privdata);\n",
              "go.mod": "module example.com/shop\n",
              "store/open.go": "package store\n\nfunc Open(name string) string {\n\treturn name\n}\n",
              "store/use.go": "package store\n\nfunc Use(Open string) func() string {\n"
