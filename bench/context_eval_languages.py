@@ -231,7 +231,7 @@ def main() -> None:
     parser.add_argument("--budgets", default="1024,4096", help="prompt budgets in tokens (default: 1024,4096)")
     parser.add_argument("--seed", type=int, default=0, help="which sites are drawn (default: 0)")
     parser.add_argument("--out", default="bench/scratch/context-languages", help="results path without extension")
-    parser.add_argument("--before", help="results (.json.gz or .json) of the same command on other code, to compare with")
+    parser.add_argument("--before", help="results (.json.gz or .json) of the same command on other code, to compare")
     args = parser.parse_args()
     before = None
     if args.before:
