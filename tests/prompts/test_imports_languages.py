@@ -711,3 +711,55 @@ def test_a_c_headers_declarations_bring_their_source_files_definitions(make_repo
     assert source in found.files and f"third_party/money/pricing.{extension}" not in found.files  # (not including it)
     _comes_first(index, packed, ("include/shop/pricing.h", "format_price"), (legacy, "format_price"))
     _comes_first(index, packed, (source, "format_price"), (legacy, "format_price"))
+
+
+C_API_HEADER = """#ifndef API_H
+#define API_H
+
+#define API extern
+
+typedef struct api_State api_State;
+
+API int (api_gettop) (api_State *L);
+API void (api_settop) (api_State *L, int idx);
+
+#endif
+"""
+C_API_CORE = """#include "api.h"
+
+int api_gettop (api_State *L) {
+  return (int)(L->top - (L->base + 1));
+}
+
+void api_settop (api_State *L, int idx) {
+  L->top = L->base + 1 + idx;
+}
+"""
+C_API_COMPAT = """/* the slots' count, as the old stack library gave it */
+static int api_gettop (struct stack *slots) {
+  int count = 0;
+  for (const struct slot *slot = slots->first; slot != NULL; slot = slot->next)
+    count++;
+  return count;
+}
+"""
+
+
+@pytest.mark.parametrize("extension", ["c", "cpp"])
+def test_a_name_an_included_header_declares_is_followed_to_the_source_that_defines_it(make_repo, smollm2_tokenizer,
+                                                                                     extension):
+    """lib.c includes api.h, which declares api_gettop; vm/core.c defines it (lua.h's functions are lapi.c's: no
+    source is named as the header). Its definition was one of three candidates, unboosted, and a same-named
+    function of a file that does not include the header, more like the code at the cursor, came first."""
+    handlers = {f"src/slots/s{i}.{extension}": (
+        f"static int slot_count_{i} (struct stack *slots) {{\n  int count = 0;\n"
+        f"  for (const struct slot *slot = slots->first; slot != NULL; slot = slot->next)\n    count++;\n"
+        f"  return count;\n}}\n") for i in range(20)}
+    lib = ('#include "api.h"\n\nstatic int stack_size (api_State *L) {\n  return api_gettop(L);\n}\n\n'
+           '/* the slots in use */\nstatic int slots_in_use (api_State *L, struct stack *slots) {\n'
+           "  int count = 0;\n  for (const struct slot *slot = slots->first; slot != NULL; slot = slot->next)\n"
+           "    count++;\n  return count + api_gettop(L);\n}\n")
+    core, compat, path = f"src/vm/core.{extension}", f"src/stack.{extension}", f"src/lib.{extension}"
+    files = handlers | {"src/api.h": C_API_HEADER, core: C_API_CORE, compat: C_API_COMPAT, path: lib}
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, path, "count + ")
+    _comes_first(index, packed, (core, "api_gettop"), (compat, "api_gettop"))
