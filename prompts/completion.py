@@ -37,7 +37,7 @@ from .examples import example_key, example_lines
 from .formats import CompletionFormat, Segment, completion_format
 from .holding import (HEAD, HeldContext, Place, found_again, held_chunks, held_examples, still_at,
                       still_wanted)
-from .imports import completions, follow_imports, included_definitions, qualified_definitions, qualifier_files
+from .imports import completions, follow_imports, qualified_definitions, qualifier_files
 from .index import RepoIndex
 from .inherited import inherited_members
 from .languages import comment_marker, language_for, language_name
@@ -45,7 +45,7 @@ from .members import type_members
 from .outline import brief, outline
 from .packing import (BRIEF, CHARS_PER_TOKEN_AT_MOST, EXAMPLE, Assembler, ContextItem, Layout, PackedPrompt, Selection,
                       count_all, select_chunks, selection_of)
-from .ranking import FILE_WEIGHT, Query, cursor_terms, ordered, score_both
+from .ranking import Query, cursor_terms, ordered, score_both
 from .scan import MAX_BUFFER_BYTES, MAX_FILE_BYTES, decode_source, line_end, read_regular_file, unix_newlines
 from .tokens import Encoder, encoder_for, tokenizable
 
@@ -375,8 +375,6 @@ def _query(index: RepoIndex, path: str, language: str, imports, rows: list[str],
     own = {name for number in index.chunk_numbers(path) for name in index.chunks[number].defines}
     module = qualifier_files(index, path, language, imports, imported.modules, terms.qualifier) if (
         terms.qualifier) else []
-    # (a C file uses a hundred names of the headers it includes: those near the cursor, as a Python file's imports)
-    near = [name for name, weight in terms.weights.items() if weight > FILE_WEIGHT and name not in terms.local | own]
     members = inherited_members(index, path, language, rows, row, column, imports, imported, terms.counts) or (
         type_members(index, path, terms.qualifier, imported.definitions, imported.files, module, terms.partial,
                      terms.counts) if terms.qualifier else {})
@@ -384,7 +382,7 @@ def _query(index: RepoIndex, path: str, language: str, imports, rows: list[str],
         weights=terms.weights,
         path=path,
         imported=frozenset(imported.files),
-        imported_names={**included_definitions(index, path, language, imported.files, near), **imported.definitions},
+        imported_names=imported.definitions,
         module_at_cursor=module,
         completing=members or completions(index, module, terms.partial, terms.counts),
         local=(terms.local | own) - imported.declared,

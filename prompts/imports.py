@@ -650,35 +650,6 @@ def _sources_of(index, header: str) -> list[str]:
     return [p for p, common in zip(sources, shared) if common == max(shared)]
 
 
-MAX_DEFINING_SOURCES = 3  # source files defining a name a header declares, beyond which none is followed
-
-
-def included_definitions(index, path: str, language: str, files: Iterable[str], names: Iterable[str]
-                         ) -> dict[str, list[int]]:
-    """C and C++: each of ``names`` (used near the cursor) that a header the file includes (among ``files``, the
-    files its imports reach) declares, with the chunks of the repository's source files that define it: lua.h
-    declares lua_gettop, lapi.c defines it, and no source is named as the header. Of sources defining it those that
-    include a header declaring it, if any do; none where more than MAX_DEFINING_SOURCES files define it."""
-    if language not in ("c", "cpp"):
-        return {}
-    headers = {f for f in files if posixpath.splitext(f)[1].lower() in _C_HEADERS}
-    found = {}
-    for name in names:
-        definers = index.definers.get(name, ())
-        declaring = {posixpath.basename(index.chunks[n].path) for n in definers if index.chunks[n].path in headers}
-        if not declaring:
-            continue
-        defining = [n for n in definers if posixpath.splitext(index.chunks[n].path)[1].lower() in _C_SOURCES]
-        if any(index.chunks[n].path == path for n in defining):
-            continue  # the file's own
-        including = [n for n in defining if any(
-            _included_name(i.module) in declaring for i in index.imports(index.chunks[n].path))]
-        defining = including or defining
-        if defining and len({index.chunks[n].path for n in defining}) <= MAX_DEFINING_SOURCES:
-            found[name] = [n for n in definers if index.chunks[n].path in headers] + defining
-    return found
-
-
 def _included_name(module: str) -> str:
     return posixpath.basename(module.strip('<>"').replace("\\", "/"))
 
