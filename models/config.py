@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
 from models.errors import ModelError, UnsupportedModelError
@@ -250,6 +251,15 @@ def _token_ids(fields: dict[str, Any], key: str, source: str, default: Any, sing
     return (values[0] if values else None) if single else tuple(values)
 
 
+def _checkpoint_name(source: str) -> str:
+    """The lower-cased name of the checkpoint whose config.json `source` is: the folder holding it, and a hub cache's
+    models--ORG--NAME where that folder is a snapshot's hash (not every folder above it: a user's ~/codellama-work/
+    may hold any model)."""
+    folders = PurePath(source).parent.parts
+    hub = next((part for part in reversed(folders) if part.startswith("models--")), "")
+    return f"{folders[-1] if folders else ''} {hub}".lower()
+
+
 def _hf_rope(hf: dict[str, Any], source: str) -> tuple[float, RopeScaling | None]:
     """(theta, scaling) from transformers 5's `rope_parameters` or the older rope_theta + rope_scaling."""
     given = {}
@@ -263,7 +273,7 @@ def _hf_rope(hf: dict[str, Any], source: str) -> tuple[float, RopeScaling | None
     if "rope_theta" not in params and "rope_theta" in hf:
         params["rope_theta"] = hf["rope_theta"]
     # Converted CodeLlama configs often omit it; CodeLlama's is 1e6, not Llama 2's 1e4.
-    default_theta = 1e6 if hf.get("vocab_size") == 32016 or "codellama" in source.lower() else 1e4
+    default_theta = 1e6 if hf.get("vocab_size") == 32016 or "codellama" in _checkpoint_name(source) else 1e4
     theta = _positive(params, "rope_theta", source, default=default_theta)
     kind = params.get("rope_type", params.get("type", "default"))
     if kind == "default":

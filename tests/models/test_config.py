@@ -43,6 +43,19 @@ def test_missing_rope_theta_is_codellamas_for_codellama():
     assert ModelConfig.from_hf({**LLAMA, "vocab_size": 32000}, "/x/config.json").rope_theta == 1e4
 
 
+def test_the_codellama_guess_reads_the_checkpoints_own_folder_not_any_folder_above_it():
+    """A config without rope_theta is CodeLlama's (1e6) by its vocabulary or by its checkpoint's name: the folder
+    that holds it, or a hub cache's models--ORG--NAME above a snapshot's hash. A Llama 2 checkpoint kept anywhere
+    under a folder so named (a user's ~/codellama-work/) is Llama 2's 1e4, as transformers reads it."""
+    llama2 = {**LLAMA, "vocab_size": 32000}
+    hub = "/c/hub/models--codellama--CodeLlama-34b-hf/snapshots/0123abcd/config.json"
+    assert ModelConfig.from_hf(llama2, hub).rope_theta == 1e6
+    assert ModelConfig.from_hf(llama2, "/m/CodeLlama-34b-Instruct/config.json").rope_theta == 1e6
+    assert ModelConfig.from_hf(llama2, "/home/u/codellama-work/llama-2-7b/config.json").rope_theta == 1e4
+    other_hub = "/home/u/codellama-work/hub/models--meta-llama--Llama-2-7b-hf/snapshots/0123abcd/config.json"
+    assert ModelConfig.from_hf(llama2, other_hub).rope_theta == 1e4
+
+
 def test_hf_round_trip_keeps_everything():
     config = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=96, vocab_size=100, rope_theta=500.0,
                          rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 32), max_positions=128,
