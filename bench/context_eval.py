@@ -208,9 +208,14 @@ def packed_at(index, tokenizer, site: Site, budget: int, prefix_only: bool):
 
 
 def holds_definition(packed, site: Site) -> bool:
-    path, line = site.definition
+    return holds_any(packed, [site.definition])
+
+
+def holds_any(packed, places) -> bool:
+    """Whether a chunk holding any of ``places`` ((path, line) of a definition) is in the packed context, whole, as
+    an outline or a brief (not one example line of it)."""
     return any(item.path == path and item.start_line <= line <= item.end_line and item.form != EXAMPLE
-               for item in packed.context)
+               for item in packed.context for path, line in places)
 
 
 def recall_after_history(index, tokenizer, site: Site, budget: int) -> dict[str, bool]:

@@ -50,13 +50,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import run_info  # noqa: E402  (bench/, next to this script)
-from context_eval import Site, embedded_tokenizer, packed_at, summary  # noqa: E402
+from context_eval import Site, embedded_tokenizer, holds_any, packed_at, summary  # noqa: E402
 from function_locals import bound_by_function  # noqa: E402  (bench/, the eval's own)
 from codecomplete.cli import _Parser  # noqa: E402  (the product's one-line usage errors)
 from prompts import ScanWarning, index_repository  # noqa: E402
 from prompts.imports import bindings, follow_imports  # noqa: E402
 from prompts.languages import language_for, language_name, load_grammar  # noqa: E402
-from prompts.packing import EXAMPLE  # noqa: E402
 
 LANGUAGES = ("javascript", "typescript", "tsx", "go", "rust", "c", "cpp", "java")  # those imports.py resolves
 VERSIONS = ["transformers", "tokenizers", "tree-sitter", "tree-sitter-javascript", "tree-sitter-typescript",
@@ -194,9 +193,7 @@ def _declares(node_type: str) -> bool:
 def recall_any(index, tokenizer, site: LanguageSite, budget: int, prefix_only: bool) -> bool:
     """Whether a chunk defining the site's name (its definition, or a header's declaration of it) is, whole or as
     an outline, in the packed context."""
-    packed = packed_at(index, tokenizer, site, budget, prefix_only)
-    return any(item.path == path and item.start_line <= line <= item.end_line and item.form != EXAMPLE
-               for item in packed.context for path, line in (site.definition, *site.also))
+    return holds_any(packed_at(index, tokenizer, site, budget, prefix_only), (site.definition, *site.also))
 
 
 def _commit(root: Path) -> str:
