@@ -313,8 +313,8 @@ def _definition_scores(index: RepoIndex, query: Query):
         uses = min(USE_WEIGHT_MAX, USE_WEIGHT * math.sqrt(query.uses.get(name, 0)))
         nearness = max(query.weights.get(name, 0.0), uses) if name not in query.local else 0.0
         fit = 1.0 if fits_expected(name, query.expects) else SHAPE_MISMATCH
-        numbers = list(chunks)
-        imported[numbers] = np.maximum(imported[numbers], fit * (IMPORTED_NAME_BASE + nearness) / len(numbers))
+        weight, numbers = fit * (IMPORTED_NAME_BASE + nearness), list(chunks)
+        imported[numbers] = np.maximum(imported[numbers], weight / len(numbers))
         # A file's first chunk defining the name is its definition (the class, the struct, the first overload), not a
         # rival of the file's others (constructors, impl blocks, overloads): its share is taken among the files as
         # much as among the chunks (their geometric mean; by the files alone, a struct's impl blocks crowd out the
@@ -323,12 +323,11 @@ def _definition_scores(index: RepoIndex, query: Query):
         for number in sorted(numbers):
             first_in_file.setdefault(index.chunks[number].path, number)
         firsts = list(first_in_file.values())
-        imported[firsts] = np.maximum(imported[firsts], fit * (IMPORTED_NAME_BASE + nearness) / math.sqrt(
-            len(firsts) * len(numbers)))
+        imported[firsts] = np.maximum(imported[firsts], weight / math.sqrt(len(firsts) * len(numbers)))
     for use, (nearness, chunks) in query.qualified.items():  # `pkg.Name`: the Name of that package
         fit = 1.0 if fits_expected(use.rpartition(".")[2], query.expects) else SHAPE_MISMATCH
-        numbers = list(chunks)
-        imported[numbers] = np.maximum(imported[numbers], fit * (IMPORTED_NAME_BASE + nearness) / len(numbers))
+        weight, numbers = fit * (IMPORTED_NAME_BASE + nearness), list(chunks)
+        imported[numbers] = np.maximum(imported[numbers], weight / len(numbers))
     scores += IMPORTED_NAME_WEIGHT * imported
     for term, weight in query.weights.items():
         definers = index.definers.get(term)
