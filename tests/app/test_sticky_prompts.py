@@ -129,36 +129,21 @@ def make_chat_repo(tmp_path):
     return root
 
 
-def test_a_retried_opening_takes_no_other_conversations_place(engine, make_chat_repo):
-    """An opening question sent twice (a "regenerate" of the first answer), then the conversation goes on: by its
-    messages the retry is also a second client opening alike, so it counted as a second conversation standing at the
-    opening, whose phantom hold stayed after the next turn and pushed another conversation's out before its time.
+@pytest.mark.parametrize("retried_turn", [0, 1], ids=["opening", "follow-up"])
+def test_a_retried_turn_takes_no_other_conversations_place(engine, make_chat_repo, retried_turn):
+    """A turn sent twice (a client's retry after a timeout, a "regenerate"), then the conversation goes on: the retry
+    counted as a second conversation standing at those messages, so a phantom hold stayed there after the next turn,
+    one of STICKY_CHATS' places, and another conversation's hold was pushed out before its time. An opening sent
+    twice is by its messages also a second client opening alike, and still counted so after the follow-ups' fix.
     (Clients that do open alike still each hold their own: test_conversations_that_open_alike_each_hold_their_own.)"""
-    first = _conversation("How does decode_2 use its limit?", ["Why?"])
-    retried = _conversation("How does stream_5 use its limit?", ["Why?"])
-    session = _chat_session(engine, make_chat_repo)
-    opened = _chat_prompt(session, first[0])
-    _chat_prompt(session, retried[0])
-    _chat_prompt(session, retried[0])           # the retry
-    _chat_prompt(session, retried[1])
-    assert len(session._chats) == 2
-    for k in range(STICKY_CHATS - 2):           # others open, up to the places left
-        _chat_prompt(session, _conversation(f"How does encode_{k} use its limit?", [])[0])
-    assert [opened, _chat_prompt(session, first[1])] == _alone(engine, make_chat_repo, first)
-
-
-def test_a_retried_turn_takes_no_other_conversations_place(engine, make_chat_repo):
-    """A follow-up sent twice (a client's retry after a timeout, a "regenerate"), then the conversation goes on:
-    the retry counted as a second conversation standing at those messages, so a phantom hold stayed there after
-    the next turn, one of STICKY_CHATS' places, and another conversation's hold was pushed out before its time."""
     first = _conversation("How does decode_2 use its limit?", ["Why?"])
     retried = _conversation("How does stream_5 use its limit?", ["Why?", "And then?"])
     session = _chat_session(engine, make_chat_repo)
     opened = _chat_prompt(session, first[0])
-    _chat_prompt(session, retried[0])
-    _chat_prompt(session, retried[1])
-    _chat_prompt(session, retried[1])           # the retry
-    _chat_prompt(session, retried[2])
+    for turn in retried[:retried_turn + 1]:
+        _chat_prompt(session, turn)
+    _chat_prompt(session, retried[retried_turn])            # the retry
+    _chat_prompt(session, retried[retried_turn + 1])
     assert len(session._chats) == 2
     for k in range(STICKY_CHATS - 2):           # others open, up to the places left
         _chat_prompt(session, _conversation(f"How does encode_{k} use its limit?", [])[0])
