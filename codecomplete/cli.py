@@ -40,6 +40,10 @@ a failure also writes {"error": {"code": EXIT CODE, "message": ..., "type": ...}
 environment: CODECOMPLETE_MODEL (default --model), CODECOMPLETE_CACHE_DIR, NO_COLOR,
 CODECOMPLETE_SERVER (default --server), CODECOMPLETE_API_KEY (the server's key),
 CODECOMPLETE_RUNTIME_DIR (where servers announce themselves)."""
+SERVE_EPILOG = """\
+Binds loopback by default; any other --host needs --api-key. Ctrl-C stops it.
+exit codes: 0 stopped by Ctrl-C or SIGTERM once serving, 1 runtime failure (model, memory, the port taken),
+2 usage or input error, 130/143 Ctrl-C/SIGTERM while starting, 129 SIGHUP."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -189,9 +193,9 @@ SPM_INFILL_HELP = ("llama.cpp's: fill-in-the-middle prompts put the code after t
 
 def build_serve_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=f"{PROG} serve", usage="%(prog)s [REPO] [options]",
-                     description="A warm server for editors over REPO (default: the current folder): llama.cpp's "
-                                 "/infill and /completion, the OpenAI API, Ollama's /api/generate.",
-                     epilog="Binds loopback by default; any other --host needs --api-key. Ctrl-C stops it.")
+                     description="A warm server for editors over REPO (default: the current folder): llama.cpp's\n"
+                                 "/infill and /completion, the OpenAI API, Ollama's and Tabby's.",
+                     epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("repo", nargs="?", metavar="REPO", help="the repository (a folder)")
     listen = parser.add_argument_group("listening")
     listen.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
@@ -216,7 +220,7 @@ def build_serve_parser() -> argparse.ArgumentParser:
                           metavar="MIB",
                           help="llama.cpp's prompt cache: a request that shares little with the last prompt saves that "
                                "prompt's KV cache (in host memory; on a GPU in its own memory, at most what it has "
-                               "free), and takes back the saved prompt that serves it best "
+                               "free beside 4 GiB), and takes back the saved prompt that serves it best "
                                "(chat between inline completions, another file); at most MIB MiB, the oldest going "
                                f"first (default: {DEFAULT_CACHE_RAM_MIB}, llama.cpp's; -1: no limit; 0: off)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")

@@ -673,7 +673,8 @@ def main(argv=None) -> int:
                         help="--tune: seconds of exploration at most (default: 330)")
     parser.add_argument("--cases", choices=["issue", "all", "8bit"], default="issue",
                         help="--tune: issue 10's shapes and the bars' rows, every row of the final sweep, or the "
-                             "rows where an int8 cache runs the dot kernel and the 8-token rows of both 8-bit caches")
+                             "rows where an int8 cache runs the dot kernel and the 8-token rows of both 8-bit caches "
+                             "(default: issue)")
     parser.add_argument("--regrid", action="store_true",
                         help="--tune --cases all: the tiling grid for shapes the committed table measured too "
                              "(after a new kernel option), not only a local search from their plan")

@@ -530,22 +530,23 @@ def main(argv=None) -> int:
     parser.add_argument("--batches", type=counts, default="1,8", help="batch sizes (default: 1,8)")
     parser.add_argument("--layers-34b", type=whole(0), default=0, help="cut CodeLlama-34B to N layers (0: all that fit)")
     parser.add_argument("--hf", type=comma_list(one_of("static", "dynamic"), empty=True), default="static,dynamic",
-                        help="HF cache kinds to time ('' to skip)")
+                        help="HF cache kinds to time: static, dynamic ('' to skip; default: both)")
     parser.add_argument("--hf-contexts", type=counts, default=None,
                         help="contexts of the HF rows, some of --contexts (default: all of them; another is "
                              "refused, as it would have no row of ours to compare with)")
     parser.add_argument("--hf-steps", type=whole(1), default=12, help="transformers' decode steps timed (default: 12)")
     parser.add_argument("--replays", type=whole(1), default=20, help="graph replays timed per row (default: 20)")
     parser.add_argument("--ttft", type=comma_list(whole(1), empty=True, length=2), default="16384,300",
-                        help="shared,new tokens for the prefix-reuse TTFT ('' to skip)")
+                        help="shared,new tokens for the prefix-reuse TTFT ('' to skip; default: 16384,300)")
     parser.add_argument("--profile", action="store_true",
                         help="write a kernel profile of one step (per backend; 8-bit caches: flash)")
     parser.add_argument("--hf-batches", type=counts, default="1",
                         help="batch sizes transformers is timed at (default: 1)")
     parser.add_argument("--kv-caches", type=comma_list(one_of("bf16", "fp8", "int8")), default="bf16",
-                        help="KV cache types to time: bf16, fp8, int8")
+                        help="KV cache types to time: bf16, fp8, int8 (default: bf16)")
     parser.add_argument("--weights", type=comma_list(one_of("bf16", "int8")), default="bf16",
-                        help="the projections' weights to time: bf16, int8 (int8 values, a float32 scale per row)")
+                        help="the projections' weights to time: bf16, int8 (int8 values, a float32 scale per row; "
+                             "default: bf16)")
     parser.add_argument("--tag", default="", help="suffix of the output file names")
     parser.add_argument("--gpus", type=whole(0), default=0,
                         help="tensor parallelism: 1 and N GPUs in one run (models/tp_bench.py); "
@@ -553,12 +554,14 @@ def main(argv=None) -> int:
     parser.add_argument("--gemv-ab", type=comma_list(_model, empty=True), default="", metavar="MODELS",
                         help="--gpus: time these models' rows again with the GEMV dispatch before split-K (e.g. 34B,70B)")
     parser.add_argument("--methods", type=comma_list(one_of("one_shot", "nccl", "none")), default="one_shot,none",
-                        help="--gpus: all-reduces to time (one_shot, nccl, none: no communication, the compute alone)")
+                        help="--gpus: all-reduces to time (one_shot, nccl, none: no communication, the compute alone; "
+                             "default: one_shot,none)")
     parser.add_argument("--sweep", action="store_true", help="--gpus: the collectives by message size too")
     parser.add_argument("--backends", type=comma_list(_backend), default=",".join(BACKENDS),
-                        help="our attention backends to time; NAME:unfused runs the compiled general step where "
-                             "the fused one-token step would, NAME:nopdl launches nothing as a dependent launch "
-                             "(A/B arms)")
+                        help="our attention backends to time (default: flash,sdpa,eager); A/B arms: NAME:unfused runs "
+                             "the compiled general step where the fused one-token step would, NAME:nopdl launches "
+                             "nothing as a dependent launch, NAME:wideint8 loads int8 weights 16 bytes a thread, "
+                             "NAME:nodp4a widens int8 weights to fp32 where their configurations say DP4A")
     parser.add_argument("--out", type=folder, default=Path("bench/scratch"),
                         help="folder for e2e.json, e2e.md, e2e.png (default: bench/scratch)")
     args = parser.parse_args(argv)

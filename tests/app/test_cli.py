@@ -135,6 +135,17 @@ def test_help_mentions_every_command(capsys):
         assert command in text
 
 
+def test_serve_help_names_the_apis_and_its_exit_codes():
+    """`serve --help` named neither Tabby's API nor an exit code, though serve's differ from a command's: Ctrl-C or
+    SIGTERM once it serves is a clean stop (0), while it starts 130 or 143 (the README's exit codes)."""
+    text = cli.build_serve_parser().format_help()
+    flat = " ".join(text.split())
+    assert "Tabby" in flat
+    assert "exit codes: 0 stopped by Ctrl-C or SIGTERM once serving" in flat, flat
+    for said in ("1 runtime failure", "2 usage or input error", "130/143", "129"):
+        assert said in flat, said
+
+
 def test_the_readme_documents_every_option():
     """Each option of `codecomplete` and `codecomplete serve` is named in the README (`--version` was not), and serve's
     own (listening, requests) in its section: `serve --max-tokens`, what a request without a limit gets, was not."""
@@ -150,6 +161,50 @@ def test_the_readme_documents_every_option():
                 for option in action.option_strings if not named(option, server_section)]
     assert missing == []
 
+
+
+def _parsers(monkeypatch):
+    """The parsers of `codecomplete`, `codecomplete serve`, `python -m kernels.bench` and `python -m models.bench`
+    (the benchmarks build theirs inside main: caught as main parses)."""
+    import argparse
+    import importlib
+
+    class Parsed(Exception):
+        pass
+
+    caught = []
+
+    def catch(parser, *args, **kwargs):
+        caught.append(parser)
+        raise Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", catch)
+    for program in ("models.bench", "kernels.bench"):
+        with pytest.raises(Parsed):
+            importlib.import_module(program).main([])
+    monkeypatch.undo()
+    return [cli.build_parser(), cli.build_serve_parser(), *caught]
+
+
+def test_help_says_every_options_default(monkeypatch):
+    """An option that has a default says it in --help: models.bench's --hf, --ttft, --kv-caches, --weights, --methods
+    and --backends, and kernels.bench's --cases, said nothing of theirs (a run timed static and dynamic HF caches, and
+    three backends, unasked)."""
+    import argparse
+    silent = [f"{parser.prog} {action.option_strings[0]} (default {action.default!r})"
+              for parser in _parsers(monkeypatch) for action in parser._actions
+              if action.option_strings and action.default not in (None, False, "", argparse.SUPPRESS)
+              and not isinstance(action, argparse._VersionAction) and "default" not in (action.help or "")]
+    assert silent == []
+
+
+def test_the_models_bench_help_names_every_backend_variant(monkeypatch):
+    """--backends takes NAME:unfused, :nopdl, :wideint8 and :nodp4a; its help named only the first two."""
+    from models.bench import _backend
+    parser = next(parser for parser in _parsers(monkeypatch) if parser.prog == "python -m models.bench")
+    backends = next(action for action in parser._actions if "--backends" in action.option_strings)
+    for variant in ("unfused", "nopdl", "wideint8", "nodp4a"):
+        assert _backend(f"flash:{variant}") and f"NAME:{variant}" in backends.help, variant
 
 
 def test_the_readme_documents_every_environment_switch():
