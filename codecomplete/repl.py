@@ -51,7 +51,7 @@ COMMANDS = {
     "/drop": ("[PATH]", "unpin a file, or all of them"),
     "/reset": ("", "start a new conversation (pinned files stay)"),
     "/model": ("[SPEC]", "show the model, or load another (checkpoint folder, .gguf, hub id)"),
-    "/exit": ("", "leave (Ctrl-D does too)"),
+    "/exit": ("", "leave (/quit and Ctrl-D do too)"),
 }
 KEYS = "Enter sends · Esc Enter new line · Tab completes · Ctrl-C cancels · Ctrl-D leaves"
 ESCAPE = "A question that begins with a path is asked as typed; //word asks one that begins with /word."

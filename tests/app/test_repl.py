@@ -105,6 +105,13 @@ def test_a_pasted_block_keeps_its_first_lines_indentation(conversation, tmp_path
     assert question["content"] == "        return self.width * self.height  \nWhy this?"   # only its ends trimmed
 
 
+def test_help_lists_every_command_the_repl_takes(conversation, tmp_path):
+    """/quit leaves as /exit does, but neither /help nor the README said so."""
+    printed = drive(conversation, ["/help\r", "/quit\r"], tmp_path / "history")
+    for name in ("/help", "/context", "/add PATH", "/drop [PATH]", "/reset", "/model [SPEC]", "/exit", "/quit"):
+        assert name in printed, (name, printed)
+
+
 def test_a_command_that_takes_no_argument_refuses_one(conversation, tmp_path):
     """`/reset the model too` reset the conversation and `/exit now?` left the REPL, the rest of the line thrown
     away. Each says it takes no argument and does nothing; a command that takes one still gets it."""
