@@ -54,6 +54,7 @@ COMMANDS = {
     "/exit": ("", "leave (/quit and Ctrl-D do too)"),
 }
 KEYS = "Enter sends · Esc Enter new line · Tab completes · Ctrl-C cancels · Ctrl-D leaves"
+HISTORY_KEYS = "Up/Down history"     # in /help only: the banner stays one line
 ESCAPE = "A question that begins with a path is asked as typed; //word asks one that begins with /word."
 MAX_PATH_COMPLETIONS = 200
 UNDO_CHARS = 4096          # typing keeps undo copies of the line while it is shorter than this
@@ -408,7 +409,7 @@ class Repl:
         for name, (arg, help_text) in COMMANDS.items():
             table.add_row(Text(f"{name} {arg}".strip(), style="bold"), help_text)
         self.console.print(table)
-        self.console.print(Text(KEYS, style="dim"))
+        self.console.print(Text(KEYS + " · " + HISTORY_KEYS, style="dim"))
         self.console.print(Text(ESCAPE, style="dim"))
 
     def _context(self, _argument: str) -> None:

@@ -110,6 +110,9 @@ def test_help_lists_every_command_the_repl_takes(conversation, tmp_path):
     printed = drive(conversation, ["/help\r", "/quit\r"], tmp_path / "history")
     for name in ("/help", "/context", "/add PATH", "/drop [PATH]", "/reset", "/model [SPEC]", "/exit", "/quit"):
         assert name in printed, (name, printed)
+    # and every key of the README's table: Up/Down (the history, kept across sessions) was said nowhere in it
+    for key in ("Enter", "Esc Enter", "Tab", "Ctrl-C", "Ctrl-D", "Up/Down"):
+        assert key in printed, (key, printed)
 
 
 def test_a_command_that_takes_no_argument_refuses_one(conversation, tmp_path):
