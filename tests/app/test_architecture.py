@@ -68,3 +68,12 @@ def test_the_gpu_images_packages_need_nothing_it_lacks(package):
     wrong = [f"{path}:{line} imports {name}" for path in modules(package) for name, line, top in imports(path)
              if name in NOT_ON_GPU_IMAGE or (name in LAZY_ONLY and top)]
     assert not wrong, wrong
+
+
+def test_the_kernel_contract_states_the_bounds_the_kernels_check():
+    """ARCHITECTURE.md said a decode call takes 1 <= T <= 16 query tokens; the kernels take up to 128 (a prompt's
+    tail fed through a graph-replayed step)."""
+    from kernels.validation import MAX_HEAD_DIM, MAX_QUERY_TOKENS, MIN_HEAD_DIM
+    text = " ".join((ROOT / "ARCHITECTURE.md").read_text(encoding="utf-8").split())
+    assert f"1 <= T <= {MAX_QUERY_TOKENS}" in text
+    assert f"D {MIN_HEAD_DIM}..{MAX_HEAD_DIM}" in text
