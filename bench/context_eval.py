@@ -345,15 +345,16 @@ def main() -> None:
     parser.add_argument("--set", choices=("tuning", "heldout"), default="heldout",
                         help="tuning: " + ", ".join(TUNING) + "; heldout (the default): " + ", ".join(HELD_OUT))
     parser.add_argument("--repos", help="comma-separated installed packages (instead of --set)")
-    parser.add_argument("--sites", type=int, default=300, help="sites per repository for recall")
-    parser.add_argument("--model-sites", type=int, default=60, help="of those, sites per repository for the model")
+    parser.add_argument("--sites", type=int, default=300, help="sites per repository for recall (default: 300)")
+    parser.add_argument("--model-sites", type=int, default=60, help="of those, sites per repository for the model (default: 60)")
     parser.add_argument("--budgets", default="1024,4096", help="prompt budgets in tokens (default: 1024,4096)")
     parser.add_argument("--no-model", action="store_true", help="recall only")
     parser.add_argument("--history", action="store_true",
                         help="also recall after an earlier request in the file: the name typed with the context held "
                              "from before it, and without; after a request 100 lines away")
     parser.add_argument("--runs", default=",".join(RUNS),
-                        help=f"model runs per site, of {','.join(RUNS + (ORACLE,))} (fewer for a quicker look)")
+                        help=f"model runs per site, of {','.join(RUNS + (ORACLE,))} (fewer for a quicker look; "
+                             f"default: {','.join(RUNS)})")
     parser.add_argument("--seed", type=int, default=0, help="which sites are drawn (default: 0)")
     parser.add_argument("--out", help="results path without extension (default bench/scratch/context-eval-SET)")
     args = parser.parse_args()

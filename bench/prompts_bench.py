@@ -50,9 +50,9 @@ print(json.dumps({"import_s": t1 - t0, "index_s": time.perf_counter() - t1, "chu
 
 def main() -> None:
     parser = _Parser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="bench/scratch/prompts-cpu", help="results path without extension")
+    parser.add_argument("--out", default="bench/scratch/prompts-cpu", help="results path without extension (default: bench/scratch/prompts-cpu)")
     parser.add_argument("--budget", type=int, default=32768, help="prompt budget in tokens (default: 32768)")
-    parser.add_argument("--cold-runs", type=int, default=2, help="first index runs, each with an empty cache")
+    parser.add_argument("--cold-runs", type=int, default=2, help="first index runs, each with an empty cache (default: 2)")
     args = parser.parse_args()
     if args.cold_runs < 1 or args.budget < 1:      # --cold-runs 0 was a traceback (the best of no runs)
         parser.error("--cold-runs and --budget take 1 or more")

@@ -107,14 +107,14 @@ def markdown(result: dict) -> str:
 
 def main(argv=None) -> int:
     parser = _Parser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--speculate", default="8", help="draft depths to compare with plain decoding, e.g. 4,8,12")
+    parser.add_argument("--speculate", default="8", help="draft depths to compare with plain decoding, e.g. 4,8,12 (default: 8)")
     parser.add_argument("--max-tokens", type=int, default=128, help="tokens generated per item (default: 128)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1, steadier on a shared machine)")
     parser.add_argument("--kinds", default="copy,fresh",
                         help="copy: completions and answers with code to copy; fresh: nothing to copy (default: both)")
     parser.add_argument("--only", default="", help="run only items whose name contains this")
     parser.add_argument("--kv-cache", default=None, help="fp8 to run both sides with an fp8 KV cache")
-    parser.add_argument("--out", default="bench/scratch/speculative-cpu", help="results path without extension")
+    parser.add_argument("--out", default="bench/scratch/speculative-cpu", help="results path without extension (default: bench/scratch/speculative-cpu)")
     args = parser.parse_args(argv)
     # Checked before the model loads. Each mistake ran to a traceback, or wrote an empty table over the results
     # (--kinds cpoy, an --only that matches nothing); --speculate 0 timed the plain run again as "speculate 0".

@@ -367,9 +367,9 @@ def parse_args(argv):
     # Errors in one line and exit status 2, like codecomplete's own, before the server starts.
     parser = _Parser(prog="python -m codecomplete.serve_bench", description=__doc__.split("\n")[0])
     parser.add_argument("--repo", type=Path, default=Path("."), help="the repository (default: the current folder)")
-    parser.add_argument("--file", default="models/engine.py", help="the file typed in (relative to --repo)")
-    parser.add_argument("--function", default="_generate", help="the function whose body is typed")
-    parser.add_argument("--other-file", default="prompts/completion.py", help="the cold request's file")
+    parser.add_argument("--file", default="models/engine.py", help="the file typed in (relative to --repo; default: models/engine.py)")
+    parser.add_argument("--function", default="_generate", help="the function whose body is typed (default: _generate)")
+    parser.add_argument("--other-file", default="prompts/completion.py", help="the cold request's file (default: prompts/completion.py)")
     parser.add_argument("--more-cold", nargs="*", default=[], metavar="FILE",
                         help="first requests in these files too (a third of the way in), after the cold one: "
                              "reported beside it, not a bar")

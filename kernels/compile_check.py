@@ -419,7 +419,7 @@ def _run_job(job: tuple) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for H100/H200")
+    parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for H100/H200 (default: 90)")
     parser.add_argument("--only", default="", help="comma-separated substrings of configuration names")
     parser.add_argument("--sass", action="store_true", help="add the key loop's SASS opcode histogram")
     parser.add_argument("--prefill-tiles", action="store_true",

@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", default="", help="comma-separated shape names (see SHAPES), run in that order")
     parser.add_argument("--rows", default="2,8,16", help="comma-separated rows of x (2..16; default 2,8,16)")
     parser.add_argument("--replays", type=int, default=10, help="graph replays a timing (default 10; finalists 3x)")
-    parser.add_argument("--budget-s", type=float, default=140.0, help="stop starting shapes after this long (0: none)")
+    parser.add_argument("--budget-s", type=float, default=140.0, help="stop starting shapes after this long (0: none; default: 140)")
     parser.add_argument("--json", default="", help="write every timing to this file")
     parser.add_argument("--write-plans", default="", metavar="FILE",
                         help="write the shapes' winners that beat the plan by MARGIN as CODECOMPLETE_FEW_ROWS_PLANS "

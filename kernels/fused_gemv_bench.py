@@ -122,8 +122,9 @@ def main(argv=None) -> int:
     from kernels.bench import copy_bandwidth, graph_replay_us
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="CodeLlama-7B",
-                        help="comma-separated NAME or NAME/TP (a rank of TP): 7B, 13B, 34B, 70B, e.g. 34B/2,34B,70B/2")
-    parser.add_argument("--tp", type=int, default=1, help="ranks for the names given without /TP")
+                        help="comma-separated NAME or NAME/TP (a rank of TP): 7B, 13B, 34B, 70B, e.g. 34B/2,34B,70B/2 "
+                             "(default: 7B)")
+    parser.add_argument("--tp", type=int, default=1, help="ranks for the names given without /TP (default: 1)")
     parser.add_argument("--json", default="", help="write the rows to this file")
     parser.add_argument("--replays", type=int, default=20, help="graph replays a timing (default: 20)")
     parser.add_argument("--budget-s", type=float, default=0.0, help="stop starting shapes after this long (0: none)")

@@ -243,7 +243,7 @@ def main(argv=None) -> int:
     parser = OneLineParser(prog="python -m models.step_plans", description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=_checked(model_config), default="34B",
                         help="a preset (7B, 13B, 34B, 70B) or NAME/TP: a tensor-parallel "
-                        "rank's shapes on one GPU, without its collectives")
+                        "rank's shapes on one GPU, without its collectives (default: 34B)")
     parser.add_argument("--contexts", type=comma_list(whole(1)), default="131072",
                         help="context lengths in tokens (default: 131072)")
     parser.add_argument("--kv-caches", type=comma_list(one_of(*KINDS)), default="fp8,int8",
@@ -259,7 +259,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=whole(1), default=3,
                         help="rounds interleaving the candidates; the median counts (default: 3)")
     parser.add_argument("--replays", type=whole(1), default=20, help="graph replays a timing (default: 20)")
-    parser.add_argument("--margin", type=_fraction, default=0.005, help="a step this much faster replaces the table's")
+    parser.add_argument("--margin", type=_fraction, default=0.005, help="a step this much faster replaces the table's (default: 0.005)")
     parser.add_argument("--write-table", type=Path, default=None,
                         help="a plan file whose entries a step-faster candidate replaces (see the module doc)")
     parser.add_argument("--out", type=folder, default=Path("bench/scratch/step-plans"),

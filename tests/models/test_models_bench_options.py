@@ -169,29 +169,61 @@ def test_the_other_model_benchmarks_say_a_bad_option_in_one_line(module, monkeyp
     assert exit.value.code == 2 and err.count("\n") == 1 and err.startswith(f"python -m models.{module}: error: ")
 
 
-@pytest.mark.parametrize("program", ["models.bench", "kernels.bench", "codecomplete.serve_bench", "models.step_plans",
-                                     "models.prefill_bench", "kernels.fused_gemv_bench", "kernels.few_rows_int8_bench",
-                                     "kernels.gemv",
-                                     "kernels.compile_check", "bench/context_eval.py", "bench/fp8_scales.py",
-                                     "bench/speculative_bench.py", "bench/prompts_bench.py", "bench/gpu/step_parts.py",
-                                     "bench/gpu/prefill_stop.py", "bench/gpu/graph_spans.py",
-                                     "bench/gpu/soak.py"])
+# The tools the README shows, with options of their own.
+TOOLS = ["models.bench", "kernels.bench", "codecomplete.serve_bench", "models.step_plans", "models.prefill_bench",
+         "kernels.fused_gemv_bench", "kernels.few_rows_int8_bench", "kernels.gemv", "kernels.compile_check",
+         "bench/context_eval.py", "bench/fp8_scales.py", "bench/speculative_bench.py", "bench/prompts_bench.py",
+         "bench/gpu/step_parts.py", "bench/gpu/prefill_stop.py", "bench/gpu/graph_spans.py", "bench/gpu/soak.py"]
+
+
+def run_tool(program: str, argv: list[str], monkeypatch) -> None:
+    """`python -m program argv` or `python program argv`, in this process."""
+    import importlib
+    import runpy
+    from pathlib import Path
+    if program.endswith(".py"):
+        script = Path(__file__).resolve().parents[2] / program
+        monkeypatch.setattr("sys.argv", [program, *argv])
+        monkeypatch.syspath_prepend(str(script.parent))        # as `python bench/x.py` puts bench/ first
+        runpy.run_path(str(script), run_name="__main__")
+    else:
+        importlib.import_module(program).main(argv)
+
+
+@pytest.mark.parametrize("program", TOOLS)
+def test_help_says_every_options_default(program, monkeypatch):
+    """An option with a default says it: serve_bench's --file, --function, --other-file, step_plans' --model and
+    --margin, fused_gemv_bench's --model and --tp, few_rows_int8_bench's --budget-s, compile_check's --arch,
+    context_eval's --sites, --model-sites and --runs, speculative_bench's and prompts_bench's --out and more said
+    nothing of theirs."""
+    import argparse
+
+    class Parsed(Exception):
+        pass
+
+    caught = []
+
+    def catch(parser, *args, **kwargs):
+        caught.append(parser)
+        raise Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", catch)
+    with pytest.raises(Parsed):
+        run_tool(program, [], monkeypatch)
+    silent = [action.option_strings[0] for action in caught[0]._actions
+              if action.option_strings and action.default not in (None, False, "", (), [], argparse.SUPPRESS)
+              and action.help != argparse.SUPPRESS and "default" not in (action.help or "")]
+    assert silent == []
+
+
+@pytest.mark.parametrize("program", TOOLS)
 def test_help_says_what_every_option_does(program, capsys, monkeypatch):
     """--models, --contexts, --batches, --replays, --out and four more said nothing in `python -m models.bench --help`
     (kernels.bench's --out too; serve_bench's --device and --attention; the README's bench/*.py scripts' --budgets,
     --seed, --tokens and the like), though their siblings say what they do and their defaults."""
-    import importlib
     import re
-    import runpy
-    from pathlib import Path
     with pytest.raises(SystemExit) as exit:
-        if program.endswith(".py"):
-            script = Path(__file__).resolve().parents[2] / program
-            monkeypatch.setattr("sys.argv", [program, "--help"])
-            monkeypatch.syspath_prepend(str(script.parent))        # as `python bench/x.py` puts bench/ first
-            runpy.run_path(str(script), run_name="__main__")
-        else:
-            importlib.import_module(program).main(["--help"])
+        run_tool(program, ["--help"], monkeypatch)
     assert exit.value.code == 0
     options = capsys.readouterr().out.split("\noptions:\n", 1)[1]
     # An option's entry: its line, then lines indented further; one with help text has words after the option.
