@@ -207,6 +207,26 @@ def test_the_models_bench_help_names_every_backend_variant(monkeypatch):
         assert _backend(f"flash:{variant}") and f"NAME:{variant}" in backends.help, variant
 
 
+def test_the_readme_documents_every_route_and_names_none_that_is_not():
+    """`codecomplete serve` answers llama.cpp's aliases without /v1 (`/completions`, `/chat/completions`, `/models`,
+    `/models/{id}`), which the README's server section named nowhere; and each path its endpoint table names is
+    served."""
+    import re
+    from pathlib import Path
+    from codecomplete.server import app, llama_cpp, ollama, openai_api, tabby
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Server for editors", 1)[1].split("\n## ", 1)[0]
+    shown = lambda path: re.sub(r"\{(\w+)(:\w+)?\}", "{id}", path)
+    served = {shown(route.path) for module in (llama_cpp, ollama, openai_api, tabby)
+              for router in (module.router, getattr(module, "public", None)) if router is not None
+              for route in router.routes} | {"/v1/completions"}
+    assert "/v1/completions" in app.create_app.__code__.co_consts                       # the one route app.py adds
+    unnamed = sorted(path for path in served if not re.search(r"[` ]" + re.escape(path) + r"[`,) ]", section))
+    table = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+    named = {path for cell in table for path in re.findall(r"(/[\w/{}.-]*)", cell) if not path.startswith("/codecomplete")}
+    assert unnamed == [] and sorted(named - served) == []
+
+
 def test_the_readme_documents_every_environment_switch():
     """Each CODECOMPLETE_* variable the packages read is named in the README: the switches for measuring and
     debugging (CODECOMPLETE_PDL, _COMPILE, _TUNED_PLANS, ...) were documented only in comments."""
