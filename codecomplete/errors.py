@@ -180,8 +180,8 @@ def classify(exc: BaseException, options: bool = True) -> tuple[ExitCode, str] |
         return ExitCode.FAILURE, str(exc)      # the model's files, as a model that cannot load
     models = sys.modules.get("models")
     if models is not None:
-        if isinstance(exc, (models.ModelNotFoundError, models.SettingError)):
-            return ExitCode.USAGE, str(exc)      # a path the user typed, an environment setting they made
+        if isinstance(exc, (models.ModelNotFoundError, models.SettingError, models.MismatchError)):
+            return ExitCode.USAGE, str(exc)      # a path the user typed, a setting they made, an option or files unfit
         if isinstance(exc, models.ContextTooLongError):
             return ExitCode.USAGE, f"{exc}: {BUDGET_OPTIONS}" if options else str(exc)
         if isinstance(exc, models.ModelError):

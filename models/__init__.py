@@ -8,8 +8,8 @@
 needs torch (or gguf, imported only when a GGUF is converted) loads on first use.
 """
 
-from models.errors import (ContextTooLongError, ModelError, ModelNotFoundError, OutOfMemoryError, SettingError,
-                           UnsupportedModelError)
+from models.errors import (ContextTooLongError, MismatchError, ModelError, ModelNotFoundError, OutOfMemoryError,
+                           SettingError, UnsupportedModelError)
 from models.generation import GenerationConfig, GenerationResult, Timings
 
 _LAZY = {
@@ -18,8 +18,8 @@ _LAZY = {
     "Transformer": "models.llama", "build_random_model": "models.llama",
 }
 
-__all__ = ["ContextTooLongError", "Engine", "GenerationConfig", "GenerationResult", "ModelConfig", "ModelError",
-           "ModelNotFoundError", "OutOfMemoryError", "PRESETS", "SettingError", "Timings", "Transformer", "UnsupportedModelError",
+__all__ = ["ContextTooLongError", "Engine", "GenerationConfig", "GenerationResult", "MismatchError", "ModelConfig",
+           "ModelError", "ModelNotFoundError", "OutOfMemoryError", "PRESETS", "SettingError", "Timings", "Transformer", "UnsupportedModelError",
            "build_random_model", "load_model", "preset"]
 
 

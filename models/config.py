@@ -14,6 +14,9 @@ from typing import Any
 from models.errors import ModelError, UnsupportedModelError
 
 ROPE_SCALING_KINDS = ("linear", "dynamic", "llama3")
+# Llama's computation by other names: Mistral is Llama with a sliding window (ModelConfig.sliding_window).
+LLAMA_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+MISTRAL_DEFAULT_WINDOW = 4096      # MistralConfig's sliding_window where config.json has none
 
 # The largest value each shape field may take: far beyond any real Llama, small enough that a typo
 # (or a hostile file) fails here rather than in a loop that builds a billion layers or in the allocator.
@@ -48,6 +51,9 @@ class ModelConfig:
     tie_embeddings: bool = False
     bos_token_id: int | None = 1
     eos_token_ids: tuple[int, ...] = (2,)
+    # Mistral's: each query attends to the last `sliding_window` keys only (itself included); None: to all of them.
+    # Within the window that is plain causal attention, so the context is capped there (models.options).
+    sliding_window: int | None = None
 
     def __post_init__(self):
         if self.head_dim == 0:
@@ -86,9 +92,9 @@ class ModelConfig:
             raise ModelError(f"{source}: not a config object (a JSON {type(hf).__name__})")
         architectures = hf.get("architectures")
         arch = architectures[0] if isinstance(architectures, list) and architectures else hf.get("model_type", "?")
-        if hf.get("model_type") != "llama" and arch != "LlamaForCausalLM":
-            raise UnsupportedModelError(
-                f"{source}: architecture {arch!r} is not supported (only Llama-architecture models, LlamaForCausalLM)")
+        if hf.get("model_type") != "llama" and arch not in LLAMA_ARCHITECTURES:
+            raise UnsupportedModelError(f"{source}: architecture {arch!r} is not supported (only Llama-architecture "
+                                        "models, LlamaForCausalLM, and Mistral's)")
         for key in ("attention_bias", "mlp_bias"):
             if hf.get(key):
                 raise UnsupportedModelError(f"{source}: {key}=true is not supported (plain Llama has no biases)")
@@ -100,20 +106,25 @@ class ModelConfig:
             raise UnsupportedModelError(f"{source}: config lacks {', '.join(missing)}")
         theta, scaling = _hf_rope(hf, source)
         n_heads = _whole(hf, "num_attention_heads", source, LIMITS["n_heads"])
+        # MistralConfig's defaults where a Mistral's config.json lacks the key (LlamaConfig's otherwise).
+        mistral = hf.get("model_type") == "mistral" and arch == "MistralForCausalLM"
+        kv_heads = 8 if mistral and "num_key_value_heads" not in hf else n_heads
         return cls.checked(
             source,
             dim=_whole(hf, "hidden_size", source, LIMITS["dim"]),
             n_layers=_whole(hf, "num_hidden_layers", source, LIMITS["n_layers"]),
             n_heads=n_heads,
-            n_kv_heads=_whole(hf, "num_key_value_heads", source, LIMITS["n_kv_heads"], default=None) or n_heads,
+            n_kv_heads=_whole(hf, "num_key_value_heads", source, LIMITS["n_kv_heads"], default=None) or kv_heads,
             ffn_dim=_whole(hf, "intermediate_size", source, LIMITS["ffn_dim"]),
             vocab_size=_whole(hf, "vocab_size", source, LIMITS["vocab_size"]),
             head_dim=_whole(hf, "head_dim", source, LIMITS["head_dim"], default=None) or 0,
             norm_eps=_positive(hf, "rms_norm_eps", source, default=1e-6), rope_theta=theta, rope_scaling=scaling,
-            max_positions=_whole(hf, "max_position_embeddings", source, LIMITS["max_positions"], default=2048),
+            max_positions=_whole(hf, "max_position_embeddings", source, LIMITS["max_positions"],
+                                 default=4096 * 32 if mistral else 2048),
             tie_embeddings=_flag(hf, "tie_word_embeddings", source),
             bos_token_id=_token_ids(hf, "bos_token_id", source, default=None, single=True),
             eos_token_ids=_token_ids(hf, "eos_token_id", source, default=2),
+            sliding_window=_sliding_window(hf, source),
         )
 
     @classmethod
@@ -249,6 +260,16 @@ def _token_ids(fields: dict[str, Any], key: str, source: str, default: Any, sing
         raise ModelError(f"{source}: {key} must be {'a token id' if single else 'a token id or a list of them'}"
                          f", not {value!r}")
     return (values[0] if values else None) if single else tuple(values)
+
+
+def _sliding_window(hf: dict[str, Any], source: str) -> int | None:
+    """A Mistral config's window (model_type "mistral", whatever its architectures say: AutoModelForCausalLM builds a
+    MistralForCausalLM from it, which reads the window; MistralConfig's default is 4096), else None: transformers'
+    Llama attends to every key, whatever the config holds."""
+    if hf.get("model_type") != "mistral":
+        return None
+    return _whole(hf, "sliding_window", source, LIMITS["max_positions"], default=None) if "sliding_window" in hf \
+        else MISTRAL_DEFAULT_WINDOW
 
 
 def _checkpoint_name(source: str) -> str:

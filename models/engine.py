@@ -28,7 +28,7 @@ from models.attention import BACKENDS, KERNEL_HEAD_DIMS, load_kernels
 from models.cache_reuse import apply_moves, common_run, reusable_runs, reused_end
 from models.config import ModelConfig
 from models.decode_step import DecodeStep, HostCopy
-from models.errors import ContextTooLongError, ModelError, SettingError
+from models.errors import ContextTooLongError, MismatchError, ModelError, SettingError
 from models.generation import GenerationConfig, GenerationResult, Timings
 from models.healing import HealingConstraint, PrefixStripper, vocabulary_bytes
 from models.llama import DenseKernels, Transformer, attention_inputs, attention_output_and_ffn, final_logits
@@ -263,7 +263,7 @@ class Engine:
             raise ValueError(f"unknown attention {name!r} (choose from {', '.join(BACKENDS)})")
         head_dim = self.model.config.head_dim
         if name in ("flash", "eager") and head_dim not in KERNEL_HEAD_DIMS:
-            raise ModelError(f"{name} attention takes head dims {KERNEL_HEAD_DIMS[0]}..{KERNEL_HEAD_DIMS[-1]}, and "
+            raise MismatchError(f"{name} attention takes head dims {KERNEL_HEAD_DIMS[0]}..{KERNEL_HEAD_DIMS[-1]}, and "
                              f"{self.name}'s is {head_dim}: use sdpa")
         if name == "flash" and not triton_installed():
             raise ModelError("flash attention runs Triton kernels, and Triton is not installed (it has no build for "

@@ -20,6 +20,12 @@ class ContextTooLongError(ModelError):
     """A prompt or a requested context does not fit the KV cache or the model's position limit."""
 
 
+class MismatchError(ModelError):
+    """What the user named does not fit together: an option the model cannot take (an attention backend whose kernels
+    do not take its head dim), or a checkpoint folder whose files disagree (a tokenizer making ids its embedding table
+    lacks). Said as a usage error (exit 2), as a missing file is; the model itself may be fine."""
+
+
 class SettingError(ValueError):
     """An environment setting (CODECOMPLETE_GEMV, _PREFILL_BUCKET, _ALLREDUCE, _TP_TIMEOUT; torchrun's RANK,
     WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT; GLOO_SOCKET_IFNAME) or a choice like the number of ranks (--gpus) holds a

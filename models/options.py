@@ -92,12 +92,19 @@ def context_capacity(config: ModelConfig, max_context: int | None, name: str, pa
     trained on 16k) is documented to stay usable toward 100k tokens, a model with a small rope base degrades.
     As llama.cpp allows an n_ctx beyond n_ctx_train with a warning, `past_training=True` allows it (the command
     line passes it for an explicit --context-tokens and warns); otherwise it is an error, so a default budget
-    never extrapolates unasked."""
+    never extrapolates unasked. A Mistral's sliding window caps both (a ContextTooLongError past it)."""
     limit = config.context_limit
+    window = config.sliding_window
     if max_context is None:
-        return min(limit, DEFAULT_MAX_CONTEXT)
+        return min(limit, DEFAULT_MAX_CONTEXT, window or limit)
     if max_context < 1:
         raise ValueError(f"max_context must be positive, got {max_context}")
+    if window is not None and max_context > window:
+        # Past the window transformers' Mistral drops the oldest keys from each query's attention, which the decode
+        # kernels do not; within it the two are one computation.
+        raise ContextTooLongError(
+            f"{name}: a context of {max_context} tokens exceeds the sliding window of {window} tokens that the model "
+            f"attends over (sliding_window in config.json), which codecomplete does not slide: at most {window}")
     if max_context > (LIMITS["max_positions"] if past_training else limit):
         raise ContextTooLongError(
             f"{name}: a context of {max_context} tokens exceeds the {limit} positions the model was trained on"

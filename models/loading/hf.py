@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from models.config import ModelConfig
-from models.errors import ModelError, ModelNotFoundError, UnsupportedModelError
+from models.errors import MismatchError, ModelError, ModelNotFoundError, UnsupportedModelError
 from models.int8_loading import Int8Loader
 from models.llama import Transformer, hf_tensor_slots
 from models.loading import checkpoint_config
@@ -69,34 +69,38 @@ def read_config(directory: Path) -> ModelConfig:
 
 
 def weight_files(directory: Path) -> list[Path]:
-    """The checkpoint's weight files, safetensors preferred; shards as listed in the index."""
-    for index_name, single, pattern in (("model.safetensors.index.json", "model.safetensors", "*.safetensors"),
-                                        ("pytorch_model.bin.index.json", "pytorch_model.bin", "pytorch_model*.bin")):
-        index = directory / index_name
-        if index.is_file():
-            weight_map = read_json(index).get("weight_map", {})
-            if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
-                raise ModelError(f"{index}: weight_map must map tensor names to file names")
-            # Names inside the folder: an index is data and must not send the loader elsewhere (lexically: a hub
-            # snapshot's weights are links into its blobs/ folder, which is fine).
-            outside = next((f for f in weight_map.values() if Path(f).is_absolute() or ".." in Path(f).parts), None)
-            if outside is not None:
-                raise ModelError(f"{index}: shard {outside!r} is not a file of the checkpoint's folder")
-            files = [directory / f for f in sorted(set(weight_map.values()))]
-            missing = next((f for f in files if not f.is_file()), None)
-            if missing is None:
-                return files
-            # save_pretrained unsharded over a sharded save deletes the shards, not their index; transformers reads
-            # the one file before any index.
-            if (directory / single).is_file():
-                return [directory / single]
-            raise ModelNotFoundError(f"{missing}: listed in {index.name} but missing")
-        # The one file alone, as transformers reads it: a PEFT adapter or another copy may lie beside it.
+    """The checkpoint's weight files, in transformers' order (`_get_resolved_checkpoint_files`): model.safetensors, its
+    index's shards, pytorch_model.bin, its index's shards; the first found is read, whatever else lies beside it (a
+    stale single file beside complete shards wins, as there). Shards without an index, last: by their names."""
+    layouts = (("model.safetensors", "model.safetensors.index.json", "*.safetensors"),
+               ("pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model*.bin"))
+    for single, index_name, _ in layouts:
         if (directory / single).is_file():
             return [directory / single]
+        index = directory / index_name
+        if index.is_file():
+            return _indexed_shards(index)
+    for _, _, pattern in layouts:
         if files := sorted(directory.glob(pattern)):
             return files
     raise ModelNotFoundError(f"{directory}: no weights (model.safetensors or pytorch_model.bin)")
+
+
+def _indexed_shards(index: Path) -> list[Path]:
+    """The shard files an index's weight_map names, each a file of the index's folder and present."""
+    weight_map = read_json(index).get("weight_map", {})
+    if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+        raise ModelError(f"{index}: weight_map must map tensor names to file names")
+    # Names inside the folder: an index is data and must not send the loader elsewhere (lexically: a hub
+    # snapshot's weights are links into its blobs/ folder, which is fine).
+    outside = next((f for f in weight_map.values() if Path(f).is_absolute() or ".." in Path(f).parts), None)
+    if outside is not None:
+        raise ModelError(f"{index}: shard {outside!r} is not a file of the checkpoint's folder")
+    files = [index.parent / f for f in sorted(set(weight_map.values()))]
+    missing = next((f for f in files if not f.is_file()), None)
+    if missing is not None:
+        raise ModelNotFoundError(f"{missing}: listed in {index.name} but missing")
+    return files
 
 
 def _unopenable(path: Path) -> str | None:
@@ -109,20 +113,24 @@ def _unopenable(path: Path) -> str | None:
     return None
 
 
-def iter_tensors(files: list[Path], part=None) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_tensors(files: list[Path], part=None, renamed: dict[str, str] | None = None
+                 ) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, CPU tensor) for every tensor, one at a time (safetensors memory-mapped).
 
     part(name, shape) -> index or None: read only tensor[index] (a tensor-parallel rank's slice, models/tp.py).
+    renamed: {stored name: name} for tensors read as another (`tie_as_stored`), before `part` sees them.
     """
     from safetensors import SafetensorError, safe_open
 
+    renamed = renamed or {}
     for f in files:
         if f.suffix == ".safetensors":
             try:
                 with safe_open(f, framework="pt", device="cpu") as st:
-                    for name in st.keys():
-                        index = None if part is None else part(name, st.get_slice(name).get_shape())
-                        yield name, st.get_tensor(name) if index is None else st.get_slice(name)[index]
+                    for stored in st.keys():
+                        name = renamed.get(stored, stored)
+                        index = None if part is None else part(name, st.get_slice(stored).get_shape())
+                        yield name, st.get_tensor(stored) if index is None else st.get_slice(stored)[index]
             except (SafetensorError, OSError) as e:
                 raise ModelError(pointer_message(f) or _unopenable(f)
                                  or f"{f}: unreadable safetensors file ({e})") from None
@@ -133,7 +141,8 @@ def iter_tensors(files: list[Path], part=None) -> Iterator[tuple[str, torch.Tens
                 raise ModelError(pointer_message(f) or f"{f}: unreadable PyTorch weights ({e})") from None
             if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
                 raise ModelError(f"{f}: not a state dict of tensors (a {type(state).__name__})")
-            for name, tensor in state.items():
+            for stored, tensor in state.items():
+                name = renamed.get(stored, stored)
                 index = None if part is None else part(name, tensor.shape)
                 yield name, tensor if index is None else tensor[index]
 
@@ -168,23 +177,32 @@ def load_weights(model: Transformer, tensors: Iterator[tuple[str, torch.Tensor]]
             f"{source}: checkpoint lacks {len(missing)} tensors, e.g. {', '.join(missing[:3])}")
 
 
-def tie_as_stored(config: ModelConfig, files: list[Path]) -> ModelConfig:
-    """`config` untied where the checkpoint stores an lm_head.weight unlike its embeddings despite tie_word_embeddings:
-    transformers 5 then keeps the two apart (tying would drop the stored head without a word)."""
+HEAD, EMBEDDINGS = "lm_head.weight", "model.embed_tokens.weight"
+
+
+def tie_as_stored(config: ModelConfig, files: list[Path]) -> tuple[ModelConfig, dict[str, str]]:
+    """`config` as the checkpoint's tensors have it, and the tensors to read under another name ({stored: read as}).
+
+    tie_word_embeddings with an lm_head.weight stored unlike the embeddings: transformers 5 keeps the two apart (tying
+    would drop the stored head without a word), so the config comes back untied. With only the head stored (no
+    embeddings): transformers fills the tied pair from it, so the head is read as the embeddings (a tied model's
+    output is the embedding table)."""
     if not config.tie_embeddings:
-        return config
-    wanted = ("lm_head.weight", "model.embed_tokens.weight")
+        return config, {}
     # Tensors read as empty slices cost nothing: the names first, the two tables only where both are stored (a
     # tied checkpoint rarely stores a head).
     names = {name for name, _ in iter_tensors(files, lambda name, shape: slice(0, 0) if len(shape) else None)}
-    if not names.issuperset(wanted):
-        return config
+    if HEAD in names and EMBEDDINGS not in names:
+        return config, {HEAD: EMBEDDINGS}
+    if HEAD not in names or EMBEDDINGS not in names:
+        return config, {}
+    wanted = (HEAD, EMBEDDINGS)
     stored = {name: tensor for name, tensor in
               iter_tensors(files, lambda name, shape: None if name in wanted or not len(shape) else slice(0, 0))
               if name in wanted}
     head, embeddings = (stored[name] for name in wanted)
     same = head.shape == embeddings.shape and torch.equal(head, embeddings.to(head.dtype))
-    return config if same else config.replace(tie_embeddings=False)
+    return (config if same else config.replace(tie_embeddings=False)), {}
 
 
 def load_tokenizer(directory: Path):
@@ -229,6 +247,31 @@ def load_tokenizer(directory: Path):
     if not generic and _spaced_as_sentencepiece(tokenizer, directory):
         sentencepiece_spaces(tokenizer, True)
     return tokenizer
+
+
+def check_vocabulary_fits(tokenizer, config: ModelConfig, source: str) -> None:
+    """Refuse a tokenizer that makes ids the embedding table lacks (they failed only at the first request that held
+    one). A table larger than the tokenizer (a padded vocabulary) is fine.
+
+    The ids it makes: its vocabulary's pieces (any text), added tokens that text matches (the non-special ones), and of
+    the special ones those a prompt is built with (BOS, EOS, unknown) or its chat template names. Other special tokens
+    past the table are left: transformers' CodeLlamaTokenizer appends the infill tokens to a vocabulary that lacks
+    them (34B's, the Python variants'), a fine-tune may add a <pad> without growing the table; transformers loads
+    those too. (Asked without reading the whole vocabulary, a tenth of a second: its size and the added tokens.)"""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    pieces = backend.get_vocab_size(with_added_tokens=False) if backend is not None else tokenizer.vocab_size
+    made = [pieces - 1]             # that many distinct ids reach pieces - 1 at least
+    if backend is not None and backend.model.id_to_token(config.vocab_size) is not None:
+        made.append(config.vocab_size)      # (a vocabulary with gaps in its ids, reaching past the table)
+    built_with = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id}
+    template = str(tokenizer.chat_template or "")
+    made += [i for i, token in tokenizer.added_tokens_decoder.items()
+             if not token.special or i in built_with or token.content in template]
+    highest = max(made)
+    if highest >= config.vocab_size:
+        raise MismatchError(f"{source}: the tokenizer makes ids up to {highest:,} and the embedding table has "
+                            f"{config.vocab_size:,} rows (vocab_size in config.json): the tokenizer is not this "
+                            "model's")
 
 
 def _spaced_as_sentencepiece(tokenizer, directory: Path) -> bool:
@@ -329,8 +372,9 @@ def load_hf_model(directory: Path, device: torch.device, dtype: torch.dtype, max
     check_special_files(directory)
     config = read_config(directory)
     files = weight_files(directory)
-    config = tie_as_stored(config, files)
+    config, renamed = tie_as_stored(config, files)
     tokenizer = load_tokenizer(directory)
+    check_vocabulary_fits(tokenizer, config, name or str(directory))
     with weights_fit(name or str(directory), config, device, dtype, weights, matmul_dtype, tp), \
             quantization_said(directory, name or str(directory)):
         if tp is None:
@@ -338,10 +382,11 @@ def load_hf_model(directory: Path, device: torch.device, dtype: torch.dtype, max
                 model = Transformer(config, max_len=max_len)
             model.materialize(device, dtype, matmul_dtype, weights)
             loader = Int8Loader(model)
-            load_weights(model, iter_tensors(files), name or str(directory), hf_tensor_slots(model, loader.slot))
+            load_weights(model, iter_tensors(files, renamed=renamed), name or str(directory),
+                         hf_tensor_slots(model, loader.slot))
             loader.finish()
         else:
             from models.tp import load_shard
-            model = load_shard(config, tp, lambda part: iter_tensors(files, part), device, dtype, max_len,
+            model = load_shard(config, tp, lambda part: iter_tensors(files, part, renamed), device, dtype, max_len,
                                name or str(directory), weights)
     return LoadedModel(model.eval(), tokenizer, eos_ids(directory, config, tokenizer))

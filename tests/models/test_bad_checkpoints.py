@@ -452,6 +452,8 @@ def test_a_cache_dir_that_is_a_file_is_a_model_error(tmp_path, monkeypatch):
 def test_side_files_of_the_wrong_shape_are_named(tmp_path, tiny_checkpoint, name, content, message):
     directory = tmp_path / "side"
     shutil.copytree(tiny_checkpoint[0], directory)
+    if name.endswith(".index.json"):        # (read only without model.safetensors, as transformers reads it)
+        (directory / "model.safetensors").unlink()
     (directory / name).write_text(content)
     assert name in load_error(directory, ModelError, message)
 
@@ -468,6 +470,7 @@ def test_a_shard_index_cannot_send_the_loader_out_of_the_folder(tmp_path, tiny_c
     folder = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint[0], folder)
     (tmp_path / "outside.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    (folder / "model.safetensors").unlink()     # (an index is read only without it, as transformers reads it)
     for shard in ("../outside.safetensors", "/proc/self/environ", "sub/../../outside.safetensors"):
         (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"model.norm.weight": shard}}))
         load_error(str(folder), ModelError, "is not a file of the checkpoint's folder")
@@ -600,7 +603,7 @@ LFS_POINTER = ("version https://git-lfs.github.com/spec/v1\noid sha256:" + "4d7a
 @pytest.mark.parametrize("name, remove", [
     ("config.json", None), ("generation_config.json", None), ("tokenizer_config.json", None),
     ("tokenizer.json", None), ("tokenizer.model", "tokenizer.json"), ("model.safetensors", None),
-    ("model.safetensors.index.json", None), ("pytorch_model.bin", "model.safetensors"),
+    ("model.safetensors.index.json", "model.safetensors"), ("pytorch_model.bin", "model.safetensors"),
 ])
 def test_a_git_lfs_pointer_in_place_of_a_checkpoint_file_is_said_to_be_one(tmp_path, tiny_checkpoint, name, remove):
     """A clone without git-lfs holds ~130-byte pointer files where the data should be: the error said only "unreadable

@@ -69,7 +69,7 @@ def test_dynamic_scaling_stretches_the_context_limit():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"architectures": ["MistralForCausalLM"], "model_type": "mistral"}, "MistralForCausalLM"),
+    ({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2"}, "Qwen2ForCausalLM"),
     ({"attention_bias": True}, "attention_bias"),
     ({"hidden_act": "gelu"}, "gelu"),
     ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "yarn"),
