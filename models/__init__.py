@@ -19,8 +19,8 @@ _LAZY = {
 }
 
 __all__ = ["ContextTooLongError", "Engine", "GenerationConfig", "GenerationResult", "MismatchError", "ModelConfig",
-           "ModelError", "ModelNotFoundError", "OutOfMemoryError", "PRESETS", "SettingError", "Timings", "Transformer", "UnsupportedModelError",
-           "build_random_model", "load_model", "preset"]
+           "ModelError", "ModelNotFoundError", "OutOfMemoryError", "PRESETS", "SettingError", "Timings", "Transformer",
+           "UnsupportedModelError", "build_random_model", "load_model", "preset"]
 
 
 def __getattr__(name: str):

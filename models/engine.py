@@ -263,8 +263,8 @@ class Engine:
             raise ValueError(f"unknown attention {name!r} (choose from {', '.join(BACKENDS)})")
         head_dim = self.model.config.head_dim
         if name in ("flash", "eager") and head_dim not in KERNEL_HEAD_DIMS:
-            raise MismatchError(f"{name} attention takes head dims {KERNEL_HEAD_DIMS[0]}..{KERNEL_HEAD_DIMS[-1]}, and "
-                             f"{self.name}'s is {head_dim}: use sdpa")
+            raise MismatchError(f"{name} attention takes head dims {KERNEL_HEAD_DIMS[0]}..{KERNEL_HEAD_DIMS[-1]}, "
+                                f"and {self.name}'s is {head_dim}: use sdpa")
         if name == "flash" and not triton_installed():
             raise ModelError("flash attention runs Triton kernels, and Triton is not installed (it has no build for "
                              "this platform): use sdpa")

@@ -257,7 +257,7 @@ def check_vocabulary_fits(tokenizer, config: ModelConfig, source: str) -> None:
     the special ones those a prompt is built with (BOS, EOS, unknown) or its chat template names. Other special tokens
     past the table are left: transformers' CodeLlamaTokenizer appends the infill tokens to a vocabulary that lacks
     them (34B's, the Python variants'), a fine-tune may add a <pad> without growing the table; transformers loads
-    those too. (Asked without reading the whole vocabulary, a tenth of a second: its size and the added tokens.)"""
+    those too. (Its size and its added tokens, not the whole vocabulary, whose reading takes a tenth of a second.)"""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     pieces = backend.get_vocab_size(with_added_tokens=False) if backend is not None else tokenizer.vocab_size
     made = [pieces - 1]             # that many distinct ids reach pieces - 1 at least
