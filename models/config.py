@@ -16,6 +16,7 @@ from models.errors import ModelError, UnsupportedModelError
 ROPE_SCALING_KINDS = ("linear", "dynamic", "llama3")
 # Llama's computation by other names: Mistral is Llama with a sliding window (ModelConfig.sliding_window).
 LLAMA_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+LLAMA_MODEL_TYPES = ("llama", "mistral")     # (AutoModelForCausalLM's choice, where no architectures are named)
 MISTRAL_DEFAULT_WINDOW = 4096      # MistralConfig's sliding_window where config.json has none
 
 # The largest value each shape field may take: far beyond any real Llama, small enough that a typo
@@ -92,7 +93,7 @@ class ModelConfig:
             raise ModelError(f"{source}: not a config object (a JSON {type(hf).__name__})")
         architectures = hf.get("architectures")
         arch = architectures[0] if isinstance(architectures, list) and architectures else hf.get("model_type", "?")
-        if hf.get("model_type") != "llama" and arch not in LLAMA_ARCHITECTURES:
+        if hf.get("model_type") not in LLAMA_MODEL_TYPES and arch not in LLAMA_ARCHITECTURES:
             raise UnsupportedModelError(f"{source}: architecture {arch!r} is not supported (only Llama-architecture "
                                         "models, LlamaForCausalLM, and Mistral's)")
         for key in ("attention_bias", "mlp_bias"):
@@ -107,7 +108,7 @@ class ModelConfig:
         theta, scaling = _hf_rope(hf, source)
         n_heads = _whole(hf, "num_attention_heads", source, LIMITS["n_heads"])
         # MistralConfig's defaults where a Mistral's config.json lacks the key (LlamaConfig's otherwise).
-        mistral = hf.get("model_type") == "mistral" and arch == "MistralForCausalLM"
+        mistral = hf.get("model_type") == "mistral" and arch != "LlamaForCausalLM"
         kv_heads = 8 if mistral and "num_key_value_heads" not in hf else n_heads
         return cls.checked(
             source,

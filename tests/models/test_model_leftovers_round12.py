@@ -200,17 +200,22 @@ def mistral_folder(tmp_path, llama_tokenizer, name, architectures, window=WINDOW
     directory = tmp_path / name
     save_tiny_llama(directory, llama_tokenizer, n_kv_heads=2)
     rewrite_config(directory, model_type="mistral", architectures=architectures, sliding_window=window)
+    if architectures is None:       # (a hand-written config: AutoModelForCausalLM goes by model_type alone)
+        config = json.loads((directory / "config.json").read_text())
+        del config["architectures"]
+        (directory / "config.json").write_text(json.dumps(config))
     return directory
 
 
-@pytest.mark.parametrize("architectures", [["LlamaForCausalLM"], ["MistralForCausalLM"]])
+@pytest.mark.parametrize("architectures", [["LlamaForCausalLM"], ["MistralForCausalLM"], None])
 def test_a_mistral_sliding_window_caps_the_context(tmp_path, llama_tokenizer, architectures):
     """model_type mistral: AutoModelForCausalLM builds a MistralForCausalLM, whose every query attends to the last
     `sliding_window` keys only; we attended to all of them (a mistral config naming LlamaForCausalLM loaded, its
     window ignored). Within the window the two are one computation, so the context is capped there (the default) and
     a longer one asked for is refused; a plain Mistral (no biases, SiLU) then loads too, logits as transformers'."""
     from models import ContextTooLongError
-    directory = mistral_folder(tmp_path, llama_tokenizer, "mistral-" + architectures[0], architectures)
+    directory = mistral_folder(tmp_path, llama_tokenizer, f"mistral-{(architectures or ['unnamed'])[0]}",
+                               architectures)
     engine = load_model(directory, device="cpu")
     assert engine.context_length == WINDOW
     message = load_error(directory, ContextTooLongError, f"sliding window of {WINDOW} tokens", max_context=WINDOW + 1,
