@@ -42,6 +42,7 @@ from .index import RepoIndex
 from .inherited import inherited_members
 from .languages import comment_marker, language_for, language_name
 from .members import type_members
+from .variables import variable_members
 from .outline import brief, outline
 from .packing import (BRIEF, CHARS_PER_TOKEN_AT_MOST, EXAMPLE, Assembler, ContextItem, Layout, PackedPrompt, Selection,
                       count_all, select_chunks, selection_of)
@@ -377,7 +378,8 @@ def _query(index: RepoIndex, path: str, language: str, imports, rows: list[str],
         terms.qualifier) else []
     members = inherited_members(index, path, language, rows, row, column, imports, imported, terms.counts) or (
         type_members(index, path, terms.qualifier, imported.definitions, imported.files, module, terms.partial,
-                     terms.counts) if terms.qualifier else {})
+                     terms.counts) if terms.qualifier else {}) or (
+        {} if module else variable_members(index, path, language, rows, row, column, imports, imported, terms.counts))
     return Query(
         weights=terms.weights,
         path=path,

@@ -136,15 +136,24 @@ def inherited_members(index, path: str, language: str, rows: Sequence[str], row:
         head, own = _enclosing_class(language, rows, row, column)
     if head is None and not own:
         return {}
-    scopes = {path: (imports, imported)}
-    members: dict[str, list[int]] = {}
     instance = not qualifier.group().startswith("Self::")  # (`Self::` names no field)
     # Types whose own members are not around the cursor (a C++ method defined outside its class, a Rust impl block
     # of a type and a trait, a Go method's receiver) come first, their bases read from where the index declares them;
     # a Java record's components, not in the index's names, come first too, its bases are its head's.
     level = [(path, name) for name in own] + [(path, base) for base in (_bases(language, head) if head else ())]
+    members = hierarchy_members(index, level, {path: (imports, imported)}, instance, MAX_DEPTH + (head is None))
+    return likeliest_members(members, _PARTIAL.search(before).group(), used)
+
+
+def hierarchy_members(index, level: list[tuple[str, str]], scopes: dict, instance: bool = True,
+                      depth: int = MAX_DEPTH) -> dict[str, list[int]]:
+    """Member name -> the chunks defining it, of the types ``level`` names (each a file and a type as written
+    there) and of their bases, ``depth`` levels in all, the nearest type's first where two define a name; with the
+    fields their declarations list where the index records none, for an ``instance``. ``scopes``: file -> its
+    imports as written and followed (``_resolve``)."""
+    members: dict[str, list[int]] = {}
     seen_heads, looked_at, packages = set(), 0, {}
-    for _ in range(MAX_DEPTH + (head is None)):
+    for _ in range(depth):
         following = []
         for file, written in level:
             if looked_at >= MAX_CLASSES:
@@ -163,7 +172,7 @@ def inherited_members(index, path: str, language: str, rows: Sequence[str], row:
                     members.setdefault(field, [number])
                 following += [(chunk.path, base) for base in _declared_bases(chunk.language, chunk.text, name)]
         level = following
-    return likeliest_members(members, _PARTIAL.search(before).group(), used)
+    return members
 
 
 def _resolve(index, file: str, written: str, scopes: dict) -> tuple[str, list[int]]:

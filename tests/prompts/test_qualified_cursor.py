@@ -473,3 +473,162 @@ def test_a_partly_typed_java_name_after_this_is_a_base_class_method(make_repo, s
     _comes_first(index, packed, ("src/com/acme/parsing/BaseParser.java", "parse"),
                  ("src/com/acme/parsing/Tokens.java", "Tokens"), ("src/com/acme/legacy/BaseParser.java", "parse"),
                  ("src/com/acme/parsing/BaseParser.java", "BaseParser"))
+
+
+# After a variable whose type the code states ---------------------------------------------------------------------
+
+def _py_reader(imports: str, body: str, declaration: str, line: str) -> str:
+    return (f"{imports}\nfrom .tokens import parse_number, read_token\n\n\nclass Reader:\n{body}"
+            "    def run(self, text, other: BaseParser = None):\n        first = read_token(text)\n"
+            f"{declaration}        found = {line}\n        return first, found\n")
+
+
+@pytest.mark.parametrize("imports, body, declaration, line", [
+    ("from .base import BaseParser", "", "", "other.pa"),
+    ("from .base import BaseParser", "", "        parser = BaseParser(text)\n", "parser.pa"),
+    ("from typing import Optional\nfrom .base import BaseParser", "",
+     "        parser: Optional[BaseParser] = None\n", "parser.pa"),
+    ("from . import base", "", "        parser = base.BaseParser(text)\n", "parser.pa"),
+    ("from .base import BaseParser as Base", "", "        parser = Base(text)\n", "parser.pa"),
+    ("from .base import BaseParser", "    def __init__(self, text):\n        self.parser = BaseParser(text)\n\n",
+     "", "self.parser.pa"),
+    ("from .base import BaseParser", "    parser: 'BaseParser'\n\n", "", "self.parser.pa"),
+], ids=["annotated-parameter", "instance", "optional-annotation", "module-qualified-class", "renamed-class",
+        "attribute-set-in-init", "class-level-annotation"])
+def test_a_partly_typed_name_after_a_python_variable_is_its_types_method(make_repo, smollm2_tokenizer, imports, body,
+                                                                         declaration, line):
+    """`parser.pa|` after `parser = BaseParser(text)` (or a parameter annotated `other: BaseParser`, an attribute
+    `self.parser = BaseParser(text)`): the variable named no module and no type, so read_token, used on the line
+    above, came first and the part of BaseParser's long body (another file) that defines `parse` was far down. The
+    declaration above the cursor (or, for an attribute, anywhere in the class) now names the type, whose `parse`
+    comes first."""
+    files = PY_PARSER_FILES | {"parsing/reader.py": _py_reader(imports, body, declaration, line)}
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "parsing/reader.py", line)
+    _cut_apart(index, "parsing/base.py", "BaseParser", "parse")
+    _comes_first(index, packed, ("parsing/base.py", "parse"), *PY_PARSER_DECOYS)
+
+
+TS_PARSING_FILES = JS_FILES | {
+    "src/parsing/base.ts": TS_BASE_PARSER,
+    "src/parsing/tokens.ts": "export function readToken(text: string): string {\n  return text.split(' ')[0];\n}"
+                             "\n\nexport function parseNumber(text: string): number {\n  return Number(text);\n}\n",
+    "src/legacy/old.ts": "export class OldParser {\n  parse(rules: string[]): string[] {\n    return rules;\n  }\n}\n"}
+
+
+@pytest.mark.parametrize("head, declaration, line", [
+    ("", "", "other.pa"),
+    ("", "    const parser = new BaseParser(text);\n", "parser.pa"),
+    ("", "    let parser: BaseParser | undefined;\n", "parser.pa"),
+    ("  constructor(private readonly parser: BaseParser) {}\n\n", "", "this.parser.pa"),
+    ("  private parser?: BaseParser;\n\n", "", "this.parser.pa"),
+], ids=["typed-parameter", "new-instance", "typed-local", "constructor-parameter-property", "class-field"])
+def test_a_partly_typed_name_after_a_typescript_variable_is_its_types_method(make_repo, smollm2_tokenizer, head,
+                                                                             declaration, line):
+    """`parser.pa|` after `const parser = new BaseParser(text)` (a parameter `other: BaseParser`, a constructor's
+    parameter property, a field): readToken, used on the line above, came before the part of BaseParser's long
+    body (another file) that defines `parse`, which now comes first."""
+    reader = ("import { BaseParser } from './base';\nimport { parseNumber, readToken } from './tokens';\n\n"
+              f"export class Reader {{\n{head}  run(text: string, other: BaseParser): string[] {{\n"
+              f"    const first = readToken(text);\n{declaration}    const found = {line};\n"
+              "    return [first, found];\n  }\n}\n")
+    files = TS_PARSING_FILES | {"src/parsing/reader.ts": reader}
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "src/parsing/reader.ts", line)
+    _cut_apart(index, "src/parsing/base.ts", "BaseParser", "parse")
+    _comes_first(index, packed, ("src/parsing/base.ts", "parse"), ("src/parsing/tokens.ts", "readToken"),
+                 ("src/parsing/tokens.ts", "parseNumber"), ("src/legacy/old.ts", "parse"),
+                 ("src/parsing/base.ts", "BaseParser"))
+
+
+@pytest.mark.parametrize("head, declaration, line", [
+    ("", "", "other.pa"),
+    ("", "        BaseParser parser = new BaseParser(text);\n", "parser.pa"),
+    ("", "        var parser = new BaseParser(text);\n", "parser.pa"),
+    ("    private final BaseParser parser;\n\n", "", "this.parser.pa"),
+    ("    private final List<String> names = List.of();\n    private BaseParser parser;\n\n", "", "parser.pa"),
+], ids=["parameter", "typed-local", "var-local", "this-field", "field"])
+def test_a_partly_typed_name_after_a_java_variable_is_its_types_method(make_repo, smollm2_tokenizer, head,
+                                                                       declaration, line):
+    """`parser.pa|` after `BaseParser parser = ...` (a parameter, `var`, a field, `this.parser`), BaseParser a
+    class of the file's own package: the Tokens made on the line above came before the part of BaseParser's long
+    body that defines `parse`, which now comes first, before a legacy BaseParser's `parse`."""
+    reader = ("package com.acme.parsing;\n\nimport java.util.List;\n\n"
+              f"public class Reader {{\n{head}    public String read(String text, BaseParser other) {{\n"
+              f"        Tokens first = new Tokens(text);\n{declaration}        String found = {line};\n"
+              "        return first.text + found;\n    }\n}\n")
+    files = {"src/com/acme/parsing/BaseParser.java": JAVA_BASE_PARSER,
+             "src/com/acme/parsing/Reader.java": reader,
+             "src/com/acme/parsing/Tokens.java": "package com.acme.parsing;\n\npublic class Tokens {\n"
+                                                 "    public final String text;\n\n"
+                                                 "    public Tokens(String text) {\n"
+                                                 "        this.text = text.trim();\n    }\n}\n",
+             "src/com/acme/legacy/BaseParser.java": "package com.acme.legacy;\n\npublic class BaseParser {\n"
+                                                    "    public String parse(String rules) {\n"
+                                                    "        return rules;\n    }\n}\n"}
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "src/com/acme/parsing/Reader.java", line)
+    _cut_apart(index, "src/com/acme/parsing/BaseParser.java", "BaseParser", "parse")
+    _comes_first(index, packed, ("src/com/acme/parsing/BaseParser.java", "parse"),
+                 ("src/com/acme/parsing/Tokens.java", "Tokens"), ("src/com/acme/legacy/BaseParser.java", "parse"),
+                 ("src/com/acme/parsing/BaseParser.java", "BaseParser"))
+
+
+GO_PARSING_FILES = GO_FILES | {
+    "internal/parsing/parser.go": "package parsing\n\n// Parser reads the tokens of a text.\ntype Parser struct {\n"
+                                  "\tText string\n}\n\n// NewParser makes a parser of a text.\n"
+                                  "func NewParser(text string) *Parser {\n\treturn &Parser{Text: text}\n}\n",
+    "internal/parsing/steps.go": "package parsing\n\nimport \"strings\"\n\n" + "".join(
+        f"// Step{i} is step {i} of the parsing rules.\nfunc (p *Parser) Step{i}(tokens string, strict bool) string {{"
+        f"\n\tfound := p.Text[{i}:] + tokens\n\tif strict {{\n\t\treturn found\n\t}}\n"
+        "\treturn strings.TrimSpace(found)\n}\n\n" for i in range(12))
+        + "// Parse applies the rules to the text.\nfunc (p *Parser) Parse(rules string) string {\n"
+        "\treturn rules + p.Text\n}\n",
+    "internal/tokens/tokens.go": "package tokens\n\nimport \"strings\"\n\nfunc Read(text string) string {\n"
+                                 "\treturn strings.Fields(text)[0]\n}\n\nfunc ParseNumber(text string) int {\n"
+                                 "\treturn len(text)\n}\n",
+    "internal/legacy/old.go": "package legacy\n\ntype OldParser struct{}\n\n"
+                              "func (o *OldParser) Parse(rules string) string {\n\treturn rules\n}\n"}
+
+
+@pytest.mark.parametrize("declaration, line", [
+    ("\tcount := len(text)\n", "other.Pa"),
+    ("\tp := parsing.NewParser(text)\n", "p.Pa"),
+    ("\tp, q := &parsing.Parser{Text: text}, 1\n", "p.Pa"),
+    ("\tvar p parsing.Parser\n", "p.Pa"),
+], ids=["parameter", "constructor-function", "composite-literal", "var"])
+def test_a_partly_typed_name_after_a_go_variable_is_its_types_method(make_repo, smollm2_tokenizer, declaration,
+                                                                     line):
+    """`p.Pa|` after `p := parsing.NewParser(text)` (a parameter `other *parsing.Parser`, `&parsing.Parser{...}`,
+    `var p parsing.Parser`): tokens.Read, used on the line above, came first and could the imported ParseNumber;
+    the method Parse of the imported package's Parser (a file of its methods) now does. (Right below the line of
+    `tokens.Read(...)`, its qualified use and its name's definition together, 3.75 + 6, still outweigh the member
+    being typed, 8: a line stands between them here.)"""
+    main = ('package main\n\nimport (\n\t"fmt"\n\n\t"github.com/acme/shop/internal/parsing"\n'
+            '\t"github.com/acme/shop/internal/tokens"\n)\n\n'
+            "func run(text string, other *parsing.Parser) {\n\tfirst := tokens.Read(text)\n"
+            f"{declaration}\tfound := {line}\n\tfmt.Println(first, found)\n}}\n")
+    files = GO_PARSING_FILES | {"cmd/shop/main.go": main}
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "cmd/shop/main.go", line)
+    _comes_first(index, packed, ("internal/parsing/steps.go", "Parse"), ("internal/tokens/tokens.go", "Read"),
+                 ("internal/tokens/tokens.go", "ParseNumber"), ("internal/legacy/old.go", "Parse"),
+                 *[("internal/parsing/steps.go", f"Step{i}") for i in range(12)])
+
+
+@pytest.mark.parametrize("declaration, line", [
+    ("", "other.ev"),
+    ("    let mut store = Store::new();\n", "store.ev"),
+    ("    let store: &mut cache::Store = other;\n", "store.ev"),
+    ("", "self.store.ev"),
+], ids=["parameter", "associated-constructor", "typed-local", "struct-field"])
+def test_a_partly_typed_name_after_a_rust_variable_is_its_types_method(make_repo, smollm2_tokenizer, declaration,
+                                                                       line):
+    """`store.ev|` after `let mut store = Store::new()` (a parameter `other: &mut Store`, a typed local, a field of
+    the struct whose impl the cursor is in): Stock, used on the line above, came first; the impl block (another
+    file than the struct's) that defines Store's `evict` now does."""
+    app = ("use crate::cache;\nuse crate::cache::Store;\nuse crate::stock::Stock;\n\n"
+           "pub struct Shop {\n    store: Store,\n}\n\nimpl Shop {\n"
+           "    pub fn open(&mut self, name: &str, other: &mut Store) -> usize {\n"
+           f"        let stock = Stock::empty();\n    {declaration}        {line};\n        name.len()\n    }}\n}}\n")
+    files = RUST_TYPE_FILES | {"src/app.rs": app}
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "src/app.rs", line)
+    _comes_first(index, packed, ("src/cache_ops.rs", "evict"), ("src/stock.rs", "Stock"),
+                 ("src/legacy.rs", "new"), ("src/names.rs", "new_store_name"),
+                 *[(f"src/filler{i}.rs",) for i in range(20)])
