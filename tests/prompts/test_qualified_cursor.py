@@ -632,3 +632,77 @@ def test_a_partly_typed_name_after_a_rust_variable_is_its_types_method(make_repo
     _comes_first(index, packed, ("src/cache_ops.rs", "evict"), ("src/stock.rs", "Stock"),
                  ("src/legacy.rs", "new"), ("src/names.rs", "new_store_name"),
                  *[(f"src/filler{i}.rs",) for i in range(20)])
+
+
+CPP_PARSE_STEP = ("    std::string step{i}(const std::string &tokens, bool strict) {{\n"
+                  "        // step {i} of the parsing rules\n        std::string found = text_.substr({i}) + tokens;\n"
+                  "        return strict ? found : found.substr(1);\n    }}\n\n")
+CPP_BASE_PARSER = ("#pragma once\n#include <string>\n\nclass BaseParser {\npublic:\n"
+                   "    explicit BaseParser(const std::string &text) : text_(text) {}\n\n"
+                   + "".join(CPP_PARSE_STEP.format(i=i) for i in range(12))
+                   + "    std::string parse(const std::string &rules) {\n        return rules + text_;\n    }\n\n"
+                   "private:\n    std::string text_;\n};\n")
+
+
+@pytest.mark.parametrize("declaration, line", [
+    ("", "other.pa"),
+    ("    BaseParser parser(text);\n", "parser.pa"),
+    ("    const BaseParser *parser = &other;\n", "parser->pa"),
+    ("    auto parser = new BaseParser(text);\n", "parser->pa"),
+], ids=["reference-parameter", "local", "pointer", "auto-new"])
+def test_a_partly_typed_name_after_a_cpp_variable_is_its_types_method(make_repo, smollm2_tokenizer, declaration,
+                                                                      line):
+    """`parser.pa|` after `BaseParser parser(text);` (a parameter `BaseParser &other`, a pointer's `parser->pa|`,
+    `auto parser = new BaseParser(text)`): read_token, used on the line above, came before the part of the
+    included header's long class that defines `parse`, which now comes first."""
+    reader = ('#include <string>\n#include "base_parser.h"\n#include "tokens.h"\n\n'
+              "std::string run(const std::string &text, BaseParser &other) {\n"
+              f"    std::string first = read_token(text);\n{declaration}    std::string found = {line}\n"
+              "    return first + found;\n}\n")
+    files = {"src/base_parser.h": CPP_BASE_PARSER, "src/reader.cpp": reader,
+             "src/tokens.h": "#pragma once\n#include <string>\n\nstd::string read_token(const std::string &text);\n"
+                             "int parse_number(const std::string &text);\n",
+             "src/tokens.cpp": '#include "tokens.h"\n\nstd::string read_token(const std::string &text) {\n'
+                               "    return text.substr(0, text.find(' '));\n}\n\n"
+                               "int parse_number(const std::string &text) {\n    return std::stoi(text);\n}\n",
+             "src/legacy/old_parser.h": "#pragma once\n#include <string>\n\nclass OldParser {\npublic:\n"
+                                        "    std::string parse(const std::string &rules) {\n"
+                                        "        return rules;\n    }\n};\n"}
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "src/reader.cpp", line)
+    _cut_apart(index, "src/base_parser.h", "BaseParser", "parse")
+    _comes_first(index, packed, ("src/base_parser.h", "parse"), ("src/tokens.h", "read_token"),
+                 ("src/tokens.cpp", "read_token"), ("src/tokens.cpp", "parse_number"),
+                 ("src/legacy/old_parser.h", "parse"))
+
+
+JS_PARSE_STEP = ("  step{i}(tokens, strict = false) {{\n    // step {i} of the rules\n"
+                 "    const found = this.tokens.slice({i}).concat(tokens);\n"
+                 "    return strict ? found : found.slice(0, {i});\n  }}\n\n")
+JS_BASE_PARSER = ("export class BaseParser {\n  constructor(text) {\n    this.text = text;\n"
+                  "    this.tokens = text.split(' ');\n  }\n\n" + "".join(JS_PARSE_STEP.format(i=i) for i in range(14))
+                  + "  parse(rules) {\n    return rules.map((rule) => rule + this.text);\n  }\n}\n")
+
+
+@pytest.mark.parametrize("line", ["parser.pa", "this.parser.pa"], ids=["new-instance", "property-set-to-new"])
+def test_a_partly_typed_name_after_a_javascript_variable_is_its_types_method(make_repo, smollm2_tokenizer, line):
+    """`parser.pa|` after `const parser = new BaseParser(text)` (or `this.parser = new BaseParser(text)` in the
+    constructor): readToken, used on the line above, came before the part of BaseParser's long body that defines
+    `parse`, which now comes first."""
+    made = "this.parser" if line.startswith("this.") else "const parser"
+    reader = ("import { BaseParser } from './base.js';\nimport { parseNumber, readToken } from './tokens.js';\n\n"
+              f"export class Reader {{\n  constructor(text) {{\n    {made} = new BaseParser(text);\n  }}\n\n"
+              f"  run(text) {{\n    const first = readToken(text);\n    const found = {line};\n"
+              "    return [first, found];\n  }\n}\n")
+    if made == "const parser":   # (a local of the method, not the constructor's)
+        reader = reader.replace("    const parser = new BaseParser(text);\n", "").replace(
+            "    const first = readToken(text);\n", "    const parser = new BaseParser(text);\n"
+            "    const first = readToken(text);\n")
+    files = JS_FILES | {
+        "src/parsing/base.js": JS_BASE_PARSER, "src/parsing/reader.js": reader,
+        "src/parsing/tokens.js": "export function readToken(text) {\n  return text.split(' ')[0];\n}\n\n"
+                                 "export function parseNumber(text) {\n  return Number(text);\n}\n",
+        "src/legacy/old.js": "export class OldParser {\n  parse(rules) {\n    return rules;\n  }\n}\n"}
+    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "src/parsing/reader.js", line)
+    _cut_apart(index, "src/parsing/base.js", "BaseParser", "parse")
+    _comes_first(index, packed, ("src/parsing/base.js", "parse"), ("src/parsing/tokens.js", "readToken"),
+                 ("src/parsing/tokens.js", "parseNumber"), ("src/legacy/old.js", "parse"))
