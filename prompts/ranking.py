@@ -30,7 +30,8 @@ Query identifiers weigh more the nearer they are to the cursor (before it counts
 words in comments and strings, and names the current file binds itself (local variables, parameters, its own
 definitions), weigh less and never pull in definitions from elsewhere. The partial word under the cursor is left
 out of them, so the ranking does not change with every keystroke; only after a module's or a type's qualifier
-(``pr.Ne|``, ``Store::ne|``), or ``self.``/``this.`` (``self.pa|``), does it say which definitions come first.
+(``pr.Ne|``, ``Store::ne|``), ``self.``/``this.`` (``self.pa|``), or a variable whose type the code above states
+(``parser.pa|`` after ``parser = Parser(text)``), does it say which definitions come first.
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ class Query:
     imported: frozenset[str] = frozenset()  # files the current file imports
     imported_names: Mapping[str, Sequence[int]] = field(default_factory=dict)  # name -> chunks defining it
     module_at_cursor: Sequence[str] = ()  # files of the module whose attribute is being typed (`nodes.|`)
-    # the module's (or type's, `Store::ne|`; or the enclosing class's bases', `self.pa|`) names likeliest next
+    # the module's (or type's, `Store::ne|`; the enclosing class's bases', `self.pa|`; a variable's type's and its
+    # bases', `parser.pa|`) names likeliest next
     # (beginning with the word typed after it, `nodes.Se|`) -> chunks defining each
     completing: Mapping[str, Sequence[int]] = field(default_factory=dict)
     local: frozenset[str] = frozenset()  # names the current file binds itself
