@@ -105,10 +105,13 @@ def declared_type(language: str, rows: Sequence[str], row: int, column: int, nam
     instance = r"(?:(?:self|this)\s*(?:\.|->)\s*)?" if attribute or language in ("java", "cpp") else ""
     variable = r"(?<![\w.$'\">])" + instance + re.escape(name) if instance else r"(?<![\w.$'\"])" + re.escape(name)
     patterns = [re.compile(pattern.format(name=variable)) for pattern in DECLARATIONS[language]]
-    lines = [(rows[row][:column], True)] + [(rows[n], True) for n in range(row - 1, max(-1, row - REACH_LINES), -1)]
+    # (each line's first LINE_CHARS read: a declaration begins its line, and a pattern that begins with a type's path
+    # would try every place of a minified line, each as far as the path goes)
+    lines = [(rows[row][:column][-LINE_CHARS:], True)] + [
+        (rows[n][:LINE_CHARS], True) for n in range(row - 1, max(-1, row - REACH_LINES), -1)]
     if attribute:
-        lines += [(rows[row][column:], False)] + [(rows[n], False)
-                                                  for n in range(row + 1, min(len(rows), row + REACH_LINES))]
+        lines += [(rows[row][column:][:LINE_CHARS], False)] + [
+            (rows[n][:LINE_CHARS], False) for n in range(row + 1, min(len(rows), row + REACH_LINES))]
     nearest, size = None, 0
     for line, upwards in lines:   # (only the lines naming the variable are matched: most are not)
         size += len(line) + 1
