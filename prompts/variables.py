@@ -21,6 +21,7 @@ from collections.abc import Container, Sequence
 
 from .imports import Import, ImportedNames
 from .inherited import MAX_DEPTH, hierarchy_members
+from .languages import language_for
 from .members import likeliest_members
 
 REACH_LINES = 2000  # lines above the cursor searched for a declaration
@@ -89,19 +90,21 @@ def variable_members(index, path: str, language: str, rows: Sequence[str], row: 
     variable = (_BEFORE_ARROW if language == "cpp" else _BEFORE_DOT).search(before) if patterns else None
     if variable is None or variable.group("name") in _NOT_VARIABLES:
         return {}
+    spec = language_for(path)
     written = declared_type(language, rows, row, column - len(before) + variable.start(), variable.group("name"),
-                            bool(variable.group("attribute")))
+                            bool(variable.group("attribute")), spec.keywords if spec else frozenset())
     if written is None:
         return {}
     members = hierarchy_members(index, [(path, written)], {path: (imports, imported)}, True, MAX_DEPTH + 1)
     return likeliest_members(members, _PARTIAL.search(before).group(), used) if members else {}
 
 
-def declared_type(language: str, rows: Sequence[str], row: int, column: int, name: str, attribute: bool
-                  ) -> str | None:
+def declared_type(language: str, rows: Sequence[str], row: int, column: int, name: str, attribute: bool,
+                  keywords: Container[str] = frozenset()) -> str | None:
     """The type, as written, that the nearest declaration of the variable ``name`` above the cursor (the text
     before 0-based ``row``, ``column``) gives it; for an ``attribute`` (``self.x``, ``this.x``), failing that the
-    first below it. None where no declaration is found."""
+    first below it. None where no declaration is found. A "type" that is one of the language's ``keywords`` says
+    the match is a statement, no declaration (Java's `return x;`, TypeScript's `case x: return`)."""
     instance = r"(?:(?:self|this)\s*(?:\.|->)\s*)?" if attribute or language in ("java", "cpp") else ""
     variable = r"(?<![\w.$'\">])" + instance + re.escape(name) if instance else r"(?<![\w.$'\"])" + re.escape(name)
     patterns = [re.compile(pattern.format(name=variable)) for pattern in DECLARATIONS[language]]
@@ -118,7 +121,8 @@ def declared_type(language: str, rows: Sequence[str], row: int, column: int, nam
         if size > 2 * REACH_CHARS:
             break
         if name in line:
-            found = [match for pattern in patterns for match in pattern.finditer(line)]
+            found = [match for pattern in patterns for match in pattern.finditer(line)
+                     if re.match(r"[\w$]*", match.group("type")).group() not in keywords]
             if found:   # (on the line above, the last declaration on it; on one below, the first)
                 nearest = (max if upwards else min)(found, key=lambda match: match.start())
                 break

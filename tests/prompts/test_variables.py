@@ -57,3 +57,18 @@ def test_nothing_where_no_declaration_names_a_type_of_the_repository(make_repo, 
     """A call of a function (no class of the name), `dict(...)`, a parameter of no annotation, `self.parser`
     (not the local `parser`), a module, and an attribute of the variable (whose type no declaration states): none."""
     assert _members(make_repo, FILES | {"pkg/app.py": app}, "pkg/app.py", ".pa") == {}
+
+
+JAVA_BASE = ("package com.acme;\n\npublic class BaseParser {\n    public String parse(String rules) {\n"
+             "        return rules;\n    }\n}\n")
+
+
+def test_a_statement_that_reads_like_a_declaration_hides_no_declaration_above_it(make_repo):
+    """`return parser;` reads as Java's `Type name;` with the type `return`: it was the nearest "declaration" above
+    the cursor, so BaseParser's, on the line before it, was never reached."""
+    app = ("package com.acme;\n\npublic class App {\n    public Object run(String text) {\n"
+           "        BaseParser parser = new BaseParser(text);\n        if (text.isEmpty()) return parser;\n"
+           "        return parser.pa\n    }\n}\n")
+    files = {"src/com/acme/BaseParser.java": JAVA_BASE, "src/com/acme/App.java": app}
+    assert _members(make_repo, files, "src/com/acme/App.java", "parser.pa") == {
+        "parse": ["src/com/acme/BaseParser.java"]}
