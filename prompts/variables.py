@@ -9,9 +9,10 @@ attribute or field (``self.x``, ``this.x``) failing that the first below it (a c
 methods). What reads as a declaration is a few patterns per language (DECLARATIONS: data, as aider's repository map
 keeps its queries); a type that the repository does not define is no answer (``int``, ``List<Store>``, a function
 called like a constructor), so a pattern may be loose. The type as written is resolved as a type qualifier is
-(members.py: the file's imports, ``module.Type``, the file's own types, a Go or Java package's), and its members, then
-its bases' (inherited.py's walk: ``app.use`` where Hono extends HonoBase), are weighted as after ``Type.``. Only after a name and a member operator is any of this done: a few regular
-expressions over the text above the cursor.
+(members.py: the file's imports, ``module.Type``, the file's own types, a Go or Java package's), and its members,
+then its bases' (inherited.py's walk: ``app.route`` where Hono extends HonoBase), are weighted as after ``Type.``.
+Only after a name and a member operator is any of this done: a few regular expressions over the lines above the
+cursor that name the variable.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from .inherited import MAX_DEPTH, hierarchy_members
 from .languages import language_for
 from .members import likeliest_members
 
-REACH_LINES = 2000  # lines above the cursor searched for a declaration
-REACH_CHARS = 131072  # ... and at most so many characters (not megabytes of a minified line)
-LINE_CHARS = 1000  # of the cursor's line, the part before the cursor that is read
+REACH_LINES = 2000  # lines above the cursor searched for a declaration (and below it, for a field)
+REACH_CHARS = 262144  # ... and at most so many characters of them in all
+LINE_CHARS = 1000  # of each line, the part that is read (of the cursor's, the end of the part before the cursor)
 
 # The variable right before the cursor (group "name"; "attribute" where it is an instance's, `self.x`, `this.x`)
 # and the word typed after its member operator.
@@ -105,6 +106,8 @@ def declared_type(language: str, rows: Sequence[str], row: int, column: int, nam
     before 0-based ``row``, ``column``) gives it; for an ``attribute`` (``self.x``, ``this.x``), failing that the
     first below it. None where no declaration is found. A "type" that is one of the language's ``keywords`` says
     the match is a statement, no declaration (Java's `return x;`, TypeScript's `case x: return`)."""
+    # (a field's declaration or assignment, `this.x = new Store()`, declares the plain name too where a class's fields
+    # are in scope without `this`: Java's, C++'s)
     instance = r"(?:(?:self|this)\s*(?:\.|->)\s*)?" if attribute or language in ("java", "cpp") else ""
     variable = r"(?<![\w.$'\">])" + instance + re.escape(name) if instance else r"(?<![\w.$'\"])" + re.escape(name)
     patterns = [re.compile(pattern.format(name=variable)) for pattern in DECLARATIONS[language]]
@@ -118,7 +121,7 @@ def declared_type(language: str, rows: Sequence[str], row: int, column: int, nam
     nearest, size = None, 0
     for line, upwards in lines:   # (only the lines naming the variable are matched: most are not)
         size += len(line) + 1
-        if size > 2 * REACH_CHARS:
+        if size > REACH_CHARS:
             break
         if name in line:
             found = [match for pattern in patterns for match in pattern.finditer(line)
