@@ -6,7 +6,8 @@ begins with // asks the rest (one slash less); Ctrl-C clears the line, or cancel
 being generated; Ctrl-D on an empty line leaves. Keys typed while an answer prints wait for the next prompt.
 History persists in the user state dir.
 On a GPU the model's steps are built (the warm-up) in the background from the start, while the first question is
-typed; the first line waits for what is left of it (Ctrl-C skips that).
+typed; the first line waits for what is left of it (Ctrl-C skips that), a question only for the step under way: the
+steps after it are built after its answer.
 """
 from __future__ import annotations
 
@@ -195,6 +196,7 @@ class _WarmUp:
 
     def __init__(self, session, on_end) -> None:
         self.built: list[str] = []
+        self.skipped: list[str] = []        # the steps a stop made it skip (Session.warm_up_skipped)
         self.error: BaseException | None = None
         self.seconds = 0.0
         self._stop = threading.Event()
@@ -206,6 +208,7 @@ class _WarmUp:
     def _run(self, session, on_end) -> None:
         try:
             self.built = timed_steps(session, session.warm_up(should_stop=self._stop.is_set))
+            self.skipped = list(session.warm_up_skipped)
         except BaseException as exc:        # (given to the REPL's thread by `finish`)
             self.error = exc
         finally:
@@ -247,7 +250,9 @@ class Repl:
         self.console = console
         self.last_rate = 0.0
         self._warming: _WarmUp | None = None
-        self._warm_again = False        # a /model that failed to load: the old model's steps went with its memory
+        # The warm-up to start again at the next prompt: a /model that failed to load (the old model's steps went with
+        # its memory), a question answered before the warm-up's later steps (_finish_warm_up).
+        self._warm_again = False
         history = history or history_path(conversation.index.root)
         # prompt-toolkit takes TERM=dumb's plain line editing only without an output of ours, yet its session still
         # resets a terminal output's cursor as it is made (`\x1b[?12l\x1b[?25h`): there the output is plain text.
@@ -301,7 +306,8 @@ class Repl:
                 return                      # (`run` stops the warm-up; `/exit now?` goes on to be refused)
             try:
                 # (`/model SPEC` loads another model: the one warmed goes; `/model` alone only shows it)
-                self._finish_warm_up(skip_rest=text.split(maxsplit=1)[0] == "/model" and text != "/model")
+                self._finish_warm_up(skip_rest=text.split(maxsplit=1)[0] == "/model" and text != "/model",
+                                     answer_first=text.startswith("//") or not _is_command(text))
                 self.conversation.session.catch_up()     # the files may have changed while the user typed
                 if text.startswith("//"):          # the escape: a question that begins with a slash
                     self.ask(re.sub(r"\A(\s*)/", r"\1", _question(typed), count=1))
@@ -326,11 +332,16 @@ class Repl:
         the line typed does waits for it to end (`_finish_warm_up`)."""
         self._warming = _WarmUp(self.conversation.session, self._redraw) if self._builds_ahead() else None
 
-    def _finish_warm_up(self, skip_rest: bool = False) -> None:
+    def _finish_warm_up(self, skip_rest: bool = False, answer_first: bool = False) -> None:
         """Wait for the warm-up under way, with a spinner (Ctrl-C skips the rest of it), and say what it built.
-        `skip_rest`: stop it after the step under way (/model SPEC: the model it warms goes). Interrupted (a second
-        Ctrl-C, the step under way going on), the line ends and the warm-up, told to stop, stays the next line's to
-        wait for: nothing may use the session beside it."""
+        `skip_rest`: stop it after the step under way (/model SPEC: the model it warms goes). `answer_first` (a
+        question): stop it after the step under way too, and build the steps it skipped after the answer, at the
+        next prompt. An answer needs the decode step alone (speculation and the wide tail wait for their steps'
+        capture), and the verifying and wide steps took 16.4 of a fresh H200's 23.2 s of warm-up (Run 48): a first
+        question sent at once waited 24.6 s for its answer. The steps built later overwrite the cached prompt's row,
+        so the first follow-up reads its prompt again (0.5-0.9 s of prefill there). Interrupted (a second Ctrl-C,
+        the step under way going on), the line ends and the warm-up, told to stop, stays the next line's to wait
+        for: nothing may use the session beside it."""
         warming = self._warming
         if warming is None:
             return
@@ -338,6 +349,8 @@ class Repl:
             if skip_rest:
                 warming.finish(should_stop=lambda: True)
             elif warming.running():
+                if answer_first:
+                    warming.stop()
                 with render.status("finishing the model's warm-up on the GPU (Ctrl-C skips the rest)"), \
                         CancelOnSigint() as cancel:
                     warming.finish(should_stop=cancel)
@@ -352,7 +365,9 @@ class Repl:
                 raise warming.error
             self.console.print(self._warm_up_failure(warming.error))
             return
-        skipped = " (skipped the rest)" if warming.stopped else ""
+        later = answer_first and bool(warming.skipped)
+        self._warm_again = self._warm_again or later
+        skipped = " (the rest after this answer)" if later else " (skipped the rest)" if warming.stopped else ""
         self.console.print(Text(f"warmed up {', '.join(warming.built)} in {warming.seconds:.1f} s{skipped}",
                                 style="dim"))
 

@@ -136,6 +136,7 @@ class Session:
                                                  # the most recent last
         self._tidy_until = 0                     # the index's walk that idle upkeep goes on to the end of
         self.warm_up_seconds: dict[str, float] = {}   # what the last warm_up built -> the seconds it took
+        self.warm_up_skipped: list[str] = []          # ... and the steps a stop made it skip
         self._chats: list[_HeldChat] = []        # the last chat prompts' excerpts, one a place some conversation
                                                  # stands at, the most recent last: its next turn may hold them
 
@@ -296,15 +297,19 @@ class Session:
         a prompt's tail takes the slower ways). The server runs it on the thread that runs the engine afterwards
         (some of it is kept per thread: cuDNN's plans), the REPL on a thread of its own while the first question is
         typed (repl._WarmUp). `should_stop()`: the rest is skipped, between steps. Returns what it built; the seconds
-        each took are `warm_up_seconds` (timed_steps says them)."""
+        each took are `warm_up_seconds` (timed_steps says them), the steps a stop skipped `warm_up_skipped`."""
         self.warm_up_seconds = {}       # (in the order built)
+        self.warm_up_skipped = []
         started = time.perf_counter()
         self.raw("def main():", sampling=Sampling(max_tokens=4)).run(should_stop=should_stop)
         self.warm_up_seconds["the decode step"] = time.perf_counter() - started
         for warm, what in ((self.engine.warm_speculation, "the step that verifies drafts"),
                            (self.engine.warm_wide_tail, "the step that feeds a longer edit")):
+            if should_stop():
+                self.warm_up_skipped.append(what)
+                continue
             started = time.perf_counter()
-            if not should_stop() and warm():
+            if warm():
                 self.warm_up_seconds[what] = time.perf_counter() - started
         return list(self.warm_up_seconds)
 
