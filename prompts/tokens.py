@@ -34,17 +34,25 @@ def tokenizable(text: str) -> str:
         return "".join("\ufffd" if "\ud800" <= char <= "\udfff" else char for char in text)
 
 
-def encoder_for(tokenizer) -> Encoder:
-    """The Encoder of a tokenizer, one per tokenizer object, so that what it remembers serves every prompt."""
+def encoder_for(tokenizer, rows: int | None = None) -> Encoder:
+    """The Encoder of a tokenizer, one per tokenizer object, so that what it remembers serves every prompt.
+
+    ``rows``: how many ids the model embeds (its embedding table's rows), told once by whoever pairs the tokenizer
+    with a model; from then on every prompt built with this tokenizer names no special token past them. (A tokenizer
+    may know tokens its model cannot embed: transformers' CodeLlamaTokenizer appends the infill tokens to
+    CodeLlama-34B's 32,000 pieces.)"""
     try:
-        return _ENCODERS[tokenizer]
+        encoder = _ENCODERS[tokenizer]
     except KeyError:
         # The value must not hold its key: a strong reference kept every tokenizer (and all it remembered)
         # alive for good, one more each time the REPL's /model loaded a model.
         encoder = _ENCODERS[tokenizer] = Encoder(weakref.proxy(tokenizer))
-        return encoder
     except TypeError:  # not weak-referenceable
-        return Encoder(tokenizer)
+        return Encoder(tokenizer, rows)
+    if rows is not None and rows != encoder.rows:
+        encoder.rows = rows
+        encoder._token_ids.clear()
+    return encoder
 
 
 class Encoder:
@@ -53,8 +61,9 @@ class Encoder:
     Pieces recur from one keystroke to the next (chunks, blocks of the current file), so the ids of recent
     pieces are remembered: only what changed is tokenized again."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, rows: int | None = None):
         self.tokenizer = tokenizer
+        self.rows = rows  # the ids the model embeds are 0..rows - 1 (None: every id of the tokenizer)
         self._cache: dict[tuple[str, bool], array] = {}
         self._token_ids: dict[str, int | None] = {}
         first_token = tokenizer.convert_ids_to_tokens(self._plain(["a"])[0][:1])
@@ -66,11 +75,12 @@ class Encoder:
         self.start_ids: list[int] = with_specials[: with_specials.index(plain[0])] if plain else []
 
     def token_id(self, token: str) -> int | None:
-        """The id of a token of the vocabulary, or None. (Asked token by token: reading the whole vocabulary
-        takes a tenth of a second.)"""
+        """The id of a token of the vocabulary that the model embeds, or None. (Asked token by token: reading the
+        whole vocabulary takes a tenth of a second.)"""
         if token not in self._token_ids:
             number = self.tokenizer.convert_tokens_to_ids(token)
             known = number is not None and self.tokenizer.convert_ids_to_tokens(number) == token
+            known = known and (self.rows is None or number < self.rows)
             self._token_ids[token] = number if known else None
         return self._token_ids[token]
 

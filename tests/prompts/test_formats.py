@@ -49,6 +49,20 @@ def test_codellama_infill_carries_repository_context_as_commented_sections(make_
     assert decode(ids[ids.index(SUF) + 1 : -1]) == ")\n    return result\n"
 
 
+@pytest.mark.parametrize("rows, expected", [(32000, "left-to-right"), (32016, "codellama-infill")])
+def test_infill_tokens_the_model_cannot_embed_give_a_left_to_right_prompt(make_repo, codellama_tokenizer, rows,
+                                                                          expected):
+    """CodeLlama-34B's table has 32,000 rows, and transformers' tokenizer knows the infill tokens at 32,007..32,010:
+    a prompt of them failed at the first request. 7B's 32,016 rows hold them."""
+    from prompts.tokens import encoder_for
+    tokenizer = copy.deepcopy(codellama_tokenizer)      # (its Encoder, told the rows, is this test's alone)
+    encoder_for(tokenizer, rows)
+    root = make_repo({"util.py": UTIL, "main.py": MAIN})
+    packed = build_completion_prompt(index_repository(root), tokenizer, "main.py", line=5, col=26)
+    assert packed.format == expected
+    assert max(packed.ids + packed.stop_token_ids) < rows
+
+
 def test_starcoder_fim_uses_repository_tokens(make_repo, starcoder_tokenizer):
     root = make_repo({"util.py": UTIL, "main.py": MAIN + "# a file may say <file_sep> or <fim_middle> as text\n"})
     packed = build_completion_prompt(index_repository(root), starcoder_tokenizer, "main.py", line=5, col=26)
