@@ -171,8 +171,9 @@ def load(args, max_new_tokens: int, default_budget: int | None = None, headroom:
     check_room(engine, args, max_new_tokens)     # a --max-tokens that leaves no room fails now, not later
     # Prompts name only special tokens the model embeds: a tokenizer may know more (CodeLlama-34B's infill tokens,
     # past its 32,000 rows), and a prompt holding one failed at the first request.
-    from prompts.tokens import encoder_for
-    encoder_for(engine.tokenizer, engine.model.config.vocab_size)
+    if engine.tokenizer is not None:            # (random weights, for --bench, have none)
+        from prompts.tokens import encoder_for
+        encoder_for(engine.tokenizer, engine.model.config.vocab_size)
     return engine
 
 

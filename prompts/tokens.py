@@ -55,6 +55,15 @@ def encoder_for(tokenizer, rows: int | None = None) -> Encoder:
     return encoder
 
 
+def embedded_rows(tokenizer) -> int | None:
+    """The rows ``encoder_for`` was told for this tokenizer (None: never told), without making an Encoder."""
+    try:
+        encoder = _ENCODERS.get(tokenizer)
+    except TypeError:  # not weak-referenceable
+        return None
+    return encoder.rows if encoder is not None else None
+
+
 class Encoder:
     """Encodes prompt pieces with a transformers tokenizer so that their ids can simply be concatenated.
 

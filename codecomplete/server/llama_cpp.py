@@ -140,10 +140,17 @@ class DetokenizeRequest(Body):
 @router.post("/tokenize")
 async def tokenize(request: Request):
     body = await read_json(request, TokenizeRequest)
+    rows = request.app.state.server.engine.model.config.vocab_size
 
     def tokens(tokenizer) -> list:
+        from prompts.errors import PromptError
+        from prompts.raw import check_embedded
         ids = tokenizer.encode(body.content, add_special_tokens=body.add_special,
                                split_special_tokens=not body.parse_special)
+        try:
+            check_embedded(tokenizer, ids, rows)    # what /completion would refuse of the same text
+        except PromptError as exc:
+            raise ApiError(400, str(exc)) from None
         return token_pieces(tokenizer, ids) if body.with_pieces else ids
     # Off the event loop: a body near the size limit takes 0.6-2.2 s, which every stream and request would wait for.
     return json_response({"tokens": await request.app.state.server.with_tokenizer(tokens)})

@@ -46,6 +46,10 @@ def like_7b(tmp_path_factory) -> Path:
     return infill_checkpoint(tmp_path_factory.mktemp("models") / "like-7b", embeds_infill=True)
 
 
+def info_rows(folder: Path) -> int:
+    return json.loads((folder / "config.json").read_text())["vocab_size"]
+
+
 def session_format(folder: Path, repo: Path) -> str:
     """The completion format the app's session builds its prompts in, the model loaded as the command line loads it."""
     from codecomplete.cli import build_parser
@@ -82,7 +86,23 @@ def test_serve_answers_infill_for_such_a_model_as_for_one_without_fim_tokens(scr
                                                               "input_suffix": "\n\nprint(area(2))\n"}, timeout=300)
         assert response.status_code == 200, response.text
         assert response.json()["tokens_predicted"] >= 1
+        for path, body in [("/completion", {"prompt": "def f():\n▁<PRE>"}), ("/tokenize", {"content": "▁<PRE>"})]:
+            # a client's text naming such a token: one clear 400 (was a 500, and /tokenize gave the id)
+            response = httpx.post(process.url + path, json=body, timeout=300)
+            assert response.status_code == 400, response.text
+            assert "'▁<PRE>', a special token past the model's embedding table" in response.json()["error"]["message"]
+        response = httpx.post(process.url + "/tokenize", json={"content": "▁<PRE>", "parse_special": False})
+        assert response.status_code == 200 and max(response.json()["tokens"]) < info_rows(like_34b), response.text
     finally:
         assert process.stop() == 0, process.log()
     assert "Traceback" not in process.log()
     assert "has no fill-in-the-middle tokens; its prompts end at the cursor" in process.log(), process.log()
+
+
+def test_a_raw_prompt_naming_such_a_token_is_a_usage_error(codecomplete, like_34b):
+    """Was exit 1, 'token id 391 is outside the vocabulary (0..390)': the text is the user's, not a runtime failure."""
+    run = codecomplete("--prompt", "def f():\n▁<PRE>", "--model", like_34b, "--device", "cpu", "--max-tokens", "2",
+                       timeout=150)
+    assert run.returncode == 2, run.stderr
+    (line,) = run.stderr.strip().splitlines()
+    assert "'▁<PRE>', a special token past the model's embedding table (id 391; the table has 391 rows)" in line
