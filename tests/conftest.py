@@ -35,3 +35,28 @@ def _seeded_per_test(request):
     torch.manual_seed(seed)
     _random.seed(seed)
     yield
+
+
+class _Parsed(Exception):
+    """Raised where argparse would parse: the parser is caught, and the program stops there."""
+
+
+@pytest.fixture
+def catch_parser():
+    """``catch_parser(run)``: the ArgumentParser that ``run()`` builds and parses with, caught as it parses (for
+    programs that build theirs inside main); parse_args is argparse's own again afterwards."""
+    import argparse
+
+    def catch(run) -> argparse.ArgumentParser:
+        caught = []
+
+        def parse_args(parser, *args, **kwargs):
+            caught.append(parser)
+            raise _Parsed
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(argparse.ArgumentParser, "parse_args", parse_args)
+            with pytest.raises(_Parsed):
+                run()
+        return caught[0]
+    return catch

@@ -163,45 +163,31 @@ def test_the_readme_documents_every_option():
 
 
 
-def _parsers(monkeypatch):
+def _parsers(catch_parser):
     """The parsers of `codecomplete`, `codecomplete serve`, `python -m kernels.bench` and `python -m models.bench`
     (the benchmarks build theirs inside main: caught as main parses)."""
-    import argparse
     import importlib
-
-    class Parsed(Exception):
-        pass
-
-    caught = []
-
-    def catch(parser, *args, **kwargs):
-        caught.append(parser)
-        raise Parsed
-
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", catch)
-    for program in ("models.bench", "kernels.bench"):
-        with pytest.raises(Parsed):
-            importlib.import_module(program).main([])
-    monkeypatch.undo()
+    caught = [catch_parser(lambda: importlib.import_module(program).main([]))
+              for program in ("models.bench", "kernels.bench")]
     return [cli.build_parser(), cli.build_serve_parser(), *caught]
 
 
-def test_help_says_every_options_default(monkeypatch):
+def test_help_says_every_options_default(catch_parser):
     """An option that has a default says it in --help: models.bench's --hf, --ttft, --kv-caches, --weights, --methods
     and --backends, and kernels.bench's --cases, said nothing of theirs (a run timed static and dynamic HF caches, and
     three backends, unasked)."""
     import argparse
     silent = [f"{parser.prog} {action.option_strings[0]} (default {action.default!r})"
-              for parser in _parsers(monkeypatch) for action in parser._actions
+              for parser in _parsers(catch_parser) for action in parser._actions
               if action.option_strings and action.default not in (None, False, "", argparse.SUPPRESS)
               and not isinstance(action, argparse._VersionAction) and "default" not in (action.help or "")]
     assert silent == []
 
 
-def test_the_models_bench_help_names_every_backend_variant(monkeypatch):
+def test_the_models_bench_help_names_every_backend_variant(catch_parser):
     """--backends takes NAME:unfused, :nopdl, :wideint8 and :nodp4a; its help named only the first two."""
     from models.bench import _backend
-    parser = next(parser for parser in _parsers(monkeypatch) if parser.prog == "python -m models.bench")
+    parser = next(parser for parser in _parsers(catch_parser) if parser.prog == "python -m models.bench")
     backends = next(action for action in parser._actions if "--backends" in action.option_strings)
     for variant in ("unfused", "nopdl", "wideint8", "nodp4a"):
         assert _backend(f"flash:{variant}") and f"NAME:{variant}" in backends.help, variant

@@ -191,26 +191,14 @@ def run_tool(program: str, argv: list[str], monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("program", TOOLS)
-def test_help_says_every_options_default(program, monkeypatch):
+def test_help_says_every_options_default(program, monkeypatch, catch_parser):
     """An option with a default says it: serve_bench's --file, --function, --other-file, step_plans' --model and
     --margin, fused_gemv_bench's --model and --tp, few_rows_int8_bench's --budget-s, compile_check's --arch,
     context_eval's --sites, --model-sites and --runs, speculative_bench's and prompts_bench's --out and more said
     nothing of theirs."""
     import argparse
-
-    class Parsed(Exception):
-        pass
-
-    caught = []
-
-    def catch(parser, *args, **kwargs):
-        caught.append(parser)
-        raise Parsed
-
-    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", catch)
-    with pytest.raises(Parsed):
-        run_tool(program, [], monkeypatch)
-    silent = [action.option_strings[0] for action in caught[0]._actions
+    parser = catch_parser(lambda: run_tool(program, [], monkeypatch))
+    silent = [action.option_strings[0] for action in parser._actions
               if action.option_strings and action.default not in (None, False, "", (), [], argparse.SUPPRESS)
               and action.help != argparse.SUPPRESS and "default" not in (action.help or "")]
     assert silent == []

@@ -360,6 +360,15 @@ def _cut_apart(index, path: str, type_name: str, member: str) -> None:
     assert [c.defines for c in chunks if member in c.defines and type_name not in c.defines], chunks
 
 
+def _base_parse_comes_first(make_repo, tokenizer, files: dict[str, str], path: str, line: str, base: str,
+                            *decoys: tuple[str, ...]) -> None:
+    """At ``line`` of ``path``: the long BaseParser of ``base`` is cut into several chunks, and the one defining
+    `parse` comes first, before ``decoys``."""
+    index, packed = _prompt(make_repo, tokenizer, files, path, line)
+    _cut_apart(index, base, "BaseParser", "parse")
+    _comes_first(index, packed, (base, "parse"), *decoys)
+
+
 PY_PARSE_STEP = ("    def step{i}(self, tokens, strict=False):\n        \"\"\"Step {i} of the parsing rules.\"\"\"\n"
                  "        found = self.tokens[{i}:] + tokens\n        return found if strict else found[:{i}]\n\n")
 PY_BASE_PARSER = ("class BaseParser:\n    \"\"\"Reads the tokens of a text.\"\"\"\n\n    def __init__(self, text):\n"
@@ -402,9 +411,8 @@ def test_a_partly_typed_name_after_self_is_a_base_class_method(make_repo, smollm
     or another, through its module, or the base's own base) is read from the class's head, and its `parse` comes
     first, before an unrelated class's `parse` and the imported `parse_number`."""
     files = PY_PARSER_FILES | {"parsing/parser.py": _py_parser(imports, head, line)}
-    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "parsing/parser.py", line)
-    _cut_apart(index, "parsing/base.py", "BaseParser", "parse")
-    _comes_first(index, packed, ("parsing/base.py", "parse"), *PY_PARSER_DECOYS)
+    _base_parse_comes_first(make_repo, smollm2_tokenizer, files, "parsing/parser.py", line, "parsing/base.py",
+                            *PY_PARSER_DECOYS)
 
 
 TS_PARSE_STEP = ("  step{i}(tokens: string[], strict: boolean = false): string[] {{\n    // step {i} of the rules\n"
@@ -414,6 +422,13 @@ TS_BASE_PARSER = ("export class BaseParser {\n  tokens: string[];\n\n  construct
                   "    this.tokens = text.split(' ');\n  }\n\n"
                   + "".join(TS_PARSE_STEP.format(i=i) for i in range(14))
                   + "  parse(rules: string[]): string[] {\n    return rules.map((rule) => rule + this.text);\n  }\n}\n")
+TS_PARSING_FILES = JS_FILES | {
+    "src/parsing/base.ts": TS_BASE_PARSER,
+    "src/parsing/tokens.ts": "export function readToken(text: string): string {\n  return text.split(' ')[0];\n}"
+                             "\n\nexport function parseNumber(text: string): number {\n  return Number(text);\n}\n",
+    "src/legacy/old.ts": "export class OldParser {\n  parse(rules: string[]): string[] {\n    return rules;\n  }\n}\n"}
+TS_PARSER_DECOYS = (("src/parsing/tokens.ts", "readToken"), ("src/parsing/tokens.ts", "parseNumber"),
+                    ("src/legacy/old.ts", "parse"), ("src/parsing/base.ts", "BaseParser"))
 
 
 @pytest.mark.parametrize("line", ["const found = this.pa", "const found = super.pa"], ids=["this", "super"])
@@ -425,17 +440,9 @@ def test_a_partly_typed_typescript_name_after_this_is_a_base_class_method(make_r
               "export class Parser<T> extends BaseParser implements Sized {\n  size(): number {\n    return 0;\n  }\n\n"
               f"  run(text: string): string[] {{\n    const first = readToken(text);\n    {line}\n"
               "    return [first, found];\n  }\n}\n")
-    files = JS_FILES | {
-        "src/parsing/base.ts": TS_BASE_PARSER, "src/parsing/parser.ts": parser,
-        "src/parsing/tokens.ts": "export function readToken(text: string): string {\n  return text.split(' ')[0];\n}"
-                                 "\n\nexport function parseNumber(text: string): number {\n  return Number(text);\n}\n",
-        "src/legacy/old.ts": "export class OldParser {\n  parse(rules: string[]): string[] {\n    return rules;\n"
-                             "  }\n}\n"}
-    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "src/parsing/parser.ts", line)
-    _cut_apart(index, "src/parsing/base.ts", "BaseParser", "parse")
-    _comes_first(index, packed, ("src/parsing/base.ts", "parse"), ("src/parsing/tokens.ts", "readToken"),
-                 ("src/parsing/tokens.ts", "parseNumber"), ("src/legacy/old.ts", "parse"),
-                 ("src/parsing/base.ts", "BaseParser"))
+    files = TS_PARSING_FILES | {"src/parsing/parser.ts": parser}
+    _base_parse_comes_first(make_repo, smollm2_tokenizer, files, "src/parsing/parser.ts", line, "src/parsing/base.ts",
+                            *TS_PARSER_DECOYS)
 
 
 JAVA_PARSE_STEP = ("    public String step{i}(String tokens, boolean strict) {{\n"
@@ -446,6 +453,17 @@ JAVA_BASE_PARSER = ("package com.acme.parsing;\n\npublic class BaseParser {\n   
                     "    public BaseParser(String text) {\n        this.text = text;\n    }\n\n"
                     + "".join(JAVA_PARSE_STEP.format(i=i) for i in range(12))
                     + "    public String parse(String rules) {\n        return rules + this.text;\n    }\n}\n")
+JAVA_PARSING_FILES = {
+    "src/com/acme/parsing/BaseParser.java": JAVA_BASE_PARSER,
+    "src/com/acme/parsing/Tokens.java": "package com.acme.parsing;\n\npublic class Tokens {\n"
+                                        "    public final String text;\n\n"
+                                        "    public Tokens(String text) {\n"
+                                        "        this.text = text.trim();\n    }\n}\n",
+    "src/com/acme/legacy/BaseParser.java": "package com.acme.legacy;\n\npublic class BaseParser {\n"
+                                           "    public String parse(String rules) {\n        return rules;\n    }\n}\n"}
+JAVA_PARSER_DECOYS = (("src/com/acme/parsing/Tokens.java", "Tokens"),
+                      ("src/com/acme/legacy/BaseParser.java", "parse"),
+                      ("src/com/acme/parsing/BaseParser.java", "BaseParser"))
 
 
 @pytest.mark.parametrize("line", ["String found = this.pa", "String found = super.pa"], ids=["this", "super"])
@@ -459,20 +477,9 @@ def test_a_partly_typed_java_name_after_this_is_a_base_class_method(make_repo, s
               "    public void run() {\n    }\n\n"
               "    public String read(String text) {\n        Tokens first = new Tokens(text);\n"
               f"        {line}\n        return first.text + found;\n    }}\n}}\n")
-    files = {"src/com/acme/parsing/BaseParser.java": JAVA_BASE_PARSER,
-             "src/com/acme/parsing/Parser.java": parser,
-             "src/com/acme/parsing/Tokens.java": "package com.acme.parsing;\n\npublic class Tokens {\n"
-                                                 "    public final String text;\n\n"
-                                                 "    public Tokens(String text) {\n"
-                                                 "        this.text = text.trim();\n    }\n}\n",
-             "src/com/acme/legacy/BaseParser.java": "package com.acme.legacy;\n\npublic class BaseParser {\n"
-                                                    "    public String parse(String rules) {\n"
-                                                    "        return rules;\n    }\n}\n"}
-    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "src/com/acme/parsing/Parser.java", line)
-    _cut_apart(index, "src/com/acme/parsing/BaseParser.java", "BaseParser", "parse")
-    _comes_first(index, packed, ("src/com/acme/parsing/BaseParser.java", "parse"),
-                 ("src/com/acme/parsing/Tokens.java", "Tokens"), ("src/com/acme/legacy/BaseParser.java", "parse"),
-                 ("src/com/acme/parsing/BaseParser.java", "BaseParser"))
+    files = JAVA_PARSING_FILES | {"src/com/acme/parsing/Parser.java": parser}
+    _base_parse_comes_first(make_repo, smollm2_tokenizer, files, "src/com/acme/parsing/Parser.java", line,
+                            "src/com/acme/parsing/BaseParser.java", *JAVA_PARSER_DECOYS)
 
 
 # After a variable whose type the code states ---------------------------------------------------------------------
@@ -503,16 +510,8 @@ def test_a_partly_typed_name_after_a_python_variable_is_its_types_method(make_re
     declaration above the cursor (or, for an attribute, anywhere in the class) now names the type, whose `parse`
     comes first."""
     files = PY_PARSER_FILES | {"parsing/reader.py": _py_reader(imports, body, declaration, line)}
-    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "parsing/reader.py", line)
-    _cut_apart(index, "parsing/base.py", "BaseParser", "parse")
-    _comes_first(index, packed, ("parsing/base.py", "parse"), *PY_PARSER_DECOYS)
-
-
-TS_PARSING_FILES = JS_FILES | {
-    "src/parsing/base.ts": TS_BASE_PARSER,
-    "src/parsing/tokens.ts": "export function readToken(text: string): string {\n  return text.split(' ')[0];\n}"
-                             "\n\nexport function parseNumber(text: string): number {\n  return Number(text);\n}\n",
-    "src/legacy/old.ts": "export class OldParser {\n  parse(rules: string[]): string[] {\n    return rules;\n  }\n}\n"}
+    _base_parse_comes_first(make_repo, smollm2_tokenizer, files, "parsing/reader.py", line, "parsing/base.py",
+                            *PY_PARSER_DECOYS)
 
 
 @pytest.mark.parametrize("head, declaration, line", [
@@ -532,11 +531,8 @@ def test_a_partly_typed_name_after_a_typescript_variable_is_its_types_method(mak
               f"    const first = readToken(text);\n{declaration}    const found = {line};\n"
               "    return [first, found];\n  }\n}\n")
     files = TS_PARSING_FILES | {"src/parsing/reader.ts": reader}
-    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "src/parsing/reader.ts", line)
-    _cut_apart(index, "src/parsing/base.ts", "BaseParser", "parse")
-    _comes_first(index, packed, ("src/parsing/base.ts", "parse"), ("src/parsing/tokens.ts", "readToken"),
-                 ("src/parsing/tokens.ts", "parseNumber"), ("src/legacy/old.ts", "parse"),
-                 ("src/parsing/base.ts", "BaseParser"))
+    _base_parse_comes_first(make_repo, smollm2_tokenizer, files, "src/parsing/reader.ts", line, "src/parsing/base.ts",
+                            *TS_PARSER_DECOYS)
 
 
 @pytest.mark.parametrize("head, declaration, line", [
@@ -555,20 +551,9 @@ def test_a_partly_typed_name_after_a_java_variable_is_its_types_method(make_repo
               f"public class Reader {{\n{head}    public String read(String text, BaseParser other) {{\n"
               f"        Tokens first = new Tokens(text);\n{declaration}        String found = {line};\n"
               "        return first.text + found;\n    }\n}\n")
-    files = {"src/com/acme/parsing/BaseParser.java": JAVA_BASE_PARSER,
-             "src/com/acme/parsing/Reader.java": reader,
-             "src/com/acme/parsing/Tokens.java": "package com.acme.parsing;\n\npublic class Tokens {\n"
-                                                 "    public final String text;\n\n"
-                                                 "    public Tokens(String text) {\n"
-                                                 "        this.text = text.trim();\n    }\n}\n",
-             "src/com/acme/legacy/BaseParser.java": "package com.acme.legacy;\n\npublic class BaseParser {\n"
-                                                    "    public String parse(String rules) {\n"
-                                                    "        return rules;\n    }\n}\n"}
-    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "src/com/acme/parsing/Reader.java", line)
-    _cut_apart(index, "src/com/acme/parsing/BaseParser.java", "BaseParser", "parse")
-    _comes_first(index, packed, ("src/com/acme/parsing/BaseParser.java", "parse"),
-                 ("src/com/acme/parsing/Tokens.java", "Tokens"), ("src/com/acme/legacy/BaseParser.java", "parse"),
-                 ("src/com/acme/parsing/BaseParser.java", "BaseParser"))
+    files = JAVA_PARSING_FILES | {"src/com/acme/parsing/Reader.java": reader}
+    _base_parse_comes_first(make_repo, smollm2_tokenizer, files, "src/com/acme/parsing/Reader.java", line,
+                            "src/com/acme/parsing/BaseParser.java", *JAVA_PARSER_DECOYS)
 
 
 GO_PARSING_FILES = GO_FILES | {
@@ -668,11 +653,9 @@ def test_a_partly_typed_name_after_a_cpp_variable_is_its_types_method(make_repo,
              "src/legacy/old_parser.h": "#pragma once\n#include <string>\n\nclass OldParser {\npublic:\n"
                                         "    std::string parse(const std::string &rules) {\n"
                                         "        return rules;\n    }\n};\n"}
-    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "src/reader.cpp", line)
-    _cut_apart(index, "src/base_parser.h", "BaseParser", "parse")
-    _comes_first(index, packed, ("src/base_parser.h", "parse"), ("src/tokens.h", "read_token"),
-                 ("src/tokens.cpp", "read_token"), ("src/tokens.cpp", "parse_number"),
-                 ("src/legacy/old_parser.h", "parse"))
+    _base_parse_comes_first(make_repo, smollm2_tokenizer, files, "src/reader.cpp", line, "src/base_parser.h",
+                            ("src/tokens.h", "read_token"), ("src/tokens.cpp", "read_token"),
+                            ("src/tokens.cpp", "parse_number"), ("src/legacy/old_parser.h", "parse"))
 
 
 JS_PARSE_STEP = ("  step{i}(tokens, strict = false) {{\n    // step {i} of the rules\n"
@@ -702,7 +685,6 @@ def test_a_partly_typed_name_after_a_javascript_variable_is_its_types_method(mak
         "src/parsing/tokens.js": "export function readToken(text) {\n  return text.split(' ')[0];\n}\n\n"
                                  "export function parseNumber(text) {\n  return Number(text);\n}\n",
         "src/legacy/old.js": "export class OldParser {\n  parse(rules) {\n    return rules;\n  }\n}\n"}
-    index, packed = _prompt(make_repo, smollm2_tokenizer, files, "src/parsing/reader.js", line)
-    _cut_apart(index, "src/parsing/base.js", "BaseParser", "parse")
-    _comes_first(index, packed, ("src/parsing/base.js", "parse"), ("src/parsing/tokens.js", "readToken"),
-                 ("src/parsing/tokens.js", "parseNumber"), ("src/legacy/old.js", "parse"))
+    _base_parse_comes_first(make_repo, smollm2_tokenizer, files, "src/parsing/reader.js", line, "src/parsing/base.js",
+                            ("src/parsing/tokens.js", "readToken"), ("src/parsing/tokens.js", "parseNumber"),
+                            ("src/legacy/old.js", "parse"))
