@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import snapshot
+from conftest import Run, snapshot
 
 sys.path.append(str(Path(__file__).parent.parent / "models"))     # tiny_models, the models tests' own
 from tiny_models import make_llama_tokenizer, save_tiny_llama  # noqa: E402
@@ -28,7 +28,6 @@ def repl_start(script, cli_env, repo, folder, *options):
     import os
     import pty
     import subprocess
-    from conftest import Run
     leader, follower = pty.openpty()
     try:
         proc = subprocess.run([str(script), str(repo), "--model", str(folder), "--device", "cpu", *options],
