@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 sys.path.append(str(Path(__file__).parent.parent / "models"))     # tiny_models, the models tests' own
-from tiny_models import make_llama_tokenizer, save_tiny_llama  # noqa: E402
+from tiny_models import cut_embedding_table, make_llama_tokenizer, save_tiny_llama  # noqa: E402
 
 INFILL = ["▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>"]
 
@@ -19,7 +19,6 @@ INFILL = ["▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>"]
 def infill_checkpoint(folder: Path, embeds_infill: bool) -> Path:
     """A tiny checkpoint whose tokenizer has the infill tokens as added special tokens past its pieces; its table
     holds them (7B's 32,016 rows) or ends before them (34B's 32,000)."""
-    from safetensors.torch import load_file, save_file
     base = make_llama_tokenizer()
     tokenizer = base.__class__(tokenizer_object=base.backend_tokenizer.__class__.from_str(
         base.backend_tokenizer.to_str()), bos_token="<s>", eos_token="</s>", unk_token="<unk>")
@@ -27,12 +26,7 @@ def infill_checkpoint(folder: Path, embeds_infill: bool) -> Path:
     tokenizer.add_special_tokens({"additional_special_tokens": INFILL})
     save_tiny_llama(folder, tokenizer, n_kv_heads=2, max_position_embeddings=512)
     if not embeds_infill:
-        tensors = load_file(folder / "model.safetensors")
-        for key in ("model.embed_tokens.weight", "lm_head.weight"):
-            tensors[key] = tensors[key][:pieces].contiguous()
-        save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
-        config = json.loads((folder / "config.json").read_text())
-        (folder / "config.json").write_text(json.dumps({**config, "vocab_size": pieces}))
+        cut_embedding_table(folder, pieces)
     return folder
 
 

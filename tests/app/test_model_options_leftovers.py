@@ -9,7 +9,7 @@ import pytest
 from conftest import Run, snapshot
 
 sys.path.append(str(Path(__file__).parent.parent / "models"))     # tiny_models, the models tests' own
-from tiny_models import make_llama_tokenizer, save_tiny_llama  # noqa: E402
+from tiny_models import cut_embedding_table, make_llama_tokenizer, save_tiny_llama  # noqa: E402
 
 ENTRIES = {"one-shot": ["--file", "shapes/geometry.py", "--no-server", "--max-tokens", "4"],
            "serve": ["serve", "--port", "0", "--max-tokens", "4"], "repl": []}
@@ -68,16 +68,10 @@ def test_an_attention_backend_the_head_dim_does_not_fit_is_a_usage_error(codecom
 @pytest.fixture(scope="module")
 def small_table(tmp_path_factory):
     """A tokenizer of 280 ids over an embedding table of 260 rows (the tokenizer of another model)."""
-    from safetensors.torch import load_file, save_file
     folder = tmp_path_factory.mktemp("models") / "small-table"
     save_tiny_llama(folder, make_llama_tokenizer(), n_kv_heads=2)
-    tensors = load_file(folder / "model.safetensors")
-    rows = tensors["model.embed_tokens.weight"].shape[0] - 20
-    for key in ("model.embed_tokens.weight", "lm_head.weight"):
-        tensors[key] = tensors[key][:rows].contiguous()
-    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "vocab_size": rows}))
+    rows = json.loads((folder / "config.json").read_text())["vocab_size"] - 20
+    cut_embedding_table(folder, rows)
     return folder
 
 

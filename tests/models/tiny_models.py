@@ -70,6 +70,18 @@ def save_tiny_llama(directory: Path, tokenizer, *, n_kv_heads=4, rope_scaling=No
     return model
 
 
+def cut_embedding_table(directory: Path, rows: int) -> None:
+    """A saved tiny checkpoint's embedding table (and head) cut to its first ``rows`` rows, config.json's vocab_size
+    with it: a model whose table ends before its tokenizer's ids do."""
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(directory / "model.safetensors")
+    for key in ("model.embed_tokens.weight", "lm_head.weight"):
+        tensors[key] = tensors[key][:rows].contiguous()
+    save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "vocab_size": rows}))
+
+
 def _byte_level_chars() -> list[str]:
     """GPT-2's byte-to-unicode table: the 256 single-byte tokens of a byte-level BPE vocabulary."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
