@@ -76,6 +76,13 @@ def multicast_off() -> None:
     os.environ.update(MULTICAST_OFF)
 
 
+def children_skip_current_folder() -> None:
+    """Spawned ranks leave the current folder off their module path (Python 3.11's PYTHONSAFEPATH; 3.10 has no
+    way). A rank starts as `python -c ...`, which puts that folder first: run from inside a hostile repository,
+    its `multiprocessing.py` or any module a rank imports ran in every rank."""
+    os.environ["PYTHONSAFEPATH"] = "1"
+
+
 def under_torchrun() -> bool:
     """This process was started by torchrun together with other ranks."""
     return bool(os.environ.get("TORCHELASTIC_RUN_ID")) and _torchrun_number("WORLD_SIZE", "1") > 1
@@ -161,6 +168,7 @@ class Ranks:
     def start(cls, world: int, device_type: str, target, args: tuple = ()) -> Ranks:
         """Spawn ranks 1..world-1 running target(tp, *args); this process joins as rank 0."""
         multicast_off()
+        children_skip_current_folder()
         check_devices(world, device_type)
         check_gloo_interfaces()
         collective_timeout()                # a bad setting, said before any rank starts

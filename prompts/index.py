@@ -573,7 +573,7 @@ def _parse_all(
     """Parse files in this process, or in worker processes when there is enough to do."""
     total = len(sources)
     workers = workers or os.cpu_count() or 1
-    if workers > 1 and sum(s.size for s in sources) >= PARALLEL_MIN_BYTES:
+    if workers > 1 and sum(s.size for s in sources) >= PARALLEL_MIN_BYTES and _children_skip_current_folder():
         results = _parse_in_workers(root, sources, max_file_bytes, workers)
     else:
         results = ([(source, parse_file(root, source, max_file_bytes))] for source in sources)
@@ -583,6 +583,17 @@ def _parse_all(
         done += len(batch)
         if progress is not None:
             progress(done, total)
+
+
+def _children_skip_current_folder() -> bool:
+    """Make the Pythons this process starts leave the current folder off their module path, where Python can (3.11:
+    PYTHONSAFEPATH); whether it could. A worker starts as `python -c ...`, which puts the current folder first:
+    run from inside a hostile repository (`codecomplete . --file x.py`), its `multiprocessing.py` or any module the
+    worker imports ran in the worker. On 3.10 the files are parsed in this process instead."""
+    if sys.version_info < (3, 11):
+        return False
+    os.environ["PYTHONSAFEPATH"] = "1"      # (inherited by every child: workers and multiprocessing's own helpers)
+    return True
 
 
 def _parse_in_workers(

@@ -1,5 +1,6 @@
 """Tensor parallelism on CPU ranks (gloo, spawned by the tests): two ranks must compute what one does."""
 
+import contextlib
 import faulthandler
 import os
 import subprocess
@@ -359,6 +360,22 @@ def temporary_folder(tmp_path, monkeypatch):
     import tempfile
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     return tmp_path
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="Python 3.10 cannot leave the current folder off a child's "
+                                                      "module path (PYTHONSAFEPATH is 3.11's)")
+def test_spawned_ranks_import_nothing_from_the_current_folder(no_hang, tmp_path, monkeypatch):
+    """A spawned rank starts as `python -c ...`, which puts the current folder first on its module path: run from
+    inside a hostile repository, its `multiprocessing.py` ran in every rank as it started."""
+    marker, folder = tmp_path / "ran", tmp_path / "repository"
+    folder.mkdir()
+    (folder / "multiprocessing.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.chdir(folder)
+    monkeypatch.delenv("PYTHONSAFEPATH", raising=False)      # (what Ranks.start sets is put back)
+    with contextlib.suppress(RankFailed):                    # (the old code's rank 1 died at its start)
+        run_on_ranks(2, "cpu", tp_helpers.rank_number)
+    assert not marker.exists(), "a rank ran the current folder's multiprocessing.py"
+    assert run_on_ranks(2, "cpu", tp_helpers.rank_number) == 0
 
 
 def test_a_rank_that_raises_ends_the_launch_in_one_line(no_hang, temporary_folder):

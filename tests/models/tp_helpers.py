@@ -68,6 +68,10 @@ def rank_logits(tp, directory: str, gguf_path: str) -> dict[str, torch.Tensor]:
     return out
 
 
+def rank_number(tp) -> int:
+    return tp.rank
+
+
 def raise_on_rank_1(tp) -> None:
     import torch.distributed as dist
     if tp.rank == 1:

@@ -230,6 +230,24 @@ def test_worker_processes_give_the_same_index(make_repo, monkeypatch, cache_dir)
     assert calls[-1] == 40 and len(calls) > 1
 
 
+def test_worker_processes_import_nothing_from_the_current_folder(make_repo, monkeypatch, cache_dir, tmp_path):
+    """A worker is a new Python started with `-c`, which puts the current folder first on its module path: run from
+    inside a hostile repository (`codecomplete . --file x.py`, the usual way), its `multiprocessing.py` ran as
+    the worker started, as any module the worker imports would have. (On Python 3.10, which cannot leave that
+    folder out, the files are parsed in this process.)"""
+    files = {f"pkg/mod_{i}.py": f"def function_{i}(x):\n    return x + {i}\n" for i in range(8)}
+    marker = tmp_path / "ran"
+    root = make_repo({**files, "multiprocessing.py": f"open({str(marker)!r}, 'w').close()\n"})
+    monkeypatch.chdir(root)
+    monkeypatch.delenv("PYTHONSAFEPATH", raising=False)      # (whatever the index sets is put back)
+    monkeypatch.setattr(prompts.index, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(prompts.index, "BATCH_BYTES", 100)
+    serial = index_repository(root, workers=1, cache_dir=cache_dir / "serial")
+    parallel = index_repository(root, workers=2, cache_dir=cache_dir / "parallel")
+    assert not marker.exists(), "a worker ran the repository's multiprocessing.py"
+    assert parallel.chunks == serial.chunks
+
+
 def test_relative_paths_stay_inside_the_repository(make_repo):
     root = make_repo(FILES)
     index = index_repository(root)
