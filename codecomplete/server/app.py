@@ -126,8 +126,9 @@ def local_name(authority: str) -> bool:
     if authority.count(":") > 1 and not authority.startswith("["):   # a bare IPv6 address, no port
         authority = f"[{authority}]"
     try:
-        name = urlsplit(f"//{authority}").hostname or ""              # lower case, brackets and port taken off
-    except ValueError:                                              # "[::1" and the like
+        parts = urlsplit(f"//{authority}")
+        name, _ = parts.hostname or "", parts.port                  # lower case, brackets and port taken off
+    except ValueError:                                              # "[::1", a port that is no number or past 65535
         return False
     absolute = name.removesuffix(".")                               # one dot only: "localhost.." names nothing
     if absolute == "localhost" or absolute.endswith(".localhost"):
@@ -149,17 +150,27 @@ class LocalNamesOnly:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and self.server.loopback:
-            headers = dict(scope["headers"])       # (ASGI servers give header names in lower case)
-            host, origin = headers.get(b"host", b"").decode("latin-1"), headers.get(b"origin")
-            origin = origin.decode("latin-1") if origin is not None else None
-            problem = (f"Host {host!r} does not name this machine" if not local_name(host) else
-                       f"requests from web pages ({origin}) are refused"
-                       if origin is not None and not local_name(urlsplit(origin).netloc) else None)
+            # Every Origin field, not one of them: a check that read the last let a request whose first (the one
+            # Starlette's request.headers gives) named another site through. (h11 answers two Host fields 400 itself;
+            # ASGI servers give header names in lower case)
+            hosts = [value.decode("latin-1") for name, value in scope["headers"] if name == b"host"] or [""]
+            origins = [value.decode("latin-1") for name, value in scope["headers"] if name == b"origin"]
+            host = next((host for host in hosts if not local_name(host)), None)
+            origin = next((origin for origin in origins if not _local_origin(origin)), None)
+            problem = (f"Host {host!r} does not name this machine" if host is not None else
+                       f"requests from web pages ({origin}) are refused" if origin is not None else None)
             if problem is not None:
                 response = _error_response(Request(scope), ApiError(403, f"{problem}: this server answers its own "
                                                                          "machine only"))
                 return await response(scope, receive, send)
         return await self.app(scope, receive, send)
+
+
+def _local_origin(origin: str) -> bool:
+    try:
+        return local_name(urlsplit(origin).netloc)
+    except ValueError:                                              # "http://[::1"
+        return False
 
 
 def head_error(target_bytes: int, head_bytes: int) -> ApiError | None:

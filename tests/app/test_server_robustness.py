@@ -252,6 +252,34 @@ def test_a_host_name_with_its_trailing_dot_is_the_name(server, host):
     assert code == 200, text
 
 
+@pytest.mark.parametrize("fields, words", [
+    # the check read the last (a dict of the headers), the routes would read the first (two Host fields are h11's 400)
+    ([("Origin", "https://evil.example"), ("Origin", "http://localhost")], ["(https://evil.example) are refused"]),
+    ([("Host", "127.0.0.1:x")], ["Host '127.0.0.1:x' does not name this machine"]),     # no port: no Host
+    ([("Origin", "http://localhost:99999")], ["(http://localhost:99999) are refused"]),
+    ([("Origin", "http://[::1")], ["(http://[::1) are refused"]),          # was a 500 and a traceback in the log
+])
+def test_every_host_and_origin_a_request_names_is_checked(server, fields, words):
+    """A request is refused where any of its Origin fields names another site, or where its Host or Origin names no
+    machine at all (a port that is no number, an address cut short): the check judged the last Origin, and nothing
+    of the port."""
+    parts = urlsplit(server.url)
+    if not any(name == "Host" for name, _ in fields):
+        fields = [("Host", f"127.0.0.1:{parts.port}"), *fields]
+    body = b'{"prompt": "x", "n_predict": 1}'
+    head = "".join(f"{name}: {value}\r\n" for name, value in fields)
+    with socket.create_connection((parts.hostname, parts.port), timeout=60) as connection:
+        connection.sendall(f"POST /completion HTTP/1.1\r\n{head}Content-Type: application/json\r\n"
+                           f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    status, _, text = answer.decode().partition("\r\n\r\n")
+    assert status.split()[1] == "403", answer
+    assert json.loads(text)["error"]["type"] == "permission_error"
+    assert all(word in json.loads(text)["error"]["message"] for word in words), text
+
+
 def test_a_compressed_body_is_415(server):
     import gzip
     check_error(server, 415, "invalid_request_error", "/completion", gzip.compress(b'{"prompt": "x"}'),
