@@ -270,6 +270,22 @@ HOSTILE_GIT = {
 ODD_NAMES = [b"helpers_\xff.py", b"new\nline.py", b"-dash.py", b"l" * 240 + b".py"]
 
 
+def test_python_m_codecomplete_imports_nothing_from_the_current_folder(tmp_path, cli_env):
+    """`python -m` puts the current folder first on the module path, and that folder is usually the repository read:
+    an ML project's `models/` package (or a `prompts/`, a `rich/`) was imported in place of ours, and ran."""
+    folder, marker = tmp_path / "ml-project", tmp_path / "ran"
+    for package in ("models", "prompts", "kernels", "rich"):
+        (folder / package).mkdir(parents=True)
+        (folder / package / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (folder / "train.py").write_text("from models import build\n\n\ndef train(config):\n    return build(config)\n")
+    before = snapshot(folder)
+    proc = subprocess.run([sys.executable, "-m", "codecomplete", ".", "--file", "train.py", "--max-tokens", "1"],
+                          cwd=folder, env=cli_env, capture_output=True, text=True, timeout=TIMEOUT)
+    assert not marker.exists(), "the current folder's package ran"
+    assert proc.returncode == 0, proc.stderr
+    assert snapshot(folder) == before
+
+
 def test_a_hostile_repository_with_odd_names_completes_runs_nothing_and_writes_nothing(
         make_repository, script, cli_env, tmp_path, cache_dir):
     repo = make_repository(tmp_path / "repo")
