@@ -279,7 +279,15 @@ class Session:
         so many tokens, not healed (Ollama's runner cuts a prompt longer than its context so); its answer is still
         written with the text's line ends."""
         from prompts import PackedPrompt, build_raw_prompt
+        from prompts.tokens import surely_over
 
+        engine = self.engine
+        if isinstance(prompt, str) and last_tokens is None and surely_over(engine.tokenizer, prompt,
+                                                                          engine.context_length):
+            from models import ContextTooLongError      # (told from its start: a huge one was encoded whole first)
+            raise ContextTooLongError(f"{engine.name}: a prompt of {len(prompt):,} characters does not fit the context "
+                                      f"of {engine.context_length} tokens (the KV cache; the model was trained on "
+                                      f"{engine.model_max_positions})")
         if isinstance(prompt, str) and last_tokens is not None:
             packed = build_raw_prompt(self.engine.tokenizer, prompt, heal=False)
             return self._generation(replace(packed, ids=packed.ids[-last_tokens:] if last_tokens > 0 else []), sampling)

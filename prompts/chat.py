@@ -33,7 +33,7 @@ from .holding import HOLD_MARGIN, chunk_number, worth
 from .index import RepoIndex
 from .packing import ContextItem, Layout, PackedPrompt, select_chunks
 from .ranking import Query, ordered, score_both, text_weights
-from .tokens import Encoder, encoder_for
+from .tokens import Encoder, encoder_for, surely_over
 
 SYSTEM = (
     "You are a coding assistant working in the repository {name}. Answer the user's questions about its code. "
@@ -105,6 +105,9 @@ def build_chat_prompt(
         # has before digits. It stays as an empty message, the renderers' mark for a fresh answer: dropped, an
         # answer before it would become the answer begun (`_answer_begun`).
         turns[-1] = {"role": "assistant", "content": ""}
+    question = next(m["content"] for m in reversed(turns) if m["role"] == "user")
+    if surely_over(tokenizer, question, limit):     # (told from its start: a huge one was encoded whole to be refused)
+        raise BudgetError(f"the question does not fit into a prompt budget of {limit} tokens")
     whole = _latest_turns_that_fit(render, system, turns, limit, bool(given))
     shared = whole      # the turns within the history share
     if history_share < 1 and len(whole) > 1:

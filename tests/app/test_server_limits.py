@@ -228,3 +228,20 @@ def test_the_limits_see_the_line_breaks_of_a_crlf_or_classic_mac_answer(split, l
     time.sleep(0.02)
     assert late.feed("    s = 0" + line_end + "    t = 1" + line_end)
     assert late.cut(late.text) == "def f():" + line_end + "    s = 0" + line_end
+
+
+def test_a_huge_raw_prompt_is_refused_from_its_start_not_encoded_whole(engine):
+    """A raw prompt of megabytes (`--prompt -` reads 64 MiB, and sends it to a server's 129 MiB route) was encoded
+    whole, three times over with its healing, only to be refused: 16 MB took 108 s and 3.6 GB of the server's
+    memory. A start of it tells already that it cannot fit the context."""
+    from encoded_texts import encoded_lengths
+
+    from codecomplete.session import Sampling, Session
+    from models import ContextTooLongError
+
+    prompt = "def helper(x):\n    return x * 2\n" * 100_000             # 3.2 MB
+    with encoded_lengths(engine.tokenizer) as lengths, pytest.raises(ContextTooLongError, match=(
+            f"a prompt of {len(prompt):,} characters does not fit the context of {engine.context_length} tokens")):
+        Session(engine).raw(prompt, sampling=Sampling(max_tokens=1))
+    assert lengths and max(lengths) < len(prompt) // 4, max(lengths)
+

@@ -687,3 +687,21 @@ def test_an_answer_begun_too_long_is_named_as_what_does_not_fit(make_repo, smoll
     with pytest.raises(BudgetError, match="^the question does not fit"):
         build_chat_prompt(index, smollm2_tokenizer, [{"role": "user", "content": "why " * 3000},
                                                      {"role": "assistant", "content": "It"}], budget_tokens=500)
+
+
+def test_a_huge_question_is_refused_from_its_start_not_encoded_whole(make_repo, smollm2_tokenizer):
+    """A question of megabytes (the command line's server routes take 129 MiB) was encoded whole only to be refused:
+    16 MB took 24 s and 3.4 GB of the server's memory. A start of it tells already that it cannot fit."""
+    from encoded_texts import encoded_lengths
+
+    from prompts import BudgetError
+
+    index = index_repository(make_repo({"util.py": UTIL}))
+    question = "def helper(x):\n    return x * 2\n" * 100_000             # 3.2 MB
+    with encoded_lengths(smollm2_tokenizer) as lengths, pytest.raises(BudgetError, match="^the question does not "
+                                                                                          "fit into a prompt budget"):
+        build_chat_prompt(index, smollm2_tokenizer, [{"role": "user", "content": question}], budget_tokens=500)
+    assert lengths and max(lengths) < len(question) // 4, max(lengths)
+    fits = "What does helper do? " * 60                                       # as long as that start may be, no more
+    assert build_chat_prompt(index, smollm2_tokenizer, [{"role": "user", "content": fits}], budget_tokens=2000).ids
+
