@@ -106,8 +106,12 @@ def build_chat_prompt(
         # answer before it would become the answer begun (`_answer_begun`).
         turns[-1] = {"role": "assistant", "content": ""}
     question = next(m["content"] for m in reversed(turns) if m["role"] == "user")
-    if surely_over(tokenizer, question, limit):     # (told from its start: a huge one was encoded whole to be refused)
+    # (told from their starts: a huge question or system message was encoded whole only to be refused)
+    if surely_over(tokenizer, question, limit):
         raise BudgetError(f"the question does not fit into a prompt budget of {limit} tokens")
+    if surely_over(tokenizer, given, limit):
+        raise BudgetError(f"the system message ({len(given):,} characters) leaves no room for the question in a prompt "
+                          f"budget of {limit} tokens")
     whole = _latest_turns_that_fit(render, system, turns, limit, bool(given))
     shared = whole      # the turns within the history share
     if history_share < 1 and len(whole) > 1:

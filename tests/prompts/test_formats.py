@@ -705,3 +705,20 @@ def test_a_huge_question_is_refused_from_its_start_not_encoded_whole(make_repo, 
     fits = "What does helper do? " * 60                                       # as long as that start may be, no more
     assert build_chat_prompt(index, smollm2_tokenizer, [{"role": "user", "content": fits}], budget_tokens=2000).ids
 
+
+def test_a_huge_system_message_is_refused_from_its_start_not_encoded_whole(make_repo, smollm2_tokenizer):
+    """A client's system message of megabytes: 16 MB took 34 s and 3.5 GB of the server's memory to be refused."""
+    from encoded_texts import encoded_lengths
+
+    from prompts import BudgetError
+
+    index = index_repository(make_repo({"util.py": UTIL}))
+    system = "Answer in the style of this code:\n" + "def helper(x):\n    return x * 2\n" * 100_000
+    with encoded_lengths(smollm2_tokenizer) as lengths, pytest.raises(BudgetError, match=(
+            f"^the system message \\({len(system):,} characters\\) leaves no room for the question in a prompt "
+            "budget of 500 tokens")):
+        build_chat_prompt(index, smollm2_tokenizer, [{"role": "system", "content": system},
+                                                     {"role": "user", "content": "What does helper do?"}],
+                          budget_tokens=500)
+    assert lengths and max(lengths) < len(system) // 4, max(lengths)
+
