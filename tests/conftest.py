@@ -37,6 +37,19 @@ def _seeded_per_test(request):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _python_safe_path_put_back():
+    """The index's worker processes and --gpus ranks set PYTHONSAFEPATH in this process, for the children it starts
+    (prompts/index.py, models/distributed.py): put back after each test, so that no later test's children inherit
+    it and no test of it starts with it already set."""
+    before = os.environ.get("PYTHONSAFEPATH")
+    yield
+    if before is None:
+        os.environ.pop("PYTHONSAFEPATH", None)
+    else:
+        os.environ["PYTHONSAFEPATH"] = before
+
+
 class _Parsed(Exception):
     """Raised where argparse would parse: the parser is caught, and the program stops there."""
 

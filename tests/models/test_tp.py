@@ -371,7 +371,7 @@ def test_spawned_ranks_import_nothing_from_the_current_folder(no_hang, tmp_path,
     folder.mkdir()
     (folder / "multiprocessing.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     monkeypatch.chdir(folder)
-    monkeypatch.delenv("PYTHONSAFEPATH", raising=False)      # (what Ranks.start sets is put back)
+    monkeypatch.delenv("PYTHONSAFEPATH", raising=False)      # (as a user's shell has it; conftest puts it back)
     with contextlib.suppress(RankFailed):                    # (the old code's rank 1 died at its start)
         run_on_ranks(2, "cpu", tp_helpers.rank_number)
     assert not marker.exists(), "a rank ran the current folder's multiprocessing.py"

@@ -239,7 +239,7 @@ def test_worker_processes_import_nothing_from_the_current_folder(make_repo, monk
     marker = tmp_path / "ran"
     root = make_repo({**files, "multiprocessing.py": f"open({str(marker)!r}, 'w').close()\n"})
     monkeypatch.chdir(root)
-    monkeypatch.delenv("PYTHONSAFEPATH", raising=False)      # (whatever the index sets is put back)
+    monkeypatch.delenv("PYTHONSAFEPATH", raising=False)      # (as a user's shell has it; conftest puts it back)
     monkeypatch.setattr(prompts.index, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(prompts.index, "BATCH_BYTES", 100)
     serial = index_repository(root, workers=1, cache_dir=cache_dir / "serial")
