@@ -228,6 +228,13 @@ def _in_a_block(node) -> bool:
     return False
 
 
+def _word(name) -> str:
+    """A defined name as the identifiers of a use show it: a JavaScript private member `#dispatch` is `dispatch`
+    (IDENTIFIER reads `this.#dispatch(` so, in the buffer and in chunks alike)."""
+    text = name.text.decode("utf-8", "replace")
+    return text[1:] if name.type == "private_property_identifier" else text
+
+
 class _SyntaxChunker:
     """Chunks the lines of one file (or, when recovering from a syntax error, a part of it) with a grammar."""
 
@@ -252,8 +259,7 @@ class _SyntaxChunker:
                 continue  # a C declaration in a function's body is its own (or a call tree-sitter misread)
             if "definition" in match:
                 definition_ids.add(match["definition"][0].id)
-            names.append((name.start_point.row, "default" if "default" in match else
-                          name.text.decode("utf-8", "replace")))
+            names.append((name.start_point.row, "default" if "default" in match else _word(name)))
         names.sort(key=_row)
         return definition_ids, names, tuple(dict.fromkeys(imports))
 

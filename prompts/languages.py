@@ -96,6 +96,26 @@ _JS_BINDINGS = """
     (export_statement "default" @name value: [(arrow_function) (function_expression) (class)]) @definition
 """
 
+# Class properties holding functions are members as methods are: `route = (path) => {...}`, `static create = function
+# () {...}`, a private `#dispatch = ...` (and a private method; the word `dispatch` is what a use site shows, see
+# chunking), and a function a method assigns to `this.x` (a constructor's `this.use = (...) => {...}`). Properties
+# holding anything else are fields, which the index records for none of these languages.
+_JS_CLASS_MEMBERS = """
+    (method_definition name: (private_property_identifier) @name) @definition
+    (class_body (method_definition body: (statement_block (expression_statement (assignment_expression
+      left: (member_expression object: (this) property: (property_identifier) @name)
+      right: [(arrow_function) (function_expression)])))))
+"""
+
+# Functions in an exported object literal are the module's names: `export const helpers = { format: (x) => x }`,
+# `export default { mount: (el) => el }` (a method written `render() {}` is a method definition already).
+_JS_EXPORTED_OBJECTS = """
+    (export_statement (lexical_declaration (variable_declarator value: (object
+      (pair key: (property_identifier) @name value: [(arrow_function) (function_expression)])))))
+    (export_statement value: (object
+      (pair key: (property_identifier) @name value: [(arrow_function) (function_expression)])))
+"""
+
 # CommonJS exports (JavaScript's only: TypeScript writes `export =`): `module.exports = function` is the module's
 # default, `exports.f = function` and `module.exports.f = ...` define f; other values exported are names only.
 _COMMONJS_DEFINITIONS = """
@@ -118,6 +138,18 @@ _COMMONJS_DEFINITIONS = """
         property: (property_identifier) @name)
       right: [(object) (array) (number) (string) (template_string) (call_expression) (new_expression)])
       (#eq? @_exports "exports")))
+    (expression_statement (assignment_expression
+      left: (member_expression object: (identifier) @_module property: (property_identifier) @_exports)
+      right: (object (pair key: (property_identifier) @name value: [(arrow_function) (function_expression)])))
+      (#eq? @_module "module") (#eq? @_exports "exports"))
+"""
+
+# A function assigned to an object's property at a JavaScript file's top: Express's `app.use = function use(fn)`,
+# `res.send = ...`, a prototype's `Router.prototype.handle = function (req)`: what `app.use(` calls.
+_JS_MEMBER_ASSIGNMENTS = """
+    (program (expression_statement (assignment_expression
+      left: (member_expression object: [(identifier) (member_expression)] property: (property_identifier) @name)
+      right: [(arrow_function) (function_expression)]) (#not-eq? @name "exports")) @definition)
 """
 
 # ES modules and CommonJS requires (TypeScript's too): `const x = require("m")` binds m's default, `const { a, b: c }
@@ -177,7 +209,9 @@ JAVASCRIPT = LanguageSpec(
          (generator_function_declaration name: (identifier) @name)
          (class_declaration name: (identifier) @name)
          (method_definition name: (property_identifier) @name)] @definition
-    """ + _JS_BINDINGS + _COMMONJS_DEFINITIONS,
+        (field_definition property: [(property_identifier) (private_property_identifier)] @name
+          value: [(arrow_function) (function_expression)]) @definition
+    """ + _JS_CLASS_MEMBERS + _JS_EXPORTED_OBJECTS + _JS_BINDINGS + _COMMONJS_DEFINITIONS + _JS_MEMBER_ASSIGNMENTS,
     imports=_JS_IMPORTS + _COMMONJS_EXPORTS,
     keywords=_words(_JS_KEYWORDS),
 )
@@ -193,7 +227,12 @@ _TYPESCRIPT_DEFINITIONS = """
      (enum_declaration name: (identifier) @name)
      (internal_module name: (identifier) @name)
      (method_definition name: (property_identifier) @name)] @definition
-""" + _JS_BINDINGS
+    ; a property holding a function, or typed as one (`fetch: (request: Request) => Response`)
+    (public_field_definition name: [(property_identifier) (private_property_identifier)] @name
+      value: [(arrow_function) (function_expression)]) @definition
+    (public_field_definition name: [(property_identifier) (private_property_identifier)] @name
+      type: (type_annotation (function_type))) @definition
+""" + _JS_CLASS_MEMBERS + _JS_EXPORTED_OBJECTS + _JS_BINDINGS
 
 _TYPESCRIPT_KEYWORDS = _JS_KEYWORDS + """
     interface type enum implements private protected public readonly abstract declare namespace any number
