@@ -15,7 +15,8 @@ file's own package; a JavaScript, TypeScript or Rust name an import binds; a Jav
 a name imported), else it is a local of the same name, and never a name that a function around it binds (a
 parameter, a local declaration: bench/function_locals.py reads them from the tree; hiredis's ``void *privdata``
 parameters are no uses of test.c's ``struct privdata``); and in C and C++ no field after ``.`` or ``->`` (fields
-are no definitions the index records).
+are no definitions the index records); in JavaScript and TypeScript no member every array, string, object or
+promise has (`.map`, `.then`, `.toString`) after a dot.
 
 For a seeded sample of sites per repository and language (each site's place in the draw a hash of the seed and
 the site, so that a change of the index that adds or removes some sites leaves the others drawn) it measures what
@@ -66,6 +67,17 @@ _NOT_USES = {"import_statement", "import_declaration", "import_spec", "import_cl
              "preproc_include", "package_clause", "package_declaration", "mod_item", "extern_crate_declaration",
              "comment", "string", "string_literal", "interpreted_string_literal", "raw_string_literal",
              "template_string"}
+# Methods every JavaScript array, string, object, function or promise has (ECMAScript's prototypes): after a dot
+# the text cannot tell `rows.map(` from a repository's `Children.map`, so neither is a site (a class property `map =
+# (...) =>` or an exported `{ map: ... }` made every array's `.map(` a "use" of it).
+_JS_BUILTIN_MEMBERS = frozenset("""
+    at concat copyWithin entries every fill filter find findIndex findLast findLastIndex flat flatMap forEach
+    includes indexOf join keys lastIndexOf map pop push reduce reduceRight reverse shift slice some sort splice
+    toLocaleString toReversed toSorted toSpliced toString unshift values with charAt charCodeAt codePointAt endsWith
+    isWellFormed localeCompare match matchAll normalize padEnd padStart repeat replace replaceAll search split
+    startsWith substring toLocaleLowerCase toLocaleUpperCase toLowerCase toUpperCase toWellFormed trim trimEnd
+    trimStart valueOf hasOwnProperty isPrototypeOf propertyIsEnumerable apply bind call then catch finally
+""".split())
 _NAME_TYPES = ("identifier", "type_identifier", "field_identifier", "property_identifier",
                "shorthand_property_identifier", "scoped_type_identifier")
 
@@ -110,6 +122,8 @@ def find_sites(repo: str, index) -> list[LanguageSite]:
                 continue  # a Go package's tests are compiled into its tests alone
             if kind == "qualified" and language in ("c", "cpp") and "::" not in before[-3:]:
                 continue  # a struct's field (`ci->next`): fields are no definitions the index records
+            if kind == "qualified" and language in ("javascript", "typescript", "tsx") and name in _JS_BUILTIN_MEMBERS:
+                continue  # `rows.map(`: likelier the array's than the repository's `map`
             sites.append(LanguageSite(repo, path, row + 1, col + 1, name, kind, text[col:].rstrip(),
                                       not before.strip() or before[-1].isspace(), definitions[0], language=language,
                                       imported=any(p in followed for p, _ in definitions), also=tuple(definitions[1:])))

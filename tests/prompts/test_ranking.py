@@ -261,6 +261,28 @@ def test_context_eval_resumes_only_sites_measured_with_the_same_options(monkeypa
     assert not out.with_suffix(".partial.jsonl").exists()
 
 
+def test_context_eval_languages_takes_a_class_propertys_definition_from_the_index(make_repo, monkeypatch):
+    """Hono's `request = (...) => {` and Context's `status = (...) => {` are class properties: the index recorded no
+    definition of them, so `app.request(` was a site whose truth was an unrelated `request` function of
+    benchmarks/ (the only file defining the name), and `c.status(` no site. The eval's truth is the index's: now
+    `request` has two definitions, which the text cannot tell apart (no site), and `status` is Context's. A member
+    every array has (`rows.map(`) is no use of a repository's `map` (an exported object's here)."""
+    evaluation = _context_eval_languages(monkeypatch)
+    files = {"src/hono.ts": "export class Hono {\n  request = (input: string): Response => {\n"
+                            "    return new Response(input);\n  };\n}\n",
+             "src/context.ts": "export class Context {\n  status = (code: number): void => {\n"
+                               "    this.code = code;\n  };\n}\n",
+             "src/children.ts": "export const Children = {\n  map: (children: unknown[]) => children,\n};\n",
+             "benchmarks/get-path.ts": "export function request(url: string): string {\n  return url;\n}\n",
+             "src/app.ts": "import { Hono } from './hono';\nimport { Context } from './context';\n\n"
+                           "export function handle(app: Hono, c: Context, rows: number[]) {\n"
+                           "  app.request('/');\n  c.status(200);\n  return rows.map((row) => row + 1);\n}\n"}
+    index = index_repository(make_repo(files))
+    sites = {(s.path, s.line, s.col, s.name, s.definition[0]) for s in evaluation.find_sites("hono", index)}
+    assert {s for s in sites if s[3] not in ("Hono", "Context")} == {
+        ("src/app.ts", 6, 5, "status", "src/context.ts")}
+
+
 @pytest.mark.parametrize("argv, says", [(["--budgets", "1k"], "--budgets 1k: token counts expected"),
                                         (["--sites", "0"], "--sites take 1 or more"),
                                         (["--repos", "no_such_package_here"], "not an installed package here")])
