@@ -36,6 +36,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -76,11 +77,22 @@ def multicast_off() -> None:
     os.environ.update(MULTICAST_OFF)
 
 
-def children_skip_current_folder() -> None:
-    """Spawned ranks leave the current folder off their module path (Python 3.11's PYTHONSAFEPATH; 3.10 has no
-    way). A rank starts as `python -c ...`, which puts that folder first: run from inside a hostile repository,
-    its `multiprocessing.py` or any module a rank imports ran in every rank."""
+@contextlib.contextmanager
+def children_skip_current_folder() -> Iterator[None]:
+    """While inside, spawned ranks leave the current folder off their module path (Python 3.11's PYTHONSAFEPATH;
+    3.10 has no way). A rank starts as `python -c ...`, which puts that folder first: run from inside a hostile
+    repository, its `multiprocessing.py` or any module a rank imports ran in every rank. Put back as it was after:
+    left set, every Python this process started later (a library user's `python tools/x.py`) lost its own folder
+    from its path too."""
+    before = os.environ.get("PYTHONSAFEPATH")
     os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONSAFEPATH", None)
+        else:
+            os.environ["PYTHONSAFEPATH"] = before
 
 
 def under_torchrun() -> bool:
@@ -168,7 +180,6 @@ class Ranks:
     def start(cls, world: int, device_type: str, target, args: tuple = ()) -> Ranks:
         """Spawn ranks 1..world-1 running target(tp, *args); this process joins as rank 0."""
         multicast_off()
-        children_skip_current_folder()
         check_devices(world, device_type)
         check_gloo_interfaces()
         collective_timeout()                # a bad setting, said before any rank starts
@@ -177,8 +188,10 @@ class Ranks:
         store = dist.TCPStore("127.0.0.1", 0, world, is_master=True, wait_for_workers=False)
         context = None
         if world > 1:
-            context = torch_mp.start_processes(_spawned_rank, args=(world, store.port, device_type, target, args),
-                                               nprocs=world - 1, join=False, start_method="spawn")
+            with children_skip_current_folder():     # (start_processes has started every rank on return)
+                context = torch_mp.start_processes(_spawned_rank, args=(world, store.port, device_type, target,
+                                                                        args), nprocs=world - 1, join=False,
+                                                   start_method="spawn")
         threads, excepthook = torch.get_num_threads(), sys.excepthook
         try:
             _wait_for_start(store, context, world)

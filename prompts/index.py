@@ -23,6 +23,7 @@ import posixpath
 import re
 import sys
 import tempfile
+import threading
 import time
 import unicodedata
 import warnings
@@ -574,7 +575,8 @@ def _parse_all(
     """Parse files in this process, or in worker processes when there is enough to do."""
     total = len(sources)
     workers = workers or os.cpu_count() or 1
-    if workers > 1 and sum(s.size for s in sources) >= PARALLEL_MIN_BYTES and _children_skip_current_folder():
+    if workers > 1 and sum(s.size for s in sources) >= PARALLEL_MIN_BYTES and sys.version_info >= (3, 11):
+        # (3.10 cannot leave the current folder off a child's module path: see _children_skip_current_folder)
         results = _parse_in_workers(root, sources, max_file_bytes, workers)
     else:
         results = ([(source, parse_file(root, source, max_file_bytes))] for source in sources)
@@ -586,15 +588,34 @@ def _parse_all(
             progress(done, total)
 
 
-def _children_skip_current_folder() -> bool:
-    """Make the Pythons this process starts leave the current folder off their module path, where Python can (3.11:
-    PYTHONSAFEPATH); whether it could. A worker starts as `python -c ...`, which puts the current folder first:
-    run from inside a hostile repository (`codecomplete . --file x.py`), its `multiprocessing.py` or any module the
-    worker imports ran in the worker. On 3.10 the files are parsed in this process instead."""
-    if sys.version_info < (3, 11):
-        return False
-    os.environ["PYTHONSAFEPATH"] = "1"      # (inherited by every child: workers and multiprocessing's own helpers)
-    return True
+_SAFE_PATH_LOCK = threading.Lock()
+_safe_path_starts = 0                   # worker starts under way in this process (indexes built in threads)
+_safe_path_before: str | None = None    # PYTHONSAFEPATH as it was before the first of them
+
+
+@contextlib.contextmanager
+def _children_skip_current_folder() -> Iterator[None]:
+    """While inside, the Pythons this process starts leave the current folder off their module path (3.11's
+    PYTHONSAFEPATH). A worker starts as `python -c ...`, which puts the current folder first: run from inside a
+    hostile repository (`codecomplete . --file x.py`), its `multiprocessing.py` or any module the worker imports ran
+    in the worker. Put back as it was once the last start that overlaps ends: left set, a library user's later
+    `python tools/x.py` lost its own folder from its path too."""
+    global _safe_path_starts, _safe_path_before
+    with _SAFE_PATH_LOCK:
+        if _safe_path_starts == 0:
+            _safe_path_before = os.environ.get("PYTHONSAFEPATH")
+            os.environ["PYTHONSAFEPATH"] = "1"
+        _safe_path_starts += 1
+    try:
+        yield
+    finally:
+        with _SAFE_PATH_LOCK:
+            _safe_path_starts -= 1
+            if _safe_path_starts == 0:
+                if _safe_path_before is None:
+                    os.environ.pop("PYTHONSAFEPATH", None)
+                else:
+                    os.environ["PYTHONSAFEPATH"] = _safe_path_before
 
 
 def _parse_in_workers(
@@ -615,7 +636,8 @@ def _parse_in_workers(
     # "spawn": forking a process that may run threads (tokenizers, torch) is unsafe.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(workers, len(batches)), mp_context=context) as pool:
-        futures = {pool.submit(_parse_batch, root, batch, max_file_bytes): batch for batch in batches}
+        with _children_skip_current_folder():       # (submit starts the workers, and the resource tracker)
+            futures = {pool.submit(_parse_batch, root, batch, max_file_bytes): batch for batch in batches}
         for future in as_completed(futures):
             yield list(zip(futures[future], future.result()))
 

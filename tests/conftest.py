@@ -39,9 +39,9 @@ def _seeded_per_test(request):
 
 @pytest.fixture(autouse=True)
 def _python_safe_path_put_back():
-    """The index's worker processes and --gpus ranks set PYTHONSAFEPATH in this process, for the children it starts
-    (prompts/index.py, models/distributed.py): put back after each test, so that no later test's children inherit
-    it and no test of it starts with it already set."""
+    """The index's worker processes and --gpus ranks set PYTHONSAFEPATH in this process while they start
+    (prompts/index.py, models/distributed.py), and put it back; tests set and unset it too: put back after each
+    test all the same, so that no later test's children inherit it and no test of it starts with it already set."""
     before = os.environ.get("PYTHONSAFEPATH")
     yield
     if before is None:

@@ -376,6 +376,9 @@ def test_spawned_ranks_import_nothing_from_the_current_folder(no_hang, tmp_path,
         run_on_ranks(2, "cpu", tp_helpers.rank_number)
     assert not marker.exists(), "a rank ran the current folder's multiprocessing.py"
     assert run_on_ranks(2, "cpu", tp_helpers.rank_number) == 0
+    # for the ranks only: left set, every Python this process started later (a library user's `python tools/x.py`)
+    # lost its script's folder from its module path too
+    assert "PYTHONSAFEPATH" not in os.environ
 
 
 def test_a_rank_that_raises_ends_the_launch_in_one_line(no_hang, temporary_folder):

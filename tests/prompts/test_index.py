@@ -248,6 +248,36 @@ def test_worker_processes_import_nothing_from_the_current_folder(make_repo, monk
     assert parallel.chunks == serial.chunks
 
 
+def test_worker_processes_leave_this_process_s_environment_as_it_was(make_repo, monkeypatch, cache_dir):
+    """PYTHONSAFEPATH is for the workers only: left set in this process, a library user's later
+    `subprocess.run([sys.executable, "tools/train.py"])` lost the script's own folder from its module path (its
+    sibling modules no longer imported), and every Python the app started after the first index inherited it."""
+    files = {f"pkg/mod_{i}.py": f"def function_{i}(x):\n    return x + {i}\n" for i in range(8)}
+    root = make_repo(files)
+    monkeypatch.setattr(prompts.index, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(prompts.index, "BATCH_BYTES", 100)
+    for before in (None, "x"):                               # unset as in most shells, or a user's own value
+        if before is None:
+            monkeypatch.delenv("PYTHONSAFEPATH", raising=False)
+        else:
+            monkeypatch.setenv("PYTHONSAFEPATH", before)
+        index_repository(root, workers=2, cache_dir=cache_dir / str(before))
+        assert os.environ.get("PYTHONSAFEPATH") == before
+
+
+def test_overlapping_worker_starts_put_the_environment_back_once_the_last_ends(monkeypatch):
+    """Two indexes built at once (threads of one process) share the variable: the first to end must not take it
+    away from the second's workers still starting."""
+    monkeypatch.delenv("PYTHONSAFEPATH", raising=False)
+    first, second = prompts.index._children_skip_current_folder(), prompts.index._children_skip_current_folder()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert os.environ.get("PYTHONSAFEPATH") == "1"
+    second.__exit__(None, None, None)
+    assert "PYTHONSAFEPATH" not in os.environ
+
+
 def test_relative_paths_stay_inside_the_repository(make_repo):
     root = make_repo(FILES)
     index = index_repository(root)
