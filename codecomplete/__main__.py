@@ -8,10 +8,16 @@ def _leave_out_the_current_folder() -> None:
     read: its `models/` (an ML project's own package), `prompts/` or `rich/` was imported in place of ours, and ran.
     The console script's path starts at its own folder instead. Where codecomplete itself comes from the current
     folder (a source checkout run in place), that folder is ours and stays."""
-    if getattr(sys.flags, "safe_path", False) or not sys.path or sys.path[0] not in ("", os.getcwd()):
+    if getattr(sys.flags, "safe_path", False) or not sys.path:
+        return
+    try:
+        here = os.getcwd()
+    except OSError:                     # a folder deleted under the shell: nothing to import from, nothing to keep
+        here = None
+    if sys.path[0] not in ("", here):
         return
     ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if os.path.realpath(sys.path[0] or os.curdir) != os.path.realpath(ours):
+    if here is None or os.path.realpath(here) != os.path.realpath(ours):
         del sys.path[0]
 
 

@@ -286,6 +286,18 @@ def test_python_m_codecomplete_imports_nothing_from_the_current_folder(tmp_path,
     assert snapshot(folder) == before
 
 
+def test_python_m_codecomplete_starts_in_a_current_folder_deleted_under_it(tmp_path, cli_env):
+    """Leaving the current folder off the module path asked for that folder's name, which a folder deleted under
+    the shell (a branch switched, a build folder cleaned) no longer has: a traceback before the command began, where
+    `--help` worked before."""
+    (tmp_path / "gone").mkdir()
+    proc = subprocess.run(["sh", "-c", 'cd gone && rmdir "$0/gone" && exec "$1" -m codecomplete --help',
+                           str(tmp_path), sys.executable], cwd=tmp_path, env=cli_env, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "usage: codecomplete" in proc.stdout
+
+
 def test_a_hostile_repository_with_odd_names_completes_runs_nothing_and_writes_nothing(
         make_repository, script, cli_env, tmp_path, cache_dir):
     repo = make_repository(tmp_path / "repo")
