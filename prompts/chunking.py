@@ -26,6 +26,8 @@ NAME_DEPTH = 6  # how deep in the syntax tree defined names are looked for (meth
 MAX_ERROR_CHILDREN = 10_000  # a file that parses as one error of more pieces is chunked as text (see _SyntaxChunker)
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]+")
+# what follows a contextual keyword that begins a clause: `get size()`, `async (req) =>`, `type T =`, `from "m"`
+_CLAUSE_AFTER = re.compile(r"[ \t]+[\w$#\[*'\"`({]")
 _NOT_A_START = ("", " ", "\t", "}", ")", "]")  # first characters of lines that continue something
 
 
@@ -273,9 +275,8 @@ class _SyntaxChunker:
                     continue
                 kind = "code"
             for span in self._split(first, last, nodes):
-                chunk = _make_chunk(
-                    self.path, self.spec.name, kind, span, self.lines, self.names, self.spec.keywords, self.first_row
-                )
+                chunk = _make_chunk(self.path, self.spec.name, kind, span, self.lines, self.names, self.spec.keywords,
+                                    self.first_row, self.spec.contextual)
                 if chunk.text.strip():
                     chunks.append(chunk)
         return chunks
@@ -400,7 +401,21 @@ def _row(row_and_name: tuple[int, str]) -> int:
     return row_and_name[0]
 
 
-def _make_chunk(path, language, kind, span, lines, names, keywords, first_row=0) -> Chunk:
+def dropped_words(text: str, keywords: frozenset[str], contextual: frozenset[str]) -> frozenset[str]:
+    """The ``keywords`` to leave out of ``text``'s words: all but the ``contextual`` ones that it uses as names
+    somewhere, after a dot (`app.get(`, `re.match(`) or anywhere they begin no clause (`get(path) {`, `{ get }`,
+    `match = ...`); `get size() {}`, `for (x of xs)`, `match x:` use them as keywords."""
+    named = set()
+    for word in (word for word in contextual if word in text):
+        for found in re.finditer(rf"(?<![A-Za-z0-9_$]){word}(?![A-Za-z0-9_$])", text):
+            if text[max(0, found.start() - 16) : found.start()].rstrip(" \t").endswith(".") or not _CLAUSE_AFTER.match(text, found.end()):
+                named.add(word)
+                break
+    return keywords.difference(named)
+
+
+def _make_chunk(path, language, kind, span, lines, names, keywords, first_row=0,
+                contextual: frozenset[str] = frozenset()) -> Chunk:
     """The chunk of rows ``span`` of ``lines`` (which start at row ``first_row`` of the file), naming what
     ``names`` (row, name) in row order say is defined on its rows."""
     first, last = span
@@ -412,7 +427,7 @@ def _make_chunk(path, language, kind, span, lines, names, keywords, first_row=0)
     lo = bisect_left(names, first, key=_row)
     hi = bisect_left(names, last + 1, key=_row)
     defines = tuple(dict.fromkeys(name for _, name in names[lo:hi]))
-    references = frozenset(IDENTIFIER.findall(text)).difference(keywords)
+    references = frozenset(IDENTIFIER.findall(text)).difference(dropped_words(text, keywords, contextual))
     return Chunk(
         path=path,
         start_line=first_row + first + 1,

@@ -372,7 +372,7 @@ def _query(index: RepoIndex, path: str, language: str, imports, rows: list[str],
     spec = language_for(path)
     imported = follow_imports(index, path, language, imports)
     terms = cursor_terms(rows, row, column, spec.keywords if spec else frozenset(), comment_marker(language),
-                         imported.declared)
+                         imported.declared, spec.contextual if spec else frozenset())
     own = {name for number in index.chunk_numbers(path) for name in index.chunks[number].defines}
     module = qualifier_files(index, path, language, imports, imported.modules, terms.qualifier) if (
         terms.qualifier) else []

@@ -42,6 +42,9 @@ class LanguageSpec:
     definitions: str
     imports: str
     keywords: frozenset[str]  # words that are never interesting identifiers
+    # keywords that the grammar reads as one only where they begin a clause (`get size() {}`, `for (x of xs)`,
+    # `match x:`): elsewhere they are names (`app.get(`, `get(path) {}`, `{ get: ... }`), see chunking.dropped_words
+    contextual: frozenset[str] = frozenset()
     comment: str = "//"  # line comment marker
     leading: frozenset[str] = frozenset({"comment"})  # node types that belong to the definition right below them
 
@@ -75,6 +78,7 @@ PYTHON = LanguageSpec(
         from global if import in is lambda nonlocal not or pass raise return try while with yield match case
         self cls print len str int float bool list dict set tuple object super isinstance range
     """),
+    contextual=_words("match case"),  # soft keywords: `re.match(`, `match = ...`, `if match:` are names
 )
 
 _JS_KEYWORDS = """
@@ -82,6 +86,8 @@ _JS_KEYWORDS = """
     if import in instanceof new return super switch this throw try typeof var void while with yield let static
     async await of get set null undefined true false require module exports console
 """
+# (Express's `app.get(` and `router.get(`, RxJS's `of(`, `express.static(`, the async library's `async.map(`)
+_JS_CONTEXTUAL = "get set of static async"
 
 # Variables bound to functions or classes are definitions; other top-level variables are names only.
 _JS_BINDINGS = """
@@ -214,6 +220,7 @@ JAVASCRIPT = LanguageSpec(
     """ + _JS_CLASS_MEMBERS + _JS_EXPORTED_OBJECTS + _JS_BINDINGS + _COMMONJS_DEFINITIONS + _JS_MEMBER_ASSIGNMENTS,
     imports=_JS_IMPORTS + _COMMONJS_EXPORTS,
     keywords=_words(_JS_KEYWORDS),
+    contextual=_words(_JS_CONTEXTUAL),
 )
 
 _TYPESCRIPT_DEFINITIONS = """
@@ -252,6 +259,8 @@ TYPESCRIPT = LanguageSpec(
     definitions=_TYPESCRIPT_DEFINITIONS,
     imports=_JS_IMPORTS + _TYPESCRIPT_IMPORTS,
     keywords=_words(_TYPESCRIPT_KEYWORDS),
+    # (not the type names: `x: string,` is no name; nor words reserved in strict code, `public`, `interface`)
+    contextual=_words(_JS_CONTEXTUAL + " type declare readonly abstract namespace is infer keyof as"),
 )
 
 TSX = dataclasses.replace(TYPESCRIPT, name="tsx", grammar="tree_sitter_typescript:language_tsx")
@@ -396,6 +405,7 @@ JAVA = LanguageSpec(
         package private protected public return short static strictfp super switch synchronized this throw
         throws transient try void volatile while true false null var record String Object Override
     """),
+    contextual=_words("var record"),  # (`record.value()`, `Record record = ...`)
 )
 
 TREE_SITTER_LANGUAGES: dict[str, LanguageSpec] = {

@@ -44,7 +44,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .chunking import IDENTIFIER, Chunk
+from .chunking import IDENTIFIER, Chunk, dropped_words
 from .index import RepoIndex
 
 DEFINITION_WEIGHT = 3.0
@@ -133,11 +133,11 @@ class CursorTerms:
 
 def cursor_terms(
     lines: list[str], row: int, col: int, keywords: frozenset[str], comment: str = "#",
-    declared: frozenset[str] | set[str] = frozenset(),
+    declared: frozenset[str] | set[str] = frozenset(), contextual: frozenset[str] = frozenset(),
 ) -> CursorTerms:
     """The identifiers around a cursor at 0-based ``row``, ``col`` of ``lines``, weighted by nearness.
     ``declared``: names that imports bind with what reads as an assignment (``const fmt = require(...)``), not
-    local."""
+    local. ``contextual``: the ``keywords`` that count where the code uses them as names (``app.get(``)."""
     cursor_line = lines[row] if row < len(lines) else ""
     before, after = cursor_line[:col][-LINE_CHARS:], cursor_line[col:][:LINE_CHARS]
     partial = _PARTIAL_BEFORE.search(before)
@@ -150,7 +150,8 @@ def cursor_terms(
         written + " " + _PARTIAL_AFTER.sub("", after)
     ] + [_clip(line) for line in lines[row + 1 : row + FILE_LINES]]
     row, top = row - first, top - first
-    counts = Counter(IDENTIFIER.findall("\n".join(lines)))
+    read = "\n".join(lines)
+    counts = Counter(IDENTIFIER.findall(read))
     weights = dict.fromkeys(counts, FILE_WEIGHT)
     bottom = min(len(lines), row + LINES_AFTER + 1)
     code, prose = _split_prose("\n".join(lines[top:bottom]), comment, opener)
@@ -169,7 +170,8 @@ def cursor_terms(
     for name in local.intersection(weights):
         weights[name] *= LOCAL_FACTOR
     expects = next((kind for kind, pattern in _EXPECTS if pattern.search(written[-200:])), None)
-    return CursorTerms(_heaviest(weights, keywords), local, qualifier.group(1) if qualifier else None, counts,
+    dropped = dropped_words(read, keywords, contextual)
+    return CursorTerms(_heaviest(weights, dropped), local, qualifier.group(1) if qualifier else None, counts,
                        expects, qualified, partial.group() if partial and qualifier else "")
 
 
