@@ -70,6 +70,13 @@ _NOT_USES = {"import_statement", "import_declaration", "import_spec", "import_cl
 # Methods every JavaScript array, string, object, function or promise has (ECMAScript's prototypes): after a dot
 # the text cannot tell `rows.map(` from a repository's `Children.map`, so neither is a site (a class property `map =
 # (...) =>` or an exported `{ map: ... }` made every array's `.map(` a "use" of it).
+# Keywords that the grammars read as names where tree-sitter gives them as identifiers (`app.get(`, `get(path) {}`,
+# `{ type }`; an accessor's `get size()` is a keyword node, no identifier): those are sites as any name is. The other
+# keywords' identifiers are predeclared names, never a use of the repository's (`string` in Go, `console` in
+# JavaScript). The script's own list, from the grammars, not the index's.
+_TS_CONTEXTUAL = frozenset("get set of static async type declare readonly abstract namespace is infer keyof as".split())
+_CONTEXTUAL = {"javascript": frozenset("get set of static async".split()), "typescript": _TS_CONTEXTUAL,
+               "tsx": _TS_CONTEXTUAL, "java": frozenset({"record"})}
 _JS_BUILTIN_MEMBERS = frozenset("""
     at concat copyWithin entries every fill filter find findIndex findLast findLastIndex flat flatMap forEach
     includes indexOf join keys lastIndexOf map pop push reduce reduceRight reverse shift slice some sort splice
@@ -102,7 +109,8 @@ def find_sites(repo: str, index) -> list[LanguageSite]:
         source = (index.root / path).read_bytes()
         lines = source.decode("utf-8", "replace").split("\n")
         followed = None
-        keywords = language_for(path).keywords  # (`string` in Go: a type, never a use of a method named string)
+        # (`string` in Go: a type, never a use of a method named string)
+        keywords = language_for(path).keywords.difference(_CONTEXTUAL.get(language, ()))
         for name, row, byte_col, bound in _names_used(path, source):
             definitions = where.get(name)
             if name in keywords or name == "_" or not definitions or any(p == path for p, _ in definitions):

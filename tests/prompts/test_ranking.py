@@ -283,6 +283,21 @@ def test_context_eval_languages_takes_a_class_propertys_definition_from_the_inde
         ("src/app.ts", 6, 5, "status", "src/context.ts")}
 
 
+def test_context_eval_languages_takes_a_contextual_keyword_used_as_a_name_for_a_site(make_repo, monkeypatch):
+    """`router.get(` is a use of the router's `get` method (the keywords took every `get` out of the sites), while
+    `console.log(` stays none (a predeclared global, whatever a file of the repository calls `console`) and an
+    accessor's `get size()` is no identifier at all."""
+    evaluation = _context_eval_languages(monkeypatch)
+    files = {"src/router.js": "export class Router {\n  get(path, handler) {\n    return [path, handler];\n  }\n}\n",
+             "src/console.js": "export function console() {}\n",
+             "src/app.js": "import { Router } from './router';\n\nexport function mount(router) {\n"
+                           "  console.log('mount');\n  return router.get('/', mount);\n}\n\n"
+                           "export class Box {\n  get size() {\n    return 1;\n  }\n}\n"}
+    index = index_repository(make_repo(files))
+    sites = {(s.path, s.line, s.col, s.name, s.definition[0]) for s in evaluation.find_sites("app", index)}
+    assert {s for s in sites if s[3] != "Router"} == {("src/app.js", 5, 17, "get", "src/router.js")}
+
+
 @pytest.mark.parametrize("argv, says", [(["--budgets", "1k"], "--budgets 1k: token counts expected"),
                                         (["--sites", "0"], "--sites take 1 or more"),
                                         (["--repos", "no_such_package_here"], "not an installed package here")])
