@@ -11,6 +11,7 @@ faster, and for ranking the names in comments count as much as the names in code
 
 from __future__ import annotations
 
+import functools
 import re
 from bisect import bisect_left
 from itertools import accumulate
@@ -26,8 +27,6 @@ NAME_DEPTH = 6  # how deep in the syntax tree defined names are looked for (meth
 MAX_ERROR_CHILDREN = 10_000  # a file that parses as one error of more pieces is chunked as text (see _SyntaxChunker)
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]+")
-# what follows a contextual keyword that begins a clause: `get size()`, `async (req) =>`, `type T =`, `from "m"`
-_CLAUSE_AFTER = re.compile(r"[ \t]+[\w$#\[*'\"`({]")
 _NOT_A_START = ("", " ", "\t", "}", ")", "]")  # first characters of lines that continue something
 
 
@@ -405,13 +404,18 @@ def dropped_words(text: str, keywords: frozenset[str], contextual: frozenset[str
     """The ``keywords`` to leave out of ``text``'s words: all but the ``contextual`` ones that it uses as names
     somewhere, after a dot (`app.get(`, `re.match(`) or anywhere they begin no clause (`get(path) {`, `{ get }`,
     `match = ...`); `get size() {}`, `for (x of xs)`, `match x:` use them as keywords."""
-    named = set()
-    for word in (word for word in contextual if word in text):
-        for found in re.finditer(rf"(?<![A-Za-z0-9_$]){word}(?![A-Za-z0-9_$])", text):
-            if text[max(0, found.start() - 16) : found.start()].rstrip(" \t").endswith(".") or not _CLAUSE_AFTER.match(text, found.end()):
-                named.add(word)
-                break
+    if not contextual:
+        return keywords
+    named = {member or word for member, word in _named_pattern(contextual).findall(text)}
     return keywords.difference(named)
+
+
+@functools.lru_cache(maxsize=16)
+def _named_pattern(contextual: frozenset[str]) -> re.Pattern:
+    """The contextual words used as names: after a dot (group 1), or followed by no clause (group 2), which begins
+    with a name, a quote, a bracket or a star after a space (`get size()`, `async (req) =>`, `from "m"`)."""
+    words, edge = "|".join(sorted(contextual)), "[A-Za-z0-9_$]"
+    return re.compile(rf"\.[ \t]*({words})(?!{edge})|(?<!{edge})({words})(?!{edge})(?![ \t]+[\w$#\[*'\"`({{])")
 
 
 def _make_chunk(path, language, kind, span, lines, names, keywords, first_row=0,
