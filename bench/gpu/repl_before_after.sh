@@ -3,7 +3,7 @@
 # root. Each run gets its own fresh Triton, Inductor and codecomplete caches (a first start on a fresh machine), then
 # each tree runs once more on its filled caches (a second start). BEFORE: `git archive OLD codecomplete kernels models
 # prompts | tar -x -C bench/scratch/before` (ignored by git: carry it with .whl and .gpu/tokenizer). TYPING: seconds
-# between the prompt and the first question (0). Results: $OUT/{before,after}-{fresh,cached}-N.md; a summary last.
+# between the prompt and the first question (0). ROUNDS: the fresh rounds ("1 2"); NO_CACHED=1 leaves the second starts out. Results: $OUT/{before,after}-{fresh,cached}-N.md; a summary last.
 # `python -m codecomplete` puts the working directory first on sys.path, so each tree runs from its own directory.
 set -uo pipefail
 OUT=$(realpath -m "${OUT:-bench/scratch/repl-before-after}"); mkdir -p "$OUT"
@@ -18,10 +18,10 @@ one() {  # one NAME TREE CACHES
      --timeout 120 --out "$OUT/$1.md" -- --model "$MODEL" --context-tokens 16000 --max-tokens 32 > "$OUT/$1.log" 2>&1)
   echo "$1: exit $?"
 }
-for round in 1 2; do
+for round in ${ROUNDS:-1 2}; do
   one before-fresh-$round "$BEFORE" b$round; one after-fresh-$round "$ROOT" a$round
 done
-one before-cached-1 "$BEFORE" b1; one after-cached-1 "$ROOT" a1
+[ -n "${NO_CACHED:-}" ] || { one before-cached-1 "$BEFORE" b1; one after-cached-1 "$ROOT" a1; }
 for f in "$OUT"/*.md; do
   printf '%-22s %s\n' "$(basename "$f" .md)" "$(grep -o 'start to the first prompt: [0-9.]* s\|in [0-9.]* s;' "$f" | tr '\n' ' ')$(grep '^| How' "$f" | awk -F'|' '{print "first token", $5, "ms; Enter to answer", $8, "s"}')"
 done
