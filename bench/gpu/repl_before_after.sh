@@ -3,7 +3,8 @@
 # root. Each run gets its own fresh Triton, Inductor and codecomplete caches (a first start on a fresh machine), then
 # each tree runs once more on its filled caches (a second start). BEFORE: `git archive OLD codecomplete kernels models
 # prompts | tar -x -C bench/scratch/before` (ignored by git: carry it with .whl and .gpu/tokenizer). TYPING: seconds
-# between the prompt and the first question (0). ROUNDS: the fresh rounds ("1 2"); NO_CACHED=1 leaves the second starts out. Results: $OUT/{before,after}-{fresh,cached}-N.md; a summary last.
+# between the prompt and the first question (0). ROUNDS: the fresh rounds ("1 2"); NO_CACHED=1 leaves the second
+# starts out. Results: $OUT/{before,after}-{fresh,cached}-N.md; a summary last.
 # `python -m codecomplete` puts the working directory first on sys.path, so each tree runs from its own directory.
 set -uo pipefail
 OUT=$(realpath -m "${OUT:-bench/scratch/repl-before-after}"); mkdir -p "$OUT"
