@@ -84,19 +84,33 @@ def _git_folder(folder, remote: str):
 def test_a_git_folder_given_as_the_repository_is_refused(codecomplete, tmp_path, where, args):
     """A bare repository (`proj.git`), a checkout's `.git` or a folder in it has git's own files, no checked-out
     ones: they were indexed as the repository, and `config` (which may hold a remote's token) went into the prompt
-    of `--ask`, a suggestion or a server's every request. Refused as git refuses (not a work tree), exit 2; a
-    checkout's own folder is served as before."""
-    token = "https://alice:ghp_SECRET@example.com/alice/proj.git"
-    checkout = tmp_path / "proj"
-    checkout.mkdir()
-    (checkout / "main.py").write_text("def main():\n    return 1\n")
-    git = _git_folder(tmp_path / "proj.git" if where == "bare" else checkout / ".git", token)
+    of `--ask`, a suggestion or a server's every request. Refused as git refuses (not a work tree), exit 2 (the
+    checkout's own folder: the next test)."""
+    checkout, git = _checkout_and_git_folder(tmp_path, where)
     repo = git if where == "bare" else checkout / where
     argv = ["serve", str(repo), "--port", "0"] if args == ["serve"] else [str(repo), *args]
     run = codecomplete(*argv, timeout=120)
     check_error(run, 2, str(repo), "git")
     assert "ghp_SECRET" not in run.stderr
+
+
+# The two layouts the test above makes: a bare `proj.git` beside the checkout, or the checkout's own `.git` (the same
+# files whether the refused folder was `.git` or `.git/hooks`, whatever the refused command was).
+@pytest.mark.parametrize("where", ["bare", ".git"])
+def test_a_checkout_beside_or_holding_a_git_folder_is_served_as_before(codecomplete, tmp_path, where):
+    """A checkout's own folder, with its git folder beside it or in it, completes as before (exit 0)."""
+    checkout, _ = _checkout_and_git_folder(tmp_path, where)
     assert codecomplete(checkout, "--file", "main.py", "--max-tokens", "1", "--no-server").returncode == 0
+
+
+def _checkout_and_git_folder(tmp_path, where: str):
+    """(checkout, git folder): `proj` with one file, and `proj.git` beside it ("bare") or `proj/.git`, whose config
+    names a remote with a token in its url."""
+    token = "https://alice:ghp_SECRET@example.com/alice/proj.git"
+    checkout = tmp_path / "proj"
+    checkout.mkdir()
+    (checkout / "main.py").write_text("def main():\n    return 1\n")
+    return checkout, _git_folder(tmp_path / "proj.git" if where == "bare" else checkout / ".git", token)
 
 
 def test_model_not_found_exits_2(codecomplete, tmp_path):
