@@ -31,8 +31,8 @@ accumulators every 128 products; the scores' dots always were one tile's. int8's
 
 The probabilities are digitised per tile against the tile's own maximum (each row's largest p in the tile is 1) and
 times the V scales over the tile's largest V scale: an int8 digit has a fixed step, and a tile far below the running
-maximum would otherwise round to nothing, however many keys it holds (tests/kernels/test_flash_decode.py has such a
-case). The sums and the output are kept in units of that level (`_attend_tile_transposed`), so moving them to the
+maximum would otherwise round to nothing, however many keys it holds (tests/kernels/test_flash_decode_digits.py has
+such a case). The sums and the output are kept in units of that level (`_attend_tile_transposed`), so moving them to the
 next tile's is one multiply a row, and the PV dots accumulate onto the output itself.
 
 The softmax sum is kept per key slot (BLOCK_N x rows, like `kernels.split_kv_row`'s slots) and reduced once at the
