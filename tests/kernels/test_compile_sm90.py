@@ -216,3 +216,37 @@ def test_the_prefill_kernel_compiles_for_sm90(compiled, config):
     assert "error" not in facts, facts["error"]
     assert facts["cubin_bytes"] > 0 and facts["shared_bytes"] <= 227 * 1024
     assert facts["tensor_cores"]
+
+
+def test_every_epilogue_compiles_for_sm90(compiled):
+    """Each fused kernel builds for the H100/H200 in every configuration the step launches it with (each kind's
+    default and each per-shape entry, and qkv_rope quantizing into an fp8 or int8 cache), with 16-byte loads of bf16
+    weights (8-byte ones of int8 weights) and the programmatic-dependent-launch wait before it reads x. The facts are
+    kernels.fused_gemv.compile_facts's, build by build, as the module's compile_check reports them (this test built
+    them all a second time in a subprocess of its own in tests/kernels/test_fused_gemv.py)."""
+    from kernels.fused_gemv import build_names
+    facts = {name: compiled[f"fused-gemv {name}"] for name in build_names()}
+    for name, f in facts.items():
+        assert "error" not in f, (name, f["error"])          # (compile_check reports a build's error as a fact)
+    kinds = {"wo+residual", "w2+residual", "logits", "w13 swiglu", "wqkv rope cache"}
+    assert kinds | {"wqkv rope fp8 cache", "wqkv rope int8 cache"} | {f"{k} int8 weights" for k in kinds} <= set(facts)
+    assert any(" int8 weights dp4a" in name for name in facts)        # INT8_CONFIGS' DP4A entries, as launched
+    for name, f in facts.items():
+        assert f["cubin_bytes"] > 0 and f["pdl_wait"], (name, f)
+        if " int8 weights dp4a" in name:
+            # words of four weights times x's words by DP4A (kernels/dp4a.py), in 16-byte loads
+            assert f["dp4a"] > 0 and f["vector_loads"] >= 2, (name, f)
+        elif " int8 weights" in name:
+            bf16 = facts[name.partition(" int8 weights")[0]]
+            # int8 weights become fp32 by PRMT, not by I2F (the one I2F left is K's, in the RMSNorm's mean, as in bf16)
+            assert f["prmt"] > 0 and f["i2f"] == bf16["i2f"] <= 1 and f["dp4a"] == 0, (name, f)
+            # W in 8-byte loads, as many bytes a thread as of bf16 x: x's tile is then used where it was loaded, no
+            # more barriers a loop step than with bf16 weights (16-byte loads of W took 2-6 more: NARROW_INT8_LOADS)
+            assert f["loads_8_bytes"] >= 1 and f["loop_barriers"] <= bf16["loop_barriers"], (name, f, bf16)
+        else:
+            assert f["vector_loads"] >= 2, (name, f)
+        assert f["tickets"] == ("8 cache" in name), (name, f)     # only the 8-bit caches' qkv_rope takes tickets
+        # wo, w2 and wqkv load their first tile of W before waiting on the kernel before (EARLY_TILE); the
+        # others wait first
+        early = name.startswith(("wo", "w2", "wqkv"))
+        assert (f["loads_before_wait"] > 0) == early, (name, f)

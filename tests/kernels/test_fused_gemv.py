@@ -295,40 +295,6 @@ def test_bad_inputs_get_one_clear_error():
                  torch.tensor([0]), 2, 1)
 
 
-def test_every_epilogue_compiles_for_sm90():
-    """Each fused kernel builds for the H100/H200 in every configuration the step launches it with (each kind's
-    default and each per-shape entry, and qkv_rope quantizing into an fp8 or int8 cache; a subprocess: this
-    session interprets Triton), with 16-byte loads of bf16 weights (8-byte ones of int8 weights) and the
-    programmatic-dependent-launch wait before it reads x."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-c", "import json; from kernels.fused_gemv import compile_facts; "
-                          "print(json.dumps(compile_facts()))"], capture_output=True, text=True, env=env, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    facts = json.loads(run.stdout.splitlines()[-1])
-    kinds = {"wo+residual", "w2+residual", "logits", "w13 swiglu", "wqkv rope cache"}
-    assert kinds | {"wqkv rope fp8 cache", "wqkv rope int8 cache"} | {f"{k} int8 weights" for k in kinds} <= set(facts)
-    assert any(" int8 weights dp4a" in name for name in facts)        # INT8_CONFIGS' DP4A entries, as launched
-    for name, f in facts.items():
-        assert f["cubin_bytes"] > 0 and f["pdl_wait"], (name, f)
-        if " int8 weights dp4a" in name:
-            # words of four weights times x's words by DP4A (kernels/dp4a.py), in 16-byte loads
-            assert f["dp4a"] > 0 and f["vector_loads"] >= 2, (name, f)
-        elif " int8 weights" in name:
-            bf16 = facts[name.partition(" int8 weights")[0]]
-            # int8 weights become fp32 by PRMT, not by I2F (the one I2F left is K's, in the RMSNorm's mean, as in bf16)
-            assert f["prmt"] > 0 and f["i2f"] == bf16["i2f"] <= 1 and f["dp4a"] == 0, (name, f)
-            # W in 8-byte loads, as many bytes a thread as of bf16 x: x's tile is then used where it was loaded, no
-            # more barriers a loop step than with bf16 weights (16-byte loads of W took 2-6 more: NARROW_INT8_LOADS)
-            assert f["loads_8_bytes"] >= 1 and f["loop_barriers"] <= bf16["loop_barriers"], (name, f, bf16)
-        else:
-            assert f["vector_loads"] >= 2, (name, f)
-        assert f["tickets"] == ("8 cache" in name), (name, f)     # only the 8-bit caches' qkv_rope takes tickets
-        # wo, w2 and wqkv load their first tile of W before waiting on the kernel before (EARLY_TILE); the
-        # others wait first
-        early = name.startswith(("wo", "w2", "wqkv"))
-        assert (f["loads_before_wait"] > 0) == early, (name, f)
-
-
 # ---- launch configurations: per shape, the kind's default otherwise, the file override ------------------
 
 def test_a_shape_entry_wins_over_the_kinds_default_and_other_shapes_fall_back(monkeypatch):
