@@ -7,6 +7,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # the suite's references are float32 (tests of bfloat16 weights turn it on: tests/app/test_cpu_bf16.py).
 os.environ.setdefault("CODECOMPLETE_CPU_BF16", "0")
 
+import signal  # noqa: E402
+
+# A shell starts a background job (`pytest ... &` in a script, CI's or a helper's) with SIGINT ignored, and every
+# process the tests start inherits that: their Ctrl-C never arrives (the tests of it fail) and each server's stop
+# waits out its 60 s. The tests send SIGINT on purpose, so the session takes it as Python does in a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 from interpreter_speed import patch_language_once_per_launch  # noqa: E402  (after TRITON_INTERPRET)
 
 patch_language_once_per_launch()
