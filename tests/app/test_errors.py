@@ -363,8 +363,9 @@ def test_a_hangup_ignored_at_start_stays_ignored_as_nohup_asks(script, cli_env):
     def start(ignore_hangup: bool):
         return subprocess.Popen([str(script), "--prompt", "-", "--max-tokens", "1"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env,
-                                preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if ignore_hangup
-                                else None)
+                                # "normally": SIGHUP's default even where this session runs under nohup
+                                preexec_fn=lambda: signal.signal(signal.SIGHUP,
+                                                                 signal.SIG_IGN if ignore_hangup else signal.SIG_DFL))
     plain, nohup = start(False), start(True)
     for proc in (plain, nohup):
         wait_until_reading_stdin(proc)

@@ -591,7 +591,12 @@ def test_a_full_queue_answers_503_and_the_server_serves_on(keyed_server):
 def test_sighup_stops_a_server_as_sigterm_does_and_exits_129(script, cli_env, served_repo, tmp_path):
     """The terminal closed (SIGHUP) under a serving server: raised inside its event loop, it cut the stream in flight
     without its 503 and left the model to the interpreter's exit (nanobind's leak reports filled the log)."""
-    server = ServerProcess(script, served_repo, cli_env, tmp_path, "--context-tokens", "256")
+    # started as from a terminal: SIGHUP's default even where this session runs under nohup (children inherit it)
+    under_nohup = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        server = ServerProcess(script, served_repo, cli_env, tmp_path, "--context-tokens", "256")
+    finally:
+        signal.signal(signal.SIGHUP, under_nohup)
     try:
         parts = urlsplit(server.url)
         body = json.dumps({"prompt": "def main():", "n_predict": 200, "stream": True, "ignore_eos": True}).encode()
