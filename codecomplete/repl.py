@@ -194,7 +194,7 @@ class _WarmUp:
     watches a spinner for. Nothing else may use the session meanwhile (it is one caller's at a time, and a capture
     must not meet other GPU work): the REPL waits for it (`finish`) before a line does anything."""
 
-    def __init__(self, session, on_end) -> None:
+    def __init__(self, session, on_end, steps: list[str] | None = None) -> None:
         self.built: list[str] = []
         self.skipped: list[str] = []        # the steps a stop made it skip (Session.warm_up_skipped)
         self.error: BaseException | None = None
@@ -202,12 +202,14 @@ class _WarmUp:
         self._stop = threading.Event()
         self._ended = threading.Event()
         self._started = time.perf_counter()
-        self._thread = threading.Thread(target=self._run, args=(session, on_end), name="warm-up", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(session, on_end, steps), name="warm-up",
+                                        daemon=True)
         self._thread.start()
 
-    def _run(self, session, on_end) -> None:
+    def _run(self, session, on_end, steps) -> None:
         try:
-            self.built = timed_steps(session, session.warm_up(should_stop=self._stop.is_set))
+            only = {} if steps is None else {"steps": steps}
+            self.built = timed_steps(session, session.warm_up(should_stop=self._stop.is_set, **only))
             self.skipped = list(session.warm_up_skipped)
         except BaseException as exc:        # (given to the REPL's thread by `finish`)
             self.error = exc
@@ -251,8 +253,10 @@ class Repl:
         self.last_rate = 0.0
         self._warming: _WarmUp | None = None
         # The warm-up to start again at the next prompt: a /model that failed to load (the old model's steps went with
-        # its memory), a question answered before the warm-up's later steps (_finish_warm_up).
+        # its memory), a question answered before the warm-up's later steps (_finish_warm_up), which are then the
+        # only ones built (`_warm_steps`; None: all of them).
         self._warm_again = False
+        self._warm_steps: list[str] | None = None
         history = history or history_path(conversation.index.root)
         # prompt-toolkit takes TERM=dumb's plain line editing only without an output of ours, yet its session still
         # resets a terminal output's cursor as it is made (`\x1b[?12l\x1b[?25h`): there the output is plain text.
@@ -292,7 +296,8 @@ class Repl:
                     if self._warm_again:
                         self._warm_again = False
                         gc.collect()        # (what the failed load left on the GPU goes first)
-                        self._start_warm_up()
+                        self._start_warm_up(self._warm_steps)
+                        self._warm_steps = None
                     typed = self.session.prompt("› ")
                     self._after_each_prompt()
             except KeyboardInterrupt:       # Ctrl-C at the prompt: the line is cleared
@@ -324,13 +329,13 @@ class Repl:
                     raise
                 self.console.print(Text(f"error: {one_line(known[1])}", style="red"))
 
-    def _start_warm_up(self) -> None:
+    def _start_warm_up(self, steps: list[str] | None = None) -> None:
         """On a GPU, build the decode steps now (Session.warm_up), as the server does before it serves, not inside
         the first answers: a process that warmed nothing captured its verification step inside a follow-up (11.7 s
         to the first token, CodeLlama-7B shape on an H100; Run 45). In the background, while the user types the
         first question (17.0 s on a fresh H100, 6.7 s once Triton's kernel cache holds the kernels; Run 46): what
-        the line typed does waits for it to end (`_finish_warm_up`)."""
-        self._warming = _WarmUp(self.conversation.session, self._redraw) if self._builds_ahead() else None
+        the line typed does waits for it to end (`_finish_warm_up`). `steps`: only these (Session.warm_up)."""
+        self._warming = _WarmUp(self.conversation.session, self._redraw, steps) if self._builds_ahead() else None
 
     def _finish_warm_up(self, skip_rest: bool = False, answer_first: bool = False) -> None:
         """Wait for the warm-up under way, with a spinner (Ctrl-C skips the rest of it), and say what it built.
@@ -338,10 +343,10 @@ class Repl:
         question): stop it after the step under way too, and build the steps it skipped after the answer, at the
         next prompt. An answer needs the decode step alone (speculation and the wide tail wait for their steps'
         capture), and the verifying and wide steps took 16.4 of a fresh H200's 23.2 s of warm-up (Run 48): a first
-        question sent at once waited 24.6 s for its answer. The steps built later overwrite the cached prompt's row,
-        so the first follow-up reads its prompt again (0.5-0.9 s of prefill there). Interrupted (a second Ctrl-C,
-        the step under way going on), the line ends and the warm-up, told to stop, stays the next line's to wait
-        for: nothing may use the session beside it."""
+        question sent at once waited 24.6 s for its answer. Only the skipped steps are built later, past the
+        conversation's slots (`Engine._warm_step`), so the follow-ups reuse its cache; one sent while a step is
+        built waits for that step. Interrupted (a second Ctrl-C, the step under way going on), the line ends and
+        the warm-up, told to stop, stays the next line's to wait for: nothing may use the session beside it."""
         warming = self._warming
         if warming is None:
             return
@@ -366,6 +371,8 @@ class Repl:
             self.console.print(self._warm_up_failure(warming.error))
             return
         later = answer_first and bool(warming.skipped)
+        if later and not self._warm_again:          # (a full warm-up asked already builds these too)
+            self._warm_steps = list(warming.skipped)
         self._warm_again = self._warm_again or later
         skipped = " (the rest after this answer)" if later else " (skipped the rest)" if warming.stopped else ""
         self.console.print(Text(f"warmed up {', '.join(warming.built)} in {warming.seconds:.1f} s{skipped}",
@@ -470,7 +477,7 @@ class Repl:
                 # and a new model is the only way back, which this refusal closed for the rest of the session.
                 pass
             try:
-                self._warm_again = True
+                self._warm_again, self._warm_steps = True, None
                 engine = engines.load(args, conversation.max_new_tokens)
                 self._warm_again = False
             except UsageError as exc:   # said of the command line's --model: here it was the /model command

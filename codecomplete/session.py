@@ -298,21 +298,26 @@ class Session:
             return self._generation(packed, sampling)
         return self._generation(PackedPrompt(list(prompt), [], [], [], "raw"), sampling)
 
-    def warm_up(self, should_stop: Callable[[], bool] = lambda: False) -> list[str]:
+    def warm_up(self, should_stop: Callable[[], bool] = lambda: False, steps: list[str] | None = None) -> list[str]:
         """Build what a GPU engine would otherwise build inside a request, seconds each: the decode step (one short
         generation compiles and captures it), the step that verifies drafts and the one that feeds a longer edit
         (`Engine.warm_speculation`, `warm_wide_tail`; without them the first speculative step stalls its answer, and
         a prompt's tail takes the slower ways). The server runs it on the thread that runs the engine afterwards
         (some of it is kept per thread: cuDNN's plans), the REPL on a thread of its own while the first question is
-        typed (repl._WarmUp). `should_stop()`: the rest is skipped, between steps. Returns what it built; the seconds
-        each took are `warm_up_seconds` (timed_steps says them), the steps a stop skipped `warm_up_skipped`."""
+        typed (repl._WarmUp). `should_stop()`: the rest is skipped, between steps. `steps`: only these (the names a
+        stop skipped, `warm_up_skipped`, built after an answer; the decode step's generation would take the cache row
+        that answer's conversation holds). Returns what it built; the seconds each took are `warm_up_seconds`
+        (timed_steps says them), the steps a stop skipped `warm_up_skipped`."""
         self.warm_up_seconds = {}       # (in the order built)
         self.warm_up_skipped = []
-        started = time.perf_counter()
-        self.raw("def main():", sampling=Sampling(max_tokens=4)).run(should_stop=should_stop)
-        self.warm_up_seconds["the decode step"] = time.perf_counter() - started
+        if steps is None or "the decode step" in steps:
+            started = time.perf_counter()
+            self.raw("def main():", sampling=Sampling(max_tokens=4)).run(should_stop=should_stop)
+            self.warm_up_seconds["the decode step"] = time.perf_counter() - started
         for warm, what in ((self.engine.warm_speculation, "the step that verifies drafts"),
                            (self.engine.warm_wide_tail, "the step that feeds a longer edit")):
+            if steps is not None and what not in steps:
+                continue
             if should_stop():
                 self.warm_up_skipped.append(what)
                 continue

@@ -822,9 +822,7 @@ class Engine:
         verification has the one width, 1 + depth (without them a step costs no setup). Returns whether it did."""
         if not (self.speculate and self._graphs_enabled):
             return False
-        width = 1 + self.speculate
-        self.make_decode_step(1, max(width, min(self.context_length, 2 * TILE_ROWS)), width)()
-        self._cached_ids = []                   # (it wrote K/V past the cached prompt's slots: no longer known)
+        self._warm_step(1 + self.speculate)
         return True
 
     @on_its_device
@@ -834,9 +832,19 @@ class Engine:
         seconds. Only where it applies (flash, an unquantized cache, graphs). Returns whether it did."""
         if not self._wide_tail_applies():
             return False
-        self.make_decode_step(1, WIDE_TAIL, WIDE_TAIL)()
-        self._cached_ids = []                   # (it wrote K/V past the cached prompt's slots: no longer known)
+        self._warm_step(WIDE_TAIL)
         return True
+
+    def _warm_step(self, width: int) -> None:
+        """Run the decode step `width` tokens wide once, which compiles and captures it. It writes the K/V of the
+        context's last `width` slots, so a cached prompt that ends before them stays cached: the REPL builds these
+        steps after a first answer, and the next question reads the conversation again (10.8k tokens, 0.6 s on an
+        H100, where reusing it takes 0.25 s; Run 49). Flash's graph reads each row's length, one graph for every
+        length; sdpa's and eager's steps are built for the span of the whole context."""
+        cached = self._cached_ids
+        self.make_decode_step(1, self.context_length, width)()
+        if len(cached) <= self.context_length - width:
+            self._cached_ids = cached
 
     # ---- benchmarking ------------------------------------------------------------------------
 

@@ -179,7 +179,7 @@ def steps_built_with_graphs(engine, ids, monkeypatch) -> list[tuple[int, int, in
     return built
 
 
-def test_warm_speculation_builds_the_one_verify_step_graphs_use_and_forgets_the_cache(monkeypatch):
+def test_warm_speculation_builds_the_one_verify_step_graphs_use_and_keeps_the_cache(monkeypatch):
     """With graphs every verification has the width 1 + depth (drafts padded): the warm-up builds that step, as
     the first request whose text repeats its prompt would otherwise, inside its decode."""
     engine = make_engine(BUCKET)
@@ -192,12 +192,12 @@ def test_warm_speculation_builds_the_one_verify_step_graphs_use_and_forgets_the_
     ids = prompt(30, seed=4)
     built = steps_built_with_graphs(engine, ids, monkeypatch)
     assert engine.warm_speculation()
-    assert built == [(1, min(engine.context_length, 128), 1 + engine.speculate)]
+    assert built == [(1, engine.context_length, 1 + engine.speculate)]     # the context's last slots
     monkeypatch.undo()
-    assert engine.generate(ids, GenerationConfig(max_new_tokens=2)).reused_prefix_tokens == 0
+    assert engine.generate(ids, GenerationConfig(max_new_tokens=2)).reused_prefix_tokens > 0
 
 
-def test_warm_wide_tail_builds_the_wide_step_where_it_applies_and_forgets_the_cache(monkeypatch):
+def test_warm_wide_tail_builds_the_wide_step_where_it_applies_and_keeps_the_cache(monkeypatch):
     """The step that feeds a longer edit (WIDE_TAIL tokens): captured at the server's warm-up where graphs, flash
     attention and an unquantized cache make it apply; nowhere else (a CPU, sdpa, an 8-bit cache)."""
     from models.engine import WIDE_TAIL
@@ -213,6 +213,30 @@ def test_warm_wide_tail_builds_the_wide_step_where_it_applies_and_forgets_the_ca
     assert engine.context_length < 2 * WIDE_TAIL and not engine.warm_wide_tail() and not built   # too short a cache
     monkeypatch.setattr(engine, "context_length", 4 * WIDE_TAIL)
     assert engine.warm_wide_tail()
-    assert built == [(1, WIDE_TAIL, WIDE_TAIL)]
+    assert built == [(1, 4 * WIDE_TAIL, WIDE_TAIL)]                # the context's last slots
     monkeypatch.undo()
-    assert engine.generate(ids, GenerationConfig(max_new_tokens=2)).reused_prefix_tokens == 0
+    assert engine.generate(ids, GenerationConfig(max_new_tokens=2)).reused_prefix_tokens > 0
+
+
+def test_a_warm_step_writes_past_the_cached_prompt_which_the_next_request_reuses_as_it_was():
+    """The REPL builds the verifying and wide steps after a first answer (Session.warm_up's `steps`). They wrote the
+    K/V of the cache's first slots and forgot the cached prompt, so every follow-up read its conversation again
+    (10.8k tokens: 0.6 s against 0.25 s reused, an H100, Run 49). A step now runs at the context's last slots: a
+    prompt ending before them stays cached, and the follow-up's answer is bit for bit the one an engine that built
+    nothing gives; a prompt reaching into those slots is forgotten."""
+    ids = prompt(40, seed=6)
+    follow_up = prompt(7, seed=7)
+    answers = []
+    for warm in (False, True):
+        engine = make_engine(BUCKET)
+        first = engine.generate(ids, GenerationConfig(max_new_tokens=3))
+        if warm:
+            engine._warm_step(5)
+        again = engine.generate(ids + first.token_ids + follow_up, GenerationConfig(max_new_tokens=6))
+        answers.append((again.reused_prefix_tokens, again.token_ids))
+    assert answers[1] == answers[0] and answers[0][0] > 0, answers     # (reused to a bucket: 32 of 43)
+    engine = make_engine(BUCKET)
+    long = prompt(engine.context_length - 8, seed=8)
+    engine.generate(long, GenerationConfig(max_new_tokens=2))     # its cache: 73 slots, 7 short of the context's end
+    engine._warm_step(9)
+    assert engine.generate(long, GenerationConfig(max_new_tokens=1)).reused_prefix_tokens == 0

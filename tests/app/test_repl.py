@@ -700,6 +700,12 @@ def test_the_sessions_warm_up_builds_each_step_once_and_stops_between_them(conve
     assert session.warm_up(should_stop=lambda: True) == ["the decode step"] and calls == []
     assert list(session.warm_up_seconds) == ["the decode step"]
     assert session.warm_up_skipped == ["the step that verifies drafts", "the step that feeds a longer edit"]
+    # the steps a stop skipped, built alone after an answer: no generation (it would take the answer's cache row)
+    calls.clear()
+    generate = engine.generate
+    monkeypatch.setattr(engine, "generate", lambda *a, **k: calls.append("generate") or generate(*a, **k))
+    assert session.warm_up(steps=["the step that verifies drafts"]) == ["the step that verifies drafts"]
+    assert calls == ["verify"] and session.warm_up_skipped == []
 
 
 def test_the_pty_benchmark_reads_each_answer_as_the_repl_reports_it(cli_env, repo, tmp_path):
@@ -727,10 +733,11 @@ def test_a_question_waits_for_the_step_under_way_and_the_rest_is_built_after_its
     fresh H200, of which the verifying and wide steps, which no first answer needs, took 16.4 s (Run 48). A question
     now stops the warm-up after the step under way; the steps it skipped are built after the answer, before the next
     prompt reads. A command still waits for all of it."""
-    runs = []
+    runs, asked = [], []
 
-    def warm_up(session, should_stop=lambda: False):
+    def warm_up(session, should_stop=lambda: False, steps=None):
         runs.append("warm-up")
+        asked.append(steps)
         session.warm_up_skipped = []
         # the first time, the step that verifies drafts is under way when the line comes; after the answer it is short
         deadline = time.monotonic() + (20 if runs.count("warm-up") == 1 else 0.2)
@@ -752,6 +759,8 @@ def test_a_question_waits_for_the_step_under_way_and_the_rest_is_built_after_its
     printed = drive(conversation, ["Explain Rectangle.\r", "/reset\r", "/exit\r"], tmp_path / "history")
     assert time.monotonic() - started < 15, printed      # (the first answer did not wait out the 20 s step)
     assert runs[:3] == ["warm-up", "answer", "warm-up"], runs
+    # after the answer, only what it skipped: the decode step's generation would take the conversation's cache row
+    assert asked[:2] == [None, ["the step that verifies drafts"]], asked
     assert "warmed up the decode step in " in printed and "(the rest after this answer)" in printed, printed
     # the rest, built after the answer, is waited for by the command that came next
     assert "warmed up the decode step, the step that verifies drafts in " in printed, printed
