@@ -208,8 +208,7 @@ class _WarmUp:
 
     def _run(self, session, on_end, steps) -> None:
         try:
-            only = {} if steps is None else {"steps": steps}
-            self.built = timed_steps(session, session.warm_up(should_stop=self._stop.is_set, **only))
+            self.built = timed_steps(session, session.warm_up(should_stop=self._stop.is_set, steps=steps))
             self.skipped = list(session.warm_up_skipped)
         except BaseException as exc:        # (given to the REPL's thread by `finish`)
             self.error = exc

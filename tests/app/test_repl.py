@@ -613,7 +613,7 @@ def test_on_a_gpu_the_repl_warms_the_model_up_before_the_first_question(conversa
     nothing ahead."""
     warmed = []
 
-    def warm_up(session, should_stop=lambda: False):
+    def warm_up(session, should_stop=lambda: False, steps=None):
         warmed.append(session.engine)
         return ["the decode step", "the step that verifies drafts"]
     monkeypatch.setattr(Session, "warm_up", warm_up)
@@ -633,7 +633,7 @@ def test_the_warm_up_runs_while_the_first_question_is_typed(conversation, tmp_pa
     caller's at a time), then says what was built, then runs."""
     release, seen = threading.Event(), {}
 
-    def warm_up(session, should_stop=lambda: False):
+    def warm_up(session, should_stop=lambda: False, steps=None):
         seen["thread"] = threading.current_thread()
         assert release.wait(timeout=60)
         return ["the decode step"]
@@ -665,7 +665,7 @@ def test_leaving_during_the_warm_up_stops_it(conversation, tmp_path, monkeypatch
     (a capture cut off by the interpreter's exit could leave the GPU's context in a bad state), without a word."""
     seen = {}
 
-    def warm_up(session, should_stop=lambda: False):
+    def warm_up(session, should_stop=lambda: False, steps=None):
         deadline = time.monotonic() + 60
         while not should_stop() and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -772,7 +772,7 @@ def test_showing_the_model_lets_the_warm_up_finish(conversation, tmp_path, monke
     rest (the model it warms goes); a bare `/model` skipped it too, and the next answers built the steps skipped."""
     seen = {}
 
-    def warm_up(session, should_stop=lambda: False):
+    def warm_up(session, should_stop=lambda: False, steps=None):
         deadline = time.monotonic() + 0.5           # a step under way when the line is typed
         while time.monotonic() < deadline and not should_stop():
             time.sleep(0.01)
@@ -799,7 +799,7 @@ def test_a_second_ctrl_c_while_a_line_waits_for_the_warm_up_does_not_let_the_nex
         until_a_line_waits_for_the_warm_up(cancelled=pressed > 0)
         os.kill(os.getpid(), signal.SIGINT)
 
-    def warm_up(session, should_stop=lambda: False):
+    def warm_up(session, should_stop=lambda: False, steps=None):
         press_ctrl_c(0)
         press_ctrl_c(1)
         time.sleep(1.0)                             # the step under way goes on after the second press
@@ -829,7 +829,7 @@ def until_a_line_waits_for_the_warm_up(cancelled: bool = False) -> None:
 def test_a_dumb_terminal_is_told_what_a_line_waits_for(conversation, tmp_path, monkeypatch):
     """TERM=dumb draws no spinner: a line typed while the warm-up ran waited for the rest of it in silence (up to
     the warm-up's seconds on a GPU). It says what it waits for on one plain line."""
-    def warm_up(session, should_stop=lambda: False):
+    def warm_up(session, should_stop=lambda: False, steps=None):
         until_a_line_waits_for_the_warm_up()
         return ["the decode step"]
     monkeypatch.setattr(Session, "warm_up", warm_up)
@@ -853,7 +853,7 @@ def test_the_toolbar_redrawn_as_the_warm_up_ends_says_it_ended(conversation):
     toolbars, go = [], threading.Event()
 
     class _Session:
-        def warm_up(self, should_stop):
+        def warm_up(self, should_stop, steps=None):
             assert go.wait(timeout=30)
             return ["the decode step"]
     session = repl.Repl(conversation, Console(file=io.StringIO()), input=None, output=DummyOutput(),
@@ -870,7 +870,7 @@ def test_a_model_that_fails_to_load_leaves_the_old_one_warmed_up_again(conversat
     follow-up, Run 45). It is warmed up again, in the background, from the next prompt on."""
     warmed = []
 
-    def warm_up(session, should_stop=lambda: False):
+    def warm_up(session, should_stop=lambda: False, steps=None):
         warmed.append(session.engine)
         return ["the decode step"]
 
@@ -891,7 +891,7 @@ def test_ctrl_c_while_leaving_waits_for_the_warm_up_step_under_way(conversation,
     Ctrl-C now waits for the step too, then leaves as an interrupt."""
     seen = {"ended": False}
 
-    def warm_up(session, should_stop=lambda: False):
+    def warm_up(session, should_stop=lambda: False, steps=None):
         deadline = time.monotonic() + 60
         while not should_stop() and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -913,7 +913,7 @@ def test_a_warm_up_error_is_said_on_the_way_out_where_no_line_came(conversation,
     line; where the user left first (/exit, Ctrl-D) it was never said, the exit as clean as a warm-up's success.
     It is now said on the way out in one line, no traceback, the exit still the user's (no exception), whether it
     came before the user left or during the wait for the step under way."""
-    def warm_up(session, should_stop=lambda: False):
+    def warm_up(session, should_stop=lambda: False, steps=None):
         if when == "while":
             deadline = time.monotonic() + 60
             while not should_stop() and time.monotonic() < deadline:
@@ -934,7 +934,7 @@ def test_a_warm_up_error_is_said_on_the_way_out_where_no_line_came(conversation,
 def test_a_known_warm_up_error_is_said_on_the_way_out_as_at_a_line(conversation, tmp_path, monkeypatch):
     """A warm-up error the REPL knows (out of memory, say) is said in yellow at the first line; the user who left
     first heard nothing of it either. It is said on the way out as a line would have said it."""
-    def warm_up(session, should_stop=lambda: False):
+    def warm_up(session, should_stop=lambda: False, steps=None):
         raise MemoryError()
     monkeypatch.setattr(Session, "warm_up", warm_up)
     monkeypatch.setattr(repl.Repl, "_builds_ahead", lambda self: True)
@@ -1006,7 +1006,7 @@ def test_a_ctrl_c_while_the_old_model_is_set_to_warm_up_again_leaves_no_repl_gon
             pressed.append(1)
             signal.raise_signal(signal.SIGINT)
         return collect(*args)
-    monkeypatch.setattr(Session, "warm_up", lambda session, should_stop=lambda: False: ["the decode step"])
+    monkeypatch.setattr(Session, "warm_up", lambda session, should_stop=lambda: False, steps=None: ["the decode step"])
     monkeypatch.setattr(repl.Repl, "_builds_ahead", lambda self: True)
     monkeypatch.setattr(repl.engines, "load", load)
     monkeypatch.setattr(repl.gc, "collect", collect_pressed)
