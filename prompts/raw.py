@@ -22,17 +22,18 @@ def build_raw_prompt(tokenizer, text: str, *, heal: bool = True) -> PackedPrompt
     ends = line_end(text, lone_cr=False)        # (a lone "\r" is read as it is: the answer is the model's too)
     text = text.replace("\r\n", "\n")
     ids = tokenizer.encode(text)
-    check_embedded(tokenizer, ids, embedded_rows(tokenizer))
+    check_embedded(tokenizer, ids)
     heal_text = _partial_token(tokenizer, text, ids) if heal else ""
     if heal_text:
         ids = tokenizer.encode(text[: len(text) - len(heal_text)])
     return PackedPrompt(ids, [], [], [], "raw", heal_text=heal_text, line_end=ends)
 
 
-def check_embedded(tokenizer, ids: list[int], rows: int | None) -> None:
-    """Refuse ids the model cannot embed (``rows``: its embedding table's; None: any) that a client's text made of
-    special-token text, in one line naming the token (the model failed on them, where a transformers model fails too;
-    llama.cpp's vocabulary of such a model has no such token at all)."""
+def check_embedded(tokenizer, ids: list[int]) -> None:
+    """Refuse ids the model cannot embed (the rows ``encoder_for`` was told for ``tokenizer``; never told: any) that a
+    client's text made of special-token text, in one line naming the token (the model failed on them, where a
+    transformers model fails too; llama.cpp's vocabulary of such a model has no such token at all)."""
+    rows = embedded_rows(tokenizer)
     past = next((i for i in ids if rows is not None and i >= rows), None)
     if past is not None:
         raise PromptError(f"the text holds {tokenizer.convert_ids_to_tokens(past)!r}, a special token past the "

@@ -13,6 +13,7 @@ cuts a text (token healing).
 from __future__ import annotations
 
 import contextlib
+import copy
 import weakref
 from array import array
 from collections.abc import Sequence
@@ -90,6 +91,17 @@ def embedded_rows(tokenizer) -> int | None:
     except TypeError:  # not weak-referenceable
         return None
     return encoder.rows if encoder is not None else None
+
+
+def tokenizer_copy(tokenizer):
+    """A deep copy of ``tokenizer`` for another thread (a fast tokenizer keeps `encode_special_tokens` as state that
+    each call sets), told the embedding rows the original was (``encoder_for``): what a prompt or a check built with
+    the copy refuses, one built with the original refuses too."""
+    copied = copy.deepcopy(tokenizer)
+    rows = embedded_rows(tokenizer)
+    if rows is not None:
+        encoder_for(copied, rows)
+    return copied
 
 
 class Encoder:

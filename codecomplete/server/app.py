@@ -3,7 +3,6 @@ checks (DNS rebinding), and errors as JSON."""
 from __future__ import annotations
 
 import asyncio
-import copy
 import hmac
 import ipaddress
 import logging
@@ -51,10 +50,12 @@ class Server:
         # The event loop's own tokenizer (/tokenize, /detokenize, a prompt echoed back), copied before the engine
         # thread starts: a fast tokenizer keeps `encode_special_tokens` as state that each call sets, and the engine
         # thread's prompts set it their way meanwhile (ids of the other kind back, or "Already borrowed").
-        self.tokenizer = copy.deepcopy(session.engine.tokenizer)
+        # (Each told the rows the model embeds, as the engine's is: prompts.tokens.tokenizer_copy.)
+        from prompts.tokens import tokenizer_copy
+        self.tokenizer = tokenizer_copy(session.engine.tokenizer)
         # The thread pool's (/tokenize, off the event loop), one call at a time: its threads shared the event loop's,
         # and two requests reading special-token text differently (parse_special) got each other's ids.
-        self._pool_tokenizer = copy.deepcopy(session.engine.tokenizer)
+        self._pool_tokenizer = tokenizer_copy(session.engine.tokenizer)
         self._pool_tokenizer_lock = threading.Lock()
         self.loopback = loopback                # bound to this machine only: requests must name it (LocalNamesOnly)
         # `idle`: one slice of work for quiet moments (warming the prompt caches); `warm_up`: what to prepare before

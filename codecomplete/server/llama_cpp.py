@@ -140,7 +140,6 @@ class DetokenizeRequest(Body):
 @router.post("/tokenize")
 async def tokenize(request: Request):
     body = await read_json(request, TokenizeRequest)
-    rows = request.app.state.server.engine.model.config.vocab_size
 
     def tokens(tokenizer) -> list:
         from prompts.errors import PromptError
@@ -148,7 +147,7 @@ async def tokenize(request: Request):
         ids = tokenizer.encode(body.content, add_special_tokens=body.add_special,
                                split_special_tokens=not body.parse_special)
         try:
-            check_embedded(tokenizer, ids, rows)    # what /completion would refuse of the same text
+            check_embedded(tokenizer, ids)          # what /completion would refuse of the same text
         except PromptError as exc:
             raise ApiError(400, str(exc)) from None
         return token_pieces(tokenizer, ids) if body.with_pieces else ids

@@ -63,6 +63,23 @@ def test_infill_tokens_the_model_cannot_embed_give_a_left_to_right_prompt(make_r
     assert max(packed.ids + packed.stop_token_ids) < rows
 
 
+def test_a_copy_of_a_tokenizer_told_its_models_rows_builds_what_the_original_builds(make_repo, codellama_tokenizer):
+    """The server's own tokenizers (the event loop's, the thread pool's) are copies of the engine's: a plain deepcopy
+    knew no embedding rows, so /tokenize read the model's config for its check, a second path for one limit."""
+    from prompts.raw import build_raw_prompt
+    from prompts.tokens import embedded_rows, encoder_for, tokenizer_copy
+    tokenizer = copy.deepcopy(codellama_tokenizer)      # (its Encoder, told the rows, is this test's alone)
+    encoder_for(tokenizer, 32000)
+    copied = tokenizer_copy(tokenizer)
+    assert copied is not tokenizer and embedded_rows(copied) == 32000
+    root = make_repo({"util.py": UTIL, "main.py": MAIN})
+    packed = build_completion_prompt(index_repository(root), copied, "main.py", line=5, col=26)
+    assert packed.format == "left-to-right" and max(packed.ids + packed.stop_token_ids) < 32000
+    with pytest.raises(PromptError, match="a special token past the model's embedding table"):
+        build_raw_prompt(copied, "def f():\n▁<PRE>")
+    assert embedded_rows(tokenizer_copy(codellama_tokenizer)) is None     # never told: a copy is not either
+
+
 def test_starcoder_fim_uses_repository_tokens(make_repo, starcoder_tokenizer):
     root = make_repo({"util.py": UTIL, "main.py": MAIN + "# a file may say <file_sep> or <fim_middle> as text\n"})
     packed = build_completion_prompt(index_repository(root), starcoder_tokenizer, "main.py", line=5, col=26)
