@@ -5,7 +5,7 @@ question's answer as the REPL reports it (its closing line: tokens, tok/s, first
 with the wall time from pressing Enter to the next prompt. The REPL is run as a user runs it (`python -m
 codecomplete REPO ...`) in a terminal of 200 columns that answers prompt-toolkit's cursor-position requests.
 
-    python bench/repl_pty.py [--repo DIR] [--out FILE.md] [--timeout S] -- [codecomplete options...]
+    python bench/repl_pty.py [--repo DIR] [--out FILE.md] [--timeout S] [--typing S] [--reading S] -- [options...]
 
 The repository defaults to the standard library's json package (read, never written: the cache lives under
 CODECOMPLETE_CACHE_DIR), the questions to a conversation over it whose follow-ups continue the first answer.
@@ -118,6 +118,9 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=240, help="seconds for the start, and for each answer")
     parser.add_argument("--typing", type=float, default=0.0,
                         help="seconds the first question takes to type, after the prompt shows (0: at once)")
+    parser.add_argument("--reading", type=float, default=0.0,
+                        help="seconds each follow-up is sent after the answer before it ends (a user reading the answer "
+                             "and typing the next question; 0: at once)")
     parser.add_argument("options", nargs="*", help="codecomplete's options, after --")
     args = parser.parse_args()
     out = Path(args.out)
@@ -135,7 +138,10 @@ def main() -> int:
         typing_until = time.monotonic() + args.typing
         while time.monotonic() < typing_until and terminal.pump(0.05):
             pass
-        for question in QUESTIONS:
+        for number, question in enumerate(QUESTIONS):
+            reading_until = time.monotonic() + (args.reading if number else 0)
+            while time.monotonic() < reading_until and terminal.pump(0.05):
+                pass
             terminal.type(question)
             sent = time.monotonic()
             closing = terminal.wait_for(_CLOSING, offset, sent + args.timeout)
@@ -158,7 +164,9 @@ def main() -> int:
              f"start to the first prompt: {ready_s:.1f} s; "
              + (f"the warm-up (from just before it) built {warmed.group(1)} in {warmed.group(2)} s"
                 if warmed else "no warm-up (the engine builds no steps ahead here)")
-             + f"; the first question sent {args.typing:g} s after the prompt showed", "",
+             + f"; the first question sent {args.typing:g} s after the prompt showed, each follow-up "
+             + (f"{args.reading:g} s after the answer before it" if args.reading else "as the answer before it ended"),
+             "",
              "| question | tokens | tok/s | first token (ms) | prompt | reused | Enter to answer (s) |",
              "|---|---|---|---|---|---|---|"]
     for row in rows:

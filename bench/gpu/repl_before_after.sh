@@ -3,7 +3,8 @@
 # root. Each run gets its own fresh Triton, Inductor and codecomplete caches (a first start on a fresh machine), then
 # each tree runs once more on its filled caches (a second start). BEFORE: `git archive OLD codecomplete kernels models
 # prompts | tar -x -C bench/scratch/before` (ignored by git: carry it with .whl and .gpu/tokenizer). TYPING: seconds
-# between the prompt and the first question (0). ROUNDS: the fresh rounds ("1 2"); NO_CACHED=1 leaves the second
+# between the prompt and the first question (0); READING: seconds from an answer's end to the next question (0).
+# ROUNDS: the fresh rounds ("1 2"); NO_CACHED=1 leaves the second
 # starts out. Results: $OUT/{before,after}-{fresh,cached}-N.md; a summary last.
 # `python -m codecomplete` puts the working directory first on sys.path, so each tree runs from its own directory.
 set -uo pipefail
@@ -16,6 +17,7 @@ MODEL=${MODEL:-random:CodeLlama-7B:$ROOT/.gpu/tokenizer}
 one() {  # one NAME TREE CACHES
   (cd "$2" && PYTHONPATH="$2:$SITE" TRITON_CACHE_DIR=/tmp/rba-$3/triton TORCHINDUCTOR_CACHE_DIR=/tmp/rba-$3/inductor \
      CODECOMPLETE_CACHE_DIR=/tmp/rba-$3/codecomplete timeout 140 python3 "$ROOT/bench/repl_pty.py" --typing "${TYPING:-0}" \
+     --reading "${READING:-0}" \
      --timeout 120 --out "$OUT/$1.md" -- --model "$MODEL" --context-tokens 16000 --max-tokens 32 > "$OUT/$1.log" 2>&1)
   echo "$1: exit $?"
 }

@@ -714,7 +714,7 @@ def test_the_pty_benchmark_reads_each_answer_as_the_repl_reports_it(cli_env, rep
     warm-up measurement comes back empty."""
     out = tmp_path / "repl.md"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "repl_pty.py"), "--repo", str(repo), "--out", str(out),
-                           "--timeout", "240", "--", "--max-tokens", "3"], env=cli_env, capture_output=True,
+                           "--timeout", "240", "--reading", "0.2", "--", "--max-tokens", "3"], env=cli_env, capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.with_suffix(".json").read_text())
@@ -725,6 +725,7 @@ def test_the_pty_benchmark_reads_each_answer_as_the_repl_reports_it(cli_env, rep
         assert 1 <= row["tokens"] <= 3 and row["prompt"] > 10 and row["first_token_ms"] > 0, row
         assert 0 < row["enter_to_answer_s"] < 240, row
     assert "| What does _make_iterencode do with floats? | " in out.read_text()
+    assert "each follow-up 0.2 s after the answer before it" in out.read_text()
 
 
 def test_a_question_waits_for_the_step_under_way_and_the_rest_is_built_after_its_answer(conversation, tmp_path,
