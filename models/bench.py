@@ -1,7 +1,7 @@
 """End-to-end decode benchmark: our model per attention backend, Hugging Face transformers, the roofline.
 
     python -m models.bench [--models 7B,34B] [--contexts 4096,16384,32768,65536] [--batches 1,8]
-                           [--layers-34b N] [--hf static,dynamic] [--kv-caches bf16,fp8] [--weights bf16,int8]
+                           [--layers-34b N] [--hf static,dynamic] [--kv-caches bf16,fp8] [--weights bf16,int8,int4]
                            [--out DIR]
     python -m models.bench --gpus N [--models 34B,70B] [--contexts 16384,65536]   # tensor parallel: models/tp_bench.py
 
@@ -10,7 +10,9 @@ Random weights of the presets' exact shapes: a decode step's time does not depen
 Caches are filled with random K/V (never zeros) up to the context; prefill is excluded. --kv-caches adds
 rows with 8-bit caches (fp8, int8: random 8-bit values and scales), read by every backend. --weights int8 adds
 rows with the projections' weights in int8 (models/int8_weights.py: the bf16 model quantized after its rows), whose
-roofline counts the bytes they read (int8 values and float32 scales).
+roofline counts the bytes they read (int8 values and float32 scales); --weights int4 likewise with 4-bit weights
+(models/int4_weights.py: packed nibbles, float16 scales and offsets per group), whose one-token batch-1 step is the
+compiled general one (the fused kernels read 16-bit and int8 weights only; each row names its `one_token_step`).
 (models/decode_bench.py: issues 11 and 13's GPU run, the 8-bit caches' capacity and verification steps.)
 
 Per (model, batch, context) it reports decode tokens/s for:
@@ -40,16 +42,18 @@ from models.errors import ModelError
 from models.llama import Decode, build_random_model
 
 BACKENDS = ("flash", "sdpa", "eager")
+WEIGHTS = ("bf16", "int8", "int4")     # --weights, in the order they are timed (quantizing is one way)
 GiB = 2**30
 PROFILE_TO: Path | None = None   # --profile: a folder for kernel profiles of one decode step
 
 
 def weight_bytes_per_step(model) -> int:
-    """Bytes of weights a decode step reads: every matrix once, int8 ones with their float32 scales
-    (`Transformer.quantize_weights`); of the embedding, one row (unless it is the output layer's weight: tied and
-    not quantized)."""
+    """Bytes of weights a decode step reads: every matrix once, int8 ones with their float32 scales, int4 ones with
+    their float16 scales and offsets (`Transformer.quantize_weights`); of the embedding, one row (unless it is the
+    output layer's weight: tied and not quantized)."""
     total = sum(p.numel() * p.element_size() for p in model.parameters())
-    total += sum(b.numel() * b.element_size() for name, b in model.named_buffers() if name.endswith("weight_scale"))
+    total += sum(b.numel() * b.element_size() for name, b in model.named_buffers()
+                 if name.endswith(("weight_scale", "weight_offset")))
     embedding = model.tok_embeddings.weight
     if embedding is not model.output.weight:
         total -= embedding.numel() * embedding.element_size()
@@ -266,6 +270,33 @@ def check_int8_weights(model, log) -> dict:
     return result
 
 
+@torch.no_grad()
+def check_int4_weights(model, log) -> dict:
+    """int4 weights: the compiled general step (the int4 op, `torch.ops.codecomplete.gemv_int4`, inside the compiled
+    graph) against the uncompiled step on the weights dequantized to bf16 (`models.int4_weights.CUDA_OP` off), over
+    the same cache, as relative L2 of the logits: the op and its graph against plain PyTorch (bf16 rounding apart),
+    and a batch of 4 rows (the op's M = 4) likewise. Also which one-token step runs (the fused one must not)."""
+    import models.int4_weights
+    result = {"one_token_step": "fused" if model.fused_decode else "compiled general"}
+    for batch in (1, 4):
+        model.setup_caches(batch, 1024)
+        fill_cache_randomly(model, 1024)
+        tokens = torch.randint(0, model.config.vocab_size, (batch, 1), device="cuda")
+        input_pos = torch.full((batch,), 1000, device="cuda")
+        step = Decode(input_pos, (input_pos + 1).to(torch.int32), "flash")
+        compiled = model.decode(tokens, step).float()
+        kernels, model.decode_kernels = model.decode_kernels, model.dense
+        models.int4_weights.CUDA_OP = False
+        try:
+            dequantized = model.decode(tokens, step).float()
+        finally:
+            models.int4_weights.CUDA_OP, model.decode_kernels = True, kernels
+        result[f"int4_op_vs_dequantized_B{batch}"] = ((compiled - dequantized).norm() / dequantized.norm()).item()
+    log(f"  int4 weights check (relative L2): {result}")
+    model.free_caches()
+    return result
+
+
 def bench_ours(name: str, n_layers: int | None, contexts, batches, bandwidth: float, replays: int, log,
                checks: dict, kv_caches=("bf16",), backends=BACKENDS, weights=("bf16",)) -> list[dict]:
     model = build_random_model(name, n_layers=n_layers, device="cuda", dtype=torch.bfloat16, max_len=max(contexts))
@@ -278,9 +309,19 @@ def bench_ours(name: str, n_layers: int | None, contexts, batches, bandwidth: fl
                              f"{f'-{kind}' if quant else ''}{'' if backend == 'flash' else f'-{backend}'}.txt", quant)
     rows = []
     for kind in weights:                    # bf16 first: quantizing is one way
+        if kind != "bf16" and model.weights_quantized:      # int4 after int8: the same numbers drawn again
+            del model
+            gc.collect()
+            torch.cuda.empty_cache()
+            model = build_random_model(name, n_layers=n_layers, device="cuda", dtype=torch.bfloat16,
+                                       max_len=max(contexts), weights=kind)
+            model.compile_dense()
+        elif kind != "bf16":
+            model.quantize_weights(weights=kind)
         if kind == "int8":
-            model.quantize_weights()
             checks[f"{name} int8 weights"] = check_int8_weights(model, log)
+        elif kind == "int4":
+            checks[f"{name} int4 weights"] = check_int4_weights(model, log)
         rows += measure_steps(model, name, contexts, batches, bandwidth, replays, log, kv_caches, backends, kind)
     model.free_caches()
     del model
@@ -292,7 +333,8 @@ def bench_ours(name: str, n_layers: int | None, contexts, batches, bandwidth: fl
 def measure_steps(model, name: str, contexts, batches, bandwidth: float, replays: int, log,
                   kv_caches=("bf16",), backends=BACKENDS, weight_kind: str = "bf16") -> list[dict]:
     """One row per (batch, context, KV cache type): each backend's decode step as a graph replay; `weight_kind`
-    names the model's weights ("bf16", or "int8" once quantized)."""
+    names the model's weights ("bf16", or "int8" or "int4" once quantized); each row names the step a batch-1
+    one-token decode ran (`one_token_step`: "fused" or "compiled general"; NAME:unfused backends the latter)."""
     rows = []
     config = model.config
     weights = weight_bytes_per_step(model)
@@ -304,7 +346,8 @@ def measure_steps(model, name: str, contexts, batches, bandwidth: float, replays
                 row = {"impl": "ours", "model": name, "layers": config.n_layers, "batch": batch, "context": context,
                        "kv_cache": kind, "weights": weight_kind, "weight_gb": weights / 1e9, "kv_gb": kv / 1e9,
                        "roofline_tok_s": batch * bandwidth / (weights + kv), "tok_s": {}, "step_us": {},
-                       "compiled": True}
+                       "compiled": True,
+                       "one_token_step": "fused" if model.fused_decode and batch == 1 else "compiled general"}
                 model.free_caches()
                 if not fits(kv):
                     row["skipped"] = (f"{kind} KV cache of {kv / GiB:.1f} GiB does not fit next to "
@@ -324,7 +367,8 @@ def measure_steps(model, name: str, contexts, batches, bandwidth: float, replays
                     except Exception as error:  # a backend that cannot run this size: record why, go on
                         row.setdefault("errors", {})[backend] = f"{type(error).__name__}: {str(error)[:200]}"
                     torch.cuda.synchronize()
-                log(f"  ours {name} L={config.n_layers} B={batch} S={context} {kind}, {weight_kind} weights: "
+                log(f"  ours {name} L={config.n_layers} B={batch} S={context} {kind}, {weight_kind} weights, "
+                    f"{row['one_token_step']} step: "
                     + "  ".join(f"{b} {row['tok_s'].get(b, float('nan')):7.1f}" for b in backends)
                     + f"  roofline {row['roofline_tok_s']:7.1f} tok/s")
                 rows.append(row)
@@ -469,13 +513,20 @@ def markdown(env: dict, bandwidth: float, rows: list[dict]) -> str:
         h = hf.get((r["model"], r["layers"], r["batch"], r["context"]), {"tok_s": {}})["tok_s"]
         best_hf = max(h.values()) if h else nan
         lines.append(
-            f"| {r['model']} | {r['layers']} | {r['batch']} | {r['context']} | {r.get('weights', 'bf16')} | "
+            f"| {r['model']} | {r['layers']} | {r['batch']} | {r['context']} | {weights_cell(r)} | "
             f"{r.get('kv_cache', 'bf16')} | "
             f"{r['roofline_tok_s']:.1f} | {flash:.1f} | "
             f"{100 * flash / r['roofline_tok_s']:.0f}% | {sdpa:.1f} | {eager:.1f} | {flash / sdpa:.2f}x | "
             f"{flash / eager:.2f}x | {h.get('static', nan):.1f} | {h.get('dynamic', nan):.1f} | "
             f"{h.get('generate_static', nan):.1f} | {h.get('generate_dynamic', nan):.1f} | {flash / best_hf:.1f}x |")
     return "\n".join(lines) + "\n"
+
+
+def weights_cell(row: dict) -> str:
+    """A row's weights as its table says them: "int4 (compiled step)" where a batch-1 one-token step ran the compiled
+    general step instead of the fused one (int4 weights)."""
+    compiled = row.get("one_token_step") == "compiled general" and row["batch"] == 1
+    return row.get("weights", "bf16") + (" (compiled step)" if compiled else "")
 
 
 def plot(rows: list[dict], path: Path, card: str) -> None:
@@ -523,8 +574,9 @@ def main(argv=None) -> int:
     # Every option is checked as it is parsed: a typo is one line at once, not a traceback after a model is built.
     counts = comma_list(whole(1))
     parser = OneLineParser(prog="python -m models.bench", description="End-to-end decode benchmark (needs a CUDA GPU)")
-    parser.add_argument("--models", type=comma_list(_model), default="7B,34B",
-                        help="presets: 7B, 13B, 34B, 70B, SmolLM2-135M (default: 7B,34B)")
+    parser.add_argument("--models", "--preset", type=comma_list(_model), default="7B,34B",
+                        help="presets: 7B, 13B, 34B, 70B, SmolLM2-135M, or their full names (CodeLlama-34B) "
+                             "(default: 7B,34B)")
     parser.add_argument("--contexts", type=counts, default="4096,16384,32768,65536",
                         help="context lengths in tokens (default: 4096,16384,32768,65536)")
     parser.add_argument("--batches", type=counts, default="1,8", help="batch sizes (default: 1,8)")
@@ -544,9 +596,10 @@ def main(argv=None) -> int:
                         help="batch sizes transformers is timed at (default: 1)")
     parser.add_argument("--kv-caches", type=comma_list(one_of("bf16", "fp8", "int8")), default="bf16",
                         help="KV cache types to time: bf16, fp8, int8 (default: bf16)")
-    parser.add_argument("--weights", type=comma_list(one_of("bf16", "int8")), default="bf16",
-                        help="the projections' weights to time: bf16, int8 (int8 values, a float32 scale per row; "
-                             "default: bf16)")
+    parser.add_argument("--weights", type=comma_list(one_of(*WEIGHTS)), default="bf16",
+                        help="the projections' weights to time: bf16, int8 (int8 values, a float32 scale per row), "
+                             "int4 (4 bits, a float16 scale and offset per group of 128 columns; the compiled "
+                             "general step, not the fused one) (default: bf16)")
     parser.add_argument("--tag", default="", help="suffix of the output file names")
     parser.add_argument("--gpus", type=whole(0), default=0,
                         help="tensor parallelism: 1 and N GPUs in one run (models/tp_bench.py); "
@@ -609,7 +662,7 @@ def main(argv=None) -> int:
         n_layers = args.layers_34b or None if "34B" in name else None
         rows += bench_ours(name, n_layers, contexts, batches, bandwidth, args.replays, log, checks,
                            kv_caches=args.kv_caches.split(","), backends=args.backends.split(","),
-                           weights=sorted(set(args.weights.split(",")), key=("bf16", "int8").index))
+                           weights=sorted(set(args.weights.split(",")), key=WEIGHTS.index))
         save()
         if kinds:
             hf_batches = [int(b) for b in args.hf_batches.split(",")]

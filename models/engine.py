@@ -171,7 +171,8 @@ class Engine:
         self._device = param.device
         self.device = self._device.type
         self.dtype = str(model.compute_dtype).removeprefix("torch.")     # activations and KV cache
-        self.matmul_dtype = str(model.matmul_dtype).removeprefix("torch.")  # the projections' weights
+        # the projections' weights: a dtype's name, or "int8", "int4" (whose packed nibbles are uint8)
+        self.matmul_dtype = model.weights_kind or str(model.matmul_dtype).removeprefix("torch.")
         self.context_length = context_length or min(model.rope.max_len, DEFAULT_MAX_CONTEXT)
         self.model_max_positions = model.config.context_limit     # its training length (n_ctx_train)
         self.eos_token_ids = sorted(set(eos_token_ids) | set(model.config.eos_token_ids))

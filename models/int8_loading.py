@@ -1,5 +1,5 @@
-"""int8 weights quantized while the checkpoint is read (`load_model(weights="int8")`), so that a model which fits
-only as int8 loads: no projection's full-precision weight outlives the reading of its own tensors.
+"""int8 (and int4) weights quantized while the checkpoint is read (`load_model(weights="int8")`, "int4"), so that a
+model which fits only quantized loads: no projection's full-precision weight outlives the reading of its own tensors.
 
 Loading in the model's dtype and then quantizing (`Transformer.quantize_weights`) peaks at the whole full-precision
 model: CodeLlama-13B's 26 GB of bf16 on the way to 13 GB of int8, which a 24 GB card cannot hold. Here the int8
@@ -20,6 +20,11 @@ the same chunked arithmetic), so the bytes and scales are the same, bit for bit.
 complete their rows' amax over the ranks (`row_amax_of`, as `models.tp.quantize_shard` does): every rank reads the
 checkpoint in the same order, so each such projection completes at the same tensor on every rank and the ranks meet
 in the same all-reduce.
+
+int4 weights (models/int4_weights.py, `materialize(..., weights="int4")`) take the same path: a projection whose
+storage has a `weight_offset` is quantized by `kernels.int4_layout.quantize_int4` into its packed nibbles, scales and
+offsets (`quantize_into`), the bytes `quantize_weights(weights="int4")` makes, bit for bit. (A split model refuses
+int4 weights: models/tp.py.)
 """
 
 from __future__ import annotations
@@ -29,16 +34,20 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from models.int8_weights import Int8Weight, quantize_rows, register_cuda_ops
+from kernels.int4_layout import Int4Weight
+from models.int4_weights import quantize_into
+from models.int4_weights import register_cuda_ops as register_int4_ops
+from models.int8_weights import Int8Weight, quantize_rows
+from models.int8_weights import register_cuda_ops as register_int8_ops
 
 
 class Int8Slot:
-    """Rows of an int8 projection as a checkpoint tensor fills them: the `shape` and `copy_` that
+    """Rows of an int8 (or int4) projection as a checkpoint tensor fills them: the `shape` and `copy_` that
     `models.loading.hf.load_weights` asks of a slot."""
 
     def __init__(self, loader: Int8Loader, module: nn.Module, rows: slice):
         self.loader, self.module, self.rows = loader, module, rows
-        self.shape = module.weight[rows].shape
+        self.shape = torch.Size((part_rows(rows, module), module.in_features))     # (int4 packs two columns a byte)
 
     def copy_(self, tensor: torch.Tensor) -> None:
         self.loader.fill(self.module, self.rows, tensor)
@@ -77,7 +86,7 @@ class Int8Loader:
             return
         if buffer is None:
             make = torch.zeros if module in self.padding else torch.empty
-            buffer = self.buffers[module] = make(module.weight.shape, dtype=self.dtype, device=self.device)
+            buffer = self.buffers[module] = make(full_shape(module), dtype=self.dtype, device=self.device)
         part = buffer[rows]
         part.copy_(tensor)
         self.filled[module] = self.filled.get(module, 0) + part.shape[0]
@@ -98,9 +107,9 @@ class Int8Loader:
                 raise RuntimeError(f"{module.weight.shape[0] - self.filled[module] - self.padding.get(module, 0)} "
                                    "rows of an int8 projection were never loaded")
             if module not in self.done:
-                self._quantize(module, torch.zeros(module.weight.shape, dtype=self.dtype, device=self.device))
+                self._quantize(module, torch.zeros(full_shape(module), dtype=self.dtype, device=self.device))
         if projections and self.device.type == "cuda":
-            register_cuda_ops()
+            register_int8_ops() if self.model.weights_kind == "int8" else register_int4_ops()
             torch.cuda.empty_cache()
 
     def _as_loaded(self, tensor: torch.Tensor) -> bool:
@@ -108,9 +117,17 @@ class Int8Loader:
         return tensor.dtype == self.dtype and tensor.device == self.device
 
     def _quantize(self, module: nn.Module, weight: torch.Tensor) -> None:
-        row_amax = self.row_amax_of(module) if self.row_amax_of else None
-        quantize_rows(weight, row_amax, out=Int8Weight(module.weight, module.weight_scale))
+        if getattr(module, "weight_offset", None) is not None:
+            quantize_into(weight, Int4Weight(module.weight, module.weight_scale, module.weight_offset))
+        else:
+            row_amax = self.row_amax_of(module) if self.row_amax_of else None
+            quantize_rows(weight, row_amax, out=Int8Weight(module.weight, module.weight_scale))
         self.done.add(module)
+
+
+def full_shape(module: nn.Module) -> torch.Size:
+    """(N, K): the shape of a quantized projection's weight in full precision (int4 stores (N, K // 2) bytes)."""
+    return torch.Size((module.out_features, module.in_features))
 
 
 def part_rows(rows: slice, module: nn.Module) -> int:

@@ -6,9 +6,10 @@ Two entry points share the layers:
                                          no host sync: capturable
 q/k/v and gate/up projections are fused (one matmul each), which matters when a decode step is a GEMV.
 Weights keep Hugging Face's names at the boundary (`hf_tensor_slots`), so every loader speaks HF. The projections'
-weights may be int8 with a scale per row (models/int8_weights.py): quantized as they load (`materialize(...,
-weights="int8")` and models/int8_loading.py), or after loading (`Transformer.quantize_weights`); every projection
-goes through `linear`, which takes either kind.
+weights may be int8 with a scale per row (models/int8_weights.py) or int4 with a scale and offset per group of
+columns (models/int4_weights.py): quantized as they load (`materialize(..., weights=...)` and
+models/int8_loading.py), or after loading (`Transformer.quantize_weights`); every projection goes through `linear`,
+which takes each kind.
 """
 
 from __future__ import annotations
@@ -29,7 +30,11 @@ from models.attention import decode_attention, prefill_attention, prefill_attent
 from models.config import ModelConfig, preset
 from models.fused_decode import decode_one_token
 from models.errors import SettingError
-from models.int8_weights import Int8Weight, linear_int8, quantize_rows, register_cuda_ops
+from kernels.int4_layout import Int4Weight, group_size, quantize_int4  # (plain PyTorch: defines no Triton kernel)
+from models.int4_weights import linear_int4
+from models.int4_weights import register_cuda_ops as register_int4_ops
+from models.int8_weights import Int8Weight, linear_int8, quantize_rows
+from models.int8_weights import register_cuda_ops as register_int8_ops
 from models.kv_cache import KVCache, PrefillIndices, check_kv_cache_fits, exact_window_valid
 
 
@@ -141,14 +146,17 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 _gemv = None
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor | Int8Weight) -> torch.Tensor:
+def linear(x: torch.Tensor, weight: torch.Tensor | Int8Weight | Int4Weight) -> torch.Tensor:
     """x @ weight.T. One row of activations (a batch-1 decode step) goes to the batch-1 projection op when
     loaded: the Triton GEMV, which streams wide projections at 89-97% of the copy bandwidth on an H100 where
     cuBLAS reached 67-88%; deep ones (w2, and under tensor parallelism wqkv: fewer rows than columns) go to
     cuBLAS unless CODECOMPLETE_GEMV=1 asks for split-K (kernels/gemv.py). Batched calls stay on cuBLAS.
-    An int8 weight with its scales (`Int8Weight`) goes to `models.int8_weights.linear_int8`."""
+    An int8 weight with its scales (`Int8Weight`) goes to `models.int8_weights.linear_int8`, an int4 one with its
+    groups' scales and offsets (`Int4Weight`) to `models.int4_weights.linear_int4`."""
     if isinstance(weight, Int8Weight):
         return linear_int8(x, weight)
+    if isinstance(weight, Int4Weight):
+        return linear_int4(x, weight)
     if _gemv is not None and x.is_cuda and x.numel() == weight.shape[1]:
         return _gemv(x.reshape(1, -1), weight).view(*x.shape[:-1], weight.shape[0])
     if x.dtype != weight.dtype:     # bfloat16 weights under float32 activations (Transformer.materialize)
@@ -174,11 +182,35 @@ def use_gemv(mode: str) -> None:
     _gemv = torch.ops.codecomplete.gemv
 
 
-def projection_weight(module: nn.Linear) -> torch.Tensor | Int8Weight:
+def projection_weight(module: nn.Linear) -> torch.Tensor | Int8Weight | Int4Weight:
     """A projection's weight as `linear` takes it: the tensor, or after `Transformer.quantize_weights` the int8 one
-    with its scales."""
+    with its scales, or the int4 one with its scales and offsets."""
     scale = getattr(module, "weight_scale", None)
-    return module.weight if scale is None else Int8Weight(module.weight, scale)
+    if scale is None:
+        return module.weight
+    offset = getattr(module, "weight_offset", None)
+    return Int8Weight(module.weight, scale) if offset is None else Int4Weight(module.weight, scale, offset)
+
+
+def projection_kind(module: nn.Module) -> str | None:
+    """How a projection's weight is stored: "int8", "int4", or None (a float dtype)."""
+    if getattr(module, "weight_scale", None) is None:
+        return None
+    return "int8" if getattr(module, "weight_offset", None) is None else "int4"
+
+
+def quantized_storage(module: nn.Linear, weights: str, device) -> None:
+    """Replace a projection's weight by `weights`' storage on `device`, uninitialised: int8 values (N, K) and float32
+    row scales (N,), or int4's packed nibbles (N, K // 2) uint8 and float16 scales and offsets (N, K // G)."""
+    N, K = module.out_features, module.in_features
+    if weights == "int8":
+        module.weight = nn.Parameter(torch.empty(N, K, dtype=torch.int8, device=device), requires_grad=False)
+        module.register_buffer("weight_scale", torch.empty(N, dtype=torch.float32, device=device))
+        return
+    groups = K // group_size(K)
+    module.weight = nn.Parameter(torch.empty(N, K // 2, dtype=torch.uint8, device=device), requires_grad=False)
+    module.register_buffer("weight_scale", torch.empty(N, groups, dtype=torch.float16, device=device))
+    module.register_buffer("weight_offset", torch.empty(N, groups, dtype=torch.float16, device=device))
 
 
 def attention_inputs(x, norm_weight, eps: float, wqkv, cos, sin, n_heads: int, n_kv_heads: int, head_dim: int):
@@ -295,8 +327,19 @@ class Transformer(nn.Module):
         self._tie_weights()
 
     def _tie_weights(self) -> None:
-        if self.config.tie_embeddings and not self.weights_quantized:     # an int8 head is a copy of its own
+        if self.config.tie_embeddings and not self.weights_quantized:     # a quantized head is a copy of its own
             self.output.weight = self.tok_embeddings.weight
+
+    @property
+    def fused_decode(self) -> bool:
+        """Whether one-token batch-1 steps run on the fused kernels (models/fused_decode.py): as set (`compile_dense`,
+        benchmarks' A/B), except with int4 weights, which the fused kernels do not read (int8 or 16-bit ones only):
+        those steps take the compiled general step, whatever the order of quantizing and compiling."""
+        return self._fused_decode and self.weights_kind != "int4"
+
+    @fused_decode.setter
+    def fused_decode(self, on: bool) -> None:
+        self._fused_decode = on
 
     def materialize(self, device, dtype, matmul_dtype=None, weights: str | None = None) -> Transformer:
         """Turn a model built under torch.device("meta") into uninitialised storage on `device`, in `dtype`; with
@@ -305,18 +348,18 @@ class Transformer(nn.Module):
         and output: a CPU with bfloat16 dot products reads half the bytes and does twice the math at nearly
         float32's accuracy: codecomplete.engines.cpu_matmul_dtype chooses it there).
         weights="int8": the projections' storage is int8 values and float32 row scales (a tied head's a copy of its
-        own), for models/int8_loading.py to fill as the checkpoint is read: no full-precision projection allocated."""
+        own), for models/int8_loading.py to fill as the checkpoint is read: no full-precision projection allocated.
+        weights="int4": the same with int4's packed nibbles, float16 scales and offsets per group of columns."""
         self.to(dtype=dtype)
         if matmul_dtype is not None and matmul_dtype != dtype:
             for module in self.projections():
                 module.to(dtype=matmul_dtype)           # (still on meta: nothing is allocated)
-        if weights == "int8":
+        if weights in ("int8", "int4"):
             for module in self.projections():
-                if module is not self.tok_embeddings:   # (on meta: the int8 storage comes with to_empty below)
-                    N, K = module.weight.shape
-                    module.weight = nn.Parameter(torch.empty(N, K, dtype=torch.int8, device="meta"),
-                                                 requires_grad=False)
-                    module.register_buffer("weight_scale", torch.empty(N, dtype=torch.float32, device="meta"))
+                if module is not self.tok_embeddings:   # (on meta: the storage comes with to_empty below)
+                    quantized_storage(module, weights, "meta")
+        elif weights is not None:
+            raise ValueError(f"unknown weights {weights!r}")
         # (to_empty's empty_like runs through torch._refs for meta tensors, which imports torch.fx's symbolic shapes:
         # 0.15 s of a CPU start; the parameters here are all contiguous, as torch.empty makes them)
         self._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device=device))
@@ -331,29 +374,44 @@ class Transformer(nn.Module):
                                                         layer.feed_forward.w13, layer.feed_forward.w2)]
         return modules + [self.output] + ([self.tok_embeddings] if self.config.tie_embeddings else [])
 
-    def quantize_weights(self, row_amax_of: Callable[[nn.Module], Callable | None] | None = None) -> None:
-        """int8 weights with a float32 scale per output row (models/int8_weights.py) for every layer's wqkv, wo, w13
-        and w2 and the output head, in place, one at a time (each weight's 16-bit tensor is freed as its int8 one
-        takes its place). A head tied to the embeddings gets an int8 copy of its own; the embedding table stays.
-        `row_amax_of(module)`: how that projection's rows' amax are completed (a tensor-parallel rank holding some
-        columns of wo and w2: the maximum over the ranks), or None.
+    def quantize_weights(self, row_amax_of: Callable[[nn.Module], Callable | None] | None = None,
+                         weights: str = "int8") -> None:
+        """int8 weights with a float32 scale per output row (models/int8_weights.py), or with weights="int4" int4 ones
+        with a float16 scale and offset per group of columns (models/int4_weights.py), for every layer's wqkv, wo,
+        w13 and w2 and the output head, in place, one at a time (each weight's 16-bit tensor is freed as its
+        quantized one takes its place). A head tied to the embeddings gets a quantized copy of its own; the embedding
+        table stays. `row_amax_of(module)` (int8 only): how that projection's rows' amax are completed (a
+        tensor-parallel rank holding some columns of wo and w2: the maximum over the ranks), or None.
         The model was whole in full precision before this (a benchmark timing both kinds of one model); a load that
-        must never hold it quantizes as it reads instead (`load_model(weights="int8")`, models/int8_loading.py)."""
+        must never hold it quantizes as it reads instead (`load_model(weights=...)`, models/int8_loading.py)."""
+        if weights not in ("int8", "int4") or (weights == "int4" and row_amax_of is not None):
+            raise ValueError(f"quantize_weights: weights int8, or int4 without row_amax_of, not {weights!r}")
         if self.output.weight.is_cuda:
-            register_cuda_ops()
+            register_int8_ops() if weights == "int8" else register_int4_ops()
         for module in self.projections():
             if module is self.tok_embeddings or getattr(module, "weight_scale", None) is not None:
                 continue                                      # the table stays; or quantized already
-            values, scale = quantize_rows(module.weight, row_amax_of(module) if row_amax_of else None)
-            module.weight = nn.Parameter(values, requires_grad=False)      # (a tied head: unties it)
-            module.register_buffer("weight_scale", scale)
+            if weights == "int8":
+                values, scale = quantize_rows(module.weight, row_amax_of(module) if row_amax_of else None)
+                module.weight = nn.Parameter(values, requires_grad=False)      # (a tied head: unties it)
+                module.register_buffer("weight_scale", scale)
+            else:
+                packed, scale, offset = quantize_int4(module.weight)
+                module.weight = nn.Parameter(packed, requires_grad=False)      # (a tied head: unties it)
+                module.register_buffer("weight_scale", scale)
+                module.register_buffer("weight_offset", offset)
         if self.output.weight.is_cuda:
             torch.cuda.empty_cache()
 
     @property
     def weights_quantized(self) -> bool:
-        """Whether the projections hold int8 weights (`quantize_weights`)."""
+        """Whether the projections hold int8 or int4 weights (`quantize_weights`)."""
         return getattr(self.output, "weight_scale", None) is not None
+
+    @property
+    def weights_kind(self) -> str | None:
+        """"int8" or "int4" where the projections hold quantized weights, else None (a float dtype)."""
+        return projection_kind(self.output)
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -362,7 +420,8 @@ class Transformer(nn.Module):
 
     @property
     def matmul_dtype(self) -> torch.dtype:
-        """The projections' weights' dtype (torch.int8 after `quantize_weights`)."""
+        """The projections' weights' dtype (torch.int8 after `quantize_weights`; torch.uint8, int4's packed nibbles,
+        after `quantize_weights(weights="int4")`: `weights_kind` tells them apart)."""
         return self.output.weight.dtype
 
     def compile_dense(self) -> None:
@@ -379,7 +438,7 @@ class Transformer(nn.Module):
         if self.output.weight.is_cuda:
             use_gemv(os.environ.get("CODECOMPLETE_GEMV") or DEFAULT_GEMV)      # (empty: unset)
             plain = self.dense == DenseKernels() or self.rank_collectives is not None
-            self.fused_decode = os.environ.get("CODECOMPLETE_FUSED", "1") != "0" and plain
+            self.fused_decode = os.environ.get("CODECOMPLETE_FUSED", "1") != "0" and plain    # (never int4)
         compile = functools.partial(torch.compile, fullgraph=True, dynamic=False)
         self.decode_kernels = DenseKernels(*(compile(f) for f in self.dense))
 
@@ -523,8 +582,8 @@ def build_random_model(config: ModelConfig | str, n_layers: int | None = None, d
 
     n_layers cuts the depth to fit memory; max_len sizes the rotary table (default: the model's limit),
     e.g. 65536 to benchmark CodeLlama shapes beyond their 16k training length.
-    weights="int8": the projections quantized as they are drawn (models/int8_loading.py), never all in `dtype`
-    at once: the bytes `quantize_weights` makes of the `dtype` model.
+    weights="int8" or "int4": the projections quantized as they are drawn (models/int8_loading.py), never all in
+    `dtype` at once: the bytes `quantize_weights(weights=...)` makes of the `dtype` model.
     """
     from models.int8_loading import Int8Loader
 

@@ -14,8 +14,8 @@ import torch
 
 from models.engine import Engine
 from models.kv_cache import check_kv_cache_fits
-from models.options import (context_capacity, parse_device, parse_dtype, parse_kv_cache, parse_matmul_dtype,
-                            parse_weights)
+from models.options import (SPLIT_INT4, context_capacity, parse_device, parse_dtype, parse_kv_cache,
+                            parse_matmul_dtype, parse_weights)
 from models.weights_memory import weight_bytes, weights_fit
 
 
@@ -42,9 +42,11 @@ def load_model(spec=None, device=None, dtype=None, attention=None, max_context=N
     matmul_dtype: "bfloat16" under a float32 model on a CPU: the projections' weights in bfloat16, the rest in
     float32 (half the weights' bytes; twice the speed where the CPU has bfloat16 dot products,
     `models.options.cpu_has_bf16_dots`). Not with gpus > 1.
-    weights: None (the projections in the model's dtype, or matmul_dtype) or "int8": int8 with a float32 scale per
-    output row (models/int8_weights.py), each quantized as it is read (models/int8_loading.py), so a model that fits
-    only as int8 loads: half the bytes a decode step streams against bf16. Not with matmul_dtype.
+    weights: None (the projections in the model's dtype, or matmul_dtype), "int8": int8 with a float32 scale per
+    output row (models/int8_weights.py), or "int4": 4 bits with a float16 scale and offset per group of 128 columns
+    (models/int4_weights.py), each projection quantized as it is read (models/int8_loading.py), so a model that fits
+    only quantized loads: a decode step streams half (int8) or ~0.27 (int4) of bf16's bytes. Not with matmul_dtype;
+    int4 not with gpus > 1 (`models.options.SPLIT_INT4`).
     """
     from models.loading.hf import load_hf_model, read_config
 
@@ -54,6 +56,8 @@ def load_model(spec=None, device=None, dtype=None, attention=None, max_context=N
     if weights is not None and matmul_dtype is not None:
         raise ValueError(f"{weights} weights replace matmul_dtype {matmul_dtype}: ask for one of them")
     if tp is None and ((gpus or 1) > 1 or "TORCHELASTIC_RUN_ID" in os.environ):
+        if weights == "int4":
+            raise ValueError(SPLIT_INT4)
         if matmul_dtype is not None:
             raise ValueError("matmul_dtype is for one process: a split model keeps its dtype")
         from models.lockstep import load_on_ranks
@@ -90,7 +94,7 @@ RANDOM_PREFIX = "random:"
 def _capacity(config, max_context, name: str, past_training: bool, device, dtype, quant, tp, weights=None,
               matmul_dtype=None) -> int:
     """context_capacity, and past the training length a check that the KV cache fits beside the weights about to load
-    (`weight_bytes`, as loaded: int8 ones as int8), before the model is built: there no position limit bounds its
+    (`weight_bytes`, as loaded: int8 and int4 ones as such), before the model is built: there no position limit bounds its
     rotary tables (1 KiB a token at head dim 128), only memory does. (A rank of a split model checks its own part
     later, in setup_caches, in the memory its weights left free.)"""
     context = context_capacity(config, max_context, name, past_training)

@@ -56,17 +56,21 @@ def cpu_has_bf16_dots() -> bool:
         return False
 
 
-WEIGHTS = ("int8",)
+WEIGHTS = ("int8", "int4")
+SPLIT_INT4 = ("int4 weights are not supported on a model split over several processes because the tensor-parallel "
+              "loader and rank steps (models/tp.py) take 16-bit and int8 weights only: use int8 weights there")
 
 
 def parse_weights(weights) -> str | None:
-    """How the projections' weights are stored: None (the model's dtype, or `parse_matmul_dtype`'s) or "int8" (int8
-    with a float32 scale per output row, models/int8_weights.py)."""
+    """How the projections' weights are stored: None (the model's dtype, or `parse_matmul_dtype`'s), "int8" (int8
+    with a float32 scale per output row, models/int8_weights.py) or "int4" (4 bits with a float16 scale and offset
+    per group of columns, models/int4_weights.py)."""
     if weights is None:
         return None
     name = str(weights).lower()
     if name not in WEIGHTS:
-        raise ValueError(f"unknown weights {weights!r} (choose int8, or leave them in the model's dtype)")
+        raise ValueError(f"unknown weights {weights!r} (choose {' or '.join(WEIGHTS)}, or leave them in the model's "
+                         "dtype)")
     return name
 
 

@@ -34,6 +34,7 @@ from models.errors import SettingError, UnsupportedModelError
 from models.fused_decode import RankCollectives
 from models.llama import (DenseKernels, Transformer, attention_inputs, attention_output_and_ffn, final_logits,
                           hf_tensor_slots, random_checkpoint)
+from models.options import SPLIT_INT4
 
 # Messages up to this size take the one-shot all-reduce (where it runs): every GPU reads all N copies,
 # which beats NCCL's launch-bound rings only while the bytes are few. A decode step's are 16 KiB per
@@ -92,7 +93,10 @@ def vocab_rows(vocab_size: int, world: int) -> int:
 def build_shard(config: ModelConfig, tp: TensorParallel, device, dtype, max_len: int | None = None,
                 name: str = "model", weights: str | None = None) -> Transformer:
     """Rank tp.rank's part of a model of `config` (uninitialised, output padding zeroed), wired to its group.
-    weights="int8": int8 storage for the projections (`Transformer.materialize`), filled as they load."""
+    weights="int8": int8 storage for the projections (`Transformer.materialize`), filled as they load; "int4" is
+    refused (`models.options.SPLIT_INT4`: its groups and the rank steps were never built for a split)."""
+    if weights == "int4":
+        raise SettingError(SPLIT_INT4)
     local = shard_config(config, tp.world, name)
     with torch.device("meta"):
         model = Transformer(local, max_len=max_len)

@@ -1,5 +1,5 @@
-"""What a model's weights take in memory as loaded (int8 weights counted as int8: they never exist in the model's dtype,
-models/int8_loading.py), and the out-of-memory error of a load that says how much was asked of how much was free."""
+"""What a model's weights take in memory as loaded (int8 and int4 weights counted as such: they never exist in the
+model's dtype, models/int8_loading.py), and the out-of-memory error of a load that says how much was asked of how much was free."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 import torch
 
+from kernels.int4_layout import int4_bytes  # (plain PyTorch: defines no Triton kernel)
 from models.config import ModelConfig
 from models.errors import OutOfMemoryError
 
@@ -22,18 +23,21 @@ def size_text(n: int) -> str:
 def weight_bytes(config: ModelConfig, dtype: torch.dtype, weights: str | None = None,
                  matmul_dtype: torch.dtype | None = None, world: int = 1) -> int:
     """Bytes of the weights that one of `world` ranks holds: every layer's projections and the vocabulary head in
-    matmul_dtype (default dtype), or with weights="int8" a byte a weight and a float32 scale per row (a tied head then
-    a copy of its own); the embedding table (in matmul_dtype when it is the head's weight) and the norms in dtype.
+    matmul_dtype (default dtype), or with weights="int8" a byte a weight and a float32 scale per row, or with
+    weights="int4" half a byte a weight and a float16 scale and offset per group (`kernels.int4_layout.int4_bytes`)
+    (a quantized tied head then a copy of its own); the embedding table (in matmul_dtype when it is the head's weight) and the norms in dtype.
     A rank holds 1/world of each layer's heads and FFN, a padded 1/world of the head's rows, the whole table."""
     c = config
     q, kv, ffn = c.n_heads * c.head_dim // world, c.n_kv_heads * c.head_dim // world, c.ffn_dim // world
     shapes = [(q + 2 * kv, c.dim), (c.dim, q), (2 * ffn, c.dim), (c.dim, ffn)] * c.n_layers
-    shared_head = c.tie_embeddings and world == 1 and weights != "int8"
+    shared_head = c.tie_embeddings and world == 1 and weights is None
     if not shared_head:
         shapes.append((-(-c.vocab_size // world), c.dim))
     matmul = (matmul_dtype or dtype).itemsize
     if weights == "int8":
         projections = sum(n * k + 4 * n for n, k in shapes)
+    elif weights == "int4":
+        projections = sum(int4_bytes(n, k) for n, k in shapes)
     else:
         projections = sum(n * k for n, k in shapes) * matmul
     table = c.vocab_size * c.dim * (matmul if shared_head else dtype.itemsize)
@@ -50,8 +54,8 @@ def weights_name(dtype: torch.dtype, weights: str | None = None, matmul_dtype: t
 def weights_fit(name: str, config: ModelConfig, device: torch.device, dtype: torch.dtype, weights: str | None = None,
                 matmul_dtype: torch.dtype | None = None, tp=None) -> Iterator[None]:
     """Runs a load; out of memory in it (torch's CUDA error, or the CPU allocator's RuntimeError) becomes one
-    OutOfMemoryError naming the weights' kind, their bytes and the memory free when the load began, and where int8
-    weights would fit instead, that option."""
+    OutOfMemoryError naming the weights' kind, their bytes and the memory free when the load began, and where
+    narrower weights would fit instead (int8, else int4), that option."""
     from models.kv_cache import free_memory_bytes
 
     free = free_memory_bytes(device)
@@ -65,7 +69,18 @@ def weights_fit(name: str, config: ModelConfig, device: torch.device, dtype: tor
         whose = f"{name}: its" if tp is None else f"{name}: rank {tp.rank}'s part of its"
         message = (f"{whose} {weights_name(dtype, weights, matmul_dtype)} weights ({size_text(need)}) do not fit in "
                    f"the {size_text(free)} of {device.type} memory free")
-        int8 = weight_bytes(config, dtype, "int8", None, world)
-        if weights != "int8" and int8 < free:
-            message += f"; int8 weights would take {size_text(int8)}: --weights int8"
+        message += narrower_weights(config, dtype, weights, free, world)
         raise OutOfMemoryError(message) from None
+
+
+def narrower_weights(config: ModelConfig, dtype: torch.dtype, weights: str | None, free: int, world: int = 1) -> str:
+    """"; int8 weights would take 6.71 GiB: --weights int8": the first kind narrower than `weights` (int8, then int4:
+    not on a split model, `models.options.SPLIT_INT4`) whose bytes fit in `free`, or "" where none does."""
+    narrower = {None: ("int8", "int4"), "int8": ("int4",)}.get(weights, ())
+    for kind in narrower:
+        if kind == "int4" and world > 1:
+            continue
+        need = weight_bytes(config, dtype, kind, None, world)
+        if need < free:
+            return f"; {kind} weights would take {size_text(need)}: --weights {kind}"
+    return ""

@@ -1,7 +1,7 @@
-"""int8 weights quantized as they load (models/int8_loading.py): a load never holds the full-precision model (measured
-by the CPU allocator's own count, as torch.cuda.max_memory_allocated counts a GPU's), its bytes and scales are those of
-load-then-quantize bit for bit (a checkpoint folder, one in shards, random weights of a preset's shapes), and the
-memory estimates made before and while loading count int8 weights as int8."""
+"""int8 (and int4) weights quantized as they load (models/int8_loading.py): a load never holds the full-precision model
+(measured by the CPU allocator's own count, as torch.cuda.max_memory_allocated counts a GPU's), its bytes and scales
+are those of load-then-quantize bit for bit (a checkpoint folder, one in shards, random weights of a preset's shapes),
+and the memory estimates made before and while loading count int8 and int4 weights as such."""
 
 from pathlib import Path
 
@@ -52,15 +52,17 @@ def held_bytes(model) -> int:
 
 
 def projection_bytes(model, element_size: int) -> list[int]:
-    """Each projection's bytes in full precision (the embedding table aside)."""
-    return [m.weight.numel() * element_size for m in model.projections() if m is not model.tok_embeddings]
+    """Each projection's bytes in full precision (the embedding table aside; int4's packed weight holds two columns a
+    byte, so the shape is the module's, not its weight's)."""
+    return [m.out_features * m.in_features * element_size for m in model.projections() if m is not model.tok_embeddings]
 
 
+@pytest.mark.parametrize("weights", ["int8", "int4"])
 @pytest.mark.parametrize("source", ["checkpoint folder", "random preset"])
 def test_an_int8_load_holds_the_int8_model_and_a_projection_or_two_never_the_full_precision_one(
-        source, deep_checkpoint, monkeypatch):
-    """load_model(weights="int8") on a CPU: the allocator's peak is the int8 model it returns (values, scales, the
-    float32 embedding table, norms, rotary tables) plus at most 3 float32 projections (the one being assembled, the
+        source, weights, deep_checkpoint, monkeypatch):
+    """load_model(weights="int8") on a CPU (and "int4"): the allocator's peak is the int8 model it returns (values,
+    scales, the float32 embedding table, norms, rotary tables) plus at most 3 float32 projections (the one being assembled, the
     quantization's temporaries, a tensor just read), where quantizing after the load held all 81 of them at once."""
     if source == "checkpoint folder":
         spec = str(deep_checkpoint)
@@ -68,7 +70,7 @@ def test_an_int8_load_holds_the_int8_model_and_a_projection_or_two_never_the_ful
     else:
         monkeypatch.setitem(PRESETS, "Deep-Test", TINY_PRESET)
         spec, mapped = "random:Deep-Test", ()
-    engine, peak = peak_bytes(lambda: load_model(spec, device="cpu", max_context=48, weights="int8"), mapped)
+    engine, peak = peak_bytes(lambda: load_model(spec, device="cpu", max_context=48, weights=weights), mapped)
     model = engine.model
     assert model.weights_quantized
     largest, all_of_them = max(projection_bytes(model, 4)), sum(projection_bytes(model, 4))
@@ -78,7 +80,7 @@ def test_an_int8_load_holds_the_int8_model_and_a_projection_or_two_never_the_ful
 
 def _int8_state(model) -> dict[str, torch.Tensor]:
     state = model.state_dict()
-    assert any(t.dtype == torch.int8 for t in state.values())
+    assert any(t.dtype in (torch.int8, torch.uint8) for t in state.values())      # (int4: packed nibbles)
     return state
 
 
@@ -94,10 +96,11 @@ def assert_same_bytes(streamed, reference) -> None:
     assert streamed.output.weight.data_ptr() != streamed.tok_embeddings.weight.data_ptr()
 
 
+@pytest.mark.parametrize("weights", ["int8", "int4"])
 @pytest.mark.parametrize("tied", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shards", ["one file", "shards"])
-def test_quantized_as_read_is_load_then_quantize_bit_for_bit(tied, dtype, shards, tmp_path, llama_tokenizer):
+def test_quantized_as_read_is_load_then_quantize_bit_for_bit(tied, dtype, shards, weights, tmp_path, llama_tokenizer):
     """A checkpoint folder loaded with weights="int8" against the same folder loaded whole and then quantized: the
     same values and scales; float32 checkpoint tensors cast to the model's bfloat16 first, as the copy into the model
     casts them; shards small enough that a layer's q, k, v (or gate, up) lie in different files."""
@@ -109,25 +112,29 @@ def test_quantized_as_read_is_load_then_quantize_bit_for_bit(tied, dtype, shards
         assert len(list((tmp_path / "sharded").glob("*.safetensors"))) > 5
     directory = tmp_path / "sharded" if shards == "shards" else tmp_path
     reference = load_hf_model(directory, torch.device("cpu"), dtype, max_len=64).model
-    reference.quantize_weights()
-    streamed = load_hf_model(directory, torch.device("cpu"), dtype, max_len=64, weights="int8").model
+    reference.quantize_weights(weights=weights)
+    streamed = load_hf_model(directory, torch.device("cpu"), dtype, max_len=64, weights=weights).model
+    assert streamed.weights_kind == weights
     assert_same_bytes(streamed, reference)
 
 
+@pytest.mark.parametrize("weights", ["int8", "int4"])
 @pytest.mark.parametrize("tied", [False, True])
-def test_a_random_preset_quantized_as_drawn_is_the_quantized_random_model(tied, monkeypatch):
+def test_a_random_preset_quantized_as_drawn_is_the_quantized_random_model(tied, weights, monkeypatch):
     """load_model("random:PRESET", weights="int8") against build_random_model(...) then quantize_weights: the same
     bytes (each tensor drawn in turn from one seeded generator, so the numbers are the same ones)."""
     config = TINY_PRESET.replace(tie_embeddings=tied)
     monkeypatch.setitem(PRESETS, "Deep-Test", config)
-    streamed = load_model("random:Deep-Test", device="cpu", max_context=48, weights="int8").model
+    streamed = load_model("random:Deep-Test", device="cpu", max_context=48, weights=weights).model
     reference = build_random_model(config, max_len=48)
-    reference.quantize_weights()
+    reference.quantize_weights(weights=weights)
+    assert streamed.weights_kind == weights
     assert_same_bytes(streamed, reference)
 
 
 @pytest.mark.parametrize("tied", [False, True])
-@pytest.mark.parametrize("weights, matmul_dtype", [(None, None), ("int8", None), (None, torch.bfloat16)])
+@pytest.mark.parametrize("weights, matmul_dtype", [(None, None), ("int8", None), ("int4", None),
+                                                   (None, torch.bfloat16)])
 def test_the_weights_bytes_estimated_before_a_load_are_the_bytes_it_holds(tied, weights, matmul_dtype):
     config = TINY_PRESET.replace(tie_embeddings=tied)
     model = build_random_model(config, max_len=48, matmul_dtype=matmul_dtype, weights=weights)
@@ -173,6 +180,16 @@ def test_running_out_of_memory_while_loading_names_the_weights_bytes_and_int8s(s
     assert f"its float32 weights ({size_text(full)}) do not fit in the {size_text(free)} of cpu memory free; int8 " \
            f"weights would take {size_text(int8)}: --weights int8" in str(error.value)
     assert "\n" not in str(error.value)
+    # Under int8 weights, the int8 bytes, and int4 weights where they fit; under int4 ones, nothing narrower.
+    int4 = weight_bytes(config, torch.float32, "int4")
     with pytest.raises(OutOfMemoryError, match=rf"its int8 weights \({size_text(int8)}\) do not fit in the "
-                                               rf"{size_text(free)} of cpu memory free$"):
+                                               rf"{size_text(free)} of cpu memory free; int4 weights would take "
+                                               rf"{size_text(int4)}: --weights int4$"):
         load_model(spec, device="cpu", max_context=48, weights="int8")
+    with pytest.raises(OutOfMemoryError, match=rf"its int4 weights \({size_text(int4)}\) do not fit in the "
+                                               rf"{size_text(free)} of cpu memory free$"):
+        load_model(spec, device="cpu", max_context=48, weights="int4")
+    # Where int8 weights do not fit either, int4 ones that do.
+    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (int4 + int8) // 2)
+    with pytest.raises(OutOfMemoryError, match=rf"; int4 weights would take {size_text(int4)}: --weights int4$"):
+        load_model(spec, device="cpu", max_context=48)

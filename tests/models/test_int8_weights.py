@@ -209,7 +209,7 @@ def test_load_model_quantizes_when_asked_and_says_so(tiny_checkpoint):
     assert engine.model.weights_quantized and not plain.model.weights_quantized
     assert (engine.matmul_dtype, engine.precision) == ("int8", "float32, int8 weights")
     assert plain.precision == "float32"
-    for bad, says in (({"weights": "int4"}, r"unknown weights 'int4' \(choose int8"),
+    for bad, says in (({"weights": "int3"}, r"unknown weights 'int3' \(choose int8 or int4"),
                       ({"weights": "int8", "matmul_dtype": "bfloat16"}, "int8 weights replace matmul_dtype")):
         with pytest.raises(ValueError, match=says):
             load_model(directory, device="cpu", max_context=48, **bad)

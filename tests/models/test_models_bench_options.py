@@ -9,14 +9,15 @@ from models import bench
     (["--kv-caches", "bf16,q4"], "--kv-caches: 'q4' is not one of bf16, fp8, int8"),
     (["--backends", "flash,fast"], "--backends: 'fast' is not one of flash, sdpa, eager"),
     (["--backends", "flash:fused"], "--backends: 'fused' is not one of unfused, nopdl, wideint8, nodp4a"),
-    (["--models", "7B,99B"], "--models: unknown preset 'CodeLlama-99B'"),
+    (["--models", "7B,99B"], "--models/--preset: unknown preset 'CodeLlama-99B'"),
     (["--contexts", "4096,16k"], "--contexts: expected a whole number, got '16k'"),
     (["--contexts", "0"], "--contexts: expected a number from 1 up, got 0"),
     (["--contexts", ","], "--contexts: ',' lists nothing"),
     (["--batches", "-1"], "--batches: expected a number from 1 up, got -1"),
     (["--ttft", "16384"], "--ttft: expected 2 comma-separated values"),
     (["--hf", "statc"], "--hf: 'statc' is not one of static, dynamic"),    # ran as a DynamicCache before
-    (["--weights", "bf16,int4"], "--weights: 'int4' is not one of bf16, int8"),
+    (["--weights", "bf16,int3"], "--weights: 'int3' is not one of bf16, int8, int4"),
+    (["--weights", "int4", "--gpus", "2"], "--weights goes without --gpus"),
     (["--weights", "int8", "--gpus", "2"], "--weights goes without --gpus"),  # tp_bench times bf16 only
     (["--replays", "0"], "--replays: expected a number from 1 up, got 0"),
     (["--methods", "nvls"], "--methods: 'nvls' is not one of one_shot, nccl, none"),
@@ -44,9 +45,12 @@ def test_good_options_reach_the_run(monkeypatch, tmp_path):
     monkeypatch.setattr(bench, "begin_run", lambda program, out: started.append(program))
     for argv in (["--models", "7B,SmolLM2-135M", "--kv-caches", "bf16,fp8,int8", "--ttft", "", "--hf", ""],
                  ["--backends", "flash,flash:unfused,sdpa:nopdl", "--contexts", "4096, 16384", "--layers-34b", "0"],
-                 ["--gpus", "2", "--methods", "one_shot,nccl,none", "--gemv-ab", "34B,70B"]):
+                 ["--gpus", "2", "--methods", "one_shot,nccl,none", "--gemv-ab", "34B,70B"],
+                 # issue 11's int4 run: the preset's full name, int4 weights, both caches at 128k
+                 ["--preset", "CodeLlama-34B", "--weights", "int4", "--kv-caches", "bf16,fp8", "--contexts", "131072",
+                  "--batches", "1", "--hf", "", "--ttft", "", "--backends", "flash"]):
         assert bench.main([*argv, "--out", str(tmp_path)]) == 2
-    assert started == ["models.bench"] * 3
+    assert started == ["models.bench"] * 4
 
 
 def test_a_run_without_out_writes_under_the_scratch_folder_not_the_committed_results(monkeypatch):
@@ -109,6 +113,69 @@ def test_int8_weights_are_timed_after_bf16_and_named_in_the_table(monkeypatch, t
     table = (tmp_path / "e2e.md").read_text()
     assert "| CodeLlama-7B | 32 | 1 | 4096 | bf16 | bf16 | 250.0 | 200.0 | 80% |" in table
     assert "| CodeLlama-7B | 32 | 1 | 4096 | int8 | bf16 | 500.0 | 200.0 | 40% |" in table
+
+
+def test_int4_weights_are_timed_last_and_the_table_says_their_step_is_the_compiled_one(monkeypatch, tmp_path):
+    """--weights int4,bf16,int8: bf16, then int8, then int4 (quantizing is one way); a batch-1 row whose one-token step
+    ran the compiled general step (int4: the fused kernels read no int4 weights) says so in its weights cell."""
+    env = {"card": "Test GPU", "date": "2026-12-06", "torch": "t", "triton": "tr"}
+    monkeypatch.setattr(bench, "begin_run", lambda program, out: (env, 4e12, lambda message: None))
+    asked = []
+
+    def bench_ours(name, *args, weights, **kwargs):
+        asked.append(weights)
+        return [{"impl": "ours", "model": name, "layers": 48, "batch": 1, "context": 131072, "kv_cache": "fp8",
+                 "weights": kind, "roofline_tok_s": 100.0, "tok_s": {"flash": 80.0},
+                 "one_token_step": "compiled general" if kind == "int4" else "fused"} for kind in weights]
+    monkeypatch.setattr(bench, "bench_ours", bench_ours)
+    monkeypatch.setattr(bench, "plot", lambda rows, path, card: None)
+    argv = ["--preset", "CodeLlama-34B", "--weights", "int4,bf16,int8", "--hf", "", "--ttft", "", "--out",
+            str(tmp_path)]
+    assert bench.main(argv) == 0
+    assert asked == [["bf16", "int8", "int4"]]
+    table = (tmp_path / "e2e.md").read_text()
+    assert "| CodeLlama-34B | 48 | 1 | 131072 | int4 (compiled step) | fp8 | 100.0 | 80.0 | 80% |" in table
+    assert "| CodeLlama-34B | 48 | 1 | 131072 | int8 | fp8 | 100.0 | 80.0 | 80% |" in table
+
+
+def test_bench_ours_quantizes_each_kind_of_weights_and_int4_runs_the_compiled_step(monkeypatch):
+    """bench_ours on stand-ins for the GPU parts (a tiny CPU model): bf16 rows, then the model quantized to int8, then
+    (int8 cannot become int4) a fresh model of the same numbers built as int4; the int4 model's one-token step is
+    the compiled general one even where compile_dense turned the fused step on, and its check runs."""
+    import torch
+
+    from models.config import ModelConfig
+    from models.llama import build_random_model
+    config = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=96, vocab_size=101, max_positions=64)
+    built = []
+
+    def build(name, n_layers=None, device=None, dtype=None, max_len=None, weights=None):
+        built.append(weights)
+        return build_random_model(config, max_len=64, weights=weights)
+
+    def compiled(model, log):
+        model.fused_decode = True          # as compile_dense sets it on a GPU
+        return {}
+
+    monkeypatch.setattr(bench, "build_random_model", build)
+    monkeypatch.setattr(bench, "check_backends_and_compile", compiled)
+    monkeypatch.setattr(bench, "check_int8_weights", lambda model, log: {"int8": model.weights_kind})
+    monkeypatch.setattr(bench, "check_int4_weights", lambda model, log: {"int4": model.weights_kind})
+    monkeypatch.setattr(bench, "measure_steps", lambda model, name, *args, **kwargs: [
+        (args[-1], model.weights_kind, model.fused_decode, model.output.weight.dtype)])
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    checks = {}
+    rows = bench.bench_ours("CodeLlama-34B", None, [4096], [1], 4e12, 2, print, checks,
+                            weights=("bf16", "int8", "int4"))
+    assert rows == [("bf16", None, True, torch.float32), ("int8", "int8", True, torch.int8),
+                    ("int4", "int4", False, torch.uint8)]
+    assert built == [None, "int4"]
+    assert checks["CodeLlama-34B int8 weights"] == {"int8": "int8"}
+    assert checks["CodeLlama-34B int4 weights"] == {"int4": "int4"}
+    # int4 alone (issue 11's run): the bf16 model checked and compiled, then quantized in place, fused step off.
+    built.clear()
+    rows = bench.bench_ours("CodeLlama-34B", None, [4096], [1], 4e12, 2, print, {}, weights=("int4",))
+    assert rows == [("int4", "int4", False, torch.uint8)] and built == [None]
 
 
 def test_a_run_cut_short_leaves_its_table_next_to_its_json(monkeypatch, tmp_path):

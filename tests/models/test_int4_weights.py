@@ -1,0 +1,203 @@
+"""int4 weight-only quantization (models/int4_weights.py, `Transformer.quantize_weights(weights="int4")`): the model of
+int4 weights against the model of their dequantized values in float64, every CPU path a projection takes (prefill,
+one-token and verification steps, a fused step asked for and not taken, torch.compile), the module storage, the
+bytes a step reads, and the refusal of a split model. The CUDA op (kernels/gemv_int4.py) is tested with its kernel
+(tests/kernels/); here only which rows go to it."""
+
+import copy
+
+import pytest
+import torch
+
+from kernels.int4_layout import Int4Weight, dequantize_int4, group_size, int4_bytes, quantize_int4
+from models import int4_weights
+from models.config import ModelConfig
+from models.errors import SettingError
+from models.llama import Decode, attention_output_and_ffn, build_random_model, linear, projection_weight
+
+# K = 64 (dim: G 64), 96 (ffn: G 32), 64 (heads x head dim): every group size but 128, which SmolLM2's 1536 takes.
+CONFIG = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=96, vocab_size=101, max_positions=64)
+PROMPT = [1, 17, 45, 3, 88, 20, 9, 61, 33, 50, 7]
+
+
+def _projections(model):
+    return [m for layer in model.layers for m in (layer.attention.wqkv, layer.attention.wo, layer.feed_forward.w13,
+                                                  layer.feed_forward.w2)] + [model.output]
+
+
+@pytest.fixture(params=["untied", "tied"])
+def models(request):
+    """A float32 random model, the same model with int4 weights, and a float64 model whose projections hold the int4
+    weights' dequantized values exactly (q * scale + offset in float64): (original, int4, dequantized)."""
+    config = CONFIG.replace(tie_embeddings=request.param == "tied")
+    original = build_random_model(config, max_len=64, seed=torch.randint(0, 2**31, ()).item())
+    quantized = copy.deepcopy(original)
+    quantized.quantize_weights(weights="int4")
+    dequantized = copy.deepcopy(original).double()
+    for module, source in zip(_projections(dequantized), _projections(quantized)):
+        exact = dequantize_int4(projection_weight(source), torch.float64)                  # (N, K) float64
+        module.weight = torch.nn.Parameter(exact, requires_grad=False)
+    return original, quantized, dequantized
+
+
+def test_quantize_weights_makes_every_projection_int4_and_keeps_the_embeddings(models):
+    original, quantized, _ = models
+    for module, before in zip(_projections(quantized), _projections(original)):
+        weight = projection_weight(module)
+        N, K = before.weight.shape
+        assert isinstance(weight, Int4Weight) and weight.packed.shape == (N, K // 2)
+        assert weight.scale.shape == weight.offset.shape == (N, K // group_size(K))
+        assert all(torch.equal(a, b) for a, b in zip(weight, quantize_int4(before.weight)))
+    # A tied head gets an int4 copy of its own: the embedding table stays float32, untouched.
+    assert quantized.tok_embeddings.weight.dtype == torch.float32
+    assert torch.equal(quantized.tok_embeddings.weight, original.tok_embeddings.weight)
+    assert quantized.output.weight.data_ptr() != quantized.tok_embeddings.weight.data_ptr()
+    assert quantized.weights_quantized and (quantized.weights_kind, original.weights_kind) == ("int4", None)
+    assert quantized.compute_dtype == torch.float32
+    quantized.quantize_weights(weights="int4")          # a second call leaves them as they are
+    assert torch.equal(projection_weight(quantized.output).packed, projection_weight(models[1].output).packed)
+
+
+def test_int8_stays_quantize_weights_default_and_int4_takes_no_rank_amax():
+    model = build_random_model(CONFIG, max_len=64)
+    int8 = copy.deepcopy(model)
+    int8.quantize_weights()
+    assert int8.weights_kind == "int8" and int8.matmul_dtype == torch.int8
+    with pytest.raises(ValueError, match="int4 without row_amax_of"):
+        model.quantize_weights(lambda module: None, weights="int4")
+    with pytest.raises(ValueError, match="'int3'"):
+        model.quantize_weights(weights="int3")
+
+
+@torch.no_grad()
+def _run(model, fused: bool = False):
+    """Prefill logits at every position, three one-token steps and a four-token (verification) step, in float64."""
+    model.setup_caches(1, 32)
+    model.fused_decode = fused
+    out = {"prefill": model.prefill(torch.tensor([PROMPT]), all_logits=True)}
+    position, steps = torch.tensor([len(PROMPT)]), []
+    for token in (42, 8, 77):
+        steps.append(model.decode(torch.tensor([[token]]), Decode(position, (position + 1).to(torch.int32), "sdpa")))
+        position = position + 1
+    out["one-token steps"] = torch.stack(steps)
+    out["verification step"] = model.decode(torch.tensor([[5, 6, 7, 8]]),
+                                            Decode(position, (position + 4).to(torch.int32), "sdpa"))
+    model.fused_decode = False
+    return {part: logits.double() for part, logits in out.items()}
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_the_int4_model_computes_what_its_dequantized_weights_do_in_float64(models, fused):
+    """Every CPU path of the float32 int4 model against the float64 model holding the dequantized weights exactly: the
+    same numbers to float32 rounding of the activations (the dequantized float32 weight is exact but for the
+    rounding of q * scale + offset's sum). A fused one-token step asked for (fused=True) is not taken: the fused
+    kernels read no int4 weights, so the general step runs. Against the original weights: close, not equal."""
+    original, quantized, dequantized = models
+    got, want = _run(quantized, fused), _run(dequantized)
+    assert not quantized.fused_decode
+    unquantized = _run(original)
+    for part, reference_logits in want.items():
+        assert reference_logits.std() > 1e-2
+        torch.testing.assert_close(got[part], reference_logits, rtol=1e-5,
+                                   atol=1e-5 * reference_logits.abs().max().item(),
+                                   msg=lambda message: f"{part}: {message}")
+        drift = (got[part] - unquantized[part]).abs().max() / unquantized[part].abs().max()
+        assert 0 < drift < 0.2, (part, drift)
+
+
+def test_a_fused_step_is_never_taken_with_int4_weights_whatever_the_order():
+    """compile_dense (on a GPU) may have set fused_decode before the weights were quantized (models.bench quantizes a
+    compiled bf16 model): the flag reads off once they are int4, and on again for 16-bit ones."""
+    model = build_random_model(CONFIG, max_len=64)
+    model.fused_decode = True
+    assert model.fused_decode
+    model.quantize_weights(weights="int4")
+    assert not model.fused_decode
+    int8 = build_random_model(CONFIG, max_len=64, weights="int8")
+    int8.fused_decode = True
+    assert int8.fused_decode
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+def test_linear_computes_int4_weights_on_the_cpu_as_their_dequantized_values(dtype, tolerance):
+    """One row, several, batched leading dimensions: x @ dequantized^T in x's dtype, within its rounding."""
+    weight = quantize_int4(torch.randn(48, 256))                    # G = 128
+    exact = dequantize_int4(weight, torch.float64)
+    for shape in ((256,), (1, 1, 256), (3, 256), (2, 5, 256), (40, 256)):
+        x = torch.randn(shape).to(dtype)
+        y = linear(x, weight)
+        assert y.shape == (*shape[:-1], 48) and y.dtype == dtype
+        bound = x.double().abs() @ exact.abs().T
+        assert ((y.double() - x.double() @ exact.T).abs() <= tolerance * bound).all(), shape
+
+
+def test_cuda_takes_the_op_for_up_to_16_rows_and_the_dequantized_weight_beyond():
+    """1..16 rows (a decode step, a verification of 1 + k <= 16 tokens, a batch of up to 16): the op on the packed
+    bytes; more (prefill), none, or the op switched off for an A/B: the dequantized weight for cuBLAS."""
+    assert [int4_weights.cuda_route(rows) for rows in (1, 2, 9, 16, 17, 4096, 0)] == ["op"] * 4 + ["dequantize"] * 3
+    int4_weights.CUDA_OP = False
+    try:
+        assert int4_weights.cuda_route(1) == "dequantize"
+    finally:
+        int4_weights.CUDA_OP = True
+
+
+def test_the_compiled_dense_kernels_take_int4_weights_as_tensor_arguments():
+    """torch.compile(fullgraph=True) of a block's dense part with int4 weights (several rows, as the compiled prefill
+    calls it): no graph break, the packed bytes, scales and offsets inputs (not constants baked in), one compilation
+    for layers of other weights, the eager numbers."""
+    torch._dynamo.reset()
+    model = build_random_model(CONFIG, max_len=64)
+    model.quantize_weights(weights="int4")
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]     # (the process's count: other tests compile too)
+    compiled = torch.compile(attention_output_and_ffn, fullgraph=True, dynamic=False, backend="aot_eager")
+    x, attn = torch.randn(1, 4, CONFIG.dim), torch.randn(1, 4, CONFIG.n_heads * CONFIG.head_dim)
+    for layer in model.layers:
+        a, f = layer.attention, layer.feed_forward
+        args = (x, attn, projection_weight(a.wo), layer.ffn_norm.weight, layer.ffn_norm.eps,
+                projection_weight(f.w13), projection_weight(f.w2), f.ffn_dim)
+        torch.testing.assert_close(compiled(*args), attention_output_and_ffn(*args), rtol=1e-5, atol=1e-5)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 1
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_the_bytes_a_step_reads_count_int4_weights_their_scales_and_offsets(tied):
+    """models.bench's roofline: half a byte a weight and a float16 scale and offset a group, of every projection (a
+    tied head's copy too), the norms; not the embedding table."""
+    from models.bench import weight_bytes_per_step
+    config = CONFIG.replace(tie_embeddings=tied)
+    model = build_random_model(config, max_len=64)
+    c = config
+    shapes = [((c.n_heads + 2 * c.n_kv_heads) * c.head_dim, c.dim), (c.dim, c.n_heads * c.head_dim),
+              (2 * c.ffn_dim, c.dim), (c.dim, c.ffn_dim)] * c.n_layers + [(c.vocab_size, c.dim)]
+    norms = (2 * c.n_layers + 1) * c.dim * 4
+    model.quantize_weights(weights="int4")
+    assert weight_bytes_per_step(model) == sum(n * k // 2 + 4 * n * (k // group_size(k)) for n, k in shapes) + norms
+    assert weight_bytes_per_step(model) == sum(int4_bytes(n, k) for n, k in shapes) + norms
+
+
+def test_load_model_quantizes_to_int4_when_asked_and_says_so(tiny_checkpoint):
+    from models import load_model
+    directory = str(tiny_checkpoint[0])                      # (directory, the transformers model)
+    engine = load_model(directory, device="cpu", max_context=48, weights="int4")
+    assert engine.model.weights_kind == "int4"
+    assert (engine.matmul_dtype, engine.precision) == ("int4", "float32, int4 weights")
+    assert engine.generate([1, 5, 9, 13], ).token_ids
+    with pytest.raises(ValueError, match="int4 weights replace matmul_dtype"):
+        load_model(directory, device="cpu", max_context=48, weights="int4", matmul_dtype="bfloat16")
+
+
+def test_a_split_model_refuses_int4_weights_in_one_line_before_any_rank_starts(monkeypatch):
+    """--gpus N with int4 weights: refused by load_model before the ranks start (and by build_shard for a rank
+    started otherwise), saying why; int8 stays the quantized kind a split model takes."""
+    from models import load_model
+    from models.options import SPLIT_INT4
+    from models.tp import build_shard
+    started = []
+    monkeypatch.setattr("models.lockstep.load_on_ranks", lambda *args, **kwargs: started.append(args))
+    with pytest.raises(ValueError) as error:
+        load_model("random:SmolLM2-135M", device="cpu", gpus=2, weights="int4")
+    assert str(error.value) == SPLIT_INT4 and "not supported" in SPLIT_INT4 and "because" in SPLIT_INT4
+    assert "\n" not in SPLIT_INT4 and not started
+    with pytest.raises(SettingError, match="int4 weights are not supported"):
+        build_shard(CONFIG, object(), "cpu", torch.float32, weights="int4")

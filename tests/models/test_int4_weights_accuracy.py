@@ -1,0 +1,60 @@
+"""Accuracy of int4 weights (`--weights int4`) on real weights and real code: the embedded SmolLM2 with its
+projections in int4 (a float16 scale and offset per group: 64 columns of its 576-wide rows, 128 of its 1536-wide
+ones) against the same model's float32 weights, teacher-forced over the positions of source files of installed
+packages that tests/models/test_kv_cache_accuracy.py reads.
+
+Measured here (2026-12-06, 2-core CPU): top-1 next token agrees at 66.1% of 2,040 positions, mean KL 0.460 nats,
+log-loss on the text 2.392 -> 2.837 nats (+18.6%). A 135M model is the hard case for 4 bits, and this one harder: its
+float32 weights are the GGUF's Q4_1 blocks of 32 columns dequantized, which groups of 64 and 128 do not match (the
+same test with groups of 32, kernels.int4_layout.GROUP_SIZES = (32,): 88.2%, 0.044 nats, +1.4%; int8 weights:
+95.2%, 4.7e-3 nats, test_int8_weights_accuracy.py). The bounds leave room for rounding noise, not for a worse scheme.
+"""
+
+import copy
+
+import pytest
+import torch
+from test_kv_cache_accuracy import code_ids, teacher_forced
+
+MIN_AGREEMENT = 0.63           # measured 0.661
+MAX_MEAN_KL = 0.55             # nats, measured 0.460
+MAX_LOG_LOSS_INCREASE = 0.22   # relative, measured +18.6%
+
+
+@pytest.fixture(scope="module")
+def measured(smollm_engine) -> dict:
+    """Top-1 agreement, mean KL(float32 || int4), and each model's log-loss on the text, over every position."""
+    original = smollm_engine.model
+    quantized = copy.deepcopy(original)
+    quantized.quantize_weights(weights="int4")
+    assert quantized.weights_kind == "int4"
+    quantized.setup_caches(1, smollm_engine.context_length)
+    totals = dict(agree=0, kl=0.0, nll_float=0.0, nll_int4=0.0, positions=0)
+    try:
+        for ids in code_ids(smollm_engine.tokenizer):
+            exact, int4 = teacher_forced(original, ids), teacher_forced(quantized, ids)          # (N, V) each
+            target = torch.tensor(ids[1:exact.shape[0] + 1])[:, None]                         # (N, 1)
+            totals["agree"] += (exact.argmax(-1) == int4.argmax(-1)).sum().item()
+            totals["kl"] += (exact.exp() * (exact - int4)).sum().item()
+            totals["nll_float"] -= exact.gather(1, target).sum().item()
+            totals["nll_int4"] -= int4.gather(1, target).sum().item()
+            totals["positions"] += exact.shape[0]
+    finally:
+        smollm_engine.clear_prefix_cache()      # (the shared engine's cache rows were prefilled here)
+    n = totals["positions"]
+    return {"agreement": totals["agree"] / n, "mean_kl": totals["kl"] / n, "positions": n,
+            "log_loss_increase": totals["nll_int4"] / totals["nll_float"] - 1,
+            "log_loss_float": totals["nll_float"] / n, "log_loss_int4": totals["nll_int4"] / n}
+
+
+def test_int4_weights_agree_with_the_float_weights_on_real_code(measured, record_property):
+    for name, value in measured.items():
+        record_property(name, value)
+    print(f"\nint4 weights vs float32, {measured['positions']} positions: top-1 agreement {measured['agreement']:.4f}, "
+          f"mean KL {measured['mean_kl']:.3e} nats, log-loss {measured['log_loss_float']:.4f} -> "
+          f"{measured['log_loss_int4']:.4f} ({100 * measured['log_loss_increase']:+.2f}%)")
+    assert measured["positions"] >= 2000
+    assert measured["mean_kl"] > 0, "identical distributions: the int4 weights were not used"
+    assert measured["agreement"] >= MIN_AGREEMENT, measured
+    assert measured["mean_kl"] <= MAX_MEAN_KL, measured
+    assert measured["log_loss_increase"] <= MAX_LOG_LOSS_INCREASE, measured
