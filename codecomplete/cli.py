@@ -175,9 +175,11 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
                             "$OMP_NUM_THREADS if set)")
     model.add_argument("--gpus", type=_positive_int, metavar="N",
                        help="split the model over N GPUs (tensor parallelism; with --device cpu, N processes)")
-    model.add_argument("--weights", choices=("bf16", "int8"),
+    model.add_argument("--weights", choices=("bf16", "int8", "int4"),
                        help="the projections' weights: int8 holds 8 bits with a scale per output row, half the bytes "
-                            "a decode step reads (on a CPU: less memory, not more speed); bf16 (on a CPU: bfloat16 "
+                            "a decode step reads (on a CPU: less memory, not more speed); int4 4 bits with a scale "
+                            "and offset per group of 128 columns, about a quarter of them (less accurate; not with "
+                            "--gpus); bf16 (on a CPU: bfloat16 "
                             "under float32 activations) (default: the model's dtype, on a CPU with bfloat16 dot "
                             "products bf16)")
     model.add_argument("--kv-cache", choices=("bf16", "fp16", "fp32", "fp8", "int8"),

@@ -149,7 +149,7 @@ def load(args, max_new_tokens: int, default_budget: int | None = None, headroom:
             if not args.debug:      # the one-line error says what went wrong; library warnings only add noise
                 warnings.simplefilter("ignore")
             return load_model(args.model, device=device, dtype=args.dtype, matmul_dtype=matmul_dtype,
-                              weights="int8" if getattr(args, "weights", None) == "int8" else None,
+                              weights=quantized_weights(args),
                               attention=args.attention,
                               max_context=max_context, progress=progress, gpus=args.gpus, kv_cache=args.kv_cache,
                               past_training=asked or bool(args.context_tokens))
@@ -183,7 +183,8 @@ def cpu_matmul_dtype(args, device: str) -> str | None:
     model then prefills 1.9-2.7x and decodes 1.8-2.2x as fast on a 2-core EPYC, with the same accuracy on real code
     (next-token top-1 54.1% against 54.5% in float32, log-loss +0.07%, over 2,040 positions of installed packages'
     code; bench/results/cpu-bf16-weights.md, NOTES.md "bfloat16 projections on the CPU"). --weights decides when
-    given: bf16 asks for them (where the model's dtype is not bfloat16 already), int8 for int8 weights instead."""
+    given: bf16 asks for them (where the model's dtype is not bfloat16 already), int8 or int4 for those weights
+    instead."""
     weights = getattr(args, "weights", None)
     if weights is not None:         # (bf16 under a model of bfloat16 already: the model's dtype, nothing to ask)
         float32_cpu = device.startswith("cpu") and args.dtype in (None, "float32")
@@ -201,9 +202,19 @@ def default_matmul_dtype(device: str, gpus: int | None) -> str | None:
     return "bfloat16" if cpu_has_bf16_dots() else None
 
 
+def quantized_weights(args) -> str | None:
+    """--weights as load_model's weights: "int8" or "int4" (bf16 is a matmul dtype, `cpu_matmul_dtype`), else None."""
+    weights = getattr(args, "weights", None)
+    return weights if weights in ("int8", "int4") else None
+
+
 def check_weights(args, device: str) -> None:
     """--weights bf16 against the model's dtype on `device` and --gpus, as load_model will check it (bfloat16 weights
-    under another dtype are for a float32 model on one CPU process), as a usage error. After models is imported."""
+    under another dtype are for a float32 model on one CPU process), and --weights int4 against --gpus (one process
+    only: `models.options.SPLIT_INT4`), as a usage error. After models is imported."""
+    if getattr(args, "weights", None) == "int4" and (args.gpus or 1) > 1:
+        from models.options import SPLIT_INT4
+        raise UsageError(f"--weights int4 --gpus {args.gpus}: {SPLIT_INT4}")
     if getattr(args, "weights", None) != "bf16":
         return
     import torch

@@ -1,5 +1,6 @@
-"""--weights on the command line and the server: int8 weights (a float32 scale per output row) or bf16 ones, checked
-before the model loads, said in the model's label, announced by a server, and a server of other weights not used."""
+"""--weights on the command line and the server: int8 weights (a float32 scale per output row), int4 ones (a float16
+scale and offset per group of columns) or bf16 ones, checked before the model loads, said in the model's label,
+announced by a server, and a server of other weights not used."""
 
 import httpx
 import pytest
@@ -15,6 +16,9 @@ def parse(*argv):
 
 def test_weights_choose_the_projections_storage_on_a_cpu():
     assert engines.cpu_matmul_dtype(parse("--weights", "int8"), "cpu") is None           # int8 instead of bfloat16
+    assert engines.cpu_matmul_dtype(parse("--weights", "int4"), "cpu") is None           # int4 likewise
+    assert [engines.quantized_weights(parse(*argv)) for argv in ([], ["--weights", "bf16"], ["--weights", "int8"],
+                                                                 ["--weights", "int4"])] == [None, None, "int8", "int4"]
     assert engines.cpu_matmul_dtype(parse("--weights", "bf16"), "cpu") == "bfloat16"     # under float32 activations
     assert engines.cpu_matmul_dtype(parse("--weights", "bf16", "--dtype", "bfloat16"), "cpu") is None   # already so
     assert engines.cpu_matmul_dtype(parse("--weights", "bf16"), "cuda") is None          # the GPU's dtype already
@@ -24,6 +28,8 @@ def test_weights_choose_the_projections_storage_on_a_cpu():
     (["--weights", "bf16", "--dtype", "float16"], "cuda", "--weights bf16: matmul weights in bfloat16 are for a "
                                                           "float32 model on a CPU (this one: float16 on cuda)"),
     (["--weights", "bf16", "--gpus", "2"], "cpu", "--weights bf16: a model split over several processes keeps its"),
+    (["--weights", "int4", "--gpus", "2"], "cuda", "--weights int4 --gpus 2: int4 weights are not supported on a "
+                                                   "model split over several processes because"),
 ])
 def test_weights_that_cannot_be_are_a_usage_error_before_the_load(argv, device, says):
     with pytest.raises(UsageError) as error:
@@ -31,10 +37,12 @@ def test_weights_that_cannot_be_are_a_usage_error_before_the_load(argv, device, 
     assert str(error.value).startswith(says)
 
 
-def test_an_unknown_kind_of_weights_is_one_line_and_status_2(capsys):
+def test_an_unknown_kind_of_weights_is_one_line_and_status_2_and_lists_the_kinds(capsys):
     with pytest.raises(SystemExit) as exit:
-        parse("--weights", "int4")
-    assert exit.value.code == 2 and "--weights: invalid choice: 'int4'" in capsys.readouterr().err
+        parse("--weights", "int3")
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and "--weights: invalid choice: 'int3' (choose from 'bf16', 'int8', 'int4')" in err
+    assert len(err.strip().splitlines()) == 1, err
 
 
 def info(matmul_dtype):
@@ -52,6 +60,11 @@ def test_a_command_line_uses_a_server_only_with_the_weights_it_would_load():
     assert mismatch(info("float32"), parse("--weights", "int8"), None, 4) == \
         "runs float32 with float32 weights, not --weights int8"
     assert mismatch(info("bfloat16"), parse("--weights", "bf16"), None, 4) is None
+    assert mismatch(info("int4"), parse("--weights", "int4"), None, 4) is None
+    assert mismatch(info("int8"), parse("--weights", "int4"), None, 4) == \
+        "runs float32 with int8 weights, not --weights int4"
+    assert mismatch(info("int4"), parse(), None, 4) == "runs float32 with int4 weights, not float32 weights (the " \
+                                                       "default here)"
 
 
 def test_the_command_line_loads_int8_weights_and_says_so():
@@ -59,6 +72,14 @@ def test_the_command_line_loads_int8_weights_and_says_so():
     engine = engines.load(parse("--weights", "int8", "--max-tokens", "4"), 4)
     assert (engine.dtype, engine.matmul_dtype) == ("float32", "int8") and engine.model.weights_quantized
     assert "float32, int8 weights" in model_label(engine)
+    assert engine.generate(engine.tokenizer("def add(a, b):")["input_ids"]).token_ids
+
+
+def test_the_command_line_loads_int4_weights_and_says_so():
+    from codecomplete.render import model_label
+    engine = engines.load(parse("--weights", "int4", "--max-tokens", "4"), 4)
+    assert (engine.dtype, engine.matmul_dtype, engine.model.weights_kind) == ("float32", "int4", "int4")
+    assert "float32, int4 weights" in model_label(engine)
     assert engine.generate(engine.tokenizer("def add(a, b):")["input_ids"]).token_ids
 
 
