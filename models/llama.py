@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.int4_layout import Int4Weight, group_size, quantize_int4  # (plain PyTorch: defines no Triton kernel)
 from kernels.settings import DEFAULT_GEMV, gemv_mode  # (data only: defines no Triton kernel)
 from models.attention import decode_attention, prefill_attention, prefill_attention_exact
 from models.config import ModelConfig, preset
 from models.fused_decode import decode_one_token
 from models.errors import SettingError
-from kernels.int4_layout import Int4Weight, group_size, quantize_int4  # (plain PyTorch: defines no Triton kernel)
 from models.int4_weights import linear_int4
 from models.int4_weights import register_cuda_ops as register_int4_ops
 from models.int8_weights import Int8Weight, linear_int8, quantize_rows

@@ -201,3 +201,34 @@ def test_a_split_model_refuses_int4_weights_in_one_line_before_any_rank_starts(m
     assert "\n" not in SPLIT_INT4 and not started
     with pytest.raises(SettingError, match="int4 weights are not supported"):
         build_shard(CONFIG, object(), "cpu", torch.float32, weights="int4")
+
+
+@pytest.fixture(scope="module")
+def int4_smollm():
+    """The embedded SmolLM2 loaded with int4 weights, as `--weights int4` loads it."""
+    from models import load_model
+    return load_model(weights="int4", max_context=512)
+
+
+def test_an_int4_engine_generates_through_prefill_decode_speculation_batches_and_the_warm_paths(int4_smollm):
+    """The Engine with int4 weights on every path a request takes: a prefill, one-token steps, drafts verified in
+    multi-token steps, a batch, a prompt extending the cached one, the server's warm-up calls. Greedy text with and
+    without speculation is the same (every CPU path computes the same dequantized weight), and it is code."""
+    from models import GenerationConfig
+    engine = int4_smollm
+    assert engine.model.weights_kind == "int4" and engine.precision == "float32, int4 weights"
+    prompt = engine.tokenizer.encode("class Stack:\n    def __init__(self):\n        self.items = []\n\n"
+                                     "    def push(self, item):\n        self.items.append(item)\n\n"
+                                     "    def pop(self):\n")
+    plain = engine.generate(prompt, GenerationConfig(max_new_tokens=24, speculate=0))
+    speculated = engine.generate(prompt, GenerationConfig(max_new_tokens=24, speculate=4))
+    assert len(plain.token_ids) == 24 and "self.items" in plain.text, plain.text
+    assert speculated.token_ids == plain.token_ids
+    assert speculated.timings.verify_steps > 0
+    extended = engine.generate(prompt + plain.token_ids[:2], GenerationConfig(max_new_tokens=4, speculate=0))
+    assert extended.reused_prefix_tokens >= len(prompt) and extended.token_ids == plain.token_ids[2:6]
+    batch = engine.generate_batch([prompt, prompt[:17]], GenerationConfig(max_new_tokens=6, speculate=0))
+    assert batch[0].token_ids == plain.token_ids[:6] and len(batch[1].token_ids) == 6
+    engine.warm_speculation()
+    assert engine.warm_prefill([40, 41]) is not None
+    assert engine.generate(prompt, GenerationConfig(max_new_tokens=24, speculate=0)).token_ids == plain.token_ids
