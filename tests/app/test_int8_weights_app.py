@@ -108,15 +108,16 @@ def test_a_server_with_int8_weights_warms_up_serves_and_announces_them(script, c
         process.log()
 
 
-def test_the_benchmarks_json_names_the_weights_it_timed(codecomplete, tmp_path):
-    """`--bench --weights int8 --json`: a result file says the weights were int8 (the table's title did; the JSON
-    said only float32, as a run of float32 weights does)."""
+@pytest.mark.parametrize("weights", ["int8", "int4"])
+def test_the_benchmarks_json_names_the_weights_it_timed(weights, codecomplete, tmp_path):
+    """`--bench --weights int8 --json` (int4): a result file says the weights were int8 (the table's title did; the
+    JSON said only float32, as a run of float32 weights does)."""
     import json
 
     out = tmp_path / "bench.json"
-    run = codecomplete("--bench", "--weights", "int8", "--contexts", "32", "--max-tokens", "2", "--speculate", "0",
+    run = codecomplete("--bench", "--weights", weights, "--contexts", "32", "--max-tokens", "2", "--speculate", "0",
                        "--json", out)
     assert run.returncode == 0, run.stderr
     result = json.loads(out.read_text())
-    assert (result["dtype"], result["matmul_dtype"]) == ("float32", "int8"), result
-    assert "float32, int8 weights" in run.stdout
+    assert (result["dtype"], result["matmul_dtype"]) == ("float32", weights), result
+    assert f"float32, {weights} weights" in run.stdout
