@@ -1,6 +1,6 @@
 """The device memory a load peaks at, by weights: bf16, int8 quantized as the weights are read (`load_model(...,
 weights="int8")`, models/int8_loading.py), and int8 the earlier way, the bf16 model loaded whole and then quantized
-(`Transformer.quantize_weights`). Random weights of the presets' shapes, each load in a fresh process (so one's
+(`Transformer.quantize_weights`), and int4 quantized as read (`weights="int4"`). Random weights of the presets' shapes, each load in a fresh process (so one's
 allocator cache does not serve the next), torch.cuda.max_memory_allocated after the load, what stays allocated, and
 the memory free after it with the KV-cache tokens (batch 1) that fit there: what the Engine sizes its cache in.
 
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-KINDS = ("bf16", "int8", "int8 after load")
+KINDS = ("bf16", "int8", "int8 after load", "int4")
 GiB = 2**30
 
 
@@ -41,7 +41,7 @@ def measure(model: str, kind: str, device: str) -> dict:
         before = rss_bytes()
     start = time.perf_counter()
     engine = load_model(f"random:{model}", device=device, dtype="bfloat16", cuda_graphs=False,
-                        weights="int8" if kind == "int8" else None)
+                        weights=kind if kind in ("int8", "int4") else None)
     if kind == "int8 after load":
         engine.model.quantize_weights()
     if device == "cuda":
