@@ -179,7 +179,8 @@ def _engine_options(args, info: dict) -> dict[str, str | None]:
     # (an unquantized cache holds the model's dtype, --kv-cache named or not; --dtype names the weights' too, unless
     # --weights does: bf16 is bfloat16, or the model's dtype where that is bfloat16 already; int8; int4)
     weights = getattr(args, "weights", None)
-    matmul_dtype = {"bf16": "bfloat16", "int8": "int8", "int4": "int4"}.get(weights) or args.dtype or defaults.get("matmul_dtype")
+    matmul_dtype = ({"bf16": "bfloat16", "int8": "int8", "int4": "int4"}.get(weights) or args.dtype
+                    or defaults.get("matmul_dtype"))
     return {"device": device, "dtype": dtype, "attention": args.attention or defaults.get("attention"),
             "kv_cache": KV_CACHE_DTYPES.get(args.kv_cache or "", args.kv_cache) or dtype,
             "matmul_dtype": matmul_dtype or dtype}

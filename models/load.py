@@ -94,8 +94,8 @@ RANDOM_PREFIX = "random:"
 def _capacity(config, max_context, name: str, past_training: bool, device, dtype, quant, tp, weights=None,
               matmul_dtype=None) -> int:
     """context_capacity, and past the training length a check that the KV cache fits beside the weights about to load
-    (`weight_bytes`, as loaded: int8 and int4 ones as such), before the model is built: there no position limit bounds its
-    rotary tables (1 KiB a token at head dim 128), only memory does. (A rank of a split model checks its own part
+    (`weight_bytes`, as loaded: int8 and int4 ones as such), before the model is built: there no position limit bounds
+    its rotary tables (1 KiB a token at head dim 128), only memory does. (A rank of a split model checks its own part
     later, in setup_caches, in the memory its weights left free.)"""
     context = context_capacity(config, max_context, name, past_training)
     if context > config.context_limit and tp is None:

@@ -1,5 +1,6 @@
 """What a model's weights take in memory as loaded (int8 and int4 weights counted as such: they never exist in the
-model's dtype, models/int8_loading.py), and the out-of-memory error of a load that says how much was asked of how much was free."""
+model's dtype, models/int8_loading.py), and the out-of-memory error of a load that says how much was asked of how
+much was free."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ def weight_bytes(config: ModelConfig, dtype: torch.dtype, weights: str | None = 
     """Bytes of the weights that one of `world` ranks holds: every layer's projections and the vocabulary head in
     matmul_dtype (default dtype), or with weights="int8" a byte a weight and a float32 scale per row, or with
     weights="int4" half a byte a weight and a float16 scale and offset per group (`kernels.int4_layout.int4_bytes`)
-    (a quantized tied head then a copy of its own); the embedding table (in matmul_dtype when it is the head's weight) and the norms in dtype.
+    (a quantized tied head then a copy of its own); the embedding table (in matmul_dtype when it is the head's weight)
+    and the norms in dtype.
     A rank holds 1/world of each layer's heads and FFN, a padded 1/world of the head's rows, the whole table."""
     c = config
     q, kv, ffn = c.n_heads * c.head_dim // world, c.n_kv_heads * c.head_dim // world, c.ffn_dim // world

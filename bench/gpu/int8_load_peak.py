@@ -1,8 +1,9 @@
 """The device memory a load peaks at, by weights: bf16, int8 quantized as the weights are read (`load_model(...,
 weights="int8")`, models/int8_loading.py), and int8 the earlier way, the bf16 model loaded whole and then quantized
-(`Transformer.quantize_weights`), and int4 quantized as read (`weights="int4"`). Random weights of the presets' shapes, each load in a fresh process (so one's
-allocator cache does not serve the next), torch.cuda.max_memory_allocated after the load, what stays allocated, and
-the memory free after it with the KV-cache tokens (batch 1) that fit there: what the Engine sizes its cache in.
+(`Transformer.quantize_weights`), and int4 quantized as read (`weights="int4"`). Random weights of the presets'
+shapes, each load in a fresh process (so one's allocator cache does not serve the next),
+torch.cuda.max_memory_allocated after the load, what stays allocated, and the memory free after it with the
+KV-cache tokens (batch 1) that fit there: what the Engine sizes its cache in.
 
     python bench/gpu/int8_load_peak.py [--models CodeLlama-7B,CodeLlama-13B] [--json FILE]
     python bench/gpu/int8_load_peak.py --dry-run     # no GPU: the same processes on the CPU, SmolLM2-135M's shape,

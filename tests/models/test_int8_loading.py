@@ -62,8 +62,9 @@ def projection_bytes(model, element_size: int) -> list[int]:
 def test_an_int8_load_holds_the_int8_model_and_a_projection_or_two_never_the_full_precision_one(
         source, weights, deep_checkpoint, monkeypatch):
     """load_model(weights="int8") on a CPU (and "int4"): the allocator's peak is the int8 model it returns (values,
-    scales, the float32 embedding table, norms, rotary tables) plus at most 3 float32 projections (the one being assembled, the
-    quantization's temporaries, a tensor just read), where quantizing after the load held all 81 of them at once."""
+    scales, the float32 embedding table, norms, rotary tables) plus at most 3 float32 projections (the one being
+    assembled, the quantization's temporaries, a tensor just read), where quantizing after the load held all 81 of them
+    at once."""
     if source == "checkpoint folder":
         spec = str(deep_checkpoint)
         mapped = tuple(f.stat().st_size for f in deep_checkpoint.glob("*.safetensors"))
