@@ -1,0 +1,459 @@
+"""A Triton GEMV over 4-bit weights (`--weights int4`): y (M, N) = x (M, K) @ W (N, K)^T for 1 <= M <= MAX_ROWS,
+W stored as kernels/int4_layout.py lays it out, read once:
+
+    x       (M, K)        float16, bfloat16 or float32; M = 1 a batch-1 decode step, 2..16 a speculative verification
+    packed  (N, K // 2)   uint8, byte j of row n: column 2j in its low nibble, column 2j + 1 in its high one
+    scale   (N, K // G)   float16 ((max - min) / 15 of a group of G columns), G = K // scale.shape[1] in 128, 64, 32
+    offset  (N, K // G)   float16 (the group's min)
+    y       (M, N)        x's dtype, fp32 accumulation
+
+    w[n, k] = q[n, k] * scale[n, g] + offset[n, g],  g = k // G, so a group's share of y[m, n] is
+    scale[n, g] * sum_{k in g} q[n, k] x[m, k]  +  offset[n, g] * sum_{k in g} x[m, k]
+
+A batch-1 decode step streams every weight once, so the GEMV is bound by the weight's bytes: 4 bits a weight (and
+4 bytes of scale and offset a group: 6% at G = 128) is half of int8's bytes and a quarter of bf16's. What must not
+bind it instead is the arithmetic: at ~3 TB/s an H200 SM receives ~13 bytes (26 weights) a clock, and its four
+schedulers issue 128 thread-instructions a clock, so a weight may cost ~4 instructions at most. Hence:
+
+One row (`_gemv_int4_row_kernel`, CUDA-core FMAs as kernels/gemv.py does for bf16 and int8): a program takes
+BLOCK_N rows of W over a range of K in steps of BLOCK_K columns (ROW_BLOCK_K = 4096: 32 columns a thread). The
+packed bytes are read as int32 words (N, K // 8), 8 weights a word, and each thread loads 16 bytes (four words, one
+part of a group: G // 32 parts a group) of each of its BLOCK_N rows, plus the 32 columns of x they meet, once for all
+BLOCK_N rows, in the same layout: nothing passes through shared memory, no barrier and no shuffle a step
+(`compile_facts`; x's tile through shared memory is kernels/gemv.py's NARROW_INT8_LOADS lesson). A nibble becomes
+fp32 by one AND (a SHF more for three in eight): masked in place, its bits read as a float are the denormal
+q * 2^(b - 149) for its bit position b, and x's column was scaled by 2^(149 - b - 74) beforehand (once, for every
+row), so that the product is q * x * 2^-74, exact, for |x| in 2^-52..2^53 (`DENORMAL_SHIFT`). No I2F (a quarter-rate
+instruction on sm_90: 256 of them a step in Triton's conversion, the `denormal=False` arm) and no 2^23 magic number
+to subtract: about 2.1 instructions a weight with its FMA (sm_90 SASS, bf16 x, BLOCK_N 8: 854 a step of 128 bytes a
+thread, 6.7 a byte with the x and scale overheads). Each part's sum of q * x is scaled by its group's scale (times
+2^74) once, and x's sums over the part take the group's offset; the parts and groups meet at the end of the row.
+
+Several rows (`_gemv_int4_rows_kernel`, for 2..16 rows as kernels/few_rows_int8.py does int8 ones): each step
+unpacks one group of BLOCK_N rows once, low and high nibbles apart, converts them to x's 16-bit dtype (exact: 0..15;
+by PRMT and a packed subtraction, no I2F: `_nibbles_16bit`) and multiplies them with x's even and odd columns of the
+group (all M rows, padded to M_PAD = 16 by masked loads: a tensor-core dot's smallest side) on the tensor cores
+(warpgroup MMAs at BLOCK_N 64), fp32 accumulation; then the group's scale and offset, once a row. float32 x: fp32
+dots at IEEE precision, so a float32 model keeps float32 rounding. In the interpreter (CPU) tiles are widened to
+fp32 at once and no inline assembly runs (DESIGN.md: its 16-bit arithmetic is wrong).
+
+Deep projections (N < K: CodeLlama-7B's w2, 34B's) split K as kernels/gemv.py does: programs write fp32 partials
+(split, M, N), take a ticket from their row block's counter (`kernels.gemv.tickets`, shared by every GEMV: one
+stream runs them in turn, each leaves them at zero), and the last adds the partials in split order (deterministic),
+stores y and resets the counter, all in one launch. Captured into a CUDA graph before the tickets exist, a call runs
+unsplit. `plan(M, N, K, G)` picks kernel, tile and split from the shapes (tests and benchmarks may ask for others).
+
+`torch.ops.codecomplete.gemv_int4(x, packed, scale, offset)` is the op models call, opaque to torch.compile (a fake
+implementation gives its output's shape), so compiled code and CUDA graphs can call it. `python -m kernels.gemv_int4`
+checks it against float32 on a GPU and times it against int8 weights' GEMV and bf16's cuBLAS at CodeLlama-7B's and
+34B's projections.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.devices import on_first_tensors_device
+from kernels.few_rows_int8 import sm_count
+from kernels.gemv import MAX_ROW_BLOCKS, tickets
+from kernels.int4_layout import GROUP_SIZES
+
+MAX_ROWS = 16          # x's rows at most; the several-row kernel pads them to M_PAD (a tensor-core dot's side)
+M_PAD = 16
+# One row: BLOCK_N rows of W a program, ROW_BLOCK_K columns a step: 16 bytes of each row a thread (32 columns),
+# 32 threads a warp. Not yet measured on a GPU.
+ROW_BLOCK_N, ROW_WARPS, ROW_STAGES = 8, 4, 3
+ROW_BLOCK_K = 32 * 32 * ROW_WARPS
+# The denormal nibbles' products are q * x * 2^-DENORMAL_SHIFT (`_nibble`): exact for |x| from 2^-52 (smaller
+# products lose bits as denormals) to 2^53 (larger x overflows when scaled); fp16 x lies inside, as activations do.
+DENORMAL_SHIFT = tl.constexpr(74)
+K_PER_PROGRAM = 8192   # deep projections (N < K) split into ranges of at most this many columns (4 KiB a row)
+# Several rows: BLOCK_N rows of W a program, one group of G columns a step.
+ROWS_BLOCK_N, ROWS_WARPS, ROWS_STAGES = 64, 4, 3
+PROGRAMS_PER_SM = 2    # several rows: split K where the row blocks alone give fewer programs than this an SM
+MIN_GROUPS_PER_SPLIT = 4
+
+
+@triton.jit
+def _nibbles_16bit(p, FP16: tl.constexpr):
+    """A tile of packed bytes -> (low nibbles, high nibbles) in float16 (FP16) or bfloat16, each p's shape, without
+    I2F (a quarter-rate instruction on sm_90; Triton's conversion spends one a value): each nibble becomes the low
+    byte of the 16-bit float 1024 + q (fp16: 0x64qq) or 128 + q (bf16: 0x43qq) by one PRMT per two values, and one
+    exact packed subtraction per two (an FMA for bf16: sm_80's PTX has no bf16x2 sub) takes the 1024 or 128 off."""
+    if FP16:
+        lo = tl.inline_asm_elementwise(
+            "{ .reg .b32 t, m; mov.b32 m, 0x64006400; and.b32 t, $2, 0x0F0F0F0F; "
+            "prmt.b32 $0, t, 0x64646464, 0x5140; prmt.b32 $1, t, 0x64646464, 0x5342; "
+            "sub.f16x2 $0, $0, m; sub.f16x2 $1, $1, m; }",
+            "=r,=r,r", [p], dtype=tl.float16, is_pure=True, pack=4)
+        hi = tl.inline_asm_elementwise(
+            "{ .reg .b32 t, m; mov.b32 m, 0x64006400; shr.b32 t, $2, 4; and.b32 t, t, 0x0F0F0F0F; "
+            "prmt.b32 $0, t, 0x64646464, 0x5140; prmt.b32 $1, t, 0x64646464, 0x5342; "
+            "sub.f16x2 $0, $0, m; sub.f16x2 $1, $1, m; }",
+            "=r,=r,r", [p], dtype=tl.float16, is_pure=True, pack=4)
+    else:
+        lo = tl.inline_asm_elementwise(
+            "{ .reg .b32 t, m, one; mov.b32 m, 0xC300C300; mov.b32 one, 0x3F803F80; and.b32 t, $2, 0x0F0F0F0F; "
+            "prmt.b32 $0, t, 0x43434343, 0x5140; prmt.b32 $1, t, 0x43434343, 0x5342; "
+            "fma.rn.bf16x2 $0, $0, one, m; fma.rn.bf16x2 $1, $1, one, m; }",
+            "=r,=r,r", [p], dtype=tl.bfloat16, is_pure=True, pack=4)
+        hi = tl.inline_asm_elementwise(
+            "{ .reg .b32 t, m, one; mov.b32 m, 0xC300C300; mov.b32 one, 0x3F803F80; shr.b32 t, $2, 4; "
+            "and.b32 t, t, 0x0F0F0F0F; prmt.b32 $0, t, 0x43434343, 0x5140; prmt.b32 $1, t, 0x43434343, 0x5342; "
+            "fma.rn.bf16x2 $0, $0, one, m; fma.rn.bf16x2 $1, $1, one, m; }",
+            "=r,=r,r", [p], dtype=tl.bfloat16, is_pure=True, pack=4)
+    return lo, hi
+
+
+@triton.jit
+def _store_or_meet(Y, PARTIALS, COUNTERS, value, y_offs, part_offs, mask, pid_n, num_splits, split_stride,
+                   SPLIT: tl.constexpr):
+    """value (any tile shape) is this program's share of y at y_offs: stored, or (SPLIT) written as fp32 partials at
+    part_offs of this split's slice; the last program of the row block to take its ticket adds every split's in
+    split order, stores y and resets the counter for the next launch."""
+    if SPLIT:
+        tl.store(PARTIALS + tl.program_id(1) * split_stride + part_offs, value, mask=mask)
+        tl.debug_barrier()          # every thread's partials are written before the ticket releases them
+        ticket = tl.atomic_add(COUNTERS + pid_n, 1, sem="acq_rel", scope="gpu")
+        if ticket == num_splits - 1:    # the last of the row block's programs: every partial is visible
+            total = tl.zeros_like(value)
+            for s in range(0, num_splits):      # in split order, whichever program came last: deterministic
+                total += tl.load(PARTIALS + s * split_stride + part_offs, mask=mask, other=0.0, cache_modifier=".cg")
+            tl.store(Y + y_offs, total.to(Y.dtype.element_ty), mask=mask)
+            tl.atomic_xchg(COUNTERS + pid_n, 0, sem="relaxed", scope="gpu")        # ready for the next launch
+    else:
+        tl.store(Y + y_offs, value.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _nibble(w, p: tl.constexpr, DENORMAL: tl.constexpr):
+    """Nibble p of int32 words w (column 8i + p of word i) in fp32. DENORMAL: the nibble masked in place (bits 4p;
+    nibbles 5-7 shifted down 12 bits first, to bits 8, 12, 16: a float's mantissa ends at bit 22) and read as a
+    float, the denormal q * 2^(b - 149) for its bit position b: one or two integer ops a weight, no I2F (quarter
+    rate on sm_90). Else q, by Triton's conversion."""
+    if DENORMAL:
+        if p < 5:
+            bits = w & (0xF << (4 * p))
+        else:
+            bits = (w >> 12) & (0xF << (4 * (p - 3)))
+        return bits.to(tl.float32, bitcast=True)
+    else:
+        return ((w >> (4 * p)) & 0xF).to(tl.float32)
+
+
+@triton.jit
+def _x_columns(X, first, mask, DENORMAL: tl.constexpr):
+    """x's eight columns from first (GROUPS, PARTS) (one word's columns in each part of each group) -> each column
+    (GROUPS, PARTS) in fp32 times the power of two that makes its nibble's product q * x * 2^-DENORMAL_SHIFT
+    (`_nibble`'s bit position b: x * 2^(149 - b - DENORMAL_SHIFT)), and their sum unscaled. A thread loads its own
+    columns, in the words' layout (no pass through shared memory): 16 bytes a load, so float32 x in two."""
+    G_: tl.constexpr = first.shape[0]
+    P_: tl.constexpr = first.shape[1]
+    if X.dtype.element_ty == tl.float32:
+        four = tl.arange(0, 4)[None, None, :]
+        low = tl.load(X + first[:, :, None] + four, mask=mask, other=0.0)         # (GROUPS, PARTS, 4) columns 0-3
+        high = tl.load(X + first[:, :, None] + 4 + four, mask=mask, other=0.0)    # columns 4-7
+        total = tl.sum(low, axis=2) + tl.sum(high, axis=2)                          # (GROUPS, PARTS)
+        c0_2, c1_3 = tl.split(tl.reshape(low, [G_, P_, 2, 2]))                      # columns 2k, 2k + 1
+        c4_6, c5_7 = tl.split(tl.reshape(high, [G_, P_, 2, 2]))
+        x0, x2 = tl.split(c0_2)
+        x1, x3 = tl.split(c1_3)
+        x4, x6 = tl.split(c4_6)
+        x5, x7 = tl.split(c5_7)
+    else:
+        eight = tl.arange(0, 8)[None, None, :]
+        x = tl.load(X + first[:, :, None] + eight, mask=mask, other=0.0).to(tl.float32)   # (GROUPS, PARTS, 8)
+        total = tl.sum(x, axis=2)                                                   # (GROUPS, PARTS)
+        even, odd = tl.split(tl.reshape(x, [G_, P_, 4, 2]))                        # columns 2j, 2j + 1
+        c0_4, c2_6 = tl.split(tl.reshape(even, [G_, P_, 2, 2]))                    # columns 4k, 4k + 2
+        c1_5, c3_7 = tl.split(tl.reshape(odd, [G_, P_, 2, 2]))
+        x0, x4 = tl.split(c0_4)
+        x2, x6 = tl.split(c2_6)
+        x1, x5 = tl.split(c1_5)
+        x3, x7 = tl.split(c3_7)
+    if DENORMAL:           # nibbles 0-4 at bits 0, 4, .., 16; 5, 6, 7 at bits 8, 12, 16
+        top: tl.constexpr = 149 - DENORMAL_SHIFT
+        x0 = x0 * (2.0 ** top)
+        x1 = x1 * (2.0 ** (top - 4))
+        x2 = x2 * (2.0 ** (top - 8))
+        x3 = x3 * (2.0 ** (top - 12))
+        x4 = x4 * (2.0 ** (top - 16))
+        x5 = x5 * (2.0 ** (top - 8))
+        x6 = x6 * (2.0 ** (top - 12))
+        x7 = x7 * (2.0 ** (top - 16))
+    return x0, x1, x2, x3, x4, x5, x6, x7, total
+
+
+@triton.jit
+def _word_times_x(acc, w, X, first, mask, DENORMAL: tl.constexpr):
+    """acc (BLOCK_N, GROUPS, PARTS) plus word w's eight weights (BLOCK_N, GROUPS, PARTS) int32 times x's eight
+    columns from first (GROUPS, PARTS); returns acc and x's sums over those columns (GROUPS, PARTS)."""
+    x0, x1, x2, x3, x4, x5, x6, x7, total = _x_columns(X, first, mask, DENORMAL)
+    acc += _nibble(w, 0, DENORMAL) * x0[None, :, :]
+    acc += _nibble(w, 1, DENORMAL) * x1[None, :, :]
+    acc += _nibble(w, 2, DENORMAL) * x2[None, :, :]
+    acc += _nibble(w, 3, DENORMAL) * x3[None, :, :]
+    acc += _nibble(w, 4, DENORMAL) * x4[None, :, :]
+    acc += _nibble(w, 5, DENORMAL) * x5[None, :, :]
+    acc += _nibble(w, 6, DENORMAL) * x6[None, :, :]
+    acc += _nibble(w, 7, DENORMAL) * x7[None, :, :]
+    return acc, total
+
+
+@triton.jit
+def _row_groups(acc, X, w_rows, s_rows, SCALE, OFFSET, mask_n, k0, k_end, offs_g, offs_p,
+                G: tl.constexpr, DENORMAL: tl.constexpr):
+    """acc (BLOCK_N, GROUPS, PARTS) fp32 plus the step of GROUPS groups from column k0 (groups past k_end masked).
+    A thread takes one part (16 bytes: four words, 32 weights) of a group in each of the BLOCK_N rows, with x's 32
+    columns loaded once for all of them; its sums of q * x over the part are scaled by the group's scale there (no
+    shuffle a step: the parts of a group meet at the end), x's sums over the part take the offsets."""
+    WORDS: tl.constexpr = G // 8                                                    # int32 words of a group's row
+    groups = k0 // G + offs_g                                                       # (GROUPS,)
+    mask_g = groups * G < k_end
+    offs_4 = tl.arange(0, 4)
+    words = (groups[:, None, None] * WORDS + offs_p[None, :, None] * 4 + offs_4[None, None, :])  # (GROUPS, PARTS, 4)
+    w = tl.load(w_rows + words[None, :, :, :], mask=mask_n[:, None, None, None] & mask_g[None, :, None, None],
+                other=0)                                                            # (BLOCK_N, GROUPS, PARTS, 4)
+    even, odd = tl.split(tl.reshape(w, [w.shape[0], w.shape[1], w.shape[2], 2, 2]))
+    w0, w2 = tl.split(even)                                                         # (BLOCK_N, GROUPS, PARTS) each
+    w1, w3 = tl.split(odd)
+    first = groups[:, None] * G + offs_p[None, :] * 32                             # (GROUPS, PARTS): word 0's column
+    x_mask = mask_g[:, None, None]
+    q_x = tl.zeros(acc.shape, dtype=tl.float32)                                    # (BLOCK_N, GROUPS, PARTS)
+    q_x, t0 = _word_times_x(q_x, w0, X, first, x_mask, DENORMAL)
+    q_x, t1 = _word_times_x(q_x, w1, X, first + 8, x_mask, DENORMAL)
+    q_x, t2 = _word_times_x(q_x, w2, X, first + 16, x_mask, DENORMAL)
+    q_x, t3 = _word_times_x(q_x, w3, X, first + 24, x_mask, DENORMAL)
+    x_sums = (t0 + t1) + (t2 + t3)                                                  # (GROUPS, PARTS)
+    # the group's scale and offset, loaded by each of its parts (the same address: one transaction); the index is
+    # a division so that the compiler sees no contiguity along groups and loads them in the words' layout (not in
+    # their own, then through shared memory: 4 barriers a step)
+    PARTS: tl.constexpr = offs_p.shape[0]
+    part_index = groups[:, None] * (2 * PARTS) + 2 * offs_p[None, :]                # (GROUPS, PARTS)
+    s_offs = s_rows + (part_index // (2 * PARTS))[None, :, :]                       # (BLOCK_N, GROUPS, PARTS)
+    s_mask = mask_n[:, None, None] & mask_g[None, :, None]
+    scale = tl.load(SCALE + s_offs, mask=s_mask, other=0.0).to(tl.float32)
+    if DENORMAL:
+        scale = scale * (2.0 ** DENORMAL_SHIFT)     # exact: the products were q * x * 2^-DENORMAL_SHIFT
+    offset = tl.load(OFFSET + s_offs, mask=s_mask, other=0.0).to(tl.float32)
+    return acc + q_x * scale + offset * x_sums[None, :, :]
+
+
+@triton.jit(do_not_specialize=["num_splits"])
+def _gemv_int4_row_kernel(X, WORDS, SCALE, OFFSET, Y, PARTIALS, COUNTERS, N, K, stride_wn, stride_sn,
+                          k_per_split, num_splits, G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                          SPLIT: tl.constexpr, DENORMAL: tl.constexpr):
+    """y (1, N) = x (1, K) @ W^T, W's packed bytes read as int32 words (N, K // 8): program (i, s) takes rows
+    i * BLOCK_N.. over K range s (all of K unless SPLIT) in steps of BLOCK_K // G groups."""
+    pid_n = tl.program_id(0)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                                  # (BLOCK_N,)
+    mask_n = rows < N
+    PARTS: tl.constexpr = G // 32                                                   # 16-byte parts of a group's row
+    offs_g = tl.arange(0, BLOCK_K // G)                                             # (GROUPS,) groups of a step
+    offs_p = tl.arange(0, PARTS)                                                    # (PARTS,)
+    if SPLIT:
+        k_start = tl.program_id(1) * k_per_split
+        k_end = tl.minimum(K, k_start + k_per_split)
+    else:
+        k_start = 0
+        k_end = K
+    w_rows = WORDS + rows[:, None, None, None].to(tl.int64) * stride_wn            # (BLOCK_N, 1, 1, 1)
+    s_rows = rows[:, None, None].to(tl.int64) * stride_sn                           # (BLOCK_N, 1, 1)
+    acc = tl.zeros([BLOCK_N, BLOCK_K // G, PARTS], dtype=tl.float32)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        acc = _row_groups(acc, X, w_rows, s_rows, SCALE, OFFSET, mask_n, k0, k_end, offs_g, offs_p, G, DENORMAL)
+    y = tl.sum(tl.sum(acc, axis=2), axis=1)                                         # (BLOCK_N,)
+    _store_or_meet(Y, PARTIALS, COUNTERS, y, rows, rows, mask_n, pid_n, num_splits, N, SPLIT)
+
+
+@triton.jit(do_not_specialize=["M", "num_splits"])      # one binary for every M and split count
+def _gemv_int4_rows_kernel(X, PACKED, SCALE, OFFSET, Y, PARTIALS, COUNTERS, M, N, K, stride_xm, stride_pn, stride_sn,
+                           stride_ym, k_per_split, num_splits, G: tl.constexpr, BLOCK_N: tl.constexpr,
+                           M_PAD: tl.constexpr, SPLIT: tl.constexpr, UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr,
+                           PRMT: tl.constexpr):
+    """y^T's tile (BLOCK_N, M_PAD) += per group: (q_lo @ x_even^T + q_hi @ x_odd^T) * scale + offset * x's sums."""
+    HALF: tl.constexpr = G // 2
+    pid_n = tl.program_id(0)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                                  # (BLOCK_N,) rows of W
+    mask_n = rows < N
+    offs_m = tl.arange(0, M_PAD)                                                    # (M_PAD,) rows of x
+    mask_m = offs_m < M
+    offs_j = tl.arange(0, HALF)                                                     # (HALF,) bytes of a group
+    offs_c = tl.arange(0, G)                                                        # (G,) columns of a group
+    if SPLIT:              # this program's range of whole groups
+        k_start = tl.program_id(1) * k_per_split
+        k_end = tl.minimum(K, k_start + k_per_split)
+    else:
+        k_start = 0
+        k_end = K
+    p_rows = PACKED + rows[:, None].to(tl.int64) * stride_pn                        # (BLOCK_N, 1)
+    s_rows = rows.to(tl.int64) * stride_sn                                          # (BLOCK_N,)
+    x_rows = X + offs_m[None, :] * stride_xm                                        # (1, M_PAD)
+    DOT_DTYPE: tl.constexpr = tl.float32 if UPCAST else X.dtype.element_ty
+    acc = tl.zeros([BLOCK_N, M_PAD], dtype=tl.float32)
+    for k0 in range(k_start, k_end, G):                 # one group a step (K and every range are whole groups)
+        p = tl.load(p_rows + (k0 // 2 + offs_j)[None, :], mask=mask_n[:, None], other=0)     # (BLOCK_N, HALF)
+        x = tl.load(x_rows + (k0 + offs_c)[:, None], mask=mask_m[None, :], other=0.0)  # (G, M_PAD)
+        x_even, x_odd = tl.split(tl.permute(tl.reshape(x, [HALF, 2, M_PAD]), [0, 2, 1]))  # (HALF, M_PAD) each
+        if UPCAST:         # the interpreter: fp32 at once
+            x_even = x_even.to(tl.float32)
+            x_odd = x_odd.to(tl.float32)
+        if PRMT:           # 16-bit x on the GPU
+            lo, hi = _nibbles_16bit(p, DOT_DTYPE == tl.float16)
+        else:
+            lo = (p & 0xF).to(DOT_DTYPE)                                            # exact: 0..15
+            hi = (p >> 4).to(DOT_DTYPE)
+        if IEEE_DOT:       # float32 x (and the interpreter): fp32 products, not TF32's
+            sums = tl.dot(lo, x_even.to(DOT_DTYPE), input_precision="ieee")
+            sums = tl.dot(hi, x_odd.to(DOT_DTYPE), sums, input_precision="ieee")
+        else:
+            sums = tl.dot(lo, x_even.to(DOT_DTYPE))                                 # (BLOCK_N, M_PAD) fp32
+            sums = tl.dot(hi, x_odd.to(DOT_DTYPE), sums)
+        x_sums = tl.sum(x_even.to(tl.float32) + x_odd.to(tl.float32), axis=0)     # (M_PAD,)
+        scale = tl.load(SCALE + s_rows + k0 // G, mask=mask_n, other=0.0).to(tl.float32)    # (BLOCK_N,)
+        offset = tl.load(OFFSET + s_rows + k0 // G, mask=mask_n, other=0.0).to(tl.float32)
+        acc += sums * scale[:, None] + offset[:, None] * x_sums[None, :]
+    y_offs = offs_m[None, :] * stride_ym + rows[:, None]                            # (BLOCK_N, M_PAD) of y (M, N)
+    part_offs = offs_m[None, :] * N + rows[:, None]                                 # of a split's (M, N) partials
+    _store_or_meet(Y, PARTIALS, COUNTERS, acc, y_offs, part_offs, mask_n[:, None] & mask_m[None, :], pid_n,
+                   num_splits, M * N, SPLIT)
+
+
+class Plan(NamedTuple):
+    """How one call runs: which kernel ("row": M = 1, "rows": 2..16), its tile and compile options, and K cut into
+    split_k ranges of k_per_split columns (split_k 1: one range, all of K)."""
+    kernel: str
+    block_n: int
+    block_k: int           # columns a step: a multiple of G ("rows": G itself)
+    num_warps: int
+    num_stages: int
+    split_k: int = 1
+    k_per_split: int = 0
+
+
+def split_for(N: int, K: int, block_n: int, block_k: int, split_k: int) -> tuple[int, int]:
+    """(split_k, k_per_split) for `split_k` ranges asked for: the fewest ranges of whole BLOCK_K chunks with as many
+    chunks each, none empty; (1, K) where one range it is."""
+    chunks = triton.cdiv(K, block_k)
+    if split_k <= 1 or chunks <= 1 or triton.cdiv(N, block_n) > MAX_ROW_BLOCKS:     # (one counter a row block)
+        return 1, K
+    per_split = triton.cdiv(chunks, min(split_k, chunks))
+    split_k = triton.cdiv(chunks, per_split)
+    return (split_k, per_split * block_k) if split_k > 1 else (1, K)
+
+
+def plan(M: int, N: int, K: int, G: int, sms: int = 132) -> Plan:
+    """The launch for x (M, K) @ W (N, K)^T with groups of G: one row takes the row kernel in ROW_BLOCK_N rows and
+    steps of ROW_BLOCK_K columns, deep projections (N < K) cut into ranges of at most K_PER_PROGRAM columns;
+    several rows take the dot kernel in ROWS_BLOCK_N rows, K split where the row blocks are fewer than
+    PROGRAMS_PER_SM an SM (ranges of at least MIN_GROUPS_PER_SPLIT groups). Shapes and SM count only."""
+    if M == 1:
+        block_k = ROW_BLOCK_K
+        split = triton.cdiv(K, K_PER_PROGRAM) if N < K else 1
+        return Plan("row", ROW_BLOCK_N, block_k, ROW_WARPS, ROW_STAGES, *split_for(N, K, ROW_BLOCK_N, block_k, split))
+    row_blocks = triton.cdiv(N, ROWS_BLOCK_N)
+    target = PROGRAMS_PER_SM * sms
+    split = 1 if row_blocks >= target else min(triton.cdiv(target, row_blocks), K // G // MIN_GROUPS_PER_SPLIT)
+    return Plan("rows", ROWS_BLOCK_N, G, ROWS_WARPS, ROWS_STAGES, *split_for(N, K, ROWS_BLOCK_N, G, split))
+
+
+def check_inputs(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> int:
+    """Refuse what the kernels cannot take, in one clear ValueError; returns G."""
+    if x.dim() != 2 or packed.dim() != 2 or x.shape[1] != 2 * packed.shape[1]:
+        raise ValueError(f"gemv_int4 takes x (M, K) and packed (N, K // 2) with an even K, got x "
+                         f"{tuple(x.shape)} and packed {tuple(packed.shape)}")
+    M, K = x.shape
+    N = packed.shape[0]
+    if not 1 <= M <= MAX_ROWS:
+        raise ValueError(f"gemv_int4 takes 1 to {MAX_ROWS} rows of x, got {M} (more rows: dequantize and use cuBLAS)")
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"gemv_int4: x must be float32, bfloat16 or float16, got {x.dtype}")
+    if packed.dtype != torch.uint8 or not packed.is_contiguous():
+        raise ValueError(f"gemv_int4: packed must be a contiguous uint8 tensor (two columns a byte), got "
+                         f"{packed.dtype} with strides {packed.stride()}")
+    if packed.data_ptr() % 4:
+        raise ValueError("gemv_int4: packed must start on a 4-byte boundary (the row kernel reads it as int32 words)")
+    if scale.dim() != 2 or scale.shape[0] != N or scale.shape[1] == 0 or K % scale.shape[1] != 0:
+        raise ValueError(f"gemv_int4: scale must be (N, K // G) = ({N}, K // G) with G dividing K = {K}, got "
+                         f"{tuple(scale.shape)}")
+    G = K // scale.shape[1]
+    if G not in GROUP_SIZES:
+        raise ValueError(f"gemv_int4: groups of {G} columns (K = {K}, {scale.shape[1]} groups a row); the layout's "
+                         f"are {', '.join(map(str, GROUP_SIZES))}")
+    for name, t in (("scale", scale), ("offset", offset)):
+        if t.dtype != torch.float16 or t.shape != scale.shape or not t.is_contiguous():
+            raise ValueError(f"gemv_int4: {name} must be a contiguous float16 ({N}, {scale.shape[1]}), got "
+                             f"{tuple(t.shape)} {t.dtype}" + ("" if t.is_contiguous() else " (not contiguous)"))
+    if not x.device == packed.device == scale.device == offset.device:
+        raise ValueError(f"gemv_int4: x, packed, scale and offset must share a device, got {x.device}, "
+                         f"{packed.device}, {scale.device} and {offset.device}")
+    return G
+
+
+def _power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+@on_first_tensors_device
+def gemv_int4(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, *,
+              kernel: str | None = None, block_n: int | None = None, block_k: int | None = None,
+              num_warps: int | None = None, num_stages: int | None = None, split_k: int | None = None,
+              denormal: bool = True) -> torch.Tensor:
+    """x (M, K), 1 <= M <= MAX_ROWS, float32/bfloat16/float16; packed (N, K // 2) uint8; scale, offset (N, K // G)
+    float16 -> y (M, N) in x.dtype. The other arguments (benchmarks, tests) replace `plan`'s: kernel "row" (M = 1
+    only) or "rows", the tile (block_k: a multiple of G for "row"; "rows" steps a group), split_k ranges (1:
+    unsplit); denormal False: the row kernel converts nibbles by Triton's I2F (the A/B arm)."""
+    G = check_inputs(x, packed, scale, offset)
+    M, K = x.shape
+    N = packed.shape[0]
+    if kernel not in (None, "row", "rows") or kernel == "row" and M != 1:
+        raise ValueError(f"gemv_int4: kernel {kernel!r}: 'row' (one row of x) or 'rows'")
+    chosen = plan(2 if kernel == "rows" else M, N, K, G, sm_count(x.device))
+    kernel = chosen.kernel
+    block_n = block_n or chosen.block_n
+    block_k = G if kernel == "rows" else (block_k or chosen.block_k)
+    if block_k % G or not _power_of_two(block_k // G) or not _power_of_two(block_n):
+        raise ValueError(f"gemv_int4: block_n {block_n} and block_k / G {block_k} / {G} must be powers of two")
+    num_warps, num_stages = num_warps or chosen.num_warps, num_stages or chosen.num_stages
+    if split_k is None and (block_n, block_k) == (chosen.block_n, chosen.block_k):
+        split_k, k_per_split = chosen.split_k, chosen.k_per_split
+    else:
+        split_k, k_per_split = split_for(N, K, block_n, block_k, split_k if split_k is not None else chosen.split_k)
+    counters = tickets(x.device) if split_k > 1 else None
+    if counters is None:   # unsplit, or a CUDA graph captured before the tickets exist: one range
+        split_k, k_per_split = 1, K
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    partials = torch.empty((split_k, M, N), dtype=torch.float32, device=x.device) if split_k > 1 else y
+    counters = counters if counters is not None else y
+    grid = (triton.cdiv(N, block_n), split_k)
+    if kernel == "row":
+        _gemv_int4_row_kernel[grid](
+            x, packed.view(torch.int32), scale, offset, y, partials, counters, N, K, packed.stride(0) // 4,
+            scale.stride(0), k_per_split, split_k, G=G, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split_k > 1,
+            DENORMAL=denormal, num_warps=num_warps, num_stages=num_stages)
+    else:
+        upcast = not x.is_cuda         # the interpreter: widen to fp32 at once
+        _gemv_int4_rows_kernel[grid](
+            x, packed, scale, offset, y, partials, counters, M, N, K, x.stride(0), packed.stride(0), scale.stride(0),
+            y.stride(0), k_per_split, split_k, G=G, BLOCK_N=block_n, M_PAD=M_PAD, SPLIT=split_k > 1, UPCAST=upcast,
+            IEEE_DOT=upcast or x.dtype == torch.float32, PRMT=not upcast and x.dtype != torch.float32,
+            num_warps=num_warps, num_stages=num_stages)
+    return y
+
+
+@torch.library.custom_op("codecomplete::gemv_int4", mutates_args=())
+def gemv_int4_op(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """x (M, K), 1 <= M <= 16, @ W^T for a 4-bit W (kernels/int4_layout.py: packed (N, K // 2) uint8, scale and
+    offset (N, K // G) float16) -> (M, N) in x.dtype, the packed bytes read once."""
+    return gemv_int4(x, packed, scale, offset)
+
+
+@gemv_int4_op.register_fake
+def _(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((x.shape[0], packed.shape[0]))

@@ -1,0 +1,141 @@
+"""The 4-bit-weight GEMV (kernels/gemv_int4.py) against float64 of the dequantized weight (kernels/int4_layout.py),
+on fresh random inputs with NaN-poisoned outputs, in the interpreter: one row (the CUDA-core kernel, its denormal
+nibbles and Triton's conversion), several rows (the dot kernel), split-K on and off, ragged row blocks."""
+
+import pytest
+import torch
+
+from kernels.gemv_int4 import MAX_ROWS, gemv_int4
+from kernels.int4_layout import dequantize_int4, quantize_int4
+
+
+def _int4_weight(N, K):
+    """A random weight (rows of different spreads and means, nothing zero) quantized to int4, and the float64
+    matrix it stands for."""
+    w = torch.randn(N, K) * (torch.rand(N, 1) + 0.1) + 0.2 * torch.randn(N, 1)
+    weight = quantize_int4(w)
+    return weight, dequantize_int4(weight, torch.float64)
+
+
+def _x(M, K, dtype):
+    """Random x with no zero entry (a kernel that drops a column cannot hide behind one)."""
+    x = torch.randn(M, K)
+    return torch.where(x.abs() < 1e-3, torch.full_like(x, 1e-3), x).to(dtype)
+
+
+def _relative_error(y, x, dequantized):
+    """Largest |y - y64| over the sum of |terms| of its output (rounding scales with the terms, not the sum)."""
+    want = x.double() @ dequantized.T
+    terms = x.double().abs() @ dequantized.abs().T
+    return ((y.double() - want).abs() / terms).max().item()
+
+
+def _check(y, x, dequantized, N):
+    """Within a small multiple of PyTorch's own error in x's dtype (x @ the weight dequantized to that dtype), plus
+    one rounding of the output (the interpreter truncates its fp32 -> 16-bit stores)."""
+    M, dtype = x.shape[0], x.dtype
+    assert y.shape == (M, N) and y.dtype == dtype and not y.isnan().any()
+    torch_error = _relative_error(x @ dequantized.to(dtype).T, x, dequantized)
+    assert _relative_error(y, x, dequantized) <= 4 * torch_error + torch.finfo(dtype).eps
+
+
+@pytest.mark.parametrize("G, dtype, split_k, denormal", [
+    (128, torch.bfloat16, 1, True),
+    (128, torch.float32, 4, True),       # 4 chunks of 128 columns in 4 ranges
+    (64, torch.float16, 2, True),
+    (64, torch.float32, 1, True),
+    (32, torch.bfloat16, 3, True),       # 4 chunks in ranges of 2 (no empty range)
+    (32, torch.float16, 1, True),
+    (128, torch.float32, 2, False),      # Triton's own nibble conversion (the A/B arm)
+])
+def test_one_row_matches_float64(G, dtype, split_k, denormal, poisoned_empty):
+    """The row kernel: 19 rows in blocks of 8 (the last partial), K = 512 in steps of 128 columns (the groups of
+    one step are 1, 2 or 4), split-K forced on or off."""
+    N, K = 19, 512
+    weight = _quantize_with_group(N, K, G)
+    dequantized = dequantize_int4(weight, torch.float64)
+    x = _x(1, K, dtype)
+    y = gemv_int4(x, *weight, kernel="row", block_n=8, block_k=128, split_k=split_k, denormal=denormal)
+    _check(y, x, dequantized, N)
+
+
+def _quantize_with_group(N, K, G):
+    """An Int4Weight of groups of G (< the G quantize_int4 picks for K): K // G rows of G columns quantized as one
+    weight of G columns each, put back side by side."""
+    w = torch.randn(N, K) * (torch.rand(N, 1) + 0.1)
+    pieces = quantize_int4(w.reshape(N * K // G, G))             # (N * K / G, G): one group a row
+    return type(pieces)(pieces.packed.reshape(N, K // 2), pieces.scale.reshape(N, K // G),
+                        pieces.offset.reshape(N, K // G))
+
+
+@pytest.mark.parametrize("M, G, dtype, split_k", [
+    (2, 128, torch.bfloat16, 1),
+    (5, 64, torch.float16, 3),
+    (16, 32, torch.float32, 1),
+    (5, 128, torch.float32, 2),
+    (16, 64, torch.bfloat16, 4),
+    (1, 32, torch.float16, 2),           # one row through the dot kernel too
+])
+def test_several_rows_match_float64(M, G, dtype, split_k, poisoned_empty):
+    """The dot kernel: 37 rows in blocks of 16 (the last partial), one group a step, split-K forced on or off."""
+    N, K = 37, 512
+    weight = _quantize_with_group(N, K, G)
+    dequantized = dequantize_int4(weight, torch.float64)
+    x = _x(M, K, dtype)
+    y = gemv_int4(x, *weight, kernel="rows", block_n=16, split_k=split_k)
+    _check(y, x, dequantized, N)
+
+
+@pytest.mark.parametrize("M", [1, 5])
+def test_the_op_with_its_own_plan_and_strided_inputs(M, poisoned_empty):
+    """torch.ops.codecomplete.gemv_int4 as models call it (the plan's launch), x a row slice of a wider tensor
+    (row stride > K) and the weight a row slice of a fused matrix (as wqkv's q)."""
+    K = 256
+    wide = _x(M * 3, K, torch.bfloat16).reshape(M, 3, K)[:, 1]                  # (M, K), row stride 3K
+    weight, dequantized = _int4_weight(40, K)
+    sliced = [t[10:30] for t in weight]
+    y = torch.ops.codecomplete.gemv_int4(wide, *sliced)
+    _check(y, wide, dequantized[10:30], 20)
+
+
+def test_x_far_from_one_stays_exact():
+    """The denormal nibbles scale x by up to 2^75 and the products by 2^-74: x entries near the documented edges
+    (2^-52 and 2^53 in magnitude) give float32's error, not an overflow or lost bits."""
+    N, K = 9, 256
+    weight, dequantized = _int4_weight(N, K)
+    for magnitude in (2.0 ** 50, 2.0 ** -50):           # (|randn| < 4: x within 2^52 and 2^-52)
+        x = _x(1, K, torch.float32) * magnitude
+        y = gemv_int4(x, *weight, block_k=256)
+        _check(y, x, dequantized, N)
+
+
+def test_the_op_is_well_formed():
+    """Its schema and fake (what torch.compile traces) agree with the kernel."""
+    weight, _ = _int4_weight(24, 128)
+    torch.library.opcheck(torch.ops.codecomplete.gemv_int4, (torch.randn(3, 128), *weight),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_invalid_inputs_are_refused_with_a_clear_message():
+    weight, _ = _int4_weight(8, 256)
+    packed, scale, offset = weight                                   # (8, 128), (8, 2), (8, 2): G = 128
+    x = torch.randn(3, 256)
+    for args, kwargs, says in (
+            ((torch.randn(256), packed, scale, offset), {}, r"takes x \(M, K\) and packed \(N, K // 2\)"),
+            ((torch.randn(3, 260), packed, scale, offset), {}, r"takes x \(M, K\) and packed \(N, K // 2\)"),
+            ((torch.randn(MAX_ROWS + 1, 256), packed, scale, offset), {}, "takes 1 to 16 rows of x, got 17"),
+            ((torch.randn(0, 256), packed, scale, offset), {}, "takes 1 to 16 rows of x, got 0"),
+            ((x.double(), packed, scale, offset), {}, "x must be float32, bfloat16 or float16"),
+            ((x, packed.to(torch.int8), scale, offset), {}, "packed must be a contiguous uint8"),
+            ((x, torch.cat([packed, packed], 1)[:, ::2], scale, offset), {}, "packed must be a contiguous uint8"),
+            ((x, packed, scale[:7], offset), {}, r"scale must be \(N, K // G\) = \(8, K // G\)"),
+            ((x, packed, torch.cat([scale, scale[:, :1]], 1), offset), {}, "with G dividing K = 256"),
+            ((torch.randn(3, 512), torch.cat([packed, packed], 1), scale, offset), {},
+             "groups of 256 columns .* the layout's are 128, 64, 32"),
+            ((x, packed, scale.float(), offset), {}, "scale must be a contiguous float16"),
+            ((x, packed, scale, offset[:, :1]), {}, "offset must be a contiguous float16"),
+            ((x, packed, scale, offset.t().contiguous().t()), {}, "offset must be a contiguous float16"),
+            ((x, packed, scale, offset), {"kernel": "row"}, r"kernel 'row': 'row' \(one row of x\) or 'rows'"),
+            ((x[:1], packed, scale, offset), {"block_k": 384}, "must be powers of two")):
+        with pytest.raises(ValueError, match=says):
+            gemv_int4(*args, **kwargs)
