@@ -412,6 +412,9 @@ def _run_job(job: tuple) -> dict:
         if kind == "few_rows":
             from kernels.few_rows_int8 import compile_facts as few_rows_facts
             return {"name": name, "variants": few_rows_facts(arch)}
+        if kind == "gemv_int4":
+            from kernels.gemv_int4 import compile_facts as gemv_int4_facts
+            return {"name": name, "variants": gemv_int4_facts(arch)}
         return compile_append(*what[:5], target, what[5])
     except Exception as error:
         return {"name": name, "error": f"{type(error).__name__}: {str(error)[-2000:]}"}
@@ -441,6 +444,7 @@ def main(argv=None) -> int:
     jobs += [(f"fused-gemv {name}", "fused", name, args.arch, args.sass) for name in build_names()]
     jobs += [("gemv bf16 and int8 weights, unsplit and split-K", "gemv", None, args.arch, args.sass)]
     jobs += [("few_rows_int8 unsplit and split-K", "few_rows", None, args.arch, args.sass)]   # 2..16 rows, int8 W
+    jobs += [("gemv_int4 one row and several, unsplit and split-K", "gemv_int4", None, args.arch, args.sass)]  # int4 W
     if wanted:
         jobs = [job for job in jobs if any(w in job[0] for w in wanted)]
         if not jobs:        # a typo checked nothing and passed (exit 0)

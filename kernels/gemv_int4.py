@@ -457,3 +457,215 @@ def gemv_int4_op(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, off
 @gemv_int4_op.register_fake
 def _(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     return x.new_empty((x.shape[0], packed.shape[0]))
+
+
+def compile_facts(arch: int = 90) -> list[dict]:
+    """Build both kernels for a GPU target without a GPU, as `gemv_int4` launches them at CodeLlama's shapes (the
+    plan's tile; split-K where the plan splits): the row kernel for bf16, fp16 and float32 x, groups of 128, 64 and
+    32, split-K, and once with Triton's nibble conversion (denormal off, the A/B arm); the several-row kernel for
+    bf16, fp16 and float32 x, split and not. Facts about each binary, its main loop's SASS among them. Must run
+    without TRITON_INTERPRET (see kernels/compile_check.py)."""
+    import re
+
+    from triton.backends.compiler import GPUTarget
+
+    from kernels.compile_check import _compile, opcode_count, sass_facts
+    target = GPUTarget("cuda", arch, 32)
+    facts = []
+    #         kernel, x dtype, G, (N, K), denormal
+    builds = [("row", "bf16", 128, (12288, 4096), True), ("row", "bf16", 128, (8192, 22016), True),
+              ("row", "fp16", 128, (12288, 4096), True), ("row", "fp32", 128, (12288, 4096), True),
+              ("row", "bf16", 64, (1536, 576), True), ("row", "bf16", 32, (4096, 4096), True),
+              ("row", "bf16", 128, (12288, 4096), False),
+              ("rows", "bf16", 128, (22016, 4096), True), ("rows", "bf16", 128, (4096, 4096), True),
+              ("rows", "fp16", 128, (4096, 4096), True), ("rows", "fp32", 128, (4096, 4096), True)]
+    for kernel, dtype, G, (N, K), denormal in builds:
+        chosen = plan(1 if kernel == "row" else 8, N, K, G)
+        pointers = dict(X=f"*{dtype}", SCALE="*fp16", OFFSET="*fp16", Y=f"*{dtype}", PARTIALS="*fp32",
+                        COUNTERS="*i32")
+        if kernel == "row":
+            binary = _compile(_gemv_int4_row_kernel, dict(pointers, WORDS="*i32"),
+                              dict(G=G, BLOCK_N=chosen.block_n, BLOCK_K=chosen.block_k, SPLIT=chosen.split_k > 1,
+                                   DENORMAL=denormal),
+                              target, chosen.num_warps, chosen.num_stages, floats=(), not_divisible=("num_splits",))
+        else:
+            binary = _compile(_gemv_int4_rows_kernel, dict(pointers, PACKED="*u8"),
+                              dict(G=G, BLOCK_N=chosen.block_n, M_PAD=M_PAD, SPLIT=chosen.split_k > 1, UPCAST=False,
+                                   IEEE_DOT=dtype == "fp32", PRMT=dtype != "fp32"),
+                              target, chosen.num_warps, chosen.num_stages, floats=(),
+                              not_divisible=("M", "num_splits"))
+        sass = sass_facts(binary.asm["cubin"], with_opcodes=True)
+        loop = sass.get("loop_opcodes", {})
+        ptx = binary.asm["ptx"]
+        per_thread = chosen.block_n * chosen.block_k // 2 / (32 * chosen.num_warps)    # W bytes a thread a step
+        facts.append({"kernel": kernel, "dtype": dtype, "G": G, "N": N, "K": K, "denormal": denormal,
+                      "block_n": chosen.block_n, "block_k": chosen.block_k, "num_warps": chosen.num_warps,
+                      "split_k": chosen.split_k, "cubin_bytes": len(binary.asm["cubin"]),
+                      "registers": sass.get("registers"), "local_bytes": sass.get("local_bytes"),
+                      "loop_instructions": sass.get("loop_instructions"),
+                      "instructions_per_byte": round(sass["loop_instructions"][0] / per_thread, 2)
+                      if sass.get("loop_instructions") else None,
+                      "i2f": opcode_count(loop, ("I2F", "I2FP")), "loop_barriers": opcode_count(loop, "BAR"),
+                      "shuffles": opcode_count(loop, "SHFL"), "loads_16_bytes": opcode_count(loop, "LDG.E.128"),
+                      "tensor_core_dots": opcode_count(loop, ("HMMA", "HGMMA")),
+                      "ftz": bool(re.search(r"\.ftz\.f32", ptx)),
+                      "ticket": "atom.global.gpu.acq_rel.add" in ptx, "reset": "atom.global.gpu.relaxed.exch" in ptx,
+                      "partials_from_l2": ptx.count("ld.global.cg")})
+    return facts
+
+
+# ---- GPU benchmark -------------------------------------------------------------------------------
+
+# (N, K) of CodeLlama-7B's and -34B's batch-1 projections on one GPU, and each model's layers (a step's sum)
+SHAPES = {"7B wo": (4096, 4096), "7B wqkv": (12288, 4096), "7B w13": (22016, 4096), "7B w2": (4096, 11008),
+          "34B wqkv": (10240, 8192), "34B wo": (8192, 8192), "34B w13": (44032, 8192), "34B w2": (8192, 22016)}
+LAYERS = {"7B": 32, "34B": 48}
+# the one-row kernel's other launches timed beside the plan's: (block_n, block_k, num_warps, num_stages, split_k;
+# None: the plan's split for that tile), and Triton's nibble conversion (the A/B arm of the denormal one)
+ROW_SWEEP = [(4, 4096, 4, 3, None), (16, 4096, 4, 3, None), (8, 2048, 2, 3, None), (8, 4096, 4, 4, None),
+             (8, 4096, 4, 3, 1), (8, 4096, 4, 3, 4)]
+ROWS = 8                   # the several-row kernel timed at a verification of 8 tokens
+
+
+def _error(y: torch.Tensor, x: torch.Tensor, dequantized: torch.Tensor) -> float:
+    """Largest |y - x @ W^T| over the sum of |terms| of its output, W dequantized in float32 (NaN: infinite)."""
+    want = x.float() @ dequantized.T
+    terms = x.float().abs() @ dequantized.abs().T
+    err = ((y.float() - want).abs() / terms).max()
+    return float("inf") if err.isnan() else err.item()
+
+
+def measure(name: str, N: int, K: int, *, timer, device: str = "cuda", rotate: int = 0, replays: int = 20,
+            sweep: bool = True) -> dict:
+    """One shape: gemv_int4's every launch checked against float32 of the dequantized weight (`errors`; `wrong`:
+    those not within 1e-2), then timed by `timer(run, replays)` (µs of one call of run(): kernels.bench's
+    graph_replay_us on a GPU) over as many copies of each format's weight as fill `rotate` bytes, per copy: int4's
+    launches at one row and the plan's at ROWS rows, int8's GEMV and few-row kernel, bf16's cuBLAS and GEMV."""
+    import torch.nn.functional as F
+
+    from kernels.few_rows_int8 import few_rows_int8
+    from kernels.gemv import gemv, gemv_int8_op
+    from kernels.int4_layout import Int4Weight, dequantize_int4, int4_bytes, quantize_int4
+    from kernels.reference import quantize_int8
+    torch.manual_seed(N + K)
+    w = torch.randn(N, K, device=device, dtype=torch.bfloat16) * 0.02
+    w4 = quantize_int4(w)
+    dequantized = dequantize_int4(w4, torch.float32)
+    x = torch.randn(1, K, device=device, dtype=torch.bfloat16)
+    xm = torch.randn(ROWS, K, device=device, dtype=torch.bfloat16)
+    launches = {"plan": {}} | ({} if not sweep else {
+        f"n{c[0]} k{c[1]} w{c[2]} s{c[3]} split {c[4] or 'plan'}": dict(
+            kernel="row", block_n=c[0], block_k=c[1], num_warps=c[2], num_stages=c[3], split_k=c[4])
+        for c in ROW_SWEEP} | {"I2F nibbles": dict(denormal=False)})
+    # correctness first: every launch timed below, and the several-row kernel, against float32
+    errors = {label: _error(gemv_int4(x, *w4, **kw), x, dequantized) for label, kw in launches.items()}
+    errors[f"{ROWS} rows"] = _error(gemv_int4(xm, *w4), xm, dequantized)
+    row = {"shape": name, "N": N, "K": K, "errors": errors, "wrong": [k for k, e in errors.items() if not e < 1e-2],
+           "int4_plan": tuple(plan(1, N, K, K // w4.scale.shape[1])), "int4": {},
+           "bytes_int4": int4_bytes(N, K) + 2 * (K + N), "bytes_int8": N * K + 4 * N + 2 * (K + N),
+           "bytes_bf16": 2 * N * K + 2 * (K + N)}
+    dequantized = None
+
+    def per_copy(call, weights) -> float:
+        return timer(lambda: [call(weight) for weight in weights], replays) / len(weights)
+    w4s = [Int4Weight(*(t.clone() for t in w4)) for _ in range(max(1, -(-rotate // int4_bytes(N, K))))]
+    for label, kw in launches.items():
+        row["int4"][label] = per_copy(lambda q: gemv_int4(x, *q, **kw), w4s)
+    row["int4_rows_us"] = per_copy(lambda q: gemv_int4(xm, *q), w4s)
+    w4s = None                      # (freed before the next format's copies)
+    w8, s8 = quantize_int8(w)
+    w8s = [(w8.clone(), s8.clone()) for _ in range(max(1, -(-rotate // (N * K))))]
+    row["int8_us"] = per_copy(lambda q: gemv_int8_op(x, *q), w8s)
+    row["int8_rows_us"] = per_copy(lambda q: few_rows_int8(xm, *q), w8s)
+    w8s = w8 = None
+    ws = [w.clone() for _ in range(max(1, -(-rotate // (2 * N * K))))]
+    row["cublas_us"] = per_copy(lambda v: F.linear(x, v), ws)
+    row["bf16_gemv_us"] = per_copy(lambda v: gemv(x, v), ws)
+    row["cublas_rows_us"] = per_copy(lambda v: F.linear(xm, v), ws)
+    row["best"] = min(row["int4"], key=row["int4"].get)
+    return row
+
+
+def report(row: dict, sweep: bool) -> None:
+    """One shape's lines: its check, then µs and TB/s of each format."""
+    b4, b8, b16 = row["bytes_int4"], row["bytes_int8"], row["bytes_bf16"]
+    check = (f"all {len(row['errors'])} launches within 1e-2 (largest {max(row['errors'].values()):.1e})"
+             if not row["wrong"] else "WRONG " + ", ".join(f"{k} {row['errors'][k]:.1e}" for k in row["wrong"]))
+    print(f"{row['shape']:9s} N={row['N']:6d} K={row['K']:6d} int4 check against float32: {check}", flush=True)
+    us, best = row["int4"]["plan"], row["best"]
+    print(f"{'':9s} int4 {us:7.1f} µs {b4 / us / 1e6:5.2f} TB/s (plan {row['int4_plan'][1:6]})  best {best}: "
+          f"{row['int4'][best]:7.1f} µs {b4 / row['int4'][best] / 1e6:5.2f} TB/s"
+          f"  | int8 {row['int8_us']:7.1f} µs {b8 / row['int8_us'] / 1e6:5.2f} TB/s"
+          f"  | bf16 cuBLAS {row['cublas_us']:7.1f} µs {b16 / row['cublas_us'] / 1e6:5.2f} TB/s, GEMV "
+          f"{row['bf16_gemv_us']:7.1f}  | {ROWS} rows: int4 {row['int4_rows_us']:7.1f}, int8 "
+          f"{row['int8_rows_us']:7.1f}, cuBLAS {row['cublas_rows_us']:7.1f} µs", flush=True)
+    if sweep:
+        print(f"{'':9s} int4 launches (µs): " + ", ".join(f"{k} {v:.1f}" for k, v in row["int4"].items()), flush=True)
+
+
+def summary(rows: list[dict]) -> None:
+    """The final table, and each model's projections summed over its layers (a decode step's weights)."""
+    print(f"\n{'shape':9s} {'int4 µs':>8s} {'TB/s':>5s} {'int8 µs':>8s} {'TB/s':>5s} {'bf16 µs':>8s} "
+          f"{'TB/s':>5s} {'int8/int4':>9s} {'bf16/int4':>9s} {f'int4 x{ROWS} µs':>12s}")
+    for r in rows:
+        i4, i8, b16 = r["int4"]["plan"], r["int8_us"], min(r["cublas_us"], r["bf16_gemv_us"])
+        print(f"{r['shape']:9s} {i4:8.1f} {r['bytes_int4'] / i4 / 1e6:5.2f} {i8:8.1f} "
+              f"{r['bytes_int8'] / i8 / 1e6:5.2f} {b16:8.1f} {r['bytes_bf16'] / b16 / 1e6:5.2f} "
+              f"{i8 / i4:9.2f} {b16 / i4:9.2f} {r['int4_rows_us']:12.1f}")
+    for model, layers in LAYERS.items():       # (lm_head left out)
+        mine = [r for r in rows if r["shape"].startswith(model + " ")]
+        if len(mine) == 4:
+            int4, int8, bf16 = (layers * sum(get(r) for r in mine) / 1e3 for get in (
+                lambda r: r["int4"]["plan"], lambda r: r["int8_us"], lambda r: r["cublas_us"]))
+            print(f"{model} step's projections ({layers} layers x 4): int4 {int4:.2f} ms, int8 {int8:.2f} ms, "
+                  f"bf16 cuBLAS {bf16:.2f} ms")
+
+
+def main(argv=None) -> int:
+    """GPU: check gemv_int4 against float32 of the dequantized weight at CodeLlama-7B's and -34B's projections,
+    then time it as CUDA-graph replays (weights rotated past the L2) against int8 weights' GEMV and bf16's cuBLAS
+    and GEMV at one row, and at ROWS rows against cuBLAS and int8's few-row kernel: µs, and TB/s of bytes read."""
+    import argparse
+    import json
+    import time
+
+    from kernels.bench import graph_replay_us, read_bandwidth
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="comma-separated shape names (see SHAPES), run in that order")
+    parser.add_argument("--json", default="", help="write the rows to this file")
+    parser.add_argument("--replays", type=int, default=20, help="graph replays a timing (default: 20)")
+    parser.add_argument("--no-sweep", action="store_true", help="time the plan's launch only (not ROW_SWEEP's)")
+    parser.add_argument("--budget-s", type=float, default=0.0, help="stop starting shapes after this long (0: none)")
+    args = parser.parse_args(argv)
+    wanted = [w.strip() for w in args.only.split(",") if w.strip()] or list(SHAPES)
+    if unknown := [w for w in wanted if w not in SHAPES]:
+        parser.error(f"--only: unknown shapes {unknown} (known: {', '.join(SHAPES)})")
+    if not torch.cuda.is_available():
+        parser.exit(2, "kernels.gemv_int4 needs a CUDA GPU: it times the GEMV there.\n")
+    started = time.perf_counter()
+    read_rate, _ = read_bandwidth()
+    rotate = max(64 << 20, 2 * (getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 0) or 0))
+    print(f"{torch.cuda.get_device_name()}: read rate {read_rate / 1e12:.2f} TB/s (kernels.bench.read_bandwidth); "
+          f"weights rotated over {rotate >> 20} MiB; µs a call (graph replays), TB/s of bytes read", flush=True)
+    rows = []
+    for name in wanted:
+        if args.budget_s and time.perf_counter() - started > args.budget_s:
+            print(f"budget of {args.budget_s:.0f} s spent: {name} and later shapes not run", flush=True)
+            break
+        rows.append(measure(name, *SHAPES[name], timer=graph_replay_us, rotate=rotate, replays=args.replays,
+                            sweep=not args.no_sweep))
+        report(rows[-1], not args.no_sweep)
+        torch.cuda.empty_cache()
+    if rows:
+        summary(rows)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "read_rate": read_rate, "rows": rows}, f, indent=1)
+    wrong = [f"{r['shape']} {label}" for r in rows for label in r["wrong"]]
+    if wrong:
+        print(f"WRONG RESULTS: {', '.join(wrong)}")
+    return 1 if wrong else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

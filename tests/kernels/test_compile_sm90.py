@@ -206,6 +206,30 @@ def test_the_dense_kernels_compile_for_sm90_with_bf16_and_int8_weights(compiled)
     assert "error" not in few_rows and any(v["split_k"] > 1 for v in few_rows["variants"]), few_rows
 
 
+def test_the_int4_gemv_compiles_for_sm90(compiled):
+    """kernels/gemv_int4.py's builds as launched at CodeLlama's shapes (kernels.gemv_int4.compile_facts): no spills.
+    The one-row kernel's key loop loads W and x 16 bytes at a time with no barrier and no shuffle (x's tile and the
+    scales load in the words' layout, not through shared memory) and converts nibbles without I2F, in under 7
+    instructions a byte of W (bf16 x: 6.7 at BLOCK_N 8), where Triton's conversion (denormal off) spends 256 I2Fs a
+    step; no flush-to-zero (the denormal nibbles need their denormals). The several-row kernel converts 16-bit x's
+    nibbles without I2F and multiplies on the tensor cores; split-K builds take a ticket and reset it."""
+    facts = compiled["gemv_int4 one row and several, unsplit and split-K"]
+    assert "error" not in facts, facts["error"]
+    for v in facts["variants"]:
+        assert v["cubin_bytes"] > 0 and v["local_bytes"] == 0 and not v["ftz"], v
+        assert v["ticket"] == v["reset"] == (v["split_k"] > 1), v
+        if v["kernel"] == "row":
+            assert v["loop_barriers"] == 0 and v["shuffles"] == 0 and v["loads_16_bytes"] >= 8, v
+            if v["denormal"]:
+                assert v["i2f"] == 0 and v["instructions_per_byte"] < 7, v
+            else:
+                assert v["i2f"] >= 256, v
+        elif v["dtype"] != "fp32":
+            assert v["i2f"] == 0 and v["tensor_core_dots"] > 0, v
+    assert {(v["kernel"], v["split_k"] > 1) for v in facts["variants"]} == {
+        ("row", False), ("row", True), ("rows", False), ("rows", True)}
+
+
 @pytest.mark.parametrize("config", __import__("kernels.compile_check", fromlist=["x"]).PREFILL_CONFIGS,
                          ids=lambda c: "-".join(map(str, c)))
 def test_the_prefill_kernel_compiles_for_sm90(compiled, config):

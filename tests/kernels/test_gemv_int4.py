@@ -139,3 +139,43 @@ def test_invalid_inputs_are_refused_with_a_clear_message():
             ((x[:1], packed, scale, offset), {"block_k": 384}, "must be powers of two")):
         with pytest.raises(ValueError, match=says):
             gemv_int4(*args, **kwargs)
+
+
+def test_the_benchmark_checks_and_times_every_format(capsys):
+    """`python -m kernels.gemv_int4`'s work for one shape (kernels.gemv_int4.measure), in the interpreter with a
+    stand-in timer that runs each timed callable once: int4's check passes, every format's call runs, and the lines
+    and the table print (a bug here would cost a GPU run)."""
+    from kernels.gemv_int4 import measure, report, summary
+    timed = []
+
+    def timer(run, replays):
+        run()
+        timed.append(replays)
+        return 2.0
+    row = measure("7B wo", 4, 256, timer=timer, device="cpu", replays=3, sweep=False)
+    assert row["wrong"] == [] and set(row["errors"]) == {"plan", "8 rows"}
+    assert timed == [3] * 7        # int4 (the plan's), int4 at 8 rows, int8 (GEMV, few rows), bf16 (cuBLAS x2, GEMV)
+    report(row, sweep=False)
+    summary([row])
+    out = capsys.readouterr().out
+    assert "int4 check against float32: all 2 launches within 1e-2" in out and "int8/int4" in out
+
+
+def test_the_benchmark_says_when_a_result_is_wrong(monkeypatch, capsys):
+    """The check can fail: a GEMV that returned zeros is reported WRONG (and main would exit 1)."""
+    import kernels.gemv_int4 as module
+    monkeypatch.setattr(module, "gemv_int4", lambda x, *weight, **kw: torch.zeros(x.shape[0], weight[0].shape[0],
+                                                                                   dtype=x.dtype))
+    row = module.measure("7B wo", 4, 256, timer=lambda run, replays: (run(), 2.0)[1], device="cpu", sweep=False)
+    assert row["wrong"] == ["plan", "8 rows"]
+    module.report(row, sweep=False)
+    assert "WRONG plan" in capsys.readouterr().out
+
+
+def test_the_benchmark_needs_a_gpu(capsys):
+    from kernels.gemv_int4 import main
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: main would run")
+    with pytest.raises(SystemExit) as exit:
+        main(["--only", "7B wo"])
+    assert exit.value.code == 2 and "needs a CUDA GPU" in capsys.readouterr().err
