@@ -522,9 +522,13 @@ SHAPES = {"7B wo": (4096, 4096), "7B wqkv": (12288, 4096), "7B w13": (22016, 409
 LAYERS = {"7B": 32, "34B": 48}
 # the one-row kernel's other launches timed beside the plan's: (block_n, block_k, num_warps, num_stages, split_k;
 # None: the plan's split for that tile), and Triton's nibble conversion (the A/B arm of the denormal one)
-ROW_SWEEP = [(4, 4096, 4, 3, None), (16, 4096, 4, 3, None), (8, 2048, 2, 3, None), (8, 4096, 4, 4, None),
-             (8, 4096, 4, 3, 1), (8, 4096, 4, 3, 4)]
+# (sm_90 SASS, bf16 x, instructions a W byte / registers: BLOCK_N 4 7.7 / 72, 8 6.7 / 96, 16 6.3 / 128, 32 5.9 / 254)
+ROW_SWEEP = [(4, 4096, 4, 3, None), (16, 4096, 4, 3, None), (16, 2048, 2, 3, None), (8, 2048, 2, 3, None),
+             (8, 8192, 8, 3, None), (8, 4096, 4, 3, 1), (8, 4096, 4, 3, 4)]
 ROWS = 8                   # the several-row kernel timed at a verification of 8 tokens
+# its other launches timed beside the plan's: (block_n, num_warps, num_stages) (sm_90 SASS, bf16 x: BLOCK_N 64 12.0
+# instructions a W byte at 94 registers; 128: 9.1 at 168, 10.8 with 8 warps at 87)
+ROWS_SWEEP = [(128, 4, 3), (128, 8, 3)]
 
 
 def _error(y: torch.Tensor, x: torch.Tensor, dequantized: torch.Tensor) -> float:
@@ -557,9 +561,13 @@ def measure(name: str, N: int, K: int, *, timer, device: str = "cuda", rotate: i
         f"n{c[0]} k{c[1]} w{c[2]} s{c[3]} split {c[4] or 'plan'}": dict(
             kernel="row", block_n=c[0], block_k=c[1], num_warps=c[2], num_stages=c[3], split_k=c[4])
         for c in ROW_SWEEP} | {"I2F nibbles": dict(denormal=False)})
-    # correctness first: every launch timed below, and the several-row kernel, against float32
+    rows_launches = {"plan": {}} | ({} if not sweep else {
+        f"n{c[0]} w{c[1]} s{c[2]}": dict(kernel="rows", block_n=c[0], num_warps=c[1], num_stages=c[2])
+        for c in ROWS_SWEEP})
+    # correctness first: every launch timed below, one row and several, against float32
     errors = {label: _error(gemv_int4(x, *w4, **kw), x, dequantized) for label, kw in launches.items()}
-    errors[f"{ROWS} rows"] = _error(gemv_int4(xm, *w4), xm, dequantized)
+    errors |= {f"{ROWS} rows {label}": _error(gemv_int4(xm, *w4, **kw), xm, dequantized)
+               for label, kw in rows_launches.items()}
     row = {"shape": name, "N": N, "K": K, "errors": errors, "wrong": [k for k, e in errors.items() if not e < 1e-2],
            "int4_plan": tuple(plan(1, N, K, K // w4.scale.shape[1])), "int4": {},
            "bytes_int4": int4_bytes(N, K) + 2 * (K + N), "bytes_int8": N * K + 4 * N + 2 * (K + N),
@@ -571,7 +579,8 @@ def measure(name: str, N: int, K: int, *, timer, device: str = "cuda", rotate: i
     w4s = [Int4Weight(*(t.clone() for t in w4)) for _ in range(max(1, -(-rotate // int4_bytes(N, K))))]
     for label, kw in launches.items():
         row["int4"][label] = per_copy(lambda q: gemv_int4(x, *q, **kw), w4s)
-    row["int4_rows_us"] = per_copy(lambda q: gemv_int4(xm, *q), w4s)
+    row["int4_rows"] = {label: per_copy(lambda q: gemv_int4(xm, *q, **kw), w4s) for label, kw in rows_launches.items()}
+    row["int4_rows_us"] = row["int4_rows"]["plan"]
     w4s = None                      # (freed before the next format's copies)
     w8, s8 = quantize_int8(w)
     w8s = [(w8.clone(), s8.clone()) for _ in range(max(1, -(-rotate // (N * K))))]
@@ -600,7 +609,8 @@ def report(row: dict, sweep: bool) -> None:
           f"{row['bf16_gemv_us']:7.1f}  | {ROWS} rows: int4 {row['int4_rows_us']:7.1f}, int8 "
           f"{row['int8_rows_us']:7.1f}, cuBLAS {row['cublas_rows_us']:7.1f} µs", flush=True)
     if sweep:
-        print(f"{'':9s} int4 launches (µs): " + ", ".join(f"{k} {v:.1f}" for k, v in row["int4"].items()), flush=True)
+        print(f"{'':9s} int4 launches (µs): " + ", ".join(f"{k} {v:.1f}" for k, v in row["int4"].items())
+              + f"; at {ROWS} rows: " + ", ".join(f"{k} {v:.1f}" for k, v in row["int4_rows"].items()), flush=True)
 
 
 def summary(rows: list[dict]) -> None:

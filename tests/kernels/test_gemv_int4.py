@@ -39,6 +39,15 @@ def _check(y, x, dequantized, N):
     assert _relative_error(y, x, dequantized) <= 4 * torch_error + torch.finfo(dtype).eps
 
 
+def _quantize_with_group(N, K, G):
+    """A random (N, K) weight quantized in groups of G whatever G quantize_int4 would pick for K: its K // G groups
+    a row quantized as rows of G columns each, put back side by side."""
+    w = torch.randn(N, K) * (torch.rand(N, 1) + 0.1)
+    pieces = quantize_int4(w.reshape(N * K // G, G))             # (N * K / G, G): one group a row
+    return type(pieces)(pieces.packed.reshape(N, K // 2), pieces.scale.reshape(N, K // G),
+                        pieces.offset.reshape(N, K // G))
+
+
 @pytest.mark.parametrize("G, dtype, split_k, denormal", [
     (128, torch.bfloat16, 1, True),
     (128, torch.float32, 4, True),       # 4 chunks of 128 columns in 4 ranges
@@ -57,15 +66,6 @@ def test_one_row_matches_float64(G, dtype, split_k, denormal, poisoned_empty):
     x = _x(1, K, dtype)
     y = gemv_int4(x, *weight, kernel="row", block_n=8, block_k=128, split_k=split_k, denormal=denormal)
     _check(y, x, dequantized, N)
-
-
-def _quantize_with_group(N, K, G):
-    """An Int4Weight of groups of G (< the G quantize_int4 picks for K): K // G rows of G columns quantized as one
-    weight of G columns each, put back side by side."""
-    w = torch.randn(N, K) * (torch.rand(N, 1) + 0.1)
-    pieces = quantize_int4(w.reshape(N * K // G, G))             # (N * K / G, G): one group a row
-    return type(pieces)(pieces.packed.reshape(N, K // 2), pieces.scale.reshape(N, K // G),
-                        pieces.offset.reshape(N, K // G))
 
 
 @pytest.mark.parametrize("M, G, dtype, split_k", [
@@ -143,22 +143,23 @@ def test_invalid_inputs_are_refused_with_a_clear_message():
 
 def test_the_benchmark_checks_and_times_every_format(capsys):
     """`python -m kernels.gemv_int4`'s work for one shape (kernels.gemv_int4.measure), in the interpreter with a
-    stand-in timer that runs each timed callable once: int4's check passes, every format's call runs, and the lines
-    and the table print (a bug here would cost a GPU run)."""
-    from kernels.gemv_int4 import measure, report, summary
+    stand-in timer that runs each timed callable once: int4's check passes for every launch of the sweep, every
+    format's call runs, and the lines and the table print (a bug here would cost a GPU run)."""
+    from kernels.gemv_int4 import ROW_SWEEP, ROWS_SWEEP, measure, report, summary
     timed = []
 
     def timer(run, replays):
         run()
         timed.append(replays)
         return 2.0
-    row = measure("7B wo", 4, 256, timer=timer, device="cpu", replays=3, sweep=False)
-    assert row["wrong"] == [] and set(row["errors"]) == {"plan", "8 rows"}
-    assert timed == [3] * 7        # int4 (the plan's), int4 at 8 rows, int8 (GEMV, few rows), bf16 (cuBLAS x2, GEMV)
-    report(row, sweep=False)
+    row = measure("7B wo", 4, 256, timer=timer, device="cpu", replays=3, sweep=True)
+    launches = 1 + len(ROW_SWEEP) + 1 + 1 + len(ROWS_SWEEP)       # plan, sweep, I2F arm; at 8 rows plan, sweep
+    assert row["wrong"] == [] and len(row["errors"]) == launches and "8 rows plan" in row["errors"]
+    assert timed == [3] * (launches + 2 + 3)      # and int8 (GEMV, few rows), bf16 (cuBLAS at 1 and 8 rows, GEMV)
+    report(row, sweep=True)
     summary([row])
     out = capsys.readouterr().out
-    assert "int4 check against float32: all 2 launches within 1e-2" in out and "int8/int4" in out
+    assert f"int4 check against float32: all {launches} launches within 1e-2" in out and "int8/int4" in out
 
 
 def test_the_benchmark_says_when_a_result_is_wrong(monkeypatch, capsys):
@@ -167,7 +168,7 @@ def test_the_benchmark_says_when_a_result_is_wrong(monkeypatch, capsys):
     monkeypatch.setattr(module, "gemv_int4", lambda x, *weight, **kw: torch.zeros(x.shape[0], weight[0].shape[0],
                                                                                    dtype=x.dtype))
     row = module.measure("7B wo", 4, 256, timer=lambda run, replays: (run(), 2.0)[1], device="cpu", sweep=False)
-    assert row["wrong"] == ["plan", "8 rows"]
+    assert row["wrong"] == ["plan", "8 rows plan"]
     module.report(row, sweep=False)
     assert "WRONG plan" in capsys.readouterr().out
 
