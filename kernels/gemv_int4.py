@@ -17,17 +17,20 @@ schedulers issue 128 thread-instructions a clock, so a weight may cost ~4 instru
 
 One row (`_gemv_int4_row_kernel`, CUDA-core FMAs as kernels/gemv.py does for bf16 and int8): a program takes
 BLOCK_N rows of W over a range of K in steps of BLOCK_K columns (ROW_BLOCK_K = 4096: 32 columns a thread). The
-packed bytes are read as int32 words (N, K // 8), 8 weights a word, and each thread loads 16 bytes (four words, one
-part of a group: G // 32 parts a group) of each of its BLOCK_N rows, plus the 32 columns of x they meet, once for all
+packed bytes are read as int32 words (N, K // 8), 8 weights a word, and each thread loads 16 bytes (a "slot": four
+words, 32 columns; G // 32 slots a group) of each of its BLOCK_N rows, plus the 32 columns of x they meet, once for all
 BLOCK_N rows, in the same layout: nothing passes through shared memory, no barrier and no shuffle a step
-(`compile_facts`; x's tile through shared memory is kernels/gemv.py's NARROW_INT8_LOADS lesson). A nibble becomes
+(`compile_facts`; x's tile through shared memory is kernels/gemv.py's NARROW_INT8_LOADS lesson). Every load is a
+tile with one contiguous dimension (or 1-D): where dimensions tie, Triton 3.6 and 3.9 order them the other way round,
+and a 4-D version of this kernel without barriers in 3.9 had 58 a step in 3.6 (the GPU image's). A nibble becomes
 fp32 by one AND (a SHF more for three in eight): masked in place, its bits read as a float are the denormal
 q * 2^(b - 149) for its bit position b, and x's column was scaled by 2^(149 - b - 74) beforehand (once, for every
 row), so that the product is q * x * 2^-74, exact, for |x| in 2^-52..2^53 (`DENORMAL_SHIFT`). No I2F (a quarter-rate
 instruction on sm_90: 256 of them a step in Triton's conversion, the `denormal=False` arm) and no 2^23 magic number
-to subtract: about 2.1 instructions a weight with its FMA (sm_90 SASS, bf16 x, BLOCK_N 8: 854 a step of 128 bytes a
-thread, 6.7 a byte with the x and scale overheads). Each part's sum of q * x is scaled by its group's scale (times
-2^74) once, and x's sums over the part take the group's offset; the parts and groups meet at the end of the row.
+to subtract: about 2.1 instructions a weight with its FMA (sm_90 SASS, bf16 x, BLOCK_N 8: 872 a step of 128 bytes a
+thread in Triton 3.9, 883 in 3.6, 6.8-6.9 a byte with the x and scale overheads). Each slot's sum of q * x is
+scaled by its group's scale (times 2^74) once, and x's sums over the slot take the group's offset; the slots and
+groups meet at the end of the row.
 
 Several rows (`_gemv_int4_rows_kernel`, for 2..16 rows as kernels/few_rows_int8.py does int8 ones): each step
 unpacks one group of BLOCK_N rows once, low and high nibbles apart, converts them to x's 16-bit dtype (exact: 0..15;
@@ -147,30 +150,29 @@ def _nibble(w, p: tl.constexpr, DENORMAL: tl.constexpr):
 
 @triton.jit
 def _x_columns(X, first, mask, DENORMAL: tl.constexpr):
-    """x's eight columns from first (GROUPS, PARTS) (one word's columns in each part of each group) -> each column
-    (GROUPS, PARTS) in fp32 times the power of two that makes its nibble's product q * x * 2^-DENORMAL_SHIFT
-    (`_nibble`'s bit position b: x * 2^(149 - b - DENORMAL_SHIFT)), and their sum unscaled. A thread loads its own
-    columns, in the words' layout (no pass through shared memory): 16 bytes a load, so float32 x in two."""
-    G_: tl.constexpr = first.shape[0]
-    P_: tl.constexpr = first.shape[1]
+    """x's eight columns from first (SLOTS,) (one word's columns of each slot) -> each column (SLOTS,) in fp32 times
+    the power of two that makes its nibble's product q * x * 2^-DENORMAL_SHIFT (`_nibble`'s bit position b:
+    x * 2^(149 - b - DENORMAL_SHIFT)), and their sum unscaled. Loaded as a (SLOTS, 8) tile, 16 bytes a load (float32
+    x in two): a thread loads its own slot's columns, in the words' layout (no pass through shared memory)."""
+    SLOTS: tl.constexpr = first.shape[0]
     if X.dtype.element_ty == tl.float32:
-        four = tl.arange(0, 4)[None, None, :]
-        low = tl.load(X + first[:, :, None] + four, mask=mask, other=0.0)         # (GROUPS, PARTS, 4) columns 0-3
-        high = tl.load(X + first[:, :, None] + 4 + four, mask=mask, other=0.0)    # columns 4-7
-        total = tl.sum(low, axis=2) + tl.sum(high, axis=2)                          # (GROUPS, PARTS)
-        c0_2, c1_3 = tl.split(tl.reshape(low, [G_, P_, 2, 2]))                      # columns 2k, 2k + 1
-        c4_6, c5_7 = tl.split(tl.reshape(high, [G_, P_, 2, 2]))
+        four = tl.arange(0, 4)[None, :]
+        low = tl.load(X + first[:, None] + four, mask=mask, other=0.0)             # (SLOTS, 4) columns 0-3
+        high = tl.load(X + first[:, None] + 4 + four, mask=mask, other=0.0)        # columns 4-7
+        total = tl.sum(low, axis=1) + tl.sum(high, axis=1)                          # (SLOTS,)
+        c0_2, c1_3 = tl.split(tl.reshape(low, [SLOTS, 2, 2]))                       # columns 2k, 2k + 1
+        c4_6, c5_7 = tl.split(tl.reshape(high, [SLOTS, 2, 2]))
         x0, x2 = tl.split(c0_2)
         x1, x3 = tl.split(c1_3)
         x4, x6 = tl.split(c4_6)
         x5, x7 = tl.split(c5_7)
     else:
-        eight = tl.arange(0, 8)[None, None, :]
-        x = tl.load(X + first[:, :, None] + eight, mask=mask, other=0.0).to(tl.float32)   # (GROUPS, PARTS, 8)
-        total = tl.sum(x, axis=2)                                                   # (GROUPS, PARTS)
-        even, odd = tl.split(tl.reshape(x, [G_, P_, 4, 2]))                        # columns 2j, 2j + 1
-        c0_4, c2_6 = tl.split(tl.reshape(even, [G_, P_, 2, 2]))                    # columns 4k, 4k + 2
-        c1_5, c3_7 = tl.split(tl.reshape(odd, [G_, P_, 2, 2]))
+        eight = tl.arange(0, 8)[None, :]
+        x = tl.load(X + first[:, None] + eight, mask=mask, other=0.0).to(tl.float32)   # (SLOTS, 8)
+        total = tl.sum(x, axis=1)                                                   # (SLOTS,)
+        even, odd = tl.split(tl.reshape(x, [SLOTS, 4, 2]))                          # columns 2j, 2j + 1
+        c0_4, c2_6 = tl.split(tl.reshape(even, [SLOTS, 2, 2]))                      # columns 4k, 4k + 2
+        c1_5, c3_7 = tl.split(tl.reshape(odd, [SLOTS, 2, 2]))
         x0, x4 = tl.split(c0_4)
         x2, x6 = tl.split(c2_6)
         x1, x5 = tl.split(c1_5)
@@ -190,89 +192,92 @@ def _x_columns(X, first, mask, DENORMAL: tl.constexpr):
 
 @triton.jit
 def _word_times_x(acc, w, X, first, mask, DENORMAL: tl.constexpr):
-    """acc (BLOCK_N, GROUPS, PARTS) plus word w's eight weights (BLOCK_N, GROUPS, PARTS) int32 times x's eight
-    columns from first (GROUPS, PARTS); returns acc and x's sums over those columns (GROUPS, PARTS)."""
+    """acc (BLOCK_N, SLOTS) plus word w's eight weights (BLOCK_N, SLOTS) int32 times x's eight columns from first
+    (SLOTS,); returns acc and x's sums over those columns (SLOTS,)."""
     x0, x1, x2, x3, x4, x5, x6, x7, total = _x_columns(X, first, mask, DENORMAL)
-    acc += _nibble(w, 0, DENORMAL) * x0[None, :, :]
-    acc += _nibble(w, 1, DENORMAL) * x1[None, :, :]
-    acc += _nibble(w, 2, DENORMAL) * x2[None, :, :]
-    acc += _nibble(w, 3, DENORMAL) * x3[None, :, :]
-    acc += _nibble(w, 4, DENORMAL) * x4[None, :, :]
-    acc += _nibble(w, 5, DENORMAL) * x5[None, :, :]
-    acc += _nibble(w, 6, DENORMAL) * x6[None, :, :]
-    acc += _nibble(w, 7, DENORMAL) * x7[None, :, :]
+    acc += _nibble(w, 0, DENORMAL) * x0[None, :]
+    acc += _nibble(w, 1, DENORMAL) * x1[None, :]
+    acc += _nibble(w, 2, DENORMAL) * x2[None, :]
+    acc += _nibble(w, 3, DENORMAL) * x3[None, :]
+    acc += _nibble(w, 4, DENORMAL) * x4[None, :]
+    acc += _nibble(w, 5, DENORMAL) * x5[None, :]
+    acc += _nibble(w, 6, DENORMAL) * x6[None, :]
+    acc += _nibble(w, 7, DENORMAL) * x7[None, :]
     return acc, total
 
 
 @triton.jit
-def _row_groups(acc, X, w_rows, s_rows, SCALE, OFFSET, mask_n, k0, k_end, offs_g, offs_p,
-                G: tl.constexpr, DENORMAL: tl.constexpr):
-    """acc (BLOCK_N, GROUPS, PARTS) fp32 plus the step of GROUPS groups from column k0 (groups past k_end masked).
-    A thread takes one part (16 bytes: four words, 32 weights) of a group in each of the BLOCK_N rows, with x's 32
-    columns loaded once for all of them; its sums of q * x over the part are scaled by the group's scale there (no
-    shuffle a step: the parts of a group meet at the end), x's sums over the part take the offsets."""
-    WORDS: tl.constexpr = G // 8                                                    # int32 words of a group's row
-    groups = k0 // G + offs_g                                                       # (GROUPS,)
-    mask_g = groups * G < k_end
-    offs_4 = tl.arange(0, 4)
-    words = (groups[:, None, None] * WORDS + offs_p[None, :, None] * 4 + offs_4[None, None, :])  # (GROUPS, PARTS, 4)
-    w = tl.load(w_rows + words[None, :, :, :], mask=mask_n[:, None, None, None] & mask_g[None, :, None, None],
-                other=0)                                                            # (BLOCK_N, GROUPS, PARTS, 4)
-    even, odd = tl.split(tl.reshape(w, [w.shape[0], w.shape[1], w.shape[2], 2, 2]))
-    w0, w2 = tl.split(even)                                                         # (BLOCK_N, GROUPS, PARTS) each
+def _row_slots(acc, X, w_rows, SCALE, OFFSET, row_start, N, mask_n, stride_sn, k0, k_end, offs_w, offs_s, offs_i,
+               G: tl.constexpr, DENORMAL: tl.constexpr):
+    """acc (BLOCK_N, SLOTS) fp32 plus the step from column k0 (slots past k_end masked). Slot s is 32 columns, 16
+    bytes (four words) of a row: the s-th of the step, in group (k0 + 32 s) // G. A thread takes one slot in each of
+    the BLOCK_N rows, with x's 32 columns loaded once for all of them; its sums of q * x over the slot are scaled by
+    the group's scale there (no shuffle a step: a group's slots meet at the end), x's sums over the slot take the
+    offset. Every load is a tile with one contiguous dimension (or none: 1-D), so that Triton's choice of layout
+    cannot differ between them (a tie between dimensions is broken one way in Triton 3.6, the other in 3.9)."""
+    SLOTS: tl.constexpr = offs_s.shape[0]
+    BLOCK_N: tl.constexpr = acc.shape[0]
+    words = k0 // 8 + offs_w                                                        # (SLOTS * 4,)
+    mask_w = k0 + 32 * (offs_w // 4) < k_end                                        # by slot: 16-byte loads
+    w = tl.load(w_rows + words[None, :], mask=mask_n[:, None] & mask_w[None, :], other=0)
+    w = tl.reshape(w, [BLOCK_N, SLOTS, 2, 2])                                       # (BLOCK_N, SLOTS * 4) int32
+    even, odd = tl.split(w)
+    w0, w2 = tl.split(even)                                                         # (BLOCK_N, SLOTS) each
     w1, w3 = tl.split(odd)
-    first = groups[:, None] * G + offs_p[None, :] * 32                             # (GROUPS, PARTS): word 0's column
-    x_mask = mask_g[:, None, None]
-    q_x = tl.zeros(acc.shape, dtype=tl.float32)                                    # (BLOCK_N, GROUPS, PARTS)
+    first = k0 + 32 * offs_s                                                        # (SLOTS,): the slot's column
+    x_mask = (first < k_end)[:, None]
+    q_x = tl.zeros(acc.shape, dtype=tl.float32)                                    # (BLOCK_N, SLOTS)
     q_x, t0 = _word_times_x(q_x, w0, X, first, x_mask, DENORMAL)
     q_x, t1 = _word_times_x(q_x, w1, X, first + 8, x_mask, DENORMAL)
     q_x, t2 = _word_times_x(q_x, w2, X, first + 16, x_mask, DENORMAL)
     q_x, t3 = _word_times_x(q_x, w3, X, first + 24, x_mask, DENORMAL)
-    x_sums = (t0 + t1) + (t2 + t3)                                                  # (GROUPS, PARTS)
-    # the group's scale and offset, loaded by each of its parts (the same address: one transaction); the index is
-    # a division so that the compiler sees no contiguity along groups and loads them in the words' layout (not in
-    # their own, then through shared memory: 4 barriers a step)
-    PARTS: tl.constexpr = offs_p.shape[0]
-    part_index = groups[:, None] * (2 * PARTS) + 2 * offs_p[None, :]                # (GROUPS, PARTS)
-    s_offs = s_rows + (part_index // (2 * PARTS))[None, :, :]                       # (BLOCK_N, GROUPS, PARTS)
-    s_mask = mask_n[:, None, None] & mask_g[None, :, None]
-    scale = tl.load(SCALE + s_offs, mask=s_mask, other=0.0).to(tl.float32)
+    x_sums = (t0 + t1) + (t2 + t3)                                                  # (SLOTS,)
+    # the slots' groups' scales and offsets, every row's, as one 1-D tile (BLOCK_N * SLOTS,) then (BLOCK_N, SLOTS):
+    # thread t holds slot t of each row, as for W; the group index is a division (by an even number: for G = 32
+    # too), so the compiler sees no contiguity and loads element by element
+    row_i = row_start + offs_i // SLOTS                                             # (BLOCK_N * SLOTS,)
+    slot_i = offs_i % SLOTS
+    s_offs = row_i.to(tl.int64) * stride_sn + (k0 * 2 + 64 * slot_i) // (2 * G)
+    s_mask = (row_i < N) & (k0 + 32 * slot_i < k_end)
+    scale = tl.reshape(tl.load(SCALE + s_offs, mask=s_mask, other=0.0).to(tl.float32), [BLOCK_N, SLOTS])
     if DENORMAL:
         scale = scale * (2.0 ** DENORMAL_SHIFT)     # exact: the products were q * x * 2^-DENORMAL_SHIFT
-    offset = tl.load(OFFSET + s_offs, mask=s_mask, other=0.0).to(tl.float32)
-    return acc + q_x * scale + offset * x_sums[None, :, :]
+    offset = tl.reshape(tl.load(OFFSET + s_offs, mask=s_mask, other=0.0).to(tl.float32), [BLOCK_N, SLOTS])
+    return acc + q_x * scale + offset * x_sums[None, :]
 
 
 @triton.jit(do_not_specialize=["num_splits"])
 def _gemv_int4_row_kernel(X, WORDS, SCALE, OFFSET, Y, PARTIALS, COUNTERS, N, K, stride_wn, stride_sn,
-                          k_per_split, num_splits, G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                          chunks_per_split, num_splits, G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                           SPLIT: tl.constexpr, DENORMAL: tl.constexpr):
     """y (1, N) = x (1, K) @ W^T, W's packed bytes read as int32 words (N, K // 8): program (i, s) takes rows
-    i * BLOCK_N.. over K range s (all of K unless SPLIT) in steps of BLOCK_K // G groups."""
+    i * BLOCK_N.. over K range s (all of K unless SPLIT) in steps of BLOCK_K columns, BLOCK_K // 32 slots."""
     pid_n = tl.program_id(0)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                                  # (BLOCK_N,)
+    row_start = pid_n * BLOCK_N
+    rows = row_start + tl.arange(0, BLOCK_N)                                        # (BLOCK_N,)
     mask_n = rows < N
-    PARTS: tl.constexpr = G // 32                                                   # 16-byte parts of a group's row
-    offs_g = tl.arange(0, BLOCK_K // G)                                             # (GROUPS,) groups of a step
-    offs_p = tl.arange(0, PARTS)                                                    # (PARTS,)
-    if SPLIT:
-        k_start = tl.program_id(1) * k_per_split
-        k_end = tl.minimum(K, k_start + k_per_split)
+    SLOTS: tl.constexpr = BLOCK_K // 32
+    offs_w = tl.arange(0, BLOCK_K // 8)                                             # (SLOTS * 4,) words of a step
+    offs_s = tl.arange(0, SLOTS)                                                    # (SLOTS,)
+    offs_i = tl.arange(0, BLOCK_N * SLOTS)                                          # (BLOCK_N * SLOTS,) row-major
+    if SPLIT:              # in whole chunks: the compiler sees k_start's alignment (16-byte loads of W)
+        k_start = tl.program_id(1) * chunks_per_split * BLOCK_K
+        k_end = tl.minimum(K, k_start + chunks_per_split * BLOCK_K)
     else:
         k_start = 0
         k_end = K
-    w_rows = WORDS + rows[:, None, None, None].to(tl.int64) * stride_wn            # (BLOCK_N, 1, 1, 1)
-    s_rows = rows[:, None, None].to(tl.int64) * stride_sn                           # (BLOCK_N, 1, 1)
-    acc = tl.zeros([BLOCK_N, BLOCK_K // G, PARTS], dtype=tl.float32)
+    w_rows = WORDS + rows[:, None].to(tl.int64) * stride_wn                        # (BLOCK_N, 1)
+    acc = tl.zeros([BLOCK_N, SLOTS], dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
-        acc = _row_groups(acc, X, w_rows, s_rows, SCALE, OFFSET, mask_n, k0, k_end, offs_g, offs_p, G, DENORMAL)
-    y = tl.sum(tl.sum(acc, axis=2), axis=1)                                         # (BLOCK_N,)
+        acc = _row_slots(acc, X, w_rows, SCALE, OFFSET, row_start, N, mask_n, stride_sn, k0, k_end, offs_w, offs_s,
+                         offs_i, G, DENORMAL)
+    y = tl.sum(acc, axis=1)                                                         # (BLOCK_N,)
     _store_or_meet(Y, PARTIALS, COUNTERS, y, rows, rows, mask_n, pid_n, num_splits, N, SPLIT)
 
 
 @triton.jit(do_not_specialize=["M", "num_splits"])      # one binary for every M and split count
 def _gemv_int4_rows_kernel(X, PACKED, SCALE, OFFSET, Y, PARTIALS, COUNTERS, M, N, K, stride_xm, stride_pn, stride_sn,
-                           stride_ym, k_per_split, num_splits, G: tl.constexpr, BLOCK_N: tl.constexpr,
+                           stride_ym, groups_per_split, num_splits, G: tl.constexpr, BLOCK_N: tl.constexpr,
                            M_PAD: tl.constexpr, SPLIT: tl.constexpr, UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr,
                            PRMT: tl.constexpr):
     """y^T's tile (BLOCK_N, M_PAD) += per group: (q_lo @ x_even^T + q_hi @ x_odd^T) * scale + offset * x's sums."""
@@ -284,9 +289,9 @@ def _gemv_int4_rows_kernel(X, PACKED, SCALE, OFFSET, Y, PARTIALS, COUNTERS, M, N
     mask_m = offs_m < M
     offs_j = tl.arange(0, HALF)                                                     # (HALF,) bytes of a group
     offs_c = tl.arange(0, G)                                                        # (G,) columns of a group
-    if SPLIT:              # this program's range of whole groups
-        k_start = tl.program_id(1) * k_per_split
-        k_end = tl.minimum(K, k_start + k_per_split)
+    if SPLIT:              # this program's range of whole groups (so counted: the compiler sees its alignment)
+        k_start = tl.program_id(1) * groups_per_split * G
+        k_end = tl.minimum(K, k_start + groups_per_split * G)
     else:
         k_start = 0
         k_end = K
@@ -435,13 +440,13 @@ def gemv_int4(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, offset
     if kernel == "row":
         _gemv_int4_row_kernel[grid](
             x, packed.view(torch.int32), scale, offset, y, partials, counters, N, K, packed.stride(0) // 4,
-            scale.stride(0), k_per_split, split_k, G=G, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split_k > 1,
+            scale.stride(0), k_per_split // block_k, split_k, G=G, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT=split_k > 1,
             DENORMAL=denormal, num_warps=num_warps, num_stages=num_stages)
     else:
         upcast = not x.is_cuda         # the interpreter: widen to fp32 at once
         _gemv_int4_rows_kernel[grid](
             x, packed, scale, offset, y, partials, counters, M, N, K, x.stride(0), packed.stride(0), scale.stride(0),
-            y.stride(0), k_per_split, split_k, G=G, BLOCK_N=block_n, M_PAD=M_PAD, SPLIT=split_k > 1, UPCAST=upcast,
+            y.stride(0), k_per_split // G, split_k, G=G, BLOCK_N=block_n, M_PAD=M_PAD, SPLIT=split_k > 1, UPCAST=upcast,
             IEEE_DOT=upcast or x.dtype == torch.float32, PRMT=not upcast and x.dtype != torch.float32,
             num_warps=num_warps, num_stages=num_stages)
     return y
@@ -522,7 +527,8 @@ SHAPES = {"7B wo": (4096, 4096), "7B wqkv": (12288, 4096), "7B w13": (22016, 409
 LAYERS = {"7B": 32, "34B": 48}
 # the one-row kernel's other launches timed beside the plan's: (block_n, block_k, num_warps, num_stages, split_k;
 # None: the plan's split for that tile), and Triton's nibble conversion (the A/B arm of the denormal one)
-# (sm_90 SASS, bf16 x, instructions a W byte / registers: BLOCK_N 4 7.7 / 72, 8 6.7 / 96, 16 6.3 / 128, 32 5.9 / 254)
+# (sm_90 SASS, bf16 x, Triton 3.6, instructions a W byte / registers: BLOCK_N 4 7.9 / 56, 8 6.9 / 64, 16 6.1 / 168,
+# 32 5.9 / 255; 2 or 8 warps as 4)
 ROW_SWEEP = [(4, 4096, 4, 3, None), (16, 4096, 4, 3, None), (16, 2048, 2, 3, None), (8, 2048, 2, 3, None),
              (8, 8192, 8, 3, None), (8, 4096, 4, 3, 1), (8, 4096, 4, 3, 4)]
 ROWS = 8                   # the several-row kernel timed at a verification of 8 tokens
