@@ -40,12 +40,9 @@ def _check(y, x, dequantized, N):
 
 
 def _quantize_with_group(N, K, G):
-    """A random (N, K) weight quantized in groups of G whatever G quantize_int4 would pick for K: its K // G groups
-    a row quantized as rows of G columns each, put back side by side."""
+    """A random (N, K) weight (rows of different spreads) quantized in groups of G columns."""
     w = torch.randn(N, K) * (torch.rand(N, 1) + 0.1)
-    pieces = quantize_int4(w.reshape(N * K // G, G))             # (N * K / G, G): one group a row
-    return type(pieces)(pieces.packed.reshape(N, K // 2), pieces.scale.reshape(N, K // G),
-                        pieces.offset.reshape(N, K // G))
+    return quantize_int4(w, G)
 
 
 @pytest.mark.parametrize("G, dtype, split_k, denormal", [
@@ -117,7 +114,7 @@ def test_the_op_is_well_formed():
 
 
 def test_invalid_inputs_are_refused_with_a_clear_message():
-    weight, _ = _int4_weight(8, 256)
+    weight = _quantize_with_group(8, 256, 128)
     packed, scale, offset = weight                                   # (8, 128), (8, 2), (8, 2): G = 128
     x = torch.randn(3, 256)
     for args, kwargs, says in (
