@@ -60,6 +60,17 @@ MAX_SPECULATE = 15     # a verification of 16 tokens: what an 8-bit cache's exac
 # (8 per KV head) at 9 tokens takes two tiles: its attention cost 1.60-1.64x a one-token step's on an H200
 # (bench/results/h200-run5/decode/, h200-run6/decode/), so the default depth is capped at 7 drafts there.
 TILE_ROWS = 64
+
+
+def default_speculation(device_type: str, heads_per_kv_head: int, weights_kind: str | None) -> int:
+    """Drafts per step when a request does not say: DEFAULT_SPECULATE for the device, capped so that a verification
+    step's rows fit one kernel tile (TILE_ROWS); none for int4 weights on a GPU, whose verification goes through the
+    several-row 4-bit GEMV: on an H100 it took 2.6-4.4x the one-row time at 8 rows where int8's took 1.0-1.1x, so a
+    34B verification cost ~2.5x a step, more than drafts save unless most are accepted (Run 50). `--speculate K`
+    still asks for it. A CPU's int4 projection dequantizes whatever its rows, so there a verification stays cheap."""
+    if weights_kind == "int4" and device_type == "cuda":
+        return 0
+    return min(DEFAULT_SPECULATE.get(device_type, 0), max(1, TILE_ROWS // heads_per_kv_head - 1))
 # A prompt that differs from the cached one in a few trailing tokens (an editor typing a character) feeds them
 # through graph replays of the decode step instead of an eager prefill: on an H200 a 1-2 token prefill of the
 # CodeLlama-7B shape took 45-77 ms of the server's time to first token, the replayed steps 21-28 ms
@@ -190,8 +201,8 @@ class Engine:
         self.live_logprobs: list | None = None       # its TokenLogprobs, where the request asks for them
         self._quant = parse_kv_cache(kv_cache, model.compute_dtype)
         # Drafts per step when a request does not say (GenerationConfig.speculate None); 0 turns it off.
-        group = model.config.n_heads // model.config.n_kv_heads
-        self.speculate = min(DEFAULT_SPECULATE.get(self._device.type, 0), max(1, TILE_ROWS // group - 1))
+        self.speculate = default_speculation(self._device.type, model.config.n_heads // model.config.n_kv_heads,
+                                             model.weights_kind)
         self._graphs_enabled = self._device.type == "cuda" if cuda_graphs is None else cuda_graphs
         if self._device.type == "cuda" and triton_installed():
             load_kernels()

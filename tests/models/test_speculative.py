@@ -385,6 +385,17 @@ def test_the_default_depth_keeps_a_verification_step_in_one_kernel_tile(smollm_e
     assert Engine(grouped, None, context_length=64).speculate == TILE_ROWS // 8 - 1 == 7
 
 
+def test_int4_weights_on_a_gpu_do_not_speculate_unless_asked():
+    """The several-row 4-bit GEMV made a 34B verification ~2.5x a step on an H100 (Run 50): no drafts by default
+    there; int8 weights, bf16 ones and a CPU's int4 ones (dequantized whatever the rows) keep the default."""
+    from models.engine import DEFAULT_SPECULATE, TILE_ROWS, default_speculation
+
+    assert default_speculation("cuda", 1, "int4") == 0
+    assert default_speculation("cpu", 3, "int4") == DEFAULT_SPECULATE["cpu"] == 8
+    assert default_speculation("cuda", 1, "int8") == default_speculation("cuda", 1, None) == DEFAULT_SPECULATE["cuda"]
+    assert default_speculation("cuda", 8, None) == TILE_ROWS // 8 - 1 == 7
+
+
 def test_a_cancel_while_a_step_verifies_sends_none_of_its_tokens(smollm_engine, runs, monkeypatch):
     """Ctrl-C, a departed streaming client or a newer request, asked while a verification step runs: the tokens
     that step emits (up to 1 + DEPTH) are not sent after the cancel, and the cache stays consistent."""
