@@ -54,6 +54,7 @@ checks it against float32 on a GPU and times it against int8 weights' GEMV and b
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import torch
@@ -396,6 +397,9 @@ def check_inputs(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, off
     if not x.device == packed.device == scale.device == offset.device:
         raise ValueError(f"gemv_int4: x, packed, scale and offset must share a device, got {x.device}, "
                          f"{packed.device}, {scale.device} and {offset.device}")
+    if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":    # (Triton's own error is a traceback)
+        raise ValueError(f"gemv_int4 runs on CUDA tensors (or in Triton's interpreter), not on {x.device}: "
+                         f"off the GPU, dequantize (kernels.int4_layout.dequantize_int4) and use F.linear")
     return G
 
 

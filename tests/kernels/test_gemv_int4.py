@@ -138,6 +138,14 @@ def test_invalid_inputs_are_refused_with_a_clear_message():
             gemv_int4(*args, **kwargs)
 
 
+def test_cpu_tensors_outside_the_interpreter_are_refused(monkeypatch):
+    """Off the GPU without TRITON_INTERPRET, Triton would fail with a traceback: one clear line instead."""
+    weight, _ = _int4_weight(8, 128)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match=r"runs on CUDA tensors \(or in Triton's interpreter\), not on cpu"):
+        gemv_int4(torch.randn(1, 128), *weight)
+
+
 def test_the_benchmark_checks_and_times_every_format(capsys):
     """`python -m kernels.gemv_int4`'s work for one shape (kernels.gemv_int4.measure), in the interpreter with a
     stand-in timer that runs each timed callable once: int4's check passes for every launch of the sweep, every
