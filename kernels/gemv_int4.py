@@ -78,6 +78,9 @@ DENORMAL_SHIFT = tl.constexpr(74)
 K_PER_PROGRAM = 8192   # deep projections (N < K) split into ranges of at most this many columns (4 KiB a row)
 # Several rows: BLOCK_N rows of W a program, one group of G columns a step.
 ROWS_BLOCK_N, ROWS_WARPS, ROWS_STAGES = 64, 4, 3
+# Groups unrolled a step. One a step took 2.6-4.4x the one-row kernel's time at 8 rows on an H100 (Run 50: 34B w13
+# 344.9 µs against 79.3; int8's few-row kernel 132.7): 1 KiB of W in flight a program. Not yet measured.
+ROWS_GROUPS_A_STEP = 8
 PROGRAMS_PER_SM = 2    # several rows: split K where the row blocks alone give fewer programs than this an SM
 MIN_GROUPS_PER_SPLIT = 4
 
@@ -280,8 +283,11 @@ def _gemv_int4_row_kernel(X, WORDS, SCALE, OFFSET, Y, PARTIALS, COUNTERS, N, K, 
 def _gemv_int4_rows_kernel(X, PACKED, SCALE, OFFSET, Y, PARTIALS, COUNTERS, M, N, K, stride_xm, stride_pn, stride_sn,
                            stride_ym, groups_per_split, num_splits, G: tl.constexpr, BLOCK_N: tl.constexpr,
                            M_PAD: tl.constexpr, SPLIT: tl.constexpr, UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr,
-                           PRMT: tl.constexpr):
-    """y^T's tile (BLOCK_N, M_PAD) += per group: (q_lo @ x_even^T + q_hi @ x_odd^T) * scale + offset * x's sums."""
+                           PRMT: tl.constexpr, GROUPS_A_STEP: tl.constexpr):
+    """y^T's tile (BLOCK_N, M_PAD) += per group: (q_lo @ x_even^T + q_hi @ x_odd^T) * scale + offset * x's sums,
+    GROUPS_A_STEP groups unrolled a loop step (their loads independent, so in flight together: one group of 32
+    columns is 16 bytes a row, 1 KiB a 64-row program, too little to cover the latency); a group past the range
+    loads zeros and adds nothing."""
     HALF: tl.constexpr = G // 2
     pid_n = tl.program_id(0)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                                  # (BLOCK_N,) rows of W
@@ -301,28 +307,32 @@ def _gemv_int4_rows_kernel(X, PACKED, SCALE, OFFSET, Y, PARTIALS, COUNTERS, M, N
     x_rows = X + offs_m[None, :] * stride_xm                                        # (1, M_PAD)
     DOT_DTYPE: tl.constexpr = tl.float32 if UPCAST else X.dtype.element_ty
     acc = tl.zeros([BLOCK_N, M_PAD], dtype=tl.float32)
-    for k0 in range(k_start, k_end, G):                 # one group a step (K and every range are whole groups)
-        p = tl.load(p_rows + (k0 // 2 + offs_j)[None, :], mask=mask_n[:, None], other=0)     # (BLOCK_N, HALF)
-        x = tl.load(x_rows + (k0 + offs_c)[:, None], mask=mask_m[None, :], other=0.0)  # (G, M_PAD)
-        x_even, x_odd = tl.split(tl.permute(tl.reshape(x, [HALF, 2, M_PAD]), [0, 2, 1]))  # (HALF, M_PAD) each
-        if UPCAST:         # the interpreter: fp32 at once
-            x_even = x_even.to(tl.float32)
-            x_odd = x_odd.to(tl.float32)
-        if PRMT:           # 16-bit x on the GPU
-            lo, hi = _nibbles_16bit(p, DOT_DTYPE == tl.float16)
-        else:
-            lo = (p & 0xF).to(DOT_DTYPE)                                            # exact: 0..15
-            hi = (p >> 4).to(DOT_DTYPE)
-        if IEEE_DOT:       # float32 x (and the interpreter): fp32 products, not TF32's
-            sums = tl.dot(lo, x_even.to(DOT_DTYPE), input_precision="ieee")
-            sums = tl.dot(hi, x_odd.to(DOT_DTYPE), sums, input_precision="ieee")
-        else:
-            sums = tl.dot(lo, x_even.to(DOT_DTYPE))                                 # (BLOCK_N, M_PAD) fp32
-            sums = tl.dot(hi, x_odd.to(DOT_DTYPE), sums)
-        x_sums = tl.sum(x_even.to(tl.float32) + x_odd.to(tl.float32), axis=0)     # (M_PAD,)
-        scale = tl.load(SCALE + s_rows + k0 // G, mask=mask_n, other=0.0).to(tl.float32)    # (BLOCK_N,)
-        offset = tl.load(OFFSET + s_rows + k0 // G, mask=mask_n, other=0.0).to(tl.float32)
-        acc += sums * scale[:, None] + offset[:, None] * x_sums[None, :]
+    for k_step in range(k_start, k_end, G * GROUPS_A_STEP):    # (K and every range are whole groups)
+        for g in tl.static_range(GROUPS_A_STEP):
+            k0 = k_step + g * G
+            inside = mask_n & (k0 + tl.zeros_like(rows) < k_end)    # (BLOCK_N,) rows of a group inside the range
+            p = tl.load(p_rows + (k0 // 2 + offs_j)[None, :], mask=inside[:, None], other=0)   # (BLOCK_N, HALF)
+            x = tl.load(x_rows + (k0 + offs_c)[:, None], mask=mask_m[None, :] & (k0 + offs_c < k_end)[:, None],
+                        other=0.0)                                                  # (G, M_PAD)
+            x_even, x_odd = tl.split(tl.permute(tl.reshape(x, [HALF, 2, M_PAD]), [0, 2, 1]))  # (HALF, M_PAD) each
+            if UPCAST:         # the interpreter: fp32 at once
+                x_even = x_even.to(tl.float32)
+                x_odd = x_odd.to(tl.float32)
+            if PRMT:           # 16-bit x on the GPU
+                lo, hi = _nibbles_16bit(p, DOT_DTYPE == tl.float16)
+            else:
+                lo = (p & 0xF).to(DOT_DTYPE)                                            # exact: 0..15
+                hi = (p >> 4).to(DOT_DTYPE)
+            if IEEE_DOT:       # float32 x (and the interpreter): fp32 products, not TF32's
+                sums = tl.dot(lo, x_even.to(DOT_DTYPE), input_precision="ieee")
+                sums = tl.dot(hi, x_odd.to(DOT_DTYPE), sums, input_precision="ieee")
+            else:
+                sums = tl.dot(lo, x_even.to(DOT_DTYPE))                                 # (BLOCK_N, M_PAD) fp32
+                sums = tl.dot(hi, x_odd.to(DOT_DTYPE), sums)
+            x_sums = tl.sum(x_even.to(tl.float32) + x_odd.to(tl.float32), axis=0)     # (M_PAD,)
+            scale = tl.load(SCALE + s_rows + k0 // G, mask=inside, other=0.0).to(tl.float32)  # (BLOCK_N,)
+            offset = tl.load(OFFSET + s_rows + k0 // G, mask=inside, other=0.0).to(tl.float32)
+            acc += sums * scale[:, None] + offset[:, None] * x_sums[None, :]
     y_offs = offs_m[None, :] * stride_ym + rows[:, None]                            # (BLOCK_N, M_PAD) of y (M, N)
     part_offs = offs_m[None, :] * N + rows[:, None]                                 # of a split's (M, N) partials
     _store_or_meet(Y, PARTIALS, COUNTERS, acc, y_offs, part_offs, mask_n[:, None] & mask_m[None, :], pid_n,
@@ -334,7 +344,7 @@ class Plan(NamedTuple):
     split_k ranges of k_per_split columns (split_k 1: one range, all of K)."""
     kernel: str
     block_n: int
-    block_k: int           # columns a step: a multiple of G ("rows": G itself)
+    block_k: int           # columns a step: a multiple of G (for "rows", G x the groups unrolled a step)
     num_warps: int
     num_stages: int
     split_k: int = 1
@@ -364,7 +374,10 @@ def plan(M: int, N: int, K: int, G: int, sms: int = 132) -> Plan:
     row_blocks = triton.cdiv(N, ROWS_BLOCK_N)
     target = PROGRAMS_PER_SM * sms
     split = 1 if row_blocks >= target else min(triton.cdiv(target, row_blocks), K // G // MIN_GROUPS_PER_SPLIT)
-    return Plan("rows", ROWS_BLOCK_N, G, ROWS_WARPS, ROWS_STAGES, *split_for(N, K, ROWS_BLOCK_N, G, split))
+    block_k = G * ROWS_GROUPS_A_STEP
+    split = min(split, max(1, K // block_k))
+    return Plan("rows", ROWS_BLOCK_N, block_k, ROWS_WARPS, ROWS_STAGES,
+                *split_for(N, K, ROWS_BLOCK_N, block_k, split))
 
 
 def check_inputs(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> int:
@@ -414,7 +427,7 @@ def gemv_int4(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, offset
               denormal: bool = True) -> torch.Tensor:
     """x (M, K), 1 <= M <= MAX_ROWS, float32/bfloat16/float16; packed (N, K // 2) uint8; scale, offset (N, K // G)
     float16 -> y (M, N) in x.dtype. The other arguments (benchmarks, tests) replace `plan`'s: kernel "row" (M = 1
-    only) or "rows", the tile (block_k: a multiple of G for "row"; "rows" steps a group), split_k ranges (1:
+    only) or "rows", the tile (block_k: a power-of-two multiple of G; for "rows", G x the groups a step), split_k (1:
     unsplit); denormal False: the row kernel converts nibbles by Triton's I2F (the A/B arm)."""
     G = check_inputs(x, packed, scale, offset)
     M, K = x.shape
@@ -424,7 +437,7 @@ def gemv_int4(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, offset
     chosen = plan(2 if kernel == "rows" else M, N, K, G, sm_count(x.device))
     kernel = chosen.kernel
     block_n = block_n or chosen.block_n
-    block_k = G if kernel == "rows" else (block_k or chosen.block_k)
+    block_k = block_k or chosen.block_k
     if block_k % G or not _power_of_two(block_k // G) or not _power_of_two(block_n):
         raise ValueError(f"gemv_int4: block_n {block_n} and block_k / G {block_k} / {G} must be powers of two")
     num_warps, num_stages = num_warps or chosen.num_warps, num_stages or chosen.num_stages
@@ -452,7 +465,7 @@ def gemv_int4(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, offset
             x, packed, scale, offset, y, partials, counters, M, N, K, x.stride(0), packed.stride(0), scale.stride(0),
             y.stride(0), k_per_split // G, split_k, G=G, BLOCK_N=block_n, M_PAD=M_PAD, SPLIT=split_k > 1, UPCAST=upcast,
             IEEE_DOT=upcast or x.dtype == torch.float32, PRMT=not upcast and x.dtype != torch.float32,
-            num_warps=num_warps, num_stages=num_stages)
+            GROUPS_A_STEP=block_k // G, num_warps=num_warps, num_stages=num_stages)
     return y
 
 
@@ -486,7 +499,7 @@ def compile_facts(arch: int = 90) -> list[dict]:
               ("row", "fp16", 128, (12288, 4096), True), ("row", "fp32", 128, (12288, 4096), True),
               ("row", "bf16", 64, (1536, 576), True), ("row", "bf16", 32, (4096, 4096), True),
               ("row", "bf16", 128, (12288, 4096), False),
-              ("rows", "bf16", 128, (22016, 4096), True), ("rows", "bf16", 128, (4096, 4096), True),
+              ("rows", "bf16", 32, (22016, 4096), True), ("rows", "bf16", 128, (4096, 4096), True),
               ("rows", "fp16", 128, (4096, 4096), True), ("rows", "fp32", 128, (4096, 4096), True)]
     for kernel, dtype, G, (N, K), denormal in builds:
         chosen = plan(1 if kernel == "row" else 8, N, K, G)
@@ -500,7 +513,7 @@ def compile_facts(arch: int = 90) -> list[dict]:
         else:
             binary = _compile(_gemv_int4_rows_kernel, dict(pointers, PACKED="*u8"),
                               dict(G=G, BLOCK_N=chosen.block_n, M_PAD=M_PAD, SPLIT=chosen.split_k > 1, UPCAST=False,
-                                   IEEE_DOT=dtype == "fp32", PRMT=dtype != "fp32"),
+                                   IEEE_DOT=dtype == "fp32", PRMT=dtype != "fp32", GROUPS_A_STEP=chosen.block_k // G),
                               target, chosen.num_warps, chosen.num_stages, floats=(),
                               not_divisible=("M", "num_splits"))
         sass = sass_facts(binary.asm["cubin"], with_opcodes=True)
@@ -536,9 +549,10 @@ LAYERS = {"7B": 32, "34B": 48}
 ROW_SWEEP = [(4, 4096, 4, 3, None), (16, 4096, 4, 3, None), (16, 2048, 2, 3, None), (8, 2048, 2, 3, None),
              (8, 8192, 8, 3, None), (8, 4096, 4, 3, 1), (8, 4096, 4, 3, 4)]
 ROWS = 8                   # the several-row kernel timed at a verification of 8 tokens
-# its other launches timed beside the plan's: (block_n, num_warps, num_stages) (sm_90 SASS, bf16 x: BLOCK_N 64 12.0
-# instructions a W byte at 94 registers; 128: 9.1 at 168, 10.8 with 8 warps at 87)
-ROWS_SWEEP = [(128, 4, 3), (128, 8, 3)]
+# its other launches timed beside the plan's: (block_n, block_k, num_warps, num_stages) (sm_90 SASS, bf16 x, one
+# group a step: BLOCK_N 64 12.0 instructions a W byte at 94 registers; 128: 9.1 at 168, 10.8 with 8 warps at 87;
+# 8 groups of 128 a step at BLOCK_N 64: 11.7 at 158)
+ROWS_SWEEP = [(64, 32, 4, 3), (64, 128, 4, 3), (64, 512, 4, 3), (64, 512, 8, 3), (128, 256, 8, 3), (32, 256, 4, 3)]
 
 
 def _error(y: torch.Tensor, x: torch.Tensor, dequantized: torch.Tensor) -> float:
@@ -572,7 +586,8 @@ def measure(name: str, N: int, K: int, *, timer, device: str = "cuda", rotate: i
             kernel="row", block_n=c[0], block_k=c[1], num_warps=c[2], num_stages=c[3], split_k=c[4])
         for c in ROW_SWEEP} | {"I2F nibbles": dict(denormal=False)})
     rows_launches = {"plan": {}} | ({} if not sweep else {
-        f"n{c[0]} w{c[1]} s{c[2]}": dict(kernel="rows", block_n=c[0], num_warps=c[1], num_stages=c[2])
+        f"n{c[0]} k{c[1]} w{c[2]} s{c[3]}": dict(kernel="rows", block_n=c[0], block_k=c[1], num_warps=c[2],
+                                                 num_stages=c[3])
         for c in ROWS_SWEEP})
     # correctness first: every launch timed below, one row and several, against float32
     errors = {label: _error(gemv_int4(x, *w4, **kw), x, dequantized) for label, kw in launches.items()}
