@@ -78,9 +78,11 @@ DENORMAL_SHIFT = tl.constexpr(74)
 K_PER_PROGRAM = 8192   # deep projections (N < K) split into ranges of at most this many columns (4 KiB a row)
 # Several rows: BLOCK_N rows of W a program, one group of G columns a step.
 ROWS_BLOCK_N, ROWS_WARPS, ROWS_STAGES = 64, 4, 3
-# Groups unrolled a step. One a step took 2.6-4.4x the one-row kernel's time at 8 rows on an H100 (Run 50: 34B w13
-# 344.9 µs against 79.3; int8's few-row kernel 132.7): 1 KiB of W in flight a program. Not yet measured.
-ROWS_GROUPS_A_STEP = 8
+# Groups unrolled a step. At 8 rows on an H200 (Run 50, bf16 x, G = 32, BLOCK_N 64, 4 warps; 34B w13 / w2 / wqkv,
+# µs): 1 a step 346 / 143 / 96, 4 a step 341 / 135 / 93, 8 408 / 195 / 111, 16 405 / 193 / 111. The kernel is bound
+# by its instructions (11.7 a byte of W: one group's two 16-deep dots a step), not by the bytes in flight, so more
+# unrolling does not help; it stays 4.4-6.5x the one-row kernel's time (int8's few-row kernel: 1.1-1.3x).
+ROWS_GROUPS_A_STEP = 4
 PROGRAMS_PER_SM = 2    # several rows: split K where the row blocks alone give fewer programs than this an SM
 MIN_GROUPS_PER_SPLIT = 4
 

@@ -65,9 +65,9 @@ TILE_ROWS = 64
 def default_speculation(device_type: str, heads_per_kv_head: int, weights_kind: str | None) -> int:
     """Drafts per step when a request does not say: DEFAULT_SPECULATE for the device, capped so that a verification
     step's rows fit one kernel tile (TILE_ROWS); none for int4 weights on a GPU, whose verification goes through the
-    several-row 4-bit GEMV: on an H100 it took 2.6-4.4x the one-row time at 8 rows where int8's took 1.0-1.1x, so a
-    34B verification cost ~2.5x a step, more than drafts save unless most are accepted (Run 50). `--speculate K`
-    still asks for it. A CPU's int4 projection dequantizes whatever its rows, so there a verification stays cheap."""
+    several-row 4-bit GEMV: it took 2.6-4.4x the one-row time at 8 rows on an H100 and 4.4-6.5x on an H200, where
+    int8's few-row kernel took 1.0-1.3x (Run 50), so a 34B verification costs several steps, more than drafts save
+    unless nearly all are accepted. `--speculate K` still asks for it. A CPU's int4 projection dequantizes whatever its rows, so there a verification stays cheap."""
     if weights_kind == "int4" and device_type == "cuda":
         return 0
     return min(DEFAULT_SPECULATE.get(device_type, 0), max(1, TILE_ROWS // heads_per_kv_head - 1))

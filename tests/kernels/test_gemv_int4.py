@@ -87,8 +87,8 @@ def test_several_rows_match_float64(M, G, dtype, split_k, groups, poisoned_empty
 
 
 def test_the_plan_unrolls_groups_for_several_rows():
-    """Several rows step ROWS_GROUPS_A_STEP groups at a time (one group a step kept 1 KiB in flight a program and
-    took 2.6-4.4x the one-row time at 8 rows on an H100, Run 50); a split counts whole steps."""
+    """Several rows step ROWS_GROUPS_A_STEP groups at a time (4 a step measured best on an H200, Run 50); a split
+    counts whole steps."""
     from kernels.gemv_int4 import ROWS_GROUPS_A_STEP, plan
 
     chosen = plan(9, 44032, 8192, 32)
