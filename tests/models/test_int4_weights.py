@@ -9,13 +9,13 @@ import copy
 import pytest
 import torch
 
-from kernels.int4_layout import Int4Weight, dequantize_int4, group_size, int4_bytes, quantize_int4
+from kernels.int4_layout import Int4Weight, dequantize_int4, int4_bytes, quantize_int4
 from models import int4_weights
 from models.config import ModelConfig
 from models.errors import SettingError
 from models.llama import Decode, attention_output_and_ffn, build_random_model, linear, projection_weight
 
-# K = 64 (dim: G 64), 96 (ffn: G 32), 64 (heads x head dim): every group size but 128, which SmolLM2's 1536 takes.
+# K = 64 (dim), 96 (ffn), 64 (heads x head dim): groups of 32 (kernels.int4_layout.GROUP), 2 or 3 a row.
 CONFIG = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=96, vocab_size=101, max_positions=64)
 PROMPT = [1, 17, 45, 3, 88, 20, 9, 61, 33, 50, 7]
 
@@ -46,7 +46,7 @@ def test_quantize_weights_makes_every_projection_int4_and_keeps_the_embeddings(m
         weight = projection_weight(module)
         N, K = before.weight.shape
         assert isinstance(weight, Int4Weight) and weight.packed.shape == (N, K // 2)
-        assert weight.scale.shape == weight.offset.shape == (N, K // group_size(K))
+        assert weight.scale.shape == weight.offset.shape == (N, K // 32)        # the product's group
         assert all(torch.equal(a, b) for a, b in zip(weight, quantize_int4(before.weight)))
     # A tied head gets an int4 copy of its own: the embedding table stays float32, untouched.
     assert quantized.tok_embeddings.weight.dtype == torch.float32
@@ -121,7 +121,7 @@ def test_a_fused_step_is_never_taken_with_int4_weights_whatever_the_order():
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
 def test_linear_computes_int4_weights_on_the_cpu_as_their_dequantized_values(dtype, tolerance):
     """One row, several, batched leading dimensions: x @ dequantized^T in x's dtype, within its rounding."""
-    weight = quantize_int4(torch.randn(48, 256))                    # G = 128
+    weight = quantize_int4(torch.randn(48, 256))                    # G = 32: 8 groups a row
     exact = dequantize_int4(weight, torch.float64)
     for shape in ((256,), (1, 1, 256), (3, 256), (2, 5, 256), (40, 256)):
         x = torch.randn(shape).to(dtype)
@@ -172,7 +172,7 @@ def test_the_bytes_a_step_reads_count_int4_weights_their_scales_and_offsets(tied
               (2 * c.ffn_dim, c.dim), (c.dim, c.ffn_dim)] * c.n_layers + [(c.vocab_size, c.dim)]
     norms = (2 * c.n_layers + 1) * c.dim * 4
     model.quantize_weights(weights="int4")
-    assert weight_bytes_per_step(model) == sum(n * k // 2 + 4 * n * (k // group_size(k)) for n, k in shapes) + norms
+    assert weight_bytes_per_step(model) == sum(n * k // 2 + 4 * n * (k // 32) for n, k in shapes) + norms
     assert weight_bytes_per_step(model) == sum(int4_bytes(n, k) for n, k in shapes) + norms
 
 
@@ -219,10 +219,13 @@ def test_an_int4_engine_generates_through_prefill_decode_speculation_batches_and
     assert engine.model.weights_kind == "int4" and engine.precision == "float32, int4 weights"
     prompt = engine.tokenizer.encode("class Stack:\n    def __init__(self):\n        self.items = []\n\n"
                                      "    def push(self, item):\n        self.items.append(item)\n\n"
-                                     "    def pop(self):\n")
+                                     "    def pop(self):\n        return self.")
     plain = engine.generate(prompt, GenerationConfig(max_new_tokens=24, speculate=0))
     speculated = engine.generate(prompt, GenerationConfig(max_new_tokens=24, speculate=4))
-    assert len(plain.token_ids) == 24 and "self.items" in plain.text, plain.text
+    # (the float32 and int8 models continue this prompt with the same 24 tokens; after "def pop(self):\n" alone,
+    # float32 writes prose, and so do int4 weights in groups of 32)
+    assert len(plain.token_ids) == 24 and plain.text.startswith("items.pop()\n") and "self.items" in plain.text, \
+        plain.text
     assert speculated.token_ids == plain.token_ids
     assert speculated.timings.verify_steps > 0
     extended = engine.generate(prompt + plain.token_ids[:2], GenerationConfig(max_new_tokens=4, speculate=0))
