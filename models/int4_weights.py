@@ -1,32 +1,36 @@
 """4-bit weight-only quantization (`--weights int4`): the projections' weights in kernels/int4_layout.py's layout,
 and the one place a projection with such a weight is computed.
 
-    weight[n, k] ~ q[n, k] * scale[n, k // G] + offset[n, k // G],   q in 0..15, G = 128 (64, 32 where K needs it)
+    weight[n, k] ~ q[n, k] * scale[n, k // G] + offset[n, k // G],   q in 0..15, G = 32 (kernels.int4_layout.GROUP)
 
-Half the bytes of int8 weights and ~0.27 of bf16 ones (CodeLlama-34B: ~18 GB against 34 and 68): a batch-1 decode
-step streams every weight once, so at long contexts the step is left to the KV cache, and a 34B model fits a 24 GB
-card. A module holds the packed nibbles as its `weight` (N, K // 2) uint8 and `weight_scale`, `weight_offset`
-(N, K // G) float16 buffers (`Transformer.materialize`, `Transformer.quantize_weights`); the embedding table stays in
-the model's dtype and a head tied to it gets an int4 copy of its own, as with int8 weights.
+5 bits a weight with the scale and offset: ~0.62 of int8 weights' bytes and ~0.31 of bf16 ones (CodeLlama-34B:
+21.5 GB held (20.0 GiB), 20.9 GB read a decode step, against 33.5 and 67.0 read; `weights_memory.weight_bytes`): a
+batch-1 decode step streams every weight once, so at long contexts the step is left to the KV cache, and a 34B model
+fits a 24 GB card (with ~3 GiB left for its KV cache). A module holds the packed nibbles as its `weight` (N, K // 2)
+uint8 and `weight_scale`, `weight_offset` (N, K // G) float16 buffers (`Transformer.materialize`,
+`Transformer.quantize_weights`); the embedding table stays in the model's dtype and a head tied to it gets an int4
+copy of its own, as with int8 weights.
 
-Accuracy (round to nearest per group, no calibration): the embedded SmolLM2-135M teacher-forced over 2,040 positions
-of installed packages' code, int4 against its float32 weights: the top-1 next token agrees at 66.1%, mean KL 0.460
-nats, log-loss +18.6% (int8 weights: 95.2%, 4.7e-3 nats, +0.3%; tests/models/test_int4_weights_accuracy.py,
-bench/results/NOTES.md). A 135M model is the hard case for 4 bits, and this one's float32 weights are Q4_1 blocks of
-32 columns dequantized, which its groups of 64 and 128 straddle: with groups of 32 the same test gives 88.2%, 0.044
-nats, +1.4%. Not measured on a 7B or 34B checkpoint (none is on these machines): prefer int8 where it fits.
+Accuracy (round to nearest per group of 32, no calibration): the embedded SmolLM2-135M teacher-forced over 2,040
+positions of installed packages' code, int4 against its float32 weights: the top-1 next token agrees at 88.2%, mean
+KL 0.044 nats, log-loss +1.4% (int8 weights: 95.2%, 4.7e-3 nats, +0.3%; tests/models/test_int4_weights_accuracy.py,
+bench/results/NOTES.md). This model's float32 weights are Q4_1 blocks of 32 dequantized, which groups of 32
+reproduce exactly, so all of that loss is its int4 vocabulary head (kept in float32: 100%, KL 0); groups of 64 and
+128, which straddle those blocks, gave 66.1%, 0.460 nats, +18.6%: why the group is 32. Not measured on a 7B or 34B
+checkpoint (none is on these machines): prefer int8 where it fits.
 
 `linear_int4` computes x @ weight^T for every caller of `models.llama.linear`:
     CUDA, 1..16 rows   `torch.ops.codecomplete.gemv_int4` (kernels/gemv_int4.py) on the packed bytes, read once: a
                        decode step, a speculative verification of 1 + k <= 16 tokens, a batch of up to 16
     CUDA, more rows    (prefill) the weight dequantized to the activations' dtype, then cuBLAS: a transient buffer
-                       of the whole weight in that dtype (bf16: 4x the int4 bytes) written and read per call, which a
+                       of the whole weight in that dtype (bf16: 3.2x the int4 bytes) written and read per call, which a
                        compute-bound prefill barely notices; the peak memory of a prefill grows by its largest
                        projection's (34B's w13: 0.72 GB in bf16)
-    CPU                the same dequantized weight and F.linear: int4 weights save memory on a CPU, not time (each
-                       call unpacks the nibbles and writes the float weight before the matmul reads it): the
-                       embedded model decoded 0.69 tok/s against 9.6 in float32 and 3.9 with int8 weights (one thread
-                       of a loaded 2-core CPU, best of 3 x 32 tokens), its weights 202 MiB against 536 and 260
+    CPU                the weight dequantized CPU_CHUNK_BYTES of rows at a time, each chunk multiplied while it is
+                       in the cache (`linear_by_row_chunks`): int4 weights save memory on a CPU, and cost about what
+                       int8 ones do: the embedded model decodes 4.0 tok/s against 3.6 with int8 weights and 9.8 in
+                       float32 (the whole weight dequantized per call: 1.6; one thread of a loaded 2-core CPU, best
+                       of 3 x 32 tokens), its weights 188 MiB against 237 and 513 (108 of them the float32 table)
 Compiled (the decode step is torch.compile'd and graph-replayed on CUDA) the op is opaque to Inductor and the
 NamedTuple's three tensors are three graph inputs, as `Int8Weight`'s two are.
 """
@@ -40,6 +44,7 @@ from kernels.int4_layout import Int4Weight, dequantize_int4, quantize_int4
 
 FEW_ROWS = 16          # the most rows torch.ops.codecomplete.gemv_int4 takes
 CUDA_OP = True         # A/B and checks: False runs every CUDA call on the dequantized weight (models.bench)
+CPU_CHUNK_BYTES = 2**19   # a CPU's float weight rows dequantized at a time: fits a core's L2 for the matmul to read
 
 
 def register_cuda_ops() -> None:
@@ -55,9 +60,37 @@ def linear_int4(x: torch.Tensor, weight: Int4Weight) -> torch.Tensor:
     rows = x.numel() // K
     if x.is_cuda and cuda_route(rows) == "op":
         return torch.ops.codecomplete.gemv_int4(x.reshape(rows, K), packed, scale, offset).view(*x.shape[:-1], N)
-    # Prefill, or a CPU: the whole weight in x's dtype for this call (each value rounded once from its float32
-    # q * scale + offset, exact in float32 but for the sum's rounding), then the BLAS.
+    if not x.is_cuda:
+        return linear_by_row_chunks(x, weight)
+    # Prefill: the whole weight in x's dtype for this call (each value rounded once from its float32
+    # q * scale + offset, exact in float32 but for the sum's rounding), then cuBLAS.
     return F.linear(x, dequantize_int4(weight, x.dtype))
+
+
+def linear_by_row_chunks(x: torch.Tensor, weight: Int4Weight) -> torch.Tensor:
+    """x (..., K) @ weight^T -> (..., N) on a CPU: the weight dequantized CPU_CHUNK_BYTES of rows at a time into one
+    buffer that the matmul then reads while it is still in the core's cache, rather than the whole float weight
+    written to memory and read back (the head of the embedded model: 113 MB a call). The same values as
+    `dequantize_int4` (q * scale + offset in float32, rounded once to x's dtype), each chunk's rows summed by the
+    BLAS as a whole weight's would be but for the order."""
+    packed, scale, offset = weight
+    N, K = packed.shape[0], 2 * packed.shape[1]
+    groups = scale.shape[1]
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    rows = max(1, CPU_CHUNK_BYTES // (K * work.itemsize))
+    xT = x.reshape(-1, K).t()                                                   # (K, M)
+    yT = torch.empty(N, xT.shape[1], dtype=x.dtype)                             # (N, M)
+    buffer = torch.empty(rows, groups, K // groups, dtype=work)                 # (rows, K/G, G)
+    for start in range(0, N, rows):
+        end = min(start + rows, N)
+        w, nibbles = buffer[:end - start], packed[start:end]                    # (n, K/G, G), (n, K/2)
+        pairs = w.view(end - start, K // 2, 2)                                  # column 2j, 2j + 1 of byte j
+        pairs[..., 0].copy_(nibbles & 0xF)
+        pairs[..., 1].copy_(nibbles >> 4)
+        w.mul_(scale[start:end, :, None]).add_(offset[start:end, :, None])     # (a broadcast addcmul: slower)
+        w = w.view(end - start, K)
+        torch.mm(w if work == x.dtype else w.to(x.dtype), xT, out=yT[start:end])
+    return yT.t().contiguous().view(*x.shape[:-1], N)     # (one row: no copy)
 
 
 def cuda_route(rows: int) -> str:

@@ -131,6 +131,24 @@ def test_linear_computes_int4_weights_on_the_cpu_as_their_dequantized_values(dty
         assert ((y.double() - x.double() @ exact.T).abs() <= tolerance * bound).all(), shape
 
 
+@pytest.mark.parametrize("shape", [(1, 256), (5, 256), (2, 3, 256)])
+def test_a_cpu_projection_dequantizes_a_chunk_of_rows_at_a_time(shape):
+    """On a CPU the float weight is never whole: the allocator's peak is a chunk of its rows (CPU_CHUNK_BYTES), the
+    chunk's nibbles and the output, not N x K floats (4 MB here), and the result is x @ dequantized^T still, across a
+    last chunk shorter than the others (4,000 rows, 512 a chunk)."""
+    from test_int8_loading import peak_bytes
+    N, K = 4000, shape[-1]
+    weight = quantize_int4(torch.randn(N, K))
+    exact = dequantize_int4(weight, torch.float64)
+    x = torch.randn(shape)
+    y, peak = peak_bytes(lambda: linear(x, weight))
+    out = y.numel() * y.element_size()
+    assert peak <= int4_weights.CPU_CHUNK_BYTES + N * K // 2 // 4 + 2 * out, (peak, N * K * 4)
+    bound = x.double().abs() @ exact.abs().T
+    assert y.shape == (*shape[:-1], N) and y.is_contiguous()
+    assert ((y.double() - x.double() @ exact.T).abs() <= 1e-5 * bound).all()
+
+
 def test_cuda_takes_the_op_for_up_to_16_rows_and_the_dequantized_weight_beyond():
     """1..16 rows (a decode step, a verification of 1 + k <= 16 tokens, a batch of up to 16): the op on the packed
     bytes; more (prefill), none, or the op switched off for an A/B: the dequantized weight for cuBLAS."""
