@@ -11,8 +11,8 @@ Caches are filled with random K/V (never zeros) up to the context; prefill is ex
 rows with 8-bit caches (fp8, int8: random 8-bit values and scales), read by every backend. --weights int8 adds
 rows with the projections' weights in int8 (models/int8_weights.py: the bf16 model quantized after its rows), whose
 roofline counts the bytes they read (int8 values and float32 scales); --weights int4 likewise with 4-bit weights
-(models/int4_weights.py: packed nibbles, float16 scales and offsets per group), whose one-token batch-1 step is the
-compiled general one (the fused kernels read 16-bit and int8 weights only; each row names its `one_token_step`).
+(models/int4_weights.py: packed nibbles, float16 scales and offsets per group of 32 columns), whose one-token batch-1
+step is the compiled general one (the fused kernels read 16-bit and int8 weights only; each row names its `one_token_step`).
 (models/decode_bench.py: issues 11 and 13's GPU run, the 8-bit caches' capacity and verification steps.)
 
 Per (model, batch, context) it reports decode tokens/s for:
@@ -598,7 +598,7 @@ def main(argv=None) -> int:
                         help="KV cache types to time: bf16, fp8, int8 (default: bf16)")
     parser.add_argument("--weights", type=comma_list(one_of(*WEIGHTS)), default="bf16",
                         help="the projections' weights to time: bf16, int8 (int8 values, a float32 scale per row), "
-                             "int4 (4 bits, a float16 scale and offset per group of 128 columns; the compiled "
+                             "int4 (4 bits, a float16 scale and offset per group of 32 columns; the compiled "
                              "general step, not the fused one) (default: bf16)")
     parser.add_argument("--tag", default="", help="suffix of the output file names")
     parser.add_argument("--gpus", type=whole(0), default=0,

@@ -64,7 +64,7 @@ SPLIT_INT4 = ("int4 weights are not supported on a model split over several proc
 def parse_weights(weights) -> str | None:
     """How the projections' weights are stored: None (the model's dtype, or `parse_matmul_dtype`'s), "int8" (int8
     with a float32 scale per output row, models/int8_weights.py) or "int4" (4 bits with a float16 scale and offset
-    per group of columns, models/int4_weights.py)."""
+    per group of 32 columns, models/int4_weights.py)."""
     if weights is None:
         return None
     name = str(weights).lower()
