@@ -66,7 +66,12 @@ def script() -> Path:
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
+    """The session's cache folder, the embedded model's conversion in it (made once a run: embedded_conversion)."""
+    from embedded_conversion import copy_into
+
+    cache = tmp_path_factory.mktemp("cache")
+    copy_into(cache, tmp_path_factory)
+    return cache
 
 
 @pytest.fixture(scope="session")

@@ -11,9 +11,14 @@ from tiny_models import make_llama_tokenizer, save_tiny_llama
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_environment(tmp_path_factory):
-    """Converted models go to a fresh cache dir; no user model choice leaks in."""
+    """Converted models go to a fresh cache dir (the embedded model's conversion in it, made once a run:
+    embedded_conversion); no user model choice leaks in."""
+    from embedded_conversion import copy_into
+
     saved = {k: os.environ.get(k) for k in ("CODECOMPLETE_CACHE_DIR", "CODECOMPLETE_MODEL")}
-    os.environ["CODECOMPLETE_CACHE_DIR"] = str(tmp_path_factory.mktemp("codecomplete-cache"))
+    cache = tmp_path_factory.mktemp("codecomplete-cache")
+    copy_into(cache, tmp_path_factory)
+    os.environ["CODECOMPLETE_CACHE_DIR"] = str(cache)
     os.environ.pop("CODECOMPLETE_MODEL", None)
     yield
     for key, value in saved.items():
