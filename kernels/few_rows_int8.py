@@ -48,7 +48,7 @@ import triton.language as tl
 
 from kernels import settings
 from kernels.devices import on_first_tensors_device
-from kernels.gemv import MAX_ROW_BLOCKS, tickets
+from kernels.gemv import MAX_ROW_BLOCKS, split_launch
 from kernels.split_kv import _int8_to_fp16
 from kernels.split_kv_row import _int8_to_fp32
 
@@ -235,16 +235,12 @@ def few_rows_int8(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Ten
         split_k, k_per_split = chosen.split_k, chosen.k_per_split
     else:                  # another tile (or a split asked for): K cut for it
         split_k, k_per_split = split_for(N, K, block_n, block_k, sms, split_k)
-    counters = tickets(x.device) if split_k > 1 else None
-    if counters is None:   # unsplit, or a CUDA graph captured before the tickets exist: one range
-        split_k, k_per_split = 1, K
     if x.stride(1) != 1:
         x = x.contiguous()
-    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    partials = torch.empty((split_k, M, N), dtype=torch.float32, device=x.device) if split_k > 1 else y
+    y, partials, counters, split_k, k_per_split = split_launch(x, N, K, split_k, k_per_split)
     upcast = not x.is_cuda         # the interpreter: widen to fp32 at once
     _few_rows_int8_kernel[(triton.cdiv(N, block_n), split_k)](
-        x, weight, weight_scale, y, partials, counters if counters is not None else y, M, N, K, x.stride(0),
+        x, weight, weight_scale, y, partials, counters, M, N, K, x.stride(0),
         weight.stride(0), y.stride(0), k_per_split, split_k,
         BLOCK_N=block_n, BLOCK_K=block_k, M_PAD=M_PAD, SPLIT=split_k > 1, INT8_PRMT=x.is_cuda, UPCAST=upcast,
         IEEE_DOT=upcast or x.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages)

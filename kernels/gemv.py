@@ -30,6 +30,8 @@ it is compiled: switching it takes a new CUDA-graph capture, no recompilation.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -131,6 +133,28 @@ def tickets(device: torch.device) -> torch.Tensor | None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)   # zeroed before any stream uses them
     return counters
+
+
+class SplitLaunch(NamedTuple):
+    """What a several-row split-K launch writes (`split_launch`): y (M, N), the fp32 partials (split_k, M, N) (y
+    itself when unsplit), the tickets (y when unsplit: never read), and the K ranges it runs."""
+    y: torch.Tensor
+    partials: torch.Tensor
+    counters: torch.Tensor
+    split_k: int
+    k_per_split: int
+
+
+def split_launch(x: torch.Tensor, N: int, K: int, split_k: int, k_per_split: int) -> SplitLaunch:
+    """The buffers of x (M, K) @ W (N, K)^T in `split_k` ranges of `k_per_split` columns (kernels/few_rows_int8.py,
+    kernels/gemv_int4.py): one range where this device's tickets do not exist yet (a CUDA graph captured first)."""
+    counters = tickets(x.device) if split_k > 1 else None
+    if counters is None:
+        split_k, k_per_split = 1, K
+    M = x.shape[0]
+    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    partials = torch.empty((split_k, M, N), dtype=torch.float32, device=x.device) if split_k > 1 else y
+    return SplitLaunch(y, partials, counters if counters is not None else y, split_k, k_per_split)
 
 
 @on_first_tensors_device

@@ -63,7 +63,7 @@ import triton.language as tl
 
 from kernels.devices import on_first_tensors_device
 from kernels.few_rows_int8 import sm_count
-from kernels.gemv import MAX_ROW_BLOCKS, tickets
+from kernels.gemv import MAX_ROW_BLOCKS, split_launch
 from kernels.int4_layout import GROUP_SIZES
 
 MAX_ROWS = 16          # x's rows at most; the several-row kernel pads them to M_PAD (a tensor-core dot's side)
@@ -447,14 +447,9 @@ def gemv_int4(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, offset
         split_k, k_per_split = chosen.split_k, chosen.k_per_split
     else:
         split_k, k_per_split = split_for(N, K, block_n, block_k, split_k if split_k is not None else chosen.split_k)
-    counters = tickets(x.device) if split_k > 1 else None
-    if counters is None:   # unsplit, or a CUDA graph captured before the tickets exist: one range
-        split_k, k_per_split = 1, K
     if x.stride(1) != 1:
         x = x.contiguous()
-    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    partials = torch.empty((split_k, M, N), dtype=torch.float32, device=x.device) if split_k > 1 else y
-    counters = counters if counters is not None else y
+    y, partials, counters, split_k, k_per_split = split_launch(x, N, K, split_k, k_per_split)
     grid = (triton.cdiv(N, block_n), split_k)
     if kernel == "row":
         _gemv_int4_row_kernel[grid](

@@ -13,7 +13,7 @@ from kernels.int4_layout import Int4Weight, dequantize_int4, int4_bytes, quantiz
 from models import int4_weights
 from models.config import ModelConfig
 from models.errors import SettingError
-from models.llama import Decode, attention_output_and_ffn, build_random_model, linear, projection_weight
+from models.llama import Decode, build_random_model, linear, projection_weight
 
 # K = 64 (dim), 96 (ffn), 64 (heads x head dim): groups of 32 (kernels.int4_layout.GROUP), 2 or 3 a row.
 CONFIG = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=96, vocab_size=101, max_positions=64)
@@ -158,24 +158,6 @@ def test_cuda_takes_the_op_for_up_to_16_rows_and_the_dequantized_weight_beyond()
         assert int4_weights.cuda_route(1) == "dequantize"
     finally:
         int4_weights.CUDA_OP = True
-
-
-def test_the_compiled_dense_kernels_take_int4_weights_as_tensor_arguments():
-    """torch.compile(fullgraph=True) of a block's dense part with int4 weights (several rows, as the compiled prefill
-    calls it): no graph break, the packed bytes, scales and offsets inputs (not constants baked in), one compilation
-    for layers of other weights, the eager numbers."""
-    torch._dynamo.reset()
-    model = build_random_model(CONFIG, max_len=64)
-    model.quantize_weights(weights="int4")
-    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]     # (the process's count: other tests compile too)
-    compiled = torch.compile(attention_output_and_ffn, fullgraph=True, dynamic=False, backend="aot_eager")
-    x, attn = torch.randn(1, 4, CONFIG.dim), torch.randn(1, 4, CONFIG.n_heads * CONFIG.head_dim)
-    for layer in model.layers:
-        a, f = layer.attention, layer.feed_forward
-        args = (x, attn, projection_weight(a.wo), layer.ffn_norm.weight, layer.ffn_norm.eps,
-                projection_weight(f.w13), projection_weight(f.w2), f.ffn_dim)
-        torch.testing.assert_close(compiled(*args), attention_output_and_ffn(*args), rtol=1e-5, atol=1e-5)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs == 1
 
 
 @pytest.mark.parametrize("tied", [False, True])

@@ -132,13 +132,14 @@ def test_linear_takes_the_cpus_int8_op_for_one_row_and_the_dequantized_weight_fo
         int8pack_mm_agrees.cache_clear()
 
 
-def test_the_compiled_dense_kernels_take_int8_weights_as_tensor_arguments():
+@pytest.mark.parametrize("weights", ["int8", "int4"])
+def test_the_compiled_dense_kernels_take_quantized_weights_as_tensor_arguments(weights):
     """torch.compile(fullgraph=True) of a block's dense part (as compile_dense and the compiled prefill call it, with
-    several rows: a prefill or verification) with int8 weights: no graph break, the scales inputs (not constants
-    baked in), one compilation for layers of other weights, the eager numbers."""
+    several rows: a prefill or verification) with int8 or int4 weights: no graph break, the scales (and int4's
+    offsets) inputs, not constants baked in; one compilation for layers of other weights; the eager numbers."""
     torch._dynamo.reset()
     model = build_random_model(CONFIG, max_len=64)
-    model.quantize_weights()
+    model.quantize_weights(weights=weights)
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]     # (the process's count: other tests compile too)
     compiled = torch.compile(attention_output_and_ffn, fullgraph=True, dynamic=False, backend="aot_eager")
     x, attn = torch.randn(1, 4, CONFIG.dim), torch.randn(1, 4, CONFIG.n_heads * CONFIG.head_dim)
