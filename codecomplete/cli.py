@@ -178,10 +178,9 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--weights", choices=("bf16", "int8", "int4"),
                        help="the projections' weights: int8 holds 8 bits with a scale per output row, half the bytes "
                             "a decode step reads (on a CPU: less memory, not more speed); int4 4 bits with a scale "
-                            "and offset per group of 32 columns, ~0.31 of bf16's (less accurate; not with "
-                            "--gpus); bf16 (on a CPU: bfloat16 "
-                            "under float32 activations) (default: the model's dtype, on a CPU with bfloat16 dot "
-                            "products bf16)")
+                            "and offset per group of 32 columns, ~0.31 of bf16's (less accurate; not with --gpus); "
+                            "bf16 (on a CPU: bfloat16 under float32 activations) (default: the model's dtype, on a "
+                            "CPU with bfloat16 dot products bf16)")
     model.add_argument("--kv-cache", choices=("bf16", "fp16", "fp32", "fp8", "int8"),
                        help="KV cache storage (default: the model's dtype): int8 or fp8 hold 8 bits with a scale "
                             "per token, about twice the context in the same memory; int8 is the more accurate and, on "

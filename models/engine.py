@@ -61,16 +61,6 @@ MAX_SPECULATE = 15     # a verification of 16 tokens: what an 8-bit cache's exac
 # (bench/results/h200-run5/decode/, h200-run6/decode/), so the default depth is capped at 7 drafts there.
 TILE_ROWS = 64
 
-
-def default_speculation(device_type: str, heads_per_kv_head: int, weights_kind: str | None) -> int:
-    """Drafts per step when a request does not say: DEFAULT_SPECULATE for the device, capped so that a verification
-    step's rows fit one kernel tile (TILE_ROWS); none for int4 weights on a GPU, whose verification goes through the
-    several-row 4-bit GEMV: it took 2.6-4.4x the one-row time at 8 rows on an H100 and 4.4-6.5x on an H200, where
-    int8's few-row kernel took 1.0-1.3x (Run 50), so a 34B verification costs several steps, more than drafts save
-    unless nearly all are accepted. `--speculate K` still asks for it. A CPU's int4 projection dequantizes whatever its rows, so there a verification stays cheap."""
-    if weights_kind == "int4" and device_type == "cuda":
-        return 0
-    return min(DEFAULT_SPECULATE.get(device_type, 0), max(1, TILE_ROWS // heads_per_kv_head - 1))
 # A prompt that differs from the cached one in a few trailing tokens (an editor typing a character) feeds them
 # through graph replays of the decode step instead of an eager prefill: on an H200 a 1-2 token prefill of the
 # CodeLlama-7B shape took 45-77 ms of the server's time to first token, the replayed steps 21-28 ms
@@ -169,6 +159,18 @@ def on_its_device(method):
         with self.current_device():
             return method(self, *args, **kwargs)
     return on_device
+
+
+def default_speculation(device_type: str, heads_per_kv_head: int, weights_kind: str | None) -> int:
+    """Drafts per step when a request does not say: DEFAULT_SPECULATE for the device, capped so that a verification
+    step's rows fit one kernel tile (TILE_ROWS); none for int4 weights on a GPU, whose verification goes through the
+    several-row 4-bit GEMV: it took 2.6-4.4x the one-row time at 8 rows on an H100 and 4.4-6.5x on an H200, where
+    int8's few-row kernel took 1.0-1.3x (Run 50), so a 34B verification costs several steps, more than drafts save
+    unless nearly all are accepted. `--speculate K` still asks for it. A CPU's int4 projection dequantizes whatever
+    its rows, so there a verification stays cheap."""
+    if weights_kind == "int4" and device_type == "cuda":
+        return 0
+    return min(DEFAULT_SPECULATE.get(device_type, 0), max(1, TILE_ROWS // heads_per_kv_head - 1))
 
 
 class Engine:
