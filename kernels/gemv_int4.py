@@ -32,10 +32,9 @@ thread in Triton 3.9, 883 in 3.6, 6.8-6.9 a byte with the x and scale overheads)
 scaled by its group's scale (times 2^74) once, and x's sums over the slot take the group's offset; the slots and
 groups meet at the end of the row.
 
-Several rows (`_gemv_int4_rows_kernel`, for 2..16 rows as kernels/few_rows_int8.py does int8 ones): each step
-unpacks one group of BLOCK_N rows once, low and high nibbles apart, converts them to x's 16-bit dtype (exact: 0..15;
-by PRMT and a packed subtraction, no I2F: `_nibbles_16bit`) and multiplies them with x's even and odd columns of the
-group (all M rows, padded to M_PAD = 16 by masked loads: a tensor-core dot's smallest side) on the tensor cores
+Several rows (`_gemv_int4_rows_kernel`, for 2..16 rows as kernels/few_rows_int8.py does int8 ones): each group of
+BLOCK_N rows is unpacked once, low and high nibbles apart, converted to x's 16-bit dtype (exact: 0..15; by PRMT
+and a packed subtraction, no I2F: `_nibbles_16bit`) and multiplied with x's even and odd columns of the group (all M rows, padded to M_PAD = 16 by masked loads: a tensor-core dot's smallest side) on the tensor cores
 (warpgroup MMAs at BLOCK_N 64), fp32 accumulation; then the group's scale and offset, once a row. float32 x: fp32
 dots at IEEE precision, so a float32 model keeps float32 rounding. In the interpreter (CPU) tiles are widened to
 fp32 at once and no inline assembly runs (DESIGN.md: its 16-bit arithmetic is wrong).
@@ -287,9 +286,8 @@ def _gemv_int4_rows_kernel(X, PACKED, SCALE, OFFSET, Y, PARTIALS, COUNTERS, M, N
                            M_PAD: tl.constexpr, SPLIT: tl.constexpr, UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr,
                            PRMT: tl.constexpr, GROUPS_A_STEP: tl.constexpr):
     """y^T's tile (BLOCK_N, M_PAD) += per group: (q_lo @ x_even^T + q_hi @ x_odd^T) * scale + offset * x's sums,
-    GROUPS_A_STEP groups unrolled a loop step (their loads independent, so in flight together: one group of 32
-    columns is 16 bytes a row, 1 KiB a 64-row program, too little to cover the latency); a group past the range
-    loads zeros and adds nothing."""
+    GROUPS_A_STEP groups unrolled a loop step (ROWS_GROUPS_A_STEP says what that measured: the kernel is bound by
+    its instructions, not by the bytes in flight); a group past the range loads zeros and adds nothing."""
     HALF: tl.constexpr = G // 2
     pid_n = tl.program_id(0)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                                  # (BLOCK_N,) rows of W
