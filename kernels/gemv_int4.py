@@ -34,8 +34,9 @@ groups meet at the end of the row.
 
 Several rows (`_gemv_int4_rows_kernel`, for 2..16 rows as kernels/few_rows_int8.py does int8 ones): each group of
 BLOCK_N rows is unpacked once, low and high nibbles apart, converted to x's 16-bit dtype (exact: 0..15; by PRMT
-and a packed subtraction, no I2F: `_nibbles_16bit`) and multiplied with x's even and odd columns of the group (all M rows, padded to M_PAD = 16 by masked loads: a tensor-core dot's smallest side) on the tensor cores
-(warpgroup MMAs at BLOCK_N 64), fp32 accumulation; then the group's scale and offset, once a row. float32 x: fp32
+and a packed subtraction, no I2F: `_nibbles_16bit`) and multiplied with x's even and odd columns of the group (all
+M rows, padded to M_PAD = 16 by masked loads: a tensor-core dot's smallest side) on the tensor cores (warpgroup
+MMAs at BLOCK_N 64), fp32 accumulation; then the group's scale and offset, once a row. float32 x: fp32
 dots at IEEE precision, so a float32 model keeps float32 rounding. In the interpreter (CPU) tiles are widened to
 fp32 at once and no inline assembly runs (DESIGN.md: its 16-bit arithmetic is wrong).
 
