@@ -37,8 +37,9 @@ from torch import nn
 from kernels.int4_layout import Int4Weight
 from models.int4_weights import quantize_into
 from models.int4_weights import register_cuda_ops as register_int4_ops
-from models.int8_weights import Int8Weight, quantize_rows
+from models.int8_weights import quantize_rows
 from models.int8_weights import register_cuda_ops as register_int8_ops
+from models.llama import projection_weight
 
 
 class Int8Slot:
@@ -117,11 +118,11 @@ class Int8Loader:
         return tensor.dtype == self.dtype and tensor.device == self.device
 
     def _quantize(self, module: nn.Module, weight: torch.Tensor) -> None:
-        if getattr(module, "weight_offset", None) is not None:
-            quantize_into(weight, Int4Weight(module.weight, module.weight_scale, module.weight_offset))
+        storage = projection_weight(module)                     # the module's Int8Weight or Int4Weight
+        if isinstance(storage, Int4Weight):
+            quantize_into(weight, storage)
         else:
-            row_amax = self.row_amax_of(module) if self.row_amax_of else None
-            quantize_rows(weight, row_amax, out=Int8Weight(module.weight, module.weight_scale))
+            quantize_rows(weight, self.row_amax_of(module) if self.row_amax_of else None, out=storage)
         self.done.add(module)
 
 
