@@ -67,6 +67,7 @@ from kernels.dp4a import supported as dp4a_supported
 from kernels import gemv as batch1_gemv
 from kernels import settings
 from kernels.gemv import BLOCK_K, BLOCK_N, NUM_STAGES, NUM_WARPS, _fp32, tickets
+from kernels.gemv_int4 import _row_slots, _slot_words
 from kernels.validation import SCALED_DTYPES, sequence_major
 
 PLAIN, RESIDUAL, SWIGLU, ROPE = 0, 1, 2, 3     # epilogues
@@ -86,9 +87,16 @@ def _wait_for_previous(LATE_DEPENDENTS: tl.constexpr):
 def _dot_rows(X, NORM_W, W, rows_a, rows_b, K, stride_wn, BLOCK_K: tl.constexpr, NORM: tl.constexpr,
               PAIRED: tl.constexpr, EARLY_TILE: tl.constexpr = False, USE_PDL: tl.constexpr = False,
               LATE_DEPENDENTS: tl.constexpr = False, INT8_PRMT: tl.constexpr = False,
-              NARROW_INT8: tl.constexpr = False, DP4A: tl.constexpr = False, ASM: tl.constexpr = False):
-    """`_dot_rows_widened`'s sums, or with DP4A `_dot_rows_dp4a`'s (an int8 W and a bf16 x seen as words)."""
-    if DP4A:
+              NARROW_INT8: tl.constexpr = False, DP4A: tl.constexpr = False, ASM: tl.constexpr = False,
+              W_SCALE=None, W_OFFSET=None, stride_sn=0, INT4: tl.constexpr = False, G: tl.constexpr = 32):
+    """`_dot_rows_widened`'s sums, or with DP4A `_dot_rows_dp4a`'s (an int8 W and a bf16 x seen as words), or with
+    INT4 `_dot_rows_int4`'s (rows_a only: 4-bit weights pair their rows in one tile, INTERLEAVE)."""
+    if INT4:
+        tl.static_assert(not PAIRED, "int4 weights take paired rows as one interleaved tile")
+        a, sumsq = _dot_rows_int4(X, NORM_W, W, W_SCALE, W_OFFSET, rows_a, K, stride_wn, stride_sn, BLOCK_K, G, NORM,
+                                  EARLY_TILE, USE_PDL, LATE_DEPENDENTS, True)
+        b = a
+    elif DP4A:
         a, b, sumsq = _dot_rows_dp4a(X, NORM_W, W, rows_a, rows_b, K, stride_wn, BLOCK_K, NORM, PAIRED, EARLY_TILE,
                                      USE_PDL, LATE_DEPENDENTS, ASM)
     else:
@@ -206,6 +214,44 @@ def _dot_rows_widened(X, NORM_W, W, rows_a, rows_b, K, stride_wn, BLOCK_K: tl.co
 
 
 @triton.jit
+def _dot_rows_int4(X, NORM_W, W, W_SCALE, W_OFFSET, rows, K, stride_wn, stride_sn, BLOCK_K: tl.constexpr,
+                   G: tl.constexpr, NORM: tl.constexpr, EARLY_TILE: tl.constexpr, USE_PDL: tl.constexpr,
+                   LATE_DEPENDENTS: tl.constexpr, DENORMAL: tl.constexpr):
+    """`_dot_rows_widened`'s sums for 4-bit W (kernels/int4_layout.py): W the packed bytes as int32 words (N, K // 8)
+    (stride_wn in words), W_SCALE, W_OFFSET float16 (N, K // G) (stride_sn); rows (R,) (callers clamp rows outside W
+    to a row inside). The one-row int4 GEMV's step (kernels/gemv_int4.py `_slot_words`, `_row_slots`: 16 bytes of a row
+    a thread, denormal nibbles, no barrier), x' = x * NORM_W with NORM; each row's sum has its groups' scales and
+    offsets in it already (the caller scales nothing). BLOCK_K columns a step, 32 a thread's slot."""
+    BLOCK_N: tl.constexpr = rows.shape[0]
+    SLOTS: tl.constexpr = BLOCK_K // 32
+    offs_w = tl.arange(0, BLOCK_K // 8)                                             # (SLOTS * 4,) words of a step
+    offs_s = tl.arange(0, SLOTS)
+    offs_i = tl.arange(0, BLOCK_N * SLOTS)                                          # (BLOCK_N * SLOTS,) row-major
+    mask_n = rows >= 0                                                              # (all: rows are clamped)
+    w_rows = W + rows[:, None].to(tl.int64) * stride_wn                             # (R, 1)
+    s_rows_i = tl.reshape(tl.broadcast_to(rows[:, None].to(tl.int64) * stride_sn, [BLOCK_N, SLOTS]),
+                          [BLOCK_N * SLOTS])                                         # each slot's row in W_SCALE
+    rows_ok_i = s_rows_i >= 0
+    acc = tl.zeros([BLOCK_N, SLOTS], dtype=tl.float32)
+    sumsq = tl.zeros([SLOTS], dtype=tl.float32)
+    k_rest = 0
+    if EARLY_TILE:
+        w = _slot_words(w_rows, mask_n, 0, K, offs_w)
+        if USE_PDL:
+            _wait_for_previous(LATE_DEPENDENTS)
+        acc, sq = _row_slots(acc, w, X, NORM_W, W_SCALE, W_OFFSET, s_rows_i, rows_ok_i, 0, K, offs_s, offs_i, G, NORM,
+                             DENORMAL)
+        sumsq += sq
+        k_rest = BLOCK_K
+    for k0 in range(k_rest, K, BLOCK_K):
+        w = _slot_words(w_rows, mask_n, k0, K, offs_w)
+        acc, sq = _row_slots(acc, w, X, NORM_W, W_SCALE, W_OFFSET, s_rows_i, rows_ok_i, k0, K, offs_s, offs_i, G,
+                             NORM, DENORMAL)
+        sumsq += sq
+    return tl.sum(acc, axis=1), tl.sum(sumsq, axis=0)
+
+
+@triton.jit
 def _store_kv(K_CACHE, V_CACHE, rows, val, mask, pos, q_rows, kv_rows, stride_ch, stride_cs,
               stride_vh, stride_vs, stride_vd, HEAD_DIM: tl.constexpr):
     """Rows of the fused q/k/v output that are k or v, into the caches at (head, pos, d)."""
@@ -253,15 +299,15 @@ def _quantize_head_when_complete(Y, K_CACHE, V_CACHE, K_SCALE, V_SCALE, TICKETS,
 
 @triton.jit
 def _fused_gemv_kernel(
-    X, NORM_W, W, W_SCALE, Y, RES, COS, SIN, POS, K_CACHE, V_CACHE, K_SCALE, V_SCALE, TICKETS,
-    N, K, stride_wn, eps, pair_offset, rot_rows, q_rows, kv_rows, stride_ch, stride_cs, stride_vh, stride_vs, stride_vd,
+    X, NORM_W, W, W_SCALE, W_OFFSET, Y, RES, COS, SIN, POS, K_CACHE, V_CACHE, K_SCALE, V_SCALE, TICKETS,
+    N, K, stride_wn, stride_sn, eps, pair_offset, rot_rows, q_rows, kv_rows, stride_ch, stride_cs, stride_vh, stride_vs, stride_vd,
     stride_sh, stride_ss, n_slots, EXACT_K, EXACT_V, EXACT_POS, stride_xh, stride_xs, exact_sink, exact_ring,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NORM: tl.constexpr, EPILOGUE: tl.constexpr,
     HEAD_DIM: tl.constexpr, WRITE_CACHE: tl.constexpr, USE_PDL: tl.constexpr, INTERLEAVE: tl.constexpr,
     QUANT_CACHE: tl.constexpr = False, BLOCK_D: tl.constexpr = 2, LATE_DEPENDENTS: tl.constexpr = False,
     EARLY_TILE: tl.constexpr = False, SCALED_W: tl.constexpr = False, INT8_PRMT: tl.constexpr = False,
     NARROW_INT8: tl.constexpr = False, DP4A: tl.constexpr = False, ASM: tl.constexpr = False,
-    EXACT: tl.constexpr = False,
+    EXACT: tl.constexpr = False, INT4: tl.constexpr = False, G: tl.constexpr = 32,
 ):
     if USE_PDL:
         if EARLY_TILE == 0:        # else inside _dot_rows, once the first tile of W is loaded
@@ -281,13 +327,15 @@ def _fused_gemv_kernel(
         if INTERLEAVE:             # one (BLOCK_N, BLOCK_K) tile of rows a0 b0 a1 b1 ..., split after the sum
             pairs = tl.reshape(tl.join(rows_a, rows_b), (BLOCK_N,))
             ab, _, sumsq = _dot_rows(X, NORM_W, W, pairs, pairs, K, stride_wn, BLOCK_K, NORM, False, EARLY_TILE,
-                                     USE_PDL, LATE_DEPENDENTS, INT8_PRMT, NARROW_INT8, DP4A, ASM)
+                                     USE_PDL, LATE_DEPENDENTS, INT8_PRMT, NARROW_INT8, DP4A, ASM, W_SCALE,
+                                     W_OFFSET, stride_sn, INT4, G)
             if SCALED_W:           # an int8 W: each row's sum times its scale
                 ab = ab * tl.load(W_SCALE + pairs)
             a, b = tl.split(tl.reshape(ab, (BLOCK_N // 2, 2)))
         else:                      # two (BLOCK_N / 2, BLOCK_K) tiles
             a, b, sumsq = _dot_rows(X, NORM_W, W, rows_a, rows_b, K, stride_wn, BLOCK_K, NORM, True, EARLY_TILE,
-                                   USE_PDL, LATE_DEPENDENTS, INT8_PRMT, NARROW_INT8, DP4A, ASM)
+                                   USE_PDL, LATE_DEPENDENTS, INT8_PRMT, NARROW_INT8, DP4A, ASM, W_SCALE,
+                                   W_OFFSET, stride_sn, INT4, G)
             if SCALED_W:
                 a = a * tl.load(W_SCALE + rows_a)
                 b = b * tl.load(W_SCALE + rows_b)
@@ -336,7 +384,8 @@ def _fused_gemv_kernel(
         mask = rows < N
         rows = tl.where(mask, rows, 0)
         y, _, sumsq = _dot_rows(X, NORM_W, W, rows, rows, K, stride_wn, BLOCK_K, NORM, False, EARLY_TILE, USE_PDL,
-                               LATE_DEPENDENTS, INT8_PRMT, NARROW_INT8, DP4A, ASM)
+                               LATE_DEPENDENTS, INT8_PRMT, NARROW_INT8, DP4A, ASM, W_SCALE, W_OFFSET, stride_sn, INT4,
+                               G)
         if SCALED_W:
             y = y * tl.load(W_SCALE + rows)
         if NORM:
@@ -434,6 +483,11 @@ INT8_CONFIGS: dict[str | tuple[str, int, int], Config] = {
     ("gemv_deep", 8192, 14336): Config(4, 1024, 2, 3, False, True),   # w2, 70B/2: 33.7 -> 32.8 (81% -> 84%), DP4A
     ("gemv_norm", 16008, 8192): Config(4, 512, 1, 4, False, True),    # logits, 70B/2: 54.0 -> 39.4 (57% -> 78%), DP4A
 }
+# Launch configurations for int4 weights (kernels/int4_layout.py), keyed as CONFIGS; every kind starts from the one-row
+# int4 GEMV's plan (kernels/gemv_int4.py: 8 rows a program, 32 columns a thread a step, 4 warps; paired rows always
+# as one interleaved tile). Not yet swept on a GPU.
+INT4_CONFIGS: dict[str | tuple[str, int, int], Config] = {
+    kind: Config(8, 4096, 4, 3, True) for kind in ("qkv_rope", "norm_swiglu", "gemv", "gemv_deep", "gemv_norm")}
 KINDS = settings.FUSED_KINDS
 WEIGHTS_BY_PRMT = True   # A/B: False converts int8 weights by Triton's own I2F, a quarter-rate instruction on sm_90
 DP4A = True              # A/B: False widens int8 weights to fp32 where a configuration says dp4a
@@ -462,9 +516,11 @@ def read_configs(path: str, name: str = "CODECOMPLETE_FUSED_CONFIGS") -> dict:
     return {key: Config(*values) for key, values in settings.read(name, path).items()}
 
 
-def config_for(kind: str, N: int, K: int, int8: bool = False) -> Config:
+def config_for(kind: str, N: int, K: int, int8: bool = False, int4: bool = False) -> Config:
     """The launch configuration of kernel `kind` on an (N, K) weight: its own entry, else the kind's; for int8
-    weights INT8_CONFIGS' entry for the shape or the kind first."""
+    weights INT8_CONFIGS' entry for the shape or the kind first; for int4 weights INT4_CONFIGS' (only)."""
+    if int4:
+        return (_per_shape and INT4_CONFIGS.get((kind, N, K))) or INT4_CONFIGS[kind]
     if int8 and (found := (_per_shape and INT8_CONFIGS.get((kind, N, K))) or INT8_CONFIGS.get(kind)):
         return found
     return CONFIGS.get((kind, N, K), CONFIGS[kind]) if _per_shape else CONFIGS[kind]
@@ -488,7 +544,11 @@ def _config(kind: str, x: torch.Tensor, weight: torch.Tensor, overrides: dict, p
     """The launch configuration of `kind` on `weight`, with any fields the caller gives. The CPU interpreter
     runs programs one after another: 16 rows per program there (fewer programs, same arithmetic). Paired rows
     need block_n / 2 to divide a head's pairs."""
-    config = config_for(kind, *weight.shape, int8=weight.dtype == torch.int8)._replace(**overrides)
+    int4 = weight.dtype == torch.uint8
+    N, K = weight.shape[0], weight.shape[1] * (2 if int4 else 1)
+    config = config_for(kind, N, K, int8=weight.dtype == torch.int8, int4=int4)._replace(**overrides)
+    if int4:           # 4-bit weights pair rows only in one tile
+        config = config._replace(interleave=True, dp4a=False)
     if not x.is_cuda and "block_n" not in overrides:
         config = config._replace(block_n=16)
     if pairs_per_head and pairs_per_head % (config.block_n // 2):
@@ -501,7 +561,10 @@ def _use_pdl(x: torch.Tensor) -> bool:
     return x.is_cuda and PDL_SUPPORTED and torch.cuda.get_device_capability(x.device)[0] >= 9
 
 
-def _check(x: torch.Tensor, weight: torch.Tensor, what: str, weight_scale: torch.Tensor | None = None) -> int:
+def _check(x: torch.Tensor, weight: torch.Tensor, what: str, weight_scale: torch.Tensor | None = None,
+           weight_offset: torch.Tensor | None = None) -> int:
+    if weight.dtype == torch.uint8 or weight_offset is not None:
+        return _check_int4(x, weight, what, weight_scale, weight_offset)
     K = weight.shape[1]
     if x.numel() != K or not x.is_contiguous() or weight.stride(1) != 1:
         raise ValueError(f"{what}: x must hold one contiguous row of {K} (weight {tuple(weight.shape)}, "
@@ -519,14 +582,37 @@ def _check(x: torch.Tensor, weight: torch.Tensor, what: str, weight_scale: torch
     return K
 
 
+def _check_int4(x: torch.Tensor, weight: torch.Tensor, what: str, weight_scale: torch.Tensor | None,
+                weight_offset: torch.Tensor | None) -> int:
+    """A 4-bit weight (kernels/int4_layout.py): packed (N, K // 2) uint8 with weight_scale and weight_offset (N, K // G)
+    float16, as the int4 GEMV takes them (`kernels.gemv_int4.check_inputs`); x one contiguous row of K."""
+    if weight.dtype != torch.uint8 or weight_scale is None or weight_offset is None:
+        raise ValueError(f"{what}: a 4-bit weight is packed uint8 (N, K // 2) with its weight_scale and weight_offset "
+                         f"(N, K // G) float16, got weight {weight.dtype}, scale "
+                         f"{None if weight_scale is None else weight_scale.dtype}, offset "
+                         f"{None if weight_offset is None else weight_offset.dtype}")
+    K = 2 * weight.shape[1]
+    if x.numel() != K or not x.is_contiguous():
+        raise ValueError(f"{what}: x must hold one contiguous row of {K} (4-bit weight {tuple(weight.shape)}), got "
+                         f"x {tuple(x.shape)}")
+    from kernels.gemv_int4 import check_inputs
+    try:
+        check_inputs(x.view(1, K), weight, weight_scale, weight_offset)
+    except ValueError as error:
+        raise ValueError(f"{what}: {error}") from None
+    return K
+
+
 def _by_dp4a(config: Config, x, weight, weight_scale, norm_weight) -> bool:
     """Whether this launch multiplies by DP4A: its configuration says so, DP4A is on, and the inputs allow it."""
-    return DP4A and config.dp4a and weight_scale is not None and dp4a_supported(x, weight, norm_weight) is None
+    return (DP4A and config.dp4a and weight.dtype == torch.int8 and weight_scale is not None
+            and dp4a_supported(x, weight, norm_weight) is None)
 
 
 def _launch(config: Config, grid_rows: int, x, weight, y, *, norm_weight=None, eps=0.0, epilogue=PLAIN,
             residual=None, rope=None, cache=None, scales=None, tickets=None, pair_offset=0, rot_rows=0, q_rows=0,
-            kv_rows=0, head_dim=2, late_dependents: bool = False, weight_scale=None, exact=None) -> torch.Tensor:
+            kv_rows=0, head_dim=2, late_dependents: bool = False, weight_scale=None, weight_offset=None,
+            exact=None) -> torch.Tensor:
     cos, sin, pos = rope if rope is not None else (y, y, y)
     exact_k, exact_v, exact_pos, exact_sink, exact_ring = exact if exact is not None else (y, y, y, 0, 1)
     stride_xh, stride_xs = (exact_k.stride(1), exact_k.stride(2)) if exact is not None else (0, 0)
@@ -539,27 +625,34 @@ def _launch(config: Config, grid_rows: int, x, weight, y, *, norm_weight=None, e
     use_pdl = _use_pdl(x)
     block_k = min(config.block_k, triton.next_power_of_2(weight.shape[1]))   # no half-empty chunks for small K
     K, stride_wn = weight.shape[1], weight.stride(0)
+    int4 = weight_offset is not None
+    stride_sn, group = 0, 32
+    if int4:      # packed nibbles read as int32 words (N, K // 8), 32 columns a thread's slot
+        K, stride_sn = 2 * weight.shape[1], weight_scale.stride(0)
+        group = K // weight_scale.shape[1]
+        weight, stride_wn = weight.view(torch.int32), stride_wn // 4
+        block_k = max(32, min(config.block_k, triton.next_power_of_2(K)))
     dp4a = _by_dp4a(config, x, weight, weight_scale, norm_weight)
     if dp4a:      # x (and the norm's weight) as int64 words of four bf16 values, W as int32 words of four weights
         x, weight, stride_wn = x.view(torch.int64), weight.view(torch.int32), stride_wn // 4
         norm_weight = norm_weight.view(torch.int64) if norm_weight is not None else None
         block_k = max(block_k, 4)
     # widening's options only where int8 weights are widened on a GPU: DP4A launches what compile_facts builds
-    widened_on_gpu = weight_scale is not None and x.is_cuda and not dp4a
+    widened_on_gpu = weight_scale is not None and x.is_cuda and not dp4a and not int4
     _fused_gemv_kernel[(grid_rows,)](
-        x, norm_weight if norm_weight is not None else x, weight, weight_scale if weight_scale is not None else y, y,
-        residual if residual is not None else y,
+        x, norm_weight if norm_weight is not None else x, weight, weight_scale if weight_scale is not None else y,
+        weight_offset if int4 else y, y, residual if residual is not None else y,
         cos, sin, pos, k_cache, v_cache, k_scale, v_scale, tickets if tickets is not None else y,
-        weight.shape[0], K, stride_wn, float(eps), pair_offset, rot_rows, q_rows, kv_rows,
+        weight.shape[0], K, stride_wn, stride_sn, float(eps), pair_offset, rot_rows, q_rows, kv_rows,
         stride_ch, stride_cs, stride_vh, stride_vs, stride_vd, stride_sh, stride_ss, n_slots,
         exact_k, exact_v, exact_pos, stride_xh, stride_xs, exact_sink, exact_ring,
         BLOCK_N=config.block_n, BLOCK_K=block_k, NORM=norm_weight is not None, EPILOGUE=epilogue,
         HEAD_DIM=head_dim, WRITE_CACHE=cache is not None, USE_PDL=use_pdl, INTERLEAVE=config.interleave,
         QUANT_CACHE=scales is not None, BLOCK_D=triton.next_power_of_2(head_dim),
         LATE_DEPENDENTS=late_dependents or epilogue in LATE_DEPENDENTS, EARLY_TILE=epilogue in EARLY_TILE,
-        SCALED_W=weight_scale is not None, INT8_PRMT=widened_on_gpu and WEIGHTS_BY_PRMT,
+        SCALED_W=weight_scale is not None and not int4, INT8_PRMT=widened_on_gpu and WEIGHTS_BY_PRMT,
         NARROW_INT8=widened_on_gpu and batch1_gemv.NARROW_INT8_LOADS, DP4A=dp4a, ASM=x.is_cuda, EXACT=exact is not None,
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        INT4=int4, G=group, num_warps=config.num_warps, num_stages=config.num_stages,
         **({"launch_pdl": True} if use_pdl else {}))
     return y
 
@@ -567,13 +660,15 @@ def _launch(config: Config, grid_rows: int, x, weight, y, *, norm_weight=None, e
 @on_first_tensors_device
 def gemv(x: torch.Tensor, weight: torch.Tensor, *, residual: torch.Tensor | None = None,
          norm_weight: torch.Tensor | None = None, eps: float = 1e-5, out_dtype: torch.dtype | None = None,
-         weight_scale: torch.Tensor | None = None, **config) -> torch.Tensor:
+         weight_scale: torch.Tensor | None = None, weight_offset: torch.Tensor | None = None,
+         **config) -> torch.Tensor:
     """y (N,) = [residual (N,) +] x' @ weight (N, K)^T, x' = rms_norm(x (K,), norm_weight (K,)) or x.
 
     The output projection (residual), the logits (norm_weight, out_dtype=torch.float32), any plain one.
-    An int8 weight comes with weight_scale (N,) float32: row n is weight[n] * weight_scale[n].
+    An int8 weight comes with weight_scale (N,) float32: row n is weight[n] * weight_scale[n]. A 4-bit one
+    (kernels/int4_layout.py) is packed (N, K // 2) uint8 with weight_scale and weight_offset (N, K // G) float16.
     """
-    K = _check(x, weight, "gemv", weight_scale)
+    K = _check(x, weight, "gemv", weight_scale, weight_offset)
     N = weight.shape[0]
     if residual is not None and (residual.numel() != N or not residual.is_contiguous()):
         raise ValueError(f"gemv: residual must be one contiguous row of {N}, got {tuple(residual.shape)}")
@@ -583,15 +678,18 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, *, residual: torch.Tensor | None
     kind = "gemv_norm" if norm_weight is not None else "gemv_deep" if N < K else "gemv"
     c = _config(kind, x, weight, config)
     return _launch(c, triton.cdiv(N, c.block_n), x, weight, y, norm_weight=norm_weight, eps=eps,
-                   epilogue=RESIDUAL if residual is not None else PLAIN, residual=residual, weight_scale=weight_scale)
+                   epilogue=RESIDUAL if residual is not None else PLAIN, residual=residual, weight_scale=weight_scale,
+                   weight_offset=weight_offset)
 
 
 @on_first_tensors_device
 def norm_swiglu(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, w13: torch.Tensor, *,
-                weight_scale: torch.Tensor | None = None, **config) -> torch.Tensor:
+                weight_scale: torch.Tensor | None = None, weight_offset: torch.Tensor | None = None,
+                **config) -> torch.Tensor:
     """silu(gate) * up (F,) with gate, up = split(rms_norm(x (K,), norm_weight) @ w13 (2F, K)^T, F); an int8 w13
-    with weight_scale (2F,) float32 per row."""
-    K = _check(x, w13, "norm_swiglu", weight_scale)
+    with weight_scale (2F,) float32 per row, a 4-bit one packed (2F, K // 2) uint8 with weight_scale and
+    weight_offset (2F, K // G) float16."""
+    K = _check(x, w13, "norm_swiglu", weight_scale, weight_offset)
     if w13.shape[0] % 2 or norm_weight.numel() != K:
         raise ValueError(f"norm_swiglu: w13 must stack gate and up (2F, K), norm_weight ({K},): got "
                          f"{tuple(w13.shape)} and {tuple(norm_weight.shape)}")
@@ -599,7 +697,7 @@ def norm_swiglu(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, w13: tor
     y = torch.empty(F, dtype=x.dtype, device=x.device)
     c = _config("norm_swiglu", x, w13, config)
     return _launch(c, triton.cdiv(F, c.block_n // 2), x, w13, y, norm_weight=norm_weight, eps=eps,
-                   epilogue=SWIGLU, pair_offset=F, weight_scale=weight_scale)
+                   epilogue=SWIGLU, pair_offset=F, weight_scale=weight_scale, weight_offset=weight_offset)
 
 
 @on_first_tensors_device
@@ -607,7 +705,8 @@ def qkv_rope(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, wqkv: torch
              sin: torch.Tensor, pos: torch.Tensor, n_heads: int, n_kv_heads: int,
              cache: tuple[torch.Tensor, torch.Tensor] | None = None,
              scales: tuple[torch.Tensor, torch.Tensor] | None = None, late_dependents: bool = False,
-             weight_scale: torch.Tensor | None = None, exact: tuple | None = None, **config) -> torch.Tensor:
+             weight_scale: torch.Tensor | None = None, exact: tuple | None = None,
+             weight_offset: torch.Tensor | None = None, **config) -> torch.Tensor:
     """q, k, v of one token: rms_norm(x (K,), norm_weight) @ wqkv ((Hq + 2 Hkv) * D, K)^T, RoPE at position
     pos (1,) int64 on q and k from the tables cos, sin (S_max, D) float32 (rotate-half layout).
 
@@ -620,13 +719,14 @@ def qkv_rope(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, wqkv: torch
     scales): each head's last program to finish does it, so an 8-bit step needs no append kernel.
     `late_dependents`: let the next kernel launch only as each program ends, not as it starts (with PDL): for an
     attention call whose programs would crowd some SMs if placed early, or whose plan says so
-    (`kernels.interface.late_in_step`). An int8 wqkv comes with weight_scale ((Hq + 2 Hkv) * D,) float32 per row.
+    (`kernels.interface.late_in_step`). An int8 wqkv comes with weight_scale ((Hq + 2 Hkv) * D,) float32 per row, a
+    4-bit one packed ((Hq + 2 Hkv) * D, K // 2) uint8 with weight_scale and weight_offset (.., K // G) float16.
     `exact` = (k_exact, v_exact, exact_pos, sink, ring): k and v are also stored in x's dtype at slot `pos` below
     `sink`, else sink + (pos - sink) % ring, of k_exact, v_exact (1, Hkv, N, D) (one layout, last dim contiguous),
     and pos at that slot of exact_pos int64 (N,) (an fp8 cache's exact copies, models/kv_cache.py): in this kernel,
     not in a scatter per layer a step.
     """
-    K = _check(x, wqkv, "qkv_rope", weight_scale)
+    K = _check(x, wqkv, "qkv_rope", weight_scale, weight_offset)
     D = cos.shape[-1]
     N = wqkv.shape[0]
     if N != (n_heads + 2 * n_kv_heads) * D or D % 2 or norm_weight.numel() != K or pos.numel() != 1:
@@ -658,7 +758,8 @@ def qkv_rope(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, wqkv: torch
     launch = functools.partial(_launch, c, triton.cdiv(N // 2, c.block_n // 2), x, wqkv, y, norm_weight=norm_weight,
                                eps=eps, epilogue=ROPE, rope=(cos, sin, pos), pair_offset=D // 2,
                                rot_rows=(n_heads + n_kv_heads) * D, q_rows=n_heads * D, kv_rows=n_kv_heads * D,
-                               head_dim=D, late_dependents=late_dependents, weight_scale=weight_scale, exact=exact)
+                               head_dim=D, late_dependents=late_dependents, weight_scale=weight_scale,
+                               weight_offset=weight_offset, exact=exact)
     if scales is None:
         return launch(cache=cache)
     if counters is None:           # captured before the tickets exist: quantize in a second kernel
@@ -689,27 +790,31 @@ _BUILDS = {   # kind: (name, epilogue, RMSNorm prologue, cache write), as the de
 
 
 def _build_specs() -> dict:
-    """{name: (kind, config, cache pointer type or None, int8 weights)} of every build `compile_facts` makes."""
+    """{name: (kind, config, cache pointer type or None, weights: None, "int8" or "int4")} of every build
+    `compile_facts` makes."""
     specs = {}
     keys = [k for k in _BUILDS if k in CONFIGS] + [k for k in CONFIGS if isinstance(k, tuple)]
-    # the 8-bit caches' qkv_rope (it quantizes the cache itself), and int8 weights: the kind's default
-    # configuration, then each per-shape entry of INT8_CONFIGS (DP4A where it says so)
-    builds = ([(key, None, False) for key in keys] + [("qkv_rope", "*fp8e4nv", False), ("qkv_rope", "*i8", False)]
-              + [(kind, None, True) for kind in _BUILDS]
-              + [(key, None, True) for key in INT8_CONFIGS if isinstance(key, tuple)])
+    # the 8-bit caches' qkv_rope (it quantizes the cache itself), int8 weights: the kind's default configuration,
+    # then each per-shape entry of INT8_CONFIGS (DP4A where it says so), and int4 weights: each kind's default, and
+    # qkv_rope writing an fp8 cache (CodeLlama-34B's long-context step)
+    builds = ([(key, None, None) for key in keys] + [("qkv_rope", "*fp8e4nv", None), ("qkv_rope", "*i8", None)]
+              + [(kind, None, "int8") for kind in _BUILDS]
+              + [(key, None, "int8") for key in INT8_CONFIGS if isinstance(key, tuple)]
+              + [(kind, None, "int4") for kind in _BUILDS] + [("qkv_rope", "*fp8e4nv", "int4")])
     built = set()
-    for key, cache_type, int8_weights in builds:
+    for key, cache_type, weights in builds:
         kind = key if isinstance(key, str) else key[0]
-        c = INT8_CONFIGS[key] if int8_weights and isinstance(key, tuple) else CONFIGS[key]
-        if (kind, c, cache_type, int8_weights) in built:
+        table = {"int8": INT8_CONFIGS, "int4": INT4_CONFIGS}.get(weights, CONFIGS)
+        c = table[key] if weights and (isinstance(key, tuple) or weights == "int4") else CONFIGS[key]
+        if (kind, c, cache_type, weights) in built:
             continue
-        built.add((kind, c, cache_type, int8_weights))
+        built.add((kind, c, cache_type, weights))
         name = _BUILDS[kind][0]
         if cache_type:
             name = name.replace("cache", f"{'fp8' if 'fp8' in cache_type else 'int8'} cache")
-        if int8_weights:
-            name += " int8 weights" + (" dp4a" if c.dp4a else "")
-        specs[name if isinstance(key, str) else f"{name} {key[1]}x{key[2]}"] = (kind, c, cache_type, int8_weights)
+        if weights:
+            name += f" {weights} weights" + (" dp4a" if c.dp4a else "")
+        specs[name if isinstance(key, str) else f"{name} {key[1]}x{key[2]}"] = (kind, c, cache_type, weights)
     return specs
 
 
@@ -732,7 +837,7 @@ def compile_facts(arch: int = 90, names=None) -> dict:
                     SIN="*fp32", POS="*i64", K_CACHE="*bf16", V_CACHE="*bf16")
     quantized = dict(K_SCALE="*fp32", V_SCALE="*fp32", TICKETS="*i32")
     facts = {}
-    for name, (kind, c, cache_type, int8_weights) in _build_specs().items():
+    for name, (kind, c, cache_type, weights) in _build_specs().items():
         if names is not None and name not in names:
             continue
         _, epilogue, norm, cache = _BUILDS[kind]
@@ -742,8 +847,11 @@ def compile_facts(arch: int = 90, names=None) -> dict:
             types = dict(types, K_CACHE=cache_type, V_CACHE=cache_type, **quantized)
         if exact:
             types = dict(types, EXACT_K="*bf16", EXACT_V="*bf16", EXACT_POS="*i64")
+        int8_weights, int4 = weights == "int8", weights == "int4"
         if int8_weights:
             types = dict(types, W="*i8", W_SCALE="*fp32")
+        if int4:         # packed nibbles as int32 words, float16 scales and offsets per group of 32
+            types = dict(types, W="*i32", W_SCALE="*fp16", W_OFFSET="*fp16")
         dp4a = int8_weights and c.dp4a
         if dp4a:         # x and the norm's weight as words of four bf16 values, W as words of four weights
             types = dict(types, X="*i64", NORM_W="*i64", W="*i32")
@@ -754,11 +862,15 @@ def compile_facts(arch: int = 90, names=None) -> dict:
                                WRITE_CACHE=cache, USE_PDL=True, INTERLEAVE=c.interleave,
                                QUANT_CACHE=cache_type is not None, BLOCK_D=128, EARLY_TILE=epilogue in EARLY_TILE,
                                SCALED_W=int8_weights, INT8_PRMT=int8_weights and not dp4a,
-                               NARROW_INT8=int8_weights and not dp4a, DP4A=dp4a, ASM=True, EXACT=exact),
+                               NARROW_INT8=int8_weights and not dp4a, DP4A=dp4a, ASM=True, EXACT=exact, INT4=int4,
+                               G=32),
                           GPUTarget("cuda", arch, 32), c.num_warps, c.num_stages, floats=("eps",))
         ptx = binary.asm["ptx"]
-        loop = sass_facts(binary.asm["cubin"], with_opcodes=True).get("loop_opcodes", {})
+        sass = sass_facts(binary.asm["cubin"], with_opcodes=True)
+        loop = sass.get("loop_opcodes", {})
         facts[name] = {
+            "registers": sass.get("registers"), "local_bytes": sass.get("local_bytes"),
+            "loop_instructions": sass.get("loop_instructions"),
             "cubin_bytes": len(binary.asm["cubin"]), "vector_loads": sum("ld.global.v4" in line for line in ptx.splitlines()),
             "loads_8_bytes": ptx.count("ld.global.v2.b32"),
             "pdl_wait": "griddepcontrol.wait" in ptx, "tickets": re.search(r"atom\.global\S*acq_rel", ptx) is not None,

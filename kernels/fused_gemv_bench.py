@@ -5,6 +5,7 @@ fastest that beats the kind's default (the per-shape entries of `kernels.fused_g
     python -m kernels.fused_gemv_bench                          # CodeLlama-7B's step
     python -m kernels.fused_gemv_bench --model 34B/2,34B,70B/2  # tensor-parallel ranks' and other models' shapes
     python -m kernels.fused_gemv_bench --weights int8           # int8 weights (entries for `INT8_CONFIGS`)
+    python -m kernels.fused_gemv_bench --weights int4 --model 34B   # int4 weights (entries for `INT4_CONFIGS`)
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import NamedTuple
 
 import torch
 
-from kernels.fused_gemv import CONFIGS, INT8_CONFIGS, Config, config_for, config_name, gemv, norm_swiglu, qkv_rope
+from kernels.fused_gemv import (CONFIGS, INT4_CONFIGS, INT8_CONFIGS, Config, config_for, config_name, gemv, norm_swiglu,
+                                qkv_rope)
+from kernels.int4_layout import dequantize_int4, int4_bytes, quantize_int4
 
 # ---- the shapes of a model's decode step -----------------------------------------------------------
 
@@ -95,6 +98,13 @@ _DP4A_PLAIN = [(8, 1024, 2, 2), (8, 1024, 2, 3), (16, 256, 2, 2), (16, 1024, 2, 
 SWEEP_DP4A = {"qkv_rope": [Config(*c, interleave=True, dp4a=True) for c in _DP4A_PAIRED],
               "norm_swiglu": [Config(*c, interleave=True, dp4a=True) for c in _DP4A_PAIRED],
               **{kind: [Config(*c, dp4a=True) for c in _DP4A_PLAIN] for kind in ("gemv", "gemv_deep", "gemv_norm")}}
+# int4 weights (kernels/int4_layout.py; block_n, block_k, num_warps, num_stages): the one-row int4 GEMV's inner step,
+# 32 columns a thread's slot, so block_k = 1024 x num_warps gives each thread one slot a row a step; more rows a program
+# amortise x's share of the instructions (sm_90 SASS, w13: 8.3 instructions a byte of W at 8 rows, 6.9 at 16 with 252
+# registers), fewer give more programs. Paired kernels interleave (int4 takes no other).
+_INT4 = [(8, 4096, 4, 3), (4, 4096, 4, 3), (16, 4096, 4, 3), (8, 2048, 2, 3), (16, 2048, 2, 3), (4, 2048, 2, 4),
+         (8, 8192, 8, 3), (8, 1024, 1, 4), (16, 1024, 1, 3), (8, 4096, 4, 4), (2, 4096, 4, 3), (32, 1024, 1, 3)]
+SWEEP_INT4 = {kind: [Config(*c, interleave=True) for c in _INT4] for kind in SWEEP}
 MARGIN = 0.01          # a shape's winner becomes an entry only if it beats the kind's default by this much
 FINALISTS = 4          # configurations re-timed (with the default and the current entry) before choosing
 
@@ -130,9 +140,10 @@ def main(argv=None) -> int:
     parser.add_argument("--budget-s", type=float, default=0.0, help="stop starting shapes after this long (0: none)")
     parser.add_argument("--write-configs", default="", metavar="FILE",
                         help="write the per-shape entries (winners by >= 1%% over the default) here, as JSON")
-    parser.add_argument("--weights", choices=("bf16", "int8"), default="bf16",
+    parser.add_argument("--weights", choices=("bf16", "int8", "int4"), default="bf16",
                         help="the weights' kind: int8 (a float32 scale per row; its entries are INT8_CONFIGS', "
-                             "CODECOMPLETE_FUSED_INT8_CONFIGS reads them) (default: bf16)")
+                             "CODECOMPLETE_FUSED_INT8_CONFIGS reads them), int4 (4 bits with a float16 scale and "
+                             "offset per group of 32 columns; its entries are INT4_CONFIGS') (default: bf16)")
     parser.add_argument("--device", default="cuda", help=argparse.SUPPRESS)   # cpu: the interpreter (tests)
     args = parser.parse_args(argv)
     try:
@@ -175,10 +186,15 @@ def main(argv=None) -> int:
         else:
             run = lambda w, **c: gemv(x, w, residual=res, **c)
             want = lambda w: reference.fused_gemv(x, w, residual=res)
-        int8 = args.weights == "int8"
+        int8, int4 = args.weights == "int8", args.weights == "int4"
         element = 1 if int8 else 2
-        copies = max(1, -(-rotate // (N * K * element)))
-        if int8:        # (values, scales) pairs; the reference multiplies by what they stand for
+        weight_bytes = int4_bytes(N, K) if int4 else N * K * element + 4 * N * int8
+        copies = max(1, -(-rotate // weight_bytes))
+        if int4:        # Int4Weight triples; the reference multiplies by what they stand for, in float64
+            ws = [quantize_int4(torch.randn(N, K, device=dev) * 0.02) for _ in range(copies)]
+            call = lambda w, **c: run(w.packed, weight_scale=w.scale, weight_offset=w.offset, **c)
+            reference_out = want(dequantize_int4(ws[-1], torch.float64))
+        elif int8:      # (values, scales) pairs; the reference multiplies by what they stand for
             ws = [reference.quantize_int8(torch.randn(N, K, device=dev) * 0.02) for _ in range(copies)]
             call = lambda w, **c: run(w[0], weight_scale=w[1], **c)
             reference_out = want(ws[-1][0].double() * ws[-1][1].double()[:, None])
@@ -186,7 +202,7 @@ def main(argv=None) -> int:
             ws = [torch.randn(N, K, device=dev, dtype=dt) * 0.02 for _ in range(copies)]
             call = run
             reference_out = want(ws[-1])
-        floor = (N * K * element + 4 * N * int8) / bandwidth * 1e6
+        floor = weight_bytes / bandwidth * 1e6
 
         def us_of(config: Config, replays: int) -> float:
             return graph_replay_us(lambda: [call(w, **config._asdict()) for w in ws], replays) / copies
@@ -196,10 +212,12 @@ def main(argv=None) -> int:
             err = ((got - reference_out).abs().max() / reference_out.abs().max()).item()
             return err if err == err else float("inf")
 
-        default = INT8_CONFIGS.get(kind, CONFIGS[kind]) if int8 else CONFIGS[kind]
-        current = config_for(kind, N, K, int8)
-        candidates = list(dict.fromkeys([default, current, *SWEEP[kind], *(SWEEP_DP4A[kind] if int8 else [])]))
-        cublas_ws = [w[0].to(dt) for w in ws] if int8 else ws         # (int8: cuBLAS on as many bf16 bytes as bf16's)
+        default = INT4_CONFIGS[kind] if int4 else INT8_CONFIGS.get(kind, CONFIGS[kind]) if int8 else CONFIGS[kind]
+        current = config_for(kind, N, K, int8, int4)
+        sweep = SWEEP_INT4[kind] if int4 else [*SWEEP[kind], *(SWEEP_DP4A[kind] if int8 else [])]
+        candidates = list(dict.fromkeys([default, current, *sweep]))
+        # (int8 and int4: cuBLAS on as many bf16 bytes as bf16's)
+        cublas_ws = [dequantize_int4(w, dt) for w in ws] if int4 else [w[0].to(dt) for w in ws] if int8 else ws
         row = {"kind": kind, "N": N, "K": K, "op": p.name, "weights": args.weights, "floor_us": floor,
                "cublas_us": graph_replay_us(lambda: [F.linear(x[None], w) for w in cublas_ws], args.replays) / copies,
                "configs": []}

@@ -155,16 +155,22 @@ def _nibble(w, p: tl.constexpr, DENORMAL: tl.constexpr):
 
 
 @triton.jit
-def _x_columns(X, first, mask, DENORMAL: tl.constexpr):
+def _x_columns(X, NORM_W, first, mask, NORM: tl.constexpr, DENORMAL: tl.constexpr):
     """x's eight columns from first (SLOTS,) (one word's columns of each slot) -> each column (SLOTS,) in fp32 times
     the power of two that makes its nibble's product q * x * 2^-DENORMAL_SHIFT (`_nibble`'s bit position b:
-    x * 2^(149 - b - DENORMAL_SHIFT)), and their sum unscaled. Loaded as a (SLOTS, 8) tile, 16 bytes a load (float32
-    x in two): a thread loads its own slot's columns, in the words' layout (no pass through shared memory)."""
+    x * 2^(149 - b - DENORMAL_SHIFT)), their sum unscaled, and the sum of their squares. Loaded as a (SLOTS, 8) tile,
+    16 bytes a load (float32 x in two): a thread loads its own slot's columns, in the words' layout (no pass through
+    shared memory). NORM (kernels/fused_gemv.py's RMSNorm prologue): the columns are x * NORM_W's, the squares x's."""
     SLOTS: tl.constexpr = first.shape[0]
     if X.dtype.element_ty == tl.float32:
         four = tl.arange(0, 4)[None, :]
         low = tl.load(X + first[:, None] + four, mask=mask, other=0.0)             # (SLOTS, 4) columns 0-3
         high = tl.load(X + first[:, None] + 4 + four, mask=mask, other=0.0)        # columns 4-7
+        sumsq = tl.zeros([SLOTS], dtype=tl.float32)
+        if NORM:
+            sumsq = tl.sum(low * low, axis=1) + tl.sum(high * high, axis=1)
+            low = low * tl.load(NORM_W + first[:, None] + four, mask=mask, other=0.0).to(tl.float32)
+            high = high * tl.load(NORM_W + first[:, None] + 4 + four, mask=mask, other=0.0).to(tl.float32)
         total = tl.sum(low, axis=1) + tl.sum(high, axis=1)                          # (SLOTS,)
         c0_2, c1_3 = tl.split(tl.reshape(low, [SLOTS, 2, 2]))                       # columns 2k, 2k + 1
         c4_6, c5_7 = tl.split(tl.reshape(high, [SLOTS, 2, 2]))
@@ -175,6 +181,10 @@ def _x_columns(X, first, mask, DENORMAL: tl.constexpr):
     else:
         eight = tl.arange(0, 8)[None, :]
         x = tl.load(X + first[:, None] + eight, mask=mask, other=0.0).to(tl.float32)   # (SLOTS, 8)
+        sumsq = tl.zeros([SLOTS], dtype=tl.float32)
+        if NORM:
+            sumsq = tl.sum(x * x, axis=1)
+            x = x * tl.load(NORM_W + first[:, None] + eight, mask=mask, other=0.0).to(tl.float32)
         total = tl.sum(x, axis=1)                                                   # (SLOTS,)
         even, odd = tl.split(tl.reshape(x, [SLOTS, 4, 2]))                          # columns 2j, 2j + 1
         c0_4, c2_6 = tl.split(tl.reshape(even, [SLOTS, 2, 2]))                      # columns 4k, 4k + 2
@@ -193,14 +203,14 @@ def _x_columns(X, first, mask, DENORMAL: tl.constexpr):
         x5 = x5 * (2.0 ** (top - 8))
         x6 = x6 * (2.0 ** (top - 12))
         x7 = x7 * (2.0 ** (top - 16))
-    return x0, x1, x2, x3, x4, x5, x6, x7, total
+    return x0, x1, x2, x3, x4, x5, x6, x7, total, sumsq
 
 
 @triton.jit
-def _word_times_x(acc, w, X, first, mask, DENORMAL: tl.constexpr):
+def _word_times_x(acc, w, X, NORM_W, first, mask, NORM: tl.constexpr, DENORMAL: tl.constexpr):
     """acc (BLOCK_N, SLOTS) plus word w's eight weights (BLOCK_N, SLOTS) int32 times x's eight columns from first
-    (SLOTS,); returns acc and x's sums over those columns (SLOTS,)."""
-    x0, x1, x2, x3, x4, x5, x6, x7, total = _x_columns(X, first, mask, DENORMAL)
+    (SLOTS,); returns acc, x's sums over those columns and their squares' (SLOTS,) (`_x_columns`)."""
+    x0, x1, x2, x3, x4, x5, x6, x7, total, sumsq = _x_columns(X, NORM_W, first, mask, NORM, DENORMAL)
     acc += _nibble(w, 0, DENORMAL) * x0[None, :]
     acc += _nibble(w, 1, DENORMAL) * x1[None, :]
     acc += _nibble(w, 2, DENORMAL) * x2[None, :]
@@ -209,23 +219,33 @@ def _word_times_x(acc, w, X, first, mask, DENORMAL: tl.constexpr):
     acc += _nibble(w, 5, DENORMAL) * x5[None, :]
     acc += _nibble(w, 6, DENORMAL) * x6[None, :]
     acc += _nibble(w, 7, DENORMAL) * x7[None, :]
-    return acc, total
+    return acc, total, sumsq
 
 
 @triton.jit
-def _row_slots(acc, X, w_rows, SCALE, OFFSET, row_start, N, mask_n, stride_sn, k0, k_end, offs_w, offs_s, offs_i,
-               G: tl.constexpr, DENORMAL: tl.constexpr):
-    """acc (BLOCK_N, SLOTS) fp32 plus the step from column k0 (slots past k_end masked). Slot s is 32 columns, 16
-    bytes (four words) of a row: the s-th of the step, in group (k0 + 32 s) // G. A thread takes one slot in each of
-    the BLOCK_N rows, with x's 32 columns loaded once for all of them; its sums of q * x over the slot are scaled by
-    the group's scale there (no shuffle a step: a group's slots meet at the end), x's sums over the slot take the
-    offset. Every load is a tile with one contiguous dimension (or none: 1-D), so that Triton's choice of layout
-    cannot differ between them (a tie between dimensions is broken one way in Triton 3.6, the other in 3.9)."""
-    SLOTS: tl.constexpr = offs_s.shape[0]
-    BLOCK_N: tl.constexpr = acc.shape[0]
+def _slot_words(w_rows, mask_n, k0, k_end, offs_w):
+    """One step's words of W from column k0: (BLOCK_N, SLOTS * 4) int32 of rows w_rows (BLOCK_N, 1) where mask_n
+    (BLOCK_N,), 16 bytes a slot (slots past k_end load zeros). Apart from `_row_slots` so that a fused kernel can load
+    its first step before waiting on the kernel before it (kernels/fused_gemv.py's EARLY_TILE)."""
     words = k0 // 8 + offs_w                                                        # (SLOTS * 4,)
     mask_w = k0 + 32 * (offs_w // 4) < k_end                                        # by slot: 16-byte loads
-    w = tl.load(w_rows + words[None, :], mask=mask_n[:, None] & mask_w[None, :], other=0)
+    return tl.load(w_rows + words[None, :], mask=mask_n[:, None] & mask_w[None, :], other=0)
+
+
+@triton.jit
+def _row_slots(acc, w, X, NORM_W, SCALE, OFFSET, s_rows_i, rows_ok_i, k0, k_end, offs_s, offs_i,
+               G: tl.constexpr, NORM: tl.constexpr, DENORMAL: tl.constexpr):
+    """acc (BLOCK_N, SLOTS) fp32 plus the step from column k0 of words w (`_slot_words`); returns it and x's squares
+    summed over the step's slots (SLOTS,) (NORM: x' = x * NORM_W multiplies, x's squares are the RMSNorm's statistic;
+    else zeros). Slot s is 32 columns, 16 bytes (four words) of a row: the s-th of the step, in group
+    (k0 + 32 s) // G. A thread takes one slot in each of the BLOCK_N rows, with x's 32 columns loaded once for all of
+    them; its sums of q * x over the slot are scaled by the group's scale there (no shuffle a step: a group's slots
+    meet at the end), x's sums over the slot take the offset. Every load is a tile with one contiguous dimension (or
+    none: 1-D), so that Triton's choice of layout cannot differ between them (a tie between dimensions is broken one
+    way in Triton 3.6, the other in 3.9). s_rows_i, rows_ok_i (BLOCK_N * SLOTS,): each slot's row's offset in SCALE
+    and whether the row is inside W, row-major (thread t holds slot t of each row, as for W)."""
+    SLOTS: tl.constexpr = offs_s.shape[0]
+    BLOCK_N: tl.constexpr = acc.shape[0]
     w = tl.reshape(w, [BLOCK_N, SLOTS, 2, 2])                                       # (BLOCK_N, SLOTS * 4) int32
     even, odd = tl.split(w)
     w0, w2 = tl.split(even)                                                         # (BLOCK_N, SLOTS) each
@@ -233,23 +253,22 @@ def _row_slots(acc, X, w_rows, SCALE, OFFSET, row_start, N, mask_n, stride_sn, k
     first = k0 + 32 * offs_s                                                        # (SLOTS,): the slot's column
     x_mask = (first < k_end)[:, None]
     q_x = tl.zeros(acc.shape, dtype=tl.float32)                                    # (BLOCK_N, SLOTS)
-    q_x, t0 = _word_times_x(q_x, w0, X, first, x_mask, DENORMAL)
-    q_x, t1 = _word_times_x(q_x, w1, X, first + 8, x_mask, DENORMAL)
-    q_x, t2 = _word_times_x(q_x, w2, X, first + 16, x_mask, DENORMAL)
-    q_x, t3 = _word_times_x(q_x, w3, X, first + 24, x_mask, DENORMAL)
+    q_x, t0, sq0 = _word_times_x(q_x, w0, X, NORM_W, first, x_mask, NORM, DENORMAL)
+    q_x, t1, sq1 = _word_times_x(q_x, w1, X, NORM_W, first + 8, x_mask, NORM, DENORMAL)
+    q_x, t2, sq2 = _word_times_x(q_x, w2, X, NORM_W, first + 16, x_mask, NORM, DENORMAL)
+    q_x, t3, sq3 = _word_times_x(q_x, w3, X, NORM_W, first + 24, x_mask, NORM, DENORMAL)
     x_sums = (t0 + t1) + (t2 + t3)                                                  # (SLOTS,)
     # the slots' groups' scales and offsets, every row's, as one 1-D tile (BLOCK_N * SLOTS,) then (BLOCK_N, SLOTS):
-    # thread t holds slot t of each row, as for W; the group index is a division (by an even number: for G = 32
-    # too), so the compiler sees no contiguity and loads element by element
-    row_i = row_start + offs_i // SLOTS                                             # (BLOCK_N * SLOTS,)
+    # the group index is a division (by an even number: for G = 32 too), so the compiler sees no contiguity and
+    # loads element by element
     slot_i = offs_i % SLOTS
-    s_offs = row_i.to(tl.int64) * stride_sn + (k0 * 2 + 64 * slot_i) // (2 * G)
-    s_mask = (row_i < N) & (k0 + 32 * slot_i < k_end)
+    s_offs = s_rows_i + (k0 * 2 + 64 * slot_i) // (2 * G)
+    s_mask = rows_ok_i & (k0 + 32 * slot_i < k_end)
     scale = tl.reshape(tl.load(SCALE + s_offs, mask=s_mask, other=0.0).to(tl.float32), [BLOCK_N, SLOTS])
     if DENORMAL:
         scale = scale * (2.0 ** DENORMAL_SHIFT)     # exact: the products were q * x * 2^-DENORMAL_SHIFT
     offset = tl.reshape(tl.load(OFFSET + s_offs, mask=s_mask, other=0.0).to(tl.float32), [BLOCK_N, SLOTS])
-    return acc + q_x * scale + offset * x_sums[None, :]
+    return acc + q_x * scale + offset * x_sums[None, :], (sq0 + sq1) + (sq2 + sq3)
 
 
 @triton.jit(do_not_specialize=["num_splits"])
@@ -273,10 +292,14 @@ def _gemv_int4_row_kernel(X, WORDS, SCALE, OFFSET, Y, PARTIALS, COUNTERS, N, K, 
         k_start = 0
         k_end = K
     w_rows = WORDS + rows[:, None].to(tl.int64) * stride_wn                        # (BLOCK_N, 1)
+    row_i = row_start + offs_i // SLOTS                                             # (BLOCK_N * SLOTS,)
+    s_rows_i = row_i.to(tl.int64) * stride_sn
+    rows_ok_i = row_i < N
     acc = tl.zeros([BLOCK_N, SLOTS], dtype=tl.float32)
     for k0 in range(k_start, k_end, BLOCK_K):
-        acc = _row_slots(acc, X, w_rows, SCALE, OFFSET, row_start, N, mask_n, stride_sn, k0, k_end, offs_w, offs_s,
-                         offs_i, G, DENORMAL)
+        w = _slot_words(w_rows, mask_n, k0, k_end, offs_w)
+        acc, _ = _row_slots(acc, w, X, X, SCALE, OFFSET, s_rows_i, rows_ok_i, k0, k_end, offs_s, offs_i, G, False,
+                            DENORMAL)
     y = tl.sum(acc, axis=1)                                                         # (BLOCK_N,)
     _store_or_meet(Y, PARTIALS, COUNTERS, y, rows, rows, mask_n, pid_n, num_splits, N, SPLIT)
 

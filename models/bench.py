@@ -12,7 +12,8 @@ rows with 8-bit caches (fp8, int8: random 8-bit values and scales), read by ever
 rows with the projections' weights in int8 (models/int8_weights.py: the bf16 model quantized after its rows), whose
 roofline counts the bytes they read (int8 values and float32 scales); --weights int4 likewise with 4-bit weights
 (models/int4_weights.py: packed nibbles, float16 scales and offsets per group of 32 columns), whose one-token batch-1
-step is the compiled general one (the fused kernels read 16-bit and int8 weights only; each row names its `one_token_step`).
+step is the fused one as for the others (each row names its `one_token_step`; `flash:unfused` times the compiled
+general step beside it).
 (models/decode_bench.py: issues 11 and 13's GPU run, the 8-bit caches' capacity and verification steps.)
 
 Per (model, batch, context) it reports decode tokens/s for:
@@ -272,10 +273,10 @@ def check_int8_weights(model, log) -> dict:
 
 @torch.no_grad()
 def check_int4_weights(model, log) -> dict:
-    """int4 weights: the compiled general step (the int4 op, `torch.ops.codecomplete.gemv_int4`, inside the compiled
-    graph) against the uncompiled step on the weights dequantized to bf16 (`models.int4_weights.CUDA_OP` off), over
-    the same cache, as relative L2 of the logits: the op and its graph against plain PyTorch (bf16 rounding apart),
-    and a batch of 4 rows (the op's M = 4) likewise. Also which one-token step runs (the fused one must not)."""
+    """int4 weights: the one-token step as it runs (the fused step's int4 kernels at batch 1; at a batch of 4 the int4
+    op, `torch.ops.codecomplete.gemv_int4` with M = 4, inside the compiled general step) against the uncompiled,
+    unfused step on the weights dequantized to bf16 (`models.int4_weights.CUDA_OP` off), over the same cache, as
+    relative L2 of the logits (bf16 rounding apart). Also which one-token step ran at batch 1."""
     import models.int4_weights
     result = {"one_token_step": "fused" if model.fused_decode else "compiled general"}
     for batch in (1, 4):
@@ -286,11 +287,12 @@ def check_int4_weights(model, log) -> dict:
         step = Decode(input_pos, (input_pos + 1).to(torch.int32), "flash")
         compiled = model.decode(tokens, step).float()
         kernels, model.decode_kernels = model.decode_kernels, model.dense
+        fused, model.fused_decode = model.fused_decode, False
         models.int4_weights.CUDA_OP = False
         try:
             dequantized = model.decode(tokens, step).float()
         finally:
-            models.int4_weights.CUDA_OP, model.decode_kernels = True, kernels
+            models.int4_weights.CUDA_OP, model.decode_kernels, model.fused_decode = True, kernels, fused
         result[f"int4_op_vs_dequantized_B{batch}"] = ((compiled - dequantized).norm() / dequantized.norm()).item()
     log(f"  int4 weights check (relative L2): {result}")
     model.free_caches()

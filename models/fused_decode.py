@@ -16,7 +16,8 @@ else (a batch, a verification step of 1 + k tokens, the CPU) runs the general, c
 (`model.rank_collectives`) wo's and w2's partial outputs are summed over the ranks by one all-reduce each,
 with the residual folded into the lead rank's partial by the GEMV's epilogue (no separate add kernel: the sum
 is the residual plus every partial), and the logits gather the vocabulary's rows. int8 weights
-(`Transformer.quantize_weights`) go to the same kernels with their scales per row: half the bytes streamed.
+(`Transformer.quantize_weights`) go to the same kernels with their scales per row (half the bytes streamed), int4
+ones with their scales and offsets per group (a quarter and a bit; the one-row int4 GEMV's inner step).
 
 Each kernel lets the next one launch as its programs start (PDL), except where flash attention's programs,
 resident that early, could crowd some SMs and leave others idle (`kernels.interface.crowds_when_early`), or
@@ -67,7 +68,7 @@ def decode_one_token(model, token: torch.Tensor, step) -> torch.Tensor:
                        model.rope.cos, model.rope.sin, step.input_pos, Hq, Hkv,
                        cache=(cache.k[:1], cache.v[:1]) if in_place else None,
                        scales=(cache.k_scale[:1], cache.v_scale[:1]) if quantized else None,
-                       late_dependents=late_qkv, weight_scale=_scale(a.wqkv),
+                       late_dependents=late_qkv, **_quantized(a.wqkv),
                        exact=cache.fused_exact() if in_place else None)                  # ((Hq + 2 Hkv) * D,)
         q, k, v = (t.view(1, -1, 1, D) for t in qkv.split([Hq * D, Hkv * D, Hkv * D]))  # (1, H, 1, D)
         if in_place:       # qkv_rope wrote k and v (and an fp8 cache's exact copies) into the cache
@@ -79,10 +80,10 @@ def decode_one_token(model, token: torch.Tensor, step) -> torch.Tensor:
         attn = decode_attention(step.backend, q, view, step.cache_seqlens, step.exact)  # (1, Hq, 1, D)
         h = _row_parallel(gemv, attn.reshape(Hq * D).contiguous(), a.wo, x, collectives)           # (dim,)
         m = norm_swiglu(h, layer.ffn_norm.weight, layer.ffn_norm.eps, f.w13.weight,
-                        weight_scale=_scale(f.w13))                                      # (ffn_dim,)
+                        **_quantized(f.w13))                                             # (ffn_dim,)
         x = _row_parallel(gemv, m, f.w2, h, collectives)                                 # (dim,)
     logits = gemv(x, model.output.weight, norm_weight=model.norm.weight, eps=model.norm.eps,
-                  out_dtype=torch.float32, weight_scale=_scale(model.output)).view(1, -1)  # (1, V or V_rank)
+                  out_dtype=torch.float32, **_quantized(model.output)).view(1, -1)       # (1, V or V_rank)
     return logits if collectives is None else collectives.gather_logits(logits)          # (1, V)
 
 
@@ -101,9 +102,13 @@ def _attention_late(model, step, dtype: torch.dtype) -> bool:
                         crowding_rule=LATE_WHEN_CROWDED)
 
 
-def _scale(projection) -> torch.Tensor | None:
-    """An int8 projection's float32 scales per output row (`Transformer.quantize_weights`), else None."""
-    return getattr(projection, "weight_scale", None)
+def _quantized(projection) -> dict:
+    """The fused kernels' keyword arguments for a quantized projection's weight (`Transformer.quantize_weights`): an
+    int8 one's float32 scales per output row, an int4 one's float16 scales and offsets per group; none for a float
+    weight."""
+    scale, offset = getattr(projection, "weight_scale", None), getattr(projection, "weight_offset", None)
+    return {} if scale is None else {"weight_scale": scale} if offset is None else {"weight_scale": scale,
+                                                                                      "weight_offset": offset}
 
 
 def _row_parallel(gemv, x: torch.Tensor, projection, residual: torch.Tensor,
@@ -111,7 +116,7 @@ def _row_parallel(gemv, x: torch.Tensor, projection, residual: torch.Tensor,
     """residual + x @ weight^T, the projection's weight (N, K) whole or, on a tensor-parallel rank, its columns (an
     int8 one with its rows' scales, whole: a row's scale is the whole row's): the partials summed over the ranks
     with the residual in the lead rank's."""
-    weight, scale = projection.weight, _scale(projection)
+    weight, quantized = projection.weight, _quantized(projection)
     if collectives is None:
-        return gemv(x, weight, residual=residual, weight_scale=scale)
-    return collectives.reduce(gemv(x, weight, residual=residual if collectives.lead else None, weight_scale=scale))
+        return gemv(x, weight, residual=residual, **quantized)
+    return collectives.reduce(gemv(x, weight, residual=residual if collectives.lead else None, **quantized))

@@ -330,17 +330,6 @@ class Transformer(nn.Module):
         if self.config.tie_embeddings and not self.weights_quantized:     # a quantized head is a copy of its own
             self.output.weight = self.tok_embeddings.weight
 
-    @property
-    def fused_decode(self) -> bool:
-        """Whether one-token batch-1 steps run on the fused kernels (models/fused_decode.py): as set (`compile_dense`,
-        benchmarks' A/B), except with int4 weights, which the fused kernels do not read (int8 or 16-bit ones only):
-        those steps take the compiled general step, whatever the order of quantizing and compiling."""
-        return self._fused_decode and self.weights_kind != "int4"
-
-    @fused_decode.setter
-    def fused_decode(self, on: bool) -> None:
-        self._fused_decode = on
-
     def materialize(self, device, dtype, matmul_dtype=None, weights: str | None = None) -> Transformer:
         """Turn a model built under torch.device("meta") into uninitialised storage on `device`, in `dtype`; with
         `matmul_dtype` the projections' weights (and the embeddings tied to the output) in that one instead, the
@@ -438,7 +427,7 @@ class Transformer(nn.Module):
         if self.output.weight.is_cuda:
             use_gemv(os.environ.get("CODECOMPLETE_GEMV") or DEFAULT_GEMV)      # (empty: unset)
             plain = self.dense == DenseKernels() or self.rank_collectives is not None
-            self.fused_decode = os.environ.get("CODECOMPLETE_FUSED", "1") != "0" and plain    # (never int4)
+            self.fused_decode = os.environ.get("CODECOMPLETE_FUSED", "1") != "0" and plain
         compile = functools.partial(torch.compile, fullgraph=True, dynamic=False)
         self.decode_kernels = DenseKernels(*(compile(f) for f in self.dense))
 

@@ -190,16 +190,24 @@ def test_the_exact_window_merge_and_combine_compile_for_sm90_without_spills(comp
         assert facts["combine_cubin_bytes"] > 0 and facts["combine_local_bytes"] == 0 and facts["combine_pdl_wait"]
 
 
-def test_the_dense_kernels_compile_for_sm90_with_bf16_and_int8_weights(compiled):
+def test_the_dense_kernels_compile_for_sm90_with_bf16_int8_and_int4_weights(compiled):
     """The decode step's GEMVs (kernels/fused_gemv.py's every build, kernels/gemv.py's four) and the few-row int8
     kernel's five are part of the check: `--only "int8 weights"` builds the int8-weight GEMVs, which convert their
-    weights by PRMT, with no I2F beyond the one the bf16 build has (K's, in the RMSNorm's mean)."""
+    weights by PRMT, with no I2F beyond the one the bf16 build has (K's, in the RMSNorm's mean). The int4-weight
+    builds run the one-row int4 GEMV's step (denormal nibbles): no barrier and no spill in their key loop, no I2F
+    beyond that one, and wo's, w2's and wqkv's first step of W loaded before the PDL wait."""
     from kernels.fused_gemv import build_names
+    int4 = [name for name in build_names() if name.endswith(" int4 weights")]
+    assert len(int4) == 6, int4                         # every kind, and qkv_rope writing an fp8 cache
     for name in build_names():
         facts = compiled[f"fused-gemv {name}"]
         assert "error" not in facts and facts["cubin_bytes"] > 0, facts
         if name.endswith(" int8 weights"):
             assert facts["prmt"] > 0 and facts["i2f"] == compiled[f"fused-gemv {name[:-len(' int8 weights')]}"]["i2f"]
+        if name in int4:
+            assert facts["loop_barriers"] == 0 and facts["local_bytes"] == 0, (name, facts)
+            assert facts["i2f"] == compiled[f"fused-gemv {name[:-len(' int4 weights')]}"]["i2f"], (name, facts)
+            assert (facts["loads_before_wait"] > 0) == (not name.startswith(("logits", "w13"))), (name, facts)
     variants = compiled["gemv bf16 and int8 weights, unsplit and split-K"]
     assert "error" not in variants and [v["int8_weights"] for v in variants["variants"]] == [False, False, True, True]
     few_rows = compiled["few_rows_int8 unsplit and split-K"]       # (2..16 rows: tests/kernels/test_few_rows_int8.py)

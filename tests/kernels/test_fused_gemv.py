@@ -269,6 +269,113 @@ def test_int8_weights_without_their_scale_or_with_a_wrong_one_get_one_clear_erro
         norm_swiglu(x, torch.ones(16), 1e-5, torch.randn(8, 16), weight_scale=torch.ones(8))
 
 
+# ---- int4 weights: 4-bit nibbles with a float16 scale and offset per group, summed as the one-row int4 GEMV does ----
+
+def _int4(rows, K, G=32):
+    """Random weights quantized to kernels/int4_layout.py's 4 bits (rows of all sizes), the float64 matrix the
+    references multiply by (q * scale + offset, exact), and each weight's |q * scale| + |offset|: the kernel sums
+    q * x and x apart (scale * sum(q x) + offset * sum(x)), so its rounding scales with those terms, not with |w|."""
+    from kernels.int4_layout import quantize_int4, unpack_int4
+    weight = quantize_int4(torch.randn(rows, K) * (torch.rand(rows, 1) + 0.1), G)
+    q = unpack_int4(weight.packed).double()                                                  # (rows, K)
+    scale, offset = (t.double().repeat_interleave(G, dim=1) for t in (weight.scale, weight.offset))
+    return weight, q * scale + offset, (q * scale).abs() + offset.abs()
+
+
+@pytest.mark.parametrize("N, K, G", [(37, 1056, 32), (300, 96, 32), (5, 4224, 32), (9, 1536, 128), (24, 640, 64)])
+@pytest.mark.parametrize("dtype, tol", TOLERANCES)
+@pytest.mark.parametrize("fuse", ["plain", "residual", "norm", "norm fp32 out"])
+def test_gemv_with_int4_weights_sums_each_groups_scale_and_offset(N, K, G, dtype, tol, fuse, poisoned_empty,
+                                                                   early_tile):
+    """K past one step of columns (4224 over 4096) and short of one (96), groups of 32, 64 and 128."""
+    x = torch.randn(K).to(dtype)
+    weight, dequantized, magnitude = _int4(N, K, G)
+    kwargs = {"residual": torch.randn(N).to(dtype)} if fuse == "residual" else {}
+    if fuse.startswith("norm"):
+        kwargs = {"norm_weight": (torch.rand(K) + 0.5).to(dtype), "eps": 1e-5}
+    out_dtype = torch.float32 if fuse == "norm fp32 out" else None
+    y = gemv(x, weight.packed, weight_scale=weight.scale, weight_offset=weight.offset, out_dtype=out_dtype, **kwargs)
+    assert y.shape == (N,) and y.dtype == (out_dtype or dtype)
+    bound = _scale(magnitude, x, kwargs.get("norm_weight"))
+    if fuse == "residual":
+        bound = bound + kwargs["residual"].double().abs()
+    _close(y, reference.fused_gemv(x, dequantized, **kwargs), bound, tol)
+
+
+@pytest.mark.parametrize("F, K", [(64, 96), (43, 1056), (11, 32)])
+@pytest.mark.parametrize("dtype, tol", TOLERANCES)
+def test_norm_swiglu_with_int4_weights(F, K, dtype, tol, poisoned_empty, early_tile):
+    """Gate row i and up row F + i (one interleaved tile) each with their groups' scales and offsets."""
+    x, norm_weight = torch.randn(K).to(dtype), (torch.rand(K) + 0.5).to(dtype)
+    w13, dequantized, magnitude = _int4(2 * F, K)
+    y = norm_swiglu(x, norm_weight, 1e-6, w13.packed, weight_scale=w13.scale, weight_offset=w13.offset,
+                    interleave=False)        # (asked for two tiles: int4 takes one)
+    assert y.shape == (F,) and y.dtype == dtype
+    gate, up = _scale(magnitude, x, norm_weight, 1e-6).chunk(2)
+    gate_ref, up_ref = (dequantized @ reference._normed(x, norm_weight, 1e-6)).chunk(2)
+    bound = 1.1 * up_ref.abs() * gate + torch.nn.functional.silu(gate_ref).abs() * up
+    _close(y, reference.norm_swiglu(x, norm_weight, 1e-6, dequantized), bound + 1e-30, tol)
+
+
+@pytest.mark.parametrize("heads, kv_heads, D", [(4, 2, 16), (3, 3, 8), (8, 1, 32)])
+@pytest.mark.parametrize("dtype, tol", TOLERANCES)
+@pytest.mark.parametrize("cache_dtype", [None, torch.int8])
+def test_qkv_rope_with_int4_weights(heads, kv_heads, D, dtype, tol, cache_dtype, poisoned_empty, early_tile):
+    """RoPE's pairs of rows from 4-bit weights; k and v reach the cache (x's dtype, or 8-bit quantized by the head's
+    last program, with exact copies beside it: int8's bytes compare exactly under the interpreter) as qkv_rope
+    returns them."""
+    K, S, pos = 160, 12, 7
+    x, norm_weight = torch.randn(K).to(dtype), (torch.rand(K) + 0.5).to(dtype)
+    wqkv, dequantized, magnitude = _int4((heads + 2 * kv_heads) * D, K)
+    angles = torch.rand(S, D // 2) * 6.3
+    cos, sin = torch.cat((angles.cos(), angles.cos()), -1), torch.cat((angles.sin(), angles.sin()), -1)
+    position = torch.tensor([pos])
+    exact = None
+    if cache_dtype is None:
+        caches = [torch.full((1, kv_heads, S, D), float("nan"), dtype=dtype) for _ in range(2)]
+        scales = None
+    else:
+        caches = [torch.zeros(1, kv_heads, S, D, dtype=cache_dtype) for _ in range(2)]
+        scales = tuple(torch.full((1, kv_heads, S), float("nan")) for _ in range(2))
+        exact = (torch.full((1, kv_heads, 6, D), float("nan"), dtype=dtype),
+                 torch.full((1, kv_heads, 6, D), float("nan"), dtype=dtype), torch.full((6,), -1), 2, 4)
+    y = qkv_rope(x, norm_weight, 1e-5, wqkv.packed, cos, sin, position, heads, kv_heads, cache=tuple(caches),
+                 scales=scales, weight_scale=wqkv.scale, weight_offset=wqkv.offset, exact=exact,
+                 **({"block_n": 4} if cache_dtype else {}))
+    want = reference.qkv_rope(x, norm_weight, 1e-5, dequantized, cos, sin, position, heads, kv_heads)
+    bound = _scale(magnitude, x, norm_weight).view(-1, D)
+    bound = (bound + bound.roll(D // 2, dims=-1)).reshape(-1)
+    _close(y, want, bound, tol)
+    k, v = (t.view(1, kv_heads, 1, D) for t in y[heads * D:].chunk(2))
+    if cache_dtype is None:
+        assert torch.equal(caches[0][:, :, pos:pos + 1], k) and torch.equal(caches[1][:, :, pos:pos + 1], v)
+    else:
+        want_caches = [torch.zeros_like(c) for c in caches]
+        want_scales = [torch.full((1, kv_heads, S), float("nan")) for _ in range(2)]
+        reference.append_kv(k, v, *want_caches, position, *want_scales)
+        assert all(torch.equal(a, b) for a, b in zip(caches, want_caches))
+        assert all(torch.equal(a.nan_to_num(), b.nan_to_num()) for a, b in zip(scales, want_scales))
+        slot = 2 + (pos - 2) % 4                                  # past the sink of 2, in the ring of 4
+        assert torch.equal(exact[0][:, :, slot:slot + 1], k) and torch.equal(exact[1][:, :, slot:slot + 1], v)
+        assert exact[2][slot].item() == pos and exact[0][:, :, :slot].isnan().all()
+
+
+def test_int4_weights_without_their_scale_and_offset_or_with_wrong_ones_get_one_clear_error():
+    from kernels.int4_layout import quantize_int4
+    x, weight = torch.randn(64), quantize_int4(torch.randn(8, 64))
+    with pytest.raises(ValueError, match="gemv: a 4-bit weight is packed uint8"):
+        gemv(x, weight.packed, weight_scale=weight.scale)
+    with pytest.raises(ValueError, match="norm_swiglu: a 4-bit weight is packed uint8"):
+        norm_swiglu(x, torch.ones(64), 1e-5, torch.randn(8, 64), weight_scale=weight.scale, weight_offset=weight.offset)
+    with pytest.raises(ValueError, match="gemv: gemv_int4: offset must be a contiguous float16"):
+        gemv(x, weight.packed, weight_scale=weight.scale, weight_offset=weight.offset.float())
+    with pytest.raises(ValueError, match="gemv: x must hold one contiguous row of 64"):
+        gemv(torch.randn(32), weight.packed, weight_scale=weight.scale, weight_offset=weight.offset)
+    with pytest.raises(ValueError, match="groups of 16 columns"):
+        gemv(x, weight.packed, weight_scale=torch.ones(8, 4, dtype=torch.float16),
+             weight_offset=torch.ones(8, 4, dtype=torch.float16))
+
+
 def test_bad_inputs_get_one_clear_error():
     x, w = torch.randn(16), torch.randn(8, 16)
     with pytest.raises(ValueError, match="one contiguous row of 16"):
@@ -403,6 +510,31 @@ def test_the_sweep_runs_a_models_rank_shapes_end_to_end(monkeypatch, tmp_path, w
     written = read_configs(str(entries))
     assert all(isinstance(k, tuple) and k[0] in fused_gemv.KINDS for k in written)
     assert result["predictions"]["Tiny/2"]["shapes"] == 5
+
+
+def test_an_int4_sweep_checks_every_configuration_against_float64(monkeypatch, tmp_path):
+    """`--weights int4` on a tiny preset (every K a multiple of the group of 32) under the interpreter, timings
+    faked: SWEEP_INT4's configurations, each checked against the dequantized weight in float64; the floor counts
+    int4's bytes (nibbles, scales and offsets), not bf16's."""
+    import itertools
+
+    import kernels.bench
+    from kernels.int4_layout import int4_bytes
+    monkeypatch.setitem(fused_gemv_bench.MODELS, "Tiny4", (2, 64, 4, 2, 16, 96, 101))
+    monkeypatch.setattr(fused_gemv_bench, "SWEEP_INT4", {k: v[:2] for k, v in fused_gemv_bench.SWEEP_INT4.items()})
+    times = itertools.cycle([7.0, 5.0, 6.0, 9.0, 4.0])
+    monkeypatch.setattr(kernels.bench, "copy_bandwidth", lambda: 4e12)
+    monkeypatch.setattr(kernels.bench, "graph_replay_us", lambda run, replays=30: (run(), next(times))[1])
+    out = tmp_path / "sweep.json"
+    assert fused_gemv_bench.main(["--model", "Tiny4", "--device", "cpu", "--json", str(out), "--weights", "int4"]) == 0
+    result = json.loads(out.read_text())
+    assert {(r["kind"], r["N"], r["K"]) for r in result["rows"]} == {
+        ("qkv_rope", 128, 64), ("gemv", 64, 64), ("norm_swiglu", 192, 64), ("gemv_deep", 64, 96), ("gemv_norm", 101, 64)}
+    for row in result["rows"]:
+        swept = dict.fromkeys([fused_gemv.INT4_CONFIGS[row["kind"]], *fused_gemv_bench.SWEEP_INT4[row["kind"]]])
+        assert row["weights"] == "int4" and len(row["configs"]) == len(swept)      # the default and the sweep's
+        assert all(c["ok"] and c["max_rel_err"] < 1e-2 for c in row["configs"]), row
+        assert row["floor_us"] == pytest.approx(int4_bytes(row["N"], row["K"]) / 4e12 * 1e6)
 
 
 def test_an_int8_sweep_that_keeps_the_default_over_a_bf16_entry_writes_it(monkeypatch, tmp_path):

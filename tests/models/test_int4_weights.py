@@ -1,6 +1,6 @@
 """int4 weight-only quantization (models/int4_weights.py, `Transformer.quantize_weights(weights="int4")`): the model of
 int4 weights against the model of their dequantized values in float64, every CPU path a projection takes (prefill,
-one-token and verification steps, a fused step asked for and not taken, torch.compile), the module storage, the
+one-token and verification steps, the fused one-token step (in the interpreter), torch.compile), the module storage, the
 bytes a step reads, and the refusal of a split model. The CUDA op (kernels/gemv_int4.py) is tested with its kernel
 (tests/kernels/); here only which rows go to it."""
 
@@ -70,52 +70,67 @@ def test_int8_stays_quantize_weights_default_and_int4_takes_no_rank_amax():
 
 
 @torch.no_grad()
-def _run(model, fused: bool = False):
+def _run(model, fused: bool = False, backend: str = "sdpa"):
     """Prefill logits at every position, three one-token steps and a four-token (verification) step, in float64."""
     model.setup_caches(1, 32)
     model.fused_decode = fused
     out = {"prefill": model.prefill(torch.tensor([PROMPT]), all_logits=True)}
     position, steps = torch.tensor([len(PROMPT)]), []
     for token in (42, 8, 77):
-        steps.append(model.decode(torch.tensor([[token]]), Decode(position, (position + 1).to(torch.int32), "sdpa")))
+        steps.append(model.decode(torch.tensor([[token]]), Decode(position, (position + 1).to(torch.int32), backend)))
         position = position + 1
     out["one-token steps"] = torch.stack(steps)
     out["verification step"] = model.decode(torch.tensor([[5, 6, 7, 8]]),
-                                            Decode(position, (position + 4).to(torch.int32), "sdpa"))
+                                            Decode(position, (position + 4).to(torch.int32), backend))
     model.fused_decode = False
     return {part: logits.double() for part, logits in out.items()}
 
 
-@pytest.mark.parametrize("fused", [False, True])
-def test_the_int4_model_computes_what_its_dequantized_weights_do_in_float64(models, fused):
+@pytest.mark.parametrize("backend, fused", [("sdpa", False), ("flash", True)])
+def test_the_int4_model_computes_what_its_dequantized_weights_do_in_float64(models, backend, fused):
     """Every CPU path of the float32 int4 model against the float64 model holding the dequantized weights exactly: the
     same numbers to float32 rounding of the activations (the dequantized float32 weight is exact but for the
-    rounding of q * scale + offset's sum). A fused one-token step asked for (fused=True) is not taken: the fused
-    kernels read no int4 weights, so the general step runs. Against the original weights: close, not equal."""
+    rounding of q * scale + offset's sum). fused: the one-token steps on the fused kernels (models/fused_decode.py,
+    here in the interpreter), which sum q * x and x apart per group (scale * sum(q x) + offset * sum(x)) and fold
+    the norms' scalars in at the end: float32 rounding in another order. Against the original weights: close, not
+    equal."""
     original, quantized, dequantized = models
-    got, want = _run(quantized, fused), _run(dequantized)
-    assert not quantized.fused_decode
+    got, want = _run(quantized, fused, backend), _run(dequantized)
     unquantized = _run(original)
+    tolerance = 1e-4 if fused else 1e-5
     for part, reference_logits in want.items():
         assert reference_logits.std() > 1e-2
-        torch.testing.assert_close(got[part], reference_logits, rtol=1e-5,
-                                   atol=1e-5 * reference_logits.abs().max().item(),
+        torch.testing.assert_close(got[part], reference_logits, rtol=tolerance,
+                                   atol=tolerance * reference_logits.abs().max().item(),
                                    msg=lambda message: f"{part}: {message}")
         drift = (got[part] - unquantized[part]).abs().max() / unquantized[part].abs().max()
         assert 0 < drift < 0.2, (part, drift)
 
 
-def test_a_fused_step_is_never_taken_with_int4_weights_whatever_the_order():
-    """compile_dense (on a GPU) may have set fused_decode before the weights were quantized (models.bench quantizes a
-    compiled bf16 model): the flag reads off once they are int4, and on again for 16-bit ones."""
-    model = build_random_model(CONFIG, max_len=64)
-    model.fused_decode = True
-    assert model.fused_decode
-    model.quantize_weights(weights="int4")
-    assert not model.fused_decode
-    int8 = build_random_model(CONFIG, max_len=64, weights="int8")
-    int8.fused_decode = True
-    assert int8.fused_decode
+def test_the_fused_one_token_step_runs_on_the_int4_kernels(models, monkeypatch):
+    """With fused_decode on, a one-token step goes through models/fused_decode.py, whose kernels get the packed
+    nibbles with their groups' scales and offsets (not a dequantized copy): every projection of every layer."""
+    import kernels.fused_gemv as fused_gemv
+    _, quantized, _ = models
+    seen = []
+    for name in ("gemv", "norm_swiglu", "qkv_rope"):
+        real = getattr(fused_gemv, name)
+        def spy(*args, _real=real, _name=name, **kwargs):
+            packed = next(a for a in args if getattr(a, "dtype", None) == torch.uint8)
+            seen.append((_name, packed.shape, kwargs["weight_offset"].dtype))
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(fused_gemv, name, spy)
+    quantized.setup_caches(1, 32)
+    quantized.fused_decode = True
+    quantized.prefill(torch.tensor([PROMPT]))
+    quantized.decode(torch.tensor([[42]]), Decode(torch.tensor([len(PROMPT)]),
+                                                 torch.tensor([len(PROMPT) + 1], dtype=torch.int32), "flash"))
+    c = CONFIG
+    per_layer = [("qkv_rope", ((c.n_heads + 2 * c.n_kv_heads) * c.head_dim, c.dim // 2)),
+                 ("gemv", (c.dim, c.n_heads * c.head_dim // 2)), ("norm_swiglu", (2 * c.ffn_dim, c.dim // 2)),
+                 ("gemv", (c.dim, c.ffn_dim // 2))]
+    assert [(name, tuple(shape)) for name, shape, _ in seen] == per_layer * c.n_layers + [("gemv", (101, c.dim // 2))]
+    assert {dtype for *_, dtype in seen} == {torch.float16}
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])

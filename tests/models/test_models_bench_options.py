@@ -117,7 +117,7 @@ def test_int8_weights_are_timed_after_bf16_and_named_in_the_table(monkeypatch, t
 
 def test_int4_weights_are_timed_last_and_the_table_says_their_step_is_the_compiled_one(monkeypatch, tmp_path):
     """--weights int4,bf16,int8: bf16, then int8, then int4 (quantizing is one way); a batch-1 row whose one-token step
-    ran the compiled general step (int4: the fused kernels read no int4 weights) says so in its weights cell."""
+    ran the compiled general step (here the int4 one, as a `flash:unfused` row's would) says so in its weights cell."""
     env = {"card": "Test GPU", "date": "2026-12-06", "torch": "t", "triton": "tr"}
     monkeypatch.setattr(bench, "begin_run", lambda program, out: (env, 4e12, lambda message: None))
     asked = []
@@ -138,14 +138,14 @@ def test_int4_weights_are_timed_last_and_the_table_says_their_step_is_the_compil
     assert "| CodeLlama-34B | 48 | 1 | 131072 | int8 | fp8 | 100.0 | 80.0 | 80% |" in table
 
 
-def test_bench_ours_quantizes_each_kind_of_weights_and_int4_runs_the_compiled_step(monkeypatch):
+def test_bench_ours_quantizes_each_kind_of_weights_and_keeps_the_fused_step(monkeypatch):
     """bench_ours on stand-ins for the GPU parts (a tiny CPU model): bf16 rows, then the model quantized to int8, then
-    (int8 cannot become int4) a fresh model of the same numbers built as int4; the int4 model's one-token step is
-    the compiled general one even where compile_dense turned the fused step on, and its check runs."""
+    (int8 cannot become int4) a fresh model of the same numbers built as int4, compiled as on a GPU; every kind's
+    one-token step is the fused one (int4's kernels read its nibbles), and each quantized kind's check runs."""
     import torch
 
     from models.config import ModelConfig
-    from models.llama import build_random_model
+    from models.llama import Transformer, build_random_model
     config = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=96, vocab_size=101, max_positions=64)
     built = []
 
@@ -158,6 +158,7 @@ def test_bench_ours_quantizes_each_kind_of_weights_and_int4_runs_the_compiled_st
         return {}
 
     monkeypatch.setattr(bench, "build_random_model", build)
+    monkeypatch.setattr(Transformer, "compile_dense", lambda model: setattr(model, "fused_decode", True))  # as on a GPU
     monkeypatch.setattr(bench, "check_backends_and_compile", compiled)
     monkeypatch.setattr(bench, "check_int8_weights", lambda model, log: {"int8": model.weights_kind})
     monkeypatch.setattr(bench, "check_int4_weights", lambda model, log: {"int4": model.weights_kind})
@@ -168,14 +169,14 @@ def test_bench_ours_quantizes_each_kind_of_weights_and_int4_runs_the_compiled_st
     rows = bench.bench_ours("CodeLlama-34B", None, [4096], [1], 4e12, 2, print, checks,
                             weights=("bf16", "int8", "int4"))
     assert rows == [("bf16", None, True, torch.float32), ("int8", "int8", True, torch.int8),
-                    ("int4", "int4", False, torch.uint8)]
+                    ("int4", "int4", True, torch.uint8)]
     assert built == [None, "int4"]
     assert checks["CodeLlama-34B int8 weights"] == {"int8": "int8"}
     assert checks["CodeLlama-34B int4 weights"] == {"int4": "int4"}
-    # int4 alone (issue 11's run): the bf16 model checked and compiled, then quantized in place, fused step off.
+    # int4 alone (issue 11's run): the bf16 model checked and compiled, then quantized in place, fused step kept.
     built.clear()
     rows = bench.bench_ours("CodeLlama-34B", None, [4096], [1], 4e12, 2, print, {}, weights=("int4",))
-    assert rows == [("int4", "int4", False, torch.uint8)] and built == [None]
+    assert rows == [("int4", "int4", True, torch.uint8)] and built == [None]
 
 
 def test_a_run_cut_short_leaves_its_table_next_to_its_json(monkeypatch, tmp_path):
