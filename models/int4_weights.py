@@ -1,5 +1,6 @@
 """4-bit weight-only quantization (`--weights int4`): the projections' weights in kernels/int4_layout.py's layout,
-and the one place a projection with such a weight is computed.
+and the one place a projection with such a weight is computed (but a GPU's fused one-token step, whose kernels read
+the packed nibbles themselves: models/fused_decode.py).
 
     weight[n, k] ~ q[n, k] * scale[n, k // G] + offset[n, k // G],   q in 0..15, G = 32 (kernels.int4_layout.GROUP)
 
