@@ -320,7 +320,7 @@ def test_norm_swiglu_with_int4_weights(F, K, dtype, tol, poisoned_empty, early_t
 @pytest.mark.parametrize("heads, kv_heads, D", [(4, 2, 16), (3, 3, 8), (8, 1, 32)])
 @pytest.mark.parametrize("dtype, tol", TOLERANCES)
 @pytest.mark.parametrize("cache_dtype", [None, torch.int8])
-def test_qkv_rope_with_int4_weights(heads, kv_heads, D, dtype, tol, cache_dtype, poisoned_empty, early_tile):
+def test_qkv_rope_with_int4_weights(heads, kv_heads, D, dtype, tol, cache_dtype, poisoned_empty):
     """RoPE's pairs of rows from 4-bit weights; k and v reach the cache (x's dtype, or 8-bit quantized by the head's
     last program, with exact copies beside it: int8's bytes compare exactly under the interpreter) as qkv_rope
     returns them."""
