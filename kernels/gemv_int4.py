@@ -32,13 +32,21 @@ thread in Triton 3.9, 883 in 3.6, 6.8-6.9 a byte with the x and scale overheads)
 scaled by its group's scale (times 2^74) once, and x's sums over the slot take the group's offset; the slots and
 groups meet at the end of the row.
 
-Several rows (`_gemv_int4_rows_kernel`, for 2..16 rows as kernels/few_rows_int8.py does int8 ones): each group of
-BLOCK_N rows is unpacked once, low and high nibbles apart, converted to x's 16-bit dtype (exact: 0..15; by PRMT
-and a packed subtraction, no I2F: `_nibbles_16bit`) and multiplied with x's even and odd columns of the group (all
-M rows, padded to M_PAD = 16 by masked loads: a tensor-core dot's smallest side) on the tensor cores (warpgroup
-MMAs at BLOCK_N 64), fp32 accumulation; then the group's scale and offset, once a row. float32 x: fp32
-dots at IEEE precision, so a float32 model keeps float32 rounding. In the interpreter (CPU) tiles are widened to
-fp32 at once and no inline assembly runs (DESIGN.md: its 16-bit arithmetic is wrong).
+Several rows (`_gemv_int4_rows_kernel`, for 2..16 rows as kernels/few_rows_int8.py does int8 ones): a step takes a
+wide tile, BLOCK_N rows by BLOCK_K columns (several groups), dequantizes it in registers to x's dtype and multiplies
+it with x's tile (all M rows, padded to M_PAD = 16 by masked loads: a tensor-core dot's smallest side) in ONE
+tensor-core dot (warpgroup MMAs at BLOCK_N 64 and up), fp32 accumulation, nothing a group. The packed bytes are read
+as int32 words; a nibble becomes the fp32 128 + q by one PRMT (no I2F: `_nibbles_fp32`), then one FFMA makes
+w = (128 + q) * scale + (offset - 128 * scale), its group's scale and offset broadcast over the group's words, and
+w is rounded to x's dtype: the prefill path's numbers (kernels.int4_layout.dequantize_int4(weight, x.dtype), then a
+matmul). (128 + q) * scale is exact in fp32, and so is offset - 128 * scale wherever the two lie within 2^13 of
+each other; else it is off by half an fp32 ulp of the larger, far below x's rounding. K runs through the dot in a
+permuted order that both operands share, so that each thread's share of the W operand is whole words (16-byte
+loads, no byte gathers): about 2.5 instructions a weight (PRMT, FFMA, half a pack to 16 bits, an eighth of a word's
+AND and SHF), 8.3 a byte of W in all at the plan's tile (ROWS_BLOCK_N), against 20.8 in the one-group-a-step design
+it replaced. float32 x: fp32 dots at IEEE precision, so a float32 model keeps float32 rounding. In the interpreter
+(CPU) the nibbles are q itself and the dot runs in fp32 (DESIGN.md: its 16-bit arithmetic is wrong); no inline
+assembly runs there.
 
 Deep projections (N < K: CodeLlama-7B's w2, 34B's) split K as kernels/gemv.py does: programs write fp32 partials
 (split, M, N), take a ticket from their row block's counter (`kernels.gemv.tickets`, shared by every GEMV: one
@@ -76,46 +84,46 @@ ROW_BLOCK_K = 32 * 32 * ROW_WARPS
 # products lose bits as denormals) to 2^53 (larger x overflows when scaled); fp16 x lies inside, as activations do.
 DENORMAL_SHIFT = tl.constexpr(74)
 K_PER_PROGRAM = 8192   # deep projections (N < K) split into ranges of at most this many columns (4 KiB a row)
-# Several rows: BLOCK_N rows of W a program, one group of G columns a step.
-ROWS_BLOCK_N, ROWS_WARPS, ROWS_STAGES = 64, 4, 3
-# Groups unrolled a step. At 8 rows on an H200 (Run 50, bf16 x, G = 32, BLOCK_N 64, 4 warps; 34B w13 / w2 / wqkv,
-# µs): 1 a step 346 / 143 / 96, 4 a step 341 / 135 / 93, 8 408 / 195 / 111, 16 405 / 193 / 111. The kernel is bound
-# by its instructions (11.7 a byte of W: one group's two 16-deep dots a step), not by the bytes in flight, so more
-# unrolling does not help; it stays 4.4-6.5x the one-row kernel's time (int8's few-row kernel: 1.1-1.3x).
-ROWS_GROUPS_A_STEP = 4
+# Several rows: BLOCK_N rows of W a program, ROWS_BLOCK_K columns (at least a group) dequantized a step, one dot.
+# Chosen by instruction count in sm_90 SASS, not yet timed on a GPU (Triton 3.9, bf16 x, G = 32, the main loop;
+# instructions a byte of W / registers): 128 rows x 128 columns, 4 warps 8.3 / 185 (G = 128: 7.6); 128 x 256 8.1
+# but at 255 registers; 256 x 128 with 8 warps 8.2 / 140; 64 x 256 9.0 / 151; 64 x 128 9.6 / 96 (ROWS_SWEEP times
+# the others beside it). The design it replaced (one group a step, two 16-deep dots, then the group's scale and
+# offset on the accumulator) counted 20.8 a byte at G = 32 and 11.6 at G = 128, and took 4.4-6.5x the one-row
+# kernel's time on an H200 (Run 50, bound by its instructions).
+ROWS_BLOCK_N, ROWS_BLOCK_K, ROWS_WARPS, ROWS_STAGES = 128, 128, 4, 3
 PROGRAMS_PER_SM = 2    # several rows: split K where the row blocks alone give fewer programs than this an SM
 MIN_GROUPS_PER_SPLIT = 4
 
 
 @triton.jit
-def _nibbles_16bit(p, FP16: tl.constexpr):
-    """A tile of packed bytes -> (low nibbles, high nibbles) in float16 (FP16) or bfloat16, each p's shape, without
-    I2F (a quarter-rate instruction on sm_90; Triton's conversion spends one a value): each nibble becomes the low
-    byte of the 16-bit float 1024 + q (fp16: 0x64qq) or 128 + q (bf16: 0x43qq) by one PRMT per two values, and one
-    exact packed subtraction per two (an FMA for bf16: sm_80's PTX has no bf16x2 sub) takes the 1024 or 128 off."""
-    if FP16:
-        lo = tl.inline_asm_elementwise(
-            "{ .reg .b32 t, m; mov.b32 m, 0x64006400; and.b32 t, $2, 0x0F0F0F0F; "
-            "prmt.b32 $0, t, 0x64646464, 0x5140; prmt.b32 $1, t, 0x64646464, 0x5342; "
-            "sub.f16x2 $0, $0, m; sub.f16x2 $1, $1, m; }",
-            "=r,=r,r", [p], dtype=tl.float16, is_pure=True, pack=4)
-        hi = tl.inline_asm_elementwise(
-            "{ .reg .b32 t, m; mov.b32 m, 0x64006400; shr.b32 t, $2, 4; and.b32 t, t, 0x0F0F0F0F; "
-            "prmt.b32 $0, t, 0x64646464, 0x5140; prmt.b32 $1, t, 0x64646464, 0x5342; "
-            "sub.f16x2 $0, $0, m; sub.f16x2 $1, $1, m; }",
-            "=r,=r,r", [p], dtype=tl.float16, is_pure=True, pack=4)
+def _nibbles_fp32(w, MAGIC: tl.constexpr):
+    """int32 words w -> their eight nibbles (nibble p: column 8i + p of word i), each w's shape, in fp32. MAGIC (the
+    GPU): 128 + q, one PRMT a nibble (the nibble's byte into a float's bits 16-23 under the exponent byte 0x43: no
+    I2F, a quarter-rate instruction on sm_90), after one AND (low nibbles) or SHF and AND (high) per four. Else q."""
+    if MAGIC:
+        return tl.inline_asm_elementwise(
+            "{ .reg .b32 lo, hi; and.b32 lo, $8, 0x0F0F0F0F; shr.b32 hi, $8, 4; and.b32 hi, hi, 0x0F0F0F0F; "
+            "prmt.b32 $0, lo, 0x43000000, 0x7044; prmt.b32 $1, hi, 0x43000000, 0x7044; "
+            "prmt.b32 $2, lo, 0x43000000, 0x7144; prmt.b32 $3, hi, 0x43000000, 0x7144; "
+            "prmt.b32 $4, lo, 0x43000000, 0x7244; prmt.b32 $5, hi, 0x43000000, 0x7244; "
+            "prmt.b32 $6, lo, 0x43000000, 0x7344; prmt.b32 $7, hi, 0x43000000, 0x7344; }",
+            "=r,=r,=r,=r,=r,=r,=r,=r,r", [w], dtype=(tl.float32,) * 8, is_pure=True, pack=1)
     else:
-        lo = tl.inline_asm_elementwise(
-            "{ .reg .b32 t, m, one; mov.b32 m, 0xC300C300; mov.b32 one, 0x3F803F80; and.b32 t, $2, 0x0F0F0F0F; "
-            "prmt.b32 $0, t, 0x43434343, 0x5140; prmt.b32 $1, t, 0x43434343, 0x5342; "
-            "fma.rn.bf16x2 $0, $0, one, m; fma.rn.bf16x2 $1, $1, one, m; }",
-            "=r,=r,r", [p], dtype=tl.bfloat16, is_pure=True, pack=4)
-        hi = tl.inline_asm_elementwise(
-            "{ .reg .b32 t, m, one; mov.b32 m, 0xC300C300; mov.b32 one, 0x3F803F80; shr.b32 t, $2, 4; "
-            "and.b32 t, t, 0x0F0F0F0F; prmt.b32 $0, t, 0x43434343, 0x5140; prmt.b32 $1, t, 0x43434343, 0x5342; "
-            "fma.rn.bf16x2 $0, $0, one, m; fma.rn.bf16x2 $1, $1, one, m; }",
-            "=r,=r,r", [p], dtype=tl.bfloat16, is_pure=True, pack=4)
-    return lo, hi
+        return (((w >> 0) & 0xF).to(tl.float32), ((w >> 4) & 0xF).to(tl.float32), ((w >> 8) & 0xF).to(tl.float32),
+                ((w >> 12) & 0xF).to(tl.float32), ((w >> 16) & 0xF).to(tl.float32),
+                ((w >> 20) & 0xF).to(tl.float32), ((w >> 24) & 0xF).to(tl.float32),
+                ((w >> 28) & 0xF).to(tl.float32))
+
+
+@triton.jit
+def _dequantized(n, scale, offset, G: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    """Nibbles n (BLOCK_N, WORDS) fp32 -> n * scale + offset in DOT_DTYPE, scale and offset (BLOCK_N, GROUPS) each
+    broadcast over its group's G // 8 words."""
+    BLOCK_N: tl.constexpr = n.shape[0]
+    GROUPS: tl.constexpr = scale.shape[1]
+    w = tl.reshape(n, [BLOCK_N, GROUPS, G // 8]) * scale[:, :, None] + offset[:, :, None]
+    return tl.reshape(w, [BLOCK_N, GROUPS * (G // 8)]).to(DOT_DTYPE)
 
 
 @triton.jit
@@ -304,59 +312,85 @@ def _gemv_int4_row_kernel(X, WORDS, SCALE, OFFSET, Y, PARTIALS, COUNTERS, N, K, 
     _store_or_meet(Y, PARTIALS, COUNTERS, y, rows, rows, mask_n, pid_n, num_splits, N, SPLIT)
 
 
+@triton.jit
+def _rows_step(acc, x_rows, w_rows, scale_rows, offset_rows, mask_n, mask_m, k0, k_end, G: tl.constexpr,
+               BLOCK_K: tl.constexpr, DOT_DTYPE: tl.constexpr, IEEE_DOT: tl.constexpr, PRMT: tl.constexpr,
+               RAGGED: tl.constexpr):
+    """acc (BLOCK_N, M_PAD) fp32 plus the step from column k0: W's tile (BLOCK_N, BLOCK_K) dequantized to DOT_DTYPE
+    @ x's tile (BLOCK_K, M_PAD), one dot, K in an order that gives each thread of the dot whole int32 words of W.
+    RAGGED: the step may run past k_end (a range's last where K is not a whole number of steps), and its groups
+    past k_end load zeros; else nothing is masked along K (the main loop)."""
+    BLOCK_N: tl.constexpr = acc.shape[0]
+    M_PAD: tl.constexpr = acc.shape[1]
+    GROUPS: tl.constexpr = BLOCK_K // G
+    offs_w = tl.arange(0, BLOCK_K // 8)                                             # (BLOCK_K // 8,) words
+    offs_g = tl.arange(0, GROUPS)                                                   # (GROUPS,) groups
+    offs_c = k0 + tl.arange(0, BLOCK_K)                                             # (BLOCK_K,) columns
+    mask_w = mask_n[:, None]
+    mask_s = mask_n[:, None]
+    mask_x = mask_m[None, :]
+    if RAGGED:             # by group, so that the mask is constant over a group's G // 8 words (16-byte loads)
+        mask_w = mask_w & (k0 + G * (offs_w // (G // 8)) < k_end)[None, :]
+        mask_s = mask_s & (k0 + G * offs_g < k_end)[None, :]
+        mask_x = mask_x & (offs_c < k_end)[:, None]
+    words = tl.load(w_rows + (k0 // 8 + offs_w)[None, :], mask=mask_w, other=0)   # (BLOCK_N, BLOCK_K // 8) int32
+    groups = (k0 // G + offs_g)[None, :]
+    scale = tl.load(scale_rows + groups, mask=mask_s, other=0.0).to(tl.float32)   # (BLOCK_N, GROUPS)
+    offset = tl.load(offset_rows + groups, mask=mask_s, other=0.0).to(tl.float32)
+    x = tl.load(x_rows + offs_c[:, None], mask=mask_x, other=0.0).to(DOT_DTYPE)   # (BLOCK_K, M_PAD)
+    if PRMT:               # the nibbles come as 128 + q: w = (128 + q) * scale + (offset - 128 * scale)
+        offset = offset - 128.0 * scale
+    n0, n1, n2, n3, n4, n5, n6, n7 = _nibbles_fp32(words, PRMT)                     # (BLOCK_N, BLOCK_K // 8) each
+    e00 = tl.join(_dequantized(n0, scale, offset, G, DOT_DTYPE), _dequantized(n1, scale, offset, G, DOT_DTYPE))
+    e01 = tl.join(_dequantized(n2, scale, offset, G, DOT_DTYPE), _dequantized(n3, scale, offset, G, DOT_DTYPE))
+    e10 = tl.join(_dequantized(n4, scale, offset, G, DOT_DTYPE), _dequantized(n5, scale, offset, G, DOT_DTYPE))
+    e11 = tl.join(_dequantized(n6, scale, offset, G, DOT_DTYPE), _dequantized(n7, scale, offset, G, DOT_DTYPE))
+    w = tl.join(tl.join(e00, e01), tl.join(e10, e11))          # (BLOCK_N, BLOCK_K // 8, e, h, a): nibble 4a + 2h + e
+    # word i = 4 bb + t, so column 8 i + 4 a + 2 h + e; the dot takes K in the order (bb, a, h, t, e): thread t of a
+    # tensor-core dot holds columns 2t, 2t + 1, 2t + 8, 2t + 9 of each 16 (h: the second 8; a: the second 16 of 32),
+    # i.e. all eight nibbles of word 4 bb + t
+    w = tl.reshape(w, [BLOCK_N, BLOCK_K // 32, 4, 2, 2, 2])                         # (BLOCK_N, bb, t, e, h, a)
+    w = tl.reshape(tl.permute(w, [0, 1, 5, 4, 2, 3]), [BLOCK_N, BLOCK_K])          # (BLOCK_N, (bb, a, h, t, e))
+    x = tl.reshape(x, [BLOCK_K // 32, 4, 2, 2, 2, M_PAD])                           # (bb, t, a, h, e, M_PAD)
+    x = tl.reshape(tl.permute(x, [0, 2, 3, 1, 4, 5]), [BLOCK_K, M_PAD])             # ((bb, a, h, t, e), M_PAD)
+    if IEEE_DOT:           # float32 x (and the interpreter): fp32 products, not TF32's
+        return tl.dot(w, x, acc, input_precision="ieee")
+    else:
+        return tl.dot(w, x, acc)                                                    # (BLOCK_N, M_PAD) fp32
+
+
 @triton.jit(do_not_specialize=["M", "num_splits"])      # one binary for every M and split count
-def _gemv_int4_rows_kernel(X, PACKED, SCALE, OFFSET, Y, PARTIALS, COUNTERS, M, N, K, stride_xm, stride_pn, stride_sn,
-                           stride_ym, groups_per_split, num_splits, G: tl.constexpr, BLOCK_N: tl.constexpr,
-                           M_PAD: tl.constexpr, SPLIT: tl.constexpr, UPCAST: tl.constexpr, IEEE_DOT: tl.constexpr,
-                           PRMT: tl.constexpr, GROUPS_A_STEP: tl.constexpr):
-    """y^T's tile (BLOCK_N, M_PAD) += per group: (q_lo @ x_even^T + q_hi @ x_odd^T) * scale + offset * x's sums,
-    GROUPS_A_STEP groups unrolled a loop step (ROWS_GROUPS_A_STEP says what that measured: the kernel is bound by
-    its instructions, not by the bytes in flight); a group past the range loads zeros and adds nothing."""
-    HALF: tl.constexpr = G // 2
+def _gemv_int4_rows_kernel(X, WORDS, SCALE, OFFSET, Y, PARTIALS, COUNTERS, M, N, K, stride_xm, stride_wn, stride_sn,
+                           stride_ym, chunks_per_split, num_splits, G: tl.constexpr, BLOCK_N: tl.constexpr,
+                           BLOCK_K: tl.constexpr, M_PAD: tl.constexpr, SPLIT: tl.constexpr, UPCAST: tl.constexpr,
+                           IEEE_DOT: tl.constexpr, PRMT: tl.constexpr):
+    """y^T's tile (BLOCK_N, M_PAD) = W's rows (BLOCK_N, range of K) dequantized @ x's columns^T, BLOCK_K columns a
+    step (`_rows_step`): whole steps unmasked along K, then a ragged last one where K is not a whole number of
+    steps. W's packed bytes are read as int32 words (N, K // 8)."""
     pid_n = tl.program_id(0)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                                  # (BLOCK_N,) rows of W
     mask_n = rows < N
     offs_m = tl.arange(0, M_PAD)                                                    # (M_PAD,) rows of x
     mask_m = offs_m < M
-    offs_j = tl.arange(0, HALF)                                                     # (HALF,) bytes of a group
-    offs_c = tl.arange(0, G)                                                        # (G,) columns of a group
-    if SPLIT:              # this program's range of whole groups (so counted: the compiler sees its alignment)
-        k_start = tl.program_id(1) * groups_per_split * G
-        k_end = tl.minimum(K, k_start + groups_per_split * G)
+    if SPLIT:              # this program's range of whole steps (so counted: the compiler sees its alignment)
+        k_start = tl.program_id(1) * chunks_per_split * BLOCK_K
+        k_end = tl.minimum(K, k_start + chunks_per_split * BLOCK_K)
     else:
         k_start = 0
         k_end = K
-    p_rows = PACKED + rows[:, None].to(tl.int64) * stride_pn                        # (BLOCK_N, 1)
-    s_rows = rows.to(tl.int64) * stride_sn                                          # (BLOCK_N,)
+    w_rows = WORDS + rows[:, None].to(tl.int64) * stride_wn                         # (BLOCK_N, 1)
+    scale_rows = SCALE + rows[:, None].to(tl.int64) * stride_sn                     # (BLOCK_N, 1)
+    offset_rows = OFFSET + rows[:, None].to(tl.int64) * stride_sn
     x_rows = X + offs_m[None, :] * stride_xm                                        # (1, M_PAD)
     DOT_DTYPE: tl.constexpr = tl.float32 if UPCAST else X.dtype.element_ty
     acc = tl.zeros([BLOCK_N, M_PAD], dtype=tl.float32)
-    for k_step in range(k_start, k_end, G * GROUPS_A_STEP):    # (K and every range are whole groups)
-        for g in tl.static_range(GROUPS_A_STEP):
-            k0 = k_step + g * G
-            inside = mask_n & (k0 + tl.zeros_like(rows) < k_end)    # (BLOCK_N,) rows of a group inside the range
-            p = tl.load(p_rows + (k0 // 2 + offs_j)[None, :], mask=inside[:, None], other=0)   # (BLOCK_N, HALF)
-            x = tl.load(x_rows + (k0 + offs_c)[:, None], mask=mask_m[None, :] & (k0 + offs_c < k_end)[:, None],
-                        other=0.0)                                                  # (G, M_PAD)
-            x_even, x_odd = tl.split(tl.permute(tl.reshape(x, [HALF, 2, M_PAD]), [0, 2, 1]))  # (HALF, M_PAD) each
-            if UPCAST:         # the interpreter: fp32 at once
-                x_even = x_even.to(tl.float32)
-                x_odd = x_odd.to(tl.float32)
-            if PRMT:           # 16-bit x on the GPU
-                lo, hi = _nibbles_16bit(p, DOT_DTYPE == tl.float16)
-            else:
-                lo = (p & 0xF).to(DOT_DTYPE)                                            # exact: 0..15
-                hi = (p >> 4).to(DOT_DTYPE)
-            if IEEE_DOT:       # float32 x (and the interpreter): fp32 products, not TF32's
-                sums = tl.dot(lo, x_even.to(DOT_DTYPE), input_precision="ieee")
-                sums = tl.dot(hi, x_odd.to(DOT_DTYPE), sums, input_precision="ieee")
-            else:
-                sums = tl.dot(lo, x_even.to(DOT_DTYPE))                                 # (BLOCK_N, M_PAD) fp32
-                sums = tl.dot(hi, x_odd.to(DOT_DTYPE), sums)
-            x_sums = tl.sum(x_even.to(tl.float32) + x_odd.to(tl.float32), axis=0)     # (M_PAD,)
-            scale = tl.load(SCALE + s_rows + k0 // G, mask=inside, other=0.0).to(tl.float32)  # (BLOCK_N,)
-            offset = tl.load(OFFSET + s_rows + k0 // G, mask=inside, other=0.0).to(tl.float32)
-            acc += sums * scale[:, None] + offset[:, None] * x_sums[None, :]
+    k_whole = k_start + (k_end - k_start) // BLOCK_K * BLOCK_K                      # (K is whole groups)
+    for k0 in range(k_start, k_whole, BLOCK_K):
+        acc = _rows_step(acc, x_rows, w_rows, scale_rows, offset_rows, mask_n, mask_m, k0, k_end, G, BLOCK_K,
+                         DOT_DTYPE, IEEE_DOT, PRMT, False)
+    if k_whole < k_end:
+        acc = _rows_step(acc, x_rows, w_rows, scale_rows, offset_rows, mask_n, mask_m, k_whole, k_end, G, BLOCK_K,
+                         DOT_DTYPE, IEEE_DOT, PRMT, True)
     y_offs = offs_m[None, :] * stride_ym + rows[:, None]                            # (BLOCK_N, M_PAD) of y (M, N)
     part_offs = offs_m[None, :] * N + rows[:, None]                                 # of a split's (M, N) partials
     _store_or_meet(Y, PARTIALS, COUNTERS, acc, y_offs, part_offs, mask_n[:, None] & mask_m[None, :], pid_n,
@@ -368,7 +402,7 @@ class Plan(NamedTuple):
     split_k ranges of k_per_split columns (split_k 1: one range, all of K)."""
     kernel: str
     block_n: int
-    block_k: int           # columns a step: a multiple of G (for "rows", G x the groups unrolled a step)
+    block_k: int           # columns a step: a multiple of G (for "rows", the columns dequantized a step)
     num_warps: int
     num_stages: int
     split_k: int = 1
@@ -389,8 +423,9 @@ def split_for(N: int, K: int, block_n: int, block_k: int, split_k: int) -> tuple
 def plan(M: int, N: int, K: int, G: int, sms: int = 132) -> Plan:
     """The launch for x (M, K) @ W (N, K)^T with groups of G: one row takes the row kernel in ROW_BLOCK_N rows and
     steps of ROW_BLOCK_K columns, deep projections (N < K) cut into ranges of at most K_PER_PROGRAM columns;
-    several rows take the dot kernel in ROWS_BLOCK_N rows, K split where the row blocks are fewer than
-    PROGRAMS_PER_SM an SM (ranges of at least MIN_GROUPS_PER_SPLIT groups). Shapes and SM count only."""
+    several rows take the dot kernel in ROWS_BLOCK_N rows and steps of ROWS_BLOCK_K columns (a group at least), K
+    split where the row blocks are fewer than PROGRAMS_PER_SM an SM (ranges of at least MIN_GROUPS_PER_SPLIT groups
+    and one step). Shapes and SM count only."""
     if M == 1:
         block_k = ROW_BLOCK_K
         split = triton.cdiv(K, K_PER_PROGRAM) if N < K else 1
@@ -398,7 +433,7 @@ def plan(M: int, N: int, K: int, G: int, sms: int = 132) -> Plan:
     row_blocks = triton.cdiv(N, ROWS_BLOCK_N)
     target = PROGRAMS_PER_SM * sms
     split = 1 if row_blocks >= target else min(triton.cdiv(target, row_blocks), K // G // MIN_GROUPS_PER_SPLIT)
-    block_k = G * ROWS_GROUPS_A_STEP
+    block_k = max(ROWS_BLOCK_K, G)
     split = min(split, max(1, K // block_k))
     return Plan("rows", ROWS_BLOCK_N, block_k, ROWS_WARPS, ROWS_STAGES,
                 *split_for(N, K, ROWS_BLOCK_N, block_k, split))
@@ -451,8 +486,8 @@ def gemv_int4(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, offset
               denormal: bool = True) -> torch.Tensor:
     """x (M, K), 1 <= M <= MAX_ROWS, float32/bfloat16/float16; packed (N, K // 2) uint8; scale, offset (N, K // G)
     float16 -> y (M, N) in x.dtype. The other arguments (benchmarks, tests) replace `plan`'s: kernel "row" (M = 1
-    only) or "rows", the tile (block_k: a power-of-two multiple of G; for "rows", G x the groups a step), split_k (1:
-    unsplit); denormal False: the row kernel converts nibbles by Triton's I2F (the A/B arm)."""
+    only) or "rows", the tile (block_k: a power-of-two multiple of G; for "rows", the columns of a step's dot),
+    split_k (1: unsplit); denormal False: the row kernel converts nibbles by Triton's I2F (the A/B arm)."""
     G = check_inputs(x, packed, scale, offset)
     M, K = x.shape
     N = packed.shape[0]
@@ -481,10 +516,10 @@ def gemv_int4(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, offset
     else:
         upcast = not x.is_cuda         # the interpreter: widen to fp32 at once
         _gemv_int4_rows_kernel[grid](
-            x, packed, scale, offset, y, partials, counters, M, N, K, x.stride(0), packed.stride(0), scale.stride(0),
-            y.stride(0), k_per_split // G, split_k, G=G, BLOCK_N=block_n, M_PAD=M_PAD, SPLIT=split_k > 1, UPCAST=upcast,
-            IEEE_DOT=upcast or x.dtype == torch.float32, PRMT=not upcast and x.dtype != torch.float32,
-            GROUPS_A_STEP=block_k // G, num_warps=num_warps, num_stages=num_stages)
+            x, packed.view(torch.int32), scale, offset, y, partials, counters, M, N, K, x.stride(0),
+            packed.stride(0) // 4, scale.stride(0), y.stride(0), k_per_split // block_k, split_k, G=G, BLOCK_N=block_n,
+            BLOCK_K=block_k, M_PAD=M_PAD, SPLIT=split_k > 1, UPCAST=upcast, IEEE_DOT=upcast or x.dtype == torch.float32,
+            PRMT=not upcast, num_warps=num_warps, num_stages=num_stages)
     return y
 
 
@@ -518,7 +553,7 @@ def compile_facts(arch: int = 90) -> list[dict]:
               ("row", "fp16", 128, (12288, 4096), True), ("row", "fp32", 128, (12288, 4096), True),
               ("row", "bf16", 64, (1536, 576), True), ("row", "bf16", 32, (4096, 4096), True),
               ("row", "bf16", 128, (12288, 4096), False),
-              ("rows", "bf16", 32, (22016, 4096), True), ("rows", "bf16", 128, (4096, 4096), True),
+              ("rows", "bf16", 32, (44032, 8192), True), ("rows", "bf16", 128, (4096, 4096), True),
               ("rows", "fp16", 128, (4096, 4096), True), ("rows", "fp32", 128, (4096, 4096), True)]
     for kernel, dtype, G, (N, K), denormal in builds:
         chosen = plan(1 if kernel == "row" else 8, N, K, G)
@@ -530,9 +565,9 @@ def compile_facts(arch: int = 90) -> list[dict]:
                                    DENORMAL=denormal),
                               target, chosen.num_warps, chosen.num_stages, floats=(), not_divisible=("num_splits",))
         else:
-            binary = _compile(_gemv_int4_rows_kernel, dict(pointers, PACKED="*u8"),
+            binary = _compile(_gemv_int4_rows_kernel, dict(pointers, WORDS="*i32"),
                               dict(G=G, BLOCK_N=chosen.block_n, M_PAD=M_PAD, SPLIT=chosen.split_k > 1, UPCAST=False,
-                                   IEEE_DOT=dtype == "fp32", PRMT=dtype != "fp32", GROUPS_A_STEP=chosen.block_k // G),
+                                   IEEE_DOT=dtype == "fp32", PRMT=True, BLOCK_K=chosen.block_k),
                               target, chosen.num_warps, chosen.num_stages, floats=(),
                               not_divisible=("M", "num_splits"))
         sass = sass_facts(binary.asm["cubin"], with_opcodes=True)
@@ -568,10 +603,11 @@ LAYERS = {"7B": 32, "34B": 48}
 ROW_SWEEP = [(4, 4096, 4, 3, None), (16, 4096, 4, 3, None), (16, 2048, 2, 3, None), (8, 2048, 2, 3, None),
              (8, 8192, 8, 3, None), (8, 4096, 4, 3, 1), (8, 4096, 4, 3, 4)]
 ROWS = 8                   # the several-row kernel timed at a verification of 8 tokens
-# its other launches timed beside the plan's: (block_n, block_k, num_warps, num_stages) (sm_90 SASS, bf16 x, one
-# group a step: BLOCK_N 64 12.0 instructions a W byte at 94 registers; 128: 9.1 at 168, 10.8 with 8 warps at 87;
-# 8 groups of 128 a step at BLOCK_N 64: 11.7 at 158)
-ROWS_SWEEP = [(64, 32, 4, 3), (64, 128, 4, 3), (64, 512, 4, 3), (64, 512, 8, 3), (128, 256, 8, 3), (32, 256, 4, 3)]
+# its other launches timed beside the plan's (ROWS_BLOCK_N 128 x 128 columns, 4 warps, 3 stages): (block_n,
+# block_k, num_warps, num_stages), the candidates by sm_90 SASS (bf16 x, G = 32; instructions a byte of W /
+# registers): 256 x 128 with 8 warps 8.2 / 140, 64 x 256 9.0 / 151, 64 x 128 9.6 / 96, 128 x 256 with 8 warps 8.8 /
+# 145, 32 x 256 with 2 warps 9.0 / 139 (mma.sync, not warpgroup MMAs), and the plan's tile with 4 stages in flight
+ROWS_SWEEP = [(256, 128, 8, 3), (64, 256, 4, 3), (64, 128, 4, 3), (128, 256, 8, 3), (32, 256, 2, 3), (128, 128, 4, 4)]
 
 
 def _error(y: torch.Tensor, x: torch.Tensor, dequantized: torch.Tensor) -> float:

@@ -1,6 +1,7 @@
 """The 4-bit-weight GEMV (kernels/gemv_int4.py) against float64 of the dequantized weight (kernels/int4_layout.py),
 on fresh random inputs with NaN-poisoned outputs, in the interpreter: one row (the CUDA-core kernel, its denormal
-nibbles and Triton's conversion), several rows (the dot kernel), split-K on and off, ragged row blocks."""
+nibbles and Triton's conversion), several rows (the dot kernel over wide dequantized tiles), split-K on and off,
+ragged row blocks."""
 
 import pytest
 import torch
@@ -65,34 +66,53 @@ def test_one_row_matches_float64(G, dtype, split_k, denormal, poisoned_empty):
     _check(y, x, dequantized, N)
 
 
-@pytest.mark.parametrize("M, G, dtype, split_k, groups", [
-    (2, 128, torch.bfloat16, 1, 1),
-    (5, 64, torch.float16, 3, 1),
-    (16, 32, torch.float32, 1, 8),
-    (5, 128, torch.float32, 2, 2),
-    (16, 64, torch.bfloat16, 4, 1),
-    (1, 32, torch.float16, 2, 4),        # one row through the dot kernel too
-    (3, 128, torch.bfloat16, 1, 8),      # a step of 8 groups over K's 4: half of it past the end
-    (4, 32, torch.float16, 3, 4),        # 16 groups in 4 steps, 3 ranges asked: 2 of 2 steps
+@pytest.mark.parametrize("M, G, dtype, split_k, block_k", [
+    (2, 128, torch.bfloat16, 1, 128),
+    (5, 64, torch.float16, 3, 128),      # 4 steps of 2 groups in ranges of 2 steps
+    (16, 32, torch.float32, 1, 256),     # 8 groups a step
+    (5, 128, torch.float32, 2, 256),
+    (16, 64, torch.bfloat16, 4, 64),     # one group a step
+    (1, 32, torch.float16, 2, 128),      # one row through the dot kernel too
+    (3, 128, torch.bfloat16, 1, 1024),   # a step of 8 groups over K's 4: half of it past the end
+    (4, 32, torch.float16, 3, 128),      # 16 groups in 4 steps, 3 ranges asked: 2 of 2 steps
+    (8, 32, torch.bfloat16, 1, 32),      # the narrowest step: one word of each of 4 threads
 ])
-def test_several_rows_match_float64(M, G, dtype, split_k, groups, poisoned_empty):
-    """The dot kernel: 37 rows in blocks of 16 (the last partial), `groups` groups unrolled a step (a range's last
-    step may run past its end), split-K forced on or off."""
+def test_several_rows_match_float64(M, G, dtype, split_k, block_k, poisoned_empty):
+    """The dot kernel: 37 rows in blocks of 16 (the last partial), W's tile of block_k columns dequantized a step
+    (several groups, each its own scale and offset), split-K forced on or off."""
     N, K = 37, 512
     weight = _quantize_with_group(N, K, G)
     dequantized = dequantize_int4(weight, torch.float64)
     x = _x(M, K, dtype)
-    y = gemv_int4(x, *weight, kernel="rows", block_n=16, block_k=G * groups, split_k=split_k)
+    y = gemv_int4(x, *weight, kernel="rows", block_n=16, block_k=block_k, split_k=split_k)
     _check(y, x, dequantized, N)
 
 
-def test_the_plan_unrolls_groups_for_several_rows():
-    """Several rows step ROWS_GROUPS_A_STEP groups at a time (4 a step measured best on an H200, Run 50); a split
-    counts whole steps."""
-    from kernels.gemv_int4 import ROWS_GROUPS_A_STEP, plan
+@pytest.mark.parametrize("G, dtype, split_k", [(32, torch.bfloat16, 1), (64, torch.float16, 2),
+                                               (32, torch.float32, 3)])
+def test_several_rows_over_groups_of_very_different_scales(G, dtype, split_k, poisoned_empty):
+    """A step's tile spans 8 (or 4) groups whose scales and offsets differ by powers of ten, and K = 15 groups is not
+    a whole number of steps (the last step's groups past K load zeros): a group that took a neighbour's scale or
+    offset, or a column that met the wrong column of x, is off by orders of magnitude, not by rounding."""
+    N, K = 20, 15 * G
+    spread = 10.0 ** (torch.arange(K // G) % 4 - 2).repeat_interleave(G)          # (K,) 0.01 .. 10 by group
+    w = torch.randn(N, K) * spread + 3 * spread * torch.randn(N, 1)
+    weight = quantize_int4(w, G)
+    dequantized = dequantize_int4(weight, torch.float64)
+    x = _x(5, K, dtype)
+    y = gemv_int4(x, *weight, kernel="rows", block_n=16, block_k=256, split_k=split_k)
+    _check(y, x, dequantized, N)
 
-    chosen = plan(9, 44032, 8192, 32)
-    assert chosen.kernel == "rows" and chosen.block_k == 32 * ROWS_GROUPS_A_STEP > 32
+
+def test_the_plan_dequantizes_wide_tiles_for_several_rows():
+    """Several rows step ROWS_BLOCK_K columns at a time whatever the group (a group at least), one dot a step; a
+    split counts whole steps."""
+    from kernels.gemv_int4 import ROWS_BLOCK_K, ROWS_BLOCK_N, plan
+
+    for G in (32, 64, 128):
+        chosen = plan(9, 44032, 8192, G)
+        assert chosen.kernel == "rows" and (chosen.block_n, chosen.block_k) == (ROWS_BLOCK_N, max(ROWS_BLOCK_K, G))
+    assert ROWS_BLOCK_K >= 128          # a wide tile: 4 groups of 32 at least
     deep = plan(9, 8192, 22016, 32)
     assert deep.split_k > 1 and deep.k_per_split % deep.block_k == 0
 
