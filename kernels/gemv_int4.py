@@ -85,12 +85,13 @@ ROW_BLOCK_K = 32 * 32 * ROW_WARPS
 DENORMAL_SHIFT = tl.constexpr(74)
 K_PER_PROGRAM = 8192   # deep projections (N < K) split into ranges of at most this many columns (4 KiB a row)
 # Several rows: BLOCK_N rows of W a program, ROWS_BLOCK_K columns (at least a group) dequantized a step, one dot.
-# Chosen by instruction count in sm_90 SASS, not yet timed on a GPU (Triton 3.9, bf16 x, G = 32, the main loop;
-# instructions a byte of W / registers): 128 rows x 128 columns, 4 warps 8.3 / 185 (G = 128: 7.6); 128 x 256 8.1
-# but at 255 registers; 256 x 128 with 8 warps 8.2 / 140; 64 x 256 9.0 / 151; 64 x 128 9.6 / 96 (ROWS_SWEEP times
-# the others beside it). The design it replaced (one group a step, two 16-deep dots, then the group's scale and
-# offset on the accumulator) counted 20.8 a byte at G = 32 and 11.6 at G = 128, and took 4.4-6.5x the one-row
-# kernel's time on an H200 (Run 50, bound by its instructions).
+# Chosen by instruction count in sm_90 SASS, not yet timed on a GPU (bf16 x, G = 32, the main loop; instructions a
+# byte of W / registers, Triton 3.9 and the GPU image's 3.6 alike unless told): 128 rows x 128 columns, 4 warps 8.3 /
+# 185 (3.6: 181; G = 128: 7.6); 128 x 256 8.1-8.3 but at 255 registers; 256 x 128 with 8 warps 8.2 / 140; 64 x 256
+# 9.0 / 151 (3.6: 8.6); 64 x 128 9.6 / 96 (3.6: 9.4); 32 x 256 with 2 warps (mma.sync) 9.0 / 139 in 3.9 but 12.2 /
+# 255 in 3.6. ROWS_SWEEP times the others beside it. The design it replaced (one group a step, two 16-deep dots,
+# then the group's scale and offset on the accumulator) counted 20.8 a byte at G = 32 and 11.6 at G = 128, and took
+# 4.4-6.5x the one-row kernel's time on an H200 (Run 50: bound by its instructions).
 ROWS_BLOCK_N, ROWS_BLOCK_K, ROWS_WARPS, ROWS_STAGES = 128, 128, 4, 3
 PROGRAMS_PER_SM = 2    # several rows: split K where the row blocks alone give fewer programs than this an SM
 MIN_GROUPS_PER_SPLIT = 4
@@ -604,10 +605,10 @@ ROW_SWEEP = [(4, 4096, 4, 3, None), (16, 4096, 4, 3, None), (16, 2048, 2, 3, Non
              (8, 8192, 8, 3, None), (8, 4096, 4, 3, 1), (8, 4096, 4, 3, 4)]
 ROWS = 8                   # the several-row kernel timed at a verification of 8 tokens
 # its other launches timed beside the plan's (ROWS_BLOCK_N 128 x 128 columns, 4 warps, 3 stages): (block_n,
-# block_k, num_warps, num_stages), the candidates by sm_90 SASS (bf16 x, G = 32; instructions a byte of W /
-# registers): 256 x 128 with 8 warps 8.2 / 140, 64 x 256 9.0 / 151, 64 x 128 9.6 / 96, 128 x 256 with 8 warps 8.8 /
-# 145, 32 x 256 with 2 warps 9.0 / 139 (mma.sync, not warpgroup MMAs), and the plan's tile with 4 stages in flight
-ROWS_SWEEP = [(256, 128, 8, 3), (64, 256, 4, 3), (64, 128, 4, 3), (128, 256, 8, 3), (32, 256, 2, 3), (128, 128, 4, 4)]
+# block_k, num_warps, num_stages), the candidates by sm_90 SASS (bf16 x, G = 32; instructions a byte of W / registers
+# in Triton 3.6): 256 x 128 with 8 warps 8.2 / 137, 64 x 256 8.6 / 155, 64 x 128 9.4 / 96, 128 x 256 with 8 warps
+# 8.4 / 191, 128 x 128 with 8 warps 9.3 / 80 (more programs an SM), and the plan's tile with 4 stages in flight
+ROWS_SWEEP = [(256, 128, 8, 3), (64, 256, 4, 3), (64, 128, 4, 3), (128, 256, 8, 3), (128, 128, 8, 3), (128, 128, 4, 4)]
 
 
 def _error(y: torch.Tensor, x: torch.Tensor, dequantized: torch.Tensor) -> float:
