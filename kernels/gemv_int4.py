@@ -45,8 +45,8 @@ permuted order that both operands share, so that each thread's share of the W op
 loads, no byte gathers): about 2.5 instructions a weight (PRMT, FFMA, half a pack to 16 bits, an eighth of a word's
 AND and SHF), 8.3 a byte of W in all at the plan's tile (ROWS_BLOCK_N), against 20.8 in the one-group-a-step design
 it replaced. float32 x: fp32 dots at IEEE precision, so a float32 model keeps float32 rounding. In the interpreter
-(CPU) the nibbles are q itself and the dot runs in fp32 (DESIGN.md: its 16-bit arithmetic is wrong); no inline
-assembly runs there.
+(CPU) no inline assembly runs (the nibbles come as 128 + q by shifts and masks: the same fp32 arithmetic) and the
+dot runs in fp32, W not rounded to x's dtype (DESIGN.md: its 16-bit arithmetic is wrong).
 
 Deep projections (N < K: CodeLlama-7B's w2, 34B's) split K as kernels/gemv.py does: programs write fp32 partials
 (split, M, N), take a ticket from their row block's counter (`kernels.gemv.tickets`, shared by every GEMV: one
@@ -98,11 +98,12 @@ MIN_GROUPS_PER_SPLIT = 4
 
 
 @triton.jit
-def _nibbles_fp32(w, MAGIC: tl.constexpr):
-    """int32 words w -> their eight nibbles (nibble p: column 8i + p of word i), each w's shape, in fp32. MAGIC (the
-    GPU): 128 + q, one PRMT a nibble (the nibble's byte into a float's bits 16-23 under the exponent byte 0x43: no
-    I2F, a quarter-rate instruction on sm_90), after one AND (low nibbles) or SHF and AND (high) per four. Else q."""
-    if MAGIC:
+def _nibbles_fp32(w, PRMT: tl.constexpr):
+    """int32 words w -> their eight nibbles q as the fp32 128 + q (nibble p: column 8i + p of word i), each w's
+    shape. PRMT (the GPU): one PRMT a nibble puts its byte into a float's bits 16-23 under the exponent byte 0x43 (no
+    I2F, a quarter-rate instruction on sm_90), after one AND (low nibbles) or SHF and AND (high) per four words'
+    bytes. Else (the interpreter: no inline assembly) by shifts, masks and conversions, the same numbers."""
+    if PRMT:
         return tl.inline_asm_elementwise(
             "{ .reg .b32 lo, hi; and.b32 lo, $8, 0x0F0F0F0F; shr.b32 hi, $8, 4; and.b32 hi, hi, 0x0F0F0F0F; "
             "prmt.b32 $0, lo, 0x43000000, 0x7044; prmt.b32 $1, hi, 0x43000000, 0x7044; "
@@ -111,10 +112,10 @@ def _nibbles_fp32(w, MAGIC: tl.constexpr):
             "prmt.b32 $6, lo, 0x43000000, 0x7344; prmt.b32 $7, hi, 0x43000000, 0x7344; }",
             "=r,=r,=r,=r,=r,=r,=r,=r,r", [w], dtype=(tl.float32,) * 8, is_pure=True, pack=1)
     else:
-        return (((w >> 0) & 0xF).to(tl.float32), ((w >> 4) & 0xF).to(tl.float32), ((w >> 8) & 0xF).to(tl.float32),
-                ((w >> 12) & 0xF).to(tl.float32), ((w >> 16) & 0xF).to(tl.float32),
-                ((w >> 20) & 0xF).to(tl.float32), ((w >> 24) & 0xF).to(tl.float32),
-                ((w >> 28) & 0xF).to(tl.float32))
+        return (((w >> 0) & 0xF).to(tl.float32) + 128.0, ((w >> 4) & 0xF).to(tl.float32) + 128.0,
+                ((w >> 8) & 0xF).to(tl.float32) + 128.0, ((w >> 12) & 0xF).to(tl.float32) + 128.0,
+                ((w >> 16) & 0xF).to(tl.float32) + 128.0, ((w >> 20) & 0xF).to(tl.float32) + 128.0,
+                ((w >> 24) & 0xF).to(tl.float32) + 128.0, ((w >> 28) & 0xF).to(tl.float32) + 128.0)
 
 
 @triton.jit
@@ -339,8 +340,7 @@ def _rows_step(acc, x_rows, w_rows, scale_rows, offset_rows, mask_n, mask_m, k0,
     scale = tl.load(scale_rows + groups, mask=mask_s, other=0.0).to(tl.float32)   # (BLOCK_N, GROUPS)
     offset = tl.load(offset_rows + groups, mask=mask_s, other=0.0).to(tl.float32)
     x = tl.load(x_rows + offs_c[:, None], mask=mask_x, other=0.0).to(DOT_DTYPE)   # (BLOCK_K, M_PAD)
-    if PRMT:               # the nibbles come as 128 + q: w = (128 + q) * scale + (offset - 128 * scale)
-        offset = offset - 128.0 * scale
+    offset = offset - 128.0 * scale      # the nibbles come as 128 + q: w = (128 + q) * scale + (offset - 128 * scale)
     n0, n1, n2, n3, n4, n5, n6, n7 = _nibbles_fp32(words, PRMT)                     # (BLOCK_N, BLOCK_K // 8) each
     e00 = tl.join(_dequantized(n0, scale, offset, G, DOT_DTYPE), _dequantized(n1, scale, offset, G, DOT_DTYPE))
     e01 = tl.join(_dequantized(n2, scale, offset, G, DOT_DTYPE), _dequantized(n3, scale, offset, G, DOT_DTYPE))
