@@ -43,8 +43,8 @@ matmul). (128 + q) * scale is exact in fp32, and so is offset - 128 * scale wher
 each other; else it is off by half an fp32 ulp of the larger, far below x's rounding. K runs through the dot in a
 permuted order that both operands share, so that each thread's share of the W operand is whole words (16-byte
 loads, no byte gathers): about 2.5 instructions a weight (PRMT, FFMA, half a pack to 16 bits, an eighth of a word's
-AND and SHF), 8.3 a byte of W in all at the plan's tile (ROWS_BLOCK_N), against 20.8 in the one-group-a-step design
-it replaced. float32 x: fp32 dots at IEEE precision, so a float32 model keeps float32 rounding. In the interpreter
+AND and SHF), 8.3-9.0 a byte of W in all (ROWS_BLOCK_N's comment), against 20.8 in the one-group-a-step design it
+replaced; on an H100 it takes 1.2-1.5x the one-row kernel's time at 8 rows (Run 51), the old design 4.4-6.5x. float32 x: fp32 dots at IEEE precision, so a float32 model keeps float32 rounding. In the interpreter
 (CPU) no inline assembly runs (the nibbles come as 128 + q by shifts and masks: the same fp32 arithmetic) and the
 dot runs in fp32, W not rounded to x's dtype (DESIGN.md: its 16-bit arithmetic is wrong).
 
@@ -85,14 +85,17 @@ ROW_BLOCK_K = 32 * 32 * ROW_WARPS
 DENORMAL_SHIFT = tl.constexpr(74)
 K_PER_PROGRAM = 8192   # deep projections (N < K) split into ranges of at most this many columns (4 KiB a row)
 # Several rows: BLOCK_N rows of W a program, ROWS_BLOCK_K columns (at least a group) dequantized a step, one dot.
-# Chosen by instruction count in sm_90 SASS, not yet timed on a GPU (bf16 x, G = 32, the main loop; instructions a
-# byte of W / registers, Triton 3.9 and the GPU image's 3.6 alike unless told): 128 rows x 128 columns, 4 warps 8.3 /
-# 185 (3.6: 181; G = 128: 7.6); 128 x 256 8.1-8.3 but at 255 registers; 256 x 128 with 8 warps 8.2 / 140; 64 x 256
-# 9.0 / 151 (3.6: 8.6); 64 x 128 9.6 / 96 (3.6: 9.4); 32 x 256 with 2 warps (mma.sync) 9.0 / 139 in 3.9 but 12.2 /
-# 255 in 3.6. ROWS_SWEEP times the others beside it. The design it replaced (one group a step, two 16-deep dots,
-# then the group's scale and offset on the accumulator) counted 20.8 a byte at G = 32 and 11.6 at G = 128, and took
-# 4.4-6.5x the one-row kernel's time on an H200 (Run 50: bound by its instructions).
-ROWS_BLOCK_N, ROWS_BLOCK_K, ROWS_WARPS, ROWS_STAGES = 128, 128, 4, 3
+# Timed on an H100 (Run 51, bf16 x, G = 32, 8 rows; µs at CodeLlama-34B's wqkv / wo / w13 / w2): 64 rows x 256 columns,
+# 4 warps 33.6 / 28.0 / 119.0 / 58.0, the sum of a 34B layer's least (1.2-1.5x the one-row kernel's time, where the
+# design it replaced took 4.4-6.5x on an H200, Run 50); 64 x 128 33.1 / 26.9 / 145.1 / 64.9; 128 x 128 (the count's
+# pick below) 43.1 / 35.1 / 139.8 / 88.5; 256 x 128 with 8 warps 79.8 / 63.4 / 286.4 / 159.9. By instruction count in
+# sm_90 SASS (bf16 x, G = 32, the main loop; instructions a byte of W / registers, Triton 3.9 and the GPU image's 3.6
+# alike unless told): 128 x 128 8.3 / 185 (3.6: 181; G = 128: 7.6); 128 x 256 8.1-8.3 but at 255 registers; 256 x
+# 128 with 8 warps 8.2 / 140; 64 x 256 9.0 / 151 (3.6: 8.6); 64 x 128 9.6 / 96 (3.6: 9.4); 32 x 256 with 2 warps
+# (mma.sync) 9.0 / 139 in 3.9 but 12.2 / 255 in 3.6: the count did not rank the tiles as the clock did (more
+# programs an SM at 64 rows). The design it replaced (one group a step, two 16-deep dots, then the group's scale and
+# offset on the accumulator) counted 20.8 a byte at G = 32 and 11.6 at G = 128.
+ROWS_BLOCK_N, ROWS_BLOCK_K, ROWS_WARPS, ROWS_STAGES = 64, 256, 4, 3
 PROGRAMS_PER_SM = 2    # several rows: split K where the row blocks alone give fewer programs than this an SM
 MIN_GROUPS_PER_SPLIT = 4
 
@@ -604,11 +607,9 @@ LAYERS = {"7B": 32, "34B": 48}
 ROW_SWEEP = [(4, 4096, 4, 3, None), (16, 4096, 4, 3, None), (16, 2048, 2, 3, None), (8, 2048, 2, 3, None),
              (8, 8192, 8, 3, None), (8, 4096, 4, 3, 1), (8, 4096, 4, 3, 4)]
 ROWS = 8                   # the several-row kernel timed at a verification of 8 tokens
-# its other launches timed beside the plan's (ROWS_BLOCK_N 128 x 128 columns, 4 warps, 3 stages): (block_n,
-# block_k, num_warps, num_stages), the candidates by sm_90 SASS (bf16 x, G = 32; instructions a byte of W / registers
-# in Triton 3.6): 256 x 128 with 8 warps 8.2 / 137, 64 x 256 8.6 / 155, 64 x 128 9.4 / 96, 128 x 256 with 8 warps
-# 8.4 / 191, 128 x 128 with 8 warps 9.3 / 80 (more programs an SM), and the plan's tile with 4 stages in flight
-ROWS_SWEEP = [(256, 128, 8, 3), (64, 256, 4, 3), (64, 128, 4, 3), (128, 256, 8, 3), (128, 128, 8, 3), (128, 128, 4, 4)]
+# its other launches timed beside the plan's (ROWS_BLOCK_N 64 x 256 columns, 4 warps, 3 stages): (block_n, block_k,
+# num_warps, num_stages); ROWS_BLOCK_N's comment has what they measured on an H100
+ROWS_SWEEP = [(128, 128, 4, 3), (64, 128, 4, 3), (64, 256, 4, 4), (128, 256, 8, 3), (128, 128, 8, 3), (32, 256, 4, 3)]
 
 
 def _error(y: torch.Tensor, x: torch.Tensor, dequantized: torch.Tensor) -> float:
