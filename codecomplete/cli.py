@@ -144,8 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--speculate", type=_whole_number(0, 15), metavar="K",
                      help="speculative decoding: verify up to K draft tokens per step, looked up in the prompt "
                           "and the text so far; same output (0 turns it off; default 8, fewer where 8 would not fit "
-                          "one tile: 7 for CodeLlama-34B's 8 query heads per key/value head; 0 for int4 weights on a "
-                          "GPU, whose verification costs several steps)")
+                          "one tile: 7 for CodeLlama-34B's 8 query heads per key/value head)")
 
     out = parser.add_argument_group("output")
     out.add_argument("--json", nargs="?", const="-", metavar="FILE",

@@ -493,9 +493,19 @@ INT8_CONFIGS: dict[str | tuple[str, int, int], Config] = {
 }
 # Launch configurations for int4 weights (kernels/int4_layout.py), keyed as CONFIGS; every kind starts from the one-row
 # int4 GEMV's plan (kernels/gemv_int4.py: 8 rows a program, 32 columns a thread a step, 4 warps; paired rows always
-# as one interleaved tile). Not yet swept on a GPU.
+# as one interleaved tile). Per shape: `python -m kernels.fused_gemv_bench --weights int4 --model 34B,7B` on an H100
+# (bench/results/h100-run51/int4-fused*/, 2026-12-06; not yet swept on an H200), the kernels alone, µs of the default
+# -> this one (% of the copy bandwidth). K = 4096's winners take two steps of 2048 columns where the default takes one.
 INT4_CONFIGS: dict[str | tuple[str, int, int], Config] = {
-    kind: Config(8, 4096, 4, 3, True) for kind in ("qkv_rope", "norm_swiglu", "gemv", "gemv_deep", "gemv_norm")}
+    **{kind: Config(8, 4096, 4, 3, True) for kind in ("qkv_rope", "norm_swiglu", "gemv", "gemv_deep", "gemv_norm")},
+    ("qkv_rope", 12288, 4096): Config(8, 2048, 2, 3, True),      # wqkv, 7B: 17.0 -> 14.8 (61% -> 70%)
+    ("gemv", 4096, 4096): Config(16, 4096, 4, 3, True),          # wo, 7B: 6.4 -> 6.2 (54% -> 56%)
+    ("norm_swiglu", 22016, 4096): Config(8, 2048, 2, 3, True),   # w13, 7B: 27.1 -> 25.8 (69% -> 72%)
+    ("gemv_deep", 4096, 11008): Config(4, 4096, 4, 3, True),     # w2, 7B: 14.9 -> 13.9 (62% -> 67%)
+    ("gemv_norm", 32016, 4096): Config(8, 2048, 2, 3, True),     # logits, 7B: 35.9 -> 34.1 (75% -> 79%)
+    ("gemv", 8192, 8192): Config(4, 4096, 4, 3, True),           # wo, 34B: 18.1 -> 17.8 (76% -> 78%)
+    ("gemv_deep", 8192, 22016): Config(4, 2048, 2, 4, True),     # w2, 34B: 47.4 -> 45.2 (78% -> 82%)
+}
 KINDS = settings.FUSED_KINDS
 WEIGHTS_BY_PRMT = True   # A/B: False converts int8 weights by Triton's own I2F, a quarter-rate instruction on sm_90
 DP4A = True              # A/B: False widens int8 weights to fp32 where a configuration says dp4a
@@ -803,12 +813,13 @@ def _build_specs() -> dict:
     specs = {}
     keys = [k for k in _BUILDS if k in CONFIGS] + [k for k in CONFIGS if isinstance(k, tuple)]
     # the 8-bit caches' qkv_rope (it quantizes the cache itself), int8 weights: the kind's default configuration,
-    # then each per-shape entry of INT8_CONFIGS (DP4A where it says so), and int4 weights: each kind's default, and
-    # qkv_rope writing an fp8 cache (CodeLlama-34B's long-context step)
+    # then each per-shape entry of INT8_CONFIGS (DP4A where it says so), and int4 weights: each kind's default,
+    # qkv_rope writing an fp8 cache (CodeLlama-34B's long-context step), then each per-shape entry of INT4_CONFIGS
     builds = ([(key, None, None) for key in keys] + [("qkv_rope", "*fp8e4nv", None), ("qkv_rope", "*i8", None)]
               + [(kind, None, "int8") for kind in _BUILDS]
               + [(key, None, "int8") for key in INT8_CONFIGS if isinstance(key, tuple)]
-              + [(kind, None, "int4") for kind in _BUILDS] + [("qkv_rope", "*fp8e4nv", "int4")])
+              + [(kind, None, "int4") for kind in _BUILDS] + [("qkv_rope", "*fp8e4nv", "int4")]
+              + [(key, None, "int4") for key in INT4_CONFIGS if isinstance(key, tuple)])
     built = set()
     for key, cache_type, weights in builds:
         kind = key if isinstance(key, str) else key[0]

@@ -161,15 +161,12 @@ def on_its_device(method):
     return on_device
 
 
-def default_speculation(device_type: str, heads_per_kv_head: int, weights_kind: str | None) -> int:
+def default_speculation(device_type: str, heads_per_kv_head: int) -> int:
     """Drafts per step when a request does not say: DEFAULT_SPECULATE for the device, capped so that a verification
-    step's rows fit one kernel tile (TILE_ROWS); none for int4 weights on a GPU, whose verification goes through the
-    several-row 4-bit GEMV: it took 2.6-4.4x the one-row time at 8 rows on an H100 and 4.4-6.5x on an H200, where
-    int8's few-row kernel took 1.0-1.3x (Run 50), so a 34B verification costs several steps, more than drafts save
-    unless nearly all are accepted. `--speculate K` still asks for it. A CPU's int4 projection dequantizes whatever
-    its rows, so there a verification stays cheap."""
-    if weights_kind == "int4" and device_type == "cuda":
-        return 0
+    step's rows fit one kernel tile (TILE_ROWS). Whatever the weights: with int4 ones a GPU's verification of 8
+    tokens costs 1.30-1.32x a one-token step (9 tokens: 1.35-1.50x; int8's 1.11-1.27x; bench/gpu/int4_verify.py on
+    an H100, Run 51) since the several-row 4-bit GEMV dequantizes a wide tile for one dot; before that it cost
+    several steps and int4 decoded without drafts."""
     return min(DEFAULT_SPECULATE.get(device_type, 0), max(1, TILE_ROWS // heads_per_kv_head - 1))
 
 
@@ -203,8 +200,7 @@ class Engine:
         self.live_logprobs: list | None = None       # its TokenLogprobs, where the request asks for them
         self._quant = parse_kv_cache(kv_cache, model.compute_dtype)
         # Drafts per step when a request does not say (GenerationConfig.speculate None); 0 turns it off.
-        self.speculate = default_speculation(self._device.type, model.config.n_heads // model.config.n_kv_heads,
-                                             model.weights_kind)
+        self.speculate = default_speculation(self._device.type, model.config.n_heads // model.config.n_kv_heads)
         self._graphs_enabled = self._device.type == "cuda" if cuda_graphs is None else cuda_graphs
         if self._device.type == "cuda" and triton_installed():
             load_kernels()
