@@ -222,16 +222,13 @@ def test_norm_swiglu_with_int8_weights(F, K, dtype, tol, interleave, poisoned_em
     _close(y, reference.norm_swiglu(x, norm_weight, 1e-6, dequantized), bound + 1e-30, tol)
 
 
-@pytest.mark.parametrize("heads, kv_heads, D", [(4, 2, 16), (3, 3, 8)])
-@pytest.mark.parametrize("dtype, tol", TOLERANCES)
-@pytest.mark.parametrize("interleave", [False, True])
-@pytest.mark.parametrize("cache_dtype", [None, torch.int8])
-def test_qkv_rope_with_int8_weights(heads, kv_heads, D, dtype, tol, interleave, cache_dtype, poisoned_empty):
-    """Rows j and j + D/2 of a head (RoPE's pair) have scales of their own; k and v reach the cache (x's dtype, or
-    an 8-bit one quantized by the head's last program) as qkv_rope returns them."""
-    K, S, pos = 80, 12, 7
+def _check_qkv_rope_with_quantized_weights(heads, kv_heads, D, K, dtype, tol, cache_dtype, weight, quantized: dict,
+                                           dequantized, magnitude, with_exact: bool = False, **config):
+    """qkv_rope on a quantized wqkv (`quantized`: its scales, and offsets for int4) against float64 on `dequantized`,
+    its error bounded by `magnitude`'s terms; k and v in the cache (x's dtype, or 8-bit quantized by the head's last
+    program as append_kv would), and with_exact: exact copies at their ring slot (sink 2, ring 4)."""
+    S, pos = 12, 7
     x, norm_weight = torch.randn(K).to(dtype), (torch.rand(K) + 0.5).to(dtype)
-    wqkv, scale, dequantized = _int8((heads + 2 * kv_heads) * D, K)
     angles = torch.rand(S, D // 2) * 6.3
     cos, sin = torch.cat((angles.cos(), angles.cos()), -1), torch.cat((angles.sin(), angles.sin()), -1)
     position = torch.tensor([pos])
@@ -241,10 +238,14 @@ def test_qkv_rope_with_int8_weights(heads, kv_heads, D, dtype, tol, interleave, 
     else:
         caches = [torch.zeros(1, kv_heads, S, D, dtype=cache_dtype) for _ in range(2)]
         scales = tuple(torch.full((1, kv_heads, S), float("nan")) for _ in range(2))
-    y = qkv_rope(x, norm_weight, 1e-5, wqkv, cos, sin, position, heads, kv_heads, cache=tuple(caches), scales=scales,
-                 weight_scale=scale, interleave=interleave, **({"block_n": 4} if cache_dtype else {}))
+    exact = None
+    if with_exact:
+        exact = (torch.full((1, kv_heads, 6, D), float("nan"), dtype=dtype),
+                 torch.full((1, kv_heads, 6, D), float("nan"), dtype=dtype), torch.full((6,), -1), 2, 4)
+    y = qkv_rope(x, norm_weight, 1e-5, weight, cos, sin, position, heads, kv_heads, cache=tuple(caches), scales=scales,
+                 exact=exact, **quantized, **config)
     want = reference.qkv_rope(x, norm_weight, 1e-5, dequantized, cos, sin, position, heads, kv_heads)
-    bound = _scale(dequantized, x, norm_weight).view(-1, D)
+    bound = _scale(magnitude, x, norm_weight).view(-1, D)
     bound = (bound + bound.roll(D // 2, dims=-1)).reshape(-1)
     _close(y, want, bound, tol)
     k, v = (t.view(1, kv_heads, 1, D) for t in y[heads * D:].chunk(2))
@@ -256,6 +257,24 @@ def test_qkv_rope_with_int8_weights(heads, kv_heads, D, dtype, tol, interleave, 
         reference.append_kv(k, v, *want_caches, position, *want_scales)
         assert all(torch.equal(a, b) for a, b in zip(caches, want_caches))
         assert all(torch.equal(a.nan_to_num(), b.nan_to_num()) for a, b in zip(scales, want_scales))
+    if with_exact:
+        slot = 2 + (pos - 2) % 4                                  # past the sink of 2, in the ring of 4
+        assert torch.equal(exact[0][:, :, slot:slot + 1], k) and torch.equal(exact[1][:, :, slot:slot + 1], v)
+        assert exact[2][slot].item() == pos and exact[0][:, :, :slot].isnan().all()
+
+
+@pytest.mark.parametrize("heads, kv_heads, D", [(4, 2, 16), (3, 3, 8)])
+@pytest.mark.parametrize("dtype, tol", TOLERANCES)
+@pytest.mark.parametrize("interleave", [False, True])
+@pytest.mark.parametrize("cache_dtype", [None, torch.int8])
+def test_qkv_rope_with_int8_weights(heads, kv_heads, D, dtype, tol, interleave, cache_dtype, poisoned_empty):
+    """Rows j and j + D/2 of a head (RoPE's pair) have scales of their own; k and v reach the cache (x's dtype, or
+    an 8-bit one quantized by the head's last program) as qkv_rope returns them."""
+    K = 80
+    wqkv, scale, dequantized = _int8((heads + 2 * kv_heads) * D, K)
+    _check_qkv_rope_with_quantized_weights(heads, kv_heads, D, K, dtype, tol, cache_dtype, wqkv, {"weight_scale": scale},
+                                           dequantized, dequantized, interleave=interleave,
+                                           **({"block_n": 4} if cache_dtype else {}))
 
 
 def test_int8_weights_without_their_scale_or_with_a_wrong_one_get_one_clear_error():
@@ -324,40 +343,12 @@ def test_qkv_rope_with_int4_weights(heads, kv_heads, D, dtype, tol, cache_dtype,
     """RoPE's pairs of rows from 4-bit weights; k and v reach the cache (x's dtype, or 8-bit quantized by the head's
     last program, with exact copies beside it: int8's bytes compare exactly under the interpreter) as qkv_rope
     returns them."""
-    K, S, pos = 160, 12, 7
-    x, norm_weight = torch.randn(K).to(dtype), (torch.rand(K) + 0.5).to(dtype)
+    K = 160
     wqkv, dequantized, magnitude = _int4((heads + 2 * kv_heads) * D, K)
-    angles = torch.rand(S, D // 2) * 6.3
-    cos, sin = torch.cat((angles.cos(), angles.cos()), -1), torch.cat((angles.sin(), angles.sin()), -1)
-    position = torch.tensor([pos])
-    exact = None
-    if cache_dtype is None:
-        caches = [torch.full((1, kv_heads, S, D), float("nan"), dtype=dtype) for _ in range(2)]
-        scales = None
-    else:
-        caches = [torch.zeros(1, kv_heads, S, D, dtype=cache_dtype) for _ in range(2)]
-        scales = tuple(torch.full((1, kv_heads, S), float("nan")) for _ in range(2))
-        exact = (torch.full((1, kv_heads, 6, D), float("nan"), dtype=dtype),
-                 torch.full((1, kv_heads, 6, D), float("nan"), dtype=dtype), torch.full((6,), -1), 2, 4)
-    y = qkv_rope(x, norm_weight, 1e-5, wqkv.packed, cos, sin, position, heads, kv_heads, cache=tuple(caches),
-                 scales=scales, weight_scale=wqkv.scale, weight_offset=wqkv.offset, exact=exact,
-                 **({"block_n": 4} if cache_dtype else {}))
-    want = reference.qkv_rope(x, norm_weight, 1e-5, dequantized, cos, sin, position, heads, kv_heads)
-    bound = _scale(magnitude, x, norm_weight).view(-1, D)
-    bound = (bound + bound.roll(D // 2, dims=-1)).reshape(-1)
-    _close(y, want, bound, tol)
-    k, v = (t.view(1, kv_heads, 1, D) for t in y[heads * D:].chunk(2))
-    if cache_dtype is None:
-        assert torch.equal(caches[0][:, :, pos:pos + 1], k) and torch.equal(caches[1][:, :, pos:pos + 1], v)
-    else:
-        want_caches = [torch.zeros_like(c) for c in caches]
-        want_scales = [torch.full((1, kv_heads, S), float("nan")) for _ in range(2)]
-        reference.append_kv(k, v, *want_caches, position, *want_scales)
-        assert all(torch.equal(a, b) for a, b in zip(caches, want_caches))
-        assert all(torch.equal(a.nan_to_num(), b.nan_to_num()) for a, b in zip(scales, want_scales))
-        slot = 2 + (pos - 2) % 4                                  # past the sink of 2, in the ring of 4
-        assert torch.equal(exact[0][:, :, slot:slot + 1], k) and torch.equal(exact[1][:, :, slot:slot + 1], v)
-        assert exact[2][slot].item() == pos and exact[0][:, :, :slot].isnan().all()
+    _check_qkv_rope_with_quantized_weights(heads, kv_heads, D, K, dtype, tol, cache_dtype, wqkv.packed,
+                                           {"weight_scale": wqkv.scale, "weight_offset": wqkv.offset}, dequantized,
+                                           magnitude, with_exact=cache_dtype is not None,
+                                           **({"block_n": 4} if cache_dtype else {}))
 
 
 def test_int4_weights_without_their_scale_and_offset_or_with_wrong_ones_get_one_clear_error():
