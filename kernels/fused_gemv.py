@@ -308,7 +308,8 @@ def _quantize_head_when_complete(Y, K_CACHE, V_CACHE, K_SCALE, V_SCALE, TICKETS,
 @triton.jit
 def _fused_gemv_kernel(
     X, NORM_W, W, W_SCALE, W_OFFSET, Y, RES, COS, SIN, POS, K_CACHE, V_CACHE, K_SCALE, V_SCALE, TICKETS,
-    N, K, stride_wn, stride_sn, eps, pair_offset, rot_rows, q_rows, kv_rows, stride_ch, stride_cs, stride_vh, stride_vs, stride_vd,
+    N, K, stride_wn, stride_sn, eps, pair_offset, rot_rows, q_rows, kv_rows, stride_ch, stride_cs, stride_vh, stride_vs,
+    stride_vd,
     stride_sh, stride_ss, n_slots, EXACT_K, EXACT_V, EXACT_POS, stride_xh, stride_xs, exact_sink, exact_ring,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NORM: tl.constexpr, EPILOGUE: tl.constexpr,
     HEAD_DIM: tl.constexpr, WRITE_CACHE: tl.constexpr, USE_PDL: tl.constexpr, INTERLEAVE: tl.constexpr,

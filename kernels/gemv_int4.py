@@ -44,9 +44,10 @@ each other; else it is off by half an fp32 ulp of the larger, far below x's roun
 permuted order that both operands share, so that each thread's share of the W operand is whole words (16-byte
 loads, no byte gathers): about 2.5 instructions a weight (PRMT, FFMA, half a pack to 16 bits, an eighth of a word's
 AND and SHF), 8.3-9.0 a byte of W in all (ROWS_BLOCK_N's comment), against 20.8 in the one-group-a-step design it
-replaced; on an H100 it takes 1.2-1.5x the one-row kernel's time at 8 rows (Run 51), the old design 4.4-6.5x. float32 x: fp32 dots at IEEE precision, so a float32 model keeps float32 rounding. In the interpreter
-(CPU) no inline assembly runs (the nibbles come as 128 + q by shifts and masks: the same fp32 arithmetic) and the
-dot runs in fp32, W not rounded to x's dtype (DESIGN.md: its 16-bit arithmetic is wrong).
+replaced; on an H100 it takes 1.2-1.5x the one-row kernel's time at 8 rows (Run 51), the old design 4.4-6.5x.
+float32 x: fp32 dots at IEEE precision, so a float32 model keeps float32 rounding. In the interpreter (CPU) no
+inline assembly runs (the nibbles come as 128 + q by shifts and masks: the same fp32 arithmetic) and the dot runs in
+fp32, W not rounded to x's dtype (DESIGN.md: its 16-bit arithmetic is wrong).
 
 Deep projections (N < K: CodeLlama-7B's w2, 34B's) split K as kernels/gemv.py does: programs write fp32 partials
 (split, M, N), take a ticket from their row block's counter (`kernels.gemv.tickets`, shared by every GEMV: one

@@ -220,10 +220,10 @@ def test_the_int4_gemv_compiles_for_sm90(compiled):
     The one-row kernel's key loop loads W and x 16 bytes at a time with no barrier and no shuffle (x's tile and the
     scales load in the words' layout, not through shared memory) and converts nibbles without I2F, in under 7
     instructions a byte of W (bf16 x: 6.8 at BLOCK_N 8 in Triton 3.9, 6.9 in the GPU image's 3.6), where Triton's
-    conversion (denormal off) spends 256 I2Fs a step; no flush-to-zero (the denormal nibbles need their denormals). The several-row kernel converts
-    nibbles without I2F for every x dtype, and for 16-bit x dequantizes a wide tile into one tensor-core dot a step
-    in under 9 instructions a byte of W (8.3 at G = 32 in Triton 3.9, where one group a step with two 16-deep dots
-    counted 20.8); split-K builds take a ticket and reset it."""
+    conversion (denormal off) spends 256 I2Fs a step; no flush-to-zero (the denormal nibbles need their denormals).
+    The several-row kernel converts nibbles without I2F for every x dtype, and for 16-bit x dequantizes a wide tile
+    into one tensor-core dot a step in under 9 instructions a byte of W (8.95 at its plan's 64 x 256 and G = 32 in
+    Triton 3.9, where one group a step with two 16-deep dots counted 20.8); split-K builds take a ticket and reset it."""
     facts = compiled["gemv_int4 one row and several, unsplit and split-K"]
     assert "error" not in facts, facts["error"]
     for v in facts["variants"]:
