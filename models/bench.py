@@ -285,7 +285,7 @@ def check_int4_weights(model, log) -> dict:
         tokens = torch.randint(0, model.config.vocab_size, (batch, 1), device="cuda")
         input_pos = torch.full((batch,), 1000, device="cuda")
         step = Decode(input_pos, (input_pos + 1).to(torch.int32), "flash")
-        compiled = model.decode(tokens, step).float()
+        as_run = model.decode(tokens, step).float()
         kernels, model.decode_kernels = model.decode_kernels, model.dense
         fused, model.fused_decode = model.fused_decode, False
         models.int4_weights.CUDA_OP = False
@@ -293,7 +293,7 @@ def check_int4_weights(model, log) -> dict:
             dequantized = model.decode(tokens, step).float()
         finally:
             models.int4_weights.CUDA_OP, model.decode_kernels, model.fused_decode = True, kernels, fused
-        result[f"int4_op_vs_dequantized_B{batch}"] = ((compiled - dequantized).norm() / dequantized.norm()).item()
+        result[f"int4_step_vs_dequantized_B{batch}"] = ((as_run - dequantized).norm() / dequantized.norm()).item()
     log(f"  int4 weights check (relative L2): {result}")
     model.free_caches()
     return result

@@ -106,9 +106,8 @@ def _quantized(projection) -> dict:
     """The fused kernels' keyword arguments for a quantized projection's weight (`Transformer.quantize_weights`): an
     int8 one's float32 scales per output row, an int4 one's float16 scales and offsets per group; none for a float
     weight."""
-    scale, offset = getattr(projection, "weight_scale", None), getattr(projection, "weight_offset", None)
-    return {} if scale is None else {"weight_scale": scale} if offset is None else {"weight_scale": scale,
-                                                                                      "weight_offset": offset}
+    return {name: tensor for name in ("weight_scale", "weight_offset")
+            if (tensor := getattr(projection, name, None)) is not None}
 
 
 def _row_parallel(gemv, x: torch.Tensor, projection, residual: torch.Tensor,
