@@ -642,15 +642,14 @@ def _launch(config: Config, grid_rows: int, x, weight, y, *, norm_weight=None, e
     stride_sh, stride_ss = (k_scale.stride(1), k_scale.stride(2)) if scales is not None else (0, 0)
     n_slots = min(k_cache.shape[2], cos.shape[0]) if cache is not None else cos.shape[0] if rope else 0
     use_pdl = _use_pdl(x)
-    block_k = min(config.block_k, triton.next_power_of_2(weight.shape[1]))   # no half-empty chunks for small K
-    K, stride_wn = weight.shape[1], weight.stride(0)
     int4 = weight_offset is not None
+    K, stride_wn = weight.shape[1] * (2 if int4 else 1), weight.stride(0)     # (int4: two columns a byte)
+    block_k = min(config.block_k, triton.next_power_of_2(K))   # no half-empty chunks for small K
     stride_sn, group = 0, 32
     if int4:      # packed nibbles read as int32 words (N, K // 8), 32 columns a thread's slot
-        K, stride_sn = 2 * weight.shape[1], weight_scale.stride(0)
-        group = K // weight_scale.shape[1]
+        stride_sn, group = weight_scale.stride(0), K // weight_scale.shape[1]
         weight, stride_wn = weight.view(torch.int32), stride_wn // 4
-        block_k = max(32, min(config.block_k, triton.next_power_of_2(K)))
+        block_k = max(32, block_k)
     dp4a = _by_dp4a(config, x, weight, weight_scale, norm_weight)
     if dp4a:      # x (and the norm's weight) as int64 words of four bf16 values, W as int32 words of four weights
         x, weight, stride_wn = x.view(torch.int64), weight.view(torch.int32), stride_wn // 4

@@ -294,11 +294,10 @@ def _int4(rows, K, G=32):
     """Random weights quantized to kernels/int4_layout.py's 4 bits (rows of all sizes), the float64 matrix the
     references multiply by (q * scale + offset, exact), and each weight's |q * scale| + |offset|: the kernel sums
     q * x and x apart (scale * sum(q x) + offset * sum(x)), so its rounding scales with those terms, not with |w|."""
-    from kernels.int4_layout import quantize_int4, unpack_int4
+    from kernels.int4_layout import Int4Weight, dequantize_int4, quantize_int4
     weight = quantize_int4(torch.randn(rows, K) * (torch.rand(rows, 1) + 0.1), G)
-    q = unpack_int4(weight.packed).double()                                                  # (rows, K)
-    scale, offset = (t.double().repeat_interleave(G, dim=1) for t in (weight.scale, weight.offset))
-    return weight, q * scale + offset, (q * scale).abs() + offset.abs()
+    magnitude = Int4Weight(weight.packed, weight.scale.abs(), weight.offset.abs())   # q >= 0: q |scale| + |offset|
+    return weight, dequantize_int4(weight, torch.float64), dequantize_int4(magnitude, torch.float64)   # (rows, K)
 
 
 @pytest.mark.parametrize("N, K, G", [(37, 1056, 32), (300, 96, 32), (5, 4224, 32), (9, 1536, 128), (24, 640, 64)])
