@@ -178,7 +178,8 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--weights", choices=("bf16", "int8", "int4"),
                        help="the projections' weights: int8 holds 8 bits with a scale per output row, half the bytes "
                             "a decode step reads (on a CPU: less memory, not more speed); int4 4 bits with a scale "
-                            "and offset per group of 32 columns, ~0.31 of bf16's (less accurate; not with --gpus); "
+                            "and offset per group of 32 columns (the vocabulary head 8 bits, where 4 cost the most "
+                            "accuracy), ~0.31 of bf16's (less accurate; not with --gpus); "
                             "bf16 (on a CPU: bfloat16 under float32 activations) (default: the model's dtype, on a "
                             "CPU with bfloat16 dot products bf16)")
     model.add_argument("--kv-cache", choices=("bf16", "fp16", "fp32", "fp8", "int8"),

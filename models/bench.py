@@ -11,9 +11,9 @@ Caches are filled with random K/V (never zeros) up to the context; prefill is ex
 rows with 8-bit caches (fp8, int8: random 8-bit values and scales), read by every backend. --weights int8 adds
 rows with the projections' weights in int8 (models/int8_weights.py: the bf16 model quantized after its rows), whose
 roofline counts the bytes they read (int8 values and float32 scales); --weights int4 likewise with 4-bit weights
-(models/int4_weights.py: packed nibbles, float16 scales and offsets per group of 32 columns), whose one-token batch-1
-step is the fused one as for the others (each row names its `one_token_step`; `flash:unfused` times the compiled
-general step beside it).
+(models/int4_weights.py: packed nibbles, float16 scales and offsets per group of 32 columns; the head int8), whose
+one-token batch-1 step is the fused one as for the others (each row names its `one_token_step`; `flash:unfused` times
+the compiled general step beside it).
 (models/decode_bench.py: issues 11 and 13's GPU run, the 8-bit caches' capacity and verification steps.)
 
 Per (model, batch, context) it reports decode tokens/s for:
@@ -50,8 +50,9 @@ PROFILE_TO: Path | None = None   # --profile: a folder for kernel profiles of on
 
 def weight_bytes_per_step(model) -> int:
     """Bytes of weights a decode step reads: every matrix once, int8 ones with their float32 scales, int4 ones with
-    their float16 scales and offsets (`Transformer.quantize_weights`); of the embedding, one row (unless it is the
-    output layer's weight: tied and not quantized)."""
+    their float16 scales and offsets (`Transformer.quantize_weights`; each projection as it is stored: an int4
+    model's head is int8); of the embedding, one row (unless it is the output layer's weight: tied and not
+    quantized)."""
     total = sum(p.numel() * p.element_size() for p in model.parameters())
     total += sum(b.numel() * b.element_size() for name, b in model.named_buffers()
                  if name.endswith(("weight_scale", "weight_offset")))
@@ -276,7 +277,8 @@ def check_int4_weights(model, log) -> dict:
     """int4 weights: the one-token step as it runs (the fused step's int4 kernels at batch 1; at a batch of 4 the int4
     op, `torch.ops.codecomplete.gemv_int4` with M = 4, inside the compiled general step) against the uncompiled,
     unfused step on the weights dequantized to bf16 (`models.int4_weights.CUDA_OP` off), over the same cache, as
-    relative L2 of the logits (bf16 rounding apart). Also which one-token step ran at batch 1."""
+    relative L2 of the logits (bf16 rounding apart; the int8 head runs its int8 kernels in both). Also which one-token
+    step ran at batch 1."""
     import models.int4_weights
     result = {"one_token_step": "fused" if model.fused_decode else "compiled general"}
     for batch in (1, 4):
@@ -600,8 +602,8 @@ def main(argv=None) -> int:
                         help="KV cache types to time: bf16, fp8, int8 (default: bf16)")
     parser.add_argument("--weights", type=comma_list(one_of(*WEIGHTS)), default="bf16",
                         help="the projections' weights to time: bf16, int8 (int8 values, a float32 scale per row), "
-                             "int4 (4 bits, a float16 scale and offset per group of 32 columns; the compiled "
-                             "general step, not the fused one) (default: bf16)")
+                             "int4 (4 bits, a float16 scale and offset per group of 32 columns, the head int8; "
+                             "the compiled general step, not the fused one) (default: bf16)")
     parser.add_argument("--tag", default="", help="suffix of the output file names")
     parser.add_argument("--gpus", type=whole(0), default=0,
                         help="tensor parallelism: 1 and N GPUs in one run (models/tp_bench.py); "

@@ -4,21 +4,24 @@ the packed nibbles themselves: models/fused_decode.py).
 
     weight[n, k] ~ q[n, k] * scale[n, k // G] + offset[n, k // G],   q in 0..15, G = 32 (kernels.int4_layout.GROUP)
 
-5 bits a weight with the scale and offset: ~0.62 of int8 weights' bytes and ~0.31 of bf16 ones (CodeLlama-34B:
-21.5 GB held (20.0 GiB), 20.9 GB read a decode step, against 33.5 and 67.0 read; `weights_memory.weight_bytes`): a
+5 bits a weight with the scale and offset: ~0.63 of int8 weights' bytes and ~0.31 of bf16 ones (CodeLlama-34B:
+21.55 GB held (20.1 GiB), 21.03 GB read a decode step, against 33.5 and 67.0 read; `weights_memory.weight_bytes`): a
 batch-1 decode step streams every weight once, so at long contexts the step is left to the KV cache, and a 34B model
 fits a 24 GB card (with ~3 GiB left for its KV cache). A module holds the packed nibbles as its `weight` (N, K // 2)
 uint8 and `weight_scale`, `weight_offset` (N, K // G) float16 buffers (`Transformer.materialize`,
-`Transformer.quantize_weights`); the embedding table stays in the model's dtype and a head tied to it gets an int4
-copy of its own, as with int8 weights.
+`Transformer.quantize_weights`); the embedding table stays in the model's dtype. The vocabulary head is int8 (a
+float32 scale per row, models/int8_weights.py; a tied head a copy of its own), as llama.cpp keeps output.weight at
+Q6_K in its 4-bit files (`models.options.head_weights`): in 8 bits 1.2% of CodeLlama-34B's bytes (+0.5% a step over
+an int4 head), 3% of 7B's (+1.2%).
 
 Accuracy (round to nearest per group of 32, no calibration): the embedded SmolLM2-135M teacher-forced over 2,040
-positions of installed packages' code, int4 against its float32 weights: the top-1 next token agrees at 88.2%, mean
-KL 0.044 nats, log-loss +1.4% (int8 weights: 95.2%, 4.7e-3 nats, +0.3%; tests/models/test_int4_weights_accuracy.py,
-bench/results/NOTES.md). This model's float32 weights are Q4_1 blocks of 32 dequantized, which groups of 32
-reproduce exactly, so all of that loss is its int4 vocabulary head (kept in float32: 100%, KL 0); groups of 64 and
-128, which straddle those blocks, gave 66.1%, 0.460 nats, +18.6%: why the group is 32. Not measured on a 7B or 34B
-checkpoint (none is on these machines): prefer int8 where it fits.
+positions of installed packages' code, against its float32 weights: the top-1 next token agrees at 97.1%, mean KL
+1.28e-3 nats, log-loss +0.15% (int8 weights everywhere: 95.2%, 4.7e-3 nats, +0.3%;
+tests/models/test_int4_weights_accuracy.py, bench/results/NOTES.md). This model's float32 weights are Q4_1 blocks of
+32 dequantized, which groups of 32 reproduce exactly: with the head in int4 too it was 88.2%, 0.044 nats, +1.4%, all
+of it the head's (the head kept in float32: 100%, KL 0), which is why the head is 8-bit; groups of 64, which straddle
+those blocks, give 72.5%, 0.303 nats, +11.3% (with an int4 head 66.1%, as did 128): why the group is 32. Not measured
+on a 7B or 34B checkpoint (none is on these machines): prefer int8 where it fits.
 
 `linear_int4` computes x @ weight^T for every caller of `models.llama.linear`:
     CUDA, 1..16 rows   `torch.ops.codecomplete.gemv_int4` (kernels/gemv_int4.py) on the packed bytes, read once: a
@@ -31,7 +34,9 @@ checkpoint (none is on these machines): prefer int8 where it fits.
                        in the cache (`linear_by_row_chunks`): int4 weights save memory on a CPU, and cost about what
                        int8 ones do: the embedded model decodes 4.0 tok/s against 3.6 with int8 weights and 9.8 in
                        float32 (the whole weight dequantized per call: 1.6; one thread of a loaded 2-core CPU, best
-                       of 3 x 32 tokens), its weights 188 MiB against 237 and 513 (108 of them the float32 table)
+                       of 3 x 32 tokens), its weights 188 MiB against 237 and 513 (108 of them the float32 table),
+                       measured with an int4 head; the int8 head (linear_int8) makes them 199 MiB and is a little
+                       faster than an int4 one: 23.7 against 26.7 ms a token (bench/results/NOTES.md, 2026-12-06)
 Compiled (the decode step is torch.compile'd and graph-replayed on CUDA) the op is opaque to Inductor and the
 NamedTuple's three tensors are three graph inputs, as `Int8Weight`'s two are.
 """

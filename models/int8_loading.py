@@ -23,8 +23,9 @@ in the same all-reduce.
 
 int4 weights (models/int4_weights.py, `materialize(..., weights="int4")`) take the same path: a projection whose
 storage has a `weight_offset` is quantized by `kernels.int4_layout.quantize_int4` into its packed nibbles, scales and
-offsets (`quantize_into`), the bytes `quantize_weights(weights="int4")` makes, bit for bit. (A split model refuses
-int4 weights: models/tp.py.)
+offsets (`quantize_into`), the bytes `quantize_weights(weights="int4")` makes, bit for bit; the vocabulary head's
+storage is int8 there (`Transformer.stored_as`), quantized by `quantize_rows` as under int8 weights. (A split model
+refuses int4 weights: models/tp.py.)
 """
 
 from __future__ import annotations
@@ -36,9 +37,7 @@ from torch import nn
 
 from kernels.int4_layout import Int4Weight
 from models.int4_weights import quantize_into
-from models.int4_weights import register_cuda_ops as register_int4_ops
 from models.int8_weights import quantize_rows
-from models.int8_weights import register_cuda_ops as register_int8_ops
 from models.llama import projection_weight
 
 
@@ -110,7 +109,7 @@ class Int8Loader:
             if module not in self.done:
                 self._quantize(module, torch.zeros(full_shape(module), dtype=self.dtype, device=self.device))
         if projections and self.device.type == "cuda":
-            register_int8_ops() if self.model.weights_kind == "int8" else register_int4_ops()
+            model.register_weight_ops()
             torch.cuda.empty_cache()
 
     def _as_loaded(self, tensor: torch.Tensor) -> bool:

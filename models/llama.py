@@ -7,9 +7,9 @@ Two entry points share the layers:
 q/k/v and gate/up projections are fused (one matmul each), which matters when a decode step is a GEMV.
 Weights keep Hugging Face's names at the boundary (`hf_tensor_slots`), so every loader speaks HF. The projections'
 weights may be int8 with a scale per row (models/int8_weights.py) or int4 with a scale and offset per group of
-columns (models/int4_weights.py): quantized as they load (`materialize(..., weights=...)` and
-models/int8_loading.py), or after loading (`Transformer.quantize_weights`); every projection goes through `linear`,
-which takes each kind.
+columns (models/int4_weights.py; the vocabulary head then int8: `Transformer.stored_as`): quantized as they load
+(`materialize(..., weights=...)` and models/int8_loading.py), or after loading (`Transformer.quantize_weights`);
+every projection goes through `linear`, which takes each kind.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from models.int4_weights import register_cuda_ops as register_int4_ops
 from models.int8_weights import Int8Weight, linear_int8, quantize_rows
 from models.int8_weights import register_cuda_ops as register_int8_ops
 from models.kv_cache import KVCache, PrefillIndices, check_kv_cache_fits, exact_window_valid
+from models.options import head_weights
 
 
 class Prefill(NamedTuple):
@@ -338,7 +339,8 @@ class Transformer(nn.Module):
         float32's accuracy: codecomplete.engines.cpu_matmul_dtype chooses it there).
         weights="int8": the projections' storage is int8 values and float32 row scales (a tied head's a copy of its
         own), for models/int8_loading.py to fill as the checkpoint is read: no full-precision projection allocated.
-        weights="int4": the same with int4's packed nibbles, float16 scales and offsets per group of columns."""
+        weights="int4": the same with int4's packed nibbles, float16 scales and offsets per group of columns for every
+        layer's projections, the vocabulary head int8 (`models.options.head_weights`)."""
         self.to(dtype=dtype)
         if matmul_dtype is not None and matmul_dtype != dtype:
             for module in self.projections():
@@ -346,7 +348,7 @@ class Transformer(nn.Module):
         if weights in ("int8", "int4"):
             for module in self.projections():
                 if module is not self.tok_embeddings:   # (on meta: the storage comes with to_empty below)
-                    quantized_storage(module, weights, "meta")
+                    quantized_storage(module, self.stored_as(module, weights), "meta")
         elif weights is not None:
             raise ValueError(f"unknown weights {weights!r}")
         # (to_empty's empty_like runs through torch._refs for meta tensors, which imports torch.fx's symbolic shapes:
@@ -355,6 +357,19 @@ class Transformer(nn.Module):
         self._tie_weights()   # each module has a tensor of its own now; tie them again
         self.rope.reset()
         return self
+
+    def stored_as(self, module: nn.Module, weights: str) -> str:
+        """The kind a projection takes when the model's weights are `weights` ("int8", "int4"): the layers' ones
+        that kind, the vocabulary head int8 under int4 too (`models.options.head_weights`: why)."""
+        return head_weights(weights) if module is self.output else weights
+
+    def register_weight_ops(self) -> None:
+        """Register the CUDA ops of every kind the projections hold (an int4 model's int8 head needs int8's)."""
+        kinds = {projection_kind(module) for module in self.projections()}
+        if "int8" in kinds:
+            register_int8_ops()
+        if "int4" in kinds:
+            register_int4_ops()
 
     def projections(self) -> list[nn.Module]:
         """The modules whose weights are matmul operands: every layer's q/k/v, output, gate/up and down
@@ -367,20 +382,19 @@ class Transformer(nn.Module):
                          weights: str = "int8") -> None:
         """int8 weights with a float32 scale per output row (models/int8_weights.py), or with weights="int4" int4 ones
         with a float16 scale and offset per group of columns (models/int4_weights.py), for every layer's wqkv, wo,
-        w13 and w2 and the output head, in place, one at a time (each weight's 16-bit tensor is freed as its
-        quantized one takes its place). A head tied to the embeddings gets a quantized copy of its own; the embedding
-        table stays. `row_amax_of(module)` (int8 only): how that projection's rows' amax are completed (a
-        tensor-parallel rank holding some columns of wo and w2: the maximum over the ranks), or None.
+        w13 and w2, and the output head (int8 under int4 too: `stored_as`), in place, one at a time (each weight's
+        16-bit tensor is freed as its quantized one takes its place). A head tied to the embeddings gets a quantized
+        copy of its own; the embedding table stays. `row_amax_of(module)` (int8 only): how that projection's rows'
+        amax are completed (a tensor-parallel rank holding some columns of wo and w2: the maximum over the ranks), or
+        None.
         The model was whole in full precision before this (a benchmark timing both kinds of one model); a load that
         must never hold it quantizes as it reads instead (`load_model(weights=...)`, models/int8_loading.py)."""
         if weights not in ("int8", "int4") or (weights == "int4" and row_amax_of is not None):
             raise ValueError(f"quantize_weights: weights int8, or int4 without row_amax_of, not {weights!r}")
-        if self.output.weight.is_cuda:
-            register_int8_ops() if weights == "int8" else register_int4_ops()
         for module in self.projections():
             if module is self.tok_embeddings or getattr(module, "weight_scale", None) is not None:
                 continue                                      # the table stays; or quantized already
-            if weights == "int8":
+            if self.stored_as(module, weights) == "int8":
                 values, scale = quantize_rows(module.weight, row_amax_of(module) if row_amax_of else None)
                 module.weight = nn.Parameter(values, requires_grad=False)      # (a tied head: unties it)
                 module.register_buffer("weight_scale", scale)
@@ -390,6 +404,7 @@ class Transformer(nn.Module):
                 module.register_buffer("weight_scale", scale)
                 module.register_buffer("weight_offset", offset)
         if self.output.weight.is_cuda:
+            self.register_weight_ops()
             torch.cuda.empty_cache()
 
     @property
@@ -399,8 +414,9 @@ class Transformer(nn.Module):
 
     @property
     def weights_kind(self) -> str | None:
-        """"int8" or "int4" where the projections hold quantized weights, else None (a float dtype)."""
-        return projection_kind(self.output)
+        """"int8" or "int4" where the projections hold quantized weights, else None (a float dtype): the layers'
+        kind (an int4 model's head is int8: `stored_as`)."""
+        return projection_kind(self._layer_projection())
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -409,9 +425,13 @@ class Transformer(nn.Module):
 
     @property
     def matmul_dtype(self) -> torch.dtype:
-        """The projections' weights' dtype (torch.int8 after `quantize_weights`; torch.uint8, int4's packed nibbles,
-        after `quantize_weights(weights="int4")`: `weights_kind` tells them apart)."""
-        return self.output.weight.dtype
+        """The layers' projections' weights' dtype (torch.int8 after `quantize_weights`; torch.uint8, int4's packed
+        nibbles, after `quantize_weights(weights="int4")`: `weights_kind` tells them apart)."""
+        return self._layer_projection().weight.dtype
+
+    def _layer_projection(self) -> nn.Module:
+        """A projection of the layers (the head only in a model without layers): what its weights kind is read off."""
+        return self.layers[0].attention.wqkv if len(self.layers) else self.output
 
     def compile_dense(self) -> None:
         """torch.compile the dense parts of a decode step (norms, projections, RoPE, SwiGLU, residuals).

@@ -44,8 +44,9 @@ def load_model(spec=None, device=None, dtype=None, attention=None, max_context=N
     `models.options.cpu_has_bf16_dots`). Not with gpus > 1.
     weights: None (the projections in the model's dtype, or matmul_dtype), "int8": int8 with a float32 scale per
     output row (models/int8_weights.py), or "int4": 4 bits with a float16 scale and offset per group of 32 columns
-    (models/int4_weights.py), each projection quantized as it is read (models/int8_loading.py), so a model that fits
-    only quantized loads: a decode step streams half (int8) or ~0.31 (int4) of bf16's bytes. Not with matmul_dtype;
+    (models/int4_weights.py; the vocabulary head int8: `models.options.head_weights`), each projection quantized as
+    it is read (models/int8_loading.py), so a model that fits only quantized loads: a decode step streams half (int8)
+    or ~0.31 (int4) of bf16's bytes. Not with matmul_dtype;
     int4 not with gpus > 1 (`models.options.SPLIT_INT4`).
     """
     from models.loading.hf import load_hf_model, read_config

@@ -12,6 +12,7 @@ import torch
 from kernels.int4_layout import int4_bytes  # (plain PyTorch: defines no Triton kernel)
 from models.config import ModelConfig
 from models.errors import OutOfMemoryError
+from models.options import head_weights
 
 
 def size_text(n: int) -> str:
@@ -25,26 +26,31 @@ def weight_bytes(config: ModelConfig, dtype: torch.dtype, weights: str | None = 
                  matmul_dtype: torch.dtype | None = None, world: int = 1) -> int:
     """Bytes of the weights that one of `world` ranks holds: every layer's projections and the vocabulary head in
     matmul_dtype (default dtype), or with weights="int8" a byte a weight and a float32 scale per row, or with
-    weights="int4" half a byte a weight and a float16 scale and offset per group of 32 columns
-    (`kernels.int4_layout.int4_bytes`: CodeLlama-34B 21.5 GB, 7B 4.4 GB) (a quantized tied head then a copy of its
-    own); the embedding table (in matmul_dtype when it is the head's weight) and the norms in dtype.
+    weights="int4" the layers' half a byte a weight and a float16 scale and offset per group of 32 columns
+    (`kernels.int4_layout.int4_bytes`) and the head int8's (`models.options.head_weights`): CodeLlama-34B 21.55 GB,
+    7B 4.44 GB (a quantized tied head then a copy of its own); the embedding table (in matmul_dtype when it is the
+    head's weight) and the norms in dtype.
     A rank holds 1/world of each layer's heads and FFN, a padded 1/world of the head's rows, the whole table."""
     c = config
     q, kv, ffn = c.n_heads * c.head_dim // world, c.n_kv_heads * c.head_dim // world, c.ffn_dim // world
-    shapes = [(q + 2 * kv, c.dim), (c.dim, q), (2 * ffn, c.dim), (c.dim, ffn)] * c.n_layers
+    layers = [(q + 2 * kv, c.dim), (c.dim, q), (2 * ffn, c.dim), (c.dim, ffn)] * c.n_layers
     shared_head = c.tie_embeddings and world == 1 and weights is None
-    if not shared_head:
-        shapes.append((-(-c.vocab_size // world), c.dim))
+    head = [] if shared_head else [(-(-c.vocab_size // world), c.dim)]
     matmul = (matmul_dtype or dtype).itemsize
-    if weights == "int8":
-        projections = sum(n * k + 4 * n for n, k in shapes)
-    elif weights == "int4":
-        projections = sum(int4_bytes(n, k) for n, k in shapes)
-    else:
-        projections = sum(n * k for n, k in shapes) * matmul
+    projections = stored_bytes(layers, weights, matmul) + stored_bytes(head, head_weights(weights), matmul)
     table = c.vocab_size * c.dim * (matmul if shared_head else dtype.itemsize)
     norms = (2 * c.n_layers + 1) * c.dim * dtype.itemsize
     return projections + table + norms
+
+
+def stored_bytes(shapes: list[tuple[int, int]], weights: str | None, itemsize: int) -> int:
+    """Bytes of (N, K) weights stored as `weights`: int8 a byte a weight and a float32 scale per row, int4 as
+    `kernels.int4_layout.int4_bytes` counts them, None `itemsize` bytes a weight."""
+    if weights == "int8":
+        return sum(n * k + 4 * n for n, k in shapes)
+    if weights == "int4":
+        return sum(int4_bytes(n, k) for n, k in shapes)
+    return sum(n * k for n, k in shapes) * itemsize
 
 
 def weights_name(dtype: torch.dtype, weights: str | None = None, matmul_dtype: torch.dtype | None = None) -> str:

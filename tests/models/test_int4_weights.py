@@ -1,8 +1,8 @@
 """int4 weight-only quantization (models/int4_weights.py, `Transformer.quantize_weights(weights="int4")`): the model of
-int4 weights against the model of their dequantized values in float64, every CPU path a projection takes (prefill,
-one-token and verification steps, the fused one-token step (in the interpreter), torch.compile), the module storage, the
-bytes a step reads, and the refusal of a split model. The CUDA op (kernels/gemv_int4.py) is tested with its kernel
-(tests/kernels/); here only which rows go to it."""
+int4 weights (its vocabulary head int8: `models.options.head_weights`) against the model of their dequantized values in
+float64, every CPU path a projection takes (prefill, one-token and verification steps, the fused one-token step (in the
+interpreter), torch.compile), the module storage, the bytes a step reads and a load holds, and the refusal of a split
+model. The CUDA op (kernels/gemv_int4.py) is tested with its kernel (tests/kernels/); here only which rows go to it."""
 
 import copy
 
@@ -13,49 +13,85 @@ from kernels.int4_layout import Int4Weight, dequantize_int4, int4_bytes, quantiz
 from models import int4_weights
 from models.config import ModelConfig
 from models.errors import SettingError
-from models.llama import Decode, build_random_model, linear, projection_weight
+from models.int8_weights import Int8Weight, quantize_rows
+from models.llama import Decode, build_random_model, linear, projection_kind, projection_weight
 
 # K = 64 (dim), 96 (ffn), 64 (heads x head dim): groups of 32 (kernels.int4_layout.GROUP), 2 or 3 a row.
 CONFIG = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=96, vocab_size=101, max_positions=64)
 PROMPT = [1, 17, 45, 3, 88, 20, 9, 61, 33, 50, 7]
 
 
-def _projections(model):
+def _layer_projections(model):
     return [m for layer in model.layers for m in (layer.attention.wqkv, layer.attention.wo, layer.feed_forward.w13,
-                                                  layer.feed_forward.w2)] + [model.output]
+                                                  layer.feed_forward.w2)]
+
+
+def _projections(model):
+    return _layer_projections(model) + [model.output]
+
+
+def _dequantized(weight: Int4Weight | Int8Weight) -> torch.Tensor:
+    """A quantized weight's values exactly, (N, K) float64: q * scale + offset (int4), values * scale (int8)."""
+    if isinstance(weight, Int4Weight):
+        return dequantize_int4(weight, torch.float64)
+    return weight.values.double() * weight.scale.double()[:, None]
 
 
 @pytest.fixture(params=["untied", "tied"])
 def models(request):
-    """A float32 random model, the same model with int4 weights, and a float64 model whose projections hold the int4
-    weights' dequantized values exactly (q * scale + offset in float64): (original, int4, dequantized)."""
+    """A float32 random model, the same model with int4 weights (its head int8), and a float64 model whose projections
+    hold the quantized weights' dequantized values exactly: (original, int4, dequantized)."""
     config = CONFIG.replace(tie_embeddings=request.param == "tied")
     original = build_random_model(config, max_len=64, seed=torch.randint(0, 2**31, ()).item())
     quantized = copy.deepcopy(original)
     quantized.quantize_weights(weights="int4")
     dequantized = copy.deepcopy(original).double()
     for module, source in zip(_projections(dequantized), _projections(quantized)):
-        exact = dequantize_int4(projection_weight(source), torch.float64)                  # (N, K) float64
+        exact = _dequantized(projection_weight(source))                                   # (N, K) float64
         module.weight = torch.nn.Parameter(exact, requires_grad=False)
     return original, quantized, dequantized
 
 
-def test_quantize_weights_makes_every_projection_int4_and_keeps_the_embeddings(models):
+def test_quantize_weights_makes_every_layer_projection_int4_the_head_int8_and_keeps_the_embeddings(models):
     original, quantized, _ = models
-    for module, before in zip(_projections(quantized), _projections(original)):
+    for module, before in zip(_layer_projections(quantized), _layer_projections(original)):
         weight = projection_weight(module)
         N, K = before.weight.shape
         assert isinstance(weight, Int4Weight) and weight.packed.shape == (N, K // 2)
         assert weight.scale.shape == weight.offset.shape == (N, K // 32)        # the product's group
         assert all(torch.equal(a, b) for a, b in zip(weight, quantize_int4(before.weight)))
-    # A tied head gets an int4 copy of its own: the embedding table stays float32, untouched.
+    # The vocabulary head: int8 with a float32 scale per row, as int8 weights store it (llama.cpp's 4-bit files keep
+    # theirs in 6 bits): an int4 head was all of int4's loss on real weights (test_int4_weights_accuracy.py).
+    head = projection_weight(quantized.output)
+    assert isinstance(head, Int8Weight) and not hasattr(quantized.output, "weight_offset")
+    assert all(torch.equal(a, b) for a, b in zip(head, quantize_rows(original.output.weight)))
+    assert (head.values.dtype, head.scale.dtype, head.scale.shape) == (torch.int8, torch.float32, (CONFIG.vocab_size,))
+    assert quantized.matmul_dtype == torch.uint8                                 # the layers' packed nibbles
+    # A tied head gets an int8 copy of its own: the embedding table stays float32, untouched.
     assert quantized.tok_embeddings.weight.dtype == torch.float32
     assert torch.equal(quantized.tok_embeddings.weight, original.tok_embeddings.weight)
     assert quantized.output.weight.data_ptr() != quantized.tok_embeddings.weight.data_ptr()
     assert quantized.weights_quantized and (quantized.weights_kind, original.weights_kind) == ("int4", None)
     assert quantized.compute_dtype == torch.float32
     quantized.quantize_weights(weights="int4")          # a second call leaves them as they are
-    assert torch.equal(projection_weight(quantized.output).packed, projection_weight(models[1].output).packed)
+    assert torch.equal(projection_weight(quantized.output).values, head.values)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_quantized_as_drawn_or_read_the_layers_are_int4_and_the_head_int8(tied, tiny_checkpoint):
+    """`build_random_model(weights="int4")` and a checkpoint loaded with int4 weights (models/int8_loading.py, which
+    quantizes as it reads) store what `quantize_weights(weights="int4")` does: every layer's projections int4, the
+    head int8 (a tied one its own copy); the model says int4 weights, read off its layers."""
+    from models import load_model
+    drawn = build_random_model(CONFIG.replace(tie_embeddings=tied), max_len=64, weights="int4")
+    loaded = load_model(str(tiny_checkpoint[0]), device="cpu", max_context=48, weights="int4")
+    for model in (drawn, loaded.model):
+        assert {projection_kind(m) for m in _layer_projections(model)} == {"int4"}
+        assert projection_kind(model.output) == "int8" and model.output.weight.dtype == torch.int8
+        assert model.output.weight_scale.dtype == torch.float32
+        assert (model.weights_kind, model.matmul_dtype) == ("int4", torch.uint8)
+    assert drawn.output.weight.data_ptr() != drawn.tok_embeddings.weight.data_ptr()
+    assert (loaded.matmul_dtype, loaded.precision) == ("int4", "float32, int4 weights")
 
 
 def test_int8_stays_quantize_weights_default_and_int4_takes_no_rank_amax():
@@ -67,6 +103,19 @@ def test_int8_stays_quantize_weights_default_and_int4_takes_no_rank_amax():
         model.quantize_weights(lambda module: None, weights="int4")
     with pytest.raises(ValueError, match="'int3'"):
         model.quantize_weights(weights="int3")
+
+
+def test_an_int4_model_registers_the_cuda_ops_of_both_kinds_it_holds(monkeypatch):
+    """On CUDA an int4 model's layers run int4's ops and its head int8's: both must be registered (an int8 model's
+    only int8's; a float one's none)."""
+    import models.llama
+    registered = []
+    monkeypatch.setattr(models.llama, "register_int8_ops", lambda: registered.append("int8"))
+    monkeypatch.setattr(models.llama, "register_int4_ops", lambda: registered.append("int4"))
+    for weights, kinds in ((None, []), ("int8", ["int8"]), ("int4", ["int8", "int4"])):
+        registered.clear()
+        build_random_model(CONFIG, max_len=64, weights=weights).register_weight_ops()
+        assert registered == kinds, weights
 
 
 @torch.no_grad()
@@ -109,15 +158,18 @@ def test_the_int4_model_computes_what_its_dequantized_weights_do_in_float64(mode
 
 def test_the_fused_one_token_step_runs_on_the_int4_kernels(models, monkeypatch):
     """With fused_decode on, a one-token step goes through models/fused_decode.py, whose kernels get the packed
-    nibbles with their groups' scales and offsets (not a dequantized copy): every projection of every layer."""
+    nibbles with their groups' scales and offsets (not a dequantized copy): every projection of every layer; and the
+    head's int8 values with their rows' float32 scales, no offsets."""
     import kernels.fused_gemv as fused_gemv
     _, quantized, _ = models
     seen = []
     for name in ("gemv", "norm_swiglu", "qkv_rope"):
         real = getattr(fused_gemv, name)
         def spy(*args, _real=real, _name=name, **kwargs):
-            packed = next(a for a in args if getattr(a, "dtype", None) == torch.uint8)
-            seen.append((_name, packed.shape, kwargs["weight_offset"].dtype))
+            weight = next(a for a in args if getattr(a, "dtype", None) in (torch.uint8, torch.int8))
+            offset = kwargs.get("weight_offset")
+            seen.append((_name, weight.shape, weight.dtype, kwargs["weight_scale"].dtype,
+                         None if offset is None else offset.dtype))
             return _real(*args, **kwargs)
         monkeypatch.setattr(fused_gemv, name, spy)
     quantized.setup_caches(1, 32)
@@ -129,8 +181,10 @@ def test_the_fused_one_token_step_runs_on_the_int4_kernels(models, monkeypatch):
     per_layer = [("qkv_rope", ((c.n_heads + 2 * c.n_kv_heads) * c.head_dim, c.dim // 2)),
                  ("gemv", (c.dim, c.n_heads * c.head_dim // 2)), ("norm_swiglu", (2 * c.ffn_dim, c.dim // 2)),
                  ("gemv", (c.dim, c.ffn_dim // 2))]
-    assert [(name, tuple(shape)) for name, shape, _ in seen] == per_layer * c.n_layers + [("gemv", (101, c.dim // 2))]
-    assert {dtype for *_, dtype in seen} == {torch.float16}
+    int4 = (torch.uint8, torch.float16, torch.float16)
+    assert [(name, tuple(shape), *dtypes) for name, shape, *dtypes in seen] == \
+        [(name, shape, *int4) for name, shape in per_layer] * c.n_layers + \
+        [("gemv", (101, c.dim), torch.int8, torch.float32, None)]
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
@@ -177,18 +231,22 @@ def test_cuda_takes_the_op_for_up_to_16_rows_and_the_dequantized_weight_beyond()
 
 @pytest.mark.parametrize("tied", [False, True])
 def test_the_bytes_a_step_reads_count_int4_weights_their_scales_and_offsets(tied):
-    """models.bench's roofline: half a byte a weight and a float16 scale and offset a group, of every projection (a
-    tied head's copy too), the norms; not the embedding table."""
+    """models.bench's roofline: half a byte a weight and a float16 scale and offset a group, of every layer's
+    projection, a byte a weight and a float32 scale a row of the head (a tied head's copy too), the norms; not the
+    embedding table. What a load is estimated to hold (`weights_memory.weight_bytes`) is that and the table."""
     from models.bench import weight_bytes_per_step
+    from models.weights_memory import weight_bytes
     config = CONFIG.replace(tie_embeddings=tied)
     model = build_random_model(config, max_len=64)
     c = config
     shapes = [((c.n_heads + 2 * c.n_kv_heads) * c.head_dim, c.dim), (c.dim, c.n_heads * c.head_dim),
-              (2 * c.ffn_dim, c.dim), (c.dim, c.ffn_dim)] * c.n_layers + [(c.vocab_size, c.dim)]
+              (2 * c.ffn_dim, c.dim), (c.dim, c.ffn_dim)] * c.n_layers
+    head, table = c.vocab_size * c.dim + 4 * c.vocab_size, c.vocab_size * c.dim * 4      # int8 values and scales
     norms = (2 * c.n_layers + 1) * c.dim * 4
     model.quantize_weights(weights="int4")
-    assert weight_bytes_per_step(model) == sum(n * k // 2 + 4 * n * (k // 32) for n, k in shapes) + norms
-    assert weight_bytes_per_step(model) == sum(int4_bytes(n, k) for n, k in shapes) + norms
+    assert weight_bytes_per_step(model) == sum(n * k // 2 + 4 * n * (k // 32) for n, k in shapes) + head + norms
+    assert weight_bytes_per_step(model) == sum(int4_bytes(n, k) for n, k in shapes) + head + norms
+    assert weight_bytes(config, torch.float32, "int4") == weight_bytes_per_step(model) + table
 
 
 def test_load_model_quantizes_to_int4_when_asked_and_says_so(tiny_checkpoint):
