@@ -35,8 +35,9 @@ on a 7B or 34B checkpoint (none is on these machines): prefer int8 where it fits
                        int8 ones do: the embedded model decodes 4.0 tok/s against 3.6 with int8 weights and 9.8 in
                        float32 (the whole weight dequantized per call: 1.6; one thread of a loaded 2-core CPU, best
                        of 3 x 32 tokens), its weights 188 MiB against 237 and 513 (108 of them the float32 table),
-                       measured with an int4 head; the int8 head (linear_int8) makes them 199 MiB and is a little
-                       faster than an int4 one: 23.7 against 26.7 ms a token (bench/results/NOTES.md, 2026-12-06)
+                       measured with an int4 head; the int8 head (linear_int8) makes them 199 MiB and computes as
+                       fast as an int4 one (23.7 against 26.7 ms a token in one run, 42.5 against 40.2 in another:
+                       the machine's noise; bench/results/NOTES.md, 2026-12-06)
 Compiled (the decode step is torch.compile'd and graph-replayed on CUDA) the op is opaque to Inductor and the
 NamedTuple's three tensors are three graph inputs, as `Int8Weight`'s two are.
 """
