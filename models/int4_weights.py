@@ -20,7 +20,7 @@ positions of installed packages' code, against its float32 weights: the top-1 ne
 tests/models/test_int4_weights_accuracy.py, bench/results/NOTES.md). This model's float32 weights are Q4_1 blocks of
 32 dequantized, which groups of 32 reproduce exactly: with the head in int4 too it was 88.2%, 0.044 nats, +1.4%, all
 of it the head's (the head kept in float32: 100%, KL 0), which is why the head is 8-bit; groups of 64, which straddle
-those blocks, give 72.5%, 0.303 nats, +11.3% (with an int4 head 66.1%, as did 128): why the group is 32. Not measured
+those blocks, give 72.5%, 0.303 nats, +11.3% (with an int4 head 66.1%): why the group is 32. Not measured
 on a 7B or 34B checkpoint (none is on these machines): prefer int8 where it fits.
 
 `linear_int4` computes x @ weight^T for every caller of `models.llama.linear`:
