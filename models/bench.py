@@ -602,8 +602,8 @@ def main(argv=None) -> int:
                         help="KV cache types to time: bf16, fp8, int8 (default: bf16)")
     parser.add_argument("--weights", type=comma_list(one_of(*WEIGHTS)), default="bf16",
                         help="the projections' weights to time: bf16, int8 (int8 values, a float32 scale per row), "
-                             "int4 (4 bits, a float16 scale and offset per group of 32 columns, the head int8; "
-                             "the compiled general step, not the fused one) (default: bf16)")
+                             "int4 (4 bits, a float16 scale and offset per group of 32 columns, the head int8) "
+                             "(default: bf16)")
     parser.add_argument("--tag", default="", help="suffix of the output file names")
     parser.add_argument("--gpus", type=whole(0), default=0,
                         help="tensor parallelism: 1 and N GPUs in one run (models/tp_bench.py); "
