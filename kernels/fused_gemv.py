@@ -497,13 +497,13 @@ INT8_CONFIGS: dict[str | tuple[str, int, int], Config] = {
 # as one interleaved tile). Per shape: `python -m kernels.fused_gemv_bench --weights int4 --model 34B,7B` on an H100
 # (bench/results/h100-run51/int4-fused*/, 2026-12-06; not yet swept on an H200), the kernels alone, µs of the default
 # -> this one (% of the copy bandwidth). K = 4096's winners take two steps of 2048 columns where the default takes one.
+# (No logits entry: a model's head is int8 under int4 weights, models.options.head_weights, so INT8_CONFIGS' serve it.)
 INT4_CONFIGS: dict[str | tuple[str, int, int], Config] = {
     **{kind: Config(8, 4096, 4, 3, True) for kind in ("qkv_rope", "norm_swiglu", "gemv", "gemv_deep", "gemv_norm")},
     ("qkv_rope", 12288, 4096): Config(8, 2048, 2, 3, True),      # wqkv, 7B: 17.0 -> 14.8 (61% -> 70%)
     ("gemv", 4096, 4096): Config(16, 4096, 4, 3, True),          # wo, 7B: 6.4 -> 6.2 (54% -> 56%)
     ("norm_swiglu", 22016, 4096): Config(8, 2048, 2, 3, True),   # w13, 7B: 27.1 -> 25.8 (69% -> 72%)
     ("gemv_deep", 4096, 11008): Config(4, 4096, 4, 3, True),     # w2, 7B: 14.9 -> 13.9 (62% -> 67%)
-    ("gemv_norm", 32016, 4096): Config(8, 2048, 2, 3, True),     # logits, 7B: 35.9 -> 34.1 (75% -> 79%)
     ("gemv", 8192, 8192): Config(4, 4096, 4, 3, True),           # wo, 34B: 18.1 -> 17.8 (76% -> 78%)
     ("gemv_deep", 8192, 22016): Config(4, 2048, 2, 4, True),     # w2, 34B: 47.4 -> 45.2 (78% -> 82%)
 }
