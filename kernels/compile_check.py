@@ -268,11 +268,11 @@ def sass_facts(cubin: bytes, with_opcodes: bool = False) -> dict:
     compile check's time (0.7 s of the 0.8 a configuration takes on a 2-core CPU)."""
     path = _facts_path(cubin, with_opcodes)
     with contextlib.suppress(OSError, ValueError):
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     facts = _disassembled_facts(cubin, with_opcodes)
     with contextlib.suppress(OSError):      # (a read-only cache: the facts are only not kept)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
+        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, delete=False, suffix=".tmp") as f:
             json.dump(facts, f)
         os.replace(f.name, path)            # whole or not at all, whichever process writes it
     return facts
@@ -282,7 +282,8 @@ def _facts_path(cubin: bytes, with_opcodes: bool) -> Path:
     """Where `sass_facts` keeps a cubin's facts: a name from the cubin's bytes, the tools' Triton (they ship with it)
     and this module's text (a change to how facts are read discards the old ones)."""
     key = hashlib.sha256(cubin)
-    for part in (str(with_opcodes), triton.__version__, str(_nvidia_tool("nvdisasm")), Path(__file__).read_text()):
+    for part in (str(with_opcodes), triton.__version__, str(_nvidia_tool("nvdisasm")),
+                 Path(__file__).read_text(encoding="utf-8")):
         key.update(part.encode())
     return Path(triton.knobs.cache.dir) / "codecomplete-sass-facts" / f"{key.hexdigest()}.json"
 

@@ -44,13 +44,13 @@ def test_other_bytes_or_another_option_go_to_the_tools(disassembled):
 def test_a_damaged_entry_is_read_again_and_replaced(disassembled):
     facts = compile_check.sass_facts(b"kernel")
     path = compile_check._facts_path(b"kernel", False)
-    path.write_text('{"registers": 12')                      # cut short, as by a process killed mid-write
+    path.write_text('{"registers": 12', encoding="utf-8")    # cut short, as by a process killed mid-write
     assert compile_check.sass_facts(b"kernel") == facts | {"loop_instructions": [2]}
-    assert len(disassembled) == 2 and json.loads(path.read_text())["loop_instructions"] == [2]
+    assert len(disassembled) == 2 and json.loads(path.read_text(encoding="utf-8"))["loop_instructions"] == [2]
 
 
 def test_a_cache_that_cannot_be_written_still_gives_the_facts(disassembled, monkeypatch, tmp_path):
-    (tmp_path / "file").write_text("")
+    (tmp_path / "file").write_text("", encoding="utf-8")
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "file" / "below a file"))
     assert compile_check.sass_facts(b"kernel")["registers"] == len(b"kernel")
     assert compile_check.sass_facts(b"kernel")["registers"] == len(b"kernel")
@@ -78,7 +78,7 @@ print(json.dumps([cold, warm, compile_check._disassembled_facts(cubin, True),
                   compile_check._facts_path(cubin, True).is_file()]))
 """
     script = tmp_path / "doubled.py"             # (Triton reads a jitted function's source from its file)
-    script.write_text(program)
+    script.write_text(program, encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"TRITON_CACHE_DIR": str(tmp_path / "c")}
     run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
