@@ -17,6 +17,7 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -282,10 +283,14 @@ def _facts_path(cubin: bytes, with_opcodes: bool) -> Path:
     """Where `sass_facts` keeps a cubin's facts: a name from the cubin's bytes, the tools' Triton (they ship with it)
     and this module's text (a change to how facts are read discards the old ones)."""
     key = hashlib.sha256(cubin)
-    for part in (str(with_opcodes), triton.__version__, str(_nvidia_tool("nvdisasm")),
-                 Path(__file__).read_text(encoding="utf-8")):
-        key.update(part.encode())
+    key.update(f"{with_opcodes}{_facts_version()}".encode())
     return Path(triton.knobs.cache.dir) / "codecomplete-sass-facts" / f"{key.hexdigest()}.json"
+
+
+@functools.cache
+def _facts_version() -> str:
+    """What else names a cubin's facts, read once a process: the tools' Triton and this module's text."""
+    return triton.__version__ + str(_nvidia_tool("nvdisasm")) + Path(__file__).read_text(encoding="utf-8")
 
 
 def _disassembled_facts(cubin: bytes, with_opcodes: bool) -> dict:
