@@ -412,17 +412,19 @@ def test_a_hung_rank_fails_the_launch_after_the_set_timeout_in_one_line(no_hang,
 
 def test_a_rank_hung_between_requests_fails_rank_0s_next_call_in_one_line(no_hang, gqa_checkpoint, monkeypatch):
     """Rank 0 sends each call to the others over the control group, whose gloo sends wait for the receiver: a rank
-    stopped between two requests held rank 0's next call for that group's timeout (a year)."""
+    stopped between two requests held rank 0's next call for that group's timeout (a year). (8 s, not 3: with the
+    suite's workers on every core, the first request's collectives once waited over 3 s for a rank that was slow,
+    not hung.)"""
     import signal
-    monkeypatch.setenv("CODECOMPLETE_TP_TIMEOUT", "3")
+    monkeypatch.setenv("CODECOMPLETE_TP_TIMEOUT", "8")
     engine = load_model(str(gqa_checkpoint), device="cpu", max_context=48, gpus=2)
     try:
         engine.generate([1, 17, 45, 3, 88], GenerationConfig(max_new_tokens=4))
         os.kill(engine.ranks._context.processes[0].pid, signal.SIGSTOP)    # hung: alive, answering nothing
         started = time.monotonic()
-        with pytest.raises(RankFailed, match=r"^rank 1 did not answer within 3 s \(hung\?\)"):
+        with pytest.raises(RankFailed, match=r"^rank 1 did not answer within 8 s \(hung\?\)"):
             engine.generate([1, 17, 45, 3, 88], GenerationConfig(max_new_tokens=4))
-        assert time.monotonic() - started < 20      # (3 s, then the stopped rank is killed)
+        assert time.monotonic() - started < 25      # (8 s, then the stopped rank is killed)
     finally:
         engine.close()
 
