@@ -120,6 +120,8 @@ MAIN_CONFIGS = [
            plan={"transposed": True, "num_warps": 4}),
     Config("34B-128k-fp8-transposed-n128", "bf16", 64, 8, 131072, 128, kv="fp8", sequence_major_v=True,
            plan={"transposed": True, "num_warps": 4, "block_n": 128, "num_stages": 3}),
+    Config("34B-128k-fp8-transposed-n256", "bf16", 64, 8, 131072, 128, kv="fp8", sequence_major_v=True,
+           plan={"transposed": True, "num_warps": 4, "block_n": 256, "num_stages": 3, "num_splits": 16}),
     Config("34B-128k-int8-transposed", "bf16", 64, 8, 131072, 128, kv="int8", sequence_major_v=True,
            plan={"transposed": True, "num_warps": 4}),
     Config("34B-128k-int8-transposed-n128", "bf16", 64, 8, 131072, 128, kv="int8", sequence_major_v=True,

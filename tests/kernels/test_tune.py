@@ -179,6 +179,10 @@ def test_int8_cases_explore_int8_dots_and_their_own_inputs():
     transposed = tune.neighbours(case, dataclasses.replace(base, transposed=True), 2, 132)
     assert "int8 dot" not in [name for name, _ in transposed]  # an option of the dot kernel only
     assert "tma" in [name for name, _ in transposed]            # its V descriptor spans the sequence-major storage
+    # 256-key tiles: the transposed kernel's (one program a SM; Run 53), never the dot kernel's (its shared memory)
+    assert any(t["block_n"] == 256 and t.get("transposed") for t in tune.tilings(case))
+    assert not any(t["block_n"] == 256 and not t.get("transposed") for t in tune.tilings(case))
+    assert "n256" in [name for name, _ in transposed] and "n256" not in names
     entry = tune.table_entry(1, 8, 2, 256, 32, 1, case.fp8, base, 132, {}, int8=case.int8)
     assert entry["key"]["kind"] == "int8"
     assert [b["bar"] for b in tune.tune_bars([], 1.0)] == []
