@@ -31,9 +31,10 @@ def pytest_configure(config):
 def pytest_xdist_auto_num_workers(config):
     """`-n auto` (the README's command): one worker more than the cores this process may run on. Many tests wait on
     a process they started (a server's start, a command's model load, a socket), and a worker waiting leaves its
-    core to the others: on this 2-core machine the whole suite took 22.3 min with 3 workers against 24.8 with 2,
-    all passed (bench/results/NOTES.md, "The test suite's workers"). A 4th worker was faster again by ~2%, but
-    18 GB at its peak and one timing test failed. PYTEST_XDIST_AUTO_NUM_WORKERS still decides where it is set."""
+    core to the others. On this 2-core machine, in one environment (warm caches, OMP_NUM_THREADS=1), the whole
+    suite took 22.3 min with 3 workers against 24.9 with 2; `.ci/run` on a clean clone took 24.4 min with 3, inside
+    its 2-worker runs' spread (23.5-24.8) (bench/results/NOTES.md, "The test suite's workers"). A 4th worker: 21.8
+    min, 18 GB at its peak, one timing test failed. PYTEST_XDIST_AUTO_NUM_WORKERS still decides where it is set."""
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return None                     # xdist's own hook reads it
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
