@@ -8,7 +8,8 @@
 # --weights int4`: every configuration checked against float64, the winners per shape); (5) "e2e-34b-unfused": the
 # 34B int4 rows on the compiled general step (`flash:unfused`), the fused step's A/B. Each step's log and JSON under $OUT.
 #   OUT=/abs/path bash bench/gpu/int4_weights.sh
-#   (STEPS: any of "gemv fused e2e-34b e2e-34b-unfused e2e-7b"; default "gemv e2e-34b e2e-7b")
+#   (STEPS: any of "gemv fused e2e-34b e2e-34b-unfused e2e-7b"; default "gemv e2e-34b e2e-7b";
+#    FUSED_BUDGET_S, FUSED_TIMEOUT_S: the fused sweep's budget and its process's limit, default 170 and 230 s)
 set -uo pipefail
 OUT=$(realpath -m "${OUT:-bench/scratch/int4-weights}"); mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TRITON_INTERPRET=0
@@ -21,8 +22,8 @@ if want gemv; then
   echo "gemv: exit $?"; tail -n 30 "$OUT/gemv.log"
 fi
 if want fused; then
-  timeout 230 python -m kernels.fused_gemv_bench --weights int4 --model 34B,7B --json "$OUT/fused.json" \
-      --budget-s 170 > "$OUT/fused.log" 2>&1
+  timeout "${FUSED_TIMEOUT_S:-230}" python -m kernels.fused_gemv_bench --weights int4 --model 34B,7B \
+      --json "$OUT/fused.json" --budget-s "${FUSED_BUDGET_S:-170}" > "$OUT/fused.log" 2>&1
   echo "fused: exit $?"; tail -n 25 "$OUT/fused.log"
 fi
 if want e2e-34b; then

@@ -15,6 +15,7 @@ tail -n 14 "$W/verify.log"
 left=$(( 560 - ($(date +%s) - started) ))
 echo "== fused ($left s left)"
 if [ -n "${FUSED:-}" ] && [ "$left" -gt 120 ] && [[ "$card" == *H200* ]]; then   # (an H100's entries: Run 51)
-  OUT=$W/fused timeout $(( left - 10 )) bash -c "sed 's/--budget-s 170/--budget-s $(( left - 60 ))/; s/timeout 230/timeout $(( left - 20 ))/' bench/gpu/int4_weights.sh > /tmp/iw.sh; STEPS=fused bash /tmp/iw.sh"
+  OUT=$W/fused STEPS=fused FUSED_BUDGET_S=$(( left - 60 )) FUSED_TIMEOUT_S=$(( left - 20 )) \
+      timeout $(( left - 10 )) bash bench/gpu/int4_weights.sh
 fi
 tar czf "$OUT/run52.tgz" -C "$W" .
