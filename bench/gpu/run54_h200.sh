@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Run 54 (one H200 only, unless ANY_CARD=1; on any other card it prints the card and stops). From the repository root:
+#   A. issue 11's end-to-end ratio, CodeLlama-34B at 128k, int4 weights (the fused step), bf16 and fp8 caches, with the
+#      committed plans (~50 s);
+#   B. the tuner over the 8-bit cases at 34B B=1 64k/128k (it tries the transposed kernel's 256-key tiles since 9eea6ad),
+#      its plan file written beside the committed entries into $W/plans (~130 s);
+#   C. A again with CODECOMPLETE_PLANS_DIR=$W/plans: the same ratio with B's plans inside the step (~50 s);
+#   D. int4's verification cost (int4_verify.py, ~100 s);
+#   E. with what is left (> 120 s), the fused int4 kernels' sweep (int4_weights.sh STEPS=fused).
+# Everything under one tarball, $OUT/run54.tgz, and the tables on stdout.
+set -uo pipefail
+card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1)
+echo "card: $card"
+case "$card" in *H200*) ;; *) [ -n "${ANY_CARD:-}" ] || { echo "not an H200: nothing run"; exit 0; } ;; esac
+W=/tmp/run54; mkdir -p "$W"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TRITON_INTERPRET=0
+started=$(date +%s)
+since() { echo "$(( $(date +%s) - started )) s in"; }
+e2e() {  # e2e NAME: the 34B int4 rows, both caches, one process
+  timeout 150 python -m models.bench --models 34B --batches 1 --hf '' --ttft '' --weights int4 --kv-caches bf16,fp8 \
+      --backends flash --contexts 131072 --out "$W/$1" --tag "34b-128k-$1" > "$W/$1.log" 2>&1
+  echo "$1: exit $? ($(since))"; grep -hE "check|^  ours |tok/s" "$W/$1.log" | cut -c1-200 | tail -n 12
+}
+e2e e2e-committed
+timeout 170 python -m kernels.bench --tune --cases 8bit --only "34B B=1 S=128k fp8$,34B B=1 S=64k fp8$" --budget-s 100 \
+    --out "$W/tune" --plans-dir "$W/plans" > "$W/tune.log" 2>&1
+echo "tune: exit $? ($(since))"; tail -n 20 "$W/tune.log"
+CODECOMPLETE_PLANS_DIR="$W/plans" e2e e2e-tuned
+timeout 150 python bench/gpu/int4_verify.py --out "$W/verify" > "$W/verify.log" 2>&1; echo "verify: exit $? ($(since))"
+tail -n 14 "$W/verify.log"
+left=$(( 560 - ($(date +%s) - started) ))
+echo "== fused ($left s left)"
+if [ "$left" -gt 120 ]; then
+  OUT=$W/fused STEPS=fused FUSED_BUDGET_S=$(( left - 60 )) FUSED_TIMEOUT_S=$(( left - 20 )) \
+      timeout $(( left - 10 )) bash bench/gpu/int4_weights.sh
+fi
+tar czf "$OUT/run54.tgz" -C "$W" .
