@@ -1,6 +1,7 @@
 """Attention plans chosen inside the decode step: one model, one process, each candidate timed where it runs.
 
     python -m models.step_plans --model 34B|34B/2 --contexts 16384,131072 --kv-caches fp8,int8 [--batch 1]
+        [--weights bf16|int8|int4]
         [--variant 'name={"num_warps": 4}' ...] [--no-auto] [--twins early,late] [--rounds 3] [--replays 20]
         [--out DIR] [--write-table kernels/plans/nvidia-h200.json]
 
@@ -9,7 +10,9 @@
 plans rank otherwise: CodeLlama-34B's int8 step at 128k ran 47.2 tok/s on the tuner's 2-warp plan, 2-3 µs faster
 alone, against 50.5 on a 4-warp one (H200, bench/results/NOTES.md, Run 18); in CodeLlama-7B's step at 64k, plans
 2.5-6 µs slower alone cost 59-65 µs a layer, their programs crowding some SMs (Run 19). This tool builds the model
-once (random weights of the preset's shapes: a step's time does not depend on them), fills each cache with random
+once (random weights of the preset's shapes: a step's time does not depend on their values; `--weights int8|int4`
+quantizes them as drawn, so the step is the fused one those weights run and CodeLlama-34B with a 128k cache fits
+an 80 GB card), fills each cache with random
 8-bit or bf16 values, and per (context, cache kind) times the whole step as a CUDA-graph replay under each
 candidate plan of the attention call (`kernels.interface.forced_plans`), together with that plan's kernel-alone
 time over the first layer's cache. Candidates: the committed table's plan, the heuristic's, and neighbours of the
@@ -42,7 +45,7 @@ from kernels import flash_decode
 from kernels.bench import OneLineParser, begin_run, comma_list, folder, graph_replay_us, one_of, whole
 from kernels.interface import forced_plans, heuristic_plan, plan_for, resident_per_sm
 from kernels.plan import MAX_SPLITS, LaunchPlan, describe, save_table, shape_key, table_entry
-from models.bench import fill_cache_randomly, ours_step_us
+from models.bench import WEIGHTS, fill_cache_randomly, ours_step_us
 from models.errors import ModelError
 
 KINDS = ("bf16", "fp8", "int8")
@@ -249,6 +252,8 @@ def main(argv=None) -> int:
     parser.add_argument("--kv-caches", type=comma_list(one_of(*KINDS)), default="fp8,int8",
                         help="cache kinds: " + ", ".join(KINDS) + " (default: fp8,int8)")
     parser.add_argument("--batch", type=whole(1), default=1, help="sequences per step (default: 1)")
+    parser.add_argument("--weights", type=one_of(*WEIGHTS), default="bf16",
+                        help="the projections' format: " + ", ".join(WEIGHTS) + " (default: bf16)")
     parser.add_argument("--variant", type=_checked(parse_variant), action="append", default=[],
                         help='name={"plan field": value, ...}')
     parser.add_argument("--no-auto", action="store_true", help="time only the table plan and the --variant ones")
@@ -277,7 +282,8 @@ def main(argv=None) -> int:
     env, _, log = begin_run("models.step_plans", args.out)
     if args.write_table:
         check_plan_file(args.write_table, env)
-    model = build_random_model(config, device="cuda", dtype=torch.bfloat16, max_len=max(contexts))
+    model = build_random_model(config, device="cuda", dtype=torch.bfloat16, max_len=max(contexts),
+                               weights=None if args.weights == "bf16" else args.weights)
     model.compile_dense()   # the step as the app runs it: fused at batch 1, compiled dense parts otherwise
     rows = []
     for context in contexts:
@@ -302,7 +308,8 @@ def main(argv=None) -> int:
             c = model.config
             programs = {n: p.num_splits * args.batch * c.n_kv_heads * p.row_blocks(c.n_heads // c.n_kv_heads, 1)
                         for n, p in plans.items()}
-            row = {"model": args.model, "batch": args.batch, "context": context, "kv_cache": kind, "key": key,
+            row = {"model": args.model, "weights": args.weights, "batch": args.batch, "context": context,
+                   "kv_cache": kind, "key": key,
                    "best": best, "plans": {n: {"plan": dataclasses.asdict(p), "summary": describe(p),
                                                "programs_per_sm": programs[n] / env["sms"],
                                                "resident_per_sm": residency[n], **times[n]}
@@ -312,6 +319,7 @@ def main(argv=None) -> int:
                 measured = {"us": times[best]["alone_us"], "label": f"in-step: {best}",
                             "date": datetime.date.today().isoformat(), "in_step": {
                                 "note": f"{args.model} decode step, B={args.batch}, {context} tokens, {kind} cache, "
+                                        f"{args.weights} weights, "
                                         f"models.step_plans on {env['card']}: tok/s per candidate",
                                 "tok_s": tok_s}}
                 row["table"] = update_table(args.write_table, key, plans[best], model, args.batch, measured)
@@ -340,7 +348,8 @@ def write_report(out: Path, env: dict, rows: list[dict], show: bool = True) -> N
         base = row["plans"]["table"]["step_us"]
         for name, p in sorted(row["plans"].items(), key=lambda kv: kv[1]["step_us"]):
             mark = " **best**" if name == row["best"] else ""
-            lines.append(f"| {row['model']} B={row['batch']} S={context_label(row['context'])} | {row['kv_cache']} | "
+            weights = "" if row.get("weights", "bf16") == "bf16" else f" {row['weights']} weights"
+            lines.append(f"| {row['model']}{weights} B={row['batch']} S={context_label(row['context'])} | {row['kv_cache']} | "
                          f"{name}{mark} | {p['summary']} | {p['programs_per_sm']:.2f} | {p['resident_per_sm']} | "
                          f"{p['alone_us']:.1f} | {p['step_us']:.0f} | "
                          f"{row['batch'] * 1e6 / p['step_us']:.2f} | {base / p['step_us']:.3f}x |")

@@ -208,8 +208,9 @@ def pretend_gpu_run(monkeypatch):
 
     monkeypatch.setattr(step_plans.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(step_plans, "begin_run", begin_run)
-    monkeypatch.setattr(models.llama, "build_random_model",
-                        lambda preset, **kw: built.append(build(TINY, max_len=kw["max_len"])) or built[-1])
+    monkeypatch.setattr(models.llama, "build_random_model",   # --weights as asked: the model quantized as drawn
+                        lambda preset, **kw: built.append(build(TINY, max_len=kw["max_len"],
+                                                                weights=kw.get("weights"))) or built[-1])
     monkeypatch.setattr(step_plans, "ours_step_us", step_us)
     monkeypatch.setattr(step_plans, "kernel_alone_us", lambda model, batch, replays: 10.0)
     return built
@@ -235,6 +236,23 @@ def test_a_run_writes_its_report_and_the_winner_into_the_plan_file(pretend_gpu_r
     assert "late-in-step |" in (out / "step-plans.md").read_text()
     assert "| CodeLlama-7B B=1 S=256 | int8 |" in (out / "step-plans.md").read_text()      # it read S=0k
     assert pretend_gpu_run[0].decode_kernels != pretend_gpu_run[0].dense   # timed as the app runs it: compile_dense()
+
+
+def test_int4_weights_time_the_plans_in_int4_weights_step_and_say_so(pretend_gpu_run, tmp_path):
+    """--weights int4: the model is built with int4 projections (the step that issue 11's ratio runs, and 34B's
+    weights beside a 128k cache fit an 80 GB card), and the report and the plan file's entry name them."""
+    plans = tmp_path / "plans.json"
+    plans.write_text(json.dumps({"device": {"sms": 132}, "entries": []}))
+    out = tmp_path / "out"
+    assert step_plans.main(["--model", "7B", "--contexts", "256", "--kv-caches", "int8", "--rounds", "1",
+                            "--weights", "int4", "--write-table", str(plans), "--out", str(out)]) == 0
+    model, = pretend_gpu_run
+    assert model.weights_kind == "int4"
+    row, = json.loads((out / "step-plans.json").read_text())["rows"]
+    assert row["weights"] == "int4" and row["table"] == "added"
+    assert "| CodeLlama-7B int4 weights B=1 S=256 | int8 |" in (out / "step-plans.md").read_text()
+    entry, = json.loads(plans.read_text())["entries"]
+    assert "int8 cache, int4 weights, models.step_plans" in entry["measured"]["in_step"]["note"]
 
 
 def test_a_run_stops_with_a_clear_error_when_todays_plan_cannot_run(pretend_gpu_run, monkeypatch, tmp_path):
@@ -265,6 +283,7 @@ def test_a_plan_file_of_another_card_is_refused_before_anything_runs(pretend_gpu
     (["--twins", "early,soon"], "--twins: 'soon' is not one of early, late"),
     (["--rounds", "0"], "--rounds: expected a number from 1 up, got 0"),           # median of nothing after a build
     (["--batch", "-1"], "--batch: expected a number from 1 up, got -1"),
+    (["--weights", "int3"], "--weights: 'int3' is not one of bf16, int8, int4"),
     (["--model", "99B"], "--model: unknown preset 'CodeLlama-99B'"),
     (["--model", "34B/3"], "do not split over 3 ranks"),
     (["--variant", "w4={"], "--variant: --variant w4: not JSON"),
