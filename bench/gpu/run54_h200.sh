@@ -6,7 +6,8 @@
 #      its plan file written beside the committed entries into $W/plans (~130 s);
 #   C. A again with CODECOMPLETE_PLANS_DIR=$W/plans: the same ratio with B's plans inside the step (~50 s);
 #   D. int4's verification cost (int4_verify.py, ~100 s);
-#   E. with what is left (> 120 s), the fused int4 kernels' sweep (int4_weights.sh STEPS=fused).
+#   E. with what is left of TOTAL_S (default 560 s) if over 120 s, the fused int4 kernels' sweep (int4_weights.sh
+#      STEPS=fused).
 # On another card with STEP_PLANS=1 it times e4m3 plans inside the int4 step (below); with ANY_CARD=1 only A-C run (Run 54 did so on an H100). Everything under one tarball, $OUT/run54.tgz, and the tables on stdout.
 set -uo pipefail
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1)
@@ -30,17 +31,18 @@ since() { echo "$(( $(date +%s) - started )) s in"; }
 e2e() {  # e2e NAME: the 34B int4 rows, both caches, one process
   timeout 150 python -m models.bench --models 34B --batches 1 --hf '' --ttft '' --weights int4 --kv-caches bf16,fp8 \
       --backends flash --contexts 131072 --out "$W/$1" --tag "34b-128k-$1" > "$W/$1.log" 2>&1
-  echo "$1: exit $? ($(since))"; grep -hE "check|^  ours |tok/s" "$W/$1.log" | cut -c1-200 | tail -n 12
+  echo "$1: exit $? ($(since))"; grep -hE "check|^  ours |tok/s" "$W/$1.log" | cut -c1-200 | tail -n 12; keep
 }
+keep() { tar czf "$OUT/run54.tgz" -C "$W" .; }   # after every step: a call cut off at its limit keeps what ran
 e2e e2e-committed
 timeout 170 python -m kernels.bench --tune --cases 8bit --only "34B B=1 S=128k fp8$,34B B=1 S=64k fp8$" --budget-s 100 \
     --out "$W/tune" --plans-dir "$W/plans" > "$W/tune.log" 2>&1
-echo "tune: exit $? ($(since))"; tail -n 20 "$W/tune.log"
+echo "tune: exit $? ($(since))"; tail -n 20 "$W/tune.log"; keep
 CODECOMPLETE_PLANS_DIR="$W/plans" e2e e2e-tuned
 [[ "$card" == *H200* ]] || { tar czf "$OUT/run54.tgz" -C "$W" .; exit 0; }   # (ANY_CARD=1: A-C only)
 timeout 150 python bench/gpu/int4_verify.py --out "$W/verify" > "$W/verify.log" 2>&1; echo "verify: exit $? ($(since))"
-tail -n 14 "$W/verify.log"
-left=$(( 560 - ($(date +%s) - started) ))
+tail -n 14 "$W/verify.log"; keep
+left=$(( ${TOTAL_S:-560} - ($(date +%s) - started) ))
 echo "== fused ($left s left)"
 if [ "$left" -gt 120 ]; then
   OUT=$W/fused STEPS=fused FUSED_BUDGET_S=$(( left - 60 )) FUSED_TIMEOUT_S=$(( left - 20 )) \
