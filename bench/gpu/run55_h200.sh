@@ -7,7 +7,7 @@
 #   C. A again over $W/plans (CODECOMPLETE_PLANS_DIR): the ratio with B's choice (~65 s);
 #   D. int4's verification cost (int4_verify.py, ~100 s);
 #   E. with what is left of TOTAL_S (default 560 s), if over 120 s, the fused int4 kernels' sweep.
-# On another card it prints the card and stops, unless ANY_CARD=1 (then A-C only). Everything in $OUT/run55.tgz,
+# On another card it prints the card and stops, unless ANY_CARD=1 (then A-C only; RATIO_ONLY=1 stops there too). Everything in $OUT/run55.tgz,
 # written after every step (a call cut off at its limit keeps what ran), and the tables on stdout.
 set -uo pipefail
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1)
@@ -35,7 +35,7 @@ timeout 200 python -m models.step_plans --model 34B --weights int4 --contexts 13
     "${write[@]}" --out "$W/step-plans" > "$W/step-plans.log" 2>&1
 echo "step-plans: exit $? ($(since))"; tail -n 16 "$W/step-plans.log"; keep
 CODECOMPLETE_PLANS_DIR="$W/plans" e2e e2e-step-plans
-[[ "$card" == *H200* ]] || exit 0
+[[ "$card" == *H200* && -z "${RATIO_ONLY:-}" ]] || exit 0   # RATIO_ONLY=1: items A-C only (~210 s), for a short budget
 timeout 150 python bench/gpu/int4_verify.py --out "$W/verify" > "$W/verify.log" 2>&1; echo "verify: exit $? ($(since))"
 tail -n 14 "$W/verify.log"; keep
 left=$(( ${TOTAL_S:-560} - ($(date +%s) - started) ))
