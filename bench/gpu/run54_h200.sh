@@ -5,10 +5,10 @@
 #   B. the tuner over the 8-bit cases at 34B B=1 64k/128k (it tries the transposed kernel's 256-key tiles since 9eea6ad),
 #      its plan file written beside the committed entries into $W/plans (~130 s);
 #   C. A again with CODECOMPLETE_PLANS_DIR=$W/plans: the same ratio with B's plans inside the step (~50 s);
-#   D. int4's verification cost (int4_verify.py, ~100 s);
-#   E. with what is left of TOTAL_S (default 560 s) if over 120 s, the fused int4 kernels' sweep (int4_weights.sh
-#      STEPS=fused).
-# On another card with STEP_PLANS=1 it times e4m3 plans inside the int4 step (below); with ANY_CARD=1 only A-C run (Run 54 did so on an H100). Everything under one tarball, $OUT/run54.tgz, and the tables on stdout.
+#   (its steps D-E, int4's verification and the fused sweep, moved to run55_h200.sh, which replaces step B by the
+#   plan choice inside the step: Run 54 found the tuner's alone-picked plans lose there.)
+# On another card with STEP_PLANS=1 it times e4m3 plans inside the int4 step (below); with ANY_CARD=1 A-C run (Run 54
+# did so on an H100). Everything under one tarball, $OUT/run54.tgz, and the tables on stdout.
 set -uo pipefail
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1)
 echo "card: $card"
@@ -39,13 +39,4 @@ timeout 170 python -m kernels.bench --tune --cases 8bit --only "34B B=1 S=128k f
     --out "$W/tune" --plans-dir "$W/plans" > "$W/tune.log" 2>&1
 echo "tune: exit $? ($(since))"; tail -n 20 "$W/tune.log"; keep
 CODECOMPLETE_PLANS_DIR="$W/plans" e2e e2e-tuned
-[[ "$card" == *H200* ]] || { tar czf "$OUT/run54.tgz" -C "$W" .; exit 0; }   # (ANY_CARD=1: A-C only)
-timeout 150 python bench/gpu/int4_verify.py --out "$W/verify" > "$W/verify.log" 2>&1; echo "verify: exit $? ($(since))"
-tail -n 14 "$W/verify.log"; keep
-left=$(( ${TOTAL_S:-560} - ($(date +%s) - started) ))
-echo "== fused ($left s left)"
-if [ "$left" -gt 120 ]; then
-  OUT=$W/fused STEPS=fused FUSED_BUDGET_S=$(( left - 60 )) FUSED_TIMEOUT_S=$(( left - 20 )) \
-      timeout $(( left - 10 )) bash bench/gpu/int4_weights.sh
-fi
-tar czf "$OUT/run54.tgz" -C "$W" .
+keep   # Steps D-E (verification, fused sweep) never ran here: run55_h200.sh has them, after a better step B
