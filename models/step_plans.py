@@ -12,12 +12,11 @@ alone, against 50.5 on a 4-warp one (H200, bench/results/NOTES.md, Run 18); in C
 2.5-6 µs slower alone cost 59-65 µs a layer, their programs crowding some SMs (Run 19). This tool builds the model
 once (random weights of the preset's shapes: a step's time does not depend on their values; `--weights int8|int4`
 quantizes them as drawn, so the step is the fused one those weights run and CodeLlama-34B with a 128k cache fits
-an 80 GB card), fills each cache with random
-8-bit or bf16 values, and per (context, cache kind) times the whole step as a CUDA-graph replay under each
-candidate plan of the attention call (`kernels.interface.forced_plans`), together with that plan's kernel-alone
-time over the first layer's cache. Candidates: the committed table's plan, the heuristic's, and neighbours of the
-table's (2 <-> 4 warps, 64 <-> 128 keys a tile, half and twice the splits, int8 dots on <-> off for an int8 cache),
-plus any `--variant` (fields replaced in the table's plan).
+an 80 GB card), fills each cache with random 8-bit or bf16 values, and per (context, cache kind) times the whole
+step as a CUDA-graph replay under each candidate plan of the attention call (`kernels.interface.forced_plans`),
+together with that plan's kernel-alone time over the first layer's cache. Candidates: the committed table's plan,
+the heuristic's, and neighbours of the table's (2 <-> 4 warps, 64 <-> 128 keys a tile, 1/2, 3/4, 5/4 and 2 times
+the splits, int8 dots on <-> off for an int8 cache), plus any `--variant` (fields replaced in the table's plan).
 Rounds interleave the candidates so that drift hits all of them alike; the median per candidate counts.
 Each runs as the product runs it: qkv_rope lets attention launch as its programs start, or as they end where
 the plan says so (`LaunchPlan.step_launch`) or attention's programs would crowd some SMs
@@ -74,6 +73,12 @@ def neighbours(plan, *, int8: bool, S: int) -> dict:
         out["splits/2"] = dataclasses.replace(plan, num_splits=max(1, plan.num_splits // 2))
     if plan.num_splits * 2 <= most:
         out["splits*2"] = dataclasses.replace(plan, num_splits=plan.num_splits * 2)
+    # Finer steps too: in CodeLlama-34B's int4 step an H100 ran e4m3 attention best at 1.2-1.7 programs a SM, 6-7%
+    # faster than the heuristic's 2 (33 splits -> 20-28) and than 1 (bench/results/NOTES.md, Run 54).
+    for name, factor in (("splits*3/4", 0.75), ("splits*5/4", 1.25)):
+        splits = min(most, max(1, round(plan.num_splits * factor)))
+        if splits not in (plan.num_splits, plan.num_splits // 2, plan.num_splits * 2):
+            out[name] = dataclasses.replace(plan, num_splits=splits)
     if int8 and not plan.row_kernel:
         out["int8 dot" if not plan.int8_dot else "no int8 dot"] = dataclasses.replace(plan, int8_dot=not plan.int8_dot)
     return out

@@ -60,9 +60,14 @@ def test_neighbours_change_one_option_each():
     assert found["warps"] == dataclasses.replace(plan, num_warps=4, maxnreg=0)
     assert found["tile"] == dataclasses.replace(plan, block_n=128)
     assert found["splits/2"].num_splits == 16 and found["splits*2"].num_splits == 64
+    assert found["splits*3/4"].num_splits == 24 and found["splits*5/4"].num_splits == 40     # Run 54's finer steps
+    assert all(p == dataclasses.replace(plan, num_splits=p.num_splits) for n, p in found.items() if "splits" in n)
     assert found["no int8 dot"] == dataclasses.replace(plan, int8_dot=False)
     unsplit = step_plans.neighbours(dataclasses.replace(plan, num_splits=1, int8_dot=False), int8=False, S=128)
     assert "splits/2" not in unsplit and "int8 dot" not in unsplit and unsplit["splits*2"].num_splits == 2
+    assert not {"splits*3/4", "splits*5/4"} & set(unsplit)                  # 1 split: no finer step than 1 and 2
+    three = step_plans.neighbours(dataclasses.replace(plan, num_splits=3), int8=False, S=131072)
+    assert [three[n].num_splits for n in ("splits/2", "splits*3/4", "splits*5/4", "splits*2")] == [1, 2, 4, 6]
     assert "splits*2" not in step_plans.neighbours(dataclasses.replace(plan, num_splits=2), int8=False, S=128)
 
 
