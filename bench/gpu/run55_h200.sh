@@ -2,7 +2,7 @@
 # Run 55: issue 11's end-to-end ratio on one H200 with the e4m3 plan chosen inside the step. From the repository root:
 #   A. CodeLlama-34B at 128k, int4 weights (the fused step), bf16 and fp8 caches, committed plans (~65 s);
 #   B. models.step_plans: 34B 128k's e4m3 plans timed inside that int4 step (the table's, the heuristic's, their
-#      neighbours, 16-40 splits of the dot and the transposed kernel), a winner by > 0.5% written into a copy of the
+#      neighbours, among them 1/2, 3/4, 5/4 and 2 times its splits, and the transposed kernel at 16, 24, 33 splits), a winner by > 0.5% written into a copy of the
 #      committed tables, $W/plans (~80 s). On an H100 (Run 54) the heuristic's 33 splits lost 7% to 24 in the step;
 #   C. A again over $W/plans (CODECOMPLETE_PLANS_DIR): the ratio with B's choice (~65 s);
 #   D. int4's verification cost (int4_verify.py, ~100 s);
@@ -28,7 +28,6 @@ cp kernels/plans/*.json "$W/plans/"
 table="$W/plans/$(echo "$card" | tr 'A-Z ' 'a-z-').json"
 [ -f "$table" ] && write=(--write-table "$table") || { echo "no committed table for this card: nothing written"; write=(); }
 timeout 200 python -m models.step_plans --model 34B --weights int4 --contexts 131072 --kv-caches fp8 \
-    --variant 'splits24={"num_splits": 24}' --variant 'splits40={"num_splits": 40}' \
     --variant 'transposed16={"transposed": true, "num_splits": 16}' \
     --variant 'transposed24={"transposed": true, "num_splits": 24}' \
     --variant 'transposed33={"transposed": true, "num_splits": 33}' \
