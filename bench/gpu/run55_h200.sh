@@ -2,13 +2,15 @@
 # Run 55: issue 11's end-to-end ratio on one H200 with the e4m3 plan chosen inside the step. From the repository root:
 #   A. CodeLlama-34B at 128k, int4 weights (the fused step), bf16 and fp8 caches, committed plans (~65 s);
 #   B. models.step_plans: 34B 128k's e4m3 plans timed inside that int4 step (the table's, the heuristic's, their
-#      neighbours, among them 1/2, 3/4, 5/4 and 2 times its splits, and the transposed kernel at 16, 24, 33 splits), a winner by > 0.5% written into a copy of the
-#      committed tables, $W/plans (~80 s). On an H100 (Run 54) the heuristic's 33 splits lost 7% to 24 in the step;
+#      neighbours, 1/2, 3/4, 5/4 and 2 times the table's splits among them, and the transposed kernel at 16, 24 and
+#      33 splits), a winner by > 0.5% written into a copy of the committed tables, $W/plans (~80 s). On an H100
+#      (Run 54) the heuristic's 33 splits lost 7% to 24 in the step;
 #   C. A again over $W/plans (CODECOMPLETE_PLANS_DIR): the ratio with B's choice (~65 s);
 #   D. int4's verification cost (int4_verify.py, ~100 s);
 #   E. with what is left of TOTAL_S (default 560 s), if over 120 s, the fused int4 kernels' sweep.
-# On another card it prints the card and stops, unless ANY_CARD=1 (then A-C only; RATIO_ONLY=1 stops there too). Everything in $OUT/run55.tgz,
-# written after every step (a call cut off at its limit keeps what ran), and the tables on stdout.
+# On another card it prints the card and stops, unless ANY_CARD=1 (then A-C only; RATIO_ONLY=1 stops there too).
+# Everything in $OUT/run55.tgz, written after every step (a call cut off at its limit keeps what ran), and the tables
+# on stdout.
 set -uo pipefail
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1)
 echo "card: $card"
