@@ -269,7 +269,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=whole(1), default=3,
                         help="rounds interleaving the candidates; the median counts (default: 3)")
     parser.add_argument("--replays", type=whole(1), default=20, help="graph replays a timing (default: 20)")
-    parser.add_argument("--margin", type=_fraction, default=0.005, help="a step this much faster replaces the table's (default: 0.005)")
+    parser.add_argument("--margin", type=_fraction, default=0.005,
+                        help="a step this much faster replaces the table's (default: 0.005)")
     parser.add_argument("--write-table", type=Path, default=None,
                         help="a plan file whose entries a step-faster candidate replaces (see the module doc)")
     parser.add_argument("--out", type=folder, default=Path("bench/scratch/step-plans"),
@@ -354,8 +355,9 @@ def write_report(out: Path, env: dict, rows: list[dict], show: bool = True) -> N
         for name, p in sorted(row["plans"].items(), key=lambda kv: kv[1]["step_us"]):
             mark = " **best**" if name == row["best"] else ""
             weights = "" if row.get("weights", "bf16") == "bf16" else f" {row['weights']} weights"
-            lines.append(f"| {row['model']}{weights} B={row['batch']} S={context_label(row['context'])} | {row['kv_cache']} | "
-                         f"{name}{mark} | {p['summary']} | {p['programs_per_sm']:.2f} | {p['resident_per_sm']} | "
+            lines.append(f"| {row['model']}{weights} B={row['batch']} S={context_label(row['context'])} | "
+                         f"{row['kv_cache']} | {name}{mark} | {p['summary']} | {p['programs_per_sm']:.2f} | "
+                         f"{p['resident_per_sm']} | "
                          f"{p['alone_us']:.1f} | {p['step_us']:.0f} | "
                          f"{row['batch'] * 1e6 / p['step_us']:.2f} | {base / p['step_us']:.3f}x |")
         if "table" in row:
