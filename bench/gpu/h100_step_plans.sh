@@ -10,7 +10,8 @@ OUT=$(realpath -m "${OUT:-bench/scratch/h100-step-plans}"); mkdir -p "$OUT/plans
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TRITON_INTERPRET=0
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1); echo "card: $card"
 case "$card" in *H100*) ;; *) echo "not an H100: nothing run"; exit 0 ;; esac
-table="$OUT/plans/$(echo "$card" | tr 'A-Z ' 'a-z-').json"
+slug=$(python -c 'import sys; from kernels.plan import device_slug; print(device_slug(sys.argv[1]))' "$card")
+table="$OUT/plans/$slug.json"   # the file tuned_plan reads for this card
 cp kernels/plans/*.json "$OUT/plans/"
 [ -f "$table" ] || { echo "no committed table named $(basename "$table")"; exit 1; }
 timeout 190 python -m models.step_plans --model 34B --weights int4 --contexts 16384,65536,131072 \

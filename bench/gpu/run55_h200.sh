@@ -27,8 +27,10 @@ e2e() {  # e2e NAME: the 34B int4 rows, both caches, one process
 }
 e2e e2e-committed
 cp kernels/plans/*.json "$W/plans/"
-table="$W/plans/$(echo "$card" | tr 'A-Z ' 'a-z-').json"
-[ -f "$table" ] && write=(--write-table "$table") || { echo "no committed table for this card: nothing written"; write=(); }
+slug=$(python -c 'import sys; from kernels.plan import device_slug; print(device_slug(sys.argv[1]))' "$card")
+table="$W/plans/$slug.json"   # the file tuned_plan reads for this card
+write=(--write-table "$table")
+[ -f "$table" ] || { echo "no committed table for this card: nothing written"; write=(); }
 timeout 200 python -m models.step_plans --model 34B --weights int4 --contexts 131072 --kv-caches fp8 \
     --variant 'transposed16={"transposed": true, "num_splits": 16}' \
     --variant 'transposed24={"transposed": true, "num_splits": 24}' \
