@@ -67,10 +67,15 @@ def set_threads(requested: int | None, device: str) -> int:
 def check_threads(requested: int | None) -> int:
     """The cores this process may use; more --threads than that is a usage error (they only waste time, and tens
     of thousands crash torch). Checked before any work too, so a command a server answers refuses it alike."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     if requested and requested > cores:
         raise UsageError(f"--threads {requested}: this process may use {cores} core{'s' * (cores != 1)}")
     return cores
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one), not the machine's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 @functools.cache

@@ -37,8 +37,9 @@ def pytest_xdist_auto_num_workers(config):
     min, 18 GB at its peak, one timing test failed. PYTEST_XDIST_AUTO_NUM_WORKERS still decides where it is set."""
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return None                     # xdist's own hook reads it
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return cores + 1
+    from codecomplete.engines import usable_cores
+
+    return usable_cores() + 1
 
 
 import random as _random  # noqa: E402
