@@ -8,7 +8,8 @@ captured CUDA graph is replayed over growing lengths). Two sources:
 - `tuned_plan`: a shape-keyed table that `python -m kernels.bench --tune` measures on one device
   and writes to kernels/plans/<device>.json (committed). A shape in the table gets its measured
   plan; another shape takes the tile options of the nearest measured shape of the same kind and
-  as many waves of programs as that shape filled for its split count.
+  as many waves of programs as that shape filled for its split count, unless that entry was chosen
+  inside one shape's decode step (`"lend": false`, `models.step_plans`).
 """
 
 from __future__ import annotations
@@ -279,6 +280,8 @@ def check_table(table) -> None:
         for name in ("items", "programs_per_sm"):   # (the nearest entry's, lent to another shape)
             if not isinstance(entry.get(name), (int, float)) or isinstance(entry.get(name), bool):
                 raise ValueError(f"entries[{i}]: {name} is {json.dumps(entry.get(name))}, not a number")
+        if type(entry.get("lend", True)) is not bool:    # (a string "false" would lend)
+            raise ValueError(f"entries[{i}]: lend is {json.dumps(entry['lend'])}, not true or false")
 
 
 def check_tables(directory: Path) -> None:
@@ -331,20 +334,21 @@ def tuned_plan(name: str, num_sms: int, B: int, Hq: int, Hkv: int, S: int, D: in
 
     Entries of the same kind (cache dtype, group, head dim, one or several query tokens) stand in for
     each other: the nearest (batch x KV heads, length, tokens on log scales) lends its options. An int8 cache
-    without entries of its own takes e4m3's (the same bytes per key)."""
+    without entries of its own takes e4m3's (the same bytes per key). An entry marked `"lend": false` (chosen by
+    the whole decode step's time at its shape: `models.step_plans`) answers its own shape only."""
     key = shape_key(B, Hq, Hkv, S, D, T, scaled, int8)
     table = load_table(name, num_sms, directory)
 
-    def of_kind(kind: str) -> list[dict]:
+    def lenders(kind: str) -> list[dict]:      # (an entry chosen inside one shape's decode step lends nothing)
         return [e for e in table if e["key"]["kind"] == kind and all(e["key"][k] == key[k] for k in ("group", "D"))
-                and (e["key"]["T"] > 1) == (T > 1)]
-    same_kind = of_kind(key["kind"]) or (of_kind("fp8") if int8 else [])
-    if not same_kind:
-        return None
+                and (e["key"]["T"] > 1) == (T > 1) and e.get("lend", True)]
     # Its own entry, else the nearest: another shape can be at distance 0 too (the paper's B=4 x 2 KV heads at 16k
     # and 34B's B=1 x 8 at 16k), and the table's order must not decide which one answers.
-    nearest = next((e for e in same_kind if e["key"] == key), None) or min(
-        same_kind, key=lambda e: _distance(e["key"], key))
+    own = next((e for e in table if e["key"] == key), None)
+    same_kind = lenders(key["kind"]) or (lenders("fp8") if int8 else [])
+    if own is None and not same_kind:
+        return None
+    nearest = own or min(same_kind, key=lambda e: _distance(e["key"], key))
     plan = LaunchPlan(**nearest["plan"])
     if not scaled:  # fp8 options mean nothing here (older tables recorded the then default fp8_early=True)
         plan = dataclasses.replace(plan, fp8_early=False, fp8_dot=False)
@@ -368,8 +372,10 @@ def tuned_plan(name: str, num_sms: int, B: int, Hq: int, Hkv: int, S: int, D: in
 
 
 def table_entry(B: int, Hq: int, Hkv: int, S: int, D: int, T: int, scaled: bool, plan: LaunchPlan,
-                num_sms: int, measured: dict, int8: bool = False) -> dict:
-    """One entry of a plan file: the shape, the plan, and what was measured to choose it."""
+                num_sms: int, measured: dict, int8: bool = False, lend: bool = True) -> dict:
+    """One entry of a plan file: the shape, the plan, and what was measured to choose it. `lend=False`: the plan is
+    for this shape alone, never lent to the shapes near it (`tuned_plan`)."""
     items = B * Hkv * plan.row_blocks(Hq // Hkv, T)
-    return {"key": shape_key(B, Hq, Hkv, S, D, T, scaled, int8), "plan": dataclasses.asdict(plan), "items": items,
-            "programs_per_sm": items * plan.num_splits / num_sms, "measured": measured}
+    entry = {"key": shape_key(B, Hq, Hkv, S, D, T, scaled, int8), "plan": dataclasses.asdict(plan), "items": items,
+             "programs_per_sm": items * plan.num_splits / num_sms, "measured": measured}
+    return entry if lend else {**entry, "lend": False}

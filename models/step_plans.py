@@ -205,12 +205,15 @@ def check_plan_file(path: Path, env: dict) -> None:
 
 
 def update_table(path: Path, key: dict, plan, model, batch: int, measured: dict) -> str:
-    """Put `plan` into the plan file at `key` (replacing an entry of the same key, else adding one)."""
+    """Put `plan` into the plan file at `key` (replacing an entry of the same key, else adding one), for that shape
+    alone: a plan that won one model's step at one shape is not lent to the shapes near it (`tuned_plan`), whose
+    plans stay as they were (on an H100, 34B's int8 16k and 64k winners would have halved every int8 shape's
+    splits, unmeasured)."""
     c = model.config
     table = json.loads(path.read_text(encoding="utf-8"))
     num_sms = table["device"]["sms"]
     entry = table_entry(batch, c.n_heads, c.n_kv_heads, key["S"], c.head_dim, 1, key["kind"] != "bf16", plan,
-                        num_sms, measured, int8=key["kind"] == "int8")
+                        num_sms, measured, int8=key["kind"] == "int8", lend=False)
     same = [i for i, e in enumerate(table["entries"]) if e["key"] == key]
     if same:
         old = table["entries"][same[0]]["measured"]

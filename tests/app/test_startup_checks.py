@@ -322,6 +322,7 @@ def test_good_kernel_settings_are_taken_on_a_cpu(script, cli_env, tmp_path):
     (lambda entry: entry["plan"].update(num_split=2), "entries[0]: plan: num_split is no field of a launch plan"),
     (lambda entry: entry["plan"].update(num_warps="4"), "entries[0]: plan: num_warps is \"4\", not an integer"),
     (lambda entry: entry["plan"].update(step_launch="soon"), "entries[0]: plan: step_launch 'soon'"),
+    (lambda entry: entry.update(lend="false"), "entries[0]: lend is \"false\", not true or false"),
 ])
 def test_a_plans_folder_holding_a_table_the_planner_would_refuse_is_refused_at_start_up(script, cli_env, tmp_path,
                                                                                        change, words):

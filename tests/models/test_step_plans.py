@@ -117,6 +117,7 @@ def test_the_plan_file_takes_the_winner_and_keeps_the_rest(tmp_path):
     assert table["entries"][0] == other
     entry = table["entries"][1]
     assert entry["key"] == key and LaunchPlan(**entry["plan"]) == plan
+    assert entry["lend"] is False         # chosen inside one shape's step: never lent to the shapes near it
     assert entry["measured"] == {"us": 7.5, "peers_us": {"sdpa_cudnn": 12.0}, "in_step": measured["in_step"]}
     new_key = shape_key(1, 8, 2, 8192, 16, 1, True, True)
     assert step_plans.update_table(path, new_key, plan, model, 1, measured) == "added"
