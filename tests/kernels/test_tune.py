@@ -5,6 +5,7 @@ back, and the bars the benchmark prints. The GPU run happens once; a bug found t
 import dataclasses
 import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -150,6 +151,36 @@ def test_an_entry_chosen_inside_a_step_is_its_shape_s_alone(tmp_path):
     assert tuned_plan("GPU X", 132, 1, 32, 32, 4096, 128, 1, False, directory=tmp_path) is None   # nothing to lend
     load_table.cache_clear()
     tuned_plan.cache_clear()
+
+
+def test_plan_borrowers_names_every_shape_a_table_change_moves(tmp_path):
+    """bench/plan_borrowers.py, the check before a plan entry is committed: an entry for one shape alone moves that
+    shape only; a lent one moves its neighbours too, and the script names them."""
+    import subprocess
+    import sys
+    plan = LaunchPlan(num_splits=16, block_m=16, block_n=128, block_d=128, num_warps=4, num_stages=3)
+    base = tune.table_entry(1, 64, 8, 131072, 128, 1, False, plan, 132, {"us": 1.0})
+    alone = tune.table_entry(1, 64, 8, 16384, 128, 1, False, dataclasses.replace(plan, num_splits=8), 132, {},
+                             lend=False)
+    lent = tune.table_entry(1, 32, 32, 16384, 128, 1, False, dataclasses.replace(plan, block_n=32), 132, {})
+    script = Path(__file__).resolve().parents[2] / "bench" / "plan_borrowers.py"
+    for name, entries in (("old", [base]), ("alone", [base, alone]), ("lent", [base, lent])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "gpu-x.json").write_text(json.dumps({"device": {"name": "GPU X", "sms": 132},
+                                                                "entries": entries}))
+
+    def run(new):
+        out = subprocess.run([sys.executable, str(script), str(tmp_path / "old"), str(tmp_path / new), "--card",
+                              "GPU X"], capture_output=True, text=True, check=True).stdout.splitlines()
+        return out[:-1], out[-1]
+    lines, total = run("alone")
+    assert lines == ["bf16 Hq=64 Hkv=8 B=1 S=16384 T=1 own: 16 splits n128 w4 s3 -> 8 splits n128 w4 s3"]
+    assert total.startswith("1 shapes of ") and total.endswith(" 0 of them without an entry of their own")
+    lines, total = run("lent")
+    assert "bf16 Hq=32 Hkv=32 B=1 S=16384 T=1 own: " in "\n".join(lines)
+    assert any(line.startswith("bf16 Hq=32 Hkv=32 B=8 S=4096 T=1: ") for line in lines)   # a neighbour, unmeasured
+    assert not any(line.startswith("fp8") for line in lines)                              # another kind: not moved
+    assert f"{len(lines) - 1} of them without an entry of their own" in total
 
 
 def test_wave_splits_fill_whole_waves():
