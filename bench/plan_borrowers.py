@@ -35,7 +35,7 @@ def plan_in(directory: Path, card: str, sms: int, B: int, Hq: int, Hkv: int, S: 
 
 def moved(old: Path, new: Path, card: str, sms: int) -> list[tuple[str, str, str]]:
     """(shape, old plan, new plan) for each shape of the grid whose plan differs; `own` marks NEW's own entries."""
-    own = {str(sorted(e["key"].items())) for e in load_table(card, sms, new)}
+    own = [e["key"] for e in load_table(card, sms, new)]
     rows = []
     for Hq, Hkv in HEADS:
         for B in BATCHES:
@@ -45,7 +45,7 @@ def moved(old: Path, new: Path, card: str, sms: int) -> list[tuple[str, str, str
                         a, b = (plan_in(d, card, sms, B, Hq, Hkv, S, T, kind) for d in (old, new))
                         if a != b:
                             key = shape_key(B, Hq, Hkv, S, D, T, kind != "bf16", kind == "int8")
-                            mark = " own" if str(sorted(key.items())) in own else ""
+                            mark = " own" if key in own else ""
                             rows.append((f"{kind} Hq={Hq} Hkv={Hkv} B={B} S={S} T={T}{mark}", describe(a),
                                          describe(b)))
     return rows

@@ -129,6 +129,7 @@ def test_an_int8_cache_has_its_own_entries_else_takes_e4m3s(tmp_path):
     assert not tuned_plan("GPU X", 132, 1, 32, 32, 65536, 128, 1, True, directory=tmp_path).int8_dot  # not for e4m3
     assert tuned_plan("GPU X", 132, 1, 64, 8, 131072, 128, 1, False, int8=False, directory=tmp_path) is None  # bf16
 
+
 def test_an_entry_chosen_inside_a_step_is_its_shape_s_alone(tmp_path):
     """`models.step_plans` chooses a plan by the whole decode step's time at one shape: on an H100 34B's int8 cache at
     16k ran 10% faster with 16 splits than with the table's 33, alone the two are equal. Lent to every other int8
