@@ -4,10 +4,10 @@
 
 A table entry answers its own shape and lends its tiles to the shapes near it (`kernels.plan.tuned_plan`), so a new
 or replaced entry can move plans nobody measured. This compares the plan every call would run (the table's, else the
-heuristic's, as `kernels.interface.plan_for` chooses on a card with sm_90's 8-bit dots) over a grid of the models'
-shapes (the CodeLlama and paper head layouts, B 1-256, S 256-128k, 1-8 query tokens, each cache kind) with the plan
-folders OLD_DIR and NEW_DIR, and prints each shape whose plan differs, the shapes that have an entry of their own in
-NEW_DIR marked `own`. Exit 0 either way; the last line counts them.
+heuristic's: `kernels.plan.device_plan`, as `plan_for` asks it on a card with sm_90's 8-bit dots) over a grid of the
+models' shapes (the CodeLlama and paper head layouts, B 1-256, S 256-128k, 1-8 query tokens, each cache kind) with
+the plan folders OLD_DIR and NEW_DIR, and prints each shape whose plan differs, the shapes that have an entry of
+their own in NEW_DIR marked `own`. Exit 0 either way; the last line counts them.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kernels.plan import describe, device_slug, load_table, plan_launch, shape_key, tuned_plan  # noqa: E402
+from kernels.plan import describe, device_plan, device_slug, load_table, shape_key  # noqa: E402
 
 HEADS = ((64, 8), (32, 32), (32, 8), (48, 8), (40, 40), (56, 8), (16, 2))   # (Hq, Hkv): 34B, 7B, 70B/2, ...
 BATCHES = (1, 2, 4, 8, 16, 64, 256)
@@ -28,9 +28,8 @@ D = 128
 
 
 def plan_in(directory: Path, card: str, sms: int, B: int, Hq: int, Hkv: int, S: int, T: int, kind: str):
-    scaled, int8 = kind != "bf16", kind == "int8"
-    plan = tuned_plan(card, sms, B, Hq, Hkv, S, D, T, scaled, int8=int8, directory=directory)
-    return plan or plan_launch(B, Hq, Hkv, S, D, T=T, scaled=scaled, num_sms=sms, wgmma8=True)
+    return device_plan(card, sms, B, Hq, Hkv, S, D, T, kind != "bf16", int8=kind == "int8", wgmma8=True,
+                       directory=directory)
 
 
 def moved(old: Path, new: Path, card: str, sms: int) -> list[tuple[str, str, str]]:

@@ -59,7 +59,7 @@ from kernels import reference
 from kernels.append import append_kv_triton
 from kernels.devices import on_first_tensors_device
 from kernels.exact_combine import EXACT_WARPS, _combine_exact_kernel
-from kernels.plan import LaunchPlan, plan_launch, resident_programs, shape_key, tuned_plan
+from kernels.plan import LaunchPlan, device_plan, plan_launch, resident_programs, shape_key
 from kernels.split_kv import _combine_kernel, _split_kv_kernel
 from kernels.split_kv_row import _split_kv_row_kernel
 from kernels.split_kv_transposed import _split_kv_transposed_kernel
@@ -141,13 +141,11 @@ def plan_for(q: torch.Tensor, B: int, Hq: int, Hkv: int, S: int, D: int, T: int,
         return _with_splits(forced, num_splits)
     if not q.is_cuda:
         return heuristic_plan(q, B, Hq, Hkv, S, D, T, scaled, num_splits)
-    name, num_sms = device_facts(_device_index(q))
-    plan = None
-    if USE_TUNED_PLANS and q.dtype != torch.float32:
-        plan = tuned_plan(name, num_sms, B, Hq, Hkv, S, D, T, scaled, int8=int8)
-    if plan is None:
-        return heuristic_plan(q, B, Hq, Hkv, S, D, T, scaled, num_splits)
-    return _with_splits(plan, num_splits)
+    index = _device_index(q)
+    name, num_sms = device_facts(index)
+    return device_plan(name, num_sms, B, Hq, Hkv, S, D, T, scaled, int8=int8, num_splits=num_splits,
+                       elem_bytes=q.element_size(), wgmma8=_has_8bit_wgmma(index),
+                       tuned=USE_TUNED_PLANS and q.dtype != torch.float32)
 
 
 def heuristic_plan(q: torch.Tensor, B: int, Hq: int, Hkv: int, S: int, D: int, T: int, scaled: bool,

@@ -371,6 +371,20 @@ def tuned_plan(name: str, num_sms: int, B: int, Hq: int, Hkv: int, S: int, D: in
     return dataclasses.replace(plan, num_splits=splits)
 
 
+def device_plan(name: str, num_sms: int, B: int, Hq: int, Hkv: int, S: int, D: int, T: int, scaled: bool, *,
+                int8: bool = False, num_splits: int | None = None, elem_bytes: int = 2, wgmma8: bool = False,
+                tuned: bool = True, directory: Path = PLANS_DIR) -> LaunchPlan:
+    """The plan a shape runs on a named device: its tuned plan if `tuned` and the device's table has one
+    (`tuned_plan`), else the heuristic (`plan_launch`, with the device's SM count, `elem_bytes` and `wgmma8`).
+    A forced `num_splits` replaces either's split count. A pure function of its arguments: `kernels.interface.plan_for`
+    asks it for a call's device, `bench/plan_borrowers.py` for two versions of the tables."""
+    plan = tuned_plan(name, num_sms, B, Hq, Hkv, S, D, T, scaled, int8=int8, directory=directory) if tuned else None
+    if plan is None:
+        return plan_launch(B, Hq, Hkv, S, D, T=T, scaled=scaled, num_sms=num_sms, num_splits=num_splits,
+                           elem_bytes=elem_bytes, wgmma8=wgmma8)
+    return plan if num_splits in (None, plan.num_splits) else dataclasses.replace(plan, num_splits=num_splits)
+
+
 def table_entry(B: int, Hq: int, Hkv: int, S: int, D: int, T: int, scaled: bool, plan: LaunchPlan,
                 num_sms: int, measured: dict, int8: bool = False, lend: bool = True) -> dict:
     """One entry of a plan file: the shape, the plan, and what was measured to choose it. `lend=False`: the plan is

@@ -154,6 +154,33 @@ def test_an_entry_chosen_inside_a_step_is_its_shape_s_alone(tmp_path):
     tuned_plan.cache_clear()
 
 
+def test_device_plan_is_the_table_s_else_the_heuristic_s(tmp_path):
+    """`kernels.plan.device_plan`, what `plan_for` runs on a GPU and `bench/plan_borrowers.py` compares: the device's
+    table entry (its own or a lent one), else the heuristic for that device's SM count; `tuned=False` (fp32 queries,
+    USE_TUNED_PLANS off) is the heuristic; a forced split count replaces either's."""
+    from kernels.plan import device_plan
+    table = LaunchPlan(num_splits=20, block_m=16, block_n=64, block_d=128, num_warps=4, num_stages=2)
+    entries = [tune.table_entry(1, 64, 8, 16384, 128, 1, False, table, 132, {"us": 1.0}, lend=False)]
+    (tmp_path / "gpu-x.json").write_text(json.dumps({"device": {"name": "GPU X", "sms": 132}, "entries": entries}))
+    load_table.cache_clear()
+    tuned_plan.cache_clear()
+    shape = (1, 64, 8, 16384, 128, 1, False)
+    assert device_plan("GPU X", 132, *shape, directory=tmp_path) == table
+    forced = device_plan("GPU X", 132, *shape, directory=tmp_path, num_splits=7)
+    assert forced == dataclasses.replace(table, num_splits=7)
+    heuristic = plan_launch(1, 64, 8, 16384, 128, num_sms=132)
+    assert heuristic != table
+    assert device_plan("GPU X", 132, *shape, directory=tmp_path, tuned=False) == heuristic
+    assert device_plan("GPU Y", 132, *shape, directory=tmp_path) == heuristic                  # no table for that card
+    other = (1, 64, 8, 65536, 128, 1, False)                                                  # not lent: heuristic
+    assert device_plan("GPU X", 132, *other, directory=tmp_path) == plan_launch(1, 64, 8, 65536, 128, num_sms=132)
+    fp8 = (1, 64, 8, 16384, 128, 1, True)        # sm_90's 8-bit dots: the heuristic's transposed kernel for fp8
+    assert device_plan("GPU X", 132, *fp8, directory=tmp_path, wgmma8=True).transposed
+    assert not device_plan("GPU X", 132, *fp8, directory=tmp_path).transposed
+    load_table.cache_clear()
+    tuned_plan.cache_clear()
+
+
 def test_plan_borrowers_names_every_shape_a_table_change_moves(tmp_path):
     """bench/plan_borrowers.py, the check before a plan entry is committed: an entry for one shape alone moves that
     shape only; a lent one moves its neighbours too, and the script names them."""
