@@ -12,6 +12,7 @@ their own in NEW_DIR marked `own`. Exit 0 either way; the last line counts them.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
@@ -25,6 +26,7 @@ LENGTHS = (256, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 100000, 131072)
 TOKENS = (1, 2, 8)
 KINDS = ("bf16", "fp8", "int8")
 D = 128
+GRID = tuple(itertools.product(HEADS, BATCHES, LENGTHS, TOKENS, KINDS))   # ((Hq, Hkv), B, S, T, kind)
 
 
 def plan_in(directory: Path, card: str, sms: int, B: int, Hq: int, Hkv: int, S: int, T: int, kind: str):
@@ -36,17 +38,11 @@ def moved(old: Path, new: Path, card: str, sms: int) -> list[tuple[str, str, str
     """(shape, old plan, new plan) for each shape of the grid whose plan differs; `own` marks NEW's own entries."""
     own = [e["key"] for e in load_table(card, sms, new)]
     rows = []
-    for Hq, Hkv in HEADS:
-        for B in BATCHES:
-            for S in LENGTHS:
-                for T in TOKENS:
-                    for kind in KINDS:
-                        a, b = (plan_in(d, card, sms, B, Hq, Hkv, S, T, kind) for d in (old, new))
-                        if a != b:
-                            key = shape_key(B, Hq, Hkv, S, D, T, kind != "bf16", kind == "int8")
-                            mark = " own" if key in own else ""
-                            rows.append((f"{kind} Hq={Hq} Hkv={Hkv} B={B} S={S} T={T}{mark}", describe(a),
-                                         describe(b)))
+    for (Hq, Hkv), B, S, T, kind in GRID:
+        a, b = (plan_in(d, card, sms, B, Hq, Hkv, S, T, kind) for d in (old, new))
+        if a != b:
+            mark = " own" if shape_key(B, Hq, Hkv, S, D, T, kind != "bf16", kind == "int8") in own else ""
+            rows.append((f"{kind} Hq={Hq} Hkv={Hkv} B={B} S={S} T={T}{mark}", describe(a), describe(b)))
     return rows
 
 
@@ -64,8 +60,7 @@ def main(argv=None) -> int:
     for shape, before, after in rows:
         print(f"{shape}: {before} -> {after}")
     others = sum(not shape.endswith(" own") for shape, _, _ in rows)
-    print(f"{len(rows)} shapes of {len(HEADS) * len(BATCHES) * len(LENGTHS) * len(TOKENS) * len(KINDS)} change plan, "
-          f"{others} of them without an entry of their own")
+    print(f"{len(rows)} shapes of {len(GRID)} change plan, {others} of them without an entry of their own")
     return 0
 
 
