@@ -17,6 +17,7 @@ def served(engine, repo, cache_ram_mib: int):
     from codecomplete.server.app import Server, create_app
     from prompts import index_repository
 
+    engine.clear_prefix_cache()     # (the engine is shared: an earlier test's prompt must not lend this one a prefix)
     engine.keep_prompts(cache_ram_mib)
     server = Server(Session(engine, index_repository(repo)), max_tokens=8, api_key=None, info={})
     try:
@@ -47,6 +48,7 @@ def test_an_inline_completion_after_a_chat_request_restores_its_prompt(engine, s
     with served(engine, served_repo, 64) as client:
         first, again = completion_chat_completion(client, served_repo)
     # (prefill starts are bucketed: a few of the last tokens may be prefilled again)
+    assert first["cache_n"] == 0, first
     assert again["cache_n"] + again["prompt_n"] == first["prompt_n"] and again["prompt_n"] < 16, (first, again)
 
 
