@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # End to end, plan-table entries chosen inside the decode step (models.step_plans), which models.bench has not run:
 # CodeLlama-34B, int4 weights, batch 1, at CONTEXTS with CACHES, the committed tables against the tables in BEFORE
-# (a directory of plan files, e.g. `git show REV:kernels/plans/NAME.json` for each, carried with the call), in
+# (a directory of plan files: the H100's table as it was, e.g. `git show REV:kernels/plans/NAME.json`), in
 # alternating processes: before, after, before, after. A cache whose entries did not change is the pair's control.
-#   BEFORE=.ab/plans CONTEXTS=65536,131072 OUT=/abs/path bash bench/gpu/h100_plans_ab.sh     (PAIRS=1 for one pair)
+# Run 57's 34B 64k / 128k entries against the table before them (~120 s a process):
+#   BEFORE=bench/results/h100-run57/plans-before OUT=/abs/path bash bench/gpu/h100_plans_ab.sh     (PAIRS=1: one pair)
 set -uo pipefail
 OUT=$(realpath -m "${OUT:-bench/scratch/h100-plans-ab}"); mkdir -p "$OUT"
 BEFORE=$(realpath "${BEFORE:?a directory of plan tables to compare against}") || exit 1
