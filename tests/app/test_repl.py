@@ -184,9 +184,10 @@ def test_the_repl_sees_files_change_between_questions(engine, tmp_path):
 
 def test_typing_a_long_line_keeps_memory_linear(conversation, tmp_path):
     """prompt-toolkit copies the line for undo before every key: 20k characters typed (a paste without bracketed
-    paste) held ~200 MB of copies; with copies only below repl.UNDO_CHARS, a few MB. The line still arrives whole."""
+    paste) held ~200 MB of copies; with copies only below repl.UNDO_CHARS, a few MB. The line still arrives whole.
+    12k characters here (n^2 / 2 bytes: 81 MB traced without the cut, 18 MB with it), for the suite's time."""
     import tracemalloc
-    line = ("word " * 4000)[:20_000]
+    line = ("word " * 4000)[:12_000]
     tracemalloc.start()
     try:
         printed = drive(conversation, ["/add " + line + "\r", "/exit\r"], tmp_path / "history")
@@ -194,7 +195,7 @@ def test_typing_a_long_line_keeps_memory_linear(conversation, tmp_path):
     finally:
         tracemalloc.stop()
     assert "file not found" in printed or "error" in printed       # the whole line reached /add
-    assert peak < 50e6, peak
+    assert peak < 40e6, peak
 
 
 def test_ctrl_c_cancels_the_answer_and_keeps_the_conversation(conversation, tmp_path, monkeypatch):

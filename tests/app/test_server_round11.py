@@ -32,7 +32,8 @@ def test_a_quiet_server_gives_back_the_memory_its_requests_freed(script, cli_env
         pid, rng = server.process.pid, random.Random(0)
         busiest = 0.0
         with httpx.Client(base_url=server.url, timeout=120) as client:
-            for _ in range(24):      # prompts of new lengths, each read from its first token: the prefill allocates
+            for _ in range(8):       # prompts of new lengths, each read from its first token: the prefill allocates
+                # (the busiest is reached at the first; after 8, ~40 MB comes back, none without malloc_trim)
                 ids = [rng.randrange(1000, 40000) for _ in range(rng.randrange(300, 500))]
                 answer = client.post("/completion", json={"prompt": ids, "n_predict": 2, "cache_prompt": False})
                 assert answer.status_code == 200, answer.text
