@@ -343,8 +343,8 @@ def streamed_content(server, path: str, body: dict) -> str:
 def test_a_stream_sends_what_the_answer_holds_and_nothing_a_limit_cuts(server, files):
     """n_indent ends a completion at a line indented less (cut from the answer): the stream, whose text goes out as
     it is made, sends exactly the answer, never the dedented line (llama.vscode would insert it)."""
-    body = {"input_prefix": "def area(poly):\n    s = 0.0\n    for i in range(len(poly)):\n        x1, y1 = poly[i]\n",
-            "prompt": "        ", "input_suffix": "", "n_predict": 128, "temperature": 0, "n_indent": 8,
+    body = {"input_prefix": "def count(words):\n    counts = {}\n    for word in words:\n",   # (greedy: 42 tokens)
+            "prompt": "        ", "input_suffix": "", "n_predict": 64, "temperature": 0, "n_indent": 8,
             "response_fields": ["content", "stop_type"]}
     answer = post(server, "/infill", body).json()
     lines = answer["content"].split("\n")
@@ -1011,15 +1011,15 @@ def test_a_dynamic_temperature_draws_at_temperature_0_on_each_route_that_takes_i
     temperature 0 and dynatemp_range 2, /completion, /infill and the OpenAI routes' llama.cpp extras draw (some
     seed's answer is not the greedy one; a seed gives its answer again), where temperature 0 alone is greedy
     whatever the seed."""
-    prompt = "def fibonacci(n):\n"
-    completion = {"prompt": prompt, "n_predict": 12, "temperature": 0.0}
-    infill = llama_vim_body("", prompt, "\n", n_predict=12, n_indent=0, t_max_predict_ms=0, temperature=0.0)
+    prompt = "def fibonacci(n):\n"          # (6 tokens are enough for a draw to leave the greedy answer)
+    completion = {"prompt": prompt, "n_predict": 6, "temperature": 0.0}
+    infill = llama_vim_body("", prompt, "\n", n_predict=6, n_indent=0, t_max_predict_ms=0, temperature=0.0)
     del infill["samplers"]          # llama.cpp's default chain: the temperature runs
     client = OpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0)
 
     def answers(route: str, seeds, **fields) -> list[str]:
         if route == "/v1/completions":
-            return [client.completions.create(model="any", prompt=prompt, max_tokens=12, temperature=0.0, seed=seed,
+            return [client.completions.create(model="any", prompt=prompt, max_tokens=6, temperature=0.0, seed=seed,
                                               extra_body=fields).choices[0].text for seed in seeds]
         body = completion if route == "/completion" else infill
         return [post(server, route, {**body, "seed": seed, **fields}).json()["content"] for seed in seeds]
