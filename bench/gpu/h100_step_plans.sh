@@ -5,6 +5,8 @@
 # 128k). A candidate whose step beats the table plan's by > 0.5% is written into a copy of the committed H100 table,
 # $OUT/plans/ (copy the entries worth it to kernels/plans/ and commit them with the numbers; each says "lend": false).
 # Run 55 saw 34B 64k bf16 at 16 splits 4.8% faster than the table's plan before the time limit cut it.
+# Run 59 went on from Run 57's entries (their neighbours: 4, 6 and 10 splits for bf16's 8; 19 and 31 for int8's 25):
+#   CONTEXTS=16384,65536,131072 CACHES=bf16 OUT=/abs/path bash bench/gpu/h100_step_plans.sh
 #   OUT=/abs/path bash bench/gpu/h100_step_plans.sh
 set -uo pipefail
 OUT=$(realpath -m "${OUT:-bench/scratch/h100-step-plans}"); mkdir -p "$OUT/plans"
@@ -15,6 +17,7 @@ slug=$(python -c 'import sys; from kernels.plan import device_slug; print(device
 table="$OUT/plans/$slug.json"   # the file tuned_plan reads for this card
 cp kernels/plans/*.json "$OUT/plans/"
 [ -f "$table" ] || { echo "no committed table named $(basename "$table")"; exit 1; }
-timeout 250 python -m models.step_plans --model 34B --weights int4 --contexts 65536,131072 --kv-caches bf16,int8 \
+timeout "${STEP_S:-250}" python -m models.step_plans --model 34B --weights int4 --contexts "${CONTEXTS:-65536,131072}" \
+    --kv-caches "${CACHES:-bf16,int8}" \
     --write-table "$table" --out "$OUT/34b" > "$OUT/34b.log" 2>&1
 echo "34B: exit $?"; grep -E "\*\*best\*\*|plan file" "$OUT/34b.log" | cut -c1-170
