@@ -1,8 +1,11 @@
 """The README's first two commands set a fresh machine up: the first installs and runs the main job, the second
 installs the test extras and runs the suite exactly as CI (.ci/run) does. A change to either side must move both."""
 
+import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,13 +20,21 @@ def readme_commands() -> list[list[str]]:
     return [[step.strip() for step in block.splitlines()[0].split("&&")] for block in blocks]
 
 
-def test_the_first_command_installs_and_runs_a_suggestion_here():
+def test_the_first_command_installs_and_runs_a_suggestion_here(cli_env):
+    """The first command's suggestion, run as written (a shell, this repository, the console script on PATH): the
+    buffer piped in names no preset, and the suggestion is one preset's name, as the README says, closing the call."""
+    from models.config import PRESETS
+
     first = readme_commands()[0]
     assert first[:4] == INSTALL and first[4] == "pip install -e .", first
-    run = shlex.split(first[5])
-    assert run[:2] == ["codecomplete", "."], run
-    path, line = run[run.index("--file") + 1], int(run[run.index("--line") + 1])
-    assert len((ROOT / path).read_text(encoding="utf-8").splitlines()) >= line, (path, line)
+    feed, run = (shlex.split(part) for part in first[5].split("|"))
+    assert feed[0] == "printf" and run[:2] == ["codecomplete", "."] and "--stdin" in run, (feed, run)
+    buffer = subprocess.run(feed, capture_output=True, text=True, check=True).stdout
+    assert not any(name in buffer for name in PRESETS), buffer
+    env = {**cli_env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{cli_env['PATH']}"}
+    shown = subprocess.run(["bash", "-c", first[5]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    assert any(shown.stdout.startswith(f'{name}")') for name in PRESETS), shown.stdout
 
 
 def test_the_second_command_installs_the_test_extras_and_runs_what_ci_runs():

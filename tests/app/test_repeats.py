@@ -11,7 +11,8 @@ from codecomplete import engines
 from codecomplete.render import PlainView
 from codecomplete.repeats import REPEATS, RepeatedLines
 
-LOOP = "\n    end: int\n    end: int\n    end: int\n    end: int\n    end: int\n"   # the README's first command, once
+# What the README's first command (then a suggestion at line 40 of models/llama.py) once wrote:
+LOOP = "\n    end: int\n    end: int\n    end: int\n    end: int\n    end: int\n"
 
 
 def pieces(text: str, seed: int) -> list[str]:
