@@ -49,6 +49,11 @@ from kernels.split_kv_transposed import _split_kv_transposed_kernel
 POINTER = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32", "fp8": "*fp8e4nv", "int8": "*i8"}
 
 
+# The exact tokens an fp8 cache's decode step leaves to its exact copies: models/kv_cache.py's EXACT_SINK and
+# EXACT_WINDOW (kernels/ imports nothing from models/; tests/kernels/test_compile_sm90.py checks they agree).
+DECODE_SINK, DECODE_WINDOW = 16, 32
+
+
 @dataclass(frozen=True)
 class Config:
     name: str
@@ -62,6 +67,7 @@ class Config:
     kv: str = ""        # the caches' dtype: "" = q's, "fp8", "int8"
     plan: dict = field(default_factory=dict)  # LaunchPlan fields that differ from the heuristic's
     sequence_major_v: bool = False  # V a (B, Hkv, D, S) tensor seen as (B, Hkv, S, D), as 8-bit caches store it
+    exact_tokens: bool = False      # the keys an fp8 cache's exact sink and window hold left out, as models/ reads it
 
     def __hash__(self):
         return hash(self.name)
@@ -130,6 +136,10 @@ MAIN_CONFIGS = [
            plan={"transposed": True, "num_warps": 4, "block_n": 128, "num_stages": 3, "tma": True}),
     Config("34B-128k-int8-transposed-n128-tma", "bf16", 64, 8, 131072, 128, kv="int8", sequence_major_v=True,
            plan={"transposed": True, "num_warps": 4, "block_n": 128, "num_stages": 3, "tma": True}),
+    # as the decode step runs it over an fp8 cache: the keys of the exact sink (16) and window (32) left out, the
+    # first split starting at the sink
+    Config("34B-128k-fp8-transposed-n128-tma-exact", "bf16", 64, 8, 131072, 128, kv="fp8", sequence_major_v=True,
+           plan={"transposed": True, "num_warps": 4, "block_n": 128, "num_stages": 3, "tma": True}, exact_tokens=True),
     Config("34B-64k-T8-fp8-transposed", "bf16", 64, 8, 65536, 128, T=8, kv="fp8", sequence_major_v=True,
            plan={"transposed": True, "num_warps": 4}),
     Config("d80-int8-T4-transposed", "fp16", 12, 4, 1000, 80, T=4, kv="int8", sequence_major_v=True,
@@ -173,7 +183,8 @@ def compile_exact_merge(dtype: str, group: int, D: int, read: int, has_quantized
         combine = _compile(_combine_exact_kernel,
                            dict(exact_pointers, SEQLENS="*i32", PART_OUT="*bf16", PART_LSE="*fp32",
                                 OUT=POINTER[dtype], LSE="*fp32"),
-                           {**combine_constexprs(plan, has_seqlens=True, use_pdl=True, seqlen_shift=32, key_start=16),
+                           {**combine_constexprs(plan, has_seqlens=True, use_pdl=True, seqlen_shift=DECODE_WINDOW,
+                                               key_start=DECODE_SINK),
                             "GROUP": group, "EXACT_BLOCK": exact_merge_constexprs(group, read, D, True)["EXACT_BLOCK"]},
                            target, max(combine_warps(plan), EXACT_WARPS), 1, not_divisible=odd + ("num_splits", "S_cache"))
         combine_usage = sass_facts(combine.asm["cubin"])
@@ -307,6 +318,7 @@ def _disassembled_facts(cubin: bytes, with_opcodes: bool) -> dict:
     if found := re.search(r"REG:(\d+).*LOCAL:(\d+)", usage):
         facts["registers"], facts["local_bytes"] = int(found[1]), int(found[2])
     code, labels, pending = [], {}, []  # code: (address, opcode, branch target label)
+    body_end = None                     # the last unconditional EXIT: past it, only out-of-line stubs
     for line in sass.splitlines():  # ".L_x_3:" lines, and "/*01a0*/   @P0 BRA `(.L_x_3) ;" lines
         if label := re.match(r"\s*(\.L_x_\d+):", line):
             pending.append(label[1])
@@ -316,8 +328,13 @@ def _disassembled_facts(cubin: bytes, with_opcodes: bool) -> dict:
             pending = []
             target = re.search(r"(\.L_x_\d+)", text)
             code.append((address, text.split()[0], target and target[1]))
+            if ins[2] == "EXIT":
+                body_end = address
+    # A loop: a branch back within the kernel's body. The stubs after its last EXIT (an mbarrier wait's retry, spun
+    # there and branching back to where the wait was) are not loops: a wait before the key loop would pass for one.
     loops = [(labels[target], address) for address, op, target in code
-             if op == "BRA" and target in labels and labels[target] < address]
+             if op == "BRA" and target in labels and labels[target] < address
+             and (body_end is None or address < body_end)]
     bodies = [[op for address, op, _ in code if start <= address <= end] for start, end in sorted(loops)]
     if bodies:  # the first loop is the key loop over whole tiles (the second, the partial tile's)
         facts["loop_instructions"] = [len(body) for body in bodies]
@@ -350,11 +367,12 @@ def compile_config(config: Config, target: GPUTarget = GPUTarget("cuda", 90, 32)
     else:
         kv_types = dict(K=cache, V=cache)
     part = "*bf16" if plan.partials == "bfloat16" else "*fp32"
+    exact = dict(seqlen_shift=DECODE_WINDOW, key_start=DECODE_SINK) if config.exact_tokens else {}
     constexprs = split_constexprs(plan, group=config.Hq // config.Hkv, T=config.T, D=config.D, scaled=scaled,
                                   e4m3=config.kv == "fp8", has_seqlens=True, upcast=False,
                                   ieee_dot=config.dtype == "fp32" and not scaled, use_pdl=use_pdl, use_tma=plan.tma,
                                   prefetch=interface.KV_PREFETCH,
-                                  element_bytes=1 if scaled else 4 if config.dtype == "fp32" else 2)
+                                  element_bytes=1 if scaled else 4 if config.dtype == "fp32" else 2, **exact)
     if scaled:  # contiguous scales: a launch specialises their unit stride to the constant 1
         constexprs |= {"stride_ksn": 1, "stride_vsn": 1}
     constexprs |= {"stride_vn": 1} if config.sequence_major_v else {"stride_vd": 1}

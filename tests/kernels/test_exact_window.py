@@ -213,6 +213,28 @@ def test_refuses_a_16bit_cache_and_bad_exact_tokens():
             flash_decode_exact_window(q, k8, v8, exact=bad, k_scale=ks, v_scale=vs)
 
 
+@pytest.mark.parametrize("tma", [False, True])
+@pytest.mark.parametrize("kv", ["fp8", "int8"])
+@pytest.mark.parametrize("T, splits", [(1, 1), (1, 3), (4, 2)])
+def test_the_transposed_kernel_starts_its_first_split_at_the_sink(kv, T, splits, tma, poisoned_empty):
+    """The transposed kernel (the 34B shapes' 8-bit plans) with the product's sink of 16 keys and 64-key tiles: the
+    first split starts at key 16, off a whole tile. Rows whose keys end inside its first tile, on that tile's end,
+    one key past it, and further; with and without tensor descriptors (V's start at 16 bytes: aligned)."""
+    import dataclasses
+
+    from kernels import interface
+    from kernels.plan import plan_launch, shape_key
+    B, Hq, Hkv, S, D, sink = 8, 8, 2, 300, 64, 16
+    edge = sink + WINDOW                 # the split kernels read keys sink .. length - WINDOW (+ the query's token)
+    lengths = [0, edge + T, edge + 30, edge + 48, edge + 49, edge + 112, 230, S]   # (shifted: ends in, on, past 64)
+    lengths = torch.tensor([n for n in lengths if n >= T or (T == 1 and n == 0)], dtype=torch.int32)
+    B = len(lengths)
+    plan = dataclasses.replace(plan_launch(B, Hq, Hkv, S, D, T=T, scaled=True, num_splits=splits), transposed=True,
+                               tma=tma, block_n=64)
+    with interface.forced_plans([(shape_key(B, Hq, Hkv, S, D, T, True, kv == "int8"), plan)]):
+        run_case(B, Hq, Hkv, S, D, torch.bfloat16, kv, lengths, T, None, layout="vseq", sink=sink, ring=RING)
+
+
 @pytest.mark.parametrize("kv, transposed", [("fp8", True), ("int8", True), ("fp8", False)])
 def test_tensor_descriptors_with_16_sink_slots(kv, transposed, poisoned_empty, monkeypatch):
     """Plans with tensor descriptors (`tma`), the transposed kernel's too, forced for the call's shape: the split
