@@ -41,10 +41,11 @@ class Conversation:
 
     def answer(self, question: str, generation, view):
         """Generate the answer into view. A cancelled answer stays in the conversation as far
-        as it got, so the next question can refer to it."""
+        as it got, so the next question can refer to it. A line written a third time running ends it, as it ends a
+        suggestion (codecomplete/repeats.py): small models loop in prose too, and the copies would fill the answer."""
         self.last_prompt, self.last_earlier = generation.prompt, len(self.messages) // 2
         try:
-            result = engines.generate(generation, view)
+            result = engines.generate(generation, view, stop_repeats=True)
         except KeyboardInterrupt:
             # A second Ctrl-C mid-answer raises instead of cancelling: what streamed stays all the same.
             if getattr(view, "text", ""):

@@ -273,9 +273,9 @@ def sampling(args, max_new_tokens: int):
 def generate(generation, view, *, stop_repeats: bool = False, line_start: str = "", line_end: str = "\n"):
     """Stream one generation (a session's, in process or on a server) into a view. Ctrl-C ends it between tokens
     (or the prefill's layers) with finish_reason "cancelled" and the text so far; a closed pipe raises
-    BrokenPipeError. `stop_repeats` (an inline suggestion): a line written three times running ends it, the copies
-    never shown, the cursor's line (`line_start`: its text before the cursor) counted, lines ended as `line_end`
-    (the prompt's, which the text is written with) ends them (codecomplete/repeats.py)."""
+    BrokenPipeError. `stop_repeats` (an inline suggestion, a chat answer): a line written three times running ends
+    it, the copies never shown, the cursor's line (`line_start`: its text before the cursor) counted, lines ended as
+    `line_end` (the prompt's, which the text is written with) ends them (codecomplete/repeats.py)."""
     if isinstance(view, LiveView):      # the live line shows speculation's acceptance as it goes
         view.progress = lambda: getattr(generation.engine, "progress", None)
     repeats = RepeatedLines(view.on_text, line_start, line_end) if stop_repeats else None

@@ -1,11 +1,13 @@
-"""A suggestion that loops on one line, stopped where the loop starts.
+"""A suggestion (or a chat answer) that loops on one line, stopped where the loop starts.
 
 At a cursor a small model often writes a line and then the same line again until its token budget is spent (the
 embedded 135M model at this project's models/llama.py:40, the README's first command, wrote `    end: int` sixteen
 times). Editors' agents trim such text after the fact (Tabby's removeRepetitiveLines); an inline suggestion here
 stops generating at the loop instead, and never shows it: a finished line equal to the one before it (not blank) is
 held back, and a line written REPEATS times running ends the generation with the held copies dropped. Held text is
-let through as soon as what follows differs, so what streams is what the result says, token for token.
+let through as soon as what follows differs, so what streams is what the result says, token for token. The REPL's
+and --ask's answers stop the same way (codecomplete/chat.py): the embedded model asked what a function does listed
+one line about it until its 512 tokens ran out.
 
 The suggestion's first line ends the cursor's line, so that line is compared whole, its text before the cursor too
 (`line_start`): a model at the end of `    end: int` that writes it twice more has written it three times running.

@@ -175,3 +175,23 @@ def test_without_stop_repeats_the_loop_is_the_text():
     stream = io.StringIO()
     result = engines.generate(FakeGeneration(LOOP), PlainView(stream))
     assert stream.getvalue() == result.text == LOOP
+
+
+def test_a_chat_answer_stops_at_the_loop_and_keeps_what_it_showed():
+    """The REPL's and --ask's answers stop where a line is written a third time running, as a suggestion does: the
+    embedded model asked what models/config.py's preset does wrote one list item until its 512 tokens ran out (14 s
+    on a CPU). The conversation keeps the answer as shown, so the next question's prompt does not carry the loop."""
+    from types import SimpleNamespace
+
+    from codecomplete.chat import Conversation
+
+    conversation = Conversation(session=None, args=SimpleNamespace(max_tokens=None))
+    generation = FakeGeneration("It takes a name:\n\n" + "- `preset(name)`: a preset\n" * 6)
+    generation.prompt = None
+    stream = io.StringIO()
+    result = conversation.answer("What does preset do?", generation, PlainView(stream))
+    want = "It takes a name:\n\n- `preset(name)`: a preset\n"
+    assert (stream.getvalue(), result.text, result.finish_reason) == (want, want, "stop")
+    assert conversation.messages == [{"role": "user", "content": "What does preset do?"},
+                                     {"role": "assistant", "content": want}]
+    assert generation.written == "It takes a name:\n\n" + "- `preset(name)`: a preset\n" * 3   # generated no further
