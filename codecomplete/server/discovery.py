@@ -106,12 +106,25 @@ def running_servers() -> list[dict]:
 
 
 def _record(text: str) -> dict | None:
-    """A server's whole record (an object with its process id), or None."""
+    """A server's whole record (an object with its process id, and the fields clients read of their types), or None."""
     try:
         info = json.loads(text)
-        return info if _pid(info["pid"]) is not None else None
-    except (ValueError, KeyError, TypeError):
+        return info if _pid(info["pid"]) is not None and _readable(info) else None
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def _readable(info: dict) -> bool:
+    """Whether a record holds what the command line reads from it, of the types it reads: one damaged in place, edited
+    by hand or written by another version (a field missing, a number for a path, a key no header can carry) made
+    every command line for that repository fail with an internal error while its process lived."""
+    from ..client import sendable_key
+
+    engine, key = info.get("engine", {}), info.get("api_key")
+    return (isinstance(info["url"], str)
+            and all(isinstance(info.get(name) or "", str) for name in ("repo", "model_spec"))
+            and isinstance(engine, dict) and isinstance(engine.get("context_length", 0), int)
+            and (key is None or isinstance(key, str) and sendable_key(key)))
 
 
 def _pid(value) -> int | None:

@@ -537,6 +537,33 @@ def test_a_record_whose_pid_no_process_can_have_is_passed_over(tmp_path, monkeyp
     assert discovery.running_servers() == []
 
 
+@pytest.mark.parametrize("damage", [
+    {"url": None}, {"url": 5}, {"repo": 5}, {"model_spec": 5}, {"engine": None}, {"engine": "x"},
+    {"engine": {**ENGINE, "context_length": None}}, {"api_key": "a\nb"}, {"api_key": 5}, "no url"])
+def test_a_runtime_file_of_another_shape_is_not_believed(tmp_path, monkeypatch, damage):
+    """A record of a live process with a field missing or of another type (damaged in place, edited by hand, written
+    by another version) made every command line for that repository fail with an internal error (TypeError,
+    KeyError: 'url', ValueError: Invalid header value) until the server ended; it is passed over as half a record
+    is, and the command runs in process."""
+    from codecomplete import client
+    from codecomplete.server import discovery
+
+    monkeypatch.setenv("CODECOMPLETE_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.delenv("CODECOMPLETE_SERVER", raising=False)
+    monkeypatch.delenv("CODECOMPLETE_MODEL", raising=False)
+    repo = tmp_path / "repo"
+    path = announce_file(tmp_path / "run" / "servers", "http://127.0.0.1:1", repo, os.getpid())
+    record = json.loads(path.read_text())
+    if damage == "no url":
+        del record["url"]
+    else:
+        record.update(damage)
+    path.write_text(json.dumps(record))
+    assert discovery.running_servers() == []
+    assert client.connect(args_for(repo, "--file", "a.py", "--device", "cpu"), repo, 8) is None
+    assert path.exists()            # (its process lives: the file is not removed)
+
+
 def test_servers_are_announced_and_found_on_windows(monkeypatch, tmp_path):
     """Windows has no os.geteuid or O_NOFOLLOW (announcing a server, and every command looking for one, was an
     AttributeError), every folder reads as mode 0777 there, and os.kill(pid, 0) is TerminateProcess: asking
