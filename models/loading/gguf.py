@@ -97,7 +97,7 @@ def gguf_checkpoint(path: Path, dtype: torch.dtype, progress=None) -> Path:
             # a killed conversion (SIGKILL, a power cut) never removed, and a damaged copy is ours to replace.
             for stale in out.parent.glob(f"{glob.escape(out.name)}.tmp*") if locked else ():
                 shutil.rmtree(stale, ignore_errors=True)
-            if out.is_symlink():
+            if out.is_symlink() or (out.exists() and not out.is_dir()):    # (a file: no folder replaces it)
                 out.unlink()
             elif out.exists():
                 if progress:

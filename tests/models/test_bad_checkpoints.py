@@ -130,8 +130,11 @@ def _converted(path):
 
 
 @pytest.mark.parametrize("damage", ["no config.json", "truncated weights", "config not JSON", "empty folder",
-                                    "truncated tokenizer", "link to a copy"])
+                                    "truncated tokenizer", "link to a copy", "a file in its place"])
 def test_a_damaged_converted_copy_is_converted_again(tmp_path, damage):
+    """A converted copy that cannot be loaded as it is gets converted again in its place. A file in the folder's place
+    (another program's, a `mv` by hand) was converted at every load, then refused: "cannot write the converted model
+    into .../gguf: Not a directory", the embedded model's 10 s conversion each time for nothing."""
     path = tmp_path / "tiny.gguf"
     write_tiny_gguf(path)
     load_model(path, device="cpu", max_context=32)
@@ -149,6 +152,9 @@ def test_a_damaged_converted_copy_is_converted_again(tmp_path, damage):
         weights.write_bytes(weights.read_bytes()[:-100])
     elif damage == "config not JSON":
         (out / "config.json").write_text("{")
+    elif damage == "a file in its place":
+        shutil.rmtree(out)
+        out.write_text("not a conversion")
     else:
         shutil.rmtree(out)
         out.mkdir()
