@@ -619,6 +619,22 @@ def _children_skip_current_folder() -> Iterator[None]:
                     os.environ["PYTHONSAFEPATH"] = _safe_path_before
 
 
+def _end_with_parent() -> None:
+    """In a worker process: end the moment the process that started it ends. One killed outright (SIGKILL, the OOM
+    killer) shuts no pool down: its workers, and multiprocessing's resource tracker after them, waited for work for
+    good, holding its standard output and error open (a reader of them waited for their end for good too)."""
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    if parent is not None:      # (its sentinel: a pipe only the parent writes to, or on Windows its process handle)
+        threading.Thread(target=_exit_after, args=(parent,), name="end-with-parent", daemon=True).start()
+
+
+def _exit_after(parent) -> None:
+    parent.join()               # (a _ParentProcess: waits on its sentinel)
+    os._exit(1)
+
+
 def _parse_in_workers(
     root: Path, sources: list[SourceFile], max_file_bytes: int, workers: int
 ) -> Iterable[list[tuple[SourceFile, FileEntry | str]]]:
@@ -636,7 +652,8 @@ def _parse_in_workers(
 
     # "spawn": forking a process that may run threads (tokenizers, torch) is unsafe.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(batches)), mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=min(workers, len(batches)), mp_context=context,
+                             initializer=_end_with_parent) as pool:
         with _children_skip_current_folder():       # (submit starts the workers, and the resource tracker)
             futures = {pool.submit(_parse_batch, root, batch, max_file_bytes): batch for batch in batches}
         for future in as_completed(futures):

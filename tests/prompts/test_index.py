@@ -380,6 +380,61 @@ def test_a_write_killed_midway_is_never_read_and_its_temporary_file_goes_in_time
     assert sorted(folder.iterdir()) == sorted(folder.glob("*.pickle")) and len(list(folder.iterdir())) == 1
 
 
+# A process killed outright while its worker processes parse (the OOM killer, an editor's `kill -9` of its server
+# during a first index): the workers are up, have sent a batch back and wait for more.
+KILLED_WHILE_WORKERS_PARSE = """
+import multiprocessing, os, signal, sys
+from pathlib import Path
+import prompts.index as index
+from prompts.scan import scan_repository
+
+root = Path(sys.argv[1]).resolve()
+index.BATCH_BYTES = 1
+batches = index._parse_in_workers(root, scan_repository(root, index.MAX_FILE_BYTES), index.MAX_FILE_BYTES, 2)
+next(batches)
+print(" ".join(str(worker.pid) for worker in multiprocessing.active_children()), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie no parent has reaped yet does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:             # no /proc (macOS)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+@pytest.mark.skipif(sys.platform == "win32" or sys.version_info < (3, 11), reason="spawned workers on POSIX, 3.11+")
+def test_worker_processes_end_with_a_process_killed_outright(make_repo):
+    """A first index of a large repository parses in worker processes. Killed outright (SIGKILL: no `finally`, no
+    shutdown of the pool), the process left its workers, and multiprocessing's resource tracker, waiting for work
+    for good (seen: still there 10 minutes on, 35 MB each), and they held its standard output and error open: a
+    plugin or a script reading the server's output to its end (`$(codecomplete ...)`) waited for ever too."""
+    files = {f"pkg/mod_{i}.py": f"def function_{i}(x):\n    return x + {i}\n" for i in range(6)}
+    root = make_repo(files)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    killed = subprocess.Popen([sys.executable, "-c", KILLED_WHILE_WORKERS_PARSE, str(root)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    workers = [int(pid) for pid in killed.stdout.readline().split()]
+    assert killed.wait(timeout=120) == -signal.SIGKILL and workers
+    deadline = time.monotonic() + 10
+    while any(map(_running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [pid for pid in workers if _running(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    killed.stdout.close()
+    assert not left, "worker processes outlived the process that started them"
+
+
 def test_on_windows_the_cache_is_written_once_a_reader_lets_go(make_repo, cache_dir, monkeypatch):
     """Windows will not replace a file another process has open: a second process loading the index at that moment
     made the write fail with a warning (and the next start parse again)."""
