@@ -13,6 +13,7 @@ import json
 import os
 import stat
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,41 +36,76 @@ def runtime_dir() -> Path:
         return Path(platformdirs.user_runtime_dir("codecomplete"))
 
 
+# How often a server looks for its record: a cleaner that ages files out of /tmp (systemd-tmpfiles, after 10 days,
+# where platformdirs falls back to /tmp/runtime-UID) or a hand could remove it, and every command line after would
+# run in its own process, silently, for as long as the server lived. A record found missing is written again.
+RECORD_CHECK_S = 30.0
+
+
 @contextlib.contextmanager
 def announce(info: dict) -> Iterator[Path]:
-    """Write `info` (with "url", "repo" and this process's id) where clients look, for as long as the block runs."""
+    """Write `info` (with "url", "repo" and this process's id) where clients look, for as long as the block runs,
+    and again whenever it is found gone meanwhile (`RECORD_CHECK_S`)."""
     try:
-        folder = runtime_dir() / "servers"
-        if info.get("repo") and lies_within(folder.resolve(), Path(info["repo"])):
-            raise OSError(f"{folder} is inside the repository, where nothing is ever written")
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        problem = None if _private(folder) else f"{folder}: another user owns it or may write to it"
+        folder = _servers_folder(info)
     except OSError as exc:      # platformdirs refuses a /tmp/runtime-UID that another user made first
-        problem = str(exc)
-    if problem:
-        _not_announcing(problem)
+        _not_announcing(str(exc))
         yield None
         return
-    path = folder / f"{os.getpid()}.json"
+    path, record = folder / f"{os.getpid()}.json", {**info, "pid": os.getpid()}
     try:
         path.unlink(missing_ok=True)        # a file (or link) left by a server that had this process id
-        # (O_EXCL alone refuses a link planted since; Windows has no O_NOFOLLOW)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            json.dump({**info, "pid": os.getpid()}, file)
+        _write_record(path, record)
     except OSError as exc:      # a full disk or quota: serve all the same, leaving no half-written record
-        with contextlib.suppress(OSError):
-            path.unlink(missing_ok=True)
         _not_announcing(exc.strerror or str(exc))
         yield None
         return
+    stop = threading.Event()
+    keeper = threading.Thread(target=_keep_record, args=(info, path, record, stop), name="announce", daemon=True)
+    keeper.start()
     try:
         yield path
     finally:
+        stop.set()
+        keeper.join()           # (before the record goes: it must not write it again after)
         # (Windows refuses to remove a file a client is reading that moment: then the next client finds the
         # process gone and removes it)
         with contextlib.suppress(OSError):
             path.unlink(missing_ok=True)
+
+
+def _servers_folder(info: dict) -> Path:
+    """The user's private folder of records, made if need be; OSError where none may be written or trusted."""
+    folder = runtime_dir() / "servers"
+    if info.get("repo") and lies_within(folder.resolve(), Path(info["repo"])):
+        raise OSError(f"{folder} is inside the repository, where nothing is ever written")
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not _private(folder):
+        raise OSError(f"{folder}: another user owns it or may write to it")
+    return folder
+
+
+def _write_record(path: Path, record: dict) -> None:
+    """Write a record whole or not at all (OSError, nothing left behind), never through a link planted at `path`."""
+    try:
+        # (O_EXCL alone refuses a link planted since; Windows has no O_NOFOLLOW)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            json.dump(record, file)
+    except OSError:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _keep_record(info: dict, path: Path, record: dict, stop: threading.Event) -> None:
+    """Until `stop`: every RECORD_CHECK_S, write the record again where it is gone (its folder too), as it was first
+    written; a folder that can no longer be made or trusted, or a full disk, only waits for the next look."""
+    while not stop.wait(RECORD_CHECK_S):
+        if os.path.lexists(path):
+            continue
+        with contextlib.suppress(OSError):
+            _write_record(_servers_folder(info) / path.name, record)
 
 
 def _not_announcing(problem: str) -> None:

@@ -485,6 +485,38 @@ def test_a_server_whose_runtime_file_cannot_be_written_serves_unannounced(tmp_pa
     assert err.count("\n") == 1 and "not announcing this server (No space left on device)" in err
 
 
+def test_a_server_whose_record_was_removed_writes_it_again_while_it_serves(tmp_path, monkeypatch):
+    """A cleaner that ages files out of /tmp (where platformdirs falls back to /tmp/runtime-UID) or a hand removed a
+    server's record, folder and all, and every command line after ran in its own process while the server lived.
+    The server now looks every RECORD_CHECK_S and writes the record again, the same record, into its private folder;
+    once the server stops the record goes, and is never written after."""
+    import time
+
+    from codecomplete.server import discovery
+
+    monkeypatch.setenv("CODECOMPLETE_RUNTIME_DIR", str(tmp_path))
+    monkeypatch.setattr(discovery, "RECORD_CHECK_S", 0.05)
+    info = {"url": "http://127.0.0.1:1", "repo": str(tmp_path / "repo"), "api_key": "k"}
+
+    def back(path) -> bool:
+        deadline = time.monotonic() + 10
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return path.exists()
+    with discovery.announce(info) as path:
+        first = path.read_text(encoding="utf-8")
+        path.unlink()
+        assert back(path) and path.read_text(encoding="utf-8") == first
+        path.unlink()
+        path.parent.rmdir()                             # its folder too
+        assert back(path) and path.read_text(encoding="utf-8") == first
+        assert (path.parent.stat().st_mode & 0o777) == 0o700
+        assert [server["url"] for server in discovery.running_servers()] == [info["url"]]
+    assert not path.exists()
+    time.sleep(0.3)                                     # (six looks' time: the keeper stopped with the server)
+    assert not path.exists()
+
+
 # A server killed (SIGKILL, the OOM killer) while it writes its runtime file: half a record stays.
 KILLED_WHILE_ANNOUNCING = """
 import json, os, signal
