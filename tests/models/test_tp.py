@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import tp_helpers
+from process_state import exited
 from tiny_models import save_tiny_llama, write_tiny_gguf
 
 from models import GenerationConfig, ModelError, SettingError, load_model
@@ -446,26 +447,12 @@ def _run_program(tmp_path, text: str, *args: str, timeout: float) -> tuple[Path,
                                   timeout=timeout, env=env, cwd=tmp_path)
 
 
-def _gone(pid: int, within: float = 10.0) -> bool:
-    """The process has exited (a zombie left to a parent that is gone counts as exited)."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                return True
-        except (FileNotFoundError, ProcessLookupError):
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-
-
 def test_a_program_on_two_ranks_exits_cleanly_when_it_ends(gqa_checkpoint, tmp_path):
     """Rank 0 says goodbye at exit, rank 1 leaves the group with it (exit status 0: it did) and is gone."""
     _, run = _run_program(tmp_path, TWO_RANK_PROGRAM, str(gqa_checkpoint), timeout=120)
     assert (run.returncode, run.stderr) == (0, "")
     follower, generated = map(int, run.stdout.split())
-    assert generated == 4 and _gone(follower, within=0)
+    assert generated == 4 and exited(follower, within=0)
 
 
 def test_ctrl_c_while_the_ranks_leave_stops_them_at_once_without_a_traceback(gqa_checkpoint, tmp_path):
@@ -473,7 +460,7 @@ def test_ctrl_c_while_the_ranks_leave_stops_them_at_once_without_a_traceback(gqa
     atexit callback" and a KeyboardInterrupt traceback, and rank 1, left waiting, printed its stacks 30 s later."""
     _, run = _run_program(tmp_path, INTERRUPTED_AT_EXIT_PROGRAM, str(gqa_checkpoint), timeout=120)
     assert (run.returncode, run.stderr) == (0, "")
-    assert _gone(int(run.stdout), within=5)
+    assert exited(int(run.stdout), within=5)
 
 
 def test_a_killed_rank_is_the_one_line_said_even_while_another_rank_lives(tmp_path):
@@ -489,7 +476,7 @@ def test_ranks_that_cannot_finish_their_teardown_exit_anyway(tmp_path):
     script, run = _run_program(tmp_path, STUCK_TEARDOWN_PROGRAM, str(pid_file), timeout=25)
     assert run.returncode == 1 and run.stdout == ""
     assert f"{script.name}: error: the ranks did not shut down within 1 s" in run.stderr.splitlines()
-    assert _gone(int(pid_file.read_text()))
+    assert exited(int(pid_file.read_text()))
 
 
 def test_where_each_ranks_batch1_projections_run():

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from process_state import exited
 
 import prompts.index
 from prompts import PromptError, ScanWarning, index_repository
@@ -397,21 +398,6 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-def _running(pid: int) -> bool:
-    """Whether process `pid` runs (a zombie no parent has reaped yet does not)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as stat:
-            return stat.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-    except OSError:             # no /proc (macOS)
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-
-
 @pytest.mark.skipif(sys.platform == "win32" or sys.version_info < (3, 11), reason="spawned workers on POSIX, 3.11+")
 def test_worker_processes_end_with_a_process_killed_outright(make_repo):
     """A first index of a large repository parses in worker processes. Killed outright (SIGKILL: no `finally`, no
@@ -425,10 +411,7 @@ def test_worker_processes_end_with_a_process_killed_outright(make_repo):
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     workers = [int(pid) for pid in killed.stdout.readline().split()]
     assert killed.wait(timeout=120) == -signal.SIGKILL and workers
-    deadline = time.monotonic() + 10
-    while any(map(_running, workers)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    left = [pid for pid in workers if _running(pid)]
+    left = [pid for pid in workers if not exited(pid, within=10)]
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     killed.stdout.close()
