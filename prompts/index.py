@@ -21,6 +21,7 @@ import os
 import pickle
 import posixpath
 import re
+import shutil
 import sys
 import tempfile
 import threading
@@ -441,6 +442,10 @@ def _save_cache(cache_file: Path | None, saved: dict) -> None:
     temporary = None
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
+        if cache_file.is_dir() and not cache_file.is_symlink():
+            # A folder where the pickle goes (a hand's, another program's) is nothing this cache wrote; left, no
+            # rename could replace it and every run parsed the whole repository again.
+            shutil.rmtree(cache_file)
         with tempfile.NamedTemporaryFile(dir=cache_file.parent, suffix=".tmp", delete=False) as file:
             temporary = file.name
             pickle.dump(saved, file, protocol=pickle.HIGHEST_PROTOCOL)

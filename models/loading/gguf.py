@@ -274,11 +274,13 @@ def _remove_unstamped_copies(out: Path, stem: str) -> None:
 def _conversion_lock(out: Path, path: Path, progress=None, create: bool = True, wait: bool = True):
     """Held while `out` is converted: a second process (a server and a command started together) waits for the
     first one's copy instead of dequantizing the same file alongside it, and may clean up after a killed one.
-    Yields whether it holds the lock. The lock file stays (empty): removing it would let a waiting process lock a
-    file no newcomer sees. create=False: only where a lock file exists (nothing is written to the cache for a file
+    Yields whether it holds the lock. The lock file stays (holding the last holder's pid, which a waiting process
+    names): removing it would let a waiting process lock a file no newcomer sees. create=False: only where a lock file exists (nothing is written to the cache for a file
     not yet known to be a GGUF); else yields False at once. wait=False: yields False at once where another process
     holds it."""
     if create:
+        if out.parent.is_file() and not out.parent.is_symlink():
+            out.parent.unlink()         # a file where the cache's folder belongs (not ours): refused every run
         out.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         check_private(out.parent)
     # 0600: flock needs only a read handle, so a lock file others may open is one they could hold forever
@@ -290,8 +292,13 @@ def _conversion_lock(out: Path, path: Path, progress=None, create: bool = True, 
             raise
         yield False
         return
+    lock_path = out.with_name(f"{out.name}.lock")
     with os.fdopen(lock_fd, "a", encoding="utf-8") as lock:
-        held = _flock(lock, path, progress, wait)
+        held = _flock(lock, path, progress, wait, lock_path)
+        if held is True:
+            with contextlib.suppress(OSError):      # the pid is only for a waiting process's message
+                os.ftruncate(lock_fd, 0)
+                os.write(lock_fd, f"{os.getpid()}\n".encode())
         try:
             yield held
         finally:
@@ -303,7 +310,7 @@ def _conversion_lock(out: Path, path: Path, progress=None, create: bool = True, 
         # (closing the file releases a flock)
 
 
-def _flock(lock, path: Path, progress=None, wait: bool = True) -> bool | str:
+def _flock(lock, path: Path, progress=None, wait: bool = True, lock_path: Path | None = None) -> bool | str:
     """Take an exclusive lock on the open file `lock`, waiting for its holder (wait=False: False where there is
     one); False where locks do not exist."""
     try:
@@ -316,11 +323,28 @@ def _flock(lock, path: Path, progress=None, wait: bool = True) -> bool | str:
         if not wait:
             return False
         if progress:
-            progress(f"Waiting for another process converting {path.name}")
+            progress(f"Waiting for another process converting {path.name}{_holder(lock_path)}")
         fcntl.flock(lock, fcntl.LOCK_EX)
     except OSError:                     # a file system without locks (some NFS and FUSE mounts): convert unlocked
         return False
     return True
+
+
+def _holder(lock_path: Path | None) -> str:
+    """Who holds a conversion lock, from the pid its holder wrote: " (process N)", and whether it is stopped (a
+    Ctrl-Z'd first run holds every later one, a server an editor starts included, until it goes on); "" where
+    unknown."""
+    try:
+        pid = int(lock_path.read_text(encoding="ascii").strip())
+    except (AttributeError, OSError, ValueError):   # no path (Windows' locks), not written yet
+        return ""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rpartition(")")[2].split()[0]
+    except (OSError, ValueError, IndexError):       # no /proc (macOS), or the holder just ended
+        state = ""
+    if state in ("T", "t"):
+        return f" (process {pid}, which is stopped: `kill -CONT {pid}` lets it go on)"
+    return f" (process {pid})"
 
 
 def _lock_first_byte(lock, path: Path, progress=None, wait: bool = True) -> bool | str:
@@ -366,13 +390,20 @@ def is_complete(directory: Path, stamp: dict | None = None) -> bool:
         record = read_json(directory / "source.json")
         if stamp is not None and record["source"] != stamp:
             return False
-        if not record["files"] or any((directory / name).stat().st_size != size
-                                      for name, size in record["files"].items()):
+        if not record["files"] or not all(_readable_at_size(directory / name, size)
+                                          for name, size in record["files"].items()):
             return False
         with safe_open(directory / "model.safetensors", framework="pt", device="cpu") as weights:
             return bool(list(weights.keys()))
     except Exception:  # ModelError, SafetensorError, OSError, KeyError, AttributeError: not a usable copy
         return False
+
+
+def _readable_at_size(path: Path, size: int) -> bool:
+    # Opened, not only stat'ed: a file a load cannot read (chmod 000 by a hand or a backup tool) was refused at
+    # every load ("cannot load the tokenizer (PermissionError ...)") where it could have been converted again.
+    with open(path, "rb") as file:
+        return os.fstat(file.fileno()).st_size == size
 
 
 def open_gguf(path: Path):

@@ -130,16 +130,31 @@ def _converted(path):
 
 
 @pytest.mark.parametrize("damage", ["no config.json", "truncated weights", "config not JSON", "empty folder",
-                                    "truncated tokenizer", "link to a copy", "a file in its place"])
-def test_a_damaged_converted_copy_is_converted_again(tmp_path, damage):
+                                    "truncated tokenizer", "link to a copy", "a file in its place",
+                                    "unreadable tokenizer", "a file in the gguf folder's place"])
+def test_a_damaged_converted_copy_is_converted_again(tmp_path, damage, monkeypatch):
     """A converted copy that cannot be loaded as it is gets converted again in its place. A file in the folder's place
     (another program's, a `mv` by hand) was converted at every load, then refused: "cannot write the converted model
-    into .../gguf: Not a directory", the embedded model's 10 s conversion each time for nothing."""
+    into .../gguf: Not a directory", the embedded model's 10 s conversion each time for nothing; a file in place of
+    the `gguf` folder itself the same, with "File exists". A mode-000 tokenizer.json was refused at every load
+    ("cannot load the tokenizer (PermissionError ...)"): its size was right, so the copy passed as complete."""
     path = tmp_path / "tiny.gguf"
     write_tiny_gguf(path)
     load_model(path, device="cpu", max_context=32)
     out = _converted(path)
-    if damage == "truncated tokenizer":     # was refused at every load: "cannot load the tokenizer"
+    if damage == "unreadable tokenizer":
+        (out / "tokenizer.json").chmod(0)
+        real_open = open
+
+        def permission_checked_open(file, *args, **kwargs):     # chmod 000 as it bites a user (tests run as root)
+            if isinstance(file, (str, os.PathLike)) and os.path.exists(file) and not os.stat(file).st_mode & 0o400:
+                raise PermissionError(13, "Permission denied", str(file))
+            return real_open(file, *args, **kwargs)
+        monkeypatch.setattr("builtins.open", permission_checked_open)
+    elif damage == "a file in the gguf folder's place":
+        shutil.rmtree(out.parent)
+        out.parent.write_text("not the cache's folder")
+    elif damage == "truncated tokenizer":     # was refused at every load: "cannot load the tokenizer"
         tokenizer = out / "tokenizer.json"
         tokenizer.write_bytes(tokenizer.read_bytes()[:100])
     elif damage == "link to a copy":        # not a folder the cache wrote: never read through
@@ -161,6 +176,7 @@ def test_a_damaged_converted_copy_is_converted_again(tmp_path, damage):
     engine = load_model(path, device="cpu", max_context=32)
     assert engine.tokenizer is not None and gguf_loading.is_complete(out) and not out.is_symlink()
     assert not [p for p in out.parent.iterdir() if ".tmp" in p.name]  # no temporary folder left behind
+    assert os.stat(out / "tokenizer.json").st_mode & 0o400     # (the unreadable one was replaced, not kept)
 
 
 def test_a_conversion_killed_midway_leaves_nothing_the_next_one_keeps(tmp_path, monkeypatch):
@@ -286,6 +302,45 @@ def test_a_second_process_waits_for_the_first_conversion_instead_of_converting_t
     _second_process_waits(path, out, done, monkeypatch, fcntl)
     # Only its owner may open the lock: flock takes a read handle, and another user's could hold it forever.
     assert os.stat(out.with_name(f"{out.name}.lock")).st_mode & 0o077 == 0
+
+
+def test_a_waiting_load_names_the_process_it_waits_for_and_says_when_that_one_is_stopped(tmp_path, monkeypatch):
+    """A first conversion suspended with Ctrl-Z holds its lock: every later load (a server an editor starts)
+    waited at "Waiting for another process converting ..." with nothing to say which process, or that it was
+    stopped."""
+    import threading
+    import time
+
+    import torch
+
+    path, out, done = _converted_aside(tmp_path, monkeypatch)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from models.loading import gguf\n"
+         f"with gguf._conversion_lock(Path({str(out)!r}), Path({str(path)!r})):\n"
+         "    print('locked', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        os.kill(holder.pid, signal.SIGSTOP)
+        messages, result = [], []
+        waiter = threading.Thread(target=lambda: result.append(
+            gguf_loading.gguf_checkpoint(path, torch.float32, progress=messages.append)))
+        waiter.start()
+        deadline = time.monotonic() + 60
+        while not any("Waiting for another process" in m for m in messages) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        waiting = [m for m in messages if "Waiting for another process" in m]
+        assert waiting == [f"Waiting for another process converting {path.name} (process {holder.pid}, which is "
+                           f"stopped: `kill -CONT {holder.pid}` lets it go on)"]
+        shutil.move(done, out)              # the first one's copy lands
+        os.kill(holder.pid, signal.SIGCONT)
+        holder.stdin.close()
+        waiter.join(60)
+        assert result == [out]
+    finally:
+        os.kill(holder.pid, signal.SIGCONT)
+        holder.kill()
+        holder.wait()
 
 
 def test_on_windows_a_second_process_waits_for_the_first_conversion_too(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -342,6 +343,22 @@ def test_a_failed_cache_write_leaves_no_temporary_file(make_repo, cache_dir, mon
     with pytest.warns(ScanWarning, match="could not write the index cache .*No space left on device"):
         index_repository(root)
     assert [p for p in cache_dir.rglob("*") if p.is_file()] == []
+
+
+def test_a_folder_in_the_cache_files_place_is_replaced(make_repo, cache_dir, count_parses):
+    """A folder where the pickle goes: "could not write the index cache ...: Is a directory" at every run, and
+    every run parsed the whole repository again."""
+    root = make_repo(FILES)
+    index_repository(root)
+    (cache_file,) = cache_dir.rglob("*.pickle")
+    cache_file.unlink()
+    (cache_file / "inside").mkdir(parents=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScanWarning)
+        index_repository(root)
+    count_parses.clear()
+    index = index_repository(root)
+    assert cache_file.is_file() and index.definers["helper"] == [4] and count_parses == []
 
 
 ROOT = Path(__file__).resolve().parents[2]
