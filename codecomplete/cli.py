@@ -417,10 +417,12 @@ def main(argv: list[str] | None = None) -> int:
         switches.check_environment()    # (before anything imports models or kernels, which read them too)
         if serving:
             check_serve(args)
+            _leave_a_deleted_folder(args.repo or ".")
             from .server.serve import run_serve
             run_serve(args)
             return ExitCode.OK
         check(args, closed)
+        _leave_a_deleted_folder(args.repo)
         _command(args)(args)
         return ExitCode.OK
     except BrokenPipeError:
@@ -438,6 +440,22 @@ def main(argv: list[str] | None = None) -> int:
         raise
     except (Exception, KeyboardInterrupt) as exc:
         return _report(exc, args.debug, None if isinstance(exc, Cancelled) else getattr(args, "json", None))
+
+
+def _leave_a_deleted_folder(repo: str | None) -> None:
+    """A current folder deleted under the shell (`cd build`, then a checkout or a clean removes it) ended every
+    command that loads a model: torch's MKL asks for that folder as torch loads, and without it stops the process
+    ("Intel oneMKL FATAL ERROR: Cannot load .../libtorch_cpu.so", exit 2). Nothing relative names anything there
+    any more, so the run moves to /; a relative repository (`.`) could only have named the folder that is gone."""
+    try:
+        os.getcwd()
+        return
+    except FileNotFoundError:
+        pass
+    if repo is not None and not os.path.isabs(os.path.expanduser(repo)):
+        raise UsageError(f"repository {repo}: the current folder was deleted; cd to one that exists, or give the "
+                         f"repository's absolute path")
+    os.chdir("/")
 
 
 def _torchrun_follower() -> bool:

@@ -298,6 +298,23 @@ def test_python_m_codecomplete_starts_in_a_current_folder_deleted_under_it(tmp_p
     assert "usage: codecomplete" in proc.stdout
 
 
+def test_a_command_runs_in_a_current_folder_deleted_under_it(tmp_path, script, cli_env, repo):
+    """torch's MKL asks for the current folder as torch loads and ends the process where it is gone (`cd build`,
+    then a `git checkout` or a clean removes it): `Intel oneMKL FATAL ERROR: Cannot load .../libtorch_cpu.so`,
+    exit 2, for `codecomplete /abs/repo --file ...` as for `--prompt`. `.` as the repository was an internal
+    error. Now the one runs, the other is a usage error that says why."""
+    def run(*args):
+        (tmp_path / "gone").mkdir()
+        return subprocess.run(["sh", "-c", 'cd gone && rmdir "$0/gone" && exec "$@"', str(tmp_path),
+                               str(script), *args, "--max-tokens", "1", "--no-server"],
+                              cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=TIMEOUT)
+
+    done = run(str(repo), "--file", "shapes/geometry.py", "--line", "4", "--col", "1")
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    refused = run(".", "--file", "shapes/geometry.py")
+    check_error(refused, 2, "the current folder was deleted")
+
+
 def test_a_hostile_repository_with_odd_names_completes_runs_nothing_and_writes_nothing(
         make_repository, script, cli_env, tmp_path, cache_dir):
     repo = make_repository(tmp_path / "repo")
