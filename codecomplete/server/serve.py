@@ -26,6 +26,11 @@ import time
 
 import h11
 import uvicorn
+
+try:
+    import resource     # (imported now: out of descriptors, an import cannot open its file)
+except ImportError:     # (Windows)
+    resource = None
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .. import chat, client, switches, workspace
@@ -259,6 +264,12 @@ class _Uvicorn(uvicorn.Server):
     def handle_exit(self, sig, frame) -> None:
         self.worker.cancel_all()
         super().handle_exit(sig, frame)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        for listener in sockets or ():
+            if isinstance(listener, _Listener):
+                asyncio.get_running_loop().set_exception_handler(listener.quiet_accept_failures)
+        await super().startup(sockets)
 
     @contextlib.contextmanager
     def capture_signals(self):
@@ -533,9 +544,47 @@ class _LoadingAnswers:
             left -= len(data)
 
 
+class _Listener(socket.socket):
+    """The listening socket. Out of descriptors (EMFILE: a client holding hundreds of connections, a leak, a low
+    `ulimit -n`), asyncio's accept loop pauses the listener for a second but goes on through the rest of its tries
+    (uvicorn's backlog, 2,048 a wakeup), logging a traceback and scheduling another retry at each
+    (python/cpython#151615, 3.11-3.14): a core kept busy and 5 MB of log a second until connections closed. After the
+    first failure the tries of that pass find no connection waiting (the loop ends, as the fixed versions end it);
+    asyncio's traceback is dropped (`quiet_accept_failures`) for one line a minute here."""
+
+    OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)    # (asyncio's own list)
+    REST_S = 0.5        # under asyncio's pause (ACCEPT_RETRY_DELAY, 1 s): its retry tries for real
+    SAY_EVERY_S = 60
+
+    def accept(self):
+        if time.monotonic() < getattr(self, "resting_until", 0.0):
+            raise BlockingIOError(errno.EAGAIN, "no connection taken while out of descriptors")
+        try:
+            return super().accept()
+        except OSError as exc:
+            if exc.errno in self.OUT_OF_RESOURCES:
+                self.resting_until, self.failure = time.monotonic() + self.REST_S, exc
+                if time.monotonic() >= getattr(self, "said_at", -self.SAY_EVERY_S) + self.SAY_EVERY_S:
+                    self.said_at = time.monotonic()
+                    say(f"codecomplete: cannot take a connection: {exc.strerror}{_open_files_limit()}; new "
+                        f"connections wait until some close")
+            raise
+
+    def quiet_accept_failures(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        """The event loop's exception handler: what this listener said already is not logged again."""
+        if context.get("exception") is None or context["exception"] is not getattr(self, "failure", None):
+            loop.default_exception_handler(context)
+
+
+def _open_files_limit() -> str:
+    if resource is None:        # (Windows)
+        return ""
+    return f" (this process may open {resource.getrlimit(resource.RLIMIT_NOFILE)[0]:,}: ulimit -n)"
+
+
 def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener = _Listener(family, socket.SOCK_STREAM)
     if hasattr(socket, "SO_EXCLUSIVEADDRUSE"):
         # Windows: there SO_REUSEADDR lets a second server bind a port one already listens on (each then gets some
         # of the requests, and neither says so); SO_EXCLUSIVEADDRUSE is what POSIX binds do by themselves.
