@@ -13,7 +13,8 @@ import sys
 import traceback
 
 from . import switches
-from .errors import UNENCODABLE, Cancelled, ExitCode, Stopped, UsageError, classify, error_json, one_line, say
+from .errors import (UNENCODABLE, Cancelled, ExitCode, Stopped, UsageError, classify, error_json, one_line, say,
+                     write_utf8)
 
 PROG = "codecomplete"
 MAX_SEED = 2 ** 64 - 1     # what torch.Generator.manual_seed takes
@@ -534,7 +535,7 @@ def _emit_error(destination: str, obj: dict) -> None:
 
     try:        # as render.emit_json writes a result: one line on stdout, indented in a file
         if destination == "-":
-            print(json.dumps(obj, ensure_ascii=False), file=sys.stdout, flush=True)
+            write_utf8(sys.stdout, json.dumps(obj, ensure_ascii=False) + "\n")
         else:
             with open(destination, "w", encoding="utf-8", errors=UNENCODABLE) as f:
                 f.write(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")

@@ -28,6 +28,19 @@ def _replace_unencodable(error: UnicodeEncodeError) -> tuple[bytes, int]:
 
 codecs.register_error(UNENCODABLE, _replace_unencodable)
 
+
+def write_utf8(stream, text: str) -> None:
+    """Write and flush text in UTF-8 whatever the stream's encoding: for JSON, which programs exchange in UTF-8 only
+    (RFC 8259). A locale's stdout in Latin-1 wrote "é" as a byte no JSON reader takes, in ASCII as "?"."""
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None or codecs.lookup(getattr(stream, "encoding", None) or "utf-8").name == "utf-8":
+        stream.write(text)
+        stream.flush()
+        return
+    stream.flush()      # (what the stream holds goes first)
+    buffer.write(text.encode("utf-8", UNENCODABLE))
+    buffer.flush()
+
 # Terminal control characters (C0 but tab and newline, DEL, C1) as visible escapes. A file name, a file's text or the
 # model's output that reaches a terminal must not drive it: ESC starts sequences that retitle the window, clear the
 # screen, or (OSC 52) write the clipboard. rich drops a few controls (BEL, BS, CR...) but passes ESC through.

@@ -35,7 +35,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
-from .errors import UNENCODABLE, AppError, one_line, printable
+from .errors import UNENCODABLE, AppError, one_line, printable, write_utf8
 
 CODE_THEME = "monokai"
 # The most columns and lines a terminal is taken to have: COLUMNS=10000000 padded every live frame to 60 MB.
@@ -405,12 +405,16 @@ class PlainView:
         pass
 
 
-def write_out(stream, text: str) -> None:
-    """Write and flush. A full disk (`> /dev/full`) or a terminal gone is said as such, not as an internal error; a
-    closed pipe stays BrokenPipeError (the reader went away: 141, quietly)."""
+def write_out(stream, text: str, utf8: bool = False) -> None:
+    """Write and flush (`utf8`: in UTF-8 whatever the stream's encoding). A full disk (`> /dev/full`) or a terminal
+    gone is said as such, not as an internal error; a closed pipe stays BrokenPipeError (the reader went away: 141,
+    quietly)."""
     try:
-        stream.write(text)
-        stream.flush()
+        if utf8:
+            write_utf8(stream, text)
+        else:
+            stream.write(text)
+            stream.flush()
     except BrokenPipeError:
         raise
     except OSError as exc:
@@ -477,7 +481,7 @@ def emit_json(destination: str, obj: dict) -> None:
     """`--json` alone prints one line to stdout (JSON Lines, for jq and scripts);
     `--json FILE` writes FILE, indented for people."""
     if destination == "-":
-        write_out(sys.stdout, json.dumps(obj, ensure_ascii=False) + "\n")
+        write_out(sys.stdout, json.dumps(obj, ensure_ascii=False) + "\n", utf8=True)
         return
     try:
         with open(destination, "w", encoding="utf-8", errors=UNENCODABLE) as f:

@@ -283,6 +283,28 @@ def test_a_pipe_on_windows_gets_utf_8_and_the_model_s_own_line_ends(monkeypatch)
     assert piped.buffer.getvalue() == "é → x\n".encode()
 
 
+def test_json_on_standard_output_is_utf_8_whatever_the_locale(monkeypatch):
+    """JSON between programs is UTF-8 (RFC 8259), and `--json FILE` was; `--json` on stdout followed the locale's
+    encoding: under a Latin-1 locale "é" came out as the byte E9, which no JSON reader takes as text, and under an
+    ASCII one as "?", the text lost."""
+    import io
+
+    from codecomplete import render
+
+    for encoding in ("latin-1", "ascii"):
+        piped = io.TextIOWrapper(io.BytesIO(), encoding=encoding, errors="codecomplete-replace")
+        monkeypatch.setattr(sys, "stdout", piped)
+        render.emit_json("-", {"completion": "café → 日本"})
+        assert json.loads(piped.buffer.getvalue().decode("utf-8")) == {"completion": "café → 日本"}
+
+
+def test_the_json_error_object_is_utf_8_whatever_the_locale(script, cli_env, repo):
+    run = subprocess.run([str(script), str(repo), "--file", "café.py", "--json"], capture_output=True,
+                         env={**cli_env, "PYTHONIOENCODING": "latin-1"}, timeout=300)
+    assert run.returncode == 2
+    assert json.loads(run.stdout.decode("utf-8"))["error"]["message"] == "file not found: café.py"
+
+
 def test_every_text_file_is_opened_with_an_encoding():
     """open() and Path.read_text/write_text without encoding= use the locale's, cp1252 on Windows: a server log with
     "·" was read back as "Â·" (serve_bench matched none of its lines), and text outside cp1252 could not be written."""
