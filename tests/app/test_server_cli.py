@@ -641,12 +641,11 @@ def test_on_windows_a_second_server_cannot_take_a_port_one_listens_on(monkeypatc
 
     options = []
 
-    class Socket(socket.socket):
-        def setsockopt(self, level, option, value):
-            options.append(option)
-            if option == socket.SO_REUSEADDR:       # (the stand-in's SO_EXCLUSIVEADDRUSE is not Linux's to set)
-                super().setsockopt(level, option, value)
-    monkeypatch.setattr(socket, "socket", Socket)
+    def setsockopt(self, level, option, value):
+        options.append(option)
+        if option == socket.SO_REUSEADDR:       # (the stand-in's SO_EXCLUSIVEADDRUSE is not Linux's to set)
+            socket.socket.setsockopt(self, level, option, value)
+    monkeypatch.setattr(serve._Listener, "setsockopt", setsockopt)     # (the listener's class: serve._Listener)
     monkeypatch.setattr(socket, "SO_EXCLUSIVEADDRUSE", -5, raising=False)     # ~SO_REUSEADDR, as Windows has it
     serve._listen("127.0.0.1", 0).close()
     assert options == [-5]
