@@ -97,11 +97,15 @@ def sendable_key(key: str) -> bool:
 
 def _unsendable(file: str | None) -> str | None:
     """Why a request for `file` cannot go to a server (None: it can): a name that is not UTF-8 (os holds its bytes as
-    lone surrogates) reaches it with U+FFFD in their place, the name of another file, or of none."""
+    lone surrogates) reaches it with U+FFFD in their place, the name of another file, or of none. So does one this
+    process reads in another encoding (a Latin-1 locale reads the UTF-8 `naïve.py` as `naÃ¯ve.py`): the server takes
+    names as UTF-8, so only a name whose bytes here are its UTF-8 is sent."""
     try:
-        (file or "").encode("utf-8")
+        same = os.fsencode(file or "") == (file or "").encode("utf-8")
     except UnicodeEncodeError:
-        return f"cannot take the file name {file}, which is not UTF-8: run without it (--no-server)"
+        same = False
+    if not same:
+        return f"cannot take the file name {file}, which is not UTF-8 here: run without it (--no-server)"
     return None
 
 

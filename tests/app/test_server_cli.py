@@ -1009,3 +1009,14 @@ def test_an_api_key_no_header_can_carry_is_a_usage_error(script, cli_env, tmp_pa
     assert (code, out) == (2, ""), err
     assert err.count("\n") == 1 and "$CODECOMPLETE_API_KEY must be printable ASCII" in err, err
     assert "internal error" not in err, err
+
+
+def test_a_file_name_whose_bytes_here_are_not_its_utf_8_is_completed_in_process(monkeypatch):
+    """A server takes a file's name as UTF-8. Under a Latin-1 locale this process reads the name `naïve.py` (UTF-8
+    bytes on disk) as `naÃ¯ve.py`, which went to the server and named no file there: "file not found: naïve.py",
+    exit 2, where `--no-server` completed it. Only a name whose bytes here are its UTF-8 is sent."""
+    from codecomplete import client
+
+    monkeypatch.setattr(os, "fsencode", lambda name: name.encode("latin-1", "surrogateescape"))  # a Latin-1 system
+    assert client._unsendable("na\u00c3\u00afve.py") is not None
+    assert client._unsendable("plain/app.py") is None and client._unsendable(None) is None
