@@ -659,8 +659,15 @@ def _parse_in_workers(
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(workers, len(batches)), mp_context=context,
                              initializer=_end_with_parent) as pool:
-        with _children_skip_current_folder():       # (submit starts the workers, and the resource tracker)
-            futures = {pool.submit(_parse_batch, root, batch, max_file_bytes): batch for batch in batches}
+        try:
+            with _children_skip_current_folder():   # (submit starts the workers, and the resource tracker)
+                futures = {pool.submit(_parse_batch, root, batch, max_file_bytes): batch for batch in batches}
+        except OSError:
+            # Workers that cannot start (out of descriptors: a low `ulimit -n`; of processes: `ulimit -u`) were an
+            # internal error; this process parses everything instead, as it does a small repository.
+            pool.shutdown(cancel_futures=True)
+            yield from ([(source, parse_file(root, source, max_file_bytes))] for source in sources)
+            return
         for future in as_completed(futures):
             yield list(zip(futures[future], future.result()))
 

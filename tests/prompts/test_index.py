@@ -435,6 +435,33 @@ def test_worker_processes_end_with_a_process_killed_outright(make_repo):
     assert not left, "worker processes outlived the process that started them"
 
 
+# A first parallel index where workers cannot start: 16 descriptors (`ulimit -n 16`), too few for their pipes.
+INDEXED_WITH_FEW_DESCRIPTORS = """
+import resource, sys
+from pathlib import Path
+import prompts.index as index
+
+index.BATCH_BYTES, index.PARALLEL_MIN_BYTES = 1, 1
+resource.setrlimit(resource.RLIMIT_NOFILE, (16, 16))
+built = index.index_repository(Path(sys.argv[1]), workers=2)
+print(sorted(built.definers))
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32" or sys.version_info < (3, 11), reason="spawned workers on POSIX, 3.11+")
+def test_workers_that_cannot_start_leave_the_index_to_this_process(make_repo):
+    """Under `ulimit -n 16` a first index large enough for worker processes failed as an internal error ("OSError:
+    [Errno 24] Too many open files" from the pipes of a worker's start)."""
+    files = {f"pkg/mod_{i}.py": f"def function_{i}(x):\n    return x + {i}\n" for i in range(6)}
+    root = make_repo(files)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               CODECOMPLETE_CACHE_DIR=str(root.parent / "index-cache"))
+    run = subprocess.run([sys.executable, "-c", INDEXED_WITH_FEW_DESCRIPTORS, str(root)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == str(sorted(f"function_{i}" for i in range(6)))
+
+
 def test_on_windows_the_cache_is_written_once_a_reader_lets_go(make_repo, cache_dir, monkeypatch):
     """Windows will not replace a file another process has open: a second process loading the index at that moment
     made the write fail with a warning (and the next start parse again)."""
