@@ -203,10 +203,29 @@ def classify(exc: BaseException, options: bool = True) -> tuple[ExitCode, str] |
     if hidden is not None:
         return ExitCode.FAILURE, hidden
     torch = sys.modules.get("torch")
-    if isinstance(exc, MemoryError) or (torch is not None and isinstance(exc, torch.OutOfMemoryError)) or (
-            isinstance(exc, RuntimeError) and CPU_ALLOCATOR_FAILED in str(exc)):
+    if torch is not None and isinstance(exc, torch.OutOfMemoryError):     # (CUDA's)
         return ExitCode.FAILURE, "out of memory: try a smaller --context-tokens" if options else "out of memory"
+    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and CPU_ALLOCATOR_FAILED in str(exc)):
+        limit = _memory_limit()
+        advice = "try a smaller --context-tokens" if options else ""
+        if limit:       # (a limit the user set is the likelier cause: the model's load alone can pass it)
+            advice = f"{limit}; raise it, or {advice}" if advice else limit
+        return ExitCode.FAILURE, f"out of memory: {advice}" if advice else "out of memory"
     return None
+
+
+def _memory_limit() -> str:
+    """The limit on this process's memory where one is set (`ulimit -v` or `-d`, a container's RLIMIT_AS), said for
+    an out-of-memory error; "" where none is (or on Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return ""
+    for name, option in (("RLIMIT_AS", "ulimit -v"), ("RLIMIT_DATA", "ulimit -d")):
+        soft = resource.getrlimit(getattr(resource, name))[0]
+        if soft != resource.RLIM_INFINITY:
+            return f"this process may map at most {soft / 2**30:.1f} GiB ({option} {soft // 1024})"
+    return ""
 
 
 def hidden_kernels(exc: BaseException) -> str | None:

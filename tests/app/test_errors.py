@@ -530,6 +530,28 @@ def test_running_out_of_memory_on_a_cpu_is_a_failure_not_a_bug():
     assert classify(RuntimeError("expected scalar type Float but found Half")) is None   # a bug stays one
 
 
+MEMORY_LIMITED = """
+import resource, torch
+from codecomplete.errors import classify
+resource.setrlimit(resource.RLIMIT_AS, (16 * 2**30, resource.getrlimit(resource.RLIMIT_AS)[1]))
+try:
+    torch.empty(2**40, dtype=torch.uint8)
+except RuntimeError as error:
+    print(classify(error)[1]); print(classify(error, options=False)[1])
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no RLIMIT_AS on Windows")
+def test_out_of_memory_under_a_memory_limit_names_the_limit():
+    """Under `ulimit -v` the model's load failed with "out of memory: try a smaller --context-tokens", where the
+    context was not what failed."""
+    run = subprocess.run([sys.executable, "-c", MEMORY_LIMITED], capture_output=True, text=True, timeout=120)
+    assert run.stdout.splitlines() == [
+        "out of memory: this process may map at most 16.0 GiB (ulimit -v 16777216); raise it, or try a smaller "
+        "--context-tokens",
+        "out of memory: this process may map at most 16.0 GiB (ulimit -v 16777216)"], run.stderr[-2000:]
+
+
 def _not_a_number_result():
     from models.generation import GenerationResult, Timings
     return GenerationResult("def f", [5, 6, 2], 4, 0, "stop", Timings(ttft_ms=1.0), not_a_number=True)
