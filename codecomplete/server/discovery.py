@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import stat
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,7 +54,8 @@ def announce(info: dict) -> Iterator[Path]:
         _not_announcing(str(exc))
         yield None
         return
-    path, record = folder / f"{os.getpid()}.json", {**info, "pid": os.getpid()}
+    # "announced" orders servers newest first: a record written again later (the keeper below) keeps its place.
+    path, record = folder / f"{os.getpid()}.json", {**info, "pid": os.getpid(), "announced": time.time()}
     try:
         path.unlink(missing_ok=True)        # a file (or link) left by a server that had this process id
         _write_record(path, record)
@@ -126,6 +129,8 @@ def running_servers() -> list[dict]:
             if not _private(path, regular=True):
                 continue
             info, written = _record(path.read_text(encoding="utf-8", errors="replace")), path.stat().st_mtime
+            if info is not None and isinstance(info.get("announced"), (int, float)) and math.isfinite(info["announced"]):
+                written = info["announced"]     # (not the mtime: the keeper may have written an old record again)
         except OSError:
             continue
         # Half a record (a server writing it this moment, or one killed while it did) is not believed; its name, the

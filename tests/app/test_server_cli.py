@@ -517,6 +517,30 @@ def test_a_server_whose_record_was_removed_writes_it_again_while_it_serves(tmp_p
     assert not path.exists()
 
 
+def test_servers_are_found_newest_announced_first_whenever_their_records_were_written(tmp_path, monkeypatch):
+    """Two servers of one repository: the command line takes the first found, the newest. Ordered by the records'
+    mtimes, an older server whose record the keeper wrote again (its folder cleaned) came first."""
+    from codecomplete.server import discovery
+
+    monkeypatch.setenv("CODECOMPLETE_RUNTIME_DIR", str(tmp_path))
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])     # the older server's process
+    try:
+        with discovery.announce({"url": "http://127.0.0.1:2", "api_key": "k"}) as newer:
+            older = newer.with_name(f"{other.pid}.json")
+            record = {**json.loads(newer.read_text(encoding="utf-8")), "url": "http://127.0.0.1:1", "pid": other.pid}
+            older.write_text(json.dumps({**record, "announced": record["announced"] - 60}), encoding="utf-8")
+            older.chmod(0o600)
+            os.utime(newer, (0, 0))                             # the newer record written first...
+            assert [info["url"] for info in discovery.running_servers()] == ["http://127.0.0.1:2",
+                                                                              "http://127.0.0.1:1"]
+            older.write_text(json.dumps({**record, "announced": float("nan")}), encoding="utf-8")
+            assert [info["url"] for info in discovery.running_servers()] == ["http://127.0.0.1:1",
+                                                                              "http://127.0.0.1:2"]
+    finally:
+        other.kill()
+        other.wait()
+
+
 # A server killed (SIGKILL, the OOM killer) while it writes its runtime file: half a record stays.
 KILLED_WHILE_ANNOUNCING = """
 import json, os, signal
