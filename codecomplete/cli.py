@@ -200,6 +200,7 @@ def build_serve_parser() -> argparse.ArgumentParser:
                                  "/infill and /completion, the OpenAI API, Ollama's and Tabby's.",
                      epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("repo", nargs="?", metavar="REPO", help="the repository (a folder)")
+    parser.set_defaults(log_progress=True)     # the model's load (a first conversion, a wait) is in the log
     listen = parser.add_argument_group("listening")
     listen.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     listen.add_argument("--port", type=_whole_number(0, 65535), default=8012,

@@ -150,7 +150,8 @@ def load(args, max_new_tokens: int, default_budget: int | None = None, headroom:
     matmul_dtype = cpu_matmul_dtype(args, device)
 
     def load_with(max_context):
-        with status("Loading the model…") as progress, warnings.catch_warnings():
+        with status("Loading the model…", log=getattr(args, "log_progress", False)) as progress, \
+                warnings.catch_warnings():
             if not args.debug:      # the one-line error says what went wrong; library warnings only add noise
                 warnings.simplefilter("ignore")
             return load_model(args.model, device=device, dtype=args.dtype, matmul_dtype=matmul_dtype,

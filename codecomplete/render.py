@@ -35,7 +35,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
-from .errors import UNENCODABLE, AppError, one_line, printable, write_utf8
+from .errors import UNENCODABLE, AppError, one_line, printable, say, write_utf8
 
 CODE_THEME = "monokai"
 # The most columns and lines a terminal is taken to have: COLUMNS=10000000 padded every live frame to 60 MB.
@@ -96,12 +96,25 @@ def warn(message: str) -> None:
 
 
 @contextmanager
-def status(message: str) -> Iterator[Callable[[str], None]]:
+def status(message: str, log: bool = False) -> Iterator[Callable[[str], None]]:
     """A spinner on stderr while something slow runs; yields the callback that updates it. A terminal that draws no
-    live display (TERM=dumb) is told the message once, on a line: there a wait of seconds said nothing."""
+    live display (TERM=dumb) is told the message once, on a line: there a wait of seconds said nothing. Off a
+    terminal nothing is drawn, unless `log` (a server's log): then each new message is a log line, so a first start's
+    conversion, or a wait on another process's, is in the log, not minutes of silence before "serving"."""
     console = stderr_console()
     if not _live_on_stderr(console):
-        yield lambda _message: None
+        if not log:
+            yield lambda _message: None
+            return
+        said = [None]
+
+        def log_line(text: str) -> None:
+            if text != said[0]:
+                said[0] = text
+                first = text.split(" ", 1)[0]     # a sentence's capital, not a file name's, is lowered for the log
+                say(f"codecomplete: {text[:1].lower() + text[1:] if first.isalpha() and first.istitle() else text}")
+        log_line(message)
+        yield log_line
         return
     if console.is_dumb_terminal:
         _say_once(console, message)
@@ -251,7 +264,7 @@ def summary_line(result, engine=None) -> str:
     timings = result.timings
     prompt_tokens, completion_tokens = result.token_counts()
     # A rate needs two tokens: with none or one, "0.0 tok/s" would say the model stalled when it did not decode.
-    parts = [_plural(completion_tokens, "token"),
+    parts = [plural(completion_tokens, "token"),
              *([f"{timings.decode_tokens_per_s:.1f} tok/s"] if timings.decode_tokens_per_s else []),
              # Cancelled during the prefill: no first token came, and its time is not 0 ms.
              *([f"first token {_duration(timings.ttft_ms / 1000)}"]
@@ -272,7 +285,7 @@ def speculation(timings) -> str:
     return f"{100 * timings.acceptance_rate:.0f}% of drafts accepted · {timings.tokens_per_step:.1f} tokens/step"
 
 
-def _plural(count: int, noun: str) -> str:
+def plural(count: int, noun: str) -> str:
     return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
@@ -347,7 +360,7 @@ class LiveView:
         meter = self._meter
         if meter.count:
             rate = meter.rate()
-            progress = (f"{rate:.1f} tok/s · " if rate else "") + _plural(meter.count - self._healing_tokens(), "token")
+            progress = (f"{rate:.1f} tok/s · " if rate else "") + plural(meter.count - self._healing_tokens(), "token")
             running = self.progress() if self.progress else None
             if running is not None and running.drafted_tokens:
                 progress += f" · {speculation(running)}"

@@ -36,6 +36,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from .. import chat, client, switches, workspace
 from ..cli import package_version
 from ..errors import AppError, Stopped, UsageError, say, write_or_drop
+from ..render import plural
 from ..session import open_session, timed_steps
 from . import native, warming
 from .app import CUT, MAX_HEAD_BYTES, Server, create_app, head_error
@@ -134,7 +135,7 @@ def _run(args, root, listener: socket.socket, loading: _LoadingAnswers, api_key:
     if not session.index.chunks:
         from prompts.index import nothing_to_index
         say(f"codecomplete: {nothing_to_index(root)} yet: files added while it serves are indexed as they come")
-    say(f"codecomplete: serving {root} ({len(session.index.files):,} files) with {engine.name} ({engine.device}, "
+    say(f"codecomplete: serving {root} ({plural(len(session.index.files), 'file')}) with {engine.name} ({engine.device}, "
         f"{engine.precision}, {engine.attention}) on {url} · prompts of {server.prompt_budget:,} tokens "
         f"· Ctrl-C stops")
     loading.stop()             # uvicorn takes the listener from here
@@ -626,5 +627,5 @@ def _warm_up(session, budget: int, warmer: PromptWarmer | None, cache_ram_mib: i
     if spans:
         done.append(f"{len(spans)} prefill spans of {spans[0]:,}-{spans[-1]:,} tokens")
     if warmer is not None and not should_stop():
-        done.append(f"the prompts of {warmer.run(warming.STARTUP_S, should_stop)} files")
+        done.append(f"the prompts of {plural(warmer.run(warming.STARTUP_S, should_stop), 'file')}")
     return f"warmed up {', '.join(done)} in {time.perf_counter() - started:.1f} s"

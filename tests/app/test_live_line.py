@@ -76,6 +76,22 @@ def test_file_names_are_shown_as_text_never_read_as_rich_markup(monkeypatch):
         assert "\x1b]8;" not in shown and "\x1b[5m" not in shown        # no hyperlink, no blinking
 
 
+def test_a_servers_log_gets_each_new_step_of_the_load_as_a_line(capsys):
+    """Off a terminal the load said nothing: a server's log was silent through a first start's conversion (minutes
+    for a 7B GGUF) or a wait on another process converting, until "serving". With `log` each new message is a line
+    (a sentence's capital lowered, a file name's kept); without it, as a command's, nothing."""
+    with render.status("Loading the model…", log=True) as update:
+        update("Converting m.gguf (first start only; cached in /c)")
+        update("Converting m.gguf (first start only; cached in /c)")
+        update("SmolLM2.gguf has the content of a file converted before: sharing its copy")
+    assert capsys.readouterr().err.splitlines() == [
+        "codecomplete: loading the model…", "codecomplete: converting m.gguf (first start only; cached in /c)",
+        "codecomplete: SmolLM2.gguf has the content of a file converted before: sharing its copy"]
+    with render.status("Loading the model…") as update:
+        update("Converting m.gguf")
+    assert capsys.readouterr().err == ""
+
+
 def test_an_answer_that_looks_like_html_is_shown_in_full():
     """rich drops the HTML it parses in Markdown: `List<String>` showed as `List`, an HTML example outside a code
     block was not shown at all. Answers are code talk: what the model wrote is what the terminal shows."""

@@ -187,7 +187,11 @@ def test_requests_while_the_model_loads_are_answered_503_loading_model(script, c
         process.send_signal(signal.SIGINT)
         assert process.wait(60) == 0
         log.close()
-    assert "Traceback" not in (tmp_path / "server.log").read_text()
+    lines = (tmp_path / "server.log").read_text().splitlines()
+    assert "Traceback" not in "\n".join(lines)
+    # The load is in the log, before the line that says it serves (a log file is no terminal: nothing is drawn).
+    serving = next(i for i, line in enumerate(lines) if line.startswith("codecomplete: serving "))
+    assert "codecomplete: loading the model…" in lines[:serving], lines
 
 
 def test_the_command_line_says_a_server_is_still_loading():
