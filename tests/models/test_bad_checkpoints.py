@@ -269,26 +269,32 @@ def _converted_aside(tmp_path, monkeypatch):
     return path, out, tmp_path / "done"
 
 
-def _second_process_waits(path, out, done, monkeypatch, fcntl):
-    """While the lock is held (the first process converting), a second load waits, converts nothing, and takes
-    the first one's copy when it lands. `fcntl`: the module, imported before a test hides it."""
+def _a_load_waiting(path):
+    """A load of `path` started in a thread, once it says it waits for another process: (thread, messages, result)."""
     import threading
     import time
 
     import torch
 
+    messages, result = [], []
+    waiter = threading.Thread(target=lambda: result.append(
+        gguf_loading.gguf_checkpoint(path, torch.float32, progress=messages.append)))
+    waiter.start()
+    deadline = time.monotonic() + 60
+    while not any("Waiting for another process" in m for m in messages) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return waiter, messages, result
+
+
+def _second_process_waits(path, out, done, monkeypatch, fcntl):
+    """While the lock is held (the first process converting), a second load waits, converts nothing, and takes
+    the first one's copy when it lands. `fcntl`: the module, imported before a test hides it."""
     monkeypatch.setattr(gguf_loading, "to_torch", lambda *a: pytest.fail("converted again alongside the first"))
     # Nor is the file parsed (seconds for a real model) only to find the first one's copy after the wait.
     monkeypatch.setattr(gguf_loading, "open_gguf", lambda *a: pytest.fail("parsed the GGUF while another converts"))
-    messages, result = [], []
     with open(out.with_name(f"{out.name}.lock"), "a", encoding="utf-8") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)    # the first process, converting
-        waiter = threading.Thread(target=lambda: result.append(
-            gguf_loading.gguf_checkpoint(path, torch.float32, progress=messages.append)))
-        waiter.start()
-        deadline = time.monotonic() + 60
-        while not any("Waiting for another process" in m for m in messages) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        waiter, messages, result = _a_load_waiting(path)
         assert waiter.is_alive() and not result
         shutil.move(done, out)              # the first one's copy lands
     waiter.join(60)
@@ -308,11 +314,6 @@ def test_a_waiting_load_names_the_process_it_waits_for_and_says_when_that_one_is
     """A first conversion suspended with Ctrl-Z holds its lock: every later load (a server an editor starts)
     waited at "Waiting for another process converting ..." with nothing to say which process, or that it was
     stopped."""
-    import threading
-    import time
-
-    import torch
-
     path, out, done = _converted_aside(tmp_path, monkeypatch)
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys; from pathlib import Path; from models.loading import gguf\n"
@@ -322,13 +323,7 @@ def test_a_waiting_load_names_the_process_it_waits_for_and_says_when_that_one_is
     try:
         assert holder.stdout.readline() == "locked\n"
         os.kill(holder.pid, signal.SIGSTOP)
-        messages, result = [], []
-        waiter = threading.Thread(target=lambda: result.append(
-            gguf_loading.gguf_checkpoint(path, torch.float32, progress=messages.append)))
-        waiter.start()
-        deadline = time.monotonic() + 60
-        while not any("Waiting for another process" in m for m in messages) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        waiter, messages, result = _a_load_waiting(path)
         waiting = [m for m in messages if "Waiting for another process" in m]
         assert waiting == [f"Waiting for another process converting {path.name} (process {holder.pid}, which is "
                            f"stopped: `kill -CONT {holder.pid}` lets it go on)"]
