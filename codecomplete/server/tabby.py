@@ -52,6 +52,7 @@ from starlette.responses import Response
 from prompts.errors import PromptError
 from prompts.languages import PLAIN_TEXT, TREE_SITTER_LANGUAGES
 
+from .. import line_ends
 from ..session import UNTITLED
 from .bodies import Body, check_ids, parse, read_json
 from .errors import ApiError
@@ -179,8 +180,11 @@ async def completions(request: Request, data: dict):
     result = await running.result()
     answer = {"id": f"cmpl-{uuid.uuid4()}", "choices": [{"index": 0, "text": result.text}], "mode": "standard"}
     if body.debug_options is not None:
-        # (a raw prompt's healed tail, left to the generation, is the prompt's as sent, as on llama.cpp's routes)
-        text = server.tokenizer.decode(prompt.ids) + (prompt.heal_text if prompt.format == "raw" else "")
+        # (a raw prompt's healed tail, left to the generation, is the prompt's as sent, and so are its line ends (the
+        # model read "\n"), as on llama.cpp's routes)
+        text = server.tokenizer.decode(prompt.ids)
+        if prompt.format == "raw":
+            text = line_ends.written(text + prompt.heal_text, prompt.line_end)
         answer["debug_data"] = {"prompt": text} if debug.return_prompt else {}
     return json_response(answer)
 

@@ -134,6 +134,16 @@ def test_a_raw_prompt_is_continued_as_it_is_as_openais_prompt_is(server):
     assert "\n" in answer["choices"][0]["text"]
 
 
+@pytest.mark.parametrize("raw", ["def add(a, b):\r\n    return a + b\r\n\r\ndef sub(a, b):\r\n    ret",
+                                 "def add(a, b):\r    return a + b\r\rdef sub(a, b):\r"])
+def test_a_raw_prompts_debug_prompt_is_the_prompt_as_sent_crlf_too(server, raw):
+    """debug_data.prompt of a raw_prompt is the prompt as sent, as llama.cpp's /completion echoes it: a CRLF one came
+    back with the "\n" the model reads (the healed end "ret" written again after it)."""
+    answer = complete(server, {"language": "python", "temperature": 0,
+                               "debug_options": {"raw_prompt": raw, "return_prompt": True}})
+    assert answer["debug_data"] == {"prompt": raw}
+
+
 def test_the_cursors_file_is_filepath_in_the_repository_however_the_agent_writes_it(server, served_repo, tmp_path):
     """Relative to the git root (or workspace), absolute, or the document's file:// URI when the agent found neither,
     through a link to the repository too (the editor's folder a link, the server's its target): the same file of the
