@@ -31,7 +31,7 @@ class IncrementalDetokenizer:
         self.ids.append(token_id)
         emitted = self._decode(self.ids[self.prefix_offset:self.read_offset])
         text = self._decode(self.ids[self.prefix_offset:])
-        if len(text) <= len(emitted) or text.endswith("\ufffd"):
+        if len(text) <= len(emitted) or self._inside_a_character(text):
             return ""
         self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
         return text[len(emitted):]
@@ -41,8 +41,26 @@ class IncrementalDetokenizer:
         length limit can stop between a character's bytes): it would show as '\ufffd', which an editor inserts."""
         emitted = self._decode(self.ids[self.prefix_offset:self.read_offset])
         text = self._decode(self.ids[self.prefix_offset:])
+        unfinished = self._inside_a_character(text)
         self.prefix_offset = self.read_offset = len(self.ids)
-        return text[len(emitted):].rstrip("\ufffd")
+        return text[len(emitted):].rstrip("\ufffd") if unfinished else text[len(emitted):]
+
+    def _inside_a_character(self, text: str) -> bool:
+        """Whether the window's `text` ends in a U+FFFD that stands for bytes of a character still to come, not one
+        the model wrote whole (the bytes EF BF BD: a file read with replacements holds them, and the model copies
+        them; taken for an unfinished character, it was held back, then dropped at the end)."""
+        if not text.endswith("\ufffd"):
+            return False
+        from models.healing import vocabulary_bytes     # (only here: most text never ends in U+FFFD)
+        pieces, tail = vocabulary_bytes(self.tokenizer).pieces, b""
+        for token in reversed(self.ids[self.prefix_offset:]):
+            piece = pieces[token] if token < len(pieces) else None
+            if not piece:
+                break
+            tail = piece + tail
+            if len(tail) >= 3:
+                break
+        return not tail.endswith("\N{REPLACEMENT CHARACTER}".encode())
 
 
 def _window_start(tokenizer, prompt_ids: Sequence[int]) -> int:

@@ -76,6 +76,21 @@ def test_byte_level_bpe_streams_exactly_the_decoded_text(smollm_engine, text):
     assert sum(1 for d in deltas if d == "") > 0 or text.isascii()   # some non-ASCII text spans tokens
 
 
+
+@pytest.mark.parametrize("text", ["caf\ufffd", "s = '\ufffd\ufffd\ufffd", "x\ufffd\ufffd"])
+def test_a_replacement_character_the_model_writes_is_text_at_the_end_too(smollm_engine, llama_tokenizer, text):
+    """U+FFFD written whole (the bytes EF BF BD: a file read with replacements holds it, and the model copies it) is
+    text like any other: only bytes of a character still to come are held back, and dropped at a length limit. It was
+    held as if incomplete and dropped by flush: "caf\ufffd" streamed as "caf", three of them as nothing."""
+    for tokenizer in (smollm_engine.tokenizer, llama_tokenizer):
+        prompt_ids = tokenizer.encode("# a comment\n")
+        new_ids = tokenizer.encode(text, add_special_tokens=False)
+        deltas, rest = stream(tokenizer, prompt_ids, new_ids)
+        assert "".join(deltas) + rest == expected_continuation(tokenizer, prompt_ids, new_ids), (deltas, rest)
+        cut = tokenizer.encode(text + "🙂", add_special_tokens=False)[:-1]   # a length limit inside the emoji
+        deltas, rest = stream(tokenizer, prompt_ids, cut)
+        assert ("".join(deltas) + rest).endswith(text.strip()), (deltas, rest)
+
 def feed_all(stops, pieces):
     matcher = StopStringMatcher(stops)
     out, hit = [], False
