@@ -19,6 +19,7 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -38,6 +39,7 @@ from rich.text import Text
 from .errors import UNENCODABLE, AppError, one_line, printable, say, write_utf8
 
 CODE_THEME = "monokai"
+LOG_AFTER_S = 5.0     # a load's step that has taken this long is said in a server's log (`status`)
 # The most columns and lines a terminal is taken to have: COLUMNS=10000000 padded every live frame to 60 MB.
 MAX_COLUMNS, MAX_LINES = 1000, 1000
 
@@ -99,22 +101,16 @@ def warn(message: str) -> None:
 def status(message: str, log: bool = False) -> Iterator[Callable[[str], None]]:
     """A spinner on stderr while something slow runs; yields the callback that updates it. A terminal that draws no
     live display (TERM=dumb) is told the message once, on a line: there a wait of seconds said nothing. Off a
-    terminal nothing is drawn, unless `log` (a server's log): then each new message is a log line, so a first start's
-    conversion, or a wait on another process's, is in the log, not minutes of silence before "serving"."""
+    terminal nothing is drawn, unless `log` (a server's log): then a message still showing after LOG_AFTER_S is a
+    log line, so a first start's conversion, or a wait on another process's, is in the log, not minutes of silence
+    before "serving"; a quick load (or a usage error found at once) adds nothing to the error's one line."""
     console = stderr_console()
     if not _live_on_stderr(console):
         if not log:
             yield lambda _message: None
-            return
-        said = [None]
-
-        def log_line(text: str) -> None:
-            if text != said[0]:
-                said[0] = text
-                first = text.split(" ", 1)[0]     # a sentence's capital, not a file name's, is lowered for the log
-                say(f"codecomplete: {text[:1].lower() + text[1:] if first.isalpha() and first.istitle() else text}")
-        log_line(message)
-        yield log_line
+        else:
+            with _SlowStepLog(message) as update:
+                yield update
         return
     if console.is_dumb_terminal:
         _say_once(console, message)
@@ -151,6 +147,41 @@ def _say_once(console: Console, message: str) -> None:
 
 
 # Bodies: how the text of each kind of result is drawn in a terminal.
+
+class _SlowStepLog:
+    """`status`'s log off a terminal: each message that is still the current one LOG_AFTER_S after it was set is
+    said once, as a log line (a sentence's capital lowered, a file name's kept)."""
+
+    def __init__(self, message: str) -> None:
+        self.lock, self.timer, self.current = threading.Lock(), None, None
+        self(message)
+
+    def __call__(self, text: str) -> None:
+        with self.lock:
+            if text == self.current:
+                return
+            if self.timer is not None:
+                self.timer.cancel()
+            self.current, self.timer = text, threading.Timer(LOG_AFTER_S, self._say, (text,))
+            self.timer.daemon = True
+            self.timer.start()
+
+    def _say(self, text: str) -> None:
+        with self.lock:
+            if text != self.current or self.timer is None:
+                return
+            first = text.split(" ", 1)[0]
+            say(f"codecomplete: {text[:1].lower() + text[1:] if first.isalpha() and first.istitle() else text}")
+
+    def __enter__(self) -> _SlowStepLog:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        with self.lock:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = None
+
 
 def code_body(path: str) -> Callable[[str], RenderableType]:
     lexer = Syntax.guess_lexer(path)

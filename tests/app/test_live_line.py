@@ -76,19 +76,30 @@ def test_file_names_are_shown_as_text_never_read_as_rich_markup(monkeypatch):
         assert "\x1b]8;" not in shown and "\x1b[5m" not in shown        # no hyperlink, no blinking
 
 
-def test_a_servers_log_gets_each_new_step_of_the_load_as_a_line(capsys):
+def test_a_servers_log_says_each_step_of_the_load_that_takes_long(capsys, monkeypatch):
     """Off a terminal the load said nothing: a server's log was silent through a first start's conversion (minutes
-    for a 7B GGUF) or a wait on another process converting, until "serving". With `log` each new message is a line
-    (a sentence's capital lowered, a file name's kept); without it, as a command's, nothing."""
+    for a 7B GGUF) or a wait on another process converting, until "serving". With `log` a step still under way after
+    LOG_AFTER_S is a line (a sentence's capital lowered, a file name's kept); a quick one adds nothing to what
+    follows (a usage error's one line); without `log`, as for a command, nothing.
+    """
+    import time
+
+    monkeypatch.setattr(render, "LOG_AFTER_S", 0.1)
     with render.status("Loading the model…", log=True) as update:
         update("Converting m.gguf (first start only; cached in /c)")
+        time.sleep(1.0)                                 # slow: said
         update("Converting m.gguf (first start only; cached in /c)")
+        update("Loading m on cpu")                      # quick: not
         update("SmolLM2.gguf has the content of a file converted before: sharing its copy")
+        time.sleep(1.0)
+        update("Loading m on cpu")
+    time.sleep(0.5)                                     # (the block ended before this step's time: never said)
     assert capsys.readouterr().err.splitlines() == [
-        "codecomplete: loading the model…", "codecomplete: converting m.gguf (first start only; cached in /c)",
+        "codecomplete: converting m.gguf (first start only; cached in /c)",
         "codecomplete: SmolLM2.gguf has the content of a file converted before: sharing its copy"]
     with render.status("Loading the model…") as update:
         update("Converting m.gguf")
+        time.sleep(0.5)
     assert capsys.readouterr().err == ""
 
 

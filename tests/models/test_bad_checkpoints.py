@@ -310,10 +310,13 @@ def test_a_second_process_waits_for_the_first_conversion_instead_of_converting_t
     assert os.stat(out.with_name(f"{out.name}.lock")).st_mode & 0o077 == 0
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="a process's state is read from /proc (Linux)")
 def test_a_waiting_load_names_the_process_it_waits_for_and_says_when_that_one_is_stopped(tmp_path, monkeypatch):
     """A first conversion suspended with Ctrl-Z holds its lock: every later load (a server an editor starts)
     waited at "Waiting for another process converting ..." with nothing to say which process, or that it was
     stopped."""
+    import time
+
     path, out, done = _converted_aside(tmp_path, monkeypatch)
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys; from pathlib import Path; from models.loading import gguf\n"
@@ -323,6 +326,10 @@ def test_a_waiting_load_names_the_process_it_waits_for_and_says_when_that_one_is
     try:
         assert holder.stdout.readline() == "locked\n"
         os.kill(holder.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 30                # (a signal is delivered, and the process stopped, later)
+        while Path(f"/proc/{holder.pid}/stat").read_text().rpartition(")")[2].split()[0] != "T":
+            assert time.monotonic() < deadline, "the holder never stopped"
+            time.sleep(0.01)
         waiter, messages, result = _a_load_waiting(path)
         waiting = [m for m in messages if "Waiting for another process" in m]
         assert waiting == [f"Waiting for another process converting {path.name} (process {holder.pid}, which is "
