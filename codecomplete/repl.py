@@ -501,7 +501,8 @@ class Repl:
     def _welcome(self) -> Text:
         index = self.conversation.index
         return Text.assemble(
-            ("codecomplete", "bold"), f" · {one_line(index.root.name)} ({render.plural(len(index.files), 'file')}) · ",
+            ("codecomplete", "bold"),
+            f" · {one_line(index.root.name)} ({render.plural(len(index.files), 'file')}) · ",
             render.model_label(self.conversation.engine), "\n",
             ("Ask about the code. /help lists the commands. " + KEYS, "dim"))
 

@@ -129,8 +129,9 @@ def running_servers() -> list[dict]:
             if not _private(path, regular=True):
                 continue
             info, written = _record(path.read_text(encoding="utf-8", errors="replace")), path.stat().st_mtime
-            if info is not None and isinstance(info.get("announced"), (int, float)) and math.isfinite(info["announced"]):
-                written = info["announced"]     # (not the mtime: the keeper may have written an old record again)
+            announced = info.get("announced") if info is not None else None
+            if isinstance(announced, (int, float)) and math.isfinite(announced):
+                written = announced     # (not the mtime: the keeper may have written an old record again)
         except OSError:
             continue
         # Half a record (a server writing it this moment, or one killed while it did) is not believed; its name, the

@@ -135,7 +135,8 @@ def _run(args, root, listener: socket.socket, loading: _LoadingAnswers, api_key:
     if not session.index.chunks:
         from prompts.index import nothing_to_index
         say(f"codecomplete: {nothing_to_index(root)} yet: files added while it serves are indexed as they come")
-    say(f"codecomplete: serving {root} ({plural(len(session.index.files), 'file')}) with {engine.name} ({engine.device}, "
+    files = plural(len(session.index.files), "file")
+    say(f"codecomplete: serving {root} ({files}) with {engine.name} ({engine.device}, "
         f"{engine.precision}, {engine.attention}) on {url} · prompts of {server.prompt_budget:,} tokens "
         f"· Ctrl-C stops")
     loading.stop()             # uvicorn takes the listener from here

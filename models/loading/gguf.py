@@ -275,9 +275,9 @@ def _conversion_lock(out: Path, path: Path, progress=None, create: bool = True, 
     """Held while `out` is converted: a second process (a server and a command started together) waits for the
     first one's copy instead of dequantizing the same file alongside it, and may clean up after a killed one.
     Yields whether it holds the lock. The lock file stays (holding the last holder's pid, which a waiting process
-    names): removing it would let a waiting process lock a file no newcomer sees. create=False: only where a lock file exists (nothing is written to the cache for a file
-    not yet known to be a GGUF); else yields False at once. wait=False: yields False at once where another process
-    holds it."""
+    names): removing it would let a waiting process lock a file no newcomer sees. create=False: only where a lock
+    file exists (nothing is written to the cache for a file not yet known to be a GGUF); else yields False at once.
+    wait=False: yields False at once where another process holds it."""
     if create:
         if out.parent.is_file() and not out.parent.is_symlink():
             out.parent.unlink()         # a file where the cache's folder belongs (not ours): refused every run
@@ -339,7 +339,7 @@ def _holder(lock_path: Path | None) -> str:
     except (AttributeError, OSError, ValueError):   # no path (Windows' locks), not written yet
         return ""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rpartition(")")[2].split()[0]
+        state = Path(f"/proc/{pid}/stat").read_text(errors="replace").rpartition(")")[2].split()[0]
     except (OSError, ValueError, IndexError):       # no /proc (macOS), or the holder just ended
         state = ""
     if state in ("T", "t"):
