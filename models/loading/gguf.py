@@ -339,7 +339,7 @@ def _holder(lock_path: Path | None) -> str:
     except (AttributeError, OSError, ValueError):   # no path (Windows' locks), not written yet
         return ""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text(errors="replace").rpartition(")")[2].split()[0]
+        state = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace").rpartition(")")[2].split()[0]
     except (OSError, ValueError, IndexError):       # no /proc (macOS), or the holder just ended
         state = ""
     if state in ("T", "t"):
