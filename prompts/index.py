@@ -585,13 +585,19 @@ def _parse_all(
         # (3.10 cannot leave the current folder off a child's module path: see _children_skip_current_folder)
         results = _parse_in_workers(root, sources, max_file_bytes, workers)
     else:
-        results = ([(source, parse_file(root, source, max_file_bytes))] for source in sources)
+        results = _parse_here(root, sources, max_file_bytes)
     done = 0
     for batch in results:
         yield from batch
         done += len(batch)
         if progress is not None:
             progress(done, total)
+
+
+def _parse_here(root: Path, sources: list[SourceFile], max_file_bytes: int
+                ) -> Iterator[list[tuple[SourceFile, FileEntry | str]]]:
+    """Parse in this process, a file a batch (as the workers' batches are yielded)."""
+    return ([(source, parse_file(root, source, max_file_bytes))] for source in sources)
 
 
 _SAFE_PATH_LOCK = threading.Lock()
@@ -666,7 +672,7 @@ def _parse_in_workers(
             # Workers that cannot start (out of descriptors: a low `ulimit -n`; of processes: `ulimit -u`) were an
             # internal error; this process parses everything instead, as it does a small repository.
             pool.shutdown(cancel_futures=True)
-            yield from ([(source, parse_file(root, source, max_file_bytes))] for source in sources)
+            yield from _parse_here(root, sources, max_file_bytes)
             return
         for future in as_completed(futures):
             yield list(zip(futures[future], future.result()))
