@@ -7,7 +7,9 @@ text, its logprob, a map of the top N tokens' texts to their logprobs with the c
 N + 1 entries, as OpenAI documents), and where each token's text begins in the returned text (vLLM's offsets, from 0;
 OpenAI's legacy API counted the prompt's characters too, and `echo`, which would return the prompt, is refused): the
 characters the tokens before it made, so that a character written in several tokens (an emoji's bytes) leaves no gap,
-and a token that completes the healed end of the prompt (its first characters are the prompt's) begins at 0.
+and a token that completes the healed end of the prompt (its first characters are the prompt's) begins at 0. The
+tokens a stop string cut are listed too, as vLLM lists them (its token ids and logprobs keep them; only the text is
+cut), so their offsets go on counting the characters they wrote, past the end of the returned text.
 /v1/chat/completions, `logprobs: true` with `top_logprobs` (0..20): `{"content": [{"token", "logprob", "bytes",
 "top_logprobs": [{"token", "logprob", "bytes"}]}]}`. A stream's chunk carries its own tokens' logprobs.
 

@@ -65,6 +65,22 @@ def test_text_offsets_are_where_each_tokens_text_begins_in_the_returned_text(ser
     assert sum((c.choices[0].logprobs.text_offset for c in chunks if c.choices[0].logprobs), []) == offsets
 
 
+def test_completion_logprobs_list_the_tokens_a_stop_cut_as_vllm_does(server):
+    """A stop string cuts the text, not the tokens: the token that wrote the stop word is listed (vLLM's token ids
+    and logprobs keep it), with its offset where it began, the end of the returned text; streamed the same."""
+    client = OpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0)
+    request = dict(model="any", prompt="def add(a, b):\n    return", max_tokens=8, temperature=0, logprobs=1,
+                   stop=["\n"])
+    choice = client.completions.create(**request).choices[0]
+    text, tokens, offsets = choice.text, choice.logprobs.tokens, choice.logprobs.text_offset
+    assert choice.finish_reason == "stop" and "\n" not in text and text, (text, tokens)
+    assert "".join(tokens) == text + "\n", (text, tokens)           # " a + b" and the "\n" the stop cut
+    assert offsets == [sum(map(len, tokens[:i])) for i in range(len(tokens))] and offsets[-1] == len(text)
+    chunks = list(client.completions.create(**request, stream=True))
+    listed = [c.choices[0].logprobs for c in chunks if c.choices[0].logprobs and c.choices[0].logprobs.tokens]
+    assert sum((c.tokens for c in listed), []) == tokens and sum((c.text_offset for c in listed), []) == offsets
+
+
 def test_openai_client_reads_chat_logprobs(server):
     client = OpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0)
     question = [{"role": "user", "content": "Say yes."}]
