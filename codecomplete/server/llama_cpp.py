@@ -412,18 +412,25 @@ def _answer_probabilities(tokenizer, scores, result, stop_type: str, word: str) 
 
 
 def timings(result) -> dict:
-    """llama.cpp's timings: the prompt tokens evaluated (the cached ones apart) and the predicted ones, in ms."""
+    """llama.cpp's timings: the prompt tokens evaluated (the cached ones apart) and the predicted ones, in ms, and
+    their rates as llama.cpp's server computes them (server-task.cpp): per token, the milliseconds over the count; per
+    second, the count over the seconds, so that each rate is 1000 over the other (llama.vim shows predicted_n,
+    predicted_ms and predicted_per_second side by side). predicted_ms spans the decode steps after the first token,
+    which came out of the prompt's evaluation (prompt_ms), as llama.cpp's does: a rate over n tokens of those n - 1
+    steps, n / (n - 1) times the engine's decode_tokens_per_s (the command line's). One token (or none) had no step
+    timed after it: no rate, rather than 1000 over the bookkeeping's fraction of a millisecond."""
     t = result.timings
     evaluated, predicted_n = result.token_counts()
     prompt_n = evaluated - result.reused_prefix_tokens
     prompt_ms, predicted_ms = 1000 * t.prefill_s, 1000 * t.decode_s
+    timed = predicted_n > 1 and predicted_ms > 0
     return {
         "cache_n": result.reused_prefix_tokens, "prompt_n": prompt_n, "prompt_ms": prompt_ms,
         "prompt_per_token_ms": prompt_ms / prompt_n if prompt_n else 0.0,
         "prompt_per_second": 1000 * prompt_n / prompt_ms if prompt_ms else 0.0,
         "predicted_n": predicted_n, "predicted_ms": predicted_ms,
-        "predicted_per_token_ms": predicted_ms / predicted_n if predicted_n else 0.0,
-        "predicted_per_second": t.decode_tokens_per_s,
+        "predicted_per_token_ms": predicted_ms / predicted_n if timed else 0.0,
+        "predicted_per_second": 1000 * predicted_n / predicted_ms if timed else 0.0,
     }
 
 
