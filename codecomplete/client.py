@@ -257,11 +257,15 @@ class RemoteSession:
         except (KeyError, TypeError, AttributeError):
             raise _malformed() from None
 
+        live = []           # the counters of the last text (a models.Timings), once the server sends them
+
         def run(on_text=None, should_stop=None):
             cancelled = False
             try:
                 for line in lines:
                     event = _event(line)
+                    if isinstance(event.get("progress"), dict):
+                        live[:] = [_progress(event["progress"])]
                     if "text" in event and on_text is not None:
                         on_text(event["text"])
                     if "result" in event:
@@ -275,7 +279,7 @@ class RemoteSession:
                 raise AppError(f"the server at {self.url} closed the connection mid-answer")
             finally:
                 connection.close()
-        return Generation(packed, self.engine, run)
+        return Generation(packed, self.engine, run, progress=lambda: live[0] if live else None)
 
     def _cancel(self, job: str) -> None:
         connection = _connection(self.url, timeout=CONNECT_TIMEOUT_S)
@@ -416,6 +420,16 @@ def _context_item(item: dict):
 
 def _malformed() -> AppError:
     return AppError("the server sent something that is not part of an answer")
+
+
+def _progress(data: dict):
+    """A text event's counters as the engine's running Timings (render.LiveView counts the tokens with them): those
+    this client knows, numbers only (a server before them sent none, and the live line counted pieces of text)."""
+    from models import Timings
+
+    known = {f.name for f in fields(Timings)}
+    return Timings(**{key: value for key, value in data.items()
+                      if key in known and type(value) is int and value >= 0})
 
 
 def _result(data: dict):

@@ -277,8 +277,9 @@ def generate(generation, view, *, stop_repeats: bool = False, line_start: str = 
     BrokenPipeError. `stop_repeats` (an inline suggestion, a chat answer): a line written three times running ends
     it, the copies never shown, the cursor's line (`line_start`: its text before the cursor) counted, lines ended as
     `line_end` (the prompt's, which the text is written with) ends them (codecomplete/repeats.py)."""
-    if isinstance(view, LiveView):      # the live line shows speculation's acceptance as it goes
-        view.progress = lambda: getattr(generation.engine, "progress", None)
+    if isinstance(view, LiveView):      # the live line counts tokens and shows speculation's acceptance as it goes
+        view.progress = (getattr(generation, "progress", None)          # (a server's, sent with its text)
+                         or (lambda: getattr(generation.engine, "progress", None)))
     repeats = RepeatedLines(view.on_text, line_start, line_end) if stop_repeats else None
     with CancelOnSigint() as cancel, view:
         result = generation.run(on_text=repeats.feed if repeats else view.on_text,

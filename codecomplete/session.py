@@ -104,6 +104,9 @@ class Generation:
     line_ends: object = None         # a line_ends.LineEnds where the client's text ends its lines with "\r\n" or
                                      # "\r": the text run streams and returns has them, and is cut at stop strings
                                      # as it has them; the engine's token offsets and token texts map to it
+    progress: Callable | None = None  # progress() -> the running counters (a models.Timings: steps, drafts, healing)
+                                     # or None, where the engine runs elsewhere (a server's: client.py); None here:
+                                     # the engine's own `progress`
 
 
 def timed_steps(session, built: Sequence[str]) -> list[str]:

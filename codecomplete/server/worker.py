@@ -36,6 +36,7 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from copy import copy
 from dataclasses import dataclass, field
 
 from ..errors import not_a_number, say
@@ -64,6 +65,9 @@ class Event:
     logprobs: list = field(default_factory=list)      # "text": their models.TokenLogprobs, where the request asked
     described: list = field(default_factory=list)     # "text": the job's `describe` of its tokens (one item each);
                                                       # "done": what the job's `finish` made of the result
+    progress: object = None                           # "text": the engine's running counters as the text went out
+                                                      # (a copy of its models.Timings: steps, drafts, healing), for
+                                                      # the command line's live line (native.py); None: it keeps none
 
 
 class Job:
@@ -135,11 +139,11 @@ class Job:
             self._room.notify_all()
 
     def send(self, kind: str, value: object = None, tokens: list[int] | None = None, logprobs: list | None = None,
-             described: list | None = None) -> None:
+             described: list | None = None, progress: object = None) -> None:
         """From the engine thread: hand an event to the request's coroutine."""
         try:
             self._loop.call_soon_threadsafe(self._events.put_nowait, Event(kind, value, tokens or [], logprobs or [],
-                                                                           described or []))
+                                                                           described or [], progress))
         except RuntimeError:     # the event loop is closed: the server has stopped, nobody listens
             pass
 
@@ -175,8 +179,9 @@ class Job:
             stop = stop_when is not None and stop_when(delta)   # first: what it decides is known when the text is
             described = self.describe(self, tokens, logprobs) if self.describe is not None and tokens else []
             self.carried += len(tokens)
+            running = getattr(generation.engine, "progress", None)      # (mutated as the engine goes on: a copy)
             self._wait_for_room()
-            self.send("text", delta, tokens, logprobs, described)
+            self.send("text", delta, tokens, logprobs, described, copy(running) if running is not None else None)
             if stop:
                 self.limited = True
                 self.cancelled.set()

@@ -39,3 +39,29 @@ def test_one_predicted_token_has_no_rate_rather_than_a_made_up_one(server):
         timings = _completion(server, n_predict=n_predict, ignore_eos=True)["timings"]
         assert timings["predicted_n"] == n_predict, timings
         assert timings["predicted_per_second"] == 0 and timings["predicted_per_token_ms"] == 0, timings
+
+
+def test_the_command_lines_live_count_through_a_server_counts_tokens_not_pieces_of_text(server):
+    """The live line (`14.4 tok/s · 35 tokens`) counts with the engine's counters: one token, then one a decode step
+    and one an accepted draft. Through a server it had none and counted one token a piece of text, so a character of
+    several byte tokens (CJK, emoji) or a step's accepted drafts counted once: `6.5 tok/s · 17 tokens` through the
+    server where the answer was 40 tokens at 15.8 tok/s (15.4 and 38 live without it). The server's text events now
+    carry the counters (native.py), and the remote generation's `progress` gives them to the live line."""
+    from codecomplete import client
+    from codecomplete.session import Sampling
+
+    remote = client.RemoteSession(server.url, client._get_info(server.url, None), None, None)
+    generation = remote.raw("春天来了，花儿开了。我们一起去公园散步，看到了", sampling=Sampling(max_tokens=24))
+    counted, texts = [], []
+
+    def on_text(delta: str) -> None:
+        texts.append(delta)
+        running = generation.progress()      # as render.LiveView reads it at each text
+        counted.append(1 + running.decode_steps + running.accepted_tokens)
+    result = generation.run(on_text=on_text)
+    assert texts and "".join(texts) == result.text
+    assert counted == sorted(counted) and counted[-1] <= len(result.token_ids), (counted, result.token_ids)
+    # (at most the bytes of one unfinished character after the last text)
+    assert counted[-1] >= len(result.token_ids) - 3, (counted, result.token_ids)
+    assert len(texts) < counted[-1], (texts, counted)       # several byte tokens a character: pieces read low
+    assert generation.progress().healing_tokens == result.healing_tokens
