@@ -157,6 +157,34 @@ def server(script, cli_env, served_repo, tmp_path_factory):
     assert contents(served_repo) == before      # nothing written (tests that edit files put them back)
 
 
+@pytest.fixture(scope="session")
+def table_model(cache_dir, tmp_path_factory) -> Path:
+    """next_token_table's checkpoint: the embedded model's tokenizer, a known greedy answer, hundreds of tokens a
+    second on a CPU (for tests of how answers are carried, not of what the embedded model writes)."""
+    from models.loading import EMBEDDED_FILE
+    from next_token_table import save_table_model
+
+    (embedded,) = [p for p in (cache_dir / "gguf").glob(Path(EMBEDDED_FILE).stem + "-*") if p.is_dir()]
+    return save_table_model(tmp_path_factory.mktemp("table-model"), embedded)
+
+
+@pytest.fixture(scope="session")
+def table_server(script, cli_env, served_repo, table_model, tmp_path_factory):
+    """`server`'s options and repository, the table model's weights."""
+    from server_process import ServerProcess
+
+    before = contents(served_repo)
+    process = ServerProcess(script, served_repo, cli_env, tmp_path_factory.mktemp("table-server"),
+                            "--model", str(table_model), "--context-tokens", "512", "--max-tokens", "64")
+    try:
+        yield process
+    finally:
+        code = process.stop()
+        assert code == 0, process.log()
+        assert "Traceback" not in process.log(), process.log()
+    assert contents(served_repo) == before
+
+
 @pytest.fixture
 def serve_options(served_repo, monkeypatch):
     """What `codecomplete serve REPO ARGS...` hands the Server it builds (options by name), read where the server

@@ -1,9 +1,13 @@
 """A CRLF (or classic Mac) client's answer as the client sees it, on a real server on a loopback port (conftest's
-`server`): its stop strings are matched in the text written with its line ends, where a "\\r\\n" in a stop matches
+`table_server`): its stop strings are matched in the text written with its line ends, where a "\\r\\n" in a stop matches
 (the text cut exactly before the stop, as llama.cpp and OpenAI cut the text they return), on every route that takes
 stop strings, whole and streamed; the token texts of logprobs and completion_probabilities spell the answer as
 written; a lone-CR file's answer has lone CRs; Ollama's prompt cut to the context answers with the client's line
-ends (codecomplete/line_ends.py)."""
+ends (codecomplete/line_ends.py).
+
+What is checked is how the answer is carried, whatever text a model writes: the server here is conftest's
+`table_server`, whose model (next_token_table) writes known lines with the embedded model's tokenizer, hundreds of
+tokens a second, where the embedded model's ~12 made this file one of the suite's slowest."""
 import json
 
 import httpx
@@ -12,6 +16,13 @@ from openai import OpenAI
 
 POINT = "class Point:\n    def __init__(self, x, y, z):\n        self.x = x\n"    # greedy: the lines that follow
 STOPS = ["\r\n", "\r\n\r\n", "y\r\n", "\n", "\n\n"]     # a stop's "\n" is the client's line end, as before
+
+
+@pytest.fixture(scope="module")
+def server(table_server):
+    """Every test here: the table model's server. Its answer after POINT, greedy, is `self.y = y`, `return` and a
+    blank line, over and over: the stops are each in it, a blank line after two lines."""
+    return table_server
 
 
 def crlf(text: str) -> str:

@@ -1,6 +1,9 @@
 """`codecomplete serve` against what real clients send and read: llama.vim's and llama.vscode's /infill bodies,
 the official openai package, a Continue-style FIM prompt, Ollama's /api/generate; and prefix reuse across
-keystrokes. The server runs as a subprocess on a loopback port (conftest's `server`)."""
+keystrokes. The server runs as a subprocess on a loopback port (conftest's `server`); tests of how an answer is
+carried (line ends, limits, truncation), true of any answer with a line end, run on `table_server`: the same
+server, its model's greedy answer known (next_token_table), hundreds of tokens a second where the embedded one
+writes ~12."""
 import itertools
 import json
 import re
@@ -516,14 +519,14 @@ def test_ollama_generate_honours_a_template_and_a_context_before_a_suffix(server
     assert went_on["prompt_eval_count"] == fresh["prompt_eval_count"] != alone["prompt_eval_count"]
 
 
-def test_ollama_num_predict_0_is_no_limit_as_ollamas_runner_reads_it(server):
+def test_ollama_num_predict_0_is_no_limit_as_ollamas_runner_reads_it(table_server):
     body = {"prompt": "def add(a, b):\n", "stream": False, "options": {"num_predict": 0, "temperature": 0}}
-    unlimited = httpx.post(server.url + "/api/generate", json=body, timeout=300).json()
-    default = httpx.post(server.url + "/api/generate", timeout=300,
+    unlimited = httpx.post(table_server.url + "/api/generate", json=body, timeout=300).json()
+    default = httpx.post(table_server.url + "/api/generate", timeout=300,
                          json={**body, "options": {"num_predict": -1, "temperature": 0}}).json()
     assert unlimited["response"] and unlimited["eval_count"] >= 1
     assert (unlimited["response"], unlimited["eval_count"]) == (default["response"], default["eval_count"])
-    limited = httpx.post(server.url + "/api/generate", timeout=300,
+    limited = httpx.post(table_server.url + "/api/generate", timeout=300,
                          json={**body, "options": {"num_predict": 2, "temperature": 0}}).json()
     assert (limited["eval_count"], limited["done_reason"]) == (2, "length")      # Ollama's word for a limit
 
@@ -641,28 +644,28 @@ def test_ollama_raw_takes_the_prompt_as_it_is_and_leaves_the_suffix_out(server):
     assert raw == plain and fim["prompt_eval_count"] > 0
 
 
-def test_completion_says_truncated_when_the_generation_filled_the_context(server):
+def test_completion_says_truncated_when_the_generation_filled_the_context(table_server):
     """llama.cpp's truncated is also true when prompt + generated tokens reached the context's end."""
-    n_ctx = server.info["engine"]["context_length"]
+    n_ctx = table_server.info["engine"]["context_length"]
     fields = ["truncated", "stop_type", "tokens_evaluated", "tokens_predicted"]
     line = "x = 1\n"
-    per_line = len(httpx.post(server.url + "/tokenize", json={"content": line * 10}).json()["tokens"]) / 10
+    per_line = len(httpx.post(table_server.url + "/tokenize", json={"content": line * 10}).json()["tokens"]) / 10
     body = {"prompt": line * int((n_ctx - 24) / per_line), "n_predict": 64, "temperature": 0, "stop": [],
             "ignore_eos": True, "response_fields": fields}
-    full = httpx.post(server.url + "/completion", json=body, timeout=300).json()
+    full = httpx.post(table_server.url + "/completion", json=body, timeout=300).json()
     assert full["tokens_evaluated"] + full["tokens_predicted"] >= n_ctx and full["tokens_predicted"] < 64, full
     assert full["truncated"] is True and full["stop_type"] == "limit"
-    short = httpx.post(server.url + "/completion", json={**body, "prompt": "x = 1\n", "n_predict": 4},
+    short = httpx.post(table_server.url + "/completion", json={**body, "prompt": "x = 1\n", "n_predict": 4},
                        timeout=300).json()
     assert short["truncated"] is False and short["tokens_predicted"] >= 4, short    # (+ what re-makes a healed tail)
 
 
-def test_infill_says_truncated_when_the_cursors_own_line_was_cut(server):
+def test_infill_says_truncated_when_the_cursors_own_line_was_cut(table_server):
     body = {"input_prefix": "word " * 5000, "input_suffix": "", "n_predict": 1,
             "response_fields": ["truncated", "tokens_evaluated"]}
-    assert httpx.post(server.url + "/infill", json=body, timeout=300).json()["truncated"] is True
+    assert httpx.post(table_server.url + "/infill", json=body, timeout=300).json()["truncated"] is True
     body["input_prefix"] = "def f(x):\n    return "
-    assert httpx.post(server.url + "/infill", json=body, timeout=300).json()["truncated"] is False
+    assert httpx.post(table_server.url + "/infill", json=body, timeout=300).json()["truncated"] is False
 
 
 POINT = "class Point:\n    def __init__(self, x, y, z):\n        self.x = x\n"    # greedy: the lines that follow
@@ -672,7 +675,7 @@ def crlf(text: str) -> str:
     return text.replace("\n", "\r\n")
 
 
-def test_text_with_crlf_line_ends_gets_crlf_line_ends_back_on_infill_and_completion(server):
+def test_text_with_crlf_line_ends_gets_crlf_line_ends_back_on_infill_and_completion(table_server):
     """As on Tabby's route (test_tabby): the prompt reads the client's text with LF, as it reads a file, and the
     answer's line ends are the client's again, whole and streamed (no event ends between a "\r" and its "\n");
     /completion's echoed prompt too, so that prompt + content is still the whole text."""
@@ -680,12 +683,13 @@ def test_text_with_crlf_line_ends_gets_crlf_line_ends_back_on_infill_and_complet
             ("/infill", {"input_prefix": POINT, "input_suffix": "\n"}, ("input_prefix", "input_suffix")),
             ("/completion", {"prompt": POINT}, ("prompt",))]:
         body = {**body, "n_predict": 24, "temperature": 0}
-        unix = post(server, path, body).json()
+        unix = post(table_server, path, body).json()
         assert "\n" in unix["content"] and "\r" not in unix["content"], unix      # (else nothing to convert)
         windows_body = {**body, **{name: crlf(body[name]) for name in text_fields}}
-        windows = post(server, path, windows_body).json()
+        windows = post(table_server, path, windows_body).json()
         assert windows["content"] == crlf(unix["content"]), (path, windows["content"])
-        with httpx.stream("POST", server.url + path, json={**windows_body, "stream": True}, timeout=300) as response:
+        with httpx.stream("POST", table_server.url + path, json={**windows_body, "stream": True},
+                          timeout=300) as response:
             pieces = [json.loads(line[len("data: "):])["content"] for line in response.iter_lines() if line]
         assert "".join(pieces) == windows["content"] and not any(piece.endswith("\r") for piece in pieces), pieces
         if path == "/completion":
@@ -693,11 +697,11 @@ def test_text_with_crlf_line_ends_gets_crlf_line_ends_back_on_infill_and_complet
 
 
 @pytest.mark.parametrize("suffix", [None, "\n"])      # a raw prompt; with a suffix, the session's infill
-def test_openai_completions_of_crlf_text_have_crlf_line_ends_and_offsets_into_them(server, suffix):
+def test_openai_completions_of_crlf_text_have_crlf_line_ends_and_offsets_into_them(table_server, suffix):
     """/v1/completions as the openai package asks: the text with the prompt's CRLF line ends, and each token's text
     and text_offset as that text has them (the model wrote "\n": its offsets count one character less a line),
     whole and streamed."""
-    client = OpenAI(base_url=server.url + "/v1", api_key="sk-local", max_retries=0)
+    client = OpenAI(base_url=table_server.url + "/v1", api_key="sk-local", max_retries=0)
     asked = dict(model="any", max_tokens=24, temperature=0, logprobs=0)
     if suffix is not None:
         asked["suffix"] = suffix
