@@ -290,8 +290,12 @@ class _Meter:
         return (self.count - self.first_count) / (self.last - self.first)
 
 
+QUEUED_SHOWN_S = 0.05      # a server's queue wait the closing line says (handing a request over takes a fraction of a ms)
+
+
 def summary_line(result, engine=None) -> str:
-    """`37 tokens · 14.2 tok/s · first token 180 ms · prompt 1,834 (1,700 reused)`"""
+    """`37 tokens · 14.2 tok/s · first token 180 ms · prompt 1,834 (1,700 reused)`; through a server that was busy,
+    `first token 91 ms · queued 5.5 s at the server · ...`"""
     timings = result.timings
     prompt_tokens, completion_tokens = result.token_counts()
     # A rate needs two tokens: with none or one, "0.0 tok/s" would say the model stalled when it did not decode.
@@ -300,6 +304,9 @@ def summary_line(result, engine=None) -> str:
              # Cancelled during the prefill: no first token came, and its time is not 0 ms.
              *([f"first token {_duration(timings.ttft_ms / 1000)}"]
                if result.token_ids or result.finish_reason != "cancelled" else []),
+             # The first token's time is the engine's, from taking the request: a server busy with others (an
+             # editor's) made it wait before that, seconds that "first token 91 ms" alone would hide.
+             *([f"queued {_duration(timings.queued_s)} at the server"] if timings.queued_s >= QUEUED_SHOWN_S else []),
              f"prompt {prompt_tokens:,}"
              + (f" ({result.reused_prefix_tokens:,} reused)" if result.reused_prefix_tokens else "")]
     if timings.drafted_tokens:

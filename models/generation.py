@@ -109,6 +109,8 @@ class Timings:
                                         # prompt cache: Engine.keep_prompts); the reused ones are among them
     healing_tokens: int = 0             # GenerationResult.healing_tokens, counted live too (engine.progress): whole
                                         # by the first text (healing's tokens make none), a stream's prompt count
+    queued_s: float = 0.0               # before the engine took the request: the wait behind other requests where a
+                                        # server ran it (set by the server, for the command line); 0 where it ran at once
 
     @property
     def acceptance_rate(self) -> float:

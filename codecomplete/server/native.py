@@ -140,7 +140,8 @@ async def _run(request: Request, body: Options, operation):
             return [ndjson({"text": event.value, **_progress(event.progress)})]
         if event.kind == "error":
             return [ndjson(event.value.body())]
-        return [ndjson({"result": result_object(event.value)})]
+        job = running.job       # (the wait for the engine thread: the command line says it beside the first token)
+        return [ndjson({"result": result_object(event.value, queued_s=job.began - job.submitted)})]
     return stream(running, frames, "application/x-ndjson", first=ndjson(first))
 
 
@@ -155,9 +156,10 @@ def _progress(running) -> dict:
     return {"progress": {name: getattr(running, name) for name in LIVE_COUNTERS}} if running is not None else {}
 
 
-def result_object(result) -> dict:
-    """A GenerationResult as the command line's client reads it back (codecomplete.client)."""
+def result_object(result, queued_s: float = 0.0) -> dict:
+    """A GenerationResult as the command line's client reads it back (codecomplete.client); `queued_s`: how long the
+    request waited for the engine thread (Timings.queued_s)."""
     return {"text": result.text, "token_ids": list(result.token_ids), "prompt_tokens": result.prompt_tokens,
             "reused_prefix_tokens": result.reused_prefix_tokens, "finish_reason": result.finish_reason,
             "stop_string": result.stop_string, "healing_tokens": result.healing_tokens,
-            "timings": asdict(result.timings), "not_a_number": result.not_a_number}
+            "timings": {**asdict(result.timings), "queued_s": queued_s}, "not_a_number": result.not_a_number}

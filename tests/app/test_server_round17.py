@@ -1,6 +1,7 @@
 """`codecomplete serve` against the adversarial sweep's seventeenth round (bench/results/NOTES.md: the numbers the
 product reports, and whether they are true), on a real server and its real socket."""
 import math
+import time
 
 import httpx
 import pytest
@@ -65,3 +66,36 @@ def test_the_command_lines_live_count_through_a_server_counts_tokens_not_pieces_
     assert counted[-1] >= len(result.token_ids) - 3, (counted, result.token_ids)
     assert len(texts) < counted[-1], (texts, counted)       # several byte tokens a character: pieces read low
     assert generation.progress().healing_tokens == result.healing_tokens
+
+
+def test_a_suggestion_queued_behind_another_request_says_how_long_it_waited(script, server, served_repo):
+    """Through a server busy with another request (an editor's), the command line's suggestion waited seconds for the
+    engine and said `first token 91 ms`: the engine's time from taking the request, the wait nowhere (the server's log
+    had it: `first 5570.6 ms (queued 5474.6, ...)`). The result now carries the wait (`timings.queued_s`, 0 in
+    process) and the closing line says it beside the first token."""
+    import json
+    import subprocess
+    import threading
+
+    from codecomplete import render
+    from models import GenerationResult, Timings
+
+    busy = threading.Thread(target=_completion, args=(server,), kwargs={"n_predict": 40, "ignore_eos": True})
+    busy.start()
+    try:
+        time.sleep(1.0)         # (the long request is running: a 40-token answer takes 2-4 s here)
+        proc = subprocess.run([str(script), str(served_repo), "--file", "app.py", "--max-tokens", "2",
+                               "--context-tokens", "300", "--json"], capture_output=True, text=True,
+                              env={**server.env, "CODECOMPLETE_SERVER": server.url}, timeout=300)
+    finally:
+        busy.join()
+    assert proc.returncode == 0, proc.stderr
+    timings = json.loads(proc.stdout)["timings"]
+    assert timings["queued_s"] >= 0.5, timings
+    assert timings["ttft_ms"] < 1000 * timings["queued_s"] + 60_000
+    line = render.summary_line(GenerationResult("x", [1, 2], 5, 0, "length", Timings(**timings)))
+    shown = (f"first token {render._duration(timings['ttft_ms'] / 1000)} · queued "
+             f"{render._duration(timings['queued_s'])} at the server · ")
+    assert shown in line, line
+    alone = render.summary_line(GenerationResult("x", [1, 2], 5, 0, "length", Timings(ttft_ms=90.0)))
+    assert "queued" not in alone, alone
