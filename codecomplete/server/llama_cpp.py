@@ -305,8 +305,12 @@ def _text_bias(server, body: Options, sampling):
 
 
 def _settings(server, body: Options | None) -> dict:
+    """llama.cpp's generation settings of a request (/props: of one that sets nothing). A request without n_predict
+    gets the server's --max-tokens (within the context), as llama.cpp's gets its `-n`, and is said to (not -1,
+    "unlimited", beside an answer stopped at it)."""
     body = body or Options()
-    return {"n_predict": body.n_predict, "temperature": body.temperature, "top_k": body.top_k,
+    n_predict = body.n_predict if "n_predict" in body.model_fields_set else server.sampling(None).max_tokens
+    return {"n_predict": n_predict, "temperature": body.temperature, "top_k": body.top_k,
             "top_p": body.top_p, "min_p": body.min_p, "seed": _seed(body.seed), "stop": list(stop_strings(body.stop)),
             "repeat_penalty": body.repeat_penalty, "repeat_last_n": body.repeat_last_n,
             "presence_penalty": body.presence_penalty, "frequency_penalty": body.frequency_penalty,

@@ -99,3 +99,18 @@ def test_a_suggestion_queued_behind_another_request_says_how_long_it_waited(scri
     assert shown in line, line
     alone = render.summary_line(GenerationResult("x", [1, 2], 5, 0, "length", Timings(ttft_ms=90.0)))
     assert "queued" not in alone, alone
+
+
+def test_props_and_generation_settings_say_the_servers_own_limit(server):
+    """A server started with --max-tokens 64 (the test server) gives a request without n_predict 64 tokens, as
+    llama.cpp's `-n 64` does, and llama.cpp's /props says so (default_generation_settings.params.n_predict 64), as does
+    an answer's generation_settings. Both said -1 (unlimited) beside an answer that stopped at 64 (`stop_type`
+    limit). An explicit n_predict is said as sent (-1 too: llama.cpp's slot shows its request's)."""
+    props = httpx.get(server.url + "/props", timeout=60).json()
+    assert props["default_generation_settings"]["params"]["n_predict"] == 64, props
+    answer = _completion(server, samplers=[], ignore_eos=True)
+    assert (answer["tokens_predicted"], answer["stop_type"]) == (64, "limit"), answer
+    assert answer["generation_settings"]["n_predict"] == 64, answer["generation_settings"]
+    for sent in (3, -1):
+        settings = _completion(server, n_predict=sent, samplers=[], ignore_eos=True)["generation_settings"]
+        assert settings["n_predict"] == sent, settings
