@@ -169,6 +169,14 @@ def table_model(cache_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def table_engine(table_model):
+    """The table model loaded in this process as `engine` loads the embedded one, for tests of how prompts and caches
+    are reused, whatever a model answers."""
+    from models import load_model
+    return load_model(str(table_model), device="cpu", max_context=2048)
+
+
+@pytest.fixture(scope="session")
 def table_server(script, cli_env, served_repo, table_model, tmp_path_factory):
     """`server`'s options and repository, the table model's weights."""
     from server_process import ServerProcess

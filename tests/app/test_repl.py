@@ -546,9 +546,12 @@ def test_a_pinned_file_named_with_a_newline_is_said_on_one_line(engine, tmp_path
     assert conversation.pinned == []
 
 
-def test_a_follow_up_prefills_only_itself(engine, tmp_path):
+def test_a_follow_up_prefills_only_itself(table_engine, tmp_path):
     """A later question of the same conversation holds the excerpts the one before it carried (prompts/chat.py): the
-    model's cache holds that prompt and its answer, and only the new question is read."""
+    model's cache holds that prompt and its answer, and only the new question is read. (Whatever the answers say:
+    conftest's table model, the embedded model's tokenizer and template, writes its 40 tokens in a fraction of the
+    embedded model's time.)"""
+    engine = table_engine
     def module(topic: str) -> str:
         return "\n\n".join(f"def {topic}_{k}(value, limit):\n    checked = value * {k} + limit\n"
                            f"    if checked > limit:\n        return {topic}_{(k + 1) % 40}(checked, limit)\n"
