@@ -342,7 +342,9 @@ def _model(server) -> dict:
     return {"name": _name(server), "model": _name(server), "modified_at": "1970-01-01T00:00:00Z", "size": 0,
             "digest": "", "details": {"format": "safetensors", "family": "llama", "families": ["llama"],
                                       "parameter_size": f"{parameters / 1e6:.0f}M",
-                                      "quantization_level": engine.dtype}}
+                                      # the weights' type, as Ollama's is (not the activations': float32 beside
+                                      # bfloat16, int8 or int4 projections)
+                                      "quantization_level": engine.matmul_dtype}}
 
 
 ACTION = re.compile(r"\{\{(-?)\s*(.*?)\s*(-?)\}\}", re.S)

@@ -114,3 +114,24 @@ def test_props_and_generation_settings_say_the_servers_own_limit(server):
     for sent in (3, -1):
         settings = _completion(server, n_predict=sent, samplers=[], ignore_eos=True)["generation_settings"]
         assert settings["n_predict"] == sent, settings
+
+
+
+def test_ollamas_listings_name_the_weights_the_server_computes_with(script, cli_env, served_repo, tmp_path):
+    """Ollama's `details.quantization_level` (/api/tags, /api/show, /api/ps; `ollama list`-style clients show it) is
+    the weights' type. It said the activations' (`float32`) where the projections ran in bfloat16 (`--weights bf16`,
+    a bfloat16 CPU's default: the log's `float32, bfloat16 weights`), and so it would of int8 or int4 weights."""
+    from server_process import ServerProcess
+
+    server = ServerProcess(script, served_repo, cli_env, tmp_path, "--weights", "bf16", "--context-tokens", "256",
+                           "--max-tokens", "8")
+    try:
+        engine = httpx.get(server.url + "/codecomplete/v1/info", timeout=60).json()["engine"]
+        assert (engine["dtype"], engine["matmul_dtype"]) == ("float32", "bfloat16"), engine
+        listed = [httpx.get(server.url + "/api/tags", timeout=60).json()["models"][0]["details"],
+                  httpx.post(server.url + "/api/show", json={"model": "x"}, timeout=60).json()["details"],
+                  httpx.get(server.url + "/api/ps", timeout=60).json()["models"][0]["details"]]
+        assert [details["quantization_level"] for details in listed] == ["bfloat16"] * 3, listed
+        assert server.stop() == 0
+    finally:
+        server.kill()
