@@ -327,7 +327,8 @@ async def _answer(server, running, generation, body: Options, sampling, limits: 
         content = limits.cut(result.text)
         stop_type, word = _stop(server, prompt, result, limits)
         evaluated, predicted = result.token_counts()
-        cached = evaluated + predicted      # at the context's end: llama.cpp's truncated too
+        # llama.cpp's n_past: the prompt, and the answer's tokens fed back (its last one sampled, never fed)
+        cached = evaluated + max(predicted - 1, 0)
         return {
             # every sampled token, the end of text too, as llama.cpp's generated_tokens (healing's own: the prompt's)
             "index": 0, "content": content, "id_slot": 0, "stop": True,
@@ -335,7 +336,7 @@ async def _answer(server, running, generation, body: Options, sampling, limits: 
             "model": server.engine.name, "tokens_predicted": predicted,
             "tokens_evaluated": evaluated, "generation_settings": _settings(server, body),
             "has_new_line": "\n" in content or "\r" in content,      # ("\r": a classic Mac file's line end)
-            "truncated": truncated or cached >= server.engine.context_length,
+            "truncated": truncated or evaluated + predicted >= server.engine.context_length,   # (it filled)
             "stop_type": stop_type, "stopping_word": word, "tokens_cached": cached, "timings": timings(result),
         }
 

@@ -135,3 +135,19 @@ def test_ollamas_listings_name_the_weights_the_server_computes_with(script, cli_
         assert server.stop() == 0
     finally:
         server.kill()
+
+
+def test_tokens_cached_counts_what_the_cache_holds_and_never_more_than_it_can(server):
+    """llama.cpp's tokens_cached is its slot's n_past: the prompt and the answer's tokens fed back, the last one
+    sampled and never fed. It was the prompt plus every token, one more, so that an answer that filled the context
+    said 577 of a 576-token cache (`n_ctx` in /props)."""
+    n_ctx = httpx.get(server.url + "/props", timeout=60).json()["default_generation_settings"]["n_ctx"]
+    for n_predict in (0, 1, 3):
+        answer = _completion(server, n_predict=n_predict, ignore_eos=True)
+        assert answer["tokens_predicted"] == n_predict, answer
+        assert answer["tokens_cached"] == answer["tokens_evaluated"] + max(n_predict - 1, 0), answer
+    prompt = [1604] * (n_ctx - 12)          # (token ids: the context fills after a few new tokens)
+    answer = _completion(server, prompt=prompt, n_predict=1000, ignore_eos=True, samplers=[])
+    assert answer["truncated"] is True and answer["stop_type"] == "limit", answer
+    assert answer["tokens_cached"] <= n_ctx, (answer["tokens_cached"], n_ctx)
+    assert answer["tokens_cached"] == answer["tokens_evaluated"] + answer["tokens_predicted"] - 1, answer
