@@ -50,6 +50,13 @@ def prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
                                           enable_gqa=q.shape[1] != k.shape[1])
 
 
+def import_prefix_mask() -> None:
+    """Import now what prefill_attention imports at the first prompt after a cached prefix (torch.nn.attention.bias,
+    and with it torch._dynamo: 1.0-1.6 s of that prompt's prefill on a 2-core CPU), for a long-lived process (a
+    server, before it serves) to pay it outside its requests."""
+    from torch.nn.attention.bias import causal_lower_right  # noqa: F401
+
+
 def prefill_attention_exact(q: torch.Tensor, cache: CacheView, prior, k_new: torch.Tensor, v_new: torch.Tensor,
                             start: int) -> torch.Tensor:
     """`prefill_attention` over an 8-bit cache with exact sink and window tokens: query i (at start + t) reads

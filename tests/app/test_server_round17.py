@@ -151,3 +151,27 @@ def test_tokens_cached_counts_what_the_cache_holds_and_never_more_than_it_can(se
     assert answer["truncated"] is True and answer["stop_type"] == "limit", answer
     assert answer["tokens_cached"] <= n_ctx, (answer["tokens_cached"], n_ctx)
     assert answer["tokens_cached"] == answer["tokens_evaluated"] + answer["tokens_predicted"] - 1, answer
+
+
+def test_a_servers_warm_up_pays_for_the_attention_after_a_cached_prefix(engine, cli_env):
+    """An editor's request that reuses a cached prefix and prefills a few new tokens runs the attention with a mask
+    aligned bottom-right (models/attention.py), whose module torch imports at its first use (with torch._dynamo):
+    1.0-1.6 s inside the first such request after every start on this CPU (`prompt_n` 2, `prompt_ms` 1075 where the
+    next ones take ~90; the REPL's first follow-up: first token 2.0 s). Not one of the warm-up's generations reached
+    it (a first prompt has no prefix; the prefill spans start from an empty cache). The server's warm-up now imports
+    it before it serves, and its log says so."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from models import load_model\n"
+            "from codecomplete.session import Session\n"
+            "from codecomplete.server import serve\n"
+            "session = Session(load_model(device='cpu', max_context=256))\n"
+            "assert 'torch.nn.attention.bias' not in sys.modules\n"
+            "said = serve._warm_up(session, 128, None, 0)\n"
+            "print(said)\n"
+            "assert 'torch.nn.attention.bias' in sys.modules, said\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=cli_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "the attention after a cached prefix (" in proc.stdout, proc.stdout
