@@ -261,12 +261,8 @@ def _card(device: str, ranks: int = 1) -> str:
     if device.startswith("cuda"):
         import torch
         return f"{ranks} x " * (ranks > 1) + torch.cuda.get_device_name(torch.device(device))
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        name = platform.processor() or platform.machine()
-    return f"{name} CPU, {os.cpu_count()} cores"
+    from models.options import cpu_name
+    return f"{cpu_name()} CPU, {os.cpu_count()} cores"
 
 
 def versions(torch_version: str) -> dict[str, str]:

@@ -263,7 +263,7 @@ def bars(device: str, summary: dict) -> list[dict]:
 
 
 def machine(info: dict) -> dict:
-    from models.cpu_bench import cpu_name
+    from models.options import cpu_name
 
     described = {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()}
     try:

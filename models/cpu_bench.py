@@ -22,15 +22,7 @@ import torch          # noqa: E402  (timed: the import is part of every start)
 import transformers   # noqa: E402
 IMPORT_S = time.perf_counter() - T0
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from models.options import cpu_name  # noqa: E402
 
 
 def code_tokens(tokenizer, n: int) -> list[int]:

@@ -5,6 +5,8 @@ Shared by `models.load` (which reads them for `load_model`) and the Engine (whos
 
 from __future__ import annotations
 
+import platform
+
 import torch
 
 from models.config import LIMITS, ModelConfig
@@ -54,6 +56,19 @@ def cpu_has_bf16_dots() -> bool:
                     and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()))
     except (AttributeError, RuntimeError):         # (private torch functions: gone in some version)
         return False
+
+
+def cpu_name() -> str:
+    """This CPU's model name as /proc/cpuinfo gives it ("AMD EPYC 7R13 Processor"), else what `platform` knows:
+    `platform.processor()` is "" on Linux, so it alone named no CPU there."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 WEIGHTS = ("int8", "int4")

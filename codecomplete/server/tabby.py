@@ -49,6 +49,7 @@ from fastapi import APIRouter, Request
 from pydantic import Field
 from starlette.responses import Response
 
+from models.options import cpu_name
 from prompts.errors import PromptError
 from prompts.languages import PLAIN_TEXT, TREE_SITTER_LANGUAGES
 
@@ -195,7 +196,7 @@ async def health(request: Request):
     engine = server.engine
     return json_response({
         "status": "ok", "model": engine.name, "device": str(engine.device).partition(":")[0],
-        "cuda_devices": _cuda_devices(), "arch": platform.machine(), "cpu_info": platform.processor() or "unknown",
+        "cuda_devices": _cuda_devices(), "arch": platform.machine(), "cpu_info": cpu_name(),
         "cpu_count": os.cpu_count() or 0, "webserver": False,
         "version": {"build_date": "", "build_timestamp": "", "git_sha": "",
                     "git_describe": f"codecomplete {server.info.get('version', '')}".strip()},

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from models.options import cpu_name
 from server_process import ServerProcess, raw_post
 from tabby_agent import Agent
 
@@ -228,6 +229,7 @@ def test_health_is_tabbys_and_llama_cpps_without_a_key(server):
         assert health["status"] == "ok" and health["model"] == server.info["engine"]["name"], health
         assert health["device"] == "cpu" and health["cuda_devices"] == [] and health["webserver"] is False
         assert health["version"]["git_describe"] == f"codecomplete {server.info['version']}"
+        assert health["cpu_info"] == cpu_name() and health["cpu_info"] not in ("", "unknown"), health   # sysinfo's
     assert httpx.head(server.url + "/v1/health").status_code == 200
     assert httpx.get(server.url + "/health").json() == {"status": "ok"}         # llama.cpp's, as it was
 
