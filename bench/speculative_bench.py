@@ -136,7 +136,7 @@ def main(argv=None) -> int:
     import transformers
 
     from models import load_model
-    from models.cpu_bench import cpu_name
+    from models.options import cpu_name
     from speculative_workloads import copy_heavy, nothing_to_copy
 
     torch.set_num_threads(args.threads)
