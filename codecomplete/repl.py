@@ -333,8 +333,13 @@ class Repl:
         the first answers: a process that warmed nothing captured its verification step inside a follow-up (11.7 s
         to the first token, CodeLlama-7B shape on an H100; Run 45). In the background, while the user types the
         first question (17.0 s on a fresh H100, 6.7 s once Triton's kernel cache holds the kernels; Run 46): what
-        the line typed does waits for it to end (`_finish_warm_up`). `steps`: only these (Session.warm_up)."""
+        the line typed does waits for it to end (`_finish_warm_up`). `steps`: only these (Session.warm_up).
+        On a CPU, whose steps cost no setup, only the import a first follow-up would pay (Session.import_ahead; a
+        session through a server has none to pay), on a thread nothing waits for."""
         self._warming = _WarmUp(self.conversation.session, self._redraw, steps) if self._builds_ahead() else None
+        import_ahead = getattr(self.conversation.session, "import_ahead", None)
+        if self._warming is None and import_ahead is not None:
+            threading.Thread(target=import_ahead, name="import-ahead", daemon=True).start()
 
     def _finish_warm_up(self, skip_rest: bool = False, answer_first: bool = False) -> None:
         """Wait for the warm-up under way, with a spinner (Ctrl-C skips the rest of it), and say what it built.

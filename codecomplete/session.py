@@ -329,6 +329,15 @@ class Session:
                 self.warm_up_seconds[what] = time.perf_counter() - started
         return list(self.warm_up_seconds)
 
+    def import_ahead(self) -> None:
+        """Import what the first prompt after a cached prefix would (models.attention.import_prefix_mask: 1.0-1.6 s
+        of that prefill on a 2-core CPU), for a long-lived process to pay it outside its answers: a server before it
+        serves, the REPL on a CPU while the first question is typed. No warm-up generation reaches it (a first prompt
+        has no prefix); on a GPU the warm-up's compilation has imported the bulk of it, torch._dynamo."""
+        from models.attention import import_prefix_mask
+
+        import_prefix_mask()
+
     def warm_prompt(self, path: str, *, line: int, budget: int) -> None:
         """Build, and throw away, the completion prompt at `line` of `path` as it is on disk: the pieces a first
         request there tokenizes and the outlines it parses are remembered afterwards (codecomplete/server/warming.py).

@@ -617,12 +617,9 @@ def _warm_up(session, budget: int, warmer: PromptWarmer | None, cache_ram_mib: i
     engine = session.engine
     if should_stop():
         return "stopped during the warm-up"
-    # (no warm-up generation reaches it: a first prompt has no prefix, and the prefill spans start from an empty cache;
-    # an editor's request that reuses a prefix and prefills a few new tokens paid it, every start)
-    from models.attention import import_prefix_mask
-
+    # (an editor's request that reuses a prefix and prefills a few new tokens paid it, every start)
     imported = time.perf_counter()
-    import_prefix_mask()
+    session.import_ahead()
     done.append(f"the attention after a cached prefix ({time.perf_counter() - imported:.1f} s)")
     engine.compile_prefill = engine.prefill_compilable      # worth its compilation in a long-lived process
     if engine.compile_prefill:

@@ -630,6 +630,28 @@ def test_on_a_gpu_the_repl_warms_the_model_up_before_the_first_question(conversa
     assert printed.count("warmed up the decode step, the step that verifies drafts in ") == 2, printed
 
 
+def test_on_a_cpu_the_repl_imports_what_a_first_follow_up_would_while_the_question_is_typed(conversation, tmp_path,
+                                                                                            monkeypatch):
+    """A CPU builds no steps ahead, and the REPL's first follow-up (a prompt after a cached prefix) paid the import
+    of the attention's bottom-right mask: first token 2.0 s for 24 new tokens (bench/repl_pty.py, 2-core CPU; round
+    17). The REPL now starts Session.import_ahead on a thread of its own at its start (and after /model), which
+    nothing waits for; on a GPU the warm-up's compilation pays it and no such thread runs."""
+    imported = []
+    monkeypatch.setattr(Session, "import_ahead", lambda session: imported.append(threading.current_thread().name))
+    engine = conversation.engine
+    monkeypatch.setattr(repl.engines, "load", lambda args, max_new_tokens: engine)
+    drive(conversation, ["/model again\r", "/exit\r"], tmp_path / "history")
+    for thread in threading.enumerate():
+        if thread.name == "import-ahead":
+            thread.join(timeout=30)
+    assert imported == ["import-ahead", "import-ahead"], imported        # at the start, and after /model
+    imported.clear()
+    monkeypatch.setattr(Session, "warm_up", lambda session, should_stop=lambda: False, steps=None: [])
+    monkeypatch.setattr(repl.Repl, "_builds_ahead", lambda self: True)    # (as on a GPU: CUDA graphs)
+    drive(conversation, ["/exit\r"], tmp_path / "history")
+    assert imported == []
+
+
 def test_the_warm_up_runs_while_the_first_question_is_typed(conversation, tmp_path, monkeypatch):
     """The REPL's warm-up held its prompt back: 17.0 s on a fresh H100 and 6.7 s with Triton's kernel cache filled
     (CodeLlama-7B shape; Run 46) before the user could type. The prompt now shows at once and the steps are built
