@@ -49,7 +49,6 @@ from fastapi import APIRouter, Request
 from pydantic import Field
 from starlette.responses import Response
 
-from models.options import cpu_name
 from prompts.errors import PromptError
 from prompts.languages import PLAIN_TEXT, TREE_SITTER_LANGUAGES
 
@@ -192,6 +191,8 @@ async def completions(request: Request, data: dict):
 
 @public.api_route("/v1/health", methods=["GET", "HEAD", "POST"])
 async def health(request: Request):
+    from models.options import cpu_name     # (here: models.options imports torch, which this module's import need not)
+
     server = request.app.state.server
     engine = server.engine
     return json_response({

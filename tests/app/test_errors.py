@@ -185,6 +185,7 @@ def test_an_import_error_inside_our_own_kernels_is_not_blamed_on_another_package
 def test_help_and_usage_errors_do_not_import_torch(tmp_path):
     code = ("import contextlib, io, sys; from codecomplete.cli import main\n"
             f"assert main([{str(tmp_path / 'missing')!r}, '--file', 'a.py']) == 2\n"
+            f"assert main(['serve', {str(tmp_path / 'missing')!r}]) == 2\n"     # (the server's modules are imported)
             "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()): main(['--help'])\n"
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
