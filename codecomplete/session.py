@@ -23,6 +23,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from . import engines
 from .line_ends import LF, LineEnds
@@ -32,6 +33,8 @@ RECOGNIZED_CHARS = 48_000  # an unnamed text's characters before the cursor that
 RECHECKS = 3            # prompts built again, at most, for context files that changed meanwhile
 STICKY_FILES = 8        # files whose last sticky prompt is kept where the engine keeps earlier prompts' K/V too
 STICKY_CHATS = 4        # conversations whose last chat prompt is kept there, likewise
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,23 @@ class _HeldChat:
 
     held: object                     # prompts.chat.HeldExcerpts
     opening: object                  # the HeldExcerpts of its conversation's first turn (`held` until it goes on)
+
+
+def _within_room(build: Callable[[int], T], budget: int, room: int | None) -> T:
+    """`build(budget)`; where the client's own messages do not fit the budget (a BudgetError: a long system message,
+    a pasted file), `build(room)`, if `room` is more. The prompt budget (--context-tokens) sizes the repository
+    context added to a conversation, so that editors' prompts keep one size; it is no limit on the client's own
+    text, which a server takes up to its context less the answer's tokens (`room`), as /completion takes a prompt
+    and as llama.cpp does with the n_ctx it tells clients (/props, /v1/models' meta), by which llama.vscode sizes
+    its chat prompts. Past the room the error stands."""
+    from prompts import BudgetError
+
+    try:
+        return build(budget)
+    except BudgetError:
+        if room is None or room <= budget:
+            raise
+    return build(room)
 
 
 def _held_for(chats: Sequence[_HeldChat], messages: Sequence[dict]):
@@ -225,23 +245,24 @@ class Session:
         return (recognize(self._index.index, text) if self._index is not None else None) or UNTITLED
 
     def chat(self, messages: Sequence[dict], *, pinned: Sequence[str] = (), sampling: Sampling,
-             budget: int | None = None, history_share: float = 1.0, sticky: bool = True) -> Generation:
+             budget: int | None = None, history_share: float = 1.0, sticky: bool = True,
+             room: int | None = None) -> Generation:
         """An answer to the last (user) message, with repository context retrieved for it, or held from the last chat
         prompt of the conversation this continues (prompts.chat); `history_share`: build_chat_prompt's. `sticky`:
         hold from it, and be the one the conversation's next turn holds from (False: the prompt exactly as a session
-        without history builds it, the command line's through a server)."""
+        without history builds it, the command line's through a server). `room`: the tokens the prompt may take
+        where the client's own messages do not fit `budget` (_within_room)."""
         from prompts import build_chat_prompt
 
         held = _held_for(self._chats, messages) if sticky else None
-        packed = self._current(lambda index: build_chat_prompt(
-            index, self.engine.tokenizer, messages=list(messages),
-            budget_tokens=budget or self.prompt_budget(sampling.max_tokens), pinned_paths=tuple(pinned),
-            history_share=history_share, held=held))
+        packed = _within_room(lambda tokens: self._current(lambda index: build_chat_prompt(
+            index, self.engine.tokenizer, messages=list(messages), budget_tokens=tokens, pinned_paths=tuple(pinned),
+            history_share=history_share, held=held)), budget or self.prompt_budget(sampling.max_tokens), room)
         if sticky:
             self._remember_chat(held, packed.held)
         return self._generation(packed, sampling)
 
-    def chat_prompt(self, messages: Sequence[dict], tokenizer, *, budget: int):
+    def chat_prompt(self, messages: Sequence[dict], tokenizer, *, budget: int, room: int | None = None):
         """The prompt (prompts.PackedPrompt) `chat` builds for `messages`, held as it would hold it, but not
         remembered (a prompt only looked at: llama.cpp's /apply-template, which llama.vscode counts another chat's
         tokens with, must take no conversation's place); built with `tokenizer`, a copy of the engine's, from the
@@ -254,8 +275,9 @@ class Session:
         if index is None:
             from .errors import UsageError
             raise UsageError("this session has no repository")
-        return build_chat_prompt(index, tokenizer, messages=list(messages), budget_tokens=budget,
-                                 held=_held_for(chats, messages))
+        return _within_room(lambda tokens: build_chat_prompt(index, tokenizer, messages=list(messages),
+                                                             budget_tokens=tokens, held=_held_for(chats, messages)),
+                            budget, room)
 
     def _remember_chat(self, held, now) -> None:
         """Keep `now` as its conversation's last chat prompt, in place of `held`, the one it continued, with that

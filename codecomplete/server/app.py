@@ -95,6 +95,12 @@ class Server:
         room = self.session.prompt_budget(sampling.max_tokens)
         return min(self.prompt_budget, max(room, self.prompt_budget // 2))
 
+    def room(self, sampling: Sampling) -> int:
+        """The most tokens a client's own conversation may take where it does not fit `budget`: the context (the
+        n_ctx /props and /v1/models tell clients) less the answer's tokens, as /completion's prompts may
+        (Session.chat's `room`)."""
+        return max(1, self.engine.context_length - sampling.max_tokens)
+
     def start(self, request: Request, start: Callable[[], Generation],
               stop_when: Callable[[str], bool] | None = None, failures_in_result: bool = False,
               describe: Callable[[object, list[int], list], list] | None = None,

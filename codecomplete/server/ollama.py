@@ -238,8 +238,9 @@ async def chat(request: Request):
         return _loaded(server, body, {"message": {"role": "assistant", "content": ""}})
     messages = [{"role": m.role, "content": m.content} for m in body.messages]
     sampling = _sampling(server, body.options, _logprobs(body))
-    budget = server.budget(sampling)
-    running = server.start(request, lambda: server.session.chat(messages, sampling=sampling, budget=budget))
+    budget, room = server.budget(sampling), server.room(sampling)
+    running = server.start(request, lambda: server.session.chat(messages, sampling=sampling, budget=budget,
+                                                                room=room))
     return await _answer(server, running, body, lambda text: {"message": {"role": "assistant", "content": text}})
 
 

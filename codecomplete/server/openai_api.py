@@ -203,8 +203,9 @@ async def chat_completions(request: Request):
     reply = Reply(server, "chatcmpl", "chat.completion", "0")
     if messages[-1]["role"] != "user" and sampling.max_tokens == 0:    # a warm-up without a question (llama.vim)
         return _nothing_to_say(reply, body)
-    budget = server.budget(sampling)
-    running = server.start(request, lambda: server.session.chat(messages, sampling=sampling, budget=budget))
+    budget, room = server.budget(sampling), server.room(sampling)
+    running = server.start(request, lambda: server.session.chat(messages, sampling=sampling, budget=budget,
+                                                                room=room))
     await running.started()
     reply.id = f"chatcmpl-{running.job.id}"
     if body.stream:
@@ -277,10 +278,10 @@ async def apply_template(request: Request):
     queued as a job, it waited for a generation under way to end."""
     server = request.app.state.server
     _, messages, sampling = _chat_request(server, await read_object(request))
-    budget = server.budget(sampling)
+    budget, room = server.budget(sampling), server.room(sampling)
 
     def prompt_text(tokenizer) -> str:
-        return tokenizer.decode(server.session.chat_prompt(messages, tokenizer, budget=budget).ids)
+        return tokenizer.decode(server.session.chat_prompt(messages, tokenizer, budget=budget, room=room).ids)
     try:
         prompt = await server.with_tokenizer(prompt_text)
     except Exception as exc:        # (as a job's failure reaches its request: a conversation refused is a 400)
