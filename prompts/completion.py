@@ -51,6 +51,7 @@ from .scan import MAX_BUFFER_BYTES, MAX_FILE_BYTES, decode_source, line_end, rea
 from .tokens import Encoder, encoder_for, tokenizable
 
 FILE_SHARE = 0.4  # of the budget, for the text around the cursor while the repository has more to offer
+NAME_TOKENS = 32  # the file name's tokens an editor's chunks leave room for, whichever file is completed
 PREFIX_SHARE = 0.75  # of the current file's share, before the cursor
 DEFINITION_SHARE = 0.6  # of the repository's share, first for the definitions of the names the cursor uses
 EXAMPLE_TOKENS = 128  # at most, of the repository's share (and at most half of it), for example lines
@@ -157,8 +158,11 @@ def build_completion_prompt(
             outline=lambda chunk: _outlined(form, chunk, comment),
             brief=lambda chunk: _outlined(form, chunk, comment, wanted),
         )
-    extras = _fit_extra(encoder, form, comment, extra, space - share)
+    extras = _fit_extra(encoder, form, comment, extra, _extra_room(encoder, form, index.name, comment, limit, space))
     given = sum(tokens for _, _, tokens in extras)
+    if share > space - given:   # (a file needing a little more than its largest share: the chunks' room stays theirs)
+        share = space - given
+        window.fit(share)
     definition_scores, scores = score_both(index, query)
     definitions, ranked = ordered(index, query, definition_scores), ordered(index, query, scores)
     head = list(islice(definitions, HEAD))      # (a held context is judged by these on their own too)
@@ -400,6 +404,20 @@ def _outlined(form: CompletionFormat, chunk: Chunk, comment: str, wanted: frozen
     """The chunk's outline, or (given the ``wanted`` names) its brief, as segments of the format."""
     text = outline(chunk) if wanted is None else brief(chunk, wanted)
     return None if text is None else form.chunk(text, comment)
+
+
+def _extra_room(encoder: Encoder, form: CompletionFormat, repo_name: str, comment: str, limit: int,
+                space: int) -> int:
+    """The tokens an editor's chunks may take: what the current file's largest share leaves, counted as for a file
+    whose name takes NAME_TOKENS, so that it is one number for every file and cursor at a budget, whatever the
+    file's text needs. llama.vim fills the model's cache with its chunks alone (its ring: an empty buffer,
+    `n_predict` 0) so that the keystrokes after begin with the same tokens; a room that took a short file's unused
+    share cut the oldest chunk at another line than a long file's did, and the next keystroke read the whole prompt
+    again (8 of 944 tokens shared at a budget of 1,024). llama.cpp's room for them is likewise n_ctx - n_batch -
+    2 n_predict, whatever the file. ``space``: this prompt's, after its own fixed tokens (less only for a longer
+    name)."""
+    nameless = limit - _fixed_tokens(encoder, form, repo_name, "", comment) - NAME_TOKENS - int(encoder.leading_space)
+    return max(0, min(nameless - int(nameless * FILE_SHARE), space - int(space * FILE_SHARE)))
 
 
 def _fit_extra(

@@ -110,3 +110,27 @@ def test_a_chunk_too_large_to_fit_whole_leaves_its_last_lines(repo_index, starco
     packed = build_completion_prompt(repo_index, starcoder_tokenizer, "app.py", line=5, col=5, budget_tokens=300,
                                      extra=[("ring/big.py", big), ("ring/new.py", "NEWEST = 1\n")])
     assert [(c.path, c.end_line) for c in packed.context[:2]] == [("ring/big.py", 400), ("ring/new.py", 1)]
+
+
+@pytest.mark.parametrize("budget", [600, 1000])
+def test_the_chunks_room_is_the_same_for_an_empty_buffer_and_a_long_file(make_repo, starcoder_tokenizer, budget):
+    """llama.vim fills the model's cache with its chunks alone (its ring: an empty buffer, n_predict 0) for the next
+    keystrokes to begin with the same tokens. Their room was what the file left, so an empty buffer's took the
+    file's unused share, the oldest chunk was cut at another line than under a long file's, and the two prompts
+    parted after 8 tokens (of 944, at 1,024 tokens with the embedded tokenizer): every keystroke read its chunks again.
+    Now the room is one number whatever the file needs and whatever its name (up to NAME_TOKENS)."""
+    long_file = "".join(f"def step_{i}(state):\n    return state * {i} + {i % 7}\n\n\n" for i in range(200))
+    root = make_repo({**REPO, "pkg/module_for_cursor.py": long_file})
+    index = index_repository(root)
+    ring = [(f"ring/{i}.py", "".join(f"VALUE_{i}_{j} = {i} * {j} + 1\n" for j in range(4))) for i in range(12)]
+    warm = build_completion_prompt(index, starcoder_tokenizer, "untitled", text="", line=1, col=1,
+                                   budget_tokens=budget, extra=ring)
+    chunks = [item for item in warm.context if item.path.startswith("ring/")]
+    assert 0 < len(chunks) < len(ring)                               # not all fit
+    extras = sum(item.tokens for item in chunks)
+    for path, line in (("pkg/module_for_cursor.py", 402), ("app.py", 5)):
+        real = build_completion_prompt(index, starcoder_tokenizer, path, line=line, col=5, budget_tokens=budget,
+                                       extra=ring)
+        assert len(real.ids) <= budget
+        assert [item for item in real.context if item.path.startswith("ring/")] == chunks
+        assert real.ids[:extras] == warm.ids[:extras], path     # the cache of the chunks serves the keystroke
