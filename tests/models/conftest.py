@@ -1,5 +1,6 @@
 """Fixtures for the models tests: an isolated cache dir, tiny random Llama checkpoints saved by transformers
-(with a SentencePiece-style byte-fallback tokenizer), tiny GGUF files, and the embedded SmolLM2 engine."""
+(with a SentencePiece-style byte-fallback tokenizer), tiny GGUF files, the embedded SmolLM2 engine, and its float32
+log-probabilities over the accuracy tests' real code."""
 
 from __future__ import annotations
 
@@ -45,3 +46,34 @@ def smollm_engine():
     """The embedded SmolLM2-135M-Instruct (Q4_1 GGUF), converted into the session's cache dir."""
     from models import load_model
     return load_model()
+
+
+@pytest.fixture(scope="session")
+def float32_teacher_forced(smollm_engine, tmp_path_factory):
+    """`teacher_forced(smollm_engine.model, ids)` for each file of test_kv_cache_accuracy's `code_ids`: the embedded
+    model's float32 log-probabilities (N, V), its cache unquantized, over the 2,040 positions of real code that the
+    accuracy tests (8-bit KV caches, int8 and int4 weights, bfloat16 projections) each measure their variant against.
+
+    Each of the four files computed the same reference again (~10 CPU-s a pass on this CPU). It is computed once a
+    run: the first worker that needs it writes it into a folder every pytest-xdist worker of the run shares (under a
+    file lock, so another waits for it rather than computing it too), and each reads the same tensors back."""
+    import fcntl
+
+    import torch
+    from embedded_conversion import run_folder
+    from test_kv_cache_accuracy import code_ids, teacher_forced
+
+    path = run_folder(tmp_path_factory) / "float32-teacher-forced.pt"
+    with open(path.with_suffix(".lock"), "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            engine = smollm_engine
+            try:
+                engine.set_kv_cache(None)           # (as test_kv_cache_accuracy's own reference was)
+                reference = [teacher_forced(engine.model, ids) for ids in code_ids(engine.tokenizer)]
+            finally:
+                engine.clear_prefix_cache()         # (the shared engine's cache rows were prefilled here)
+            partial = path.with_suffix(".partial")
+            torch.save(reference, partial)
+            os.replace(partial, path)
+    return torch.load(path, mmap=True)

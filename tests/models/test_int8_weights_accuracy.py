@@ -22,16 +22,17 @@ MAX_LOG_LOSS_INCREASE = 0.01   # relative, measured +0.3%
 
 
 @pytest.fixture(scope="module")
-def measured(smollm_engine) -> dict:
+def measured(smollm_engine, float32_teacher_forced) -> dict:
     """Top-1 agreement, mean KL(float32 || int8), and each model's log-loss on the text, over every position."""
     original = smollm_engine.model
     quantized = copy.deepcopy(original)
     quantized.quantize_weights()
     quantized.setup_caches(1, smollm_engine.context_length)
+    assert quantized.weights_quantized and not original.weights_quantized   # (the reference's model: float32)
     totals = dict(agree=0, kl=0.0, nll_float=0.0, nll_int8=0.0, positions=0)
     try:
-        for ids in code_ids(smollm_engine.tokenizer):
-            exact, int8 = teacher_forced(original, ids), teacher_forced(quantized, ids)          # (N, V) each
+        for ids, exact in zip(code_ids(smollm_engine.tokenizer), float32_teacher_forced, strict=True):
+            int8 = teacher_forced(quantized, ids)     # (N, V) each; exact: teacher_forced(original, ids), once a run
             target = torch.tensor(ids[1:exact.shape[0] + 1])[:, None]                         # (N, 1)
             totals["agree"] += (exact.argmax(-1) == int8.argmax(-1)).sum().item()
             totals["kl"] += (exact.exp() * (exact - int8)).sum().item()
