@@ -7,10 +7,14 @@ import pytest
 from codecomplete import bench, serve_bench
 
 
-def test_bench_on_cpu(codecomplete, repo, tmp_path):
+def test_bench_on_cpu(codecomplete, repo, tmp_path, table_model):
+    """What `--bench` runs and reports on a CPU: the backends, the contexts, the 8-bit caches' and speculation's rows,
+    the machine and the versions. (Whatever the weights: conftest's table model, the embedded model's tokenizer and
+    context, times its runs in a fraction of the embedded model's time; test_int8_weights_app's benchmarks run the
+    embedded model's.)"""
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
-    run = codecomplete(repo, "--bench", "--contexts", "64,32,64", "--max-tokens", "2",    # (64 twice: timed once)
-                       "--json", out, "--plot", png)
+    run = codecomplete(repo, "--bench", "--model", table_model, "--contexts", "64,32,64", "--max-tokens", "2",
+                       "--json", out, "--plot", png)                                    # (64 twice: timed once)
     assert run.returncode == 0, run.stderr
     assert "Flash-Decoding needs a CUDA GPU" in run.stdout
     assert "sdpa / eager" in run.stdout
