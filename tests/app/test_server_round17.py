@@ -101,11 +101,14 @@ def test_a_suggestion_queued_behind_another_request_says_how_long_it_waited(scri
     assert "queued" not in alone, alone
 
 
-def test_props_and_generation_settings_say_the_servers_own_limit(server):
+def test_props_and_generation_settings_say_the_servers_own_limit(table_server):
     """A server started with --max-tokens 64 (the test server) gives a request without n_predict 64 tokens, as
     llama.cpp's `-n 64` does, and llama.cpp's /props says so (default_generation_settings.params.n_predict 64), as does
     an answer's generation_settings. Both said -1 (unlimited) beside an answer that stopped at 64 (`stop_type`
-    limit). An explicit n_predict is said as sent (-1 too: llama.cpp's slot shows its request's)."""
+    limit). An explicit n_predict is said as sent (-1 too: llama.cpp's slot shows its request's). (On conftest's
+    table server: `server`'s options, hundreds of tokens a second; the counts are the server's, whatever the
+    weights.)"""
+    server = table_server
     props = httpx.get(server.url + "/props", timeout=60).json()
     assert props["default_generation_settings"]["params"]["n_predict"] == 64, props
     answer = _completion(server, samplers=[], ignore_eos=True)
@@ -137,10 +140,12 @@ def test_ollamas_listings_name_the_weights_the_server_computes_with(script, cli_
         server.kill()
 
 
-def test_tokens_cached_counts_what_the_cache_holds_and_never_more_than_it_can(server):
+def test_tokens_cached_counts_what_the_cache_holds_and_never_more_than_it_can(table_server):
     """llama.cpp's tokens_cached is its slot's n_past: the prompt and the answer's tokens fed back, the last one
     sampled and never fed. It was the prompt plus every token, one more, so that an answer that filled the context
-    said 577 of a 576-token cache (`n_ctx` in /props)."""
+    said 577 of a 576-token cache (`n_ctx` in /props). (On conftest's table server: `server`'s options and context,
+    hundreds of tokens a second; the counts are the server's, whatever the weights.)"""
+    server = table_server
     n_ctx = httpx.get(server.url + "/props", timeout=60).json()["default_generation_settings"]["n_ctx"]
     for n_predict in (0, 1, 3):
         answer = _completion(server, n_predict=n_predict, ignore_eos=True)
