@@ -1,7 +1,8 @@
 """`codecomplete serve`'s Ollama routes driven only through Ollama's official Python client (`ollama.Client`,
 `ollama.AsyncClient`), as the tools built on it call them: every answer must parse into the client's pydantic models
 and carry sensible values, every refusal must reach the caller as `ollama.ResponseError` with Ollama's status, and
-the server must serve on after it. The server runs as a subprocess on a loopback port (conftest's `server`)."""
+the server must serve on after it. The server runs as a subprocess on a loopback port (conftest's `server`; the
+tests of what any answer carries, conftest's `table_server`: table_client)."""
 import asyncio
 import datetime
 
@@ -16,6 +17,16 @@ RAW_REFUSED = "raw mode does not support template, system, or context"      # Ol
 @pytest.fixture(scope="module")
 def client(server):
     with ollama.Client(host=server.url, timeout=300) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def table_client(table_server):
+    """The client of conftest's table server (`server`'s options, a model whose greedy answer is a known cycle of code
+    lines, hundreds of tokens a second): for the tests of what any answer carries, whose answers end where the
+    embedded model's do (at num_predict: done_reason "length", or no check of it). The tests whose answers the
+    embedded model ends itself ("stop"), or whose draws, log-probabilities or memory are its own, keep `client`."""
+    with ollama.Client(host=table_server.url, timeout=300) as client:
         yield client
 
 
@@ -40,7 +51,8 @@ def check_final(answer, limit: int) -> None:
     assert answer.model
 
 
-def test_generate_whole_and_streamed_parse_into_the_clients_models(client):
+def test_generate_whole_and_streamed_parse_into_the_clients_models(table_client):
+    client = table_client
     whole = client.generate(MODEL, "def add(a, b):", options=GREEDY)
     assert isinstance(whole, ollama.GenerateResponse) and whole.response
     check_final(whole, GREEDY["num_predict"])
@@ -90,9 +102,10 @@ def test_context_carries_a_conversation_on(client):
     assert len(went_on.context) > len(first.context)
 
 
-def test_keep_alive_and_requests_with_nothing_to_generate(client):
+def test_keep_alive_and_requests_with_nothing_to_generate(table_client):
     """keep_alive as a duration or seconds (-1: forever) does not change the answer; a prompt-less generate loads the
     model, and with keep_alive 0 "unloads" it, in Ollama's words (it stays loaded here)."""
+    client = table_client
     answer = client.generate(MODEL, "def f():", keep_alive="5m", options=GREEDY)
     assert client.generate(MODEL, "def f():", keep_alive=-1, options=GREEDY).response == answer.response
     loaded = client.generate(MODEL)
@@ -119,9 +132,10 @@ def test_chat_multi_turn_with_a_system_message_whole_and_streamed(client):
     assert parts[-1].eval_count == whole.eval_count
 
 
-def test_chat_goes_on_with_an_answer_begun(client):
+def test_chat_goes_on_with_an_answer_begun(table_client):
     """Ollama continues an assistant's message that ends the conversation (Open WebUI's "continue"): a 400 here
     before. The answer holds only what follows it, and the prompt read ends with it."""
+    client = table_client
     question = [{"role": "user", "content": "What is a list in Python?"}]
     begun = [*question, {"role": "assistant", "content": "A list is an ordered,"}]
     asked, going_on = client.chat(MODEL, question, options=GREEDY), client.chat(MODEL, begun, options=GREEDY)
@@ -148,7 +162,8 @@ def test_chat_logprobs_parse_into_the_clients_logprob_model(client):
                                                                   abs=1e-4)
 
 
-def test_async_client_streams_a_chat(server, client):
+def test_async_client_streams_a_chat(table_server, table_client):
+    server, client = table_server, table_client
     question = [{"role": "user", "content": "What does area_of_circle return?"}]
     whole = client.chat(MODEL, question, options=GREEDY)
 
@@ -202,7 +217,8 @@ def test_list_and_show_describe_the_one_model(client):
     (lambda c: list(c.chat(MODEL, [{"role": "user", "content": "x"}], stream=True,
                            options={"temperature": "hot"})), 400, "temperature"),
 ])
-def test_refusals_reach_the_caller_as_response_errors_and_the_server_serves_on(client, call, status, words):
+def test_refusals_reach_the_caller_as_response_errors_and_the_server_serves_on(table_client, call, status, words):
+    client = table_client
     with pytest.raises(ollama.ResponseError) as refused:
         call(client)
     assert refused.value.status_code == status and words in refused.value.error, refused.value
@@ -210,7 +226,8 @@ def test_refusals_reach_the_caller_as_response_errors_and_the_server_serves_on(c
 
 
 @pytest.mark.parametrize("keep_alive", ["5m", "1h30m", "-1s", "0", "1.5h", "300", "-1", 300, -1])
-def test_keep_alive_durations_ollama_parses_are_accepted(client, keep_alive):
+def test_keep_alive_durations_ollama_parses_are_accepted(table_client, keep_alive):
+    client = table_client
     assert client.generate(MODEL, "def f():", keep_alive=keep_alive, options={"num_predict": 1}).done is True
 
 
@@ -226,10 +243,11 @@ def test_ps_lists_the_one_model_loaded_for_good(client, server):
     assert model.size > 50 * 10 ** 6 and model.size_vram == 0         # the embedded model's weights, on the CPU
 
 
-def test_any_model_name_is_served_and_answered_under_that_name(client):
+def test_any_model_name_is_served_and_answered_under_that_name(table_client):
     """The one model answers to any name (Continue's config calls it "codecomplete"), and every answer carries the
     name the request gave, as Ollama's do (`model: req.Model`): a client matching answers to requests by it, or
     showing it, sees its own name; a refusal names it too."""
+    client = table_client
     name = "no-such-model:7b"
     assert client.generate(name, "def f():", options=GREEDY).model == name
     assert {part.model for part in client.generate(name, "def f():", options=GREEDY, stream=True)} == {name}
