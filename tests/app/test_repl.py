@@ -275,8 +275,11 @@ def test_a_long_conversation_leaves_room_for_the_pinned_file_and_the_code(conver
     conversation.reset()
 
 
-def test_a_pinned_file_too_large_for_the_budget_is_said_to_be_cut(engine, tmp_path):
-    """/add promises the file in every prompt; one larger than the budget went in cut (or not at all) silently."""
+def test_a_pinned_file_too_large_for_the_budget_is_said_to_be_cut(table_engine, tmp_path):
+    """/add promises the file in every prompt; one larger than the budget went in cut (or not at all) silently. (What
+    the prompts carry, whatever the answers: conftest's table engine, the embedded model's tokenizer, chat template
+    and context, answers its two questions in a fraction of the embedded model's time.)"""
+    engine = table_engine
     root = tmp_path / "repo"
     root.mkdir()
     (root / "small.py").write_text("def small_helper():\n    return 2\n")
