@@ -52,8 +52,10 @@ def test_the_cpus_backends_come_with_one_note_that_says_what_is_timed(attention,
     assert bench.backends_for(argparse.Namespace(attention=attention), "cuda:0") == (["flash", "sdpa", "eager"], [])
 
 
-def test_speculate_0_leaves_out_the_speculation_column(engine):
-    """`--bench --speculate 0` timed the plain run a second time, under the label "speculate 0"."""
+def test_speculate_0_leaves_out_the_speculation_column(table_engine):
+    """`--bench --speculate 0` timed the plain run a second time, under the label "speculate 0". (The rows' labels,
+    whatever the weights: conftest's table engine, the embedded model's tokenizer and context.)"""
+    engine = table_engine
     ids = engine.tokenizer.encode("def add(a, b):\n    return a + b\n" * 4)[:24]
     labels = lambda depth: [row["variant"] for row in bench.measure_variants(
         engine, "sdpa", [24], ids, 3, lambda *_: None, depth)]
