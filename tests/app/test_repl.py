@@ -185,9 +185,13 @@ def test_the_repl_sees_files_change_between_questions(engine, tmp_path):
 def test_typing_a_long_line_keeps_memory_linear(conversation, tmp_path):
     """prompt-toolkit copies the line for undo before every key: 20k characters typed (a paste without bracketed
     paste) held ~200 MB of copies; with copies only below repl.UNDO_CHARS, a few MB. The line still arrives whole.
-    12k characters here (n^2 / 2 bytes: 81 MB traced without the cut, 18 MB with it), for the suite's time."""
+    12k characters here (n^2 / 2 bytes: 81 MB traced without the cut, 18 MB with it), for the suite's time.
+    tracemalloc counts every thread's allocations, and on a CPU each REPL starts `Session.import_ahead` on a thread
+    (torch._dynamo's import, tens of MB; an earlier test's REPL may still be running it under load): it is made first,
+    so that what is traced is the line's."""
     import tracemalloc
     line = ("word " * 4000)[:12_000]
+    conversation.session.import_ahead()     # (waits for another thread's import of it under way: the import lock)
     tracemalloc.start()
     try:
         printed = drive(conversation, ["/add " + line + "\r", "/exit\r"], tmp_path / "history")
