@@ -1,7 +1,8 @@
 """`codecomplete serve` for Tabby's editor plugins: the bodies tabby-agent sends (its 1.5.0 LSP server's, and today's
 codeCompletion/buildRequest.ts's) answered in Tabby's shape, with a prompt built as /infill builds it; the health and
 events the agent asks for; OpenAI's bodies on the shared path answered as before; and tabby-agent itself, from npm,
-completing code over LSP against the server. The server runs as a subprocess with an API key, as the agent's token."""
+completing code over LSP against the server. The server runs as a subprocess with an API key, as the agent's token
+(the tests of the prompt and of how any answer is carried: a second one, of conftest's table model)."""
 import json
 import re
 import socket
@@ -37,8 +38,21 @@ PYTHON_STOPS = ("\n#", "\ndef", "\nfrom", "\nclass", "\nimport", "\n\n")     # T
 
 @pytest.fixture(scope="module")
 def server(script, cli_env, served_repo, tmp_path_factory):
-    process = ServerProcess(script, served_repo, cli_env, tmp_path_factory.mktemp("tabby"), "--api-key", KEY,
-                            "--context-tokens", "512", "--max-tokens", str(MAX_TOKENS))
+    yield from _tabby_server(script, cli_env, served_repo, tmp_path_factory.mktemp("tabby"))
+
+
+@pytest.fixture(scope="module")
+def table_tabby(script, cli_env, served_repo, tmp_path_factory, table_model):
+    """`server`'s options and key, conftest's table model's weights (the embedded model's tokenizer and context, a
+    known greedy answer, hundreds of tokens a second): for the tests of the prompt a body builds and of how any
+    answer is carried (its line ends, a temperature's draw), whatever the model writes."""
+    yield from _tabby_server(script, cli_env, served_repo, tmp_path_factory.mktemp("tabby-table"),
+                             "--model", str(table_model))
+
+
+def _tabby_server(script, cli_env, served_repo, folder, *options):
+    process = ServerProcess(script, served_repo, cli_env, folder, "--api-key", KEY,
+                            "--context-tokens", "512", "--max-tokens", str(MAX_TOKENS), *options)
     try:
         yield process
     finally:
@@ -73,10 +87,11 @@ def test_the_agents_bodies_are_answered_in_tabbys_shape(server):
     assert complete(server, seeded)["choices"] == complete(server, seeded)["choices"]     # the seed reaches the draw
 
 
-def test_the_prompt_is_the_one_infill_builds_with_the_clients_chunks_most_important_nearest(server):
+def test_the_prompt_is_the_one_infill_builds_with_the_clients_chunks_most_important_nearest(table_tabby):
     """A Tabby body is /infill's request: the cursor's text, the client's declarations and snippets as input_extra
     (the least important first, where the oldest would be: declarations nearest the code), the same prompt and,
     greedy, the same text."""
+    server = table_tabby
     segments = {key: value for key, value in AGENT_BODY["segments"].items() if key != "filepath"}
     prompt, text = debug_prompt(server, {"segments": segments})         # no file named, no language: /infill's
     chunks = [segments["relevant_snippets_from_recently_opened_files"][0],
@@ -145,10 +160,11 @@ def test_a_raw_prompts_debug_prompt_is_the_prompt_as_sent_crlf_too(server, raw):
     assert answer["debug_data"] == {"prompt": raw}
 
 
-def test_the_cursors_file_is_filepath_in_the_repository_however_the_agent_writes_it(server, served_repo, tmp_path):
+def test_the_cursors_file_is_filepath_in_the_repository_however_the_agent_writes_it(table_tabby, served_repo, tmp_path):
     """Relative to the git root (or workspace), absolute, or the document's file:// URI when the agent found neither,
     through a link to the repository too (the editor's folder a link, the server's its target): the same file of the
     repository. A file outside it lends only its extension, as a body without one lends its language's."""
+    server = table_tabby
     alias = tmp_path / "alias"
     alias.symlink_to(served_repo, target_is_directory=True)
     prompts = {filepath: debug_prompt(server, AGENT_BODY, filepath=filepath)[0] for filepath in
@@ -164,10 +180,11 @@ def test_the_cursors_file_is_filepath_in_the_repository_however_the_agent_writes
     assert f"app.py\n{tail}" in in_repository and f"untitled.py\n{tail}" in outside and "elsewhere" not in outside
 
 
-def test_a_cursor_file_named_elsewhere_lends_only_its_extension_however_it_is_named(server, served_repo, tmp_path):
+def test_a_cursor_file_named_elsewhere_lends_only_its_extension_however_it_is_named(table_tabby, served_repo, tmp_path):
     """A path through a folder linked out of the repository, one under ~, a Windows drive's path, a file:// URI of
     another host or one that is no URI at all, a name with a NUL: a file elsewhere, whose prompt is a file outside's
     (`untitled.py`), neither a 400 (the session's check of the path) nor a 500 (urlsplit's ValueError, resolve's)."""
+    server = table_tabby
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "tools.py").write_text("TOKEN = 'not for the prompt'\n")
@@ -201,8 +218,9 @@ def test_at_most_tabbys_64_new_tokens_where_the_server_allows_more(script, cli_e
         assert roomy.stop() == 0, roomy.log()
 
 
-def test_text_with_crlf_line_ends_is_answered_with_crlf_line_ends(server):
+def test_text_with_crlf_line_ends_is_answered_with_crlf_line_ends(table_tabby):
     """As Tabby's server: the prompt reads the text with LF, the answer's line ends become the editor's again."""
+    server = table_tabby
     body = {"language": "python", "segments": {"prefix": "def fibonacci(n):\n    ", "suffix": "\n"}, "temperature": 0}
     unix = complete(server, body)["choices"][0]["text"]
     assert "\n" in unix                                  # (else there would be nothing to convert)
@@ -210,9 +228,10 @@ def test_text_with_crlf_line_ends_is_answered_with_crlf_line_ends(server):
     assert windows["choices"][0]["text"] == unix.replace("\n", "\r\n")
 
 
-def test_a_temperature_past_float32s_range_draws_as_float32s_largest(server):
+def test_a_temperature_past_float32s_range_draws_as_float32s_largest(table_tabby):
     """Tabby (and llama.cpp's routes) take any temperature. Past float32's largest, 1e300 divided the logits into NaN:
     one token drawn from nothing, an empty answer. It draws as the largest float32 does: every token alike."""
+    server = table_tabby
     body = {**LSP_BODY, "seed": 3}
     huge, largest = (complete(server, {**body, "temperature": t})["choices"][0]["text"] for t in (1e300, 3e38))
     assert huge == largest and huge, (huge, largest)
