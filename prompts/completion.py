@@ -158,7 +158,9 @@ def build_completion_prompt(
             outline=lambda chunk: _outlined(form, chunk, comment),
             brief=lambda chunk: _outlined(form, chunk, comment, wanted),
         )
-    extras = _fit_extra(encoder, form, comment, extra, _extra_room(encoder, form, index.name, comment, limit, space))
+    # (their room costs an encoding of the format's markers: only a request with chunks pays it, not every keystroke)
+    extras = _fit_extra(encoder, form, comment, extra,
+                        _extra_room(encoder, form, index.name, comment, limit, space)) if extra else []
     given = sum(tokens for _, _, tokens in extras)
     if share > space - given:   # (a file needing a little more than its largest share: the chunks' room stays theirs)
         share = space - given
