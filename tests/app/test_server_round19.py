@@ -1,0 +1,70 @@
+"""`codecomplete serve` against the adversarial sweep's nineteenth round (bench/results/NOTES.md: editor plugins not
+driven before, read from their own code: llm-ls, minuet-ai.nvim, twinny, cmp-ai, Zed, codecompanion.nvim, avante.nvim,
+gptel), on a real server and its real socket."""
+import http.client
+import json
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from server_process import raw_post
+
+# twinny 3.23.31's fill-in-the-middle request to its default FIM provider (provider-manager.ts getDefaultFimProvider:
+# Ollama, http://0.0.0.0:11434/api/generate, codellama:7b-code; provider-options.ts createStreamRequestBodyFim, its
+# codellama template from fim-templates.ts, twinny.numPredictFim 512, twinny.keepAlive "5m")
+TWINNY_FIM = {"model": "codellama:7b-code",
+              "prompt": "<PRE> \n# Language: Python\ndef area(r):\n    return 3.14 * r * r\n\ndef main():\n     <SUF> "
+                        "\n\nif __name__ == '__main__':\n    main()\n <MID>",
+              "stream": True, "keep_alive": "5m", "options": {"temperature": 0.2, "num_predict": 8}}
+
+
+# The fix is a patch of codecomplete/server/app.py's local_name (round 19's report: app.py was another helper's during
+# the round); remove this mark with it.
+UNTIL_PATCHED = pytest.mark.xfail(strict=True, reason="needs round 19's local_name patch of codecomplete/server/app.py")
+
+
+def _twinny_reads(status: int, text: str) -> str:
+    """What twinny's llm() and getFimDataFromProvider take from the answer: each line's `response`, after its
+    `response.ok` check (a 403 is "Server responded with status code: 403" and no suggestion)."""
+    assert status == 200, (status, text)
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+    assert lines[-1]["done"] is True, lines[-1]
+    return "".join(line["response"] for line in lines)
+
+
+@UNTIL_PATCHED
+@pytest.mark.parametrize("host", ["0.0.0.0", "0.0.0.0:{port}", "[::]:{port}"])
+def test_the_unspecified_address_twinny_names_for_localhost_is_this_machine(table_server, host):
+    """twinny's settings default its Ollama host to 0.0.0.0 (`twinny.ollamaHostname`: "Use `0.0.0.0` for
+    localhost"), for its model list (/api/tags) and its default FIM provider (http://0.0.0.0:11434/api/generate). A
+    connection to 0.0.0.0 reaches this machine's loopback, and Ollama answers such a Host (its allowedHostsMiddleware
+    lets an unspecified address through, as a loopback or private one). This server refused it: 403 "Host
+    '0.0.0.0:8012' does not name this machine", so twinny pointed at it with its defaults showed no suggestion. A web
+    page can name 0.0.0.0 only as it can name 127.0.0.1 (DNS rebinding gives its own name), its Origin then refused."""
+    port = urlsplit(table_server.url).port
+    body = json.dumps(TWINNY_FIM).encode()
+    status, text = raw_post(table_server.url, "/api/generate", body,
+                            {"Host": host.format(port=port), "Content-Type": "application/json", "Authorization": ""})
+    assert _twinny_reads(status, text)
+    # and its model list (OllamaService.fetchModels: a GET of /api/tags)
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request("GET", "/api/tags", headers={"Host": host.format(port=port)})
+        response = connection.getresponse()
+        status, text = response.status, response.read().decode()
+    finally:
+        connection.close()
+    assert status == 200 and json.loads(text)["models"], (status, text)
+
+
+@UNTIL_PATCHED
+def test_twinnys_own_url_reaches_the_server_where_the_system_routes_0000_to_it(table_server):
+    """The same request on twinny's own URL, http://0.0.0.0:PORT/api/generate (where the system connects 0.0.0.0 to
+    this machine, as Linux and macOS do); a socket refused there (Windows) says nothing about the server."""
+    port = urlsplit(table_server.url).port
+    try:
+        answer = httpx.post(f"http://0.0.0.0:{port}/api/generate", json=TWINNY_FIM, timeout=60)
+    except httpx.ConnectError:
+        pytest.skip("this system does not connect 0.0.0.0 to itself")
+    assert _twinny_reads(answer.status_code, answer.text)
