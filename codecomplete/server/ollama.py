@@ -111,7 +111,10 @@ class GenerateRequest(Body):
 
 
 class Message(Body):
-    role: Literal["system", "user", "assistant", "tool"]   # "tool": a tool's result, read only to be refused
+    # "developer": OpenAI's newer name for system, which clients send here too (avante.nvim's Ollama provider for a
+    # model named as a reasoning one): the system message, as /v1/chat/completions reads it (Ollama passes any role
+    # to the model's template, where one it does not name is dropped: the instructions lost, no error)
+    role: Literal["system", "developer", "user", "assistant", "tool"]   # "tool": a tool's result, read to be refused
     content: str = ""                           # (Go's decoder reads a missing string as "")
     images: list[str] | None = None
     tool_calls: list | None = None              # an assistant's calls: read only to be refused (dropped, the turn
@@ -236,7 +239,7 @@ async def chat(request: Request):
     _check_extras(server, body)
     if not body.messages:
         return _loaded(server, body, {"message": {"role": "assistant", "content": ""}})
-    messages = [{"role": m.role, "content": m.content} for m in body.messages]
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in body.messages]
     sampling = _sampling(server, body.options, _logprobs(body))
     budget, room = server.budget(sampling), server.room(sampling)
     running = server.start(request, lambda: server.session.chat(messages, sampling=sampling, budget=budget,

@@ -68,3 +68,30 @@ def test_twinnys_own_url_reaches_the_server_where_the_system_routes_0000_to_it(t
     except httpx.ConnectError:
         pytest.skip("this system does not connect 0.0.0.0 to itself")
     assert _twinny_reads(answer.status_code, answer.text)
+
+
+def test_ollamas_chat_reads_a_developer_message_as_the_system_message(table_server):
+    """avante.nvim's Ollama provider (providers/ollama.lua parse_messages) sends its system prompt with the role
+    "developer" where the model's name looks like a reasoning one (providers/openai.lua is_reasoning_model: `^o%d+`,
+    `gpt-5`), OpenAI's newer name for system; /v1/chat/completions reads it so. /api/chat refused it: 400
+    "messages[0].role: Input should be 'system', 'user', 'assistant' or 'tool'", and avante showed that error where
+    Ollama answers (it passes any role to the template). It is now the system message there too: the same prompt."""
+    url = table_server.url
+
+    def asked(role: str) -> dict:
+        body = {"model": "gpt-5-mini", "stream": False, "keep_alive": "5m",
+                "messages": [{"role": role, "content": "You are a coding assistant. Answer in one line."},
+                             {"role": "user", "content": "What does area_of_circle return?"}],
+                "options": {"num_ctx": 20480, "temperature": 0, "num_predict": 4}}
+        answer = httpx.post(url + "/api/chat", json=body, timeout=120)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+    developer, system = asked("developer"), asked("system")
+    assert developer["message"]["content"] == system["message"]["content"]
+    assert developer["prompt_eval_count"] == system["prompt_eval_count"], (developer, system)
+    # on the OpenAI route, as it was
+    openai = httpx.post(url + "/v1/chat/completions", timeout=120, json={
+        "model": "m", "max_tokens": 4, "temperature": 0,
+        "messages": [{"role": "developer", "content": "You are a coding assistant. Answer in one line."},
+                     {"role": "user", "content": "What does area_of_circle return?"}]}).json()
+    assert openai["usage"]["prompt_tokens"] == system["prompt_eval_count"], (openai, system)
