@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from ..errors import AppError
 from ..session import Generation, Sampling, Session
-from . import llama_cpp, native, ollama, openai_api, tabby
+from . import llama_cpp, mistral, native, ollama, openai_api, tabby
 from .bodies import read_object
 from .errors import TYPES, ApiError, api_error, error_body
 from .memory import release_freed
@@ -249,7 +249,7 @@ def create_app(server: Server) -> FastAPI:
     app.state.server = server          # every route finds it as request.app.state.server
     for module in (llama_cpp, ollama, tabby):
         app.include_router(module.public)
-    for module in (llama_cpp, openai_api, ollama, native, tabby):
+    for module in (llama_cpp, openai_api, ollama, native, tabby, mistral):
         app.include_router(module.router, dependencies=[Depends(check_api_key)])
 
     @app.post("/v1/completions", dependencies=[Depends(check_api_key)])

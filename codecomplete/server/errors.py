@@ -23,6 +23,7 @@ TYPES = {
     413: "invalid_request_error",
     414: "invalid_request_error",
     415: "invalid_request_error",
+    422: "invalid_request_error",      # Mistral's status for a body its schema refuses (mistral.py)
     431: "invalid_request_error",
     500: "server_error",
     501: "not_supported_error",
@@ -41,6 +42,8 @@ class ApiError(Exception):
 
 # Ollama's routes answer errors as Ollama writes them, `{"error": "message"}`: its clients read that shape.
 OLLAMA_PREFIX = "/api/"
+# Mistral's fill-in-the-middle routes (mistral.py) answer errors as Mistral's API writes them (mistral_body).
+MISTRAL_PATHS = ("/v1/fim/completions", "/fim/completions")
 
 
 def compact(obj) -> str:
@@ -59,8 +62,19 @@ def compact(obj) -> str:
 
 def error_body(path: str, error: ApiError) -> bytes:
     """An error as the protocol that `path` speaks writes it, as one line of JSON."""
-    shaped = {"error": error.message} if path.startswith(OLLAMA_PREFIX) else error.body()
+    if path.startswith(OLLAMA_PREFIX):
+        shaped = {"error": error.message}
+    elif path in MISTRAL_PATHS:
+        shaped = mistral_body(error)
+    else:
+        shaped = error.body()
     return compact(shaped).encode()
+
+
+def mistral_body(error: ApiError) -> dict:
+    """An error as Mistral's API writes it (`{"object": "error", "message", "type", "param", "code"}`, its 400s and
+    422s as clients quote them); the status is the HTTP response's."""
+    return {"object": "error", "message": error.message, "type": error.type, "param": None, "code": None}
 
 
 def api_error(exc: BaseException) -> ApiError:
