@@ -95,3 +95,14 @@ def test_ollamas_chat_reads_a_developer_message_as_the_system_message(table_serv
         "messages": [{"role": "developer", "content": "You are a coding assistant. Answer in one line."},
                      {"role": "user", "content": "What does area_of_circle return?"}]}).json()
     assert openai["usage"]["prompt_tokens"] == system["prompt_eval_count"], (openai, system)
+
+
+def test_a_web_page_naming_0000_is_still_refused(table_server):
+    """0.0.0.0 names this machine as 127.0.0.1 does, and no more: a page of another site that fetches
+    http://0.0.0.0:PORT (browsers reached local servers so, "0.0.0.0 day") says its Origin, refused as for
+    127.0.0.1."""
+    port = urlsplit(table_server.url).port
+    status, text = raw_post(table_server.url, "/api/generate", json.dumps(TWINNY_FIM).encode(),
+                            {"Host": f"0.0.0.0:{port}", "Origin": "https://rebind.attacker.example",
+                             "Content-Type": "text/plain"})
+    assert status == 403, (status, text)
