@@ -128,7 +128,7 @@ def check_api_key(request: Request) -> None:
 
 def local_name(authority: str) -> bool:
     """Whether a Host header's (or an Origin's) host[:port] can only mean this machine: localhost, *.localhost (either
-    with DNS's trailing dot: `localhost.` is the same name, made absolute), a loopback address."""
+    with DNS's trailing dot: `localhost.` is the same name, made absolute), a loopback or the unspecified address."""
     authority = authority.strip()
     if authority.count(":") > 1 and not authority.startswith("["):   # a bare IPv6 address, no port
         authority = f"[{authority}]"
@@ -141,9 +141,13 @@ def local_name(authority: str) -> bool:
     if absolute == "localhost" or absolute.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(name).is_loopback
+        address = ipaddress.ip_address(name)
     except ValueError:
         return False
+    # The unspecified address too (0.0.0.0, [::]): a connection to it reaches this machine, twinny's settings name
+    # it for localhost (its default Ollama host and FIM provider), and Ollama answers it (allowedHostsMiddleware).
+    # A web page can name it only as it can name 127.0.0.1, its Origin then refused below.
+    return address.is_loopback or address.is_unspecified
 
 
 class LocalNamesOnly:

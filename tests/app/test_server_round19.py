@@ -19,11 +19,6 @@ TWINNY_FIM = {"model": "codellama:7b-code",
               "stream": True, "keep_alive": "5m", "options": {"temperature": 0.2, "num_predict": 8}}
 
 
-# The fix is a patch of codecomplete/server/app.py's local_name (round 19's report: app.py was another helper's during
-# the round); remove this mark with it.
-UNTIL_PATCHED = pytest.mark.xfail(strict=True, reason="needs round 19's local_name patch of codecomplete/server/app.py")
-
-
 def _twinny_reads(status: int, text: str) -> str:
     """What twinny's llm() and getFimDataFromProvider take from the answer: each line's `response`, after its
     `response.ok` check (a 403 is "Server responded with status code: 403" and no suggestion)."""
@@ -33,7 +28,6 @@ def _twinny_reads(status: int, text: str) -> str:
     return "".join(line["response"] for line in lines)
 
 
-@UNTIL_PATCHED
 @pytest.mark.parametrize("host", ["0.0.0.0", "0.0.0.0:{port}", "[::]:{port}"])
 def test_the_unspecified_address_twinny_names_for_localhost_is_this_machine(table_server, host):
     """twinny's settings default its Ollama host to 0.0.0.0 (`twinny.ollamaHostname`: "Use `0.0.0.0` for
@@ -58,7 +52,6 @@ def test_the_unspecified_address_twinny_names_for_localhost_is_this_machine(tabl
     assert status == 200 and json.loads(text)["models"], (status, text)
 
 
-@UNTIL_PATCHED
 def test_twinnys_own_url_reaches_the_server_where_the_system_routes_0000_to_it(table_server):
     """The same request on twinny's own URL, http://0.0.0.0:PORT/api/generate (where the system connects 0.0.0.0 to
     this machine, as Linux and macOS do); a socket refused there (Windows) says nothing about the server."""
