@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from ..errors import AppError
 from ..session import Generation, Sampling, Session
-from . import llama_cpp, mistral, native, ollama, openai_api, tabby
+from . import llama_cpp, mistral, native, ollama, openai_api, tabby, tgi
 from .bodies import read_object
 from .errors import TYPES, ApiError, api_error, error_body
 from .memory import release_freed
@@ -253,7 +253,7 @@ def create_app(server: Server) -> FastAPI:
     app.state.server = server          # every route finds it as request.app.state.server
     for module in (llama_cpp, ollama, tabby):
         app.include_router(module.public)
-    for module in (llama_cpp, openai_api, ollama, native, tabby, mistral):
+    for module in (llama_cpp, openai_api, ollama, native, tabby, mistral, tgi):   # (tgi's POST /: GET / is Ollama's)
         app.include_router(module.router, dependencies=[Depends(check_api_key)])
 
     @app.post("/v1/completions", dependencies=[Depends(check_api_key)])
@@ -297,7 +297,8 @@ def create_app(server: Server) -> FastAPI:
 
 
 def _error_response(request: Request, error: ApiError):
-    response = Response(error_body(request.url.path, error), status_code=error.status, media_type="application/json")
+    response = Response(error_body(request.url.path, error, request.method), status_code=error.status,
+                        media_type="application/json")
     if error.status == 503:
         response.headers["Retry-After"] = "1"       # busy with other requests: a generation takes about a second
     cut = request.scope.get(CUT)

@@ -23,7 +23,8 @@ TYPES = {
     413: "invalid_request_error",
     414: "invalid_request_error",
     415: "invalid_request_error",
-    422: "invalid_request_error",      # Mistral's status for a body its schema refuses (mistral.py)
+    422: "invalid_request_error",      # Mistral's status for a body its schema refuses (mistral.py), TGI's (tgi.py)
+    429: "rate_limit_error",           # TGI's "Model is overloaded" (tgi.py)
     431: "invalid_request_error",
     500: "server_error",
     501: "not_supported_error",
@@ -44,6 +45,13 @@ class ApiError(Exception):
 OLLAMA_PREFIX = "/api/"
 # Mistral's fill-in-the-middle routes (mistral.py) answer errors as Mistral's API writes them (mistral_body).
 MISTRAL_PATHS = ("/v1/fim/completions", "/fim/completions")
+# TGI's generate routes (tgi.py) answer errors as text-generation-inference writes them (tgi_body): its own paths, and a
+# POST to `/` (its compat route; GET / is Ollama's liveness line) or to `/models/{id}` (the Inference API's, as llm-ls's
+# huggingface backend posts; GET there is OpenAI's model lookup).
+TGI_PATHS = ("/generate", "/generate_stream", "/info")
+# TGI's error_type, by status, for the errors TGI types (its InferError::error_type); it answers the others (401, 404,
+# 413, ...) without one, and clients then go by the status.
+TGI_TYPES = {422: "validation", 429: "overloaded", 424: "generation", 500: "generation"}
 
 
 def compact(obj) -> str:
@@ -60,12 +68,15 @@ def compact(obj) -> str:
     return text
 
 
-def error_body(path: str, error: ApiError) -> bytes:
-    """An error as the protocol that `path` speaks writes it, as one line of JSON."""
+def error_body(path: str, error: ApiError, method: str = "") -> bytes:
+    """An error as the protocol that `path` (with `method`, where two protocols share a path) speaks writes it, as one
+    line of JSON."""
     if path.startswith(OLLAMA_PREFIX):
         shaped = {"error": error.message}
     elif path in MISTRAL_PATHS:
         shaped = mistral_body(error)
+    elif path in TGI_PATHS or (method == "POST" and (path == "/" or path.startswith("/models/"))):
+        shaped = tgi_body(error)
     else:
         shaped = error.body()
     return compact(shaped).encode()
@@ -75,6 +86,14 @@ def mistral_body(error: ApiError) -> dict:
     """An error as Mistral's API writes it (`{"object": "error", "message", "type", "param", "code"}`, its 400s and
     422s as clients quote them); the status is the HTTP response's."""
     return {"object": "error", "message": error.message, "type": error.type, "param": None, "code": None}
+
+
+def tgi_body(error: ApiError, error_type: str | None = None) -> dict:
+    """An error as text-generation-inference writes it, `{"error": message, "error_type": ...}` (its ErrorResponse;
+    the clients raise ValidationError, OverloadedError, GenerationError by the type), the type left out where TGI
+    gives none."""
+    error_type = error_type or TGI_TYPES.get(error.status)
+    return {"error": error.message, **({"error_type": error_type} if error_type else {})}
 
 
 def api_error(exc: BaseException) -> ApiError:

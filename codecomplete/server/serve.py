@@ -377,7 +377,7 @@ class _Connection(H11Protocol):
         """Answer `error` before any app has the request, and close."""
         line = bytes(self._head).split(b"\r\n", 1)[0].split(b" ")
         path = line[1].split(b"?")[0].decode("latin-1") if len(line) > 1 else ""
-        body = error_body(path, error)
+        body = error_body(path, error, line[0].decode("latin-1"))
         retry = b"retry-after: 1\r\n" if error.status == 503 else b""
         self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s"
                              b"connection: close\r\n\r\n%s" % (error.status, _phrase(error.status), len(body), retry,
@@ -528,7 +528,7 @@ class _LoadingAnswers:
             head += data
         line = head.split(b"\r\n", 1)[0].split(b" ")
         path = line[1].split(b"?")[0].decode("latin-1") if len(line) > 1 else ""
-        body = error_body(path, ApiError(503, client.LOADING))
+        body = error_body(path, ApiError(503, client.LOADING), line[0].decode("latin-1"))
         connection.sendall(b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
                            b"content-length: %d\r\nretry-after: 1\r\nconnection: close\r\n\r\n%s"
                            % (len(body), b"" if line[0] == b"HEAD" else body))

@@ -199,11 +199,11 @@ def test_the_readme_documents_every_route_and_names_none_that_is_not():
     served."""
     import re
     from pathlib import Path
-    from codecomplete.server import app, llama_cpp, mistral, ollama, openai_api, tabby
+    from codecomplete.server import app, llama_cpp, mistral, ollama, openai_api, tabby, tgi
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Server for editors", 1)[1].split("\n## ", 1)[0]
     shown = lambda path: re.sub(r"\{(\w+)(:\w+)?\}", "{id}", path)
-    served = {shown(route.path) for module in (llama_cpp, ollama, openai_api, tabby, mistral)
+    served = {shown(route.path) for module in (llama_cpp, ollama, openai_api, tabby, mistral, tgi)
               for router in (module.router, getattr(module, "public", None)) if router is not None
               for route in router.routes} | {"/v1/completions"}
     assert "/v1/completions" in app.create_app.__code__.co_consts                       # the one route app.py adds
