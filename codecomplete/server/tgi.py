@@ -331,12 +331,12 @@ def _stream(running, answer: _Answer, prefix: str, details: bool):
     def frames(ev) -> list[str]:
         nonlocal held, sent
         if ev.kind == "text":
-            if not ev.tokens:               # (text that came with no token of its own: the token before it wrote it)
-                if held is not None:
+            if not ev.tokens:               # text held back until now (a stop string's start that was none): the
+                if held is not None:        # token before it wrote it
                     held["token"]["text"] += ev.value
                     return []
-                return take(answer.generation.prompt.ids[-1] if answer.generation.prompt.ids else 0, ev.value,
-                            None)
+                held = event({"id": 0, "text": ev.value, "logprob": None, "special": False}, None)
+                return []
             out = []
             for k, token in enumerate(ev.tokens):
                 entry = ev.logprobs[k] if k < len(ev.logprobs) else None
