@@ -272,3 +272,24 @@ def test_a_client_leaving_mid_stream_cancels_its_generation_and_the_server_serve
     again = post(server, "/generate", {"inputs": body["inputs"], "parameters": {"max_new_tokens": 2,
                                                                                  "details": True}}, {})
     assert again.status_code == 200 and again.json()["details"]["generated_tokens"] == 2
+
+
+def test_the_end_of_text_comes_last_as_a_special_token_and_stays_out_of_the_text(server):
+    """conftest's `server` (the embedded SmolLM2-Instruct, greedy): an assistant's answer left one `?` short of its
+    end, which the model writes (p 0.98) and then closes its turn with `<|im_end|>` (p ~0.6), the model's end of text.
+    TGI sends that token as the stream's last event with its text and `special: true` (`generated_text` without it,
+    `finish_reason` "eos_token"), and /generate's details list it among the tokens, `generated_tokens` counting it."""
+    inputs = ("<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"
+              "Hello! How can I help you today")
+    body = {"inputs": inputs, "parameters": {"max_new_tokens": 12, "details": True}}
+    streamed = events(server, "/generate_stream", body, {})
+    *tokens, last = streamed
+    assert [event["token"]["special"] for event in streamed] == [False] * len(tokens) + [True], streamed
+    assert last["token"]["text"] == "<|im_end|>" and last["details"]["finish_reason"] == "eos_token", last
+    assert last["generated_text"] == "".join(event["token"]["text"] for event in tokens) == "?", streamed
+    assert all(event["generated_text"] is None and event["details"] is None for event in tokens), streamed
+    assert [event["index"] for event in streamed] == list(range(1, len(streamed) + 1))
+    whole = post(server, "/generate", body, {}).json()
+    assert whole["generated_text"] == "?" and whole["details"]["finish_reason"] == "eos_token", whole
+    assert [t["id"] for t in whole["details"]["tokens"]] == [e["token"]["id"] for e in streamed], whole
+    assert whole["details"]["tokens"][-1]["special"] and whole["details"]["generated_tokens"] == len(streamed)
