@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Match
 
 from ..errors import AppError
 from ..session import Generation, Sampling, Session
@@ -251,10 +252,12 @@ def create_app(server: Server) -> FastAPI:
     # the route's error shape, as llama.cpp answers it.
     app = FastAPI(title="codecomplete", docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
     app.state.server = server          # every route finds it as request.app.state.server
-    for module in (llama_cpp, ollama, tabby):
-        app.include_router(module.public)
-    for module in (llama_cpp, openai_api, ollama, native, tabby, mistral, tgi):   # (tgi's POST /: GET / is Ollama's)
-        app.include_router(module.router, dependencies=[Depends(check_api_key)])
+    public = [module.public for module in (llama_cpp, ollama, tabby)]
+    keyed = [module.router for module in (llama_cpp, openai_api, ollama, native, tabby, mistral, tgi)]
+    for router in public:
+        app.include_router(router)
+    for router in keyed:                # (tgi's POST /: GET / is Ollama's)
+        app.include_router(router, dependencies=[Depends(check_api_key)])
 
     @app.post("/v1/completions", dependencies=[Depends(check_api_key)])
     async def completions(request: Request):
@@ -276,7 +279,7 @@ def create_app(server: Server) -> FastAPI:
         if exc.status_code == 404:
             return _error_response(request, ApiError(404, f"no route {request.method} {request.url.path}"))
         if exc.status_code == 405:   # (no CORS: a web page the user visits must not read their code through here)
-            allowed = (exc.headers or {}).get("Allow", "")
+            allowed = _allowed_methods(request, [*public, *keyed, app.router]) or (exc.headers or {}).get("Allow", "")
             response = _error_response(request, ApiError(
                 405, f"{request.method} is not allowed on {request.url.path} (allowed: {allowed})"))
             response.headers["Allow"] = allowed
@@ -294,6 +297,16 @@ def create_app(server: Server) -> FastAPI:
     app.add_middleware(BodyCuts)
     app.add_middleware(HeadLimits)         # (the last added runs first)
     return app
+
+
+def _allowed_methods(request: Request, routers: list) -> str:
+    """The methods some route of `routers` serves at the request's path, for a 405's Allow: two protocols share paths
+    (`/` is Ollama's GET and TGI's POST, `/models/{id}` OpenAI's GET and the Inference API's POST), where Starlette's
+    names only the first route that matched it. (The routers' own routes: FastAPI's app holds an included router as
+    one route of its own.)"""
+    methods = {method for router in routers for route in router.routes if isinstance(route, BaseRoute)
+               and route.matches(request.scope)[0] is not Match.NONE for method in getattr(route, "methods", None) or ()}
+    return ", ".join(sorted(methods))
 
 
 def _error_response(request: Request, error: ApiError):

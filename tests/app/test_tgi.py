@@ -252,6 +252,18 @@ def test_get_root_is_still_ollamas_and_info_tells_the_context(tgi_server):
     assert info["version"] == tgi_server.info["version"]
 
 
+@pytest.mark.parametrize("path", ["/", "/models/any-model"])
+def test_a_method_no_route_serves_is_a_405_naming_both_protocols_methods(tgi_server, path):
+    """`/` is Ollama's GET and TGI's POST, `/models/{id}` OpenAI's GET and the Inference API's POST: a PUT there is a
+    405 whose Allow names every method served at the path (Starlette's named only the first route's, GET and HEAD,
+    and a client that retried with what Allow said could not find POST)."""
+    response = httpx.put(tgi_server.url + path, json={}, headers=AUTH, timeout=60)
+    assert response.status_code == 405, response.text
+    assert response.headers["allow"] == "GET, HEAD, POST" and "(allowed: GET, HEAD, POST)" in response.text
+    only_get = httpx.post(tgi_server.url + "/v1/models", json={}, headers=AUTH, timeout=60)
+    assert only_get.status_code == 405 and only_get.headers["allow"] == "GET, HEAD", only_get.headers
+
+
 def test_a_client_leaving_mid_stream_cancels_its_generation_and_the_server_serves_on(server):
     """conftest's `server` (the embedded model, ~12 tokens a second, no key): the client reads the first token and
     closes its connection; the generation stops at its next token (the log's line for it says `cancelled`, far short of
