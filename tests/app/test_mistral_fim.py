@@ -22,7 +22,7 @@ import httpx
 import pytest
 from mistralai.client import Mistral, errors
 from next_token_table import CYCLE
-from server_process import ServerProcess
+from server_process import serving
 
 KEY = "codestral-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -38,13 +38,9 @@ ERROR_FIELDS = {"object", "message", "type", "param", "code"}
 
 @pytest.fixture(scope="module")
 def fim_server(script, cli_env, served_repo, table_model, tmp_path_factory):
-    process = ServerProcess(script, served_repo, cli_env, tmp_path_factory.mktemp("mistral"), "--api-key", KEY,
-                            "--context-tokens", "512", "--max-tokens", "16", "--model", str(table_model))
-    try:
+    with serving(script, served_repo, cli_env, tmp_path_factory.mktemp("mistral"), "--api-key", KEY, "--context-tokens",
+                 "512", "--max-tokens", "16", "--model", str(table_model)) as process:
         yield process
-    finally:
-        assert process.stop() == 0, process.log()
-        assert "Traceback" not in process.log(), process.log()
 
 
 def fim(server, body: dict, headers: dict = AUTH, path: str = PATH) -> httpx.Response:

@@ -20,7 +20,7 @@ import pytest
 from huggingface_hub import AsyncInferenceClient, InferenceClient
 from huggingface_hub.errors import HfHubHTTPError, ValidationError
 from next_token_table import CYCLE
-from server_process import ServerProcess
+from server_process import serving
 
 KEY = "tgi-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -35,13 +35,9 @@ LLM_NVIM_PARAMETERS = {"max_new_tokens": 60, "temperature": 0.2, "top_p": 0.95}
 
 @pytest.fixture(scope="module")
 def tgi_server(script, cli_env, served_repo, table_model, tmp_path_factory):
-    process = ServerProcess(script, served_repo, cli_env, tmp_path_factory.mktemp("tgi"), "--api-key", KEY,
-                            "--context-tokens", "512", "--max-tokens", "16", "--model", str(table_model))
-    try:
+    with serving(script, served_repo, cli_env, tmp_path_factory.mktemp("tgi"), "--api-key", KEY, "--context-tokens",
+                 "512", "--max-tokens", "16", "--model", str(table_model)) as process:
         yield process
-    finally:
-        assert process.stop() == 0, process.log()
-        assert "Traceback" not in process.log(), process.log()
 
 
 def post(server, path: str, body, headers: dict = AUTH) -> httpx.Response:
