@@ -106,7 +106,7 @@ def completion_logprobs(tokenizer, ids: Sequence[int], entries: Sequence, ends=N
     token's text (and its alternatives') with them and maps the engine's offsets into it."""
     texts, tokens, top = OpenAITokenTexts(tokenizer), [], []
     for i, entry in zip(ids, entries):
-        write = _writer(ends, entry)
+        write = writer(ends, entry)
         top.append(_named_alternatives(texts, i, entry, write))     # (before `take`: what each would write there)
         tokens.append(write(texts.take(i)[0]))
     offsets = [entry.text_offset for entry in entries]
@@ -114,7 +114,7 @@ def completion_logprobs(tokenizer, ids: Sequence[int], entries: Sequence, ends=N
             "text_offset": [ends.position(offset) for offset in offsets] if ends is not None else offsets}
 
 
-def _writer(ends, entry) -> Callable[[str], str]:
+def writer(ends, entry) -> Callable[[str], str]:
     """How a text at `entry`'s place in the answer is written (`ends`: a LineEnds or None, the model's text)."""
     return (lambda text: text) if ends is None else (lambda text: ends.token_text(text, entry.text_offset))
 
@@ -160,7 +160,7 @@ def llama_cpp_probabilities(tokenizer, ids: Sequence[int], entries: Sequence, po
     value, alternatives = ("prob", "top_probs") if post_sampling else ("logprob", "top_logprobs")
 
     def probabilities(i: int, entry) -> dict:
-        write, write_bytes = _writer(ends, entry), _bytes_writer(ends, entry)
+        write, write_bytes = writer(ends, entry), _bytes_writer(ends, entry)
 
         def token(j: int, logprob: float) -> dict:
             text, piece = token_text(tokenizer, j)
@@ -174,7 +174,7 @@ def llama_cpp_probabilities(tokenizer, ids: Sequence[int], entries: Sequence, po
 def ollama_logprobs(tokenizer, ids: Sequence[int], entries: Sequence, top_n: int, ends=None) -> list[dict]:
     """Ollama's `logprobs` for these tokens, with the top_n alternatives; `ends` as `completion_logprobs`'s."""
     def listed(i: int, entry) -> dict:
-        write, write_bytes = _writer(ends, entry), _bytes_writer(ends, entry)
+        write, write_bytes = writer(ends, entry), _bytes_writer(ends, entry)
 
         def token(j: int, value: float) -> dict:
             text, piece = token_text(tokenizer, j)

@@ -77,7 +77,7 @@ from pydantic import Field
 from .. import line_ends
 from .bodies import Body, parse, read_object
 from .errors import ApiError, tgi_body
-from .logprobs import OpenAITokenTexts, _writer, token_text
+from .logprobs import OpenAITokenTexts, token_text, writer
 from .streaming import json_response, sse, stream
 
 router = APIRouter()
@@ -273,12 +273,11 @@ class _Answer:
         """The answer as TGI writes `generated_text`: the text, then the stop string that ended it."""
         return result.text + self.stop_text(result)
 
-    def token(self, token: int, text: str, entry=None) -> dict:
-        return {"id": token, "text": text, "logprob": entry.logprob if entry is not None else None,
-                "special": token in self.specials}
+    def token(self, token: int, text: str, logprob: float | None = None) -> dict:
+        return {"id": token, "text": text, "logprob": logprob, "special": token in self.specials}
 
     def alternatives(self, texts: OpenAITokenTexts, entry, write) -> list[dict]:
-        return [self.token(j, write(texts.alternative(j)[0]), _Logprob(v)) for j, v in entry.top[:self.top_n]]
+        return [self.token(j, write(texts.alternative(j)[0]), v) for j, v in entry.top[:self.top_n]]
 
     def details(self, result) -> dict:
         """TGI's Details: every generated token (healing's apart: the prompt's) with its text as the answer writes it
@@ -287,21 +286,16 @@ class _Answer:
         ids, entries = result.token_ids[start:], (result.logprobs or [])[start:]
         texts, tokens, top = OpenAITokenTexts(self.tokenizer), [], []
         for token, entry in zip(ids, entries):
-            write = _writer(self.generation.line_ends, entry)
+            write = writer(self.generation.line_ends, entry)
             if self.top_n:
                 top.append(self.alternatives(texts, entry, write))
             text = write(texts.take(token)[0]) if token not in self.specials else token_text(self.tokenizer, token)[0]
-            tokens.append(self.token(token, text, entry))
+            tokens.append(self.token(token, text, entry.logprob))
         details = {"finish_reason": self.finish(result), "generated_tokens": result.token_counts()[1],
                    "seed": self.seed, "prefill": [], "tokens": tokens}
         if top:
             details["top_tokens"] = top
         return details
-
-
-class _Logprob:
-    def __init__(self, logprob: float) -> None:
-        self.logprob = logprob
 
 
 def _stream(running, answer: _Answer, prefix: str, details: bool):
@@ -322,10 +316,10 @@ def _stream(running, answer: _Answer, prefix: str, details: bool):
         nonlocal held
         top = None
         if entry is not None and answer.top_n:
-            top = answer.alternatives(texts, entry, _writer(answer.generation.line_ends, entry))
+            top = answer.alternatives(texts, entry, writer(answer.generation.line_ends, entry))
             texts.take(token)
         out = [sse(held)] if held is not None else []
-        held = event(answer.token(token, text, entry), top)
+        held = event(answer.token(token, text, entry.logprob if entry is not None else None), top)
         return out
 
     def frames(ev) -> list[str]:
