@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from huggingface_hub import InferenceClient
+from huggingface_hub.errors import OverloadedError
 from server_process import ServerProcess, raw_post
 
 from codecomplete import engines
@@ -576,6 +578,13 @@ def test_a_full_queue_answers_503_and_the_server_serves_on(keyed_server):
                     ["busy"], {"Authorization": f"Bearer {KEY}"})
         busy = httpx.post(keyed_server.url + "/completion", json={"prompt": "x", "n_predict": 1}, headers=auth)
         assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        # TGI says a full queue with 429 "overloaded" (tgi.py), which huggingface_hub raises as OverloadedError
+        tgi = httpx.post(keyed_server.url + "/generate", json={"inputs": "x", "parameters": {"max_new_tokens": 1}},
+                         headers=auth)
+        assert tgi.status_code == 429 and tgi.json()["error_type"] == "overloaded", tgi.text
+        assert tgi.json()["error"].startswith("Model is overloaded: "), tgi.text
+        with pytest.raises(OverloadedError, match="Model is overloaded"):
+            InferenceClient(base_url=keyed_server.url, token=KEY).text_generation("x", max_new_tokens=1)
     finally:
         waiting.close()
         running.close()
