@@ -40,7 +40,7 @@ from .holding import (HEAD, HeldContext, Place, found_again, held_chunks, held_e
 from .imports import completions, follow_imports, qualified_definitions, qualifier_files
 from .index import RepoIndex
 from .inherited import inherited_members
-from .languages import comment_marker, language_for, language_name
+from .languages import comment_marker, language_family, language_for, language_name
 from .members import type_members
 from .variables import variable_members
 from .outline import brief, outline
@@ -399,6 +399,7 @@ def _query(index: RepoIndex, path: str, language: str, imports, rows: list[str],
         expects=terms.expects,
         qualified={use: (terms.qualified[use], chunks) for use, chunks in
                    qualified_definitions(index, language, imported.modules, terms.qualified).items()},
+        family=language_family(language) if spec else None,     # (a cursor in code keeps to its language)
     )
 
 

@@ -36,6 +36,7 @@ from typing import NamedTuple
 from .chunking import Chunk, analyze_source
 from .errors import PromptError
 from .imports import Import, PathTable
+from .languages import language_family, language_name
 from .scan import MAX_FILE_BYTES, ScanWarning, SourceFile, count_ignored, lies_within, read_source, scan_repository
 
 CACHE_VERSION = 14  # bump whenever chunking or the cached layout changes (8: CommonJS requires and exports, Rust
@@ -137,6 +138,16 @@ class RepoIndex:
         starts = np.zeros(len(vocabulary) + 1, dtype=np.int64)
         np.cumsum(self.document_frequency, out=starts[1:])
         self.postings = (starts, self.term_owner[order])
+
+    @functools.cached_property
+    def chunk_families(self):
+        """(language family -> its number, that number for every chunk): the family (languages.language_family) of
+        each chunk's file, for ranking to keep a cursor's context to code of its own language family."""
+        import numpy as np
+
+        numbers: dict[str, int] = {}
+        of_file = [numbers.setdefault(language_family(language_name(path)), len(numbers)) for path in self.files]
+        return numbers, np.repeat(np.array(of_file, dtype=np.int64), [len(self._file_chunks[p]) for p in self.files])
 
     @property
     def name(self) -> str:

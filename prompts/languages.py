@@ -444,6 +444,16 @@ def language_name(path: str) -> str:
     return spec.name if spec else PLAIN_TEXT.get(_extension(path), DEFAULT_PLAIN)[0]
 
 
+# Languages whose files use each other's code: a TypeScript file's neighbours in JavaScript, C++'s in C headers (as
+# Tabby's retrieval groups them).
+LANGUAGE_FAMILIES = {"typescript": "javascript", "tsx": "javascript", "cpp": "c"}
+
+
+def language_family(language: str) -> str:
+    """The family of a language name as ``language_name`` gives it (itself, for most)."""
+    return LANGUAGE_FAMILIES.get(language, language)
+
+
 @functools.lru_cache(maxsize=65536)
 def _extension(path: str) -> str:
     # (cached: ranking and packing ask for every candidate chunk's language on every keystroke)
