@@ -50,3 +50,81 @@ def test_a_cursor_in_a_text_file_still_ranks_every_file(make_repo, smollm2_token
     packed = build_completion_prompt(index, smollm2_tokenizer, "NOTES.txt", budget_tokens=1024)
     assert {"backend/render.py", "native/render.c"} <= {item.path for item in packed.context}
 
+
+def _arrays(index):
+    """Everything ranking reads from an index, comparable."""
+    starts, owners = index.postings
+    return {
+        "files": index.files, "chunks": index.chunks, "vocabulary": index.vocabulary,
+        "file_chunks": index._file_chunks, "definers": index.definers, "term_ids": index.term_ids.tolist(),
+        "document_frequency": index.document_frequency.tolist(), "reference_counts": index.reference_counts.tolist(),
+        "term_owner": index.term_owner.tolist(), "folders": index.folders,
+        "folder_of_chunk": index.folder_of_chunk.tolist(), "starts": starts.tolist(), "owners": owners.tolist(),
+        "families": (index.chunk_families[0], index.chunk_families[1].tolist()),
+    }
+
+
+def _module(seed: int, functions: int) -> str:
+    return "\n\n".join(f"def f{seed}_{i}(value_{i % 5}):\n    return helper_{(seed + i) % 7}(value_{i % 5}, shared)"
+                       for i in range(functions)) + "\n"
+
+
+def test_an_index_updated_for_a_few_files_is_the_index_built_from_scratch(make_repo):
+    """RepoIndex.updated takes what did not change from the index before (postings, definers) instead of building
+    them again; whatever changed (a file edited in place or growing a function, added, emptied, deleted, a new
+    name), the result is the index a fresh build of the same entries makes."""
+    import random
+
+    from prompts.index import RepoIndex, parse_file
+    from prompts.scan import source_file
+
+    root = make_repo({f"pkg{i % 3}/m{i}.py": _module(i, 2 + i % 4) for i in range(12)})
+    index = index_repository(root)
+    rnd = random.Random(0)
+    shrank = 0      # updates whose vocabulary dropped the names no file references any more (renumbered)
+    for step in range(60):
+        path = f"pkg{rnd.randrange(4)}/m{rnd.randrange(14)}.py" if step < 30 else "pkg0/m0.py"
+        # (past step 30, every update brings one file's new names, so that the unused ones pile up and are dropped)
+        action = rnd.choice(["same count", "grow", "delete", "empty"] if step < 30 else ["same count", "grow"])
+        removed = []
+        if action == "delete":
+            if (root / path).exists():
+                (root / path).unlink()
+            removed = [path]
+        else:
+            chunks = len(index.entries[path].chunks) if path in index.entries else 3
+            count = chunks if action == "same count" else chunks + 1
+            (root / path).parent.mkdir(exist_ok=True)
+            (root / path).write_text("" if action == "empty" else _module(100 + step, max(count, 1) + 20 * (step >= 30)))
+        changed = {}
+        if action != "delete":
+            changed[path] = parse_file(root, source_file(root, path), 512 * 1024)
+        before = len(index.vocabulary)
+        index = index.updated(changed, removed)
+        shrank += len(index.vocabulary) < before
+        fresh = RepoIndex(index.root, index.entries, dict(index.vocabulary), dict(index._term_ids))
+        assert _arrays(index) == _arrays(fresh), (step, action, path)
+    assert shrank
+
+
+def test_an_update_for_one_file_does_not_sort_every_reference_again(make_repo, monkeypatch):
+    """Found at scale: a server over 30k files (221k chunks, 8.8 million references) took 1.1-1.4 s (this 2-core
+    CPU) before each request that followed a save, rebuilding the whole index for the one file: 0.6 s of it a
+    stable sort of every reference for the postings, the rest loops over every chunk. The postings of the files that
+    did not change are kept, and only the changed file's are sorted into them."""
+    import numpy as np
+
+    from prompts.index import parse_file
+    from prompts.scan import source_file
+
+    root = make_repo({f"pkg/m{i}.py": _module(i, 6) for i in range(40)})
+    index = index_repository(root)
+    sorted_sizes = []
+    real_argsort, real_lexsort = np.argsort, np.lexsort
+    monkeypatch.setattr(np, "argsort", lambda a, *args, **kwargs: sorted_sizes.append(np.size(a)) or
+                        real_argsort(a, *args, **kwargs))
+    monkeypatch.setattr(np, "lexsort", lambda keys, *args, **kwargs: sorted_sizes.append(np.size(keys[0])) or
+                        real_lexsort(keys, *args, **kwargs))
+    (root / "pkg/m3.py").write_text(_module(3, 7))
+    index.updated({"pkg/m3.py": parse_file(root, source_file(root, "pkg/m3.py"), 512 * 1024)})
+    assert max(sorted_sizes, default=0) < len(index.term_ids) // 10, sorted_sizes
