@@ -404,7 +404,7 @@ def _index(
             entry = entries[source.path] = _share_names(result)
             if entry.indexed:
                 term_ids[source.path] = _number_terms(entry.chunks, vocabulary)
-        else:
+        elif result is not None:
             warnings.warn(f"skipped {source.path}: {result}", ScanWarning, stacklevel=2)
     index = RepoIndex(root_path, entries, vocabulary, term_ids)
     if stale or restamped or len(entries) != len(cached):
@@ -623,11 +623,14 @@ def _dead_write(entry: os.DirEntry) -> bool:
         entry.stat(follow_symlinks=False).st_mtime_ns < time.time_ns() - STALE_TEMPORARY_S * 10**9
 
 
-def parse_file(root: Path, source: SourceFile, max_file_bytes: int) -> FileEntry | str:
-    """Read and chunk one file: its entry, or why it could not be read."""
+def parse_file(root: Path, source: SourceFile, max_file_bytes: int) -> FileEntry | str | None:
+    """Read and chunk one file: its entry, or why it could not be read; None when it is gone since the scan found it
+    (deleted, or its folder moved away: nothing to tell, as of a file deleted before the scan)."""
     read_ns = time.time_ns()
     try:
         text = read_source(root, source.path, max_file_bytes)
+    except FileNotFoundError:
+        return None
     except OSError as error:
         return error.strerror or str(error)
     stamps = _stamps(source)
@@ -677,14 +680,14 @@ def _digest(text: str | None) -> bytes:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest() if text is not None else b""
 
 
-def _parse_batch(root: Path, sources: list[SourceFile], max_file_bytes: int) -> list[FileEntry | str]:
+def _parse_batch(root: Path, sources: list[SourceFile], max_file_bytes: int) -> list[FileEntry | str | None]:
     with _collector_paused():
         return [parse_file(root, source, max_file_bytes) for source in sources]
 
 
 def _parse_all(
     root: Path, sources: list[SourceFile], max_file_bytes: int, progress: Progress | None, workers: int | None
-) -> Iterator[tuple[SourceFile, FileEntry | str]]:
+) -> Iterator[tuple[SourceFile, FileEntry | str | None]]:
     """Parse files in this process, or in worker processes when there is enough to do."""
     total = len(sources)
     workers = workers or os.cpu_count() or 1
@@ -702,7 +705,7 @@ def _parse_all(
 
 
 def _parse_here(root: Path, sources: list[SourceFile], max_file_bytes: int
-                ) -> Iterator[list[tuple[SourceFile, FileEntry | str]]]:
+                ) -> Iterator[list[tuple[SourceFile, FileEntry | str | None]]]:
     """Parse in this process, a file a batch (as the workers' batches are yielded)."""
     return ([(source, parse_file(root, source, max_file_bytes))] for source in sources)
 
@@ -755,7 +758,7 @@ def _exit_after(parent) -> None:
 
 def _parse_in_workers(
     root: Path, sources: list[SourceFile], max_file_bytes: int, workers: int
-) -> Iterable[list[tuple[SourceFile, FileEntry | str]]]:
+) -> Iterable[list[tuple[SourceFile, FileEntry | str | None]]]:
     # Largest files first so that no worker is left with a big one at the end.
     batches: list[list[SourceFile]] = [[]]
     batch_bytes = 0
