@@ -107,7 +107,9 @@ def index_line(index, path: str, number: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "example-hold-prefill.md")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "scratch" / "example-hold-prefill.md",
+                        help="where the table goes (default under bench/scratch/, which git ignores; "
+                             "bench/results/example-hold-prefill.md is the committed one)")
     parser.add_argument("--budgets", default=",".join(map(str, BUDGETS)))
     parser.add_argument("--cursors", type=int, default=8, help="cursors a package")
     args = parser.parse_args(argv)
@@ -148,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{name} {sum(c[0] for c in cs) / max(1, len(cs)):.0f}, {sum(c[1] for c in cs)}"
             for name, cs in per_cursor))
     text = "\n".join(lines) + "\n"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text, end="")
     return 0

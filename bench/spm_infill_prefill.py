@@ -103,7 +103,9 @@ def keystrokes(engine, repo: Path, budget: int, suffix_first: bool, repairs: lis
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "spm-infill-prefill.md")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "scratch" / "spm-infill-prefill.md",
+                        help="where the table goes (default under bench/scratch/, which git ignores; "
+                             "bench/results/spm-infill-prefill.md is the committed one)")
     parser.add_argument("--text", type=Path, default=ROOT / "prompts",
                         help="the folder the editor's repository copies (default: prompts/; a fixed copy compares "
                              "two versions of the code on the same text)")
@@ -157,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{', '.join(at) or '-'} | {', '.join(context_at) or '-'} | "
                      f"{sum(1 for r in repaired if r)} ({sum(repaired)}) |")
     text = "\n".join(lines) + "\n"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text, end="")
     return 0
