@@ -22,7 +22,7 @@ import stat
 import sys
 import warnings
 from collections.abc import Container, Iterable, Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import NamedTuple
 
 from . import gitconfig
@@ -243,8 +243,8 @@ def _is_link(path) -> bool:
 
 
 def _skipped_by_name(path: str) -> bool:
-    parts = PurePosixPath(path).parts
-    return (
+    parts = [part for part in path.split("/") if part and part != "."]    # (PurePosixPath(path).parts, a fifth of the
+    return (                                                                # time: asked of every file of the walk)
         any(part in SKIPPED_DIRS for part in parts[:-1])
         or parts[-1] in SKIPPED_NAMES
         or parts[-1].lower().endswith(SKIPPED_SUFFIXES)
@@ -327,12 +327,12 @@ def repository_rules(root: Path) -> IgnoreRules:
 def _stat(root: Path, path: str, max_file_bytes: int, rules: IgnoreRules | None = None) -> SourceFile | None:
     """The file's size and mtime, or None (with a warning where the user can act) if it is not a candidate. A link
     is one if its target is: inside the repository, and a file the scan itself would keep (`rules`: the walk's)."""
-    full = root / path
     try:
-        info = full.lstat()
+        info = os.lstat(os.path.join(root, path))     # (not Path's: its joins took a tenth of a walk's time)
     except OSError:
         return None  # deleted since the walk saw it
     if stat.S_ISLNK(info.st_mode):
+        full = root / path
         try:
             target = full.resolve(strict=True)
         except FileNotFoundError:
@@ -394,6 +394,7 @@ class IgnoreRules:
         self._specs: dict[tuple[str, str], list[tuple[str, Rules]]] = {}
         self._repositories: dict[str, bool] = {}                # folder below the top -> holds a nested repository
         self._ignorecases: dict[str, bool] = {}                 # repository -> its core.ignorecase
+        self._plans: dict[str, list] = {}                       # folder below the top -> the rules deciding in it
 
     @functools.cached_property
     def _checkout(self) -> tuple[Path, str]:
@@ -420,20 +421,37 @@ class IgnoreRules:
 
     def ignored(self, path: str, is_dir: bool = False) -> bool:
         """Whether ``path`` (posix, relative to the root; a folder if ``is_dir``) is ignored."""
-        parts = (self._checkout[1] + path).split("/")
-        start = self._repository_depth(parts)
-        for depth in range(len(parts) - 1, -1, -1):  # deepest directory first
-            # (above the path's repository only codecomplete's own files decide: git's there are another repository's)
-            holder = start if depth >= start else self._repository_depth(parts[:depth + 1])
-            below = "/".join(parts[depth:])
-            specs = self._specs_of("/".join(parts[:holder]), "/".join(parts[holder:depth]))
+        full = self._checkout[1] + path
+        folder = full.rpartition("/")[0]
+        plan = self._plans.get(folder)
+        if plan is None:
+            plan = self._plans[folder] = self._plan(folder)
+        for offset, outside, specs in plan:
+            below = full[offset:]
             for name, rules in reversed(specs):
-                if depth < start and name in GIT_IGNORE_FILES:
+                if outside and name in GIT_IGNORE_FILES:
                     continue
                 decision = rules.decide(below, is_dir)
                 if decision is not None:
                     return decision
         return False
+
+    def _plan(self, folder: str) -> list[tuple[int, bool, list[tuple[str, Rules]]]]:
+        """The rules that decide the paths in ``folder`` (below the top; "" for the top), deepest folder first: for
+        each folder on the way that has any, where a path's part below that folder begins, whether it lies above the
+        path's repository (there only codecomplete's own files decide: git's are another repository's), and its files'
+        rules. The same for every path in the folder, so found once for all of them: asked path by path (every folder
+        up to the top, the joins of their names), it took 1.6 s of a walk through 37k files."""
+        parts = folder.split("/") if folder else []
+        path_parts = [*parts, ""]       # (a path in the folder: only its folders are looked at)
+        start = self._repository_depth(path_parts)
+        plan = []
+        for depth in range(len(parts), -1, -1):  # deepest directory first
+            holder = start if depth >= start else self._repository_depth(path_parts[:depth + 1])
+            specs = self._specs_of("/".join(parts[:holder]), "/".join(parts[holder:depth]))
+            if specs:
+                plan.append((len("/".join(parts[:depth])) + 1 if depth else 0, depth < start, specs))
+        return plan
 
     def _repository_depth(self, parts: list[str]) -> int:
         """How many of the path's leading parts name the folder of the deepest repository holding it (0: the top)."""

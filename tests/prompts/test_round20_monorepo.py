@@ -159,3 +159,21 @@ def test_a_file_deleted_while_the_repository_is_indexed_is_left_out_without_a_wa
         index = index_repository(root)
     assert index.files == ["a.py"]
     assert [str(w.message) for w in caught] == ["skipped locked.py: Permission denied"]
+
+
+def test_the_walk_finds_the_rules_of_a_folder_once_for_all_its_files(make_repo, monkeypatch):
+    """Found at scale: a warm start of a 37k-file tree spent 2.2-2.6 s (2-core CPU) walking it, a second command-line
+    request through a server as much again (it walks the whole repository), most of it asking, path by path, which
+    ignore files of every folder up to the top decide it. That answer is the same for every path of a folder: it is
+    found once per folder (the walk 1.3-1.5x faster there), and decides as before (test_scan checks against git)."""
+    from prompts.scan import IgnoreRules, scan_repository
+
+    files = {f"src/app/deep/m{i}.py": f"x{i} = {i}\n" for i in range(60)}
+    root = make_repo({**files, ".gitignore": "*.log\n", "src/.gitignore": "!keep.log\n", "src/app/deep/a.log": "",
+                      "src/app/deep/keep.log": "kept\n"}, git=True)
+    asked = []
+    real = IgnoreRules._specs_of
+    monkeypatch.setattr(IgnoreRules, "_specs_of", lambda self, *where: asked.append(where) or real(self, *where))
+    paths = [source.path for source in scan_repository(root)]
+    assert "src/app/deep/keep.log" in paths and "src/app/deep/a.log" not in paths and len(paths) == 63
+    assert len(asked) < 30, len(asked)
