@@ -39,13 +39,14 @@ from .imports import Import, PathTable
 from .languages import language_family, language_name
 from .scan import MAX_FILE_BYTES, ScanWarning, SourceFile, count_ignored, lies_within, read_source, scan_repository
 
-CACHE_VERSION = 14  # bump whenever chunking or the cached layout changes (8: CommonJS requires and exports, Rust
+CACHE_VERSION = 15  # bump whenever chunking or the cached layout changes (8: CommonJS requires and exports, Rust
                     # uses inside inline modules; 9: `module.exports = require(...)`, TypeScript's `import x = require`;
                     # 10: UTF-16 files with a byte-order mark are text, which 9's caches hold as binary, left out;
                     # 11: C prototypes with their names in parentheses declare them; 12: C names declared in a
                     # function's body define nothing; 13: JavaScript and TypeScript class properties holding functions,
                     # functions in exported objects, JavaScript top-level `obj.f = function`; 14: contextual keywords
-                    # used as names are chunks' references, `app.get(`)
+                    # used as names are chunks' references, `app.get(`; 15: Jupyter notebooks are their code cells,
+                    # which 14's caches hold as minified (left out) or as JSON text)
 STALE_TEMPORARY_S = 3600  # a temporary file of the cache this old is no write under way (a write keeps it fresh)
 PARALLEL_MIN_BYTES = 2 * 1024 * 1024  # below this much text to parse, worker start-up costs more than it saves
 BATCH_BYTES = 256 * 1024  # text per task sent to a worker: small enough to balance, large enough to amortise

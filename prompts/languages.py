@@ -409,7 +409,7 @@ JAVA = LanguageSpec(
 )
 
 TREE_SITTER_LANGUAGES: dict[str, LanguageSpec] = {
-    ".py": PYTHON, ".pyi": PYTHON,
+    ".py": PYTHON, ".pyi": PYTHON, ".ipynb": PYTHON,     # (a notebook is read as its code cells: scan.notebook_code)
     ".js": JAVASCRIPT, ".jsx": JAVASCRIPT, ".mjs": JAVASCRIPT, ".cjs": JAVASCRIPT,
     ".ts": TYPESCRIPT, ".mts": TYPESCRIPT, ".cts": TYPESCRIPT,
     ".tsx": TSX,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import errno
 import functools
+import json
 import os
 import re
 import stat
@@ -53,6 +54,8 @@ SKIPPED_SUFFIXES = (
 SNIFF_BYTES = 8192  # a NUL byte in the first 8 KiB marks a binary file, as git decides
 MINIFIED_LINE_CHARS = 400  # text whose lines average longer than this is minified or generated
 MAX_DEPTH = 64  # folder levels walked; real repositories stay far below
+NOTEBOOK_SUFFIX = ".ipynb"  # a Jupyter notebook: JSON, read as its code cells (notebook_code)
+NOTEBOOK_BYTES_FACTOR = 32  # a notebook's outputs (plots as base64) are most of its bytes: it may be this much larger
 MAX_RULES_BYTES = 1024 * 1024  # a git config file (or .git pointer) larger than this is not one a person wrote
 # An ignore file may be generated (tens of thousands of paths): git reads one up to this size, and skips a larger one.
 MAX_IGNORE_BYTES = 100 * 1024 * 1024 - 1
@@ -166,19 +169,60 @@ def read_source(root: Path, path: str, max_file_bytes: int = MAX_FILE_BYTES) -> 
         if inside is None or _skipped_by_name(inside) or ignored_with_folders(rules, inside):
             raise OSError(errno.ELOOP, "a symbolic link the scan would not follow", path)
         path = inside
-    data = _read_inside(root, path, max_file_bytes + 1)
+    limit = _size_limit(path, max_file_bytes)
+    data = _read_inside(root, path, limit + 1)
     if data is None:
         raise OSError(errno.EINVAL, "not a regular file", path)  # swapped for a FIFO or device since the scan
     utf16 = data[:2] in UTF16_MARKS
-    if len(data) > max_file_bytes or not utf16 and b"\0" in data[:SNIFF_BYTES]:
+    if len(data) > limit or not utf16 and b"\0" in data[:SNIFF_BYTES]:
         return None         # (a binary file is not decoded whole first: most of a repository's left-out files are)
     text = decode_source(data)
     if utf16 and "\0" in text[:SNIFF_BYTES // 2]:
         return None
     text = unix_newlines(text)
+    if limit != max_file_bytes:
+        text = notebook_code(text)
+        if text is None or len(text) > max_file_bytes:
+            return None
     if len(text) > 4 * MINIFIED_LINE_CHARS and len(text) > MINIFIED_LINE_CHARS * (text.count("\n") + 1):
         return None
     return text
+
+
+def _size_limit(path: str, max_file_bytes: int) -> int:
+    """The largest file read at ``path``: a notebook's code is a small part of it."""
+    return max_file_bytes * NOTEBOOK_BYTES_FACTOR if path.lower().endswith(NOTEBOOK_SUFFIX) else max_file_bytes
+
+
+_MAGIC = re.compile(r"^(\s*)([%!?])", re.MULTILINE)     # IPython's `%matplotlib inline`, `!pip install x`, `?obj`
+
+
+def notebook_code(text: str) -> str | None:
+    """A Jupyter notebook's code cells as one Python file, in jupytext's percent format (a `# %%` line before each
+    cell; IPython's magics and shell lines commented out): its code without the outputs (plots as base64, tables) that
+    are most of its bytes, which made it look minified, and without the JSON around it. None for text that is no
+    notebook, or a notebook of another kernel's language than Python."""
+    try:
+        notebook = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(notebook, dict) or not isinstance(notebook.get("cells"), list):
+        return None
+    metadata = notebook.get("metadata") if isinstance(notebook.get("metadata"), dict) else {}
+    kernel, info = metadata.get("kernelspec"), metadata.get("language_info")
+    language = (kernel.get("language") if isinstance(kernel, dict) else None) or (
+        info.get("name") if isinstance(info, dict) else None) or "python"
+    if not isinstance(language, str) or language.lower() != "python":
+        return None
+    cells = []
+    for cell in notebook["cells"]:
+        if isinstance(cell, dict) and cell.get("cell_type") == "code":
+            source = cell.get("source", "")
+            if isinstance(source, list):
+                source = "".join(line for line in source if isinstance(line, str))
+            if isinstance(source, str):
+                cells.append("# %%\n" + _MAGIC.sub(r"\1# \2", unix_newlines(source).rstrip("\n")))
+    return "\n\n".join(cells) + "\n" if cells else ""
 
 
 def _read_inside(root: Path, path: str, limit: int) -> bytes | None:
@@ -354,7 +398,7 @@ def _stat(root: Path, path: str, max_file_bytes: int, rules: IgnoreRules | None 
         if not stat.S_ISDIR(info.st_mode):  # a FIFO or device would block or never end
             _warn(path, "not a regular file")
         return None
-    if info.st_size > max_file_bytes:
+    if info.st_size > _size_limit(path, max_file_bytes):
         return None
     return SourceFile(path, info.st_size, info.st_mtime_ns, change_time(info), info.st_ino)
 

@@ -177,3 +177,46 @@ def test_the_walk_finds_the_rules_of_a_folder_once_for_all_its_files(make_repo, 
     paths = [source.path for source in scan_repository(root)]
     assert "src/app/deep/keep.log" in paths and "src/app/deep/a.log" not in paths and len(paths) == 63
     assert len(asked) < 30, len(asked)
+
+
+def _notebook(cells, language="python"):
+    import json
+
+    return json.dumps({"cells": cells, "metadata": {"kernelspec": {"language": language, "name": language}},
+                       "nbformat": 4, "nbformat_minor": 5}, indent=1)
+
+
+def test_a_notebook_is_indexed_as_its_code_cells(make_repo, smollm2_tokenizer):
+    """Found at scale: a notebook with a plot in its outputs (150 KB of base64 on one line) was left out as minified,
+    and one without outputs was indexed as its JSON, code escaped in strings (and a notebook over 512 KiB, as plots
+    make them, not looked at). A Jupyter notebook is read as its code cells, one Python file in jupytext's percent
+    format (IPython's magics commented out), whatever its outputs weigh; one of another kernel's language is left
+    out."""
+    import base64
+
+    from prompts.index import RepoIndex  # noqa: F401  (the index's own view of the files)
+
+    plot = base64.b64encode(bytes(range(256)) * 2400).decode()      # 600 KB of plot: the notebook is over 512 KiB
+    cells = [
+        {"cell_type": "markdown", "metadata": {}, "source": ["# Pricing analysis\n"]},
+        {"cell_type": "code", "execution_count": 1, "metadata": {}, "source": ["%matplotlib inline\n", "import math\n"],
+         "outputs": []},
+        {"cell_type": "code", "execution_count": 2, "metadata": {},
+         "source": ["def seasonal_discount(price, month):\n", "    return price * (0.9 if month in (6, 7) else 1.0)\n"],
+         "outputs": [{"output_type": "display_data", "data": {"image/png": plot, "text/plain": ["<Figure>"]},
+                      "metadata": {}}]},
+    ]
+    root = make_repo({
+        "analysis/pricing.ipynb": _notebook(cells),
+        "analysis/model.ipynb": _notebook([{"cell_type": "code", "metadata": {}, "outputs": [],
+                                            "source": "seasonal_discount <- function(price) price * 0.9\n"}], "R"),
+        "shop/cart.py": "def total(prices, month):\n    return sum(seasonal_discount(p, month) for p in prices)\n",
+    })
+    index = index_repository(root)
+    assert "analysis/pricing.ipynb" in index.files and "analysis/model.ipynb" not in index.files
+    text = "\n".join(chunk.text for chunk in index.entries["analysis/pricing.ipynb"].chunks)
+    assert "def seasonal_discount(price, month):" in text and "# %matplotlib inline" in text
+    assert "image/png" not in text and "Pricing analysis" not in text
+    assert index.definers["seasonal_discount"]
+    packed = build_completion_prompt(index, smollm2_tokenizer, "shop/cart.py", line=2, col=15, budget_tokens=512)
+    assert "analysis/pricing.ipynb" in {item.path for item in packed.context}
