@@ -63,6 +63,9 @@ def connect(args, root: Path | None = None, max_new_tokens: int = 0, file: str |
     if unsendable:      # completed alone, as it prints alone
         return None
     if url:   # named by the user: it must do, or it is an error
+        if _address(url) is None:       # said as the user gave it: the option, or the variable
+            named = f"--server {url}" if getattr(args, "server", None) else f"${SERVER_ENV}={url}"
+            raise UsageError(f"{named}: {URL_RULE}")
         key = _announced_key(url) or os.environ.get(API_KEY_ENV)
         if key is not None and not sendable_key(key):      # (httpx's header encoding raised: an internal error)
             raise UsageError(f"${API_KEY_ENV} must be {KEY_RULE}")
@@ -87,6 +90,7 @@ def connect(args, root: Path | None = None, max_new_tokens: int = 0, file: str |
 
 
 KEY_RULE = "printable ASCII without spaces (it travels in an HTTP header)"
+URL_RULE = "expected http://HOST:PORT or HOST:PORT"
 
 
 def sendable_key(key: str) -> bool:
@@ -299,7 +303,7 @@ def _connection(url: str, timeout: float | None) -> http.client.HTTPConnection:
         raise UsageError(f"--server: a user or password in the URL is not sent (give {shown}; the server's key goes "
                          f"in $CODECOMPLETE_API_KEY)")
     if address is None:
-        raise UsageError(f"--server {url}: expected http://HOST:PORT")
+        raise UsageError(f"--server {url}: {URL_RULE}")
     return http.client.HTTPConnection(*address, timeout=timeout)
 
 

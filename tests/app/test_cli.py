@@ -115,6 +115,18 @@ def test_a_server_url_the_resolver_cannot_encode_is_a_usage_error(tmp_path, caps
         assert "expected http://HOST:PORT" in capsys.readouterr().err
 
 
+def test_a_bad_server_url_from_the_environment_is_said_as_the_variable(tmp_path, capsys, monkeypatch):
+    """`CODECOMPLETE_SERVER=notaurl` was refused as "--server notaurl", an option the user never typed; the README's
+    exit-code table names both. A bare HOST:PORT is accepted too, which the message now says."""
+    (tmp_path / "a.py").write_text("x = 1\n")
+    monkeypatch.setenv("CODECOMPLETE_SERVER", "notaurl")
+    assert cli.main([str(tmp_path), "--file", "a.py"]) == 2
+    assert capsys.readouterr().err == ("codecomplete: error: $CODECOMPLETE_SERVER=notaurl: expected http://HOST:PORT "
+                                       "or HOST:PORT\n")
+    assert cli.main([str(tmp_path), "--file", "a.py", "--server", "notaurl"]) == 2
+    assert capsys.readouterr().err == "codecomplete: error: --server notaurl: expected http://HOST:PORT or HOST:PORT\n"
+
+
 def test_a_server_url_with_a_user_and_password_is_refused_without_showing_the_password(tmp_path, capsys):
     """`--server http://me:s3cret@host:8012`: the user and password were dropped unsaid (never sent: the server
     answered 401, or another server did) and the error said the password on stderr, into logs."""
