@@ -197,7 +197,8 @@ SPM_INFILL_HELP = ("llama.cpp's: fill-in-the-middle prompts put the code after t
 def build_serve_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=f"{PROG} serve", usage="%(prog)s [REPO] [options]",
                      description="A warm server for editors over REPO (default: the current folder): llama.cpp's\n"
-                                 "/infill and /completion, the OpenAI API, Ollama's and Tabby's.",
+                                 "/infill and /completion, the OpenAI API, Ollama's, Tabby's, Mistral's FIM\n"
+                                 "(Codestral) and TGI's (text-generation-inference).",
                      epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("repo", nargs="?", metavar="REPO", help="the repository (a folder)")
     parser.set_defaults(log_progress=True)     # the model's load (a first conversion, a wait) is in the log

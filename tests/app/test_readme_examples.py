@@ -196,3 +196,14 @@ def test_the_json_result_example_names_the_fields_a_result_has():
     assert set(shown) <= set(written), set(shown) - set(written)
     assert set(shown["timings"]) <= set(written["timings"]), set(shown["timings"]) - set(written["timings"])
     assert set(shown["context"][0]) == set(written["context"][0])
+
+
+def test_serve_help_names_every_api_the_readme_says_it_speaks():
+    """`codecomplete serve --help` said "llama.cpp's /infill and /completion, the OpenAI API, Ollama's and Tabby's"
+    after Mistral's FIM and TGI's routes came; the README's usage table lists every family."""
+    (row,) = re.findall(r"^\| `codecomplete serve \[REPO\]` \| a warm server for editors \(([^)]*) APIs\)", README,
+                        flags=re.MULTILINE)
+    apis = re.split(r", | and ", row)
+    assert len(apis) >= 6, apis
+    description = cli.build_serve_parser().description
+    assert [api for api in apis if api not in description] == [], description
