@@ -220,3 +220,32 @@ def test_a_notebook_is_indexed_as_its_code_cells(make_repo, smollm2_tokenizer):
     assert index.definers["seasonal_discount"]
     packed = build_completion_prompt(index, smollm2_tokenizer, "shop/cart.py", line=2, col=15, budget_tokens=512)
     assert "analysis/pricing.ipynb" in {item.path for item in packed.context}
+
+
+def test_the_index_caches_of_repositories_that_are_gone_are_removed(make_repo, cache_dir, tmp_path):
+    """Found at scale: an index cache is as large as a fair part of its repository (95 MB for the 8.4k-file monorepo,
+    330 MB for a 37k-file tree), one per folder ever indexed, kept for good: every temporary checkout, every clone
+    deleted since, every subfolder once opened as the repository. An index write removes those of repositories that
+    are gone (their folder deleted while the folder above is there), and nothing else."""
+    import shutil
+
+    from prompts.index import CACHE_VERSION
+
+    kept = make_repo({"a.py": "def a():\n    return 1\n"}, name="kept")
+    gone = make_repo({"b.py": "def b():\n    return 2\n"}, name="gone")
+    away = tmp_path / "disk" / "repo"          # a repository on a disk that is away for now
+    away.mkdir(parents=True)
+    (away / "c.py").write_text("def c():\n    return 3\n")
+    for root in (kept, gone, away):
+        index_repository(root)
+    folder = cache_dir / f"index-v{CACHE_VERSION}"
+    assert len(list(folder.glob("*.pickle"))) == 3
+    shutil.rmtree(gone)
+    (tmp_path / "disk").rename(tmp_path / "unmounted")
+    index_repository(kept)                      # nothing changed: no write, nothing removed
+    assert len(list(folder.glob("*.pickle"))) == 3
+    (kept / "a.py").write_text("def a():\n    return 10\n")
+    index_repository(kept)
+    assert len(list(folder.glob("*.pickle"))) == 2
+    (tmp_path / "unmounted").rename(tmp_path / "disk")
+    assert index_repository(away).files == ["c.py"]
