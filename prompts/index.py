@@ -86,7 +86,8 @@ class RepoIndex:
     """
 
     def __init__(self, root: Path, entries: dict[str, FileEntry], vocabulary: dict[str, int], term_ids: dict,
-                 paths: PathTable | None = None, *, base: RepoIndex | None = None, touched: frozenset[str] = frozenset()):
+                 paths: PathTable | None = None, *, base: RepoIndex | None = None,
+                 touched: frozenset[str] = frozenset()):
         self.root = root
         self.entries = entries  # every file as the cache keeps it, left-out ones included
         self._term_ids = term_ids

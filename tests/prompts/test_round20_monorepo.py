@@ -95,7 +95,8 @@ def test_an_index_updated_for_a_few_files_is_the_index_built_from_scratch(make_r
             chunks = len(index.entries[path].chunks) if path in index.entries else 3
             count = chunks if action == "same count" else chunks + 1
             (root / path).parent.mkdir(exist_ok=True)
-            (root / path).write_text("" if action == "empty" else _module(100 + step, max(count, 1) + 20 * (step >= 30)))
+            functions = max(count, 1) + 20 * (step >= 30)
+            (root / path).write_text("" if action == "empty" else _module(100 + step, functions))
         changed = {}
         if action != "delete":
             changed[path] = parse_file(root, source_file(root, path), 512 * 1024)
@@ -193,8 +194,6 @@ def test_a_notebook_is_indexed_as_its_code_cells(make_repo, smollm2_tokenizer):
     format (IPython's magics commented out), whatever its outputs weigh; one of another kernel's language is left
     out."""
     import base64
-
-    from prompts.index import RepoIndex  # noqa: F401  (the index's own view of the files)
 
     plot = base64.b64encode(bytes(range(256)) * 2400).decode()      # 600 KB of plot: the notebook is over 512 KiB
     cells = [
