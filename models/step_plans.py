@@ -284,7 +284,7 @@ def main(argv=None) -> int:
     variants = args.variant         # (name, fields) each: parsed as read
     twins = [t.strip() for t in args.twins.split(",") if t.strip()]
     if not torch.cuda.is_available():
-        raise SystemExit("error: models.step_plans times decode steps on a CUDA GPU; none is visible")
+        parser.exit(2, "models.step_plans needs a CUDA GPU: it times decode steps there.\n")   # (as its peers)
 
     from models.llama import build_random_model
     args.model, config = args.model     # (name, config): parsed as read, the default too

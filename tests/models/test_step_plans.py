@@ -306,3 +306,12 @@ def test_a_bad_option_is_one_line_and_status_2(argv, says, monkeypatch, capsys, 
     err = capsys.readouterr().err
     assert exit.value.code == 2 and err.count("\n") == 1 and says in err, err
     assert err.startswith("python -m models.step_plans: error: ")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU it runs its benchmark")
+def test_without_a_gpu_it_says_so_in_one_line_and_exits_2_as_its_peers(capsys, tmp_path):
+    """It exited 1 ("error: ... none is visible"), where every other GPU benchmark exits 2 with "needs a CUDA GPU"."""
+    with pytest.raises(SystemExit) as exit:
+        step_plans.main(["--out", str(tmp_path)])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err == "models.step_plans needs a CUDA GPU: it times decode steps there.\n"
