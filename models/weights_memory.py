@@ -63,22 +63,31 @@ def weights_fit(name: str, config: ModelConfig, device: torch.device, dtype: tor
                 matmul_dtype: torch.dtype | None = None, tp=None) -> Iterator[None]:
     """Runs a load; out of memory in it (torch's CUDA error, or the CPU allocator's RuntimeError) becomes one
     OutOfMemoryError naming the weights' kind, their bytes and the memory free when the load began, and where
-    narrower weights would fit instead (int8, else int4), that option."""
+    narrower weights would fit instead (int8, else int4), that option. On a CPU that error comes before the load
+    where the weights exceed the memory available: Linux lends memory it does not have (overcommit), so the
+    allocator rarely fails, and the kernel's OOM killer ended the process midway with no message (random
+    CodeLlama-7B weights on a CPU grew to 18 GB)."""
     from models.kv_cache import free_memory_bytes
 
     free = free_memory_bytes(device)
+    world = 1 if tp is None else tp.world
+    need = weight_bytes(config, dtype, weights, matmul_dtype, world)
+
+    def out_of_memory() -> OutOfMemoryError:
+        whose = f"{name}: its" if tp is None else f"{name}: rank {tp.rank}'s part of its"
+        message = (f"{whose} {weights_name(dtype, weights, matmul_dtype)} weights ({size_text(need)}) do not fit in "
+                   f"the {size_text(free)} of {device.type} memory free")
+        return OutOfMemoryError(message + narrower_weights(config, dtype, weights, free, world))
+
+    # (not on a GPU: its allocator fails at once and says so, and the memory free there is exact)
+    if device.type == "cpu" and need > free:
+        raise out_of_memory()
     try:
         yield
     except (torch.OutOfMemoryError, RuntimeError) as e:
         if not isinstance(e, torch.OutOfMemoryError) and "allocate" not in str(e):
             raise
-        world = 1 if tp is None else tp.world
-        need = weight_bytes(config, dtype, weights, matmul_dtype, world)
-        whose = f"{name}: its" if tp is None else f"{name}: rank {tp.rank}'s part of its"
-        message = (f"{whose} {weights_name(dtype, weights, matmul_dtype)} weights ({size_text(need)}) do not fit in "
-                   f"the {size_text(free)} of {device.type} memory free")
-        message += narrower_weights(config, dtype, weights, free, world)
-        raise OutOfMemoryError(message) from None
+        raise out_of_memory() from None
 
 
 def narrower_weights(config: ModelConfig, dtype: torch.dtype, weights: str | None, free: int, world: int = 1) -> str:

@@ -11,7 +11,7 @@ from tiny_models import save_tiny_llama
 
 from models import OutOfMemoryError, load_model
 from models.config import PRESETS, ModelConfig
-from models.llama import build_random_model
+from models.llama import Transformer, build_random_model
 from models.loading.hf import load_hf_model, read_config
 from models.weights_memory import size_text, weight_bytes
 
@@ -156,6 +156,32 @@ def test_a_context_past_training_is_checked_beside_the_weights_as_they_will_load
     with pytest.raises(OutOfMemoryError, match=rf"KV cache of 100 tokens .* \(after 1 GiB headroom and the "
                                                rf"{size_text(full)} of weights to load"):
         load_model(str(deep_checkpoint), device="cpu", max_context=100, past_training=True)
+
+
+@pytest.mark.parametrize("source", ["checkpoint folder", "random preset"])
+def test_weights_larger_than_the_cpus_free_memory_are_refused_before_any_is_built(source, deep_checkpoint,
+                                                                                  monkeypatch):
+    """Linux overcommits: the CPU allocator rarely fails, and a load past the memory available ended in the OOM
+    killer's SIGKILL, no message (the README's `--bench --model random:CodeLlama-7B` grew to 18 GB on a CPU). Now
+    the load is refused first, in the allocator's error's words, nothing built; weights that fit still load."""
+    if source == "checkpoint folder":
+        spec, config = str(deep_checkpoint), read_config(deep_checkpoint)
+    else:
+        monkeypatch.setitem(PRESETS, "Deep-Test", TINY_PRESET)
+        spec, config = "random:Deep-Test", TINY_PRESET
+    int8, full = weight_bytes(config, torch.float32, "int8"), weight_bytes(config, torch.float32)
+    free = (int8 + full) // 2
+    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: free)
+    built = []
+    materialize = Transformer.materialize
+    monkeypatch.setattr(Transformer, "materialize", lambda self, *a, **k: built.append(1) or materialize(self, *a, **k))
+    with pytest.raises(OutOfMemoryError, match=rf"its float32 weights \({size_text(full)}\) do not fit in the "
+                                               rf"{size_text(free)} of cpu memory free; int8 weights would take "
+                                               rf"{size_text(int8)}: --weights int8$"):
+        load_model(spec, device="cpu", max_context=48)
+    assert not built
+    monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: (1 << 30) + full + (1 << 20))
+    assert load_model(spec, device="cpu", max_context=48).context_length == 48 and built
 
 
 @pytest.mark.parametrize("source", ["checkpoint folder", "random preset"])
