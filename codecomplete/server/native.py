@@ -115,7 +115,8 @@ async def cancel(request: Request):
 def _caught_up(session):
     """The session with its index as the disk is now, every file (on the engine thread, where the operation runs): the
     command line alone reads the repository as it is, and an editor's requests catch up only a slice at a time. A
-    stat of every file: tens of milliseconds for 20k, against the command line's own start of about a second."""
+    walk of the whole tree (a stat of every file, a listing of every folder): ~50 µs a file on a 2-core CPU, 0.35 s
+    for 8.4k indexed files and 1.75 s for 37k (round 20), against the command line's own start of 4-20 s there."""
     session.catch_up()
     return session
 
