@@ -1,5 +1,6 @@
 """Helpers for the server tests: `codecomplete serve` as a subprocess (the benchmark's launcher, on the console
-script), one stopped and checked at a fixture's end, and a POST that sends headers exactly as given."""
+script), one stopped and checked at a fixture's end, the app in process over an engine a test holds, and a POST that
+sends headers exactly as given."""
 from __future__ import annotations
 
 import http.client
@@ -25,6 +26,23 @@ def serving(script: Path, repo: Path, env: dict, folder: Path, *options: str) ->
     finally:
         assert process.stop() == 0, process.log()
         assert "Traceback" not in process.log(), process.log()
+
+
+@contextmanager
+def in_process(engine, index=None, **options):
+    """The server's app over `engine` (and `index`), in this process, as a Starlette TestClient: its engine thread
+    stopped at the end. `options`: the Server's (cache_reuse=16, ...)."""
+    from fastapi.testclient import TestClient
+
+    from codecomplete.server.app import Server, create_app
+    from codecomplete.session import Session
+
+    server = Server(Session(engine, index), max_tokens=8, api_key=None, info={}, **options)
+    try:
+        with TestClient(create_app(server), base_url="http://127.0.0.1") as client:
+            yield client
+    finally:
+        server.worker.shutdown()
 
 
 def raw_post(url: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:

@@ -4,8 +4,8 @@ ring of extra chunks dropping its oldest) reusing what follows the chunk. In pro
 from contextlib import contextmanager
 
 import pytest
+from server_process import in_process
 
-from codecomplete.session import Session
 
 KEPT = "import math\n\n\ndef area(radius):\n    return math.pi * radius ** 2\n\n\n"
 DROPPED = ("class Rectangle:\n    def __init__(self, width, height):\n"
@@ -18,16 +18,8 @@ END = "def volume(radius):\n    return"
 @pytest.fixture(scope="module")
 def reuse_server(engine):
     """A server whose --cache-reuse is 16, as an editor's client talks to it."""
-    from fastapi.testclient import TestClient
-
-    from codecomplete.server.app import Server, create_app
-
-    server = Server(Session(engine), max_tokens=8, api_key=None, info={}, cache_reuse=16)
-    try:
-        with TestClient(create_app(server), base_url="http://127.0.0.1") as client:
-            yield client
-    finally:
-        server.worker.shutdown()
+    with in_process(engine, cache_reuse=16) as client:
+        yield client
 
 
 def count(client, text: str) -> int:
@@ -60,17 +52,9 @@ def test_a_request_turns_it_off_as_llama_cpp_reads_its_fields(reuse_server, fiel
 
 
 def test_a_request_can_ask_for_it_on_a_server_started_without(engine):
-    from fastapi.testclient import TestClient
-
-    from codecomplete.server.app import Server, create_app
-
-    server = Server(Session(engine), max_tokens=8, api_key=None, info={})
-    try:
-        with TestClient(create_app(server), base_url="http://127.0.0.1") as client:
-            plain = after_a_dropped_chunk(client, "/completion")["timings"]
-            asked = after_a_dropped_chunk(client, "/completion", n_cache_reuse=16)["timings"]
-    finally:
-        server.worker.shutdown()
+    with in_process(engine) as client:
+        plain = after_a_dropped_chunk(client, "/completion")["timings"]
+        asked = after_a_dropped_chunk(client, "/completion", n_cache_reuse=16)["timings"]
     assert plain["cache_n"] <= count_tokens(engine, KEPT) + 1 < asked["cache_n"] - 20, (plain, asked)
 
 
@@ -98,18 +82,10 @@ def openai_cached_tokens(client, path: str, **fields) -> int:
 @contextmanager
 def openai_client(engine, repo, cache_reuse: int):
     """A server over `repo` (chat retrieves from it) whose --cache-reuse is `cache_reuse`."""
-    from fastapi.testclient import TestClient
-
-    from codecomplete.server.app import Server, create_app
     from prompts import index_repository
 
-    server = Server(Session(engine, index_repository(repo)), max_tokens=8, api_key=None, info={},
-                    cache_reuse=cache_reuse)
-    try:
-        with TestClient(create_app(server), base_url="http://127.0.0.1") as client:
-            yield client
-    finally:
-        server.worker.shutdown()
+    with in_process(engine, index_repository(repo), cache_reuse=cache_reuse) as client:
+        yield client
 
 
 @pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])

@@ -5,8 +5,8 @@ import math
 
 import pytest
 import torch
+from server_process import in_process
 
-from codecomplete.session import Session
 from models import GenerationConfig
 from models.sampling import bias_vector
 
@@ -18,18 +18,10 @@ SAID_YES = "<|im_start|>user\nSay yes.<|im_end|>\n<|im_start|>assistant\nYes."  
 
 @pytest.fixture(scope="module")
 def client(engine, repo, tmp_path_factory):
-    from fastapi.testclient import TestClient
     from prompts import index_repository
 
-    from codecomplete.server.app import Server, create_app
-
-    index = index_repository(repo, cache_dir=tmp_path_factory.mktemp("bias-index"))
-    server = Server(Session(engine, index), max_tokens=8, api_key=None, info={})
-    try:
-        with TestClient(create_app(server), base_url="http://127.0.0.1") as client:
-            yield client
-    finally:
-        server.worker.shutdown()
+    with in_process(engine, index_repository(repo, cache_dir=tmp_path_factory.mktemp("bias-index"))) as client:
+        yield client
 
 
 def completion(client, **body) -> dict:

@@ -4,27 +4,20 @@ In process, over the embedded model."""
 from contextlib import contextmanager
 
 import pytest
-
-from codecomplete.session import Session
-
+from server_process import in_process
 from test_server_protocols import llama_vim_body
 
 
 @contextmanager
 def served(engine, repo, cache_ram_mib: int):
-    from fastapi.testclient import TestClient
-
-    from codecomplete.server.app import Server, create_app
     from prompts import index_repository
 
     engine.clear_prefix_cache()     # (the engine is shared: an earlier test's prompt must not lend this one a prefix)
     engine.keep_prompts(cache_ram_mib)
-    server = Server(Session(engine, index_repository(repo)), max_tokens=8, api_key=None, info={})
     try:
-        with TestClient(create_app(server), base_url="http://127.0.0.1") as client:
+        with in_process(engine, index_repository(repo)) as client:
             yield client
     finally:
-        server.worker.shutdown()
         engine.keep_prompts(0)
         engine.clear_prefix_cache()
 

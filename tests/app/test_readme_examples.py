@@ -10,6 +10,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+from server_process import in_process
 
 from codecomplete import cli
 
@@ -152,19 +153,10 @@ def curl_examples() -> list[tuple[str, bytes, str]]:
 
 @pytest.fixture(scope="module")
 def client(table_engine, repo, tmp_path_factory):
-    from fastapi.testclient import TestClient
     from prompts import index_repository
 
-    from codecomplete.server.app import Server, create_app
-    from codecomplete.session import Session
-
-    index = index_repository(repo, cache_dir=tmp_path_factory.mktemp("readme-index"))
-    server = Server(Session(table_engine, index), max_tokens=8, api_key=None, info={})
-    try:
-        with TestClient(create_app(server), base_url="http://127.0.0.1") as client:
-            yield client
-    finally:
-        server.worker.shutdown()
+    with in_process(table_engine, index_repository(repo, cache_dir=tmp_path_factory.mktemp("readme-index"))) as client:
+        yield client
 
 
 @pytest.mark.parametrize("path, body, jq", curl_examples(), ids=lambda value: str(value)[:40])

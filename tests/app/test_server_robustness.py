@@ -12,7 +12,7 @@ import httpx
 import pytest
 from huggingface_hub import InferenceClient
 from huggingface_hub.errors import OverloadedError
-from server_process import ServerProcess, raw_post
+from server_process import ServerProcess, in_process, raw_post
 
 from codecomplete import engines
 from codecomplete.session import Sampling, Session
@@ -521,21 +521,15 @@ def test_tokenize_leaves_the_tokenizer_of_the_engine_thread_alone(engine):
     """A fast tokenizer keeps `encode_special_tokens` as state that each call sets; the engine thread's prompts
     turn it on to read repository text as text. /tokenize, on the event loop at the same moment, must not turn it off
     under them (seen: /tokenize answering 64,000 ids for 40,000 while /infill requests ran)."""
-    from fastapi.testclient import TestClient
-
-    from codecomplete.server.app import Server, create_app
-
-    server = Server(Session(engine), max_tokens=8, api_key=None, info={})
     backend = engine.tokenizer._tokenizer
     before = backend.encode_special_tokens
     try:
         backend.encode_special_tokens = True          # as the engine thread's prompt code has it, mid-build
-        with TestClient(create_app(server), base_url="http://127.0.0.1") as client:
+        with in_process(engine) as client:
             tokens = client.post("/tokenize", json={"content": "a<|endoftext|>"}).json()["tokens"]
         assert len(tokens) == 2 and backend.encode_special_tokens is True
     finally:
         backend.encode_special_tokens = before
-        server.worker.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -158,17 +158,20 @@ def test_a_context_past_training_is_checked_beside_the_weights_as_they_will_load
         load_model(str(deep_checkpoint), device="cpu", max_context=100, past_training=True)
 
 
-@pytest.mark.parametrize("source", ["checkpoint folder", "random preset"])
-def test_weights_larger_than_the_cpus_free_memory_are_refused_before_any_is_built(source, deep_checkpoint,
-                                                                                  monkeypatch):
+@pytest.fixture(params=["checkpoint folder", "random preset"])
+def loaded_as(request, deep_checkpoint, monkeypatch) -> tuple[str, ModelConfig]:
+    """(spec, config) of the deep test model, as a checkpoint folder or as a random preset."""
+    if request.param == "checkpoint folder":
+        return str(deep_checkpoint), read_config(deep_checkpoint)
+    monkeypatch.setitem(PRESETS, "Deep-Test", TINY_PRESET)
+    return "random:Deep-Test", TINY_PRESET
+
+
+def test_weights_larger_than_the_cpus_free_memory_are_refused_before_any_is_built(loaded_as, monkeypatch):
     """Linux overcommits: the CPU allocator rarely fails, and a load past the memory available ended in the OOM
     killer's SIGKILL, no message (the README's `--bench --model random:CodeLlama-7B` grew to 18 GB on a CPU). Now
     the load is refused first, in the allocator's error's words, nothing built; weights that fit still load."""
-    if source == "checkpoint folder":
-        spec, config = str(deep_checkpoint), read_config(deep_checkpoint)
-    else:
-        monkeypatch.setitem(PRESETS, "Deep-Test", TINY_PRESET)
-        spec, config = "random:Deep-Test", TINY_PRESET
+    spec, config = loaded_as
     int8, full = weight_bytes(config, torch.float32, "int8"), weight_bytes(config, torch.float32)
     free = (int8 + full) // 2
     monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: free)
@@ -184,16 +187,11 @@ def test_weights_larger_than_the_cpus_free_memory_are_refused_before_any_is_buil
     assert load_model(spec, device="cpu", max_context=48).context_length == 48 and built
 
 
-@pytest.mark.parametrize("source", ["checkpoint folder", "random preset"])
-def test_running_out_of_memory_while_loading_names_the_weights_bytes_and_int8s(source, deep_checkpoint, monkeypatch):
+def test_running_out_of_memory_while_loading_names_the_weights_bytes_and_int8s(loaded_as, monkeypatch):
     """Out of memory in the middle of a load (here: the CPU allocator's error, at the last projection) is one
     OutOfMemoryError naming the weights' kind and bytes and the memory free, and where int8 weights would fit, that
     option; under int8 weights, the int8 bytes."""
-    if source == "checkpoint folder":
-        spec, config = str(deep_checkpoint), read_config(deep_checkpoint)
-    else:
-        monkeypatch.setitem(PRESETS, "Deep-Test", TINY_PRESET)
-        spec, config = "random:Deep-Test", TINY_PRESET
+    spec, config = loaded_as
     int8, full = weight_bytes(config, torch.float32, "int8"), weight_bytes(config, torch.float32)
     free = (int8 + full) // 2
     monkeypatch.setattr("models.kv_cache.free_memory_bytes", lambda device: free)
