@@ -39,9 +39,10 @@ SKIPPED_DIRS = frozenset({
     ".git", ".hg", ".svn", "node_modules", ".venv", "venv", "__pycache__", "build", "dist", ".tox", ".nox",
     ".mypy_cache", ".pytest_cache", ".ruff_cache", ".eggs", "site-packages", ".next", ".gradle", ".idea",
 })
-SKIPPED_NAMES = frozenset({
-    "package-lock.json", "yarn.lock", "pnpm-lock.yaml", "Cargo.lock", "poetry.lock", "uv.lock", "Pipfile.lock",
-    "composer.lock", "go.sum", "Gemfile.lock",
+SKIPPED_NAMES = frozenset({   # lockfiles (those not ending in .lock): resolved versions and hashes, no one's code
+    "package-lock.json", "npm-shrinkwrap.json", "yarn.lock", "pnpm-lock.yaml", "Cargo.lock", "poetry.lock", "uv.lock",
+    "Pipfile.lock", "composer.lock", "go.sum", "Gemfile.lock", "packages.lock.json", "gradle.lockfile",
+    "Package.resolved",
 })
 SKIPPED_SUFFIXES = (
     ".min.js", ".min.css", ".map", ".lock",

@@ -22,6 +22,10 @@ FILES = {
     ".venv/lib/site.py": "w = 4\n",
     "web/app.min.js": "var a=1;\n",
     "package-lock.json": "{}\n",
+    "web/npm-shrinkwrap.json": "{}\n",              # lockfiles indexed as text before (round 20): npm's, NuGet's,
+    "src/App/packages.lock.json": "{}\n",           # Gradle's, SwiftPM's
+    "gradle.lockfile": "empty=\n",
+    "Package.resolved": "{}\n",
     "image.png": b"\x89PNG\r\n\x1a\n\0\0\0",
     "data.bin.txt": b"abc\0def",
 }
