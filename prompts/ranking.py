@@ -266,28 +266,27 @@ def rank(index: RepoIndex, query: Query, definitions_only: bool = False) -> Iter
     """Chunks related to the query, best first, without duplicates (equal text) and without the lines the
     prompt already shows. All chunks are scored at once, as vectors over the index's chunk-by-term matrix.
     ``definitions_only``: score by the definition signals alone (what the names at the cursor are)."""
-    definitions = _definition_scores(index, query)
-    scores = definitions if definitions_only else _with_context(index, query, definitions)
-    _keep_to_family(index, query, scores)
-    return ordered(index, query, scores)
+    foreign = _foreign(index, query)
+    definitions = _zeroed(_definition_scores(index, query), foreign)
+    return ordered(index, query, definitions if definitions_only else _with_context(index, query, definitions, foreign))
 
 
 def score_both(index: RepoIndex, query: Query):
     """The scores per chunk that ``rank(definitions_only=True)`` and ``rank()`` order by, the definition signals
     scored once (``ordered`` yields them as ``rank`` does; the general ones also say what a choice of chunks is worth,
     holding.py)."""
-    definitions = _definition_scores(index, query)
-    _keep_to_family(index, query, definitions)
-    return definitions.copy(), _with_context(index, query, definitions)
+    foreign = _foreign(index, query)
+    definitions = _zeroed(_definition_scores(index, query), foreign)
+    return definitions.copy(), _with_context(index, query, definitions, foreign)
 
 
-def _keep_to_family(index: RepoIndex, query: Query, scores) -> None:
-    """Set to 0 in place the scores of chunks of another language family than the cursor's (``query.family``), but for
-    those of the files the current file imports and the definitions of the names it imports or completes. In a
-    monorepo SymPy's and Django's Python went into C++ and JavaScript prompts by the words they share (14% of 40
-    cursors' context tokens); Tabby's retrieval keeps to the language too."""
+def _foreign(index: RepoIndex, query: Query):
+    """Whether each chunk is of another language family than the cursor's (``query.family``), but for those of the
+    files the current file imports and the definitions of the names it imports or completes: the chunks whose scores
+    are 0. In a monorepo SymPy's and Django's Python went into C++ and JavaScript prompts by the words they share (14%
+    of 40 cursors' context tokens); Tabby's retrieval keeps to the language too. None: every chunk counts."""
     if query.family is None:
-        return
+        return None
     numbers, families = index.chunk_families
     foreign = families != numbers.get(query.family, -1)
     if query.imported:
@@ -299,15 +298,23 @@ def _keep_to_family(index: RepoIndex, query: Query, scores) -> None:
     for path in query.module_at_cursor:
         numbers_of_file = index.chunk_numbers(path)
         foreign[numbers_of_file.start:numbers_of_file.stop] = False
-    scores[foreign] = 0.0
+    return foreign
 
 
-def _with_context(index: RepoIndex, query: Query, scores):
-    """The definition scores (changed in place) plus the context signals, with proximity breaking ties."""
+def _zeroed(scores, foreign):
+    """``scores`` with those of the ``foreign`` chunks (``_foreign``) set to 0 in place."""
+    if foreign is not None:
+        scores[foreign] = 0.0
+    return scores
+
+
+def _with_context(index: RepoIndex, query: Query, scores, foreign):
+    """The definition scores (changed in place) plus the context signals, the ``foreign`` chunks' 0, with proximity
+    breaking ties."""
     import numpy as np
 
     scores += _context_scores(index, query)
-    _keep_to_family(index, query, scores)
+    _zeroed(scores, foreign)
     if query.path is not None:  # (only where something else speaks for a chunk: proximity breaks ties)
         here = _parts(posixpath.dirname(query.path))
         nearness = np.array([_proximity(here, _parts(folder)) for folder in index.folders])
