@@ -108,8 +108,8 @@ class RepoIndex:
         same_places = base is not None and base.files == self.files and all(
             len(base._file_chunks[path]) == len(self._file_chunks[path]) for path in touched
             if path in self._file_chunks)
-        self.definers = self._definers(base if same_places else None, touched)  # name -> positions in ``chunks`` of
-                                                                                # the chunks defining it
+        # name -> positions in ``chunks`` of the chunks defining it
+        self.definers = self._definers(base if same_places else None, touched)
         self._arrange_terms(vocabulary, term_ids, base, touched, same_places)
         if same_places and "chunk_families" in base.__dict__:
             self.chunk_families = base.chunk_families
@@ -168,8 +168,7 @@ class RepoIndex:
             self.folders = sorted({posixpath.dirname(path) for path in self.files})
             folder_number = {folder: number for number, folder in enumerate(self.folders)}
             folder_of_file = [folder_number[posixpath.dirname(path)] for path in self.files]
-            self.folder_of_chunk = np.repeat(np.array(folder_of_file, dtype=np.int64),   # int64 when empty as well
-                                             [len(self._file_chunks[p]) for p in self.files])
+            self.folder_of_chunk = self._of_chunks(folder_of_file)
         self.term_owner = np.repeat(np.arange(len(self.chunks)), self.reference_counts)  # chunk of each term id
         # The same matrix by term: the chunks referencing term t are owners[starts[t]:starts[t + 1]], so a query
         # reads the rows of its few hundred terms instead of every reference in the repository. Built here, not
@@ -240,11 +239,16 @@ class RepoIndex:
     def chunk_families(self):
         """(language family -> its number, that number for every chunk): the family (languages.language_family) of
         each chunk's file, for ranking to keep a cursor's context to code of its own language family."""
-        import numpy as np
-
         numbers: dict[str, int] = {}
         of_file = [numbers.setdefault(language_family(language_name(path)), len(numbers)) for path in self.files]
-        return numbers, np.repeat(np.array(of_file, dtype=np.int64), [len(self._file_chunks[p]) for p in self.files])
+        return numbers, self._of_chunks(of_file)
+
+    def _of_chunks(self, of_file: list[int]):
+        """A number per file (in ``files``' order) as one per chunk."""
+        import numpy as np
+
+        return np.repeat(np.array(of_file, dtype=np.int64),   # int64 when empty as well
+                         [len(self._file_chunks[p]) for p in self.files])
 
     @property
     def name(self) -> str:

@@ -181,7 +181,7 @@ def read_source(root: Path, path: str, max_file_bytes: int = MAX_FILE_BYTES) -> 
     if utf16 and "\0" in text[:SNIFF_BYTES // 2]:
         return None
     text = unix_newlines(text)
-    if limit != max_file_bytes:
+    if _is_notebook(path):
         text = notebook_code(text)
         if text is None or len(text) > max_file_bytes:
             return None
@@ -190,9 +190,14 @@ def read_source(root: Path, path: str, max_file_bytes: int = MAX_FILE_BYTES) -> 
     return text
 
 
+def _is_notebook(path: str) -> bool:
+    """Whether ``path`` is a Jupyter notebook's (read as its code cells: notebook_code)."""
+    return path.lower().endswith(NOTEBOOK_SUFFIX)
+
+
 def _size_limit(path: str, max_file_bytes: int) -> int:
     """The largest file read at ``path``: a notebook's code is a small part of it."""
-    return max_file_bytes * NOTEBOOK_BYTES_FACTOR if path.lower().endswith(NOTEBOOK_SUFFIX) else max_file_bytes
+    return max_file_bytes * NOTEBOOK_BYTES_FACTOR if _is_notebook(path) else max_file_bytes
 
 
 _MAGIC = re.compile(r"^(\s*)([%!?])", re.MULTILINE)     # IPython's `%matplotlib inline`, `!pip install x`, `?obj`
