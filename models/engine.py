@@ -190,6 +190,7 @@ class Engine:
         # text, which stops the generation (models.sampling.pick); None: no end token, the first index.
         self.end_token = self.eos_token_ids[0] if self.eos_token_ids else None
         self.load_s = 0.0
+        self.checkpoint_format = ""   # "gguf", "safetensors" or "pytorch" as loaded (`load_model`); "": random weights
         self.load_warnings: list[str] = []     # one line each: what about the checkpoint may degrade its output
         # The running request's decode steps and speculation counts, for a live status line: its tokens so far are
         # 1 + decode_steps + accepted_tokens, once text came (a token that ends inside a character sends none).

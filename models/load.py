@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from time import perf_counter
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -17,6 +18,9 @@ from models.kv_cache import check_kv_cache_fits
 from models.options import (SPLIT_INT4, context_capacity, parse_device, parse_dtype, parse_kv_cache,
                             parse_matmul_dtype, parse_weights)
 from models.weights_memory import weight_bytes, weights_fit
+
+if TYPE_CHECKING:
+    from models.loading import ModelSource
 
 
 def load_model(spec=None, device=None, dtype=None, attention=None, max_context=None, progress=None,
@@ -73,7 +77,8 @@ def load_model(spec=None, device=None, dtype=None, attention=None, max_context=N
     if isinstance(spec, str) and spec.startswith(RANDOM_PREFIX):
         return _random_engine(spec, device, dtype, attention, max_context, cuda_graphs, start, tp, quant, past_training,
                               matmul_dtype, weights)
-    name, directory = checkpoint_directory(spec, dtype, progress)
+    source, directory = checkpoint_directory(spec, dtype, progress)
+    name = source.name
     config = read_config(directory)
     context = _capacity(config, max_context, name, past_training, device, dtype, quant, tp, weights, matmul_dtype)
     if progress:
@@ -84,6 +89,7 @@ def load_model(spec=None, device=None, dtype=None, attention=None, max_context=N
                     context_length=context, eos_token_ids=loaded.eos_token_ids, cuda_graphs=cuda_graphs,
                     kv_cache=quant)
     engine.load_s = perf_counter() - start
+    engine.checkpoint_format = checkpoint_format(source, directory)
     from models.loading.gguf import conversion_warnings
     engine.load_warnings = conversion_warnings(directory)     # said again at each start, not only the first
     return engine
@@ -105,15 +111,26 @@ def _capacity(config, max_context, name: str, past_training: bool, device, dtype
     return context
 
 
-def checkpoint_directory(spec, dtype: torch.dtype, progress=None) -> tuple[str, Path]:
-    """(the model's name, its Hugging Face style directory): a hub id downloaded, a GGUF converted once."""
+def checkpoint_directory(spec, dtype: torch.dtype, progress=None) -> tuple[ModelSource, Path]:
+    """(the model's source: its name, path and kind, its Hugging Face style directory): a hub id downloaded, a GGUF
+    converted once."""
     from models.loading import resolve
 
     source = resolve(spec, progress)
     if source.kind != "gguf":
-        return source.name, source.path
+        return source, source.path
     from models.loading.gguf import gguf_checkpoint
-    return source.name, gguf_checkpoint(source.path, dtype, progress)
+    return source, gguf_checkpoint(source.path, dtype, progress)
+
+
+def checkpoint_format(source: ModelSource, directory: Path) -> str:
+    """The format the user's weights came in (as Ollama's `details.format` names its own: "gguf"), not the
+    directory a GGUF was converted into: "gguf", "safetensors" or "pytorch" (.bin)."""
+    from models.loading.hf import weight_files
+
+    if source.kind == "gguf":
+        return "gguf"
+    return "safetensors" if weight_files(directory)[0].suffix == ".safetensors" else "pytorch"
 
 
 def _random_engine(spec: str, device, dtype, attention, max_context, cuda_graphs, start: float, tp=None,

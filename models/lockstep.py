@@ -37,7 +37,7 @@ from models.config import preset
 from models.distributed import RankFailed, Ranks, collective_timeout, under_torchrun
 from models.errors import ModelError
 from models.generation import GenerationConfig
-from models.load import RANDOM_PREFIX, checkpoint_directory, load_model
+from models.load import RANDOM_PREFIX, checkpoint_directory, checkpoint_format, load_model
 from models.loading.hf import read_config
 from models.options import parse_device, parse_dtype
 from models.tp import TensorParallel, shard_config
@@ -62,12 +62,13 @@ def load_on_ranks(gpus: int | None, spec=None, *, device=None, dtype=None, atten
                          "CUDA_VISIBLE_DEVICES) or cpu")
     # Downloads and GGUF conversion happen once, here; every rank then reads its slices of the directory.
     if isinstance(spec, str) and spec.startswith(RANDOM_PREFIX):
-        name, config = None, preset(spec[len(RANDOM_PREFIX):].partition(":")[0])   # random:PRESET[:TOKENIZER_DIR]
+        source, config = None, preset(spec[len(RANDOM_PREFIX):].partition(":")[0])  # random:PRESET[:TOKENIZER_DIR]
     else:
-        name, directory = checkpoint_directory(spec, parse_dtype(dtype, torch.device(device_type)), progress)
+        source, directory = checkpoint_directory(spec, parse_dtype(dtype, torch.device(device_type)), progress)
         spec, config = str(directory), read_config(directory)
     world = int(os.environ["WORLD_SIZE"]) if under_torchrun() else (gpus or 1)
-    shard_config(config, world, name or spec)      # a split that cannot work fails before any rank starts
+    label = source.name if source else spec
+    shard_config(config, world, label)      # a split that cannot work fails before any rank starts
     if _active is not None:
         # Only now that the checkpoint is found and splits: a typo in the REPL's /model stopped the model in use.
         # Unregistered, or the exit hook kept the closed engine (rank 0's part of the old model) alive for good.
@@ -78,15 +79,15 @@ def load_on_ranks(gpus: int | None, spec=None, *, device=None, dtype=None, atten
     _active = leader = LeaderEngine(ranks)
     atexit.register(_close_at_exit, leader)
     if progress:
-        progress(f"Loading {name or spec} on {ranks.tp.world} {'GPUs' if device_type == 'cuda' else 'processes'}")
+        progress(f"Loading {label} on {ranks.tp.world} {'GPUs' if device_type == 'cuda' else 'processes'}")
     try:
         leader.load(spec=spec, dtype=dtype, attention=attention, max_context=max_context, cuda_graphs=cuda_graphs,
                     kv_cache=kv_cache, past_training=past_training, weights=weights)
     except BaseException:
         leader.close()          # nothing loaded: no reason to keep the ranks
         raise
-    if name:
-        leader.engine.name = name
+    if source:      # (the ranks loaded the directory: the user's name and format for it)
+        leader.engine.name, leader.engine.checkpoint_format = source.name, checkpoint_format(source, directory)
     return leader
 
 

@@ -344,7 +344,7 @@ def _model(server) -> dict:
     engine = server.engine
     parameters = sum(p.numel() for p in engine.model.parameters())
     return {"name": _name(server), "model": _name(server), "modified_at": "1970-01-01T00:00:00Z", "size": 0,
-            "digest": "", "details": {"format": "safetensors", "family": "llama", "families": ["llama"],
+            "digest": "", "details": {"format": engine.checkpoint_format, "family": "llama", "families": ["llama"],
                                       "parameter_size": f"{parameters / 1e6:.0f}M",
                                       # the weights' type, as Ollama's is (not the activations': float32 beside
                                       # bfloat16, int8 or int4 projections)

@@ -176,14 +176,16 @@ def test_async_client_streams_a_chat(table_server, table_client):
 
 
 def test_list_and_show_describe_the_one_model(client):
+    """The embedded model is a GGUF file: its format says so (it was "safetensors" whatever the model came in)."""
     listed = client.list()
     assert isinstance(listed, ollama.ListResponse) and len(listed.models) == 1
     (model,) = listed.models
     assert model.model and model.details.family == "llama" and model.modified_at.tzinfo is not None
+    assert model.details.format == "gguf"
     shown = client.show(MODEL)
     assert isinstance(shown, ollama.ShowResponse)
     assert {"completion", "insert"} <= set(shown.capabilities) and ".Suffix" in shown.template
-    assert shown.modelinfo["llama.context_length"] > 0 and shown.details.family == "llama"
+    assert shown.modelinfo["llama.context_length"] > 0 and shown.details == model.details
 
 
 @pytest.mark.parametrize("call, status, words", [

@@ -16,8 +16,11 @@ def greedy(engine, n=6):
 
 
 def test_sharded_safetensors_and_bin_checkpoints_load_the_same_weights(tmp_path, tiny_checkpoint):
+    """The same weights and the format they came in (Ollama's `details.format`)."""
     directory, hf = tiny_checkpoint
-    expected = greedy(load_model(directory, device="cpu", max_context=32))
+    engine = load_model(directory, device="cpu", max_context=32)
+    expected = greedy(engine)
+    assert engine.checkpoint_format == "safetensors"
 
     sharded = tmp_path / "sharded"
     hf.save_pretrained(sharded, max_shard_size="100KB")
@@ -25,14 +28,16 @@ def test_sharded_safetensors_and_bin_checkpoints_load_the_same_weights(tmp_path,
     shutil.copy(directory / "tokenizer_config.json", sharded)
     assert len(json.loads((sharded / "model.safetensors.index.json").read_text())["weight_map"]) > 1
     assert len(list(sharded.glob("*.safetensors"))) > 1
-    assert greedy(load_model(sharded, device="cpu", max_context=32)) == expected
+    engine = load_model(sharded, device="cpu", max_context=32)
+    assert greedy(engine) == expected and engine.checkpoint_format == "safetensors"
 
     pickled = tmp_path / "bin"
     pickled.mkdir()
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
         shutil.copy(directory / name, pickled)
     torch.save(hf.state_dict(), pickled / "pytorch_model.bin")
-    assert greedy(load_model(pickled, device="cpu", max_context=32)) == expected
+    engine = load_model(pickled, device="cpu", max_context=32)
+    assert greedy(engine) == expected and engine.checkpoint_format == "pytorch"
 
 
 def test_hub_id_loads_from_the_huggingface_cache_offline(tmp_path, tiny_checkpoint, monkeypatch):

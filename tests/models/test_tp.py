@@ -211,6 +211,7 @@ def test_two_ranks_with_int8_weights_hold_the_slices_of_one_quantization(no_hang
     engine = load_model(str(gqa_checkpoint), device="cpu", max_context=48, gpus=2, weights="int8")
     try:
         assert engine.matmul_dtype == "int8" and engine.model.weights_quantized
+        assert (engine.name, engine.checkpoint_format) == (single_engine.name, "safetensors")
         greedy = GenerationConfig(max_new_tokens=8)
         assert engine.generate(tp_helpers.PROMPT_A, greedy).token_ids == \
             single_engine.generate(tp_helpers.PROMPT_A, greedy).token_ids
