@@ -46,7 +46,8 @@ class Server:
 
     def __init__(self, session: Session, *, max_tokens: int, api_key: str | None, info: dict,
                  max_waiting: int | None = None, idle: Callable[[], bool] | None = None,
-                 warm_up: Callable[[], object] | None = None, loopback: bool = True, cache_reuse: int = 0) -> None:
+                 warm_up: Callable[[], object] | None = None, loopback: bool = True, cache_reuse: int = 0,
+                 log: Callable[[str], None] | None = None) -> None:
         self.session = session
         # The event loop's own tokenizer (/tokenize, /detokenize, a prompt echoed back), copied before the engine
         # thread starts: a fast tokenizer keeps `encode_special_tokens` as state that each call sets, and the engine
@@ -62,7 +63,7 @@ class Server:
         # `idle`: one slice of work for quiet moments (warming the prompt caches); `warm_up`: what to prepare before
         # the first request (worker.wait_ready() returns its result); both on the engine thread.
         self.worker = EngineWorker(max_waiting or MAX_WAITING, between=session.tidy, idle=idle, first=warm_up,
-                                   release=release_freed)
+                                   release=release_freed, log=log)
         self.max_tokens = max_tokens            # what a request that sets no limit (or -1) gets
         self.cache_reuse = cache_reuse          # --cache-reuse: every request's, unless llama.cpp's n_cache_reuse says
         # Editors' prompts keep one size whatever their n_predict, so consecutive requests share their start.

@@ -31,15 +31,19 @@ def serving(script: Path, repo: Path, env: dict, folder: Path, *options: str) ->
 @contextmanager
 def in_process(engine, index=None, **options):
     """The server's app over `engine` (and `index`), in this process, as a Starlette TestClient: its engine thread
-    stopped at the end. `options`: the Server's (cache_reuse=16, ...)."""
+    stopped at the end. `options`: the Server's (cache_reuse=16, ...). The server's log lines go to the client's
+    `server_log` (the engine thread writes a request's line after its answer: on stderr that came after the test's
+    output capture had ended, a stray line in the suite's output)."""
     from fastapi.testclient import TestClient
 
     from codecomplete.server.app import Server, create_app
     from codecomplete.session import Session
 
-    server = Server(Session(engine, index), max_tokens=8, api_key=None, info={}, **options)
+    log: list[str] = []
+    server = Server(Session(engine, index), max_tokens=8, api_key=None, info={}, log=log.append, **options)
     try:
         with TestClient(create_app(server), base_url="http://127.0.0.1") as client:
+            client.server_log = log
             yield client
     finally:
         server.worker.shutdown()

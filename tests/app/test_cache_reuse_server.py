@@ -51,11 +51,15 @@ def test_a_request_turns_it_off_as_llama_cpp_reads_its_fields(reuse_server, fiel
     assert timings["cache_n"] <= count(reuse_server, KEPT) + 1, timings      # the shared prefix alone
 
 
-def test_a_request_can_ask_for_it_on_a_server_started_without(engine):
+def test_a_request_can_ask_for_it_on_a_server_started_without(engine, capfd):
     with in_process(engine) as client:
         plain = after_a_dropped_chunk(client, "/completion")["timings"]
         asked = after_a_dropped_chunk(client, "/completion", n_cache_reuse=16)["timings"]
     assert plain["cache_n"] <= count_tokens(engine, KEPT) + 1 < asked["cache_n"] - 20, (plain, asked)
+    # The server's log (its engine thread stopped: every line written) says the same, in its lines, not on stderr
+    assert len(client.server_log) == 4 and "of them moved" not in client.server_log[1], client.server_log
+    assert f"({asked['cache_n']:,} reused, " in client.server_log[3] and "of them moved" in client.server_log[3]
+    assert "POST /completion" not in capfd.readouterr().err
 
 
 def count_tokens(engine, text: str) -> int:
