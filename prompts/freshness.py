@@ -1,8 +1,8 @@
 """Keeping an index up to date while a long-lived process (the server) serves from it, with bounded work per request.
 
 Files change under a server: saved from the editor, switched by git, added, deleted. Rescanning the repository on
-every keystroke would cost a stat of every file (20k files: tens of milliseconds, and a cold disk's worth of
-seeks), so the work comes in bounded slices:
+every keystroke would cost a stat of every file and folder (37k files: a third of a second on a 2-core CPU, and a
+cold disk's worth of seeks), so the work comes in bounded slices:
 
 - ``refresh(path)``, before a request: one stat of the file the request is about, so that a file saved a moment
   ago is seen at once, and one of each folder on its path, listed again when its modification time moved (an entry
@@ -18,7 +18,9 @@ seeks), so the work comes in bounded slices:
   (``walks_begun``, ``walked``).
 
 ``rescan()`` makes one whole pass at once instead, where the index must be as the disk is now: between the REPL's
-questions, and for a request of the command line on a server.
+questions, and for a request of the command line on a server. It lists again only the folders whose stamps moved
+since its last pass (or whose ignore rules did), and takes the others' listings as they were: a pass that lists
+every folder and asks the ignore rules about every name costs five times one that stats every folder and file.
 
 When something changed, the index is rebuilt from the entries it holds (``RepoIndex.updated``), without reading the
 files that did not change. The walk applies the same rules as the scan that built the index. A file changed within a
@@ -37,10 +39,12 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from .index import RACY_NS, FileEntry, RepoIndex, parse_file, unchanged
-from .scan import (IGNORE_FILE, MAX_FILE_BYTES, ScanWarning, SourceFile, change_time, git_dir, ignored_with_folders,
-                   list_folder, repository_rules, source_file, walk_sources)
+from .scan import (IGNORE_FILE, MAX_FILE_BYTES, FolderListing, IgnoreRules, ScanWarning, SourceFile, change_time,
+                   folder_listing, git_dir, ignored_with_folders, list_folder, repository_rules, source_file,
+                   walk_sources, walked_source)
 
 FILES_PER_REFRESH = 256  # a full pass over 20k files every ~80 requests
 FOLDERS_PER_SWEEP = 32   # folders looked at after a request: 2,000 (20k files) every ~60 requests
@@ -77,6 +81,9 @@ class FreshIndex:
         self._rule_stamps: dict[Path, tuple | None] = {}
         self._exclude = git_dir(self.root) / "info" / "exclude"     # (where .git points: read once)
         self._rules_changed([""])       # (the root's, as the index was built)
+        # Every folder the last whole pass (rescan) entered, as it listed it; and the rules outside the folders then
+        self._listed: dict[str, _Listed] = {}
+        self._outer_rules: tuple | None = None
 
     @property
     def root(self) -> Path:
@@ -128,13 +135,26 @@ class FreshIndex:
 
     def rescan(self) -> RepoIndex:
         """One whole pass at once, and the parsing of everything it found changed: for an interactive prompt
-        between questions (a stat of every file: tens of milliseconds for 20k), where a server spreads the pass
-        over its idle moments."""
+        between questions, and for a request of the command line on a server, where a server spreads its passes
+        over its idle moments. A stat of every folder the walk enters and of every file it looks at; a folder is
+        listed again only where its stamps moved since the last pass (or the ignore rules deciding it changed): on a
+        2-core CPU with nothing changed, 0.08 s for 8.4k indexed files and 0.33 s for 37k, where listing every folder
+        (the first pass, or after the root's .gitignore changed) takes 0.37 s and 1.7 s."""
         with _quiet():
-            self._walk = None              # a pass of its own, from the start
-            self._walk_on(None)
-            while self._walk is not None:
-                self._walk_on(None)
+            self._walk = None              # (a sweep's walk under way: this pass is one of its own)
+            self.walks_begun += 1
+            self._pending.clear()          # (what the pass finds changed is all there is to parse)
+            rules = repository_rules(self.root)
+            found = set()
+            for listed in self._folders_now(rules).values():
+                for path in listed.listing.files:
+                    source = walked_source(self.root, path, self.max_file_bytes, rules)
+                    if source is not None:
+                        found.add(path)
+                        self._compare(path, source)
+            for gone in self.index.entries.keys() - found:
+                self._pending[gone] = None
+            self.walked = self.walks_begun
             changed: dict[str, FileEntry] = {}
             removed: list[str] = []
             while self._pending:
@@ -144,6 +164,55 @@ class FreshIndex:
             if changed or removed:
                 self.index = self.index.updated(changed, removed)
             return self.index
+
+    def _folders_now(self, rules: IgnoreRules) -> dict[str, _Listed]:
+        """Every folder the walk enters now, with its listing: the last pass's where that is proven the same, else
+        a new one. The ignore rules outside the folders (info/exclude, the excludes file, core.ignorecase) changed,
+        or the root lies in a checkout, every folder is listed again."""
+        outer = rules.outer_rules()
+        trusted = outer == self._outer_rules and not outer[1]   # (a checkout's folders above the root: not followed)
+        self._outer_rules = outer
+        folders: dict[str, _Listed] = {}
+        queue = deque([("", trusted)])
+        while queue:
+            folder, trusted = queue.popleft()
+            listed, rules_kept = self._listed_now(folder, rules, trusted)
+            if listed is not None:
+                folders[folder] = listed
+                queue.extend((subfolder, rules_kept) for subfolder in listed.listing.folders)
+        self._listed = folders
+        return folders
+
+    def _listed_now(self, folder: str, rules: IgnoreRules, trusted: bool) -> tuple[_Listed | None, bool]:
+        """The folder as the walk lists it now (None: gone, a link, unreadable), and whether the rules deciding in
+        the folders below it are proven as they were (``trusted``: those deciding in it are).
+
+        Its listing is the last pass's where its stamps are those taken before that listing (an entry added, removed
+        or renamed moves them), that listing came a tick of the file clock after they last moved (a change within
+        the tick keeps them: listed again, as in ``_look_at_folders``), its names alone decided it (no link, no git
+        folder, no nested repository in it) and its ignore files read as they did."""
+        try:
+            status = os.lstat(os.path.join(self.root, folder))
+        except OSError:
+            return None, False
+        if not stat.S_ISDIR(status.st_mode):
+            return None, False
+        stamps = (status.st_mtime_ns, change_time(status), status.st_ino)
+        before = self._listed.get(folder)
+        if trusted and before is not None and before.trusted and before.stamps == stamps and (
+                not before.listing.ignore_files or rules.folder_rules(folder) == before.rules):
+            return before, True
+        listed_ns = time.time_ns()
+        listing = folder_listing(self.root, folder, rules)
+        if listing is None:
+            return None, False
+        own_rules = rules.folder_rules(folder) if listing.ignore_files else []
+        tick_ns = before.tick_ns if before is not None and before.stamps == stamps else min(stamps[1], listed_ns)
+        steady = listing.steady and not listing.repository
+        listed = _Listed(listing, stamps, tick_ns, own_rules, steady and listed_ns >= tick_ns + RACY_NS)
+        rules_kept = (trusted and before is not None and own_rules == before.rules
+                      and not listing.repository and not before.listing.repository)
+        return listed, rules_kept
 
     def _rules_changed(self, folders: list[str]) -> bool:
         """One stat of each ignore file in these folders (with the root, of the repository's info/exclude too): whether
@@ -288,6 +357,16 @@ class FreshIndex:
                 removed.append(path)
         return changed, removed
 
+
+
+class _Listed(NamedTuple):
+    """A folder as a whole pass (``rescan``) listed it."""
+
+    listing: FolderListing
+    stamps: tuple[int, int, int]    # its modification and change times and inode, taken before the listing
+    tick_ns: int                    # when the file clock's tick of these stamps began, by this clock (see _listed_now)
+    rules: list                     # its ignore files' patterns that decided the listing (IgnoreRules.folder_rules)
+    trusted: bool                   # whether the next pass may take the listing as it is while the stamps stay
 
 
 def _with_parents(paths: Iterable[str]) -> list[str]:

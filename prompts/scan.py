@@ -369,6 +369,52 @@ def list_folder(root: Path, folder: str, rules: IgnoreRules, max_file_bytes: int
     return sources, folders
 
 
+class FolderListing(NamedTuple):
+    """One folder as the walk sees it, with what may change that while its names stay as they were."""
+
+    files: tuple[str, ...]      # the files the walk looks at in it (a stat each), as paths relative to the root
+    folders: tuple[str, ...]    # the subfolders it enters
+    ignore_files: bool          # whether it holds an ignore file (.gitignore, .codecompleteignore)
+    steady: bool                # no name in it is a link (whose target decides), nor a git folder's HEAD (its text)
+    repository: bool            # it holds a .git: whether it is a nested repository, with rules of its own, may change
+
+
+def folder_listing(root: Path, folder: str, rules: IgnoreRules) -> FolderListing | None:
+    """``folder`` (posix, relative to the root, "" for the root) as the walk lists it: the same decisions, without a
+    stat of its files; None when it is gone or unreadable. ``rules``: ``repository_rules(root)``."""
+    directory = os.path.join(root, folder)
+    try:
+        with os.scandir(directory) as listing:
+            names = [(entry.name, _is_folder(entry), entry.is_symlink()) for entry in listing]
+    except OSError:
+        return None
+    prefix = folder + "/" if folder else ""
+    file_names = [name for name, is_dir, _ in names if not is_dir]
+    ignore_files = any(name in rules.filenames for name in file_names)
+    steady = "HEAD" not in file_names and not any(link for _, _, link in names)
+    repository = bool(prefix) and any(name == ".git" for name, _, _ in names)
+    if prefix and _a_git_folder(directory, file_names):
+        return FolderListing((), (), ignore_files, steady, repository)
+    subfolders = (name for name, is_dir, _ in names if is_dir)
+    folders = [prefix + name for name in _kept_folders(directory, prefix, subfolders, rules)
+               ] if prefix.count("/") < MAX_DEPTH else []
+    files = [path for path in _kept_files(prefix, file_names, rules) if not _skipped_by_name(path)]
+    return FolderListing(tuple(files), tuple(folders), ignore_files, steady, repository)
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    """Whether os.walk takes the entry for a folder (a link to one too)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def walked_source(root: Path, path: str, max_file_bytes: int, rules: IgnoreRules) -> SourceFile | None:
+    """A file of a ``folder_listing`` as the walk yields it now (a stat), or None where the walk leaves it out."""
+    return _stat(root, path, max_file_bytes, rules)
+
+
 def repository_rules(root: Path) -> IgnoreRules:
     """The ignore rules the walk honours."""
     return IgnoreRules(root, (".gitignore", IGNORE_FILE), git_exclude=True)
@@ -485,6 +531,20 @@ class IgnoreRules:
                 if decision is not None:
                     return decision
         return False
+
+    def outer_rules(self) -> tuple:
+        """What decides everywhere beside the folders' own ignore files, as these rules read it: the checkout the root
+        lies in, the root's core.ignorecase, the patterns of info/exclude and the user's excludes file. Equal for two
+        rules objects, they decide alike wherever the folders' ignore files read alike (`folder_rules`)."""
+        top, below = self._checkout
+        excludes = [rules.patterns for name, rules in self._specs_of("", "") if name == GIT_EXCLUDES]
+        return top, below, self._ignorecase(""), excludes
+
+    def folder_rules(self, folder: str) -> list:
+        """The patterns of the ignore files in ``folder`` (below the root, outside any nested repository) as these
+        rules read them."""
+        directory = (self._checkout[1] + folder).rstrip("/")
+        return [(name, rules.patterns) for name, rules in self._specs_of("", directory) if name != GIT_EXCLUDES]
 
     def _plan(self, folder: str) -> list[tuple[int, bool, list[tuple[str, Rules]]]]:
         """The rules that decide the paths in ``folder`` (below the top; "" for the top), deepest folder first: for
