@@ -391,6 +391,20 @@ def test_a_nested_repository_s_rules_decide_inside_it_whenever_it_becomes_one_or
         assert rescanned() == built_from_nothing(root) and rescanned() == built_from_nothing(root)
 
 
+def test_a_file_a_request_found_then_ignored_stays_out_after_a_rescan(make_repo):
+    """A request's look found new files and parsed one (the rest wait for the next slices); one of them is ignored
+    before the next pass: the pass's own findings are what it parses, not what waited."""
+    root = make_repo({"app.py": "def main():\n    return 0\n", ".gitignore": ""})
+    fresh = FreshIndex(index_repository(root), parses_per_refresh=1)
+    for number in range(3):
+        (root / "pkg").mkdir(exist_ok=True)
+        (root / "pkg" / f"n{number}.py").write_text(f"def n{number}():\n    return {number}\n")
+    fresh.refresh("pkg/n0.py")
+    assert fresh.parsing
+    (root / ".gitignore").write_text("n2.py\n")
+    assert fresh.rescan().files == [".gitignore", "app.py", "pkg/n0.py", "pkg/n1.py"]
+
+
 def wait_for_the_next_tick(probe):
     """Until the file clock has moved on since the last pass (here a change time apart; a kernel's coarse clock: a
     few milliseconds)."""
