@@ -302,8 +302,14 @@ def _facts_path(cubin: bytes, with_opcodes: bool) -> Path:
 
 @functools.cache
 def _facts_version() -> str:
-    """What else names a cubin's facts, read once a process: the tools' Triton and this module's text."""
-    return triton.__version__ + str(_nvidia_tool("nvdisasm")) + Path(__file__).read_text(encoding="utf-8")
+    """What else names a cubin's facts, read once a process: the tools' Triton, the tools' bytes and this module's
+    text. The tools by their bytes, not their path: CI makes a fresh virtual environment a run, so a path kept no
+    facts from one run to the next (each run disassembled every kernel again, ~50 CPU-s on 2 cores)."""
+    tools = hashlib.sha256()
+    for name in ("cuobjdump", "nvdisasm"):
+        with contextlib.suppress(OSError):  # (a missing tool: sass_facts fails on it as before)
+            tools.update(_nvidia_tool(name).read_bytes())
+    return triton.__version__ + tools.hexdigest() + Path(__file__).read_text(encoding="utf-8")
 
 
 def _disassembled_facts(cubin: bytes, with_opcodes: bool) -> dict:

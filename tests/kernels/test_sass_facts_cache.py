@@ -57,6 +57,25 @@ def test_a_cache_that_cannot_be_written_still_gives_the_facts(disassembled, monk
     assert len(disassembled) == 2
 
 
+def test_the_key_is_the_tools_bytes_not_where_they_are_installed(monkeypatch, tmp_path):
+    """CI installs Triton into a fresh virtual environment a run: with the tools' path in the key, no run found the
+    facts the last one kept (every kernel disassembled again). The same tools elsewhere give the same key; a tool
+    with other bytes (another build) gives another."""
+    def key_with_tools(folder, nvdisasm):
+        folder.mkdir()
+        (folder / "cuobjdump").write_bytes(b"cuobjdump 12.8")
+        (folder / "nvdisasm").write_bytes(nvdisasm)
+        monkeypatch.setattr(compile_check, "_nvidia_tool", lambda name: folder / name)
+        compile_check._facts_version.cache_clear()
+        return compile_check._facts_path(b"kernel", True)
+    try:
+        first = key_with_tools(tmp_path / "venv1", b"nvdisasm 12.8")
+        assert key_with_tools(tmp_path / "venv2", b"nvdisasm 12.8") == first
+        assert key_with_tools(tmp_path / "venv3", b"nvdisasm 12.9") != first
+    finally:
+        compile_check._facts_version.cache_clear()     # (the real tools' key for the tests after)
+
+
 def test_the_facts_kept_are_the_tools_facts_of_a_real_sm90_cubin(tmp_path):
     """A kernel built for sm_90 (in a process without TRITON_INTERPRET): the facts a cold cache reads from the tools,
     those a warm one reads back, and the tools' own output agree, loop histogram included."""
