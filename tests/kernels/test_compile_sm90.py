@@ -234,6 +234,45 @@ def test_the_dense_kernels_compile_for_sm90_with_bf16_int8_and_int4_weights(comp
     assert "error" not in few_rows and any(v["split_k"] > 1 for v in few_rows["variants"]), few_rows
 
 
+def test_both_gemv_variants_compile_for_sm90(compiled):
+    """Both kernels build for the H100/H200 (kernels.gemv.compile_facts, as compile_check reports it): the weight
+    loads vectorised (16-byte loads), and the split one takes an acq_rel ticket, reads the partials from
+    L2 (every split's) and resets its counter."""
+    facts = compiled["gemv bf16 and int8 weights, unsplit and split-K"]
+    assert "error" not in facts, facts["error"]
+    unsplit, split, unsplit_int8, split_int8 = facts["variants"]
+    assert unsplit["cubin_bytes"] > 0 and unsplit["vector_loads"] >= 4 and not unsplit["ticket"]
+    assert split["cubin_bytes"] > 0 and split["vector_loads"] >= 4
+    assert split["ticket"] and split["reset"] and split["partials_from_l2"] == 3
+    # int8 weights: 8-byte loads (as many bytes a thread as of x: no exchange of x's tile through shared memory, so
+    # no barrier in the loop, as with bf16 weights), converted by PRMT and an exact add, no I2F
+    for facts, ticket in ((unsplit_int8, False), (split_int8, True)):
+        assert facts["int8_weights"] and facts["cubin_bytes"] > 0 and facts["loads_8_bytes"] >= 2, facts
+        assert facts["i2f"] == 0 and facts["prmt"] > 0 and facts["ticket"] == ticket, facts
+        assert facts["loop_barriers"] == 0 == unsplit["loop_barriers"], facts
+    assert split_int8["partials_from_l2"] == 3
+
+
+def test_the_few_row_int8_kernel_compiles_for_sm90_without_i2f(compiled):
+    """Built for the H100/H200 (kernels.few_rows_int8.compile_facts, as compile_check reports it): the main loop
+    streams W by async copies into tensor-core dots (fp32 FMAs for float32 activations), converting the int8 tiles
+    without one I2F, for bf16, fp16 and float32 activations, with no spills. Triton's own fp16 conversion (the arm
+    PRMT replaces) does spend I2Fs, so the count can tell them apart. Split-K builds (7B's wo) take a ticket, read the
+    partials from L2 and reset the counter; the unsplit build (the output layer) has none of that."""
+    facts = compiled["few_rows_int8 unsplit and split-K"]
+    assert "error" not in facts, facts["error"]
+    *prmt_arms, i2f_arm = facts["variants"]
+    for facts in prmt_arms:
+        assert facts["cubin_bytes"] > 0 and facts["local_bytes"] == 0 and facts["async_copies"] > 0, facts
+        assert facts["i2f"] == 0 and facts["prmt"] > 0, facts
+        assert (facts["fma_dots"] if facts["dtype"] == "fp32" else facts["tensor_core_dots"]) > 0, facts
+    assert not i2f_arm["prmt_arm"] and i2f_arm["i2f"] > 0, i2f_arm
+    assert [facts["split_k"] > 1 for facts in prmt_arms] == [False, True, True, True], prmt_arms
+    for facts in prmt_arms + [i2f_arm]:
+        split = facts["split_k"] > 1
+        assert facts["ticket"] == facts["reset"] == split and (facts["partials_from_l2"] > 0) == split, facts
+
+
 def test_the_int4_gemv_compiles_for_sm90(compiled):
     """kernels/gemv_int4.py's builds as launched at CodeLlama's shapes (kernels.gemv_int4.compile_facts): no spills.
     The one-row kernel's key loop loads W and x 16 bytes at a time with no barrier and no shuffle (x's tile and the

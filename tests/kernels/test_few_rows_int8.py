@@ -1,10 +1,5 @@
 """The few-row int8-weight projection (kernels/few_rows_int8.py) against float64 of the dequantized weight, on fresh
-random inputs with NaN-poisoned outputs, in the interpreter; its sm_90 build in a subprocess."""
-
-import json
-import os
-import subprocess
-import sys
+random inputs with NaN-poisoned outputs, in the interpreter. Its sm_90 build: tests/kernels/test_compile_sm90.py (compile_check builds it)."""
 
 import pytest
 import torch
@@ -76,25 +71,3 @@ def test_invalid_inputs_are_refused_with_a_clear_message():
                        ((x, weight, scale.repeat(2)[::2]), "weight_scale must be one contiguous float32")):
         with pytest.raises(ValueError, match=says):
             few_rows_int8(*args)
-
-
-def test_compiles_for_sm90_without_i2f():
-    """Built for the H100/H200 (a subprocess: this session interprets Triton): the main loop streams W by async copies
-    into tensor-core dots (fp32 FMAs for float32 activations), converting the int8 tiles without one I2F, for bf16,
-    fp16 and float32 activations, with no spills. Triton's own fp16 conversion (the arm PRMT replaces) does spend
-    I2Fs, so the count can tell them apart. Split-K builds (7B's wo) take a ticket, read the partials from L2 and
-    reset the counter; the unsplit build (the output layer) has none of that."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-c", "import json; from kernels.few_rows_int8 import compile_facts; "
-                          "print(json.dumps(compile_facts()))"], capture_output=True, text=True, env=env, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    *prmt_arms, i2f_arm = json.loads(run.stdout.splitlines()[-1])
-    for facts in prmt_arms:
-        assert facts["cubin_bytes"] > 0 and facts["local_bytes"] == 0 and facts["async_copies"] > 0, facts
-        assert facts["i2f"] == 0 and facts["prmt"] > 0, facts
-        assert (facts["fma_dots"] if facts["dtype"] == "fp32" else facts["tensor_core_dots"]) > 0, facts
-    assert not i2f_arm["prmt_arm"] and i2f_arm["i2f"] > 0, i2f_arm
-    assert [facts["split_k"] > 1 for facts in prmt_arms] == [False, True, True, True], prmt_arms
-    for facts in prmt_arms + [i2f_arm]:
-        split = facts["split_k"] > 1
-        assert facts["ticket"] == facts["reset"] == split and (facts["partials_from_l2"] > 0) == split, facts
