@@ -60,6 +60,7 @@ GC_FREEZE = switches.GC_FREEZE         # off: leave start-up's objects to the ga
 
 
 def run_serve(args) -> None:
+    client.build()      # the code this process runs, taken before an upgrade could change it on disk meanwhile
     api_key = args.api_key or os.environ.get(client.API_KEY_ENV) or None
     if api_key is not None and not client.sendable_key(api_key):
         raise UsageError(f"the API key must be {client.KEY_RULE}")
@@ -225,7 +226,7 @@ def _description(url: str, root, args, engine) -> dict:
     and the options it was started with, for the command line to tell whether it answers as it would."""
     import torch
 
-    return {"url": url, "repo": str(root), "version": package_version(),
+    return {"url": url, "repo": str(root), "version": package_version(), "build": client.build(),
             "default_device": "cuda" if torch.cuda.is_available() else "cpu",   # where a command line runs by default
             "model_spec": client.model_spec(args.model or os.environ.get("CODECOMPLETE_MODEL")),
             "device": args.device, "dtype": args.dtype, "attention": args.attention, "gpus": args.gpus,

@@ -235,15 +235,19 @@ ENGINE = {"name": "stand-in", "device": "cpu", "dtype": "float32", "attention": 
 
 @pytest.fixture
 def stand_in():
-    """start(info, stream=b"", headers={}) serves `info` (bytes as they are, else JSON) at /codecomplete/v1/info and
-    `stream` with `headers` for every POST; yields (url, posts) where posts counts the POSTs it got. Each request's
-    Authorization header (None: none) goes to start.authorizations."""
+    """start(info, stream=b"", headers={}) serves `info` (bytes as they are, else JSON, with this code's build unless
+    it names one) at /codecomplete/v1/info and `stream` with `headers` for every POST; yields (url, posts) where
+    posts counts the POSTs it got. Each request's Authorization header (None: none) goes to start.authorizations."""
     import http.server
     import threading
+
+    from codecomplete.client import build
 
     servers, posts, authorizations = [], [], []
 
     def start(info, stream: bytes = b"", headers: dict[str, str] = {}):
+        if isinstance(info, dict):
+            info = {"build": build(), **info}
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, *_):
                 pass
@@ -286,8 +290,9 @@ def announce_file(folder, url, repo, pid, api_key=None):
     """A runtime file as `codecomplete serve` writes it; `pid` is alive (this process)."""
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = folder / f"{pid}.json"
+    from codecomplete.client import build
     path.write_text(json.dumps({"url": url, "repo": str(repo), "model_spec": None, "engine": ENGINE, "pid": pid,
-                                "api_key": api_key}))
+                                "api_key": api_key, "build": build()}))
     path.chmod(0o600)
     return path
 
@@ -373,6 +378,7 @@ def test_a_server_announces_its_defaults_where_it_was_given_options(served_repo,
     info = serve._description("http://127.0.0.1:1", served_repo, args, session.engine)
     assert info["defaults"] == {"dtype": "float32", "matmul_dtype": "float32", "attention": None}   # (suite: no bf16)
     assert info["engine"]["dtype"] == "float32" and info["engine"]["attention"] == "sdpa"
+    assert info["build"] == client.build() and client.other_build(info) is None     # (test_upgrades.py)
     named = args_for(served_repo, "--file", "app.py", "--attention", "sdpa")
     assert client.mismatch(info, named, served_repo, 8) is None
     assert "--attention sdpa" in client.mismatch(info, args_for(served_repo, "--file", "app.py"), served_repo, 8)
