@@ -36,7 +36,7 @@ from typing import NamedTuple
 from .chunking import Chunk, analyze_source
 from .errors import PromptError
 from .imports import Import, PathTable
-from .languages import language_family, language_name
+from .languages import grammars_stamp, language_family, language_name
 from .scan import MAX_FILE_BYTES, ScanWarning, SourceFile, count_ignored, lies_within, read_source, scan_repository
 
 CACHE_VERSION = 15  # bump whenever chunking or the cached layout changes (8: CommonJS requires and exports, Rust
@@ -415,8 +415,8 @@ def _index(
     index = RepoIndex(root_path, entries, vocabulary, term_ids)
     if stale or restamped or len(entries) != len(cached):
         # (the index's numbering: without the names no file references any more)
-        saved = {"root": str(root_path), "files": entries, "vocabulary": index.vocabulary,
-                 "term_ids": index._term_ids}
+        saved = {"root": str(root_path), "grammars": grammars_stamp(), "files": entries,
+                 "vocabulary": index.vocabulary, "term_ids": index._term_ids}
         _save_cache(cache_file, saved)
     return index
 
@@ -482,15 +482,17 @@ def _replace(source: str, target: Path, attempts: int = 40) -> None:
 
 
 def _load_cache(cache_file: Path | None, root: Path) -> dict:
-    """The saved index: {"root", "files": {path: FileEntry}, "vocabulary", "term_ids": {path: array}}; an empty
-    one when there is none, or when what is there is not a well-formed index of this root (then it is rebuilt)."""
+    """The saved index: {"root", "grammars", "files": {path: FileEntry}, "vocabulary", "term_ids": {path: array}};
+    an empty one when there is none, when it was parsed by other grammars than those installed now
+    (`grammars_stamp`), or when what is there is not a well-formed index of this root (then it is rebuilt)."""
     empty = {"root": str(root), "files": {}, "vocabulary": {}, "term_ids": {}}
     if cache_file is None:
         return empty
     try:
         with open(cache_file, "rb") as file:
             saved = _CacheUnpickler(file).load()
-        return saved if _well_formed(saved, root) else empty
+        current = isinstance(saved, dict) and saved.get("grammars") == grammars_stamp()
+        return saved if current and _well_formed(saved, root) else empty
     except Exception:  # missing, truncated by a crash, or from an incompatible version: rebuild it
         return empty
 

@@ -28,6 +28,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import importlib.util
+import os
 import posixpath
 import time
 from dataclasses import dataclass
@@ -431,6 +433,26 @@ PLAIN_TEXT: dict[str, tuple[str, str]] = {
     ".swift": ("swift", "//"), ".cs": ("csharp", "//"), ".php": ("php", "//"), ".scala": ("scala", "//"),
 }
 DEFAULT_PLAIN = ("text", "#")
+
+
+@functools.cache
+def grammars_stamp() -> tuple:
+    """The tree-sitter and grammars installed, as the stamps (name, size, modification time) of their compiled
+    bindings, found without importing them (~1 ms): an index cached with other ones may hold other chunks (a grammar
+    upgraded under the same codecomplete parses some code differently), so that cache is parsed again."""
+    modules = ["tree_sitter", *sorted({spec.grammar.split(":")[0] for spec in TREE_SITTER_LANGUAGES.values()})]
+    stamps = []
+    for module in modules:
+        found = importlib.util.find_spec(module)
+        binaries = []
+        if found is not None and found.origin:
+            with os.scandir(os.path.dirname(found.origin)) as entries:
+                for entry in entries:
+                    if entry.name.endswith((".so", ".pyd", ".dylib")):
+                        info = entry.stat()
+                        binaries.append((entry.name, info.st_size, info.st_mtime_ns))
+        stamps.append((module, tuple(sorted(binaries))))
+    return tuple(stamps)
 
 
 def language_for(path: str) -> LanguageSpec | None:

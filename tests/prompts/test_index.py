@@ -177,6 +177,28 @@ def test_a_corrupt_cache_is_rebuilt(make_repo, cache_dir, count_parses):
         assert pickle.loads(cache_file.read_bytes())["root"] == str(root.resolve())
 
 
+def test_a_cache_parsed_by_other_grammars_is_parsed_again(make_repo, cache_dir, count_parses, monkeypatch):
+    """A grammar upgraded under the same codecomplete (`pip install -U tree-sitter-python`) may chunk some code
+    otherwise: the files are parsed again, not kept with the old grammar's chunks until each changes; with the same
+    grammars nothing is parsed. The stamps are the installed bindings' (no grammar imported to take them)."""
+    import prompts.index
+    from prompts.languages import grammars_stamp
+
+    stamp = grammars_stamp()
+    assert [module for module, _ in stamp][:2] == ["tree_sitter", "tree_sitter_c"] and all(files for _, files in stamp)
+    root = make_repo(FILES)
+    index_repository(root)
+    count_parses.clear()
+    index_repository(root)
+    assert count_parses == []
+    upgraded = ((stamp[0]), *((module, ((name, size + 1, mtime),)) for module, ((name, size, mtime),) in stamp[1:]))
+    monkeypatch.setattr(prompts.index, "grammars_stamp", lambda: upgraded)
+    assert len(index_repository(root).chunks) == 5 and len(count_parses) == 4
+    count_parses.clear()
+    index_repository(root)      # (saved with the new grammars' stamps)
+    assert count_parses == []
+
+
 class _Planted:
     """What a planted cache file would carry: a call made while it unpickles."""
 
