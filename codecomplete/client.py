@@ -76,21 +76,21 @@ def connect(args, root: Path | None = None, max_new_tokens: int = 0, file: str |
         if key is not None and not sendable_key(key):      # (httpx's header encoding raised: an internal error)
             raise UsageError(f"${API_KEY_ENV} must be {KEY_RULE}")
         info = _get_info(url, key)
-        problem = other_build(info) or mismatch(info, args, root, max_new_tokens)
+        problem = unusable(info, args, root, max_new_tokens)
         if problem:
             raise UsageError(f"the server at {url} {problem}")
         return RemoteSession(url, info, key, args.context_tokens)
     from .server.discovery import running_servers
 
     for announced in running_servers():
-        if other_build(announced) is None and mismatch(announced, args, root, max_new_tokens) is None:
+        if unusable(announced, args, root, max_new_tokens) is None:
             try:
                 info = _get_info(announced["url"], announced.get("api_key"))
             except AppError:
                 continue         # announced but not answering (starting, or stuck): run in process
             # The file may outlive its server (killed, its process id reused) while another program, or a server
             # for another repository, took the port: what answers must fit too.
-            if other_build(info) is None and mismatch(info, args, root, max_new_tokens) is None:
+            if unusable(info, args, root, max_new_tokens) is None:
                 return RemoteSession(announced["url"], info, announced.get("api_key"), args.context_tokens)
     return None
 
@@ -129,6 +129,12 @@ def _announced_key(url: str) -> str | None:
         if _address(str(announced.get("url", ""))) == address:
             return announced.get("api_key")
     return None
+
+
+def unusable(info: dict, args, root: Path | None, max_new_tokens: int) -> str | None:
+    """Why this server is not to be used for this command (None: it is): it runs other code, or would print other
+    text than this process (`mismatch`); asked of a server's runtime record and again of what answers at its URL."""
+    return other_build(info) or mismatch(info, args, root, max_new_tokens)
 
 
 def other_build(info: dict) -> str | None:
