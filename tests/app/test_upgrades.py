@@ -92,4 +92,29 @@ def test_the_build_is_the_code_on_disk(tmp_path, monkeypatch):
     assert second != first
     plan.write_text('{"plans": []}')
     assert digest() not in (first, second)
-    assert client.build() == client.digest_of(client.Path(client.__file__).resolve().parents[1])
+
+
+def test_the_build_follows_the_dependencies_that_shape_answers(monkeypatch):
+    """A dependency upgraded beside a running server (another tokenizer, another grammar) is another build; the
+    versions are read as importlib.metadata reads them, for every grammar the index parses with."""
+    from importlib import metadata
+
+    from prompts.languages import TREE_SITTER_LANGUAGES
+
+    assert {client.dependency_version(name) for name in client.DEPENDENCIES} != {None}
+    for name in client.DEPENDENCIES:
+        try:
+            assert client.dependency_version(name) == metadata.version(name), name
+        except metadata.PackageNotFoundError:
+            assert client.dependency_version(name) is None, name
+    grammars = {spec.grammar.split(":")[0].replace("_", "-") for spec in TREE_SITTER_LANGUAGES.values()}
+    assert grammars <= set(client.DEPENDENCIES)
+    first = client.build.__wrapped__()
+    assert first == client.build()
+    for name in ("tokenizers", "tree-sitter-python"):
+        versions = dict(client._installed_versions())
+        versions[client._normalized(name)] = "99.0"
+        monkeypatch.setattr(client, "_installed_versions", lambda versions=versions: versions)
+        assert client.build.__wrapped__() != first, name
+        monkeypatch.undo()
+    assert client.build.__wrapped__() == first
