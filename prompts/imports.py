@@ -25,6 +25,8 @@ which defines what the header declares.
 
 from __future__ import annotations
 
+import bisect
+import copy
 import functools
 import posixpath
 import re
@@ -77,18 +79,42 @@ class PathTable:
         self._by_stem_tail: dict[str, list[str]] = {}
         self._by_folder_tail: dict[str, list[str]] = {}
         for path in paths:
-            pure = PurePosixPath(path)
-            self.by_name.setdefault(pure.name, []).append(path)
-            self.by_stem.setdefault(pure.stem, []).append(path)
-            self.by_folder_name.setdefault(pure.parent.name, []).append(path)
-            self._by_name_tail.setdefault(_tail(path), []).append(path)
-            self._by_stem_tail.setdefault(_tail(_strip_extension(path)), []).append(path)
-            self._by_folder_tail.setdefault(_tail(posixpath.dirname(path)), []).append(path)
+            for lookup, key in zip(self._lookups(), _keys(path)):
+                lookup.setdefault(key, []).append(path)
         manifests = {path: read(path) for path in self.by_name.get("Cargo.toml", ())} if read else {}
         self.crates = rust_crates(manifests)  # a library crate's name in `use` paths -> its root file
         go_manifests = {path: read(path) for path in self.by_name.get("go.mod", ())} if read else {}
         self.go_modules = go_modules(go_manifests)  # a Go module's path -> the folder of its go.mod
         self.crate_roots = {posixpath.dirname(root): root for root in self.crates.values()}  # folder -> root file
+
+    def _lookups(self) -> tuple[dict[str, list[str]], ...]:
+        """The tables a path is filed in, in the order of ``_keys``."""
+        return (self.by_name, self.by_stem, self.by_folder_name, self._by_name_tail, self._by_stem_tail,
+                self._by_folder_tail)
+
+    def with_changes(self, added: Iterable[str], removed: Iterable[str]) -> PathTable:
+        """This table of sorted paths (RepoIndex's) with some paths added and some gone, equal to the one built from
+        scratch: each touched list, in path order, copied and changed; the rest shared with this table, which stays
+        as it is. Building it again took 0.2 s at 37k files, at every save that added or deleted one. The manifests
+        are taken as they were: a Cargo.toml or go.mod added or gone needs a table built from scratch."""
+        table = copy.copy(self)
+        lookups = tuple(dict(lookup) for lookup in self._lookups())
+        (table.by_name, table.by_stem, table.by_folder_name, table._by_name_tail, table._by_stem_tail,
+         table._by_folder_tail) = lookups
+        copied: set[tuple[int, str]] = set()    # (lookup, key) whose list is this table's own copy already
+        for path, adding in [*((path, False) for path in removed), *((path, True) for path in added)]:
+            for number, (lookup, key) in enumerate(zip(lookups, _keys(path))):
+                if (number, key) not in copied:
+                    copied.add((number, key))
+                    lookup[key] = list(lookup.get(key, ()))
+                paths = lookup.setdefault(key, [])     # (one emptied and deleted above may fill again)
+                if adding:
+                    bisect.insort(paths, path)
+                else:
+                    paths.remove(path)
+                    if not paths:
+                        del lookup[key]
+        return table
 
     def files(self, target: str, anchored: bool, extension: bool = False) -> list[str]:
         """Paths equal to ``target`` (``anchored``) or ending with it at a ``/``; without ``extension`` the
@@ -104,6 +130,14 @@ class PathTable:
         candidates = self._by_folder_tail.get(_tail(target), []) if "/" in target else self.by_folder_name.get(
             target, [])
         return [p for p in candidates if _ends_with(posixpath.dirname(p), target, anchored)]
+
+
+def _keys(path: str) -> tuple[str, ...]:
+    """What a path is filed under in each of PathTable's lookups: its name, stem and folder's name, and the last two
+    parts of it, of it without its extension and of its folder."""
+    pure = PurePosixPath(path)
+    return (pure.name, pure.stem, pure.parent.name, _tail(path), _tail(_strip_extension(path)),
+            _tail(posixpath.dirname(path)))
 
 
 def _tail(path: str) -> str:
