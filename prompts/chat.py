@@ -32,6 +32,7 @@ from .errors import BudgetError, ChatTemplateError, PromptError
 from .holding import HOLD_MARGIN, chunk_number, worth
 from .index import RepoIndex
 from .packing import ContextItem, Layout, PackedPrompt, select_chunks
+from .question_terms import members_named, prose_words, spelled_names
 from .ranking import Query, ordered, score_both, text_weights
 from .tokens import Encoder, encoder_for, surely_over
 
@@ -53,6 +54,8 @@ HOLD_HEAD = 3          # held excerpts and a fresh choice are compared by the wo
 _WORD = re.compile(r"[\w./-]+")
 _CODE_SHAPED = re.compile(r"[_0-9]|.[A-Z]")    # snake_case, a digit; camelCase, CamelCase's inner capitals
 _ACRONYM = re.compile(r"[A-Z]{2,}s?")          # API, JSON, URLs: prose's capitals, not a constant's nor a class's
+_MODULE_WORDS = frozenset(("module", "modules", "file", "files", "package", "script", "submodule"))
+_BACK_REFERENCES = frozenset(("it", "its", "that", "this", "there", "them", "they", "those", "these", "he", "she"))
 _LIST_ITEM = re.compile(r"[ \t]*(?:[-*+]|\d{1,3}[.)])[ \t]+")     # a list item's mark, at its line's start
 
 Message = dict[str, str]
@@ -124,8 +127,9 @@ def build_chat_prompt(
     pins = tuple((path, tuple(chunks)) for path, chunks in zip(pinned_paths, pinned))
     question = next(m["content"] for m in reversed(shared) if m["role"] == "user")
     weights = {name: PINNED_WEIGHT for chunks in pinned for chunk in chunks for name in chunk.references}
-    weights.update(_question_weights(whole, defined=index.definers.__contains__))
-    query = Query(weights=weights, mentioned=frozenset(_mentioned_files(index, question)))
+    weights.update(_question_weights(whole, defined=index.definers.__contains__, index=index))
+    query = Query(weights=weights, mentioned=frozenset(_mentioned_files(index, question)),
+                  qualified=_question_members(whole, index))
     _, scores = score_both(index, query)
     layout = Layout(
         section=lambda c: [f"\n{c.path}\n"],
@@ -155,8 +159,7 @@ def build_chat_prompt(
     room = limit - len(render(system, shared))
     chosen = choose(room)
     if (held is not None and _continues(held, messages, pins)
-            and _still_wanted(index, held, chosen.chunks, scores,
-                              follows_on=not (query.mentioned or _finds_code(index, question)))):
+            and _still_wanted(index, held, chosen.chunks, scores, follows_on=_follows_on(index, question, query))):
         kept = _turns_beside(render, system + held.text, whole, limit)
         if len(kept) >= len(chosen.conversation):     # (holding them must not cost the conversation earlier turns)
             kept = _held_turns(render, system + held.text, turns, held.dropped, kept, limit)
@@ -178,21 +181,54 @@ def build_chat_prompt(
                         held=now)
 
 
-def _question_weights(conversation: list[Message], defined: Callable[[str], bool] = lambda name: True
-                      ) -> dict[str, float]:
-    """Identifier weights for the retrieval: the question's, and those of the EARLIER_QUESTIONS user messages before
-    it at EARLIER_WEIGHT less each (an identifier keeps its heaviest weight). Where none of them names code
-    (`_names_code`: "Why?" four times over), the last question that did counts as the oldest of them: those
-    follow-ups are about what it named, and left the retrieval nothing to rank by."""
+def _question_weights(conversation: list[Message], defined: Callable[[str], bool] = lambda name: True,
+                      index: RepoIndex | None = None) -> dict[str, float]:
+    """Identifier weights for the retrieval: the question's and the questions' before it (`_question_window`), an
+    identifier at its heaviest weight. Each question's are its words (the stop words of its prose left out) and the
+    names of the ``index`` that its words spell ("merge cookies": `merge_cookies`)."""
+    weights: dict[str, float] = {}
+    for factor, text in _question_window(conversation, defined):
+        for name, weight in _text_terms(text, index).items():
+            weights[name] = max(weights.get(name, 0.0), weight * factor)
+    return weights
+
+
+def _question_members(conversation: list[Message], index: RepoIndex) -> dict[str, tuple[float, list[int]]]:
+    """The types' members the questions name (`Client.send`, "client send"), as ranking's qualified uses: "Type.member"
+    -> (its question's weight, the chunks defining it)."""
+    members: dict[str, tuple[float, list[int]]] = {}
+    for factor, text in _question_window(conversation, index.definers.__contains__):
+        for use, chunks in members_named(index, text).items():
+            if factor > members.get(use, (0.0, []))[0]:
+                members[use] = (factor, chunks)
+    return members
+
+
+def _question_window(conversation: list[Message], defined: Callable[[str], bool]) -> list[tuple[float, str]]:
+    """The user messages whose words the retrieval weighs, each with its weight: the question (1), and the
+    EARLIER_QUESTIONS before it at EARLIER_WEIGHT less each. Where none of them names code (`_names_code`: "Why?"
+    four times over), the last question that did counts as the oldest of them: those follow-ups are about what it
+    named, and left the retrieval nothing to rank by."""
     questions = [m["content"] for m in reversed(conversation) if m["role"] == "user"]
     window = questions[:EARLIER_QUESTIONS + 1]
     if not any(_names_code(question, defined) for question in window):
         named = (q for q in questions[EARLIER_QUESTIONS + 1:] if _names_code(q, defined))
         window += list(itertools.islice(named, 1))
-    weights: dict[str, float] = {}
-    for age, text in enumerate(window):
-        for name, weight in text_weights(text).items():
-            weights[name] = max(weights.get(name, 0.0), weight * EARLIER_WEIGHT ** min(age, EARLIER_QUESTIONS))
+    return [(EARLIER_WEIGHT ** min(age, EARLIER_QUESTIONS), text) for age, text in enumerate(window)]
+
+
+def _text_terms(text: str, index: RepoIndex | None) -> dict[str, float]:
+    """One question's identifier weights: its words but the stop words of its prose ("How does the ..."), which pull
+    in whatever chunk says "how" or "explain" in a comment, and the names of the ``index`` its words spell."""
+    weights = text_weights(text)
+    for word in prose_words(_identifiers_as_written(text)):
+        del weights[word]
+    if index is not None:
+        weights.update(dict.fromkeys(spelled_names(index, text), 1.0))
+        for word in _WORD.findall(text):        # a file named ("utils.py"): its extension names nothing
+            stem, dot, extension = word.strip("./").rpartition(".")
+            if dot and stem and index.paths.files(word.strip("./"), False, extension=True):
+                weights.pop(extension, None)
     return weights
 
 
@@ -298,6 +334,20 @@ def _still_wanted(index: RepoIndex, held: HeldExcerpts, fresh: Sequence[Chunk], 
     # is in the ranking's head; over all of them, the fresh choice, the ranking's own, is ahead by its tail alone.
     best = min(HOLD_HEAD, len(fresh), len(held.chunks))
     return _best_worth(index, fresh, scores, best) <= _best_worth(index, held.chunks, scores, best) * (1 + HOLD_MARGIN)
+
+
+def _follows_on(index: RepoIndex, question: str, query: Query) -> bool:
+    """Whether ``question`` is about what the last answer was given: it names no file nor code, and either finds no
+    code ("Why?") or points back at it in prose ("And what calls it?", "What could go wrong there?"), whatever its
+    other words find ("calls", "wrong": a comment somewhere)."""
+    if query.mentioned or _names_code(question, index.definers.__contains__) or spelled_names(index, question):
+        return False
+    return not _finds_code(index, question) or _points_back(question)
+
+
+def _points_back(question: str) -> bool:
+    """Whether a word of the question's prose refers to something said before ("it", "that", "there")."""
+    return any(name.lower() in _BACK_REFERENCES and not as_code for name, as_code in _identifiers_as_written(question))
 
 
 def _finds_code(index: RepoIndex, question: str) -> bool:
@@ -410,15 +460,24 @@ def _pinned_first(pinned: list[Chunk], ranked: Iterator[tuple[float, Chunk]]) ->
 
 
 def _mentioned_files(index: RepoIndex, question: str) -> set[str]:
-    """Files the question names, by path, file name or file name without extension ("ranking")."""
+    """Files the question names, by path, file name, or file name without extension where it names a module: written
+    as code (`_compat`, `ranking`) or beside a word such as "module" ("the cookies module"). A word of prose that is
+    only a file's stem ("the response", "a connection") names no file: docstring-like questions went to response.py
+    whole."""
     found = set()
+    as_code = {name for name, code in _identifiers_as_written(question) if code}
+    words = _WORD.findall(question)
     # Each word once, a path by its last two parts: a pasted log naming `__init__.py` 20,000 times compared every
     # mention against every `__init__.py` of the repository (2,000 of them: 2.2 s).
-    for word in dict.fromkeys(word.strip("./") for word in _WORD.findall(question)):
+    for word in dict.fromkeys(word.strip("./") for word in words):
         if len(word) < 3:
             continue
         found.update(index.paths.files(word, False, extension=True))
-        found.update(index.paths.by_stem.get(word, []))
+    for k, word in enumerate(words):
+        stem = word.strip("./")
+        if len(stem) >= 3 and stem in index.paths.by_stem and (
+                stem in as_code or any(w.lower().strip(".,:;?!") in _MODULE_WORDS for w in words[max(0, k - 2):k + 3])):
+            found.update(index.paths.by_stem[stem])
     return found
 
 

@@ -58,7 +58,17 @@ def type_heads(index, path: str, qualifier: str, imported: Mapping[str, Sequence
     else:
         inside = set(module_files)
         chunks = [n for n in index.definers.get(name, ()) if index.chunks[n].path in inside]
-    return name, [n for n in chunks if name in index.chunks[n].defines and _declares_type(index.chunks[n], name)]
+    return name, _declaring(index, name, chunks)
+
+
+def declaring_chunks(index, name: str) -> list[int]:
+    """The chunks anywhere in the repository that declare a type of the name (a chat question's `Client.send`)."""
+    return _declaring(index, name, index.definers.get(name, ()))
+
+
+def _declaring(index, name: str, chunks) -> list[int]:
+    """Of ``chunks``, those that define the name as a type."""
+    return [n for n in chunks if name in index.chunks[n].defines and _declares_type(index.chunks[n], name)]
 
 
 def likeliest_members(members: Mapping[str, list[int]], partial: str, used: Container[str] = ()

@@ -17,7 +17,8 @@ Signals, summed with fixed weights:
   (members.py); after the instance itself (``self.pa``, ``super().pa``, ``this.pa``), those of the members of the
   enclosing class's base classes, defined in other files as often as not (inherited.py);
 - qualified uses (Go): ``pkg.Name`` near the cursor is a use of that imported package's Name, weighted by
-  nearness as an imported name is (two packages both define ``New``: ``store.New(`` is store's);
+  nearness as an imported name is (two packages both define ``New``: ``store.New(`` is store's); a chat question's
+  ``Client.send`` ("the client's send") is that class's ``send`` (question_terms.py), weighted by the question's age;
 - lexical similarity: BM25 between the weighted identifiers of the query and those of each chunk, normalised to
   the best match;
 - imports: a little for every chunk of a file the current file imports, shared among those files;
@@ -63,7 +64,7 @@ IMPORT_WEIGHT = 0.5  # every chunk of the imported files, shared among the files
 LEXICAL_WEIGHT = 3.0  # code like the code at the cursor: what a small model copies from best
 PROXIMITY_WEIGHT = 0.25
 SAME_FILE_WEIGHT = 3.0  # the current file's own chunks beyond the text around the cursor
-MENTION_WEIGHT = 2.0  # chat: a file the question names
+MENTION_WEIGHT = 4.0  # chat: a file the question names (over LEXICAL_WEIGHT: "What's in utils.py?" is about it)
 
 SHAPE_MISMATCH = 0.3  # a definition whose name has the wrong shape for what the cursor expects
 PROSE_FACTOR = 0.3  # identifiers in comments and strings

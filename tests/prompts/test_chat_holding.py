@@ -153,7 +153,7 @@ def test_follow_ups_that_name_no_code_keep_the_question_that_did(index, smollm2_
     for k in range(5):
         conversation += [_answer(f"Step {k} adds it."), _ask("Why?")]
     weights = _question_weights(conversation, defined=index.definers.__contains__)
-    assert weights["encode_floats_3"] == EARLIER_WEIGHT ** EARLIER_QUESTIONS and weights["Why"] == 1.0
+    assert weights["encode_floats_3"] == EARLIER_WEIGHT ** EARLIER_QUESTIONS and "Why" not in weights  # (prose)
     packed = _turn(index, smollm2_tokenizer, conversation)
     assert "encoder.py" in {item.path for item in packed.context}
 
@@ -307,7 +307,7 @@ def test_a_name_written_as_code_still_names_code(make_repo, last):
     index = index_repository(make_repo(COMMON_WORDS))
     assert {"work", "work_on", "Worker"} <= set(index.definers)
     weights = _question_weights(_five_follow_ups(last), defined=index.definers.__contains__)
-    assert "encode_floats_3" not in weights and weights["it"] == 1.0
+    assert "encode_floats_3" not in weights and {"work", "work_on", "Worker"} & {n for n, w in weights.items() if w == 1}
 
 
 @pytest.mark.parametrize("question, names", [

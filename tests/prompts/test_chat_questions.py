@@ -1,0 +1,113 @@
+"""A chat question finds the code it asks about however the user names it (prompts/chat.py, prompts/question_terms.py):
+a type's member as written (`Client.send`), a name as words ("merge cookies"), a file by name; its prose's stop words
+pull in nothing; a follow-up pointing back ("And what calls it?") keeps the excerpts of the question before it.
+(bench/chat_context_eval.py measures these on real repositories.)"""
+
+import pytest
+
+from prompts import build_chat_prompt, index_repository
+from prompts.chat import _mentioned_files, _question_weights
+
+BUDGET = 900
+
+
+def _transport(name: str) -> str:
+    """A class with a `send` and a `close` of its own, a few lines each."""
+    steps = "".join(f"        attempt_{name.lower()} = attempt_{name.lower()} * {k} + retries\n" for k in range(40))
+    return (f"class {name}:\n"
+            f"    \"\"\"Moves bytes for the {name.lower()}.\"\"\"\n\n"
+            f"    def send(self, payload, retries):\n"
+            f"        attempt_{name.lower()} = payload + retries\n{steps}"
+            f"        return attempt_{name.lower()}\n\n"
+            f"    def close(self, reason):\n"
+            f"        self.closed_{name.lower()} = reason\n"
+            f"        return reason\n")
+
+
+TRANSPORTS = {f"transport_{k}.py": _transport(f"Transport{k}") for k in range(24)}
+CLIENT = {"client.py": _transport("Client") + (
+    "\n\ndef merge_cookies(jar, cookies):\n"
+    "    \"\"\"Adds the cookies to the jar.\"\"\"\n"
+    "    for cookie in cookies:\n"
+    "        jar.append(cookie)\n"
+    "    return jar\n")}
+# Prose that says what questions say, and merges and cookies in words, in files nobody asks about.
+NOTES = {f"notes_{k}.py": (f"# How does the {k} work? What does it do? Explain it: merge the cookies, or merge the\n"
+                           f"# cookies of the jar, and what calls it and what could go wrong there.\n"
+                           f"# The calls that go wrong: wrong calls, calls gone wrong.\n"
+                           f"def note_{k}(what, how, does):\n    return what + how + does + {k}\n") for k in range(6)}
+
+
+@pytest.fixture
+def index(make_repo):
+    return index_repository(make_repo({**TRANSPORTS, **CLIENT, **NOTES}))
+
+
+def _ask(question: str) -> dict:
+    return {"role": "user", "content": question}
+
+
+def _holds(packed, path: str, line: int) -> bool:
+    return any(item.path == path and item.start_line <= line <= item.end_line for item in packed.context)
+
+
+SEND, MERGE = ("client.py", 4), ("client.py", 53)
+
+
+@pytest.mark.parametrize("question", ["What does `Client.send` do?", "How does Client.send work?",
+                                      "how does the client send work?", "Why does the client's send retry?"])
+def test_a_member_named_after_its_type_finds_that_types_member(index, smollm2_tokenizer, question):
+    """25 classes define `send`: by its name alone each got a 25th of a definition's weight, and the excerpts went
+    to the class `Client` (named once) and to transports, not to Client's send."""
+    packed = build_chat_prompt(index, smollm2_tokenizer, [_ask(question)], budget_tokens=BUDGET)
+    assert _holds(packed, *SEND), question
+
+
+@pytest.mark.parametrize("question", ["how does the client merge cookies?", "what does merge cookie do?",
+                                      "Where do we mergeCookies?"])
+def test_a_name_written_as_words_finds_its_definition(index, smollm2_tokenizer, question):
+    """`merge_cookies` is one term of the index: "merge" and "cookies" as words found the notes that say them."""
+    packed = build_chat_prompt(index, smollm2_tokenizer, [_ask(question)], budget_tokens=BUDGET)
+    assert _holds(packed, *MERGE), question
+
+
+def test_the_stop_words_of_prose_are_no_query_terms():
+    """"How", "does", "the", "What" are rare words in code (BM25 weighs them high) and found comments, not code; the
+    same words written as code still count."""
+    weights = _question_weights([_ask("How does the parser work? What does `the` mean?")])
+    assert {"How", "does", "What"}.isdisjoint(weights) and {"parser", "work", "the"} <= set(weights)
+
+
+def test_a_file_named_comes_before_the_words_around_it(make_repo, smollm2_tokenizer):
+    """"What's in globals.py?": its chunks had a mention's weight, less than the best word match's, and "What" and
+    "py" matched other files' comments best."""
+    files = {**NOTES, "globals.py": "".join(f"def local_{k}(value):\n    return value * {k}\n\n\n" for k in range(4)),
+             **{f"other_{k}.py": f"# What py? What py?\ndef other_{k}(globals):\n    return globals\n"
+                for k in range(6)}}
+    index = index_repository(make_repo(files))
+    packed = build_chat_prompt(index, smollm2_tokenizer, [_ask("What's in globals.py?")], budget_tokens=300)
+    assert "globals.py" in {item.path for item in packed.context}
+
+
+def test_a_prose_word_that_is_a_files_stem_names_no_file_but_a_module_does(make_repo):
+    index = index_repository(make_repo({"response.py": "def parse(raw):\n    return raw\n", "other.py": "x = 1\n"}))
+    assert _mentioned_files(index, "How is the response parsed?") == set()
+    assert _mentioned_files(index, "Explain the response module.") == {"response.py"}
+    assert _mentioned_files(index, "What does `response` hold?") == {"response.py"}
+    assert _mentioned_files(index, "What's in response.py?") == {"response.py"}
+
+
+@pytest.mark.parametrize("follow_up", ["And what calls it?", "What could go wrong there?"])
+def test_a_follow_up_pointing_back_keeps_the_code_it_points_at(index, smollm2_tokenizer, follow_up, monkeypatch):
+    """Its own words ("calls", "wrong") found the notes, so the held excerpts about merge_cookies were ranked against
+    a fresh choice (here made to win every comparison) and gave way."""
+    import prompts.chat
+
+    monkeypatch.setattr(prompts.chat, "HOLD_MARGIN", -0.99)    # a fresh choice is worth more than 1% of the held
+    first = [_ask("What does `merge_cookies` do?")]
+    before = build_chat_prompt(index, smollm2_tokenizer, first, budget_tokens=BUDGET, history_share=0.5)
+    assert _holds(before, *MERGE)
+    conversation = [*first, {"role": "assistant", "content": "It adds them one by one."}, _ask(follow_up)]
+    after = build_chat_prompt(index, smollm2_tokenizer, conversation, budget_tokens=BUDGET, history_share=0.5,
+                              held=before.held)
+    assert _holds(after, *MERGE) and after.ids[:len(before.ids)] == before.ids
