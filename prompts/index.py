@@ -39,14 +39,15 @@ from .imports import Import, PathTable
 from .languages import grammars_stamp, language_family, language_name
 from .scan import MAX_FILE_BYTES, ScanWarning, SourceFile, count_ignored, lies_within, read_source, scan_repository
 
-CACHE_VERSION = 15  # bump whenever chunking or the cached layout changes (8: CommonJS requires and exports, Rust
+CACHE_VERSION = 16  # bump whenever chunking or the cached layout changes (8: CommonJS requires and exports, Rust
                     # uses inside inline modules; 9: `module.exports = require(...)`, TypeScript's `import x = require`;
                     # 10: UTF-16 files with a byte-order mark are text, which 9's caches hold as binary, left out;
                     # 11: C prototypes with their names in parentheses declare them; 12: C names declared in a
                     # function's body define nothing; 13: JavaScript and TypeScript class properties holding functions,
                     # functions in exported objects, JavaScript top-level `obj.f = function`; 14: contextual keywords
                     # used as names are chunks' references, `app.get(`; 15: Jupyter notebooks are their code cells,
-                    # which 14's caches hold as minified (left out) or as JSON text)
+                    # which 14's caches hold as minified (left out) or as JSON text; 16: the term ids in one array,
+                    # and the postings saved)
 STALE_TEMPORARY_S = 3600  # a temporary file of the cache this old is no write under way (a write keeps it fresh)
 PARALLEL_MIN_BYTES = 2 * 1024 * 1024  # below this much text to parse, worker start-up costs more than it saves
 BATCH_BYTES = 256 * 1024  # text per task sent to a worker: small enough to balance, large enough to amortise
@@ -87,7 +88,7 @@ class RepoIndex:
 
     def __init__(self, root: Path, entries: dict[str, FileEntry], vocabulary: dict[str, int], term_ids: dict,
                  paths: PathTable | None = None, *, base: RepoIndex | None = None,
-                 touched: frozenset[str] = frozenset()):
+                 touched: frozenset[str] = frozenset(), owners=None):
         self.root = root
         self.entries = entries  # every file as the cache keeps it, left-out ones included
         self._term_ids = term_ids
@@ -110,7 +111,8 @@ class RepoIndex:
             if path in self._file_chunks)
         # name -> positions in ``chunks`` of the chunks defining it
         self.definers = self._definers(base if same_places else None, touched)
-        self._arrange_terms(vocabulary, term_ids, base, touched, same_places)
+        # ``owners``: the postings' chunks as saved with exactly these files and term ids (the cache of a warm start)
+        self._arrange_terms(vocabulary, term_ids, base, touched, same_places, owners)
         if same_places and "chunk_families" in base.__dict__:
             self.chunk_families = base.chunk_families
 
@@ -137,10 +139,11 @@ class RepoIndex:
         return definers
 
     def _arrange_terms(self, vocabulary: dict[str, int], term_ids: dict, base: RepoIndex | None = None,
-                       touched: frozenset[str] = frozenset(), same_places: bool = False) -> None:
+                       touched: frozenset[str] = frozenset(), same_places: bool = False, owners=None) -> None:
         """The references of all chunks as one sparse chunk-by-term matrix, in coordinates, and the folder of
         every chunk: what ranking needs as arrays (the postings of files not ``touched`` taken from ``base``, and
-        where every chunk has its place there, the folders and the other files' reference counts too)."""
+        where every chunk has its place there, the folders and the other files' reference counts too; or the
+        postings' ``owners`` as saved)."""
         import numpy as np
 
         postings_base = base
@@ -177,7 +180,10 @@ class RepoIndex:
         # sorts only the saved file's references into the rest (the whole sort took 0.6 s of 8.8 million).
         starts = np.zeros(len(vocabulary) + 1, dtype=np.int64)
         np.cumsum(self.document_frequency, out=starts[1:])
-        owners = self._postings_from(postings_base, touched) if postings_base is not None else None
+        if owners is not None:      # (renumbering keeps the terms' order, so a stable sort by them too)
+            owners = owners.astype(np.int64)
+        elif postings_base is not None:
+            owners = self._postings_from(postings_base, touched)
         if owners is None:
             owners = self.term_owner[_stable_order(self.term_ids)]
         self.postings = (starts, owners)
@@ -415,13 +421,24 @@ def _index(
                 term_ids[source.path] = _number_terms(entry.chunks, vocabulary)
         elif result is not None:
             warnings.warn(f"skipped {source.path}: {result}", ScanWarning, stacklevel=2)
-    index = RepoIndex(root_path, entries, vocabulary, term_ids)
-    if stale or restamped or len(entries) != len(cached):
-        # (the index's numbering: without the names no file references any more)
-        saved = {"root": str(root_path), "grammars": grammars_stamp(), "files": entries,
-                 "vocabulary": index.vocabulary, "term_ids": index._term_ids}
-        _save_cache(cache_file, saved)
+    # Nothing parsed and nothing gone: the files, their term ids and so the postings are those saved
+    as_saved = not stale and len(entries) == len(cached)
+    index = RepoIndex(root_path, entries, vocabulary, term_ids, owners=saved["owners"] if as_saved else None)
+    if not as_saved or restamped:
+        _save_cache(cache_file, _saved(index))
     return index
+
+
+def _saved(index: RepoIndex) -> dict:
+    """What the cache keeps of an index: its entries, its numbering (without the names no file references any
+    more), the term ids of all its files as one array (in ``files``' order: one buffer to read, where an array per
+    file took 30k) and the chunks of its postings (a warm start that finds nothing changed takes them as they are,
+    in place of sorting 8.8 million references again). The root first: `_indexed_root` reads it from the start."""
+    import numpy as np
+
+    return {"root": str(index.root), "grammars": grammars_stamp(), "files": index.entries,
+            "vocabulary": index.vocabulary, "term_ids": index.term_ids.astype(np.int32, copy=False),
+            "owners": index.postings[1].astype(np.int32)}
 
 
 def _stable_order(term_ids):
@@ -498,17 +515,20 @@ def _replace(source: str, target: Path, attempts: int = 40) -> None:
 
 
 def _load_cache(cache_file: Path | None, root: Path) -> dict:
-    """The saved index: {"root", "grammars", "files": {path: FileEntry}, "vocabulary", "term_ids": {path: array}};
-    an empty one when there is none, when it was parsed by other grammars than those installed now
-    (`grammars_stamp`), or when what is there is not a well-formed index of this root (then it is rebuilt)."""
-    empty = {"root": str(root), "files": {}, "vocabulary": {}, "term_ids": {}}
+    """The saved index (`_saved`), with its term ids split by file: {"root", "grammars", "files": {path: FileEntry},
+    "vocabulary", "term_ids": {path: array}, "owners": array}; an empty one when there is none, when it was parsed
+    by other grammars than those installed now (`grammars_stamp`), or when what is there is not a well-formed index
+    of this root (then it is rebuilt)."""
+    empty = {"root": str(root), "files": {}, "vocabulary": {}, "term_ids": {}, "owners": None}
     if cache_file is None:
         return empty
     try:
         with open(cache_file, "rb") as file:
             saved = _CacheUnpickler(file).load()
         current = isinstance(saved, dict) and saved.get("grammars") == grammars_stamp()
-        return saved if current and _well_formed(saved, root) else empty
+        if not (current and _well_formed(saved, root)):
+            return empty
+        return {**saved, "term_ids": _by_file(saved["files"], saved["term_ids"])}
     except Exception:  # missing, truncated by a crash, or from an incompatible version: rebuild it
         return empty
 
@@ -534,13 +554,13 @@ class _CacheUnpickler(pickle.Unpickler):
 def _well_formed(saved, root: Path) -> bool:
     """Whether a loaded cache has the layout and types ``_index`` relies on: a damaged or foreign pickle would
     otherwise fail the same way on every run."""
-    import numpy as np
-
     if not isinstance(saved, dict) or saved.get("root") != str(root):
         return False
-    files, vocabulary, term_ids = saved.get("files"), saved.get("vocabulary"), saved.get("term_ids")
-    if not (isinstance(files, dict) and isinstance(vocabulary, dict) and isinstance(term_ids, dict)):
+    files, vocabulary, term_ids, owners = (saved.get(key) for key in ("files", "vocabulary", "term_ids", "owners"))
+    if not (isinstance(files, dict) and isinstance(vocabulary, dict) and _int32_vector(term_ids)
+            and _int32_vector(owners) and len(owners) == len(term_ids)):
         return False
+    references = chunks = 0
     for path, entry in files.items():
         if not (isinstance(path, str) and isinstance(entry, FileEntry) and isinstance(entry.size, int)
                 and isinstance(entry.mtime_ns, int) and isinstance(entry.changed_ns, int)
@@ -550,13 +570,27 @@ def _well_formed(saved, root: Path) -> bool:
                 and isinstance(entry.chunks, tuple) and all(map(_chunk_well_formed, entry.chunks))):
             return False
         if entry.indexed:
-            ids = term_ids.get(path)
-            references = sum(len(chunk.references) for chunk in entry.chunks)
-            if not (isinstance(ids, np.ndarray) and ids.dtype == np.int32 and ids.shape == (references,)):
-                return False
-            if references and not 0 <= ids.min() <= ids.max() < len(vocabulary):
-                return False
-    return True
+            references += sum(len(chunk.references) for chunk in entry.chunks)
+            chunks += len(entry.chunks)
+    # (every id a term of the vocabulary, every owner a chunk: a damaged array would fail ranking on every run)
+    return len(term_ids) == references and (not references or (
+        0 <= term_ids.min() and term_ids.max() < len(vocabulary) and 0 <= owners.min() and owners.max() < chunks))
+
+
+def _int32_vector(array) -> bool:
+    import numpy as np
+
+    return isinstance(array, np.ndarray) and array.dtype == np.int32 and array.ndim == 1
+
+
+def _by_file(files: dict[str, FileEntry], term_ids):
+    """The saved term ids (`_saved`: the indexed files', in path order) as each file's own: views, not copies."""
+    by_file, start = {}, 0
+    for path in sorted(path for path, entry in files.items() if entry.indexed):
+        end = start + sum(len(chunk.references) for chunk in files[path].chunks)
+        by_file[path] = term_ids[start:end]
+        start = end
+    return by_file
 
 
 def _chunk_well_formed(chunk) -> bool:

@@ -339,11 +339,15 @@ def test_a_path_in_another_case_is_the_indexed_file_where_the_disk_says_it_is_th
 @pytest.mark.parametrize("damage", [
     lambda saved: {**saved, "files": {path: tuple(entry) for path, entry in saved["files"].items()}},
     lambda saved: {**saved, "files": {path: entry._replace(chunks=("text",)) for path, entry in saved["files"].items()}},
-    lambda saved: {**saved, "term_ids": {path: list(ids) for path, ids in saved["term_ids"].items()}},
+    lambda saved: {**saved, "term_ids": saved["term_ids"].tolist()},
+    lambda saved: {**saved, "term_ids": saved["term_ids"][:-1], "owners": saved["owners"][:-1]},
+    lambda saved: {**saved, "owners": saved["owners"] + 100},
+    lambda saved: {**saved, "owners": saved["owners"].astype("int64")},
     lambda saved: {**saved, "vocabulary": {}},
     lambda saved: {**saved, "files": None},
     lambda saved: [saved],
-], ids=["entries-are-tuples", "chunks-are-strings", "term-ids-are-lists", "vocabulary-lost", "no-files", "a-list"])
+], ids=["entries-are-tuples", "chunks-are-strings", "term-ids-are-a-list", "term-ids-too-few", "owners-no-chunks",
+        "owners-of-another-type", "vocabulary-lost", "no-files", "a-list"])
 def test_a_well_pickled_cache_of_the_wrong_shape_is_rebuilt(make_repo, cache_dir, count_parses, damage):
     root = make_repo(FILES)
     index_repository(root)

@@ -1,6 +1,7 @@
-"""Round 25: the index at real scale. A file added to (or gone from) a server's repository updates the path table in
-place of building it again, and the postings sort by term in two radix passes; both give exactly what a build from
-scratch gives. (The one-shot's index kept out of the cycle collector's sight: tests/app/test_index_frozen.py.)"""
+"""Round 25: the index at real scale. A warm start that finds nothing changed takes the postings the cache saved; a
+file added to (or gone from) a server's repository updates the path table in place of building it again; the
+postings sort by term in two radix passes. Each gives exactly what a build from scratch gives. (The one-shot's index
+kept out of the cycle collector's sight: tests/app/test_index_frozen.py.)"""
 
 import random
 
@@ -85,3 +86,30 @@ def test_the_postings_order_is_a_stable_sort_of_every_reference_by_term():
         ids = rnd.integers(0, high, size=5_000, dtype=np.int32)
         assert np.array_equal(_stable_order(ids), np.argsort(ids, kind="stable")), high
     assert _stable_order(np.zeros(0, np.int32)).tolist() == []
+
+
+def test_a_warm_start_that_finds_nothing_changed_takes_the_saved_postings(make_repo, monkeypatch):
+    """The cache keeps the postings' chunks with the term ids (8.8 million references sorted again at every warm
+    start took 0.5 s at 37k files): taken where nothing was parsed or gone, sorted again where something was; the
+    index is the one built from scratch either way."""
+    import prompts.index as index_module
+    from prompts.index import RepoIndex
+    from test_round20_monorepo import _arrays, _module
+
+    root = make_repo({f"pkg{i % 3}/m{i}.py": _module(i, 2 + i % 4) for i in range(12)})
+    index_repository(root)
+    sorts = []
+    real_order = index_module._stable_order
+    monkeypatch.setattr(index_module, "_stable_order", lambda ids: sorts.append(len(ids)) or real_order(ids))
+    for change in (None, lambda: (root / "pkg1/m4.py").write_text(_module(40, 3)),
+                   lambda: (root / "pkg2/m5.py").unlink(), lambda: (root / "pkg0/new.py").write_text(_module(41, 2))):
+        if change is not None:
+            change()
+        sorts.clear()
+        index = index_repository(root)
+        assert bool(sorts) == (change is not None)
+        fresh = RepoIndex(index.root, index.entries, dict(index.vocabulary), dict(index._term_ids))
+        assert _arrays(index) == _arrays(fresh)
+        assert index.postings[1].dtype == fresh.postings[1].dtype
+        sorts.clear()
+        assert _arrays(index_repository(root)) == _arrays(fresh) and not sorts      # (saved as changed)
