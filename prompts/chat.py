@@ -214,7 +214,15 @@ def _question_window(conversation: list[Message], defined: Callable[[str], bool]
     if not any(_names_code(question, defined) for question in window):
         named = (q for q in questions[EARLIER_QUESTIONS + 1:] if _names_code(q, defined))
         window += list(itertools.islice(named, 1))
-    return [(EARLIER_WEIGHT ** min(age, EARLIER_QUESTIONS), text) for age, text in enumerate(window)]
+    weighted, age = [], 0
+    for text in window:
+        # A follow-up pointing back at what came before ("Why is that needed?") is about it: it weighs less than the
+        # question it follows, which keeps its weight (its words, "needed", found other code when excerpts were
+        # chosen again for a longer conversation)
+        pointing_back = _points_back(text) and not _names_code(text, defined)
+        weighted.append((EARLIER_WEIGHT ** min(age + pointing_back, EARLIER_QUESTIONS), text))
+        age += not pointing_back
+    return weighted
 
 
 def _text_terms(text: str, index: RepoIndex | None) -> dict[str, float]:

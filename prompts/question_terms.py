@@ -19,9 +19,10 @@ import re
 import weakref
 from collections.abc import Iterator
 
+from .chunking import IDENTIFIER
 from .members import declaring_chunks, members_of
 
-MAX_RUN = 4   # words a spelled name may take ("prepare content length")
+MAX_RUN = 6   # words a spelled name may take ("build connection pool key attributes")
 # Question words and function words: they name no code where written as prose, and as query terms they pull in
 # whatever chunk says "what" or "explain" in a comment (rare words, so BM25 weighs them high).
 STOP_WORDS = frozenset("""
@@ -32,7 +33,7 @@ STOP_WORDS = frozenset("""
     they this those through to too under until up us very was we were what whats when where which while who whom why
     will with would you your
 """.split())
-_WORD = re.compile(r"[A-Za-z][a-z0-9]*|[A-Z]+(?![a-z])|\d+")    # camelCase's parts: the words of `HTTPAdapter`
+_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Za-z][a-z0-9]*|\d+")    # camelCase's parts: the words of `HTTPAdapter`
 _JOINED_IN_A_NAME = re.compile(r"[ \t_-]*")                    # between a spelled name's words
 _MEMBER_AFTER_TYPE = re.compile(r"\s+|\s*(?:\.|::|'s\s+)\s*")   # between a type's name and its member's
 
@@ -46,8 +47,10 @@ def spelled_names(index, text: str) -> set[str]:
     """The names the repository defines that runs of two to MAX_RUN of ``text``'s words spell."""
     names = _folded_names(index)
     found = set()
-    for run, _ in _runs(text, 2):
-        found.update(_spelled(names, run))
+    for run, span in _runs(text, 2):
+        # (a name written as the code spells it is no spelling of another: `WSProtocol` is not `WS_PROTOCOLS`)
+        if not (IDENTIFIER.fullmatch(text, *span) and text[slice(*span)] in index.definers):
+            found.update(_spelled(names, run))
     return found
 
 
@@ -56,22 +59,29 @@ def members_named(index, text: str) -> dict[str, list[int]]:
     module: a file's stem) that ``text`` names, by its name or in words, right before one of its members, so named
     or in words."""
     names = _folded_names(index)
-    found: dict[str, list[int]] = {}
+    candidates = []     # (start, end, "Type.member", chunks): the type's words and its member's
     members_of_type: dict[str, dict[str, list[int]]] = {}
-    for run, end in _runs(text, 1):
+    for run, (start, end) in _runs(text, 1):
         for owner in dict.fromkeys([*_spelled(names, run), *_stems(index, run)]):
             if owner not in members_of_type:
                 members_of_type[owner] = _members(index, owner)
             members = members_of_type[owner]
-            if not members:
-                continue
-            gap = _MEMBER_AFTER_TYPE.match(text, end)
+            gap = _MEMBER_AFTER_TYPE.match(text, end) if members else None
             if gap is None:
                 continue
-            for member_run, _ in _runs(text, 1, start=gap.end(), first_only=True):
+            for member_run, (_, last) in _runs(text, 1, start=gap.end(), first_only=True):
                 for member, chunks in members.items():
                     if fold(member) in _variants(member_run):
-                        found[f"{owner}.{member}"] = chunks
+                        candidates.append((start, last, f"{owner}.{member}", chunks))
+    # The longest readings that do not overlap: "prepared request prepare auth" is PreparedRequest.prepare_auth, not
+    # also PreparedRequest.prepare and Request.prepare.
+    found: dict[str, list[int]] = {}
+    taken: list[tuple[int, int]] = []
+    for start, end, use, chunks in sorted(candidates, key=lambda c: c[0] - c[1]):
+        if all(end <= first or start >= last for first, last in taken) or any(
+                (start, end) == span for span in taken):        # (equal readings: a name two types share)
+            found[use] = chunks
+            taken.append((start, end))
     return found
 
 
@@ -96,8 +106,9 @@ def _members(index, owner: str) -> dict[str, list[int]]:
     return members
 
 
-def _runs(text: str, shortest: int, start: int = 0, first_only: bool = False) -> Iterator[tuple[str, int]]:
-    """Runs of ``shortest`` to MAX_RUN words of ``text`` that a name may spell, folded, with where each ends: words
+def _runs(text: str, shortest: int, start: int = 0, first_only: bool = False
+          ) -> Iterator[tuple[str, tuple[int, int]]]:
+    """Runs of ``shortest`` to MAX_RUN words of ``text`` that a name may spell, folded, with where each is: words
     joined by spaces, hyphens or underscores, or none (camelCase). ``start``/``first_only``: only the runs that begin
     with the first word at or after ``start``."""
     words = list(_WORD.finditer(text, start))
@@ -112,7 +123,7 @@ def _runs(text: str, shortest: int, start: int = 0, first_only: bool = False) ->
                     break
                 run += words[last - 1].group().lower()
             if last - first >= shortest:
-                yield run, words[last - 1].end()
+                yield run, (words[first].start(), words[last - 1].end())
 
 
 def _stems(index, run: str) -> list[str]:

@@ -295,7 +295,8 @@ def test_a_common_word_the_repository_defines_is_prose_in_a_follow_up(make_repo,
     assert {"it", "work"} <= set(index.definers)       # (else the test shows nothing)
     conversation = _five_follow_ups("Why does it work?")
     weights = _question_weights(conversation, defined=index.definers.__contains__)
-    assert weights["encode_floats_3"] == EARLIER_WEIGHT ** EARLIER_QUESTIONS and weights["work"] == 1.0
+    # (each follow-up points back, "it": the question it follows keeps its weight, the follow-up's own words less)
+    assert weights["encode_floats_3"] == 1.0 and weights["work"] == EARLIER_WEIGHT
     assert "encoder.py" in {item.path for item in _turn(index, smollm2_tokenizer, conversation).context}
 
 
@@ -361,7 +362,7 @@ def test_an_acronym_the_repository_defines_is_prose_in_a_follow_up(make_repo):
     assert {"OK", "API"} <= set(index.definers)        # (else the test shows nothing)
     weights = _question_weights(_five_follow_ups("Is it OK to call the API twice?"),
                                 defined=index.definers.__contains__)
-    assert weights["encode_floats_3"] == EARLIER_WEIGHT ** EARLIER_QUESTIONS and weights["OK"] == 1.0
+    assert weights["encode_floats_3"] == 1.0 and weights["OK"] == EARLIER_WEIGHT     # (pointing back: "it")
 
 
 LOGIN = ("import hashlib\n\n\ndef hash_password(password, salt):\n"

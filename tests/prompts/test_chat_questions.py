@@ -6,7 +6,7 @@ pull in nothing; a follow-up pointing back ("And what calls it?") keeps the exce
 import pytest
 
 from prompts import build_chat_prompt, index_repository
-from prompts.chat import _mentioned_files, _question_weights
+from prompts.chat import EARLIER_WEIGHT, _mentioned_files, _question_weights
 
 BUDGET = 900
 
@@ -111,3 +111,46 @@ def test_a_follow_up_pointing_back_keeps_the_code_it_points_at(index, smollm2_to
     after = build_chat_prompt(index, smollm2_tokenizer, conversation, budget_tokens=BUDGET, history_share=0.5,
                               held=before.held)
     assert _holds(after, *MERGE) and after.ids[:len(before.ids)] == before.ids
+
+
+def test_a_type_named_in_capitals_finds_its_member(make_repo, smollm2_tokenizer):
+    """`HTTPAdapter` was read as the words H, T, T, P, Adapter: too many to spell it, so `HTTPAdapter.send` was
+    `send`, shared among every class that defines one."""
+    from prompts.question_terms import members_named
+
+    index = index_repository(make_repo({**TRANSPORTS, "adapters.py": _transport("HTTPAdapter")}))
+    assert set(members_named(index, "Why does `HTTPAdapter.send` exist?")) == {"HTTPAdapter.send"}
+    packed = build_chat_prompt(index, smollm2_tokenizer, [_ask("Why does `HTTPAdapter.send` exist?")],
+                               budget_tokens=BUDGET)
+    assert _holds(packed, "adapters.py", 4)
+
+
+def test_a_name_written_as_the_code_spells_it_spells_no_other(make_repo):
+    """`WSProtocol` is the words "ws protocol", and their plural spelled `WS_PROTOCOLS`, a list in another file that
+    then outranked the class."""
+    from prompts.question_terms import spelled_names
+
+    index = index_repository(make_repo({"impl.py": "class WSProtocol:\n    pass\n",
+                                        "config.py": "WS_PROTOCOLS = {'auto': 'impl:WSProtocol'}\n"}))
+    assert spelled_names(index, "How does WSProtocol work?") == set()
+    assert "WSProtocol" in spelled_names(index, "how does the ws protocol work?")
+
+
+def test_a_follow_up_pointing_back_weighs_less_than_the_question_it_follows():
+    """"Why is that needed?" is about merge_cookies: at the follow-up's full weight, "needed" found other code when
+    the excerpts were chosen again for the longer conversation, and merge_cookies (at half weight) lost its place."""
+    conversation = [_ask("What does `merge_cookies` do?"), {"role": "assistant", "content": "It adds them."},
+                    _ask("Why is that needed?")]
+    weights = _question_weights(conversation)
+    assert weights["merge_cookies"] == 1.0 and weights["needed"] == EARLIER_WEIGHT
+
+
+def test_words_read_as_a_member_take_their_longest_reading(make_repo):
+    """"prepared request prepare auth" also read as PreparedRequest.prepare and Request.prepare, whose chunks then
+    shared the member's weight and outranked prepare_auth."""
+    from prompts.question_terms import members_named
+
+    methods = "".join(f"    def {name}(self):\n        return self.{name}_done\n\n" for name in ("prepare", "prepare_auth"))
+    index = index_repository(make_repo({"models.py": f"class Request:\n{methods}\n\nclass PreparedRequest:\n{methods}"}))
+    assert set(members_named(index, "how does the prepared request prepare auth work?")) == {
+        "PreparedRequest.prepare_auth"}
