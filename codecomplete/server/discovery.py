@@ -2,13 +2,16 @@
 runtime directory while it runs (`announce`), and `running_servers` reads them back, dropping those of processes
 that are gone. The directory is private to the user (0700), so a server's API key can sit in its file. A folder or
 file that another user owns or may write to is neither written nor believed: a record planted there would send the
-user's code and API key to someone else's server.
+user's code and API key to someone else's server. Nor is a record whose address another user listens on (where the
+system tells: Linux): a server killed without removing its record (SIGKILL, the OOM killer), its process id gone
+to another process of the user's, leaves its port to whoever takes it next.
 
 $CODECOMPLETE_RUNTIME_DIR moves the directory (tests give each server its own, so they never see each other's).
 """
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import math
 import os
@@ -19,12 +22,16 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from prompts.scan import lies_within
 
 from ..errors import say
 
 RUNTIME_ENV = "CODECOMPLETE_RUNTIME_DIR"
+# Linux's tables of this network namespace's TCP sockets: each socket's local address and port, state and owner.
+SOCKET_TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
+LISTEN = "0A"           # (the kernel's TCP_LISTEN, as the tables write it)
 
 
 def runtime_dir() -> Path:
@@ -123,7 +130,7 @@ def running_servers() -> list[dict]:
         return []
     if not _private(folder):
         return []
-    found = []
+    found, owners = [], _listener_owners()
     for path in folder.glob("*.json"):
         try:
             if not _private(path, regular=True):
@@ -142,7 +149,7 @@ def running_servers() -> list[dict]:
         if not _alive(pid):
             with contextlib.suppress(OSError):      # (another client reading it, on Windows)
                 path.unlink(missing_ok=True)     # a server that was killed: its file is stale
-        elif info is not None:
+        elif info is not None and not _listened_on_by_another_user(info["url"], owners):
             found.append((written, info))
     return [info for _, info in sorted(found, key=lambda pair: pair[0], reverse=True)]
 
@@ -167,6 +174,50 @@ def _readable(info: dict) -> bool:
             and all(isinstance(info.get(name) or "", str) for name in ("repo", "model_spec"))
             and isinstance(engine, dict) and isinstance(engine.get("context_length", 0), int)
             and (key is None or isinstance(key, str) and sendable_key(key)))
+
+
+def _listener_owners() -> dict[tuple[str, int], set[int]]:
+    """The users (ids) listening on each (address, port), as Linux's SOCKET_TABLES tell; empty where there are none."""
+    owners: dict[tuple[str, int], set[int]] = {}
+    for table in SOCKET_TABLES:
+        try:
+            with open(table, encoding="ascii") as file:
+                rows = [line.split() for line in file.readlines()[1:]]
+        except (OSError, ValueError):
+            continue
+        for row in rows:
+            try:
+                if row[3] == LISTEN:
+                    address, _, port = row[1].partition(":")
+                    owners.setdefault((_table_address(address), int(port, 16)), set()).add(int(row[7]))
+            except (IndexError, ValueError):
+                continue
+    return owners
+
+
+def _table_address(hexadecimal: str) -> str:
+    """An address as the tables write it: its bytes in 32-bit words, each word printed as a number in the host's
+    byte order (127.0.0.1 is 0100007F on x86)."""
+    raw = bytes.fromhex(hexadecimal)
+    if sys.byteorder == "little":
+        raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    address = ipaddress.ip_address(raw)
+    return str(getattr(address, "ipv4_mapped", None) or address)
+
+
+def _listened_on_by_another_user(url: str, owners: dict[tuple[str, int], set[int]]) -> bool:
+    """Whether another user listens where `url` points: at its address (a numeric one, as servers write it) or at
+    the wildcard of its port. (Nobody listening there: the connection fails; not in the tables: cannot tell.)"""
+    if not hasattr(os, "geteuid"):
+        return False
+    try:
+        parts = urlsplit(url)
+        address, port = ipaddress.ip_address(parts.hostname or ""), parts.port or 80
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None) or address
+    places = (str(mapped), "0.0.0.0", "::")
+    return any(uid != os.geteuid() for place in places for uid in owners.get((place, port), ()))
 
 
 def _pid(value) -> int | None:
