@@ -44,14 +44,20 @@ def test_a_path_table_with_paths_added_and_removed_is_the_one_built_from_scratch
 
 def test_an_index_with_files_added_and_deleted_keeps_its_path_table_exact_without_building_it_again(
         make_repo, monkeypatch):
-    """RepoIndex.updated for files added and deleted: the path table is the one a fresh build makes (imports resolve
-    alike), changed in place of built again, except where a Cargo.toml or go.mod is touched (their crate names and
-    module paths are read from the manifests' text)."""
+    """RepoIndex.updated for files added and deleted: every chunk after them moves, and the definers, reference
+    counts and postings are the base's renumbered; the path table is changed in place of built again, except where a
+    Cargo.toml or go.mod is touched (their crate names and module paths are read from the manifests' text). Each is
+    what a fresh build makes."""
     import prompts.index as index_module
-    from prompts.index import parse_file
+    from prompts.index import RepoIndex, parse_file
     from prompts.scan import source_file
+    from test_round20_monorepo import _arrays
 
-    root = make_repo({f"pkg{i % 3}/m{i}.py": f"def f{i}():\n    return {i}\n" for i in range(12)})
+    def module(number: int) -> str:     # (names several files define, one defined twice in a file)
+        return (f"from .m{number % 12} import f{number % 12}\n\ndef f{number % 5}():\n    return shared\n\n"
+                f"def shared(x):\n    return f{number % 12}(x)\n\n" + "def twice():\n    pass\n" * (number % 2 + 1))
+
+    root = make_repo({f"pkg{i % 3}/m{i}.py": module(i) for i in range(12)})
     index = index_repository(root)
     built = []
     monkeypatch.setattr(index_module, "PathTable", lambda *args: built.append(args) or PathTable(*args))
@@ -63,9 +69,12 @@ def test_an_index_with_files_added_and_deleted_keeps_its_path_table_exact_withou
             index = index.updated({}, [path])
         else:
             (root / path).parent.mkdir(exist_ok=True)
-            (root / path).write_text(f"from .m{step % 12} import f{step % 12}\n\ndef g{step}():\n    return f{step % 12}()\n")
+            (root / path).write_text(module(step) + f"def g{step}():\n    return f{step % 12}()\n" * (step % 3))
             index = index.updated({path: parse_file(root, source_file(root, path), 512 * 1024)})
         assert _lookups(index.paths) == _lookups(PathTable(index.files, root.name, index._text)), step
+        fresh = RepoIndex(index.root, index.entries, dict(index.vocabulary), dict(index._term_ids),
+                          paths=index.paths)     # (the table compared above)
+        assert _arrays(index) == _arrays(fresh), step
     assert not built
     (root / "crates/core/src").mkdir(parents=True)
     (root / "crates/core/Cargo.toml").write_text('[package]\nname = "core_crate"\n')
