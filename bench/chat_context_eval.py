@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import run_info  # noqa: E402  (bench/, next to this script)
 from context_eval import embedded_tokenizer, holds_any  # noqa: E402
 from prompts import ScanWarning, build_chat_prompt, index_repository  # noqa: E402
+from prompts.question_terms import STOP_WORDS  # noqa: E402
 
 TUNING = ("requests", "click", "urllib3", "uvicorn")
 HELD_OUT = ("fsspec", "packaging", "typer", "huggingface_hub")
@@ -125,7 +126,8 @@ def described(definition: Definition) -> str:
     names = {name.lower() for name in definition.name.split(".")}
     kept = [word for word in re.sub(r"`+", "", doc).split()
             if not names.intersection(part.lower() for part in re.findall(r"\w+", word))]
-    return " ".join(kept) if len(kept) >= 4 else ""
+    meaningful = [word for word in kept if word.lower().strip(".,:;?!()") not in STOP_WORDS]
+    return " ".join(kept) if len(kept) >= 4 and len(meaningful) >= 3 else ""
 
 
 def questions(repo: str, root: Path, index, per_kind: int, seed: int) -> list[Question]:
@@ -220,7 +222,7 @@ def _mean(values) -> float | None:
     return sum(map(float, values)) / len(values) if values else None
 
 
-def markdown(results: dict) -> str:
+def markdown(results: dict, before: dict | None = None) -> str:
     budgets = results["budgets"]
     machine = results["machine"]
 
@@ -255,6 +257,17 @@ def markdown(results: dict) -> str:
                 cells.append(cell)
         cells += [percent(data[f"recall_{b}"]) for b in budgets]
         lines.append(f"| {name} | {data.get('files', '')} | {data.get('chunks', '')} | " + " | ".join(cells) + " |")
+    if before is not None:
+        lines += ["", f"Before (code {before['commit']}, {before['date']}) -> after, all repositories:", "",
+                  "| kind | questions | " + " | ".join(f"recall @{b}" for b in budgets) + " |",
+                  "|---|---|" + "---|" * len(budgets)]
+        for kind in KINDS:
+            lines.append(f"| {kind} | {results['overall'][kind]['questions']} | " + " | ".join(
+                f"{percent(before['overall'][kind][f'recall_{b}'])} -> {percent(results['overall'][kind][f'recall_{b}'])}"
+                for b in budgets) + " |")
+        lines.append(f"| all | {results['overall']['questions']} | " + " | ".join(
+            f"{percent(before['overall'][f'recall_{b}'])} -> {percent(results['overall'][f'recall_{b}'])}"
+            for b in budgets) + " |")
     lines += ["", "Prompts over their budget: " + ", ".join(
         f"{results['overall'][f'over_budget_{b}']} of {results['overall']['questions']} at {b}" for b in budgets) + ".",
         "", "Prompt builder time per question (ranking and packing; ms, median / 95th percentile):", "",
@@ -283,6 +296,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--misses", action="store_true", help="print every question missed at the first budget")
     parser.add_argument("--out", help="path without extension (default bench/scratch/chat-context-eval-SET)")
+    parser.add_argument("--before", help="the JSON of a run of the same questions with other code: a before/after table")
     args = parser.parse_args()
     repos = args.repos.split(",") if args.repos else list(TUNING if args.set == "tuning" else HELD_OUT)
     missing = [repo for repo in repos if (spec := importlib.util.find_spec(repo)) is None
@@ -334,7 +348,8 @@ def main() -> None:
         "questions": [asdict(q) for q in everything],
     }
     out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(results))
+    before = json.loads(Path(args.before).read_text()) if args.before else None
+    out.with_suffix(".md").write_text(markdown(results, before))
     print(json.dumps({kind: results["overall"][kind] for kind in KINDS}))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
 

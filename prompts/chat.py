@@ -5,7 +5,9 @@ Tokenizers without a chat template get CodeLlama-Instruct's format: ``<s>[INST] 
 {user} [/INST]``. When the conversation alone overflows the budget, its oldest turns are dropped.
 
 The excerpts are retrieved for the question and, at a lower weight, the questions before it: a follow-up ("why is
-that check needed?") is about the code the question before it was given. A later turn of the same conversation
+that check needed?") is about the code the question before it was given, and one that points back at it ("that")
+weighs less than the question it follows. A question's words are read in the repository's terms (question_terms.py:
+"merge cookies" is `merge_cookies`, `Client.send` that class's send), without the stop words of its prose. A later turn of the same conversation
 holds the excerpts the last prompt carried, text for text, unless the ranking clearly prefers others (holding.py's
 margin) or holding them would carry fewer earlier turns than a fresh choice: the model's cache then still holds the
 system message, the earlier turns and the last answer, and a follow-up prefills only itself, where excerpts
@@ -128,7 +130,9 @@ def build_chat_prompt(
     question = next(m["content"] for m in reversed(shared) if m["role"] == "user")
     weights = {name: PINNED_WEIGHT for chunks in pinned for chunk in chunks for name in chunk.references}
     weights.update(_question_weights(whole, defined=index.definers.__contains__, index=index))
-    query = Query(weights=weights, mentioned=frozenset(_mentioned_files(index, question)),
+    mentioned = _mentioned_files(index, question)
+    query = Query(weights=weights, mentioned=frozenset(mentioned),
+                  mentioned_in_prose=frozenset(_stems_in_prose(index, question) - mentioned),
                   qualified=_question_members(whole, index))
     _, scores = score_both(index, query)
     layout = Layout(
@@ -487,6 +491,13 @@ def _mentioned_files(index: RepoIndex, question: str) -> set[str]:
                 stem in as_code or any(w.lower().strip(".,:;?!") in _MODULE_WORDS for w in words[max(0, k - 2):k + 3])):
             found.update(index.paths.by_stem[stem])
     return found
+
+
+def _stems_in_prose(index: RepoIndex, question: str) -> set[str]:
+    """Files whose stem is a word of the question's prose ("what does termui do?", "the response"): a file it may name,
+    or a word it uses; the ranking weighs them less than the files it names (`_mentioned_files`)."""
+    return {path for word in dict.fromkeys(_WORD.findall(question)) if len(word.strip("./")) >= 3
+            for path in index.paths.by_stem.get(word.strip("./"), ())}
 
 
 def _excerpt(chunk: Chunk) -> str:

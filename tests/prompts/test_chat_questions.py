@@ -154,3 +154,13 @@ def test_words_read_as_a_member_take_their_longest_reading(make_repo):
     index = index_repository(make_repo({"models.py": f"class Request:\n{methods}\n\nclass PreparedRequest:\n{methods}"}))
     assert set(members_named(index, "how does the prepared request prepare auth work?")) == {
         "PreparedRequest.prepare_auth"}
+
+
+def test_a_files_stem_in_prose_still_counts_for_that_file(make_repo, smollm2_tokenizer):
+    """"what does termui do?" names the module in prose: its chunks (none says "termui") had nothing, and the files
+    that say the word took the excerpts; they count for less than a file named as one (`termui.py`)."""
+    files = {"termui.py": "".join(f"def prompt_{k}(text):\n    return text * {k}\n\n\n" for k in range(4)),
+             **{f"other_{k}.py": f"# see termui\ndef other_{k}(value):\n    return value\n" for k in range(3)}}
+    index = index_repository(make_repo(files))
+    packed = build_chat_prompt(index, smollm2_tokenizer, [_ask("what does termui do?")], budget_tokens=300)
+    assert "termui.py" in {item.path for item in packed.context}
