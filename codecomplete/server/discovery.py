@@ -32,6 +32,7 @@ RUNTIME_ENV = "CODECOMPLETE_RUNTIME_DIR"
 # Linux's tables of this network namespace's TCP sockets: each socket's local address and port, state and owner.
 SOCKET_TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
 LISTEN = "0A"           # (the kernel's TCP_LISTEN, as the tables write it)
+TABLE_READ_BYTES = 1 << 20      # (~7,000 rows: the listeners of any machine)
 
 
 def runtime_dir() -> Path:
@@ -130,7 +131,7 @@ def running_servers() -> list[dict]:
         return []
     if not _private(folder):
         return []
-    found, owners = [], _listener_owners()
+    found, owners = [], None
     for path in folder.glob("*.json"):
         try:
             if not _private(path, regular=True):
@@ -149,8 +150,10 @@ def running_servers() -> list[dict]:
         if not _alive(pid):
             with contextlib.suppress(OSError):      # (another client reading it, on Windows)
                 path.unlink(missing_ok=True)     # a server that was killed: its file is stale
-        elif info is not None and not _listened_on_by_another_user(info["url"], owners):
-            found.append((written, info))
+        elif info is not None:
+            owners = _listener_owners() if owners is None else owners     # (read only where a record is found)
+            if not _listened_on_by_another_user(info["url"], owners):
+                found.append((written, info))
     return [info for _, info in sorted(found, key=lambda pair: pair[0], reverse=True)]
 
 
@@ -181,16 +184,21 @@ def _listener_owners() -> dict[tuple[str, int], set[int]]:
     owners: dict[tuple[str, int], set[int]] = {}
     for table in SOCKET_TABLES:
         try:
-            with open(table, encoding="ascii") as file:
-                rows = [line.split() for line in file.readlines()[1:]]
-        except (OSError, ValueError):
+            descriptor = os.open(table, os.O_RDONLY)
+            try:
+                # One read: the kernel writes the listeners first, and each read walks its whole table of connections
+                # (5-12 ms a read on the 2-core CPU; one to the end, two: a command line's start paid ~24 ms)
+                text = os.read(descriptor, TABLE_READ_BYTES).decode("ascii", "replace")
+            finally:
+                os.close(descriptor)
+        except OSError:
             continue
-        for row in rows:
+        for row in (line.split() for line in text.splitlines()[1:]):
             try:
                 if row[3] == LISTEN:
                     address, _, port = row[1].partition(":")
                     owners.setdefault((_table_address(address), int(port, 16)), set()).add(int(row[7]))
-            except (IndexError, ValueError):
+            except (IndexError, ValueError):         # (a row the read cut short)
                 continue
     return owners
 
