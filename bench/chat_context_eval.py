@@ -224,7 +224,6 @@ def _mean(values) -> float | None:
 
 def markdown(results: dict, before: dict | None = None) -> str:
     budgets = results["budgets"]
-    machine = results["machine"]
 
     def percent(value) -> str:
         return "-" if value is None else f"{100 * value:.0f}%"
@@ -233,8 +232,7 @@ def markdown(results: dict, before: dict | None = None) -> str:
     lines = [
         f"# Chat context: does a question's context hold the code it asks about? ({results['set']} set)",
         "",
-        f"{results['date']} · {machine['cpu']}, {machine['cores']} cores · Python {machine['python']} · "
-        + " · ".join(f"{k} {v}" for k, v in results["versions"].items())
+        f"{results['date']} · {run_info.describe(results)}"
         + f" · code {results['commit']} · seed {results['seed']} · {results['per_kind']} questions per kind and"
           f" repository · load average {results['load_average_before'][0]:.1f} /"
           f" {results['load_average_after'][0]:.1f} · {results['seconds'] / 60:.1f} min",
@@ -290,7 +288,7 @@ def markdown(results: dict, before: dict | None = None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--set", choices=("tuning", "heldout"), default="tuning")
-    parser.add_argument("--repos", help="comma-separated installed packages, in place of the set's")
+    parser.add_argument("--repos", help="comma-separated installed packages (or folders), in place of the set's")
     parser.add_argument("--per-kind", type=int, default=40, help="questions per kind and repository")
     parser.add_argument("--budgets", default=f"{REPL_BUDGET},4096")
     parser.add_argument("--seed", type=int, default=0)
@@ -299,10 +297,9 @@ def main() -> None:
     parser.add_argument("--before", help="the JSON of a run of the same questions with other code: a before/after table")
     args = parser.parse_args()
     repos = args.repos.split(",") if args.repos else list(TUNING if args.set == "tuning" else HELD_OUT)
-    missing = [repo for repo in repos if (spec := importlib.util.find_spec(repo)) is None
-               or not spec.submodule_search_locations]
+    missing = [repo for repo in repos if not _root(repo)]
     if missing:
-        parser.error(f"{', '.join(missing)}: not an installed package here")
+        parser.error(f"{', '.join(missing)}: not an installed package (nor a folder) here")
     try:
         budgets = [int(b) for b in args.budgets.split(",")]
     except ValueError:
@@ -317,7 +314,8 @@ def main() -> None:
     per_repo, everything = {}, []
     try:
         for repo in repos:
-            root = Path(importlib.util.find_spec(repo).submodule_search_locations[0])
+            root = _root(repo)
+            repo = root.name if "/" in repo else repo
             index = index_repository(root, cache_dir=cache)
             asked = questions(repo, root, index, args.per_kind, args.seed)
             for question in asked:
@@ -352,6 +350,14 @@ def main() -> None:
     out.with_suffix(".md").write_text(markdown(results, before))
     print(json.dumps({kind: results["overall"][kind] for kind in KINDS}))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+
+
+def _root(repo: str) -> Path | None:
+    """The folder of an installed package, or ``repo`` itself where it is a path (a source tree: django/django)."""
+    if "/" in repo:
+        return Path(repo) if Path(repo).is_dir() else None
+    spec = importlib.util.find_spec(repo)
+    return Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
 
 
 def _commit() -> str:
