@@ -19,8 +19,6 @@ nothing, may run beside it).
 """
 from __future__ import annotations
 
-import contextlib
-import gc
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -142,31 +140,16 @@ def open_session(args, root=None, max_new_tokens: int = 0, headroom: int = 0, al
     """The command line's in-process session: index the repository (if any), then load the model (the slow part
     comes last, so a bad path fails at once). `headroom`: engines.load's; `allow_empty`: a repository with nothing
     to index yet is no error (a server, a suggestion: prompts.index_repository's)."""
+    from prompts.index import collector_paused
+
     from . import switches, workspace
 
-    with _frozen(switches.on(switches.GC_FREEZE)):
+    # The index lives as long as the process: frozen out of the collector's sight before the model loads (no torch or
+    # Triton object among it: serve unfreezes those at its end), where the switch leaves it on
+    with collector_paused(freeze=switches.on(switches.GC_FREEZE)):
         index = workspace.index(root, allow_empty=allow_empty) if root is not None else None
     return Session(engines.load(args, max_new_tokens, headroom=headroom), index, args.context_tokens,
                    suffix_first=getattr(args, "spm_infill", False))
-
-
-@contextlib.contextmanager
-def _frozen(freeze: bool):
-    """Build what lives as long as the process (the index) with the cycle collector paused, and, where ``freeze``,
-    out of its sight for good. The index is millions of objects, all made while the collector was paused (prompts.index
-    pauses it), so all in its youngest generation: its next young, middle and full passes each walked them all, 3.8 s
-    of a one-shot at 37k files. Frozen before the collector resumes (the first allocation after would start the first
-    pass) and before the model loads (no torch or Triton object among them: serve unfreezes those at its end)."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        if freeze:
-            gc.freeze()
-        gc.enable()
 
 
 class Session:

@@ -1,10 +1,11 @@
-"""The command line's index is kept out of the cycle collector's sight (session._frozen), which is only sound for
-objects that reference counting alone frees: an index is no cycle of objects, built or updated."""
+"""The command line's index is kept out of the cycle collector's sight (session.open_session, through
+prompts.index.collector_paused), which is only sound for objects that reference counting alone frees: an index is no
+cycle of objects, built or updated."""
 
 import gc
 import weakref
 
-from codecomplete.session import _frozen
+from prompts.index import collector_paused
 
 
 def test_what_the_index_is_built_of_is_frozen_before_the_collector_resumes():
@@ -12,13 +13,13 @@ def test_what_the_index_is_built_of_is_frozen_before_the_collector_resumes():
     collector runs again after; with the switch off nothing is frozen."""
     frozen_before = gc.get_freeze_count()
     try:
-        with _frozen(True):
+        with collector_paused(freeze=True):
             assert not gc.isenabled()
             built = [(number, str(number)) for number in range(1000)]
         assert gc.isenabled()
         assert gc.get_freeze_count() >= frozen_before + len(built)
         frozen_now = gc.get_freeze_count()
-        with _frozen(False):
+        with collector_paused(freeze=False):
             more = [(number, str(number)) for number in range(1000)]
         assert gc.isenabled() and gc.get_freeze_count() == frozen_now and more
     finally:
@@ -48,3 +49,26 @@ def test_an_index_built_and_updated_is_freed_by_reference_counting_alone(tmp_pat
         assert [ref() for ref in alive] == [None, None, None]
     finally:
         gc.enable()
+
+
+def test_the_command_lines_session_freezes_its_index_unless_switched_off(tmp_path, monkeypatch):
+    """open_session builds the index frozen (the model, loaded after, is not); CODECOMPLETE_GC_FREEZE=0 leaves the
+    collector as it was, as it does for serve."""
+    from types import SimpleNamespace
+
+    from codecomplete import engines, session
+
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "m.py").write_text("def f():\n    return 1\n")
+    monkeypatch.setenv("CODECOMPLETE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(engines, "load", lambda *args, **kwargs: object())
+    args = SimpleNamespace(context_tokens=None)
+    try:
+        for switch, frozen in (("0", False), ("1", True)):
+            monkeypatch.setenv("CODECOMPLETE_GC_FREEZE", switch)
+            gc.unfreeze()
+            opened = session.open_session(args, root)
+            assert opened.index.chunks and (gc.get_freeze_count() > 0) == frozen, switch
+    finally:
+        gc.unfreeze()
