@@ -62,14 +62,18 @@ def members_named(index, text: str) -> dict[str, list[int]]:
     candidates = []     # (start, end, "Type.member", chunks): the type's words and its member's
     members_of_type: dict[str, dict[str, list[int]]] = {}
     for run, (start, end) in _runs(text, 1):
+        gap = _MEMBER_AFTER_TYPE.match(text, end)
+        # (a member is a defined name: words after that spell none make no member, and the type's members, all the
+        # names a module defines, go unread; at Django most words are a type's or a module's name)
+        after = [(member_run, last) for member_run, (_, last) in _runs(text, 1, start=gap.end(), first_only=True)
+                 if _spelled(names, member_run)] if gap else []
+        if not after:
+            continue
         for owner in dict.fromkeys([*_spelled(names, run), *_stems(index, run)]):
             if owner not in members_of_type:
                 members_of_type[owner] = _members(index, owner)
             members = members_of_type[owner]
-            gap = _MEMBER_AFTER_TYPE.match(text, end) if members else None
-            if gap is None:
-                continue
-            for member_run, (_, last) in _runs(text, 1, start=gap.end(), first_only=True):
+            for member_run, last in after:
                 for member, chunks in members.items():
                     if fold(member) in _variants(member_run):
                         candidates.append((start, last, f"{owner}.{member}", chunks))
