@@ -30,7 +30,9 @@ bias, on /completion and /infill alike), so the answer runs to n_predict or a st
 string (llama.cpp's infill sampler, where `samplers` lists it, may still choose the end when no text is left, as it
 does in llama.cpp); constrained decoding (grammar, json_schema) is refused (501), not ignored.
 `n_probs` N (any number, as llama.cpp takes it: up to the vocabulary, whose every token it then lists for every
-token; 0 or less, none; OpenAI's `logprobs` number where n_probs is not given, as llama.cpp reads it) answers `completion_probabilities`, the chosen
+token; 0 or less, none; OpenAI's `logprobs` number where n_probs is not given, as llama.cpp reads it; a whole answer
+lists at most MAX_ANSWER_PROBABILITIES, N x n_predict, a 400 past it, which llama.cpp has no bound for, a stream
+any number) answers `completion_probabilities`, the chosen
 token's logprob and the N likeliest (logprobs.py): in the answer, without the tokens of the stop word that ended it
 (as many as the word tokenizes to, as llama.cpp counts them), or in each streamed chunk for its `tokens`; of the
 model's own distribution, or with `post_sampling_probs` the probabilities the token was drawn from, after the chain.
@@ -56,6 +58,11 @@ from .streaming import compact, json_response, sse, stream
 router = APIRouter()
 public = APIRouter()
 RANDOM_SEED = 2 ** 32 - 1   # LLAMA_DEFAULT_SEED: a seed drawn at random (llama-sampling.cpp's get_rng_seed)
+# The probabilities a whole answer may list (n_probs x n_predict): they are all held until it ends, ~1.5 KB of the
+# server's memory each (n_probs 1e6 on the embedded model's 49,152 tokens, n_predict 40: +3 GB, 187 MB of JSON), so
+# n_predict's default 256 took ~19 GB and a context's worth more than the machine; now ~1.6 GB at most (n_probs 100
+# over 10k tokens, the whole vocabulary over 21). A stream holds one token's at a time.
+MAX_ANSWER_PROBABILITIES = 2 ** 20
 
 
 class Options(samplers.UnimplementedSamplerFields, samplers.AdaptiveSamplerFields,   # (typical_p, dry_*, mirostat...)
@@ -284,11 +291,16 @@ def _sampling(server, body: Options):
                                samplers.unit(body.min_p), body.min_keep,
                                repeat_penalty=body.repeat_penalty, presence_penalty=body.presence_penalty,
                                frequency_penalty=body.frequency_penalty, penalty_last_n=body.repeat_last_n)
-    return server.sampling(body.n_predict, seed=None if seed == RANDOM_SEED else seed, stop=stop_strings(body.stop),
-                           format_stops=not body.ignore_eos, ignore_eos=body.ignore_eos, logit_bias=bias,
-                           logprobs=n_probs or None, logprobs_after_samplers=body.post_sampling_probs,
-                           **{**options, **samplers.adaptive(chain, body, temperature)},
-                           **body.cache_reuse())
+    sampling = server.sampling(body.n_predict, seed=None if seed == RANDOM_SEED else seed,
+                               stop=stop_strings(body.stop), format_stops=not body.ignore_eos,
+                               ignore_eos=body.ignore_eos, logit_bias=bias, logprobs=n_probs or None,
+                               logprobs_after_samplers=body.post_sampling_probs,
+                               **{**options, **samplers.adaptive(chain, body, temperature)}, **body.cache_reuse())
+    if not body.stream and n_probs * sampling.max_tokens > MAX_ANSWER_PROBABILITIES:
+        raise ApiError(400, f"n_probs {n_probs:,} for each of up to {sampling.max_tokens:,} tokens is more than one "
+                            f"answer lists ({MAX_ANSWER_PROBABILITIES:,} probabilities): ask for fewer, or stream "
+                            "the answer (each chunk lists its own tokens')")
+    return sampling
 
 
 def _text_bias(server, body: Options, sampling):
