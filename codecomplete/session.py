@@ -20,6 +20,7 @@ nothing, may run beside it).
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -144,12 +145,17 @@ def open_session(args, root=None, max_new_tokens: int = 0, headroom: int = 0, al
 
     from . import switches, workspace
 
-    # The index lives as long as the process: frozen out of the collector's sight before the model loads (no torch or
-    # Triton object among it: serve unfreezes those at its end), where the switch leaves it on
-    with collector_paused(freeze=switches.on(switches.GC_FREEZE)):
+    # The index lives as long as the process: frozen out of the collector's sight, where the switch leaves it on and
+    # no model was loaded in this process before (a test's, a library user's): what is frozen then holds no torch or
+    # Triton object (nanobind reports Triton's it finds alive at exit as leaked; a model's cycles would stay in memory)
+    with collector_paused(freeze=switches.on(switches.GC_FREEZE) and not _torch_imported()):
         index = workspace.index(root, allow_empty=allow_empty) if root is not None else None
     return Session(engines.load(args, max_new_tokens, headroom=headroom), index, args.context_tokens,
                    suffix_first=getattr(args, "spm_infill", False))
+
+
+def _torch_imported() -> bool:
+    return "torch" in sys.modules
 
 
 class Session:
