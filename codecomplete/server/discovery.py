@@ -90,10 +90,19 @@ def _servers_folder(info: dict) -> Path:
     folder = runtime_dir() / "servers"
     if info.get("repo") and lies_within(folder.resolve(), Path(info["repo"])):
         raise OSError(f"{folder} is inside the repository, where nothing is ever written")
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _make_private(folder)
     if not _private(folder):
         raise OSError(f"{folder}: another user owns it or may write to it")
     return folder
+
+
+def _make_private(folder: Path) -> None:
+    """Make `folder`, and each folder above it that is missing, 0700. A $XDG_RUNTIME_DIR named but not there was made
+    with the umask's 0755 as a parent: platformdirs then refuses it ("not 0700") and every command line looked in
+    /tmp/runtime-UID instead, where this server was never found."""
+    missing = [path for path in (folder, *folder.parents) if not path.exists()]
+    for path in reversed(missing):
+        path.mkdir(mode=0o700, exist_ok=True)
 
 
 def _write_record(path: Path, record: dict) -> None:

@@ -1,7 +1,11 @@
-"""Round 27 (security of the routes added after round 13): what one request may make the server hold."""
+"""Round 27 (security of what was added after round 13): what one request may make the server hold; where a server
+announces itself."""
+import os
+
+import pytest
 from server_process import in_process
 
-from codecomplete.server import llama_cpp
+from codecomplete.server import discovery, llama_cpp
 
 
 def test_a_whole_answer_lists_a_bounded_number_of_probabilities(table_engine, monkeypatch):
@@ -26,3 +30,18 @@ def test_a_whole_answer_lists_a_bounded_number_of_probabilities(table_engine, mo
             assert streamed.status_code == 200
             chunks = [line for line in streamed.iter_lines() if line.startswith("data: ")]
         assert sum('"top_logprobs"' in chunk for chunk in chunks) >= 1
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid"), reason="POSIX modes")
+def test_a_runtime_directory_named_but_absent_is_made_private_and_the_server_is_found(tmp_path, monkeypatch):
+    """$XDG_RUNTIME_DIR names a folder that is not there: the server made it 0755 (the parents of its records'
+    folder took the umask's mode), platformdirs refused it from then on ("not 0700") and every command line looked in
+    /tmp/runtime-UID, never finding the server."""
+    monkeypatch.delenv(discovery.RUNTIME_ENV, raising=False)
+    runtime = tmp_path / "absent" / "run"
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    url = "http://127.0.0.1:1"
+    with discovery.announce({"url": url, "api_key": None}) as path:
+        assert path is not None and path.parent.parent.parent == runtime
+        assert url in [server["url"] for server in discovery.running_servers()]
+        assert all(folder.stat().st_mode & 0o777 == 0o700 for folder in (runtime.parent, runtime, path.parent))
