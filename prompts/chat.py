@@ -34,7 +34,7 @@ from .errors import BudgetError, ChatTemplateError, PromptError
 from .holding import HOLD_MARGIN, chunk_number, worth
 from .index import RepoIndex
 from .packing import ContextItem, Layout, PackedPrompt, select_chunks
-from .question_terms import members_named, prose_words, spelled_names
+from .question_terms import content_words, members_named, prose_words, spelled_names
 from .ranking import Query, ordered, score_both, text_weights
 from .tokens import Encoder, encoder_for, surely_over
 
@@ -57,6 +57,10 @@ _WORD = re.compile(r"[\w./-]+")
 _CODE_SHAPED = re.compile(r"[_0-9]|.[A-Z]")    # snake_case, a digit; camelCase, CamelCase's inner capitals
 _ACRONYM = re.compile(r"[A-Z]{2,}s?")          # API, JSON, URLs: prose's capitals, not a constant's nor a class's
 _MODULE_WORDS = frozenset(("module", "modules", "file", "files", "package", "script", "submodule"))
+# ... of which "file" is also prose's word for the files code handles ("closing a cached file", "the parquet files"):
+# beside a stem it names that module only in a question of at most DESCRIBING_WORDS words (but its stop words)
+_FILE_WORDS = frozenset(("file", "files"))
+DESCRIBING_WORDS = 3
 _BACK_REFERENCES = frozenset(("it", "its", "that", "this", "there", "them", "they", "those", "these", "he", "she"))
 _LIST_ITEM = re.compile(r"[ \t]*(?:[-*+]|\d{1,3}[.)])[ \t]+")     # a list item's mark, at its line's start
 
@@ -133,6 +137,7 @@ def build_chat_prompt(
     mentioned = _mentioned_files(index, question)
     query = Query(weights=weights, mentioned=frozenset(mentioned),
                   mentioned_in_prose=frozenset(_stems_in_prose(index, question) - mentioned),
+                  prose_words=len(content_words(question)),
                   qualified=_question_members(whole, index))
     _, scores = score_both(index, query)
     layout = Layout(
@@ -485,10 +490,11 @@ def _mentioned_files(index: RepoIndex, question: str) -> set[str]:
         if len(word) < 3:
             continue
         found.update(index.paths.files(word, False, extension=True))
+    module_words = _MODULE_WORDS if len(content_words(question)) <= DESCRIBING_WORDS else _MODULE_WORDS - _FILE_WORDS
     for k, word in enumerate(words):
         stem = word.strip("./")
         if len(stem) >= 3 and stem in index.paths.by_stem and (
-                stem in as_code or any(w.lower().strip(".,:;?!") in _MODULE_WORDS for w in words[max(0, k - 2):k + 3])):
+                stem in as_code or any(w.lower().strip(".,:;?!") in module_words for w in words[max(0, k - 2):k + 3])):
             found.update(index.paths.by_stem[stem])
     return found
 

@@ -10,7 +10,9 @@ prose that mentions "merge" and "cookies", not the definition. Here:
 - ``members_named``: a type's member named after it, dotted (`Client.send`, `sessions.Session`) or as words
   ("client send"): the chunks defining that member of that type, where the member's own name (`send`, defined by
   every transport) is shared among all its definers;
-- ``prose_words``: the words of prose that name nothing ("what", "does", "the", "explain"), unless written as code.
+- ``prose_words``: the words of prose that name nothing ("what", "does", "the", "explain"), unless written as code;
+- ``content_words``: the words of a question that say something (all but the stop words): how many it has weighs a
+  file's stem said in its prose.
 """
 
 from __future__ import annotations
@@ -96,6 +98,12 @@ def prose_words(written: Iterator[tuple[str, bool]]) -> set[str]:
     for name, as_code in written:
         (code if as_code else prose).add(name)
     return {name for name in prose - code if name.lower() in STOP_WORDS}
+
+
+def content_words(text: str) -> list[str]:
+    """The words of ``text`` but the stop words ("Perform side-effect actions on closing a cached file": Perform, side,
+    effect, actions, closing, cached, file)."""
+    return [word for word in _WORD.findall(text) if word.lower() not in STOP_WORDS]
 
 
 def _members(index, owner: str) -> dict[str, list[int]]:

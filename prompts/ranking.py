@@ -65,7 +65,9 @@ LEXICAL_WEIGHT = 3.0  # code like the code at the cursor: what a small model cop
 PROXIMITY_WEIGHT = 0.25
 SAME_FILE_WEIGHT = 3.0  # the current file's own chunks beyond the text around the cursor
 MENTION_WEIGHT = 4.0  # chat: a file the question names (over LEXICAL_WEIGHT: "What's in utils.py?" is about it)
-PROSE_MENTION_WEIGHT = 2.0  # ... or whose stem is a word of its prose ("what does termui do?", "the response")
+PROSE_MENTION_WEIGHT = 2.0  # ... or whose stem is a word of its prose ("what does termui do?", "the response"),
+                            # shared among the words of its prose (Query.prose_words): one word among seven that
+                            # describe code ("closing a cached file") is hardly the file
 
 SHAPE_MISMATCH = 0.3  # a definition whose name has the wrong shape for what the cursor expects
 PROSE_FACTOR = 0.3  # identifiers in comments and strings
@@ -120,6 +122,7 @@ class Query:
     expects: str | None = None  # what the code before the cursor expects (CursorTerms.expects)
     mentioned: frozenset[str] = field(default_factory=frozenset)  # files named in a chat question
     mentioned_in_prose: frozenset[str] = field(default_factory=frozenset)  # files whose stem its prose says
+    prose_words: int = 1  # the words of that prose but its stop words (question_terms.content_words)
     # "pkg.Name" used near the cursor -> (nearness, the chunks of pkg's files defining Name)
     qualified: Mapping[str, tuple[float, Sequence[int]]] = field(default_factory=dict)
     # the cursor's language family (languages.language_family), where it is in code: chunks of files of other
@@ -398,7 +401,8 @@ def _context_scores(index: RepoIndex, query: Query):
     scores = _lexical_scores(index, query.weights)
     if query.imported:
         scores[_in_files(index, query.imported)] += IMPORT_WEIGHT / math.sqrt(len(query.imported))
-    for paths, weight in ((query.mentioned, MENTION_WEIGHT), (query.mentioned_in_prose, PROSE_MENTION_WEIGHT)):
+    prose = PROSE_MENTION_WEIGHT / max(query.prose_words, 1)
+    for paths, weight in ((query.mentioned, MENTION_WEIGHT), (query.mentioned_in_prose, prose)):
         for path in paths:
             numbers = index.chunk_numbers(path)
             scores[numbers.start : numbers.stop] += weight

@@ -6,7 +6,9 @@ pull in nothing; a follow-up pointing back ("And what calls it?") keeps the exce
 import pytest
 
 from prompts import build_chat_prompt, index_repository
-from prompts.chat import EARLIER_WEIGHT, _mentioned_files, _question_weights
+from prompts.chat import EARLIER_WEIGHT, _mentioned_files, _question_weights, _stems_in_prose
+from prompts.question_terms import content_words
+from prompts.ranking import PROSE_MENTION_WEIGHT, Query, _context_scores, ordered, score_both
 
 BUDGET = 900
 
@@ -164,3 +166,48 @@ def test_a_files_stem_in_prose_still_counts_for_that_file(make_repo, smollm2_tok
     index = index_repository(make_repo(files))
     packed = build_chat_prompt(index, smollm2_tokenizer, [_ask("what does termui do?")], budget_tokens=300)
     assert "termui.py" in {item.path for item in packed.context}
+
+
+def test_a_stem_in_a_long_questions_prose_counts_for_little(make_repo):
+    """A question that describes code in many words (a docstring's: "Generate manylinux tags compatible to the current
+    platform") says a file's stem ("tags") as one word among them: it counts for that file in proportion, not as much
+    as a question that is only that word ("what does termui do?"). The tags.py file's chunks, that say some of the
+    words too, tied with the function described (round 26's docstring questions)."""
+    files = {"tags.py": "".join(f"def tags_{k}(platform, compatible):\n"
+                                f"    # generate the current platform's compatible tags\n"
+                                f"    return platform or compatible or {k}\n\n\n" for k in range(6)),
+             "wheel.py": ("def platform_names(platform, compatible):\n"
+                          "    \"\"\"Generate manylinux tags compatible to the current platform.\"\"\"\n"
+                          "    return list_platforms(platform, compatible, current=True)\n"),
+             **{f"other_{k}.py": f"def other_{k}(value):\n    return value + {k}\n" for k in range(3)}}
+    index = index_repository(make_repo(files))
+    question = "Where is the code that does this: Generate manylinux tags compatible to the current platform?"
+    assert _stems_in_prose(index, question) == {"tags.py"}
+    query = Query(weights=_question_weights([_ask(question)], index.definers.__contains__, index),
+                  mentioned_in_prose=frozenset({"tags.py"}), prose_words=len(content_words(question)))
+    words_alone = Query(weights=query.weights)
+    tags = index.chunk_numbers("tags.py").start
+    assert len(content_words(question)) == 7        # code, Generate, manylinux, tags, compatible, current, platform
+    said = _context_scores(index, query)[tags] - _context_scores(index, words_alone)[tags]
+    assert said == pytest.approx(PROSE_MENTION_WEIGHT / 7)
+    assert next(chunk.path for _, chunk in ordered(index, query, score_both(index, query)[1])) == "wheel.py"
+    # a question of that word alone is about the file, as before
+    alone = Query(weights={}, mentioned_in_prose=frozenset({"tags.py"}),
+                  prose_words=len(content_words("what does tags do?")))
+    assert {chunk.path for _, chunk in ordered(index, alone, score_both(index, alone)[1])} == {"tags.py"}
+
+
+def test_a_file_of_many_words_is_no_module(make_repo, smollm2_tokenizer):
+    """"file" beside a stem names that module ("the cookies file"), but in a question that describes code in many
+    words it is prose's word for the files the code handles ("Perform side-effect actions on closing a cached file"):
+    cached.py, named so, took the excerpts from the function described (fsspec's CacheMetadata.on_close_cached_file)."""
+    files = {"cached.py": "".join(f"def cached_{k}(entry, actions):\n    # actions on the entry\n"
+                                  f"    return entry or actions or {k}\n\n\n" for k in range(6)),
+             "metadata.py": ("def after_close(entry, actions):\n"
+                             "    \"\"\"Perform side-effect actions on closing a cached file.\"\"\"\n"
+                             "    return perform_side_effect(entry, actions, closing=True)\n"),
+             **{f"other_{k}.py": f"def other_{k}(value):\n    return value + {k}\n" for k in range(3)}}
+    index = index_repository(make_repo(files))
+    question = "Where is the code that does this: Perform side-effect actions on closing a cached file?"
+    packed = build_chat_prompt(index, smollm2_tokenizer, [_ask(question)], budget_tokens=200)
+    assert "metadata.py" in {item.path for item in packed.context}
