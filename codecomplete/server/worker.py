@@ -31,10 +31,10 @@ prefill spans warmed on the main thread left the engine thread to build its own 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import queue
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from copy import copy
 from dataclasses import dataclass, field
@@ -73,13 +73,14 @@ class Event:
 class Job:
     """One request's work for the engine thread, and the events it sends back."""
 
-    _ids = itertools.count(1)
-
     def __init__(self, start: Callable[[], Generation], label: str, loop: asyncio.AbstractEventLoop,
                  stop_when: Callable[[str], bool] | None = None, failures_in_result: bool = False,
                  describe: Callable[[object, list[int], list], list] | None = None,
                  finish: Callable[[Job, object], list] | None = None) -> None:
-        self.id = f"{next(self._ids)}"
+        # The id clients see (OpenAI's `chatcmpl-<id>`, the command line's), cancel by, and find in the log: random, as
+        # OpenAI's, vLLM's and llama.cpp's are, so that no client can name another's job (a counter let any cancel an
+        # editor's), and unique across restarts.
+        self.id = uuid.uuid4().hex
         self.start, self.label, self.stop_when = start, label, stop_when
         self.failures_in_result = failures_in_result    # (EngineWorker.submit)
         # Work on what the generation makes that would hold the event loop (a tokenizer's, per token), done on the

@@ -45,3 +45,35 @@ def test_a_runtime_directory_named_but_absent_is_made_private_and_the_server_is_
         assert path is not None and path.parent.parent.parent == runtime
         assert url in [server["url"] for server in discovery.running_servers()]
         assert all(folder.stat().st_mode & 0o777 == 0o700 for folder in (runtime.parent, runtime, path.parent))
+
+
+def test_a_job_is_cancelled_by_its_own_random_id_and_no_guess(table_engine):
+    """`/codecomplete/v1/cancel` cancels the job named. Its ids were a counter ("1", "2"; OpenAI's `chatcmpl-2` shows
+    one): any client could cancel another's generation, an editor's, by the ids around its own. Now an id is random,
+    as OpenAI's, vLLM's and llama.cpp's are."""
+    import asyncio
+    import re
+    import threading
+
+    from codecomplete.server.worker import EngineWorker
+
+    gate = threading.Event()
+    worker = EngineWorker(first=lambda: gate.wait(30), log=lambda line: None)    # (the jobs wait in the queue)
+
+    async def submit_two():
+        return [worker.submit(lambda: None, "test") for _ in range(2)]
+
+    try:
+        jobs = asyncio.run(submit_two())
+        assert all(re.fullmatch(r"[0-9a-f]{32}", job.id) for job in jobs) and jobs[0].id != jobs[1].id
+        guesses = {str(n) for n in range(1000)}         # (the counter's ids, this process's jobs among them)
+        assert not any(worker.cancel(guess) for guess in guesses)
+        assert not any(job.cancelled.is_set() for job in jobs)
+        assert worker.cancel(jobs[0].id) and jobs[0].cancelled.is_set() and not jobs[1].cancelled.is_set()
+    finally:
+        gate.set()
+        worker.shutdown()
+    with in_process(table_engine) as client:
+        ids = [client.post("/v1/completions", json={"prompt": "def f(", "max_tokens": 2}).json()["id"]
+               for _ in range(2)]
+    assert all(re.fullmatch(r"cmpl-[0-9a-f]{32}", answer) for answer in ids) and ids[0] != ids[1], ids
