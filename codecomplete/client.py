@@ -79,6 +79,13 @@ def connect(args, root: Path | None = None, max_new_tokens: int = 0, file: str |
         if _address(url) is None:       # said as the user gave it: the option, or the variable
             named = f"--server {url}" if getattr(args, "server", None) else f"${SERVER_ENV}={url}"
             raise UsageError(f"{named}: {URL_RULE}")
+        from .server.discovery import listeners_of
+
+        # A server named is used whoever runs it (a service user's, on a shared machine), but not where the name
+        # lands on the listeners of several users: which one answers is the resolver's order, not the user's choice.
+        if len(listeners_of(*_address(url))) > 1:
+            raise UsageError(f"the server at {url}: several users of this machine listen where it points; name the "
+                             f"address of the one to use (127.0.0.1 or [::1])")
         key = _announced_key(url) or os.environ.get(API_KEY_ENV)
         if key is not None and not sendable_key(key):      # (httpx's header encoding raised: an internal error)
             raise UsageError(f"${API_KEY_ENV} must be {KEY_RULE}")

@@ -15,6 +15,7 @@ import ipaddress
 import json
 import math
 import os
+import socket
 import stat
 import sys
 import threading
@@ -223,18 +224,47 @@ def _table_address(hexadecimal: str) -> str:
 
 
 def _listened_on_by_another_user(url: str, owners: dict[tuple[str, int], set[int]]) -> bool:
-    """Whether another user listens where `url` points: at its address (a numeric one, as servers write it) or at
-    the wildcard of its port. (Nobody listening there: the connection fails; not in the tables: cannot tell.)"""
-    if not hasattr(os, "geteuid"):
-        return False
+    """Whether another user listens where `url` points (a record's: a numeric address, as servers write it)."""
     try:
         parts = urlsplit(url)
-        address, port = ipaddress.ip_address(parts.hostname or ""), parts.port or 80
+        host, port = parts.hostname or "", parts.port or 80
     except ValueError:
         return False
-    mapped = getattr(address, "ipv4_mapped", None) or address
-    places = (str(mapped), "0.0.0.0", "::")
+    return _another_users(_addresses(host, resolve=False), port, owners)
+
+
+def listeners_of(host: str, port: int) -> set[int]:
+    """The users listening where a connection to `host` (a name resolved as a connection resolves it) and `port` may
+    land, as the socket tables tell (empty where they cannot). `localhost` is ::1 and 127.0.0.1, and a client may try
+    ::1 first while the user's server took 127.0.0.1 only: another user listening at ::1 would get its code and key."""
+    owners = _listener_owners()
+    places = (*_addresses(host, resolve=True), "0.0.0.0", "::")
+    return {uid for place in places for uid in owners.get((place, port), ())}
+
+
+def _another_users(addresses: set[str], port: int, owners: dict[tuple[str, int], set[int]]) -> bool:
+    """Whether a user other than this one listens at any of `addresses`, or at the wildcard, of `port`. (Nobody
+    listening there: the connection fails; not in the tables: cannot tell.)"""
+    if not hasattr(os, "geteuid") or not addresses:
+        return False
+    places = (*addresses, "0.0.0.0", "::")
     return any(uid != os.geteuid() for place in places for uid in owners.get((place, port), ()))
+
+
+def _addresses(host: str, resolve: bool) -> set[str]:
+    """`host`'s addresses as the socket tables write them (an IPv4 address mapped into IPv6 as IPv4); a name only
+    where `resolve` (none where it does not resolve: the connection fails the same way)."""
+    try:
+        found = [ipaddress.ip_address(host)]
+    except ValueError:
+        if not resolve:
+            return set()
+        try:
+            found = [ipaddress.ip_address(info[4][0].partition("%")[0])
+                     for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)]
+        except (OSError, UnicodeError, ValueError):
+            return set()
+    return {str(getattr(address, "ipv4_mapped", None) or address) for address in found}
 
 
 def _pid(value) -> int | None:

@@ -114,3 +114,46 @@ def test_the_socket_tables_name_this_users_listener_where_it_listens():
     finally:
         for listener in listeners:
             listener.close()
+
+
+def socket_table6(rows: list[tuple[str, int, int]]) -> str:
+    """/proc/net/tcp6's text for LISTEN sockets at (IPv6 address, port) owned by uid."""
+    lines = ["  sl  local_address                         remote_address                        st tx_queue rx_queue "
+             "tr tm->when retrnsmt   uid  timeout inode"]
+    for i, (address, port, uid) in enumerate(rows):
+        packed = socket.inet_pton(socket.AF_INET6, address)
+        words = b"".join(packed[k:k + 4][::-1] if sys.byteorder == "little" else packed[k:k + 4] for k in (0, 4, 8, 12))
+        lines.append(f"   {i}: {words.hex().upper()}:{port:04X} 00000000000000000000000000000000:0000 0A "
+                     f"00000000:00000000 00:00000000 00000000 {uid:>5}        0 {2000 + i} 1 0000000000000000 100 0 0 "
+                     f"10 0")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid"), reason="POSIX owners")
+def test_a_named_host_that_lands_on_several_users_listeners_gets_nothing(impostor, tmp_path, monkeypatch):
+    """`--server http://localhost:PORT` where the user's server took 127.0.0.1 and another user ::1: the client may try
+    ::1 first (the resolver's order), and the exported $CODECOMPLETE_API_KEY and the code went to whoever answered.
+    Now that is a one-line usage error; a name that lands on one user's listeners (a service user's shared server
+    included) is used as before."""
+    url, authorizations = impostor
+    port = int(url.rpartition(":")[2])
+    monkeypatch.setenv("CODECOMPLETE_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("CODECOMPLETE_API_KEY", "exported")
+    tables = tmp_path / "tcp", tmp_path / "tcp6"
+    monkeypatch.setattr(discovery, "SOCKET_TABLES", tuple(map(str, tables)))
+    resolve = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *rest, **options: [
+        *(resolve("::1", *rest, **options) if host == "localhost" else []), *resolve(
+            "127.0.0.1" if host == "localhost" else host, *rest, **options)])
+    named = build_parser().parse_args(["--prompt", "x", "--device", "cpu", "--server", f"http://localhost:{port}"])
+    tables[0].write_text(socket_table([("127.0.0.1", port, os.geteuid())]))
+    tables[1].write_text(socket_table6([("::1", port, os.geteuid() + 1)]))
+    with pytest.raises(client.UsageError, match="several users"):
+        client.connect(named, None, 1)
+    assert authorizations == []
+    tables[1].write_text(socket_table6([("::1", port + 1, os.geteuid() + 1)]))     # (another port: not where it lands)
+    assert client.connect(named, None, 1).api_key == "exported"
+    assert authorizations == ["Bearer exported"]
+    authorizations.clear()
+    tables[0].write_text(socket_table([("127.0.0.1", port, os.geteuid() + 2)]))    # a service user's shared server
+    assert client.connect(named, None, 1).api_key == "exported" and authorizations == ["Bearer exported"]
