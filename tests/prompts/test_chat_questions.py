@@ -173,14 +173,11 @@ def test_a_stem_in_a_long_questions_prose_counts_for_little(make_repo):
     platform") says a file's stem ("tags") as one word among them: it counts for that file in proportion, not as much
     as a question that is only that word ("what does termui do?"). The tags.py file's chunks, that say some of the
     words too, tied with the function described (round 26's docstring questions)."""
-    files = {"tags.py": "".join(f"def tags_{k}(platform, compatible):\n"
-                                f"    # generate the current platform's compatible tags\n"
-                                f"    return platform or compatible or {k}\n\n\n" for k in range(6)),
-             "wheel.py": ("def platform_names(platform, compatible):\n"
-                          "    \"\"\"Generate manylinux tags compatible to the current platform.\"\"\"\n"
-                          "    return list_platforms(platform, compatible, current=True)\n"),
-             **{f"other_{k}.py": f"def other_{k}(value):\n    return value + {k}\n" for k in range(3)}}
-    index = index_repository(make_repo(files))
+    index = index_repository(make_repo(_a_module_and_a_described_function(
+        "tags", "platform, compatible", "# generate the current platform's compatible tags",
+        "wheel.py", "def platform_names(platform, compatible):\n"
+                    "    \"\"\"Generate manylinux tags compatible to the current platform.\"\"\"\n"
+                    "    return list_platforms(platform, compatible, current=True)\n")))
     question = "Where is the code that does this: Generate manylinux tags compatible to the current platform?"
     assert _stems_in_prose(index, question) == {"tags.py"}
     query = Query(weights=_question_weights([_ask(question)], index.definers.__contains__, index),
@@ -201,13 +198,21 @@ def test_a_file_of_many_words_is_no_module(make_repo, smollm2_tokenizer):
     """"file" beside a stem names that module ("the cookies file"), but in a question that describes code in many
     words it is prose's word for the files the code handles ("Perform side-effect actions on closing a cached file"):
     cached.py, named so, took the excerpts from the function described (fsspec's CacheMetadata.on_close_cached_file)."""
-    files = {"cached.py": "".join(f"def cached_{k}(entry, actions):\n    # actions on the entry\n"
-                                  f"    return entry or actions or {k}\n\n\n" for k in range(6)),
-             "metadata.py": ("def after_close(entry, actions):\n"
-                             "    \"\"\"Perform side-effect actions on closing a cached file.\"\"\"\n"
-                             "    return perform_side_effect(entry, actions, closing=True)\n"),
-             **{f"other_{k}.py": f"def other_{k}(value):\n    return value + {k}\n" for k in range(3)}}
-    index = index_repository(make_repo(files))
+    index = index_repository(make_repo(_a_module_and_a_described_function(
+        "cached", "entry, actions", "# actions on the entry",
+        "metadata.py", "def after_close(entry, actions):\n"
+                       "    \"\"\"Perform side-effect actions on closing a cached file.\"\"\"\n"
+                       "    return perform_side_effect(entry, actions, closing=True)\n")))
     question = "Where is the code that does this: Perform side-effect actions on closing a cached file?"
     packed = build_chat_prompt(index, smollm2_tokenizer, [_ask(question)], budget_tokens=200)
     assert "metadata.py" in {item.path for item in packed.context}
+
+
+def _a_module_and_a_described_function(stem: str, parameters: str, comment: str, described: str, function: str):
+    """A repository of a module `stem`.py (six functions whose names and comments say some of the question's words),
+    the function a question describes in the file `described`, and three others."""
+    either = parameters.replace(", ", " or ")
+    return {f"{stem}.py": "".join(f"def {stem}_{k}({parameters}):\n    {comment}\n"
+                                  f"    return {either} or {k}\n\n\n" for k in range(6)),
+            described: function,
+            **{f"other_{k}.py": f"def other_{k}(value):\n    return value + {k}\n" for k in range(3)}}
