@@ -224,31 +224,30 @@ def _table_address(hexadecimal: str) -> str:
 
 
 def _listened_on_by_another_user(url: str, owners: dict[tuple[str, int], set[int]]) -> bool:
-    """Whether another user listens where `url` points (a record's: a numeric address, as servers write it)."""
+    """Whether another user listens where `url` points (a record's: a numeric address, as servers write it), at its
+    address or at the wildcard of its port. (Nobody listening there: the connection fails; not in the tables: cannot
+    tell.)"""
     try:
         parts = urlsplit(url)
         host, port = parts.hostname or "", parts.port or 80
     except ValueError:
         return False
-    return _another_users(_addresses(host, resolve=False), port, owners)
+    addresses = _addresses(host, resolve=False)
+    if not hasattr(os, "geteuid") or not addresses:
+        return False
+    return any(uid != os.geteuid() for uid in _listeners(addresses, port, owners))
 
 
 def listeners_of(host: str, port: int) -> set[int]:
     """The users listening where a connection to `host` (a name resolved as a connection resolves it) and `port` may
     land, as the socket tables tell (empty where they cannot). `localhost` is ::1 and 127.0.0.1, and a client may try
     ::1 first while the user's server took 127.0.0.1 only: another user listening at ::1 would get its code and key."""
-    owners = _listener_owners()
-    places = (*_addresses(host, resolve=True), "0.0.0.0", "::")
-    return {uid for place in places for uid in owners.get((place, port), ())}
+    return _listeners(_addresses(host, resolve=True), port, _listener_owners())
 
 
-def _another_users(addresses: set[str], port: int, owners: dict[tuple[str, int], set[int]]) -> bool:
-    """Whether a user other than this one listens at any of `addresses`, or at the wildcard, of `port`. (Nobody
-    listening there: the connection fails; not in the tables: cannot tell.)"""
-    if not hasattr(os, "geteuid") or not addresses:
-        return False
-    places = (*addresses, "0.0.0.0", "::")
-    return any(uid != os.geteuid() for place in places for uid in owners.get((place, port), ()))
+def _listeners(addresses: set[str], port: int, owners: dict[tuple[str, int], set[int]]) -> set[int]:
+    """The users listening at any of `addresses`, or at the wildcard, of `port`."""
+    return {uid for place in (*addresses, "0.0.0.0", "::") for uid in owners.get((place, port), ())}
 
 
 def _addresses(host: str, resolve: bool) -> set[str]:
